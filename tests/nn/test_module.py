@@ -1,0 +1,158 @@
+"""``Module``: registration, traversal, modes, state dicts, native objects and backend binding."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+
+class Net(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = ud.nn.Sequential(ud.nn.Linear(4, 3), ud.nn.ReLU())
+        self.head = ud.nn.Linear(3, 2, bias=False)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_parameters_and_names(backend):
+    net = Net()
+    names = [name for name, _ in net.named_parameters()]
+    assert names == ["body.0.weight", "body.0.bias", "head.weight"]
+    assert len(net.parameters()) == 3
+    assert [tuple(v.shape) for v in net.state_dict().values()] == [(3, 4), (3,), (2, 3)]
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in net.state_dict().values())
+
+
+def test_forward_matches_numpy(backend, rng):
+    net = Net()
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    state = net.state_dict()
+    hidden = np.maximum(x @ state["body.0.weight"].T + state["body.0.bias"], 0)
+    expected = hidden @ state["head.weight"].T
+    np.testing.assert_allclose(ud.to_numpy(net(ud.tensor(x))), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_train_eval_propagates(backend):
+    net = Net()
+    net.eval()
+    assert not any(m.training for m in net.modules())
+    net.train()
+    assert all(m.training for m in net.modules())
+
+
+def test_same_seed_gives_bit_identical_weights_on_every_backend():
+    states = {}
+    for name in ud.available_backends():
+        with ud.use_backend(name):
+            ud.manual_seed(7)
+            states[name] = ud.models.TwoLayerNet(20, 8, 3).state_dict()
+    reference = states["torch"]
+    for name, state in states.items():
+        for key in reference:
+            assert np.array_equal(state[key], reference[key]), (name, key)
+
+
+def test_state_dict_round_trip_across_backends(rng):
+    with ud.use_backend("torch"):
+        ud.manual_seed(1)
+        source = Net()
+        state = source.state_dict()
+    for name in ("tensorflow", "keras"):
+        with ud.use_backend(name):
+            ud.manual_seed(2)
+            target = Net()
+            target.load_state_dict(state)
+            for key, value in target.state_dict().items():
+                assert np.array_equal(value, state[key])
+
+
+def test_load_state_dict_reports_every_problem(backend):
+    net = Net()
+    state = net.state_dict()
+    del state["head.weight"]
+    state["body.0.bias"] = np.zeros(5, np.float32)
+    state["extra.weight"] = np.zeros((1, 1), np.float32)
+    with pytest.raises(ud.StateDictError) as info:
+        net.load_state_dict(state)
+    message = str(info.value)
+    assert "body.0.bias: expected shape (3,), found (5,)" in message
+    assert "missing keys: head.weight (expected shape (2, 3))" in message
+    assert "unexpected keys: extra.weight (shape (1, 1))" in message
+
+
+def test_non_strict_load_returns_missing_and_unexpected(backend):
+    net = Net()
+    state = net.state_dict()
+    del state["head.weight"]
+    state["extra"] = np.zeros(1)
+    result = net.load_state_dict(state, strict=False)
+    assert result == {"missing": ["head.weight"], "unexpected": ["extra"]}
+
+
+def test_native_objects(backend):
+    net = Net()
+    native = net.native
+    expected_type = {"torch": "torch.nn.modules.module.Module", "tensorflow": "tensorflow.python.module.module.Module",
+                     "keras": "keras.src.models.model.Model"}[backend]
+    assert expected_type in {f"{c.__module__}.{c.__name__}" for c in type(native).__mro__}
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(ud.to_numpy(native(ud.tensor(x))), ud.to_numpy(net(ud.tensor(x))), rtol=1e-6)
+
+
+def test_torch_native_state_dict_keys_match():
+    with ud.use_backend("torch"):
+        net = Net()
+        assert list(net.native.state_dict()) == list(net.state_dict())
+        import torch
+
+        assert all(isinstance(p, torch.nn.Parameter) for p in net.parameters())
+
+
+def test_module_used_under_other_backend_is_an_error():
+    with ud.use_backend("torch"):
+        net = Net()
+    with ud.use_backend("tensorflow"):
+        with pytest.raises(ud.BackendMismatchError, match="created under backend 'torch'.*under 'tensorflow'.*state_dict"):
+            net(ud.tensor(np.ones((1, 4))))
+
+
+def test_optimizer_with_parameters_of_other_backend_is_an_error():
+    with ud.use_backend("torch"):
+        net = Net()
+    with ud.use_backend("keras"):
+        with pytest.raises(ud.BackendMismatchError, match="not a parameter of backend 'keras'"):
+            ud.optim.SGD(net.parameters(), lr=0.1)
+
+
+def test_mixing_submodules_of_two_backends_is_an_error():
+    with ud.use_backend("torch"):
+        layer = ud.nn.Linear(2, 2)
+    with ud.use_backend("tensorflow"):
+        with pytest.raises(ud.BackendMismatchError, match="sub-module"):
+            ud.nn.Sequential(layer)
+
+
+def test_forgetting_super_init_is_explained(backend):
+    class Broken(ud.nn.Module):
+        def __init__(self):
+            self.fc = ud.nn.Linear(2, 2)
+
+    with pytest.raises(AttributeError, match="must call super"):
+        Broken()
+
+
+def test_wrong_feature_size_names_layer_and_shapes(backend):
+    net = Net()
+    with pytest.raises(ud.ShapeMismatchError, match=r"Linear\(in_features=4.*at 'body.0' expected input of shape \(N, 4\), received \(2, 5\)"):
+        net(ud.tensor(np.ones((2, 5))))
+
+
+def test_tensor_round_trip(backend):
+    values = np.arange(6, dtype=np.float64).reshape(2, 3)
+    t = ud.tensor(values)
+    back = ud.to_numpy(t)
+    assert back.dtype == np.float32 and np.array_equal(back, values.astype(np.float32))
+    labels = ud.to_numpy(ud.tensor(np.array([1, 2, 3])))
+    assert labels.dtype == np.int64

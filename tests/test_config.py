@@ -1,0 +1,137 @@
+"""Backend and device selection: names, aliases, scoping, environment variables and their errors."""
+
+import threading
+
+import pytest
+
+import unidl as ud
+from unidl import backends, config
+from tests.helpers import run_python
+
+
+@pytest.fixture
+def fresh_defaults(monkeypatch):
+    """Forget the process defaults so that environment variables are read again."""
+    monkeypatch.setattr(config, "_default_backend", None)
+    monkeypatch.setattr(config, "_default_device", None)
+    monkeypatch.setattr(config, "_resolved_devices", {})
+
+
+def test_all_three_backends_installed_here():
+    assert ud.available_backends() == ["torch", "tensorflow", "keras"]
+
+
+@pytest.mark.parametrize("alias, canonical", [("torch", "torch"), ("pytorch", "torch"), ("PyTorch", "torch"),
+                                              ("tf", "tensorflow"), ("tensorflow", "tensorflow"),
+                                              ("keras", "keras")])
+def test_aliases(alias, canonical):
+    with ud.use_backend(alias):
+        assert ud.get_backend() == canonical
+
+
+def test_unknown_backend_lists_valid_and_installed():
+    with pytest.raises(ud.UnknownBackendError) as info:
+        ud.set_backend("mxnet")
+    message = str(info.value)
+    for name in ("'mxnet'", "'torch'", "'tensorflow'", "'keras'", "'pytorch'", "'tf'", "installed here"):
+        assert name in message
+
+
+def test_missing_framework_names_the_extra(monkeypatch):
+    spec = backends.specs()["torch"]
+    monkeypatch.setitem(backends._specs, "torch", backends.BackendSpec(
+        name="torch", aliases=spec.aliases, extra=spec.extra, priority=spec.priority,
+        required_modules=lambda: ("a_framework_that_is_not_installed",)))
+    monkeypatch.setattr(backends, "_loaded", {})
+    with pytest.raises(ud.BackendNotInstalledError, match=r"pip install 'unidl\[torch\]'"):
+        ud.set_backend("torch")
+    assert "torch" not in ud.available_backends()
+
+
+def test_env_backend_read_at_first_use(monkeypatch, fresh_defaults):
+    monkeypatch.setenv("UNIDL_BACKEND", "tf")
+    assert ud.get_backend() == "tensorflow"
+
+
+def test_env_backend_unknown_is_reported(monkeypatch, fresh_defaults):
+    monkeypatch.setenv("UNIDL_BACKEND", "caffe")
+    with pytest.raises(ud.UnknownBackendError, match="UNIDL_BACKEND='caffe'.*valid backends"):
+        ud.get_backend()
+
+
+def test_default_is_first_installed(monkeypatch, fresh_defaults):
+    monkeypatch.delenv("UNIDL_BACKEND", raising=False)
+    assert ud.get_backend() == "torch"
+
+
+def test_use_backend_is_thread_local():
+    seen = {}
+    barrier = threading.Barrier(2)
+
+    def worker(name):
+        with ud.use_backend(name):
+            barrier.wait()
+            seen[name] = ud.get_backend()
+            barrier.wait()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("torch", "tensorflow")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"torch": "torch", "tensorflow": "tensorflow"}
+
+
+def test_use_backend_restores_previous():
+    with ud.use_backend("torch"):
+        with ud.use_backend("keras"):
+            assert ud.get_backend() == "keras"
+        assert ud.get_backend() == "torch"
+
+
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "keras"])
+def test_cpu_and_auto_devices(name):
+    with ud.use_backend(name):
+        with ud.use_device("cpu"):
+            assert ud.get_device() == "cpu"
+        with ud.use_device("auto"):
+            assert ud.get_device() in ["cpu"] + [f"cuda:{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "keras"])
+def test_unseen_gpu_is_an_error_naming_visible_devices(name):
+    backend = backends.load(name)
+    if len(backend.devices()) > 1:
+        pytest.skip("this machine has a GPU; the error case needs a device index it lacks")
+    with ud.use_backend(name):
+        for device in ("cuda", "gpu:0", "cuda:3"):
+            with pytest.raises(ud.DeviceUnavailableError, match=r"it sees: cpu"):
+                with ud.use_device(device):
+                    pass
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "cpu:1", "", "gpu:-1"])
+def test_malformed_device_names(device):
+    with pytest.raises(ud.DeviceUnavailableError, match="valid devices are 'auto', 'cpu', 'cuda'"):
+        ud.set_device(device)
+
+
+def test_env_device_errors_at_first_use(monkeypatch, fresh_defaults):
+    monkeypatch.setenv("UNIDL_DEVICE", "quantum")
+    with ud.use_backend("torch"):
+        with pytest.raises(ud.DeviceUnavailableError, match="UNIDL_DEVICE='quantum'"):
+            ud.get_device()
+
+
+def test_env_gpu_without_gpu_errors_at_first_tensor():
+    result = run_python("import unidl as ud\nud.tensor([1.0])", env={"UNIDL_BACKEND": "torch", "UNIDL_DEVICE": "cuda:0"},
+                        check=False)
+    if "it sees: cpu, cuda" in result.stderr:
+        pytest.skip("this machine has a GPU")
+    assert result.returncode != 0
+    assert "DeviceUnavailableError" in result.stderr and "it sees: cpu" in result.stderr
+
+
+def test_set_dtype_validates():
+    with pytest.raises(ValueError, match="float16.*float32, float64"):
+        ud.set_dtype("float16")

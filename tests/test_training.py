@@ -1,0 +1,69 @@
+"""``train_step``: the one loop, its tracing on tensorflow, and its input checks."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+
+def _slice(rng, n=64):
+    x = rng.standard_normal((n, 30)).astype(np.float32)
+    y = (0.5 * x[:, :4] - 0.25 * x[:, 4:8]).astype(np.float32)  # learnable, so the loss can fall
+    model = ud.models.TwoLayerNet(30, 16, 4)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+    return model, step, x, y
+
+
+def test_loss_decreases_and_is_a_float(backend, rng):
+    model, step, x, y = _slice(rng)
+    first = float(step(x, y))
+    for _ in range(150):
+        loss = step(x, y)
+    assert float(loss) < 0.5 * first
+
+
+def test_native_tensors_are_accepted(backend, rng):
+    model, step, x, y = _slice(rng)
+    a = float(step(ud.tensor(x), ud.tensor(y)))
+    assert np.isfinite(a)
+
+
+def test_tensorflow_traces_once_over_two_batch_sizes(rng):
+    with ud.use_backend("tensorflow"):
+        model, step, x, y = _slice(rng)
+        for t in range(50):
+            n = 64 if t % 2 else 17
+            step(x[:n], y[:n])
+        assert step.trace_count == 1
+
+
+def test_batch_mismatch_raises_before_any_computation(backend, rng):
+    model, step, x, y = _slice(rng)
+    before = model.state_dict()
+    with pytest.raises(ud.ShapeMismatchError, match=r"same number of samples.*\(64, 30\).*\(63, 4\)"):
+        step(x, y[:63])
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_wrong_feature_size_in_step_names_layer(backend, rng):
+    model, step, x, y = _slice(rng)
+    step(x, y)
+    with pytest.raises(ud.ShapeMismatchError, match=r"at 'linear1' expected input of shape \(N, 30\), received \(64, 29\)"):
+        step(x[:, :29], y)
+
+
+def test_wrong_target_shape_names_loss(backend, rng):
+    model, step, x, y = _slice(rng)
+    with pytest.raises(ud.ShapeMismatchError, match=r"MSELoss.*prediction has shape \(64, 4\), target has shape \(64, 5\)"):
+        step(x, np.zeros((64, 5), np.float32))
+
+
+def test_loss_and_optimizer_must_share_the_model_backend(rng):
+    with ud.use_backend("torch"):
+        model = ud.models.TwoLayerNet(3, 2, 1)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    with ud.use_backend("tensorflow"):
+        loss = ud.nn.MSELoss()
+    with pytest.raises(ud.BackendMismatchError, match="MSELoss was created under backend 'tensorflow'"):
+        ud.train_step(model, loss, optimizer)

@@ -1,0 +1,5 @@
+import sys
+
+from unidl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""The registry of backends: one sub-package per framework, found by scanning this folder.
+
+Each backend package's ``__init__`` holds only metadata (``SPEC``) and never
+imports its framework; the implementation in ``<name>/backend.py`` is imported
+the first time the backend is used. Adding a backend means adding a folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pkgutil
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from unidl.errors import BackendNotInstalledError, UnknownBackendError
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What unidl knows about a backend before importing its framework.
+
+    ``required_modules`` returns the top-level modules that must be importable
+    (a function, because Keras's needs depend on ``KERAS_BACKEND``);
+    ``priority`` orders the default choice (lowest first).
+    """
+
+    name: str
+    aliases: tuple[str, ...]
+    extra: str
+    priority: int
+    required_modules: Callable[[], tuple[str, ...]]
+
+
+_specs: dict[str, BackendSpec] | None = None
+_loaded: dict[str, object] = {}
+_load_lock = threading.RLock()
+
+
+def specs() -> dict[str, BackendSpec]:
+    """All backends that have a folder here, by canonical name, in priority order."""
+    global _specs
+    if _specs is None:
+        found = []
+        for info in pkgutil.iter_modules(__path__):
+            if info.ispkg:
+                package = importlib.import_module(f"{__name__}.{info.name}")
+                found.append(package.SPEC)
+        _specs = {spec.name: spec for spec in sorted(found, key=lambda s: s.priority)}
+    return _specs
+
+
+def missing_modules(name: str) -> list[str]:
+    """The framework modules of backend ``name`` that cannot be imported here."""
+    return [m for m in specs()[name].required_modules() if importlib.util.find_spec(m) is None]
+
+
+def available_backends() -> list[str]:
+    """Canonical names of the backends whose frameworks are installed, in default order."""
+    return [name for name in specs() if not missing_modules(name)]
+
+
+def canonical_name(name: str) -> str:
+    """Map a backend name or alias (case-insensitive) to its canonical name."""
+    if not isinstance(name, str):
+        raise UnknownBackendError(f"backend name must be a string, got {type(name).__name__} {name!r}")
+    wanted = name.strip().lower()
+    for spec in specs().values():
+        if wanted == spec.name or wanted in spec.aliases:
+            return spec.name
+    valid = ", ".join(f"{s.name!r}" + (f" (aliases {', '.join(map(repr, s.aliases))})" if s.aliases else "")
+                      for s in specs().values())
+    raise UnknownBackendError(
+        f"unknown backend {name!r}; valid backends are {valid}; "
+        f"installed here: {', '.join(available_backends()) or 'none'}"
+    )
+
+
+def load(name: str):
+    """Return the (cached) backend object for ``name``, importing its framework now."""
+    canonical = canonical_name(name)
+    with _load_lock:
+        if canonical not in _loaded:
+            missing = missing_modules(canonical)
+            if missing:
+                spec = specs()[canonical]
+                raise BackendNotInstalledError(
+                    f"backend {canonical!r} needs {', '.join(missing)}, which is not installed; "
+                    f"install it with: pip install 'unidl[{spec.extra}]'"
+                )
+            module = importlib.import_module(f"{__name__}.{canonical}.backend")
+            _loaded[canonical] = module.Backend()
+        return _loaded[canonical]
+
+
+def loaded_backends() -> dict[str, object]:
+    """The backends already imported in this process (no framework import happens here)."""
+    return dict(_loaded)

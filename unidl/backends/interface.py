@@ -1,0 +1,129 @@
+"""The whole contract between unidl's front end and a backend.
+
+The front end (``unidl.nn``, ``unidl.optim``, training, data) speaks to a
+framework only through a ``Backend`` object and its ``ops`` namespace. Every
+method below is abstract: a backend that lacks one fails when it is loaded,
+naming itself and the missing method. Tensors cross this boundary as the
+framework's own objects; only parameters' values travel as NumPy arrays, in
+the canonical layout (NCHW activations, OIHW kernels, ``(out, in)`` linear weights).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable
+
+import numpy as np
+
+from unidl.errors import BackendInterfaceError
+
+#: Functional ops every backend's ``ops`` namespace provides (see ``unidl.ops`` for their docs).
+OPS = (
+    "linear", "matmul", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax",
+    "conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "dropout",
+    "reshape", "flatten", "concat", "stack", "mean", "sum", "clip", "exp", "log", "sqrt", "abs",
+    "maximum", "sign", "where", "square", "zeros_like", "shape", "cast_like", "one_hot",
+    "mse_loss", "l1_loss", "cross_entropy", "bce_with_logits",
+)
+
+
+class Backend(abc.ABC):
+    """One framework as unidl sees it. Subclasses live in ``unidl/backends/<name>/backend.py``."""
+
+    #: canonical name, as in ``unidl.get_backend()``
+    name: str = ""
+    #: namespace (module) with every function listed in ``OPS``
+    ops: Any = None
+
+    def __new__(cls, *args, **kwargs):
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:
+            raise BackendInterfaceError(
+                f"backend {cls.name or cls.__name__!r} does not implement: {', '.join(missing)}")
+        return super().__new__(cls)
+
+    def check_ops(self) -> None:
+        """Fail loudly if the ops namespace lacks a function of ``OPS``."""
+        missing = [op for op in OPS if not callable(getattr(self.ops, op, None))]
+        if missing:
+            raise BackendInterfaceError(f"backend {self.name!r} ops lack: {', '.join(missing)}")
+
+    # ---- framework and devices -------------------------------------------
+    @abc.abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Framework name -> version string for everything this backend runs on."""
+
+    @abc.abstractmethod
+    def devices(self) -> list[str]:
+        """Devices this framework sees, canonical names: 'cpu' then 'cuda:0', 'cuda:1', ..."""
+
+    @abc.abstractmethod
+    def device_scope(self, device: str):
+        """Context manager placing new tensors and computation on ``device`` ('cpu' or 'cuda:N')."""
+
+    @abc.abstractmethod
+    def seed(self, seed: int) -> None:
+        """Seed the framework's own random generators (dropout masks)."""
+
+    # ---- tensors ---------------------------------------------------------
+    @abc.abstractmethod
+    def tensor(self, value, dtype: str | None = None):
+        """NumPy array (or native tensor) -> native tensor on the current device.
+
+        Floating values take ``dtype`` or unidl's current dtype; integers stay integers (int64).
+        """
+
+    @abc.abstractmethod
+    def to_numpy(self, tensor) -> np.ndarray:
+        """Native tensor (or variable) -> NumPy array, copied to host memory."""
+
+    @abc.abstractmethod
+    def is_tensor(self, value) -> bool:
+        """True for this framework's tensors and variables."""
+
+    # ---- parameters and buffers ------------------------------------------
+    @abc.abstractmethod
+    def parameter(self, value: np.ndarray, trainable: bool = True):
+        """A new native variable holding ``value`` (trainable: a parameter; else: a buffer)."""
+
+    @abc.abstractmethod
+    def is_parameter(self, value) -> bool:
+        """True if ``value`` is a trainable variable of this framework."""
+
+    @abc.abstractmethod
+    def assign(self, variable, value: np.ndarray) -> None:
+        """Overwrite a variable's value in place (shapes already checked by the caller)."""
+
+    # ---- modules and training ---------------------------------------------
+    @abc.abstractmethod
+    def native_module(self, module) -> Any:
+        """The framework's own model object wrapping ``module`` (same variables, same forward)."""
+
+    @abc.abstractmethod
+    def optimizer(self, optimizer) -> Any:
+        """Build the native optimizer state for a ``unidl.optim.Optimizer`` (called once)."""
+
+    @abc.abstractmethod
+    def set_learning_rate(self, optimizer, lr: float) -> None:
+        """Change an optimizer's learning rate without rebuilding or retracing anything."""
+
+    @abc.abstractmethod
+    def apply_gradients(self, optimizer, grads) -> None:
+        """One update of ``optimizer.params`` with ``grads`` (same order), by the optimizer's rule."""
+
+    @abc.abstractmethod
+    def zero_grad(self, optimizer) -> None:
+        """Clear gradients stored on parameters (a no-op where the framework stores none)."""
+
+    @abc.abstractmethod
+    def step(self, optimizer) -> None:
+        """Apply gradients stored on parameters by a backward pass, or explain why this backend has none."""
+
+    @abc.abstractmethod
+    def train_step(self, model, loss_fn, optimizer) -> Callable:
+        """Return ``step(x, y) -> loss``: forward, gradients and update as one unit of dispatch."""
+
+    @abc.abstractmethod
+    def check_shapes(self, model, loss_fn, x, y) -> None:
+        """Run model and loss abstractly on the shapes of ``x`` and ``y`` (no compute, no state change),
+        so that a shape error names the layer before a compiled graph fails cryptically."""

@@ -1,0 +1,150 @@
+"""The Keras 3 backend: variables are ``keras.Variable``s, training runs through Keras's own trainer.
+
+It honours ``KERAS_BACKEND`` (TensorFlow when unset): every op is a
+``keras.ops`` call, so the same code runs on each framework Keras supports.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstract evaluation, not re-exported)
+
+from unidl import config  # noqa: E402
+from unidl import random as unidl_random
+from unidl.backends.interface import Backend as BackendInterface
+from unidl.backends.keras import ops as keras_ops
+from unidl.backends.keras.module import NativeLoss, NativeModel
+from unidl.backends.keras.optimizer import NativeOptimizer
+
+
+def keras_device_name(device: str) -> str:
+    return "cpu" if device == "cpu" else f"gpu:{device.split(':')[1]}"
+
+
+def _gpu_count() -> int:
+    framework = keras.backend.backend()
+    if framework == "tensorflow":
+        import tensorflow as tf
+        return len(tf.config.list_physical_devices("GPU"))
+    if framework == "torch":
+        import torch
+        return torch.cuda.device_count()
+    if framework == "jax":
+        import jax
+        return len([d for d in jax.devices() if d.platform == "gpu"])
+    return 0
+
+
+class Backend(BackendInterface):
+    name = "keras"
+    ops = keras_ops
+
+    def __init__(self):
+        self.check_ops()
+        if unidl_random.initial_seed() is not None:
+            self.seed(unidl_random.initial_seed())
+
+    # ---- framework and devices -------------------------------------------
+    def versions(self):
+        framework = keras.backend.backend()
+        module = __import__({"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}.get(framework, framework))
+        return {"keras": keras.__version__, f"keras backend {framework}": module.__version__}
+
+    def devices(self):
+        return ["cpu"] + [f"cuda:{i}" for i in range(_gpu_count())]
+
+    def device_scope(self, device):
+        return keras.device(keras_device_name(device))
+
+    def seed(self, seed):
+        keras.utils.set_random_seed(seed)
+        keras_ops.set_seed(seed)
+
+    def _scope(self):
+        return keras.device(keras_device_name(config.resolve_device(config._requested_device(), self)))
+
+    # ---- tensors ---------------------------------------------------------
+    def to_input(self, value):
+        """NumPy or tensor -> what Keras's trainer takes: floats in unidl's dtype, integers as int64."""
+        if self.is_tensor(value):
+            if "float" in str(value.dtype) and keras.backend.standardize_dtype(value.dtype) != config.get_dtype():
+                return keras.ops.cast(value, config.get_dtype())
+            return value
+        array = np.asarray(value)
+        if array.dtype.kind == "f":
+            return array.astype(config.get_dtype(), copy=False)
+        if array.dtype.kind in "iu":
+            return array.astype(np.int64, copy=False)
+        return array
+
+    def tensor(self, value, dtype=None):
+        with self._scope():
+            if dtype is not None:
+                return keras.ops.convert_to_tensor(np.asarray(value), dtype)
+            return keras.ops.convert_to_tensor(self.to_input(value))
+
+    def to_numpy(self, tensor):
+        if isinstance(tensor, np.ndarray):
+            return tensor
+        return np.asarray(keras.ops.convert_to_numpy(tensor))
+
+    def is_tensor(self, value):
+        return isinstance(value, keras.Variable) or keras.ops.is_tensor(value)
+
+    # ---- parameters ------------------------------------------------------
+    def parameter(self, value, trainable=True):
+        with self._scope():
+            return keras.Variable(np.asarray(value, dtype=config.get_dtype()), dtype=config.get_dtype(),
+                                  trainable=trainable)
+
+    def is_parameter(self, value):
+        return isinstance(value, keras.Variable) and value.trainable
+
+    def assign(self, variable, value):
+        variable.assign(np.asarray(value).astype(variable.dtype))
+
+    # ---- modules and training ---------------------------------------------
+    def native_module(self, module):
+        return NativeModel(module)
+
+    def optimizer(self, optimizer):
+        return NativeOptimizer(optimizer, keras_ops)
+
+    def set_learning_rate(self, optimizer, lr):
+        optimizer.native.learning_rate = lr
+
+    def apply_gradients(self, optimizer, grads):
+        optimizer.native.apply(grads, optimizer.params)
+
+    def zero_grad(self, optimizer):
+        pass  # Keras stores no gradients on variables
+
+    def step(self, optimizer):
+        raise RuntimeError(
+            "optimizer.step() applies gradients stored by backward(), which only the torch backend has; "
+            "on keras use grads = ud.grad(...) and optimizer.apply(grads), or ud.train_step")
+
+    def compile(self, model, loss_fn, optimizer, jit_compile=False):
+        """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer)."""
+        native = model.native
+        native.compile(optimizer=optimizer.native, loss=NativeLoss(loss_fn), jit_compile=jit_compile)
+        return native
+
+    def train_step(self, model, loss_fn, optimizer):
+        native = self.compile(model, loss_fn, optimizer)
+        to_input = self.to_input
+
+        def step(x, y):
+            return native.train_on_batch(to_input(x), to_input(y))
+
+        return step
+
+    def check_shapes(self, model, loss_fn, x, y):
+        x, y = self.to_input(x), self.to_input(y)
+        specs = [keras.KerasTensor(tuple(v.shape), dtype=keras.backend.standardize_dtype(v.dtype)) for v in (x, y)]
+        compute_output_spec(lambda a, b: loss_fn(model(a), b), *specs)

@@ -1,0 +1,46 @@
+"""The ``keras.Model`` that wraps a unidl module tree, so that Keras's own trainer can run it."""
+
+from __future__ import annotations
+
+import keras
+
+
+class NativeModel(keras.Model):
+    """A ``keras.Model`` over a unidl module's ``keras.Variable``s whose ``call`` is the module's forward.
+
+    Keras's ``training`` argument sets the unidl modules' train/eval mode for the call (and thus
+    for the trace), as Keras layers would.
+    """
+
+    def __init__(self, module):
+        super().__init__(name=type(module).__name__.lower())
+        object.__setattr__(self, "_unidl_module", module)
+        self.unidl_parameters = [p for _, p in module.named_parameters()]
+        self.unidl_buffers = [b for _, b in module.named_buffers()]
+        self.built = True
+
+    def call(self, x, training=None):
+        module = self._unidl_module
+        if training is None:
+            return module(x)
+        modes = [(m, m.training) for m in module.modules()]
+        module.train(bool(training))
+        try:
+            return module(x)
+        finally:
+            for m, mode in modes:
+                object.__setattr__(m, "training", mode)
+
+
+class NativeLoss(keras.losses.Loss):
+    """A unidl loss module as a ``keras.losses.Loss`` (already reduced, so Keras's reduction is a no-op)."""
+
+    def __init__(self, loss_fn):
+        super().__init__(name=type(loss_fn).__name__.lower(), reduction="sum")
+        self._unidl_loss = loss_fn
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        return self._unidl_loss(y_pred, y_true)
+
+    def call(self, y_true, y_pred):
+        return self._unidl_loss(y_pred, y_true)

@@ -1,0 +1,46 @@
+"""unidl optimizers on Keras: a ``keras.optimizers.Optimizer`` running the unidl optimizer's own ``update()``.
+
+Keras's built-in optimizers differ from PyTorch's rules (epsilon placement in
+Adam, momentum sign convention in SGD), so unidl plugs its rule into Keras's
+optimizer machinery instead: Keras still owns the slot variables, the
+iteration counter and the learning-rate variable.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops as K
+
+
+class NativeOptimizer(keras.optimizers.Optimizer):
+    """Keras optimizer whose ``update_step`` is ``spec.update`` (a unidl optimizer's rule)."""
+
+    def __init__(self, spec, ops):
+        super().__init__(learning_rate=spec.lr, name=type(spec).__name__.lower())
+        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_unidl_ops", ops)
+        object.__setattr__(self, "_slot_table", [])
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        initializer = keras.initializers.Constant(self._spec.initial_slot_value)
+        for variable in variables:
+            self._slot_table.append({
+                name: self.add_variable_from_reference(variable, name, initializer=initializer)
+                for name in self._spec.slots})
+
+    def slots_of(self, variable) -> dict:
+        return self._slot_table[self._get_variable_index(variable)]
+
+    def update_step(self, gradient, variable, learning_rate):
+        spec, ops = self._spec, self._unidl_ops
+        slots = self.slots_of(variable)
+        step = K.cast(self.iterations + 1, variable.dtype)
+        gradient = spec.regularized_gradient(variable, gradient, ops)
+        new_param, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
+        for name, value in new_slots.items():
+            if value is not slots[name]:
+                self.assign(slots[name], value)
+        self.assign(variable, new_param)

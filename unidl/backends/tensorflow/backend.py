@@ -1,0 +1,117 @@
+"""The TensorFlow backend: graph mode. A train step is one ``tf.function`` graph with in-graph variable updates."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from unidl import config
+from unidl import random as unidl_random
+from unidl.backends.interface import Backend as BackendInterface
+from unidl.backends.tensorflow import ops as tf_ops
+from unidl.backends.tensorflow.function import GraphFunction, to_graph_input
+from unidl.backends.tensorflow.module import NativeModule
+from unidl.backends.tensorflow.optimizer import GraphOptimizer
+
+_DTYPES = {"float32": tf.float32, "float64": tf.float64}
+
+
+def tf_device_name(device: str) -> str:
+    """unidl device ('cpu', 'cuda:N') -> TensorFlow device string ('/CPU:0', '/GPU:N')."""
+    return "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
+
+
+class Backend(BackendInterface):
+    name = "tensorflow"
+    ops = tf_ops
+
+    def __init__(self):
+        self.check_ops()
+        if unidl_random.initial_seed() is not None:
+            self.seed(unidl_random.initial_seed())
+
+    # ---- framework and devices -------------------------------------------
+    def versions(self):
+        return {"tensorflow": tf.__version__}
+
+    def devices(self):
+        return ["cpu"] + [f"cuda:{i}" for i in range(len(tf.config.list_physical_devices("GPU")))]
+
+    def device_scope(self, device):
+        return tf.device(tf_device_name(device))
+
+    def seed(self, seed):
+        tf.random.set_seed(seed)
+        tf_ops.set_seed(seed)
+
+    def current_device_name(self) -> str:
+        return tf_device_name(config.resolve_device(config._requested_device(), self))
+
+    # ---- tensors ---------------------------------------------------------
+    def tensor(self, value, dtype=None):
+        with tf.device(self.current_device_name()):
+            if dtype is not None:
+                return tf.convert_to_tensor(np.asarray(value), _DTYPES[dtype])
+            return tf.identity(to_graph_input(value))
+
+    def to_numpy(self, tensor):
+        if isinstance(tensor, np.ndarray):
+            return tensor
+        return tensor.numpy()
+
+    def is_tensor(self, value):
+        return isinstance(value, (tf.Tensor, tf.Variable))
+
+    # ---- parameters ------------------------------------------------------
+    def parameter(self, value, trainable=True):
+        with tf.device(self.current_device_name()):
+            return tf.Variable(np.asarray(value), dtype=_DTYPES[config.get_dtype()], trainable=trainable)
+
+    def is_parameter(self, value):
+        return isinstance(value, tf.Variable) and value.trainable
+
+    def assign(self, variable, value):
+        variable.assign(np.asarray(value).astype(variable.dtype.as_numpy_dtype))
+
+    # ---- modules and training ---------------------------------------------
+    def native_module(self, module):
+        return NativeModule(module)
+
+    def optimizer(self, optimizer):
+        with tf.device(self.current_device_name()):
+            return GraphOptimizer(optimizer, tf_ops)
+
+    def set_learning_rate(self, optimizer, lr):
+        optimizer.native.learning_rate.assign(lr)
+
+    def apply_gradients(self, optimizer, grads):
+        optimizer.native.apply(grads)
+
+    def zero_grad(self, optimizer):
+        pass  # TensorFlow stores no gradients on variables
+
+    def step(self, optimizer):
+        raise RuntimeError(
+            "optimizer.step() applies gradients stored by backward(), which only the torch backend has; "
+            "on tensorflow use grads = ud.grad(...) and optimizer.apply(grads), or ud.train_step")
+
+    def train_step(self, model, loss_fn, optimizer):
+        params = optimizer.params
+        apply = optimizer.native.apply
+
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(model(x), y)
+            apply(tape.gradient(loss, params))
+            return loss
+
+        return GraphFunction(train_step, device=self.current_device_name())
+
+    def check_shapes(self, model, loss_fn, x, y):
+        x, y = to_graph_input(x), to_graph_input(y)
+        specs = (tf.TensorSpec(x.shape, x.dtype), tf.TensorSpec(y.shape, y.dtype))
+        tf.function(lambda a, b: loss_fn(model(a), b), autograph=False).get_concrete_function(*specs)

@@ -1,0 +1,211 @@
+"""unidl's functional ops on TensorFlow, taking and returning NCHW.
+
+TensorFlow's CPU kernels convolve and pool in NHWC only, so ``conv2d`` and the
+pools transpose in and out around the NHWC kernel; inside a ``tf.function``
+Grappler's layout optimizer folds back-to-back transposes between consecutive
+layers. Kernels stay OIHW in the variables and are transposed in the graph.
+Everything here works in eager mode and in graphs with unknown batch size.
+"""
+
+from __future__ import annotations
+
+
+import tensorflow as tf
+
+_NCHW_TO_NHWC = (0, 2, 3, 1)
+_NHWC_TO_NCHW = (0, 3, 1, 2)
+
+matmul = tf.linalg.matmul
+relu = tf.nn.relu
+sigmoid = tf.sigmoid
+tanh = tf.tanh
+exp = tf.exp
+log = tf.math.log
+sqrt = tf.sqrt
+abs = tf.abs
+sign = tf.sign
+square = tf.square
+maximum = tf.maximum
+where = tf.where
+zeros_like = tf.zeros_like
+
+_random = {"generator": None}
+
+
+def set_seed(seed: int) -> None:
+    """Reset the generator that draws dropout masks (created eagerly, captured by graphs)."""
+    _random["generator"] = tf.random.Generator.from_seed(seed)
+
+
+def random_generator() -> tf.random.Generator:
+    if _random["generator"] is None:
+        _random["generator"] = tf.random.Generator.from_non_deterministic_state()
+    return _random["generator"]
+
+
+def linear(x, weight, bias=None):
+    if x.shape.rank == 2:
+        y = tf.linalg.matmul(x, weight, transpose_b=True)
+    else:
+        y = tf.einsum("...i,oi->...o", x, weight)
+    return y + bias if bias is not None else y
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return tf.nn.leaky_relu(x, alpha=negative_slope)
+
+
+def softmax(x, dim=-1):
+    return tf.nn.softmax(x, axis=dim)
+
+
+def log_softmax(x, dim=-1):
+    return tf.nn.log_softmax(x, axis=dim)
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def conv_padding(padding, kernel_hw, stride_hw=(1, 1)):
+    """PyTorch's padding argument as explicit ((top, bottom), (left, right)) amounts."""
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if padding == "same":
+        totals = [k - 1 for k in kernel_hw]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    ph, pw = _pair(padding)
+    return ((ph, ph), (pw, pw))
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    (top, bottom), (left, right) = conv_padding(padding, weight.shape[2:4])
+    sh, sw = _pair(stride)
+    y = tf.nn.conv2d(tf.transpose(x, _NCHW_TO_NHWC), tf.transpose(weight, (2, 3, 1, 0)),
+                     strides=(1, sh, sw, 1), padding=((0, 0), (top, bottom), (left, right), (0, 0)))
+    if bias is not None:
+        y = tf.nn.bias_add(y, bias)
+    return tf.transpose(y, _NHWC_TO_NCHW)
+
+
+def _pool(x, kernel_size, stride, padding, pool, pad_value):
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride if stride is not None else kernel_size)
+    ph, pw = _pair(padding)
+    xh = tf.transpose(x, _NCHW_TO_NHWC)
+    if ph or pw:
+        xh = tf.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
+    y = pool(xh, ksize=(kh, kw), strides=(sh, sw), padding="VALID")
+    return tf.transpose(y, _NHWC_TO_NCHW)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    return _pool(x, kernel_size, stride, padding, tf.nn.max_pool2d, float("-inf"))
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    return _pool(x, kernel_size, stride, padding, tf.nn.avg_pool2d, 0.0)
+
+
+def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    axes = [0] if x.shape.rank == 2 else [0] + list(range(2, x.shape.rank))
+    broadcast = [1, -1] + [1] * (x.shape.rank - 2)
+    if training:
+        mean, var = tf.nn.moments(x, axes)
+        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
+        unbiased = var * count / tf.maximum(count - 1, 1)
+        running_mean.assign((1 - momentum) * running_mean + momentum * mean)
+        running_var.assign((1 - momentum) * running_var + momentum * unbiased)
+    else:
+        mean, var = running_mean, running_var
+    scale = tf.math.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias
+    return x * tf.reshape(scale, broadcast) + tf.reshape(shift, broadcast)
+
+
+def dropout(x, p, training):
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return tf.zeros_like(x)
+    keep = random_generator().uniform(tf.shape(x), dtype=x.dtype) >= p
+    return tf.where(keep, x / (1 - p), tf.zeros_like(x))
+
+
+def reshape(x, shape):
+    return tf.reshape(x, shape)
+
+
+def flatten(x, start_dim=1):
+    tail = x.shape[start_dim:]
+    if tail.is_fully_defined() and all(d is not None for d in x.shape[1:start_dim]):
+        size = 1
+        for d in tail:
+            size *= d
+        return tf.reshape(x, [-1] + list(x.shape[1:start_dim]) + [size])
+    return tf.reshape(x, tf.concat([tf.shape(x)[:start_dim], [-1]], 0))
+
+
+def concat(tensors, axis=0):
+    return tf.concat(list(tensors), axis)
+
+
+def stack(tensors, axis=0):
+    return tf.stack(list(tensors), axis)
+
+
+def mean(x, axis=None, keepdims=False):
+    return tf.reduce_mean(x, axis, keepdims)
+
+
+def sum(x, axis=None, keepdims=False):
+    return tf.reduce_sum(x, axis, keepdims)
+
+
+def clip(x, minimum=None, maximum=None):
+    if minimum is not None:
+        x = tf.maximum(x, tf.cast(minimum, x.dtype))
+    if maximum is not None:
+        x = tf.minimum(x, tf.cast(maximum, x.dtype))
+    return x
+
+
+def shape(x):
+    dynamic = tf.shape(x)
+    return tuple(d if d is not None else dynamic[i] for i, d in enumerate(x.shape))
+
+
+def cast_like(x, like):
+    return tf.cast(x, like.dtype)
+
+
+def one_hot(labels, num_classes):
+    return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.int64)
+
+
+def _reduce(values, reduction):
+    return tf.reduce_mean(values) if reduction == "mean" else tf.reduce_sum(values)
+
+
+def mse_loss(prediction, target, reduction="mean"):
+    return _reduce(tf.square(prediction - tf.cast(target, prediction.dtype)), reduction)
+
+
+def l1_loss(prediction, target, reduction="mean"):
+    return _reduce(tf.abs(prediction - tf.cast(target, prediction.dtype)), reduction)
+
+
+def cross_entropy(logits, labels, reduction="mean"):
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int64), logits=logits)
+    return _reduce(losses, reduction)
+
+
+def bce_with_logits(logits, targets, reduction="mean"):
+    return _reduce(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(targets, logits.dtype), logits=logits),
+                   reduction)
+
+

@@ -1,0 +1,41 @@
+"""unidl optimizers on TensorFlow: slot variables updated inside the graph by the optimizer's own ``update()``."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class GraphOptimizer(tf.Module):
+    """The state of one unidl optimizer as ``tf.Variable``s (learning rate, step count, slots).
+
+    ``apply(grads)`` is plain TensorFlow, so it runs eagerly or inside a compiled train step;
+    the learning rate is a variable, so changing it never retraces.
+    """
+
+    def __init__(self, optimizer, ops):
+        super().__init__(name=type(optimizer).__name__)
+        self._spec = optimizer
+        self._ops = ops
+        dtype = optimizer.params[0].dtype
+        self.learning_rate = tf.Variable(optimizer.lr, dtype=dtype, trainable=False, name="learning_rate")
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        self.slot_variables = [
+            {name: tf.Variable(tf.fill(tf.shape(p), tf.cast(optimizer.initial_slot_value, p.dtype)),
+                               trainable=False, name=name) for name in optimizer.slots}
+            for p in optimizer.params
+        ]
+
+    def apply(self, grads):
+        spec, ops = self._spec, self._ops
+        step = tf.cast(self.iterations.assign_add(1), self.learning_rate.dtype)
+        for param, grad, slots in zip(spec.params, grads, self.slot_variables):
+            if grad is None:
+                continue
+            if isinstance(grad, tf.IndexedSlices):
+                grad = tf.convert_to_tensor(grad)
+            grad = spec.regularized_gradient(param, grad, ops)
+            new_param, new_slots = spec.update(param, grad, slots, self.learning_rate, step, ops)
+            for name, value in new_slots.items():
+                if value is not slots[name]:
+                    slots[name].assign(value)
+            param.assign(new_param)

@@ -1,0 +1,136 @@
+"""The PyTorch backend: eager execution, ``torch.nn.Parameter`` variables, ``torch.optim`` updates."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from unidl import config
+from unidl import random as unidl_random
+from unidl.backends.interface import Backend as BackendInterface
+from unidl.backends.torch import ops as torch_ops
+from unidl.backends.torch.module import NativeModule
+from unidl.backends.torch.optimizer import add_l1, native_optimizer
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class Backend(BackendInterface):
+    name = "torch"
+    ops = torch_ops
+
+    def __init__(self):
+        self.check_ops()
+        if unidl_random.initial_seed() is not None:
+            self.seed(unidl_random.initial_seed())
+
+    # ---- framework and devices -------------------------------------------
+    def versions(self):
+        return {"torch": torch.__version__}
+
+    def devices(self):
+        return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+    def device_scope(self, device):
+        return contextlib.nullcontext()
+
+    def seed(self, seed):
+        torch.manual_seed(seed)
+
+    def current_device(self) -> torch.device:
+        return torch.device(config.resolve_device(config._requested_device(), self))
+
+    # ---- tensors ---------------------------------------------------------
+    def tensor(self, value, dtype=None):
+        device = self.current_device()
+        if isinstance(value, torch.Tensor):
+            floating = value.is_floating_point()
+            target = _DTYPES[dtype or config.get_dtype()] if floating else value.dtype
+            return value.to(device=device, dtype=target)
+        array = np.asarray(value)
+        if array.dtype.kind == "f" or dtype is not None:
+            target = _DTYPES[dtype or config.get_dtype()]
+        elif array.dtype.kind in "iu":
+            target = torch.int64
+        elif array.dtype.kind == "b":
+            target = torch.bool
+        else:
+            raise TypeError(f"cannot make a tensor from an array of dtype {array.dtype}")
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        if device.type == "cuda":
+            tensor = tensor.pin_memory()
+            return tensor.to(device=device, dtype=target, non_blocking=True)
+        return tensor.to(dtype=target)
+
+    def to_numpy(self, tensor):
+        if isinstance(tensor, np.ndarray):
+            return tensor
+        return tensor.detach().cpu().numpy()
+
+    def is_tensor(self, value):
+        return isinstance(value, torch.Tensor)
+
+    # ---- parameters ------------------------------------------------------
+    def parameter(self, value, trainable=True):
+        data = torch.tensor(np.asarray(value), dtype=_DTYPES[config.get_dtype()], device=self.current_device())
+        return torch.nn.Parameter(data) if trainable else data
+
+    def is_parameter(self, value):
+        return isinstance(value, torch.nn.Parameter)
+
+    def assign(self, variable, value):
+        with torch.no_grad():
+            variable.copy_(torch.as_tensor(np.asarray(value)).to(variable.dtype))
+
+    # ---- modules and training ---------------------------------------------
+    def native_module(self, module):
+        return NativeModule(module)
+
+    def optimizer(self, optimizer):
+        return native_optimizer(optimizer)
+
+    def set_learning_rate(self, optimizer, lr):
+        for group in optimizer.native.param_groups:
+            group["lr"] = lr
+
+    def apply_gradients(self, optimizer, grads):
+        for p, g in zip(optimizer.params, grads):
+            p.grad = g
+        self.step(optimizer)
+
+    def zero_grad(self, optimizer):
+        optimizer.native.zero_grad(set_to_none=True)
+
+    def step(self, optimizer):
+        add_l1(optimizer)
+        optimizer.native.step()
+
+    def train_step(self, model, loss_fn, optimizer):
+        native = optimizer.native
+        to_input = self.to_input
+        l1 = optimizer.hyper["l1"]
+
+        def step(x, y):
+            x, y = to_input(x), to_input(y)
+            native.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            if l1:
+                add_l1(optimizer)
+            native.step()
+            return loss.detach()
+
+        return step
+
+    def to_input(self, value):
+        """Fast path for step inputs: native tensors already in place pass through untouched."""
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and value.dtype != _DTYPES[config.get_dtype()]:
+                return self.tensor(value)
+            return value
+        return self.tensor(value)
+
+    def check_shapes(self, model, loss_fn, x, y):
+        pass  # eager: the layers' own checks run on every real call

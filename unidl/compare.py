@@ -1,0 +1,36 @@
+"""The side-by-side run: the two-layer net trained from one seed on every installed backend."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unidl import config
+from unidl.models import TwoLayerNet
+from unidl.nn import MSELoss
+from unidl.optim import SGD
+from unidl.random import manual_seed
+from unidl.training import train_step
+
+
+def two_layer_losses(backend: str, steps: int = 200, seed: int = 0, sizes=(64, 1000, 100, 10)) -> list[float]:
+    """Loss after each of ``steps`` SGD-with-momentum steps of the lecture's net on ``backend``."""
+    n, d_in, hidden, d_out = sizes
+    data = np.random.default_rng(seed)
+    x = data.standard_normal((n, d_in)).astype(np.float32)
+    y = data.standard_normal((n, d_out)).astype(np.float32)
+    with config.use_backend(backend):
+        manual_seed(seed)
+        model = TwoLayerNet(d_in, hidden, d_out)
+        step = train_step(model, MSELoss(), SGD(model.parameters(), lr=1e-2, momentum=0.9))
+        return [float(step(x, y)) for _ in range(steps)]
+
+
+def print_side_by_side(steps: int = 200, every: int = 20) -> dict[str, list[float]]:
+    """Train on each installed backend and print the loss trajectories in columns."""
+    names = config.available_backends()
+    losses = {name: two_layer_losses(name, steps) for name in names}
+    print("two-layer net, N=64 D_in=1000 H=100 D_out=10, SGD lr=1e-2 momentum=0.9, seed 0")
+    print("step  " + "".join(f"{name:>14}" for name in names))
+    for t in list(range(0, steps, every)) + [steps - 1]:
+        print(f"{t:4d}  " + "".join(f"{losses[name][t]:14.6f}" for name in names))
+    return losses

@@ -1,0 +1,183 @@
+"""Which backend, device and dtype unidl uses now: process defaults plus context-local overrides.
+
+``set_backend`` / ``set_device`` / ``set_dtype`` change the process default;
+``use_backend`` / ``use_device`` scope a choice to a ``with`` block and to the
+current thread or task only (``contextvars``), so that two threads never flip
+each other's backend. Unset defaults come from ``UNIDL_BACKEND`` and
+``UNIDL_DEVICE``, read and checked at the first call that needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import re
+
+from unidl import backends
+from unidl.errors import DeviceUnavailableError, UnknownBackendError
+
+_backend_override: contextvars.ContextVar = contextvars.ContextVar("unidl_backend", default=None)
+_device_override: contextvars.ContextVar = contextvars.ContextVar("unidl_device", default=None)
+_default_backend = None
+_default_device: str | None = None
+_default_dtype = "float32"
+_resolved_devices: dict[tuple[str, str], str] = {}
+
+DTYPES = ("float32", "float64")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|gpu)(?::(\d+))?$")
+
+
+# ---- backend -------------------------------------------------------------
+
+def _default_backend_object():
+    global _default_backend
+    if _default_backend is None:
+        requested = os.environ.get("UNIDL_BACKEND", "").strip()
+        if requested:
+            try:
+                _default_backend = backends.load(requested)
+            except UnknownBackendError as error:
+                raise UnknownBackendError(f"UNIDL_BACKEND={requested!r}: {error}") from None
+        else:
+            installed = backends.available_backends()
+            if not installed:
+                names = ", ".join(f"unidl[{s.extra}]" for s in backends.specs().values())
+                raise backends.BackendNotInstalledError(
+                    f"no backend is installed; install one of {names}")
+            _default_backend = backends.load(installed[0])
+    return _default_backend
+
+
+def backend():
+    """The backend object in force here (context override, else the process default)."""
+    return _backend_override.get() or _default_backend_object()
+
+
+def get_backend() -> str:
+    """Canonical name of the backend in force: 'torch', 'tensorflow' or 'keras'."""
+    return backend().name
+
+
+def set_backend(name: str) -> None:
+    """Make ``name`` (or an alias such as 'pytorch', 'tf') the process-wide default backend."""
+    global _default_backend
+    _default_backend = backends.load(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Use backend ``name`` inside the ``with`` block, in this thread/context only."""
+    token = _backend_override.set(backends.load(name))
+    try:
+        yield _backend_override.get()
+    finally:
+        _backend_override.reset(token)
+
+
+def available_backends() -> list[str]:
+    """Names of the installed backends, in the order the default is picked from."""
+    return backends.available_backends()
+
+
+# ---- device --------------------------------------------------------------
+
+def parse_device(spec: str) -> tuple[str, int | None]:
+    """Split a device name into ('auto'|'cpu'|'gpu', index); 'cuda' is an alias of 'gpu'."""
+    match = _DEVICE_PATTERN.match(str(spec).strip().lower())
+    if not match or (match.group(1) in ("auto", "cpu") and match.group(2) is not None):
+        raise DeviceUnavailableError(
+            f"invalid device {spec!r}; valid devices are 'auto', 'cpu', 'cuda', 'cuda:N', 'gpu', 'gpu:N'")
+    kind = "gpu" if match.group(1) == "cuda" else match.group(1)
+    return kind, (int(match.group(2)) if match.group(2) is not None else None)
+
+
+def _requested_device() -> str:
+    override = _device_override.get()
+    if override is not None:
+        return override
+    if _default_device is not None:
+        return _default_device
+    requested = os.environ.get("UNIDL_DEVICE", "auto").strip() or "auto"
+    try:
+        parse_device(requested)
+    except DeviceUnavailableError as error:
+        raise DeviceUnavailableError(f"UNIDL_DEVICE={requested!r}: {error}") from None
+    return requested
+
+
+def resolve_device(requested: str, backend_object) -> str:
+    """Map a requested device to one the backend sees ('cpu' or 'cuda:N'), or raise.
+
+    No silent fall-back: asking for a GPU the backend cannot see is an error
+    that lists the devices it does see.
+    """
+    key = (backend_object.name, requested)
+    if key not in _resolved_devices:
+        kind, index = parse_device(requested)
+        visible = backend_object.devices()
+        gpus = [d for d in visible if d != "cpu"]
+        if kind == "auto":
+            resolved = gpus[0] if gpus else "cpu"
+        elif kind == "cpu":
+            resolved = "cpu"
+        else:
+            resolved = f"cuda:{index or 0}"
+            if resolved not in gpus:
+                raise DeviceUnavailableError(
+                    f"device {requested!r} is not visible to backend {backend_object.name!r}; "
+                    f"it sees: {', '.join(visible)}")
+        _resolved_devices[key] = resolved
+    return _resolved_devices[key]
+
+
+def get_device() -> str:
+    """The device in force for the current backend, resolved: 'cpu' or 'cuda:N'."""
+    return resolve_device(_requested_device(), backend())
+
+
+def set_device(device: str) -> None:
+    """Make ``device`` the process-wide default ('auto', 'cpu', 'cuda', 'cuda:N', 'gpu', 'gpu:N')."""
+    global _default_device
+    parse_device(device)
+    _default_device = device
+    if _backend_override.get() is not None or _default_backend is not None:
+        get_device()  # report an unseen GPU now, not at the first tensor
+
+
+@contextlib.contextmanager
+def use_device(device: str):
+    """Use ``device`` inside the ``with`` block, in this thread/context only."""
+    parse_device(device)
+    token = _device_override.set(device)
+    try:
+        yield get_device()
+    finally:
+        _device_override.reset(token)
+
+
+# ---- dtype ---------------------------------------------------------------
+
+def get_dtype() -> str:
+    """The floating dtype new parameters and tensors get: 'float32' (default) or 'float64'."""
+    return _default_dtype
+
+
+def set_dtype(dtype: str) -> None:
+    """Switch parameters and computation created from now on to ``dtype`` on every backend."""
+    global _default_dtype
+    name = getattr(dtype, "__name__", None) or str(dtype)
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; valid dtypes are {', '.join(DTYPES)}")
+    _default_dtype = name
+
+
+@contextlib.contextmanager
+def use_dtype(dtype: str):
+    """Use ``dtype`` for everything created inside the ``with`` block (process-wide)."""
+    previous = _default_dtype
+    set_dtype(dtype)
+    try:
+        yield
+    finally:
+        set_dtype(previous)

@@ -1,0 +1,40 @@
+"""Every error unidl raises on purpose, in one place.
+
+Each message names what was given and what would have been valid, so that a
+user can fix the call without reading unidl's source.
+"""
+
+
+class UnidlError(Exception):
+    """Base class of the errors that unidl raises itself."""
+
+
+class UnknownBackendError(UnidlError, ValueError):
+    """A backend name that unidl does not know."""
+
+
+class BackendNotInstalledError(UnidlError, ImportError):
+    """A known backend whose framework is not installed."""
+
+
+class BackendMismatchError(UnidlError, RuntimeError):
+    """An object created under one backend used under another."""
+
+
+class DeviceUnavailableError(UnidlError, RuntimeError):
+    """A device that the backend cannot see, or a malformed device name."""
+
+
+class ShapeMismatchError(UnidlError, ValueError):
+    """An input whose shape does not fit the layer or loss it is given to."""
+
+
+class StateDictError(UnidlError, KeyError):
+    """A state dict with missing keys, unexpected keys or wrongly shaped values."""
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ""
+
+
+class BackendInterfaceError(UnidlError, NotImplementedError):
+    """A backend that does not provide a function of the backend interface."""

@@ -1,0 +1,37 @@
+"""Initial weights drawn in NumPy from unidl's seed, in the canonical layout, with PyTorch's default rules.
+
+Drawing here rather than in each framework is what makes a seed give
+bit-identical starting weights on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from unidl import random as _random
+
+
+def uniform(shape, bound: float) -> np.ndarray:
+    """Samples of U(-bound, bound), drawn in float64 so the dtype cast is the only rounding."""
+    return _random.generator().uniform(-bound, bound, size=tuple(shape))
+
+
+def kaiming_uniform(shape, fan_in: int) -> np.ndarray:
+    """PyTorch's default weight init, ``kaiming_uniform_(a=sqrt(5))``: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    gain = math.sqrt(2.0 / (1 + 5))
+    return uniform(shape, gain * math.sqrt(3.0 / fan_in))
+
+
+def bias_uniform(shape, fan_in: int) -> np.ndarray:
+    """PyTorch's default bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    return uniform(shape, 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)
+
+
+def zeros(shape) -> np.ndarray:
+    return np.zeros(tuple(shape))
+
+
+def ones(shape) -> np.ndarray:
+    return np.ones(tuple(shape))

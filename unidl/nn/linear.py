@@ -1,0 +1,39 @@
+"""``Linear``: y = x W^T + b, with W stored as (out_features, in_features) on every backend."""
+
+from __future__ import annotations
+
+from unidl.errors import ShapeMismatchError
+from unidl.nn import init
+from unidl.nn.module import Module
+
+
+class Linear(Module):
+    """Fully connected layer, ``y = x @ weight.T + bias``.
+
+    Args:
+        in_features: size of each input sample (the last axis).
+        out_features: size of each output sample.
+        bias: learn an additive bias (default True).
+
+    Weights start as in PyTorch: U(-1/sqrt(in_features), 1/sqrt(in_features)) for both.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        for label, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"Linear {label} must be a positive integer, got {value!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = self.parameter(init.kaiming_uniform((out_features, in_features), in_features))
+        self.bias = self.parameter(init.bias_uniform((out_features,), in_features)) if bias else None
+
+    def forward(self, x):
+        features = x.shape[-1] if len(x.shape) else None
+        if features != self.in_features and features is not None:
+            raise ShapeMismatchError(
+                f"{self.describe()} expected input of shape (N, {self.in_features}), "
+                f"received {tuple(x.shape)}")
+        return self._ops.linear(x, self.weight, self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -1,0 +1,205 @@
+"""``Module``: the base class of every layer and model, written once for all backends.
+
+A module is bound to the backend in force when it was created. Its
+parameters are that framework's own variables (``torch.nn.Parameter``,
+``tf.Variable``, ``keras.Variable``), so the forward pass runs on native
+tensors with no wrapper in between; only ``state_dict()`` crosses into NumPy,
+in the canonical layout.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+import weakref
+from typing import Iterator
+
+import numpy as np
+
+from unidl import config
+from unidl.errors import BackendMismatchError, StateDictError
+
+
+class Module:
+    """Base class for layers and models: subclass it, create sub-modules and parameters in ``__init__``,
+    write ``forward``. Calling the module calls ``forward``.
+
+    Example::
+
+        class Net(ud.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = ud.nn.Linear(4, 2)
+
+            def forward(self, x):
+                return ud.ops.relu(self.fc(x))
+    """
+
+    def __init__(self):
+        backend = config.backend()
+        object.__setattr__(self, "_backend", backend)
+        object.__setattr__(self, "_ops", backend.ops)
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_native", None)
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_parent", None)
+
+    # ---- registration ------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        if isinstance(value, Module):
+            self._check_backend(value._backend, f"sub-module {name!r} ({type(value).__name__})")
+            self._modules[name] = value
+            object.__setattr__(value, "_parent", (weakref.ref(self), name))
+        elif self._backend.is_parameter(value):
+            self._parameters[name] = value
+        object.__setattr__(self, name, value)
+
+    def parameter(self, value) -> object:
+        """A new trainable variable of this module's backend, holding ``value`` (cast to the current dtype)."""
+        with self._backend.device_scope(config.resolve_device(config._requested_device(), self._backend)):
+            return self._backend.parameter(np.asarray(value), trainable=True)
+
+    def register_buffer(self, name: str, value) -> None:
+        """Add non-trainable state (BatchNorm's running statistics) that ``state_dict()`` saves."""
+        with self._backend.device_scope(config.resolve_device(config._requested_device(), self._backend)):
+            variable = self._backend.parameter(np.asarray(value), trainable=False)
+        self._buffers[name] = variable
+        object.__setattr__(self, name, variable)
+
+    def _check_backend(self, other, what: str) -> None:
+        if other is not self._backend:
+            raise BackendMismatchError(
+                f"{what} was created under backend {other.name!r} but {type(self).__name__} "
+                f"belongs to {self._backend.name!r}; move weights across with state_dict()")
+
+    # ---- calling -----------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        current = config._backend_override.get() or config._default_backend
+        if current is not None and current is not self._backend:
+            raise BackendMismatchError(
+                f"{type(self).__name__} was created under backend {self._backend.name!r} and cannot run "
+                f"under {current.name!r}; build it again under {current.name!r} and load_state_dict() "
+                f"from this one's state_dict()")
+        return self.forward(*args, **kwargs)
+
+    # ---- traversal ---------------------------------------------------------
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        return list(self._modules.values())
+
+    def named_parameters(self) -> Iterator[tuple[str, object]]:
+        """(dotted name, native variable) for every trainable parameter, in registration order."""
+        for path, module in self.named_modules():
+            for name, value in module._parameters.items():
+                yield (f"{path}.{name}" if path else name), value
+
+    def parameters(self) -> list:
+        """The trainable parameters as native variables (give them to an optimizer)."""
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self) -> Iterator[tuple[str, object]]:
+        for path, module in self.named_modules():
+            for name, value in module._buffers.items():
+                yield (f"{path}.{name}" if path else name), value
+
+    def train(self, mode: bool = True) -> "Module":
+        """Training mode (batch statistics, dropout on) for this module and all below it."""
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        """Evaluation mode (running statistics, dropout off)."""
+        return self.train(False)
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend this module is bound to."""
+        return self._backend.name
+
+    @property
+    def native(self):
+        """The framework's own model object over the same variables (``torch.nn.Module``,
+        ``tf.Module``, ``keras.Model``), built on first access."""
+        if self._native is None:
+            object.__setattr__(self, "_native", self._backend.native_module(self))
+        return self._native
+
+    # ---- state -------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Parameters and buffers as NumPy arrays in the canonical layout, keyed by dotted name."""
+        to_numpy = self._backend.to_numpy
+        state = OrderedDict((name, to_numpy(p)) for name, p in self.named_parameters())
+        state.update((name, to_numpy(b)) for name, b in self.named_buffers())
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> dict:
+        """Copy values from a ``state_dict()`` (from any backend) into this module's variables.
+
+        With ``strict`` (the default) missing keys, unexpected keys and shape mismatches are all
+        reported in one ``StateDictError``; without it, the matching entries load and the
+        rest are returned as ``{'missing': [...], 'unexpected': [...]}``. Shape mismatches are
+        always an error.
+        """
+        own = OrderedDict(self.named_parameters())
+        own.update(self.named_buffers())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        mismatched = []
+        for key, variable in own.items():
+            if key in state_dict:
+                expected = tuple(variable.shape)
+                found = tuple(np.shape(state_dict[key]))
+                if expected != found:
+                    mismatched.append(f"{key}: expected shape {expected}, found {found}")
+        problems = []
+        if mismatched:
+            problems.append("shape mismatches: " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(f"{k} (expected shape {tuple(own[k].shape)})" for k in missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(np.shape(state_dict[k]))})" for k in unexpected))
+        if problems:
+            raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
+        for key, variable in own.items():
+            if key in state_dict:
+                self._backend.assign(variable, np.asarray(state_dict[key]))
+        return {"missing": missing, "unexpected": unexpected}
+
+    # ---- display -----------------------------------------------------------
+    def describe(self) -> str:
+        """The layer as errors name it: its repr line and its dotted path inside the model, if any."""
+        parts, node = [], self
+        while node._parent is not None:
+            parent = node._parent[0]()
+            if parent is None:
+                break
+            parts.append(node._parent[1])
+            node = parent
+        head = f"{type(self).__name__}({self.extra_repr()})"
+        return f"{head} at '{'.'.join(reversed(parts))}'" if parts else head
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._modules.items()]
+        body = self.extra_repr()
+        if not lines:
+            return f"{type(self).__name__}({body})"
+        return f"{type(self).__name__}({body}\n  " + "\n  ".join(lines) + "\n)"

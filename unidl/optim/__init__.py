@@ -1,0 +1,10 @@
+"""Optimizers with PyTorch's update rules on every backend, and learning-rate schedules."""
+
+from unidl.optim import lr_scheduler
+from unidl.optim.adagrad import Adagrad
+from unidl.optim.adam import Adam, AdamW
+from unidl.optim.optimizer import Optimizer
+from unidl.optim.rmsprop import RMSprop
+from unidl.optim.sgd import SGD
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler"]

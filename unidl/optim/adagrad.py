@@ -1,0 +1,33 @@
+"""Adagrad with PyTorch's rule and defaults."""
+
+from __future__ import annotations
+
+from unidl.optim.optimizer import Optimizer, check_range
+
+
+class Adagrad(Optimizer):
+    r"""Adagrad (Duchi et al.), as ``torch.optim.Adagrad`` with ``lr_decay=0``.
+
+    .. math::
+        g_t &= \nabla_p L + \lambda p_{t-1} \\
+        s_t &= s_{t-1} + g_t^2 \quad (s_0 = \text{initial\_accumulator\_value}) \\
+        p_t &= p_{t-1} - \text{lr}\, g_t / (\sqrt{s_t} + \epsilon)
+
+    Args: ``lr`` (1e-2), ``eps`` (1e-10), ``weight_decay`` (L2, 0), ``initial_accumulator_value`` (0), ``l1`` (0).
+    """
+
+    slots = ("sum",)
+
+    def __init__(self, params, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, l1: float = 0.0):
+        self.initial_slot_value = check_range("Adagrad", "initial_accumulator_value", initial_accumulator_value)
+        super().__init__(params, lr, l1=l1, eps=check_range("Adagrad", "eps", eps),
+                         weight_decay=check_range("Adagrad", "weight_decay", weight_decay),
+                         initial_accumulator_value=self.initial_slot_value)
+
+    def update(self, param, grad, slots, lr, step, ops):
+        h = self.hyper
+        if h["weight_decay"]:
+            grad = grad + h["weight_decay"] * param
+        total = slots["sum"] + grad * grad
+        return param - lr * (grad / (ops.sqrt(total) + h["eps"])), {"sum": total}

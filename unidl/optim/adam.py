@@ -1,0 +1,67 @@
+"""Adam and AdamW with PyTorch's update rule, epsilon placement and bias correction."""
+
+from __future__ import annotations
+
+from unidl.optim.optimizer import Optimizer, check_range
+
+
+def _check_betas(owner, betas):
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{owner} betas must be a pair (beta1, beta2), got {betas!r}")
+    return (check_range(owner, "betas[0]", betas[0], 0.0, 1.0), check_range(owner, "betas[1]", betas[1], 0.0, 1.0))
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba), as ``torch.optim.Adam``.
+
+    .. math::
+        g_t &= \nabla_p L + \lambda p_{t-1} \\
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        p_t &= p_{t-1} - \frac{\text{lr}}{1 - \beta_1^t}\,
+               \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``l1`` (0).
+    """
+
+    slots = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, l1: float = 0.0):
+        owner = type(self).__name__
+        super().__init__(params, lr, l1=l1, betas=_check_betas(owner, betas),
+                         eps=check_range(owner, "eps", eps),
+                         weight_decay=check_range(owner, "weight_decay", weight_decay))
+
+    def update(self, param, grad, slots, lr, step, ops):
+        h = self.hyper
+        beta1, beta2 = h["betas"]
+        if h["weight_decay"]:
+            if self.decoupled:
+                param = param * (1 - lr * h["weight_decay"])
+            else:
+                grad = grad + h["weight_decay"] * param
+        exp_avg = beta1 * slots["exp_avg"] + (1 - beta1) * grad
+        exp_avg_sq = beta2 * slots["exp_avg_sq"] + (1 - beta2) * grad * grad
+        bias_correction1 = 1 - beta1 ** step
+        bias_correction2_sqrt = ops.sqrt(1 - beta2 ** step)
+        denom = ops.sqrt(exp_avg_sq) / bias_correction2_sqrt + h["eps"]
+        new_param = param - (lr / bias_correction1) * (exp_avg / denom)
+        return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``.
+
+    .. math::
+        p' = p_{t-1}(1 - \text{lr}\,\lambda), \text{ then the Adam step of } p' \text{ with } g_t = \nabla_p L
+
+    Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (0.01), ``l1`` (0).
+    """
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, l1: float = 0.0):
+        super().__init__(params, lr, betas, eps, weight_decay, l1)

@@ -1,0 +1,109 @@
+"""``Optimizer``: the base class of unidl's optimizers, bound to one backend and one list of parameters.
+
+Each subclass states its update rule once, as math in the docstring and as
+``update()`` written with the backend's ``ops`` and ordinary operators. The
+tensorflow and keras backends run that ``update()`` (inside their compiled
+graphs); the torch backend runs ``torch.optim``'s implementation of the same
+rule. The parity tests check that all of them agree.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+from unidl import config
+from unidl.errors import BackendMismatchError
+
+
+def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=False, high_open=True):
+    """Raise ``ValueError`` naming the hyperparameter unless low <= value < high (bounds as asked)."""
+    if not isinstance(value, Real) or isinstance(value, bool) or math.isnan(value):
+        raise ValueError(f"{owner} {name} must be a number, got {value!r}")
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ValueError(f"{owner} {name}={value!r} is invalid: it must lie in {left}{low}, {high}{right}")
+    return float(value)
+
+
+class Optimizer:
+    """Common machinery: parameter binding, learning rate, L1 penalty, ``apply`` and state.
+
+    Semantics on every backend: ``apply(grads)`` performs one update with the given gradients
+    (one per parameter, in ``params`` order). With PyTorch-style loops on the torch backend,
+    ``zero_grad()`` clears ``.grad`` and ``step()`` applies the gradients that ``backward()``
+    left there. ``l1`` adds ``l1 * sign(p)`` to each gradient first (the gradient of
+    ``l1 * sum|p|``), on every optimizer.
+    """
+
+    #: names of per-parameter state tensors, each starting as ``initial_slot_value``
+    slots: tuple[str, ...] = ()
+    initial_slot_value = 0.0
+
+    def __init__(self, params, lr: float, l1: float = 0.0, **hyper):
+        self._backend = config.backend()
+        params = list(params)
+        owner = type(self).__name__
+        if not params:
+            raise ValueError(f"{owner} got an empty parameter list")
+        for index, p in enumerate(params):
+            if not self._backend.is_parameter(p):
+                raise BackendMismatchError(
+                    f"{owner} parameter {index} ({type(p).__module__}.{type(p).__name__}) is not a "
+                    f"parameter of backend {self._backend.name!r}; pass model.parameters() of a model "
+                    f"built under {self._backend.name!r}")
+        self.params = params
+        self.hyper = dict(hyper)
+        self.hyper["l1"] = check_range(owner, "l1", l1)
+        self._lr = check_range(owner, "lr", lr)
+        self._native = self._backend.optimizer(self)
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def native(self):
+        """The backend's own optimizer object (``torch.optim.*``, unidl's TF state, a ``keras.optimizers.Optimizer``)."""
+        return self._native
+
+    @property
+    def lr(self) -> float:
+        """Current learning rate. Setting it takes effect at the next step, with no retracing."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = check_range(type(self).__name__, "lr", value)
+        self._backend.set_learning_rate(self, self._lr)
+
+    def update(self, param, grad, slots: dict, lr, step, ops):
+        """Return ``(new_param, new_slots)`` for one step; ``step`` counts from 1."""
+        raise NotImplementedError
+
+    def regularized_gradient(self, param, grad, ops):
+        """The gradient with the L1 term added, when ``l1 > 0``."""
+        l1 = self.hyper["l1"]
+        return grad + l1 * ops.sign(param) if l1 else grad
+
+    def apply(self, grads) -> None:
+        """Update every parameter with its gradient (list in ``params`` order)."""
+        grads = list(grads)
+        if len(grads) != len(self.params):
+            raise ValueError(f"{type(self).__name__}.apply got {len(grads)} gradients for {len(self.params)} parameters")
+        self._backend.apply_gradients(self, grads)
+
+    def zero_grad(self) -> None:
+        """Clear gradients left by ``backward()`` (torch backend); a no-op elsewhere, where gradients are returned, not stored."""
+        self._backend.zero_grad(self)
+
+    def step(self) -> None:
+        """Apply the gradients that ``backward()`` stored on the parameters (torch backend)."""
+        self._backend.step(self)
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
+        return f"{type(self).__name__}(lr={self._lr}, {fields})"

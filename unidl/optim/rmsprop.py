@@ -1,0 +1,33 @@
+"""RMSprop with PyTorch's rule (epsilon outside the square root, no centering, no momentum)."""
+
+from __future__ import annotations
+
+from unidl.optim.optimizer import Optimizer, check_range
+
+
+class RMSprop(Optimizer):
+    r"""RMSprop (Hinton), as ``torch.optim.RMSprop`` with ``centered=False, momentum=0``.
+
+    .. math::
+        g_t &= \nabla_p L + \lambda p_{t-1} \\
+        v_t &= \alpha v_{t-1} + (1 - \alpha) g_t^2 \\
+        p_t &= p_{t-1} - \text{lr}\, g_t / (\sqrt{v_t} + \epsilon)
+
+    Args: ``lr`` (1e-2), ``alpha`` (0.99), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``l1`` (0).
+    """
+
+    slots = ("square_avg",)
+
+    def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, l1: float = 0.0):
+        super().__init__(params, lr, l1=l1, alpha=check_range("RMSprop", "alpha", alpha, 0.0, 1.0, high_open=False),
+                         eps=check_range("RMSprop", "eps", eps),
+                         weight_decay=check_range("RMSprop", "weight_decay", weight_decay))
+
+    def update(self, param, grad, slots, lr, step, ops):
+        h = self.hyper
+        if h["weight_decay"]:
+            grad = grad + h["weight_decay"] * param
+        square_avg = h["alpha"] * slots["square_avg"] + (1 - h["alpha"]) * grad * grad
+        new_param = param - lr * (grad / (ops.sqrt(square_avg) + h["eps"]))
+        return new_param, {"square_avg": square_avg}

@@ -1,0 +1,48 @@
+"""Stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay (PyTorch's rule)."""
+
+from __future__ import annotations
+
+from unidl.optim.optimizer import Optimizer, check_range
+
+
+class SGD(Optimizer):
+    r"""Stochastic gradient descent.
+
+    .. math::
+        g_t &= \nabla_p L + \lambda p_{t-1} \quad (\lambda = \text{weight\_decay}) \\
+        b_t &= \mu b_{t-1} + g_t \quad (b_0 = 0) \\
+        d_t &= g_t + \mu b_t \text{ if nesterov else } b_t \text{ (or } g_t \text{ if } \mu = 0) \\
+        p_t &= p_{t-1} - \text{lr}\, d_t
+
+    Args:
+        params: the parameters to update (``model.parameters()``).
+        lr: learning rate, >= 0.
+        momentum: mu in [0, 1) (default 0).
+        nesterov: Nesterov momentum (needs momentum > 0).
+        weight_decay: L2 penalty lambda >= 0 (added to the gradient).
+        l1: L1 penalty, adds ``l1 * sign(p)`` to the gradient.
+
+    Example::
+
+        opt = ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    """
+
+    slots = ("momentum_buffer",)
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, l1: float = 0.0):
+        momentum = check_range("SGD", "momentum", momentum, 0.0, 1.0)
+        if nesterov and momentum <= 0:
+            raise ValueError("SGD nesterov=True needs momentum > 0, got momentum=0")
+        super().__init__(params, lr, l1=l1, momentum=momentum, nesterov=bool(nesterov),
+                         weight_decay=check_range("SGD", "weight_decay", weight_decay))
+
+    def update(self, param, grad, slots, lr, step, ops):
+        h = self.hyper
+        if h["weight_decay"]:
+            grad = grad + h["weight_decay"] * param
+        if not h["momentum"]:
+            return param - lr * grad, slots
+        buffer = h["momentum"] * slots["momentum_buffer"] + grad
+        direction = grad + h["momentum"] * buffer if h["nesterov"] else buffer
+        return param - lr * direction, {"momentum_buffer": buffer}
