@@ -38,3 +38,15 @@ class StateDictError(UnidlError, KeyError):
 
 class BackendInterfaceError(UnidlError, NotImplementedError):
     """A backend that does not provide a function of the backend interface."""
+
+
+class CorruptFileError(UnidlError, ValueError):
+    """A weights or checkpoint file that is truncated, malformed or not what its header claims."""
+
+
+class UnsafeFormatError(UnidlError, ValueError):
+    """A file whose format can run code when read (a pickle), refused unless the caller opts in."""
+
+
+class UnknownModelError(UnidlError, LookupError):
+    """A saved model whose class is not registered with ``unidl.register_model``."""

@@ -108,6 +108,14 @@ class Backend(abc.ABC):
         """Change an optimizer's learning rate without rebuilding or retracing anything."""
 
     @abc.abstractmethod
+    def optimizer_state(self, optimizer) -> tuple:
+        """``(step, slots)``: the step count and one {slot name: NumPy array} per parameter, params order."""
+
+    @abc.abstractmethod
+    def load_optimizer_state(self, optimizer, step: int, slots: list) -> None:
+        """Overwrite the step count and slots (shapes already checked by the caller)."""
+
+    @abc.abstractmethod
     def apply_gradients(self, optimizer, grads) -> None:
         """One update of ``optimizer.params`` with ``grads`` (same order), by the optimizer's rule."""
 
@@ -122,6 +130,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def train_step(self, model, loss_fn, optimizer) -> Callable:
         """Return ``step(x, y) -> loss``: forward, gradients and update as one unit of dispatch."""
+
+    @abc.abstractmethod
+    def value_and_grad(self, f, args, argnums, params) -> tuple:
+        """``(f(*args), grads)``: gradients of the scalar ``f`` w.r.t. ``args[i]`` for i in ``argnums``,
+        or w.r.t. the variables ``params`` when ``argnums`` is None. Zeros where ``f`` does not
+        depend on an input. Raise via ``unidl.autograd.check_scalar``/``check_float`` on bad input."""
 
     @abc.abstractmethod
     def check_shapes(self, model, loss_fn, x, y) -> None:

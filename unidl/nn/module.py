@@ -181,6 +181,12 @@ class Module:
                 self._backend.assign(variable, np.asarray(state_dict[key]))
         return {"missing": missing, "unexpected": unexpected}
 
+    def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> dict:
+        """Load weights saved by ``unidl.save`` (or a checkpoint) from ``path``; see ``unidl.load_weights``."""
+        from unidl.serialization import load_weights
+
+        return load_weights(self, path, strict, allow_pickle=allow_pickle)
+
     # ---- display -----------------------------------------------------------
     def describe(self) -> str:
         """The layer as errors name it: its repr line and its dotted path inside the model, if any."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+import numpy as np
+
 from unidl import config
 from unidl.errors import BackendMismatchError
 
@@ -103,6 +105,41 @@ class Optimizer:
     def step(self) -> None:
         """Apply the gradients that ``backward()`` stored on the parameters (torch backend)."""
         self._backend.step(self)
+
+    def state_dict(self) -> dict:
+        """The optimizer's state in canonical form, the same on every backend::
+
+            {"class": "Adam", "lr": float, "step": int, "hyper": {...},
+             "slots": [{slot_name: np.ndarray, ...}, ...]}   # one dict per parameter, params order
+
+        Slots not yet created (before the first step) are reported at their initial value.
+        """
+        step, slots = self._backend.optimizer_state(self)
+        return {"class": type(self).__name__, "lr": self._lr, "step": int(step), "hyper": dict(self.hyper),
+                "slots": [{name: np.asarray(value) for name, value in entry.items()} for entry in slots]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()`` written by this optimizer class on any backend."""
+        if state.get("class", type(self).__name__) != type(self).__name__:
+            raise ValueError(f"cannot load {state['class']} state into {type(self).__name__}")
+        slots = state["slots"]
+        if len(slots) != len(self.params):
+            raise ValueError(f"{type(self).__name__} state has {len(slots)} parameter entries, expected {len(self.params)}")
+        for index, (param, entry) in enumerate(zip(self.params, slots)):
+            if set(entry) != set(self.slots):
+                raise ValueError(f"{type(self).__name__} state entry {index} has slots {sorted(entry)}, "
+                                 f"expected {sorted(self.slots)}")
+            for name, value in entry.items():
+                if tuple(np.shape(value)) != tuple(param.shape):
+                    raise ValueError(f"{type(self).__name__} slot {name!r} of parameter {index}: expected shape "
+                                     f"{tuple(param.shape)}, found {tuple(np.shape(value))}")
+        self._backend.load_optimizer_state(self, int(state["step"]), slots)
+        self.lr = float(state["lr"])
+
+    def initial_slots(self) -> list[dict]:
+        """Slot values before the first step (what ``state_dict`` reports for unbuilt slots)."""
+        return [{name: np.full(tuple(p.shape), self.initial_slot_value, dtype=config.get_dtype())
+                 for name in self.slots} for p in self.params]
 
     def __repr__(self):
         fields = ", ".join(f"{k}={v}" for k, v in self.hyper.items())

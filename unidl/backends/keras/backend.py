@@ -17,6 +17,7 @@ from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstra
 from unidl import config  # noqa: E402
 from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
+from unidl.backends.keras import gradients as keras_gradients  # noqa: E402
 from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.module import NativeLoss, NativeModel
 from unidl.backends.keras.optimizer import NativeOptimizer
@@ -118,6 +119,22 @@ class Backend(BackendInterface):
     def set_learning_rate(self, optimizer, lr):
         optimizer.native.learning_rate = lr
 
+    def optimizer_state(self, optimizer):
+        native = optimizer.native
+        if not native.built:
+            return int(native.iterations.numpy()), optimizer.initial_slots()
+        return int(native.iterations.numpy()), [{n: self.to_numpy(v) for n, v in native.slots_of(p).items()}
+                                                for p in optimizer.params]
+
+    def load_optimizer_state(self, optimizer, step, slots):
+        native = optimizer.native
+        native.build(optimizer.params)
+        native.iterations.assign(step)
+        for p, entry in zip(optimizer.params, slots):
+            variables = native.slots_of(p)
+            for name, value in entry.items():
+                variables[name].assign(np.asarray(value).astype(variables[name].dtype))
+
     def apply_gradients(self, optimizer, grads):
         optimizer.native.apply(grads, optimizer.params)
 
@@ -143,6 +160,9 @@ class Backend(BackendInterface):
             return native.train_on_batch(to_input(x), to_input(y))
 
         return step
+
+    def value_and_grad(self, f, args, argnums, params):
+        return keras_gradients.value_and_grad(f, args, argnums, params, self.tensor)
 
     def check_shapes(self, model, loss_fn, x, y):
         x, y = self.to_input(x), self.to_input(y)

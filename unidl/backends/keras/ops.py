@@ -208,8 +208,21 @@ def l1_loss(prediction, target, reduction="mean"):
 
 
 def cross_entropy(logits, labels, reduction="mean"):
+    if not isinstance(labels, keras.KerasTensor) and _is_concrete(labels):
+        values = K.convert_to_numpy(labels)
+        if values.size and (values.min() < 0 or values.max() >= logits.shape[-1]):
+            raise ValueError(f"CrossEntropyLoss labels must lie in [0, {logits.shape[-1]}); "
+                             f"found labels from {int(values.min())} to {int(values.max())}")
     losses = K.sparse_categorical_crossentropy(K.cast(labels, "int32"), logits, from_logits=True)
     return _reduce(losses, reduction)
+
+
+def _is_concrete(tensor) -> bool:
+    """True for eager tensors whose values can be read now (not inside a traced graph)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        return tf.executing_eagerly()
+    return True
 
 
 def bce_with_logits(logits, targets, reduction="mean"):

@@ -11,6 +11,7 @@ import tensorflow as tf  # noqa: E402
 
 from unidl import config
 from unidl import random as unidl_random
+from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow.function import GraphFunction, to_graph_input
@@ -88,6 +89,17 @@ class Backend(BackendInterface):
     def set_learning_rate(self, optimizer, lr):
         optimizer.native.learning_rate.assign(lr)
 
+    def optimizer_state(self, optimizer):
+        native = optimizer.native
+        return int(native.iterations.numpy()), [{n: v.numpy() for n, v in entry.items()} for entry in native.slot_variables]
+
+    def load_optimizer_state(self, optimizer, step, slots):
+        native = optimizer.native
+        native.iterations.assign(step)
+        for variables, entry in zip(native.slot_variables, slots):
+            for name, value in entry.items():
+                variables[name].assign(np.asarray(value).astype(variables[name].dtype.as_numpy_dtype))
+
     def apply_gradients(self, optimizer, grads):
         optimizer.native.apply(grads)
 
@@ -110,6 +122,25 @@ class Backend(BackendInterface):
             return loss
 
         return GraphFunction(train_step, device=self.current_device_name())
+
+    def value_and_grad(self, f, args, argnums, params):
+        args = list(args)
+        if argnums is not None:
+            check_float([args[i] for i in argnums], "argument")
+            for i in argnums:
+                args[i] = to_graph_input(args[i])
+            targets = [args[i] for i in argnums]
+        else:
+            check_float(params, "parameter")
+            targets = params
+        with tf.GradientTape(watch_accessed_variables=argnums is None) as tape:
+            if argnums is not None:
+                for t in targets:
+                    tape.watch(t)
+            value = f(*args)
+        check_scalar(value, self.name)
+        grads = tape.gradient(value, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return value, [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
     def check_shapes(self, model, loss_fn, x, y):
         x, y = to_graph_input(x), to_graph_input(y)

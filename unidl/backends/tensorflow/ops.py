@@ -200,7 +200,18 @@ def l1_loss(prediction, target, reduction="mean"):
 
 
 def cross_entropy(logits, labels, reduction="mean"):
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int64), logits=logits)
+    labels = tf.cast(labels, tf.int64)
+    classes = tf.cast(tf.shape(logits)[-1], tf.int64)
+    message = "CrossEntropyLoss labels must lie in [0, number of classes)"
+    if tf.executing_eagerly():
+        if tf.size(labels) and (tf.reduce_min(labels) < 0 or tf.reduce_max(labels) >= classes):
+            raise ValueError(f"CrossEntropyLoss labels must lie in [0, {int(classes)}); found labels from "
+                             f"{int(tf.reduce_min(labels))} to {int(tf.reduce_max(labels))}")
+    else:  # GPU kernels return NaN for such labels, so check in the graph
+        with tf.control_dependencies([tf.debugging.assert_non_negative(labels, message=message),
+                                      tf.debugging.assert_less(labels, classes, message=message)]):
+            labels = tf.identity(labels)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return _reduce(losses, reduction)
 
 

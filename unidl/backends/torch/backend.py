@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from unidl import config
+from unidl.autograd import check_float, check_scalar
 from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.torch import ops as torch_ops
@@ -89,11 +90,34 @@ class Backend(BackendInterface):
         return NativeModule(module)
 
     def optimizer(self, optimizer):
+        optimizer._steps = 0  # torch.optim.SGD keeps no step count of its own
         return native_optimizer(optimizer)
 
     def set_learning_rate(self, optimizer, lr):
         for group in optimizer.native.param_groups:
             group["lr"] = lr
+
+    def optimizer_state(self, optimizer):
+        native = optimizer.native
+        initial = optimizer.initial_slots()
+        slots, step = [], optimizer._steps
+        for p, default in zip(optimizer.params, initial):
+            state = native.state.get(p, {})
+            if "step" in state:
+                step = int(state["step"])
+            slots.append({name: self.to_numpy(state[name]) if state.get(name) is not None else default[name]
+                          for name in optimizer.slots})
+        return step, slots
+
+    def load_optimizer_state(self, optimizer, step, slots):
+        native = optimizer.native
+        optimizer._steps = step
+        for p, entry in zip(optimizer.params, slots):
+            state = native.state[p]
+            for name, value in entry.items():
+                state[name] = torch.as_tensor(np.asarray(value), dtype=p.dtype, device=p.device).clone()
+            if type(optimizer).__name__ != "SGD":
+                state["step"] = torch.tensor(float(step), dtype=torch.float32)
 
     def apply_gradients(self, optimizer, grads):
         for p, g in zip(optimizer.params, grads):
@@ -106,6 +130,7 @@ class Backend(BackendInterface):
     def step(self, optimizer):
         add_l1(optimizer)
         optimizer.native.step()
+        optimizer._steps += 1
 
     def train_step(self, model, loss_fn, optimizer):
         native = optimizer.native
@@ -120,6 +145,7 @@ class Backend(BackendInterface):
             if l1:
                 add_l1(optimizer)
             native.step()
+            optimizer._steps += 1
             return loss.detach()
 
         return step
@@ -131,6 +157,22 @@ class Backend(BackendInterface):
                 return self.tensor(value)
             return value
         return self.tensor(value)
+
+    def value_and_grad(self, f, args, argnums, params):
+        args = list(args)
+        if argnums is not None:
+            check_float([args[i] for i in argnums], "argument")
+            for i in argnums:
+                args[i] = self.tensor(args[i]).detach().requires_grad_(True)
+            targets = [args[i] for i in argnums]
+        else:
+            check_float(params, "parameter")
+            targets = params
+        with torch.enable_grad():
+            value = f(*args)
+            check_scalar(value, self.name)
+            grads = torch.autograd.grad(value, targets, allow_unused=True)
+        return value.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
 
     def check_shapes(self, model, loss_fn, x, y):
         pass  # eager: the layers' own checks run on every real call

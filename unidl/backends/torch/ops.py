@@ -102,6 +102,11 @@ def l1_loss(prediction, target, reduction="mean"):
 
 
 def cross_entropy(logits, labels, reduction="mean"):
+    if labels.device.type == "cpu" and labels.numel():  # on a GPU, torch's own device assert fires instead
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= logits.shape[-1]:
+            raise ValueError(f"CrossEntropyLoss labels must lie in [0, {logits.shape[-1]}); "
+                             f"found labels from {low} to {high}")
     return F.cross_entropy(logits, labels.long(), reduction=reduction)
 
 

@@ -1,0 +1,240 @@
+"""DataLoader: every sample once per epoch, seeded orders, mid-epoch resume, worker threads, backend tensors."""
+
+import json
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl import config
+from unidl.data import DataLoader, Dataset, TensorDataset
+
+
+def make_dataset(n=23):
+    x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    y = np.arange(n, dtype=np.int64)
+    return TensorDataset(x, y)
+
+
+def epoch_labels(loader):
+    """The labels of one epoch, batch by batch, as lists of ints."""
+    return [ud.to_numpy(y).tolist() for _, y in loader]
+
+
+def flatten(batches):
+    return [label for batch in batches for label in batch]
+
+
+class RowDataset(Dataset):
+    """A map-style dataset without batch slicing: exercises __getitem__ + collate."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return np.full(3, index * 3, dtype=np.float32) + np.arange(3, dtype=np.float32), np.int64(index)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_every_sample_once_per_epoch(shuffle, drop_last):
+    loader = DataLoader(make_dataset(23), batch_size=5, shuffle=shuffle, seed=3, drop_last=drop_last)
+    for _ in range(3):
+        batches = epoch_labels(loader)
+        assert len(batches) == len(loader)
+        labels = flatten(batches)
+        assert len(labels) == len(set(labels))
+        if drop_last:
+            assert [len(b) for b in batches] == [5] * 4
+        else:
+            assert sorted(labels) == list(range(23))
+            assert [len(b) for b in batches] == [5, 5, 5, 5, 3]
+        if not shuffle:
+            assert labels == sorted(labels)
+
+
+def test_features_stay_aligned_with_labels():
+    for x, y in DataLoader(make_dataset(23), batch_size=4, shuffle=True, seed=0):
+        x, y = ud.to_numpy(x), ud.to_numpy(y)
+        np.testing.assert_array_equal(x[:, 0], y * 3)
+
+
+def test_len_with_and_without_drop_last():
+    assert len(DataLoader(make_dataset(23), batch_size=5)) == 5
+    assert len(DataLoader(make_dataset(23), batch_size=5, drop_last=True)) == 4
+    assert len(DataLoader(make_dataset(20), batch_size=5, drop_last=True)) == 4
+    assert len(DataLoader(make_dataset(20), batch_size=5)) == 4
+    assert len(DataLoader(make_dataset(3), batch_size=10)) == 1
+
+
+def test_order_is_fixed_by_seed_and_differs_between_epochs():
+    first = DataLoader(make_dataset(50), batch_size=7, shuffle=True, seed=11)
+    second = DataLoader(make_dataset(50), batch_size=7, shuffle=True, seed=11)
+    other = DataLoader(make_dataset(50), batch_size=7, shuffle=True, seed=12)
+    epochs = [epoch_labels(first) for _ in range(3)]
+    assert epochs == [epoch_labels(second) for _ in range(3)]
+    assert epochs[0] != epoch_labels(other)
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert first.epoch == 2
+
+
+def test_seed_none_is_reproducible_after_manual_seed():
+    ud.manual_seed(5)
+    first = epoch_labels(DataLoader(make_dataset(30), batch_size=4, shuffle=True))
+    ud.manual_seed(5)
+    second = epoch_labels(DataLoader(make_dataset(30), batch_size=4, shuffle=True))
+    assert first == second
+
+
+def test_set_epoch_replays_an_epoch():
+    loader = DataLoader(make_dataset(30), batch_size=4, shuffle=True, seed=1)
+    epochs = [epoch_labels(loader) for _ in range(3)]
+    loader.set_epoch(1)
+    assert epoch_labels(loader) == epochs[1]
+    assert epoch_labels(loader) == epochs[2]
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_mid_epoch_state_dict_resumes_exactly(drop_last):
+    def make():
+        return DataLoader(make_dataset(23), batch_size=4, shuffle=True, seed=7, drop_last=drop_last)
+
+    reference = make()
+    uninterrupted = [epoch_labels(reference) for _ in range(4)]
+
+    loader = make()
+    seen = [epoch_labels(loader) for _ in range(2)]
+    iterator = iter(loader)  # epoch 2
+    partial = [ud.to_numpy(next(iterator)[1]).tolist() for _ in range(3)]
+    state = json.loads(json.dumps(loader.state_dict()))
+    assert state["epoch"] == 2 and state["position"] == 3
+
+    resumed = make()
+    resumed.load_state_dict(state)
+    rest = epoch_labels(resumed)
+    assert seen + [partial + rest] + [epoch_labels(resumed)] == uninterrupted
+
+
+def test_state_dict_at_epoch_end_points_to_next_epoch():
+    loader = DataLoader(make_dataset(10), batch_size=3, shuffle=True, seed=0)
+    epoch_labels(loader)
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["position"] == 0
+
+
+def test_resume_takes_the_seed_from_the_state():
+    ud.manual_seed(1)
+    loader = DataLoader(make_dataset(20), batch_size=3, shuffle=True)
+    expected = [epoch_labels(loader) for _ in range(2)]
+    ud.manual_seed(2)  # a different drawn seed: the state's seed must win
+    resumed = DataLoader(make_dataset(20), batch_size=3, shuffle=True)
+    resumed.load_state_dict({**loader.state_dict(), "epoch": 1})
+    assert epoch_labels(resumed) == expected[1]
+
+
+def test_load_state_dict_rejects_a_different_setup():
+    state = DataLoader(make_dataset(20), batch_size=3).state_dict()
+    with pytest.raises(ud.StateDictError, match="batch_size"):
+        DataLoader(make_dataset(20), batch_size=4).load_state_dict(state)
+    with pytest.raises(ud.StateDictError, match="missing"):
+        DataLoader(make_dataset(20), batch_size=3).load_state_dict({"epoch": 0})
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("dataset", [make_dataset(37), RowDataset(37)], ids=["tensor", "generic"])
+def test_workers_give_the_same_batches(dataset, shuffle):
+    def run(num_workers):
+        loader = DataLoader(dataset, batch_size=5, shuffle=shuffle, seed=4, num_workers=num_workers,
+                            prefetch=2)
+        return [[(ud.to_numpy(x).tolist(), ud.to_numpy(y).tolist()) for x, y in loader] for _ in range(2)]
+
+    reference = run(0)
+    assert run(1) == reference
+    assert run(3) == reference
+
+
+def test_generic_dataset_matches_tensor_dataset():
+    tensor_batches = [(ud.to_numpy(x), ud.to_numpy(y)) for x, y in
+                      DataLoader(make_dataset(23), batch_size=6, shuffle=True, seed=2)]
+    generic_batches = [(ud.to_numpy(x), ud.to_numpy(y)) for x, y in
+                       DataLoader(RowDataset(23), batch_size=6, shuffle=True, seed=2)]
+    for (x1, y1), (x2, y2) in zip(tensor_batches, generic_batches, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_break_with_workers_then_resume():
+    loader = DataLoader(make_dataset(40), batch_size=4, shuffle=True, seed=9, num_workers=2)
+    expected = DataLoader(make_dataset(40), batch_size=4, shuffle=True, seed=9)
+    full = epoch_labels(expected)
+    taken = []
+    for _, y in loader:
+        taken.append(ud.to_numpy(y).tolist())
+        if len(taken) == 4:
+            break
+    resumed = DataLoader(make_dataset(40), batch_size=4, shuffle=True, seed=9, num_workers=2)
+    resumed.load_state_dict(loader.state_dict())
+    assert taken + epoch_labels(resumed) == full
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_yields_native_tensors_of_the_current_backend(backend, num_workers):
+    loader = DataLoader(make_dataset(10), batch_size=4, num_workers=num_workers)
+    native = config.backend()
+    batches = list(loader)
+    assert len(batches) == 3
+    for x, y in batches:
+        assert native.is_tensor(x) and native.is_tensor(y)
+        assert ud.to_numpy(x).dtype == np.float32
+        assert ud.to_numpy(y).dtype == np.int64
+    np.testing.assert_array_equal(ud.to_numpy(batches[0][1]), [0, 1, 2, 3])
+
+
+def test_worker_threads_see_the_callers_backend_scope(backend):
+    seen = set()
+
+    def collate(samples):
+        seen.add(config.get_backend())  # runs on a worker thread, inside the caller's context
+        return tuple(np.stack(field) for field in zip(*samples))
+
+    list(DataLoader(RowDataset(12), batch_size=3, num_workers=2, collate_fn=collate))
+    assert seen == {backend}
+
+
+def test_tensor_dataset_accepts_backend_tensors(backend):
+    x = ud.tensor(np.arange(12, dtype=np.float32).reshape(6, 2))
+    dataset = TensorDataset(x, np.arange(6))
+    assert isinstance(dataset.arrays[0], np.ndarray)
+    (xb, yb), = list(DataLoader(dataset, batch_size=6))
+    np.testing.assert_array_equal(ud.to_numpy(xb), np.arange(12).reshape(6, 2))
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "4"])
+def test_bad_batch_size(batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        DataLoader(make_dataset(10), batch_size=batch_size)
+
+
+def test_empty_dataset_is_an_error():
+    with pytest.raises(ValueError, match="length 0"):
+        TensorDataset(np.zeros((0, 3)), np.zeros(0))
+    with pytest.raises(ValueError, match="empty"):
+        DataLoader(RowDataset(0), batch_size=2)
+
+
+def test_arrays_of_different_lengths_are_an_error():
+    with pytest.raises(ValueError, match=r"\[5, 4\]"):
+        TensorDataset(np.zeros((5, 2)), np.zeros(4))
+
+
+def test_drop_last_with_batch_larger_than_dataset_is_an_error():
+    with pytest.raises(ValueError, match="no batch"):
+        DataLoader(make_dataset(3), batch_size=4, drop_last=True)
+
+
+@pytest.mark.parametrize("name, value", [("num_workers", -1), ("prefetch", 0)])
+def test_bad_worker_settings(name, value):
+    with pytest.raises(ValueError, match=name):
+        DataLoader(make_dataset(10), batch_size=2, **{name: value})

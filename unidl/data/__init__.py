@@ -1,0 +1,9 @@
+"""Feeding data to a model: datasets of NumPy arrays, a deterministic sampler and a loader that yields
+batches as the current backend's tensors (``unidl.data.DataLoader``), the same under every backend.
+"""
+
+from unidl.data.dataloader import DataLoader, default_collate
+from unidl.data.dataset import Dataset, TensorDataset
+from unidl.data.sampler import BatchSampler, Sampler
+
+__all__ = ["Dataset", "TensorDataset", "Sampler", "BatchSampler", "DataLoader", "default_collate"]

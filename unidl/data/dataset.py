@@ -1,0 +1,51 @@
+"""Datasets: anything with ``__len__`` and ``__getitem__``; ``TensorDataset`` keeps whole arrays in memory
+so that the loader can cut a batch with one slice per array.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unidl.tensors import to_numpy
+
+
+class Dataset:
+    """A sized collection of samples; ``dataset[i]`` is one sample (an array, or a tuple of arrays)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must implement __len__")
+
+    def __getitem__(self, index):
+        raise NotImplementedError(f"{type(self).__name__} must implement __getitem__")
+
+
+class TensorDataset(Dataset):
+    """Samples are the rows (axis 0) of equally long arrays: ``TensorDataset(x, y)[i] == (x[i], y[i])``.
+
+    Backend tensors are converted to NumPy once, here, so that batching never touches a framework.
+    """
+
+    def __init__(self, *arrays):
+        if not arrays:
+            raise ValueError("TensorDataset needs at least one array")
+        self.arrays = tuple(np.asarray(to_numpy(array)) for array in arrays)
+        for position, array in enumerate(self.arrays):
+            if array.ndim == 0:
+                raise ValueError(f"TensorDataset: array {position} is a scalar; every array needs an axis 0 "
+                                 f"indexing the samples")
+        lengths = [len(array) for array in self.arrays]
+        if len(set(lengths)) != 1:
+            raise ValueError(f"TensorDataset: arrays must have the same length along axis 0, got lengths "
+                             f"{lengths}")
+        if lengths[0] == 0:
+            raise ValueError("TensorDataset: the arrays are empty (length 0 along axis 0)")
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __getitem__(self, index):
+        return tuple(array[index] for array in self.arrays)
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The samples at ``indices``, one array per field, cut with a single slice per array."""
+        return tuple(array[indices] for array in self.arrays)

@@ -1,0 +1,64 @@
+"""The order in which a loader visits a dataset: fixed by (seed, epoch) alone, so that an epoch can be
+replayed or resumed mid-way in a new process.
+
+Shuffled order of epoch ``e`` with seed ``s`` is ``np.random.default_rng([s, e]).permutation(n)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unidl import random as unidl_random
+
+
+def draw_seed() -> int:
+    """A seed drawn from unidl's generator: reproducible after ``unidl.manual_seed``."""
+    return int(unidl_random.generator().integers(0, 2**31 - 1))
+
+
+class Sampler:
+    """The order of indices ``0 .. length-1`` in each epoch: ``range(length)``, or shuffled by (seed, epoch).
+
+    ``seed=None`` with ``shuffle=True`` draws a seed once, here, from unidl's generator.
+    """
+
+    def __init__(self, length: int, shuffle: bool = False, seed: int | None = None):
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
+        self.length = int(length)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed) if seed is not None else (draw_seed() if self.shuffle else None)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The indices of epoch ``epoch``, in visiting order."""
+        if not self.shuffle:
+            return np.arange(self.length)
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(self.length)
+
+
+class BatchSampler:
+    """Cuts a sampler's order into batches of ``batch_size`` indices; ``drop_last`` drops a short last batch."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool = False):
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r} "
+                             f"of type {type(batch_size).__name__}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}: a batch needs at "
+                             f"least one sample")
+        self.sampler = sampler
+        self.batch_size = int(batch_size)
+        self.drop_last = bool(drop_last)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.sampler) // self.batch_size
+        return -(-len(self.sampler) // self.batch_size)
+
+    def batches(self, epoch: int, start: int = 0) -> list[np.ndarray]:
+        """The index arrays of epoch ``epoch``, skipping the first ``start`` batches."""
+        order = self.sampler.order(epoch)
+        return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start, len(self))]

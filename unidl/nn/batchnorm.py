@@ -1,0 +1,55 @@
+"""``BatchNorm1d`` and ``BatchNorm2d``: batch statistics in training, running statistics in eval."""
+
+from __future__ import annotations
+
+from unidl.errors import ShapeMismatchError
+from unidl.nn import init
+from unidl.nn.module import Module
+from unidl.optim.optimizer import check_range
+
+
+class _BatchNorm(Module):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1).
+
+    Training: mean and biased var of the batch; the running estimates move by
+    ``running = (1 - momentum) * running + momentum * batch`` (unbiased var), as in PyTorch.
+    Eval: the running estimates. ``running_mean`` and ``running_var`` are in ``state_dict()``.
+    """
+
+    ranks: tuple[int, ...] = ()
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+        super().__init__()
+        owner = type(self).__name__
+        if not isinstance(num_features, int) or num_features <= 0:
+            raise ValueError(f"{owner} num_features must be a positive integer, got {num_features!r}")
+        self.num_features = num_features
+        self.eps = check_range(owner, "eps", eps, low_open=True)
+        self.momentum = check_range(owner, "momentum", momentum, 0.0, 1.0, high_open=False)
+        self.weight = self.parameter(init.ones((num_features,))) if affine else None
+        self.bias = self.parameter(init.zeros((num_features,))) if affine else None
+        self.register_buffer("running_mean", init.zeros((num_features,)))
+        self.register_buffer("running_var", init.ones((num_features,)))
+
+    def forward(self, x):
+        shape = tuple(x.shape)
+        if len(shape) not in self.ranks or (shape[1] is not None and shape[1] != self.num_features):
+            expected = " or ".join(str((("N", self.num_features) + ("L",) * (r - 2))) for r in self.ranks)
+            raise ShapeMismatchError(f"{self.describe()} expected input of shape {expected}, received {shape}")
+        return self._ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                    self.training, self.momentum, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation over (N, C) or (N, C, L) input."""
+
+    ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over (N, C, H, W) input."""
+
+    ranks = (4,)
