@@ -68,7 +68,7 @@ class Backend(BackendInterface):
     def to_numpy(self, tensor):
         if isinstance(tensor, np.ndarray):
             return tensor
-        return tensor.detach().cpu().numpy()
+        return tensor.detach().cpu().numpy().copy()  # never a view that a later update would change
 
     def is_tensor(self, value):
         return isinstance(value, torch.Tensor)
@@ -120,9 +120,13 @@ class Backend(BackendInterface):
                 state["step"] = torch.tensor(float(step), dtype=torch.float32)
 
     def apply_gradients(self, optimizer, grads):
-        for p, g in zip(optimizer.params, grads):
-            p.grad = g
-        self.step(optimizer)
+        l1 = optimizer.hyper["l1"]
+        with torch.no_grad():
+            for p, g in zip(optimizer.params, grads):
+                g = self.to_input(g)
+                p.grad = g + l1 * torch.sign(p) if l1 else g  # the caller's gradient is never modified
+        optimizer.native.step()
+        optimizer._steps += 1
 
     def zero_grad(self, optimizer):
         optimizer.native.zero_grad(set_to_none=True)

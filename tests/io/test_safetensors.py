@@ -1,0 +1,151 @@
+"""The pure-NumPy safetensors reader and writer: round trips, and a strict reader for damaged or hostile files."""
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from unidl.errors import CorruptFileError
+from unidl.io.safetensors import DTYPES, MAX_HEADER_BYTES, load_file, save_file, serialize
+
+ALL_DTYPES = [np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64,
+              np.float16, np.float32, np.float64]
+
+
+def write_raw(path, header, buffer=b"", header_size=None):
+    """A file with the given header (dict, or raw bytes) and buffer, and optionally a lying header length."""
+    header_bytes = header if isinstance(header, bytes) else json.dumps(header).encode()
+    size = len(header_bytes) if header_size is None else header_size
+    path.write_bytes(struct.pack("<Q", size) + header_bytes + buffer)
+    return path
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_round_trip_every_dtype(tmp_path, rng, dtype):
+    values = (rng.standard_normal((3, 4, 2)) * 50).astype(dtype)
+    tensors = {"x": values, "scalar": values.reshape(-1)[:1].reshape(()), "empty": values[:0]}
+    save_file(tensors, tmp_path / "t.safetensors")
+    loaded, metadata = load_file(tmp_path / "t.safetensors")
+    assert metadata == {}
+    assert list(loaded) == ["x", "scalar", "empty"]
+    for name, value in tensors.items():
+        assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
+        np.testing.assert_array_equal(loaded[name], value)
+    loaded["x"][...] = 0  # arrays are writable copies, not views of a read-only buffer
+
+
+def test_non_contiguous_and_big_endian_inputs_are_stored_little_endian_c_order(tmp_path):
+    base = np.arange(12, dtype=">f8").reshape(3, 4)
+    save_file({"t": base.T}, tmp_path / "t.safetensors", {"k": "v"})
+    loaded, metadata = load_file(tmp_path / "t.safetensors")
+    np.testing.assert_array_equal(loaded["t"], base.T)
+    assert loaded["t"].dtype == np.float64 and loaded["t"].flags.c_contiguous
+    assert metadata == {"k": "v"}
+
+
+def test_layout_matches_the_format(tmp_path):
+    data = serialize({"a": np.array([1.5, -2.0], np.float32), "b": np.array([[7]], np.int64)}, {"who": "unidl"})
+    (size,) = struct.unpack("<Q", data[:8])
+    assert (8 + size) % 8 == 0  # buffer aligned, header padded with spaces
+    header = json.loads(data[8:8 + size])
+    assert header["__metadata__"] == {"who": "unidl"}
+    assert header["a"] == {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    assert header["b"] == {"dtype": "I64", "shape": [1, 1], "data_offsets": [8, 16]}
+    assert data[8 + size:] == struct.pack("<2f", 1.5, -2.0) + struct.pack("<q", 7)
+
+
+def test_bfloat16_is_read_as_float32(tmp_path):
+    values = np.array([1.0, -2.5, 3.140625], np.float32)
+    raw = (values.view(np.uint32) >> 16).astype("<u2").tobytes()
+    write_raw(tmp_path / "b.safetensors", {"w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}}, raw)
+    np.testing.assert_array_equal(load_file(tmp_path / "b.safetensors")[0]["w"], values)
+
+
+def test_matches_the_reference_implementation(tmp_path, rng):
+    reference = pytest.importorskip("safetensors.numpy")
+    tensors = {"w": rng.standard_normal((4, 3)).astype(np.float32), "i": np.arange(5, dtype=np.int32)}
+    save_file(tensors, tmp_path / "ours.safetensors", {"m": "1"})
+    for name, value in reference.load_file(str(tmp_path / "ours.safetensors")).items():
+        np.testing.assert_array_equal(value, tensors[name])
+    reference.save_file(tensors, str(tmp_path / "theirs.safetensors"), metadata={"m": "2"})
+    loaded, metadata = load_file(tmp_path / "theirs.safetensors")
+    assert metadata == {"m": "2"}
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(loaded[name], value)
+
+
+def test_writer_rejects_what_it_cannot_store(tmp_path):
+    with pytest.raises(TypeError, match="complex128"):
+        save_file({"z": np.zeros(2, np.complex128)}, tmp_path / "z.safetensors")
+    with pytest.raises(TypeError, match="metadata"):
+        save_file({"x": np.zeros(2)}, tmp_path / "z.safetensors", {"n": 1})
+    with pytest.raises(ValueError, match="reserved"):
+        save_file({"__metadata__": np.zeros(2)}, tmp_path / "z.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+# ---- damaged and hostile files ---------------------------------------------
+
+def _valid(path):
+    save_file({"a": np.arange(4, dtype=np.float32), "b": np.ones((2, 2), np.float64)}, path)
+    return path
+
+
+GOOD_ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+CORRUPTIONS = {
+    "empty file": (lambda p: p.write_bytes(b""), "shorter than the 8-byte"),
+    "4-byte file": (lambda p: p.write_bytes(b"\x01\x00\x00\x00"), "shorter than the 8-byte"),
+    "truncated buffer": (lambda p: p.write_bytes(_valid(p).read_bytes()[:-5]), "truncated"),
+    "truncated header": (lambda p: p.write_bytes(_valid(p).read_bytes()[:20]), "runs past the end"),
+    "header length > file": (lambda p: write_raw(p, {"a": GOOD_ENTRY}, bytes(8), header_size=10_000),
+                             "runs past the end"),
+    "huge header length": (lambda p: write_raw(p, b"{}", header_size=2**63), "exceeds the limit"),
+    "header just over the cap": (lambda p: write_raw(p, b"{}", header_size=MAX_HEADER_BYTES + 1), "exceeds the limit"),
+    "bad JSON": (lambda p: write_raw(p, b'{"a": [1, 2'), "not valid UTF-8 JSON"),
+    "not UTF-8": (lambda p: write_raw(p, b'{"\xff\xfe": 1}'), "not valid UTF-8 JSON"),
+    "deeply nested JSON": (lambda p: write_raw(p, b"[" * 100_000 + b"]" * 100_000), "not valid UTF-8 JSON"),
+    "JSON array": (lambda p: write_raw(p, b"[1, 2]"), "expected an object"),
+    "duplicate tensor": (lambda p: write_raw(p, b'{"a": {}, "a": {}}'), "duplicate key"),
+    "unknown dtype": (lambda p: write_raw(p, {"a": dict(GOOD_ENTRY, dtype="F128")}, bytes(8)), "unknown dtype 'F128'"),
+    "missing field": (lambda p: write_raw(p, {"a": {"dtype": "F32", "shape": [2]}}, bytes(8)), "exactly the keys"),
+    "negative dim": (lambda p: write_raw(p, {"a": dict(GOOD_ENTRY, shape=[-2])}, bytes(8)), "invalid shape"),
+    "reversed offsets": (lambda p: write_raw(p, {"a": dict(GOOD_ENTRY, data_offsets=[8, 0])}, bytes(8)),
+                         "invalid data_offsets"),
+    "length != prod(shape)*itemsize": (lambda p: write_raw(p, {"a": dict(GOOD_ENTRY, shape=[3])}, bytes(8)),
+                                       "needs 12 bytes"),
+    "overlapping offsets": (lambda p: write_raw(p, {"a": GOOD_ENTRY, "b": dict(GOOD_ENTRY, data_offsets=[4, 12])},
+                                                bytes(12)), "overlaps"),
+    "gap between tensors": (lambda p: write_raw(p, {"a": GOOD_ENTRY, "b": dict(GOOD_ENTRY, data_offsets=[12, 20])},
+                                                bytes(20)), "gap"),
+    "offsets outside the buffer": (lambda p: write_raw(p, {"a": dict(GOOD_ENTRY, shape=[2**40],
+                                                                      data_offsets=[0, 2**42])}, bytes(8)),
+                                   "truncated"),
+    "trailing garbage": (lambda p: p.write_bytes(_valid(p).read_bytes() + b"garbage"), "trailing data"),
+    "metadata not strings": (lambda p: write_raw(p, {"__metadata__": {"k": 1}}), "mapping strings to strings"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_corrupt_files_raise_corrupt_file_error(tmp_path, name):
+    damage, message = CORRUPTIONS[name]
+    path = tmp_path / "bad.safetensors"
+    damage(path)
+    with pytest.raises(CorruptFileError, match=message) as error:
+        load_file(path)
+    assert "bad.safetensors" in str(error.value)
+    assert isinstance(error.value, ValueError)
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load_file(tmp_path / "missing.safetensors")
+    with pytest.raises(IsADirectoryError, match=str(tmp_path.name)):
+        load_file(tmp_path)
+    with pytest.raises(IsADirectoryError):
+        save_file({"a": np.zeros(1)}, tmp_path)
+
+
+def test_known_dtypes_are_little_endian():
+    assert all(d.str[0] in "<|" for d in DTYPES.values())

@@ -1,0 +1,149 @@
+"""Layer behaviour beyond parity: train/eval modes, running statistics, dropout statistics, bad input."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+
+def test_batchnorm_running_stats_update_and_eval_uses_them(backend, rng):
+    bn = ud.nn.BatchNorm2d(3, momentum=0.1)
+    x = (rng.standard_normal((8, 3, 4, 4)) * 2 + 5).astype(np.float32)
+    bn(ud.tensor(x))
+    state = bn.state_dict()
+    np.testing.assert_allclose(state["running_mean"], 0.1 * x.mean((0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(state["running_var"], 0.9 + 0.1 * x.var((0, 2, 3), ddof=1), rtol=1e-5)
+    bn.eval()
+    out = ud.to_numpy(bn(ud.tensor(x)))
+    expected = (x - state["running_mean"].reshape(1, 3, 1, 1)) / np.sqrt(state["running_var"].reshape(1, 3, 1, 1) + 1e-5)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    after = bn.state_dict()
+    assert np.array_equal(after["running_mean"], state["running_mean"])  # eval leaves the statistics alone
+
+
+def test_batchnorm_running_stats_agree_across_backends(rng):
+    x = rng.standard_normal((16, 5)).astype(np.float32)
+    stats = {}
+    for name in ud.available_backends():
+        with ud.use_backend(name):
+            bn = ud.nn.BatchNorm1d(5)
+            for _ in range(3):
+                bn(ud.tensor(x))
+            stats[name] = bn.state_dict()
+    for name in stats:
+        for key in ("running_mean", "running_var"):
+            np.testing.assert_allclose(stats[name][key], stats["torch"][key], rtol=2e-6, atol=1e-7)
+
+
+def test_dropout_expectation_and_eval_identity(backend):
+    drop = ud.nn.Dropout(0.3)
+    x = np.ones((200, 500), np.float32)
+    out = ud.to_numpy(drop(ud.tensor(x)))
+    kept = out != 0
+    assert abs(kept.mean() - 0.7) < 0.01
+    np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)
+    assert abs(out.mean() - 1.0) < 0.02
+    drop.eval()
+    assert np.array_equal(ud.to_numpy(drop(ud.tensor(x))), x)
+
+
+def test_dropout_in_train_step_changes_between_steps(backend, rng):
+    model = ud.nn.Sequential(ud.nn.Linear(10, 10), ud.nn.Dropout(0.5), ud.nn.Linear(10, 1))
+    x = rng.standard_normal((32, 10)).astype(np.float32)
+    y = rng.standard_normal((32, 1)).astype(np.float32)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.0))
+    losses = {round(float(step(x, y)), 6) for _ in range(5)}
+    assert len(losses) > 1  # a fresh mask each step, also inside the compiled graph
+
+
+def test_channel_mismatch_names_layer_and_shapes(backend):
+    conv = ud.nn.Conv2d(3, 4, 3)
+    with pytest.raises(ud.ShapeMismatchError, match=r"Conv2d\(3, 4.*expected input of shape \(N, 3, H, W\), received \(2, 5, 8, 8\)"):
+        conv(ud.tensor(np.zeros((2, 5, 8, 8))))
+    bn = ud.nn.BatchNorm2d(4)
+    with pytest.raises(ud.ShapeMismatchError, match=r"BatchNorm2d.*\(2, 3, 8, 8\)"):
+        bn(ud.tensor(np.zeros((2, 3, 8, 8))))
+
+
+def test_kernel_larger_than_padded_input(backend):
+    with pytest.raises(ValueError, match="kernel height 5 is larger than the padded input height 4"):
+        ud.nn.Conv2d(1, 1, 5)(ud.tensor(np.zeros((1, 1, 4, 4))))
+    with pytest.raises(ValueError, match="kernel height 3 is larger than the padded input height 2"):
+        ud.nn.MaxPool2d(3)(ud.tensor(np.zeros((1, 1, 2, 2))))
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ud.nn.Conv2d(3, 4, 0), "kernel_size must be a positive int"),
+    (lambda: ud.nn.Conv2d(3, 4, 3, stride=2, padding="same"), "padding='same' needs stride=1"),
+    (lambda: ud.nn.Conv2d(3, 4, 3, padding=-1), "padding must be a non-negative int"),
+    (lambda: ud.nn.Linear(0, 3), "in_features must be a positive integer"),
+    (lambda: ud.nn.Dropout(1.5), r"Dropout p=1.5 is invalid: it must lie in \[0, 1\]"),
+    (lambda: ud.nn.BatchNorm1d(4, momentum=2), r"momentum=2 is invalid"),
+    (lambda: ud.nn.MaxPool2d(2, padding=2), "at most half the kernel size"),
+    (lambda: ud.nn.MSELoss("avg"), r"reduction must be one of \('mean', 'sum'\)"),
+])
+def test_invalid_hyperparameters(backend, build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_cross_entropy_rejects_labels_out_of_range(backend):
+    loss = ud.nn.CrossEntropyLoss()
+    logits = ud.tensor(np.zeros((3, 4)))
+    for labels in ([0, 1, 4], [0, -1, 2]):
+        with pytest.raises(Exception, match=r"labels must lie in \[0, 4\)|labels must lie in \[0, number of classes\)"):
+            loss(logits, ud.tensor(np.array(labels)))
+
+
+def test_cross_entropy_rejects_labels_out_of_range_in_train_step(backend, rng):
+    model = ud.nn.Linear(5, 3)
+    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    step(x, np.array([0, 1, 2, 1]))
+    # unidl's own message, or TensorFlow's kernel error inside Keras's compiled train function
+    with pytest.raises(Exception, match=r"labels must lie in \[0|label value of 3 which is outside the valid range of \[0, 3\)"):
+        step(x, np.array([0, 1, 3, 1]))
+
+
+def test_cross_entropy_shape_errors(backend):
+    with pytest.raises(ud.ShapeMismatchError, match=r"logits of shape \(N, C\) and integer labels of shape \(N,\)"):
+        ud.nn.CrossEntropyLoss()(ud.tensor(np.zeros((3, 4))), ud.tensor(np.zeros((3, 4))))
+
+
+@pytest.mark.parametrize("image_size, channels", [(32, 3), (8, 1), (28, 1), (4, 1)])
+def test_cnn_shapes(backend, image_size, channels):
+    model = ud.models.CNN(in_channels=channels, num_classes=10, image_size=image_size)
+    out = model(ud.tensor(np.zeros((2, channels, image_size, image_size))))
+    assert tuple(out.shape) == (2, 10)
+
+
+def test_cnn_too_small_image_is_explained(backend):
+    with pytest.raises(ValueError, match="image_size=2 is too small"):
+        ud.models.CNN(1, 10, 2)
+
+
+def test_cnn_is_lenet_on_cifar_sizes(backend):
+    shapes = {k: v.shape for k, v in ud.models.CNN().state_dict().items()}
+    assert shapes["features.0.weight"] == (6, 3, 5, 5)
+    assert shapes["features.3.weight"] == (16, 6, 5, 5)
+    assert shapes["classifier.0.weight"] == (120, 400)
+    assert shapes["classifier.2.weight"] == (84, 120)
+    assert shapes["classifier.4.weight"] == (10, 84)
+
+
+def test_custom_forward_with_ops_runs(backend, rng):
+    class Custom(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = ud.nn.Conv2d(1, 2, 3, padding=1)
+            self.fc = ud.nn.Linear(2 * 4 * 4, 3)
+
+        def forward(self, x):
+            h = ud.ops.max_pool2d(ud.ops.relu(self.conv(x)), 2)
+            h = ud.ops.concat([h[:, :1], h[:, 1:]], axis=1)
+            return ud.ops.log_softmax(self.fc(ud.ops.flatten(h)))
+
+    model = Custom()
+    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.Adam(model.parameters(), lr=1e-2))
+    x = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
+    assert np.isfinite(float(step(x, np.array([0, 1, 2, 0, 1, 2]))))

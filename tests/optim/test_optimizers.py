@@ -1,0 +1,187 @@
+"""Optimizers: one and ten steps agree across backends to 1e-6 on the same parameters and gradients;
+PyTorch's defaults; validation; L1; schedules; state round trips."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+R = np.random.default_rng(3)
+START = R.standard_normal((20, 10)).astype(np.float32)
+GRADS = [(R.standard_normal((20, 10)) * scale * (R.random((20, 10)) > 0.3)).astype(np.float32)
+         for scale in np.logspace(-6, 0, 10)]
+
+CASES = {
+    "SGD": (ud.optim.SGD, dict(lr=0.1)),
+    "SGD-momentum": (ud.optim.SGD, dict(lr=0.1, momentum=0.9)),
+    "SGD-nesterov-wd": (ud.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+    "SGD-l1": (ud.optim.SGD, dict(lr=0.1, l1=1e-2)),
+    "Adam": (ud.optim.Adam, dict(lr=1e-2)),
+    "Adam-wd": (ud.optim.Adam, dict(lr=1e-2, weight_decay=1e-2, betas=(0.8, 0.99), eps=1e-6)),
+    "AdamW": (ud.optim.AdamW, dict(lr=1e-2)),
+    "RMSprop": (ud.optim.RMSprop, dict(lr=1e-2)),
+    "RMSprop-wd": (ud.optim.RMSprop, dict(lr=1e-2, alpha=0.9, weight_decay=1e-3)),
+    "Adagrad": (ud.optim.Adagrad, dict(lr=1e-1)),
+    "Adagrad-init": (ud.optim.Adagrad, dict(lr=1e-1, initial_accumulator_value=0.1, weight_decay=1e-3)),
+}
+
+
+class Holder(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = self.parameter(START)
+
+
+def _steps(backend, cls, kwargs, n):
+    with ud.use_backend(backend):
+        holder = Holder()
+        optimizer = cls(holder.parameters(), **kwargs)
+        for g in GRADS[:n]:
+            optimizer.apply([ud.tensor(g)])
+        return holder.state_dict()["w"], optimizer.state_dict()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("n", [1, 10])
+def test_optimizer_parity(case, n):
+    cls, kwargs = CASES[case]
+    results = {b: _steps(b, cls, kwargs, n) for b in ud.available_backends()}
+    reference, ref_state = results["torch"]
+    assert not np.array_equal(reference, START)
+    for name, (weights, state) in results.items():
+        assert max_relative_difference(weights, reference) < 1e-6, name
+        assert state["step"] == n
+        for slot in ref_state["slots"][0]:
+            assert max_relative_difference(state["slots"][0][slot], ref_state["slots"][0][slot]) < 1e-6, (name, slot)
+
+
+def test_sgd_rule_against_numpy():
+    weights, _ = _steps("torch", ud.optim.SGD, dict(lr=0.1, momentum=0.9), 3)
+    p, b = START.astype(np.float64), np.zeros_like(START, dtype=np.float64)
+    for g in GRADS[:3]:
+        b = 0.9 * b + g
+        p = p - 0.1 * b
+    assert max_relative_difference(weights, p) < 1e-6
+
+
+def test_l1_matches_hand_written_penalty(backend):
+    holder = Holder()
+    optimizer = ud.optim.SGD(holder.parameters(), lr=0.1, l1=0.05)
+    optimizer.apply([ud.tensor(GRADS[-1])])
+    expected = START - 0.1 * (GRADS[-1] + 0.05 * np.sign(START))
+    assert max_relative_difference(holder.state_dict()["w"], expected) < 1e-6
+
+
+def test_pytorch_defaults():
+    with ud.use_backend("torch"):
+        params = Holder().parameters()
+        assert ud.optim.Adam(params).hyper["eps"] == 1e-8 and ud.optim.Adam(params).lr == 1e-3
+        assert ud.optim.Adam(params).hyper["betas"] == (0.9, 0.999)
+        assert ud.optim.AdamW(params).hyper["weight_decay"] == 1e-2
+        assert ud.optim.RMSprop(params).hyper["alpha"] == 0.99 and ud.optim.RMSprop(params).lr == 1e-2
+        assert ud.optim.Adagrad(params).hyper["eps"] == 1e-10
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda p: ud.optim.SGD(p, lr=-0.1), r"SGD lr=-0.1 is invalid"),
+    (lambda p: ud.optim.SGD(p, lr=0.1, momentum=1.0), r"SGD momentum=1.0 is invalid: it must lie in \[0.0, 1.0\)"),
+    (lambda p: ud.optim.SGD(p, lr=0.1, momentum=-0.5), r"momentum=-0.5 is invalid"),
+    (lambda p: ud.optim.SGD(p, lr=0.1, nesterov=True), "nesterov=True needs momentum > 0"),
+    (lambda p: ud.optim.Adam(p, betas=(0.9, 1.0)), r"betas\[1\]=1.0 is invalid"),
+    (lambda p: ud.optim.Adam(p, eps=-1), "eps=-1 is invalid"),
+    (lambda p: ud.optim.SGD([], lr=0.1), "empty parameter list"),
+    (lambda p: ud.optim.SGD(p, lr=0.1, l1=-1), "l1=-1 is invalid"),
+])
+def test_invalid_hyperparameters(backend, build, message):
+    with pytest.raises(ValueError, match=message):
+        build(Holder().parameters())
+
+
+def test_setting_negative_lr_is_rejected(backend):
+    optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="lr=-1 is invalid"):
+        optimizer.lr = -1
+
+
+def _scheduled(backend, scheduler_factory, epochs=6):
+    with ud.use_backend(backend):
+        holder = Holder()
+        optimizer = ud.optim.SGD(holder.parameters(), lr=0.5)
+        scheduler = scheduler_factory(optimizer)
+        rates = []
+        for _ in range(epochs):
+            optimizer.apply([ud.tensor(GRADS[-1])])
+            rates.append(optimizer.lr)
+            scheduler.step()
+        return rates, holder.state_dict()["w"]
+
+
+@pytest.mark.parametrize("factory, expected", [
+    (lambda o: ud.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.1), [0.5, 0.5, 0.05, 0.05, 0.005, 0.005]),
+    (lambda o: ud.optim.lr_scheduler.CosineAnnealingLR(o, T_max=4),
+     [0.5, 0.5 * (1 + np.cos(np.pi / 4)) / 2, 0.25, 0.5 * (1 + np.cos(3 * np.pi / 4)) / 2, 0.0, 0.5 * (1 + np.cos(5 * np.pi / 4)) / 2]),
+])
+def test_schedules_apply_the_same_on_every_backend(factory, expected):
+    runs = {b: _scheduled(b, factory) for b in ud.available_backends()}
+    for name, (rates, weights) in runs.items():
+        np.testing.assert_allclose(rates, expected, rtol=1e-12, atol=1e-15)
+        assert max_relative_difference(weights, runs["torch"][1]) < 1e-6, name
+
+
+def test_changing_lr_never_retraces_tensorflow(rng):
+    with ud.use_backend("tensorflow"):
+        model = ud.models.TwoLayerNet(6, 4, 2)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        scheduler = ud.optim.lr_scheduler.StepLR(optimizer, 1, 0.5)
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+        x, y = rng.standard_normal((8, 6)).astype(np.float32), np.zeros((8, 2), np.float32)
+        before = model.state_dict()["linear2.bias"]
+        for _ in range(4):
+            step(x, y)
+            scheduler.step()
+        assert step.trace_count == 1
+        assert optimizer.native.learning_rate.numpy() == pytest.approx(0.1 / 16)
+        assert not np.array_equal(before, model.state_dict()["linear2.bias"])
+
+
+def test_state_round_trip_across_backends():
+    weights, state = _steps("torch", ud.optim.Adam, dict(lr=1e-2), 5)
+    finals = {}
+    for name in ud.available_backends():
+        with ud.use_backend(name):
+            holder = Holder()
+            holder.load_state_dict({"w": weights})
+            optimizer = ud.optim.Adam(holder.parameters(), lr=1e-2)
+            optimizer.load_state_dict(state)
+            for g in GRADS[5:]:
+                optimizer.apply([ud.tensor(g)])
+            finals[name] = holder.state_dict()["w"]
+    uninterrupted, _ = _steps("torch", ud.optim.Adam, dict(lr=1e-2), 10)
+    for name, w in finals.items():
+        assert max_relative_difference(w, uninterrupted) < 1e-6, name
+
+
+def test_torch_style_zero_grad_and_step():
+    import torch
+
+    with ud.use_backend("torch"):
+        model = ud.models.TwoLayerNet(4, 3, 1)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        loss = ud.nn.MSELoss()(model(ud.tensor(np.ones((2, 4)))), ud.tensor(np.zeros((2, 1))))
+        optimizer.zero_grad()
+        loss.backward()
+        before = model.state_dict()["linear2.bias"]
+        optimizer.step()
+        assert not np.array_equal(before, model.state_dict()["linear2.bias"])
+        optimizer.zero_grad()
+        assert all(p.grad is None for p in model.parameters())
+        assert isinstance(optimizer.native, torch.optim.SGD)
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "keras"])
+def test_step_without_backward_explains(name):
+    with ud.use_backend(name):
+        optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
+        with pytest.raises(RuntimeError, match=r"only the torch backend has.*optimizer.apply"):
+            optimizer.step()

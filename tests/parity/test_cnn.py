@@ -1,0 +1,55 @@
+"""CNN parity: 20 training steps with SGD and with Adam on fixed real data agree across backends to 1e-5."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+
+def _digits(n=64):
+    x, y = ud.datasets.digits("train")
+    return x[:n], y[:n]
+
+
+def _trajectory(backend, make_optimizer, x, y, in_channels, image_size, steps=20):
+    with ud.use_backend(backend):
+        ud.manual_seed(0)
+        model = ud.models.CNN(in_channels=in_channels, num_classes=10, image_size=image_size)
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), make_optimizer(model.parameters()))
+        return np.array([float(step(x, y)) for _ in range(steps)])
+
+
+OPTIMIZERS = {
+    "sgd": lambda p: ud.optim.SGD(p, lr=0.05, momentum=0.9),
+    "adam": lambda p: ud.optim.Adam(p, lr=1e-3),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_cnn_digits_trajectories_agree(optimizer):
+    x, y = _digits()
+    runs = {b: _trajectory(b, OPTIMIZERS[optimizer], x, y, 1, 8) for b in ud.available_backends()}
+    assert runs["torch"][-1] < runs["torch"][0]
+    for name, losses in runs.items():
+        assert max_relative_difference(losses, runs["torch"]) < 1e-5, name
+
+
+# On 3x32x32 the larger steps of OPTIMIZERS reach a steep region within 20 steps where 1e-7 differences in
+# the gradients (oneDNN vs ATen summation order) grow past 1e-5, and Adam's scale-free step turns
+# near-zero gradient components into full-size steps; these rates keep the run in the stable regime.
+GENTLE = {
+    "sgd": lambda p: ud.optim.SGD(p, lr=0.02, momentum=0.9),
+    "adam": lambda p: ud.optim.Adam(p, lr=1e-4),
+}
+
+
+@pytest.mark.parametrize("optimizer", list(GENTLE))
+def test_cnn_lenet_32x32_trajectories_agree(optimizer):
+    x, y = _digits()
+    noise = np.random.default_rng(0).standard_normal((len(x), 3, 32, 32)).astype(np.float32)
+    images = np.kron(x, np.ones((1, 3, 4, 4), np.float32)) + 0.1 * noise  # digits upscaled to 3x32x32
+    runs = {b: _trajectory(b, GENTLE[optimizer], images, y, 3, 32) for b in ud.available_backends()}
+    assert runs["torch"][-1] < runs["torch"][0]
+    for name, losses in runs.items():
+        assert max_relative_difference(losses, runs["torch"]) < 1e-5, name

@@ -1,0 +1,205 @@
+"""Checkpoints: model, optimizer, RNG and loader state saved atomically, rotated, and restored past a corrupt file."""
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl import random as unidl_random
+from unidl.testing import max_relative_difference
+
+
+class MomentumStandIn:
+    """Just the optimizer contract the checkpoints use: params, state_dict(), load_state_dict()."""
+
+    def __init__(self, model, lr=0.1):
+        self.params = model.parameters()
+        self.shapes = [value.shape for value in model.state_dict().values()]
+        self.lr, self.step = lr, 0
+        self.velocity = [np.zeros(shape, np.float32) for shape in self.shapes]
+
+    def advance(self, rng):
+        self.step += 1
+        self.velocity = [v + rng.standard_normal(v.shape).astype(np.float32) for v in self.velocity]
+
+    def state_dict(self):
+        return {"step": self.step, "lr": self.lr,
+                "slots": [{"velocity": v.copy(), "nested/name": np.array(i)} for i, v in enumerate(self.velocity)]}
+
+    def load_state_dict(self, state):
+        self.step, self.lr = state["step"], state["lr"]
+        self.velocity = [slots["velocity"] for slots in state["slots"]]
+        assert [int(slots["nested/name"]) for slots in state["slots"]] == list(range(len(self.velocity)))
+
+
+class LoaderStandIn:
+    def __init__(self, position=0):
+        self.position = position
+
+    def state_dict(self):
+        return {"position": self.position, "order_seed": 12345678901234567890}
+
+    def load_state_dict(self, state):
+        self.position = state["position"]
+
+
+def _model(seed):
+    ud.manual_seed(seed)
+    return ud.models.TwoLayerNet(3, 4, 2)
+
+
+def test_round_trip_restores_everything(tmp_path, rng):
+    model, loader = _model(0), LoaderStandIn(position=17)
+    optimizer = MomentumStandIn(model, lr=0.05)
+    optimizer.advance(rng)
+    path = ud.save_checkpoint(tmp_path, model, optimizer, epoch=2, step=340, loader=loader,
+                              extra={"best_loss": 0.25, "note": "ok"})
+    assert os.path.basename(path) == "checkpoint-0002-0000340.safetensors"
+    draws_after_save = unidl_random.generator().standard_normal(3)
+
+    restored, restored_optimizer, restored_loader = _model(99), MomentumStandIn(_model(5)), LoaderStandIn()
+    unidl_random.generator().standard_normal(10)  # move the RNG on: loading must bring it back
+    info = ud.load_checkpoint(tmp_path, restored, restored_optimizer, restored_loader)
+
+    assert (info["epoch"], info["step"], info["extra"]) == (2, 340, {"best_loss": 0.25, "note": "ok"})
+    assert info["path"] == path and info["optimizer"]["class"] == "MomentumStandIn"
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(restored.state_dict()[key], value)
+    assert (restored_optimizer.step, restored_optimizer.lr) == (1, 0.05)
+    for restored_velocity, velocity in zip(restored_optimizer.velocity, optimizer.velocity):
+        np.testing.assert_array_equal(restored_velocity, velocity)
+    assert restored_loader.position == 17
+    np.testing.assert_array_equal(unidl_random.generator().standard_normal(3), draws_after_save)
+
+
+def test_model_only_checkpoint_also_loads_with_ud_load(tmp_path):
+    model = _model(0)
+    path = ud.save_checkpoint(tmp_path, model, epoch=1)
+    info = ud.load_checkpoint(path, _model(3))
+    assert info["optimizer"] is None and info["epoch"] == 1
+    loaded = ud.load(path)
+    np.testing.assert_array_equal(loaded.state_dict()["linear1.weight"], model.state_dict()["linear1.weight"])
+
+
+def test_rotation_keeps_the_newest(tmp_path):
+    model = _model(0)
+    for epoch, step in [(0, 5), (1, 10), (9, 100), (10, 5), (10, 6)]:
+        ud.save_checkpoint(tmp_path, model, epoch=epoch, step=step, keep=2)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-0010-0000005.safetensors",
+                                            "checkpoint-0010-0000006.safetensors"]
+    assert ud.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-0010-0000006.safetensors")
+    ud.save_checkpoint(tmp_path, model, epoch=11, keep=None)
+    assert len(os.listdir(tmp_path)) == 3
+    with pytest.raises(ValueError, match="keep"):
+        ud.save_checkpoint(tmp_path, model, keep=0)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_newest_falls_back_with_a_warning(tmp_path, damage):
+    model = _model(0)
+    ud.save_checkpoint(tmp_path, model, epoch=1)
+    newest = ud.save_checkpoint(tmp_path, _model(1), epoch=2)
+    data = open(newest, "rb").read()
+    corrupted = {"truncate": data[: len(data) // 2], "garbage": b"\x00garbage" * 10, "empty": b""}[damage]
+    open(newest, "wb").write(corrupted)
+
+    restored = _model(2)
+    with pytest.warns(RuntimeWarning, match="checkpoint-0002-0000000.safetensors"):
+        info = ud.load_checkpoint(tmp_path, restored)
+    assert info["epoch"] == 1
+    np.testing.assert_array_equal(restored.state_dict()["linear2.bias"], model.state_dict()["linear2.bias"])
+    with pytest.raises(ud.CorruptFileError, match="checkpoint-0002"):
+        ud.load_checkpoint(newest, restored)  # an explicit file gets no fall-back
+
+
+def test_all_corrupt_raises(tmp_path):
+    path = ud.save_checkpoint(tmp_path, _model(0))
+    open(path, "wb").write(b"nope")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        with pytest.raises(ud.CorruptFileError, match="no readable checkpoint"):
+            ud.load_checkpoint(tmp_path, _model(0))
+
+
+def test_mismatched_optimizer_changes_nothing(tmp_path, rng):
+    model = _model(0)
+    optimizer = MomentumStandIn(model)
+    ud.save_checkpoint(tmp_path, model, optimizer)
+    other = _model(1)
+    before = other.state_dict()
+    fewer = MomentumStandIn(other)
+    fewer.params = fewer.params[:2]
+    with pytest.raises(ValueError, match="4 parameters"):
+        ud.load_checkpoint(tmp_path, other, fewer)
+    with pytest.raises(ValueError, match="no data-loader state"):
+        ud.load_checkpoint(tmp_path, other, loader=LoaderStandIn())
+    for key, value in before.items():
+        np.testing.assert_array_equal(other.state_dict()[key], value)
+
+
+def test_wrong_architecture_lists_mismatches(tmp_path):
+    ud.save_checkpoint(tmp_path, _model(0))
+    with pytest.raises(ud.StateDictError, match=r"linear1.weight: expected shape \(4, 5\), found \(4, 3\)"):
+        ud.load_checkpoint(tmp_path, ud.models.TwoLayerNet(5, 4, 2))
+
+
+def test_bad_paths(tmp_path):
+    model = _model(0)
+    assert ud.latest_checkpoint(tmp_path / "missing") is None
+    assert ud.latest_checkpoint(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="missing"):
+        ud.load_checkpoint(tmp_path / "missing", model)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ud.load_checkpoint(tmp_path, model)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file"):
+        ud.save_checkpoint(tmp_path / "file", model)
+    with pytest.raises(NotADirectoryError, match="file"):
+        ud.latest_checkpoint(tmp_path / "file")
+    with pytest.raises(TypeError, match="extra"):
+        ud.save_checkpoint(tmp_path / "new", model, extra={"f": object()})
+    assert not os.listdir(tmp_path / "new")
+
+
+def _training_setup(seed, optimizer_name):
+    model = _model(seed)
+    optimizer = (ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if optimizer_name == "SGD"
+                 else ud.optim.Adam(model.parameters(), lr=0.01))
+    return model, optimizer, ud.train_step(model, ud.nn.MSELoss(), optimizer)
+
+
+@pytest.mark.parametrize("optimizer_name", ["SGD", "Adam"])
+def test_resuming_training_matches_uninterrupted_training(tmp_path, backend, rng, optimizer_name):
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 2)).astype(np.float32)
+    model, optimizer, step = _training_setup(0, optimizer_name)
+    for _ in range(3):
+        step(x, y)
+    ud.save_checkpoint(tmp_path, model, optimizer, step=3)
+    uninterrupted = [float(step(x, y)) for _ in range(3)]
+
+    model, optimizer, step = _training_setup(1, optimizer_name)
+    info = ud.load_checkpoint(tmp_path, model, optimizer)
+    assert info["optimizer"]["step"] == 3 and optimizer.lr == info["optimizer"]["lr"]
+    resumed = [float(step(x, y)) for _ in range(3)]
+    np.testing.assert_allclose(resumed, uninterrupted, rtol=1e-6)
+
+
+def test_checkpoint_resumes_on_another_backend(tmp_path, rng):
+    x = rng.standard_normal((16, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 2)).astype(np.float32)
+    source, *targets = ud.available_backends()
+    with ud.use_backend(source):
+        model, optimizer, step = _training_setup(0, "Adam")
+        for _ in range(3):
+            step(x, y)
+        ud.save_checkpoint(tmp_path, model, optimizer, step=3)
+        uninterrupted = [float(step(x, y)) for _ in range(3)]
+    for target in targets:
+        with ud.use_backend(target):
+            model, optimizer, step = _training_setup(1, "Adam")
+            ud.load_checkpoint(tmp_path, model, optimizer)
+            resumed = [float(step(x, y)) for _ in range(3)]
+        assert max_relative_difference(resumed, uninterrupted) < 1e-5, target

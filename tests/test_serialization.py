@@ -1,0 +1,200 @@
+"""``ud.save`` / ``ud.load``: one file, loadable on every backend, that never runs code from the file."""
+
+import itertools
+import json
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.io.safetensors import load_file, save_file
+from unidl.serialization import CANONICAL_LAYOUT, _registry
+from unidl.testing import max_relative_difference
+
+BACKENDS = ud.available_backends()
+
+
+def _outputs(model, x):
+    return ud.to_numpy(model(ud.tensor(x)))
+
+
+@pytest.mark.parametrize("source,target", list(itertools.product(BACKENDS, BACKENDS)))
+def test_saved_on_one_backend_loads_on_every_other(tmp_path, rng, source, target):
+    x = rng.standard_normal((5, 6)).astype(np.float32)
+    with ud.use_backend(source):
+        ud.manual_seed(0)
+        original = ud.models.TwoLayerNet(6, 16, 3)
+        expected = _outputs(original, x)
+        ud.save(original, tmp_path / "net.safetensors")
+    with ud.use_backend(target):
+        ud.manual_seed(1)  # different initial weights: the loaded ones must win
+        loaded = ud.load(tmp_path / "net.safetensors")
+        assert isinstance(loaded, ud.models.TwoLayerNet) and loaded.backend == target
+        assert loaded.config == {"D_in": 6, "H": 16, "D_out": 3}
+        assert max_relative_difference(_outputs(loaded, x), expected) < 2e-6
+
+
+def test_metadata_describes_the_model(tmp_path, backend):
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    ud.save(model, tmp_path / "net.safetensors")
+    tensors, file_metadata = load_file(tmp_path / "net.safetensors")
+    metadata = json.loads(file_metadata["unidl"])
+    assert metadata["class"] == "TwoLayerNet" and metadata["config"] == {"D_in": 3, "H": 4, "D_out": 2}
+    assert metadata["layout"] == CANONICAL_LAYOUT and metadata["format_version"] == 1
+    assert metadata["backend"] == backend and metadata["versions"] == model._backend.versions()
+    assert metadata["unidl_version"] == ud.__version__
+    assert set(tensors) == set(model.state_dict())
+
+
+def test_load_weights_into_a_built_model(tmp_path, backend, rng):
+    source = ud.models.TwoLayerNet(3, 4, 2)
+    ud.save(source, tmp_path / "net.safetensors")
+    ud.manual_seed(7)
+    target = ud.models.TwoLayerNet(3, 4, 2)
+    target.load_weights(tmp_path / "net.safetensors")
+    other = ud.models.TwoLayerNet(3, 4, 2)
+    ud.load_weights(other, str(tmp_path / "net.safetensors"))
+    for model in (target, other):
+        for key, value in source.state_dict().items():
+            np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
+class Wider(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear1 = ud.nn.Linear(5, 4)
+        self.head = ud.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.linear1(x))
+
+
+def test_strict_load_of_another_architecture_lists_every_mismatch(tmp_path):
+    ud.save(ud.models.TwoLayerNet(3, 4, 2), tmp_path / "net.safetensors")
+    with pytest.raises(ud.StateDictError) as error:
+        ud.load_weights(Wider(), tmp_path / "net.safetensors")
+    message = str(error.value)
+    assert "linear1.weight: expected shape (4, 5), found (4, 3)" in message
+    assert "head.weight (expected shape (2, 4))" in message and "head.bias (expected shape (2,))" in message
+    assert "linear2.weight (shape (2, 4))" in message and "linear2.bias (shape (2,))" in message
+
+
+# ---- files that must not run code ----------------------------------------
+
+class _WritesMarker:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_planted_pickle_is_refused_and_never_run(tmp_path, protocol):
+    marker = tmp_path / "marker"
+    path = tmp_path / "model.pt"
+    path.write_bytes(pickle.dumps({"linear1.weight": _WritesMarker(marker)}, protocol=protocol))
+    with pytest.raises((ud.UnsafeFormatError, ud.CorruptFileError), match="allow_pickle=True"):
+        ud.load(path)
+    with pytest.raises((ud.UnsafeFormatError, ud.CorruptFileError), match="allow_pickle=True"):
+        ud.load_weights(ud.models.TwoLayerNet(3, 4, 2), path)
+    assert not marker.exists()
+
+
+def test_torch_zip_file_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"PK\x03\x04" + bytes(100))
+    with pytest.raises(ud.UnsafeFormatError, match="arbitrary code"):
+        ud.load(path)
+
+
+def test_trusted_pickle_loads_with_allow_pickle(tmp_path):
+    source = ud.models.TwoLayerNet(3, 4, 2)
+    path = tmp_path / "weights.pkl"
+    path.write_bytes(pickle.dumps(dict(source.state_dict())))
+    target = ud.models.TwoLayerNet(3, 4, 2)
+    ud.load_weights(target, path, allow_pickle=True)
+    for key, value in source.state_dict().items():
+        np.testing.assert_array_equal(target.state_dict()[key], value)
+    with pytest.raises(ud.UnknownModelError, match="load_weights"):
+        ud.load(path, allow_pickle=True)  # a bare dict of arrays does not say which model it is
+
+
+def test_unknown_class_is_refused_and_nothing_is_imported(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_module_for_unidl_test.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n"
+                                                              f"class Evil: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = ud.models.TwoLayerNet(3, 4, 2).state_dict()
+    metadata = {"format": "unidl", "format_version": 1, "kind": "model", "layout": CANONICAL_LAYOUT,
+                "class": "Evil", "class_module": "planted_module_for_unidl_test", "config": {}}
+    save_file(state, tmp_path / "evil.safetensors", {"unidl": json.dumps(metadata)})
+    with pytest.raises(ud.UnknownModelError, match=r"ud\.register_model\(Evil\)"):
+        ud.load(tmp_path / "evil.safetensors")
+    assert not marker.exists() and "planted_module_for_unidl_test" not in sys.modules
+
+
+def test_registered_class_round_trips(tmp_path, monkeypatch):
+    monkeypatch.setattr("unidl.serialization._registry", dict(_registry))
+
+    class Scaled(ud.nn.Module):
+        def __init__(self, width, scale=1.0):
+            super().__init__()
+            self.config = {"width": width, "scale": scale}
+            self.linear = ud.nn.Linear(width, width)
+
+        def forward(self, x):
+            return self.linear(x) * self.config["scale"]
+
+    model = Scaled(3, scale=2.0)
+    ud.save(model, tmp_path / "scaled.safetensors")
+    with pytest.raises(ud.UnknownModelError, match="register_model"):
+        ud.load(tmp_path / "scaled.safetensors")
+    assert ud.register_model(Scaled) is Scaled
+    loaded = ud.load(tmp_path / "scaled.safetensors")
+    assert type(loaded) is Scaled and loaded.config == {"width": 3, "scale": 2.0}
+    np.testing.assert_array_equal(loaded.state_dict()["linear.weight"], model.state_dict()["linear.weight"])
+
+    class Other(ud.nn.Module):
+        pass
+
+    Other.__name__ = "Scaled"
+    with pytest.raises(ValueError, match="already registered"):
+        ud.register_model(Other)
+    assert ud.register_model(name="OtherScaled")(Other) is Other
+    assert _registry is not __import__("unidl").serialization._registry  # the patched copy, not the real one
+    with pytest.raises(TypeError, match="subclass of unidl.nn.Module"):
+        ud.register_model(dict)
+
+
+def test_config_must_be_json(tmp_path):
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    model.config = {"D_in": object()}
+    with pytest.raises(TypeError, match="JSON-serializable"):
+        ud.save(model, tmp_path / "net.safetensors")
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_paths(tmp_path):
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        ud.load(tmp_path / "nope.safetensors")
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        ud.load_weights(model, tmp_path / "nope.safetensors")
+    with pytest.raises(IsADirectoryError, match=tmp_path.name):
+        ud.load(tmp_path)
+    with pytest.raises(IsADirectoryError, match=tmp_path.name):
+        ud.save(model, tmp_path)
+    with pytest.raises(FileNotFoundError, match="no_dir"):
+        ud.save(model, tmp_path / "no_dir" / "net.safetensors")
+
+
+def test_corrupt_file_is_reported(tmp_path):
+    ud.save(ud.models.TwoLayerNet(3, 4, 2), tmp_path / "net.safetensors")
+    data = (tmp_path / "net.safetensors").read_bytes()
+    (tmp_path / "net.safetensors").write_bytes(data[:-3])
+    with pytest.raises(ud.CorruptFileError, match="net.safetensors"):
+        ud.load(tmp_path / "net.safetensors")
