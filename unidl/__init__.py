@@ -5,27 +5,34 @@ first time that backend is used.
 """
 
 from unidl import models, nn, ops, optim
-from unidl import data, datasets
-from unidl.autograd import grad, value_and_grad
+from unidl import callbacks, data, datasets
+from unidl import autograd
+from unidl.autograd import custom_gradient, grad, value_and_grad
 from unidl.config import (available_backends, get_backend, get_device, get_dtype, set_backend, set_device,
                           set_dtype, use_backend, use_device, use_dtype)
 from unidl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from unidl.errors import (BackendMismatchError, BackendNotInstalledError, CorruptFileError, DeviceUnavailableError,
+from unidl.errors import (BackendMismatchError, NonFiniteLossError, BackendNotInstalledError, CorruptFileError, DeviceUnavailableError,
                           ShapeMismatchError, StateDictError, UnidlError, UnknownBackendError, UnknownModelError,
-                          UnsafeFormatError)
+                          UnsafeFormatError, ExportFormatError)
+from unidl.devices import info, log_device_placement
+from unidl.errors import GraphConstructError, RetraceWarning
+from unidl.function import function
 from unidl.random import manual_seed
+from unidl.export import export
 from unidl.serialization import load, load_weights, register_model, save
 from unidl.tensors import tensor, to_numpy
+from unidl.fit import History, evaluate, fit, predict
 from unidl.training import train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "manual_seed",
+    "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "fit", "evaluate", "predict", "History", "callbacks", "manual_seed",
+    "autograd", "custom_gradient", "function", "info", "log_device_placement", "GraphConstructError", "RetraceWarning",
     "available_backends", "get_backend", "set_backend", "use_backend",
     "get_device", "set_device", "use_device", "get_dtype", "set_dtype", "use_dtype",
     "UnidlError", "UnknownBackendError", "BackendNotInstalledError", "BackendMismatchError",
-    "DeviceUnavailableError", "ShapeMismatchError", "StateDictError",
-    "save", "load", "load_weights", "register_model", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-    "CorruptFileError", "UnsafeFormatError", "UnknownModelError",
+    "DeviceUnavailableError", "NonFiniteLossError", "ShapeMismatchError", "StateDictError",
+    "export", "save", "load", "load_weights", "register_model", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
+    "CorruptFileError", "UnsafeFormatError", "UnknownModelError", "ExportFormatError",
 ]

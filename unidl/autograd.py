@@ -1,4 +1,5 @@
-"""Gradients on every backend: ``grad`` and ``value_and_grad``, in JAX's spelling.
+"""Gradients on every backend: ``grad`` and ``value_and_grad`` in JAX's spelling, and custom
+gradients (``custom_gradient``, or PyTorch's ``Function`` with ``forward``/``backward``).
 
 ``value_and_grad(f, argnums)(*args)`` differentiates with respect to tensor
 arguments; ``value_and_grad(f, params)()`` with respect to a list of variables
@@ -9,6 +10,7 @@ does the work.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 from unidl import config
@@ -79,3 +81,84 @@ def check_float(values: Sequence, what: str) -> None:
         if "float" not in dtype:
             raise TypeError(f"grad can only differentiate with respect to floating-point tensors; {what} {index} "
                             f"has dtype {dtype or type(value).__name__}")
+
+
+def custom_gradient(forward_fn: Callable) -> Callable:
+    """Give a function your own backward pass, on every backend (TensorFlow's spelling).
+
+    ``forward_fn(*xs)`` returns ``(y, backward)``; ``backward(dy)`` returns the gradient of the
+    loss w.r.t. each input given ``dy``, its gradient w.r.t. ``y`` (one tensor for one input, a
+    tuple otherwise). The inputs must be tensors; ``forward_fn`` should compute from its inputs
+    only (gradients to variables it reads directly are not defined). Works eagerly, under
+    ``ud.grad`` and inside ``ud.function``: ``torch.autograd.Function`` on torch,
+    ``tf.custom_gradient`` on tensorflow, and the one of the framework Keras runs on.
+
+    Example (ReLU with the gradient scaled by 3)::
+
+        @ud.custom_gradient
+        def relu3(x):
+            def backward(dy):
+                return 3 * ud.ops.where(x > 0, dy, ud.ops.zeros_like(dy))
+            return ud.ops.relu(x), backward
+    """
+    compiled = {}
+
+    @functools.wraps(forward_fn)
+    def with_custom_gradient(*args):
+        backend = config.backend()
+        if backend.name not in compiled:
+            compiled[backend.name] = backend.custom_gradient(forward_fn)
+        return compiled[backend.name](*[a if backend.is_tensor(a) else backend.tensor(a) for a in args])
+
+    return with_custom_gradient
+
+
+class FunctionContext:
+    """What ``Function.forward`` leaves for ``backward``: ``save_for_backward(*tensors)``, ``saved_tensors``,
+    and any attribute set on it."""
+
+    def __init__(self):
+        self.saved_tensors = ()
+
+    def save_for_backward(self, *tensors) -> None:
+        self.saved_tensors = tensors
+
+
+class Function:
+    """PyTorch's spelling of a custom gradient: subclass with static ``forward(ctx, *xs)`` and
+    ``backward(ctx, dy)``, call ``MyFunction.apply(*xs)``. Built on ``custom_gradient``, so it
+    works on every backend, eagerly and inside ``ud.function``.
+
+    Example (the lecture's hand-written ReLU)::
+
+        class MyReLU(ud.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return ud.ops.relu(x)
+
+            @staticmethod
+            def backward(ctx, grad_output):
+                (x,) = ctx.saved_tensors
+                return ud.ops.where(x > 0, grad_output, ud.ops.zeros_like(grad_output))
+
+        y = MyReLU.apply(x)
+    """
+
+    @staticmethod
+    def forward(ctx, *args):
+        raise NotImplementedError("a ud.autograd.Function subclass must define forward(ctx, *args)")
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        raise NotImplementedError("a ud.autograd.Function subclass must define backward(ctx, grad_output)")
+
+    @classmethod
+    def apply(cls, *args):
+        if "_with_custom_gradient" not in cls.__dict__:
+            def forward_fn(*inputs):
+                ctx = FunctionContext()
+                return cls.forward(ctx, *inputs), lambda dy: cls.backward(ctx, dy)
+
+            cls._with_custom_gradient = custom_gradient(forward_fn)
+        return cls._with_custom_gradient(*args)

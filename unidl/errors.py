@@ -50,3 +50,19 @@ class UnsafeFormatError(UnidlError, ValueError):
 
 class UnknownModelError(UnidlError, LookupError):
     """A saved model whose class is not registered with ``unidl.register_model``."""
+
+
+class NonFiniteLossError(UnidlError, FloatingPointError):
+    """Training produced a NaN or infinite loss; the message names the epoch and step."""
+
+
+class ExportFormatError(UnidlError, ValueError):
+    """An export format that the model's backend cannot write; the message lists those it can."""
+
+
+class GraphConstructError(UnidlError, TypeError):
+    """Python code inside ``ud.function`` that a static graph cannot express (e.g. ``bool()`` of a symbolic tensor)."""
+
+
+class RetraceWarning(UserWarning):
+    """A compiled function met inputs of a new rank or dtype and was traced again."""

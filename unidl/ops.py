@@ -168,3 +168,19 @@ def cross_entropy(logits, labels, reduction="mean"):
 def bce_with_logits(logits, targets, reduction="mean"):
     """Binary cross-entropy on logits, numerically stable."""
     return _ops().bce_with_logits(logits, targets, reduction)
+
+
+def shape(x):
+    """The shape as a tuple: ints where known, scalar tensors where a graph leaves a dimension unknown
+    (so ``range(ud.ops.shape(x)[1])`` works inside ``ud.function`` for any length)."""
+    return _ops().shape(x)
+
+
+def scan(fn, init, xs, axis=0):
+    """Loop ``carry, y = fn(carry, x)`` over the slices ``x`` of ``xs`` along ``axis``, starting from ``init``.
+
+    Returns ``(final carry, ys)`` with the ``y``s stacked along ``axis`` (same dtype as the carry).
+    It is the plain Python loop on torch, a ``tf.while_loop`` on tensorflow (so the length may be
+    unknown inside a graph, and a new length never retraces) and ``keras.ops.scan`` on keras.
+    """
+    return _ops().scan(fn, init, xs, axis)

@@ -7,6 +7,7 @@ runs forward, gradients and update as one dispatch.
 
 from __future__ import annotations
 
+from unidl import config, devices
 from unidl.errors import BackendMismatchError, ShapeMismatchError
 
 
@@ -31,10 +32,10 @@ def check_same_backend(model, *others) -> object:
 class TrainStep:
     """``step(x, y) -> loss`` for a model, loss and optimizer; see ``train_step``."""
 
-    def __init__(self, model, loss_fn, optimizer):
+    def __init__(self, model, loss_fn, optimizer, with_outputs: bool = False):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self._backend = check_same_backend(model, loss_fn, optimizer)
-        self._run = self._backend.train_step(model, loss_fn, optimizer)
+        self._run = self._backend.train_step(model, loss_fn, optimizer, with_outputs)
         self._checked = set()
 
     def __call__(self, x, y):
@@ -45,6 +46,10 @@ class TrainStep:
                 f"y has shape {y_shape}")
         key = (x_shape, y_shape, str(getattr(x, "dtype", "")), str(getattr(y, "dtype", "")))
         if key not in self._checked:
+            if not self._checked:
+                devices.compiled_placed(f"train_step of {type(self.model).__name__}", "first call",
+                                        config.resolve_device(config._requested_device(), self._backend),
+                                        self._backend.name)
             self._backend.check_shapes(self.model, self.loss_fn, x, y)
             self._checked.add(key)
         return self._run(x, y)

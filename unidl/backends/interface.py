@@ -23,7 +23,7 @@ OPS = (
     "conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "dropout",
     "reshape", "flatten", "concat", "stack", "mean", "sum", "clip", "exp", "log", "sqrt", "abs",
     "maximum", "sign", "where", "square", "zeros_like", "shape", "cast_like", "one_hot",
-    "mse_loss", "l1_loss", "cross_entropy", "bce_with_logits",
+    "mse_loss", "l1_loss", "cross_entropy", "bce_with_logits", "scan",
 )
 
 
@@ -60,6 +60,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def device_scope(self, device: str):
         """Context manager placing new tensors and computation on ``device`` ('cpu' or 'cuda:N')."""
+
+    @abc.abstractmethod
+    def device_of(self, tensor) -> str:
+        """The canonical device ('cpu', 'cuda:N') holding a native tensor or variable."""
 
     @abc.abstractmethod
     def seed(self, seed: int) -> None:
@@ -128,8 +132,19 @@ class Backend(abc.ABC):
         """Apply gradients stored on parameters by a backward pass, or explain why this backend has none."""
 
     @abc.abstractmethod
-    def train_step(self, model, loss_fn, optimizer) -> Callable:
-        """Return ``step(x, y) -> loss``: forward, gradients and update as one unit of dispatch."""
+    def train_step(self, model, loss_fn, optimizer, with_outputs: bool = False) -> Callable:
+        """Return ``step(x, y) -> loss`` (or ``(loss, outputs)`` with ``with_outputs``): forward,
+        gradients and update as one unit of dispatch."""
+
+    @abc.abstractmethod
+    def predict_function(self, model) -> Callable:
+        """Return ``forward(x) -> outputs`` without gradients (compiled where the backend compiles)."""
+
+    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy: bool):
+        """Run one epoch with the framework's own trainer and return the epoch logs, or None to let
+        ``ud.fit`` drive ``train_step`` itself (the default). ``on_batch(index, running_logs)``
+        must be called after every step."""
+        return None
 
     @abc.abstractmethod
     def value_and_grad(self, f, args, argnums, params) -> tuple:
@@ -141,3 +156,33 @@ class Backend(abc.ABC):
     def check_shapes(self, model, loss_fn, x, y) -> None:
         """Run model and loss abstractly on the shapes of ``x`` and ``y`` (no compute, no state change),
         so that a shape error names the layer before a compiled graph fails cryptically."""
+
+    # ---- compiled functions and custom gradients ---------------------------
+    @abc.abstractmethod
+    def function(self, fn: Callable, jit_compile: bool, name: str) -> Callable:
+        """``fn`` as this backend runs user code in ``ud.function``: a static graph where the backend
+        has one (Python control flow on tensors converted, e.g. by AutoGraph), else eager, and compiled
+        by the framework's compiler (XLA, ``torch.compile``) when ``jit_compile``. NumPy arguments
+        become tensors. The result has ``trace_count``: the number of traces, or None where nothing
+        is traced. Python code a graph cannot express raises ``GraphConstructError`` naming it."""
+
+    @abc.abstractmethod
+    def custom_gradient(self, forward_fn: Callable) -> Callable:
+        """``f(*xs) -> y`` whose gradient is the user's: ``forward_fn(*xs)`` returns ``(y, backward)``
+        and ``backward(dy)`` returns the gradient of each input (one tensor, or a tuple with one per
+        input). Works eagerly, under ``value_and_grad`` and inside ``function``."""
+
+    # ---- export ------------------------------------------------------------
+    @abc.abstractmethod
+    def export_formats(self) -> tuple[str, ...]:
+        """The formats ``export`` writes on this backend (names from ``unidl.export.FORMATS``)."""
+
+    @abc.abstractmethod
+    def export(self, module, path: str, format: str, input_shape: tuple[int, ...]) -> None:
+        """Write ``module``'s forward (already in eval mode) as an inference program at ``path``.
+
+        ``format`` is one of ``export_formats()``; the program takes one input of shape
+        ``(batch, *input_shape)`` in the canonical layout with any batch size, and returns the
+        module's output in the canonical layout. ``path`` does not exist yet: the caller chose
+        it as a temporary name and renames it once this returns, and removes it if this raises.
+        """

@@ -1,6 +1,7 @@
 """The lecture's LeNet-style CNN, written once for every backend."""
 
 from unidl import nn
+from unidl.models.pretrained import load_pretrained
 
 
 def lenet_padding(image_size: int) -> int:
@@ -18,10 +19,12 @@ class CNN(nn.Module):
     """conv 6@5x5 -> max-pool 2 -> conv 16@5x5 -> max-pool 2 -> fc 120 -> fc 84 -> fc num_classes, ReLU between.
 
     For 3x32x32 (CIFAR-10) this is LeNet exactly; for small images such as 1x8x8 (digits) the
-    convolutions pad by 2 so that every shape stays valid.
+    convolutions pad by 2 so that every shape stays valid. ``pretrained=True`` loads the weights
+    shipped for the 8x8 digits (only ``CNN(in_channels=1, num_classes=10, image_size=8)``; about
+    97% test accuracy).
     """
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, pretrained: bool = False):
         super().__init__()
         self.config = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
         padding = lenet_padding(image_size)
@@ -36,6 +39,8 @@ class CNN(nn.Module):
             nn.Linear(120, 84), nn.ReLU(),
             nn.Linear(84, num_classes),
         )
+        if pretrained:
+            load_pretrained(self, "cnn_digits.safetensors")
 
     def forward(self, x):
         return self.classifier(self.flatten(self.features(x)))

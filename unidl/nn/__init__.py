@@ -11,9 +11,10 @@ from unidl.nn.linear import Linear
 from unidl.nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from unidl.nn.module import Module
 from unidl.nn.pooling import AvgPool2d, MaxPool2d
+from unidl.nn.rnn import RNN
 
 __all__ = [
     "Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
-    "Sequential", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
+    "Sequential", "RNN", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax",
     "MSELoss", "L1Loss", "CrossEntropyLoss", "BCEWithLogitsLoss", "init",
 ]

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from unidl import config
+from unidl import config, devices
 from unidl.errors import BackendMismatchError, StateDictError
 
 
@@ -57,6 +57,7 @@ class Module:
             object.__setattr__(value, "_parent", (weakref.ref(self), name))
         elif self._backend.is_parameter(value):
             self._parameters[name] = value
+            devices.parameter_created(self, name, value, self._backend)
         object.__setattr__(self, name, value)
 
     def parameter(self, value) -> object:
@@ -70,6 +71,7 @@ class Module:
             variable = self._backend.parameter(np.asarray(value), trainable=False)
         self._buffers[name] = variable
         object.__setattr__(self, name, variable)
+        devices.parameter_created(self, name, variable, self._backend, kind="buffer")
 
     def _check_backend(self, other, what: str) -> None:
         if other is not self._backend:

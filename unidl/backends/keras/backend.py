@@ -17,10 +17,12 @@ from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstra
 from unidl import config  # noqa: E402
 from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
+from unidl.backends.keras import function as keras_function
 from unidl.backends.keras import gradients as keras_gradients  # noqa: E402
 from unidl.backends.keras import ops as keras_ops
-from unidl.backends.keras.module import NativeLoss, NativeModel
+from unidl.backends.keras.module import BatchRelay, NativeLoss, NativeModel
 from unidl.backends.keras.optimizer import NativeOptimizer
+from unidl.backends.keras.export import export_formats, export_module
 
 
 def keras_device_name(device: str) -> str:
@@ -61,6 +63,9 @@ class Backend(BackendInterface):
 
     def device_scope(self, device):
         return keras.device(keras_device_name(device))
+
+    def device_of(self, tensor):
+        return keras_function.device_of(tensor)
 
     def seed(self, seed):
         keras.utils.set_random_seed(seed)
@@ -114,7 +119,9 @@ class Backend(BackendInterface):
         return NativeModel(module)
 
     def optimizer(self, optimizer):
-        return NativeOptimizer(optimizer, keras_ops)
+        native = NativeOptimizer(optimizer, keras_ops)
+        native.build(optimizer.params)  # slots now, eagerly: never created inside a graph being traced
+        return native
 
     def set_learning_rate(self, optimizer, lr):
         optimizer.native.learning_rate = lr
@@ -146,13 +153,22 @@ class Backend(BackendInterface):
             "optimizer.step() applies gradients stored by backward(), which only the torch backend has; "
             "on keras use grads = ud.grad(...) and optimizer.apply(grads), or ud.train_step")
 
-    def compile(self, model, loss_fn, optimizer, jit_compile=False):
-        """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer)."""
+    def compile(self, model, loss_fn, optimizer, jit_compile=False, accuracy=False):
+        """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer),
+        once per (loss, optimizer, metrics) combination."""
         native = model.native
-        native.compile(optimizer=optimizer.native, loss=NativeLoss(loss_fn), jit_compile=jit_compile)
+        key = (id(loss_fn), id(optimizer), jit_compile, accuracy)
+        if getattr(native, "_unidl_compiled", None) != key:
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if accuracy else []
+            native.compile(optimizer=optimizer.native, loss=NativeLoss(loss_fn), metrics=metrics,
+                           jit_compile=jit_compile)
+            object.__setattr__(native, "_unidl_compiled", key)
         return native
 
-    def train_step(self, model, loss_fn, optimizer):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False):
+        if with_outputs:
+            raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
+                                      "ud.fit uses fit_epoch instead")
         native = self.compile(model, loss_fn, optimizer)
         to_input = self.to_input
 
@@ -161,6 +177,23 @@ class Backend(BackendInterface):
 
         return step
 
+    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy):
+        native = self.compile(model, loss_fn, optimizer, accuracy=accuracy)
+        relay = BatchRelay(on_batch, accuracy)
+        to_input = self.to_input
+        native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
+                   steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
+        return relay.logs
+
+    def predict_function(self, model):
+        native = model.native
+        to_input = self.to_input
+
+        def forward(x):
+            return native.predict_on_batch(to_input(x))
+
+        return forward
+
     def value_and_grad(self, f, args, argnums, params):
         return keras_gradients.value_and_grad(f, args, argnums, params, self.tensor)
 
@@ -168,3 +201,18 @@ class Backend(BackendInterface):
         x, y = self.to_input(x), self.to_input(y)
         specs = [keras.KerasTensor(tuple(v.shape), dtype=keras.backend.standardize_dtype(v.dtype)) for v in (x, y)]
         compute_output_spec(lambda a, b: loss_fn(model(a), b), *specs)
+
+    # ---- compiled functions and custom gradients ---------------------------
+    def function(self, fn, jit_compile, name):
+        return keras_function.function(fn, jit_compile, name, config.resolve_device(config._requested_device(), self),
+                                       self.tensor)
+
+    def custom_gradient(self, forward_fn):
+        return keras_function.custom_gradient(forward_fn)
+
+    # ---- export ------------------------------------------------------------
+    def export_formats(self):
+        return export_formats()
+
+    def export(self, module, path, format, input_shape):
+        export_module(module, path, format, input_shape)

@@ -32,6 +32,22 @@ class NativeModel(keras.Model):
                 object.__setattr__(m, "training", mode)
 
 
+class BatchRelay(keras.callbacks.Callback):
+    """Passes Keras's running epoch logs to ``ud.fit`` after every batch (progress, NaN checks, callbacks)."""
+
+    def __init__(self, on_batch, accuracy: bool):
+        super().__init__()
+        self._on_batch, self._accuracy = on_batch, accuracy
+        self.logs = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        self.logs = {"loss": float(logs["loss"])}
+        if self._accuracy:
+            self.logs["accuracy"] = float(logs["accuracy"])
+        self._on_batch(batch, dict(self.logs))
+
+
 class NativeLoss(keras.losses.Loss):
     """A unidl loss module as a ``keras.losses.Loss`` (already reduced, so Keras's reduction is a no-op)."""
 

@@ -229,3 +229,8 @@ def bce_with_logits(logits, targets, reduction="mean"):
     targets = K.cast(targets, logits.dtype)
     losses = K.maximum(logits, 0) - logits * targets + K.log1p(K.exp(-K.abs(logits)))
     return _reduce(losses, reduction)
+
+
+def scan(fn, init, xs, axis=0):
+    carry, ys = K.scan(fn, init, K.moveaxis(xs, axis, 0))
+    return carry, K.moveaxis(ys, 0, axis)

@@ -14,9 +14,11 @@ from unidl import random as unidl_random
 from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.tensorflow import ops as tf_ops
-from unidl.backends.tensorflow.function import GraphFunction, to_graph_input
+from unidl.backends.tensorflow import function as tf_function
+from unidl.backends.tensorflow.function import GraphFunction, PerModeGraphs, to_graph_input
 from unidl.backends.tensorflow.module import NativeModule
 from unidl.backends.tensorflow.optimizer import GraphOptimizer
+from unidl.backends.tensorflow.export import EXPORT_FORMATS, export_module
 
 _DTYPES = {"float32": tf.float32, "float64": tf.float64}
 
@@ -24,6 +26,12 @@ _DTYPES = {"float32": tf.float32, "float64": tf.float64}
 def tf_device_name(device: str) -> str:
     """unidl device ('cpu', 'cuda:N') -> TensorFlow device string ('/CPU:0', '/GPU:N')."""
     return "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
+
+
+def canonical_device(tf_device: str) -> str:
+    """TensorFlow device string ('/job:localhost/replica:0/task:0/device:GPU:1') -> 'cuda:1' (or 'cpu')."""
+    spec = tf.DeviceSpec.from_string(tf_device or "/CPU:0")
+    return f"cuda:{spec.device_index or 0}" if (spec.device_type or "CPU").upper() == "GPU" else "cpu"
 
 
 class Backend(BackendInterface):
@@ -44,6 +52,9 @@ class Backend(BackendInterface):
 
     def device_scope(self, device):
         return tf.device(tf_device_name(device))
+
+    def device_of(self, tensor):
+        return canonical_device(tensor.device)
 
     def seed(self, seed):
         tf.random.set_seed(seed)
@@ -111,17 +122,22 @@ class Backend(BackendInterface):
             "optimizer.step() applies gradients stored by backward(), which only the torch backend has; "
             "on tensorflow use grads = ud.grad(...) and optimizer.apply(grads), or ud.train_step")
 
-    def train_step(self, model, loss_fn, optimizer):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False):
         params = optimizer.params
         apply = optimizer.native.apply
-
         def train_step(x, y):
             with tf.GradientTape() as tape:
-                loss = loss_fn(model(x), y)
+                outputs = model(x)
+                loss = loss_fn(outputs, y)
             apply(tape.gradient(loss, params))
-            return loss
+            return (loss, outputs) if with_outputs else loss
 
-        return GraphFunction(train_step, device=self.current_device_name())
+        return PerModeGraphs(model, train_step, self.current_device_name())
+
+    def predict_function(self, model):
+        if "_tf_predict" not in model.__dict__:
+            object.__setattr__(model, "_tf_predict", PerModeGraphs(model, lambda x: model(x), self.current_device_name()))
+        return model._tf_predict
 
     def value_and_grad(self, f, args, argnums, params):
         args = list(args)
@@ -146,3 +162,17 @@ class Backend(BackendInterface):
         x, y = to_graph_input(x), to_graph_input(y)
         specs = (tf.TensorSpec(x.shape, x.dtype), tf.TensorSpec(y.shape, y.dtype))
         tf.function(lambda a, b: loss_fn(model(a), b), autograph=False).get_concrete_function(*specs)
+
+    # ---- compiled functions and custom gradients ---------------------------
+    def function(self, fn, jit_compile, name):
+        return GraphFunction(fn, jit_compile=jit_compile, device=self.current_device_name(), name=name)
+
+    def custom_gradient(self, forward_fn):
+        return tf_function.custom_gradient(forward_fn)
+
+    # ---- export ------------------------------------------------------------
+    def export_formats(self):
+        return EXPORT_FORMATS
+
+    def export(self, module, path, format, input_shape):
+        export_module(module, path, format, input_shape)

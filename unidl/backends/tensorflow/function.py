@@ -3,6 +3,8 @@
 Every input dimension is left unknown in the signature, so a new batch size or
 sequence length reuses the graph; only a new rank or dtype traces again, with
 a ``RetraceWarning``. ``trace_count`` counts real traces, for tests and users.
+AutoGraph converts Python control flow on tensors; what it cannot convert raises
+``GraphConstructError`` naming the construct. ``custom_gradient`` is ``tf.custom_gradient``.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from unidl import config
-
-
-class RetraceWarning(UserWarning):
-    """A compiled function met inputs of a new rank or dtype and was traced again."""
+from unidl import config, devices
+from unidl.errors import GraphConstructError, RetraceWarning  # noqa: F401  (RetraceWarning re-exported)
 
 
 _FLOAT_DTYPES = {"float32": tf.float32, "float64": tf.float64}
@@ -34,6 +33,63 @@ def to_graph_input(value):
     if array.dtype.kind in "iu":
         return tf.convert_to_tensor(array, tf.int64)
     return tf.convert_to_tensor(array)
+
+
+class PerModeGraphs:
+    """One ``GraphFunction`` per train/eval mode of ``model``: a graph bakes in the Python-level
+    mode flags (dropout on or off, batch or running statistics), so switching mode must not reuse it."""
+
+    def __init__(self, model, fn, device):
+        self._model, self._fn, self._device = model, fn, device
+        self.graphs: dict[bool, GraphFunction] = {}
+
+    def __call__(self, *args):
+        graph = self.graphs.get(self._model.training)
+        if graph is None:
+            graph = self.graphs[self._model.training] = GraphFunction(self._fn, device=self._device,
+                                                                      name=getattr(self._fn, "__name__", None))
+        return graph(*args)
+
+    @property
+    def trace_count(self) -> int:
+        return sum(graph.trace_count for graph in self.graphs.values())
+
+
+_CONSTRUCTS = (
+    ("as a Python `bool`", "bool() of a symbolic tensor (a condition AutoGraph could not convert, or an explicit bool())"),
+    ("Iterating over a symbolic", "iterating over a symbolic tensor with a Python `for`"),
+    ("int() argument", "int() of a symbolic tensor"),
+    ("float() argument", "float() of a symbolic tensor"),
+    ("cannot be interpreted as an integer", "a symbolic tensor used as a Python int (range(), list index)"),
+    ("has no attribute 'numpy'", ".numpy() of a symbolic tensor"),
+)
+
+
+def _unsupported_construct(error) -> str | None:
+    """Which Python construct on a symbolic tensor caused ``error``, or None for an unrelated error."""
+    message = str(error)
+    for marker, construct in _CONSTRUCTS:
+        if marker in message and ("SymbolicTensor" in message or "symbolic" in message):
+            return construct
+    if isinstance(error, tf.errors.OperatorNotAllowedInGraphError):
+        return "an operation on a symbolic tensor that needs its value"
+    return None
+
+
+def custom_gradient(forward_fn):
+    """``f(*xs) -> y`` differentiated by the ``backward`` that ``forward_fn`` returns (``tf.custom_gradient``)."""
+
+    @tf.custom_gradient
+    def with_custom_gradient(*inputs):
+        y, backward = forward_fn(*inputs)
+
+        def gradient(dy):
+            grads = backward(dy)
+            return tuple(grads) if isinstance(grads, (tuple, list)) else grads
+
+        return y, gradient
+
+    return with_custom_gradient
 
 
 class GraphFunction:
@@ -63,7 +119,19 @@ class GraphFunction:
         signature = [tf.TensorSpec([None] * rank, dtype) for rank, dtype in key]
         compiled = tf.function(self._traced, input_signature=signature, jit_compile=self._jit_compile,
                                reduce_retracing=True)
-        graph = compiled.get_concrete_function()
+        devices.compiled_placed(self.__name__, f"traced for (rank, dtype) {[(r, d.name) for r, d in key]}",
+                                self._device or "the default device", "tensorflow graph")
+        try:
+            graph = compiled.get_concrete_function()
+        except (tf.errors.OperatorNotAllowedInGraphError, TypeError, AttributeError) as error:
+            construct = _unsupported_construct(error)
+            if construct is None:
+                raise
+            raise GraphConstructError(
+                f"{construct} inside ud.function {self.__name__!r} on tensorflow: the function is traced into "
+                f"a static graph where tensors have no values yet. Write the `if`/`for`/`while` on the tensor "
+                f"directly in the function body so that AutoGraph converts it to graph control flow, or use "
+                f"ud.ops.where; read values (.numpy()) outside the function. ({error})") from error
         self._graphs[key] = graph
         return graph
 

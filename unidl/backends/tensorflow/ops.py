@@ -220,3 +220,25 @@ def bce_with_logits(logits, targets, reduction="mean"):
                    reduction)
 
 
+
+
+def _move_axis(x, source, destination):
+    rank = x.shape.rank
+    order = [a for a in range(rank) if a != source % rank]
+    order.insert(destination % rank, source % rank)
+    return tf.transpose(x, order)
+
+
+def scan(fn, init, xs, axis=0):
+    # a tf.while_loop over a TensorArray: the length may be unknown until run time, with no retrace
+    xs = _move_axis(xs, axis, 0) if axis % xs.shape.rank else xs
+    length = tf.shape(xs)[0]
+
+    def body(t, carry, ys):
+        carry, y = fn(carry, xs[t])
+        return t + 1, carry, ys.write(t, y)
+
+    ys = tf.TensorArray(init.dtype, size=length)
+    _, carry, ys = tf.while_loop(lambda t, carry, ys: t < length, body, (tf.constant(0), init, ys))
+    ys = ys.stack()
+    return carry, (_move_axis(ys, 0, axis) if axis % xs.shape.rank else ys)

@@ -12,8 +12,10 @@ from unidl.autograd import check_float, check_scalar
 from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.torch import ops as torch_ops
+from unidl.backends.torch import function as torch_function
 from unidl.backends.torch.module import NativeModule
 from unidl.backends.torch.optimizer import add_l1, native_optimizer
+from unidl.backends.torch.export import EXPORT_FORMATS, export_module
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -36,6 +38,10 @@ class Backend(BackendInterface):
 
     def device_scope(self, device):
         return contextlib.nullcontext()
+
+    def device_of(self, tensor):
+        device = tensor.device
+        return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
 
     def seed(self, seed):
         torch.manual_seed(seed)
@@ -136,7 +142,7 @@ class Backend(BackendInterface):
         optimizer.native.step()
         optimizer._steps += 1
 
-    def train_step(self, model, loss_fn, optimizer):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False):
         native = optimizer.native
         to_input = self.to_input
         l1 = optimizer.hyper["l1"]
@@ -144,15 +150,25 @@ class Backend(BackendInterface):
         def step(x, y):
             x, y = to_input(x), to_input(y)
             native.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            outputs = model(x)
+            loss = loss_fn(outputs, y)
             loss.backward()
             if l1:
                 add_l1(optimizer)
             native.step()
             optimizer._steps += 1
-            return loss.detach()
+            return (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
 
         return step
+
+    def predict_function(self, model):
+        to_input = self.to_input
+
+        def forward(x):
+            with torch.no_grad():
+                return model(to_input(x))
+
+        return forward
 
     def to_input(self, value):
         """Fast path for step inputs: native tensors already in place pass through untouched."""
@@ -180,3 +196,17 @@ class Backend(BackendInterface):
 
     def check_shapes(self, model, loss_fn, x, y):
         pass  # eager: the layers' own checks run on every real call
+
+    # ---- compiled functions and custom gradients ---------------------------
+    def function(self, fn, jit_compile, name):
+        return torch_function.EagerFunction(fn, jit_compile, self.tensor, name)
+
+    def custom_gradient(self, forward_fn):
+        return torch_function.custom_gradient(forward_fn)
+
+    # ---- export ------------------------------------------------------------
+    def export_formats(self):
+        return EXPORT_FORMATS
+
+    def export(self, module, path, format, input_shape):
+        export_module(module, path, format, input_shape)

@@ -112,3 +112,11 @@ def cross_entropy(logits, labels, reduction="mean"):
 
 def bce_with_logits(logits, targets, reduction="mean"):
     return F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction)
+
+
+def scan(fn, init, xs, axis=0):
+    carry, ys = init, []
+    for x in torch.unbind(xs, axis):
+        carry, y = fn(carry, x)
+        ys.append(y)
+    return carry, torch.stack(ys, axis)

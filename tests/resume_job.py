@@ -1,0 +1,44 @@
+"""A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``.
+
+Trains the CNN on digits with ``ud.fit`` and a step-wise ``Checkpoint``; with KILL_AT it kills itself
+with SIGKILL right after that global step (mid-epoch), without any chance to clean up. Run again
+without KILL_AT it resumes from the checkpoint directory and writes the final weights to OUT (.npz).
+"""
+
+import os
+import signal
+import sys
+
+import numpy as np
+
+import unidl as ud
+
+
+class KillAt(ud.callbacks.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, batch, logs=None):
+        if self.trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(backend, directory, out, kill_at=None):
+    ud.set_backend(backend)
+    ud.manual_seed(0)
+    x, y = ud.datasets.digits("train")
+    x, y = x[:600], y[:600]
+    model = ud.models.CNN(in_channels=1, num_classes=10, image_size=8)
+    optimizer = ud.optim.Adam(model.parameters(), lr=2e-3)
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=50, shuffle=True, seed=3)
+    callbacks = [ud.callbacks.Checkpoint(directory, every_steps=4, keep=2)]
+    if kill_at is not None:
+        callbacks.append(KillAt(kill_at))
+    ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=3, callbacks=callbacks,
+           verbose=0, resume_from=directory)
+    np.savez(out, **model.state_dict())
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    main(args[0], args[1], args[2], int(args[3]) if len(args) > 3 else None)

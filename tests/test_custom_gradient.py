@@ -1,0 +1,88 @@
+"""Custom gradients: ``ud.custom_gradient`` and ``ud.autograd.Function`` replace the framework's backward."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+
+@ud.custom_gradient
+def relu_times_three_gradient(x):
+    def backward(dy):
+        return 3.0 * ud.ops.where(x > 0, dy, ud.ops.zeros_like(dy))
+
+    return ud.ops.relu(x), backward
+
+
+class MyReLU(ud.autograd.Function):
+    """The lecture's hand-written ReLU."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return ud.ops.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return ud.ops.where(x > 0, grad_output, ud.ops.zeros_like(grad_output))
+
+
+class ScaledReLU(MyReLU):
+    @staticmethod
+    def backward(ctx, grad_output):
+        return 3.0 * MyReLU.backward(ctx, grad_output)
+
+
+X = np.array([[-1.5, 0.5, 2.0], [3.0, -0.25, 1.0]], np.float32)
+
+
+def _expected_gradient(scale):
+    return scale * (X > 0).astype(np.float32)
+
+
+def _sum_of(fn):
+    return lambda x: ud.ops.sum(fn(x))
+
+
+@pytest.mark.parametrize("fn, scale", [(relu_times_three_gradient, 3.0), (MyReLU.apply, 1.0),
+                                       (ScaledReLU.apply, 3.0)], ids=["decorator", "function", "function-scaled"])
+def test_custom_backward_is_used_eagerly(backend, fn, scale):
+    x = ud.tensor(X)
+    np.testing.assert_allclose(ud.to_numpy(fn(x)), np.maximum(X, 0))
+    np.testing.assert_allclose(ud.to_numpy(ud.grad(_sum_of(fn))(x)), _expected_gradient(scale))
+
+
+@pytest.mark.parametrize("fn, scale", [(relu_times_three_gradient, 3.0), (ScaledReLU.apply, 3.0)],
+                         ids=["decorator", "function-scaled"])
+def test_custom_backward_is_used_inside_function(backend, fn, scale):
+    @ud.function
+    def value_and_gradient(x):
+        return ud.value_and_grad(_sum_of(fn))(x)
+
+    value, gradient = value_and_gradient(X)
+    assert float(ud.to_numpy(value)) == pytest.approx(np.maximum(X, 0).sum())
+    np.testing.assert_allclose(ud.to_numpy(gradient), _expected_gradient(scale))
+
+
+def test_custom_gradient_reaches_parameters_through_a_layer(backend, rng):
+    layer = ud.nn.Linear(3, 4)
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    plain = ud.grad(lambda: ud.ops.sum(ud.ops.relu(layer(ud.tensor(x)))), layer.parameters())()
+    custom = ud.grad(lambda: ud.ops.sum(relu_times_three_gradient(layer(ud.tensor(x)))), layer.parameters())()
+    for p, c in zip(plain, custom):
+        np.testing.assert_allclose(ud.to_numpy(c), 3 * ud.to_numpy(p), rtol=1e-6, atol=1e-6)
+
+
+def test_custom_gradient_with_two_inputs(backend):
+    @ud.custom_gradient
+    def product(a, b):
+        def backward(dy):
+            return dy * b * 10.0, dy * a  # a deliberately wrong gradient for a, to see it used
+
+        return a * b, backward
+
+    a, b = ud.tensor(np.array([1.0, 2.0], np.float32)), ud.tensor(np.array([3.0, 4.0], np.float32))
+    grad_a, grad_b = ud.grad(lambda a, b: ud.ops.sum(product(a, b)), argnums=(0, 1))(a, b)
+    np.testing.assert_allclose(ud.to_numpy(grad_a), [30.0, 40.0])
+    np.testing.assert_allclose(ud.to_numpy(grad_b), [1.0, 2.0])

@@ -1,0 +1,223 @@
+"""``ud.export``: every format from every backend that writes it, loaded in a fresh process without unidl."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.export import FORMATS
+from unidl.testing import max_relative_difference
+from unidl.testing.pytest_plugin import backends_under_test
+
+from tests.helpers import run_python
+
+TOLERANCE = 2e-6
+#: batch sizes other than the one traced with (2), to show that the batch dimension is dynamic
+BATCH_SIZES = (5, 1)
+
+MODELS = {
+    "TwoLayerNet": (lambda: ud.models.TwoLayerNet(64, 100, 10), (64,)),
+    "CNN": (lambda: ud.models.CNN(in_channels=1, num_classes=10, image_size=8), (1, 8, 8)),
+}
+
+#: format -> code that loads ``path`` and defines ``run(x) -> [outputs]``, one per way of calling the program
+LOADERS = {
+    "saved_model": """
+import tensorflow as tf
+def load(path):
+    loaded = tf.saved_model.load(path)
+    def run(x):
+        by_signature = loaded.signatures["serving_default"](tf.constant(x))
+        (output,) = by_signature.values()
+        return [loaded.serve(tf.constant(x)).numpy(), output.numpy()]
+    return run
+""",
+    "torch_export": """
+import torch
+def load(path):
+    program = torch.export.load(path).module()
+    def run(x):
+        with torch.no_grad():
+            return [program(torch.from_numpy(x)).numpy()]
+    return run
+""",
+    "onnx": """
+import onnxruntime
+def load(path):
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    def run(x):
+        return [session.run(None, {"x": x})[0]]
+    return run
+""",
+}
+
+#: what runs in the fresh process: load every program listed in the manifest, write its outputs
+RUNNER = """
+import json, sys
+import numpy as np
+{loader}
+manifest = json.load(open({manifest!r}))
+for item in manifest:
+    run = load(item["path"])
+    for index, input_path in enumerate(item["inputs"]):
+        for way, output in enumerate(run(np.load(input_path))):
+            np.save(f"{{item['path']}}.out{{index}}.{{way}}.npy", output)
+assert "unidl" not in sys.modules, "the exported program needed unidl"
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "tensorflow", "keras"))[:3]))
+"""
+
+SUFFIXES = {"saved_model": "", "torch_export": ".pt2", "onnx": ".onnx"}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """format -> [{path, inputs, expected}] for every model, backend and format the backend writes."""
+    directory = tmp_path_factory.mktemp("exports")
+    rng = np.random.default_rng(0)
+    written = {}
+    for backend in backends_under_test():
+        with ud.use_backend(backend):
+            ud.manual_seed(0)
+            for model_name, (build, input_shape) in MODELS.items():
+                model = build().eval()
+                inputs, expected = [], []
+                for batch in BATCH_SIZES:
+                    x = rng.random((batch, *input_shape), dtype=np.float32)
+                    input_path = directory / f"{backend}_{model_name}_x{batch}.npy"
+                    np.save(input_path, x)
+                    inputs.append(str(input_path))
+                    expected.append(ud.to_numpy(model(ud.tensor(x))))
+                for format in model._backend.export_formats():
+                    path = directory / f"{backend}_{model_name}_{format}{SUFFIXES[format]}"
+                    ud.export(model, path, format=format)
+                    written.setdefault(format, []).append(
+                        {"path": str(path), "inputs": inputs, "expected": expected, "name": path.name})
+    return written
+
+
+@pytest.mark.parametrize("format", sorted(FORMATS))
+def test_exported_program_runs_without_unidl(exports, format, tmp_path):
+    if format not in exports:
+        pytest.skip(f"no backend under test exports {format}")
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+    items = exports[format]
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([{"path": item["path"], "inputs": item["inputs"]} for item in items]))
+    run_python(RUNNER.format(loader=LOADERS[format], manifest=str(manifest)))
+    ways = 2 if format == "saved_model" else 1
+    for item in items:
+        for index, expected in enumerate(item["expected"]):
+            for way in range(ways):
+                output = np.load(f"{item['path']}.out{index}.{way}.npy")
+                assert output.shape == expected.shape, item["name"]
+                difference = max_relative_difference(output, expected)
+                assert difference <= TOLERANCE, f"{item['name']} batch {BATCH_SIZES[index]}: {difference:.2e}"
+
+
+def test_every_backend_exports_something():
+    for backend in backends_under_test():
+        with ud.use_backend(backend):
+            formats = ud.models.TwoLayerNet(2, 2, 2)._backend.export_formats()
+        assert set(formats) <= set(FORMATS), backend
+
+
+# ---- errors and file handling (one quick format per backend) ---------------------------------
+
+def _model_and_format(tmp_path):
+    model = ud.models.TwoLayerNet(4, 3, 2)
+    format = model._backend.export_formats()[0]
+    return model, format, tmp_path / f"net{SUFFIXES[format]}"
+
+
+def test_unknown_format_lists_valid_formats(backend, tmp_path):
+    model, _, path = _model_and_format(tmp_path)
+    with pytest.raises(ValueError, match="unknown export format 'tflite'") as error:
+        ud.export(model, path, format="tflite")
+    for valid in model._backend.export_formats():
+        assert repr(valid) in str(error.value)
+    assert isinstance(error.value, ud.ExportFormatError)
+    assert os.listdir(tmp_path) == []
+
+
+def test_format_of_another_backend_is_refused(backend, tmp_path):
+    model, _, path = _model_and_format(tmp_path)
+    others = [f for f in FORMATS if f not in model._backend.export_formats()]
+    with pytest.raises(ud.ExportFormatError, match=f"the {backend} backend cannot export format {others[0]!r}"):
+        ud.export(model, path, format=others[0])
+
+
+def test_existing_path_is_not_clobbered(backend, tmp_path):
+    model, format, path = _model_and_format(tmp_path)
+    ud.export(model, path, format=format)
+    before = sorted(os.listdir(path)) if path.is_dir() else path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        ud.export(model, path, format=format)
+    assert (sorted(os.listdir(path)) if path.is_dir() else path.read_bytes()) == before
+    ud.export(model, path, format=format, overwrite=True)
+    assert os.listdir(tmp_path) == [path.name]  # no temporary or moved-aside copy left behind
+
+
+def test_wrong_kind_of_existing_path(backend, tmp_path):
+    model, format, path = _model_and_format(tmp_path)
+    if path.suffix:  # a file format: a directory is in the way
+        path.mkdir()
+        with pytest.raises(IsADirectoryError, match="expected a file path"):
+            ud.export(model, path, format=format, overwrite=True)
+    else:  # saved_model: a file, or a directory that is no SavedModel, is in the way
+        path.write_bytes(b"keep")
+        with pytest.raises(NotADirectoryError):
+            ud.export(model, path, format=format, overwrite=True)
+        other = tmp_path / "data"
+        other.mkdir()
+        (other / "keep.txt").write_text("keep")
+        with pytest.raises(FileExistsError, match="holds no SavedModel"):
+            ud.export(model, other, format=format, overwrite=True)
+        assert (other / "keep.txt").read_text() == "keep"
+
+
+def test_missing_parent_directory(backend, tmp_path):
+    model, format, path = _model_and_format(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ud.export(model, tmp_path / "missing" / path.name, format=format)
+
+
+def test_failed_export_leaves_nothing(backend, tmp_path, monkeypatch):
+    model, format, path = _model_and_format(tmp_path)
+
+    def half_written(module, temporary, format, input_shape):
+        with open(temporary, "wb") as handle:
+            handle.write(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(model._backend, "export", half_written)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ud.export(model, path, format=format)
+    assert os.listdir(tmp_path) == []
+
+
+def test_input_shape_from_config_or_argument(backend, tmp_path):
+    model = ud.nn.Sequential(ud.nn.Linear(4, 2))
+    format = model._backend.export_formats()[0]
+    path = tmp_path / f"seq{SUFFIXES[format]}"
+    with pytest.raises(ValueError, match="pass input_shape="):
+        ud.export(model, path, format=format)
+    with pytest.raises(ValueError, match="positive ints"):
+        ud.export(model, path, format=format, input_shape=(0, 4))
+    ud.export(model, path, format=format, input_shape=(4,))
+    assert path.exists()
+
+
+def test_export_restores_training_mode(backend, tmp_path):
+    model, format, path = _model_and_format(tmp_path)
+    model.train()
+    model.linear2.eval()
+    ud.export(model, path, format=format)
+    assert model.training and model.linear1.training and not model.linear2.training
+
+
+def test_export_needs_a_module(tmp_path):
+    with pytest.raises(TypeError, match="unidl.nn.Module"):
+        ud.export(object(), tmp_path / "x.pt2", format="torch_export")

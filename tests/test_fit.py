@@ -1,0 +1,179 @@
+"""``fit``/``evaluate``/``predict``: the same call on every backend, real digits, callbacks and bad input."""
+
+import io
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ud.datasets.digits("train"), ud.datasets.digits("test")
+
+
+def _cnn_fit(digits, epochs=15, **kwargs):
+    (x, y), (xt, yt) = digits
+    model = ud.models.CNN(in_channels=1, num_classes=10, image_size=8)
+    optimizer = ud.optim.Adam(model.parameters(), lr=3e-3)
+    history = ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=epochs,
+                     batch_size=64, seed=0, verbose=0, **kwargs)
+    return model, optimizer, history
+
+
+def test_digits_cnn_reaches_95_percent(backend, digits):
+    model, _, history = _cnn_fit(digits, validation_data=digits[1])
+    assert history["loss"][-1] < history["loss"][0]
+    assert set(history.history) == {"loss", "accuracy", "lr", "val_loss", "val_accuracy"}
+    assert len(history["loss"]) == 15
+    result = ud.evaluate(model, digits[1], loss=ud.nn.CrossEntropyLoss())
+    assert result["accuracy"] >= 0.95, result
+    assert result["accuracy"] == pytest.approx(history["val_accuracy"][-1])
+    predictions = ud.predict(model, digits[1][0])
+    assert predictions.shape == (360, 10)
+    assert (predictions.argmax(1) == digits[1][1]).mean() == pytest.approx(result["accuracy"])
+
+
+def test_loader_and_arrays_give_the_same_run(backend, digits):
+    (x, y), _ = digits
+    ud.manual_seed(0)
+    _, _, from_arrays = _cnn_fit(digits, epochs=2)
+    ud.manual_seed(0)
+    model = ud.models.CNN(in_channels=1, num_classes=10, image_size=8)
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=64, shuffle=True, seed=0)
+    from_loader = ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(),
+                         optimizer=ud.optim.Adam(model.parameters(), lr=3e-3), epochs=2, verbose=0)
+    np.testing.assert_allclose(from_loader["loss"], from_arrays["loss"], rtol=1e-6)
+
+
+def test_fit_trajectories_agree_across_backends(digits):
+    (x, y), _ = digits
+    losses = {}
+    for name in ud.available_backends():
+        with ud.use_backend(name):
+            ud.manual_seed(0)
+            model = ud.models.TwoLayerNet(64, 32, 10)
+            history = ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(),
+                             optimizer=ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), epochs=3,
+                             batch_size=100, seed=1, verbose=0)
+            losses[name] = history["loss"]
+    for name in losses:
+        np.testing.assert_allclose(losses[name], losses["torch"], rtol=1e-5)
+
+
+def test_native_pipelines_are_accepted(digits):
+    (x, y), _ = digits
+    import torch
+
+    with ud.use_backend("torch"):
+        model = ud.models.CNN(1, 10, 8)
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+                                           batch_size=64)
+        history = ud.fit(model, data, loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(model.parameters()),
+                         epochs=1, verbose=0)
+        assert np.isfinite(history["loss"][0])
+    import tensorflow as tf
+
+    for name in ("tensorflow", "keras"):
+        with ud.use_backend(name):
+            model = ud.models.CNN(1, 10, 8)
+            data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+            history = ud.fit(model, data, loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(model.parameters()),
+                             epochs=1, verbose=0, validation_data=data)
+            assert np.isfinite(history["loss"][0]) and 0 <= history["val_accuracy"][0] <= 1
+
+
+def test_early_stopping_stops_and_restores(backend, digits):
+    (x, y), (xt, yt) = digits
+    model = ud.models.TwoLayerNet(64, 16, 10)
+    stopper = ud.callbacks.EarlyStopping(monitor="val_loss", patience=0, restore_best_weights=True)
+    # lr 0 -> validation loss never improves after the first epoch
+    history = ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(),
+                     optimizer=ud.optim.SGD(model.parameters(), lr=0.0), epochs=10, batch_size=128,
+                     validation_data=(xt.reshape(len(xt), -1), yt), callbacks=[stopper], verbose=0)
+    assert len(history["loss"]) == 2 and stopper.stopped_epoch == 1
+
+
+def test_learning_rate_schedule_callback(backend, digits):
+    (x, y), _ = digits
+    model = ud.models.TwoLayerNet(64, 16, 10)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5))
+    history = ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer,
+                     epochs=3, batch_size=256, callbacks=[schedule], verbose=0)
+    assert history["lr"] == [0.1, 0.05, 0.025]  # the rate each epoch trained with
+    function_schedule = ud.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * (epoch + 1))
+    ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=2,
+           batch_size=256, callbacks=[function_schedule], verbose=0)
+    assert optimizer.lr == pytest.approx(0.02)
+
+
+def test_nan_loss_stops_with_epoch_and_step(backend, rng):
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    y = rng.standard_normal((64, 1)).astype(np.float32)
+    y[40] = np.nan
+    model = ud.models.TwoLayerNet(4, 3, 1)
+    with pytest.raises(ud.NonFiniteLossError, match="at epoch 1, step 3"):
+        ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.01), epochs=2,
+               batch_size=16, shuffle=False, verbose=0)
+
+
+def test_plain_log_lines_when_not_a_terminal(backend, digits, capsys):
+    (x, y), _ = digits
+    model = ud.models.TwoLayerNet(64, 8, 10)
+    ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(),
+           optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=512, verbose=1)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    assert len(lines) == 2 and "Epoch 2/2" in lines[1] and "3 steps" in lines[1] and "loss" in lines[1]
+    ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(),
+           optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=512, verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_progress_bar_on_a_terminal():
+    from unidl.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    progress = Progress(1, 3, stream)
+    progress._last_draw = -1
+    progress.begin_epoch(0, 10)
+    progress.batch(4, {"loss": 0.5, "accuracy": 0.9})
+    progress.end_epoch({"loss": 0.4}, 10)
+    text = stream.getvalue()
+    assert "\rEpoch 1/3 [" in text and "5/10" in text and "loss 0.5000" in text and text.endswith("\n")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
+    (dict(batch_size=None), ValueError, "pass batch_size"),
+    (dict(batch_size=8, epochs=-1), ValueError, "epochs must be a non-negative integer"),
+    (dict(batch_size=8, metrics=("f1",)), ValueError, r"unknown metrics \['f1'\]"),
+])
+def test_bad_fit_arguments(backend, rng, kwargs, error, message):
+    model = ud.models.TwoLayerNet(4, 3, 2)
+    x, y = rng.standard_normal((20, 4)).astype(np.float32), rng.integers(0, 2, 20)
+    with pytest.raises(error, match=message):
+        ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+               verbose=0, **kwargs)
+
+
+def test_bad_data_is_rejected_before_training(backend, rng):
+    model = ud.models.TwoLayerNet(4, 3, 2)
+    before = model.state_dict()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\) for a model with 2 outputs; found labels from 0 to 5"):
+        ud.fit(model, (x, np.arange(20) % 6), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, batch_size=5, verbose=0)
+    with pytest.raises(ValueError, match="same length"):
+        ud.fit(model, (x, np.zeros(19, np.int64)), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, batch_size=5,
+               verbose=0)
+    with pytest.raises(ValueError, match="empty|length 0|no samples"):
+        ud.fit(model, (x[:0], np.zeros(0, np.int64)), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer,
+               batch_size=5, verbose=0)
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)

@@ -1,0 +1,202 @@
+"""``ud.function`` and gradients in it: the lecture's graph, a hand-written step, control flow, tracing."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+
+def _numpy(t):
+    return ud.to_numpy(t)
+
+
+def test_lecture_graph_gradients(backend, rng):
+    x, y, z = (rng.standard_normal((3, 4)).astype(np.float32) for _ in range(3))
+
+    def c(x, y, z):
+        a = x * y
+        b = a + z
+        return ud.ops.sum(b)
+
+    grad_x, grad_y, grad_z = ud.grad(c, argnums=(0, 1, 2))(ud.tensor(x), ud.tensor(y), ud.tensor(z))
+    np.testing.assert_allclose(_numpy(grad_x), y)
+    np.testing.assert_allclose(_numpy(grad_y), x)
+    np.testing.assert_allclose(_numpy(grad_z), np.ones_like(z))
+
+
+def test_lecture_graph_gradients_inside_function(backend, rng):
+    x, y, z = (rng.standard_normal((3, 4)).astype(np.float32) for _ in range(3))
+
+    @ud.function
+    def gradients(x, y, z):
+        return ud.grad(lambda x, y, z: ud.ops.sum(x * y + z), argnums=(0, 1, 2))(x, y, z)
+
+    grad_x, grad_y, grad_z = gradients(x, y, z)
+    np.testing.assert_allclose(_numpy(grad_x), y)
+    np.testing.assert_allclose(_numpy(grad_y), x)
+    np.testing.assert_allclose(_numpy(grad_z), np.ones_like(z))
+
+
+def test_grad_of_non_scalar_function_says_so(backend):
+    x = ud.tensor(np.ones((2, 3), np.float32))
+    with pytest.raises(ValueError, match="scalar.*shape \\(2, 3\\)"):
+        ud.grad(lambda v: v * 2.0)(x)
+
+
+def test_grad_with_respect_to_integer_tensor_says_so(backend):
+    x = ud.tensor(np.arange(3))
+    with pytest.raises(TypeError, match="floating-point.*int"):
+        ud.grad(lambda v: ud.ops.sum(v))(x)
+
+
+def _regression(rng):
+    x = rng.standard_normal((64, 5)).astype(np.float32)
+    y = (x @ rng.standard_normal((5, 1))).astype(np.float32)
+    return x, y
+
+
+def test_hand_written_step(backend, rng):
+    model = ud.nn.Sequential(ud.nn.Linear(5, 16), ud.nn.ReLU(), ud.nn.Linear(16, 1))
+    loss_fn = ud.nn.MSELoss()
+    optimizer = ud.optim.Adam(model.parameters(), lr=1e-2)
+    before = model.state_dict()
+
+    @ud.function
+    def step(x, y):
+        loss, grads = ud.value_and_grad(lambda: loss_fn(model(x), y), model.parameters())()
+        optimizer.apply(grads)
+        return loss
+
+    x, y = _regression(rng)
+    losses = [float(_numpy(step(x, y))) for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0]
+    after = model.state_dict()
+    assert all(not np.allclose(before[k], after[k]) for k in before)
+    assert optimizer.state_dict()["step"] == 60
+    if backend in ("torch",):
+        assert step.trace_count is None
+    elif backend == "tensorflow":
+        assert step.trace_count == 1
+
+
+def test_decorator_with_arguments_compiles_with_xla_on_tensorflow(rng):
+    with ud.use_backend("tensorflow"):
+        @ud.function(jit_compile=True)
+        def affine(x):
+            return x * 2.0 + 1.0
+
+        x = rng.standard_normal((4, 3)).astype(np.float32)
+        np.testing.assert_allclose(_numpy(affine(x)), x * 2 + 1, rtol=1e-6)
+        assert affine.jit_compile and affine.trace_count == 1
+
+
+def _control_flow(x):
+    if ud.ops.sum(x) > 0:
+        y = x * 2.0
+    else:
+        y = -x
+    total = ud.ops.zeros_like(y[0])
+    for i in range(ud.ops.shape(x)[0]):  # a tensor inside a tensorflow graph: AutoGraph makes a while loop
+        total = total + y[i]
+    while ud.ops.sum(total) > 10.0:
+        total = total / 2.0
+    return total
+
+
+def _control_flow_reference(x):
+    y = x * 2 if x.sum() > 0 else -x
+    total = y.sum(axis=0)
+    while total.sum() > 10:
+        total = total / 2
+    return total
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_python_control_flow_on_tensors(backend, rng, sign):
+    compiled = ud.function(_control_flow)
+    for rows in (3, 7):  # a new length: no retrace on tensorflow
+        x = (sign * np.abs(rng.standard_normal((rows, 4))) + 0.1 * sign).astype(np.float32)
+        np.testing.assert_allclose(_numpy(compiled(x)), _control_flow_reference(x), rtol=1e-5)
+        np.testing.assert_allclose(_numpy(_control_flow(ud.tensor(x))), _control_flow_reference(x), rtol=1e-5)
+    if backend == "tensorflow":
+        assert compiled.trace_count == 1
+
+
+def test_value_of_symbolic_tensor_raises_graph_construct_error():
+    with ud.use_backend("tensorflow"):
+        @ud.function
+        def reads_value(x):
+            return x * ud.ops.sum(x).numpy()
+
+        with pytest.raises(ud.GraphConstructError, match="numpy\\(\\) of a symbolic tensor.*reads_value"):
+            reads_value(np.ones(3, np.float32))
+
+        @ud.function
+        def explicit_bool(x):
+            return x if bool(ud.ops.sum(x) > 0) else -x
+
+        with pytest.raises(ud.GraphConstructError, match="bool\\(\\) of a symbolic tensor.*AutoGraph.*where"):
+            explicit_bool(np.ones(3, np.float32))
+
+
+def test_the_same_code_runs_eagerly_on_torch():
+    with ud.use_backend("torch"):
+        @ud.function
+        def reads_value(x):
+            return x * float(ud.ops.sum(x)) if bool(ud.ops.sum(x) > 0) else -x
+
+        np.testing.assert_allclose(_numpy(reads_value(np.ones(3, np.float32))), 3 * np.ones(3))
+
+
+def test_tensorflow_traces_once_per_rank_and_dtype(rng):
+    with ud.use_backend("tensorflow"):
+        @ud.function
+        def f(x):
+            return ud.ops.sum(x * x, axis=-1)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ud.RetraceWarning)
+            f(rng.standard_normal((4, 3)).astype(np.float32))
+            f(rng.standard_normal((4, 3)).astype(np.float32))
+            assert f.trace_count == 1
+            f(rng.standard_normal((9, 3)).astype(np.float32))   # new batch size
+            f(rng.standard_normal((9, 11)).astype(np.float32))  # new length
+            assert f.trace_count == 1
+        with pytest.warns(ud.RetraceWarning, match="new rank or dtype"):
+            f(rng.standard_normal((2, 4, 3)).astype(np.float32))
+        assert f.trace_count == 2
+        with pytest.warns(ud.RetraceWarning):
+            f(np.ones((2, 3), np.int64))
+        assert f.trace_count == 3
+        f(np.ones((5, 5), np.int64))
+        assert f.trace_count == 3
+
+
+def test_function_binds_to_the_backend_of_each_call(rng):
+    @ud.function
+    def double(x):
+        return x * 2.0
+
+    x = rng.standard_normal((2, 2)).astype(np.float32)
+    for name in ud.available_backends():
+        with ud.use_backend(name):
+            out = double(x)
+            assert ud.get_backend() == name
+            assert max_relative_difference(_numpy(out), 2 * x) == 0
+
+
+def test_jit_compile_uses_torch_compile_on_torch(monkeypatch):
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)  # the real one takes ~20 s on CPU
+    with ud.use_backend("torch"):
+        @ud.function(jit_compile=True)
+        def double(x):
+            return x * 2.0
+
+        np.testing.assert_allclose(_numpy(double(np.ones(2, np.float32))), [2.0, 2.0])
+        assert compiled == [double.__wrapped__]

@@ -1,0 +1,57 @@
+"""``ud.function`` and ``ud.custom_gradient`` for the keras backend, through the framework Keras runs on.
+
+Keras 3 has no portable compiled-function or custom-gradient API that covers
+torch, so these reuse the tensorflow backend's ``GraphFunction`` and
+``tf.custom_gradient`` on Keras-TensorFlow, and the torch backend's eager
+function and ``torch.autograd.Function`` on Keras-torch.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def _unsupported(what: str):
+    return NotImplementedError(f"unidl's keras backend provides {what} on Keras's tensorflow and torch backends; "
+                               f"KERAS_BACKEND={keras.backend.backend()!r} is not supported")
+
+
+def function(fn, jit_compile: bool, name: str, device: str, to_tensor):
+    """``fn`` as a tf.function graph (Keras-TensorFlow) or eager/``torch.compile`` (Keras-torch)."""
+    framework = keras.backend.backend()
+    if framework == "tensorflow":
+        from unidl.backends.tensorflow.function import GraphFunction
+
+        tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
+        return GraphFunction(fn, jit_compile=jit_compile, device=tf_device, name=name)
+    if framework == "torch":
+        from unidl.backends.torch.function import EagerFunction
+
+        return EagerFunction(fn, jit_compile, to_tensor, name)
+    raise _unsupported("ud.function")
+
+
+def custom_gradient(forward_fn):
+    """``tf.custom_gradient`` or a ``torch.autograd.Function``, as Keras is configured."""
+    framework = keras.backend.backend()
+    if framework == "tensorflow":
+        from unidl.backends.tensorflow.function import custom_gradient as tf_custom_gradient
+
+        return tf_custom_gradient(forward_fn)
+    if framework == "torch":
+        from unidl.backends.torch.function import custom_gradient as torch_custom_gradient
+
+        return torch_custom_gradient(forward_fn)
+    raise _unsupported("ud.custom_gradient")
+
+
+def device_of(tensor) -> str:
+    """Canonical device of a Keras variable or tensor, read from the framework's own tensor."""
+    value = tensor.value if isinstance(tensor, keras.Variable) else tensor
+    device = value.device
+    if keras.backend.backend() == "torch":
+        return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
+    name = str(device).upper()
+    if "GPU" in name:
+        return f"cuda:{name.rsplit(':', 1)[-1]}"
+    return "cpu"

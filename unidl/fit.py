@@ -1,0 +1,309 @@
+"""``fit``, ``evaluate`` and ``predict``: whole training jobs, the same call on every backend.
+
+The epoch loop, callbacks, progress and metrics live here; each training step
+is the backend's own: eager on torch, the static ``tf.function`` train step on
+tensorflow, and Keras's own ``Model.fit`` machinery on keras (the backend's
+``fit_epoch`` hook).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from unidl import config
+from unidl.data import DataLoader, TensorDataset
+from unidl.errors import NonFiniteLossError, ShapeMismatchError
+from unidl.nn.loss import CrossEntropyLoss
+from unidl.progress import Progress
+from unidl.tensors import to_numpy
+from unidl.training import TrainStep, check_same_backend
+
+SUPPORTED_METRICS = ("accuracy",)
+
+
+class History:
+    """Per-epoch logs of a ``fit`` run: ``history.history['loss']`` is the list of epoch losses."""
+
+    def __init__(self, history: dict | None = None):
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+
+    def append(self, logs: dict) -> None:
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history.get("loss", []))
+
+    def __getitem__(self, key):
+        return self.history[key]
+
+    def as_dict(self) -> dict:
+        return {k: list(v) for k, v in self.history.items()}
+
+    def __repr__(self):
+        return f"History({self.history})"
+
+
+class Trainer:
+    """What callbacks see during ``fit``: the model, optimizer, loader, position, and ``stop()``."""
+
+    def __init__(self, model, optimizer, loader, history):
+        self.model, self.optimizer, self.loader, self.history = model, optimizer, loader, history
+        self.epoch = 0
+        self.global_step = 0
+        self.stopped = False
+        self._epoch_start = (0, 0)  # loader (epoch, position) when the current epoch began
+        self._trained_in_epoch = 0
+
+    def loader_state(self) -> dict | None:
+        """The loader position after the batches trained so far. A framework's trainer may read batches
+        ahead of training on them (Keras prefetches), so the loader's own position can run ahead."""
+        if not isinstance(self.loader, DataLoader):
+            return None
+        state = self.loader.state_dict()
+        epoch, position = self._epoch_start
+        position += self._trained_in_epoch
+        if position >= len(self.loader):
+            epoch, position = epoch + 1, 0
+        return dict(state, epoch=epoch, position=position)
+
+    def stop(self) -> None:
+        """End training after the current epoch."""
+        self.stopped = True
+
+
+def _is_native_pipeline(data) -> bool:
+    module = type(data).__module__
+    return module.startswith("torch.utils.data") or module.startswith("tensorflow")
+
+
+def as_loader(data, batch_size=None, shuffle=False, seed=None, what="train_data"):
+    """A loader for ``data``: a unidl ``DataLoader``, a native pipeline (``torch.utils.data.DataLoader``,
+    ``tf.data.Dataset``), or an ``(x, y)`` pair of arrays batched by ``batch_size``."""
+    if isinstance(data, DataLoader) or _is_native_pipeline(data):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        if batch_size is None:
+            raise ValueError(f"{what} was given as arrays (x, y): pass batch_size as well")
+        return DataLoader(TensorDataset(*data), batch_size=batch_size, shuffle=shuffle, seed=seed)
+    raise TypeError(f"{what} must be a unidl DataLoader, a torch DataLoader, a tf.data.Dataset or a pair "
+                    f"(x, y) of arrays; got {type(data).__name__}")
+
+
+def _check_metrics(metrics) -> tuple:
+    metrics = tuple(metrics or ())
+    unknown = [m for m in metrics if m not in SUPPORTED_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; supported: {list(SUPPORTED_METRICS)}")
+    return metrics
+
+
+def _arrays_of(loader):
+    if isinstance(loader, DataLoader) and isinstance(loader.dataset, TensorDataset):
+        return loader.dataset.arrays
+    return None
+
+
+def check_labels(model, loss_fn, loader) -> None:
+    """Before training: integer labels for ``CrossEntropyLoss`` must lie in [0, number of model outputs)."""
+    arrays = _arrays_of(loader)
+    if not isinstance(loss_fn, CrossEntropyLoss) or arrays is None or len(arrays) < 2:
+        return
+    x, y = arrays[0], arrays[1]
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"CrossEntropyLoss needs integer class labels, got labels of dtype {y.dtype}")
+    was_training = model.training
+    model.eval()
+    try:
+        classes = tuple(model(model._backend.tensor(x[:1])).shape)[-1]
+    finally:
+        model.train(was_training)
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs; "
+                         f"found labels from {low} to {high}")
+
+
+def _batch_accuracy(outputs, y) -> tuple[int, int]:
+    labels = to_numpy(y)
+    predictions = to_numpy(outputs).argmax(-1)
+    return int((predictions == labels).sum()), len(labels)
+
+
+def _check_finite(value: float, epoch: int, step: int) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                                 f"lower the learning rate or check the data for NaN/inf")
+
+
+def _run_epoch_with_steps(step: TrainStep, batches, epoch, trainer, callbacks, progress, accuracy: bool) -> dict:
+    total_loss, seen, correct = 0.0, 0, 0
+    index = -1
+    for index, batch in enumerate(batches):
+        x, y = batch[0], batch[1]
+        loss, outputs = step(x, y)
+        loss_value = float(loss)
+        _check_finite(loss_value, epoch, index)
+        count = int(tuple(x.shape)[0])
+        total_loss += loss_value * count
+        seen += count
+        logs = {"loss": total_loss / seen}
+        if accuracy:
+            right, _ = _batch_accuracy(outputs, y)
+            correct += right
+            logs["accuracy"] = correct / seen
+        trainer.global_step += 1
+        trainer._trained_in_epoch += 1
+        progress.batch(index, logs)
+        for callback in callbacks:
+            callback.on_batch_end(index, logs)
+    if index < 0:
+        raise ValueError(f"epoch {epoch + 1} had no batches: the training data is empty")
+    return logs
+
+
+def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int | None = None,
+        validation_data=None, metrics=("accuracy",), callbacks=(), verbose: int = 1, shuffle: bool = True,
+        seed: int | None = None, resume_from=None) -> History:
+    """Train ``model`` for ``epochs`` epochs and return the per-epoch ``History``.
+
+    Args:
+        train_data: a ``ud.data.DataLoader``, a native pipeline (``torch.utils.data.DataLoader`` on
+            torch, ``tf.data.Dataset`` on tensorflow/keras), or ``(x, y)`` arrays with ``batch_size``.
+        loss, optimizer: a unidl loss module and optimizer built for ``model``.
+        validation_data: same forms as ``train_data``; adds 'val_loss' and 'val_<metric>' each epoch.
+        metrics: ('accuracy',) is computed for classification losses (``CrossEntropyLoss``).
+        callbacks: ``ud.callbacks`` objects (EarlyStopping, LearningRateScheduler, Checkpoint, ...).
+        verbose: 0 silent, 1 progress bar on a terminal (a line per epoch otherwise), 2 a line per epoch.
+        shuffle, seed: order of ``(x, y)`` arrays (a given loader keeps its own settings).
+        resume_from: a checkpoint directory written by ``ud.callbacks.Checkpoint``: continue exactly
+            where it stopped (weights, optimizer, RNG, position in the epoch, history).
+
+    A NaN or infinite training loss stops training with ``NonFiniteLossError`` naming the epoch and step.
+    """
+    backend = check_same_backend(model, loss, optimizer)
+    metrics = _check_metrics(metrics)
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    loader = as_loader(train_data, batch_size, shuffle, seed)
+    validation = (as_loader(validation_data, batch_size or 256, False, None, "validation_data")
+                  if validation_data is not None else None)
+    check_labels(model, loss, loader)
+    accuracy = "accuracy" in metrics and isinstance(loss, CrossEntropyLoss)
+    history = History()
+    trainer = Trainer(model, optimizer, loader, history)
+    start_epoch = 0
+    if resume_from is not None:
+        from unidl.checkpoint import latest_checkpoint, load_checkpoint
+
+        if latest_checkpoint(resume_from) is not None:
+            info = load_checkpoint(resume_from, model, optimizer,
+                                   loader=loader if isinstance(loader, DataLoader) else None)
+            trainer.global_step = int(info["step"])
+            history.history = History((info.get("extra") or {}).get("history")).history
+            start_epoch = loader.state_dict()["epoch"] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
+    callbacks = list(callbacks)
+    for callback in callbacks:
+        callback.trainer = trainer
+        callback.on_train_begin()
+    progress = Progress(verbose, epochs)
+    step = None
+    for epoch in range(start_epoch, epochs):
+        trainer.epoch = epoch
+        model.train()
+        if isinstance(loader, DataLoader):
+            state = loader.state_dict()
+            if state["epoch"] != epoch or state["position"] == 0:
+                loader.set_epoch(epoch)
+            steps = len(loader) - loader.state_dict()["position"]
+            trainer._epoch_start = (epoch, loader.state_dict()["position"])
+        else:
+            steps = len(loader) if hasattr(loader, "__len__") else None
+        for callback in callbacks:
+            callback.on_epoch_begin(epoch)
+        progress.begin_epoch(epoch, steps)
+        epoch_lr = optimizer.lr
+        trainer._trained_in_epoch = 0
+
+        def on_batch(index, logs, epoch=epoch):
+            _check_finite(logs["loss"], epoch, index)
+            trainer.global_step += 1
+            trainer._trained_in_epoch += 1
+            progress.batch(index, logs)
+            for callback in callbacks:
+                callback.on_batch_end(index, logs)
+
+        batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
+        logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, accuracy)
+        if logs is None:
+            step = step or TrainStep(model, loss, optimizer, with_outputs=True)
+            logs = _run_epoch_with_steps(step, batches, epoch, trainer, callbacks, progress, accuracy)
+        logs = dict(logs, lr=epoch_lr)
+        if validation is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate(model, validation, loss=loss, metrics=metrics).items()})
+        history.append(logs)
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs)
+        progress.end_epoch(logs, steps if steps is not None else 0)
+        if trainer.stopped:
+            break
+    for callback in callbacks:
+        callback.on_train_end()
+    return history
+
+
+def _batches(data, batch_size):
+    if isinstance(data, DataLoader) or _is_native_pipeline(data):
+        return data
+    if isinstance(data, (tuple, list)):
+        return DataLoader(TensorDataset(*data), batch_size=batch_size)
+    return DataLoader(TensorDataset(data), batch_size=batch_size)
+
+
+def predict(model, x, batch_size: int = 256) -> np.ndarray:
+    """Model outputs for ``x`` (array, tensor or loader) in eval mode, as one NumPy array."""
+    backend = model._backend
+    forward = backend.predict_function(model)
+    was_training = model.training
+    model.eval()
+    try:
+        outputs = [to_numpy(forward(batch[0])) for batch in _batches(x, batch_size)]
+    finally:
+        model.train(was_training)
+    return np.concatenate(outputs) if outputs else np.zeros((0,))
+
+
+def evaluate(model, data, *, loss=None, metrics=("accuracy",), batch_size: int = 256) -> dict:
+    """Mean loss (if ``loss`` is given) and metrics of ``model`` over ``data`` ((x, y) or a loader), in eval mode."""
+    metrics = _check_metrics(metrics)
+    backend = model._backend
+    forward = backend.predict_function(model)
+    was_training = model.training
+    model.eval()
+    total, seen, correct = 0.0, 0, 0
+    classify = "accuracy" in metrics and (loss is None or isinstance(loss, CrossEntropyLoss))
+    try:
+        for batch in _batches(data, batch_size):
+            x, y = batch[0], batch[1]
+            outputs = forward(x)
+            count = int(tuple(x.shape)[0])
+            if int(tuple(y.shape)[0]) != count:
+                raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
+            if loss is not None:
+                total += float(loss(outputs, backend.tensor(to_numpy(y)))) * count
+            if classify:
+                correct += _batch_accuracy(outputs, y)[0]
+            seen += count
+    finally:
+        model.train(was_training)
+    if not seen:
+        raise ValueError("evaluate got no samples")
+    results = {}
+    if loss is not None:
+        results["loss"] = total / seen
+    if classify:
+        results["accuracy"] = correct / seen
+    return results
