@@ -1,4 +1,4 @@
-"""The ``unidl`` command (also ``python -m unidl``): train, info, compare.
+"""The ``unidl`` command (also ``python -m unidl``): train, info, compare, bench.
 
 ``unidl train`` with no arguments trains the CNN on the embedded digits with the
 default backend and prints the test accuracy: the README's main job.
@@ -29,8 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--verbose", type=int, default=1)
     commands.add_parser("info", help="installed backends, versions and visible devices")
+    parity = commands.add_parser("parity", help="compare a model across backends; exit 1 if any difference exceeds its tolerance")
+    parity.add_argument("--model", choices=["two_layer", "cnn"], default="two_layer")
+    parity.add_argument("--backends", nargs="+", default=None,
+                        help="backends to compare (default: all installed); keras:torch runs Keras on torch in a subprocess")
+    parity.add_argument("--steps", type=int, default=20)
+    parity.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     compare = commands.add_parser("compare", help="train the two-layer net on every installed backend, losses side by side")
     compare.add_argument("--steps", type=int, default=200)
+    from unidl.bench import build_parser as bench_arguments
+
+    bench_arguments(commands.add_parser("bench", help="time unidl's training step against hand-written native code and Keras 3"))
     return parser
 
 
@@ -106,10 +115,20 @@ def main(argv=None) -> int:
         train(args)
     elif command == "info":
         info()
+    elif command == "parity":
+        from unidl.testing.cases import run_parity_command
+
+        report = run_parity_command(args.model, args.backends, args.steps, args.dtype)
+        print(report)
+        return 0 if report.passed else 1
     elif command == "compare":
         from unidl.compare import print_side_by_side
 
         print_side_by_side(args.steps)
+    elif command == "bench":
+        from unidl.bench import main as bench
+
+        return bench(args=args)
     return 0
 
 

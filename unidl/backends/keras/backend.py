@@ -6,6 +6,7 @@ It honours ``KERAS_BACKEND`` (TensorFlow when unset): every op is a
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,6 +24,18 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.module import BatchRelay, NativeLoss, NativeModel
 from unidl.backends.keras.optimizer import NativeOptimizer
 from unidl.backends.keras.export import export_formats, export_module
+
+
+@contextlib.contextmanager
+def floatx(dtype: str):
+    """Keras's default float type set to ``dtype`` while Keras creates its own variables (learning
+    rate, metric totals), so that unidl's float64 mode is float64 throughout."""
+    previous = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
 
 
 def keras_device_name(device: str) -> str:
@@ -116,11 +129,13 @@ class Backend(BackendInterface):
 
     # ---- modules and training ---------------------------------------------
     def native_module(self, module):
-        return NativeModel(module)
+        with floatx(config.get_dtype()):
+            return NativeModel(module)
 
     def optimizer(self, optimizer):
-        native = NativeOptimizer(optimizer, keras_ops)
-        native.build(optimizer.params)  # slots now, eagerly: never created inside a graph being traced
+        with floatx(keras.backend.standardize_dtype(optimizer.params[0].dtype)):  # a float64 learning rate too
+            native = NativeOptimizer(optimizer, keras_ops)
+            native.build(optimizer.params)  # slots now, eagerly: never created inside a graph being traced
         return native
 
     def set_learning_rate(self, optimizer, lr):
@@ -159,9 +174,10 @@ class Backend(BackendInterface):
         native = model.native
         key = (id(loss_fn), id(optimizer), jit_compile, accuracy)
         if getattr(native, "_unidl_compiled", None) != key:
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if accuracy else []
-            native.compile(optimizer=optimizer.native, loss=NativeLoss(loss_fn), metrics=metrics,
-                           jit_compile=jit_compile)
+            with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
+                metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if accuracy else []
+                native.compile(optimizer=optimizer.native, loss=NativeLoss(loss_fn), metrics=metrics,
+                               jit_compile=jit_compile)
             object.__setattr__(native, "_unidl_compiled", key)
         return native
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from unidl import config
+
 
 class NativeModel(keras.Model):
     """A ``keras.Model`` over a unidl module's ``keras.Variable``s whose ``call`` is the module's forward.
@@ -13,7 +15,10 @@ class NativeModel(keras.Model):
     """
 
     def __init__(self, module):
-        super().__init__(name=type(module).__name__.lower())
+        variables = [v for _, v in module.named_parameters()] + [b for _, b in module.named_buffers()]
+        # Keras casts inputs to the model's dtype policy: make it the dtype the weights were built in
+        dtype = keras.backend.standardize_dtype(variables[0].dtype) if variables else config.get_dtype()
+        super().__init__(name=type(module).__name__.lower(), dtype=dtype)
         object.__setattr__(self, "_unidl_module", module)
         self.unidl_parameters = [p for _, p in module.named_parameters()]
         self.unidl_buffers = [b for _, b in module.named_buffers()]

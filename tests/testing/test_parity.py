@@ -1,0 +1,84 @@
+"""The parity harness itself: agreement in float32 and float64, a planted error caught by name, subprocess
+backends, and the ``unidl parity`` command's exit code."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.cli import main
+from unidl.testing import cases, parity
+
+
+def test_two_layer_float32_passes_with_every_kind_of_row():
+    model, kwargs, x, y, loss = cases.case("two_layer")
+    report = ud.testing.assert_parity(model, x, y, model_kwargs=kwargs, loss=loss, optimizer=cases.sgd_momentum,
+                                      steps=20)
+    kinds = {row.kind for row in report.rows}
+    assert kinds == {"weights", "output", "gradient", "loss", "trained"}
+    assert {row.other for row in report.rows} == {"tensorflow", "keras"}
+    assert "linear2.weight" in str(report) and "0 failed" in str(report)
+
+
+@pytest.mark.parametrize("model_name", ["two_layer", "cnn"])
+def test_float64_agrees_to_1e_12(model_name):
+    model, kwargs, x, y, loss = cases.case(model_name)
+    report = ud.testing.compare_backends(model, x, y, model_kwargs=kwargs, loss=loss, optimizer=cases.sgd_momentum,
+                                         steps=20, dtype="float64")
+    assert report.passed, str(report)
+    assert all(row.tolerance <= 1e-12 for row in report.rows)
+    assert ud.get_dtype() == "float32"  # the harness restores the caller's dtype
+
+
+class Planted(ud.nn.Module):
+    """A model whose tensorflow copy gets one weight slightly wrong, as a buggy backend would."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = ud.nn.Linear(6, 5)
+        self.head = ud.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.head(ud.ops.tanh(self.hidden(x)))
+
+    def load_state_dict(self, state, strict=True):
+        state = dict(state)
+        if self.backend == "tensorflow":
+            state["head.weight"] = state["head.weight"] + 1e-3
+        return super().load_state_dict(state, strict)
+
+
+def test_perturbed_weight_is_caught_and_named():
+    x = np.random.default_rng(0).standard_normal((8, 6))
+    report = ud.testing.compare_backends(Planted, x, backends=["torch", "tensorflow", "keras"])
+    failed = {(row.other, row.kind, row.name) for row in report.failures}
+    assert ("tensorflow", "weights", "head.weight") in failed
+    assert ("tensorflow", "output", "output") in failed
+    assert not any(row.other == "keras" for row in report.failures)
+    with pytest.raises(AssertionError, match=r"tensorflow weights head.weight"):
+        ud.testing.assert_parity(Planted, x, backends=["torch", "tensorflow"])
+
+
+def test_keras_on_torch_runs_in_a_subprocess():
+    model, kwargs, x, y, loss = cases.case("two_layer")
+    report = ud.testing.assert_parity(model, x[:16], y[:16], model_kwargs=kwargs, loss=loss,
+                                      optimizer=cases.sgd_momentum, steps=3, backends=["torch", "keras:torch"])
+    assert {row.other for row in report.rows} == {"keras:torch"}
+
+
+def test_subprocess_backend_needs_importable_pieces():
+    x = np.zeros((2, 6))
+    with pytest.raises(ValueError, match="pass the model as a class"):
+        ud.testing.compare_backends(lambda: Planted(), x, backends=["torch", "keras:torch"])
+
+
+def test_parity_command_exit_codes(capsys, monkeypatch):
+    assert main(["parity", "--model", "two_layer", "--steps", "3"]) == 0
+    assert "0 failed" in capsys.readouterr().out
+    monkeypatch.setitem(parity.TOLERANCES, "float32", dict(parity.TOLERANCES["float32"], output=0.0, gradient=0.0))
+    assert main(["parity", "--model", "two_layer", "--steps", "3", "--backends", "torch", "tensorflow"]) == 1
+    assert "NO" in capsys.readouterr().out
+
+
+def test_parity_command_cnn_float32_and_float64():
+    assert main(["parity", "--model", "cnn", "--steps", "20"]) == 0
+    assert main(["parity", "--model", "cnn", "--steps", "20", "--dtype", "float64"]) == 0
