@@ -1,6 +1,6 @@
 """A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``.
 
-Trains the CNN on digits with ``ud.fit`` and a step-wise ``Checkpoint``; with KILL_AT it kills itself
+Trains the CNN (with dropout on its logits) on digits with ``ud.fit`` and a step-wise ``Checkpoint``; with KILL_AT it kills itself
 with SIGKILL right after that global step (mid-epoch), without any chance to clean up. Run again
 without KILL_AT it resumes from the checkpoint directory and writes the final weights to OUT (.npz).
 """
@@ -28,7 +28,8 @@ def main(backend, directory, out, kill_at=None):
     ud.manual_seed(0)
     x, y = ud.datasets.digits("train")
     x, y = x[:600], y[:600]
-    model = ud.models.CNN(in_channels=1, num_classes=10, image_size=8)
+    # dropout makes the framework's own generator part of what must resume exactly
+    model = ud.nn.Sequential(ud.models.CNN(in_channels=1, num_classes=10, image_size=8), ud.nn.Dropout(0.2))
     optimizer = ud.optim.Adam(model.parameters(), lr=2e-3)
     loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=50, shuffle=True, seed=3)
     callbacks = [ud.callbacks.Checkpoint(directory, every_steps=4, keep=2)]

@@ -36,12 +36,21 @@ def generator() -> np.random.Generator:
 
 
 def get_rng_state() -> dict:
-    """The generator's state, as plain data (for checkpoints)."""
-    return {"seed": _seed, "bit_generator": _generator.bit_generator.state}
+    """unidl's generator state and that of every loaded backend's generators, as plain data (for checkpoints)."""
+    from unidl import backends
+
+    return {"seed": _seed, "bit_generator": _generator.bit_generator.state,
+            "backends": {name: backend.get_rng_state() for name, backend in backends.loaded_backends().items()}}
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore a state returned by ``get_rng_state``."""
+    """Restore a state returned by ``get_rng_state`` (backend generators: those loaded now and saved then)."""
     global _seed
+    from unidl import backends
+
     _seed = state["seed"]
     _generator.bit_generator.state = state["bit_generator"]
+    for name, backend_state in (state.get("backends") or {}).items():
+        backend = backends.loaded_backends().get(name)
+        if backend is not None:
+            backend.set_rng_state(backend_state)

@@ -69,6 +69,14 @@ class Backend(abc.ABC):
     def seed(self, seed: int) -> None:
         """Seed the framework's own random generators (dropout masks)."""
 
+    @abc.abstractmethod
+    def get_rng_state(self) -> dict:
+        """The state of the generators ``seed`` seeds, as JSON-serialisable lists (for checkpoints)."""
+
+    @abc.abstractmethod
+    def set_rng_state(self, state: dict) -> None:
+        """Restore a ``get_rng_state()``, in place (compiled graphs keep their captured generators)."""
+
     # ---- tensors ---------------------------------------------------------
     @abc.abstractmethod
     def tensor(self, value, dtype: str | None = None):

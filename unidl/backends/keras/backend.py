@@ -80,6 +80,13 @@ class Backend(BackendInterface):
     def device_of(self, tensor):
         return keras_function.device_of(tensor)
 
+    def get_rng_state(self):
+        return {"dropout": np.asarray(keras.ops.convert_to_numpy(keras_ops.seed_generator().state.value)).tolist()}
+
+    def set_rng_state(self, state):
+        variable = keras_ops.seed_generator().state
+        variable.assign(keras.ops.cast(keras.ops.convert_to_tensor(state["dropout"]), variable.dtype))
+
     def seed(self, seed):
         keras.utils.set_random_seed(seed)
         keras_ops.set_seed(seed)

@@ -32,8 +32,12 @@ _random = {"seed": None}
 
 
 def set_seed(seed: int) -> None:
-    """Reset the seed generator that draws dropout masks."""
-    _random["seed"] = keras.random.SeedGenerator(seed)
+    """Reset the seed generator that draws dropout masks, in place: compiled graphs captured its state."""
+    if _random["seed"] is None:
+        _random["seed"] = keras.random.SeedGenerator(seed)
+    else:
+        state = _random["seed"].state
+        state.assign(K.cast(K.convert_to_tensor([seed, 0]), state.dtype))
 
 
 def seed_generator():

@@ -56,6 +56,12 @@ class Backend(BackendInterface):
     def device_of(self, tensor):
         return canonical_device(tensor.device)
 
+    def get_rng_state(self):
+        return {"dropout": tf_ops.random_generator().state.numpy().tolist()}
+
+    def set_rng_state(self, state):
+        tf_ops.random_generator().state.assign(np.asarray(state["dropout"], dtype=np.int64))
+
     def seed(self, seed):
         tf.random.set_seed(seed)
         tf_ops.set_seed(seed)

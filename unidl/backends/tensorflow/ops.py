@@ -33,8 +33,11 @@ _random = {"generator": None}
 
 
 def set_seed(seed: int) -> None:
-    """Reset the generator that draws dropout masks (created eagerly, captured by graphs)."""
-    _random["generator"] = tf.random.Generator.from_seed(seed)
+    """Reset the generator that draws dropout masks, in place: compiled graphs captured its variable."""
+    if _random["generator"] is None:
+        _random["generator"] = tf.random.Generator.from_seed(seed)
+    else:
+        _random["generator"].reset_from_seed(seed)
 
 
 def random_generator() -> tf.random.Generator:

@@ -46,6 +46,15 @@ class Backend(BackendInterface):
     def seed(self, seed):
         torch.manual_seed(seed)
 
+    def get_rng_state(self):
+        return {"cpu": torch.get_rng_state().tolist(),
+                "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []}
+
+    def set_rng_state(self, state):
+        torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
+        if state.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
     def current_device(self) -> torch.device:
         return torch.device(config.resolve_device(config._requested_device(), self))
 
