@@ -100,10 +100,26 @@ def info() -> None:
         backend = backends.load(name)
         versions = ", ".join(f"{k} {v}" for k, v in backend.versions().items())
         print(f"  {name:<11} {versions}; devices: {', '.join(backend.devices())}")
+    print(capability_table())
     try:
         print(f"default backend: {config.get_backend()}, device: {config.get_device()}, dtype: {config.get_dtype()}")
     except Exception as error:  # report a bad UNIDL_BACKEND/UNIDL_DEVICE instead of failing the listing
         print(f"default backend/device: {error}")
+
+
+def capability_table() -> str:
+    """What each installed backend supports, read off the backend objects themselves."""
+    from unidl import backends
+    from unidl.backends.interface import Backend
+
+    rows = [("backend", "devices", "export formats", "ud.fit trains with")]
+    for name in backends.available_backends():
+        backend = backends.load(name)
+        trainer = "framework's own fit" if type(backend).fit_epoch is not Backend.fit_epoch else "unidl loop + train_step"
+        rows.append((name, ", ".join(backend.devices()), ", ".join(backend.export_formats()) or "-", trainer))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["capabilities:"] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
