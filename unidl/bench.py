@@ -45,7 +45,7 @@ class Settings:
     @classmethod
     def full(cls, steps=None):
         steps = steps or 300
-        return cls(steps=steps, warmup=max(5, steps // 10), blocks=6, fit_steps=50, fit_rounds=8,
+        return cls(steps=steps, warmup=max(5, steps // 10), blocks=max(2, steps // 10), fit_steps=50, fit_rounds=8,
                    loader_samples=10_000, loader_rounds=8)
 
     @classmethod
@@ -176,13 +176,14 @@ def torch_sync(device: str):
 
 
 def torch_steps(model: str, device: str):
-    """``(unidl_step, native_step, loss_diff)``: zero-argument callables, one training step each."""
+    """``(unidl_step, native_step, loss_diff)``: zero-argument callables, one training step each.
+    Call under ``ud.use_backend("torch")``: the steps run in the caller's backend context, as a user's
+    loop would, with no per-step context switch."""
     import torch
     import unidl as ud
 
-    with ud.use_backend("torch"), ud.use_device(device):
-        module, loss_fn, optimizer = unidl_model(model)
-        step = ud.train_step(module, loss_fn, optimizer)
+    module, loss_fn, optimizer = unidl_model(model)
+    step = ud.train_step(module, loss_fn, optimizer)
     torch_device = torch.device(device)
     native = torch_native_model(model, module.state_dict()).to(torch_device)
     native_optimizer = torch.optim.SGD(native.parameters(), lr=LR, momentum=MOMENTUM)
@@ -191,8 +192,7 @@ def torch_steps(model: str, device: str):
     sync = torch_sync(device)
 
     def unidl_step():
-        with ud.use_backend("torch"), ud.use_device(device):
-            loss = step(x, y)
+        loss = step(x, y)
         sync()
         return loss
 
@@ -208,10 +208,13 @@ def torch_steps(model: str, device: str):
 
 
 def bench_torch(settings: Settings, device: str) -> list[Row]:
+    import unidl as ud
+
     rows = []
     for model in MODELS:
-        unidl_step, native_step, diff = torch_steps(model, device)
-        a, b = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
+        with ud.use_backend("torch"), ud.use_device(device):
+            unidl_step, native_step, diff = torch_steps(model, device)
+            a, b = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
         rows.append(Row("train step, torch", model, "ud.train_step", "torch.nn + torch.optim.SGD",
                         _ms(a), _ms(b), f"<= {PARITY_TARGET}", loss_diff=diff))
     return rows
@@ -264,16 +267,15 @@ def tf_steps(model: str, device: str, jit_compile: bool):
     import unidl as ud
     from unidl.backends.tensorflow.backend import tf_device_name
 
-    with ud.use_backend("tensorflow"), ud.use_device(device):
-        module, loss_fn, optimizer = unidl_model(model)
-        if jit_compile:
-            @ud.function(jit_compile=True)
-            def step(x, y):
-                loss, grads = ud.value_and_grad(lambda: loss_fn(module(x), y), module.parameters())()
-                optimizer.apply(grads)
-                return loss
-        else:
-            step = ud.train_step(module, loss_fn, optimizer)
+    module, loss_fn, optimizer = unidl_model(model)
+    if jit_compile:
+        @ud.function(jit_compile=True)
+        def step(x, y):
+            loss, grads = ud.value_and_grad(lambda: loss_fn(module(x), y), module.parameters())()
+            optimizer.apply(grads)
+            return loss
+    else:
+        step = ud.train_step(module, loss_fn, optimizer)
     x_np, y_np = batch_arrays(model)
     with tf.device(tf_device_name(device)):
         x, y = tf.constant(x_np), tf.constant(y_np)
@@ -281,22 +283,23 @@ def tf_steps(model: str, device: str, jit_compile: bool):
         native = tf_native_step(model, module.state_dict(), jit_compile)
 
     def unidl_step():
-        with ud.use_backend("tensorflow"), ud.use_device(device):
-            return step(x, y).numpy()
+        return step(x, y).numpy()
 
     def native_step():
-        with tf.device(tf_device_name(device)):
-            return native(x_native, y).numpy()
+        return native(x_native, y).numpy()
 
     return unidl_step, native_step, abs(float(unidl_step()) - float(native_step()))
 
 
 def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
+    import unidl as ud
+
     rows = []
     for jit_compile in (False, True):
         for model in MODELS:
-            unidl_step, native_step, diff = tf_steps(model, device, jit_compile)
-            a, b = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
+            with ud.use_backend("tensorflow"), ud.use_device(device):
+                unidl_step, native_step, diff = tf_steps(model, device, jit_compile)
+                a, b = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
             if jit_compile:
                 labels = ("ud.function(jit_compile=True)", "tf.function(jit_compile=True)")
             else:
@@ -343,46 +346,56 @@ def bench_keras(settings: Settings, device: str) -> list[Row]:
     """unidl's keras backend (train_step, and fit per step) against plain Keras 3 in this process."""
     import unidl as ud
 
+    with ud.use_backend("keras"), ud.use_device(device):
+        return [row for model in MODELS for row in _keras_rows(settings, model)]
+
+
+def _keras_rows(settings: Settings, model: str) -> list[Row]:
+    import unidl as ud
+
     framework = keras_framework()
     rows = []
-    for model in MODELS:
-        with ud.use_backend("keras"), ud.use_device(device):
-            module, loss_fn, optimizer = unidl_model(model)
-            step = ud.train_step(module, loss_fn, optimizer)
-        native = keras_native_model(model, module.state_dict())
-        x, y = batch_arrays(model)
-        xn = native_layout(model, x)
+    module, loss_fn, optimizer = unidl_model(model)
+    step = ud.train_step(module, loss_fn, optimizer)
+    native = keras_native_model(model, module.state_dict())
+    x, y = batch_arrays(model)
+    xn = native_layout(model, x)
 
-        def unidl_step():
-            with ud.use_backend("keras"), ud.use_device(device):
-                return step(x, y)
+    def unidl_step():
+        return step(x, y)
 
-        diff = abs(float(unidl_step()) - float(native.train_on_batch(xn, y)))
-        a, b = alternate(unidl_step, lambda: native.train_on_batch(xn, y), settings.steps, settings.warmup,
-                         settings.blocks)
-        rows.append(Row(f"train step, keras ({framework})", model, "ud.train_step", "keras Model.train_on_batch",
-                        _ms(a), _ms(b), f"<= {PARITY_TARGET}", loss_diff=diff))
+    diff = abs(float(unidl_step()) - float(native.train_on_batch(xn, y)))
+    a, b = alternate(unidl_step, lambda: native.train_on_batch(xn, y), settings.steps, settings.warmup,
+                     settings.blocks)
+    rows.append(Row(f"train step, keras ({framework})", model, "ud.train_step", "keras Model.train_on_batch",
+                    _ms(a), _ms(b), f"<= {PARITY_TARGET}", loss_diff=diff))
 
-        xe, ye = batch_arrays(model, BATCH * settings.fit_steps, seed=1)
-        xen = native_layout(model, xe)
+    xe, ye = batch_arrays(model, BATCH * settings.fit_steps, seed=1)
+    xen = native_layout(model, xe)
 
-        def unidl_epoch():
-            with ud.use_backend("keras"), ud.use_device(device):
-                ud.fit(module, (xe, ye), loss=loss_fn, optimizer=optimizer, epochs=1, batch_size=BATCH,
-                       metrics=(), verbose=0, shuffle=False)
+    def unidl_epoch():
+        ud.fit(module, (xe, ye), loss=loss_fn, optimizer=optimizer, epochs=1, batch_size=BATCH,
+               metrics=(), verbose=0, shuffle=False)
 
-        def native_epoch():
-            native.fit(xen, ye, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    def native_epoch():
+        native.fit(xen, ye, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
 
-        a, b = alternate(unidl_epoch, native_epoch, settings.fit_rounds, 1, settings.fit_rounds)
-        rows.append(Row(f"fit per step, keras ({framework})", model, "ud.fit", "keras Model.fit",
-                        _ms(a) / settings.fit_steps, _ms(b) / settings.fit_steps, f"<= {PARITY_TARGET}",
-                        note=f"epoch of {settings.fit_steps} batches of {BATCH}"))
+    a, b = alternate(unidl_epoch, native_epoch, settings.fit_rounds, 1, settings.fit_rounds)
+    rows.append(Row(f"fit per step, keras ({framework})", model, "ud.fit", "keras Model.fit",
+                    _ms(a) / settings.fit_steps, _ms(b) / settings.fit_steps, f"<= {PARITY_TARGET}",
+                    note=f"epoch of {settings.fit_steps} batches of {BATCH}"))
     return rows
 
 
 def keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list[Row]:
     """unidl on ``unidl_backend`` against plain Keras 3 on the framework this process's Keras runs on."""
+    import unidl as ud
+
+    with ud.use_backend(unidl_backend), ud.use_device(device):
+        return _keras_peer_rows(settings, device, unidl_backend)
+
+
+def _keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list[Row]:
     framework = keras_framework()
     target_of = (lambda model: f"<= {1 / KERAS_TORCH_SPEEDUP:.3f}"
                  if framework == "torch" and model == "two_layer" else "")
@@ -391,7 +404,7 @@ def keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list
         step, state = _plain_step(unidl_backend, model, device)
         native = keras_native_model(model, state)
         x, y = batch_arrays(model)
-        xb, yb = _backend_batch(unidl_backend, device, x, y)
+        xb, yb = ud_tensor(x), ud_tensor(y)
         xn = native_layout(model, x)
         a, b = alternate(lambda: step(xb, yb), lambda: native.train_on_batch(xn, y), settings.steps,
                          settings.warmup, settings.blocks)
@@ -400,8 +413,7 @@ def keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list
 
         xe, ye = batch_arrays(model, BATCH * settings.fit_steps, seed=1)
         xen = native_layout(model, xe)
-        batches = [_backend_batch(unidl_backend, device, xe[i:i + BATCH], ye[i:i + BATCH])
-                   for i in range(0, len(xe), BATCH)]
+        batches = [(ud_tensor(xe[i:i + BATCH]), ud_tensor(ye[i:i + BATCH])) for i in range(0, len(xe), BATCH)]
 
         def unidl_epoch():
             for bx, by in batches:
@@ -417,26 +429,23 @@ def keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list
     return rows
 
 
-def _backend_batch(backend: str, device: str, x, y):
-    import unidl as ud
+def ud_tensor(value):
+    from unidl.tensors import tensor
 
-    with ud.use_backend(backend), ud.use_device(device):
-        return ud.tensor(x), ud.tensor(y)
+    return tensor(value)
 
 
 def _plain_step(backend: str, model: str, device: str):
     """``(step(x, y), initial state_dict)``: unidl's train step on ``backend``, waiting for its result."""
     import unidl as ud
 
-    with ud.use_backend(backend), ud.use_device(device):
-        module, loss_fn, optimizer = unidl_model(model)
-        state = module.state_dict()
-        step = ud.train_step(module, loss_fn, optimizer)
+    module, loss_fn, optimizer = unidl_model(model)
+    state = module.state_dict()
+    step = ud.train_step(module, loss_fn, optimizer)
     sync = torch_sync(device) if backend == "torch" else (lambda: None)
 
     def run(x, y):
-        with ud.use_backend(backend), ud.use_device(device):
-            loss = step(x, y)
+        loss = step(x, y)
         sync()
         return loss if backend == "torch" else loss.numpy()
 
@@ -470,25 +479,20 @@ def bench_loaders(settings: Settings, device: str, with_tensorflow: bool) -> lis
     y = rng.standard_normal((settings.loader_samples, TWO_LAYER["D_out"]), dtype=np.float32)
     rows = []
 
-    def epoch_of(loader, backend=None):
+    def epoch_of(loader):
         def run():
             seen = 0
-            if backend is None:
-                for xb, yb in loader:
-                    seen += xb.shape[0]
-            else:
-                with ud.use_backend(backend), ud.use_device(device):
-                    for xb, yb in loader:
-                        seen += xb.shape[0]
+            for xb, yb in loader:
+                seen += xb.shape[0]
             assert seen == len(x)
         return run
 
     with ud.use_backend("torch"), ud.use_device(device):
         unidl_loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=BATCH)
-    tensors = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
-    native_loader = torch.utils.data.DataLoader(tensors, batch_size=BATCH, pin_memory=device.startswith("cuda"))
-    a, b = alternate(epoch_of(unidl_loader, "torch"), epoch_of(native_loader), settings.loader_rounds, 1,
-                     settings.loader_rounds)
+        tensors = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+        native_loader = torch.utils.data.DataLoader(tensors, batch_size=BATCH, pin_memory=device.startswith("cuda"))
+        a, b = alternate(epoch_of(unidl_loader), epoch_of(native_loader), settings.loader_rounds, 1,
+                         settings.loader_rounds)
     note = f"{len(x)} x {x.shape[1]} float32, batch {BATCH}"
     rows.append(Row("data loader epoch, torch", "-", "ud.data.DataLoader", "torch.utils.data.DataLoader",
                     _ms(a), _ms(b), f"<= {LOADER_TARGET}", note=note + ("; torch batches stay on the CPU"
@@ -497,9 +501,9 @@ def bench_loaders(settings: Settings, device: str, with_tensorflow: bool) -> lis
         import tensorflow as tf
         with ud.use_backend("tensorflow"), ud.use_device(device):
             tf_loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=BATCH)
-        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
-        a, b = alternate(epoch_of(tf_loader, "tensorflow"), epoch_of(dataset), settings.loader_rounds, 1,
-                         settings.loader_rounds)
+            dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
+            a, b = alternate(epoch_of(tf_loader), epoch_of(dataset), settings.loader_rounds, 1,
+                             settings.loader_rounds)
         rows.append(Row("data loader epoch, tensorflow", "-", "ud.data.DataLoader",
                         "tf.data.Dataset.from_tensor_slices().batch()", _ms(a), _ms(b), f"<= {LOADER_TARGET}",
                         note=note))
@@ -623,17 +627,32 @@ def report(rows: list[Row], settings: Settings, device: str, started: str, load_
     return "\n".join(lines) + "\n"
 
 
+ANALYSIS_HEADING = "## Analysis"
+
+
+def previous_analysis(path: str) -> str:
+    """The hand-written ``## Analysis`` section of an earlier report at ``path``, kept across re-runs."""
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except OSError:
+        return ""
+    start = text.find("\n" + ANALYSIS_HEADING)
+    return text[start + 1:] if start >= 0 else ""
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="unidl bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (a few steps), for tests")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (default) or cuda (the first GPU)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per side (default 300; quick 4)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"), help="the Markdown report")
     parser.add_argument("--only", default=None, help="run only the groups whose name contains this "
                         "(torch, tensorflow, keras, peer, loader)")
     parser.add_argument("--no-subprocess", action="store_true",
                         help="skip the Keras-on-torch peer, which needs a process of its own")
-    parser.add_argument("--findings", default=None, help="a Markdown file appended to the report (analysis)")
+    parser.add_argument("--findings", default=None, help=f"a Markdown file appended to the report (its analysis); "
+                        f"by default the '{ANALYSIS_HEADING}' section of the existing report is kept")
     parser.add_argument("--peer", default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -645,8 +664,8 @@ def main(argv=None, args=None) -> int:
         rows = keras_peer_rows(Settings(**spec["settings"]), spec["device"], spec["unidl_backend"])
         print(json.dumps([dataclasses.asdict(r) for r in rows]))
         return 0
-    device = "cpu" if args.device == "cpu" else "cuda"
-    if device == "cuda":
+    device = "cpu" if args.device == "cpu" else "cuda:0"
+    if device != "cpu":
         import torch
         if not torch.cuda.is_available():
             raise SystemExit("unidl bench --device cuda: torch sees no GPU on this machine")
@@ -656,7 +675,7 @@ def main(argv=None, args=None) -> int:
     load_before = load_average()
     print(f"unidl bench: device={device} steps={settings.steps} load average {load_before}")
     rows = run(settings, device, args.only)
-    findings = ""
+    findings = previous_analysis(args.out)
     if args.findings:
         with open(args.findings) as handle:
             findings = handle.read()

@@ -28,11 +28,16 @@ def to_graph_input(value):
             return tf.cast(value, _FLOAT_DTYPES[config.get_dtype()])
         return value
     array = np.asarray(value)
-    if array.dtype.kind == "f":
-        return tf.convert_to_tensor(array, _FLOAT_DTYPES[config.get_dtype()])
-    if array.dtype.kind in "iu":
-        return tf.convert_to_tensor(array, tf.int64)
-    return tf.convert_to_tensor(array)
+    kind = array.dtype.kind
+    if kind == "f":
+        dtype = _FLOAT_DTYPES[config.get_dtype()]
+    elif kind in "iu":
+        dtype = tf.int64
+    else:
+        return tf.convert_to_tensor(array)
+    if array.dtype == dtype.as_numpy_dtype:
+        return tf.constant(array)  # skips the conversion registry: about half the cost, per batch and per step
+    return tf.convert_to_tensor(array, dtype)
 
 
 class PerModeGraphs:

@@ -81,11 +81,36 @@ def conv_padding(padding, kernel_hw, stride_hw=(1, 1)):
     return ((ph, ph), (pw, pw))
 
 
+def _padding_argument(pads, kernel_hw, stride_hw, explicit):
+    """TensorFlow's fastest spelling of the padding amounts: 'VALID', 'SAME', or the explicit list
+    (its CPU kernel with explicit amounts is several times slower, so only when nothing else fits)."""
+    if not any(pads[0]) and not any(pads[1]):
+        return "VALID"
+    if stride_hw == (1, 1) and pads == conv_padding("same", kernel_hw):
+        return "SAME"
+    return explicit
+
+
+def _graph_nchw(x) -> bool:
+    """NCHW kernels exist on the CPU only inside graphs and only in float32 (oneDNN); else transpose."""
+    return not tf.executing_eagerly() and x.dtype == tf.float32
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0):
-    (top, bottom), (left, right) = conv_padding(padding, weight.shape[2:4])
+    pads = conv_padding(padding, tuple(weight.shape[2:4]))
+    (top, bottom), (left, right) = pads
     sh, sw = _pair(stride)
-    y = tf.nn.conv2d(tf.transpose(x, _NCHW_TO_NHWC), tf.transpose(weight, (2, 3, 1, 0)),
-                     strides=(1, sh, sw, 1), padding=((0, 0), (top, bottom), (left, right), (0, 0)))
+    kernel = tf.transpose(weight, (2, 3, 1, 0))
+    if _graph_nchw(x):
+        # In a graph, TensorFlow's layout optimizer runs NCHW convolutions in NHWC itself and cancels
+        # the transposes between layers, which hand-placed transposes around each op would block.
+        y = tf.nn.conv2d(x, kernel, strides=(1, 1, sh, sw), data_format="NCHW",
+                         padding=_padding_argument(pads, tuple(weight.shape[2:4]), (sh, sw),
+                                                   ((0, 0), (0, 0), (top, bottom), (left, right))))
+        return tf.nn.bias_add(y, bias, data_format="NCHW") if bias is not None else y
+    y = tf.nn.conv2d(tf.transpose(x, _NCHW_TO_NHWC), kernel, strides=(1, sh, sw, 1),
+                     padding=_padding_argument(pads, tuple(weight.shape[2:4]), (sh, sw),
+                                               ((0, 0), (top, bottom), (left, right), (0, 0))))
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     return tf.transpose(y, _NHWC_TO_NCHW)
@@ -95,6 +120,10 @@ def _pool(x, kernel_size, stride, padding, pool, pad_value):
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride if stride is not None else kernel_size)
     ph, pw = _pair(padding)
+    if _graph_nchw(x):  # see conv2d: the layout optimizer handles NCHW in graphs
+        if ph or pw:
+            x = tf.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+        return pool(x, ksize=(kh, kw), strides=(sh, sw), padding="VALID", data_format="NCHW")
     xh = tf.transpose(x, _NCHW_TO_NHWC)
     if ph or pw:
         xh = tf.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)

@@ -1,0 +1,65 @@
+"""``unidl bench --quick`` runs every comparison and writes a report with a row and a ratio for each.
+
+No timing is asserted: the quick configuration is a few steps on a shared machine.
+"""
+
+import re
+
+import pytest
+
+from unidl import bench, cli
+
+pytest.importorskip("torch")
+pytest.importorskip("tensorflow")
+pytest.importorskip("keras")
+
+ROWS = [
+    ("train step, torch", "two_layer"), ("train step, torch", "cnn"),
+    ("train step, tensorflow", "two_layer"), ("train step, tensorflow", "cnn"),
+    ("train step, tensorflow XLA", "two_layer"), ("train step, tensorflow XLA", "cnn"),
+    ("train step, keras", "two_layer"), ("train step, keras", "cnn"),
+    ("fit per step, keras", "two_layer"), ("fit per step, keras", "cnn"),
+    ("peer: keras on torch", "two_layer"), ("peer: keras on torch", "cnn"),
+    ("peer: keras on tensorflow", "two_layer"), ("peer: keras on tensorflow", "cnn"),
+    ("data loader epoch, torch", "-"), ("data loader epoch, tensorflow", "-"),
+]
+
+
+def table_rows(text):
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) == 11 and cells[0] not in ("comparison", "---"):
+            rows.append(cells)
+    return rows
+
+
+def test_quick_report_has_every_comparison_and_ratio(tmp_path, capsys):
+    out = tmp_path / "R.md"
+    assert cli.main(["bench", "--quick", "--no-subprocess", "--out", str(out)]) == 0
+    text = out.read_text()
+    for heading in ("- machine:", "- versions:", "python", "numpy", "torch", "tensorflow", "keras", "- date:", "- device: cpu"):
+        assert heading in text
+    rows = table_rows(text)
+    for comparison, model in ROWS:
+        matching = [r for r in rows if r[0].startswith(comparison) and r[1] == model]
+        assert matching, f"no row for {comparison} / {model}"
+    measured = [r for r in rows if not r[-1].startswith("skipped")]
+    assert len(measured) >= len(ROWS)
+    for row in measured:
+        assert re.fullmatch(r"\d+\.\d\d", row[6]), row  # the ratio unidl/native
+        assert row[8] in ("yes", "**no**", "-"), row
+    skipped = [r for r in rows if r[-1].startswith("skipped")]
+    assert {r[0] for r in skipped} <= {"peer: keras on torch"}
+    assert "Targets met:" in text
+
+
+def test_keras_on_torch_peer_runs_in_its_own_process():
+    settings = bench.Settings.quick(2)
+    rows = bench.keras_peer(settings, "cpu", "torch", "torch")
+    assert {(r.comparison, r.model) for r in rows} >= {("peer: keras on torch", "two_layer"),
+                                                      ("peer: keras on torch", "cnn")}
+    for row in rows:
+        assert row.ratio is not None and row.ratio > 0
+    two_layer_step = [r for r in rows if r.model == "two_layer" and "train_on_batch" in r.native][0]
+    assert two_layer_step.target  # the 3x target applies to the two-layer net
