@@ -14,6 +14,11 @@ class Adagrad(Optimizer):
         p_t &= p_{t-1} - \text{lr}\, g_t / (\sqrt{s_t} + \epsilon)
 
     Args: ``lr`` (1e-2), ``eps`` (1e-10), ``weight_decay`` (L2, 0), ``initial_accumulator_value`` (0), ``l1`` (0).
+
+    Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
+    e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
+    ``zero_grad()`` then ``loss.backward()`` then ``step()`` works on the torch backend, where gradients
+    live on the parameters; elsewhere ``zero_grad()`` is a no-op and ``step()`` explains the alternative.
     """
 
     slots = ("sum",)

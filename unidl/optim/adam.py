@@ -22,6 +22,11 @@ class Adam(Optimizer):
                \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
 
     Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``l1`` (0).
+
+    Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
+    e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
+    ``zero_grad()`` then ``loss.backward()`` then ``step()`` works on the torch backend, where gradients
+    live on the parameters; elsewhere ``zero_grad()`` is a no-op and ``step()`` explains the alternative.
     """
 
     slots = ("exp_avg", "exp_avg_sq")
@@ -58,6 +63,11 @@ class AdamW(Adam):
         p' = p_{t-1}(1 - \text{lr}\,\lambda), \text{ then the Adam step of } p' \text{ with } g_t = \nabla_p L
 
     Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (0.01), ``l1`` (0).
+
+    Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
+    e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
+    ``zero_grad()`` then ``loss.backward()`` then ``step()`` works on the torch backend, where gradients
+    live on the parameters; elsewhere ``zero_grad()`` is a no-op and ``step()`` explains the alternative.
     """
 
     decoupled = True

@@ -22,6 +22,11 @@ class SGD(Optimizer):
         weight_decay: L2 penalty lambda >= 0 (added to the gradient).
         l1: L1 penalty, adds ``l1 * sign(p)`` to the gradient.
 
+    Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
+    e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
+    ``zero_grad()`` then ``loss.backward()`` then ``step()`` works on the torch backend, where gradients
+    live on the parameters; elsewhere ``zero_grad()`` is a no-op and ``step()`` explains the alternative.
+
     Example::
 
         opt = ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
