@@ -139,27 +139,21 @@ def _check_finite(value: float, epoch: int, step: int) -> None:
                                  f"lower the learning rate or check the data for NaN/inf")
 
 
-def _run_epoch_with_steps(step: TrainStep, batches, epoch, trainer, callbacks, progress, accuracy: bool) -> dict:
+def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, accuracy: bool) -> dict:
+    """One epoch of ``step`` calls, reporting running means to ``on_batch`` as ``fit_epoch`` does."""
     total_loss, seen, correct = 0.0, 0, 0
     index = -1
     for index, batch in enumerate(batches):
         x, y = batch[0], batch[1]
         loss, outputs = step(x, y)
-        loss_value = float(loss)
-        _check_finite(loss_value, epoch, index)
         count = int(tuple(x.shape)[0])
-        total_loss += loss_value * count
+        total_loss += float(loss) * count  # a NaN or inf step loss makes the running mean non-finite too
         seen += count
         logs = {"loss": total_loss / seen}
         if accuracy:
-            right, _ = _batch_accuracy(outputs, y)
-            correct += right
+            correct += _batch_accuracy(outputs, y)[0]
             logs["accuracy"] = correct / seen
-        trainer.global_step += 1
-        trainer._trained_in_epoch += 1
-        progress.batch(index, logs)
-        for callback in callbacks:
-            callback.on_batch_end(index, logs)
+        on_batch(index, logs)
     if index < 0:
         raise ValueError(f"epoch {epoch + 1} had no batches: the training data is empty")
     return logs
@@ -240,7 +234,7 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
         logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, accuracy)
         if logs is None:
             step = step or TrainStep(model, loss, optimizer, with_outputs=True)
-            logs = _run_epoch_with_steps(step, batches, epoch, trainer, callbacks, progress, accuracy)
+            logs = _run_epoch_with_steps(step, batches, epoch, on_batch, accuracy)
         logs = dict(logs, lr=epoch_lr)
         if validation is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, validation, loss=loss, metrics=metrics).items()})

@@ -60,14 +60,18 @@ class Module:
             devices.parameter_created(self, name, value, self._backend)
         object.__setattr__(self, name, value)
 
+    def _placement(self):
+        """The backend's placement scope for the device in force, for new variables of this module."""
+        return self._backend.device_scope(config.resolve_device(config._requested_device(), self._backend))
+
     def parameter(self, value) -> object:
         """A new trainable variable of this module's backend, holding ``value`` (cast to the current dtype)."""
-        with self._backend.device_scope(config.resolve_device(config._requested_device(), self._backend)):
+        with self._placement():
             return self._backend.parameter(np.asarray(value), trainable=True)
 
     def register_buffer(self, name: str, value) -> None:
         """Add non-trainable state (BatchNorm's running statistics) that ``state_dict()`` saves."""
-        with self._backend.device_scope(config.resolve_device(config._requested_device(), self._backend)):
+        with self._placement():
             variable = self._backend.parameter(np.asarray(value), trainable=False)
         self._buffers[name] = variable
         object.__setattr__(self, name, variable)
