@@ -160,7 +160,9 @@ def flatten(x, start_dim=1):
     tail = x.shape[start_dim:]
     if all(d is not None for d in x.shape[1:]):
         return K.reshape(x, [-1] + list(x.shape[1:start_dim]) + [_static_count(tail, range(len(tail)))])
-    return K.reshape(x, tuple(x.shape[:start_dim]) + (-1,))
+    # inside a compiled function dimensions may be unknown (None): read those at run time
+    dynamic = K.shape(x)
+    return K.reshape(x, [dynamic[i] if d is None else d for i, d in enumerate(x.shape[:start_dim])] + [-1])
 
 
 def concat(tensors, axis=0):

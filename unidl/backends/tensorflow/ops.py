@@ -1,9 +1,8 @@
 """unidl's functional ops on TensorFlow, taking and returning NCHW.
 
-TensorFlow's CPU kernels convolve and pool in NHWC only, so ``conv2d`` and the
-pools transpose in and out around the NHWC kernel; inside a ``tf.function``
-Grappler's layout optimizer folds back-to-back transposes between consecutive
-layers. Kernels stay OIHW in the variables and are transposed in the graph.
+TensorFlow's CPU kernels convolve and pool in NHWC only; ``layout.py`` says how the
+layout-aware ops here (conv, pools, activations, batch norm) run NHWC and chain without
+transposes in graphs. Kernels stay OIHW in the variables and are transposed in the graph.
 Everything here works in eager mode and in graphs with unknown batch size.
 """
 
@@ -12,13 +11,12 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-_NCHW_TO_NHWC = (0, 2, 3, 1)
-_NHWC_TO_NCHW = (0, 3, 1, 2)
+from unidl.backends.tensorflow.layout import elementwise, nchw_view, nhwc_source, to_nhwc
 
 matmul = tf.linalg.matmul
-relu = tf.nn.relu
-sigmoid = tf.sigmoid
-tanh = tf.tanh
+relu = elementwise(tf.nn.relu)
+sigmoid = elementwise(tf.sigmoid)
+tanh = elementwise(tf.tanh)
 exp = tf.exp
 log = tf.math.log
 sqrt = tf.sqrt
@@ -54,6 +52,7 @@ def linear(x, weight, bias=None):
     return y + bias if bias is not None else y
 
 
+@elementwise
 def leaky_relu(x, negative_slope=0.01):
     return tf.nn.leaky_relu(x, alpha=negative_slope)
 
@@ -91,44 +90,27 @@ def _padding_argument(pads, kernel_hw, stride_hw, explicit):
     return explicit
 
 
-def _graph_nchw(x) -> bool:
-    """NCHW kernels exist on the CPU only inside graphs and only in float32 (oneDNN); else transpose."""
-    return not tf.executing_eagerly() and x.dtype == tf.float32
-
-
 def conv2d(x, weight, bias=None, stride=1, padding=0):
-    pads = conv_padding(padding, tuple(weight.shape[2:4]))
+    kernel_hw = tuple(weight.shape[2:4])
+    pads = conv_padding(padding, kernel_hw)
     (top, bottom), (left, right) = pads
     sh, sw = _pair(stride)
-    kernel = tf.transpose(weight, (2, 3, 1, 0))
-    if _graph_nchw(x):
-        # In a graph, TensorFlow's layout optimizer runs NCHW convolutions in NHWC itself and cancels
-        # the transposes between layers, which hand-placed transposes around each op would block.
-        y = tf.nn.conv2d(x, kernel, strides=(1, 1, sh, sw), data_format="NCHW",
-                         padding=_padding_argument(pads, tuple(weight.shape[2:4]), (sh, sw),
-                                                   ((0, 0), (0, 0), (top, bottom), (left, right))))
-        return tf.nn.bias_add(y, bias, data_format="NCHW") if bias is not None else y
-    y = tf.nn.conv2d(tf.transpose(x, _NCHW_TO_NHWC), kernel, strides=(1, sh, sw, 1),
-                     padding=_padding_argument(pads, tuple(weight.shape[2:4]), (sh, sw),
+    y = tf.nn.conv2d(to_nhwc(x), tf.transpose(weight, (2, 3, 1, 0)), strides=(1, sh, sw, 1),
+                     padding=_padding_argument(pads, kernel_hw, (sh, sw),
                                                ((0, 0), (top, bottom), (left, right), (0, 0))))
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
-    return tf.transpose(y, _NHWC_TO_NCHW)
+    return nchw_view(y)
 
 
 def _pool(x, kernel_size, stride, padding, pool, pad_value):
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride if stride is not None else kernel_size)
     ph, pw = _pair(padding)
-    if _graph_nchw(x):  # see conv2d: the layout optimizer handles NCHW in graphs
-        if ph or pw:
-            x = tf.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
-        return pool(x, ksize=(kh, kw), strides=(sh, sw), padding="VALID", data_format="NCHW")
-    xh = tf.transpose(x, _NCHW_TO_NHWC)
+    xh = to_nhwc(x)
     if ph or pw:
         xh = tf.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
-    y = pool(xh, ksize=(kh, kw), strides=(sh, sw), padding="VALID")
-    return tf.transpose(y, _NHWC_TO_NCHW)
+    return nchw_view(pool(xh, ksize=(kh, kw), strides=(sh, sw), padding="VALID"))
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
@@ -140,8 +122,16 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 
 
 def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+    source = nhwc_source(x)
+    if source is not None:  # normalise the NHWC tensor over N, H, W and keep the chain unbroken
+        return nchw_view(_batch_norm(source, [0, 1, 2], [1, 1, 1, -1], running_mean, running_var, weight,
+                                     bias, training, momentum, eps))
     axes = [0] if x.shape.rank == 2 else [0] + list(range(2, x.shape.rank))
     broadcast = [1, -1] + [1] * (x.shape.rank - 2)
+    return _batch_norm(x, axes, broadcast, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _batch_norm(x, axes, broadcast, running_mean, running_var, weight, bias, training, momentum, eps):
     if training:
         mean, var = tf.nn.moments(x, axes)
         count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
