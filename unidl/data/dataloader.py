@@ -15,6 +15,7 @@ import numpy as np
 
 from unidl import config
 from unidl.data.dataset import TensorDataset
+from unidl.data.epoch import Epoch
 from unidl.data.sampler import BatchSampler, Sampler
 from unidl.errors import StateDictError
 from unidl.tensors import to_numpy
@@ -143,7 +144,7 @@ class DataLoader:
         self._started = False
 
     # ---- iterating -------------------------------------------------------
-    def __iter__(self):
+    def __iter__(self) -> Epoch:
         if self._started:
             self._epoch, self._position = self._epoch + 1, 0
         self._started = True
@@ -152,20 +153,16 @@ class DataLoader:
         # re-enter them wherever a batch is converted, worker threads included.
         backend = config.backend()
         context = contextvars.copy_context()
-        batches = self.batch_sampler.batches(self._epoch, self._position)
 
         def convert(indices):
             return context.copy().run(self._to_tensors, backend, indices)
 
-        source = (self._prefetched(batches, convert) if self.num_workers
-                  else (convert(indices) for indices in batches))
-        return self._track(source, token)
+        def source(batches):
+            if self.num_workers:
+                return self._prefetched(batches, convert)
+            return (convert(indices) for indices in batches)
 
-    def _track(self, source, token):
-        for batch in source:
-            if self._active is token:
-                self._position += 1
-            yield batch
+        return Epoch(self, token, self.batch_sampler.batches(self._epoch, self._position), source)
 
     def _prefetched(self, batches, convert):
         """Yield ``convert(indices)`` for each batch in order, with up to ``prefetch`` per worker in flight."""

@@ -35,4 +35,4 @@ class Adagrad(Optimizer):
         if h["weight_decay"]:
             grad = grad + h["weight_decay"] * param
         total = slots["sum"] + grad * grad
-        return param - lr * (grad / (ops.sqrt(total) + h["eps"])), {"sum": total}
+        return lr * (grad / (ops.sqrt(total) + h["eps"])), {"sum": total}

@@ -30,6 +30,7 @@ class Adam(Optimizer):
     """
 
     slots = ("exp_avg", "exp_avg_sq")
+    uses_step = True  # bias correction
     decoupled = False
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
@@ -42,9 +43,10 @@ class Adam(Optimizer):
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
         beta1, beta2 = h["betas"]
+        decay = None
         if h["weight_decay"]:
             if self.decoupled:
-                param = param * (1 - lr * h["weight_decay"])
+                decay = (lr * h["weight_decay"]) * param  # p(1 - lr wd) - step == p - (lr wd p + step)
             else:
                 grad = grad + h["weight_decay"] * param
         exp_avg = beta1 * slots["exp_avg"] + (1 - beta1) * grad
@@ -52,8 +54,8 @@ class Adam(Optimizer):
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = ops.sqrt(1 - beta2 ** step)
         denom = ops.sqrt(exp_avg_sq) / bias_correction2_sqrt + h["eps"]
-        new_param = param - (lr / bias_correction1) * (exp_avg / denom)
-        return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        delta = (lr / bias_correction1) * (exp_avg / denom)
+        return (delta if decay is None else decay + delta), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
 class AdamW(Adam):

@@ -44,6 +44,8 @@ class Optimizer:
     #: names of per-parameter state tensors, each starting as ``initial_slot_value``
     slots: tuple[str, ...] = ()
     initial_slot_value = 0.0
+    #: whether ``update`` reads ``step`` (backends may pass None otherwise and skip computing it)
+    uses_step = False
 
     def __init__(self, params, lr: float, l1: float = 0.0, **hyper):
         self._backend = config.backend()
@@ -83,7 +85,8 @@ class Optimizer:
         self._backend.set_learning_rate(self, self._lr)
 
     def update(self, param, grad, slots: dict, lr, step, ops):
-        """Return ``(new_param, new_slots)`` for one step; ``step`` counts from 1."""
+        """Return ``(delta, new_slots)`` for one step: the new parameter is ``param - delta`` (backends
+        subtract in place, one fused op). ``step`` counts from 1 (None unless ``uses_step``)."""
         raise NotImplementedError
 
     def regularized_gradient(self, param, grad, ops):

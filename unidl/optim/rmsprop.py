@@ -34,5 +34,4 @@ class RMSprop(Optimizer):
         if h["weight_decay"]:
             grad = grad + h["weight_decay"] * param
         square_avg = h["alpha"] * slots["square_avg"] + (1 - h["alpha"]) * grad * grad
-        new_param = param - lr * (grad / (ops.sqrt(square_avg) + h["eps"]))
-        return new_param, {"square_avg": square_avg}
+        return lr * (grad / (ops.sqrt(square_avg) + h["eps"])), {"square_avg": square_avg}

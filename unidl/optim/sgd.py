@@ -47,7 +47,7 @@ class SGD(Optimizer):
         if h["weight_decay"]:
             grad = grad + h["weight_decay"] * param
         if not h["momentum"]:
-            return param - lr * grad, slots
+            return lr * grad, slots
         buffer = h["momentum"] * slots["momentum_buffer"] + grad
         direction = grad + h["momentum"] * buffer if h["nesterov"] else buffer
-        return param - lr * direction, {"momentum_buffer": buffer}
+        return lr * direction, {"momentum_buffer": buffer}

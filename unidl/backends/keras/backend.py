@@ -97,7 +97,7 @@ class Backend(BackendInterface):
     # ---- tensors ---------------------------------------------------------
     def to_input(self, value):
         """NumPy or tensor -> what Keras's trainer takes: floats in unidl's dtype, integers as int64."""
-        if self.is_tensor(value):
+        if not isinstance(value, np.ndarray) and self.is_tensor(value):
             if "float" in str(value.dtype) and keras.backend.standardize_dtype(value.dtype) != config.get_dtype():
                 return keras.ops.cast(value, config.get_dtype())
             return value
@@ -202,10 +202,19 @@ class Backend(BackendInterface):
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy):
         native = self.compile(model, loss_fn, optimizer, accuracy=accuracy)
-        relay = BatchRelay(on_batch, accuracy)
         to_input = self.to_input
-        native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
-                   steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
+        take_arrays = getattr(batches, "take_arrays", None)  # a DataLoader epoch over in-memory arrays
+        arrays = take_arrays() if take_arrays is not None else None
+        if arrays is not None and len(arrays) >= 2:
+            # Keras slices arrays inside its own input pipeline: far cheaper than a Python generator,
+            # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
+            relay = BatchRelay(on_batch, accuracy, delivered=batches.advance)
+            native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
+                       shuffle=False, verbose=0, callbacks=[relay])
+        else:
+            relay = BatchRelay(on_batch, accuracy)
+            native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
+                       steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
         return relay.logs
 
     def predict_function(self, model):

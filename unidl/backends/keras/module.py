@@ -38,14 +38,17 @@ class NativeModel(keras.Model):
 
 
 class BatchRelay(keras.callbacks.Callback):
-    """Passes Keras's running epoch logs to ``ud.fit`` after every batch (progress, NaN checks, callbacks)."""
+    """Passes Keras's running epoch logs to ``ud.fit`` after every batch (progress, NaN checks, callbacks);
+    ``delivered()``, when given, is told of each batch Keras consumed (the loader's resume position)."""
 
-    def __init__(self, on_batch, accuracy: bool):
+    def __init__(self, on_batch, accuracy: bool, delivered=None):
         super().__init__()
-        self._on_batch, self._accuracy = on_batch, accuracy
+        self._on_batch, self._accuracy, self._delivered = on_batch, accuracy, delivered
         self.logs = None
 
     def on_train_batch_end(self, batch, logs=None):
+        if self._delivered is not None:
+            self._delivered()
         logs = logs or {}
         self.logs = {"loss": float(logs["loss"])}
         if self._accuracy:

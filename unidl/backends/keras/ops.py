@@ -1,8 +1,9 @@
 """unidl's functional ops in ``keras.ops``, so they run on whichever framework Keras runs on.
 
-Activations are NCHW in and out. Where Keras runs on TensorFlow (whose CPU
-kernels want NHWC) convolutions and pools transpose around a channels-last
-kernel; on Keras's torch backend they call the channels-first kernel directly.
+Activations are NCHW in and out. On Keras's torch backend convolutions and pools
+call the channels-first kernel directly; elsewhere they transpose around a
+channels-last kernel, and where Keras runs on TensorFlow the layer ops are the
+tensorflow backend's own (see the end of this file).
 """
 
 from __future__ import annotations
@@ -240,3 +241,12 @@ def bce_with_logits(logits, targets, reduction="mean"):
 def scan(fn, init, xs, axis=0):
     carry, ys = K.scan(fn, init, K.moveaxis(xs, axis, 0))
     return carry, K.moveaxis(ys, 0, axis)
+
+
+if keras.backend.backend() == "tensorflow":
+    # Keras on TensorFlow: keras.ops' portable spellings cost time on TensorFlow's kernels (a transposed copy
+    # of every Linear weight each step, for ``matmul(x, transpose(w))``; transposes around every conv and
+    # pool). The tensorflow backend's own ops take Keras's tensors and variables as they are, multiply by
+    # the transposed weight inside the kernel and keep conv chains NHWC in graphs (its layout.py).
+    from unidl.backends.tensorflow.ops import (  # noqa: E402,F811
+        avg_pool2d, batch_norm, conv2d, leaky_relu, linear, max_pool2d, relu, sigmoid, tanh)

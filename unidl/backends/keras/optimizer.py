@@ -37,10 +37,10 @@ class NativeOptimizer(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         spec, ops = self._spec, self._unidl_ops
         slots = self.slots_of(variable)
-        step = K.cast(self.iterations + 1, variable.dtype)
+        step = K.cast(self.iterations + 1, variable.dtype) if spec.uses_step else None
         gradient = spec.regularized_gradient(variable, gradient, ops)
-        new_param, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
+        delta, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
         for name, value in new_slots.items():
             if value is not slots[name]:
                 self.assign(slots[name], value)
-        self.assign(variable, new_param)
+        self.assign_sub(variable, delta)

@@ -34,8 +34,8 @@ class GraphOptimizer(tf.Module):
             if isinstance(grad, tf.IndexedSlices):
                 grad = tf.convert_to_tensor(grad)
             grad = spec.regularized_gradient(param, grad, ops)
-            new_param, new_slots = spec.update(param, grad, slots, self.learning_rate, step, ops)
+            delta, new_slots = spec.update(param, grad, slots, self.learning_rate, step, ops)
             for name, value in new_slots.items():
                 if value is not slots[name]:
                     slots[name].assign(value)
-            param.assign(new_param)
+            param.assign_sub(delta)

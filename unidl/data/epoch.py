@@ -1,0 +1,58 @@
+"""``Epoch``: one pass over a ``DataLoader`` (what ``iter(loader)`` returns).
+
+Besides yielding batches, an epoch over a ``TensorDataset`` can hand its remaining samples over
+whole, as NumPy arrays in visiting order (``take_arrays``), to a framework trainer that slices
+arrays itself (Keras's ``Model.fit``), which is much faster than feeding it batch by batch from
+Python. The trainer then reports each batch it consumed with ``advance()``, so that the loader's
+position, and with it mid-epoch resume, stays exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Epoch:
+    """Iterator over one epoch's batches; see the module docstring for ``take_arrays``/``advance``."""
+
+    def __init__(self, loader, token, batches: list, make_source):
+        self._loader, self._token = loader, token
+        self._batches = batches          # index arrays of the batches still to come
+        self._make_source = make_source  # batches -> iterator of converted batches (started lazily)
+        self._source = None
+        self._handed_over = False
+
+    @property
+    def batch_size(self) -> int:
+        return self._loader.batch_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._handed_over:
+            raise StopIteration
+        if self._source is None:
+            self._source = iter(self._make_source(self._batches))
+        batch = next(self._source)
+        self.advance()
+        return batch
+
+    def advance(self, count: int = 1) -> None:
+        """Count ``count`` more batches as delivered (moves the loader's resume position)."""
+        loader = self._loader
+        if loader._active is self._token:
+            loader._position += count
+
+    def take_arrays(self) -> tuple[np.ndarray, ...] | None:
+        """The remaining samples of the epoch as NumPy arrays in visiting order, or None when the
+        dataset is not a ``TensorDataset`` or iteration has already begun. After this the iterator
+        yields nothing: the caller consumes the arrays in ``batch_size`` slices and calls ``advance``."""
+        dataset = self._loader.dataset
+        if self._source is not None or self._handed_over or not hasattr(dataset, "arrays") or not self._batches:
+            return None
+        self._handed_over = True
+        order = np.concatenate(self._batches)
+        if np.array_equal(order, np.arange(order[0], order[0] + len(order))):  # unshuffled: views, no copy
+            return tuple(array[order[0]:order[0] + len(order)] for array in dataset.arrays)
+        return tuple(array[order] for array in dataset.arrays)
