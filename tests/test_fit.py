@@ -162,6 +162,18 @@ def test_bad_fit_arguments(backend, rng, kwargs, error, message):
                verbose=0, **kwargs)
 
 
+def test_label_check_follows_a_replaced_output_layer(backend, rng):
+    # the number of outputs is remembered between fit calls, but not past a change of the model's layers
+    model = ud.models.TwoLayerNet(4, 3, 6)
+    x, y = rng.standard_normal((20, 4)).astype(np.float32), np.arange(20) % 6
+    ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+           batch_size=5, verbose=0)
+    model.linear2 = ud.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\) for a model with 2 outputs"):
+        ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+               batch_size=5, verbose=0)
+
+
 def test_bad_data_is_rejected_before_training(backend, rng):
     model = ud.models.TwoLayerNet(4, 3, 2)
     before = model.state_dict()

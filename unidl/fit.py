@@ -9,6 +9,7 @@ tensorflow, and Keras's own ``Model.fit`` machinery on keras (the backend's
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 
@@ -107,6 +108,27 @@ def _arrays_of(loader):
     return None
 
 
+_OUTPUT_CLASSES = weakref.WeakKeyDictionary()  # model -> (what the answer depends on, number of outputs)
+
+
+def _output_classes(model, x) -> int:
+    """The model's number of outputs for samples like ``x``'s, from one eval-mode forward of one sample,
+    remembered while the model's parameters (identity and shape) and the sample shape stay the same:
+    ``fit`` called once per epoch would otherwise pay an eager forward each time."""
+    key = (x.shape[1:], x.dtype.str, tuple((id(p), tuple(p.shape)) for p in model.parameters()))
+    known = _OUTPUT_CLASSES.get(model)
+    if known is not None and known[0] == key:
+        return known[1]
+    was_training = model.training
+    model.eval()
+    try:
+        classes = tuple(model(model._backend.tensor(x[:1])).shape)[-1]
+    finally:
+        model.train(was_training)
+    _OUTPUT_CLASSES[model] = (key, classes)
+    return classes
+
+
 def check_labels(model, loss_fn, loader) -> None:
     """Before training: integer labels for ``CrossEntropyLoss`` must lie in [0, number of model outputs)."""
     arrays = _arrays_of(loader)
@@ -115,12 +137,7 @@ def check_labels(model, loss_fn, loader) -> None:
     x, y = arrays[0], arrays[1]
     if y.dtype.kind not in "iu":
         raise TypeError(f"CrossEntropyLoss needs integer class labels, got labels of dtype {y.dtype}")
-    was_training = model.training
-    model.eval()
-    try:
-        classes = tuple(model(model._backend.tensor(x[:1])).shape)[-1]
-    finally:
-        model.train(was_training)
+    classes = _output_classes(model, x)
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= classes:
         raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs; "

@@ -44,7 +44,7 @@ class TrainStep:
             raise ShapeMismatchError(
                 f"x and y must hold the same number of samples along axis 0; x has shape {x_shape}, "
                 f"y has shape {y_shape}")
-        key = (x_shape, y_shape, str(getattr(x, "dtype", "")), str(getattr(y, "dtype", "")))
+        key = (x_shape, y_shape, getattr(x, "dtype", None), getattr(y, "dtype", None))
         if key not in self._checked:
             if not self._checked:
                 devices.compiled_placed(f"train_step of {type(self.model).__name__}", "first call",
