@@ -27,6 +27,7 @@ TWO_LAYER = dict(D_in=1000, H=100, D_out=10)
 CNN_INPUT = (3, 32, 32)
 MODELS = ("two_layer", "cnn")
 PARITY_TARGET = 1.05       # unidl/native, every backend and model
+SAME_INPUT_NOTE = "information: native transposes the same NCHW batch in its step"
 KERAS_TORCH_SPEEDUP = 3.0  # unidl on torch at least this much faster than Keras on torch (two-layer net)
 LOADER_TARGET = 1.0        # unidl's DataLoader at least as fast as the native loaders
 
@@ -221,9 +222,10 @@ def bench_torch(settings: Settings, device: str) -> list[Row]:
 
 
 # ---- tensorflow ----------------------------------------------------------------
-def tf_native_step(model: str, state: dict, jit_compile: bool):
+def tf_native_step(model: str, state: dict, jit_compile: bool, nchw_input: bool = False):
     """The same network and SGD-with-momentum step hand-written in TensorFlow (channels-last, as TF
-    users write it): ``tf.function`` with a GradientTape and in-graph ``tf.Variable`` updates."""
+    users write it): ``tf.function`` with a GradientTape and in-graph ``tf.Variable`` updates.
+    ``nchw_input``: the CNN takes unidl's NCHW batch and transposes it to NHWC in the step."""
     import tensorflow as tf
 
     if model == "cnn":
@@ -236,6 +238,8 @@ def tf_native_step(model: str, state: dict, jit_compile: bool):
     def forward(x):
         if model == "cnn":
             k1, c1, k2, c2, w1, b1, w2, b2, w3, b3 = params
+            if nchw_input:
+                x = tf.transpose(x, (0, 2, 3, 1))
             h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(x, k1, 1, "VALID") + c1), 2, 2, "VALID")
             h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(h, k2, 1, "VALID") + c2), 2, 2, "VALID")
             h = tf.reshape(h, (tf.shape(h)[0], -1))
@@ -262,7 +266,7 @@ def tf_native_step(model: str, state: dict, jit_compile: bool):
     return step
 
 
-def tf_steps(model: str, device: str, jit_compile: bool):
+def tf_steps(model: str, device: str, jit_compile: bool, same_input: bool = False):
     import tensorflow as tf
     import unidl as ud
     from unidl.backends.tensorflow.backend import tf_device_name
@@ -279,8 +283,8 @@ def tf_steps(model: str, device: str, jit_compile: bool):
     x_np, y_np = batch_arrays(model)
     with tf.device(tf_device_name(device)):
         x, y = tf.constant(x_np), tf.constant(y_np)
-        x_native = tf.constant(x_np.transpose(0, 2, 3, 1)) if model == "cnn" else x
-        native = tf_native_step(model, module.state_dict(), jit_compile)
+        x_native = tf.constant(x_np.transpose(0, 2, 3, 1)) if model == "cnn" and not same_input else x
+        native = tf_native_step(model, module.state_dict(), jit_compile, nchw_input=same_input)
 
     def unidl_step():
         return step(x, y).numpy()
@@ -296,14 +300,19 @@ def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
 
     rows = []
     for jit_compile in (False, True):
-        for model in MODELS:
+        for model, same_input in [(m, False) for m in MODELS] + [("cnn", True)]:
             with ud.use_backend("tensorflow"), ud.use_device(device):
-                unidl_step, native_step, diff = tf_steps(model, device, jit_compile)
+                unidl_step, native_step, diff = tf_steps(model, device, jit_compile, same_input)
                 a, b = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
             if jit_compile:
                 labels = ("ud.function(jit_compile=True)", "tf.function(jit_compile=True)")
             else:
                 labels = ("ud.train_step", "tf.function + GradientTape")
+            if same_input:
+                rows.append(Row(f"train step, tensorflow{' XLA' if jit_compile else ''}", model, labels[0],
+                                labels[1] + ", same NCHW batch", _ms(a), _ms(b), note=SAME_INPUT_NOTE,
+                                loss_diff=diff))
+                continue
             rows.append(Row(f"train step, tensorflow{' XLA' if jit_compile else ''}", model, *labels, _ms(a), _ms(b),
                             f"<= {PARITY_TARGET}", note="native layout NHWC" if model == "cnn" else "",
                             loss_diff=diff))
@@ -311,14 +320,16 @@ def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
 
 
 # ---- keras ---------------------------------------------------------------------
-def keras_native_model(model: str, state: dict):
-    """The same network as a plain ``keras.Sequential`` (channels-last), compiled with Keras's SGD."""
+def keras_native_model(model: str, state: dict, nchw_input: bool = False):
+    """The same network as a plain ``keras.Sequential`` (channels-last), compiled with Keras's SGD;
+    with ``nchw_input`` the CNN takes unidl's NCHW batch and permutes it to NHWC first."""
     import keras
     from keras import layers
 
     if model == "cnn":
-        native = keras.Sequential([
-            keras.Input((32, 32, 3)), layers.Conv2D(6, 5, activation="relu"), layers.MaxPooling2D(2),
+        entry = [keras.Input((3, 32, 32)), layers.Permute((2, 3, 1))] if nchw_input else [keras.Input((32, 32, 3))]
+        native = keras.Sequential(entry + [
+            layers.Conv2D(6, 5, activation="relu"), layers.MaxPooling2D(2),
             layers.Conv2D(16, 5, activation="relu"), layers.MaxPooling2D(2), layers.Flatten(),
             layers.Dense(120, activation="relu"), layers.Dense(84, activation="relu"), layers.Dense(10)])
         native.set_weights(channels_last_weights(state))
@@ -347,19 +358,21 @@ def bench_keras(settings: Settings, device: str) -> list[Row]:
     import unidl as ud
 
     with ud.use_backend("keras"), ud.use_device(device):
-        return [row for model in MODELS for row in _keras_rows(settings, model)]
+        return [row for model, same_input in [(m, False) for m in MODELS] + [("cnn", True)]
+                for row in _keras_rows(settings, model, same_input)]
 
 
-def _keras_rows(settings: Settings, model: str) -> list[Row]:
+def _keras_rows(settings: Settings, model: str, same_input: bool = False) -> list[Row]:
     import unidl as ud
 
     framework = keras_framework()
     rows = []
     module, loss_fn, optimizer = unidl_model(model)
     step = ud.train_step(module, loss_fn, optimizer)
-    native = keras_native_model(model, module.state_dict())
+    native = keras_native_model(model, module.state_dict(), nchw_input=same_input)
     x, y = batch_arrays(model)
-    xn = native_layout(model, x)
+    xn = x if same_input else native_layout(model, x)
+    target, note, suffix = ("", SAME_INPUT_NOTE, ", same NCHW batch") if same_input else (f"<= {PARITY_TARGET}", "", "")
 
     def unidl_step():
         return step(x, y)
@@ -367,11 +380,11 @@ def _keras_rows(settings: Settings, model: str) -> list[Row]:
     diff = abs(float(unidl_step()) - float(native.train_on_batch(xn, y)))
     a, b = alternate(unidl_step, lambda: native.train_on_batch(xn, y), settings.steps, settings.warmup,
                      settings.blocks)
-    rows.append(Row(f"train step, keras ({framework})", model, "ud.train_step", "keras Model.train_on_batch",
-                    _ms(a), _ms(b), f"<= {PARITY_TARGET}", loss_diff=diff))
+    rows.append(Row(f"train step, keras ({framework})", model, "ud.train_step", "keras Model.train_on_batch" + suffix,
+                    _ms(a), _ms(b), target, note=note, loss_diff=diff))
 
     xe, ye = batch_arrays(model, BATCH * settings.fit_steps, seed=1)
-    xen = native_layout(model, xe)
+    xen = xe if same_input else native_layout(model, xe)
 
     def unidl_epoch():
         ud.fit(module, (xe, ye), loss=loss_fn, optimizer=optimizer, epochs=1, batch_size=BATCH,
@@ -381,9 +394,9 @@ def _keras_rows(settings: Settings, model: str) -> list[Row]:
         native.fit(xen, ye, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
 
     a, b = alternate(unidl_epoch, native_epoch, settings.fit_rounds, 1, settings.fit_rounds)
-    rows.append(Row(f"fit per step, keras ({framework})", model, "ud.fit", "keras Model.fit",
-                    _ms(a) / settings.fit_steps, _ms(b) / settings.fit_steps, f"<= {PARITY_TARGET}",
-                    note=f"epoch of {settings.fit_steps} batches of {BATCH}"))
+    rows.append(Row(f"fit per step, keras ({framework})", model, "ud.fit", "keras Model.fit" + suffix,
+                    _ms(a) / settings.fit_steps, _ms(b) / settings.fit_steps, target,
+                    note="; ".join(filter(None, [f"epoch of {settings.fit_steps} batches of {BATCH}", note]))))
     return rows
 
 
