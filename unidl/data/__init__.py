@@ -4,6 +4,7 @@ batches as the current backend's tensors (``unidl.data.DataLoader``), the same u
 
 from unidl.data.dataloader import DataLoader, default_collate
 from unidl.data.dataset import Dataset, TensorDataset
+from unidl.data.epoch import Epoch
 from unidl.data.sampler import BatchSampler, Sampler
 
-__all__ = ["Dataset", "TensorDataset", "Sampler", "BatchSampler", "DataLoader", "default_collate"]
+__all__ = ["Dataset", "TensorDataset", "Sampler", "BatchSampler", "DataLoader", "Epoch", "default_collate"]
