@@ -82,8 +82,14 @@ class Backend(abc.ABC):
     def tensor(self, value, dtype: str | None = None):
         """NumPy array (or native tensor) -> native tensor on the current device.
 
-        Floating values take ``dtype`` or unidl's current dtype; integers stay integers (int64).
+        Floating values take ``dtype`` or unidl's current dtype; integers stay integers (int64). The
+        tensor never shares memory with a NumPy array passed in (later changes to it do not show).
         """
+
+    def adopt(self, array):
+        """``tensor(array)`` for a NumPy array nobody else holds (a batch just cut by the loader): a
+        backend may reuse its memory instead of copying it defensively."""
+        return self.tensor(array)
 
     @abc.abstractmethod
     def to_numpy(self, tensor) -> np.ndarray:

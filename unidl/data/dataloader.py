@@ -180,10 +180,9 @@ class DataLoader:
             executor.shutdown(wait=False, cancel_futures=True)
 
     def _to_tensors(self, backend, indices: np.ndarray) -> tuple:
-        if isinstance(self.dataset, TensorDataset):
-            arrays = self.dataset.batch(indices)
-        else:
-            arrays = self.collate_fn([self.dataset[int(i)] for i in indices])
-            if not isinstance(arrays, (tuple, list)):
-                arrays = (arrays,)
+        if isinstance(self.dataset, TensorDataset):  # fresh arrays (fancy indexing copies): no second copy
+            return tuple(backend.adopt(array) for array in self.dataset.batch(indices))
+        arrays = self.collate_fn([self.dataset[int(i)] for i in indices])
+        if not isinstance(arrays, (tuple, list)):
+            arrays = (arrays,)
         return tuple(backend.tensor(array) for array in arrays)

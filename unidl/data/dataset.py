@@ -47,5 +47,6 @@ class TensorDataset(Dataset):
         return tuple(array[index] for array in self.arrays)
 
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The samples at ``indices``, one array per field, cut with a single slice per array."""
+        """The samples at ``indices``, one array per field, cut with a single slice per array. The arrays
+        are fresh copies (fancy indexing), which the loader hands to the backend without copying again."""
         return tuple(array[indices] for array in self.arrays)

@@ -71,10 +71,14 @@ class Backend(BackendInterface):
 
     # ---- tensors ---------------------------------------------------------
     def tensor(self, value, dtype=None):
-        with tf.device(self.current_device_name()):
+        device = self.current_device_name()
+        with tf.device(device):
             if dtype is not None:
                 return tf.convert_to_tensor(np.asarray(value), _DTYPES[dtype])
-            return tf.identity(to_graph_input(value))
+            converted = to_graph_input(value)
+            if device == "/CPU:0" and not self.is_tensor(value):
+                return converted  # already a fresh host tensor (a copy): an identity would only cost ~9 us
+            return tf.identity(converted)  # places it on the device (a copy from another device)
 
     def to_numpy(self, tensor):
         if isinstance(tensor, np.ndarray):

@@ -59,7 +59,7 @@ class Backend(BackendInterface):
         return torch.device(config.resolve_device(config._requested_device(), self))
 
     # ---- tensors ---------------------------------------------------------
-    def tensor(self, value, dtype=None):
+    def tensor(self, value, dtype=None, _owned=False):
         device = self.current_device()
         if isinstance(value, torch.Tensor):
             floating = value.is_floating_point()
@@ -78,7 +78,15 @@ class Backend(BackendInterface):
         if device.type == "cuda":
             tensor = tensor.pin_memory()
             return tensor.to(device=device, dtype=target, non_blocking=True)
-        return tensor.to(dtype=target)
+        converted = tensor.to(dtype=target)
+        if not _owned and converted.data_ptr() == tensor.data_ptr() and isinstance(value, np.ndarray):
+            # from_numpy shares the caller's memory: copy, as torch.tensor and the other backends do, so
+            # that a later change to the array never shows in the tensor
+            converted = converted.clone()
+        return converted
+
+    def adopt(self, array):
+        return self.tensor(array, _owned=True)
 
     def to_numpy(self, tensor):
         if isinstance(tensor, np.ndarray):
