@@ -339,7 +339,9 @@ def keras_native_model(model: str, state: dict, nchw_input: bool = False):
                                    layers.Dense(TWO_LAYER["D_out"])])
         native.set_weights([w.T.copy() if w.ndim == 2 else w for w in state.values()])
         loss = "mse"
-    native.compile(optimizer=keras.optimizers.SGD(learning_rate=LR, momentum=MOMENTUM), loss=loss)
+    # like with like: unidl's keras train step compiles without XLA, and Keras's default ("auto") would turn
+    # XLA on for TensorFlow with a GPU
+    native.compile(optimizer=keras.optimizers.SGD(learning_rate=LR, momentum=MOMENTUM), loss=loss, jit_compile=False)
     return native
 
 
