@@ -29,7 +29,7 @@ def table_rows(text):
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 11 and cells[0] not in ("comparison", "---"):
+        if line.startswith("| ") and len(cells) == 12 and cells[0] not in ("comparison", "---"):
             rows.append(cells)
     return rows
 
@@ -48,7 +48,9 @@ def test_quick_report_has_every_comparison_and_ratio(tmp_path, capsys):
     assert len(measured) >= len(ROWS)
     for row in measured:
         assert re.fullmatch(r"\d+\.\d\d", row[6]), row  # the ratio unidl/native
-        assert row[8] in ("yes", "**no**", "-"), row
+        low, high = re.fullmatch(r"(\d+\.\d\d)-(\d+\.\d\d)", row[7]).groups()  # its block quartiles
+        assert float(low) <= float(high), row
+        assert row[9] in ("yes", "**no**", "-"), row
     skipped = [r for r in rows if r[-1].startswith("skipped")]
     assert {r[0] for r in skipped} <= {"peer: keras on torch"}
     assert "Targets met:" in text
@@ -63,3 +65,12 @@ def test_keras_on_torch_peer_runs_in_its_own_process():
         assert row.ratio is not None and row.ratio > 0
     two_layer_step = [r for r in rows if r.model == "two_layer" and "train_on_batch" in r.native][0]
     assert two_layer_step.target  # the 3x target applies to the two-layer net
+
+
+def test_block_spread_is_the_quartiles_of_block_ratios():
+    # blocks of 2 steps: ratios 1.0, 2.0, 3.0, 4.0 (a's block median over b's)
+    a = [1, 1, 2, 2, 3, 3, 4, 4]
+    b = [1] * 8
+    low, high = bench._block_spread(a, b, 2)
+    assert (low, high) == (1.75, 3.25)
+    assert bench._block_spread([1.0], [1.0], 1) is None

@@ -66,6 +66,7 @@ class Row:
     target: str = ""        # "<= 1.05" style bound on unidl/native, or "" for information only
     note: str = ""
     loss_diff: float | None = None  # |loss of the first step, unidl - native| from the same weights and batch
+    spread: tuple | None = None     # quartiles of the per-block ratios (see Timing)
 
     @property
     def ratio(self) -> float | None:
@@ -81,7 +82,28 @@ class Row:
 
 
 # ---- timing -----------------------------------------------------------------
-def alternate(a, b, steps: int, warmup: int, blocks: int) -> tuple[float, float]:
+class Timing(tuple):
+    """``(median seconds of a, median seconds of b)``; ``spread``: the lower and upper quartile of the
+    per-block ratios (a's block median / b's), how far the ratio moves within one run."""
+
+    spread: tuple[float, float] | None
+
+    def __new__(cls, a_median: float, b_median: float, spread):
+        timing = super().__new__(cls, (a_median, b_median))
+        timing.spread = spread
+        return timing
+
+
+def _block_spread(times_a: list, times_b: list, per_block: int) -> tuple[float, float] | None:
+    ratios = [statistics.median(times_a[i:i + per_block]) / statistics.median(times_b[i:i + per_block])
+              for i in range(0, len(times_a), per_block)]
+    if len(ratios) < 2:
+        return None
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive")
+    return quartiles[0], quartiles[2]
+
+
+def alternate(a, b, steps: int, warmup: int, blocks: int) -> Timing:
     """Median seconds of ``a()`` and of ``b()``, timed in alternating blocks (A B, B A, A B, ...)."""
     for _ in range(warmup):
         a()
@@ -101,7 +123,8 @@ def alternate(a, b, steps: int, warmup: int, blocks: int) -> tuple[float, float]
                     record.append(time.perf_counter() - start)
     finally:
         gc.enable()
-    return statistics.median(times[a]), statistics.median(times[b])
+    return Timing(statistics.median(times[a]), statistics.median(times[b]),
+                  _block_spread(times[a], times[b], per_block))
 
 
 def _ms(seconds):
@@ -215,9 +238,9 @@ def bench_torch(settings: Settings, device: str) -> list[Row]:
     for model in MODELS:
         with ud.use_backend("torch"), ud.use_device(device):
             unidl_step, native_step, diff = torch_steps(model, device)
-            a, b = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
+            a, b = timing = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
         rows.append(Row("train step, torch", model, "ud.train_step", "torch.nn + torch.optim.SGD",
-                        _ms(a), _ms(b), f"<= {PARITY_TARGET}", loss_diff=diff))
+                        _ms(a), _ms(b), f"<= {PARITY_TARGET}", loss_diff=diff, spread=timing.spread))
     return rows
 
 
@@ -303,7 +326,7 @@ def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
         for model, same_input in [(m, False) for m in MODELS] + [("cnn", True)]:
             with ud.use_backend("tensorflow"), ud.use_device(device):
                 unidl_step, native_step, diff = tf_steps(model, device, jit_compile, same_input)
-                a, b = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
+                a, b = timing = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
             if jit_compile:
                 labels = ("ud.function(jit_compile=True)", "tf.function(jit_compile=True)")
             else:
@@ -311,11 +334,11 @@ def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
             if same_input:
                 rows.append(Row(f"train step, tensorflow{' XLA' if jit_compile else ''}", model, labels[0],
                                 labels[1] + ", same NCHW batch", _ms(a), _ms(b), note=SAME_INPUT_NOTE,
-                                loss_diff=diff))
+                                loss_diff=diff, spread=timing.spread))
                 continue
             rows.append(Row(f"train step, tensorflow{' XLA' if jit_compile else ''}", model, *labels, _ms(a), _ms(b),
                             f"<= {PARITY_TARGET}", note="native layout NHWC" if model == "cnn" else "",
-                            loss_diff=diff))
+                            loss_diff=diff, spread=timing.spread))
     return rows
 
 
@@ -380,10 +403,10 @@ def _keras_rows(settings: Settings, model: str, same_input: bool = False) -> lis
         return step(x, y)
 
     diff = abs(float(unidl_step()) - float(native.train_on_batch(xn, y)))
-    a, b = alternate(unidl_step, lambda: native.train_on_batch(xn, y), settings.steps, settings.warmup,
+    a, b = timing = alternate(unidl_step, lambda: native.train_on_batch(xn, y), settings.steps, settings.warmup,
                      settings.blocks)
     rows.append(Row(f"train step, keras ({framework})", model, "ud.train_step", "keras Model.train_on_batch" + suffix,
-                    _ms(a), _ms(b), target, note=note, loss_diff=diff))
+                    _ms(a), _ms(b), target, note=note, loss_diff=diff, spread=timing.spread))
 
     xe, ye = batch_arrays(model, BATCH * settings.fit_steps, seed=1)
     xen = xe if same_input else native_layout(model, xe)
@@ -395,10 +418,10 @@ def _keras_rows(settings: Settings, model: str, same_input: bool = False) -> lis
     def native_epoch():
         native.fit(xen, ye, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
 
-    a, b = alternate(unidl_epoch, native_epoch, settings.fit_rounds, 1, settings.fit_rounds)
+    a, b = timing = alternate(unidl_epoch, native_epoch, settings.fit_rounds, 1, settings.fit_rounds)
     rows.append(Row(f"fit per step, keras ({framework})", model, "ud.fit", "keras Model.fit" + suffix,
                     _ms(a) / settings.fit_steps, _ms(b) / settings.fit_steps, target,
-                    note="; ".join(filter(None, [f"epoch of {settings.fit_steps} batches of {BATCH}", note]))))
+                    note="; ".join(filter(None, [f"epoch of {settings.fit_steps} batches of {BATCH}", note])), spread=timing.spread))
     return rows
 
 
@@ -421,10 +444,10 @@ def _keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> lis
         x, y = batch_arrays(model)
         xb, yb = ud_tensor(x), ud_tensor(y)
         xn = native_layout(model, x)
-        a, b = alternate(lambda: step(xb, yb), lambda: native.train_on_batch(xn, y), settings.steps,
+        a, b = timing = alternate(lambda: step(xb, yb), lambda: native.train_on_batch(xn, y), settings.steps,
                          settings.warmup, settings.blocks)
         rows.append(Row(f"peer: keras on {framework}", model, f"ud.train_step ({unidl_backend})",
-                        "keras Model.train_on_batch", _ms(a), _ms(b), target_of(model)))
+                        "keras Model.train_on_batch", _ms(a), _ms(b), target_of(model), spread=timing.spread))
 
         xe, ye = batch_arrays(model, BATCH * settings.fit_steps, seed=1)
         xen = native_layout(model, xe)
@@ -437,10 +460,10 @@ def _keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> lis
         def native_epoch():
             native.fit(xen, ye, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
 
-        a, b = alternate(unidl_epoch, native_epoch, settings.fit_rounds, 1, settings.fit_rounds)
+        a, b = timing = alternate(unidl_epoch, native_epoch, settings.fit_rounds, 1, settings.fit_rounds)
         rows.append(Row(f"peer: keras on {framework}", model, f"ud.train_step loop ({unidl_backend})",
                         "keras Model.fit, per step", _ms(a) / settings.fit_steps, _ms(b) / settings.fit_steps,
-                        target_of(model), note=f"epoch of {settings.fit_steps} batches of {BATCH}"))
+                        target_of(model), note=f"epoch of {settings.fit_steps} batches of {BATCH}", spread=timing.spread))
     return rows
 
 
@@ -506,22 +529,22 @@ def bench_loaders(settings: Settings, device: str, with_tensorflow: bool) -> lis
         unidl_loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=BATCH)
         tensors = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
         native_loader = torch.utils.data.DataLoader(tensors, batch_size=BATCH, pin_memory=device.startswith("cuda"))
-        a, b = alternate(epoch_of(unidl_loader), epoch_of(native_loader), settings.loader_rounds, 1,
+        a, b = timing = alternate(epoch_of(unidl_loader), epoch_of(native_loader), settings.loader_rounds, 1,
                          settings.loader_rounds)
     note = f"{len(x)} x {x.shape[1]} float32, batch {BATCH}"
     rows.append(Row("data loader epoch, torch", "-", "ud.data.DataLoader", "torch.utils.data.DataLoader",
                     _ms(a), _ms(b), f"<= {LOADER_TARGET}", note=note + ("; torch batches stay on the CPU"
-                                                                         if device != "cpu" else "")))
+                                                                         if device != "cpu" else ""), spread=timing.spread))
     if with_tensorflow:
         import tensorflow as tf
         with ud.use_backend("tensorflow"), ud.use_device(device):
             tf_loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=BATCH)
             dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(BATCH)
-            a, b = alternate(epoch_of(tf_loader), epoch_of(dataset), settings.loader_rounds, 1,
+            a, b = timing = alternate(epoch_of(tf_loader), epoch_of(dataset), settings.loader_rounds, 1,
                              settings.loader_rounds)
         rows.append(Row("data loader epoch, tensorflow", "-", "ud.data.DataLoader",
                         "tf.data.Dataset.from_tensor_slices().batch()", _ms(a), _ms(b), f"<= {LOADER_TARGET}",
-                        note=note))
+                        note=note, spread=timing.spread))
     return rows
 
 
@@ -566,7 +589,11 @@ def format_row(row: Row) -> str:
         return f"{row.comparison:<32} {row.model:<9} {row.note}"
     verdict = {True: "met", False: "MISSED", None: ""}[row.met]
     return (f"{row.comparison:<32} {row.model:<9} unidl {row.unidl_ms:8.3f} ms  native {row.native_ms:8.3f} ms  "
-            f"ratio {row.ratio:5.2f}  {row.target} {verdict}")
+            f"ratio {row.ratio:5.2f}{_spread_text(row)}  {row.target} {verdict}")
+
+
+def _spread_text(row: Row) -> str:
+    return f" ({row.spread[0]:.2f}-{row.spread[1]:.2f})" if row.spread else ""
 
 
 def machine() -> dict:
@@ -621,15 +648,19 @@ def report(rows: list[Row], settings: Settings, device: str, started: str, load_
         f"loaders: {settings.loader_rounds} epochs of {settings.loader_samples} samples per side",
         "- models: two-layer net (N=64, D_in=1000, H=100, D_out=10, MSE) and LeNet CNN (batch 64, 3x32x32, "
         "cross-entropy), SGD lr=1e-2 momentum=0.9, float32; native models hold the same weights "
-        "(loss diff: first-step loss of unidl minus native on the same batch)", "",
-        "| comparison | model | unidl | native | unidl ms | native ms | unidl/native | target | met | loss diff | note |",
-        "|---|---|---|---|---:|---:|---:|---|---|---:|---|",
+        "(loss diff: first-step loss of unidl minus native on the same batch)",
+        "- block quartiles: the lower and upper quartile of the ratio measured block by block (unidl's median over "
+        "a block / native's over the adjacent block): how far the ratio moves within this run", "",
+        "| comparison | model | unidl | native | unidl ms | native ms | unidl/native | block quartiles | target | met "
+        "| loss diff | note |",
+        "|---|---|---|---|---:|---:|---:|---:|---|---|---:|---|",
     ]
     for row in rows:
         cells = [row.comparison, row.model, f"`{row.unidl}`", f"`{row.native}`",
                  "-" if row.unidl_ms is None else f"{row.unidl_ms:.3f}",
                  "-" if row.native_ms is None else f"{row.native_ms:.3f}",
                  "-" if row.ratio is None else f"{row.ratio:.2f}",
+                 "-" if not row.spread else f"{row.spread[0]:.2f}-{row.spread[1]:.2f}",
                  row.target.replace("<=", "≤") or "-",
                  {True: "yes", False: "**no**", None: "-"}[row.met],
                  "-" if row.loss_diff is None else f"{row.loss_diff:.1e}", row.note or ""]
