@@ -28,6 +28,8 @@ CNN_INPUT = (3, 32, 32)
 MODELS = ("two_layer", "cnn")
 PARITY_TARGET = 1.05       # unidl/native, every backend and model
 SAME_INPUT_NOTE = "information: native transposes the same NCHW batch in its step"
+# (model, whether the native model gets unidl's NCHW batch): every model, then the CNN on the same input
+LAYOUT_VARIANTS = [(m, False) for m in MODELS] + [("cnn", True)]
 KERAS_TORCH_SPEEDUP = 3.0  # unidl on torch at least this much faster than Keras on torch (two-layer net)
 LOADER_TARGET = 1.0        # unidl's DataLoader at least as fast as the native loaders
 
@@ -73,6 +75,11 @@ class Row:
         if self.unidl_ms is None or self.native_ms is None:
             return None
         return self.unidl_ms / self.native_ms
+
+    @property
+    def spread_text(self) -> str | None:
+        """The block quartiles as 'low-high', or None when not measured."""
+        return f"{self.spread[0]:.2f}-{self.spread[1]:.2f}" if self.spread else None
 
     @property
     def met(self) -> bool | None:
@@ -318,12 +325,20 @@ def tf_steps(model: str, device: str, jit_compile: bool, same_input: bool = Fals
     return unidl_step, native_step, abs(float(unidl_step()) - float(native_step()))
 
 
+def _layout_variant(same_input: bool, note: str = "") -> tuple[str, str, str]:
+    """``(target, note, suffix of the native label)`` of a row: the parity target, or information only
+    when the native CNN gets the same NCHW batch as unidl."""
+    if same_input:
+        return "", SAME_INPUT_NOTE, ", same NCHW batch"
+    return f"<= {PARITY_TARGET}", note, ""
+
+
 def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
     import unidl as ud
 
     rows = []
     for jit_compile in (False, True):
-        for model, same_input in [(m, False) for m in MODELS] + [("cnn", True)]:
+        for model, same_input in LAYOUT_VARIANTS:
             with ud.use_backend("tensorflow"), ud.use_device(device):
                 unidl_step, native_step, diff = tf_steps(model, device, jit_compile, same_input)
                 a, b = timing = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
@@ -331,14 +346,10 @@ def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
                 labels = ("ud.function(jit_compile=True)", "tf.function(jit_compile=True)")
             else:
                 labels = ("ud.train_step", "tf.function + GradientTape")
-            if same_input:
-                rows.append(Row(f"train step, tensorflow{' XLA' if jit_compile else ''}", model, labels[0],
-                                labels[1] + ", same NCHW batch", _ms(a), _ms(b), note=SAME_INPUT_NOTE,
-                                loss_diff=diff, spread=timing.spread))
-                continue
-            rows.append(Row(f"train step, tensorflow{' XLA' if jit_compile else ''}", model, *labels, _ms(a), _ms(b),
-                            f"<= {PARITY_TARGET}", note="native layout NHWC" if model == "cnn" else "",
-                            loss_diff=diff, spread=timing.spread))
+            target, note, suffix = _layout_variant(same_input, "native layout NHWC" if model == "cnn" else "")
+            rows.append(Row(f"train step, tensorflow{' XLA' if jit_compile else ''}", model, labels[0],
+                            labels[1] + suffix, _ms(a), _ms(b), target, note=note, loss_diff=diff,
+                            spread=timing.spread))
     return rows
 
 
@@ -383,8 +394,7 @@ def bench_keras(settings: Settings, device: str) -> list[Row]:
     import unidl as ud
 
     with ud.use_backend("keras"), ud.use_device(device):
-        return [row for model, same_input in [(m, False) for m in MODELS] + [("cnn", True)]
-                for row in _keras_rows(settings, model, same_input)]
+        return [row for model, same_input in LAYOUT_VARIANTS for row in _keras_rows(settings, model, same_input)]
 
 
 def _keras_rows(settings: Settings, model: str, same_input: bool = False) -> list[Row]:
@@ -397,7 +407,7 @@ def _keras_rows(settings: Settings, model: str, same_input: bool = False) -> lis
     native = keras_native_model(model, module.state_dict(), nchw_input=same_input)
     x, y = batch_arrays(model)
     xn = x if same_input else native_layout(model, x)
-    target, note, suffix = ("", SAME_INPUT_NOTE, ", same NCHW batch") if same_input else (f"<= {PARITY_TARGET}", "", "")
+    target, note, suffix = _layout_variant(same_input)
 
     def unidl_step():
         return step(x, y)
@@ -589,11 +599,7 @@ def format_row(row: Row) -> str:
         return f"{row.comparison:<32} {row.model:<9} {row.note}"
     verdict = {True: "met", False: "MISSED", None: ""}[row.met]
     return (f"{row.comparison:<32} {row.model:<9} unidl {row.unidl_ms:8.3f} ms  native {row.native_ms:8.3f} ms  "
-            f"ratio {row.ratio:5.2f}{_spread_text(row)}  {row.target} {verdict}")
-
-
-def _spread_text(row: Row) -> str:
-    return f" ({row.spread[0]:.2f}-{row.spread[1]:.2f})" if row.spread else ""
+            f"ratio {row.ratio:5.2f}{f' ({row.spread_text})' if row.spread else ''}  {row.target} {verdict}")
 
 
 def machine() -> dict:
@@ -660,7 +666,7 @@ def report(rows: list[Row], settings: Settings, device: str, started: str, load_
                  "-" if row.unidl_ms is None else f"{row.unidl_ms:.3f}",
                  "-" if row.native_ms is None else f"{row.native_ms:.3f}",
                  "-" if row.ratio is None else f"{row.ratio:.2f}",
-                 "-" if not row.spread else f"{row.spread[0]:.2f}-{row.spread[1]:.2f}",
+                 row.spread_text or "-",
                  row.target.replace("<=", "≤") or "-",
                  {True: "yes", False: "**no**", None: "-"}[row.met],
                  "-" if row.loss_diff is None else f"{row.loss_diff:.1e}", row.note or ""]
