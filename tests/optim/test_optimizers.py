@@ -65,6 +65,41 @@ def test_sgd_rule_against_numpy():
     assert max_relative_difference(weights, p) < 1e-6
 
 
+class UnfusedSGD(ud.optim.SGD):
+    """SGD that no backend may run as a fused kernel: the rule the fused kernels must reproduce."""
+
+    def heavy_ball(self):
+        return None
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.1, momentum=0.9),
+                                    dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2, l1=1e-3)])
+def test_fused_momentum_kernel_is_the_update_rule(backend, kwargs):
+    fused, fused_state = _steps(backend, ud.optim.SGD, kwargs, 10)
+    rule, rule_state = _steps(backend, UnfusedSGD, kwargs, 10)
+    assert not np.array_equal(rule, START)
+    assert max_relative_difference(fused, rule) < 1e-7
+    assert max_relative_difference(fused_state["slots"][0]["momentum_buffer"],
+                                   rule_state["slots"][0]["momentum_buffer"]) < 1e-7
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "keras"])
+def test_sgd_momentum_runs_tensorflows_fused_kernel_in_graphs(name):
+    import tensorflow as tf
+
+    def kernels(cls, **kwargs):
+        with ud.use_backend(name):
+            optimizer = cls(Holder().parameters(), lr=0.1, **kwargs)
+            optimizer.apply([ud.tensor(GRADS[0])])  # builds Keras's slots outside the trace
+            graph = tf.function(lambda g: optimizer.apply([g])).get_concrete_function(
+                tf.TensorSpec(START.shape, tf.float32)).graph
+            return {op.type for op in graph.get_operations()}
+
+    assert "ResourceApplyMomentum" in kernels(ud.optim.SGD, momentum=0.9)
+    assert "ResourceApplyMomentum" not in kernels(UnfusedSGD, momentum=0.9)
+    assert "ResourceApplyMomentum" not in kernels(ud.optim.SGD)  # no buffer without momentum, as in PyTorch
+
+
 def test_l1_matches_hand_written_penalty(backend):
     holder = Holder()
     optimizer = ud.optim.SGD(holder.parameters(), lr=0.1, l1=0.05)

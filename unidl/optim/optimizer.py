@@ -90,9 +90,16 @@ class Optimizer:
         raise NotImplementedError
 
     def regularized_gradient(self, param, grad, ops):
-        """The gradient with the L1 term added, when ``l1 > 0``."""
+        """The gradient with the L1 term added, when ``l1 > 0`` (backends call this before ``update``)."""
         l1 = self.hyper["l1"]
         return grad + l1 * ops.sign(param) if l1 else grad
+
+    def heavy_ball(self) -> tuple[str, float, bool] | None:
+        """``(buffer_slot, momentum, nesterov)`` when ``update`` is exactly heavy-ball momentum on the
+        regularized gradient (``b = momentum * b + g``; ``p -= lr * (g + momentum * b if nesterov else b)``),
+        so that a backend with a fused in-place kernel for that rule (``ops.apply_momentum``) may run it
+        instead of ``update``; None otherwise. The kernel must compute the same arithmetic."""
+        return None
 
     def apply(self, grads) -> None:
         """Update every parameter with its gradient (list in ``params`` order)."""

@@ -42,10 +42,18 @@ class SGD(Optimizer):
         super().__init__(params, lr, l1=l1, momentum=momentum, nesterov=bool(nesterov),
                          weight_decay=check_range("SGD", "weight_decay", weight_decay))
 
+    def regularized_gradient(self, param, grad, ops):
+        """The gradient with the L1 and then the L2 (``weight_decay``) terms added."""
+        grad = super().regularized_gradient(param, grad, ops)
+        decay = self.hyper["weight_decay"]
+        return grad + decay * param if decay else grad
+
+    def heavy_ball(self):
+        h = self.hyper
+        return ("momentum_buffer", h["momentum"], h["nesterov"]) if h["momentum"] else None
+
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
-        if h["weight_decay"]:
-            grad = grad + h["weight_decay"] * param
         if not h["momentum"]:
             return lr * grad, slots
         buffer = h["momentum"] * slots["momentum_buffer"] + grad

@@ -247,6 +247,7 @@ if keras.backend.backend() == "tensorflow":
     # Keras on TensorFlow: keras.ops' portable spellings cost time on TensorFlow's kernels (a transposed copy
     # of every Linear weight each step, for ``matmul(x, transpose(w))``; transposes around every conv and
     # pool). The tensorflow backend's own ops take Keras's tensors and variables as they are, multiply by
-    # the transposed weight inside the kernel and keep conv chains NHWC in graphs (its layout.py).
+    # the transposed weight inside the kernel and keep conv chains NHWC in graphs (its layout.py); SGD with
+    # momentum runs as TensorFlow's fused kernel (apply_momentum).
     from unidl.backends.tensorflow.ops import (  # noqa: E402,F811
-        avg_pool2d, batch_norm, conv2d, leaky_relu, linear, max_pool2d, relu, sigmoid, tanh)
+        apply_momentum, avg_pool2d, batch_norm, conv2d, leaky_relu, linear, max_pool2d, relu, sigmoid, tanh)

@@ -37,8 +37,13 @@ class NativeOptimizer(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         spec, ops = self._spec, self._unidl_ops
         slots = self.slots_of(variable)
-        step = K.cast(self.iterations + 1, variable.dtype) if spec.uses_step else None
         gradient = spec.regularized_gradient(variable, gradient, ops)
+        heavy_ball = spec.heavy_ball()
+        if heavy_ball is not None and hasattr(ops, "apply_momentum"):  # a fused kernel where Keras's framework has one
+            buffer, momentum, nesterov = heavy_ball
+            ops.apply_momentum(variable, slots[buffer], learning_rate, gradient, momentum, nesterov)
+            return
+        step = K.cast(self.iterations + 1, variable.dtype) if spec.uses_step else None
         delta, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
         for name, value in new_slots.items():
             if value is not slots[name]:

@@ -54,6 +54,18 @@ def linear(x, weight, bias=None):
     return tf.nn.bias_add(y, bias) if bias is not None else y
 
 
+def apply_momentum(param, buffer, lr, grad, momentum, nesterov):
+    """``buffer = momentum * buffer + grad``, then ``param -= lr * (grad + momentum * buffer if nesterov
+    else buffer)``, in place, as one kernel (``ResourceApplyMomentum``: PyTorch's SGD arithmetic, in
+    the same order). It replaces five ops a parameter (two reads of the buffer, two writes); ``param``
+    and ``buffer`` may be ``tf.Variable``s or Keras variables on TensorFlow."""
+    if isinstance(grad, tf.IndexedSlices):
+        grad = tf.convert_to_tensor(grad)
+    dtype = grad.dtype
+    return tf.raw_ops.ResourceApplyMomentum(var=param.handle, accum=buffer.handle, lr=tf.cast(lr, dtype), grad=grad,
+                                            momentum=tf.constant(momentum, dtype), use_nesterov=bool(nesterov))
+
+
 @elementwise
 def leaky_relu(x, negative_slope=0.01):
     return tf.nn.leaky_relu(x, alpha=negative_slope)

@@ -27,13 +27,19 @@ class GraphOptimizer(tf.Module):
 
     def apply(self, grads):
         spec, ops = self._spec, self._ops
-        step = tf.cast(self.iterations.assign_add(1), self.learning_rate.dtype)
+        iterations = self.iterations.assign_add(1)
+        step = tf.cast(iterations, self.learning_rate.dtype) if spec.uses_step else None
+        heavy_ball = spec.heavy_ball()
         for param, grad, slots in zip(spec.params, grads, self.slot_variables):
             if grad is None:
                 continue
             if isinstance(grad, tf.IndexedSlices):
                 grad = tf.convert_to_tensor(grad)
             grad = spec.regularized_gradient(param, grad, ops)
+            if heavy_ball is not None:
+                buffer, momentum, nesterov = heavy_ball
+                ops.apply_momentum(param, slots[buffer], self.learning_rate, grad, momentum, nesterov)
+                continue
             delta, new_slots = spec.update(param, grad, slots, self.learning_rate, step, ops)
             for name, value in new_slots.items():
                 if value is not slots[name]:
