@@ -97,9 +97,19 @@ class Optimizer:
     def heavy_ball(self) -> tuple[str, float, bool] | None:
         """``(buffer_slot, momentum, nesterov)`` when ``update`` is exactly heavy-ball momentum on the
         regularized gradient (``b = momentum * b + g``; ``p -= lr * (g + momentum * b if nesterov else b)``),
-        so that a backend with a fused in-place kernel for that rule (``ops.apply_momentum``) may run it
-        instead of ``update``; None otherwise. The kernel must compute the same arithmetic."""
+        so that a backend with a fused in-place kernel for that rule may run it instead; None otherwise."""
         return None
+
+    def apply_fused(self, param, grad, slots: dict, lr, ops) -> bool:
+        """Update ``param`` and ``slots`` in place with the backend's fused kernel for this rule, if its
+        ``ops`` have one (``apply_momentum``, computing the same arithmetic as ``update``): True when done,
+        False when the caller must run ``update``. ``grad`` is already regularized."""
+        rule, kernel = self.heavy_ball(), getattr(ops, "apply_momentum", None)
+        if rule is None or kernel is None:
+            return False
+        buffer, momentum, nesterov = rule
+        kernel(param, slots[buffer], lr, grad, momentum, nesterov)
+        return True
 
     def apply(self, grads) -> None:
         """Update every parameter with its gradient (list in ``params`` order)."""

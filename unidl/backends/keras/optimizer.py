@@ -3,7 +3,9 @@
 Keras's built-in optimizers differ from PyTorch's rules (epsilon placement in
 Adam, momentum sign convention in SGD), so unidl plugs its rule into Keras's
 optimizer machinery instead: Keras still owns the slot variables, the
-iteration counter and the learning-rate variable.
+iteration counter and the learning-rate variable. Where Keras runs on TensorFlow,
+SGD with momentum runs as TensorFlow's fused kernel for the same rule
+(``Optimizer.apply_fused``).
 """
 
 from __future__ import annotations
@@ -38,10 +40,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         spec, ops = self._spec, self._unidl_ops
         slots = self.slots_of(variable)
         gradient = spec.regularized_gradient(variable, gradient, ops)
-        heavy_ball = spec.heavy_ball()
-        if heavy_ball is not None and hasattr(ops, "apply_momentum"):  # a fused kernel where Keras's framework has one
-            buffer, momentum, nesterov = heavy_ball
-            ops.apply_momentum(variable, slots[buffer], learning_rate, gradient, momentum, nesterov)
+        if spec.apply_fused(variable, gradient, slots, learning_rate, ops):  # where Keras's framework has a kernel
             return
         step = K.cast(self.iterations + 1, variable.dtype) if spec.uses_step else None
         delta, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)

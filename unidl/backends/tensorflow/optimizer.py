@@ -1,4 +1,5 @@
-"""unidl optimizers on TensorFlow: slot variables updated inside the graph by the optimizer's own ``update()``."""
+"""unidl optimizers on TensorFlow: slot variables updated inside the graph by the optimizer's own ``update()``,
+or by TensorFlow's fused kernel for the same rule where there is one (SGD with momentum: ``Optimizer.apply_fused``)."""
 
 from __future__ import annotations
 
@@ -29,16 +30,13 @@ class GraphOptimizer(tf.Module):
         spec, ops = self._spec, self._ops
         iterations = self.iterations.assign_add(1)
         step = tf.cast(iterations, self.learning_rate.dtype) if spec.uses_step else None
-        heavy_ball = spec.heavy_ball()
         for param, grad, slots in zip(spec.params, grads, self.slot_variables):
             if grad is None:
                 continue
             if isinstance(grad, tf.IndexedSlices):
                 grad = tf.convert_to_tensor(grad)
             grad = spec.regularized_gradient(param, grad, ops)
-            if heavy_ball is not None:
-                buffer, momentum, nesterov = heavy_ball
-                ops.apply_momentum(param, slots[buffer], self.learning_rate, grad, momentum, nesterov)
+            if spec.apply_fused(param, grad, slots, self.learning_rate, ops):
                 continue
             delta, new_slots = spec.update(param, grad, slots, self.learning_rate, step, ops)
             for name, value in new_slots.items():
