@@ -28,13 +28,23 @@ def test_native_tensors_are_accepted(backend, rng):
     assert np.isfinite(a)
 
 
-def test_tensorflow_traces_once_over_two_batch_sizes(rng):
-    with ud.use_backend("tensorflow"):
+@pytest.mark.parametrize("name", ["tensorflow", "keras"])  # keras: Keras's train_step in one graph on Keras-TF
+def test_graph_backends_trace_once_over_two_batch_sizes(name, rng):
+    with ud.use_backend(name):
         model, step, x, y = _slice(rng)
         for t in range(50):
             n = 64 if t % 2 else 17
             step(x[:n], y[:n])
         assert step.trace_count == 1
+
+
+def test_step_returns_the_loss_of_this_batch_before_its_update(backend, rng):
+    model, step, x, y = _slice(rng)
+    loss_fn = ud.nn.MSELoss()
+    for n in (64, 17, 40):  # a running mean over the calls (Keras's loss tracker unreset) would differ
+        before = float(loss_fn(model(ud.tensor(x[:n])), ud.tensor(y[:n])))
+        assert float(step(x[:n], y[:n])) == pytest.approx(before, rel=1e-5)
+        assert float(loss_fn(model(ud.tensor(x[:n])), ud.tensor(y[:n]))) < before
 
 
 def test_batch_mismatch_raises_before_any_computation(backend, rng):

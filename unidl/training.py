@@ -66,7 +66,7 @@ def train_step(model, loss_fn, optimizer) -> TrainStep:
     ``x`` and ``y`` may be NumPy arrays or the backend's own tensors; ``float(loss)`` works.
     On torch the step is eager; on tensorflow it is one ``tf.function`` graph (forward,
     gradients, in-graph variable updates), traced once per input rank and dtype; on keras it
-    runs Keras's own compiled train function.
+    runs Keras's own ``Model.train_step`` (one graph likewise on Keras-TensorFlow).
 
     Example::
 

@@ -192,13 +192,8 @@ class Backend(BackendInterface):
         if with_outputs:
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
-        native = self.compile(model, loss_fn, optimizer)
-        to_input = self.to_input
-
-        def step(x, y):
-            return native.train_on_batch(to_input(x), to_input(y))
-
-        return step
+        return keras_function.train_step(self.compile(model, loss_fn, optimizer),
+                                         config.resolve_device(config._requested_device(), self), self.to_input)
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy):
         native = self.compile(model, loss_fn, optimizer, accuracy=accuracy)

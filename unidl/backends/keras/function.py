@@ -1,4 +1,4 @@
-"""``ud.function`` and ``ud.custom_gradient`` for the keras backend, through the framework Keras runs on.
+"""``ud.function``, ``ud.custom_gradient`` and the train step for the keras backend, through the framework Keras runs on.
 
 Keras 3 has no portable compiled-function or custom-gradient API that covers
 torch, so these reuse the tensorflow backend's ``GraphFunction`` and
@@ -22,13 +22,42 @@ def function(fn, jit_compile: bool, name: str, device: str, to_tensor):
     if framework == "tensorflow":
         from unidl.backends.tensorflow.function import GraphFunction
 
-        tf_device = "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
-        return GraphFunction(fn, jit_compile=jit_compile, device=tf_device, name=name)
+        return GraphFunction(fn, jit_compile=jit_compile, device=_tf_device(device), name=name)
     if framework == "torch":
         from unidl.backends.torch.function import EagerFunction
 
         return EagerFunction(fn, jit_compile, to_tensor, name)
     raise _unsupported("ud.function")
+
+
+def train_step(native, device: str, to_input):
+    """``step(x, y) -> loss`` of a compiled ``keras.Model``, run by Keras's own ``Model.train_step``
+    (forward, Keras's loss, gradients, the compiled optimizer, Keras's loss tracker).
+
+    On Keras-TensorFlow the step is one graph (a ``GraphFunction``: traced once per input rank and dtype)
+    that resets the metrics and runs ``train_step``: what ``train_on_batch`` does, without its per-call
+    Python (a generator wrapped for a nested-argument ``tf.function``, an eager metric reset, the logs
+    converted back: about 0.4 ms a call on a 2-core CPU, a quarter of the two-layer net's step). The loss is the loss
+    tracker's value after this batch alone, as ``train_on_batch`` returns it. On Keras's other
+    frameworks every call is ``train_on_batch``.
+    """
+    if keras.backend.backend() != "tensorflow":
+        def step(x, y):
+            return native.train_on_batch(to_input(x), to_input(y))
+
+        return step
+
+    from unidl.backends.tensorflow.function import GraphFunction
+
+    def train_on_batch(x, y):
+        native.reset_metrics()
+        return native.train_step((x, y, None))["loss"]
+
+    return GraphFunction(train_on_batch, device=_tf_device(device), name=f"train_step of {native.name}")
+
+
+def _tf_device(device: str) -> str:
+    return "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
 
 
 def custom_gradient(forward_fn):
