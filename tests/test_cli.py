@@ -46,7 +46,7 @@ def test_info_lists_backends_versions_devices(capsys):
     cli.main(["info"])
     out = capsys.readouterr().out
     for text in ("torch 2.13", "tensorflow 2.21", "keras 3.15", "devices: cpu", "capabilities:", "torch_export, onnx",
-                 "framework's own fit"):
+                 "framework's own trainer"):
         assert text in out
 
 

@@ -115,7 +115,7 @@ def capability_table() -> str:
     rows = [("backend", "devices", "export formats", "ud.fit trains with")]
     for name in backends.available_backends():
         backend = backends.load(name)
-        trainer = "framework's own fit" if type(backend).fit_epoch is not Backend.fit_epoch else "unidl loop + train_step"
+        trainer = "framework's own trainer" if type(backend).fit_epoch is not Backend.fit_epoch else "unidl loop + train_step"
         rows.append((name, ", ".join(backend.devices()), ", ".join(backend.export_formats()) or "-", trainer))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["capabilities:"] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]

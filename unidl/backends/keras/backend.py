@@ -192,11 +192,29 @@ class Backend(BackendInterface):
         if with_outputs:
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
-        return keras_function.train_step(self.compile(model, loss_fn, optimizer),
-                                         config.resolve_device(config._requested_device(), self), self.to_input)
+        native = self.compile(model, loss_fn, optimizer)
+        graph = keras_function.train_step_graph(native, self._device(), per_batch=True)
+        if graph is not None:
+            return graph
+        to_input = self.to_input
+
+        def step(x, y):
+            return native.train_on_batch(to_input(x), to_input(y))
+
+        return step
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy):
         native = self.compile(model, loss_fn, optimizer, accuracy=accuracy)
+        graph = self._fit_graph(native)
+        if graph is not None:  # Keras's train step, batch by batch, with Keras's running logs
+            native.reset_metrics()
+            logs, index = None, -1
+            for index, batch in enumerate(batches):
+                logs = {name: float(value) for name, value in graph(batch[0], batch[1]).items()}
+                on_batch(index, dict(logs))
+            if index < 0:
+                raise ValueError("the epoch had no batches: the training data is empty")
+            return logs
         to_input = self.to_input
         take_arrays = getattr(batches, "take_arrays", None)  # a DataLoader epoch over in-memory arrays
         arrays = take_arrays() if take_arrays is not None else None
@@ -211,6 +229,19 @@ class Backend(BackendInterface):
             native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
                        steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
         return relay.logs
+
+    def _device(self) -> str:
+        return config.resolve_device(config._requested_device(), self)
+
+    def _fit_graph(self, native):
+        """The running-logs train step graph of ``native`` as last compiled (rebuilt when ``compile``
+        made new metrics), or None where Keras does not run on TensorFlow."""
+        key = getattr(native, "_unidl_compiled", None)
+        cached = getattr(native, "_unidl_fit_graph", None)
+        if cached is None or cached[0] != key:
+            cached = (key, keras_function.train_step_graph(native, self._device(), per_batch=False))
+            object.__setattr__(native, "_unidl_fit_graph", cached)
+        return cached[1]
 
     def predict_function(self, model):
         native = model.native
