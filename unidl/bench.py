@@ -379,6 +379,25 @@ def keras_native_model(model: str, state: dict, nchw_input: bool = False):
     return native
 
 
+GRAPH_NOTE = "information: both sides one graph per step, as unidl runs Keras's train step on Keras-TensorFlow"
+
+
+def keras_train_step_graph(native):
+    """``step(x, y) -> loss`` of a compiled plain Keras model: its ``Model.train_step`` (metrics reset
+    first, as ``train_on_batch`` does) in one ``tf.function``, fed tensors."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def graph(x, y):
+        native.reset_metrics()
+        return native.train_step((x, y, None))["loss"]
+
+    def step(x, y):
+        return graph(tf.constant(x), tf.constant(y))
+
+    return step
+
+
 def native_layout(model: str, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if model == "cnn" else x
 
@@ -417,6 +436,13 @@ def _keras_rows(settings: Settings, model: str, same_input: bool = False) -> lis
                      settings.blocks)
     rows.append(Row(f"train step, keras ({framework})", model, "ud.train_step", "keras Model.train_on_batch" + suffix,
                     _ms(a), _ms(b), target, note=note, loss_diff=diff, spread=timing.spread))
+    if framework == "tensorflow":  # graph for graph: plain Keras's train step without train_on_batch's Python too
+        native_graph = keras_train_step_graph(native)
+        a, b = timing = alternate(unidl_step, lambda: native_graph(xn, y), settings.steps, settings.warmup,
+                                  settings.blocks)
+        rows.append(Row(f"train step, keras ({framework})", model, "ud.train_step",
+                        "keras Model.train_step in tf.function" + suffix, _ms(a), _ms(b), "",
+                        note="; ".join(filter(None, [GRAPH_NOTE, note if same_input else ""])), spread=timing.spread))
 
     xe, ye = batch_arrays(model, BATCH * settings.fit_steps, seed=1)
     xen = xe if same_input else native_layout(model, xe)
