@@ -31,8 +31,8 @@ def _chain():
     )
 
 
-def _run(backend, compiled):
-    """Output and parameter gradients of sum(chain(x) * r), eagerly or inside ud.function."""
+def _run(backend, compiled, jit_compile=False):
+    """Output and parameter gradients of sum(chain(x) * r), eagerly or inside ud.function (with XLA)."""
     with ud.use_backend(backend):
         ud.manual_seed(0)
         model = _chain()
@@ -41,7 +41,7 @@ def _run(backend, compiled):
         def step(x):
             return ud.value_and_grad(lambda: ud.ops.sum(model(x) * r), model.parameters())()
 
-        loss, grads = (ud.function(step) if compiled else step)(ud.tensor(IMAGES))
+        loss, grads = (ud.function(step, jit_compile=jit_compile) if compiled else step)(ud.tensor(IMAGES))
         names = [n for n, _ in model.named_parameters()]
         state = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
         return ud.to_numpy(loss), dict(zip(names, map(ud.to_numpy, grads))), state
@@ -58,6 +58,15 @@ def test_compiled_chain_matches_eager_and_torch(backend_name):
             assert max_relative_difference(grad, reference[1][name]) < 1e-5, f"{where}: gradient of {name}"
         for name in ("0.conv.weight", "3.running_mean", "3.running_var"):  # batch statistics updated alike
             assert max_relative_difference(state[name], reference[2][name]) < 1e-5, f"{where}: {name}"
+
+
+def test_xla_chain_matches_torch():
+    """Under XLA the tensorflow backend flattens NHWC and permutes the next Linear's weight instead."""
+    reference = _run("torch", compiled=False)
+    loss, grads, _ = _run("tensorflow", compiled=True, jit_compile=True)
+    assert max_relative_difference(loss, reference[0]) < 2e-6
+    for name, grad in grads.items():
+        assert max_relative_difference(grad, reference[1][name]) < 1e-5, f"gradient of {name}"
 
 
 def test_tensorflow_graph_has_no_transpose_between_layers():
@@ -77,3 +86,26 @@ def test_tensorflow_graph_has_no_transpose_between_layers():
     with ud.use_backend("tensorflow"):
         np.testing.assert_allclose(ud.to_numpy(tf.function(model)(tf.constant(IMAGES))),
                                    ud.to_numpy(model(ud.tensor(IMAGES))), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("xla", [False, True])
+def test_tensorflow_linear_after_flatten_reads_nhwc_only_under_xla(xla):
+    tf = pytest.importorskip("tensorflow")
+    from unidl.backends.tensorflow.layout import tracing_for_xla
+
+    with ud.use_backend("tensorflow"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Conv2d(3, 4, 3), ud.nn.ReLU(), ud.nn.MaxPool2d(2), ud.nn.Flatten(),
+                                 ud.nn.Linear(4 * 5 * 5, 6))
+        with tracing_for_xla(xla):
+            concrete = tf.function(model, jit_compile=xla).get_concrete_function(
+                tf.TensorSpec([None, 3, 12, 12], tf.float32))
+        graph = concrete.graph
+        (matmul,) = [op for op in graph.get_operations() if op.type == "MatMul"]
+        flattened = matmul.inputs[0].op
+        assert flattened.type == "Reshape"
+        # without XLA the Linear reads PyTorch's C, H, W flatten (a transpose of the NHWC pool output); under
+        # XLA it reads the pool output flattened as it is, and its weight's columns are permuted instead
+        assert (flattened.inputs[0].op.type == "MaxPool") == xla
+        np.testing.assert_allclose(ud.to_numpy(concrete(tf.constant(IMAGES))), ud.to_numpy(model(ud.tensor(IMAGES))),
+                                   rtol=1e-5, atol=1e-6)

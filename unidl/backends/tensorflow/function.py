@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from unidl import config, devices
+from unidl.backends.tensorflow.layout import tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning  # noqa: F401  (RetraceWarning re-exported)
 
 
@@ -110,10 +111,11 @@ class GraphFunction:
 
     def _traced(self, *args):
         self.trace_count += 1
-        if self._device is None:
-            return self._fn(*args)
-        with tf.device(self._device):
-            return self._fn(*args)
+        with tracing_for_xla(self._jit_compile):
+            if self._device is None:
+                return self._fn(*args)
+            with tf.device(self._device):
+                return self._fn(*args)
 
     def _graph_for(self, key):
         if self._graphs:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from unidl.backends.tensorflow.layout import elementwise, nchw_view, nhwc_source, to_nhwc
+from unidl.backends.tensorflow.layout import (elementwise, flatten_view, flattened_nhwc_source, nchw_view,
+                                              nhwc_source, to_nhwc)
 
 matmul = tf.linalg.matmul
 relu = elementwise(tf.nn.relu)
@@ -47,6 +48,14 @@ def random_generator() -> tf.random.Generator:
 def linear(x, weight, bias=None):
     # the (out, in) weight is multiplied transposed inside the kernel (no transposed copy per step), and
     # BiasAdd's fused gradient is cheaper than broadcasting AddV2's (a Sum over the batch)
+    source = flattened_nhwc_source(x) if x.shape.rank == 2 and weight.shape.rank == 2 else None
+    if source is not None and source.shape[-1] is not None:
+        # under XLA: flatten the NHWC tensor as it is and permute the weight's (C, H*W) columns to (H*W, C)
+        channels = source.shape[-1]
+        out, features = weight.shape
+        weight = tf.reshape(tf.transpose(tf.reshape(weight, (out, channels, features // channels)), (0, 2, 1)),
+                            (out, features))
+        x = tf.reshape(source, tf.shape(x))
     if x.shape.rank == 2:
         y = tf.linalg.matmul(x, weight, transpose_b=True)
     else:
@@ -182,8 +191,12 @@ def flatten(x, start_dim=1):
         size = 1
         for d in tail:
             size *= d
-        return tf.reshape(x, [-1] + list(x.shape[1:start_dim]) + [size])
-    return tf.reshape(x, tf.concat([tf.shape(x)[:start_dim], [-1]], 0))
+        shape = [-1] + list(x.shape[1:start_dim]) + [size]
+    else:
+        shape = tf.concat([tf.shape(x)[:start_dim], [-1]], 0)
+    if start_dim == 1 and x.shape.rank == 4 and nhwc_source(x) is not None:
+        return flatten_view(x, shape)  # a Linear next may take the NHWC tensor instead (layout.py)
+    return tf.reshape(x, shape)
 
 
 def concat(tensors, axis=0):
