@@ -100,8 +100,8 @@ def test_cross_entropy_rejects_labels_out_of_range_in_train_step(backend, rng):
     step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1))
     x = rng.standard_normal((4, 5)).astype(np.float32)
     step(x, np.array([0, 1, 2, 1]))
-    # unidl's own message, or TensorFlow's kernel error inside Keras's compiled train function
-    with pytest.raises(Exception, match=r"labels must lie in \[0|label value of 3 which is outside the valid range of \[0, 3\)"):
+    # unidl's own message, also from inside a compiled graph (the tensorflow backend's, Keras's train step)
+    with pytest.raises(Exception, match=r"labels must lie in \[0"):
         step(x, np.array([0, 1, 3, 1]))
 
 

@@ -248,6 +248,8 @@ if keras.backend.backend() == "tensorflow":
     # of every Linear weight each step, for ``matmul(x, transpose(w))``; transposes around every conv and
     # pool). The tensorflow backend's own ops take Keras's tensors and variables as they are, multiply by
     # the transposed weight inside the kernel and keep conv chains NHWC in graphs (its layout.py); SGD with
-    # momentum runs as TensorFlow's fused kernel (apply_momentum).
+    # momentum runs as TensorFlow's fused kernel (apply_momentum), and labels out of range stop a compiled step
+    # with unidl's message (cross_entropy's in-graph check) rather than the kernel's.
     from unidl.backends.tensorflow.ops import (  # noqa: E402,F811
-        apply_momentum, avg_pool2d, batch_norm, conv2d, leaky_relu, linear, max_pool2d, relu, sigmoid, tanh)
+        apply_momentum, avg_pool2d, batch_norm, conv2d, cross_entropy, leaky_relu, linear, max_pool2d, relu, sigmoid,
+        tanh)
