@@ -2,8 +2,9 @@
 
 The epoch loop, callbacks, progress and metrics live here; each training step
 is the backend's own: eager on torch, the static ``tf.function`` train step on
-tensorflow, and Keras's own ``Model.fit`` machinery on keras (the backend's
-``fit_epoch`` hook).
+tensorflow, and Keras's own trainer on keras (the backend's ``fit_epoch`` hook:
+Keras's ``Model.train_step`` as one graph on Keras-TensorFlow, ``Model.fit``
+on Keras's other frameworks).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Besides yielding batches, an epoch over a ``TensorDataset`` can hand its remaining samples over
 whole, as NumPy arrays in visiting order (``take_arrays``), to a framework trainer that slices
-arrays itself (Keras's ``Model.fit``), which is much faster than feeding it batch by batch from
+arrays itself (Keras's ``Model.fit``, which the keras backend uses where Keras does not run on
+TensorFlow), which is much faster than feeding it batch by batch from
 Python. The trainer then reports each batch it consumed with ``advance()``, so that the loader's
 position, and with it mid-epoch resume, stays exact.
 """
