@@ -189,3 +189,20 @@ def test_bad_data_is_rejected_before_training(backend, rng):
                batch_size=5, verbose=0)
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_fit_logs_stay_true_after_train_step_on_the_same_model(backend, rng):
+    """fit, then train_step, then fit again: each epoch's logs are that epoch's (at lr=0, the true loss),
+    not running means carried over from trackers of an earlier compile (Keras recompiles in between)."""
+    x, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    x2, y2 = 5 * rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    loss, optimizer = ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.0)
+    ud.fit(model, (x, y), loss=loss, optimizer=optimizer, batch_size=10, epochs=1, verbose=0, shuffle=False)
+    ud.train_step(model, loss, optimizer)(x[:10], y[:10])
+    history = ud.fit(model, (x2, y2), loss=loss, optimizer=optimizer, batch_size=10, epochs=2, verbose=0,
+                     shuffle=False)
+    true_loss = float(ud.to_numpy(loss(model(ud.tensor(x2)), ud.tensor(y2))))
+    predicted = np.argmax(ud.to_numpy(model(ud.tensor(x2))), axis=1)
+    assert history.history["loss"] == pytest.approx([true_loss] * 2, rel=1e-5)
+    assert history.history["accuracy"] == pytest.approx([float(np.mean(predicted == y2))] * 2)

@@ -83,6 +83,23 @@ def test_fused_momentum_kernel_is_the_update_rule(backend, kwargs):
                                    rule_state["slots"][0]["momentum_buffer"]) < 1e-7
 
 
+class HalfStepSGD(ud.optim.SGD):
+    """A subclass with its own rule: graph backends must run it, not the fused kernel for SGD's."""
+
+    def update(self, param, grad, slots, lr, step, ops):
+        delta, slots = super().update(param, grad, slots, lr, step, ops)
+        return 0.5 * delta, slots
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "keras"])  # torch runs torch.optim's SGD, not update()
+def test_sgd_subclass_with_its_own_rule_is_not_fused(name):
+    with ud.use_backend(name):
+        holder = Holder()
+        HalfStepSGD(holder.parameters(), lr=0.1, momentum=0.9).apply([ud.tensor(GRADS[-1])])
+        weights = holder.state_dict()["w"]
+    assert max_relative_difference(weights - START, -0.5 * 0.1 * GRADS[-1]) < 1e-5
+
+
 @pytest.mark.parametrize("name", ["tensorflow", "keras"])
 def test_sgd_momentum_runs_tensorflows_fused_kernel_in_graphs(name):
     import tensorflow as tf

@@ -96,10 +96,10 @@ def test_tensorflow_linear_after_flatten_reads_nhwc_only_under_xla(xla):
     with ud.use_backend("tensorflow"):
         ud.manual_seed(0)
         model = ud.nn.Sequential(ud.nn.Conv2d(3, 4, 3), ud.nn.ReLU(), ud.nn.MaxPool2d(2), ud.nn.Flatten(),
-                                 ud.nn.Linear(4 * 5 * 5, 6))
+                                 ud.nn.Linear(4 * 5 * 7, 6))  # a 5x7 map: rows and columns cannot be confused
         with tracing_for_xla(xla):
             concrete = tf.function(model, jit_compile=xla).get_concrete_function(
-                tf.TensorSpec([None, 3, 12, 12], tf.float32))
+                tf.TensorSpec([None, 3, 12, 16], tf.float32))
         graph = concrete.graph
         (matmul,) = [op for op in graph.get_operations() if op.type == "MatMul"]
         flattened = matmul.inputs[0].op
@@ -107,5 +107,6 @@ def test_tensorflow_linear_after_flatten_reads_nhwc_only_under_xla(xla):
         # without XLA the Linear reads PyTorch's C, H, W flatten (a transpose of the NHWC pool output); under
         # XLA it reads the pool output flattened as it is, and its weight's columns are permuted instead
         assert (flattened.inputs[0].op.type == "MaxPool") == xla
-        np.testing.assert_allclose(ud.to_numpy(concrete(tf.constant(IMAGES))), ud.to_numpy(model(ud.tensor(IMAGES))),
+        images = np.random.default_rng(4).standard_normal((4, 3, 12, 16)).astype(np.float32)
+        np.testing.assert_allclose(ud.to_numpy(concrete(tf.constant(images))), ud.to_numpy(model(ud.tensor(images))),
                                    rtol=1e-5, atol=1e-6)

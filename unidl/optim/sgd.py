@@ -50,7 +50,9 @@ class SGD(Optimizer):
 
     def heavy_ball(self):
         h = self.hyper
-        return ("momentum_buffer", h["momentum"], h["nesterov"]) if h["momentum"] else None
+        if not h["momentum"] or type(self).update is not SGD.update:  # a subclass's own rule is not the kernel's
+            return None
+        return ("momentum_buffer", h["momentum"], h["nesterov"])
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper

@@ -186,6 +186,7 @@ class Backend(BackendInterface):
                 native.compile(optimizer=optimizer.native, loss=NativeLoss(loss_fn), metrics=metrics,
                                jit_compile=jit_compile)
             object.__setattr__(native, "_unidl_compiled", key)
+            object.__setattr__(native, "_unidl_fit_graph", None)  # it updated the previous compile's trackers
         return native
 
     def train_step(self, model, loss_fn, optimizer, with_outputs=False):
@@ -234,12 +235,13 @@ class Backend(BackendInterface):
         return config.resolve_device(config._requested_device(), self)
 
     def _fit_graph(self, native):
-        """The running-logs train step graph of ``native`` as last compiled (rebuilt when ``compile``
-        made new metrics), or None where Keras does not run on TensorFlow."""
-        key = getattr(native, "_unidl_compiled", None)
+        """The running-logs train step graph of ``native`` as last compiled (``compile`` drops it: a new
+        compile makes new metric trackers), for the current device; None where Keras does not run on
+        TensorFlow."""
+        device = self._device()
         cached = getattr(native, "_unidl_fit_graph", None)
-        if cached is None or cached[0] != key:
-            cached = (key, keras_function.train_step_graph(native, self._device(), per_batch=False))
+        if cached is None or cached[0] != device:
+            cached = (device, keras_function.train_step_graph(native, device, per_batch=False))
             object.__setattr__(native, "_unidl_fit_graph", cached)
         return cached[1]
 

@@ -66,8 +66,9 @@ def linear(x, weight, bias=None):
 def apply_momentum(param, buffer, lr, grad, momentum, nesterov):
     """``buffer = momentum * buffer + grad``, then ``param -= lr * (grad + momentum * buffer if nesterov
     else buffer)``, in place, as one kernel (``ResourceApplyMomentum``: PyTorch's SGD arithmetic, in
-    the same order). It replaces five ops a parameter (two reads of the buffer, two writes); ``param``
-    and ``buffer`` may be ``tf.Variable``s or Keras variables on TensorFlow."""
+    the same order without Nesterov; with it TensorFlow computes ``lr * grad + lr * momentum * buffer``,
+    equal up to the last bit). It replaces five ops a parameter (two reads of the buffer, two writes);
+    ``param`` and ``buffer`` may be ``tf.Variable``s or Keras variables on TensorFlow."""
     if isinstance(grad, tf.IndexedSlices):
         grad = tf.convert_to_tensor(grad)
     dtype = grad.dtype
