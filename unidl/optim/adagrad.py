@@ -32,7 +32,5 @@ class Adagrad(Optimizer):
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
-        if h["weight_decay"]:
-            grad = grad + h["weight_decay"] * param
         total = slots["sum"] + grad * grad
         return lr * (grad / (ops.sqrt(total) + h["eps"])), {"sum": total}

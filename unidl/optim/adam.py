@@ -31,7 +31,6 @@ class Adam(Optimizer):
 
     slots = ("exp_avg", "exp_avg_sq")
     uses_step = True  # bias correction
-    decoupled = False
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, l1: float = 0.0):
@@ -44,11 +43,8 @@ class Adam(Optimizer):
         h = self.hyper
         beta1, beta2 = h["betas"]
         decay = None
-        if h["weight_decay"]:
-            if self.decoupled:
-                decay = (lr * h["weight_decay"]) * param  # p(1 - lr wd) - step == p - (lr wd p + step)
-            else:
-                grad = grad + h["weight_decay"] * param
+        if h["weight_decay"] and self.decoupled:  # coupled L2 is already in grad (regularized_gradient)
+            decay = (lr * h["weight_decay"]) * param  # p(1 - lr wd) - step == p - (lr wd p + step)
         exp_avg = beta1 * slots["exp_avg"] + (1 - beta1) * grad
         exp_avg_sq = beta2 * slots["exp_avg_sq"] + (1 - beta2) * grad * grad
         bias_correction1 = 1 - beta1 ** step

@@ -46,6 +46,9 @@ class Optimizer:
     initial_slot_value = 0.0
     #: whether ``update`` reads ``step`` (backends may pass None otherwise and skip computing it)
     uses_step = False
+    #: True when ``weight_decay`` shrinks the parameter inside ``update`` (AdamW); otherwise it is
+    #: PyTorch's L2 term, added to the gradient by ``regularized_gradient``
+    decoupled = False
 
     def __init__(self, params, lr: float, l1: float = 0.0, **hyper):
         self._backend = config.backend()
@@ -90,9 +93,14 @@ class Optimizer:
         raise NotImplementedError
 
     def regularized_gradient(self, param, grad, ops):
-        """The gradient with the L1 term added, when ``l1 > 0`` (backends call this before ``update``)."""
-        l1 = self.hyper["l1"]
-        return grad + l1 * ops.sign(param) if l1 else grad
+        """The gradient with the L1 term (``l1 * sign(p)``) and then the L2 term (``weight_decay * p``,
+        unless ``decoupled``) added, where they are set; backends call this before ``update``."""
+        l1, decay = self.hyper["l1"], self.hyper.get("weight_decay", 0.0)
+        if l1:
+            grad = grad + l1 * ops.sign(param)
+        if decay and not self.decoupled:
+            grad = grad + decay * param
+        return grad
 
     def heavy_ball(self) -> tuple[str, float, bool] | None:
         """``(buffer_slot, momentum, nesterov)`` when ``update`` is exactly heavy-ball momentum on the

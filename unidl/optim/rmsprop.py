@@ -31,7 +31,5 @@ class RMSprop(Optimizer):
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
-        if h["weight_decay"]:
-            grad = grad + h["weight_decay"] * param
         square_avg = h["alpha"] * slots["square_avg"] + (1 - h["alpha"]) * grad * grad
         return lr * (grad / (ops.sqrt(square_avg) + h["eps"])), {"square_avg": square_avg}

@@ -42,12 +42,6 @@ class SGD(Optimizer):
         super().__init__(params, lr, l1=l1, momentum=momentum, nesterov=bool(nesterov),
                          weight_decay=check_range("SGD", "weight_decay", weight_decay))
 
-    def regularized_gradient(self, param, grad, ops):
-        """The gradient with the L1 and then the L2 (``weight_decay``) terms added."""
-        grad = super().regularized_gradient(param, grad, ops)
-        decay = self.hyper["weight_decay"]
-        return grad + decay * param if decay else grad
-
     def heavy_ball(self):
         h = self.hyper
         if not h["momentum"] or type(self).update is not SGD.update:  # a subclass's own rule is not the kernel's

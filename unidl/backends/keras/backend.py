@@ -91,8 +91,12 @@ class Backend(BackendInterface):
         keras.utils.set_random_seed(seed)
         keras_ops.set_seed(seed)
 
+    def _device(self) -> str:
+        """The unidl device in force for this backend ('cpu', 'cuda:N')."""
+        return config.resolve_device(config._requested_device(), self)
+
     def _scope(self):
-        return keras.device(keras_device_name(config.resolve_device(config._requested_device(), self)))
+        return keras.device(keras_device_name(self._device()))
 
     # ---- tensors ---------------------------------------------------------
     def to_input(self, value):
@@ -231,9 +235,6 @@ class Backend(BackendInterface):
                        steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
         return relay.logs
 
-    def _device(self) -> str:
-        return config.resolve_device(config._requested_device(), self)
-
     def _fit_graph(self, native):
         """The running-logs train step graph of ``native`` as last compiled (``compile`` drops it: a new
         compile makes new metric trackers), for the current device; None where Keras does not run on
@@ -264,7 +265,7 @@ class Backend(BackendInterface):
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
-        return keras_function.function(fn, jit_compile, name, config.resolve_device(config._requested_device(), self),
+        return keras_function.function(fn, jit_compile, name, self._device(),
                                        self.tensor)
 
     def custom_gradient(self, forward_fn):

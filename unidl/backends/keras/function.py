@@ -20,9 +20,10 @@ def function(fn, jit_compile: bool, name: str, device: str, to_tensor):
     """``fn`` as a tf.function graph (Keras-TensorFlow) or eager/``torch.compile`` (Keras-torch)."""
     framework = keras.backend.backend()
     if framework == "tensorflow":
+        from unidl.backends.tensorflow.backend import tf_device_name
         from unidl.backends.tensorflow.function import GraphFunction
 
-        return GraphFunction(fn, jit_compile=jit_compile, device=_tf_device(device), name=name)
+        return GraphFunction(fn, jit_compile=jit_compile, device=tf_device_name(device), name=name)
     if framework == "torch":
         from unidl.backends.torch.function import EagerFunction
 
@@ -44,6 +45,7 @@ def train_step_graph(native, device: str, per_batch: bool):
     """
     if keras.backend.backend() != "tensorflow":
         return None
+    from unidl.backends.tensorflow.backend import tf_device_name
     from unidl.backends.tensorflow.function import GraphFunction
 
     def train_step(x, y):
@@ -52,11 +54,7 @@ def train_step_graph(native, device: str, per_batch: bool):
         logs = native.train_step((x, y, None))
         return logs["loss"] if per_batch else logs
 
-    return GraphFunction(train_step, device=_tf_device(device), name=f"train_step of {native.name}")
-
-
-def _tf_device(device: str) -> str:
-    return "/CPU:0" if device == "cpu" else f"/GPU:{device.split(':')[1]}"
+    return GraphFunction(train_step, device=tf_device_name(device), name=f"train_step of {native.name}")
 
 
 def custom_gradient(forward_fn):
