@@ -43,7 +43,7 @@ def test_metadata_describes_the_model(tmp_path, backend):
     tensors, file_metadata = load_file(tmp_path / "net.safetensors")
     metadata = json.loads(file_metadata["unidl"])
     assert metadata["class"] == "TwoLayerNet" and metadata["config"] == {"D_in": 3, "H": 4, "D_out": 2}
-    assert metadata["layout"] == CANONICAL_LAYOUT and metadata["format_version"] == 1
+    assert metadata["layout"] == CANONICAL_LAYOUT and metadata["format_version"] == 2
     assert metadata["backend"] == backend and metadata["versions"] == model._backend.versions()
     assert metadata["unidl_version"] == ud.__version__
     assert set(tensors) == set(model.state_dict())

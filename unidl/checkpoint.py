@@ -1,8 +1,10 @@
-"""Training checkpoints: model, optimizer, RNG and data-loader state in one safetensors file per save.
+"""Training checkpoints: model, optimizer, RNG, data-loader, scheduler and callback state in one safetensors file.
 
-Files are named ``checkpoint-{epoch:04d}-{step:07d}.safetensors`` and written atomically; only the
-newest ``keep`` are kept. Loading from a directory takes the newest readable one, warning about
-and skipping any that are corrupt (a crash mid-copy, a full disk), so training can always resume.
+Files are named ``checkpoint-{epoch:04d}-{step:07d}.safetensors``, written atomically with a checksum
+of every tensor and of the header; only the newest ``keep`` are kept. Loading checks everything
+(checksums, every tensor's name, shape and dtype, and every piece of state) before it changes
+anything; from a directory it takes the newest intact checkpoint, warning about each corrupt one
+it skips, so training can always resume.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import warnings
 import numpy as np
 
 from unidl import random as unidl_random
-from unidl.errors import CorruptFileError
-from unidl.io.safetensors import check_readable_file, load_file, save_file
-from unidl.serialization import MODEL_PREFIX, decode_metadata, encode_metadata, model_metadata, to_json
+from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
+from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
+from unidl.serialization import (MODEL_PREFIX, check_entries, decode_metadata, encode_metadata, model_metadata,
+                                 stream_into, to_json)
 
 OPTIMIZER_PREFIX = "optimizer/"
 _FILE_PATTERN = re.compile(r"^checkpoint-(\d{4,})-(\d{7,})\.safetensors$")
+#: what a data loader's state must hold (``unidl.data.DataLoader.state_dict``), and each value's type
+_LOADER_FIELDS = {"epoch": int, "position": int, "seed": (int, type(None)), "shuffle": bool, "length": int,
+                  "batch_size": int, "drop_last": bool}
+MAX_LOADER_SEED = 2**64 - 1
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -42,10 +49,27 @@ def list_checkpoints(directory) -> list[str]:
     return [path for _, _, path in sorted(found)]
 
 
-def latest_checkpoint(directory) -> str | None:
-    """Path of the newest checkpoint in ``directory``, or None if there is none (or no such directory)."""
+def latest_checkpoint(directory, verify: bool = True) -> str | None:
+    """Path of the newest intact checkpoint in ``directory``, or None if there is none (or no such directory).
+
+    With ``verify`` (the default) each candidate's checksums are checked, newest first; a corrupt
+    one is skipped with a ``RuntimeWarning`` naming it. ``verify=False`` only looks at file names.
+    """
     checkpoints = list_checkpoints(directory)
-    return checkpoints[-1] if checkpoints else None
+    if not verify:
+        return checkpoints[-1] if checkpoints else None
+    for path in reversed(checkpoints):
+        try:
+            _open_checkpoint(path).verify()
+            return path
+        except (CorruptFileError, FileNotFoundError) as error:
+            _warn_skipped(path, error, stacklevel=3)
+    return None
+
+
+def _warn_skipped(path: str, error: Exception, stacklevel: int) -> None:
+    warnings.warn(f"skipping corrupt checkpoint {path!r} ({error}); trying the previous one",
+                  RuntimeWarning, stacklevel=stacklevel)
 
 
 def _check_count(name: str, value) -> int:
@@ -54,12 +78,26 @@ def _check_count(name: str, value) -> int:
     return int(value)
 
 
-def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: int = 0, loader=None,
-                    extra: dict | None = None, keep: int | None = 3) -> str:
-    """Write a checkpoint of ``model`` (and ``optimizer``, ``loader``, unidl's RNG, ``extra``) into ``directory``.
+def _callback_key(index: int, callback) -> str:
+    return f"{index}:{type(callback).__name__}"
 
-    Returns the new file's path. ``extra`` must be JSON-serializable. After writing, all but the
-    newest ``keep`` checkpoints of the directory are deleted (``keep=None`` keeps every one).
+
+def _stateful(callbacks) -> list[tuple[str, object]]:
+    """``(key, callback)`` for the callbacks that have state to checkpoint (a ``state_dict`` method)."""
+    return [(_callback_key(index, callback), callback) for index, callback in enumerate(callbacks or ())
+            if callable(getattr(callback, "state_dict", None))]
+
+
+def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: int = 0, loader=None,
+                    scheduler=None, callbacks=None, extra: dict | None = None, keep: int | None = 3) -> str:
+    """Write a checkpoint of ``model`` (and ``optimizer``, ``loader``, ``scheduler``, the state of each of
+    ``callbacks`` that has a ``state_dict``, unidl's RNG, ``extra``) into ``directory``.
+
+    Returns the new file's path. ``extra`` must be JSON-serializable. Stale temporary files of writers
+    that died mid-save are removed first. After writing, all but the newest ``keep`` checkpoints of the
+    directory are deleted (``keep=None`` keeps every one); one that cannot be deleted gives a warning.
+    An OS error while writing (full disk, file-size limit) names the file and leaves the previous
+    checkpoints as they were.
     """
     epoch, step = _check_count("epoch", epoch), _check_count("step", step)
     if keep is not None and (_check_count("keep", keep) < 1):
@@ -71,8 +109,8 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
 
     tensors = {MODEL_PREFIX + name: value for name, value in model.state_dict().items()}
     metadata = model_metadata(model)
-    metadata.update(kind="checkpoint", epoch=epoch, step=step, optimizer=None, loader=None,
-                    rng=unidl_random.get_rng_state(), extra=extra)
+    metadata.update(kind="checkpoint", epoch=epoch, step=step, optimizer=None, loader=None, scheduler=None,
+                    callbacks=None, rng=unidl_random.get_rng_state(), extra=extra)
     if optimizer is not None:
         state = optimizer.state_dict()
         slots = list(state["slots"])
@@ -83,12 +121,26 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
                                  "step": int(state["step"]), "num_params": len(slots), "hyper": state.get("hyper")}
     if loader is not None:
         metadata["loader"] = loader.state_dict()
+    if scheduler is not None:
+        metadata["scheduler"] = {"class": type(scheduler).__name__, "state": scheduler.state_dict()}
+    stateful = _stateful(callbacks)
+    if stateful:
+        metadata["callbacks"] = {key: callback.state_dict() for key, callback in stateful}
     to_json(extra, "extra")
     to_json(metadata["optimizer"], "optimizer.state_dict() hyperparameters")
     to_json(metadata["loader"], "loader.state_dict()")
+    to_json(metadata["scheduler"], "scheduler.state_dict()")
+    to_json(metadata["callbacks"], "callbacks' state_dict()")
 
     path = os.path.join(directory, checkpoint_name(epoch, step))
-    save_file(tensors, path, encode_metadata(metadata))
+    previous = list_checkpoints(directory)
+    try:
+        save_file(tensors, path, encode_metadata(metadata))
+    except OSError as error:
+        intact = (f"the previous checkpoint {previous[-1]!r} is intact" if previous
+                  else "no checkpoint was written")
+        message = f"{error.strerror or error}; {intact}"
+        raise (OSError(error.errno, message) if error.errno is not None else type(error)(message)) from error
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
             if os.path.abspath(old) != os.path.abspath(path):
@@ -96,82 +148,192 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
                     os.unlink(old)
                 except FileNotFoundError:
                     pass  # another process rotated it first
+                except OSError as error:  # the new checkpoint is written: a rotation failure must not undo that
+                    warnings.warn(f"could not delete old checkpoint {old!r} while keeping the newest {keep}: "
+                                  f"{error}; {path!r} was written", RuntimeWarning, stacklevel=2)
     return path
 
 
-def _read_checkpoint(path: str) -> tuple[dict, dict]:
-    tensors, file_metadata = load_file(path)
-    metadata = decode_metadata(file_metadata, path)
+# ---- reading and checking ---------------------------------------------------
+
+def _open_checkpoint(path: str) -> SafetensorsFile:
+    reader = SafetensorsFile(path)
+    metadata = decode_metadata(reader.metadata, path, reader.checksums is not None)
     if metadata is None or metadata.get("kind") != "checkpoint":
         raise CorruptFileError(f"{path!r} is not a unidl checkpoint (its metadata does not say kind 'checkpoint')")
     for key in ("epoch", "step", "rng"):
         if key not in metadata:
             raise CorruptFileError(f"{path!r}: checkpoint metadata lacks {key!r}")
-    return tensors, metadata
+    for key in ("epoch", "step"):
+        if not isinstance(metadata[key], int) or isinstance(metadata[key], bool) or metadata[key] < 0:
+            raise CorruptFileError(f"{path!r}: checkpoint {key} must be a non-negative integer, got {metadata[key]!r}")
+    reader.unidl_metadata = metadata
+    return reader
 
 
-def _read_newest(directory: str) -> tuple[str, dict, dict]:
+def _open_newest(directory: str) -> SafetensorsFile:
+    """The newest checkpoint of ``directory`` whose header and checksums are intact, skipping (with a
+    warning naming it) each newer one that is not."""
     candidates = list_checkpoints(directory)
     if not candidates:
         raise FileNotFoundError(f"no checkpoint-*.safetensors files in directory {directory!r}")
     problems = []
     for path in reversed(candidates):
         try:
-            return (path, *_read_checkpoint(path))
+            reader = _open_checkpoint(path)
+            reader.verify()
+            return reader
         except (CorruptFileError, FileNotFoundError) as error:
             problems.append(f"{path}: {error}")
-            warnings.warn(f"skipping unreadable checkpoint {path!r} ({error}); trying the previous one",
-                          RuntimeWarning, stacklevel=3)
+            _warn_skipped(path, error, stacklevel=4)
     raise CorruptFileError(f"no readable checkpoint in {directory!r}:\n  " + "\n  ".join(problems))
 
 
-def _optimizer_state(path: str, tensors: dict, saved: dict, optimizer) -> dict:
+def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
+    """The optimizer's canonical state from the file, checked against ``optimizer`` (nothing changes)."""
+    path = reader.path
+    if not isinstance(saved, dict) or not isinstance(saved.get("class"), str) or not {"lr", "step"} <= set(saved):
+        raise CorruptFileError(f"{path!r}: malformed optimizer metadata {saved!r}")
     if saved["class"] != type(optimizer).__name__:
-        raise ValueError(f"{path!r} holds {saved['class']} state, which cannot load into {type(optimizer).__name__}")
-    if saved["num_params"] != len(optimizer.params):
-        raise ValueError(f"{path!r} holds optimizer state for {saved['num_params']} parameters but the "
-                         f"{type(optimizer).__name__} has {len(optimizer.params)}")
-    slots: list[dict] = [{} for _ in range(saved["num_params"])]
-    for key, value in tensors.items():
+        raise CheckpointStateError(f"{path!r} holds {saved['class']} state, which cannot load into "
+                                   f"{type(optimizer).__name__}")
+    count = saved.get("num_params")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise CorruptFileError(f"{path!r}: optimizer num_params must be a non-negative integer, got {count!r}")
+    if count != len(optimizer.params):
+        raise CheckpointStateError(f"{path!r} holds optimizer state for {count} parameters but the "
+                                   f"{type(optimizer).__name__} has {len(optimizer.params)}")
+    names: list[dict] = [{} for _ in range(count)]
+    for key in reader.entries:
         if key.startswith(OPTIMIZER_PREFIX):
             index, _, slot_name = key[len(OPTIMIZER_PREFIX):].partition("/")
-            if not index.isdigit() or int(index) >= len(slots) or not slot_name:
+            if not index.isdigit() or int(index) >= count or not slot_name:
                 raise CorruptFileError(f"{path!r}: malformed optimizer tensor name {key!r}")
-            slots[int(index)][slot_name] = value
+            names[int(index)][slot_name] = key
+    if callable(getattr(optimizer, "check_state_dict", None)):  # shapes first, from the header alone
+        shaped = [{slot: np.broadcast_to(np.float32(0), reader.entries[key][1]) for slot, key in entry.items()}
+                  for entry in names]
+        optimizer.check_state_dict({"class": saved["class"], "step": saved["step"], "lr": saved["lr"],
+                                    "slots": shaped})
+    slots = [{slot: reader.read(key) for slot, key in entry.items()} for entry in names]
     state = {"class": saved["class"], "step": saved["step"], "lr": saved["lr"], "slots": slots}
     if saved.get("hyper") is not None:
         state["hyper"] = saved["hyper"]
+    if callable(getattr(optimizer, "check_state_dict", None)):
+        optimizer.check_state_dict(state)
     return state
 
 
-def load_checkpoint(path_or_directory, model, optimizer=None, loader=None) -> dict:
-    """Restore ``model`` (strictly), and ``optimizer``, ``loader`` and unidl's RNG if given, from a checkpoint.
+def check_loader_state(loader, state) -> None:
+    """Raise ``CheckpointStateError`` unless ``loader.load_state_dict(state)`` would succeed; changes nothing."""
+    from unidl.data import DataLoader
 
-    Given a directory, the newest readable checkpoint is used; corrupt ones are skipped with a
-    warning naming them. Returns ``{'epoch', 'step', 'extra', 'path', 'optimizer', 'loader', 'metadata'}``.
-    Nothing is changed unless the whole checkpoint fits: model, optimizer and loader are checked first.
+    if callable(getattr(loader, "check_state_dict", None)):
+        loader.check_state_dict(state)
+    if not isinstance(loader, DataLoader):
+        return
+    if not isinstance(state, dict) or set(state) != set(_LOADER_FIELDS):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointStateError(f"data-loader state must have exactly the keys {sorted(_LOADER_FIELDS)}, "
+                                   f"found {found}")
+    for key, kind in _LOADER_FIELDS.items():
+        value = state[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise CheckpointStateError(f"data-loader state {key} must be of type "
+                                       f"{getattr(kind, '__name__', 'int or None')}, got {value!r}")
+    if state["seed"] is not None and not 0 <= state["seed"] <= MAX_LOADER_SEED:
+        raise CheckpointStateError(f"data-loader state seed must lie in [0, 2**64), got {state['seed']!r}")
+    if state["epoch"] < 0:
+        raise CheckpointStateError(f"data-loader state epoch must be non-negative, got {state['epoch']!r}")
+    mine = loader.state_dict()
+    for key in ("shuffle", "length", "batch_size", "drop_last"):
+        if state[key] != mine[key]:
+            raise CheckpointStateError(f"the checkpoint's data loader has {key}={state[key]!r} but this loader has "
+                                       f"{key}={mine[key]!r}; resuming needs the same dataset length, batch_size, "
+                                       f"shuffle and drop_last")
+    if not 0 <= state["position"] <= len(loader):
+        raise CheckpointStateError(f"data-loader state position {state['position']} is outside 0..{len(loader)} "
+                                   f"(batches per epoch)")
+
+
+def _check_state(owner, state, what: str) -> None:
+    check = getattr(owner, "check_state_dict", None)
+    if callable(check):
+        try:
+            check(state)
+        except StateDictError:
+            raise
+        except (TypeError, ValueError, KeyError) as error:
+            raise CheckpointStateError(f"{what}: {error}") from None
+
+
+def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, scheduler=None, callbacks=None,
+                    check=None) -> dict:
+    """Restore ``model`` (strictly), and ``optimizer``, ``loader``, ``scheduler``, ``callbacks`` and unidl's
+    RNG, from a checkpoint.
+
+    Given a directory, the newest intact checkpoint is used; corrupt ones (bad checksum, truncated,
+    malformed) are skipped with a warning naming them. Returns ``{'epoch', 'step', 'extra', 'path',
+    'optimizer', 'loader', 'metadata'}``.
+
+    All or nothing: the checksums, every model tensor's name, shape and dtype, the optimizer's slots,
+    the RNG, loader, scheduler and callback states (and ``check(metadata)``, if given) are all checked
+    before the first object changes; any failure raises (``CorruptFileError``, ``StateDictError``) with
+    the model, optimizer, loader and generators untouched.
     """
     target = os.fspath(path_or_directory)
     if os.path.isdir(target):
-        path, tensors, metadata = _read_newest(target)
+        reader = _open_newest(target)
     else:
-        path = check_readable_file(target)
-        tensors, metadata = _read_checkpoint(path)
+        reader = _open_checkpoint(check_readable_file(target))
+        reader.verify()
+    path, metadata = reader.path, reader.unidl_metadata
 
+    # ---- check everything ----
+    names = {key[len(MODEL_PREFIX):]: key for key in reader.entries if key.startswith(MODEL_PREFIX)}
+    check_entries(model, {key: reader.entries[name] for key, name in names.items()}, what=repr(path))
     optimizer_state = None
     if optimizer is not None:
         if not metadata.get("optimizer"):
-            raise ValueError(f"{path!r} holds no optimizer state, but an optimizer was given to restore")
-        optimizer_state = _optimizer_state(path, tensors, metadata["optimizer"], optimizer)
-    if loader is not None and metadata.get("loader") is None:
-        raise ValueError(f"{path!r} holds no data-loader state, but a loader was given to restore")
+            raise CheckpointStateError(f"{path!r} holds no optimizer state, but an optimizer was given to restore")
+        optimizer_state = _optimizer_state(reader, metadata["optimizer"], optimizer)
+    unidl_random.check_rng_state(metadata["rng"])
+    if loader is not None:
+        if metadata.get("loader") is None:
+            raise CheckpointStateError(f"{path!r} holds no data-loader state, but a loader was given to restore")
+        check_loader_state(loader, metadata["loader"])
+    scheduler_state = None
+    if scheduler is not None:
+        saved = metadata.get("scheduler")
+        if not isinstance(saved, dict) or saved.get("class") != type(scheduler).__name__:
+            raise CheckpointStateError(f"{path!r} holds scheduler state {saved!r}, which does not fit a "
+                                       f"{type(scheduler).__name__}")
+        scheduler_state = saved.get("state")
+        _check_state(scheduler, scheduler_state, f"{path!r} scheduler state")
+    callback_states = []
+    saved_callbacks = metadata.get("callbacks") or {}
+    if not isinstance(saved_callbacks, dict):
+        raise CorruptFileError(f"{path!r}: callbacks state must be an object, got {type(saved_callbacks).__name__}")
+    for key, callback in _stateful(callbacks):
+        if key not in saved_callbacks:
+            warnings.warn(f"{path!r} holds no state for callback {key}; it starts afresh", RuntimeWarning,
+                          stacklevel=2)
+            continue
+        _check_state(callback, saved_callbacks[key], f"{path!r} state of callback {key}")
+        callback_states.append((callback, saved_callbacks[key]))
+    if check is not None:
+        check(metadata)
 
-    weights = {key[len(MODEL_PREFIX):]: value for key, value in tensors.items() if key.startswith(MODEL_PREFIX)}
-    model.load_state_dict(weights, strict=True)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    # ---- then change: the generators first (a refused state is rolled back), the model last ----
     unidl_random.set_rng_state(metadata["rng"])
     if loader is not None:
         loader.load_state_dict(metadata["loader"])
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    if scheduler is not None:
+        scheduler.load_state_dict(scheduler_state)
+    for callback, state in callback_states:
+        callback.load_state_dict(state)
+    stream_into(model, reader, names)
     return {"epoch": metadata["epoch"], "step": metadata["step"], "extra": metadata.get("extra"), "path": path,
             "optimizer": metadata.get("optimizer"), "loader": metadata.get("loader"), "metadata": metadata}

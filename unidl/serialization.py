@@ -13,10 +13,11 @@ import pickle
 
 import numpy as np
 
-from unidl.errors import CorruptFileError, UnknownModelError, UnsafeFormatError
-from unidl.io.safetensors import check_readable_file, is_safetensors, load_file, save_file
+from unidl.errors import CorruptFileError, StateDictError, UnknownModelError, UnsafeFormatError
+from unidl.io.safetensors import SafetensorsFile, check_readable_file, is_safetensors, load_file, save_file
 
-FORMAT_VERSION = 1
+#: 2: every tensor and the header carry a crc32 (version-1 files, without them, still load)
+FORMAT_VERSION = 2
 CANONICAL_LAYOUT = "canonical (NCHW activations, OIHW kernels, (out,in) linear weights)"
 #: key of ``__metadata__`` under which unidl keeps its JSON
 METADATA_KEY = "unidl"
@@ -121,8 +122,12 @@ def encode_metadata(metadata: dict) -> dict[str, str]:
     return {METADATA_KEY: to_json(metadata, "metadata")}
 
 
-def decode_metadata(file_metadata: dict[str, str], path: str) -> dict | None:
-    """unidl's metadata from a safetensors ``__metadata__``; None when the file was not written by unidl."""
+def decode_metadata(file_metadata: dict[str, str], path: str, checksummed: bool | None = None) -> dict | None:
+    """unidl's metadata from a safetensors ``__metadata__``; None when the file was not written by unidl.
+
+    ``checksummed``: whether the file carried checksums (None: not known here). A file of format
+    version 2 or later without them was damaged (its checksum entries lost), and is refused.
+    """
     if METADATA_KEY not in file_metadata:
         return None
     try:
@@ -135,6 +140,9 @@ def decode_metadata(file_metadata: dict[str, str], path: str) -> dict | None:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CorruptFileError(f"{path!r} has unidl format version {version!r}; this unidl reads versions up to "
                                f"{FORMAT_VERSION} (upgrade unidl to read newer files)")
+    if checksummed is False and version >= 2:
+        raise CorruptFileError(f"{path!r} says unidl format version {version}, whose files carry checksums, "
+                               f"but it has none (damaged header)")
     if metadata.get("layout", CANONICAL_LAYOUT) != CANONICAL_LAYOUT:
         raise CorruptFileError(f"{path!r} declares layout {metadata.get('layout')!r}; expected {CANONICAL_LAYOUT!r}")
     return metadata
@@ -197,11 +205,117 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
         except CorruptFileError as error:
             raise CorruptFileError(f"{error} (if it is a pickle from an older protocol: unpickling can run "
                                    f"arbitrary code; pass allow_pickle=True only if you trust the file)") from None
-    tensors, file_metadata = load_file(path)
-    metadata = decode_metadata(file_metadata, path)
+    reader, metadata, names = open_weights(path)
+    return {key: array for key, (_, array) in zip(names, reader.tensors(list(names.values())))}, metadata
+
+
+def open_weights(path) -> tuple[SafetensorsFile, dict | None, dict[str, str]]:
+    """(checked reader, unidl metadata or None, {state-dict key: tensor name in the file}) of a weights
+    or checkpoint file; only the header has been read."""
+    reader = SafetensorsFile(path)
+    metadata = decode_metadata(reader.metadata, reader.path, reader.checksums is not None)
     if metadata is not None and metadata.get("kind") == "checkpoint":
-        tensors = {key[len(MODEL_PREFIX):]: value for key, value in tensors.items() if key.startswith(MODEL_PREFIX)}
-    return tensors, metadata
+        names = {name[len(MODEL_PREFIX):]: name for name in reader.entries if name.startswith(MODEL_PREFIX)}
+    else:
+        names = {name: name for name in reader.entries}
+    return reader, metadata, names
+
+
+# ---- checking a file against a model, before anything changes -------------
+
+def _dtype_kind(variable) -> str:
+    """'f', 'i', 'u' or 'b' for a native variable, read from its dtype's name (no copy of its value)."""
+    dtype = variable.dtype
+    name = getattr(dtype, "name", None) or str(dtype).replace("torch.", "")
+    if "bfloat16" in name:
+        return "f"
+    try:
+        return np.dtype(name).kind
+    except TypeError:
+        return "f"
+
+
+_FILE_KINDS = {"BOOL": "b", "BF16": "f", "F16": "f", "F32": "f", "F64": "f"}
+
+
+def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = True, what: str | None = None) -> None:
+    """Raise ``StateDictError`` unless tensors ``{key: (safetensors dtype, shape)}`` load into ``model``:
+    every name, shape and dtype (floating tensors into floating variables, integers into integers)."""
+    own = dict(model.named_parameters())
+    own.update(model.named_buffers())
+    missing = [k for k in own if k not in entries]
+    unexpected = [k for k in entries if k not in own]
+    mismatched = []
+    for key, variable in own.items():
+        if key in entries:
+            dtype_name, shape = entries[key]
+            expected = tuple(variable.shape)
+            if expected != tuple(shape):
+                mismatched.append(f"{key}: expected shape {expected}, found {tuple(shape)}")
+            kind, file_kind = _dtype_kind(variable), _FILE_KINDS.get(dtype_name, dtype_name[:1].lower())
+            if (kind == "f") != (file_kind == "f"):
+                mismatched.append(f"{key}: expected a {'floating-point' if kind == 'f' else 'integer'} tensor, "
+                                  f"found dtype {dtype_name}")
+    problems = []
+    if mismatched:
+        problems.append("shape mismatches: " + "; ".join(mismatched))
+    if strict and missing:
+        problems.append("missing keys: " + ", ".join(f"{k} (expected shape {tuple(own[k].shape)})" for k in missing))
+    if strict and unexpected:
+        problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(entries[k][1])})" for k in unexpected))
+    if problems:
+        raise StateDictError(f"cannot load {what or 'state dict'} into {type(model).__name__}: " + " | ".join(problems))
+
+
+def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
+    """Assign the file's tensors to ``model``'s variables one at a time: only one tensor's bytes are held
+    outside the model at any moment. Call only after ``check_entries`` and ``reader.verify()``."""
+    own = dict(model.named_parameters())
+    own.update(model.named_buffers())
+    keys = [key for key in names if key in own]
+    for key, (_, array) in zip(keys, reader.tensors([names[key] for key in keys])):
+        model._backend.assign(own[key], array)
+        del array
+
+
+class _ShapeOnlyVariable:
+    def __init__(self, value, trainable):
+        self.shape, self.dtype, self.trainable = tuple(np.shape(value)), np.asarray(value).dtype, trainable
+
+
+class _ShapeOnlyBackend:
+    """The model's backend, except that new variables record only their shape: no weight is allocated."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def parameter(self, value, trainable=True):
+        return _ShapeOnlyVariable(value, trainable)
+
+    def is_parameter(self, value):
+        return isinstance(value, _ShapeOnlyVariable) and value.trainable
+
+    def device_of(self, tensor):
+        return "cpu"
+
+
+def architecture_shapes(cls, config: dict) -> dict[str, tuple]:
+    """``{state-dict key: shape}`` of ``cls(**config)``, learned without allocating its weights: the model is
+    built against a backend whose variables hold only shapes, with weights drawn as zero-stride arrays."""
+    from unidl import config as unidl_config, random as unidl_random
+
+    token = unidl_config._backend_override.set(_ShapeOnlyBackend(unidl_config.backend()))
+    try:
+        with unidl_random.shape_only():
+            model = cls(**config)
+    finally:
+        unidl_config._backend_override.reset(token)
+    shapes = {name: tuple(variable.shape) for name, variable in model.named_parameters()}
+    shapes.update((name, tuple(variable.shape)) for name, variable in model.named_buffers())
+    return shapes
 
 
 # ---- public API ----------------------------------------------------------
@@ -225,9 +339,41 @@ def load(path, *, allow_pickle: bool = False):
 
     The class must be a built-in ``unidl.models`` class or registered with ``ud.register_model``;
     a checkpoint file works too. Pickles are refused unless ``allow_pickle=True``.
+
+    Before any weight is allocated, the architecture that the file's config describes is compared
+    with the tensors stored in the file (names and shapes), and every tensor's checksum is verified;
+    then the model is built and the tensors are read into it one at a time, so loading takes little
+    memory beyond the model itself.
     """
     path = check_readable_file(path)
-    state, metadata = read_weights(path, allow_pickle=allow_pickle)
+    if not is_safetensors(path):
+        state, metadata = read_weights(path, allow_pickle=allow_pickle)
+        cls, config = _class_and_config(metadata, path)
+        model = _build(cls, config, metadata, path)
+        model.load_state_dict(state, strict=True)
+        return model
+    reader, metadata, names = open_weights(path)
+    cls, config = _class_and_config(metadata, path)
+    try:
+        expected = architecture_shapes(cls, config)
+    except TypeError as error:
+        raise TypeError(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: {error}") from None
+    entries = {key: reader.entries[name] for key, name in names.items()}
+    problems = [f"{key}: config gives shape {shape}, file stores {tuple(entries[key][1])}"
+                for key, shape in expected.items() if key in entries and tuple(entries[key][1]) != shape]
+    problems += [f"{key} (shape {shape}) is not in the file" for key, shape in expected.items() if key not in entries]
+    problems += [f"{key} is in the file but not in the model" for key in entries if key not in expected]
+    if problems:
+        raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes does not "
+                             f"match the tensors stored in the file; nothing was built: " + "; ".join(problems))
+    reader.verify()
+    model = _build(cls, config, metadata, path)
+    check_entries(model, entries, what=repr(path))
+    stream_into(model, reader, names)
+    return model
+
+
+def _class_and_config(metadata, path: str) -> tuple[type, dict]:
     if metadata is None or not isinstance(metadata.get("class"), str):
         raise UnknownModelError(f"{path!r} does not say which model it holds (no unidl metadata); build the model "
                                 f"yourself and call ud.load_weights(model, {path!r})")
@@ -235,15 +381,30 @@ def load(path, *, allow_pickle: bool = False):
     config = metadata.get("config")
     if config is not None and not isinstance(config, dict):
         raise CorruptFileError(f"{path!r}: model config must be a JSON object, got {type(config).__name__}")
+    return cls, config or {}
+
+
+def _build(cls, config: dict, metadata: dict, path: str):
     try:
-        model = cls(**(config or {}))
+        return cls(**config)
     except TypeError as error:
         raise TypeError(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: {error}") from None
-    model.load_state_dict(state, strict=True)
-    return model
 
 
 def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False) -> dict:
-    """Load only the weights at ``path`` into ``model`` (see ``Module.load_state_dict`` for ``strict``)."""
-    state, _ = read_weights(path, allow_pickle=allow_pickle)
-    return model.load_state_dict(state, strict=strict)
+    """Load only the weights at ``path`` into ``model`` (see ``Module.load_state_dict`` for ``strict``).
+
+    All or nothing: every tensor's name, shape, dtype and checksum is checked before the first
+    variable changes; then the tensors are read into the model one at a time.
+    """
+    path = check_readable_file(path)
+    if not is_safetensors(path):
+        state, _ = read_weights(path, allow_pickle=allow_pickle)
+        return model.load_state_dict(state, strict=strict)
+    reader, _, names = open_weights(path)
+    entries = {key: reader.entries[name] for key, name in names.items()}
+    check_entries(model, entries, strict=strict)
+    reader.verify()
+    stream_into(model, reader, names)
+    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+    return {"missing": [k for k in own if k not in entries], "unexpected": [k for k in entries if k not in own]}

@@ -3,12 +3,14 @@
 import json
 import os
 import struct
+import zlib
 
 import numpy as np
 import pytest
 
 from unidl.errors import CorruptFileError
-from unidl.io.safetensors import DTYPES, MAX_HEADER_BYTES, load_file, save_file, serialize
+from unidl.io.safetensors import (DTYPES, HEADER_CHECKSUM_KEY, MAX_HEADER_BYTES, TENSOR_CHECKSUMS_KEY, header_checksum,
+                                  load_file, save_file, serialize)
 
 ALL_DTYPES = [np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64,
               np.float16, np.float32, np.float64]
@@ -50,7 +52,10 @@ def test_layout_matches_the_format(tmp_path):
     (size,) = struct.unpack("<Q", data[:8])
     assert (8 + size) % 8 == 0  # buffer aligned, header padded with spaces
     header = json.loads(data[8:8 + size])
-    assert header["__metadata__"] == {"who": "unidl"}
+    checksums = {"a": zlib.crc32(struct.pack("<2f", 1.5, -2.0)), "b": zlib.crc32(struct.pack("<q", 7))}
+    assert header["__metadata__"]["who"] == "unidl"
+    assert json.loads(header["__metadata__"][TENSOR_CHECKSUMS_KEY]) == checksums
+    assert header["__metadata__"][HEADER_CHECKSUM_KEY] == str(header_checksum(header))
     assert header["a"] == {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
     assert header["b"] == {"dtype": "I64", "shape": [1, 1], "data_offsets": [8, 16]}
     assert data[8 + size:] == struct.pack("<2f", 1.5, -2.0) + struct.pack("<q", 7)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+import zlib
 from typing import Mapping
 
 import numpy as np
@@ -39,6 +40,27 @@ _METADATA_KEY = "__metadata__"
 _ALIGNMENT = 8
 
 
+# ---- integrity -----------------------------------------------------------
+
+#: ``__metadata__`` key holding ``{tensor name: crc32 of its bytes}`` as JSON (covered by the header checksum)
+TENSOR_CHECKSUMS_KEY = "unidl.crc32"
+#: ``__metadata__`` key holding the crc32 of the canonical header without this key
+HEADER_CHECKSUM_KEY = "unidl.header_crc32"
+INTEGRITY_KEYS = (TENSOR_CHECKSUMS_KEY, HEADER_CHECKSUM_KEY)
+_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+def header_checksum(header: dict) -> int:
+    """crc32 of the header's canonical JSON (sorted keys, no spaces), its header-checksum entry left out.
+
+    Computed over the parsed header, so any byte change that alters what the header means changes it,
+    and a change that does not (padding, whitespace) leaves it, and the file, valid.
+    """
+    metadata = {k: v for k, v in header.get(_METADATA_KEY, {}).items() if k != HEADER_CHECKSUM_KEY}
+    canonical = dict(header, **{_METADATA_KEY: metadata})
+    return zlib.crc32(json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
 # ---- writing -------------------------------------------------------------
 
 def _dtype_name(name: str, array: np.ndarray) -> str:
@@ -49,15 +71,16 @@ def _dtype_name(name: str, array: np.ndarray) -> str:
     return dtype_name
 
 
-def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
-    """The safetensors bytes of ``tensors`` (name -> array) and string ``metadata``."""
+def _layout(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None) -> tuple[bytes, list[np.ndarray]]:
+    """(length-prefixed header bytes with checksums, the tensors as little-endian C-ordered arrays)."""
     header: dict = {}
-    if metadata:
-        for key, value in metadata.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise TypeError(f"safetensors metadata must map str to str, got {key!r}: {type(value).__name__}")
-        header[_METADATA_KEY] = dict(metadata)
-    chunks, offset = [], 0
+    metadata = dict(metadata or {})
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"safetensors metadata must map str to str, got {key!r}: {type(value).__name__}")
+        if key in INTEGRITY_KEYS:
+            raise ValueError(f"metadata key {key!r} is reserved for unidl's checksums")
+    arrays, checksums, offset = [], {}, 0
     for name, value in tensors.items():
         if not isinstance(name, str):
             raise TypeError(f"tensor names must be str, got {name!r}")
@@ -65,21 +88,39 @@ def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | N
             raise ValueError(f"{_METADATA_KEY!r} is reserved for metadata and cannot name a tensor")
         array = np.asarray(value)
         dtype_name = _dtype_name(name, array)
-        data = np.ascontiguousarray(array, dtype=DTYPES[dtype_name]).tobytes()
-        header[name] = {"dtype": dtype_name, "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
+        array = np.asarray(array, dtype=DTYPES[dtype_name], order="C")  # no copy when already so; 0-d stays 0-d
+        header[name] = {"dtype": dtype_name, "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        checksums[name] = zlib.crc32(memoryview(array.reshape(-1)).cast("B")) if array.size else 0
+        arrays.append(array)
+        offset += array.nbytes
+    metadata[TENSOR_CHECKSUMS_KEY] = json.dumps(checksums, separators=(",", ":"))
+    header[_METADATA_KEY] = metadata
+    metadata[HEADER_CHECKSUM_KEY] = str(header_checksum(header))
     header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
     # pad with spaces (valid JSON) so that the buffer starts 8-byte aligned, as the reference writer does
     header_bytes += b" " * (-(8 + len(header_bytes)) % _ALIGNMENT)
-    return struct.pack("<Q", len(header_bytes)) + header_bytes + b"".join(chunks)
+    return struct.pack("<Q", len(header_bytes)) + header_bytes, arrays
+
+
+def serialize(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The safetensors bytes of ``tensors`` (name -> array) and string ``metadata``, with unidl's checksums."""
+    header, arrays = _layout(tensors, metadata)
+    return header + b"".join(array.tobytes() for array in arrays)
 
 
 def save_file(tensors: Mapping[str, np.ndarray], path, metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` (name -> NumPy array) and string ``metadata`` to ``path`` atomically."""
-    data = serialize(tensors, metadata)
+    """Write ``tensors`` (name -> NumPy array) and string ``metadata`` to ``path`` atomically.
+
+    The ``__metadata__`` also gets a crc32 of every tensor's bytes and of the header, which the
+    reader checks. Tensors are written from their own memory, never gathered into one buffer.
+    """
+    header, arrays = _layout(tensors, metadata)
     with atomic_open(path) as handle:
-        handle.write(data)
+        handle.write(header)
+        for array in arrays:
+            if array.size:
+                handle.write(memoryview(array.reshape(-1)).cast("B"))
 
 
 # ---- reading -------------------------------------------------------------
@@ -172,35 +213,118 @@ def read_header(handle, path: str, file_size: int) -> tuple[dict, int]:
     return header, 8 + header_size
 
 
-def _decode(data: bytes, dtype_name: str, shape: list) -> np.ndarray:
-    if dtype_name == "BF16":
-        upper = np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16
-        return upper.view(np.float32).reshape(shape)
-    array = np.frombuffer(bytearray(data), dtype=DTYPES[dtype_name]).reshape(shape)
-    return array.astype(array.dtype.newbyteorder("="), copy=False)
+class SafetensorsFile:
+    """A safetensors file whose header has been read and checked; tensors are read one at a time.
+
+    ``entries`` maps each tensor name to ``(dtype name, shape)`` in file order; ``metadata`` is the
+    ``__metadata__`` without unidl's checksum keys; ``checksums`` is ``{name: crc32}`` when the file
+    carries them (every file unidl writes does), else None. Opening checks the header checksum;
+    ``read`` and ``verify`` check a tensor's bytes against its checksum, so a corrupt file gives a
+    ``CorruptFileError`` naming the file and the tensor. Nothing is read before it is needed: a
+    tensor is read straight into the one array returned, and ``verify`` streams in small chunks.
+    """
+
+    def __init__(self, path):
+        self.path = path = check_readable_file(path)
+        self.file_size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            header, self._start = read_header(handle, path, self.file_size)
+        metadata = dict(header.pop(_METADATA_KEY))
+        self._offsets = {name: tuple(entry["data_offsets"])
+                         for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])}
+        self.entries = {name: (header[name]["dtype"], tuple(header[name]["shape"])) for name in self._offsets}
+        self.checksums = self._check_integrity(header, metadata)
+        self.metadata = {k: v for k, v in metadata.items() if k not in INTEGRITY_KEYS}
+
+    def _corrupt(self, problem: str) -> CorruptFileError:
+        return CorruptFileError(f"{self.path!r} is corrupt: {problem}")
+
+    def _check_integrity(self, header: dict, metadata: dict) -> dict | None:
+        present = [key for key in INTEGRITY_KEYS if key in metadata]
+        if not present:
+            return None  # written by another tool: nothing to check against
+        if len(present) != len(INTEGRITY_KEYS):
+            missing = [key for key in INTEGRITY_KEYS if key not in metadata]
+            raise self._corrupt(f"its header has {present} but lacks {missing} (damaged header)")
+        expected = metadata[HEADER_CHECKSUM_KEY]
+        if expected != str(header_checksum(dict(header, **{_METADATA_KEY: metadata}))):
+            raise self._corrupt(f"the header does not match its checksum {expected!r} (a byte of the header "
+                                f"changed after writing)")
+        try:
+            checksums = json.loads(metadata[TENSOR_CHECKSUMS_KEY])
+        except ValueError:
+            checksums = None
+        if (not isinstance(checksums, dict) or set(checksums) != set(self.entries)
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in checksums.values())):
+            raise self._corrupt(f"{TENSOR_CHECKSUMS_KEY} must map every tensor of the file to an integer crc32")
+        return checksums
+
+    def __contains__(self, name) -> bool:
+        return name in self.entries
+
+    def nbytes(self, name: str) -> int:
+        begin, end = self._offsets[name]
+        return end - begin
+
+    def _read_bytes(self, handle, name: str) -> np.ndarray:
+        begin, end = self._offsets[name]
+        buffer = np.empty(end - begin, dtype=np.uint8)
+        handle.seek(self._start + begin)
+        if handle.readinto(memoryview(buffer)) != end - begin:
+            raise self._corrupt(f"tensor {name!r} was cut short while reading (file changed or truncated)")
+        self._check_tensor(name, zlib.crc32(buffer) if buffer.size else 0)
+        return buffer
+
+    def _check_tensor(self, name: str, crc: int) -> None:
+        if self.checksums is not None and crc != self.checksums[name]:
+            raise self._corrupt(f"the bytes of tensor {name!r} do not match their checksum (crc32 "
+                                f"{crc:#010x}, recorded {self.checksums[name]:#010x})")
+
+    def read(self, name: str, handle=None) -> np.ndarray:
+        """Tensor ``name`` as a new writable NumPy array (native byte order), its checksum verified."""
+        if handle is None:
+            with open(self.path, "rb") as handle:
+                return self.read(name, handle)
+        dtype_name, shape = self.entries[name]
+        buffer = self._read_bytes(handle, name)
+        if dtype_name == "BF16":
+            upper = buffer.view("<u2").astype(np.uint32) << 16
+            return upper.view(np.float32).reshape(shape)
+        array = buffer.view(DTYPES[dtype_name]).reshape(shape)
+        return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+    def verify(self) -> None:
+        """Check every tensor's bytes against its checksum, in small chunks (no-op without checksums)."""
+        if self.checksums is None:
+            return
+        chunk = bytearray(min(_CHUNK_BYTES, max(self.file_size, 1)))
+        view = memoryview(chunk)
+        with open(self.path, "rb") as handle:
+            for name, (begin, end) in self._offsets.items():
+                handle.seek(self._start + begin)
+                crc, left = 0, end - begin
+                while left:
+                    got = handle.readinto(view[:min(left, len(chunk))])
+                    if not got:
+                        raise self._corrupt(f"tensor {name!r} was cut short while reading (file changed or truncated)")
+                    crc, left = zlib.crc32(view[:got], crc), left - got
+                self._check_tensor(name, crc)
+
+    def tensors(self, names=None):
+        """Yield ``(name, array)`` for ``names`` (default: all, in file order), one array alive at a time."""
+        with open(self.path, "rb") as handle:
+            for name in (self.entries if names is None else names):
+                yield name, self.read(name, handle)
 
 
 def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file: ``(tensors, metadata)``, tensors in file order as writable NumPy arrays.
 
-    Raises ``CorruptFileError`` naming the file and the problem for anything malformed,
-    ``FileNotFoundError`` / ``IsADirectoryError`` for a bad path. Never unpickles.
+    Raises ``CorruptFileError`` naming the file and the problem for anything malformed or not matching
+    its checksums, ``FileNotFoundError`` / ``IsADirectoryError`` for a bad path. Never unpickles.
     """
-    path = check_readable_file(path)
-    file_size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        header, start = read_header(handle, path, file_size)
-        metadata = header.pop(_METADATA_KEY)
-        tensors = {}
-        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            begin, end = entry["data_offsets"]
-            handle.seek(start + begin)
-            data = handle.read(end - begin)
-            if len(data) != end - begin:
-                raise CorruptFileError(f"{path!r} is not a valid safetensors file: tensor {name!r} "
-                                       f"was cut short while reading (file changed or truncated)")
-            tensors[name] = _decode(data, entry["dtype"], entry["shape"])
-    return tensors, dict(metadata)
+    reader = SafetensorsFile(path)
+    return dict(reader.tensors()), dict(reader.metadata)
 
 
 def is_safetensors(path) -> bool:
