@@ -66,3 +66,11 @@ class GraphConstructError(UnidlError, TypeError):
 
 class RetraceWarning(UserWarning):
     """A compiled function met inputs of a new rank or dtype and was traced again."""
+
+
+class ResumeMismatchError(UnidlError, ValueError):
+    """A run resumed from a checkpoint with a different loss, model or optimizer class than it was saved with."""
+
+
+class CheckpointStateError(StateDictError, ValueError):
+    """Optimizer, loader, scheduler or callback state in a checkpoint that does not fit the object given."""
