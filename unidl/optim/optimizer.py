@@ -146,21 +146,45 @@ class Optimizer:
         return {"class": type(self).__name__, "lr": self._lr, "step": int(step), "hyper": dict(self.hyper),
                 "slots": [{name: np.asarray(value) for name, value in entry.items()} for entry in slots]}
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore a ``state_dict()`` written by this optimizer class on any backend."""
-        if state.get("class", type(self).__name__) != type(self).__name__:
-            raise ValueError(f"cannot load {state['class']} state into {type(self).__name__}")
+    def check_state_dict(self, state) -> None:
+        """Raise ``CheckpointStateError`` (a ``ValueError``) unless ``load_state_dict(state)`` would succeed;
+        changes nothing. Checks the class, step, lr and every slot's name, shape and dtype."""
+        from unidl.errors import CheckpointStateError
+
+        owner = type(self).__name__
+        if not isinstance(state, dict) or not {"step", "lr", "slots"} <= set(state):
+            raise CheckpointStateError(f"{owner} state must be a dict with 'step', 'lr' and 'slots', got "
+                                       f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        if state.get("class", owner) != owner:
+            raise CheckpointStateError(f"cannot load {state['class']} state into {owner}")
+        step = state["step"]
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+            raise CheckpointStateError(f"{owner} state step must be a non-negative integer, got {step!r}")
+        try:
+            check_range(owner, "lr", state["lr"])
+        except ValueError as error:
+            raise CheckpointStateError(f"{owner} state: {error}") from None
         slots = state["slots"]
-        if len(slots) != len(self.params):
-            raise ValueError(f"{type(self).__name__} state has {len(slots)} parameter entries, expected {len(self.params)}")
+        if not isinstance(slots, (list, tuple)) or len(slots) != len(self.params):
+            count = len(slots) if isinstance(slots, (list, tuple)) else type(slots).__name__
+            raise CheckpointStateError(f"{owner} state has {count} parameter entries, expected {len(self.params)}")
         for index, (param, entry) in enumerate(zip(self.params, slots)):
-            if set(entry) != set(self.slots):
-                raise ValueError(f"{type(self).__name__} state entry {index} has slots {sorted(entry)}, "
-                                 f"expected {sorted(self.slots)}")
+            if not isinstance(entry, dict) or set(entry) != set(self.slots):
+                found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+                raise CheckpointStateError(f"{owner} state entry {index} has slots {found}, expected {sorted(self.slots)}")
             for name, value in entry.items():
                 if tuple(np.shape(value)) != tuple(param.shape):
-                    raise ValueError(f"{type(self).__name__} slot {name!r} of parameter {index}: expected shape "
-                                     f"{tuple(param.shape)}, found {tuple(np.shape(value))}")
+                    raise CheckpointStateError(f"{owner} slot {name!r} of parameter {index}: expected shape "
+                                               f"{tuple(param.shape)}, found {tuple(np.shape(value))}")
+                if np.asarray(value).dtype.kind not in "fiu":
+                    raise CheckpointStateError(f"{owner} slot {name!r} of parameter {index}: expected numbers, "
+                                               f"found dtype {np.asarray(value).dtype}")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict()`` written by this optimizer class on any backend (checked first:
+        ``check_state_dict``; nothing changes if it does not fit)."""
+        self.check_state_dict(state)
+        slots = state["slots"]
         self._backend.load_optimizer_state(self, int(state["step"]), slots)
         self.lr = float(state["lr"])
 
