@@ -36,7 +36,7 @@ def main(backend, directory, out, kill_at=None):
     if kill_at is not None:
         callbacks.append(KillAt(kill_at))
     ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=3, callbacks=callbacks,
-           verbose=0, resume_from=directory)
+           verbose=0, resume_from="auto")
     np.savez(out, **model.state_dict())
 
 

@@ -277,7 +277,7 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     'optimizer', 'loader', 'metadata'}``.
 
     All or nothing: the checksums, every model tensor's name, shape and dtype, the optimizer's slots,
-    the RNG, loader, scheduler and callback states (and ``check(metadata)``, if given) are all checked
+    the RNG, loader, scheduler and callback states (and ``check(metadata, path)``, if given) are all checked
     before the first object changes; any failure raises (``CorruptFileError``, ``StateDictError``) with
     the model, optimizer, loader and generators untouched.
     """
@@ -322,7 +322,7 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
         _check_state(callback, saved_callbacks[key], f"{path!r} state of callback {key}")
         callback_states.append((callback, saved_callbacks[key]))
     if check is not None:
-        check(metadata)
+        check(metadata, path)
 
     # ---- then change: the generators first (a refused state is rolled back), the model last ----
     unidl_random.set_rng_state(metadata["rng"])

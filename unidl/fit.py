@@ -191,8 +191,12 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
         callbacks: ``ud.callbacks`` objects (EarlyStopping, LearningRateScheduler, Checkpoint, ...).
         verbose: 0 silent, 1 progress bar on a terminal (a line per epoch otherwise), 2 a line per epoch.
         shuffle, seed: order of ``(x, y)`` arrays (a given loader keeps its own settings).
-        resume_from: a checkpoint directory written by ``ud.callbacks.Checkpoint``: continue exactly
-            where it stopped (weights, optimizer, RNG, position in the epoch, history).
+        resume_from: a checkpoint directory written by ``ud.callbacks.Checkpoint`` (or one checkpoint file):
+            continue exactly where it stopped (weights, optimizer, RNG, position in the epoch, schedules and
+            other callback state, History). It must exist; ``"auto"`` resumes from the ``Checkpoint``
+            callback's directory if it holds a checkpoint and starts afresh otherwise. A corrupt newest
+            checkpoint is skipped with a warning. A new lr or optimizer hyperparameter wins over the
+            checkpoint's, with a warning; a different model, loss or optimizer class is an error.
 
     A NaN or infinite training loss stops training with ``NonFiniteLossError`` naming the epoch and step.
     """
@@ -207,17 +211,13 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
     accuracy = "accuracy" in metrics and isinstance(loss, CrossEntropyLoss)
     history = History()
     trainer = Trainer(model, optimizer, loader, history)
+    callbacks = _checkpoints_last(callbacks)
+    trainer.callbacks, trainer.carried_epoch = callbacks, None
+    trainer.fit_settings = {"loss": type(loss).__name__, "optimizer": type(optimizer).__name__,
+                            "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
     start_epoch = 0
     if resume_from is not None:
-        from unidl.checkpoint import latest_checkpoint, load_checkpoint
-
-        if latest_checkpoint(resume_from) is not None:
-            info = load_checkpoint(resume_from, model, optimizer,
-                                   loader=loader if isinstance(loader, DataLoader) else None)
-            trainer.global_step = int(info["step"])
-            history.history = History((info.get("extra") or {}).get("history")).history
-            start_epoch = loader.state_dict()["epoch"] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
-    callbacks = list(callbacks)
+        start_epoch = _resume(resume_from, trainer, callbacks)
     for callback in callbacks:
         callback.trainer = trainer
         callback.on_train_begin()
@@ -253,7 +253,7 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
         if logs is None:
             step = step or TrainStep(model, loss, optimizer, with_outputs=True)
             logs = _run_epoch_with_steps(step, batches, epoch, on_batch, accuracy)
-        logs = dict(logs, lr=epoch_lr)
+        logs = dict(_whole_epoch_means(trainer, epoch, logs), lr=epoch_lr)
         if validation is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, validation, loss=loss, metrics=metrics).items()})
         history.append(logs)
@@ -265,6 +265,134 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
     for callback in callbacks:
         callback.on_train_end()
     return history
+
+
+# ---- resuming ----------------------------------------------------------------
+
+def _checkpoints_last(callbacks) -> list:
+    """``callbacks`` with the ``Checkpoint`` callbacks moved last (order otherwise kept), so that a checkpoint
+    taken at the end of an epoch holds the state the other callbacks reach in that epoch (a stepped schedule)."""
+    from unidl.callbacks.checkpoint import Checkpoint
+
+    callbacks = list(callbacks)
+    return [c for c in callbacks if not isinstance(c, Checkpoint)] + [c for c in callbacks if isinstance(c, Checkpoint)]
+
+
+def _resume_target(resume_from, callbacks) -> str | None:
+    """The checkpoint file or directory to resume from, or None to start afresh (``"auto"`` with no checkpoint yet)."""
+    import os
+
+    from unidl.callbacks.checkpoint import Checkpoint
+    from unidl.checkpoint import list_checkpoints
+
+    if isinstance(resume_from, str) and resume_from == "auto":
+        directories = [c.directory for c in callbacks if isinstance(c, Checkpoint)]
+        if not directories:
+            raise ValueError("resume_from='auto' resumes from the directory of a ud.callbacks.Checkpoint, but "
+                             "callbacks hold none; add one or pass the checkpoint directory itself")
+        return os.fspath(directories[0]) if list_checkpoints(directories[0]) else None
+    target = os.fspath(resume_from)
+    if not os.path.exists(target):
+        raise FileNotFoundError(f"resume_from={target!r} does not exist; pass the directory a Checkpoint callback "
+                                f"wrote, or resume_from='auto' to resume from the Checkpoint callback's directory "
+                                f"and start afresh while it holds no checkpoint")
+    return target
+
+
+def _check_resumable(metadata: dict, path: str, trainer) -> None:
+    """Before anything is restored: the checkpoint's model, loss and optimizer classes are the run's, and
+    its History and epoch progress are well formed. Raises ResumeMismatchError / CorruptFileError."""
+    from unidl.errors import CorruptFileError, ResumeMismatchError
+    from unidl.serialization import _registered_name
+
+    path = repr(path)
+    model_class = _registered_name(type(trainer.model))
+    if metadata.get("class") not in (None, model_class):
+        raise ResumeMismatchError(f"{path} was written for a {metadata['class']} model; this run trains a "
+                                  f"{model_class}: a changed model cannot resume")
+    extra = metadata.get("extra") or {}
+    if not isinstance(extra, dict):
+        raise CorruptFileError(f"{path}: checkpoint extra must be an object, got {type(extra).__name__}")
+    history = extra.get("history") or {}
+    if not (isinstance(history, dict) and all(isinstance(v, list) for v in history.values())):
+        raise CorruptFileError(f"{path}: checkpoint history must map names to lists, got {history!r}")
+    settings = extra.get("fit") or {}
+    mine = trainer.fit_settings
+    for key in ("loss", "optimizer"):
+        if settings.get(key) not in (None, mine[key]):
+            raise ResumeMismatchError(f"the run in {path} trained with {key} {settings[key]}; this run passes "
+                                      f"{mine[key]}: a changed {key} cannot resume (start a new run instead)")
+    progress = extra.get("epoch_progress")
+    if progress is not None and not (
+            isinstance(progress, dict) and isinstance(progress.get("epoch"), int)
+            and isinstance(progress.get("samples"), int) and progress["samples"] >= 0
+            and isinstance(progress.get("sums"), dict)
+            and all(isinstance(v, (int, float)) for v in progress["sums"].values())):
+        raise CorruptFileError(f"{path}: malformed epoch progress {progress!r}")
+
+
+def _resume(resume_from, trainer, callbacks) -> int:
+    """Restore the run from ``resume_from`` into ``trainer``'s objects; returns the epoch to continue with.
+
+    Rule for hyperparameters given anew: a learning rate or optimizer hyperparameter (betas, momentum,
+    weight decay) that differs from the one the checkpointed run was started with wins, with a warning
+    naming both; a schedule then continues from its saved position with the new rate as its base.
+    A different model, loss or optimizer class is an error, raised before anything changes.
+    """
+    import warnings
+
+    from unidl.checkpoint import load_checkpoint
+
+    target = _resume_target(resume_from, callbacks)
+    if target is None:
+        return 0
+    model, optimizer, loader, history = trainer.model, trainer.optimizer, trainer.loader, trainer.history
+    given = trainer.fit_settings
+
+    info = load_checkpoint(target, model, optimizer, loader=loader if isinstance(loader, DataLoader) else None,
+                           callbacks=callbacks, check=lambda metadata, path: _check_resumable(metadata, path, trainer))
+    extra = info.get("extra") or {}
+    saved = extra.get("fit") or {}
+    if "lr" in saved and saved["lr"] != given["lr"]:
+        warnings.warn(f"resuming {info['path']!r} with lr={given['lr']!r} where the run started with "
+                      f"lr={saved['lr']!r}: the new lr wins", UserWarning, stacklevel=3)
+        schedules = [getattr(c, "schedule", None) for c in callbacks]
+        schedules = [s for s in schedules if hasattr(s, "lr_at") and hasattr(s, "base_lr")]
+        for schedule in schedules:
+            schedule.base_lr = given["lr"]
+        optimizer.lr = schedules[0].lr_at(schedules[0].last_epoch) if schedules else given["lr"]
+    changed = {k: (saved["hyper"].get(k), v) for k, v in given["hyper"].items()
+               if isinstance(saved.get("hyper"), dict) and saved["hyper"].get(k) != v}
+    if changed:
+        warnings.warn(f"resuming {info['path']!r} with changed optimizer hyperparameters "
+                      + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                      + ": the new values win", UserWarning, stacklevel=3)
+    trainer.global_step = int(info["step"])
+    history.history = History(extra.get("history")).history
+    start_epoch = loader.state_dict()["epoch"] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
+    progress = extra.get("epoch_progress")
+    if progress and progress["samples"]:
+        if progress["epoch"] == start_epoch:
+            trainer.carried_epoch = progress
+        elif progress["epoch"] == start_epoch - 1 and history.epochs == progress["epoch"]:
+            # saved after the epoch's last batch, before its end: its History entry is made here
+            history.append(dict({k: v / progress["samples"] for k, v in progress["sums"].items()},
+                                lr=progress.get("lr", optimizer.lr)))
+    return start_epoch
+
+
+def _whole_epoch_means(trainer, epoch: int, logs: dict) -> dict:
+    """``logs`` of an epoch resumed part-way, as means over the whole epoch: the part trained before the
+    checkpoint (its sums, saved in the checkpoint) and the part trained since (``logs``, means over it)."""
+    from unidl.callbacks.checkpoint import samples_up_to
+
+    carried, trainer.carried_epoch = trainer.carried_epoch, None
+    if not carried or carried["epoch"] != epoch or not isinstance(trainer.loader, DataLoader):
+        return logs
+    total = samples_up_to(trainer.loader, len(trainer.loader))
+    since = total - carried["samples"]
+    return {key: ((carried["sums"][key] + value * since) / total if key in carried["sums"] else value)
+            for key, value in logs.items()}
 
 
 def _batches(data, batch_size):

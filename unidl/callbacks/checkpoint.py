@@ -1,6 +1,9 @@
-"""``Checkpoint``: save model, optimizer, RNG and loader position during ``fit``, atomically, keeping the last N."""
+"""``Checkpoint``: save model, optimizer, RNG, loader position, every callback's state and the epoch's running
+sums during ``fit``, atomically, keeping the last N."""
 
 from __future__ import annotations
+
+import numbers
 
 from unidl.callbacks.callback import Callback
 
@@ -15,11 +18,45 @@ class _LoaderPosition:
         return self._state
 
 
+def samples_up_to(loader, position: int) -> int:
+    """Samples in the first ``position`` batches of an epoch of ``loader`` (a unidl ``DataLoader``)."""
+    if position >= len(loader):
+        return len(loader) * loader.batch_size if loader.drop_last else len(loader.dataset)
+    return position * loader.batch_size
+
+
+def epoch_progress(trainer, logs) -> dict | None:
+    """The epoch in progress as ``{'epoch', 'samples', 'sums', 'lr'}``: samples trained in it so far and the
+    sum over them of each running-mean log ('loss', 'accuracy'), counting the part trained before a resume,
+    so that the resumed run's History averages the whole epoch. None without a unidl ``DataLoader``."""
+    from unidl.data import DataLoader
+
+    loader = trainer.loader
+    if not isinstance(loader, DataLoader) or not logs:
+        return None
+    start = trainer._epoch_start[1]
+    carried = getattr(trainer, "carried_epoch", None)
+    if not (carried and carried["epoch"] == trainer.epoch):
+        carried = {"samples": samples_up_to(loader, start), "sums": {}}
+    trained = samples_up_to(loader, start + trainer._trained_in_epoch) - samples_up_to(loader, start)
+    sums = dict(carried["sums"])
+    for key, value in logs.items():
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            sums[key] = sums.get(key, 0.0) + float(value) * trained
+    return {"epoch": trainer.epoch, "samples": carried["samples"] + trained, "sums": sums,
+            "lr": float(trainer.optimizer.lr)}
+
+
 class Checkpoint(Callback):
     """Write a checkpoint every ``every_steps`` training steps (if given) and at the end of every epoch.
 
-    Resume by calling ``ud.fit(..., resume_from=directory)``: training continues from the exact
-    batch after the last checkpoint, with the same weights, optimizer state, RNG and data order.
+    A checkpoint holds the weights, optimizer state, RNG, loader position, the state of every callback
+    that has one (learning-rate schedules, early stopping, this rotation), the History so far and the
+    running sums of the epoch in progress. Resume with ``ud.fit(..., resume_from=directory)`` (or
+    ``resume_from="auto"``: this callback's directory, starting afresh while it holds no checkpoint):
+    training continues from the exact batch after the last checkpoint, with the same weights,
+    optimizer state, RNG, data order, schedule and History. ``fit`` runs this callback after the
+    others at the end of an epoch, so the schedules it saves have already stepped.
     """
 
     def __init__(self, directory, every_steps: int | None = None, keep: int = 3):
@@ -28,20 +65,37 @@ class Checkpoint(Callback):
         self.directory, self.every_steps, self.keep = directory, every_steps, keep
         self.saved = []
 
-    def _save(self):
+    def state_dict(self) -> dict:
+        recent = self.saved[-self.keep:] if self.keep else self.saved  # the files rotation still keeps
+        return {"saved": [str(path) for path in recent]}
+
+    def check_state_dict(self, state) -> None:
+        from unidl.errors import CheckpointStateError
+
+        if (not isinstance(state, dict) or set(state) != {"saved"} or not isinstance(state["saved"], list)
+                or not all(isinstance(path, str) for path in state["saved"])):
+            raise CheckpointStateError(f"Checkpoint state must be {{'saved': [paths]}}, got {state!r}")
+
+    def load_state_dict(self, state) -> None:
+        self.check_state_dict(state)
+        self.saved = list(state["saved"])
+
+    def _save(self, progress=None):
         from unidl.checkpoint import save_checkpoint
 
         trainer = self.trainer
         state = trainer.loader_state()
         position = _LoaderPosition(state) if state is not None else None
+        extra = {"history": trainer.history.as_dict(), "epoch_progress": progress,
+                 "fit": getattr(trainer, "fit_settings", None)}
         path = save_checkpoint(self.directory, trainer.model, trainer.optimizer, epoch=trainer.epoch,
                                step=trainer.global_step, loader=position, keep=self.keep,
-                               extra={"history": trainer.history.as_dict()})
+                               callbacks=getattr(trainer, "callbacks", None), extra=extra)
         self.saved.append(path)
 
     def on_batch_end(self, batch, logs=None):
         if self.every_steps and self.trainer.global_step % self.every_steps == 0:
-            self._save()
+            self._save(epoch_progress(self.trainer, logs))
 
     def on_epoch_end(self, epoch, logs=None):
         self._save()

@@ -29,6 +29,34 @@ class EarlyStopping(Callback):
         self._wait = 0
         self._best_state = None
 
+    def state_dict(self) -> dict:
+        """Best value so far, its epoch, epochs waited and the stopping epoch (for checkpoints). The best
+        weights kept for ``restore_best_weights`` are not part of it."""
+        return {"best": float(self.best), "best_epoch": self.best_epoch, "wait": self._wait,
+                "stopped_epoch": self.stopped_epoch}
+
+    def check_state_dict(self, state) -> None:
+        """Raise ``CheckpointStateError`` unless ``load_state_dict(state)`` would succeed; changes nothing."""
+        from unidl.errors import CheckpointStateError
+
+        keys = {"best", "best_epoch", "wait", "stopped_epoch"}
+        if not isinstance(state, dict) or set(state) != keys:
+            raise CheckpointStateError(f"EarlyStopping state must have exactly the keys {sorted(keys)}, got "
+                                       f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        if not isinstance(state["best"], (int, float)) or isinstance(state["best"], bool):
+            raise CheckpointStateError(f"EarlyStopping state best must be a number, got {state['best']!r}")
+        for key in ("best_epoch", "stopped_epoch", "wait"):
+            value = state[key]
+            if not (value is None and key != "wait") and (not isinstance(value, int) or isinstance(value, bool)
+                                                         or value < 0):
+                raise CheckpointStateError(f"EarlyStopping state {key} must be a non-negative integer, got {value!r}")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a ``state_dict()``: the best value and the patience already used."""
+        self.check_state_dict(state)
+        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
+        self._wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+
     def _improved(self, value) -> bool:
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 

@@ -20,3 +20,31 @@ class LearningRateScheduler(Callback):
     def on_epoch_end(self, epoch, logs=None):
         if hasattr(self.schedule, "step"):
             self.schedule.step()
+
+    def state_dict(self) -> dict | None:
+        """The schedule's own state (``unidl.optim.lr_scheduler`` objects), None for a plain function."""
+        state_dict = getattr(self.schedule, "state_dict", None)
+        return {"schedule": type(self.schedule).__name__, "state": state_dict()} if callable(state_dict) else None
+
+    def check_state_dict(self, state) -> None:
+        """Raise ``CheckpointStateError`` unless ``load_state_dict(state)`` would succeed; changes nothing."""
+        from unidl.errors import CheckpointStateError
+
+        mine = self.state_dict()
+        if mine is None or state is None:
+            if (mine is None) != (state is None):
+                raise CheckpointStateError(f"LearningRateScheduler state {state!r} does not fit a schedule of type "
+                                           f"{type(self.schedule).__name__}")
+            return
+        if not isinstance(state, dict) or state.get("schedule") != mine["schedule"] or "state" not in state:
+            raise CheckpointStateError(f"LearningRateScheduler state {state!r} does not fit a "
+                                       f"{mine['schedule']} schedule")
+        check = getattr(self.schedule, "check_state_dict", None)
+        if callable(check):
+            check(state["state"])
+
+    def load_state_dict(self, state) -> None:
+        """Continue the schedule where ``state_dict()`` left it (sets the optimizer's lr)."""
+        self.check_state_dict(state)
+        if state is not None:
+            self.schedule.load_state_dict(state["state"])

@@ -32,9 +32,28 @@ class LRScheduler:
         return self.optimizer.lr
 
     def state_dict(self) -> dict:
+        """Where the schedule stands (epochs stepped, base rate), as plain JSON-serialisable data."""
         return {"last_epoch": self.last_epoch, "base_lr": self.base_lr}
 
+    def check_state_dict(self, state) -> None:
+        """Raise ``CheckpointStateError`` unless ``load_state_dict(state)`` would succeed; changes nothing."""
+        from unidl.errors import CheckpointStateError
+
+        owner = type(self).__name__
+        if not isinstance(state, dict) or set(state) != {"last_epoch", "base_lr"}:
+            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'base_lr', got "
+                                       f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        epoch = state["last_epoch"]
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise CheckpointStateError(f"{owner} state last_epoch must be a non-negative integer, got {epoch!r}")
+        try:
+            check_range(owner, "base_lr", state["base_lr"])
+        except ValueError as error:
+            raise CheckpointStateError(str(error)) from None
+
     def load_state_dict(self, state: dict) -> None:
+        """Continue the schedule from ``state`` (checked first) and set the optimizer's lr accordingly."""
+        self.check_state_dict(state)
         self.last_epoch, self.base_lr = int(state["last_epoch"]), float(state["base_lr"])
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
