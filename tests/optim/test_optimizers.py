@@ -91,13 +91,82 @@ class HalfStepSGD(ud.optim.SGD):
         return 0.5 * delta, slots
 
 
-@pytest.mark.parametrize("name", ["tensorflow", "keras"])  # torch runs torch.optim's SGD, not update()
-def test_sgd_subclass_with_its_own_rule_is_not_fused(name):
-    with ud.use_backend(name):
-        holder = Holder()
-        HalfStepSGD(holder.parameters(), lr=0.1, momentum=0.9).apply([ud.tensor(GRADS[-1])])
-        weights = holder.state_dict()["w"]
+def test_sgd_subclass_with_its_own_rule_is_not_fused(backend):
+    holder = Holder()
+    HalfStepSGD(holder.parameters(), lr=0.1, momentum=0.9).apply([ud.tensor(GRADS[-1])])
+    weights = holder.state_dict()["w"]
     assert max_relative_difference(weights - START, -0.5 * 0.1 * GRADS[-1]) < 1e-5
+
+
+class SignMomentum(ud.optim.Optimizer):
+    """A user's own optimizer: momentum on the sign of the gradient, with a step-dependent rate."""
+
+    slots = ("velocity",)
+    uses_step = True
+
+    def __init__(self, params, lr=0.1, beta=0.5):
+        super().__init__(params, lr, beta=beta)
+
+    def update(self, param, grad, slots, lr, step, ops):
+        velocity = self.hyper["beta"] * slots["velocity"] + ops.sign(grad)
+        return (lr / step) * velocity, {"velocity": velocity}
+
+
+def _sign_momentum_numpy(n, lr=0.1, beta=0.5, l1=0.0):
+    p, v = START.astype(np.float64), np.zeros(START.shape)
+    for t, g in enumerate(GRADS[:n], start=1):
+        v = beta * v + np.sign(g + l1 * np.sign(p))
+        p = p - lr / t * v
+    return p, v
+
+
+def test_user_optimizer_subclass_runs_its_own_rule_on_every_backend(backend):
+    """A user's ``update()`` is the rule on every backend (torch included: no torch.optim stands in)."""
+    holder = Holder()
+    optimizer = SignMomentum(holder.parameters())
+    assert SignMomentum.builtin_rule() is None
+    for g in GRADS[:4]:
+        optimizer.apply([ud.tensor(g)])
+    expected, velocity = _sign_momentum_numpy(4)
+    assert max_relative_difference(holder.state_dict()["w"], expected) < 1e-6
+    state = optimizer.state_dict()
+    assert state["step"] == 4
+    assert max_relative_difference(state["slots"][0]["velocity"], velocity) < 1e-6
+    # the state round-trips into a fresh optimizer, which continues the same trajectory
+    again = Holder()
+    again.load_state_dict(holder.state_dict())
+    resumed = SignMomentum(again.parameters())
+    resumed.load_state_dict(state)
+    for g in GRADS[4:6]:
+        optimizer.apply([ud.tensor(g)])
+        resumed.apply([ud.tensor(g)])
+    assert max_relative_difference(again.state_dict()["w"], holder.state_dict()["w"]) < 1e-7
+
+
+def test_builtin_rule_names_the_fast_path_only_when_the_rule_is_unchanged():
+    class Defaults(ud.optim.Adam):  # new defaults, same rule: still Adam's fast path
+        def __init__(self, params):
+            super().__init__(params, lr=3e-4)
+
+    assert ud.optim.AdamW.builtin_rule() == "AdamW"
+    assert Defaults.builtin_rule() == "Adam"
+    assert HalfStepSGD.builtin_rule() is None
+    assert UnfusedSGD.builtin_rule() is None
+
+
+def test_torch_style_step_runs_a_user_rule():
+    with ud.use_backend("torch"):
+        model = ud.models.TwoLayerNet(4, 3, 1)
+        optimizer = SignMomentum(model.parameters(), lr=0.1)
+        loss = ud.nn.MSELoss()(model(ud.tensor(np.ones((2, 4)))), ud.tensor(np.zeros((2, 1))))
+        optimizer.zero_grad()
+        loss.backward()
+        before = model.state_dict()
+        signs = {name: np.sign(ud.to_numpy(p.grad)) for name, p in model.named_parameters()}
+        optimizer.step()
+        after = model.state_dict()
+        for name in signs:
+            assert np.allclose(before[name] - after[name], 0.1 * signs[name], atol=1e-7), name
 
 
 @pytest.mark.parametrize("name", ["tensorflow", "keras"])

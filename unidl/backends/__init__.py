@@ -31,6 +31,9 @@ class BackendSpec:
     extra: str
     priority: int
     required_modules: Callable[[], tuple[str, ...]]
+    #: ``missing modules -> message`` when the default "install it with pip install 'unidl[extra]'" would
+    #: not be the fix (Keras's needs depend on ``KERAS_BACKEND``, which may name no framework at all)
+    install_hint: Callable[[list[str]], str] | None = None
 
 
 _specs: dict[str, BackendSpec] | None = None
@@ -85,10 +88,10 @@ def load(name: str):
             missing = missing_modules(canonical)
             if missing:
                 spec = specs()[canonical]
+                hint = (spec.install_hint(missing) if spec.install_hint is not None
+                        else f"install it with: pip install 'unidl[{spec.extra}]'")
                 raise BackendNotInstalledError(
-                    f"backend {canonical!r} needs {', '.join(missing)}, which is not installed; "
-                    f"install it with: pip install 'unidl[{spec.extra}]'"
-                )
+                    f"backend {canonical!r} needs {', '.join(missing)}, which is not installed; {hint}")
             module = importlib.import_module(f"{__name__}.{canonical}.backend")
             _loaded[canonical] = module.Backend()
         return _loaded[canonical]

@@ -15,17 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from unidl.backends import op_registry
 from unidl.errors import BackendInterfaceError
 
-#: Functional ops every backend's ``ops`` namespace provides (see ``unidl.ops`` for their docs).
-OPS = (
-    "linear", "matmul", "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax",
-    "conv2d", "max_pool2d", "avg_pool2d", "batch_norm", "dropout",
-    "reshape", "flatten", "concat", "stack", "mean", "sum", "clip", "exp", "log", "sqrt", "abs",
-    "maximum", "sign", "where", "square", "zeros_like", "shape", "cast_like", "one_hot",
-    "mse_loss", "l1_loss", "cross_entropy", "bce_with_logits", "scan",
-)
-
+#: Functional ops every backend's ``ops`` namespace provides: derived from the declarations in
+#: ``unidl/ops.py`` (see ``unidl.backends.op_registry``), where each op's signature and docs live.
+OPS = op_registry.required_ops()
 
 class Backend(abc.ABC):
     """One framework as unidl sees it. Subclasses live in ``unidl/backends/<name>/backend.py``."""
@@ -34,6 +29,14 @@ class Backend(abc.ABC):
     name: str = ""
     #: namespace (module) with every function listed in ``OPS``
     ops: Any = None
+    #: the activation layout the framework's convolution and pooling kernels run natively ("NCHW" or "NHWC")
+    native_layout: str = "NCHW"
+    #: True where ``function`` builds static graphs (the keras backend then compiles Keras's own train
+    #: step with it when Keras runs on this framework; otherwise it calls Keras's ``train_on_batch``)
+    compiles_graphs: bool = False
+    #: names of this backend's ops that take Keras's tensors and variables as they are, so that the keras
+    #: backend uses them as its own ops when Keras runs on this framework (faster than ``keras.ops``)
+    keras_native_ops: tuple[str, ...] = ()
 
     def __new__(cls, *args, **kwargs):
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -43,12 +46,15 @@ class Backend(abc.ABC):
         return super().__new__(cls)
 
     def check_ops(self) -> None:
-        """Fail loudly if the ops namespace lacks a function of ``OPS``."""
-        missing = [op for op in OPS if not callable(getattr(self.ops, op, None))]
-        if missing:
-            raise BackendInterfaceError(f"backend {self.name!r} ops lack: {', '.join(missing)}")
+        """Fail loudly if the ops namespace lacks a function of ``OPS`` or implements a declared op
+        (required or optional) with fewer parameters than its declaration passes."""
+        op_registry.check_backend_ops(self.name, self.ops)
 
     # ---- framework and devices -------------------------------------------
+    def executing_eagerly(self) -> bool:
+        """False while a graph is being traced (tensors have no values to read yet)."""
+        return True
+
     @abc.abstractmethod
     def versions(self) -> dict[str, str]:
         """Framework name -> version string for everything this backend runs on."""
@@ -76,6 +82,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def set_rng_state(self, state: dict) -> None:
         """Restore a ``get_rng_state()``, in place (compiled graphs keep their captured generators)."""
+
+    @abc.abstractmethod
+    def generator(self):
+        """The random state that stochastic ops take explicitly (``ops.dropout``'s ``generator``): the
+        framework's own generator object (``torch.Generator``, ``tf.random.Generator``, Keras's
+        ``SeedGenerator``), held by the backend (never by its ``ops`` module) and seeded by ``seed``.
+        A functional backend returns the key its compiled step threads through its state."""
 
     # ---- tensors ---------------------------------------------------------
     @abc.abstractmethod
@@ -111,6 +124,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def assign(self, variable, value: np.ndarray) -> None:
         """Overwrite a variable's value in place (shapes already checked by the caller)."""
+
+    @abc.abstractmethod
+    def write_state(self, variable, value):
+        """The state transition of a forward pass: store ``value`` (a native tensor the step computed,
+        possibly inside a graph being traced, e.g. batch norm's new running statistics returned by the
+        pure ``ops.batch_norm``) as the new value of the buffer ``variable``. Return what now holds
+        the buffer: ``variable`` itself where the framework updates in place (torch, TensorFlow,
+        Keras); a functional backend returns ``value``, the module keeps it, and the compiled step
+        collects it as state out."""
 
     # ---- modules and training ---------------------------------------------
     @abc.abstractmethod

@@ -36,8 +36,12 @@ class _BatchNorm(Module):
         if len(shape) not in self.ranks or (shape[1] is not None and shape[1] != self.num_features):
             expected = " or ".join(str((("N", self.num_features) + ("L",) * (r - 2))) for r in self.ranks)
             raise ShapeMismatchError(f"{self.describe()} expected input of shape {expected}, received {shape}")
-        return self._ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                    self.training, self.momentum, self.eps)
+        y, running_mean, running_var = self._ops.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                                            self.bias, self.training, self.momentum, self.eps)
+        if self.training:  # the op is pure: the module writes the new statistics (the backend's state transition)
+            self.write_buffer("running_mean", running_mean)
+            self.write_buffer("running_var", running_var)
+        return y
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"

@@ -4,7 +4,8 @@ from unidl.nn.module import Module
 
 
 class Dropout(Module):
-    """Inverted dropout. The mask comes from the backend's own generator (seeded by ``ud.manual_seed``),
+    """Inverted dropout. The mask comes from the backend's generator (``Backend.generator``, seeded by
+    ``ud.manual_seed``), passed to the pure ``ops.dropout`` explicitly,
     so masks differ across backends while the expectation and the eval-mode identity do not."""
 
     def __init__(self, p: float = 0.5):
@@ -14,7 +15,9 @@ class Dropout(Module):
         self.p = float(p)
 
     def forward(self, x):
-        return self._ops.dropout(x, self.p, self.training)
+        if not self.training or not self.p:
+            return x
+        return self._ops.dropout(x, self.p, True, self._backend.generator())
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -77,6 +77,15 @@ class Module:
         object.__setattr__(self, name, variable)
         devices.parameter_created(self, name, variable, self._backend, kind="buffer")
 
+    def write_buffer(self, name: str, value) -> None:
+        """Store ``value`` (a native tensor computed by the forward, e.g. new running statistics) as the
+        buffer ``name``: in place where the framework allows, as the new state object where it does not
+        (``Backend.write_state``)."""
+        holder = self._backend.write_state(self._buffers[name], value)
+        if holder is not self._buffers[name]:
+            self._buffers[name] = holder
+            object.__setattr__(self, name, holder)
+
     def _check_backend(self, other, what: str) -> None:
         if other is not self._backend:
             raise BackendMismatchError(

@@ -1,10 +1,13 @@
 """``Optimizer``: the base class of unidl's optimizers, bound to one backend and one list of parameters.
 
 Each subclass states its update rule once, as math in the docstring and as
-``update()`` written with the backend's ``ops`` and ordinary operators. The
-tensorflow and keras backends run that ``update()`` (inside their compiled
-graphs); the torch backend runs ``torch.optim``'s implementation of the same
-rule. The parity tests check that all of them agree.
+``update()`` written with the backend's ``ops`` and ordinary operators. Every
+backend runs that ``update()`` (inside its compiled graphs where it has them).
+A framework's own kernel for the same rule (``torch.optim``'s foreach
+implementations, TensorFlow's fused momentum) is only a fast path, taken for
+unidl's built-in classes whose rule no subclass changed (``builtin_rule``); a
+user's subclass with its own ``update()`` runs that rule on every backend. The
+parity tests check that the fast paths and the rule agree.
 """
 
 from __future__ import annotations
@@ -15,7 +18,17 @@ from numbers import Real
 import numpy as np
 
 from unidl import config
+from unidl.backends.op_registry import optional_op
 from unidl.errors import BackendMismatchError
+
+
+#: the class attributes that make up an optimizer's update rule (see ``Optimizer.builtin_rule``)
+_RULE_ATTRIBUTES = ("update", "regularized_gradient", "heavy_ball", "slots", "initial_slot_value", "uses_step",
+                    "decoupled")
+
+
+def _is_unidl_class(cls) -> bool:
+    return cls.__module__.startswith("unidl.optim.")
 
 
 def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=False, high_open=True):
@@ -87,6 +100,18 @@ class Optimizer:
         self._lr = check_range(type(self).__name__, "lr", value)
         self._backend.set_learning_rate(self, self._lr)
 
+    @classmethod
+    def builtin_rule(cls) -> str | None:
+        """The name of unidl's built-in optimizer class (``"SGD"``, ``"Adam"``, ...) whose update rule this
+        class runs unchanged, so that a backend may run a framework kernel for it as a fast path; None
+        when a class outside unidl changes any part of the rule (``update``, ``regularized_gradient``,
+        the slots ...): then every backend runs the class's own ``update()``."""
+        for attribute in _RULE_ATTRIBUTES:
+            owner = next(k for k in cls.__mro__ if attribute in k.__dict__)
+            if not _is_unidl_class(owner):
+                return None
+        return next(k.__name__ for k in cls.__mro__ if _is_unidl_class(k))
+
     def update(self, param, grad, slots: dict, lr, step, ops):
         """Return ``(delta, new_slots)`` for one step: the new parameter is ``param - delta`` (backends
         subtract in place, one fused op). ``step`` counts from 1 (None unless ``uses_step``)."""
@@ -112,7 +137,7 @@ class Optimizer:
         """Update ``param`` and ``slots`` in place with the backend's fused kernel for this rule, if its
         ``ops`` have one (``apply_momentum``, computing the same arithmetic as ``update``): True when done,
         False when the caller must run ``update``. ``grad`` is already regularized."""
-        rule, kernel = self.heavy_ball(), getattr(ops, "apply_momentum", None)
+        rule, kernel = self.heavy_ball(), optional_op(ops, "apply_momentum")
         if rule is None or kernel is None:
             return False
         buffer, momentum, nesterov = rule

@@ -1,7 +1,9 @@
 """The Keras 3 backend: variables are ``keras.Variable``s, training runs through Keras's own trainer.
 
-It honours ``KERAS_BACKEND`` (TensorFlow when unset): every op is a
-``keras.ops`` call, so the same code runs on each framework Keras supports.
+It honours ``KERAS_BACKEND`` (TensorFlow when unset): ops are ``keras.ops`` calls (or the host
+backend's own kernels where they take Keras's tensors), and gradients, ``ud.function``,
+``ud.custom_gradient`` and devices are delegated to the unidl backend of the framework Keras runs on
+(``host.py``), so this folder never branches on Keras's framework.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from unidl import config  # noqa: E402
 from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.keras import function as keras_function
-from unidl.backends.keras import gradients as keras_gradients  # noqa: E402
 from unidl.backends.keras import ops as keras_ops
+from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import BatchRelay, NativeLoss, NativeModel
 from unidl.backends.keras.optimizer import NativeOptimizer
 from unidl.backends.keras.export import export_formats, export_module
@@ -42,54 +44,53 @@ def keras_device_name(device: str) -> str:
     return "cpu" if device == "cpu" else f"gpu:{device.split(':')[1]}"
 
 
-def _gpu_count() -> int:
-    framework = keras.backend.backend()
-    if framework == "tensorflow":
-        import tensorflow as tf
-        return len(tf.config.list_physical_devices("GPU"))
-    if framework == "torch":
-        import torch
-        return torch.cuda.device_count()
-    if framework == "jax":
-        import jax
-        return len([d for d in jax.devices() if d.platform == "gpu"])
-    return 0
-
-
 class Backend(BackendInterface):
     name = "keras"
     ops = keras_ops
 
     def __init__(self):
+        self._generator = None
         self.check_ops()
         if unidl_random.initial_seed() is not None:
             self.seed(unidl_random.initial_seed())
 
     # ---- framework and devices -------------------------------------------
+    @property
+    def host(self):
+        """The unidl backend of the framework Keras runs on, to which this backend delegates."""
+        return HOST
+
     def versions(self):
-        framework = keras.backend.backend()
-        module = __import__({"tensorflow": "tensorflow", "torch": "torch", "jax": "jax"}.get(framework, framework))
-        return {"keras": keras.__version__, f"keras backend {framework}": module.__version__}
+        return {"keras": keras.__version__, **{f"keras backend {k}": v for k, v in HOST.versions().items()}}
 
     def devices(self):
-        return ["cpu"] + [f"cuda:{i}" for i in range(_gpu_count())]
+        return HOST.devices()
 
     def device_scope(self, device):
         return keras.device(keras_device_name(device))
 
     def device_of(self, tensor):
-        return keras_function.device_of(tensor)
+        return HOST.device_of(tensor.value if isinstance(tensor, keras.Variable) else tensor)
 
     def get_rng_state(self):
-        return {"dropout": np.asarray(keras.ops.convert_to_numpy(keras_ops.seed_generator().state.value)).tolist()}
+        return {"dropout": np.asarray(keras.ops.convert_to_numpy(self.generator().state.value)).tolist()}
 
     def set_rng_state(self, state):
-        variable = keras_ops.seed_generator().state
+        variable = self.generator().state
         variable.assign(keras.ops.cast(keras.ops.convert_to_tensor(state["dropout"]), variable.dtype))
 
     def seed(self, seed):
         keras.utils.set_random_seed(seed)
-        keras_ops.set_seed(seed)
+        if self._generator is None:
+            self._generator = keras.random.SeedGenerator(seed)
+        else:  # in place: compiled graphs captured its state variable
+            state = self._generator.state
+            state.assign(keras.ops.cast(keras.ops.convert_to_tensor([seed, 0]), state.dtype))
+
+    def generator(self):
+        if self._generator is None:
+            self._generator = keras.random.SeedGenerator()
+        return self._generator
 
     def _device(self) -> str:
         """The unidl device in force for this backend ('cpu', 'cuda:N')."""
@@ -137,6 +138,11 @@ class Backend(BackendInterface):
 
     def assign(self, variable, value):
         variable.assign(np.asarray(value).astype(variable.dtype))
+
+    def write_state(self, variable, value):
+        if value is not variable:
+            variable.assign(value)
+        return variable
 
     # ---- modules and training ---------------------------------------------
     def native_module(self, module):
@@ -198,7 +204,7 @@ class Backend(BackendInterface):
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
         native = self.compile(model, loss_fn, optimizer)
-        graph = keras_function.train_step_graph(native, self._device(), per_batch=True)
+        graph = keras_function.train_step_graph(native, per_batch=True)
         if graph is not None:
             return graph
         to_input = self.to_input
@@ -237,12 +243,11 @@ class Backend(BackendInterface):
 
     def _fit_graph(self, native):
         """The running-logs train step graph of ``native`` as last compiled (``compile`` drops it: a new
-        compile makes new metric trackers), for the current device; None where Keras does not run on
-        TensorFlow."""
+        compile makes new metric trackers), for the current device; None where the host compiles no graphs."""
         device = self._device()
         cached = getattr(native, "_unidl_fit_graph", None)
         if cached is None or cached[0] != device:
-            cached = (device, keras_function.train_step_graph(native, device, per_batch=False))
+            cached = (device, keras_function.train_step_graph(native, per_batch=False))
             object.__setattr__(native, "_unidl_fit_graph", cached)
         return cached[1]
 
@@ -256,7 +261,9 @@ class Backend(BackendInterface):
         return forward
 
     def value_and_grad(self, f, args, argnums, params):
-        return keras_gradients.value_and_grad(f, args, argnums, params, self.tensor)
+        if argnums is not None:
+            args = [self.tensor(a) if i in argnums else a for i, a in enumerate(args)]
+        return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
 
     def check_shapes(self, model, loss_fn, x, y):
         x, y = self.to_input(x), self.to_input(y)
@@ -265,11 +272,10 @@ class Backend(BackendInterface):
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
-        return keras_function.function(fn, jit_compile, name, self._device(),
-                                       self.tensor)
+        return HOST.function(fn, jit_compile, name)
 
     def custom_gradient(self, forward_fn):
-        return keras_function.custom_gradient(forward_fn)
+        return HOST.custom_gradient(forward_fn)
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

@@ -1,9 +1,9 @@
 """unidl's functional ops in ``keras.ops``, so they run on whichever framework Keras runs on.
 
-Activations are NCHW in and out. On Keras's torch backend convolutions and pools
-call the channels-first kernel directly; elsewhere they transpose around a
-channels-last kernel, and where Keras runs on TensorFlow the layer ops are the
-tensorflow backend's own (see the end of this file).
+Activations are NCHW in and out. Where the host framework's kernels are channels-first
+(``Backend.native_layout``) convolutions and pools call them directly; elsewhere they transpose
+around a channels-last kernel. The host backend's ops that take Keras's tensors as they are
+(``Backend.keras_native_ops``) replace the portable ones (see the end of this file).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import keras
 from keras import ops as K
 
-_CHANNELS_FIRST_NATIVE = keras.backend.backend() == "torch"
+from unidl.backends.keras.host import HOST
+
+_CHANNELS_FIRST_NATIVE = HOST.native_layout == "NCHW"
 _NCHW_TO_NHWC = (0, 2, 3, 1)
 _NHWC_TO_NCHW = (0, 3, 1, 2)
 
@@ -28,24 +30,6 @@ square = K.square
 maximum = K.maximum
 where = K.where
 zeros_like = K.zeros_like
-
-_random = {"seed": None}
-
-
-def set_seed(seed: int) -> None:
-    """Reset the seed generator that draws dropout masks, in place: compiled graphs captured its state."""
-    if _random["seed"] is None:
-        _random["seed"] = keras.random.SeedGenerator(seed)
-    else:
-        state = _random["seed"].state
-        state.assign(K.cast(K.convert_to_tensor([seed, 0]), state.dtype))
-
-
-def seed_generator():
-    if _random["seed"] is None:
-        _random["seed"] = keras.random.SeedGenerator()
-    return _random["seed"]
-
 
 def linear(x, weight, bias=None):
     y = K.matmul(x, K.transpose(weight))
@@ -117,7 +101,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     return _pool(x, kernel_size, stride, padding, K.average_pool, 0.0)
 
 
-def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     rank = len(x.shape)
     axes = [0] if rank == 2 else [0] + list(range(2, rank))
     broadcast = [1, -1] + [1] * (rank - 2)
@@ -127,17 +111,18 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
         count = K.cast(K.prod(K.take(K.shape(x), axes)) if None in x.shape else
                        _static_count(x.shape, axes), x.dtype)
         unbiased = var * count / K.maximum(count - 1, 1)
-        running_mean.assign((1 - momentum) * running_mean + momentum * mean)
-        running_var.assign((1 - momentum) * running_var + momentum * unbiased)
+        new_mean = (1 - momentum) * running_mean + momentum * mean
+        new_var = (1 - momentum) * running_var + momentum * unbiased
     else:
         mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
     scale = K.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
     shift = -mean * scale
     if bias is not None:
         shift = shift + bias
-    return x * K.reshape(scale, broadcast) + K.reshape(shift, broadcast)
+    return x * K.reshape(scale, broadcast) + K.reshape(shift, broadcast), new_mean, new_var
 
 
 def _static_count(shape, axes):
@@ -147,10 +132,11 @@ def _static_count(shape, axes):
     return count
 
 
-def dropout(x, p, training):
+def dropout(x, p, training=True, generator=None):
+    """``generator``: a ``keras.random.SeedGenerator`` (the backend's, see ``Backend.generator``)."""
     if not training or p == 0:
         return x
-    return keras.random.dropout(x, p, seed=seed_generator())
+    return keras.random.dropout(x, p, seed=generator)
 
 
 def reshape(x, shape):
@@ -215,21 +201,13 @@ def l1_loss(prediction, target, reduction="mean"):
 
 
 def cross_entropy(logits, labels, reduction="mean"):
-    if not isinstance(labels, keras.KerasTensor) and _is_concrete(labels):
+    if not isinstance(labels, keras.KerasTensor) and HOST.executing_eagerly():
         values = K.convert_to_numpy(labels)
         if values.size and (values.min() < 0 or values.max() >= logits.shape[-1]):
             raise ValueError(f"CrossEntropyLoss labels must lie in [0, {logits.shape[-1]}); "
                              f"found labels from {int(values.min())} to {int(values.max())}")
     losses = K.sparse_categorical_crossentropy(K.cast(labels, "int32"), logits, from_logits=True)
     return _reduce(losses, reduction)
-
-
-def _is_concrete(tensor) -> bool:
-    """True for eager tensors whose values can be read now (not inside a traced graph)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-        return tf.executing_eagerly()
-    return True
 
 
 def bce_with_logits(logits, targets, reduction="mean"):
@@ -243,13 +221,5 @@ def scan(fn, init, xs, axis=0):
     return carry, K.moveaxis(ys, 0, axis)
 
 
-if keras.backend.backend() == "tensorflow":
-    # Keras on TensorFlow: keras.ops' portable spellings cost time on TensorFlow's kernels (a transposed copy
-    # of every Linear weight each step, for ``matmul(x, transpose(w))``; transposes around every conv and
-    # pool). The tensorflow backend's own ops take Keras's tensors and variables as they are, multiply by
-    # the transposed weight inside the kernel and keep conv chains NHWC in graphs (its layout.py); SGD with
-    # momentum runs as TensorFlow's fused kernel (apply_momentum), and labels out of range stop a compiled step
-    # with unidl's message (cross_entropy's in-graph check) rather than the kernel's.
-    from unidl.backends.tensorflow.ops import (  # noqa: E402,F811
-        apply_momentum, avg_pool2d, batch_norm, conv2d, cross_entropy, leaky_relu, linear, max_pool2d, relu, sigmoid,
-        tanh)
+# the host's own kernels where they take Keras's tensors as they are (faster than keras.ops' spellings)
+globals().update({name: getattr(HOST.ops, name) for name in HOST.keras_native_ops})

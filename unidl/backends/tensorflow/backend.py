@@ -37,13 +37,27 @@ def canonical_device(tf_device: str) -> str:
 class Backend(BackendInterface):
     name = "tensorflow"
     ops = tf_ops
+    native_layout = "NHWC"
+    compiles_graphs = True
+    # Keras on TensorFlow: keras.ops' portable spellings cost time on TensorFlow's kernels (a transposed copy of
+    # every Linear weight each step, for ``matmul(x, transpose(w))``; transposes around every conv and pool).
+    # These ops take Keras's tensors and variables as they are, multiply by the transposed weight inside the
+    # kernel and keep conv chains NHWC in graphs (layout.py); SGD with momentum runs as TensorFlow's fused kernel
+    # (apply_momentum), and labels out of range stop a compiled step with unidl's message (cross_entropy's
+    # in-graph check) rather than the kernel's.
+    keras_native_ops = ("apply_momentum", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy", "leaky_relu",
+                        "linear", "max_pool2d", "relu", "sigmoid", "tanh")
 
     def __init__(self):
+        self._generator = None
         self.check_ops()
         if unidl_random.initial_seed() is not None:
             self.seed(unidl_random.initial_seed())
 
     # ---- framework and devices -------------------------------------------
+    def executing_eagerly(self):
+        return tf.executing_eagerly()
+
     def versions(self):
         return {"tensorflow": tf.__version__}
 
@@ -57,14 +71,22 @@ class Backend(BackendInterface):
         return canonical_device(tensor.device)
 
     def get_rng_state(self):
-        return {"dropout": tf_ops.random_generator().state.numpy().tolist()}
+        return {"dropout": self.generator().state.numpy().tolist()}
 
     def set_rng_state(self, state):
-        tf_ops.random_generator().state.assign(np.asarray(state["dropout"], dtype=np.int64))
+        self.generator().state.assign(np.asarray(state["dropout"], dtype=np.int64))
 
     def seed(self, seed):
         tf.random.set_seed(seed)
-        tf_ops.set_seed(seed)
+        if self._generator is None:
+            self._generator = tf.random.Generator.from_seed(seed)
+        else:
+            self._generator.reset_from_seed(seed)  # in place: compiled graphs captured its variable
+
+    def generator(self):
+        if self._generator is None:
+            self._generator = tf.random.Generator.from_non_deterministic_state()
+        return self._generator
 
     def current_device_name(self) -> str:
         return tf_device_name(config.resolve_device(config._requested_device(), self))
@@ -98,6 +120,11 @@ class Backend(BackendInterface):
 
     def assign(self, variable, value):
         variable.assign(np.asarray(value).astype(variable.dtype.as_numpy_dtype))
+
+    def write_state(self, variable, value):
+        if value is not variable:
+            variable.assign(value)
+        return variable
 
     # ---- modules and training ---------------------------------------------
     def native_module(self, module):

@@ -28,23 +28,6 @@ maximum = tf.maximum
 where = tf.where
 zeros_like = tf.zeros_like
 
-_random = {"generator": None}
-
-
-def set_seed(seed: int) -> None:
-    """Reset the generator that draws dropout masks, in place: compiled graphs captured its variable."""
-    if _random["generator"] is None:
-        _random["generator"] = tf.random.Generator.from_seed(seed)
-    else:
-        _random["generator"].reset_from_seed(seed)
-
-
-def random_generator() -> tf.random.Generator:
-    if _random["generator"] is None:
-        _random["generator"] = tf.random.Generator.from_non_deterministic_state()
-    return _random["generator"]
-
-
 def linear(x, weight, bias=None):
     # the (out, in) weight is multiplied transposed inside the kernel (no transposed copy per step), and
     # BiasAdd's fused gradient is cheaper than broadcasting AddV2's (a Sum over the batch)
@@ -145,11 +128,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     return _pool(x, kernel_size, stride, padding, tf.nn.avg_pool2d, 0.0)
 
 
-def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     source = nhwc_source(x)
     if source is not None:  # normalise the NHWC tensor over N, H, W and keep the chain unbroken
-        return nchw_view(_batch_norm(source, [0, 1, 2], [1, 1, 1, -1], running_mean, running_var, weight,
-                                     bias, training, momentum, eps))
+        y, new_mean, new_var = _batch_norm(source, [0, 1, 2], [1, 1, 1, -1], running_mean, running_var, weight,
+                                           bias, training, momentum, eps)
+        return nchw_view(y), new_mean, new_var
     axes = [0] if x.shape.rank == 2 else [0] + list(range(2, x.shape.rank))
     broadcast = [1, -1] + [1] * (x.shape.rank - 2)
     return _batch_norm(x, axes, broadcast, running_mean, running_var, weight, bias, training, momentum, eps)
@@ -160,25 +144,27 @@ def _batch_norm(x, axes, broadcast, running_mean, running_var, weight, bias, tra
         mean, var = tf.nn.moments(x, axes)
         count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
         unbiased = var * count / tf.maximum(count - 1, 1)
-        running_mean.assign((1 - momentum) * running_mean + momentum * mean)
-        running_var.assign((1 - momentum) * running_var + momentum * unbiased)
+        new_mean = (1 - momentum) * running_mean + momentum * mean
+        new_var = (1 - momentum) * running_var + momentum * unbiased
     else:
         mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
     scale = tf.math.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
     shift = -mean * scale
     if bias is not None:
         shift = shift + bias
-    return x * tf.reshape(scale, broadcast) + tf.reshape(shift, broadcast)
+    return x * tf.reshape(scale, broadcast) + tf.reshape(shift, broadcast), new_mean, new_var
 
 
-def dropout(x, p, training):
+def dropout(x, p, training=True, generator=None):
+    """``generator``: a ``tf.random.Generator`` (the backend's, see ``Backend.generator``)."""
     if not training or p == 0:
         return x
     if p == 1:
         return tf.zeros_like(x)
-    keep = random_generator().uniform(tf.shape(x), dtype=x.dtype) >= p
+    keep = generator.uniform(tf.shape(x), dtype=x.dtype) >= p
     return tf.where(keep, x / (1 - p), tf.zeros_like(x))
 
 

@@ -14,7 +14,7 @@ from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.torch import ops as torch_ops
 from unidl.backends.torch import function as torch_function
 from unidl.backends.torch.module import NativeModule
-from unidl.backends.torch.optimizer import add_l1, native_optimizer
+from unidl.backends.torch.optimizer import add_l1, l1_outside_rule, native_optimizer
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -54,6 +54,10 @@ class Backend(BackendInterface):
         torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
         if state.get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+    def generator(self):
+        device = self.current_device()
+        return torch.default_generator if device.type == "cpu" else torch.cuda.default_generators[device.index or 0]
 
     def current_device(self) -> torch.device:
         return torch.device(config.resolve_device(config._requested_device(), self))
@@ -108,6 +112,12 @@ class Backend(BackendInterface):
         with torch.no_grad():
             variable.copy_(torch.as_tensor(np.asarray(value)).to(variable.dtype))
 
+    def write_state(self, variable, value):
+        if value is not variable:
+            with torch.no_grad():
+                variable.copy_(value)
+        return variable
+
     # ---- modules and training ---------------------------------------------
     def native_module(self, module):
         return NativeModule(module)
@@ -139,11 +149,11 @@ class Backend(BackendInterface):
             state = native.state[p]
             for name, value in entry.items():
                 state[name] = torch.as_tensor(np.asarray(value), dtype=p.dtype, device=p.device).clone()
-            if type(optimizer).__name__ != "SGD":
+            if not isinstance(native, torch.optim.SGD):  # the others count steps per parameter
                 state["step"] = torch.tensor(float(step), dtype=torch.float32)
 
     def apply_gradients(self, optimizer, grads):
-        l1 = optimizer.hyper["l1"]
+        l1 = l1_outside_rule(optimizer)
         with torch.no_grad():
             for p, g in zip(optimizer.params, grads):
                 g = self.to_input(g)
@@ -162,7 +172,7 @@ class Backend(BackendInterface):
     def train_step(self, model, loss_fn, optimizer, with_outputs=False):
         native = optimizer.native
         to_input = self.to_input
-        l1 = optimizer.hyper["l1"]
+        l1 = l1_outside_rule(optimizer)
 
         def step(x, y):
             x, y = to_input(x), to_input(y)

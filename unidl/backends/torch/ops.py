@@ -45,12 +45,31 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     return F.avg_pool2d(x, kernel_size, stride if stride is not None else kernel_size, padding)
 
 
-def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps):
-    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    if not training:
+        return F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps), running_mean, running_var
+    # torch's kernel updates the statistics it is given in place: give it copies, so the op stays pure
+    new_mean, new_var = running_mean.clone(), running_var.clone()
+    return F.batch_norm(x, new_mean, new_var, weight, bias, True, momentum, eps), new_mean, new_var
 
 
-def dropout(x, p, training):
-    return F.dropout(x, p, training)
+def _is_default_generator(generator, device) -> bool:
+    if generator is None:
+        return True
+    if device.type == "cpu":
+        return generator is torch.default_generator
+    return device.type == "cuda" and generator is torch.cuda.default_generators[device.index or 0]
+
+
+def dropout(x, p, training=True, generator=None):
+    if not training or p == 0:
+        return x
+    if _is_default_generator(generator, x.device):
+        return F.dropout(x, p, True)  # the fused kernel draws from the device's default generator
+    if p == 1:
+        return torch.zeros_like(x)
+    keep = torch.empty_like(x).bernoulli_(1 - p, generator=generator)
+    return x * keep / (1 - p)
 
 
 def reshape(x, shape):

@@ -1,0 +1,140 @@
+"""The op registry: every functional op a backend provides is declared here once, with its signature.
+
+``unidl/ops.py`` declares each op with ``@declare``: the declaration's signature and docstring are
+the contract, the registry builds the public dispatcher ``ud.ops.<name>`` from them, and
+``interface.OPS`` (the ops every backend must have) is derived from the registry. Optional ops
+(a framework's fused kernel, used only as a fast path) are declared as such, and the front end
+reaches them only through ``optional_op``, never by guessing an attribute name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from unidl.errors import BackendInterfaceError
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One declared op: ``name``, the declaring function (signature and docstring), whether a backend
+    may lack it (``optional``) and whether it is a user-facing ``ud.ops`` function (``public``)."""
+
+    name: str
+    declaration: Callable
+    optional: bool
+    public: bool
+
+    @property
+    def signature(self) -> inspect.Signature:
+        return inspect.signature(self.declaration)
+
+
+REGISTRY: dict[str, OpSpec] = {}
+
+
+def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable) -> Callable:
+    """A function with ``declaration``'s exact signature whose body is ``resolve_ops().<name>(...)``:
+    compiled once, so a call costs what a hand-written forwarding function costs."""
+    signature = inspect.signature(declaration)
+    params, forwarded, seen_star = [], [], False
+    for p in signature.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            params.append(f"*{p.name}")
+            forwarded.append(f"*{p.name}")
+            seen_star = True
+        elif p.kind is p.VAR_KEYWORD:
+            params.append(f"**{p.name}")
+            forwarded.append(f"**{p.name}")
+        elif p.kind is p.KEYWORD_ONLY:
+            if not seen_star:
+                params.append("*")
+                seen_star = True
+            params.append(p.name)
+            forwarded.append(f"{p.name}={p.name}")
+        else:
+            params.append(p.name)
+            forwarded.append(p.name)
+    source = (f"def {name}({', '.join(params)}):\n"
+              f"    return _resolve_ops().{name}({', '.join(forwarded)})\n")
+    namespace = {"_resolve_ops": resolve_ops}
+    exec(compile(source, f"<unidl.ops.{name}>", "exec"), namespace)
+    function = namespace[name]
+    function.__defaults__ = declaration.__defaults__
+    function.__kwdefaults__ = declaration.__kwdefaults__
+    function.__doc__ = declaration.__doc__
+    function.__module__ = declaration.__module__
+    function.__qualname__ = name
+    function.__wrapped__ = declaration
+    return function
+
+
+def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = False, public: bool = True,
+            dispatch: bool = True):
+    """Decorator for the declarations in ``unidl/ops.py``: register the op and return its dispatcher
+    (or the declared function itself with ``dispatch=False``, when the front end adds behaviour of
+    its own before calling the backend, e.g. drawing dropout's generator)."""
+
+    def register(declaration: Callable) -> Callable:
+        op_name = name or declaration.__name__
+        if op_name in REGISTRY:
+            raise BackendInterfaceError(f"op {op_name!r} is declared twice")
+        REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public)
+        return _dispatcher(op_name, declaration, resolve_ops) if dispatch else declaration
+
+    return register
+
+
+def _load_declarations() -> None:
+    import unidl.ops  # noqa: F401  (declares every op)
+
+
+def required_ops() -> tuple[str, ...]:
+    """Names of the ops every backend's ``ops`` namespace must provide."""
+    _load_declarations()
+    return tuple(name for name, spec in REGISTRY.items() if not spec.optional)
+
+
+def optional_ops() -> tuple[str, ...]:
+    """Names of the ops a backend may provide as a fast path."""
+    _load_declarations()
+    return tuple(name for name, spec in REGISTRY.items() if spec.optional)
+
+
+def optional_op(ops, name: str):
+    """The backend's implementation of the optional op ``name``, or None where it has none."""
+    spec = REGISTRY.get(name)
+    if spec is None or not spec.optional:
+        raise BackendInterfaceError(f"{name!r} is not a declared optional op; declared: {', '.join(optional_ops())}")
+    return getattr(ops, name, None)
+
+
+def check_backend_ops(backend_name: str, ops) -> None:
+    """Fail loudly, naming every problem, if ``ops`` lacks a required op or implements an op (required
+    or optional) with fewer positional parameters than its declaration passes."""
+    _load_declarations()
+    problems = []
+    for name, spec in REGISTRY.items():
+        implementation = getattr(ops, name, None)
+        if implementation is None:
+            if not spec.optional:
+                problems.append(f"{name} (missing)")
+            continue
+        if not callable(implementation):
+            problems.append(f"{name} (not callable)")
+            continue
+        try:
+            implemented = inspect.signature(implementation).parameters.values()
+        except (TypeError, ValueError):
+            continue  # a builtin without an introspectable signature: checked by the parity tests instead
+        if any(p.kind is p.VAR_POSITIONAL for p in implemented):
+            continue
+        positional = [p for p in implemented if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        declared = [p for p in spec.signature.parameters.values()
+                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(positional) < len(declared):
+            problems.append(f"{name} (takes {len(positional)} positional parameters, the declaration "
+                            f"passes {len(declared)}: {', '.join(p.name for p in declared)})")
+    if problems:
+        raise BackendInterfaceError(f"backend {backend_name!r} ops do not meet the op registry: {'; '.join(problems)}")
