@@ -1,11 +1,112 @@
-"""unidl against hand-written PyTorch, TensorFlow and Keras 3: ``python benchmarks/bench.py [--quick]``.
+"""``unidl bench``: one training step of unidl against the same step hand-written in each framework.
 
-The same as ``unidl bench``; the comparisons live in ``unidl/bench.py``. Writes ``benchmarks/RESULTS.md``.
+Every comparison runs its pair in one process, alternating blocks of steps (A, B, B, A, ...),
+and reports medians and the ratio unidl/native; the peers a user would otherwise pick (Keras 3
+on torch and on TensorFlow) and the data loaders are compared the same way. The result is a
+Markdown report (``benchmarks/RESULTS.md`` by default). ``python benchmarks/bench.py [--quick]``
+is the same command as ``unidl bench [--quick]``.
 """
 
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
 import sys
+import time
+from pathlib import Path
 
-from unidl.bench import main
+if __package__ in (None, ""):  # run as a script: import benchmarks/ (and unidl/) from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-if __name__ == "__main__":
-    sys.exit(main())
+from benchmarks.harness import MODELS, Row, Settings
+from benchmarks.keras_peer import keras_peer
+from benchmarks.loaders import bench_loaders
+from benchmarks.native_keras import bench_keras
+from benchmarks.native_tf import bench_tensorflow
+from benchmarks.native_torch import bench_torch
+from benchmarks.report import ANALYSIS_HEADING, format_row, load_average, previous_analysis, report
+from unidl.cli import positive_int
+from unidl.errors import DeviceUnavailableError
+
+
+def tensorflow_sees_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def run(settings: Settings, device: str = "cpu", only: str | None = None, log=print) -> list[Row]:
+    """Every comparison, in order; ``only`` keeps the groups whose name contains it."""
+    with_tf = device == "cpu" or tensorflow_sees_gpu()
+    groups = [("torch", lambda: bench_torch(settings, device))]
+    skipped = "skipped: TensorFlow sees no GPU"
+    if with_tf:
+        groups += [("tensorflow", lambda: bench_tensorflow(settings, device)),
+                   ("keras", lambda: bench_keras(settings, device))]
+    else:
+        groups += [("tensorflow", lambda: [Row("train step, tensorflow", m, "ud.train_step", "tf.function",
+                                               note=skipped) for m in MODELS]),
+                   ("keras", lambda: [Row("train step, keras", m, "ud.train_step", "keras", note=skipped)
+                                      for m in MODELS])]
+    groups += [("peer keras torch", lambda: keras_peer(settings, device, "torch", "torch"))]
+    if with_tf:
+        groups += [("peer keras tensorflow", lambda: keras_peer(settings, device, "tensorflow", "tensorflow"))]
+    groups += [("loader", lambda: bench_loaders(settings, device, with_tf))]
+    rows = []
+    for name, group in groups:
+        if only and only not in name:
+            continue
+        started = time.perf_counter()
+        for row in group():
+            rows.append(row)
+            log(format_row(row))
+        log(f"  ({name}: {time.perf_counter() - started:.1f} s)")
+    return rows
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="unidl bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny configuration (a few steps), for tests")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (default) or cuda (the first GPU)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="timed steps per side (default 300; quick 4)")
+    parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"), help="the Markdown report")
+    parser.add_argument("--only", default=None, help="run only the groups whose name contains this "
+                        "(torch, tensorflow, keras, peer, loader)")
+    parser.add_argument("--no-subprocess", action="store_true",
+                        help="skip the Keras-on-torch peer, which needs a process of its own")
+    parser.add_argument("--findings", default=None, help=f"a Markdown file appended to the report (its analysis); "
+                        f"by default the '{ANALYSIS_HEADING}' section of the existing report is kept")
+    return parser
+
+
+def main(argv=None, args=None) -> int:
+    args = args or build_parser().parse_args(argv)
+    device = "cpu" if args.device == "cpu" else "cuda:0"
+    if device != "cpu":
+        import torch
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError("--device cuda: torch sees no GPU on this machine")
+    settings = Settings.quick(args.steps) if args.quick else Settings.full(args.steps)
+    settings.subprocess = not args.no_subprocess
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    load_before = load_average()
+    print(f"unidl bench: device={device} steps={settings.steps} load average {load_before}")
+    rows = run(settings, device, args.only)
+    findings = previous_analysis(args.out)
+    if args.findings:
+        with open(args.findings) as handle:
+            findings = handle.read()
+    text = report(rows, settings, device, started, load_before, args.quick, findings)
+    directory = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(directory, exist_ok=True)
+    with open(args.out, "w") as handle:
+        handle.write(text)
+    print(f"report written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # the same command as `unidl bench`: its quiet framework import and one-line errors
+    from unidl.cli import main as unidl_main
+
+    sys.exit(unidl_main(["bench", *sys.argv[1:]]))

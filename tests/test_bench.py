@@ -1,4 +1,5 @@
-"""``unidl bench --quick`` runs every comparison and writes a report with a row and a ratio for each.
+"""``unidl bench --quick`` runs every comparison (the harness in ``benchmarks/``) and writes a report
+with a row and a ratio for each.
 
 No timing is asserted: the quick configuration is a few steps on a shared machine.
 """
@@ -7,7 +8,8 @@ import re
 
 import pytest
 
-from unidl import bench, cli
+from benchmarks import harness, keras_peer
+from unidl import cli
 
 pytest.importorskip("torch")
 pytest.importorskip("tensorflow")
@@ -57,8 +59,8 @@ def test_quick_report_has_every_comparison_and_ratio(tmp_path, capsys):
 
 
 def test_keras_on_torch_peer_runs_in_its_own_process():
-    settings = bench.Settings.quick(2)
-    rows = bench.keras_peer(settings, "cpu", "torch", "torch")
+    settings = harness.Settings.quick(2)
+    rows = keras_peer.keras_peer(settings, "cpu", "torch", "torch")
     assert {(r.comparison, r.model) for r in rows} >= {("peer: keras on torch", "two_layer"),
                                                       ("peer: keras on torch", "cnn")}
     for row in rows:
@@ -71,6 +73,6 @@ def test_block_spread_is_the_quartiles_of_block_ratios():
     # blocks of 2 steps: ratios 1.0, 2.0, 3.0, 4.0 (a's block median over b's)
     a = [1, 1, 2, 2, 3, 3, 4, 4]
     b = [1] * 8
-    low, high = bench._block_spread(a, b, 2)
+    low, high = harness._block_spread(a, b, 2)
     assert (low, high) == (1.75, 3.25)
-    assert bench._block_spread([1.0], [1.0], 1) is None
+    assert harness._block_spread([1.0], [1.0], 1) is None

@@ -1,18 +1,24 @@
 """The ``unidl`` command: train (the README's main job), info, compare; ``python -m unidl`` is the same."""
 
+import os
 import re
+import subprocess
+import sys
+import types
 
 import pytest
 
 import unidl as ud
 from unidl import cli, config
-from tests.helpers import run_python
+from unidl.compare import display_name
+from tests.helpers import ROOT, last_json_line, run_python
 
 
 @pytest.fixture(autouse=True)
 def keep_default_backend(monkeypatch):
     monkeypatch.setattr(config, "_default_backend", config._default_backend)
     monkeypatch.setattr(config, "_default_device", config._default_device)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))  # the command sets it
 
 
 @pytest.mark.parametrize("backend", ["torch", "tensorflow", "keras"])
@@ -32,9 +38,11 @@ def test_train_two_layer_with_options(capsys):
     assert float(out.split("test accuracy:")[1].split()[0]) > 0.5
 
 
-def test_bad_dataset_is_explained():
-    with pytest.raises(SystemExit, match="unknown --dataset 'imagenet'"):
+def test_bad_dataset_is_explained(capsys):
+    with pytest.raises(SystemExit) as exited:
         cli.main(["train", "--dataset", "imagenet", "--verbose", "0"])
+    assert exited.value.code == 2
+    assert "argument --dataset: unknown dataset 'imagenet'; use digits, synthetic" in capsys.readouterr().err
 
 
 def test_missing_mnist_directory_is_explained(tmp_path):
@@ -50,9 +58,91 @@ def test_info_lists_backends_versions_devices(capsys):
         assert text in out
 
 
-def test_python_dash_m_unidl_is_the_same_command():
-    result = run_python("import runpy, sys\nsys.argv = ['unidl', 'info']\nrunpy.run_module('unidl', run_name='__main__')")
+def unidl_command(*arguments, env=None):
+    """``python -m unidl ARGUMENTS`` from the repo root, as a user runs it (no TF_CPP_MIN_LOG_LEVEL of ours)."""
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    environment.update(env or {}, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "unidl", *arguments], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_python_dash_m_unidl_is_the_same_command_and_quiet():
+    result = unidl_command("info")
+    assert result.returncode == 0, result.stderr
     assert "torch 2.13" in result.stdout
+    # the keras backend is shown with the framework it runs on, read from its versions()
+    assert re.search(r"^  keras\[(tensorflow|torch)\] +keras 3", result.stdout, re.MULTILINE), result.stdout
+    # TensorFlow's import-time absl lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on") are dropped
+    assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr, result.stderr
+    assert not re.search(r"^[IW]\d{4} ", result.stderr, re.MULTILINE), result.stderr
+
+
+def test_version():
+    result = unidl_command("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"unidl {ud.__version__}")
+
+
+BAD_VALUES = [
+    (["train", "--epochs", "-1"], "argument --epochs: must be a positive integer, got -1"),
+    (["train", "--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+    (["train", "--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
+    (["train", "--lr", "-1"], "argument --lr: must be a positive finite number, got -1"),
+    (["train", "--verbose", "3"], "argument --verbose: invalid choice: 3"),
+    (["train", "--backend", "caffe"], "argument --backend: unknown backend 'caffe'; valid backends are 'torch'"),
+    (["train", "--device", "tpu"], "argument --device: invalid device 'tpu'"),
+    (["compare", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
+    (["parity", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
+    (["bench", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
+]
+
+
+@pytest.mark.parametrize("arguments, message", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
+def test_bad_value_is_one_line_error_with_status_2(arguments, message):
+    result = unidl_command(*arguments)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"unidl {arguments[0]}: error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_bad_values_are_refused_before_any_framework_is_imported():
+    code = ("import contextlib, io, json, sys\nfrom unidl import cli\ncodes = []\n"
+            f"for arguments, _ in {BAD_VALUES!r}:\n"
+            "    with contextlib.redirect_stderr(io.StringIO()):\n"
+            "        try:\n            cli.main(arguments)\n"
+            "        except SystemExit as exited:\n            codes.append(exited.code)\n"
+            "print(json.dumps([codes, [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]]))")
+    codes, imported = last_json_line(run_python(code).stdout)
+    assert codes == [2] * len(BAD_VALUES) and imported == []
+
+
+def test_unseen_gpu_is_one_line_error_with_status_2(capsys):
+    from unidl import backends
+
+    if backends.load("torch").devices() != ["cpu"]:
+        pytest.skip("torch sees a GPU here")
+    assert cli.main(["train", "--backend", "torch", "--device", "cuda", "--verbose", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unidl: error: device 'cuda' is not visible to backend 'torch'; it sees: cpu"), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_display_name_appends_the_host_framework_from_versions():
+    def backend(name, versions):
+        return types.SimpleNamespace(name=name, versions=lambda: versions)
+
+    assert display_name(backend("keras", {"keras": "3.15", "keras backend torch": "2.13"})) == "keras[torch]"
+    assert display_name(backend("keras", {"keras": "3.15", "keras backend tensorflow": "2.21"})) == "keras[tensorflow]"
+    assert display_name(backend("tensorflow", {"tensorflow": "2.21"})) == "tensorflow"
+
+
+def test_bench_runs_the_harness_of_the_source_checkout(monkeypatch, tmp_path, capsys):
+    harness = cli.bench_harness()
+    assert os.path.samefile(harness.__file__, ROOT / "benchmarks" / "bench.py")
+    monkeypatch.setattr(cli, "BENCHMARKS", tmp_path / "benchmarks")  # as in an installed wheel
+    assert cli.main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "benchmarks ship with unidl's source repository" in err and "python benchmarks/bench.py" in err
 
 
 def test_no_arguments_means_train_on_digits(capsys):

@@ -1,48 +1,201 @@
-"""The ``unidl`` command (also ``python -m unidl``): train, info, compare, bench.
+"""The ``unidl`` command (also ``python -m unidl``): train, info, parity, compare, bench.
 
 ``unidl train`` with no arguments trains the CNN on the embedded digits with the
-default backend and prints the test accuracy: the README's main job.
+default backend and prints the test accuracy: the README's main job. Arguments are
+checked before any framework is imported; a bad value, and any error unidl raises
+itself, ends the command with one ``unidl: error: ...`` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
+import logging
+import math
+import os
+import re
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3, "adagrad": 0.05}
+DATASETS = "digits, synthetic, mnist:DIR or cifar10:DIR"
+# benchmarks/ of the source checkout this unidl runs from; an installed wheel has none
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (``unidl train: error: ...``), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---- argument values, checked before any framework is imported ---------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def backend_name(text: str) -> str:
+    """The canonical name of a backend name or alias (read from the registry; no framework import)."""
+    from unidl import backends
+    from unidl.errors import UnknownBackendError
+
+    try:
+        return backends.canonical_name(text)
+    except UnknownBackendError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def device_name(text: str) -> str:
+    """A well-formed device name; whether the backend sees that device is checked when it loads."""
+    from unidl.config import parse_device
+    from unidl.errors import DeviceUnavailableError
+
+    try:
+        parse_device(text)
+    except DeviceUnavailableError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def dataset_spec(text: str) -> str:
+    name, _, directory = text.partition(":")
+    if (name in ("digits", "synthetic") and not directory) or (name in ("mnist", "cifar10") and directory):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; use {DATASETS}")
+
+
+def version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("unidl")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return __import__("unidl").__version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unidl", description="unidl: one training loop for PyTorch, TensorFlow and Keras")
+    parser = CommandLineParser(prog="unidl", description="unidl: one training loop for PyTorch, TensorFlow and Keras")
+    parser.add_argument("--version", action="version", version=f"unidl {version()}")
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a model on a dataset and print its test accuracy")
     train.add_argument("--model", choices=["two_layer", "cnn"], default="cnn")
-    train.add_argument("--dataset", default="digits", help="digits (default), synthetic, mnist:DIR or cifar10:DIR")
-    train.add_argument("--backend", default=None, help="torch, tensorflow or keras (default: UNIDL_BACKEND or first installed)")
-    train.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: UNIDL_DEVICE or auto)")
-    train.add_argument("--epochs", type=int, default=15)
-    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--dataset", type=dataset_spec, default="digits", help=f"{DATASETS} (default: digits)")
+    train.add_argument("--backend", type=backend_name, default=None,
+                       help="torch, tensorflow or keras (default: UNIDL_BACKEND or first installed)")
+    train.add_argument("--device", type=device_name, default=None,
+                       help="auto, cpu, cuda, cuda:N (default: UNIDL_DEVICE or auto)")
+    train.add_argument("--epochs", type=positive_int, default=15)
+    train.add_argument("--batch-size", type=positive_int, default=64)
     train.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    train.add_argument("--lr", type=float, default=None, help="learning rate (default depends on the optimizer)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--verbose", type=int, default=1)
+    train.add_argument("--lr", type=positive_float, default=None, help="learning rate (default depends on the optimizer)")
+    train.add_argument("--seed", type=non_negative_int, default=0)
+    train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
+                       help="0 silent, 1 progress bar, 2 a line per epoch and the frameworks' own log messages")
     commands.add_parser("info", help="installed backends, versions and visible devices")
     parity = commands.add_parser("parity", help="compare a model across backends; exit 1 if any difference exceeds its tolerance")
     parity.add_argument("--model", choices=["two_layer", "cnn"], default="two_layer")
     parity.add_argument("--backends", nargs="+", default=None,
                         help="backends to compare (default: all installed); keras:torch runs Keras on torch in a subprocess")
-    parity.add_argument("--steps", type=int, default=20)
+    parity.add_argument("--steps", type=positive_int, default=20)
     parity.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     compare = commands.add_parser("compare", help="train the two-layer net on every installed backend, losses side by side")
-    compare.add_argument("--steps", type=int, default=200)
-    from unidl.bench import build_parser as bench_arguments
-
-    bench_arguments(commands.add_parser("bench", help="time unidl's training step against hand-written native code and Keras 3"))
+    compare.add_argument("--steps", type=positive_int, default=200)
+    # listed here; `unidl bench ...` hands its arguments to the harness in benchmarks/ (see bench)
+    commands.add_parser("bench", add_help=False,
+                        help="time unidl's training step against hand-written native code and Keras 3 (source checkout)")
     return parser
 
 
+# ---- the frameworks' own log lines ------------------------------------------------------
+# absl's INFO and WARNING lines ("I0000 00:00:1700000000.123 42 port.cc:153] oneDNN custom operations are on...")
+# and its notice, which TensorFlow writes while it is imported, before TF_CPP_MIN_LOG_LEVEL takes effect
+FRAMEWORK_LOG_LINE = re.compile(rb"^([IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |WARNING: All log messages before "
+                                rb"absl::InitializeLog\(\) is called are written to STDERR)")
+
+
+def silence_framework_logs() -> None:
+    """Ask the frameworks, before they are imported, to log errors only."""
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def framework_import_logs_dropped():
+    """Hold what is written to file descriptor 2 in the block and write it back without the frameworks'
+    INFO/WARNING log lines (written by C++ while a framework is imported, out of Python's reach)."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no standard error to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True) if not FRAMEWORK_LOG_LINE.match(line)]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
+def load_backends(names) -> None:
+    """Import the backends a command will use now, so that their frameworks' import-time lines can be dropped."""
+    from unidl import backends
+
+    for name in names:
+        backends.load(name)
+
+
+def backends_of(args) -> list[str]:
+    """The backends the command in ``args`` will run in this process (parity's ``keras:torch`` runs in
+    a subprocess of its own)."""
+    from unidl import backends, config
+
+    if args.command == "train":
+        return [args.backend or config.backend().name]
+    if args.command == "parity" and args.backends:
+        return [name for name in args.backends if ":" not in name]
+    return backends.available_backends()
+
+
+# ---- the commands --------------------------------------------------------------------------
 def load_dataset(spec: str):
     """``(train, test, in_channels, image_size, num_classes)`` for a --dataset value."""
     from unidl import datasets
@@ -57,7 +210,7 @@ def load_dataset(spec: str):
         reader = getattr(datasets, name)
         train, test = reader(directory, "train"), reader(directory, "test")
     else:
-        raise SystemExit(f"unidl train: unknown --dataset {spec!r}; use digits, synthetic, mnist:DIR or cifar10:DIR")
+        raise SystemExit(f"unidl train: unknown --dataset {spec!r}; use {DATASETS}")
     x = train[0]
     return train, test, x.shape[1], x.shape[2], int(max(train[1].max(), test[1].max())) + 1
 
@@ -90,16 +243,21 @@ def train(args) -> float:
 
 def info() -> None:
     from unidl import backends, config
+    from unidl.compare import display_name
 
     print(f"unidl {__import__('unidl').__version__}")
+    lines = []
     for name, spec in backends.specs().items():
         missing = backends.missing_modules(name)
         if missing:
-            print(f"  {name:<11} not installed (pip install 'unidl[{spec.extra}]')")
+            lines.append((name, f"not installed (pip install 'unidl[{spec.extra}]')"))
             continue
         backend = backends.load(name)
         versions = ", ".join(f"{k} {v}" for k, v in backend.versions().items())
-        print(f"  {name:<11} {versions}; devices: {', '.join(backend.devices())}")
+        lines.append((display_name(backend), f"{versions}; devices: {', '.join(backend.devices())}"))
+    width = max([11] + [len(label) + 1 for label, _ in lines])
+    for label, text in lines:
+        print(f"  {label:<{width}} {text}")
     print(capability_table())
     try:
         print(f"default backend: {config.get_backend()}, device: {config.get_device()}, dtype: {config.get_dtype()}")
@@ -111,41 +269,87 @@ def capability_table() -> str:
     """What each installed backend supports, read off the backend objects themselves."""
     from unidl import backends
     from unidl.backends.interface import Backend
+    from unidl.compare import display_name
 
     rows = [("backend", "devices", "export formats", "ud.fit trains with")]
     for name in backends.available_backends():
         backend = backends.load(name)
         trainer = "framework's own trainer" if type(backend).fit_epoch is not Backend.fit_epoch else "unidl loop + train_step"
-        rows.append((name, ", ".join(backend.devices()), ", ".join(backend.export_formats()) or "-", trainer))
+        rows.append((display_name(backend), ", ".join(backend.devices()), ", ".join(backend.export_formats()) or "-",
+                     trainer))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["capabilities:"] + ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    command = args.command or "train"
-    if command == "train":
-        if args.command is None:
-            args = build_parser().parse_args(["train"])
+def bench_harness():
+    """``benchmarks/bench.py`` of the source checkout, imported from its file; None when unidl is
+    installed without the repository (the harness is not part of the package)."""
+    if not ((BENCHMARKS / "bench.py").is_file() and (BENCHMARKS.parent / "pyproject.toml").is_file()):
+        return None
+    package = sys.modules.get("benchmarks")
+    if package is None or Path(getattr(package, "__file__", "") or "").resolve().parent != BENCHMARKS:
+        spec = importlib.util.spec_from_file_location("benchmarks", BENCHMARKS / "__init__.py",
+                                                      submodule_search_locations=[str(BENCHMARKS)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["benchmarks"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module("benchmarks.bench")
+
+
+def bench(argv: list[str]) -> int:
+    """``unidl bench ...``: the harness's own arguments and run (``benchmarks/bench.py``)."""
+    harness = bench_harness()
+    if harness is None:
+        print("unidl bench: error: the benchmarks ship with unidl's source repository, not with the installed "
+              "package; run `unidl bench` (or `python benchmarks/bench.py`) in a checkout, installed with "
+              "`pip install -e '.[all]'`", file=sys.stderr)
+        return 2
+    parser = CommandLineParser(prog="unidl bench", description=harness.__doc__.splitlines()[0])
+    args = harness.build_parser(parser).parse_args(argv)
+    from unidl import backends
+
+    silence_framework_logs()
+    with framework_import_logs_dropped():
+        load_backends(backends.available_backends())
+    return harness.main(args=args)
+
+
+def run_command(args) -> int:
+    if getattr(args, "verbose", 1) != 2:
+        silence_framework_logs()
+        with framework_import_logs_dropped():
+            load_backends(backends_of(args))
+    if args.command == "train":
         train(args)
-    elif command == "info":
+    elif args.command == "info":
         info()
-    elif command == "parity":
+    elif args.command == "parity":
         from unidl.testing.cases import run_parity_command
 
         report = run_parity_command(args.model, args.backends, args.steps, args.dtype)
         print(report)
         return 0 if report.passed else 1
-    elif command == "compare":
+    elif args.command == "compare":
         from unidl.compare import print_side_by_side
 
         print_side_by_side(args.steps)
-    elif command == "bench":
-        from unidl.bench import main as bench
-
-        return bench(args=args)
     return 0
+
+
+def main(argv=None) -> int:
+    from unidl.errors import UnidlError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["bench"]:
+            return bench(argv[1:])
+        args = build_parser().parse_args(argv or ["train"])
+        return run_command(args)
+    except UnidlError as error:
+        message = " ".join(str(error).split())
+        print(f"unidl: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

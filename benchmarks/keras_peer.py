@@ -1,0 +1,108 @@
+"""The peer a user would otherwise pick: unidl on torch or tensorflow against plain Keras 3 on the
+same framework. Keras's framework is fixed per process, so the peer on the other framework runs in
+a process of its own (this file run as a script)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # the peer's own process: import benchmarks/ (and unidl/) from this checkout
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.harness import BATCH, MODELS, Row, Settings, alternate, batch_arrays, ms, unidl_model
+from benchmarks.native_keras import keras_framework, keras_native_model, native_layout
+from benchmarks.native_torch import torch_sync
+
+KERAS_TORCH_SPEEDUP = 3.0  # unidl on torch at least this much faster than Keras on torch (two-layer net)
+
+
+def keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list[Row]:
+    """unidl on ``unidl_backend`` against plain Keras 3 on the framework this process's Keras runs on."""
+    import unidl as ud
+
+    with ud.use_backend(unidl_backend), ud.use_device(device):
+        return _keras_peer_rows(settings, device, unidl_backend)
+
+
+def _keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list[Row]:
+    framework = keras_framework()
+    target_of = (lambda model: f"<= {1 / KERAS_TORCH_SPEEDUP:.3f}"
+                 if framework == "torch" and model == "two_layer" else "")
+    rows = []
+    for model in MODELS:
+        step, state = _plain_step(unidl_backend, model, device)
+        native = keras_native_model(model, state)
+        x, y = batch_arrays(model)
+        xb, yb = ud_tensor(x), ud_tensor(y)
+        xn = native_layout(model, x)
+        a, b = timing = alternate(lambda: step(xb, yb), lambda: native.train_on_batch(xn, y), settings.steps,
+                         settings.warmup, settings.blocks)
+        rows.append(Row(f"peer: keras on {framework}", model, f"ud.train_step ({unidl_backend})",
+                        "keras Model.train_on_batch", ms(a), ms(b), target_of(model), spread=timing.spread))
+
+        xe, ye = batch_arrays(model, BATCH * settings.fit_steps, seed=1)
+        xen = native_layout(model, xe)
+        batches = [(ud_tensor(xe[i:i + BATCH]), ud_tensor(ye[i:i + BATCH])) for i in range(0, len(xe), BATCH)]
+
+        def unidl_epoch():
+            for bx, by in batches:
+                step(bx, by)
+
+        def native_epoch():
+            native.fit(xen, ye, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+        a, b = timing = alternate(unidl_epoch, native_epoch, settings.fit_rounds, 1, settings.fit_rounds)
+        rows.append(Row(f"peer: keras on {framework}", model, f"ud.train_step loop ({unidl_backend})",
+                        "keras Model.fit, per step", ms(a) / settings.fit_steps, ms(b) / settings.fit_steps,
+                        target_of(model), note=f"epoch of {settings.fit_steps} batches of {BATCH}", spread=timing.spread))
+    return rows
+
+
+def ud_tensor(value):
+    from unidl.tensors import tensor
+
+    return tensor(value)
+
+
+def _plain_step(backend: str, model: str, device: str):
+    """``(step(x, y), initial state_dict)``: unidl's train step on ``backend``, waiting for its result."""
+    import unidl as ud
+
+    module, loss_fn, optimizer = unidl_model(model)
+    state = module.state_dict()
+    step = ud.train_step(module, loss_fn, optimizer)
+    sync = torch_sync(device) if backend == "torch" else (lambda: None)
+
+    def run(x, y):
+        loss = step(x, y)
+        sync()
+        return loss if backend == "torch" else loss.numpy()
+
+    return run, state
+
+
+def keras_peer(settings: Settings, device: str, framework: str, unidl_backend: str) -> list[Row]:
+    """``keras_peer_rows`` in this process when its Keras runs on ``framework``, else in a subprocess."""
+    if keras_framework() == framework:
+        return keras_peer_rows(settings, device, unidl_backend)
+    if not settings.subprocess:
+        return [Row(f"peer: keras on {framework}", model, f"ud.train_step ({unidl_backend})",
+                    "keras Model.train_on_batch", note="skipped (no subprocess)") for model in MODELS]
+    env = dict(os.environ, KERAS_BACKEND=framework)
+    command = [sys.executable, os.path.abspath(__file__), json.dumps(
+        {"settings": dataclasses.asdict(settings), "device": device, "unidl_backend": unidl_backend})]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the Keras-on-{framework} peer failed:\n{done.stderr[-4000:]}")
+    return [Row(**fields) for fields in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+if __name__ == "__main__":  # the peer's own process (see keras_peer): its rows as JSON on the last line
+    spec = json.loads(sys.argv[1])
+    rows = keras_peer_rows(Settings(**spec["settings"]), spec["device"], spec["unidl_backend"])
+    print(json.dumps([dataclasses.asdict(r) for r in rows]))

@@ -1,0 +1,100 @@
+"""unidl's train step on tensorflow (graph, and XLA through ``ud.function``) against the same
+step hand-written with ``tf.function`` and a GradientTape."""
+
+from __future__ import annotations
+
+from benchmarks.harness import (LAYOUT_VARIANTS, LR, MOMENTUM, Row, Settings, alternate, batch_arrays,
+                                channels_last_weights, layout_variant, ms, unidl_model)
+
+
+def tf_native_step(model: str, state: dict, jit_compile: bool, nchw_input: bool = False):
+    """The same network and SGD-with-momentum step hand-written in TensorFlow (channels-last, as TF
+    users write it): ``tf.function`` with a GradientTape and in-graph ``tf.Variable`` updates.
+    ``nchw_input``: the CNN takes unidl's NCHW batch and transposes it to NHWC in the step."""
+    import tensorflow as tf
+
+    if model == "cnn":
+        weights = channels_last_weights(state)
+    else:
+        weights = [w.T.copy() if w.ndim == 2 else w for w in state.values()]
+    params = [tf.Variable(w) for w in weights]
+    velocities = [tf.Variable(tf.zeros_like(w)) for w in weights]
+
+    def forward(x):
+        if model == "cnn":
+            k1, c1, k2, c2, w1, b1, w2, b2, w3, b3 = params
+            if nchw_input:
+                x = tf.transpose(x, (0, 2, 3, 1))
+            h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(x, k1, 1, "VALID") + c1), 2, 2, "VALID")
+            h = tf.nn.max_pool2d(tf.nn.relu(tf.nn.conv2d(h, k2, 1, "VALID") + c2), 2, 2, "VALID")
+            h = tf.reshape(h, (tf.shape(h)[0], -1))
+            h = tf.nn.relu(tf.matmul(h, w1) + b1)
+            h = tf.nn.relu(tf.matmul(h, w2) + b2)
+            return tf.matmul(h, w3) + b3
+        w1, b1, w2, b2 = params
+        return tf.matmul(tf.nn.relu(tf.matmul(x, w1) + b1), w2) + b2
+
+    def loss_of(outputs, y):
+        if model == "cnn":
+            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=outputs))
+        return tf.reduce_mean(tf.square(outputs - y))
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_of(forward(x), y)
+        for param, grad, velocity in zip(params, tape.gradient(loss, params), velocities):
+            velocity.assign(MOMENTUM * velocity + grad)
+            param.assign_sub(LR * velocity)
+        return loss
+
+    return step
+
+
+def tf_steps(model: str, device: str, jit_compile: bool, same_input: bool = False):
+    import tensorflow as tf
+    import unidl as ud
+    from unidl.backends.tensorflow.backend import tf_device_name
+
+    module, loss_fn, optimizer = unidl_model(model)
+    if jit_compile:
+        @ud.function(jit_compile=True)
+        def step(x, y):
+            loss, grads = ud.value_and_grad(lambda: loss_fn(module(x), y), module.parameters())()
+            optimizer.apply(grads)
+            return loss
+    else:
+        step = ud.train_step(module, loss_fn, optimizer)
+    x_np, y_np = batch_arrays(model)
+    with tf.device(tf_device_name(device)):
+        x, y = tf.constant(x_np), tf.constant(y_np)
+        x_native = tf.constant(x_np.transpose(0, 2, 3, 1)) if model == "cnn" and not same_input else x
+        native = tf_native_step(model, module.state_dict(), jit_compile, nchw_input=same_input)
+
+    def unidl_step():
+        return step(x, y).numpy()
+
+    def native_step():
+        return native(x_native, y).numpy()
+
+    return unidl_step, native_step, abs(float(unidl_step()) - float(native_step()))
+
+
+def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
+    import unidl as ud
+
+    rows = []
+    for jit_compile in (False, True):
+        for model, same_input in LAYOUT_VARIANTS:
+            with ud.use_backend("tensorflow"), ud.use_device(device):
+                unidl_step, native_step, diff = tf_steps(model, device, jit_compile, same_input)
+                a, b = timing = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
+            if jit_compile:
+                labels = ("ud.function(jit_compile=True)", "tf.function(jit_compile=True)")
+            else:
+                labels = ("ud.train_step", "tf.function + GradientTape")
+            target, note, suffix = layout_variant(same_input, "native layout NHWC" if model == "cnn" else "")
+            rows.append(Row(f"train step, tensorflow{' XLA' if jit_compile else ''}", model, labels[0],
+                            labels[1] + suffix, ms(a), ms(b), target, note=note, loss_diff=diff,
+                            spread=timing.spread))
+    return rows
