@@ -385,8 +385,13 @@ def _class_and_config(metadata, path: str) -> tuple[type, dict]:
 
 
 def _build(cls, config: dict, metadata: dict, path: str):
+    """``cls(**config)`` with its initial weights left undrawn (zero-stride zeros): the file's weights replace
+    them, so drawing would only cost memory (a float64 copy of each weight) and move unidl's generator."""
+    from unidl import random as unidl_random
+
     try:
-        return cls(**config)
+        with unidl_random.shape_only():
+            return cls(**config)
     except TypeError as error:
         raise TypeError(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: {error}") from None
 

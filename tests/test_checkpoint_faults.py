@@ -1,0 +1,230 @@
+"""Checkpoints under faults: damaged files fall back or fail cleanly, and a failed load changes nothing."""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl import random as unidl_random
+from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError, UnidlError
+from unidl.io.safetensors import SafetensorsFile, load_file, save_file
+
+
+def _setup(seed):
+    ud.manual_seed(seed)
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x = np.arange(30, dtype=np.float32).reshape(10, 3) / 30
+    y = np.arange(20, dtype=np.float32).reshape(10, 2) / 20
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=7)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    for xb, yb in loader:
+        step(xb, yb)
+    return model, optimizer, loader
+
+
+def _snapshot(model, optimizer, loader):
+    """Everything a load may change, as plain data."""
+    state = optimizer.state_dict()
+    return {"model": model.state_dict(), "slots": state["slots"], "step": state["step"], "lr": state["lr"],
+            "rng": unidl_random.get_rng_state(), "loader": loader.state_dict()}
+
+
+def _assert_same(a, b):
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        np.testing.assert_array_equal(a["model"][key], b["model"][key])
+    for slots_a, slots_b in zip(a["slots"], b["slots"]):
+        for name in slots_a:
+            np.testing.assert_array_equal(slots_a[name], slots_b[name])
+    assert (a["step"], a["lr"], a["rng"], a["loader"]) == (b["step"], b["lr"], b["rng"], b["loader"])
+
+
+def _rewrite_metadata(path, change):
+    """Rewrite the checkpoint at ``path`` with ``change(metadata)`` applied: an intact file (valid checksums)
+    whose content does not fit."""
+    tensors, file_metadata = load_file(path)
+    metadata = json.loads(file_metadata["unidl"])
+    change(metadata)
+    save_file(tensors, path, {"unidl": json.dumps(metadata)})
+
+
+def _rename_loader_key(metadata):
+    metadata["loader"]["positon"] = metadata["loader"].pop("position")
+
+
+BAD_STATES = {
+    "renamed loader key": (_rename_loader_key, "positon"),
+    "string loader seed": (lambda m: m["loader"].update(seed="7"), "seed"),
+    "huge loader seed": (lambda m: m["loader"].update(seed=2**70), "seed"),
+    "other loader batch size": (lambda m: m["loader"].update(batch_size=5), "batch_size"),
+    "short RNG state": (lambda m: m["rng"]["bit_generator"].pop("state"), "bit_generator"),
+    "RNG seed too large": (lambda m: m["rng"].update(seed=2**64), "seed"),
+    "bad optimizer step": (lambda m: m["optimizer"].update(step=-1), "step"),
+    "other optimizer class": (lambda m: m["optimizer"].update({"class": "Adam"}), "Adam"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_STATES))
+def test_state_that_does_not_fit_changes_nothing(tmp_path, backend, name):
+    change, message = BAD_STATES[name]
+    model, optimizer, loader = _setup(0)
+    path = ud.save_checkpoint(tmp_path, model, optimizer, loader=loader, epoch=1, step=3)
+    _rewrite_metadata(path, change)
+    model, optimizer, loader = _setup(1)
+    unidl_random.generator().standard_normal(3)
+    before = _snapshot(model, optimizer, loader)
+    with pytest.raises(StateDictError, match=message):
+        ud.load_checkpoint(path, model, optimizer, loader)
+    _assert_same(_snapshot(model, optimizer, loader), before)
+
+
+def test_a_tensor_of_the_wrong_dtype_changes_nothing(tmp_path, backend):
+    model, optimizer, loader = _setup(0)
+    path = ud.save_checkpoint(tmp_path, model, optimizer, loader=loader)
+    tensors, file_metadata = load_file(path)
+    tensors["model/linear2.bias"] = tensors["model/linear2.bias"].astype(np.int32)
+    save_file(tensors, path, file_metadata)
+    target = _setup(1)
+    before = _snapshot(*target)
+    with pytest.raises(StateDictError, match="linear2.bias: expected a floating-point tensor, found dtype I32"):
+        ud.load_checkpoint(path, *target[:2], target[2])
+    _assert_same(_snapshot(*target), before)
+
+
+def _flip(path, offset):
+    data = bytearray(open(path, "rb").read())
+    data[offset] ^= 0x5A
+    open(path, "wb").write(bytes(data))
+
+
+def _header_size(path):
+    return int.from_bytes(open(path, "rb").read(8), "little")
+
+
+DAMAGES = {
+    "truncated": lambda path: open(path, "r+b").truncate(os.path.getsize(path) - 7),
+    "header byte flipped": lambda path: _flip(path, open(path, "rb").read().index(b"epoch")),
+    "data byte flipped": lambda path: _flip(path, os.path.getsize(path) - 3),
+    "header length flipped": lambda path: _flip(path, 1),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_corrupt_newest_falls_back_to_the_previous_and_an_explicit_file_changes_nothing(tmp_path, backend, damage):
+    model, optimizer, loader = _setup(0)
+    ud.save_checkpoint(tmp_path, model, optimizer, loader=loader, epoch=1, step=3)
+    expected = _snapshot(model, optimizer, loader)
+    newest = ud.save_checkpoint(tmp_path, *_setup(5)[:2], loader=loader, epoch=2, step=6)
+    DAMAGES[damage](newest)
+
+    target = _setup(9)
+    before = _snapshot(*target)
+    with pytest.raises(CorruptFileError, match="checkpoint-0002-0000006") as error:
+        ud.load_checkpoint(newest, *target[:2], target[2])
+    if damage == "data byte flipped":
+        assert "tensor 'optimizer/3/momentum_buffer'" in str(error.value)
+    _assert_same(_snapshot(*target), before)
+
+    with pytest.warns(RuntimeWarning, match="checkpoint-0002-0000006"):
+        assert ud.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-0001-0000003.safetensors")
+    with pytest.warns(RuntimeWarning, match="skipping corrupt checkpoint .*checkpoint-0002-0000006"):
+        info = ud.load_checkpoint(tmp_path, *target[:2], target[2])
+    assert (info["epoch"], info["step"]) == (1, 3)
+    _assert_same(_snapshot(*target), expected)
+
+
+def test_files_of_other_tools_and_of_older_unidl_load_without_checksums(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.numpy import save_file as reference_save_file
+
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    reference_save_file(dict(model.state_dict()), str(tmp_path / "theirs.safetensors"))
+    assert SafetensorsFile(tmp_path / "theirs.safetensors").checksums is None
+    target = ud.models.TwoLayerNet(3, 4, 2)
+    ud.load_weights(target, tmp_path / "theirs.safetensors")
+    np.testing.assert_array_equal(target.state_dict()["linear1.weight"], model.state_dict()["linear1.weight"])
+    # unidl's own pretrained weights predate checksums (format version 1)
+    shipped = os.path.join(os.path.dirname(ud.models.__file__), "weights", "cnn_digits.safetensors")
+    if os.path.exists(shipped):
+        assert SafetensorsFile(shipped).checksums is None
+        ud.load(shipped)
+
+
+def test_a_version_2_file_stripped_of_its_checksums_is_refused(tmp_path):
+    from safetensors.numpy import save_file as reference_save_file
+
+    path = tmp_path / "net.safetensors"
+    ud.save(ud.models.TwoLayerNet(3, 4, 2), path)
+    tensors, metadata = load_file(path)  # metadata without the checksum keys
+    reference_save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(CorruptFileError, match="carry checksums, but it has none"):
+        ud.load(path)
+
+
+def test_header_flips_are_detected_or_harmless(tmp_path, backend):
+    """A few hundred single-byte flips of a checkpoint's header: each one raises one of unidl's errors with
+    nothing changed, or loads exactly the values that were saved, never a raw KeyError or RuntimeError."""
+    model, optimizer, loader = _setup(0)
+    path = ud.save_checkpoint(tmp_path / "source", model, optimizer, loader=loader, epoch=1, step=3)
+    saved = _snapshot(model, optimizer, loader)
+    original = open(path, "rb").read()
+    header_end = 8 + _header_size(path)
+    rng = np.random.default_rng(0)
+    offsets = sorted(set(range(8)) | set(rng.integers(8, header_end, 300).tolist()))
+    target = _setup(3)
+    damaged = str(tmp_path / "damaged.safetensors")
+    outcomes = {"detected": 0, "harmless": 0}
+    for offset in offsets:
+        data = bytearray(original)
+        data[offset] ^= int(rng.integers(1, 256))
+        with open(damaged, "wb") as handle:
+            handle.write(bytes(data))
+        before = _snapshot(*target)
+        try:
+            info = ud.load_checkpoint(damaged, *target[:2], target[2])
+        except UnidlError:
+            outcomes["detected"] += 1
+            _assert_same(_snapshot(*target), before)
+        else:
+            outcomes["harmless"] += 1
+            assert (info["epoch"], info["step"]) == (1, 3), offset
+            _assert_same(_snapshot(*target), saved)
+    assert outcomes["detected"] > 0.9 * len(offsets), outcomes
+
+
+@pytest.mark.parametrize("damage", ["not JSON", "truncated", "data byte flipped", "empty"])
+def test_malformed_weights_file_names_the_file(tmp_path, damage):
+    path = tmp_path / "net.safetensors"
+    ud.save(ud.models.TwoLayerNet(3, 4, 2), path)
+    data = path.read_bytes()
+    path.write_bytes({"not JSON": data[:8] + b"x" + data[9:], "truncated": data[:-9],
+                      "data byte flipped": data[:-1] + bytes([data[-1] ^ 1]), "empty": b""}[damage])
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    before = model.state_dict()
+    for load in (lambda: ud.load(path), lambda: ud.load_weights(model, path)):
+        with pytest.raises(CorruptFileError, match="net.safetensors"):
+            load()
+    for key, value in before.items():
+        np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
+def test_explicit_checkpoint_with_mismatched_model_raises_state_dict_error_before_any_change(tmp_path):
+    model, optimizer, loader = _setup(0)
+    path = ud.save_checkpoint(tmp_path, model, optimizer, loader=loader)
+    other = ud.models.TwoLayerNet(3, 5, 2)
+    before = other.state_dict()
+    rng_before = unidl_random.get_rng_state()
+    with pytest.raises(StateDictError, match=r"linear1.weight: expected shape \(5, 3\), found \(4, 3\)"):
+        ud.load_checkpoint(path, other)
+    assert unidl_random.get_rng_state() == rng_before
+    for key, value in before.items():
+        np.testing.assert_array_equal(other.state_dict()[key], value)
+    with pytest.raises(CheckpointStateError):
+        ud.load_checkpoint(path, ud.models.TwoLayerNet(3, 4, 2), ud.optim.Adam(model.parameters()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ud.load_checkpoint(path, ud.models.TwoLayerNet(3, 4, 2))
