@@ -74,3 +74,8 @@ class ResumeMismatchError(UnidlError, ValueError):
 
 class CheckpointStateError(StateDictError, ValueError):
     """Optimizer, loader, scheduler or callback state in a checkpoint that does not fit the object given."""
+
+
+class DataLoaderError(UnidlError, RuntimeError):
+    """A DataLoader worker that raised, died or overran the loader's ``timeout``; the message names the
+    worker, the batch and sample, and carries the worker's own traceback."""

@@ -1,23 +1,26 @@
 """``DataLoader``: batches of a dataset as the current backend's tensors, in a resumable, seeded order.
 
 Batches are cut in NumPy and converted with the backend's ``tensor()`` at the last moment, on the
-caller's backend, device and dtype (``contextvars`` scope), optionally ahead of time on worker threads.
+caller's backend, device and dtype (``contextvars`` scope). Worker threads or processes can prepare
+them ahead of time (``pool.py`` runs them, ``worker.py`` is what runs inside them).
 """
 
 from __future__ import annotations
 
-import collections
 import contextvars
-import itertools
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import numbers
+import weakref
 
 import numpy as np
 
 from unidl import config
+from unidl.data import worker
 from unidl.data.dataset import TensorDataset
 from unidl.data.epoch import Epoch
+from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool
 from unidl.data.sampler import BatchSampler, Sampler
-from unidl.errors import StateDictError
+from unidl.errors import DataLoaderError, StateDictError
 from unidl.tensors import to_numpy
 
 _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "drop_last")
@@ -37,12 +40,94 @@ def _check_count(name: str, value, minimum: int) -> int:
     return int(value)
 
 
+_WORKER_TYPES = ("thread", "process")
+
+
+def _check_timeout(timeout) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or not timeout >= 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0 (0 or None: no timeout), "
+                         f"got {timeout!r}")
+    return float(timeout) or None
+
+
+def _multiprocessing_context(context, worker_type: str):
+    """The ``multiprocessing`` context for process workers: 'spawn' unless the caller names another."""
+    if worker_type != "process":
+        if context is not None:
+            raise ValueError(f"multiprocessing_context={context!r} needs worker_type='process' "
+                             f"(worker_type is {worker_type!r})")
+        return None
+    if context is None:
+        return multiprocessing.get_context("spawn")
+    if isinstance(context, str):
+        methods = multiprocessing.get_all_start_methods()
+        if context not in methods:
+            raise ValueError(f"multiprocessing_context={context!r} is not a start method of this platform; "
+                             f"valid: {methods}")
+        return multiprocessing.get_context(context)
+    if not hasattr(context, "Process") or not hasattr(context, "Queue"):
+        raise ValueError(f"multiprocessing_context must be a start method name or a multiprocessing context, "
+                         f"got {context!r}")
+    return context
+
+
+def _check_pin_memory(backend) -> None:
+    """Refuse ``pin_memory=True`` where no page-locked staging buffer exists: only torch copies to a CUDA
+    device through pinned host memory (its ``tensor()`` always does)."""
+    device = config.resolve_device(config._requested_device(), backend)
+    if not (backend.name == "torch" and device.startswith("cuda")):
+        raise ValueError(f"pin_memory=True: the {backend.name} backend on device {device!r} has no pinned "
+                         f"(page-locked) host memory to copy batches through; only the torch backend on a "
+                         f"CUDA device has. Leave pin_memory=False here")
+
+
+def _to_tensors(backend, arrays: tuple, owned: bool) -> tuple:
+    """Arrays -> the backend's tensors; ``owned``: fresh arrays nobody else holds, adopted without a copy."""
+    return tuple(backend.adopt(array) if owned and isinstance(array, np.ndarray) else backend.tensor(array)
+                 for array in arrays)
+
+
 class DataLoader:
     """Iterates over ``dataset`` in batches of ``batch_size``, each a tuple of backend tensors.
 
     Every ``iter(loader)`` is one epoch; epoch ``e`` visits the samples in the order fixed by
     ``(seed, e)`` (see ``unidl.data.sampler``), so ``state_dict()`` (epoch, batches already yielded,
     seed) is enough to resume mid-epoch in a new process with ``load_state_dict``.
+
+    Batches come in the same order and with the same content whatever ``num_workers`` and
+    ``worker_type``. A dataset that draws from NumPy's global RNG or Python's ``random`` in
+    ``__getitem__`` gets, for batch ``b`` of epoch ``e``, the global RNGs seeded from ``(seed, e, b)``: in
+    the main process (``num_workers=0``, which restores the RNGs' previous state after each batch) and in
+    worker processes alike, so that such batches are the same with 0 or N process workers, in every run,
+    and after a resume. Worker threads share one global RNG and are not seeded: random draws there
+    depend on thread timing (draw from a generator of your own, or use process workers).
+
+    Workers:
+
+    - ``worker_type="thread"`` (the default): threads of this process. No start-up cost, no pickling,
+      the caller's backend scope applies inside them, and batches are converted to tensors there too.
+      Right for NumPy slicing, I/O and anything else that releases the GIL. A thread stuck inside a
+      sample cannot be stopped from outside: after a timeout or Ctrl-C it is abandoned (a daemon thread,
+      it never keeps the interpreter from exiting) and ends when that sample returns; ``os._exit`` in a
+      thread ends the whole process.
+    - ``worker_type="process"``: processes started with ``multiprocessing`` (start method ``"spawn"``
+      unless ``multiprocessing_context`` says otherwise: the parent may already run torch's or
+      TensorFlow's threads, which ``"fork"`` does not survive). Right for Python-heavy ``__getitem__``
+      code. The dataset, ``collate_fn`` and ``worker_init_fn`` are pickled to each worker once per start,
+      so they must be defined at module level of an importable module, and a script that starts process
+      workers needs the usual ``if __name__ == "__main__":`` guard. A worker imports NumPy, unidl and the
+      dataset's module, never a framework; it sends batches back as pickled NumPy arrays, which become
+      tensors in the main process. A worker that is stuck, dies (``os._exit``, a signal) or outlives the
+      iterator is terminated.
+
+    With workers, a failure raises ``DataLoaderError`` naming the worker, the batch and sample, with the
+    worker's traceback in the message (and the original exception as ``__cause__``); so does a worker
+    process that dies (with its exit code) or a batch that takes longer than ``timeout``. Ctrl-C stops
+    the iteration within a fraction of a second: the main process waits for batches in short polls. No worker outlives the iterator: workers stop when the epoch
+    ends, on any error, on Ctrl-C and when the iterator is garbage-collected (persistent workers: when the
+    loader is).
 
     Args:
         dataset: a ``TensorDataset`` (batches cut with one slice per array) or any ``Dataset``
@@ -51,9 +136,25 @@ class DataLoader:
         shuffle: visit the samples in a new random order each epoch.
         seed: seed of the shuffled orders; ``None`` draws one from unidl's generator (see ``manual_seed``).
         drop_last: drop the last batch of an epoch if it is smaller than ``batch_size``.
-        num_workers: threads preparing batches ahead of the training loop (0: prepare on demand).
+        num_workers: workers preparing batches ahead of the training loop (0: prepare on demand, here).
         prefetch: batches in flight per worker when ``num_workers > 0``.
         collate_fn: joins a list of samples into a tuple of arrays (default: ``default_collate``).
+        worker_type: ``"thread"`` (default) or ``"process"``, see above.
+        timeout: seconds to wait for one batch from a worker before raising ``DataLoaderError``
+            (``None`` or 0: wait for ever). A worker process's own start (interpreter, imports,
+            unpickling) is not counted; ``worker_init_fn`` is.
+        persistent_workers: keep the workers from one epoch to the next instead of starting new ones
+            (they stop when the loader is garbage-collected, or after a failure).
+        worker_init_fn: called as ``worker_init_fn(worker_id)`` in each worker when it starts. In a worker
+            process, NumPy's global RNG and Python's ``random`` are seeded from ``(seed, epoch, worker_id)``
+            before it, and again at each new epoch of persistent workers (then re-seeded per batch, above).
+        pin_memory: copy batches to the GPU through pinned host memory. Only the torch backend on a CUDA
+            device can (and always does); anywhere else ``True`` is a ``ValueError``, never ignored.
+        multiprocessing_context: start method (``"spawn"``, ``"forkserver"``, ``"fork"``) or
+            ``multiprocessing`` context for ``worker_type="process"``; default ``"spawn"``.
+
+    ``persistent_workers``, ``worker_init_fn``, ``timeout`` and ``multiprocessing_context`` need
+    ``num_workers > 0``: given without workers they are a ``ValueError``, since nothing would honour them.
 
     Example::
 
@@ -61,10 +162,16 @@ class DataLoader:
         for epoch in range(10):
             for xb, yb in loader:
                 loss = train_step(xb, yb)
+
+        # Python-heavy samples: two worker processes, kept across epochs, 30 s per batch at most
+        loader = DataLoader(ImageFolder(root), batch_size=64, num_workers=2, worker_type="process",
+                            persistent_workers=True, timeout=30)
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
-                 drop_last: bool = False, num_workers: int = 0, prefetch: int = 2, collate_fn=None):
+                 drop_last: bool = False, num_workers: int = 0, prefetch: int = 2, collate_fn=None,
+                 worker_type: str = "thread", timeout: float | None = None, persistent_workers: bool = False,
+                 worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None):
         length = len(dataset)
         if length == 0:
             raise ValueError("DataLoader: the dataset is empty (length 0); there is nothing to load")
@@ -75,11 +182,33 @@ class DataLoader:
                              f"dataset ({length} samples) yields no batch at all")
         self.num_workers = _check_count("num_workers", num_workers, 0)
         self.prefetch = _check_count("prefetch", prefetch, 1)
+        if collate_fn is not None and not callable(collate_fn):
+            raise ValueError(f"collate_fn must be callable, got {collate_fn!r}")
         self.collate_fn = collate_fn or default_collate
+        if worker_type not in _WORKER_TYPES:
+            raise ValueError(f"worker_type must be one of {list(_WORKER_TYPES)}, got {worker_type!r}")
+        self.worker_type = worker_type
+        self.timeout = _check_timeout(timeout)
+        self.persistent_workers = bool(persistent_workers)
+        if worker_init_fn is not None and not callable(worker_init_fn):
+            raise ValueError(f"worker_init_fn must be callable, got {worker_init_fn!r}")
+        self.worker_init_fn = worker_init_fn
+        self.multiprocessing_context = _multiprocessing_context(multiprocessing_context, worker_type)
+        if self.num_workers == 0:
+            given = {"persistent_workers": self.persistent_workers, "worker_init_fn": worker_init_fn,
+                     "timeout": self.timeout, "multiprocessing_context": multiprocessing_context}
+            given = [name for name, value in given.items() if value]
+            if given:
+                raise ValueError(f"DataLoader: {', '.join(given)} need(s) num_workers > 0; with "
+                                 f"num_workers=0 nothing would honour them")
+        self.pin_memory = bool(pin_memory)
+        if self.pin_memory:
+            _check_pin_memory(config.backend())
         self._epoch = 0          # epoch of the iteration in progress, or of the next one
         self._position = 0       # batches of that epoch already yielded
         self._started = False    # whether an iteration of self._epoch has begun
         self._active = None      # token of the newest iterator; older ones stop updating the position
+        self._pool = None        # persistent workers, once started
 
     # ---- sizes and settings ----------------------------------------------
     @property
@@ -150,39 +279,61 @@ class DataLoader:
         self._started = True
         token = self._active = object()
         # The caller's backend, device and dtype are context variables: capture them now and
-        # re-enter them wherever a batch is converted, worker threads included.
+        # re-enter them wherever a batch is fetched or converted, worker threads included.
         backend = config.backend()
+        if self.pin_memory:
+            _check_pin_memory(backend)
         context = contextvars.copy_context()
+        epoch, start, seed = self._epoch, self._position, self.seed
+        owned = isinstance(self.dataset, TensorDataset)  # fresh arrays (fancy indexing): adopted, not copied
 
-        def convert(indices):
-            return context.copy().run(self._to_tensors, backend, indices)
+        def convert(arrays, owned=owned):
+            return _to_tensors(backend, arrays, owned)
 
         def source(batches):
             if self.num_workers:
-                return self._prefetched(batches, convert)
-            return (convert(indices) for indices in batches)
+                return self._from_workers(batches, start, seed, epoch, context, convert)
+            return self._in_process(batches, start, seed, epoch, context, convert)
 
-        return Epoch(self, token, self.batch_sampler.batches(self._epoch, self._position), source)
+        return Epoch(self, token, self.batch_sampler.batches(epoch, start), source)
 
-    def _prefetched(self, batches, convert):
-        """Yield ``convert(indices)`` for each batch in order, with up to ``prefetch`` per worker in flight."""
-        executor = ThreadPoolExecutor(self.num_workers, thread_name_prefix="unidl-data")
-        remaining = iter(batches)
-        in_flight = self.num_workers * self.prefetch
-        pending = collections.deque(executor.submit(convert, indices)
-                                    for indices in itertools.islice(remaining, in_flight))
+    def _in_process(self, batches, start, seed, epoch, context, convert):
+        seeded = not isinstance(self.dataset, TensorDataset)  # a TensorDataset runs no code of the user's
+
+        def produce(indices, batch):
+            with worker.batch_rngs((seed, epoch, batch) if seeded else None):
+                arrays = worker.fetch(self.dataset, self.collate_fn, indices)
+            return convert(arrays)
+
+        for offset, indices in enumerate(batches):
+            yield context.copy().run(produce, indices, start + offset)
+
+    def _from_workers(self, batches, start, seed, epoch, context, convert):
+        """Batches from the workers, in order; the workers stop when this generator ends, however it ends
+        (persistent workers only after a failure)."""
+        pool = self._pool
+        if pool is None or pool.closed:
+            pool = WorkerPool(self.worker_type, self.num_workers, self.dataset, self.collate_fn,
+                              self.worker_init_fn, self.multiprocessing_context, seed, epoch)
+            if self.persistent_workers:
+                self._pool = pool
+                weakref.finalize(self, pool.shutdown, GRACE_ON_FAILURE)
+        else:
+            pool.new_epoch(seed, epoch)
+        in_processes = self.worker_type == "process"
+        outcome = "failed"
         try:
-            while pending:
-                batch = pending.popleft().result()
-                pending.extend(executor.submit(convert, indices) for indices in itertools.islice(remaining, 1))
-                yield batch
+            for payload in pool.deliver(batches, start, seed, epoch, self.timeout, self.prefetch,
+                                        None if in_processes else context, None if in_processes else convert):
+                yield context.copy().run(convert, payload, True) if in_processes else payload
+            outcome = "finished"
+        except GeneratorExit:  # the iterator was closed or dropped before the end of the epoch
+            outcome = "abandoned"
+            raise
+        except DataLoaderError as error:
+            if getattr(error, "superseded", False):
+                outcome = "superseded"  # a newer iteration owns the persistent workers now: leave them be
+            raise
         finally:
-            executor.shutdown(wait=False, cancel_futures=True)
-
-    def _to_tensors(self, backend, indices: np.ndarray) -> tuple:
-        if isinstance(self.dataset, TensorDataset):  # fresh arrays (fancy indexing copies): no second copy
-            return tuple(backend.adopt(array) for array in self.dataset.batch(indices))
-        arrays = self.collate_fn([self.dataset[int(i)] for i in indices])
-        if not isinstance(arrays, (tuple, list)):
-            arrays = (arrays,)
-        return tuple(backend.tensor(array) for array in arrays)
+            if outcome == "failed" or outcome != "superseded" and not self.persistent_workers:
+                pool.shutdown(GRACE if outcome == "finished" else GRACE_ON_FAILURE)

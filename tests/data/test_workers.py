@@ -1,0 +1,255 @@
+"""DataLoader workers, threads and real processes: the same batches as without workers, failures reported
+with the worker, sample and traceback, timeouts, dead workers, Ctrl-C, and no worker left behind."""
+
+import gc
+import json
+import multiprocessing
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.data import DataLoader, TensorDataset
+from unidl.errors import DataLoaderError
+from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, NoisyRows, Rows, SleepingRows,
+                                        UnrestorableRows, WorkerProbe, failing_worker_init_fn, record_worker_id)
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+WORKER_TYPES = ["thread", "process"]
+
+
+def child_pids() -> set[int]:
+    """Live child processes of this process, from /proc; the resource tracker that ``multiprocessing``
+    starts once per process for its semaphores is not a worker and does not count."""
+    from multiprocessing import resource_tracker
+    tracker = getattr(resource_tracker._resource_tracker, "_pid", None)
+    children = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = pathlib.Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == os.getpid() and state != "Z" and int(entry) != tracker:
+            children.add(int(entry))
+    return children
+
+
+def assert_no_workers_left():
+    assert multiprocessing.active_children() == []
+    assert child_pids() == set()
+
+
+def batches(loader):
+    return [tuple(ud.to_numpy(field).tolist() for field in batch) for batch in loader]
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers():
+    yield
+    gc.collect()
+    assert_no_workers_left()
+
+
+@pytest.mark.parametrize("worker_type", WORKER_TYPES)
+def test_same_batches_as_without_workers(worker_type):
+    def epochs(**workers):
+        loader = DataLoader(Rows(23), batch_size=4, shuffle=True, seed=5, **workers)
+        return [batches(loader) for _ in range(2)]
+
+    reference = epochs()
+    assert epochs(num_workers=2, worker_type=worker_type, persistent_workers=True) == reference
+    tensor_loader = DataLoader(TensorDataset(np.arange(10.0), np.arange(10)), batch_size=3, num_workers=2,
+                               worker_type=worker_type)
+    assert [batch[1] for batch in batches(tensor_loader)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+
+
+def test_random_dataset_gives_the_same_batches_with_0_or_2_process_workers_and_in_every_run():
+    def epochs(**workers):
+        loader = DataLoader(NoisyRows(10), batch_size=3, shuffle=True, seed=1, **workers)
+        return [batches(loader) for _ in range(2)]
+
+    np.random.seed(123)
+    random.seed(123)
+    reference = epochs()
+    # the main process's own global RNGs carry on as if the loader had not drawn from them
+    assert (np.random.random(), random.random()) == (np.random.RandomState(123).random_sample(),
+                                                     random.Random(123).random())
+    assert reference == epochs()
+    assert reference[0] != reference[1]  # a new epoch, new noise
+    assert epochs(num_workers=2, worker_type="process", persistent_workers=True) == reference
+
+
+@pytest.mark.parametrize("worker_type", WORKER_TYPES)
+def test_a_raising_sample_names_the_worker_the_sample_and_keeps_the_traceback(worker_type):
+    loader = DataLoader(FailingRows(12, bad_index=7), batch_size=2, num_workers=2, worker_type=worker_type)
+    with pytest.raises(DataLoaderError) as caught:
+        batches(loader)
+    message = str(caught.value)
+    # sample 7 is in batch 3, which worker 1 of 2 prepares
+    assert "DataLoader worker 1" in message and "sample 7 of batch 3 of epoch 0" in message
+    assert "ValueError: sample 7 is broken" in message
+    assert "Traceback in the worker" in message and "worker_datasets.py" in message and "__getitem__" in message
+    assert (caught.value.worker_id, caught.value.batch, caught.value.index) == (1, 3, 7)
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+@pytest.mark.parametrize("worker_type", WORKER_TYPES)
+def test_a_sleeping_sample_times_out_naming_the_worker(worker_type):
+    # threads cannot be stopped from outside: keep the abandoned one's sleep short
+    loader = DataLoader(SleepingRows(4, seconds=30 if worker_type == "process" else 3), batch_size=1,
+                        num_workers=1, worker_type=worker_type, timeout=1)
+    began = time.monotonic()
+    with pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(.*\) did not deliver batch 0 .*timeout=1 s"):
+        next(iter(loader))
+    elapsed = time.monotonic() - began
+    assert 1 <= elapsed < 8  # one second after the worker started (a process takes a while to start)
+
+
+@pytest.mark.parametrize("code, expected", [(3, "exited unexpectedly with exit code 3"),
+                                            (None, "was killed by signal SIGKILL")])
+def test_a_dying_worker_process_is_named_with_its_exit_code(code, expected):
+    loader = DataLoader(ExitingRows(6, index=2, code=code), batch_size=1, num_workers=2, worker_type="process")
+    with pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) " + expected) as caught:
+        batches(loader)
+    assert "batch 2 of epoch 0" in str(caught.value)
+    assert caught.value.exitcode == (code if code is not None else -signal.SIGKILL)
+
+
+@pytest.mark.parametrize("dataset, worker_init_fn, expected", [
+    (UnrestorableRows(4), None, "failed while starting .*RuntimeError: this dataset cannot be restored"),
+    (Rows(4), failing_worker_init_fn, r"failed in worker_init_fn\(0\): RuntimeError: worker 0 cannot initialise"),
+], ids=["unpickling", "worker_init_fn"])
+def test_a_worker_process_that_cannot_start_says_why(dataset, worker_init_fn, expected):
+    loader = DataLoader(dataset, batch_size=2, num_workers=1, worker_type="process", worker_init_fn=worker_init_fn)
+    with pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) " + expected):
+        batches(loader)
+
+
+_INTERRUPTED = """
+import sys
+from unidl.data import DataLoader
+from tests.data.worker_datasets import StuckRows
+loader = DataLoader(StuckRows(8, sys.argv[1]), batch_size=1, num_workers=2, worker_type=sys.argv[2])
+for batch in loader:
+    pass
+"""
+
+
+@pytest.mark.parametrize("worker_type", WORKER_TYPES)
+def test_ctrl_c_stops_a_stuck_iteration_within_a_second_and_leaves_no_worker(worker_type, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen([sys.executable, "-c", _INTERRUPTED, str(tmp_path), worker_type], cwd=REPO,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(os.listdir(tmp_path)) < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        markers = os.listdir(tmp_path)
+        assert len(markers) == 2, process.communicate(timeout=5)
+        os.kill(process.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        _, stderr = process.communicate(timeout=10)
+        elapsed = time.monotonic() - interrupted
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert "KeyboardInterrupt" in stderr, stderr
+    assert process.returncode in (-signal.SIGINT, 130, 1)
+    assert elapsed < 1.5, f"took {elapsed:.2f} s to stop after SIGINT"
+    worker_pids = {int(marker.split("-")[0]) for marker in markers} - {process.pid}
+    assert len(worker_pids) == (2 if worker_type == "process" else 0)
+    assert [pid for pid in worker_pids if os.path.exists(f"/proc/{pid}")] == []
+
+
+def test_persistent_process_workers_keep_their_pids_and_ran_worker_init_fn_with_their_ids():
+    loader = DataLoader(WorkerProbe(8), batch_size=2, num_workers=2, worker_type="process",
+                        persistent_workers=True, worker_init_fn=record_worker_id)
+    epochs = [np.concatenate([ud.to_numpy(batch) for batch, in loader]) for _ in range(2)]
+    for rows in epochs:
+        assert rows[:, 0].tolist() == list(range(8))
+        by_worker = {init_id: set(rows[rows[:, 1] == init_id, 2].tolist()) for init_id in (0, 1)}
+        assert sorted(rows[:, 1].tolist()) == [0] * 4 + [1] * 4  # batches go round-robin to workers 0, 1
+        assert all(len(pids) == 1 for pids in by_worker.values())
+    assert set(epochs[0][:, 2].tolist()) == set(epochs[1][:, 2].tolist())  # same processes
+    assert len(set(epochs[0][:, 2].tolist()) - {os.getpid()}) == 2
+    assert len(child_pids()) == 2  # kept between epochs...
+    del loader
+    gc.collect()
+    assert_no_workers_left()       # ...until the loader goes
+
+
+def test_worker_threads_run_worker_init_fn_with_their_ids():
+    INIT_IDS.clear()
+    batches(DataLoader(Rows(6), batch_size=2, num_workers=3, worker_init_fn=record_worker_id))
+    assert sorted(INIT_IDS) == [0, 1, 2]
+
+
+def test_worker_processes_import_no_framework():
+    pytest.importorskip("torch")
+    import torch  # noqa: F401  (the parent has a framework loaded; its workers must not)
+    rows = np.concatenate([ud.to_numpy(batch) for batch, in DataLoader(
+        WorkerProbe(4), batch_size=2, num_workers=1, worker_type="process")])
+    assert rows[:, 2].tolist() != [os.getpid()] * 4
+    assert rows[:, 3:].tolist() == [[0, 0]] * 4
+
+
+@pytest.mark.parametrize("dataset", [NoisyRows(20), TensorDataset(np.arange(20.0), np.arange(20))],
+                         ids=["generic", "tensor"])
+def test_break_and_resume_with_process_workers(dataset):
+    def make():
+        return DataLoader(dataset, batch_size=3, shuffle=True, seed=2, num_workers=2, worker_type="process")
+
+    full = batches(DataLoader(dataset, batch_size=3, shuffle=True, seed=2))
+    loader = make()
+    taken = []
+    for batch in loader:
+        taken.append(tuple(ud.to_numpy(field).tolist() for field in batch))
+        if len(taken) == 3:
+            break
+    gc.collect()
+    assert_no_workers_left()  # the abandoned iterator took its workers with it
+    resumed = make()
+    resumed.load_state_dict(json.loads(json.dumps(loader.state_dict())))
+    assert taken + batches(resumed) == full
+
+
+def test_unpicklable_objects_are_named():
+    unpicklable = Rows(4)
+    unpicklable.transform = lambda x: x
+    with pytest.raises(DataLoaderError, match=r"the dataset .* cannot be pickled.*worker_type='thread'"):
+        next(iter(DataLoader(unpicklable, batch_size=2, num_workers=1, worker_type="process")))
+    with pytest.raises(DataLoaderError, match=r"the collate_fn .*<lambda>.* cannot be pickled"):
+        next(iter(DataLoader(Rows(4), batch_size=2, num_workers=1, worker_type="process",
+                             collate_fn=lambda samples: samples)))
+
+
+def test_pin_memory_is_refused_where_nothing_can_pin(backend):
+    with ud.use_device("cpu"), pytest.raises(ValueError, match=f"pin_memory=True: the {backend} backend on "
+                                                                 f"device 'cpu'"):
+        DataLoader(Rows(4), batch_size=2, pin_memory=True)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"persistent_workers": True}, "persistent_workers need"),
+    ({"worker_init_fn": record_worker_id}, "worker_init_fn need"),
+    ({"timeout": 5}, "timeout need"),
+    ({"multiprocessing_context": "spawn"}, "multiprocessing_context"),
+    ({"num_workers": 1, "worker_type": "fork"}, "worker_type must be one of"),
+    ({"num_workers": 1, "timeout": -1}, "timeout must be"),
+    ({"num_workers": 1, "multiprocessing_context": "spawn"}, "needs worker_type='process'"),
+    ({"num_workers": 1, "worker_type": "process", "multiprocessing_context": "nope"}, "not a start method"),
+])
+def test_bad_worker_settings(settings, message):
+    with pytest.raises(ValueError, match=message):
+        DataLoader(Rows(4), batch_size=2, **settings)

@@ -1,0 +1,112 @@
+"""Datasets for the DataLoader worker tests, at module level so that worker processes can unpickle them.
+
+Worker processes import this module: it imports NumPy and unidl.data only, never pytest or a framework.
+"""
+
+import os
+import random
+import signal
+import sys
+import threading
+import time
+
+import numpy as np
+
+from unidl.data import Dataset
+
+#: ids that worker_init_fn saw in this process (a worker process has its own copy; threads share it)
+INIT_IDS = []
+
+
+def record_worker_id(worker_id):
+    INIT_IDS.append(worker_id)
+
+
+class Rows(Dataset):
+    """Sample i: (features [3i, 3i+1, 3i+2], label i)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return np.arange(3 * index, 3 * index + 3, dtype=np.float32), np.int64(index)
+
+
+class NoisyRows(Rows):
+    """Rows plus noise from NumPy's global RNG and Python's ``random``, as a random augmentation would."""
+
+    def __getitem__(self, index):
+        features, label = super().__getitem__(index)
+        return features + np.random.normal(size=3).astype(np.float32) + np.float32(random.random()), label
+
+
+class FailingRows(Rows):
+    def __init__(self, n, bad_index):
+        super().__init__(n)
+        self.bad_index = bad_index
+
+    def __getitem__(self, index):
+        if index == self.bad_index:
+            raise ValueError(f"sample {index} is broken")
+        return super().__getitem__(index)
+
+
+class SleepingRows(Rows):
+    def __init__(self, n, seconds):
+        super().__init__(n)
+        self.seconds = seconds
+
+    def __getitem__(self, index):
+        time.sleep(self.seconds)
+        return super().__getitem__(index)
+
+
+class ExitingRows(Rows):
+    """Ends its worker process at sample ``index``: ``os._exit(code)``, or SIGKILL when ``code`` is None."""
+
+    def __init__(self, n, index, code):
+        super().__init__(n)
+        self.index, self.code = index, code
+
+    def __getitem__(self, index):
+        if index == self.index:
+            if self.code is None:
+                os.kill(os.getpid(), signal.SIGKILL)
+            os._exit(self.code)
+        return super().__getitem__(index)
+
+
+class StuckRows(Rows):
+    """Writes ``<pid>-<thread id>`` into ``marker_dir``, then sleeps for ten minutes."""
+
+    def __init__(self, n, marker_dir):
+        super().__init__(n)
+        self.marker_dir = marker_dir
+
+    def __getitem__(self, index):
+        with open(os.path.join(self.marker_dir, f"{os.getpid()}-{threading.get_ident()}"), "w"):
+            pass
+        time.sleep(600)
+
+
+class WorkerProbe(Rows):
+    """Sample i: [i, worker ids worker_init_fn saw here (-1: none), pid, torch imported, tensorflow imported]."""
+
+    def __getitem__(self, index):
+        init_id = INIT_IDS[-1] if INIT_IDS else -1
+        return np.array([index, init_id, os.getpid(), "torch" in sys.modules, "tensorflow" in sys.modules],
+                        dtype=np.int64)
+
+
+class UnrestorableRows(Rows):
+    """Pickles in the main process, but cannot be unpickled in a worker."""
+
+    def __setstate__(self, state):
+        raise RuntimeError("this dataset cannot be restored in a worker")
+
+
+def failing_worker_init_fn(worker_id):
+    raise RuntimeError(f"worker {worker_id} cannot initialise")

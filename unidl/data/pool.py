@@ -1,0 +1,265 @@
+"""A DataLoader's workers seen from the main process: start them (threads, or processes of a
+``multiprocessing`` context), hand them batches, collect the batches in order, and stop them on
+exhaustion, error, timeout, Ctrl-C and garbage collection alike.
+
+The main process never blocks for long: it waits for results ``POLL`` seconds at a time, checking in
+between that every worker is alive and within the timeout, so that Ctrl-C and a dead worker are noticed
+within ``POLL`` seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+import queue
+import signal
+import threading
+import time
+
+from unidl.data import worker
+from unidl.errors import DataLoaderError
+
+#: seconds between checks while the main process waits for a batch
+POLL = 0.05
+#: seconds workers get to stop by themselves before they are terminated: after a normal end, after a failure
+GRACE, GRACE_ON_FAILURE = 1.0, 0.1
+
+_generations = itertools.count()
+
+
+def pickled_for_workers(dataset, collate_fn, worker_init_fn) -> bytes:
+    """(dataset, collate_fn, worker_init_fn) pickled once for all worker processes, or a
+    ``DataLoaderError`` naming the object that does not pickle."""
+    objects = {"dataset": dataset, "collate_fn": collate_fn, "worker_init_fn": worker_init_fn}
+    try:
+        return pickle.dumps(tuple(objects.values()), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as error:
+        culprit, cause = "dataset, collate_fn and worker_init_fn together", error
+    for name, value in objects.items():
+        try:
+            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            culprit, cause = f"{name} {_short_repr(value)}", error
+            break
+    raise DataLoaderError(
+        f"DataLoader(worker_type='process'): the {culprit} cannot be pickled, and worker processes receive "
+        f"them pickled ({type(cause).__name__}: {cause}). Define them at module level of an importable module "
+        f"(not inside a function, not as a lambda), or use worker_type='thread'") from cause
+
+
+def _short_repr(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _exit_description(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-exitcode).name} (exit code {exitcode})"
+        except ValueError:
+            pass
+    return f"exited unexpectedly with exit code {exitcode}"
+
+
+class WorkerPool:
+    """``num_workers`` workers of one kind ('thread' or 'process'), one task queue each and one result queue.
+
+    A pool serves one iteration at a time (``deliver``); a persistent pool serves the iterations of many
+    epochs, each tagged with a generation number so that batches left over from an abandoned iteration
+    are dropped.
+    """
+
+    def __init__(self, kind: str, num_workers: int, dataset, collate_fn, worker_init_fn, mp_context,
+                 seed, epoch):
+        self.kind = kind
+        self.num_workers = num_workers
+        self.closed = False
+        self.generation = None
+        self._ready_at: list[float | None] = [None] * num_workers  # when each worker could take batches
+        if kind == "process":
+            payload = pickled_for_workers(dataset, collate_fn, worker_init_fn)
+            self._results = mp_context.Queue()
+            self._tasks = [mp_context.Queue() for _ in range(num_workers)]
+            self._current = [mp_context.RawArray("q", [-1, -1]) for _ in range(num_workers)]
+            self._workers = [mp_context.Process(target=worker.process_main, name=f"unidl-data-worker-{w}",
+                                                args=(w, payload, self._tasks[w], self._results, self._current[w],
+                                                      seed, epoch),
+                                                daemon=True)
+                             for w in range(num_workers)]
+        else:
+            self._results = queue.Queue()
+            self._tasks = [queue.Queue() for _ in range(num_workers)]
+            # daemon threads: one stuck in a sample cannot keep the interpreter from exiting
+            self._current = [[-1, -1] for _ in range(num_workers)]
+            self._workers = [threading.Thread(target=worker.serve, name=f"unidl-data-worker-{w}", daemon=True,
+                                              args=(w, dataset, collate_fn, worker_init_fn, self._tasks[w],
+                                                    self._results, self._current[w], seed, epoch),
+                                              kwargs={"seeding": False, "portable": False})
+                             for w in range(num_workers)]
+        try:
+            for w, handle in enumerate(self._workers):
+                handle.start()
+                if kind == "thread":
+                    self._ready_at[w] = time.monotonic()
+        except BaseException:
+            self.shutdown(GRACE_ON_FAILURE)
+            raise
+
+    def describe(self, worker_id: int) -> str:
+        if self.kind == "process":
+            pid = self._workers[worker_id].pid
+            return f"DataLoader worker {worker_id} (process {pid})"
+        return f"DataLoader worker {worker_id} (thread {self._workers[worker_id].name})"
+
+    def new_epoch(self, seed, epoch) -> None:
+        """Re-seed persistent workers for a new epoch (worker w from (seed, epoch, w))."""
+        for tasks in self._tasks:
+            tasks.put(("epoch", seed, epoch))
+
+    # ---- one iteration ------------------------------------------------------
+    def deliver(self, batches: list, start: int, seed, epoch: int, timeout: float | None, prefetch: int,
+                context=None, convert=None):
+        """Yield what the workers make of ``batches`` (index arrays of batches ``start, start+1, ...`` of
+        ``epoch``), in order: arrays from processes, ``convert(arrays)`` run in ``context`` from threads."""
+        generation = self.generation = next(_generations)
+        done: dict[int, object] = {}  # batch -> arrays, tensors or worker.Failure, until its turn
+        submitted = 0
+        in_flight = self.num_workers * prefetch
+        for position in range(len(batches)):
+            while submitted < min(len(batches), position + in_flight):
+                owner = submitted % self.num_workers
+                batch = start + submitted
+                batch_seed = (seed, epoch, batch) if self.kind == "process" else None
+                self._tasks[owner].put(("batch", generation, batch, batches[submitted], batch_seed, context,
+                                        convert))
+                submitted += 1
+            batch, owner = start + position, position % self.num_workers
+            waiting_since = time.monotonic()
+            while batch not in done:
+                if self.generation != generation:
+                    error = DataLoaderError("a newer iteration of this DataLoader took over its persistent "
+                                            "workers; an older iterator cannot go on")
+                    error.superseded = True
+                    raise error
+                try:
+                    message = self._results.get(timeout=POLL)
+                except queue.Empty:
+                    message = None
+                if message is not None:
+                    self._receive(message, generation, done, epoch, batches, start)
+                    continue
+                death = self._death(epoch, batches, start)
+                if death is not None:
+                    # a worker that reported its failure and then ended: raise what it reported
+                    for message in self._drain():
+                        self._receive(message, generation, done, epoch, batches, start)
+                    raise death
+                self._check_timeout(owner, batch, waiting_since, timeout, epoch, batches[position])
+            result = done.pop(batch)
+            if isinstance(result, worker.Failure):  # raised in turn: the batches before it are delivered
+                raise self._failure_error(result, epoch, batches, start)
+            yield result
+
+    def _receive(self, message, generation, done, epoch, batches, start) -> None:
+        kind, worker_id = message[0], message[1]
+        if kind == "ready":
+            self._ready_at[worker_id] = time.monotonic()
+        elif kind == "failed":
+            failure = message[3]
+            if failure.batch is None:  # the worker could not start: nothing it was given will come
+                raise self._failure_error(failure, epoch, batches, start)
+            if message[2] == generation:
+                done[failure.batch] = failure
+        elif message[2] == generation:  # "batch"; one of an abandoned iteration is dropped
+            _, _, _, batch, payload = message
+            done[batch] = payload
+
+    def _failure_error(self, failure: worker.Failure, epoch, batches, start) -> DataLoaderError:
+        who = self.describe(failure.worker_id)
+        if failure.stage == "start":
+            where = "while starting (unpickling the dataset, collate_fn and worker_init_fn)"
+        elif failure.stage == "worker_init_fn":
+            where = f"in worker_init_fn({failure.worker_id})"
+        else:
+            step = {"sample": f"on sample {failure.index}", "collate": "in collate_fn",
+                    "convert": "converting to tensors"}[failure.stage]
+            where = (f"{step} of batch {failure.batch} of epoch {epoch} "
+                     f"(samples {batches[failure.batch - start].tolist()})")
+        error = DataLoaderError(f"{who} failed {where}: {failure.summary}\n\n"
+                                f"Traceback in the worker:\n{failure.traceback}")
+        error.worker_id, error.batch, error.index = failure.worker_id, failure.batch, failure.index
+        error.worker_traceback = failure.traceback
+        error.__cause__ = failure.original()
+        return error
+
+    def _drain(self):
+        while True:
+            try:
+                yield self._results.get(timeout=POLL)
+            except queue.Empty:
+                return
+
+    def _death(self, epoch, batches, start) -> DataLoaderError | None:
+        """The error for the first worker found dead, or None when all are alive."""
+        for worker_id, handle in enumerate(self._workers):
+            if handle.is_alive():
+                continue
+            exitcode = getattr(handle, "exitcode", None)
+            generation, batch = self._current[worker_id]
+            if batch < 0 or generation != self.generation:
+                batch = None
+            if batch is not None:
+                doing = (f"while preparing batch {batch} of epoch {epoch} "
+                         f"(samples {batches[batch - start].tolist()})")
+            else:
+                doing = "between batches"
+            what = _exit_description(exitcode) if self.kind == "process" else "ended unexpectedly"
+            error = DataLoaderError(f"{self.describe(worker_id)} {what} {doing}; the main process and the "
+                                    f"other workers are fine, but this iteration cannot go on")
+            error.worker_id, error.exitcode, error.batch = worker_id, exitcode, batch
+            return error
+        return None
+
+    def _check_timeout(self, owner, batch, waiting_since, timeout, epoch, indices) -> None:
+        ready_at = self._ready_at[owner]
+        if not timeout or ready_at is None:
+            return  # no timeout, or a worker process still starting (interpreter, imports, unpickling)
+        waited = time.monotonic() - max(waiting_since, ready_at)
+        if waited > timeout:
+            error = DataLoaderError(f"{self.describe(owner)} did not deliver batch {batch} of epoch {epoch} "
+                                    f"(samples {indices.tolist()}) within timeout={timeout:g} s")
+            error.worker_id, error.batch = owner, batch
+            raise error
+
+    # ---- stopping -----------------------------------------------------------
+    def shutdown(self, grace: float = GRACE) -> None:
+        """Stop every worker: ask, wait up to ``grace`` seconds, then terminate and kill processes.
+
+        A worker thread stuck inside a sample cannot be stopped from outside; it is a daemon thread and
+        ends when that sample returns.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.generation = None
+        for tasks in self._tasks:
+            try:
+                tasks.put(None)
+            except (ValueError, OSError):  # a queue already closed
+                pass
+        deadline = time.monotonic() + grace
+        started = [handle for handle in self._workers if handle.ident is not None]
+        for handle in started:
+            handle.join(max(0.0, deadline - time.monotonic()))
+        if self.kind == "process":
+            for handle in started:
+                if handle.is_alive():
+                    handle.terminate()
+            for handle in started:
+                handle.join(1.0)
+                if handle.is_alive():
+                    handle.kill()
+                    handle.join()
+            for channel in [*self._tasks, self._results]:
+                channel.cancel_join_thread()  # never block the main process on a pipe nobody reads
+                channel.close()

@@ -1,0 +1,187 @@
+"""What a DataLoader worker runs, in a thread or in a process of its own: fetch the samples of one batch,
+join them with ``collate_fn`` and send the arrays back, or a report of what failed and where.
+
+A worker process imports only this module, NumPy and the dataset's own module, never a framework:
+batches cross to the main process as pickled NumPy arrays and become tensors there (see ``pool.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import pickle
+import queue
+import random
+import signal
+import traceback
+from dataclasses import dataclass
+
+import numpy as np
+
+from unidl.data.dataset import TensorDataset
+
+#: seconds an idle worker process waits for a task before checking that the main process still lives
+IDLE_POLL = 0.5
+#: the two seed streams: a worker's start (and epoch) and each batch
+WORKER_STREAM, BATCH_STREAM = 0, 1
+
+
+def seed_global_rngs(stream: int, seed: int | None, epoch: int, key: int) -> None:
+    """Seed NumPy's global RNG and Python's ``random`` from (stream, loader seed, epoch, key).
+
+    A loader without a seed (``shuffle=False``, ``seed=None``) still seeds, from the epoch and key alone,
+    so that its batches do not depend on how many workers there are either.
+    """
+    entropy = [stream, int(epoch), int(key)] + ([1, int(seed)] if seed is not None else [0])
+    state = np.random.SeedSequence(entropy).generate_state(4)
+    np.random.seed(state)
+    random.seed(int.from_bytes(state.tobytes(), "little"))
+
+
+@contextlib.contextmanager
+def batch_rngs(batch_seed: tuple | None):
+    """Run the block with the global RNGs seeded for one batch, ``batch_seed = (seed, epoch, batch)``, and
+    give them back their previous state afterwards (the main process's own draws are not disturbed)."""
+    if batch_seed is None:
+        yield
+        return
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    seed_global_rngs(BATCH_STREAM, *batch_seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
+def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None) -> tuple:
+    """The batch at ``indices`` as a tuple of arrays: one slice per array of a ``TensorDataset``, else
+    ``collate_fn`` of the samples. ``progress`` records the step ("sample" with its "index", or "collate"),
+    so that a failure can name it."""
+    progress = {} if progress is None else progress
+    if isinstance(dataset, TensorDataset):
+        progress["step"] = "collate"
+        return dataset.batch(indices)
+    samples = []
+    progress["step"] = "sample"
+    for index in indices.tolist():
+        progress["index"] = index
+        samples.append(dataset[index])
+    progress["step"], progress["index"] = "collate", None
+    arrays = collate_fn(samples)
+    return tuple(arrays) if isinstance(arrays, (tuple, list)) else (arrays,)
+
+
+@dataclass
+class Failure:
+    """What went wrong in a worker, in plain data that crosses a process boundary."""
+
+    worker_id: int
+    batch: int | None        # None: the worker failed while starting
+    index: int | None        # the sample being read (stage "sample")
+    stage: str               # "start", "worker_init_fn"; or, for a batch, "sample", "collate", "convert"
+    summary: str             # "ValueError: the message"
+    traceback: str           # the worker's traceback, as text
+    exception: object        # the exception itself (threads), pickled bytes (processes), or None
+
+    @classmethod
+    def capture(cls, error: BaseException, worker_id: int, batch, index, stage: str, portable: bool):
+        exception = error
+        if portable:
+            try:
+                exception = pickle.dumps(error)
+            except Exception:  # an exception that does not pickle still gets reported, as text
+                exception = None
+        return cls(worker_id, batch, index, stage, f"{type(error).__name__}: {error}",
+                   "".join(traceback.format_exception(error)), exception)
+
+    def original(self) -> BaseException | None:
+        """The exception raised in the worker, when it could be carried over."""
+        if isinstance(self.exception, bytes):
+            try:
+                return pickle.loads(self.exception)
+            except Exception:
+                return None
+        return self.exception
+
+
+def _portable(arrays) -> tuple:
+    """The arrays as NumPy arrays that will pickle: a message that fails to pickle in the result queue's
+    background thread would be lost, and the main process would wait for it."""
+    arrays = tuple(np.asarray(array) for array in arrays)
+    for array in arrays:
+        if array.dtype.hasobject:
+            pickle.dumps(array)  # raises here, reported as a failure of this batch
+    return arrays
+
+
+def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current):
+    _, generation, batch, indices, batch_seed, context, convert = task
+    progress = {"step": "sample", "index": None}
+    current[0], current[1] = generation, batch
+
+    def job():
+        with batch_rngs(batch_seed):
+            arrays = fetch(dataset, collate_fn, indices, progress)
+        progress["step"] = "convert"
+        if convert is not None:
+            return convert(arrays)
+        return _portable(arrays)
+
+    try:
+        payload = context.copy().run(job) if context is not None else job()
+    except BaseException as error:  # SystemExit in a sample is a failure of that sample, too
+        return ("failed", worker_id, generation,
+                Failure.capture(error, worker_id, batch, progress["index"], progress["step"], portable))
+    finally:
+        current[1] = -1
+    return ("batch", worker_id, generation, batch, payload)
+
+
+def serve(worker_id: int, dataset, collate_fn, worker_init_fn, tasks, results, current, seed, epoch,
+          seeding: bool, portable: bool, parent=None) -> None:
+    """A worker's life: seed, ``worker_init_fn(worker_id)``, then batches until a ``None`` task.
+
+    ``current``: two integers, (generation, batch) of the batch in hand, batch -1 when idle; in shared
+    memory for a process, so that the main process can name the batch a worker died on.
+    ``seeding``: seed the global RNGs from (seed, epoch, worker_id) now and at each new epoch, and from
+    (seed, epoch, batch) for each batch (processes only: threads share one global RNG).
+    """
+    if seeding:
+        seed_global_rngs(WORKER_STREAM, seed, epoch, worker_id)
+    if worker_init_fn is not None:
+        try:
+            worker_init_fn(worker_id)
+        except BaseException as error:
+            results.put(("failed", worker_id, None,
+                         Failure.capture(error, worker_id, None, None, "worker_init_fn", portable)))
+            return
+    while True:
+        try:
+            task = tasks.get(timeout=IDLE_POLL)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return  # the main process is gone: nobody will read or stop us
+            continue
+        if task is None:
+            return
+        if task[0] == "epoch":
+            _, seed, epoch = task
+            if seeding:
+                seed_global_rngs(WORKER_STREAM, seed, epoch, worker_id)
+            continue
+        results.put(_run_batch(worker_id, dataset, collate_fn, task, portable, current))
+
+
+def process_main(worker_id: int, payload: bytes, tasks, results, current, seed, epoch) -> None:
+    """Entry point of a worker process: unpickle (dataset, collate_fn, worker_init_fn), report ready, serve."""
+    # Ctrl-C reaches the whole process group; the main process handles it and stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        dataset, collate_fn, worker_init_fn = pickle.loads(payload)
+    except BaseException as error:
+        results.put(("failed", worker_id, None, Failure.capture(error, worker_id, None, None, "start", True)))
+        return
+    results.put(("ready", worker_id))
+    serve(worker_id, dataset, collate_fn, worker_init_fn, tasks, results, current, seed, epoch,
+          seeding=True, portable=True, parent=multiprocessing.parent_process())
