@@ -47,7 +47,7 @@ TENSOR_CHECKSUMS_KEY = "unidl.crc32"
 #: ``__metadata__`` key holding the crc32 of the canonical header without this key
 HEADER_CHECKSUM_KEY = "unidl.header_crc32"
 INTEGRITY_KEYS = (TENSOR_CHECKSUMS_KEY, HEADER_CHECKSUM_KEY)
-_CHUNK_BYTES = 4 * 1024 * 1024
+_CHUNK_BYTES = 1024 * 1024
 
 
 def header_checksum(header: dict) -> int:
@@ -297,7 +297,8 @@ class SafetensorsFile:
         """Check every tensor's bytes against its checksum, in small chunks (no-op without checksums)."""
         if self.checksums is None:
             return
-        chunk = bytearray(min(_CHUNK_BYTES, max(self.file_size, 1)))
+        largest = max((end - begin for begin, end in self._offsets.values()), default=1)
+        chunk = bytearray(max(1, min(_CHUNK_BYTES, largest)))
         view = memoryview(chunk)
         with open(self.path, "rb") as handle:
             for name, (begin, end) in self._offsets.items():

@@ -1,0 +1,91 @@
+"""Bounded resources: crafted configs are refused before anything is allocated, and loading a file takes
+little memory beyond the model itself."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import pytest
+
+import unidl as ud
+from tests.helpers import ROOT
+from unidl.errors import StateDictError
+from unidl.io.safetensors import save_file
+from unidl.serialization import encode_metadata, model_metadata
+
+
+def test_crafted_config_is_refused_before_the_model_is_built(tmp_path, backend):
+    small = ud.models.TwoLayerNet(3, 4, 2)
+    metadata = model_metadata(small)
+    metadata["config"] = {"D_in": 20000, "H": 20000, "D_out": 10}  # 1.6 GB of float32 weights
+    path = tmp_path / "crafted.safetensors"
+    save_file(small.state_dict(), path, encode_metadata(metadata))
+    assert os.path.getsize(path) < 4096
+    state_before = ud.random.get_rng_state()
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(StateDictError, match=r"nothing was built: linear1.weight: config gives shape "
+                                                 r"\(20000, 20000\), file stores \(4, 3\)"):
+            ud.load(path)
+        elapsed = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 1.0 and peak < 20 * 2**20, (elapsed, peak)
+    assert ud.random.get_rng_state() == state_before  # learning the shapes draws nothing
+
+
+def test_load_reads_one_tensor_at_a_time(tmp_path, backend):
+    if backend != "torch":
+        pytest.skip("tracemalloc also counts the Python objects other frameworks allocate on their first calls; "
+                    "their peak is measured as resident memory in test_peak_memory_of_ud_load_is_about_the_file_size")
+    source = ud.nn.Sequential(*[ud.nn.Linear(128, 128) for _ in range(8)])
+    path = tmp_path / "stack.safetensors"
+    ud.save(source, path)
+    target = ud.nn.Sequential(*[ud.nn.Linear(128, 128) for _ in range(8)])
+    tracemalloc.start()
+    try:
+        ud.load_weights(target, path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.35 * os.path.getsize(path), (peak, os.path.getsize(path))  # 8 tensors of 64 KiB: ~2 at once
+    for key, value in source.state_dict().items():
+        assert (target.state_dict()[key] == value).all()
+
+
+JOB = str(ROOT / "tests" / "load_memory_job.py")
+
+
+@pytest.mark.parametrize("backend_name,bound", [("torch", 1.2), ("tensorflow", 1.5)])
+def test_peak_memory_of_ud_load_is_about_the_file_size(tmp_path, backend_name, bound):
+    if backend_name not in ud.available_backends():
+        pytest.skip(f"{backend_name} is not installed")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    path = tmp_path / "stack.safetensors"
+
+    def job(action):
+        return subprocess.run([sys.executable, JOB, action, backend_name, str(path)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    assert job("save").returncode == 0
+    loaded = job("load")
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    ratio = float(loaded.stdout.split("RATIO")[1])
+    # torch: the model (1x) and one 4 MiB tensor; tensorflow copies each tensor twice more inside assign()
+    assert ratio < bound, ratio
+
+
+def test_planted_config_never_imports_or_runs_anything(tmp_path):
+    small = ud.models.TwoLayerNet(3, 4, 2)
+    metadata = model_metadata(small)
+    metadata["config"] = {"D_in": "__import__('os').system('touch pwned')"}
+    path = tmp_path / "crafted.safetensors"
+    save_file(small.state_dict(), path, {"unidl": json.dumps(metadata)})
+    with pytest.raises((TypeError, ValueError)):
+        ud.load(path)
+    assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
