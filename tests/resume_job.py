@@ -1,8 +1,8 @@
 """A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``.
 
-Trains the CNN (with dropout on its logits) on digits with ``ud.fit`` and a step-wise ``Checkpoint``; with KILL_AT it kills itself
+Trains the CNN (with dropout on its logits) on digits with ``ud.fit``, a StepLR schedule and a step-wise ``Checkpoint``; with KILL_AT it kills itself
 with SIGKILL right after that global step (mid-epoch), without any chance to clean up. Run again
-without KILL_AT it resumes from the checkpoint directory and writes the final weights to OUT (.npz).
+without KILL_AT it resumes from the checkpoint directory and writes the final weights and History to OUT (.npz).
 """
 
 import os
@@ -32,12 +32,13 @@ def main(backend, directory, out, kill_at=None):
     model = ud.nn.Sequential(ud.models.CNN(in_channels=1, num_classes=10, image_size=8), ud.nn.Dropout(0.2))
     optimizer = ud.optim.Adam(model.parameters(), lr=2e-3)
     loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=50, shuffle=True, seed=3)
-    callbacks = [ud.callbacks.Checkpoint(directory, every_steps=4, keep=2)]
+    schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+    callbacks = [ud.callbacks.Checkpoint(directory, every_steps=4, keep=2), schedule]
     if kill_at is not None:
         callbacks.append(KillAt(kill_at))
-    ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=3, callbacks=callbacks,
-           verbose=0, resume_from="auto")
-    np.savez(out, **model.state_dict())
+    history = ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=3,
+                     callbacks=callbacks, verbose=0, resume_from="auto")
+    np.savez(out, **model.state_dict(), **{f"history/{k}": np.asarray(v) for k, v in history.history.items()})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-epoch and resumed from its last checkpoint ends exactly where an
-uninterrupted run ends: bit-identical (CPU, float32) on torch, tensorflow and keras, dropout included."""
+uninterrupted run ends: bit-identical weights (CPU, float32) on torch, tensorflow and keras, dropout and a
+StepLR schedule included, and the same History (the interrupted epoch's loss averaged over all its batches)."""
 
 import os
 import signal
@@ -35,4 +36,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, backe
     a, b = np.load(tmp_path / "resumed.npz"), np.load(tmp_path / "straight.npz")
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:
-        assert np.array_equal(a[key], b[key]), (key, max_relative_difference(a[key], b[key]))
+        if key.startswith("history/"):  # the interrupted epoch's mean joins two partial means: float rounding
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-6, err_msg=key)
+        else:
+            assert np.array_equal(a[key], b[key]), (key, max_relative_difference(a[key], b[key]))
+    np.testing.assert_array_equal(a["history/lr"], [2e-3, 1e-3, 5e-4])
