@@ -91,3 +91,30 @@ def test_planted_config_never_imports_or_runs_anything(tmp_path):
     with pytest.raises((TypeError, ValueError)):
         ud.load(path)
     assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+
+
+class NeedsRealVariables(ud.nn.Module):
+    """A constructor that computes with its own weight: the shape-only build cannot run it."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.config = {"width": width}
+        self.linear = ud.nn.Linear(width, width)
+        self.scale = float(ud.to_numpy(self.linear.weight).sum()) * 0 + 1.0
+
+    def forward(self, x):
+        return self.linear(x) * self.scale
+
+
+def test_a_model_the_shape_only_build_cannot_run_still_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr("unidl.serialization._registry", {"NeedsRealVariables": NeedsRealVariables})
+    source = NeedsRealVariables(3)
+    ud.save(source, tmp_path / "m.safetensors")
+    loaded = ud.load(tmp_path / "m.safetensors")
+    for key, value in source.state_dict().items():
+        assert (loaded.state_dict()[key] == value).all()
+    with pytest.raises(ValueError, match="positive integer"):
+        metadata = model_metadata(source)
+        metadata["config"] = {"width": -1}
+        save_file(source.state_dict(), tmp_path / "bad.safetensors", encode_metadata(metadata))
+        ud.load(tmp_path / "bad.safetensors")

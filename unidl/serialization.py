@@ -341,9 +341,11 @@ def load(path, *, allow_pickle: bool = False):
     a checkpoint file works too. Pickles are refused unless ``allow_pickle=True``.
 
     Before any weight is allocated, the architecture that the file's config describes is compared
-    with the tensors stored in the file (names and shapes), and every tensor's checksum is verified;
-    then the model is built and the tensors are read into it one at a time, so loading takes little
-    memory beyond the model itself.
+    with the tensors stored in the file (names and shapes; learned by building the model against
+    variables that hold only shapes), and every tensor's checksum is verified; then the model is
+    built without drawing initial weights (the generator is not advanced; a constructor that uses
+    drawn values for anything but its parameters and buffers sees zeros) and the tensors are read
+    into it one at a time, so loading takes little memory beyond the model itself.
     """
     path = check_readable_file(path)
     if not is_safetensors(path):
@@ -356,13 +358,18 @@ def load(path, *, allow_pickle: bool = False):
     cls, config = _class_and_config(metadata, path)
     try:
         expected = architecture_shapes(cls, config)
-    except TypeError as error:
-        raise TypeError(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: {error}") from None
+    except Exception:
+        # a class whose constructor needs real variables (or a config it rejects): build it for real below,
+        # where a bad config fails with its own error and the tensors are checked before any is read
+        expected = None
     entries = {key: reader.entries[name] for key, name in names.items()}
-    problems = [f"{key}: config gives shape {shape}, file stores {tuple(entries[key][1])}"
-                for key, shape in expected.items() if key in entries and tuple(entries[key][1]) != shape]
-    problems += [f"{key} (shape {shape}) is not in the file" for key, shape in expected.items() if key not in entries]
-    problems += [f"{key} is in the file but not in the model" for key in entries if key not in expected]
+    problems = [] if expected is None else [
+        f"{key}: config gives shape {shape}, file stores {tuple(entries[key][1])}"
+        for key, shape in expected.items() if key in entries and tuple(entries[key][1]) != shape]
+    if expected is not None:
+        problems += [f"{key} (shape {shape}) is not in the file" for key, shape in expected.items()
+                     if key not in entries]
+        problems += [f"{key} is in the file but not in the model" for key in entries if key not in expected]
     if problems:
         raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes does not "
                              f"match the tensors stored in the file; nothing was built: " + "; ".join(problems))
