@@ -11,12 +11,15 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 
 import unidl as ud
+from unidl import config
 from unidl.data import DataLoader, TensorDataset
+from unidl.data.dataloader import _check_pin_memory
 from unidl.errors import DataLoaderError
 from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, NoisyRows, Rows, SleepingRows,
                                         UnrestorableRows, WorkerProbe, failing_worker_init_fn, record_worker_id)
@@ -44,20 +47,22 @@ def child_pids() -> set[int]:
     return children
 
 
-def assert_no_workers_left():
-    assert multiprocessing.active_children() == []
-    assert child_pids() == set()
+@pytest.fixture(autouse=True)
+def children_before():
+    """Child processes that existed before the test (none of its workers may remain after it)."""
+    before = child_pids(), set(multiprocessing.active_children())
+    yield before
+    gc.collect()
+    assert_no_workers_left(before)
+
+
+def assert_no_workers_left(before):
+    assert set(multiprocessing.active_children()) <= before[1]
+    assert child_pids() <= before[0]
 
 
 def batches(loader):
     return [tuple(ud.to_numpy(field).tolist() for field in batch) for batch in loader]
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_workers():
-    yield
-    gc.collect()
-    assert_no_workers_left()
 
 
 @pytest.mark.parametrize("worker_type", WORKER_TYPES)
@@ -136,12 +141,16 @@ def test_a_worker_process_that_cannot_start_says_why(dataset, worker_init_fn, ex
 
 
 _INTERRUPTED = """
-import sys
+import sys, time
 from unidl.data import DataLoader
 from tests.data.worker_datasets import StuckRows
 loader = DataLoader(StuckRows(8, sys.argv[1]), batch_size=1, num_workers=2, worker_type=sys.argv[2])
-for batch in loader:
-    pass
+try:
+    for batch in loader:
+        pass
+except KeyboardInterrupt:
+    print("stopped", time.time(), flush=True)  # the loader has stopped its workers by now
+    raise
 """
 
 
@@ -156,23 +165,27 @@ def test_ctrl_c_stops_a_stuck_iteration_within_a_second_and_leaves_no_worker(wor
             time.sleep(0.05)
         markers = os.listdir(tmp_path)
         assert len(markers) == 2, process.communicate(timeout=5)
+        interrupted = time.time()
         os.kill(process.pid, signal.SIGINT)
-        interrupted = time.monotonic()
-        _, stderr = process.communicate(timeout=10)
-        elapsed = time.monotonic() - interrupted
+        stdout, stderr = process.communicate(timeout=10)
+        exited = time.time() - interrupted
     finally:
         if process.poll() is None:
             process.kill()
             process.communicate()
     assert "KeyboardInterrupt" in stderr, stderr
     assert process.returncode in (-signal.SIGINT, 130, 1)
-    assert elapsed < 1.5, f"took {elapsed:.2f} s to stop after SIGINT"
+    stopped = float(stdout.split()[1]) - interrupted
+    assert stopped < 1.0, f"iteration took {stopped:.2f} s to stop after SIGINT"
+    # the rest is the interpreter's exit, mostly the framework's own teardown (about 0.35 s for torch on an
+    # idle machine, several times that on a loaded one)
+    assert exited < 5.0, f"the process took {exited:.2f} s to exit after SIGINT"
     worker_pids = {int(marker.split("-")[0]) for marker in markers} - {process.pid}
     assert len(worker_pids) == (2 if worker_type == "process" else 0)
     assert [pid for pid in worker_pids if os.path.exists(f"/proc/{pid}")] == []
 
 
-def test_persistent_process_workers_keep_their_pids_and_ran_worker_init_fn_with_their_ids():
+def test_persistent_process_workers_keep_their_pids_and_ran_worker_init_fn_with_their_ids(children_before):
     loader = DataLoader(WorkerProbe(8), batch_size=2, num_workers=2, worker_type="process",
                         persistent_workers=True, worker_init_fn=record_worker_id)
     epochs = [np.concatenate([ud.to_numpy(batch) for batch, in loader]) for _ in range(2)]
@@ -183,10 +196,10 @@ def test_persistent_process_workers_keep_their_pids_and_ran_worker_init_fn_with_
         assert all(len(pids) == 1 for pids in by_worker.values())
     assert set(epochs[0][:, 2].tolist()) == set(epochs[1][:, 2].tolist())  # same processes
     assert len(set(epochs[0][:, 2].tolist()) - {os.getpid()}) == 2
-    assert len(child_pids()) == 2  # kept between epochs...
+    assert len(child_pids() - children_before[0]) == 2  # kept between epochs...
     del loader
     gc.collect()
-    assert_no_workers_left()       # ...until the loader goes
+    assert_no_workers_left(children_before)             # ...until the loader goes
 
 
 def test_worker_threads_run_worker_init_fn_with_their_ids():
@@ -206,7 +219,7 @@ def test_worker_processes_import_no_framework():
 
 @pytest.mark.parametrize("dataset", [NoisyRows(20), TensorDataset(np.arange(20.0), np.arange(20))],
                          ids=["generic", "tensor"])
-def test_break_and_resume_with_process_workers(dataset):
+def test_break_and_resume_with_process_workers(dataset, children_before):
     def make():
         return DataLoader(dataset, batch_size=3, shuffle=True, seed=2, num_workers=2, worker_type="process")
 
@@ -218,7 +231,7 @@ def test_break_and_resume_with_process_workers(dataset):
         if len(taken) == 3:
             break
     gc.collect()
-    assert_no_workers_left()  # the abandoned iterator took its workers with it
+    assert_no_workers_left(children_before)  # the abandoned iterator took its workers with it
     resumed = make()
     resumed.load_state_dict(json.loads(json.dumps(loader.state_dict())))
     assert taken + batches(resumed) == full
@@ -232,6 +245,24 @@ def test_unpicklable_objects_are_named():
     with pytest.raises(DataLoaderError, match=r"the collate_fn .*<lambda>.* cannot be pickled"):
         next(iter(DataLoader(Rows(4), batch_size=2, num_workers=1, worker_type="process",
                              collate_fn=lambda samples: samples)))
+
+
+def test_an_older_iterator_cannot_steal_batches_from_a_newer_one_on_persistent_workers():
+    loader = DataLoader(Rows(8), batch_size=2, num_workers=2, persistent_workers=True)
+    older = iter(loader)
+    next(older)
+    newer = iter(loader)
+    assert batches(newer)[0] == ([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], [0, 1])
+    with pytest.raises(DataLoaderError, match="a newer iteration"):
+        next(older)
+    assert len(batches(loader)) == 4  # the workers still serve the loader
+
+
+def test_pin_memory_is_accepted_only_for_torch_on_cuda(monkeypatch):
+    monkeypatch.setattr(config, "resolve_device", lambda requested, backend: "cuda:0")
+    _check_pin_memory(types.SimpleNamespace(name="torch"))
+    with pytest.raises(ValueError, match="the tensorflow backend on device 'cuda:0'"):
+        _check_pin_memory(types.SimpleNamespace(name="tensorflow"))
 
 
 def test_pin_memory_is_refused_where_nothing_can_pin(backend):

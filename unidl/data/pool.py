@@ -126,6 +126,11 @@ class WorkerPool:
         submitted = 0
         in_flight = self.num_workers * prefetch
         for position in range(len(batches)):
+            if self.generation != generation:
+                error = DataLoaderError("a newer iteration of this DataLoader took over its persistent "
+                                        "workers; an older iterator cannot go on")
+                error.superseded = True
+                raise error
             while submitted < min(len(batches), position + in_flight):
                 owner = submitted % self.num_workers
                 batch = start + submitted
@@ -136,11 +141,6 @@ class WorkerPool:
             batch, owner = start + position, position % self.num_workers
             waiting_since = time.monotonic()
             while batch not in done:
-                if self.generation != generation:
-                    error = DataLoaderError("a newer iteration of this DataLoader took over its persistent "
-                                            "workers; an older iterator cannot go on")
-                    error.superseded = True
-                    raise error
                 try:
                     message = self._results.get(timeout=POLL)
                 except queue.Empty:
