@@ -125,9 +125,9 @@ class DataLoader:
     With workers, a failure raises ``DataLoaderError`` naming the worker, the batch and sample, with the
     worker's traceback in the message (and the original exception as ``__cause__``); so does a worker
     process that dies (with its exit code) or a batch that takes longer than ``timeout``. Ctrl-C stops
-    the iteration within a fraction of a second: the main process waits for batches in short polls. No worker outlives the iterator: workers stop when the epoch
-    ends, on any error, on Ctrl-C and when the iterator is garbage-collected (persistent workers: when the
-    loader is).
+    the iteration within a fraction of a second: the main process waits for batches in short polls. No
+    worker outlives the iterator: workers stop when the epoch ends, on any error, on Ctrl-C and when the
+    iterator is garbage-collected (persistent workers: when the loader is).
 
     Args:
         dataset: a ``TensorDataset`` (batches cut with one slice per array) or any ``Dataset``
