@@ -103,3 +103,16 @@ def test_resume_from_must_exist_unless_auto(tmp_path, backend):
     with pytest.raises(ValueError, match="Checkpoint"):
         ud.fit(model, (np.zeros((4, 3), np.float32), np.zeros((4, 1), np.float32)), loss=ud.nn.MSELoss(),
                optimizer=ud.optim.SGD(model.parameters(), lr=0.1), batch_size=2, verbose=0, resume_from="auto")
+
+
+def test_fit_resumes_from_the_newest_intact_checkpoint_with_a_warning(tmp_path, backend):
+    straight = _run(tmp_path / "straight", 3)
+    _run(tmp_path / "run", 2)  # checkpoints after epochs 1 and 2 (keep=2)
+    newest = sorted(os.listdir(tmp_path / "run"))[-1]
+    path = tmp_path / "run" / newest
+    data = bytearray(path.read_bytes())
+    data[-2] ^= 0xFF  # a flipped byte in the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match=f"skipping corrupt checkpoint .*{newest}.*do not match their checksum"):
+        resumed = _run(tmp_path / "run", 3, resume_from=tmp_path / "run")
+    _same_run(resumed, straight, loss_rtol=1e-6)  # epoch 2 trained again from the epoch-1 checkpoint

@@ -23,7 +23,7 @@ from unidl.serialization import (MODEL_PREFIX, check_entries, decode_metadata, e
 
 OPTIMIZER_PREFIX = "optimizer/"
 _FILE_PATTERN = re.compile(r"^checkpoint-(\d{4,})-(\d{7,})\.safetensors$")
-#: what a data loader's state must hold (``unidl.data.DataLoader.state_dict``), and each value's type
+#: the type of each field of a data loader's state (``unidl.data.DataLoader.state_dict``, whose keys it must have)
 _LOADER_FIELDS = {"epoch": int, "position": int, "seed": (int, type(None)), "shuffle": bool, "length": int,
                   "batch_size": int, "drop_last": bool}
 MAX_LOADER_SEED = 2**64 - 1
@@ -232,11 +232,13 @@ def check_loader_state(loader, state) -> None:
         loader.check_state_dict(state)
     if not isinstance(loader, DataLoader):
         return
-    if not isinstance(state, dict) or set(state) != set(_LOADER_FIELDS):
+    mine = loader.state_dict()
+    if not isinstance(state, dict) or set(state) != set(mine):
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointStateError(f"data-loader state must have exactly the keys {sorted(_LOADER_FIELDS)}, "
-                                   f"found {found}")
+        raise CheckpointStateError(f"data-loader state must have exactly the keys {sorted(mine)}, found {found}")
     for key, kind in _LOADER_FIELDS.items():
+        if key not in state:
+            continue
         value = state[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise CheckpointStateError(f"data-loader state {key} must be of type "
@@ -245,9 +247,8 @@ def check_loader_state(loader, state) -> None:
         raise CheckpointStateError(f"data-loader state seed must lie in [0, 2**64), got {state['seed']!r}")
     if state["epoch"] < 0:
         raise CheckpointStateError(f"data-loader state epoch must be non-negative, got {state['epoch']!r}")
-    mine = loader.state_dict()
     for key in ("shuffle", "length", "batch_size", "drop_last"):
-        if state[key] != mine[key]:
+        if key in mine and state[key] != mine[key]:
             raise CheckpointStateError(f"the checkpoint's data loader has {key}={state[key]!r} but this loader has "
                                        f"{key}={mine[key]!r}; resuming needs the same dataset length, batch_size, "
                                        f"shuffle and drop_last")
