@@ -2,6 +2,7 @@
 settings are applied with a warning or refused before anything changes."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -78,6 +79,10 @@ def test_history_of_an_epoch_interrupted_mid_way_averages_all_its_batches(tmp_pa
 
 def test_a_new_lr_wins_with_a_warning_and_new_betas_too(tmp_path, backend):
     _run(tmp_path / "run", 1, optimizer="Adam", lr=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the same settings: nothing to warn about
+        _run(tmp_path / "same", 1, optimizer="Adam", lr=0.01)
+        _run(tmp_path / "same", 2, optimizer="Adam", lr=0.01, resume_from="auto")
     with pytest.warns(UserWarning, match=r"lr=0.02 where the run started with lr=0.01: the new lr wins"):
         _, optimizer, history, _ = _run(tmp_path / "run", 2, optimizer="Adam", lr=0.02, resume_from="auto")
     assert history.history["lr"] == [0.01, 0.02 * 0.5]  # the schedule continues with the new base rate

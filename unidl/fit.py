@@ -361,7 +361,12 @@ def _resume(resume_from, trainer, callbacks) -> int:
         for schedule in schedules:
             schedule.base_lr = given["lr"]
         optimizer.lr = schedules[0].lr_at(schedules[0].last_epoch) if schedules else given["lr"]
-    changed = {k: (saved["hyper"].get(k), v) for k, v in given["hyper"].items()
+    import json
+
+    from unidl.serialization import to_json
+
+    given_hyper = json.loads(to_json(given["hyper"], "optimizer hyperparameters"))  # tuples as the file has lists
+    changed = {k: (saved["hyper"].get(k), given["hyper"][k]) for k, v in given_hyper.items()
                if isinstance(saved.get("hyper"), dict) and saved["hyper"].get(k) != v}
     if changed:
         warnings.warn(f"resuming {info['path']!r} with changed optimizer hyperparameters "
