@@ -19,15 +19,23 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: import benchmarks/ (and unidl/) from this checkout
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from benchmarks.first_step import bench_first_step
 from benchmarks.harness import MODELS, Row, Settings
 from benchmarks.keras_peer import keras_peer
 from benchmarks.loaders import bench_loaders
+from benchmarks.native_jax import bench_jax
 from benchmarks.native_keras import bench_keras
 from benchmarks.native_tf import bench_tensorflow
 from benchmarks.native_torch import bench_torch
 from benchmarks.report import ANALYSIS_HEADING, format_row, load_average, previous_analysis, report
 from unidl.cli import positive_int
 from unidl.errors import DeviceUnavailableError
+
+
+def _installed(backend: str) -> bool:
+    import unidl as ud
+
+    return backend in ud.available_backends()
 
 
 def tensorflow_sees_gpu() -> bool:
@@ -49,10 +57,16 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
                                                note=skipped) for m in MODELS]),
                    ("keras", lambda: [Row("train step, keras", m, "ud.train_step", "keras", note=skipped)
                                       for m in MODELS])]
+    if _installed("jax"):
+        groups += [("jax", lambda: bench_jax(settings, device))]
     groups += [("peer keras torch", lambda: keras_peer(settings, device, "torch", "torch"))]
     if with_tf:
         groups += [("peer keras tensorflow", lambda: keras_peer(settings, device, "tensorflow", "tensorflow"))]
+    if _installed("jax"):
+        groups += [("peer keras jax", lambda: keras_peer(settings, device, "jax", "jax"))]
     groups += [("loader", lambda: bench_loaders(settings, device, with_tf))]
+    if device == "cpu":
+        groups += [("first step", lambda: bench_first_step(settings, device))]
     rows = []
     for name, group in groups:
         if only and only not in name:
@@ -72,7 +86,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--steps", type=positive_int, default=None, help="timed steps per side (default 300; quick 4)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"), help="the Markdown report")
     parser.add_argument("--only", default=None, help="run only the groups whose name contains this "
-                        "(torch, tensorflow, keras, peer, loader)")
+                        "(torch, tensorflow, keras, jax, peer, loader, first step)")
     parser.add_argument("--no-subprocess", action="store_true",
                         help="skip the Keras-on-torch peer, which needs a process of its own")
     parser.add_argument("--findings", default=None, help=f"a Markdown file appended to the report (its analysis); "

@@ -17,8 +17,8 @@ def fresh_defaults(monkeypatch):
     monkeypatch.setattr(config, "_resolved_devices", {})
 
 
-def test_all_three_backends_installed_here():
-    assert ud.available_backends() == ["torch", "tensorflow", "keras"]
+def test_all_four_backends_installed_here():
+    assert ud.available_backends() == ["torch", "tensorflow", "keras", "jax"]
 
 
 @pytest.mark.parametrize("alias, canonical", [("torch", "torch"), ("pytorch", "torch"), ("PyTorch", "torch"),

@@ -80,8 +80,7 @@ def test_info_names_backend_device_dtype_versions_and_devices(backend):
     assert info["dtype"] == "float32"
     assert "cpu" in info["devices"]
     assert {"unidl", "python", "numpy"} <= set(info["versions"])
-    assert any(name.startswith({"torch": "torch", "tensorflow": "tensorflow", "keras": "keras"}[backend])
-               for name in info["versions"])
+    assert any(name.startswith(backend) for name in info["versions"])
     assert backend in info["available_backends"]
     text = str(info)
     assert f"backend:   {backend}" in text and "device:" in text and "versions:" in text

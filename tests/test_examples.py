@@ -37,21 +37,23 @@ def test_custom_module_example(backend):
     assert float(result.stdout.split("test accuracy")[-1]) >= 0.9
 
 
-def test_keras_on_torch_agrees_with_torch_backend():
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_keras_on_another_framework_agrees_with_that_backend(framework):
     code = ("import json\nfrom unidl.compare import two_layer_losses\n"
             "print(json.dumps(two_layer_losses('{name}', steps=30, sizes=(32, 50, 20, 5))))")
-    keras_torch = last_json_line(run_python(code.format(name="keras"), env={"KERAS_BACKEND": "torch"}).stdout)
-    torch_run = last_json_line(run_python(code.format(name="torch")).stdout)
-    assert max_relative_difference(keras_torch, torch_run) < 1e-5
-    assert keras_torch[-1] < keras_torch[0]
+    keras_run = last_json_line(run_python(code.format(name="keras"), env={"KERAS_BACKEND": framework}).stdout)
+    host_run = last_json_line(run_python(code.format(name=framework)).stdout)
+    assert max_relative_difference(keras_run, host_run) < 1e-5
+    assert keras_run[-1] < keras_run[0]
 
 
-def test_keras_on_torch_fit_reaches_accuracy():
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_keras_on_another_framework_fit_reaches_accuracy(framework):
     code = ("import json, unidl as ud\nud.set_backend('keras')\nud.manual_seed(0)\n"
             "(x, y), t = ud.datasets.digits('train'), ud.datasets.digits('test')\n"
             "m = ud.models.CNN(1, 10, 8)\n"
             "ud.fit(m, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(m.parameters(), lr=3e-3),"
             " epochs=12, batch_size=64, verbose=0)\n"
             "import keras\nprint(json.dumps([keras.backend.backend(), ud.evaluate(m, t)['accuracy']]))")
-    framework, accuracy = last_json_line(run_python(code, env={"KERAS_BACKEND": "torch"}).stdout)
-    assert framework == "torch" and accuracy >= 0.95
+    used, accuracy = last_json_line(run_python(code, env={"KERAS_BACKEND": framework}).stdout)
+    assert used == framework and accuracy >= 0.95

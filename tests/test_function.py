@@ -200,3 +200,46 @@ def test_jit_compile_uses_torch_compile_on_torch(monkeypatch):
 
         np.testing.assert_allclose(_numpy(double(np.ones(2, np.float32))), [2.0, 2.0])
         assert compiled == [double.__wrapped__]
+
+
+class _SignedNet(ud.nn.Module):
+    """A user's forward with Python control flow on a tensor's value (AutoGraph converts it on tensorflow)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 1)
+
+    def forward(self, x):
+        y = self.fc(x)
+        if ud.ops.sum(x) > 0:
+            y = y * 2.0
+        else:
+            y = -y
+        return y
+
+
+def test_user_forward_control_flow_is_converted_in_train_steps(rng):
+    with ud.use_backend("tensorflow"):
+        model = _SignedNet()
+        predict = ud.function(lambda x: model(x))
+        x = np.abs(rng.standard_normal((3, 4))).astype(np.float32)
+        base = _numpy(model.fc(ud.tensor(x)))
+        np.testing.assert_allclose(_numpy(predict(x)), 2 * base, rtol=1e-6)
+        np.testing.assert_allclose(_numpy(predict(-x)), -_numpy(model.fc(ud.tensor(-x))), rtol=1e-6)
+        assert predict.trace_count == 1  # one graph holds both branches
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.01))
+        step(x, np.zeros((3, 1), np.float32))
+        step(-x, np.zeros((3, 1), np.float32))
+        assert step.trace_count == 1
+
+
+def test_autograph_converts_user_code_only():
+    """unidl's own layers run unconverted in graphs (their first trace stays fast); users' forwards do not."""
+    from unidl.backends.tensorflow.function import forward_caller, user_code
+
+    with ud.use_backend("tensorflow"):
+        for layer in (ud.nn.Linear, ud.nn.Conv2d, ud.nn.Sequential, ud.models.CNN):
+            assert forward_caller(layer) is None, layer
+        assert callable(forward_caller(_SignedNet))
+        assert user_code(ud.ops.relu) is ud.ops.relu
+        assert user_code(_control_flow) is not _control_flow

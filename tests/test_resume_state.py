@@ -121,3 +121,30 @@ def test_fit_resumes_from_the_newest_intact_checkpoint_with_a_warning(tmp_path, 
     with pytest.warns(RuntimeWarning, match=f"skipping corrupt checkpoint .*{newest}.*do not match their checksum"):
         resumed = _run(tmp_path / "run", 3, resume_from=tmp_path / "run")
     _same_run(resumed, straight, loss_rtol=1e-6)  # epoch 2 trained again from the epoch-1 checkpoint
+
+
+class Score(ud.callbacks.Callback):
+    """Reports a made-up score per epoch, best (lowest) at epoch 1."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["score"] = [3.0, 1.0, 2.0, 4.0][epoch]
+
+
+def test_best_weights_of_early_stopping_survive_a_resume(tmp_path, backend):
+    def run(directory, epochs, resume_from=None):
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(3, 8, 1)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05)
+        x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
+        stopping = ud.callbacks.EarlyStopping(monitor="score", patience=10, restore_best_weights=True)
+        ud.fit(model, (x, x[:, :1] * 3), batch_size=8, loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=epochs,
+               callbacks=[ud.callbacks.Checkpoint(directory), Score(), stopping], verbose=0,
+               resume_from=resume_from, shuffle=False)
+        return model, stopping
+
+    straight, straight_stopping = run(tmp_path / "straight", 4)
+    run(tmp_path / "run", 2)
+    resumed, stopping = run(tmp_path / "run", 4, resume_from="auto")  # the best epoch (1) was before the resume
+    assert stopping.best_epoch == straight_stopping.best_epoch == 1
+    for key, value in straight.state_dict().items():
+        np.testing.assert_allclose(resumed.state_dict()[key], value, rtol=1e-6, atol=1e-7)

@@ -22,6 +22,8 @@ from unidl.serialization import (MODEL_PREFIX, check_entries, decode_metadata, e
                                  stream_into, to_json)
 
 OPTIMIZER_PREFIX = "optimizer/"
+#: prefix of the model-shaped arrays a callback keeps (``callbacks/<index>:<class>/<state-dict key>``)
+CALLBACK_PREFIX = "callbacks/"
 _FILE_PATTERN = re.compile(r"^checkpoint-(\d{4,})-(\d{7,})\.safetensors$")
 #: the type of each field of a data loader's state (``unidl.data.DataLoader.state_dict``, whose keys it must have)
 _LOADER_FIELDS = {"epoch": int, "position": int, "seed": (int, type(None)), "shuffle": bool, "length": int,
@@ -91,7 +93,8 @@ def _stateful(callbacks) -> list[tuple[str, object]]:
 def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: int = 0, loader=None,
                     scheduler=None, callbacks=None, extra: dict | None = None, keep: int | None = 3) -> str:
     """Write a checkpoint of ``model`` (and ``optimizer``, ``loader``, ``scheduler``, the state of each of
-    ``callbacks`` that has a ``state_dict``, unidl's RNG, ``extra``) into ``directory``.
+    ``callbacks`` that has a ``state_dict``, and the model-shaped weights one keeps (``state_weights()``),
+    unidl's RNG, ``extra``) into ``directory``.
 
     Returns the new file's path. ``extra`` must be JSON-serializable. Stale temporary files of writers
     that died mid-save are removed first. After writing, all but the newest ``keep`` checkpoints of the
@@ -126,6 +129,10 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     stateful = _stateful(callbacks)
     if stateful:
         metadata["callbacks"] = {key: callback.state_dict() for key, callback in stateful}
+        for key, callback in stateful:  # model-shaped arrays a callback keeps (EarlyStopping's best weights)
+            weights = callback.state_weights() if callable(getattr(callback, "state_weights", None)) else None
+            for name, value in (weights or {}).items():
+                tensors[f"{CALLBACK_PREFIX}{key}/{name}"] = np.asarray(value)
     to_json(extra, "extra")
     to_json(metadata["optimizer"], "optimizer.state_dict() hyperparameters")
     to_json(metadata["loader"], "loader.state_dict()")
@@ -321,7 +328,14 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
                           stacklevel=2)
             continue
         _check_state(callback, saved_callbacks[key], f"{path!r} state of callback {key}")
-        callback_states.append((callback, saved_callbacks[key]))
+        prefix = f"{CALLBACK_PREFIX}{key}/"
+        weight_names = {name[len(prefix):]: name for name in reader.entries if name.startswith(prefix)}
+        if weight_names:
+            if not callable(getattr(callback, "load_state_weights", None)):
+                raise CheckpointStateError(f"{path!r} holds weights for callback {key}, which cannot take them")
+            check_entries(model, {k: reader.entries[name] for k, name in weight_names.items()},
+                          what=f"{path!r} weights of callback {key}")
+        callback_states.append((callback, saved_callbacks[key], weight_names))
     if check is not None:
         check(metadata, path)
 
@@ -333,8 +347,10 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
         optimizer.load_state_dict(optimizer_state)
     if scheduler is not None:
         scheduler.load_state_dict(scheduler_state)
-    for callback, state in callback_states:
+    for callback, state, weight_names in callback_states:
         callback.load_state_dict(state)
+        if callable(getattr(callback, "load_state_weights", None)):
+            callback.load_state_weights({k: reader.read(name) for k, name in weight_names.items()} or None)
     stream_into(model, reader, names)
     return {"epoch": metadata["epoch"], "step": metadata["step"], "extra": metadata.get("extra"), "path": path,
             "optimizer": metadata.get("optimizer"), "loader": metadata.get("loader"), "metadata": metadata}

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import numpy as np
 import pytest
@@ -258,11 +257,14 @@ def test_an_older_iterator_cannot_steal_batches_from_a_newer_one_on_persistent_w
     assert len(batches(loader)) == 4  # the workers still serve the loader
 
 
-def test_pin_memory_is_accepted_only_for_torch_on_cuda(monkeypatch):
+def test_pin_memory_is_accepted_where_the_backend_pins(monkeypatch):
+    """The loader asks the backend (``Backend.pins_memory``): torch on a CUDA device pins, nothing else does."""
+    from unidl.backends import load
+
     monkeypatch.setattr(config, "resolve_device", lambda requested, backend: "cuda:0")
-    _check_pin_memory(types.SimpleNamespace(name="torch"))
+    _check_pin_memory(load("torch"))
     with pytest.raises(ValueError, match="the tensorflow backend on device 'cuda:0'"):
-        _check_pin_memory(types.SimpleNamespace(name="tensorflow"))
+        _check_pin_memory(load("tensorflow"))
 
 
 def test_pin_memory_is_refused_where_nothing_can_pin(backend):

@@ -95,7 +95,7 @@ def test_native_objects(backend):
     net = Net()
     native = net.native
     expected_type = {"torch": "torch.nn.modules.module.Module", "tensorflow": "tensorflow.python.module.module.Module",
-                     "keras": "keras.src.models.model.Model"}[backend]
+                     "keras": "keras.src.models.model.Model", "jax": "unidl.backends.jax.module.NativeModule"}[backend]
     assert expected_type in {f"{c.__module__}.{c.__name__}" for c in type(native).__mro__}
     x = np.ones((2, 4), np.float32)
     np.testing.assert_allclose(ud.to_numpy(native(ud.tensor(x))), ud.to_numpy(net(ud.tensor(x))), rtol=1e-6)

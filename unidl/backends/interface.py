@@ -31,9 +31,15 @@ class Backend(abc.ABC):
     ops: Any = None
     #: the activation layout the framework's convolution and pooling kernels run natively ("NCHW" or "NHWC")
     native_layout: str = "NCHW"
-    #: True where ``function`` builds static graphs (the keras backend then compiles Keras's own train
-    #: step with it when Keras runs on this framework; otherwise it calls Keras's ``train_on_batch``)
-    compiles_graphs: bool = False
+    #: True where Keras's own ``Model.train_step`` on this framework is a function of ``(x, y)`` that updates
+    #: variables in place and this backend's ``function`` compiles into one graph (the keras backend then runs
+    #: it so, without ``train_on_batch``'s per-call Python); Keras's stateless JAX step is not
+    compiles_keras_train_step: bool = False
+    #: True where Keras's variables on this framework change in place, so that this backend's gradients and
+    #: ``function`` act on them directly (TensorFlow, torch); False where Keras keeps its state functional
+    #: (JAX): the keras backend then runs ``ud.function`` eagerly and differentiates with respect to
+    #: arguments only, and trains through Keras's own ``train_on_batch`` / ``fit``
+    keras_state_in_place: bool = True
     #: names of this backend's ops that take Keras's tensors and variables as they are, so that the keras
     #: backend uses them as its own ops when Keras runs on this framework (faster than ``keras.ops``)
     keras_native_ops: tuple[str, ...] = ()
@@ -51,8 +57,21 @@ class Backend(abc.ABC):
         op_registry.check_backend_ops(self.name, self.ops)
 
     # ---- framework and devices -------------------------------------------
-    def executing_eagerly(self) -> bool:
-        """False while a graph is being traced (tensors have no values to read yet)."""
+    def forward_caller(self, module_class) -> Callable | None:
+        """How ``Module.__call__`` runs ``forward`` of instances of ``module_class``: None (the default:
+        ``module.forward(*args, **kwargs)`` directly), or ``call(module, args, kwargs)``, e.g. to
+        convert a user's own forward for a graph (AutoGraph) while unidl's layers run as they are.
+        Asked once per class."""
+        return None
+
+    def pins_memory(self, device: str) -> bool:
+        """True where ``tensor()`` copies host batches to ``device`` through pinned (page-locked) memory, so
+        that a loader's ``pin_memory=True`` is honoured; the default says no."""
+        return False
+
+    def is_concrete(self, tensor) -> bool:
+        """True when ``tensor``'s values can be read now; False for a symbolic tensor of a graph being
+        traced (so value checks must run inside the graph, or not at all)."""
         return True
 
     @abc.abstractmethod

@@ -30,8 +30,8 @@ class EarlyStopping(Callback):
         self._best_state = None
 
     def state_dict(self) -> dict:
-        """Best value so far, its epoch, epochs waited and the stopping epoch (for checkpoints). The best
-        weights kept for ``restore_best_weights`` are not part of it."""
+        """Best value so far, its epoch, epochs waited and the stopping epoch (for checkpoints); the best
+        weights kept for ``restore_best_weights`` travel as ``state_weights()``."""
         return {"best": float(self.best), "best_epoch": self.best_epoch, "wait": self._wait,
                 "stopped_epoch": self.stopped_epoch}
 
@@ -56,6 +56,13 @@ class EarlyStopping(Callback):
         self.check_state_dict(state)
         self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
         self._wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+
+    def state_weights(self) -> dict | None:
+        """The weights of the best epoch, kept for ``restore_best_weights`` (None if none are kept)."""
+        return self._best_state
+
+    def load_state_weights(self, weights: dict | None) -> None:
+        self._best_state = dict(weights) if weights else None
 
     def _improved(self, value) -> bool:
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta

@@ -74,13 +74,12 @@ def _multiprocessing_context(context, worker_type: str):
 
 
 def _check_pin_memory(backend) -> None:
-    """Refuse ``pin_memory=True`` where no page-locked staging buffer exists: only torch copies to a CUDA
-    device through pinned host memory (its ``tensor()`` always does)."""
+    """Refuse ``pin_memory=True`` where the backend has no page-locked staging buffer for the device in force
+    (``Backend.pins_memory``)."""
     device = config.resolve_device(config._requested_device(), backend)
-    if not (backend.name == "torch" and device.startswith("cuda")):
+    if not backend.pins_memory(device):
         raise ValueError(f"pin_memory=True: the {backend.name} backend on device {device!r} has no pinned "
-                         f"(page-locked) host memory to copy batches through; only the torch backend on a "
-                         f"CUDA device has. Leave pin_memory=False here")
+                         f"(page-locked) host memory to copy batches through; leave pin_memory=False here")
 
 
 def _to_tensors(backend, arrays: tuple, owned: bool) -> tuple:

@@ -19,6 +19,17 @@ from unidl import config, devices
 from unidl.errors import BackendMismatchError, StateDictError
 
 
+_forward_callers: dict = {}
+
+
+def _forward_caller(backend, module_class):
+    """``backend.forward_caller(module_class)``, asked once per (backend, class)."""
+    key = (backend.name, module_class)
+    if key not in _forward_callers:
+        _forward_callers[key] = backend.forward_caller(module_class)
+    return _forward_callers[key]
+
+
 class Module:
     """Base class for layers and models: subclass it, create sub-modules and parameters in ``__init__``,
     write ``forward``. Calling the module calls ``forward``.
@@ -37,6 +48,7 @@ class Module:
     def __init__(self):
         backend = config.backend()
         object.__setattr__(self, "_backend", backend)
+        object.__setattr__(self, "_forward_caller", _forward_caller(backend, type(self)))
         object.__setattr__(self, "_ops", backend.ops)
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
@@ -103,7 +115,10 @@ class Module:
                 f"{type(self).__name__} was created under backend {self._backend.name!r} and cannot run "
                 f"under {current.name!r}; build it again under {current.name!r} and load_state_dict() "
                 f"from this one's state_dict()")
-        return self.forward(*args, **kwargs)
+        caller = self._forward_caller
+        if caller is None:
+            return self.forward(*args, **kwargs)
+        return caller(self, args, kwargs)
 
     # ---- traversal ---------------------------------------------------------
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:

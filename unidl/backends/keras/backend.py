@@ -60,6 +60,9 @@ class Backend(BackendInterface):
         """The unidl backend of the framework Keras runs on, to which this backend delegates."""
         return HOST
 
+    def forward_caller(self, module_class):
+        return HOST.forward_caller(module_class)
+
     def versions(self):
         return {"keras": keras.__version__, **{f"keras backend {k}": v for k, v in HOST.versions().items()}}
 
@@ -261,6 +264,11 @@ class Backend(BackendInterface):
         return forward
 
     def value_and_grad(self, f, args, argnums, params):
+        if argnums is None and not HOST.keras_state_in_place:
+            raise NotImplementedError(
+                f"gradients with respect to a model's Keras variables are not available on Keras-on-{HOST.name} "
+                f"in this version (Keras keeps its state functional there); use ud.train_step or ud.fit, "
+                f"gradients with respect to arguments (ud.grad(f, argnums=...)), or KERAS_BACKEND=tensorflow/torch")
         if argnums is not None:
             args = [self.tensor(a) if i in argnums else a for i, a in enumerate(args)]
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
@@ -272,6 +280,8 @@ class Backend(BackendInterface):
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
+        if not HOST.keras_state_in_place:  # a compiled function would bake Keras's variables in as constants
+            return keras_function.EagerFunction(fn, name, self.tensor)
         return HOST.function(fn, jit_compile, name)
 
     def custom_gradient(self, forward_fn):

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from unidl.backends.keras.host import HOST
 
 
@@ -21,7 +23,7 @@ def train_step_graph(native, per_batch: bool):
     metric reset, callbacks, the logs converted back): about 0.4 ms a step on a 2-core CPU for
     ``train_on_batch``, 2 ms for ``fit``, against 1 ms for the two-layer net's whole graph.
     """
-    if not HOST.compiles_graphs:
+    if not HOST.compiles_keras_train_step:
         return None
 
     def train_step(x, y):
@@ -31,3 +33,16 @@ def train_step_graph(native, per_batch: bool):
         return logs["loss"] if per_batch else logs
 
     return HOST.function(train_step, False, f"train_step of {native.name}")
+
+
+class EagerFunction:
+    """``ud.function`` run eagerly (where the host cannot compile a function over Keras's variables):
+    the same results, op by op; NumPy arguments become tensors."""
+
+    trace_count = None
+
+    def __init__(self, fn, name: str, to_tensor):
+        self._fn, self._to_tensor, self.__name__ = fn, to_tensor, name
+
+    def __call__(self, *args):
+        return self._fn(*[self._to_tensor(a) if isinstance(a, np.ndarray) else a for a in args])

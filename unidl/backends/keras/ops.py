@@ -201,7 +201,7 @@ def l1_loss(prediction, target, reduction="mean"):
 
 
 def cross_entropy(logits, labels, reduction="mean"):
-    if not isinstance(labels, keras.KerasTensor) and HOST.executing_eagerly():
+    if not isinstance(labels, keras.KerasTensor) and HOST.is_concrete(labels):
         values = K.convert_to_numpy(labels)
         if values.size and (values.min() < 0 or values.max() >= logits.shape[-1]):
             raise ValueError(f"CrossEntropyLoss labels must lie in [0, {logits.shape[-1]}); "

@@ -38,7 +38,7 @@ class Backend(BackendInterface):
     name = "tensorflow"
     ops = tf_ops
     native_layout = "NHWC"
-    compiles_graphs = True
+    compiles_keras_train_step = True
     # Keras on TensorFlow: keras.ops' portable spellings cost time on TensorFlow's kernels (a transposed copy of
     # every Linear weight each step, for ``matmul(x, transpose(w))``; transposes around every conv and pool).
     # These ops take Keras's tensors and variables as they are, multiply by the transposed weight inside the
@@ -54,8 +54,11 @@ class Backend(BackendInterface):
         if unidl_random.initial_seed() is not None:
             self.seed(unidl_random.initial_seed())
 
+    def forward_caller(self, module_class):
+        return tf_function.forward_caller(module_class)
+
     # ---- framework and devices -------------------------------------------
-    def executing_eagerly(self):
+    def is_concrete(self, tensor):
         return tf.executing_eagerly()
 
     def versions(self):

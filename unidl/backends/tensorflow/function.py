@@ -14,9 +14,51 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from tensorflow.python.autograph.core import config as autograph_config
+
 from unidl import config, devices
 from unidl.backends.tensorflow.layout import tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning  # noqa: F401  (RetraceWarning re-exported)
+
+# AutoGraph converts user code only: unidl's own layers, ops and backends hold no control flow on tensor
+# values, and transpiling them on every first trace cost seconds (385 converted calls for the CNN). A user's
+# function (``user_code``) and a user's module's ``forward`` (``forward_caller``) are converted explicitly;
+# whatever they call is converted recursively, as AutoGraph does, except unidl's own code.
+if not any(getattr(rule, "_prefix", None) == "unidl" for rule in autograph_config.CONVERSION_RULES):
+    autograph_config.CONVERSION_RULES = (autograph_config.DoNotConvert("unidl"),) + tuple(autograph_config.CONVERSION_RULES)
+
+
+def is_library_code(function) -> bool:
+    """True for unidl's own functions and methods (never converted by AutoGraph)."""
+    module = getattr(function, "__module__", None) or getattr(type(function), "__module__", "")
+    return module == "unidl" or module.startswith("unidl.")
+
+
+def user_code(function):
+    """``function`` as AutoGraph converts it for a graph, where it is a user's (unidl's own code as it is)."""
+    if is_library_code(function) or not callable(function):
+        return function
+    return tf.autograph.to_graph(function) if hasattr(function, "__code__") or hasattr(function, "__func__") \
+        else function
+
+
+def forward_caller(module_class):
+    """The TensorFlow backend's ``Backend.forward_caller``: a user's forward runs converted by AutoGraph
+    while a graph is traced (eagerly it runs as it is); unidl's layers run as they are."""
+    if is_library_code(module_class.forward):
+        return None
+    converted = {}
+
+    def call(module, args, kwargs):
+        if tf.executing_eagerly():
+            return module.forward(*args, **kwargs)
+        forward = type(module).forward
+        if forward not in converted:
+            converted.clear()
+            converted[forward] = tf.autograph.to_graph(forward)
+        return converted[forward](module, *args, **kwargs)
+
+    return call
 
 
 _FLOAT_DTYPES = {"float32": tf.float32, "float64": tf.float64}
@@ -102,7 +144,7 @@ class GraphFunction:
     """``fn`` as a static graph: traced once per (rank, dtype) signature, then run without Python."""
 
     def __init__(self, fn, jit_compile: bool = False, device: str | None = None, name: str | None = None):
-        self._fn = fn
+        self._fn = user_code(fn)
         self._jit_compile = bool(jit_compile)
         self._device = device
         self._graphs: dict = {}

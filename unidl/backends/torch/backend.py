@@ -59,6 +59,9 @@ class Backend(BackendInterface):
         device = self.current_device()
         return torch.default_generator if device.type == "cpu" else torch.cuda.default_generators[device.index or 0]
 
+    def pins_memory(self, device):
+        return device.startswith("cuda")  # tensor() stages CUDA copies through pinned memory
+
     def current_device(self) -> torch.device:
         return torch.device(config.resolve_device(config._requested_device(), self))
 

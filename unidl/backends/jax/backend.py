@@ -1,0 +1,333 @@
+"""The JAX backend: parameters are ``JaxVariable``s holding JAX arrays; a training step is one ``jax.jit``
+function over (parameters, buffers, optimizer state, random key, batch), whose results are written
+back into the variables after each step (so ``state_dict``, checkpoints and export see them)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import jax
+
+jax.config.update("jax_enable_x64", True)  # unidl's float64 mode and int64 labels need it; float32 stays float32
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from unidl import config  # noqa: E402
+from unidl import random as unidl_random  # noqa: E402
+from unidl.autograd import check_float, check_scalar  # noqa: E402
+from unidl.backends.interface import Backend as BackendInterface  # noqa: E402
+from unidl.backends.jax import ops as jax_ops  # noqa: E402
+from unidl.backends.jax import variable as jax_variable  # noqa: E402
+from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
+from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, custom_gradient,  # noqa: E402
+                                         traced_forward_error)
+from unidl.backends.jax.module import NativeModule  # noqa: E402
+from unidl.backends.jax.optimizer import JaxOptimizer  # noqa: E402
+from unidl.backends.jax.variable import JaxVariable  # noqa: E402
+
+_DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+# donated buffers that XLA cannot reuse on some platforms are only a missed optimisation
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+
+class KeyStream:
+    """The backend's random state for dropout: a key in a ``JaxVariable`` that each use splits, so
+    compiled steps thread it as state and every step draws new masks."""
+
+    def __init__(self, seed=None):
+        self.state = JaxVariable(self._key(seed), trainable=False)
+
+    @staticmethod
+    def _key(seed):
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        return jax.random.PRNGKey(seed)
+
+    def reset(self, seed) -> None:
+        self.state.value = self._key(seed)
+
+    def next_key(self):
+        key, subkey = jax.random.split(self.state.value)
+        self.state.value = key
+        return subkey
+
+
+def _device_name(device) -> str:
+    return "cpu" if device.platform == "cpu" else f"cuda:{device.id}"
+
+
+class Backend(BackendInterface):
+    name = "jax"
+    ops = jax_ops
+    keras_state_in_place = False  # Keras on JAX swaps variable values through its StatelessScope
+
+    def __init__(self):
+        self._generator = KeyStream(unidl_random.initial_seed())
+        self.check_ops()
+
+    # ---- framework and devices -------------------------------------------
+    def is_concrete(self, tensor):
+        return not isinstance(jax_variable.unwrap(tensor), jax.core.Tracer)
+
+    def versions(self):
+        return {"jax": jax.__version__}
+
+    def _gpus(self):
+        try:
+            return jax.devices("gpu")
+        except RuntimeError:
+            return []
+
+    def devices(self):
+        return ["cpu"] + [f"cuda:{i}" for i in range(len(self._gpus()))]
+
+    def _jax_device(self, device: str):
+        return jax.devices("cpu")[0] if device == "cpu" else self._gpus()[int(device.split(":")[1])]
+
+    def device_scope(self, device):
+        return jax.default_device(self._jax_device(device))
+
+    def current_device(self):
+        return self._jax_device(config.resolve_device(config._requested_device(), self))
+
+    def device_of(self, tensor):
+        array = jax_variable.unwrap(tensor)
+        return _device_name(next(iter(array.devices())))
+
+    def seed(self, seed):
+        self._generator.reset(seed)
+
+    def get_rng_state(self):
+        return {"dropout": np.asarray(self._generator.state.value).tolist()}
+
+    def set_rng_state(self, state):
+        self._generator.state.value = jnp.asarray(np.asarray(state["dropout"], dtype=np.uint32))
+
+    def generator(self):
+        return self._generator
+
+    # ---- tensors ---------------------------------------------------------
+    def tensor(self, value, dtype=None):
+        value = jax_variable.unwrap(value)
+        if isinstance(value, jax.Array):
+            floating = jnp.issubdtype(value.dtype, jnp.floating)
+            target = _DTYPES[dtype or config.get_dtype()] if floating or dtype else value.dtype
+            return jax.device_put(value.astype(target), self.current_device())
+        array = np.asarray(value)
+        if array.dtype.kind == "f" or dtype is not None:
+            array = array.astype(dtype or config.get_dtype())
+        elif array.dtype.kind in "iu":
+            array = array.astype(np.int64)
+        elif array.dtype.kind != "b":
+            raise TypeError(f"cannot make a tensor from an array of dtype {array.dtype}")
+        return jax.device_put(array, self.current_device())  # a copy: later changes to the array never show
+
+    def to_numpy(self, tensor):
+        if isinstance(tensor, np.ndarray):
+            return tensor
+        return np.array(jax_variable.unwrap(tensor))
+
+    def is_tensor(self, value):
+        return isinstance(value, (jax.Array, JaxVariable))
+
+    def to_input(self, value):
+        """Step inputs: JAX arrays of unidl's float dtype pass through; everything else is converted."""
+        if isinstance(value, jax.Array) and (value.dtype == _DTYPES[config.get_dtype()]
+                                             or not jnp.issubdtype(value.dtype, jnp.floating)):
+            return value
+        return self.tensor(value)
+
+    # ---- parameters ------------------------------------------------------
+    def parameter(self, value, trainable=True):
+        array = np.asarray(value, dtype=config.get_dtype())
+        return JaxVariable(jax.device_put(array, self.current_device()), trainable=trainable)
+
+    def is_parameter(self, value):
+        return isinstance(value, JaxVariable) and value.trainable
+
+    def assign(self, variable, value):
+        variable.value = jax.device_put(np.asarray(value).astype(variable.dtype), next(iter(variable.value.devices())))
+
+    def write_state(self, variable, value):
+        variable.assign(value)
+        return variable
+
+    # ---- modules and training ---------------------------------------------
+    def native_module(self, module):
+        return NativeModule(module)
+
+    def optimizer(self, optimizer):
+        with self.device_scope(config.resolve_device(config._requested_device(), self)):
+            return JaxOptimizer(optimizer, jax_ops)
+
+    def set_learning_rate(self, optimizer, lr):
+        variable = optimizer.native.learning_rate
+        variable.value = jnp.asarray(lr, variable.dtype)
+
+    def optimizer_state(self, optimizer):
+        native = optimizer.native
+        return int(native.iterations.value), [{n: self.to_numpy(v) for n, v in entry.items()}
+                                              for entry in native.slot_variables]
+
+    def load_optimizer_state(self, optimizer, step, slots):
+        native = optimizer.native
+        native.iterations.value = jnp.asarray(step, jnp.int64)
+        for variables, entry in zip(native.slot_variables, slots):
+            for name, value in entry.items():
+                self.assign(variables[name], value)
+
+    def _optimizer_apply(self, optimizer):
+        """``optimizer.apply`` compiled once per gradient signature (state in, state out)."""
+        compiled = getattr(optimizer.native, "_compiled_apply", None)
+        if compiled is None:
+            variables = list(optimizer.params) + optimizer.native.variables()
+            compiled = StatefulJit(optimizer.native.apply, lambda: variables, f"{type(optimizer).__name__}.apply",
+                                   warn_retrace=False)
+            optimizer.native._compiled_apply = compiled
+        return compiled
+
+    def apply_gradients(self, optimizer, grads):
+        grads = [None if g is None else self.to_input(g) for g in grads]
+        if any(isinstance(g, jax.core.Tracer) for g in grads if g is not None):
+            optimizer.native.apply(grads)  # inside a trace already: part of the caller's compiled function
+        else:
+            self._optimizer_apply(optimizer)(grads)
+
+    def zero_grad(self, optimizer):
+        pass  # JAX stores no gradients on variables
+
+    def step(self, optimizer):
+        raise RuntimeError(
+            "optimizer.step() applies gradients stored by backward(), which only the torch backend has; "
+            "on jax use grads = ud.grad(...) and optimizer.apply(grads), or ud.train_step")
+
+    def _model_state(self, model, optimizer=None) -> list:
+        variables = [v for _, v in model.named_parameters()] + [b for _, b in model.named_buffers()]
+        if optimizer is not None:
+            known = {v.serial for v in variables}
+            variables += [p for p in optimizer.params if p.serial not in known] + optimizer.native.variables()
+        return variables + [self._generator.state]
+
+    @staticmethod
+    def _modes(model):
+        return tuple(m.training for m in model.modules())
+
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False):
+        params = optimizer.params
+        name = f"train_step of {type(model).__name__}"
+
+        def step(x, y):
+            def loss_of():
+                outputs = model(x)
+                return loss_fn(outputs, y), outputs
+
+            (loss, outputs), grads = self._value_and_grad(loss_of, (), None, params, with_aux=True)
+            optimizer.native.apply(grads)
+            return (loss, outputs) if with_outputs else loss
+
+        variables = self._model_state(model, optimizer)
+        # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning
+        compiled = StatefulJit(step, lambda: variables, name, static_key=lambda: self._modes(model), donate=True,
+                               warn_retrace=False)
+        to_input = self.to_input
+
+        def run(x, y):
+            try:
+                return compiled(to_input(x), to_input(y))
+            except _CONCRETIZATION as error:
+                raise traced_forward_error(error, f"the forward of {type(model).__name__} in ud.train_step") from None
+
+        return _Counted(run, compiled)
+
+    def predict_function(self, model):
+        if "_jax_predict" not in model.__dict__:
+            variables = self._model_state(model)
+            compiled = StatefulJit(lambda x: model(x), lambda: variables, f"forward of {type(model).__name__}",
+                                   static_key=lambda: self._modes(model), warn_retrace=False)
+            object.__setattr__(model, "_jax_predict", lambda x: compiled(self.to_input(x)))
+        return model._jax_predict
+
+    def value_and_grad(self, f, args, argnums, params):
+        return self._value_and_grad(f, args, argnums, params)
+
+    def _value_and_grad(self, f, args, argnums, params, with_aux=False):
+        """``value_and_grad``; with ``with_aux``, ``f`` returns ``(value, aux)`` and the result is
+        ``((value, aux), grads)``. Variables ``f`` writes (batch norm statistics, the dropout key)
+        come out as auxiliary results and are written after the transformation, so no tracer leaks."""
+        args = list(args)
+        if argnums is not None:
+            check_float([args[i] for i in argnums], "argument")
+            targets = [self.to_input(args[i]) for i in argnums]
+        else:
+            check_float(params, "parameter")
+            targets = [p.value for p in params]
+        live = jax_variable.live()
+        before = [v.value for v in live]
+        target_serials = {p.serial for p in params} if argnums is None else set()
+
+        def value_of(target_values):
+            call_args = list(args)
+            if argnums is not None:
+                for i, t in zip(argnums, target_values):
+                    call_args[i] = t
+            else:
+                for p, t in zip(params, target_values):
+                    p.value = t
+            try:
+                value = f(*call_args)
+                value, aux = value if with_aux else (value, None)
+                check_scalar(value, self.name)
+                written = {i: v.value for i, v in enumerate(live)
+                           if v.value is not before[i] and v.serial not in target_serials}
+            finally:
+                for v, b in zip(live, before):
+                    v.value = b
+            return jnp.reshape(value, ()), (value, aux, written)
+
+        (_, (value, aux, written)), grads = jax.value_and_grad(value_of, has_aux=True)(targets)
+        for index, new in written.items():
+            live[index].value = new
+        return ((value, aux) if with_aux else value), list(grads)
+
+    def check_shapes(self, model, loss_fn, x, y):
+        x, y = self.to_input(x), self.to_input(y)
+        variables = jax_variable.live()
+        saved = [v.value for v in variables]
+        try:
+            jax.eval_shape(lambda a, b: loss_fn(model(a), b), x, y)
+        except _CONCRETIZATION:
+            pass  # the compiled step reports it with unidl's GraphConstructError
+        finally:
+            for v, value in zip(variables, saved):
+                v.value = value
+
+    # ---- compiled functions and custom gradients ---------------------------
+    def function(self, fn, jit_compile, name):
+        return JaxFunction(fn, name, self.tensor)
+
+    def custom_gradient(self, forward_fn):
+        return custom_gradient(forward_fn)
+
+    # ---- export ------------------------------------------------------------
+    def export_formats(self):
+        return export_formats()
+
+    def export(self, module, path, format, input_shape):
+        export_module(module, path, format, input_shape)
+
+
+class _Counted:
+    """A step function with the ``trace_count`` of the ``StatefulJit`` behind it."""
+
+    def __init__(self, run, compiled):
+        self._run, self._compiled = run, compiled
+
+    def __call__(self, x, y):
+        return self._run(x, y)
+
+    @property
+    def trace_count(self):
+        return self._compiled.trace_count

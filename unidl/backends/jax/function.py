@@ -1,0 +1,170 @@
+"""Compiled functions on JAX: ``StatefulJit`` (state in, state out), ``ud.function`` and ``custom_gradient``.
+
+``jax.jit`` compiles pure functions, while unidl code reads and writes variables. ``StatefulJit``
+bridges them: the values of the variables a function may touch go in as arguments, their
+``.value`` holds the tracers while the function is traced, and the values the function wrote come
+out and are written back after each call. One compilation per input signature (shape and dtype:
+XLA specialises on shapes, so a smaller last batch is one more trace, and no more: a bounded set).
+Every compiled function is checkified, so value checks inside it (labels in range) raise unidl's
+message after the call.
+
+``ud.function``'s rule on JAX: Python ``if``/``for``/``while`` on a tensor's *value* cannot be
+traced (JAX has no AutoGraph). Such a function runs eagerly, op by op, with one warning naming
+it; write the branch with ``ud.ops.where`` or the loop with ``ud.ops.scan`` to compile it.
+Loops over Python ranges of static sizes (``range(ud.ops.shape(x)[0])``) are unrolled and compile.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import numpy as np
+from jax.experimental import checkify
+
+from unidl import devices
+from unidl.backends.jax import variable as jax_variable
+from unidl.errors import GraphConstructError, RetraceWarning
+
+_CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
+                   jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray, np.generic))
+
+
+def _signature(value):
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return ("array", tuple(value.shape), str(value.dtype))
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__,) + tuple(_signature(v) for v in value)
+    if isinstance(value, dict):
+        return ("dict",) + tuple((k, _signature(v)) for k, v in sorted(value.items()))
+    try:
+        hash(value)
+        return ("static", value)
+    except TypeError:
+        return ("object", id(value))
+
+
+def _split_static(args):
+    """Array leaves go in as arguments; anything else (Python numbers, strings, callables) is baked in."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    dynamic = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+    return leaves, treedef, dynamic
+
+
+class StatefulJit:
+    """``fn`` compiled with ``jax.jit`` over the variables ``variables()`` returns, which it may read and write.
+
+    ``static_key()`` adds Python state that changes the trace (the modules' train/eval mode).
+    ``trace_count`` counts traces."""
+
+    def __init__(self, fn, variables, name: str, static_key=None, donate: bool = False, warn_retrace: bool = True):
+        self._fn, self._variables, self._static_key = fn, variables, static_key
+        self._donate, self._warn_retrace = donate, warn_retrace
+        self._compiled: dict = {}
+        self.trace_count = 0
+        self.__name__ = name
+
+    def _pure(self, state, leaves_fixed, treedef, dynamic, variables):
+        def pure(values, dynamic_leaves):
+            self.trace_count += 1
+            saved = [v.value for v in variables]
+            leaves = list(leaves_fixed)
+            for i, leaf in zip(dynamic, dynamic_leaves):
+                leaves[i] = leaf
+            try:
+                for v, value in zip(variables, values):
+                    v.value = value
+                result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
+                # donated inputs are invalidated by the call: every value comes back then, changed or not
+                written = {i: v.value for i, (v, value) in enumerate(zip(variables, values))
+                           if self._donate or v.value is not value}
+            finally:
+                for v, value in zip(variables, saved):
+                    v.value = value
+            return result, written
+
+        return pure
+
+    def __call__(self, *args):
+        variables = self._variables()
+        leaves, treedef, dynamic = _split_static(args)
+        key = (tuple(v.serial for v in variables), treedef,
+               tuple(_signature(leaf) if i in dynamic else ("static-leaf", _signature(leaf)[1:])
+                     for i, leaf in enumerate(leaves)),
+               self._static_key() if self._static_key else None)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            if self._compiled and self._warn_retrace:
+                warnings.warn(f"{self.__name__} traced again for inputs of a new shape or dtype "
+                              f"({len(self._compiled)} traces so far): XLA compiles one program per shape",
+                              RetraceWarning, stacklevel=3)
+            fixed = [None if i in dynamic else leaf for i, leaf in enumerate(leaves)]
+            pure = checkify.checkify(self._pure(None, fixed, treedef, dynamic, variables), errors=checkify.user_checks)
+            compiled = self._compiled[key] = jax.jit(pure, donate_argnums=(0,) if self._donate else ())
+            devices.compiled_placed(self.__name__, "traced for the shapes of its inputs", "the default device", "jax.jit")
+        error, (result, written) = compiled([v.value for v in variables], [leaves[i] for i in dynamic])
+        for index, value in written.items():
+            variables[index].value = value
+        error.throw()
+        return result
+
+
+class JaxFunction:
+    """``ud.function`` on jax: ``fn`` compiled by ``jax.jit`` over every live variable (``StatefulJit``), or
+    run eagerly, with one warning, where its Python control flow needs tensor values (see the module doc)."""
+
+    def __init__(self, fn, name: str, to_tensor):
+        self._fn, self._to_tensor = fn, to_tensor
+        self._jit = StatefulJit(fn, jax_variable.live, name)
+        self._eager = False
+        self.__name__ = name
+
+    @property
+    def trace_count(self):
+        return None if self._eager else self._jit.trace_count
+
+    def __call__(self, *args):
+        args = [self._to_tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+        if not self._eager:
+            try:
+                return self._jit(*args)
+            except _CONCRETIZATION as error:
+                self._eager = True
+                warnings.warn(
+                    f"ud.function {self.__name__!r} on jax uses the value of a tensor in Python control flow "
+                    f"(if/while/bool/int on a traced value), which jax.jit cannot compile; it now runs eagerly, "
+                    f"op by op. To compile it, write branches with ud.ops.where and loops with ud.ops.scan. "
+                    f"({type(error).__name__})", RetraceWarning, stacklevel=2)
+        return self._fn(*args)
+
+
+def traced_forward_error(error, name: str) -> GraphConstructError:
+    """unidl's error for a forward that needs tensor values while a training step is compiled."""
+    return GraphConstructError(
+        f"{name} uses the value of a tensor in Python control flow (if/while/bool/int on a traced value) while "
+        f"the jax backend compiles it with jax.jit, which cannot: write branches with ud.ops.where and loops with "
+        f"ud.ops.scan, or pass eager=True where the step offers it. ({type(error).__name__}: "
+        f"{str(error).splitlines()[0]})")
+
+
+def custom_gradient(forward_fn):
+    """``f(*xs) -> y`` differentiated by the ``backward`` that ``forward_fn`` returns (``jax.custom_vjp``;
+    the backward pass calls ``forward_fn`` again on the saved inputs to obtain ``backward``)."""
+
+    @jax.custom_vjp
+    def with_custom_gradient(*inputs):
+        return forward_fn(*inputs)[0]
+
+    def forward(*inputs):
+        return forward_fn(*inputs)[0], inputs
+
+    def backward(inputs, dy):
+        grads = forward_fn(*inputs)[1](dy)
+        return tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
+
+    with_custom_gradient.defvjp(forward, backward)
+    return with_custom_gradient

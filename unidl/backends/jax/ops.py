@@ -1,0 +1,210 @@
+"""unidl's functional ops on JAX: ``jax.numpy``, ``jax.nn`` and ``jax.lax``, NCHW throughout.
+
+XLA's convolutions take the layout as an argument (``dimension_numbers``), so NCHW activations and
+OIHW kernels run as they are. Parameters arrive as ``JaxVariable``s and are unwrapped to their
+arrays here. Checks that need values (labels in range) run eagerly, and inside compiled steps
+through ``checkify`` (every compiled step of this backend is checkified).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import checkify
+
+from unidl.backends.jax.variable import unwrap as _v
+
+
+def _unwrapped(function):
+    def call(*args):
+        return function(*[_v(a) for a in args])
+
+    call.__name__ = getattr(function, "__name__", "op")
+    return call
+
+
+matmul = _unwrapped(jnp.matmul)
+relu = _unwrapped(jax.nn.relu)
+sigmoid = _unwrapped(jax.nn.sigmoid)
+tanh = _unwrapped(jnp.tanh)
+exp = _unwrapped(jnp.exp)
+log = _unwrapped(jnp.log)
+sqrt = _unwrapped(jnp.sqrt)
+abs = _unwrapped(jnp.abs)
+sign = _unwrapped(jnp.sign)
+square = _unwrapped(jnp.square)
+maximum = _unwrapped(jnp.maximum)
+where = _unwrapped(jnp.where)
+zeros_like = _unwrapped(jnp.zeros_like)
+
+
+def linear(x, weight, bias=None):
+    y = jnp.matmul(_v(x), _v(weight).T)
+    return y + _v(bias) if bias is not None else y
+
+
+def leaky_relu(x, negative_slope=0.01):
+    x = _v(x)
+    return jnp.where(x >= 0, x, x * jnp.asarray(negative_slope, x.dtype))
+
+
+def softmax(x, dim=-1):
+    return jax.nn.softmax(_v(x), axis=dim)
+
+
+def log_softmax(x, dim=-1):
+    return jax.nn.log_softmax(_v(x), axis=dim)
+
+
+def _pair(value):
+    return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _conv_padding(padding, kernel_hw):
+    if padding == "valid":
+        return [(0, 0), (0, 0)]
+    if padding == "same":  # PyTorch's: the extra pixel of an even kernel goes after
+        return [((k - 1) // 2, (k - 1) - (k - 1) // 2) for k in kernel_hw]
+    ph, pw = _pair(padding)
+    return [(ph, ph), (pw, pw)]
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    weight = _v(weight)
+    y = jax.lax.conv_general_dilated(_v(x), weight, _pair(stride), _conv_padding(padding, weight.shape[2:]),
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y + _v(bias).reshape(1, -1, 1, 1) if bias is not None else y
+
+
+def _pool(x, kernel_size, stride, padding, init, reduce):
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(stride if stride is not None else kernel_size)
+    ph, pw = _pair(padding)
+    return jax.lax.reduce_window(_v(x), init, reduce, (1, 1, kh, kw), (1, 1, sh, sw),
+                                 [(0, 0), (0, 0), (ph, ph), (pw, pw)])
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    return _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)  # a Python scalar: the differentiable monoid
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    kh, kw = _pair(kernel_size)
+    return _pool(x, kernel_size, stride, padding, 0.0, jax.lax.add) / (kh * kw)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    x, running_mean, running_var = _v(x), _v(running_mean), _v(running_var)
+    axes = (0,) + tuple(range(2, x.ndim))
+    broadcast = (1, -1) + (1,) * (x.ndim - 2)
+    if training:
+        mean = jnp.mean(x, axes)
+        var = jnp.mean(jnp.square(x - mean.reshape(broadcast)), axes)
+        count = 1
+        for axis in axes:
+            count *= x.shape[axis]
+        new_mean = (1 - momentum) * running_mean + momentum * mean
+        new_var = (1 - momentum) * running_var + momentum * var * (count / max(count - 1, 1))
+    else:
+        mean, var = running_mean, running_var
+        new_mean, new_var = running_mean, running_var
+    scale = jax.lax.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * _v(weight)
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + _v(bias)
+    return x * scale.reshape(broadcast) + shift.reshape(broadcast), new_mean, new_var
+
+
+def dropout(x, p, training=True, generator=None):
+    """``generator``: the backend's ``KeyStream`` (``Backend.generator``): each call takes a fresh key."""
+    x = _v(x)
+    if not training or p == 0:
+        return x
+    if p == 1:
+        return jnp.zeros_like(x)
+    keep = jax.random.bernoulli(generator.next_key(), 1 - p, x.shape)
+    return jnp.where(keep, x / (1 - p), jnp.zeros_like(x))
+
+
+def reshape(x, shape):
+    return jnp.reshape(_v(x), tuple(shape))
+
+
+def flatten(x, start_dim=1):
+    x = _v(x)
+    return jnp.reshape(x, x.shape[:start_dim] + (-1,))
+
+
+def concat(tensors, axis=0):
+    return jnp.concatenate([_v(t) for t in tensors], axis)
+
+
+def stack(tensors, axis=0):
+    return jnp.stack([_v(t) for t in tensors], axis)
+
+
+def mean(x, axis=None, keepdims=False):
+    return jnp.mean(_v(x), axis, keepdims=keepdims)
+
+
+def sum(x, axis=None, keepdims=False):
+    return jnp.sum(_v(x), axis, keepdims=keepdims)
+
+
+def clip(x, minimum=None, maximum=None):
+    return jnp.clip(_v(x), minimum, maximum)
+
+
+def shape(x):
+    return tuple(_v(x).shape)
+
+
+def cast_like(x, like):
+    return jnp.asarray(_v(x), _v(like).dtype)
+
+
+def one_hot(labels, num_classes):
+    return jax.nn.one_hot(_v(labels), num_classes, dtype=jnp.int64)
+
+
+def _reduce(values, reduction):
+    return jnp.mean(values) if reduction == "mean" else jnp.sum(values)
+
+
+def mse_loss(prediction, target, reduction="mean"):
+    prediction = _v(prediction)
+    return _reduce(jnp.square(prediction - jnp.asarray(_v(target), prediction.dtype)), reduction)
+
+
+def l1_loss(prediction, target, reduction="mean"):
+    prediction = _v(prediction)
+    return _reduce(jnp.abs(prediction - jnp.asarray(_v(target), prediction.dtype)), reduction)
+
+
+def cross_entropy(logits, labels, reduction="mean"):
+    logits, labels = _v(logits), _v(labels)
+    classes = logits.shape[-1]
+    message = f"CrossEntropyLoss labels must lie in [0, {classes}); found labels from {{low}} to {{high}}"
+    if labels.size:
+        low, high = jnp.min(labels), jnp.max(labels)
+        if isinstance(low, jax.core.Tracer):  # inside a compiled step: checkify raises it after the step
+            checkify.check((low >= 0) & (high < classes), message, low=low, high=high)
+        elif int(low) < 0 or int(high) >= classes:
+            raise ValueError(message.format(low=int(low), high=int(high)))
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    losses = -jnp.take_along_axis(log_probs, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+    return _reduce(losses, reduction)
+
+
+def bce_with_logits(logits, targets, reduction="mean"):
+    logits = _v(logits)
+    targets = jnp.asarray(_v(targets), logits.dtype)
+    losses = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    return _reduce(losses, reduction)
+
+
+def scan(fn, init, xs, axis=0):
+    carry, ys = jax.lax.scan(fn, init, jnp.moveaxis(_v(xs), axis, 0))
+    return carry, jax.tree_util.tree_map(lambda y: jnp.moveaxis(y, 0, axis), ys)

@@ -1,0 +1,102 @@
+"""``JaxVariable``: a parameter or buffer of the jax backend, a mutable holder of an immutable JAX array.
+
+JAX arrays cannot change, so a module's parameters are small holders (as Keras's variables on JAX
+and Flax's ``nnx.Param`` are) whose ``.value`` is the current array. Compiled steps take every
+holder's value as an argument ("state in"), and the values they compute are written back ("state
+out", ``StatefulJit``); while a step is traced, ``.value`` holds the tracer. Every live holder is
+known (``live()``), so ``ud.function`` can thread the state a user's function touches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+
+import jax.numpy as jnp
+import numpy as np
+
+_serials = itertools.count()
+_live: "weakref.WeakValueDictionary[int, JaxVariable]" = weakref.WeakValueDictionary()
+
+
+def live() -> list["JaxVariable"]:
+    """Every ``JaxVariable`` still referenced, in creation order."""
+    return [_live[k] for k in sorted(_live.keys())]
+
+
+def unwrap(value):
+    """The JAX array of a ``JaxVariable``; anything else as it is."""
+    return value.value if isinstance(value, JaxVariable) else value
+
+
+def _binary(op):
+    def forward(self, other):
+        return op(self.value, unwrap(other))
+
+    def reverse(self, other):
+        return op(unwrap(other), self.value)
+
+    return forward, reverse
+
+
+class JaxVariable:
+    """A named slot for one JAX array: ``value`` (read and replaced, never mutated), ``trainable``.
+
+    Arithmetic operators, indexing, ``shape`` and ``dtype`` act on the value, so a layer's forward
+    reads ``x @ self.weight`` as on any backend; JAX functions take ``variable.value``."""
+
+    __slots__ = ("value", "trainable", "serial", "__weakref__")
+
+    def __init__(self, value, trainable: bool = True):
+        self.value = value
+        self.trainable = bool(trainable)
+        self.serial = next(_serials)
+        _live[self.serial] = self
+
+    @property
+    def shape(self):
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    @property
+    def ndim(self):
+        return self.value.ndim
+
+    def assign(self, value) -> None:
+        """Replace the value (cast to this variable's dtype)."""
+        value = unwrap(value)
+        self.value = value if getattr(value, "dtype", None) == self.value.dtype else jnp.asarray(value, self.value.dtype)
+
+    def numpy(self) -> np.ndarray:
+        return np.array(self.value)
+
+    def __array__(self, dtype=None, copy=None):
+        array = np.asarray(self.value)
+        return array.astype(dtype) if dtype is not None else array
+
+    def __getitem__(self, index):
+        return self.value[index]
+
+    def __neg__(self):
+        return -self.value
+
+    def __len__(self):
+        return len(self.value)
+
+    __add__, __radd__ = _binary(lambda a, b: a + b)
+    __sub__, __rsub__ = _binary(lambda a, b: a - b)
+    __mul__, __rmul__ = _binary(lambda a, b: a * b)
+    __truediv__, __rtruediv__ = _binary(lambda a, b: a / b)
+    __pow__, __rpow__ = _binary(lambda a, b: a ** b)
+    __matmul__, __rmatmul__ = _binary(lambda a, b: a @ b)
+    __lt__, _ = _binary(lambda a, b: a < b)
+    __gt__, _ = _binary(lambda a, b: a > b)
+    __le__, _ = _binary(lambda a, b: a <= b)
+    __ge__, _ = _binary(lambda a, b: a >= b)
+
+    def __repr__(self):
+        kind = "parameter" if self.trainable else "buffer"
+        return f"JaxVariable({kind}, shape={self.shape}, dtype={self.dtype})"
