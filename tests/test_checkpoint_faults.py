@@ -199,6 +199,36 @@ def test_header_flips_are_detected_or_harmless(tmp_path, backend):
             _assert_same(_snapshot(*target), saved)
     assert outcomes["detected"] > 0.9 * len(offsets), outcomes
 
+    # crc32 detects every single-byte change of a tensor's bytes
+    for offset in rng.integers(header_end, len(original), 100).tolist():
+        data = bytearray(original)
+        data[offset] ^= int(rng.integers(1, 256))
+        with open(damaged, "wb") as handle:
+            handle.write(bytes(data))
+        before = _snapshot(*target)
+        with pytest.raises(CorruptFileError, match="do not match their checksum"):
+            ud.load_checkpoint(damaged, *target[:2], target[2])
+        _assert_same(_snapshot(*target), before)
+
+
+def test_weights_file_flips_are_detected_or_harmless(tmp_path, backend):
+    path = tmp_path / "net.safetensors"
+    source = ud.models.TwoLayerNet(3, 4, 2)
+    ud.save(source, path)
+    original = path.read_bytes()
+    rng = np.random.default_rng(1)
+    damaged = tmp_path / "damaged.safetensors"
+    for offset in rng.integers(0, len(original), 200).tolist():
+        data = bytearray(original)
+        data[offset] ^= int(rng.integers(1, 256))
+        damaged.write_bytes(bytes(data))
+        try:
+            loaded = ud.load(damaged)
+        except UnidlError:
+            continue
+        for key, value in source.state_dict().items():
+            np.testing.assert_array_equal(loaded.state_dict()[key], value)
+
 
 @pytest.mark.parametrize("damage", ["not JSON", "truncated", "data byte flipped", "empty"])
 def test_malformed_weights_file_names_the_file(tmp_path, damage):

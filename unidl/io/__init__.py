@@ -1,6 +1,10 @@
-"""File formats and safe file writing under ``unidl.save`` and the checkpoints: NumPy only, no pickle."""
+"""File formats and safe file writing under ``unidl.save`` and the checkpoints: NumPy only, no pickle.
 
-from unidl.io.atomic import atomic_open, atomic_write_bytes
-from unidl.io.safetensors import load_file, save_file
+Every file written here carries a crc32 of each tensor and of its header, which the readers check.
+"""
 
-__all__ = ["atomic_open", "atomic_write_bytes", "load_file", "save_file"]
+from unidl.io.atomic import atomic_open, atomic_write_bytes, remove_stale_temporaries
+from unidl.io.safetensors import SafetensorsFile, load_file, save_file
+
+__all__ = ["atomic_open", "atomic_write_bytes", "remove_stale_temporaries", "SafetensorsFile", "load_file",
+           "save_file"]
