@@ -235,8 +235,7 @@ def check_loader_state(loader, state) -> None:
     """Raise ``CheckpointStateError`` unless ``loader.load_state_dict(state)`` would succeed; changes nothing."""
     from unidl.data import DataLoader
 
-    if callable(getattr(loader, "check_state_dict", None)):
-        loader.check_state_dict(state)
+    _check_state(loader, state, "data-loader state")
     if not isinstance(loader, DataLoader):
         return
     mine = loader.state_dict()

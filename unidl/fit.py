@@ -339,9 +339,11 @@ def _resume(resume_from, trainer, callbacks) -> int:
     naming both; a schedule then continues from its saved position with the new rate as its base.
     A different model, loss or optimizer class is an error, raised before anything changes.
     """
+    import json
     import warnings
 
     from unidl.checkpoint import load_checkpoint
+    from unidl.serialization import to_json
 
     target = _resume_target(resume_from, callbacks)
     if target is None:
@@ -361,10 +363,6 @@ def _resume(resume_from, trainer, callbacks) -> int:
         for schedule in schedules:
             schedule.base_lr = given["lr"]
         optimizer.lr = schedules[0].lr_at(schedules[0].last_epoch) if schedules else given["lr"]
-    import json
-
-    from unidl.serialization import to_json
-
     given_hyper = json.loads(to_json(given["hyper"], "optimizer hyperparameters"))  # tuples as the file has lists
     changed = {k: (saved["hyper"].get(k), given["hyper"][k]) for k, v in given_hyper.items()
                if isinstance(saved.get("hyper"), dict) and saved["hyper"].get(k) != v}
