@@ -14,6 +14,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # the peer's own process: import benchmarks/ (and unidl/) from this checkout
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+import numpy as np
+
 from benchmarks.harness import BATCH, MODELS, Row, Settings, alternate, batch_arrays, ms, unidl_model
 from benchmarks.native_keras import keras_framework, keras_native_model, native_layout
 from benchmarks.native_torch import torch_sync
@@ -81,7 +83,7 @@ def _plain_step(backend: str, model: str, device: str):
     def run(x, y):
         loss = step(x, y)
         sync()
-        return loss if backend == "torch" else loss.numpy()
+        return loss if backend == "torch" else np.asarray(loss)  # waits for the result
 
     return run, state
 

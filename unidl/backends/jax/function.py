@@ -30,6 +30,9 @@ _CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConv
                    jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
 
 
+_ARRAY_TYPES = (jax.Array, type(jax.numpy.zeros(())))
+
+
 def _is_array(value) -> bool:
     return isinstance(value, (jax.Array, np.ndarray, np.generic))
 
@@ -65,10 +68,11 @@ class StatefulJit:
         self._fn, self._variables, self._static_key = fn, variables, static_key
         self._donate, self._warn_retrace = donate, warn_retrace
         self._compiled: dict = {}
+        self._last_variables, self._last_serials = None, ()
         self.trace_count = 0
         self.__name__ = name
 
-    def _pure(self, state, leaves_fixed, treedef, dynamic, variables):
+    def _pure(self, leaves_fixed, treedef, dynamic, variables):
         def pure(values, dynamic_leaves):
             self.trace_count += 1
             saved = [v.value for v in variables]
@@ -89,21 +93,30 @@ class StatefulJit:
 
         return pure
 
+    def _serials(self, variables) -> tuple:
+        if variables is not self._last_variables:  # a fixed list (a train step's) is keyed once
+            self._last_variables, self._last_serials = variables, tuple(v.serial for v in variables)
+        return self._last_serials
+
     def __call__(self, *args):
         variables = self._variables()
-        leaves, treedef, dynamic = _split_static(args)
-        key = (tuple(v.serial for v in variables), treedef,
-               tuple(_signature(leaf) if i in dynamic else ("static-leaf", _signature(leaf)[1:])
-                     for i, leaf in enumerate(leaves)),
-               self._static_key() if self._static_key else None)
+        static = self._static_key() if self._static_key else None
+        if all(type(a) in _ARRAY_TYPES for a in args):  # the common case, keyed without flattening
+            leaves, treedef, dynamic = list(args), None, range(len(args))
+            key = (self._serials(variables), tuple((a.shape, a.dtype) for a in args), static)
+        else:
+            leaves, treedef, dynamic = _split_static(args)
+            key = (self._serials(variables), treedef, tuple(_signature(leaf) for leaf in leaves), static)
         compiled = self._compiled.get(key)
         if compiled is None:
             if self._compiled and self._warn_retrace:
                 warnings.warn(f"{self.__name__} traced again for inputs of a new shape or dtype "
                               f"({len(self._compiled)} traces so far): XLA compiles one program per shape",
                               RetraceWarning, stacklevel=3)
+            if treedef is None:
+                treedef = jax.tree_util.tree_structure(list(args))
             fixed = [None if i in dynamic else leaf for i, leaf in enumerate(leaves)]
-            pure = checkify.checkify(self._pure(None, fixed, treedef, dynamic, variables), errors=checkify.user_checks)
+            pure = checkify.checkify(self._pure(fixed, treedef, list(dynamic), variables), errors=checkify.user_checks)
             compiled = self._compiled[key] = jax.jit(pure, donate_argnums=(0,) if self._donate else ())
             devices.compiled_placed(self.__name__, "traced for the shapes of its inputs", "the default device", "jax.jit")
         error, (result, written) = compiled([v.value for v in variables], [leaves[i] for i in dynamic])

@@ -1,0 +1,97 @@
+"""The jax backend's own rules: state written back after compiled steps, a bounded set of traces, unidl's
+errors for Python control flow on traced values, and the install hint."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl import backends
+from unidl.errors import BackendNotInstalledError, GraphConstructError, RetraceWarning
+from unidl.testing import max_relative_difference
+
+
+class _ValueBranch(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(3, 1)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return y * 2.0 if ud.ops.sum(x) > 0 else -y
+
+
+def test_train_step_writes_state_back_and_traces_once_per_shape(rng):
+    with ud.use_backend("jax"):
+        model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.BatchNorm1d(4), ud.nn.Dropout(0.2), ud.nn.Linear(4, 1))
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.Adam(model.parameters(), lr=1e-2))
+        x, y = rng.standard_normal((10, 3)).astype(np.float32), rng.standard_normal((10, 1)).astype(np.float32)
+        before = model.state_dict()
+        for n in (8, 2, 8, 2, 8):  # a full and a smaller last batch, as fit gives
+            step(x[:n], y[:n])
+        after = model.state_dict()
+        assert step.trace_count == 2
+        assert all(not np.array_equal(before[k], after[k]) for k in before if "num_batches" not in k)
+        key = np.array(ud.config.backend().generator().state.value)  # a copy: the step donates the array itself
+        step(x[:8], y[:8])  # the dropout key moved on: new masks every step
+        assert not np.array_equal(key, np.asarray(ud.config.backend().generator().state.value))
+
+
+def test_python_branch_on_a_value_in_a_train_step_is_unidls_error(rng):
+    with ud.use_backend("jax"):
+        model = _ValueBranch()
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        before = model.state_dict()
+        with pytest.raises(GraphConstructError, match=r"forward of _ValueBranch.*ud\.ops\.where.*ud\.ops\.scan"):
+            step(np.ones((2, 3), np.float32), np.zeros((2, 1), np.float32))
+        assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_function_with_a_python_branch_runs_eagerly_with_one_warning(rng):
+    with ud.use_backend("jax"):
+        model = _ValueBranch()
+        compiled = ud.function(lambda x: model(x))
+        x = np.abs(rng.standard_normal((2, 3))).astype(np.float32)
+        with pytest.warns(RetraceWarning, match="runs eagerly"):
+            first = ud.to_numpy(compiled(x))
+        assert max_relative_difference(first, 2 * ud.to_numpy(model.fc(ud.tensor(x)))) < 1e-6
+        assert max_relative_difference(ud.to_numpy(compiled(-x)), -ud.to_numpy(model.fc(ud.tensor(-x)))) < 1e-6
+        assert compiled.trace_count is None
+
+
+def test_function_threads_variables_it_updates(rng):
+    with ud.use_backend("jax"):
+        layer = ud.nn.Linear(3, 2)
+        optimizer = ud.optim.SGD(layer.parameters(), lr=0.5)
+
+        @ud.function
+        def step(x):
+            loss, grads = ud.value_and_grad(lambda: ud.ops.sum(layer(x)), layer.parameters())()
+            optimizer.apply(grads)
+            return loss
+
+        x = rng.standard_normal((4, 3)).astype(np.float32)
+        bias = layer.state_dict()["bias"]
+        step(x)
+        step(x)
+        assert step.trace_count == 1
+        np.testing.assert_allclose(layer.state_dict()["bias"], bias - 2 * 0.5 * 4, rtol=1e-6)
+        assert optimizer.state_dict()["step"] == 2
+
+
+def test_native_module_is_a_pure_function_of_its_params(rng):
+    import jax
+
+    with ud.use_backend("jax"):
+        model = ud.models.TwoLayerNet(3, 5, 2)
+        native = model.native
+        x = ud.tensor(rng.standard_normal((4, 3)))
+        grads = jax.grad(lambda p: native.apply(p, x).sum())(native.params)
+        assert set(grads) == set(model.state_dict())
+        np.testing.assert_allclose(np.asarray(native.apply(native.params, x)), ud.to_numpy(model(x)), rtol=1e-6)
+
+
+def test_missing_jax_names_the_extra(monkeypatch):
+    monkeypatch.setattr(backends, "missing_modules", lambda name: ["jax"] if name == "jax" else [])
+    monkeypatch.setattr(backends, "_loaded", {k: v for k, v in backends._loaded.items() if k != "jax"})
+    with pytest.raises(BackendNotInstalledError, match=r"backend 'jax' needs jax.*pip install 'unidl\[jax\]'"):
+        backends.load("jax")
