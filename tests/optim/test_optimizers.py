@@ -300,9 +300,9 @@ def test_torch_style_zero_grad_and_step():
         assert isinstance(optimizer.native, torch.optim.SGD)
 
 
-@pytest.mark.parametrize("name", ["tensorflow", "keras"])
+@pytest.mark.parametrize("name", ["tensorflow", "keras", "jax"])
 def test_step_without_backward_explains(name):
     with ud.use_backend(name):
         optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
-        with pytest.raises(RuntimeError, match=r"only the torch backend has.*optimizer.apply"):
+        with pytest.raises(RuntimeError, match=rf"the {name} backend does not keep.*optimizer.apply"):
             optimizer.step()

@@ -178,13 +178,16 @@ class Backend(abc.ABC):
     def apply_gradients(self, optimizer, grads) -> None:
         """One update of ``optimizer.params`` with ``grads`` (same order), by the optimizer's rule."""
 
-    @abc.abstractmethod
     def zero_grad(self, optimizer) -> None:
-        """Clear gradients stored on parameters (a no-op where the framework stores none)."""
+        """Clear gradients stored on parameters (the default: a no-op, for frameworks that store none)."""
 
-    @abc.abstractmethod
     def step(self, optimizer) -> None:
-        """Apply gradients stored on parameters by a backward pass, or explain why this backend has none."""
+        """Apply gradients stored on parameters by a backward pass; the default, for frameworks that return
+        gradients instead of storing them, explains the alternative."""
+        raise RuntimeError(
+            f"optimizer.step() applies gradients stored on the parameters by backward(), which the {self.name} "
+            f"backend does not keep (only the torch backend has them); on {self.name} use grads = ud.grad(...) "
+            f"and optimizer.apply(grads), or ud.train_step")
 
     @abc.abstractmethod
     def train_step(self, model, loss_fn, optimizer, with_outputs: bool = False) -> Callable:

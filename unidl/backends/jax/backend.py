@@ -196,14 +196,6 @@ class Backend(BackendInterface):
         else:
             self._optimizer_apply(optimizer)(grads)
 
-    def zero_grad(self, optimizer):
-        pass  # JAX stores no gradients on variables
-
-    def step(self, optimizer):
-        raise RuntimeError(
-            "optimizer.step() applies gradients stored by backward(), which only the torch backend has; "
-            "on jax use grads = ud.grad(...) and optimizer.apply(grads), or ud.train_step")
-
     def _model_state(self, model, optimizer=None) -> list:
         variables = [v for _, v in model.named_parameters()] + [b for _, b in model.named_buffers()]
         if optimizer is not None:

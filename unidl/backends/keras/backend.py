@@ -180,14 +180,6 @@ class Backend(BackendInterface):
     def apply_gradients(self, optimizer, grads):
         optimizer.native.apply(grads, optimizer.params)
 
-    def zero_grad(self, optimizer):
-        pass  # Keras stores no gradients on variables
-
-    def step(self, optimizer):
-        raise RuntimeError(
-            "optimizer.step() applies gradients stored by backward(), which only the torch backend has; "
-            "on keras use grads = ud.grad(...) and optimizer.apply(grads), or ud.train_step")
-
     def compile(self, model, loss_fn, optimizer, jit_compile=False, accuracy=False):
         """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer),
         once per (loss, optimizer, metrics) combination."""

@@ -154,14 +154,6 @@ class Backend(BackendInterface):
     def apply_gradients(self, optimizer, grads):
         optimizer.native.apply(grads)
 
-    def zero_grad(self, optimizer):
-        pass  # TensorFlow stores no gradients on variables
-
-    def step(self, optimizer):
-        raise RuntimeError(
-            "optimizer.step() applies gradients stored by backward(), which only the torch backend has; "
-            "on tensorflow use grads = ud.grad(...) and optimizer.apply(grads), or ud.train_step")
-
     def train_step(self, model, loss_fn, optimizer, with_outputs=False):
         params = optimizer.params
         apply = optimizer.native.apply
