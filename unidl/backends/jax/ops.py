@@ -98,8 +98,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     axes = (0,) + tuple(range(2, x.ndim))
     broadcast = (1, -1) + (1,) * (x.ndim - 2)
     if training:
-        mean = jnp.mean(x, axes)
-        var = jnp.mean(jnp.square(x - mean.reshape(broadcast)), axes)
+        # shifted moments: the first mean's rounding error is measured on the centred data and removed
+        shift = jax.lax.stop_gradient(jnp.mean(x, axes, keepdims=True))
+        centred = x - shift
+        correction = jnp.mean(centred, axes)
+        mean = shift.reshape(-1) + correction
+        var = jnp.mean(jnp.square(centred), axes) - jnp.square(correction)
         count = 1
         for axis in axes:
             count *= x.shape[axis]
@@ -111,10 +115,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     scale = jax.lax.rsqrt(var + eps)
     if weight is not None:
         scale = scale * _v(weight)
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + _v(bias)
-    return x * scale.reshape(broadcast) + shift.reshape(broadcast), new_mean, new_var
+    y = (x - mean.reshape(broadcast)) * scale.reshape(broadcast)  # centred first, as PyTorch does
+    return (y + _v(bias).reshape(broadcast) if bias is not None else y), new_mean, new_var
 
 
 def dropout(x, p, training=True, generator=None):

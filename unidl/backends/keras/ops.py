@@ -37,7 +37,7 @@ def linear(x, weight, bias=None):
 
 
 def leaky_relu(x, negative_slope=0.01):
-    return K.leaky_relu(x, negative_slope)
+    return K.where(x > 0, x, x * K.cast(negative_slope, x.dtype))  # the slope in x's precision (float64 too)
 
 
 def softmax(x, dim=-1):
@@ -106,8 +106,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     axes = [0] if rank == 2 else [0] + list(range(2, rank))
     broadcast = [1, -1] + [1] * (rank - 2)
     if training:
-        mean = K.mean(x, axis=axes)
-        var = K.mean(K.square(x - K.reshape(mean, broadcast)), axis=axes)
+        # shifted moments: the first mean's rounding error is measured on the centred data and removed
+        shift = K.stop_gradient(K.mean(x, axis=axes, keepdims=True))
+        centred = x - shift
+        correction = K.mean(centred, axis=axes)
+        mean = K.reshape(shift, (-1,)) + correction
+        var = K.mean(K.square(centred), axis=axes) - K.square(correction)
         count = K.cast(K.prod(K.take(K.shape(x), axes)) if None in x.shape else
                        _static_count(x.shape, axes), x.dtype)
         unbiased = var * count / K.maximum(count - 1, 1)
@@ -119,10 +123,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     scale = K.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    return x * K.reshape(scale, broadcast) + K.reshape(shift, broadcast), new_mean, new_var
+    y = (x - K.reshape(mean, broadcast)) * K.reshape(scale, broadcast)  # centred first, as PyTorch does
+    return (y + K.reshape(bias, broadcast) if bias is not None else y), new_mean, new_var
 
 
 def _static_count(shape, axes):

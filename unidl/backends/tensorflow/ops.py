@@ -61,6 +61,8 @@ def apply_momentum(param, buffer, lr, grad, momentum, nesterov):
 
 @elementwise
 def leaky_relu(x, negative_slope=0.01):
+    if x.dtype == tf.float64:  # TensorFlow's kernel holds alpha as a float32: slope rounded, errors near 1e-9
+        return tf.where(x > 0, x, x * tf.constant(negative_slope, tf.float64))
     return tf.nn.leaky_relu(x, alpha=negative_slope)
 
 
@@ -141,7 +143,13 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 def _batch_norm(x, axes, broadcast, running_mean, running_var, weight, bias, training, momentum, eps):
     if training:
-        mean, var = tf.nn.moments(x, axes)
+        # shifted moments: the first mean's rounding error (about |mean| * 1e-7 in float32) is measured on the
+        # centred data and removed, so the statistics stay accurate when |mean| >> std, as PyTorch's do
+        shift = tf.stop_gradient(tf.reduce_mean(x, axes, keepdims=True))
+        centred = x - shift
+        correction = tf.reduce_mean(centred, axes)
+        mean = tf.reshape(shift, [-1]) + correction
+        var = tf.reduce_mean(tf.square(centred), axes) - tf.square(correction)
         count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
         unbiased = var * count / tf.maximum(count - 1, 1)
         new_mean = (1 - momentum) * running_mean + momentum * mean
@@ -152,10 +160,9 @@ def _batch_norm(x, axes, broadcast, running_mean, running_var, weight, bias, tra
     scale = tf.math.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
-    shift = -mean * scale
-    if bias is not None:
-        shift = shift + bias
-    return x * tf.reshape(scale, broadcast) + tf.reshape(shift, broadcast), new_mean, new_var
+    # centre first, as PyTorch does: x * scale - mean * scale cancels catastrophically when |mean| >> std
+    y = (x - tf.reshape(mean, broadcast)) * tf.reshape(scale, broadcast)
+    return (y + tf.reshape(bias, broadcast) if bias is not None else y), new_mean, new_var
 
 
 def dropout(x, p, training=True, generator=None):
