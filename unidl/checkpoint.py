@@ -22,7 +22,7 @@ from unidl.serialization import (MODEL_PREFIX, check_entries, decode_metadata, e
                                  stream_into, to_json)
 
 OPTIMIZER_PREFIX = "optimizer/"
-#: prefix of the model-shaped arrays a callback keeps (``callbacks/<index>:<class>/<state-dict key>``)
+#: prefix of the model-shaped arrays a callback keeps (``callbacks/<class>#<count>/<state-dict key>``)
 CALLBACK_PREFIX = "callbacks/"
 _FILE_PATTERN = re.compile(r"^checkpoint-(\d{4,})-(\d{7,})\.safetensors$")
 #: the type of each field of a data loader's state (``unidl.data.DataLoader.state_dict``, whose keys it must have)
@@ -80,14 +80,18 @@ def _check_count(name: str, value) -> int:
     return int(value)
 
 
-def _callback_key(index: int, callback) -> str:
-    return f"{index}:{type(callback).__name__}"
-
-
 def _stateful(callbacks) -> list[tuple[str, object]]:
-    """``(key, callback)`` for the callbacks that have state to checkpoint (a ``state_dict`` method)."""
-    return [(_callback_key(index, callback), callback) for index, callback in enumerate(callbacks or ())
-            if callable(getattr(callback, "state_dict", None))]
+    """``(key, callback)`` for the callbacks that have state to checkpoint (a ``state_dict`` method). The key is
+    the class name and its count among them (``EarlyStopping#0``), so adding or removing a stateless callback
+    at resume does not move any state to another callback."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for callback in callbacks or ():
+        if callable(getattr(callback, "state_dict", None)):
+            name = type(callback).__name__
+            keyed.append((f"{name}#{seen.get(name, 0)}", callback))
+            seen[name] = seen.get(name, 0) + 1
+    return keyed
 
 
 def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: int = 0, loader=None,
