@@ -6,6 +6,7 @@ from tests.helpers import last_json_line, run_python
 def test_import_unidl_imports_no_framework():
     result = run_python(
         "import json, sys, unidl, unidl.nn, unidl.optim, unidl.models\n"
+        "assert callable(unidl.testing.compare_backends)  # reachable without importing unidl.testing\n"
         "print(json.dumps(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)))")
     assert last_json_line(result.stdout) == []
 

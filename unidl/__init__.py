@@ -1,4 +1,4 @@
-"""unidl: one model, one optimizer, one data loader and one training loop for PyTorch, TensorFlow and Keras.
+"""unidl: one model, one optimizer, one data loader and one training loop for PyTorch, TensorFlow, Keras and JAX.
 
 ``import unidl`` imports no framework; a backend's framework is imported the
 first time that backend is used.
@@ -26,6 +26,15 @@ from unidl.training import train_step
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    """``ud.testing`` without a separate ``import unidl.testing`` (imported on first use; no framework)."""
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module("unidl.testing")
+    raise AttributeError(f"module 'unidl' has no attribute {name!r}")
+
 __all__ = [
     "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "fit", "evaluate", "predict", "History", "callbacks", "manual_seed",
     "autograd", "custom_gradient", "function", "info", "log_device_placement", "GraphConstructError", "RetraceWarning",
@@ -34,5 +43,5 @@ __all__ = [
     "UnidlError", "UnknownBackendError", "BackendNotInstalledError", "BackendMismatchError",
     "DeviceUnavailableError", "NonFiniteLossError", "ShapeMismatchError", "StateDictError",
     "export", "save", "load", "load_weights", "register_model", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-    "CorruptFileError", "UnsafeFormatError", "UnknownModelError", "ExportFormatError",
+    "CorruptFileError", "UnsafeFormatError", "UnknownModelError", "ExportFormatError", "testing",
 ]
