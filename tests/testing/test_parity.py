@@ -82,3 +82,33 @@ def test_parity_command_exit_codes(capsys, monkeypatch):
 def test_parity_command_cnn_float32_and_float64():
     assert main(["parity", "--model", "cnn", "--steps", "20"]) == 0
     assert main(["parity", "--model", "cnn", "--steps", "20", "--dtype", "float64"]) == 0
+
+
+class LateDivergence(ud.nn.Module):
+    """A model trained with a different learning rate on tensorflow: the first loss agrees, later ones do not."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_report_says_where_runs_first_diverged():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 4)), rng.standard_normal((8, 1))
+    report = ud.testing.compare_backends(Planted, rng.standard_normal((8, 6)), backends=["torch", "tensorflow"])
+    assert len(report.first_divergences()) == 1  # one line per pair of runs
+    assert "tensorflow first diverged from torch at the initial weights (head.weight)" in str(report)
+
+    def optimizer(params):
+        lr = 0.05 if ud.get_backend() == "tensorflow" else 0.1  # the same first loss, then apart
+        return ud.optim.SGD(params, lr=lr)
+
+    report = ud.testing.compare_backends(LateDivergence, x, y, loss=ud.nn.MSELoss, optimizer=optimizer, steps=5,
+                                         backends=["torch", "tensorflow"])
+    assert "tensorflow first diverged from torch at training step 2" in str(report), str(report)
+    with pytest.raises(AssertionError, match="first diverged from torch at training step 2"):
+        ud.testing.assert_parity(LateDivergence, x, y, loss=ud.nn.MSELoss, optimizer=optimizer, steps=5,
+                                 backends=["torch", "tensorflow"])

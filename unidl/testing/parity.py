@@ -39,6 +39,8 @@ class Row:
     max_abs: float
     max_rel: float
     tolerance: float
+    #: for the loss trajectory: the first training step (from 1) whose loss is over tolerance, else None
+    first_step: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -61,6 +63,22 @@ class ParityReport:
     def passed(self) -> bool:
         return not self.failures
 
+    def first_divergences(self) -> list[str]:
+        """Where each pair of runs first parted, in the order the harness runs things: the initial weights,
+        the forward output, the gradients (tensor by tensor, in parameter order), then the training
+        steps (the first step whose loss differs), then the trained weights."""
+        found = {}
+        for row in self.rows:  # rows are in run order within each pair
+            if row.passed or (row.reference, row.other) in found:
+                continue
+            where = {"weights": f"the initial weights ({row.name})", "output": "the forward output",
+                     "gradient": f"the gradient of {row.name}, before any training step",
+                     "loss": f"training step {row.first_step}" if row.first_step else "the loss trajectory",
+                     "trained": f"the trained weights ({row.name}), with every loss within tolerance"}[row.kind]
+            found[(row.reference, row.other)] = (f"{row.other} first diverged from {row.reference} at {where} "
+                                                 f"(max rel {row.max_rel:.2e} > {row.tolerance:.0e})")
+        return list(found.values())
+
     def __str__(self):
         header = f"{'pair':<26} {'what':<9} {'tensor':<28} {'max abs':>11} {'max rel':>11} {'tol':>9}  ok"
         lines = [f"parity ({self.dtype}) over {', '.join(self.backends)}", header, "-" * len(header)]
@@ -68,6 +86,7 @@ class ParityReport:
             lines.append(f"{r.reference + ' vs ' + r.other:<26} {r.kind:<9} {r.name:<28} {r.max_abs:11.3e} "
                          f"{r.max_rel:11.3e} {r.tolerance:9.1e}  {'yes' if r.passed else 'NO'}")
         lines.append(f"{len(self.rows) - len(self.failures)} passed, {len(self.failures)} failed")
+        lines.extend(self.first_divergences())
         return "\n".join(lines)
 
 
@@ -213,8 +232,18 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
                     continue
                 max_abs = float(np.max(np.abs(np.asarray(found, np.float64) - expected))) if np.size(expected) else 0.0
                 report.rows.append(Row(reference, other, kind, name, max_abs,
-                                       max_relative_difference(found, expected), limits[kind]))
+                                       max_relative_difference(found, expected), limits[kind],
+                                       _first_step(found, expected, limits[kind]) if kind == "loss" else None))
     return report
+
+
+def _first_step(found, expected, tolerance) -> int | None:
+    """The first step (from 1) of a loss trajectory whose difference, relative to the trajectory's scale
+    (as ``max_relative_difference`` measures it), is over ``tolerance``."""
+    found, expected = np.asarray(found, np.float64), np.asarray(expected, np.float64)
+    scale = float(np.max(np.abs(expected))) or 1.0
+    over = np.nonzero(np.abs(found - expected) / scale > tolerance)[0]
+    return int(over[0]) + 1 if over.size else None
 
 
 def assert_parity(*args, **kwargs) -> ParityReport:
@@ -222,7 +251,7 @@ def assert_parity(*args, **kwargs) -> ParityReport:
     report = compare_backends(*args, **kwargs)
     if not report.passed:
         failed = ", ".join(f"{r.other} {r.kind} {r.name} ({r.max_rel:.2e} > {r.tolerance:.0e})" for r in report.failures)
-        raise AssertionError(f"backends disagree: {failed}\n{report}")
+        raise AssertionError(f"backends disagree: {failed}; {'; '.join(report.first_divergences())}\n{report}")
     return report
 
 
