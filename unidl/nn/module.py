@@ -30,6 +30,11 @@ def _forward_caller(backend, module_class):
     return _forward_callers[key]
 
 
+def is_trainable(parameter) -> bool:
+    """False for a parameter its framework has frozen (``requires_grad`` or ``trainable`` set to False)."""
+    return bool(getattr(parameter, "requires_grad", getattr(parameter, "trainable", True)))
+
+
 class Module:
     """Base class for layers and models: subclass it, create sub-modules and parameters in ``__init__``,
     write ``forward``. Calling the module calls ``forward``.
@@ -141,6 +146,13 @@ class Module:
     def parameters(self) -> list:
         """The trainable parameters as native variables (give them to an optimizer)."""
         return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of scalars in the parameters, or in those the framework trains (``trainable_only``:
+        leaves out a parameter frozen natively, e.g. ``requires_grad_(False)`` on torch). Buffers are not
+        counted (``ud.summary`` lists them apart)."""
+        return sum(int(np.prod(tuple(p.shape), dtype=np.int64)) for p in self.parameters()
+                   if not trainable_only or is_trainable(p))
 
     def named_buffers(self) -> Iterator[tuple[str, object]]:
         for path, module in self.named_modules():

@@ -1,0 +1,128 @@
+"""``ud.summary`` and ``Module.num_parameters``: totals as PyTorch counts them, the same text on every backend,
+and no state changed by the forward that measures output shapes."""
+
+import re
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl import config
+from unidl.random import get_rng_state
+from unidl.summary import readable_size
+from unidl.testing.pytest_plugin import backends_under_test
+
+
+class Net(ud.nn.Module):
+    """Conv, batch norm (buffers), dropout, pooling, nested containers and a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = ud.nn.Sequential(ud.nn.Conv2d(1, 4, 3), ud.nn.BatchNorm2d(4), ud.nn.ReLU(),
+                                         ud.nn.MaxPool2d(2))
+        self.head = ud.nn.Sequential(ud.nn.Flatten(), ud.nn.Dropout(0.5), ud.nn.Linear(4 * 3 * 3, 8),
+                                     ud.nn.BatchNorm1d(8), ud.nn.Linear(8, 3))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def torch_net():
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    return nn.Sequential(nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2)),
+                         nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4 * 3 * 3, 8), nn.BatchNorm1d(8),
+                                       nn.Linear(8, 3)))
+
+
+def totals(text: str) -> dict:
+    """'Total params: 1,234 (4.82 KB)' lines -> {'Total params': (1234, '4.82 KB')}."""
+    found = re.findall(r"^([A-Za-z -]+): ([\d,]+) \(([\d.]+ [KMG]?B)\)$", text, flags=re.MULTILINE)
+    return {name: (int(count.replace(",", "")), size) for name, count, size in found}
+
+
+def cells(line: str) -> list:
+    """A table row's columns (separated by at least two spaces)."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_totals_are_pytorchs_counts(backend):
+    model = Net()
+    reference = torch_net()
+    parameters = sum(p.numel() for p in reference.parameters())
+    # torch's BatchNorm also keeps num_batches_tracked (one int64 each), which unidl's does not
+    buffers = sum(b.numel() for name, b in reference.named_buffers() if not name.endswith("num_batches_tracked"))
+    assert model.num_parameters() == model.num_parameters(trainable_only=True) == parameters
+    found = totals(ud.summary(model, input_shape=(1, 8, 8)))
+    assert found["Total params"] == (parameters, readable_size(4 * parameters))
+    assert found["Trainable params"][0] == parameters
+    assert found["Non-trainable params"] == (0, "0.00 B")
+    assert found["Buffers"] == (buffers, f"{4 * buffers:.2f} B")
+    assert found["Params and buffers"][0] == parameters + buffers
+
+
+def test_same_text_on_every_backend(backend):
+    def text():
+        ud.manual_seed(0)
+        model = Net()
+        return (ud.summary(model, input_shape=(1, 8, 8)) + "\n" + ud.summary(model, depth=1)
+                + "\n" + ud.summary(ud.models.CNN(1, 10, 8), input_shape=(1, 8, 8), depth=0))
+
+    mine = text()
+    with config.use_backend(backends_under_test()[0]):
+        assert mine == text()
+    lines = ud.summary(Net(), input_shape=(1, 8, 8)).splitlines()
+    assert cells(lines[3]) == ["Net", "[1, 3]", "--", "True"]
+    assert cells(lines[4]) == ["├─features (Sequential): 1-1", "[1, 4, 3, 3]", "--", "True"]
+    assert cells(lines[5]) == ["│", "├─0 (Conv2d): 2-1", "[1, 4, 6, 6]", "40", "True"]
+    assert cells(lines[7]) == ["│", "├─2 (ReLU): 2-3", "[1, 4, 6, 6]", "--", "--"]
+    assert cells(lines[8]) == ["│", "└─3 (MaxPool2d): 2-4", "[1, 4, 3, 3]", "--", "--"]
+    assert cells(lines[9]) == ["└─head (Sequential): 1-2", "[1, 3]", "--", "True"]
+    assert cells(lines[10]) == ["├─0 (Flatten): 2-5", "[1, 36]", "--", "--"]
+    assert cells(lines[14]) == ["└─4 (Linear): 2-9", "[1, 3]", "27", "True"]
+
+
+def test_output_shapes_change_no_state(backend, rng):
+    model = Net()
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    model(ud.tensor(x))  # a training-mode forward: running statistics away from their initial values
+    model.head.eval()  # a mixed mode must come back as it was
+    modes = {name: module.training for name, module in model.named_modules()}
+    holders = [*model.parameters(), *(b for _, b in model.named_buffers())]
+    values = [getattr(v, "value", None) for v in holders] if backend == "jax" else None
+    state, rng_state = model.state_dict(), get_rng_state()
+    callers = [m.__dict__["_forward_caller"] for m in model.modules()]
+    text = ud.summary(model, input_shape=(1, 8, 8))
+    assert "[1, 8]" in text
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    assert all(a is b for a, b in zip(holders, [*model.parameters(), *(b for _, b in model.named_buffers())]))
+    if values is not None:  # jax arrays are immutable: the same array objects mean nothing was written
+        assert all(a is getattr(v, "value") for a, v in zip(values, holders))
+    after = model.state_dict()
+    assert all(np.array_equal(state[key], after[key]) for key in state)
+    assert repr(get_rng_state()) == repr(rng_state)
+    assert [m.__dict__["_forward_caller"] for m in model.modules()] == callers  # the recording hooks are gone
+
+
+def test_collapsed_depth_counts_the_subtree(backend):
+    lines = ud.summary(Net(), depth=1).splitlines()
+    assert [cells(line) for line in lines[3:6]] == [
+        ["Net", "--", "--", "True"],
+        ["├─features (Sequential): 1-1", "--", "48", "True"],  # conv 4*9+4, batch norm 2*4
+        ["└─head (Sequential): 1-2", "--", "339", "True"],  # 36*8+8, 2*8, 8*3+3
+    ]
+    assert cells(ud.summary(Net(), depth=0).splitlines()[3]) == ["Net", "--", "387", "True"]
+    with pytest.raises(ValueError, match="depth must be a non-negative integer, got -1"):
+        ud.summary(Net(), depth=-1)
+
+
+def test_frozen_parameters_are_non_trainable():
+    pytest.importorskip("torch")
+    with config.use_backend("torch"):
+        model = Net()
+        model.head[2].weight.requires_grad_(False)
+        assert model.num_parameters() == 387 and model.num_parameters(trainable_only=True) == 387 - 288
+        text = ud.summary(model)
+    found = totals(text)
+    assert found["Trainable params"][0] == 99 and found["Non-trainable params"] == (288, "1.12 KB")
+    assert ["└─head (Sequential): 1-2", "--", "--", "Partial"] in [cells(line) for line in text.splitlines()]
