@@ -1,13 +1,16 @@
 """unidl's seed: one NumPy generator that draws every initial weight, so a seed means the same weights everywhere.
 
 ``manual_seed`` also seeds the frameworks of the backends loaded now or later,
-for the randomness that happens inside them (dropout masks).
+for the randomness that happens inside them (dropout masks). The weight generator is per
+thread, as ``ud.use_backend`` is: a thread's first draw after ``manual_seed(s)`` starts from
+``s``, so models built in several threads get the weights one thread would get.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 
 import numpy as np
 
@@ -17,7 +20,8 @@ from unidl.errors import StateDictError
 MAX_SEED = 2**32 - 1
 
 _seed: int | None = None
-_generator = np.random.default_rng()
+_seed_count = 0  # manual_seed calls so far: a thread whose generator is older starts again from _seed
+_threads = threading.local()
 _shape_only = contextvars.ContextVar("unidl_shape_only_generator", default=False)
 
 
@@ -31,10 +35,10 @@ def check_seed(seed, what: str = "seed") -> int:
 
 def manual_seed(seed: int) -> None:
     """Seed unidl's NumPy generator and every loaded backend's own generator (0 <= seed < 2**32)."""
-    global _seed, _generator
+    global _seed, _seed_count
     seed = check_seed(seed)  # before any generator changes
-    _seed = seed
-    _generator = np.random.default_rng(_seed)
+    _seed, _seed_count = seed, _seed_count + 1
+    _thread_generator()  # this thread's generator starts from the seed now
     from unidl import backends
 
     for backend_object in backends.loaded_backends().values():
@@ -77,18 +81,26 @@ def shape_only():
         _shape_only.reset(token)
 
 
+def _thread_generator() -> np.random.Generator:
+    """This thread's weight generator, started again from the last ``manual_seed`` if it predates it."""
+    if getattr(_threads, "seed_count", None) != _seed_count:
+        _threads.generator = np.random.default_rng(_seed)
+        _threads.seed_count = _seed_count
+    return _threads.generator
+
+
 def generator() -> np.random.Generator:
-    """The generator that draws initial weights."""
+    """The generator that draws initial weights (this thread's)."""
     if _shape_only.get():
         return _ShapeOnlyGenerator()
-    return _generator
+    return _thread_generator()
 
 
 def get_rng_state() -> dict:
     """unidl's generator state and that of every loaded backend's generators, as plain data (for checkpoints)."""
     from unidl import backends
 
-    return {"seed": _seed, "bit_generator": _generator.bit_generator.state,
+    return {"seed": _seed, "bit_generator": _thread_generator().bit_generator.state,
             "backends": {name: backend.get_rng_state() for name, backend in backends.loaded_backends().items()}}
 
 
@@ -131,9 +143,9 @@ def check_rng_state(state) -> None:
             check_seed(state["seed"], "RNG state seed")
         except ValueError as error:
             raise StateDictError(str(error)) from None
-    _same_structure(state["bit_generator"], _generator.bit_generator.state, "RNG state bit_generator")
+    _same_structure(state["bit_generator"], _thread_generator().bit_generator.state, "RNG state bit_generator")
     try:  # a scratch generator of the same kind takes the state first: the real one is not touched
-        type(_generator.bit_generator)().state = state["bit_generator"]
+        type(_thread_generator().bit_generator)().state = state["bit_generator"]
     except (TypeError, ValueError, KeyError, OverflowError) as error:
         raise StateDictError(f"RNG state bit_generator cannot be restored: {error}") from None
     saved_backends = state.get("backends") or {}
@@ -159,14 +171,14 @@ def set_rng_state(state: dict) -> None:
     previous = get_rng_state()
     try:
         _seed = state.get("seed")
-        _generator.bit_generator.state = state["bit_generator"]
+        _thread_generator().bit_generator.state = state["bit_generator"]
         for name, backend_state in (state.get("backends") or {}).items():
             backend = backends.loaded_backends().get(name)
             if backend is not None:
                 backend.set_rng_state(backend_state)
     except Exception as error:
         _seed = previous["seed"]
-        _generator.bit_generator.state = previous["bit_generator"]
+        _thread_generator().bit_generator.state = previous["bit_generator"]
         for name, backend_state in previous["backends"].items():
             backends.loaded_backends()[name].set_rng_state(backend_state)
         raise StateDictError(f"RNG state could not be restored ({type(error).__name__}: {error}); "

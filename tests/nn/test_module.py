@@ -156,3 +156,25 @@ def test_tensor_round_trip(backend):
     assert back.dtype == np.float32 and np.array_equal(back, values.astype(np.float32))
     labels = ud.to_numpy(ud.tensor(np.array([1, 2, 3])))
     assert labels.dtype == np.int64
+
+
+def test_models_built_in_threads_get_the_weights_one_thread_gets(backend):
+    """The weight generator is per thread: after one manual_seed, each thread starts from that seed."""
+    import threading
+
+    ud.manual_seed(7)
+    alone = ud.models.TwoLayerNet(5, 4, 3).state_dict()
+    ud.manual_seed(7)
+    built = {}
+
+    def build(index):
+        with ud.use_backend(backend):
+            built[index] = ud.models.TwoLayerNet(5, 4, 3).state_dict()
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index in range(2):
+        assert all(np.array_equal(alone[k], built[index][k]) for k in alone), index

@@ -149,7 +149,7 @@ class Backend(BackendInterface):
         return isinstance(value, JaxVariable) and value.trainable
 
     def assign(self, variable, value):
-        variable.value = jax.device_put(np.asarray(value).astype(variable.dtype), next(iter(variable.value.devices())))
+        variable.value = jax.device_put(np.asarray(value, dtype=variable.dtype), next(iter(variable.value.devices())))
 
     def write_state(self, variable, value):
         variable.assign(value)

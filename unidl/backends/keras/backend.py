@@ -140,7 +140,7 @@ class Backend(BackendInterface):
         return isinstance(value, keras.Variable) and value.trainable
 
     def assign(self, variable, value):
-        variable.assign(np.asarray(value).astype(variable.dtype))
+        variable.assign(np.asarray(value, dtype=variable.dtype))  # no copy when the dtype already matches
 
     def write_state(self, variable, value):
         if value is not variable:

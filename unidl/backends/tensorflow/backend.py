@@ -122,7 +122,7 @@ class Backend(BackendInterface):
         return isinstance(value, tf.Variable) and value.trainable
 
     def assign(self, variable, value):
-        variable.assign(np.asarray(value).astype(variable.dtype.as_numpy_dtype))
+        variable.assign(np.asarray(value, dtype=variable.dtype.as_numpy_dtype))  # no copy when the dtype matches
 
     def write_state(self, variable, value):
         if value is not variable:
