@@ -1,30 +1,208 @@
-"""``Sequential``: modules applied one after another."""
+"""Containers: ``Sequential`` (modules applied in turn), ``ModuleList`` and ``ModuleDict`` (modules held
+and registered, called by the user's own ``forward``), with PyTorch's indexing, names and ``state_dict`` keys."""
 
 from __future__ import annotations
+
+import operator
+from collections import OrderedDict
+from typing import Iterable, Iterator, Mapping
 
 from unidl.nn.module import Module
 
 
-class Sequential(Module):
-    """Chain of modules; ``Sequential(a, b, c)(x) == c(b(a(x)))``. Children are named '0', '1', ..."""
+def _check_module(owner: str, where, module) -> Module:
+    if not isinstance(module, Module):
+        raise TypeError(f"{owner} item {where} must be a unidl.nn.Module, got {type(module).__name__}")
+    return module
 
-    def __init__(self, *layers: Module):
+
+class _IndexedModules(Module):
+    """Children named '0', '1', ... addressed by position: indexing (negative too), slicing (a new container
+    over the same modules), assignment, deletion (the rest renumbered, as in PyTorch), ``append``,
+    ``extend``, ``insert``, ``pop``, ``len`` and iteration."""
+
+    def _index(self, index) -> int:
+        index = operator.index(index)
+        size = len(self._modules)
+        if not -size <= index < size:
+            raise IndexError(f"{type(self).__name__} index {index} is out of range for {size} modules")
+        return index % size
+
+    def _renumber(self, modules: list[Module]) -> None:
+        """Hold exactly ``modules``, named '0', '1', ... in order."""
+        for name in list(self._modules):
+            delattr(self, name)
+        for index, module in enumerate(modules):
+            self.add_module(str(index), _check_module(type(self).__name__, index, module))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return type(self)(*list(self._modules.values())[index])
+        return list(self._modules.values())[self._index(index)]
+
+    def __setitem__(self, index, module) -> None:
+        if isinstance(index, slice):
+            modules = list(self._modules.values())
+            modules[index] = list(module)
+            self._renumber(modules)
+            return
+        name = list(self._modules)[self._index(index)]
+        setattr(self, name, _check_module(type(self).__name__, index, module))
+
+    def __delitem__(self, index) -> None:
+        modules = list(self._modules.values())
+        del modules[index if isinstance(index, slice) else self._index(index)]
+        self._renumber(modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(list(self._modules.values()))
+
+    def append(self, module: Module):
+        """Add ``module`` at the end; returns the container."""
+        self.add_module(str(len(self._modules)), _check_module(type(self).__name__, len(self._modules), module))
+        return self
+
+    def extend(self, modules: Iterable[Module]):
+        """Add each of ``modules`` at the end; returns the container."""
+        for module in modules:
+            self.append(module)
+        return self
+
+    def insert(self, index: int, module: Module) -> None:
+        """Put ``module`` before position ``index``."""
+        modules = list(self._modules.values())
+        modules.insert(index, _check_module(type(self).__name__, index, module))
+        self._renumber(modules)
+
+    def pop(self, index: int = -1) -> Module:
+        """Remove and return the module at ``index``."""
+        module = self[index]
+        del self[index]
+        return module
+
+
+class Sequential(_IndexedModules):
+    """Chain of modules: ``Sequential(a, b, c)(x) == c(b(a(x)))``.
+
+    Children are named '0', '1', ... (so ``state_dict()`` keys are ``'0.weight'``, as in PyTorch), or
+    by the keys of an ``OrderedDict`` given as the only argument. ``seq[i]``, ``seq[i] = layer`` (the
+    new layer takes the old one's name and place), ``seq[a:b]`` (a Sequential over the same layers),
+    ``del seq[i]``, ``append``, ``insert``, ``len`` and iteration work as in PyTorch.
+
+    Example::
+
+        model.classifier[-1] = ud.nn.Linear(84, 2)     # a new head
+    """
+
+    def __init__(self, *layers):
         super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], OrderedDict):
+            for name, layer in layers[0].items():
+                self.add_module(name, _check_module("Sequential", repr(name), layer))
+            return
         for index, layer in enumerate(layers):
-            if not isinstance(layer, Module):
-                raise TypeError(f"Sequential item {index} must be a unidl.nn.Module, got {type(layer).__name__}")
-            setattr(self, str(index), layer)
+            self.add_module(str(index), _check_module("Sequential", index, layer))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):  # keeps the names (an OrderedDict's keys too)
+            return Sequential(OrderedDict(list(self._modules.items())[index]))
+        return super().__getitem__(index)
 
     def forward(self, x):
         for layer in self._modules.values():
             x = layer(x)
         return x
 
-    def __getitem__(self, index):
-        return list(self._modules.values())[index]
 
-    def __len__(self):
+class ModuleList(_IndexedModules):
+    """A list of modules, registered so that their parameters belong to the owner (``layers.1.bias``).
+
+    It has no ``forward``: the owner's ``forward`` calls the modules. Indexing, slicing (a ModuleList
+    over the same modules), assignment, ``del``, ``append``, ``extend``, ``insert``, ``+=``, ``len``
+    and iteration work as for a Python list.
+
+    Example::
+
+        self.layers = ud.nn.ModuleList(ud.nn.Linear(8, 8) for _ in range(3))
+    """
+
+    def __init__(self, modules: Iterable[Module] | None = None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ModuleList(list(self._modules.values())[index])
+        return super().__getitem__(index)
+
+    def __iadd__(self, modules: Iterable[Module]):
+        return self.extend(modules)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleList has no forward: call its modules from the owner's forward")
+
+
+class ModuleDict(Module):
+    """A dict of modules by name, registered so that their parameters belong to the owner
+    (``heads.cls.weight``), in insertion order. ``md[name]``, ``md[name] = module``, ``del md[name]``,
+    ``in``, ``len``, iteration over the names, ``keys()``, ``values()``, ``items()``, ``update()``,
+    ``pop()`` and ``clear()`` work as for a dict. It has no ``forward``."""
+
+    def __init__(self, modules: Mapping[str, Module] | Iterable[tuple[str, Module]] | None = None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, name: str) -> Module:
+        if name not in self._modules:
+            raise KeyError(f"ModuleDict has no module {name!r}; it holds {list(self._modules)}")
+        return self._modules[name]
+
+    def __setitem__(self, name: str, module: Module) -> None:
+        self.add_module(name, _check_module("ModuleDict", repr(name), module))
+
+    def __delitem__(self, name: str) -> None:
+        self[name]  # noqa: B018  (the KeyError naming what there is)
+        delattr(self, name)
+
+    def __contains__(self, name) -> bool:
+        return name in self._modules
+
+    def __len__(self) -> int:
         return len(self._modules)
 
-    def __iter__(self):
-        return iter(self._modules.values())
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._modules))
+
+    def keys(self):
+        return list(self._modules.keys())
+
+    def values(self):
+        return list(self._modules.values())
+
+    def items(self):
+        return list(self._modules.items())
+
+    def update(self, modules) -> None:
+        """Add or replace modules from a mapping or from (name, module) pairs."""
+        pairs = modules.items() if isinstance(modules, (Mapping, ModuleDict)) else modules
+        for entry in pairs:
+            if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+                raise TypeError(f"ModuleDict.update needs a mapping or (name, module) pairs, got {entry!r}")
+            self[entry[0]] = entry[1]
+
+    def pop(self, name: str) -> Module:
+        module = self[name]
+        del self[name]
+        return module
+
+    def clear(self) -> None:
+        for name in list(self._modules):
+            delattr(self, name)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError("ModuleDict has no forward: call its modules from the owner's forward")

@@ -1,5 +1,8 @@
-"""``Flatten``: collapse all axes from ``start_dim`` on, in NCHW order on every backend."""
+"""``Flatten`` and ``Unflatten``: collapse axes into one, or split one into several, in NCHW order on every backend."""
 
+from __future__ import annotations
+
+from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
 
@@ -15,3 +18,40 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}"
+
+
+class Unflatten(Module):
+    """Split axis ``dim`` into ``unflattened_size`` (one entry may be -1), e.g. (N, 12) -> (N, 3, 2, 2)
+    with ``Unflatten(1, (3, 2, 2))``: the inverse of ``Flatten``."""
+
+    def __init__(self, dim: int, unflattened_size):
+        super().__init__()
+        sizes = tuple(unflattened_size)
+        if (not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and (s > 0 or s == -1) for s in sizes)
+                or sizes.count(-1) > 1):
+            raise ValueError(f"Unflatten unflattened_size must be positive ints (at most one -1), got {unflattened_size!r}")
+        self.dim, self.unflattened_size = int(dim), sizes
+
+    def forward(self, x):
+        static = tuple(x.shape)
+        dim = self.dim % len(static) if -len(static) <= self.dim < len(static) else None
+        if dim is None:
+            raise ShapeMismatchError(f"{self.describe()}: dim {self.dim} is out of range for input of shape {static}")
+        known, size = 1, static[dim]
+        for s in self.unflattened_size:
+            known *= s if s > 0 else 1
+        if size is not None and (size % known if -1 in self.unflattened_size else size != known):
+            raise ShapeMismatchError(f"{self.describe()}: axis {self.dim} of size {size} cannot be split into "
+                                     f"{self.unflattened_size} (input shape {static})")
+        shape = list(static[:dim]) + list(self.unflattened_size) + list(static[dim + 1:])
+        if sum(s is None or s == -1 for s in shape) > 1:  # inside a graph: read the unknown sizes at run time
+            dynamic = self._ops.shape(x)
+            before = [dynamic[i] if s is None else s for i, s in enumerate(static[:dim])]
+            after = [dynamic[i] if s is None else s for i, s in enumerate(static[dim + 1:], dim + 1)]
+            shape = before + list(self.unflattened_size) + after
+        else:
+            shape = [-1 if s is None else s for s in shape]
+        return self._ops.reshape(x, shape)
+
+    def extra_repr(self):
+        return f"dim={self.dim}, unflattened_size={self.unflattened_size}"

@@ -37,3 +37,14 @@ class Linear(Module):
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Identity(Module):
+    """Returns its input unchanged; takes (and ignores) any constructor arguments, as in PyTorch.
+    A placeholder, e.g. for a removed head: ``model.fc = ud.nn.Identity()``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x

@@ -66,16 +66,44 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
-        for table in (self._parameters, self._buffers, self._modules):
-            table.pop(name, None)
+        # a module (or parameter) replacing one of its kind keeps its place, as in PyTorch: the order of
+        # ``_modules`` is the order of a Sequential and of the state_dict keys
+        table = (self._modules if isinstance(value, Module)
+                 else self._parameters if self._backend.is_parameter(value) else None)
+        for other in (self._parameters, self._buffers, self._modules):
+            if other is not table:
+                other.pop(name, None)
         if isinstance(value, Module):
             self._check_backend(value._backend, f"sub-module {name!r} ({type(value).__name__})")
             self._modules[name] = value
-            object.__setattr__(value, "_parent", (weakref.ref(self), name))
-        elif self._backend.is_parameter(value):
+            parent = value._parent[0]() if value._parent is not None else None
+            if parent is None:  # the first live owner names it in errors (a slice of a Sequential does not)
+                object.__setattr__(value, "_parent", (weakref.ref(self), name))
+        elif table is not None:
             self._parameters[name] = value
             devices.parameter_created(self, name, value, self._backend)
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        object.__delattr__(self, name)
+
+    def add_module(self, name: str, module: "Module | None") -> None:
+        """Register ``module`` as the child ``name`` (``setattr`` with a name that need not be an identifier)."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"{type(self).__name__}.add_module: a child's name must be a non-empty string "
+                           f"without '.', got {name!r}")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.add_module({name!r}, ...) needs a unidl.nn.Module, "
+                            f"got {type(module).__name__}")
+        if module is None:
+            self._modules[name] = None
+            object.__setattr__(self, name, None)
+        else:
+            setattr(self, name, module)
+
+    register_module = add_module
 
     def _placement(self):
         """The backend's placement scope for the device in force, for new variables of this module."""
@@ -126,20 +154,60 @@ class Module:
         return caller(self, args, kwargs)
 
     # ---- traversal ---------------------------------------------------------
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, memo: set | None = None, prefix: str = "",
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, "Module"]]:
+        """(dotted path, module) for this module and every one below it, depth first, this one first
+        with path ``prefix``; a module reached twice is listed once unless ``remove_duplicate`` is False."""
+        if memo is None:
+            memo = set()
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            if child is not None:
+                yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name, remove_duplicate)
 
-    def modules(self):
-        return [m for _, m in self.named_modules()]
+    def modules(self) -> list["Module"]:
+        """Every module of the tree, this one first (see ``named_modules``), as a list."""
+        return [module for _, module in self.named_modules()]
 
-    def children(self):
-        return list(self._modules.values())
+    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+        """(name, module) for each direct child, in registration order (each module once)."""
+        seen = set()
+        for name, child in self._modules.items():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                yield name, child
+
+    def children(self) -> Iterator["Module"]:
+        """The direct children, in registration order."""
+        for _, child in self.named_children():
+            yield child
+
+    def get_submodule(self, target: str) -> "Module":
+        """The module at dotted path ``target`` ('' is this module)."""
+        module = self
+        for part in target.split(".") if target else ():
+            child = module._modules.get(part)
+            if child is None:
+                raise AttributeError(f"{type(module).__name__} has no child module {part!r} (path {target!r}); "
+                                     f"its children: {list(module._modules)}")
+            module = child
+        return module
+
+    def apply(self, fn) -> "Module":
+        """Call ``fn(module)`` on every child (recursively, children first) and then on this module;
+        returns this module. Example: ``model.apply(init_weights)``."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     def named_parameters(self) -> Iterator[tuple[str, object]]:
         """(dotted name, native variable) for every trainable parameter, in registration order."""
-        for path, module in self.named_modules():
+        for path, module in self.named_modules(remove_duplicate=False):
             for name, value in module._parameters.items():
                 yield (f"{path}.{name}" if path else name), value
 
@@ -155,7 +223,7 @@ class Module:
                    if not trainable_only or is_trainable(p))
 
     def named_buffers(self) -> Iterator[tuple[str, object]]:
-        for path, module in self.named_modules():
+        for path, module in self.named_modules(remove_duplicate=False):
             for name, value in module._buffers.items():
                 yield (f"{path}.{name}" if path else name), value
 

@@ -1,0 +1,197 @@
+"""Containers (``Sequential``, ``ModuleList``, ``ModuleDict``), ``Identity``, ``Unflatten`` and the module tree
+(``children``, ``named_children``, ``named_modules``, ``apply``), against plain ``torch.nn`` as the oracle."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+X = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+
+
+def _torch_net(nn):
+    """The same tree in ``torch.nn`` or ``ud.nn``: a Sequential body, a ModuleList and a ModuleDict."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.Tanh())
+            self.layers = nn.ModuleList([nn.Linear(6, 6), nn.Identity(), nn.Linear(6, 5)])
+            self.heads = nn.ModuleDict({"cls": nn.Linear(5, 2), "reg": nn.Linear(5, 1)})
+
+        def forward(self, x):
+            x = self.body(x)
+            for layer in self.layers:
+                x = layer(x)
+            return self.heads["cls"](x) + self.heads["reg"](x)
+
+    return Net()
+
+
+def _edit(net, nn):
+    """The edits a user makes to a pretrained model: replace, append to, delete from and insert into containers."""
+    net.body[2] = nn.Linear(6, 7)
+    net.body[-1] = nn.Sigmoid()
+    net.body.append(nn.Linear(7, 6))
+    net.layers[0] = nn.Linear(6, 6, bias=False)
+    net.layers.insert(1, nn.ReLU())
+    del net.layers[2]  # the Identity
+    net.layers.append(nn.Identity())
+    net.heads["reg"] = nn.Linear(5, 2)
+    net.heads.update({"extra": nn.Linear(5, 2)})
+    del net.heads["extra"]
+    return net
+
+
+def _torch_reference():
+    torch.manual_seed(0)
+    net = _edit(_torch_net(torch.nn), torch.nn).double()
+    state = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+    return net, state
+
+
+def test_state_dict_keys_and_outputs_match_torch_after_edits(backend):
+    torch_net, state = _torch_reference()
+    expected = torch_net(torch.tensor(X, dtype=torch.float64)).detach().numpy()
+    net = _edit(_torch_net(ud.nn), ud.nn)
+    assert list(net.state_dict()) == list(state)  # same keys in the same order: body.4.weight, layers.2.bias, ...
+    assert [n for n, _ in net.named_modules()] == [n for n, _ in torch_net.named_modules()]
+    with ud.use_dtype("float64"):
+        net = _edit(_torch_net(ud.nn), ud.nn)
+        net.load_state_dict(state)
+        out = ud.to_numpy(net(ud.tensor(X)))
+        compiled = ud.to_numpy(ud.function(lambda x: net(x))(ud.tensor(X)))
+    assert max_relative_difference(out, expected) < 1e-12
+    assert max_relative_difference(compiled, expected) < 1e-12
+
+
+def test_sequential_indexing_slicing_and_iteration():
+    with ud.use_backend("torch"):
+        layers = [ud.nn.Linear(4, 4), ud.nn.ReLU(), ud.nn.Linear(4, 2), ud.nn.Tanh()]
+        seq = ud.nn.Sequential(*layers)
+        assert len(seq) == 4 and list(seq) == layers
+        assert seq[0] is layers[0] and seq[-1] is layers[3] and seq[-4] is layers[0]
+        head = seq[1:3]
+        assert isinstance(head, ud.nn.Sequential) and list(head) == layers[1:3]
+        assert list(head.state_dict()) == ["2.weight", "2.bias"]  # a slice keeps the names, as in torch
+        assert list(seq[::-1]) == layers[::-1]
+        assert layers[2].describe().endswith("at '2'")  # the slice does not take over the error path
+        with pytest.raises(IndexError, match="index 4 is out of range for 4 modules"):
+            seq[4]
+        with pytest.raises(IndexError, match="index -5 is out of range"):
+            seq[-5] = ud.nn.ReLU()
+        with pytest.raises(TypeError, match="Sequential item 1 must be a unidl.nn.Module, got int"):
+            seq[1] = 3
+        with pytest.raises(TypeError, match="must be a unidl.nn.Module, got function"):
+            seq.append(lambda x: x)
+        assert seq.pop(1) is layers[1]
+        assert list(seq.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]  # renumbered
+        seq[0:2] = [ud.nn.Identity()]
+        assert len(seq) == 2 and isinstance(seq[0], ud.nn.Identity) and seq[1] is layers[3]
+        named = ud.nn.Sequential(OrderedDict([("conv", ud.nn.Linear(2, 2)), ("act", ud.nn.ReLU())]))
+        assert list(named.state_dict()) == ["conv.weight", "conv.bias"]
+        assert list(named[:1]._modules) == ["conv"] and named[1] is named.act
+
+
+def test_sequential_assignment_registers_the_new_layer_in_place():
+    with ud.use_backend("torch"):
+        classifier = ud.nn.Sequential(ud.nn.Dropout(), ud.nn.Linear(8, 6), ud.nn.ReLU(), ud.nn.Dropout(),
+                                      ud.nn.Linear(6, 5))
+        new_head = ud.nn.Linear(6, 2)
+        classifier[4] = new_head
+        assert classifier[4] is new_head and getattr(classifier, "4") is new_head
+        assert any(p is new_head.weight for p in classifier.parameters())
+        assert list(classifier.state_dict()) == ["1.weight", "1.bias", "4.weight", "4.bias"]
+        assert classifier.state_dict()["4.weight"].shape == (2, 6)
+        assert ud.to_numpy(classifier.eval()(ud.tensor(np.ones((3, 8))))).shape == (3, 2)
+        assert new_head.describe() == "Linear(in_features=6, out_features=2, bias=True) at '4'"
+
+
+def test_module_list_and_dict_behave_as_list_and_dict():
+    with ud.use_backend("torch"):
+        blocks = ud.nn.ModuleList(ud.nn.Linear(3, 3) for _ in range(2))
+        blocks += [ud.nn.ReLU()]
+        blocks.extend([ud.nn.Linear(3, 1)])
+        assert len(blocks) == 4 and isinstance(blocks[1:], ud.nn.ModuleList) and len(blocks[1:]) == 3
+        assert list(blocks.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
+        with pytest.raises(NotImplementedError, match="ModuleList has no forward"):
+            blocks(ud.tensor(np.ones((1, 3))))
+        heads = ud.nn.ModuleDict([("a", ud.nn.Linear(3, 1)), ("b", ud.nn.ReLU())])
+        assert "a" in heads and list(heads) == ["a", "b"] and len(heads) == 2
+        assert heads.keys() == ["a", "b"] and heads.items()[1] == ("b", heads["b"])
+        assert heads.pop("b") is not None and list(heads) == ["a"]
+        with pytest.raises(KeyError, match="ModuleDict has no module 'c'; it holds \\['a'\\]"):
+            heads["c"]
+        with pytest.raises(TypeError, match="ModuleDict item 'x' must be a unidl.nn.Module"):
+            heads["x"] = np.ones(3)
+        heads.clear()
+        assert len(heads) == 0 and heads.state_dict() == OrderedDict()
+
+
+def test_children_named_children_apply_get_submodule_match_torch():
+    torch_net = _torch_net(torch.nn)
+    with ud.use_backend("torch"):
+        net = _torch_net(ud.nn)
+        assert [n for n, _ in net.named_children()] == [n for n, _ in torch_net.named_children()]
+        assert [type(m).__name__ for m in net.children()] == [type(m).__name__ for m in torch_net.children()]
+        shared = ud.nn.Linear(2, 2)
+        twice = ud.nn.Sequential(shared, shared)
+        assert len(list(twice.children())) == 1 and len(twice.modules()) == 2  # each module once, as in torch
+        assert len(list(twice.named_modules(remove_duplicate=False))) == 3
+        visited = []
+        assert net.apply(lambda m: visited.append(type(m).__name__)) is net
+        torch_visited = []
+        torch_net.apply(lambda m: torch_visited.append(type(m).__name__))
+        assert visited == torch_visited  # children first, the module itself last
+        assert net.get_submodule("layers.2") is net.layers[2]
+        with pytest.raises(AttributeError, match="has no child module 'x'"):
+            net.get_submodule("body.x")
+
+
+def test_apply_initialises_weights_on_every_backend(backend):
+    net = _torch_net(ud.nn)
+
+    def zero_linear(module):
+        if isinstance(module, ud.nn.Linear):
+            module.load_state_dict({k: np.zeros_like(v) for k, v in module.state_dict().items()})
+
+    net.apply(zero_linear)
+    assert all(not v.any() for v in net.state_dict().values())
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 2e-6), ("float64", 1e-12)])
+def test_identity_and_unflatten_match_torch(backend, dtype, tolerance):
+    x = np.random.default_rng(1).standard_normal((2, 12, 5)).astype(dtype)
+    cases = [(ud.nn.Unflatten(1, (3, 2, 2)), torch.nn.Unflatten(1, (3, 2, 2))),
+             (ud.nn.Unflatten(-1, (-1, 1)), torch.nn.Unflatten(-1, (-1, 1))),
+             (ud.nn.Unflatten(0, (1, 2)), torch.nn.Unflatten(0, (1, 2))),
+             (ud.nn.Identity(54, unused=True), torch.nn.Identity(54, unused=True))]
+    r = np.random.default_rng(2).standard_normal(x.shape).astype(dtype)
+    with ud.use_dtype(dtype):
+        for layer, oracle in cases:
+            xt = torch.tensor(x, requires_grad=True)
+            expected = oracle(xt)
+            (expected.reshape(x.shape) * torch.tensor(r)).sum().backward()
+
+            def value_and_input_grad(v, layer=layer):
+                return ud.value_and_grad(lambda v: ud.ops.sum(ud.ops.reshape(layer(v), x.shape) * ud.tensor(r)))(v)
+
+            for run in (lambda v: (layer(v), value_and_input_grad(v)[1]),
+                        ud.function(lambda v: (layer(v), value_and_input_grad(v)[1]))):
+                out, grad = run(ud.tensor(x))
+                out, grad = ud.to_numpy(out), ud.to_numpy(grad)
+                assert out.shape == tuple(expected.shape), layer
+                assert max_relative_difference(out, expected.detach().numpy()) < tolerance
+                assert max_relative_difference(grad, xt.grad.numpy()) < tolerance
+
+
+def test_unflatten_bad_sizes():
+    with ud.use_backend("torch"):
+        with pytest.raises(ud.ShapeMismatchError, match=r"axis 1 of size 12 cannot be split into \(5, 2\)"):
+            ud.nn.Unflatten(1, (5, 2))(ud.tensor(np.zeros((2, 12))))
+        with pytest.raises(ValueError, match="at most one -1"):
+            ud.nn.Unflatten(1, (-1, -1))
