@@ -6,19 +6,29 @@ from unidl.callbacks.callback import Callback
 
 
 class LearningRateScheduler(Callback):
-    """``schedule`` is a ``unidl.optim.lr_scheduler`` object (stepped after every epoch) or a function
-    ``(epoch, lr) -> new lr`` called before every epoch. Either way no compiled step is retraced."""
+    """``schedule`` is a ``unidl.optim.lr_scheduler`` object (stepped after every epoch, or after every batch
+    with ``interval="batch"``, as ``OneCycleLR`` wants) or a function ``(epoch, lr) -> new lr`` called before
+    every epoch. Either way no compiled step is retraced."""
 
-    def __init__(self, schedule):
-        self.schedule = schedule
+    def __init__(self, schedule, interval: str = "epoch"):
+        if interval not in ("epoch", "batch"):
+            raise ValueError(f"LearningRateScheduler interval must be 'epoch' or 'batch', got {interval!r}")
+        if interval == "batch" and not hasattr(schedule, "step"):
+            raise ValueError("LearningRateScheduler interval='batch' needs a unidl.optim.lr_scheduler object; "
+                             "a function (epoch, lr) -> lr is called once per epoch")
+        self.schedule, self.interval = schedule, interval
 
     def on_epoch_begin(self, epoch, logs=None):
         if callable(self.schedule) and not hasattr(self.schedule, "step"):
             optimizer = self.trainer.optimizer
             optimizer.lr = float(self.schedule(epoch, optimizer.lr))
 
+    def on_batch_end(self, batch, logs=None):
+        if self.interval == "batch":
+            self.schedule.step()
+
     def on_epoch_end(self, epoch, logs=None):
-        if hasattr(self.schedule, "step"):
+        if self.interval == "epoch" and hasattr(self.schedule, "step"):
             self.schedule.step()
 
     def state_dict(self) -> dict | None:

@@ -7,6 +7,7 @@ param groups on torch), so a new rate never retraces a compiled step.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 from unidl.optim.optimizer import check_range
@@ -84,3 +85,122 @@ class CosineAnnealingLR(LRScheduler):
 
     def lr_at(self, epoch):
         return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+class ExponentialLR(LRScheduler):
+    """lr = base_lr * gamma ** epoch, as ``torch.optim.lr_scheduler.ExponentialLR``."""
+
+    def __init__(self, optimizer, gamma: float):
+        self.gamma = check_range("ExponentialLR", "gamma", gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** epoch
+
+
+class MultiStepLR(LRScheduler):
+    """lr = base_lr * gamma ** (number of milestones <= epoch), as ``torch.optim.lr_scheduler.MultiStepLR``
+    (a milestone listed twice counts twice)."""
+
+    def __init__(self, optimizer, milestones, gamma: float = 0.1):
+        milestones = list(milestones)
+        if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones):
+            raise ValueError(f"MultiStepLR milestones must be non-negative integers, got {milestones!r}")
+        self.milestones = sorted(milestones)
+        self.gamma = check_range("MultiStepLR", "gamma", gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, epoch)
+
+
+class LinearLR(LRScheduler):
+    """Linear warm-up (or decay): lr = base_lr * f, f going linearly from ``start_factor`` at epoch 0 to
+    ``end_factor`` at ``total_iters`` and staying there, as ``torch.optim.lr_scheduler.LinearLR`` (whose
+    defaults these are). The optimizer's lr is set to ``base_lr * start_factor`` at once."""
+
+    def __init__(self, optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5):
+        if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
+            raise ValueError(f"LinearLR start_factor must lie in (0, 1] and end_factor in [0, 1], got "
+                             f"start_factor={start_factor!r}, end_factor={end_factor!r}")
+        if not isinstance(total_iters, int) or isinstance(total_iters, bool) or total_iters <= 0:
+            raise ValueError(f"LinearLR total_iters must be a positive integer, got {total_iters!r}")
+        self.start_factor, self.end_factor, self.total_iters = float(start_factor), float(end_factor), total_iters
+        super().__init__(optimizer)
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch):
+        done = min(epoch, self.total_iters) / self.total_iters
+        return self.base_lr * (self.start_factor + (self.end_factor - self.start_factor) * done)
+
+
+class LambdaLR(LRScheduler):
+    """lr = base_lr * lr_lambda(epoch), as ``torch.optim.lr_scheduler.LambdaLR`` (set at once for epoch 0).
+    The function itself is not part of ``state_dict()``: build the schedule with the same one to resume."""
+
+    def __init__(self, optimizer, lr_lambda):
+        if not callable(lr_lambda):
+            raise TypeError(f"LambdaLR lr_lambda must be a function epoch -> factor, got {type(lr_lambda).__name__}")
+        self.lr_lambda = lr_lambda
+        super().__init__(optimizer)
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, epoch):
+        return self.base_lr * float(self.lr_lambda(epoch))
+
+
+class OneCycleLR(LRScheduler):
+    """The 1cycle policy, as ``torch.optim.lr_scheduler.OneCycleLR`` with its defaults: from
+    ``max_lr / div_factor`` up to ``max_lr`` over the first ``pct_start`` of ``total_steps``, then down to
+    ``max_lr / div_factor / final_div_factor`` (``three_phase``: back to the initial rate first), along a
+    cosine (``anneal_strategy='cos'``) or a line (``'linear'``). Step it once per batch
+    (``LearningRateScheduler(schedule, interval="batch")``); stepping past ``total_steps`` is an error.
+
+    The optimizer's own lr is not used (``max_lr`` sets the scale). Momentum is not cycled: it is a constant of
+    the compiled step in unidl, so ``cycle_momentum`` must stay False (PyTorch's default is True).
+    """
+
+    def __init__(self, optimizer, max_lr: float, total_steps: int | None = None, epochs: int | None = None,
+                 steps_per_epoch: int | None = None, pct_start: float = 0.3, anneal_strategy: str = "cos",
+                 cycle_momentum: bool = False, div_factor: float = 25.0, final_div_factor: float = 1e4,
+                 three_phase: bool = False):
+        if total_steps is None:
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (epochs, steps_per_epoch)):
+                raise ValueError(f"OneCycleLR needs total_steps, or epochs and steps_per_epoch, as positive integers; "
+                                 f"got total_steps=None, epochs={epochs!r}, steps_per_epoch={steps_per_epoch!r}")
+            total_steps = epochs * steps_per_epoch
+        if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps <= 0:
+            raise ValueError(f"OneCycleLR total_steps must be a positive integer, got {total_steps!r}")
+        if not 0 <= pct_start <= 1:
+            raise ValueError(f"OneCycleLR pct_start must lie in [0, 1], got {pct_start!r}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"OneCycleLR anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        if cycle_momentum:
+            raise ValueError("OneCycleLR cycle_momentum=True is not supported: momentum is a constant of the "
+                             "compiled training step in unidl; pass cycle_momentum=False")
+        self.max_lr = check_range("OneCycleLR", "max_lr", max_lr)
+        self.total_steps, self.anneal_strategy = total_steps, anneal_strategy
+        initial = self.max_lr / div_factor
+        final = initial / final_div_factor
+        rise = float(pct_start * total_steps) - 1
+        if three_phase:  # (last step of the phase, rate at its start, rate at its end)
+            self.phases = [(rise, initial, self.max_lr), (2 * rise, self.max_lr, initial), (total_steps - 1, initial, final)]
+        else:
+            self.phases = [(rise, initial, self.max_lr), (total_steps - 1, self.max_lr, final)]
+        super().__init__(optimizer)
+        optimizer.lr = self.lr_at(0)
+
+    def _anneal(self, start, end, fraction):
+        if self.anneal_strategy == "linear":
+            return (end - start) * fraction + start
+        return end + (start - end) / 2.0 * (math.cos(math.pi * fraction) + 1)
+
+    def lr_at(self, epoch):
+        if epoch > self.total_steps:
+            raise ValueError(f"OneCycleLR stepped {epoch} times, past its total_steps={self.total_steps}")
+        start_step = 0.0
+        for index, (end_step, start, end) in enumerate(self.phases):
+            if epoch <= end_step or index == len(self.phases) - 1:
+                return self._anneal(start, end, (epoch - start_step) / (end_step - start_step))
+            start_step = end_step
+        raise AssertionError("unreachable")
