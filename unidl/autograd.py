@@ -31,7 +31,8 @@ def value_and_grad(f: Callable, argnums=0) -> Callable:
 
     ``argnums``: an int (gradient has the argument's shape), a tuple of ints (a tuple of
     gradients), or a list of variables such as ``model.parameters()`` (a list of gradients,
-    one per variable; ``f`` may then take no arguments). ``f`` must return a scalar, and the
+    one per variable; ``f`` may then take no arguments; None for a variable ``f`` does not use, as
+    PyTorch's autograd gives, which ``optimizer.apply`` skips). ``f`` must return a scalar, and the
     differentiated arguments must be floating-point; otherwise a ``ValueError``/``TypeError``
     says which.
 

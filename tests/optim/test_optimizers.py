@@ -306,3 +306,53 @@ def test_step_without_backward_explains(name):
         optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
         with pytest.raises(RuntimeError, match=rf"the {name} backend does not keep.*optimizer.apply"):
             optimizer.step()
+
+
+class _HalfUsed(ud.nn.Module):
+    """A model with a layer its forward never calls (a frozen-out head, an unused branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.used = ud.nn.Linear(3, 2)
+        self.unused = ud.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+@pytest.mark.parametrize("loop", ["value_and_grad", "train_step"])
+def test_unused_parameters_are_left_alone_by_every_loop(backend, loop):
+    """PyTorch's rule on every backend: a parameter without a gradient is not updated, even with momentum
+    (whose buffer a zero gradient would keep moving)."""
+    model = _HalfUsed()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    optimizer.apply([ud.tensor(np.ones(p.shape, np.float32)) for p in model.parameters()])  # momentum everywhere
+    before, slots = model.state_dict(), optimizer.state_dict()["slots"]
+    loss_fn = ud.nn.MSELoss()
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    for _ in range(2):
+        if loop == "value_and_grad":
+            _, grads = ud.value_and_grad(lambda: loss_fn(model(ud.tensor(x)), ud.tensor(y)), model.parameters())()
+            assert [g is None for g in grads] == [False, False, True, True]
+            optimizer.apply(grads)
+        else:
+            ud.train_step(model, loss_fn, optimizer)(x, y)
+    after, slots_after = model.state_dict(), optimizer.state_dict()["slots"]
+    for name in ("unused.weight", "unused.bias"):
+        assert np.array_equal(before[name], after[name]), name
+    for index in (2, 3):
+        assert np.array_equal(slots[index]["momentum_buffer"], slots_after[index]["momentum_buffer"])
+    assert not np.array_equal(before["used.weight"], after["used.weight"])
+
+
+def test_torch_backward_and_apply_agree_on_unused_parameters():
+    with ud.use_backend("torch"):
+        model = _HalfUsed()
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        optimizer.apply([ud.tensor(np.ones(p.shape, np.float32)) for p in model.parameters()])
+        before = model.state_dict()
+        loss = ud.nn.MSELoss()(model(ud.tensor(np.ones((4, 3)))), ud.tensor(np.zeros((4, 2))))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert np.array_equal(before["unused.weight"], model.state_dict()["unused.weight"])

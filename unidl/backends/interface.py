@@ -206,9 +206,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def value_and_grad(self, f, args, argnums, params) -> tuple:
-        """``(f(*args), grads)``: gradients of the scalar ``f`` w.r.t. ``args[i]`` for i in ``argnums``,
-        or w.r.t. the variables ``params`` when ``argnums`` is None. Zeros where ``f`` does not
-        depend on an input. Raise via ``unidl.autograd.check_scalar``/``check_float`` on bad input."""
+        """``(f(*args), grads)``: gradients of the scalar ``f`` w.r.t. ``args[i]`` for i in ``argnums``
+        (zeros where ``f`` does not depend on an argument), or w.r.t. the variables ``params`` when
+        ``argnums`` is None: there None for a variable ``f`` does not use, PyTorch's rule, so that
+        ``optimizer.apply`` leaves it (and its momentum) alone as ``backward()`` + ``step()`` does.
+        Raise via ``unidl.autograd.check_scalar``/``check_float`` on bad input."""
 
     @abc.abstractmethod
     def check_shapes(self, model, loss_fn, x, y) -> None:

@@ -12,6 +12,7 @@ import jax
 jax.config.update("jax_enable_x64", True)  # unidl's float64 mode and int64 labels need it; float32 stays float32
 
 import jax.numpy as jnp  # noqa: E402
+from jax.extend.core import Literal  # noqa: E402
 import numpy as np  # noqa: E402
 
 from unidl import config  # noqa: E402
@@ -282,7 +283,11 @@ class Backend(BackendInterface):
         (_, (value, aux, written)), grads = jax.value_and_grad(value_of, has_aux=True)(targets)
         for index, new in written.items():
             live[index].value = new
-        return ((value, aux) if with_aux else value), list(grads)
+        grads = list(grads)
+        if argnums is None:  # PyTorch's rule: None for a parameter the value does not depend on (apply skips it)
+            used = _used_inputs(lambda t: value_of(t)[0], targets, live, before)
+            grads = [g if u else None for g, u in zip(grads, used)]
+        return ((value, aux) if with_aux else value), grads
 
     def check_shapes(self, model, loss_fn, x, y):
         x, y = self.to_input(x), self.to_input(y)
@@ -309,6 +314,23 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape):
         export_module(module, path, format, input_shape)
+
+
+def _used_inputs(fn, inputs, live, before) -> list[bool]:
+    """For each of ``inputs``, whether ``fn``'s output depends on it: a backward walk over ``fn``'s jaxpr
+    from the output (an equation that feeds a needed value needs all of its inputs). ``fn`` is traced
+    once more, abstractly; the variables it writes are put back."""
+    try:
+        closed = jax.make_jaxpr(fn)(inputs)
+    finally:
+        for v, b in zip(live, before):
+            v.value = b
+    jaxpr = closed.jaxpr
+    needed = {id(v) for v in jaxpr.outvars if not isinstance(v, Literal)}
+    for equation in reversed(jaxpr.eqns):
+        if any(id(v) in needed for v in equation.outvars):
+            needed.update(id(v) for v in equation.invars if not isinstance(v, Literal))
+    return [id(v) in needed for v in jaxpr.invars]
 
 
 class _Counted:

@@ -178,7 +178,9 @@ class Backend(BackendInterface):
                 variables[name].assign(np.asarray(value).astype(variables[name].dtype))
 
     def apply_gradients(self, optimizer, grads):
-        optimizer.native.apply(grads, optimizer.params)
+        pairs = [(g, p) for g, p in zip(grads, optimizer.params) if g is not None]  # no gradient, no update
+        if pairs:
+            optimizer.native.apply([g for g, _ in pairs], [p for _, p in pairs])
 
     def compile(self, model, loss_fn, optimizer, jit_compile=False, accuracy=False):
         """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer),

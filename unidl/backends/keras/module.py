@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 
 from unidl import config
@@ -18,7 +20,9 @@ class NativeModel(keras.Model):
         variables = [v for _, v in module.named_parameters()] + [b for _, b in module.named_buffers()]
         # Keras casts inputs to the model's dtype policy: make it the dtype the weights were built in
         dtype = keras.backend.standardize_dtype(variables[0].dtype) if variables else config.get_dtype()
-        super().__init__(name=type(module).__name__.lower(), dtype=dtype)
+        # a TensorFlow name scope must start with a letter, digit or dot: a class named _Net is a valid module
+        name = re.sub(r"^[^A-Za-z0-9.]+", "", type(module).__name__.lower()) or "model"
+        super().__init__(name=name, dtype=dtype)
         object.__setattr__(self, "_unidl_module", module)
         self.unidl_parameters = [p for _, p in module.named_parameters()]
         self.unidl_buffers = [b for _, b in module.named_buffers()]

@@ -187,7 +187,8 @@ class Backend(BackendInterface):
                     tape.watch(t)
             value = f(*args)
         check_scalar(value, self.name)
-        grads = tape.gradient(value, targets, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        unconnected = tf.UnconnectedGradients.ZERO if argnums is not None else tf.UnconnectedGradients.NONE
+        grads = tape.gradient(value, targets, unconnected_gradients=unconnected)
         return value, [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
 
     def check_shapes(self, model, loss_fn, x, y):

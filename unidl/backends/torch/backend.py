@@ -159,6 +159,9 @@ class Backend(BackendInterface):
         l1 = l1_outside_rule(optimizer)
         with torch.no_grad():
             for p, g in zip(optimizer.params, grads):
+                if g is None:  # PyTorch's rule: no gradient, no update (torch.optim skips a None .grad)
+                    p.grad = None
+                    continue
                 g = self.to_input(g)
                 p.grad = g + l1 * torch.sign(p) if l1 else g  # the caller's gradient is never modified
         optimizer.native.step()
@@ -222,6 +225,8 @@ class Backend(BackendInterface):
             value = f(*args)
             check_scalar(value, self.name)
             grads = torch.autograd.grad(value, targets, allow_unused=True)
+        if argnums is None:
+            return value.detach(), list(grads)  # None for an unused parameter: step() and apply() skip it
         return value.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
 
     def check_shapes(self, model, loss_fn, x, y):
