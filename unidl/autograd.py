@@ -50,7 +50,18 @@ def value_and_grad(f: Callable, argnums=0) -> Callable:
             for index in argnums:
                 if index >= len(args):
                     raise ValueError(f"argnums {index} is out of range for {len(args)} arguments")
-        value, grads = backend.value_and_grad(f, args, argnums, params)
+        if params is not None:  # frozen parameters are constants here: None, as PyTorch's autograd gives
+            from unidl.nn.module import is_trainable
+
+            active = [p for p in params if is_trainable(p)]
+            if active:
+                value, active_grads = backend.value_and_grad(f, args, None, active)
+            else:
+                value, active_grads = f(*args), []
+            found = iter(active_grads)
+            grads = [next(found) if is_trainable(p) else None for p in params]
+        else:
+            value, grads = backend.value_and_grad(f, args, argnums, params)
         if single:
             return value, grads[0]
         return value, (list(grads) if params is not None else tuple(grads))

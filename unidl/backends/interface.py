@@ -140,6 +140,12 @@ class Backend(abc.ABC):
     def is_parameter(self, value) -> bool:
         """True if ``value`` is a trainable variable of this framework."""
 
+    def set_requires_grad(self, parameter, requires_grad: bool) -> None:
+        """Freeze or unfreeze ``parameter`` (``Module.requires_grad_``). The default sets the attribute
+        ``requires_grad`` that ``unidl.nn.module.is_trainable`` reads; a framework with a flag of its own
+        sets that too (torch's ``requires_grad``, Keras's ``trainable``)."""
+        parameter.requires_grad = requires_grad
+
     @abc.abstractmethod
     def assign(self, variable, value: np.ndarray) -> None:
         """Overwrite a variable's value in place (shapes already checked by the caller)."""

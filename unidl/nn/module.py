@@ -31,8 +31,15 @@ def _forward_caller(backend, module_class):
 
 
 def is_trainable(parameter) -> bool:
-    """False for a parameter its framework has frozen (``requires_grad`` or ``trainable`` set to False)."""
-    return bool(getattr(parameter, "requires_grad", getattr(parameter, "trainable", True)))
+    """False for a frozen parameter: ``requires_grad`` (PyTorch's name, on every backend) or the framework's
+    own ``trainable`` flag set to False. Every training loop reads it at each step (see ``requires_grad_``)."""
+    return bool(getattr(parameter, "requires_grad", True)) and bool(getattr(parameter, "trainable", True))
+
+
+def trainable_mask(parameters) -> tuple[bool, ...]:
+    """``is_trainable`` of each parameter: what a compiled step keys its graph on, so that freezing or
+    unfreezing a parameter between steps builds the step again instead of training a frozen weight."""
+    return tuple(is_trainable(p) for p in parameters)
 
 
 class Module:
@@ -226,6 +233,15 @@ class Module:
         for path, module in self.named_modules(remove_duplicate=False):
             for name, value in module._buffers.items():
                 yield (f"{path}.{name}" if path else name), value
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Freeze (False) or unfreeze every parameter of this module and those below it, as PyTorch's
+        ``Module.requires_grad_``: ``train_step``, ``fit``, ``value_and_grad`` and every optimizer leave a
+        frozen parameter (and its optimizer state) exactly as it is, on every backend. Setting
+        ``param.requires_grad = False`` on one parameter does the same."""
+        for parameter in self.parameters():
+            self._backend.set_requires_grad(parameter, bool(requires_grad))
+        return self
 
     def train(self, mode: bool = True) -> "Module":
         """Training mode (batch statistics, dropout on) for this module and all below it."""

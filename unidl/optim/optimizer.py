@@ -145,11 +145,14 @@ class Optimizer:
         return True
 
     def apply(self, grads) -> None:
-        """Update every parameter with its gradient (list in ``params`` order)."""
+        """Update every parameter with its gradient (list in ``params`` order). A None gradient, or a frozen
+        parameter (``requires_grad`` False), leaves that parameter and its state exactly as they are."""
+        from unidl.nn.module import is_trainable
+
         grads = list(grads)
         if len(grads) != len(self.params):
             raise ValueError(f"{type(self).__name__}.apply got {len(grads)} gradients for {len(self.params)} parameters")
-        self._backend.apply_gradients(self, grads)
+        self._backend.apply_gradients(self, [g if is_trainable(p) else None for p, g in zip(self.params, grads)])
 
     def zero_grad(self) -> None:
         """Clear gradients left by ``backward()`` (torch backend); a no-op elsewhere, where gradients are returned, not stored."""

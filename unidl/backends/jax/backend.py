@@ -27,6 +27,7 @@ from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATI
 from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
+from unidl.nn.module import trainable_mask  # noqa: E402
 
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
@@ -147,7 +148,7 @@ class Backend(BackendInterface):
         return JaxVariable(jax.device_put(array, self.current_device()), trainable=trainable)
 
     def is_parameter(self, value):
-        return isinstance(value, JaxVariable) and value.trainable
+        return isinstance(value, JaxVariable) and value.trainable  # trainable: a parameter, not a buffer
 
     def assign(self, variable, value):
         variable.value = jax.device_put(np.asarray(value, dtype=variable.dtype), next(iter(variable.value.devices())))
@@ -217,14 +218,17 @@ class Backend(BackendInterface):
                 outputs = model(x)
                 return loss_fn(outputs, y), outputs
 
-            (loss, outputs), grads = self._value_and_grad(loss_of, (), None, params, with_aux=True)
-            optimizer.native.apply(grads)
+            mask = trainable_mask(params)  # at trace time (the static key): frozen parameters are constants
+            active = [p for p, m in zip(params, mask) if m]
+            (loss, outputs), found = self._value_and_grad(loss_of, (), None, active, with_aux=True)
+            found = iter(found)
+            optimizer.native.apply([next(found) if m else None for m in mask])
             return (loss, outputs) if with_outputs else loss
 
         variables = self._model_state(model, optimizer)
         # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning
-        compiled = StatefulJit(step, lambda: variables, name, static_key=lambda: self._modes(model), donate=True,
-                               warn_retrace=False)
+        compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
+                               static_key=lambda: (self._modes(model), trainable_mask(params)))
         to_input = self.to_input
 
         def run(x, y):

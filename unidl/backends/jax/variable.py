@@ -45,11 +45,12 @@ class JaxVariable:
     Arithmetic operators, indexing, ``shape`` and ``dtype`` act on the value, so a layer's forward
     reads ``x @ self.weight`` as on any backend; JAX functions take ``variable.value``."""
 
-    __slots__ = ("value", "trainable", "serial", "__weakref__")
+    __slots__ = ("value", "trainable", "requires_grad", "serial", "__weakref__")
 
     def __init__(self, value, trainable: bool = True):
         self.value = value
-        self.trainable = bool(trainable)
+        self.trainable = bool(trainable)  # a parameter (True) or a buffer
+        self.requires_grad = True  # False: frozen (Module.requires_grad_)
         self.serial = next(_serials)
         _live[self.serial] = self
 

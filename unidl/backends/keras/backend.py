@@ -23,6 +23,7 @@ from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.keras import function as keras_function
 from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.host import HOST
+from unidl.nn.module import trainable_mask
 from unidl.backends.keras.module import BatchRelay, NativeLoss, NativeModel
 from unidl.backends.keras.optimizer import NativeOptimizer
 from unidl.backends.keras.export import export_formats, export_module
@@ -133,14 +134,20 @@ class Backend(BackendInterface):
     # ---- parameters ------------------------------------------------------
     def parameter(self, value, trainable=True):
         with self._scope():
-            return keras.Variable(np.asarray(value, dtype=config.get_dtype()), dtype=config.get_dtype(),
-                                  trainable=trainable)
+            variable = keras.Variable(np.asarray(value, dtype=config.get_dtype()), dtype=config.get_dtype(),
+                                      trainable=trainable)
+        variable.unidl_buffer = not trainable  # a frozen parameter (trainable=False) is still a parameter
+        return variable
 
     def is_parameter(self, value):
-        return isinstance(value, keras.Variable) and value.trainable
+        return isinstance(value, keras.Variable) and not getattr(value, "unidl_buffer", not value.trainable)
 
     def assign(self, variable, value):
         variable.assign(np.asarray(value, dtype=variable.dtype))  # no copy when the dtype already matches
+
+    def set_requires_grad(self, parameter, requires_grad):
+        parameter.requires_grad = requires_grad
+        parameter.trainable = requires_grad  # what Keras's own trainer reads
 
     def write_state(self, variable, value):
         if value is not variable:
@@ -186,7 +193,8 @@ class Backend(BackendInterface):
         """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer),
         once per (loss, optimizer, metrics) combination."""
         native = model.native
-        key = (id(loss_fn), id(optimizer), jit_compile, accuracy)
+        # Keras's compiled steps bake in which variables they train: freezing one compiles again
+        key = (id(loss_fn), id(optimizer), jit_compile, accuracy, trainable_mask(optimizer.params))
         if getattr(native, "_unidl_compiled", None) != key:
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
                 metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if accuracy else []
@@ -200,6 +208,10 @@ class Backend(BackendInterface):
         if with_outputs:
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
+        return _FreezeAwareStep(lambda: self._train_step(model, loss_fn, optimizer),
+                                lambda: trainable_mask(optimizer.params))
+
+    def _train_step(self, model, loss_fn, optimizer):
         native = self.compile(model, loss_fn, optimizer)
         graph = keras_function.train_step_graph(native, per_batch=True)
         if graph is not None:
@@ -287,3 +299,24 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape):
         export_module(module, path, format, input_shape)
+
+
+class _FreezeAwareStep:
+    """A train step built again when the set of frozen parameters changes (Keras's compiled step trains
+    the variables it was compiled with); ``trace_count`` adds up every build's traces."""
+
+    def __init__(self, build, mask):
+        self._build, self._mask = build, mask
+        self._key, self._run, self._earlier_traces = None, None, 0
+
+    def __call__(self, x, y):
+        key = self._mask()
+        if key != self._key:
+            self._earlier_traces += getattr(self._run, "trace_count", None) or 0
+            self._key, self._run = key, self._build()
+        return self._run(x, y)
+
+    @property
+    def trace_count(self):
+        count = getattr(self._run, "trace_count", None)
+        return None if count is None else count + self._earlier_traces

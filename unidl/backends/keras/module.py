@@ -7,6 +7,7 @@ import re
 import keras
 
 from unidl import config
+from unidl.nn.module import is_trainable
 
 
 class NativeModel(keras.Model):
@@ -27,6 +28,18 @@ class NativeModel(keras.Model):
         self.unidl_parameters = [p for _, p in module.named_parameters()]
         self.unidl_buffers = [b for _, b in module.named_buffers()]
         self.built = True
+
+    @property
+    def trainable_weights(self):
+        """The parameters Keras's trainer updates: those not frozen (``requires_grad`` or ``trainable``)."""
+        return [p for p in self.unidl_parameters if is_trainable(p)]
+
+    @property
+    def non_trainable_weights(self):
+        return [p for p in self.unidl_parameters if not is_trainable(p)] + list(self.unidl_buffers)
+
+    trainable_variables = trainable_weights
+    non_trainable_variables = non_trainable_weights
 
     def call(self, x, training=None):
         module = self._unidl_module

@@ -13,6 +13,7 @@ from unidl import config
 from unidl import random as unidl_random
 from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
+from unidl.nn.module import trainable_mask
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow import function as tf_function
 from unidl.backends.tensorflow.function import GraphFunction, PerModeGraphs, to_graph_input
@@ -157,14 +158,17 @@ class Backend(BackendInterface):
     def train_step(self, model, loss_fn, optimizer, with_outputs=False):
         params = optimizer.params
         apply = optimizer.native.apply
+
         def train_step(x, y):
+            mask = trainable_mask(params)  # at trace time: a frozen parameter gets no gradient and no update
             with tf.GradientTape() as tape:
                 outputs = model(x)
                 loss = loss_fn(outputs, y)
-            apply(tape.gradient(loss, params))
+            found = iter(tape.gradient(loss, [p for p, m in zip(params, mask) if m]))
+            apply([next(found) if m else None for m in mask])
             return (loss, outputs) if with_outputs else loss
 
-        return PerModeGraphs(model, train_step, self.current_device_name())
+        return PerModeGraphs(model, train_step, self.current_device_name(), extra_key=lambda: trainable_mask(params))
 
     def predict_function(self, model):
         if "_tf_predict" not in model.__dict__:

@@ -18,7 +18,7 @@ from tensorflow.python.autograph.core import config as autograph_config
 
 from unidl import config, devices
 from unidl.backends.tensorflow.layout import tracing_for_xla
-from unidl.errors import GraphConstructError, RetraceWarning  # noqa: F401  (RetraceWarning re-exported)
+from unidl.errors import GraphConstructError, RetraceWarning, index_error_from  # noqa: F401  (RetraceWarning re-exported)
 
 # AutoGraph converts user code only: unidl's own layers, ops and backends hold no control flow on tensor
 # values, and transpiling them on every first trace cost seconds (385 converted calls for the CNN). A user's
@@ -84,18 +84,20 @@ def to_graph_input(value):
 
 
 class PerModeGraphs:
-    """One ``GraphFunction`` per train/eval mode of ``model``: a graph bakes in the Python-level
-    mode flags (dropout on or off, batch or running statistics), so switching mode must not reuse it."""
+    """One ``GraphFunction`` per train/eval mode of ``model`` (and per ``extra_key()``, e.g. which parameters
+    are frozen): a graph bakes in the Python-level mode flags (dropout on or off, batch or running
+    statistics, the parameters it updates), so switching mode must not reuse it."""
 
-    def __init__(self, model, fn, device):
-        self._model, self._fn, self._device = model, fn, device
-        self.graphs: dict[bool, GraphFunction] = {}
+    def __init__(self, model, fn, device, extra_key=None):
+        self._model, self._fn, self._device, self._extra_key = model, fn, device, extra_key
+        self.graphs: dict = {}
 
     def __call__(self, *args):
-        graph = self.graphs.get(self._model.training)
+        key = (self._model.training, self._extra_key()) if self._extra_key else self._model.training
+        graph = self.graphs.get(key)
         if graph is None:
-            graph = self.graphs[self._model.training] = GraphFunction(self._fn, device=self._device,
-                                                                      name=getattr(self._fn, "__name__", None))
+            graph = self.graphs[key] = GraphFunction(self._fn, device=self._device,
+                                                     name=getattr(self._fn, "__name__", None))
         return graph(*args)
 
     @property
@@ -188,4 +190,10 @@ class GraphFunction:
         tensors = [to_graph_input(a) for a in args]
         key = tuple((t.shape.rank, t.dtype) for t in tensors)
         graph = self._graphs.get(key) or self._graph_for(key)
-        return graph(*tensors)
+        try:
+            return graph(*tensors)
+        except tf.errors.InvalidArgumentError as error:  # an in-graph index check (ops.check_index) failed
+            index_error = index_error_from(error)
+            if index_error is None:
+                raise
+            raise index_error from None

@@ -115,6 +115,9 @@ class Backend(BackendInterface):
         with torch.no_grad():
             variable.copy_(torch.as_tensor(np.asarray(value)).to(variable.dtype))
 
+    def set_requires_grad(self, parameter, requires_grad):
+        parameter.requires_grad_(requires_grad)
+
     def write_state(self, variable, value):
         if value is not variable:
             with torch.no_grad():
