@@ -15,6 +15,8 @@ import weakref
 import numpy as np
 
 from unidl import config
+from unidl.callbacks.callback import as_callbacks
+from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, TensorDataset
 from unidl.errors import NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss
@@ -49,6 +51,14 @@ class History:
         return f"History({self.history})"
 
 
+class _EndEpoch(Exception):
+    """Raised through the backend's epoch loop once a callback called ``trainer.stop(after_batch=True)``."""
+
+    def __init__(self, logs: dict):
+        super().__init__("a callback ended the epoch")
+        self.logs = dict(logs)
+
+
 class Trainer:
     """What callbacks see during ``fit``: the model, optimizer, loader, position, and ``stop()``."""
 
@@ -57,6 +67,7 @@ class Trainer:
         self.epoch = 0
         self.global_step = 0
         self.stopped = False
+        self.end_epoch = False  # stop(after_batch=True) was called during the current epoch
         self._epoch_start = (0, 0)  # loader (epoch, position) when the current epoch began
         self._trained_in_epoch = 0
 
@@ -72,9 +83,12 @@ class Trainer:
             epoch, position = epoch + 1, 0
         return dict(state, epoch=epoch, position=position)
 
-    def stop(self) -> None:
-        """End training after the current epoch."""
+    def stop(self, after_batch: bool = False) -> None:
+        """End training after the current epoch, or (``after_batch``, from ``on_batch_end``) right after the
+        current batch, once every callback has seen it: the epoch's running logs become the epoch's logs and
+        its end runs as usual (validation, ``on_epoch_end``), as Keras's ``stop_training`` does."""
         self.stopped = True
+        self.end_epoch = self.end_epoch or after_batch
 
 
 def _is_native_pipeline(data) -> bool:
@@ -188,7 +202,9 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
         loss, optimizer: a unidl loss module and optimizer built for ``model``.
         validation_data: same forms as ``train_data``; adds 'val_loss' and 'val_<metric>' each epoch.
         metrics: ('accuracy',) is computed for classification losses (``CrossEntropyLoss``).
-        callbacks: ``ud.callbacks`` objects (EarlyStopping, LearningRateScheduler, Checkpoint, ...).
+        callbacks: ``ud.callbacks`` objects (EarlyStopping, LearningRateScheduler, Checkpoint, ModelCheckpoint,
+            CSVLogger, ReduceLROnPlateau, TerminateOnNaN, ...) and plain functions, each called as
+            ``fn(epoch, logs)`` at the end of every epoch (``logs``: that epoch's 'loss', 'lr', metrics).
         verbose: 0 silent, 1 progress bar on a terminal (a line per epoch otherwise), 2 a line per epoch.
         shuffle, seed: order of ``(x, y)`` arrays (a given loader keeps its own settings).
         resume_from: a checkpoint directory written by ``ud.callbacks.Checkpoint`` (or one checkpoint file):
@@ -198,7 +214,8 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
             checkpoint is skipped with a warning. A new lr or optimizer hyperparameter wins over the
             checkpoint's, with a warning; a different model, loss or optimizer class is an error.
 
-    A NaN or infinite training loss stops training with ``NonFiniteLossError`` naming the epoch and step.
+    A NaN or infinite training loss stops training with ``NonFiniteLossError`` naming the epoch and step
+    (with a ``TerminateOnNaN`` callback: after that batch, with no error).
     """
     backend = check_same_backend(model, loss, optimizer)
     metrics = _check_metrics(metrics)
@@ -211,7 +228,8 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
     accuracy = "accuracy" in metrics and isinstance(loss, CrossEntropyLoss)
     history = History()
     trainer = Trainer(model, optimizer, loader, history)
-    callbacks = _checkpoints_last(callbacks)
+    callbacks = _checkpoints_last(as_callbacks(callbacks))
+    terminate_on_nan = any(isinstance(c, TerminateOnNaN) for c in callbacks)
     trainer.callbacks, trainer.carried_epoch = callbacks, None
     trainer.fit_settings = {"loss": type(loss).__name__, "optimizer": type(optimizer).__name__,
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
@@ -241,18 +259,24 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
         trainer._trained_in_epoch = 0
 
         def on_batch(index, logs, epoch=epoch):
-            _check_finite(logs["loss"], epoch, index)
+            if not terminate_on_nan:
+                _check_finite(logs["loss"], epoch, index)
             trainer.global_step += 1
             trainer._trained_in_epoch += 1
             progress.batch(index, logs)
             for callback in callbacks:
                 callback.on_batch_end(index, logs)
+            if trainer.end_epoch:
+                raise _EndEpoch(logs)
 
         batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
-        logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, accuracy)
-        if logs is None:
-            step = step or TrainStep(model, loss, optimizer, with_outputs=True)
-            logs = _run_epoch_with_steps(step, batches, epoch, on_batch, accuracy)
+        try:
+            logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, accuracy)
+            if logs is None:
+                step = step or TrainStep(model, loss, optimizer, with_outputs=True)
+                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, accuracy)
+        except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
+            logs = end.logs
         logs = dict(_whole_epoch_means(trainer, epoch, logs), lr=epoch_lr)
         if validation is not None:
             logs.update({f"val_{k}": v for k, v in evaluate(model, validation, loss=loss, metrics=metrics).items()})

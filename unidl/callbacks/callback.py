@@ -5,7 +5,8 @@ from __future__ import annotations
 
 class Callback:
     """Override any hook. ``logs`` holds the epoch's metrics ('loss', 'accuracy', 'val_loss', ...);
-    ``self.trainer`` (set by ``fit``) gives access to ``model``, ``optimizer``, ``loader`` and ``stop()``."""
+    ``self.trainer`` (set by ``fit``) gives access to ``model``, ``optimizer``, ``loader`` and ``stop()``
+    (``stop(after_batch=True)`` in ``on_batch_end`` ends the epoch after that batch)."""
 
     trainer = None
 
@@ -23,3 +24,35 @@ class Callback:
 
     def on_train_end(self, logs=None):
         pass
+
+
+def resolve_mode(owner: str, monitor: str, mode: str) -> str:
+    """'min' or 'max' for ``mode`` ('auto': 'max' for a name containing 'acc', else 'min'), as Keras decides."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
+    return ("max" if "acc" in monitor else "min") if mode == "auto" else mode
+
+
+def monitored(owner: str, monitor: str, logs) -> float:
+    """``logs[monitor]``, or a ``KeyError`` naming the logs ``fit`` reports."""
+    if monitor not in (logs or {}):
+        raise KeyError(f"{owner} monitors {monitor!r}, but fit reports only {sorted(logs or {})}; "
+                       f"pass validation_data for 'val_*' metrics")
+    return float(logs[monitor])
+
+
+def as_callbacks(callbacks) -> list:
+    """``fit``'s ``callbacks`` as objects with every hook: callbacks as they are, and a plain function
+    ``fn(epoch, logs)`` as a ``LambdaCallback`` calling it at the end of every epoch."""
+    from unidl.callbacks.lambda_callback import LambdaCallback
+
+    result = []
+    for callback in callbacks or ():
+        if isinstance(callback, Callback) or hasattr(callback, "on_epoch_end"):
+            result.append(callback)
+        elif callable(callback):
+            result.append(LambdaCallback(on_epoch_end=callback))
+        else:
+            raise TypeError(f"callbacks must be ud.callbacks.Callback objects or functions fn(epoch, logs); "
+                            f"got {type(callback).__name__}")
+    return result

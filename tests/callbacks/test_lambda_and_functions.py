@@ -1,0 +1,68 @@
+"""``LambdaCallback``, plain functions as callbacks, and ``TerminateOnNaN``."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from tests.callbacks.conftest import train
+
+
+def test_lambda_callback_calls_each_hook(backend, problem):
+    calls = []
+    callback = ud.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: calls.append("train_begin"),
+        on_epoch_begin=lambda epoch, logs: calls.append(f"epoch_begin {epoch}"),
+        on_batch_end=lambda batch, logs: calls.append(f"batch_end {batch} {sorted(logs)}"),
+        on_epoch_end=lambda epoch, logs: calls.append(f"epoch_end {epoch} {sorted(logs)}"),
+        on_train_end=lambda logs: calls.append("train_end"))
+    train(problem, 2, [callback], validation_data=None)
+    batches = [f"batch_end {b} ['accuracy', 'loss']" for b in range(3)]
+    assert calls == ["train_begin",
+                     "epoch_begin 0", *batches, "epoch_end 0 ['accuracy', 'loss', 'lr']",
+                     "epoch_begin 1", *batches, "epoch_end 1 ['accuracy', 'loss', 'lr']", "train_end"]
+    with pytest.raises(TypeError, match="on_epoch_end must be a function"):
+        ud.callbacks.LambdaCallback(on_epoch_end=3)
+
+
+def test_a_plain_function_is_called_at_every_epoch_end(backend, problem):
+    seen = []
+
+    def log(epoch, logs):
+        seen.append((epoch, dict(logs)))
+
+    _, _, history = train(problem, 3, [log, ud.callbacks.EarlyStopping(monitor="loss", patience=5)])
+    assert [epoch for epoch, _ in seen] == [0, 1, 2]
+    assert [logs["val_loss"] for _, logs in seen] == history["val_loss"]
+    with pytest.raises(TypeError, match="callbacks must be ud.callbacks.Callback objects or functions"):
+        train(problem, 1, ["log"])
+
+
+def regression(rng, nan_at):
+    """A TwoLayerNet 4-3-1 with SGD and MSELoss, and (x, y) whose target ``nan_at`` is NaN."""
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    y = rng.standard_normal((60, 1)).astype(np.float32)
+    y[nan_at] = np.nan
+    model = ud.models.TwoLayerNet(4, 3, 1)
+    return model, ud.optim.SGD(model.parameters(), lr=0.01), ud.nn.MSELoss(), (x, y)
+
+
+def test_terminate_on_nan_stops_after_the_batch(backend, rng, capsys):
+    model, optimizer, loss, data = regression(rng, nan_at=45)  # third batch of 20
+    seen = []
+    history = ud.fit(model, data, loss=loss, optimizer=optimizer, epochs=3, batch_size=20, shuffle=False,
+                     verbose=0, callbacks=[ud.callbacks.TerminateOnNaN(),
+                                           ud.callbacks.LambdaCallback(on_batch_end=lambda b, logs: seen.append(b),
+                                                                       on_train_end=lambda logs: seen.append("end"))])
+    assert history.epochs == 1 and np.isnan(history["loss"][0])
+    assert seen == [0, 1, 2, "end"]  # every callback saw the batch, then the run ended
+    assert "Epoch 1, batch 3: loss is nan, terminating training" in capsys.readouterr().out
+
+
+def test_terminate_on_nan_mid_epoch(backend, rng):
+    model, optimizer, loss, data = regression(rng, nan_at=5)  # the first batch: the epoch's others never run
+    stop = ud.callbacks.TerminateOnNaN(verbose=False)
+    epochs, batches = [], []
+    history = ud.fit(model, data, loss=loss, optimizer=optimizer, epochs=2, batch_size=20, shuffle=False, verbose=0,
+                     callbacks=[stop, ud.callbacks.LambdaCallback(on_batch_end=lambda b, logs: batches.append(b)),
+                                lambda epoch, logs: epochs.append(epoch)])
+    assert stop.stopped_at == (0, 0) and batches == [0] and epochs == [0] and history.epochs == 1

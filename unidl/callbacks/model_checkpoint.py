@@ -1,0 +1,86 @@
+"""``ModelCheckpoint``: save the model (or its weights) during ``fit``, every epoch or when a metric improves,
+as ``keras.callbacks.ModelCheckpoint``. (``Checkpoint`` saves everything needed to resume a run instead.)"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from unidl.callbacks.callback import Callback, monitored, resolve_mode
+
+
+class ModelCheckpoint(Callback):
+    """Save ``trainer.model`` to ``filepath`` at the end of every epoch, or only when ``monitor`` improves.
+
+    Args:
+        filepath: a path, formatted with ``epoch`` (counting from 1, as Keras) and the epoch's logs:
+            ``"run/model-{epoch:02d}-{val_loss:.3f}.safetensors"``. Written atomically.
+        monitor: the log to compare ('val_loss', 'accuracy', ...) when ``save_best_only``.
+        mode: 'min', 'max' or 'auto' (max for names containing 'acc', else min).
+        save_best_only: save only an epoch whose ``monitor`` beats every earlier one (a fixed ``filepath``
+            then always holds the best model).
+        save_weights_only: write the weights alone (``model.load_weights(path)`` reads them); otherwise
+            ``ud.save``'s file, which ``ud.load(path)`` rebuilds the model from.
+
+    ``state_dict()`` holds the best value so far, so that a resumed ``fit`` keeps comparing against it.
+    """
+
+    def __init__(self, filepath, monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
+                 save_weights_only: bool = False, verbose: int = 0):
+        self.filepath = os.fspath(filepath)
+        self.monitor, self.mode = monitor, resolve_mode("ModelCheckpoint", monitor, mode)
+        self.save_best_only, self.save_weights_only, self.verbose = bool(save_best_only), bool(save_weights_only), verbose
+        self.best = -math.inf if self.mode == "max" else math.inf
+        self.last_saved = None  # the path of the last file written
+
+    def state_dict(self) -> dict:
+        """The best value of ``monitor`` so far (for checkpoints)."""
+        return {"best": float(self.best)}
+
+    def check_state_dict(self, state) -> None:
+        """Raise ``CheckpointStateError`` unless ``load_state_dict(state)`` would succeed; changes nothing."""
+        from unidl.errors import CheckpointStateError
+
+        if (not isinstance(state, dict) or set(state) != {"best"} or not isinstance(state["best"], (int, float))
+                or isinstance(state["best"], bool)):
+            raise CheckpointStateError(f"ModelCheckpoint state must be {{'best': number}}, got {state!r}")
+
+    def load_state_dict(self, state) -> None:
+        self.check_state_dict(state)
+        self.best = float(state["best"])
+
+    def _improved(self, value: float) -> bool:
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def path_for(self, epoch: int, logs) -> str:
+        """``filepath`` formatted for ``epoch`` (0-based, written from 1) and ``logs``."""
+        try:
+            return self.filepath.format(epoch=epoch + 1, **(logs or {}))
+        except KeyError as error:
+            raise KeyError(f"ModelCheckpoint filepath {self.filepath!r} names {error.args[0]!r}, which is not "
+                           f"among the epoch's logs {sorted(logs or {})}") from None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_best_only:
+            value = monitored("ModelCheckpoint", self.monitor, logs)
+            if not self._improved(value):
+                return
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {value:.5f}")
+            self.best = value
+        path = self.path_for(epoch, logs)
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        model = self.trainer.model
+        if self.save_weights_only:
+            from unidl.io.safetensors import save_file
+
+            save_file(model.state_dict(), path)
+        else:
+            from unidl.serialization import save
+
+            save(model, path)
+        self.last_saved = path
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: saved the model to {path}")

@@ -1,0 +1,25 @@
+"""``TerminateOnNaN``: end training quietly after the batch whose loss is NaN or infinite, as Keras's does."""
+
+from __future__ import annotations
+
+import math
+
+from unidl.callbacks.callback import Callback
+
+
+class TerminateOnNaN(Callback):
+    """Stop ``fit`` after the first batch whose loss is NaN or infinite, returning the ``History`` so far
+    (that epoch's entry holds the non-finite loss) instead of raising ``NonFiniteLossError``, which is what
+    ``fit`` does without this callback. The epoch's end still runs (other callbacks' ``on_epoch_end``)."""
+
+    def __init__(self, verbose: bool = True):
+        self.verbose = verbose
+        self.stopped_at = None  # (epoch, batch) of the non-finite loss
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.stopped_at = (self.trainer.epoch, batch)
+            if self.verbose:
+                print(f"Epoch {self.trainer.epoch + 1}, batch {batch + 1}: loss is {loss}, terminating training")
+            self.trainer.stop(after_batch=True)
