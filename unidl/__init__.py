@@ -23,6 +23,7 @@ from unidl.serialization import load, load_weights, register_model, save
 from unidl.tensors import tensor, to_numpy
 from unidl.fit import History, evaluate, fit, predict
 from unidl.summary import summary
+from unidl.plot import plot_history
 from unidl.training import train_step
 
 __version__ = "0.1.0"
@@ -37,7 +38,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'unidl' has no attribute {name!r}")
 
 __all__ = [
-    "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "fit", "evaluate", "predict", "History", "summary", "callbacks", "manual_seed",
+    "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "fit", "evaluate", "predict", "History", "summary", "plot_history", "callbacks", "manual_seed",
     "autograd", "custom_gradient", "function", "info", "log_device_placement", "GraphConstructError", "RetraceWarning",
     "available_backends", "get_backend", "set_backend", "use_backend",
     "get_device", "set_device", "use_device", "get_dtype", "set_dtype", "use_dtype",
