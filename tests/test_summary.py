@@ -126,3 +126,19 @@ def test_frozen_parameters_are_non_trainable():
     found = totals(text)
     assert found["Trainable params"][0] == 99 and found["Non-trainable params"] == (288, "1.12 KB")
     assert ["└─head (Sequential): 1-2", "--", "--", "Partial"] in [cells(line) for line in text.splitlines()]
+
+
+class Probe(ud.nn.Module):
+    """Records the dtype kind of its input and passes it on."""
+
+    def forward(self, x):
+        self.kind = ud.to_numpy(x).dtype.kind
+        return x
+
+
+def test_input_dtype(backend):
+    probe = Probe()
+    assert ud.summary(probe, input_shape=(5,), dtype="int64").splitlines()[3].split("    ")[0] == "Probe"
+    assert probe.kind == "i"
+    ud.summary(probe, input_shape=(5,))
+    assert probe.kind == "f"

@@ -40,7 +40,7 @@ def _shape_text(output) -> str:
     return "--" if shape is None else "[" + ", ".join(str(int(d)) for d in tuple(shape)) + "]"
 
 
-def output_shapes(model, input_shape) -> dict:
+def output_shapes(model, input_shape, dtype=None) -> dict:
     """Output shape text of every module the forward of zeros of shape ``(1, *input_shape)`` calls, keyed by
     ``id(module)``. Runs in eval mode and puts back the training mode, the random generators and every
     variable holder, so that nothing a training run depends on changes (the jax backend included)."""
@@ -66,7 +66,7 @@ def output_shapes(model, input_shape) -> dict:
             object.__setattr__(module, "_forward_caller", recording(module, caller))
         model.eval()
         with config.use_backend(backend.name):
-            model(backend.tensor(np.zeros((1, *tuple(input_shape)), dtype=config.get_dtype())))
+            model(backend.tensor(np.zeros((1, *tuple(input_shape)), dtype=dtype or config.get_dtype())))
     finally:
         for module, caller in saved_callers:
             object.__setattr__(module, "_forward_caller", caller)
@@ -115,7 +115,7 @@ def _rows(model, depth: int, shapes: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def summary(model, input_shape=None, depth: int = 3) -> str:
+def summary(model, input_shape=None, depth: int = 3, dtype=None) -> str:
     """A table of ``model``'s layers and its parameter totals, as text (also what ``print`` should show).
 
     Args:
@@ -125,6 +125,7 @@ def summary(model, input_shape=None, depth: int = 3) -> str:
             that changes no state (training mode, random generators and variables are as they were).
         depth: how many levels of sub-modules to list (torchinfo's ``depth``); a module at the last level
             shows the parameters of its whole subtree.
+        dtype: the dtype of the zeros (unidl's float dtype by default; ``"int64"`` for token ids).
 
     The totals: parameters (all, trainable, non-trainable: frozen by the framework), buffers (BatchNorm's
     running statistics) and parameters plus buffers, each with its size in bytes. The text is identical on
@@ -136,7 +137,7 @@ def summary(model, input_shape=None, depth: int = 3) -> str:
     """
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
         raise ValueError(f"summary depth must be a non-negative integer, got {depth!r}")
-    shapes = output_shapes(model, input_shape) if input_shape is not None else {}
+    shapes = output_shapes(model, input_shape, dtype) if input_shape is not None else {}
     rows = [_HEADERS] + _rows(model, depth, shapes)
     widths = [max(len(row[column]) for row in rows) + 4 for column in range(len(_HEADERS) - 1)]
     width = sum(widths) + max(len(row[-1]) for row in rows)
