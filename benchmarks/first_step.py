@@ -98,6 +98,10 @@ def bench_first_step(settings: Settings, device: str) -> list[Row]:
     for label, backend, native in CASES:
         if backend not in ud.available_backends():
             continue
+        if not settings.subprocess:
+            rows.append(Row("time to first step", "cnn", f"ud.train_step on {label}", native,
+                            note="skipped (no subprocess)"))
+            continue
         a = min(_fresh("unidl", backend) for _ in range(repeats))
         b = min(_fresh("native", backend) for _ in range(repeats))
         target = f"<= {FIRST_STEP_TARGET}" if backend == "tensorflow" else ""

@@ -4,6 +4,7 @@ with a row and a ratio for each.
 No timing is asserted: the quick configuration is a few steps on a shared machine.
 """
 
+import importlib.util
 import re
 
 import pytest
@@ -24,7 +25,8 @@ ROWS = [
     ("peer: keras on torch", "two_layer"), ("peer: keras on torch", "cnn"),
     ("peer: keras on tensorflow", "two_layer"), ("peer: keras on tensorflow", "cnn"),
     ("data loader epoch, torch", "-"), ("data loader epoch, tensorflow", "-"),
-]
+] + ([("train step, jax", "two_layer"), ("train step, jax", "cnn")] if importlib.util.find_spec("jax") else [])
+SUBPROCESS_ROWS = {"peer: keras on torch", "peer: keras on jax", "time to first step"}
 
 
 def table_rows(text):
@@ -54,7 +56,7 @@ def test_quick_report_has_every_comparison_and_ratio(tmp_path, capsys):
         assert float(low) <= float(high), row
         assert row[9] in ("yes", "**no**", "-"), row
     skipped = [r for r in rows if r[-1].startswith("skipped")]
-    assert {r[0] for r in skipped} <= {"peer: keras on torch"}
+    assert {r[0] for r in skipped} <= SUBPROCESS_ROWS
     assert "Targets met:" in text
 
 
@@ -76,3 +78,10 @@ def test_block_spread_is_the_quartiles_of_block_ratios():
     low, high = harness._block_spread(a, b, 2)
     assert (low, high) == (1.75, 3.25)
     assert harness._block_spread([1.0], [1.0], 1) is None
+
+
+def test_time_to_first_step_runs_in_fresh_processes():
+    from benchmarks import first_step
+
+    unidl_seconds, native_seconds = first_step._fresh("unidl", "torch"), first_step._fresh("native", "torch")
+    assert 0 < unidl_seconds < 60 and 0 < native_seconds < 60

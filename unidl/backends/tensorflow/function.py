@@ -34,12 +34,20 @@ def is_library_code(function) -> bool:
     return module == "unidl" or module.startswith("unidl.")
 
 
+def _converted(function):
+    """``tf.autograph.to_graph(function)``, or ``function`` itself where AutoGraph cannot read its source (code
+    typed at a prompt or built by ``exec``): as AutoGraph's own ``converted_call`` falls back to running it."""
+    try:
+        return tf.autograph.to_graph(function)
+    except Exception:  # AutoGraph's ConversionError and whatever its parser raises
+        return function
+
+
 def user_code(function):
     """``function`` as AutoGraph converts it for a graph, where it is a user's (unidl's own code as it is)."""
     if is_library_code(function) or not callable(function):
         return function
-    return tf.autograph.to_graph(function) if hasattr(function, "__code__") or hasattr(function, "__func__") \
-        else function
+    return _converted(function) if hasattr(function, "__code__") or hasattr(function, "__func__") else function
 
 
 def forward_caller(module_class):
@@ -55,7 +63,7 @@ def forward_caller(module_class):
         forward = type(module).forward
         if forward not in converted:
             converted.clear()
-            converted[forward] = tf.autograph.to_graph(forward)
+            converted[forward] = _converted(forward)
         return converted[forward](module, *args, **kwargs)
 
     return call
