@@ -223,9 +223,8 @@ class Module:
         return [p for _, p in self.named_parameters()]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of scalars in the parameters, or in those the framework trains (``trainable_only``:
-        leaves out a parameter frozen natively, e.g. ``requires_grad_(False)`` on torch). Buffers are not
-        counted (``ud.summary`` lists them apart)."""
+        """Number of scalars in the parameters, or (``trainable_only``) in those not frozen by
+        ``requires_grad_(False)``. Buffers are not counted (``ud.summary`` lists them apart)."""
         return sum(int(np.prod(tuple(p.shape), dtype=np.int64)) for p in self.parameters()
                    if not trainable_only or is_trainable(p))
 
