@@ -29,6 +29,25 @@ class ShapeMismatchError(UnidlError, ValueError):
     """An input whose shape does not fit the layer or loss it is given to."""
 
 
+class IndexOutOfRangeError(UnidlError, IndexError, ValueError):
+    """An integer index outside its valid range: an ``Embedding``'s token id, a class label, a ``take``/``gather``
+    index; raised eagerly and from inside compiled graphs (the message names what was indexed and the range)."""
+
+    #: the marker an in-graph check puts in the framework's error, which ``index_error_from`` recognises
+    marker = "[unidl.IndexOutOfRangeError] "
+
+
+def index_error_from(error) -> "IndexOutOfRangeError | None":
+    """The ``IndexOutOfRangeError`` behind a framework's runtime error raised by an in-graph index check
+    (its message carries ``IndexOutOfRangeError.marker``), or None for any other error."""
+    text = str(error)
+    start = text.find(IndexOutOfRangeError.marker)
+    if start < 0:
+        return None
+    line = text[start + len(IndexOutOfRangeError.marker):].splitlines()[0]
+    return IndexOutOfRangeError(line.strip())
+
+
 class StateDictError(UnidlError, KeyError):
     """A state dict with missing keys, unexpected keys or wrongly shaped values."""
 

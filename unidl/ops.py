@@ -196,22 +196,27 @@ def one_hot(labels, num_classes):
 
 @op
 def mse_loss(prediction, target, reduction="mean"):
-    """Mean (or sum) of squared differences."""
+    """Squared differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise)."""
 
 
 @op
 def l1_loss(prediction, target, reduction="mean"):
-    """Mean (or sum) of absolute differences."""
+    """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise)."""
 
 
 @op
-def cross_entropy(logits, labels, reduction="mean"):
-    """Softmax cross-entropy of (N, C) logits against integer labels (N,)."""
+def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
+    """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel.
+
+    Labels equal to ``ignore_index`` add nothing and do not count in the mean; any other label outside
+    [0, C) raises ``IndexOutOfRangeError`` (in a compiled graph too). ``reduction``: 'mean', 'sum' or
+    'none' (per sample, 0 where ignored). Class weights, label smoothing, class probabilities as targets
+    and (N, C, d1, ...) logits: ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
 
 
 @op
 def bce_with_logits(logits, targets, reduction="mean"):
-    """Binary cross-entropy on logits, numerically stable."""
+    """Binary cross-entropy on logits, numerically stable; ``reduction`` 'mean', 'sum' or 'none'."""
 
 
 @op
@@ -230,8 +235,318 @@ def scan(fn, init, xs, axis=0):
     """
 
 
+@op
+def gelu(x, approximate="none"):
+    """x * Phi(x) with Phi the standard normal CDF (``approximate='none'``), or PyTorch's tanh approximation
+    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) with ``approximate='tanh'``."""
+
+
+@op
+def silu(x):
+    """x * sigmoid(x) (also called swish)."""
+
+
+@op
+def elu(x, alpha=1.0):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+
+
+@op
+def softplus(x, beta=1.0, threshold=20.0):
+    """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's)."""
+
+
+@op
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    """x limited to [min_val, max_val]; the gradient is 1 strictly inside, 0 elsewhere (PyTorch's)."""
+
+
+@op
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) * weight + bias, with the mean and biased variance over the last
+    ``len(normalized_shape)`` axes; ``weight`` and ``bias`` have shape ``normalized_shape``."""
+
+
+@op
+def embedding(indices, weight, padding_idx=None):
+    """Rows of ``weight`` (num_embeddings, dim) picked by integer ``indices`` of any shape: (*indices.shape, dim).
+
+    The row ``padding_idx`` gets no gradient. An index outside [0, num_embeddings) raises
+    ``IndexOutOfRangeError`` on every backend, inside compiled graphs too (where TensorFlow's CPU gather
+    would return zeros)."""
+
+
+@op
+def take(x, indices, axis=0):
+    """Slices of ``x`` along ``axis`` picked by integer ``indices`` (``torch.index_select`` for 1-D indices,
+    ``numpy.take``): the result's shape is x.shape[:axis] + indices.shape + x.shape[axis+1:]. Indices
+    outside [0, x.shape[axis]) raise ``IndexOutOfRangeError``."""
+
+
+@op
+def gather(x, dim, index):
+    """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for dim 0 (and alike for any ``dim``); ``index``
+    has ``x``'s rank, and may be smaller than ``x`` on every axis. Indices out of range raise
+    ``IndexOutOfRangeError``."""
+
+
+@op(public=False)
+def check_index(indices, size, what="index"):
+    """``indices`` unchanged, after checking that every value lies in [0, size): ``IndexOutOfRangeError``
+    naming ``what`` if not, eagerly, and inside a compiled graph from a check that runs with it."""
+
+
+@op(dispatch=False)
+def cast(x, dtype):
+    """``x`` converted to ``dtype``: a name ('float32', 'int64', 'bool', ...) or a NumPy dtype."""
+    return _ops().cast(x, _dtype_name(dtype))
+
+
+@op(dispatch=False)
+def zeros(shape, dtype=None):
+    """A tensor of zeros of ``shape`` (ints, or the sizes ``ud.ops.shape`` gives inside a graph) and ``dtype``
+    (unidl's current float dtype by default), on the current device."""
+    return _created("zeros", tuple(shape), dtype)
+
+
+@op(dispatch=False)
+def ones(shape, dtype=None):
+    """A tensor of ones of ``shape`` and ``dtype`` (unidl's current float dtype by default), on the current device."""
+    return _created("ones", tuple(shape), dtype)
+
+
+@op(dispatch=False)
+def arange(start, end=None, step=1, dtype=None):
+    """``start, start + step, ...`` below ``end`` (``arange(n)`` is 0 .. n-1), as in ``torch.arange``: int64
+    when every argument is an int, else unidl's current float dtype, unless ``dtype`` says otherwise."""
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        integral = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, step))
+        dtype = "int64" if integral else config.get_dtype()
+    backend = config.backend()
+    with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
+        return backend.ops.arange(start, end, step, _dtype_name(dtype))
+
+
+@op
+def argmax(x, dim=None, keepdim=False):
+    """Index (int64) of the largest value along ``dim`` (of the flattened tensor when None); the first one on ties."""
+
+
+@op
+def permute(x, dims):
+    """``x`` with its axes reordered: axis i of the result is axis ``dims[i]`` of ``x``."""
+
+
+@op
+def unsqueeze(x, dim):
+    """``x`` with a new axis of size 1 at position ``dim``."""
+
+
+@op
+def squeeze(x, dim=None):
+    """``x`` without its axes of size 1 (only axis ``dim``, an int or a tuple, when given)."""
+
+
+@op
+def pad(x, pad, mode="constant", value=0.0):
+    """``torch.nn.functional.pad``: ``pad`` lists (before, after) amounts from the LAST axis backwards,
+    e.g. (1, 1, 2, 0) pads the last axis by 1 on both sides and the one before by 2 in front. ``mode``:
+    'constant' (with ``value``), 'reflect', 'replicate' or 'circular' (those three on the last 1 to 3
+    axes of a batched input, as in PyTorch)."""
+
+
+@op
+def log1p(x):
+    """log(1 + x), accurate for small x."""
+
+
+@op
+def minimum(a, b):
+    """Element-wise minimum."""
+
+
 @op(name="apply_momentum", optional=True, public=False)
 def _apply_momentum(param, buffer, lr, grad, momentum, nesterov):
     """A framework's fused in-place heavy-ball kernel (``buffer = momentum * buffer + grad``;
     ``param -= lr * (grad + momentum * buffer if nesterov else buffer)``), used by
     ``Optimizer.apply_fused`` as a fast path for SGD with momentum where a backend has one."""
+
+
+# ---- composed ops: written once over the registry's ops above, so every backend runs them -----------------
+# (a backend may not replace them; what a framework has a kernel for is declared with @op instead)
+
+_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
+
+
+def _dtype_name(dtype) -> str:
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        return dtype
+    import numpy as np
+
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = getattr(dtype, "name", str(dtype))
+    if name not in _DTYPE_NAMES:
+        raise TypeError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPE_NAMES)}")
+    return name
+
+
+def _created(kind, shape, dtype):
+    backend = config.backend()
+    with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
+        return getattr(backend.ops, kind)(shape, _dtype_name(dtype or config.get_dtype()))
+
+
+def cat(tensors, dim=0):
+    """``concat`` under PyTorch's name: join tensors along an existing axis ``dim``."""
+    return concat(tensors, dim)
+
+
+def transpose(x, dim0, dim1):
+    """``x`` with axes ``dim0`` and ``dim1`` swapped (``torch.transpose``; ``permute`` for any order)."""
+    rank = len(x.shape)
+    dims = list(range(rank))
+    dims[dim0 % rank], dims[dim1 % rank] = dims[dim1 % rank], dims[dim0 % rank]
+    return permute(x, dims)
+
+
+def relu6(x):
+    """min(max(x, 0), 6)."""
+    return hardtanh(x, 0.0, 6.0)
+
+
+def prelu(x, weight):
+    """x if x >= 0 else weight * x, with one ``weight`` for all channels or one per channel (axis 1)."""
+    rank = len(x.shape)
+    size = weight.shape[0]
+    if rank >= 2 and size != 1:
+        weight = reshape(weight, (1, size) + (1,) * (rank - 2))
+    return where(x >= 0, x, x * weight)
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduced(values, reduction):
+    if reduction == "mean":
+        return mean(values)
+    if reduction == "sum":
+        return sum(values)
+    return values
+
+
+def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
+    """0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta, with d = prediction - target (L1 when beta is 0)."""
+    difference = abs(prediction - cast_like(target, prediction))
+    if beta == 0:
+        return _reduced(difference, reduction)
+    return _reduced(where(difference < beta, 0.5 * square(difference) / beta, difference - 0.5 * beta), reduction)
+
+
+def huber_loss(prediction, target, reduction="mean", delta=1.0):
+    """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target."""
+    difference = abs(prediction - cast_like(target, prediction))
+    return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
+
+
+def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
+    """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight``."""
+    target = cast_like(target, probabilities)
+    losses = -(target * clip(log(probabilities), -100.0) + (1 - target) * clip(log(1 - probabilities), -100.0))
+    if weight is not None:
+        losses = losses * weight
+    return _reduced(losses, reduction)
+
+
+def kl_div(log_probabilities, target, reduction="mean", log_target=False):
+    """Pointwise target * (log(target) - input), 0 where target is 0 (``log_target``: exp(t) * (t - input)).
+
+    ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
+    mathematical KL divergence), 'sum' or 'none'."""
+    target = cast_like(target, log_probabilities)
+    if log_target:
+        losses = exp(target) * (target - log_probabilities)
+    else:
+        positive = target > 0
+        safe = where(positive, target, zeros_like(target) + 1)  # log(0) never evaluated: no NaN in the gradient
+        losses = where(positive, target * (log(safe) - log_probabilities), zeros_like(target))
+    if reduction == "batchmean":
+        return sum(losses) / _count(shape(log_probabilities)[:1], losses) if len(log_probabilities.shape) else sum(losses)
+    return _reduced(losses, reduction)
+
+
+def _count(sizes, like):
+    """The product of ``sizes`` (ints, or scalar tensors where a graph leaves a size unknown) in ``like``'s dtype."""
+    count, unknown = 1, []
+    for size in sizes:
+        if isinstance(size, int):
+            count *= size
+        else:
+            unknown.append(size)
+    for size in unknown:
+        count = cast_like(size, like) * count
+    return count
+
+
+def _class_axis_last(x):
+    """(N, C, d1, ...) -> (N, d1, ..., C); (N, C) as it is."""
+    rank = len(x.shape)
+    return x if rank <= 2 else permute(x, [0] + list(range(2, rank)) + [1])
+
+
+def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reduction="mean"):
+    """-log_probabilities[n, labels[n]] * weight[labels[n]] for (N, C) or (N, C, d1, ...) input and integer
+    labels (N,) or (N, d1, ...); labels equal to ``ignore_index`` count for nothing. 'mean' divides by
+    the summed weights of the counted labels (PyTorch's); 'none' keeps the labels' shape."""
+    return _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, "NLLLoss labels")
+
+
+def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, what):
+    classes = shape(log_probabilities)[1]
+    kept = labels != ignore_index
+    safe = check_index(where(kept, labels, zeros_like(labels)), classes, what)
+    picked = squeeze(gather(log_probabilities, 1, unsqueeze(safe, 1)), 1)
+    mask = cast_like(kept, picked)
+    weights = mask if weight is None else take(weight, safe) * mask
+    losses = -picked * weights
+    if reduction == "mean":
+        return sum(losses) / sum(weights)
+    return _reduced(losses, reduction)
+
+
+def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
+    (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
+    (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
+    log_probabilities = log_softmax(logits, 1)
+    classes = _count(shape(logits)[1:2], log_probabilities)
+    broadcast = None
+    if weight is not None:
+        broadcast = reshape(weight, (1, -1) + (1,) * (len(logits.shape) - 2))
+    if len(target.shape) == len(logits.shape):  # class probabilities
+        target = cast_like(target, log_probabilities)
+        if label_smoothing:
+            target = target * (1 - label_smoothing) + label_smoothing / classes
+        weighted = log_probabilities * target if broadcast is None else log_probabilities * target * broadcast
+        losses = -sum(weighted, 1)
+        if reduction == "mean":
+            return sum(losses) / _count(shape(losses), losses)
+        return _reduced(losses, reduction)
+    loss = _nll_loss(log_probabilities, target, weight, ignore_index, reduction, "CrossEntropyLoss labels")
+    if not label_smoothing:
+        return loss
+    kept = cast_like(target != ignore_index, log_probabilities)
+    smooth = -sum(log_probabilities if broadcast is None else log_probabilities * broadcast, 1) * kept
+    if reduction == "mean":
+        if weight is None:
+            smooth = sum(smooth) / sum(kept)
+        else:
+            safe = where(target != ignore_index, target, zeros_like(target))
+            smooth = sum(smooth) / sum(take(weight, safe) * kept)
+    else:
+        smooth = _reduced(smooth, reduction)
+    return (1 - label_smoothing) * loss + smooth * (label_smoothing / classes)
+

@@ -1,7 +1,12 @@
-"""Element-wise activations as layers: ``ReLU``, ``LeakyReLU``, ``Sigmoid``, ``Tanh``, ``Softmax``."""
+"""Activations as layers, with PyTorch's constructor arguments and defaults: ``ReLU``, ``LeakyReLU``, ``Sigmoid``,
+``Tanh``, ``Softmax``, ``LogSoftmax``, ``GELU``, ``SiLU``, ``ELU``, ``Softplus``, ``Hardtanh``, ``ReLU6``, ``PReLU``."""
 
 from __future__ import annotations
 
+import numpy as np
+
+from unidl import ops as functional
+from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
 
@@ -52,3 +57,126 @@ class Softmax(Module):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class LogSoftmax(Module):
+    """log(softmax(x)) along ``dim``, computed stably. ``dim=None`` picks PyTorch's implicit axis
+    (0 for inputs of rank 0, 1 or 3, else 1); give ``dim`` explicitly."""
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        dim = self.dim if self.dim is not None else (0 if len(x.shape) in (0, 1, 3) else 1)
+        return self._ops.log_softmax(x, dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class GELU(Module):
+    """x * Phi(x), Phi the standard normal CDF; ``approximate='tanh'`` uses
+    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))), as PyTorch."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return self._ops.gelu(x, self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(Module):
+    """x * sigmoid(x). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+
+    def forward(self, x):
+        return self._ops.silu(x)
+
+
+class ELU(Module):
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x):
+        return self._ops.elu(x, self.alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class Softplus(Module):
+    """log(1 + exp(beta * x)) / beta, reverting to x where beta * x > threshold."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0):
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"Softplus beta must be positive, got {beta!r}")
+        self.beta, self.threshold = float(beta), float(threshold)
+
+    def forward(self, x):
+        return self._ops.softplus(x, self.beta, self.threshold)
+
+    def extra_repr(self):
+        return f"beta={self.beta}, threshold={self.threshold}"
+
+
+class Hardtanh(Module):
+    """x limited to [min_val, max_val] (gradient 1 strictly inside, 0 outside)."""
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
+        super().__init__()
+        if not max_val > min_val:
+            raise ValueError(f"{type(self).__name__} max_val must be greater than min_val, got "
+                             f"min_val={min_val!r}, max_val={max_val!r}")
+        self.min_val, self.max_val = float(min_val), float(max_val)
+
+    def forward(self, x):
+        return self._ops.hardtanh(x, self.min_val, self.max_val)
+
+    def extra_repr(self):
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class ReLU6(Hardtanh):
+    """min(max(x, 0), 6)."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__(0.0, 6.0)
+
+    def extra_repr(self):
+        return ""
+
+
+class PReLU(Module):
+    """x if x >= 0 else weight * x, with a learnt ``weight``: one for all channels (``num_parameters=1``)
+    or one per channel (axis 1 of the input), each starting at ``init``. Parameter ``weight``
+    (num_parameters,), as in PyTorch."""
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25):
+        super().__init__()
+        if not isinstance(num_parameters, int) or isinstance(num_parameters, bool) or num_parameters <= 0:
+            raise ValueError(f"PReLU num_parameters must be a positive integer, got {num_parameters!r}")
+        self.num_parameters = num_parameters
+        self.weight = self.parameter(np.full((num_parameters,), float(init)))
+
+    def forward(self, x):
+        shape = tuple(x.shape)
+        if self.num_parameters > 1 and (len(shape) < 2 or shape[1] not in (self.num_parameters, None)):
+            raise ShapeMismatchError(f"{self.describe()} has one weight per channel: it expected input of shape "
+                                     f"(N, {self.num_parameters}, ...), received {shape}")
+        return functional.prelu(x, self.weight)
+
+    def extra_repr(self):
+        return f"num_parameters={self.num_parameters}"

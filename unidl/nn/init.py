@@ -35,3 +35,8 @@ def zeros(shape) -> np.ndarray:
 
 def ones(shape) -> np.ndarray:
     return np.ones(tuple(shape))
+
+
+def normal(shape, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
+    """Samples of N(mean, std^2) (``Embedding``'s default weights, as PyTorch's ``normal_``)."""
+    return mean + std * _random.generator().standard_normal(size=tuple(shape))

@@ -1,15 +1,20 @@
-"""Loss functions as modules: ``MSELoss``, ``L1Loss``, ``CrossEntropyLoss``, ``BCEWithLogitsLoss``.
+"""Loss functions as modules: ``MSELoss``, ``L1Loss``, ``CrossEntropyLoss``, ``NLLLoss``, ``BCEWithLogitsLoss``,
+``BCELoss``, ``SmoothL1Loss``, ``HuberLoss``, ``KLDivLoss``.
 
-Each takes ``reduction`` in {'mean', 'sum'} and follows PyTorch's definition,
-which every backend implements with the same arithmetic.
+Each takes ``reduction`` in {'mean', 'sum', 'none'} (``KLDivLoss`` also 'batchmean') and follows PyTorch's
+definition, which every backend implements with the same arithmetic. A class ``weight`` is a buffer named
+``weight``, as in PyTorch's ``state_dict()``.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from unidl import ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
-REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def _static_shape(tensor):
@@ -22,11 +27,17 @@ def _shapes_conflict(a, b) -> bool:
     return any(x is not None and y is not None and x != y for x, y in zip(a, b))
 
 
+def _is_floating(tensor) -> bool:
+    return "float" in str(getattr(tensor, "dtype", ""))
+
+
 class _Loss(Module):
+    reductions = REDUCTIONS
+
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"{type(self).__name__} reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if reduction not in self.reductions:
+            raise ValueError(f"{type(self).__name__} reduction must be one of {self.reductions}, got {reduction!r}")
         self.reduction = reduction
 
     def _check_same_shape(self, prediction, target):
@@ -56,25 +67,167 @@ class L1Loss(_Loss):
         return self._ops.l1_loss(prediction, target, self.reduction)
 
 
-class CrossEntropyLoss(_Loss):
-    """Softmax cross-entropy of logits ``(N, C)`` against integer class labels ``(N,)`` in [0, C).
-
-    loss_i = -log(softmax(logits_i)[label_i]), reduced over the batch. Labels outside
-    [0, C) are an error, never a NaN.
-    """
-
-    def forward(self, logits, labels):
-        a, b = _static_shape(logits), _static_shape(labels)
-        if len(a) != 2 or len(b) != 1 or (a[0] is not None and b[0] is not None and a[0] != b[0]):
-            raise ShapeMismatchError(
-                f"CrossEntropyLoss needs logits of shape (N, C) and integer labels of shape (N,); "
-                f"got logits {a} and labels {b}")
-        return self._ops.cross_entropy(logits, labels, self.reduction)
-
-
 class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits: reduce(max(x, 0) - x*t + log(1 + exp(-|x|))), numerically stable."""
 
     def forward(self, logits, targets):
         self._check_same_shape(logits, targets)
         return self._ops.bce_with_logits(logits, targets, self.reduction)
+
+
+class BCELoss(_Loss):
+    """Binary cross-entropy of probabilities: reduce(-weight * (t * log(p) + (1 - t) * log(1 - p))), each log
+    clamped at -100 as in PyTorch. ``weight`` (optional) broadcasts against the input."""
+
+    def __init__(self, weight=None, reduction: str = "mean"):
+        if isinstance(weight, str):  # BCELoss('sum'): the reduction, positionally
+            weight, reduction = None, weight
+        super().__init__(reduction)
+        if weight is not None:
+            self.register_buffer("weight", np.asarray(weight, dtype=np.float64))
+        else:
+            self.weight = None
+
+    def forward(self, probabilities, targets):
+        self._check_same_shape(probabilities, targets)
+        return functional.binary_cross_entropy(probabilities, targets, self.weight, self.reduction)
+
+
+class SmoothL1Loss(_Loss):
+    """reduce(0.5 * d^2 / beta if |d| < beta else |d| - 0.5 * beta), d = prediction - target (L1 for beta = 0)."""
+
+    def __init__(self, reduction: str = "mean", beta: float = 1.0):
+        super().__init__(reduction)
+        if beta < 0:
+            raise ValueError(f"SmoothL1Loss beta must be non-negative, got {beta!r}")
+        self.beta = float(beta)
+
+    def forward(self, prediction, target):
+        self._check_same_shape(prediction, target)
+        return functional.smooth_l1_loss(prediction, target, self.reduction, self.beta)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, beta={self.beta}"
+
+
+class HuberLoss(_Loss):
+    """reduce(0.5 * d^2 if |d| < delta else delta * (|d| - 0.5 * delta)), d = prediction - target."""
+
+    def __init__(self, reduction: str = "mean", delta: float = 1.0):
+        super().__init__(reduction)
+        if delta <= 0:
+            raise ValueError(f"HuberLoss delta must be positive, got {delta!r}")
+        self.delta = float(delta)
+
+    def forward(self, prediction, target):
+        self._check_same_shape(prediction, target)
+        return functional.huber_loss(prediction, target, self.reduction, self.delta)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, delta={self.delta}"
+
+
+class KLDivLoss(_Loss):
+    """Kullback-Leibler divergence of ``target`` from the distribution whose log-probabilities are the input:
+    pointwise target * (log(target) - input) (exp(t) * (t - input) with ``log_target``).
+
+    ``reduction='batchmean'`` (sum over the batch size) is the mathematical KL divergence; 'mean', the
+    default as in PyTorch, averages over every element."""
+
+    reductions = REDUCTIONS + ("batchmean",)
+
+    def __init__(self, reduction: str = "mean", log_target: bool = False):
+        super().__init__(reduction)
+        self.log_target = bool(log_target)
+
+    def forward(self, log_probabilities, target):
+        self._check_same_shape(log_probabilities, target)
+        return functional.kl_div(log_probabilities, target, self.reduction, self.log_target)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, log_target={self.log_target}"
+
+
+class _WeightedClassLoss(_Loss):
+    """A loss over classes with PyTorch's optional per-class ``weight`` (a buffer) and ``ignore_index``."""
+
+    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean"):
+        if isinstance(weight, str):  # CrossEntropyLoss('sum'): the reduction, positionally
+            weight, reduction = None, weight
+        super().__init__(reduction)
+        if weight is not None:
+            weight = np.asarray(weight, dtype=np.float64)
+            if weight.ndim != 1:
+                raise ValueError(f"{type(self).__name__} weight must be one value per class (C,), got shape {weight.shape}")
+            self.register_buffer("weight", weight)
+        else:
+            self.weight = None
+        self.ignore_index = int(ignore_index)
+
+    def _check_shapes(self, scores, target, probabilities_allowed: bool):
+        a, b = _static_shape(scores), _static_shape(target)
+        name = type(self).__name__
+        if probabilities_allowed and _is_floating(target) and len(a) >= 2:
+            if _shapes_conflict(a, b):
+                raise ShapeMismatchError(
+                    f"{name} needs logits of shape (N, C) and integer labels of shape (N,) or class probabilities "
+                    f"of the logits' shape; got logits {a} and class probabilities {b}")
+            return True
+        if len(a) < 2 or len(b) != len(a) - 1 or _shapes_conflict(a[:1] + a[2:], b):
+            raise ShapeMismatchError(
+                f"{name} needs logits of shape (N, C) and integer labels of shape (N,) "
+                f"(or (N, C, d1, ...) and (N, d1, ...)); got logits {a} and labels {b}" if probabilities_allowed else
+                f"{name} needs log-probabilities of shape (N, C) and integer labels of shape (N,) "
+                f"(or (N, C, d1, ...) and (N, d1, ...)); got {a} and labels {b}")
+        if self.weight is not None and a[1] is not None and a[1] != self.weight.shape[0]:
+            raise ShapeMismatchError(f"{name} has {self.weight.shape[0]} class weights but the input has {a[1]} classes "
+                                     f"(shape {a})")
+        return False
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, weight={self.weight is not None}"
+
+
+class CrossEntropyLoss(_WeightedClassLoss):
+    """Softmax cross-entropy, as ``torch.nn.CrossEntropyLoss``.
+
+    Logits (N, C) (or (N, C, d1, ...)) against integer class labels (N,) in [0, C) (or (N, d1, ...)), or
+    against class probabilities of the logits' shape. For labels,
+    ``loss_n = -weight[y_n] * log(softmax(logits_n)[y_n])``, and 'mean' divides the sum by the summed
+    weights of the labels (N without ``weight``); labels equal to ``ignore_index`` count for nothing; any
+    other label outside [0, C) is an ``IndexOutOfRangeError``, never a NaN. ``label_smoothing`` mixes the
+    target with the uniform distribution over the C classes.
+
+    Args:
+        weight: one weight per class (a buffer ``weight``), or None.
+        ignore_index: the label that adds nothing (-100 by default, as in PyTorch).
+        reduction: 'mean', 'sum' or 'none' (one loss per sample).
+        label_smoothing: in [0, 1].
+    """
+
+    def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
+        super().__init__(weight, ignore_index, reduction)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"CrossEntropyLoss label_smoothing must lie in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def forward(self, logits, target):
+        probabilities = self._check_shapes(logits, target, probabilities_allowed=True)
+        if (not probabilities and self.weight is None and not self.label_smoothing
+                and len(_static_shape(logits)) == 2):  # the fused kernel of each framework
+            return self._ops.cross_entropy(logits, target, self.reduction, self.ignore_index)
+        return functional.cross_entropy_loss(logits, target, self.weight, self.ignore_index, self.reduction,
+                                             self.label_smoothing)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", label_smoothing={self.label_smoothing}"
+
+
+class NLLLoss(_WeightedClassLoss):
+    """Negative log-likelihood of log-probabilities (N, C) (or (N, C, d1, ...)) against integer labels:
+    ``loss_n = -weight[y_n] * input[n, y_n]``; ``CrossEntropyLoss`` is ``NLLLoss`` after ``LogSoftmax(1)``.
+    ``weight``, ``ignore_index`` and the reductions as in ``CrossEntropyLoss``."""
+
+    def forward(self, log_probabilities, labels):
+        self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
+        return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)

@@ -24,7 +24,7 @@ from jax.experimental import checkify
 
 from unidl import devices
 from unidl.backends.jax import variable as jax_variable
-from unidl.errors import GraphConstructError, RetraceWarning
+from unidl.errors import GraphConstructError, RetraceWarning, index_error_from
 
 _CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
                    jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
@@ -122,7 +122,13 @@ class StatefulJit:
         error, (result, written) = compiled([v.value for v in variables], [leaves[i] for i in dynamic])
         for index, value in written.items():
             variables[index].value = value
-        error.throw()
+        try:
+            error.throw()
+        except checkify.JaxRuntimeError as runtime_error:  # an in-graph index check (ops.check_index) failed
+            index_error = index_error_from(runtime_error)
+            if index_error is None:
+                raise
+            raise index_error from None
         return result
 
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from unidl.backends.jax.variable import unwrap as _v
+from unidl.errors import IndexOutOfRangeError
 
 
 def _unwrapped(function):
@@ -36,6 +37,9 @@ square = _unwrapped(jnp.square)
 maximum = _unwrapped(jnp.maximum)
 where = _unwrapped(jnp.where)
 zeros_like = _unwrapped(jnp.zeros_like)
+silu = _unwrapped(jax.nn.silu)
+log1p = _unwrapped(jnp.log1p)
+minimum = _unwrapped(jnp.minimum)
 
 
 def linear(x, weight, bias=None):
@@ -172,6 +176,8 @@ def one_hot(labels, num_classes):
 
 
 def _reduce(values, reduction):
+    if reduction == "none":
+        return values
     return jnp.mean(values) if reduction == "mean" else jnp.sum(values)
 
 
@@ -185,18 +191,31 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(jnp.abs(prediction - jnp.asarray(_v(target), prediction.dtype)), reduction)
 
 
-def cross_entropy(logits, labels, reduction="mean"):
+def check_index(indices, size, what="index"):
+    indices = _v(indices)
+    if not indices.size:
+        return indices
+    low, high = jnp.min(indices), jnp.max(indices)
+    if isinstance(low, jax.core.Tracer):  # inside a compiled step: checkify raises it after the step
+        message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {size}); found values from {{low}} to {{high}}"
+        try:
+            checkify.check((low >= 0) & (high < size), message, low=low, high=high)
+        except ValueError:  # traced by a jax.jit that is not checkified (Keras's own trainer): no check there
+            pass
+    elif int(low) < 0 or int(high) >= size:
+        raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {int(low)} to {int(high)}")
+    return indices
+
+
+def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     logits, labels = _v(logits), _v(labels)
-    classes = logits.shape[-1]
-    message = f"CrossEntropyLoss labels must lie in [0, {classes}); found labels from {{low}} to {{high}}"
-    if labels.size:
-        low, high = jnp.min(labels), jnp.max(labels)
-        if isinstance(low, jax.core.Tracer):  # inside a compiled step: checkify raises it after the step
-            checkify.check((low >= 0) & (high < classes), message, low=low, high=high)
-        elif int(low) < 0 or int(high) >= classes:
-            raise ValueError(message.format(low=int(low), high=int(high)))
+    kept = labels != ignore_index
+    labels = check_index(jnp.where(kept, labels, 0), logits.shape[-1], "CrossEntropyLoss labels")
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     losses = -jnp.take_along_axis(log_probs, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+    losses = jnp.where(kept, losses, 0)
+    if reduction == "mean":
+        return jnp.sum(losses) / jnp.sum(kept.astype(losses.dtype))
     return _reduce(losses, reduction)
 
 
@@ -210,3 +229,106 @@ def bce_with_logits(logits, targets, reduction="mean"):
 def scan(fn, init, xs, axis=0):
     carry, ys = jax.lax.scan(fn, init, jnp.moveaxis(_v(xs), axis, 0))
     return carry, jax.tree_util.tree_map(lambda y: jnp.moveaxis(y, 0, axis), ys)
+
+
+def gelu(x, approximate="none"):
+    return jax.nn.gelu(_v(x), approximate=approximate == "tanh")
+
+
+def elu(x, alpha=1.0):
+    x = _v(x)
+    # expm1 of the negative part only: the branch not taken must not overflow (its gradient would be NaN)
+    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    x = _v(x)
+    scaled = x * beta
+    return jnp.where(scaled > threshold, x, jnp.log1p(jnp.exp(jnp.minimum(scaled, threshold))) / beta)
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    x = _v(x)
+    return jnp.where(x < min_val, jnp.asarray(min_val, x.dtype), jnp.where(x > max_val, jnp.asarray(max_val, x.dtype), x))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    x = _v(x)
+    axes = tuple(range(-len(normalized_shape), 0))
+    centered = x - jnp.mean(x, axes, keepdims=True)
+    y = centered * jax.lax.rsqrt(jnp.mean(jnp.square(centered), axes, keepdims=True) + eps)
+    if weight is not None:
+        y = y * _v(weight)
+    return y + _v(bias) if bias is not None else y
+
+
+def embedding(indices, weight, padding_idx=None):
+    weight = _v(weight)
+    indices = check_index(indices, weight.shape[0], "Embedding indices")
+    rows = jnp.take(weight, indices, axis=0)
+    if padding_idx is None:
+        return rows
+    return jnp.where((indices == padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
+
+
+def take(x, indices, axis=0):
+    x = _v(x)
+    return jnp.take(x, check_index(indices, x.shape[axis], "take indices"), axis=axis)
+
+
+def gather(x, dim, index):
+    x, index = _v(x), _v(index)
+    dim %= x.ndim
+    index = check_index(index, x.shape[dim], "gather index")
+    # torch.gather: index may be shorter than x on the other axes
+    x = x[tuple(slice(None) if axis == dim else slice(0, size) for axis, size in enumerate(index.shape))]
+    return jnp.take_along_axis(x, index, axis=dim)
+
+
+def cast(x, dtype):
+    return jnp.asarray(_v(x)).astype(dtype)
+
+
+def zeros(shape, dtype):
+    return jnp.zeros(tuple(shape), dtype)
+
+
+def ones(shape, dtype):
+    return jnp.ones(tuple(shape), dtype)
+
+
+def arange(start, end, step, dtype):
+    return jnp.arange(start, end, step, dtype=dtype)
+
+
+def argmax(x, dim=None, keepdim=False):
+    return jnp.argmax(_v(x), axis=dim, keepdims=keepdim).astype(jnp.int64)
+
+
+def permute(x, dims):
+    return jnp.transpose(_v(x), tuple(dims))
+
+
+def unsqueeze(x, dim):
+    return jnp.expand_dims(_v(x), dim)
+
+
+def squeeze(x, dim=None):
+    x = _v(x)
+    if dim is None:
+        return jnp.squeeze(x)
+    dims = tuple(d % x.ndim for d in ((dim,) if isinstance(dim, int) else dim) if x.shape[d] == 1)
+    return jnp.squeeze(x, dims) if dims else x  # torch leaves axes of another size as they are
+
+
+_PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    x = _v(x)
+    amounts = [(0, 0)] * x.ndim
+    for i in range(len(pad) // 2):
+        amounts[x.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    if mode == "constant":
+        return jnp.pad(x, amounts, constant_values=value)
+    return jnp.pad(x, amounts, mode=_PAD_MODES[mode])

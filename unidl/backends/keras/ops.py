@@ -8,6 +8,7 @@ around a channels-last kernel. The host backend's ops that take Keras's tensors 
 
 from __future__ import annotations
 
+import math
 import keras
 from keras import ops as K
 
@@ -30,6 +31,9 @@ square = K.square
 maximum = K.maximum
 where = K.where
 zeros_like = K.zeros_like
+silu = K.silu
+log1p = K.log1p
+minimum = K.minimum
 
 def linear(x, weight, bias=None):
     y = K.matmul(x, K.transpose(weight))
@@ -191,6 +195,8 @@ def one_hot(labels, num_classes):
 
 
 def _reduce(values, reduction):
+    if reduction == "none":
+        return values
     return K.mean(values) if reduction == "mean" else K.sum(values)
 
 
@@ -202,13 +208,21 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(K.abs(prediction - K.cast(target, prediction.dtype)), reduction)
 
 
-def cross_entropy(logits, labels, reduction="mean"):
-    if not isinstance(labels, keras.KerasTensor) and HOST.is_concrete(labels):
-        values = K.convert_to_numpy(labels)
-        if values.size and (values.min() < 0 or values.max() >= logits.shape[-1]):
-            raise ValueError(f"CrossEntropyLoss labels must lie in [0, {logits.shape[-1]}); "
-                             f"found labels from {int(values.min())} to {int(values.max())}")
+def check_index(indices, size, what="index"):
+    # the host checks its own tensors, eagerly and inside the graphs it compiles (a symbolic KerasTensor
+    # while Keras builds a model has no values to check)
+    if isinstance(indices, keras.KerasTensor):
+        return indices
+    return HOST.ops.check_index(indices, size, what)
+
+
+def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
+    kept = K.not_equal(labels, ignore_index)
+    labels = check_index(K.where(kept, labels, K.zeros_like(labels)), logits.shape[-1], "CrossEntropyLoss labels")
     losses = K.sparse_categorical_crossentropy(K.cast(labels, "int32"), logits, from_logits=True)
+    losses = K.where(kept, losses, K.zeros_like(losses))
+    if reduction == "mean":
+        return K.sum(losses) / K.sum(K.cast(kept, losses.dtype))
     return _reduce(losses, reduction)
 
 
@@ -221,6 +235,115 @@ def bce_with_logits(logits, targets, reduction="mean"):
 def scan(fn, init, xs, axis=0):
     carry, ys = K.scan(fn, init, K.moveaxis(xs, axis, 0))
     return carry, K.moveaxis(ys, 0, axis)
+
+
+def gelu(x, approximate="none"):
+    # PyTorch's arithmetic, constants in x's dtype (TensorFlow's gelu rounds them to float32 in float64)
+    if approximate == "tanh":
+        return 0.5 * x * (1 + K.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+    return x * 0.5 * (1 + K.erf(x * math.sqrt(0.5)))
+
+
+def elu(x, alpha=1.0):
+    # expm1 of the negative part only: the branch not taken must not overflow (its gradient would be NaN)
+    return K.where(x > 0, x, alpha * K.expm1(K.minimum(x, 0)))
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    scaled = x * beta
+    return K.where(scaled > threshold, x, K.log1p(K.exp(K.minimum(scaled, threshold))) / beta)
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    return K.where(x < min_val, K.cast(min_val, x.dtype), K.where(x > max_val, K.cast(max_val, x.dtype), x))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    axes = tuple(range(-len(normalized_shape), 0))
+    centered = x - K.mean(x, axes, keepdims=True)
+    y = centered * K.rsqrt(K.mean(K.square(centered), axes, keepdims=True) + eps)
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+def embedding(indices, weight, padding_idx=None):
+    indices = check_index(indices, weight.shape[0], "Embedding indices")
+    rows = K.take(weight, indices, axis=0)
+    if padding_idx is None:
+        return rows
+    return K.where(K.expand_dims(K.equal(indices, padding_idx), -1), K.stop_gradient(rows), rows)
+
+
+def _axis_size(x, axis):
+    return x.shape[axis] if x.shape[axis] is not None else K.shape(x)[axis]
+
+
+def take(x, indices, axis=0):
+    return K.take(x, check_index(indices, _axis_size(x, axis), "take indices"), axis=axis)
+
+
+def gather(x, dim, index):
+    dim %= len(x.shape)
+    index = check_index(index, _axis_size(x, dim), "gather index")
+    if tuple(index.shape) != tuple(x.shape):  # torch.gather: index may be shorter than x on the other axes
+        sizes = [_axis_size(x, d) if d == dim else _axis_size(index, d) for d in range(len(x.shape))]
+        x = K.slice(x, [0] * len(sizes), sizes)
+    return K.take_along_axis(x, index, axis=dim)
+
+
+def cast(x, dtype):
+    return K.cast(x, dtype)
+
+
+def zeros(shape, dtype):
+    return K.zeros(shape, dtype)
+
+
+def ones(shape, dtype):
+    return K.ones(shape, dtype)
+
+
+def arange(start, end, step, dtype):
+    return K.arange(start, end, step, dtype=dtype)
+
+
+def argmax(x, dim=None, keepdim=False):
+    return K.cast(K.argmax(x, axis=dim, keepdims=keepdim), "int64")
+
+
+def permute(x, dims):
+    return K.transpose(x, tuple(dims))
+
+
+def unsqueeze(x, dim):
+    return K.expand_dims(x, dim)
+
+
+def squeeze(x, dim=None):
+    if dim is None:
+        return K.squeeze(x)
+    rank = len(x.shape)
+    dims = tuple(d % rank for d in ((dim,) if isinstance(dim, int) else dim) if x.shape[d] in (1, None))
+    return K.squeeze(x, dims) if dims else x  # torch leaves axes of another size as they are
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    rank = len(x.shape)
+    amounts = [(0, 0)] * rank
+    for i in range(len(pad) // 2):
+        amounts[rank - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
+    if mode == "constant":
+        return K.pad(x, amounts, constant_values=value)
+    if mode == "reflect":
+        return K.pad(x, amounts, mode="reflect")
+    for axis, (before, after) in enumerate(amounts):  # replicate and circular: a gather of edge or wrapped rows
+        if before or after:
+            size = _axis_size(x, axis)
+            positions = K.arange(-before, size + after)
+            positions = K.clip(positions, 0, size - 1) if mode == "replicate" else K.mod(positions, size)
+            x = K.take(x, positions, axis=axis)
+    return x
 
 
 # the host's own kernels where they take Keras's tensors as they are (faster than keras.ops' spellings)

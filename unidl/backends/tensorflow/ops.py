@@ -8,9 +8,11 @@ Everything here works in eager mode and in graphs with unknown batch size.
 
 from __future__ import annotations
 
+import math
 
 import tensorflow as tf
 
+from unidl.errors import IndexOutOfRangeError
 from unidl.backends.tensorflow.layout import (elementwise, flatten_view, flattened_nhwc_source, nchw_view,
                                               nhwc_source, to_nhwc)
 
@@ -27,6 +29,9 @@ square = tf.square
 maximum = tf.maximum
 where = tf.where
 zeros_like = tf.zeros_like
+silu = elementwise(tf.nn.silu)
+log1p = tf.math.log1p
+minimum = tf.minimum
 
 def linear(x, weight, bias=None):
     # the (out, in) weight is multiplied transposed inside the kernel (no transposed copy per step), and
@@ -231,6 +236,8 @@ def one_hot(labels, num_classes):
 
 
 def _reduce(values, reduction):
+    if reduction == "none":
+        return values
     return tf.reduce_mean(values) if reduction == "mean" else tf.reduce_sum(values)
 
 
@@ -242,19 +249,31 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(tf.abs(prediction - tf.cast(target, prediction.dtype)), reduction)
 
 
-def cross_entropy(logits, labels, reduction="mean"):
-    labels = tf.cast(labels, tf.int64)
-    classes = tf.cast(tf.shape(logits)[-1], tf.int64)
-    message = "CrossEntropyLoss labels must lie in [0, number of classes)"
+def check_index(indices, size, what="index"):
     if tf.executing_eagerly():
-        if tf.size(labels) and (tf.reduce_min(labels) < 0 or tf.reduce_max(labels) >= classes):
-            raise ValueError(f"CrossEntropyLoss labels must lie in [0, {int(classes)}); found labels from "
-                             f"{int(tf.reduce_min(labels))} to {int(tf.reduce_max(labels))}")
-    else:  # GPU kernels return NaN for such labels, so check in the graph
-        with tf.control_dependencies([tf.debugging.assert_non_negative(labels, message=message),
-                                      tf.debugging.assert_less(labels, classes, message=message)]):
-            labels = tf.identity(labels)
+        if tf.size(indices):
+            low, high = int(tf.reduce_min(indices)), int(tf.reduce_max(indices))
+            if low < 0 or high >= int(size):
+                raise IndexOutOfRangeError(f"{what} must lie in [0, {int(size)}); found values from {low} to {high}")
+        return indices
+    # in a graph: GPU kernels return NaN or zeros for such indices (and TensorFlow's CPU gather zeros), so
+    # check with the graph; GraphFunction turns the marked error into IndexOutOfRangeError
+    bound = f"{size}" if isinstance(size, int) else "its size"
+    message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {bound})"
+    with tf.control_dependencies([tf.debugging.assert_non_negative(indices, message=message),
+                                  tf.debugging.assert_less(indices, tf.cast(size, indices.dtype), message=message)]):
+        return tf.identity(indices)
+
+
+def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
+    labels = tf.cast(labels, tf.int64)
+    kept = tf.not_equal(labels, ignore_index)
+    labels = check_index(tf.where(kept, labels, tf.zeros_like(labels)), logits.shape[-1] if logits.shape[-1]
+                         is not None else tf.shape(logits, out_type=tf.int64)[-1], "CrossEntropyLoss labels")
     losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    losses = tf.where(kept, losses, tf.zeros_like(losses))
+    if reduction == "mean":
+        return tf.reduce_sum(losses) / tf.reduce_sum(tf.cast(kept, losses.dtype))
     return _reduce(losses, reduction)
 
 
@@ -285,3 +304,126 @@ def scan(fn, init, xs, axis=0):
     _, carry, ys = tf.while_loop(lambda t, carry, ys: t < length, body, (tf.constant(0), init, ys))
     ys = ys.stack()
     return carry, (_move_axis(ys, 0, axis) if axis % xs.shape.rank else ys)
+
+
+@elementwise
+def gelu(x, approximate="none"):
+    # PyTorch's arithmetic, constants in x's dtype (tf.nn.gelu rounds them to float32 in float64)
+    if approximate == "tanh":
+        return 0.5 * x * (1 + tf.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x)))
+    return x * 0.5 * (1 + tf.math.erf(x * math.sqrt(0.5)))
+
+
+@elementwise
+def elu(x, alpha=1.0):
+    # expm1 of the negative part only: the branch not taken must not overflow (its gradient would be NaN)
+    return tf.where(x > 0, x, alpha * tf.math.expm1(tf.minimum(x, tf.zeros_like(x))))
+
+
+@elementwise
+def softplus(x, beta=1.0, threshold=20.0):
+    scaled = x * beta
+    return tf.where(scaled > threshold, x, tf.math.log1p(tf.exp(tf.minimum(scaled, threshold))) / beta)
+
+
+@elementwise
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    return tf.clip_by_value(x, tf.cast(min_val, x.dtype), tf.cast(max_val, x.dtype))
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    axes = list(range(-len(normalized_shape), 0))
+    centered = x - tf.reduce_mean(x, axes, keepdims=True)
+    y = centered * tf.math.rsqrt(tf.reduce_mean(tf.square(centered), axes, keepdims=True) + eps)
+    if weight is not None:
+        y = y * weight
+    return y + bias if bias is not None else y
+
+
+def embedding(indices, weight, padding_idx=None):
+    indices = check_index(indices, int(weight.shape[0]), "Embedding indices")
+    rows = tf.gather(weight, indices)
+    if padding_idx is None:
+        return rows
+    return tf.where(tf.expand_dims(tf.equal(indices, tf.cast(padding_idx, indices.dtype)), -1), tf.stop_gradient(rows), rows)
+
+
+def _axis_size(x, axis):
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x, out_type=tf.int64)[axis]
+
+
+def take(x, indices, axis=0):
+    return tf.gather(x, check_index(indices, _axis_size(x, axis), "take indices"), axis=axis)
+
+
+def gather(x, dim, index):
+    rank = x.shape.rank
+    dim %= rank
+    index = check_index(index, _axis_size(x, dim), "gather index")
+    # torch.gather as a batched gather over the other axes, on which index may be shorter than x
+    x_last, index_last = _move_axis(x, dim, rank - 1), _move_axis(index, dim, rank - 1)
+    x_last = tf.slice(x_last, tf.zeros([rank], tf.int32),
+                      tf.concat([tf.shape(index_last)[:-1], tf.shape(x_last)[-1:]], 0))
+    return _move_axis(tf.gather(x_last, index_last, batch_dims=rank - 1), rank - 1, dim)
+
+
+def cast(x, dtype):
+    return tf.cast(x, dtype)
+
+
+def zeros(shape, dtype):
+    return tf.zeros(shape, dtype)
+
+
+def ones(shape, dtype):
+    return tf.ones(shape, dtype)
+
+
+def arange(start, end, step, dtype):
+    return tf.range(start, end, step, dtype=dtype)
+
+
+def argmax(x, dim=None, keepdim=False):
+    if dim is None:
+        index = tf.argmax(tf.reshape(x, [-1]), 0, output_type=tf.int64)
+        return tf.reshape(index, [1] * x.shape.rank) if keepdim else index
+    index = tf.argmax(x, dim, output_type=tf.int64)
+    return tf.expand_dims(index, dim) if keepdim else index
+
+
+def permute(x, dims):
+    return tf.transpose(x, list(dims))
+
+
+def unsqueeze(x, dim):
+    return tf.expand_dims(x, dim)
+
+
+def squeeze(x, dim=None):
+    if dim is None:
+        return tf.squeeze(x)
+    dims = [d % x.shape.rank for d in ((dim,) if isinstance(dim, int) else dim)]
+    dims = [d for d in dims if x.shape[d] == 1 or x.shape[d] is None]  # torch leaves other axes as they are
+    return tf.squeeze(x, dims) if dims else x
+
+
+def _pad_amounts(rank, pad):
+    amounts = [[0, 0] for _ in range(rank)]
+    for i in range(len(pad) // 2):
+        amounts[rank - 1 - i] = [int(pad[2 * i]), int(pad[2 * i + 1])]
+    return amounts
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    amounts = _pad_amounts(x.shape.rank, pad)
+    if mode == "constant":
+        return tf.pad(x, amounts, constant_values=tf.cast(value, x.dtype))
+    if mode == "reflect":
+        return tf.pad(x, amounts, mode="REFLECT")
+    for axis, (before, after) in enumerate(amounts):  # replicate and circular: a gather of edge or wrapped rows
+        if before or after:
+            size = tf.shape(x)[axis]
+            positions = tf.range(-before, size + after)
+            positions = tf.clip_by_value(positions, 0, size - 1) if mode == "replicate" else tf.math.floormod(positions, size)
+            x = tf.gather(x, positions, axis=axis)
+    return x

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unidl.errors import IndexOutOfRangeError
+
 linear = F.linear
 matmul = torch.matmul
 relu = torch.relu
@@ -19,6 +21,9 @@ square = torch.square
 maximum = torch.maximum
 where = torch.where
 zeros_like = torch.zeros_like
+silu = F.silu
+log1p = torch.log1p
+minimum = torch.minimum
 
 
 def leaky_relu(x, negative_slope=0.01):
@@ -120,13 +125,18 @@ def l1_loss(prediction, target, reduction="mean"):
     return F.l1_loss(prediction, target, reduction=reduction)
 
 
-def cross_entropy(logits, labels, reduction="mean"):
-    if labels.device.type == "cpu" and labels.numel():  # on a GPU, torch's own device assert fires instead
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= logits.shape[-1]:
-            raise ValueError(f"CrossEntropyLoss labels must lie in [0, {logits.shape[-1]}); "
-                             f"found labels from {low} to {high}")
-    return F.cross_entropy(logits, labels.long(), reduction=reduction)
+def check_index(indices, size, what="index"):
+    if indices.device.type == "cpu" and indices.numel():  # on a GPU, torch's own device assert fires instead
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= size:
+            raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
+    return indices
+
+
+def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
+    if labels.device.type == "cpu":
+        check_index(labels[labels != ignore_index], logits.shape[-1], "CrossEntropyLoss labels")
+    return F.cross_entropy(logits, labels.long(), reduction=reduction, ignore_index=ignore_index)
 
 
 def bce_with_logits(logits, targets, reduction="mean"):
@@ -139,3 +149,80 @@ def scan(fn, init, xs, axis=0):
         carry, y = fn(carry, x)
         ys.append(y)
     return carry, torch.stack(ys, axis)
+
+
+def gelu(x, approximate="none"):
+    return F.gelu(x, approximate=approximate)
+
+
+def elu(x, alpha=1.0):
+    return F.elu(x, alpha)
+
+
+def softplus(x, beta=1.0, threshold=20.0):
+    return F.softplus(x, beta, threshold)
+
+
+def hardtanh(x, min_val=-1.0, max_val=1.0):
+    return F.hardtanh(x, min_val, max_val)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    return F.layer_norm(x, tuple(normalized_shape), weight, bias, eps)
+
+
+def embedding(indices, weight, padding_idx=None):
+    return F.embedding(check_index(indices, weight.shape[0], "Embedding indices"), weight, padding_idx)
+
+
+def take(x, indices, axis=0):
+    axis %= x.dim()
+    check_index(indices, x.shape[axis], "take indices")
+    picked = torch.index_select(x, axis, indices.reshape(-1))
+    return picked.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+def gather(x, dim, index):
+    return torch.gather(x, dim, check_index(index, x.shape[dim], "gather index"))
+
+
+def _device():
+    from unidl import backends  # the torch backend's device in force (this module never holds one)
+
+    return backends.loaded_backends()["torch"].current_device()
+
+
+def cast(x, dtype):
+    return x.to(getattr(torch, dtype))
+
+
+def zeros(shape, dtype):
+    return torch.zeros(tuple(shape), dtype=getattr(torch, dtype), device=_device())
+
+
+def ones(shape, dtype):
+    return torch.ones(tuple(shape), dtype=getattr(torch, dtype), device=_device())
+
+
+def arange(start, end, step, dtype):
+    return torch.arange(start, end, step, dtype=getattr(torch, dtype), device=_device())
+
+
+def argmax(x, dim=None, keepdim=False):
+    return torch.argmax(x, dim, keepdim)
+
+
+def permute(x, dims):
+    return x.permute(*dims)
+
+
+def unsqueeze(x, dim):
+    return torch.unsqueeze(x, dim)
+
+
+def squeeze(x, dim=None):
+    return torch.squeeze(x) if dim is None else torch.squeeze(x, dim)
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    return F.pad(x, tuple(pad), mode, value if mode == "constant" else None)

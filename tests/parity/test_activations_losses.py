@@ -1,0 +1,122 @@
+"""Activations, LayerNorm, Embedding and every loss (with each option and reduction) against plain ``torch.nn``:
+output and input/weight gradients, float32 (2e-6 / 1e-5) inside ``ud.function`` and float64 (1e-12) eagerly,
+on every backend (see ``torch_oracle``)."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn as tnn
+
+import unidl as ud
+from tests.parity.torch_oracle import RUNS, Case, compare_table
+
+R = np.random.default_rng(11)
+ROWS = R.standard_normal((4, 6)) * 3              # reaches Softplus(beta=2)'s threshold and ReLU6's 6
+IMAGES = R.standard_normal((2, 3, 4, 4))
+SEQUENCE = R.standard_normal((2, 5, 6))
+TARGET = R.standard_normal((4, 6))
+LABELS = np.array([0, 5, 2, 3])
+IGNORED = np.array([0, -100, 2, 1])
+LOGITS_3D = R.standard_normal((3, 4, 5))          # (N, C, d1)
+LABELS_3D = R.integers(0, 4, (3, 5))
+LABELS_3D[0, 1] = -100
+PROBABILITIES = np.exp(ROWS) / np.exp(ROWS).sum(1, keepdims=True)
+LOG_PROBABILITIES = np.log(PROBABILITIES)
+SIGMOID = 1 / (1 + np.exp(-R.standard_normal((4, 6))))
+BINARY = (R.random((4, 6)) > 0.5).astype(np.float64)
+SOFT_TARGET = R.random((4, 6)) * 0.9 + 0.05
+TOKENS = R.integers(0, 10, (4, 5))
+TOKENS[0, :2] = 0
+TOKENS[1, 3] = 9
+WEIGHT = [0.5, 1.0, 2.0, 0.7, 1.5, 0.2]
+
+
+def case(build, oracle, *inputs):
+    return Case(build, oracle, list(inputs))
+
+
+LAYERS = {
+    "GELU": case(lambda: ud.nn.GELU(), lambda: tnn.GELU(), ROWS),
+    "GELU-tanh": case(lambda: ud.nn.GELU("tanh"), lambda: tnn.GELU("tanh"), ROWS),
+    "SiLU": case(lambda: ud.nn.SiLU(), lambda: tnn.SiLU(), ROWS),
+    "ELU-alpha": case(lambda: ud.nn.ELU(alpha=0.4), lambda: tnn.ELU(alpha=0.4), ROWS),
+    "Softplus-beta-threshold": case(lambda: ud.nn.Softplus(beta=2, threshold=5), lambda: tnn.Softplus(2, 5), ROWS),
+    "ReLU6": case(lambda: ud.nn.ReLU6(), lambda: tnn.ReLU6(), ROWS * 1.5),
+    "Hardtanh-range": case(lambda: ud.nn.Hardtanh(-0.5, 2.0), lambda: tnn.Hardtanh(-0.5, 2.0), ROWS),
+    "LogSoftmax": case(lambda: ud.nn.LogSoftmax(dim=1), lambda: tnn.LogSoftmax(dim=1), ROWS),
+    "LogSoftmax-implicit-rank3": case(lambda: ud.nn.LogSoftmax(), lambda: tnn.LogSoftmax(dim=0), SEQUENCE),
+    "PReLU": case(lambda: ud.nn.PReLU(), lambda: tnn.PReLU(), IMAGES),
+    "PReLU-per-channel": case(lambda: ud.nn.PReLU(3, init=0.1), lambda: tnn.PReLU(3, init=0.1), IMAGES),
+    "LayerNorm": case(lambda: ud.nn.LayerNorm(6), lambda: tnn.LayerNorm(6), SEQUENCE),
+    "LayerNorm-2d-eps": case(lambda: ud.nn.LayerNorm((5, 6), eps=1e-3), lambda: tnn.LayerNorm((5, 6), eps=1e-3), SEQUENCE),
+    "LayerNorm-no-affine": case(lambda: ud.nn.LayerNorm(6, elementwise_affine=False),
+                                lambda: tnn.LayerNorm(6, elementwise_affine=False), SEQUENCE),
+    "LayerNorm-no-bias": case(lambda: ud.nn.LayerNorm(6, bias=False), lambda: tnn.LayerNorm(6, bias=False), SEQUENCE),
+    "Embedding": case(lambda: ud.nn.Embedding(10, 3), lambda: tnn.Embedding(10, 3), TOKENS),
+    "Embedding-padding": case(lambda: ud.nn.Embedding(10, 3, padding_idx=0), lambda: tnn.Embedding(10, 3, padding_idx=0),
+                              TOKENS),
+    "Embedding-padding-negative": case(lambda: ud.nn.Embedding(10, 3, padding_idx=-1),
+                                       lambda: tnn.Embedding(10, 3, padding_idx=-1), TOKENS),
+}
+
+LOSSES = {
+    "MSELoss-none": case(lambda: ud.nn.MSELoss("none"), lambda: tnn.MSELoss(reduction="none"), ROWS, TARGET),
+    "L1Loss-none": case(lambda: ud.nn.L1Loss("none"), lambda: tnn.L1Loss(reduction="none"), ROWS, TARGET),
+    "BCEWithLogitsLoss-none": case(lambda: ud.nn.BCEWithLogitsLoss("none"), lambda: tnn.BCEWithLogitsLoss(reduction="none"),
+                                   ROWS, BINARY),
+    "CrossEntropyLoss-none": case(lambda: ud.nn.CrossEntropyLoss(reduction="none"),
+                                  lambda: tnn.CrossEntropyLoss(reduction="none"), ROWS, LABELS),
+    "CrossEntropyLoss-ignore-default": case(lambda: ud.nn.CrossEntropyLoss(), lambda: tnn.CrossEntropyLoss(), ROWS, IGNORED),
+    "CrossEntropyLoss-weight": case(lambda: ud.nn.CrossEntropyLoss(weight=WEIGHT),
+                                    lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT)), ROWS, IGNORED),
+    "CrossEntropyLoss-smoothing": case(lambda: ud.nn.CrossEntropyLoss(label_smoothing=0.2),
+                                       lambda: tnn.CrossEntropyLoss(label_smoothing=0.2), ROWS, IGNORED),
+    **{f"CrossEntropyLoss-weight-smoothing-{r}": case(
+        lambda r=r: ud.nn.CrossEntropyLoss(weight=WEIGHT, label_smoothing=0.1, reduction=r),
+        lambda r=r: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT), label_smoothing=0.1, reduction=r), ROWS, IGNORED)
+       for r in ("sum", "none")},
+    **{f"CrossEntropyLoss-probabilities-{r}": case(
+        lambda r=r: ud.nn.CrossEntropyLoss(reduction=r), lambda r=r: tnn.CrossEntropyLoss(reduction=r), ROWS, SOFT_TARGET)
+       for r in ("mean", "none")},
+    "CrossEntropyLoss-probabilities-weight-smoothing": case(
+        lambda: ud.nn.CrossEntropyLoss(weight=WEIGHT, label_smoothing=0.3),
+        lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT), label_smoothing=0.3), ROWS, SOFT_TARGET),
+    "CrossEntropyLoss-3d": case(lambda: ud.nn.CrossEntropyLoss(weight=WEIGHT[:4], label_smoothing=0.1),
+                                lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT[:4]), label_smoothing=0.1),
+                                LOGITS_3D, LABELS_3D),
+    "CrossEntropyLoss-3d-none": case(lambda: ud.nn.CrossEntropyLoss(reduction="none"),
+                                     lambda: tnn.CrossEntropyLoss(reduction="none"), LOGITS_3D, LABELS_3D),
+    **{f"NLLLoss-{r}": case(lambda r=r: ud.nn.NLLLoss(reduction=r), lambda r=r: tnn.NLLLoss(reduction=r),
+                            LOG_PROBABILITIES, IGNORED) for r in ("mean", "none")},
+    "NLLLoss-weight-ignore": case(lambda: ud.nn.NLLLoss(weight=WEIGHT, ignore_index=5),
+                                  lambda: tnn.NLLLoss(weight=torch.tensor(WEIGHT), ignore_index=5), LOG_PROBABILITIES, LABELS),
+    "NLLLoss-3d": case(lambda: ud.nn.NLLLoss(weight=WEIGHT[:4]), lambda: tnn.NLLLoss(weight=torch.tensor(WEIGHT[:4])),
+                       LOGITS_3D, LABELS_3D),
+    **{f"BCELoss-{r}": case(lambda r=r: ud.nn.BCELoss(reduction=r), lambda r=r: tnn.BCELoss(reduction=r), SIGMOID, SOFT_TARGET)
+       for r in ("mean", "none")},
+    "BCELoss-weight": case(lambda: ud.nn.BCELoss(weight=WEIGHT), lambda: tnn.BCELoss(weight=torch.tensor(WEIGHT)),
+                           SIGMOID, BINARY),
+    **{f"SmoothL1Loss-{r}-{b}": case(lambda r=r, b=b: ud.nn.SmoothL1Loss(reduction=r, beta=b),
+                                     lambda r=r, b=b: tnn.SmoothL1Loss(reduction=r, beta=b), ROWS, TARGET)
+       for r, b in (("none", 2.5), ("sum", 0.0))},
+    **{f"HuberLoss-{r}-{d}": case(lambda r=r, d=d: ud.nn.HuberLoss(reduction=r, delta=d),
+                                  lambda r=r, d=d: tnn.HuberLoss(reduction=r, delta=d), ROWS, TARGET)
+       for r, d in (("mean", 1.0), ("none", 2.5))},
+    **{f"KLDivLoss-{r}": case(lambda r=r: ud.nn.KLDivLoss(reduction=r), lambda r=r: tnn.KLDivLoss(reduction=r),
+                              LOG_PROBABILITIES, SOFT_TARGET) for r in ("mean", "batchmean", "none")},
+    "KLDivLoss-log-target": case(lambda: ud.nn.KLDivLoss(reduction="batchmean", log_target=True),
+                                 lambda: tnn.KLDivLoss(reduction="batchmean", log_target=True),
+                                 LOG_PROBABILITIES, np.log(SOFT_TARGET)),
+}
+
+
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_layers_match_torch(backend, dtype, modes):
+    failures = compare_table(LAYERS, backend, dtype, modes)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_losses_match_torch(backend, dtype, modes):
+    failures = compare_table(LOSSES, backend, dtype, modes)
+    assert not failures, "\n".join(failures)

@@ -1,0 +1,138 @@
+"""Parity of layers, losses and functional ops against plain ``torch.nn`` / ``torch.nn.functional`` as the oracle.
+
+A case is a unidl layer (or function) and the same thing in plain PyTorch, with shared NumPy inputs. Each
+backend runs every case of a table at once (eagerly, and again inside one ``ud.function``, so a graph
+backend traces one graph for the whole table): the output, and the gradients of sum(output * r) with
+respect to the float inputs and to every parameter, r a fixed random array of the output's shape. The
+unidl layer's parameters are set to random values first and loaded into the torch module through
+``load_state_dict``, which checks that the two ``state_dict``s have the same keys and shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+TOLERANCES = {"float32": (2e-6, 1e-5), "float64": (1e-12, 1e-12)}  # (output, gradients)
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Case:
+    """``build()`` a ``ud.nn.Module`` or a function of tensors; ``oracle()`` the same in plain torch; ``inputs``
+    NumPy arrays (float ones in float64, cast to the dtype under test; integer ones as they are)."""
+
+    build: Callable
+    oracle: Callable
+    inputs: list
+
+
+def _cast(array, dtype):
+    array = np.asarray(array)
+    return array.astype(dtype) if array.dtype.kind == "f" else array
+
+
+def _random_state(state: dict, name: str) -> dict:
+    seed = sum(map(ord, name))
+    rng = np.random.default_rng(seed)
+    return {key: rng.uniform(0.5, 1.5, value.shape) * rng.choice([-1.0, 1.0], value.shape) for key, value in state.items()}
+
+
+def oracle_results(case: Case, state: dict, dtype: str):
+    """The torch oracle's output, gradients by name ('input<i>', parameter names) and r."""
+    torch_dtype = _TORCH_DTYPES[dtype]
+    layer = case.oracle()
+    tensors = []
+    for array in case.inputs:
+        array = _cast(array, dtype)
+        tensor = torch.tensor(array)
+        tensors.append(tensor.requires_grad_() if array.dtype.kind == "f" else tensor)
+    if isinstance(layer, torch.nn.Module):
+        layer = layer.to(torch_dtype)
+        layer.load_state_dict({k: torch.tensor(v, dtype=torch_dtype) for k, v in state.items()}, strict=True)
+    output = layer(*tensors)
+    grads = {}
+    r = np.random.default_rng(99).standard_normal(tuple(output.shape)).astype(dtype)
+    if output.is_floating_point():
+        (output * torch.tensor(r)).sum().backward()
+        grads = {f"input{i}": t.grad.numpy() for i, t in enumerate(tensors) if t.is_floating_point()}
+        if isinstance(layer, torch.nn.Module):
+            grads.update({n: p.grad.numpy() for n, p in layer.named_parameters()})
+    return output.detach().numpy(), grads, r
+
+
+def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eager", "ud.function")) -> list[str]:
+    """Every case on ``backend`` in ``dtype``, eagerly and/or inside ``ud.function`` (``modes``), against the
+    torch oracle; returns the failures (empty when all agree to ``TOLERANCES``)."""
+    failures = []
+    with ud.use_backend(backend), ud.use_dtype(dtype):
+        ud.manual_seed(0)
+        entries, arrays, expected = [], [], {}
+        for name, case in cases.items():
+            layer = case.build()
+            state, names, params = {}, [], []
+            if isinstance(layer, ud.nn.Module):
+                state = _random_state(layer.state_dict(), name)
+                layer.load_state_dict(state)
+                names = [n for n, _ in layer.named_parameters()]
+                params = layer.parameters()
+            output, grads, r = oracle_results(case, state, dtype)
+            expected[name] = (output, grads)
+            inputs = [_cast(a, dtype) for a in case.inputs]
+            float_args = tuple(i for i, a in enumerate(inputs) if a.dtype.kind == "f")
+            floating = output.dtype.kind == "f"
+            entries.append((name, layer, len(inputs), float_args if floating else (), params if floating else [],
+                            names if floating else [], ud.tensor(r) if floating else None))
+            arrays += inputs
+
+        def run_all(*tensors):
+            results, position = [], 0
+            for name, layer, count, float_args, params, _, r in entries:
+                args = tensors[position:position + count]
+                position += count
+                results.append(layer(*args))
+                if r is None:
+                    continue
+
+                def objective(*a, layer=layer, r=r):
+                    return ud.ops.sum(layer(*a) * r)
+
+                if float_args:
+                    results += list(ud.value_and_grad(objective, float_args)(*args)[1])
+                if params:
+                    results += list(ud.value_and_grad(lambda args=args, objective=objective: objective(*args), params)()[1])
+            return tuple(results)
+
+        for mode in modes:
+            function = run_all if mode == "eager" else ud.function(run_all)
+            results = iter(function(*[ud.tensor(a) for a in arrays]))
+            for name, layer, count, float_args, params, names, r in entries:
+                output, grads = expected[name]
+                where = f"{backend} {dtype} {mode} {name}"
+                got = ud.to_numpy(next(results))
+                out_tolerance, grad_tolerance = TOLERANCES[dtype]
+                if got.shape != output.shape:
+                    failures.append(f"{where}: output shape {got.shape}, torch {output.shape}")
+                elif output.dtype.kind != "f":
+                    if not np.array_equal(got, output):
+                        failures.append(f"{where}: output {got} differs from torch's {output}")
+                elif not max_relative_difference(got, output) <= out_tolerance:
+                    failures.append(f"{where}: output differs by {max_relative_difference(got, output):.2e}")
+                keys = [f"input{i}" for i in float_args] + names
+                for key in keys:
+                    got = ud.to_numpy(next(results))
+                    difference = max_relative_difference(got, grads[key]) if got.shape == grads[key].shape else None
+                    if difference is None or not difference <= grad_tolerance:
+                        failures.append(f"{where}: gradient of {key} differs by {difference}")
+    return failures
+
+
+# float32 inside ud.function (graphs with unknown sizes, tracers) and float64 eagerly: both modes and both dtypes
+# are covered while each table is run twice, not four times (the suite's time); a graph runs the same kernels
+RUNS = [("float32", ("ud.function",)), ("float64", ("eager",))]

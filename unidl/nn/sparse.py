@@ -1,0 +1,49 @@
+"""``Embedding``: a lookup table of vectors indexed by integer ids, with PyTorch's arguments, parameter and initialisation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unidl.nn import init
+from unidl.nn.module import Module
+
+
+class Embedding(Module):
+    """``output[..., :] = weight[indices[...]]``: integer ``indices`` of any shape -> (*indices.shape, embedding_dim).
+
+    Args:
+        num_embeddings: the number of rows (ids 0 .. num_embeddings - 1).
+        embedding_dim: the size of each vector.
+        padding_idx: a row that starts at zero and gets no gradient (negative counts from the end).
+
+    Parameter ``weight`` (num_embeddings, embedding_dim), drawn from N(0, 1) as in PyTorch. An id outside
+    [0, num_embeddings) is an ``IndexOutOfRangeError`` on every backend, inside compiled graphs too.
+
+    Example::
+
+        embed = ud.nn.Embedding(10000, 128, padding_idx=0)
+        vectors = embed(tokens)          # tokens: (batch, time) int64 -> (batch, time, 128)
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
+        super().__init__()
+        for label, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"Embedding {label} must be a positive integer, got {value!r}")
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"Embedding padding_idx must lie in [-{num_embeddings}, {num_embeddings}), "
+                                 f"got {padding_idx!r}")
+            padding_idx %= num_embeddings
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        weight = init.normal((num_embeddings, embedding_dim))
+        if padding_idx is not None:
+            weight[padding_idx] = 0.0
+        self.weight = self.parameter(np.asarray(weight))
+
+    def forward(self, indices):
+        return self._ops.embedding(indices, self.weight, self.padding_idx)
+
+    def extra_repr(self):
+        padding = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{padding}"
