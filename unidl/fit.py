@@ -193,7 +193,7 @@ def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, accuracy: b
 
 def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int | None = None,
         validation_data=None, metrics=("accuracy",), callbacks=(), verbose: int = 1, shuffle: bool = True,
-        seed: int | None = None, resume_from=None) -> History:
+        seed: int | None = None, resume_from=None, eager: bool = False) -> History:
     """Train ``model`` for ``epochs`` epochs and return the per-epoch ``History``.
 
     Args:
@@ -213,6 +213,9 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
             callback's directory if it holds a checkpoint and starts afresh otherwise. A corrupt newest
             checkpoint is skipped with a warning. A new lr or optimizer hyperparameter wins over the
             checkpoint's, with a warning; a different model, loss or optimizer class is an error.
+
+    ``eager=True``: no compiled step on any backend; Python runs the forward at every step (Keras's
+    ``run_eagerly``), for models whose forward needs Python per step (docs/dynamic-forward.md).
 
     A NaN or infinite training loss stops training with ``NonFiniteLossError`` naming the epoch and step
     (with a ``TerminateOnNaN`` callback: after that batch, with no error).
@@ -271,9 +274,9 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
 
         batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
         try:
-            logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, accuracy)
+            logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, accuracy, eager)
             if logs is None:
-                step = step or TrainStep(model, loss, optimizer, with_outputs=True)
+                step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager)
                 logs = _run_epoch_with_steps(step, batches, epoch, on_batch, accuracy)
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
             logs = end.logs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from unidl import config, devices
 from unidl.errors import BackendMismatchError, ShapeMismatchError
+from unidl.tracing import python_randomness_preserved
 
 
 def _shape(value):
@@ -32,27 +33,29 @@ def check_same_backend(model, *others) -> object:
 class TrainStep:
     """``step(x, y) -> loss`` for a model, loss and optimizer; see ``train_step``."""
 
-    def __init__(self, model, loss_fn, optimizer, with_outputs: bool = False):
+    def __init__(self, model, loss_fn, optimizer, with_outputs: bool = False, eager: bool = False):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.eager = bool(eager)
         self._backend = check_same_backend(model, loss_fn, optimizer)
-        self._run = self._backend.train_step(model, loss_fn, optimizer, with_outputs)
+        self._run = self._backend.train_step(model, loss_fn, optimizer, with_outputs, self.eager)
         self._checked = set()
 
-    def __call__(self, x, y):
+    def __call__(self, x, y, *inputs):
         x_shape, y_shape = _shape(x), _shape(y)
         if not x_shape or not y_shape or x_shape[0] != y_shape[0]:
             raise ShapeMismatchError(
                 f"x and y must hold the same number of samples along axis 0; x has shape {x_shape}, "
                 f"y has shape {y_shape}")
         key = (x_shape, y_shape, getattr(x, "dtype", None), getattr(y, "dtype", None))
-        if key not in self._checked:
+        if not inputs and key not in self._checked:  # (a forward with extra inputs is checked by running it)
             if not self._checked:
                 devices.compiled_placed(f"train_step of {type(self.model).__name__}", "first call",
                                         config.resolve_device(config._requested_device(), self._backend),
                                         self._backend.name)
-            self._backend.check_shapes(self.model, self.loss_fn, x, y)
+            with python_randomness_preserved():  # a shape check is not a step: it draws nothing
+                self._backend.check_shapes(self.model, self.loss_fn, x, y)
             self._checked.add(key)
-        return self._run(x, y)
+        return self._run(x, y, *inputs)
 
     @property
     def trace_count(self) -> int | None:
@@ -60,8 +63,13 @@ class TrainStep:
         return getattr(self._run, "trace_count", None)
 
 
-def train_step(model, loss_fn, optimizer) -> TrainStep:
-    """Build ``step(x, y) -> loss`` that runs one training step of ``model``.
+def train_step(model, loss_fn, optimizer, *, eager: bool = False) -> TrainStep:
+    """Build ``step(x, y, *inputs) -> loss`` that runs one training step of ``model``.
+
+    ``inputs``: extra per-step values the forward takes, ``model(x, *inputs)`` (a dynamic net's depth
+    for this step): graph inputs where the step is a graph, so a new value never freezes the old one.
+    ``eager=True``: no graph on any backend; Python runs the forward at every step, for forwards
+    that need Python per step (Keras's ``run_eagerly``). See docs/dynamic-forward.md.
 
     ``x`` and ``y`` may be NumPy arrays or the backend's own tensors; ``float(loss)`` works.
     On torch the step is eager; on tensorflow it is one ``tf.function`` graph (forward,
@@ -74,4 +82,4 @@ def train_step(model, loss_fn, optimizer) -> TrainStep:
         for t in range(500):
             loss = step(x, y)
     """
-    return TrainStep(model, loss_fn, optimizer)
+    return TrainStep(model, loss_fn, optimizer, eager=eager)

@@ -196,18 +196,20 @@ class Backend(abc.ABC):
             f"and optimizer.apply(grads), or ud.train_step")
 
     @abc.abstractmethod
-    def train_step(self, model, loss_fn, optimizer, with_outputs: bool = False) -> Callable:
-        """Return ``step(x, y) -> loss`` (or ``(loss, outputs)`` with ``with_outputs``): forward,
-        gradients and update as one unit of dispatch."""
+    def train_step(self, model, loss_fn, optimizer, with_outputs: bool = False, eager: bool = False) -> Callable:
+        """Return ``step(x, y, *inputs) -> loss`` (or ``(loss, outputs)`` with ``with_outputs``): forward
+        ``model(x, *inputs)``, gradients and update as one unit of dispatch. Extra ``inputs`` (per-step
+        values a dynamic forward reads) are graph inputs where the step is a graph. ``eager``: no graph
+        and no compilation; Python runs the forward at every step (Keras's ``run_eagerly``)."""
 
     @abc.abstractmethod
     def predict_function(self, model) -> Callable:
         """Return ``forward(x) -> outputs`` without gradients (compiled where the backend compiles)."""
 
-    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy: bool):
+    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy: bool, eager: bool = False):
         """Run one epoch with the framework's own trainer and return the epoch logs, or None to let
         ``ud.fit`` drive ``train_step`` itself (the default). ``on_batch(index, running_logs)``
-        must be called after every step."""
+        must be called after every step; ``eager``: Python runs every step (no compiled step)."""
         return None
 
     @abc.abstractmethod

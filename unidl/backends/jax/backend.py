@@ -28,6 +28,7 @@ from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
 from unidl.nn.module import trainable_mask  # noqa: E402
+from unidl.tracing import python_randomness_preserved, python_randomness_state  # noqa: E402
 
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
@@ -209,13 +210,13 @@ class Backend(BackendInterface):
     def _modes(model):
         return tuple(m.training for m in model.modules())
 
-    def train_step(self, model, loss_fn, optimizer, with_outputs=False):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False):
         params = optimizer.params
         name = f"train_step of {type(model).__name__}"
 
-        def step(x, y):
+        def step(x, y, *inputs):
             def loss_of():
-                outputs = model(x)
+                outputs = model(x, *inputs)
                 return loss_fn(outputs, y), outputs
 
             mask = trainable_mask(params)  # at trace time (the static key): frozen parameters are constants
@@ -230,10 +231,15 @@ class Backend(BackendInterface):
         compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
                                static_key=lambda: (self._modes(model), trainable_mask(params)))
         to_input = self.to_input
+        if eager:
+            return lambda *args: step(*[to_input(a) for a in args])
 
-        def run(x, y):
+        def run(*args):
+            # Python numbers among the extra step inputs stay Python values (one trace per value: a dynamic
+            # net's depth), since jax.jit cannot loop a traced number of times; arrays are graph inputs
+            args = [a if isinstance(a, (bool, int, float)) and i >= 2 else to_input(a) for i, a in enumerate(args)]
             try:
-                return compiled(to_input(x), to_input(y))
+                return compiled(*args)
             except _CONCRETIZATION as error:
                 raise traced_forward_error(error, f"the forward of {type(model).__name__} in ud.train_step") from None
 
@@ -263,6 +269,7 @@ class Backend(BackendInterface):
             targets = [p.value for p in params]
         live = jax_variable.live()
         before = [v.value for v in live]
+        randomness = python_randomness_state()  # the usage analysis below replays the same draws
         target_serials = {p.serial for p in params} if argnums is None else set()
 
         def value_of(target_values):
@@ -285,12 +292,13 @@ class Backend(BackendInterface):
             return jnp.reshape(value, ()), (value, aux, written)
 
         (_, (value, aux, written)), grads = jax.value_and_grad(value_of, has_aux=True)(targets)
-        for index, new in written.items():
-            live[index].value = new
         grads = list(grads)
         if argnums is None:  # PyTorch's rule: None for a parameter the value does not depend on (apply skips it)
-            used = _used_inputs(lambda t: value_of(t)[0], targets, live, before)
+            with python_randomness_preserved(replay=randomness):
+                used = _used_inputs(lambda t: value_of(t)[0], targets, live, before)
             grads = [g if u else None for g, u in zip(grads, used)]
+        for index, new in written.items():  # after the analysis, which puts every variable back as it was
+            live[index].value = new
         return ((value, aux) if with_aux else value), grads
 
     def check_shapes(self, model, loss_fn, x, y):
@@ -343,8 +351,8 @@ class _Counted:
     def __init__(self, run, compiled):
         self._run, self._compiled = run, compiled
 
-    def __call__(self, x, y):
-        return self._run(x, y)
+    def __call__(self, *args):
+        return self._run(*args)
 
     @property
     def trace_count(self):

@@ -23,6 +23,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from unidl import devices
+from unidl.tracing import python_randomness_guard
 from unidl.backends.jax import variable as jax_variable
 from unidl.errors import GraphConstructError, RetraceWarning, index_error_from
 
@@ -82,7 +83,8 @@ class StatefulJit:
             try:
                 for v, value in zip(variables, values):
                     v.value = value
-                result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
+                with python_randomness_guard(self.__name__):
+                    result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
                 # donated inputs are invalidated by the call: every value comes back then, changed or not
                 written = {i: v.value for i, (v, value) in enumerate(zip(variables, values))
                            if self._donate or v.value is not value}

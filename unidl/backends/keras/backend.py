@@ -189,43 +189,44 @@ class Backend(BackendInterface):
         if pairs:
             optimizer.native.apply([g for g, _ in pairs], [p for _, p in pairs])
 
-    def compile(self, model, loss_fn, optimizer, jit_compile=False, accuracy=False):
+    def compile(self, model, loss_fn, optimizer, jit_compile=False, accuracy=False, eager=False):
         """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer),
-        once per (loss, optimizer, metrics) combination."""
+        once per (loss, optimizer, metrics, eager) combination."""
         native = model.native
         # Keras's compiled steps bake in which variables they train: freezing one compiles again
-        key = (id(loss_fn), id(optimizer), jit_compile, accuracy, trainable_mask(optimizer.params))
+        key = (id(loss_fn), id(optimizer), jit_compile, accuracy, eager, trainable_mask(optimizer.params))
         if getattr(native, "_unidl_compiled", None) != key:
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
                 metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if accuracy else []
                 native.compile(optimizer=optimizer.native, loss=NativeLoss(loss_fn), metrics=metrics,
-                               jit_compile=jit_compile)
+                               jit_compile=jit_compile, run_eagerly=eager)
             object.__setattr__(native, "_unidl_compiled", key)
             object.__setattr__(native, "_unidl_fit_graph", None)  # it updated the previous compile's trackers
         return native
 
-    def train_step(self, model, loss_fn, optimizer, with_outputs=False):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False):
         if with_outputs:
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
-        return _FreezeAwareStep(lambda: self._train_step(model, loss_fn, optimizer),
+        return _FreezeAwareStep(lambda: self._train_step(model, loss_fn, optimizer, eager),
                                 lambda: trainable_mask(optimizer.params))
 
-    def _train_step(self, model, loss_fn, optimizer):
-        native = self.compile(model, loss_fn, optimizer)
-        graph = keras_function.train_step_graph(native, per_batch=True)
+    def _train_step(self, model, loss_fn, optimizer, eager):
+        native = self.compile(model, loss_fn, optimizer, eager=eager)
+        graph = None if eager else keras_function.train_step_graph(native, per_batch=True)
         if graph is not None:
             return graph
         to_input = self.to_input
 
-        def step(x, y):
-            return native.train_on_batch(to_input(x), to_input(y))
+        def step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
+            x = (to_input(x), *[to_input(v) for v in inputs]) if inputs else to_input(x)
+            return native.train_on_batch(x, to_input(y))
 
         return step
 
-    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy):
-        native = self.compile(model, loss_fn, optimizer, accuracy=accuracy)
-        graph = self._fit_graph(native)
+    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy, eager=False):
+        native = self.compile(model, loss_fn, optimizer, accuracy=accuracy, eager=eager)
+        graph = None if eager else self._fit_graph(native)
         if graph is not None:  # Keras's train step, batch by batch, with Keras's running logs
             native.reset_metrics()
             logs, index = None, -1
@@ -309,12 +310,12 @@ class _FreezeAwareStep:
         self._build, self._mask = build, mask
         self._key, self._run, self._earlier_traces = None, None, 0
 
-    def __call__(self, x, y):
+    def __call__(self, *args):
         key = self._mask()
         if key != self._key:
             self._earlier_traces += getattr(self._run, "trace_count", None) or 0
             self._key, self._run = key, self._build()
-        return self._run(x, y)
+        return self._run(*args)
 
     @property
     def trace_count(self):

@@ -26,10 +26,10 @@ def train_step_graph(native, per_batch: bool):
     if not HOST.compiles_keras_train_step:
         return None
 
-    def train_step(x, y):
+    def train_step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
         if per_batch:
             native.reset_metrics()
-        logs = native.train_step((x, y, None))
+        logs = native.train_step(((x, *inputs) if inputs else x, y, None))
         return logs["loss"] if per_batch else logs
 
     return HOST.function(train_step, False, f"train_step of {native.name}")

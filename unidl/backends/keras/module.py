@@ -43,12 +43,13 @@ class NativeModel(keras.Model):
 
     def call(self, x, training=None):
         module = self._unidl_module
+        inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
         if training is None:
-            return module(x)
+            return module(*inputs)
         modes = [(m, m.training) for m in module.modules()]
         module.train(bool(training))
         try:
-            return module(x)
+            return module(*inputs)
         finally:
             for m, mode in modes:
                 object.__setattr__(m, "training", mode)

@@ -155,19 +155,27 @@ class Backend(BackendInterface):
     def apply_gradients(self, optimizer, grads):
         optimizer.native.apply(grads)
 
-    def train_step(self, model, loss_fn, optimizer, with_outputs=False):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False):
         params = optimizer.params
         apply = optimizer.native.apply
 
-        def train_step(x, y):
+        def train_step(x, y, *inputs):
             mask = trainable_mask(params)  # at trace time: a frozen parameter gets no gradient and no update
             with tf.GradientTape() as tape:
-                outputs = model(x)
+                outputs = model(x, *inputs)
                 loss = loss_fn(outputs, y)
             found = iter(tape.gradient(loss, [p for p, m in zip(params, mask) if m]))
             apply([next(found) if m else None for m in mask])
             return (loss, outputs) if with_outputs else loss
 
+        if eager:
+            device = self.current_device_name()
+
+            def eager_step(*args):
+                with tf.device(device):
+                    return train_step(*[to_graph_input(a) for a in args])
+
+            return eager_step
         return PerModeGraphs(model, train_step, self.current_device_name(), extra_key=lambda: trainable_mask(params))
 
     def predict_function(self, model):

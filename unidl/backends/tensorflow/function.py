@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow.python.autograph.core import config as autograph_config
 
 from unidl import config, devices
+from unidl.tracing import python_randomness_guard
 from unidl.backends.tensorflow.layout import tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning, index_error_from  # noqa: F401  (RetraceWarning re-exported)
 
@@ -163,7 +164,7 @@ class GraphFunction:
 
     def _traced(self, *args):
         self.trace_count += 1
-        with tracing_for_xla(self._jit_compile):
+        with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__):
             if self._device is None:
                 return self._fn(*args)
             with tf.device(self._device):

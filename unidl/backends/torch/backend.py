@@ -178,15 +178,15 @@ class Backend(BackendInterface):
         optimizer.native.step()
         optimizer._steps += 1
 
-    def train_step(self, model, loss_fn, optimizer, with_outputs=False):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False):  # torch is always eager
         native = optimizer.native
         to_input = self.to_input
         l1 = l1_outside_rule(optimizer)
 
-        def step(x, y):
+        def step(x, y, *inputs):
             x, y = to_input(x), to_input(y)
             native.zero_grad(set_to_none=True)
-            outputs = model(x)
+            outputs = model(x, *inputs)
             loss = loss_fn(outputs, y)
             loss.backward()
             if l1:

@@ -1,0 +1,63 @@
+"""What unidl can tell about a function while a backend traces it into a graph.
+
+A trace runs a forward once; Python's and NumPy's global random generators drawn from during it
+give one value that the compiled graph then reuses at every step (the tutorial's "dynamic net"
+that redraws its depth would train one fixed depth). Backends that trace wrap the trace in
+``python_randomness_guard`` so that this warns, naming the function and the fixes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import warnings
+
+import numpy as np
+
+from unidl.errors import RetraceWarning
+
+
+def _states():
+    numpy_state = np.random.get_state(legacy=False)
+    return random.getstate(), (numpy_state["state"]["pos"], numpy_state["state"]["key"].tobytes(),
+                               numpy_state["has_gauss"])
+
+
+@contextlib.contextmanager
+def python_randomness_guard(name: str):
+    """Warn (``RetraceWarning``) if the block draws from Python's ``random`` or NumPy's global generator."""
+    before = _states()
+    yield
+    python_before, numpy_before = before
+    python_after, numpy_after = _states()
+    drawn = [label for label, changed in (("Python's random", python_before != python_after),
+                                          ("NumPy's global np.random", numpy_before != numpy_after)) if changed]
+    if drawn:
+        warnings.warn(
+            f"{name} drew from {' and '.join(drawn)} while being traced into a graph: the value drawn is frozen "
+            f"into the graph and every step reuses it. Pass it as an extra step input (step(x, y, value), which "
+            f"becomes a graph input), train with eager=True (ud.train_step(..., eager=True), ud.fit(..., "
+            f"eager=True)) so that Python runs every step, or use the framework's own randomness "
+            f"(ud.ops.dropout). See docs/dynamic-forward.md.", RetraceWarning, stacklevel=4)
+
+
+def python_randomness_state():
+    """Python's ``random`` and NumPy's global generator state, for ``python_randomness_preserved``."""
+    return random.getstate(), np.random.get_state()
+
+
+@contextlib.contextmanager
+def python_randomness_preserved(replay=None):
+    """Python's ``random`` and NumPy's global generator as they were before the block: for runs of a
+    forward that are not steps (an abstract shape check), so that they draw nothing a step would.
+    ``replay``: a ``python_randomness_state()`` to run the block from (a second trace of the same step
+    draws what the step drew)."""
+    python_state, numpy_state = python_randomness_state()
+    if replay is not None:
+        random.setstate(replay[0])
+        np.random.set_state(replay[1])
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
