@@ -346,7 +346,8 @@ def unsqueeze(x, dim):
 
 @op
 def squeeze(x, dim=None):
-    """``x`` without its axes of size 1 (only axis ``dim``, an int or a tuple, when given)."""
+    """``x`` without its axes of size 1 (only axis ``dim``, an int or a tuple, when given; a given axis of another
+    size stays, as in PyTorch, except inside a graph that does not know its size, where it must be 1)."""
 
 
 @op
@@ -421,9 +422,8 @@ def relu6(x):
 def prelu(x, weight):
     """x if x >= 0 else weight * x, with one ``weight`` for all channels or one per channel (axis 1)."""
     rank = len(x.shape)
-    size = weight.shape[0]
-    if rank >= 2 and size != 1:
-        weight = reshape(weight, (1, size) + (1,) * (rank - 2))
+    if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
+        weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
     return where(x >= 0, x, x * weight)
 
 

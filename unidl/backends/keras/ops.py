@@ -255,7 +255,8 @@ def softplus(x, beta=1.0, threshold=20.0):
 
 
 def hardtanh(x, min_val=-1.0, max_val=1.0):
-    return K.where(x < min_val, K.cast(min_val, x.dtype), K.where(x > max_val, K.cast(max_val, x.dtype), x))
+    low, high = K.convert_to_tensor(min_val, x.dtype), K.convert_to_tensor(max_val, x.dtype)
+    return K.where(x < low, low, K.where(x > high, high, x))
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -268,7 +269,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 def embedding(indices, weight, padding_idx=None):
-    indices = check_index(indices, weight.shape[0], "Embedding indices")
+    indices = check_index(indices, _axis_size(weight, 0), "Embedding indices")
     rows = K.take(weight, indices, axis=0)
     if padding_idx is None:
         return rows
@@ -286,7 +287,8 @@ def take(x, indices, axis=0):
 def gather(x, dim, index):
     dim %= len(x.shape)
     index = check_index(index, _axis_size(x, dim), "gather index")
-    if tuple(index.shape) != tuple(x.shape):  # torch.gather: index may be shorter than x on the other axes
+    if any(x.shape[d] is None or x.shape[d] != index.shape[d] for d in range(len(x.shape)) if d != dim):
+        # torch.gather: index may be shorter than x on the other axes (take_along_axis would broadcast)
         sizes = [_axis_size(x, d) if d == dim else _axis_size(index, d) for d in range(len(x.shape))]
         x = K.slice(x, [0] * len(sizes), sizes)
     return K.take_along_axis(x, index, axis=dim)
@@ -325,7 +327,12 @@ def squeeze(x, dim=None):
         return K.squeeze(x)
     rank = len(x.shape)
     dims = tuple(d % rank for d in ((dim,) if isinstance(dim, int) else dim) if x.shape[d] in (1, None))
-    return K.squeeze(x, dims) if dims else x  # torch leaves axes of another size as they are
+    if not dims:
+        return x  # torch leaves axes of another size as they are
+    if all(x.shape[d] == 1 for d in dims):
+        return K.squeeze(x, dims)
+    # inside a graph that does not know the size (it must be 1): drop the axis by reshaping
+    return K.reshape(x, [_axis_size(x, d) for d in range(rank) if d not in dims])
 
 
 def pad(x, pad, mode="constant", value=0.0):

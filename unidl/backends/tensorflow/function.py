@@ -192,6 +192,11 @@ class GraphFunction:
                 f"a static graph where tensors have no values yet. Write the `if`/`for`/`while` on the tensor "
                 f"directly in the function body so that AutoGraph converts it to graph control flow, or use "
                 f"ud.ops.where; read values (.numpy()) outside the function. ({error})") from error
+        except Exception as error:  # an index check on indices known while tracing (ops.check_index) failed
+            index_error = index_error_from(error)
+            if index_error is None:
+                raise
+            raise index_error from None
         self._graphs[key] = graph
         return graph
 

@@ -257,7 +257,8 @@ def check_index(indices, size, what="index"):
                 raise IndexOutOfRangeError(f"{what} must lie in [0, {int(size)}); found values from {low} to {high}")
         return indices
     # in a graph: GPU kernels return NaN or zeros for such indices (and TensorFlow's CPU gather zeros), so
-    # check with the graph; GraphFunction turns the marked error into IndexOutOfRangeError
+    # check with the graph; GraphFunction turns the marked error into IndexOutOfRangeError, when the graph
+    # runs or, for indices known while tracing, when it is traced
     bound = f"{size}" if isinstance(size, int) else "its size"
     message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {bound})"
     with tf.control_dependencies([tf.debugging.assert_non_negative(indices, message=message),
@@ -328,7 +329,8 @@ def softplus(x, beta=1.0, threshold=20.0):
 
 @elementwise
 def hardtanh(x, min_val=-1.0, max_val=1.0):
-    return tf.clip_by_value(x, tf.cast(min_val, x.dtype), tf.cast(max_val, x.dtype))
+    # tf.constant, not tf.cast: a Python float cast from float32 would lose float64 digits
+    return tf.clip_by_value(x, tf.constant(min_val, x.dtype), tf.constant(max_val, x.dtype))
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -341,7 +343,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 def embedding(indices, weight, padding_idx=None):
-    indices = check_index(indices, int(weight.shape[0]), "Embedding indices")
+    indices = check_index(indices, _axis_size(weight, 0), "Embedding indices")
     rows = tf.gather(weight, indices)
     if padding_idx is None:
         return rows
@@ -417,7 +419,7 @@ def _pad_amounts(rank, pad):
 def pad(x, pad, mode="constant", value=0.0):
     amounts = _pad_amounts(x.shape.rank, pad)
     if mode == "constant":
-        return tf.pad(x, amounts, constant_values=tf.cast(value, x.dtype))
+        return tf.pad(x, amounts, constant_values=tf.constant(value, x.dtype))
     if mode == "reflect":
         return tf.pad(x, amounts, mode="REFLECT")
     for axis, (before, after) in enumerate(amounts):  # replicate and circular: a gather of edge or wrapped rows

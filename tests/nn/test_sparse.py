@@ -1,0 +1,92 @@
+"""``Embedding`` and the index checks of ``take``/``gather``/class labels: an index out of range is unidl's
+``IndexOutOfRangeError`` on every backend, eagerly, inside ``ud.function`` and inside a training step (where
+TensorFlow's CPU gather would silently return zeros)."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+GOOD = np.array([[0, 4, 2], [1, 1, 3]])
+TOO_LARGE = np.array([[0, 5, 2], [1, 1, 3]])
+NEGATIVE = np.array([[0, -1, 2], [1, 1, 3]])
+
+
+def test_embedding_index_out_of_range_eagerly_and_in_ud_function(backend):
+    embed = ud.nn.Embedding(5, 2)
+    assert ud.to_numpy(embed(ud.tensor(GOOD))).shape == (2, 3, 2)
+    compiled = ud.function(lambda tokens: embed(tokens))
+    assert ud.to_numpy(compiled(ud.tensor(GOOD))).shape == (2, 3, 2)
+    for bad in (TOO_LARGE, NEGATIVE):
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
+            embed(ud.tensor(bad))
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
+            compiled(ud.tensor(bad))
+
+
+def test_embedding_index_out_of_range_in_train_step(backend, rng):
+    model = ud.nn.Sequential(ud.nn.Embedding(5, 2), ud.nn.Flatten(), ud.nn.Linear(6, 2))
+    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    labels = np.array([0, 1])
+    step(GOOD, labels)
+    before = model.state_dict()
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
+        step(TOO_LARGE, labels)
+    step(GOOD, labels)  # the step still works afterwards
+    assert not np.array_equal(model.state_dict()["0.weight"], before["0.weight"])
+
+
+def test_take_gather_and_labels_out_of_range(backend):
+    x = ud.tensor(np.zeros((3, 4)))
+    checks = [
+        (lambda: ud.ops.take(x, ud.tensor(np.array([0, 3]))), r"take indices must lie in \[0, 3\)"),
+        (lambda: ud.ops.gather(x, 1, ud.tensor(np.array([[0], [4], [1]]))), r"gather index must lie in \[0, 4\)"),
+        (lambda: ud.nn.NLLLoss()(x, ud.tensor(np.array([0, 4, -100]))), r"NLLLoss labels must lie in \[0, 4\)"),
+        (lambda: ud.nn.CrossEntropyLoss(label_smoothing=0.1)(x, ud.tensor(np.array([0, -1, 1]))),
+         r"CrossEntropyLoss labels must lie in \[0, 4\)"),
+        (lambda: ud.nn.CrossEntropyLoss()(x, ud.tensor(np.array([0, 7, 1]))), r"CrossEntropyLoss labels must lie in \[0, 4\)"),
+    ]
+    for call, message in checks:
+        with pytest.raises(ud.IndexOutOfRangeError, match=message):
+            call()
+        with pytest.raises(ud.IndexOutOfRangeError, match=message):
+            ud.function(lambda: call())()
+    # the ignored label is not out of range
+    assert np.isfinite(ud.to_numpy(ud.nn.CrossEntropyLoss()(x, ud.tensor(np.array([0, -100, 1])))))
+
+
+def test_padding_row_starts_at_zero_and_gets_no_gradient(backend):
+    embed = ud.nn.Embedding(4, 3, padding_idx=-1)
+    assert embed.padding_idx == 3 and not embed.state_dict()["weight"][3].any()
+    tokens = ud.tensor(np.array([3, 1, 3]))
+    grad = ud.to_numpy(ud.grad(lambda: ud.ops.sum(embed(tokens)), embed.parameters())()[0])
+    assert not grad[3].any() and grad[1].all()
+
+
+@pytest.mark.parametrize("build, error, message", [
+    (lambda: ud.nn.Embedding(0, 3), ValueError, "num_embeddings must be a positive integer"),
+    (lambda: ud.nn.Embedding(4, 3, padding_idx=4), ValueError, r"padding_idx must lie in \[-4, 4\)"),
+    (lambda: ud.nn.LayerNorm((4, 0)), ValueError, "normalized_shape must be a positive int"),
+    (lambda: ud.nn.GELU("fast"), ValueError, "approximate must be 'none' or 'tanh'"),
+    (lambda: ud.nn.Hardtanh(1.0, -1.0), ValueError, "max_val must be greater than min_val"),
+    (lambda: ud.nn.PReLU(0), ValueError, "num_parameters must be a positive integer"),
+    (lambda: ud.nn.CrossEntropyLoss(label_smoothing=1.5), ValueError, r"label_smoothing must lie in \[0, 1\]"),
+    (lambda: ud.nn.MSELoss("batchmean"), ValueError, "reduction must be one of"),
+    (lambda: ud.nn.HuberLoss(delta=0), ValueError, "delta must be positive"),
+    (lambda: ud.nn.NLLLoss(weight=np.ones((2, 2))), ValueError, r"one value per class \(C,\)"),
+])
+def test_invalid_arguments(build, error, message):
+    with ud.use_backend("torch"):
+        with pytest.raises(error, match=message):
+            build()
+
+
+def test_shape_errors_name_the_layer(backend):
+    with pytest.raises(ud.ShapeMismatchError, match=r"LayerNorm\(\(6,\).*last axes are \(6,\), received shape \(2, 5\)"):
+        ud.nn.LayerNorm(6)(ud.tensor(np.zeros((2, 5))))
+    with pytest.raises(ud.ShapeMismatchError, match=r"PReLU.*\(N, 3, \.\.\.\), received \(2, 4, 5\)"):
+        ud.nn.PReLU(3)(ud.tensor(np.zeros((2, 4, 5))))
+    with pytest.raises(ud.ShapeMismatchError, match="has 3 class weights but the input has 4 classes"):
+        ud.nn.CrossEntropyLoss(weight=[1.0, 2.0, 3.0])(ud.tensor(np.zeros((2, 4))), ud.tensor(np.array([0, 1])))
+    with pytest.raises(ud.ShapeMismatchError, match=r"class probabilities of the logits' shape"):
+        ud.nn.CrossEntropyLoss()(ud.tensor(np.zeros((2, 4))), ud.tensor(np.zeros((2, 3))))
