@@ -45,12 +45,19 @@ class Adam(Optimizer):
         decay = None
         if h["weight_decay"] and self.decoupled:  # coupled L2 is already in grad (regularized_gradient)
             decay = (lr * h["weight_decay"]) * param  # p(1 - lr wd) - step == p - (lr wd p + step)
-        exp_avg = beta1 * slots["exp_avg"] + (1 - beta1) * grad
+        # the same sequence of operations as torch.optim.Adam's, so that trajectories agree to the last bits:
+        # exp_avg.lerp_(grad, 1 - beta1) (torch's lerp formula for the weight), addcmul for exp_avg_sq, the
+        # bias corrections and the step size in double precision, then rounded to the parameter's dtype
+        weight, exp_avg = 1 - beta1, slots["exp_avg"]
+        exp_avg = exp_avg + weight * (grad - exp_avg) if weight < 0.5 else grad - (grad - exp_avg) * (1 - weight)
         exp_avg_sq = beta2 * slots["exp_avg_sq"] + (1 - beta2) * grad * grad
+        step = ops.cast(step, "float64")
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = ops.sqrt(1 - beta2 ** step)
-        denom = ops.sqrt(exp_avg_sq) / bias_correction2_sqrt + h["eps"]
-        delta = (lr / bias_correction1) * (exp_avg / denom)
+        lr_double = lr if isinstance(lr, float) else ops.cast(lr, "float64")
+        step_size = ops.cast_like(lr_double / bias_correction1, param)
+        denom = ops.sqrt(exp_avg_sq) / ops.cast_like(bias_correction2_sqrt, param) + h["eps"]
+        delta = step_size * (exp_avg / denom)
         return (delta if decay is None else decay + delta), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
