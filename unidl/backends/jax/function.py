@@ -24,7 +24,7 @@ from jax.experimental import checkify
 
 from unidl import devices
 from unidl.tracing import python_randomness_guard
-from unidl.backends.jax import variable as jax_variable
+from unidl.backends.jax import ops as jax_ops, variable as jax_variable
 from unidl.errors import GraphConstructError, RetraceWarning, index_error_from
 
 _CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
@@ -83,7 +83,7 @@ class StatefulJit:
             try:
                 for v, value in zip(variables, values):
                     v.value = value
-                with python_randomness_guard(self.__name__):
+                with python_randomness_guard(self.__name__), jax_ops.checkified_trace():
                     result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
                 # donated inputs are invalidated by the call: every value comes back then, changed or not
                 written = {i: v.value for i, (v, value) in enumerate(zip(variables, values))

@@ -8,6 +8,9 @@ through ``checkify`` (every compiled step of this backend is checkified).
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
@@ -191,17 +194,32 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(jnp.abs(prediction - jnp.asarray(_v(target), prediction.dtype)), reduction)
 
 
+_trace = threading.local()
+
+
+@contextlib.contextmanager
+def checkified_trace():
+    """Marks the trace running in this thread as one that ``checkify`` transforms (``StatefulJit``: every
+    compiled step of this backend), where value checks may be ``checkify.check``s."""
+    previous = getattr(_trace, "checkified", False)
+    _trace.checkified = True
+    try:
+        yield
+    finally:
+        _trace.checkified = previous
+
+
 def check_index(indices, size, what="index"):
     indices = _v(indices)
     if not indices.size:
         return indices
     low, high = jnp.min(indices), jnp.max(indices)
-    if isinstance(low, jax.core.Tracer):  # inside a compiled step: checkify raises it after the step
-        message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {size}); found values from {{low}} to {{high}}"
-        try:
+    if isinstance(low, jax.core.Tracer):
+        # inside a compiled step checkify raises it after the step; a jax.jit that is not checkified (Keras's
+        # own trainer on JAX) cannot stage a check at all, so there is none there
+        if getattr(_trace, "checkified", False):
+            message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {size}); found values from {{low}} to {{high}}"
             checkify.check((low >= 0) & (high < size), message, low=low, high=high)
-        except ValueError:  # traced by a jax.jit that is not checkified (Keras's own trainer): no check there
-            pass
     elif int(low) < 0 or int(high) >= size:
         raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {int(low)} to {int(high)}")
     return indices
