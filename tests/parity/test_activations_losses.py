@@ -9,6 +9,7 @@ from torch import nn as tnn
 
 import unidl as ud
 from tests.parity.torch_oracle import RUNS, Case, compare_table
+from unidl.testing import max_relative_difference
 
 R = np.random.default_rng(11)
 ROWS = R.standard_normal((4, 6)) * 3              # reaches Softplus(beta=2)'s threshold and ReLU6's 6
@@ -120,3 +121,33 @@ def test_layers_match_torch(backend, dtype, modes):
 def test_losses_match_torch(backend, dtype, modes):
     failures = compare_table(LOSSES, backend, dtype, modes)
     assert not failures, "\n".join(failures)
+
+
+def _conv_chain():
+    nn = ud.nn
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.MaxPool2d(2), nn.ELU(0.5),
+                         nn.Conv2d(4, 4, 3, padding=1), nn.SiLU(), nn.Softplus(2.0, 3.0), nn.Hardtanh(-0.5, 0.5),
+                         nn.PReLU(4), nn.ReLU6(), nn.AvgPool2d(2), nn.Flatten(), nn.LayerNorm(16), nn.Linear(16, 3))
+
+
+def test_activations_between_convolutions_in_a_graph(backend):
+    """On tensorflow a graph keeps conv -> activation -> pool chains in NHWC (layout.py): the new element-wise
+    activations must hand back NCHW views that the next layer sees through, and give torch's numbers."""
+    images = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with ud.use_backend("torch"):
+        ud.manual_seed(0)
+        state = _conv_chain().state_dict()
+    torch_model = torch.nn.Sequential(
+        tnn.Conv2d(3, 4, 3, padding=1), tnn.GELU(), tnn.MaxPool2d(2), tnn.ELU(0.5), tnn.Conv2d(4, 4, 3, padding=1),
+        tnn.SiLU(), tnn.Softplus(2.0, 3.0), tnn.Hardtanh(-0.5, 0.5), tnn.PReLU(4), tnn.ReLU6(), tnn.AvgPool2d(2),
+        tnn.Flatten(), tnn.LayerNorm(16), tnn.Linear(16, 3))
+    torch_model.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    out = torch_model(torch.tensor(images))
+    out.sum().backward()
+    model = _conv_chain()
+    model.load_state_dict(state)
+    step = ud.function(lambda x: (model(x), ud.grad(lambda: ud.ops.sum(model(x)), model.parameters())()))
+    output, grads = step(ud.tensor(images))
+    assert max_relative_difference(ud.to_numpy(output), out.detach().numpy()) < 2e-6
+    for (name, parameter), grad in zip(torch_model.named_parameters(), grads):
+        assert max_relative_difference(ud.to_numpy(grad), parameter.grad.numpy()) < 1e-5, name
