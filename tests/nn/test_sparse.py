@@ -90,3 +90,38 @@ def test_shape_errors_name_the_layer(backend):
         ud.nn.CrossEntropyLoss(weight=[1.0, 2.0, 3.0])(ud.tensor(np.zeros((2, 4))), ud.tensor(np.array([0, 1])))
     with pytest.raises(ud.ShapeMismatchError, match=r"class probabilities of the logits' shape"):
         ud.nn.CrossEntropyLoss()(ud.tensor(np.zeros((2, 4))), ud.tensor(np.zeros((2, 3))))
+
+
+class _TokenClassifier(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = ud.nn.Embedding(10, 4, padding_idx=0)
+        self.blocks = ud.nn.ModuleList([ud.nn.Sequential(ud.nn.Linear(4, 4), ud.nn.GELU()), ud.nn.LayerNorm(4)])
+        self.heads = ud.nn.ModuleDict({"cls": ud.nn.Linear(4, 2)})
+
+    def forward(self, tokens):
+        h = self.embed(tokens)
+        for block in self.blocks:
+            h = block(h)
+        return self.heads["cls"](ud.ops.mean(h, 1))
+
+
+def test_embedding_model_trains_alike_on_every_backend():
+    """Adam on an Embedding's gradient (IndexedSlices inside TensorFlow's and Keras's compiled steps, dense as in
+    PyTorch) with ModuleList/ModuleDict, LayerNorm, GELU and label smoothing: the same losses and weights."""
+    tokens = np.random.default_rng(0).integers(0, 10, (8, 5))
+    labels = np.arange(8) % 2
+    results = {}
+    for name in ud.available_backends():
+        with ud.use_backend(name):
+            ud.manual_seed(0)
+            model = _TokenClassifier()
+            step = ud.train_step(model, ud.nn.CrossEntropyLoss(label_smoothing=0.1),
+                                 ud.optim.Adam(model.parameters(), lr=1e-2))
+            results[name] = [float(step(tokens, labels)) for _ in range(5)], model.state_dict()
+    reference_losses, reference_state = results["torch"]
+    for name, (losses, state) in results.items():
+        np.testing.assert_allclose(losses, reference_losses, rtol=1e-5, err_msg=name)
+        for key, value in state.items():
+            np.testing.assert_allclose(value, reference_state[key], rtol=1e-4, atol=1e-6, err_msg=f"{name} {key}")
+        assert not state["embed.weight"][0].any(), name  # the padding row stays zero

@@ -39,6 +39,11 @@ class NativeOptimizer(keras.optimizers.Optimizer):
     def update_step(self, gradient, variable, learning_rate):
         spec, ops = self._spec, self._unidl_ops
         slots = self.slots_of(variable)
+        if hasattr(gradient, "indices") and hasattr(gradient, "dense_shape"):
+            # a gather's gradient as rows (TensorFlow's IndexedSlices, for an Embedding): dense, as PyTorch's
+            # gradient of an Embedding, for unidl's update rules
+            gradient = K.scatter(K.expand_dims(K.cast(gradient.indices, "int32"), -1), gradient.values,
+                                 K.cast(gradient.dense_shape, "int32"))
         gradient = spec.regularized_gradient(variable, gradient, ops)
         if spec.apply_fused(variable, gradient, slots, learning_rate, ops):  # where Keras's framework has a kernel
             return
