@@ -125,3 +125,17 @@ def test_embedding_model_trains_alike_on_every_backend():
         for key, value in state.items():
             np.testing.assert_allclose(value, reference_state[key], rtol=1e-4, atol=1e-6, err_msg=f"{name} {key}")
         assert not state["embed.weight"][0].any(), name  # the padding row stays zero
+
+
+def test_from_pretrained_holds_the_table_and_is_frozen(backend):
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    embed = ud.nn.Embedding.from_pretrained(table, padding_idx=1)
+    np.testing.assert_array_equal(ud.to_numpy(embed(ud.tensor(np.array([1, 3])))), table[[1, 3]])
+    model = ud.nn.Sequential(embed, ud.nn.Flatten(), ud.nn.Linear(6, 2))
+    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.5))
+    step(np.array([[0, 2], [3, 1]]), np.array([0, 1]))
+    np.testing.assert_array_equal(model.state_dict()["0.weight"], table)  # frozen
+    trainable = ud.nn.Embedding.from_pretrained(table, freeze=False)
+    assert trainable.state_dict()["weight"].shape == (4, 3)
+    with pytest.raises(ValueError, match=r"2-D array \(num_embeddings, embedding_dim\), got shape \(12,\)"):
+        ud.nn.Embedding.from_pretrained(table.reshape(-1))

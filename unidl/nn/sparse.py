@@ -41,6 +41,18 @@ class Embedding(Module):
             weight[padding_idx] = 0.0
         self.weight = self.parameter(np.asarray(weight))
 
+    @classmethod
+    def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None) -> "Embedding":
+        """An Embedding holding ``embeddings`` (num_embeddings, embedding_dim), frozen unless ``freeze=False``
+        (``requires_grad_``), as ``torch.nn.Embedding.from_pretrained``."""
+        embeddings = np.asarray(embeddings)
+        if embeddings.ndim != 2:
+            raise ValueError(f"Embedding.from_pretrained needs a 2-D array (num_embeddings, embedding_dim), "
+                             f"got shape {embeddings.shape}")
+        layer = cls(embeddings.shape[0], embeddings.shape[1], padding_idx)
+        layer.load_state_dict({"weight": embeddings})  # the padding row as given, as in PyTorch
+        return layer.requires_grad_(not freeze)
+
     def forward(self, indices):
         return self._ops.embedding(indices, self.weight, self.padding_idx)
 
