@@ -184,6 +184,12 @@ class _WeightedClassLoss(_Loss):
                                      f"(shape {a})")
         return False
 
+    def _unbatched(self, scores, target):
+        """PyTorch's unbatched input: the loss of a batch of one, without its batch axis under 'none'."""
+        target = functional.reshape(target, (1, -1) if _is_floating(target) else (1,))
+        loss = self.forward(functional.unsqueeze(scores, 0), target)
+        return functional.squeeze(loss, 0) if self.reduction == "none" else loss
+
     def extra_repr(self):
         return f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, weight={self.weight is not None}"
 
@@ -212,6 +218,8 @@ class CrossEntropyLoss(_WeightedClassLoss):
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits, target):
+        if len(_static_shape(logits)) == 1:  # one sample, (C,) against a label () or probabilities (C,)
+            return self._unbatched(logits, target)
         probabilities = self._check_shapes(logits, target, probabilities_allowed=True)
         if (not probabilities and self.weight is None and not self.label_smoothing
                 and len(_static_shape(logits)) == 2):  # the fused kernel of each framework
@@ -229,5 +237,7 @@ class NLLLoss(_WeightedClassLoss):
     ``weight``, ``ignore_index`` and the reductions as in ``CrossEntropyLoss``."""
 
     def forward(self, log_probabilities, labels):
+        if len(_static_shape(log_probabilities)) == 1:  # one sample, (C,) against a label ()
+            return self._unbatched(log_probabilities, labels)
         self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
         return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)
