@@ -17,3 +17,8 @@ def test_to_numpy_does_not_alias_the_tensor(backend):
     a = ud.to_numpy(t)
     a[0] = 5
     assert ud.to_numpy(t)[0] == 0
+
+
+def test_scalars_keep_their_shape(backend):
+    assert tuple(ud.tensor(3.0).shape) == () and tuple(ud.tensor(np.float32(2.5)).shape) == ()
+    assert float(ud.to_numpy(ud.tensor(3.0))) == 3.0

@@ -81,7 +81,7 @@ class Backend(BackendInterface):
             target = torch.bool
         else:
             raise TypeError(f"cannot make a tensor from an array of dtype {array.dtype}")
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        tensor = torch.from_numpy(np.require(array, requirements="C"))  # (ascontiguousarray makes 0-d 1-d)
         if device.type == "cuda":
             tensor = tensor.pin_memory()
             return tensor.to(device=device, dtype=target, non_blocking=True)
