@@ -119,11 +119,16 @@ class StatefulJit:
                 treedef = jax.tree_util.tree_structure(list(args))
             fixed = [None if i in dynamic else leaf for i, leaf in enumerate(leaves)]
             pure = checkify.checkify(self._pure(fixed, treedef, list(dynamic), variables), errors=checkify.user_checks)
-            compiled = self._compiled[key] = jax.jit(pure, donate_argnums=(0,) if self._donate else ())
+            compiled = self._compiled[key] = [jax.jit(pure, donate_argnums=(0,) if self._donate else ()), None]
             devices.compiled_placed(self.__name__, "traced for the shapes of its inputs", "the default device", "jax.jit")
-        error, (result, written) = compiled([v.value for v in variables], [leaves[i] for i in dynamic])
+        function, has_checks = compiled
+        error, (result, written) = function([v.value for v in variables], [leaves[i] for i in dynamic])
         for index, value in written.items():
             variables[index].value = value
+        if has_checks is None:  # known after the first call: a trace without value checks gives an empty error
+            has_checks = compiled[1] = bool(jax.tree_util.tree_leaves(error))
+        if not has_checks:
+            return result
         try:
             error.throw()
         except checkify.JaxRuntimeError as runtime_error:  # an in-graph index check (ops.check_index) failed
