@@ -90,6 +90,8 @@ BAD_VALUES = [
     (["train", "--verbose", "3"], "argument --verbose: invalid choice: 3"),
     (["train", "--backend", "caffe"], "argument --backend: unknown backend 'caffe'; valid backends are 'torch'"),
     (["train", "--device", "tpu"], "argument --device: invalid device 'tpu'"),
+    (["train", "--nproc", "0"], "argument --nproc: must be a positive integer, got 0"),
+    (["train", "--threads", "0"], "argument --threads: must be a positive integer, got 0"),
     (["compare", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
     (["parity", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
     (["bench", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),

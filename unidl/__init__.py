@@ -5,8 +5,10 @@ first time that backend is used.
 """
 
 from unidl import models, nn, ops, optim
-from unidl import callbacks, data, datasets
+from unidl import callbacks, data, datasets, metrics
 from unidl import autograd
+from unidl import distributed
+from unidl.threads import set_num_threads
 from unidl.autograd import custom_gradient, grad, value_and_grad
 from unidl.config import (available_backends, get_backend, get_device, get_dtype, set_backend, set_device,
                           set_dtype, use_backend, use_device, use_dtype)
@@ -25,6 +27,7 @@ from unidl.fit import History, evaluate, fit, predict
 from unidl.summary import summary
 from unidl.plot import plot_history
 from unidl.training import train_step
+from unidl.precision import Precision
 
 __version__ = "0.1.0"
 
@@ -38,8 +41,8 @@ def __getattr__(name):
     raise AttributeError(f"module 'unidl' has no attribute {name!r}")
 
 __all__ = [
-    "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "fit", "evaluate", "predict", "History", "summary", "plot_history", "callbacks", "manual_seed",
-    "autograd", "custom_gradient", "function", "info", "log_device_placement", "GraphConstructError", "IndexOutOfRangeError", "RetraceWarning",
+    "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "Precision", "fit", "evaluate", "predict", "History", "summary", "plot_history", "callbacks", "metrics", "manual_seed",
+    "distributed", "set_num_threads", "autograd", "custom_gradient", "function", "info", "log_device_placement", "GraphConstructError", "IndexOutOfRangeError", "RetraceWarning",
     "available_backends", "get_backend", "set_backend", "use_backend",
     "get_device", "set_device", "use_device", "get_dtype", "set_dtype", "use_dtype",
     "UnidlError", "UnknownBackendError", "BackendNotInstalledError", "BackendMismatchError",

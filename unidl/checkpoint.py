@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from unidl.distributed import process_group
 from unidl import random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
@@ -110,6 +111,11 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     if keep is not None and (_check_count("keep", keep) < 1):
         raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
     directory = os.fspath(directory)
+    group = process_group.current()
+    job = group is not None and group.world_size > 1
+    if job and group.rank != 0:  # rank 0 writes the job's checkpoint (the ranks hold the same state)
+        process_group.barrier()
+        return os.path.join(directory, checkpoint_name(epoch, step))
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory!r} is a file, expected a checkpoint directory")
     os.makedirs(directory, exist_ok=True)
@@ -162,6 +168,8 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
                 except OSError as error:  # the new checkpoint is written: a rotation failure must not undo that
                     warnings.warn(f"could not delete old checkpoint {old!r} while keeping the newest {keep}: "
                                   f"{error}; {path!r} was written", RuntimeWarning, stacklevel=2)
+    if job:
+        process_group.barrier()  # no rank reads the directory before the checkpoint is in it
     return path
 
 

@@ -1,4 +1,4 @@
-"""The ``unidl`` command (also ``python -m unidl``): train, info, parity, compare, bench.
+"""The ``unidl`` command (also ``python -m unidl``): train, info, parity, compare, plot, bench.
 
 ``unidl train`` with no arguments trains the CNN on the embedded digits with the
 default backend and prints the test accuracy: the README's main job. Arguments are
@@ -24,6 +24,8 @@ from pathlib import Path
 OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
 DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3, "adagrad": 0.05}
 DATASETS = "digits, synthetic, mnist:DIR or cifar10:DIR"
+# threads per process of `unidl train`: the tutorial CNN's ops are too small for a pool to pay (docs/distributed.md)
+DEFAULT_TRAIN_THREADS = 1
 # benchmarks/ of the source checkout this unidl runs from; an installed wheel has none
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -123,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--verbose", type=int, choices=[0, 1, 2], default=1,
                        help="0 silent, 1 progress bar, 2 a line per epoch and the frameworks' own log messages")
+    train.add_argument("--nproc", type=positive_int, default=1,
+                       help="processes training data-parallel on this machine, --batch-size being the global "
+                            "batch (default: 1)")
+    train.add_argument("--logdir", default=None, metavar="DIR",
+                       help="write the run's CSV log (history.csv), TensorBoard events and plot (history.png) to DIR, "
+                            "validating on the test set every epoch")
+    train.add_argument("--threads", type=positive_int, default=None,
+                       help=f"framework threads per process (default: UNIDL_NUM_THREADS, else "
+                            f"{DEFAULT_TRAIN_THREADS}; see docs/distributed.md)")
     commands.add_parser("info", help="installed backends, versions and visible devices")
     parity = commands.add_parser("parity", help="compare a model across backends; exit 1 if any difference exceeds its tolerance")
     parity.add_argument("--model", choices=["two_layer", "cnn"], default="two_layer")
@@ -132,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     compare = commands.add_parser("compare", help="train the two-layer net on every installed backend, losses side by side")
     compare.add_argument("--steps", type=positive_int, default=200)
+    compare.add_argument("--plot", default=None, metavar="PNG", help="also draw every backend's loss curve on one figure")
+    plot = commands.add_parser("plot", help="draw a run's loss and metric curves as a PNG file")
+    plot.add_argument("run", metavar="RUN", help="a CSVLogger file, a History saved as JSON, or a `unidl train --logdir` "
+                                                 "directory (its history.csv)")
+    plot.add_argument("--output", "-o", default=None, metavar="PNG",
+                      help="the PNG to write (default: RUN/history.png for a directory, else RUN with .png)")
     # listed here; `unidl bench ...` hands its arguments to the harness in benchmarks/ (see bench)
     commands.add_parser("bench", add_help=False,
                         help="time unidl's training step against hand-written native code and Keras 3 (source checkout)")
@@ -215,11 +232,40 @@ def load_dataset(spec: str):
     return train, test, x.shape[1], x.shape[2], int(max(train[1].max(), test[1].max())) + 1
 
 
+def train_threads(args) -> int:
+    """Framework threads per process for ``unidl train``: ``--threads``, else ``UNIDL_NUM_THREADS``, else the default."""
+    from unidl import threads
+
+    return args.threads or threads.requested() or DEFAULT_TRAIN_THREADS
+
+
+def train_data_parallel(args) -> float | None:
+    """``unidl train --nproc N``: the same job in N local processes (``unidl.distributed.launch``)."""
+    from unidl import distributed
+
+    # backend None: each rank takes UNIDL_BACKEND or the first installed, as this process would
+    accuracies = distributed.launch(train_rank, nprocs=args.nproc, backend=args.backend, args=(vars(args),),
+                                    threads=train_threads(args))
+    return accuracies[0]
+
+
+def train_rank(settings: dict) -> float:
+    """One rank of ``unidl train --nproc N`` (``unidl.distributed.launch`` has joined the group)."""
+    return train(argparse.Namespace(**dict(settings, nproc=1)))
+
+
 def train(args) -> float:
     import unidl as ud
+    from unidl.distributed import environment
 
+    if args.nproc > 1:
+        return train_data_parallel(args)
     if args.backend:
         ud.set_backend(args.backend)
+    if not ud.distributed.is_initialized() and environment.rendezvous().world_size > 1:
+        ud.distributed.init()  # started by torchrun (`torchrun --nproc-per-node N -m unidl train`)
+    main = not ud.distributed.is_initialized() or ud.distributed.is_main()
+    say = print if main else (lambda *_, **__: None)
     if args.device:
         ud.set_device(args.device)
     ud.manual_seed(args.seed)
@@ -231,14 +277,53 @@ def train(args) -> float:
         model = ud.models.TwoLayerNet(x.shape[1], 100, classes)
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     optimizer = getattr(ud.optim, OPTIMIZERS[args.optimizer])(model.parameters(), lr=lr)
-    print(f"unidl train: model={args.model} dataset={args.dataset} backend={ud.get_backend()} "
-          f"device={ud.get_device()} train={len(x)} test={len(xt)} optimizer={args.optimizer} lr={lr}")
+    ranks = f" processes={ud.distributed.world_size()}" if ud.distributed.is_initialized() else ""
+    say(f"unidl train: model={args.model} dataset={args.dataset} backend={ud.get_backend()} "
+        f"device={ud.get_device()} train={len(x)} test={len(xt)} optimizer={args.optimizer} lr={lr}{ranks}")
     start = time.perf_counter()
+    logging_options = run_logging(args.logdir, (xt, yt)) if getattr(args, "logdir", None) and main else {}
     ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=args.epochs,
-           batch_size=args.batch_size, seed=args.seed, verbose=args.verbose)
+           batch_size=args.batch_size, seed=args.seed, verbose=args.verbose, **logging_options)
     accuracy = ud.evaluate(model, (xt, yt))["accuracy"]
-    print(f"test accuracy: {accuracy:.4f}  ({time.perf_counter() - start:.1f}s)")
+    say(f"test accuracy: {accuracy:.4f}  ({time.perf_counter() - start:.1f}s)")
+    if logging_options:
+        try:
+            say(f"run logged in {args.logdir}: {RUN_CSV}, TensorBoard events, {plot_run(args.logdir, None)}")
+        except ImportError as error:  # matplotlib is an optional extra
+            say(f"run logged in {args.logdir}: {RUN_CSV}, TensorBoard events; no plot: {error}")
     return accuracy
+
+
+# ---- logs and plots of a run ------------------------------------------------------------
+RUN_CSV = "history.csv"
+
+
+def run_logging(logdir: str, validation) -> dict:
+    """``fit`` options of ``unidl train --logdir``: CSV log and TensorBoard events in ``logdir``, validation data."""
+    import unidl as ud
+
+    return {"validation_data": validation,
+            "callbacks": [ud.callbacks.CSVLogger(os.path.join(logdir, RUN_CSV)), ud.callbacks.TensorBoard(logdir)]}
+
+
+def plot_run(run: str, output: str | None) -> str:
+    """Draw ``run`` (a CSVLogger file, a History as JSON, or a ``--logdir`` directory) to ``output``; its path."""
+    import json
+
+    from unidl.plot import plot_history
+
+    source = os.path.join(run, RUN_CSV) if os.path.isdir(run) else run
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"{source!r} does not exist: pass a CSVLogger file, a History saved as JSON, or a "
+                                f"`unidl train --logdir` directory holding {RUN_CSV}")
+    if output is None:
+        output = os.path.join(os.path.dirname(source), "history.png") if os.path.isdir(run) \
+            else os.path.splitext(source)[0] + ".png"
+    if source.endswith(".json"):
+        with open(source) as handle:
+            history = json.load(handle)
+        return plot_history(history, output, title=os.path.basename(os.path.normpath(run)))
+    return plot_history(source, output, title=os.path.basename(os.path.normpath(run)))
 
 
 def info() -> None:
@@ -259,10 +344,29 @@ def info() -> None:
     for label, text in lines:
         print(f"  {label:<{width}} {text}")
     print(capability_table())
+    print(gpu_report())
     try:
         print(f"default backend: {config.get_backend()}, device: {config.get_device()}, dtype: {config.get_dtype()}")
     except Exception as error:  # report a bad UNIDL_BACKEND/UNIDL_DEVICE instead of failing the listing
         print(f"default backend/device: {error}")
+
+
+def gpu_report() -> str:
+    """Which installed framework builds can use a GPU (built with CUDA or ROCm) and which GPUs each sees now,
+    asked of the frameworks themselves (``Backend.gpu_support``)."""
+    from unidl import backends
+    from unidl.compare import display_name
+
+    lines = ["GPU support (installed builds):"]
+    for name in backends.available_backends():
+        backend = backends.load(name)
+        support = backend.gpu_support()
+        build = support["build"] or "CPU-only build"
+        gpus = ", ".join(support["gpus"]) or "none"
+        usable = "can use a GPU" if support["gpus"] else ("no GPU visible" if support["build"] else "cannot use a GPU")
+        host = f" (through {support['host']})" if support.get("host") else ""
+        lines.append(f"  {display_name(backend)}: {build}{host}; GPUs seen: {gpus}; {usable}  [{support['how']}]")
+    return "\n".join(lines)
 
 
 def capability_table() -> str:
@@ -316,6 +420,19 @@ def bench(argv: list[str]) -> int:
 
 
 def run_command(args) -> int:
+    if args.command == "train":
+        from unidl import threads
+
+        threads.set_num_threads(train_threads(args))  # before any framework starts its pools
+        if args.nproc > 1:  # the ranks import the framework; this process only launches them
+            train(args)
+            return 0
+    if args.command == "plot":  # reads a file; no framework needed
+        try:
+            print(plot_run(args.run, args.output))
+        except (OSError, ValueError, TypeError, ImportError) as error:
+            build_parser().exit(2, f"unidl plot: error: {error}\n")
+        return 0
     if getattr(args, "verbose", 1) != 2:
         silence_framework_logs()
         with framework_import_logs_dropped():
@@ -333,7 +450,14 @@ def run_command(args) -> int:
     elif args.command == "compare":
         from unidl.compare import print_side_by_side
 
-        print_side_by_side(args.steps)
+        losses = print_side_by_side(args.steps)
+        if args.plot:
+            from unidl import backends
+            from unidl.compare import display_name
+            from unidl.plot import plot_curves
+
+            curves = {display_name(backends.load(name)): values for name, values in losses.items()}
+            print(f"loss curves: {plot_curves(curves, args.plot, title='two-layer net, the same run on every backend')}")
     return 0
 
 

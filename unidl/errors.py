@@ -98,3 +98,12 @@ class CheckpointStateError(StateDictError, ValueError):
 class DataLoaderError(UnidlError, RuntimeError):
     """A DataLoader worker that raised, died or overran the loader's ``timeout``; the message names the
     worker, the batch and sample, and carries the worker's own traceback."""
+
+
+class DistributedError(UnidlError, RuntimeError):
+    """A data-parallel run that cannot start or did not finish: a rank that raised or died (named), a port in
+    use, a backend without a distributed engine, an unusable environment."""
+
+
+class DistributedNotInitializedError(DistributedError):
+    """A ``unidl.distributed`` call that needs the process group before ``unidl.distributed.init()``."""

@@ -14,18 +14,18 @@ import weakref
 
 import numpy as np
 
-from unidl import config
+from unidl import config, fit_options
 from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, TensorDataset
+from unidl.distributed import process_group
 from unidl.errors import NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss
+from unidl.metrics.probe import accumulator_for
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
-from unidl.training import TrainStep, check_same_backend
-
-SUPPORTED_METRICS = ("accuracy",)
-
+from unidl.training import TrainStep, check_accumulate, check_same_backend
+from unidl.precision import precision_policy
 
 class History:
     """Per-epoch logs of a ``fit`` run: ``history.history['loss']`` is the list of epoch losses."""
@@ -109,14 +109,6 @@ def as_loader(data, batch_size=None, shuffle=False, seed=None, what="train_data"
                     f"(x, y) of arrays; got {type(data).__name__}")
 
 
-def _check_metrics(metrics) -> tuple:
-    metrics = tuple(metrics or ())
-    unknown = [m for m in metrics if m not in SUPPORTED_METRICS]
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; supported: {list(SUPPORTED_METRICS)}")
-    return metrics
-
-
 def _arrays_of(loader):
     if isinstance(loader, DataLoader) and isinstance(loader.dataset, TensorDataset):
         return loader.dataset.arrays
@@ -151,6 +143,8 @@ def check_labels(model, loss_fn, loader) -> None:
         return
     x, y = arrays[0], arrays[1]
     if y.dtype.kind not in "iu":
+        if y.ndim >= 2:  # class probabilities or one-hot targets, which CrossEntropyLoss checks itself
+            return
         raise TypeError(f"CrossEntropyLoss needs integer class labels, got labels of dtype {y.dtype}")
     classes = _output_classes(model, x)
     low, high = int(y.min()), int(y.max())
@@ -159,21 +153,22 @@ def check_labels(model, loss_fn, loader) -> None:
                          f"found labels from {low} to {high}")
 
 
-def _batch_accuracy(outputs, y) -> tuple[int, int]:
-    labels = to_numpy(y)
-    predictions = to_numpy(outputs).argmax(-1)
-    return int((predictions == labels).sum()), len(labels)
+def _check_finite(value: float, epoch: int, step: int, step_finite: bool = True) -> None:
+    """``NonFiniteLossError`` naming the epoch and step when the step's loss or a gradient was not finite (the
+    backend then skipped its update: the weights are those before the step)."""
+    if not math.isfinite(value) or not step_finite:
+        what = f"training loss became {value}" if not math.isfinite(value) else "a gradient became NaN or infinite"
+        raise NonFiniteLossError(f"{what} at epoch {epoch + 1}, step {step + 1}; the step's update was skipped "
+                                 f"(weights are those before it); lower the learning rate or check the data "
+                                 f"for NaN/inf")
 
 
-def _check_finite(value: float, epoch: int, step: int) -> None:
-    if not math.isfinite(value):
-        raise NonFiniteLossError(f"training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-                                 f"lower the learning rate or check the data for NaN/inf")
-
-
-def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, accuracy: bool) -> dict:
-    """One epoch of ``step`` calls, reporting running means to ``on_batch`` as ``fit_epoch`` does."""
-    total_loss, seen, correct = 0.0, 0, 0
+def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics) -> dict:
+    """One epoch of ``step`` calls, reporting running means (and ``metrics``' running values, from statistics
+    summed since the epoch began) to ``on_batch`` as ``fit_epoch`` does."""
+    total_loss, seen = 0.0, 0
+    if metrics is not None:
+        metrics.reset()
     index = -1
     for index, batch in enumerate(batches):
         x, y = batch[0], batch[1]
@@ -182,26 +177,45 @@ def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, accuracy: b
         total_loss += float(loss) * count  # a NaN or inf step loss makes the running mean non-finite too
         seen += count
         logs = {"loss": total_loss / seen}
-        if accuracy:
-            correct += _batch_accuracy(outputs, y)[0]
-            logs["accuracy"] = correct / seen
+        if metrics is not None:
+            metrics.add(outputs, y)
+            logs.update(metrics.results())
         on_batch(index, logs)
     if index < 0:
         raise ValueError(f"epoch {epoch + 1} had no batches: the training data is empty")
     return logs
 
 
-def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int | None = None,
-        validation_data=None, metrics=("accuracy",), callbacks=(), verbose: int = 1, shuffle: bool = True,
-        seed: int | None = None, resume_from=None, eager: bool = False) -> History:
+def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: int = 1, verbose: int = 1,
+        callbacks=(), validation_split: float = 0.0, validation_data=None, shuffle: bool = True, class_weight=None,
+        sample_weight=None, initial_epoch: int = 0, *, loss, optimizer, metrics=None, validation_freq=1,
+        seed: int | None = None, resume_from=None, eager: bool = False, precision=None,
+        accumulate: int = 1) -> History:
     """Train ``model`` for ``epochs`` epochs and return the per-epoch ``History``.
+
+    ``fit(model, (x, y), ...)`` or, in Keras's order, ``fit(model, x, y, batch_size, epochs, verbose, callbacks,
+    validation_split, validation_data, shuffle, class_weight, sample_weight, initial_epoch)``; the rest by keyword.
 
     Args:
         train_data: a ``ud.data.DataLoader``, a native pipeline (``torch.utils.data.DataLoader`` on
-            torch, ``tf.data.Dataset`` on tensorflow/keras), or ``(x, y)`` arrays with ``batch_size``.
-        loss, optimizer: a unidl loss module and optimizer built for ``model``.
+            torch, ``tf.data.Dataset`` on tensorflow/keras), ``(x, y)`` arrays with ``batch_size``, or
+            the array ``x`` with ``y`` given next.
+        loss, optimizer: a unidl loss module and optimizer built for ``model``, or their names: losses
+            ``"cross_entropy"``, ``"sparse_categorical_crossentropy"``, ``"categorical_crossentropy"`` (all
+            ``CrossEntropyLoss`` of logits: unidl models end without a softmax), ``"mse"``, ``"mae"``,
+            ``"binary_crossentropy"`` (of logits), ... (``unidl.fit_options.LOSS_NAMES``); optimizers
+            ``"adam"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"``, ``"adamw"`` with Keras's default learning rates.
         validation_data: same forms as ``train_data``; adds 'val_loss' and 'val_<metric>' each epoch.
-        metrics: ('accuracy',) is computed for classification losses (``CrossEntropyLoss``).
+        validation_split: Keras's: the last fraction of the ``(x, y)`` arrays (taken before shuffling)
+            validates instead of training; not with ``validation_data`` or a loader.
+        validation_freq: validate after every N-th epoch (an int), or after the listed 1-based epochs.
+        class_weight, sample_weight: Keras's per-sample weights of the training loss (``{class: weight}``,
+            and/or one weight per sample; arrays only): each sample's loss (``reduction='none'``) times its
+            weight, summed over the batch and divided by the batch size. Validation is not weighted.
+        initial_epoch: the epoch to start at (``epochs`` stays the index of the last, as in Keras).
+        metrics: names or ``ud.metrics`` objects (``["accuracy", "top5", "f1"]``), each exact over the
+            epoch (summed statistics, never a mean of batch means); default: accuracy for classification
+            losses (``CrossEntropyLoss``, ``NLLLoss``) with class-score outputs, none otherwise.
         callbacks: ``ud.callbacks`` objects (EarlyStopping, LearningRateScheduler, Checkpoint, ModelCheckpoint,
             CSVLogger, ReduceLROnPlateau, TerminateOnNaN, ...) and plain functions, each called as
             ``fn(epoch, logs)`` at the end of every epoch (``logs``: that epoch's 'loss', 'lr', metrics).
@@ -216,33 +230,60 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
 
     ``eager=True``: no compiled step on any backend; Python runs the forward at every step (Keras's
     ``run_eagerly``), for models whose forward needs Python per step (docs/dynamic-forward.md).
+    ``precision``: "32" (the default), "bf16-mixed" or "16-mixed" (or a ``ud.Precision``): float32 weights,
+    bfloat16/float16 compute, dynamic loss scaling for float16 (see ``ud.train_step``, ``unidl.precision``).
 
-    A NaN or infinite training loss stops training with ``NonFiniteLossError`` naming the epoch and step
-    (with a ``TerminateOnNaN`` callback: after that batch, with no error).
+    A NaN or infinite training loss or gradient stops training with ``NonFiniteLossError`` naming the epoch
+    and step, before that step updates the weights (with a ``TerminateOnNaN`` callback: after that batch,
+    with no error, the weights again those before it). Clipping is the optimizer's (``clip_grad_norm=``).
+    ``accumulate=N``: every batch is a micro-step and every N-th updates the weights with the mean gradient
+    of the last N (``ud.train_step(accumulate=N)``); the optimizer's step count and schedules count updates.
     """
+    loss = fit_options.resolve_loss(loss)
+    optimizer = fit_options.resolve_optimizer(optimizer, model)
     backend = check_same_backend(model, loss, optimizer)
-    metrics = _check_metrics(metrics)
+    precision = precision_policy(precision)
+    accumulate = check_accumulate(accumulate)
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    loader = as_loader(train_data, batch_size, shuffle, seed)
+    validation_freq = fit_options.check_validation_freq(validation_freq)
+    start_epoch = fit_options.check_initial_epoch(initial_epoch, epochs, resume_from)
+    train_data = fit_options.data_of(train_data, y)
+    train_data, sample_weight, held_out = fit_options.split_validation(train_data, validation_split, sample_weight)
+    if held_out is not None:
+        if validation_data is not None:
+            raise ValueError("pass validation_split or validation_data, not both")
+        validation_data = held_out
+    weights = fit_options.sample_weights(train_data, sample_weight, class_weight)
+    loader = as_loader(train_data, batch_size, shuffle if weights is None else False, seed)
     validation = (as_loader(validation_data, batch_size or 256, False, None, "validation_data")
                   if validation_data is not None else None)
     check_labels(model, loss, loader)
-    accuracy = "accuracy" in metrics and isinstance(loss, CrossEntropyLoss)
+    train_metrics = accumulator_for(metrics, model, loader, loss, for_training=True)
+    validation_metrics = accumulator_for(metrics, model, validation, loss) if validation is not None else None
+    plain_loss = loss
+    if weights is not None:  # the weights travel with the targets, into every backend's compiled step
+        x_array, y_array = fit_options.arrays_of(train_data)
+        packing = fit_options.PackedTargets(y_array.shape[1:], y_array.dtype.name)
+        loss = fit_options.SampleWeightedLoss(plain_loss, packing)
+        loader = as_loader((x_array, fit_options.pack_targets(y_array, weights)), batch_size, shuffle, seed)
+        if train_metrics is not None:
+            train_metrics.unpack = packing.unpack
+    process_group.check_training_loader(loader)
     history = History()
     trainer = Trainer(model, optimizer, loader, history)
     callbacks = _checkpoints_last(as_callbacks(callbacks))
     terminate_on_nan = any(isinstance(c, TerminateOnNaN) for c in callbacks)
     trainer.callbacks, trainer.carried_epoch = callbacks, None
-    trainer.fit_settings = {"loss": type(loss).__name__, "optimizer": type(optimizer).__name__,
+    trainer.epochs = epochs  # for callbacks that show "epoch e/epochs" (ProgressBar)
+    trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
-    start_epoch = 0
     if resume_from is not None:
         start_epoch = _resume(resume_from, trainer, callbacks)
     for callback in callbacks:
         callback.trainer = trainer
         callback.on_train_begin()
-    progress = Progress(verbose, epochs)
+    progress = Progress(verbose if process_group.rank_from_environment() == 0 else 0, epochs)  # rank 0 prints
     step = None
     for epoch in range(start_epoch, epochs):
         trainer.epoch = epoch
@@ -263,7 +304,7 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
 
         def on_batch(index, logs, epoch=epoch):
             if not terminate_on_nan:
-                _check_finite(logs["loss"], epoch, index)
+                _check_finite(logs["loss"], epoch, index, optimizer.last_step_finite)
             trainer.global_step += 1
             trainer._trained_in_epoch += 1
             progress.batch(index, logs)
@@ -274,15 +315,19 @@ def fit(model, train_data, *, loss, optimizer, epochs: int = 1, batch_size: int 
 
         batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
         try:
-            logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, accuracy, eager)
+            logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, train_metrics, eager,
+                                     precision=precision, accumulate=accumulate)
             if logs is None:
-                step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager)
-                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, accuracy)
+                step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager, check_finite=False,
+                                         precision=precision, accumulate=accumulate)
+                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics)
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
             logs = end.logs
         logs = dict(_whole_epoch_means(trainer, epoch, logs), lr=epoch_lr)
-        if validation is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate(model, validation, loss=loss, metrics=metrics).items()})
+        logs = process_group.mean_over_ranks(logs, 1)  # a data-parallel job: every rank logs the job's means
+        if validation is not None and fit_options.validates_after(epoch, validation_freq):
+            results = _evaluate_with(model, validation, plain_loss, validation_metrics)
+            logs.update({f"val_{k}": v for k, v in results.items()})
         history.append(logs)
         for callback in callbacks:
             callback.on_epoch_end(epoch, logs)
@@ -425,12 +470,12 @@ def _whole_epoch_means(trainer, epoch: int, logs: dict) -> dict:
             for key, value in logs.items()}
 
 
-def _batches(data, batch_size):
+def _batches(data, batch_size, shard: bool = True):
     if isinstance(data, DataLoader) or _is_native_pipeline(data):
         return data
     if isinstance(data, (tuple, list)):
-        return DataLoader(TensorDataset(*data), batch_size=batch_size)
-    return DataLoader(TensorDataset(data), batch_size=batch_size)
+        return DataLoader(TensorDataset(*data), batch_size=batch_size, shard=shard)
+    return DataLoader(TensorDataset(data), batch_size=batch_size, shard=shard)
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
@@ -440,40 +485,66 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
     was_training = model.training
     model.eval()
     try:
-        outputs = [to_numpy(forward(batch[0])) for batch in _batches(x, batch_size)]
+        # every output on every rank of a data-parallel job: arrays are not sharded here
+        outputs = [to_numpy(forward(batch[0])) for batch in _batches(x, batch_size, shard=False)]
     finally:
         model.train(was_training)
     return np.concatenate(outputs) if outputs else np.zeros((0,))
 
 
-def evaluate(model, data, *, loss=None, metrics=("accuracy",), batch_size: int = 256) -> dict:
-    """Mean loss (if ``loss`` is given) and metrics of ``model`` over ``data`` ((x, y) or a loader), in eval mode."""
-    metrics = _check_metrics(metrics)
+def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metrics=None, return_dict: bool = True):
+    """Mean loss (if ``loss`` is given: a module or a name, as in ``fit``) and ``metrics`` of ``model`` over
+    ``data`` (``(x, y)``, ``x, y`` as in Keras, or a loader), in eval mode, each exact over all samples.
+
+    ``metrics``: names or ``ud.metrics`` objects, as in ``fit`` (default: accuracy where the outputs are class
+    scores and the loss, if any, is a classification loss). Returns a dict, or with ``return_dict=False``
+    Keras's list: the loss first, then the metrics in the order given (a single value when there is one).
+    """
+    data = fit_options.data_of(data, y, "data")
+    loss = None if loss is None else fit_options.resolve_loss(loss)
+    arrays = fit_options.arrays_of(data)
+    if arrays is not None and not len(arrays[0]):
+        raise ValueError("evaluate got no samples")
+    batches = _batches(data, batch_size)
+    results = _evaluate_with(model, batches, loss, accumulator_for(metrics, model, batches, loss))
+    if return_dict:
+        return results
+    values = list(results.values())
+    return values[0] if len(values) == 1 else values
+
+
+def _evaluate_with(model, batches, loss, metrics) -> dict:
+    """``evaluate``'s loop over ``batches`` with a ``MetricAccumulator`` (or None) already bound to them."""
     backend = model._backend
     forward = backend.predict_function(model)
     was_training = model.training
     model.eval()
-    total, seen, correct = 0.0, 0, 0
-    classify = "accuracy" in metrics and (loss is None or isinstance(loss, CrossEntropyLoss))
+    total, seen = 0.0, 0
+    if metrics is not None:
+        metrics.reset()
     try:
-        for batch in _batches(data, batch_size):
+        for batch in batches:
             x, y = batch[0], batch[1]
+            if not int(tuple(x.shape)[0]):  # a data-parallel rank's empty share of a short last batch
+                continue
             outputs = forward(x)
             count = int(tuple(x.shape)[0])
             if int(tuple(y.shape)[0]) != count:
                 raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
             if loss is not None:
                 total += float(loss(outputs, backend.tensor(to_numpy(y)))) * count
-            if classify:
-                correct += _batch_accuracy(outputs, y)[0]
+            if metrics is not None:
+                metrics.add(outputs, y)
             seen += count
     finally:
         model.train(was_training)
+    total, seen = process_group.sum_over_ranks(total, seen)  # every rank's shard
     if not seen:
         raise ValueError("evaluate got no samples")
     results = {}
     if loss is not None:
         results["loss"] = total / seen
-    if classify:
-        results["accuracy"] = correct / seen
+    if metrics is not None:
+        flat = np.concatenate([t.reshape(-1) for t in metrics.totals])
+        results.update(metrics.results_from_flat(process_group.sum_over_ranks(*flat.tolist())))  # every rank's
     return results

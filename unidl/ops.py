@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from unidl import config
 from unidl.backends.op_registry import declare
+from unidl.precision import active_ops
 
 
 def _ops():
-    return config.backend().ops
+    # inside a mixed-precision forward on a backend without a framework autocast: the cast-inserting ops
+    return active_ops() or config.backend().ops
 
 
 def op(declaration=None, **options):
@@ -68,18 +70,35 @@ def log_softmax(x, dim=-1):
 
 
 @op
-def conv2d(x, weight, bias=None, stride=1, padding=0):
-    """2-D cross-correlation of NCHW ``x`` with an OIHW ``weight``; padding int, pair, 'same' or 'valid'."""
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation of NCHW ``x`` with an OIHW ``weight`` of shape (out, in / groups, kh, kw), as
+    ``torch.nn.functional.conv2d``: padding int, pair, 'same' or 'valid'; ``dilation`` spaces the kernel's
+    taps; ``groups`` splits the channels into that many independent convolutions."""
 
 
-@op
-def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Maximum over windows of NCHW ``x`` (stride defaults to the kernel size)."""
+@op(dispatch=False)
+def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False):
+    """Maximum over windows of NCHW ``x`` (stride defaults to the kernel size; padding counts as -inf).
+    ``ceil_mode``: a last, partial window where PyTorch has one (it starts inside the input or its left padding)."""
+    if ceil_mode:
+        from unidl import spatial_ops
+
+        return spatial_ops.pool2d_with_options("max", x, kernel_size, stride, padding, ceil_mode)
+    return _ops().max_pool2d(x, kernel_size, stride, padding)
 
 
-@op
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """Mean over windows of NCHW ``x`` (zero padding counted, as in PyTorch)."""
+@op(dispatch=False)
+def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """Mean over windows of NCHW ``x``, as ``torch.nn.functional.avg_pool2d``: zero padding counts in the divisor
+    unless ``count_include_pad=False``; ``ceil_mode`` adds PyTorch's last, partial windows (their divisor never
+    counts what lies past the padding); ``divisor_override`` divides every window's sum by that number."""
+    if ceil_mode or not count_include_pad or divisor_override is not None:
+        from unidl import spatial_ops
+
+        return spatial_ops.pool2d_with_options("avg", x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                               divisor_override)
+    return _ops().avg_pool2d(x, kernel_size, stride, padding)
 
 
 @op(dispatch=False)
@@ -226,12 +245,15 @@ def shape(x):
 
 
 @op
-def scan(fn, init, xs, axis=0):
+def scan(fn, init, xs, axis=0, reverse=False):
     """Loop ``carry, y = fn(carry, x)`` over the slices ``x`` of ``xs`` along ``axis``, starting from ``init``.
 
-    Returns ``(final carry, ys)`` with the ``y``s stacked along ``axis`` (same dtype as the carry).
-    It is the plain Python loop on torch, a ``tf.while_loop`` on tensorflow (so the length may be
-    unknown inside a graph, and a new length never retraces) and ``keras.ops.scan`` on keras.
+    Returns ``(final carry, ys)`` with the ``y``s stacked along ``axis`` (so each has at least ``axis`` axes). ``init``, ``xs`` and each ``y`` may be
+    tensors or nested tuples, lists and dicts of them (``xs``' leaves sliced together; ``y`` of any structure,
+    shape and dtype, not necessarily the carry's), as ``jax.lax.scan``. ``reverse`` runs from the last slice
+    to the first, ``ys[t]`` still the output of slice t. It is the plain Python loop on torch, a
+    ``tf.while_loop`` on tensorflow (so the length may be unknown inside a graph, and a new length never
+    retraces), ``jax.lax.scan`` on jax and ``keras.ops.scan`` on keras. The length must be at least 1.
     """
 
 
@@ -366,6 +388,11 @@ def log1p(x):
 @op
 def minimum(a, b):
     """Element-wise minimum."""
+
+
+@op
+def amax(x, dim, keepdim=False):
+    """Largest value along ``dim`` (an int or a tuple of them), as ``torch.amax``."""
 
 
 @op(name="apply_momentum", optional=True, public=False)
@@ -550,3 +577,54 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
         smooth = _reduced(smooth, reduction)
     return (1 - label_smoothing) * loss + smooth * (label_smoothing / classes)
 
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
+    """``torch.nn.functional.scaled_dot_product_attention``: softmax(query @ key^T * scale + mask) @ value over the
+    last two axes ((..., L, E) queries, (..., S, E) keys, (..., S, Ev) values -> (..., L, Ev)).
+
+    ``scale`` defaults to 1/sqrt(E). ``attn_mask`` broadcasts to (..., L, S): booleans say which keys each query
+    may attend to (True takes part, as PyTorch's function; ``nn.MultiheadAttention``'s masks say the opposite), a
+    float mask is added to the scores. ``is_causal`` lets query i attend to keys 0..i only (then ``attn_mask``
+    must be None). ``dropout_p`` drops attention weights (from the backend's generator)."""
+    if is_causal and attn_mask is not None:
+        raise ValueError("scaled_dot_product_attention: give either attn_mask or is_causal=True, not both "
+                         "(as torch.nn.functional.scaled_dot_product_attention)")
+    return attention(query, key, value, attn_mask, dropout_p, is_causal, scale)[0]
+
+
+def causal_mask(query_length, key_length):
+    """(L, S) booleans, True where query i may attend to key j (j <= i): PyTorch's ``is_causal`` mask."""
+    rows = unsqueeze(arange(0, query_length, dtype="int64"), 1)
+    return rows >= unsqueeze(arange(0, key_length, dtype="int64"), 0)
+
+
+def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, masks=()):
+    """``scaled_dot_product_attention`` returning ``(output, weights)``, weights (..., L, S) after softmax and
+    dropout. ``masks``: more masks in ``attn_mask``'s convention, each applied too (``nn.MultiheadAttention``'s)."""
+    if scale is None:
+        import math
+
+        features = shape(query)[-1]  # a scalar tensor where a graph leaves it unknown
+        scale = math.sqrt(1.0 / features) if isinstance(features, int) else 1.0 / sqrt(cast_like(features, query))
+    scores = matmul(query * scale, transpose(key, -2, -1))
+    if is_causal:
+        sizes = shape(scores)
+        masks = tuple(masks) + (causal_mask(sizes[-2], sizes[-1]),)
+    if attn_mask is not None:
+        masks = (attn_mask,) + tuple(masks)
+    blocked = zeros_like(scores) - float("inf")
+    for mask in masks:
+        if "bool" in str(getattr(mask, "dtype", "")):
+            scores = where(mask, scores, blocked)
+        else:
+            scores = scores + cast_like(mask, scores)
+    weights = softmax(scores, -1)
+    if dropout_p:
+        weights = dropout(weights, dropout_p, True)
+    return matmul(weights, value), weights
+
+
+# spatial ops composed over the registry's ops (their own module: unidl/spatial_ops.py)
+from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d, conv_transpose2d,  # noqa: E402
+                               dropout2d, group_norm, interpolate)

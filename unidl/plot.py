@@ -93,3 +93,32 @@ def plot_history(history_or_csv, path, title: str | None = None) -> str:
         os.makedirs(directory, exist_ok=True)
     canvas.print_png(path)
     return path
+
+
+def plot_curves(curves: dict, path, title: str | None = None, xlabel: str = "step", ylabel: str = "loss") -> str:
+    """Write several curves on one set of axes to the PNG file ``path`` and return ``path``: ``curves`` maps a
+    label to its values (one per step), as ``unidl compare --plot`` draws each backend's loss, the picture of
+    parity (identical runs lie on one line). A log scale is used when every value is positive."""
+    Figure, FigureCanvasAgg, _ = _import_matplotlib()
+    if not curves or not any(len(values) for values in curves.values()):
+        raise ValueError("plot_curves got no values to plot")
+    figure = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    styles = ("-", "--", ":", "-.")
+    for index, (label, values) in enumerate(curves.items()):
+        values = [_number(v) for v in values]
+        axes.plot(range(len(values)), values, linestyle=styles[index % len(styles)], linewidth=1.5, label=label)
+    if all(v > 0 for values in curves.values() for v in map(_number, values) if not math.isnan(v)):
+        axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    if title:
+        axes.set_title(title)
+    path = os.fspath(path)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    canvas.print_png(path)
+    return path

@@ -1,46 +1,31 @@
-"""Per-epoch progress for ``fit``: a live bar on a terminal, one plain line per epoch otherwise."""
+"""``fit``'s verbose output: ``ud.callbacks.ProgressBar``, live on a terminal, one plain line per epoch otherwise."""
 
 from __future__ import annotations
 
-import sys
-import time
-
 
 class Progress:
-    """``verbose=0`` silent; 1 bar (terminal) or a line per epoch; 2 always a line per epoch."""
+    """``verbose=0`` silent; 1 the live bar on a terminal or notebook (a line per epoch otherwise); 2 always a
+    line per epoch. ``stream``: a file to write to instead of standard output."""
 
     def __init__(self, verbose: int, epochs: int, stream=None):
-        self.stream = stream or sys.stdout
         self.verbose = verbose
-        self.epochs = epochs
-        self.live = verbose == 1 and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._start = time.perf_counter()
-        self._last_draw = 0.0
+        self.bar = None
+        if verbose:
+            from rich.console import Console
+
+            from unidl.callbacks.progress_bar import ProgressBar
+
+            console = Console(file=stream, highlight=False) if stream is not None else None
+            self.bar = ProgressBar(epochs=epochs, console=console, live=None if verbose == 1 else False)
 
     def begin_epoch(self, epoch: int, steps: int | None):
-        self._start = time.perf_counter()
-        self._epoch, self._steps = epoch, steps
-
-    @staticmethod
-    def _format(logs: dict) -> str:
-        return "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float))
+        if self.bar is not None:
+            self.bar.begin_epoch(epoch, steps)
 
     def batch(self, step: int, logs: dict):
-        now = time.perf_counter()
-        if not self.live or now - self._last_draw < 0.1:
-            return
-        self._last_draw = now
-        total = self._steps or 0
-        done = int(30 * (step + 1) / total) if total else 0
-        bar = "=" * done + "." * (30 - done) if total else ""
-        self.stream.write(f"\rEpoch {self._epoch + 1}/{self.epochs} [{bar}] {step + 1}/{total or '?'}  "
-                          f"{self._format(logs)}  {now - self._start:.1f}s")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.batch(step, logs)
 
     def end_epoch(self, logs: dict, steps: int):
-        if not self.verbose:
-            return
-        elapsed = time.perf_counter() - self._start
-        line = f"Epoch {self._epoch + 1}/{self.epochs}  {steps} steps  {self._format(logs)}  {elapsed:.1f}s"
-        self.stream.write(("\r" + line + " " * 10 + "\n") if self.live else line + "\n")
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.end_epoch(logs, steps)

@@ -190,11 +190,7 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
         with open(path, "rb") as handle:
             head = handle.read(4)
         if head.startswith(_ZIP_PREFIX):
-            if not allow_pickle:
-                raise _refuse_pickle(path, "a zip archive (the torch.save format, which holds a pickle)")
-            raise CorruptFileError(
-                f"{path!r} is a zip archive (the torch.save format); unidl reads only plain pickles of a dict of "
-                f"arrays. Load it with torch.load yourself and pass the result to model.load_state_dict")
+            return read_torch_state_dict(path), None
         if head.startswith(_PICKLE_PREFIXES) and not allow_pickle:
             raise _refuse_pickle(path, "a pickle")
         if allow_pickle:
@@ -207,6 +203,29 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
                                    f"arbitrary code; pass allow_pickle=True only if you trust the file)") from None
     reader, metadata, names = open_weights(path)
     return {key: array for key, (_, array) in zip(names, reader.tensors(list(names.values())))}, metadata
+
+
+def read_torch_state_dict(path) -> dict[str, np.ndarray]:
+    """A PyTorch state dict written by ``torch.save`` (a ``.pth``/``.pt`` zip archive), as NumPy arrays.
+
+    Read with ``torch.load(weights_only=True)``, PyTorch's restricted unpickler that builds tensors and plain
+    containers only and never runs code named in the file, so that a torchvision or a user's PyTorch checkpoint
+    loads into a unidl model on any backend. Needs torch installed (it is only the file's reader here)."""
+    try:
+        import torch
+    except ImportError:
+        raise CorruptFileError(
+            f"{path!r} is a torch.save archive; reading it safely needs torch (torch.load(weights_only=True)). "
+            f"Install torch, or convert the file to safetensors where torch is installed") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch's own refusal (e.g. a pickled object other than tensors) or a damaged archive
+        raise CorruptFileError(f"{path!r}: torch.load(weights_only=True) refused it: {error}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CorruptFileError(f"{path!r} does not hold a plain state dict (parameter names -> tensors); it holds "
+                               f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else ""))
+    return {key: (value.float() if value.dtype == torch.bfloat16 else value).detach().numpy()
+            for key, value in state.items()}
 
 
 def open_weights(path) -> tuple[SafetensorsFile, dict | None, dict[str, str]]:

@@ -36,6 +36,24 @@ def test_train_step_writes_state_back_and_traces_once_per_shape(rng):
         assert not np.array_equal(key, np.asarray(ud.config.backend().generator().state.value))
 
 
+def test_a_step_compiles_once_not_again_for_the_values_it_wrote_back(rng, caplog):
+    """jit keys its cache on whether arrays are committed to a device: variables start committed, as the
+    step's outputs are, so the second call reuses the first compilation (it once compiled twice)."""
+    import logging
+
+    import jax
+
+    with ud.use_backend("jax"):
+        model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.ReLU(), ud.nn.Linear(4, 1))
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.Adam(model.parameters(), lr=1e-2))
+        x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 1)).astype(np.float32)
+        step(x, y)
+        with jax.log_compiles(), caplog.at_level(logging.DEBUG, logger="jax"):
+            step(x, y)
+            step(x, y)
+        assert not [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+
+
 def test_python_branch_on_a_value_in_a_train_step_is_unidls_error(rng):
     with ud.use_backend("jax"):
         model = _ValueBranch()

@@ -1,4 +1,5 @@
-"""``ud.nn.RNN``: PyTorch's parameters and numbers on every backend, any sequence length in one graph."""
+"""``ud.nn.RNN``, ``LSTM``, ``GRU``: PyTorch's parameters and numbers on every backend, any sequence length and any
+``lengths`` in one graph."""
 
 import math
 import warnings
@@ -6,8 +7,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch import nn as tnn
 
 import unidl as ud
+from tests.parity.torch_oracle import Case, compare_table
 from unidl.testing import max_relative_difference
 
 
@@ -16,7 +19,7 @@ class LastStep(ud.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.rnn = ud.nn.RNN(3, 8)
+        self.rnn = ud.nn.RNN(3, 8, batch_first=True)
         self.head = ud.nn.Linear(8, 1)
 
     def forward(self, x):
@@ -64,7 +67,7 @@ def test_parameters_named_and_initialised_as_in_pytorch(backend):
 
 
 def test_initial_state_is_used(backend, rng):
-    rnn = ud.nn.RNN(2, 3)
+    rnn = ud.nn.RNN(2, 3, batch_first=True)
     x = rng.standard_normal((4, 5, 2)).astype(np.float32)
     h0 = rng.standard_normal((1, 4, 3)).astype(np.float32)
     reference = torch.nn.RNN(2, 3, batch_first=True)
@@ -117,7 +120,7 @@ def test_compiled_forward_matches_eager(backend, rng):
     rnn = ud.nn.RNN(3, 5)
     forward = ud.function(lambda x: rnn(x)[0])
     for length in (4, 9):
-        x = rng.standard_normal((2, length, 3)).astype(np.float32)
+        x = rng.standard_normal((length, 2, 3)).astype(np.float32)
         eager, _ = rnn(ud.tensor(x))
         assert max_relative_difference(ud.to_numpy(forward(x)), ud.to_numpy(eager)) < 2e-6
 
@@ -130,3 +133,127 @@ def test_train_step_learns_on_every_backend(backend, rng):
     for _ in range(40):
         loss = float(step(x, y))
     assert loss < 0.5 * first
+
+
+# ---- LSTM, GRU and RNN options against plain torch.nn (the oracle), through the shared parity harness ---------
+
+R = np.random.default_rng(21)
+SEQUENCE = R.standard_normal((4, 3, 4))                    # (T, N, F)
+BATCH_FIRST = R.standard_normal((3, 4, 4))                  # (N, T, F)
+LENGTHS = np.array([4, 1, 3])
+INITIAL = R.standard_normal((4, 3, 3))                      # (num_layers * 2, N, H)
+
+
+class Outputs(ud.nn.Module):
+    """Every output of a recurrent layer flattened into one vector (the harness compares one tensor)."""
+
+    def __init__(self, layer, lengths=False, initial=False):
+        super().__init__()
+        self.layer, self.lengths, self.initial = layer, lengths, initial
+
+    def forward(self, x, *extra):
+        extra = list(extra)
+        hx = extra.pop(0) if self.initial else None
+        if isinstance(self.layer, ud.nn.LSTM) and hx is not None:
+            hx = (hx, ud.ops.tanh(hx))
+        output, state = self.layer(x, hx, lengths=extra.pop(0) if self.lengths else None)
+        parts = [output] + list(state if isinstance(state, tuple) else (state,))
+        return ud.ops.concat([ud.ops.reshape(p, (-1,)) for p in parts], 0)
+
+
+class TorchOutputs(tnn.Module):
+    def __init__(self, layer, lengths=False, initial=False):
+        super().__init__()
+        self.layer, self.lengths, self.initial = layer, lengths, initial
+
+    def forward(self, x, *extra):
+        extra = list(extra)
+        hx = extra.pop(0) if self.initial else None
+        if isinstance(self.layer, tnn.LSTM) and hx is not None:
+            hx = (hx, torch.tanh(hx))
+        if self.lengths:
+            total = x.shape[1 if self.layer.batch_first else 0]
+            packed = tnn.utils.rnn.pack_padded_sequence(x, extra.pop(0), self.layer.batch_first, enforce_sorted=False)
+            output, state = self.layer(packed, hx)
+            output, _ = tnn.utils.rnn.pad_packed_sequence(output, self.layer.batch_first, total_length=total)
+        else:
+            output, state = self.layer(x, hx)
+        parts = [output] + list(state if isinstance(state, tuple) else (state,))
+        return torch.cat([p.reshape(-1) for p in parts])
+
+
+def recurrent(name, options, *inputs, lengths=False, initial=False):
+    ours, theirs = getattr(ud.nn, name), getattr(tnn, name)
+    return Case(lambda: Outputs(ours(4, 3, **options), lengths, initial),
+                lambda: TorchOutputs(theirs(4, 3, **options), lengths, initial), list(inputs))
+
+
+# few cases, each covering several options: every scan is a loop to trace and differentiate on each backend
+RECURRENT = {
+    "LSTM-2-layers-lengths-initial-state": recurrent(
+        "LSTM", dict(num_layers=2), SEQUENCE, INITIAL[:2], LENGTHS, lengths=True, initial=True),
+    "GRU-bidirectional-batch-first-lengths-no-bias": recurrent(
+        "GRU", dict(bidirectional=True, batch_first=True, bias=False), BATCH_FIRST, LENGTHS, lengths=True),
+}
+
+
+@pytest.mark.parametrize("dtype, modes", [("float32", ("ud.function",)), ("float64", ("eager",))])
+def test_recurrent_layers_match_torch(backend, dtype, modes):
+    """Outputs, final states, and gradients w.r.t. inputs, initial states and every weight, as torch.nn's
+    (``lengths`` as ``pack_padded_sequence`` + ``pad_packed_sequence``): float32 in a graph, float64 eagerly
+    for one case (unbatched input)."""
+    cases = RECURRENT if dtype == "float32" else {"GRU": recurrent("GRU", dict(bidirectional=True), SEQUENCE[:, 0])}
+    assert compare_table(cases, backend, dtype, modes) == []
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_state_dict_keys_and_layout_are_pytorchs(backend, name):
+    ours = getattr(ud.nn, name)(4, 3, num_layers=2, bidirectional=True)
+    theirs = getattr(tnn, name)(4, 3, num_layers=2, bidirectional=True)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
+    bound = 1 / math.sqrt(3)
+    assert all(0 < np.abs(v).max() <= bound for v in ours.state_dict().values())
+
+
+def test_dropout_between_layers_in_training_only(backend, rng):
+    """p=1 zeroes the second layer's input in training (deterministic, as torch's); eval leaves it alone."""
+    lstm = ud.nn.LSTM(2, 3, num_layers=2, dropout=1.0)
+    reference = tnn.LSTM(2, 3, num_layers=2, dropout=1.0)
+    reference.load_state_dict({k: torch.tensor(v) for k, v in lstm.state_dict().items()})
+    x = rng.standard_normal((3, 2, 2)).astype(np.float32)
+    for training in (True, False):
+        lstm.train(training)
+        reference.train(training)
+        expected, _ = reference(torch.tensor(x))
+        output, _ = lstm(ud.tensor(x))
+        assert max_relative_difference(ud.to_numpy(output), expected.detach().numpy()) < 2e-6, training
+
+
+def test_new_lengths_and_sequence_lengths_do_not_retrace(rng):
+    with ud.use_backend("tensorflow"), warnings.catch_warnings():
+        warnings.simplefilter("error", ud.RetraceWarning)
+        lstm = ud.nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+        forward = ud.function(lambda x, lengths: lstm(x, lengths=lengths)[1][0])
+        for steps, lengths in ((5, [5, 1]), (5, [2, 3]), (8, [8, 6])):
+            x = rng.standard_normal((2, steps, 3)).astype(np.float32)
+            h_n = ud.to_numpy(forward(x, np.array(lengths)))
+            short = ud.to_numpy(lstm(ud.tensor(x[1:, :lengths[1]]))[1][0])  # the second sequence alone, cut
+            assert max_relative_difference(h_n[:, 1:], short) < 2e-6
+        assert forward.trace_count == 1
+
+
+def test_bad_lengths_and_states_are_clear_errors(backend):
+    gru = ud.nn.GRU(2, 3, num_layers=2)
+    x = ud.tensor(np.zeros((4, 3, 2), np.float32))
+    with pytest.raises(ud.ShapeMismatchError, match=r"lengths of shape \(3,\).*received \(2,\)"):
+        gru(x, lengths=np.array([4, 4]))
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"lengths.*\[1, sequence length\]"):
+        gru(x, lengths=np.array([4, 0, 2]))
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"lengths.*\[1, sequence length\]"):
+        ud.function(lambda x, lengths: gru(x, lengths=lengths)[0])(x, np.array([5, 1, 2]))
+    with pytest.raises(ud.ShapeMismatchError, match=r"initial state of shape \(2, 3, 3\).*received \(1, 3, 3\)"):
+        gru(x, ud.tensor(np.zeros((1, 3, 3), np.float32)))
+    with pytest.raises(TypeError, match=r"pair \(h_0, c_0\)"):
+        ud.nn.LSTM(2, 3)(x, ud.tensor(np.zeros((1, 3, 3), np.float32)))
+    with pytest.raises(ValueError, match="proj_size"):
+        ud.nn.LSTM(2, 3, proj_size=2)

@@ -93,7 +93,11 @@ def load(name: str):
                 raise BackendNotInstalledError(
                     f"backend {canonical!r} needs {', '.join(missing)}, which is not installed; {hint}")
             module = importlib.import_module(f"{__name__}.{canonical}.backend")
-            _loaded[canonical] = module.Backend()
+            backend = module.Backend()
+            from unidl import threads
+
+            threads.apply(backend)  # UNIDL_NUM_THREADS / set_num_threads, before the framework computes anything
+            _loaded[canonical] = backend
         return _loaded[canonical]
 
 

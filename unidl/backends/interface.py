@@ -64,6 +64,24 @@ class Backend(abc.ABC):
         Asked once per class."""
         return None
 
+    def distributed_engine(self):
+        """The framework's own data-parallel engine (``unidl/backends/<name>/distributed.py``), an object with
+        ``start(rank, world_size, address, port, timeout)``, ``barrier()``, ``all_reduce(tensor, op)`` (a new
+        tensor; op 'sum', 'mean', 'max' or 'min') and ``stop()``, whose ``train_step`` then averages gradients
+        over the ranks; None (the default) where unidl has none for this framework, which
+        ``unidl.distributed.init`` reports as an error."""
+        return None
+
+    def set_num_threads(self, intra_op: int, inter_op: int) -> None:
+        """Size the framework's intra-op and inter-op thread pools (``unidl.set_num_threads``); the default,
+        for a framework unidl cannot size, does nothing."""
+
+    def gpu_support(self) -> dict:
+        """What the installed framework build can do with a GPU (``unidl info``): ``{"build": "CUDA 12.6"`` (or
+        ``"ROCm ..."``, or None for a CPU-only build), ``"gpus": [the GPUs it sees now]``, ``"how"``: the
+        framework calls asked}``. The default, for a framework unidl cannot ask, says it does not know."""
+        return {"build": None, "gpus": [], "how": "unknown: this backend does not report it"}
+
     def pins_memory(self, device: str) -> bool:
         """True where ``tensor()`` copies host batches to ``device`` through pinned (page-locked) memory, so
         that a loader's ``pin_memory=True`` is honoured; the default says no."""
@@ -169,8 +187,9 @@ class Backend(abc.ABC):
         """Build the native optimizer state for a ``unidl.optim.Optimizer`` (called once)."""
 
     @abc.abstractmethod
-    def set_learning_rate(self, optimizer, lr: float) -> None:
-        """Change an optimizer's learning rate without rebuilding or retracing anything."""
+    def set_learning_rate(self, optimizer, lr: float, group: int = 0) -> None:
+        """Change the learning rate of param group ``group`` of an optimizer without rebuilding or retracing
+        anything (``optimizer.param_groups``; parameter ``i`` is in group ``optimizer.group_of(i)``)."""
 
     @abc.abstractmethod
     def optimizer_state(self, optimizer) -> tuple:
@@ -182,7 +201,15 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def apply_gradients(self, optimizer, grads) -> None:
-        """One update of ``optimizer.params`` with ``grads`` (same order), by the optimizer's rule."""
+        """One update of ``optimizer.params`` with ``grads`` (same order), by the optimizer's rule: the
+        gradients clipped first (``optimizer.clip_gradients``), and the whole update skipped (parameters,
+        slots, step count unchanged) when a gradient is NaN or infinite, which ``last_step_finite`` then
+        reports. ``train_step`` applies the same guard to its loss and gradients, inside its graph."""
+
+    @abc.abstractmethod
+    def last_step_finite(self, optimizer) -> bool:
+        """False when the optimizer's last update (``apply_gradients``, ``step``, a ``train_step``) was skipped
+        because its loss or a gradient was not finite; True before the first update."""
 
     def zero_grad(self, optimizer) -> None:
         """Clear gradients stored on parameters (the default: a no-op, for frameworks that store none)."""
@@ -196,20 +223,40 @@ class Backend(abc.ABC):
             f"and optimizer.apply(grads), or ud.train_step")
 
     @abc.abstractmethod
-    def train_step(self, model, loss_fn, optimizer, with_outputs: bool = False, eager: bool = False) -> Callable:
+    def train_step(self, model, loss_fn, optimizer, with_outputs: bool = False, eager: bool = False,
+                   accumulate: int = 1) -> Callable:
         """Return ``step(x, y, *inputs) -> loss`` (or ``(loss, outputs)`` with ``with_outputs``): forward
         ``model(x, *inputs)``, gradients and update as one unit of dispatch. Extra ``inputs`` (per-step
         values a dynamic forward reads) are graph inputs where the step is a graph. ``eager``: no graph
-        and no compilation; Python runs the forward at every step (Keras's ``run_eagerly``)."""
+        and no compilation; Python runs the forward at every step (Keras's ``run_eagerly``).
+        The update is guarded (skipped when the loss or a gradient is not finite, see ``apply_gradients``).
+        ``accumulate`` N > 1: each call is a micro-step adding ``grads / N`` to accumulated gradients kept
+        in the optimizer's state; every N-th finite call clips them and updates (a non-finite call discards
+        the window); the optimizer's step count counts updates."""
+
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs: bool = False,
+                                   eager: bool = False) -> Callable:
+        """``train_step`` under a mixed ``unidl.precision.Precision`` (``precision.mixed``): float32 master
+        weights, the forward's matrix products in ``precision.compute_dtype`` by torch.autocast's rule, and
+        for ``precision.scales_loss`` dynamic loss scaling that skips a step whose gradients are not finite.
+        The step also has ``loss_scale() -> float`` (1.0 without scaling). Each backend implements it in its
+        ``precision.py``; the default refuses, naming the backend."""
+        raise NotImplementedError(f"precision={precision.name!r} is not available on the {self.name} backend; "
+                                  f"use precision='32'")
 
     @abc.abstractmethod
     def predict_function(self, model) -> Callable:
         """Return ``forward(x) -> outputs`` without gradients (compiled where the backend compiles)."""
 
-    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy: bool, eager: bool = False):
+    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager: bool = False,
+                  precision=None, accumulate: int = 1):
         """Run one epoch with the framework's own trainer and return the epoch logs, or None to let
         ``ud.fit`` drive ``train_step`` itself (the default). ``on_batch(index, running_logs)``
-        must be called after every step; ``eager``: Python runs every step (no compiled step)."""
+        must be called after every step; ``eager``: Python runs every step (no compiled step).
+        ``precision``: the ``unidl.precision.Precision`` of the run (see ``mixed_precision_train_step``).
+        ``metrics``: a ``unidl.metrics.MetricAccumulator`` (or None) whose ``statistics(outputs, y)`` the
+        trainer sums from the epoch's start and reports through ``results_from`` in the logs.
+        ``accumulate``: micro-steps per optimizer update (see ``train_step``)."""
         return None
 
     @abc.abstractmethod

@@ -47,6 +47,13 @@ def epoch_progress(trainer, logs) -> dict | None:
             "lr": float(trainer.optimizer.lr)}
 
 
+def _weights_finite(model) -> bool:
+    import numpy as np
+
+    to_numpy = model._backend.to_numpy
+    return all(np.isfinite(to_numpy(p)).all() for p in model.parameters())
+
+
 class Checkpoint(Callback):
     """Write a checkpoint every ``every_steps`` training steps (if given) and at the end of every epoch.
 
@@ -56,7 +63,9 @@ class Checkpoint(Callback):
     ``resume_from="auto"``: this callback's directory, starting afresh while it holds no checkpoint):
     training continues from the exact batch after the last checkpoint, with the same weights,
     optimizer state, RNG, data order, schedule and History. ``fit`` runs this callback after the
-    others at the end of an epoch, so the schedules it saves have already stepped.
+    others at the end of an epoch, so the schedules it saves have already stepped. Weights that are NaN or
+    infinite are not saved (a ``RuntimeWarning`` says so), so rotation never deletes the newest finite
+    checkpoint in favour of a non-finite one.
     """
 
     def __init__(self, directory, every_steps: int | None = None, keep: int = 3):
@@ -84,6 +93,13 @@ class Checkpoint(Callback):
         from unidl.checkpoint import save_checkpoint
 
         trainer = self.trainer
+        if not _weights_finite(trainer.model):  # never rotate the newest finite checkpoint away for this one
+            import warnings
+
+            warnings.warn(f"Checkpoint: not saving at epoch {trainer.epoch + 1}, step {trainer.global_step}: the "
+                          f"model's weights are NaN or infinite; the newest finite checkpoint in "
+                          f"{self.directory} is kept", RuntimeWarning, stacklevel=3)
+            return
         state = trainer.loader_state()
         position = _LoaderPosition(state) if state is not None else None
         extra = {"history": trainer.history.as_dict(), "epoch_progress": progress,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 
+from unidl.distributed import process_group
 from unidl.callbacks.callback import Callback
 
 
@@ -63,21 +64,23 @@ class CSVLogger(Callback):
         else:
             kept = self._read_lines() if self.append else []
             self.keys, self.lines = None, len(kept)
-        with open(self.filename, "w", newline="") as handle:
-            handle.writelines(kept)
+        if process_group.is_writer():  # in a data-parallel job rank 0 keeps the log; the others keep its state
+            with open(self.filename, "w", newline="") as handle:
+                handle.writelines(kept)
         self._resumed = False
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        with open(self.filename, "a", newline="") as handle:
-            writer = csv.writer(handle, delimiter=self.separator)
-            if self.keys is None:
-                self.keys = sorted(logs)
-                if self.lines == 0:
-                    writer.writerow(["epoch", *self.keys])
-                    self.lines += 1
-            writer.writerow([epoch, *(_cell(logs.get(key, "NA")) for key in self.keys)])
-        self.lines += 1
+        rows = []
+        if self.keys is None:
+            self.keys = sorted(logs)
+            if self.lines == 0:
+                rows.append(["epoch", *self.keys])
+        rows.append([epoch, *(_cell(logs.get(key, "NA")) for key in self.keys)])
+        if process_group.is_writer():  # in a data-parallel job rank 0 writes the job's log
+            with open(self.filename, "a", newline="") as handle:
+                csv.writer(handle, delimiter=self.separator).writerows(rows)
+        self.lines += len(rows)
 
 
 def _cell(value):

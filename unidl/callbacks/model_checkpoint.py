@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 
+from unidl.distributed import process_group
 from unidl.callbacks.callback import Callback, monitored, resolve_mode
 
 
@@ -69,6 +70,9 @@ class ModelCheckpoint(Callback):
                 print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {value:.5f}")
             self.best = value
         path = self.path_for(epoch, logs)
+        self.last_saved = path
+        if not process_group.is_writer():  # in a data-parallel job rank 0 saves the job's model
+            return
         directory = os.path.dirname(path)
         if directory:
             os.makedirs(directory, exist_ok=True)

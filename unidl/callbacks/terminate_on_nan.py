@@ -1,4 +1,5 @@
-"""``TerminateOnNaN``: end training quietly after the batch whose loss is NaN or infinite, as Keras's does."""
+"""``TerminateOnNaN``: end training quietly after the batch whose loss (or a gradient) is NaN or infinite, as
+Keras's does; that batch's update was skipped by the non-finite guard, so the weights are the last finite ones."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class TerminateOnNaN(Callback):
 
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
+        if (loss is not None and not math.isfinite(loss)) or not self.trainer.optimizer.last_step_finite:
             self.stopped_at = (self.trainer.epoch, batch)
             if self.verbose:
                 print(f"Epoch {self.trainer.epoch + 1}, batch {batch + 1}: loss is {loss}, terminating training")

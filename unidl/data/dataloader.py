@@ -19,7 +19,8 @@ from unidl.data import worker
 from unidl.data.dataset import TensorDataset
 from unidl.data.epoch import Epoch
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool
-from unidl.data.sampler import BatchSampler, Sampler
+from unidl.data.sampler import BatchSampler, Sampler, rank_share
+from unidl.distributed import process_group
 from unidl.errors import DataLoaderError, StateDictError
 from unidl.tensors import to_numpy
 
@@ -151,6 +152,9 @@ class DataLoader:
             device can (and always does); anywhere else ``True`` is a ``ValueError``, never ignored.
         multiprocessing_context: start method (``"spawn"``, ``"forkserver"``, ``"fork"``) or
             ``multiprocessing`` context for ``worker_type="process"``; default ``"spawn"``.
+        shard: in a data-parallel job (``unidl.distributed``), ``batch_size`` is the global batch and each
+            rank iterates its share of every batch (the default); ``False``: every rank gets every batch
+            whole. Outside a job it changes nothing. See docs/distributed.md.
 
     ``persistent_workers``, ``worker_init_fn``, ``timeout`` and ``multiprocessing_context`` need
     ``num_workers > 0``: given without workers they are a ``ValueError``, since nothing would honour them.
@@ -170,7 +174,7 @@ class DataLoader:
     def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
                  drop_last: bool = False, num_workers: int = 0, prefetch: int = 2, collate_fn=None,
                  worker_type: str = "thread", timeout: float | None = None, persistent_workers: bool = False,
-                 worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None):
+                 worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True):
         length = len(dataset)
         if length == 0:
             raise ValueError("DataLoader: the dataset is empty (length 0); there is nothing to load")
@@ -208,6 +212,8 @@ class DataLoader:
         self._started = False    # whether an iteration of self._epoch has begun
         self._active = None      # token of the newest iterator; older ones stop updating the position
         self._pool = None        # persistent workers, once started
+        self._seed_shared = False  # in a data-parallel job: whether the ranks agreed on rank 0's seed
+        self.shard = bool(shard)
 
     # ---- sizes and settings ----------------------------------------------
     @property
@@ -283,6 +289,11 @@ class DataLoader:
         if self.pin_memory:
             _check_pin_memory(backend)
         context = contextvars.copy_context()
+        sharding = process_group.sharding() if self.shard else None
+        if sharding is not None and self.shuffle and not self._seed_shared:
+            # every rank must cut the same order: rank 0's seed (drawn or given) is the job's
+            self.batch_sampler.sampler.seed = process_group.broadcast_value(self.seed)
+            self._seed_shared = True
         epoch, start, seed = self._epoch, self._position, self.seed
         owned = isinstance(self.dataset, TensorDataset)  # fresh arrays (fancy indexing): adopted, not copied
 
@@ -294,7 +305,16 @@ class DataLoader:
                 return self._from_workers(batches, start, seed, epoch, context, convert)
             return self._in_process(batches, start, seed, epoch, context, convert)
 
-        return Epoch(self, token, self.batch_sampler.batches(epoch, start), source)
+        batches = self.batch_sampler.batches(epoch, start)
+        if sharding is not None:  # this rank's share of each global batch; positions count global batches
+            batches = [rank_share(indices, *sharding) for indices in batches]
+        return Epoch(self, token, batches, source, sharded=sharding is not None)
+
+    def smallest_share(self, world_size: int) -> int:
+        """The fewest samples a rank gets from one batch when ``world_size`` ranks share each batch."""
+        length = len(self.dataset)
+        last = length % self.batch_size if not self.drop_last and length % self.batch_size else self.batch_size
+        return min(last, self.batch_size) // world_size
 
     def _in_process(self, batches, start, seed, epoch, context, convert):
         seeded = not isinstance(self.dataset, TensorDataset)  # a TensorDataset runs no code of the user's

@@ -16,8 +16,9 @@ import numpy as np
 class Epoch:
     """Iterator over one epoch's batches; see the module docstring for ``take_arrays``/``advance``."""
 
-    def __init__(self, loader, token, batches: list, make_source):
+    def __init__(self, loader, token, batches: list, make_source, sharded: bool = False):
         self._loader, self._token = loader, token
+        self._sharded = sharded  # a rank's shares of global batches: not slices of batch_size
         self._batches = batches          # index arrays of the batches still to come
         self._make_source = make_source  # batches -> iterator of converted batches (started lazily)
         self._source = None
@@ -50,7 +51,8 @@ class Epoch:
         dataset is not a ``TensorDataset`` or iteration has already begun. After this the iterator
         yields nothing: the caller consumes the arrays in ``batch_size`` slices and calls ``advance``."""
         dataset = self._loader.dataset
-        if self._source is not None or self._handed_over or not hasattr(dataset, "arrays") or not self._batches:
+        if (self._source is not None or self._handed_over or not hasattr(dataset, "arrays") or not self._batches
+                or self._sharded):
             return None
         self._handed_over = True
         order = np.concatenate(self._batches)

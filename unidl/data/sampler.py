@@ -62,3 +62,10 @@ class BatchSampler:
         """The index arrays of epoch ``epoch``, skipping the first ``start`` batches."""
         order = self.sampler.order(epoch)
         return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start, len(self))]
+
+
+def rank_share(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s share of one global batch of a data-parallel job: a contiguous slice, the shares of
+    the ``world_size`` ranks differing in size by one sample at most and together the whole batch."""
+    count = len(indices)
+    return indices[count * rank // world_size:count * (rank + 1) // world_size]

@@ -1,7 +1,9 @@
-"""``Conv2d``: 2-D convolution over NCHW input with an OIHW kernel, PyTorch's arguments and initialisation."""
+"""``Conv1d``, ``Conv2d`` and ``ConvTranspose2d`` over NCL/NCHW input, with PyTorch's arguments, defaults,
+initialisation and ``state_dict()`` names (``weight`` OIHW, or (in, out / groups, kh, kw) when transposed)."""
 
 from __future__ import annotations
 
+from unidl import ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
@@ -12,18 +14,6 @@ def as_pair(owner: str, name: str, value) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value) if isinstance(value, (tuple, list)) else None
     if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
         raise ValueError(f"{owner} {name} must be a positive int or a pair of positive ints, got {value!r}")
-    return pair
-
-
-def as_padding(owner: str, value, stride) -> tuple[int, int] | str:
-    """0, an int, a pair of non-negative ints, 'same' (stride 1 only, as in PyTorch) or 'valid'."""
-    if value in ("same", "valid"):
-        if value == "same" and stride != (1, 1):
-            raise ValueError(f"{owner} padding='same' needs stride=1, got stride={stride}")
-        return value
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
-        raise ValueError(f"{owner} padding must be a non-negative int, a pair of them, 'same' or 'valid'; got {value!r}")
     return pair
 
 
@@ -59,38 +49,199 @@ def check_nchw(layer: Module, x, channels: int | None) -> tuple:
     return shape
 
 
-class Conv2d(Module):
-    """2-D convolution: ``y[n, o] = bias[o] + sum_c weight[o, c] * x[n, c]`` (cross-correlation).
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _positive_int(owner: str, name: str, value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _as_tuple(owner: str, name: str, value, rank: int, minimum: int = 1) -> tuple:
+    """An int or ``rank`` ints, each at least ``minimum``, as a tuple of ``rank`` ints."""
+    values = (value,) * rank if isinstance(value, int) and not isinstance(value, bool) else \
+        tuple(value) if isinstance(value, (tuple, list)) else None
+    if values is None or len(values) != rank or \
+            not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{owner} {name} must be a {kind} int or {rank} of them, got {value!r}")
+    return values
+
+
+class _ConvNd(Module):
+    """What ``Conv1d``, ``Conv2d`` and ``ConvTranspose2d`` share: argument checks, weights and the padding modes.
+
+    Weights are drawn as PyTorch draws them (Kaiming-uniform with a=sqrt(5), bias U(-1/sqrt(fan_in),
+    1/sqrt(fan_in))), fan_in being the weight's second axis times the kernel's size."""
+
+    rank = 2
+    transposed = False
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode):
+        super().__init__()
+        owner = type(self).__name__
+        _positive_int(owner, "in_channels", in_channels)
+        _positive_int(owner, "out_channels", out_channels)
+        _positive_int(owner, "groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{owner} in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+                             f"divisible by groups ({groups})")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"{owner} padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, "
+                             f"got {padding_mode!r}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = _as_tuple(owner, "kernel_size", kernel_size, self.rank)
+        self.stride = _as_tuple(owner, "stride", stride, self.rank)
+        self.dilation = _as_tuple(owner, "dilation", dilation, self.rank)
+        self.padding_mode = padding_mode
+        if padding in ("same", "valid") and not self.transposed:
+            if padding == "same" and any(s != 1 for s in self.stride):
+                raise ValueError(f"{owner} padding='same' needs stride=1, got stride={stride!r}")
+            self.padding = padding
+        else:
+            self.padding = _as_tuple(owner, "padding", padding, self.rank, minimum=0)
+        shape = ((in_channels, out_channels // groups) if self.transposed else (out_channels, in_channels // groups)) \
+            + self.kernel_size
+        fan_in = shape[1]
+        for k in self.kernel_size:
+            fan_in *= k
+        self.weight = self.parameter(init.kaiming_uniform(shape, fan_in))
+        self.bias = self.parameter(init.bias_uniform((out_channels,), fan_in)) if bias else None
+
+    def _explicit_padding(self) -> tuple:
+        """``pad()``'s amounts (last axis first) for a padding mode other than 'zeros', as PyTorch computes them."""
+        if self.padding == "valid":
+            pairs = [(0, 0)] * self.rank
+        elif self.padding == "same":
+            totals = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            pairs = [(t // 2, t - t // 2) for t in totals]
+        else:
+            pairs = [(p, p) for p in self.padding]
+        return tuple(v for pair in reversed(pairs) for v in pair)
+
+    def _check_input(self, x) -> tuple:
+        shape = tuple(x.shape)
+        layout = ("N", self.in_channels) + ("L",) if self.rank == 1 else ("N", self.in_channels, "H", "W")
+        if len(shape) != self.rank + 2 or (shape[1] is not None and shape[1] != self.in_channels):
+            raise ShapeMismatchError(f"{self.describe()} expected input of shape ({', '.join(map(str, layout))}), "
+                                     f"received {shape}")
+        if not self.transposed:
+            spans = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+            labels = ("length",) if self.rank == 1 else ("height", "width")
+            for axis, (span, label) in enumerate(zip(spans, labels)):
+                size = shape[axis + 2]
+                p = self.padding if isinstance(self.padding, str) else self.padding[axis]
+                padded = None if size is None else size + (span - 1 if p == "same" else 0 if p == "valid" else 2 * p)
+                if padded is not None and padded < span:
+                    raise ShapeMismatchError(
+                        f"{self.describe()}: kernel {label} {span} is larger than the padded input "
+                        f"{label} {padded} (input shape {shape}); use a smaller kernel or dilation, more padding or "
+                        f"a larger input")
+        return shape
+
+    def _padded(self, x):
+        """``x`` padded by the padding mode (reflect, replicate, circular), and the padding left for the kernel."""
+        if self.padding_mode == "zeros":
+            return x, self.padding
+        return functional.pad(x, self._explicit_padding(), self.padding_mode), 0
+
+    def extra_repr(self):
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self.padding != (0,) * self.rank:
+            text += f", padding={self.padding!r}"
+        if self.dilation != (1,) * self.rank:
+            text += f", dilation={self.dilation}"
+        if getattr(self, "output_padding", (0,) * self.rank) != (0,) * self.rank:
+            text += f", output_padding={self.output_padding}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
+        if self.bias is None:
+            text += ", bias=False"
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
+        return text
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution: ``y[n, o] = bias[o] + sum_c weight[o, c] * x[n, c]`` (cross-correlation), as ``torch.nn.Conv2d``.
 
     Args:
         in_channels, out_channels: channel counts of input and output.
         kernel_size: int or (kh, kw).
         stride: int or (sh, sw), default 1.
         padding: int, (ph, pw), 'valid' (none) or 'same' (output size = input size, stride 1).
+        dilation: int or (dh, dw): the spacing of the kernel's taps, default 1.
+        groups: split the channels into ``groups`` independent convolutions (``in_channels`` for depthwise).
         bias: learn an additive bias per output channel.
+        padding_mode: 'zeros' (default), 'reflect', 'replicate' or 'circular'.
 
-    Input (N, in_channels, H, W); weight (out_channels, in_channels, kh, kw), initialised as in
+    Input (N, in_channels, H, W); weight (out_channels, in_channels / groups, kh, kw), initialised as in
     PyTorch (Kaiming-uniform with a=sqrt(5), bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True):
-        super().__init__()
-        for label, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"Conv2d {label} must be a positive integer, got {value!r}")
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = as_pair("Conv2d", "kernel_size", kernel_size)
-        self.stride = as_pair("Conv2d", "stride", stride)
-        self.padding = as_padding("Conv2d", padding, self.stride)
-        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
-        self.weight = self.parameter(init.kaiming_uniform((out_channels, in_channels) + self.kernel_size, fan_in))
-        self.bias = self.parameter(init.bias_uniform((out_channels,), fan_in)) if bias else None
+    rank = 2
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
 
     def forward(self, x):
-        shape = check_nchw(self, x, self.in_channels)
-        check_window_fits(self, shape, self.kernel_size, self.padding)
-        return self._ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        self._check_input(x)
+        if self.padding_mode == "zeros" and self.dilation == (1, 1) and self.groups == 1:
+            return self._ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        x, padding = self._padded(x)
+        return self._ops.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
-    def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding!r}, bias={self.bias is not None}")
+
+class Conv1d(_ConvNd):
+    """1-D convolution over (N, in_channels, L) input, as ``torch.nn.Conv1d`` (the arguments of ``Conv2d``, each
+    one int); weight (out_channels, in_channels / groups, k)."""
+
+    rank = 1
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+
+    def forward(self, x):
+        self._check_input(x)
+        x, padding = self._padded(x)
+        padding = padding if isinstance(padding, str) else _single(padding)
+        return functional.conv1d(x, self.weight, self.bias, self.stride[0], padding, self.dilation[0], self.groups)
+
+
+def _single(value) -> int:
+    return value if isinstance(value, int) else value[0]
+
+
+class ConvTranspose2d(_ConvNd):
+    """The transposed 2-D convolution (the gradient of ``Conv2d`` with respect to its input), as
+    ``torch.nn.ConvTranspose2d``: output size (H - 1) * stride - 2 * padding + dilation * (k - 1) +
+    output_padding + 1.
+
+    Args: those of ``Conv2d`` (padding an int or pair only, padding_mode 'zeros' only, as in PyTorch), and
+    ``output_padding`` (int or pair, smaller than stride or dilation): added to one side of the output.
+    Weight (in_channels, out_channels / groups, kh, kw), fan_in out_channels / groups * kh * kw (PyTorch's).
+    """
+
+    rank = 2
+    transposed = True
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros"):
+        if padding_mode != "zeros":
+            raise ValueError(f"ConvTranspose2d supports padding_mode='zeros' only (as PyTorch), got {padding_mode!r}")
+        if isinstance(padding, str):
+            raise ValueError(f"ConvTranspose2d padding must be an int or a pair of ints, got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+        self.output_padding = _as_tuple("ConvTranspose2d", "output_padding", output_padding, 2, minimum=0)
+        for extra, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if extra >= max(s, d):
+                raise ValueError(f"ConvTranspose2d output_padding {self.output_padding} must be smaller than stride "
+                                 f"{self.stride} or dilation {self.dilation} on each axis")
+
+    def forward(self, x):
+        self._check_input(x)
+        return functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
+                                           self.groups, self.dilation)

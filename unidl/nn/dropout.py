@@ -1,5 +1,8 @@
-"""``Dropout``: zero each element with probability p in training, scale the rest by 1/(1-p); identity in eval."""
+"""``Dropout`` (each element) and ``Dropout2d`` (whole channels): zero with probability p in training, scale the rest
+by 1/(1-p); identity in eval."""
 
+from unidl import ops as functional
+from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
 
@@ -18,6 +21,29 @@ class Dropout(Module):
         if not self.training or not self.p:
             return x
         return self._ops.dropout(x, self.p, True, self._backend.generator())
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class Dropout2d(Module):
+    """Channel dropout, as ``torch.nn.Dropout2d``: in training each channel of each sample of (N, C, H, W) input
+    (or (N, C, L)) is zeroed whole with probability p, the others scaled by 1/(1-p); identity in eval. The mask
+    comes from the backend's generator, as ``Dropout``'s."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"Dropout2d p={p!r} is invalid: it must lie in [0, 1]")
+        self.p = float(p)
+
+    def forward(self, x):
+        if len(x.shape) not in (3, 4):
+            raise ShapeMismatchError(f"{self.describe()} expected input of shape (N, C, H, W) or (N, C, L), "
+                                     f"received {tuple(x.shape)}")
+        if not self.training or not self.p:
+            return x
+        return functional.dropout2d(x, self.p, True, self._backend.generator())
 
     def extra_repr(self):
         return f"p={self.p}"

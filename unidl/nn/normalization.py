@@ -1,7 +1,9 @@
-"""``LayerNorm``: normalisation over each sample's last axes, with PyTorch's arguments, parameters and defaults."""
+"""``LayerNorm`` (over each sample's last axes) and ``GroupNorm`` (over groups of channels), with PyTorch's
+arguments, parameters and defaults."""
 
 from __future__ import annotations
 
+from unidl import ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
@@ -42,3 +44,38 @@ class LayerNorm(Module):
 
     def extra_repr(self):
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class GroupNorm(Module):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's
+    group of ``num_channels / num_groups`` channels and all their positions, as ``torch.nn.GroupNorm``.
+
+    Args:
+        num_groups: how many groups the channels (axis 1) are split into; it must divide ``num_channels``.
+        num_channels: C of the (N, C, *) input.
+        eps: added to the variance.
+        affine: learn a per-channel ``weight`` (starting at 1) and ``bias`` (starting at 0).
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        for label, value in (("num_groups", num_groups), ("num_channels", num_channels)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GroupNorm {label} must be a positive integer, got {value!r}")
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+        if eps <= 0:
+            raise ValueError(f"GroupNorm eps must be positive, got {eps!r}")
+        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, float(eps), bool(affine)
+        self.weight = self.parameter(init.ones((num_channels,))) if affine else None
+        self.bias = self.parameter(init.zeros((num_channels,))) if affine else None
+
+    def forward(self, x):
+        shape = tuple(x.shape)
+        if len(shape) < 2 or (shape[1] is not None and shape[1] != self.num_channels):
+            raise ShapeMismatchError(f"{self.describe()} expected input of shape (N, {self.num_channels}, *), "
+                                     f"received {shape}")
+        return functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"

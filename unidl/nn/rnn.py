@@ -1,84 +1,330 @@
-"""``RNN``: the Elman recurrent layer, h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), as in PyTorch.
+"""Recurrent layers ``RNN``, ``LSTM`` and ``GRU``, with PyTorch's arguments, defaults, outputs and ``state_dict``.
 
-The loop over time steps is ``ops.scan``: the plain Python loop on torch, a
-``tf.while_loop`` on tensorflow, so sequences of any length run through one
-compiled graph without retracing.
+Written once over ``ops``: every layer and direction projects the whole sequence's input at once, then
+``ops.scan`` runs the recurrence (the plain Python loop on torch, a ``tf.while_loop`` on tensorflow,
+``jax.lax.scan`` on jax), so sequences of any length run through one compiled graph without retracing.
+Variable-length batches (``lengths=``) are a mask inside the same scan, so new lengths never retrace either.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from unidl import tensors
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
 
 
-class RNN(Module):
-    """One-layer Elman RNN with PyTorch's parameters, initialisation and outputs.
+class RNNBase(Module):
+    """The shared machinery of ``RNN``, ``LSTM`` and ``GRU``: parameters named as PyTorch's
+    (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``..._reverse`` for the
+    backward direction, gates stacked along the first axis in PyTorch's order), the layer and direction
+    loop, inter-layer dropout, initial states and ``lengths``. A subclass names its gate count and its
+    ``cell(carry, projected_input, layer_key)``."""
+
+    gates = 1
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False):
+        super().__init__()
+        name = type(self).__name__
+        for label, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} {label} must be a positive integer, got {value!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"{name} dropout must be a number in [0, 1], got {dropout!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if bidirectional else 1
+        bound = 1.0 / math.sqrt(hidden_size)
+        rows = self.gates * hidden_size
+        for layer in range(num_layers):
+            features = input_size if layer == 0 else hidden_size * self.num_directions
+            for suffix in ("", "_reverse")[:self.num_directions]:
+                key = f"l{layer}{suffix}"
+                setattr(self, f"weight_ih_{key}", self.parameter(init.uniform((rows, features), bound)))
+                setattr(self, f"weight_hh_{key}", self.parameter(init.uniform((rows, hidden_size), bound)))
+                setattr(self, f"bias_ih_{key}", self.parameter(init.uniform((rows,), bound)) if bias else None)
+                setattr(self, f"bias_hh_{key}", self.parameter(init.uniform((rows,), bound)) if bias else None)
+
+    # ---- what a subclass defines ------------------------------------------------------------------------------
+    def cell(self, carry, projected, key):
+        """One time step: the new carry from the old one and the step's projected input (N, gates * H)."""
+        raise NotImplementedError
+
+    def _state_parts(self, hx):
+        """The initial state tensors (each (L*D, N, H)) from ``hx``, or None."""
+        return None if hx is None else [hx]
+
+    def _carry(self, parts):
+        """The scan carry from one (layer, direction)'s slices of the state tensors."""
+        return parts[0]
+
+    def _hidden(self, carry):
+        return carry
+
+    def _result(self, output, finals):
+        return output, finals[0]
+
+    # ---- the recurrence ---------------------------------------------------------------------------------------
+    def forward(self, input, hx=None, lengths=None):
+        """``input`` (T, N, input_size), or (N, T, input_size) with ``batch_first``, or unbatched (T, input_size);
+        ``hx`` the initial state(s) of shape (num_layers * num_directions, N, hidden_size) (zeros when None);
+        ``lengths`` (N,) the valid length of each sequence, in [1, T]: the outputs past a sequence's length
+        are zero and its final state is the one at its last valid step, as with ``pack_padded_sequence``
+        and ``pad_packed_sequence(total_length=T)`` in PyTorch."""
+        ops = self._ops
+        shape = tuple(input.shape)
+        layout = "(N, T, input_size)" if self.batch_first else "(T, N, input_size)"
+        if len(shape) not in (2, 3) or shape[-1] not in (self.input_size, None):
+            raise ShapeMismatchError(f"{self.describe()} expected input of shape {layout} (or unbatched "
+                                     f"(T, input_size)) with input_size {self.input_size}, received {shape}")
+        batched = len(shape) == 3
+        x = input if not batched or not self.batch_first else ops.permute(input, (1, 0, 2))
+        if not batched:
+            x = ops.unsqueeze(x, 1)
+        states = self._state_parts(hx)
+        if states is not None:
+            states = [self._checked_state(s, shape, batched) for s in states]
+        mask = None if lengths is None else self._mask(lengths, x, batched)
+        finals = []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                key = f"l{layer}{'_reverse' if direction else ''}"
+                projected = ops.linear(x, getattr(self, f"weight_ih_{key}"), getattr(self, f"bias_ih_{key}"))
+                if states is None:
+                    zeros = ops.zeros_like(projected[0][:, :self.hidden_size])
+                    carry = self._carry([zeros] * self._count_states())
+                else:
+                    carry = self._carry([s[index] for s in states])
+                carry, output = self._scan(carry, projected, key, mask, reverse=bool(direction))
+                outputs.append(output)
+                finals.append(carry)
+            x = outputs[0] if len(outputs) == 1 else ops.concat(outputs, 2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = ops.dropout(x, self.dropout, True, self._backend.generator())
+        if batched and self.batch_first:
+            x = ops.permute(x, (1, 0, 2))
+        elif not batched:
+            x = ops.squeeze(x, 1)
+        stacked = [ops.stack(list(parts), 0) for parts in zip(*[self._flat_carry(c) for c in finals])]
+        if not batched:
+            stacked = [ops.squeeze(s, 1) for s in stacked]
+        return self._result(x, stacked)
+
+    def _count_states(self):
+        return 1
+
+    def _flat_carry(self, carry):
+        return (carry,)
+
+    def _scan(self, carry, projected, key, mask, reverse):
+        ops = self._ops
+
+        def step(carry, projected_x):
+            new = self.cell(carry, projected_x, key)
+            return new, self._hidden(new)
+
+        def masked_step(carry, inputs):
+            projected_x, valid = inputs
+            new = self._blend(valid, self.cell(carry, projected_x, key), carry)
+            hidden = self._hidden(new)
+            return new, ops.where(valid, hidden, ops.zeros_like(hidden))
+
+        if mask is None:
+            return ops.scan(step, carry, projected, 0, reverse)
+        return ops.scan(masked_step, carry, (projected, mask), 0, reverse)
+
+    def _blend(self, valid, new, old):
+        """``new`` where the step is inside the sequence, else ``old``: the final carry is the last valid
+        step's (forward), and the backward direction starts from the initial state at each sequence's end."""
+        if isinstance(new, tuple):
+            return tuple(self._ops.where(valid, a, b) for a, b in zip(new, old))
+        return self._ops.where(valid, new, old)
+
+    def _mask(self, lengths, x, batched):
+        """(T, N, 1) booleans: step t of sequence n is inside its length."""
+        ops = self._ops
+        if not self._backend.is_tensor(lengths):
+            lengths = tensors.tensor(np.asarray(lengths, dtype=np.int64))
+        lengths = ops.cast(lengths, "int64")
+        if not batched:
+            lengths = ops.reshape(lengths, (1,))
+        steps, batch = ops.shape(x)[0], x.shape[1]
+        if len(lengths.shape) != 1 or batch is not None and lengths.shape[0] not in (batch, None):
+            raise ShapeMismatchError(f"{self.describe()} expected lengths of shape ({batch},) (one per sequence), "
+                                     f"received {tuple(lengths.shape)}")
+        lengths = ops.check_index(lengths - 1, steps, f"{self.describe()} lengths - 1 (each length must lie in "
+                                                      f"[1, sequence length])") + 1
+        positions = ops.arange(0, steps, 1, "int64")
+        return ops.unsqueeze(ops.unsqueeze(positions, 1) < ops.unsqueeze(lengths, 0), 2)
+
+    def _checked_state(self, state, input_shape, batched):
+        expected_rank = 3 if batched else 2
+        batch = (input_shape[0] if self.batch_first else input_shape[1]) if batched else None
+        layers = self.num_layers * self.num_directions
+        shape = tuple(state.shape)
+        expected = (layers, batch, self.hidden_size) if batched else (layers, self.hidden_size)
+        if len(shape) != expected_rank or any(a is not None and b is not None and a != b
+                                              for a, b in zip(shape, expected)):
+            shown = tuple("N" if e is None else e for e in expected)
+            raise ShapeMismatchError(f"{self.describe()} expected an initial state of shape {shown} "
+                                     f"(num_layers * num_directions, batch, hidden_size), received {shape}")
+        return state if batched else self._ops.unsqueeze(state, 1)
+
+    def extra_repr(self):
+        parts = [f"{self.input_size}, {self.hidden_size}"]
+        if self.num_layers != 1:
+            parts.append(f"num_layers={self.num_layers}")
+        if not self.bias:
+            parts.append("bias=False")
+        if self.batch_first:
+            parts.append("batch_first=True")
+        if self.dropout:
+            parts.append(f"dropout={self.dropout}")
+        if self.bidirectional:
+            parts.append("bidirectional=True")
+        return ", ".join(parts)
+
+
+class RNN(RNNBase):
+    """Elman RNN, as ``torch.nn.RNN``.
 
     .. math::
-        h_t = \\sigma(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}), \\quad h_0 = 0
+        h_t = \\sigma(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh})
 
-    with :math:`\\sigma` = tanh (or relu).
+    with :math:`\\sigma` = tanh (or relu), stacked ``num_layers`` deep (each layer's output the next one's
+    input, with ``dropout`` between layers in training), in both directions with ``bidirectional``.
 
     Args:
-        input_size: features of each time step of the input.
-        hidden_size: features of the hidden state.
-        batch_first: input and output are (N, T, features) when True (the default here), else (T, N, features).
+        input_size, hidden_size: features of each input step and of the hidden state.
+        num_layers: stacked layers (default 1).
         nonlinearity: 'tanh' (default) or 'relu'.
-        bias: learn ``bias_ih_l0`` and ``bias_hh_l0`` (default True).
+        bias: learn ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (default True).
+        batch_first: input and output are (N, T, features) when True; (T, N, features) by default, as PyTorch.
+        dropout: dropout probability on the outputs of every layer but the last, in training.
+        bidirectional: run a second direction from the end (parameters ``..._reverse``); outputs concatenated.
 
-    Parameters ``weight_ih_l0`` (H, I), ``weight_hh_l0`` (H, H), ``bias_ih_l0`` (H,), ``bias_hh_l0`` (H,)
-    all start as U(-1/sqrt(H), 1/sqrt(H)), so ``state_dict()`` loads into ``torch.nn.RNN`` as it is.
+    Parameters ``weight_ih_l{k}`` (H, in), ``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (H,),
+    all U(-1/sqrt(H), 1/sqrt(H)): ``state_dict()`` is ``torch.nn.RNN``'s, both ways.
 
-    ``rnn(x, h0=None)`` returns ``(output, h_n)``: every step's hidden state, (N, T, H) with
-    ``batch_first``, and the last one as (1, N, H). ``h0`` (1, N, H) defaults to zeros.
+    ``rnn(x, h0=None, lengths=None)`` returns ``(output, h_n)``: the last layer's hidden state at every step,
+    (T, N, D * H), and every layer's and direction's final state, (num_layers * D, N, H) (D = 2 when
+    bidirectional). See ``RNNBase.forward`` for ``lengths``.
 
     Example::
 
-        rnn = ud.nn.RNN(8, 16)
+        rnn = ud.nn.RNN(8, 16, batch_first=True)
         output, h_n = rnn(x)        # x: (batch, time, 8) -> (batch, time, 16), (1, batch, 16)
     """
 
-    def __init__(self, input_size: int, hidden_size: int, batch_first: bool = True, nonlinearity: str = "tanh",
-                 bias: bool = True):
-        super().__init__()
-        for label, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"RNN {label} must be a positive integer, got {value!r}")
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.batch_first, self.nonlinearity = bool(batch_first), nonlinearity
-        bound = 1.0 / math.sqrt(hidden_size)
-        self.weight_ih_l0 = self.parameter(init.uniform((hidden_size, input_size), bound))
-        self.weight_hh_l0 = self.parameter(init.uniform((hidden_size, hidden_size), bound))
-        self.bias_ih_l0 = self.parameter(init.uniform((hidden_size,), bound)) if bias else None
-        self.bias_hh_l0 = self.parameter(init.uniform((hidden_size,), bound)) if bias else None
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+        self.nonlinearity = nonlinearity
 
-    def forward(self, x, h0=None):
-        ops = self._ops
-        shape = tuple(x.shape)
-        if len(shape) != 3 or shape[-1] not in (self.input_size, None):
-            layout = "(N, T, input_size)" if self.batch_first else "(T, N, input_size)"
-            raise ShapeMismatchError(f"{self.describe()} expected input of shape {layout} with input_size "
-                                     f"{self.input_size}, received {shape}")
-        time_axis = 1 if self.batch_first else 0
-        activation = ops.tanh if self.nonlinearity == "tanh" else ops.relu
-        projected = ops.linear(x, self.weight_ih_l0, self.bias_ih_l0)  # every step's input term at once
-        if h0 is None:
-            h0 = ops.zeros_like(projected[:, 0] if self.batch_first else projected[0])
-        else:
-            h0 = h0[0]
-
-        def step(h, projected_x):
-            h = activation(projected_x + ops.linear(h, self.weight_hh_l0, self.bias_hh_l0))
-            return h, h
-
-        h_n, output = ops.scan(step, h0, projected, axis=time_axis)
-        return output, ops.stack([h_n], 0)
+    def cell(self, h, projected, key):
+        activation = self._ops.tanh if self.nonlinearity == "tanh" else self._ops.relu
+        return activation(projected + self._ops.linear(h, getattr(self, f"weight_hh_{key}"),
+                                                       getattr(self, f"bias_hh_{key}")))
 
     def extra_repr(self):
-        return (f"{self.input_size}, {self.hidden_size}, batch_first={self.batch_first}, "
-                f"nonlinearity={self.nonlinearity!r}")
+        extra = f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else ""
+        return super().extra_repr() + extra
+
+
+class LSTM(RNNBase):
+    """Long short-term memory, as ``torch.nn.LSTM``.
+
+    .. math::
+        i, f, g, o = \\sigma(\\cdot), \\sigma(\\cdot), \\tanh(\\cdot), \\sigma(\\cdot) \\text{ of }
+        x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh} \\text{ split in four};\\quad
+        c_t = f c_{t-1} + i g, \\quad h_t = o \\tanh(c_t)
+
+    Args: as ``RNN`` (no ``nonlinearity``); ``proj_size`` must be 0 (projections are not supported).
+
+    Parameters ``weight_ih_l{k}`` (4H, in), ``weight_hh_l{k}`` (4H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,),
+    gates in PyTorch's order (input, forget, cell, output), all U(-1/sqrt(H), 1/sqrt(H)).
+
+    ``lstm(x, (h0, c0)=None, lengths=None)`` returns ``(output, (h_n, c_n))``, shapes as ``RNN``'s.
+
+    Example::
+
+        lstm = ud.nn.LSTM(32, 64, num_layers=2, bidirectional=True, batch_first=True)
+        output, (h_n, c_n) = lstm(x, lengths=lengths)   # (N, T, 128), (4, N, 64), (4, N, 64)
+    """
+
+    gates = 4
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0):
+        if proj_size != 0:
+            raise ValueError(f"LSTM proj_size={proj_size!r} is not supported by unidl: use proj_size=0 (and a "
+                             f"Linear on the outputs)")
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+
+    def cell(self, carry, projected, key):
+        ops, size = self._ops, self.hidden_size
+        h, c = carry
+        gates = projected + ops.linear(h, getattr(self, f"weight_hh_{key}"), getattr(self, f"bias_hh_{key}"))
+        i, f = ops.sigmoid(gates[:, :size]), ops.sigmoid(gates[:, size:2 * size])
+        g, o = ops.tanh(gates[:, 2 * size:3 * size]), ops.sigmoid(gates[:, 3 * size:])
+        c = f * c + i * g
+        return o * ops.tanh(c), c
+
+    def _state_parts(self, hx):
+        if hx is None:
+            return None
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{self.describe()} expected the initial state as a pair (h_0, c_0), "
+                            f"got {type(hx).__name__}")
+        return list(hx)
+
+    def _carry(self, parts):
+        return tuple(parts)
+
+    def _count_states(self):
+        return 2
+
+    def _flat_carry(self, carry):
+        return carry
+
+    def _hidden(self, carry):
+        return carry[0]
+
+    def _result(self, output, finals):
+        return output, (finals[0], finals[1])
+
+
+class GRU(RNNBase):
+    """Gated recurrent unit, as ``torch.nn.GRU``.
+
+    .. math::
+        r = \\sigma(W_{ir} x + b_{ir} + W_{hr} h + b_{hr}), \\quad z = \\sigma(W_{iz} x + b_{iz} + W_{hz} h + b_{hz}),
+        \\quad n = \\tanh(W_{in} x + b_{in} + r (W_{hn} h + b_{hn})), \\quad h' = (1 - z) n + z h
+
+    Args: as ``RNN`` (no ``nonlinearity``). Parameters as ``RNN``'s with 3H rows (gates r, z, n in PyTorch's
+    order). ``gru(x, h0=None, lengths=None)`` returns ``(output, h_n)``.
+    """
+
+    gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+
+    def cell(self, h, projected, key):
+        ops, size = self._ops, self.hidden_size
+        hidden = ops.linear(h, getattr(self, f"weight_hh_{key}"), getattr(self, f"bias_hh_{key}"))
+        r = ops.sigmoid(projected[:, :size] + hidden[:, :size])
+        z = ops.sigmoid(projected[:, size:2 * size] + hidden[:, size:2 * size])
+        n = ops.tanh(projected[:, 2 * size:] + r * hidden[:, 2 * size:])
+        return (1 - z) * n + z * h

@@ -13,7 +13,8 @@ class Adagrad(Optimizer):
         s_t &= s_{t-1} + g_t^2 \quad (s_0 = \text{initial\_accumulator\_value}) \\
         p_t &= p_{t-1} - \text{lr}\, g_t / (\sqrt{s_t} + \epsilon)
 
-    Args: ``lr`` (1e-2), ``eps`` (1e-10), ``weight_decay`` (L2, 0), ``initial_accumulator_value`` (0), ``l1`` (0).
+    Args: ``lr`` (1e-2), ``eps`` (1e-10), ``weight_decay`` (L2, 0), ``initial_accumulator_value`` (0), ``l1`` (0);
+    ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
     e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
@@ -24,9 +25,9 @@ class Adagrad(Optimizer):
     slots = ("sum",)
 
     def __init__(self, params, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, l1: float = 0.0):
+                 initial_accumulator_value: float = 0.0, l1: float = 0.0, **clipping):
         self.initial_slot_value = check_range("Adagrad", "initial_accumulator_value", initial_accumulator_value)
-        super().__init__(params, lr, l1=l1, eps=check_range("Adagrad", "eps", eps),
+        super().__init__(params, lr, l1=l1, **clipping, eps=check_range("Adagrad", "eps", eps),
                          weight_decay=check_range("Adagrad", "weight_decay", weight_decay),
                          initial_accumulator_value=self.initial_slot_value)
 

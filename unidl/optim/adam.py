@@ -21,7 +21,8 @@ class Adam(Optimizer):
         p_t &= p_{t-1} - \frac{\text{lr}}{1 - \beta_1^t}\,
                \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
 
-    Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``l1`` (0).
+    Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``l1`` (0);
+    ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
     e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
@@ -33,9 +34,9 @@ class Adam(Optimizer):
     uses_step = True  # bias correction
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, l1: float = 0.0):
+                 weight_decay: float = 0.0, l1: float = 0.0, **clipping):
         owner = type(self).__name__
-        super().__init__(params, lr, l1=l1, betas=_check_betas(owner, betas),
+        super().__init__(params, lr, l1=l1, **clipping, betas=_check_betas(owner, betas),
                          eps=check_range(owner, "eps", eps),
                          weight_decay=check_range(owner, "weight_decay", weight_decay))
 
@@ -67,7 +68,8 @@ class AdamW(Adam):
     .. math::
         p' = p_{t-1}(1 - \text{lr}\,\lambda), \text{ then the Adam step of } p' \text{ with } g_t = \nabla_p L
 
-    Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (0.01), ``l1`` (0).
+    Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (0.01), ``l1`` (0);
+    ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
     e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
@@ -78,5 +80,5 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, l1: float = 0.0):
-        super().__init__(params, lr, betas, eps, weight_decay, l1)
+                 weight_decay: float = 1e-2, l1: float = 0.0, **clipping):
+        super().__init__(params, lr, betas, eps, weight_decay, l1, **clipping)

@@ -19,14 +19,29 @@ class LRScheduler:
     def __init__(self, optimizer):
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # PyTorch's: one schedule per group
         self.last_epoch = 0
+
+    def _set_lr(self, epoch: int) -> None:
+        """Write the schedule's rate at ``epoch`` into the optimizer: each param group's from its own base
+        rate (the first group's is ``base_lr``), as ``torch.optim.lr_scheduler`` does."""
+        if len(self.base_lrs) == 1:
+            self.optimizer.lr = self.lr_at(epoch)
+            return
+        first = self.base_lr
+        try:
+            for index, base in enumerate([first, *self.base_lrs[1:]]):
+                self.base_lr = base
+                self.optimizer.set_group_lr(index, self.lr_at(epoch))
+        finally:
+            self.base_lr = first
 
     def lr_at(self, epoch: int) -> float:
         raise NotImplementedError
 
     def step(self) -> float:
         self.last_epoch += 1
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        self._set_lr(self.last_epoch)
         return self.optimizer.lr
 
     def get_last_lr(self) -> float:
@@ -56,7 +71,7 @@ class LRScheduler:
         """Continue the schedule from ``state`` (checked first) and set the optimizer's lr accordingly."""
         self.check_state_dict(state)
         self.last_epoch, self.base_lr = int(state["last_epoch"]), float(state["base_lr"])
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        self._set_lr(self.last_epoch)
 
 
 class StepLR(LRScheduler):
@@ -127,7 +142,7 @@ class LinearLR(LRScheduler):
             raise ValueError(f"LinearLR total_iters must be a positive integer, got {total_iters!r}")
         self.start_factor, self.end_factor, self.total_iters = float(start_factor), float(end_factor), total_iters
         super().__init__(optimizer)
-        optimizer.lr = self.lr_at(0)
+        self._set_lr(0)
 
     def lr_at(self, epoch):
         done = min(epoch, self.total_iters) / self.total_iters
@@ -143,7 +158,7 @@ class LambdaLR(LRScheduler):
             raise TypeError(f"LambdaLR lr_lambda must be a function epoch -> factor, got {type(lr_lambda).__name__}")
         self.lr_lambda = lr_lambda
         super().__init__(optimizer)
-        optimizer.lr = self.lr_at(0)
+        self._set_lr(0)
 
     def lr_at(self, epoch):
         return self.base_lr * float(self.lr_lambda(epoch))
@@ -188,7 +203,7 @@ class OneCycleLR(LRScheduler):
         else:
             self.phases = [(rise, initial, self.max_lr), (total_steps - 1, self.max_lr, final)]
         super().__init__(optimizer)
-        optimizer.lr = self.lr_at(0)
+        self._set_lr(0)
 
     def _anneal(self, start, end, fraction):
         if self.anneal_strategy == "linear":

@@ -12,6 +12,7 @@ parity tests check that the fast paths and the rule agree.
 
 from __future__ import annotations
 
+import copy
 import math
 from numbers import Real
 
@@ -20,6 +21,8 @@ import numpy as np
 from unidl import config
 from unidl.backends.op_registry import optional_op
 from unidl.errors import BackendMismatchError
+from unidl.optim.gradients import check_clipping, clip_gradients
+from unidl.optim.param_groups import ParamGroup, check_group_options, split_param_groups
 
 
 #: the class attributes that make up an optimizer's update rule (see ``Optimizer.builtin_rule``)
@@ -48,10 +51,23 @@ class Optimizer:
     """Common machinery: parameter binding, learning rate, L1 penalty, ``apply`` and state.
 
     Semantics on every backend: ``apply(grads)`` performs one update with the given gradients
-    (one per parameter, in ``params`` order). With PyTorch-style loops on the torch backend,
+    (one per parameter, in ``params`` order). If any gradient (or, in ``train_step``/``fit``, the loss)
+    is NaN or infinite, the update is skipped: parameters, slots and step count stay bit-identical and
+    ``last_step_finite`` is False (``train_step`` and ``fit`` then raise ``NonFiniteLossError``). With PyTorch-style loops on the torch backend,
     ``zero_grad()`` clears ``.grad`` and ``step()`` applies the gradients that ``backward()``
     left there. ``l1`` adds ``l1 * sign(p)`` to each gradient first (the gradient of
     ``l1 * sum|p|``), on every optimizer.
+
+    Gradient clipping, on every optimizer and backend (inside the compiled step where there is one), applied
+    to the raw gradients before L1/L2 terms and the update rule:
+
+    * ``clip_grad_value=v``: each element clamped to [-v, v] (``torch.nn.utils.clip_grad_value_``);
+    * ``clip_grad_norm=c``: all gradients scaled by ``min(1, c / (total_norm + 1e-6))``, the total norm
+      over every gradient together (``torch.nn.utils.clip_grad_norm_``);
+    * ``clip_grad_norm=c, clip_per_tensor=True``: each gradient on its own scaled to norm at most ``c``
+      (Keras's ``clipnorm``).
+
+    Example: ``ud.optim.SGD(model.parameters(), lr=0.1, clip_grad_norm=1.0)``.
     """
 
     #: names of per-parameter state tensors, each starting as ``initial_slot_value``
@@ -63,12 +79,16 @@ class Optimizer:
     #: PyTorch's L2 term, added to the gradient by ``regularized_gradient``
     decoupled = False
 
-    def __init__(self, params, lr: float, l1: float = 0.0, **hyper):
+    def __init__(self, params, lr: float, l1: float = 0.0, *, clip_grad_norm: float | None = None,
+                 clip_grad_value: float | None = None, clip_per_tensor: bool = False, **hyper):
         self._backend = config.backend()
-        params = list(params)
         owner = type(self).__name__
+        groups = split_param_groups(owner, params)
+        params = [p for members, _ in groups for p in members]
         if not params:
             raise ValueError(f"{owner} got an empty parameter list")
+        if len({id(p) for p in params}) != len(params):
+            raise ValueError(f"{owner} got a parameter twice (in two param groups, or twice in one)")
         for index, p in enumerate(params):
             if not self._backend.is_parameter(p):
                 raise BackendMismatchError(
@@ -79,6 +99,19 @@ class Optimizer:
         self.hyper = dict(hyper)
         self.hyper["l1"] = check_range(owner, "l1", l1)
         self._lr = check_range(owner, "lr", lr)
+        self.clipping = check_clipping(owner, clip_grad_norm, clip_grad_value, clip_per_tensor)
+        self.param_groups, self._rules = [], []
+        for index, (members, options) in enumerate(groups):
+            hyper = check_group_options(owner, index, options, self.hyper)
+            lr_of_group = check_range(owner, f"param group {index} lr", options.get("lr", self._lr))
+            self.param_groups.append(ParamGroup(self, index, {"params": members, "lr": lr_of_group, **hyper}))
+            rule = self
+            if hyper != self.hyper:  # the same rule with the group's hyperparameters
+                rule = copy.copy(self)
+                rule.hyper = hyper
+            self._rules += [rule] * len(members)
+        self._group_of = [index for index, (members, _) in enumerate(groups) for _ in members]
+        self._lr = self.param_groups[0]["lr"]
         self._native = self._backend.optimizer(self)
 
     @property
@@ -92,13 +125,32 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        """Current learning rate. Setting it takes effect at the next step, with no retracing."""
+        """Current learning rate (of the first param group). Setting it sets every group's and takes effect
+        at the next step, with no retracing."""
         return self._lr
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._lr = check_range(type(self).__name__, "lr", value)
-        self._backend.set_learning_rate(self, self._lr)
+        value = check_range(type(self).__name__, "lr", value)
+        for index in range(len(self.param_groups)):
+            self.set_group_lr(index, value)
+
+    def set_group_lr(self, index: int, value: float) -> None:
+        """Set param group ``index``'s learning rate (what ``param_groups[index]["lr"] = value`` does)."""
+        value = check_range(type(self).__name__, f"param group {index} lr", value)
+        dict.__setitem__(self.param_groups[index], "lr", value)
+        if index == 0:
+            self._lr = value
+        self._backend.set_learning_rate(self, value, index)
+
+    def rule_for(self, index: int) -> "Optimizer":
+        """The optimizer whose ``hyper`` holds parameter ``index``'s group's hyperparameters (``self`` when the
+        group sets none of its own); backends call ``regularized_gradient``/``apply_fused``/``update`` on it."""
+        return self._rules[index]
+
+    def group_of(self, index: int) -> int:
+        """The index of the param group that parameter ``index`` (of ``params``) belongs to."""
+        return self._group_of[index]
 
     @classmethod
     def builtin_rule(cls) -> str | None:
@@ -144,6 +196,21 @@ class Optimizer:
         kernel(param, slots[buffer], lr, grad, momentum, nesterov)
         return True
 
+    def clip_gradients(self, grads, ops) -> list:
+        """``grads`` clipped as this optimizer's ``clip_grad_value`` / ``clip_grad_norm`` / ``clip_per_tensor``
+        say (``unidl.optim.gradients.clip_gradients``); backends call it on the raw gradients, before
+        ``regularized_gradient``, as ``torch.nn.utils.clip_grad_norm_`` runs before ``optimizer.step()``."""
+        if self.clipping["clip_grad_norm"] is None and self.clipping["clip_grad_value"] is None:
+            return grads
+        return clip_gradients(grads, self.clipping, ops)
+
+    @property
+    def last_step_finite(self) -> bool:
+        """False when the last update was skipped because its loss or a gradient was NaN or infinite: that
+        step left every parameter, slot and the step count exactly as they were (the non-finite guard;
+        ``train_step`` and ``fit`` raise ``NonFiniteLossError`` on such a step)."""
+        return self._backend.last_step_finite(self)
+
     def apply(self, grads) -> None:
         """Update every parameter with its gradient (list in ``params`` order). A None gradient, or a frozen
         parameter (``requires_grad`` False), leaves that parameter and its state exactly as they are."""
@@ -168,11 +235,15 @@ class Optimizer:
             {"class": "Adam", "lr": float, "step": int, "hyper": {...},
              "slots": [{slot_name: np.ndarray, ...}, ...]}   # one dict per parameter, params order
 
-        Slots not yet created (before the first step) are reported at their initial value.
+        Slots not yet created (before the first step) are reported at their initial value. With more than
+        one param group, ``"param_groups": [{"lr": float, "size": int}, ...]`` too ("lr" is the first group's).
         """
         step, slots = self._backend.optimizer_state(self)
-        return {"class": type(self).__name__, "lr": self._lr, "step": int(step), "hyper": dict(self.hyper),
-                "slots": [{name: np.asarray(value) for name, value in entry.items()} for entry in slots]}
+        state = {"class": type(self).__name__, "lr": self._lr, "step": int(step), "hyper": dict(self.hyper),
+                 "slots": [{name: np.asarray(value) for name, value in entry.items()} for entry in slots]}
+        if len(self.param_groups) > 1:  # each group's lr and size (its hyperparameters are the constructor's)
+            state["param_groups"] = [{"lr": group["lr"], "size": len(group["params"])} for group in self.param_groups]
+        return state
 
     def check_state_dict(self, state) -> None:
         """Raise ``CheckpointStateError`` (a ``ValueError``) unless ``load_state_dict(state)`` would succeed;
@@ -192,6 +263,18 @@ class Optimizer:
             check_range(owner, "lr", state["lr"])
         except ValueError as error:
             raise CheckpointStateError(f"{owner} state: {error}") from None
+        groups = state.get("param_groups")
+        if groups is not None or len(self.param_groups) > 1:
+            expected = [len(group["params"]) for group in self.param_groups]
+            if (not isinstance(groups, list) or not all(isinstance(g, dict) and set(g) == {"lr", "size"} for g in groups)
+                    or [g["size"] for g in groups] != expected):
+                raise CheckpointStateError(f"{owner} state holds param groups {groups!r}; this optimizer has "
+                                           f"{len(expected)} groups of sizes {expected}")
+            for index, group in enumerate(groups):
+                try:
+                    check_range(owner, f"param group {index} lr", group["lr"])
+                except ValueError as error:
+                    raise CheckpointStateError(f"{owner} state: {error}") from None
         slots = state["slots"]
         if not isinstance(slots, (list, tuple)) or len(slots) != len(self.params):
             count = len(slots) if isinstance(slots, (list, tuple)) else type(slots).__name__
@@ -214,7 +297,11 @@ class Optimizer:
         self.check_state_dict(state)
         slots = state["slots"]
         self._backend.load_optimizer_state(self, int(state["step"]), slots)
-        self.lr = float(state["lr"])
+        if "param_groups" in state:
+            for index, group in enumerate(state["param_groups"]):
+                self.set_group_lr(index, float(group["lr"]))
+        else:
+            self.lr = float(state["lr"])
 
     def initial_slots(self) -> list[dict]:
         """Slot values before the first step (what ``state_dict`` reports for unbuilt slots)."""

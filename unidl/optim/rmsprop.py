@@ -13,7 +13,8 @@ class RMSprop(Optimizer):
         v_t &= \alpha v_{t-1} + (1 - \alpha) g_t^2 \\
         p_t &= p_{t-1} - \text{lr}\, g_t / (\sqrt{v_t} + \epsilon)
 
-    Args: ``lr`` (1e-2), ``alpha`` (0.99), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``l1`` (0).
+    Args: ``lr`` (1e-2), ``alpha`` (0.99), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``l1`` (0);
+    ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
     e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
@@ -24,8 +25,8 @@ class RMSprop(Optimizer):
     slots = ("square_avg",)
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, l1: float = 0.0):
-        super().__init__(params, lr, l1=l1, alpha=check_range("RMSprop", "alpha", alpha, 0.0, 1.0, high_open=False),
+                 weight_decay: float = 0.0, l1: float = 0.0, **clipping):
+        super().__init__(params, lr, l1=l1, **clipping, alpha=check_range("RMSprop", "alpha", alpha, 0.0, 1.0, high_open=False),
                          eps=check_range("RMSprop", "eps", eps),
                          weight_decay=check_range("RMSprop", "weight_decay", weight_decay))
 

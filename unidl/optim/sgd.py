@@ -21,6 +21,7 @@ class SGD(Optimizer):
         nesterov: Nesterov momentum (needs momentum > 0).
         weight_decay: L2 penalty lambda >= 0 (added to the gradient).
         l1: L1 penalty, adds ``l1 * sign(p)`` to the gradient.
+        clip_grad_norm, clip_grad_value, clip_per_tensor: gradient clipping (see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
     e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
@@ -35,11 +36,11 @@ class SGD(Optimizer):
     slots = ("momentum_buffer",)
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, l1: float = 0.0):
+                 weight_decay: float = 0.0, l1: float = 0.0, **clipping):
         momentum = check_range("SGD", "momentum", momentum, 0.0, 1.0)
         if nesterov and momentum <= 0:
             raise ValueError("SGD nesterov=True needs momentum > 0, got momentum=0")
-        super().__init__(params, lr, l1=l1, momentum=momentum, nesterov=bool(nesterov),
+        super().__init__(params, lr, l1=l1, **clipping, momentum=momentum, nesterov=bool(nesterov),
                          weight_decay=check_range("SGD", "weight_decay", weight_decay))
 
     def heavy_ball(self):

@@ -5,9 +5,22 @@ back into the variables after each step (so ``state_dict``, checkpoints and expo
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 
-import jax
+from unidl import threads as unidl_threads
+
+
+def xla_thread_flags(count: int) -> str:
+    """The XLA_FLAGS that size XLA's CPU thread pool: read once, when JAX creates its CPU client."""
+    return f"--xla_cpu_multi_thread_eigen={'false' if count == 1 else 'true'} intra_op_parallelism_threads={count}"
+
+
+if unidl_threads.requested() is not None and xla_thread_flags(unidl_threads.requested()) not in os.environ.get(
+        "XLA_FLAGS", ""):  # UNIDL_NUM_THREADS / set_num_threads before JAX's client starts: it takes effect
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_thread_flags(unidl_threads.requested())).strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)  # unidl's float64 mode and int64 labels need it; float32 stays float32
 
@@ -20,6 +33,7 @@ from unidl import random as unidl_random  # noqa: E402
 from unidl.autograd import check_float, check_scalar  # noqa: E402
 from unidl.backends.interface import Backend as BackendInterface  # noqa: E402
 from unidl.backends.jax import ops as jax_ops  # noqa: E402
+from unidl.backends.jax import precision as jax_precision  # noqa: E402
 from unidl.backends.jax import variable as jax_variable  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
 from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, custom_gradient,  # noqa: E402
@@ -87,6 +101,16 @@ class Backend(BackendInterface):
     def devices(self):
         return ["cpu"] + [f"cuda:{i}" for i in range(len(self._gpus()))]
 
+    def gpu_support(self):
+        import importlib.metadata
+
+        # jaxlib itself is CPU-only; CUDA comes as a PJRT plugin package (jax[cuda12] installs jax-cuda12-plugin)
+        plugins = [f"{name} {importlib.metadata.version(name)}" for name in ("jax-cuda13-plugin", "jax-cuda12-plugin",
+                                                                              "jax-rocm7-plugin", "jax-rocm60-plugin")
+                   if _installed(name)]
+        return {"build": plugins[0] if plugins else None, "gpus": [str(d) for d in self._gpus()],
+                "how": "the jax CUDA/ROCm plugin packages, jax.devices('gpu')"}
+
     def _jax_device(self, device: str):
         return jax.devices("cpu")[0] if device == "cpu" else self._gpus()[int(device.split(":")[1])]
 
@@ -99,6 +123,15 @@ class Backend(BackendInterface):
     def device_of(self, tensor):
         array = jax_variable.unwrap(tensor)
         return _device_name(next(iter(array.devices())))
+
+    def set_num_threads(self, intra_op, inter_op):
+        # XLA reads its CPU thread flags once, when the backend client starts (before unidl's first array)
+        flags = xla_thread_flags(intra_op)
+        if flags not in os.environ.get("XLA_FLAGS", ""):
+            warnings.warn(f"set_num_threads({intra_op}): XLA's CPU threads are fixed when JAX starts; for this "
+                          f"process set XLA_FLAGS='{flags}' before importing jax (processes started from here "
+                          f"inherit it now)", RuntimeWarning, stacklevel=3)
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
     def seed(self, seed):
         self._generator.reset(seed)
@@ -166,8 +199,8 @@ class Backend(BackendInterface):
         with self.device_scope(config.resolve_device(config._requested_device(), self)):
             return JaxOptimizer(optimizer, jax_ops)
 
-    def set_learning_rate(self, optimizer, lr):
-        variable = optimizer.native.learning_rate
+    def set_learning_rate(self, optimizer, lr, group=0):
+        variable = optimizer.native.learning_rates[group]
         variable.value = jnp.asarray(lr, variable.dtype)
 
     def optimizer_state(self, optimizer):
@@ -199,6 +232,9 @@ class Backend(BackendInterface):
         else:
             self._optimizer_apply(optimizer)(grads)
 
+    def last_step_finite(self, optimizer):
+        return bool(optimizer.native.finite.value)
+
     def _model_state(self, model, optimizer=None) -> list:
         variables = [v for _, v in model.named_parameters()] + [b for _, b in model.named_buffers()]
         if optimizer is not None:
@@ -210,8 +246,10 @@ class Backend(BackendInterface):
     def _modes(model):
         return tuple(m.training for m in model.modules())
 
-    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
         params = optimizer.params
+        if accumulate > 1:
+            optimizer.native.prepare_accumulation()  # before the state list below is taken
         name = f"train_step of {type(model).__name__}"
 
         def step(x, y, *inputs):
@@ -223,7 +261,8 @@ class Backend(BackendInterface):
             active = [p for p, m in zip(params, mask) if m]
             (loss, outputs), found = self._value_and_grad(loss_of, (), None, active, with_aux=True)
             found = iter(found)
-            optimizer.native.apply([next(found) if m else None for m in mask])
+            # skipped if not finite; one micro-step of ``accumulate``
+            optimizer.native.apply([next(found) if m else None for m in mask], loss, accumulate)
             return (loss, outputs) if with_outputs else loss
 
         variables = self._model_state(model, optimizer)
@@ -244,6 +283,9 @@ class Backend(BackendInterface):
                 raise traced_forward_error(error, f"the forward of {type(model).__name__} in ud.train_step") from None
 
         return _Counted(run, compiled)
+
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
+        return jax_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager)
 
     def predict_function(self, model):
         if "_jax_predict" not in model.__dict__:
@@ -343,6 +385,16 @@ def _used_inputs(fn, inputs, live, before) -> list[bool]:
         if any(id(v) in needed for v in equation.outvars):
             needed.update(id(v) for v in equation.invars if not isinstance(v, Literal))
     return [id(v) in needed for v in jaxpr.invars]
+
+
+def _installed(distribution: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 class _Counted:

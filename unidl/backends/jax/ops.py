@@ -59,6 +59,10 @@ def softmax(x, dim=-1):
     return jax.nn.softmax(_v(x), axis=dim)
 
 
+def amax(x, dim, keepdim=False):
+    return jnp.max(_v(x), axis=dim, keepdims=keepdim)
+
+
 def log_softmax(x, dim=-1):
     return jax.nn.log_softmax(_v(x), axis=dim)
 
@@ -67,19 +71,21 @@ def _pair(value):
     return (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
 
 
-def _conv_padding(padding, kernel_hw):
+def _conv_padding(padding, kernel_hw, dilation=(1, 1)):
     if padding == "valid":
         return [(0, 0), (0, 0)]
-    if padding == "same":  # PyTorch's: the extra pixel of an even kernel goes after
-        return [((k - 1) // 2, (k - 1) - (k - 1) // 2) for k in kernel_hw]
+    if padding == "same":  # PyTorch's: the extra pixel of an even (dilated) kernel goes after
+        return [(d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel_hw, dilation)]
     ph, pw = _pair(padding)
     return [(ph, ph), (pw, pw)]
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     weight = _v(weight)
-    y = jax.lax.conv_general_dilated(_v(x), weight, _pair(stride), _conv_padding(padding, weight.shape[2:]),
-                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    dilation = _pair(dilation)
+    y = jax.lax.conv_general_dilated(_v(x), weight, _pair(stride), _conv_padding(padding, weight.shape[2:], dilation),
+                                     rhs_dilation=dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                     feature_group_count=groups)
     return y + _v(bias).reshape(1, -1, 1, 1) if bias is not None else y
 
 
@@ -244,8 +250,9 @@ def bce_with_logits(logits, targets, reduction="mean"):
     return _reduce(losses, reduction)
 
 
-def scan(fn, init, xs, axis=0):
-    carry, ys = jax.lax.scan(fn, init, jnp.moveaxis(_v(xs), axis, 0))
+def scan(fn, init, xs, axis=0, reverse=False):
+    carry, ys = jax.lax.scan(fn, init, jax.tree_util.tree_map(lambda x: jnp.moveaxis(_v(x), axis, 0), xs),
+                             reverse=reverse)
     return carry, jax.tree_util.tree_map(lambda y: jnp.moveaxis(y, 0, axis), ys)
 
 

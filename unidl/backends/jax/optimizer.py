@@ -18,8 +18,12 @@ class JaxOptimizer:
     def __init__(self, optimizer, ops):
         self._spec, self._ops = optimizer, ops
         dtype = optimizer.params[0].dtype
-        self.learning_rate = JaxVariable(jnp.asarray(optimizer.lr, dtype), trainable=False)
+        # one learning rate per param group (the first is ``learning_rate``)
+        self.learning_rates = [JaxVariable(jnp.asarray(group["lr"], dtype), trainable=False)
+                               for group in optimizer.param_groups]
+        self.learning_rate = self.learning_rates[0]
         self.iterations = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
+        self.finite = JaxVariable(jnp.asarray(True), trainable=False)
         self.slot_variables = [
             {name: JaxVariable(jnp.full(p.shape, optimizer.initial_slot_value, p.dtype), trainable=False)
              for name in optimizer.slots}
@@ -27,19 +31,62 @@ class JaxOptimizer:
 
     def variables(self) -> list[JaxVariable]:
         """Everything a step of this optimizer reads and writes, besides the parameters."""
-        return [self.learning_rate, self.iterations] + [v for slots in self.slot_variables for v in slots.values()]
+        return ([*self.learning_rates, self.iterations, self.finite]
+                + [v for slots in self.slot_variables for v in slots.values()]
+                + ([self.micro_steps, *self.accumulated] if getattr(self, "accumulated", None) else []))
 
-    def apply(self, grads) -> None:
+    def prepare_accumulation(self) -> None:
+        """Create what ``apply(..., accumulate=N)`` keeps between micro-steps (before a step is compiled)."""
+        if getattr(self, "accumulated", None) is None:
+            self.accumulated = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False) for p in self._spec.params]
+            self.micro_steps = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
+
+    def apply(self, grads, loss=None, accumulate: int = 1) -> None:
+        """One guarded update: when ``loss`` or a gradient is not finite every parameter, slot and the step count
+        keep their values (selected with ``jnp.where`` inside the trace, which XLA fuses into the update).
+        With ``accumulate`` N > 1, one micro-step: ``grads / N`` joins the accumulated gradients and every N-th
+        finite micro-step updates with their sum (a non-finite one discards the window)."""
+        finite = all_finite([loss, *grads])
+        self.finite.value = finite
+        update = finite
+        if accumulate > 1:
+            sums = [None if g is None else a.value + g / jnp.asarray(accumulate, g.dtype)
+                    for a, g in zip(self.accumulated, grads)]
+            count = jnp.where(finite, self.micro_steps.value + 1, 0)
+            update = count >= accumulate
+            grads = sums
+        grads = self._spec.clip_gradients(grads, self._ops)
+        state = list(self._spec.params) + [self.iterations] + [v for slots in self.slot_variables for v in slots.values()]
+        before = [v.value for v in state]
+        self._update(grads)
+        for variable, old in zip(state, before):
+            if variable.value is not old:
+                variable.value = jnp.where(update, variable.value, old)
+        if accumulate > 1:
+            keep = finite & ~update  # a window still filling; else (updated or discarded) it starts again
+            for variable, total in zip(self.accumulated, sums):
+                if total is not None:
+                    variable.value = jnp.where(keep, total, jnp.zeros_like(total))
+            self.micro_steps.value = jnp.where(keep, count, 0)
+
+    def _update(self, grads) -> None:
         spec, ops = self._spec, self._ops
         self.iterations.value = self.iterations.value + 1
         lr = self.learning_rate.value
         step = self.iterations.value.astype(lr.dtype) if spec.uses_step else None
-        for param, grad, slots in zip(spec.params, grads, self.slot_variables):
+        for index, (param, grad, slots) in enumerate(zip(spec.params, grads, self.slot_variables)):
             if grad is None:  # PyTorch's rule: no gradient, no update
                 continue
-            grad = spec.regularized_gradient(param, grad, ops)
-            delta, new_slots = spec.update(param, grad, slots, lr, step, ops)
+            rule, lr = spec.rule_for(index), self.learning_rates[spec.group_of(index)].value  # its param group's
+            grad = rule.regularized_gradient(param, grad, ops)
+            delta, new_slots = rule.update(param, grad, slots, lr, step, ops)
             for name, value in new_slots.items():
                 if value is not slots[name]:
                     slots[name].assign(value)
             param.assign(param.value - delta)
+
+
+def all_finite(values):
+    """A boolean scalar: every element of every array in ``values`` (None entries ignored) is finite."""
+    flags = [jnp.all(jnp.isfinite(v)) for v in values if v is not None]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)

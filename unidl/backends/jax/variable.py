@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import weakref
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,6 +28,15 @@ def live() -> list["JaxVariable"]:
 def unwrap(value):
     """The JAX array of a ``JaxVariable``; anything else as it is."""
     return value.value if isinstance(value, JaxVariable) else value
+
+
+def committed(value):
+    """``value`` placed on its device for good: a compiled step's outputs are committed arrays, and
+    jit keys its cache on commitment, so a variable that started uncommitted (``jnp.asarray``) would
+    compile every step twice (once for the initial values, once for the written-back ones)."""
+    if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and not value.committed:
+        return jax.device_put(value, next(iter(value.devices())))
+    return value
 
 
 def _binary(op):
@@ -45,7 +55,7 @@ class JaxVariable:
     Arithmetic operators, indexing, ``shape`` and ``dtype`` act on the value, so a layer's forward
     reads ``x @ self.weight`` as on any backend; JAX functions take ``variable.value``."""
 
-    __slots__ = ("value", "trainable", "requires_grad", "serial", "__weakref__")
+    __slots__ = ("_value", "trainable", "requires_grad", "serial", "__weakref__")
 
     def __init__(self, value, trainable: bool = True):
         self.value = value
@@ -53,6 +63,15 @@ class JaxVariable:
         self.requires_grad = True  # False: frozen (Module.requires_grad_)
         self.serial = next(_serials)
         _live[self.serial] = self
+
+    @property
+    def value(self):
+        """The current JAX array (a tracer while a step is traced)."""
+        return self._value
+
+    @value.setter
+    def value(self, value):
+        self._value = committed(value)
 
     @property
     def shape(self):
@@ -69,7 +88,8 @@ class JaxVariable:
     def assign(self, value) -> None:
         """Replace the value (cast to this variable's dtype)."""
         value = unwrap(value)
-        self.value = value if getattr(value, "dtype", None) == self.value.dtype else jnp.asarray(value, self.value.dtype)
+        value = value if getattr(value, "dtype", None) == self.value.dtype else jnp.asarray(value, self.value.dtype)
+        self.value = value
 
     def numpy(self) -> np.ndarray:
         return np.array(self.value)

@@ -22,9 +22,11 @@ from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.keras import function as keras_function
 from unidl.backends.keras import ops as keras_ops
+from unidl.backends.keras import precision as keras_precision
 from unidl.backends.keras.host import HOST
 from unidl.nn.module import trainable_mask
 from unidl.backends.keras.module import BatchRelay, NativeLoss, NativeModel
+from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer
 from unidl.backends.keras.export import export_formats, export_module
 
@@ -64,11 +66,17 @@ class Backend(BackendInterface):
     def forward_caller(self, module_class):
         return HOST.forward_caller(module_class)
 
+    def set_num_threads(self, intra_op, inter_op):
+        HOST.set_num_threads(intra_op, inter_op)
+
     def versions(self):
         return {"keras": keras.__version__, **{f"keras backend {k}": v for k, v in HOST.versions().items()}}
 
     def devices(self):
         return HOST.devices()
+
+    def gpu_support(self):
+        return dict(HOST.gpu_support(), host=HOST.name)  # Keras computes with its host framework's build
 
     def device_scope(self, device):
         return keras.device(keras_device_name(device))
@@ -165,8 +173,11 @@ class Backend(BackendInterface):
             native.build(optimizer.params)  # slots now, eagerly: never created inside a graph being traced
         return native
 
-    def set_learning_rate(self, optimizer, lr):
-        optimizer.native.learning_rate = lr
+    def set_learning_rate(self, optimizer, lr, group=0):
+        if group:
+            optimizer.native.group_learning_rates[group - 1].assign(lr)
+        else:
+            optimizer.native.learning_rate = lr
 
     def optimizer_state(self, optimizer):
         native = optimizer.native
@@ -187,32 +198,44 @@ class Backend(BackendInterface):
     def apply_gradients(self, optimizer, grads):
         pairs = [(g, p) for g, p in zip(grads, optimizer.params) if g is not None]  # no gradient, no update
         if pairs:
+            object.__setattr__(optimizer.native, "_step_loss", None)  # no loss in this loop: the gradients only
             optimizer.native.apply([g for g, _ in pairs], [p for _, p in pairs])
 
-    def compile(self, model, loss_fn, optimizer, jit_compile=False, accuracy=False, eager=False):
+    def last_step_finite(self, optimizer):
+        finite = optimizer.native.finite
+        if getattr(finite, "_value", True) is None:
+            # Keras-on-JAX's fit holds the optimizer's state in its own step state until the epoch ends: the flag
+            # is not readable per batch there (the update was still skipped; a NaN loss still stops fit)
+            return True
+        return bool(self.to_numpy(finite.value))
+
+    def compile(self, model, loss_fn, optimizer, jit_compile=False, metrics=None, eager=False, precision=None,
+                accumulate=1):
         """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer),
-        once per (loss, optimizer, metrics, eager) combination."""
+        once per (loss, optimizer, metrics, eager, precision) combination."""
         native = model.native
         # Keras's compiled steps bake in which variables they train: freezing one compiles again
-        key = (id(loss_fn), id(optimizer), jit_compile, accuracy, eager, trainable_mask(optimizer.params))
+        key = (id(loss_fn), id(optimizer), jit_compile, None if metrics is None else metrics.key, eager,
+               trainable_mask(optimizer.params), precision, accumulate)
         if getattr(native, "_unidl_compiled", None) != key:
+            optimizer.native.prepare_accumulation(accumulate)  # micro-steps per update, for the steps traced next
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
-                metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")] if accuracy else []
-                native.compile(optimizer=optimizer.native, loss=NativeLoss(loss_fn), metrics=metrics,
+                native.compile(optimizer=keras_precision.keras_optimizer(optimizer, precision), loss=NativeLoss(loss_fn),
+                               metrics=[NativeMetrics(metrics)] if metrics is not None else [],
                                jit_compile=jit_compile, run_eagerly=eager)
             object.__setattr__(native, "_unidl_compiled", key)
             object.__setattr__(native, "_unidl_fit_graph", None)  # it updated the previous compile's trackers
         return native
 
-    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False):
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
         if with_outputs:
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
-        return _FreezeAwareStep(lambda: self._train_step(model, loss_fn, optimizer, eager),
+        return _FreezeAwareStep(lambda: self._train_step(model, loss_fn, optimizer, eager, accumulate=accumulate),
                                 lambda: trainable_mask(optimizer.params))
 
-    def _train_step(self, model, loss_fn, optimizer, eager):
-        native = self.compile(model, loss_fn, optimizer, eager=eager)
+    def _train_step(self, model, loss_fn, optimizer, eager, precision=None, accumulate=1):
+        native = self.compile(model, loss_fn, optimizer, eager=eager, precision=precision, accumulate=accumulate)
         graph = None if eager else keras_function.train_step_graph(native, per_batch=True)
         if graph is not None:
             return graph
@@ -224,14 +247,23 @@ class Backend(BackendInterface):
 
         return step
 
-    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, accuracy, eager=False):
-        native = self.compile(model, loss_fn, optimizer, accuracy=accuracy, eager=eager)
+    def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager=False, precision=None,
+                  accumulate=1):
+        if precision is not None and precision.mixed:  # the forward traced with mixed precision's casts
+            with keras_precision.forward_scope(model, loss_fn, precision):
+                return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision,
+                                       accumulate)
+        return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, None, accumulate)
+
+    def _fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision, accumulate=1):
+        native = self.compile(model, loss_fn, optimizer, metrics=metrics, eager=eager, precision=precision,
+                              accumulate=accumulate)
         graph = None if eager else self._fit_graph(native)
         if graph is not None:  # Keras's train step, batch by batch, with Keras's running logs
             native.reset_metrics()
             logs, index = None, -1
             for index, batch in enumerate(batches):
-                logs = {name: float(value) for name, value in graph(batch[0], batch[1]).items()}
+                logs = epoch_logs(graph(batch[0], batch[1]), metrics)
                 on_batch(index, dict(logs))
             if index < 0:
                 raise ValueError("the epoch had no batches: the training data is empty")
@@ -242,11 +274,11 @@ class Backend(BackendInterface):
         if arrays is not None and len(arrays) >= 2:
             # Keras slices arrays inside its own input pipeline: far cheaper than a Python generator,
             # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
-            relay = BatchRelay(on_batch, accuracy, delivered=batches.advance)
+            relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance)
             native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
                        shuffle=False, verbose=0, callbacks=[relay])
         else:
-            relay = BatchRelay(on_batch, accuracy)
+            relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics))
             native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
                        steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
         return relay.logs
@@ -260,6 +292,9 @@ class Backend(BackendInterface):
             cached = (device, keras_function.train_step_graph(native, per_batch=False))
             object.__setattr__(native, "_unidl_fit_graph", cached)
         return cached[1]
+
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
+        return keras_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager)
 
     def predict_function(self, model):
         native = model.native

@@ -59,18 +59,15 @@ class BatchRelay(keras.callbacks.Callback):
     """Passes Keras's running epoch logs to ``ud.fit`` after every batch (progress, NaN checks, callbacks);
     ``delivered()``, when given, is told of each batch Keras consumed (the loader's resume position)."""
 
-    def __init__(self, on_batch, accuracy: bool, delivered=None):
+    def __init__(self, on_batch, logs_of, delivered=None):
         super().__init__()
-        self._on_batch, self._accuracy, self._delivered = on_batch, accuracy, delivered
+        self._on_batch, self._logs_of, self._delivered = on_batch, logs_of, delivered
         self.logs = None
 
     def on_train_batch_end(self, batch, logs=None):
         if self._delivered is not None:
             self._delivered()
-        logs = logs or {}
-        self.logs = {"loss": float(logs["loss"])}
-        if self._accuracy:
-            self.logs["accuracy"] = float(logs["accuracy"])
+        self.logs = self._logs_of(logs or {})  # Keras's logs as ud.fit's: the loss and each metric's value
         self._on_batch(batch, dict(self.logs))
 
 

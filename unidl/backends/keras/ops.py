@@ -48,6 +48,10 @@ def softmax(x, dim=-1):
     return K.softmax(x, axis=dim)
 
 
+def amax(x, dim, keepdim=False):
+    return K.max(x, axis=dim, keepdims=keepdim)
+
+
 def log_softmax(x, dim=-1):
     return K.log_softmax(x, axis=dim)
 
@@ -56,28 +60,29 @@ def _pair(value):
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-def _explicit_padding(padding, kernel_hw):
+def _explicit_padding(padding, kernel_hw, dilation=(1, 1)):
     if padding == "valid":
         return ((0, 0), (0, 0))
-    if padding == "same":
-        return tuple(((k - 1) // 2, (k - 1) - (k - 1) // 2) for k in kernel_hw)
+    if padding == "same":  # PyTorch's: the extra pixel of an even (dilated) kernel goes after
+        return tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel_hw, dilation))
     ph, pw = _pair(padding)
     return ((ph, ph), (pw, pw))
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
-    pads = _explicit_padding(padding, tuple(weight.shape[2:4]))
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    # keras.ops.conv infers the groups from the kernel's input channels (in_channels / groups)
+    pads = _explicit_padding(padding, tuple(weight.shape[2:4]), _pair(dilation))
     if _CHANNELS_FIRST_NATIVE:
         if any(pads[0]) or any(pads[1]):
             x = K.pad(x, ((0, 0), (0, 0)) + pads)
         y = K.conv(x, K.transpose(weight, (2, 3, 1, 0)), strides=_pair(stride), padding="valid",
-                   data_format="channels_first")
+                   data_format="channels_first", dilation_rate=_pair(dilation))
         return y + K.reshape(bias, (1, -1, 1, 1)) if bias is not None else y
     xh = K.transpose(x, _NCHW_TO_NHWC)
     if any(pads[0]) or any(pads[1]):
         xh = K.pad(xh, ((0, 0),) + pads + ((0, 0),))
     y = K.conv(xh, K.transpose(weight, (2, 3, 1, 0)), strides=_pair(stride), padding="valid",
-               data_format="channels_last")
+               data_format="channels_last", dilation_rate=_pair(dilation))
     if bias is not None:
         y = y + bias
     return K.transpose(y, _NHWC_TO_NCHW)
@@ -232,9 +237,11 @@ def bce_with_logits(logits, targets, reduction="mean"):
     return _reduce(losses, reduction)
 
 
-def scan(fn, init, xs, axis=0):
-    carry, ys = K.scan(fn, init, K.moveaxis(xs, axis, 0))
-    return carry, K.moveaxis(ys, 0, axis)
+def scan(fn, init, xs, axis=0, reverse=False):
+    # nested carries, slices and outputs as jax.lax.scan; on TensorFlow, whose Keras scan needs outputs shaped as
+    # the carry, the host's own scan replaces this one (keras_native_ops)
+    carry, ys = K.scan(fn, init, keras.tree.map_structure(lambda x: K.moveaxis(x, axis, 0), xs), reverse=reverse)
+    return carry, keras.tree.map_structure(lambda y: K.moveaxis(y, 0, axis), ys)
 
 
 def gelu(x, approximate="none"):

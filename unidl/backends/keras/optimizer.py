@@ -13,6 +13,8 @@ from __future__ import annotations
 import keras
 from keras import ops as K
 
+from unidl.backends.keras.host import HOST
+
 
 class NativeOptimizer(keras.optimizers.Optimizer):
     """Keras optimizer whose ``update_step`` is ``spec.update`` (a unidl optimizer's rule)."""
@@ -22,6 +24,14 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_unidl_ops", ops)
         object.__setattr__(self, "_slot_table", [])
+        object.__setattr__(self, "_step_loss", None)
+        with keras.name_scope(self.name):
+            self.finite = keras.Variable(True, dtype="bool", trainable=False, name="last_step_finite")
+            # the learning rates of param groups after the first (whose rate is Keras's ``learning_rate``)
+            # (attributes Keras tracks: its functional trainers thread them as the optimizer's state)
+            self.group_learning_rates = [
+                keras.Variable(group["lr"], dtype=keras.config.floatx(), trainable=False, name="learning_rate")
+                for group in spec.param_groups[1:]]
 
     def build(self, variables):
         if self.built:
@@ -36,15 +46,104 @@ class NativeOptimizer(keras.optimizers.Optimizer):
     def slots_of(self, variable) -> dict:
         return self._slot_table[self._get_variable_index(variable)]
 
+    def scale_loss(self, loss):
+        # Keras's train step hands the step's loss here just before its gradients: kept for the guard in apply.
+        # Where Keras's state is functional (JAX), the loss is a value inside the gradient transformation that
+        # must not escape it: there the guard checks the gradients (a NaN loss makes them NaN too)
+        if HOST.keras_state_in_place:
+            object.__setattr__(self, "_step_loss", loss)
+        return super().scale_loss(loss)
+
+    def prepare_accumulation(self, accumulate: int) -> None:
+        """Set the micro-steps per update for the steps compiled next, creating (eagerly, never inside a trace)
+        the accumulated gradients and the micro-step count they keep between calls."""
+        object.__setattr__(self, "_accumulate", accumulate)
+        if accumulate > 1 and getattr(self, "_accumulated", None) is None:
+            with keras.name_scope(self.name):
+                self._accumulated = [
+                    keras.Variable(K.zeros(tuple(p.shape), p.dtype), trainable=False, name="accumulated_gradient")
+                    for p in self._spec.params]
+                self._micro_steps = keras.Variable(0, dtype="int64", trainable=False, name="micro_steps")
+
+    def apply(self, grads, trainable_variables=None):
+        """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
+        iteration count) is skipped, inside the graph (``keras.ops.cond``), when the step's loss or a gradient
+        is not finite; with ``accumulate`` N > 1 every N-th finite micro-step updates with the mean gradient."""
+        loss = self._step_loss
+        object.__setattr__(self, "_step_loss", None)
+        grads = [None if g is None else _dense(g) for g in grads]
+        finite = all_finite([loss, *grads])
+        self.finite.assign(finite)
+        accumulate = getattr(self, "_accumulate", 1)
+        variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
+        if not HOST.keras_state_in_place:  # no side effects inside a functional framework's cond
+            self._apply_selected(grads, variables, finite, accumulate)
+            return
+        if accumulate == 1:
+            K.cond(finite, lambda: self._clip_and_apply(grads, variables), _false)
+            return
+        sums = [self._accumulated[self._get_variable_index(v)] if g is not None else None
+                for g, v in zip(grads, variables)]
+
+        def reset():
+            for total in sums:
+                if total is not None:
+                    total.assign(K.zeros_like(total))
+            self._micro_steps.assign(K.convert_to_tensor(0, "int64"))
+            return K.convert_to_tensor(False)
+
+        def update_from_sums():
+            self._clip_and_apply([None if t is None else K.convert_to_tensor(t) for t in sums], variables)
+            return reset()
+
+        def micro_step():
+            for total, grad in zip(sums, grads):
+                if total is not None:
+                    total.assign(total + grad / K.cast(accumulate, grad.dtype))
+            count = self._micro_steps + 1
+            self._micro_steps.assign(count)
+            return K.cond(count >= accumulate, update_from_sums, _false)
+
+        K.cond(finite, micro_step, reset)
+
+    def _apply_selected(self, grads, variables, finite, accumulate):
+        """The guarded (and accumulating) update without a conditional: computed always, then each variable
+        set to its new or its old value (``where``), as a functional framework (JAX) requires."""
+        update = finite
+        if accumulate > 1:
+            accumulated = [self._accumulated[self._get_variable_index(v)] if g is not None else None
+                           for g, v in zip(grads, variables)]
+            sums = [None if a is None else a.value + g / K.cast(accumulate, g.dtype) for a, g in zip(accumulated, grads)]
+            count = K.where(finite, self._micro_steps.value + 1, K.zeros_like(self._micro_steps.value))
+            update = K.logical_and(finite, count >= accumulate)
+            grads = sums
+        bookkeeping = {id(self.finite), *(id(v) for v in getattr(self, "_accumulated", None) or [])}
+        if getattr(self, "_micro_steps", None) is not None:
+            bookkeeping.add(id(self._micro_steps))
+        state = variables + [v for v in self.variables if id(v) not in bookkeeping]
+        before = [K.convert_to_tensor(v.value) for v in state]
+        self._clip_and_apply(grads, variables)
+        for variable, old in zip(state, before):
+            variable.assign(K.where(update, variable.value, old))
+        if accumulate > 1:
+            keep = K.logical_and(finite, K.logical_not(update))  # a window still filling; else it starts again
+            for total, new in zip(accumulated, sums):
+                if total is not None:
+                    total.assign(K.where(keep, new, K.zeros_like(new)))
+            self._micro_steps.assign(K.where(keep, count, K.zeros_like(count)))
+
+    def _clip_and_apply(self, grads, trainable_variables):
+        grads = self._spec.clip_gradients(grads, self._unidl_ops)
+        keras.optimizers.Optimizer.apply(self, grads, trainable_variables)
+        return K.convert_to_tensor(True)
+
     def update_step(self, gradient, variable, learning_rate):
-        spec, ops = self._spec, self._unidl_ops
+        ops, index = self._unidl_ops, self._get_variable_index(variable)
+        spec, group = self._spec.rule_for(index), self._spec.group_of(index)  # its param group's rule and rate
+        if group:
+            learning_rate = K.cast(self.group_learning_rates[group - 1], variable.dtype)
         slots = self.slots_of(variable)
-        if hasattr(gradient, "indices") and hasattr(gradient, "dense_shape"):
-            # a gather's gradient as rows (TensorFlow's IndexedSlices, for an Embedding): dense, as PyTorch's
-            # gradient of an Embedding, for unidl's update rules
-            gradient = K.scatter(K.expand_dims(K.cast(gradient.indices, "int32"), -1), gradient.values,
-                                 K.cast(gradient.dense_shape, "int32"))
-        gradient = spec.regularized_gradient(variable, gradient, ops)
+        gradient = spec.regularized_gradient(variable, _dense(gradient), ops)
         if spec.apply_fused(variable, gradient, slots, learning_rate, ops):  # where Keras's framework has a kernel
             return
         step = K.cast(self.iterations + 1, variable.dtype) if spec.uses_step else None
@@ -53,3 +152,22 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             if value is not slots[name]:
                 self.assign(slots[name], value)
         self.assign_sub(variable, delta)
+
+
+def _dense(gradient):
+    """A gather's gradient as rows (TensorFlow's IndexedSlices, for an Embedding) made dense, as PyTorch's gradient
+    of an Embedding, for unidl's update rules and clipping; any other gradient as it is."""
+    if hasattr(gradient, "indices") and hasattr(gradient, "dense_shape"):
+        return K.scatter(K.expand_dims(K.cast(gradient.indices, "int32"), -1), gradient.values,
+                         K.cast(gradient.dense_shape, "int32"))
+    return gradient
+
+
+def _false():
+    return K.convert_to_tensor(False)
+
+
+def all_finite(values):
+    """A boolean scalar: every element of every tensor in ``values`` (None entries ignored) is finite."""
+    flags = [K.all(K.isfinite(v)) for v in values if v is not None]
+    return K.all(K.stack(flags)) if flags else K.convert_to_tensor(True)

@@ -16,6 +16,7 @@ from unidl.backends.interface import Backend as BackendInterface
 from unidl.nn.module import trainable_mask
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow import function as tf_function
+from unidl.backends.tensorflow import precision as tf_precision
 from unidl.backends.tensorflow.function import GraphFunction, PerModeGraphs, to_graph_input
 from unidl.backends.tensorflow.module import NativeModule
 from unidl.backends.tensorflow.optimizer import GraphOptimizer
@@ -47,7 +48,7 @@ class Backend(BackendInterface):
     # (apply_momentum), and labels out of range stop a compiled step with unidl's message (cross_entropy's
     # in-graph check) rather than the kernel's.
     keras_native_ops = ("apply_momentum", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy", "leaky_relu",
-                        "linear", "max_pool2d", "relu", "sigmoid", "tanh")
+                        "linear", "max_pool2d", "relu", "scan", "sigmoid", "tanh")
 
     def __init__(self):
         self._generator = None
@@ -71,6 +72,13 @@ class Backend(BackendInterface):
     def device_scope(self, device):
         return tf.device(tf_device_name(device))
 
+    def gpu_support(self):
+        info = tf.sysconfig.get_build_info()
+        build = (f"CUDA {info.get('cuda_version', '')}".strip() if tf.test.is_built_with_cuda()
+                 else "ROCm" if info.get("is_rocm_build") else None)
+        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+        return {"build": build, "gpus": gpus, "how": "tf.test.is_built_with_cuda(), tf.config.list_physical_devices('GPU')"}
+
     def device_of(self, tensor):
         return canonical_device(tensor.device)
 
@@ -79,6 +87,21 @@ class Backend(BackendInterface):
 
     def set_rng_state(self, state):
         self.generator().state.assign(np.asarray(state["dropout"], dtype=np.int64))
+
+    def set_num_threads(self, intra_op, inter_op):
+        threading = tf.config.threading
+        if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == (
+                intra_op, inter_op):
+            return
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        except RuntimeError:  # TensorFlow fixes its pools when its runtime starts; UNIDL_NUM_THREADS is read before
+            import warnings
+
+            warnings.warn(f"set_num_threads({intra_op}): TensorFlow's thread pools are already running and keep "
+                          f"their size; set UNIDL_NUM_THREADS or call unidl.set_num_threads before the first "
+                          f"computation", RuntimeWarning, stacklevel=3)
 
     def seed(self, seed):
         tf.random.set_seed(seed)
@@ -138,8 +161,8 @@ class Backend(BackendInterface):
         with tf.device(self.current_device_name()):
             return GraphOptimizer(optimizer, tf_ops)
 
-    def set_learning_rate(self, optimizer, lr):
-        optimizer.native.learning_rate.assign(lr)
+    def set_learning_rate(self, optimizer, lr, group=0):
+        optimizer.native.learning_rates[group].assign(lr)
 
     def optimizer_state(self, optimizer):
         native = optimizer.native
@@ -155,9 +178,15 @@ class Backend(BackendInterface):
     def apply_gradients(self, optimizer, grads):
         optimizer.native.apply(grads)
 
-    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False):
+    def last_step_finite(self, optimizer):
+        return bool(optimizer.native.finite.numpy())
+
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
         params = optimizer.params
-        apply = optimizer.native.apply
+        native = optimizer.native
+        if accumulate > 1:
+            with tf.device(self.current_device_name()):
+                native.prepare_accumulation()
 
         def train_step(x, y, *inputs):
             mask = trainable_mask(params)  # at trace time: a frozen parameter gets no gradient and no update
@@ -165,7 +194,8 @@ class Backend(BackendInterface):
                 outputs = model(x, *inputs)
                 loss = loss_fn(outputs, y)
             found = iter(tape.gradient(loss, [p for p, m in zip(params, mask) if m]))
-            apply([next(found) if m else None for m in mask])
+            # skipped when the loss or a gradient is not finite; one micro-step of ``accumulate``
+            native.apply([next(found) if m else None for m in mask], loss, accumulate)
             return (loss, outputs) if with_outputs else loss
 
         if eager:
@@ -177,6 +207,9 @@ class Backend(BackendInterface):
 
             return eager_step
         return PerModeGraphs(model, train_step, self.current_device_name(), extra_key=lambda: trainable_mask(params))
+
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
+        return tf_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager)
 
     def predict_function(self, model):
         if "_tf_predict" not in model.__dict__:

@@ -75,6 +75,10 @@ def softmax(x, dim=-1):
     return tf.nn.softmax(x, axis=dim)
 
 
+def amax(x, dim, keepdim=False):
+    return tf.reduce_max(x, dim, keepdims=keepdim)
+
+
 def log_softmax(x, dim=-1):
     return tf.nn.log_softmax(x, axis=dim)
 
@@ -99,22 +103,53 @@ def _padding_argument(pads, kernel_hw, stride_hw, explicit):
     (its CPU kernel with explicit amounts is several times slower, so only when nothing else fits)."""
     if not any(pads[0]) and not any(pads[1]):
         return "VALID"
-    if stride_hw == (1, 1) and pads == conv_padding("same", kernel_hw):
+    if stride_hw == (1, 1) and None not in kernel_hw and pads == conv_padding("same", kernel_hw):
         return "SAME"
     return explicit
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
-    kernel_hw = tuple(weight.shape[2:4])
+def _dilated_kernel(kernel, axis, rate):
+    """An HWIO kernel with ``rate - 1`` zeros between its taps along ``axis`` (0 or 1): TensorFlow's CPU
+    kernels have no gradient for a dilated convolution, so the dilation is spelled out in the kernel."""
+    spread = tf.stack([kernel] + [tf.zeros_like(kernel)] * (rate - 1), axis + 1)
+    shape = tf.unstack(tf.shape(kernel))
+    shape[axis] = shape[axis] * rate
+    spread = tf.reshape(spread, tf.stack(shape))
+    return spread[:1 - rate] if axis == 0 else spread[:, :1 - rate]  # no zeros after the last tap
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    kernel = tf.transpose(weight, (2, 3, 1, 0))
+    dilation = _pair(dilation)
+    for axis, rate in enumerate(dilation):
+        if rate > 1:
+            kernel = _dilated_kernel(kernel, axis, rate)
+    kernel_hw = tuple(None if k is None else (k - 1) * d + 1 for k, d in zip(weight.shape[2:4], dilation))
     pads = conv_padding(padding, kernel_hw)
     (top, bottom), (left, right) = pads
     sh, sw = _pair(stride)
-    y = tf.nn.conv2d(to_nhwc(x), tf.transpose(weight, (2, 3, 1, 0)), strides=(1, sh, sw, 1),
-                     padding=_padding_argument(pads, kernel_hw, (sh, sw),
-                                               ((0, 0), (top, bottom), (left, right), (0, 0))))
+    padding_argument = _padding_argument(pads, kernel_hw, (sh, sw), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    xh = to_nhwc(x)
+    if groups == 1:
+        y = tf.nn.conv2d(xh, kernel, strides=(1, sh, sw, 1), padding=padding_argument)
+    elif kernel.shape[2] == 1 and sh == sw:
+        # one input channel a group (depthwise): TensorFlow's depthwise kernel, which has CPU gradients; the
+        # (kh, kw, 1, C * multiplier) kernel holds output channel c * multiplier + m as (c, m)
+        depthwise = tf.reshape(kernel, tf.concat([tf.shape(kernel)[:2], [groups, -1]], 0))
+        y = tf.nn.depthwise_conv2d(xh, depthwise, strides=(1, sh, sw, 1), padding=padding_argument)
+    else:
+        y = _grouped_conv2d(xh, kernel, groups, (sh, sw), padding_argument)
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     return nchw_view(y)
+
+
+def _grouped_conv2d(xh, kernel, groups, stride, padding_argument):
+    # TensorFlow's CPU kernels have no gradient for a grouped convolution: one convolution a group
+    inputs = tf.split(xh, groups, axis=-1)
+    kernels = tf.split(kernel, groups, axis=-1)
+    return tf.concat([tf.nn.conv2d(x, k, strides=(1,) + stride + (1,), padding=padding_argument)
+                      for x, k in zip(inputs, kernels)], -1)
 
 
 def _pool(x, kernel_size, stride, padding, pool, pad_value):
@@ -292,19 +327,23 @@ def _move_axis(x, source, destination):
     return tf.transpose(x, order)
 
 
-def scan(fn, init, xs, axis=0):
-    # a tf.while_loop over a TensorArray: the length may be unknown until run time, with no retrace
-    xs = _move_axis(xs, axis, 0) if axis % xs.shape.rank else xs
-    length = tf.shape(xs)[0]
+def scan(fn, init, xs, axis=0, reverse=False):
+    # a tf.while_loop over TensorArrays: the length may be unknown until run time, with no retrace. The
+    # first step runs before the loop: its outputs give the TensorArrays' dtypes (any nesting, any shape)
+    xs = tf.nest.map_structure(lambda x: _move_axis(x, axis, 0) if axis % x.shape.rank else x, xs)
+    length = tf.shape(tf.nest.flatten(xs)[0])[0]
+    first = length - 1 if reverse else tf.constant(0)
+    carry, y = fn(init, tf.nest.map_structure(lambda x: x[first], xs))
+    ys = tf.nest.map_structure(lambda y: tf.TensorArray(y.dtype, size=length).write(first, y), y)
 
     def body(t, carry, ys):
-        carry, y = fn(carry, xs[t])
-        return t + 1, carry, ys.write(t, y)
+        carry, y = fn(carry, tf.nest.map_structure(lambda x: x[t], xs))
+        return t + (-1 if reverse else 1), carry, tf.nest.map_structure(lambda array, y: array.write(t, y), ys, y)
 
-    ys = tf.TensorArray(init.dtype, size=length)
-    _, carry, ys = tf.while_loop(lambda t, carry, ys: t < length, body, (tf.constant(0), init, ys))
-    ys = ys.stack()
-    return carry, (_move_axis(ys, 0, axis) if axis % xs.shape.rank else ys)
+    start = first + (-1 if reverse else 1)
+    _, carry, ys = tf.while_loop(lambda t, carry, ys: t >= 0 if reverse else t < length, body, (start, carry, ys))
+    return carry, tf.nest.map_structure(
+        lambda array, y: _move_axis(array.stack(), 0, axis) if axis % (y.shape.rank + 1) else array.stack(), ys, y)
 
 
 @elementwise

@@ -13,8 +13,10 @@ from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.torch import ops as torch_ops
 from unidl.backends.torch import function as torch_function
+from unidl.backends.torch import precision as torch_precision
+from unidl.backends.torch import distributed as torch_distributed
 from unidl.backends.torch.module import NativeModule
-from unidl.backends.torch.optimizer import add_l1, l1_outside_rule, native_optimizer
+from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, native_optimizer
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -39,6 +41,12 @@ class Backend(BackendInterface):
     def device_scope(self, device):
         return contextlib.nullcontext()
 
+    def gpu_support(self):
+        build = (f"CUDA {torch.version.cuda}" if torch.version.cuda
+                 else f"ROCm {torch.version.hip}" if getattr(torch.version, "hip", None) else None)
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        return {"build": build, "gpus": gpus, "how": "torch.version.cuda, torch.cuda.is_available()"}
+
     def device_of(self, tensor):
         device = tensor.device
         return "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
@@ -58,6 +66,16 @@ class Backend(BackendInterface):
     def generator(self):
         device = self.current_device()
         return torch.default_generator if device.type == "cpu" else torch.cuda.default_generators[device.index or 0]
+
+    def distributed_engine(self):
+        return torch_distributed.Engine()
+
+    def set_num_threads(self, intra_op, inter_op):
+        torch.set_num_threads(intra_op)
+        try:
+            torch.set_num_interop_threads(inter_op)
+        except RuntimeError:  # torch allows it once, before any inter-op work; the intra-op pool is what counts
+            pass
 
     def pins_memory(self, device):
         return device.startswith("cuda")  # tensor() stages CUDA copies through pinned memory
@@ -130,11 +148,11 @@ class Backend(BackendInterface):
 
     def optimizer(self, optimizer):
         optimizer._steps = 0  # torch.optim.SGD keeps no step count of its own
+        optimizer._finite = True
         return native_optimizer(optimizer)
 
-    def set_learning_rate(self, optimizer, lr):
-        for group in optimizer.native.param_groups:
-            group["lr"] = lr
+    def set_learning_rate(self, optimizer, lr, group=0):
+        optimizer.native.param_groups[group]["lr"] = lr
 
     def optimizer_state(self, optimizer):
         native = optimizer.native
@@ -160,42 +178,68 @@ class Backend(BackendInterface):
 
     def apply_gradients(self, optimizer, grads):
         l1 = l1_outside_rule(optimizer)
+        clips = any(value is not None for value in optimizer.clipping.values() if not isinstance(value, bool))
         with torch.no_grad():
             for p, g in zip(optimizer.params, grads):
                 if g is None:  # PyTorch's rule: no gradient, no update (torch.optim skips a None .grad)
                     p.grad = None
                     continue
                 g = self.to_input(g)
-                p.grad = g + l1 * torch.sign(p) if l1 else g  # the caller's gradient is never modified
+                p.grad = g.clone() if clips or l1 or g.requires_grad else g  # the caller's gradient is never modified
+        if not guard_and_clip(optimizer):
+            return
+        if l1:
+            with torch.no_grad():
+                for p in optimizer.params:
+                    if p.grad is not None:
+                        p.grad.add_(torch.sign(p), alpha=l1)
         optimizer.native.step()
         optimizer._steps += 1
+
+    def last_step_finite(self, optimizer):
+        return optimizer._finite
 
     def zero_grad(self, optimizer):
         optimizer.native.zero_grad(set_to_none=True)
 
     def step(self, optimizer):
+        if not guard_and_clip(optimizer):
+            return
         add_l1(optimizer)
         optimizer.native.step()
         optimizer._steps += 1
 
-    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False):  # torch is always eager
+    def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
+        # torch is always eager
         native = optimizer.native
         to_input = self.to_input
         l1 = l1_outside_rule(optimizer)
+        forward = torch_distributed.data_parallel(model)  # in a process group: DDP averages the gradients
+        window = [0]  # micro-steps accumulated in .grad so far (accumulate > 1)
 
         def step(x, y, *inputs):
             x, y = to_input(x), to_input(y)
-            native.zero_grad(set_to_none=True)
-            outputs = model(x, *inputs)
+            if window[0] == 0:
+                native.zero_grad(set_to_none=True)
+            outputs = forward(x, *inputs)
             loss = loss_fn(outputs, y)
-            loss.backward()
-            if l1:
-                add_l1(optimizer)
-            native.step()
-            optimizer._steps += 1
+            (loss / accumulate if accumulate > 1 else loss).backward()  # PyTorch's accumulation idiom
+            window[0] += 1
+            # a non-finite loss or gradient updates nothing (and discards the accumulation window)
+            if not guard_and_clip(optimizer, loss, clip=window[0] == accumulate):
+                window[0] = 0
+            elif window[0] == accumulate:
+                window[0] = 0
+                if l1:
+                    add_l1(optimizer)
+                native.step()
+                optimizer._steps += 1
             return (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
 
         return step
+
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
+        return torch_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs)
 
     def predict_function(self, model):
         to_input = self.to_input

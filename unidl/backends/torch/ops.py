@@ -34,12 +34,16 @@ def softmax(x, dim=-1):
     return torch.softmax(x, dim)
 
 
+def amax(x, dim, keepdim=False):
+    return torch.amax(x, dim, keepdim)
+
+
 def log_softmax(x, dim=-1):
     return torch.log_softmax(x, dim)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
-    return F.conv2d(x, weight, bias, stride, padding)
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
@@ -143,12 +147,30 @@ def bce_with_logits(logits, targets, reduction="mean"):
     return F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction)
 
 
-def scan(fn, init, xs, axis=0):
-    carry, ys = init, []
-    for x in torch.unbind(xs, axis):
-        carry, y = fn(carry, x)
-        ys.append(y)
-    return carry, torch.stack(ys, axis)
+def _tree_map(fn, *trees):
+    """``fn`` over the tensors of equally nested tuples, lists and dicts (scan's carries, slices and outputs)."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {key: _tree_map(fn, *(t[key] for t in trees)) for key in first}
+    if isinstance(first, (tuple, list)):
+        return type(first)(_tree_map(fn, *parts) for parts in zip(*trees))
+    return fn(*trees)
+
+
+def _tree_leaves(tree):
+    if isinstance(tree, dict):
+        return [leaf for key in tree for leaf in _tree_leaves(tree[key])]
+    if isinstance(tree, (tuple, list)):
+        return [leaf for part in tree for leaf in _tree_leaves(part)]
+    return [tree]
+
+
+def scan(fn, init, xs, axis=0, reverse=False):
+    length = _tree_leaves(xs)[0].shape[axis]
+    carry, ys = init, [None] * length
+    for t in (reversed(range(length)) if reverse else range(length)):
+        carry, ys[t] = fn(carry, _tree_map(lambda x: x.select(axis, t), xs))
+    return carry, _tree_map(lambda *y: torch.stack(y, axis), *ys)
 
 
 def gelu(x, approximate="none"):

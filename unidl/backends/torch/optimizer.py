@@ -25,8 +25,9 @@ class RuleOptimizer(torch.optim.Optimizer):
     ``zero_grad``, ``param_groups`` and ``torch.optim.lr_scheduler`` work as with any torch optimizer)."""
 
     def __init__(self, spec):
-        super().__init__(spec.params, dict(lr=spec.lr))
+        super().__init__([{"params": g["params"], "lr": g["lr"]} for g in spec.param_groups], dict(lr=spec.lr))
         self._spec = spec
+        self._rules = {id(p): spec.rule_for(i) for i, p in enumerate(spec.params)}  # a group's hyperparameters
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -47,8 +48,9 @@ class RuleOptimizer(torch.optim.Optimizer):
                         state[name] = torch.full_like(p, spec.initial_slot_value, memory_format=torch.preserve_format)
                 state["step"] += 1
                 step = state["step"].to(p.dtype) if spec.uses_step else None
-                grad = spec.regularized_gradient(p, p.grad, torch_ops)
-                delta, new_slots = spec.update(p, grad, {name: state[name] for name in spec.slots}, lr, step, torch_ops)
+                rule = self._rules[id(p)]
+                grad = rule.regularized_gradient(p, p.grad, torch_ops)
+                delta, new_slots = rule.update(p, grad, {name: state[name] for name in spec.slots}, lr, step, torch_ops)
                 for name, value in new_slots.items():
                     if value is not state[name]:
                         state[name].copy_(value)
@@ -59,10 +61,53 @@ class RuleOptimizer(torch.optim.Optimizer):
 def native_optimizer(optimizer) -> torch.optim.Optimizer:
     """``torch.optim``'s optimizer for a built-in rule, else a ``RuleOptimizer`` running ``optimizer.update``."""
     fast_path = _FAST_PATHS.get(optimizer.builtin_rule())
-    if fast_path is None:
+    if fast_path is None or len({group["l1"] for group in optimizer.param_groups}) > 1:  # torch.optim knows no L1
         return RuleOptimizer(optimizer)
-    torch_class, kwargs = fast_path(optimizer.hyper)
-    return torch_class(optimizer.params, lr=optimizer.lr, **kwargs)
+    torch_class, defaults = fast_path(optimizer.hyper)  # (Adagrad reads initial_accumulator_value from these)
+    return torch_class([{"params": group["params"], "lr": group["lr"], **fast_path(group)[1]}
+                        for group in optimizer.param_groups], lr=optimizer.lr, **defaults)
+
+
+def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
+    """The non-finite guard and gradient clipping on the gradients ``backward()`` stored: False (and nothing
+    clipped) when ``loss`` or a stored gradient is NaN or infinite, so that the caller skips the update; else
+    clip in place (``torch.nn.utils``' own functions for PyTorch's rules) and return True. Records the result
+    for ``last_step_finite``. One fused check over all gradients (the kernel ``torch.amp``'s scaler uses) and
+    one host read per step."""
+    grads = [p.grad for p in optimizer.params if p.grad is not None]
+    checked = grads + ([loss.detach().reshape(1)] if loss is not None else [])
+    finite = True
+    if checked:
+        device = checked[0].device
+        found_inf, one = getattr(optimizer, "_finite_check", (None, None))
+        if found_inf is None or found_inf.device != device:
+            found_inf, one = torch.zeros(1, device=device), torch.ones(1, device=device)
+            optimizer._finite_check = (found_inf, one)
+        found_inf.zero_()
+        # sets found_inf where a value is not finite (and multiplies every value by one: unchanged)
+        torch._amp_foreach_non_finite_check_and_unscale_(checked, found_inf, one)
+        finite = not found_inf.item()
+    optimizer._finite = finite
+    if finite and grads and clip:
+        _clip(optimizer)
+    return finite
+
+
+def _clip(optimizer) -> None:
+    clipping = optimizer.clipping
+    max_norm, max_value = clipping["clip_grad_norm"], clipping["clip_grad_value"]
+    params = [p for p in optimizer.params if p.grad is not None]
+    if max_value is not None:
+        torch.nn.utils.clip_grad_value_(params, max_value)
+    if max_norm is None:
+        return
+    if not clipping["clip_per_tensor"]:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    with torch.no_grad():
+        for p in params:  # Keras's clipnorm: g * c / max(|g|, c)
+            norm = torch.linalg.vector_norm(p.grad)
+            p.grad.mul_(max_norm / torch.clamp(norm, min=max_norm))
 
 
 def l1_outside_rule(optimizer) -> float:

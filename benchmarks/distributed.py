@@ -1,0 +1,79 @@
+"""Data-parallel step time: unidl's 2-process step against 1 process, and against a hand-written torch DDP step.
+
+Run from the checkout: ``python -m benchmarks.distributed [--steps N]``. Each side trains the LeNet CNN
+(3x32x32, SGD with momentum) on a global batch of 64; with 2 processes each rank steps on its 32 samples
+and gloo averages the gradients (one thread per process, as ``unidl.distributed.launch`` sets). The two
+2-process sides alternate in blocks inside the same ranks (``harness.alternate``), so machine load hits
+both alike. Prints median milliseconds per step and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks.harness import BATCH, LR, MOMENTUM, alternate, batch_arrays, ms, unidl_model
+from benchmarks.native_torch import torch_native_model
+
+
+def _one_process(steps: int, warmup: int):
+    """Median seconds of unidl's step on the whole batch in this process (twice, alternated)."""
+    import torch
+
+    import unidl as ud
+
+    ud.set_num_threads(1)
+    with ud.use_backend("torch"):
+        module, loss_fn, optimizer = unidl_model("cnn")
+        step = ud.train_step(module, loss_fn, optimizer)
+        x, y = (torch.from_numpy(a) for a in batch_arrays("cnn", BATCH))
+        timing = alternate(lambda: step(x, y), lambda: step(x, y), steps, warmup, max(2, steps // 10))
+    return min(timing)
+
+
+def _rank(steps: int, warmup: int):
+    """One rank: its half of the batch, unidl's DDP step and the hand-written DDP step, alternated."""
+    import torch
+    import torch.distributed as dist
+
+    import unidl as ud
+
+    rank, world = ud.distributed.rank(), ud.distributed.world_size()
+    module, loss_fn, optimizer = unidl_model("cnn")
+    step = ud.train_step(module, loss_fn, optimizer)
+    native = torch.nn.parallel.DistributedDataParallel(torch_native_model("cnn", module.state_dict()))
+    native_optimizer = torch.optim.SGD(native.parameters(), lr=LR, momentum=MOMENTUM)
+    native_loss = torch.nn.CrossEntropyLoss()
+    share = BATCH // world
+    x, y = (torch.from_numpy(a[rank * share:(rank + 1) * share]) for a in batch_arrays("cnn", BATCH))
+
+    def native_step():
+        native_optimizer.zero_grad()
+        loss = native_loss(native(x), y)
+        loss.backward()
+        native_optimizer.step()
+        return loss.detach()
+
+    dist.barrier()
+    timing = alternate(lambda: step(x, y), native_step, steps, warmup, max(2, steps // 10))
+    return tuple(timing)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    args = parser.parse_args(argv)
+    import unidl as ud
+
+    warmup = max(5, args.steps // 10)
+    two = ud.distributed.launch(_rank, nprocs=2, backend="torch", args=(args.steps, warmup))
+    unidl_two, native_two = max(a for a, _ in two), max(b for _, b in two)  # a step ends when the slower rank's does
+    one = _one_process(args.steps, warmup)
+    print(f"CNN, global batch {BATCH}, SGD momentum, torch (gloo), 1 thread per process, median ms per step")
+    print(f"  unidl, 1 process:                   {ms(one):8.3f}")
+    print(f"  unidl, 2 processes (DDP):           {ms(unidl_two):8.3f}   2-process / 1-process: {unidl_two / one:.2f}")
+    print(f"  hand-written torch DDP, 2 processes: {ms(native_two):8.3f}   unidl / hand-written: "
+          f"{unidl_two / native_two:.2f} (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()

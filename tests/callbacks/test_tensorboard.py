@@ -1,0 +1,85 @@
+"""``TensorBoard``: event files read back through the tensorboard package's own reader, on every backend."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from tests.callbacks.conftest import train
+from tests.helpers import last_json_line, run_python
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+def read(directory):
+    """The run in ``directory`` as TensorBoard loads it (scalars and histograms of every tag)."""
+    accumulator = event_accumulator.EventAccumulator(os.fspath(directory), size_guidance={
+        event_accumulator.SCALARS: 0, event_accumulator.HISTOGRAMS: 0})
+    return accumulator.Reload()
+
+
+def scalars(run, tag):
+    return [(event.step, event.value) for event in run.Scalars(tag)]
+
+
+def test_epoch_scalars_in_keras_layout(backend, problem, tmp_path):
+    _, _, history = train(problem, 3, [ud.callbacks.TensorBoard(tmp_path / "run")], lr=0.3)
+    assert sorted(os.listdir(tmp_path / "run")) == ["train", "validation"]
+    assert len(glob.glob(str(tmp_path / "run" / "train" / "events.out.tfevents.*"))) == 1
+    train_run, validation_run = read(tmp_path / "run" / "train"), read(tmp_path / "run" / "validation")
+    assert sorted(train_run.Tags()["scalars"]) == ["epoch_accuracy", "epoch_learning_rate", "epoch_loss"]
+    for tag, key in (("epoch_loss", "loss"), ("epoch_accuracy", "accuracy"), ("epoch_learning_rate", "lr")):
+        steps, values = zip(*scalars(train_run, tag))
+        assert steps == (0, 1, 2)
+        np.testing.assert_allclose(values, history[key], rtol=1e-6)  # stored as float32
+    np.testing.assert_allclose([v for _, v in scalars(validation_run, "epoch_loss")], history["val_loss"], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in scalars(validation_run, "epoch_accuracy")], history["val_accuracy"],
+                               rtol=1e-6)
+    # validation against the global step: 3 batches an epoch
+    assert [s for s, _ in scalars(validation_run, "evaluation_loss_vs_iterations")] == [3, 6, 9]
+
+
+def test_batch_scalars_and_weight_histograms(backend, problem, tmp_path):
+    batches = []
+    model, _, _ = train(problem, 2, [ud.callbacks.TensorBoard(tmp_path, update_freq=2, histogram_freq=1),
+                                     ud.callbacks.LambdaCallback(on_batch_end=lambda b, logs: batches.append(logs["loss"]))],
+                        validation_data=None)
+    run = read(tmp_path / "train")
+    steps, values = zip(*scalars(run, "batch_loss"))
+    assert steps == (2, 4, 6)  # every 2nd of the 6 batches, at the global step
+    np.testing.assert_allclose(values, [batches[1], batches[3], batches[5]], rtol=1e-6)
+    assert sorted(run.Tags()["histograms"]) == ["linear1/bias", "linear1/weight", "linear2/bias", "linear2/weight"]
+    weights = model.state_dict()["linear1.weight"]
+    last = run.Histograms("linear1/weight")[-1]
+    assert [h.step for h in run.Histograms("linear1/weight")] == [0, 1]
+    assert last.histogram_value.num == weights.size and sum(last.histogram_value.bucket) == weights.size
+    np.testing.assert_allclose([last.histogram_value.min, last.histogram_value.max, last.histogram_value.sum],
+                               [weights.min(), weights.max(), weights.sum()], rtol=1e-5, atol=1e-6)
+    assert not os.path.exists(tmp_path / "validation")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(update_freq=0), "update_freq must be 'epoch', 'batch' or an integer >= 1, got 0"),
+    (dict(update_freq="step"), "update_freq must be 'epoch', 'batch' or an integer >= 1, got 'step'"),
+    (dict(histogram_freq=-1), "histogram_freq must be an integer >= 0"),
+    (dict(write_graph=True), "write_graph=True is not supported"),
+])
+def test_bad_options_are_explained(kwargs, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        ud.callbacks.TensorBoard(tmp_path, **kwargs)
+
+
+def test_writing_events_imports_no_framework(tmp_path):
+    # tensorboard's own EventFileWriter imports TensorFlow wherever it is installed: a torch or JAX run must not
+    result = run_python(
+        "import json, sys, unidl as ud\n"
+        f"callback = ud.callbacks.TensorBoard({str(tmp_path)!r}, update_freq=1)\n"
+        "callback.on_train_begin()\n"
+        "callback.on_batch_end(0, {'loss': 1.0})\n"
+        "callback.on_epoch_end(0, {'loss': 1.0, 'lr': 0.1, 'val_loss': 2.0})\n"
+        "callback.on_train_end()\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules)))")
+    assert last_json_line(result.stdout) == []
+    assert [(e.step, e.value) for e in read(tmp_path / "validation").Scalars("epoch_loss")] == [(0, 2.0)]

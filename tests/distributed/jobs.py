@@ -1,0 +1,106 @@
+"""What the ranks of the data-parallel tests run (module level, so that ``launch`` can pickle it), and the same
+training in one process, which the tests compare against. No framework is imported at module level."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+import unidl as ud
+
+CNN_SAMPLES, CNN_BATCH = 20, 8  # batches of 8, 8, 4: an uneven last batch, each split evenly over 2 ranks
+
+
+def cnn_data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((CNN_SAMPLES, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, CNN_SAMPLES)
+
+
+def train_cnn(directory, resume_from=None, epochs=2):
+    """The CNN trained with ``fit`` and a ``Checkpoint`` after every epoch: ``(weights, history)``."""
+    ud.manual_seed(0)
+    x, y = cnn_data()
+    model = ud.models.CNN(in_channels=1, num_classes=3, image_size=8)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=CNN_BATCH, shuffle=True, seed=3)
+    history = ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=epochs,
+                     callbacks=[ud.callbacks.Checkpoint(directory, keep=None)], verbose=0, resume_from=resume_from)
+    return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, history.as_dict()
+
+
+def evaluate_cnn(weights):
+    """``evaluate`` (batches of 6: the last of 2 samples) and ``predict`` of the CNN holding ``weights``."""
+    x, y = cnn_data()
+    model = ud.models.CNN(in_channels=1, num_classes=3, image_size=8)
+    model.load_state_dict(weights)
+    return ud.evaluate(model, (x, y), loss=ud.nn.CrossEntropyLoss(), batch_size=6), ud.predict(model, x, batch_size=6)
+
+
+def train_two_layer(dtype):
+    """The two-layer net after two epochs of ``train_step`` calls over a shuffled loader with global batch 4."""
+    with ud.use_dtype(dtype):
+        ud.manual_seed(1)
+        rng = np.random.default_rng(1)
+        x, y = rng.standard_normal((20, 5)), rng.standard_normal((20, 3))
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.Adam(model.parameters(), lr=0.01))
+        loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
+        for _ in range(2):
+            for xb, yb in loader:
+                step(xb, yb)
+        return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+
+
+def sample_coverage(length=11, batch_size=4, epochs=2):
+    """The indices each epoch of a shuffled loader without a given seed yields here, batch by batch."""
+    loader = ud.data.DataLoader(ud.data.TensorDataset(np.arange(length)), batch_size=batch_size, shuffle=True)
+    return [[ud.to_numpy(batch[0]).tolist() for batch in loader] for _ in range(epochs)]
+
+
+def too_small_last_batch():
+    """``fit`` over 9 samples in batches of 4: the last batch of 1 cannot be shared by 2 ranks."""
+    x, y = cnn_data()
+    model = ud.models.CNN(in_channels=1, num_classes=3, image_size=8)
+    try:
+        ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x[:9], y[:9]), batch_size=4),
+               loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def data_parallel_job(directory, resumed_directory, resume_file):
+    """Everything the 2-rank test checks, in one launch (each launch starts interpreters that import torch)."""
+    import unidl.checkpoint as checkpoint
+
+    written, save_file = [], checkpoint.save_file
+
+    def counting_save_file(tensors, path, *args, **kwargs):
+        written.append(os.path.basename(path))
+        return save_file(tensors, path, *args, **kwargs)
+
+    checkpoint.save_file = counting_save_file  # the writer itself still runs: this only counts its calls
+    weights, history = train_cnn(directory)
+    files_seen = sorted(os.listdir(directory))
+    resumed, _ = train_cnn(resumed_directory, resume_from=resume_file)
+    return {"rank": ud.distributed.rank(), "world_size": ud.distributed.world_size(),
+            "is_main": ud.distributed.is_main(), "threads": _threads(),
+            "all_reduce": ud.to_numpy(ud.distributed.all_reduce(np.array([1.0, ud.distributed.rank()]), "sum")),
+            "cnn": weights, "history": history, "files_seen": files_seen, "written": written,
+            "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"), "two_layer64": train_two_layer("float64"),
+            "coverage": sample_coverage(), "too_small": too_small_last_batch()}
+
+
+def _threads():
+    import torch
+
+    return torch.get_num_threads()
+
+
+def failing_job(failing_rank):
+    """``failing_rank`` raises while the others wait for it in a barrier."""
+    if ud.distributed.rank() == failing_rank:
+        raise ValueError(f"planted failure on rank {failing_rank}")
+    ud.distributed.barrier()
+    return "unreachable"

@@ -1,0 +1,184 @@
+"""Data-parallel training with 2 real local processes (torch's gloo engine), against the same training in one
+process; and the clear errors of ``unidl.distributed`` on every backend.
+
+Each launch starts interpreters that import torch, so the 2-rank properties are checked by one launched job
+(``jobs.data_parallel_job``) and one failing job.
+"""
+
+import multiprocessing
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.errors import DistributedError, DistributedNotInitializedError
+from unidl.testing import max_relative_difference
+
+from tests.distributed import jobs
+
+pytestmark = pytest.mark.skipif("torch" not in ud.available_backends(), reason="the torch backend is not installed")
+
+
+def _agree(weights, expected, bound):
+    assert weights.keys() == expected.keys()
+    worst = max(max_relative_difference(weights[name], expected[name]) for name in expected)
+    assert worst <= bound, worst
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """One 2-rank job (``jobs.data_parallel_job``) and the same training in this process."""
+    directory = tmp_path_factory.mktemp("distributed")
+    with ud.use_backend("torch"):
+        reference, reference_history = jobs.train_cnn(directory / "one")
+        reference_two_layer = {dtype: jobs.train_two_layer(dtype) for dtype in ("float32", "float64")}
+    one_process_files = sorted(os.listdir(directory / "one"))
+    ranks = ud.distributed.launch(jobs.data_parallel_job, nprocs=2, backend="torch", timeout=300,
+                                  args=(str(directory / "two"), str(directory / "one_to_two"),
+                                        str(directory / "one" / one_process_files[0])))
+    return {"ranks": ranks, "reference": reference, "history": reference_history, "directory": directory,
+            "two_layer": reference_two_layer, "files": one_process_files}
+
+
+def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_batch_b(job):
+    rank0, rank1 = job["ranks"]
+    assert [(r["rank"], r["world_size"], r["is_main"]) for r in job["ranks"]] == [(0, 2, True), (1, 2, False)]
+    for name in job["reference"]:  # the engine gives both ranks the same averaged gradients
+        np.testing.assert_array_equal(rank0["cnn"][name], rank1["cnn"][name])
+    _agree(rank0["cnn"], job["reference"], 1e-6)
+    _agree(rank0["two_layer32"], job["two_layer"]["float32"], 1e-6)
+    _agree(rank0["two_layer64"], job["two_layer"]["float64"], 1e-12)
+    with ud.use_backend("torch"):
+        metrics, predictions = jobs.evaluate_cnn(job["reference"])
+    for rank in job["ranks"]:  # evaluate sums over the ranks' shares; predict gives every rank every output
+        rank_metrics, rank_predictions = rank["evaluated"]
+        assert rank_metrics.keys() == metrics.keys()
+        for key, value in metrics.items():
+            assert rank_metrics[key] == pytest.approx(value, rel=1e-5)
+        assert rank_predictions.shape == predictions.shape == (jobs.CNN_SAMPLES, 3)
+        assert max_relative_difference(rank_predictions, predictions) <= 1e-5
+    for rank in job["ranks"]:  # fit's logs are the job's means, the same on every rank
+        for key, values in job["history"].items():
+            np.testing.assert_allclose(rank["history"][key], values, rtol=1e-6)
+
+
+def test_every_sample_once_per_epoch_in_equal_step_counts_reshuffled_per_epoch(job):
+    rank0, rank1 = (r["coverage"] for r in job["ranks"])  # 11 samples in batches of 4, seed drawn per process
+    for epoch in range(2):
+        assert len(rank0[epoch]) == len(rank1[epoch]) == 3
+        seen = [i for batch in rank0[epoch] + rank1[epoch] for i in batch]
+        assert sorted(seen) == list(range(11))
+        for mine, theirs in zip(rank0[epoch], rank1[epoch]):
+            assert abs(len(mine) - len(theirs)) <= 1
+    assert rank0[0] + rank1[0] != rank0[1] + rank1[1]
+
+
+def test_a_last_batch_smaller_than_the_ranks_is_refused_on_every_rank(job):
+    for rank in job["ranks"]:
+        assert "fewer samples than ranks" in rank["too_small"] and "drop_last=True" in rank["too_small"]
+
+
+def test_only_rank_0_writes_checkpoints_and_every_rank_sees_them_afterwards(job):
+    rank0, rank1 = job["ranks"]
+    assert rank1["written"] == []
+    assert rank0["written"][:2] == job["files"] == rank0["files_seen"] == rank1["files_seen"]
+    assert sorted(os.listdir(job["directory"] / "two")) == job["files"]
+    assert rank0["threads"] == rank1["threads"] == 1  # launch gives each rank one thread
+
+
+def test_checkpoints_resume_from_two_processes_in_one_and_from_one_in_two(job):
+    _agree(job["ranks"][0]["resumed"], job["reference"], 1e-6)  # 1 -> 2
+    first = job["directory"] / "two" / job["files"][0]
+    with ud.use_backend("torch"):
+        resumed, history = jobs.train_cnn(job["directory"] / "two_to_one", resume_from=str(first))  # 2 -> 1
+    _agree(resumed, job["reference"], 1e-6)
+    np.testing.assert_allclose(history["loss"], job["history"]["loss"], rtol=1e-6)
+
+
+def test_all_reduce_sums_over_the_ranks(job):
+    for rank in job["ranks"]:
+        np.testing.assert_array_equal(rank["all_reduce"], [2.0, 1.0])
+
+
+def test_a_rank_that_raises_ends_every_rank_with_an_error_naming_it():
+    start = time.monotonic()
+    with pytest.raises(DistributedError, match=r"rank 1 of 2 raised ValueError: planted failure on rank 1"):
+        ud.distributed.launch(jobs.failing_job, nprocs=2, backend="torch", args=(1,), timeout=120,
+                              collective_timeout=60)
+    assert time.monotonic() - start < 60
+    assert multiprocessing.active_children() == []
+
+
+# ---- bad input: clear errors, before anything starts ---------------------------------------------------------
+
+def test_bad_launch_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="nprocs must be a positive integer"):
+        ud.distributed.launch(jobs.failing_job, nprocs=0)
+    with pytest.raises(DistributedError, match="picklable"):
+        ud.distributed.launch(lambda: None, nprocs=2)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(DistributedError, match=f"port {port} on 127.0.0.1 is in use"):
+            ud.distributed.launch(jobs.failing_job, nprocs=2, port=port)
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("call", ["rank", "world_size", "is_main", "barrier", "local_rank"])
+def test_a_call_before_init_is_a_clear_error(call):
+    assert not ud.distributed.is_initialized()
+    with pytest.raises(DistributedNotInitializedError, match=rf"distributed.{call}\(\) needs .*init\(\) first"):
+        getattr(ud.distributed, call)()
+    with pytest.raises(DistributedNotInitializedError, match="init"):
+        ud.distributed.all_reduce(np.ones(2))
+
+
+def test_one_process_without_a_launcher_is_a_group_of_one(backend, monkeypatch):
+    for name in ("UNIDL_RANK", "RANK", "TF_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    ud.distributed.init()
+    try:
+        assert (ud.distributed.rank(), ud.distributed.world_size(), ud.distributed.is_main()) == (0, 1, True)
+        ud.distributed.barrier()
+        np.testing.assert_array_equal(ud.to_numpy(ud.distributed.all_reduce(np.array([3.0]), "mean")), [3.0])
+        with pytest.raises(ValueError, match="op must be one of"):
+            ud.distributed.all_reduce(np.array([3.0]), "average")
+    finally:
+        ud.distributed.shutdown()
+
+
+def test_a_backend_without_an_engine_says_so_and_a_port_in_use_is_named(backend, monkeypatch):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        monkeypatch.setenv("UNIDL_RANK", "0")
+        monkeypatch.setenv("UNIDL_WORLD_SIZE", "2")
+        monkeypatch.setenv("UNIDL_MASTER_PORT", str(port))
+        expected = (f"port {port} on 127.0.0.1 is in use" if backend == "torch"
+                    else f"the {backend} backend has no distributed engine")
+        with pytest.raises(DistributedError, match=expected):
+            ud.distributed.init()
+    assert not ud.distributed.is_initialized()
+
+
+def test_launcher_variables_are_read_and_checked():
+    from unidl.distributed.environment import rendezvous
+
+    def place(environ):
+        found = rendezvous(environ)
+        return found.rank, found.world_size, found.local_rank, found.address, found.port
+
+    assert place({"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
+                  "LOCAL_RANK": "1"}) == (1, 2, 1, "10.0.0.1", 29500)
+    tf_config = '{"cluster": {"worker": ["127.0.0.1:2000", "127.0.0.1:2001"]}, "task": {"type": "worker", "index": 1}}'
+    assert place({"TF_CONFIG": tf_config}) == (1, 2, 1, "127.0.0.1", 2000)
+    assert place({}) == (0, 1, 0, "127.0.0.1", None)
+    with pytest.raises(DistributedError, match="RANK=2 must be below WORLD_SIZE=2"):
+        rendezvous({"RANK": "2", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
+    with pytest.raises(DistributedError, match="needs UNIDL_MASTER_PORT"):
+        rendezvous({"UNIDL_RANK": "0", "UNIDL_WORLD_SIZE": "2"})

@@ -1,0 +1,101 @@
+"""``ud.metrics`` against scikit-learn on random predictions, on every backend, summed over uneven batches."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+import unidl as ud
+from unidl.metrics import MetricAccumulator, get_all
+from unidl.metrics.metric import layout_of
+
+
+def _accumulated(names, outputs, target, batch=7):
+    """Metrics over batches of ``batch`` (the last one short): totals, not means of batch values."""
+    accumulator = MetricAccumulator(get_all(names), layout_of(outputs, target))
+    for start in range(0, len(outputs), batch):
+        accumulator.add(outputs[start:start + batch], target[start:start + batch])
+    return accumulator.results()
+
+
+def test_classification_metrics_match_sklearn(backend, rng):
+    scores = rng.standard_normal((45, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, 45)
+    predicted = scores.argmax(1)
+    every = list(range(4))
+    got = _accumulated(["accuracy", "top2", "top_k", "precision", "recall", "f1", "f1_micro", "precision_micro",
+                        "recall_micro", ud.metrics.F1Score("weighted", name="f1_weighted"), "confusion_matrix"],
+                       scores, labels)
+    assert got["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted))
+    assert got["top2"] == pytest.approx(sk.top_k_accuracy_score(labels, scores, k=2, labels=every))
+    assert got["top_k"] == 1.0  # k=5 of 4 classes
+    for name, function in (("precision", sk.precision_score), ("recall", sk.recall_score), ("f1", sk.f1_score)):
+        assert got[name] == pytest.approx(function(labels, predicted, average="macro", labels=every, zero_division=0))
+        assert got[f"{name}_micro"] == pytest.approx(function(labels, predicted, average="micro", labels=every))
+    assert got["f1_weighted"] == pytest.approx(sk.f1_score(labels, predicted, average="weighted", labels=every))
+    np.testing.assert_array_equal(got["confusion_matrix"], sk.confusion_matrix(labels, predicted, labels=every))
+
+
+def test_one_hot_targets_and_binary_scores(backend, rng):
+    scores = rng.standard_normal((30, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 30)
+    one_hot = np.eye(3, dtype=np.float32)[labels]
+    got = _accumulated(["accuracy", "top2", "f1"], scores, one_hot)
+    assert got["accuracy"] == pytest.approx(sk.accuracy_score(labels, scores.argmax(1)))
+    assert got["top2"] == pytest.approx(sk.top_k_accuracy_score(labels, scores, k=2))
+    probabilities = rng.random((40, 1)).astype(np.float32)
+    positive = rng.integers(0, 2, (40, 1))
+    got = _accumulated(["accuracy", "precision", "recall", "f1", ud.metrics.AUC(num_thresholds=2001)],
+                       probabilities, positive)
+    decided = (probabilities[:, 0] > 0.5).astype(int)
+    assert got["accuracy"] == pytest.approx(sk.accuracy_score(positive[:, 0], decided))
+    assert got["precision"] == pytest.approx(sk.precision_score(positive[:, 0], decided))
+    assert got["recall"] == pytest.approx(sk.recall_score(positive[:, 0], decided))
+    assert got["f1"] == pytest.approx(sk.f1_score(positive[:, 0], decided))
+    # thresholded (Keras's AUC): scores closer than 1/2000 tie, which moves the area by < 1e-3 here
+    assert got["auc"] == pytest.approx(sk.roc_auc_score(positive[:, 0], probabilities[:, 0]), abs=1e-3)
+
+
+def test_auc_of_logits_and_of_two_class_scores(backend, rng):
+    logits = rng.standard_normal((36, 2)).astype(np.float32)
+    labels = rng.integers(0, 2, 36)
+    exact = sk.roc_auc_score(labels, logits[:, 1] - logits[:, 0])  # softmax's class-1 probability is monotone in it
+    got = _accumulated([ud.metrics.AUC(num_thresholds=4001, from_logits=True)], logits, labels)
+    assert got["auc"] == pytest.approx(exact, abs=1e-3)
+    default = _accumulated(["auc"], 1 / (1 + np.exp(-logits[:, :1])), labels)  # 200 thresholds, as Keras
+    assert default["auc"] == pytest.approx(sk.roc_auc_score(labels, logits[:, 0]), abs=2e-2)
+
+
+def test_regression_metrics_match_sklearn(backend, rng):
+    outputs = rng.standard_normal((25, 3)).astype(np.float32)
+    target = rng.standard_normal((25, 3)).astype(np.float32)
+    got = _accumulated(["mae", "mse"], outputs, target, batch=4)
+    assert got["mae"] == pytest.approx(sk.mean_absolute_error(target, outputs), rel=1e-5)
+    assert got["mse"] == pytest.approx(sk.mean_squared_error(target, outputs), rel=1e-5)
+
+
+def test_standalone_update_and_compute(backend, rng):
+    scores = rng.standard_normal((20, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, 20)
+    metric = ud.metrics.F1Score()
+    metric.update(ud.tensor(scores[:13]), labels[:13])
+    metric.update(scores[13:], labels[13:])
+    assert metric.compute() == pytest.approx(sk.f1_score(labels, scores.argmax(1), average="macro", labels=[0, 1, 2]))
+    metric.reset()
+    with pytest.raises(ValueError, match="before any update"):
+        metric.compute()
+
+
+def test_names_and_bad_metrics():
+    assert isinstance(ud.metrics.get("top3"), ud.metrics.TopKAccuracy) and ud.metrics.get("top3").k == 3
+    assert ud.metrics.get("top5").name == "top5"
+    with pytest.raises(ValueError, match=r"unknown metric 'f2'; valid names: accuracy.*top<k>"):
+        ud.metrics.get("f2")
+    with pytest.raises(ValueError, match=r"two metrics are named \['accuracy'\]"):
+        get_all(["accuracy", ud.metrics.Accuracy()])
+    with pytest.raises(ValueError, match="average must be one of"):
+        ud.metrics.Precision("samples")
+    with pytest.raises(ValueError, match=r"MeanAbsoluteError needs outputs and targets of the same shape; got "
+                                         r"outputs \(3,\) and integer targets \(\) per sample"):
+        MetricAccumulator(get_all(["mae"]), layout_of(np.zeros((2, 3)), np.zeros(2, np.int64)))
+    with pytest.raises(ValueError, match="AUC is binary"):
+        MetricAccumulator(get_all(["auc"]), layout_of(np.zeros((2, 3)), np.zeros(2, np.int64)))

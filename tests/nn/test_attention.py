@@ -1,0 +1,137 @@
+"""``MultiheadAttention``, ``TransformerEncoderLayer``, ``TransformerEncoder`` and ``ops.scaled_dot_product_attention``
+against plain ``torch.nn`` (the oracle): outputs, attention weights and input/weight gradients, every mask, on every
+backend, float32 inside ``ud.function`` and float64 eagerly; PyTorch's ``state_dict`` keys; clear errors."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn as tnn
+
+import unidl as ud
+from tests.parity.torch_oracle import RUNS, Case, compare_table
+
+R = np.random.default_rng(31)
+SEQUENCE = R.standard_normal((4, 2, 6))           # (L, N, E)
+BATCH_FIRST = R.standard_normal((2, 4, 6))        # (N, L, E)
+MEMORY = R.standard_normal((2, 3, 5))             # (N, S, kdim)
+PADDING = np.zeros((2, 4), bool)
+PADDING[1, 2:] = True
+BLOCKED = np.triu(np.ones((4, 4), bool), 1)       # True: may not attend (MultiheadAttention's convention)
+HEAD_MASK = R.standard_normal((2 * 3, 4, 4))     # (N * num_heads, L, S)
+QUERIES, KEYS, VALUES = R.standard_normal((2, 3, 4, 5)), R.standard_normal((2, 3, 6, 5)), R.standard_normal((2, 3, 6, 2))
+TAKE_PART = R.random((4, 6)) > 0.3
+TAKE_PART[:, 0] = True
+
+
+class Joined(ud.nn.Module):
+    """A layer's outputs (tensors, tuples, None) flattened into one vector, for the harness."""
+
+    def __init__(self, layer, call):
+        super().__init__()
+        self.layer, self.call = layer, call
+
+    def forward(self, *inputs):
+        outputs = self.call(self.layer, *inputs)
+        parts = [o for o in (outputs if isinstance(outputs, tuple) else (outputs,)) if o is not None]
+        return ud.ops.concat([ud.ops.reshape(p, (-1,)) for p in parts], 0)
+
+
+class TorchJoined(tnn.Module):
+    def __init__(self, layer, call):
+        super().__init__()
+        self.layer, self.call = layer, call
+
+    def forward(self, *inputs):
+        outputs = self.call(self.layer, *inputs)
+        parts = [o for o in (outputs if isinstance(outputs, tuple) else (outputs,)) if o is not None]
+        return torch.cat([p.reshape(-1) for p in parts])
+
+
+def layer_case(build, call, *inputs):
+    return Case(lambda: Joined(build(ud.nn), call), lambda: TorchJoined(build(tnn), call), list(inputs))
+
+
+def self_attention(**options):
+    return lambda layer, x, *masks: layer(x, x, x, **dict(zip(options.get("masks", ()), masks)),
+                                          **{k: v for k, v in options.items() if k != "masks"})
+
+
+LAYERS = {
+    "MultiheadAttention-batch-first-padding-causal-per-head": layer_case(
+        lambda nn: nn.MultiheadAttention(6, 2, batch_first=True),
+        self_attention(masks=("key_padding_mask", "attn_mask"), average_attn_weights=False),
+        BATCH_FIRST, PADDING, BLOCKED),
+    "MultiheadAttention-float-masks-no-weights": layer_case(
+        lambda nn: nn.MultiheadAttention(6, 3, bias=False),
+        self_attention(masks=("attn_mask",), need_weights=False), SEQUENCE, HEAD_MASK),
+    "MultiheadAttention-kdim-vdim": layer_case(
+        lambda nn: nn.MultiheadAttention(6, 2, kdim=5, vdim=5, batch_first=True),
+        lambda layer, q, kv: layer(q, kv, kv), BATCH_FIRST, MEMORY),
+    "MultiheadAttention-unbatched": layer_case(lambda nn: nn.MultiheadAttention(6, 2), self_attention(),
+                                               SEQUENCE[:, 0]),
+    "TransformerEncoderLayer-pre-norm-gelu-batch-first-masks": layer_case(
+        lambda nn: nn.TransformerEncoderLayer(6, 3, 8, dropout=0.0, activation="gelu", batch_first=True,
+                                              norm_first=True),
+        lambda layer, x, padding, mask: layer(x, src_mask=mask, src_key_padding_mask=padding),
+        BATCH_FIRST, PADDING, BLOCKED),
+    "TransformerEncoder-post-norm-final-norm-padding": layer_case(
+        lambda nn: nn.TransformerEncoder(nn.TransformerEncoderLayer(6, 2, 8, dropout=0.0, batch_first=True), 1,
+                                         norm=nn.LayerNorm(6), enable_nested_tensor=False),
+        lambda layer, x, padding: layer(x, src_key_padding_mask=padding), BATCH_FIRST, PADDING),
+}
+
+OPS = {
+    "scaled_dot_product_attention-bool-mask-scale": Case(
+        lambda: lambda q, k, v, m: ud.ops.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.3),
+        lambda: lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.3),
+        [QUERIES, KEYS, VALUES, TAKE_PART]),
+    "scaled_dot_product_attention-causal": Case(
+        lambda: lambda q, k, v: ud.ops.scaled_dot_product_attention(q, k, v, is_causal=True),
+        lambda: lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [QUERIES, KEYS, VALUES]),
+}
+
+
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_attention_layers_match_torch(backend, dtype, modes):
+    """float32 inside ud.function for every case; float64 eagerly for attention with both masks (the table's cost
+    is mostly eager JAX compiling each op)."""
+    cases = {**LAYERS, **OPS}
+    if dtype == "float64":
+        cases = {name: case for name, case in cases.items() if name.startswith("MultiheadAttention-batch-first")}
+    assert compare_table(cases, backend, dtype, modes) == []
+
+
+def test_is_causal_alone_applies_the_causal_mask(backend):
+    layer = ud.nn.TransformerEncoderLayer(6, 2, 8, dropout=0.0)
+    x = ud.tensor(SEQUENCE.astype(np.float32))
+    causal = layer(x, is_causal=True)
+    masked = layer(x, src_mask=ud.tensor(BLOCKED))  # the explicit mask's effect is checked against torch above
+    assert np.array_equal(ud.to_numpy(causal), ud.to_numpy(masked))
+
+
+def test_state_dict_keys_are_pytorchs(backend):
+    ours = ud.nn.TransformerEncoder(ud.nn.TransformerEncoderLayer(6, 2, 8), 2, norm=ud.nn.LayerNorm(6))
+    theirs = tnn.TransformerEncoder(tnn.TransformerEncoderLayer(6, 2, 8), 2, norm=tnn.LayerNorm(6),
+                                    enable_nested_tensor=False)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
+    state = ours.state_dict()  # every copy starts from the layer's weights, as torch's deep copies do
+    assert np.array_equal(state["layers.0.linear1.weight"], state["layers.1.linear1.weight"])
+    assert not state["layers.0.self_attn.in_proj_bias"].any()
+    bound = np.sqrt(6 / (6 + 18))  # xavier_uniform over (3E, E)
+    assert 0.5 * bound < np.abs(state["layers.0.self_attn.in_proj_weight"]).max() <= bound
+
+
+def test_bad_configurations_and_masks_are_clear_errors(backend):
+    with pytest.raises(ValueError, match=r"embed_dim \(6\) must be divisible by num_heads \(4\)"):
+        ud.nn.MultiheadAttention(6, 4)
+    attention = ud.nn.MultiheadAttention(6, 2, batch_first=True)
+    x = ud.tensor(BATCH_FIRST.astype(np.float32))
+    with pytest.raises(ud.ShapeMismatchError, match=r"key_padding_mask of shape \(2, 4\).*received \(2, 3\)"):
+        attention(x, x, x, key_padding_mask=PADDING[:, :3])
+    with pytest.raises(ud.ShapeMismatchError, match=r"attn_mask of shape \(L, S\) = \(4, 4\).*received \(3, 4\)"):
+        attention(x, x, x, attn_mask=BLOCKED[:3])
+    with pytest.raises(ud.ShapeMismatchError, match=r"query of shape \(N, L, E\).*E = 6, received \(2, 4, 5\)"):
+        attention(ud.tensor(np.zeros((2, 4, 5), np.float32)), x, x)
+    with pytest.raises(ValueError, match="not supported"):
+        ud.nn.MultiheadAttention(6, 2, add_bias_kv=True)

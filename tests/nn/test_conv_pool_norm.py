@@ -1,0 +1,127 @@
+"""Conv/pool/norm layers beyond parity: PyTorch's weight shapes, names and initial ranges, channel dropout's
+statistics on every backend, and clear errors for options and input that cannot work."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn as tnn
+
+import unidl as ud
+
+# (unidl layer, the same torch.nn layer, fan_in of PyTorch's default init or None for ones/zeros)
+SAME_AS_TORCH = [
+    (lambda: ud.nn.Conv1d(4, 6, 3, groups=2), lambda: tnn.Conv1d(4, 6, 3, groups=2), 2 * 3),
+    (lambda: ud.nn.Conv2d(4, 6, (3, 2), dilation=2, groups=2), lambda: tnn.Conv2d(4, 6, (3, 2), dilation=2, groups=2),
+     2 * 3 * 2),
+    (lambda: ud.nn.ConvTranspose2d(4, 6, 3, groups=2), lambda: tnn.ConvTranspose2d(4, 6, 3, groups=2), 3 * 3 * 3),
+    (lambda: ud.nn.GroupNorm(2, 4), lambda: tnn.GroupNorm(2, 4), None),
+]
+
+
+@pytest.mark.parametrize("index", range(len(SAME_AS_TORCH)))
+def test_weights_have_pytorch_names_shapes_and_initial_range(index):
+    build, oracle, fan_in = SAME_AS_TORCH[index]
+    ud.manual_seed(0)
+    state = build().state_dict()
+    expected = oracle().state_dict()
+    assert list(state) == list(expected)
+    assert all(state[key].shape == tuple(expected[key].shape) for key in state)
+    if fan_in is None:
+        assert all(np.array_equal(state[key], expected[key].numpy()) for key in state)  # ones and zeros
+    else:
+        bound = 1 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)) and the bias: both U(-1/sqrt(fan_in), ...)
+        for key in state:
+            assert np.abs(state[key]).max() <= bound
+            assert np.abs(state[key]).max() > 0.5 * bound
+
+
+def test_dropout2d_zeros_whole_channels_and_is_the_identity_in_eval(backend):
+    drop = ud.nn.Dropout2d(0.4)
+    x = np.ones((40, 50, 2, 3), np.float32)
+    out = ud.to_numpy(drop(ud.tensor(x)))
+    per_channel = out.reshape(40, 50, -1)
+    assert np.all(per_channel.min(-1) == per_channel.max(-1))  # a channel is kept or dropped whole
+    kept = per_channel[:, :, 0] != 0
+    assert abs(kept.mean() - 0.6) < 0.05
+    np.testing.assert_allclose(per_channel[kept], 1 / 0.6, rtol=1e-6)
+    drop.eval()
+    assert np.array_equal(ud.to_numpy(drop(ud.tensor(x))), x)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: ud.nn.Conv2d(4, 6, 3, groups=4), r"in_channels \(4\) and out_channels \(6\) must both be divisible by groups"),
+    (lambda: ud.nn.Conv2d(4, 6, 3, padding_mode="mirror"), "padding_mode must be one of 'zeros', 'reflect'"),
+    (lambda: ud.nn.Conv1d(4, 6, 3, dilation=0), "dilation must be a positive int"),
+    (lambda: ud.nn.Conv1d(4, 6, 3, stride=2, padding="same"), "padding='same' needs stride=1"),
+    (lambda: ud.nn.ConvTranspose2d(4, 6, 3, padding_mode="reflect"), "padding_mode='zeros' only"),
+    (lambda: ud.nn.ConvTranspose2d(4, 6, 3, padding="same"), "padding must be an int or a pair"),
+    (lambda: ud.nn.ConvTranspose2d(4, 6, 3, stride=2, output_padding=2), "output_padding .* must be smaller than stride"),
+    (lambda: ud.nn.MaxPool2d(2, dilation=2), "dilation=2 is not supported"),
+    (lambda: ud.nn.MaxPool2d(2, return_indices=True), "return_indices=True is not supported"),
+    (lambda: ud.nn.AvgPool2d(2, divisor_override=0), "divisor_override must be a positive int"),
+    (lambda: ud.nn.AdaptiveAvgPool2d(0), "output_size must be a positive int"),
+    (lambda: ud.nn.AdaptiveMaxPool2d(2, return_indices=True), "return_indices=True is not supported"),
+    (lambda: ud.nn.GroupNorm(3, 4), r"num_channels \(4\) must be divisible by num_groups \(3\)"),
+    (lambda: ud.nn.Dropout2d(2), r"Dropout2d p=2 is invalid"),
+    (lambda: ud.nn.Upsample(scale_factor=2, mode="bicubic"), "Upsample mode must be one of"),
+    (lambda: ud.nn.Upsample(size=4, scale_factor=2), "exactly one of size and scale_factor"),
+    (lambda: ud.nn.Upsample(scale_factor=2, align_corners=True), "align_corners applies to the 'linear' and 'bilinear'"),
+])
+def test_bad_arguments_are_clear_errors(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_bad_input_is_a_clear_error_before_the_framework_sees_it(backend):
+    with pytest.raises(ud.ShapeMismatchError, match=r"Conv1d\(4, 6.*expected input of shape \(N, 4, L\), received \(2, 4, 5, 5\)"):
+        ud.nn.Conv1d(4, 6, 3)(ud.tensor(np.zeros((2, 4, 5, 5))))
+    with pytest.raises(ud.ShapeMismatchError, match="kernel height 7 is larger than the padded input height 5"):
+        ud.nn.Conv2d(1, 1, 3, dilation=3)(ud.tensor(np.zeros((1, 1, 5, 5))))
+    with pytest.raises(ud.ShapeMismatchError, match=r"GroupNorm.*expected input of shape \(N, 4, \*\), received \(2, 3, 5\)"):
+        ud.nn.GroupNorm(2, 4)(ud.tensor(np.zeros((2, 3, 5))))
+    with pytest.raises(ValueError, match="interpolate mode 'linear' is not available for 4-D input"):
+        ud.ops.interpolate(ud.tensor(np.zeros((1, 1, 2, 2))), scale_factor=2, mode="linear")
+
+
+def test_torch_reference_weights_load_and_give_torch_outputs(backend):
+    """A state dict saved by plain PyTorch loads into the same unidl layers by name and gives torch's outputs."""
+    torch.manual_seed(0)
+    reference = tnn.Sequential(tnn.Conv2d(3, 4, 3, padding=1, padding_mode="replicate"), tnn.GroupNorm(2, 4),
+                               tnn.ConvTranspose2d(4, 2, 2, stride=2), tnn.AdaptiveAvgPool2d((3, 3)))
+    model = ud.nn.Sequential(ud.nn.Conv2d(3, 4, 3, padding=1, padding_mode="replicate"), ud.nn.GroupNorm(2, 4),
+                             ud.nn.ConvTranspose2d(4, 2, 2, stride=2), ud.nn.AdaptiveAvgPool2d((3, 3)))
+    model.load_state_dict({key: value.numpy() for key, value in reference.state_dict().items()})
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    expected = reference(torch.tensor(x)).detach().numpy()
+    assert ud.testing.max_relative_difference(ud.to_numpy(model(ud.tensor(x))), expected) < 2e-6
+
+
+def _model(nn):
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", dilation=1), nn.GroupNorm(2, 4),
+                         nn.MaxPool2d(2, ceil_mode=True), nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2),
+                         nn.AvgPool2d(3, 2, 1, count_include_pad=False), nn.AdaptiveAvgPool2d((2, 3)),
+                         nn.Upsample(scale_factor=2, mode="bilinear"), nn.Flatten(), nn.Linear(96, 2))
+
+
+def test_the_layers_train_in_a_compiled_step_as_in_torch(backend):
+    """Two SGD steps of a model of the new layers through ``ud.train_step`` (the backend's compiled step, Keras's
+    own trainer on keras) give the weights plain PyTorch gives (1e-5)."""
+    data = np.random.default_rng(1)
+    x = data.standard_normal((4, 3, 5, 7)).astype(np.float32)
+    y = data.standard_normal((4, 2)).astype(np.float32)
+    ud.manual_seed(0)
+    model = _model(ud.nn)
+    reference = _model(tnn)
+    reference.load_state_dict({key: torch.tensor(value) for key, value in model.state_dict().items()})
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for _ in range(2):
+        step(x, y)
+        optimizer.zero_grad()
+        tnn.functional.mse_loss(reference(torch.tensor(x)), torch.tensor(y)).backward()
+        optimizer.step()
+    state = model.state_dict()
+    for key, value in reference.state_dict().items():
+        assert ud.testing.max_relative_difference(state[key], value.numpy()) < 1e-5, key

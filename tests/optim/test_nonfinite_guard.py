@@ -1,0 +1,123 @@
+"""The non-finite guard, the same on every backend and loop: a step whose loss or any gradient is NaN or infinite
+updates nothing (weights, slots and step count bit-identical), ``fit`` and ``train_step`` raise
+``NonFiniteLossError`` at the same epoch and step, and ``Checkpoint`` never saves non-finite weights."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+
+def _weights(model):
+    return {name: np.array(value) for name, value in model.state_dict().items()}
+
+
+def _same(a, b):
+    return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_nan_pixel_stops_fit_before_the_update_at_the_same_step_everywhere(backend):
+    x = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)
+    x[40, 2] = np.nan  # batch 3 of 4 (16 a batch, no shuffling)
+    y = np.arange(64) % 3
+
+    def fit(samples, epochs):
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(4, 5, 3)
+        optimizer = ud.optim.Adam(model.parameters(), lr=0.05)
+        try:
+            ud.fit(model, (x[:samples], y[:samples]), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer,
+                   epochs=epochs, batch_size=16, shuffle=False, verbose=0)
+        except ud.NonFiniteLossError as error:
+            return model, optimizer, str(error)
+        return model, optimizer, None
+
+    model, optimizer, error = fit(64, 2)
+    assert error is not None and "at epoch 1, step 3" in error
+    clean, _, _ = fit(32, 1)  # the same two clean batches: the weights before batch 3
+    after = _weights(model)
+    assert _same(after, _weights(clean)) and all(np.isfinite(v).all() for v in after.values())
+    assert optimizer.state_dict()["step"] == 2
+
+
+class _SqrtNet(ud.nn.Module):
+    """A finite loss whose gradient is infinite where ``w x`` is 0 (d sqrt(w x)/dw = x / (2 sqrt(w x)) = x / 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = self.parameter(np.full((1, 2), 0.5, np.float32))
+
+    def forward(self, x):
+        return ud.ops.sqrt(ud.ops.linear(x, self.w))
+
+
+def test_a_finite_loss_with_an_infinite_gradient_is_caught_too(backend):
+    model = _SqrtNet()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    good = np.ones((2, 2), np.float32)
+    y = np.ones((2, 1), np.float32)
+    step(good, y)
+    before, slots = _weights(model), optimizer.state_dict()
+    with pytest.raises(ud.NonFiniteLossError, match="train_step call 2"):
+        step(np.array([[1, 1], [1, -1]], np.float32), y)  # w x = 0 in the second row: a finite loss
+    assert _same(_weights(model), before)
+    assert np.array_equal(optimizer.state_dict()["slots"][0]["momentum_buffer"], slots["slots"][0]["momentum_buffer"])
+    assert optimizer.state_dict()["step"] == 1
+
+
+def test_check_finite_false_skips_the_step_silently_and_training_goes_on(backend):
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite=False)
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    before = _weights(model)
+    step(np.full((4, 3), np.inf, np.float32), y)
+    assert not optimizer.last_step_finite and _same(_weights(model), before)
+    assert optimizer.state_dict()["step"] == 0
+    step(x, y)
+    assert optimizer.last_step_finite and optimizer.state_dict()["step"] == 1
+    assert not _same(_weights(model), before)
+    with pytest.raises(TypeError, match="check_finite"):
+        ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite="no")
+
+
+def test_apply_skips_non_finite_gradients_in_the_manual_loop(backend):
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    grads = [np.ones(tuple(p.shape), np.float32) for p in model.parameters()]
+    optimizer.apply([ud.tensor(g) for g in grads])
+    before, state = _weights(model), optimizer.state_dict()
+    grads[1][0] = np.nan
+    optimizer.apply([ud.tensor(g) for g in grads])
+    assert not optimizer.last_step_finite and _same(_weights(model), before)
+    assert optimizer.state_dict()["step"] == state["step"] == 1
+
+
+def test_checkpoint_keeps_the_newest_finite_checkpoint(backend, tmp_path):
+    x, y = np.ones((8, 3), np.float32), np.zeros((8, 2), np.float32)
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    fit = dict(loss=ud.nn.MSELoss(), optimizer=optimizer, batch_size=8, verbose=0)
+    ud.fit(model, (x, y), epochs=1, callbacks=[ud.callbacks.Checkpoint(tmp_path, keep=1)], **fit)
+    first = sorted(p.name for p in tmp_path.iterdir())
+    state = model.state_dict()
+    state[next(iter(state))] = np.full_like(state[next(iter(state))], np.nan)
+    model.load_state_dict(state)  # weights already broken (as by a hand-made update)
+    with pytest.warns(RuntimeWarning, match="not saving"):
+        ud.fit(model, (x, y), epochs=1, callbacks=[ud.callbacks.Checkpoint(tmp_path, keep=1),
+                                                   ud.callbacks.TerminateOnNaN(verbose=False)], **fit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == first
+
+
+def test_backward_and_step_skip_a_non_finite_gradient_on_torch():
+    with ud.use_backend("torch"):
+        model = ud.models.TwoLayerNet(3, 4, 2)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        before = _weights(model)
+        loss = ud.nn.MSELoss()(model(ud.tensor(np.full((2, 3), np.nan, np.float32))), ud.tensor(np.zeros((2, 2))))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert not optimizer.last_step_finite and _same(_weights(model), before)
+        assert optimizer.state_dict()["step"] == 0

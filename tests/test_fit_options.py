@@ -1,0 +1,153 @@
+"""Keras's ``fit``/``evaluate`` options on every backend: positional forms, names, validation split and
+frequency, sample and class weights, initial epoch, metrics exact over the epoch, ``return_dict``."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as sk
+
+import unidl as ud
+
+
+@pytest.fixture
+def data(rng):
+    x = rng.standard_normal((30, 4)).astype(np.float32)
+    return x, rng.integers(0, 3, 30)
+
+
+def _frozen(model):
+    return ud.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every epoch's logs are the model's true values
+
+
+def test_keras_positional_form_and_names_train_as_the_objects_do(backend, data):
+    x, y = data
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    by_name = ud.fit(model, x, y, 10, 2, 0, loss="sparse_categorical_crossentropy", optimizer="sgd", shuffle=False)
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    by_object = ud.fit(model, (x, y), batch_size=10, epochs=2, verbose=0, shuffle=False,
+                       loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.01))
+    np.testing.assert_allclose(by_name["loss"], by_object["loss"], rtol=1e-6)
+    assert by_name["lr"] == [0.01, 0.01]  # Keras's default rate for "sgd"
+    one_hot = ud.fit(model, x, np.eye(3, dtype=np.float32)[y], 30, 1, 0, loss="categorical_crossentropy",
+                     optimizer=_frozen(model), metrics=["accuracy"])
+    assert one_hot["loss"][0] == pytest.approx(float(torch.nn.functional.cross_entropy(
+        torch.from_numpy(ud.predict(model, x)), torch.from_numpy(y))), rel=1e-5)
+
+
+def test_metrics_are_exact_over_the_epoch_not_means_of_batches(backend, data):
+    x, y = data
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    history = ud.fit(model, x, y, 7, 1, 0, loss="cross_entropy", optimizer=_frozen(model),
+                     metrics=["accuracy", "top2", "f1", "precision_micro"], validation_data=(x[:11], y[:11]))
+    scores = ud.predict(model, x)
+    predicted = scores.argmax(1)
+    assert history["accuracy"][0] == pytest.approx(sk.accuracy_score(y, predicted))
+    assert history["top2"][0] == pytest.approx(sk.top_k_accuracy_score(y, scores, k=2, labels=[0, 1, 2]))
+    assert history["f1"][0] == pytest.approx(sk.f1_score(y, predicted, average="macro", labels=[0, 1, 2]))
+    assert history["precision_micro"][0] == pytest.approx(sk.precision_score(y, predicted, average="micro"))
+    assert history["val_f1"][0] == pytest.approx(sk.f1_score(y[:11], predicted[:11], average="macro", labels=[0, 1, 2]))
+    regression = ud.models.TwoLayerNet(4, 5, 2)
+    target = x[:, :2] * 2
+    history = ud.fit(regression, x, target, 10, 1, 0, loss="mse", optimizer=_frozen(regression), metrics=["mae", "mse"])
+    outputs = ud.predict(regression, x)
+    assert history["mae"][0] == pytest.approx(sk.mean_absolute_error(target, outputs), rel=1e-5)
+    assert history["mse"][0] == pytest.approx(history["loss"][0], rel=1e-5)
+    assert set(history.history) == {"loss", "mae", "mse", "lr"}  # no implicit accuracy for a regression loss
+
+
+def test_validation_split_takes_the_last_fraction_before_shuffling(backend, data):
+    x, y = data
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    history = ud.fit(model, x, y, 8, 3, 0, validation_split=0.2, validation_freq=[1, 3], loss="cross_entropy",
+                     optimizer=_frozen(model))
+    held_out = ud.evaluate(model, x[24:], y[24:], loss="cross_entropy")
+    assert history["val_loss"] == [pytest.approx(held_out["loss"], rel=1e-5)] * 2  # after epochs 1 and 3 only
+    assert history["val_accuracy"] == [pytest.approx(held_out["accuracy"])] * 2
+    trained = ud.evaluate(model, x[:24], y[:24], loss="cross_entropy")
+    assert history["loss"] == pytest.approx([trained["loss"]] * 3, rel=1e-5)
+
+
+def test_validation_freq_counts_epochs_as_keras():
+    from unidl.fit_options import check_validation_freq, validates_after
+
+    every_second = check_validation_freq(2)
+    assert [validates_after(epoch, every_second) for epoch in range(4)] == [False, True, False, True]
+    listed = check_validation_freq([1, 4])
+    assert [validates_after(epoch, listed) for epoch in range(4)] == [True, False, False, True]
+
+
+def test_sample_and_class_weights_weight_each_samples_loss_as_keras(backend, data):
+    x, y = data
+    weights = np.linspace(0.5, 2.0, 30)
+    class_weight = {0: 1.0, 1: 3.0, 2: 0.25}
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    history = ud.fit(model, x, y, 10, 1, 0, loss="cross_entropy", optimizer=_frozen(model), sample_weight=weights,
+                     class_weight=class_weight, shuffle=True)
+    per_sample = torch.nn.functional.cross_entropy(torch.from_numpy(ud.predict(model, x)), torch.from_numpy(y),
+                                                   reduction="none").numpy()
+    combined = weights * np.array([class_weight[c] for c in y])
+    assert history["loss"][0] == pytest.approx(float((per_sample * combined).sum() / 30), rel=1e-5)
+    assert history["accuracy"][0] == pytest.approx(float((ud.predict(model, x).argmax(1) == y).mean()))  # unweighted
+    target = x[:, :2]
+    regression = ud.models.TwoLayerNet(4, 5, 2)
+    history = ud.fit(regression, x, target, 30, 1, 0, loss=ud.nn.MSELoss(), optimizer=_frozen(regression),
+                     sample_weight=weights)
+    squared = ((ud.predict(regression, x) - target) ** 2).mean(1)
+    assert history["loss"][0] == pytest.approx(float((squared * weights).mean()), rel=1e-5)
+
+
+def test_initial_epoch_and_evaluate_lists(backend, data):
+    x, y = data
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    seen = []
+    history = ud.fit(model, (x, y), batch_size=10, epochs=3, initial_epoch=2, verbose=0, loss="cross_entropy",
+                     optimizer="adam", callbacks=[lambda epoch, logs: seen.append(epoch)])
+    assert seen == [2] and len(history["loss"]) == 1
+    results = ud.evaluate(model, x, y, 32, loss="cross_entropy", metrics=["accuracy", "f1"])
+    as_list = ud.evaluate(model, (x, y), loss="cross_entropy", metrics=["accuracy", "f1"], return_dict=False)
+    assert list(results) == ["loss", "accuracy", "f1"]
+    assert as_list == pytest.approx([results["loss"], results["accuracy"], results["f1"]], rel=1e-6)
+    assert ud.evaluate(model, x, y, loss="cross_entropy", metrics=[], return_dict=False) == pytest.approx(results["loss"])
+    matrix = ud.evaluate(model, x, y, metrics=["confusion_matrix"])["confusion_matrix"]
+    np.testing.assert_array_equal(matrix, sk.confusion_matrix(y, ud.predict(model, x).argmax(1), labels=[0, 1, 2]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(loss="hinge"), r"unknown loss 'hinge'; valid names: .*cross_entropy"),
+    (dict(optimizer="lbfgs"), r"unknown optimizer 'lbfgs'; valid names: adagrad, adam, adamw, rmsprop, sgd"),
+    (dict(validation_split=1.5), r"validation_split must be a fraction in \[0, 1\)"),
+    (dict(validation_split=0.2, validation_data="given"), "validation_split or validation_data, not both"),
+    (dict(validation_freq=0), "validation_freq must be a positive integer"),
+    (dict(sample_weight=np.ones(3)), r"one weight per sample, shape \(20,\); got \(3,\)"),
+    (dict(class_weight={0: 1.0}), r"class_weight has no weight for classes \[1\]"),
+    (dict(initial_epoch=5), "initial_epoch=5 is past epochs=1"),
+    (dict(metrics=["confusion_matrix"]), r"\['confusion_matrix'\] are not single numbers"),
+    (dict(metrics=["mae"]), "MeanAbsoluteError needs outputs and targets of the same shape"),
+])
+def test_bad_options_are_clear_errors(backend, rng, kwargs, message):
+    model = ud.models.TwoLayerNet(4, 3, 2)
+    x, y = rng.standard_normal((20, 4)).astype(np.float32), np.arange(20) % 2
+    options = dict(batch_size=5, verbose=0, loss="cross_entropy", optimizer="sgd")
+    options.update(kwargs)
+    if options.get("validation_data") == "given":
+        options["validation_data"] = (x, y)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=message):
+        ud.fit(model, x, y, **options)
+    assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_data_forms_that_cannot_take_an_option(backend, rng):
+    model = ud.models.TwoLayerNet(4, 3, 2)
+    x, y = rng.standard_normal((20, 4)).astype(np.float32), np.arange(20) % 2
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=5)
+    with pytest.raises(ValueError, match="validation_split needs the training data as arrays"):
+        ud.fit(model, loader, validation_split=0.1, loss="cross_entropy", optimizer="sgd", verbose=0)
+    with pytest.raises(ValueError, match="sample_weight and class_weight need the training data as arrays"):
+        ud.fit(model, loader, class_weight={0: 1, 1: 2}, loss="cross_entropy", optimizer="sgd", verbose=0)
+    with pytest.raises(ValueError, match=r"x is an array but y is missing"):
+        ud.fit(model, x, loss="cross_entropy", optimizer="sgd", verbose=0)
+    with pytest.raises(TypeError, match="loss must be a ud.nn loss module or a name"):
+        ud.fit(model, x, y, 5, loss=3, optimizer="sgd", verbose=0)

@@ -1,0 +1,43 @@
+"""``ud.set_num_threads`` / ``UNIDL_NUM_THREADS``: the framework's thread pools, and clear errors on bad counts."""
+
+import pytest
+
+import unidl as ud
+from unidl import backends, threads
+
+
+@pytest.fixture
+def restored_threads():
+    """Leave the process as the test found it (the pools are process-wide)."""
+    torch = pytest.importorskip("torch")
+    before, requested = torch.get_num_threads(), threads._requested
+    yield torch
+    torch.set_num_threads(before)
+    threads._requested = requested
+
+
+def test_set_num_threads_sizes_torchs_pool_now_and_for_backends_loaded_later(restored_threads, monkeypatch):
+    torch = restored_threads
+    backend = backends.load("torch")
+    # only torch's pools: the other frameworks of this test process keep theirs for the rest of the suite
+    monkeypatch.setattr(backends, "loaded_backends", lambda: {"torch": backend})
+    ud.set_num_threads(1)
+    assert torch.get_num_threads() == 1 and threads.requested() == 1
+    torch.set_num_threads(2)
+    threads.apply(backend)  # what loading a backend does
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "two", None])
+def test_a_bad_thread_count_is_a_clear_error(value):
+    with pytest.raises(ValueError, match=r"set_num_threads\(n\) must be a positive integer"):
+        ud.set_num_threads(value)
+
+
+def test_a_bad_environment_variable_is_named(monkeypatch):
+    monkeypatch.setattr(threads, "_requested", None)
+    monkeypatch.setenv("UNIDL_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="UNIDL_NUM_THREADS must be a positive integer, got 'many'"):
+        threads.requested()
+    monkeypatch.setenv("UNIDL_NUM_THREADS", "3")
+    assert threads.requested() == 3

@@ -1,0 +1,99 @@
+"""Mixed precision on JAX: the forward traced with explicit casts (``unidl.precision.autocast_modules``,
+torch.autocast's rule), float32 master weights, and dynamic loss scaling for float16 held in ``JaxVariable``s
+that the compiled step threads like the optimizer's state (an overflowing step is skipped by the optimizer's
+non-finite guard: every parameter and slot keeps its value)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from unidl.backends.jax import ops as jax_ops
+from unidl.backends.jax.function import StatefulJit, _CONCRETIZATION, traced_forward_error
+from unidl.backends.jax.optimizer import all_finite
+from unidl.backends.jax.variable import JaxVariable
+from unidl.nn.module import trainable_mask
+from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
+
+
+class LossScale:
+    """The dynamic loss scale (``torch.amp.GradScaler``'s rule): ``scale`` and the finite steps in a row."""
+
+    def __init__(self, precision):
+        self.precision = precision
+        self.scale = JaxVariable(jnp.asarray(precision.init_scale, jnp.float32), trainable=False)
+        self.good_steps = JaxVariable(jnp.asarray(0, jnp.int32), trainable=False)
+
+    def variables(self) -> list:
+        return [self.scale, self.good_steps]
+
+    def update(self, finite) -> None:
+        p = self.precision
+        scale, good = self.scale.value, jnp.where(finite, self.good_steps.value + 1, 0)
+        grow = good >= p.growth_interval
+        self.scale.value = jnp.where(finite, jnp.where(grow, scale * GROWTH_FACTOR, scale), scale * BACKOFF_FACTOR)
+        self.good_steps.value = jnp.where(grow, 0, good)
+
+
+def _float32(value):
+    return value.astype(jnp.float32) if jnp.issubdtype(value.dtype, jnp.floating) else value
+
+
+def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager):
+    """``Backend.mixed_precision_train_step`` of the jax backend: one ``jax.jit`` step (state in, state out),
+    or eager with ``eager=True``, like its ``train_step``."""
+    params = optimizer.params
+    modules = modules_of(model, loss_fn)
+    compute = precision.compute_dtype
+    scaler = LossScale(precision) if precision.scales_loss else None
+    name = f"train_step of {type(model).__name__}"
+
+    def step(x, y, *inputs):
+        def loss_of():
+            with autocast_modules(modules, jax_ops, compute):
+                outputs = _float32(model(x, *inputs))
+                loss = loss_fn(outputs, y)
+            scaled = loss * scaler.scale.value.astype(loss.dtype) if scaler is not None else loss
+            return scaled, (loss, outputs)
+
+        mask = trainable_mask(params)  # at trace time (the static key): frozen parameters are constants
+        active = [p for p, m in zip(params, mask) if m]
+        (_, (loss, outputs)), found = backend._value_and_grad(loss_of, (), None, active, with_aux=True)
+        if scaler is not None:
+            inverse = 1.0 / scaler.scale.value
+            found = [None if g is None else g * inverse.astype(g.dtype) for g in found]
+            scaler.update(all_finite(found))
+        found = iter(found)
+        optimizer.native.apply([next(found) if m else None for m in mask], loss)  # skipped if not finite
+        return (loss, outputs) if with_outputs else loss
+
+    variables = backend._model_state(model, optimizer) + (scaler.variables() if scaler is not None else [])
+    compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
+                           static_key=lambda: (backend._modes(model), trainable_mask(params)))
+    to_input = backend.to_input
+    if eager:
+        run = lambda *args: step(*[to_input(a) for a in args])  # noqa: E731
+    else:
+        def run(*args):
+            args = [a if isinstance(a, (bool, int, float)) and i >= 2 else to_input(a) for i, a in enumerate(args)]
+            try:
+                return compiled(*args)
+            except _CONCRETIZATION as error:
+                raise traced_forward_error(error, f"the forward of {type(model).__name__} in ud.train_step") from None
+    return _WithScale(run, compiled, scaler)
+
+
+class _WithScale:
+    """A step that also reports its loss scale (``loss_scale()``) and its ``trace_count``."""
+
+    def __init__(self, run, compiled, scaler):
+        self._run, self._compiled, self._scaler = run, compiled, scaler
+
+    def __call__(self, *args):
+        return self._run(*args)
+
+    def loss_scale(self) -> float:
+        return float(self._scaler.scale.value) if self._scaler is not None else 1.0
+
+    @property
+    def trace_count(self):
+        return self._compiled.trace_count

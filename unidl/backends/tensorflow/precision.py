@@ -1,0 +1,94 @@
+"""Mixed precision on TensorFlow: the forward traced with explicit casts (``unidl.precision.autocast_modules``,
+torch.autocast's rule), float32 master weights, and dynamic loss scaling for float16 as ``tf.Variable``s
+updated inside the step's graph (a step whose gradients overflow is skipped by the optimizer's non-finite
+guard, which then clips the unscaled gradients)."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from unidl.nn.module import trainable_mask
+from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
+from unidl.backends.tensorflow import ops as tf_ops
+from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
+
+
+class LossScale(tf.Module):
+    """The dynamic loss scale (``torch.amp.GradScaler``'s rule) as variables a compiled step updates."""
+
+    def __init__(self, precision):
+        super().__init__(name="loss_scale")
+        self.precision = precision
+        self.scale = tf.Variable(float(precision.init_scale), dtype=tf.float32, trainable=False, name="scale")
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+
+    def unscale(self, grads):
+        """``grads / scale`` (None stays None) and whether every one is finite."""
+        inverse = 1.0 / self.scale
+        unscaled = [None if g is None else tf.convert_to_tensor(g) * tf.cast(inverse, g.dtype) for g in grads]
+        checks = [tf.reduce_all(tf.math.is_finite(g)) for g in unscaled if g is not None]
+        return unscaled, tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
+
+    def update(self, finite):
+        p = self.precision
+        good = tf.where(finite, self.good_steps + 1, tf.zeros_like(self.good_steps))
+        grow = good >= p.growth_interval
+        self.scale.assign(tf.where(finite, tf.where(grow, self.scale * GROWTH_FACTOR, self.scale),
+                                   self.scale * BACKOFF_FACTOR))
+        self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
+
+
+def _float32(value):
+    return tf.cast(value, tf.float32) if value.dtype.is_floating and value.dtype != tf.float32 else value
+
+
+def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager):
+    """``Backend.mixed_precision_train_step`` of the tensorflow backend: one graph per input signature, or
+    eager with ``eager=True``, like its ``train_step``."""
+    params = optimizer.params
+    apply = optimizer.native.apply
+    modules = modules_of(model, loss_fn)
+    compute = precision.compute_dtype
+    device = backend.current_device_name()
+    with tf.device(device):
+        scaler = LossScale(precision) if precision.scales_loss else None
+
+    def step(x, y, *inputs):
+        mask = trainable_mask(params)  # at trace time: a frozen parameter gets no gradient and no update
+        with autocast_modules(modules, tf_ops, compute), tf.GradientTape() as tape:
+            outputs = _float32(model(x, *inputs))
+            loss = loss_fn(outputs, y)
+            scaled = loss * tf.cast(scaler.scale, loss.dtype) if scaler is not None else loss
+        found = tape.gradient(scaled, [p for p, m in zip(params, mask) if m])
+        if scaler is not None:
+            found, finite = scaler.unscale(found)
+            scaler.update(finite)
+        found = iter(found)
+        # the optimizer's non-finite guard skips an overflowing step (no weight or slot changes), then clips
+        apply([next(found) if m else None for m in mask], loss)
+        return (loss, outputs) if with_outputs else loss
+
+    if eager:
+        def run(*args):
+            with tf.device(device):
+                return step(*[to_graph_input(a) for a in args])
+    else:
+        run = PerModeGraphs(model, step, device, extra_key=lambda: trainable_mask(params))
+    return _WithScale(run, scaler)
+
+
+class _WithScale:
+    """A step that also reports its loss scale (``loss_scale()``) and its graphs' ``trace_count``."""
+
+    def __init__(self, run, scaler):
+        self._run, self._scaler = run, scaler
+
+    def __call__(self, *args):
+        return self._run(*args)
+
+    def loss_scale(self) -> float:
+        return float(self._scaler.scale.numpy()) if self._scaler is not None else 1.0
+
+    @property
+    def trace_count(self):
+        return getattr(self._run, "trace_count", None)

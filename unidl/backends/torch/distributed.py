@@ -1,0 +1,70 @@
+"""torch's data-parallel engine for unidl: ``torch.distributed`` (gloo on CPU, NCCL on CUDA) joins the group,
+and ``DistributedDataParallel`` averages the gradients of the torch backend's training step.
+
+``data_parallel(model)`` is what ``Backend.train_step`` calls forward through: the model itself in one
+process, a ``DistributedDataParallel`` over the model's ``NativeModule`` (the very same parameters) in a
+group, so that ``loss.backward()`` ends with gradients averaged over every rank by torch's reducer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+
+from unidl.backends.torch.module import NativeModule
+from unidl.errors import DistributedError
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN, "mean": dist.ReduceOp.SUM}
+
+
+class Engine:
+    """The ``torch.distributed`` process group (see ``unidl.distributed.process_group``)."""
+
+    def start(self, rank, world_size, address, port, timeout):
+        from unidl.distributed.environment import LOOPBACK, loopback_interface
+
+        if not dist.is_available():
+            raise DistributedError("this torch build has no torch.distributed; install a build with it")
+        if address in (LOOPBACK, "localhost") and "GLOO_SOCKET_IFNAME" not in os.environ:
+            interface = loopback_interface()  # gloo resolves the hostname otherwise, which may not resolve
+            if interface:
+                os.environ["GLOO_SOCKET_IFNAME"] = interface
+        engine = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        # under torchrun the workers join the store its agent already serves on MASTER_PORT ("env://")
+        torchrun = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        dist.init_process_group(engine, init_method="env://" if torchrun else f"tcp://{address}:{port}", rank=rank,
+                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+
+    def barrier(self):
+        dist.barrier()
+
+    def all_reduce(self, tensor, op):
+        result = tensor.detach().clone()
+        dist.all_reduce(result, op=_OPS[op])
+        if op == "mean":
+            result = result / dist.get_world_size() if result.is_floating_point() else result // dist.get_world_size()
+        return result
+
+    def stop(self):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def data_parallel(model):
+    """``model``, or in a group of several processes a ``DistributedDataParallel`` over it: rank 0's
+    parameters and buffers are broadcast now, and every backward averages the gradients over the ranks."""
+    from unidl.distributed import process_group
+
+    if process_group.sharding() is None or not dist.is_initialized():
+        return model
+    # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
+    # reducer warn at every run, though the copy it warns about is of those dimensions only
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    native = NativeModule(model)
+    device = next((p.device for p in native.parameters()), torch.device("cpu"))
+    return torch.nn.parallel.DistributedDataParallel(
+        native, device_ids=[device.index or 0] if device.type == "cuda" else None)

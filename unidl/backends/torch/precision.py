@@ -1,0 +1,74 @@
+"""Mixed precision on torch: the forward under ``torch.autocast``, float32 master weights, and dynamic loss
+scaling for float16 by ``torch.amp.GradScaler``'s rule (see ``unidl.precision``)."""
+
+from __future__ import annotations
+
+import torch
+
+from unidl.backends.torch.distributed import data_parallel
+from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule
+from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
+
+_COMPUTE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LossScale:
+    """The dynamic loss scale (GradScaler's state): ``scale`` and the count of finite steps in a row."""
+
+    def __init__(self, precision):
+        self.precision = precision
+        self.scale = float(precision.init_scale)
+        self.good_steps = 0
+
+    def unscale(self, params) -> None:
+        """Divide the stored gradients by the scale (before the non-finite guard and clipping read them)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, 1.0 / self.scale)
+
+    def update(self, finite: bool) -> None:
+        p = self.precision
+        if not finite:
+            self.scale *= BACKOFF_FACTOR
+            self.good_steps = 0
+            return
+        self.good_steps += 1
+        if self.good_steps == p.growth_interval:
+            self.scale *= GROWTH_FACTOR
+            self.good_steps = 0
+
+
+def train_step(backend, model, loss_fn, optimizer, precision, with_outputs):
+    """``Backend.mixed_precision_train_step`` of the torch backend (always eager)."""
+    native = optimizer.native
+    to_input = backend.to_input
+    l1 = l1_outside_rule(optimizer)
+    dtype = _COMPUTE[precision.compute_dtype]
+    scaler = LossScale(precision) if precision.scales_loss else None
+    forward = data_parallel(model)  # in a process group: DDP averages the gradients (overflow seen by every rank)
+
+    def step(x, y, *inputs):
+        x, y = to_input(x), to_input(y)
+        native.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
+            outputs = forward(x, *inputs)
+        loss = loss_fn(outputs.float(), y)  # the loss in float32, as autocast computes losses
+        if scaler is None:
+            loss.backward()
+        else:
+            (loss * scaler.scale).backward()
+            scaler.unscale(optimizer.params)
+        finite = guard_and_clip(optimizer, loss)  # the non-finite guard, then clipping, on unscaled gradients
+        if scaler is not None:
+            scaler.update(finite)
+        if finite:
+            if l1:
+                add_l1(optimizer)
+            native.step()
+            optimizer._steps += 1
+        else:  # a skipped step leaves no overflowed gradient behind for a later optimizer.step()
+            native.zero_grad(set_to_none=True)
+        return (loss.detach(), outputs.detach().float()) if with_outputs else loss.detach()
+
+    step.loss_scale = lambda: scaler.scale if scaler is not None else 1.0
+    return step

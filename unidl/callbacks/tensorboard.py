@@ -1,0 +1,172 @@
+"""``TensorBoard``: event files that TensorBoard reads, laid out as Keras lays them out.
+
+Scalars go to ``log_dir/train`` and ``log_dir/validation`` under Keras's tag names ('epoch_loss',
+'epoch_accuracy', 'epoch_learning_rate', 'batch_loss'), so runs from every backend, and from Keras
+itself, overlay in one TensorBoard. Written with the ``tensorboard`` package's record writer and protos.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from unidl.callbacks.callback import Callback
+
+
+def _import_tensorboard():
+    try:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+    except ImportError as error:
+        raise ImportError("ud.callbacks.TensorBoard needs the tensorboard package, which is not installed: "
+                          "pip install 'unidl[tensorboard]' (or pip install tensorboard)") from error
+    return RecordWriter, event_pb2, summary_pb2
+
+
+class EventFile:
+    """One ``events.out.tfevents.*`` file, written with the tensorboard package's record writer on a plain file:
+    its ``EventFileWriter`` goes through ``tf.io.gfile`` and so imports TensorFlow wherever it is installed,
+    which a torch or JAX run must not pay for (nor print TensorFlow's log lines)."""
+
+    _count = 0  # files opened by this process: a name of its own for each, as TensorFlow's writer does
+
+    def __init__(self, directory: str):
+        import socket
+
+        RecordWriter, event_pb2, _ = _import_tensorboard()
+        os.makedirs(directory, exist_ok=True)
+        EventFile._count += 1
+        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{EventFile._count}"
+        self.path = os.path.join(directory, name)
+        self._records = RecordWriter(open(self.path, "wb"))
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def add_event(self, event) -> None:
+        self._records.write(event.SerializeToString())
+
+    def flush(self) -> None:
+        self._records.flush()
+
+    def close(self) -> None:
+        self._records.close()
+
+
+class TensorBoard(Callback):
+    """Log a ``fit`` run for TensorBoard (``tensorboard --logdir LOG_DIR``), as ``keras.callbacks.TensorBoard``.
+
+    Every epoch, its logs are written at step ``epoch`` (from 0) as 'epoch_<name>': the training values to
+    ``log_dir/train`` ('epoch_loss', 'epoch_accuracy', and the learning rate as 'epoch_learning_rate'), the
+    validation values ('val_loss', ...) to ``log_dir/validation`` under the same tags without 'val_', and
+    there also as 'evaluation_<name>_vs_iterations' at the global step.
+
+    Args:
+        log_dir: the run's directory (created); one directory per run, as TensorBoard expects.
+        histogram_freq: every this many epochs (0: never), a histogram of each parameter, tagged by its
+            ``named_parameters()`` name with '/' between modules ('linear1/weight'), in ``log_dir/train``.
+        update_freq: ``"epoch"`` (scalars once per epoch), ``"batch"`` (also after every batch), or an
+            integer N (also after every N batches): the running means of the epoch so far as 'batch_<name>'
+            at the global step (batches trained since the start of the run).
+        write_graph: must stay ``False``: the model graph is not written, since no backend gives one in a
+            framework-independent form (Keras's default ``True`` is an error here rather than ignored).
+    """
+
+    def __init__(self, log_dir="logs", histogram_freq: int = 0, update_freq="epoch", write_graph: bool = False):
+        if write_graph:
+            raise ValueError("TensorBoard write_graph=True is not supported: unidl writes scalars and histograms, "
+                             "not the model graph; pass write_graph=False")
+        if not isinstance(histogram_freq, int) or isinstance(histogram_freq, bool) or histogram_freq < 0:
+            raise ValueError(f"TensorBoard histogram_freq must be an integer >= 0 (0: no histograms), "
+                             f"got {histogram_freq!r}")
+        if update_freq == "batch":
+            update_freq = 1
+        if update_freq != "epoch" and (not isinstance(update_freq, int) or isinstance(update_freq, bool)
+                                       or update_freq < 1):
+            raise ValueError(f"TensorBoard update_freq must be 'epoch', 'batch' or an integer >= 1, "
+                             f"got {update_freq!r}")
+        _import_tensorboard()  # fail now, not after the first epoch
+        self.log_dir = os.fspath(log_dir)
+        self.histogram_freq, self.update_freq = histogram_freq, update_freq
+        self._writers = {}
+        self._batches = 0
+
+    # ---- writing ---------------------------------------------------------------
+
+    def _writer(self, name: str):
+        if name not in self._writers:
+            self._writers[name] = EventFile(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
+    def _write(self, writer_name: str, step: int, values) -> None:
+        """One event holding ``values``: (tag, float) scalars and (tag, HistogramProto) histograms."""
+        _, event_pb2, summary_pb2 = _import_tensorboard()
+        summary = summary_pb2.Summary()
+        for tag, value in values:
+            if isinstance(value, summary_pb2.HistogramProto):
+                summary.value.add(tag=tag, histo=value)
+            else:
+                summary.value.add(tag=tag, simple_value=float(value))
+        if summary.value:
+            self._writer(writer_name).add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                                                summary=summary))
+
+    @staticmethod
+    def _histogram(values: np.ndarray):
+        """``values`` as TensorBoard's HistogramProto (30 equal buckets over their range)."""
+        _, _, summary_pb2 = _import_tensorboard()
+        values = np.asarray(values, dtype=np.float64).ravel()
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            values = np.zeros(1)
+        counts, edges = np.histogram(values, bins=30)
+        return summary_pb2.HistogramProto(min=float(values.min()), max=float(values.max()), num=float(values.size),
+                                          sum=float(values.sum()), sum_squares=float(np.dot(values, values)),
+                                          bucket_limit=[float(e) for e in edges[1:]],
+                                          bucket=[float(c) for c in counts])
+
+    @staticmethod
+    def _scalars(logs) -> list:
+        return [(key, value) for key, value in (logs or {}).items()
+                if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)]
+
+    def _flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
+    # ---- hooks ---------------------------------------------------------------
+
+    def _global_step(self) -> int:
+        trainer = self.trainer
+        return int(trainer.global_step) if trainer is not None else self._batches
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._batches = 0
+
+    def on_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self.update_freq == "epoch" or self._global_step() % self.update_freq:
+            return
+        self._write("train", self._global_step(), [(f"batch_{key}", value) for key, value in self._scalars(logs)])
+
+    def on_epoch_end(self, epoch, logs=None):
+        scalars = self._scalars(logs)
+        train = [(f"epoch_{'learning_rate' if key == 'lr' else key}", value)
+                 for key, value in scalars if not key.startswith("val_")]
+        if self.histogram_freq and epoch % self.histogram_freq == 0 and self.trainer is not None:
+            model = self.trainer.model
+            state = model.state_dict()
+            train += [(name.replace(".", "/"), self._histogram(state[name]))
+                      for name, _ in model.named_parameters() if name in state]
+        self._write("train", epoch, train)
+        validation = [(key[len("val_"):], value) for key, value in scalars if key.startswith("val_")]
+        self._write("validation", epoch, [(f"epoch_{key}", value) for key, value in validation])
+        self._write("validation", self._global_step(),
+                    [(f"evaluation_{key}_vs_iterations", value) for key, value in validation])
+        self._flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

@@ -1,0 +1,17 @@
+"""Data-parallel training on the frameworks' own engines: every rank runs the same ``fit``/``train_step``.
+
+In a job of N processes (``unidl.distributed.launch``, ``unidl train --nproc N``, ``torchrun``), after
+``init()``: a ``DataLoader``'s batch size is the *global* batch, and each rank gets its share of every batch
+(every sample once per epoch, the same number of steps on every rank, reshuffled per epoch from the
+loader's seed, which rank 0's value fixes); the backend's engine averages the gradients (torch:
+``DistributedDataParallel``, gloo on CPU); ``fit``'s logs are reduced over the ranks; only rank 0 writes
+checkpoints and prints progress. So 2 ranks with global batch B train the weights 1 process with batch B
+trains. See docs/distributed.md.
+"""
+
+from unidl.distributed.launch import launch
+from unidl.distributed.process_group import (REDUCE_OPS, all_reduce, barrier, init, is_initialized, is_main,
+                                             local_rank, rank, shutdown, world_size)
+
+__all__ = ["init", "shutdown", "is_initialized", "rank", "local_rank", "world_size", "is_main", "barrier",
+           "all_reduce", "launch", "REDUCE_OPS"]

@@ -1,0 +1,113 @@
+"""Where this process sits in a data-parallel job, read from the environment a launcher set.
+
+Three launchers are understood, checked in this order: unidl's own variables (``UNIDL_RANK``,
+``UNIDL_WORLD_SIZE``, ``UNIDL_LOCAL_RANK``, ``UNIDL_MASTER_ADDR``, ``UNIDL_MASTER_PORT``), torchrun's
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and TensorFlow's
+``TF_CONFIG`` (``cluster.worker`` addresses and ``task.index``). None of them: one process, rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+
+from unidl.errors import DistributedError
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """This process's rank among ``world_size`` processes and where rank 0 listens (``address:port``)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    address: str
+    port: int | None
+    source: str  # which launcher's variables these came from, for error messages
+
+
+def _integer(environ, name: str, minimum: int) -> int:
+    text = environ[name]
+    try:
+        value = int(text)
+    except ValueError:
+        raise DistributedError(f"{name}={text!r} is not an integer") from None
+    if value < minimum:
+        raise DistributedError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _from_variables(environ, prefix: str, source: str) -> Rendezvous:
+    names = {key: prefix + key for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    missing = [names[key] for key in ("WORLD_SIZE",) if names[key] not in environ]
+    if missing:
+        raise DistributedError(f"{names['RANK']} is set but {', '.join(missing)} is not ({source}); set "
+                               f"{names['RANK']}, {names['WORLD_SIZE']}, {names['MASTER_ADDR']} and "
+                               f"{names['MASTER_PORT']} together")
+    rank, world_size = _integer(environ, names["RANK"], 0), _integer(environ, names["WORLD_SIZE"], 1)
+    if rank >= world_size:
+        raise DistributedError(f"{names['RANK']}={rank} must be below {names['WORLD_SIZE']}={world_size}")
+    local_rank = _integer(environ, names["LOCAL_RANK"], 0) if names["LOCAL_RANK"] in environ else rank
+    port = _integer(environ, names["MASTER_PORT"], 1) if names["MASTER_PORT"] in environ else None
+    if world_size > 1 and port is None:
+        raise DistributedError(f"{names['WORLD_SIZE']}={world_size} needs {names['MASTER_PORT']}, the port rank 0 "
+                               f"listens on ({source})")
+    return Rendezvous(rank, world_size, local_rank, environ.get(names["MASTER_ADDR"], LOOPBACK), port, source)
+
+
+def _from_tf_config(text: str) -> Rendezvous:
+    try:
+        config = json.loads(text)
+        workers = list(config["cluster"]["worker"])
+        rank = int(config["task"]["index"])
+        kind = config["task"].get("type", "worker")
+    except (ValueError, KeyError, TypeError) as error:
+        raise DistributedError(f"TF_CONFIG is not a multi-worker configuration ({error!r}); expected "
+                               f'{{"cluster": {{"worker": ["host:port", ...]}}, "task": {{"type": "worker", '
+                               f'"index": N}}}}') from None
+    if kind not in ("worker", "chief") or not 0 <= rank < len(workers):
+        raise DistributedError(f"TF_CONFIG task {config['task']!r} is not one of the {len(workers)} workers")
+    address, _, port = workers[0].rpartition(":")
+    return Rendezvous(rank, len(workers), rank, address or LOOPBACK, int(port), "TF_CONFIG")
+
+
+def rendezvous(environ=None) -> Rendezvous:
+    """This process's place in the job, from the first launcher whose variables are set (module docstring)."""
+    environ = os.environ if environ is None else environ
+    if "UNIDL_RANK" in environ:
+        return _from_variables(environ, "UNIDL_", "unidl's variables")
+    if "RANK" in environ:
+        return _from_variables(environ, "", "torchrun's variables")
+    if environ.get("TF_CONFIG"):
+        return _from_tf_config(environ["TF_CONFIG"])
+    return Rendezvous(0, 1, 0, LOOPBACK, None, "no launcher (one process)")
+
+
+def free_port(address: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on at ``address`` now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
+def check_port_free(address: str, port: int, what: str) -> None:
+    """Raise ``DistributedError`` naming ``port`` if another process listens on it at ``address``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, int(port)))
+        except OSError as error:
+            raise DistributedError(f"{what}: port {port} on {address} is in use ({error.strerror}); pick a free "
+                                   f"port, or leave it out and unidl.distributed.launch picks one") from None
+
+
+def loopback_interface() -> str | None:
+    """The name of the loopback network interface ('lo' on Linux, 'lo0' on macOS), or None."""
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((name for name in ("lo", "lo0") if name in names), None)

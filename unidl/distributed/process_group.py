@@ -1,0 +1,208 @@
+"""The process group of a data-parallel job: ``init`` joins it through the backend's own engine (torch's
+``torch.distributed``, ...), and ``rank``, ``world_size``, ``barrier`` and ``all_reduce`` ask that engine.
+
+The front end never talks to a framework here: ``Backend.distributed_engine()`` returns the engine, which
+lives in ``unidl/backends/<name>/distributed.py``. One process (no launcher's variables) is a group of
+one, with no engine started: the same script runs unchanged with and without a launcher.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from unidl.distributed import environment
+from unidl.errors import DistributedError, DistributedNotInitializedError
+
+REDUCE_OPS = ("sum", "mean", "max", "min")
+DEFAULT_TIMEOUT = 300.0
+
+
+@dataclass
+class ProcessGroup:
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: object       # the unidl backend whose engine joined the group
+    engine: object        # that engine, or None for a group of one
+
+
+_group: ProcessGroup | None = None
+
+
+def current() -> ProcessGroup | None:
+    """The group this process joined, or None (no error: for code that works with and without one)."""
+    return _group
+
+
+def sharding() -> tuple[int, int] | None:
+    """``(rank, world_size)`` when this process trains with others (world size > 1), else None."""
+    group = _group
+    return (group.rank, group.world_size) if group is not None and group.world_size > 1 else None
+
+
+def _require(what: str) -> ProcessGroup:
+    if _group is None:
+        raise DistributedNotInitializedError(
+            f"unidl.distributed.{what}() needs the process group: call unidl.distributed.init() first (in every "
+            f"process; unidl.distributed.launch and `unidl train --nproc N` call it for you)")
+    return _group
+
+
+def init(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> ProcessGroup:
+    """Join the data-parallel job this process was launched into (see ``unidl.distributed``).
+
+    ``backend``: the unidl backend whose engine carries the gradients (default: the current backend).
+    ``timeout``: seconds a collective waits for the other ranks before failing. Calling ``init`` again in
+    the same group returns it; a second group needs ``shutdown()`` first.
+    """
+    global _group
+    from unidl import config
+
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    place = environment.rendezvous()
+    backend_object = config.backend() if backend is None else _load(backend)
+    if _group is not None:
+        if (_group.rank, _group.world_size, _group.backend) == (place.rank, place.world_size, backend_object):
+            return _group
+        raise DistributedError(f"this process already joined a group (rank {_group.rank} of {_group.world_size} "
+                               f"on {_group.backend.name}); call unidl.distributed.shutdown() first")
+    engine = None
+    if place.world_size > 1:
+        engine = backend_object.distributed_engine()
+        if engine is None:
+            raise DistributedError(f"the {backend_object.name} backend has no distributed engine in unidl; "
+                                   f"data-parallel training runs on the torch backend")
+        # (torchrun's own agent already listens on MASTER_PORT, and the engine joins through it)
+        if place.rank == 0 and place.source == "unidl's variables" and place.address in (environment.LOOPBACK,
+                                                                                       "localhost"):
+            environment.check_port_free(place.address, place.port, f"rank 0 of {place.world_size} "
+                                                                   f"({place.source})")
+        engine.start(place.rank, place.world_size, place.address, place.port, float(timeout))
+    _group = ProcessGroup(place.rank, place.world_size, place.local_rank, backend_object, engine)
+    return _group
+
+
+def _load(name: str):
+    from unidl import backends
+
+    return backends.load(name)
+
+
+def shutdown() -> None:
+    """Leave the group (the engine's resources are released); a no-op without one."""
+    global _group
+    group, _group = _group, None
+    if group is not None and group.engine is not None:
+        group.engine.stop()
+
+
+def is_initialized() -> bool:
+    """True after ``init()`` (and before ``shutdown()``)."""
+    return _group is not None
+
+
+def rank() -> int:
+    """This process's rank, 0 .. world_size - 1."""
+    return _require("rank").rank
+
+
+def local_rank() -> int:
+    """This process's rank among the processes of its machine (which GPU it takes)."""
+    return _require("local_rank").local_rank
+
+
+def world_size() -> int:
+    """How many processes train together."""
+    return _require("world_size").world_size
+
+
+def is_main() -> bool:
+    """True on rank 0, the process that writes checkpoints and logs."""
+    return _require("is_main").rank == 0
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this call."""
+    group = _require("barrier")
+    if group.engine is not None:
+        group.engine.barrier()
+
+
+def all_reduce(value, op: str = "sum"):
+    """``value`` (NumPy array, number or the backend's tensor) reduced over every rank with ``op``
+    ('sum', 'mean', 'max', 'min'); every rank gets the result, as a tensor of the group's backend.
+    ``value`` itself is left unchanged."""
+    group = _require("all_reduce")
+    if op not in REDUCE_OPS:
+        raise ValueError(f"all_reduce op must be one of {list(REDUCE_OPS)}, got {op!r}")
+    backend = group.backend
+    tensor = value if backend.is_tensor(value) else backend.tensor(np.asarray(value))
+    if group.engine is None:
+        return backend.tensor(tensor)
+    return group.engine.all_reduce(tensor, op)
+
+
+def broadcast_value(value: int) -> int:
+    """Rank 0's integer on every rank (a drawn seed that all ranks must share)."""
+    group = _group
+    if group is None or group.engine is None:
+        return int(value)
+    reduced = group.engine.all_reduce(group.backend.tensor(np.asarray(int(value) if group.rank == 0 else 0,
+                                                                       dtype=np.int64)), "sum")
+    return int(group.backend.to_numpy(reduced))
+
+
+def mean_over_ranks(logs: dict, count: int) -> dict:
+    """Per-rank means of ``count`` samples each -> the means over every rank's samples (one all-reduce)."""
+    group = _group
+    if group is None or group.engine is None or not logs:
+        return logs
+    keys = [key for key, value in logs.items() if isinstance(value, numbers.Real) and not isinstance(value, bool)]
+    sums = np.asarray([float(logs[key]) * count for key in keys] + [float(count)], dtype=np.float64)
+    reduced = group.backend.to_numpy(group.engine.all_reduce(group.backend.tensor(sums, dtype="float64"), "sum"))
+    total = reduced[-1]
+    return dict(logs, **{key: float(reduced[i] / total) for i, key in enumerate(keys)}) if total else logs
+
+
+def rank_from_environment() -> int:
+    """This process's rank by the launcher's variables, without joining (0 without a launcher)."""
+    if _group is not None:
+        return _group.rank
+    try:
+        return environment.rendezvous(os.environ).rank
+    except DistributedError:
+        return 0
+
+
+def sum_over_ranks(*values: float) -> tuple:
+    """Each of ``values`` summed over every rank (one all-reduce); the values themselves without a group."""
+    group = _group
+    if group is None or group.engine is None:
+        return values
+    sums = group.backend.tensor(np.asarray(values, dtype=np.float64), dtype="float64")
+    reduced = group.backend.to_numpy(group.engine.all_reduce(sums, "sum"))
+    return tuple(type(value)(total) for value, total in zip(values, reduced))
+
+
+def check_training_loader(loader) -> None:
+    """In a data-parallel job, refuse a loader whose last batch leaves a rank without a sample (that rank's
+    step would average nothing), before any rank trains."""
+    place = sharding()
+    if place is None or not hasattr(loader, "smallest_share"):
+        return
+    if loader.smallest_share(place[1]) < 1:
+        length, batch_size = len(loader.dataset), loader.batch_size
+        raise ValueError(f"with {place[1]} ranks, a batch of the loader ({length} samples, batch_size="
+                         f"{batch_size}, last batch {length % batch_size or batch_size}) has fewer samples than "
+                         f"ranks, so a rank would train on none; use drop_last=True, or a batch_size that is at "
+                         f"least the number of ranks and leaves a last batch of at least that many")
+
+
+def is_writer() -> bool:
+    """True where files and logs are written: outside a group, or on rank 0 of one (no error before ``init``)."""
+    return _group is None or _group.rank == 0

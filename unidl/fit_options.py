@@ -1,0 +1,225 @@
+"""Keras's ``fit`` options, turned into what unidl's one epoch loop already runs.
+
+Losses and optimizers by name, ``fit(model, x, y)`` alongside ``fit(model, (x, y))``, ``validation_split``
+(the last fraction of the arrays, before shuffling, as Keras), ``validation_freq``, ``initial_epoch``,
+and per-sample weights (``sample_weight``, ``class_weight``): these travel with the targets, packed as
+one extra column, so that every backend's compiled step (and Keras's own trainer) gets them through the
+unchanged ``step(x, y)``; ``SampleWeightedLoss`` unpacks them inside the step.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from unidl import ops
+from unidl.nn.module import Module
+
+# PyTorch's logit-taking losses under their PyTorch and Keras names: a unidl model outputs logits (no final
+# softmax), so Keras's 'categorical_crossentropy' is here the cross-entropy of logits against one-hot targets
+LOSS_NAMES = {
+    "cross_entropy": "CrossEntropyLoss", "crossentropy": "CrossEntropyLoss",
+    "sparse_categorical_crossentropy": "CrossEntropyLoss", "categorical_crossentropy": "CrossEntropyLoss",
+    "nll": "NLLLoss", "nll_loss": "NLLLoss",
+    "mse": "MSELoss", "mean_squared_error": "MSELoss", "mae": "L1Loss", "l1": "L1Loss",
+    "mean_absolute_error": "L1Loss", "binary_crossentropy": "BCEWithLogitsLoss", "bce_with_logits": "BCEWithLogitsLoss",
+    "bce": "BCELoss", "huber": "HuberLoss", "smooth_l1": "SmoothL1Loss", "kl_div": "KLDivLoss",
+}
+# Keras's default learning rates, which a user naming an optimizer as in Keras expects
+OPTIMIZER_NAMES = {"sgd": ("SGD", 0.01), "adam": ("Adam", 1e-3), "adamw": ("AdamW", 1e-3),
+                   "rmsprop": ("RMSprop", 1e-3), "adagrad": ("Adagrad", 1e-3)}
+
+
+def resolve_loss(loss):
+    """A unidl loss module from ``loss``: a module, or a name in ``LOSS_NAMES`` (built with its defaults)."""
+    import unidl.nn as nn
+
+    if isinstance(loss, str):
+        key = loss.lower()
+        if key not in LOSS_NAMES:
+            raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(sorted(LOSS_NAMES))}, "
+                             f"or a ud.nn loss module")
+        return getattr(nn, LOSS_NAMES[key])()
+    if not isinstance(loss, Module):
+        raise TypeError(f"loss must be a ud.nn loss module or a name ({', '.join(sorted(LOSS_NAMES))}); "
+                        f"got {type(loss).__name__}")
+    return loss
+
+
+def resolve_optimizer(optimizer, model):
+    """A unidl optimizer from ``optimizer``: an optimizer, or a name in ``OPTIMIZER_NAMES``, built over
+    ``model.parameters()`` with Keras's default learning rate for it."""
+    import unidl.optim as optim
+
+    if isinstance(optimizer, str):
+        key = optimizer.lower()
+        if key not in OPTIMIZER_NAMES:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid names: {', '.join(sorted(OPTIMIZER_NAMES))}, "
+                             f"or a ud.optim optimizer")
+        name, lr = OPTIMIZER_NAMES[key]
+        return getattr(optim, name)(model.parameters(), lr=lr)
+    if not isinstance(optimizer, optim.Optimizer):
+        raise TypeError(f"optimizer must be a ud.optim optimizer or a name ({', '.join(sorted(OPTIMIZER_NAMES))}); "
+                        f"got {type(optimizer).__name__}")
+    return optimizer
+
+
+def _is_array(value) -> bool:
+    return hasattr(value, "shape") and hasattr(value, "dtype")
+
+
+def data_of(data, y, what: str = "x"):
+    """``(x, y)`` from Keras's ``x, y`` or unidl's ``(x, y)``; a loader or pipeline is returned as it is."""
+    if y is not None:
+        if not _is_array(data):
+            raise TypeError(f"{what} and y: with y given, {what} must be an array (Keras's fit(model, x, y)); "
+                            f"got {type(data).__name__}")
+        return data, y
+    if _is_array(data):
+        raise ValueError(f"{what} is an array but y is missing: pass fit(model, x, y, ...) or fit(model, (x, y), ...)")
+    if data is None:
+        raise TypeError(f"no training data: pass fit(model, x, y, ...) or fit(model, (x, y), ...) or a loader")
+    return data
+
+
+def arrays_of(data):
+    """``(x, y)`` as NumPy arrays when ``data`` is a pair of arrays (or tensors), else None."""
+    from unidl.tensors import to_numpy
+
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(_is_array(v) for v in data):
+        return tuple(np.asarray(to_numpy(v)) for v in data)
+    return None
+
+
+def split_validation(data, validation_split: float, sample_weight=None):
+    """Keras's ``validation_split``: the last ``validation_split`` of the arrays, taken before shuffling,
+    validate; the rest (and its sample weights) train. Returns (train data, weights, validation data)."""
+    if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"validation_split must be a fraction in [0, 1), got {validation_split!r}")
+    if not validation_split:
+        return data, sample_weight, None
+    arrays = arrays_of(data)
+    if arrays is None:
+        raise ValueError("validation_split needs the training data as arrays (x, y); with a loader or a "
+                         "dataset pass validation_data instead")
+    x, y = arrays
+    # Keras's rule: the split point is int(n * (1 - validation_split))
+    cut = int(math.floor(len(x) * (1.0 - validation_split)))
+    if cut <= 0 or cut >= len(x):
+        raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
+                         f"{cut} to train and {len(x) - cut} to validate; both need at least one")
+    weights = None if sample_weight is None else np.asarray(sample_weight)[:cut]
+    return (x[:cut], y[:cut]), weights, (x[cut:], y[cut:])
+
+
+def sample_weights(data, sample_weight, class_weight):
+    """Per-sample weights (N,) from ``sample_weight`` and/or ``class_weight`` ({class: weight}, applied to
+    integer labels or one-hot targets as Keras does; multiplied when both are given), or None."""
+    if sample_weight is None and class_weight is None:
+        return None
+    arrays = arrays_of(data)
+    if arrays is None:
+        raise ValueError("sample_weight and class_weight need the training data as arrays (x, y) "
+                         "(Keras's rule); got a loader or dataset")
+    x, y = arrays
+    weights = np.ones(len(y), dtype=np.float64)
+    if sample_weight is not None:
+        given = np.asarray(sample_weight, dtype=np.float64)
+        if given.shape != (len(y),):
+            raise ValueError(f"sample_weight must hold one weight per sample, shape ({len(y)},); got {given.shape}")
+        weights = weights * given
+    if class_weight is not None:
+        if not isinstance(class_weight, dict):
+            raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
+        if y.dtype.kind in "iu" and (y.ndim == 1 or y.shape[1:] == (1,)):
+            labels = y.reshape(len(y))
+        elif y.ndim == 2 and y.shape[1] > 1:
+            labels = y.argmax(1)
+        else:
+            raise ValueError(f"class_weight needs integer labels (N,) or one-hot targets (N, C); got targets "
+                             f"of shape {y.shape} and dtype {y.dtype}")
+        missing = sorted(set(np.unique(labels).tolist()) - set(class_weight))
+        if missing:
+            raise ValueError(f"class_weight has no weight for classes {missing}; give one for every class "
+                             f"in the labels")
+        weights = weights * np.array([float(class_weight[int(c)]) for c in labels])
+    return weights
+
+
+def pack_targets(y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``y`` flattened per sample with the sample's weight appended: (N, size + 1), float."""
+    if y.dtype.kind in "iub" and y.size and np.abs(y).max() >= 2 ** 24:
+        raise ValueError("sample weights travel with integer labels as float32, exact below 2**24; "
+                         f"labels up to {np.abs(y).max()} would not be")
+    dtype = np.float64 if y.dtype == np.float64 else np.float32
+    return np.concatenate([y.reshape(len(y), -1).astype(dtype), weights.reshape(-1, 1).astype(dtype)], axis=1)
+
+
+class PackedTargets:
+    """How targets were packed with their weights: ``unpack(packed) -> (target, weight)`` in ``ud.ops``."""
+
+    def __init__(self, target_shape: tuple, target_dtype: str):
+        self.target_shape, self.target_dtype = tuple(target_shape), str(target_dtype)
+        self.size = int(np.prod(self.target_shape)) if self.target_shape else 1
+
+    def unpack(self, packed):
+        target = ops.reshape(packed[:, :self.size], (-1, *self.target_shape))
+        return ops.cast(target, self.target_dtype), packed[:, self.size]
+
+
+class SampleWeightedLoss(Module):
+    """``loss`` weighted per sample, as Keras: the loss of each sample (``reduction='none'``, averaged over
+    its elements) times its weight, summed and divided by the batch size. Targets arrive packed with
+    their weights (``pack_targets``), so the weights reach the step's graph on every backend."""
+
+    def __init__(self, loss, packing: PackedTargets):
+        super().__init__()
+        if not hasattr(loss, "reduction"):
+            raise ValueError(f"sample_weight and class_weight need a loss with reduction='none' (per-sample "
+                             f"losses); {type(loss).__name__} has no reduction")
+        per_sample = copy.copy(loss)
+        object.__setattr__(per_sample, "reduction", "none")
+        object.__setattr__(self, "per_sample", per_sample)
+        object.__setattr__(self, "packing", packing)
+
+    def forward(self, outputs, packed):
+        target, weight = self.packing.unpack(packed)
+        losses = self.per_sample(outputs, target)
+        if len(tuple(losses.shape)) > 1:  # an element-wise loss: each sample's mean
+            losses = ops.mean(ops.reshape(losses, (-1, self.packing.size)), axis=1)
+        weight = ops.cast_like(weight, losses)
+        return ops.sum(losses * weight) / ops.sum(ops.zeros_like(weight) + 1.0)
+
+
+def check_validation_freq(validation_freq):
+    """Keras's ``validation_freq``: an int N (every N-th epoch) or a collection of 1-based epochs."""
+    if isinstance(validation_freq, int) and not isinstance(validation_freq, bool):
+        if validation_freq < 1:
+            raise ValueError(f"validation_freq must be a positive integer or a list of epochs, got {validation_freq!r}")
+        return validation_freq
+    if isinstance(validation_freq, (list, tuple, set, range)) and all(
+            isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in validation_freq):
+        return frozenset(validation_freq)
+    raise ValueError(f"validation_freq must be a positive integer or a list of 1-based epochs, got {validation_freq!r}")
+
+
+def validates_after(epoch: int, validation_freq) -> bool:
+    """Whether validation runs after 0-based ``epoch`` (Keras: epoch + 1 divisible by N, or listed)."""
+    if isinstance(validation_freq, int):
+        return (epoch + 1) % validation_freq == 0
+    return epoch + 1 in validation_freq
+
+
+def check_initial_epoch(initial_epoch, epochs: int, resume_from) -> int:
+    """Keras's ``initial_epoch``: the epoch to start at (History and schedules count from it)."""
+    if not isinstance(initial_epoch, int) or isinstance(initial_epoch, bool) or initial_epoch < 0:
+        raise ValueError(f"initial_epoch must be a non-negative integer, got {initial_epoch!r}")
+    if initial_epoch and resume_from is not None:
+        raise ValueError("pass initial_epoch or resume_from, not both: a resumed run continues from its "
+                         "checkpoint's epoch")
+    if initial_epoch > epochs:
+        raise ValueError(f"initial_epoch={initial_epoch} is past epochs={epochs}: epochs is the index of the "
+                         f"last epoch (Keras's meaning), not a count from initial_epoch")
+    return initial_epoch

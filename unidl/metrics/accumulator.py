@@ -1,0 +1,82 @@
+"""``MetricAccumulator``: several metrics' statistics from one compiled function per batch, summed exactly.
+
+``ud.fit`` and ``ud.evaluate`` use one per epoch: ``add(outputs, target)`` per batch (one dispatch for
+all metrics, not one per op), ``results()`` for the running or final values. Where the framework's
+own trainer runs the epoch (Keras), the backend computes the same statistics inside its graph and
+hands their running totals to ``results_from``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from unidl.errors import RetraceWarning
+from unidl.function import Function
+from unidl.tensors import to_numpy
+
+
+class MetricAccumulator:
+    """Running totals of the statistics of ``metrics`` (bound to ``layout``)."""
+
+    def __init__(self, metrics, layout):
+        self.metrics = list(metrics)
+        self.layout = layout
+        for metric in self.metrics:
+            metric.bind(layout)
+        self.shapes = [shape for metric in self.metrics for shape in metric.statistic_shapes()]
+        self.unpack = None  # set by fit when targets travel packed with sample weights: packed -> (target, weight)
+        self._function = Function(self.statistics)
+        self._function.__name__ = "metric statistics"
+        self.reset()
+
+    @property
+    def key(self) -> tuple:
+        """Equal for accumulators that compute the same statistics (a framework may reuse its compiled step)."""
+        return (tuple((type(m).__name__, m.name, tuple(sorted((k, repr(v)) for k, v in vars(m).items()
+                                                               if k not in ("layout", "_totals"))))
+                      for m in self.metrics),
+                self.layout.output_shape, self.layout.target_shape, self.layout.target_is_integer, self.unpack is None)
+
+    def statistics(self, outputs, target) -> tuple:
+        """Every metric's statistics of one batch, flattened into one tuple (``ud.ops`` only: graph-safe)."""
+        if self.unpack is not None:
+            target = self.unpack(target)[0]
+        return tuple(value for metric in self.metrics for value in metric.statistics(outputs, target))
+
+    def reset(self) -> None:
+        self.totals = [np.zeros(shape) for shape in self.shapes]
+
+    def add(self, outputs, target) -> None:
+        """Add one batch: its statistics as one compiled call, then one small transfer each."""
+        from unidl import config
+
+        backend = config.backend()
+        outputs, target = (backend.tensor(v) if isinstance(v, np.ndarray) else v for v in (outputs, target))
+        with warnings.catch_warnings():  # a short last batch is one bounded retrace where graphs are per shape
+            warnings.simplefilter("ignore", RetraceWarning)
+            values = self._function(outputs, target)
+        self.totals = [total + np.asarray(to_numpy(v), dtype=np.float64) for total, v in zip(self.totals, values)]
+
+    def results_from(self, totals) -> dict:
+        """Each metric's value from statistics totals (flattened in ``statistics``' order)."""
+        results, position = {}, 0
+        for metric in self.metrics:
+            size = len(metric.statistic_shapes())
+            results[metric.name] = metric.from_statistics(
+                [np.asarray(t, dtype=np.float64) for t in totals[position:position + size]])
+            position += size
+        return results
+
+    def results_from_flat(self, flat) -> dict:
+        """``results_from`` of all statistics concatenated into one vector (as a framework's metric returns them)."""
+        flat, totals, position = np.asarray(flat, dtype=np.float64).reshape(-1), [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape)) if shape else 1
+            totals.append(flat[position:position + size].reshape(shape))
+            position += size
+        return self.results_from(totals)
+
+    def results(self) -> dict:
+        return self.results_from(self.totals)

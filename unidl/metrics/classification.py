@@ -1,0 +1,207 @@
+"""Classification metrics: accuracy, top-k accuracy, and those of the confusion matrix (precision, recall, F1).
+
+Outputs and targets may be class scores (N, C) against integer labels (N,) (or (N, 1)), scores (N, C)
+against one-hot or probability targets (N, C), or one score per sample (N,) / (N, 1) against 0/1 targets
+(binary: a sample is predicted positive when its score exceeds ``threshold``, 0.5 as in Keras, which
+suits probabilities; pass ``threshold=0.0`` for logits). Statistics are counts, summed over batches, so
+an epoch's value is exact, never a mean of batch values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unidl import ops
+from unidl.metrics.metric import Metric, as_float, count, greater
+
+AVERAGES = ("macro", "micro", "weighted", "binary")
+
+
+def classification_kind(layout, what: str) -> str:
+    """'sparse', 'categorical' or 'binary' for outputs and targets shaped as ``layout``, or a ValueError."""
+    out, target = layout.output_shape, layout.target_shape
+    if len(out) == 1 and out[0] > 1:
+        if layout.target_is_integer and target in ((), (1,)):
+            return "sparse"
+        if not layout.target_is_integer and target == out:
+            return "categorical"
+    if out in ((), (1,)) and target in ((), (1,)):
+        return "binary"
+    raise ValueError(f"{what} needs class scores (N, C) against integer labels (N,) or one-hot targets (N, C), "
+                     f"or one score per sample (N,) or (N, 1) against 0/1 targets; got {layout}")
+
+
+class _Classification(Metric):
+    """Shared by the classification metrics: the kind of outputs and targets, and predicted/true labels."""
+
+    def __init__(self, threshold: float = 0.5, name: str | None = None):
+        super().__init__(name)
+        self.threshold = float(threshold)
+
+    def bind(self, layout) -> None:
+        super().bind(layout)
+        self.kind = classification_kind(layout, type(self).__name__)
+        self.num_classes = 2 if self.kind == "binary" else layout.num_outputs
+
+    def _labels(self, outputs, target) -> tuple:
+        """(predicted, true) class indices, (N,) int64 tensors."""
+        if self.kind == "binary":
+            predicted = greater(ops.reshape(as_float(outputs), (-1,)), self.threshold)
+            return ops.cast(predicted, "int64"), ops.cast(ops.reshape(target, (-1,)), "int64")
+        predicted = ops.argmax(outputs, -1)
+        true = ops.reshape(target, (-1,)) if self.kind == "sparse" else ops.argmax(target, -1)
+        return predicted, true
+
+    def _one_hot(self, labels):
+        return as_float(ops.one_hot(labels, self.num_classes))
+
+
+class Accuracy(_Classification):
+    """The fraction of samples whose predicted class (argmax of the scores; score > ``threshold`` for one
+    score per sample) is the true class. Statistics: (correct, seen)."""
+
+    name = "accuracy"
+
+    def statistic_shapes(self):
+        return ((), ())
+
+    def statistics(self, outputs, target):
+        predicted, true = self._labels(outputs, target)
+        hits = ops.sum(self._one_hot(predicted) * self._one_hot(true), -1)
+        return ops.sum(hits), count(hits)
+
+    def from_statistics(self, totals):
+        correct, seen = totals
+        return float(correct / seen) if seen else 0.0
+
+
+class TopKAccuracy(_Classification):
+    """The fraction of samples whose true class is among the ``k`` highest scores, as Keras's
+    ``TopKCategoricalAccuracy`` and TensorFlow's ``in_top_k``: the true class counts when fewer than ``k``
+    classes score strictly higher (a tie at the boundary counts as a hit). Named ``"top5"``, ``"top_k"`` (k=5)
+    or ``"top<k>"``. Needs class scores (N, C)."""
+
+    def __init__(self, k: int = 5, name: str | None = None):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"TopKAccuracy k must be a positive integer, got {k!r}")
+        super().__init__(name=name or f"top{k}_accuracy")
+        self.k = k
+
+    def bind(self, layout) -> None:
+        super().bind(layout)
+        if self.kind == "binary":
+            raise ValueError(f"TopKAccuracy needs class scores (N, C) with C > 1; got {layout}")
+
+    def statistic_shapes(self):
+        return ((), ())
+
+    def statistics(self, outputs, target):
+        scores = as_float(outputs)
+        _, true = self._labels(outputs, target)
+        true_score = ops.sum(scores * self._one_hot(true), -1, keepdims=True)
+        higher = ops.sum(greater(scores, true_score), -1)  # classes scoring strictly above the true one
+        hits = greater(self.k - higher, 0.5)
+        return ops.sum(hits), count(hits)
+
+    def from_statistics(self, totals):
+        correct, seen = totals
+        return float(correct / seen) if seen else 0.0
+
+
+class ConfusionMatrix(_Classification):
+    """The (C, C) matrix of counts: row = true class, column = predicted class (scikit-learn's layout).
+    Its value is an array, so it is not a training log: use it with ``ud.evaluate`` or standalone."""
+
+    name = "confusion_matrix"
+    scalar = False
+
+    def statistic_shapes(self):
+        return ((self.num_classes, self.num_classes),)
+
+    def statistics(self, outputs, target):
+        predicted, true = self._labels(outputs, target)
+        return (ops.matmul(ops.transpose(self._one_hot(true), 0, 1), self._one_hot(predicted)),)
+
+    def from_statistics(self, totals):
+        return np.rint(totals[0]).astype(np.int64)
+
+
+class _FromConfusion(_Classification):
+    """A per-class ratio of the confusion matrix's counts, averaged as ``average`` says:
+
+    * 'macro': the unweighted mean over all C classes (a class with no predictions has precision 0);
+    * 'micro': from the counts summed over classes;
+    * 'weighted': the mean weighted by each class's number of true samples;
+    * 'binary': class 1 only (the default for one score per sample; 'macro' otherwise).
+
+    Statistics: per class, true positives, predictions and true samples (3 vectors of C, not the C x C matrix).
+    """
+
+    def __init__(self, average: str | None = None, threshold: float = 0.5, name: str | None = None):
+        if average is not None and average not in AVERAGES:
+            raise ValueError(f"{type(self).__name__} average must be one of {list(AVERAGES)}, got {average!r}")
+        super().__init__(threshold, name)
+        self.average = average
+
+    def bind(self, layout) -> None:
+        super().bind(layout)
+        self._average = self.average or ("binary" if self.kind == "binary" else "macro")
+
+    def statistic_shapes(self):
+        return ((self.num_classes,),) * 3
+
+    def statistics(self, outputs, target):
+        predicted, true = self._labels(outputs, target)
+        predicted, true = self._one_hot(predicted), self._one_hot(true)
+        return ops.sum(predicted * true, 0), ops.sum(predicted, 0), ops.sum(true, 0)
+
+    def from_statistics(self, totals):
+        tp, predicted, actual = (np.asarray(t, dtype=np.float64) for t in totals)
+        if self._average == "micro":
+            return float(self._ratio(tp.sum(keepdims=True), predicted.sum(keepdims=True), actual.sum(keepdims=True))[0])
+        values = self._ratio(tp, predicted, actual)
+        if self._average == "binary":
+            return float(values[1])
+        if self._average == "weighted":
+            return float((values * actual).sum() / actual.sum()) if actual.sum() else 0.0
+        return float(values.mean())
+
+    @staticmethod
+    def _ratio(tp, predicted, actual):
+        raise NotImplementedError
+
+
+def _divide(a, b):
+    """a / b per class, 0 where b is 0 (scikit-learn's zero_division=0)."""
+    return np.divide(a, b, out=np.zeros_like(a), where=b != 0)
+
+
+class Precision(_FromConfusion):
+    """Of the samples predicted as a class, the fraction that belong to it: tp / (tp + fp)."""
+
+    name = "precision"
+
+    @staticmethod
+    def _ratio(tp, predicted, actual):
+        return _divide(tp, predicted)
+
+
+class Recall(_FromConfusion):
+    """Of the samples of a class, the fraction predicted as it: tp / (tp + fn)."""
+
+    name = "recall"
+
+    @staticmethod
+    def _ratio(tp, predicted, actual):
+        return _divide(tp, actual)
+
+
+class F1Score(_FromConfusion):
+    """The harmonic mean of precision and recall: 2 tp / (2 tp + fp + fn) (per class, then averaged; 'micro'
+    from the summed counts), as scikit-learn's ``f1_score``."""
+
+    name = "f1"
+
+    @staticmethod
+    def _ratio(tp, predicted, actual):
+        return _divide(2 * tp, predicted + actual)

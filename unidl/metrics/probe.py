@@ -1,0 +1,99 @@
+"""Which metrics a ``fit``/``evaluate`` call computes, and the ``Layout`` they are bound to before its first batch.
+
+The layout (the model's output shape and the target's shape and kind, per sample) comes from one sample of
+the data and one eval-mode forward of it, so that a metric that does not fit the task fails with a clear
+error before training, and so that graph code never needs a shape it cannot know (the number of classes).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+
+from unidl.metrics.classification import classification_kind
+from unidl.metrics.metric import Layout
+
+_OUTPUT_SHAPES = weakref.WeakKeyDictionary()  # model -> (what the answer depends on, per-sample output shape)
+
+
+def output_shape(model, x: np.ndarray) -> tuple:
+    """The model's per-sample output shape for samples like ``x``'s (a batch of one), remembered while the
+    parameters and the sample shape stay the same."""
+    key = (x.shape[1:], x.dtype.str, tuple((id(p), tuple(p.shape)) for p in model.parameters()))
+    known = _OUTPUT_SHAPES.get(model)
+    if known is not None and known[0] == key:
+        return known[1]
+    was_training = model.training
+    model.eval()
+    try:
+        shape = tuple(int(d) for d in tuple(model(model._backend.tensor(x[:1])).shape)[1:])
+    finally:
+        model.train(was_training)
+    _OUTPUT_SHAPES[model] = (key, shape)
+    return shape
+
+
+def first_sample(data) -> tuple:
+    """``(x, y)`` of one sample with its batch axis, as NumPy arrays, from any data form ``fit`` accepts."""
+    from unidl.data import DataLoader, TensorDataset
+    from unidl.tensors import to_numpy
+
+    def batch_of_one(sample):
+        return tuple(np.asarray(to_numpy(v))[None] for v in sample[:2])
+
+    if isinstance(data, (tuple, list)):
+        return tuple(np.asarray(to_numpy(v))[:1] for v in data[:2])
+    if isinstance(data, DataLoader):
+        if isinstance(data.dataset, TensorDataset):
+            return tuple(a[:1] for a in data.dataset.arrays[:2])
+        return batch_of_one(data.dataset[0])
+    if type(data).__module__.startswith("tensorflow"):
+        batch = next(iter(data.take(1)))
+        return tuple(np.asarray(to_numpy(v))[:1] for v in batch[:2])
+    if hasattr(data, "dataset"):  # torch.utils.data.DataLoader
+        return batch_of_one(data.dataset[0])
+    batch = next(iter(data))
+    return tuple(np.asarray(to_numpy(v))[:1] for v in batch[:2])
+
+
+def layout_for(model, data) -> Layout:
+    x, y = first_sample(data)
+    return Layout(output_shape(model, x), y.shape[1:], y.dtype.kind in "iub")
+
+
+def _is_classification_loss(loss) -> bool:
+    from unidl.nn.loss import CrossEntropyLoss, NLLLoss
+
+    return isinstance(loss, (CrossEntropyLoss, NLLLoss))
+
+
+def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = False):
+    """A ``MetricAccumulator`` of ``metrics`` bound to ``data``'s layout, or None when there are none.
+
+    ``metrics=None`` (the default of ``fit`` and ``evaluate``): accuracy when the loss is a classification
+    loss (``CrossEntropyLoss``, ``NLLLoss``; or no loss, for ``evaluate``) and the outputs are class scores.
+    ``for_training``: metrics whose value is not one number (a confusion matrix) are refused, as training logs.
+    """
+    from unidl.metrics import MetricAccumulator, get_all
+
+    implicit = metrics is None
+    chosen = get_all(["accuracy"] if implicit else metrics)
+    if implicit and not (loss is None or _is_classification_loss(loss)):
+        return None
+    if for_training:
+        arrays = [m.name for m in chosen if not m.scalar]
+        if arrays:
+            raise ValueError(f"metrics {arrays} are not single numbers, so they cannot be training logs; "
+                             f"compute them with ud.evaluate(model, data, metrics=...) after fit")
+    if not chosen:
+        return None
+    layout = layout_for(model, data)
+    if implicit:
+        try:
+            classification_kind(layout, "accuracy")
+        except ValueError:
+            return None
+        if layout.output_shape in ((), (1,)):  # one score per sample: no implicit accuracy (threshold unknown)
+            return None
+    return MetricAccumulator(chosen, layout)

@@ -1,0 +1,172 @@
+"""``MultiheadAttention``, with PyTorch's arguments, masks, outputs and ``state_dict`` (``in_proj_weight``, ...).
+
+Written once over ``ops`` (``ops.attention`` does the softmax(q k^T / sqrt(d)) v of every head at once), so a
+PyTorch checkpoint of ``torch.nn.MultiheadAttention`` loads and runs the same on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+from unidl import ops as functional
+from unidl.errors import ShapeMismatchError
+from unidl.nn import init
+from unidl.nn.linear import Linear
+from unidl.nn.module import Module
+
+
+def _xavier_uniform(shape):
+    """PyTorch's ``xavier_uniform_`` for a 2-D (fan_out, fan_in) weight."""
+    return init.uniform(shape, math.sqrt(6.0 / (shape[0] + shape[1])))
+
+
+class MultiheadAttention(Module):
+    """Attention over ``num_heads`` heads, as ``torch.nn.MultiheadAttention``:
+    ``out_proj(concat_h(softmax(q_h k_h^T / sqrt(d) + masks) v_h))`` with q, k, v the input projections.
+
+    Args:
+        embed_dim: features of the queries (and of the output); divisible by ``num_heads``.
+        num_heads: parallel heads, each of ``embed_dim // num_heads`` features.
+        dropout: dropout probability on the attention weights, in training.
+        bias: learn ``in_proj_bias`` and ``out_proj.bias`` (both start at zero).
+        kdim, vdim: features of the keys and values (``embed_dim`` by default; when different, the projections
+            are ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` instead of ``in_proj_weight``).
+        batch_first: (N, L, E) inputs and outputs; (L, N, E) by default, as PyTorch.
+        add_bias_kv, add_zero_attn: must be False (not supported).
+
+    ``mha(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+    average_attn_weights=True, is_causal=False)`` returns ``(output, weights)``: output (L, N, E) (or
+    (N, L, E)), weights (N, L, S) averaged over heads (or (N, num_heads, L, S)), or None unless
+    ``need_weights``. ``key_padding_mask`` (N, S): True (or -inf) marks padding keys to ignore. ``attn_mask``
+    (L, S) or (N * num_heads, L, S): True marks pairs that may NOT attend; a float mask is added to the
+    scores. ``is_causal`` without ``attn_mask`` applies the causal mask (PyTorch needs the mask itself).
+    Unbatched (L, E) inputs work too.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
+                 vdim: int | None = None, batch_first: bool = False):
+        super().__init__()
+        for label, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"MultiheadAttention {label} must be a positive integer, got {value!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"MultiheadAttention embed_dim ({embed_dim}) must be divisible by num_heads "
+                             f"({num_heads}); e.g. num_heads in {[h for h in range(1, embed_dim + 1) if not embed_dim % h][:8]}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"MultiheadAttention dropout must be a number in [0, 1], got {dropout!r}")
+        if add_bias_kv or add_zero_attn:
+            raise ValueError("MultiheadAttention add_bias_kv and add_zero_attn are not supported by unidl: "
+                             "leave them False")
+        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
+        self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
+        self.dropout, self.batch_first = float(dropout), bool(batch_first)
+        self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = self.parameter(_xavier_uniform((3 * embed_dim, embed_dim)))
+        else:
+            self.q_proj_weight = self.parameter(_xavier_uniform((embed_dim, embed_dim)))
+            self.k_proj_weight = self.parameter(_xavier_uniform((embed_dim, self.kdim)))
+            self.v_proj_weight = self.parameter(_xavier_uniform((embed_dim, self.vdim)))
+        self.in_proj_bias = self.parameter(init.zeros((3 * embed_dim,))) if bias else None
+        self.out_proj = Linear(embed_dim, embed_dim, bias=bias)
+        if bias:
+            self._backend.assign(self.out_proj.bias, init.zeros((embed_dim,)))
+
+    def _projections(self):
+        size = self.embed_dim
+        biases = (None,) * 3 if self.in_proj_bias is None else tuple(
+            self.in_proj_bias[i * size:(i + 1) * size] for i in range(3))
+        if self._qkv_same_embed_dim:
+            weights = tuple(self.in_proj_weight[i * size:(i + 1) * size] for i in range(3))
+        else:
+            weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
+        return weights, biases
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
+                average_attn_weights: bool = True, is_causal: bool = False):
+        ops = self._ops
+        batched = len(query.shape) == 3
+        for label, tensor, features in (("query", query, self.embed_dim), ("key", key, self.kdim),
+                                        ("value", value, self.vdim)):
+            shape = tuple(tensor.shape)
+            if len(shape) != len(query.shape) or len(shape) not in (2, 3) or shape[-1] not in (features, None):
+                layout = "(N, L, E)" if self.batch_first else "(L, N, E)"
+                raise ShapeMismatchError(f"{self.describe()} expected {label} of shape {layout} (or unbatched (L, E)) "
+                                         f"with E = {features}, received {shape}")
+        if batched and not self.batch_first:
+            query, key, value = (ops.permute(t, (1, 0, 2)) for t in (query, key, value))
+        elif not batched:
+            query, key, value = (ops.unsqueeze(t, 0) for t in (query, key, value))
+        (w_q, w_k, w_v), (b_q, b_k, b_v) = self._projections()
+        q, k, v = ops.linear(query, w_q, b_q), ops.linear(key, w_k, b_k), ops.linear(value, w_v, b_v)
+        batch, target, source = ops.shape(q)[0], ops.shape(q)[1], ops.shape(k)[1]
+        q, k, v = (ops.permute(ops.reshape(t, (batch, length, self.num_heads, self.head_dim)), (0, 2, 1, 3))
+                   for t, length in ((q, target), (k, source), (v, source)))
+        masks = []
+        if key_padding_mask is not None:
+            masks.append(self._padding_mask(key_padding_mask, batched, query, key))
+        if attn_mask is not None:
+            masks.append(self._attention_mask(attn_mask, query, key, batch, target, source))
+        output, weights = functional.attention(q, k, v, None, self.dropout if self.training else 0.0,
+                                               is_causal and attn_mask is None, None, masks)
+        output = ops.reshape(ops.permute(output, (0, 2, 1, 3)), (batch, target, self.embed_dim))
+        output = self.out_proj(output)
+        if batched and not self.batch_first:
+            output = ops.permute(output, (1, 0, 2))
+        elif not batched:
+            output = ops.squeeze(output, 0)
+        if not need_weights:
+            return output, None
+        if average_attn_weights:
+            weights = ops.mean(weights, 1)
+        return output, (weights if batched else ops.squeeze(weights, 0))
+
+    def _padding_mask(self, mask, batched, query, key):
+        """(N, S) in MultiheadAttention's convention (True = ignore) -> (N, 1, 1, S), True = attend, or additive."""
+        ops = self._ops
+        mask = self._as_tensor(mask)
+        expected = (key.shape[0], key.shape[1]) if batched else (key.shape[1],)
+        if not batched and len(mask.shape) == 1:
+            mask = ops.unsqueeze(mask, 0)
+        shape = tuple(mask.shape)
+        if len(shape) != 2 or any(a is not None and b is not None and a != b
+                                  for a, b in zip(shape, (key.shape[0], key.shape[1]))):
+            raise ShapeMismatchError(f"{self.describe()} expected key_padding_mask of shape "
+                                     f"{tuple('N' if e is None else e for e in expected)} (batch, source length), "
+                                     f"received {shape}")
+        return self._to_sdpa(ops.unsqueeze(ops.unsqueeze(mask, 1), 1))
+
+    def _attention_mask(self, mask, query, key, batch, target, source):
+        """(L, S) or (N * num_heads, L, S), True = may not attend -> broadcastable to (N, H, L, S)."""
+        ops = self._ops
+        mask = self._as_tensor(mask)
+        shape = tuple(mask.shape)
+        lengths = (query.shape[1], key.shape[1])
+        heads = None if query.shape[0] is None else query.shape[0] * self.num_heads
+        fits = (len(shape) == 2 and all(a is None or b is None or a == b for a, b in zip(shape, lengths))) or (
+            len(shape) == 3 and all(a is None or b is None or a == b for a, b in zip(shape, (heads,) + lengths)))
+        if not fits:
+            raise ShapeMismatchError(f"{self.describe()} expected attn_mask of shape (L, S) = {lengths} or "
+                                     f"(N * num_heads, L, S) = {(heads,) + lengths}, received {shape}")
+        if len(shape) == 3:
+            mask = ops.reshape(mask, (batch, self.num_heads, target, source))
+        return self._to_sdpa(mask)
+
+    def _as_tensor(self, mask):
+        if self._backend.is_tensor(mask):
+            return mask
+        import numpy as np
+
+        from unidl import tensors
+
+        return tensors.tensor(np.asarray(mask))
+
+    def _to_sdpa(self, mask):
+        """MultiheadAttention's booleans (True = blocked) as ``ops.attention``'s (True = attend); floats as they are."""
+        if "bool" in str(mask.dtype):
+            return ~mask
+        return mask
+
+    def extra_repr(self):
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"

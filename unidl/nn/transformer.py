@@ -1,0 +1,123 @@
+"""``TransformerEncoderLayer`` and ``TransformerEncoder``, with PyTorch's arguments, defaults and ``state_dict``
+(``self_attn.in_proj_weight``, ``linear1``, ``norm1``, ``layers.0. ...``), written once over ``nn`` layers."""
+
+from __future__ import annotations
+
+from unidl import ops as functional
+from unidl.nn.attention import MultiheadAttention
+from unidl.nn.container import ModuleList
+from unidl.nn.dropout import Dropout
+from unidl.nn.linear import Linear
+from unidl.nn.module import Module
+from unidl.nn.normalization import LayerNorm
+
+_ACTIVATIONS = {"relu": functional.relu, "gelu": functional.gelu}
+
+
+class TransformerEncoderLayer(Module):
+    """Self-attention then a feed-forward block, each with a residual connection and LayerNorm, as
+    ``torch.nn.TransformerEncoderLayer``.
+
+    Post-norm (default): ``x = norm1(x + sa(x)); x = norm2(x + ff(x))``.
+    Pre-norm (``norm_first=True``): ``x = x + sa(norm1(x)); x = x + ff(norm2(x))``,
+    with ``sa`` = dropout1(self_attn(x, x, x)) and ``ff`` = dropout2(linear2(dropout(activation(linear1(x))))).
+
+    Args:
+        d_model: features of each position; nhead: attention heads (dividing ``d_model``).
+        dim_feedforward: hidden features of the feed-forward block (default 2048).
+        dropout: dropout probability (default 0.1) on the attention weights and in both blocks.
+        activation: 'relu' (default), 'gelu', or a callable (a unidl module or function).
+        layer_norm_eps: the LayerNorms' eps. batch_first: (N, S, E) in and out; (S, N, E) by default.
+        norm_first: pre-norm instead of post-norm. bias: learn the biases of every linear layer and LayerNorm.
+
+    ``layer(src, src_mask=None, src_key_padding_mask=None, is_causal=False)``: masks as
+    ``MultiheadAttention``'s ``attn_mask`` and ``key_padding_mask``; ``is_causal`` without ``src_mask``
+    applies the causal mask.
+
+    Example::
+
+        layer = ud.nn.TransformerEncoderLayer(d_model=128, nhead=4, dim_feedforward=256, batch_first=True)
+        encoder = ud.nn.TransformerEncoder(layer, num_layers=2)
+        y = encoder(x, src_key_padding_mask=tokens == 0)      # x: (batch, time, 128)
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False, norm_first: bool = False,
+                 bias: bool = True):
+        super().__init__()
+        if isinstance(activation, str) and activation not in _ACTIVATIONS:
+            raise ValueError(f"TransformerEncoderLayer activation must be 'relu', 'gelu' or a callable, got {activation!r}")
+        if not isinstance(activation, str) and not callable(activation):
+            raise ValueError(f"TransformerEncoderLayer activation must be 'relu', 'gelu' or a callable, got {activation!r}")
+        object.__setattr__(self, "_config", dict(
+            d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, activation=activation,
+            layer_norm_eps=layer_norm_eps, batch_first=batch_first, norm_first=norm_first, bias=bias))
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
+        self.dropout = Dropout(dropout)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
+        self.norm_first = bool(norm_first)
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.activation = _ACTIVATIONS[activation] if isinstance(activation, str) else activation
+        self.batch_first = bool(batch_first)
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
+        x = src
+        if self.norm_first:
+            x = x + self._self_attention(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
+            return x + self._feed_forward(self.norm2(x))
+        x = self.norm1(x + self._self_attention(x, src_mask, src_key_padding_mask, is_causal))
+        return self.norm2(x + self._feed_forward(x))
+
+    def _self_attention(self, x, mask, padding_mask, is_causal):
+        x = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding_mask, need_weights=False,
+                           is_causal=is_causal)[0]
+        return self.dropout1(x)
+
+    def _feed_forward(self, x):
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def extra_repr(self):
+        return f"norm_first={self.norm_first}, batch_first={self.batch_first}"
+
+
+class TransformerEncoder(Module):
+    """A stack of ``num_layers`` copies of ``encoder_layer`` (``layers.0``, ``layers.1``, ...), then ``norm``
+    if given, as ``torch.nn.TransformerEncoder``. Every copy starts with ``encoder_layer``'s weights.
+
+    ``encoder(src, mask=None, src_key_padding_mask=None, is_causal=None)`` passes the masks to every layer.
+    Unlike PyTorch's fast path in evaluation, padded positions are not zeroed in the output: they hold whatever
+    the layers computed there (mask them out when pooling).
+    """
+
+    def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: Module | None = None,
+                 enable_nested_tensor: bool = True, mask_check: bool = True):
+        super().__init__()
+        if not isinstance(encoder_layer, TransformerEncoderLayer):
+            raise TypeError(f"TransformerEncoder needs a TransformerEncoderLayer, got {type(encoder_layer).__name__}")
+        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers <= 0:
+            raise ValueError(f"TransformerEncoder num_layers must be a positive integer, got {num_layers!r}")
+        self.layers = ModuleList([_copy(encoder_layer) for _ in range(num_layers)])
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        x = src
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        return self.norm(x) if self.norm is not None else x
+
+    def extra_repr(self):
+        return f"num_layers={self.num_layers}"
+
+
+def _copy(layer: TransformerEncoderLayer) -> TransformerEncoderLayer:
+    """A new layer of the same configuration holding the same weights (PyTorch deep-copies it; variables of
+    every framework copy through ``state_dict``)."""
+    copy = TransformerEncoderLayer(**layer._config)
+    copy.load_state_dict(layer.state_dict())
+    copy.train(layer.training)
+    return copy

@@ -1,0 +1,84 @@
+"""Parameter groups, as ``torch.optim`` takes them: ``[{"params": ..., "lr": ..., "weight_decay": ...}, ...]``.
+
+An optimizer keeps one flat ``params`` list (what backends index their state by) and ``param_groups``: one
+``ParamGroup`` dict per group holding its parameters, its learning rate and its hyperparameters (the
+constructor's values unless the group names its own). Setting a group's ``"lr"`` writes the backend's variable
+for that group (no retrace), so ``for g in opt.param_groups: g["lr"] = ...`` works as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+#: hyperparameters with bounds other than [0, inf): name -> (low, high, high_open)
+_BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
+
+
+class ParamGroup(dict):
+    """One group of ``optimizer.param_groups``: a dict whose ``"lr"`` may be set (the backend follows at
+    the next step); its parameters and other hyperparameters are fixed once the optimizer is built."""
+
+    def __init__(self, optimizer, index: int, values: dict):
+        super().__init__(values)
+        self._optimizer, self._index = optimizer, index
+
+    def __setitem__(self, key, value):
+        if key != "lr":
+            raise ValueError(f"param_groups[{self._index}][{key!r}] cannot change after the optimizer is built "
+                             f"(only 'lr' can); build a new optimizer with the new value")
+        self._optimizer.set_group_lr(self._index, value)
+
+    def update(self, *args, **kwargs):
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+
+def split_param_groups(owner: str, params) -> list[tuple[list, dict]]:
+    """``params`` (parameters, or dicts with "params" and options) as ``[(parameters, options), ...]``."""
+    params = list(params)
+    if not params or not isinstance(params[0], dict):
+        if any(isinstance(p, dict) for p in params):
+            raise ValueError(f"{owner} params must be all parameters or all groups (dicts), not a mixture")
+        return [(params, {})]
+    groups = []
+    for index, group in enumerate(params):
+        if not isinstance(group, dict) or "params" not in group:
+            raise ValueError(f"{owner} param group {index} must be a dict with a 'params' entry, got {group!r}")
+        members = group["params"]
+        members = [members] if not isinstance(members, (list, tuple)) and not hasattr(members, "__next__") else list(members)
+        if not members:
+            raise ValueError(f"{owner} param group {index} has no parameters")
+        groups.append((members, {k: v for k, v in group.items() if k != "params"}))
+    return groups
+
+
+def check_group_options(owner: str, index: int, options: dict, defaults: dict) -> dict:
+    """A group's own options checked against the optimizer's hyperparameters: ``ValueError`` naming an unknown
+    or invalid one. Returns the group's full hyperparameters (``defaults`` with the group's values)."""
+    from unidl.optim.optimizer import check_range
+
+    merged = dict(defaults)
+    for key, value in options.items():
+        where = f"param group {index}"
+        if key == "lr":
+            check_range(owner, f"{where} lr", value)
+            continue
+        if key not in defaults or key == "initial_accumulator_value":  # (slots start alike: one value for all)
+            known = ", ".join(["lr", *sorted(defaults)])
+            raise ValueError(f"{owner} {where} has an unknown option {key!r}; a group may set: {known}")
+        if isinstance(defaults[key], bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{owner} {where} {key} must be True or False, got {value!r}")
+        elif isinstance(defaults[key], tuple):
+            if (not isinstance(value, (tuple, list)) or len(value) != len(defaults[key])
+                    or not all(isinstance(v, Real) and not math.isnan(v) and 0 <= v < 1 for v in value)):
+                raise ValueError(f"{owner} {where} {key} must be a pair of numbers in [0, 1), got {value!r}")
+            value = tuple(float(v) for v in value)
+        else:
+            low, high, high_open = _BOUNDS.get(key, (0.0, math.inf, True))
+            value = check_range(owner, f"{where} {key}", value, low, high, high_open=high_open)
+        merged[key] = value
+    if merged.get("nesterov") and not merged.get("momentum"):
+        raise ValueError(f"{owner} param group {index}: nesterov=True needs momentum > 0")
+    return merged

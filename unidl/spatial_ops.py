@@ -1,0 +1,335 @@
+"""Spatial functional ops composed once over the registry's ops, so every backend runs the same arithmetic:
+``conv1d``, ``conv_transpose2d``, pooling's ``ceil_mode``/``count_include_pad``, adaptive average and maximum pooling,
+``group_norm``, channel dropout and ``interpolate``. They are exported as ``ud.ops.<name>``.
+
+Sizes may be unknown while a graph is traced (TensorFlow's ``ud.function`` leaves every dimension open):
+what depends on a spatial size is computed with ops from ``ud.ops.shape``, never from a Python int alone.
+Resampling (adaptive pooling, interpolation) is a product with a small (out, in) weight matrix per axis,
+built from the sizes: exact for nearest (a one-hot row picks the input), PyTorch's weights for bilinear.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unidl import ops
+from unidl.tensors import tensor
+
+
+def _pair(value) -> tuple:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _single(value) -> int:
+    return value if isinstance(value, int) else tuple(value)[0]
+
+
+def _floor(value):
+    """floor of a non-negative float tensor, in its own dtype (truncation through int64)."""
+    return ops.cast_like(ops.cast(value, "int64"), value)
+
+
+def _as_float(size, like):
+    """A size (an int, or a scalar tensor inside a graph) as a number or tensor of ``like``'s dtype."""
+    return size if isinstance(size, int) else ops.cast_like(size, like)
+
+
+def _positions(size, like):
+    """0, 1, ..., size - 1 in ``like``'s dtype."""
+    return ops.cast_like(ops.arange(0, size, 1, "int64"), like)
+
+
+def _constant(array, like):
+    """A NumPy array (computed in float64) as a tensor of ``like``'s dtype: when every size is known, the small
+    resampling matrices are one constant rather than a dozen ops (which eager frameworks dispatch one by one)."""
+    return ops.cast_like(tensor(np.asarray(array, np.float64), "float64"), like)
+
+
+def _crop(x, axis, start, stop):
+    """``x[..., start:stop, ...]`` along ``axis`` (stop an int, a scalar tensor or None)."""
+    index = [slice(None)] * len(x.shape)
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+# ---- convolutions --------------------------------------------------------------------------------------------
+
+def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """1-D cross-correlation of (N, C, L) ``x`` with an (out, in / groups, k) ``weight``, as
+    ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1."""
+    padding = padding if isinstance(padding, str) else (0, _single(padding))
+    y = ops.conv2d(ops.unsqueeze(x, 2), ops.unsqueeze(weight, 2), bias, (1, _single(stride)), padding,
+                   (1, _single(dilation)), groups)
+    return ops.squeeze(y, 2)
+
+
+def _spread(x, axis, stride):
+    """``x`` with ``stride - 1`` zeros after each element along spatial ``axis`` (2 or 3) of NCHW ``x``."""
+    sizes = list(ops.shape(x))
+    x = ops.pad(ops.unsqueeze(x, axis + 1), _pad_amounts_for(5, axis + 1, 0, stride - 1))
+    sizes[axis] = sizes[axis] * stride
+    return ops.reshape(x, sizes)
+
+
+def _pad_amounts_for(rank, axis, before, after):
+    """``pad()``'s amounts (last axis first) that pad only ``axis`` of a rank-``rank`` tensor."""
+    amounts = [0, 0] * (rank - axis)
+    amounts[-2:] = [before, after]
+    return tuple(amounts)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """The transposed 2-D convolution of NCHW ``x`` with an (in, out / groups, kh, kw) ``weight``, as
+    ``torch.nn.functional.conv_transpose2d``: output size (H - 1) * stride - 2 * padding + dilation * (k - 1)
+    + output_padding + 1. Computed as the plain convolution of ``x`` spread out by ``stride`` (zeros between
+    its elements) and padded by dilation * (k - 1) - padding, with the kernel flipped and its in/out swapped."""
+    if len(weight.shape) != 4 or None in tuple(weight.shape):
+        raise ValueError(f"conv_transpose2d needs a weight of known shape (in, out / groups, kh, kw), got "
+                         f"{tuple(weight.shape)}: a parameter, or a tensor whose shape a traced graph knows")
+    in_channels, out_per_group, kh, kw = (int(d) for d in weight.shape)
+    kernel = ops.reshape(weight, (groups, in_channels // groups, out_per_group, kh, kw))
+    kernel = ops.reshape(ops.permute(kernel, (0, 2, 1, 3, 4)), (groups * out_per_group, in_channels // groups, kh, kw))
+    # flipped by products with the exchange matrix: two constants and two exact products, in graphs and eagerly
+    kernel = ops.matmul(ops.matmul(_constant(np.eye(kh)[::-1], kernel), kernel), _constant(np.eye(kw)[::-1], kernel))
+    strides, pads, extras, dilations = _pair(stride), _pair(padding), _pair(output_padding), _pair(dilation)
+    for axis, k in ((2, kh), (3, kw)):
+        s, p, extra, d = strides[axis - 2], pads[axis - 2], extras[axis - 2], dilations[axis - 2]
+        if s > 1:
+            x = _spread(x, axis, s)
+        before, after = d * (k - 1) - p, d * (k - 1) - p + extra - (s - 1)  # _spread left s - 1 zeros at the end
+        x = ops.pad(x, _pad_amounts_for(4, axis, max(before, 0), max(after, 0))) if before > 0 or after > 0 else x
+        if before < 0 or after < 0:
+            x = _crop(x, axis, -before if before < 0 else None, after if after < 0 else None)
+    return ops.conv2d(x, kernel, bias, 1, 0, dilations, groups)
+
+
+# ---- pooling --------------------------------------------------------------------------------------------------
+
+def _pooled_size(size, kernel, stride, padding, ceil_mode):
+    """PyTorch's output size of a pooling window along one axis (``size`` an int or a scalar tensor)."""
+    out = (size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if not ceil_mode:
+        return out
+    last_starts_past_input = (out - 1) * stride >= size + padding  # PyTorch drops a window starting in the padding
+    if isinstance(size, int):
+        return out - 1 if last_starts_past_input else out
+    return out - ops.cast_like(last_starts_past_input, out)
+
+
+def pool2d_with_options(kind, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                        divisor_override=None):
+    """``max_pool2d``/``avg_pool2d`` with PyTorch's ``ceil_mode``, ``count_include_pad`` and ``divisor_override``,
+    over the backend's plain pooling: the input is padded (by ``stride - 1`` more on the right in ceil mode),
+    pooled without padding and cropped to PyTorch's output size; an average divides the window's sum by the
+    number of counted elements, itself the pooled sum of a mask of ones."""
+    kernel = _pair(kernel_size)
+    strides = _pair(stride if stride is not None else kernel_size)
+    pads = _pair(padding)
+    extras = tuple(s - 1 if ceil_mode else 0 for s in strides)
+    sizes = ops.shape(x)[2:]
+    out = [_pooled_size(n, k, s, p, ceil_mode) for n, k, s, p in zip(sizes, kernel, strides, pads)]
+    amounts = (pads[1], pads[1] + extras[1], pads[0], pads[0] + extras[0])
+
+    def pooled(tensor, value, pool):
+        y = pool(ops.pad(tensor, amounts, value=value), kernel, strides, 0)
+        return y[:, :, :out[0], :out[1]]
+
+    if kind == "max":
+        return pooled(x, float("-inf"), ops.max_pool2d)
+    sums = pooled(x, 0.0, ops.avg_pool2d)  # the mean over the whole window: its sum / (kh * kw)
+    if divisor_override is not None:
+        return sums * (kernel[0] * kernel[1] / divisor_override)
+    ones = ops.zeros_like(x[:1, :1]) + 1
+    if count_include_pad:  # the padding counts, what ceil mode adds past it does not
+        ones = ops.pad(ones, (pads[1], pads[1], pads[0], pads[0]), value=1.0)
+        mask = ops.pad(ones, (0, extras[1], 0, extras[0]))
+        counts = ops.avg_pool2d(mask, kernel, strides, 0)[:, :, :out[0], :out[1]]
+    else:
+        counts = pooled(ones, 0.0, ops.avg_pool2d)
+    return sums / counts
+
+
+def _bins(size, bins, like):
+    """(bins, size) booleans: row i marks PyTorch's adaptive-pooling bin i, [floor(i * size / bins),
+    ceil((i + 1) * size / bins)); and each bin's length, (bins, 1)."""
+    if isinstance(size, int) and isinstance(bins, int):
+        start = np.arange(bins) * size // bins
+        end = -(-(np.arange(bins) + 1) * size // bins)
+        inside = (np.arange(size) >= start[:, None]) & (np.arange(size) < end[:, None])
+        return _constant(inside, like) > 0, _constant((end - start)[:, None], like)
+    index = _positions(bins, like)
+    total = _as_float(size, like)
+    start = _floor(index * total / bins)
+    end = _floor(((index + 1) * total + (bins - 1)) / bins)
+    positions = ops.unsqueeze(_positions(size, like), 0)
+    inside = (positions >= ops.unsqueeze(start, 1)) & (positions < ops.unsqueeze(end, 1))
+    return inside, ops.unsqueeze(end - start, 1)
+
+
+def _bin_matrix(size, bins, like):
+    """(bins, size): row i averages adaptive-pooling bin i."""
+    inside, lengths = _bins(size, bins, like)
+    return ops.cast_like(inside, like) / lengths
+
+
+def _bin_maximum(x, size, bins):
+    """The maximum of each adaptive-pooling bin along the last axis of ``x``: (..., size) -> (..., bins)."""
+    inside, _ = _bins(size, bins, x)
+    spread = ops.unsqueeze(x, -2)  # (..., 1, size) against the (bins, size) mask
+    lowest = ops.zeros_like(spread) - float("inf")
+    return ops.amax(ops.where(inside, spread, lowest), -1)
+
+
+def adaptive_max_pool2d(x, output_size):
+    """Maximum over PyTorch's adaptive bins of NCHW ``x`` to ``output_size`` (int or (oh, ow); None keeps that
+    axis' size), the bins of ``adaptive_avg_pool2d``."""
+    sizes = ops.shape(x)[2:]
+    out = tuple(n if o is None else o for n, o in zip(sizes, _pair(output_size)))
+    if all(isinstance(n, int) and isinstance(o, int) and n % o == 0 for n, o in zip(sizes, out)):
+        window = tuple(n // o for n, o in zip(sizes, out))  # equal bins: the plain pooling kernel
+        return ops.max_pool2d(x, window, window, 0)
+    y = x if output_size_kept(output_size, 1) else _bin_maximum(x, sizes[1], out[1])
+    if output_size_kept(output_size, 0):
+        return y
+    return ops.transpose(_bin_maximum(ops.transpose(y, 2, 3), sizes[0], out[0]), 2, 3)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """Mean over PyTorch's adaptive bins of NCHW ``x`` to ``output_size`` (int or (oh, ow); None keeps that
+    axis' size): bin i of an axis of size n spans [floor(i * n / out), ceil((i + 1) * n / out))."""
+    sizes = ops.shape(x)[2:]
+    out = tuple(n if o is None else o for n, o in zip(sizes, _pair(output_size)))
+    if all(isinstance(n, int) and isinstance(o, int) and n % o == 0 for n, o in zip(sizes, out)):
+        window = tuple(n // o for n, o in zip(sizes, out))  # equal bins: the plain pooling kernel
+        return ops.avg_pool2d(x, window, window, 0)
+    y = x if output_size_kept(output_size, 1) else ops.matmul(x, ops.transpose(_bin_matrix(sizes[1], out[1], x), 0, 1))
+    return y if output_size_kept(output_size, 0) else ops.matmul(_bin_matrix(sizes[0], out[0], x), y)
+
+
+def output_size_kept(output_size, axis) -> bool:
+    """Whether ``output_size`` (an int or a pair) keeps spatial ``axis`` as it is (None)."""
+    return _pair(output_size)[axis] is None
+
+
+# ---- normalization and dropout --------------------------------------------------------------------------------
+
+def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's group of
+    ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,)."""
+    sizes = ops.shape(x)
+    grouped = ops.reshape(x, (sizes[0], num_groups, -1))
+    centred = grouped - ops.mean(grouped, 2, True)
+    variance = ops.mean(ops.square(centred), 2, True)
+    y = ops.reshape(centred / ops.sqrt(variance + eps), sizes)
+    broadcast = (1, -1) + (1,) * (len(x.shape) - 2)
+    if weight is not None:
+        y = y * ops.reshape(weight, broadcast)
+    return y + ops.reshape(bias, broadcast) if bias is not None else y
+
+
+def dropout2d(x, p=0.5, training=True, generator=None):
+    """Zero whole channels of NCHW (or NCL) ``x`` with probability ``p`` (one draw per sample and channel) and scale the
+    rest by 1 / (1 - p) when ``training``; the mask comes from ``generator`` as ``dropout``'s does."""
+    if not training or not p:
+        return x
+    one_per_channel = x[(slice(None), slice(None)) + (slice(0, 1),) * (len(x.shape) - 2)]
+    return x * ops.dropout(ops.zeros_like(one_per_channel) + 1, p, True, generator)
+
+
+# ---- interpolation --------------------------------------------------------------------------------------------
+
+INTERPOLATION_MODES = {3: ("nearest", "nearest-exact", "linear", "area"), 4: ("nearest", "nearest-exact", "bilinear", "area")}
+
+
+def _interpolation_matrix(size, out, mode, align_corners, scale, like):
+    """(out, size): row j holds the weights of the input positions that give output position j."""
+    if isinstance(size, int) and isinstance(out, int) and not hasattr(scale, "dtype"):
+        return _constant(_interpolation_weights(size, out, mode, align_corners, scale), like)
+    destination = _positions(out, like)
+    last = _as_float(size, like) - 1
+    positions = ops.unsqueeze(_positions(size, like), 0)
+    if mode in ("nearest", "nearest-exact"):
+        offset = 0.5 if mode == "nearest-exact" else 0.0
+        source = ops.minimum(_floor((destination + offset) * scale), ops.zeros_like(destination) + last)
+        return ops.cast_like(positions == ops.unsqueeze(source, 1), like)
+    if align_corners:
+        source = destination * scale
+    else:
+        source = ops.maximum((destination + 0.5) * scale - 0.5, ops.zeros_like(destination))
+    low = _floor(source)
+    high = ops.minimum(low + 1, ops.zeros_like(low) + last)
+    fraction = ops.unsqueeze(source - low, 1)
+    picks = [ops.cast_like(positions == ops.unsqueeze(index, 1), like) for index in (low, high)]
+    return (1 - fraction) * picks[0] + fraction * picks[1]
+
+
+def _interpolation_weights(size, out, mode, align_corners, scale) -> np.ndarray:
+    """``_interpolation_matrix`` in NumPy, for known sizes (nearest in float32, as PyTorch's kernel computes it)."""
+    destination = np.arange(out, dtype=np.float64)
+    weights = np.zeros((out, size))
+    rows = np.arange(out)
+    if mode in ("nearest", "nearest-exact"):
+        if mode == "nearest":  # PyTorch: floorf(j * scale), scale a float
+            source = np.floor(destination.astype(np.float32) * np.float32(scale))
+        else:  # floorf((j + 0.5) * scale): the product in double, rounded to float
+            source = np.floor(((destination + 0.5) * np.float64(np.float32(scale))).astype(np.float32))
+        weights[rows, np.minimum(source.astype(np.int64), size - 1)] = 1.0
+        return weights
+    source = destination * scale if align_corners else np.maximum((destination + 0.5) * scale - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), size - 1)
+    high = np.minimum(low + 1, size - 1)
+    fraction = source - low
+    np.add.at(weights, (rows, low), 1 - fraction)
+    np.add.at(weights, (rows, high), fraction)
+    return weights
+
+
+def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None):
+    """``torch.nn.functional.interpolate`` for (N, C, L) and (N, C, H, W) ``x``: resize to ``size`` or by
+    ``scale_factor`` (an int/float or one per spatial axis; the output size is floor(in * scale_factor)).
+    ``mode``: 'nearest' (PyTorch's: input floor(j * in / out)), 'nearest-exact', 'linear' (3-D) / 'bilinear'
+    (4-D) with ``align_corners`` False (pixel centres, the default) or True (corner pixels aligned), or 'area'
+    (adaptive average pooling). With ``scale_factor`` the source positions use 1 / scale_factor, as PyTorch
+    does, unless ``recompute_scale_factor`` is True."""
+    rank = len(x.shape)
+    if rank not in INTERPOLATION_MODES:
+        raise ValueError(f"interpolate takes (N, C, L) or (N, C, H, W) input, got shape {tuple(x.shape)}")
+    spatial = rank - 2
+    if mode not in INTERPOLATION_MODES[rank]:
+        raise ValueError(f"interpolate mode {mode!r} is not available for {rank}-D input; use one of "
+                         f"{', '.join(INTERPOLATION_MODES[rank])}")
+    linear = mode in ("linear", "bilinear")
+    if align_corners is not None and not linear:
+        raise ValueError(f"interpolate align_corners applies to the 'linear' and 'bilinear' modes only, not {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate takes exactly one of size and scale_factor")
+    if recompute_scale_factor and size is not None:
+        raise ValueError("interpolate recompute_scale_factor is for scale_factor, not size")
+    sizes = ops.shape(x)[2:]
+    if size is not None:
+        outs = (size,) * spatial if isinstance(size, int) else tuple(size)
+        factors = (None,) * spatial
+        if len(outs) != spatial or not all(isinstance(o, int) and o > 0 for o in outs):
+            raise ValueError(f"interpolate size must be a positive int or {spatial} of them, got {size!r}")
+    else:
+        factors = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
+        if len(factors) != spatial or not all(isinstance(f, (int, float)) and f > 0 for f in factors):
+            raise ValueError(f"interpolate scale_factor must be a positive number or {spatial} of them, "
+                             f"got {scale_factor!r}")
+        outs = tuple(int(n * f) if isinstance(n, int) else ops.cast(_floor(ops.cast_like(n, x) * f), "int64")
+                     for n, f in zip(sizes, factors))
+    if mode == "area":
+        if spatial == 1:
+            return ops.squeeze(adaptive_avg_pool2d(ops.unsqueeze(x, 2), (1, outs[0])), 2)
+        return adaptive_avg_pool2d(x, outs)
+    matrices = []
+    for n, out, factor in zip(sizes, outs, factors):
+        if linear and align_corners:
+            scale = (_as_float(n, x) - 1) / (_as_float(out, x) - 1) if not isinstance(out, int) or out > 1 else 0.0
+        elif factor is not None and not recompute_scale_factor:
+            scale = 1.0 / factor
+        else:
+            scale = _as_float(n, x) / _as_float(out, x)
+        matrices.append(_interpolation_matrix(n, out, mode, align_corners, scale, x))
+    y = ops.matmul(x, ops.transpose(matrices[-1], 0, 1))
+    return ops.matmul(matrices[0], y) if spatial == 2 else y
