@@ -35,12 +35,23 @@ def _run_rank(payload: bytes, rank: int, env: dict, results) -> None:
         distributed.init(backend=env.get("UNIDL_BACKEND") or None, timeout=float(env["UNIDL_DISTRIBUTED_TIMEOUT"]))
         try:
             result = fn(*args)
-        finally:
+        except BaseException as error:  # noqa: BLE001 - reported before the group goes down (see below)
+            _report(results, rank, error)
             distributed.shutdown()
+            raise SystemExit(1) from None
+        distributed.shutdown()
         results.put(("ok", rank, pickle.dumps(result)))
+    except SystemExit:
+        raise
     except BaseException as error:  # noqa: BLE001 - every failure is reported to the parent, then the rank ends
-        results.put(("error", rank, f"{type(error).__name__}: {error}", traceback.format_exc()))
-        raise SystemExit(1)
+        _report(results, rank, error)
+        raise SystemExit(1) from None
+
+
+def _report(results, rank, error) -> None:
+    """Send the parent one rank's failure with the time it happened: a failing rank's exit makes its peers'
+    collectives fail too (connection reset), and the parent names the rank that failed first."""
+    results.put(("error", rank, f"{type(error).__name__}: {error}", traceback.format_exc(), time.time()))
 
 
 def _check(fn, nprocs, args, timeout, port):
@@ -139,7 +150,7 @@ def _collect(processes, results, timeout) -> list:
                                            f"timeout={timeout} s; every rank was stopped")
                 continue
         if message[0] == "error":
-            _, rank, summary, trace = message
+            _, rank, summary, trace, _when = min([message] + _more_errors(results), key=lambda m: m[4])
             raise DistributedError(f"rank {rank} of {len(processes)} raised {summary}; the other ranks were "
                                    f"stopped.\nTraceback of rank {rank}:\n{trace}")
         _, rank, result = message
@@ -147,6 +158,19 @@ def _collect(processes, results, timeout) -> list:
     for process in processes:
         process.join(GRACE)
     return [outcomes[rank] for rank in range(len(processes))]
+
+
+def _more_errors(results, window: float = 1.0) -> list:
+    """Other ranks' failures reported within ``window`` seconds of the first one the parent read."""
+    found, deadline = [], time.monotonic() + window
+    while time.monotonic() < deadline:
+        try:
+            message = results.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if message[0] == "error":
+            found.append(message)
+    return found
 
 
 def _stop(processes) -> None:
