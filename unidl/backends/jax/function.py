@@ -124,7 +124,7 @@ class StatefulJit:
         function, has_checks = compiled
         error, (result, written) = function([v.value for v in variables], [leaves[i] for i in dynamic])
         for index, value in written.items():
-            variables[index].value = value
+            variables[index]._value = value  # a jit output: already committed (the setter's check is per-step cost)
         if has_checks is None:  # known after the first call: a trace without value checks gives an empty error
             has_checks = compiled[1] = bool(jax.tree_util.tree_leaves(error))
         if not has_checks:

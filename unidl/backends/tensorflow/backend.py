@@ -176,10 +176,13 @@ class Backend(BackendInterface):
                 variables[name].assign(np.asarray(value).astype(variables[name].dtype.as_numpy_dtype))
 
     def apply_gradients(self, optimizer, grads):
+        optimizer.native.last_flag = None
         optimizer.native.apply(grads)
 
     def last_step_finite(self, optimizer):
-        return bool(optimizer.native.finite.numpy())
+        # the flag the last train step returned (already on the host), read once; else the flag variable
+        flag, optimizer.native.last_flag = getattr(optimizer.native, "last_flag", None), None
+        return bool(flag if flag is not None else optimizer.native.finite.numpy())
 
     def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
         params = optimizer.params
@@ -195,8 +198,8 @@ class Backend(BackendInterface):
                 loss = loss_fn(outputs, y)
             found = iter(tape.gradient(loss, [p for p, m in zip(params, mask) if m]))
             # skipped when the loss or a gradient is not finite; one micro-step of ``accumulate``
-            native.apply([next(found) if m else None for m in mask], loss, accumulate)
-            return (loss, outputs) if with_outputs else loss
+            finite = native.apply([next(found) if m else None for m in mask], loss, accumulate)
+            return ((loss, outputs) if with_outputs else loss), finite
 
         if eager:
             device = self.current_device_name()
@@ -205,8 +208,9 @@ class Backend(BackendInterface):
                 with tf.device(device):
                     return train_step(*[to_graph_input(a) for a in args])
 
-            return eager_step
-        return PerModeGraphs(model, train_step, self.current_device_name(), extra_key=lambda: trainable_mask(params))
+            return _FlaggedStep(eager_step, native)
+        return _FlaggedStep(PerModeGraphs(model, train_step, self.current_device_name(),
+                                          extra_key=lambda: trainable_mask(params)), native)
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
         return tf_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager)
@@ -254,3 +258,19 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape):
         export_module(module, path, format, input_shape)
+
+
+class _FlaggedStep:
+    """A train step returning ``(result, finite)``: keeps the flag on the optimizer (``last_step_finite``
+    reads it without another eager op, the guard's whole per-step cost) and returns the result."""
+
+    def __init__(self, run, native):
+        self._run, self._native = run, native
+
+    def __call__(self, *args):
+        result, self._native.last_flag = self._run(*args)
+        return result
+
+    @property
+    def trace_count(self):
+        return getattr(self._run, "trace_count", None)

@@ -24,6 +24,7 @@ class GraphOptimizer(tf.Module):
         self.learning_rate = self.learning_rates[0]
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self.finite = tf.Variable(True, trainable=False, name="last_step_finite")
+        self.last_flag = None  # the flag a compiled train step last returned (see Backend.last_step_finite)
         self.slot_variables = [
             {name: tf.Variable(tf.fill(tf.shape(p), tf.cast(optimizer.initial_slot_value, p.dtype)),
                                trainable=False, name=name) for name in optimizer.slots}
@@ -41,13 +42,14 @@ class GraphOptimizer(tf.Module):
         """One guarded update: skipped entirely (``finite`` False) when ``loss`` or a gradient is not finite,
         decided inside the graph (one ``is_finite`` reduction per tensor and a ``tf.cond``). With ``accumulate``
         N > 1 this is one micro-step: ``grads / N`` is added to the accumulated gradients, and every N-th
-        finite micro-step updates with their sum (a non-finite one discards the window)."""
+        finite micro-step updates with their sum (a non-finite one discards the window). Returns the flag, so
+        that a compiled step can hand it out with the loss (reading ``finite`` back is one more eager op)."""
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         finite = all_finite([loss, *grads])
         self.finite.assign(finite)
         if accumulate == 1:
             tf.cond(finite, lambda: self._clip_and_update(grads), lambda: tf.constant(False))
-            return
+            return finite
         present = [g is not None for g in grads]
 
         def reset():
@@ -69,6 +71,7 @@ class GraphOptimizer(tf.Module):
             return tf.cond(count >= accumulate, update_from_sum, lambda: tf.constant(False))
 
         tf.cond(finite, micro_step, reset)
+        return finite
 
     def _clip_and_update(self, grads):
         self._update(self._spec.clip_gradients(grads, self._ops))

@@ -74,16 +74,17 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                 return step(*[to_graph_input(a) for a in args])
     else:
         run = PerModeGraphs(model, step, device, extra_key=lambda: trainable_mask(params))
-    return _WithScale(run, scaler)
+    return _WithScale(run, scaler, optimizer.native)
 
 
 class _WithScale:
     """A step that also reports its loss scale (``loss_scale()``) and its graphs' ``trace_count``."""
 
-    def __init__(self, run, scaler):
-        self._run, self._scaler = run, scaler
+    def __init__(self, run, scaler, native):
+        self._run, self._scaler, self._native = run, scaler, native
 
     def __call__(self, *args):
+        self._native.last_flag = None  # last_step_finite reads the optimizer's flag variable after this step
         return self._run(*args)
 
     def loss_scale(self) -> float:
