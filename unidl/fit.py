@@ -10,7 +10,6 @@ on Keras's other frameworks).
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from unidl.data import DataLoader, TensorDataset
 from unidl.distributed import process_group
 from unidl.errors import NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss
-from unidl.metrics.probe import accumulator_for
+from unidl.metrics.probe import accumulator_for, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
 from unidl.training import TrainStep, check_accumulate, check_same_backend
@@ -115,27 +114,6 @@ def _arrays_of(loader):
     return None
 
 
-_OUTPUT_CLASSES = weakref.WeakKeyDictionary()  # model -> (what the answer depends on, number of outputs)
-
-
-def _output_classes(model, x) -> int:
-    """The model's number of outputs for samples like ``x``'s, from one eval-mode forward of one sample,
-    remembered while the model's parameters (identity and shape) and the sample shape stay the same:
-    ``fit`` called once per epoch would otherwise pay an eager forward each time."""
-    key = (x.shape[1:], x.dtype.str, tuple((id(p), tuple(p.shape)) for p in model.parameters()))
-    known = _OUTPUT_CLASSES.get(model)
-    if known is not None and known[0] == key:
-        return known[1]
-    was_training = model.training
-    model.eval()
-    try:
-        classes = tuple(model(model._backend.tensor(x[:1])).shape)[-1]
-    finally:
-        model.train(was_training)
-    _OUTPUT_CLASSES[model] = (key, classes)
-    return classes
-
-
 def check_labels(model, loss_fn, loader) -> None:
     """Before training: integer labels for ``CrossEntropyLoss`` must lie in [0, number of model outputs)."""
     arrays = _arrays_of(loader)
@@ -146,7 +124,8 @@ def check_labels(model, loss_fn, loader) -> None:
         if y.ndim >= 2:  # class probabilities or one-hot targets, which CrossEntropyLoss checks itself
             return
         raise TypeError(f"CrossEntropyLoss needs integer class labels, got labels of dtype {y.dtype}")
-    classes = _output_classes(model, x)
+    shape = output_shape(model, x)  # one remembered eval-mode forward of one sample, shared with the metrics
+    classes = shape[-1] if shape else 1  # a model with (N,) outputs: one output per sample
     low, high = int(y.min()), int(y.max())
     if low < 0 or high >= classes:
         raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs; "

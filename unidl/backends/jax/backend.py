@@ -265,13 +265,19 @@ class Backend(BackendInterface):
             optimizer.native.apply([next(found) if m else None for m in mask], loss, accumulate)
             return (loss, outputs) if with_outputs else loss
 
-        variables = self._model_state(model, optimizer)
+        run, compiled = self.compile_step(step, self._model_state(model, optimizer), model, params, name, eager)
+        return run if eager else _Counted(run, compiled)
+
+    def compile_step(self, step, variables, model, params, name, eager):
+        """``(run, compiled)``: ``step(x, y, *inputs)`` as one ``StatefulJit`` over ``variables`` (state in, state
+        out, donated), re-traced per train/eval mode and frozen set, or run eagerly with ``eager=True``
+        (``compiled`` is then unused). Shared by the plain and the mixed-precision train steps."""
         # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning
         compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
                                static_key=lambda: (self._modes(model), trainable_mask(params)))
         to_input = self.to_input
         if eager:
-            return lambda *args: step(*[to_input(a) for a in args])
+            return (lambda *args: step(*[to_input(a) for a in args])), compiled
 
         def run(*args):
             # Python numbers among the extra step inputs stay Python values (one trace per value: a dynamic
@@ -282,7 +288,7 @@ class Backend(BackendInterface):
             except _CONCRETIZATION as error:
                 raise traced_forward_error(error, f"the forward of {type(model).__name__} in ud.train_step") from None
 
-        return _Counted(run, compiled)
+        return run, compiled
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
         return jax_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager)

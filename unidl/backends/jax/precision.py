@@ -8,7 +8,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from unidl.backends.jax import ops as jax_ops
-from unidl.backends.jax.function import StatefulJit, _CONCRETIZATION, traced_forward_error
 from unidl.backends.jax.optimizer import all_finite
 from unidl.backends.jax.variable import JaxVariable
 from unidl.nn.module import trainable_mask
@@ -67,18 +66,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         return (loss, outputs) if with_outputs else loss
 
     variables = backend._model_state(model, optimizer) + (scaler.variables() if scaler is not None else [])
-    compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
-                           static_key=lambda: (backend._modes(model), trainable_mask(params)))
-    to_input = backend.to_input
-    if eager:
-        run = lambda *args: step(*[to_input(a) for a in args])  # noqa: E731
-    else:
-        def run(*args):
-            args = [a if isinstance(a, (bool, int, float)) and i >= 2 else to_input(a) for i, a in enumerate(args)]
-            try:
-                return compiled(*args)
-            except _CONCRETIZATION as error:
-                raise traced_forward_error(error, f"the forward of {type(model).__name__} in ud.train_step") from None
+    run, compiled = backend.compile_step(step, variables, model, params, name, eager)
     return _WithScale(run, compiled, scaler)
 
 
