@@ -25,6 +25,7 @@ from benchmarks.keras_peer import keras_peer
 from benchmarks.loaders import bench_loaders
 from benchmarks.native_jax import bench_jax
 from benchmarks.native_keras import bench_keras
+from benchmarks.native_models import bench_workloads
 from benchmarks.native_tf import bench_tensorflow
 from benchmarks.native_torch import bench_torch
 from benchmarks.report import ANALYSIS_HEADING, format_row, load_average, previous_analysis, report
@@ -44,8 +45,9 @@ def tensorflow_sees_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def run(settings: Settings, device: str = "cpu", only: str | None = None, log=print) -> list[Row]:
-    """Every comparison, in order; ``only`` keeps the groups whose name contains it."""
+def run(settings: Settings, device: str = "cpu", only: str | None = None, log=print, quick: bool = False) -> list[Row]:
+    """Every comparison, in order; ``only`` keeps the groups whose name contains it. ``quick`` leaves out the
+    workload models (ResNet-18, the transformer: seconds a step on a CPU) unless ``only`` asks for them."""
     with_tf = device == "cpu" or tensorflow_sees_gpu()
     groups = [("torch", lambda: bench_torch(settings, device))]
     skipped = "skipped: TensorFlow sees no GPU"
@@ -64,6 +66,8 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
         groups += [("peer keras tensorflow", lambda: keras_peer(settings, device, "tensorflow", "tensorflow"))]
     if _installed("jax"):
         groups += [("peer keras jax", lambda: keras_peer(settings, device, "jax", "jax"))]
+    if not quick or (only and only in "models"):
+        groups += [("models", lambda: bench_workloads(settings, device, with_tf))]
     groups += [("loader", lambda: bench_loaders(settings, device, with_tf))]
     if device == "cpu":
         groups += [("first step", lambda: bench_first_step(settings, device))]
@@ -86,7 +90,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--steps", type=positive_int, default=None, help="timed steps per side (default 300; quick 4)")
     parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"), help="the Markdown report")
     parser.add_argument("--only", default=None, help="run only the groups whose name contains this "
-                        "(torch, tensorflow, keras, jax, peer, loader, first step)")
+                        "(torch, tensorflow, keras, jax, peer, models, loader, first step)")
     parser.add_argument("--no-subprocess", action="store_true",
                         help="skip the Keras-on-torch peer, which needs a process of its own")
     parser.add_argument("--findings", default=None, help=f"a Markdown file appended to the report (its analysis); "
@@ -106,7 +110,7 @@ def main(argv=None, args=None) -> int:
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     load_before = load_average()
     print(f"unidl bench: device={device} steps={settings.steps} load average {load_before}")
-    rows = run(settings, device, args.only)
+    rows = run(settings, device, args.only, quick=args.quick)
     findings = previous_analysis(args.out)
     if args.findings:
         with open(args.findings) as handle:

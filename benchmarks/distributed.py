@@ -1,8 +1,10 @@
-"""Data-parallel step time: unidl's 2-process step against 1 process, and against a hand-written torch DDP step.
+"""Data-parallel step time: unidl's 2-process step against 1 process, and against a hand-written step on the
+same engine (torch DDP; TensorFlow's MultiWorkerMirroredStrategy).
 
-Run from the checkout: ``python -m benchmarks.distributed [--steps N]``. Each side trains the LeNet CNN
-(3x32x32, SGD with momentum) on a global batch of 64; with 2 processes each rank steps on its 32 samples
-and gloo averages the gradients (one thread per process, as ``unidl.distributed.launch`` sets). The two
+Run from the checkout: ``python -m benchmarks.distributed [--steps N] [--engines torch tensorflow]``. Each side
+trains the LeNet CNN (3x32x32, SGD with momentum) on a global batch of 64; with 2 processes each rank steps on
+its 32 samples and the engine averages the gradients (one thread per process, as ``unidl.distributed.launch``
+sets). The two
 2-process sides alternate in blocks inside the same ranks (``harness.alternate``), so machine load hits
 both alike. Prints median milliseconds per step and the ratios.
 """
@@ -58,21 +60,67 @@ def _rank(steps: int, warmup: int):
     return tuple(timing)
 
 
+def _tf_one_process(steps: int, warmup: int):
+    """Median seconds of unidl's tensorflow step on the whole batch in this process (twice, alternated)."""
+    import unidl as ud
+
+    ud.set_num_threads(1)
+    with ud.use_backend("tensorflow"):
+        module, loss_fn, optimizer = unidl_model("cnn")
+        step = ud.train_step(module, loss_fn, optimizer)
+        x, y = (ud.tensor(a) for a in batch_arrays("cnn", BATCH))
+        timing = alternate(lambda: step(x, y).numpy(), lambda: step(x, y).numpy(), steps, warmup,
+                           max(2, steps // 10))
+    return min(timing)
+
+
+def _tf_rank(steps: int, warmup: int):
+    """One tensorflow rank: its half of the batch, unidl's step and the same step hand-written with the
+    strategy's replica context (``strategy.run``, ``all_reduce(MEAN)``) on the same NCHW batch, alternated."""
+    import unidl as ud
+    from benchmarks.native_tf import tf_native_step
+    from unidl.backends.tensorflow.distributed import strategy
+
+    rank, world = ud.distributed.rank(), ud.distributed.world_size()
+    module, loss_fn, optimizer = unidl_model("cnn")
+    step = ud.train_step(module, loss_fn, optimizer)
+    native = tf_native_step("cnn", module.state_dict(), jit_compile=False, nchw_input=True, strategy=strategy())
+    share = BATCH // world
+    x, y = (ud.tensor(a[rank * share:(rank + 1) * share]) for a in batch_arrays("cnn", BATCH))
+    ud.distributed.barrier()
+    timing = alternate(lambda: step(x, y).numpy(), lambda: native(x, y).numpy(), steps, warmup, max(2, steps // 10))
+    return tuple(timing)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--engines", nargs="+", choices=("torch", "tensorflow"), default=["torch", "tensorflow"])
     args = parser.parse_args(argv)
     import unidl as ud
 
     warmup = max(5, args.steps // 10)
-    two = ud.distributed.launch(_rank, nprocs=2, backend="torch", args=(args.steps, warmup))
-    unidl_two, native_two = max(a for a, _ in two), max(b for _, b in two)  # a step ends when the slower rank's does
-    one = _one_process(args.steps, warmup)
-    print(f"CNN, global batch {BATCH}, SGD momentum, torch (gloo), 1 thread per process, median ms per step")
-    print(f"  unidl, 1 process:                   {ms(one):8.3f}")
-    print(f"  unidl, 2 processes (DDP):           {ms(unidl_two):8.3f}   2-process / 1-process: {unidl_two / one:.2f}")
-    print(f"  hand-written torch DDP, 2 processes: {ms(native_two):8.3f}   unidl / hand-written: "
-          f"{unidl_two / native_two:.2f} (target <= 1.05)")
+    if "torch" in args.engines:
+        two = ud.distributed.launch(_rank, nprocs=2, backend="torch", args=(args.steps, warmup))
+        unidl_two, native_two = max(a for a, _ in two), max(b for _, b in two)  # a step ends with the slower rank
+        one = _one_process(args.steps, warmup)
+        print(f"CNN, global batch {BATCH}, SGD momentum, torch (gloo), 1 thread per process, median ms per step")
+        print(f"  unidl, 1 process:                   {ms(one):8.3f}")
+        print(f"  unidl, 2 processes (DDP):           {ms(unidl_two):8.3f}   2-process / 1-process: "
+              f"{unidl_two / one:.2f}")
+        print(f"  hand-written torch DDP, 2 processes: {ms(native_two):8.3f}   unidl / hand-written: "
+              f"{unidl_two / native_two:.2f} (target <= 1.05)")
+    if "tensorflow" in args.engines:
+        two = ud.distributed.launch(_tf_rank, nprocs=2, backend="tensorflow", args=(args.steps, warmup))
+        unidl_two, native_two = max(a for a, _ in two), max(b for _, b in two)
+        one = _tf_one_process(args.steps, warmup)
+        print(f"CNN, global batch {BATCH}, SGD momentum, tensorflow (MultiWorkerMirroredStrategy, ring), 1 thread "
+              f"per process, median ms per step")
+        print(f"  unidl, 1 process:                             {ms(one):8.3f}")
+        print(f"  unidl, 2 processes (MWMS):                    {ms(unidl_two):8.3f}   2-process / 1-process: "
+              f"{unidl_two / one:.2f}")
+        print(f"  hand-written MWMS step (same NCHW batch), 2 processes: {ms(native_two):8.3f}   unidl / "
+              f"hand-written: {unidl_two / native_two:.2f}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ class Settings:
     loader_samples: int  # rows of the in-memory arrays for the loader comparisons
     loader_rounds: int  # timed epochs per side in the loader comparisons
     subprocess: bool = True  # run the Keras-on-torch peer (a subprocess)
+    model_steps: int = 20   # timed steps per side for the workload models (ResNet-18, transformer)
+    model_batch: int = 32   # their batch size
 
     @classmethod
     def full(cls, steps=None):
@@ -40,7 +42,8 @@ class Settings:
     @classmethod
     def quick(cls, steps=None):
         steps = steps or 4
-        return cls(steps=steps, warmup=1, blocks=2, fit_steps=2, fit_rounds=2, loader_samples=256, loader_rounds=2)
+        return cls(steps=steps, warmup=1, blocks=2, fit_steps=2, fit_rounds=2, loader_samples=256, loader_rounds=2,
+                   model_steps=2, model_batch=2)
 
 
 @dataclasses.dataclass

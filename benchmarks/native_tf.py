@@ -7,10 +7,11 @@ from benchmarks.harness import (LAYOUT_VARIANTS, LR, MOMENTUM, Row, Settings, al
                                 channels_last_weights, layout_variant, ms, unidl_model)
 
 
-def tf_native_step(model: str, state: dict, jit_compile: bool, nchw_input: bool = False):
+def tf_native_step(model: str, state: dict, jit_compile: bool, nchw_input: bool = False, strategy=None):
     """The same network and SGD-with-momentum step hand-written in TensorFlow (channels-last, as TF
     users write it): ``tf.function`` with a GradientTape and in-graph ``tf.Variable`` updates.
-    ``nchw_input``: the CNN takes unidl's NCHW batch and transposes it to NHWC in the step."""
+    ``nchw_input``: the CNN takes unidl's NCHW batch and transposes it to NHWC in the step.
+    ``strategy``: a ``tf.distribute`` strategy whose replica context averages the gradients (``strategy.run``)."""
     import tensorflow as tf
 
     if model == "cnn":
@@ -39,14 +40,20 @@ def tf_native_step(model: str, state: dict, jit_compile: bool, nchw_input: bool 
             return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=outputs))
         return tf.reduce_mean(tf.square(outputs - y))
 
-    @tf.function(jit_compile=jit_compile)
-    def step(x, y):
+    def update(x, y):
         with tf.GradientTape() as tape:
             loss = loss_of(forward(x), y)
-        for param, grad, velocity in zip(params, tape.gradient(loss, params), velocities):
+        grads = tape.gradient(loss, params)
+        if strategy is not None:
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+        for param, grad, velocity in zip(params, grads, velocities):
             velocity.assign(MOMENTUM * velocity + grad)
             param.assign_sub(LR * velocity)
         return loss
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x, y):
+        return update(x, y) if strategy is None else strategy.run(update, args=(x, y))
 
     return step
 

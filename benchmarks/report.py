@@ -70,7 +70,10 @@ def report(rows: list[Row], settings: Settings, device: str, started: str, load_
         f"loaders: {settings.loader_rounds} epochs of {settings.loader_samples} samples per side",
         "- models: two-layer net (N=64, D_in=1000, H=100, D_out=10, MSE) and LeNet CNN (batch 64, 3x32x32, "
         "cross-entropy), SGD lr=1e-2 momentum=0.9, float32; native models hold the same weights "
-        "(loss diff: first-step loss of unidl minus native on the same batch)",
+        "(loss diff: first-step loss of unidl minus native on the same batch); workload models (group `models`, "
+        f"left out of --quick): ResNet-18 with the CIFAR stem (batch {settings.model_batch}, 3x32x32) and the "
+        f"transformer classifier (batch {settings.model_batch}, sequence 64, d_model 128, 2 pre-norm layers, 4 heads), "
+        f"{settings.model_steps} timed steps per side",
         "- block quartiles: the lower and upper quartile of the ratio measured block by block (unidl's median over "
         "a block / native's over the adjacent block): how far the ratio moves within this run", "",
         "| comparison | model | unidl | native | unidl ms | native ms | unidl/native | block quartiles | target | met "

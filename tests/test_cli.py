@@ -152,3 +152,18 @@ def test_no_arguments_means_train_on_digits(capsys):
     out = capsys.readouterr().out
     assert "model=cnn dataset=digits" in out and "Epoch 15/15" in out
     assert float(out.split("test accuracy:")[1].split()[0]) >= 0.95
+
+
+def test_train_nproc_2_runs_two_ranks_and_writes_its_outputs_once(tmp_path, capfd):
+    args = cli.build_parser().parse_args(["train", "--nproc", "2", "--backend", "torch", "--model", "two_layer",
+                                          "--dataset", "synthetic", "--epochs", "2", "--verbose", "0",
+                                          "--logdir", str(tmp_path)])
+    accuracy = cli.train(args)  # launches the 2 ranks from here (they print; rank 1 stays quiet)
+    out = capfd.readouterr().out
+    assert out.count("unidl train:") == 1 and "processes=2" in out, out
+    assert out.count("test accuracy:") == 1 and f"test accuracy: {accuracy:.4f}" in out, out
+    assert out.count("run logged in") == 1, out
+    rows = (tmp_path / cli.RUN_CSV).read_text().splitlines()
+    assert len(rows) == 1 + 2 and rows[0].startswith("epoch"), rows  # a header and one row per epoch: rank 0's
+    events = sorted(str(path.relative_to(tmp_path).parent) for path in tmp_path.rglob("events.out.tfevents*"))
+    assert events == sorted(set(events)) and events, events  # one event file per run directory, not one per rank

@@ -83,19 +83,28 @@ def test_sample_and_class_weights_weight_each_samples_loss_as_keras(backend, dat
     weights = np.linspace(0.5, 2.0, 30)
     class_weight = {0: 1.0, 1: 3.0, 2: 0.25}
     model = ud.models.TwoLayerNet(4, 8, 3)
+    validation_weights = weights[::-1] ** 2
     history = ud.fit(model, x, y, 10, 1, 0, loss="cross_entropy", optimizer=_frozen(model), sample_weight=weights,
-                     class_weight=class_weight, shuffle=True)
+                     class_weight=class_weight, shuffle=True, validation_data=(x, y, validation_weights))
     per_sample = torch.nn.functional.cross_entropy(torch.from_numpy(ud.predict(model, x)), torch.from_numpy(y),
                                                    reduction="none").numpy()
     combined = weights * np.array([class_weight[c] for c in y])
+    accuracy = float((ud.predict(model, x).argmax(1) == y).mean())
     assert history["loss"][0] == pytest.approx(float((per_sample * combined).sum() / 30), rel=1e-5)
-    assert history["accuracy"][0] == pytest.approx(float((ud.predict(model, x).argmax(1) == y).mean()))  # unweighted
+    assert history["accuracy"][0] == pytest.approx(accuracy)  # unweighted
+    # Keras's validation_data=(x, y, sample_weight): the validation loss weighted as the training loss, metrics not
+    assert history["val_loss"][0] == pytest.approx(float((per_sample * validation_weights).sum() / 30), rel=1e-5)
+    assert history["val_accuracy"][0] == pytest.approx(accuracy)
+    evaluated = ud.evaluate(model, x, y, 7, loss="cross_entropy", sample_weight=validation_weights)  # 7s, one short
+    assert evaluated["loss"] == pytest.approx(history["val_loss"][0], rel=1e-5)
     target = x[:, :2]
     regression = ud.models.TwoLayerNet(4, 5, 2)
+    # validation_split: the held-out samples keep their sample weights, as Keras; each sample's loss is its mean
     history = ud.fit(regression, x, target, 30, 1, 0, loss=ud.nn.MSELoss(), optimizer=_frozen(regression),
-                     sample_weight=weights)
+                     sample_weight=weights, validation_split=0.2)
     squared = ((ud.predict(regression, x) - target) ** 2).mean(1)
-    assert history["loss"][0] == pytest.approx(float((squared * weights).mean()), rel=1e-5)
+    assert history["loss"][0] == pytest.approx(float((squared[:24] * weights[:24]).mean()), rel=1e-5)
+    assert history["val_loss"][0] == pytest.approx(float((squared[24:] * weights[24:]).mean()), rel=1e-5)
 
 
 def test_initial_epoch_and_evaluate_lists(backend, data):
@@ -121,6 +130,8 @@ def test_initial_epoch_and_evaluate_lists(backend, data):
     (dict(validation_split=0.2, validation_data="given"), "validation_split or validation_data, not both"),
     (dict(validation_freq=0), "validation_freq must be a positive integer"),
     (dict(sample_weight=np.ones(3)), r"one weight per sample, shape \(20,\); got \(3,\)"),
+    (dict(validation_data="weighted"), r"validation_data's sample_weight must hold one weight per sample, "
+                                       r"shape \(20,\); got \(3,\)"),
     (dict(class_weight={0: 1.0}), r"class_weight has no weight for classes \[1\]"),
     (dict(initial_epoch=5), "initial_epoch=5 is past epochs=1"),
     (dict(metrics=["confusion_matrix"]), r"\['confusion_matrix'\] are not single numbers"),
@@ -133,6 +144,8 @@ def test_bad_options_are_clear_errors(backend, rng, kwargs, message):
     options.update(kwargs)
     if options.get("validation_data") == "given":
         options["validation_data"] = (x, y)
+    if options.get("validation_data") == "weighted":
+        options["validation_data"] = (x, y, np.ones(3))
     before = model.state_dict()
     with pytest.raises(ValueError, match=message):
         ud.fit(model, x, y, **options)

@@ -61,25 +61,20 @@ def test_load_reads_one_tensor_at_a_time(tmp_path):
 JOB = str(ROOT / "tests" / "load_memory_job.py")
 
 
-@pytest.mark.parametrize("backend_name,bound", [("torch", 1.2)])
-def test_peak_memory_of_ud_load_is_about_the_file_size(tmp_path, backend_name, bound):
-    """Resident memory in a fresh process. Measured the same way, tensorflow and keras reach about 1.33x:
-    their ``Backend.assign`` copies each tensor (``astype``) before the framework copies it again."""
-    if backend_name not in ud.available_backends():
-        pytest.skip(f"{backend_name} is not installed")
+def test_peak_memory_of_ud_load_is_about_the_file_size(tmp_path):
+    """Resident memory while loading a 64 MiB file of 4 MiB tensors, measured in one fresh process on every
+    installed backend (the peak reset between them): the model (1x) and about one tensor at a time. Before
+    tensors were read into aligned buffers that TensorFlow, Keras and JAX adopt as the variables' memory,
+    TensorFlow reached 1.31x (its NumPy conversion copies twice), Keras 1.24x and JAX 1.69x."""
+    names = [name for name in ("torch", "tensorflow", "keras", "jax") if name in ud.available_backends()]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
-    path = tmp_path / "stack.safetensors"
-
-    def job(action):
-        return subprocess.run([sys.executable, JOB, action, backend_name, str(path)], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
-
-    assert job("save").returncode == 0
-    loaded = job("load")
+    loaded = subprocess.run([sys.executable, JOB, str(tmp_path / "stack.safetensors"), *names], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
-    ratio = float(loaded.stdout.split("RATIO")[1])
-    # the model (1x) and one 4 MiB tensor of the 64 MiB file
-    assert ratio < bound, ratio
+    ratios = {line.split()[1]: float(line.split()[2]) for line in loaded.stdout.splitlines()
+              if line.startswith("RATIO ")}
+    assert set(ratios) == set(names), loaded.stdout
+    assert all(ratio < 1.2 for ratio in ratios.values()), ratios
 
 
 def test_planted_config_never_imports_or_runs_anything(tmp_path):

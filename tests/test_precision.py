@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import unidl as ud
+from unidl.testing import max_relative_difference
 
 
 class ScaledMSE(ud.nn.Module):
@@ -90,3 +91,73 @@ def test_precision_refuses_bad_values_before_training(backend, rng):
         model64 = ud.models.TwoLayerNet(8, 16, 3)
         with pytest.raises(ValueError, match="keeps float32 master weights.*'float64'"):
             ud.train_step(model64, ud.nn.MSELoss(), ud.optim.SGD(model64.parameters(), lr=0.1), precision="bf16-mixed")
+
+
+# ---- mixed precision with gradient accumulation (torch.amp.GradScaler's accumulation rule) --------------------
+
+def _torch_autocast_loop(state, batches, accumulate, lr=0.1, dtype="bfloat16"):
+    """The hand-written PyTorch loop: the forward under ``torch.autocast`` (``dtype``), ``(loss / N).backward()``
+    over N micro-batches, then one SGD step (no overflow here: a loss scale changes nothing); the trained state."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    net.load_state_dict({k.replace("linear1", "0").replace("linear2", "2"): torch.tensor(np.array(v))
+                         for k, v in state.items()})
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    for index, (x, y) in enumerate(batches, start=1):
+        with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+            outputs = net(torch.tensor(x))
+        (torch.nn.functional.mse_loss(outputs.float(), torch.tensor(y)) / accumulate).backward()
+        if index % accumulate == 0:
+            opt.step()
+            opt.zero_grad()
+    return {k.replace("0.", "linear1.").replace("2.", "linear2."): v.detach().numpy()
+            for k, v in net.state_dict().items()}
+
+
+def test_bf16_accumulation_matches_a_torch_autocast_loop(backend, rng):
+    x, y = _regression(rng)
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)]
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    start = model.state_dict()
+    expected = _torch_autocast_loop(start, batches, accumulate=2)
+    unaccumulated = _torch_autocast_loop(start, batches, accumulate=1)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision="bf16-mixed", accumulate=2)
+    for xb, yb in batches:
+        step(xb, yb)
+    assert optimizer.state_dict()["step"] == 2  # updates, not micro-steps
+    trained = model.state_dict()
+    for name in start:  # the weights' change, to bfloat16's rounding (accumulation changes it far more)
+        change, wanted = trained[name] - start[name], expected[name] - start[name]
+        assert max_relative_difference(change, wanted) < 2e-2, name
+        assert max_relative_difference(unaccumulated[name] - start[name], wanted) > 0.1, name
+
+
+def test_fp16_accumulation_checks_and_scales_once_per_update(backend, rng):
+    x, y = _regression(rng)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    precision = ud.Precision("16-mixed", growth_interval=2)
+    before = model.state_dict()
+    step = ud.train_step(model, ScaledMSE(1e30), optimizer, precision=precision, accumulate=2)
+    # one window whose scaled float16 gradients overflow (its losses are finite in float32)
+    assert np.isfinite(float(step(x[:8], y[:8])))
+    assert step.loss_scale == 2.0 ** 16 and optimizer.last_step_finite  # no check before the window's update
+    assert np.isfinite(float(step(x[8:], y[8:])))
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)  # the whole update was skipped
+    assert optimizer.state_dict()["step"] == 0 and not optimizer.last_step_finite
+    assert step.loss_scale == 2.0 ** 15  # halved once for the window, not per micro-step
+
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)]
+    expected = _torch_autocast_loop(after, batches, accumulate=2, dtype="float16")
+    step = ud.train_step(model, ScaledMSE(1.0), optimizer, precision=precision, accumulate=2)
+    scale = step.loss_scale  # (a new step's, or on keras the optimizer's loss scaler's)
+    for i, (xb, yb) in enumerate(batches):  # two finite windows: two updates
+        step(xb, yb)
+        assert step.loss_scale == (scale if i < 3 else 2 * scale)  # growth_interval=2 counts updates
+    assert optimizer.state_dict()["step"] == 2
+    trained = model.state_dict()
+    for name in after:  # the scaled sums unscaled: the hand loop's change, to float16's rounding
+        assert max_relative_difference(trained[name] - after[name], expected[name] - after[name]) < 1e-2, name

@@ -27,7 +27,7 @@ class CrashAt(ud.callbacks.Callback):
 
 
 def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=None, every_steps=None,
-         optimizer="SGD", betas=(0.9, 0.999)):
+         optimizer="SGD", betas=(0.9, 0.999), eager=False):
     ud.manual_seed(0)
     model = ud.models.TwoLayerNet(3, 8, 1)
     optimizer = (ud.optim.SGD(model.parameters(), lr=lr, momentum=0.5) if optimizer == "SGD"
@@ -44,7 +44,7 @@ def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=Non
     history = None
     try:
         history = ud.fit(model, loader, loss=loss or ud.nn.MSELoss(), optimizer=optimizer, epochs=epochs,
-                         callbacks=callbacks, verbose=0, resume_from=resume_from)
+                         callbacks=callbacks, verbose=0, resume_from=resume_from, eager=eager)
     except Crash:
         pass
     return model, optimizer, history, stopping
@@ -69,14 +69,28 @@ def test_schedule_and_history_continue_after_an_epoch_boundary(tmp_path, backend
     _same_run(resumed, straight, loss_rtol=1e-6)
 
 
-def test_history_of_an_epoch_interrupted_mid_way_averages_all_its_batches(tmp_path, backend):
-    straight = _run(tmp_path / "straight", 3, every_steps=2)
-    _run(tmp_path / "run", 3, every_steps=2, crash_at=8)  # epoch 2 of 5-batch epochs: checkpoint after step 6
+def _interrupted_mid_way_and_resumed(tmp_path, eager=False):
+    """Bit-identical: the interrupted epoch's running sums (unidl's loop, or Keras's own loss and metric trackers)
+    go on from the checkpoint's, in the same order."""
+    straight = _run(tmp_path / "straight", 3, every_steps=2, eager=eager)
+    # crash in epoch 2 of 5-batch epochs: the last checkpoint is after step 6
+    _run(tmp_path / "run", 3, every_steps=2, crash_at=8, eager=eager)
     assert sorted(os.listdir(tmp_path / "run"))[-1] == "checkpoint-0001-0000006.safetensors"
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # every callback finds its state (CrashAt is gone)
-        resumed = _run(tmp_path / "run", 3, every_steps=2, resume_from="auto")
-    _same_run(resumed, straight, loss_rtol=1e-6)
+        resumed = _run(tmp_path / "run", 3, every_steps=2, resume_from="auto", eager=eager)
+    _same_run(resumed, straight, loss_rtol=0)
+
+
+def test_history_of_an_epoch_interrupted_mid_way_averages_all_its_batches(tmp_path, backend):
+    _interrupted_mid_way_and_resumed(tmp_path)
+
+
+def test_history_of_an_interrupted_epoch_through_keras_model_fit(tmp_path):
+    """Eager on keras: Keras's own ``Model.fit`` runs the epoch, and its trackers resume from the checkpoint's."""
+    pytest.importorskip("keras")
+    with ud.use_backend("keras"):
+        _interrupted_mid_way_and_resumed(tmp_path, eager=True)
 
 
 def test_a_new_lr_wins_with_a_warning_and_new_betas_too(tmp_path, backend):

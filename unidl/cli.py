@@ -281,12 +281,13 @@ def train(args) -> float:
     say(f"unidl train: model={args.model} dataset={args.dataset} backend={ud.get_backend()} "
         f"device={ud.get_device()} train={len(x)} test={len(xt)} optimizer={args.optimizer} lr={lr}{ranks}")
     start = time.perf_counter()
-    logging_options = run_logging(args.logdir, (xt, yt)) if getattr(args, "logdir", None) and main else {}
+    # every rank validates (evaluate's sums are collectives); rank 0 alone writes the logs
+    logging_options = run_logging(args.logdir, (xt, yt), main) if getattr(args, "logdir", None) else {}
     ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=args.epochs,
            batch_size=args.batch_size, seed=args.seed, verbose=args.verbose, **logging_options)
     accuracy = ud.evaluate(model, (xt, yt))["accuracy"]
     say(f"test accuracy: {accuracy:.4f}  ({time.perf_counter() - start:.1f}s)")
-    if logging_options:
+    if logging_options and main:
         try:
             say(f"run logged in {args.logdir}: {RUN_CSV}, TensorBoard events, {plot_run(args.logdir, None)}")
         except ImportError as error:  # matplotlib is an optional extra
@@ -298,12 +299,16 @@ def train(args) -> float:
 RUN_CSV = "history.csv"
 
 
-def run_logging(logdir: str, validation) -> dict:
-    """``fit`` options of ``unidl train --logdir``: CSV log and TensorBoard events in ``logdir``, validation data."""
+def run_logging(logdir: str, validation, writes: bool = True) -> dict:
+    """``fit`` options of ``unidl train --logdir``: CSV log and TensorBoard events in ``logdir``, validation data.
+    ``writes`` False (a data-parallel rank other than 0): no TensorBoard writer (``CSVLogger`` itself writes on
+    rank 0 only), but the same validation, whose metrics every rank computes together."""
     import unidl as ud
 
-    return {"validation_data": validation,
-            "callbacks": [ud.callbacks.CSVLogger(os.path.join(logdir, RUN_CSV)), ud.callbacks.TensorBoard(logdir)]}
+    callbacks = [ud.callbacks.CSVLogger(os.path.join(logdir, RUN_CSV))]
+    if writes:
+        callbacks.append(ud.callbacks.TensorBoard(logdir))
+    return {"validation_data": validation, "callbacks": callbacks}
 
 
 def plot_run(run: str, output: str | None) -> str:

@@ -26,26 +26,47 @@ class DeviceUnavailableError(UnidlError, RuntimeError):
 
 
 class ShapeMismatchError(UnidlError, ValueError):
-    """An input whose shape does not fit the layer or loss it is given to."""
+    """An input whose shape does not fit the layer or loss it is given to; raised eagerly and from inside
+    compiled graphs where a size is known only when the graph runs (the same message either way)."""
+
+    #: the marker an in-graph check puts in the framework's error, which ``marked_error_from`` recognises
+    marker = "[unidl.ShapeMismatchError] "
+
+
+class DtypeMismatchError(UnidlError, TypeError):
+    """An input whose dtype does not fit the layer or loss it is given to (integers to a float layer, float
+    class labels), or a value that is not numbers at all (``ud.tensor('abc')``)."""
 
 
 class IndexOutOfRangeError(UnidlError, IndexError, ValueError):
     """An integer index outside its valid range: an ``Embedding``'s token id, a class label, a ``take``/``gather``
     index; raised eagerly and from inside compiled graphs (the message names what was indexed and the range)."""
 
-    #: the marker an in-graph check puts in the framework's error, which ``index_error_from`` recognises
+    #: the marker an in-graph check puts in the framework's error, which ``marked_error_from`` recognises
     marker = "[unidl.IndexOutOfRangeError] "
 
 
-def index_error_from(error) -> "IndexOutOfRangeError | None":
-    """The ``IndexOutOfRangeError`` behind a framework's runtime error raised by an in-graph index check
-    (its message carries ``IndexOutOfRangeError.marker``), or None for any other error."""
+#: where an in-graph check's message ends inside the framework's error text (what follows is the framework's)
+MARKER_END = " [unidl.end]"
+_MARKED = (IndexOutOfRangeError, ShapeMismatchError)
+
+
+def marked_error_from(error) -> "UnidlError | None":
+    """The unidl error behind a framework's runtime error raised by an in-graph check (its message carries an
+    error class's ``marker``, then the message, then ``MARKER_END`` or the end of the line), or None for any
+    other error."""
     text = str(error)
-    start = text.find(IndexOutOfRangeError.marker)
-    if start < 0:
-        return None
-    line = text[start + len(IndexOutOfRangeError.marker):].splitlines()[0]
-    return IndexOutOfRangeError(line.strip())
+    for error_class in _MARKED:
+        start = text.find(error_class.marker)
+        if start >= 0:
+            message = text[start + len(error_class.marker):]
+            end = message.find(MARKER_END)
+            message = message[:end] if end >= 0 else message.splitlines()[0]
+            return error_class(message.strip().removesuffix(" (`check` failed)"))
+    return None
+
+
+index_error_from = marked_error_from  # the name callers used when only index checks were marked
 
 
 class StateDictError(UnidlError, KeyError):

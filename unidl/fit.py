@@ -18,8 +18,8 @@ from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, TensorDataset
 from unidl.distributed import process_group
-from unidl.errors import NonFiniteLossError, ShapeMismatchError
-from unidl.nn.loss import CrossEntropyLoss
+from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
+from unidl.nn.loss import CrossEntropyLoss, float_labels_message
 from unidl.metrics.probe import accumulator_for, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
@@ -69,6 +69,7 @@ class Trainer:
         self.end_epoch = False  # stop(after_batch=True) was called during the current epoch
         self._epoch_start = (0, 0)  # loader (epoch, position) when the current epoch began
         self._trained_in_epoch = 0
+        self.epoch_totals = None  # () -> the running sums of the epoch loop, for a checkpoint (set by fit)
 
     def loader_state(self) -> dict | None:
         """The loader position after the batches trained so far. A framework's trainer may read batches
@@ -108,6 +109,15 @@ def as_loader(data, batch_size=None, shuffle=False, seed=None, what="train_data"
                     f"(x, y) of arrays; got {type(data).__name__}")
 
 
+def _validation_loader(validation_data, batch_size: int) -> tuple:
+    """The loader of ``validation_data`` and whether its batches carry sample weights as a third field
+    (Keras's ``(x, y, sample_weight)``)."""
+    data, weights = fit_options.weighted_validation(validation_data)
+    if weights is None:
+        return as_loader(data, batch_size, False, None, "validation_data"), False
+    return DataLoader(TensorDataset(*fit_options.arrays_of(data), weights), batch_size=batch_size), True
+
+
 def _arrays_of(loader):
     if isinstance(loader, DataLoader) and isinstance(loader.dataset, TensorDataset):
         return loader.dataset.arrays
@@ -123,7 +133,7 @@ def check_labels(model, loss_fn, loader) -> None:
     if y.dtype.kind not in "iu":
         if y.ndim >= 2:  # class probabilities or one-hot targets, which CrossEntropyLoss checks itself
             return
-        raise TypeError(f"CrossEntropyLoss needs integer class labels, got labels of dtype {y.dtype}")
+        raise DtypeMismatchError(float_labels_message("CrossEntropyLoss", y.dtype))  # the loss's own words
     shape = output_shape(model, x)  # one remembered eval-mode forward of one sample, shared with the metrics
     classes = shape[-1] if shape else 1  # a model with (N,) outputs: one output per sample
     low, high = int(y.min()), int(y.max())
@@ -142,12 +152,33 @@ def _check_finite(value: float, epoch: int, step: int, step_finite: bool = True)
                                  f"for NaN/inf")
 
 
-def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics) -> dict:
+#: names the running totals of unidl's own epoch loop in a checkpoint (a backend's ``fit_epoch`` uses its name)
+UNIDL_LOOP = "unidl"
+
+
+def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, trainer=None, totals=None) -> dict:
     """One epoch of ``step`` calls, reporting running means (and ``metrics``' running values, from statistics
-    summed since the epoch began) to ``on_batch`` as ``fit_epoch`` does."""
+    summed since the epoch began) to ``on_batch`` as ``fit_epoch`` does.
+
+    The running sums (each batch's loss times its size, in float64 and batch order; the samples; the metrics'
+    statistics) are what ``trainer.epoch_totals()`` hands a checkpoint, and ``totals``, those of a checkpoint
+    taken during this epoch, are where a resumed epoch continues them: the same additions in the same order,
+    so the resumed run's History is bit-identical to the uninterrupted run's."""
     total_loss, seen = 0.0, 0
     if metrics is not None:
         metrics.reset()
+    if totals is not None:
+        shapes = metrics.shapes if metrics is not None else []
+        values = [np.asarray(value, dtype=np.float64) for value in totals[2:]]
+        if len(totals) != 2 + len(shapes) or [v.shape for v in values] != [tuple(shape) for shape in shapes]:
+            raise CheckpointStateError(f"the checkpoint's running totals of epoch {epoch + 1} do not fit this run's "
+                                       f"metrics; resume with the metrics of the interrupted run")
+        total_loss, seen = float(totals[0]), int(totals[1])
+        if metrics is not None:
+            metrics.totals = values
+    if trainer is not None:
+        trainer.epoch_totals = lambda: {"trainer": UNIDL_LOOP, "values": [total_loss, seen] + (
+            [t.tolist() for t in metrics.totals] if metrics is not None else [])}
     index = -1
     for index, batch in enumerate(batches):
         x, y = batch[0], batch[1]
@@ -179,18 +210,24 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         train_data: a ``ud.data.DataLoader``, a native pipeline (``torch.utils.data.DataLoader`` on
             torch, ``tf.data.Dataset`` on tensorflow/keras), ``(x, y)`` arrays with ``batch_size``, or
             the array ``x`` with ``y`` given next.
-        loss, optimizer: a unidl loss module and optimizer built for ``model``, or their names: losses
-            ``"cross_entropy"``, ``"sparse_categorical_crossentropy"``, ``"categorical_crossentropy"`` (all
-            ``CrossEntropyLoss`` of logits: unidl models end without a softmax), ``"mse"``, ``"mae"``,
-            ``"binary_crossentropy"`` (of logits), ... (``unidl.fit_options.LOSS_NAMES``); optimizers
-            ``"adam"``, ``"sgd"``, ``"rmsprop"``, ``"adagrad"``, ``"adamw"`` with Keras's default learning rates.
-        validation_data: same forms as ``train_data``; adds 'val_loss' and 'val_<metric>' each epoch.
+        loss: a unidl loss module, or its name: ``"cross_entropy"``, ``"sparse_categorical_crossentropy"``,
+            ``"categorical_crossentropy"`` (all ``CrossEntropyLoss`` of logits: unidl models end without a
+            softmax), ``"mse"``, ``"mae"``, ``"binary_crossentropy"`` (of logits), ...
+            (``unidl.fit_options.LOSS_NAMES``).
+        optimizer: a unidl optimizer built for ``model``, or its name: ``"adam"``, ``"sgd"``, ``"rmsprop"``,
+            ``"adagrad"``, ``"adamw"``, with Keras's default learning rates.
+        validation_data: same forms as ``train_data``, or Keras's ``(x, y, sample_weight)`` arrays; adds
+            'val_loss' and ``val_<metric>`` each epoch. With weights, 'val_loss' is Keras's weighted loss,
+            ``sum_i w_i * loss_i / n`` over the ``n`` validation samples; metrics are not weighted (as
+            Keras's ``metrics``, and as the training metrics here).
         validation_split: Keras's: the last fraction of the ``(x, y)`` arrays (taken before shuffling)
-            validates instead of training; not with ``validation_data`` or a loader.
+            validates instead of training, with its ``sample_weight`` (not ``class_weight``) as Keras;
+            not with ``validation_data`` or a loader.
         validation_freq: validate after every N-th epoch (an int), or after the listed 1-based epochs.
-        class_weight, sample_weight: Keras's per-sample weights of the training loss (``{class: weight}``,
-            and/or one weight per sample; arrays only): each sample's loss (``reduction='none'``) times its
-            weight, summed over the batch and divided by the batch size. Validation is not weighted.
+        class_weight: Keras's ``{class: weight}``, weighting each training sample's loss by its class
+            (arrays only; multiplied by ``sample_weight`` where both are given).
+        sample_weight: one weight per training sample (arrays only): each sample's loss
+            (``reduction='none'``) times its weight, summed over the batch and divided by the batch size.
         initial_epoch: the epoch to start at (``epochs`` stays the index of the last, as in Keras).
         metrics: names or ``ud.metrics`` objects (``["accuracy", "top5", "f1"]``), each exact over the
             epoch (summed statistics, never a mean of batch means); default: accuracy for classification
@@ -199,7 +236,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             CSVLogger, ReduceLROnPlateau, TerminateOnNaN, ...) and plain functions, each called as
             ``fn(epoch, logs)`` at the end of every epoch (``logs``: that epoch's 'loss', 'lr', metrics).
         verbose: 0 silent, 1 progress bar on a terminal (a line per epoch otherwise), 2 a line per epoch.
-        shuffle, seed: order of ``(x, y)`` arrays (a given loader keeps its own settings).
+        shuffle: reshuffle ``(x, y)`` arrays every epoch (a given loader keeps its own settings).
+        seed: the seed of that shuffling.
         resume_from: a checkpoint directory written by ``ud.callbacks.Checkpoint`` (or one checkpoint file):
             continue exactly where it stopped (weights, optimizer, RNG, position in the epoch, schedules and
             other callback state, History). It must exist; ``"auto"`` resumes from the ``Checkpoint``
@@ -235,8 +273,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         validation_data = held_out
     weights = fit_options.sample_weights(train_data, sample_weight, class_weight)
     loader = as_loader(train_data, batch_size, shuffle if weights is None else False, seed)
-    validation = (as_loader(validation_data, batch_size or 256, False, None, "validation_data")
-                  if validation_data is not None else None)
+    validation, validation_weighted = (_validation_loader(validation_data, batch_size or 256)
+                                       if validation_data is not None else (None, False))
     check_labels(model, loss, loader)
     train_metrics = accumulator_for(metrics, model, loader, loss, for_training=True)
     validation_metrics = accumulator_for(metrics, model, validation, loss) if validation is not None else None
@@ -293,19 +331,30 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                 raise _EndEpoch(logs)
 
         batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
+        carried = trainer.carried_epoch if trainer.carried_epoch and trainer.carried_epoch["epoch"] == epoch else {}
+        totals = carried.get("totals") or {}  # a resumed epoch: the running sums of the loop that saved them
+        trainer.epoch_totals = lambda: {"trainer": backend.name, "values": backend.epoch_totals(model)}
+        loop = backend.name
         try:
             logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, train_metrics, eager,
-                                     precision=precision, accumulate=accumulate)
+                                     precision=precision, accumulate=accumulate,
+                                     totals=totals.get("values") if totals.get("trainer") == backend.name else None)
             if logs is None:
+                loop = UNIDL_LOOP
                 step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager, check_finite=False,
                                          precision=precision, accumulate=accumulate)
-                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics)
+                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer,
+                                             totals.get("values") if totals.get("trainer") == UNIDL_LOOP else None)
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
             logs = end.logs
-        logs = dict(_whole_epoch_means(trainer, epoch, logs), lr=epoch_lr)
+        if totals.get("trainer") == loop:  # the loop went on from the checkpoint's sums: its means are the epoch's
+            trainer.carried_epoch = None
+        else:  # another loop saved them (a checkpoint of another backend): the two parts' means, joined
+            logs = _whole_epoch_means(trainer, epoch, logs)
+        logs = dict(logs, lr=epoch_lr)
         logs = process_group.mean_over_ranks(logs, 1)  # a data-parallel job: every rank logs the job's means
         if validation is not None and fit_options.validates_after(epoch, validation_freq):
-            results = _evaluate_with(model, validation, plain_loss, validation_metrics)
+            results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted)
             logs.update({f"val_{k}": v for k, v in results.items()})
         history.append(logs)
         for callback in callbacks:
@@ -378,8 +427,22 @@ def _check_resumable(metadata: dict, path: str, trainer) -> None:
             isinstance(progress, dict) and isinstance(progress.get("epoch"), int)
             and isinstance(progress.get("samples"), int) and progress["samples"] >= 0
             and isinstance(progress.get("sums"), dict)
-            and all(isinstance(v, (int, float)) for v in progress["sums"].values())):
+            and all(isinstance(v, (int, float)) for v in progress["sums"].values())
+            and _well_formed_totals(progress.get("totals"))):
         raise CorruptFileError(f"{path}: malformed epoch progress {progress!r}")
+
+
+def _well_formed_totals(totals) -> bool:
+    """Whether a checkpoint's running totals of the epoch in progress are absent or {'trainer': name, 'values':
+    [numbers or nested lists of numbers]}."""
+    def numeric(value):
+        if isinstance(value, list):
+            return all(numeric(item) for item in value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return totals is None or (isinstance(totals, dict) and set(totals) == {"trainer", "values"}
+                              and isinstance(totals["trainer"], str) and isinstance(totals["values"], list)
+                              and numeric(totals["values"]))
 
 
 def _resume(resume_from, trainer, callbacks) -> int:
@@ -471,9 +534,13 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(outputs) if outputs else np.zeros((0,))
 
 
-def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metrics=None, return_dict: bool = True):
+def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metrics=None, return_dict: bool = True,
+             sample_weight=None):
     """Mean loss (if ``loss`` is given: a module or a name, as in ``fit``) and ``metrics`` of ``model`` over
     ``data`` (``(x, y)``, ``x, y`` as in Keras, or a loader), in eval mode, each exact over all samples.
+
+    ``sample_weight``: one weight per sample (arrays only), as Keras: the loss is ``sum_i w_i * loss_i / n``
+    over the ``n`` samples; metrics are not weighted.
 
     ``metrics``: names or ``ud.metrics`` objects, as in ``fit`` (default: accuracy where the outputs are class
     scores and the loss, if any, is a classification loss). Returns a dict, or with ``return_dict=False``
@@ -484,17 +551,27 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     arrays = fit_options.arrays_of(data)
     if arrays is not None and not len(arrays[0]):
         raise ValueError("evaluate got no samples")
-    batches = _batches(data, batch_size)
-    results = _evaluate_with(model, batches, loss, accumulator_for(metrics, model, batches, loss))
+    if sample_weight is not None:
+        if arrays is None:
+            raise ValueError("evaluate's sample_weight needs the data as arrays (x, y) (Keras's rule); got a "
+                             "loader or dataset")
+        batches = DataLoader(TensorDataset(*arrays, fit_options.check_sample_weight(sample_weight, len(arrays[1]))),
+                             batch_size=batch_size)
+    else:
+        batches = _batches(data, batch_size)
+    results = _evaluate_with(model, batches, loss, accumulator_for(metrics, model, batches, loss),
+                             weighted=sample_weight is not None)
     if return_dict:
         return results
     values = list(results.values())
     return values[0] if len(values) == 1 else values
 
 
-def _evaluate_with(model, batches, loss, metrics) -> dict:
-    """``evaluate``'s loop over ``batches`` with a ``MetricAccumulator`` (or None) already bound to them."""
+def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dict:
+    """``evaluate``'s loop over ``batches`` with a ``MetricAccumulator`` (or None) already bound to them;
+    ``weighted``: each batch's third field is its samples' weights, which weight the loss (Keras's rule)."""
     backend = model._backend
+    per_sample = fit_options.per_sample_loss(loss) if weighted and loss is not None else None
     forward = backend.predict_function(model)
     was_training = model.training
     model.eval()
@@ -510,7 +587,10 @@ def _evaluate_with(model, batches, loss, metrics) -> dict:
             count = int(tuple(x.shape)[0])
             if int(tuple(y.shape)[0]) != count:
                 raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
-            if loss is not None:
+            if per_sample is not None:
+                total += fit_options.weighted_loss_sum(per_sample, outputs, backend.tensor(to_numpy(y)),
+                                                       np.asarray(to_numpy(batch[2])))
+            elif loss is not None:
                 total += float(loss(outputs, backend.tensor(to_numpy(y)))) * count
             if metrics is not None:
                 metrics.add(outputs, y)

@@ -4,7 +4,8 @@ Losses and optimizers by name, ``fit(model, x, y)`` alongside ``fit(model, (x, y
 (the last fraction of the arrays, before shuffling, as Keras), ``validation_freq``, ``initial_epoch``,
 and per-sample weights (``sample_weight``, ``class_weight``): these travel with the targets, packed as
 one extra column, so that every backend's compiled step (and Keras's own trainer) gets them through the
-unchanged ``step(x, y)``; ``SampleWeightedLoss`` unpacks them inside the step.
+unchanged ``step(x, y)``; ``SampleWeightedLoss`` unpacks them inside the step. Validation weights
+(``validation_data=(x, y, sample_weight)``) weight the validation loss, computed outside any step.
 """
 
 from __future__ import annotations
@@ -110,8 +111,33 @@ def split_validation(data, validation_split: float, sample_weight=None):
     if cut <= 0 or cut >= len(x):
         raise ValueError(f"validation_split={validation_split} of {len(x)} samples leaves "
                          f"{cut} to train and {len(x) - cut} to validate; both need at least one")
-    weights = None if sample_weight is None else np.asarray(sample_weight)[:cut]
-    return (x[:cut], y[:cut]), weights, (x[cut:], y[cut:])
+    if sample_weight is None:
+        return (x[:cut], y[:cut]), None, (x[cut:], y[cut:])
+    # as Keras, the held-out samples keep their sample weights (class_weight stays the training data's)
+    weights = check_sample_weight(sample_weight, len(y))
+    return (x[:cut], y[:cut]), weights[:cut], (x[cut:], y[cut:], weights[cut:])
+
+
+def check_sample_weight(sample_weight, count: int, what: str = "sample_weight") -> np.ndarray:
+    """``sample_weight`` as a float64 array of shape (count,), or a ValueError naming the shapes."""
+    given = np.asarray(sample_weight, dtype=np.float64)
+    if given.shape != (count,):
+        raise ValueError(f"{what} must hold one weight per sample, shape ({count},); got {given.shape}")
+    return given
+
+
+def weighted_validation(validation_data):
+    """Keras's ``validation_data=(x, y, sample_weight)``: ``((x, y), weights)``; other forms (``(x, y)``, a
+    loader, ``(x, y, None)``) come back as ``(data, None)``."""
+    if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 3):
+        return validation_data, None
+    x, y, sample_weight = validation_data
+    if not (_is_array(x) and _is_array(y)):
+        raise TypeError(f"validation_data=(x, y, sample_weight) needs x and y as arrays; got "
+                        f"{type(x).__name__} and {type(y).__name__}")
+    if sample_weight is None:
+        return (x, y), None
+    return (x, y), check_sample_weight(sample_weight, int(tuple(y.shape)[0]), "validation_data's sample_weight")
 
 
 def sample_weights(data, sample_weight, class_weight):
@@ -126,10 +152,7 @@ def sample_weights(data, sample_weight, class_weight):
     x, y = arrays
     weights = np.ones(len(y), dtype=np.float64)
     if sample_weight is not None:
-        given = np.asarray(sample_weight, dtype=np.float64)
-        if given.shape != (len(y),):
-            raise ValueError(f"sample_weight must hold one weight per sample, shape ({len(y)},); got {given.shape}")
-        weights = weights * given
+        weights = weights * check_sample_weight(sample_weight, len(y))
     if class_weight is not None:
         if not isinstance(class_weight, dict):
             raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
@@ -169,6 +192,25 @@ class PackedTargets:
         return ops.cast(target, self.target_dtype), packed[:, self.size]
 
 
+def per_sample_loss(loss):
+    """A copy of ``loss`` with ``reduction='none'``: one loss per sample (per element for element-wise losses)."""
+    if not hasattr(loss, "reduction"):
+        raise ValueError(f"sample weights need a loss with reduction='none' (per-sample losses); "
+                         f"{type(loss).__name__} has no reduction")
+    per_sample = copy.copy(loss)
+    object.__setattr__(per_sample, "reduction", "none")
+    return per_sample
+
+
+def weighted_loss_sum(per_sample, outputs, target, weight: np.ndarray) -> float:
+    """sum_i weight_i * loss_i of one batch (eagerly, outside any step): Keras's weighted loss before its
+    division by the number of samples. ``per_sample`` is ``per_sample_loss(loss)``."""
+    from unidl.tensors import to_numpy
+
+    losses = np.asarray(to_numpy(per_sample(outputs, target)), dtype=np.float64).reshape(len(weight), -1)
+    return float(losses.mean(axis=1) @ np.asarray(weight, dtype=np.float64))
+
+
 class SampleWeightedLoss(Module):
     """``loss`` weighted per sample, as Keras: the loss of each sample (``reduction='none'``, averaged over
     its elements) times its weight, summed and divided by the batch size. Targets arrive packed with
@@ -176,12 +218,7 @@ class SampleWeightedLoss(Module):
 
     def __init__(self, loss, packing: PackedTargets):
         super().__init__()
-        if not hasattr(loss, "reduction"):
-            raise ValueError(f"sample_weight and class_weight need a loss with reduction='none' (per-sample "
-                             f"losses); {type(loss).__name__} has no reduction")
-        per_sample = copy.copy(loss)
-        object.__setattr__(per_sample, "reduction", "none")
-        object.__setattr__(self, "per_sample", per_sample)
+        object.__setattr__(self, "per_sample", per_sample_loss(loss))
         object.__setattr__(self, "packing", packing)
 
     def forward(self, outputs, packed):

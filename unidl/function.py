@@ -9,37 +9,56 @@ from __future__ import annotations
 
 import functools
 
-from unidl import config, devices
+from unidl import config, devices, tracing
 
 
 class Function:
-    """A function compiled per backend on its first call there; see ``function``."""
+    """A function compiled per backend on its first call there; see ``function``.
+
+    A graph bakes in the ``training`` flag of every module it calls (dropout on or off, batch or running
+    statistics), so there is one compiled function per backend and per mode of the modules its first trace
+    called: ``model.eval()`` after a call in training mode traces again instead of running the training graph."""
 
     def __init__(self, fn, jit_compile: bool = False):
         functools.update_wrapper(self, fn)
         self._fn = fn
         self.jit_compile = bool(jit_compile)
-        self._compiled: dict = {}
+        self._compiled: dict = {}  # backend name -> {the modules' training flags: compiled function}
+        self._modules: dict = {}  # backend name -> the modules its calls called, in call order
+        self._known: dict = {}  # backend name -> their ids
 
-    def _compiled_for(self, backend):
-        compiled = self._compiled.get(backend.name)
+    def _compiled_for(self, backend, modes):
+        compiled = self._compiled.setdefault(backend.name, {}).get(modes)
         if compiled is None:
             compiled = backend.function(self._fn, self.jit_compile, self.__name__)
-            self._compiled[backend.name] = compiled
+            self._compiled[backend.name][modes] = compiled
             devices.compiled_placed(f"ud.function {self.__name__!r}", "first call",
                                     config.resolve_device(config._requested_device(), backend),
                                     f"{backend.name}, jit_compile={self.jit_compile}")
         return compiled
 
     def __call__(self, *args):
-        return self._compiled_for(config.backend())(*args)
+        backend = config.backend()
+        modules = self._modules.get(backend.name, ())
+        modes = tuple(module.training for module in modules)
+        compiled = self._compiled_for(backend, modes)
+        with tracing.recording_module_calls() as called:
+            result = compiled(*args)
+        if called and not called.keys() <= self._known.setdefault(backend.name, set()):
+            known = self._known[backend.name]
+            modules = self._modules[backend.name] = (*modules, *(m for key, m in called.items() if key not in known))
+            known.update(called)
+            # the call traced (or ran) modules not keyed before: its function is the one for their modes now;
+            # functions keyed on fewer modules are dropped (traced again if those modes come back)
+            self._compiled[backend.name] = {tuple(module.training for module in modules): compiled}
+        return result
 
     @property
     def trace_count(self) -> int | None:
         """Traces on the current backend: an int where the backend traces graphs (tensorflow,
         keras on TensorFlow), None where it runs eagerly or before the first call."""
-        compiled = self._compiled.get(config.backend().name)
-        return None if compiled is None else compiled.trace_count
+        counts = [compiled.trace_count for compiled in self._compiled.get(config.backend().name, {}).values()]
+        return None if not counts or None in counts else sum(counts)
 
 
 def function(fn=None, *, jit_compile: bool = False):
@@ -52,7 +71,10 @@ def function(fn=None, *, jit_compile: bool = False):
     batch size or sequence length never retraces; a new input rank or dtype traces again
     with a ``RetraceWarning``. Python code a graph cannot express (``float(t)``, an explicit
     ``bool(t)``) raises ``GraphConstructError`` naming the construct. ``trace_count`` tells how
-    many graphs were traced (None on eager backends).
+    many graphs were traced (None on eager backends). The modules it calls keep their mode: after
+    ``model.eval()`` (or ``train()``) a call traces again, once per mode, instead of reusing a graph that
+    baked in the other one (dropout, batch statistics); a mode read without calling the module
+    (``ops.dropout(x, p, training=model.training)``) is not seen, so call the module.
 
     Example::
 

@@ -69,17 +69,39 @@ def log_softmax(x, dim=-1):
     """log(softmax(x)) computed stably along ``dim``."""
 
 
-@op
+@op(dispatch=False)
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation of NCHW ``x`` with an OIHW ``weight`` of shape (out, in / groups, kh, kw), as
     ``torch.nn.functional.conv2d``: padding int, pair, 'same' or 'valid'; ``dilation`` spaces the kernel's
-    taps; ``groups`` splits the channels into that many independent convolutions."""
+    taps; ``groups`` splits the channels into that many independent convolutions. A kernel larger than the
+    padded input is a ``ShapeMismatchError`` (inside graphs too, where the sizes are known only when it runs)."""
+    if padding != "same" and len(x.shape) == 4 and len(weight.shape) == 4:
+        kernel = input_checks.sizes_of(weight)[2:]
+        spans = [d * (k - 1) + 1 for k, d in zip(kernel, _pair(dilation))]
+        paddings = ("valid", "valid") if padding == "valid" else _pair(padding)
+        x = input_checks.check_window_fits("conv2d", x, spans, paddings, "use a smaller kernel or dilation, more "
+                                                                          "padding or a larger input")
+    return _ops().conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _pair(value) -> tuple:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _checked_pool(name, x, kernel_size, padding):
+    """``x`` after the checks PyTorch makes of a pooling window: padding at most half the kernel, and a window
+    no larger than the padded input."""
+    kernel, pads = _pair(kernel_size), _pair(padding)
+    if len(pads) != 2 or any(not isinstance(p, int) or p < 0 or 2 * p > k for p, k in zip(pads, kernel)):
+        raise ValueError(f"{name} padding {padding!r} must be non-negative and at most half the kernel size {kernel}")
+    return input_checks.check_window_fits(name, x, kernel, pads, "use a smaller kernel, more padding or a larger input")
 
 
 @op(dispatch=False)
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False):
     """Maximum over windows of NCHW ``x`` (stride defaults to the kernel size; padding counts as -inf).
     ``ceil_mode``: a last, partial window where PyTorch has one (it starts inside the input or its left padding)."""
+    x = _checked_pool("max_pool2d", x, kernel_size, padding)
     if ceil_mode:
         from unidl import spatial_ops
 
@@ -93,6 +115,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count
     """Mean over windows of NCHW ``x``, as ``torch.nn.functional.avg_pool2d``: zero padding counts in the divisor
     unless ``count_include_pad=False``; ``ceil_mode`` adds PyTorch's last, partial windows (their divisor never
     counts what lies past the padding); ``divisor_override`` divides every window's sum by that number."""
+    x = _checked_pool("avg_pool2d", x, kernel_size, padding)
     if ceil_mode or not count_include_pad or divisor_override is not None:
         from unidl import spatial_ops
 
@@ -113,14 +136,19 @@ def dropout(x, p, training=True, generator=None):
     return ops.dropout(x, p, training, generator)
 
 
-@op
+@op(dispatch=False)
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Normalise NCHW (or (N, C), (N, C, L)) ``x`` per channel; returns ``(y, new_running_mean, new_running_var)``.
 
     Training: the batch's mean and biased variance normalise ``x``; the new running statistics are
-    ``(1 - momentum) * running + momentum * batch`` (unbiased variance), as in PyTorch. Eval: the
+    ``(1 - momentum) * running + momentum * batch`` (unbiased variance), as in PyTorch; ``momentum`` is a
+    number or a scalar tensor of the statistics' dtype (``BatchNorm(momentum=None)``'s ``1 / n``). Eval: the
     running statistics normalise ``x`` and come back unchanged. Pure: the arguments are never
-    modified; ``nn.BatchNorm*`` writes the returned statistics into its buffers."""
+    modified; ``nn.BatchNorm*`` writes the returned statistics into its buffers. Training on one value per
+    channel is a ``ShapeMismatchError``, as in PyTorch."""
+    if training:
+        x = input_checks.check_batch_statistics("batch_norm", x)
+    return _ops().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 @op
@@ -316,6 +344,14 @@ def gather(x, dim, index):
 def check_index(indices, size, what="index"):
     """``indices`` unchanged, after checking that every value lies in [0, size): ``IndexOutOfRangeError``
     naming ``what`` if not, eagerly, and inside a compiled graph from a check that runs with it."""
+
+
+@op(public=False)
+def check_shape(x, condition, message, sizes=()):
+    """``x`` unchanged, after checking that ``condition`` (a boolean scalar tensor: a comparison of sizes that a
+    traced graph knows only when it runs) holds: ``ShapeMismatchError(message.format(*sizes))`` if not, with
+    ``sizes`` ints or scalar tensors, eagerly, and inside a compiled graph from a check that runs with it (the
+    same message). The front end (``unidl.input_checks``) decides known sizes itself."""
 
 
 @op(dispatch=False)
@@ -586,7 +622,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     ``scale`` defaults to 1/sqrt(E). ``attn_mask`` broadcasts to (..., L, S): booleans say which keys each query
     may attend to (True takes part, as PyTorch's function; ``nn.MultiheadAttention``'s masks say the opposite), a
     float mask is added to the scores. ``is_causal`` lets query i attend to keys 0..i only (then ``attn_mask``
-    must be None). ``dropout_p`` drops attention weights (from the backend's generator)."""
+    must be None). ``dropout_p`` drops attention weights (from the backend's generator). A query whose every key
+    is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN)."""
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give either attn_mask or is_causal=True, not both "
                          "(as torch.nn.functional.scaled_dot_product_attention)")
@@ -599,9 +636,11 @@ def causal_mask(query_length, key_length):
     return rows >= unsqueeze(arange(0, key_length, dtype="int64"), 0)
 
 
-def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, masks=()):
+def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, masks=(),
+              safe_softmax=True):
     """``scaled_dot_product_attention`` returning ``(output, weights)``, weights (..., L, S) after softmax and
-    dropout. ``masks``: more masks in ``attn_mask``'s convention, each applied too (``nn.MultiheadAttention``'s)."""
+    dropout. ``masks``: more masks in ``attn_mask``'s convention, each applied too (``nn.MultiheadAttention``'s).
+    ``safe_softmax=False``: a query whose every key is masked gets NaN, as PyTorch's paths with a plain softmax."""
     if scale is None:
         import math
 
@@ -619,12 +658,23 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
             scores = where(mask, scores, blocked)
         else:
             scores = scores + cast_like(mask, scores)
-    weights = softmax(scores, -1)
+    if masks and safe_softmax:
+        # a query whose every key is masked attends to nothing: weights and output 0, as PyTorch's safe softmax
+        # in scaled_dot_product_attention (a plain softmax gives NaN, and NaN gradients to every weight). Its
+        # scores are raised to 0 before the softmax (a -inf floor leaves the others as they are), so that
+        # neither the forward nor the backward computes a NaN; (..., L, 1) factors, cheaper than full-size selects
+        top = amax(scores, -1, keepdim=True)
+        attends = top > float("-inf")
+        floor = where(attends, zeros_like(top) - float("inf"), zeros_like(top))
+        weights = softmax(maximum(scores, floor), -1) * cast_like(attends, scores)
+    else:
+        weights = softmax(scores, -1)
     if dropout_p:
         weights = dropout(weights, dropout_p, True)
     return matmul(weights, value), weights
 
 
 # spatial ops composed over the registry's ops (their own module: unidl/spatial_ops.py)
+from unidl import input_checks  # noqa: E402  (front-end checks of bad input, over the ops above)
 from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d, conv_transpose2d,  # noqa: E402
                                dropout2d, group_norm, interpolate)

@@ -9,7 +9,9 @@ runs in the dtype it is given. The model's outputs reach the loss in float32. to
 ``"16-mixed"`` adds dynamic loss scaling (``torch.amp.GradScaler``'s rule, on every backend): the loss is
 multiplied by the scale before the gradients, they are divided by it after; a step whose gradients are not
 all finite is skipped (weights and optimizer state unchanged) and halves the scale, ``growth_interval``
-finite steps in a row double it.
+finite steps in a row double it. With ``accumulate=N`` (GradScaler's accumulation) the N micro-steps' scaled
+gradients are summed and the update micro-step checks, skips or updates, and moves the scale once: "steps"
+here are updates.
 """
 
 from __future__ import annotations

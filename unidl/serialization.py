@@ -262,7 +262,8 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
     every name, shape and dtype (floating tensors into floating variables, integers into integers)."""
     own = dict(model.named_parameters())
     own.update(model.named_buffers())
-    missing = [k for k in own if k not in entries]
+    optional = model.optional_state_keys()
+    missing = [k for k in own if k not in entries and k not in optional]
     unexpected = [k for k in entries if k not in own]
     mismatched = []
     for key, variable in own.items():
@@ -287,14 +288,16 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
 
 
 def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
-    """Assign the file's tensors to ``model``'s variables one at a time: only one tensor's bytes are held
-    outside the model at any moment. Call only after ``check_entries`` and ``reader.verify()``."""
+    """Read the file's tensors straight into ``model``'s variables, one at a time: each is read once into a
+    buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
+    variable's memory) and released before the next is read, so at most one tensor's bytes are held
+    outside the model. Call only after ``check_entries`` and ``reader.verify()``."""
     own = dict(model.named_parameters())
     own.update(model.named_buffers())
-    keys = [key for key in names if key in own]
-    for key, (_, array) in zip(keys, reader.tensors([names[key] for key in keys])):
-        model._backend.assign(own[key], array)
-        del array
+    backend = model._backend
+    with open(reader.path, "rb") as handle:
+        for key in [key for key in names if key in own]:
+            backend.assign(own[key], backend.donated_tensor(reader.read(names[key], handle)))
 
 
 class _ShapeOnlyVariable:
@@ -311,7 +314,7 @@ class _ShapeOnlyBackend:
     def __getattr__(self, name):
         return getattr(self._real, name)
 
-    def parameter(self, value, trainable=True):
+    def parameter(self, value, trainable=True, dtype=None):
         return _ShapeOnlyVariable(value, trainable)
 
     def is_parameter(self, value):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import ops
+from unidl import input_checks, ops
 from unidl.tensors import tensor
 
 
@@ -57,6 +57,11 @@ def _crop(x, axis, start, stop):
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """1-D cross-correlation of (N, C, L) ``x`` with an (out, in / groups, k) ``weight``, as
     ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1."""
+    if padding != "same" and len(x.shape) == 3 and len(weight.shape) == 3:  # a kernel larger than the padded input
+        span = _single(dilation) * (input_checks.sizes_of(weight)[2] - 1) + 1
+        x = input_checks.check_window_fits("conv1d", x, (span,), ("valid",) if padding == "valid" else
+                                           (_single(padding),), "use a smaller kernel or dilation, more padding or "
+                                                                "a larger input")
     padding = padding if isinstance(padding, str) else (0, _single(padding))
     y = ops.conv2d(ops.unsqueeze(x, 2), ops.unsqueeze(weight, 2), bias, (1, _single(stride)), padding,
                    (1, _single(dilation)), groups)

@@ -51,15 +51,12 @@ class TrainStep:
         self.eager, self.check_finite, self.calls = bool(eager), check_finite, 0
         self.precision = precision_policy(precision)
         self._backend = check_same_backend(model, loss_fn, optimizer)
-        if self.precision.mixed and self.accumulate > 1:
-            raise ValueError(f"accumulate={accumulate} with precision={precision!r} is not supported yet; use one of "
-                             f"them, or accumulate by hand with ud.value_and_grad and optimizer.apply")
-        if self.accumulate > 1:
+        if self.precision.mixed:
+            self._run = self._backend.mixed_precision_train_step(model, loss_fn, optimizer, self.precision,
+                                                                 with_outputs, self.eager, accumulate=self.accumulate)
+        elif self.accumulate > 1:
             self._run = self._backend.train_step(model, loss_fn, optimizer, with_outputs, self.eager,
                                                  accumulate=self.accumulate)
-        elif self.precision.mixed:
-            self._run = self._backend.mixed_precision_train_step(model, loss_fn, optimizer, self.precision,
-                                                                 with_outputs, self.eager)
         else:
             self._run = self._backend.train_step(model, loss_fn, optimizer, with_outputs, self.eager)
         self._checked = set()
@@ -117,10 +114,14 @@ def train_step(model, loss_fn, optimizer, *, eager: bool = False, precision=None
     ``accumulate=N``: each call is a micro-step; every N-th call updates with the mean of the N micro-steps'
     gradients (PyTorch's ``(loss / N).backward()`` idiom), clipped after accumulation. The optimizer's step
     count (Adam's bias correction, schedules) counts updates, not micro-steps. A non-finite micro-step
-    discards the window's gradients. The accumulation stays inside the graph on tensorflow, keras and jax.
+    discards the window's gradients. The accumulation stays inside the graph on tensorflow, keras and jax. In a
+    data-parallel torch job the micro-steps that do not update run under DDP's ``no_sync()`` (one all-reduce per
+    update), and the non-finite check waits for the update's averaged sum.
     ``precision``: "32" (the default), "bf16-mixed" or "16-mixed" (a ``ud.Precision`` for loss-scaling
     settings): float32 weights, bfloat16/float16 compute, loss scaling for float16 (``unidl.precision``);
-    ``step.loss_scale`` is the scale in force.
+    ``step.loss_scale`` is the scale in force. With ``accumulate`` too, as ``torch.amp.GradScaler`` with
+    accumulation: the scaled gradients add up over the window, and its N-th call makes the window's one
+    non-finite check (an overflow skips the whole update), clips, updates and moves the scale once.
 
     ``x`` and ``y`` may be NumPy arrays or the backend's own tensors; ``float(loss)`` works.
     On torch the step is eager; on tensorflow it is one ``tf.function`` graph (forward,

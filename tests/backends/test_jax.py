@@ -113,3 +113,21 @@ def test_missing_jax_names_the_extra(monkeypatch):
     monkeypatch.setattr(backends, "_loaded", {k: v for k, v in backends._loaded.items() if k != "jax"})
     with pytest.raises(BackendNotInstalledError, match=r"backend 'jax' needs jax.*pip install 'unidl\[jax\]'"):
         backends.load("jax")
+
+
+def test_arrays_given_to_the_backend_are_copied_not_shared():
+    """On the CPU jax.device_put shares a 64-byte aligned NumPy array; a caller's later edit of an array it
+    gave unidl (a kept state dict, a refilled batch buffer) must never reach the model or the tensor."""
+    raw = np.empty(512 * 512 * 4 + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    given = raw[start:start + 512 * 512 * 4].view(np.float32).reshape(512, 512)  # 64-byte aligned: jax shares it
+    given[:] = 0.5
+    assert given.ctypes.data % 64 == 0
+    model = ud.nn.Linear(512, 512)
+    model.load_state_dict({"weight": given, "bias": np.zeros(512, np.float32)})
+    tensor = ud.tensor(given)
+    variable = backends.load("jax").parameter(given)
+    given[0, 0] = 123.0
+    assert float(model.state_dict()["weight"][0, 0]) == 0.5
+    assert float(tensor[0, 0]) == 0.5
+    assert float(np.asarray(variable.value)[0, 0]) == 0.5

@@ -1,6 +1,7 @@
 """DataLoader workers, threads and real processes: the same batches as without workers, failures reported
 with the worker, sample and traceback, timeouts, dead workers, Ctrl-C, and no worker left behind."""
 
+import errno
 import gc
 import json
 import multiprocessing
@@ -17,11 +18,12 @@ import pytest
 
 import unidl as ud
 from unidl import config
-from unidl.data import DataLoader, TensorDataset
+from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.errors import DataLoaderError
 from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, NoisyRows, Rows, SleepingRows,
-                                        UnrestorableRows, WorkerProbe, failing_worker_init_fn, record_worker_id)
+                                        UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
+                                        failing_worker_init_fn, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
@@ -286,3 +288,80 @@ def test_pin_memory_is_refused_where_nothing_can_pin(backend):
 def test_bad_worker_settings(settings, message):
     with pytest.raises(ValueError, match=message):
         DataLoader(Rows(4), batch_size=2, **settings)
+
+
+# ---- batches through shared memory ------------------------------------------------------------
+
+def our_segments() -> list[str]:
+    """Shared-memory segments that this process's loaders named (``shared_batches.segment_name``)."""
+    mine = shared_batches.segment_name().rsplit("-", 1)[0] + "-"
+    return [name for name in os.listdir(shared_batches.DIRECTORY) if name.startswith(mine)]
+
+
+def test_large_batches_come_through_shared_memory_and_leave_no_segment(monkeypatch):
+    reads = []
+    read = shared_batches.read
+    monkeypatch.setattr(shared_batches, "read", lambda batch: reads.append(batch.name) or read(batch))
+    dataset = WideRows(12, 2**16)  # batches of 4 x 256 KiB: shared_batches.MIN_BYTES
+    reference = batches(DataLoader(dataset, batch_size=4, shuffle=True, seed=3))
+    assert batches(DataLoader(dataset, batch_size=4, shuffle=True, seed=3, num_workers=1,
+                              worker_type="process")) == reference
+    assert len(reads) == 3 and our_segments() == []
+
+
+def test_no_segment_outlives_a_stopped_epoch_a_failure_a_killed_worker_or_persistent_workers(monkeypatch):
+    monkeypatch.setattr(shared_batches, "MIN_BYTES", 0)  # every batch through shared memory
+    loader = DataLoader(WideRows(16, 8), batch_size=1, num_workers=1, worker_type="process", prefetch=4)
+    for _ in loader:
+        break  # 3 more batches in flight, being written or already waiting in the result queue
+    gc.collect()
+    assert our_segments() == []
+    with pytest.raises(DataLoaderError, match="sample 3 is broken"):
+        batches(DataLoader(FailingRows(16, bad_index=3), batch_size=1, num_workers=1, worker_type="process",
+                           prefetch=4))
+    assert our_segments() == []
+    with pytest.raises(DataLoaderError, match="was killed by signal SIGKILL"):
+        batches(DataLoader(WideExitingRows(16, 8, index=4), batch_size=1, num_workers=1, worker_type="process",
+                           prefetch=4))
+    assert our_segments() == []
+    persistent = DataLoader(WideRows(8, 8), batch_size=1, num_workers=1, worker_type="process",
+                            persistent_workers=True, prefetch=4)
+    next(iter(persistent))  # an abandoned iteration leaves batches of its generation in flight...
+    assert len(batches(persistent)) == 8  # ...which the next one drops, removing their segments
+    del persistent
+    gc.collect()
+    assert our_segments() == []
+
+
+def test_a_shared_batch_keeps_every_dtype_and_shape_and_a_full_dev_shm_means_pickling(monkeypatch):
+    arrays = (np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]), np.arange(5.0), np.zeros((0, 3)), np.array(7),
+              np.array(["ab", "c"]), np.arange(6, dtype=">i2").reshape(2, 3))
+    copies = shared_batches.read(shared_batches.write(shared_batches.segment_name(), arrays))
+    assert [(c.dtype, c.shape) for c in copies] == [(a.dtype, a.shape) for a in arrays]
+    assert all(np.array_equal(c, a) for c, a in zip(copies, arrays)) and our_segments() == []
+
+    def no_room(descriptor, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)  # what a full tmpfs answers, before any page is touched
+    assert shared_batches.write(shared_batches.segment_name(), arrays) is None and our_segments() == []
+
+
+def test_segments_of_a_dead_main_process_on_this_host_are_removed_by_the_next_pool():
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    ours = shared_batches.segment_name()
+    host, pid = ours[len(shared_batches.PREFIX):].split("-")[:2]
+    names = {"dead": f"{shared_batches.PREFIX}{host}-{dead.stdout.strip()}-0", "alive": ours,
+             "other host": f"{shared_batches.PREFIX}{int(host, 16) ^ 1:08x}-{dead.stdout.strip()}-0"}
+    paths = {what: os.path.join(shared_batches.DIRECTORY, name) for what, name in names.items()}
+    try:
+        for path in paths.values():
+            pathlib.Path(path).write_bytes(b"x")
+        batches(DataLoader(Rows(2), batch_size=1, num_workers=1, worker_type="process"))
+        assert {what: os.path.exists(path) for what, path in paths.items()} == {
+            "dead": False, "alive": True, "other host": True}
+    finally:
+        for path in paths.values():
+            if os.path.exists(path):
+                os.unlink(path)

@@ -110,3 +110,27 @@ class UnrestorableRows(Rows):
 
 def failing_worker_init_fn(worker_id):
     raise RuntimeError(f"worker {worker_id} cannot initialise")
+
+
+class WideRows(Rows):
+    """Sample i: ``width`` float32 values ``i, i + 1, ...`` (wide batches travel through shared memory)."""
+
+    def __init__(self, n, width):
+        super().__init__(n)
+        self.width = width
+
+    def __getitem__(self, index):
+        return np.arange(index, index + self.width, dtype=np.float32), np.int64(index)
+
+
+class WideExitingRows(WideRows):
+    """WideRows whose worker process kills itself (SIGKILL) at sample ``index``."""
+
+    def __init__(self, n, width, index):
+        super().__init__(n, width)
+        self.index = index
+
+    def __getitem__(self, index):
+        if index == self.index:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__getitem__(index)

@@ -4,6 +4,7 @@ training in one process, which the tests compare against. No framework is import
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -37,14 +38,18 @@ def evaluate_cnn(weights):
     return ud.evaluate(model, (x, y), loss=ud.nn.CrossEntropyLoss(), batch_size=6), ud.predict(model, x, batch_size=6)
 
 
-def train_two_layer(dtype):
-    """The two-layer net after two epochs of ``train_step`` calls over a shuffled loader with global batch 4."""
+def train_two_layer(dtype, precision=None, lr_scale=1.0):
+    """The two-layer net after two epochs of ``train_step`` calls over a shuffled loader with global batch 4:
+    Adam, or with a mixed ``precision`` SGD with momentum (whose step, unlike Adam's, grows with the gradient,
+    so that a sum over the ranks where their mean belongs shows; ``lr_scale`` scales its learning rate)."""
     with ud.use_dtype(dtype):
         ud.manual_seed(1)
         rng = np.random.default_rng(1)
         x, y = rng.standard_normal((20, 5)), rng.standard_normal((20, 3))
         model = ud.models.TwoLayerNet(5, 7, 3)
-        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.Adam(model.parameters(), lr=0.01))
+        optimizer = (ud.optim.Adam(model.parameters(), lr=0.01) if precision is None
+                     else ud.optim.SGD(model.parameters(), lr=0.05 * lr_scale, momentum=0.9))
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision)
         loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
         for _ in range(2):
             for xb, yb in loader:
@@ -71,7 +76,8 @@ def too_small_last_batch():
 
 
 def data_parallel_job(directory, resumed_directory, resume_file):
-    """Everything the 2-rank test checks, in one launch (each launch starts interpreters that import torch)."""
+    """Everything the 2-rank test checks on the current backend, in one launch (each launch starts interpreters
+    that import a framework)."""
     import unidl.checkpoint as checkpoint
 
     written, save_file = [], checkpoint.save_file
@@ -81,21 +87,71 @@ def data_parallel_job(directory, resumed_directory, resume_file):
         return save_file(tensors, path, *args, **kwargs)
 
     checkpoint.save_file = counting_save_file  # the writer itself still runs: this only counts its calls
-    weights, history = train_cnn(directory)
-    files_seen = sorted(os.listdir(directory))
-    resumed, _ = train_cnn(resumed_directory, resume_from=resume_file)
+    try:
+        weights, history = train_cnn(directory)
+        files_seen = sorted(os.listdir(directory))
+        resumed, _ = train_cnn(resumed_directory, resume_from=resume_file)
+    finally:
+        checkpoint.save_file = save_file
     return {"rank": ud.distributed.rank(), "world_size": ud.distributed.world_size(),
             "is_main": ud.distributed.is_main(), "threads": _threads(),
             "all_reduce": ud.to_numpy(ud.distributed.all_reduce(np.array([1.0, ud.distributed.rank()]), "sum")),
             "cnn": weights, "history": history, "files_seen": files_seen, "written": written,
-            "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"), "two_layer64": train_two_layer("float64"),
+            "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"),
+            "two_layer64": train_two_layer("float64"),
+            "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
             "coverage": sample_coverage(), "too_small": too_small_last_batch()}
 
 
 def _threads():
+    """The intra-op thread count of this rank's framework (Keras's: its host's)."""
+    if _framework() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.threading.get_intra_op_parallelism_threads()
     import torch
 
     return torch.get_num_threads()
+
+
+def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_backend):
+    """``data_parallel_job`` on each backend of ``job_args_by_backend`` (its arguments there) in turn, the results
+    written to ``results_directory`` (the job does not return them: it then fails), then ``failing_job``: one
+    launch checks them all, for engines whose ranks are slow to start."""
+    import pickle
+
+    results = {}
+    for backend, job_args in job_args_by_backend.items():
+        with ud.use_backend(backend):
+            results[backend] = data_parallel_job(*job_args)
+            if backend == "keras":
+                results[backend]["eager"] = eager_fit_refusal()
+            results[backend]["failed_at"] = time.time()  # when failing_rank raises (bounds how long the end took)
+    with open(os.path.join(results_directory, f"rank{ud.distributed.rank()}.pickle"), "wb") as file:
+        pickle.dump(results, file)
+    return failing_job(failing_rank)
+
+
+def eager_fit_refusal():
+    """The error of ``fit(..., eager=True)`` (on keras: Keras's ``train_on_batch``, outside the engine's replica
+    context), or None if it trained."""
+    from unidl.errors import DistributedError
+
+    x, y = cnn_data()
+    model = ud.models.CNN(in_channels=1, num_classes=3, image_size=8)
+    try:
+        ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+               batch_size=CNN_BATCH, eager=True, verbose=0)
+    except DistributedError as error:
+        return str(error)
+    return None
+
+
+def _framework():
+    from unidl import backends
+
+    backend = backends.load(ud.get_backend())
+    return getattr(backend, "host", backend).name
 
 
 def failing_job(failing_rank):

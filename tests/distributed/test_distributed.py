@@ -1,12 +1,14 @@
-"""Data-parallel training with 2 real local processes (torch's gloo engine), against the same training in one
-process; and the clear errors of ``unidl.distributed`` on every backend.
+"""Data-parallel training with 2 real local processes on each engine (torch's gloo; TensorFlow's
+MultiWorkerMirroredStrategy, on the tensorflow backend and on Keras-on-TensorFlow), against the same training
+in one process; and the clear errors of ``unidl.distributed`` on every backend.
 
-Each launch starts interpreters that import torch, so the 2-rank properties are checked by one launched job
-(``jobs.data_parallel_job``) and one failing job.
+Each launch starts interpreters that import a framework (TensorFlow: ~5 s each), so per engine the 2-rank
+properties, and then a rank that raises, are checked by one launched job (``jobs.data_parallel_job_then_failure``).
 """
 
 import multiprocessing
 import os
+import pickle
 import socket
 import time
 
@@ -21,6 +23,10 @@ from tests.distributed import jobs
 
 pytestmark = pytest.mark.skipif("torch" not in ud.available_backends(), reason="the torch backend is not installed")
 
+ENGINES = ["torch"] + [pytest.param(name, marks=pytest.mark.skipif(
+    name not in ud.available_backends(), reason=f"the {name} backend is not installed"))
+    for name in ("tensorflow", "keras")]  # keras: Keras-on-TensorFlow (KERAS_BACKEND unset), on tf.distribute
+
 
 def _agree(weights, expected, bound):
     assert weights.keys() == expected.keys()
@@ -28,19 +34,74 @@ def _agree(weights, expected, bound):
     assert worst <= bound, worst
 
 
+# One launch serves the backends of one engine: its ranks join TensorFlow's strategy once and train on the
+# tensorflow backend, then on Keras-on-TensorFlow, which carries Keras's step on the same strategy.
+LAUNCHES = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "keras": ("tensorflow", "keras")}
+
+
+def _keras_on_tensorflow() -> bool:
+    return "keras" in ud.available_backends() and ud.backends.load("keras").host.name == "tensorflow"
+
+
+def _launch(backends, directory):
+    """The same training in this process on each of ``backends``, then one 2-rank job
+    (``jobs.data_parallel_job_then_failure``) training on each of them in turn, on the first one's engine."""
+    references, job_args = {}, {}
+    for backend in backends:
+        place = directory / backend
+        with ud.use_backend(backend):
+            reference, history = jobs.train_cnn(place / "one")
+            two_layer = {dtype: jobs.train_two_layer(dtype) for dtype in ("float32", "float64")}
+            two_layer["bf16-mixed"] = jobs.train_two_layer("float32", "bf16-mixed")
+        files = sorted(os.listdir(place / "one"))
+        references[backend] = {"engine": backend, "reference": reference, "history": history, "directory": place,
+                               "two_layer": two_layer, "files": files}
+        job_args[backend] = (str(place / "two"), str(place / "one_to_two"), str(place / "one" / files[0]))
+    results = directory / "results"
+    results.mkdir()
+    failure = None
+    try:
+        ud.distributed.launch(jobs.data_parallel_job_then_failure, nprocs=2, backend=backends[0], timeout=300,
+                              collective_timeout=60, args=(str(results), 1, job_args))
+    except DistributedError as error:
+        failure = str(error)
+    ended, children = time.time(), multiprocessing.active_children()
+    written = sorted(os.listdir(results))
+    assert written == ["rank0.pickle", "rank1.pickle"], f"the job failed before its planted failure: {failure}"
+    ranks = []
+    for name in written:
+        with open(results / name, "rb") as file:
+            ranks.append(pickle.load(file))
+    return {backend: dict(references[backend], ranks=[rank[backend] for rank in ranks], failure=failure,
+                          ended=ended, children=children) for backend in backends}
+
+
 @pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    """One 2-rank job (``jobs.data_parallel_job``) and the same training in this process."""
-    directory = tmp_path_factory.mktemp("distributed")
-    with ud.use_backend("torch"):
-        reference, reference_history = jobs.train_cnn(directory / "one")
-        reference_two_layer = {dtype: jobs.train_two_layer(dtype) for dtype in ("float32", "float64")}
-    one_process_files = sorted(os.listdir(directory / "one"))
-    ranks = ud.distributed.launch(jobs.data_parallel_job, nprocs=2, backend="torch", timeout=300,
-                                  args=(str(directory / "two"), str(directory / "one_to_two"),
-                                        str(directory / "one" / one_process_files[0])))
-    return {"ranks": ranks, "reference": reference, "history": reference_history, "directory": directory,
-            "two_layer": reference_two_layer, "files": one_process_files}
+def launches():
+    """The jobs launched so far, by the backends they trained on."""
+    return {}
+
+
+def _job(backend, launches, tmp_path_factory):
+    if backend == "keras" and not _keras_on_tensorflow():
+        pytest.skip("Keras runs on another framework here (KERAS_BACKEND); data-parallel keras is Keras-on-"
+                    "TensorFlow (the error elsewhere: test_a_backend_without_an_engine_says_so_...)")
+    backends = tuple(name for name in LAUNCHES[backend] if name != "keras" or _keras_on_tensorflow())
+    if backends not in launches:
+        launches[backends] = _launch(backends, tmp_path_factory.mktemp(f"distributed-{backends[0]}"))
+    return launches[backends][backend]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def job(request, launches, tmp_path_factory):
+    """The 2-rank job's results on a backend, and the same training in this process."""
+    return _job(request.param, launches, tmp_path_factory)
+
+
+@pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
+def test_eager_keras_training_in_a_job_is_refused_rather_than_left_unaveraged(launches, tmp_path_factory):
+    for rank in _job("keras", launches, tmp_path_factory)["ranks"]:
+        assert "outside the replica context" in rank["eager"] and "would not be averaged" in rank["eager"]
 
 
 def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_batch_b(job):
@@ -51,7 +112,7 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
     _agree(rank0["cnn"], job["reference"], 1e-6)
     _agree(rank0["two_layer32"], job["two_layer"]["float32"], 1e-6)
     _agree(rank0["two_layer64"], job["two_layer"]["float64"], 1e-12)
-    with ud.use_backend("torch"):
+    with ud.use_backend(job["engine"]):
         metrics, predictions = jobs.evaluate_cnn(job["reference"])
     for rank in job["ranks"]:  # evaluate sums over the ranks' shares; predict gives every rank every output
         rank_metrics, rank_predictions = rank["evaluated"]
@@ -63,6 +124,15 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
     for rank in job["ranks"]:  # fit's logs are the job's means, the same on every rank
         for key, values in job["history"].items():
             np.testing.assert_allclose(rank["history"][key], values, rtol=1e-6)
+
+
+def test_mixed_precision_steps_average_over_the_ranks_too(job):
+    rank0, rank1 = (rank["two_layer_bf16"] for rank in job["ranks"])
+    for name in rank0:  # each rank trains on its own share: equal weights mean averaged gradients
+        np.testing.assert_array_equal(rank0[name], rank1[name])
+    # bfloat16 products of half batches round unlike the whole batch's; a sum over the ranks where their mean
+    # belongs (twice the step) would be 0.47 away
+    _agree(rank0, job["two_layer"]["bf16-mixed"], 2e-2)
 
 
 def test_every_sample_once_per_epoch_in_equal_step_counts_reshuffled_per_epoch(job):
@@ -92,7 +162,7 @@ def test_only_rank_0_writes_checkpoints_and_every_rank_sees_them_afterwards(job)
 def test_checkpoints_resume_from_two_processes_in_one_and_from_one_in_two(job):
     _agree(job["ranks"][0]["resumed"], job["reference"], 1e-6)  # 1 -> 2
     first = job["directory"] / "two" / job["files"][0]
-    with ud.use_backend("torch"):
+    with ud.use_backend(job["engine"]):
         resumed, history = jobs.train_cnn(job["directory"] / "two_to_one", resume_from=str(first))  # 2 -> 1
     _agree(resumed, job["reference"], 1e-6)
     np.testing.assert_allclose(history["loss"], job["history"]["loss"], rtol=1e-6)
@@ -103,13 +173,12 @@ def test_all_reduce_sums_over_the_ranks(job):
         np.testing.assert_array_equal(rank["all_reduce"], [2.0, 1.0])
 
 
-def test_a_rank_that_raises_ends_every_rank_with_an_error_naming_it():
-    start = time.monotonic()
-    with pytest.raises(DistributedError, match=r"rank 1 of 2 raised ValueError: planted failure on rank 1"):
-        ud.distributed.launch(jobs.failing_job, nprocs=2, backend="torch", args=(1,), timeout=120,
-                              collective_timeout=60)
-    assert time.monotonic() - start < 60
-    assert multiprocessing.active_children() == []
+def test_a_rank_that_raises_ends_every_rank_with_an_error_naming_it(job):
+    assert job["failure"] is not None, "launch returned although rank 1 raised"
+    assert job["failure"].startswith("rank 1 of 2 raised ValueError: planted failure on rank 1"), job["failure"]
+    assert "Traceback of rank 1" in job["failure"]
+    assert job["ended"] - job["ranks"][1]["failed_at"] < 30  # rank 0, waiting in a barrier, was stopped
+    assert job["children"] == []
 
 
 # ---- bad input: clear errors, before anything starts ---------------------------------------------------------
@@ -159,8 +228,12 @@ def test_a_backend_without_an_engine_says_so_and_a_port_in_use_is_named(backend,
         monkeypatch.setenv("UNIDL_RANK", "0")
         monkeypatch.setenv("UNIDL_WORLD_SIZE", "2")
         monkeypatch.setenv("UNIDL_MASTER_PORT", str(port))
-        expected = (f"port {port} on 127.0.0.1 is in use" if backend == "torch"
-                    else f"the {backend} backend has no distributed engine")
+        if backend in ("torch", "tensorflow") or (backend == "keras" and jobs._framework() == "tensorflow"):
+            expected = f"port {port} on 127.0.0.1 is in use"
+        elif backend == "keras":  # Keras on another framework
+            expected = "the keras backend trains data-parallel on Keras-on-TensorFlow only"
+        else:
+            expected = f"the {backend} backend has no distributed engine"
         with pytest.raises(DistributedError, match=expected):
             ud.distributed.init()
     assert not ud.distributed.is_initialized()
@@ -182,3 +255,25 @@ def test_launcher_variables_are_read_and_checked():
         rendezvous({"RANK": "2", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
     with pytest.raises(DistributedError, match="needs UNIDL_MASTER_PORT"):
         rendezvous({"UNIDL_RANK": "0", "UNIDL_WORLD_SIZE": "2"})
+
+
+@pytest.mark.skipif("tensorflow" not in ud.available_backends(), reason="the tensorflow backend is not installed")
+def test_the_tensorflow_engine_needs_tf_config_and_must_start_before_any_tensorflow_op(monkeypatch):
+    from unidl.distributed.environment import free_port, tf_config
+
+    with ud.use_backend("tensorflow"):
+        ud.tensor(np.ones(1))  # this process's TensorFlow runtime has started
+    port = free_port()
+    for name, value in (("UNIDL_RANK", "0"), ("UNIDL_WORLD_SIZE", "2"), ("UNIDL_MASTER_PORT", str(port))):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(DistributedError, match="joins the workers named in TF_CONFIG, which is not set"):
+        ud.distributed.init(backend="tensorflow")
+    workers = [f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}"]
+    monkeypatch.setenv("TF_CONFIG", tf_config(workers, 1))
+    with pytest.raises(DistributedError, match="worker 1 of 2, but the launcher's variables say rank 0 of 2"):
+        ud.distributed.init(backend="tensorflow")
+    monkeypatch.setenv("TF_CONFIG", tf_config(workers, 0))
+    with pytest.raises(DistributedError, match=r"must start before any TensorFlow op .* call unidl.distributed.init"):
+        ud.distributed.init(backend="tensorflow")
+    assert not ud.distributed.is_initialized()

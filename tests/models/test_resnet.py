@@ -51,9 +51,9 @@ class TorchResNet(tnn.Module):
 
 def test_resnet18_has_torchvisions_keys_and_shapes(backend):
     ours = ud.models.resnet18(num_classes=10).state_dict()
-    theirs = {k: tuple(v.shape) for k, v in TorchResNet((2, 2, 2, 2), 10).state_dict().items()
-              if not k.endswith("num_batches_tracked")}
-    assert {k: v.shape for k, v in ours.items()} == theirs
+    theirs = {k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+              for k, v in TorchResNet((2, 2, 2, 2), 10).state_dict().items()}
+    assert {k: (v.shape, v.dtype.name) for k, v in ours.items()} == theirs  # num_batches_tracked: int64 too
     cifar = ud.models.resnet18(num_classes=10, cifar_stem=True)
     assert cifar.state_dict()["conv1.weight"].shape == (64, 3, 3, 3) and isinstance(cifar.maxpool, ud.nn.Identity)
 
@@ -72,6 +72,5 @@ def test_pytorch_resnet_state_dict_loads_and_gives_its_outputs(backend):
     x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
     expected = reference(torch.tensor(x)).detach().numpy()
     model = ud.models.ResNet((1, 1, 1, 1), num_classes=5).eval()
-    model.load_state_dict({k: v.numpy() for k, v in reference.state_dict().items()
-                           if not k.endswith("num_batches_tracked")})
+    model.load_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, strict=True)
     assert max_relative_difference(ud.to_numpy(model(ud.tensor(x))), expected) < 2e-5

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn as tnn
 
 import unidl as ud
+from unidl.testing import max_relative_difference
 from tests.parity.torch_oracle import RUNS, Case, compare_table
 
 R = np.random.default_rng(31)
@@ -22,6 +23,10 @@ HEAD_MASK = R.standard_normal((2 * 3, 4, 4))     # (N * num_heads, L, S)
 QUERIES, KEYS, VALUES = R.standard_normal((2, 3, 4, 5)), R.standard_normal((2, 3, 6, 5)), R.standard_normal((2, 3, 6, 2))
 TAKE_PART = R.random((4, 6)) > 0.3
 TAKE_PART[:, 0] = True
+NOTHING_TO_TAKE = TAKE_PART.copy()
+NOTHING_TO_TAKE[2] = False                        # query 2 may attend to no key: output 0, as torch's safe softmax
+ALL_PADDING = PADDING.copy()
+ALL_PADDING[1] = True                             # every key of the second sequence is padding
 
 
 class Joined(ud.nn.Module):
@@ -65,6 +70,9 @@ LAYERS = {
     "MultiheadAttention-float-masks-no-weights": layer_case(
         lambda nn: nn.MultiheadAttention(6, 3, bias=False),
         self_attention(masks=("attn_mask",), need_weights=False), SEQUENCE, HEAD_MASK),
+    "MultiheadAttention-every-key-padding-no-weights": layer_case(  # torch's SDPA path: zeros, not NaN
+        lambda nn: nn.MultiheadAttention(6, 2, batch_first=True),
+        self_attention(masks=("key_padding_mask",), need_weights=False), BATCH_FIRST, ALL_PADDING),
     "MultiheadAttention-kdim-vdim": layer_case(
         lambda nn: nn.MultiheadAttention(6, 2, kdim=5, vdim=5, batch_first=True),
         lambda layer, q, kv: layer(q, kv, kv), BATCH_FIRST, MEMORY),
@@ -86,6 +94,10 @@ OPS = {
         lambda: lambda q, k, v, m: ud.ops.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.3),
         lambda: lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=0.3),
         [QUERIES, KEYS, VALUES, TAKE_PART]),
+    "scaled_dot_product_attention-a-query-without-keys": Case(
+        lambda: lambda q, k, v, m: ud.ops.scaled_dot_product_attention(q, k, v, attn_mask=m),
+        lambda: lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
+        [QUERIES, KEYS, VALUES, NOTHING_TO_TAKE]),
     "scaled_dot_product_attention-causal": Case(
         lambda: lambda q, k, v: ud.ops.scaled_dot_product_attention(q, k, v, is_causal=True),
         lambda: lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [QUERIES, KEYS, VALUES]),
@@ -100,6 +112,32 @@ def test_attention_layers_match_torch(backend, dtype, modes):
     if dtype == "float64":
         cases = {name: case for name, case in cases.items() if name.startswith("MultiheadAttention-batch-first")}
     assert compare_table(cases, backend, dtype, modes) == []
+
+
+def test_a_query_whose_every_key_is_padding_gets_what_torchs_path_gives(backend):
+    """0 (then out_proj.bias) where torch's module runs F.scaled_dot_product_attention, NaN where it runs a plain
+    softmax (need_weights) or, in evaluation under no_grad, its fused inference path (batch-first self-attention);
+    the table above checks the values and gradients of the first."""
+    ours, theirs = ud.nn.MultiheadAttention(6, 2, batch_first=True), tnn.MultiheadAttention(6, 2, batch_first=True)
+    state = {**ours.state_dict(), "out_proj.bias": np.arange(6.0)}
+    ours.load_state_dict(state)
+    theirs.load_state_dict({name: torch.tensor(value, dtype=torch.float32) for name, value in state.items()})
+    x = BATCH_FIRST.astype(np.float32)
+    ours_x, ours_memory, padding = ud.tensor(x), ud.tensor(x.copy()), ud.tensor(ALL_PADDING)
+    theirs_x, theirs_memory = torch.tensor(x), torch.tensor(x.copy())
+    for training, need_weights, cross, nan in ((True, True, False, True), (True, False, False, False),
+                                              (False, False, False, True), (False, False, True, False)):
+        ours.train(training), theirs.train(training)
+        with torch.set_grad_enabled(training):
+            expected = theirs(theirs_x, *(theirs_memory if cross else theirs_x,) * 2,
+                              key_padding_mask=torch.tensor(ALL_PADDING), need_weights=need_weights)[0].detach().numpy()
+        found = ud.to_numpy(ours(ours_x, *(ours_memory if cross else ours_x,) * 2, key_padding_mask=padding,
+                                 need_weights=need_weights)[0])
+        case = f"training={training} need_weights={need_weights} cross={cross}"
+        assert np.isnan(expected[1]).all() == nan and np.array_equal(np.isnan(found), np.isnan(expected)), case
+        if not nan:
+            assert np.array_equal(found[1], np.tile(np.arange(6, dtype=np.float32), (4, 1))), case
+        assert max_relative_difference(found[0], expected[0]) < 1e-5, case
 
 
 def test_is_causal_alone_applies_the_causal_mask(backend):

@@ -37,8 +37,9 @@ class Backend(abc.ABC):
     compiles_keras_train_step: bool = False
     #: True where Keras's variables on this framework change in place, so that this backend's gradients and
     #: ``function`` act on them directly (TensorFlow, torch); False where Keras keeps its state functional
-    #: (JAX): the keras backend then runs ``ud.function`` eagerly and differentiates with respect to
-    #: arguments only, and trains through Keras's own ``train_on_batch`` / ``fit``
+    #: (JAX): the keras backend then passes the variables' values in through a ``keras.StatelessScope``
+    #: (``keras/stateless.py``), which needs ``value_and_grad_of_values``, ``jit_of_values``, ``eval_shape``
+    #: and ``tracer_value_errors`` of this backend, and trains through Keras's own ``train_on_batch`` / ``fit``
     keras_state_in_place: bool = True
     #: names of this backend's ops that take Keras's tensors and variables as they are, so that the keras
     #: backend uses them as its own ops when Keras runs on this framework (faster than ``keras.ops``)
@@ -151,8 +152,10 @@ class Backend(abc.ABC):
 
     # ---- parameters and buffers ------------------------------------------
     @abc.abstractmethod
-    def parameter(self, value: np.ndarray, trainable: bool = True):
-        """A new native variable holding ``value`` (trainable: a parameter; else: a buffer)."""
+    def parameter(self, value: np.ndarray, trainable: bool = True, dtype: str | None = None):
+        """A new native variable holding ``value`` (trainable: a parameter; else: a buffer), of unidl's
+        float dtype, or of ``dtype`` (a NumPy dtype name: 'int64' for a counter such as BatchNorm's
+        ``num_batches_tracked``) where given."""
 
     @abc.abstractmethod
     def is_parameter(self, value) -> bool:
@@ -167,6 +170,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def assign(self, variable, value: np.ndarray) -> None:
         """Overwrite a variable's value in place (shapes already checked by the caller)."""
+
+    def donated_tensor(self, array: np.ndarray):
+        """``array``, handed over for ``assign`` by a caller that never touches it again (``ud.load``'s
+        file reader), as what this framework's ``assign`` takes without copying it first: the variable
+        may keep ``array``'s memory as its own, so that loading a file costs about its own size. The
+        default is ``array`` itself; a framework that copies NumPy input on conversion (TensorFlow,
+        twice) returns a tensor sharing ``array``'s memory where it can."""
+        return array
 
     @abc.abstractmethod
     def write_state(self, variable, value):
@@ -235,12 +246,15 @@ class Backend(abc.ABC):
         the window); the optimizer's step count counts updates."""
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs: bool = False,
-                                   eager: bool = False) -> Callable:
+                                   eager: bool = False, accumulate: int = 1) -> Callable:
         """``train_step`` under a mixed ``unidl.precision.Precision`` (``precision.mixed``): float32 master
         weights, the forward's matrix products in ``precision.compute_dtype`` by torch.autocast's rule, and
         for ``precision.scales_loss`` dynamic loss scaling that skips a step whose gradients are not finite.
-        The step also has ``loss_scale() -> float`` (1.0 without scaling). Each backend implements it in its
-        ``precision.py``; the default refuses, naming the backend."""
+        ``accumulate`` N > 1, as ``torch.amp.GradScaler`` with accumulation: the N micro-steps' (scaled)
+        gradients of ``loss / N`` are summed, and the N-th call makes the one non-finite check of the window
+        (its loss values and the summed gradients; an overflow skips the whole update and empties the window),
+        clips, updates and moves the loss scale once. The step also has ``loss_scale() -> float`` (1.0 without
+        scaling). Each backend implements it in its ``precision.py``; the default refuses, naming the backend."""
         raise NotImplementedError(f"precision={precision.name!r} is not available on the {self.name} backend; "
                                   f"use precision='32'")
 
@@ -249,14 +263,23 @@ class Backend(abc.ABC):
         """Return ``forward(x) -> outputs`` without gradients (compiled where the backend compiles)."""
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager: bool = False,
-                  precision=None, accumulate: int = 1):
+                  precision=None, accumulate: int = 1, totals=None):
         """Run one epoch with the framework's own trainer and return the epoch logs, or None to let
         ``ud.fit`` drive ``train_step`` itself (the default). ``on_batch(index, running_logs)``
         must be called after every step; ``eager``: Python runs every step (no compiled step).
         ``precision``: the ``unidl.precision.Precision`` of the run (see ``mixed_precision_train_step``).
         ``metrics``: a ``unidl.metrics.MetricAccumulator`` (or None) whose ``statistics(outputs, y)`` the
         trainer sums from the epoch's start and reports through ``results_from`` in the logs.
-        ``accumulate``: micro-steps per optimizer update (see ``train_step``)."""
+        ``accumulate``: micro-steps per optimizer update (see ``train_step``).
+        ``totals``: what ``epoch_totals`` returned at a checkpoint during this epoch: a resumed epoch
+        continues the trainer's running sums from them instead of zero, so that its logs are bit-identical
+        to an uninterrupted epoch's."""
+        return None
+
+    def epoch_totals(self, model) -> list | None:
+        """The running sums of the framework's own trainer in the epoch in progress (``fit_epoch``: Keras's
+        loss and metric trackers), as JSON-ready nested lists of floats, for a checkpoint; None where
+        ``ud.fit`` keeps them itself (the default)."""
         return None
 
     @abc.abstractmethod
@@ -286,6 +309,13 @@ class Backend(abc.ABC):
         """``f(*xs) -> y`` whose gradient is the user's: ``forward_fn(*xs)`` returns ``(y, backward)``
         and ``backward(dy)`` returns the gradient of each input (one tensor, or a tuple with one per
         input). Works eagerly, under ``value_and_grad`` and inside ``function``."""
+
+    def model_graph(self, model, x: np.ndarray) -> bytes | None:
+        """``model``'s forward (in its current mode) on inputs shaped as the NumPy batch ``x``, as the bytes of
+        a serialized TensorFlow ``GraphDef``, the form TensorBoard's Graphs tab reads
+        (``ud.callbacks.TensorBoard(write_graph=True)``); None (the default) where this framework gives none.
+        Tracing must leave the model's state as it was."""
+        return None
 
     # ---- export ------------------------------------------------------------
     @abc.abstractmethod

@@ -26,9 +26,11 @@ def samples_up_to(loader, position: int) -> int:
 
 
 def epoch_progress(trainer, logs) -> dict | None:
-    """The epoch in progress as ``{'epoch', 'samples', 'sums', 'lr'}``: samples trained in it so far and the
-    sum over them of each running-mean log ('loss', 'accuracy'), counting the part trained before a resume,
-    so that the resumed run's History averages the whole epoch. None without a unidl ``DataLoader``."""
+    """The epoch in progress as ``{'epoch', 'samples', 'sums', 'lr', 'totals'}``: samples trained in it so far and
+    the sum over them of each running-mean log ('loss', 'accuracy'), counting the part trained before a resume,
+    so that the resumed run's History averages the whole epoch; 'totals', the epoch loop's own running sums
+    (``trainer.epoch_totals()``), from which a resumed epoch goes on so that its History is bit-identical
+    (the sums serve a resume by a loop of another kind). None without a unidl ``DataLoader``."""
     from unidl.data import DataLoader
 
     loader = trainer.loader
@@ -43,8 +45,13 @@ def epoch_progress(trainer, logs) -> dict | None:
     for key, value in logs.items():
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
             sums[key] = sums.get(key, 0.0) + float(value) * trained
-    return {"epoch": trainer.epoch, "samples": carried["samples"] + trained, "sums": sums,
-            "lr": float(trainer.optimizer.lr)}
+    progress = {"epoch": trainer.epoch, "samples": carried["samples"] + trained, "sums": sums,
+                "lr": float(trainer.optimizer.lr)}
+    totals = trainer.epoch_totals() if getattr(trainer, "epoch_totals", None) else None
+    if totals is not None and totals["values"] is not None:
+        # the epoch loop's own running sums, exact: a resumed epoch continues them (fit._run_epoch_with_steps)
+        progress["totals"] = totals
+    return progress
 
 
 def _weights_finite(model) -> bool:

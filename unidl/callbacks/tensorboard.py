@@ -2,7 +2,8 @@
 
 Scalars go to ``log_dir/train`` and ``log_dir/validation`` under Keras's tag names ('epoch_loss',
 'epoch_accuracy', 'epoch_learning_rate', 'batch_loss'), so runs from every backend, and from Keras
-itself, overlay in one TensorBoard. Written with the ``tensorboard`` package's record writer and protos.
+itself, overlay in one TensorBoard. Written with the ``tensorboard`` package's record writer and protos;
+the model graph (``write_graph``) is the backend's (``Backend.model_graph``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 import numpy as np
 
 from unidl.callbacks.callback import Callback
+from unidl.distributed import process_group
 
 
 def _import_tensorboard():
@@ -56,26 +58,28 @@ class EventFile:
 class TensorBoard(Callback):
     """Log a ``fit`` run for TensorBoard (``tensorboard --logdir LOG_DIR``), as ``keras.callbacks.TensorBoard``.
 
-    Every epoch, its logs are written at step ``epoch`` (from 0) as 'epoch_<name>': the training values to
+    Every epoch, its logs are written at step ``epoch`` (from 0) as ``epoch_<name>``: the training values to
     ``log_dir/train`` ('epoch_loss', 'epoch_accuracy', and the learning rate as 'epoch_learning_rate'), the
     validation values ('val_loss', ...) to ``log_dir/validation`` under the same tags without 'val_', and
-    there also as 'evaluation_<name>_vs_iterations' at the global step.
+    there also as ``evaluation_<name>_vs_iterations`` at the global step.
 
     Args:
         log_dir: the run's directory (created); one directory per run, as TensorBoard expects.
         histogram_freq: every this many epochs (0: never), a histogram of each parameter, tagged by its
             ``named_parameters()`` name with '/' between modules ('linear1/weight'), in ``log_dir/train``.
         update_freq: ``"epoch"`` (scalars once per epoch), ``"batch"`` (also after every batch), or an
-            integer N (also after every N batches): the running means of the epoch so far as 'batch_<name>'
+            integer N (also after every N batches): the running means of the epoch so far as ``batch_<name>``
             at the global step (batches trained since the start of the run).
-        write_graph: must stay ``False``: the model graph is not written, since no backend gives one in a
-            framework-independent form (Keras's default ``True`` is an error here rather than ignored).
+        write_graph: write the model graph for TensorBoard's Graphs tab, at the start of training, in
+            ``log_dir/train``: the eval-mode forward on one training sample as the framework traces it (on
+            torch, the TorchScript trace's ATen ops with each parameter under its ``state_dict()`` name; on
+            tensorflow, and keras on TensorFlow, the ``tf.function`` graph, as Keras writes it). Where the
+            backend gives no graph (jax; keras on torch or jax), ``fit`` stops with a ``ValueError`` before
+            the first step rather than leave it out. Off by default (Keras's default is on), so that the
+            same callback runs on every backend.
     """
 
     def __init__(self, log_dir="logs", histogram_freq: int = 0, update_freq="epoch", write_graph: bool = False):
-        if write_graph:
-            raise ValueError("TensorBoard write_graph=True is not supported: unidl writes scalars and histograms, "
-                             "not the model graph; pass write_graph=False")
         if not isinstance(histogram_freq, int) or isinstance(histogram_freq, bool) or histogram_freq < 0:
             raise ValueError(f"TensorBoard histogram_freq must be an integer >= 0 (0: no histograms), "
                              f"got {histogram_freq!r}")
@@ -88,6 +92,7 @@ class TensorBoard(Callback):
         _import_tensorboard()  # fail now, not after the first epoch
         self.log_dir = os.fspath(log_dir)
         self.histogram_freq, self.update_freq = histogram_freq, update_freq
+        self.write_graph = bool(write_graph)
         self._writers = {}
         self._batches = 0
 
@@ -99,7 +104,10 @@ class TensorBoard(Callback):
         return self._writers[name]
 
     def _write(self, writer_name: str, step: int, values) -> None:
-        """One event holding ``values``: (tag, float) scalars and (tag, HistogramProto) histograms."""
+        """One event holding ``values``: (tag, float) scalars and (tag, HistogramProto) histograms. In a
+        data-parallel job only rank 0 writes (the values are already reduced across ranks)."""
+        if not process_group.is_writer():
+            return
         _, event_pb2, summary_pb2 = _import_tensorboard()
         summary = summary_pb2.Summary()
         for tag, value in values:
@@ -140,8 +148,31 @@ class TensorBoard(Callback):
         trainer = self.trainer
         return int(trainer.global_step) if trainer is not None else self._batches
 
+    def _write_model_graph(self) -> None:
+        """The backend's graph of the model's eval-mode forward on one training sample, or a ValueError."""
+        from unidl.metrics.probe import first_sample
+
+        _, event_pb2, _ = _import_tensorboard()
+        model = self.trainer.model
+        x, _ = first_sample(self.trainer.loader)
+        was_training = model.training
+        model.eval()  # nothing in the trace updates state (batch-norm statistics) or draws dropout masks
+        try:
+            graph = model._backend.model_graph(model, x)
+        finally:
+            model.train(was_training)
+        if graph is None:
+            raise ValueError(f"TensorBoard(write_graph=True): the {model._backend.name} backend gives no model "
+                             f"graph here (TensorBoard's Graphs tab reads a TensorFlow GraphDef, which the torch "
+                             f"and tensorflow backends trace); pass write_graph=False")
+        if process_group.is_writer():
+            self._writer("train").add_event(event_pb2.Event(wall_time=time.time(), graph_def=graph))
+
     def on_train_begin(self, logs=None):
-        os.makedirs(self.log_dir, exist_ok=True)
+        if self.write_graph and self.trainer is not None:
+            self._write_model_graph()
+        if process_group.is_writer():
+            os.makedirs(self.log_dir, exist_ok=True)
         self._batches = 0
 
     def on_batch_end(self, batch, logs=None):

@@ -118,9 +118,10 @@ class DataLoader:
       code. The dataset, ``collate_fn`` and ``worker_init_fn`` are pickled to each worker once per start,
       so they must be defined at module level of an importable module, and a script that starts process
       workers needs the usual ``if __name__ == "__main__":`` guard. A worker imports NumPy, unidl and the
-      dataset's module, never a framework; it sends batches back as pickled NumPy arrays, which become
-      tensors in the main process. A worker that is stuck, dies (``os._exit``, a signal) or outlives the
-      iterator is terminated.
+      dataset's module, never a framework; it sends batches back as NumPy arrays (those of 1 MiB or more
+      through shared memory, smaller ones pickled: ``unidl.data.shared_batches``), which become tensors in
+      the main process. A worker that is stuck, dies (``os._exit``, a signal) or outlives the iterator is
+      terminated, and no shared-memory segment outlives the workers.
 
     With workers, a failure raises ``DataLoaderError`` naming the worker, the batch and sample, with the
     worker's traceback in the message (and the original exception as ``__cause__``); so does a worker

@@ -4,7 +4,9 @@ exhaustion, error, timeout, Ctrl-C and garbage collection alike.
 
 The main process never blocks for long: it waits for results ``POLL`` seconds at a time, checking in
 between that every worker is alive and within the timeout, so that Ctrl-C and a dead worker are noticed
-within ``POLL`` seconds.
+within ``POLL`` seconds. Large batches of worker processes come through shared memory
+(``shared_batches.py``): the pool names each batch's segment when it hands the batch out and removes
+every segment that was not delivered when it stops.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import threading
 import time
 
-from unidl.data import worker
+from unidl.data import shared_batches, worker
 from unidl.errors import DataLoaderError
 
 #: seconds between checks while the main process waits for a batch
@@ -76,6 +78,11 @@ class WorkerPool:
         self.closed = False
         self.generation = None
         self._ready_at: list[float | None] = [None] * num_workers  # when each worker could take batches
+        # (generation, batch) -> the shared-memory segment named for it, until it is read or removed
+        self._segments: dict[tuple[int, int], str] = {}
+        self._share = kind == "process" and shared_batches.available()
+        if self._share:
+            shared_batches.remove_abandoned()
         if kind == "process":
             payload = pickled_for_workers(dataset, collate_fn, worker_init_fn)
             self._results = mp_context.Queue()
@@ -135,8 +142,12 @@ class WorkerPool:
                 owner = submitted % self.num_workers
                 batch = start + submitted
                 batch_seed = (seed, epoch, batch) if self.kind == "process" else None
+                shared = None
+                if self._share:
+                    name = self._segments[generation, batch] = shared_batches.segment_name()
+                    shared = (name, shared_batches.MIN_BYTES)
                 self._tasks[owner].put(("batch", generation, batch, batches[submitted], batch_seed, context,
-                                        convert))
+                                        convert, shared))
                 submitted += 1
             batch, owner = start + position, position % self.num_workers
             waiting_since = time.monotonic()
@@ -168,11 +179,32 @@ class WorkerPool:
             failure = message[3]
             if failure.batch is None:  # the worker could not start: nothing it was given will come
                 raise self._failure_error(failure, epoch, batches, start)
+            self._forget_segment(message[2], failure.batch)
             if message[2] == generation:
                 done[failure.batch] = failure
-        elif message[2] == generation:  # "batch"; one of an abandoned iteration is dropped
-            _, _, _, batch, payload = message
-            done[batch] = payload
+        else:  # "batch"; one of an abandoned iteration is dropped
+            _, worker_id, batch_generation, batch, payload = message
+            self._segments.pop((batch_generation, batch), None)
+            if isinstance(payload, shared_batches.SharedBatch):
+                if batch_generation != generation:
+                    shared_batches.discard(payload.name)
+                    return
+                payload = self._read_shared(payload, worker_id, batch, epoch)
+            if batch_generation == generation:
+                done[batch] = payload
+
+    def _forget_segment(self, generation, batch) -> None:
+        name = self._segments.pop((generation, batch), None)
+        if name is not None:
+            shared_batches.discard(name)
+
+    def _read_shared(self, payload, worker_id, batch, epoch):
+        try:
+            return shared_batches.read(payload)
+        except OSError as error:
+            raise DataLoaderError(f"{self.describe(worker_id)} left batch {batch} of epoch {epoch} in shared "
+                                  f"memory ({shared_batches.DIRECTORY}/{payload.name}), but it could not be read "
+                                  f"back: {error}") from error
 
     def _failure_error(self, failure: worker.Failure, epoch, batches, start) -> DataLoaderError:
         who = self.describe(failure.worker_id)
@@ -263,3 +295,7 @@ class WorkerPool:
             for channel in [*self._tasks, self._results]:
                 channel.cancel_join_thread()  # never block the main process on a pipe nobody reads
                 channel.close()
+        # every worker has stopped: no segment named for a batch that was not read can appear any more
+        for name in self._segments.values():
+            shared_batches.discard(name)
+        self._segments.clear()

@@ -2,7 +2,8 @@
 join them with ``collate_fn`` and send the arrays back, or a report of what failed and where.
 
 A worker process imports only this module, NumPy and the dataset's own module, never a framework:
-batches cross to the main process as pickled NumPy arrays and become tensors there (see ``pool.py``).
+batches cross to the main process as NumPy arrays, large ones through shared memory
+(``shared_batches.py``), others pickled, and become tensors there (see ``pool.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unidl.data import shared_batches
 from unidl.data.dataset import TensorDataset
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
@@ -116,7 +118,7 @@ def _portable(arrays) -> tuple:
 
 
 def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current):
-    _, generation, batch, indices, batch_seed, context, convert = task
+    _, generation, batch, indices, batch_seed, context, convert, shared = task
     progress = {"step": "sample", "index": None}
     current[0], current[1] = generation, batch
 
@@ -126,7 +128,12 @@ def _run_batch(worker_id, dataset, collate_fn, task, portable: bool, current):
         progress["step"] = "convert"
         if convert is not None:
             return convert(arrays)
-        return _portable(arrays)
+        arrays = _portable(arrays)
+        if shared is not None:  # (segment name, smallest batch worth it), from the main process
+            name, min_bytes = shared
+            if shared_batches.worth_sharing(arrays, min_bytes):
+                return shared_batches.write(name, arrays) or arrays
+        return arrays
 
     try:
         payload = context.copy().run(job) if context is not None else job()

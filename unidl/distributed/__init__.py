@@ -4,7 +4,8 @@ In a job of N processes (``unidl.distributed.launch``, ``unidl train --nproc N``
 ``init()``: a ``DataLoader``'s batch size is the *global* batch, and each rank gets its share of every batch
 (every sample once per epoch, the same number of steps on every rank, reshuffled per epoch from the
 loader's seed, which rank 0's value fixes); the backend's engine averages the gradients (torch:
-``DistributedDataParallel``, gloo on CPU); ``fit``'s logs are reduced over the ranks; only rank 0 writes
+``DistributedDataParallel``, gloo on CPU; tensorflow and Keras-on-TensorFlow: ``MultiWorkerMirroredStrategy``'s
+all-reduce inside the compiled step); ``fit``'s logs are reduced over the ranks; only rank 0 writes
 checkpoints and prints progress. So 2 ranks with global batch B train the weights 1 process with batch B
 trains. See docs/distributed.md.
 """

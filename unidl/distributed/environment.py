@@ -94,6 +94,22 @@ def free_port(address: str = LOOPBACK) -> int:
         return probe.getsockname()[1]
 
 
+def worker_addresses(port: int, nprocs: int, address: str = LOOPBACK) -> list[str]:
+    """``host:port`` of each of ``nprocs`` local workers: rank 0 on ``port``, the others on free ports (engines
+    whose every worker listens, as ``tf.distribute``'s do; the others listen on rank 0's port only)."""
+    ports = [int(port)]
+    while len(ports) < nprocs:
+        candidate = free_port(address)
+        if candidate not in ports:
+            ports.append(candidate)
+    return [f"{address}:{p}" for p in ports]
+
+
+def tf_config(workers: list[str], rank: int) -> str:
+    """The ``TF_CONFIG`` of worker ``rank`` of ``workers`` (TensorFlow's multi-worker cluster description)."""
+    return json.dumps({"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": rank}})
+
+
 def check_port_free(address: str, port: int, what: str) -> None:
     """Raise ``DistributedError`` naming ``port`` if another process listens on it at ``address``."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -1,7 +1,8 @@
 """``launch(fn, nprocs)``: run ``fn`` in ``nprocs`` fresh local processes that form one data-parallel job.
 
 Each rank is a spawned interpreter whose environment is set before anything is imported: the launcher's
-variables (``UNIDL_RANK`` ...), a free port on 127.0.0.1, gloo's loopback interface, and one thread per
+variables (``UNIDL_RANK`` ...), a free port on 127.0.0.1, gloo's loopback interface, ``TF_CONFIG`` naming
+a free port per rank (for ``tf.distribute``, whose workers each listen on one), and one thread per
 framework pool (``unidl.set_num_threads(1)``: N processes share the machine's cores). A rank that raises
 or dies ends the job: the parent stops every other rank (they would wait in a collective for ever) and
 raises ``DistributedError`` naming the rank, with its traceback. No rank outlives ``launch``.
@@ -112,10 +113,12 @@ def launch(fn, nprocs: int, backend: str | None = None, args=(), *, timeout: flo
     interface = environment.loopback_interface()
     if interface:
         common.setdefault("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", interface))
+    workers = environment.worker_addresses(port, nprocs)
     processes = []
     try:
         for rank in range(nprocs):
-            env = dict(common, UNIDL_RANK=str(rank), UNIDL_LOCAL_RANK=str(rank))
+            env = dict(common, UNIDL_RANK=str(rank), UNIDL_LOCAL_RANK=str(rank),
+                       TF_CONFIG=environment.tf_config(workers, rank))
             process = context.Process(target=_run_rank, args=(payload, rank, env, results),
                                       name=f"unidl-rank-{rank}")
             process.start()

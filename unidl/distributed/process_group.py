@@ -1,5 +1,6 @@
 """The process group of a data-parallel job: ``init`` joins it through the backend's own engine (torch's
-``torch.distributed``, ...), and ``rank``, ``world_size``, ``barrier`` and ``all_reduce`` ask that engine.
+``torch.distributed``, TensorFlow's ``MultiWorkerMirroredStrategy``), and ``rank``, ``world_size``,
+``barrier`` and ``all_reduce`` ask that engine.
 
 The front end never talks to a framework here: ``Backend.distributed_engine()`` returns the engine, which
 lives in ``unidl/backends/<name>/distributed.py``. One process (no launcher's variables) is a group of
@@ -18,6 +19,7 @@ from unidl.distributed import environment
 from unidl.errors import DistributedError, DistributedNotInitializedError
 
 REDUCE_OPS = ("sum", "mean", "max", "min")
+"""The reductions ``all_reduce`` offers (its ``op``)."""
 DEFAULT_TIMEOUT = 300.0
 
 
@@ -76,7 +78,8 @@ def init(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Proces
         engine = backend_object.distributed_engine()
         if engine is None:
             raise DistributedError(f"the {backend_object.name} backend has no distributed engine in unidl; "
-                                   f"data-parallel training runs on the torch backend")
+                                   f"data-parallel training runs on the torch and tensorflow backends and on "
+                                   f"Keras-on-TensorFlow")
         # (torchrun's own agent already listens on MASTER_PORT, and the engine joins through it)
         if place.rank == 0 and place.source == "unidl's variables" and place.address in (environment.LOOPBACK,
                                                                                        "localhost"):

@@ -20,6 +20,7 @@ import numpy as np
 
 from unidl.errors import CorruptFileError
 from unidl.io.atomic import atomic_open
+from unidl.io.buffers import aligned_empty
 
 #: Headers above this size are refused before being read (real headers are a few kB to a few MB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -268,7 +269,7 @@ class SafetensorsFile:
 
     def _read_bytes(self, handle, name: str) -> np.ndarray:
         begin, end = self._offsets[name]
-        buffer = np.empty(end - begin, dtype=np.uint8)
+        buffer = aligned_empty(end - begin)
         handle.seek(self._start + begin)
         if handle.readinto(memoryview(buffer)) != end - begin:
             raise self._corrupt(f"tensor {name!r} was cut short while reading (file changed or truncated)")

@@ -31,11 +31,12 @@ _NAMED = {
     "auc": AUC,
 }
 NAMES = tuple(_NAMED) + ("top<k>",)
+"""Every metric name ``get`` knows (``top<k>``: any k, as ``top5``)."""
 
 
 def get(identifier) -> Metric:
     """A metric from its name (logged under that name) or a ``Metric`` object (returned as it is).
-    Names: 'accuracy', 'top5' (any 'top<k>'), 'top_k' (k=5), 'precision', 'recall', 'f1' (each also
+    Names: 'accuracy', 'top5' (any ``top<k>``), 'top_k' (k=5), 'precision', 'recall', 'f1' (each also
     '_macro'/'_micro'), 'confusion_matrix', 'mae', 'mse', 'auc', and Keras's spellings of these."""
     if isinstance(identifier, Metric):
         return identifier

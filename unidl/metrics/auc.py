@@ -1,4 +1,4 @@
-"""Area under the ROC curve, thresholded as Keras's ``AUC`` (not exact: see ``AUC``).
+"""Area under the ROC curve, thresholded as Keras's ``AUC`` (not exact: see ``AUC``), binary or one-vs-rest.
 
 Exact AUC needs every score of the epoch at once; a thresholded AUC needs only counts per threshold,
 which add up across batches and stay in the graph, which is why Keras computes it this way too.
@@ -14,14 +14,20 @@ from unidl.metrics.metric import Metric, as_float, greater
 
 
 class AUC(Metric):
-    """ROC AUC of one score per sample (N,) / (N, 1) against 0/1 targets, or of class 1 of scores (N, 2)
-    against integer labels.
+    """ROC AUC: binary, or one-vs-rest macro-averaged over classes, as scikit-learn's
+    ``roc_auc_score(multi_class="ovr", average="macro")``.
 
-    As Keras's ``AUC(curve='ROC', summation_method='interpolation')``: true and false positives are counted
-    at ``num_thresholds`` evenly spaced thresholds over [0, 1] (the end ones just outside it), and the
-    area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
+    Binary: one score per sample (N,) / (N, 1) against 0/1 targets, or scores (N, 2) against integer
+    labels (the area of class 1's score). Multi-class: scores (N, C) against integer labels (N,) with
+    C > 2, or against one-hot targets (N, C); each class's score against "this class or not" gives one
+    area, and the metric is their mean (a class absent from the targets, or present in all of them, has
+    no area and is left out of the mean; with none left the value is 0).
+
+    Each area is Keras's ``AUC(curve='ROC', summation_method='interpolation')``: true and false positives
+    are counted at ``num_thresholds`` evenly spaced thresholds over [0, 1] (the end ones just outside it),
+    and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
     ``roc_auc_score`` as ``num_thresholds`` grows (scores closer than 1 / (num_thresholds - 1) count as
-    ties). Scores are probabilities; ``from_logits=True`` applies a sigmoid (softmax for (N, 2)) first.
+    ties). Scores are probabilities; ``from_logits=True`` applies a sigmoid (softmax for (N, C)) first.
     """
 
     name = "auc"
@@ -34,32 +40,43 @@ class AUC(Metric):
 
     def bind(self, layout) -> None:
         super().bind(layout)
-        kind = classification_kind(layout, "AUC")
-        if kind != "binary" and not (kind == "sparse" and layout.num_outputs == 2):
-            raise ValueError(f"AUC is binary: it needs one score per sample (N,) or (N, 1) against 0/1 targets, "
-                             f"or scores (N, 2) against integer labels; got {layout}")
-        self.kind = kind
+        self.kind = classification_kind(layout, "AUC")
+        # the areas computed: one (binary, and class 1 of two scores against labels) or one per class
+        self.num_areas = 1 if self.kind == "binary" or (self.kind == "sparse" and layout.num_outputs == 2) \
+            else layout.num_outputs
 
     def statistic_shapes(self):
-        return ((self.num_thresholds,), (self.num_thresholds,), (), ())
+        return ((self.num_areas, self.num_thresholds), (self.num_areas, self.num_thresholds),
+                (self.num_areas,), (self.num_areas,))
 
-    def statistics(self, outputs, target):
+    def _scores_and_positives(self, outputs, target) -> tuple:
+        """Scores (N, areas) in [0, 1] and 0/1 float targets (N, areas) of "positive" for each area."""
         scores = as_float(outputs)
         if self.kind == "binary":
-            scores = ops.reshape(scores, (-1,))
-            scores = ops.sigmoid(scores) if self.from_logits else scores
-        else:
-            scores = (ops.softmax(scores, -1) if self.from_logits else scores)[:, 1]
-        positive = ops.reshape(as_float(target), (-1,))
+            scores = ops.reshape(scores, (-1, 1))
+            return (ops.sigmoid(scores) if self.from_logits else scores), ops.reshape(as_float(target), (-1, 1))
+        scores = ops.softmax(scores, -1) if self.from_logits else scores
+        if self.kind == "categorical":
+            return scores, as_float(target)
+        positive = as_float(ops.one_hot(ops.reshape(target, (-1,)), self.layout.num_outputs))
+        if self.num_areas == 1:  # two scores against labels: class 1 is the positive class
+            return scores[:, 1:], positive[:, 1:]
+        return scores, positive
+
+    def statistics(self, outputs, target):
+        scores, positive = self._scores_and_positives(outputs, target)
         epsilon = 1e-7
         thresholds = ops.arange(self.num_thresholds, dtype="float32") * ((1 + 2 * epsilon) / (self.num_thresholds - 1))
-        above = greater(ops.unsqueeze(scores, 1), ops.unsqueeze(thresholds - epsilon, 0))  # (N, thresholds)
-        true_positives = ops.reshape(ops.matmul(ops.unsqueeze(positive, 0), above), (-1,))
-        false_positives = ops.reshape(ops.matmul(ops.unsqueeze(1.0 - positive, 0), above), (-1,))
-        return true_positives, false_positives, ops.sum(positive), ops.sum(1.0 - positive)
+        above = greater(ops.unsqueeze(scores, 2), ops.reshape(thresholds - epsilon, (1, 1, -1)))  # (N, areas, T)
+        true_positives = ops.sum(ops.unsqueeze(positive, 2) * above, 0)
+        false_positives = ops.sum(ops.unsqueeze(1.0 - positive, 2) * above, 0)
+        return true_positives, false_positives, ops.sum(positive, 0), ops.sum(1.0 - positive, 0)
 
     def from_statistics(self, totals):
         true_positives, false_positives, positives, negatives = (np.asarray(t, dtype=np.float64) for t in totals)
-        tpr = true_positives / positives if positives else np.zeros_like(true_positives)
-        fpr = false_positives / negatives if negatives else np.zeros_like(false_positives)
-        return float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
+        areas = []
+        for tp, fp, p, n in zip(true_positives, false_positives, positives, negatives):
+            if p and n:
+                tpr, fpr = tp / p, fp / n
+                areas.append(float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2)))
+        return float(np.mean(areas)) if areas else 0.0

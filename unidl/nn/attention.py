@@ -29,10 +29,12 @@ class MultiheadAttention(Module):
         num_heads: parallel heads, each of ``embed_dim // num_heads`` features.
         dropout: dropout probability on the attention weights, in training.
         bias: learn ``in_proj_bias`` and ``out_proj.bias`` (both start at zero).
-        kdim, vdim: features of the keys and values (``embed_dim`` by default; when different, the projections
-            are ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` instead of ``in_proj_weight``).
+        kdim: features of the keys (``embed_dim`` by default; when ``kdim`` or ``vdim`` differs from it, the
+            projections are ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` instead of ``in_proj_weight``).
+        vdim: features of the values (``embed_dim`` by default).
         batch_first: (N, L, E) inputs and outputs; (L, N, E) by default, as PyTorch.
-        add_bias_kv, add_zero_attn: must be False (not supported).
+        add_bias_kv: must be False (not supported).
+        add_zero_attn: must be False (not supported).
 
     ``mha(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
     average_attn_weights=True, is_causal=False)`` returns ``(output, weights)``: output (L, N, E) (or
@@ -40,7 +42,11 @@ class MultiheadAttention(Module):
     ``need_weights``. ``key_padding_mask`` (N, S): True (or -inf) marks padding keys to ignore. ``attn_mask``
     (L, S) or (N * num_heads, L, S): True marks pairs that may NOT attend; a float mask is added to the
     scores. ``is_causal`` without ``attn_mask`` applies the causal mask (PyTorch needs the mask itself).
-    Unbatched (L, E) inputs work too.
+    Unbatched (L, E) inputs work too. A query whose every key is masked gets what PyTorch's module gives it:
+    with ``need_weights=False`` it attends to nothing (output ``out_proj.bias``, as
+    ``F.scaled_dot_product_attention``), except in evaluation where PyTorch takes its fused inference path
+    (batched self-attention, ``batch_first``, packed projection with biases, an even ``num_heads``); there, and
+    with ``need_weights=True``, its output and weights are NaN.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -94,6 +100,9 @@ class MultiheadAttention(Module):
                 layout = "(N, L, E)" if self.batch_first else "(L, N, E)"
                 raise ShapeMismatchError(f"{self.describe()} expected {label} of shape {layout} (or unbatched (L, E)) "
                                          f"with E = {features}, received {shape}")
+        # a query whose every key is masked: 0 where PyTorch's module runs F.scaled_dot_product_attention, NaN
+        # where it runs a plain softmax (for the weights it returns, and on its fused inference path)
+        safe_softmax = not need_weights and not self._torchs_inference_path(query, key, value, batched)
         if batched and not self.batch_first:
             query, key, value = (ops.permute(t, (1, 0, 2)) for t in (query, key, value))
         elif not batched:
@@ -109,7 +118,7 @@ class MultiheadAttention(Module):
         if attn_mask is not None:
             masks.append(self._attention_mask(attn_mask, query, key, batch, target, source))
         output, weights = functional.attention(q, k, v, None, self.dropout if self.training else 0.0,
-                                               is_causal and attn_mask is None, None, masks)
+                                               is_causal and attn_mask is None, None, masks, safe_softmax)
         output = ops.reshape(ops.permute(output, (0, 2, 1, 3)), (batch, target, self.embed_dim))
         output = self.out_proj(output)
         if batched and not self.batch_first:
@@ -121,6 +130,13 @@ class MultiheadAttention(Module):
         if average_attn_weights:
             weights = ops.mean(weights, 1)
         return output, (weights if batched else ops.squeeze(weights, 0))
+
+    def _torchs_inference_path(self, query, key, value, batched) -> bool:
+        """Whether ``torch.nn.MultiheadAttention`` would run its fused inference path here (its evaluation under
+        ``torch.no_grad()``, which unidl's ``eval()`` stands for, as ``TransformerEncoder`` does): batched
+        self-attention, batch first, one packed projection with biases, an even number of heads."""
+        return (not self.training and batched and self.batch_first and query is key and key is value
+                and self._qkv_same_embed_dim and self.in_proj_bias is not None and self.num_heads % 2 == 0)
 
     def _padding_mask(self, mask, batched, query, key):
         """(N, S) in MultiheadAttention's convention (True = ignore) -> (N, 1, 1, S), True = attend, or additive."""

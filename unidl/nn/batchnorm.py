@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from unidl import input_checks
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
@@ -11,33 +14,46 @@ from unidl.optim.optimizer import check_range
 class _BatchNorm(Module):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1).
 
-    Training: mean and biased var of the batch; the running estimates move by
-    ``running = (1 - momentum) * running + momentum * batch`` (unbiased var), as in PyTorch.
-    Eval: the running estimates. ``running_mean`` and ``running_var`` are in ``state_dict()``.
+    Training: mean and biased var of the batch; ``num_batches_tracked`` (n) counts the batch and the running
+    estimates move by ``running = (1 - m) * running + m * batch`` (unbiased var), as in PyTorch, with
+    ``m = momentum``, or ``m = 1 / n`` when ``momentum=None`` (the cumulative average of every batch so far).
+    Eval: the running estimates. ``running_mean``, ``running_var`` and ``num_batches_tracked`` (int64, as
+    PyTorch's) are in ``state_dict()``, so a ``torch.nn.BatchNorm*d`` state dict loads with ``strict=True``.
     """
 
     ranks: tuple[int, ...] = ()
+    _optional_buffers = ("num_batches_tracked",)  # files saved before unidl kept the counter load as they did
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
         super().__init__()
         owner = type(self).__name__
         if not isinstance(num_features, int) or num_features <= 0:
             raise ValueError(f"{owner} num_features must be a positive integer, got {num_features!r}")
         self.num_features = num_features
         self.eps = check_range(owner, "eps", eps, low_open=True)
-        self.momentum = check_range(owner, "momentum", momentum, 0.0, 1.0, high_open=False)
+        self.momentum = None if momentum is None else check_range(owner, "momentum", momentum, 0.0, 1.0,
+                                                                   high_open=False)
         self.weight = self.parameter(init.ones((num_features,))) if affine else None
         self.bias = self.parameter(init.zeros((num_features,))) if affine else None
         self.register_buffer("running_mean", init.zeros((num_features,)))
         self.register_buffer("running_var", init.ones((num_features,)))
+        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
     def forward(self, x):
         shape = tuple(x.shape)
         if len(shape) not in self.ranks or (shape[1] is not None and shape[1] != self.num_features):
             expected = " or ".join(str((("N", self.num_features) + ("L",) * (r - 2))) for r in self.ranks)
             raise ShapeMismatchError(f"{self.describe()} expected input of shape {expected}, received {shape}")
+        if self.training:  # one value per channel: PyTorch's error, eagerly and inside graphs
+            x = input_checks.check_batch_statistics(self.describe, x)
+        momentum = self.momentum if self.momentum is not None else 0.0  # eval: unused
+        if self.training:
+            count = self.num_batches_tracked + 1
+            self.write_buffer("num_batches_tracked", count)
+            if self.momentum is None:  # a tensor inside a compiled step: the count is part of the state
+                momentum = 1.0 / self._ops.cast_like(count, self.running_mean)
         y, running_mean, running_var = self._ops.batch_norm(x, self.running_mean, self.running_var, self.weight,
-                                                            self.bias, self.training, self.momentum, self.eps)
+                                                            self.bias, self.training, momentum, self.eps)
         if self.training:  # the op is pure: the module writes the new statistics (the backend's state transition)
             self.write_buffer("running_mean", running_mean)
             self.write_buffer("running_var", running_var)

@@ -3,7 +3,7 @@ initialisation and ``state_dict()`` names (``weight`` OIHW, or (in, out / groups
 
 from __future__ import annotations
 
-from unidl import ops as functional
+from unidl import input_checks, ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
@@ -15,28 +15,6 @@ def as_pair(owner: str, name: str, value) -> tuple[int, int]:
     if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
         raise ValueError(f"{owner} {name} must be a positive int or a pair of positive ints, got {value!r}")
     return pair
-
-
-def padded_size(size, padding, kernel: int) -> int | None:
-    if size is None:
-        return None
-    if padding == "same":
-        return size + kernel - 1
-    if padding == "valid":
-        return size
-    return size + 2 * padding
-
-
-def check_window_fits(layer: Module, x_shape, kernel, padding) -> None:
-    """ValueError when the (padded) spatial size of ``x`` is smaller than the window."""
-    for axis, label in ((2, "height"), (3, "width")):
-        k = kernel[axis - 2]
-        p = padding if isinstance(padding, str) else padding[axis - 2]
-        size = padded_size(x_shape[axis], p, k)
-        if size is not None and size < k:
-            raise ShapeMismatchError(
-                f"{layer.describe()}: kernel {label} {k} is larger than the padded input {label} {size} "
-                f"(input shape {tuple(x_shape)}); use a smaller kernel, more padding or a larger input")
 
 
 def check_nchw(layer: Module, x, channels: int | None) -> tuple:
@@ -120,25 +98,21 @@ class _ConvNd(Module):
             pairs = [(p, p) for p in self.padding]
         return tuple(v for pair in reversed(pairs) for v in pair)
 
-    def _check_input(self, x) -> tuple:
+    def _check_input(self, x):
+        """``x`` after checking its rank, channels and dtype, and that the kernel fits the padded input (inside
+        graphs too, where the sizes are known only when it runs: see ``unidl.input_checks``)."""
         shape = tuple(x.shape)
         layout = ("N", self.in_channels) + ("L",) if self.rank == 1 else ("N", self.in_channels, "H", "W")
         if len(shape) != self.rank + 2 or (shape[1] is not None and shape[1] != self.in_channels):
             raise ShapeMismatchError(f"{self.describe()} expected input of shape ({', '.join(map(str, layout))}), "
                                      f"received {shape}")
-        if not self.transposed:
-            spans = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
-            labels = ("length",) if self.rank == 1 else ("height", "width")
-            for axis, (span, label) in enumerate(zip(spans, labels)):
-                size = shape[axis + 2]
-                p = self.padding if isinstance(self.padding, str) else self.padding[axis]
-                padded = None if size is None else size + (span - 1 if p == "same" else 0 if p == "valid" else 2 * p)
-                if padded is not None and padded < span:
-                    raise ShapeMismatchError(
-                        f"{self.describe()}: kernel {label} {span} is larger than the padded input "
-                        f"{label} {padded} (input shape {shape}); use a smaller kernel or dilation, more padding or "
-                        f"a larger input")
-        return shape
+        input_checks.check_floating(self.describe, x)
+        if self.transposed:
+            return x
+        spans = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+        paddings = (self.padding,) * self.rank if isinstance(self.padding, str) else self.padding
+        return input_checks.check_window_fits(self.describe, x, spans, paddings,
+                                              "use a smaller kernel or dilation, more padding or a larger input")
 
     def _padded(self, x):
         """``x`` padded by the padding mode (reflect, replicate, circular), and the padding left for the kernel."""
@@ -167,7 +141,8 @@ class Conv2d(_ConvNd):
     """2-D convolution: ``y[n, o] = bias[o] + sum_c weight[o, c] * x[n, c]`` (cross-correlation), as ``torch.nn.Conv2d``.
 
     Args:
-        in_channels, out_channels: channel counts of input and output.
+        in_channels: channels of the input.
+        out_channels: channels of the output.
         kernel_size: int or (kh, kw).
         stride: int or (sh, sw), default 1.
         padding: int, (ph, pw), 'valid' (none) or 'same' (output size = input size, stride 1).
@@ -187,7 +162,7 @@ class Conv2d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
 
     def forward(self, x):
-        self._check_input(x)
+        x = self._check_input(x)
         if self.padding_mode == "zeros" and self.dilation == (1, 1) and self.groups == 1:
             return self._ops.conv2d(x, self.weight, self.bias, self.stride, self.padding)
         x, padding = self._padded(x)
@@ -205,7 +180,7 @@ class Conv1d(_ConvNd):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
 
     def forward(self, x):
-        self._check_input(x)
+        x = self._check_input(x)
         x, padding = self._padded(x)
         padding = padding if isinstance(padding, str) else _single(padding)
         return functional.conv1d(x, self.weight, self.bias, self.stride[0], padding, self.dilation[0], self.groups)
@@ -242,6 +217,6 @@ class ConvTranspose2d(_ConvNd):
                                  f"{self.stride} or dilation {self.dilation} on each axis")
 
     def forward(self, x):
-        self._check_input(x)
+        x = self._check_input(x)
         return functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
                                            self.groups, self.dilation)

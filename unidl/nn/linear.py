@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from unidl.errors import ShapeMismatchError
+from unidl.input_checks import check_floating
 from unidl.nn import init
 from unidl.nn.module import Module
 
 
 class Linear(Module):
-    """Fully connected layer, ``y = x @ weight.T + bias``.
+    """Fully connected layer, ``y = x @ weight.T + bias``: (*, in_features) -> (*, out_features), one sample
+    (in_features,) -> (out_features,) too, as in PyTorch. Integer input is a ``DtypeMismatchError``.
 
     Args:
         in_features: size of each input sample (the last axis).
@@ -33,6 +35,7 @@ class Linear(Module):
             raise ShapeMismatchError(
                 f"{self.describe()} expected input of shape (N, {self.in_features}), "
                 f"received {tuple(x.shape)}")
+        check_floating(self.describe, x)
         return self._ops.linear(x, self.weight, self.bias)
 
     def extra_repr(self):

@@ -2,16 +2,19 @@
 ``BCELoss``, ``SmoothL1Loss``, ``HuberLoss``, ``KLDivLoss``.
 
 Each takes ``reduction`` in {'mean', 'sum', 'none'} (``KLDivLoss`` also 'batchmean') and follows PyTorch's
-definition, which every backend implements with the same arithmetic. A class ``weight`` is a buffer named
-``weight``, as in PyTorch's ``state_dict()``.
+definition, which every backend implements with the same arithmetic. Element-wise losses need prediction and
+target of the same shape (PyTorch broadcasts them with a warning; unidl raises ``ShapeMismatchError``, inside
+graphs too), and class labels must be integers (float labels are a ``DtypeMismatchError``, never truncated).
+A class ``weight`` is a buffer named ``weight``, as in PyTorch's ``state_dict()``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from unidl import ops as functional
-from unidl.errors import ShapeMismatchError
+from unidl import input_checks, ops as functional
+from unidl.errors import DtypeMismatchError, ShapeMismatchError
+from unidl.input_checks import dtype_name
 from unidl.nn.module import Module
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -31,6 +34,15 @@ def _is_floating(tensor) -> bool:
     return "float" in str(getattr(tensor, "dtype", ""))
 
 
+def float_labels_message(name: str, dtype, probabilities_allowed: bool = True) -> str:
+    """What ``name`` says of float labels of shape (N,): refused, never truncated to classes (PyTorch refuses them
+    too), even when every value is a whole number; ``fit`` says the same of a data set's labels. (No sizes in
+    the message: a graph may not know them while it is traced, and the message is the same everywhere.)"""
+    alternative = " or class probabilities of the logits' shape (N, C)" if probabilities_allowed else ""
+    return (f"{name} needs integer class labels of shape (N,){alternative}, got {dtype_name(dtype)} labels of "
+            f"shape (N,); convert them with labels.astype('int64')")
+
+
 class _Loss(Module):
     reductions = REDUCTIONS
 
@@ -41,11 +53,9 @@ class _Loss(Module):
         self.reduction = reduction
 
     def _check_same_shape(self, prediction, target):
-        a, b = _static_shape(prediction), _static_shape(target)
-        if _shapes_conflict(a, b):
-            raise ShapeMismatchError(
-                f"{type(self).__name__} needs prediction and target of the same shape; "
-                f"prediction has shape {a}, target has shape {b}")
+        """``prediction``, after checking that ``target`` has its shape (inside graphs too, where the sizes are
+        known only when it runs; see ``unidl.input_checks``)."""
+        return input_checks.check_same_shape(type(self).__name__, prediction, target)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
@@ -55,7 +65,7 @@ class MSELoss(_Loss):
     """Mean squared error: reduce((prediction - target)^2)."""
 
     def forward(self, prediction, target):
-        self._check_same_shape(prediction, target)
+        prediction = self._check_same_shape(prediction, target)
         return self._ops.mse_loss(prediction, target, self.reduction)
 
 
@@ -63,7 +73,7 @@ class L1Loss(_Loss):
     """Mean absolute error: reduce(|prediction - target|)."""
 
     def forward(self, prediction, target):
-        self._check_same_shape(prediction, target)
+        prediction = self._check_same_shape(prediction, target)
         return self._ops.l1_loss(prediction, target, self.reduction)
 
 
@@ -71,7 +81,7 @@ class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits: reduce(max(x, 0) - x*t + log(1 + exp(-|x|))), numerically stable."""
 
     def forward(self, logits, targets):
-        self._check_same_shape(logits, targets)
+        logits = self._check_same_shape(logits, targets)
         return self._ops.bce_with_logits(logits, targets, self.reduction)
 
 
@@ -89,7 +99,7 @@ class BCELoss(_Loss):
             self.weight = None
 
     def forward(self, probabilities, targets):
-        self._check_same_shape(probabilities, targets)
+        probabilities = self._check_same_shape(probabilities, targets)
         return functional.binary_cross_entropy(probabilities, targets, self.weight, self.reduction)
 
 
@@ -103,7 +113,7 @@ class SmoothL1Loss(_Loss):
         self.beta = float(beta)
 
     def forward(self, prediction, target):
-        self._check_same_shape(prediction, target)
+        prediction = self._check_same_shape(prediction, target)
         return functional.smooth_l1_loss(prediction, target, self.reduction, self.beta)
 
     def extra_repr(self):
@@ -120,7 +130,7 @@ class HuberLoss(_Loss):
         self.delta = float(delta)
 
     def forward(self, prediction, target):
-        self._check_same_shape(prediction, target)
+        prediction = self._check_same_shape(prediction, target)
         return functional.huber_loss(prediction, target, self.reduction, self.delta)
 
     def extra_repr(self):
@@ -141,7 +151,7 @@ class KLDivLoss(_Loss):
         self.log_target = bool(log_target)
 
     def forward(self, log_probabilities, target):
-        self._check_same_shape(log_probabilities, target)
+        log_probabilities = self._check_same_shape(log_probabilities, target)
         return functional.kl_div(log_probabilities, target, self.reduction, self.log_target)
 
     def extra_repr(self):
@@ -167,6 +177,8 @@ class _WeightedClassLoss(_Loss):
     def _check_shapes(self, scores, target, probabilities_allowed: bool):
         a, b = _static_shape(scores), _static_shape(target)
         name = type(self).__name__
+        if _is_floating(target) and len(a) >= 2 and len(b) == len(a) - 1:
+            raise DtypeMismatchError(float_labels_message(name, target.dtype, probabilities_allowed))
         if probabilities_allowed and _is_floating(target) and len(a) >= 2:
             if _shapes_conflict(a, b):
                 raise ShapeMismatchError(

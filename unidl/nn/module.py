@@ -17,6 +17,7 @@ import numpy as np
 
 from unidl import config, devices
 from unidl.errors import BackendMismatchError, StateDictError
+from unidl.tracing import module_called
 
 
 _forward_callers: dict = {}
@@ -42,6 +43,28 @@ def trainable_mask(parameters) -> tuple[bool, ...]:
     return tuple(is_trainable(p) for p in parameters)
 
 
+#: argument types a module takes as they are (tensor types join on first sight; see ``_inputs``)
+_PASSED_AS_THEY_ARE = {type(None), bool, int, float, tuple, list, dict}
+
+
+def _inputs(module, args) -> tuple:
+    """A module's positional arguments as ``forward`` gets them, the same on every backend: NumPy arrays (and
+    NumPy scalars) become tensors as ``train_step`` converts them (``ud.tensor``: floats in unidl's dtype,
+    integers int64); tensors pass. unidl's own layers refuse a first argument that is neither (a string, an
+    object) with a ``TypeError`` naming the layer; a user's module passes it on to its ``forward``."""
+    converted = list(args)
+    for index, value in enumerate(args):
+        if isinstance(value, (np.ndarray, np.generic)):
+            from unidl.tensors import tensor  # (on the module's backend: __call__ checked that it is the current one)
+
+            converted[index] = tensor(value)
+        elif module._backend.is_tensor(value) or (hasattr(value, "shape") and hasattr(value, "dtype")):
+            _PASSED_AS_THEY_ARE.add(type(value))
+        elif index == 0 and type(module).__module__.startswith("unidl."):
+            raise TypeError(f"{module.describe()} takes a tensor or a NumPy array, got {type(value).__name__}")
+    return tuple(converted)
+
+
 class Module:
     """Base class for layers and models: subclass it, create sub-modules and parameters in ``__init__``,
     write ``forward``. Calling the module calls ``forward``.
@@ -57,6 +80,8 @@ class Module:
                 return ud.ops.relu(self.fc(x))
     """
 
+    _optional_buffers: tuple[str, ...] = ()  # see optional_state_keys
+
     def __init__(self):
         backend = config.backend()
         object.__setattr__(self, "_backend", backend)
@@ -66,6 +91,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_native", None)
+        object.__setattr__(self, "_structure_cache", {})
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_parent", None)
 
@@ -89,12 +115,30 @@ class Module:
         elif table is not None:
             self._parameters[name] = value
             devices.parameter_created(self, name, value, self._backend)
+        if table is not None or name in self.__dict__ and isinstance(self.__dict__[name], Module):
+            self._structure_changed()
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
         for table in (self._parameters, self._buffers, self._modules):
             table.pop(name, None)
+        self._structure_changed()
         object.__delattr__(self, name)
+
+    def _structure_changed(self) -> None:
+        """Forget what was built from the structure of this module and of its owners (``native``, the
+        ``structure_cache``): it holds the variables of then, so a head replaced afterwards (transfer learning)
+        would neither train nor run."""
+        node = self
+        while node is not None:
+            object.__setattr__(node, "_native", None)
+            node.__dict__.get("_structure_cache", {}).clear()
+            node = node._parent[0]() if node._parent is not None else None
+
+    def structure_cache(self) -> dict:
+        """A dict for what a backend builds from this module's structure and keeps (a compiled forward for
+        ``predict``/``evaluate``): emptied when a sub-module or parameter below it is added, replaced or removed."""
+        return self._structure_cache
 
     def add_module(self, name: str, module: "Module | None") -> None:
         """Register ``module`` as the child ``name`` (``setattr`` with a name that need not be an identifier)."""
@@ -122,9 +166,12 @@ class Module:
             return self._backend.parameter(np.asarray(value), trainable=True)
 
     def register_buffer(self, name: str, value) -> None:
-        """Add non-trainable state (BatchNorm's running statistics) that ``state_dict()`` saves."""
+        """Add non-trainable state (BatchNorm's running statistics) that ``state_dict()`` saves. A float
+        ``value`` takes unidl's float dtype; an integer one keeps its own (``num_batches_tracked``, int64)."""
+        value = np.asarray(value)
+        dtype = value.dtype.name if value.dtype.kind in "iub" else None
         with self._placement():
-            variable = self._backend.parameter(np.asarray(value), trainable=False)
+            variable = self._backend.parameter(value, trainable=False, dtype=dtype)
         self._buffers[name] = variable
         object.__setattr__(self, name, variable)
         devices.parameter_created(self, name, variable, self._backend, kind="buffer")
@@ -155,6 +202,11 @@ class Module:
                 f"{type(self).__name__} was created under backend {self._backend.name!r} and cannot run "
                 f"under {current.name!r}; build it again under {current.name!r} and load_state_dict() "
                 f"from this one's state_dict()")
+        module_called(self)  # for ud.function, whose graphs depend on this module's mode (unidl.tracing)
+        for value in args:
+            if type(value) not in _PASSED_AS_THEY_ARE:
+                args = _inputs(self, args)
+                break
         caller = self._forward_caller
         if caller is None:
             return self.forward(*args, **kwargs)
@@ -228,6 +280,13 @@ class Module:
         return sum(int(np.prod(tuple(p.shape), dtype=np.int64)) for p in self.parameters()
                    if not trainable_only or is_trainable(p))
 
+    def optional_state_keys(self) -> set[str]:
+        """Dotted names of the buffers a state dict may leave out (each keeps its value): those a class lists in
+        ``_optional_buffers``, as BatchNorm's ``num_batches_tracked``, which files saved before unidl kept it
+        lack (PyTorch likewise loads BatchNorm state dicts older than its counter)."""
+        return {f"{path}.{name}" if path else name for path, module in self.named_modules(remove_duplicate=False)
+                for name in type(module)._optional_buffers if name in module._buffers}
+
     def named_buffers(self) -> Iterator[tuple[str, object]]:
         for path, module in self.named_modules(remove_duplicate=False):
             for name, value in module._buffers.items():
@@ -283,7 +342,8 @@ class Module:
         """
         own = OrderedDict(self.named_parameters())
         own.update(self.named_buffers())
-        missing = [k for k in own if k not in state_dict]
+        optional = self.optional_state_keys()
+        missing = [k for k in own if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in own]
         mismatched = []
         for key, variable in own.items():

@@ -4,8 +4,8 @@ an average unless ``count_include_pad=False``, padding -inf for a maximum."""
 
 from __future__ import annotations
 
-from unidl import ops as functional
-from unidl.nn.conv import as_pair, check_nchw, check_window_fits
+from unidl import input_checks, ops as functional
+from unidl.nn.conv import as_pair, check_nchw
 from unidl.nn.module import Module
 
 
@@ -25,8 +25,9 @@ class _Pool2d(Module):
         self.ceil_mode = bool(ceil_mode)
 
     def forward(self, x):
-        shape = check_nchw(self, x, None)
-        check_window_fits(self, shape, self.kernel_size, self.padding)
+        check_nchw(self, x, None)
+        x = input_checks.check_window_fits(self.describe, x, self.kernel_size, self.padding,
+                                           "use a smaller kernel, more padding or a larger input")
         return self._pool(x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):

@@ -203,7 +203,8 @@ class RNN(RNNBase):
     input, with ``dropout`` between layers in training), in both directions with ``bidirectional``.
 
     Args:
-        input_size, hidden_size: features of each input step and of the hidden state.
+        input_size: features of each input step.
+        hidden_size: features of the hidden state.
         num_layers: stacked layers (default 1).
         nonlinearity: 'tanh' (default) or 'relu'.
         bias: learn ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (default True).

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from unidl import ops as functional
+from unidl.nn.activation import GELU, ReLU
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.container import ModuleList
 from unidl.nn.dropout import Dropout
@@ -89,8 +90,17 @@ class TransformerEncoder(Module):
     if given, as ``torch.nn.TransformerEncoder``. Every copy starts with ``encoder_layer``'s weights.
 
     ``encoder(src, mask=None, src_key_padding_mask=None, is_causal=None)`` passes the masks to every layer.
-    Unlike PyTorch's fast path in evaluation, padded positions are not zeroed in the output: they hold whatever
-    the layers computed there (mask them out when pooling).
+
+    Padded positions of the output are PyTorch's, in both modes. In training they hold whatever the layers
+    computed there (mask them out when pooling). In evaluation, PyTorch runs batched input with a
+    ``src_key_padding_mask`` and no ``mask`` as nested tensors when ``enable_nested_tensor`` and the layer allows
+    it (post-norm, ``batch_first``, biases, relu or gelu, an even ``nhead``): its output is 0 at every padded
+    position (``norm(0)`` after the final ``norm``), and a sequence with no real token gives zeros, not NaN.
+    unidl does the same under the same conditions, including PyTorch's ``mask_check`` (padding that is not all at
+    the end of each row falls back to computed values; with ``mask_check=False``, where PyTorch assumes it is and
+    packs the wrong positions, unidl zeroes the padded ones). The valid positions are the same either way. PyTorch
+    takes that path only when it records no gradient (``torch.no_grad()``, ``inference_mode()``, the usual way to
+    evaluate); unidl zeroes in every evaluation-mode forward, so gradients reach no padded position there.
     """
 
     def __init__(self, encoder_layer: TransformerEncoderLayer, num_layers: int, norm: Module | None = None,
@@ -103,15 +113,42 @@ class TransformerEncoder(Module):
         self.layers = ModuleList([_copy(encoder_layer) for _ in range(num_layers)])
         self.num_layers = num_layers
         self.norm = norm
+        self.enable_nested_tensor, self.mask_check = bool(enable_nested_tensor), bool(mask_check)
+        self.use_nested_tensor = self.enable_nested_tensor and _nested_path_allowed(encoder_layer)
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
         x = src
         for layer in self.layers:
             x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        if (self.use_nested_tensor and not self.layers[0].training and len(src.shape) == 3
+                and src_key_padding_mask is not None and mask is None):
+            x = self._zero_padded_positions(x, src_key_padding_mask)
         return self.norm(x) if self.norm is not None else x
+
+    def _zero_padded_positions(self, x, padding_mask):
+        """0 at the padded positions, as PyTorch's nested-tensor path gives them; with ``mask_check``, only when
+        every row's padding is at its end (PyTorch's test for taking that path), a test made inside the graph."""
+        ops = self._ops
+        padding_mask = self.layers[0].self_attn._as_tensor(padding_mask)
+        padded = padding_mask if "bool" in str(padding_mask.dtype) else padding_mask != 0  # float: -inf marks it
+        if self.mask_check:  # a padded position followed by a real one anywhere: PyTorch keeps the computed values
+            misplaced = ops.sum(ops.cast_like(padded[:, :-1] & ~padded[:, 1:], x))
+            padded = padded & (misplaced == 0)
+        return ops.where(ops.unsqueeze(padded, 2), ops.zeros_like(x), x)
 
     def extra_repr(self):
         return f"num_layers={self.num_layers}"
+
+
+def _nested_path_allowed(layer: TransformerEncoderLayer) -> bool:
+    """PyTorch's conditions on the layer for ``TransformerEncoder(enable_nested_tensor=True)`` to run padded input
+    as nested tensors in evaluation (``use_nested_tensor``)."""
+    activation = layer._config["activation"]
+    relu_or_gelu = (isinstance(activation, (str, ReLU, GELU))
+                    or any(activation is function for function in _ACTIVATIONS.values()))
+    return (not layer.norm_first and layer.batch_first and layer.self_attn._qkv_same_embed_dim
+            and layer.self_attn.in_proj_bias is not None and relu_or_gelu and layer.norm1.eps == layer.norm2.eps
+            and layer.self_attn.num_heads % 2 == 0)
 
 
 def _copy(layer: TransformerEncoderLayer) -> TransformerEncoderLayer:

@@ -21,7 +21,8 @@ class SGD(Optimizer):
         nesterov: Nesterov momentum (needs momentum > 0).
         weight_decay: L2 penalty lambda >= 0 (added to the gradient).
         l1: L1 penalty, adds ``l1 * sign(p)`` to the gradient.
-        clip_grad_norm, clip_grad_value, clip_per_tensor: gradient clipping (see ``Optimizer``).
+        **clipping: ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor``: gradient clipping (see
+            ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
     e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style

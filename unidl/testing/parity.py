@@ -26,6 +26,7 @@ TOLERANCES = {
     "float32": {"weights": 0.0, "output": 2e-6, "gradient": 1e-5, "loss": 1e-5, "trained": 1e-5},
     "float64": {"weights": 0.0, "output": 1e-12, "gradient": 1e-12, "loss": 1e-12, "trained": 1e-12},
 }
+"""The largest relative difference ``compare_backends`` accepts, by dtype and by what is compared."""
 
 
 @dataclass
@@ -185,7 +186,8 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
     Args:
         model: a zero-argument builder returning a ``ud.nn.Module``, or a Module class (then
             ``model_kwargs`` are its constructor arguments; required for subprocess backends).
-        inputs, targets: NumPy arrays (targets needed for a loss and for training).
+        inputs: NumPy array of the model's input.
+        targets: NumPy array of targets (needed for a loss and for training).
         loss: a loss class or zero-argument builder (e.g. ``ud.nn.MSELoss``); without it the gradient
             is that of ``sum(output * r)`` for a fixed random ``r``.
         optimizer: ``params -> optimizer`` (e.g. ``lambda p: ud.optim.SGD(p, lr=0.1)``); with ``steps``

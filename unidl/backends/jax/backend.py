@@ -32,6 +32,7 @@ from unidl import config  # noqa: E402
 from unidl import random as unidl_random  # noqa: E402
 from unidl.autograd import check_float, check_scalar  # noqa: E402
 from unidl.backends.interface import Backend as BackendInterface  # noqa: E402
+from unidl.io.buffers import aligned_zeros, is_undrawn_zeros  # noqa: E402
 from unidl.backends.jax import ops as jax_ops  # noqa: E402
 from unidl.backends.jax import precision as jax_precision  # noqa: E402
 from unidl.backends.jax import variable as jax_variable  # noqa: E402
@@ -70,6 +71,18 @@ class KeyStream:
         key, subkey = jax.random.split(self.state.value)
         self.state.value = key
         return subkey
+
+
+def _owned(array: np.ndarray, device):
+    """``array`` on ``device`` in a buffer of its own. On the CPU ``jax.device_put`` shares a suitably
+    aligned NumPy array instead of copying it, so a caller's later edit of that array (a state dict it
+    keeps, a batch buffer it refills) would silently change the model; copy exactly when that happens."""
+    placed = jax.device_put(array, device)
+    if isinstance(placed, jax.core.Tracer):  # inside a trace: a constant of the compiled program, not a buffer
+        return placed
+    if array.size and placed.unsafe_buffer_pointer() == array.ctypes.data:
+        return placed.copy()
+    return placed
 
 
 def _device_name(device) -> str:
@@ -159,7 +172,7 @@ class Backend(BackendInterface):
             array = array.astype(np.int64)
         elif array.dtype.kind != "b":
             raise TypeError(f"cannot make a tensor from an array of dtype {array.dtype}")
-        return jax.device_put(array, self.current_device())  # a copy: later changes to the array never show
+        return _owned(array, self.current_device())  # later changes to the array never show
 
     def to_numpy(self, tensor):
         if isinstance(tensor, np.ndarray):
@@ -177,15 +190,28 @@ class Backend(BackendInterface):
         return self.tensor(value)
 
     # ---- parameters ------------------------------------------------------
-    def parameter(self, value, trainable=True):
-        array = np.asarray(value, dtype=config.get_dtype())
-        return JaxVariable(jax.device_put(array, self.current_device()), trainable=trainable)
+    def parameter(self, value, trainable=True, dtype=None):
+        if is_undrawn_zeros(value):  # ud.load's build: fresh zero pages, which jax shares on the CPU
+            array = aligned_zeros(value.shape, dtype or config.get_dtype())  # nobody else holds them
+            return JaxVariable(jax.device_put(array, self.current_device()), trainable=trainable)
+        array = np.asarray(value, dtype=dtype or config.get_dtype())
+        return JaxVariable(_owned(array, self.current_device()), trainable=trainable)
 
     def is_parameter(self, value):
         return isinstance(value, JaxVariable) and value.trainable  # trainable: a parameter, not a buffer
 
     def assign(self, variable, value):
-        variable.value = jax.device_put(np.asarray(value, dtype=variable.dtype), next(iter(variable.value.devices())))
+        device = next(iter(variable.value.devices()))
+        if isinstance(value, jax.Array) and value.dtype == variable.dtype:  # immutable: sharing it is safe
+            variable.value = jax.device_put(value, device)
+        else:
+            variable.value = _owned(np.asarray(value, dtype=variable.dtype), device)
+
+    def donated_tensor(self, array):
+        # the file reader never touches ``array`` again, so the variable may keep its (aligned) memory
+        if isinstance(array, np.ndarray) and array.size:
+            return jax.device_put(array, self.current_device())
+        return array
 
     def write_state(self, variable, value):
         variable.assign(value)
@@ -233,7 +259,9 @@ class Backend(BackendInterface):
             self._optimizer_apply(optimizer)(grads)
 
     def last_step_finite(self, optimizer):
-        return bool(optimizer.native.finite.value)
+        # np.asarray waits for the step and reads the flag in one go; bool() on the JAX array takes a slower path
+        # (about 10-30 us a step on the CPU, a tenth of the two-layer net's step)
+        return bool(np.asarray(optimizer.native.finite.value))
 
     def _model_state(self, model, optimizer=None) -> list:
         variables = [v for _, v in model.named_parameters()] + [b for _, b in model.named_buffers()]
@@ -273,8 +301,9 @@ class Backend(BackendInterface):
         out, donated), re-traced per train/eval mode and frozen set, or run eagerly with ``eager=True``
         (``compiled`` is then unused). Shared by the plain and the mixed-precision train steps."""
         # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning
+        modules = model.modules()  # fixed with ``variables``: the step is built for this module tree
         compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
-                               static_key=lambda: (self._modes(model), trainable_mask(params)))
+                               static_key=lambda: (tuple(m.training for m in modules), trainable_mask(params)))
         to_input = self.to_input
         if eager:
             return (lambda *args: step(*[to_input(a) for a in args])), compiled
@@ -290,21 +319,42 @@ class Backend(BackendInterface):
 
         return run, compiled
 
-    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
-        return jax_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager)
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
+                                   accumulate=1):
+        return jax_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate)
 
     def predict_function(self, model):
-        if "_jax_predict" not in model.__dict__:
+        cache = model.structure_cache()  # emptied when the model's structure changes (a replaced head)
+        if "predict" not in cache:
             variables = self._model_state(model)
             compiled = StatefulJit(lambda x: model(x), lambda: variables, f"forward of {type(model).__name__}",
                                    static_key=lambda: self._modes(model), warn_retrace=False)
-            object.__setattr__(model, "_jax_predict", lambda x: compiled(self.to_input(x)))
-        return model._jax_predict
+            cache["predict"] = lambda x: compiled(self.to_input(x))
+        return cache["predict"]
 
     def value_and_grad(self, f, args, argnums, params):
         return self._value_and_grad(f, args, argnums, params)
 
-    def _value_and_grad(self, f, args, argnums, params, with_aux=False):
+    def value_and_grad_of_values(self, f, values):
+        """``((value, aux), grads)`` of ``f(*values) -> (value, aux)`` with respect to every one of ``values``
+        (arrays), None for a value the result does not depend on (PyTorch's rule). The keras backend
+        differentiates Keras's variables on Keras-on-JAX through it: their values go in as ``values``
+        and ``f`` reads them through a ``keras.StatelessScope``."""
+        return self._value_and_grad(f, values, tuple(range(len(values))), None, with_aux=True, none_for_unused=True)
+
+    #: what tracing raises for Python control flow on a traced value (``ud.function`` then runs eagerly)
+    tracer_value_errors = _CONCRETIZATION
+
+    def eval_shape(self, f, *args):
+        """``f(*args)`` traced abstractly (``jax.eval_shape``): shapes and dtypes only, nothing computed."""
+        return jax.eval_shape(f, *args)
+
+    def jit_of_values(self, f, name: str):
+        """``f(values, *args)`` (a pure function of arrays) compiled by ``jax.jit``, traced once per input
+        signature: what ``ud.function`` compiles on Keras-on-JAX, with Keras's variables' values as ``values``."""
+        return _NamedJit(f, name)
+
+    def _value_and_grad(self, f, args, argnums, params, with_aux=False, none_for_unused=False):
         """``value_and_grad``; with ``with_aux``, ``f`` returns ``(value, aux)`` and the result is
         ``((value, aux), grads)``. Variables ``f`` writes (batch norm statistics, the dropout key)
         come out as auxiliary results and are written after the transformation, so no tracer leaks."""
@@ -341,7 +391,7 @@ class Backend(BackendInterface):
 
         (_, (value, aux, written)), grads = jax.value_and_grad(value_of, has_aux=True)(targets)
         grads = list(grads)
-        if argnums is None:  # PyTorch's rule: None for a parameter the value does not depend on (apply skips it)
+        if argnums is None or none_for_unused:  # PyTorch's rule: None for what the value does not depend on
             with python_randomness_preserved(replay=randomness):
                 used = _used_inputs(lambda t: value_of(t)[0], targets, live, before)
             grads = [g if u else None for g, u in zip(grads, used)]
@@ -401,6 +451,22 @@ def _installed(distribution: str) -> bool:
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
+
+
+class _NamedJit:
+    """``jax.jit(f)`` with a name and the ``trace_count`` that ``ud.function`` reports."""
+
+    def __init__(self, f, name: str):
+        self.trace_count, self.__name__ = 0, name
+
+        def counted(*args):
+            self.trace_count += 1
+            return f(*args)
+
+        self._jitted = jax.jit(counted)
+
+    def __call__(self, *args):
+        return self._jitted(*args)
 
 
 class _Counted:

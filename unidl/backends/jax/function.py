@@ -25,7 +25,7 @@ from jax.experimental import checkify
 from unidl import devices
 from unidl.tracing import python_randomness_guard
 from unidl.backends.jax import ops as jax_ops, variable as jax_variable
-from unidl.errors import GraphConstructError, RetraceWarning, index_error_from
+from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from
 
 _CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
                    jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
@@ -118,24 +118,33 @@ class StatefulJit:
             if treedef is None:
                 treedef = jax.tree_util.tree_structure(list(args))
             fixed = [None if i in dynamic else leaf for i, leaf in enumerate(leaves)]
-            pure = checkify.checkify(self._pure(fixed, treedef, list(dynamic), variables), errors=checkify.user_checks)
-            compiled = self._compiled[key] = [jax.jit(pure, donate_argnums=(0,) if self._donate else ()), None]
+            checked = checkify.checkify(self._pure(fixed, treedef, list(dynamic), variables), errors=checkify.user_checks)
+            error_structure = []
+
+            def flat(values, dynamic_leaves):
+                # checkify's error as a list of arrays: empty for a trace without value checks, so that its calls
+                # skip rebuilding the error object in Python (a few µs a step)
+                error, out = checked(values, dynamic_leaves)
+                error_leaves, structure = jax.tree_util.tree_flatten(error)
+                error_structure[:] = [structure]
+                return error_leaves, out
+
+            compiled = self._compiled[key] = (jax.jit(flat, donate_argnums=(0,) if self._donate else ()),
+                                              error_structure)
             devices.compiled_placed(self.__name__, "traced for the shapes of its inputs", "the default device", "jax.jit")
-        function, has_checks = compiled
-        error, (result, written) = function([v.value for v in variables], [leaves[i] for i in dynamic])
+        function, error_structure = compiled
+        error_leaves, (result, written) = function([v.value for v in variables], [leaves[i] for i in dynamic])
         for index, value in written.items():
             variables[index]._value = value  # a jit output: already committed (the setter's check is per-step cost)
-        if has_checks is None:  # known after the first call: a trace without value checks gives an empty error
-            has_checks = compiled[1] = bool(jax.tree_util.tree_leaves(error))
-        if not has_checks:
+        if not error_leaves:
             return result
         try:
-            error.throw()
-        except checkify.JaxRuntimeError as runtime_error:  # an in-graph index check (ops.check_index) failed
-            index_error = index_error_from(runtime_error)
-            if index_error is None:
+            jax.tree_util.tree_unflatten(error_structure[0], error_leaves).throw()
+        except checkify.JaxRuntimeError as runtime_error:  # an in-graph check (ops.check_index, ops.check_shape) failed
+            marked = marked_error_from(runtime_error)
+            if marked is None:
                 raise
-            raise index_error from None
+            raise marked from None
         return result
 
 

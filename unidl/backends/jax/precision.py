@@ -25,25 +25,59 @@ class LossScale:
     def variables(self) -> list:
         return [self.scale, self.good_steps]
 
-    def update(self, finite) -> None:
+    def update(self, finite, when=True) -> None:
+        """Move the scale by the step's ``finite`` flag, where the boolean ``when`` holds (an update's step)."""
         p = self.precision
         scale, good = self.scale.value, jnp.where(finite, self.good_steps.value + 1, 0)
         grow = good >= p.growth_interval
-        self.scale.value = jnp.where(finite, jnp.where(grow, scale * GROWTH_FACTOR, scale), scale * BACKOFF_FACTOR)
-        self.good_steps.value = jnp.where(grow, 0, good)
+        new_scale = jnp.where(finite, jnp.where(grow, scale * GROWTH_FACTOR, scale), scale * BACKOFF_FACTOR)
+        self.scale.value = jnp.where(when, new_scale, scale)
+        self.good_steps.value = jnp.where(when, jnp.where(grow, 0, good), self.good_steps.value)
+
+
+class Window:
+    """What gradient accumulation keeps between micro-steps (``accumulate`` N > 1): the sum of the micro-steps'
+    scaled gradients of ``loss / N``, their losses, and how many have run."""
+
+    def __init__(self, params, accumulate):
+        self.accumulate = accumulate
+        self.sums = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False) for p in params]
+        self.losses = JaxVariable(jnp.zeros((accumulate,), jnp.float32), trainable=False)
+        self.count = JaxVariable(jnp.asarray(0, jnp.int32), trainable=False)
+
+    def variables(self) -> list:
+        return [*self.sums, self.losses, self.count]
+
+    def add(self, grads, loss):
+        """``(sums, losses, updates)`` with this micro-step added; ``updates``: it is the window's last. The
+        window keeps them, or restarts after its last micro-step."""
+        n = self.accumulate
+        sums = [None if g is None else total.value + g / jnp.asarray(n, g.dtype) for total, g in zip(self.sums, grads)]
+        losses = self.losses.value.at[self.count.value].set(loss.astype(jnp.float32))
+        count = self.count.value + 1
+        updates = count >= n
+        for total, value in zip(self.sums, sums):
+            if value is not None:
+                total.value = jnp.where(updates, jnp.zeros_like(value), value)
+        self.losses.value = losses
+        self.count.value = jnp.where(updates, 0, count)
+        return sums, losses, updates
 
 
 def _float32(value):
     return value.astype(jnp.float32) if jnp.issubdtype(value.dtype, jnp.floating) else value
 
 
-def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager):
+def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate=1):
     """``Backend.mixed_precision_train_step`` of the jax backend: one ``jax.jit`` step (state in, state out),
-    or eager with ``eager=True``, like its ``train_step``."""
+    or eager with ``eager=True``, like its ``train_step``. With ``accumulate`` N > 1 the scaled gradients add up
+    in a ``Window``; the N-th micro-step's flag selects the one unscale, check, scale move and update."""
     params = optimizer.params
+    native = optimizer.native
     modules = modules_of(model, loss_fn)
     compute = precision.compute_dtype
     scaler = LossScale(precision) if precision.scales_loss else None
+    window = Window(params, accumulate) if accumulate > 1 else None
     name = f"train_step of {type(model).__name__}"
 
     def step(x, y, *inputs):
@@ -57,15 +91,25 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         mask = trainable_mask(params)  # at trace time (the static key): frozen parameters are constants
         active = [p for p, m in zip(params, mask) if m]
         (_, (loss, outputs)), found = backend._value_and_grad(loss_of, (), None, active, with_aux=True)
+        found = iter(found)
+        grads = [next(found) if m else None for m in mask]
+        checked, updates = loss, True
+        if window is not None:
+            grads, checked, updates = window.add(grads, loss)
         if scaler is not None:
             inverse = 1.0 / scaler.scale.value
-            found = [None if g is None else g * inverse.astype(g.dtype) for g in found]
-            scaler.update(all_finite(found))
-        found = iter(found)
-        optimizer.native.apply([next(found) if m else None for m in mask], loss)  # skipped if not finite
+            grads = [None if g is None else g * inverse.astype(g.dtype) for g in grads]
+            scaler.update(all_finite(grads), when=updates)
+        if window is None:
+            native.apply(grads, loss)  # skipped if not finite
+        else:  # the optimizer's guard and clipping, selected by the window's last micro-step
+            finite = all_finite([checked, *grads])
+            native.finite.value = jnp.where(updates, finite, True)  # inside the window nothing is skipped yet
+            native._update(native._spec.clip_gradients(grads, native._ops), updates & finite)
         return (loss, outputs) if with_outputs else loss
 
-    variables = backend._model_state(model, optimizer) + (scaler.variables() if scaler is not None else [])
+    variables = (backend._model_state(model, optimizer) + (scaler.variables() if scaler is not None else [])
+                 + (window.variables() if window is not None else []))
     run, compiled = backend.compile_step(step, variables, model, params, name, eager)
     return _WithScale(run, compiled, scaler)
 

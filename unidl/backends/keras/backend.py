@@ -20,12 +20,16 @@ from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstra
 from unidl import config  # noqa: E402
 from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
+from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
+from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras import function as keras_function
 from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras import precision as keras_precision
+from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
 from unidl.nn.module import trainable_mask
-from unidl.backends.keras.module import BatchRelay, NativeLoss, NativeModel
+from unidl.backends.keras.module import (BatchRelay, NativeLoss, NativeModel, metric_tracker_variables,
+                                         restore_metric_totals)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer
 from unidl.backends.keras.export import export_formats, export_module
@@ -65,6 +69,9 @@ class Backend(BackendInterface):
 
     def forward_caller(self, module_class):
         return HOST.forward_caller(module_class)
+
+    def distributed_engine(self):
+        return keras_distributed.engine()  # the host framework's, where it carries Keras's step
 
     def set_num_threads(self, intra_op, inter_op):
         HOST.set_num_threads(intra_op, inter_op)
@@ -140,10 +147,14 @@ class Backend(BackendInterface):
         return isinstance(value, keras.Variable) or keras.ops.is_tensor(value)
 
     # ---- parameters ------------------------------------------------------
-    def parameter(self, value, trainable=True):
+    def parameter(self, value, trainable=True, dtype=None):
+        dtype = dtype or config.get_dtype()
+        value = np.asarray(value)
+        if is_undrawn_zeros(value):  # ud.load's build: fresh zero pages, shared with the framework where it can
+            value = self.donated_tensor(aligned_zeros(value.shape, dtype))
         with self._scope():
-            variable = keras.Variable(np.asarray(value, dtype=config.get_dtype()), dtype=config.get_dtype(),
-                                      trainable=trainable)
+            variable = keras.Variable(value if keras.ops.is_tensor(value) else np.asarray(value, dtype=dtype),
+                                      dtype=dtype, trainable=trainable)
         variable.unidl_buffer = not trainable  # a frozen parameter (trainable=False) is still a parameter
         return variable
 
@@ -151,7 +162,13 @@ class Backend(BackendInterface):
         return isinstance(value, keras.Variable) and not getattr(value, "unidl_buffer", not value.trainable)
 
     def assign(self, variable, value):
-        variable.assign(np.asarray(value, dtype=variable.dtype))  # no copy when the dtype already matches
+        if keras.ops.is_tensor(value):  # from donated_tensor: the variable may adopt its buffer
+            variable.assign(value)
+        else:
+            variable.assign(np.asarray(value, dtype=variable.dtype))  # no copy when the dtype already matches
+
+    def donated_tensor(self, array):
+        return HOST.donated_tensor(array)
 
     def set_requires_grad(self, parameter, requires_grad):
         parameter.requires_grad = requires_grad
@@ -220,10 +237,12 @@ class Backend(BackendInterface):
         if getattr(native, "_unidl_compiled", None) != key:
             optimizer.native.prepare_accumulation(accumulate)  # micro-steps per update, for the steps traced next
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
-                native.compile(optimizer=keras_precision.keras_optimizer(optimizer, precision), loss=NativeLoss(loss_fn),
-                               metrics=[NativeMetrics(metrics)] if metrics is not None else [],
+                statistics = NativeMetrics(metrics) if metrics is not None else None
+                native.compile(optimizer=keras_precision.keras_optimizer(optimizer, precision, accumulate), loss=NativeLoss(loss_fn),
+                               metrics=[statistics] if statistics is not None else [],
                                jit_compile=jit_compile, run_eagerly=eager)
             object.__setattr__(native, "_unidl_compiled", key)
+            object.__setattr__(native, "_unidl_statistics", statistics)  # its totals, for epoch_totals
             object.__setattr__(native, "_unidl_fit_graph", None)  # it updated the previous compile's trackers
         return native
 
@@ -248,19 +267,26 @@ class Backend(BackendInterface):
         return step
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager=False, precision=None,
-                  accumulate=1):
+                  accumulate=1, totals=None):
         if precision is not None and precision.mixed:  # the forward traced with mixed precision's casts
             with keras_precision.forward_scope(model, loss_fn, precision):
                 return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision,
-                                       accumulate)
-        return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, None, accumulate)
+                                       accumulate, totals)
+        return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, None, accumulate,
+                               totals)
 
-    def _fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision, accumulate=1):
+    def epoch_totals(self, model):
+        return [np.asarray(variable.numpy(), dtype=np.float64).tolist()
+                for variable in metric_tracker_variables(model.native)]
+
+    def _fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision, accumulate=1,
+                   totals=None):
         native = self.compile(model, loss_fn, optimizer, metrics=metrics, eager=eager, precision=precision,
                               accumulate=accumulate)
         graph = None if eager else self._fit_graph(native)
         if graph is not None:  # Keras's train step, batch by batch, with Keras's running logs
             native.reset_metrics()
+            restore_metric_totals(native, totals)
             logs, index = None, -1
             for index, batch in enumerate(batches):
                 logs = epoch_logs(graph(batch[0], batch[1]), metrics)
@@ -274,11 +300,12 @@ class Backend(BackendInterface):
         if arrays is not None and len(arrays) >= 2:
             # Keras slices arrays inside its own input pipeline: far cheaper than a Python generator,
             # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
-            relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance)
+            relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
+                               totals=totals)
             native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
                        shuffle=False, verbose=0, callbacks=[relay])
         else:
-            relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics))
+            relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals)
             native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
                        steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
         return relay.logs
@@ -293,8 +320,9 @@ class Backend(BackendInterface):
             object.__setattr__(native, "_unidl_fit_graph", cached)
         return cached[1]
 
-    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
-        return keras_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager)
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
+                                   accumulate=1):
+        return keras_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate)
 
     def predict_function(self, model):
         native = model.native
@@ -306,11 +334,8 @@ class Backend(BackendInterface):
         return forward
 
     def value_and_grad(self, f, args, argnums, params):
-        if argnums is None and not HOST.keras_state_in_place:
-            raise NotImplementedError(
-                f"gradients with respect to a model's Keras variables are not available on Keras-on-{HOST.name} "
-                f"in this version (Keras keeps its state functional there); use ud.train_step or ud.fit, "
-                f"gradients with respect to arguments (ud.grad(f, argnums=...)), or KERAS_BACKEND=tensorflow/torch")
+        if argnums is None and not HOST.keras_state_in_place:  # variables' values in, through a StatelessScope
+            return keras_stateless.value_and_grad(HOST, f, args, list(params))
         if argnums is not None:
             args = [self.tensor(a) if i in argnums else a for i, a in enumerate(args)]
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
@@ -322,12 +347,15 @@ class Backend(BackendInterface):
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
-        if not HOST.keras_state_in_place:  # a compiled function would bake Keras's variables in as constants
-            return keras_function.EagerFunction(fn, name, self.tensor)
+        if not HOST.keras_state_in_place:  # compiled over the variables' values, through a StatelessScope
+            return keras_stateless.StatelessFunction(HOST, fn, name, self.tensor)
         return HOST.function(fn, jit_compile, name)
 
     def custom_gradient(self, forward_fn):
         return HOST.custom_gradient(forward_fn)
+
+    def model_graph(self, model, x):
+        return HOST.model_graph(model, x)  # Keras computes with its host framework, which traces the forward
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

@@ -1,12 +1,12 @@
 """The train step graph for the keras backend: Keras's own ``Model.train_step``, compiled by the host.
 
-``ud.function``, ``ud.custom_gradient``, gradients and devices are the host backend's (``host.py``).
+``ud.function``, ``ud.custom_gradient``, gradients and devices are the host backend's (``host.py``); on a host
+that keeps Keras's state functional (JAX), through Keras's variables' values (``stateless.py``).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
+from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 
 
@@ -32,17 +32,6 @@ def train_step_graph(native, per_batch: bool):
         logs = native.train_step(((x, *inputs) if inputs else x, y, None))
         return logs["loss"] if per_batch else logs
 
+    # in a data-parallel job: run in the engine's replica context, rank 0's weights on every rank
+    train_step = keras_distributed.data_parallel(train_step, native.weights)
     return HOST.function(train_step, False, f"train_step of {native.name}")
-
-
-class EagerFunction:
-    """``ud.function`` run eagerly (where the host cannot compile a function over Keras's variables):
-    the same results, op by op; NumPy arguments become tensors."""
-
-    trace_count = None
-
-    def __init__(self, fn, name: str, to_tensor):
-        self._fn, self._to_tensor, self.__name__ = fn, to_tensor, name
-
-    def __call__(self, *args):
-        return self._fn(*[self._to_tensor(a) if isinstance(a, np.ndarray) else a for a in args])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import keras
+import numpy as np
+from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, not re-exported
 
 from unidl import config
 from unidl.nn.module import is_trainable
@@ -55,14 +57,47 @@ class NativeModel(keras.Model):
                 object.__setattr__(m, "training", mode)
 
 
+def metric_tracker_variables(native) -> list:
+    """The running sums of a compiled ``native`` model in an epoch: the variables of Keras's loss tracker (its
+    ``Mean``: total and count, the first of the model's metrics), then the totals of ud.fit's metric
+    statistics (``NativeMetrics``, kept at compile: Keras builds its own wrapper of them only at the first
+    batch)."""
+    statistics = getattr(native, "_unidl_statistics", None)
+    return list(native.metrics[0].variables) + (list(statistics.totals) if statistics is not None else [])
+
+
+def restore_metric_totals(native, totals) -> None:
+    """Set Keras's loss and metric trackers of ``native`` (just reset) to ``totals`` (``Backend.epoch_totals`` at
+    a checkpoint), so that a resumed epoch sums on from where the interrupted one stopped, in the same float32
+    order; nothing to do without totals."""
+    if totals is None:
+        return
+    variables = metric_tracker_variables(native)
+    shapes = [tuple(variable.shape) for variable in variables]
+    values = [np.asarray(value, dtype=np.float64) for value in totals] if isinstance(totals, list) else None
+    if values is None or [value.shape for value in values] != shapes:
+        from unidl.errors import CheckpointStateError
+
+        raise CheckpointStateError(f"the checkpoint's running totals of the epoch in progress do not fit this "
+                                   f"run's Keras loss and metric trackers (shapes {shapes}); were the metrics "
+                                   f"changed? Resume with the metrics of the interrupted run")
+    for variable, value in zip(variables, values):
+        variable.assign(value.astype(variable.dtype))
+
+
 class BatchRelay(keras.callbacks.Callback):
     """Passes Keras's running epoch logs to ``ud.fit`` after every batch (progress, NaN checks, callbacks);
-    ``delivered()``, when given, is told of each batch Keras consumed (the loader's resume position)."""
+    ``delivered()``, when given, is told of each batch Keras consumed (the loader's resume position);
+    ``totals``: Keras's trackers resume from them (``restore_metric_totals``) once ``fit`` has reset them."""
 
-    def __init__(self, on_batch, logs_of, delivered=None):
+    def __init__(self, on_batch, logs_of, delivered=None, totals=None):
         super().__init__()
         self._on_batch, self._logs_of, self._delivered = on_batch, logs_of, delivered
+        self._totals = totals
         self.logs = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        restore_metric_totals(self.model, self._totals)
 
     def on_train_batch_end(self, batch, logs=None):
         if self._delivered is not None:
@@ -79,7 +114,9 @@ class NativeLoss(keras.losses.Loss):
         self._unidl_loss = loss_fn
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        return self._unidl_loss(y_pred, y_true)
+        # in a tf.distribute replica context Keras's losses scale themselves by 1 / replicas (the trainer's
+        # trackers scale back, its optimizer sums the gradients): so does this one; elsewhere a no-op
+        return scale_loss_for_distribution(self._unidl_loss(y_pred, y_true))
 
     def call(self, y_true, y_pred):
         return self._unidl_loss(y_pred, y_true)

@@ -221,6 +221,13 @@ def check_index(indices, size, what="index"):
     return HOST.ops.check_index(indices, size, what)
 
 
+def check_shape(x, condition, message, sizes=()):
+    # the host checks its own tensors (in the graphs it compiles too); a symbolic KerasTensor has no sizes yet
+    if isinstance(x, keras.KerasTensor):
+        return x
+    return HOST.ops.check_shape(x, condition, message, sizes)
+
+
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     kept = K.not_equal(labels, ignore_index)
     labels = check_index(K.where(kept, labels, K.zeros_like(labels)), logits.shape[-1], "CrossEntropyLoss labels")

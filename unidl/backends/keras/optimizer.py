@@ -13,6 +13,7 @@ from __future__ import annotations
 import keras
 from keras import ops as K
 
+from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 
 
@@ -72,6 +73,8 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         loss = self._step_loss
         object.__setattr__(self, "_step_loss", None)
         grads = [None if g is None else _dense(g) for g in grads]
+        # in a data-parallel job the job's gradients and loss (keras/distributed.py), before guard and clipping
+        loss, *grads = keras_distributed.sum_in_step([loss, *grads])
         finite = all_finite([loss, *grads])
         self.finite.assign(finite)
         accumulate = getattr(self, "_accumulate", 1)
@@ -105,6 +108,14 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             return K.cond(count >= accumulate, update_from_sums, _false)
 
         K.cond(finite, micro_step, reset)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not keras_distributed.in_group():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        # in a data-parallel job ``apply`` has summed the gradients already: Keras's tf.distribute update would
+        # sum them again (and it needs variables made under the strategy's scope); Keras's own loop otherwise
+        for grad, variable in zip(grads, trainable_variables):
+            self.update_step(grad, variable.value if isinstance(variable, keras.Variable) else variable, learning_rate)
 
     def _apply_selected(self, grads, variables, finite, accumulate):
         """The guarded (and accumulating) update without a conditional: computed always, then each variable

@@ -8,24 +8,80 @@ from __future__ import annotations
 import keras
 
 from unidl.backends.keras import ops as keras_ops
+from unidl.backends.keras.host import HOST
 from unidl.nn.module import trainable_mask
 from unidl.precision import autocast_modules, modules_of
 
 
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     """Keras's loss scaler that also hands the step's (unscaled) loss to the unidl optimizer it wraps, whose
-    non-finite guard reads it."""
+    non-finite guard reads it, and reports a skipped step in that optimizer's ``last_step_finite``.
+
+    With ``accumulate`` N > 1 (``prepare_window``) it keeps ``torch.amp.GradScaler``'s accumulation: each
+    micro-step adds its scaled gradients of ``loss / N`` to a window, and the N-th hands their sum to Keras's
+    own scaler logic: one overflow check, one scale move and one (unscaled, guarded, clipped) update per window."""
 
     def scale_loss(self, loss):
         self.inner_optimizer.scale_loss(loss)
         return super().scale_loss(loss)
 
+    def prepare_window(self, accumulate: int, params) -> None:
+        """Set the micro-steps per update, creating (eagerly, never inside a trace) the window's variables."""
+        object.__setattr__(self, "_window_size", accumulate)
+        if accumulate > 1 and getattr(self, "_window", None) is None:
+            with keras.name_scope(self.name):
+                window = [keras.Variable(keras.ops.zeros(tuple(p.shape), p.dtype), trainable=False,
+                                         name="accumulated_scaled_gradient") for p in params]
+                count = keras.Variable(0, dtype="int64", trainable=False, name="micro_steps")
+            object.__setattr__(self, "_window", window)
+            object.__setattr__(self, "_window_count", count)
 
-def keras_optimizer(optimizer, precision):
+    def apply(self, grads, trainable_variables=None):
+        accumulate = getattr(self, "_window_size", 1)
+        if accumulate == 1:
+            return super().apply(grads, trainable_variables)
+        variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
+        inner = self.inner_optimizer
+        totals = [self._window[inner._get_variable_index(v)] if g is not None else None
+                  for g, v in zip(grads, variables)]
+        for total, grad in zip(totals, grads):
+            if grad is not None:
+                total.assign(total + keras.ops.cast(grad, total.dtype) / accumulate)
+        count = self._window_count + 1
+        self._window_count.assign(count)
+
+        def update():
+            sums = [None if t is None else keras.ops.convert_to_tensor(t) for t in totals]
+            super(LossScaleOptimizer, self).apply(sums, variables)
+            for total in totals:
+                if total is not None:
+                    total.assign(keras.ops.zeros_like(total))
+            self._window_count.assign(keras.ops.convert_to_tensor(0, "int64"))
+            return keras.ops.convert_to_tensor(True)
+
+        def wait():  # a micro-step inside the window: nothing skipped yet
+            inner.finite.assign(True)
+            return keras.ops.convert_to_tensor(True)
+
+        keras.ops.cond(count >= accumulate, update, wait)
+
+    def _stateful_handle_non_finite_grads(self):
+        self.inner_optimizer.finite.assign(False)  # the step was skipped: last_step_finite says so
+        return super()._stateful_handle_non_finite_grads()
+
+
+def keras_optimizer(optimizer, precision, accumulate=1):
     """The Keras optimizer to compile with: the unidl optimizer's own, or for "16-mixed" its loss scaler (one
-    per optimizer and settings, kept on it, so that the scale carries over from epoch to epoch)."""
+    per optimizer and settings, kept on it, so that the scale carries over from epoch to epoch). bf16 with
+    ``accumulate`` runs the optimizer's own accumulation; Keras's loss scaler checks and moves its scale at every
+    micro-step, so for float16 with ``accumulate`` the window is the scaler's (``prepare_window``)."""
     if precision is None or not precision.scales_loss:
         return optimizer.native
+    if accumulate > 1 and not HOST.keras_state_in_place:
+        raise NotImplementedError(
+            f"precision='16-mixed' with accumulate={accumulate} is not available on Keras-on-{HOST.name} (Keras's "
+            f"functional loss scaler there checks for overflow and moves its scale at every micro-step, not once per "
+            f"update); use precision='bf16-mixed' with accumulate, or accumulate=1 with '16-mixed'")
     scaler = optimizer.__dict__.get("_keras_loss_scaler")
     if scaler is None or scaler.unidl_precision != precision:
         from unidl.backends.keras.backend import floatx
@@ -36,6 +92,9 @@ def keras_optimizer(optimizer, precision):
             scaler.build(optimizer.params)  # its scale now, eagerly: never created inside a graph being traced
         scaler.unidl_precision = precision
         object.__setattr__(optimizer, "_keras_loss_scaler", scaler)
+    # the window is the scaler's (its sum checked once per update); the wrapped optimizer updates at every call
+    optimizer.native.prepare_accumulation(1)
+    scaler.prepare_window(accumulate, optimizer.params)
     return scaler
 
 
@@ -49,7 +108,7 @@ def forward_scope(model, loss_fn, precision):
     return autocast_modules(modules_of(model, loss_fn), keras_ops, precision.compute_dtype)
 
 
-def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager):
+def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate=1):
     """``Backend.mixed_precision_train_step`` of the keras backend: its ``train_step`` (Keras's
     ``Model.train_step``) compiled with ``keras_optimizer`` and run in ``forward_scope``."""
     if with_outputs:
@@ -57,8 +116,8 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                                   "ud.fit uses fit_epoch instead")
     from unidl.backends.keras.backend import _FreezeAwareStep
 
-    keras_optimizer(optimizer, precision)  # the loss scale exists (and reads init_scale) before the first step
-    run = _FreezeAwareStep(lambda: backend._train_step(model, loss_fn, optimizer, eager, precision),
+    keras_optimizer(optimizer, precision, accumulate)  # the loss scale exists (reads init_scale) before a step
+    run = _FreezeAwareStep(lambda: backend._train_step(model, loss_fn, optimizer, eager, precision, accumulate),
                            lambda: trainable_mask(optimizer.params))
 
     return _ScopedStep(run, lambda: forward_scope(model, loss_fn, precision), lambda: loss_scale(optimizer))

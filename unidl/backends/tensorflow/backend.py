@@ -13,9 +13,12 @@ from unidl import config
 from unidl import random as unidl_random
 from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
+from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
 from unidl.nn.module import trainable_mask
 from unidl.backends.tensorflow import ops as tf_ops
+from unidl.backends.tensorflow import distributed as tf_distributed
 from unidl.backends.tensorflow import function as tf_function
+from unidl.backends.tensorflow import graph as tf_graph
 from unidl.backends.tensorflow import precision as tf_precision
 from unidl.backends.tensorflow.function import GraphFunction, PerModeGraphs, to_graph_input
 from unidl.backends.tensorflow.module import NativeModule
@@ -88,6 +91,9 @@ class Backend(BackendInterface):
     def set_rng_state(self, state):
         self.generator().state.assign(np.asarray(state["dropout"], dtype=np.int64))
 
+    def distributed_engine(self):
+        return tf_distributed.Engine()
+
     def set_num_threads(self, intra_op, inter_op):
         threading = tf.config.threading
         if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == (
@@ -138,15 +144,31 @@ class Backend(BackendInterface):
         return isinstance(value, (tf.Tensor, tf.Variable))
 
     # ---- parameters ------------------------------------------------------
-    def parameter(self, value, trainable=True):
+    def parameter(self, value, trainable=True, dtype=None):
+        native_dtype = _DTYPES[config.get_dtype()] if dtype is None else tf.as_dtype(np.dtype(dtype))
+        value = np.asarray(value)
+        if is_undrawn_zeros(value):  # ud.load's build: fresh zero pages shared with TensorFlow, so that its
+            # allocator's cache keeps no first buffer per variable once the file's tensors replace them
+            value = self.donated_tensor(aligned_zeros(value.shape, native_dtype.as_numpy_dtype))
         with tf.device(self.current_device_name()):
-            return tf.Variable(np.asarray(value), dtype=_DTYPES[config.get_dtype()], trainable=trainable)
+            return tf.Variable(value, dtype=native_dtype, trainable=trainable)
 
     def is_parameter(self, value):
         return isinstance(value, tf.Variable) and value.trainable
 
     def assign(self, variable, value):
-        variable.assign(np.asarray(value, dtype=variable.dtype.as_numpy_dtype))  # no copy when the dtype matches
+        if isinstance(value, tf.Tensor):  # from donated_tensor: the variable may adopt its buffer
+            variable.assign(tf.cast(value, variable.dtype))
+        else:
+            variable.assign(np.asarray(value, dtype=variable.dtype.as_numpy_dtype))  # no copy when the dtype matches
+
+    def donated_tensor(self, array):
+        # converting NumPy input copies it twice; DLPack shares it, but only 64-byte aligned memory
+        # (TensorFlow's Eigen kernels abort the process on less), which unidl's file reader allocates
+        if (isinstance(array, np.ndarray) and array.size and array.flags.c_contiguous and array.flags.writeable
+                and array.ctypes.data % 64 == 0 and array.dtype.kind in "fiu" and array.dtype.isnative):
+            return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+        return array
 
     def write_state(self, variable, value):
         if value is not variable:
@@ -196,10 +218,15 @@ class Backend(BackendInterface):
             with tf.GradientTape() as tape:
                 outputs = model(x, *inputs)
                 loss = loss_fn(outputs, y)
-            found = iter(tape.gradient(loss, [p for p, m in zip(params, mask) if m]))
+            found = tape.gradient(loss, [p for p, m in zip(params, mask) if m])
+            found, checked = tf_distributed.average_gradients(found, loss)  # in a process group: over every rank
+            found = iter(found)
             # skipped when the loss or a gradient is not finite; one micro-step of ``accumulate``
-            finite = native.apply([next(found) if m else None for m in mask], loss, accumulate)
+            finite = native.apply([next(found) if m else None for m in mask], checked, accumulate)
             return ((loss, outputs) if with_outputs else loss), finite
+
+        # in a process group: run in the strategy's replica context, rank 0's weights on every rank
+        train_step = tf_distributed.data_parallel(train_step, tf_distributed.module_state(model))
 
         if eager:
             device = self.current_device_name()
@@ -212,13 +239,15 @@ class Backend(BackendInterface):
         return _FlaggedStep(PerModeGraphs(model, train_step, self.current_device_name(),
                                           extra_key=lambda: trainable_mask(params)), native)
 
-    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
-        return tf_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager)
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
+                                   accumulate=1):
+        return tf_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate)
 
     def predict_function(self, model):
-        if "_tf_predict" not in model.__dict__:
-            object.__setattr__(model, "_tf_predict", PerModeGraphs(model, lambda x: model(x), self.current_device_name()))
-        return model._tf_predict
+        cache = model.structure_cache()  # emptied when the model's structure changes (a replaced head)
+        if "predict" not in cache:
+            cache["predict"] = PerModeGraphs(model, lambda x: model(x), self.current_device_name())
+        return cache["predict"]
 
     def value_and_grad(self, f, args, argnums, params):
         args = list(args)
@@ -252,6 +281,9 @@ class Backend(BackendInterface):
     def custom_gradient(self, forward_fn):
         return tf_function.custom_gradient(forward_fn)
 
+    def model_graph(self, model, x):
+        return tf_graph.model_graph(model, to_graph_input(x), self.current_device_name())
+
     # ---- export ------------------------------------------------------------
     def export_formats(self):
         return EXPORT_FORMATS
@@ -274,3 +306,8 @@ class _FlaggedStep:
     @property
     def trace_count(self):
         return getattr(self._run, "trace_count", None)
+
+    @property
+    def concrete_functions(self):
+        """The step's traced graphs (``PerModeGraphs.concrete_functions``); empty for an eager step."""
+        return getattr(self._run, "concrete_functions", [])

@@ -9,6 +9,7 @@ AutoGraph converts Python control flow on tensors; what it cannot convert raises
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -19,7 +20,7 @@ from tensorflow.python.autograph.core import config as autograph_config
 from unidl import config, devices
 from unidl.tracing import python_randomness_guard
 from unidl.backends.tensorflow.layout import tracing_for_xla
-from unidl.errors import GraphConstructError, RetraceWarning, index_error_from  # noqa: F401  (RetraceWarning re-exported)
+from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
 
 # AutoGraph converts user code only: unidl's own layers, ops and backends hold no control flow on tensor
 # values, and transpiling them on every first trace cost seconds (385 converted calls for the CNN). A user's
@@ -113,6 +114,11 @@ class PerModeGraphs:
     def trace_count(self) -> int:
         return sum(graph.trace_count for graph in self.graphs.values())
 
+    @property
+    def concrete_functions(self) -> list:
+        """Every graph traced so far, each a ``tf.types.experimental.ConcreteFunction`` (for inspection)."""
+        return [concrete for graph in self.graphs.values() for concrete in graph.concrete_functions]
+
 
 _CONSTRUCTS = (
     ("as a Python `bool`", "bool() of a symbolic tensor (a condition AutoGraph could not convert, or an explicit bool())"),
@@ -133,6 +139,21 @@ def _unsupported_construct(error) -> str | None:
     if isinstance(error, tf.errors.OperatorNotAllowedInGraphError):
         return "an operation on a symbolic tensor that needs its value"
     return None
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _raised_by_unidl(error):
+    """The error unidl's own code raised on purpose while a function was traced (a bad input's check, with the
+    message it gives eagerly), which AutoGraph re-raises in its own wrapping; None for any other error."""
+    original = error.__context__ if hasattr(error.__context__, "ag_error_metadata") else None
+    if original is None or original.__traceback__ is None:
+        return None
+    frame = original.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return original if os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(_PACKAGE + os.sep) else None
 
 
 def custom_gradient(forward_fn):
@@ -162,6 +183,11 @@ class GraphFunction:
         self.trace_count = 0
         self.__name__ = name or getattr(fn, "__name__", "graph_function")
 
+    @property
+    def concrete_functions(self) -> list:
+        """Every graph traced so far, one a (rank, dtype) signature (for inspection: ``.graph``)."""
+        return list(self._graphs.values())
+
     def _traced(self, *args):
         self.trace_count += 1
         with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__):
@@ -182,7 +208,13 @@ class GraphFunction:
         devices.compiled_placed(self.__name__, f"traced for (rank, dtype) {[(r, d.name) for r, d in key]}",
                                 self._device or "the default device", "tensorflow graph")
         try:
-            graph = compiled.get_concrete_function()
+            try:
+                graph = compiled.get_concrete_function()
+            except Exception as error:
+                raised = _raised_by_unidl(error)
+                if raised is None:
+                    raise
+                raise raised from None
         except (tf.errors.OperatorNotAllowedInGraphError, TypeError, AttributeError) as error:
             construct = _unsupported_construct(error)
             if construct is None:
@@ -192,11 +224,11 @@ class GraphFunction:
                 f"a static graph where tensors have no values yet. Write the `if`/`for`/`while` on the tensor "
                 f"directly in the function body so that AutoGraph converts it to graph control flow, or use "
                 f"ud.ops.where; read values (.numpy()) outside the function. ({error})") from error
-        except Exception as error:  # an index check on indices known while tracing (ops.check_index) failed
-            index_error = index_error_from(error)
-            if index_error is None:
+        except Exception as error:  # an in-graph check of values known while tracing failed
+            marked = marked_error_from(error)
+            if marked is None:
                 raise
-            raise index_error from None
+            raise marked from None
         self._graphs[key] = graph
         return graph
 
@@ -206,8 +238,8 @@ class GraphFunction:
         graph = self._graphs.get(key) or self._graph_for(key)
         try:
             return graph(*tensors)
-        except tf.errors.InvalidArgumentError as error:  # an in-graph index check (ops.check_index) failed
-            index_error = index_error_from(error)
-            if index_error is None:
+        except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed
+            marked = marked_error_from(error)
+            if marked is None:
                 raise
-            raise index_error from None
+            raise marked from None

@@ -43,6 +43,11 @@ def tracing_for_xla(enabled: bool):
         _tracing.xla = previous
 
 
+def tracing_xla_graph() -> bool:
+    """Whether the graph being traced in this thread is one XLA will compile (which runs no assertions)."""
+    return getattr(_tracing, "xla", False) and not tf.executing_eagerly()
+
+
 def nchw_view(y_nhwc):
     """The NCHW tensor for an NHWC result (a transpose that later ops in a graph may look through)."""
     return tf.transpose(y_nhwc, NHWC_TO_NCHW, name=_VIEW)

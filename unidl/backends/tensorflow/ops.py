@@ -12,9 +12,9 @@ import math
 
 import tensorflow as tf
 
-from unidl.errors import IndexOutOfRangeError
+from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError
 from unidl.backends.tensorflow.layout import (elementwise, flatten_view, flattened_nhwc_source, nchw_view,
-                                              nhwc_source, to_nhwc)
+                                              nhwc_source, to_nhwc, tracing_xla_graph)
 
 matmul = tf.linalg.matmul
 relu = elementwise(tf.nn.relu)
@@ -46,9 +46,27 @@ def linear(x, weight, bias=None):
         x = tf.reshape(source, tf.shape(x))
     if x.shape.rank == 2:
         y = tf.linalg.matmul(x, weight, transpose_b=True)
+    elif x.shape.rank == 1:  # one sample (in,) -> (out,), as torch
+        return tf.linalg.matvec(weight, x) + bias if bias is not None else tf.linalg.matvec(weight, x)
     else:
-        y = tf.einsum("...i,oi->...o", x, weight)
+        return _linear_nd(x, weight, bias)
     return tf.nn.bias_add(y, bias) if bias is not None else y
+
+
+def _linear_nd(x, weight, bias):
+    """``linear`` of (..., in) as one 2-D MatMul over the flattened leading axes. Not ``tf.einsum``: with the
+    leading sizes unknown while tracing, its gradient for the weight is the einsum ``...o,...i->oi...`` (an
+    outer product per row, 32x64x128x128 floats for one Linear of the transformer benchmark) and then a sum,
+    which made the TensorFlow transformer step 100x slower than a hand-written one."""
+    leading = tf.shape(x)[:-1]
+    flat = tf.reshape(x, tf.stack([-1, tf.shape(x)[-1]]) if x.shape[-1] is None else [-1, x.shape[-1]])
+    y = tf.linalg.matmul(flat, weight, transpose_b=True)
+    if bias is not None:
+        y = tf.nn.bias_add(y, bias)
+    out = weight.shape[0] if weight.shape[0] is not None else tf.shape(weight)[0]
+    y = tf.reshape(y, tf.concat([leading, [out]], 0))
+    y.set_shape(x.shape[:-1].concatenate([weight.shape[0]]))  # the static sizes known while tracing, as einsum's
+    return y
 
 
 def apply_momentum(param, buffer, lr, grad, momentum, nesterov):
@@ -125,11 +143,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         if rate > 1:
             kernel = _dilated_kernel(kernel, axis, rate)
     kernel_hw = tuple(None if k is None else (k - 1) * d + 1 for k, d in zip(weight.shape[2:4], dilation))
-    pads = conv_padding(padding, kernel_hw)
-    (top, bottom), (left, right) = pads
     sh, sw = _pair(stride)
-    padding_argument = _padding_argument(pads, kernel_hw, (sh, sw), ((0, 0), (top, bottom), (left, right), (0, 0)))
     xh = to_nhwc(x)
+    if padding == "same" and None in kernel_hw:
+        # a kernel whose size the graph learns only when it runs (an argument of ud.function): pad by it then
+        totals = tf.shape(kernel)[:2] - 1
+        before = totals // 2
+        xh = tf.pad(xh, [[0, 0], [before[0], totals[0] - before[0]], [before[1], totals[1] - before[1]], [0, 0]])
+        padding_argument = "VALID"
+    else:
+        pads = conv_padding(padding, kernel_hw)
+        (top, bottom), (left, right) = pads
+        padding_argument = _padding_argument(pads, kernel_hw, (sh, sw), ((0, 0), (top, bottom), (left, right), (0, 0)))
     if groups == 1:
         y = tf.nn.conv2d(xh, kernel, strides=(1, sh, sw, 1), padding=padding_argument)
     elif kernel.shape[2] == 1 and sh == sw:
@@ -284,6 +309,19 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(tf.abs(prediction - tf.cast(target, prediction.dtype)), reduction)
 
 
+def _graph_check(condition, error_class, message, values):
+    """An op that, when the graph runs, raises ``error_class``'s marked ``message`` (its ``{}`` filled with
+    ``values``, ints or scalar tensors) unless ``condition`` holds; GraphFunction turns the framework's error
+    into the unidl error with exactly the message an eager check gives. The message is formatted only on
+    failure (a branch of a ``tf.cond``), so a passing check costs a comparison and a branch."""
+
+    def fail():
+        text = tf.strings.format(error_class.marker + message + MARKER_END, [tf.cast(v, tf.int64) for v in values])
+        return tf.debugging.Assert(False, [text])
+
+    return tf.cond(tf.cast(condition, tf.bool), tf.no_op, fail)
+
+
 def check_index(indices, size, what="index"):
     if tf.executing_eagerly():
         if tf.size(indices):
@@ -292,13 +330,33 @@ def check_index(indices, size, what="index"):
                 raise IndexOutOfRangeError(f"{what} must lie in [0, {int(size)}); found values from {low} to {high}")
         return indices
     # in a graph: GPU kernels return NaN or zeros for such indices (and TensorFlow's CPU gather zeros), so
-    # check with the graph; GraphFunction turns the marked error into IndexOutOfRangeError, when the graph
-    # runs or, for indices known while tracing, when it is traced
-    bound = f"{size}" if isinstance(size, int) else "its size"
-    message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {bound})"
-    with tf.control_dependencies([tf.debugging.assert_non_negative(indices, message=message),
-                                  tf.debugging.assert_less(indices, tf.cast(size, indices.dtype), message=message)]):
+    # check with the graph; GraphFunction turns the marked error into IndexOutOfRangeError when the graph runs
+    if tracing_xla_graph():  # XLA keeps no string formatting: the range without the values found
+        bound = size if isinstance(size, int) else "its size"
+        message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {bound})"
+        checks = [tf.debugging.assert_non_negative(indices, message=message),
+                  tf.debugging.assert_less(indices, tf.cast(size, indices.dtype), message=message)]
+        with tf.control_dependencies(checks):
+            return tf.identity(indices)
+    low, high = tf.reduce_min(indices), tf.reduce_max(indices)
+    valid = tf.logical_or(tf.equal(tf.size(indices), 0),
+                          tf.logical_and(low >= 0, high < tf.cast(size, indices.dtype)))
+    check = _graph_check(valid, IndexOutOfRangeError, f"{what} must lie in [0, {{}}); found values from {{}} to {{}}",
+                         (size, low, high))
+    with tf.control_dependencies([check]):
         return tf.identity(indices)
+
+
+def check_shape(x, condition, message, sizes=()):
+    if tf.executing_eagerly():
+        if not bool(condition):
+            raise ShapeMismatchError(message.format(*(int(s) for s in sizes)))
+        return x
+    if tracing_xla_graph():  # XLA runs no assertions: the sizes it compiles for are fixed anyway
+        return x
+    with tf.control_dependencies([_graph_check(condition, ShapeMismatchError, message, sizes)]):
+        source = nhwc_source(x)  # keep the NCHW view recognisable (layout.py): check the NHWC tensor behind it
+        return nchw_view(tf.identity(source)) if source is not None else tf.identity(x)
 
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):

@@ -10,6 +10,7 @@ import tensorflow as tf
 from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.backends.tensorflow import ops as tf_ops
+from unidl.backends.tensorflow.distributed import average_gradients, data_parallel, module_state
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
 
 
@@ -38,20 +39,61 @@ class LossScale(tf.Module):
         self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
 
 
+class Window(tf.Module):
+    """What gradient accumulation keeps between micro-steps (``accumulate`` N > 1): the sum of the micro-steps'
+    scaled gradients of ``loss / N``, their losses, and how many have run."""
+
+    def __init__(self, params, accumulate):
+        super().__init__(name="accumulation_window")
+        self.accumulate = accumulate
+        self.sums = [tf.Variable(tf.zeros_like(p), trainable=False, name="accumulated_gradient") for p in params]
+        self.losses = tf.Variable(tf.zeros([accumulate], tf.float32), trainable=False, name="window_losses")
+        self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
+
+    def add(self, grads, loss):
+        """Add one micro-step; the number of micro-steps in the window now."""
+        for total, grad in zip(self.sums, grads):
+            if grad is not None:
+                total.assign_add(grad / tf.cast(self.accumulate, grad.dtype))
+        self.losses.scatter_nd_update([[self.count]], tf.reshape(tf.cast(loss, tf.float32), [1]))
+        return self.count.assign_add(1)
+
+    def take(self, present):
+        """The summed gradients (None where ``present`` is False) and the window's losses; the window restarts."""
+        sums = [total.read_value() if used else None for total, used in zip(self.sums, present)]
+        losses = self.losses.read_value()
+        with tf.control_dependencies([s for s in sums if s is not None] + [losses]):
+            for total, used in zip(self.sums, present):
+                if used:
+                    total.assign(tf.zeros_like(total))
+            self.count.assign(0)
+        return sums, losses
+
+
 def _float32(value):
     return tf.cast(value, tf.float32) if value.dtype.is_floating and value.dtype != tf.float32 else value
 
 
-def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager):
+def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate=1):
     """``Backend.mixed_precision_train_step`` of the tensorflow backend: one graph per input signature, or
-    eager with ``eager=True``, like its ``train_step``."""
+    eager with ``eager=True``, like its ``train_step``. With ``accumulate`` N > 1 the scaled gradients add up
+    in a ``Window`` and the N-th micro-step unscales, checks, clips and updates once (``tf.cond`` in the graph)."""
     params = optimizer.params
-    apply = optimizer.native.apply
+    native = optimizer.native
     modules = modules_of(model, loss_fn)
     compute = precision.compute_dtype
     device = backend.current_device_name()
     with tf.device(device):
         scaler = LossScale(precision) if precision.scales_loss else None
+        window = Window(params, accumulate) if accumulate > 1 else None
+
+    def update(grads, loss):
+        """The guarded update from (scaled) gradients: unscaled, one overflow check moving the scale, then the
+        optimizer's non-finite guard (an overflowing step changes no weight or slot) and clipping."""
+        if scaler is not None:
+            grads, finite = scaler.unscale(grads)
+            scaler.update(finite)
+        return native.apply(grads, loss)
 
     def step(x, y, *inputs):
         mask = trainable_mask(params)  # at trace time: a frozen parameter gets no gradient and no update
@@ -60,21 +102,29 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
             loss = loss_fn(outputs, y)
             scaled = loss * tf.cast(scaler.scale, loss.dtype) if scaler is not None else loss
         found = tape.gradient(scaled, [p for p, m in zip(params, mask) if m])
-        if scaler is not None:
-            found, finite = scaler.unscale(found)
-            scaler.update(finite)
+        found, _ = average_gradients(found, scaled)  # in a process group: over every rank, before unscaling
         found = iter(found)
-        # the optimizer's non-finite guard skips an overflowing step (no weight or slot changes), then clips
-        apply([next(found) if m else None for m in mask], loss)
+        grads = [next(found) if m else None for m in mask]
+        if window is None:
+            update(grads, loss)
+        else:
+            count = window.add(grads, loss)
+
+            def wait():  # a micro-step inside the window: nothing skipped yet
+                native.finite.assign(True)
+                return tf.constant(True)
+
+            tf.cond(count >= accumulate, lambda: update(*window.take(mask)), wait)
         return (loss, outputs) if with_outputs else loss
 
+    step = data_parallel(step, module_state(model))  # in a process group: the strategy's replica context
     if eager:
         def run(*args):
             with tf.device(device):
                 return step(*[to_graph_input(a) for a in args])
     else:
         run = PerModeGraphs(model, step, device, extra_key=lambda: trainable_mask(params))
-    return _WithScale(run, scaler, optimizer.native)
+    return _WithScale(run, scaler, native)
 
 
 class _WithScale:

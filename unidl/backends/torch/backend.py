@@ -15,6 +15,7 @@ from unidl.backends.torch import ops as torch_ops
 from unidl.backends.torch import function as torch_function
 from unidl.backends.torch import precision as torch_precision
 from unidl.backends.torch import distributed as torch_distributed
+from unidl.backends.torch import graph as torch_graph
 from unidl.backends.torch.module import NativeModule
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, native_optimizer
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
@@ -122,8 +123,9 @@ class Backend(BackendInterface):
         return isinstance(value, torch.Tensor)
 
     # ---- parameters ------------------------------------------------------
-    def parameter(self, value, trainable=True):
-        data = torch.tensor(np.asarray(value), dtype=_DTYPES[config.get_dtype()], device=self.current_device())
+    def parameter(self, value, trainable=True, dtype=None):
+        native_dtype = _DTYPES[config.get_dtype()] if dtype is None else getattr(torch, np.dtype(dtype).name)
+        data = torch.tensor(np.asarray(value), dtype=native_dtype, device=self.current_device())
         return torch.nn.Parameter(data) if trainable else data
 
     def is_parameter(self, value):
@@ -216,17 +218,24 @@ class Backend(BackendInterface):
         l1 = l1_outside_rule(optimizer)
         forward = torch_distributed.data_parallel(model)  # in a process group: DDP averages the gradients
         window = [0]  # micro-steps accumulated in .grad so far (accumulate > 1)
+        local_micro_steps = forward is not model  # DDP: only the update micro-step all-reduces (no_sync)
 
         def step(x, y, *inputs):
             x, y = to_input(x), to_input(y)
             if window[0] == 0:
                 native.zero_grad(set_to_none=True)
-            outputs = forward(x, *inputs)
-            loss = loss_fn(outputs, y)
-            (loss / accumulate if accumulate > 1 else loss).backward()  # PyTorch's accumulation idiom
+            updates = window[0] + 1 == accumulate
+            with torch_distributed.gradient_sync(forward, updates):
+                outputs = forward(x, *inputs)
+                loss = loss_fn(outputs, y)
+                (loss / accumulate if accumulate > 1 else loss).backward()  # PyTorch's accumulation idiom
             window[0] += 1
+            if local_micro_steps and not updates:
+                # this rank's gradients alone: the guard waits for the update's averaged sum, which a non-finite
+                # micro-step makes non-finite (every rank then skips the window together)
+                optimizer._finite = True
             # a non-finite loss or gradient updates nothing (and discards the accumulation window)
-            if not guard_and_clip(optimizer, loss, clip=window[0] == accumulate):
+            elif not guard_and_clip(optimizer, loss, clip=window[0] == accumulate):
                 window[0] = 0
             elif window[0] == accumulate:
                 window[0] = 0
@@ -238,8 +247,9 @@ class Backend(BackendInterface):
 
         return step
 
-    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False):
-        return torch_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs)
+    def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
+                                   accumulate=1):
+        return torch_precision.train_step(self, model, loss_fn, optimizer, precision, with_outputs, accumulate)
 
     def predict_function(self, model):
         to_input = self.to_input
@@ -285,6 +295,9 @@ class Backend(BackendInterface):
 
     def custom_gradient(self, forward_fn):
         return torch_function.custom_gradient(forward_fn)
+
+    def model_graph(self, model, x):
+        return torch_graph.model_graph(model, self.tensor(x))
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

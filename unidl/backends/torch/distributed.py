@@ -4,10 +4,13 @@ and ``DistributedDataParallel`` averages the gradients of the torch backend's tr
 ``data_parallel(model)`` is what ``Backend.train_step`` calls forward through: the model itself in one
 process, a ``DistributedDataParallel`` over the model's ``NativeModule`` (the very same parameters) in a
 group, so that ``loss.backward()`` ends with gradients averaged over every rank by torch's reducer.
+``gradient_sync(forward, sync)`` wraps a micro-step of gradient accumulation: only the update micro-step's
+backward all-reduces (the others run under ``no_sync()`` and accumulate locally in ``.grad``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import warnings
@@ -68,3 +71,12 @@ def data_parallel(model):
     device = next((p.device for p in native.parameters()), torch.device("cpu"))
     return torch.nn.parallel.DistributedDataParallel(
         native, device_ids=[device.index or 0] if device.type == "cuda" else None)
+
+
+def gradient_sync(forward, sync: bool):
+    """The context for one micro-step's forward and backward: ``DistributedDataParallel.no_sync()`` when ``sync``
+    is False and ``forward`` is one (its gradients accumulate in ``.grad`` on this rank; the next synced backward
+    all-reduces the sum, torch's accumulation idiom, one all-reduce per update), else nothing."""
+    if sync or not isinstance(forward, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return forward.no_sync()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unidl.errors import IndexOutOfRangeError
+from unidl.errors import IndexOutOfRangeError, ShapeMismatchError
 
 linear = F.linear
 matmul = torch.matmul
@@ -57,6 +57,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     if not training:
         return F.batch_norm(x, running_mean, running_var, weight, bias, False, momentum, eps), running_mean, running_var
+    if isinstance(momentum, torch.Tensor):  # the kernel takes a number (torch's own BatchNorm calls float() too)
+        momentum = float(momentum)
     # torch's kernel updates the statistics it is given in place: give it copies, so the op stays pure
     new_mean, new_var = running_mean.clone(), running_var.clone()
     return F.batch_norm(x, new_mean, new_var, weight, bias, True, momentum, eps), new_mean, new_var
@@ -135,6 +137,13 @@ def check_index(indices, size, what="index"):
         if low < 0 or high >= size:
             raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
     return indices
+
+
+def check_shape(x, condition, message, sizes=()):
+    # shapes are always known here (eagerly, and while jax.jit traces), so the front end decides before calling
+    if not bool(condition):
+        raise ShapeMismatchError(message.format(*(int(s) for s in sizes)))
+    return x
 
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):

@@ -75,7 +75,7 @@ def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
     for ``last_step_finite``. One fused check over all gradients (the kernel ``torch.amp``'s scaler uses) and
     one host read per step."""
     grads = [p.grad for p in optimizer.params if p.grad is not None]
-    checked = grads + ([loss.detach().reshape(1)] if loss is not None else [])
+    checked = grads + ([loss.detach().reshape(-1)] if loss is not None else [])  # (or a window's losses)
     finite = True
     if checked:
         device = checked[0].device

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from unidl.backends.torch.distributed import data_parallel
+from unidl.backends.torch.distributed import data_parallel, gradient_sync
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
 
@@ -38,27 +38,40 @@ class LossScale:
             self.good_steps = 0
 
 
-def train_step(backend, model, loss_fn, optimizer, precision, with_outputs):
-    """``Backend.mixed_precision_train_step`` of the torch backend (always eager)."""
+def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accumulate=1):
+    """``Backend.mixed_precision_train_step`` of the torch backend (always eager). With ``accumulate`` N > 1,
+    GradScaler's accumulation: the N micro-steps' scaled gradients ``(loss / N * scale).backward()`` add up in
+    ``.grad`` (under DDP only the last one all-reduces), then one unscale, one overflow check (skipping the
+    whole update) and one scale update per optimizer update."""
     native = optimizer.native
     to_input = backend.to_input
     l1 = l1_outside_rule(optimizer)
     dtype = _COMPUTE[precision.compute_dtype]
     scaler = LossScale(precision) if precision.scales_loss else None
     forward = data_parallel(model)  # in a process group: DDP averages the gradients (overflow seen by every rank)
+    window = []  # the losses of the micro-steps accumulated in .grad so far
 
     def step(x, y, *inputs):
         x, y = to_input(x), to_input(y)
-        native.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=x.device.type, dtype=dtype):
-            outputs = forward(x, *inputs)
-        loss = loss_fn(outputs.float(), y)  # the loss in float32, as autocast computes losses
-        if scaler is None:
-            loss.backward()
-        else:
-            (loss * scaler.scale).backward()
+        if not window:
+            native.zero_grad(set_to_none=True)
+        updates = len(window) + 1 == accumulate
+        with gradient_sync(forward, updates):
+            with torch.autocast(device_type=x.device.type, dtype=dtype):
+                outputs = forward(x, *inputs)
+            loss = loss_fn(outputs.float(), y)  # the loss in float32, as autocast computes losses
+            scaled = loss / accumulate if accumulate > 1 else loss
+            (scaled if scaler is None else scaled * scaler.scale).backward()
+        window.append(loss.detach())
+        result = (loss.detach(), outputs.detach().float()) if with_outputs else loss.detach()
+        if not updates:
+            optimizer._finite = True  # nothing skipped yet: the window's check comes with its update
+            return result
+        losses = torch.stack(window) if len(window) > 1 else window[0]
+        window.clear()
+        if scaler is not None:
             scaler.unscale(optimizer.params)
-        finite = guard_and_clip(optimizer, loss)  # the non-finite guard, then clipping, on unscaled gradients
+        finite = guard_and_clip(optimizer, losses)  # the non-finite guard, then clipping, on unscaled gradients
         if scaler is not None:
             scaler.update(finite)
         if finite:
@@ -68,7 +81,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs):
             optimizer._steps += 1
         else:  # a skipped step leaves no overflowed gradient behind for a later optimizer.step()
             native.zero_grad(set_to_none=True)
-        return (loss.detach(), outputs.detach().float()) if with_outputs else loss.detach()
+        return result
 
     step.loss_scale = lambda: scaler.scale if scaler is not None else 1.0
     return step

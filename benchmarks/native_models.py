@@ -1,0 +1,284 @@
+"""unidl's train step for the workload models, ResNet-18 (CIFAR stem, 32x32 images) and the transformer
+classifier (sequence 64, d_model 128, 2 pre-norm layers, 4 heads), against the same models and SGD step
+hand-written in plain PyTorch (``torch.nn``) and in a TensorFlow ``tf.function`` (channels-last, GradientTape).
+
+The native models start from the unidl model's weights (PyTorch's through ``load_state_dict(strict=True)``,
+BatchNorm's ``num_batches_tracked`` included), so the first step's losses agree (``loss_diff``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from benchmarks.harness import LR, MOMENTUM, PARITY_TARGET, Row, Settings, alternate, ms
+
+WORKLOADS = ("resnet18", "transformer")
+IMAGE = (3, 32, 32)
+TRANSFORMER = dict(vocab_size=1000, num_classes=4, d_model=128, nhead=4, num_layers=2, dim_feedforward=256,
+                   max_len=64, dropout=0.0)
+SEQUENCE = 64
+
+
+def workload_batch(workload: str, batch: int, seed: int = 0):
+    """NumPy ``(x, y)``: NCHW images and labels, or right-padded token ids (0 = padding, lengths 16..64)."""
+    rng = np.random.default_rng(seed)
+    if workload == "resnet18":
+        return rng.standard_normal((batch,) + IMAGE, dtype=np.float32), rng.integers(0, 10, batch).astype(np.int64)
+    tokens = rng.integers(1, TRANSFORMER["vocab_size"], (batch, SEQUENCE)).astype(np.int64)
+    lengths = rng.integers(16, SEQUENCE + 1, batch)
+    tokens[np.arange(SEQUENCE)[None, :] >= lengths[:, None]] = 0
+    return tokens, rng.integers(0, TRANSFORMER["num_classes"], batch).astype(np.int64)
+
+
+def _blocks(settings: Settings) -> int:
+    return max(2, settings.model_steps // 4)  # alternations of a few steps each: these steps are long
+
+
+def unidl_workload(workload: str):
+    """``(module, loss, optimizer)`` under the backend in force, seeded."""
+    import unidl as ud
+
+    ud.manual_seed(0)
+    if workload == "resnet18":
+        module = ud.models.resnet18(num_classes=10, cifar_stem=True)
+    else:
+        module = ud.models.TransformerClassifier(**TRANSFORMER)
+    return module, ud.nn.CrossEntropyLoss(), ud.optim.SGD(module.parameters(), lr=LR, momentum=MOMENTUM)
+
+
+# ---- plain PyTorch -------------------------------------------------------------------------------------
+
+def torch_workload(workload: str, state: dict):
+    """The same model written with ``torch.nn`` (torchvision's ResNet names), holding ``state``."""
+    import torch
+    from torch import nn
+
+    class BasicBlock(nn.Module):
+        def __init__(self, inplanes, planes, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.relu = nn.ReLU()
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.downsample = None
+            if stride != 1 or inplanes != planes:
+                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                                nn.BatchNorm2d(planes))
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
+
+    class ResNet18(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU()
+            inplanes = 64
+            for index, planes in enumerate((64, 128, 256, 512)):
+                stride = 1 if index == 0 else 2
+                setattr(self, f"layer{index + 1}", nn.Sequential(BasicBlock(inplanes, planes, stride),
+                                                                 BasicBlock(planes, planes, 1)))
+                inplanes = planes
+            self.fc = nn.Linear(512, 10)
+
+        def forward(self, x):
+            x = self.relu(self.bn1(self.conv1(x)))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(x.mean((2, 3)))
+
+    class TransformerClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            d_model = TRANSFORMER["d_model"]
+            self.token_embedding = nn.Embedding(TRANSFORMER["vocab_size"], d_model, padding_idx=0)
+            self.position_embedding = nn.Embedding(TRANSFORMER["max_len"], d_model)
+            layer = nn.TransformerEncoderLayer(d_model, TRANSFORMER["nhead"], TRANSFORMER["dim_feedforward"], 0.0,
+                                               batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, TRANSFORMER["num_layers"], norm=nn.LayerNorm(d_model),
+                                                 enable_nested_tensor=False)
+            self.head = nn.Linear(d_model, TRANSFORMER["num_classes"])
+
+        def forward(self, tokens):
+            padding = tokens == 0
+            x = self.token_embedding(tokens) + self.position_embedding(torch.arange(tokens.shape[1]))
+            x = self.encoder(x, src_key_padding_mask=padding)
+            keep = (~padding).unsqueeze(2).to(x.dtype)
+            return self.head((x * keep).sum(1) / keep.sum(1).clamp(min=1.0))
+
+    native = ResNet18() if workload == "resnet18" else TransformerClassifier()
+    native.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()})
+    return native
+
+
+def bench_torch_workloads(settings: Settings, device: str) -> list[Row]:
+    import torch
+    import unidl as ud
+
+    from benchmarks.native_torch import torch_sync
+
+    rows = []
+    for workload in WORKLOADS:
+        with ud.use_backend("torch"), ud.use_device(device):
+            module, loss_fn, optimizer = unidl_workload(workload)
+            step = ud.train_step(module, loss_fn, optimizer)
+            native = torch_workload(workload, module.state_dict()).to(torch.device(device))
+            native_optimizer = torch.optim.SGD(native.parameters(), lr=LR, momentum=MOMENTUM)
+            native_loss = torch.nn.CrossEntropyLoss()
+            batch = workload_batch(workload, settings.model_batch)
+            x, y = (torch.from_numpy(a).to(torch.device(device)) for a in batch)
+            sync = torch_sync(device)
+
+            def unidl_step():
+                loss = step(x, y)
+                sync()
+                return loss
+
+            def native_step():
+                native_optimizer.zero_grad()
+                loss = native_loss(native(x), y)
+                loss.backward()
+                native_optimizer.step()
+                sync()
+                return loss.detach()
+
+            diff = abs(float(unidl_step()) - float(native_step()))
+            a, b = timing = alternate(unidl_step, native_step, settings.model_steps, settings.warmup,
+                                      _blocks(settings))
+        rows.append(Row("train step, torch", workload, "ud.train_step", "torch.nn + torch.optim.SGD",
+                        ms(a), ms(b), f"<= {PARITY_TARGET}", note=f"batch {settings.model_batch}", loss_diff=diff,
+                        spread=timing.spread))
+    return rows
+
+
+# ---- TensorFlow tf.function ------------------------------------------------------------------------------
+
+def tf_workload_step(workload: str, state: dict):
+    """One SGD-with-momentum training step of the model, hand-written as TensorFlow users write it: channels-last
+    tensors, ``tf.Variable`` weights, a ``tf.function`` with a GradientTape and in-graph updates."""
+    import tensorflow as tf
+
+    trainable, buffers = {}, {}
+    for key, value in state.items():
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            buffers[key] = tf.Variable(value.astype(np.float32) if value.dtype.kind == "f" else value, trainable=False)
+        elif value.ndim == 4:
+            trainable[key] = tf.Variable(value.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+        elif value.ndim == 2 and not key.endswith("embedding.weight") and "in_proj" not in key:
+            trainable[key] = tf.Variable(value.T)  # (out, in) -> (in, out)
+        else:
+            trainable[key] = tf.Variable(value)
+    params = list(trainable.values())
+    velocities = [tf.Variable(tf.zeros_like(p)) for p in params]
+
+    def batch_norm(x, name):
+        mean, variance = tf.nn.moments(x, [0, 1, 2])
+        count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), x.dtype)
+        for buffer, value in ((buffers[f"{name}.running_mean"], mean),
+                              (buffers[f"{name}.running_var"], variance * count / (count - 1))):
+            buffer.assign(0.9 * buffer + 0.1 * value)
+        return tf.nn.batch_normalization(x, mean, variance, trainable[f"{name}.bias"], trainable[f"{name}.weight"],
+                                         1e-5)
+
+    def conv(x, name, stride):  # PyTorch's padding=1 on both sides (TF's "SAME" pads 0 and 1 at stride 2)
+        padding = [[0, 0], [1, 1], [1, 1], [0, 0]] if trainable[name].shape[0] == 3 else "VALID"
+        return tf.nn.conv2d(x, trainable[name], stride, padding)
+
+    def resnet(x):
+        x = tf.nn.relu(batch_norm(conv(x, "conv1.weight", 1), "bn1"))
+        for stage in range(1, 5):
+            for block in range(2):
+                name, stride = f"layer{stage}.{block}", 2 if stage > 1 and block == 0 else 1
+                out = tf.nn.relu(batch_norm(conv(x, f"{name}.conv1.weight", stride), f"{name}.bn1"))
+                out = batch_norm(conv(out, f"{name}.conv2.weight", 1), f"{name}.bn2")
+                if f"{name}.downsample.0.weight" in trainable:
+                    x = batch_norm(conv(x, f"{name}.downsample.0.weight", stride), f"{name}.downsample.1")
+                x = tf.nn.relu(out + x)
+        return tf.matmul(tf.reduce_mean(x, [1, 2]), trainable["fc.weight"]) + trainable["fc.bias"]
+
+    def layer_norm(x, name):
+        mean, variance = tf.nn.moments(x, [-1], keepdims=True)
+        return (x - mean) * tf.math.rsqrt(variance + 1e-5) * trainable[f"{name}.weight"] + trainable[f"{name}.bias"]
+
+    def dense(x, name):
+        return tf.matmul(x, trainable[f"{name}.weight"]) + trainable[f"{name}.bias"]
+
+    def transformer(tokens):
+        d_model, heads = TRANSFORMER["d_model"], TRANSFORMER["nhead"]
+        batch, length = tf.shape(tokens)[0], tf.shape(tokens)[1]
+        padding = tf.equal(tokens, 0)
+        x = tf.gather(trainable["token_embedding.weight"], tokens) + trainable["position_embedding.weight"][:length]
+        blocked = tf.where(padding, -np.inf, 0.0)[:, None, None, :]
+
+        def split(t):
+            return tf.transpose(tf.reshape(t, (batch, length, heads, d_model // heads)), (0, 2, 1, 3))
+
+        for index in range(TRANSFORMER["num_layers"]):
+            name = f"encoder.layers.{index}"
+            h = layer_norm(x, f"{name}.norm1")
+            qkv = tf.matmul(h, trainable[f"{name}.self_attn.in_proj_weight"], transpose_b=True)
+            q, k, v = (split(t) for t in tf.split(qkv + trainable[f"{name}.self_attn.in_proj_bias"], 3, -1))
+            scores = tf.matmul(q, k, transpose_b=True) / math.sqrt(d_model // heads) + blocked
+            attended = tf.reshape(tf.transpose(tf.matmul(tf.nn.softmax(scores), v), (0, 2, 1, 3)),
+                                  (batch, length, d_model))
+            x = x + dense(attended, f"{name}.self_attn.out_proj")
+            h = layer_norm(x, f"{name}.norm2")
+            x = x + dense(tf.nn.relu(dense(h, f"{name}.linear1")), f"{name}.linear2")
+        x = layer_norm(x, "encoder.norm")
+        keep = tf.cast(~padding, x.dtype)[:, :, None]
+        return dense(tf.reduce_sum(x * keep, 1) / tf.maximum(tf.reduce_sum(keep, 1), 1.0), "head")
+
+    forward = resnet if workload == "resnet18" else transformer
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=forward(x)))
+        for param, grad, velocity in zip(params, tape.gradient(loss, params), velocities):
+            if isinstance(grad, tf.IndexedSlices):
+                grad = tf.convert_to_tensor(grad)
+            velocity.assign(MOMENTUM * velocity + grad)
+            param.assign_sub(LR * velocity)
+        return loss
+
+    return step
+
+
+def bench_tf_workloads(settings: Settings, device: str) -> list[Row]:
+    import tensorflow as tf
+    import unidl as ud
+    from unidl.backends.tensorflow.backend import tf_device_name
+
+    rows = []
+    for workload in WORKLOADS:
+        with ud.use_backend("tensorflow"), ud.use_device(device):
+            module, loss_fn, optimizer = unidl_workload(workload)
+            step = ud.train_step(module, loss_fn, optimizer)
+            x_np, y_np = workload_batch(workload, settings.model_batch)
+            with tf.device(tf_device_name(device)):
+                native = tf_workload_step(workload, module.state_dict())
+                x, y = tf.constant(x_np), tf.constant(y_np)
+                x_native = tf.constant(x_np.transpose(0, 2, 3, 1)) if workload == "resnet18" else x
+
+                def unidl_step():
+                    return step(x, y).numpy()
+
+                def native_step():
+                    return native(x_native, y).numpy()
+
+                diff = abs(float(unidl_step()) - float(native_step()))
+                a, b = timing = alternate(unidl_step, native_step, settings.model_steps, settings.warmup,
+                                          _blocks(settings))
+        rows.append(Row("train step, tensorflow", workload, "ud.train_step", "tf.function + GradientTape",
+                        ms(a), ms(b), f"<= {PARITY_TARGET}", note=f"batch {settings.model_batch}", loss_diff=diff,
+                        spread=timing.spread))
+    return rows
+
+
+def bench_workloads(settings: Settings, device: str, with_tf: bool = True) -> list[Row]:
+    """The workload rows: torch, then tensorflow where it runs on ``device``."""
+    return bench_torch_workloads(settings, device) + (bench_tf_workloads(settings, device) if with_tf else [])

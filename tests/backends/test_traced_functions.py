@@ -1,0 +1,57 @@
+"""What a traced step or ``ud.function`` bakes in: the ops of TensorFlow's step graph for sequence models
+(a Linear on (batch, length, features) input), and the modules' train/eval mode on every backend."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+
+def _step_ops(step):
+    """Every op of ``step``'s traced graphs, the bodies of its conditionals included."""
+    ops = []
+    for concrete in step._run.concrete_functions:
+        ops += concrete.graph.get_operations()
+        for function in concrete.graph.as_graph_def().library.function:
+            ops += [node.op for node in function.node_def]  # (types only: branch bodies are not tf.Operations)
+    return ops
+
+
+def test_tensorflow_step_multiplies_a_sequence_linear_as_one_matmul(rng):
+    """A Linear on 3-D input once ran as ``tf.einsum``; with the leading sizes unknown in the graph, its weight
+    gradient was an outer product per row (rank 4) summed afterwards, and the transformer step was 100x slower
+    than a hand-written one (benchmarks/RESULTS.md, 2026-12-01)."""
+    import tensorflow as tf
+
+    with ud.use_backend("tensorflow"):
+        model = ud.nn.Sequential(ud.nn.Linear(8, 6), ud.nn.ReLU(), ud.nn.Linear(6, 5))
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        x, y = rng.standard_normal((2, 7, 8)).astype(np.float32), rng.standard_normal((2, 7, 5)).astype(np.float32)
+        eager_loss = float(ud.nn.MSELoss()(model(ud.tensor(x)), ud.tensor(y)))
+        assert float(step(x, y)) == pytest.approx(eager_loss, rel=1e-6)
+    ops = _step_ops(step)
+    types = [op if isinstance(op, str) else op.type for op in ops]
+    assert "Einsum" not in types
+    assert types.count("MatMul") == 5  # two forward, two weight gradients, the second layer's input gradient
+    wide = [(op.type, out.shape) for op in ops if isinstance(op, tf.Operation) for out in op.outputs
+            if out.shape.rank is not None and out.shape.rank > 3]
+    assert not wide, wide
+
+
+def test_function_follows_the_mode_it_is_called_in(backend, rng):
+    """A ``ud.function`` first traced in training mode runs the eval graph after ``model.eval()`` (dropout the
+    identity, batch norm on its running statistics), as the eager forward and torch do, and back again."""
+    ud.manual_seed(0)
+    dropout = ud.nn.Dropout(0.5)
+    model = ud.nn.Sequential(ud.nn.Linear(4, 6), ud.nn.BatchNorm1d(6), dropout)
+    forward = ud.function(lambda x: model(x))
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    model.train()
+    trained = ud.to_numpy(forward(x))
+    assert 0.2 < (trained == 0).mean() < 0.8  # dropout on
+    model.eval()
+    np.testing.assert_allclose(ud.to_numpy(forward(x)), ud.to_numpy(model(ud.tensor(x))), rtol=1e-5, atol=1e-6)
+    model.train()
+    assert 0.2 < (ud.to_numpy(forward(x)) == 0).mean() < 0.8
+    dropout.eval()  # a submodule's mode is part of the key too: batch statistics, no dropout
+    np.testing.assert_allclose(ud.to_numpy(forward(x)), ud.to_numpy(model(ud.tensor(x))), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,96 @@
+"""Gradient accumulation under torch's DistributedDataParallel: the micro-steps that do not update run under
+``no_sync()``, so 2 ranks all-reduce once per update and still train the weights of one process (float64 to
+1e-12, float32 to 1e-6, bf16-mixed to bfloat16's rounding of half batches). One 2-rank launch checks it all."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+pytestmark = pytest.mark.skipif("torch" not in ud.available_backends(), reason="the torch backend is not installed")
+
+EPOCHS, MICRO_STEPS_PER_EPOCH = 2, 5  # 20 samples in global batches of 4
+CONFIGS = {"float64": ("float64", None, 2), "float32": ("float32", None, 2), "bf16-mixed": ("float32", "bf16-mixed", 2),
+           "no accumulation": ("float64", None, 1)}
+
+
+def train_accumulating(dtype, precision, accumulate):
+    """The two-layer net after two epochs of ``train_step(accumulate=...)`` calls over a shuffled loader with
+    global batch 4 (windows run across the epoch boundary): SGD with momentum, whose step grows with the
+    gradient, so that a sum over the ranks or the micro-steps where a mean belongs shows."""
+    with ud.use_dtype(dtype):
+        ud.manual_seed(1)
+        rng = np.random.default_rng(1)
+        x, y = rng.standard_normal((20, 5)), rng.standard_normal((20, 3))
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
+        loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
+        for _ in range(EPOCHS):
+            for xb, yb in loader:
+                step(xb, yb)
+        return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, optimizer.state_dict()["step"]
+
+
+def accumulation_job():
+    """Each configuration on this rank, with the all-reduces of DDP's reducer counted by a comm hook (torch's
+    own all-reduce hook, so the numbers are the engine's)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    from unidl.backends.torch import distributed as engine
+    from unidl.backends.torch import precision as torch_precision
+
+    all_reduces, data_parallel = [], engine.data_parallel
+
+    def counted(model):
+        forward = data_parallel(model)
+
+        def allreduce(state, bucket):
+            all_reduces.append(bucket.index())
+            return default_hooks.allreduce_hook(None, bucket)
+
+        forward.register_comm_hook(None, allreduce)
+        return forward
+
+    engine.data_parallel = torch_precision.data_parallel = counted
+    results = {}
+    try:
+        for name, config in CONFIGS.items():
+            all_reduces.clear()
+            weights, updates = train_accumulating(*config)
+            results[name] = {"weights": weights, "updates": updates, "all_reduces": len(all_reduces)}
+    finally:
+        engine.data_parallel = torch_precision.data_parallel = data_parallel
+    return results
+
+
+@pytest.fixture(scope="module")
+def job():
+    ranks = ud.distributed.launch(accumulation_job, nprocs=2, backend="torch", timeout=300, collective_timeout=60)
+    with ud.use_backend("torch"):
+        references = {name: train_accumulating(*config)[0] for name, config in CONFIGS.items()}
+    return ranks, references
+
+
+@pytest.mark.parametrize("name, bound", [("float64", 1e-12), ("float32", 1e-6), ("bf16-mixed", 2e-2),
+                                         ("no accumulation", 1e-12)])
+def test_two_ranks_accumulating_train_the_weights_of_one_process(job, name, bound):
+    (rank0, rank1), references = job
+    for key, value in rank0[name]["weights"].items():  # the ranks apply the same averaged sum
+        np.testing.assert_array_equal(value, rank1[name]["weights"][key])
+        assert max_relative_difference(value, references[name][key]) <= bound, key
+    assert rank0[name]["updates"] == EPOCHS * MICRO_STEPS_PER_EPOCH // CONFIGS[name][2]
+    if name != "no accumulation":  # accumulation changes the training by far more than the bound
+        worst = max(max_relative_difference(rank0["no accumulation"]["weights"][key], value)
+                    for key, value in references[name].items())
+        assert worst > 1e-3
+
+
+def test_micro_steps_run_without_all_reduce(job):
+    (rank0, rank1), _ = job
+    every_step = rank0["no accumulation"]["all_reduces"]
+    assert every_step % (EPOCHS * MICRO_STEPS_PER_EPOCH) == 0 and every_step > 0  # (buckets) per backward
+    for rank in (rank0, rank1):
+        for name in ("float64", "float32", "bf16-mixed"):  # once per update: half as often with accumulate=2
+            assert rank[name]["all_reduces"] == every_step // 2, name

@@ -1,0 +1,109 @@
+"""BatchNorm's ``num_batches_tracked`` and ``momentum=None`` against plain ``torch.nn.BatchNorm*d``: the counter's
+name and dtype in ``state_dict()``, counted in training only (eagerly, in ``ud.function`` and in a compiled
+training step), and the cumulative moving average it drives, on every backend."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn as tnn
+
+import unidl as ud
+from unidl.io.safetensors import save_file
+from unidl.testing import max_relative_difference
+
+
+def _batches(count, shape, dtype=np.float32):
+    rng = np.random.default_rng(5)
+    return [(rng.standard_normal(shape) * (1 + i) + i).astype(dtype) for i in range(count)]
+
+
+def test_num_batches_tracked_is_torchs_int64_buffer_counted_in_training_only(backend):
+    layer = ud.nn.BatchNorm1d(3)
+    state = layer.state_dict()
+    assert list(state) == list(tnn.BatchNorm1d(3).state_dict())
+    assert state["num_batches_tracked"].dtype == np.int64 and state["num_batches_tracked"].shape == ()
+    batches = _batches(3, (6, 3))
+    for x in batches[:2]:
+        layer(ud.tensor(x))
+    compiled = ud.function(lambda x: layer(x))
+    compiled(ud.tensor(batches[2]))
+    assert int(layer.state_dict()["num_batches_tracked"]) == 3
+    layer.eval()
+    layer(ud.tensor(batches[0]))
+    ud.function(lambda x: layer(x))(ud.tensor(batches[0]))  # a new trace: the old one was traced in training
+    assert int(layer.state_dict()["num_batches_tracked"]) == 3
+    assert layer.num_parameters() == 6 and len(list(layer.named_buffers())) == 3
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 2e-6), ("float64", 1e-12)])
+def test_momentum_none_is_torchs_cumulative_average(backend, dtype, tolerance):
+    """``momentum=None``: the running statistics are the plain average of every batch's, as torch's, eagerly and
+    inside ``ud.function``; eval then normalises with them."""
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        reference = tnn.BatchNorm2d(3, momentum=None)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with ud.use_dtype(dtype):
+        layer = ud.nn.BatchNorm2d(3, momentum=None)
+        batches = _batches(4, (5, 3, 4, 4), dtype)
+        compiled = ud.function(lambda x: layer(x))
+        for index, x in enumerate(batches):
+            expected = reference(torch.tensor(x)).detach().numpy()
+            found = ud.to_numpy(compiled(ud.tensor(x)) if index % 2 else layer(ud.tensor(x)))
+            assert max_relative_difference(found, expected) < tolerance
+        state = layer.state_dict()
+        for key, value in reference.state_dict().items():
+            assert max_relative_difference(state[key], value.numpy()) < tolerance, key
+        assert int(state["num_batches_tracked"]) == 4
+        reference.eval(), layer.eval()
+        expected = reference(torch.tensor(batches[0])).detach().numpy()
+        assert max_relative_difference(ud.to_numpy(layer(ud.tensor(batches[0]))), expected) < tolerance
+
+
+def test_training_steps_count_batches_and_torch_state_dicts_load_strictly(backend):
+    """Three compiled training steps (Keras's own trainer on keras) count three batches as torch does, and
+    torch's state dict, counter included, loads with strict=True and gives torch's eval outputs."""
+    def build(nn):
+        return nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, momentum=None), nn.Flatten(), nn.Linear(12, 2))
+
+    ud.manual_seed(0)
+    model, reference = build(ud.nn), build(tnn)
+    reference.load_state_dict({key: torch.tensor(value) for key, value in model.state_dict().items()})
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    y = np.random.default_rng(2).standard_normal((4, 2)).astype(np.float32)
+    for x in _batches(3, (4, 2, 4, 4)):
+        step(x, y)
+        optimizer.zero_grad()
+        tnn.functional.mse_loss(reference(torch.tensor(x)), torch.tensor(y)).backward()
+        optimizer.step()
+    state = model.state_dict()
+    assert int(state["1.num_batches_tracked"]) == int(reference[1].num_batches_tracked) == 3
+    for key, value in reference.state_dict().items():
+        assert max_relative_difference(state[key], value.numpy()) < 1e-5, key
+    fresh = build(ud.nn).eval()
+    fresh.load_state_dict({key: value.numpy() for key, value in reference.state_dict().items()}, strict=True)
+    assert int(fresh.state_dict()["1.num_batches_tracked"]) == 3
+    x = _batches(1, (2, 2, 4, 4))[0]
+    expected = reference.eval()(torch.tensor(x)).detach().numpy()
+    assert max_relative_difference(ud.to_numpy(fresh(ud.tensor(x))), expected) < 2e-6
+
+
+def test_bad_momentum_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"BatchNorm2d momentum=1.5 is invalid: it must lie in \[0.0, 1.0\]"):
+        ud.nn.BatchNorm2d(3, momentum=1.5)
+
+
+def test_state_dicts_saved_before_the_counter_still_load_strictly(backend, tmp_path):
+    """A state dict without ``num_batches_tracked`` (unidl's files before it kept the counter) loads with
+    strict=True, the counter left as it is, as PyTorch loads BatchNorm state dicts older than its counter."""
+    layer = ud.nn.BatchNorm1d(2)
+    old = {"weight": np.array([2.0, 3.0]), "bias": np.zeros(2), "running_mean": np.ones(2), "running_var": np.ones(2)}
+    assert layer.load_state_dict(old, strict=True) == {"missing": [], "unexpected": []}
+    state = layer.state_dict()
+    assert np.array_equal(state["weight"], [2.0, 3.0]) and int(state["num_batches_tracked"]) == 0
+    with pytest.raises(ud.StateDictError, match=r"missing keys: running_var \(expected shape \(2,\)\)"):
+        layer.load_state_dict({k: v for k, v in old.items() if k != "running_var"})
+    save_file({key: np.asarray(value, np.float32) for key, value in old.items()}, tmp_path / "old.safetensors")
+    ud.load_weights(ud.nn.BatchNorm1d(2), tmp_path / "old.safetensors")  # a file: checked before anything loads

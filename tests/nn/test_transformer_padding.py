@@ -1,0 +1,84 @@
+"""What ``TransformerEncoder`` leaves at padded positions, against plain ``torch.nn.TransformerEncoder``: PyTorch's
+evaluation output (``torch.no_grad()``: its nested-tensor path, zeros at padded positions) and its training output
+(computed values), with and without ``enable_nested_tensor``, ``mask_check`` and a float mask, on every backend."""
+
+import warnings
+
+import numpy as np
+import torch
+from torch import nn as tnn
+
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+X = np.random.default_rng(8).standard_normal((3, 5, 8)).astype(np.float32)
+AT_THE_END = np.zeros((3, 5), bool)
+AT_THE_END[1, 3:] = True
+AT_THE_END[2, :] = True                     # no real token: torch's nested path gives zeros, not NaN
+IN_THE_MIDDLE = np.zeros((3, 5), bool)
+IN_THE_MIDDLE[1, 1] = True                  # not left-aligned: mask_check sends torch down its ordinary path
+AS_FLOATS = np.where(AT_THE_END, -np.inf, 0.0).astype(np.float32)
+
+
+def _pair(norm_first=False, final_norm=True, **options):
+    encoders = []
+    for nn in (ud.nn, tnn):
+        with warnings.catch_warnings():  # torch warns that norm_first disables its nested path
+            warnings.simplefilter("ignore")
+            encoders.append(nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first), 1,
+                norm=nn.LayerNorm(8) if final_norm else None, **options))
+    encoder, reference = encoders
+    if final_norm:  # a bias, so that norm(0) at a zeroed position is not 0
+        encoder.norm.load_state_dict({"weight": np.full(8, 1.5), "bias": np.linspace(-1, 1, 8)})
+    reference.load_state_dict({key: torch.tensor(value) for key, value in encoder.state_dict().items()})
+    assert encoder.use_nested_tensor == reference.use_nested_tensor
+    return encoder, reference
+
+
+def _expected(reference, padding, training=False):
+    reference.train(training)
+    with torch.no_grad(), warnings.catch_warnings():  # no_grad: how torch evaluates, its nested path's condition
+        warnings.simplefilter("ignore")  # "nested tensors are in prototype stage"
+        return reference(torch.tensor(X), src_key_padding_mask=torch.tensor(padding)).numpy()
+
+
+def _assert_same(found, expected):
+    valid = np.isfinite(expected).all(-1)
+    assert np.array_equal(np.isfinite(found).all(-1), valid)  # NaN exactly where torch has NaN
+    assert max_relative_difference(found[valid], expected[valid]) < 2e-6
+
+
+def test_evaluation_zeroes_padding_as_torchs_nested_path_and_training_does_not(backend):
+    encoder, reference = _pair()
+    assert reference.use_nested_tensor
+    forward = ud.function(lambda x, padding: encoder(x, src_key_padding_mask=padding))
+    encoder.eval()
+    for padding in (AS_FLOATS, IN_THE_MIDDLE, AT_THE_END):
+        found = ud.to_numpy(forward(ud.tensor(X), ud.tensor(padding)))
+        _assert_same(found, _expected(reference, padding))
+    assert np.allclose(found[AT_THE_END], np.linspace(-1, 1, 8))  # norm(0): the zeroed rows, then the final norm
+    encoder.train()
+    trained = ud.function(lambda x, padding: encoder(x, src_key_padding_mask=padding))
+    found = ud.to_numpy(trained(ud.tensor(X), ud.tensor(AT_THE_END)))
+    # the row with no real token too: torch's training path gives it finite values through
+    # F.scaled_dot_product_attention, as unidl's MultiheadAttention does in training (NaN on the inference path)
+    _assert_same(found, _expected(reference, AT_THE_END, training=True))
+    assert np.isfinite(found[2]).all()
+    assert np.abs(found[1, 3:] - np.linspace(-1, 1, 8)).min() > 1e-3  # computed values, not norm(0)
+
+
+def test_where_torch_takes_its_ordinary_path_so_does_unidl(backend):
+    """Without the nested path (its switch off, pre-norm, an odd nhead) the padded positions hold computed
+    values, NaN for a row with no real token, as torch's; with ``mask_check=False`` padding anywhere is zeroed."""
+    for options in ({"norm_first": True}, {"enable_nested_tensor": False}):
+        assert not _pair(**options)[0].use_nested_tensor  # the same answer as torch's, checked in _pair
+    encoder, reference = _pair(enable_nested_tensor=False)
+    forward = ud.function(lambda x, mask: encoder.eval()(x, src_key_padding_mask=mask))
+    found = ud.to_numpy(forward(ud.tensor(X), ud.tensor(AT_THE_END)))
+    _assert_same(found, _expected(reference, AT_THE_END))
+    assert np.isnan(found[2]).all()
+    encoder, _ = _pair(mask_check=False, final_norm=False)  # torch's nested path assumes the padding at the end
+    forward = ud.function(lambda x, mask: encoder.eval()(x, src_key_padding_mask=mask))
+    found = ud.to_numpy(forward(ud.tensor(X), ud.tensor(IN_THE_MIDDLE)))
+    assert (found[1, 1] == 0).all() and not (found[~IN_THE_MIDDLE] == 0).all(-1).any()

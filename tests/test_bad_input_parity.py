@@ -1,0 +1,216 @@
+"""One error for one bad input: every case below raises the same unidl error type with the same message on
+torch, tensorflow, keras and jax, eagerly and inside ``ud.function`` (where tensorflow leaves every size
+unknown while it traces, so the check runs inside the graph), before the framework's own error; and the
+inputs that are valid off the usual path (conv with 'same' or int padding in a graph, ``Linear`` on one
+sample) give PyTorch's values. See docs/guarantees.md, "Behaviour that is the same everywhere"."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import unidl as ud
+from unidl.testing.pytest_plugin import backends_under_test
+
+MODES = ("eager", "graph")
+
+
+@pytest.fixture(params=[(b, m) for b in backends_under_test() for m in MODES], ids=lambda p: f"{p[0]}-{p[1]}")
+def mode(request):
+    """Runs the test under each backend, once eagerly and once inside ``ud.function``; yields the mode."""
+    name, which = request.param
+    with ud.use_backend(name):
+        ud.manual_seed(0)
+        yield which
+
+
+def run(mode, fn, *arrays):
+    """``fn`` over ``arrays`` as tensors, eagerly or compiled by ``ud.function``; the result as NumPy."""
+    tensors = [ud.tensor(a) for a in arrays]
+    result = ud.function(lambda *inputs: fn(*inputs))(*tensors) if mode == "graph" else fn(*tensors)
+    return ud.to_numpy(result)
+
+
+def raises_exactly(error, message, fn, *args):
+    """``fn(*args)`` raises exactly ``error`` (not a framework's subclass or wrapper) with exactly ``message``.
+    (One lambda a line: AutoGraph may take another lambda of the same line for the one it converts.)"""
+    with pytest.raises(error) as caught:
+        fn(*args)
+    assert type(caught.value) is error
+    assert str(caught.value) == message
+
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((1, 2, 5, 5)).astype(np.float32)
+SMALL = X[:, :, :2, :2]
+
+
+# ---- a. conv2d with 'same' or int padding inside a graph (the kernel's shape unknown there) ---------------------
+
+@pytest.mark.parametrize("kernel, padding, dilation", [((3, 3), "same", 1), ((2, 3), "same", 2), ((3, 2), (1, 2), 1)])
+def test_conv2d_padding_inside_graphs_matches_torch(mode, kernel, padding, dilation):
+    weight = RNG.standard_normal((3, 2) + kernel).astype(np.float32)
+    bias = RNG.standard_normal(3).astype(np.float32)
+    got = run(mode, lambda x, w, b: ud.ops.conv2d(x, w, b, 1, padding, dilation), X, weight, bias)
+    expected = F.conv2d(torch.tensor(X), torch.tensor(weight), torch.tensor(bias), 1, padding, dilation).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- b. a window larger than the padded input ----------------------------------------------------------------
+
+def test_conv_kernel_larger_than_the_padded_input(mode):
+    weight = RNG.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    raises_exactly(ud.ShapeMismatchError, "conv2d: kernel height 5 is larger than the padded input height 4 (input "
+                   "shape (1, 2, 2, 2)); use a smaller kernel or dilation, more padding or a larger input",
+                   run, mode, lambda x, w: ud.ops.conv2d(x, w, None, 1, 1), SMALL, weight)
+    raises_exactly(ud.ShapeMismatchError, "conv1d: kernel length 5 is larger than the padded input length 2 (input "
+                   "shape (1, 2, 2)); use a smaller kernel or dilation, more padding or a larger input",
+                   run, mode, lambda x, w: ud.ops.conv1d(x, w), SMALL[:, :, 0], weight[:, :, 0])
+
+
+def test_conv2d_layer_kernel_larger_than_the_padded_input(mode):
+    conv = ud.nn.Conv2d(2, 1, (2, 5), padding=1)
+    raises_exactly(ud.ShapeMismatchError, "Conv2d(2, 1, kernel_size=(2, 5), stride=(1, 1), padding=(1, 1)): kernel "
+                   "width 5 is larger than the padded input width 4 (input shape (1, 2, 2, 2)); use a smaller kernel "
+                   "or dilation, more padding or a larger input", lambda: run(mode, conv, SMALL))
+
+
+def test_pool_window_larger_than_the_padded_input(mode):
+    raises_exactly(ud.ShapeMismatchError, "MaxPool2d(kernel_size=(3, 3), stride=(3, 3), padding=(0, 0)): kernel "
+                   "height 3 is larger than the padded input height 2 (input shape (1, 2, 2, 2)); use a smaller "
+                   "kernel, more padding or a larger input", lambda: run(mode, ud.nn.MaxPool2d(3), SMALL))
+    raises_exactly(ud.ShapeMismatchError, "avg_pool2d: kernel height 3 is larger than the padded input height 2 "
+                   "(input shape (1, 2, 2, 2)); use a smaller kernel, more padding or a larger input",
+                   run, mode, lambda x: ud.ops.avg_pool2d(x, 3), SMALL)
+
+
+# ---- c. pool padding larger than half the kernel -----------------------------------------------------------------
+
+@pytest.mark.parametrize("pool", ["max_pool2d", "avg_pool2d"])
+def test_pool_padding_over_half_the_kernel(mode, pool):
+    raises_exactly(ValueError, f"{pool} padding 2 must be non-negative and at most half the kernel size (2, 2)",
+                   run, mode, lambda x: getattr(ud.ops, pool)(x, 2, 2, 2), X)
+    raises_exactly(ValueError, "MaxPool2d padding 2 must be non-negative and at most half the kernel size (2, 2)",
+                   lambda: ud.nn.MaxPool2d(2, 2, 2))
+
+
+# ---- d. batch norm in training with one value per channel ---------------------------------------------------
+
+@pytest.mark.parametrize("layer, shape", [("BatchNorm1d", (1, 2)), ("BatchNorm2d", (1, 2, 1, 1))])
+def test_batch_norm_needs_more_than_one_value_per_channel_when_training(mode, layer, shape):
+    norm = getattr(ud.nn, layer)(2)
+    message = ("{}: expected more than 1 value per channel when training, got input of shape {}; train with more "
+               "values per channel (a larger batch) or call eval()")
+    raises_exactly(ud.ShapeMismatchError, message.format(norm.describe(), shape),
+                   lambda: run(mode, norm, X.reshape(-1)[:2].reshape(shape)))
+    state = norm.state_dict()
+    assert np.array_equal(state["running_mean"], np.zeros(2)) and np.array_equal(state["running_var"], np.ones(2))
+    stats = (ud.tensor(np.zeros(2, np.float32)), ud.tensor(np.ones(2, np.float32)))
+    raises_exactly(ud.ShapeMismatchError, message.format("batch_norm", shape),
+                   run, mode, lambda x: ud.ops.batch_norm(x, *stats, training=True)[0],
+                   X.reshape(-1)[:2].reshape(shape))
+    norm.eval()  # one value per channel is fine with the running statistics
+    assert run(mode, norm, X.reshape(-1)[:2].reshape(shape)).shape == shape
+
+
+# ---- e. Linear on one sample (in_features,) -> (out_features,), as torch ---------------------------------------
+
+def test_linear_on_a_1d_input_matches_torch(mode):
+    linear = ud.nn.Linear(5, 3)
+    state = linear.state_dict()
+    got = run(mode, linear, X[0, 0, 0])
+    expected = F.linear(torch.tensor(X[0, 0, 0]), torch.tensor(state["weight"]), torch.tensor(state["bias"])).numpy()
+    assert got.shape == (3,)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+# ---- f. a loss of two different shapes (torch broadcasts with a warning; unidl refuses) -----------------------
+
+def test_mse_of_different_shapes_names_both(mode):
+    raises_exactly(ud.ShapeMismatchError, "MSELoss needs prediction and target of the same shape; prediction has "
+                   "shape (5, 1), target has shape (5, 5)",
+                   lambda: run(mode, ud.nn.MSELoss(), X[0, 0, :, :1], X[0, 0]))
+    raises_exactly(ud.ShapeMismatchError, "L1Loss needs prediction and target of the same shape; prediction has "
+                   "shape (5, 1), target has shape (5,)", lambda: run(mode, ud.nn.L1Loss(), X[0, 0, :, :1], X[0, 0, 0]))
+
+
+# ---- g. labels outside [0, C) ----------------------------------------------------------------------------------
+
+def test_out_of_range_labels_name_the_range(mode):
+    labels = np.array([0, 1, -2, 3, 7])
+    for name, loss in (("CrossEntropyLoss", ud.nn.CrossEntropyLoss()), ("NLLLoss", ud.nn.NLLLoss())):
+        raises_exactly(ud.IndexOutOfRangeError, f"{name} labels must lie in [0, 5); found values from -2 to 7",
+                       lambda: run(mode, loss, X[0, 0], labels))
+    raises_exactly(ud.IndexOutOfRangeError, "CrossEntropyLoss labels must lie in [0, 5); found values from 0 to 5",
+                   run, mode, lambda x, y: ud.ops.cross_entropy(x, y), X[0, 0], np.array([0, 5, 1, 2, 3]))
+
+
+# ---- h, i. float labels and integer inputs: refused, never truncated or left to the framework ------------------
+
+def test_float_labels_and_integer_inputs_are_refused_by_train_step_and_fit(mode):
+    message = ("CrossEntropyLoss needs integer class labels of shape (N,) or class probabilities of the logits' shape "
+               "(N, C), got float32 labels of shape (N,); convert them with labels.astype('int64')")
+    raises_exactly(ud.errors.DtypeMismatchError, message,
+                   lambda: run(mode, ud.nn.CrossEntropyLoss(), X[0, 0, :, :3], np.array([0.0, 1, 2, 1, 0], np.float32)))
+    if mode == "graph":
+        return
+    model = ud.nn.Linear(5, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer)
+    before = model.state_dict()
+    for labels in (np.array([0.0, 1.0, 2.0, 1.0, 0.0], np.float32), np.array([0.5, 1, 2, 1, 0], np.float32)):
+        raises_exactly(ud.errors.DtypeMismatchError, message, lambda: step(X[0, 0], labels))
+        raises_exactly(ud.errors.DtypeMismatchError, message, lambda: ud.fit(
+            model, (X[0, 0], labels), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, batch_size=5, verbose=0))
+    raises_exactly(ud.errors.DtypeMismatchError, "Linear(in_features=5, out_features=3, bias=True) needs floating-"
+                   "point input, got int64 input; convert it with x.astype('float32') or ud.ops.cast(x, 'float32')",
+                   lambda: step(np.arange(25).reshape(5, 5), np.array([0, 1, 2, 1, 0])))
+    after = model.state_dict()
+    assert all(np.array_equal(before[key], after[key]) for key in before)
+
+
+def test_integer_input_to_a_float_layer_is_refused(mode):
+    linear = ud.nn.Linear(5, 3)
+    raises_exactly(ud.errors.DtypeMismatchError, "Linear(in_features=5, out_features=3, bias=True) needs floating-"
+                   "point input, got int64 input; convert it with x.astype('float32') or "
+                   "ud.ops.cast(x, 'float32')", lambda: run(mode, linear, np.arange(10).reshape(2, 5)))
+    conv = ud.nn.Conv2d(2, 1, 2)
+    raises_exactly(ud.errors.DtypeMismatchError, "Conv2d(2, 1, kernel_size=(2, 2), stride=(1, 1)) needs floating-"
+                   "point input, got int64 input; convert it with x.astype('float32') or "
+                   "ud.ops.cast(x, 'float32')", lambda: run(mode, conv, np.ones((1, 2, 2, 2), np.int64)))
+
+
+# ---- j, k. NumPy arrays, strings and objects as model inputs; ud.tensor of a string ---------------------------
+
+class _Net(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(5, 3)
+
+    def forward(self, x, scale):
+        return self.fc(x) * scale
+
+
+def test_models_take_numpy_arrays_and_refuse_strings_and_objects():
+    for name in backends_under_test():
+        with ud.use_backend(name):
+            net = _Net()
+            expected = ud.to_numpy(net(ud.tensor(X[0, 0]), ud.tensor(np.float32(2.0))))
+            np.testing.assert_array_equal(ud.to_numpy(net(X[0, 0], np.float32(2.0))), expected)
+            np.testing.assert_array_equal(ud.to_numpy(net.fc(X[0, 0].astype(np.float64))), expected / 2)
+            for value, kind in (("abc", "str"), (object(), "object")):
+                raises_exactly(TypeError, f"Linear(in_features=5, out_features=3, bias=True) at 'fc' takes a tensor or "
+                               f"a NumPy array, got {kind}", lambda: net(value, 2.0))
+                raises_exactly(TypeError, f"Sequential() takes a tensor or a NumPy array, got {kind}",
+                               lambda: ud.nn.Sequential(ud.nn.Linear(5, 3))(value))
+
+
+def test_tensor_of_a_string_is_a_type_error():
+    for name in backends_under_test():
+        with ud.use_backend(name):
+            raises_exactly(ud.errors.DtypeMismatchError, "ud.tensor takes numbers (floats, ints or bools: a NumPy "
+                           "array, nested lists or a scalar), got str 'abc'", lambda: ud.tensor("abc"))
+            raises_exactly(ud.errors.DtypeMismatchError, "ud.tensor takes numbers (floats, ints or bools: a NumPy "
+                           "array, nested lists or a scalar), got an array of dtype object",
+                           lambda: ud.tensor([object()]))

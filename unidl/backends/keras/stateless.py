@@ -1,0 +1,109 @@
+"""Keras's variables as values: gradients and compiled functions on a host that keeps state functional.
+
+On Keras-on-JAX a Keras variable holds an immutable array, so the host's transformations (``jax.grad``,
+``jax.jit``) cannot see it change. Here its value goes in as an argument and is read through a
+``keras.StatelessScope`` (what Keras's own JAX trainer does), and the values Keras assigns inside the
+scope (batch norm statistics, the dropout seed) come out and are written to the variables after the
+call. The host differentiates and compiles (``value_and_grad_of_values``, ``jit_of_values``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+
+from unidl.errors import RetraceWarning
+
+
+class _RecordingScope(keras.StatelessScope):
+    """A ``StatelessScope`` that remembers the variables read and assigned inside it; a variable it does not
+    map is read from the scope around it (a gradient inside a compiled function sees the traced value)."""
+
+    def __init__(self, variables, values):
+        super().__init__(state_mapping=list(zip(variables, values)))
+        self.read: dict = {}
+        self.assigned: dict = {}
+
+    def get_current_value(self, variable):
+        self.read[id(variable)] = variable
+        value = super().get_current_value(variable)
+        if value is None and getattr(self, "original_scope", None) is not None:
+            value = self.original_scope.get_current_value(variable)
+        return value
+
+    def add_update(self, update):
+        self.assigned[id(update[0])] = update[0]
+        super().add_update(update)
+
+
+def value_and_grad(host, f, args, variables):
+    """``(f(*args), grads)`` with respect to the Keras ``variables`` (None for one ``f`` does not use); the
+    variables ``f`` assigns keep their new values afterwards, as they would eagerly."""
+    assigned = []
+
+    def pure(*values):
+        with _RecordingScope(variables, values) as scope:
+            value = f(*args)
+        assigned[:] = list(scope.assigned.values())
+        return value, [keras.StatelessScope.get_current_value(scope, v) for v in assigned]
+
+    (value, updates), grads = host.value_and_grad_of_values(pure, [v.value for v in variables])
+    for variable, new in zip(assigned, updates):
+        variable.assign(new)
+    return value, grads
+
+
+class StatelessFunction:
+    """``ud.function`` on a functional host: ``fn`` compiled by the host over the values of the Keras variables
+    it reads or assigns, which one abstract trace on the first call finds; those it assigns are written back
+    after each call. Python control flow on a tensor's value cannot be traced: such a function runs eagerly,
+    with one warning (the jax backend's rule for ``ud.function``). Arguments are traced values (a Python
+    number too), so the function must not branch on them in Python."""
+
+    def __init__(self, host, fn, name: str, to_tensor):
+        self._host, self._fn, self._to_tensor, self.__name__ = host, fn, to_tensor, name
+        self._compiled, self._variables, self._eager = None, None, False
+
+    @property
+    def trace_count(self):
+        return None if self._eager or self._compiled is None else self._compiled.trace_count
+
+    def _find_variables(self, args) -> list:
+        scopes = []
+
+        def probe(*call_args):
+            with _RecordingScope([], []) as scope:
+                self._fn(*call_args)
+            scopes.append(scope)
+
+        self._host.eval_shape(probe, *args)
+        return list({**scopes[0].read, **scopes[0].assigned}.values())
+
+    def _pure(self, values, *args):
+        with _RecordingScope(self._variables, values) as scope:
+            result = self._fn(*args)
+        updates = {index: keras.StatelessScope.get_current_value(scope, variable)
+                   for index, variable in enumerate(self._variables) if id(variable) in scope.assigned}
+        return result, updates
+
+    def __call__(self, *args):
+        args = [self._to_tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+        if not self._eager:
+            try:
+                if self._compiled is None:
+                    self._variables = self._find_variables(args)
+                    self._compiled = self._host.jit_of_values(self._pure, self.__name__)
+                result, updates = self._compiled([v.value for v in self._variables], *args)
+                for index, value in updates.items():
+                    self._variables[index].assign(value)
+                return result
+            except self._host.tracer_value_errors as error:
+                self._eager = True
+                warnings.warn(
+                    f"ud.function {self.__name__!r} on Keras-on-{self._host.name} uses the value of a tensor in "
+                    f"Python control flow (if/while/bool/int on a traced value), which the host cannot compile; "
+                    f"it now runs eagerly, op by op. To compile it, write branches with ud.ops.where and loops "
+                    f"with ud.ops.scan. ({type(error).__name__})", RetraceWarning, stacklevel=2)
+        return self._fn(*args)

@@ -1,0 +1,205 @@
+"""TensorFlow's data-parallel engine for unidl: ``tf.distribute.MultiWorkerMirroredStrategy`` joins the workers
+named in ``TF_CONFIG``, and its replica context's all-reduce averages the gradients of the tensorflow backend's
+training step inside the step's graph, before the optimizer's in-graph update.
+
+``data_parallel(step, variables)`` is what ``Backend.train_step`` compiles: the step itself in one process, in
+a group the step run through ``strategy.run`` (the replica context the strategy's collectives need), with rank
+0's values of the model's variables broadcast once. Inside the step, ``average_gradients`` is the strategy's
+``ReplicaContext.all_reduce(MEAN)``; the variables stay plain ``tf.Variable``s (one replica per process).
+TensorFlow configures its collectives when its runtime starts, so ``Engine.start`` must run before any
+TensorFlow op of the process (``unidl.distributed.launch`` and ``init()`` at the top of a script do so).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import json
+import os
+
+import tensorflow as tf
+from tensorflow.python.eager import context  # whether the runtime started (no public query)
+
+from unidl.errors import DistributedError
+
+_strategy = None  # the running MultiWorkerMirroredStrategy, None outside a group
+
+
+def strategy():
+    """The ``tf.distribute.MultiWorkerMirroredStrategy`` this process joined (``unidl.distributed.init``), or
+    None outside a group: for code of one's own that runs in the same job (``strategy().run(fn)``)."""
+    return _strategy
+
+
+def _cluster(rank: int, world_size: int) -> list[str]:
+    """The workers' ``host:port`` addresses from ``TF_CONFIG``, checked against this process's place."""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise DistributedError(
+            "the tensorflow backend's engine (tf.distribute.MultiWorkerMirroredStrategy) joins the workers "
+            "named in TF_CONFIG, which is not set: start the job with unidl.distributed.launch(..., "
+            "backend='tensorflow') or `unidl train --nproc N` (they set it), or set TF_CONFIG yourself; "
+            "torchrun's variables name only rank 0's address")
+    try:
+        config = json.loads(text)
+        workers, index = list(config["cluster"]["worker"]), int(config["task"]["index"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DistributedError(f"TF_CONFIG is not a multi-worker configuration ({error!r}); expected "
+                               f'{{"cluster": {{"worker": ["host:port", ...]}}, "task": {{"type": "worker", '
+                               f'"index": N}}}}') from None
+    if (index, len(workers)) != (rank, world_size):
+        raise DistributedError(f"TF_CONFIG places this process as worker {index} of {len(workers)}, but the "
+                               f"launcher's variables say rank {rank} of {world_size}; make them agree")
+    return workers
+
+
+class Engine:
+    """The ``MultiWorkerMirroredStrategy`` of this process (see ``unidl.distributed.process_group``); the keras
+    backend on TensorFlow builds its steps through ``data_parallel`` and ``reduce_in_step`` too."""
+
+    def start(self, rank, world_size, address, port, timeout):
+        global _strategy
+        from unidl.distributed.environment import check_port_free
+
+        workers = _cluster(rank, world_size)
+        if context.context()._context_handle is not None:  # noqa: SLF001 - TensorFlow has no public query
+            raise DistributedError(
+                "the tensorflow engine must start before any TensorFlow op of this process (TensorFlow sets up "
+                "its collectives when its runtime starts): call unidl.distributed.init() at the top of the "
+                "script, before building a model or a tensor")
+        host, _, own_port = workers[rank].rpartition(":")
+        if host in ("127.0.0.1", "localhost"):
+            check_port_free(host, int(own_port), f"worker {rank} of {world_size} (TF_CONFIG)")
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:  # one replica per process (unidl's variables are plain): this process's GPU only
+            tf.config.set_visible_devices(gpus[_local_rank(rank) % len(gpus)], "GPU")
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=(tf.distribute.experimental.CommunicationImplementation.AUTO if gpus else  # NCCL there
+                            tf.distribute.experimental.CommunicationImplementation.RING), timeout_seconds=timeout)
+        _strategy = tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
+            communication_options=options)
+        if _strategy.num_replicas_in_sync != world_size:
+            replicas, _strategy = _strategy.num_replicas_in_sync, None
+            raise DistributedError(f"MultiWorkerMirroredStrategy made {replicas} replicas for {world_size} "
+                                   f"processes; unidl runs one replica per process")
+        self._reducers = {}
+
+    def barrier(self):
+        self.all_reduce(tf.zeros([], tf.int32), "sum").numpy()  # a collective returns once every rank joined it
+
+    def all_reduce(self, tensor, op):
+        if op not in self._reducers:
+            self._reducers[op] = tf.function(functools.partial(_strategy.run, functools.partial(_reduce, op=op)),
+                                             reduce_retracing=True)
+        return self._reducers[op](args=(tf.convert_to_tensor(tensor),))
+
+    data_parallel = staticmethod(lambda step, variables=(): data_parallel(step, variables))
+    reduce_in_step = staticmethod(lambda values, op="mean": reduce_in_step(values, op))
+
+    def stop(self):
+        global _strategy
+        if _strategy is not None:
+            _strategy.extended._stop_check_health_thread()  # noqa: SLF001 - its peer pings would outlive the job
+        _strategy = None  # TensorFlow keeps its collective runtime until the process ends
+        _broadcaster.cache_clear()
+
+
+def _local_rank(rank: int) -> int:
+    """This process's rank among those of its machine (which GPU it takes), from the launcher's variables."""
+    from unidl.distributed.environment import rendezvous
+
+    try:
+        return rendezvous().local_rank
+    except DistributedError:
+        return rank
+
+
+def _reduce(tensor, op):
+    """``tensor`` reduced over the replicas, in the strategy's replica context."""
+    replicas = tf.distribute.get_replica_context()
+    tensor = tf.identity(tensor)  # placed on this worker's device, where the collective sends it from
+    if op in ("sum", "mean"):
+        total = replicas.all_reduce(tf.distribute.ReduceOp.SUM, tensor)
+        if op == "sum":
+            return total
+        count = tf.cast(replicas.num_replicas_in_sync, tensor.dtype)
+        return total / count if tensor.dtype.is_floating else total // count
+    gathered = replicas.all_gather(tensor[None], axis=0)  # the strategy's all-reduce knows only sum and mean
+    return tf.reduce_max(gathered, axis=0) if op == "max" else tf.reduce_min(gathered, axis=0)
+
+
+def data_parallel(step, variables=()):
+    """``step``, or in a group of several processes ``step`` run in the strategy's replica context (where
+    ``reduce_in_step`` reaches the other ranks), after rank 0's values of ``variables`` (the model's
+    parameters and buffers, ``module_state``) are broadcast to every rank, as torch's DDP does."""
+    if _strategy is None:
+        return step
+    _broadcast(list(variables))
+
+    @functools.wraps(step)
+    def replicated(*args):
+        # the strategy calls ``step`` in a thread of its own: with this thread's context variables (the backend,
+        # dtype and device in force, a precision scope), which the forward reads while it is traced
+        context = contextvars.copy_context()
+        return _strategy.run(lambda *values: context.run(step, *values), args=args)
+
+    return replicated
+
+
+def module_state(model) -> list:
+    """The parameters and buffers of a unidl module (none for another callable)."""
+    if not hasattr(model, "named_parameters"):
+        return []
+    return [value for _, value in (*model.named_parameters(), *model.named_buffers())]
+
+
+def reduce_in_step(values, op="mean"):
+    """``values`` (tensors; None entries kept) summed or averaged (``op`` 'sum' or 'mean') over the ranks by
+    the strategy's all-reduce, in one batched collective; the values themselves outside a group.
+
+    Called inside a step that ``data_parallel`` runs. In a group but outside the strategy's replica context
+    (a step unidl did not build, Keras's eager ``train_on_batch``), this raises: that step would train on
+    this rank's gradients alone."""
+    if _strategy is None:
+        return list(values)
+    if not tf.distribute.has_strategy() or tf.distribute.get_strategy() is not _strategy \
+            or tf.distribute.in_cross_replica_context():
+        raise DistributedError(
+            "a training step of this data-parallel job runs outside the replica context of its "
+            "tf.distribute.MultiWorkerMirroredStrategy, so its gradients would not be averaged over the ranks: "
+            "train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, is not "
+            "data-parallel)")
+    values = [tf.convert_to_tensor(v) if isinstance(v, tf.IndexedSlices) else v for v in values]
+    present = [v for v in values if v is not None]
+    reduce_op = tf.distribute.ReduceOp.SUM if op == "sum" else tf.distribute.ReduceOp.MEAN
+    reduced = iter(tf.distribute.get_replica_context().all_reduce(reduce_op, present) if present else [])
+    return [None if v is None else next(reduced) for v in values]
+
+
+def average_gradients(grads, loss):
+    """``(grads, loss)`` averaged over the ranks (``reduce_in_step``); the same values outside a group. The
+    averaged loss is what the non-finite guard checks, so that every rank skips or applies a step alike."""
+    if _strategy is None:
+        return grads, loss
+    loss, *grads = reduce_in_step([loss, *grads], "mean")
+    return grads, loss
+
+
+def _broadcast(variables):
+    """Rank 0's value of each variable on every rank (a sum in which only rank 0 contributes)."""
+    if variables:
+        values = _broadcaster()(*[tf.convert_to_tensor(v) for v in variables])
+        for variable, value in zip(variables, values if isinstance(values, (list, tuple)) else [values]):
+            variable.assign(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _broadcaster():
+    rank = _strategy.cluster_resolver.task_id
+
+    def share(*values):
+        kept = [tf.identity(v) if rank == 0 else tf.zeros_like(v) for v in values]  # (placed, see _reduce)
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, kept)
+
+    return tf.function(lambda *values: _strategy.run(share, args=values), reduce_retracing=True)

@@ -1,0 +1,153 @@
+"""Checks of bad input that give one error, with one message, on every backend, eagerly and inside graphs.
+
+A check compares sizes: ints where a shape is known (it then raises at once, before any framework sees the
+input), scalar tensors where a traced graph leaves a size unknown (the backend's ``check_shape`` op then
+raises the same ``ShapeMismatchError``, with the same message, when the graph runs). A message is a template
+whose ``{}`` take those sizes, so that both paths print the same text. Layers and ``ud.ops`` call these
+before the framework's kernels, whose own errors (or silent garbage) differ from backend to backend.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+from unidl import ops
+from unidl.errors import DtypeMismatchError, ShapeMismatchError
+
+
+def literal(owner) -> str:
+    """The name of the layer or op a message starts with (``owner``: a string, or a callable that gives it only
+    when a message is needed, e.g. ``layer.describe``), safe inside a template (its braces would be taken for
+    the sizes' places)."""
+    text = owner() if callable(owner) else owner
+    return text.replace("{", "(").replace("}", ")")
+
+
+def shape_template(rank: int) -> str:
+    """A template printing a shape of ``rank`` sizes as Python prints a tuple: ``({}, {})``, ``({},)``."""
+    return "(" + ", ".join(["{}"] * rank) + ("," if rank == 1 else "") + ")"
+
+
+def sizes_of(x) -> tuple:
+    """``x``'s sizes: ints where known, scalar tensors where a graph leaves them unknown (``ud.ops.shape``)."""
+    shape = tuple(x.shape)
+    return shape if None not in shape else tuple(ops.shape(x))
+
+
+def require(x, holds, template, sizes: tuple):
+    """``x``, after checking ``holds`` (a bool, or a boolean scalar tensor inside a graph):
+    ``ShapeMismatchError(template().format(*sizes))`` if it does not hold, now or when the graph runs (the
+    template is built only then). Use the returned ``x`` where the check must run before the framework's own
+    kernel does."""
+    if holds is True:
+        return x
+    if holds is False and all(isinstance(size, Integral) for size in sizes):
+        raise ShapeMismatchError(template().format(*(int(size) for size in sizes)))
+    return ops.check_shape(x, holds, template(), tuple(sizes))  # (False too: the sizes are known only later)
+
+
+def all_of(conditions):
+    """The conjunction of bools and boolean scalar tensors: a bool when every one is a bool."""
+    pending = []
+    for condition in conditions:
+        if condition is False:
+            return False
+        if condition is not True:
+            pending.append(condition)
+    if not pending:
+        return True
+    combined = pending[0]
+    for condition in pending[1:]:
+        combined = combined & condition
+    return combined
+
+
+def _holds(condition):
+    """A comparison of ints (a NumPy or Python bool) as a Python bool; of tensors, as it is."""
+    return bool(condition) if isinstance(condition, bool) or type(condition).__module__ == "numpy" else condition
+
+
+def check_window_fits(owner, x, spans, paddings, advice: str):
+    """``ShapeMismatchError`` when a window (a kernel of ``spans``: its dilated size per spatial axis, ints or
+    scalar tensors) is larger than the input padded by ``paddings`` (per axis: an int, 'same' or 'valid');
+    ``owner`` names the layer or op. Returns ``x`` (see ``require``)."""
+    sizes = tuple(x.shape)
+    if None not in sizes and all(type(span) is int for span in spans):  # every size known: ints compared at once
+        for axis, (span, padding) in enumerate(zip(spans, paddings)):
+            if padding != "same" and sizes[axis + 2] + (0 if padding == "valid" else 2 * padding) < span:
+                break
+        else:
+            return x
+    else:
+        sizes = sizes_of(x)
+    labels = ("length",) if len(spans) == 1 else ("height", "width")
+    for axis, (span, padding, label) in enumerate(zip(spans, paddings, labels)):
+        if padding == "same":
+            continue  # the padding grows with the kernel
+        padded = sizes[axis + 2] + (0 if padding == "valid" else 2 * padding)
+
+        def template(label=label):
+            return (f"{literal(owner)}: kernel {label} {{}} is larger than the padded input {label} {{}} (input "
+                    f"shape {shape_template(len(sizes))}); {advice}")
+
+        x = require(x, _holds(padded >= span), template, (span, padded) + sizes)
+    return x
+
+
+def check_batch_statistics(owner, x):
+    """``ShapeMismatchError`` for batch statistics of one value per channel (PyTorch's rule for batch norm in
+    training: a variance of one value is 0, the output all zeros). Returns ``x`` (see ``require``)."""
+    sizes = tuple(x.shape)
+    if None not in sizes and (sizes[0] != 1 or any(size != 1 for size in sizes[2:])):  # the common case, at once
+        return x
+    sizes = sizes_of(x)
+    count = 1
+    for size in (sizes[:1] + sizes[2:]):
+        count = count * size
+
+    def template():
+        return (f"{literal(owner)}: expected more than 1 value per channel when training, got input of shape "
+                f"{shape_template(len(sizes))}; train with more values per channel (a larger batch) or call eval()")
+
+    return require(x, _holds(count != 1), template, sizes)  # (PyTorch's test: an empty batch is no error here)
+
+
+def check_same_shape(owner, prediction, target, names=("prediction", "target")):
+    """``ShapeMismatchError`` naming both shapes unless ``prediction`` and ``target`` have the same shape (no
+    broadcasting: PyTorch's losses broadcast with a warning, which hides a (N, 1) against (N,) mistake)."""
+    a, b = tuple(prediction.shape), tuple(target.shape)
+    if a == b and None not in a:  # the common case, decided at once
+        return prediction
+    a, b = sizes_of(prediction), sizes_of(target)
+
+    def template():
+        return (f"{literal(owner)} needs {names[0]} and {names[1]} of the same shape; {names[0]} has shape "
+                f"{shape_template(len(a))}, {names[1]} has shape {shape_template(len(b))}")
+
+    holds = len(a) == len(b) and all_of(_holds(m == n) for m, n in zip(a, b))
+    return require(prediction, holds, template, a + b)
+
+
+_FLOATING: dict = {}
+
+
+def dtype_name(dtype) -> str:
+    """A framework's dtype as NumPy names it ('float32', 'int64')."""
+    name = getattr(dtype, "name", None)
+    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
+
+
+def check_floating(owner, x) -> None:
+    """``DtypeMismatchError`` for integer (or boolean) input to a layer whose weights are floats: every
+    framework refuses it in its own words (or, on jax, silently promotes it); unidl converts NumPy floats to
+    the model's dtype but never guesses that integers are meant as values."""
+    dtype = x.dtype
+    floating = _FLOATING.get(dtype)
+    if floating is None:
+        floating = _FLOATING[dtype] = "float" in dtype_name(dtype)
+    if not floating:
+        from unidl import config
+
+        wanted = config.get_dtype()
+        raise DtypeMismatchError(f"{literal(owner)} needs floating-point input, got {dtype_name(dtype)} input; "
+                                 f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
