@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import unidl as ud
-from unidl.errors import ResumeMismatchError
+from unidl.errors import CheckpointStateError, ResumeMismatchError
 
 
 class Crash(Exception):
@@ -27,9 +27,11 @@ class CrashAt(ud.callbacks.Callback):
 
 
 def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=None, every_steps=None,
-         optimizer="SGD", betas=(0.9, 0.999), eager=False):
+         optimizer="SGD", betas=(0.9, 0.999), eager=False, metrics=None, built=None):
     ud.manual_seed(0)
     model = ud.models.TwoLayerNet(3, 8, 1)
+    if built is not None:
+        built.append(model)
     optimizer = (ud.optim.SGD(model.parameters(), lr=lr, momentum=0.5) if optimizer == "SGD"
                  else ud.optim.Adam(model.parameters(), lr=lr, betas=betas))
     rng = np.random.default_rng(0)
@@ -44,7 +46,7 @@ def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=Non
     history = None
     try:
         history = ud.fit(model, loader, loss=loss or ud.nn.MSELoss(), optimizer=optimizer, epochs=epochs,
-                         callbacks=callbacks, verbose=0, resume_from=resume_from, eager=eager)
+                         callbacks=callbacks, verbose=0, resume_from=resume_from, eager=eager, metrics=metrics)
     except Crash:
         pass
     return model, optimizer, history, stopping
@@ -112,6 +114,19 @@ def test_a_changed_loss_or_optimizer_class_is_refused_before_anything_changes(tm
         _run(tmp_path / "run", 2, loss=ud.nn.L1Loss(), resume_from="auto")
     with pytest.raises(ValueError, match="SGD state, which cannot load into Adam"):
         _run(tmp_path / "run", 2, optimizer="Adam", resume_from="auto")
+
+
+def test_resuming_mid_epoch_with_other_metrics_is_refused_before_anything_changes(tmp_path, backend):
+    """The interrupted epoch's running sums (unidl's loop, or Keras's trackers) hold the metrics of the run that
+    saved them: other metrics cannot continue them, and the check comes before any weight is loaded."""
+    _run(tmp_path / "run", 3, every_steps=2, crash_at=8)  # the newest checkpoint is mid-way through epoch 2
+    built = []
+    with pytest.raises(CheckpointStateError, match="running totals of epoch 2 do not fit this run's metrics"):
+        _run(tmp_path / "run", 3, every_steps=2, resume_from="auto", metrics=["mae"], built=built)
+    ud.manual_seed(0)
+    initial = ud.models.TwoLayerNet(3, 8, 1).state_dict()  # the weights _run builds, before any load
+    for key, value in built[0].state_dict().items():
+        assert np.array_equal(value, initial[key]), f"{key} changed although the resume was refused"
 
 
 def test_resume_from_must_exist_unless_auto(tmp_path, backend):

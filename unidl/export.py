@@ -14,6 +14,7 @@ import shutil
 
 from unidl.errors import ExportFormatError
 from unidl.io.atomic import fsync_directory
+from unidl.nn.module import restore_modes
 
 #: every export format unidl knows -> what it writes and how to load it without unidl
 FORMATS = {
@@ -101,8 +102,7 @@ def _eval_mode(model):
     try:
         yield
     finally:
-        for module, mode in modes:
-            object.__setattr__(module, "training", mode)
+        restore_modes(modes)
 
 
 def export(model, path, format: str, input_shape=None, overwrite: bool = False) -> None:

@@ -296,7 +296,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
     if resume_from is not None:
-        start_epoch = _resume(resume_from, trainer, callbacks)
+        start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
     for callback in callbacks:
         callback.trainer = trainer
         callback.on_train_begin()
@@ -399,9 +399,10 @@ def _resume_target(resume_from, callbacks) -> str | None:
     return target
 
 
-def _check_resumable(metadata: dict, path: str, trainer) -> None:
-    """Before anything is restored: the checkpoint's model, loss and optimizer classes are the run's, and
-    its History and epoch progress are well formed. Raises ResumeMismatchError / CorruptFileError."""
+def _check_resumable(metadata: dict, path: str, trainer, backend=None, metrics=None) -> None:
+    """Before anything is restored: the checkpoint's model, loss and optimizer classes are the run's, its
+    History and epoch progress are well formed, and the running totals of an epoch it resumes fit this run's
+    ``metrics``. Raises ResumeMismatchError / CorruptFileError / CheckpointStateError."""
     from unidl.errors import CorruptFileError, ResumeMismatchError
     from unidl.serialization import _registered_name
 
@@ -430,6 +431,29 @@ def _check_resumable(metadata: dict, path: str, trainer) -> None:
             and all(isinstance(v, (int, float)) for v in progress["sums"].values())
             and _well_formed_totals(progress.get("totals"))):
         raise CorruptFileError(f"{path}: malformed epoch progress {progress!r}")
+    # the epoch it resumes (as _resume finds it; the loader's state is checked already): its totals go on
+    if (progress and progress["samples"] and progress.get("totals") and backend is not None
+            and isinstance(trainer.loader, DataLoader) and progress["epoch"] == metadata["loader"]["epoch"]):
+        _check_epoch_totals(progress["totals"], progress["epoch"], backend, metrics)
+
+
+def _check_epoch_totals(totals: dict, epoch: int, backend, metrics) -> None:
+    """Raise ``CheckpointStateError`` unless a checkpoint's running totals of ``epoch`` (``{'trainer': loop,
+    'values': [...]}``) have the shapes the loop that saved them keeps with this run's ``metrics`` (unidl's loop:
+    loss sum, sample count, each metric's statistics; a backend's ``fit_epoch``: ``epoch_totals_shapes``)."""
+    metric_shapes = [tuple(shape) for shape in metrics.shapes] if metrics is not None else []
+    loop = totals.get("trainer")
+    expected = ([(), ()] + metric_shapes if loop == UNIDL_LOOP
+                else backend.epoch_totals_shapes(metrics) if loop == backend.name else None)
+    if expected is None:  # another backend's loop: its totals are not continued (the epoch's sums are)
+        return
+    try:
+        shapes = [np.asarray(value, dtype=np.float64).shape for value in totals["values"]]
+    except ValueError:  # ragged nested lists
+        shapes = None
+    if shapes != expected:
+        raise CheckpointStateError(f"the checkpoint's running totals of epoch {epoch + 1} do not fit this run's "
+                                   f"metrics; resume with the metrics of the interrupted run")
 
 
 def _well_formed_totals(totals) -> bool:
@@ -445,7 +469,7 @@ def _well_formed_totals(totals) -> bool:
                               and numeric(totals["values"]))
 
 
-def _resume(resume_from, trainer, callbacks) -> int:
+def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
     """Restore the run from ``resume_from`` into ``trainer``'s objects; returns the epoch to continue with.
 
     Rule for hyperparameters given anew: a learning rate or optimizer hyperparameter (betas, momentum,
@@ -466,7 +490,8 @@ def _resume(resume_from, trainer, callbacks) -> int:
     given = trainer.fit_settings
 
     info = load_checkpoint(target, model, optimizer, loader=loader if isinstance(loader, DataLoader) else None,
-                           callbacks=callbacks, check=lambda metadata, path: _check_resumable(metadata, path, trainer))
+                           callbacks=callbacks,
+                           check=lambda metadata, path: _check_resumable(metadata, path, trainer, backend, metrics))
     extra = info.get("extra") or {}
     saved = extra.get("fit") or {}
     if "lr" in saved and saved["lr"] != given["lr"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from unidl import config
-from unidl.nn.module import is_trainable
+from unidl.nn.module import is_trainable, restore_modes
 
 _HEADERS = ("Layer (type:depth-idx)", "Output Shape", "Param #", "Trainable")
 
@@ -76,8 +76,7 @@ def output_shapes(model, input_shape, dtype=None) -> dict:
                     if table.get(name) is not holder:
                         table[name] = holder
                         object.__setattr__(module, name, holder)
-        for module, mode in training:
-            object.__setattr__(module, "training", mode)
+        restore_modes(training)
         set_rng_state(rng)
     return shapes
 

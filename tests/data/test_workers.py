@@ -333,7 +333,7 @@ def test_no_segment_outlives_a_stopped_epoch_a_failure_a_killed_worker_or_persis
     assert our_segments() == []
 
 
-def test_a_shared_batch_keeps_every_dtype_and_shape_and_a_full_dev_shm_means_pickling(monkeypatch):
+def test_a_shared_batch_keeps_every_dtype_and_shape_and_a_full_or_closed_dev_shm_means_pickling(monkeypatch):
     arrays = (np.zeros(3, dtype=[("a", "<i4"), ("b", "<f8")]), np.arange(5.0), np.zeros((0, 3)), np.array(7),
               np.array(["ab", "c"]), np.arange(6, dtype=">i2").reshape(2, 3))
     copies = shared_batches.read(shared_batches.write(shared_batches.segment_name(), arrays))
@@ -344,6 +344,12 @@ def test_a_shared_batch_keeps_every_dtype_and_shape_and_a_full_dev_shm_means_pic
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "posix_fallocate", no_room)  # what a full tmpfs answers, before any page is touched
+    assert shared_batches.write(shared_batches.segment_name(), arrays) is None and our_segments() == []
+
+    def refused(path, flags, mode=0o777):
+        raise OSError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(os, "open", refused)  # a read-only /dev/shm, no inodes left, no descriptors left
     assert shared_batches.write(shared_batches.segment_name(), arrays) is None and our_segments() == []
 
 

@@ -4,7 +4,6 @@ training in one process, which the tests compare against. No framework is import
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
@@ -126,7 +125,6 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
             results[backend] = data_parallel_job(*job_args)
             if backend == "keras":
                 results[backend]["eager"] = eager_fit_refusal()
-            results[backend]["failed_at"] = time.time()  # when failing_rank raises (bounds how long the end took)
     with open(os.path.join(results_directory, f"rank{ud.distributed.rank()}.pickle"), "wb") as file:
         pickle.dump(results, file)
     return failing_job(failing_rank)

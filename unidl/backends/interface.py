@@ -282,6 +282,12 @@ class Backend(abc.ABC):
         ``ud.fit`` keeps them itself (the default)."""
         return None
 
+    def epoch_totals_shapes(self, metrics) -> list | None:
+        """The shape of each array ``epoch_totals`` returns for an epoch of ``fit_epoch`` with ``metrics`` (a
+        ``MetricAccumulator`` or None): what a checkpoint's totals must have for a resumed epoch to go on from
+        them, checked before a resume changes anything; None where ``ud.fit`` keeps them itself (the default)."""
+        return None
+
     @abc.abstractmethod
     def value_and_grad(self, f, args, argnums, params) -> tuple:
         """``(f(*args), grads)``: gradients of the scalar ``f`` w.r.t. ``args[i]`` for i in ``argnums``

@@ -20,11 +20,11 @@ from __future__ import annotations
 import itertools
 import mmap
 import os
-import socket
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from unidl.io.owner import HOST, process_alive
 
 #: batches of at least this many bytes travel through shared memory (measured crossover: 256 KiB - 1 MiB)
 MIN_BYTES = 1 << 20
@@ -32,14 +32,16 @@ MIN_BYTES = 1 << 20
 DIRECTORY = "/dev/shm"
 #: prefix of unidl's segment names, followed by the host, the main process's id and a serial number
 PREFIX = "unidl-batch-"
-#: this host, in segment names: a process id means something only on its own host (``/dev/shm`` may be shared)
-_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+#: this host and PID namespace, in segment names (``unidl.io.owner``)
+_HOST = HOST
 _ALIGNMENT = 64
 _serials = itertools.count()
 
 
 def available() -> bool:
-    return os.path.isdir(DIRECTORY)
+    """Whether this process can create segments (a writable ``/dev/shm``)."""
+    return os.path.isdir(DIRECTORY) and os.access(DIRECTORY, os.W_OK | os.X_OK)
 
 
 def segment_name() -> str:
@@ -73,10 +75,13 @@ def write(name: str, arrays: tuple) -> SharedBatch | None:
     size = max(size, 1)
     path = os.path.join(DIRECTORY, name)
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # left by an earlier process that had the same process id
-        _unlink(name)
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # left by an earlier process that had the same process id
+            _unlink(name)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:  # not writable (EACCES, EROFS), out of inodes (ENOSPC), out of descriptors (EMFILE)
+        return None  # pickled instead, as when there is no room
     try:
         try:
             os.posix_fallocate(descriptor, 0, size)
@@ -123,18 +128,8 @@ def remove_abandoned() -> None:
         if not name.startswith(PREFIX):
             continue
         host, owner = (name[len(PREFIX):].split("-") + ["", ""])[:2]
-        if host == _HOST and owner.isdigit() and not _alive(int(owner)):
+        if host == _HOST and owner.isdigit() and not process_alive(int(owner)):
             _unlink(name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):  # another user's process: assume it still reads
-        return True
-    return True
 
 
 def worth_sharing(arrays: tuple, min_bytes: int) -> bool:

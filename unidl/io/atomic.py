@@ -13,14 +13,12 @@ import contextlib
 import os
 import re
 import secrets
-import socket
 import threading
 import time
-import zlib
 from typing import BinaryIO, Iterator
 
-#: this host, as it appears in temporary names (a process id means something only on its own host)
-_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+from unidl.io.owner import HOST as _HOST, process_alive as _process_alive
+
 _TEMPORARY = re.compile(r"^\..+\.unidl-([0-9a-f]{8})-(\d+)-[0-9a-f]{12}\.tmp$")
 #: temporaries of the previous naming (no host or pid): removed only once clearly abandoned
 _OLD_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
@@ -56,16 +54,6 @@ def _create_temporary(path: str) -> tuple[str, int]:
             with _in_progress_lock:
                 _in_progress.discard(temporary)
             raise
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # someone else's process: assume it is still writing
-    return True
 
 
 def remove_stale_temporaries(directory) -> list[str]:

@@ -10,6 +10,7 @@ in the canonical layout.
 from __future__ import annotations
 
 from collections import OrderedDict
+import itertools
 import weakref
 from typing import Iterator
 
@@ -41,6 +42,37 @@ def trainable_mask(parameters) -> tuple[bool, ...]:
     """``is_trainable`` of each parameter: what a compiled step keys its graph on, so that freezing or
     unfreezing a parameter between steps builds the step again instead of training a frozen weight."""
     return tuple(is_trainable(p) for p in parameters)
+
+
+#: bumped by every change of a module's ``training`` flag or of a module tree's structure, so that
+#: ``training_modes`` recomputes a tree's flags only after one (itertools.count: atomic under threads)
+_mode_versions = itertools.count()
+_mode_version = next(_mode_versions)
+
+
+def _modes_changed() -> None:
+    global _mode_version
+    _mode_version = next(_mode_versions)
+
+
+def training_modes(module) -> tuple[bool, ...]:
+    """The ``training`` flag of every module of ``module``'s tree (``modules()`` order): what a compiled step
+    keys its graph on, since a graph bakes in each module's mode (``model.bn.eval()`` while the model trains
+    must not reuse the training graph). Cached until any flag or structure changes: a step pays one lookup."""
+    cached = module.__dict__.get("_training_modes")
+    if cached is not None and cached[0] == _mode_version:
+        return cached[1]
+    version = _mode_version
+    modes = tuple(m.training for m in module.modules())
+    object.__setattr__(module, "_training_modes", (version, modes))
+    return modes
+
+
+def restore_modes(saved) -> None:
+    """Set each ``(module, training)`` pair of ``saved`` back (a block that ran a tree in another mode ends)."""
+    for module, mode in saved:
+        object.__setattr__(module, "training", mode)
+    _modes_changed()
 
 
 #: argument types a module takes as they are (tensor types join on first sight; see ``_inputs``)
@@ -118,6 +150,8 @@ class Module:
         if table is not None or name in self.__dict__ and isinstance(self.__dict__[name], Module):
             self._structure_changed()
         object.__setattr__(self, name, value)
+        if name == "training":  # ``module.training = False``, as torch code does instead of eval()
+            _modes_changed()
 
     def __delattr__(self, name):
         for table in (self._parameters, self._buffers, self._modules):
@@ -129,6 +163,7 @@ class Module:
         """Forget what was built from the structure of this module and of its owners (``native``, the
         ``structure_cache``): it holds the variables of then, so a head replaced afterwards (transfer learning)
         would neither train nor run."""
+        _modes_changed()  # the tree's list of modules changed
         node = self
         while node is not None:
             object.__setattr__(node, "_native", None)
@@ -151,6 +186,7 @@ class Module:
         if module is None:
             self._modules[name] = None
             object.__setattr__(self, name, None)
+            _modes_changed()
         else:
             setattr(self, name, module)
 
@@ -305,6 +341,7 @@ class Module:
         """Training mode (batch statistics, dropout on) for this module and all below it."""
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
+        _modes_changed()
         return self
 
     def eval(self) -> "Module":

@@ -42,7 +42,7 @@ from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATI
 from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
-from unidl.nn.module import trainable_mask  # noqa: E402
+from unidl.nn.module import trainable_mask, training_modes  # noqa: E402
 from unidl.tracing import python_randomness_preserved, python_randomness_state  # noqa: E402
 
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
@@ -270,9 +270,6 @@ class Backend(BackendInterface):
             variables += [p for p in optimizer.params if p.serial not in known] + optimizer.native.variables()
         return variables + [self._generator.state]
 
-    @staticmethod
-    def _modes(model):
-        return tuple(m.training for m in model.modules())
 
     def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
         params = optimizer.params
@@ -328,7 +325,7 @@ class Backend(BackendInterface):
         if "predict" not in cache:
             variables = self._model_state(model)
             compiled = StatefulJit(lambda x: model(x), lambda: variables, f"forward of {type(model).__name__}",
-                                   static_key=lambda: self._modes(model), warn_retrace=False)
+                                   static_key=lambda: training_modes(model), warn_retrace=False)
             cache["predict"] = lambda x: compiled(self.to_input(x))
         return cache["predict"]
 

@@ -27,7 +27,7 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras import precision as keras_precision
 from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
-from unidl.nn.module import trainable_mask
+from unidl.nn.module import trainable_mask, training_modes
 from unidl.backends.keras.module import (BatchRelay, NativeLoss, NativeModel, metric_tracker_variables,
                                          restore_metric_totals)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
@@ -231,9 +231,10 @@ class Backend(BackendInterface):
         """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer),
         once per (loss, optimizer, metrics, eager, precision) combination."""
         native = model.native
-        # Keras's compiled steps bake in which variables they train: freezing one compiles again
+        # Keras's compiled steps bake in which variables they train and each module's train/eval mode: freezing
+        # one, or ``model.bn.eval()``, compiles again
         key = (id(loss_fn), id(optimizer), jit_compile, None if metrics is None else metrics.key, eager,
-               trainable_mask(optimizer.params), precision, accumulate)
+               trainable_mask(optimizer.params), training_modes(model), precision, accumulate)
         if getattr(native, "_unidl_compiled", None) != key:
             optimizer.native.prepare_accumulation(accumulate)  # micro-steps per update, for the steps traced next
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
@@ -251,7 +252,7 @@ class Backend(BackendInterface):
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
         return _FreezeAwareStep(lambda: self._train_step(model, loss_fn, optimizer, eager, accumulate=accumulate),
-                                lambda: trainable_mask(optimizer.params))
+                                lambda: (trainable_mask(optimizer.params), training_modes(model)))
 
     def _train_step(self, model, loss_fn, optimizer, eager, precision=None, accumulate=1):
         native = self.compile(model, loss_fn, optimizer, eager=eager, precision=precision, accumulate=accumulate)
@@ -278,6 +279,10 @@ class Backend(BackendInterface):
     def epoch_totals(self, model):
         return [np.asarray(variable.numpy(), dtype=np.float64).tolist()
                 for variable in metric_tracker_variables(model.native)]
+
+    def epoch_totals_shapes(self, metrics):
+        # Keras's loss tracker (a Mean: total and count), then NativeMetrics' totals (see metric_tracker_variables)
+        return [(), ()] + ([tuple(shape) for shape in metrics.shapes] if metrics is not None else [])
 
     def _fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision, accumulate=1,
                    totals=None):
@@ -366,8 +371,9 @@ class Backend(BackendInterface):
 
 
 class _FreezeAwareStep:
-    """A train step built again when the set of frozen parameters changes (Keras's compiled step trains
-    the variables it was compiled with); ``trace_count`` adds up every build's traces."""
+    """A train step built again when the set of frozen parameters or any module's train/eval mode changes
+    (Keras's compiled step trains the variables it was compiled with, in the modes it was traced in);
+    ``trace_count`` adds up every build's traces."""
 
     def __init__(self, build, mask):
         self._build, self._mask = build, mask

@@ -9,14 +9,15 @@ import numpy as np
 from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, not re-exported
 
 from unidl import config
-from unidl.nn.module import is_trainable
+from unidl.nn.module import is_trainable, restore_modes
 
 
 class NativeModel(keras.Model):
     """A ``keras.Model`` over a unidl module's ``keras.Variable``s whose ``call`` is the module's forward.
 
-    Keras's ``training`` argument sets the unidl modules' train/eval mode for the call (and thus
-    for the trace), as Keras layers would.
+    Keras's ``training=False`` (its predict and evaluate) runs every unidl module in eval mode for the call
+    (and thus for the trace); ``training=True`` (its train step) runs each module in its own mode, as torch
+    does: ``model.bn.eval()`` while the model trains keeps that BatchNorm's running statistics.
     """
 
     def __init__(self, module):
@@ -46,15 +47,14 @@ class NativeModel(keras.Model):
     def call(self, x, training=None):
         module = self._unidl_module
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
-        if training is None:
+        if training is None or training:
             return module(*inputs)
         modes = [(m, m.training) for m in module.modules()]
-        module.train(bool(training))
+        module.eval()
         try:
             return module(*inputs)
         finally:
-            for m, mode in modes:
-                object.__setattr__(m, "training", mode)
+            restore_modes(modes)
 
 
 def metric_tracker_variables(native) -> list:

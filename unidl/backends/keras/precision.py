@@ -9,7 +9,7 @@ import keras
 
 from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.host import HOST
-from unidl.nn.module import trainable_mask
+from unidl.nn.module import trainable_mask, training_modes
 from unidl.precision import autocast_modules, modules_of
 
 
@@ -118,7 +118,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
 
     keras_optimizer(optimizer, precision, accumulate)  # the loss scale exists (reads init_scale) before a step
     run = _FreezeAwareStep(lambda: backend._train_step(model, loss_fn, optimizer, eager, precision, accumulate),
-                           lambda: trainable_mask(optimizer.params))
+                           lambda: (trainable_mask(optimizer.params), training_modes(model)))
 
     return _ScopedStep(run, lambda: forward_scope(model, loss_fn, precision), lambda: loss_scale(optimizer))
 

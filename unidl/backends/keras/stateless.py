@@ -14,7 +14,7 @@ import warnings
 import keras
 import numpy as np
 
-from unidl.errors import RetraceWarning
+from unidl.errors import GraphConstructError, RetraceWarning
 
 
 class _RecordingScope(keras.StatelessScope):
@@ -55,20 +55,31 @@ def value_and_grad(host, f, args, variables):
     return value, grads
 
 
+class _UnmappedVariables(Exception):
+    """Raised out of a trace that read or assigned Keras variables the compiled function does not take as values
+    (they would be baked in as constants: stale weights); ``StatelessFunction`` adds them and compiles again."""
+
+    def __init__(self, variables):
+        super().__init__(f"{len(variables)} Keras variables outside the compiled function's values")
+        self.variables = variables
+
+
 class StatelessFunction:
     """``ud.function`` on a functional host: ``fn`` compiled by the host over the values of the Keras variables
     it reads or assigns, which one abstract trace on the first call finds; those it assigns are written back
-    after each call. Python control flow on a tensor's value cannot be traced: such a function runs eagerly,
+    after each call. A later trace (new shapes) that reaches variables the first did not is compiled again over
+    them all, so that no variable is ever baked in as a constant. Python control flow on a tensor's value cannot be traced: such a function runs eagerly,
     with one warning (the jax backend's rule for ``ud.function``). Arguments are traced values (a Python
     number too), so the function must not branch on them in Python."""
 
     def __init__(self, host, fn, name: str, to_tensor):
         self._host, self._fn, self._to_tensor, self.__name__ = host, fn, to_tensor, name
         self._compiled, self._variables, self._eager = None, None, False
+        self._earlier_traces = 0  # traces of the functions compiled before new variables were found
 
     @property
     def trace_count(self):
-        return None if self._eager or self._compiled is None else self._compiled.trace_count
+        return None if self._eager or self._compiled is None else self._earlier_traces + self._compiled.trace_count
 
     def _find_variables(self, args) -> list:
         scopes = []
@@ -84,18 +95,38 @@ class StatelessFunction:
     def _pure(self, values, *args):
         with _RecordingScope(self._variables, values) as scope:
             result = self._fn(*args)
+        known = {id(variable) for variable in self._variables}
+        missed = [variable for key, variable in {**scope.read, **scope.assigned}.items() if key not in known]
+        if missed:
+            raise _UnmappedVariables(missed)
         updates = {index: keras.StatelessScope.get_current_value(scope, variable)
                    for index, variable in enumerate(self._variables) if id(variable) in scope.assigned}
         return result, updates
+
+    def _run_compiled(self, args):
+        """The compiled call; a trace that reaches new variables compiles again over them too (once per call:
+        a function that reaches new ones at every trace, such as one creating variables, is an error)."""
+        for attempt in range(2):
+            if self._compiled is None:
+                self._variables = self._variables or self._find_variables(args)
+                self._compiled = self._host.jit_of_values(self._pure, self.__name__)
+            try:
+                return self._compiled([v.value for v in self._variables], *args)
+            except _UnmappedVariables as miss:
+                if attempt:
+                    raise GraphConstructError(
+                        f"ud.function {self.__name__!r} on Keras-on-{self._host.name} reaches new Keras variables "
+                        f"each time it is traced ({[v.path for v in miss.variables]}); create layers and variables "
+                        f"outside the function and call them inside it") from None
+                self._earlier_traces += self._compiled.trace_count
+                self._variables = list({id(v): v for v in [*self._variables, *miss.variables]}.values())
+                self._compiled = None
 
     def __call__(self, *args):
         args = [self._to_tensor(a) if isinstance(a, np.ndarray) else a for a in args]
         if not self._eager:
             try:
-                if self._compiled is None:
-                    self._variables = self._find_variables(args)
-                    self._compiled = self._host.jit_of_values(self._pure, self.__name__)
-                result, updates = self._compiled([v.value for v in self._variables], *args)
+                result, updates = self._run_compiled(args)
                 for index, value in updates.items():
                     self._variables[index].assign(value)
                 return result

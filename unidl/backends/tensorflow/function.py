@@ -18,6 +18,7 @@ import tensorflow as tf
 from tensorflow.python.autograph.core import config as autograph_config
 
 from unidl import config, devices
+from unidl.nn.module import training_modes
 from unidl.tracing import python_randomness_guard
 from unidl.backends.tensorflow.layout import tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
@@ -94,16 +95,18 @@ def to_graph_input(value):
 
 
 class PerModeGraphs:
-    """One ``GraphFunction`` per train/eval mode of ``model`` (and per ``extra_key()``, e.g. which parameters
-    are frozen): a graph bakes in the Python-level mode flags (dropout on or off, batch or running
-    statistics, the parameters it updates), so switching mode must not reuse it."""
+    """One ``GraphFunction`` per train/eval modes of ``model``'s modules, each of them (``training_modes``: a
+    ``model.bn.eval()`` while the model trains counts), and per ``extra_key()`` (e.g. which parameters are
+    frozen): a graph bakes in the Python-level mode flags (dropout on or off, batch or running statistics,
+    the parameters it updates), so switching any module's mode must not reuse it."""
 
     def __init__(self, model, fn, device, extra_key=None):
         self._model, self._fn, self._device, self._extra_key = model, fn, device, extra_key
         self.graphs: dict = {}
 
     def __call__(self, *args):
-        key = (self._model.training, self._extra_key()) if self._extra_key else self._model.training
+        modes = training_modes(self._model)
+        key = (modes, self._extra_key()) if self._extra_key else modes
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = GraphFunction(self._fn, device=self._device,

@@ -102,13 +102,15 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
             loss = loss_fn(outputs, y)
             scaled = loss * tf.cast(scaler.scale, loss.dtype) if scaler is not None else loss
         found = tape.gradient(scaled, [p for p, m in zip(params, mask) if m])
-        found, _ = average_gradients(found, scaled)  # in a process group: over every rank, before unscaling
+        # in a process group: gradients over every rank, before unscaling, and the loss the guard checks averaged
+        # too, so that every rank skips or applies the step alike
+        found, checked = average_gradients(found, loss)
         found = iter(found)
         grads = [next(found) if m else None for m in mask]
         if window is None:
-            update(grads, loss)
+            update(grads, checked)
         else:
-            count = window.add(grads, loss)
+            count = window.add(grads, checked)
 
             def wait():  # a micro-step inside the window: nothing skipped yet
                 native.finite.assign(True)

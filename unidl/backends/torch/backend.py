@@ -235,7 +235,7 @@ class Backend(BackendInterface):
                 # micro-step makes non-finite (every rank then skips the window together)
                 optimizer._finite = True
             # a non-finite loss or gradient updates nothing (and discards the accumulation window)
-            elif not guard_and_clip(optimizer, loss, clip=window[0] == accumulate):
+            elif not guard_and_clip(optimizer, loss, clip=window[0] == accumulate, across_ranks=local_micro_steps):
                 window[0] = 0
             elif window[0] == accumulate:
                 window[0] = 0

@@ -73,6 +73,13 @@ def data_parallel(model):
         native, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
 
+def any_rank(flag) -> None:
+    """In place: ``flag`` (a tensor of 0/1) set on every rank where it is set on any, so that a decision taken on
+    a rank's own values (its loss under DDP) is the same on every rank. Only called under DDP: one process pays
+    nothing."""
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+
+
 def gradient_sync(forward, sync: bool):
     """The context for one micro-step's forward and backward: ``DistributedDataParallel.no_sync()`` when ``sync``
     is False and ``forward`` is one (its gradients accumulate in ``.grad`` on this rank; the next synced backward

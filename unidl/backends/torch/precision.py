@@ -71,7 +71,9 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
         window.clear()
         if scaler is not None:
             scaler.unscale(optimizer.params)
-        finite = guard_and_clip(optimizer, losses)  # the non-finite guard, then clipping, on unscaled gradients
+        # the non-finite guard (agreed over the ranks under DDP: the losses are this rank's), then clipping, on
+        # unscaled gradients
+        finite = guard_and_clip(optimizer, losses, across_ranks=forward is not model)
         if scaler is not None:
             scaler.update(finite)
         if finite:

@@ -1,0 +1,70 @@
+"""The non-finite guard under torch's DistributedDataParallel decides alike on every rank: a loss that is
+infinite on one rank only (its gradients finite, so DDP's averaged gradients are finite everywhere) makes
+every rank skip the update, and the ranks' weights stay bit-identical. One 2-rank launch checks the plain
+and the mixed-precision steps. (The tensorflow steps guard on the loss averaged over the ranks by
+construction; a tensorflow launch costs ~40 s, so it is not repeated here.)"""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+pytestmark = pytest.mark.skipif("torch" not in ud.available_backends(), reason="the torch backend is not installed")
+
+PRECISIONS = {"32": "float64", "bf16-mixed": "float32"}
+
+
+class PoisonedLoss(ud.nn.Module):
+    """The mean squared error, plus infinity while ``poisoned``: a non-finite loss whose gradients are finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.mse = ud.nn.MSELoss()
+        self.poisoned = False
+
+    def forward(self, outputs, targets):
+        loss = self.mse(outputs, targets)
+        return loss + ud.tensor(float("inf")) if self.poisoned else loss
+
+
+def guarded_steps(precision, dtype):
+    """Three steps of the two-layer net on this rank's own batch; at the second, rank 1's loss is infinite
+    (a constant added to it: the gradients stay finite). The weights after each step, and each step's flag."""
+    rank = ud.distributed.rank()
+    with ud.use_dtype(dtype):
+        ud.manual_seed(1)
+        rng = np.random.default_rng(10 + rank)  # a batch of this rank's own
+        x, y = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loss_fn = PoisonedLoss()
+        step = ud.train_step(model, loss_fn, optimizer, precision=precision, check_finite=False)
+        weights, finite = [], []
+        for index in range(3):
+            loss_fn.poisoned = index == 1 and rank == 1
+            step(x, y)
+            finite.append(optimizer.last_step_finite)
+            weights.append({k: ud.to_numpy(v) for k, v in model.state_dict().items()})
+        return {"weights": weights, "finite": finite, "updates": optimizer.state_dict()["step"]}
+
+
+def guard_job():
+    return {name: guarded_steps(name, dtype) for name, dtype in PRECISIONS.items()}
+
+
+@pytest.fixture(scope="module")
+def ranks():
+    return ud.distributed.launch(guard_job, nprocs=2, backend="torch", timeout=300, collective_timeout=60)
+
+
+@pytest.mark.parametrize("precision", list(PRECISIONS))
+def test_a_loss_non_finite_on_one_rank_skips_the_update_on_every_rank(ranks, precision):
+    rank0, rank1 = (result[precision] for result in ranks)
+    assert rank0["finite"] == rank1["finite"] == [True, False, True]
+    assert rank0["updates"] == rank1["updates"] == 2
+    for index in range(3):  # the same weights on both ranks, bit for bit, after every step
+        for key, value in rank0["weights"][index].items():
+            np.testing.assert_array_equal(value, rank1["weights"][index][key], err_msg=f"step {index}: {key}")
+    for key, value in rank0["weights"][1].items():  # the skipped step moved nothing, the others moved weights
+        np.testing.assert_array_equal(value, rank0["weights"][0][key], err_msg=key)
+    assert any(not np.array_equal(v, rank0["weights"][1][k]) for k, v in rank0["weights"][2].items())

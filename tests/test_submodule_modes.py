@@ -1,0 +1,84 @@
+"""A train step follows the train/eval mode of every module, as torch does: ``model.bn.eval()`` between steps
+(freezing a BatchNorm's statistics while the rest trains) makes the next steps normalise with the running
+statistics and leave them unchanged, on every backend, even where the step is a compiled graph."""
+
+import numpy as np
+import torch
+
+import unidl as ud
+
+R = np.random.default_rng(13)
+X = R.standard_normal((16, 4)).astype(np.float32) * 2 + 1
+Y = R.standard_normal((16, 2)).astype(np.float32)
+
+
+class Net(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 3)
+        self.bn = ud.nn.BatchNorm1d(3)
+        self.head = ud.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.bn(self.fc(x)))
+
+
+def _oracle(state):
+    net = torch.nn.Sequential()
+    net.add_module("fc", torch.nn.Linear(4, 3))
+    net.add_module("bn", torch.nn.BatchNorm1d(3))
+    net.add_module("head", torch.nn.Linear(3, 2))
+    net.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
+    return net
+
+
+def _torch_step(net, optimizer):
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(net(torch.tensor(X)), torch.tensor(Y))
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _assert_states_close(state, oracle):
+    for key, value in oracle.state_dict().items():
+        np.testing.assert_allclose(state[key], value.numpy(), rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_submodule_put_in_eval_between_steps_uses_and_keeps_running_statistics(backend):
+    model = Net()
+    oracle = _oracle(model.state_dict())
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    torch_optimizer = torch.optim.SGD(oracle.parameters(), lr=0.1)
+
+    for _ in range(2):  # all in training mode
+        assert abs(float(step(X, Y)) - _torch_step(oracle, torch_optimizer)) < 1e-5
+    _assert_states_close(model.state_dict(), oracle)
+
+    model.bn.eval()
+    oracle.bn.eval()
+    frozen = {k: v.copy() for k, v in model.state_dict().items() if k.startswith("bn.running")}
+    for _ in range(2):
+        assert abs(float(step(X, Y)) - _torch_step(oracle, torch_optimizer)) < 1e-5
+    state = model.state_dict()
+    for key, value in frozen.items():
+        assert np.array_equal(state[key], value), f"{key} moved while bn was in eval mode"
+    assert model.training and not model.bn.training  # the step changed no module's mode
+    _assert_states_close(state, oracle)
+
+    model.bn.train()  # back to batch statistics: the statistics move again
+    oracle.bn.train()
+    assert abs(float(step(X, Y)) - _torch_step(oracle, torch_optimizer)) < 1e-5
+    state = model.state_dict()
+    assert not np.array_equal(state["bn.running_mean"], frozen["bn.running_mean"])
+    _assert_states_close(state, oracle)
+
+
+def test_setting_a_submodule_training_flag_directly_is_followed(backend):
+    model = Net()
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    step(X, Y)
+    model.bn.training = False  # as torch code sometimes does, without eval()
+    before = model.state_dict()["bn.running_var"].copy()
+    step(X, Y)
+    assert np.array_equal(model.state_dict()["bn.running_var"], before)
