@@ -46,6 +46,14 @@ def require(x, holds, template, sizes: tuple):
     return ops.check_shape(x, holds, template(), tuple(sizes))  # (False too: the sizes are known only later)
 
 
+def check_known_shape(x, condition, message: str, sizes=()):
+    """The ``check_shape`` op where every size is known when it runs (eagerly; torch; while jax.jit traces):
+    ``ShapeMismatchError(message.format(*sizes))`` now if ``condition`` fails, else ``x`` as it is."""
+    if not bool(condition):
+        raise ShapeMismatchError(message.format(*(int(s) for s in sizes)))
+    return x
+
+
 def all_of(conditions):
     """The conjunction of bools and boolean scalar tensors: a bool when every one is a bool."""
     pending = []

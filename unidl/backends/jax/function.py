@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from unidl import devices
-from unidl.tracing import python_randomness_guard
+from unidl.tracing import python_randomness_guard, warn_running_eagerly
 from unidl.backends.jax import ops as jax_ops, variable as jax_variable
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from
 
@@ -169,11 +169,7 @@ class JaxFunction:
                 return self._jit(*args)
             except _CONCRETIZATION as error:
                 self._eager = True
-                warnings.warn(
-                    f"ud.function {self.__name__!r} on jax uses the value of a tensor in Python control flow "
-                    f"(if/while/bool/int on a traced value), which jax.jit cannot compile; it now runs eagerly, "
-                    f"op by op. To compile it, write branches with ud.ops.where and loops with ud.ops.scan. "
-                    f"({type(error).__name__})", RetraceWarning, stacklevel=2)
+                warn_running_eagerly(self.__name__, "jax", "jax.jit", error)
         return self._fn(*args)
 
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 
 from unidl.backends.jax.variable import unwrap as _v
-from unidl.errors import IndexOutOfRangeError, ShapeMismatchError
+from unidl.errors import IndexOutOfRangeError
+from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
 
 
 def _unwrapped(function):
@@ -229,13 +230,6 @@ def check_index(indices, size, what="index"):
     elif int(low) < 0 or int(high) >= size:
         raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {int(low)} to {int(high)}")
     return indices
-
-
-def check_shape(x, condition, message, sizes=()):
-    # shapes are always known here (eagerly, and while jax.jit traces), so the front end decides before calling
-    if not bool(condition):
-        raise ShapeMismatchError(message.format(*(int(s) for s in sizes)))
-    return x
 
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):

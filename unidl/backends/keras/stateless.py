@@ -9,12 +9,12 @@ call. The host differentiates and compiles (``value_and_grad_of_values``, ``jit_
 
 from __future__ import annotations
 
-import warnings
 
 import keras
 import numpy as np
 
-from unidl.errors import GraphConstructError, RetraceWarning
+from unidl.errors import GraphConstructError
+from unidl.tracing import warn_running_eagerly
 
 
 class _RecordingScope(keras.StatelessScope):
@@ -132,9 +132,5 @@ class StatelessFunction:
                 return result
             except self._host.tracer_value_errors as error:
                 self._eager = True
-                warnings.warn(
-                    f"ud.function {self.__name__!r} on Keras-on-{self._host.name} uses the value of a tensor in "
-                    f"Python control flow (if/while/bool/int on a traced value), which the host cannot compile; "
-                    f"it now runs eagerly, op by op. To compile it, write branches with ud.ops.where and loops "
-                    f"with ud.ops.scan. ({type(error).__name__})", RetraceWarning, stacklevel=2)
+                warn_running_eagerly(self.__name__, f"Keras-on-{self._host.name}", "the host", error)
         return self._fn(*args)

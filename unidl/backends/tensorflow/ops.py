@@ -13,6 +13,7 @@ import math
 import tensorflow as tf
 
 from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError
+from unidl.input_checks import check_known_shape
 from unidl.backends.tensorflow.layout import (elementwise, flatten_view, flattened_nhwc_source, nchw_view,
                                               nhwc_source, to_nhwc, tracing_xla_graph)
 
@@ -349,9 +350,7 @@ def check_index(indices, size, what="index"):
 
 def check_shape(x, condition, message, sizes=()):
     if tf.executing_eagerly():
-        if not bool(condition):
-            raise ShapeMismatchError(message.format(*(int(s) for s in sizes)))
-        return x
+        return check_known_shape(x, condition, message, sizes)
     if tracing_xla_graph():  # XLA runs no assertions: the sizes it compiles for are fixed anyway
         return x
     with tf.control_dependencies([_graph_check(condition, ShapeMismatchError, message, sizes)]):

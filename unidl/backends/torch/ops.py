@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unidl.errors import IndexOutOfRangeError, ShapeMismatchError
+from unidl.errors import IndexOutOfRangeError
+from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
 
 linear = F.linear
 matmul = torch.matmul
@@ -137,13 +138,6 @@ def check_index(indices, size, what="index"):
         if low < 0 or high >= size:
             raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
     return indices
-
-
-def check_shape(x, condition, message, sizes=()):
-    # shapes are always known here (eagerly, and while jax.jit traces), so the front end decides before calling
-    if not bool(condition):
-        raise ShapeMismatchError(message.format(*(int(s) for s in sizes)))
-    return x
 
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
