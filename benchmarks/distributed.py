@@ -13,22 +13,23 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.harness import BATCH, LR, MOMENTUM, alternate, batch_arrays, ms, unidl_model
-from benchmarks.native_torch import torch_native_model
+import numpy as np
+
+from benchmarks.harness import BATCH, alternate, batch_arrays, ms, unidl_model
+from benchmarks.native_torch import native_sgd_step, torch_native_model
 
 
-def _one_process(steps: int, warmup: int):
-    """Median seconds of unidl's step on the whole batch in this process (twice, alternated)."""
-    import torch
-
+def _one_process(backend: str, steps: int, warmup: int):
+    """Median seconds of unidl's step on ``backend`` on the whole batch in this process (twice, alternated)."""
     import unidl as ud
 
     ud.set_num_threads(1)
-    with ud.use_backend("torch"):
+    with ud.use_backend(backend):
         module, loss_fn, optimizer = unidl_model("cnn")
         step = ud.train_step(module, loss_fn, optimizer)
-        x, y = (torch.from_numpy(a) for a in batch_arrays("cnn", BATCH))
-        timing = alternate(lambda: step(x, y), lambda: step(x, y), steps, warmup, max(2, steps // 10))
+        x, y = (ud.tensor(a) for a in batch_arrays("cnn", BATCH))
+        timing = alternate(lambda: np.asarray(step(x, y)), lambda: np.asarray(step(x, y)), steps, warmup,
+                           max(2, steps // 10))
     return min(timing)
 
 
@@ -43,35 +44,12 @@ def _rank(steps: int, warmup: int):
     module, loss_fn, optimizer = unidl_model("cnn")
     step = ud.train_step(module, loss_fn, optimizer)
     native = torch.nn.parallel.DistributedDataParallel(torch_native_model("cnn", module.state_dict()))
-    native_optimizer = torch.optim.SGD(native.parameters(), lr=LR, momentum=MOMENTUM)
-    native_loss = torch.nn.CrossEntropyLoss()
     share = BATCH // world
     x, y = (torch.from_numpy(a[rank * share:(rank + 1) * share]) for a in batch_arrays("cnn", BATCH))
-
-    def native_step():
-        native_optimizer.zero_grad()
-        loss = native_loss(native(x), y)
-        loss.backward()
-        native_optimizer.step()
-        return loss.detach()
-
+    native_step = native_sgd_step(native, torch.nn.CrossEntropyLoss(), x, y)
     dist.barrier()
     timing = alternate(lambda: step(x, y), native_step, steps, warmup, max(2, steps // 10))
     return tuple(timing)
-
-
-def _tf_one_process(steps: int, warmup: int):
-    """Median seconds of unidl's tensorflow step on the whole batch in this process (twice, alternated)."""
-    import unidl as ud
-
-    ud.set_num_threads(1)
-    with ud.use_backend("tensorflow"):
-        module, loss_fn, optimizer = unidl_model("cnn")
-        step = ud.train_step(module, loss_fn, optimizer)
-        x, y = (ud.tensor(a) for a in batch_arrays("cnn", BATCH))
-        timing = alternate(lambda: step(x, y).numpy(), lambda: step(x, y).numpy(), steps, warmup,
-                           max(2, steps // 10))
-    return min(timing)
 
 
 def _tf_rank(steps: int, warmup: int):
@@ -103,7 +81,7 @@ def main(argv=None):
     if "torch" in args.engines:
         two = ud.distributed.launch(_rank, nprocs=2, backend="torch", args=(args.steps, warmup))
         unidl_two, native_two = max(a for a, _ in two), max(b for _, b in two)  # a step ends with the slower rank
-        one = _one_process(args.steps, warmup)
+        one = _one_process("torch", args.steps, warmup)
         print(f"CNN, global batch {BATCH}, SGD momentum, torch (gloo), 1 thread per process, median ms per step")
         print(f"  unidl, 1 process:                   {ms(one):8.3f}")
         print(f"  unidl, 2 processes (DDP):           {ms(unidl_two):8.3f}   2-process / 1-process: "
@@ -113,7 +91,7 @@ def main(argv=None):
     if "tensorflow" in args.engines:
         two = ud.distributed.launch(_tf_rank, nprocs=2, backend="tensorflow", args=(args.steps, warmup))
         unidl_two, native_two = max(a for a, _ in two), max(b for _, b in two)
-        one = _tf_one_process(args.steps, warmup)
+        one = _one_process("tensorflow", args.steps, warmup)
         print(f"CNN, global batch {BATCH}, SGD momentum, tensorflow (MultiWorkerMirroredStrategy, ring), 1 thread "
               f"per process, median ms per step")
         print(f"  unidl, 1 process:                             {ms(one):8.3f}")

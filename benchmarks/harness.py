@@ -126,6 +126,22 @@ def ms(seconds):
     return seconds * 1e3
 
 
+def train_step_rows(backend: str, native: str, steps_of, settings: Settings, device: str) -> list[Row]:
+    """A "train step, <backend>" row for each model: ``steps_of(model, device)``, called under the backend and
+    device, gives ``(unidl_step, native_step, loss_diff)`` (zero-argument callables), timed by ``alternate``
+    against the parity target; ``native`` labels the hand-written side."""
+    import unidl as ud
+
+    rows = []
+    for model in MODELS:
+        with ud.use_backend(backend), ud.use_device(device):
+            unidl_step, native_step, diff = steps_of(model, device)
+            a, b = timing = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
+        rows.append(Row(f"train step, {backend}", model, "ud.train_step", native, ms(a), ms(b), f"<= {PARITY_TARGET}",
+                        loss_diff=diff, spread=timing.spread))
+    return rows
+
+
 def layout_variant(same_input: bool, note: str = "") -> tuple[str, str, str]:
     """``(target, note, suffix of the native label)`` of a row: the parity target, or information only
     when the native CNN gets the same NCHW batch as unidl."""

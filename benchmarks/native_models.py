@@ -50,8 +50,10 @@ def unidl_workload(workload: str):
 
 # ---- plain PyTorch -------------------------------------------------------------------------------------
 
-def torch_workload(workload: str, state: dict):
-    """The same model written with ``torch.nn`` (torchvision's ResNet names), holding ``state``."""
+def torch_resnet(layers=(2, 2, 2, 2), num_classes: int = 1000, cifar_stem: bool = False):
+    """A ResNet of basic blocks written with ``torch.nn`` under torchvision's module names (torchvision itself is
+    not installed beside this torch): ``layers`` blocks a stage; ``cifar_stem``, a 3x3 stride-1 ``conv1`` and no
+    max-pool. The oracle of unidl's ResNet in the tests, and the native side of the ResNet-18 benchmark."""
     import torch
     from torch import nn
 
@@ -72,24 +74,34 @@ def torch_workload(workload: str, state: dict):
             out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
             return self.relu(out + (self.downsample(x) if self.downsample is not None else x))
 
-    class ResNet18(nn.Module):
+    class ResNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+            self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False) if cifar_stem else nn.Conv2d(3, 64, 7, 2, 3, bias=False)
             self.bn1 = nn.BatchNorm2d(64)
             self.relu = nn.ReLU()
+            self.maxpool = nn.Identity() if cifar_stem else nn.MaxPool2d(3, 2, 1)
             inplanes = 64
-            for index, planes in enumerate((64, 128, 256, 512)):
-                stride = 1 if index == 0 else 2
-                setattr(self, f"layer{index + 1}", nn.Sequential(BasicBlock(inplanes, planes, stride),
-                                                                 BasicBlock(planes, planes, 1)))
+            for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+                stage = [BasicBlock(inplanes, planes, 1 if index == 0 else 2)]
+                stage += [BasicBlock(planes, planes, 1) for _ in range(1, blocks)]
+                setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
                 inplanes = planes
-            self.fc = nn.Linear(512, 10)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(512, num_classes)
 
         def forward(self, x):
-            x = self.relu(self.bn1(self.conv1(x)))
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
             x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(x.mean((2, 3)))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return ResNet()
+
+
+def torch_workload(workload: str, state: dict):
+    """The same model written with ``torch.nn`` (torchvision's ResNet names), holding ``state``."""
+    import torch
+    from torch import nn
 
     class TransformerClassifier(nn.Module):
         def __init__(self):
@@ -110,49 +122,23 @@ def torch_workload(workload: str, state: dict):
             keep = (~padding).unsqueeze(2).to(x.dtype)
             return self.head((x * keep).sum(1) / keep.sum(1).clamp(min=1.0))
 
-    native = ResNet18() if workload == "resnet18" else TransformerClassifier()
+    native = torch_resnet((2, 2, 2, 2), 10, cifar_stem=True) if workload == "resnet18" else TransformerClassifier()
     native.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()})
     return native
 
 
-def bench_torch_workloads(settings: Settings, device: str) -> list[Row]:
+def torch_workload_steps(workload: str, batch_size: int, device: str):
+    """``(unidl_step, native_step, loss_diff)`` of ``workload`` on torch (see ``native_torch.torch_step_pair``)."""
     import torch
     import unidl as ud
 
-    from benchmarks.native_torch import torch_sync
+    from benchmarks.native_torch import torch_step_pair
 
-    rows = []
-    for workload in WORKLOADS:
-        with ud.use_backend("torch"), ud.use_device(device):
-            module, loss_fn, optimizer = unidl_workload(workload)
-            step = ud.train_step(module, loss_fn, optimizer)
-            native = torch_workload(workload, module.state_dict()).to(torch.device(device))
-            native_optimizer = torch.optim.SGD(native.parameters(), lr=LR, momentum=MOMENTUM)
-            native_loss = torch.nn.CrossEntropyLoss()
-            batch = workload_batch(workload, settings.model_batch)
-            x, y = (torch.from_numpy(a).to(torch.device(device)) for a in batch)
-            sync = torch_sync(device)
-
-            def unidl_step():
-                loss = step(x, y)
-                sync()
-                return loss
-
-            def native_step():
-                native_optimizer.zero_grad()
-                loss = native_loss(native(x), y)
-                loss.backward()
-                native_optimizer.step()
-                sync()
-                return loss.detach()
-
-            diff = abs(float(unidl_step()) - float(native_step()))
-            a, b = timing = alternate(unidl_step, native_step, settings.model_steps, settings.warmup,
-                                      _blocks(settings))
-        rows.append(Row("train step, torch", workload, "ud.train_step", "torch.nn + torch.optim.SGD",
-                        ms(a), ms(b), f"<= {PARITY_TARGET}", note=f"batch {settings.model_batch}", loss_diff=diff,
-                        spread=timing.spread))
-    return rows
+    module, loss_fn, optimizer = unidl_workload(workload)
+    step = ud.train_step(module, loss_fn, optimizer)
+    native = torch_workload(workload, module.state_dict()).to(torch.device(device))
+    x, y = (torch.from_numpy(a).to(torch.device(device)) for a in workload_batch(workload, batch_size))
+    return torch_step_pair(step, native, torch.nn.CrossEntropyLoss(), x, y, device)
 
 
 # ---- TensorFlow tf.function ------------------------------------------------------------------------------
@@ -248,37 +234,49 @@ def tf_workload_step(workload: str, state: dict):
     return step
 
 
-def bench_tf_workloads(settings: Settings, device: str) -> list[Row]:
+def tf_workload_steps(workload: str, batch_size: int, device: str):
+    """``(unidl_step, native_step, loss_diff)`` of ``workload`` on tensorflow: unidl's step on the NCHW batch, the
+    hand-written one (``tf_workload_step``) on the same batch channels-last."""
     import tensorflow as tf
     import unidl as ud
     from unidl.backends.tensorflow.backend import tf_device_name
 
+    module, loss_fn, optimizer = unidl_workload(workload)
+    step = ud.train_step(module, loss_fn, optimizer)
+    x_np, y_np = workload_batch(workload, batch_size)
+    with tf.device(tf_device_name(device)):
+        native = tf_workload_step(workload, module.state_dict())
+        x, y = tf.constant(x_np), tf.constant(y_np)
+        x_native = tf.constant(x_np.transpose(0, 2, 3, 1)) if workload == "resnet18" else x
+
+    def unidl_step():
+        return step(x, y).numpy()
+
+    def native_step():
+        return native(x_native, y).numpy()
+
+    return unidl_step, native_step, abs(float(unidl_step()) - float(native_step()))
+
+
+def _workload_rows(backend: str, native: str, steps_of, settings: Settings, device: str) -> list[Row]:
+    """A "train step, <backend>" row for each workload, timed from ``steps_of(workload, batch size, device)``."""
+    import unidl as ud
+
     rows = []
     for workload in WORKLOADS:
-        with ud.use_backend("tensorflow"), ud.use_device(device):
-            module, loss_fn, optimizer = unidl_workload(workload)
-            step = ud.train_step(module, loss_fn, optimizer)
-            x_np, y_np = workload_batch(workload, settings.model_batch)
-            with tf.device(tf_device_name(device)):
-                native = tf_workload_step(workload, module.state_dict())
-                x, y = tf.constant(x_np), tf.constant(y_np)
-                x_native = tf.constant(x_np.transpose(0, 2, 3, 1)) if workload == "resnet18" else x
-
-                def unidl_step():
-                    return step(x, y).numpy()
-
-                def native_step():
-                    return native(x_native, y).numpy()
-
-                diff = abs(float(unidl_step()) - float(native_step()))
-                a, b = timing = alternate(unidl_step, native_step, settings.model_steps, settings.warmup,
-                                          _blocks(settings))
-        rows.append(Row("train step, tensorflow", workload, "ud.train_step", "tf.function + GradientTape",
-                        ms(a), ms(b), f"<= {PARITY_TARGET}", note=f"batch {settings.model_batch}", loss_diff=diff,
+        with ud.use_backend(backend), ud.use_device(device):
+            unidl_step, native_step, diff = steps_of(workload, settings.model_batch, device)
+            a, b = timing = alternate(unidl_step, native_step, settings.model_steps, settings.warmup,
+                                      _blocks(settings))
+        rows.append(Row(f"train step, {backend}", workload, "ud.train_step", native, ms(a), ms(b),
+                        f"<= {PARITY_TARGET}", note=f"batch {settings.model_batch}", loss_diff=diff,
                         spread=timing.spread))
     return rows
 
 
 def bench_workloads(settings: Settings, device: str, with_tf: bool = True) -> list[Row]:
     """The workload rows: torch, then tensorflow where it runs on ``device``."""
-    return bench_torch_workloads(settings, device) + (bench_tf_workloads(settings, device) if with_tf else [])
+    rows = _workload_rows("torch", "torch.nn + torch.optim.SGD", torch_workload_steps, settings, device)
+    if with_tf:
+        rows += _workload_rows("tensorflow", "tf.function + GradientTape", tf_workload_steps, settings, device)
+    return rows

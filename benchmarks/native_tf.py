@@ -58,20 +58,31 @@ def tf_native_step(model: str, state: dict, jit_compile: bool, nchw_input: bool 
     return step
 
 
-def tf_steps(model: str, device: str, jit_compile: bool, same_input: bool = False):
-    import tensorflow as tf
+def tf_unidl_step(model: str, jit_compile: bool):
+    """``(module, step)``: unidl's train step of ``model`` under the backend in force, as ``ud.train_step`` or,
+    with ``jit_compile``, written with ``ud.function(jit_compile=True)``."""
     import unidl as ud
-    from unidl.backends.tensorflow.backend import tf_device_name
 
     module, loss_fn, optimizer = unidl_model(model)
-    if jit_compile:
-        @ud.function(jit_compile=True)
-        def step(x, y):
-            loss, grads = ud.value_and_grad(lambda: loss_fn(module(x), y), module.parameters())()
-            optimizer.apply(grads)
-            return loss
-    else:
-        step = ud.train_step(module, loss_fn, optimizer)
+    if not jit_compile:
+        return module, ud.train_step(module, loss_fn, optimizer)
+
+    @ud.function(jit_compile=True)
+    def step(x, y):
+        loss, grads = ud.value_and_grad(lambda: loss_fn(module(x), y), module.parameters())()
+        optimizer.apply(grads)
+        return loss
+
+    return module, step
+
+
+def tf_steps(model: str, device: str, jit_compile: bool, same_input: bool = False, unidl=None):
+    """``(unidl_step, native_step, loss_diff)``; ``unidl``: a ``tf_unidl_step`` to reuse (both CNN variants time
+    the same unidl step: only the native side differs), the native model starting from its current weights."""
+    import tensorflow as tf
+    from unidl.backends.tensorflow.backend import tf_device_name
+
+    module, step = unidl or tf_unidl_step(model, jit_compile)
     x_np, y_np = batch_arrays(model)
     with tf.device(tf_device_name(device)):
         x, y = tf.constant(x_np), tf.constant(y_np)
@@ -92,9 +103,12 @@ def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
 
     rows = []
     for jit_compile in (False, True):
+        unidl_steps = {}
         for model, same_input in LAYOUT_VARIANTS:
             with ud.use_backend("tensorflow"), ud.use_device(device):
-                unidl_step, native_step, diff = tf_steps(model, device, jit_compile, same_input)
+                if model not in unidl_steps:
+                    unidl_steps[model] = tf_unidl_step(model, jit_compile)
+                unidl_step, native_step, diff = tf_steps(model, device, jit_compile, same_input, unidl_steps[model])
                 a, b = timing = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
             if jit_compile:
                 labels = ("ud.function(jit_compile=True)", "tf.function(jit_compile=True)")

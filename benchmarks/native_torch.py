@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from benchmarks.harness import (LR, MODELS, MOMENTUM, PARITY_TARGET, TWO_LAYER, Row, Settings, alternate,
-                                batch_arrays, ms, unidl_model)
+from benchmarks.harness import (LR, MOMENTUM, TWO_LAYER, Row, Settings, batch_arrays, train_step_rows,
+                                unidl_model)
 
 
 def torch_native_model(model: str, state: dict):
@@ -30,20 +30,29 @@ def torch_sync(device: str):
     return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
-def torch_steps(model: str, device: str):
-    """``(unidl_step, native_step, loss_diff)``: zero-argument callables, one training step each.
-    Call under ``ud.use_backend("torch")``: the steps run in the caller's backend context, as a user's
-    loop would, with no per-step context switch."""
+def native_sgd_step(native, loss_fn, x, y, sync=lambda: None):
+    """One training step of the ``torch.nn`` module ``native`` on ``(x, y)`` as a user writes it
+    (``torch.optim.SGD`` with momentum, ``zero_grad``, ``backward``, ``step``): a zero-argument callable that
+    returns the loss, detached, once ``sync()`` has waited for the device."""
     import torch
-    import unidl as ud
 
-    module, loss_fn, optimizer = unidl_model(model)
-    step = ud.train_step(module, loss_fn, optimizer)
-    torch_device = torch.device(device)
-    native = torch_native_model(model, module.state_dict()).to(torch_device)
-    native_optimizer = torch.optim.SGD(native.parameters(), lr=LR, momentum=MOMENTUM)
-    native_loss = torch.nn.CrossEntropyLoss() if model == "cnn" else torch.nn.MSELoss()
-    x, y = (torch.from_numpy(a).to(torch_device) for a in batch_arrays(model))
+    optimizer = torch.optim.SGD(native.parameters(), lr=LR, momentum=MOMENTUM)
+
+    def native_step():
+        optimizer.zero_grad()
+        loss = loss_fn(native(x), y)
+        loss.backward()
+        optimizer.step()
+        sync()
+        return loss.detach()
+
+    return native_step
+
+
+def torch_step_pair(step, native, loss_fn, x, y, device: str):
+    """``(unidl_step, native_step, loss_diff)``: unidl's train ``step`` and the hand-written step of ``native``
+    on the same batch, each a zero-argument callable that waits for the device; ``loss_diff``, how far their
+    first losses (from the same weights) are apart."""
     sync = torch_sync(device)
 
     def unidl_step():
@@ -51,25 +60,25 @@ def torch_steps(model: str, device: str):
         sync()
         return loss
 
-    def native_step():
-        native_optimizer.zero_grad()
-        loss = native_loss(native(x), y)
-        loss.backward()
-        native_optimizer.step()
-        sync()
-        return loss.detach()
-
+    native_step = native_sgd_step(native, loss_fn, x, y, sync)
     return unidl_step, native_step, abs(float(unidl_step()) - float(native_step()))
 
 
-def bench_torch(settings: Settings, device: str) -> list[Row]:
+def torch_steps(model: str, device: str):
+    """``(unidl_step, native_step, loss_diff)`` of ``model`` (see ``torch_step_pair``). Call under
+    ``ud.use_backend("torch")``: the steps run in the caller's backend context, as a user's loop would, with no
+    per-step context switch."""
+    import torch
     import unidl as ud
 
-    rows = []
-    for model in MODELS:
-        with ud.use_backend("torch"), ud.use_device(device):
-            unidl_step, native_step, diff = torch_steps(model, device)
-            a, b = timing = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
-        rows.append(Row("train step, torch", model, "ud.train_step", "torch.nn + torch.optim.SGD",
-                        ms(a), ms(b), f"<= {PARITY_TARGET}", loss_diff=diff, spread=timing.spread))
-    return rows
+    module, loss_fn, optimizer = unidl_model(model)
+    step = ud.train_step(module, loss_fn, optimizer)
+    torch_device = torch.device(device)
+    native = torch_native_model(model, module.state_dict()).to(torch_device)
+    native_loss = torch.nn.CrossEntropyLoss() if model == "cnn" else torch.nn.MSELoss()
+    x, y = (torch.from_numpy(a).to(torch_device) for a in batch_arrays(model))
+    return torch_step_pair(step, native, native_loss, x, y, device)
+
+
+def bench_torch(settings: Settings, device: str) -> list[Row]:
+    return train_step_rows("torch", "torch.nn + torch.optim.SGD", torch_steps, settings, device)

@@ -11,3 +11,15 @@ pytest_plugins = ["unidl.testing.pytest_plugin"]
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "heavy: a test file of tens of seconds; such files run first (see below)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Test files marked ``heavy`` (``pytestmark = pytest.mark.heavy``) go first, the others keep their order.
+    scripts/run-tests.sh hands files to its workers in this order (``--dist loadfile --no-loadscope-reorder``),
+    so that the files left at the end, which one worker may run while the other has nothing left, are short;
+    xdist's own order (most tests first) would leave the heavy files, which hold few tests each, for the end."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

@@ -15,6 +15,7 @@ from unidl import cli
 pytest.importorskip("torch")
 pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
+pytestmark = pytest.mark.heavy  # tens of seconds: run first (tests/conftest.py)
 
 ROWS = [
     ("train step, torch", "two_layer"), ("train step, torch", "cnn"),

@@ -1,59 +1,99 @@
-"""Every example runs unchanged under every backend (each in a fresh interpreter, as a user runs it)."""
+"""Every example runs unchanged under every backend, in a fresh interpreter, as a user runs it: one interpreter a
+backend runs the three examples one after another as ``__main__`` (an interpreter that imports a framework takes
+seconds to start; each example seeds and builds everything it uses)."""
 
-import json
+import functools
 
 import pytest
 
-from tests.helpers import ROOT, last_json_line, run_python
+from tests.helpers import last_json_line, run_python
 from unidl.testing import max_relative_difference
 
+pytestmark = pytest.mark.heavy  # tens of seconds: run first (tests/conftest.py)
+
 BACKENDS = ["torch", "tensorflow", "keras"]
+EXAMPLES = ("two_layer_net.py", "cnn_digits.py", "custom_module.py")
+# each example's output after a line "=== <name>"; an example that raises prints its traceback there and the
+# next one still runs, so that each test fails for its own example
+RUN_EXAMPLES = f"""
+import runpy, sys, traceback
+for name in {EXAMPLES!r}:
+    print("=== " + name, flush=True)
+    try:
+        runpy.run_path("examples/" + name, run_name="__main__")
+    except BaseException:
+        traceback.print_exc(file=sys.stdout)
+"""
 
 
-def _run_example(name, backend, **env):
-    return run_python(open(ROOT / "examples" / name).read(), env={"UNIDL_BACKEND": backend, **env})
+@functools.cache
+def _examples_output(backend: str) -> dict:
+    stdout = run_python(RUN_EXAMPLES, env={"UNIDL_BACKEND": backend, "STEPS": "60"}).stdout
+    parts = stdout.split("=== ")[1:]
+    return {part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in parts}
+
+
+def _run_example(name, backend):
+    out = _examples_output(backend)[name]
+    assert "Traceback" not in out, f"examples/{name} failed on {backend}:\n{out}"
+    return out
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_layer_net_example(backend):
-    result = _run_example("two_layer_net.py", backend, STEPS="60")
-    assert f"backend={backend}" in result.stdout
-    losses = [float(line.split()[-1]) for line in result.stdout.splitlines() if line.startswith("step")]
+    out = _run_example("two_layer_net.py", backend)
+    assert f"backend={backend}" in out
+    losses = [float(line.split()[-1]) for line in out.splitlines() if line.startswith("step")]
     assert losses[-1] < 0.2 * losses[0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cnn_digits_example(backend):
-    result = _run_example("cnn_digits.py", backend)
-    assert f"backend={backend}" in result.stdout
-    accuracy = float(result.stdout.split("test accuracy")[-1])
+    out = _run_example("cnn_digits.py", backend)
+    assert f"backend={backend}" in out
+    accuracy = float(out.split("test accuracy")[-1])
     assert accuracy >= 0.95
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_custom_module_example(backend):
-    result = _run_example("custom_module.py", backend)
-    assert f"backend={backend}" in result.stdout
-    assert float(result.stdout.split("test accuracy")[-1]) >= 0.9
+    out = _run_example("custom_module.py", backend)
+    assert f"backend={backend}" in out
+    assert float(out.split("test accuracy")[-1]) >= 0.9
+
+
+# ---- Keras on torch and on JAX: one interpreter each (KERAS_BACKEND is fixed at import) ----
+
+TWO_LAYER = dict(steps=30, sizes=(32, 50, 20, 5))
+KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_losses\n"
+             f"losses = two_layer_losses('keras', **{TWO_LAYER!r})\n"
+             "ud.set_backend('keras')\nud.manual_seed(0)\n"
+             "(x, y), t = ud.datasets.digits('train'), ud.datasets.digits('test')\n"
+             "m = ud.models.CNN(1, 10, 8)\n"
+             "ud.fit(m, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(m.parameters(), lr=3e-3),"
+             " epochs=12, batch_size=64, verbose=0)\n"
+             "import keras\nprint(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy']]))")
+
+
+@functools.cache
+def _keras_on(framework: str):
+    """``[two-layer losses, the framework Keras ran on, the digits CNN's test accuracy after ud.fit]`` from an
+    interpreter whose Keras runs on ``framework``."""
+    return last_json_line(run_python(KERAS_RUN, env={"KERAS_BACKEND": framework}).stdout)
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_keras_on_another_framework_agrees_with_that_backend(framework):
-    code = ("import json\nfrom unidl.compare import two_layer_losses\n"
-            "print(json.dumps(two_layer_losses('{name}', steps=30, sizes=(32, 50, 20, 5))))")
-    keras_run = last_json_line(run_python(code.format(name="keras"), env={"KERAS_BACKEND": framework}).stdout)
-    host_run = last_json_line(run_python(code.format(name=framework)).stdout)
+    from unidl.compare import two_layer_losses
+
+    keras_run, used, _ = _keras_on(framework)
+    assert used == framework
+    host_run = two_layer_losses(framework, **TWO_LAYER)  # here: another process than Keras's
     assert max_relative_difference(keras_run, host_run) < 1e-5
     assert keras_run[-1] < keras_run[0]
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_keras_on_another_framework_fit_reaches_accuracy(framework):
-    code = ("import json, unidl as ud\nud.set_backend('keras')\nud.manual_seed(0)\n"
-            "(x, y), t = ud.datasets.digits('train'), ud.datasets.digits('test')\n"
-            "m = ud.models.CNN(1, 10, 8)\n"
-            "ud.fit(m, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(m.parameters(), lr=3e-3),"
-            " epochs=12, batch_size=64, verbose=0)\n"
-            "import keras\nprint(json.dumps([keras.backend.backend(), ud.evaluate(m, t)['accuracy']]))")
-    used, accuracy = last_json_line(run_python(code, env={"KERAS_BACKEND": framework}).stdout)
+    _, used, accuracy = _keras_on(framework)
     assert used == framework and accuracy >= 0.95

@@ -43,6 +43,15 @@ def load(path):
             return [program(torch.from_numpy(x)).numpy()]
     return run
 """,
+    "stablehlo": """
+from jax import export
+def load(path):
+    with open(path, "rb") as file:
+        program = export.deserialize(bytearray(file.read()))
+    def run(x):
+        return [np.asarray(program.call(x))]
+    return run
+""",
     "onnx": """
 import onnxruntime
 def load(path):
@@ -68,7 +77,7 @@ assert "unidl" not in sys.modules, "the exported program needed unidl"
 print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("torch", "tensorflow", "keras"))[:3]))
 """
 
-SUFFIXES = {"saved_model": "", "torch_export": ".pt2", "onnx": ".onnx"}
+SUFFIXES = {"saved_model": "", "torch_export": ".pt2", "onnx": ".onnx", "stablehlo": ".stablehlo"}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,11 @@ def data(rng):
     return x, rng.integers(0, 3, 30)
 
 
+def sp_softmax(logits):
+    exp = np.exp(logits - logits.max(1, keepdims=True))
+    return exp / exp.sum(1, keepdims=True)
+
+
 def _frozen(model):
     return ud.optim.SGD(model.parameters(), lr=0.0)  # lr 0: every epoch's logs are the model's true values
 
@@ -85,7 +90,8 @@ def test_sample_and_class_weights_weight_each_samples_loss_as_keras(backend, dat
     model = ud.models.TwoLayerNet(4, 8, 3)
     validation_weights = weights[::-1] ** 2
     history = ud.fit(model, x, y, 10, 1, 0, loss="cross_entropy", optimizer=_frozen(model), sample_weight=weights,
-                     class_weight=class_weight, shuffle=True, validation_data=(x, y, validation_weights))
+                     class_weight=class_weight, shuffle=True, validation_data=(x, y, validation_weights),
+                     metrics=["accuracy"], weighted_metrics=["accuracy", "f1", ud.metrics.AUC(4001, from_logits=True)])
     per_sample = torch.nn.functional.cross_entropy(torch.from_numpy(ud.predict(model, x)), torch.from_numpy(y),
                                                    reduction="none").numpy()
     combined = weights * np.array([class_weight[c] for c in y])
@@ -95,16 +101,35 @@ def test_sample_and_class_weights_weight_each_samples_loss_as_keras(backend, dat
     # Keras's validation_data=(x, y, sample_weight): the validation loss weighted as the training loss, metrics not
     assert history["val_loss"][0] == pytest.approx(float((per_sample * validation_weights).sum() / 30), rel=1e-5)
     assert history["val_accuracy"][0] == pytest.approx(accuracy)
-    evaluated = ud.evaluate(model, x, y, 7, loss="cross_entropy", sample_weight=validation_weights)  # 7s, one short
+    # Keras's weighted_metrics: weighted by sample_weight times class_weight (training) and by the validation
+    # weights (validation), as scikit-learn's sample_weight; one named as a plain metric is "weighted_<name>"
+    predicted, probabilities = ud.predict(model, x).argmax(1), sp_softmax(ud.predict(model, x))
+    for prefix, w in (("", combined), ("val_", validation_weights)):
+        weighted_accuracy = sk.accuracy_score(y, predicted, sample_weight=w)
+        assert history[f"{prefix}weighted_accuracy"][0] == pytest.approx(weighted_accuracy)
+        assert history[f"{prefix}f1"][0] == pytest.approx(sk.f1_score(y, predicted, average="macro", sample_weight=w,
+                                                                      labels=[0, 1, 2], zero_division=0))
+        assert history[f"{prefix}auc"][0] == pytest.approx(  # thresholded: within 1e-3 of the exact area here
+            sk.roc_auc_score(y, probabilities, multi_class="ovr", sample_weight=w), abs=1e-3)
+    evaluated = ud.evaluate(model, x, y, 7, loss="cross_entropy", sample_weight=validation_weights,  # 7s, one short
+                            metrics=["accuracy"], weighted_metrics=["accuracy"])
     assert evaluated["loss"] == pytest.approx(history["val_loss"][0], rel=1e-5)
+    assert evaluated["accuracy"] == pytest.approx(accuracy)
+    assert evaluated["weighted_accuracy"] == pytest.approx(history["val_weighted_accuracy"][0])
     target = x[:, :2]
     regression = ud.models.TwoLayerNet(4, 5, 2)
     # validation_split: the held-out samples keep their sample weights, as Keras; each sample's loss is its mean
     history = ud.fit(regression, x, target, 30, 1, 0, loss=ud.nn.MSELoss(), optimizer=_frozen(regression),
-                     sample_weight=weights, validation_split=0.2)
-    squared = ((ud.predict(regression, x) - target) ** 2).mean(1)
+                     sample_weight=weights, validation_split=0.2, metrics=["mae"], weighted_metrics=["mae", "mse"])
+    outputs = ud.predict(regression, x)
+    squared = ((outputs - target) ** 2).mean(1)
     assert history["loss"][0] == pytest.approx(float((squared[:24] * weights[:24]).mean()), rel=1e-5)
     assert history["val_loss"][0] == pytest.approx(float((squared[24:] * weights[24:]).mean()), rel=1e-5)
+    for prefix, part in (("", slice(0, 24)), ("val_", slice(24, 30))):
+        assert history[f"{prefix}mae"][0] == pytest.approx(sk.mean_absolute_error(target[part], outputs[part]))
+        for name, function in (("weighted_mae", sk.mean_absolute_error), ("mse", sk.mean_squared_error)):
+            assert history[f"{prefix}{name}"][0] == pytest.approx(
+                function(target[part], outputs[part], sample_weight=weights[part]), rel=1e-5)
 
 
 def test_initial_epoch_and_evaluate_lists(backend, data):

@@ -74,6 +74,19 @@ def test_fp16_loss_scaling_skips_an_overflowing_step(backend, rng):
     assert step.loss_scale >= 2.0 ** 16  # two finite steps in a row (growth_interval=2) doubled the scale
 
 
+def test_fit_in_fp16_goes_on_past_steps_the_loss_scaler_skips(backend, rng):
+    """An overflow that the float16 loss scaler skips is not an error in ``fit`` (GradScaler's rule in a torch
+    loop, and ``train_step``'s): the epoch ends, the skipped steps left the weights as they were."""
+    x, y = _regression(rng)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    before = model.state_dict()
+    history = ud.fit(model, (x, y), loss=ScaledMSE(1e30), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+                     batch_size=8, epochs=1, verbose=0, precision="16-mixed")
+    assert np.isfinite(history.history["loss"][0])
+    after = model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
 def test_precision_refuses_bad_values_before_training(backend, rng):
     x, y = _regression(rng)
     model = ud.models.TwoLayerNet(8, 16, 3)
@@ -161,3 +174,34 @@ def test_fp16_accumulation_checks_and_scales_once_per_update(backend, rng):
     trained = model.state_dict()
     for name in after:  # the scaled sums unscaled: the hand loop's change, to float16's rounding
         assert max_relative_difference(trained[name] - after[name], expected[name] - after[name]) < 1e-2, name
+
+
+def test_a_resume_mid_window_trains_the_uninterrupted_weights(backend, rng):
+    """The window of mixed precision's accumulation (its scaled sums, count and losses) is optimizer state: a
+    state taken 1 micro-step into the second window of accumulate=3 and loaded into a fresh model and optimizer
+    goes on to the weights of the uninterrupted run, bit for bit. (float16 with loss scaling: bf16's window is
+    the same without the scale, or on keras the optimizer's own, tested in tests/optim/test_accumulation_state.py)"""
+    precision = "16-mixed"
+    x, y = _regression(rng)
+    batches = [(x[i:i + 2], y[i:i + 2]) for i in range(0, 14, 2)]
+
+    def training():
+        ud.manual_seed(2)
+        model = ud.models.TwoLayerNet(8, 16, 3)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return model, optimizer, ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=3)
+
+    model, optimizer, step = training()
+    for index, batch in enumerate(batches):
+        step(*batch)
+        if index == 3:
+            saved = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, optimizer.state_dict()
+    expected = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+    assert saved[1]["accumulation"]["micro_steps"] == 1
+    model, optimizer, step = training()
+    model.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+    for batch in batches[4:]:
+        step(*batch)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(ud.to_numpy(model.state_dict()[name]), value, err_msg=name)

@@ -26,8 +26,20 @@ class CrashAt(ud.callbacks.Callback):
             raise Crash
 
 
+class CrashAtEpochEnd(ud.callbacks.Callback):
+    """Stops the run at the end of epoch ``epoch`` (0-based) after its last batch was checkpointed and before the
+    epoch-end checkpoint (``Checkpoint`` runs last): its History entry and schedule step are not saved."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Crash
+
+
 def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=None, every_steps=None,
-         optimizer="SGD", betas=(0.9, 0.999), eager=False, metrics=None, built=None):
+         optimizer="SGD", betas=(0.9, 0.999), eager=False, metrics=None, built=None, crash_at_end=None):
     ud.manual_seed(0)
     model = ud.models.TwoLayerNet(3, 8, 1)
     if built is not None:
@@ -43,6 +55,8 @@ def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=Non
     callbacks = [ud.callbacks.Checkpoint(directory, every_steps=every_steps, keep=2), schedule, stopping]
     if crash_at is not None:
         callbacks.append(CrashAt(crash_at))
+    if crash_at_end is not None:
+        callbacks.append(CrashAtEpochEnd(crash_at_end))
     history = None
     try:
         history = ud.fit(model, loader, loss=loss or ud.nn.MSELoss(), optimizer=optimizer, epochs=epochs,
@@ -93,6 +107,69 @@ def test_history_of_an_interrupted_epoch_through_keras_model_fit(tmp_path):
     pytest.importorskip("keras")
     with ud.use_backend("keras"):
         _interrupted_mid_way_and_resumed(tmp_path, eager=True)
+
+
+# the two kinds of epoch loop: unidl's (as on tensorflow and jax) and Keras's own trainer
+LOOPS = ["torch", "keras"]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_an_epoch_killed_after_its_last_batch_was_checkpointed_ends_as_uninterrupted(tmp_path, loop):
+    """Killed between the checkpoint of an epoch's last batch and that epoch's end, itself resumed mid-way: the
+    resumed run ends that epoch first (History entry bit for bit from the loop's own logs, the schedule's step,
+    EarlyStopping), then goes on exactly as the uninterrupted run."""
+    pytest.importorskip(loop)
+    with ud.use_backend(loop):
+        _killed_at_an_epoch_end_and_resumed(tmp_path)
+
+
+def _killed_at_an_epoch_end_and_resumed(tmp_path):
+    straight = _run(tmp_path / "straight", 3, every_steps=2, metrics=["mae"])
+    _run(tmp_path / "run", 3, every_steps=2, crash_at=9, metrics=["mae"])  # newest checkpoint: step 8, mid-epoch 2
+    _run(tmp_path / "run", 3, every_steps=2, resume_from="auto", metrics=["mae"], crash_at_end=1)
+    assert sorted(os.listdir(tmp_path / "run"))[-1] == "checkpoint-0001-0000010.safetensors"  # epoch 2's last batch
+    resumed = _run(tmp_path / "run", 3, every_steps=2, resume_from="auto", metrics=["mae"])
+    _same_run(resumed, straight, loss_rtol=0)
+    assert resumed[2].history == straight[2].history
+
+
+def _classify(directory, epochs, *, crash_at=None, resume_from=None):
+    """Three classes at lr 0 (every backend's predictions agree) with ratio metrics, checkpointed every 2 steps
+    of 5-batch epochs."""
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(3, 8, 3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, rng.integers(0, 3, 40)), batch_size=8, shuffle=True, seed=1)
+    callbacks = [ud.callbacks.Checkpoint(directory, every_steps=2, keep=2)]
+    if crash_at is not None:
+        callbacks.append(CrashAt(crash_at))
+    try:
+        return ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.0),
+                      epochs=epochs, callbacks=callbacks, verbose=0, resume_from=resume_from,
+                      metrics=["accuracy", "f1", "precision_micro", ud.metrics.AUC(from_logits=True)]).history
+    except Crash:
+        return None
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_mid_epoch_checkpoint_of_another_backend_goes_on_from_its_statistics(tmp_path, loop):
+    """A checkpoint written mid-epoch by the other kind of loop (Keras's trainer and its float32 trackers, or
+    unidl's loop on torch), resumed by ``loop``'s: the epoch goes on from the checkpoint's summed statistics,
+    so ratio metrics (F1, AUC) equal the uninterrupted run's exactly (not a mean of the two parts' ratios) and
+    the loss to float32 rounding (each loop's per-batch losses differ by that)."""
+    pytest.importorskip("keras")
+    with ud.use_backend("keras" if loop == "torch" else "torch"):
+        straight = _classify(tmp_path / "straight", 2)
+        _classify(tmp_path / "run", 2, crash_at=8)  # newest checkpoint: step 6, a batch into epoch 2
+    with ud.use_backend(loop):
+        resumed = _classify(tmp_path / "run", 2, resume_from="auto")
+    assert resumed.keys() == straight.keys()
+    for key, values in straight.items():
+        if key == "loss":
+            np.testing.assert_allclose(resumed[key], values, rtol=1e-6)
+        else:
+            assert resumed[key] == values, key
 
 
 def test_a_new_lr_wins_with_a_warning_and_new_betas_too(tmp_path, backend):

@@ -6,6 +6,8 @@ import pytest
 
 from tests.helpers import ROOT
 
+pytestmark = pytest.mark.heavy  # tens of seconds: run first (tests/conftest.py)
+
 BACKENDS = ["torch", "tensorflow", "keras"]
 
 

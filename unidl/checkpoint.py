@@ -23,6 +23,8 @@ from unidl.serialization import (MODEL_PREFIX, check_entries, decode_metadata, e
                                  stream_into, to_json)
 
 OPTIMIZER_PREFIX = "optimizer/"
+#: prefix of the summed gradients of an accumulation window in progress (``optimizer_window/<param index>``)
+WINDOW_PREFIX = "optimizer_window/"
 #: prefix of the model-shaped arrays a callback keeps (``callbacks/<class>#<count>/<state-dict key>``)
 CALLBACK_PREFIX = "callbacks/"
 _FILE_PATTERN = re.compile(r"^checkpoint-(\d{4,})-(\d{7,})\.safetensors$")
@@ -132,6 +134,11 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
                 tensors[f"{OPTIMIZER_PREFIX}{index}/{slot_name}"] = np.asarray(value)
         metadata["optimizer"] = {"class": type(optimizer).__name__, "lr": float(state["lr"]),
                                  "step": int(state["step"]), "num_params": len(slots), "hyper": state.get("hyper")}
+        window = state.get("accumulation")
+        if window is not None:  # a train step's accumulation window in progress: its sums and count
+            for index, value in enumerate(window["gradients"]):
+                tensors[f"{WINDOW_PREFIX}{index}"] = np.asarray(value)
+            metadata["optimizer"]["accumulation"] = {key: window[key] for key in ("accumulate", "micro_steps", "finite")}
     if loader is not None:
         metadata["loader"] = loader.state_dict()
     if scheduler is not None:
@@ -236,6 +243,13 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
                                     "slots": shaped})
     slots = [{slot: reader.read(key) for slot, key in entry.items()} for entry in names]
     state = {"class": saved["class"], "step": saved["step"], "lr": saved["lr"], "slots": slots}
+    window = saved.get("accumulation")
+    if window is not None:
+        keys = [f"{WINDOW_PREFIX}{index}" for index in range(count)]
+        if not isinstance(window, dict) or any(key not in reader.entries for key in keys):
+            raise CorruptFileError(f"{path!r}: optimizer accumulation window {window!r} without its {count} "
+                                   f"{WINDOW_PREFIX}* gradients")
+        state["accumulation"] = dict(window, gradients=[reader.read(key) for key in keys])
     if saved.get("hyper") is not None:
         state["hyper"] = saved["hyper"]
     if callable(getattr(optimizer, "check_state_dict", None)):

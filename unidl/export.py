@@ -21,6 +21,7 @@ FORMATS = {
     "saved_model": "a SavedModel directory: tf.saved_model.load(path).serve(x)",
     "torch_export": "a .pt2 file: torch.export.load(path).module()(x)",
     "onnx": "an .onnx file: onnxruntime.InferenceSession(path).run(None, {'x': x})",
+    "stablehlo": "a serialized jax.export.Exported: jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x)",
 }
 #: formats that write a directory rather than a single file
 DIRECTORY_FORMATS = ("saved_model",)
@@ -114,6 +115,8 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False) 
       gives ``loaded.serve(x)`` and ``loaded.signatures['serving_default']``.
     - ``'torch_export'`` (torch): a ``.pt2`` file of ``torch.export``; ``torch.export.load(path).module()(x)``.
     - ``'onnx'`` (torch): an ONNX file with input ``'x'`` and output ``'y'`` (needs onnx and onnxscript).
+    - ``'stablehlo'`` (jax): a serialized ``jax.export.Exported``, StableHLO with the weights inside, lowered for
+      CPU and CUDA; ``jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x)``.
 
     Args:
         model: a ``unidl.nn.Module``; exported on its own backend, with its current weights.

@@ -23,7 +23,7 @@ from unidl.nn.loss import CrossEntropyLoss, float_labels_message
 from unidl.metrics.probe import accumulator_for, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
-from unidl.training import TrainStep, check_accumulate, check_same_backend
+from unidl.training import TrainStep, check_accumulate, check_same_backend, expect_accumulate
 from unidl.precision import precision_policy
 
 class History:
@@ -70,6 +70,20 @@ class Trainer:
         self._epoch_start = (0, 0)  # loader (epoch, position) when the current epoch began
         self._trained_in_epoch = 0
         self.epoch_totals = None  # () -> the running sums of the epoch loop, for a checkpoint (set by fit)
+        # the part of the epoch in progress that the loop's own sums do not hold (a checkpoint's totals, in a
+        # data-parallel job: the job's), as float64 arrays [loss sum, samples, *statistics]; None otherwise
+        self.carried_totals = None
+
+    def job_totals(self) -> dict | None:
+        """The running totals of the epoch in progress over the whole job, ``{'trainer': loop, 'values': [loss
+        sum, samples, *each metric's statistics]}`` (float64 nested lists): the loop's own sums, summed over the
+        ranks of a data-parallel job, plus ``carried_totals``. Portable: any epoch loop can go on from them. In a
+        data-parallel job every rank must call it (one all-reduce). None where the loop keeps no sums."""
+        own = self.epoch_totals() if self.epoch_totals is not None else None
+        if own is None or own["values"] is None:
+            return None
+        values = job_totals(own["values"], self.carried_totals)
+        return {"trainer": own["trainer"], "values": [value.tolist() for value in values]}
 
     def loader_state(self) -> dict | None:
         """The loader position after the batches trained so far. A framework's trainer may read batches
@@ -89,6 +103,41 @@ class Trainer:
         its end runs as usual (validation, ``on_epoch_end``), as Keras's ``stop_training`` does."""
         self.stopped = True
         self.end_epoch = self.end_epoch or after_batch
+
+
+def in_data_parallel_job() -> bool:
+    """True while this process trains with others (a process group with an engine)."""
+    group = process_group.current()
+    return group is not None and group.engine is not None
+
+
+def job_totals(values, carried=None) -> list:
+    """An epoch loop's running totals ``values`` (nested lists or arrays) as float64 arrays, summed over the ranks
+    of a data-parallel job (one all-reduce, exact for counts), plus ``carried`` (arrays of the same shapes)."""
+    arrays = [np.asarray(value, dtype=np.float64) for value in values]
+    if in_data_parallel_job():
+        flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+        flat = np.asarray(process_group.sum_over_ranks(*flat.tolist()), dtype=np.float64)
+        arrays, position = [], 0
+        for value in values:
+            shape = np.shape(value)
+            size = int(np.prod(shape)) if shape else 1
+            arrays.append(flat[position:position + size].reshape(shape))
+            position += size
+    if carried is not None:
+        arrays = [a + c for a, c in zip(arrays, carried)]
+    return arrays
+
+
+def logs_from_totals(values, metrics) -> dict:
+    """An epoch's logs from its totals ``[loss sum, samples, *statistics]``: the loss sum over the samples and
+    each metric of ``metrics`` (a ``MetricAccumulator`` or None) from its summed statistics, in float64."""
+    arrays = [np.asarray(value, dtype=np.float64) for value in values]
+    loss_sum, seen = float(arrays[0]), float(arrays[1])
+    logs = {"loss": loss_sum / seen if seen else float("nan")}
+    if metrics is not None:
+        logs.update(metrics.results_from(arrays[2:]))
+    return logs
 
 
 def _is_native_pipeline(data) -> bool:
@@ -162,8 +211,9 @@ def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, tr
 
     The running sums (each batch's loss times its size, in float64 and batch order; the samples; the metrics'
     statistics) are what ``trainer.epoch_totals()`` hands a checkpoint, and ``totals``, those of a checkpoint
-    taken during this epoch, are where a resumed epoch continues them: the same additions in the same order,
-    so the resumed run's History is bit-identical to the uninterrupted run's."""
+    taken during this epoch (by this loop, or in the same layout by a framework's trainer), are where a resumed
+    epoch continues them: the same additions in the same order, so the resumed run's History is bit-identical
+    to the uninterrupted run's (exact counts and ratio metrics after another loop's checkpoint)."""
     total_loss, seen = 0.0, 0
     if metrics is not None:
         metrics.reset()
@@ -198,8 +248,8 @@ def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, tr
 
 def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: int = 1, verbose: int = 1,
         callbacks=(), validation_split: float = 0.0, validation_data=None, shuffle: bool = True, class_weight=None,
-        sample_weight=None, initial_epoch: int = 0, *, loss, optimizer, metrics=None, validation_freq=1,
-        seed: int | None = None, resume_from=None, eager: bool = False, precision=None,
+        sample_weight=None, initial_epoch: int = 0, *, loss, optimizer, metrics=None, weighted_metrics=None,
+        validation_freq=1, seed: int | None = None, resume_from=None, eager: bool = False, precision=None,
         accumulate: int = 1) -> History:
     """Train ``model`` for ``epochs`` epochs and return the per-epoch ``History``.
 
@@ -218,8 +268,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             ``"adagrad"``, ``"adamw"``, with Keras's default learning rates.
         validation_data: same forms as ``train_data``, or Keras's ``(x, y, sample_weight)`` arrays; adds
             'val_loss' and ``val_<metric>`` each epoch. With weights, 'val_loss' is Keras's weighted loss,
-            ``sum_i w_i * loss_i / n`` over the ``n`` validation samples; metrics are not weighted (as
-            Keras's ``metrics``, and as the training metrics here).
+            ``sum_i w_i * loss_i / n`` over the ``n`` validation samples, and ``weighted_metrics`` are
+            weighted by them; ``metrics`` are not (as Keras).
         validation_split: Keras's: the last fraction of the ``(x, y)`` arrays (taken before shuffling)
             validates instead of training, with its ``sample_weight`` (not ``class_weight``) as Keras;
             not with ``validation_data`` or a loader.
@@ -231,7 +281,13 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         initial_epoch: the epoch to start at (``epochs`` stays the index of the last, as in Keras).
         metrics: names or ``ud.metrics`` objects (``["accuracy", "top5", "f1"]``), each exact over the
             epoch (summed statistics, never a mean of batch means); default: accuracy for classification
-            losses (``CrossEntropyLoss``, ``NLLLoss``) with class-score outputs, none otherwise.
+            losses (``CrossEntropyLoss``, ``NLLLoss``) with class-score outputs, none otherwise (nor when
+            ``weighted_metrics`` are given). Never weighted, as Keras's ``metrics``.
+        weighted_metrics: Keras's: metrics (same forms) weighted by ``sample_weight`` times ``class_weight``
+            in training and by the validation weights in validation, as Keras's weighted metrics (a count
+            becomes a sum of weights: accuracy is ``sum w * correct / sum w``, MAE ``sum w * |e| / sum w``,
+            precision and AUC from weighted counts); unweighted where no weights are given. One named as an
+            unweighted metric is logged as ``weighted_<name>``.
         callbacks: ``ud.callbacks`` objects (EarlyStopping, LearningRateScheduler, Checkpoint, ModelCheckpoint,
             CSVLogger, ReduceLROnPlateau, TerminateOnNaN, ...) and plain functions, each called as
             ``fn(epoch, logs)`` at the end of every epoch (``logs``: that epoch's 'loss', 'lr', metrics).
@@ -276,8 +332,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     validation, validation_weighted = (_validation_loader(validation_data, batch_size or 256)
                                        if validation_data is not None else (None, False))
     check_labels(model, loss, loader)
-    train_metrics = accumulator_for(metrics, model, loader, loss, for_training=True)
-    validation_metrics = accumulator_for(metrics, model, validation, loss) if validation is not None else None
+    train_metrics = accumulator_for(metrics, model, loader, loss, for_training=True, weighted_metrics=weighted_metrics)
+    validation_metrics = (accumulator_for(metrics, model, validation, loss, weighted_metrics=weighted_metrics)
+                          if validation is not None else None)
     plain_loss = loss
     if weights is not None:  # the weights travel with the targets, into every backend's compiled step
         x_array, y_array = fit_options.arrays_of(train_data)
@@ -296,11 +353,28 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
     if resume_from is not None:
+        expect_accumulate(optimizer, accumulate)  # a checkpoint's part-full window must fit it, before any change
         start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
     for callback in callbacks:
         callback.trainer = trainer
         callback.on_train_begin()
     progress = Progress(verbose if process_group.rank_from_environment() == 0 else 0, epochs)  # rank 0 prints
+
+    def end_epoch(epoch, logs):
+        """What follows an epoch's last batch: validation, its History entry, the callbacks' epoch end."""
+        if validation is not None and fit_options.validates_after(epoch, validation_freq):
+            results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted)
+            logs.update({f"val_{k}": v for k, v in results.items()})
+        history.append(logs)
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, logs)
+
+    finished = getattr(trainer, "finished_epoch", None)
+    if finished is not None:  # resumed from a checkpoint of an epoch's last batch: that epoch's end runs now
+        trainer.epoch, trainer.finished_epoch = finished[0], None
+        end_epoch(*finished)
+        if trainer.stopped:
+            start_epoch = epochs
     step = None
     for epoch in range(start_epoch, epochs):
         trainer.epoch = epoch
@@ -320,8 +394,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         trainer._trained_in_epoch = 0
 
         def on_batch(index, logs, epoch=epoch):
-            if not terminate_on_nan:
-                _check_finite(logs["loss"], epoch, index, optimizer.last_step_finite)
+            if not terminate_on_nan:  # a step the float16 loss scaler skipped is its business (GradScaler's rule)
+                _check_finite(logs["loss"], epoch, index, precision.scales_loss or optimizer.last_step_finite)
             trainer.global_step += 1
             trainer._trained_in_epoch += 1
             progress.batch(index, logs)
@@ -332,33 +406,34 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
 
         batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
         carried = trainer.carried_epoch if trainer.carried_epoch and trainer.carried_epoch["epoch"] == epoch else {}
-        totals = carried.get("totals") or {}  # a resumed epoch: the running sums of the loop that saved them
+        # a resumed epoch: the checkpoint's running totals [loss sum, samples, *statistics], the same layout in
+        # every loop (unidl's, a framework's trainer, any backend's), so the loop goes on from them, or in a
+        # data-parallel job (the job's totals) each rank starts from zero and they are added once at the end
+        values = (carried.get("totals") or {}).get("values")
+        group = in_data_parallel_job()
+        loop_totals = values if values is not None and not group else None
+        trainer.carried_totals = ([np.asarray(v, dtype=np.float64) for v in values]
+                                  if values is not None and group else None)
         trainer.epoch_totals = lambda: {"trainer": backend.name, "values": backend.epoch_totals(model)}
-        loop = backend.name
         try:
             logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, train_metrics, eager,
-                                     precision=precision, accumulate=accumulate,
-                                     totals=totals.get("values") if totals.get("trainer") == backend.name else None)
+                                     precision=precision, accumulate=accumulate, totals=loop_totals)
             if logs is None:
-                loop = UNIDL_LOOP
                 step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager, check_finite=False,
                                          precision=precision, accumulate=accumulate)
-                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer,
-                                             totals.get("values") if totals.get("trainer") == UNIDL_LOOP else None)
+                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals)
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
             logs = end.logs
-        if totals.get("trainer") == loop:  # the loop went on from the checkpoint's sums: its means are the epoch's
-            trainer.carried_epoch = None
-        else:  # another loop saved them (a checkpoint of another backend): the two parts' means, joined
+        if carried and values is None:  # a checkpoint without running totals: the two parts' means, joined
             logs = _whole_epoch_means(trainer, epoch, logs)
+        trainer.carried_epoch = None
         logs = dict(logs, lr=epoch_lr)
-        logs = process_group.mean_over_ranks(logs, 1)  # a data-parallel job: every rank logs the job's means
-        if validation is not None and fit_options.validates_after(epoch, validation_freq):
-            results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted)
-            logs.update({f"val_{k}": v for k, v in results.items()})
-        history.append(logs)
-        for callback in callbacks:
-            callback.on_epoch_end(epoch, logs)
+        if group:  # every rank logs the job's values: from the statistics summed over the ranks, not their means
+            totals = trainer.job_totals()
+            logs = (dict(logs, **logs_from_totals(totals["values"], train_metrics)) if totals is not None
+                    else process_group.mean_over_ranks(logs, 1))
+        trainer.carried_totals = None
+        end_epoch(epoch, logs)
         progress.end_epoch(logs, steps if steps is not None else 0)
         if trainer.stopped:
             break
@@ -429,24 +504,24 @@ def _check_resumable(metadata: dict, path: str, trainer, backend=None, metrics=N
             and isinstance(progress.get("samples"), int) and progress["samples"] >= 0
             and isinstance(progress.get("sums"), dict)
             and all(isinstance(v, (int, float)) for v in progress["sums"].values())
-            and _well_formed_totals(progress.get("totals"))):
+            and _well_formed_totals(progress.get("totals"))
+            and (progress.get("logs") is None or (isinstance(progress["logs"], dict) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in progress["logs"].values())))):
         raise CorruptFileError(f"{path}: malformed epoch progress {progress!r}")
-    # the epoch it resumes (as _resume finds it; the loader's state is checked already): its totals go on
+    # the epoch it resumes, or the epoch whose last batch it saved (as _resume finds them; the loader's state is
+    # checked already): its totals go on, or make its History entry
     if (progress and progress["samples"] and progress.get("totals") and backend is not None
-            and isinstance(trainer.loader, DataLoader) and progress["epoch"] == metadata["loader"]["epoch"]):
+            and isinstance(trainer.loader, DataLoader)
+            and progress["epoch"] in (metadata["loader"]["epoch"], metadata["loader"]["epoch"] - 1)):
         _check_epoch_totals(progress["totals"], progress["epoch"], backend, metrics)
 
 
 def _check_epoch_totals(totals: dict, epoch: int, backend, metrics) -> None:
     """Raise ``CheckpointStateError`` unless a checkpoint's running totals of ``epoch`` (``{'trainer': loop,
-    'values': [...]}``) have the shapes the loop that saved them keeps with this run's ``metrics`` (unidl's loop:
-    loss sum, sample count, each metric's statistics; a backend's ``fit_epoch``: ``epoch_totals_shapes``)."""
+    'values': [...]}``) have the shapes every loop keeps with this run's ``metrics``: loss sum, sample count,
+    each metric's statistics (a backend's own ``fit_epoch``: its ``epoch_totals_shapes``, the same layout)."""
     metric_shapes = [tuple(shape) for shape in metrics.shapes] if metrics is not None else []
-    loop = totals.get("trainer")
-    expected = ([(), ()] + metric_shapes if loop == UNIDL_LOOP
-                else backend.epoch_totals_shapes(metrics) if loop == backend.name else None)
-    if expected is None:  # another backend's loop: its totals are not continued (the epoch's sums are)
-        return
+    expected = backend.epoch_totals_shapes(metrics) or [(), ()] + metric_shapes
     try:
         shapes = [np.asarray(value, dtype=np.float64).shape for value in totals["values"]]
     except ValueError:  # ragged nested lists
@@ -517,10 +592,22 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
         if progress["epoch"] == start_epoch:
             trainer.carried_epoch = progress
         elif progress["epoch"] == start_epoch - 1 and history.epochs == progress["epoch"]:
-            # saved after the epoch's last batch, before its end: its History entry is made here
-            history.append(dict({k: v / progress["samples"] for k, v in progress["sums"].items()},
-                                lr=progress.get("lr", optimizer.lr)))
+            # saved after the epoch's last batch, before its end: fit runs that end (validation, History entry,
+            # callbacks) before the next epoch, with the epoch's logs as the uninterrupted run has them
+            trainer.finished_epoch = (progress["epoch"], dict(_finished_epoch_logs(progress, metrics),
+                                                              lr=progress.get("lr", optimizer.lr)))
     return start_epoch
+
+
+def _finished_epoch_logs(progress: dict, metrics) -> dict:
+    """The logs of an epoch from a checkpoint of its last batch: the loop's own logs there where it saved them
+    (the epoch's logs, bit for bit), else from its totals (exact), else from its sums (an older checkpoint)."""
+    if progress.get("logs") is not None:
+        return dict(progress["logs"])
+    totals = progress.get("totals")
+    if totals is not None:
+        return logs_from_totals(totals["values"], metrics)
+    return {k: v / progress["samples"] for k, v in progress["sums"].items()}
 
 
 def _whole_epoch_means(trainer, epoch: int, logs: dict) -> dict:
@@ -560,12 +647,12 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
 
 
 def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metrics=None, return_dict: bool = True,
-             sample_weight=None):
+             sample_weight=None, weighted_metrics=None):
     """Mean loss (if ``loss`` is given: a module or a name, as in ``fit``) and ``metrics`` of ``model`` over
     ``data`` (``(x, y)``, ``x, y`` as in Keras, or a loader), in eval mode, each exact over all samples.
 
     ``sample_weight``: one weight per sample (arrays only), as Keras: the loss is ``sum_i w_i * loss_i / n``
-    over the ``n`` samples; metrics are not weighted.
+    over the ``n`` samples, and ``weighted_metrics`` (as in ``fit``) are weighted by them; ``metrics`` are not.
 
     ``metrics``: names or ``ud.metrics`` objects, as in ``fit`` (default: accuracy where the outputs are class
     scores and the loss, if any, is a classification loss). Returns a dict, or with ``return_dict=False``
@@ -584,7 +671,8 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
                              batch_size=batch_size)
     else:
         batches = _batches(data, batch_size)
-    results = _evaluate_with(model, batches, loss, accumulator_for(metrics, model, batches, loss),
+    results = _evaluate_with(model, batches, loss,
+                             accumulator_for(metrics, model, batches, loss, weighted_metrics=weighted_metrics),
                              weighted=sample_weight is not None)
     if return_dict:
         return results
@@ -594,7 +682,8 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
 
 def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dict:
     """``evaluate``'s loop over ``batches`` with a ``MetricAccumulator`` (or None) already bound to them;
-    ``weighted``: each batch's third field is its samples' weights, which weight the loss (Keras's rule)."""
+    ``weighted``: each batch's third field is its samples' weights, which weight the loss and the weighted
+    metrics (Keras's rule)."""
     backend = model._backend
     per_sample = fit_options.per_sample_loss(loss) if weighted and loss is not None else None
     forward = backend.predict_function(model)
@@ -618,7 +707,7 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
             elif loss is not None:
                 total += float(loss(outputs, backend.tensor(to_numpy(y)))) * count
             if metrics is not None:
-                metrics.add(outputs, y)
+                metrics.add(outputs, y, batch[2] if weighted else None)
             seen += count
     finally:
         model.train(was_training)

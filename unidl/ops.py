@@ -98,15 +98,39 @@ def _checked_pool(name, x, kernel_size, padding):
 
 
 @op(dispatch=False)
-def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False):
+def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, return_indices=False):
     """Maximum over windows of NCHW ``x`` (stride defaults to the kernel size; padding counts as -inf).
-    ``ceil_mode``: a last, partial window where PyTorch has one (it starts inside the input or its left padding)."""
+    ``ceil_mode``: a last, partial window where PyTorch has one (it starts inside the input or its left padding).
+    ``return_indices``: ``(output, indices)``, each index (int64) the position of the window's maximum in the
+    flattened H * W plane of its sample and channel, as PyTorch gives it (the input of ``max_unpool2d``)."""
     x = _checked_pool("max_pool2d", x, kernel_size, padding)
+    if return_indices:
+        from unidl import spatial_ops
+
+        return spatial_ops.max_pool2d_with_indices(x, kernel_size, stride, padding, ceil_mode)
     if ceil_mode:
         from unidl import spatial_ops
 
         return spatial_ops.pool2d_with_options("max", x, kernel_size, stride, padding, ceil_mode)
     return _ops().max_pool2d(x, kernel_size, stride, padding)
+
+
+@op(dispatch=False)
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    """The partial inverse of ``max_pool2d(..., return_indices=True)``, as ``torch.nn.functional.max_unpool2d``:
+    a zero NCHW tensor of (H, W) = (h - 1) * stride - 2 * padding + kernel (or ``output_size``'s last two entries,
+    strictly within ``stride`` of that) with each value of ``x`` written at its index into its sample's and
+    channel's flattened plane. The gradient of each value is the output's gradient at its index (every value
+    that shares an index gets it). An index outside the plane is an ``IndexOutOfRangeError``, an inconsistent
+    ``output_size`` a ``ShapeMismatchError``."""
+    from unidl import spatial_ops
+
+    if len(x.shape) != 4 or len(indices.shape) != 4:
+        raise ValueError(f"max_unpool2d takes (N, C, h, w) input and indices, got shapes {tuple(x.shape)} and "
+                         f"{tuple(indices.shape)}")
+    sizes, x = spatial_ops.unpooled_size("max_unpool2d", x, kernel_size, stride, padding, output_size)
+    indices = _ops().check_index(indices, sizes[0] * sizes[1], "max_unpool2d index")
+    return _ops().max_unpool2d(x, indices, kernel_size, stride, padding, sizes)
 
 
 @op(dispatch=False)
@@ -344,6 +368,13 @@ def gather(x, dim, index):
 def check_index(indices, size, what="index"):
     """``indices`` unchanged, after checking that every value lies in [0, size): ``IndexOutOfRangeError``
     naming ``what`` if not, eagerly, and inside a compiled graph from a check that runs with it."""
+
+
+@op(public=False)
+def segment_sum(data, segment_ids, num_segments):
+    """A (num_segments,) tensor whose entry k is the sum of the entries of the 1-D ``data`` whose entry of the
+    1-D integer ``segment_ids`` is k (``tf.math.unsorted_segment_sum``, ``jax.ops.segment_sum``): a weighted
+    bincount, in O(len(data)) memory, graph-safe. Ids must lie in [0, num_segments) (callers ensure it)."""
 
 
 @op(public=False)

@@ -154,6 +154,65 @@ def pool2d_with_options(kind, x, kernel_size, stride=None, padding=0, ceil_mode=
     return sums / counts
 
 
+def _as_int64(size):
+    return size if isinstance(size, int) else ops.cast(size, "int64")
+
+
+def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """``max_pool2d`` and, for each window, the position of its maximum as ``torch.nn.functional.max_pool2d(...,
+    return_indices=True)`` gives it: an int64 index into the flattened (H * W) plane of the sample's channel, the
+    first maximum in the window's row-major order where several are equal. The kh * kw strided views of the padded
+    input are stacked and their argmax picks both the value and the offset, so the gradient flows to the chosen
+    input alone (summed over windows that share it), as PyTorch's does."""
+    kernel = _pair(kernel_size)
+    strides = _pair(stride if stride is not None else kernel_size)
+    pads = _pair(padding)
+    height, width = ops.shape(x)[2:]
+    out = [_pooled_size(n, k, s, p, ceil_mode) for n, k, s, p in zip((height, width), kernel, strides, pads)]
+    extras = tuple(s - 1 if ceil_mode else 0 for s in strides)
+    padded = ops.pad(x, (pads[1], pads[1] + extras[1], pads[0], pads[0] + extras[0]), value=float("-inf"))
+    views = [padded[:, :, i::strides[0], j::strides[1]][:, :, :out[0], :out[1]]
+             for i in range(kernel[0]) for j in range(kernel[1])]
+    stacked = ops.stack(views, 2)  # (N, C, kh * kw, oh, ow)
+    choice = ops.cast(ops.argmax(stacked, 2, True), "int64")
+    # the chosen view's value, summed with zeros (exact; the gradient reaches the chosen element only)
+    offsets = ops.reshape(ops.arange(0, len(views), 1, "int64"), (1, 1, len(views), 1, 1))
+    values = ops.sum(ops.where(choice == offsets, stacked, ops.zeros_like(stacked)), 2)
+    choice = ops.squeeze(choice, 2)
+    rows = ops.unsqueeze(ops.arange(0, _as_int64(out[0]), 1, "int64") * strides[0] - pads[0], 1)
+    columns = ops.arange(0, _as_int64(out[1]), 1, "int64") * strides[1] - pads[1]
+    indices = (rows + choice // kernel[1]) * _as_int64(width) + columns + choice % kernel[1]
+    return values, indices
+
+
+def unpooled_size(owner, x, kernel_size, stride=None, padding=0, output_size=None):
+    """The (H, W) that ``max_unpool2d`` writes into: (h - 1) * stride - 2 * padding + kernel by default, or the
+    last two entries of ``output_size``, which must lie strictly within ``stride`` of that default (PyTorch's
+    rule: the sizes a pooling with these arguments could have come from). Returns the sizes (ints, or scalar
+    tensors where a graph leaves the input's size unknown) and ``x`` (carrying that check inside a graph)."""
+    kernel = _pair(kernel_size)
+    strides = _pair(stride if stride is not None else kernel_size)
+    pads = _pair(padding)
+    sizes = input_checks.sizes_of(x)
+    defaults = [(n - 1) * s - 2 * p + k for n, k, s, p in zip(sizes[2:], kernel, strides, pads)]
+    if output_size is None:
+        return tuple(defaults), x
+    given = tuple(output_size)
+    if len(given) not in (2, 4) or not all(isinstance(o, int) and not isinstance(o, bool) for o in given[-2:]):
+        raise ValueError(f"{owner} output_size must be 2 ints (H, W) or 4 (N, C, H, W), got {output_size!r}")
+    given = given[-2:]
+    for axis, (size, default, s) in enumerate(zip(given, defaults, strides)):
+        holds = input_checks.all_of([input_checks._holds(default - s < size), input_checks._holds(size < default + s)])
+
+        def template(axis=axis):
+            return (f"{input_checks.literal(owner)}: output_size {given} is inconsistent with the input: its "
+                    f"{('height', 'width')[axis]} must lie strictly between {{}} and {{}} (input shape "
+                    f"{input_checks.shape_template(len(sizes))})")
+
+        x = input_checks.require(x, holds, template, (default - s, default + s) + tuple(sizes))
+    return given, x
+
+
 def _bins(size, bins, like):
     """(bins, size) booleans: row i marks PyTorch's adaptive-pooling bin i, [floor(i * size / bins),
     ceil((i + 1) * size / bins)); and each bin's length, (bins, 1)."""
@@ -243,7 +302,32 @@ def dropout2d(x, p=0.5, training=True, generator=None):
 
 # ---- interpolation --------------------------------------------------------------------------------------------
 
-INTERPOLATION_MODES = {3: ("nearest", "nearest-exact", "linear", "area"), 4: ("nearest", "nearest-exact", "bilinear", "area")}
+INTERPOLATION_MODES = {3: ("nearest", "nearest-exact", "linear", "area"),
+                       4: ("nearest", "nearest-exact", "bilinear", "bicubic", "area")}
+#: the modes that take ``align_corners``
+ALIGNABLE_MODES = ("linear", "bilinear", "bicubic")
+#: the cubic convolution's parameter in PyTorch's (and OpenCV's) bicubic kernel
+_CUBIC_A = -0.75
+
+
+def _cubic_weights(t):
+    """The four weights of PyTorch's bicubic kernel (Keys' cubic convolution, A = -0.75) for the inputs at
+    floor(s) - 1, floor(s), floor(s) + 1 and floor(s) + 2, ``t`` = s - floor(s) (an array or a tensor)."""
+    a = _CUBIC_A
+
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+def _true_floor(value):
+    """floor of a float tensor that may be negative (``_floor`` truncates toward zero)."""
+    truncated = _floor(value)
+    return truncated - ops.cast_like(value < truncated, value)
 
 
 def _interpolation_matrix(size, out, mode, align_corners, scale, like):
@@ -257,6 +341,15 @@ def _interpolation_matrix(size, out, mode, align_corners, scale, like):
         offset = 0.5 if mode == "nearest-exact" else 0.0
         source = ops.minimum(_floor((destination + offset) * scale), ops.zeros_like(destination) + last)
         return ops.cast_like(positions == ops.unsqueeze(source, 1), like)
+    if mode == "bicubic":  # four taps, clamped to the edge; the source is not clamped at 0 (PyTorch's)
+        source = destination * scale if align_corners else (destination + 0.5) * scale - 0.5
+        low = _true_floor(source)
+        fraction = ops.unsqueeze(source - low, 1)
+        zero, matrix = ops.zeros_like(low), 0.0
+        for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(fraction)):
+            index = ops.minimum(ops.maximum(low + offset, zero), zero + last)
+            matrix = matrix + weight * ops.cast_like(positions == ops.unsqueeze(index, 1), like)
+        return matrix
     if align_corners:
         source = destination * scale
     else:
@@ -280,6 +373,12 @@ def _interpolation_weights(size, out, mode, align_corners, scale) -> np.ndarray:
             source = np.floor(((destination + 0.5) * np.float64(np.float32(scale))).astype(np.float32))
         weights[rows, np.minimum(source.astype(np.int64), size - 1)] = 1.0
         return weights
+    if mode == "bicubic":
+        source = destination * scale if align_corners else (destination + 0.5) * scale - 0.5
+        low = np.floor(source)
+        for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(source - low)):
+            np.add.at(weights, (rows, np.clip(low.astype(np.int64) + offset, 0, size - 1)), weight)
+        return weights
     source = destination * scale if align_corners else np.maximum((destination + 0.5) * scale - 0.5, 0.0)
     low = np.minimum(np.floor(source).astype(np.int64), size - 1)
     high = np.minimum(low + 1, size - 1)
@@ -293,7 +392,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     """``torch.nn.functional.interpolate`` for (N, C, L) and (N, C, H, W) ``x``: resize to ``size`` or by
     ``scale_factor`` (an int/float or one per spatial axis; the output size is floor(in * scale_factor)).
     ``mode``: 'nearest' (PyTorch's: input floor(j * in / out)), 'nearest-exact', 'linear' (3-D) / 'bilinear'
-    (4-D) with ``align_corners`` False (pixel centres, the default) or True (corner pixels aligned), or 'area'
+    (4-D) / 'bicubic' (4-D: PyTorch's cubic convolution with A = -0.75 over four inputs, clamped at the edges)
+    with ``align_corners`` False (pixel centres, the default) or True (corner pixels aligned), or 'area'
     (adaptive average pooling). With ``scale_factor`` the source positions use 1 / scale_factor, as PyTorch
     does, unless ``recompute_scale_factor`` is True."""
     rank = len(x.shape)
@@ -303,9 +403,10 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     if mode not in INTERPOLATION_MODES[rank]:
         raise ValueError(f"interpolate mode {mode!r} is not available for {rank}-D input; use one of "
                          f"{', '.join(INTERPOLATION_MODES[rank])}")
-    linear = mode in ("linear", "bilinear")
+    linear = mode in ALIGNABLE_MODES
     if align_corners is not None and not linear:
-        raise ValueError(f"interpolate align_corners applies to the 'linear' and 'bilinear' modes only, not {mode!r}")
+        raise ValueError(f"interpolate align_corners applies to the 'linear', 'bilinear' and 'bicubic' modes only, "
+                         f"not {mode!r}")
     if (size is None) == (scale_factor is None):
         raise ValueError("interpolate takes exactly one of size and scale_factor")
     if recompute_scale_factor and size is not None:

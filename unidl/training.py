@@ -39,6 +39,126 @@ def check_accumulate(accumulate) -> int:
     return accumulate
 
 
+class AccumulationWindow:
+    """The window of a train step with ``accumulate`` N > 1 (what it keeps between micro-steps), as canonical
+    state for ``optimizer.state_dict()`` and checkpoints, the same on every backend and precision::
+
+        {"accumulate": N, "micro_steps": k, "finite": bool, "gradients": [np.ndarray, ...]}
+
+    ``k`` micro-steps have run since the last update (0 < k < N), ``finite``: each had a finite loss and
+    gradients, ``gradients``: the sum of their gradients of ``loss / N``, unscaled, one per parameter in
+    ``optimizer.params`` order (zeros where none was accumulated). A backend builds it from ``read() ->
+    (micro_steps, finite, gradients)`` and ``write(micro_steps, finite, gradients)`` over its own storage
+    (``.grad``, variables), and registers it with ``attach_window`` when it creates that storage."""
+
+    def __init__(self, accumulate: int, read, write):
+        self.accumulate, self._read, self._write = accumulate, read, write
+
+    def state(self) -> dict | None:
+        """The window's state, or None when it is empty (at an update: nothing to keep)."""
+        import numpy as np
+
+        micro_steps, finite, gradients = self._read()
+        if not micro_steps:
+            return None
+        return {"accumulate": self.accumulate, "micro_steps": int(micro_steps), "finite": bool(finite),
+                "gradients": [np.asarray(g) for g in gradients]}
+
+    def load(self, state: dict | None) -> None:
+        """Restore ``state`` (None: empty the window), checked first by ``check_window_state``."""
+        if state is None:
+            self._write(0, True, None)
+        else:
+            self._write(int(state["micro_steps"]), bool(state["finite"]), state["gradients"])
+
+
+_WINDOW, _PENDING, _STEP_ACCUMULATE = "_accumulation_window", "_pending_accumulation_window", "_train_step_accumulate"
+
+
+def expect_accumulate(optimizer, accumulate: int) -> None:
+    """Note that ``optimizer`` trains in steps of ``accumulate`` micro-steps (a ``TrainStep``, ``fit``), so that a
+    state loaded before the step builds its window is checked against it at once (``check_window_state``)."""
+    optimizer.__dict__[_STEP_ACCUMULATE] = accumulate
+
+
+def check_window_state(optimizer, state, accumulate: int | None = None) -> None:
+    """Raise ``CheckpointStateError`` unless ``state`` (an ``AccumulationWindow.state()`` or None) fits
+    ``optimizer`` and a train step with ``accumulate`` micro-steps per update (None: the accumulation of the
+    window registered now, if any). The rule: a part-full window resumes only under the ``accumulate`` it was
+    taken with (its sum is of ``loss / N`` and its update comes after N micro-steps); an empty one (a checkpoint
+    taken at an update) resumes under any."""
+    import numpy as np
+
+    from unidl.errors import CheckpointStateError
+
+    if state is None:
+        return
+    owner = type(optimizer).__name__
+    if not isinstance(state, dict) or set(state) != {"accumulate", "micro_steps", "finite", "gradients"}:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointStateError(f"{owner} state 'accumulation' must have the keys ['accumulate', 'finite', "
+                                   f"'gradients', 'micro_steps'], found {found}")
+    saved, micro_steps = state["accumulate"], state["micro_steps"]
+    if (not isinstance(saved, (int, np.integer)) or isinstance(saved, bool) or saved < 2
+            or not isinstance(micro_steps, (int, np.integer)) or isinstance(micro_steps, bool)
+            or not 0 < micro_steps < saved):
+        raise CheckpointStateError(f"{owner} state 'accumulation' must hold 0 < micro_steps < accumulate (integers, "
+                                   f"accumulate >= 2), got micro_steps={micro_steps!r}, accumulate={saved!r}")
+    gradients = state["gradients"]
+    if not isinstance(gradients, (list, tuple)) or len(gradients) != len(optimizer.params):
+        count = len(gradients) if isinstance(gradients, (list, tuple)) else type(gradients).__name__
+        raise CheckpointStateError(f"{owner} accumulation window holds {count} gradients, expected "
+                                   f"{len(optimizer.params)}")
+    for index, (param, value) in enumerate(zip(optimizer.params, gradients)):
+        if tuple(np.shape(value)) != tuple(param.shape) or np.asarray(value).dtype.kind != "f":
+            raise CheckpointStateError(f"{owner} accumulation window gradient {index}: expected floats of shape "
+                                       f"{tuple(param.shape)}, found {np.asarray(value).dtype} of shape "
+                                       f"{tuple(np.shape(value))}")
+    if accumulate is None:  # the window's train step, or the last one built (Keras builds its window later)
+        window = optimizer.__dict__.get(_WINDOW)
+        accumulate = window.accumulate if window is not None else optimizer.__dict__.get(_STEP_ACCUMULATE)
+    if accumulate is not None and accumulate != saved:
+        raise CheckpointStateError(
+            f"the state was taken {micro_steps} micro-step(s) into an accumulation window of accumulate={saved}, "
+            f"but this train step has accumulate={accumulate}; resume with accumulate={saved} (a part-full "
+            f"window holds the sum of loss / {saved} over its micro-steps), or from a state taken at an update")
+
+
+def window_state(optimizer) -> dict | None:
+    """The accumulation window ``optimizer.state_dict()`` saves: the registered window's, else one loaded
+    for a train step not built yet; None when there is none or it is empty."""
+    window = optimizer.__dict__.get(_WINDOW)
+    return window.state() if window is not None else optimizer.__dict__.get(_PENDING)
+
+
+def load_window_state(optimizer, state: dict | None) -> None:
+    """Restore the window of ``optimizer.load_state_dict`` (checked already): into the registered window, else
+    kept until a train step with accumulation creates its window (``attach_window``)."""
+    window = optimizer.__dict__.get(_WINDOW)
+    if window is not None:
+        window.load(state)
+    else:
+        optimizer.__dict__[_PENDING] = state
+
+
+def attach_window(optimizer, accumulate: int, window: AccumulationWindow | None = None) -> None:
+    """Register the window of a train step being built with ``accumulate`` (None for ``accumulate`` 1), after
+    checking a window loaded before it (``load_state_dict`` before the step was built), which it then takes."""
+    loaded = _PENDING in optimizer.__dict__
+    pending = optimizer.__dict__.pop(_PENDING, None)
+    try:
+        check_window_state(optimizer, pending, accumulate)
+    except Exception:
+        optimizer.__dict__[_PENDING] = pending
+        raise
+    if window is None:
+        optimizer.__dict__.pop(_WINDOW, None)
+        return
+    optimizer.__dict__[_WINDOW] = window
+    if loaded:  # (a step built again over the same storage, after a mode change, keeps its window)
+        window.load(pending)
+
+
 class TrainStep:
     """``step(x, y) -> loss`` for a model, loss and optimizer; see ``train_step``."""
 
@@ -51,6 +171,12 @@ class TrainStep:
         self.eager, self.check_finite, self.calls = bool(eager), check_finite, 0
         self.precision = precision_policy(precision)
         self._backend = check_same_backend(model, loss_fn, optimizer)
+        # a window loaded into the optimizer before this step must fit its accumulate (checked before anything is
+        # built); the backend registers its own window next, where accumulate > 1
+        check_window_state(optimizer, optimizer.__dict__.get(_PENDING), self.accumulate)
+        expect_accumulate(optimizer, self.accumulate)
+        if self.accumulate == 1:
+            attach_window(optimizer, 1)
         if self.precision.mixed:
             self._run = self._backend.mixed_precision_train_step(model, loss_fn, optimizer, self.precision,
                                                                  with_outputs, self.eager, accumulate=self.accumulate)
@@ -113,10 +239,18 @@ def train_step(model, loss_fn, optimizer, *, eager: bool = False, precision=None
     (``clip_grad_norm=``, ``clip_grad_value=``).
     ``accumulate=N``: each call is a micro-step; every N-th call updates with the mean of the N micro-steps'
     gradients (PyTorch's ``(loss / N).backward()`` idiom), clipped after accumulation. The optimizer's step
-    count (Adam's bias correction, schedules) counts updates, not micro-steps. A non-finite micro-step
-    discards the window's gradients. The accumulation stays inside the graph on tensorflow, keras and jax. In a
-    data-parallel torch job the micro-steps that do not update run under DDP's ``no_sync()`` (one all-reduce per
-    update), and the non-finite check waits for the update's averaged sum.
+    count (Adam's bias correction, schedules) counts updates, not micro-steps. The accumulation stays inside the
+    graph on tensorflow, keras and jax. In a data-parallel job the micro-steps that do not update keep their
+    gradients on their rank (torch: DDP's ``no_sync()``; tensorflow's ``MultiWorkerMirroredStrategy``: a window
+    per rank), one all-reduce per update. One non-finite rule, for every precision and on one process as in a
+    job: a micro-step whose loss or gradients are NaN or infinite marks its window, and the window's N-th call
+    skips the whole update and empties the window (the calls before it report ``last_step_finite`` True; the
+    N-th reports False and, unless ``check_finite=False`` or float16 loss scaling skips silently, raises
+    ``NonFiniteLossError``). Waiting for the update keeps the ranks of a job in lockstep: each rank's micro-steps
+    check their own losses, and the update's guard agrees over the ranks with one all-reduce (no rank raises
+    or skips alone). The window is optimizer state: ``optimizer.state_dict()`` and checkpoints taken between
+    micro-steps keep it (``"accumulation"``), and a part-full window resumes only under the same ``accumulate``
+    (``CheckpointStateError`` naming both), so a resumed run equals the uninterrupted one.
     ``precision``: "32" (the default), "bf16-mixed" or "16-mixed" (a ``ud.Precision`` for loss-scaling
     settings): float32 weights, bfloat16/float16 compute, loss scaling for float16 (``unidl.precision``);
     ``step.loss_scale`` is the scale in force. With ``accumulate`` too, as ``torch.amp.GradScaler`` with

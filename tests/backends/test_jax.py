@@ -131,3 +131,26 @@ def test_arrays_given_to_the_backend_are_copied_not_shared():
     assert float(model.state_dict()["weight"][0, 0]) == 0.5
     assert float(tensor[0, 0]) == 0.5
     assert float(np.asarray(variable.value)[0, 0]) == 0.5
+
+
+def test_the_guards_finite_check_finds_one_non_finite_element_anywhere():
+    """The step's finite flag reads large gradients through a matrix-vector product with zeros (faster on XLA's CPU
+    than one reduction): one inf, -inf or NaN at any place of a matrix or a conv kernel must still turn it False,
+    and finite values too large to sum (3e38) must not. Oracle: NumPy's ``isfinite``."""
+    import jax
+
+    from unidl.backends.jax.optimizer import all_finite
+
+    rng = np.random.default_rng(0)
+    check = jax.jit(all_finite)
+    for shape in ((100, 1000), (64, 8, 3, 3), (5000, 1), (7, 3)):  # matrix-vector (the first three), reduction
+        base = rng.standard_normal(shape).astype(np.float32)
+        huge = np.full(shape, 3e38, np.float32)
+        assert bool(check([base, huge, None])) and np.isfinite(huge).all()
+        for bad in (np.inf, -np.inf, np.nan):
+            for index in (0, base.size - 1, int(rng.integers(base.size))):
+                values = base.copy()
+                values.flat[index] = bad
+                assert bool(check([np.float32(1.0), values])) == bool(np.isfinite(values).all()) is False, (
+                    shape, bad, index)
+    assert not bool(check([np.float32(np.nan), np.ones((100, 1000), np.float32)]))

@@ -1,5 +1,9 @@
-"""Keras on JAX: ``ud.grad`` with respect to a model's Keras variables and ``ud.function`` compiled over them,
-against torch on the same weights and batch (one fresh interpreter: ``KERAS_BACKEND`` is read at import)."""
+"""Keras on JAX (one fresh interpreter: ``KERAS_BACKEND`` is read at import): ``ud.grad`` with respect to a
+model's Keras variables and ``ud.function`` compiled over them, against torch on the same weights and batch; and
+``ud.fit`` through Keras's JAX trainer, which holds the state outside the variables during an epoch: a mid-epoch
+checkpoint resumes bit for bit, a non-finite gradient stops fit at its step, float16 accumulation is GradScaler's."""
+
+import pytest
 
 from tests.helpers import last_json_line, run_python
 
@@ -56,6 +60,95 @@ def retrace_reaching_new_variables():
         return float(np.max(np.abs(ud.to_numpy(branch(small)) - ud.to_numpy(second(ud.tensor(small))))))
 
 
+def state(model):
+    return {k: np.array(v) for k, v in model.state_dict().items()}
+
+
+def resumable_fit(directory, resume_from=None):
+    # 3 batches an epoch, a checkpoint every 2 steps: step 4's is mid epoch 2
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(3, 4, 1)
+        data = np.random.default_rng(1).standard_normal((12, 3)).astype(np.float32)
+        loader = ud.data.DataLoader(ud.data.TensorDataset(data, data.sum(1, keepdims=True)), batch_size=4,
+                                    shuffle=True, seed=1)
+        history = ud.fit(model, loader, loss=ud.nn.MSELoss(), optimizer=ud.optim.Adam(model.parameters(), lr=0.05),
+                         epochs=2, callbacks=[ud.callbacks.Checkpoint(directory, every_steps=2, keep=None)],
+                         verbose=0, metrics=["mae"], resume_from=resume_from).history
+        return history, state(model)
+
+
+def mid_epoch_resume():
+    # a fresh run resumed from the uninterrupted run's checkpoint of step 4 (as after a crash at step 5)
+    import os, tempfile
+    directory = tempfile.mkdtemp()
+    straight, straight_state = resumable_fit(os.path.join(directory, "straight"))
+    checkpoint = os.path.join(directory, "straight", "checkpoint-0001-0000004.safetensors")
+    resumed, resumed_state = resumable_fit(os.path.join(directory, "resumed"), resume_from=checkpoint)
+    return dict(history=resumed == straight, straight=straight,
+                weights=all(np.array_equal(v, resumed_state[k]) for k, v in straight_state.items()))
+
+
+class SqrtNet(ud.nn.Module):  # a finite loss whose gradient is infinite where w x is 0 (tests/optim)
+    def __init__(self):
+        super().__init__()
+        self.w = self.parameter(np.full((1, 2), 0.5, np.float32))
+
+    def forward(self, x):
+        return ud.ops.sqrt(ud.ops.linear(x, self.w))
+
+
+class Record(ud.callbacks.Callback):
+    def on_batch_end(self, batch, logs=None):
+        self.weights = state(self.trainer.model)
+
+
+def infinite_gradient_in_fit():
+    # batch 3 (4 a batch, in order) holds the row where w x = 0: its loss is finite, its gradient infinite
+    with ud.use_backend("keras"):
+        data = np.ones((12, 2), np.float32)
+        data[9] = [1, -1]
+        model, record = SqrtNet(), Record()
+        optimizer = ud.optim.Adam(model.parameters(), lr=0.05)
+        try:
+            ud.fit(model, (data, np.full((12, 1), 2.0, np.float32)), loss=ud.nn.MSELoss(), optimizer=optimizer,
+                   epochs=1, batch_size=4, shuffle=False, verbose=0, callbacks=[record])
+            error = None
+        except ud.NonFiniteLossError as caught:
+            error = str(caught)
+        weights = state(model)["w"]
+        return dict(error=error, steps=optimizer.state_dict()["step"], moved=bool(np.all(weights != 0.5)),
+                    before=bool(np.array_equal(weights, record.weights["w"])))
+
+
+def fp16_accumulation():
+    # GradScaler's rule with accumulate=2: a window whose scaled float16 gradients overflow (targets 1000 times
+    # too far: the float32 loss stays finite) skips its one update and halves the scale once; finite windows
+    # (through fit) update with the unscaled sum, as the hand-written torch autocast loop
+    from tests.test_precision import _torch_autocast_loop
+    with ud.use_backend("keras"):
+        px, py = rng.standard_normal((16, 8)).astype(np.float32), rng.standard_normal((16, 3)).astype(np.float32)
+        ud.manual_seed(0)
+        model, loss = ud.models.TwoLayerNet(8, 16, 3), ud.nn.MSELoss()
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        precision = ud.Precision("16-mixed", growth_interval=2)
+        before = state(model)
+        step = ud.train_step(model, loss, optimizer, precision=precision, accumulate=2)
+        finite_losses = [bool(np.isfinite(float(step(px[:8], py[:8] * 1e3))))]
+        inside = dict(scale=step.loss_scale, finite=optimizer.last_step_finite)
+        finite_losses.append(bool(np.isfinite(float(step(px[8:], py[8:] * 1e3)))))
+        after = state(model)
+        overflow = dict(scale=step.loss_scale, finite=optimizer.last_step_finite, steps=optimizer.state_dict()["step"],
+                        unchanged=all(np.array_equal(before[k], v) for k, v in after.items()), losses=finite_losses)
+        expected = _torch_autocast_loop(after, [(px[i:i + 4], py[i:i + 4]) for i in range(0, 16, 4)], accumulate=2,
+                                        dtype="float16")
+        ud.fit(model, (px, py), loss=loss, optimizer=optimizer, epochs=1, batch_size=4, shuffle=False, verbose=0,
+               precision=precision, accumulate=2)
+        trained = state(model)
+        change = max(max_relative_difference(trained[k] - after[k], expected[k] - after[k]) for k in after)
+        return dict(inside=inside, overflow=overflow, steps=optimizer.state_dict()["step"], change=change)
+
+
 with ud.use_backend("torch"):
     reference = {k: np.asarray(v) for k, v in net().state_dict().items()}
 ours, torch = run("keras"), run("torch")
@@ -71,12 +164,19 @@ print(json.dumps({
     "state": max(max_relative_difference(ours["state"][k], v) for k, v in torch["state"].items()),
     "traces": ours["traces"],
     "stale": retrace_reaching_new_variables(),
+    "resume": mid_epoch_resume(),
+    "non_finite": infinite_gradient_in_fit(),
+    "fp16": fp16_accumulation(),
 }))
 """
 
 
-def test_grad_and_function_over_keras_variables_on_jax_match_torch():
-    result = last_json_line(run_python(_SCRIPT, env={"KERAS_BACKEND": "jax"}).stdout)
+@pytest.fixture(scope="module")
+def result():
+    return last_json_line(run_python(_SCRIPT, env={"KERAS_BACKEND": "jax"}).stdout)
+
+
+def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):
     assert result["framework"] == "jax"
     assert result["value"] < 1e-5 and result["grads"] < 1e-5
     # the forward's batch norm statistics, assigned inside the stateless trace, are written back
@@ -86,3 +186,30 @@ def test_grad_and_function_over_keras_variables_on_jax_match_torch():
     assert result["falling"] and result["losses"] < 1e-5 and result["state"] < 1e-5
     # a retrace reaching variables the first trace did not takes them as values, never as stale constants
     assert result["stale"] < 1e-6
+
+
+def test_a_mid_epoch_checkpoint_in_fit_on_jax_resumes_to_the_same_history(result):
+    """Keras's JAX trainer keeps the weights, slots and loss/metric trackers outside their variables during an
+    epoch: the checkpoint of step 4 (mid epoch 2) still holds that step's, and a run resumed from it ends with the
+    uninterrupted run's History (loss and mae, whose running sums go on from the checkpoint's) and weights, bit
+    for bit."""
+    resume = result["resume"]
+    assert resume["history"] and resume["weights"], resume["straight"]
+
+
+def test_a_finite_loss_with_an_infinite_gradient_stops_fit_on_jax(result):
+    """Issue 13's rule in Keras's JAX trainer: the step is named and its update skipped (the weights are those
+    after step 2, which had moved them)."""
+    non_finite = result["non_finite"]
+    assert "gradient became NaN or infinite at epoch 1, step 3" in (non_finite["error"] or "")
+    assert non_finite["steps"] == 2 and non_finite["moved"] and non_finite["before"]
+
+
+def test_fp16_accumulation_on_jax_checks_and_scales_once_per_update(result):
+    """``precision="16-mixed"`` with ``accumulate=2`` on Keras-on-JAX, as tests/test_precision.py on the others."""
+    fp16 = result["fp16"]
+    assert fp16["inside"] == {"scale": 2.0 ** 16, "finite": True}  # no check before the window's update
+    # the overflowing window: no update, the scale halved once (not per micro-step), the skip reported
+    assert fp16["overflow"] == {"scale": 2.0 ** 15, "finite": False, "steps": 0, "unchanged": True,
+                                "losses": [True, True]}
+    assert fp16["steps"] == 2 and fp16["change"] < 1e-2  # two finite windows through fit: the torch loop's change

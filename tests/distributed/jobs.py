@@ -24,8 +24,10 @@ def train_cnn(directory, resume_from=None, epochs=2):
     model = ud.models.CNN(in_channels=1, num_classes=3, image_size=8)
     optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=CNN_BATCH, shuffle=True, seed=3)
+    # ratio metrics: the ranks' logs come from their statistics summed over the ranks, not a mean of their ratios
     history = ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=epochs,
-                     callbacks=[ud.callbacks.Checkpoint(directory, keep=None)], verbose=0, resume_from=resume_from)
+                     callbacks=[ud.callbacks.Checkpoint(directory, keep=None)], verbose=0, resume_from=resume_from,
+                     metrics=["accuracy", "f1", "precision_micro", ud.metrics.AUC(from_logits=True)])
     return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, history.as_dict()
 
 
@@ -37,10 +39,12 @@ def evaluate_cnn(weights):
     return ud.evaluate(model, (x, y), loss=ud.nn.CrossEntropyLoss(), batch_size=6), ud.predict(model, x, batch_size=6)
 
 
-def train_two_layer(dtype, precision=None, lr_scale=1.0):
+def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectives=None):
     """The two-layer net after two epochs of ``train_step`` calls over a shuffled loader with global batch 4:
     Adam, or with a mixed ``precision`` SGD with momentum (whose step, unlike Adam's, grows with the gradient,
-    so that a sum over the ranks where their mean belongs shows; ``lr_scale`` scales its learning rate)."""
+    so that a sum over the ranks where their mean belongs shows; ``lr_scale`` scales its learning rate).
+    ``accumulate``: micro-steps per update (on tensorflow's engine a window kept on each rank, averaged once
+    per update); ``collectives``: a list that gets the number of collective ops in each graph the step traced."""
     with ud.use_dtype(dtype):
         ud.manual_seed(1)
         rng = np.random.default_rng(1)
@@ -48,11 +52,13 @@ def train_two_layer(dtype, precision=None, lr_scale=1.0):
         model = ud.models.TwoLayerNet(5, 7, 3)
         optimizer = (ud.optim.Adam(model.parameters(), lr=0.01) if precision is None
                      else ud.optim.SGD(model.parameters(), lr=0.05 * lr_scale, momentum=0.9))
-        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision)
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
         loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
         for _ in range(2):
             for xb, yb in loader:
                 step(xb, yb)
+        for graph in getattr(step._run, "concrete_functions", []) if collectives is not None else []:
+            collectives.append(sum(op.type.startswith("Collective") for op in graph.graph.get_operations()))
         return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
 
 
@@ -85,6 +91,7 @@ def data_parallel_job(directory, resumed_directory, resume_file):
         written.append(os.path.basename(path))
         return save_file(tensors, path, *args, **kwargs)
 
+    collectives = []
     checkpoint.save_file = counting_save_file  # the writer itself still runs: this only counts its calls
     try:
         weights, history = train_cnn(directory)
@@ -99,6 +106,8 @@ def data_parallel_job(directory, resumed_directory, resume_file):
             "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"),
             "two_layer64": train_two_layer("float64"),
             "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
+            "two_layer_accumulate": train_two_layer("float64", accumulate=2, collectives=collectives),
+            "accumulate_collectives": collectives,
             "coverage": sample_coverage(), "too_small": too_small_last_batch()}
 
 
@@ -125,9 +134,44 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
             results[backend] = data_parallel_job(*job_args)
             if backend == "keras":
                 results[backend]["eager"] = eager_fit_refusal()
+                results[backend]["fp16_overflow"] = float16_overflow_on_one_rank()
     with open(os.path.join(results_directory, f"rank{ud.distributed.rank()}.pickle"), "wb") as file:
         pickle.dump(results, file)
     return failing_job(failing_rank)
+
+
+def float16_overflow_on_one_rank():
+    """The two-layer net trained with "16-mixed" for 3 steps of global batch 4 (no shuffle), whose first batch's
+    second half, rank 1's share in a 2-rank job, overflows float16: ``(weights, loss scale, each step's
+    last_step_finite)``. Every rank must skip that step and halve its scale, as one process does."""
+    ud.manual_seed(1)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((12, 5)).astype(np.float32), rng.standard_normal((12, 3)).astype(np.float32)
+    x[2:4] *= 1e6  # beyond float16's largest value (65504)
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=ud.Precision("16-mixed", init_scale=256.0))
+    flags = []
+    for xb, yb in ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4):
+        step(xb, yb)
+        flags.append(optimizer.last_step_finite)
+    return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, step.loss_scale, flags
+
+
+def keras_on_torch_job(directory):
+    """On ranks whose Keras runs on torch (``KERAS_BACKEND=torch``): the two-layer net through ``train_step``
+    (Keras's ``train_on_batch``) in float64 and float32 and the CNN through ``fit`` (Keras's ``Model.fit``);
+    then, the group left, rank 0 trains the same in one process (the reference, on the same framework)."""
+    def training(name):
+        return {"two_layer64": train_two_layer("float64"), "two_layer32": train_two_layer("float32"),
+                "cnn": train_cnn(os.path.join(directory, name))}
+
+    rank = ud.distributed.rank()
+    result = {"framework": _framework(), "world_size": ud.distributed.world_size(), **training(f"rank{rank}")}
+    ud.distributed.shutdown()
+    if rank == 0:
+        result["one_process"] = training("one_process")
+    return result
 
 
 def eager_fit_refusal():

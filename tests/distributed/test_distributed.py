@@ -20,7 +20,8 @@ from unidl.testing import max_relative_difference
 
 from tests.distributed import jobs
 
-pytestmark = pytest.mark.skipif("torch" not in ud.available_backends(), reason="the torch backend is not installed")
+pytestmark = [pytest.mark.skipif("torch" not in ud.available_backends(), reason="the torch backend is not installed"),
+              pytest.mark.heavy]  # tens of seconds: run first (tests/conftest.py)
 
 ENGINES = ["torch"] + [pytest.param(name, marks=pytest.mark.skipif(
     name not in ud.available_backends(), reason=f"the {name} backend is not installed"))
@@ -53,6 +54,7 @@ def _launch(backends, directory):
             reference, history = jobs.train_cnn(place / "one")
             two_layer = {dtype: jobs.train_two_layer(dtype) for dtype in ("float32", "float64")}
             two_layer["bf16-mixed"] = jobs.train_two_layer("float32", "bf16-mixed")
+            two_layer["accumulate"] = jobs.train_two_layer("float64", accumulate=2)
         files = sorted(os.listdir(place / "one"))
         references[backend] = {"engine": backend, "reference": reference, "history": history, "directory": place,
                                "two_layer": two_layer, "files": files}
@@ -106,6 +108,21 @@ def test_eager_keras_training_in_a_job_is_refused_rather_than_left_unaveraged(la
         assert "outside the replica context" in rank["eager"] and "would not be averaged" in rank["eager"]
 
 
+@pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
+def test_keras_float16_overflow_on_one_rank_skips_the_step_on_every_rank(launches, tmp_path_factory):
+    # Keras's loss scaler checks a rank's own gradients: only rank 1's share overflows, and the decision must be
+    # the job's (a rank applying the step alone would wait for ever in the update's all-reduce, or diverge)
+    ranks = _job("keras", launches, tmp_path_factory)["ranks"]
+    with ud.use_backend("keras"):
+        weights, scale, flags = jobs.float16_overflow_on_one_rank()
+    assert (scale, flags) == (128.0, [False, True, True])  # one process: the overflowing step skipped, scale halved
+    (weights0, scale0, flags0), (weights1, scale1, flags1) = (rank["fp16_overflow"] for rank in ranks)
+    assert (scale0, flags0) == (scale1, flags1) == (scale, flags)
+    for name in weights0:
+        np.testing.assert_array_equal(weights0[name], weights1[name])
+    _agree(weights0, weights, 1e-2)  # float16 products of half batches round unlike the whole batch's
+
+
 def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_batch_b(job):
     rank0, rank1 = job["ranks"]
     assert [(r["rank"], r["world_size"], r["is_main"]) for r in job["ranks"]] == [(0, 2, True), (1, 2, False)]
@@ -114,6 +131,12 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
     _agree(rank0["cnn"], job["reference"], 1e-6)
     _agree(rank0["two_layer32"], job["two_layer"]["float32"], 1e-6)
     _agree(rank0["two_layer64"], job["two_layer"]["float64"], 1e-12)
+    # accumulate=2 (tensorflow: each rank's window averaged once per update, as DDP's no_sync): the same weights
+    _agree(rank0["two_layer_accumulate"], job["two_layer"]["accumulate"], 1e-12)
+    assert all(np.array_equal(v, rank1["two_layer_accumulate"][k]) for k, v in rank0["two_layer_accumulate"].items())
+    if job["engine"] == "tensorflow":  # two graphs: the micro-step's without a collective, the update's with them
+        counts = sorted(rank0["accumulate_collectives"])
+        assert len(counts) == 2 and counts[0] == 0 and counts[1] > 0, counts
     with ud.use_backend(job["engine"]):
         metrics, predictions = jobs.evaluate_cnn(job["reference"])
     for rank in job["ranks"]:  # evaluate sums over the ranks' shares; predict gives every rank every output
@@ -186,6 +209,30 @@ def test_a_rank_that_raises_ends_every_rank_with_an_error_naming_it(job):
     assert job["children"] == []  # no rank process left behind
 
 
+@pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
+def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(tmp_path, monkeypatch):
+    # the ranks' Keras runs on torch (spawned interpreters read KERAS_BACKEND when they import Keras); rank 0 then
+    # leaves the group and trains the same in one process, on the same framework: the reference
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    rank0, rank1 = ud.distributed.launch(jobs.keras_on_torch_job, nprocs=2, backend="keras", timeout=FAILURE_BOUND,
+                                         args=(str(tmp_path),))
+    assert [(r["framework"], r["world_size"]) for r in (rank0, rank1)] == [("torch", 2), ("torch", 2)]
+    one = rank0["one_process"]
+    for key in ("two_layer64", "two_layer32"):
+        for name in one[key]:  # DDP gives both ranks the same averaged gradients
+            np.testing.assert_array_equal(rank0[key][name], rank1[key][name])
+    # Keras-on-torch rounds part of its float64 step in float32 (also in one process: 2e-8 from the torch backend);
+    # a sum over the ranks where their mean belongs, or one rank's half batch alone, is 1e-2 away or more
+    _agree(rank0["two_layer64"], one["two_layer64"], 1e-7)
+    _agree(rank0["two_layer32"], one["two_layer32"], 1e-6)
+    (weights0, history0), (weights1, _) = rank0["cnn"], rank1["cnn"]
+    for name in weights0:
+        np.testing.assert_array_equal(weights0[name], weights1[name])
+    _agree(weights0, one["cnn"][0], 1e-6)  # fit (Keras's Model.fit), batches 8, 8, 4 split over the ranks
+    np.testing.assert_allclose(history0["loss"], one["cnn"][1]["loss"], rtol=1e-6)
+    assert multiprocessing.active_children() == []
+
+
 # ---- bad input: clear errors, before anything starts ---------------------------------------------------------
 
 def test_bad_launch_arguments_are_clear_errors():
@@ -233,10 +280,10 @@ def test_a_backend_without_an_engine_says_so_and_a_port_in_use_is_named(backend,
         monkeypatch.setenv("UNIDL_RANK", "0")
         monkeypatch.setenv("UNIDL_WORLD_SIZE", "2")
         monkeypatch.setenv("UNIDL_MASTER_PORT", str(port))
-        if backend in ("torch", "tensorflow") or (backend == "keras" and jobs._framework() == "tensorflow"):
+        if backend in ("torch", "tensorflow") or (backend == "keras" and jobs._framework() in ("tensorflow", "torch")):
             expected = f"port {port} on 127.0.0.1 is in use"
-        elif backend == "keras":  # Keras on another framework
-            expected = "the keras backend trains data-parallel on Keras-on-TensorFlow only"
+        elif backend == "keras":  # Keras on JAX
+            expected = "the keras backend trains data-parallel on Keras-on-TensorFlow .* and Keras-on-torch"
         else:
             expected = f"the {backend} backend has no distributed engine"
         with pytest.raises(DistributedError, match=expected):

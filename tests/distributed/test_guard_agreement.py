@@ -48,8 +48,31 @@ def guarded_steps(precision, dtype):
         return {"weights": weights, "finite": finite, "updates": optimizer.state_dict()["step"]}
 
 
+def guarded_window():
+    """Two windows of ``accumulate=2`` (4 micro-steps, the first of each under DDP's ``no_sync``); rank 1's loss is
+    infinite at the first micro-step only, with finite gradients: a micro-step that does not all-reduce. Each
+    micro-step's flag, and the weights after the first window."""
+    rank = ud.distributed.rank()
+    with ud.use_dtype("float64"):
+        ud.manual_seed(1)
+        rng = np.random.default_rng(10 + rank)
+        x, y = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        start = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loss_fn = PoisonedLoss()
+        step = ud.train_step(model, loss_fn, optimizer, check_finite=False, accumulate=2)
+        finite, weights = [], []
+        for index in range(4):
+            loss_fn.poisoned = index == 0 and rank == 1
+            step(x, y)
+            finite.append(optimizer.last_step_finite)
+            weights.append({k: ud.to_numpy(v) for k, v in model.state_dict().items()})
+        return {"start": start, "weights": weights, "finite": finite, "updates": optimizer.state_dict()["step"]}
+
+
 def guard_job():
-    return {name: guarded_steps(name, dtype) for name, dtype in PRECISIONS.items()}
+    return {**{name: guarded_steps(name, dtype) for name, dtype in PRECISIONS.items()}, "window": guarded_window()}
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +91,18 @@ def test_a_loss_non_finite_on_one_rank_skips_the_update_on_every_rank(ranks, pre
     for key, value in rank0["weights"][1].items():  # the skipped step moved nothing, the others moved weights
         np.testing.assert_array_equal(value, rank0["weights"][0][key], err_msg=key)
     assert any(not np.array_equal(v, rank0["weights"][1][k]) for k, v in rank0["weights"][2].items())
+
+
+def test_a_micro_step_non_finite_on_one_rank_skips_the_window_on_every_rank(ranks):
+    """float32's accumulation rule under DDP, as on one process: a micro-step under ``no_sync`` checks its own loss
+    (kept for the window's update, whose guard agrees over the ranks: one MAX all-reduce per update), so the
+    whole window is skipped at its update on both ranks and the next window updates."""
+    rank0, rank1 = (result["window"] for result in ranks)
+    assert rank0["finite"] == rank1["finite"] == [True, False, True, True]
+    assert rank0["updates"] == rank1["updates"] == 1
+    for key, value in rank0["start"].items():
+        np.testing.assert_array_equal(rank0["weights"][1][key], value, err_msg=key)  # the window changed nothing
+    for index in range(4):
+        for key, value in rank0["weights"][index].items():
+            np.testing.assert_array_equal(value, rank1["weights"][index][key], err_msg=f"micro-step {index}: {key}")
+    assert any(not np.array_equal(v, rank0["start"][k]) for k, v in rank0["weights"][3].items())

@@ -119,3 +119,71 @@ def test_names_and_bad_metrics():
     with pytest.raises(ValueError, match=r"AUC needs class scores \(N, C\) against integer labels .*got outputs "
                                          r"\(3,\) and float targets \(2,\)"):
         MetricAccumulator(get_all(["auc"]), layout_of(np.zeros((2, 3)), np.zeros((2, 2))))
+
+
+def _weighted(names, outputs, target, weight, batch=7):
+    """``_accumulated`` of Keras's ``weighted_metrics``: each batch's statistics weighted by its samples' weights."""
+    from unidl.metrics.probe import weighted_copies
+
+    accumulator = MetricAccumulator(weighted_copies(names, []), layout_of(outputs, target))
+    for start in range(0, len(outputs), batch):
+        part = slice(start, start + batch)
+        accumulator.add(outputs[part], target[part], weight[part])
+    return accumulator.results()
+
+
+def test_weighted_metrics_match_keras_and_sklearn_sample_weight(backend, rng):
+    import keras
+
+    scores = rng.standard_normal((45, 4)).astype(np.float32)
+    labels = rng.integers(0, 4, 45)
+    weight = rng.random(45) * 3
+    predicted, every = scores.argmax(1), list(range(4))
+    got = _weighted(["accuracy", "top2", "precision", "recall", "f1_micro", "confusion_matrix",
+                     ud.metrics.AUC(4001, from_logits=True)], scores, labels, weight)
+    assert got["accuracy"] == pytest.approx(sk.accuracy_score(labels, predicted, sample_weight=weight))
+    assert got["top2"] == pytest.approx(sk.top_k_accuracy_score(labels, scores, k=2, sample_weight=weight))
+    for name, function in (("precision", sk.precision_score), ("recall", sk.recall_score)):
+        assert got[name] == pytest.approx(function(labels, predicted, average="macro", labels=every,
+                                                   sample_weight=weight, zero_division=0))
+    assert got["f1_micro"] == pytest.approx(sk.f1_score(labels, predicted, average="micro", sample_weight=weight))
+    np.testing.assert_allclose(got["confusion_matrix"],
+                               sk.confusion_matrix(labels, predicted, labels=every, sample_weight=weight), rtol=1e-5)
+    probabilities = np.exp(scores) / np.exp(scores).sum(1, keepdims=True)
+    assert got["auc"] == pytest.approx(sk.roc_auc_score(labels, probabilities, multi_class="ovr",
+                                                        sample_weight=weight), abs=1e-3)
+    # Keras's own weighted metrics: the mean of each sample's error over its elements, weighted per sample
+    outputs, target = rng.standard_normal((25, 3)).astype(np.float32), rng.standard_normal((25, 3)).astype(np.float32)
+    regression = _weighted(["mae", "mse"], outputs, target, weight[:25], batch=4)
+    binary = rng.random((40, 1)).astype(np.float32)
+    positive = (rng.random((40, 1)) > 0.5).astype(np.float32)
+    two_class = _weighted(["accuracy", "precision", "recall"], binary, positive, weight[:40])
+    for value, metric, (y_true, y_pred, w) in (
+            (regression["mae"], keras.metrics.MeanAbsoluteError(), (target, outputs, weight[:25])),
+            (regression["mse"], keras.metrics.MeanSquaredError(), (target, outputs, weight[:25])),
+            (got["accuracy"], keras.metrics.SparseCategoricalAccuracy(), (labels, scores, weight)),
+            (two_class["accuracy"], keras.metrics.BinaryAccuracy(), (positive, binary, weight[:40])),
+            (two_class["precision"], keras.metrics.Precision(), (positive, binary, weight[:40])),
+            (two_class["recall"], keras.metrics.Recall(), (positive, binary, weight[:40]))):
+        metric.update_state(y_true, y_pred, sample_weight=w)
+        assert value == pytest.approx(float(metric.result()), rel=1e-5)
+
+
+def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng):
+    """The bucketed AUC counts each threshold's positives exactly as comparing every score with every threshold
+    would (float32 ``score > threshold``), scores lying on thresholds and outside [0, 1] included."""
+    thresholds = 11
+    metric = ud.metrics.AUC(num_thresholds=thresholds)
+    grid = (np.arange(thresholds, dtype=np.float32) * np.float32((1 + 2e-7) / (thresholds - 1)) - np.float32(1e-7))
+    scores = np.concatenate([grid, grid + np.float32(1e-7), np.float32([0.0, 1.0, 0.5, -2.0, 3.0]),
+                             rng.random(40).astype(np.float32)]).reshape(-1, 1)
+    positive = (rng.random(len(scores)) > 0.4).astype(np.float32).reshape(-1, 1)
+    metric.update(scores, positive)
+    above = scores > grid[None, :]  # (N, T)
+    tp, fp = (above * positive).sum(0, dtype=np.float64), (above * (1 - positive)).sum(0, dtype=np.float64)
+    tpr, fpr = tp / positive.sum(), fp / (1 - positive).sum()
+    dense = float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
+    buckets_positive, buckets_negative = metric._totals
+    np.testing.assert_array_equal(np.cumsum(buckets_positive[0, ::-1])[::-1][1:], tp)
+    np.testing.assert_array_equal(np.cumsum(buckets_negative[0, ::-1])[::-1][1:], fp)
+    assert metric.compute() == dense

@@ -1,5 +1,6 @@
 """Parameter groups with per-group options, as ``torch.optim`` takes them: trajectories against plain
-``torch.optim`` (with a per-group ``StepLR``), ``param_groups[i]["lr"]``, state round trips, bad groups."""
+``torch.optim`` (with a per-group ``StepLR``, and with every changeable option changed mid-run, eagerly and inside
+a compiled train step that does not retrace), ``param_groups[i]["lr"]``, state round trips, bad groups."""
 
 import numpy as np
 import pytest
@@ -69,8 +70,25 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
     assert [g["lr"] for g in other.param_groups] == [0.1, 0.0]
     with pytest.raises(ValueError, match="param groups"):
         ud.optim.SGD(holder.parameters(), lr=0.1, momentum=0.9).load_state_dict(state)
-    with pytest.raises(ValueError, match="only 'lr'"):
-        opt.param_groups[0]["momentum"] = 0.5
+    opt.param_groups[1]["momentum"] = 0.5  # a changed option is saved and restored with the group
+    state = opt.state_dict()
+    assert state["param_groups"][1] == {"lr": 0.0, "size": 2, "momentum": 0.5}
+    other.load_state_dict(state)
+    assert [g["momentum"] for g in other.param_groups] == [0.9, 0.5]
+    with pytest.raises(ud.errors.CheckpointStateError, match=r"param group 1 holds options \['alpha'\]"):
+        other.load_state_dict({**state, "param_groups": [state["param_groups"][0], {**state["param_groups"][1], "alpha": 1}]})
+    with pytest.raises(ValueError, match=r"\['l1'\] cannot change .* a group may change: lr, momentum, nesterov"):
+        opt.param_groups[0]["l1"] = 0.5
+    with pytest.raises(ValueError, match="param group 1 momentum=1.5 is invalid"):
+        opt.param_groups[1]["momentum"] = 1.5
+    class OwnRule(ud.optim.SGD):
+        def update(self, param, grad, slots, lr, step, ops):
+            return lr * grad, slots
+
+    with pytest.raises(ValueError, match=r"OwnRule cannot change .* has its own update rule"):
+        OwnRule(holder.parameters(), lr=0.1, momentum=0.9).param_groups[0]["momentum"] = 0.5
+    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
+        ud.optim.SGD(holder.parameters(), lr=0.1).param_groups[0]["nesterov"] = True
 
 
 def test_bad_param_groups_are_clear_errors(backend):
@@ -87,3 +105,92 @@ def test_bad_param_groups_are_clear_errors(backend):
     for groups, message in cases:
         with pytest.raises(ValueError, match=message):
             ud.optim.SGD(groups, lr=0.1)
+
+
+CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {step: [(group, option, value)]})
+    "SGD": (ud.optim.SGD, torch.optim.SGD, dict(lr=0.1), dict(momentum=0.9),
+            {1: [(0, "momentum", 0.8), (1, "nesterov", True), (1, "weight_decay", 0.1)],
+             3: [(0, "momentum", 0.0), (1, "momentum", 0.5)]}),
+    "Adam": (ud.optim.Adam, torch.optim.Adam, dict(lr=0.01), dict(weight_decay=0.01),
+             {1: [(0, "betas", (0.5, 0.9)), (1, "eps", 1e-3)], 3: [(0, "weight_decay", 0.2), (1, "betas", (0.8, 0.99))]}),
+    "AdamW": (ud.optim.AdamW, torch.optim.AdamW, dict(lr=0.01), dict(),
+              {2: [(0, "weight_decay", 0.5), (1, "betas", (0.6, 0.95))]}),
+    "RMSprop": (ud.optim.RMSprop, torch.optim.RMSprop, dict(lr=0.01), dict(alpha=0.9),
+                {2: [(0, "alpha", 0.5), (1, "eps", 0.1), (1, "weight_decay", 0.3)]}),
+    "Adagrad": (ud.optim.Adagrad, torch.optim.Adagrad, dict(lr=0.1), dict(),
+                {2: [(0, "eps", 0.5), (1, "weight_decay", 0.2)]}),
+}
+X = R.standard_normal((6, 4)).astype(np.float32)
+Y = R.standard_normal((6, 3)).astype(np.float32)
+LAYER = {"weight": R.standard_normal((3, 4)).astype(np.float32), "bias": R.standard_normal(3).astype(np.float32)}
+
+
+def _torch_changed_trajectory(case, steps):
+    _, torch_class, options, second, changes = CHANGES[case]
+    layer = torch.nn.Linear(4, 3)
+    layer.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
+    opt = torch_class([{"params": [layer.weight]}, {"params": [layer.bias], **second}], **options)
+    for step in range(steps):
+        for group, key, value in changes.get(step, []):
+            opt.param_groups[group][key] = value
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(layer(torch.tensor(X)), torch.tensor(Y)).backward()
+        opt.step()
+    return {k: v.detach().numpy() for k, v in layer.state_dict().items()}
+
+
+@pytest.mark.parametrize("case", list(CHANGES))
+def test_changed_group_options_take_effect_at_the_next_step(backend, case):
+    """Every option torch.optim lets a group change, changed between steps (also from 0 to non-zero and back,
+    and nesterov switched on), gives torch.optim's trajectory: inside a compiled train step, which keeps its
+    one trace (the options are graph inputs, not constants), and through ``apply`` outside it."""
+    unidl_class, _, options, second, changes = CHANGES[case]
+    steps = 5
+    expected = _torch_changed_trajectory(case, steps)
+    for compiled in (True, False):
+        layer = ud.nn.Linear(4, 3)
+        layer.load_state_dict(LAYER)
+        opt = unidl_class([{"params": [layer.weight]}, {"params": [layer.bias], **second}], **options)
+        loss = ud.nn.MSELoss()
+        step = ud.train_step(layer, loss, opt)
+        for index in range(steps):
+            for group, key, value in changes.get(index, []):
+                opt.param_groups[group][key] = value
+            if compiled:
+                step(ud.tensor(X), ud.tensor(Y))
+            else:
+                _, grads = ud.value_and_grad(lambda: loss(layer(ud.tensor(X)), ud.tensor(Y)), layer.parameters())()
+                opt.apply(grads)
+        if compiled:
+            assert step.trace_count in (None, 1), f"{case}: the step retraced ({step.trace_count} traces)"
+        for name, value in expected.items():
+            difference = max_relative_difference(layer.state_dict()[name], value)
+            assert difference < 1e-5, f"{case} {'compiled' if compiled else 'apply'} {name}: {difference:.2e}"
+
+
+def test_one_cycle_cycles_momentum_and_beta1_as_torch(backend):
+    """``OneCycleLR(cycle_momentum=True)`` writes each step's momentum (SGD) or beta1 (Adam) into the param groups:
+    torch.optim's trajectory under torch's OneCycleLR, inside one compiled train step."""
+    for unidl_class, torch_class, options in ((ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
+                                              (ud.optim.Adam, torch.optim.Adam, dict())):
+        reference = torch.nn.Linear(4, 3)
+        reference.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
+        expected = torch_class(reference.parameters(), lr=0.1, **options)
+        torch_schedule = torch.optim.lr_scheduler.OneCycleLR(expected, 0.1, total_steps=6, three_phase=True)
+        layer = ud.nn.Linear(4, 3)
+        layer.load_state_dict(LAYER)
+        opt = unidl_class(layer.parameters(), lr=0.1, **options)
+        schedule = ud.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=6, cycle_momentum=True, three_phase=True)
+        step = ud.train_step(layer, ud.nn.MSELoss(), opt)
+        for _ in range(5):
+            expected.zero_grad()
+            torch.nn.functional.mse_loss(reference(torch.tensor(X)), torch.tensor(Y)).backward()
+            expected.step()
+            torch_schedule.step()
+            step(ud.tensor(X), ud.tensor(Y))
+            schedule.step()
+            key = "momentum" if "momentum" in options else "betas"
+            assert opt.param_groups[0][key] == pytest.approx(expected.param_groups[0][key], rel=1e-12)
+        assert step.trace_count in (None, 1)
+        for name, value in reference.state_dict().items():
+            assert max_relative_difference(layer.state_dict()[name], value.numpy()) < 1e-5, (unidl_class, name)

@@ -203,6 +203,11 @@ class Backend(abc.ABC):
         anything (``optimizer.param_groups``; parameter ``i`` is in group ``optimizer.group_of(i)``)."""
 
     @abc.abstractmethod
+    def set_group_options(self, optimizer, group: int) -> None:
+        """Make the next step use param group ``group``'s current hyperparameters (``optimizer.param_groups[group]``:
+        momentum, betas, ... as ``Optimizer.set_group_option`` left them) without retracing a compiled step."""
+
+    @abc.abstractmethod
     def optimizer_state(self, optimizer) -> tuple:
         """``(step, slots)``: the step count and one {slot name: NumPy array} per parameter, params order."""
 
@@ -242,8 +247,10 @@ class Backend(abc.ABC):
         and no compilation; Python runs the forward at every step (Keras's ``run_eagerly``).
         The update is guarded (skipped when the loss or a gradient is not finite, see ``apply_gradients``).
         ``accumulate`` N > 1: each call is a micro-step adding ``grads / N`` to accumulated gradients kept
-        in the optimizer's state; every N-th finite call clips them and updates (a non-finite call discards
-        the window); the optimizer's step count counts updates."""
+        in the optimizer's state; every N-th call clips them and updates, unless a call of the window had a
+        non-finite loss or gradient: then the N-th skips the update and empties the window (``train_step``'s
+        rule). The window is registered with ``unidl.training.attach_window`` (checkpointed optimizer state);
+        the optimizer's step count counts updates."""
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs: bool = False,
                                    eager: bool = False, accumulate: int = 1) -> Callable:
@@ -253,7 +260,8 @@ class Backend(abc.ABC):
         ``accumulate`` N > 1, as ``torch.amp.GradScaler`` with accumulation: the N micro-steps' (scaled)
         gradients of ``loss / N`` are summed, and the N-th call makes the one non-finite check of the window
         (its loss values and the summed gradients; an overflow skips the whole update and empties the window),
-        clips, updates and moves the loss scale once. The step also has ``loss_scale() -> float`` (1.0 without
+        clips, updates and moves the loss scale once; its window is registered with ``unidl.training.attach_window``
+        (sums divided by the scale in force). The step also has ``loss_scale() -> float`` (1.0 without
         scaling). Each backend implements it in its ``precision.py``; the default refuses, naming the backend."""
         raise NotImplementedError(f"precision={precision.name!r} is not available on the {self.name} backend; "
                                   f"use precision='32'")
@@ -271,9 +279,11 @@ class Backend(abc.ABC):
         ``metrics``: a ``unidl.metrics.MetricAccumulator`` (or None) whose ``statistics(outputs, y)`` the
         trainer sums from the epoch's start and reports through ``results_from`` in the logs.
         ``accumulate``: micro-steps per optimizer update (see ``train_step``).
-        ``totals``: what ``epoch_totals`` returned at a checkpoint during this epoch: a resumed epoch
-        continues the trainer's running sums from them instead of zero, so that its logs are bit-identical
-        to an uninterrupted epoch's."""
+        ``totals``: the running totals of a checkpoint during this epoch, ``[loss sum, samples, *each metric's
+        statistics]`` (what ``epoch_totals`` returned, or the same layout from unidl's own loop or another
+        backend's trainer): a resumed epoch continues the trainer's running sums from them instead of zero,
+        so that its logs are bit-identical to an uninterrupted epoch's (exact to the trainer's float
+        rounding for another loop's)."""
         return None
 
     def epoch_totals(self, model) -> list | None:

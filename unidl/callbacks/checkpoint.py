@@ -26,11 +26,15 @@ def samples_up_to(loader, position: int) -> int:
 
 
 def epoch_progress(trainer, logs) -> dict | None:
-    """The epoch in progress as ``{'epoch', 'samples', 'sums', 'lr', 'totals'}``: samples trained in it so far and
-    the sum over them of each running-mean log ('loss', 'accuracy'), counting the part trained before a resume,
-    so that the resumed run's History averages the whole epoch; 'totals', the epoch loop's own running sums
-    (``trainer.epoch_totals()``), from which a resumed epoch goes on so that its History is bit-identical
-    (the sums serve a resume by a loop of another kind). None without a unidl ``DataLoader``."""
+    """The epoch in progress as ``{'epoch', 'samples', 'sums', 'lr', 'totals', 'logs'}``: samples trained in it so
+    far and the sum over them of each running-mean log ('loss', 'accuracy'), counting the part trained before a
+    resume (what an older unidl resumed from); 'totals', the epoch's running totals over the whole job
+    (``trainer.job_totals()``: loss sum, samples, each metric's statistics, in float64, the same layout in
+    every loop), from which a resumed epoch goes on, so that its History is the uninterrupted run's (bit for
+    bit by the same loop, exact for counts and ratio metrics by any); 'logs', the loop's running logs when they
+    are the job's (one process, no totals joined at the epoch's end), which at an epoch's last batch are that
+    epoch's logs. Every rank of a data-parallel job calls it (an all-reduce). None without a unidl
+    ``DataLoader``."""
     from unidl.data import DataLoader
 
     loader = trainer.loader
@@ -38,20 +42,33 @@ def epoch_progress(trainer, logs) -> dict | None:
         return None
     start = trainer._epoch_start[1]
     carried = getattr(trainer, "carried_epoch", None)
-    if not (carried and carried["epoch"] == trainer.epoch):
+    resumed = bool(carried and carried["epoch"] == trainer.epoch)
+    if not resumed:
         carried = {"samples": samples_up_to(loader, start), "sums": {}}
     trained = samples_up_to(loader, start + trainer._trained_in_epoch) - samples_up_to(loader, start)
-    sums = dict(carried["sums"])
-    for key, value in logs.items():
-        if isinstance(value, numbers.Real) and not isinstance(value, bool):
-            sums[key] = sums.get(key, 0.0) + float(value) * trained
+    numeric = {key: float(value) for key, value in logs.items()
+               if isinstance(value, numbers.Real) and not isinstance(value, bool)}
+    # joined: the loop's logs are not the job's whole epoch (part of it is added at the epoch's end)
+    joined = (getattr(trainer, "carried_totals", None) is not None or _in_data_parallel_job()
+              or (resumed and carried.get("totals") is None))
+    continued = resumed and not joined  # the loop went on from the checkpoint's totals: its logs cover the epoch
+    sums = {} if continued else dict(carried["sums"])
+    for key, value in numeric.items():
+        sums[key] = sums.get(key, 0.0) + value * (carried["samples"] + trained if continued else trained)
     progress = {"epoch": trainer.epoch, "samples": carried["samples"] + trained, "sums": sums,
                 "lr": float(trainer.optimizer.lr)}
-    totals = trainer.epoch_totals() if getattr(trainer, "epoch_totals", None) else None
-    if totals is not None and totals["values"] is not None:
-        # the epoch loop's own running sums, exact: a resumed epoch continues them (fit._run_epoch_with_steps)
+    totals = trainer.job_totals() if hasattr(trainer, "job_totals") else None
+    if totals is not None:
         progress["totals"] = totals
+        if not joined:
+            progress["logs"] = numeric
     return progress
+
+
+def _in_data_parallel_job() -> bool:
+    from unidl.fit import in_data_parallel_job
+
+    return in_data_parallel_job()
 
 
 def _weights_finite(model) -> bool:

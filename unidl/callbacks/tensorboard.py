@@ -73,8 +73,9 @@ class TensorBoard(Callback):
         write_graph: write the model graph for TensorBoard's Graphs tab, at the start of training, in
             ``log_dir/train``: the eval-mode forward on one training sample as the framework traces it (on
             torch, the TorchScript trace's ATen ops with each parameter under its ``state_dict()`` name; on
-            tensorflow, and keras on TensorFlow, the ``tf.function`` graph, as Keras writes it). Where the
-            backend gives no graph (jax; keras on torch or jax), ``fit`` stops with a ``ValueError`` before
+            jax, the primitives of the forward's jaxpr (``jax.make_jaxpr``), parameters named the same way;
+            on tensorflow, and keras on TensorFlow, the ``tf.function`` graph, as Keras writes it). Where the
+            backend gives no graph (keras on torch or jax), ``fit`` stops with a ``ValueError`` before
             the first step rather than leave it out. Off by default (Keras's default is on), so that the
             same callback runs on every backend.
     """
@@ -163,8 +164,8 @@ class TensorBoard(Callback):
             model.train(was_training)
         if graph is None:
             raise ValueError(f"TensorBoard(write_graph=True): the {model._backend.name} backend gives no model "
-                             f"graph here (TensorBoard's Graphs tab reads a TensorFlow GraphDef, which the torch "
-                             f"and tensorflow backends trace); pass write_graph=False")
+                             f"graph here (TensorBoard's Graphs tab reads a TensorFlow GraphDef, which the torch, "
+                             f"tensorflow and jax backends trace); pass write_graph=False")
         if process_group.is_writer():
             self._writer("train").add_event(event_pb2.Event(wall_time=time.time(), graph_def=graph))
 

@@ -4,15 +4,16 @@ In a job of N processes (``unidl.distributed.launch``, ``unidl train --nproc N``
 ``init()``: a ``DataLoader``'s batch size is the *global* batch, and each rank gets its share of every batch
 (every sample once per epoch, the same number of steps on every rank, reshuffled per epoch from the
 loader's seed, which rank 0's value fixes); the backend's engine averages the gradients (torch:
-``DistributedDataParallel``, gloo on CPU; tensorflow and Keras-on-TensorFlow: ``MultiWorkerMirroredStrategy``'s
-all-reduce inside the compiled step); ``fit``'s logs are reduced over the ranks; only rank 0 writes
-checkpoints and prints progress. So 2 ranks with global batch B train the weights 1 process with batch B
-trains. See docs/distributed.md.
+``DistributedDataParallel``, gloo on CPU, also around Keras-on-torch's model; tensorflow and
+Keras-on-TensorFlow: ``MultiWorkerMirroredStrategy``'s all-reduce inside the compiled step); ``fit``'s logs
+are reduced over the ranks; only rank 0 writes checkpoints and prints progress. So 2 ranks with global
+batch B train the weights 1 process with batch B trains. ``init(devices=["cpu:0", "cpu:1"])``: one process trains one replica per device, each batch split
+over them inside the step (tensorflow backend: ``tf.distribute.MirroredStrategy``). See docs/distributed.md.
 """
 
 from unidl.distributed.launch import launch
 from unidl.distributed.process_group import (REDUCE_OPS, all_reduce, barrier, init, is_initialized, is_main,
-                                             local_rank, rank, shutdown, world_size)
+                                             local_rank, num_replicas, rank, shutdown, world_size)
 
-__all__ = ["init", "shutdown", "is_initialized", "rank", "local_rank", "world_size", "is_main", "barrier",
-           "all_reduce", "launch", "REDUCE_OPS"]
+__all__ = ["init", "shutdown", "is_initialized", "rank", "local_rank", "world_size", "num_replicas", "is_main",
+           "barrier", "all_reduce", "launch", "REDUCE_OPS"]

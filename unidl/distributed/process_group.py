@@ -5,6 +5,11 @@
 The front end never talks to a framework here: ``Backend.distributed_engine()`` returns the engine, which
 lives in ``unidl/backends/<name>/distributed.py``. One process (no launcher's variables) is a group of
 one, with no engine started: the same script runs unchanged with and without a launcher.
+
+``init(devices=[...])``: one process that trains one replica on each of several devices, through the engine's
+``start_devices`` (TensorFlow's ``MirroredStrategy``). The group is still one process: ``rank()`` and
+``world_size()`` count processes (what loaders shard by, what writes files), and ``num_replicas()`` counts the
+replicas; the engine splits each batch over the devices inside the step.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ class ProcessGroup:
     local_rank: int
     backend: object       # the unidl backend whose engine joined the group
     engine: object        # that engine, or None for a group of one
+    devices: tuple = ()   # init(devices=...): this process's devices, one replica each (() : one device)
+    device_engine: object = None  # the engine running those replicas
 
 
 _group: ProcessGroup | None = None
@@ -54,22 +61,27 @@ def _require(what: str) -> ProcessGroup:
     return _group
 
 
-def init(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> ProcessGroup:
+def init(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT, devices=None) -> ProcessGroup:
     """Join the data-parallel job this process was launched into (see ``unidl.distributed``).
 
     ``backend``: the unidl backend whose engine carries the gradients (default: the current backend).
-    ``timeout``: seconds a collective waits for the other ranks before failing. Calling ``init`` again in
-    the same group returns it; a second group needs ``shutdown()`` first.
+    ``timeout``: seconds a collective waits for the other ranks before failing. ``devices``: in a process
+    started without a launcher, two or more devices ('cpu:0', 'cpu:1', 'cuda:0', ...) that train one replica
+    each, the batch split over them (tensorflow backend: ``tf.distribute.MirroredStrategy``; the other
+    backends raise ``DistributedError`` naming what they support). Calling ``init`` again in the same group
+    returns it; a second group needs ``shutdown()`` first.
     """
     global _group
     from unidl import config
 
     if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    devices = _check_devices(devices)
     place = environment.rendezvous()
     backend_object = config.backend() if backend is None else _load(backend)
     if _group is not None:
-        if (_group.rank, _group.world_size, _group.backend) == (place.rank, place.world_size, backend_object):
+        if (_group.rank, _group.world_size, _group.backend, _group.devices) == (place.rank, place.world_size,
+                                                                                backend_object, devices):
             return _group
         raise DistributedError(f"this process already joined a group (rank {_group.rank} of {_group.world_size} "
                                f"on {_group.backend.name}); call unidl.distributed.shutdown() first")
@@ -79,15 +91,45 @@ def init(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Proces
         if engine is None:
             raise DistributedError(f"the {backend_object.name} backend has no distributed engine in unidl; "
                                    f"data-parallel training runs on the torch and tensorflow backends and on "
-                                   f"Keras-on-TensorFlow")
+                                   f"Keras-on-TensorFlow and Keras-on-torch")
         # (torchrun's own agent already listens on MASTER_PORT, and the engine joins through it)
         if place.rank == 0 and place.source == "unidl's variables" and place.address in (environment.LOOPBACK,
                                                                                        "localhost"):
             environment.check_port_free(place.address, place.port, f"rank 0 of {place.world_size} "
                                                                    f"({place.source})")
         engine.start(place.rank, place.world_size, place.address, place.port, float(timeout))
-    _group = ProcessGroup(place.rank, place.world_size, place.local_rank, backend_object, engine)
+    device_engine = _start_devices(backend_object, devices, place, float(timeout)) if devices else None
+    _group = ProcessGroup(place.rank, place.world_size, place.local_rank, backend_object, engine, devices,
+                          device_engine)
     return _group
+
+
+def _check_devices(devices) -> tuple:
+    """``init``'s ``devices`` as a tuple of two or more names (() for None), or a ``ValueError``."""
+    if devices is None:
+        return ()
+    if isinstance(devices, str) or not all(isinstance(d, str) for d in devices):
+        raise ValueError(f"devices must be a list of device names such as ['cpu:0', 'cpu:1'], got {devices!r}")
+    devices = tuple(devices)
+    if len(devices) < 2:
+        raise ValueError(f"devices must name two or more devices (one replica each), got {list(devices)}; for one "
+                         f"device leave it out and use ud.set_device")
+    return devices
+
+
+def _start_devices(backend_object, devices, place, timeout):
+    """The engine running one replica on each of ``devices`` in this process, started; or ``DistributedError``."""
+    if place.world_size > 1:
+        raise DistributedError(f"devices={list(devices)} in a job of {place.world_size} processes "
+                               f"({place.source}): unidl runs one device per process there; start one process per "
+                               f"device (unidl.distributed.launch(fn, nprocs=N)) and leave devices out")
+    engine = backend_object.distributed_engine()
+    if engine is None or not hasattr(engine, "start_devices"):
+        raise DistributedError(f"the {backend_object.name} backend cannot train on several devices of one process "
+                               f"in unidl (devices={list(devices)}); the tensorflow backend does "
+                               f"(tf.distribute.MirroredStrategy)")
+    engine.start_devices(devices, timeout)
+    return engine
 
 
 def _load(name: str):
@@ -102,6 +144,8 @@ def shutdown() -> None:
     group, _group = _group, None
     if group is not None and group.engine is not None:
         group.engine.stop()
+    if group is not None and group.device_engine is not None:
+        group.device_engine.stop()
 
 
 def is_initialized() -> bool:
@@ -122,6 +166,13 @@ def local_rank() -> int:
 def world_size() -> int:
     """How many processes train together."""
     return _require("world_size").world_size
+
+
+def num_replicas() -> int:
+    """How many replicas of the model train together: ``world_size()`` times this process's devices
+    (``init(devices=...)``; one without)."""
+    group = _require("num_replicas")
+    return group.world_size * max(1, len(group.devices))
 
 
 def is_main() -> bool:
@@ -196,6 +247,13 @@ def check_training_loader(loader) -> None:
     """In a data-parallel job, refuse a loader whose last batch leaves a rank without a sample (that rank's
     step would average nothing), before any rank trains."""
     place = sharding()
+    replicas = len(_group.devices) if _group is not None else 0
+    if replicas and hasattr(loader, "smallest_share") and loader.smallest_share((place or (0, 1))[1] * replicas) < 1:
+        length, batch_size = len(loader.dataset), loader.batch_size
+        raise ValueError(f"with {replicas} devices in this process, a batch of the loader ({length} samples, "
+                         f"batch_size={batch_size}, last batch {length % batch_size or batch_size}) has fewer "
+                         f"samples than replicas, so a device would train on none; use drop_last=True, or a "
+                         f"batch_size that leaves every batch at least one sample per replica")
     if place is None or not hasattr(loader, "smallest_share"):
         return
     if loader.smallest_share(place[1]) < 1:

@@ -8,6 +8,7 @@ hands their running totals to ``results_from``.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
@@ -25,6 +26,9 @@ class MetricAccumulator:
         self.layout = layout
         for metric in self.metrics:
             metric.bind(layout)
+            if metric.weighted and "sample_weight" not in inspect.signature(metric.statistics).parameters:
+                raise ValueError(f"metric {metric.name!r} ({type(metric).__name__}) cannot be a weighted metric: "
+                                 f"its statistics() takes no sample_weight; pass it in metrics= instead")
         self.shapes = [shape for metric in self.metrics for shape in metric.statistic_shapes()]
         self.unpack = None  # set by fit when targets travel packed with sample weights: packed -> (target, weight)
         self._function = Function(self.statistics)
@@ -34,29 +38,41 @@ class MetricAccumulator:
     @property
     def key(self) -> tuple:
         """Equal for accumulators that compute the same statistics (a framework may reuse its compiled step)."""
-        return (tuple((type(m).__name__, m.name, tuple(sorted((k, repr(v)) for k, v in vars(m).items()
-                                                               if k not in ("layout", "_totals"))))
+        return (tuple((type(m).__name__, m.name, m.weighted,
+                       tuple(sorted((k, repr(v)) for k, v in vars(m).items() if k not in ("layout", "_totals"))))
                       for m in self.metrics),
                 self.layout.output_shape, self.layout.target_shape, self.layout.target_is_integer, self.unpack is None)
 
-    def statistics(self, outputs, target) -> tuple:
-        """Every metric's statistics of one batch, flattened into one tuple (``ud.ops`` only: graph-safe)."""
+    def statistics(self, outputs, target, sample_weight=None) -> tuple:
+        """Every metric's statistics of one batch, flattened into one tuple (``ud.ops`` only: graph-safe).
+        The weighted metrics (``metric.weighted``) are given the samples' weights: ``sample_weight``, or
+        those packed with the targets (``unpack``); without weights they equal the unweighted ones."""
         if self.unpack is not None:
-            target = self.unpack(target)[0]
-        return tuple(value for metric in self.metrics for value in metric.statistics(outputs, target))
+            target, packed = self.unpack(target)
+            sample_weight = packed if sample_weight is None else sample_weight
+        values = []
+        for metric in self.metrics:
+            if metric.weighted and sample_weight is not None:
+                values.extend(metric.statistics(outputs, target, sample_weight))
+            else:
+                values.extend(metric.statistics(outputs, target))
+        return tuple(values)
 
     def reset(self) -> None:
         self.totals = [np.zeros(shape) for shape in self.shapes]
 
-    def add(self, outputs, target) -> None:
-        """Add one batch: its statistics as one compiled call, then one small transfer each."""
+    def add(self, outputs, target, sample_weight=None) -> None:
+        """Add one batch: its statistics as one compiled call, then one small transfer each. ``sample_weight``
+        (one per sample) weights the weighted metrics."""
         from unidl import config
 
         backend = config.backend()
-        outputs, target = (backend.tensor(v) if isinstance(v, np.ndarray) else v for v in (outputs, target))
+        inputs = (outputs, target) if sample_weight is None else (
+            outputs, target, np.asarray(to_numpy(sample_weight), dtype=np.float32))
+        inputs = [backend.tensor(v) if isinstance(v, np.ndarray) else v for v in inputs]
         with warnings.catch_warnings():  # a short last batch is one bounded retrace where graphs are per shape
             warnings.simplefilter("ignore", RetraceWarning)
-            values = self._function(outputs, target)
+            values = self._function(*inputs)
         self.totals = [total + np.asarray(to_numpy(v), dtype=np.float64) for total, v in zip(self.totals, values)]
 
     def results_from(self, totals) -> dict:

@@ -28,6 +28,9 @@ class AUC(Metric):
     and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
     ``roc_auc_score`` as ``num_thresholds`` grows (scores closer than 1 / (num_thresholds - 1) count as
     ties). Scores are probabilities; ``from_logits=True`` applies a sigmoid (softmax for (N, C)) first.
+    The counts come from a histogram of each area's scores over the thresholds' buckets (a weighted
+    bincount: O(N * areas) memory per batch, not O(N * areas * num_thresholds)), summed over batches; a
+    weighted metric (``weighted_metrics``) counts each sample's weight, as Keras's ``sample_weight``.
     """
 
     name = "auc"
@@ -46,8 +49,9 @@ class AUC(Metric):
             else layout.num_outputs
 
     def statistic_shapes(self):
-        return ((self.num_areas, self.num_thresholds), (self.num_areas, self.num_thresholds),
-                (self.num_areas,), (self.num_areas,))
+        # per area, the (weighted) positives and negatives in each of the num_thresholds + 1 buckets that the
+        # thresholds cut [0, 1] into: a histogram, whose reverse cumulative sums are the counts per threshold
+        return ((self.num_areas, self.num_thresholds + 1), (self.num_areas, self.num_thresholds + 1))
 
     def _scores_and_positives(self, outputs, target) -> tuple:
         """Scores (N, areas) in [0, 1] and 0/1 float targets (N, areas) of "positive" for each area."""
@@ -63,19 +67,50 @@ class AUC(Metric):
             return scores[:, 1:], positive[:, 1:]
         return scores, positive
 
-    def statistics(self, outputs, target):
+    def statistics(self, outputs, target, sample_weight=None):
+        """Histograms of the positives' and the negatives' scores over the thresholds' buckets, in O(N * areas)
+        memory (a weighted bincount): a score's bucket is the number of thresholds strictly below it, so the
+        true positives at threshold j are the positives in buckets above j."""
         scores, positive = self._scores_and_positives(outputs, target)
+        buckets = self._buckets(scores)  # (N, areas) int64 in [0, num_thresholds]
+        width = self.num_thresholds + 1
+        ids = ops.reshape(buckets + ops.reshape(ops.arange(self.num_areas, dtype="int64") * width, (1, -1)), (-1,))
+        if sample_weight is not None:
+            weight = ops.reshape(as_float(sample_weight), (-1, 1))
+            positive, negative = positive * weight, (1.0 - positive) * weight
+        else:
+            negative = 1.0 - positive
+        size = self.num_areas * width
+        return tuple(ops.reshape(ops.segment_sum(ops.reshape(values, (-1,)), ids, size), (self.num_areas, width))
+                     for values in (positive, negative))
+
+    def _thresholds(self):
+        """The thresholds, float32: j * (1 + 2 eps) / (T - 1) - eps (the end ones just outside [0, 1])."""
         epsilon = 1e-7
-        thresholds = ops.arange(self.num_thresholds, dtype="float32") * ((1 + 2 * epsilon) / (self.num_thresholds - 1))
-        above = greater(ops.unsqueeze(scores, 2), ops.reshape(thresholds - epsilon, (1, 1, -1)))  # (N, areas, T)
-        true_positives = ops.sum(ops.unsqueeze(positive, 2) * above, 0)
-        false_positives = ops.sum(ops.unsqueeze(1.0 - positive, 2) * above, 0)
-        return true_positives, false_positives, ops.sum(positive, 0), ops.sum(1.0 - positive, 0)
+        return (ops.arange(self.num_thresholds, dtype="float32") * ((1 + 2 * epsilon) / (self.num_thresholds - 1))
+                - epsilon)
+
+    def _buckets(self, scores):
+        """The number of thresholds strictly below each score, (N, areas) int64: a first guess from the
+        thresholds' even spacing, made exact by comparing the score with the thresholds next to the guess
+        (the comparisons are float32 ``score > threshold``, as a dense (N, areas, T) comparison would be)."""
+        epsilon, steps = 1e-7, self.num_thresholds - 1
+        guess = ops.clip(ops.cast((scores + epsilon) * (steps / (1 + 2 * epsilon)), "int64"), 0, steps)
+        ends = (ops.arange(2, dtype="float32") * 2.0 - 1.0) * 3.0e38  # below and above every score
+        padded = ops.concat([ends[:1], self._thresholds(), ends[1:]], 0)
+        # thresholds guess - 1, guess, guess + 1 (padded: at index + 1), each below the score or not
+        below = [greater(scores, ops.reshape(ops.take(padded, ops.reshape(guess + offset, (-1,)), 0),
+                                             (-1, self.num_areas)))
+                 for offset in (0, 1, 2)]
+        return guess - 1 + ops.cast(below[0] + below[1] + below[2], "int64")
 
     def from_statistics(self, totals):
-        true_positives, false_positives, positives, negatives = (np.asarray(t, dtype=np.float64) for t in totals)
+        positives, negatives = (np.asarray(t, dtype=np.float64) for t in totals)
+        # at threshold j: the samples in buckets j + 1 .. T (scores above it)
+        true_positives = np.cumsum(positives[:, ::-1], axis=1)[:, ::-1][:, 1:]
+        false_positives = np.cumsum(negatives[:, ::-1], axis=1)[:, ::-1][:, 1:]
         areas = []
-        for tp, fp, p, n in zip(true_positives, false_positives, positives, negatives):
+        for tp, fp, p, n in zip(true_positives, false_positives, positives.sum(1), negatives.sum(1)):
             if p and n:
                 tpr, fpr = tp / p, fp / n
                 areas.append(float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2)))

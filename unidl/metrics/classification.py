@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from unidl import ops
-from unidl.metrics.metric import Metric, as_float, count, greater
+from unidl.metrics.metric import Metric, as_float, count, greater, weigh
 
 AVERAGES = ("macro", "micro", "weighted", "binary")
 
@@ -65,10 +65,10 @@ class Accuracy(_Classification):
     def statistic_shapes(self):
         return ((), ())
 
-    def statistics(self, outputs, target):
+    def statistics(self, outputs, target, sample_weight=None):
         predicted, true = self._labels(outputs, target)
         hits = ops.sum(self._one_hot(predicted) * self._one_hot(true), -1)
-        return ops.sum(hits), count(hits)
+        return ops.sum(weigh(hits, sample_weight)), count(hits, sample_weight)
 
     def from_statistics(self, totals):
         correct, seen = totals
@@ -95,13 +95,13 @@ class TopKAccuracy(_Classification):
     def statistic_shapes(self):
         return ((), ())
 
-    def statistics(self, outputs, target):
+    def statistics(self, outputs, target, sample_weight=None):
         scores = as_float(outputs)
         _, true = self._labels(outputs, target)
         true_score = ops.sum(scores * self._one_hot(true), -1, keepdims=True)
         higher = ops.sum(greater(scores, true_score), -1)  # classes scoring strictly above the true one
         hits = greater(self.k - higher, 0.5)
-        return ops.sum(hits), count(hits)
+        return ops.sum(weigh(hits, sample_weight)), count(hits, sample_weight)
 
     def from_statistics(self, totals):
         correct, seen = totals
@@ -110,7 +110,8 @@ class TopKAccuracy(_Classification):
 
 class ConfusionMatrix(_Classification):
     """The (C, C) matrix of counts: row = true class, column = predicted class (scikit-learn's layout).
-    Its value is an array, so it is not a training log: use it with ``ud.evaluate`` or standalone."""
+    Its value is an array, so it is not a training log: use it with ``ud.evaluate`` or standalone. Counts are
+    integers; weighted (``weighted_metrics``), each entry is the sum of its samples' weights (floats)."""
 
     name = "confusion_matrix"
     scalar = False
@@ -118,11 +119,13 @@ class ConfusionMatrix(_Classification):
     def statistic_shapes(self):
         return ((self.num_classes, self.num_classes),)
 
-    def statistics(self, outputs, target):
+    def statistics(self, outputs, target, sample_weight=None):
         predicted, true = self._labels(outputs, target)
-        return (ops.matmul(ops.transpose(self._one_hot(true), 0, 1), self._one_hot(predicted)),)
+        return (ops.matmul(ops.transpose(weigh(self._one_hot(true), sample_weight), 0, 1), self._one_hot(predicted)),)
 
     def from_statistics(self, totals):
+        if self.weighted:
+            return np.asarray(totals[0], dtype=np.float64)
         return np.rint(totals[0]).astype(np.int64)
 
 
@@ -150,10 +153,11 @@ class _FromConfusion(_Classification):
     def statistic_shapes(self):
         return ((self.num_classes,),) * 3
 
-    def statistics(self, outputs, target):
+    def statistics(self, outputs, target, sample_weight=None):
         predicted, true = self._labels(outputs, target)
-        predicted, true = self._one_hot(predicted), self._one_hot(true)
-        return ops.sum(predicted * true, 0), ops.sum(predicted, 0), ops.sum(true, 0)
+        predicted, true = weigh(self._one_hot(predicted), sample_weight), self._one_hot(true)
+        weighted_true = weigh(true, sample_weight)
+        return ops.sum(predicted * true, 0), ops.sum(predicted, 0), ops.sum(weighted_true, 0)
 
     def from_statistics(self, totals):
         tp, predicted, actual = (np.asarray(t, dtype=np.float64) for t in totals)

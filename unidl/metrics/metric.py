@@ -35,16 +35,20 @@ class Metric:
 
     * ``bind(layout)``: check that the metric fits outputs and targets shaped as ``layout`` (a clear
       ``ValueError`` naming both otherwise) and fix what depends on it (the number of classes).
-    * ``statistics(outputs, target)``: a tuple of float32 tensors for one batch, written with ``ud.ops``
-      (graph-safe: no Python on tensor values), whose sums over batches determine the metric.
+    * ``statistics(outputs, target, sample_weight=None)``: a tuple of float32 tensors for one batch, written
+      with ``ud.ops`` (graph-safe: no Python on tensor values), whose sums over batches determine the metric.
+      ``sample_weight`` (N,), given only to a metric with ``weighted`` set (Keras's ``weighted_metrics``),
+      weights each sample's contribution to every statistic (a count becomes a sum of weights), so the
+      value is Keras's weighted one; a subclass that takes no ``sample_weight`` cannot be weighted.
     * ``from_statistics(totals)``: the metric's value from the summed statistics (NumPy arrays).
 
-    Standalone use, as torchmetrics: ``m.update(outputs, target)`` per batch, then ``m.compute()``;
-    ``m.reset()`` starts over. ``ud.fit`` and ``ud.evaluate`` drive the same three methods.
+    Standalone use, as torchmetrics: ``m.update(outputs, target)`` (or with ``sample_weight=``) per batch,
+    then ``m.compute()``; ``m.reset()`` starts over. ``ud.fit`` and ``ud.evaluate`` drive the same three methods.
     """
 
     name = "metric"
     scalar = True  # False for a value that is not one number (a confusion matrix): not a training log
+    weighted = False  # True: statistics() is given the samples' weights (a Keras weighted metric)
 
     def __init__(self, name: str | None = None):
         if name is not None:
@@ -69,8 +73,9 @@ class Metric:
     def reset(self) -> None:
         self._totals = None
 
-    def update(self, outputs, target) -> None:
-        """Add one batch: ``outputs`` of the model and ``target`` (arrays or tensors of the backend in force)."""
+    def update(self, outputs, target, sample_weight=None) -> None:
+        """Add one batch: ``outputs`` of the model and ``target`` (arrays or tensors of the backend in force),
+        and optionally one weight per sample (weighting every statistic, as Keras's ``sample_weight``)."""
         from unidl.tensors import to_numpy
 
         outputs, target = np.asarray(to_numpy(outputs)), np.asarray(to_numpy(target))
@@ -79,7 +84,14 @@ class Metric:
         from unidl import config
 
         backend = config.backend()  # the statistics run on the backend in force
-        values = self.statistics(backend.tensor(outputs), backend.tensor(target))
+        if sample_weight is None:
+            values = self.statistics(backend.tensor(outputs), backend.tensor(target))
+        else:
+            from unidl.fit_options import check_sample_weight
+
+            weight = check_sample_weight(np.asarray(to_numpy(sample_weight)), len(outputs))
+            values = self.statistics(backend.tensor(outputs), backend.tensor(target),
+                                     backend.tensor(weight.astype(np.float32)))
         batch = [np.asarray(to_numpy(v), dtype=np.float64) for v in values]
         self._totals = batch if self._totals is None else [a + b for a, b in zip(self._totals, batch)]
 
@@ -106,6 +118,18 @@ def greater(a, b):
     return ops.relu(ops.sign(a - b))
 
 
-def count(vector):
-    """The length of a float32 vector (N,) as a scalar tensor (in a graph the batch size is unknown)."""
+def count(vector, sample_weight=None):
+    """The length of a float32 vector (N,) as a scalar tensor (in a graph the batch size is unknown), or with
+    ``sample_weight`` (N,) the sum of the weights."""
+    if sample_weight is not None:
+        return ops.sum(as_float(sample_weight))
     return ops.sum(ops.zeros_like(vector) + 1.0)
+
+
+def weigh(values, sample_weight):
+    """``values`` (N, ...) with each sample's entries times its weight (unchanged without weights)."""
+    if sample_weight is None:
+        return values
+    weight = as_float(sample_weight)
+    rank = len(tuple(values.shape))
+    return values * (ops.reshape(weight, (-1,) + (1,) * (rank - 1)) if rank > 1 else weight)

@@ -7,6 +7,7 @@ error before training, and so that graph code never needs a shape it cannot know
 
 from __future__ import annotations
 
+import copy
 import weakref
 
 import numpy as np
@@ -68,17 +69,37 @@ def _is_classification_loss(loss) -> bool:
     return isinstance(loss, (CrossEntropyLoss, NLLLoss))
 
 
-def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = False):
-    """A ``MetricAccumulator`` of ``metrics`` bound to ``data``'s layout, or None when there are none.
+def weighted_copies(metrics, unweighted) -> list:
+    """Keras's ``weighted_metrics``: a copy of each metric marked ``weighted`` (given the samples' weights),
+    named ``weighted_<name>`` where an unweighted metric already has its name (Keras's rule)."""
+    from unidl.metrics import get_all
 
-    ``metrics=None`` (the default of ``fit`` and ``evaluate``): accuracy when the loss is a classification
-    loss (``CrossEntropyLoss``, ``NLLLoss``; or no loss, for ``evaluate``) and the outputs are class scores.
+    taken = {metric.name for metric in unweighted}
+    copies = []
+    for metric in get_all(metrics):
+        metric = copy.copy(metric)
+        metric.weighted = True
+        if metric.name in taken:
+            metric.name = f"weighted_{metric.name}"
+        taken.add(metric.name)
+        copies.append(metric)
+    return copies
+
+
+def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = False, weighted_metrics=None):
+    """A ``MetricAccumulator`` of ``metrics`` and ``weighted_metrics`` bound to ``data``'s layout, or None when
+    there are none.
+
+    ``metrics=None`` and no ``weighted_metrics`` (the default of ``fit`` and ``evaluate``): accuracy when the
+    loss is a classification loss (``CrossEntropyLoss``, ``NLLLoss``; or no loss, for ``evaluate``) and the
+    outputs are class scores. ``weighted_metrics`` are given the samples' weights (``weighted_copies``).
     ``for_training``: metrics whose value is not one number (a confusion matrix) are refused, as training logs.
     """
     from unidl.metrics import MetricAccumulator, get_all
 
-    implicit = metrics is None
+    implicit = metrics is None and not weighted_metrics
     chosen = get_all(["accuracy"] if implicit else metrics)
+    chosen = chosen + weighted_copies(weighted_metrics or (), chosen)
     if implicit and not (loss is None or _is_classification_loss(loss)):
         return None
     if for_training:

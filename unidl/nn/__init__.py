@@ -14,14 +14,14 @@ from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLo
                            SmoothL1Loss)
 from unidl.nn.module import Module
 from unidl.nn.normalization import GroupNorm, LayerNorm
-from unidl.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+from unidl.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from unidl.nn.rnn import GRU, LSTM, RNN
 from unidl.nn.sparse import Embedding
 from unidl.nn.transformer import TransformerEncoder, TransformerEncoderLayer
 from unidl.nn.upsample import Upsample
 
 __all__ = [
-    "Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
+    "Module", "Linear", "Conv2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
     "LayerNorm", "Embedding", "Sequential", "ModuleList", "ModuleDict", "Identity", "Unflatten", "RNN", "LSTM", "GRU", "MultiheadAttention",
     "TransformerEncoderLayer", "TransformerEncoder",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "GELU", "SiLU", "ELU", "Softplus", "Hardtanh", "ReLU6",

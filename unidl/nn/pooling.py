@@ -1,6 +1,7 @@
-"""``MaxPool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` over NCHW input, with PyTorch's arguments and
-semantics: floor mode by default (``ceil_mode`` adds PyTorch's last, partial windows), zero padding counted in
-an average unless ``count_include_pad=False``, padding -inf for a maximum."""
+"""``MaxPool2d``, ``MaxUnpool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` over NCHW input, with
+PyTorch's arguments and semantics: floor mode by default (``ceil_mode`` adds PyTorch's last, partial windows), zero
+padding counted in an average unless ``count_include_pad=False``, padding -inf for a maximum; ``MaxPool2d``'s
+``return_indices`` gives the positions that ``MaxUnpool2d`` writes back to."""
 
 from __future__ import annotations
 
@@ -9,19 +10,27 @@ from unidl.nn.conv import as_pair, check_nchw
 from unidl.nn.module import Module
 
 
+def _window(owner: str, kernel_size, stride, padding):
+    """``(kernel, stride, padding)`` pairs of a pooling layer named ``owner`` (stride defaults to the kernel);
+    ``ValueError`` for a padding that is not a non-negative int or pair."""
+    kernel = as_pair(owner, "kernel_size", kernel_size)
+    stride = as_pair(owner, "stride", stride) if stride is not None else kernel
+    if isinstance(padding, bool) or not isinstance(padding, (int, tuple, list)):
+        raise ValueError(f"{owner} padding must be a non-negative int or pair, got {padding!r}")
+    pair = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    if len(pair) != 2 or any(not isinstance(p, int) or p < 0 for p in pair):
+        raise ValueError(f"{owner} padding must be a non-negative int or pair, got {padding!r}")
+    return kernel, stride, pair
+
+
 class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         owner = type(self).__name__
-        self.kernel_size = as_pair(owner, "kernel_size", kernel_size)
-        self.stride = as_pair(owner, "stride", stride) if stride is not None else self.kernel_size
-        if isinstance(padding, bool) or not isinstance(padding, (int, tuple, list)):
-            raise ValueError(f"{owner} padding must be a non-negative int or pair, got {padding!r}")
-        pair = (padding, padding) if isinstance(padding, int) else tuple(padding)
-        if len(pair) != 2 or any(not isinstance(p, int) or p < 0 or 2 * p > k for p, k in zip(pair, self.kernel_size)):
+        self.kernel_size, self.stride, self.padding = _window(owner, kernel_size, stride, padding)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{owner} padding {padding!r} must be non-negative and at most half the kernel size "
                              f"{self.kernel_size}")
-        self.padding = pair
         self.ceil_mode = bool(ceil_mode)
 
     def forward(self, x):
@@ -36,20 +45,51 @@ class _Pool2d(Module):
 
 
 class MaxPool2d(_Pool2d):
-    """Maximum over each window (padding counts as -inf), as ``torch.nn.MaxPool2d``. ``dilation`` other than 1
-    and ``return_indices=True`` are not supported (a ``ValueError`` on every backend)."""
+    """Maximum over each window (padding counts as -inf), as ``torch.nn.MaxPool2d``. ``return_indices=True``:
+    the layer returns ``(output, indices)``, each index (int64) the position of the window's maximum in the
+    flattened H * W plane of its sample and channel (PyTorch's layout, what ``MaxUnpool2d`` takes).
+    ``dilation`` other than 1 is not supported (a ``ValueError`` on every backend)."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, ceil_mode)
         if dilation not in (1, (1, 1), [1, 1]):
             raise ValueError(f"MaxPool2d dilation={dilation!r} is not supported; only dilation=1")
-        if return_indices:
-            raise ValueError("MaxPool2d return_indices=True is not supported; use return_indices=False")
+        self.return_indices = bool(return_indices)
 
     def _pool(self, x, kernel, stride, padding):
+        if self.return_indices:
+            return functional.max_pool2d(x, kernel, stride, padding, ceil_mode=self.ceil_mode, return_indices=True)
         if self.ceil_mode:
             return functional.max_pool2d(x, kernel, stride, padding, ceil_mode=True)
         return self._ops.max_pool2d(x, kernel, stride, padding)
+
+
+class MaxUnpool2d(Module):
+    """The partial inverse of ``MaxPool2d(..., return_indices=True)``, as ``torch.nn.MaxUnpool2d``: zeros
+    everywhere but at the pooled maxima's positions, which get the input's values. ``forward(x, indices,
+    output_size=None)``: the output is (h - 1) * stride - 2 * padding + kernel_size per axis, or
+    ``output_size`` ((H, W) or (N, C, H, W)) where pooling lost a remainder; it must lie strictly within
+    ``stride`` of that size.
+
+    Example::
+
+        pool, unpool = ud.nn.MaxPool2d(2, return_indices=True), ud.nn.MaxUnpool2d(2)
+        y, indices = pool(x)
+        restored = unpool(y, indices, output_size=x.shape)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = _window(type(self).__name__, kernel_size, stride, padding)
+
+    def forward(self, x, indices, output_size=None):
+        check_nchw(self, x, None)
+        if output_size is not None:  # (N and C may be unknown: x.shape inside a graph)
+            output_size = tuple(size if size is None or isinstance(size, bool) else int(size) for size in output_size)
+        return functional.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding, output_size)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class AvgPool2d(_Pool2d):

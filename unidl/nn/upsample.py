@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from unidl import ops as functional
 from unidl.nn.module import Module
-from unidl.spatial_ops import INTERPOLATION_MODES
+from unidl.spatial_ops import ALIGNABLE_MODES, INTERPOLATION_MODES
 
 
 class Upsample(Module):
@@ -13,9 +13,10 @@ class Upsample(Module):
     Args:
         size: output size, an int or one per spatial axis.
         scale_factor: multiplier of each spatial size (output floor(in * scale_factor)).
-        mode: 'nearest' (default), 'nearest-exact', 'linear' (3-D input), 'bilinear' (4-D) or 'area'.
-        align_corners: for 'linear'/'bilinear' only: align the corner pixels (True) or the pixel centres
-            (False, the default).
+        mode: 'nearest' (default), 'nearest-exact', 'linear' (3-D input), 'bilinear' (4-D), 'bicubic' (4-D:
+            PyTorch's cubic convolution, A = -0.75) or 'area'.
+        align_corners: for 'linear'/'bilinear'/'bicubic' only: align the corner pixels (True) or the pixel
+            centres (False, the default).
         recompute_scale_factor: compute source positions from the sizes rather than from ``scale_factor``.
 
     Example::
@@ -31,8 +32,9 @@ class Upsample(Module):
             raise ValueError(f"Upsample mode must be one of {', '.join(map(repr, modes))}, got {mode!r}")
         if (size is None) == (scale_factor is None):
             raise ValueError("Upsample takes exactly one of size and scale_factor")
-        if align_corners is not None and mode not in ("linear", "bilinear"):
-            raise ValueError(f"Upsample align_corners applies to the 'linear' and 'bilinear' modes only, not {mode!r}")
+        if align_corners is not None and mode not in ALIGNABLE_MODES:
+            raise ValueError(f"Upsample align_corners applies to the 'linear', 'bilinear' and 'bicubic' modes only, "
+                             f"not {mode!r}")
         self.size, self.scale_factor, self.mode = size, scale_factor, mode
         self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl.optim.optimizer import Optimizer, check_range
+from unidl.optim.optimizer import Optimizer, check_range, scalar_like
 
 
 class Adagrad(Optimizer):
@@ -34,4 +34,4 @@ class Adagrad(Optimizer):
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
         total = slots["sum"] + grad * grad
-        return lr * (grad / (ops.sqrt(total) + h["eps"])), {"sum": total}
+        return lr * (grad / (ops.sqrt(total) + scalar_like(h["eps"], grad, ops))), {"sum": total}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl.optim.optimizer import Optimizer, check_range
+from unidl.optim.optimizer import Optimizer, check_range, is_off, scalar_like
 
 
 def _check_betas(owner, betas):
@@ -42,22 +42,27 @@ class Adam(Optimizer):
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
-        beta1, beta2 = h["betas"]
+        beta1, beta2 = h["betas"]  # Python floats, or float64 tensors where a graph backend lets a group change them
         decay = None
-        if h["weight_decay"] and self.decoupled:  # coupled L2 is already in grad (regularized_gradient)
-            decay = (lr * h["weight_decay"]) * param  # p(1 - lr wd) - step == p - (lr wd p + step)
+        if not is_off(h["weight_decay"]) and self.decoupled:  # coupled L2 is already in grad (regularized_gradient)
+            decay = (lr * scalar_like(h["weight_decay"], lr, ops)) * param  # p(1 - lr wd) - step == p - (lr wd p + step)
         # the same sequence of operations as torch.optim.Adam's, so that trajectories agree to the last bits:
         # exp_avg.lerp_(grad, 1 - beta1) (torch's lerp formula for the weight), addcmul for exp_avg_sq, the
         # bias corrections and the step size in double precision, then rounded to the parameter's dtype
         weight, exp_avg = 1 - beta1, slots["exp_avg"]
-        exp_avg = exp_avg + weight * (grad - exp_avg) if weight < 0.5 else grad - (grad - exp_avg) * (1 - weight)
-        exp_avg_sq = beta2 * slots["exp_avg_sq"] + (1 - beta2) * grad * grad
+        if isinstance(weight, float):
+            exp_avg = exp_avg + weight * (grad - exp_avg) if weight < 0.5 else grad - (grad - exp_avg) * (1 - weight)
+        else:
+            weight = ops.cast_like(weight, grad)
+            exp_avg = ops.where(weight < 0.5, exp_avg + weight * (grad - exp_avg), grad - (grad - exp_avg) * (1 - weight))
+        exp_avg_sq = (scalar_like(beta2, grad, ops) * slots["exp_avg_sq"]
+                      + scalar_like(1 - beta2, grad, ops) * grad * grad)
         step = ops.cast(step, "float64")
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = ops.sqrt(1 - beta2 ** step)
         lr_double = lr if isinstance(lr, float) else ops.cast(lr, "float64")
         step_size = ops.cast_like(lr_double / bias_correction1, param)
-        denom = ops.sqrt(exp_avg_sq) / ops.cast_like(bias_correction2_sqrt, param) + h["eps"]
+        denom = ops.sqrt(exp_avg_sq) / ops.cast_like(bias_correction2_sqrt, param) + scalar_like(h["eps"], param, ops)
         delta = step_size * (exp_avg / denom)
         return (delta if decay is None else decay + delta), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 

@@ -171,14 +171,16 @@ class OneCycleLR(LRScheduler):
     cosine (``anneal_strategy='cos'``) or a line (``'linear'``). Step it once per batch
     (``LearningRateScheduler(schedule, interval="batch")``); stepping past ``total_steps`` is an error.
 
-    The optimizer's own lr is not used (``max_lr`` sets the scale). Momentum is not cycled: it is a constant of
-    the compiled step in unidl, so ``cycle_momentum`` must stay False (PyTorch's default is True).
+    The optimizer's own lr is not used (``max_lr`` sets the scale). ``cycle_momentum=True`` cycles every param
+    group's ``momentum`` (or Adam's beta1) the other way, between ``max_momentum`` and ``base_momentum``, as
+    PyTorch does (a param group's option: the compiled step reads it from a variable); unidl's default is False
+    (PyTorch's is True).
     """
 
     def __init__(self, optimizer, max_lr: float, total_steps: int | None = None, epochs: int | None = None,
                  steps_per_epoch: int | None = None, pct_start: float = 0.3, anneal_strategy: str = "cos",
-                 cycle_momentum: bool = False, div_factor: float = 25.0, final_div_factor: float = 1e4,
-                 three_phase: bool = False):
+                 cycle_momentum: bool = False, base_momentum: float = 0.85, max_momentum: float = 0.95,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4, three_phase: bool = False):
         if total_steps is None:
             if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (epochs, steps_per_epoch)):
                 raise ValueError(f"OneCycleLR needs total_steps, or epochs and steps_per_epoch, as positive integers; "
@@ -190,20 +192,35 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"OneCycleLR pct_start must lie in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"OneCycleLR anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
+        self.momentum_key = None
         if cycle_momentum:
-            raise ValueError("OneCycleLR cycle_momentum=True is not supported: momentum is a constant of the "
-                             "compiled training step in unidl; pass cycle_momentum=False")
+            group = optimizer.param_groups[0]
+            self.momentum_key = "momentum" if "momentum" in group else "betas" if "betas" in group else None
+            if self.momentum_key is None:
+                raise ValueError(f"OneCycleLR cycle_momentum=True needs an optimizer with momentum or betas; "
+                                 f"{type(optimizer).__name__} has neither: pass cycle_momentum=False")
         self.max_lr = check_range("OneCycleLR", "max_lr", max_lr)
         self.total_steps, self.anneal_strategy = total_steps, anneal_strategy
         initial = self.max_lr / div_factor
         final = initial / final_div_factor
         rise = float(pct_start * total_steps) - 1
-        if three_phase:  # (last step of the phase, rate at its start, rate at its end)
+        high, low = max_momentum, base_momentum
+        if three_phase:  # (last step of the phase, rate at its start, rate at its end); momentum's alike
             self.phases = [(rise, initial, self.max_lr), (2 * rise, self.max_lr, initial), (total_steps - 1, initial, final)]
+            self.momentum_phases = [(rise, high, low), (2 * rise, low, high), (total_steps - 1, high, high)]
         else:
             self.phases = [(rise, initial, self.max_lr), (total_steps - 1, self.max_lr, final)]
+            self.momentum_phases = [(rise, high, low), (total_steps - 1, low, high)]
         super().__init__(optimizer)
         self._set_lr(0)
+
+    def _set_lr(self, epoch: int) -> None:
+        super()._set_lr(epoch)
+        if self.momentum_key is None:
+            return
+        momentum = self._along(self.momentum_phases, epoch)
+        for group in self.optimizer.param_groups:
+            group[self.momentum_key] = momentum if self.momentum_key == "momentum" else (momentum, group["betas"][1])
 
     def _anneal(self, start, end, fraction):
         if self.anneal_strategy == "linear":
@@ -213,9 +230,12 @@ class OneCycleLR(LRScheduler):
     def lr_at(self, epoch):
         if epoch > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {epoch} times, past its total_steps={self.total_steps}")
+        return self._along(self.phases, epoch)
+
+    def _along(self, phases, epoch):
         start_step = 0.0
-        for index, (end_step, start, end) in enumerate(self.phases):
-            if epoch <= end_step or index == len(self.phases) - 1:
+        for index, (end_step, start, end) in enumerate(phases):
+            if epoch <= end_step or index == len(phases) - 1:
                 return self._anneal(start, end, (epoch - start_step) / (end_step - start_step))
             start_step = end_step
         raise AssertionError("unreachable")

@@ -47,6 +47,38 @@ def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=F
     return float(value)
 
 
+def scalar_like(value, like, ops):
+    """A hyperparameter for elementwise use with ``like``: a Python number as it is, a scalar tensor (what a graph
+    backend reads from a group's option variable, see ``bound_rule``) cast to ``like``'s dtype, as PyTorch's
+    kernels round a Python scalar to the tensor's dtype."""
+    return value if isinstance(value, (int, float)) else ops.cast_like(value, like)
+
+
+def is_off(value) -> bool:
+    """Whether a hyperparameter is a Python 0 / False (a term a rule may leave out); a tensor never is: its
+    value may change between steps without a retrace, so the rule computes the term (exact when it is 0)."""
+    return isinstance(value, (bool, int, float)) and not value
+
+
+def changeable_options(optimizer, group: int) -> dict:
+    """Param group ``group``'s hyperparameters that may change after construction (``param_groups[i][key] =``),
+    as {name: value}: what a graph backend keeps in variables."""
+    from unidl.optim.param_groups import FIXED_OPTIONS
+
+    return {k: v for k, v in optimizer.param_groups[group].items() if k not in ("params", "lr", *FIXED_OPTIONS)}
+
+
+def bound_rule(rule, values: dict):
+    """A copy of ``rule`` whose ``hyper`` takes ``values`` (a graph backend's tensors, read from a param group's
+    variables while tracing), so that a new value reaches the compiled step without a retrace. A user's rule
+    (``builtin_rule()`` None) keeps its Python numbers: it may branch on them."""
+    if type(rule).builtin_rule() is None or not values:
+        return rule
+    bound = copy.copy(rule)
+    bound.hyper = {**rule.hyper, **values}
+    return bound
+
+
 class Optimizer:
     """Common machinery: parameter binding, learning rate, L1 penalty, ``apply`` and state.
 
@@ -111,6 +143,8 @@ class Optimizer:
                 rule.hyper = hyper
             self._rules += [rule] * len(members)
         self._group_of = [index for index, (members, _) in enumerate(groups) for _ in members]
+        # each group's options as built: a state_dict records the ones changed since (param_groups[i][key] = ...)
+        self._built_options = [changeable_options(self, index) for index in range(len(self.param_groups))]
         self._lr = self.param_groups[0]["lr"]
         self._native = self._backend.optimizer(self)
 
@@ -142,6 +176,24 @@ class Optimizer:
         if index == 0:
             self._lr = value
         self._backend.set_learning_rate(self, value, index)
+
+    def set_group_option(self, index: int, key: str, value) -> None:
+        """Set hyperparameter ``key`` of param group ``index`` (what ``param_groups[index][key] = value`` does),
+        checked as the constructor checks it; the next step uses it on every backend (graph backends read it
+        from a variable: no retrace). Parameters of other groups keep their values."""
+        owner = type(self).__name__
+        if self.builtin_rule() is None:  # compiled steps bake its Python numbers in (see bound_rule)
+            raise ValueError(f"param_groups[{index}][{key!r}] of {owner} cannot change after the optimizer is built: "
+                             f"{owner} has its own update rule, which may branch on the Python value; build a new "
+                             f"{owner} with the new value ('lr' can change)")
+        group = self.param_groups[index]
+        current = {k: v for k, v in group.items() if k not in ("params", "lr")}
+        hyper = check_group_options(owner, index, {key: value}, current)
+        dict.__setitem__(group, key, hyper[key])
+        rule = copy.copy(self)  # the group's own rule object (groups may have shared one)
+        rule.hyper = hyper
+        self._rules = [rule if self._group_of[i] == index else r for i, r in enumerate(self._rules)]
+        self._backend.set_group_options(self, index)
 
     def rule_for(self, index: int) -> "Optimizer":
         """The optimizer whose ``hyper`` holds parameter ``index``'s group's hyperparameters (``self`` when the
@@ -175,8 +227,8 @@ class Optimizer:
         l1, decay = self.hyper["l1"], self.hyper.get("weight_decay", 0.0)
         if l1:
             grad = grad + l1 * ops.sign(param)
-        if decay and not self.decoupled:
-            grad = grad + decay * param
+        if not is_off(decay) and not self.decoupled:
+            grad = grad + scalar_like(decay, param, ops) * param
         return grad
 
     def heavy_ball(self) -> tuple[str, float, bool] | None:
@@ -236,13 +288,23 @@ class Optimizer:
              "slots": [{slot_name: np.ndarray, ...}, ...]}   # one dict per parameter, params order
 
         Slots not yet created (before the first step) are reported at their initial value. With more than
-        one param group, ``"param_groups": [{"lr": float, "size": int}, ...]`` too ("lr" is the first group's).
+        one param group, or options changed through ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float,
+        "size": int, **changed}, ...]`` too ("lr" is the first group's; ``changed``: the group's options that differ
+        from those it was built with).
+        Taken in the middle of a ``train_step(accumulate=N)`` window, ``"accumulation"`` too: the micro-steps'
+        summed gradients and count (``unidl.training.AccumulationWindow``), so that a resumed run goes on with it.
         """
+        from unidl.training import window_state
+
         step, slots = self._backend.optimizer_state(self)
         state = {"class": type(self).__name__, "lr": self._lr, "step": int(step), "hyper": dict(self.hyper),
                  "slots": [{name: np.asarray(value) for name, value in entry.items()} for entry in slots]}
-        if len(self.param_groups) > 1:  # each group's lr and size (its hyperparameters are the constructor's)
-            state["param_groups"] = [{"lr": group["lr"], "size": len(group["params"])} for group in self.param_groups]
+        groups = self._group_entries()
+        if len(groups) > 1 or set(groups[0]) != {"lr", "size"}:
+            state["param_groups"] = groups
+        window = window_state(self)
+        if window is not None:
+            state["accumulation"] = window
         return state
 
     def check_state_dict(self, state) -> None:
@@ -266,13 +328,14 @@ class Optimizer:
         groups = state.get("param_groups")
         if groups is not None or len(self.param_groups) > 1:
             expected = [len(group["params"]) for group in self.param_groups]
-            if (not isinstance(groups, list) or not all(isinstance(g, dict) and set(g) == {"lr", "size"} for g in groups)
+            if (not isinstance(groups, list) or not all(isinstance(g, dict) and {"lr", "size"} <= set(g) for g in groups)
                     or [g["size"] for g in groups] != expected):
                 raise CheckpointStateError(f"{owner} state holds param groups {groups!r}; this optimizer has "
                                            f"{len(expected)} groups of sizes {expected}")
             for index, group in enumerate(groups):
                 try:
                     check_range(owner, f"param group {index} lr", group["lr"])
+                    self._check_group_entry(index, group)
                 except ValueError as error:
                     raise CheckpointStateError(f"{owner} state: {error}") from None
         slots = state["slots"]
@@ -290,6 +353,9 @@ class Optimizer:
                 if np.asarray(value).dtype.kind not in "fiu":
                     raise CheckpointStateError(f"{owner} slot {name!r} of parameter {index}: expected numbers, "
                                                f"found dtype {np.asarray(value).dtype}")
+        from unidl.training import check_window_state
+
+        check_window_state(self, state.get("accumulation"))  # a part-full window: the same accumulate
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()`` written by this optimizer class on any backend (checked first:
@@ -297,11 +363,38 @@ class Optimizer:
         self.check_state_dict(state)
         slots = state["slots"]
         self._backend.load_optimizer_state(self, int(state["step"]), slots)
+        from unidl.training import load_window_state
+
+        load_window_state(self, state.get("accumulation"))  # none: a window in progress is emptied
         if "param_groups" in state:
             for index, group in enumerate(state["param_groups"]):
                 self.set_group_lr(index, float(group["lr"]))
         else:
             self.lr = float(state["lr"])
+        self._load_group_options(state.get("param_groups"))
+
+    def _group_entries(self) -> list[dict]:
+        """Each group's ``state_dict`` entry: its lr, its size and the options changed since it was built."""
+        return [{"lr": group["lr"], "size": len(group["params"]),
+                 **{k: v for k, v in changeable_options(self, index).items() if v != built[k]}}
+                for index, (group, built) in enumerate(zip(self.param_groups, self._built_options))]
+
+    def _check_group_entry(self, index: int, entry: dict) -> None:
+        """``ValueError`` unless a saved group entry's options are ones this group can take."""
+        options, built = {k: v for k, v in entry.items() if k not in ("lr", "size")}, self._built_options[index]
+        if set(options) - set(built):
+            raise ValueError(f"param group {index} holds options {sorted(set(options) - set(built))}; this "
+                             f"optimizer's group {index} has {', '.join(['lr', *sorted(built)])}")
+        check_group_options(type(self).__name__, index, options, built)
+
+    def _load_group_options(self, entries) -> None:
+        """Set each group's options as saved (those not saved: as the group was built)."""
+        for index, built in enumerate(self._built_options):
+            saved = (entries or [{}] * len(self._built_options))[index]
+            for key, value in {**built, **{k: v for k, v in saved.items() if k not in ("lr", "size")}}.items():
+                value = tuple(value) if isinstance(value, list) else value
+                if self.param_groups[index][key] != value:
+                    self.set_group_option(index, key, value)
 
     def initial_slots(self) -> list[dict]:
         """Slot values before the first step (what ``state_dict`` reports for unbuilt slots)."""

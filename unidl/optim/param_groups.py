@@ -2,8 +2,10 @@
 
 An optimizer keeps one flat ``params`` list (what backends index their state by) and ``param_groups``: one
 ``ParamGroup`` dict per group holding its parameters, its learning rate and its hyperparameters (the
-constructor's values unless the group names its own). Setting a group's ``"lr"`` writes the backend's variable
-for that group (no retrace), so ``for g in opt.param_groups: g["lr"] = ...`` works as in PyTorch.
+constructor's values unless the group names its own). Setting a group's ``"lr"`` or any hyperparameter that
+``torch.optim`` lets a group change (``momentum``, ``nesterov``, ``weight_decay``, ``betas``, ``eps``,
+``alpha``) takes effect at the next step, on every backend: graph backends hold them in variables (no
+retrace), so ``for g in opt.param_groups: g["momentum"] = ...`` works as in PyTorch.
 """
 
 from __future__ import annotations
@@ -13,21 +15,29 @@ from numbers import Real
 
 #: hyperparameters with bounds other than [0, inf): name -> (low, high, high_open)
 _BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
+#: hyperparameters fixed once the optimizer is built: unidl's L1 term (torch.optim has none) and what only
+#: the slots' first values read
+FIXED_OPTIONS = ("l1", "initial_accumulator_value")
 
 
 class ParamGroup(dict):
-    """One group of ``optimizer.param_groups``: a dict whose ``"lr"`` may be set (the backend follows at
-    the next step); its parameters and other hyperparameters are fixed once the optimizer is built."""
+    """One group of ``optimizer.param_groups``: a dict whose ``"lr"`` and hyperparameters (those of
+    ``torch.optim``: not ``l1``, ``initial_accumulator_value`` or ``params``) may be set; the backend uses the
+    new value from the next step on."""
 
     def __init__(self, optimizer, index: int, values: dict):
         super().__init__(values)
         self._optimizer, self._index = optimizer, index
 
     def __setitem__(self, key, value):
-        if key != "lr":
-            raise ValueError(f"param_groups[{self._index}][{key!r}] cannot change after the optimizer is built "
-                             f"(only 'lr' can); build a new optimizer with the new value")
-        self._optimizer.set_group_lr(self._index, value)
+        if key == "lr":
+            self._optimizer.set_group_lr(self._index, value)
+            return
+        if key in FIXED_OPTIONS or key == "params" or key not in self:
+            changeable = ", ".join(["lr", *sorted(k for k in self if k not in (*FIXED_OPTIONS, "params", "lr"))])
+            raise ValueError(f"param_groups[{self._index}][{key!r}] cannot change after the optimizer is built; "
+                             f"a group may change: {changeable}")
+        self._optimizer.set_group_option(self._index, key, value)
 
     def update(self, *args, **kwargs):
         for key, value in dict(*args, **kwargs).items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl.optim.optimizer import Optimizer, check_range
+from unidl.optim.optimizer import Optimizer, check_range, scalar_like
 
 
 class RMSprop(Optimizer):
@@ -32,5 +32,6 @@ class RMSprop(Optimizer):
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
-        square_avg = h["alpha"] * slots["square_avg"] + (1 - h["alpha"]) * grad * grad
-        return lr * (grad / (ops.sqrt(square_avg) + h["eps"])), {"square_avg": square_avg}
+        square_avg = (scalar_like(h["alpha"], grad, ops) * slots["square_avg"]
+                      + scalar_like(1 - h["alpha"], grad, ops) * grad * grad)
+        return lr * (grad / (ops.sqrt(square_avg) + scalar_like(h["eps"], grad, ops))), {"square_avg": square_avg}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl.optim.optimizer import Optimizer, check_range
+from unidl.optim.optimizer import Optimizer, check_range, is_off, scalar_like
 
 
 class SGD(Optimizer):
@@ -46,14 +46,22 @@ class SGD(Optimizer):
 
     def heavy_ball(self):
         h = self.hyper
-        if not h["momentum"] or type(self).update is not SGD.update:  # a subclass's own rule is not the kernel's
+        if is_off(h["momentum"]) or type(self).update is not SGD.update:  # a subclass's own rule is not the kernel's
             return None
         return ("momentum_buffer", h["momentum"], h["nesterov"])
 
     def update(self, param, grad, slots, lr, step, ops):
+        # momentum and nesterov are Python values, or tensors where a graph backend lets a group change them
         h = self.hyper
-        if not h["momentum"]:
+        if is_off(h["momentum"]):
             return lr * grad, slots
-        buffer = h["momentum"] * slots["momentum_buffer"] + grad
-        direction = grad + h["momentum"] * buffer if h["nesterov"] else buffer
+        momentum, nesterov = scalar_like(h["momentum"], grad, ops), h["nesterov"]
+        buffer = momentum * slots["momentum_buffer"] + grad
+        if isinstance(nesterov, bool):
+            direction = grad + momentum * buffer if nesterov else buffer
+        else:
+            direction = ops.where(nesterov, grad + momentum * buffer, buffer)
+        if not isinstance(h["momentum"], float):  # a momentum set to 0 gives buffer = grad, direction = grad (plain
+            # SGD's step, exactly) and, as torch.optim, leaves the buffer as it is for when momentum returns
+            buffer = ops.where(h["momentum"] != 0, buffer, slots["momentum_buffer"] * 1.0)  # (a variable as a tensor)
         return lr * direction, {"momentum_buffer": buffer}

@@ -229,6 +229,11 @@ class Backend(BackendInterface):
         variable = optimizer.native.learning_rates[group]
         variable.value = jnp.asarray(lr, variable.dtype)
 
+    def set_group_options(self, optimizer, group):
+        from unidl.backends.jax.optimizer import set_group_options
+
+        set_group_options(optimizer, group)
+
     def optimizer_state(self, optimizer):
         native = optimizer.native
         return int(native.iterations.value), [{n: self.to_numpy(v) for n, v in entry.items()}
@@ -274,7 +279,7 @@ class Backend(BackendInterface):
     def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
         params = optimizer.params
         if accumulate > 1:
-            optimizer.native.prepare_accumulation()  # before the state list below is taken
+            optimizer.native.prepare_accumulation(accumulate)  # before the state list below is taken
         name = f"train_step of {type(model).__name__}"
 
         def step(x, y, *inputs):
@@ -308,7 +313,11 @@ class Backend(BackendInterface):
         def run(*args):
             # Python numbers among the extra step inputs stay Python values (one trace per value: a dynamic
             # net's depth), since jax.jit cannot loop a traced number of times; arrays are graph inputs
-            args = [a if isinstance(a, (bool, int, float)) and i >= 2 else to_input(a) for i, a in enumerate(args)]
+            if len(args) == 2:  # (x, y), the common case, without the per-argument test (a step's Python is its cost)
+                args = (to_input(args[0]), to_input(args[1]))
+            else:
+                args = [a if isinstance(a, (bool, int, float)) and i >= 2 else to_input(a)
+                        for i, a in enumerate(args)]
             try:
                 return compiled(*args)
             except _CONCRETIZATION as error:
@@ -414,6 +423,11 @@ class Backend(BackendInterface):
 
     def custom_gradient(self, forward_fn):
         return custom_gradient(forward_fn)
+
+    def model_graph(self, model, x):
+        from unidl.backends.jax import graph as jax_graph
+
+        return jax_graph.model_graph(model, self.tensor(x))
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

@@ -59,11 +59,18 @@ def _split_static(args):
     return leaves, treedef, dynamic
 
 
+#: a donated array must come back from the call even when the function leaves it as it was; below this many
+#: elements (learning rates, step counts, flags, random keys) donating saves nothing, so such a variable goes in
+#: without donation and comes back only when the function writes it
+_DONATE_MIN_SIZE = 16
+
+
 class StatefulJit:
     """``fn`` compiled with ``jax.jit`` over the variables ``variables()`` returns, which it may read and write.
 
     ``static_key()`` adds Python state that changes the trace (the modules' train/eval mode).
-    ``trace_count`` counts traces."""
+    ``trace_count`` counts traces. With ``donate``, the buffers of the variables' arrays (those of at least
+    ``_DONATE_MIN_SIZE`` elements) are donated to the call, so XLA updates them in place."""
 
     def __init__(self, fn, variables, name: str, static_key=None, donate: bool = False, warn_retrace: bool = True):
         self._fn, self._variables, self._static_key = fn, variables, static_key
@@ -73,10 +80,20 @@ class StatefulJit:
         self.trace_count = 0
         self.__name__ = name
 
-    def _pure(self, leaves_fixed, treedef, dynamic, variables):
-        def pure(values, dynamic_leaves):
+    def _pure(self, leaves_fixed, treedef, dynamic, variables, donated):
+        """The pure function of (donated values, other values, array leaves of the arguments) that jax traces:
+        ``(result, {index: new value})`` with every donated variable's value (its input buffer is gone after
+        the call) and the others' that ``fn`` wrote."""
+        kept = [i for i in range(len(variables)) if i not in donated]
+
+        def pure(donated_values, kept_values, dynamic_leaves):
             self.trace_count += 1
             saved = [v.value for v in variables]
+            values = [None] * len(variables)
+            for i, value in zip(donated, donated_values):
+                values[i] = value
+            for i, value in zip(kept, kept_values):
+                values[i] = value
             leaves = list(leaves_fixed)
             for i, leaf in zip(dynamic, dynamic_leaves):
                 leaves[i] = leaf
@@ -85,9 +102,8 @@ class StatefulJit:
                     v.value = value
                 with python_randomness_guard(self.__name__), jax_ops.checkified_trace():
                     result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
-                # donated inputs are invalidated by the call: every value comes back then, changed or not
                 written = {i: v.value for i, (v, value) in enumerate(zip(variables, values))
-                           if self._donate or v.value is not value}
+                           if i in donated or v.value is not value}
             finally:
                 for v, value in zip(variables, saved):
                     v.value = value
@@ -100,40 +116,50 @@ class StatefulJit:
             self._last_variables, self._last_serials = variables, tuple(v.serial for v in variables)
         return self._last_serials
 
+    def _compile(self, key, args, leaves, treedef, dynamic, variables):
+        """The cache entry for ``key``: ``(jitted function, checkify's error structure, donated variables,
+        other variables)``."""
+        if self._compiled and self._warn_retrace:
+            warnings.warn(f"{self.__name__} traced again for inputs of a new shape or dtype "
+                          f"({len(self._compiled)} traces so far): XLA compiles one program per shape",
+                          RetraceWarning, stacklevel=4)
+        if treedef is None:
+            treedef = jax.tree_util.tree_structure(list(args))
+        fixed = [None if i in dynamic else leaf for i, leaf in enumerate(leaves)]
+        donated = {i for i, v in enumerate(variables) if self._donate and v.value.size >= _DONATE_MIN_SIZE}
+        checked = checkify.checkify(self._pure(fixed, treedef, list(dynamic), variables, sorted(donated)),
+                                    errors=checkify.user_checks)
+        error_structure = []
+
+        def flat(donated_values, kept_values, dynamic_leaves):
+            # checkify's error as a list of arrays: empty for a trace without value checks, so that its calls
+            # skip rebuilding the error object in Python (a few µs a step)
+            error, out = checked(donated_values, kept_values, dynamic_leaves)
+            error_leaves, structure = jax.tree_util.tree_flatten(error)
+            error_structure[:] = [structure]
+            return error_leaves, out
+
+        entry = self._compiled[key] = (jax.jit(flat, donate_argnums=(0,) if donated else ()), error_structure,
+                                       [v for i, v in enumerate(variables) if i in donated],
+                                       [v for i, v in enumerate(variables) if i not in donated])
+        devices.compiled_placed(self.__name__, "traced for the shapes of its inputs", "the default device", "jax.jit")
+        return entry
+
     def __call__(self, *args):
         variables = self._variables()
         static = self._static_key() if self._static_key else None
         if all(type(a) in _ARRAY_TYPES for a in args):  # the common case, keyed without flattening
-            leaves, treedef, dynamic = list(args), None, range(len(args))
+            leaves, treedef, dynamic = args, None, range(len(args))
             key = (self._serials(variables), tuple((a.shape, a.dtype) for a in args), static)
         else:
             leaves, treedef, dynamic = _split_static(args)
             key = (self._serials(variables), treedef, tuple(_signature(leaf) for leaf in leaves), static)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            if self._compiled and self._warn_retrace:
-                warnings.warn(f"{self.__name__} traced again for inputs of a new shape or dtype "
-                              f"({len(self._compiled)} traces so far): XLA compiles one program per shape",
-                              RetraceWarning, stacklevel=3)
-            if treedef is None:
-                treedef = jax.tree_util.tree_structure(list(args))
-            fixed = [None if i in dynamic else leaf for i, leaf in enumerate(leaves)]
-            checked = checkify.checkify(self._pure(fixed, treedef, list(dynamic), variables), errors=checkify.user_checks)
-            error_structure = []
-
-            def flat(values, dynamic_leaves):
-                # checkify's error as a list of arrays: empty for a trace without value checks, so that its calls
-                # skip rebuilding the error object in Python (a few µs a step)
-                error, out = checked(values, dynamic_leaves)
-                error_leaves, structure = jax.tree_util.tree_flatten(error)
-                error_structure[:] = [structure]
-                return error_leaves, out
-
-            compiled = self._compiled[key] = (jax.jit(flat, donate_argnums=(0,) if self._donate else ()),
-                                              error_structure)
-            devices.compiled_placed(self.__name__, "traced for the shapes of its inputs", "the default device", "jax.jit")
-        function, error_structure = compiled
-        error_leaves, (result, written) = function([v.value for v in variables], [leaves[i] for i in dynamic])
+        entry = self._compiled.get(key)
+        if entry is None:
+            entry = self._compile(key, args, leaves, treedef, dynamic, variables)
+        function, error_structure, donated, kept = entry
+        error_leaves, (result, written) = function([v.value for v in donated], [v.value for v in kept],
+                                                   args if treedef is None else [leaves[i] for i in dynamic])
         for index, value in written.items():
             variables[index]._value = value  # a jit output: already committed (the setter's check is per-step cost)
         if not error_leaves:

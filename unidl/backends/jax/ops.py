@@ -102,6 +102,20 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)  # a Python scalar: the differentiable monoid
 
 
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    x, indices = _v(x), _v(indices)
+    n, c = x.shape[:2]
+    height, width = output_size
+    values, index = x.reshape(n * c, -1), indices.reshape(n * c, -1)
+    rows = jnp.arange(n * c)[:, None]
+    zeros = jnp.zeros((n * c, height * width), x.dtype)
+    # the values written (one per index), with the gradient of their sum: each value sharing an index gets the
+    # output's gradient there, as in PyTorch (the gradient of .set reaches only the value that was kept)
+    written, added = zeros.at[rows, index].set(values), zeros.at[rows, index].add(values)
+    flat = jax.lax.stop_gradient(written) + (added - jax.lax.stop_gradient(added))
+    return flat.reshape(n, c, height, width)
+
+
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     kh, kw = _pair(kernel_size)
     return _pool(x, kernel_size, stride, padding, 0.0, jax.lax.add) / (kh * kw)
@@ -230,6 +244,10 @@ def check_index(indices, size, what="index"):
     elif int(low) < 0 or int(high) >= size:
         raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {int(low)} to {int(high)}")
     return indices
+
+
+def segment_sum(data, segment_ids, num_segments):
+    return jax.ops.segment_sum(_v(data), _v(segment_ids).astype(jnp.int32), num_segments)
 
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):

@@ -64,6 +64,34 @@ class Window:
         return sums, losses, updates
 
 
+    def checkpointed(self, scaler):
+        """This window as a ``unidl.training.AccumulationWindow``: its sums unscaled by ``scaler``'s scale in
+        force (None: no scaling; a power of two, so exactly), its finite flag read from its losses."""
+        import numpy as np
+
+        from unidl.training import AccumulationWindow
+
+        def scale():
+            return float(np.asarray(scaler.scale.value)) if scaler is not None else 1.0
+
+        def read():
+            count = int(np.asarray(self.count.value))
+            finite = bool(np.isfinite(np.asarray(self.losses.value)[:count]).all())
+            return count, finite, [np.asarray(total.value) / np.asarray(scale(), np.asarray(total.value).dtype)
+                                   for total in self.sums]
+
+        def write(micro_steps, finite, gradients):
+            self.count.value = jnp.asarray(micro_steps, self.count.value.dtype)
+            losses = [0.0 if finite or index else float("nan") for index in range(self.accumulate)]
+            self.losses.value = jnp.asarray(losses, jnp.float32)
+            for total, value in zip(self.sums, gradients if micro_steps else [None] * len(self.sums)):
+                dtype = total.value.dtype
+                total.value = (jnp.zeros_like(total.value) if value is None
+                               else jnp.asarray(np.asarray(value, dtype) * np.asarray(scale(), dtype)))
+
+        return AccumulationWindow(self.accumulate, read, write)
+
+
 def _float32(value):
     return value.astype(jnp.float32) if jnp.issubdtype(value.dtype, jnp.floating) else value
 
@@ -78,6 +106,10 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
     compute = precision.compute_dtype
     scaler = LossScale(precision) if precision.scales_loss else None
     window = Window(params, accumulate) if accumulate > 1 else None
+    if window is not None:
+        from unidl.training import attach_window
+
+        attach_window(optimizer, accumulate, window.checkpointed(scaler))
     name = f"train_step of {type(model).__name__}"
 
     def step(x, y, *inputs):

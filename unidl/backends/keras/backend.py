@@ -35,6 +35,14 @@ from unidl.backends.keras.optimizer import NativeOptimizer
 from unidl.backends.keras.export import export_formats, export_module
 
 
+def _jit_compile(requested: bool, eager: bool) -> bool:
+    """Keras's ``jit_compile`` for a model compiled with ``run_eagerly=eager``: Keras's JAX trainer runs its train
+    step op by op, each op dispatched (and compiled once) on its own, unless it is jit-compiled, several times
+    slower on a small model: a host whose Keras state is functional (values threaded through the step, as JAX's)
+    compiles the step whole unless ``eager``; elsewhere as requested (TensorFlow traces a graph either way)."""
+    return requested or (not eager and not HOST.keras_state_in_place)
+
+
 @contextlib.contextmanager
 def floatx(dtype: str):
     """Keras's default float type set to ``dtype`` while Keras creates its own variables (learning
@@ -196,6 +204,11 @@ class Backend(BackendInterface):
         else:
             optimizer.native.learning_rate = lr
 
+    def set_group_options(self, optimizer, group):
+        from unidl.backends.keras.optimizer import set_group_options
+
+        set_group_options(optimizer, group)
+
     def optimizer_state(self, optimizer):
         native = optimizer.native
         if not native.built:
@@ -219,12 +232,9 @@ class Backend(BackendInterface):
             optimizer.native.apply([g for g, _ in pairs], [p for _, p in pairs])
 
     def last_step_finite(self, optimizer):
-        finite = optimizer.native.finite
-        if getattr(finite, "_value", True) is None:
-            # Keras-on-JAX's fit holds the optimizer's state in its own step state until the epoch ends: the flag
-            # is not readable per batch there (the update was still skipped; a NaN loss still stops fit)
-            return True
-        return bool(self.to_numpy(finite.value))
+        # inside fit the flag is read after ``BatchRelay`` handed back the state Keras's trainer may hold outside
+        # its variables (Keras-on-JAX): this batch's, so fit stops at the step that was skipped
+        return bool(self.to_numpy(optimizer.native.finite.value))
 
     def compile(self, model, loss_fn, optimizer, jit_compile=False, metrics=None, eager=False, precision=None,
                 accumulate=1):
@@ -241,7 +251,7 @@ class Backend(BackendInterface):
                 statistics = NativeMetrics(metrics) if metrics is not None else None
                 native.compile(optimizer=keras_precision.keras_optimizer(optimizer, precision, accumulate), loss=NativeLoss(loss_fn),
                                metrics=[statistics] if statistics is not None else [],
-                               jit_compile=jit_compile, run_eagerly=eager)
+                               jit_compile=_jit_compile(jit_compile, eager), run_eagerly=eager)
             object.__setattr__(native, "_unidl_compiled", key)
             object.__setattr__(native, "_unidl_statistics", statistics)  # its totals, for epoch_totals
             object.__setattr__(native, "_unidl_fit_graph", None)  # it updated the previous compile's trackers
@@ -277,6 +287,8 @@ class Backend(BackendInterface):
                                totals)
 
     def epoch_totals(self, model):
+        # the trackers' values after the last batch (``metric_tracker_variables`` hands back the state Keras's
+        # trainer may hold outside the variables during an epoch, as on JAX)
         return [np.asarray(variable.numpy(), dtype=np.float64).tolist()
                 for variable in metric_tracker_variables(model.native)]
 

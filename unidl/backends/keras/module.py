@@ -9,6 +9,7 @@ import numpy as np
 from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, not re-exported
 
 from unidl import config
+from unidl.backends.keras import distributed as keras_distributed
 from unidl.nn.module import is_trainable, restore_modes
 
 
@@ -44,6 +45,12 @@ class NativeModel(keras.Model):
     trainable_variables = trainable_weights
     non_trainable_variables = non_trainable_weights
 
+    def train_step(self, *args, **kwargs):
+        # in a data-parallel job whose engine wraps the forward (Keras-on-torch: DistributedDataParallel), Keras's
+        # own step with its forward through that wrapper, so that its loss.backward() averages the gradients
+        with keras_distributed.forward_through_engine(self):
+            return super().train_step(*args, **kwargs)
+
     def call(self, x, training=None):
         module = self._unidl_module
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
@@ -61,7 +68,12 @@ def metric_tracker_variables(native) -> list:
     """The running sums of a compiled ``native`` model in an epoch: the variables of Keras's loss tracker (its
     ``Mean``: total and count, the first of the model's metrics), then the totals of ud.fit's metric
     statistics (``NativeMetrics``, kept at compile: Keras builds its own wrapper of them only at the first
-    batch)."""
+    batch). Where Keras's trainer holds them outside the variables during an epoch (Keras-on-JAX's ``fit``
+    keeps its state in ``_jax_state`` and empties the variables), they are handed back first (``jax_state_sync``,
+    as Keras's own callbacks do), so that the variables hold the live totals."""
+    sync = getattr(native, "jax_state_sync", None)
+    if sync is not None:
+        sync()
     statistics = getattr(native, "_unidl_statistics", None)
     return list(native.metrics[0].variables) + (list(statistics.totals) if statistics is not None else [])
 
@@ -86,7 +98,8 @@ def restore_metric_totals(native, totals) -> None:
 
 
 class BatchRelay(keras.callbacks.Callback):
-    """Passes Keras's running epoch logs to ``ud.fit`` after every batch (progress, NaN checks, callbacks);
+    """Passes Keras's running epoch logs to ``ud.fit`` after every batch (progress, NaN checks, callbacks), with
+    the model's, optimizer's and trackers' variables holding their values after that batch;
     ``delivered()``, when given, is told of each batch Keras consumed (the loader's resume position);
     ``totals``: Keras's trackers resume from them (``restore_metric_totals``) once ``fit`` has reset them."""
 
@@ -100,6 +113,10 @@ class BatchRelay(keras.callbacks.Callback):
         restore_metric_totals(self.model, self._totals)
 
     def on_train_batch_end(self, batch, logs=None):
+        # ``self.model`` hands the state back to the variables where Keras's trainer holds it outside them
+        # during an epoch (Keras-on-JAX's ``jax_state_sync``; a no-op elsewhere): ud.fit's callbacks (a
+        # checkpoint, the optimizer's ``last_step_finite``) read the weights, slots and trackers after this batch
+        self.model  # noqa: B018  (the property's sync is the point)
         if self._delivered is not None:
             self._delivered()
         self.logs = self._logs_of(logs or {})  # Keras's logs as ud.fit's: the loss and each metric's value

@@ -106,6 +106,22 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return _pool(x, kernel_size, stride, padding, K.max_pool, float("-inf"))
 
 
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    shape = K.shape(x)
+    planes = shape[0] * shape[1]
+    height, width = output_size
+    index = K.reshape(K.cast(indices, "int64"), (planes, -1))
+    rows = K.broadcast_to(K.expand_dims(K.arange(planes, dtype="int64"), 1), K.shape(index))
+    coordinates, values = K.reshape(K.stack([rows, index], -1), (-1, 2)), K.reshape(x, (-1,))
+    size = (planes, height * width)
+    # the values written (one per index), with the gradient of their sum: each value sharing an index gets the
+    # output's gradient there, as in PyTorch, whichever framework's scatter gradient Keras runs on
+    written = K.scatter_update(K.zeros(size, x.dtype), coordinates, values)
+    added = K.scatter(coordinates, values, size)
+    flat = K.stop_gradient(written) + (added - K.stop_gradient(added))
+    return K.reshape(flat, (shape[0], shape[1], height, width))
+
+
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     return _pool(x, kernel_size, stride, padding, K.average_pool, 0.0)
 
@@ -219,6 +235,10 @@ def check_index(indices, size, what="index"):
     if isinstance(indices, keras.KerasTensor):
         return indices
     return HOST.ops.check_index(indices, size, what)
+
+
+def segment_sum(data, segment_ids, num_segments):
+    return K.segment_sum(data, K.cast(segment_ids, "int32"), num_segments=num_segments)
 
 
 def check_shape(x, condition, message, sizes=()):

@@ -15,6 +15,7 @@ from keras import ops as K
 
 from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
+from unidl.optim.optimizer import bound_rule, changeable_options
 
 
 class NativeOptimizer(keras.optimizers.Optimizer):
@@ -33,6 +34,20 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             self.group_learning_rates = [
                 keras.Variable(group["lr"], dtype=keras.config.floatx(), trainable=False, name="learning_rate")
                 for group in spec.param_groups[1:]]
+            # each group's changeable hyperparameters (momentum, betas, ...) as variables (float64; nesterov a
+            # bool), so that ``param_groups[i][key] = value`` reaches the compiled step without a retrace: one flat
+            # list Keras tracks, and where each option's variables lie in it
+            self.group_option_variables, layout = [], []
+            for g in range(len(spec.param_groups)):
+                entry = {}
+                for key, value in changeable_options(spec, g).items():
+                    values = value if isinstance(value, tuple) else (value,)
+                    entry[key] = (isinstance(value, tuple), len(self.group_option_variables), len(values))
+                    self.group_option_variables.extend(
+                        keras.Variable(v, dtype="bool" if isinstance(v, bool) else "float64", trainable=False,
+                                       name="option") for v in values)
+                layout.append(entry)
+            object.__setattr__(self, "_option_layout", layout)
 
     def build(self, variables):
         if self.built:
@@ -58,6 +73,8 @@ class NativeOptimizer(keras.optimizers.Optimizer):
     def prepare_accumulation(self, accumulate: int) -> None:
         """Set the micro-steps per update for the steps compiled next, creating (eagerly, never inside a trace)
         the accumulated gradients and the micro-step count they keep between calls."""
+        from unidl.training import attach_window
+
         object.__setattr__(self, "_accumulate", accumulate)
         if accumulate > 1 and getattr(self, "_accumulated", None) is None:
             with keras.name_scope(self.name):
@@ -65,11 +82,17 @@ class NativeOptimizer(keras.optimizers.Optimizer):
                     keras.Variable(K.zeros(tuple(p.shape), p.dtype), trainable=False, name="accumulated_gradient")
                     for p in self._spec.params]
                 self._micro_steps = keras.Variable(0, dtype="int64", trainable=False, name="micro_steps")
+                self._window_finite = keras.Variable(True, dtype="bool", trainable=False, name="window_finite")
+        if accumulate > 1:  # the optimizer's checkpointed window (``unidl.training.AccumulationWindow``)
+            attach_window(self._spec, accumulate,
+                          variable_window(accumulate, self._accumulated, self._micro_steps, self._window_finite))
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
         iteration count) is skipped, inside the graph (``keras.ops.cond``), when the step's loss or a gradient
-        is not finite; with ``accumulate`` N > 1 every N-th finite micro-step updates with the mean gradient."""
+        is not finite; with ``accumulate`` N > 1 every N-th micro-step updates with the mean gradient, unless a
+        micro-step of the window was not finite: then the whole window is skipped and discarded at its N-th
+        micro-step (``finite`` False there; inside the window it is True)."""
         loss = self._step_loss
         object.__setattr__(self, "_step_loss", None)
         grads = [None if g is None else _dense(g) for g in grads]
@@ -87,27 +110,26 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             return
         sums = [self._accumulated[self._get_variable_index(v)] if g is not None else None
                 for g, v in zip(grads, variables)]
+        for total, grad in zip(sums, grads):
+            if total is not None:
+                total.assign(total + grad / K.cast(accumulate, grad.dtype))
+        window_finite = K.logical_and(self._window_finite, finite)
+        self._window_finite.assign(window_finite)
+        count = self._micro_steps + 1
+        self._micro_steps.assign(count)
 
-        def reset():
+        def close_window():
+            K.cond(window_finite,
+                   lambda: self._clip_and_apply([None if t is None else K.convert_to_tensor(t) for t in sums],
+                                                variables), _false)
             for total in sums:
                 if total is not None:
                     total.assign(K.zeros_like(total))
             self._micro_steps.assign(K.convert_to_tensor(0, "int64"))
-            return K.convert_to_tensor(False)
+            self._window_finite.assign(K.convert_to_tensor(True))
+            return K.convert_to_tensor(window_finite)
 
-        def update_from_sums():
-            self._clip_and_apply([None if t is None else K.convert_to_tensor(t) for t in sums], variables)
-            return reset()
-
-        def micro_step():
-            for total, grad in zip(sums, grads):
-                if total is not None:
-                    total.assign(total + grad / K.cast(accumulate, grad.dtype))
-            count = self._micro_steps + 1
-            self._micro_steps.assign(count)
-            return K.cond(count >= accumulate, update_from_sums, _false)
-
-        K.cond(finite, micro_step, reset)
+        self.finite.assign(K.cond(count >= accumulate, close_window, lambda: K.convert_to_tensor(True)))
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not keras_distributed.in_group():
@@ -125,32 +147,45 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             accumulated = [self._accumulated[self._get_variable_index(v)] if g is not None else None
                            for g, v in zip(grads, variables)]
             sums = [None if a is None else a.value + g / K.cast(accumulate, g.dtype) for a, g in zip(accumulated, grads)]
-            count = K.where(finite, self._micro_steps.value + 1, K.zeros_like(self._micro_steps.value))
-            update = K.logical_and(finite, count >= accumulate)
+            count = self._micro_steps.value + 1
+            window_finite = K.logical_and(self._window_finite.value, finite)
+            closes = count >= accumulate
+            update = K.logical_and(closes, window_finite)
+            self.finite.assign(K.logical_or(K.logical_not(closes), window_finite))  # True inside the window
             grads = sums
         bookkeeping = {id(self.finite), *(id(v) for v in getattr(self, "_accumulated", None) or [])}
         if getattr(self, "_micro_steps", None) is not None:
-            bookkeeping.add(id(self._micro_steps))
+            bookkeeping.update((id(self._micro_steps), id(self._window_finite)))
         state = variables + [v for v in self.variables if id(v) not in bookkeeping]
         before = [K.convert_to_tensor(v.value) for v in state]
         self._clip_and_apply(grads, variables)
         for variable, old in zip(state, before):
             variable.assign(K.where(update, variable.value, old))
         if accumulate > 1:
-            keep = K.logical_and(finite, K.logical_not(update))  # a window still filling; else it starts again
+            keep = K.logical_not(closes)  # a window still filling; else (updated or discarded) it starts again
             for total, new in zip(accumulated, sums):
                 if total is not None:
                     total.assign(K.where(keep, new, K.zeros_like(new)))
             self._micro_steps.assign(K.where(keep, count, K.zeros_like(count)))
+            self._window_finite.assign(K.logical_or(closes, window_finite))
 
     def _clip_and_apply(self, grads, trainable_variables):
         grads = self._spec.clip_gradients(grads, self._unidl_ops)
         keras.optimizers.Optimizer.apply(self, grads, trainable_variables)
         return K.convert_to_tensor(True)
 
+    def _group_options(self, group: int) -> dict:
+        """Param group ``group``'s changeable options as tensors read from their variables (see ``bound_rule``)."""
+        values = {}
+        for key, (is_pair, start, count) in self._option_layout[group].items():
+            read = tuple(K.convert_to_tensor(v) for v in self.group_option_variables[start:start + count])
+            values[key] = read if is_pair else read[0]
+        return values
+
     def update_step(self, gradient, variable, learning_rate):
         ops, index = self._unidl_ops, self._get_variable_index(variable)
-        spec, group = self._spec.rule_for(index), self._spec.group_of(index)  # its param group's rule and rate
+        group = self._spec.group_of(index)  # its param group's rule, options and rate
+        spec = bound_rule(self._spec.rule_for(index), self._group_options(group))
         if group:
             learning_rate = K.cast(self.group_learning_rates[group - 1], variable.dtype)
         slots = self.slots_of(variable)
@@ -163,6 +198,16 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             if value is not slots[name]:
                 self.assign(slots[name], value)
         self.assign_sub(variable, delta)
+
+
+def set_group_options(optimizer, group: int) -> None:
+    """Write param group ``group``'s current options into their variables (read by the next step)."""
+    native = optimizer.native
+    for key, value in changeable_options(optimizer, group).items():
+        _, start, count = native._option_layout[group][key]
+        for variable, v in zip(native.group_option_variables[start:start + count],
+                               value if isinstance(value, tuple) else (value,)):
+            variable.assign(v)
 
 
 def _dense(gradient):
@@ -182,3 +227,54 @@ def all_finite(values):
     """A boolean scalar: every element of every tensor in ``values`` (None entries ignored) is finite."""
     flags = [K.all(K.isfinite(v)) for v in values if v is not None]
     return K.all(K.stack(flags)) if flags else K.convert_to_tensor(True)
+
+
+def variable_window(accumulate, sums, count, finite):
+    """The ``unidl.training.AccumulationWindow`` over a window kept in Keras variables: ``sums`` (the gradients
+    of ``loss / N`` summed), the micro-step ``count`` and the boolean ``finite`` of the micro-steps so far."""
+    import numpy as np
+
+    from unidl.training import AccumulationWindow
+
+    def read():
+        return (int(K.convert_to_numpy(count.value)), bool(K.convert_to_numpy(finite.value)),
+                [np.array(K.convert_to_numpy(v.value)) for v in sums])
+
+    def write(micro_steps, is_finite, gradients):
+        count.assign(np.asarray(micro_steps, "int64"))
+        finite.assign(np.asarray(bool(is_finite)))
+        for variable, value in zip(sums, gradients if micro_steps else [None] * len(sums)):
+            variable.assign(np.zeros(tuple(variable.shape), variable.dtype) if value is None
+                            else np.asarray(value).astype(variable.dtype))
+
+    return AccumulationWindow(accumulate, read, write)
+
+
+def scaler_window(scaler, optimizer, accumulate):
+    """Register the window of Keras's loss scaler (``precision="16-mixed"`` with ``accumulate``: its scaled sums
+    and count) as ``optimizer``'s ``unidl.training.AccumulationWindow``: sums unscaled by the scale in force (a
+    power of two: exactly). The scaler checks only the sum at the update, so a non-finite window is written
+    back as a NaN in its first sum, which that check then finds."""
+    import numpy as np
+
+    from unidl.training import AccumulationWindow, attach_window
+
+    def scale():
+        return float(K.convert_to_numpy(scaler.dynamic_scale))
+
+    def read():
+        sums = [np.array(K.convert_to_numpy(v.value)) for v in scaler._window]
+        finite = all(np.isfinite(s).all() for s in sums)
+        return int(K.convert_to_numpy(scaler._window_count.value)), finite, [s / np.asarray(scale(), s.dtype)
+                                                                               for s in sums]
+
+    def write(micro_steps, finite, gradients):
+        scaler._window_count.assign(np.asarray(micro_steps, "int64"))
+        for index, (variable, value) in enumerate(zip(scaler._window, gradients or [None] * len(scaler._window))):
+            value = (np.zeros(tuple(variable.shape), variable.dtype) if value is None or not micro_steps
+                     else np.asarray(value).astype(variable.dtype) * np.asarray(scale(), variable.dtype))
+            if micro_steps and not finite and index == 0:
+                value.reshape(-1)[:1] = np.nan
+            variable.assign(value)
+
+    attach_window(optimizer, accumulate, AccumulationWindow(accumulate, read, write))

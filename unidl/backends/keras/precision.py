@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import keras
 
+from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras import ops as keras_ops
-from unidl.backends.keras.host import HOST
 from unidl.nn.module import trainable_mask, training_modes
 from unidl.precision import autocast_modules, modules_of
 
@@ -19,22 +19,59 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
     With ``accumulate`` N > 1 (``prepare_window``) it keeps ``torch.amp.GradScaler``'s accumulation: each
     micro-step adds its scaled gradients of ``loss / N`` to a window, and the N-th hands their sum to Keras's
-    own scaler logic: one overflow check, one scale move and one (unscaled, guarded, clipped) update per window."""
+    own scaler logic: one overflow check, one scale move and one (unscaled, guarded, clipped) update per window,
+    the same rule whether Keras's trainer updates variables in place (``apply``) or threads them as values
+    (``stateless_apply``, Keras-on-JAX)."""
 
     def scale_loss(self, loss):
         self.inner_optimizer.scale_loss(loss)
         return super().scale_loss(loss)
 
     def prepare_window(self, accumulate: int, params) -> None:
-        """Set the micro-steps per update, creating (eagerly, never inside a trace) the window's variables."""
+        """Set the micro-steps per update, creating (eagerly, never inside a trace) the window's variables: the
+        scaler's own (``variables``), so that a trainer that threads the optimizer's state (Keras-on-JAX) carries
+        the window from call to call."""
         object.__setattr__(self, "_window_size", accumulate)
         if accumulate > 1 and getattr(self, "_window", None) is None:
             with keras.name_scope(self.name):
-                window = [keras.Variable(keras.ops.zeros(tuple(p.shape), p.dtype), trainable=False,
-                                         name="accumulated_scaled_gradient") for p in params]
-                count = keras.Variable(0, dtype="int64", trainable=False, name="micro_steps")
+                window = [self.add_variable(tuple(p.shape), initializer="zeros", dtype=p.dtype,
+                                            name="accumulated_scaled_gradient") for p in params]
+                count = self.add_variable((), initializer="zeros", dtype="int64", name="micro_steps")
             object.__setattr__(self, "_window", window)
             object.__setattr__(self, "_window_count", count)
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """``apply``'s rule where Keras threads the optimizer's state as values (Keras-on-JAX's trainer): each
+        micro-step adds its scaled gradients of ``loss / N`` to the window, and the N-th hands the window's sum to
+        Keras's own ``stateless_apply`` (one overflow check, one scale move, one update), the window then empty."""
+        accumulate = getattr(self, "_window_size", 1)
+        if accumulate == 1:
+            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        variables = self.variables
+        inner = self.inner_optimizer
+        with keras.StatelessScope(state_mapping=list(zip(variables, optimizer_variables))) as scope:
+            totals = [self._window[inner._get_variable_index(v)] for v in inner._trainable_variables]
+            sums = [None if g is None else t + keras.ops.cast(g, t.dtype) / accumulate
+                    for t, g in zip(totals, grads)]
+            count = self._window_count + 1
+            closes = count >= accumulate
+            for total, new in zip(totals, sums):
+                if new is not None:  # the window starts again when it closes
+                    total.assign(keras.ops.where(closes, keras.ops.zeros_like(new), new))
+            self._window_count.assign(keras.ops.where(closes, keras.ops.zeros_like(count), count))
+            inner.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
+        state = [scope.get_current_value(v) for v in variables]
+        return keras.ops.cond(closes, lambda: super(LossScaleOptimizer, self).stateless_apply(state, sums,
+                                                                                            trainable_variables),
+                              lambda: (list(trainable_variables), state))
+
+    def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
+        # Keras's (scale halved, update skipped), with the step reported skipped in last_step_finite
+        trainable_variables, values = super()._stateless_handle_non_finite_grads(optimizer_variables,
+                                                                                trainable_variables)
+        index = [id(v) for v in self.variables].index(id(self.inner_optimizer.finite))
+        values[index] = keras.ops.convert_to_tensor(False)
+        return trainable_variables, values
 
     def apply(self, grads, trainable_variables=None):
         accumulate = getattr(self, "_window_size", 1)
@@ -65,6 +102,10 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
         keras.ops.cond(count >= accumulate, update, wait)
 
+    def check_finite(self, grads):
+        # in a data-parallel job the grads here are this rank's own: the overflow decision is the job's (any rank)
+        return keras_distributed.finite_on_every_rank(super().check_finite(grads))
+
     def _stateful_handle_non_finite_grads(self):
         self.inner_optimizer.finite.assign(False)  # the step was skipped: last_step_finite says so
         return super()._stateful_handle_non_finite_grads()
@@ -77,11 +118,6 @@ def keras_optimizer(optimizer, precision, accumulate=1):
     micro-step, so for float16 with ``accumulate`` the window is the scaler's (``prepare_window``)."""
     if precision is None or not precision.scales_loss:
         return optimizer.native
-    if accumulate > 1 and not HOST.keras_state_in_place:
-        raise NotImplementedError(
-            f"precision='16-mixed' with accumulate={accumulate} is not available on Keras-on-{HOST.name} (Keras's "
-            f"functional loss scaler there checks for overflow and moves its scale at every micro-step, not once per "
-            f"update); use precision='bf16-mixed' with accumulate, or accumulate=1 with '16-mixed'")
     scaler = optimizer.__dict__.get("_keras_loss_scaler")
     if scaler is None or scaler.unidl_precision != precision:
         from unidl.backends.keras.backend import floatx
@@ -95,6 +131,10 @@ def keras_optimizer(optimizer, precision, accumulate=1):
     # the window is the scaler's (its sum checked once per update); the wrapped optimizer updates at every call
     optimizer.native.prepare_accumulation(1)
     scaler.prepare_window(accumulate, optimizer.params)
+    if accumulate > 1:  # the window is the optimizer's checkpointed state (unidl.training.AccumulationWindow)
+        from unidl.backends.keras.optimizer import scaler_window
+
+        scaler_window(scaler, optimizer, accumulate)
     return scaler
 
 

@@ -186,6 +186,11 @@ class Backend(BackendInterface):
     def set_learning_rate(self, optimizer, lr, group=0):
         optimizer.native.learning_rates[group].assign(lr)
 
+    def set_group_options(self, optimizer, group):
+        from unidl.backends.tensorflow.optimizer import set_group_options
+
+        set_group_options(optimizer, group)
+
     def optimizer_state(self, optimizer):
         native = optimizer.native
         return int(native.iterations.numpy()), [{n: v.numpy() for n, v in entry.items()} for entry in native.slot_variables]
@@ -211,7 +216,14 @@ class Backend(BackendInterface):
         native = optimizer.native
         if accumulate > 1:
             with tf.device(self.current_device_name()):
-                native.prepare_accumulation()
+                native.prepare_accumulation(accumulate)
+        local_window = accumulate > 1 and tf_distributed.accumulates_locally()  # one all-reduce per update
+
+        def closes_window():  # a local window: whether this call is its last micro-step (a graph of its own)
+            return local_window and native.window_position + 1 >= accumulate
+
+        def advance():
+            native.window_position = (native.window_position + 1) % accumulate
 
         def train_step(x, y, *inputs):
             mask = trainable_mask(params)  # at trace time: a frozen parameter gets no gradient and no update
@@ -219,10 +231,15 @@ class Backend(BackendInterface):
                 outputs = model(x, *inputs)
                 loss = loss_fn(outputs, y)
             found = tape.gradient(loss, [p for p, m in zip(params, mask) if m])
-            found, checked = tf_distributed.average_gradients(found, loss)  # in a process group: over every rank
+            if local_window:  # this rank's own micro-steps: the window is averaged over the ranks at its update
+                checked, reduce, closes = loss, tf_distributed.reduce_in_step, closes_window()
+            else:  # in a process group: over every rank
+                (found, checked), reduce, closes = tf_distributed.average_gradients(found, loss), None, False
             found = iter(found)
-            # skipped when the loss or a gradient is not finite; one micro-step of ``accumulate``
-            finite = native.apply([next(found) if m else None for m in mask], checked, accumulate)
+            # skipped when the loss or a gradient is not finite; one micro-step of ``accumulate``; once per step
+            # with several devices in this process (tf_distributed.update_once)
+            grads = [next(found) if m else None for m in mask]
+            finite = tf_distributed.update_once(lambda: native.apply(grads, checked, accumulate, reduce, closes))
             return ((loss, outputs) if with_outputs else loss), finite
 
         # in a process group: run in the strategy's replica context, rank 0's weights on every rank
@@ -235,9 +252,10 @@ class Backend(BackendInterface):
                 with tf.device(device):
                     return train_step(*[to_graph_input(a) for a in args])
 
-            return _FlaggedStep(eager_step, native)
+            return _FlaggedStep(eager_step, native, advance if local_window else None)
         return _FlaggedStep(PerModeGraphs(model, train_step, self.current_device_name(),
-                                          extra_key=lambda: trainable_mask(params)), native)
+                                          extra_key=lambda: (trainable_mask(params), closes_window())), native,
+                            advance if local_window else None)
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
                                    accumulate=1):
@@ -296,11 +314,13 @@ class _FlaggedStep:
     """A train step returning ``(result, finite)``: keeps the flag on the optimizer (``last_step_finite``
     reads it without another eager op, the guard's whole per-step cost) and returns the result."""
 
-    def __init__(self, run, native):
-        self._run, self._native = run, native
+    def __init__(self, run, native, after=None):
+        self._run, self._native, self._after = run, native, after  # ``after()``: called after each step
 
     def __call__(self, *args):
         result, self._native.last_flag = self._run(*args)
+        if self._after is not None:
+            self._after()
         return result
 
     @property

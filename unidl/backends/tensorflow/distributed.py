@@ -8,6 +8,12 @@ a group the step run through ``strategy.run`` (the replica context the strategy'
 ``ReplicaContext.all_reduce(MEAN)``; the variables stay plain ``tf.Variable``s (one replica per process).
 TensorFlow configures its collectives when its runtime starts, so ``Engine.start`` must run before any
 TensorFlow op of the process (``unidl.distributed.launch`` and ``init()`` at the top of a script do so).
+
+One process driving several devices (``init(devices=[...])``, ``Engine.start_devices``) runs the same step
+through ``tf.distribute.MirroredStrategy``: ``data_parallel`` splits each batch into contiguous shares, one per
+device, the replicas' gradients are averaged by the same ``average_gradients``, and ``update_once`` runs the
+optimizer's update once (in the strategy's cross-replica context, ``merge_call``) on the one copy of each
+variable all replicas read.
 """
 
 from __future__ import annotations
@@ -20,15 +26,39 @@ import os
 import tensorflow as tf
 from tensorflow.python.eager import context  # whether the runtime started (no public query)
 
-from unidl.errors import DistributedError
+from unidl.errors import DeviceUnavailableError, DistributedError
 
-_strategy = None  # the running MultiWorkerMirroredStrategy, None outside a group
+_strategy = None  # the running MultiWorkerMirroredStrategy or MirroredStrategy, None outside a group
 
 
 def strategy():
     """The ``tf.distribute.MultiWorkerMirroredStrategy`` this process joined (``unidl.distributed.init``), or
-    None outside a group: for code of one's own that runs in the same job (``strategy().run(fn)``)."""
+    its ``MirroredStrategy`` over several devices (``init(devices=...)``), or None outside a group: for code of
+    one's own that runs in the same job (``strategy().run(fn)``)."""
     return _strategy
+
+
+def _replicas_in_process() -> bool:
+    """True when this process's strategy runs several replicas here (``MirroredStrategy``), not one per process."""
+    return isinstance(_strategy, tf.distribute.MirroredStrategy)
+
+
+def _device_name(device: str) -> str:
+    """A device of ``init(devices=...)`` ('cpu', 'cpu:1', 'cuda:0', 'gpu:0') as 'cpu:N' or 'cuda:N'."""
+    kind, _, index = str(device).strip().lower().partition(":")
+    if kind not in ("cpu", "cuda", "gpu") or (index and not index.isdigit()):
+        raise DeviceUnavailableError(f"device {device!r} is not a device name; use 'cpu:N' or 'cuda:N'")
+    return f"{'cpu' if kind == 'cpu' else 'cuda'}:{int(index or 0)}"
+
+
+def _logical_devices() -> dict:
+    """TensorFlow's logical CPU and GPU devices here, by their names as 'cpu:N' / 'cuda:N'."""
+    found = {}
+    for logical in tf.config.list_logical_devices():
+        spec = tf.DeviceSpec.from_string(logical.name)
+        if spec.device_type in ("CPU", "GPU"):
+            found[f"{'cpu' if spec.device_type == 'CPU' else 'cuda'}:{spec.device_index or 0}"] = logical.name
+    return found
 
 
 def _cluster(rank: int, world_size: int) -> list[str]:
@@ -85,6 +115,22 @@ class Engine:
                                    f"processes; unidl runs one replica per process")
         self._reducers = {}
 
+    def start_devices(self, devices, timeout):
+        """One process, one replica on each of ``devices`` (``tf.distribute.MirroredStrategy``); each must be one
+        of TensorFlow's logical devices (several CPUs: ``tf.config.set_logical_device_configuration`` before
+        the process's first TensorFlow op)."""
+        global _strategy
+        visible, wanted = _logical_devices(), [_device_name(device) for device in devices]
+        missing = [device for device, name in zip(devices, wanted) if name not in visible]
+        if missing:
+            raise DeviceUnavailableError(
+                f"devices {missing} are not among TensorFlow's logical devices here ({', '.join(visible)}); several "
+                f"CPU devices need tf.config.set_logical_device_configuration(...) before the first TensorFlow op")
+        if len(set(wanted)) != len(wanted):
+            raise ValueError(f"devices {list(devices)} name a device twice; give each device once")
+        _strategy = tf.distribute.MirroredStrategy([visible[name] for name in wanted])
+        self._reducers = {}
+
     def barrier(self):
         self.all_reduce(tf.zeros([], tf.int32), "sum").numpy()  # a collective returns once every rank joined it
 
@@ -99,7 +145,7 @@ class Engine:
 
     def stop(self):
         global _strategy
-        if _strategy is not None:
+        if _strategy is not None and not _replicas_in_process():
             _strategy.extended._stop_check_health_thread()  # noqa: SLF001 - its peer pings would outlive the job
         _strategy = None  # TensorFlow keeps its collective runtime until the process ends
         _broadcaster.cache_clear()
@@ -135,6 +181,8 @@ def data_parallel(step, variables=()):
     parameters and buffers, ``module_state``) are broadcast to every rank, as torch's DDP does."""
     if _strategy is None:
         return step
+    if _replicas_in_process():
+        return _split_over_replicas(step)  # one copy of each variable: nothing to broadcast
     _broadcast(list(variables))
 
     @functools.wraps(step)
@@ -145,6 +193,58 @@ def data_parallel(step, variables=()):
         return _strategy.run(lambda *values: context.run(step, *values), args=args)
 
     return replicated
+
+
+def _split_over_replicas(step):
+    """``step`` run by every replica of the process's ``MirroredStrategy`` on its contiguous share of each
+    batch argument (the shares differ by one sample at most, as a ``DataLoader``'s rank shares do), and its
+    results combined as one device over the whole batch would return them: scalars (the loss) averaged over
+    the replicas, batched tensors (the outputs) concatenated; what every replica returns alike (the finite flag
+    of ``update_once``) as it is."""
+    replicas = _strategy.num_replicas_in_sync
+
+    def share(value, replica):
+        if not isinstance(value, (tf.Tensor, tf.Variable)) or value.shape.rank == 0:
+            return value
+        count = tf.shape(value)[0]
+        return value[count * replica // replicas:count * (replica + 1) // replicas]
+
+    def combined(value):
+        if not isinstance(value, tf.distribute.DistributedValues):
+            return value
+        parts = _strategy.experimental_local_results(value)
+        if parts[0].shape.rank:
+            return tf.concat(parts, axis=0)
+        return tf.add_n(parts) / len(parts) if parts[0].dtype.is_floating else parts[0]
+
+    @functools.wraps(step)
+    def replicated(*args):
+        context = contextvars.copy_context()  # (see data_parallel), one copy per replica thread
+        shares = _strategy.experimental_distribute_values_from_function(
+            lambda where: tuple(share(a, where.replica_id_in_sync_group) for a in args))
+        result = _strategy.run(lambda *values: context.copy().run(step, *values), args=shares)
+        return tf.nest.map_structure(combined, result)
+
+    return replicated
+
+
+def update_once(update):
+    """``update()`` (the optimizer's update, a zero-argument closure over the averaged gradients): called as it
+    is, except in a replica of a ``MirroredStrategy`` of this process, where every replica reaches this point
+    with the same averaged gradients but the variables are one copy: there it runs once, in the strategy's
+    cross-replica context (``merge_call``), and every replica gets its result."""
+    if not _replicas_in_process() or tf.distribute.in_cross_replica_context():
+        return update()
+    return tf.distribute.get_replica_context().merge_call(lambda _: update())
+
+
+def refuse_replicas_in_process(what: str) -> None:
+    """Raise ``DistributedError`` for ``what``, a training setting whose state changes in every replica of a
+    ``MirroredStrategy`` (so N replicas would change it N times); nothing outside one."""
+    if _replicas_in_process():
+        raise DistributedError(f"{what} is not available with several devices in one process "
+                               f"(unidl.distributed.init(devices=...)); train one process per device "
+                               f"(unidl.distributed.launch), or leave it out")
 
 
 def module_state(model) -> list:
@@ -203,3 +303,11 @@ def _broadcaster():
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, kept)
 
     return tf.function(lambda *values: _strategy.run(share, args=values), reduce_retracing=True)
+
+
+def accumulates_locally() -> bool:
+    """Whether a training step with gradient accumulation keeps its window on this rank and averages it over the
+    ranks once per update (``reduce_in_step`` at the window's last micro-step), as DDP's ``no_sync``: in a
+    ``MultiWorkerMirroredStrategy`` of one replica per process. Replicas of one process share one copy of each
+    variable (and so one window): they average every micro-step's gradients instead."""
+    return _strategy is not None and not _replicas_in_process()

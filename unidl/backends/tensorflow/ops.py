@@ -79,8 +79,34 @@ def apply_momentum(param, buffer, lr, grad, momentum, nesterov):
     if isinstance(grad, tf.IndexedSlices):
         grad = tf.convert_to_tensor(grad)
     dtype = grad.dtype
-    return tf.raw_ops.ResourceApplyMomentum(var=param.handle, accum=buffer.handle, lr=tf.cast(lr, dtype), grad=grad,
-                                            momentum=tf.constant(momentum, dtype), use_nesterov=bool(nesterov))
+    momentum_value, momentum = momentum, tf.cast(momentum, dtype)  # a Python number, or a param group's option
+
+    def kernel(use_nesterov):
+        return tf.raw_ops.ResourceApplyMomentum(var=param.handle, accum=buffer.handle, lr=tf.cast(lr, dtype),
+                                                grad=grad, momentum=momentum, use_nesterov=use_nesterov)
+
+    if isinstance(nesterov, bool) and isinstance(momentum_value, (int, float)):
+        return kernel(nesterov)
+    # a param group whose options may change between steps (graph inputs): the kernel for the values they have
+    # when the step runs; momentum 0 is plain SGD, leaving the buffer as it is (torch.optim's)
+
+    def step_with(use_nesterov):
+        def run():
+            kernel(use_nesterov)
+            return tf.constant(use_nesterov)
+
+        return run
+
+    def momentum_step():
+        if isinstance(nesterov, bool):
+            return step_with(nesterov)()
+        return tf.cond(nesterov, step_with(True), step_with(False))
+
+    def plain_step():
+        tf.raw_ops.ResourceApplyGradientDescent(var=param.handle, alpha=tf.cast(lr, dtype), delta=grad)
+        return tf.constant(False)
+
+    return tf.cond(tf.not_equal(momentum, 0), momentum_step, plain_step)
 
 
 @elementwise
@@ -190,6 +216,19 @@ def _pool(x, kernel_size, stride, padding, pool, pad_value):
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     return _pool(x, kernel_size, stride, padding, tf.nn.max_pool2d, float("-inf"))
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    # TensorScatterUpdate's gradient for the values gathers the output's gradient at each index (a shared index
+    # gives it to every value written there), as PyTorch's max_unpool2d does
+    shape = tf.shape(x, out_type=tf.int64)
+    planes = shape[0] * shape[1]
+    height, width = (tf.cast(size, tf.int64) for size in output_size)
+    index = tf.reshape(tf.cast(indices, tf.int64), tf.stack([planes, -1]))
+    rows = tf.broadcast_to(tf.range(planes)[:, None], tf.shape(index, out_type=tf.int64))
+    flat = tf.tensor_scatter_nd_update(tf.zeros(tf.stack([planes, height * width]), x.dtype),
+                                       tf.stack([rows, index], -1), tf.reshape(x, tf.stack([planes, -1])))
+    return tf.reshape(flat, tf.stack([shape[0], shape[1], height, width]))
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
@@ -346,6 +385,10 @@ def check_index(indices, size, what="index"):
                          (size, low, high))
     with tf.control_dependencies([check]):
         return tf.identity(indices)
+
+
+def segment_sum(data, segment_ids, num_segments):
+    return tf.math.unsorted_segment_sum(data, tf.cast(segment_ids, tf.int32), num_segments)
 
 
 def check_shape(x, condition, message, sizes=()):

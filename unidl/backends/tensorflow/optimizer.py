@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from unidl.optim.optimizer import bound_rule, changeable_options
+
 
 class GraphOptimizer(tf.Module):
     """The state of one unidl optimizer as ``tf.Variable``s (learning rate, step count, slots).
@@ -22,6 +24,10 @@ class GraphOptimizer(tf.Module):
         self.learning_rates = [tf.Variable(group["lr"], dtype=dtype, trainable=False, name="learning_rate")
                                for group in optimizer.param_groups]
         self.learning_rate = self.learning_rates[0]
+        # each group's changeable hyperparameters (momentum, betas, ...) as variables, so that
+        # ``param_groups[i][key] = value`` reaches the compiled step without a retrace (float64; nesterov a bool)
+        self.group_options = [{key: _option_variables(value) for key, value in changeable_options(optimizer, g).items()}
+                              for g in range(len(optimizer.param_groups))]
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
         self.finite = tf.Variable(True, trainable=False, name="last_step_finite")
         self.last_flag = None  # the flag a compiled train step last returned (see Backend.last_step_finite)
@@ -31,47 +37,94 @@ class GraphOptimizer(tf.Module):
             for p in optimizer.params
         ]
 
-    def prepare_accumulation(self) -> None:
-        """Create (eagerly, never inside a trace) what ``apply(..., accumulate=N)`` keeps between micro-steps."""
+    def prepare_accumulation(self, accumulate: int) -> None:
+        """Create (eagerly, never inside a trace) what ``apply(..., accumulate=N)`` keeps between micro-steps, and
+        register it as the optimizer's checkpointed window (``unidl.training.AccumulationWindow``)."""
+        from unidl.training import attach_window
+
         if getattr(self, "accumulated", None) is None:
             self.accumulated = [tf.Variable(tf.zeros_like(p), trainable=False, name="accumulated_gradient")
                                 for p in self._spec.params]
             self.micro_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
+            self.window_finite = tf.Variable(True, trainable=False, name="window_finite")
+        self.window_position = int(self.micro_steps.numpy())  # the micro-steps so far, in Python (``closes``)
+        attach_window(self._spec, accumulate, variable_window(accumulate, self.accumulated, self.micro_steps,
+                                                              self.window_finite, self._set_position))
 
-    def apply(self, grads, loss=None, accumulate: int = 1):
+    def _set_position(self, micro_steps: int) -> None:
+        self.window_position = micro_steps
+
+    def apply(self, grads, loss=None, accumulate: int = 1, reduce=None, closes: bool = False):
         """One guarded update: skipped entirely (``finite`` False) when ``loss`` or a gradient is not finite,
         decided inside the graph (one ``is_finite`` reduction per tensor and a ``tf.cond``). With ``accumulate``
         N > 1 this is one micro-step: ``grads / N`` is added to the accumulated gradients, and every N-th
-        finite micro-step updates with their sum (a non-finite one discards the window). Returns the flag, so
-        that a compiled step can hand it out with the loss (reading ``finite`` back is one more eager op)."""
+        updates with their sum, unless a micro-step of the window was not finite: then the whole window is
+        skipped and discarded at its N-th micro-step (the flag is False there; inside the window it is True).
+        ``reduce`` (``accumulate`` N > 1 in a data-parallel job whose micro-steps are this rank's own): a graph per
+        place in the window, ``closes`` saying (in Python) whether this micro-step is the window's last; only
+        that one averages the window's sums and its finite flag over the ranks (one all-reduce per update, as
+        DDP's ``no_sync``), so that every rank applies the job's mean gradient or skips the window alike (a
+        collective inside a ``tf.cond`` is not possible under a ``tf.distribute`` strategy).
+        Returns the flag, so that a compiled step can hand it out with the loss (reading ``finite`` back is
+        one more eager op)."""
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         finite = all_finite([loss, *grads])
-        self.finite.assign(finite)
         if accumulate == 1:
+            self.finite.assign(finite)
             tf.cond(finite, lambda: self._clip_and_update(grads), lambda: tf.constant(False))
             return finite
+        if reduce is not None:
+            return self._local_micro_step(grads, finite, accumulate, reduce, closes)
         present = [g is not None for g in grads]
+        for variable, grad in zip(self.accumulated, grads):
+            if grad is not None:
+                variable.assign_add(grad / tf.cast(accumulate, grad.dtype))
+        window_finite = tf.logical_and(self.window_finite.read_value(), finite)  # (a value, not a lazy read)
+        self.window_finite.assign(window_finite)
+        count = self.micro_steps.read_value() + 1
+        self.micro_steps.assign(count)
 
-        def reset():
-            for variable, used in zip(self.accumulated, present):
-                if used:
+        def close_window():
+            sums = [a.read_value() if used else None for a, used in zip(self.accumulated, present)]
+            tf.cond(window_finite, lambda: self._clip_and_update(sums), lambda: tf.constant(False))
+            with tf.control_dependencies([s for s in sums if s is not None]):
+                for variable, used in zip(self.accumulated, present):
+                    if used:
+                        variable.assign(tf.zeros_like(variable))
+                self.micro_steps.assign(0)
+                self.window_finite.assign(True)
+            return tf.identity(window_finite)
+
+        flag = tf.cond(count >= accumulate, close_window, lambda: tf.constant(True))
+        self.finite.assign(flag)
+        return flag
+
+    def _local_micro_step(self, grads, finite, accumulate, reduce, closes):
+        """``apply``'s micro-step of a window kept on this rank (``reduce``: the average over the ranks)."""
+        sums = [None if g is None else a.read_value() + g / tf.cast(accumulate, g.dtype)
+                for a, g in zip(self.accumulated, grads)]
+        window_finite = tf.logical_and(self.window_finite.read_value(), finite)
+        if not closes:
+            for variable, total in zip(self.accumulated, sums):
+                if total is not None:
+                    variable.assign(total)
+            self.window_finite.assign(window_finite)
+            self.micro_steps.assign_add(1)
+            self.finite.assign(True)
+            return tf.constant(True)
+        dtype = self.accumulated[0].dtype  # NaN on any rank makes the mean NaN on every rank
+        marker = tf.where(window_finite, tf.constant(0.0, dtype), tf.constant(float("nan"), dtype))
+        marker, *sums = reduce([marker, *sums])
+        agreed = tf.math.is_finite(marker)
+        tf.cond(agreed, lambda: self._clip_and_update(sums), lambda: tf.constant(False))
+        with tf.control_dependencies([s for s in sums if s is not None]):
+            for variable, total in zip(self.accumulated, sums):
+                if total is not None:
                     variable.assign(tf.zeros_like(variable))
             self.micro_steps.assign(0)
-            return tf.constant(False)
-
-        def update_from_sum():
-            self._clip_and_update([a.read_value() if used else None for a, used in zip(self.accumulated, present)])
-            return reset()
-
-        def micro_step():
-            for variable, grad in zip(self.accumulated, grads):
-                if grad is not None:
-                    variable.assign_add(grad / tf.cast(accumulate, grad.dtype))
-            count = self.micro_steps.assign_add(1)
-            return tf.cond(count >= accumulate, update_from_sum, lambda: tf.constant(False))
-
-        tf.cond(finite, micro_step, reset)
-        return finite
+            self.window_finite.assign(True)
+        self.finite.assign(agreed)
+        return agreed
 
     def _clip_and_update(self, grads):
         self._update(self._spec.clip_gradients(grads, self._ops))
@@ -84,7 +137,9 @@ class GraphOptimizer(tf.Module):
         for index, (param, grad, slots) in enumerate(zip(spec.params, grads, self.slot_variables)):
             if grad is None:
                 continue
-            rule, lr = spec.rule_for(index), self.learning_rates[spec.group_of(index)]  # its param group's
+            group = spec.group_of(index)  # its param group's rule, options and rate
+            rule, lr = bound_rule(spec.rule_for(index), _option_values(self.group_options[group])), \
+                self.learning_rates[group]
             grad = rule.regularized_gradient(param, grad, ops)
             if rule.apply_fused(param, grad, slots, lr, ops):
                 continue
@@ -95,7 +150,47 @@ class GraphOptimizer(tf.Module):
             param.assign_sub(delta)
 
 
+def _option_variables(value):
+    """A param group's option as ``tf.Variable``s: a bool as a bool, a number as float64, a pair as a pair."""
+    if isinstance(value, tuple):
+        return tuple(_option_variables(v) for v in value)
+    return tf.Variable(value, dtype=tf.bool if isinstance(value, bool) else tf.float64, trainable=False, name="option")
+
+
+def _option_values(options: dict) -> dict:
+    return {key: tuple(tf.convert_to_tensor(v) for v in entry) if isinstance(entry, tuple) else tf.convert_to_tensor(entry)
+            for key, entry in options.items()}
+
+
+def set_group_options(optimizer, group: int) -> None:
+    """Write param group ``group``'s current options into its variables (read by the next step)."""
+    for key, value in changeable_options(optimizer, group).items():
+        entry = optimizer.native.group_options[group][key]
+        for variable, v in zip(entry if isinstance(entry, tuple) else (entry,), value if isinstance(value, tuple) else (value,)):
+            variable.assign(v)
+
+
 def all_finite(values):
     """A boolean scalar: every element of every tensor in ``values`` (None entries ignored) is finite."""
     flags = [tf.reduce_all(tf.math.is_finite(v)) for v in values if v is not None]
     return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
+
+
+def variable_window(accumulate, sums, count, finite, on_write=None):
+    """The ``unidl.training.AccumulationWindow`` over a window kept in variables: ``sums`` (the gradients of
+    ``loss / N`` summed), the micro-step ``count`` and the boolean ``finite`` of the micro-steps so far;
+    ``on_write(micro_steps)`` is told of each write."""
+    from unidl.training import AccumulationWindow
+
+    def read():
+        return int(count.numpy()), bool(finite.numpy()), [v.numpy() for v in sums]
+
+    def write(micro_steps, is_finite, gradients):
+        count.assign(micro_steps)
+        finite.assign(is_finite)
+        if on_write is not None:
+            on_write(micro_steps)
+        for variable, value in zip(sums, gradients if micro_steps else [None] * len(sums)):
+            variable.assign(tf.zeros_like(variable) if value is None else tf.cast(value, variable.dtype))
+
+    return AccumulationWindow(accumulate, read, write)

@@ -10,7 +10,8 @@ import tensorflow as tf
 from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.backends.tensorflow import ops as tf_ops
-from unidl.backends.tensorflow.distributed import average_gradients, data_parallel, module_state
+from unidl.backends.tensorflow.distributed import (average_gradients, data_parallel, module_state,
+                                                   refuse_replicas_in_process, update_once)
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
 
 
@@ -70,6 +71,30 @@ class Window(tf.Module):
         return sums, losses
 
 
+    def checkpointed(self, scaler):
+        """This window as a ``unidl.training.AccumulationWindow``: its sums unscaled by ``scaler``'s scale in
+        force (None: no scaling; a power of two, so exactly), its finite flag read from its losses."""
+        from unidl.training import AccumulationWindow
+
+        def scale():
+            return float(scaler.scale.numpy()) if scaler is not None else 1.0
+
+        def read():
+            count = int(self.count.numpy())
+            finite = bool(tf.reduce_all(tf.math.is_finite(self.losses[:count])).numpy())
+            return count, finite, [(total / tf.cast(scale(), total.dtype)).numpy() for total in self.sums]
+
+        def write(micro_steps, finite, gradients):
+            self.count.assign(micro_steps)
+            losses = [0.0 if finite or index else float("nan") for index in range(self.accumulate)]
+            self.losses.assign(tf.constant(losses, tf.float32))
+            for total, value in zip(self.sums, gradients if micro_steps else [None] * len(self.sums)):
+                total.assign(tf.zeros_like(total) if value is None
+                             else tf.cast(value, total.dtype) * tf.cast(scale(), total.dtype))
+
+        return AccumulationWindow(self.accumulate, read, write)
+
+
 def _float32(value):
     return tf.cast(value, tf.float32) if value.dtype.is_floating and value.dtype != tf.float32 else value
 
@@ -86,6 +111,12 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
     with tf.device(device):
         scaler = LossScale(precision) if precision.scales_loss else None
         window = Window(params, accumulate) if accumulate > 1 else None
+    if window is not None:  # its window variables would be added to by every replica of one process
+        refuse_replicas_in_process(f"precision={precision.name!r} with accumulate={accumulate}")
+    if window is not None:
+        from unidl.training import attach_window
+
+        attach_window(optimizer, accumulate, window.checkpointed(scaler))
 
     def update(grads, loss):
         """The guarded update from (scaled) gradients: unscaled, one overflow check moving the scale, then the
@@ -108,7 +139,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         found = iter(found)
         grads = [next(found) if m else None for m in mask]
         if window is None:
-            update(grads, checked)
+            update_once(lambda: update(grads, checked))  # once per step with several devices in this process
         else:
             count = window.add(grads, checked)
 

@@ -17,8 +17,9 @@ from unidl.backends.torch import precision as torch_precision
 from unidl.backends.torch import distributed as torch_distributed
 from unidl.backends.torch import graph as torch_graph
 from unidl.backends.torch.module import NativeModule
-from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, native_optimizer
+from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, native_optimizer, torch_window
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
+from unidl.training import attach_window
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -156,6 +157,11 @@ class Backend(BackendInterface):
     def set_learning_rate(self, optimizer, lr, group=0):
         optimizer.native.param_groups[group]["lr"] = lr
 
+    def set_group_options(self, optimizer, group):
+        from unidl.backends.torch.optimizer import set_group_options
+
+        set_group_options(optimizer, group)
+
     def optimizer_state(self, optimizer):
         native = optimizer.native
         initial = optimizer.initial_slots()
@@ -217,33 +223,38 @@ class Backend(BackendInterface):
         to_input = self.to_input
         l1 = l1_outside_rule(optimizer)
         forward = torch_distributed.data_parallel(model)  # in a process group: DDP averages the gradients
-        window = [0]  # micro-steps accumulated in .grad so far (accumulate > 1)
-        local_micro_steps = forward is not model  # DDP: only the update micro-step all-reduces (no_sync)
+        across_ranks = forward is not model
+        window = []  # the losses of the micro-steps accumulated in .grad so far (accumulate > 1)
+        if accumulate > 1:
+            attach_window(optimizer, accumulate, torch_window(optimizer, accumulate, window))
 
         def step(x, y, *inputs):
             x, y = to_input(x), to_input(y)
-            if window[0] == 0:
+            if not window:
                 native.zero_grad(set_to_none=True)
-            updates = window[0] + 1 == accumulate
+            updates = len(window) + 1 >= accumulate
+            # under DDP only the update micro-step all-reduces; the others add to this rank's .grad (no_sync)
             with torch_distributed.gradient_sync(forward, updates):
                 outputs = forward(x, *inputs)
                 loss = loss_fn(outputs, y)
                 (loss / accumulate if accumulate > 1 else loss).backward()  # PyTorch's accumulation idiom
-            window[0] += 1
-            if local_micro_steps and not updates:
-                # this rank's gradients alone: the guard waits for the update's averaged sum, which a non-finite
-                # micro-step makes non-finite (every rank then skips the window together)
+            result = (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
+            if not updates:  # inside the window nothing is skipped yet: its check comes with its update
+                window.append(loss.detach())
                 optimizer._finite = True
-            # a non-finite loss or gradient updates nothing (and discards the accumulation window)
-            elif not guard_and_clip(optimizer, loss, clip=window[0] == accumulate, across_ranks=local_micro_steps):
-                window[0] = 0
-            elif window[0] == accumulate:
-                window[0] = 0
+                return result
+            losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
+            window.clear()
+            # the guard over every micro-step's loss and the summed gradients (a non-finite micro-step makes the
+            # whole window skip, here, at its update; under DDP the flag is agreed over the ranks), then clipping
+            if not guard_and_clip(optimizer, losses, across_ranks=across_ranks):
+                native.zero_grad(set_to_none=True)  # the discarded window leaves nothing for optimizer.step()
+            else:
                 if l1:
                     add_l1(optimizer)
                 native.step()
                 optimizer._steps += 1
-            return (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
+            return result
 
         return step
 

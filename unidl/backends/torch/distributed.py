@@ -42,6 +42,12 @@ class Engine:
         dist.init_process_group(engine, init_method="env://" if torchrun else f"tcp://{address}:{port}", rank=rank,
                                 world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
 
+    def start_devices(self, devices, timeout):
+        raise DistributedError(
+            f"the torch backend trains one device per process (torch DistributedDataParallel), not "
+            f"devices={list(devices)} in one process: start one process per device with "
+            f"unidl.distributed.launch(fn, nprocs={len(devices)}) or torchrun, and leave devices out")
+
     def barrier(self):
         dist.barrier()
 
@@ -55,6 +61,16 @@ class Engine:
     def stop(self):
         if dist.is_initialized():
             dist.destroy_process_group()
+
+    @staticmethod
+    def wrap_forward(module):
+        """A ``DistributedDataParallel`` over ``module`` (any ``torch.nn.Module``, such as a Keras-on-torch model,
+        whose parameters are its variables): rank 0's state is broadcast now, and a backward through its
+        forward averages the gradients over the ranks. For a trainer that runs its own step (Keras's)."""
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
 
 def data_parallel(model):

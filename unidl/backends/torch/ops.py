@@ -51,6 +51,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     return F.max_pool2d(x, kernel_size, stride if stride is not None else kernel_size, padding)
 
 
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    # scatter's gradient for the values is the output's gradient gathered at each index, as max_unpool2d's
+    n, c = x.shape[:2]
+    height, width = output_size
+    flat = x.new_zeros((n, c, height * width)).scatter(2, indices.reshape(n, c, -1), x.reshape(n, c, -1))
+    return flat.reshape(n, c, height, width)
+
+
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     return F.avg_pool2d(x, kernel_size, stride if stride is not None else kernel_size, padding)
 
@@ -138,6 +146,10 @@ def check_index(indices, size, what="index"):
         if low < 0 or high >= size:
             raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
     return indices
+
+
+def segment_sum(data, segment_ids, num_segments):
+    return torch.zeros(num_segments, dtype=data.dtype, device=data.device).index_add(0, segment_ids.long(), data)
 
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):

@@ -28,7 +28,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def __init__(self, spec):
         super().__init__([{"params": g["params"], "lr": g["lr"]} for g in spec.param_groups], dict(lr=spec.lr))
         self._spec = spec
-        self._rules = {id(p): spec.rule_for(i) for i, p in enumerate(spec.params)}  # a group's hyperparameters
+        self._index = {id(p): i for i, p in enumerate(spec.params)}  # (spec.rule_for: its group's hyperparameters)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -49,7 +49,7 @@ class RuleOptimizer(torch.optim.Optimizer):
                         state[name] = torch.full_like(p, spec.initial_slot_value, memory_format=torch.preserve_format)
                 state["step"] += 1
                 step = state["step"].to(p.dtype) if spec.uses_step else None
-                rule = self._rules[id(p)]
+                rule = spec.rule_for(self._index[id(p)])  # (read at each step: a group's options may change)
                 grad = rule.regularized_gradient(p, p.grad, torch_ops)
                 delta, new_slots = rule.update(p, grad, {name: state[name] for name in spec.slots}, lr, step, torch_ops)
                 for name, value in new_slots.items():
@@ -67,6 +67,14 @@ def native_optimizer(optimizer) -> torch.optim.Optimizer:
     torch_class, defaults = fast_path(optimizer.hyper)  # (Adagrad reads initial_accumulator_value from these)
     return torch_class([{"params": group["params"], "lr": group["lr"], **fast_path(group)[1]}
                         for group in optimizer.param_groups], lr=optimizer.lr, **defaults)
+
+
+def set_group_options(optimizer, group: int) -> None:
+    """Make the next step use param group ``group``'s current options: torch.optim reads them from its
+    ``param_groups`` at every step; a ``RuleOptimizer`` reads the group's rule (``Optimizer.rule_for``)."""
+    native = optimizer.native
+    if not isinstance(native, RuleOptimizer):
+        native.param_groups[group].update(_FAST_PATHS[optimizer.builtin_rule()](optimizer.param_groups[group])[1])
 
 
 def guard_and_clip(optimizer, loss=None, clip: bool = True, across_ranks: bool = False) -> bool:
@@ -129,3 +137,38 @@ def add_l1(optimizer) -> None:
             for p in optimizer.params:
                 if p.grad is not None:
                     p.grad.add_(torch.sign(p), alpha=l1)
+
+
+def torch_window(optimizer, accumulate: int, losses: list, scale=lambda: 1.0):
+    """The ``unidl.training.AccumulationWindow`` of a torch train step: its micro-steps are ``losses`` (the loss
+    of each micro-step run since the last update, which the update's guard checks), its summed gradients of
+    ``loss / N`` are the parameters' ``.grad``, times the loss scale ``scale()`` in mixed precision (a power of
+    two: dividing and multiplying by it are exact)."""
+    import numpy as np
+
+    from unidl.nn.module import is_trainable
+    from unidl.training import AccumulationWindow
+
+    params = optimizer.params
+
+    def read():
+        finite = bool(torch.isfinite(torch.stack(losses)).all()) if losses else True
+        factor = 1.0 / scale()
+        gradients = [(torch.zeros_like(p) if p.grad is None else p.grad.detach() * factor).cpu().numpy()
+                     for p in params]
+        return len(losses), finite, gradients
+
+    def write(micro_steps, finite, gradients):
+        losses.clear()
+        optimizer.native.zero_grad(set_to_none=True)
+        if not micro_steps:
+            return
+        device = params[0].device
+        losses.extend(torch.tensor(0.0 if finite else float("nan"), device=device) for _ in range(micro_steps))
+        factor = scale()
+        with torch.no_grad():
+            for p, value in zip(params, gradients):
+                if is_trainable(p):
+                    p.grad = torch.as_tensor(np.asarray(value), dtype=p.dtype, device=p.device) * factor
+
+    return AccumulationWindow(accumulate, read, write)

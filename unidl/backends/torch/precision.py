@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from unidl.backends.torch.distributed import data_parallel, gradient_sync
-from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule
+from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
 
 _COMPUTE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,6 +50,11 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
     scaler = LossScale(precision) if precision.scales_loss else None
     forward = data_parallel(model)  # in a process group: DDP averages the gradients (overflow seen by every rank)
     window = []  # the losses of the micro-steps accumulated in .grad so far
+    if accumulate > 1:
+        from unidl.training import attach_window
+
+        attach_window(optimizer, accumulate,
+                      torch_window(optimizer, accumulate, window, lambda: scaler.scale if scaler is not None else 1.0))
 
     def step(x, y, *inputs):
         x, y = to_input(x), to_input(y)

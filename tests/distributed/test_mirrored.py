@@ -1,0 +1,102 @@
+"""One process training on several devices (``unidl.distributed.init(devices=[...])``): on the tensorflow
+backend, ``tf.distribute.MirroredStrategy`` over two logical CPU devices trains the weights one device trains
+with the same global batch; every other backend refuses the request with an error naming what it supports.
+
+Two logical CPUs exist only if TensorFlow is configured so before its first op: that test runs in one fresh
+interpreter, which checks everything that needs them.
+"""
+
+import pytest
+
+import unidl as ud
+from unidl.errors import DeviceUnavailableError, DistributedError
+from unidl.testing import max_relative_difference
+
+from tests.helpers import last_json_line, run_python
+
+TWO_DEVICES = """
+import json, sys, tempfile
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import unidl as ud
+from tests.distributed import jobs
+ud.set_backend("tensorflow")
+directory = tempfile.mkdtemp()
+one = {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/one")}
+ud.distributed.init(devices=["cpu:0", "cpu:1"])
+place = [ud.distributed.rank(), ud.distributed.world_size(), ud.distributed.num_replicas()]
+two = {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/two")}
+rng = np.random.default_rng(2)
+x, y = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
+model = ud.models.TwoLayerNet(5, 7, 3)
+before = ud.to_numpy(model(x))
+step = ud.training.TrainStep(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), with_outputs=True)
+loss, outputs = step(x, y)
+names = [op.name for f in step._run.concrete_functions for op in f.graph.get_operations()]
+too_small = jobs.too_small_last_batch()
+ud.distributed.shutdown()
+def listed(weights):
+    return {k: np.asarray(v).tolist() for k, v in weights.items()}
+print(json.dumps({"place": place, "outputs": [ud.to_numpy(outputs).tolist(), before.tolist()],
+                  "loss": [float(ud.to_numpy(loss)), float(np.mean((before - y) ** 2))], "too_small": too_small,
+                  "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
+                  "one": {k: listed(v) for k, v in one.items() if k != "cnn"}, "one_cnn": listed(one["cnn"][0]),
+                  "two": {k: listed(v) for k, v in two.items() if k != "cnn"}, "two_cnn": listed(two["cnn"][0]),
+                  "one_loss": one["cnn"][1]["loss"], "two_loss": two["cnn"][1]["loss"]}))
+"""
+
+
+def _agree(weights, expected, bound):
+    assert weights.keys() == expected.keys()
+    worst = max(max_relative_difference(weights[name], expected[name]) for name in expected)
+    assert worst <= bound, worst
+
+
+@pytest.mark.skipif("tensorflow" not in ud.available_backends(), reason="the tensorflow backend is not installed")
+def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_same_global_batch():
+    import numpy as np
+
+    found = last_json_line(run_python(TWO_DEVICES, env={"UNIDL_NUM_THREADS": "1"}).stdout)
+    assert found["place"] == [0, 1, 2]  # one process, two replicas
+    assert found["replica_1_ops"] > 0  # the step's graph runs a second replica (not one device silently)
+    # each replica ran on its own share of the 6 samples: the outputs are the 3 + 3 rows (not 6 + 6), the loss
+    # the whole batch's mean
+    outputs, expected = (np.asarray(rows) for rows in found["outputs"])
+    assert outputs.shape == expected.shape == (6, 3)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-6)
+    assert found["loss"][0] == pytest.approx(found["loss"][1], rel=1e-5)
+    as_arrays = {key: {name: np.asarray(value) for name, value in weights.items()}
+                 for key, weights in (*found["one"].items(), ("cnn", found["one_cnn"]))}
+    trained = {key: {name: np.asarray(value) for name, value in weights.items()}
+               for key, weights in (*found["two"].items(), ("cnn", found["two_cnn"]))}
+    _agree(trained["two_layer64"], as_arrays["two_layer64"], 1e-12)  # Adam, global batch 4 split 2 + 2
+    _agree(trained["cnn"], as_arrays["cnn"], 1e-6)  # float32, fit with SGD + momentum, batches 8, 8, 4
+    np.testing.assert_allclose(found["two_loss"], found["one_loss"], rtol=1e-6)  # the logs: whole-batch means
+    assert "fewer samples than replicas" in found["too_small"] and "drop_last=True" in found["too_small"]
+
+
+def test_several_devices_in_one_process_elsewhere_is_a_clear_error(backend):
+    expected = {"tensorflow": (DeviceUnavailableError, r"devices \['cpu:7'\] are not among TensorFlow's "
+                                                       r"logical devices here \(cpu:0"),
+                "torch": (DistributedError, r"torch backend trains one device per process .*launch\(fn, nprocs=2\)"),
+                "jax": (DistributedError, "the jax backend cannot train on several devices of one process")}
+    if backend == "keras":
+        from tests.distributed.jobs import _framework
+
+        expected["keras"] = ((DistributedError, "the keras backend trains one device per process") if
+                             _framework() in ("tensorflow", "torch") else
+                             (DistributedError, "Keras-on-TensorFlow .* and Keras-on-torch .* only"))
+    error, message = expected[backend]
+    with pytest.raises(error, match=message):
+        ud.distributed.init(devices=["cpu:0", "cpu:7" if backend == "tensorflow" else "cpu:1"])
+    assert not ud.distributed.is_initialized()
+
+
+def test_bad_devices_are_refused_before_anything_starts():
+    with pytest.raises(ValueError, match="devices must be a list of device names"):
+        ud.distributed.init(devices="cpu:0")
+    with pytest.raises(ValueError, match="two or more devices"):
+        ud.distributed.init(devices=["cpu:0"])
+    assert not ud.distributed.is_initialized()

@@ -1,0 +1,97 @@
+"""Bicubic interpolation (``Upsample``/``interpolate``, align_corners True and False, size and scale_factor), max
+pooling's ``return_indices`` and ``MaxUnpool2d``/``max_unpool2d`` against plain ``torch.nn``/``torch.nn.functional``
+(output, and input gradients through ``torch_oracle``: float32 inside ``ud.function`` with every size unknown to
+TensorFlow's graph, float64 eagerly for the bicubic weights), and their bad input as one unidl error on every
+backend."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn as tnn
+
+import unidl as ud
+from tests.parity.torch_oracle import RUNS, Case, compare_table
+
+R = np.random.default_rng(16)
+IMAGES = R.standard_normal((2, 3, 5, 6))
+TIES = np.round(R.standard_normal((1, 2, 6, 5))) + 0.0  # ties in a window (no -0.0): the first one's index, as torch
+POOLED = R.standard_normal((2, 3, 2, 3))
+POOLED_AT = F.max_pool2d(torch.tensor(IMAGES), 2, return_indices=True)[1].numpy()  # (2, 3, 2, 3) int64
+
+
+def case(build, oracle, *inputs):
+    return Case(lambda: build, lambda: oracle, list(inputs) or [IMAGES])
+
+
+def _unpooled(pool, unpool, size):
+    return lambda x: unpool(*pool(x), output_size=size)
+
+
+CASES = {
+    "Upsample-bicubic-scale": Case(lambda: ud.nn.Upsample(scale_factor=2, mode="bicubic"),
+                                   lambda: tnn.Upsample(scale_factor=2, mode="bicubic"), [IMAGES]),
+    "Upsample-bicubic-align-corners-size": Case(lambda: ud.nn.Upsample((8, 3), mode="bicubic", align_corners=True),
+                                                lambda: tnn.Upsample((8, 3), mode="bicubic", align_corners=True),
+                                                [IMAGES]),
+    "interpolate-bicubic-size": case(lambda x: ud.ops.interpolate(x, size=(7, 4), mode="bicubic"),
+                                     lambda x: F.interpolate(x, size=(7, 4), mode="bicubic")),
+    "interpolate-bicubic-align-corners-scale": case(
+        lambda x: ud.ops.interpolate(x, scale_factor=(0.6, 1.7), mode="bicubic", align_corners=True),
+        lambda x: F.interpolate(x, scale_factor=(0.6, 1.7), mode="bicubic", align_corners=True)),
+    "max_pool2d-indices": case(lambda x: ud.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)[1],
+                               lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)[1]),
+    "MaxPool2d-indices-ties": case(lambda x: ud.nn.MaxPool2d((2, 3), 1, return_indices=True)(x)[1],
+                                   lambda x: tnn.MaxPool2d((2, 3), 1, return_indices=True)(x)[1], TIES),
+    # the pooled values and their gradient, through unpooling: overlapping windows share maxima, which unpooling
+    # writes once and gives every window's gradient
+    "MaxPool2d-ceil-then-MaxUnpool2d-overlapping": Case(
+        lambda: _unpooled(ud.nn.MaxPool2d(3, 2, 1, ceil_mode=True, return_indices=True), ud.nn.MaxUnpool2d(3, 2, 1),
+                          (5, 6)),
+        lambda: _unpooled(tnn.MaxPool2d(3, 2, 1, ceil_mode=True, return_indices=True), tnn.MaxUnpool2d(3, 2, 1),
+                          (5, 6)), [IMAGES]),
+    "max_unpool2d-default-size": case(lambda v, i: ud.ops.max_unpool2d(v, i, 2),
+                                      lambda v, i: F.max_unpool2d(v, i, 2), POOLED, POOLED_AT),
+    "MaxUnpool2d-output-size": Case(lambda: lambda v, i: ud.nn.MaxUnpool2d(2)(v, i, output_size=(2, 3, 5, 7)),
+                                    lambda: lambda v, i: tnn.MaxUnpool2d(2)(v, i, output_size=(2, 3, 5, 7)),
+                                    [POOLED, POOLED_AT]),
+}
+
+
+# float64 (eagerly) where the arithmetic depends on the dtype: the cubic weights; pooling and unpooling select and
+# copy values (eager JAX dispatches every op on its own, and the suite's time is tight)
+FLOAT64_CASES = ("Upsample-bicubic-scale", "Upsample-bicubic-align-corners-size", "interpolate-bicubic-size")
+
+
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_bicubic_and_unpooling_match_torch(backend, dtype, modes):
+    cases = CASES if dtype == "float32" else {name: CASES[name] for name in FLOAT64_CASES}
+    failures = compare_table(cases, backend, dtype, modes)
+    assert not failures, "\n".join(failures)
+
+
+def _in_modes(function, *arrays):
+    """``function`` on ``arrays`` eagerly, then inside ``ud.function`` (where a graph learns sizes only as it runs)."""
+    for run in (function, ud.function(function)):
+        yield lambda run=run: ud.to_numpy(run(*[ud.tensor(a) for a in arrays]))
+
+
+def test_bad_input_is_the_same_unidl_error_everywhere(backend):
+    sequence = np.zeros((1, 2, 5))
+    for run in _in_modes(lambda x: ud.ops.interpolate(x, scale_factor=2, mode="bicubic"), sequence):
+        with pytest.raises(ValueError, match="interpolate mode 'bicubic' is not available for 3-D input"):
+            run()
+    with pytest.raises(ValueError, match="interpolate mode 'bicubic' is not available for 3-D input"):
+        ud.nn.Upsample(scale_factor=2, mode="bicubic")(ud.tensor(sequence))
+    with pytest.raises(ValueError, match="align_corners applies to the 'linear', 'bilinear' and 'bicubic'"):
+        ud.nn.Upsample(scale_factor=2, mode="nearest", align_corners=True)
+    inconsistent = (r"max_unpool2d: output_size \(5, 9\) is inconsistent with the input: its width must lie strictly "
+                    r"between 4 and 8 \(input shape \(2, 3, 2, 3\)\)")
+    for run in _in_modes(lambda v, i: ud.nn.MaxUnpool2d(2)(v, i, output_size=(5, 9)), POOLED, POOLED_AT):
+        with pytest.raises(ud.ShapeMismatchError, match=inconsistent):
+            run()
+    for run in _in_modes(lambda v, i: ud.ops.max_unpool2d(v, i, 2), POOLED, POOLED_AT + 30):
+        with pytest.raises(ud.errors.IndexOutOfRangeError, match=r"max_unpool2d index must lie in \[0, 24\)"):
+            run()
+    with pytest.raises(ValueError, match=r"output_size must be 2 ints \(H, W\) or 4"):
+        ud.ops.max_unpool2d(ud.tensor(POOLED), ud.tensor(POOLED_AT), 2, output_size=(5,))

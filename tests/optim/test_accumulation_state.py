@@ -1,0 +1,173 @@
+"""Gradient accumulation's window (``train_step(accumulate=N)``) as optimizer state: a checkpoint taken in the
+middle of a window resumes to the weights of the uninterrupted run (bit-identical on one backend, 1e-6 from
+torch's checkpoint on every other), a part-full window refuses another ``accumulate``, and a non-finite
+micro-step skips its whole window at the window's update, the same on every backend."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from unidl.errors import CheckpointStateError
+from unidl.testing import max_relative_difference
+
+ACCUMULATE, BEFORE, AFTER = 3, 4, 5  # the checkpoint 1 micro-step into the second window; 3 updates in all
+
+
+def _batches():
+    rng = np.random.default_rng(3)
+    return [(rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32))
+            for _ in range(BEFORE + AFTER)]
+
+
+def _training(accumulate=ACCUMULATE, loss=None):
+    ud.manual_seed(1)
+    model = ud.models.TwoLayerNet(5, 6, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # a step that grows with the gradient
+    if accumulate is None:  # no train step yet
+        return model, optimizer, None
+    return model, optimizer, ud.train_step(model, loss or ud.nn.MSELoss(), optimizer, accumulate=accumulate)
+
+
+def _weights(model):
+    return {name: np.array(ud.to_numpy(value)) for name, value in model.state_dict().items()}
+
+
+def _uninterrupted():
+    model, _, step = _training()
+    for x, y in _batches():
+        step(x, y)
+    return _weights(model)
+
+
+def _checkpoint_mid_window(directory):
+    model, optimizer, step = _training()
+    for x, y in _batches()[:BEFORE]:
+        step(x, y)
+    state = optimizer.state_dict()
+    assert state["accumulation"]["micro_steps"] == BEFORE % ACCUMULATE and state["step"] == BEFORE // ACCUMULATE
+    return ud.save_checkpoint(directory, model, optimizer)
+
+
+def _resume(path, step_first):
+    """A fresh model and optimizer loading ``path``, with the train step built before or after the load."""
+    model, optimizer, step = _training(accumulate=ACCUMULATE if step_first else None)
+    ud.load_checkpoint(path, model, optimizer)
+    if not step_first:
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=ACCUMULATE)
+    for x, y in _batches()[BEFORE:]:
+        step(x, y)
+    assert optimizer.state_dict()["step"] == (BEFORE + AFTER) // ACCUMULATE
+    return _weights(model)
+
+
+@pytest.fixture(scope="module")
+def torch_run(tmp_path_factory):
+    """torch's uninterrupted weights, and its checkpoint taken mid-window."""
+    if "torch" not in ud.available_backends():
+        pytest.skip("the torch backend is not installed")
+    with ud.use_backend("torch"):
+        return _uninterrupted(), _checkpoint_mid_window(tmp_path_factory.mktemp("torch_window"))
+
+
+def test_a_resume_mid_window_trains_the_weights_of_the_uninterrupted_run(backend, tmp_path, torch_run):
+    expected = _uninterrupted()
+    path = _checkpoint_mid_window(tmp_path)
+    got = _resume(path, step_first=False)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    # torch's checkpoint, loaded into a step built first, goes on to torch's uninterrupted weights
+    reference, torch_path = torch_run
+    got = _resume(torch_path, step_first=True)
+    for name, value in reference.items():
+        assert max_relative_difference(got[name], value) <= 1e-6, name
+
+
+def test_without_its_window_a_resume_differs_by_far_more_than_the_bound(torch_run):
+    """What the window is for: the same checkpoint loaded without it (as checkpoints were before) trains other
+    weights (torch; the window's state is the same on every backend)."""
+    reference, torch_path = torch_run
+    with ud.use_backend("torch"):
+        model, optimizer, step = _training()
+        ud.load_checkpoint(torch_path, model, optimizer)
+        optimizer.load_state_dict({k: v for k, v in optimizer.state_dict().items() if k != "accumulation"})
+        for x, y in _batches()[BEFORE:]:
+            step(x, y)
+        assert max(max_relative_difference(v, reference[k]) for k, v in _weights(model).items()) > 1e-3
+
+
+def test_a_part_full_window_refuses_another_accumulate(backend, tmp_path):
+    path = _checkpoint_mid_window(tmp_path)
+    model, optimizer, _ = _training(accumulate=2)
+    before = _weights(model)
+    with pytest.raises(CheckpointStateError, match=r"accumulate=3.*accumulate=2"):
+        ud.load_checkpoint(path, model, optimizer)  # a step with accumulate=2 is built: refused before any change
+    assert all(np.array_equal(v, before[k]) for k, v in _weights(model).items())
+    model, optimizer, _ = _training(accumulate=None)
+    ud.load_checkpoint(path, model, optimizer)  # no step yet: the window waits for one
+    for accumulate in (1, 2):
+        with pytest.raises(CheckpointStateError, match=rf"accumulate=3.*accumulate={accumulate}"):
+            ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=accumulate)
+    ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=3)
+    # a state taken at an update holds no window and loads under any accumulate
+    model, optimizer, step = _training()
+    for x, y in _batches()[:ACCUMULATE]:
+        step(x, y)
+    assert "accumulation" not in optimizer.state_dict()
+    other = _training(accumulate=2)[1]
+    other.load_state_dict(optimizer.state_dict())
+
+
+def _poisoned(x, y):
+    """The batch with one NaN target: its loss and gradients are NaN (data, so that a compiled step sees it)."""
+    y = y.copy()
+    y[0, 0] = np.nan
+    return x, y
+
+
+def test_a_non_finite_micro_step_skips_its_window_at_the_update(backend):
+    """float32's rule, as mixed precision's and torch DDP's: the window's N-th call skips the update (weights,
+    slots, step count unchanged) and empties the window; the micro-steps before it are not flagged."""
+    batches = _batches()[:2 * ACCUMULATE]
+    model, optimizer, _ = _training(accumulate=None)
+    start = _weights(model)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=ACCUMULATE, check_finite=False)
+    flags = []
+    for index, batch in enumerate(batches):
+        step(*(_poisoned(*batch) if index == 1 else batch))
+        flags.append(optimizer.last_step_finite)
+        if index == ACCUMULATE - 1:
+            assert all(np.array_equal(v, start[k]) for k, v in _weights(model).items())
+    assert flags == [True, True, False, True, True, True] and optimizer.state_dict()["step"] == 1
+    clean, _, clean_step = _training()  # the second window alone, from the same start
+    for x, y in batches[ACCUMULATE:]:
+        clean_step(x, y)
+    for name, value in _weights(clean).items():
+        np.testing.assert_array_equal(_weights(model)[name], value, err_msg=name)
+    # check_finite=True: the error comes at the window's update, not at the poisoned micro-step
+    model, optimizer, step = _training()
+    step(*_poisoned(*batches[0]))
+    step(*batches[1])
+    with pytest.raises(ud.NonFiniteLossError):
+        step(*batches[2])
+
+
+def test_fit_resumes_a_window_from_its_checkpoint_callback(backend, tmp_path):
+    """``fit(accumulate=3)`` with a ``Checkpoint`` every 4 batches (1 micro-step into the second window; Keras's
+    own trainer on keras): resumed from it, the weights of the uninterrupted fit; with accumulate=2, refused."""
+    x, y = (np.concatenate(parts) for parts in zip(*_batches()[:7]))
+
+    def fit(directory, resume_from=None, accumulate=ACCUMULATE):
+        model, optimizer, _ = _training(accumulate=None)
+        ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, batch_size=4, verbose=0, seed=0,
+               callbacks=[ud.callbacks.Checkpoint(directory, every_steps=4)], accumulate=accumulate,
+               resume_from=resume_from)
+        return _weights(model)
+
+    expected = fit(tmp_path / "whole")
+    first = ud.checkpoint.list_checkpoints(tmp_path / "whole")[0]
+    assert first.endswith("checkpoint-0000-0000004.safetensors")
+    got = fit(tmp_path / "resumed", resume_from=first)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    with pytest.raises(CheckpointStateError, match=r"accumulate=3.*accumulate=2"):
+        fit(tmp_path / "other", resume_from=first, accumulate=2)
