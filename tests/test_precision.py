@@ -205,3 +205,101 @@ def test_a_resume_mid_window_trains_the_uninterrupted_weights(backend, rng):
         step(*batch)
     for name, value in expected.items():
         np.testing.assert_array_equal(ud.to_numpy(model.state_dict()[name]), value, err_msg=name)
+
+
+def _scaler_run(rng):
+    """A float16 run whose loss scale moves: two overflowing steps (targets 1000x too large: their scaled
+    float16 gradients overflow, the float32 loss is finite) halve it twice, two finite steps double it once
+    (growth_interval=2); the fifth step is one finite update into the next growth interval."""
+    x, y = _regression(rng)
+    batches = [(x[:4], y[:4] * 1e3)] * 2 + [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)] + [(x[:4], y[:4])]
+
+    def training():
+        ud.manual_seed(3)
+        model = ud.models.TwoLayerNet(8, 16, 3)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        step = ud.train_step(model, ScaledMSE(1.0), optimizer, precision=ud.Precision("16-mixed", growth_interval=2))
+        return model, optimizer, step
+
+    return batches, training
+
+
+def test_a_resumed_fp16_run_keeps_its_loss_scale(backend, rng, tmp_path):
+    """The dynamic loss scale and its growth tracker are optimizer state (``"loss_scaler"``, as GradScaler's
+    ``state_dict``): a fresh model, optimizer and step that load a state taken after the scale moved report the
+    scale of the uninterrupted run and go on bit for bit, its next doubling included (the tracker was kept),
+    through ``optimizer.load_state_dict`` into a built step and through a checkpoint loaded before the step."""
+    batches, training = _scaler_run(rng)
+    model, optimizer, step = training()
+    scales = []
+    for index, batch in enumerate(batches):
+        step(*batch)
+        scales.append(step.loss_scale)
+        if index == 4:
+            saved = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, optimizer.state_dict()
+            path = ud.save_checkpoint(tmp_path, model, optimizer)
+    expected = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+    assert scales == [2.0 ** 15, 2.0 ** 14, 2.0 ** 14, 2.0 ** 15, 2.0 ** 15, 2.0 ** 16, 2.0 ** 16]
+    assert saved[1]["loss_scaler"] == {"scale": 2.0 ** 15, "growth_tracker": 1}
+
+    def resumed_run(model, step):
+        assert step.loss_scale == 2.0 ** 15
+        later = []
+        for batch in batches[5:]:
+            step(*batch)
+            later.append(step.loss_scale)
+        assert later == scales[5:]  # the first finite step doubles the scale: the tracker was restored
+        for name, value in expected.items():
+            np.testing.assert_array_equal(ud.to_numpy(model.state_dict()[name]), value, err_msg=name)
+
+    model, optimizer, step = training()  # the step built first: the state goes into its scaler
+    model.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+    resumed_run(model, step)
+
+    ud.manual_seed(3)  # no step yet: the checkpoint's scale waits for the float16 step built next
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ud.load_checkpoint(path, model, optimizer)
+    assert optimizer.state_dict()["loss_scaler"] == {"scale": 2.0 ** 15, "growth_tracker": 1}
+    resumed_run(model, ud.train_step(model, ScaledMSE(1.0), optimizer,
+                                     precision=ud.Precision("16-mixed", growth_interval=2)))
+
+
+def test_a_bad_loss_scaler_state_is_refused_before_anything_changes(backend, rng, tmp_path):
+    """A malformed ``"loss_scaler"`` (or a growth tracker a step with this growth_interval never reaches) is a
+    ``CheckpointStateError`` naming it, before the optimizer, the scale or (``fit(resume_from=)``) the model
+    changes; a scale loaded into an optimizer whose step has no loss scaling is kept for a float16 step built
+    later, not dropped."""
+    x, y = _regression(rng)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    ud.train_step(model, ud.nn.MSELoss(), optimizer)(x, y)  # a float32 step: no scale
+    state = optimizer.state_dict()
+    assert "loss_scaler" not in state
+    optimizer.load_state_dict(dict(state, loss_scaler={"scale": 8.0, "growth_tracker": 1}))
+    assert optimizer.state_dict()["loss_scaler"] == {"scale": 8.0, "growth_tracker": 1}  # kept, saved again
+    with pytest.raises(ud.errors.CheckpointStateError, match="growth_interval=1"):  # checked as the step is built
+        ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=ud.Precision("16-mixed", growth_interval=1))
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=ud.Precision("16-mixed", growth_interval=2))
+    assert step.loss_scale == 8.0  # the float16 step built later takes it
+    before = optimizer.state_dict()
+    for bad, match in [({"scale": -1.0, "growth_tracker": 0}, "finite number > 0"),
+                       ({"scale": float("inf"), "growth_tracker": 0}, "finite number > 0"),
+                       ({"scale": 8.0, "growth_tracker": 1.5}, "non-negative integer"),
+                       ({"scale": 8.0}, "must have the keys"),
+                       ({"scale": 8.0, "growth_tracker": 2}, "growth_interval=2")]:
+        with pytest.raises(ud.errors.CheckpointStateError, match=match):
+            optimizer.load_state_dict(dict(before, lr=0.5, loss_scaler=bad))
+        assert optimizer.lr == 0.1 and step.loss_scale == 8.0  # nothing changed
+    optimizer.load_state_dict(dict(before, loss_scaler={"scale": 4.0, "growth_tracker": 1}))
+    assert step.loss_scale == 4.0 and optimizer.state_dict()["loss_scaler"] == {"scale": 4.0, "growth_tracker": 1}
+    path = ud.save_checkpoint(tmp_path, model, optimizer)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    weights = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ud.errors.CheckpointStateError, match="growth_interval=1"):  # fit: before any change
+        ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=1, batch_size=8, verbose=0,
+               resume_from=path, precision=ud.Precision("16-mixed", growth_interval=1))
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(ud.to_numpy(value), weights[name], err_msg=name)

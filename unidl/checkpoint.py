@@ -139,6 +139,8 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
             for index, value in enumerate(window["gradients"]):
                 tensors[f"{WINDOW_PREFIX}{index}"] = np.asarray(value)
             metadata["optimizer"]["accumulation"] = {key: window[key] for key in ("accumulate", "micro_steps", "finite")}
+        if state.get("loss_scaler") is not None:  # a float16 step's dynamic loss scale (two numbers)
+            metadata["optimizer"]["loss_scaler"] = dict(state["loss_scaler"])
     if loader is not None:
         metadata["loader"] = loader.state_dict()
     if scheduler is not None:
@@ -250,6 +252,8 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
             raise CorruptFileError(f"{path!r}: optimizer accumulation window {window!r} without its {count} "
                                    f"{WINDOW_PREFIX}* gradients")
         state["accumulation"] = dict(window, gradients=[reader.read(key) for key in keys])
+    if saved.get("loss_scaler") is not None:
+        state["loss_scaler"] = saved["loss_scaler"]
     if saved.get("hyper") is not None:
         state["hyper"] = saved["hyper"]
     if callable(getattr(optimizer, "check_state_dict", None)):

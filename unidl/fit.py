@@ -23,7 +23,7 @@ from unidl.nn.loss import CrossEntropyLoss, float_labels_message
 from unidl.metrics.probe import accumulator_for, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
-from unidl.training import TrainStep, check_accumulate, check_same_backend, expect_accumulate
+from unidl.training import TrainStep, check_accumulate, check_same_backend, expect_accumulate, expect_precision
 from unidl.precision import precision_policy
 
 class History:
@@ -354,6 +354,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
     if resume_from is not None:
         expect_accumulate(optimizer, accumulate)  # a checkpoint's part-full window must fit it, before any change
+        expect_precision(optimizer, precision)  # and its float16 loss scale this growth_interval
         start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
     for callback in callbacks:
         callback.trainer = trainer

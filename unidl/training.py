@@ -159,6 +159,109 @@ def attach_window(optimizer, accumulate: int, window: AccumulationWindow | None 
         window.load(pending)
 
 
+class LossScaler:
+    """The dynamic loss scale of a float16 train step (``precision="16-mixed"``, ``torch.amp.GradScaler``'s rule)
+    as canonical state for ``optimizer.state_dict()`` and checkpoints, the same on every backend::
+
+        {"scale": float, "growth_tracker": int}
+
+    ``scale``: the scale in force (> 0, finite), ``growth_tracker``: the finite updates in a row since the scale
+    last moved (0 <= it < ``growth_interval``), as GradScaler's own ``state_dict``. A backend builds it from
+    ``read() -> (scale, growth_tracker)`` and ``write(scale, growth_tracker)`` over its own storage (attributes,
+    variables) and registers it with ``attach_scaler`` when it builds the float16 step, so that a resumed run
+    goes on with the scale it had instead of restarting at ``init_scale``."""
+
+    def __init__(self, precision, read, write):
+        self.growth_interval, self.init_scale = precision.growth_interval, float(precision.init_scale)
+        self._read, self._write = read, write
+
+    def state(self) -> dict:
+        scale, growth_tracker = self._read()
+        return {"scale": float(scale), "growth_tracker": int(growth_tracker)}
+
+    def load(self, state: dict | None) -> None:
+        """Restore ``state`` (checked first by ``check_scaler_state``); None: the scale a new step starts with
+        (a state taken with no float16 step had no scale moved)."""
+        if state is None:
+            self._write(self.init_scale, 0)
+        else:
+            self._write(float(state["scale"]), int(state["growth_tracker"]))
+
+
+_SCALER, _PENDING_SCALER, _STEP_GROWTH = "_loss_scaler", "_pending_loss_scaler", "_train_step_growth_interval"
+
+
+def expect_precision(optimizer, precision) -> None:
+    """Note that ``optimizer`` trains under ``precision`` (a ``TrainStep``, ``fit``), so that a loss scale loaded
+    before its float16 step is built is checked against its ``growth_interval`` at once (``check_scaler_state``)."""
+    optimizer.__dict__[_STEP_GROWTH] = precision.growth_interval if precision.scales_loss else None
+
+
+def check_scaler_state(optimizer, state, growth_interval: int | None = None) -> None:
+    """Raise ``CheckpointStateError`` unless ``state`` (a ``LossScaler.state()`` or None) is a loss scale a float16
+    step with ``growth_interval`` (None: the registered scaler's, if any) can go on from: a positive finite
+    scale and a growth tracker 0 <= it < growth_interval."""
+    import math
+
+    import numpy as np
+
+    from unidl.errors import CheckpointStateError
+
+    if state is None:
+        return
+    owner = type(optimizer).__name__
+    if not isinstance(state, dict) or set(state) != {"scale", "growth_tracker"}:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointStateError(f"{owner} state 'loss_scaler' must have the keys ['growth_tracker', 'scale'], "
+                                   f"found {found}")
+    scale, tracker = state["scale"], state["growth_tracker"]
+    if (not isinstance(scale, (int, float, np.integer, np.floating)) or isinstance(scale, bool)
+            or not math.isfinite(float(scale)) or not scale > 0):
+        raise CheckpointStateError(f"{owner} state 'loss_scaler' scale must be a finite number > 0, got {scale!r}")
+    if not isinstance(tracker, (int, np.integer)) or isinstance(tracker, bool) or tracker < 0:
+        raise CheckpointStateError(f"{owner} state 'loss_scaler' growth_tracker must be a non-negative integer "
+                                   f"(finite updates in a row), got {tracker!r}")
+    if growth_interval is None:  # the registered float16 step's, or that of the step about to be built
+        scaler = optimizer.__dict__.get(_SCALER)
+        growth_interval = scaler.growth_interval if scaler is not None else optimizer.__dict__.get(_STEP_GROWTH)
+    if growth_interval is not None and tracker >= growth_interval:
+        raise CheckpointStateError(
+            f"the state's loss scaler has growth_tracker={tracker} finite updates in a row, but this float16 step "
+            f"has growth_interval={growth_interval} (the tracker must be below it); resume with a growth_interval "
+            f"above {tracker}")
+
+
+def scaler_state(optimizer) -> dict | None:
+    """The loss scale ``optimizer.state_dict()`` saves: the registered float16 step's, else one loaded for a
+    float16 step not built yet; None when there is none."""
+    scaler = optimizer.__dict__.get(_SCALER)
+    return scaler.state() if scaler is not None else optimizer.__dict__.get(_PENDING_SCALER)
+
+
+def load_scaler_state(optimizer, state: dict | None) -> None:
+    """Restore the loss scale of ``optimizer.load_state_dict`` (checked already): into the registered float16
+    step's scaler (None: back to its ``init_scale``), else kept (and saved again by ``state_dict``) until a float16
+    step is built (``attach_scaler``); a step without loss scaling never reads it."""
+    scaler = optimizer.__dict__.get(_SCALER)
+    if scaler is not None:
+        scaler.load(state)
+    elif state is None:
+        optimizer.__dict__.pop(_PENDING_SCALER, None)
+    else:
+        optimizer.__dict__[_PENDING_SCALER] = state
+
+
+def attach_scaler(optimizer, scaler: LossScaler) -> None:
+    """Register the loss scaler of a float16 step being built, after checking a scale loaded before it
+    (``load_state_dict`` before the step was built), which it then takes."""
+    pending = optimizer.__dict__.get(_PENDING_SCALER)
+    check_scaler_state(optimizer, pending, scaler.growth_interval)
+    optimizer.__dict__.pop(_PENDING_SCALER, None)
+    optimizer.__dict__[_SCALER] = scaler
+    if pending is not None:
+        scaler.load(pending)
+
+
 class TrainStep:
     """``step(x, y) -> loss`` for a model, loss and optimizer; see ``train_step``."""
 
@@ -177,6 +280,9 @@ class TrainStep:
         expect_accumulate(optimizer, self.accumulate)
         if self.accumulate == 1:
             attach_window(optimizer, 1)
+        if self.precision.scales_loss:  # likewise a loss scale loaded before it must fit its growth_interval
+            check_scaler_state(optimizer, optimizer.__dict__.get(_PENDING_SCALER), self.precision.growth_interval)
+        expect_precision(optimizer, self.precision)
         if self.precision.mixed:
             self._run = self._backend.mixed_precision_train_step(model, loss_fn, optimizer, self.precision,
                                                                  with_outputs, self.eager, accumulate=self.accumulate)
@@ -253,9 +359,14 @@ def train_step(model, loss_fn, optimizer, *, eager: bool = False, precision=None
     (``CheckpointStateError`` naming both), so a resumed run equals the uninterrupted one.
     ``precision``: "32" (the default), "bf16-mixed" or "16-mixed" (a ``ud.Precision`` for loss-scaling
     settings): float32 weights, bfloat16/float16 compute, loss scaling for float16 (``unidl.precision``);
-    ``step.loss_scale`` is the scale in force. With ``accumulate`` too, as ``torch.amp.GradScaler`` with
-    accumulation: the scaled gradients add up over the window, and its N-th call makes the window's one
-    non-finite check (an overflow skips the whole update), clips, updates and moves the scale once.
+    ``step.loss_scale`` is the scale in force. The float16 loss scale is optimizer state too:
+    ``optimizer.state_dict()`` and checkpoints keep its scale and growth tracker (``"loss_scaler"``), a resumed
+    float16 step goes on from them instead of ``init_scale`` (one loaded before the step is built waits for it;
+    a step without loss scaling keeps it untouched and saves it again), a malformed one or a tracker not below
+    this step's ``growth_interval`` is a ``CheckpointStateError`` before anything changes. With ``accumulate``
+    too, as ``torch.amp.GradScaler`` with accumulation: the scaled gradients add up over the window, and its
+    N-th call makes the window's one non-finite check (an overflow skips the whole update), clips, updates and
+    moves the scale once.
 
     ``x`` and ``y`` may be NumPy arrays or the backend's own tensors; ``float(loss)`` works.
     On torch the step is eager; on tensorflow it is one ``tf.function`` graph (forward,

@@ -261,8 +261,9 @@ class Backend(abc.ABC):
         gradients of ``loss / N`` are summed, and the N-th call makes the one non-finite check of the window
         (its loss values and the summed gradients; an overflow skips the whole update and empties the window),
         clips, updates and moves the loss scale once; its window is registered with ``unidl.training.attach_window``
-        (sums divided by the scale in force). The step also has ``loss_scale() -> float`` (1.0 without
-        scaling). Each backend implements it in its ``precision.py``; the default refuses, naming the backend."""
+        (sums divided by the scale in force). The loss scale is registered with ``unidl.training.attach_scaler``
+        (a ``LossScaler``: checkpointed optimizer state) as the step is built. The step also has ``loss_scale() ->
+        float`` (1.0 without scaling). Each backend implements it in its ``precision.py``; the default refuses, naming the backend."""
         raise NotImplementedError(f"precision={precision.name!r} is not available on the {self.name} backend; "
                                   f"use precision='32'")
 

@@ -293,8 +293,11 @@ class Optimizer:
         from those it was built with).
         Taken in the middle of a ``train_step(accumulate=N)`` window, ``"accumulation"`` too: the micro-steps'
         summed gradients and count (``unidl.training.AccumulationWindow``), so that a resumed run goes on with it.
+        With a float16 train step (``precision="16-mixed"``), ``"loss_scaler": {"scale": float, "growth_tracker":
+        int}`` too: its dynamic loss scale (``unidl.training.LossScaler``), so that a resumed run does not restart
+        at ``init_scale``.
         """
-        from unidl.training import window_state
+        from unidl.training import scaler_state, window_state
 
         step, slots = self._backend.optimizer_state(self)
         state = {"class": type(self).__name__, "lr": self._lr, "step": int(step), "hyper": dict(self.hyper),
@@ -305,6 +308,9 @@ class Optimizer:
         window = window_state(self)
         if window is not None:
             state["accumulation"] = window
+        scaler = scaler_state(self)
+        if scaler is not None:
+            state["loss_scaler"] = scaler
         return state
 
     def check_state_dict(self, state) -> None:
@@ -353,9 +359,10 @@ class Optimizer:
                 if np.asarray(value).dtype.kind not in "fiu":
                     raise CheckpointStateError(f"{owner} slot {name!r} of parameter {index}: expected numbers, "
                                                f"found dtype {np.asarray(value).dtype}")
-        from unidl.training import check_window_state
+        from unidl.training import check_scaler_state, check_window_state
 
         check_window_state(self, state.get("accumulation"))  # a part-full window: the same accumulate
+        check_scaler_state(self, state.get("loss_scaler"))  # a float16 step's scale: below its growth_interval
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a ``state_dict()`` written by this optimizer class on any backend (checked first:
@@ -363,9 +370,10 @@ class Optimizer:
         self.check_state_dict(state)
         slots = state["slots"]
         self._backend.load_optimizer_state(self, int(state["step"]), slots)
-        from unidl.training import load_window_state
+        from unidl.training import load_scaler_state, load_window_state
 
         load_window_state(self, state.get("accumulation"))  # none: a window in progress is emptied
+        load_scaler_state(self, state.get("loss_scaler"))  # none: a float16 step's scale back to init_scale
         if "param_groups" in state:
             for index, group in enumerate(state["param_groups"]):
                 self.set_group_lr(index, float(group["lr"]))

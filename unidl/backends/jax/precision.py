@@ -34,6 +34,19 @@ class LossScale:
         self.scale.value = jnp.where(when, new_scale, scale)
         self.good_steps.value = jnp.where(when, jnp.where(grow, 0, good), self.good_steps.value)
 
+    def checkpointed(self):
+        """This scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state)."""
+        import numpy as np
+
+        from unidl.training import LossScaler
+
+        def write(scale, good_steps):
+            self.scale.value = jnp.asarray(scale, self.scale.value.dtype)
+            self.good_steps.value = jnp.asarray(good_steps, self.good_steps.value.dtype)
+
+        return LossScaler(self.precision, lambda: (np.asarray(self.scale.value), np.asarray(self.good_steps.value)),
+                          write)
+
 
 class Window:
     """What gradient accumulation keeps between micro-steps (``accumulate`` N > 1): the sum of the micro-steps'
@@ -110,6 +123,10 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         from unidl.training import attach_window
 
         attach_window(optimizer, accumulate, window.checkpointed(scaler))
+    if scaler is not None:
+        from unidl.training import attach_scaler
+
+        attach_scaler(optimizer, scaler.checkpointed())
     name = f"train_step of {type(model).__name__}"
 
     def step(x, y, *inputs):

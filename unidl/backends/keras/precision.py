@@ -128,6 +128,9 @@ def keras_optimizer(optimizer, precision, accumulate=1):
             scaler.build(optimizer.params)  # its scale now, eagerly: never created inside a graph being traced
         scaler.unidl_precision = precision
         object.__setattr__(optimizer, "_keras_loss_scaler", scaler)
+    from unidl.training import attach_scaler
+
+    attach_scaler(optimizer, checkpointed_scale(scaler, precision))  # the scale is checkpointed optimizer state
     # the window is the scaler's (its sum checked once per update); the wrapped optimizer updates at every call
     optimizer.native.prepare_accumulation(1)
     scaler.prepare_window(accumulate, optimizer.params)
@@ -136,6 +139,21 @@ def keras_optimizer(optimizer, precision, accumulate=1):
 
         scaler_window(scaler, optimizer, accumulate)
     return scaler
+
+
+def checkpointed_scale(scaler, precision):
+    """Keras's ``dynamic_scale`` and ``step_counter`` (finite steps in a row since the scale moved: GradScaler's
+    growth tracker) as a ``unidl.training.LossScaler``."""
+    from unidl.training import LossScaler
+
+    def read():
+        return (keras.ops.convert_to_numpy(scaler.dynamic_scale), keras.ops.convert_to_numpy(scaler.step_counter))
+
+    def write(scale, growth_tracker):
+        scaler.dynamic_scale.assign(scale)
+        scaler.step_counter.assign(growth_tracker)
+
+    return LossScaler(precision, read, write)
 
 
 def loss_scale(optimizer) -> float:

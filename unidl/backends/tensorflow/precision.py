@@ -39,6 +39,16 @@ class LossScale(tf.Module):
                                    self.scale * BACKOFF_FACTOR))
         self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
 
+    def checkpointed(self):
+        """This scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state)."""
+        from unidl.training import LossScaler
+
+        def write(scale, good_steps):
+            self.scale.assign(scale)
+            self.good_steps.assign(good_steps)
+
+        return LossScaler(self.precision, lambda: (self.scale.numpy(), self.good_steps.numpy()), write)
+
 
 class Window(tf.Module):
     """What gradient accumulation keeps between micro-steps (``accumulate`` N > 1): the sum of the micro-steps'
@@ -117,6 +127,10 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         from unidl.training import attach_window
 
         attach_window(optimizer, accumulate, window.checkpointed(scaler))
+    if scaler is not None:
+        from unidl.training import attach_scaler
+
+        attach_scaler(optimizer, scaler.checkpointed())
 
     def update(grads, loss):
         """The guarded update from (scaled) gradients: unscaled, one overflow check moving the scale, then the

@@ -37,6 +37,15 @@ class LossScale:
             self.scale *= GROWTH_FACTOR
             self.good_steps = 0
 
+    def checkpointed(self):
+        """This scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state)."""
+        from unidl.training import LossScaler
+
+        def write(scale, good_steps):
+            self.scale, self.good_steps = scale, good_steps
+
+        return LossScaler(self.precision, lambda: (self.scale, self.good_steps), write)
+
 
 def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accumulate=1):
     """``Backend.mixed_precision_train_step`` of the torch backend (always eager). With ``accumulate`` N > 1,
@@ -50,6 +59,10 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
     scaler = LossScale(precision) if precision.scales_loss else None
     forward = data_parallel(model)  # in a process group: DDP averages the gradients (overflow seen by every rank)
     window = []  # the losses of the micro-steps accumulated in .grad so far
+    if scaler is not None:  # the scale is the optimizer's checkpointed state (unidl.training.LossScaler)
+        from unidl.training import attach_scaler
+
+        attach_scaler(optimizer, scaler.checkpointed())
     if accumulate > 1:
         from unidl.training import attach_window
 
