@@ -105,17 +105,11 @@ class Trainer:
         self.end_epoch = self.end_epoch or after_batch
 
 
-def in_data_parallel_job() -> bool:
-    """True while this process trains with others (a process group with an engine)."""
-    group = process_group.current()
-    return group is not None and group.engine is not None
-
-
 def job_totals(values, carried=None) -> list:
     """An epoch loop's running totals ``values`` (nested lists or arrays) as float64 arrays, summed over the ranks
     of a data-parallel job (one all-reduce, exact for counts), plus ``carried`` (arrays of the same shapes)."""
     arrays = [np.asarray(value, dtype=np.float64) for value in values]
-    if in_data_parallel_job():
+    if process_group.sharding() is not None:  # a data-parallel job
         flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
         flat = np.asarray(process_group.sum_over_ranks(*flat.tolist()), dtype=np.float64)
         arrays, position = [], 0
@@ -411,7 +405,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         # every loop (unidl's, a framework's trainer, any backend's), so the loop goes on from them, or in a
         # data-parallel job (the job's totals) each rank starts from zero and they are added once at the end
         values = (carried.get("totals") or {}).get("values")
-        group = in_data_parallel_job()
+        group = process_group.sharding() is not None  # a data-parallel job
         loop_totals = values if values is not None and not group else None
         trainer.carried_totals = ([np.asarray(v, dtype=np.float64) for v in values]
                                   if values is not None and group else None)

@@ -27,48 +27,39 @@ class PoisonedLoss(ud.nn.Module):
         return loss + ud.tensor(float("inf")) if self.poisoned else loss
 
 
-def guarded_steps(precision, dtype):
-    """Three steps of the two-layer net on this rank's own batch; at the second, rank 1's loss is infinite
-    (a constant added to it: the gradients stay finite). The weights after each step, and each step's flag."""
+def _poisoned_run(dtype, calls, poisoned_call, precision=None, accumulate=1):
+    """``calls`` steps (micro-steps with ``accumulate``) of the two-layer net on this rank's own batch, rank 1's
+    loss made infinite at call ``poisoned_call`` (a constant added to it: the gradients stay finite). The starting
+    weights, the weights after each call, each call's flag and the optimizer's update count."""
     rank = ud.distributed.rank()
     with ud.use_dtype(dtype):
         ud.manual_seed(1)
         rng = np.random.default_rng(10 + rank)  # a batch of this rank's own
         x, y = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
         model = ud.models.TwoLayerNet(5, 7, 3)
-        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        loss_fn = PoisonedLoss()
-        step = ud.train_step(model, loss_fn, optimizer, precision=precision, check_finite=False)
-        weights, finite = [], []
-        for index in range(3):
-            loss_fn.poisoned = index == 1 and rank == 1
-            step(x, y)
-            finite.append(optimizer.last_step_finite)
-            weights.append({k: ud.to_numpy(v) for k, v in model.state_dict().items()})
-        return {"weights": weights, "finite": finite, "updates": optimizer.state_dict()["step"]}
-
-
-def guarded_window():
-    """Two windows of ``accumulate=2`` (4 micro-steps, the first of each under DDP's ``no_sync``); rank 1's loss is
-    infinite at the first micro-step only, with finite gradients: a micro-step that does not all-reduce. Each
-    micro-step's flag, and the weights after the first window."""
-    rank = ud.distributed.rank()
-    with ud.use_dtype("float64"):
-        ud.manual_seed(1)
-        rng = np.random.default_rng(10 + rank)
-        x, y = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
-        model = ud.models.TwoLayerNet(5, 7, 3)
         start = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
         optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         loss_fn = PoisonedLoss()
-        step = ud.train_step(model, loss_fn, optimizer, check_finite=False, accumulate=2)
-        finite, weights = [], []
-        for index in range(4):
-            loss_fn.poisoned = index == 0 and rank == 1
+        step = ud.train_step(model, loss_fn, optimizer, precision=precision, check_finite=False,
+                             accumulate=accumulate)
+        weights, finite = [], []
+        for index in range(calls):
+            loss_fn.poisoned = index == poisoned_call and rank == 1
             step(x, y)
             finite.append(optimizer.last_step_finite)
             weights.append({k: ud.to_numpy(v) for k, v in model.state_dict().items()})
         return {"start": start, "weights": weights, "finite": finite, "updates": optimizer.state_dict()["step"]}
+
+
+def guarded_steps(precision, dtype):
+    """Three steps; at the second, rank 1's loss is infinite."""
+    return _poisoned_run(dtype, 3, 1, precision=precision)
+
+
+def guarded_window():
+    """Two windows of ``accumulate=2`` (4 micro-steps, the first of each under DDP's ``no_sync``); rank 1's loss is
+    infinite at the first micro-step only, with finite gradients: a micro-step that does not all-reduce."""
+    return _poisoned_run("float64", 4, 0, accumulate=2)
 
 
 def guard_job():

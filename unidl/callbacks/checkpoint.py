@@ -6,6 +6,7 @@ from __future__ import annotations
 import numbers
 
 from unidl.callbacks.callback import Callback
+from unidl.distributed import process_group
 
 
 class _LoaderPosition:
@@ -49,7 +50,7 @@ def epoch_progress(trainer, logs) -> dict | None:
     numeric = {key: float(value) for key, value in logs.items()
                if isinstance(value, numbers.Real) and not isinstance(value, bool)}
     # joined: the loop's logs are not the job's whole epoch (part of it is added at the epoch's end)
-    joined = (getattr(trainer, "carried_totals", None) is not None or _in_data_parallel_job()
+    joined = (getattr(trainer, "carried_totals", None) is not None or process_group.sharding() is not None
               or (resumed and carried.get("totals") is None))
     continued = resumed and not joined  # the loop went on from the checkpoint's totals: its logs cover the epoch
     sums = {} if continued else dict(carried["sums"])
@@ -63,12 +64,6 @@ def epoch_progress(trainer, logs) -> dict | None:
         if not joined:
             progress["logs"] = numeric
     return progress
-
-
-def _in_data_parallel_job() -> bool:
-    from unidl.fit import in_data_parallel_job
-
-    return in_data_parallel_job()
 
 
 def _weights_finite(model) -> bool:
