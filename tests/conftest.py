@@ -1,9 +1,17 @@
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# JAX's persistent compilation cache, shared by the workers and the subprocesses of one run (set before JAX is
+# imported): many tests compile the same step (the digits CNN, the two-layer net on the same shapes), and XLA's
+# CPU compiler takes seconds for each. A cache entry is the executable XLA built for the same program, options
+# and JAX version, so results are those of a compile; a quarter of the JAX tests' time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"unidl-tests-jax-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 pytest_plugins = ["unidl.testing.pytest_plugin"]
 

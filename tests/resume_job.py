@@ -1,4 +1,5 @@
-"""A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``.
+"""A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``
+(or ``BACKEND DIR OUT --then DIR2 OUT2``: the resume, then the same job from scratch in DIR2, in one interpreter).
 
 Trains the CNN (with dropout on its logits) on digits with ``ud.fit``, a StepLR schedule and a step-wise ``Checkpoint``; with KILL_AT it kills itself
 with SIGKILL right after that global step (mid-epoch), without any chance to clean up. Run again
@@ -43,4 +44,8 @@ def main(backend, directory, out, kill_at=None):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(args[0], args[1], args[2], int(args[3]) if len(args) > 3 else None)
+    if len(args) == 6 and args[3] == "--then":  # the resume, then an uninterrupted run from scratch (one interpreter)
+        main(args[0], args[1], args[2])
+        main(args[0], args[4], args[5])
+    else:
+        main(args[0], args[1], args[2], int(args[3]) if len(args) > 3 else None)

@@ -72,13 +72,15 @@ KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_loss
              "m = ud.models.CNN(1, 10, 8)\n"
              "ud.fit(m, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(m.parameters(), lr=3e-3),"
              " epochs=12, batch_size=64, verbose=0)\n"
-             "import keras\nprint(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy']]))")
+             "import keras\nfrom tests.callbacks.test_tensorboard import cnn_graph\n"
+             "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph()]))")
 
 
 @functools.cache
 def _keras_on(framework: str):
-    """``[two-layer losses, the framework Keras ran on, the digits CNN's test accuracy after ud.fit]`` from an
-    interpreter whose Keras runs on ``framework``."""
+    """``[two-layer losses, the framework Keras ran on, the digits CNN's test accuracy after ud.fit, a small CNN's
+    model graph (tests/callbacks/test_tensorboard.py's cnn_graph)]`` from an interpreter whose Keras runs on
+    ``framework``."""
     return last_json_line(run_python(KERAS_RUN, env={"KERAS_BACKEND": framework}).stdout)
 
 
@@ -86,7 +88,7 @@ def _keras_on(framework: str):
 def test_keras_on_another_framework_agrees_with_that_backend(framework):
     from unidl.compare import two_layer_losses
 
-    keras_run, used, _ = _keras_on(framework)
+    keras_run, used, _, _ = _keras_on(framework)
     assert used == framework
     host_run = two_layer_losses(framework, **TWO_LAYER)  # here: another process than Keras's
     assert max_relative_difference(keras_run, host_run) < 1e-5
@@ -95,5 +97,17 @@ def test_keras_on_another_framework_agrees_with_that_backend(framework):
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_keras_on_another_framework_fit_reaches_accuracy(framework):
-    _, used, accuracy = _keras_on(framework)
+    _, used, accuracy, _ = _keras_on(framework)
     assert used == framework and accuracy >= 0.95
+
+
+@pytest.mark.parametrize("framework, convolution, dot", [("torch", "aten::_convolution", "aten::matmul"),
+                                                         ("jax", "conv_general_dilated", "dot_general")])
+def test_keras_on_another_framework_gives_the_model_graph(framework, convolution, dot):
+    """TensorBoard's model graph on Keras-on-torch (the torch writer traces the forward over the Keras variables'
+    values) and Keras-on-JAX (their jaxpr), with the state under its ``state_dict()`` names."""
+    from tests.callbacks.test_tensorboard import assert_cnn_graph
+
+    _, used, _, graph = _keras_on(framework)
+    assert used == framework
+    assert_cnn_graph(graph, convolution, dot)

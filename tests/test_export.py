@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -124,6 +125,42 @@ def test_exported_program_runs_without_unidl(exports, format, tmp_path):
                 assert output.shape == expected.shape, item["name"]
                 difference = max_relative_difference(output, expected)
                 assert difference <= TOLERANCE, f"{item['name']} batch {BATCH_SIZES[index]}: {difference:.2e}"
+
+
+#: the package each backend's ONNX exporter needs beyond onnx itself
+ONNX_CONVERTERS = {"torch": "onnxscript", "jax": "jax2onnx"}
+
+
+@pytest.mark.parametrize("backend_name", [name for name in backends_under_test() if name in ONNX_CONVERTERS])
+def test_missing_onnx_converter_names_the_extra(backend_name, monkeypatch, tmp_path):
+    converter = ONNX_CONVERTERS[backend_name]
+    for name in [m for m in sys.modules if m == converter or m.startswith(converter + ".")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, converter, None)
+    with ud.use_backend(backend_name):
+        model = ud.models.TwoLayerNet(4, 3, 2)
+        with pytest.raises(ImportError, match=rf"{converter}.*pip install 'unidl\[onnx\]'"):
+            ud.export(model, tmp_path / "net.onnx", format="onnx")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif("jax" not in backends_under_test(), reason="the jax backend is not under test")
+def test_jax_onnx_pools_keep_padding_and_strides(tmp_path):
+    """jax2onnx writes unidl's NCHW pools as pools over four axes, which onnxruntime refuses; unidl's exporter
+    pools over height and width instead (unidl/backends/jax/export.py). A padded, strided, non-square window on
+    inputs of either sign shows that the padding (with -inf, not 0) and the per-axis sizes survive the rewrite."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    with ud.use_backend("jax"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.MaxPool2d((3, 2), stride=(2, 1), padding=(1, 0)), ud.nn.Conv2d(1, 2, 3),
+                                 ud.nn.MaxPool2d(2), ud.nn.Flatten()).eval()
+        ud.export(model, tmp_path / "pools.onnx", format="onnx", input_shape=(1, 9, 8))
+        x = np.random.default_rng(0).standard_normal((3, 1, 9, 8)).astype(np.float32)
+        expected = ud.to_numpy(model(ud.tensor(x)))
+    session = onnxruntime.InferenceSession(str(tmp_path / "pools.onnx"), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"x": x})
+    assert output.shape == expected.shape == (3, 4)
+    assert max_relative_difference(output, expected) <= TOLERANCE
 
 
 def test_every_backend_exports_something():

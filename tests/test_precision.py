@@ -67,11 +67,12 @@ def test_fp16_loss_scaling_skips_an_overflowing_step(backend, rng):
     assert step.loss_scale == 2.0 ** 15  # and the scale halved
 
     step = ud.train_step(model, ScaledMSE(1.0), optimizer, precision=precision)
+    assert step.loss_scale == 2.0 ** 15  # the optimizer's one scale, halved by the other step
     step(x, y)
     trained = model.state_dict()
     assert not all(np.array_equal(after[k], trained[k]) for k in after)  # a finite step updates
     step(x, y)
-    assert step.loss_scale >= 2.0 ** 16  # two finite steps in a row (growth_interval=2) doubled the scale
+    assert step.loss_scale == 2.0 ** 16  # two finite steps in a row (growth_interval=2) doubled the scale
 
 
 def test_fit_in_fp16_goes_on_past_steps_the_loss_scaler_skips(backend, rng):
@@ -166,7 +167,8 @@ def test_fp16_accumulation_checks_and_scales_once_per_update(backend, rng):
     batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)]
     expected = _torch_autocast_loop(after, batches, accumulate=2, dtype="float16")
     step = ud.train_step(model, ScaledMSE(1.0), optimizer, precision=precision, accumulate=2)
-    scale = step.loss_scale  # (a new step's, or on keras the optimizer's loss scaler's)
+    scale = step.loss_scale
+    assert scale == 2.0 ** 15  # the optimizer's one scale, halved by the other step's window
     for i, (xb, yb) in enumerate(batches):  # two finite windows: two updates
         step(xb, yb)
         assert step.loss_scale == (scale if i < 3 else 2 * scale)  # growth_interval=2 counts updates
@@ -303,3 +305,39 @@ def test_a_bad_loss_scaler_state_is_refused_before_anything_changes(backend, rng
                resume_from=path, precision=ud.Precision("16-mixed", growth_interval=1))
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(ud.to_numpy(value), weights[name], err_msg=name)
+
+
+def test_float16_steps_of_one_optimizer_share_its_loss_scale(backend, rng):
+    """The loss scale is the optimizer's, one per optimizer as one ``torch.amp.GradScaler`` in a torch loop: two
+    float16 train steps built for it (other batch sizes) and ``fit`` move the same scale, so an overflow in one
+    halves the scale the others use next and finite updates in any of them count towards its doubling; its
+    ``state_dict`` saves that one scale, and a loaded one reaches every step. Another step with other
+    loss-scaling settings is a ``LossScaleMismatchError`` naming both, before anything changes."""
+    x, y = _regression(rng)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    precision = ud.Precision("16-mixed", growth_interval=2)
+    small = ud.train_step(model, ScaledMSE(1.0), optimizer, precision=precision)
+    large = ud.train_step(model, ScaledMSE(1.0), optimizer, precision=precision)  # built last: no owner of its own
+    small(x[:4], y[:4] * 1e3)  # its scaled float16 gradients overflow: skipped, the scale halved
+    assert small.loss_scale == large.loss_scale == 2.0 ** 15
+    assert optimizer.state_dict()["loss_scaler"] == {"scale": 2.0 ** 15, "growth_tracker": 0}
+    large(x[:8], y[:8])  # one finite update: the tracker counts it
+    assert optimizer.state_dict()["loss_scaler"] == {"scale": 2.0 ** 15, "growth_tracker": 1}
+    ud.fit(model, (x, y), loss=ScaledMSE(1.0), optimizer=optimizer, batch_size=16, epochs=1, verbose=0,
+           precision=precision)  # the second finite update in a row: growth_interval=2 doubles the scale
+    assert small.loss_scale == large.loss_scale == 2.0 ** 16
+    assert optimizer.state_dict()["loss_scaler"] == {"scale": 2.0 ** 16, "growth_tracker": 0}
+    optimizer.load_state_dict(dict(optimizer.state_dict(), loss_scaler={"scale": 8.0, "growth_tracker": 1}))
+    assert small.loss_scale == large.loss_scale == 8.0
+
+    weights = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+    with pytest.raises(ud.errors.LossScaleMismatchError, match=r"growth_interval=2\b.*growth_interval=3\b"):
+        ud.train_step(model, ScaledMSE(1.0), optimizer, precision=ud.Precision("16-mixed", growth_interval=3))
+    with pytest.raises(ud.errors.LossScaleMismatchError, match=r"init_scale=65536\.0.*init_scale=1024\.0"):
+        ud.fit(model, (x, y), loss=ScaledMSE(1.0), optimizer=optimizer, batch_size=16, epochs=1, verbose=0,
+               precision=ud.Precision("16-mixed", init_scale=2 ** 10, growth_interval=2))
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(ud.to_numpy(value), weights[name], err_msg=name)
+    assert optimizer.state_dict()["loss_scaler"] == {"scale": 8.0, "growth_tracker": 1}
+    assert ud.train_step(model, ud.nn.MSELoss(), optimizer, precision="bf16-mixed")  # no loss scale: no conflict

@@ -82,3 +82,32 @@ def test_setting_a_submodule_training_flag_directly_is_followed(backend):
     before = model.state_dict()["bn.running_var"].copy()
     step(X, Y)
     assert np.array_equal(model.state_dict()["bn.running_var"], before)
+
+
+class _PenalisedMSE(ud.nn.Module):
+    """A loss module with a mode of its own: MSE, plus an output penalty in training mode only."""
+
+    def forward(self, outputs, targets):
+        loss = ud.ops.mean((outputs - targets) * (outputs - targets))
+        return loss + 0.5 * ud.ops.mean(outputs * outputs) if self.training else loss
+
+
+def test_a_train_step_follows_the_mode_of_a_loss_module_outside_the_model(backend):
+    """A compiled step keys its graphs on the modes of its model's modules and also on those of the modules its
+    trace reaches outside the model (the loss module here): ``loss.eval()`` between steps drops the penalty, as
+    torch's eager step does, with one more trace, and ``loss.train()`` brings it back."""
+    model, loss = Net(), _PenalisedMSE()
+    step = ud.train_step(model, loss, ud.optim.SGD(model.parameters(), lr=0.0))  # lr 0: the weights stay
+    eager = {}
+    for mode in (True, False):
+        loss.train(mode)
+        eager[mode] = float(loss(model(ud.tensor(X)), ud.tensor(Y)))
+    assert eager[True] > eager[False] + 1e-3
+    traces = []
+    for mode in (True, False, True):
+        loss.train(mode)
+        assert abs(float(step(X, Y)) - eager[mode]) < 1e-5 * eager[mode], (mode, eager)
+        traces.append(step.trace_count)
+    # one trace per new mode; Keras's trainer compiles for one set of modes, so it compiles again when one comes
+    # back; None where the step runs eagerly (torch)
+    assert traces in ([1, 2, 2], [1, 2, 3], [None] * 3), traces

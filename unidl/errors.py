@@ -112,6 +112,11 @@ class ResumeMismatchError(UnidlError, ValueError):
     """A run resumed from a checkpoint with a different loss, model or optimizer class than it was saved with."""
 
 
+class LossScaleMismatchError(UnidlError, ValueError):
+    """A float16 train step whose loss-scaling settings differ from those of the loss scale its optimizer already
+    has (unidl keeps one loss scale per optimizer, as a torch loop keeps one ``GradScaler``)."""
+
+
 class CheckpointStateError(StateDictError, ValueError):
     """Optimizer, loader, scheduler or callback state in a checkpoint that does not fit the object given."""
 

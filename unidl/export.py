@@ -111,10 +111,13 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False) 
 
     Formats (each backend writes some; an unsupported one raises ``ExportFormatError`` listing them):
 
-    - ``'saved_model'`` (tensorflow, keras): a SavedModel directory; ``tf.saved_model.load(path)``
-      gives ``loaded.serve(x)`` and ``loaded.signatures['serving_default']``.
+    - ``'saved_model'`` (tensorflow, keras; jax where TensorFlow is installed): a SavedModel directory;
+      ``tf.saved_model.load(path)`` gives ``loaded.serve(x)`` and ``loaded.signatures['serving_default']``.
     - ``'torch_export'`` (torch): a ``.pt2`` file of ``torch.export``; ``torch.export.load(path).module()(x)``.
-    - ``'onnx'`` (torch): an ONNX file with input ``'x'`` and output ``'y'`` (needs onnx and onnxscript).
+    - ``'onnx'`` (torch, jax): an ONNX file with input ``'x'`` and output ``'y'``, the weights inside; needs
+      ``pip install 'unidl[onnx]'`` (torch: onnx and onnxscript; jax: jax2onnx). A float64 model gives a
+      ``tensor(double)`` program; onnxruntime's CPU provider has no float64 ``Conv`` kernel, so it runs such a
+      program only where it holds no convolution.
     - ``'stablehlo'`` (jax): a serialized ``jax.export.Exported``, StableHLO with the weights inside, lowered for
       CPU and CUDA; ``jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x)``.
 

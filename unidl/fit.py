@@ -23,7 +23,8 @@ from unidl.nn.loss import CrossEntropyLoss, float_labels_message
 from unidl.metrics.probe import accumulator_for, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
-from unidl.training import TrainStep, check_accumulate, check_same_backend, expect_accumulate, expect_precision
+from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_same_backend,
+                            expect_accumulate, expect_precision)
 from unidl.precision import precision_policy
 
 class History:
@@ -310,6 +311,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     optimizer = fit_options.resolve_optimizer(optimizer, model)
     backend = check_same_backend(model, loss, optimizer)
     precision = precision_policy(precision)
+    check_loss_scale_settings(optimizer, precision)  # the optimizer's one float16 loss scale, before any change
     accumulate = check_accumulate(accumulate)
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")

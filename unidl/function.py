@@ -15,9 +15,10 @@ from unidl import config, devices, tracing
 class Function:
     """A function compiled per backend on its first call there; see ``function``.
 
-    A graph bakes in the ``training`` flag of every module it calls (dropout on or off, batch or running
-    statistics), so there is one compiled function per backend and per mode of the modules its first trace
-    called: ``model.eval()`` after a call in training mode traces again instead of running the training graph."""
+    A graph bakes in the ``training`` flag of every module it calls or whose flag it reads (dropout on or off,
+    batch or running statistics, a branch on the flag), so there is one compiled function per backend and per
+    mode of the modules its traces called or read (``unidl.tracing.recording_module_calls``): ``model.eval()``
+    after a call in training mode traces again instead of running the training graph."""
 
     def __init__(self, fn, jit_compile: bool = False):
         functools.update_wrapper(self, fn)
@@ -71,10 +72,10 @@ def function(fn=None, *, jit_compile: bool = False):
     batch size or sequence length never retraces; a new input rank or dtype traces again
     with a ``RetraceWarning``. Python code a graph cannot express (``float(t)``, an explicit
     ``bool(t)``) raises ``GraphConstructError`` naming the construct. ``trace_count`` tells how
-    many graphs were traced (None on eager backends). The modules it calls keep their mode: after
-    ``model.eval()`` (or ``train()``) a call traces again, once per mode, instead of reusing a graph that
-    baked in the other one (dropout, batch statistics); a mode read without calling the module
-    (``ops.dropout(x, p, training=model.training)``) is not seen, so call the module.
+    many graphs were traced (None on eager backends). The modules it calls, and those whose ``training`` flag
+    it reads without calling them (``ops.dropout(x, p, training=model.training)``, ``if self.head.training:``),
+    keep their mode: after ``model.eval()`` (or ``train()``) a call traces again, once per new combination of
+    modes, instead of reusing a graph that baked in the other one (dropout, batch statistics, the branch taken).
 
     Example::
 

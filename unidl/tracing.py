@@ -19,6 +19,10 @@ from unidl.errors import RetraceWarning
 
 _called_modules: contextvars.ContextVar = contextvars.ContextVar("unidl_called_modules", default=None)
 
+#: the dict of the innermost ``recording_module_calls`` block running here, or None outside one: the getter of
+#: ``Module.training`` notes its module there itself (a bound method: the getter runs at every read of a flag)
+current_recording = _called_modules.get
+
 
 def module_called(module) -> None:
     """``Module.__call__``'s note to the ``recording_module_calls`` block it runs in, if any."""
@@ -28,9 +32,11 @@ def module_called(module) -> None:
 
 
 class recording_module_calls:  # noqa: N801  (used as a context manager, like contextlib's)
-    """Collect the modules called in the block (id -> module, in call order), nested blocks included: a
-    graph bakes in each one's Python-level ``training`` flag, so ``ud.function`` keys its graphs on them.
-    A class rather than a generator: ``ud.function`` enters it at every call, and this costs a third as much."""
+    """Collect the modules called in the block, and those whose ``training`` flag it reads without calling them
+    (``ops.dropout(x, p, training=model.training)``, ``if self.head.training:``), as id -> module in the order
+    first met, nested blocks included: a graph bakes in each one's Python-level flag, so ``ud.function`` keys its
+    graphs on them. A class rather than a generator: ``ud.function`` enters it at every call, and this costs a
+    third as much."""
 
     __slots__ = ("called", "_outer", "_token")
 
@@ -45,6 +51,34 @@ class recording_module_calls:  # noqa: N801  (used as a context manager, like co
         if self._outer is not None:
             for key, module in self.called.items():
                 self._outer.setdefault(key, module)
+
+
+class ModesReached:
+    """The modules a compiled step's traces reach (called, or their ``training`` flag read) beyond those its key
+    already holds (``keyed()``: its model's modules): a loss module, a second model called in the loss. A graph
+    bakes in their flags as well, so the step keys on ``key()`` too: their flags, a tuple of a bool or two for
+    most steps (a cheap read at every call). ``traced(fn)`` is ``fn`` noting what each of its runs reaches (a graph runs it
+    only while being traced); a run that reached new modules changes ``len(modules)``, and the caller files the
+    graph just traced under the longer key."""
+
+    __slots__ = ("modules", "_keyed")
+
+    def __init__(self, keyed):
+        self.modules: tuple = ()
+        self._keyed = keyed
+
+    def key(self) -> tuple:
+        return tuple(module.training for module in self.modules) if self.modules else ()
+
+    def traced(self, fn):
+        def run(*args):
+            with recording_module_calls() as reached:
+                result = fn(*args)
+            known = {id(module) for module in (*self._keyed(), *self.modules)}
+            self.modules += tuple(module for key, module in reached.items() if key not in known)
+            return result
+
+        return run
 
 
 def _states():

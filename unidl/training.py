@@ -49,7 +49,8 @@ class AccumulationWindow:
     gradients, ``gradients``: the sum of their gradients of ``loss / N``, unscaled, one per parameter in
     ``optimizer.params`` order (zeros where none was accumulated). A backend builds it from ``read() ->
     (micro_steps, finite, gradients)`` and ``write(micro_steps, finite, gradients)`` over its own storage
-    (``.grad``, variables), and registers it with ``attach_window`` when it creates that storage."""
+    (``.grad``; variables: ``variable_window``), and registers it with ``attach_window`` when it creates that
+    storage."""
 
     def __init__(self, accumulate: int, read, write):
         self.accumulate, self._read, self._write = accumulate, read, write
@@ -72,13 +73,173 @@ class AccumulationWindow:
             self._write(int(state["micro_steps"]), bool(state["finite"]), state["gradients"])
 
 
-_WINDOW, _PENDING, _STEP_ACCUMULATE = "_accumulation_window", "_pending_accumulation_window", "_train_step_accumulate"
+def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_write=None,
+                    scale=None) -> AccumulationWindow:
+    """The ``AccumulationWindow`` over a window a backend keeps in variables (the optimizer's own, or a mixed
+    precision step's), whatever the framework: what differs is ``to_numpy(variable)`` (its value as a NumPy
+    array) and ``assign(variable, array)`` (an array of the variable's dtype and shape).
+
+    ``sums``: one variable per parameter, the micro-steps' gradients of ``loss / N`` summed (times the loss
+    scale ``scale()`` in force where the step scales them: unscaled on reading, scaled on writing, exactly for
+    a power of two). ``count``: the micro-steps run. ``finite``: where the window's finite flag is kept: a
+    boolean variable; the window's N losses (finite when its first ``count`` are; a non-finite window is
+    written as a NaN first loss); or None where the sums carry it (a step that checks only the sums at the
+    update: a non-finite window is written as a NaN in its first sum). ``on_write(micro_steps)`` is told of
+    each write."""
+    import numpy as np
+
+    def read():
+        micro_steps = int(to_numpy(count))
+        stored = [np.array(to_numpy(total)) for total in sums]
+        if finite is None:
+            is_finite = all(np.isfinite(s).all() for s in stored)
+        else:
+            flag = to_numpy(finite)
+            is_finite = bool(np.isfinite(flag[:micro_steps]).all()) if np.ndim(flag) else bool(flag)
+        if scale is not None:
+            stored = [s / np.asarray(scale(), s.dtype) for s in stored]
+        return micro_steps, is_finite, stored
+
+    def write(micro_steps, is_finite, gradients):
+        assign(count, np.asarray(micro_steps, np.asarray(to_numpy(count)).dtype))
+        if finite is not None:
+            flag = np.asarray(to_numpy(finite))
+            assign(finite, np.asarray(bool(is_finite)) if not flag.ndim else
+                   np.asarray([0.0 if is_finite or index else np.nan for index in range(accumulate)], flag.dtype))
+        if on_write is not None:
+            on_write(micro_steps)
+        for index, (total, value) in enumerate(zip(sums, gradients if micro_steps else [None] * len(sums))):
+            current = np.asarray(to_numpy(total))
+            if value is None:
+                value = np.zeros_like(current)
+            else:
+                value = np.asarray(value).astype(current.dtype)
+                if scale is not None:
+                    value = value * np.asarray(scale(), current.dtype)
+                if finite is None and not is_finite and index == 0:
+                    value.reshape(-1)[:1] = np.nan
+            assign(total, value)
+
+    return AccumulationWindow(accumulate, read, write)
 
 
-def expect_accumulate(optimizer, accumulate: int) -> None:
-    """Note that ``optimizer`` trains in steps of ``accumulate`` micro-steps (a ``TrainStep``, ``fit``), so that a
-    state loaded before the step builds its window is checked against it at once (``check_window_state``)."""
-    optimizer.__dict__[_STEP_ACCUMULATE] = accumulate
+class LossScaler:
+    """The dynamic loss scale of a float16 train step (``precision="16-mixed"``, ``torch.amp.GradScaler``'s rule)
+    as canonical state for ``optimizer.state_dict()`` and checkpoints, the same on every backend::
+
+        {"scale": float, "growth_tracker": int}
+
+    ``scale``: the scale in force (> 0, finite), ``growth_tracker``: the finite updates in a row since the scale
+    last moved (0 <= it < ``growth_interval``), as GradScaler's own ``state_dict``. A backend builds it from
+    ``read() -> (scale, growth_tracker)`` and ``write(scale, growth_tracker)`` over its own storage
+    (``variable_scaler``); ``loss_scale_storage`` registers it with the optimizer when its first float16 step
+    creates that storage, so that a resumed run goes on with the scale it had instead of restarting at
+    ``init_scale``. ``storage``: the backend's storage it reads and writes (the scale every float16 step of the
+    optimizer moves); ``settings``: the ``Precision`` settings it was created with."""
+
+    def __init__(self, precision, read, write):
+        self.growth_interval, self.init_scale = precision.growth_interval, float(precision.init_scale)
+        self._read, self._write = read, write
+        self.storage = None
+
+    @property
+    def settings(self) -> dict:
+        """The loss-scaling settings of ``Precision`` this scale moves by (the growth and backoff factors are fixed)."""
+        return {"init_scale": self.init_scale, "growth_interval": self.growth_interval}
+
+    def state(self) -> dict:
+        scale, growth_tracker = self._read()
+        return {"scale": float(scale), "growth_tracker": int(growth_tracker)}
+
+    def load(self, state: dict | None) -> None:
+        """Restore ``state`` (checked first by ``check_scaler_state``); None: the scale a new step starts with
+        (a state taken with no float16 step had no scale moved)."""
+        if state is None:
+            self._write(self.init_scale, 0)
+        else:
+            self._write(float(state["scale"]), int(state["growth_tracker"]))
+
+
+def variable_scaler(precision, scale, growth_tracker, to_numpy, assign) -> LossScaler:
+    """The ``LossScaler`` over a loss scale a backend keeps in variables (or attributes), whatever the framework:
+    ``scale`` and ``growth_tracker`` (finite updates in a row), read with ``to_numpy(variable)`` (a NumPy value)
+    and written with ``assign(variable, value)`` (a NumPy value of the variable's dtype)."""
+    import numpy as np
+
+    def write(value, tracker):
+        assign(scale, np.asarray(value, np.asarray(to_numpy(scale)).dtype))
+        assign(growth_tracker, np.asarray(tracker, np.asarray(to_numpy(growth_tracker)).dtype))
+
+    return LossScaler(precision, lambda: (to_numpy(scale), to_numpy(growth_tracker)), write)
+
+
+class StepStorage:
+    """Optimizer state that lives in storage a train step creates as it is built: the accumulation window and
+    the float16 loss scale, one mechanism for both. The step registers a holder of its storage (``attach``: an
+    ``AccumulationWindow``, a ``LossScaler``), through which ``optimizer.state_dict()`` reads the state and
+    ``load_state_dict`` writes it. A state loaded while no holder is registered (a checkpoint loaded before the
+    step is built) waits on the optimizer, and ``state_dict`` saves it again, until a step registers its holder,
+    which takes it (None too: an empty window, the initial scale) after ``check(optimizer, state, setting)``
+    against that step's setting (the holder's attribute ``setting``: ``accumulate``, ``growth_interval``).
+    ``expect`` notes the setting of the step about to be built (``TrainStep``, ``fit``), so that a state loaded
+    before its holder exists is checked against it at once."""
+
+    def __init__(self, name: str, setting: str, check):
+        self.setting, self.check = setting, check
+        self._holder, self._pending, self._expected = f"_{name}", f"_pending_{name}", f"_train_step_{setting}"
+
+    def expect(self, optimizer, setting) -> None:
+        optimizer.__dict__[self._expected] = setting
+
+    def holder(self, optimizer):
+        """The registered holder, or None."""
+        return optimizer.__dict__.get(self._holder)
+
+    def setting_in_force(self, optimizer):
+        """The registered holder's setting, else the expected one (None: neither)."""
+        holder = optimizer.__dict__.get(self._holder)
+        return getattr(holder, self.setting) if holder is not None else optimizer.__dict__.get(self._expected)
+
+    def check_pending(self, optimizer, setting) -> None:
+        """Check the state loaded before any holder (if any) against a step with ``setting``."""
+        self.check(optimizer, optimizer.__dict__.get(self._pending), setting)
+
+    def state(self, optimizer):
+        """The registered holder's state, else the one loaded for a holder to come (None: none)."""
+        holder = optimizer.__dict__.get(self._holder)
+        return holder.state() if holder is not None else optimizer.__dict__.get(self._pending)
+
+    def load(self, optimizer, state) -> None:
+        """Write ``state`` (checked already) into the registered holder, else keep it for the next one."""
+        holder = optimizer.__dict__.get(self._holder)
+        if holder is not None:
+            holder.load(state)
+        else:
+            optimizer.__dict__[self._pending] = state
+
+    def attach(self, optimizer, setting, holder=None) -> None:
+        """Register ``holder`` (None: unregister; the step keeps no such state) for a step with ``setting``,
+        after checking a state loaded before it, which it then takes (a step built again over the same storage,
+        after a mode change, keeps its state)."""
+        loaded = self._pending in optimizer.__dict__
+        self.check_pending(optimizer, setting)
+        pending = optimizer.__dict__.pop(self._pending, None)
+        if holder is None:
+            optimizer.__dict__.pop(self._holder, None)
+            return
+        optimizer.__dict__[self._holder] = holder
+        if loaded:
+            holder.load(pending)
+
+
+def _check_keys(optimizer, name: str, state, keys: set) -> None:
+    """Raise ``CheckpointStateError`` unless ``state`` (the optimizer state's entry ``name``) is a dict of ``keys``."""
+    from unidl.errors import CheckpointStateError
+
+    if not isinstance(state, dict) or set(state) != keys:
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointStateError(f"{type(optimizer).__name__} state {name!r} must have the keys {sorted(keys)}, "
+                                   f"found {found}")
 
 
 def check_window_state(optimizer, state, accumulate: int | None = None) -> None:
@@ -94,10 +255,7 @@ def check_window_state(optimizer, state, accumulate: int | None = None) -> None:
     if state is None:
         return
     owner = type(optimizer).__name__
-    if not isinstance(state, dict) or set(state) != {"accumulate", "micro_steps", "finite", "gradients"}:
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointStateError(f"{owner} state 'accumulation' must have the keys ['accumulate', 'finite', "
-                                   f"'gradients', 'micro_steps'], found {found}")
+    _check_keys(optimizer, "accumulation", state, {"accumulate", "micro_steps", "finite", "gradients"})
     saved, micro_steps = state["accumulate"], state["micro_steps"]
     if (not isinstance(saved, (int, np.integer)) or isinstance(saved, bool) or saved < 2
             or not isinstance(micro_steps, (int, np.integer)) or isinstance(micro_steps, bool)
@@ -115,86 +273,12 @@ def check_window_state(optimizer, state, accumulate: int | None = None) -> None:
                                        f"{tuple(param.shape)}, found {np.asarray(value).dtype} of shape "
                                        f"{tuple(np.shape(value))}")
     if accumulate is None:  # the window's train step, or the last one built (Keras builds its window later)
-        window = optimizer.__dict__.get(_WINDOW)
-        accumulate = window.accumulate if window is not None else optimizer.__dict__.get(_STEP_ACCUMULATE)
+        accumulate = _WINDOW.setting_in_force(optimizer)
     if accumulate is not None and accumulate != saved:
         raise CheckpointStateError(
             f"the state was taken {micro_steps} micro-step(s) into an accumulation window of accumulate={saved}, "
             f"but this train step has accumulate={accumulate}; resume with accumulate={saved} (a part-full "
             f"window holds the sum of loss / {saved} over its micro-steps), or from a state taken at an update")
-
-
-def window_state(optimizer) -> dict | None:
-    """The accumulation window ``optimizer.state_dict()`` saves: the registered window's, else one loaded
-    for a train step not built yet; None when there is none or it is empty."""
-    window = optimizer.__dict__.get(_WINDOW)
-    return window.state() if window is not None else optimizer.__dict__.get(_PENDING)
-
-
-def load_window_state(optimizer, state: dict | None) -> None:
-    """Restore the window of ``optimizer.load_state_dict`` (checked already): into the registered window, else
-    kept until a train step with accumulation creates its window (``attach_window``)."""
-    window = optimizer.__dict__.get(_WINDOW)
-    if window is not None:
-        window.load(state)
-    else:
-        optimizer.__dict__[_PENDING] = state
-
-
-def attach_window(optimizer, accumulate: int, window: AccumulationWindow | None = None) -> None:
-    """Register the window of a train step being built with ``accumulate`` (None for ``accumulate`` 1), after
-    checking a window loaded before it (``load_state_dict`` before the step was built), which it then takes."""
-    loaded = _PENDING in optimizer.__dict__
-    pending = optimizer.__dict__.pop(_PENDING, None)
-    try:
-        check_window_state(optimizer, pending, accumulate)
-    except Exception:
-        optimizer.__dict__[_PENDING] = pending
-        raise
-    if window is None:
-        optimizer.__dict__.pop(_WINDOW, None)
-        return
-    optimizer.__dict__[_WINDOW] = window
-    if loaded:  # (a step built again over the same storage, after a mode change, keeps its window)
-        window.load(pending)
-
-
-class LossScaler:
-    """The dynamic loss scale of a float16 train step (``precision="16-mixed"``, ``torch.amp.GradScaler``'s rule)
-    as canonical state for ``optimizer.state_dict()`` and checkpoints, the same on every backend::
-
-        {"scale": float, "growth_tracker": int}
-
-    ``scale``: the scale in force (> 0, finite), ``growth_tracker``: the finite updates in a row since the scale
-    last moved (0 <= it < ``growth_interval``), as GradScaler's own ``state_dict``. A backend builds it from
-    ``read() -> (scale, growth_tracker)`` and ``write(scale, growth_tracker)`` over its own storage (attributes,
-    variables) and registers it with ``attach_scaler`` when it builds the float16 step, so that a resumed run
-    goes on with the scale it had instead of restarting at ``init_scale``."""
-
-    def __init__(self, precision, read, write):
-        self.growth_interval, self.init_scale = precision.growth_interval, float(precision.init_scale)
-        self._read, self._write = read, write
-
-    def state(self) -> dict:
-        scale, growth_tracker = self._read()
-        return {"scale": float(scale), "growth_tracker": int(growth_tracker)}
-
-    def load(self, state: dict | None) -> None:
-        """Restore ``state`` (checked first by ``check_scaler_state``); None: the scale a new step starts with
-        (a state taken with no float16 step had no scale moved)."""
-        if state is None:
-            self._write(self.init_scale, 0)
-        else:
-            self._write(float(state["scale"]), int(state["growth_tracker"]))
-
-
-_SCALER, _PENDING_SCALER, _STEP_GROWTH = "_loss_scaler", "_pending_loss_scaler", "_train_step_growth_interval"
-
-
-def expect_precision(optimizer, precision) -> None:
-    """Note that ``optimizer`` trains under ``precision`` (a ``TrainStep``, ``fit``), so that a loss scale loaded
-    before its float16 step is built is checked against its ``growth_interval`` at once (``check_scaler_state``)."""
-    optimizer.__dict__[_STEP_GROWTH] = precision.growth_interval if precision.scales_loss else None
 
 
 def check_scaler_state(optimizer, state, growth_interval: int | None = None) -> None:
@@ -210,10 +294,7 @@ def check_scaler_state(optimizer, state, growth_interval: int | None = None) -> 
     if state is None:
         return
     owner = type(optimizer).__name__
-    if not isinstance(state, dict) or set(state) != {"scale", "growth_tracker"}:
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise CheckpointStateError(f"{owner} state 'loss_scaler' must have the keys ['growth_tracker', 'scale'], "
-                                   f"found {found}")
+    _check_keys(optimizer, "loss_scaler", state, {"scale", "growth_tracker"})
     scale, tracker = state["scale"], state["growth_tracker"]
     if (not isinstance(scale, (int, float, np.integer, np.floating)) or isinstance(scale, bool)
             or not math.isfinite(float(scale)) or not scale > 0):
@@ -222,8 +303,7 @@ def check_scaler_state(optimizer, state, growth_interval: int | None = None) -> 
         raise CheckpointStateError(f"{owner} state 'loss_scaler' growth_tracker must be a non-negative integer "
                                    f"(finite updates in a row), got {tracker!r}")
     if growth_interval is None:  # the registered float16 step's, or that of the step about to be built
-        scaler = optimizer.__dict__.get(_SCALER)
-        growth_interval = scaler.growth_interval if scaler is not None else optimizer.__dict__.get(_STEP_GROWTH)
+        growth_interval = _SCALER.setting_in_force(optimizer)
     if growth_interval is not None and tracker >= growth_interval:
         raise CheckpointStateError(
             f"the state's loss scaler has growth_tracker={tracker} finite updates in a row, but this float16 step "
@@ -231,35 +311,96 @@ def check_scaler_state(optimizer, state, growth_interval: int | None = None) -> 
             f"above {tracker}")
 
 
+_WINDOW = StepStorage("accumulation_window", "accumulate", check_window_state)
+_SCALER = StepStorage("loss_scaler", "growth_interval", check_scaler_state)
+
+
+def expect_accumulate(optimizer, accumulate: int) -> None:
+    """Note that ``optimizer`` trains in steps of ``accumulate`` micro-steps (a ``TrainStep``, ``fit``), so that a
+    state loaded before the step builds its window is checked against it at once (``check_window_state``)."""
+    _WINDOW.expect(optimizer, accumulate)
+
+
+def window_state(optimizer) -> dict | None:
+    """The accumulation window ``optimizer.state_dict()`` saves: the registered window's, else one loaded
+    for a train step not built yet; None when there is none or it is empty."""
+    return _WINDOW.state(optimizer)
+
+
+def load_window_state(optimizer, state: dict | None) -> None:
+    """Restore the window of ``optimizer.load_state_dict`` (checked already): into the registered window, else
+    kept until a train step with accumulation creates its window (``attach_window``)."""
+    _WINDOW.load(optimizer, state)
+
+
+def attach_window(optimizer, accumulate: int, window: AccumulationWindow | None = None) -> None:
+    """Register the window of a train step being built with ``accumulate`` (None for ``accumulate`` 1), after
+    checking a window loaded before it (``load_state_dict`` before the step was built), which it then takes."""
+    _WINDOW.attach(optimizer, accumulate, window)
+
+
+def expect_precision(optimizer, precision) -> None:
+    """Note that ``optimizer`` trains under ``precision`` (a ``TrainStep``, ``fit``), so that a loss scale loaded
+    before its float16 step is built is checked against its ``growth_interval`` at once (``check_scaler_state``)."""
+    _SCALER.expect(optimizer, precision.growth_interval if precision.scales_loss else None)
+
+
 def scaler_state(optimizer) -> dict | None:
     """The loss scale ``optimizer.state_dict()`` saves: the registered float16 step's, else one loaded for a
     float16 step not built yet; None when there is none."""
-    scaler = optimizer.__dict__.get(_SCALER)
-    return scaler.state() if scaler is not None else optimizer.__dict__.get(_PENDING_SCALER)
+    return _SCALER.state(optimizer)
 
 
 def load_scaler_state(optimizer, state: dict | None) -> None:
     """Restore the loss scale of ``optimizer.load_state_dict`` (checked already): into the registered float16
     step's scaler (None: back to its ``init_scale``), else kept (and saved again by ``state_dict``) until a float16
     step is built (``attach_scaler``); a step without loss scaling never reads it."""
-    scaler = optimizer.__dict__.get(_SCALER)
-    if scaler is not None:
-        scaler.load(state)
-    elif state is None:
-        optimizer.__dict__.pop(_PENDING_SCALER, None)
-    else:
-        optimizer.__dict__[_PENDING_SCALER] = state
+    _SCALER.load(optimizer, state)
 
 
 def attach_scaler(optimizer, scaler: LossScaler) -> None:
     """Register the loss scaler of a float16 step being built, after checking a scale loaded before it
     (``load_state_dict`` before the step was built), which it then takes."""
-    pending = optimizer.__dict__.get(_PENDING_SCALER)
-    check_scaler_state(optimizer, pending, scaler.growth_interval)
-    optimizer.__dict__.pop(_PENDING_SCALER, None)
-    optimizer.__dict__[_SCALER] = scaler
-    if pending is not None:
-        scaler.load(pending)
+    _SCALER.attach(optimizer, scaler.growth_interval, scaler)
+
+
+def _scale_settings(precision) -> dict:
+    return {"init_scale": float(precision.init_scale), "growth_interval": precision.growth_interval}
+
+
+def check_loss_scale_settings(optimizer, precision) -> None:
+    """Raise ``LossScaleMismatchError`` where ``precision`` scales the loss with other settings than the loss
+    scale ``optimizer`` already has (its first float16 step's): one scale per optimizer, as a torch loop keeps
+    one ``GradScaler`` for it, so every float16 step of one optimizer moves it by the same rule."""
+    from unidl.errors import LossScaleMismatchError
+
+    scaler = _SCALER.holder(optimizer)
+    if scaler is None or not precision.scales_loss or scaler.settings == _scale_settings(precision):
+        return
+    have = ", ".join(f"{k}={v!r}" for k, v in scaler.settings.items())
+    asked = ", ".join(f"{k}={v!r}" for k, v in _scale_settings(precision).items())
+    raise LossScaleMismatchError(
+        f"{type(optimizer).__name__} already has a float16 loss scale with {have} (its first float16 step's), but "
+        f"this step asks for {asked}; unidl keeps one loss scale per optimizer, shared by every float16 step that "
+        f"trains it (as one torch.amp.GradScaler), so pass the same settings: ud.Precision('16-mixed', {have})")
+
+
+def loss_scale_storage(optimizer, precision, create):
+    """The one float16 loss scale of ``optimizer``, shared by every float16 step that trains it (``train_step``,
+    ``fit``, Keras's trainer, a step built again): the first call creates it, ``create()`` -> the backend's storage
+    (whatever its steps read and move: scale, growth tracker), whose ``checkpointed()`` is its ``LossScaler``,
+    registered as the optimizer's checkpointed scale (taking a scale loaded before it); later calls return that
+    storage, so a step that overflows halves the scale the other steps use next. A ``precision`` with other
+    loss-scaling settings is a ``LossScaleMismatchError`` naming both (``check_loss_scale_settings``)."""
+    check_loss_scale_settings(optimizer, precision)
+    scaler = _SCALER.holder(optimizer)
+    if scaler is not None and scaler.storage is not None:
+        return scaler.storage
+    storage = create()
+    scaler = storage.checkpointed()
+    scaler.storage = storage
+    attach_scaler(optimizer, scaler)
+    return storage
 
 
 class TrainStep:
@@ -276,12 +417,14 @@ class TrainStep:
         self._backend = check_same_backend(model, loss_fn, optimizer)
         # a window loaded into the optimizer before this step must fit its accumulate (checked before anything is
         # built); the backend registers its own window next, where accumulate > 1
-        check_window_state(optimizer, optimizer.__dict__.get(_PENDING), self.accumulate)
+        _WINDOW.check_pending(optimizer, self.accumulate)
         expect_accumulate(optimizer, self.accumulate)
         if self.accumulate == 1:
             attach_window(optimizer, 1)
-        if self.precision.scales_loss:  # likewise a loss scale loaded before it must fit its growth_interval
-            check_scaler_state(optimizer, optimizer.__dict__.get(_PENDING_SCALER), self.precision.growth_interval)
+        if self.precision.scales_loss:  # likewise a loss scale loaded before it must fit its growth_interval,
+            # and one the optimizer has already (its first float16 step's, which this one shares) its settings
+            _SCALER.check_pending(optimizer, self.precision.growth_interval)
+            check_loss_scale_settings(optimizer, self.precision)
         expect_precision(optimizer, self.precision)
         if self.precision.mixed:
             self._run = self._backend.mixed_precision_train_step(model, loss_fn, optimizer, self.precision,
@@ -359,14 +502,16 @@ def train_step(model, loss_fn, optimizer, *, eager: bool = False, precision=None
     (``CheckpointStateError`` naming both), so a resumed run equals the uninterrupted one.
     ``precision``: "32" (the default), "bf16-mixed" or "16-mixed" (a ``ud.Precision`` for loss-scaling
     settings): float32 weights, bfloat16/float16 compute, loss scaling for float16 (``unidl.precision``);
-    ``step.loss_scale`` is the scale in force. The float16 loss scale is optimizer state too:
-    ``optimizer.state_dict()`` and checkpoints keep its scale and growth tracker (``"loss_scaler"``), a resumed
-    float16 step goes on from them instead of ``init_scale`` (one loaded before the step is built waits for it;
-    a step without loss scaling keeps it untouched and saves it again), a malformed one or a tracker not below
-    this step's ``growth_interval`` is a ``CheckpointStateError`` before anything changes. With ``accumulate``
-    too, as ``torch.amp.GradScaler`` with accumulation: the scaled gradients add up over the window, and its
-    N-th call makes the window's one non-finite check (an overflow skips the whole update), clips, updates and
-    moves the scale once.
+    ``step.loss_scale`` is the scale in force. The float16 loss scale belongs to the optimizer, one per
+    optimizer as one ``torch.amp.GradScaler``: every float16 step that trains it (other train steps, ``fit``)
+    moves the same scale, and one with other ``init_scale``/``growth_interval`` is a ``LossScaleMismatchError``.
+    It is optimizer state too: ``optimizer.state_dict()`` and checkpoints keep its scale and growth tracker
+    (``"loss_scaler"``), a resumed float16 step goes on from them instead of ``init_scale`` (one loaded before
+    the step is built waits for it; a step without loss scaling keeps it untouched and saves it again), a
+    malformed one or a tracker not below this step's ``growth_interval`` is a ``CheckpointStateError`` before
+    anything changes. With ``accumulate`` too, as ``torch.amp.GradScaler`` with accumulation: the scaled
+    gradients add up over the window, and its N-th call makes the window's one non-finite check (an overflow
+    skips the whole update), clips, updates and moves the scale once.
 
     ``x`` and ``y`` may be NumPy arrays or the backend's own tensors; ``float(loss)`` works.
     On torch the step is eager; on tensorflow it is one ``tf.function`` graph (forward,

@@ -154,3 +154,31 @@ def test_the_guards_finite_check_finds_one_non_finite_element_anywhere():
                 assert bool(check([np.float32(1.0), values])) == bool(np.isfinite(values).all()) is False, (
                     shape, bad, index)
     assert not bool(check([np.float32(np.nan), np.ones((100, 1000), np.float32)]))
+
+
+def test_a_step_built_again_is_the_same_program_to_the_compilation_cache(rng):
+    """The same model and optimizer built twice (a second run, a second process) compile to the same XLA program,
+    so that JAX's persistent compilation cache (enabled for the tests in tests/conftest.py) serves the second: the
+    in-graph checks' error codes are numbered per trace, not from checkify's process-wide counter."""
+    import jax
+    import jax.monitoring
+
+    assert jax.config.jax_compilation_cache_dir, "tests/conftest.py enables JAX's persistent compilation cache"
+    hits = []
+    x, labels = rng.standard_normal((6, 5)).astype(np.float32), np.array([0, 1, 2, 0, 1, 2])
+
+    def listener(event, **_):
+        if event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
+    with ud.use_backend("jax"):
+        jax.monitoring.register_event_listener(listener)
+        try:
+            for round_ in range(3):  # (round 0 may find an entry another test wrote; round 2 must find round 1's)
+                hits.clear()
+                model = ud.nn.Sequential(ud.nn.Linear(5, 7), ud.nn.ReLU(), ud.nn.Linear(7, 3))
+                step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.Adam(model.parameters(), lr=1e-3))
+                step(x, labels)  # CrossEntropyLoss checks its labels inside the step (a checkify check)
+        finally:
+            jax.monitoring.unregister_event_listener(listener)
+    assert hits, "the train step built again was compiled again instead of served by the cache"

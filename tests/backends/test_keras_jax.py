@@ -1,7 +1,8 @@
 """Keras on JAX (one fresh interpreter: ``KERAS_BACKEND`` is read at import): ``ud.grad`` with respect to a
 model's Keras variables and ``ud.function`` compiled over them, against torch on the same weights and batch; and
 ``ud.fit`` through Keras's JAX trainer, which holds the state outside the variables during an epoch: a mid-epoch
-checkpoint resumes bit for bit, a non-finite gradient stops fit at its step, float16 accumulation is GradScaler's."""
+checkpoint resumes bit for bit, a non-finite gradient stops fit at its step, float16 accumulation is GradScaler's,
+and float64 training is plain torch's to 1e-12; TensorBoard's model graph is the jaxpr over the variables' values."""
 
 import pytest
 
@@ -58,6 +59,40 @@ def retrace_reaching_new_variables():
         branch(x), branch(small)
         second.load_state_dict({k: np.asarray(v) * 2 for k, v in second.state_dict().items()})
         return float(np.max(np.abs(ud.to_numpy(branch(small)) - ud.to_numpy(second(ud.tensor(small))))))
+
+
+def mode_reads():
+    # flags read inside ud.function without calling their modules (a branch on head.training, dropout with
+    # training=switch.training): each new combination of modes traces once, each result is the eager one
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        body, head, switch = ud.nn.Linear(6, 3), ud.nn.Linear(3, 3), ud.nn.Identity()
+
+        @ud.function
+        def forward(a):
+            hidden = body(a)
+            return hidden * 2.0 if head.training else hidden - 1.0, ud.ops.dropout(a, 0.5, training=switch.training)
+
+        positive = np.abs(x) + 1.0  # no zeros: a zero in the output is dropout's
+        hidden = np.asarray(ud.to_numpy(body(ud.tensor(positive))))
+        checks = []
+        for head_mode, switch_mode in [(True, True), (False, True), (False, False), (True, True), (False, True)]:
+            head.train(head_mode), switch.train(switch_mode)
+            branch, dropped = (np.asarray(ud.to_numpy(t)) for t in forward(positive))
+            expected = hidden * 2.0 if head_mode else hidden - 1.0
+            dropout = 0.2 < (dropped == 0).mean() < 0.8 if switch_mode else np.array_equal(dropped, positive)
+            checks.append(dict(branch=float(np.max(np.abs(branch - expected))), dropout=bool(dropout),
+                               traces=forward.trace_count))
+        # a train step (Keras's JAX trainer) follows the mode of a loss module outside the model
+        from tests.test_submodule_modes import _PenalisedMSE
+        loss = _PenalisedMSE()
+        step = ud.train_step(body, loss, ud.optim.SGD(body.parameters(), lr=0.0))
+        for mode in (True, False, True):
+            loss.train(mode)
+            expected = float(loss(body(ud.tensor(x)), ud.tensor(y)))
+            checks.append(dict(branch=abs(float(step(x, y)) - expected) / expected, dropout=True,
+                               traces=None))
+        return checks
 
 
 def state(model):
@@ -149,6 +184,42 @@ def fp16_accumulation():
         return dict(inside=inside, overflow=overflow, steps=optimizer.state_dict()["step"], change=change)
 
 
+def keras_model_graph():
+    # TensorBoard(write_graph=True)'s graph: the jaxpr of the forward over the Keras variables' values
+    from tests.callbacks.test_tensorboard import cnn_graph
+    return cnn_graph("keras")
+
+
+def float64_fit():
+    # Keras's JAX trainer in float64 (Keras's fit slices the arrays itself), against plain torch.nn and torch.optim
+    import torch as plain_torch
+    data = np.random.default_rng(2)
+    fx, fy = data.standard_normal((12, 6)), data.standard_normal((12, 3))
+    with ud.use_backend("keras"), ud.use_dtype("float64"):
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(6, 5, 3)
+        start = state(model)
+        history = ud.fit(model, (fx, fy), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1,
+                         momentum=0.9), epochs=2, batch_size=4, shuffle=False, verbose=0).history
+        trained = state(model)
+    plain = plain_torch.nn.Sequential(plain_torch.nn.Linear(6, 5), plain_torch.nn.ReLU(), plain_torch.nn.Linear(5, 3))
+    plain = plain.double()
+    names = {"0": "linear1", "2": "linear2"}
+    plain.load_state_dict({k: plain_torch.tensor(start[names[k[0]] + k[1:]]) for k in plain.state_dict()})
+    optimizer, losses = plain_torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9), []
+    for i in range(6):
+        batch = slice(i % 3 * 4, i % 3 * 4 + 4)
+        optimizer.zero_grad()
+        loss = plain_torch.nn.functional.mse_loss(plain(plain_torch.tensor(fx[batch])), plain_torch.tensor(fy[batch]))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    expected = {names[k[0]] + k[1:]: v.detach().numpy() for k, v in plain.state_dict().items()}
+    return dict(weights=max(max_relative_difference(trained[k], v) for k, v in expected.items()),
+                losses=max_relative_difference(np.array(history["loss"]), np.array([np.mean(losses[:3]),
+                                                                                     np.mean(losses[3:])])))
+
+
 with ud.use_backend("torch"):
     reference = {k: np.asarray(v) for k, v in net().state_dict().items()}
 ours, torch = run("keras"), run("torch")
@@ -164,9 +235,12 @@ print(json.dumps({
     "state": max(max_relative_difference(ours["state"][k], v) for k, v in torch["state"].items()),
     "traces": ours["traces"],
     "stale": retrace_reaching_new_variables(),
+    "mode_reads": mode_reads(),
     "resume": mid_epoch_resume(),
     "non_finite": infinite_gradient_in_fit(),
     "fp16": fp16_accumulation(),
+    "float64_fit": float64_fit(),
+    "graph": keras_model_graph(),
 }))
 """
 
@@ -186,6 +260,22 @@ def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):
     assert result["falling"] and result["losses"] < 1e-5 and result["state"] < 1e-5
     # a retrace reaching variables the first trace did not takes them as values, never as stale constants
     assert result["stale"] < 1e-6
+
+
+def test_function_follows_a_mode_it_reads_without_calling_the_module_on_jax(result):
+    """Keras-on-JAX's ``ud.function`` (a stateless trace) keys its traces on a flag only read, as the other
+    backends do (tests/backends/test_traced_functions.py): one trace per new combination of modes, eager results;
+    and its train step (Keras's JAX trainer) follows a loss module's mode (tests/test_submodule_modes.py)."""
+    checks = result["mode_reads"]
+    assert [check["traces"] for check in checks] == [1, 2, 3, 3, 3, None, None, None], checks
+    assert all(check["branch"] < 1e-5 and check["dropout"] for check in checks), checks
+
+
+def test_fit_on_jax_in_float64_agrees_with_torch_to_1e_12(result):
+    """``ud.fit`` through Keras's JAX trainer in float64: the trajectory of plain ``torch.nn`` with ``torch.optim``
+    (weights and the epochs' mean losses). Keras's type promotion would narrow the float64 matmuls to float32 on
+    JAX, and its ``Model.fit`` would cast the float64 arrays it slices to float32 (its default float type)."""
+    assert result["float64_fit"]["weights"] < 1e-12 and result["float64_fit"]["losses"] < 1e-12, result["float64_fit"]
 
 
 def test_a_mid_epoch_checkpoint_in_fit_on_jax_resumes_to_the_same_history(result):
@@ -213,3 +303,12 @@ def test_fp16_accumulation_on_jax_checks_and_scales_once_per_update(result):
     assert fp16["overflow"] == {"scale": 2.0 ** 15, "finite": False, "steps": 0, "unchanged": True,
                                 "losses": [True, True]}
     assert fp16["steps"] == 2 and fp16["change"] < 1e-2  # two finite windows through fit: the torch loop's change
+
+
+def test_model_graph_of_keras_on_jax(result):
+    """``TensorBoard(write_graph=True)`` on Keras's default framework: the forward traced by ``jax.make_jaxpr`` over
+    the Keras variables' values (a StatelessScope), drawn as on the jax backend (tests/callbacks/test_tensorboard.py
+    checks the others)."""
+    from tests.callbacks.test_tensorboard import assert_cnn_graph
+
+    assert_cnn_graph(result["graph"], "conv_general_dilated", "dot_general")

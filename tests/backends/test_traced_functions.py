@@ -55,3 +55,47 @@ def test_function_follows_the_mode_it_is_called_in(backend, rng):
     assert 0.2 < (ud.to_numpy(forward(x)) == 0).mean() < 0.8
     dropout.eval()  # a submodule's mode is part of the key too: batch statistics, no dropout
     np.testing.assert_allclose(ud.to_numpy(forward(x)), ud.to_numpy(model(ud.tensor(x))), rtol=1e-5, atol=1e-6)
+
+
+class _ReadsHeadMode(ud.nn.Module):
+    """A forward that branches on a sub-module's flag without calling the sub-module (a head used in training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = ud.nn.Linear(4, 3)
+        self.head = ud.nn.Linear(3, 3)
+
+    def forward(self, x):
+        hidden = self.body(x)
+        return hidden * 2.0 if self.head.training else hidden - 1.0
+
+
+def test_function_follows_a_mode_it_reads_without_calling_the_module(backend, rng):
+    """A ``training`` flag only read inside a ``ud.function`` (a branch on ``self.head.training``, never called;
+    ``ops.dropout(..., training=switch.training)`` of a module never called) keys its graphs as a call does: each
+    new combination of modes traces once, a known one reuses its graph, and every result is the eager one."""
+    model, switch = _ReadsHeadMode(), ud.nn.Identity()
+    forward = ud.function(lambda x: (model(x), ud.ops.dropout(x, 0.5, training=switch.training)))
+    x = rng.uniform(1.0, 2.0, (16, 4)).astype(np.float32)  # no zeros: a zero in the output is dropout's
+    traces = []
+
+    def check(dropout_on):
+        branch, dropped = (ud.to_numpy(t) for t in forward(x))
+        np.testing.assert_allclose(branch, ud.to_numpy(model(ud.tensor(x))), rtol=1e-5, atol=1e-6)
+        if dropout_on:
+            assert 0.2 < (dropped == 0).mean() < 0.8
+            np.testing.assert_allclose(dropped[dropped != 0], 2 * x[dropped != 0], rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(dropped, x)
+        traces.append(forward.trace_count)
+
+    check(dropout_on=True)
+    model.head.eval()  # read, never called: the branch's other side
+    check(dropout_on=True)
+    switch.eval()
+    check(dropout_on=False)
+    model.train(), switch.train()  # back to the first modes: the first graph again
+    check(dropout_on=True)
+    model.head.eval()
+    check(dropout_on=True)
+    assert traces in ([1, 2, 3, 3, 3], [None] * 5), traces  # (None where it runs eagerly: torch)

@@ -15,7 +15,8 @@ from tests.parity.torch_oracle import RUNS, Case, compare_table
 
 R = np.random.default_rng(16)
 IMAGES = R.standard_normal((2, 3, 5, 6))
-TIES = np.round(R.standard_normal((1, 2, 6, 5))) + 0.0  # ties in a window (no -0.0): the first one's index, as torch
+TIES = np.round(R.standard_normal((1, 2, 6, 5)))  # ties in a window: the first one's index, as torch
+TIES[0, 0, :2, :3] = [[-0.0, 0.0, -1.0], [-2.0, 0.0, -1.0]]  # -0.0 and +0.0 are equal maxima (torch: the first)
 POOLED = R.standard_normal((2, 3, 2, 3))
 POOLED_AT = F.max_pool2d(torch.tensor(IMAGES), 2, return_indices=True)[1].numpy()  # (2, 3, 2, 3) int64
 

@@ -171,3 +171,40 @@ def test_fit_resumes_a_window_from_its_checkpoint_callback(backend, tmp_path):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
     with pytest.raises(CheckpointStateError, match=r"accumulate=3.*accumulate=2"):
         fit(tmp_path / "other", resume_from=first, accumulate=2)
+
+
+@pytest.mark.parametrize("precision", ["32", "16-mixed"])
+def test_a_window_with_a_non_finite_micro_step_resumes_to_its_skipped_update(backend, precision):
+    """The window's finite flag is state too, wherever the backend keeps it (float32: the optimizer's flag;
+    float16: the window's losses, ``.grad``'s micro-steps, or on keras the loss scaler's sums): a state taken after
+    a poisoned first micro-step reads back from a fresh optimizer as it was saved, and its window's update is
+    skipped as the uninterrupted run's is (weights, step count and loss scale of that run)."""
+    batches = _batches()[:ACCUMULATE]
+
+    def training():
+        model, optimizer, _ = _training(accumulate=None)
+        return model, optimizer, ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=ACCUMULATE,
+                                               precision=precision, check_finite=False)
+
+    model, optimizer, step = training()
+    start = _weights(model)
+    step(*_poisoned(*batches[0]))
+    saved = optimizer.state_dict()
+    assert saved["accumulation"]["finite"] is False and saved["accumulation"]["micro_steps"] == 1
+    for batch in batches[1:]:
+        step(*batch)
+    assert not optimizer.last_step_finite and optimizer.state_dict()["step"] == 0
+    model, optimizer, resumed = training()
+    optimizer.load_state_dict(saved)
+    window = optimizer.state_dict()["accumulation"]
+    assert window["finite"] is False and window["micro_steps"] == 1
+    for index, (got, expected) in enumerate(zip(window["gradients"], saved["accumulation"]["gradients"])):
+        if index == 0:  # (Keras's float16 window, whose only flag is its sums, marks the window there by a NaN)
+            got, expected = got.reshape(-1)[1:], expected.reshape(-1)[1:]
+        np.testing.assert_array_equal(got, expected)
+    for batch in batches[1:]:
+        resumed(*batch)
+    assert not optimizer.last_step_finite and optimizer.state_dict()["step"] == 0
+    assert resumed.loss_scale == step.loss_scale
+    for name, value in start.items():
+        np.testing.assert_array_equal(_weights(model)[name], value, err_msg=name)

@@ -184,9 +184,8 @@ def test_sgd_momentum_runs_tensorflows_fused_kernel_in_graphs(name):
 
     assert "ResourceApplyMomentum" in kernels(ud.optim.SGD, momentum=0.9)
     assert "ResourceApplyMomentum" not in kernels(UnfusedSGD, momentum=0.9)
-    # momentum 0, which a param group may change between steps: the step runs plain SGD's kernel (the buffer stays
-    # as it is, as in PyTorch), the momentum kernel only once momentum is set
-    assert "ResourceApplyGradientDescent" in kernels(ud.optim.SGD)
+    # momentum 0, never changed: a constant of the graph, which runs plain SGD (no momentum kernel, no buffer)
+    assert "ResourceApplyMomentum" not in kernels(ud.optim.SGD)
 
 
 def test_l1_matches_hand_written_penalty(backend):
@@ -220,6 +219,22 @@ def test_pytorch_defaults():
 def test_invalid_hyperparameters(backend, build, message):
     with pytest.raises(ValueError, match=message):
         build(Holder().parameters())
+
+
+@pytest.mark.parametrize("build, option, takes", [
+    (lambda p: ud.optim.RMSprop(p, momentum=0.3), "'momentum'", "lr, alpha, eps, weight_decay, l1, clip_grad_norm"),
+    (lambda p: ud.optim.RMSprop(p, centered=True), "'centered'", "lr, alpha, eps"),
+    (lambda p: ud.optim.Adam(p, amsgrad=True), "'amsgrad'", "lr, betas, eps, weight_decay"),
+    (lambda p: ud.optim.AdamW(p, maximize=True), "'maximize'", "lr, betas, eps, weight_decay"),
+    (lambda p: ud.optim.SGD(p, lr=0.1, dampening=0.5), "'dampening'", "lr, momentum, nesterov, weight_decay"),
+    (lambda p: ud.optim.Adagrad(p, lr_decay=0.1), "'lr_decay'", "lr, eps, weight_decay, initial_accumulator_value"),
+])
+def test_an_option_torch_has_and_unidl_does_not_is_an_error_not_ignored(build, option, takes):
+    """torch.optim's options that unidl's rule does not implement would train differently from torch if kept as
+    unused hyperparameters: each is a TypeError naming it and what the class takes."""
+    with ud.use_backend("torch"):
+        with pytest.raises(TypeError, match=f"has no option {option}: .* does not implement it .* takes {takes}"):
+            build(Holder().parameters())
 
 
 def test_setting_negative_lr_is_rejected(backend):

@@ -1,6 +1,7 @@
 """Parameter groups with per-group options, as ``torch.optim`` takes them: trajectories against plain
-``torch.optim`` (with a per-group ``StepLR``, and with every changeable option changed mid-run, eagerly and inside
-a compiled train step that does not retrace), ``param_groups[i]["lr"]``, state round trips, bad groups."""
+``torch.optim`` (with a per-group ``StepLR``, and with every changeable option changed mid-run, eagerly, inside a
+compiled train step and inside a ``ud.function`` calling ``apply``, which retrace once at an option's first change
+and never after), options never changed held as constants, ``param_groups[i]["lr"]``, state round trips, bad groups."""
 
 import numpy as np
 import pytest
@@ -127,6 +128,12 @@ LAYER = {"weight": R.standard_normal((3, 4)).astype(np.float32), "bias": R.stand
 
 def _torch_changed_trajectory(case, steps):
     _, torch_class, options, second, changes = CHANGES[case]
+    return _torch_trajectory_with_changes(torch_class, options, second, changes, steps)
+
+
+def _torch_trajectory_with_changes(torch_class, options, second, changes, steps):
+    """The weights of a ``torch.nn.Linear`` (weight in group 0, bias in group 1) after ``steps`` steps on (X, Y),
+    with ``changes`` ({step: [(group, option, value)]}) made to the param groups before those steps."""
     layer = torch.nn.Linear(4, 3)
     layer.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
     opt = torch_class([{"params": [layer.weight]}, {"params": [layer.bias], **second}], **options)
@@ -139,11 +146,25 @@ def _torch_changed_trajectory(case, steps):
     return {k: v.detach().numpy() for k, v in layer.state_dict().items()}
 
 
+def _expected_traces(changes, steps) -> list[int]:
+    """A compiled step's trace count after each of ``steps`` steps with ``changes`` made before them: one trace at
+    the first step, one more at each later step before which an option changed for the first time (every change
+    in ``changes`` changes the value), none for a later change of an option changed before."""
+    changed, count, counts = set(), 0, []
+    for index in range(steps):
+        first = [(group, key) for group, key, _ in changes.get(index, []) if (group, key) not in changed]
+        changed.update(first)
+        count += 1 if index == 0 or first else 0
+        counts.append(count)
+    return counts
+
+
 @pytest.mark.parametrize("case", list(CHANGES))
 def test_changed_group_options_take_effect_at_the_next_step(backend, case):
     """Every option torch.optim lets a group change, changed between steps (also from 0 to non-zero and back,
-    and nesterov switched on), gives torch.optim's trajectory: inside a compiled train step, which keeps its
-    one trace (the options are graph inputs, not constants), and through ``apply`` outside it."""
+    and nesterov switched on), gives torch.optim's trajectory: inside a compiled train step and through ``apply``
+    outside it. The compiled step holds an option never changed as a constant: it retraces once at the step
+    before which an option changed for the first time, and not for a later change (then a graph input)."""
     unidl_class, _, options, second, changes = CHANGES[case]
     steps = 5
     expected = _torch_changed_trajectory(case, steps)
@@ -153,16 +174,18 @@ def test_changed_group_options_take_effect_at_the_next_step(backend, case):
         opt = unidl_class([{"params": [layer.weight]}, {"params": [layer.bias], **second}], **options)
         loss = ud.nn.MSELoss()
         step = ud.train_step(layer, loss, opt)
+        traces = []
         for index in range(steps):
             for group, key, value in changes.get(index, []):
                 opt.param_groups[group][key] = value
             if compiled:
                 step(ud.tensor(X), ud.tensor(Y))
+                traces.append(step.trace_count)
             else:
                 _, grads = ud.value_and_grad(lambda: loss(layer(ud.tensor(X)), ud.tensor(Y)), layer.parameters())()
                 opt.apply(grads)
-        if compiled:
-            assert step.trace_count in (None, 1), f"{case}: the step retraced ({step.trace_count} traces)"
+        if compiled and traces[0] is not None:  # (None: eager torch, Keras's own jit on Keras-on-JAX)
+            assert traces == _expected_traces(changes, steps), f"{case}: trace counts {traces}"
         for name, value in expected.items():
             difference = max_relative_difference(layer.state_dict()[name], value)
             assert difference < 1e-5, f"{case} {'compiled' if compiled else 'apply'} {name}: {difference:.2e}"
@@ -194,3 +217,96 @@ def test_one_cycle_cycles_momentum_and_beta1_as_torch(backend):
         assert step.trace_count in (None, 1)
         for name, value in reference.state_dict().items():
             assert max_relative_difference(layer.state_dict()[name], value.numpy()) < 1e-5, (unidl_class, name)
+
+
+GRAPH_BACKENDS = [name for name in ("tensorflow", "jax", "keras") if name in ud.available_backends()]
+
+
+@pytest.mark.parametrize("name", GRAPH_BACKENDS)
+def test_options_never_changed_are_constants_of_the_compiled_step(name):
+    """Default SGD (momentum 0, no weight decay, never changed) compiles to plain SGD: the step holds its options
+    as constants and leaves their terms out, never reading their variables (NaN written into them behind the
+    optimizer's back changes nothing: torch.optim.SGD's trajectory) and never touching the momentum buffer. The
+    first change of momentum binds that option alone: one retrace, then the step reads momentum (and only it:
+    weight decay's variable still holds NaN) and takes torch's momentum steps."""
+    from unidl import config
+
+    with ud.use_backend(name):
+        layer = ud.nn.Linear(4, 3)
+        layer.load_state_dict(LAYER)
+        opt = ud.optim.SGD(layer.parameters(), lr=0.1)
+        for key in ("momentum", "weight_decay"):
+            for variable in opt.native.option_variables(0, key):
+                config.backend().assign(variable, np.float64(np.nan))
+        step = ud.train_step(layer, ud.nn.MSELoss(), opt)
+        traces = []
+        for index in range(4):
+            if index == 2:
+                opt.param_groups[0]["momentum"] = 0.9
+            step(ud.tensor(X), ud.tensor(Y))
+            traces.append(step.trace_count)
+            if index == 1:
+                buffers = [entry["momentum_buffer"] for entry in opt.state_dict()["slots"]]
+                assert all(not np.any(buffer) for buffer in buffers), "plain SGD wrote the momentum buffer"
+        # (None: Keras's own jit on Keras-on-JAX)
+        assert traces == [1, 1, 2, 2] or (traces == [None] * 4 and name == "keras"), traces
+    # (torch.optim's groups: the weight, then the bias; both change alike here)
+    expected = _torch_trajectory_with_changes(torch.optim.SGD, dict(lr=0.1), {},
+                                              {2: [(0, "momentum", 0.9), (1, "momentum", 0.9)]}, 4)
+    for key, value in expected.items():
+        assert max_relative_difference(layer.state_dict()[key], value) < 1e-5, key
+
+
+def test_a_function_calling_apply_retraces_at_an_options_first_change(backend):
+    """``ud.function`` over a loop body that calls ``opt.apply``: its graph holds options never changed as
+    constants, so an option's first change retraces it once and later changes do not; torch.optim's trajectory."""
+    layer = ud.nn.Linear(4, 3)
+    layer.load_state_dict(LAYER)
+    opt = ud.optim.SGD([{"params": [layer.weight]}, {"params": [layer.bias]}], lr=0.1)
+    loss = ud.nn.MSELoss()
+
+    @ud.function
+    def train(x, y):
+        _, grads = ud.value_and_grad(lambda: loss(layer(x), y), layer.parameters())()
+        opt.apply(grads)
+        return 0.0
+
+    changes = {1: [(1, "momentum", 0.9)], 2: [(1, "momentum", 0.5)], 3: [(0, "weight_decay", 0.1)]}
+    traces = []
+    for index in range(4):
+        for group, key, value in changes.get(index, []):
+            opt.param_groups[group][key] = value
+        train(ud.tensor(X), ud.tensor(Y))
+        traces.append(train.trace_count)
+    if traces[0] is not None:  # (None: eager torch)
+        assert traces == _expected_traces(changes, 4) == [1, 2, 2, 3], traces
+    expected = _torch_trajectory_with_changes(torch.optim.SGD, dict(lr=0.1), {}, changes, 4)
+    for key, value in expected.items():
+        assert max_relative_difference(layer.state_dict()[key], value) < 1e-5, key
+
+
+def test_fit_follows_an_options_first_change_mid_epoch(backend):
+    """A callback of ``ud.fit`` changing an option for the first time in the middle of an epoch (Keras's own
+    compiled step on Keras-on-JAX, unidl's graph elsewhere): the next batch already uses it, as torch.optim's."""
+    layer = ud.nn.Linear(4, 3)
+    layer.load_state_dict(LAYER)
+    opt = ud.optim.SGD(layer.parameters(), lr=0.1)
+
+    def change(batch, logs):
+        if batch == 0:
+            opt.param_groups[0]["momentum"] = 0.9
+
+    ud.fit(layer, (X, Y), batch_size=2, epochs=1, shuffle=False, verbose=0, loss=ud.nn.MSELoss(), optimizer=opt,
+           callbacks=[ud.callbacks.LambdaCallback(on_batch_end=change)])
+    reference = torch.nn.Linear(4, 3)
+    reference.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
+    expected = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for batch in range(3):
+        expected.zero_grad()
+        rows = slice(2 * batch, 2 * batch + 2)
+        torch.nn.functional.mse_loss(reference(torch.tensor(X[rows])), torch.tensor(Y[rows])).backward()
+        expected.step()
+        if batch == 0:
+            expected.param_groups[0]["momentum"] = 0.9
+    for key, value in reference.state_dict().items():
+        assert max_relative_difference(layer.state_dict()[key], value.detach().numpy()) < 1e-5, key

@@ -203,9 +203,11 @@ class Backend(abc.ABC):
         anything (``optimizer.param_groups``; parameter ``i`` is in group ``optimizer.group_of(i)``)."""
 
     @abc.abstractmethod
-    def set_group_options(self, optimizer, group: int) -> None:
-        """Make the next step use param group ``group``'s current hyperparameters (``optimizer.param_groups[group]``:
-        momentum, betas, ... as ``Optimizer.set_group_option`` left them) without retracing a compiled step."""
+    def set_group_options(self, optimizer, group: int, keys) -> None:
+        """Make the next step use the current values of hyperparameters ``keys`` of param group ``group``
+        (``optimizer.param_groups[group]``: momentum, betas, ... as ``Optimizer.set_group_option`` left them), by
+        writing their variables: a compiled step reads the options bound to them (``bound_rule``) without
+        retracing (it retraces once when an option is first bound: ``param_groups.options_generation``)."""
 
     @abc.abstractmethod
     def optimizer_state(self, optimizer) -> tuple:
@@ -261,8 +263,9 @@ class Backend(abc.ABC):
         gradients of ``loss / N`` are summed, and the N-th call makes the one non-finite check of the window
         (its loss values and the summed gradients; an overflow skips the whole update and empties the window),
         clips, updates and moves the loss scale once; its window is registered with ``unidl.training.attach_window``
-        (sums divided by the scale in force). The loss scale is registered with ``unidl.training.attach_scaler``
-        (a ``LossScaler``: checkpointed optimizer state) as the step is built. The step also has ``loss_scale() ->
+        (sums divided by the scale in force). The loss scale is the optimizer's, one for all its float16 steps:
+        the step gets it from ``unidl.training.loss_scale_storage`` (the backend says only how to create it; its
+        ``checkpointed()`` is the ``LossScaler`` of the optimizer's checkpointed state). The step also has ``loss_scale() ->
         float`` (1.0 without scaling). Each backend implements it in its ``precision.py``; the default refuses, naming the backend."""
         raise NotImplementedError(f"precision={precision.name!r} is not available on the {self.name} backend; "
                                   f"use precision='32'")
@@ -332,6 +335,15 @@ class Backend(abc.ABC):
         a serialized TensorFlow ``GraphDef``, the form TensorBoard's Graphs tab reads
         (``ud.callbacks.TensorBoard(write_graph=True)``); None (the default) where this framework gives none.
         Tracing must leave the model's state as it was."""
+        return None
+
+    def model_graph_of_values(self, forward: Callable, state: list, x: np.ndarray) -> bytes | None:
+        """``model_graph`` of a forward written over its state's values: ``forward(values, *inputs)``, where
+        ``state`` lists each parameter and buffer as (``state_dict()`` name, is a parameter, this framework's
+        tensor of its value) and ``values`` come in that order, on inputs shaped as the NumPy batch ``x``. The
+        keras backend draws Keras's model so on a framework whose ``model_graph`` does not take Keras's
+        variables (their values go in through a ``keras.StatelessScope``); None (the default) where this
+        framework gives no such graph."""
         return None
 
     # ---- export ------------------------------------------------------------

@@ -74,10 +74,11 @@ class TensorBoard(Callback):
             ``log_dir/train``: the eval-mode forward on one training sample as the framework traces it (on
             torch, the TorchScript trace's ATen ops with each parameter under its ``state_dict()`` name; on
             jax, the primitives of the forward's jaxpr (``jax.make_jaxpr``), parameters named the same way;
-            on tensorflow, and keras on TensorFlow, the ``tf.function`` graph, as Keras writes it). Where the
-            backend gives no graph (keras on torch or jax), ``fit`` stops with a ``ValueError`` before
-            the first step rather than leave it out. Off by default (Keras's default is on), so that the
-            same callback runs on every backend.
+            on tensorflow, and keras on TensorFlow, the ``tf.function`` graph, as Keras writes it; keras on
+            torch or JAX as on torch or jax, the Keras variables' values traced through a
+            ``keras.StatelessScope``). Where a backend gives no graph (``Backend.model_graph`` returns None),
+            ``fit`` stops with a ``ValueError`` before the first step rather than leave it out. Off by
+            default (Keras's default is on): the trace is one more pass over the forward at the start.
     """
 
     def __init__(self, log_dir="logs", histogram_freq: int = 0, update_freq="epoch", write_graph: bool = False):
@@ -165,7 +166,7 @@ class TensorBoard(Callback):
         if graph is None:
             raise ValueError(f"TensorBoard(write_graph=True): the {model._backend.name} backend gives no model "
                              f"graph here (TensorBoard's Graphs tab reads a TensorFlow GraphDef, which the torch, "
-                             f"tensorflow and jax backends trace); pass write_graph=False")
+                             f"tensorflow, jax and keras backends trace); pass write_graph=False")
         if process_group.is_writer():
             self._writer("train").add_event(event_pb2.Event(wall_time=time.time(), graph_def=graph))
 

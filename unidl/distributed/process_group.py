@@ -244,24 +244,21 @@ def sum_over_ranks(*values: float) -> tuple:
 
 
 def check_training_loader(loader) -> None:
-    """In a data-parallel job, refuse a loader whose last batch leaves a rank without a sample (that rank's
-    step would average nothing), before any rank trains."""
-    place = sharding()
-    replicas = len(_group.devices) if _group is not None else 0
-    if replicas and hasattr(loader, "smallest_share") and loader.smallest_share((place or (0, 1))[1] * replicas) < 1:
-        length, batch_size = len(loader.dataset), loader.batch_size
-        raise ValueError(f"with {replicas} devices in this process, a batch of the loader ({length} samples, "
-                         f"batch_size={batch_size}, last batch {length % batch_size or batch_size}) has fewer "
-                         f"samples than replicas, so a device would train on none; use drop_last=True, or a "
-                         f"batch_size that leaves every batch at least one sample per replica")
-    if place is None or not hasattr(loader, "smallest_share"):
+    """In a data-parallel job (several ranks, or several devices in this process), refuse a loader whose last
+    batch leaves a replica without a sample (its step would average nothing), before any rank trains."""
+    replicas = num_replicas() if _group is not None else 1
+    if replicas < 2 or not hasattr(loader, "smallest_share") or loader.smallest_share(replicas) >= 1:
         return
-    if loader.smallest_share(place[1]) < 1:
-        length, batch_size = len(loader.dataset), loader.batch_size
-        raise ValueError(f"with {place[1]} ranks, a batch of the loader ({length} samples, batch_size="
-                         f"{batch_size}, last batch {length % batch_size or batch_size}) has fewer samples than "
-                         f"ranks, so a rank would train on none; use drop_last=True, or a batch_size that is at "
-                         f"least the number of ranks and leaves a last batch of at least that many")
+    if _group.devices:  # (one process: a job of several refuses devices)
+        sharers, per, one = f"{len(_group.devices)} devices in this process", "replicas", "a device"
+        fix = "leaves every batch at least one sample per replica"
+    else:
+        sharers, per, one = f"{replicas} ranks", "ranks", "a rank"
+        fix = "is at least the number of ranks and leaves a last batch of at least that many"
+    length, batch_size = len(loader.dataset), loader.batch_size
+    raise ValueError(f"with {sharers}, a batch of the loader ({length} samples, batch_size={batch_size}, last batch "
+                     f"{length % batch_size or batch_size}) has fewer samples than {per}, so {one} would train on "
+                     f"none; use drop_last=True, or a batch_size that {fix}")
 
 
 def is_writer() -> bool:

@@ -18,7 +18,7 @@ import numpy as np
 
 from unidl import config, devices
 from unidl.errors import BackendMismatchError, StateDictError
-from unidl.tracing import module_called
+from unidl.tracing import current_recording, module_called
 
 
 _forward_callers: dict = {}
@@ -61,11 +61,20 @@ def training_modes(module) -> tuple[bool, ...]:
     must not reuse the training graph). Cached until any flag or structure changes: a step pays one lookup."""
     cached = module.__dict__.get("_training_modes")
     if cached is not None and cached[0] == _mode_version:
+        if current_recording() is not None:  # flags read from the cache are read too (a step inside ud.function)
+            for m in module.modules():
+                module_called(m)
         return cached[1]
     version = _mode_version
     modes = tuple(m.training for m in module.modules())
     object.__setattr__(module, "_training_modes", (version, modes))
     return modes
+
+
+def step_modes(model, loss_fn) -> tuple:
+    """``training_modes`` of a train step's model, and of its loss where that is a module with modes of its own: a
+    step compiled by a framework's trainer (Keras's) keys on both, as it bakes in both."""
+    return training_modes(model), training_modes(loss_fn) if isinstance(loss_fn, Module) else ()
 
 
 def restore_modes(saved) -> None:
@@ -226,6 +235,24 @@ class Module:
             raise BackendMismatchError(
                 f"{what} was created under backend {other.name!r} but {type(self).__name__} "
                 f"belongs to {self._backend.name!r}; move weights across with state_dict()")
+
+    # ---- mode --------------------------------------------------------------
+    @property
+    def training(self) -> bool:
+        """True in training mode (``train()``: dropout on, batch statistics), False in evaluation mode (``eval()``).
+
+        Read while a ``ud.function`` or a compiled step is traced, it notes this module as a call of it does
+        (``unidl.tracing``): a graph bakes in the flag it read, so the function keys its graphs on this flag too,
+        and a flag changed since traces again instead of running the graph of the other mode, even where the
+        module is never called (``ops.dropout(x, p, training=model.training)``, a branch on ``self.head.training``)."""
+        recording = current_recording()
+        if recording is not None:
+            recording.setdefault(id(self), self)
+        return self._training
+
+    @training.setter
+    def training(self, mode) -> None:
+        self.__dict__["_training"] = mode
 
     # ---- calling -----------------------------------------------------------
     def forward(self, *args, **kwargs):

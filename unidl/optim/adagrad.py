@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl.optim.optimizer import Optimizer, check_range, scalar_like
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, scalar_like
 
 
 class Adagrad(Optimizer):
@@ -27,7 +27,7 @@ class Adagrad(Optimizer):
     def __init__(self, params, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, l1: float = 0.0, **clipping):
         self.initial_slot_value = check_range("Adagrad", "initial_accumulator_value", initial_accumulator_value)
-        super().__init__(params, lr, l1=l1, **clipping, eps=check_range("Adagrad", "eps", eps),
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), eps=check_range("Adagrad", "eps", eps),
                          weight_decay=check_range("Adagrad", "weight_decay", weight_decay),
                          initial_accumulator_value=self.initial_slot_value)
 

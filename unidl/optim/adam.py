@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl.optim.optimizer import Optimizer, check_range, is_off, scalar_like
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like
 
 
 def _check_betas(owner, betas):
@@ -36,7 +36,7 @@ class Adam(Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, l1: float = 0.0, **clipping):
         owner = type(self).__name__
-        super().__init__(params, lr, l1=l1, **clipping, betas=_check_betas(owner, betas),
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=_check_betas(owner, betas),
                          eps=check_range(owner, "eps", eps),
                          weight_decay=check_range(owner, "weight_decay", weight_decay))
 

@@ -173,8 +173,8 @@ class OneCycleLR(LRScheduler):
 
     The optimizer's own lr is not used (``max_lr`` sets the scale). ``cycle_momentum=True`` cycles every param
     group's ``momentum`` (or Adam's beta1) the other way, between ``max_momentum`` and ``base_momentum``, as
-    PyTorch does (a param group's option: the compiled step reads it from a variable); unidl's default is False
-    (PyTorch's is True).
+    PyTorch does (a param group's option, bound here: compiled steps read it from a variable, so they never
+    retrace for it; each step writes that one variable); unidl's default is False (PyTorch's is True).
     """
 
     def __init__(self, optimizer, max_lr: float, total_steps: int | None = None, epochs: int | None = None,
@@ -199,6 +199,8 @@ class OneCycleLR(LRScheduler):
             if self.momentum_key is None:
                 raise ValueError(f"OneCycleLR cycle_momentum=True needs an optimizer with momentum or betas; "
                                  f"{type(optimizer).__name__} has neither: pass cycle_momentum=False")
+            for index in range(len(optimizer.param_groups)):  # before a step is compiled: no retrace for it later
+                optimizer.bind_group_option(index, self.momentum_key)
         self.max_lr = check_range("OneCycleLR", "max_lr", max_lr)
         self.total_steps, self.anneal_strategy = total_steps, anneal_strategy
         initial = self.max_lr / div_factor

@@ -22,7 +22,7 @@ from unidl import config
 from unidl.backends.op_registry import optional_op
 from unidl.errors import BackendMismatchError
 from unidl.optim.gradients import check_clipping, clip_gradients
-from unidl.optim.param_groups import ParamGroup, check_group_options, split_param_groups
+from unidl.optim.param_groups import ParamGroup, check_group_options, grow_generation, split_param_groups
 
 
 #: the class attributes that make up an optimizer's update rule (see ``Optimizer.builtin_rule``)
@@ -47,16 +47,38 @@ def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=F
     return float(value)
 
 
+#: the gradient-clipping keywords every optimizer takes (see ``Optimizer``)
+CLIPPING_OPTIONS = ("clip_grad_norm", "clip_grad_value", "clip_per_tensor")
+
+
+def clipping_options(optimizer_class, options: dict) -> dict:
+    """``options`` (what a built-in optimizer's ``**clipping`` caught) when they are gradient-clipping keywords only.
+    Any other (``torch.optim``'s ``amsgrad``, ``dampening``, ``maximize``, RMSprop's ``momentum`` and ``centered``,
+    Adagrad's ``lr_decay``: rules unidl does not implement) is a ``TypeError`` naming it and what the class takes,
+    never a hyperparameter kept and silently ignored."""
+    unknown = [key for key in options if key not in CLIPPING_OPTIONS]
+    if unknown:
+        import inspect
+
+        owner = optimizer_class.__name__
+        named = [name for name, parameter in inspect.signature(optimizer_class.__init__).parameters.items()
+                 if name not in ("self", "params") and parameter.kind is not parameter.VAR_KEYWORD]
+        raise TypeError(f"{owner} has no option {', '.join(map(repr, unknown))}: unidl's {owner} does not implement "
+                        f"it (it would be ignored); {owner} takes {', '.join([*named, *CLIPPING_OPTIONS])}")
+    return options
+
+
 def scalar_like(value, like, ops):
     """A hyperparameter for elementwise use with ``like``: a Python number as it is, a scalar tensor (what a graph
-    backend reads from a group's option variable, see ``bound_rule``) cast to ``like``'s dtype, as PyTorch's
+    backend reads from a bound option's variable, see ``bound_rule``) cast to ``like``'s dtype, as PyTorch's
     kernels round a Python scalar to the tensor's dtype."""
     return value if isinstance(value, (int, float)) else ops.cast_like(value, like)
 
 
 def is_off(value) -> bool:
-    """Whether a hyperparameter is a Python 0 / False (a term a rule may leave out); a tensor never is: its
-    value may change between steps without a retrace, so the rule computes the term (exact when it is 0)."""
+    """Whether a hyperparameter is a Python 0 / False (a term a rule may leave out); a tensor (a bound option,
+    see ``bound_rule``) never is: its value may change between steps without a retrace, so the rule computes
+    the term (exact when it is 0)."""
     return isinstance(value, (bool, int, float)) and not value
 
 
@@ -68,14 +90,19 @@ def changeable_options(optimizer, group: int) -> dict:
     return {k: v for k, v in optimizer.param_groups[group].items() if k not in ("params", "lr", *FIXED_OPTIONS)}
 
 
-def bound_rule(rule, values: dict):
-    """A copy of ``rule`` whose ``hyper`` takes ``values`` (a graph backend's tensors, read from a param group's
-    variables while tracing), so that a new value reaches the compiled step without a retrace. A user's rule
-    (``builtin_rule()`` None) keeps its Python numbers: it may branch on them."""
-    if type(rule).builtin_rule() is None or not values:
+def bound_rule(optimizer, index: int, read):
+    """Parameter ``index``'s rule (``Optimizer.rule_for``) as a graph backend traces it: the options of its param
+    group that were changed since construction (``Optimizer.bound_options``) replaced by ``read(group, key)``,
+    the backend's tensor (a pair of them for ``betas``) read from the option's variable while tracing, so that a
+    later change reaches the compiled step without a retrace. Every other option stays a Python number, a
+    constant of the graph, so that a rule leaves out a zero term (weight decay 0, momentum 0) as it does eagerly.
+    A user's rule (``builtin_rule()`` None) binds nothing (its options cannot change): it keeps its numbers."""
+    rule, group = optimizer.rule_for(index), optimizer.group_of(index)
+    keys = optimizer.bound_options(group)
+    if not keys:
         return rule
     bound = copy.copy(rule)
-    bound.hyper = {**rule.hyper, **values}
+    bound.hyper = {**rule.hyper, **{key: read(group, key) for key in keys}}
     return bound
 
 
@@ -132,7 +159,7 @@ class Optimizer:
         self.hyper["l1"] = check_range(owner, "l1", l1)
         self._lr = check_range(owner, "lr", lr)
         self.clipping = check_clipping(owner, clip_grad_norm, clip_grad_value, clip_per_tensor)
-        self.param_groups, self._rules = [], []
+        self.param_groups, self._rules, self._group_rules = [], [], []
         for index, (members, options) in enumerate(groups):
             hyper = check_group_options(owner, index, options, self.hyper)
             lr_of_group = check_range(owner, f"param group {index} lr", options.get("lr", self._lr))
@@ -141,8 +168,12 @@ class Optimizer:
             if hyper != self.hyper:  # the same rule with the group's hyperparameters
                 rule = copy.copy(self)
                 rule.hyper = hyper
+            self._group_rules.append(rule)
             self._rules += [rule] * len(members)
         self._group_of = [index for index, (members, _) in enumerate(groups) for _ in members]
+        # per group, the options changed since construction, in the order of their first change: compiled steps
+        # read these from variables, every other option is a constant of the graph (see ``bound_rule``)
+        self._bound: list[tuple[str, ...]] = [() for _ in groups]
         # each group's options as built: a state_dict records the ones changed since (param_groups[i][key] = ...)
         self._built_options = [changeable_options(self, index) for index in range(len(self.param_groups))]
         self._lr = self.param_groups[0]["lr"]
@@ -179,21 +210,58 @@ class Optimizer:
 
     def set_group_option(self, index: int, key: str, value) -> None:
         """Set hyperparameter ``key`` of param group ``index`` (what ``param_groups[index][key] = value`` does),
-        checked as the constructor checks it; the next step uses it on every backend (graph backends read it
-        from a variable: no retrace). Parameters of other groups keep their values."""
+        checked as the constructor checks it; the next step uses it on every backend. Parameters of other groups
+        keep their values, and a value equal to the current one changes nothing.
+
+        Compiled steps hold an option that never changed as a constant (a zero term left out), so its first change
+        binds it (``bind_group_option``): every compiled step retraces once and reads it from a variable from then
+        on; a later change writes that variable only, with no retrace."""
+        owner = type(self).__name__
+        self._check_changeable(index, key)
+        group = self.param_groups[index]
+        current = {k: v for k, v in group.items() if k not in ("params", "lr")}
+        hyper = check_group_options(owner, index, {key: value}, current)
+        if hyper[key] == group[key]:  # (a scheduler writing every step the value it wrote before)
+            return
+        dict.__setitem__(group, key, hyper[key])
+        rule = self._group_rules[index]
+        if rule is self:  # the group's own rule object from now on (groups may have shared this one)
+            rule = self._group_rules[index] = copy.copy(self)
+            self._rules = [rule if self._group_of[i] == index else r for i, r in enumerate(self._rules)]
+        rule.hyper = hyper
+        if key in self._bound[index]:
+            self._backend.set_group_options(self, index, (key,))
+        else:
+            self.bind_group_option(index, key)  # (writes its variable too)
+
+    def bind_group_option(self, index: int, key: str) -> None:
+        """Let compiled steps read option ``key`` of param group ``index`` from a variable from now on, instead of
+        holding it as a constant (what its first change does): every compiled step retraces once at its next call
+        (``unidl.optim.param_groups.options_generation``), and never again for this option. A scheduler that will
+        change an option every step (``OneCycleLR(cycle_momentum=True)``) binds it before the first step."""
+        if key in self._bound[index]:
+            return
+        self._check_changeable(index, key)
+        self._bound[index] += (key,)
+        grow_generation()
+        self._backend.set_group_options(self, index, (key,))  # (its variable may hold the value it was built with)
+
+    def _check_changeable(self, index: int, key: str) -> None:
+        """``ValueError`` unless option ``key`` of param group ``index`` may change after construction."""
         owner = type(self).__name__
         if self.builtin_rule() is None:  # compiled steps bake its Python numbers in (see bound_rule)
             raise ValueError(f"param_groups[{index}][{key!r}] of {owner} cannot change after the optimizer is built: "
                              f"{owner} has its own update rule, which may branch on the Python value; build a new "
                              f"{owner} with the new value ('lr' can change)")
-        group = self.param_groups[index]
-        current = {k: v for k, v in group.items() if k not in ("params", "lr")}
-        hyper = check_group_options(owner, index, {key: value}, current)
-        dict.__setitem__(group, key, hyper[key])
-        rule = copy.copy(self)  # the group's own rule object (groups may have shared one)
-        rule.hyper = hyper
-        self._rules = [rule if self._group_of[i] == index else r for i, r in enumerate(self._rules)]
-        self._backend.set_group_options(self, index)
+        if key not in changeable_options(self, index):
+            changeable = ", ".join(["lr", *sorted(changeable_options(self, index))])
+            raise ValueError(f"param_groups[{index}][{key!r}] of {owner} cannot change after the optimizer is built; "
+                             f"a group may change: {changeable}")
+
+    def bound_options(self, index: int) -> tuple[str, ...]:
+        """The options of param group ``index`` that compiled steps read from variables (those changed, or bound,
+        since construction; see ``bound_rule``); every other option is a constant of the compiled graph."""
+        return self._bound[index]
 
     def rule_for(self, index: int) -> "Optimizer":
         """The optimizer whose ``hyper`` holds parameter ``index``'s group's hyperparameters (``self`` when the
@@ -234,7 +302,8 @@ class Optimizer:
     def heavy_ball(self) -> tuple[str, float, bool] | None:
         """``(buffer_slot, momentum, nesterov)`` when ``update`` is exactly heavy-ball momentum on the
         regularized gradient (``b = momentum * b + g``; ``p -= lr * (g + momentum * b if nesterov else b)``),
-        so that a backend with a fused in-place kernel for that rule may run it instead; None otherwise."""
+        so that a backend with a fused in-place kernel for that rule may run it instead, with Python ``momentum``
+        and ``nesterov``; None otherwise, also when either is a tensor (a bound option, see ``bound_rule``)."""
         return None
 
     def apply_fused(self, param, grad, slots: dict, lr, ops) -> bool:

@@ -4,8 +4,11 @@ An optimizer keeps one flat ``params`` list (what backends index their state by)
 ``ParamGroup`` dict per group holding its parameters, its learning rate and its hyperparameters (the
 constructor's values unless the group names its own). Setting a group's ``"lr"`` or any hyperparameter that
 ``torch.optim`` lets a group change (``momentum``, ``nesterov``, ``weight_decay``, ``betas``, ``eps``,
-``alpha``) takes effect at the next step, on every backend: graph backends hold them in variables (no
-retrace), so ``for g in opt.param_groups: g["momentum"] = ...`` works as in PyTorch.
+``alpha``) takes effect at the next step, on every backend, so ``for g in opt.param_groups: g["momentum"] = ...``
+works as in PyTorch. Until an option is first changed, compiled steps hold it as a constant (a zero term left
+out: default SGD computes no momentum buffer); its first change binds it (``Optimizer.bound_options``): every
+compiled step and ``ud.function`` retraces once (``options_generation`` grows) and reads it from a variable from
+then on, so later changes never retrace.
 """
 
 from __future__ import annotations
@@ -19,11 +22,32 @@ _BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
 #: the slots' first values read
 FIXED_OPTIONS = ("l1", "initial_accumulator_value")
 
+#: how many times any optimizer's set of bound options has grown (see ``options_generation``)
+_generation = 0
+
+
+def options_generation() -> int:
+    """A counter that grows whenever some optimizer's param-group option is changed for the first time (bound).
+
+    A compiled step holds an option that was never changed as a constant; once bound, it reads the option from
+    a variable. Every backend's compiled functions (train steps, ``ud.function``, an optimizer's compiled
+    ``apply``) read this counter into their cache key, so that a first change retraces them once, instead of
+    leaving a graph with the old constant (a silent divergence). Later changes of a bound option write its
+    variable only: no retrace."""
+    return _generation
+
+
+def grow_generation() -> None:
+    """Record that an optimizer bound an option (``Optimizer.set_group_option``): compiled functions retrace."""
+    global _generation
+    _generation += 1
+
 
 class ParamGroup(dict):
     """One group of ``optimizer.param_groups``: a dict whose ``"lr"`` and hyperparameters (those of
     ``torch.optim``: not ``l1``, ``initial_accumulator_value`` or ``params``) may be set; the backend uses the
-    new value from the next step on."""
+    new value from the next step on. The first change of a hyperparameter (not ``"lr"``, always a variable)
+    retraces compiled steps once (see the module doc); setting the value it already has changes nothing."""
 
     def __init__(self, optimizer, index: int, values: dict):
         super().__init__(values)

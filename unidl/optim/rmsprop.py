@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl.optim.optimizer import Optimizer, check_range, scalar_like
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, scalar_like
 
 
 class RMSprop(Optimizer):
@@ -26,7 +26,7 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, l1: float = 0.0, **clipping):
-        super().__init__(params, lr, l1=l1, **clipping, alpha=check_range("RMSprop", "alpha", alpha, 0.0, 1.0, high_open=False),
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), alpha=check_range("RMSprop", "alpha", alpha, 0.0, 1.0, high_open=False),
                          eps=check_range("RMSprop", "eps", eps),
                          weight_decay=check_range("RMSprop", "weight_decay", weight_decay))
 

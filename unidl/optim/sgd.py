@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl.optim.optimizer import Optimizer, check_range, is_off, scalar_like
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like
 
 
 class SGD(Optimizer):
@@ -41,17 +41,20 @@ class SGD(Optimizer):
         momentum = check_range("SGD", "momentum", momentum, 0.0, 1.0)
         if nesterov and momentum <= 0:
             raise ValueError("SGD nesterov=True needs momentum > 0, got momentum=0")
-        super().__init__(params, lr, l1=l1, **clipping, momentum=momentum, nesterov=bool(nesterov),
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), momentum=momentum, nesterov=bool(nesterov),
                          weight_decay=check_range("SGD", "weight_decay", weight_decay))
 
     def heavy_ball(self):
+        # a fused kernel for constant options only: a bound momentum (a tensor, see bound_rule) may be 0 at a
+        # step, which must leave the buffer as it is (``update``)
         h = self.hyper
-        if is_off(h["momentum"]) or type(self).update is not SGD.update:  # a subclass's own rule is not the kernel's
+        if (not isinstance(h["momentum"], float) or is_off(h["momentum"]) or not isinstance(h["nesterov"], bool)
+                or type(self).update is not SGD.update):  # a subclass's own rule is not the kernel's
             return None
         return ("momentum_buffer", h["momentum"], h["nesterov"])
 
     def update(self, param, grad, slots, lr, step, ops):
-        # momentum and nesterov are Python values, or tensors where a graph backend lets a group change them
+        # momentum and nesterov are Python values, or tensors where a graph backend reads a group's bound option
         h = self.hyper
         if is_off(h["momentum"]):
             return lr * grad, slots

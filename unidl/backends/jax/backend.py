@@ -226,13 +226,14 @@ class Backend(BackendInterface):
             return JaxOptimizer(optimizer, jax_ops)
 
     def set_learning_rate(self, optimizer, lr, group=0):
-        variable = optimizer.native.learning_rates[group]
-        variable.value = jnp.asarray(lr, variable.dtype)
+        from unidl.backends.jax.optimizer import write_scalar
 
-    def set_group_options(self, optimizer, group):
+        write_scalar(optimizer.native.learning_rates[group], lr)
+
+    def set_group_options(self, optimizer, group, keys):
         from unidl.backends.jax.optimizer import set_group_options
 
-        set_group_options(optimizer, group)
+        set_group_options(optimizer, group, keys)
 
     def optimizer_state(self, optimizer):
         native = optimizer.native
@@ -305,7 +306,8 @@ class Backend(BackendInterface):
         # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning
         modules = model.modules()  # fixed with ``variables``: the step is built for this module tree
         compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
-                               static_key=lambda: (tuple(m.training for m in modules), trainable_mask(params)))
+                               static_key=lambda: (tuple(m.training for m in modules), trainable_mask(params)),
+                               keyed_modules=lambda: modules)
         to_input = self.to_input
         if eager:
             return (lambda *args: step(*[to_input(a) for a in args])), compiled
@@ -334,7 +336,8 @@ class Backend(BackendInterface):
         if "predict" not in cache:
             variables = self._model_state(model)
             compiled = StatefulJit(lambda x: model(x), lambda: variables, f"forward of {type(model).__name__}",
-                                   static_key=lambda: training_modes(model), warn_retrace=False)
+                                   static_key=lambda: training_modes(model), warn_retrace=False,
+                                   keyed_modules=model.modules)
             cache["predict"] = lambda x: compiled(self.to_input(x))
         return cache["predict"]
 
@@ -428,6 +431,11 @@ class Backend(BackendInterface):
         from unidl.backends.jax import graph as jax_graph
 
         return jax_graph.model_graph(model, self.tensor(x))
+
+    def model_graph_of_values(self, forward, state, x):
+        from unidl.backends.jax import graph as jax_graph
+
+        return jax_graph.graph_of_values(forward, state, self.tensor(x))
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

@@ -16,6 +16,9 @@ Loops over Python ranges of static sizes (``range(ud.ops.shape(x)[0])``) are unr
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import threading
 import warnings
 
 import jax
@@ -23,9 +26,10 @@ import numpy as np
 from jax.experimental import checkify
 
 from unidl import devices
-from unidl.tracing import python_randomness_guard, warn_running_eagerly
+from unidl.tracing import ModesReached, python_randomness_guard, warn_running_eagerly
 from unidl.backends.jax import ops as jax_ops, variable as jax_variable
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from
+from unidl.optim.param_groups import options_generation
 
 _CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
                    jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
@@ -64,18 +68,58 @@ def _split_static(args):
 #: without donation and comes back only when the function writes it
 _DONATE_MIN_SIZE = 16
 
+#: the thread tracing a compiled function with checkify's error codes numbered from 1 (and its nesting depth)
+_numbering = threading.local()
+_numbering_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def error_codes_numbered_per_trace():
+    """Number checkify's error codes from 1 in each outermost trace, instead of from its process-wide counter.
+
+    A code is a constant of the compiled program, so with the global counter two traces of the same step (the same
+    model built again, a test after another, a new process) are different programs to XLA's compilation cache and
+    each pays a full compile (seconds on a CPU for a small CNN). Codes need only be unique within one checkified
+    function: a trace nested in another goes on with the outer numbering. Where JAX's private counter is not
+    there, nothing changes (only the cache misses)."""
+    from jax._src import checkify as checkify_internals
+
+    if getattr(_numbering, "depth", 0) or not hasattr(checkify_internals, "next_code"):
+        _numbering.depth = getattr(_numbering, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            _numbering.depth -= 1
+        return
+    with _numbering_lock:  # (the counter is module-wide: one thread renumbers at a time)
+        saved, checkify_internals.next_code = checkify_internals.next_code, itertools.count(1).__next__
+        _numbering.depth = 1
+        try:
+            yield
+        finally:
+            _numbering.depth = 0
+            checkify_internals.next_code = saved
+
 
 class StatefulJit:
     """``fn`` compiled with ``jax.jit`` over the variables ``variables()`` returns, which it may read and write.
 
-    ``static_key()`` adds Python state that changes the trace (the modules' train/eval mode).
-    ``trace_count`` counts traces. With ``donate``, the buffers of the variables' arrays (those of at least
-    ``_DONATE_MIN_SIZE`` elements) are donated to the call, so XLA updates them in place."""
+    ``static_key()`` adds Python state that changes the trace (the modules' train/eval mode); with
+    ``keyed_modules()`` (the modules whose modes ``static_key`` holds), the modes of the other modules its traces
+    reach (a loss module: ``ModesReached``) are keyed too. An optimizer's option changed for the first time
+    (``options_generation``: traces hold it as a constant) retraces once. ``trace_count`` counts traces. With
+    ``donate``, the buffers of the variables' arrays (those of at least ``_DONATE_MIN_SIZE`` elements) are
+    donated to the call, so XLA updates them in place."""
 
-    def __init__(self, fn, variables, name: str, static_key=None, donate: bool = False, warn_retrace: bool = True):
+    def __init__(self, fn, variables, name: str, static_key=None, donate: bool = False, warn_retrace: bool = True,
+                 keyed_modules=None):
+        self._reached = ModesReached(keyed_modules) if keyed_modules is not None else None
+        if self._reached is not None:
+            fn = self._reached.traced(fn)
         self._fn, self._variables, self._static_key = fn, variables, static_key
         self._donate, self._warn_retrace = donate, warn_retrace
         self._compiled: dict = {}
+        self._generation = options_generation()
         self._last_variables, self._last_serials = None, ()
         self.trace_count = 0
         self.__name__ = name
@@ -134,7 +178,8 @@ class StatefulJit:
         def flat(donated_values, kept_values, dynamic_leaves):
             # checkify's error as a list of arrays: empty for a trace without value checks, so that its calls
             # skip rebuilding the error object in Python (a few µs a step)
-            error, out = checked(donated_values, kept_values, dynamic_leaves)
+            with error_codes_numbered_per_trace():
+                error, out = checked(donated_values, kept_values, dynamic_leaves)
             error_leaves, structure = jax.tree_util.tree_flatten(error)
             error_structure[:] = [structure]
             return error_leaves, out
@@ -148,12 +193,18 @@ class StatefulJit:
     def __call__(self, *args):
         variables = self._variables()
         static = self._static_key() if self._static_key else None
+        if self._reached is not None:
+            reached = self._reached.key()
+            static = (static, reached)
         if all(type(a) in _ARRAY_TYPES for a in args):  # the common case, keyed without flattening
             leaves, treedef, dynamic = args, None, range(len(args))
             key = (self._serials(variables), tuple((a.shape, a.dtype) for a in args), static)
         else:
             leaves, treedef, dynamic = _split_static(args)
             key = (self._serials(variables), treedef, tuple(_signature(leaf) for leaf in leaves), static)
+        if self._generation != options_generation():  # an optimizer bound an option the traces hold as a constant
+            self._compiled.clear()
+            self._generation = options_generation()
         entry = self._compiled.get(key)
         if entry is None:
             entry = self._compile(key, args, leaves, treedef, dynamic, variables)
@@ -162,6 +213,10 @@ class StatefulJit:
                                                    args if treedef is None else [leaves[i] for i in dynamic])
         for index, value in written.items():
             variables[index]._value = value  # a jit output: already committed (the setter's check is per-step cost)
+        if self._reached is not None and len(self._reached.modules) != len(reached):
+            # the call's trace (jax.jit traces at the first call) reached modules outside ``keyed_modules``: its
+            # program is filed under their modes too; those filed under fewer modules go
+            self._compiled = {(*key[:-1], (static[0], self._reached.key())): entry}
         if not error_leaves:
             return result
         try:

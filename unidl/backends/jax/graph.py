@@ -5,7 +5,8 @@ input; this turns that jaxpr into the ``GraphDef`` TensorBoard's Graphs tab read
 package's protos alone (no TensorFlow). Nodes: the input, each parameter and buffer under its ``state_dict()``
 name with '/' between modules ('linear1/weight'), each JAX primitive ('dot_general', 'add', ...), and the
 output. Calls of named functions (``jax.jit``, ``jax.custom_jvp``: ``relu``) are inlined, their primitives
-grouped under the function's name ('relu/max_1'), as TensorBoard groups a name scope.
+grouped under the function's name ('relu/max_1'), as TensorBoard groups a name scope. The keras backend draws
+Keras's model on JAX through ``graph_of_values`` (the Keras variables' values go in through a StatelessScope).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from unidl.backends.jax.variable import JaxVariable
 
 def model_graph(module, x) -> bytes | None:
     """The serialized ``GraphDef`` of ``module``'s forward on ``x`` (traced abstractly, nothing computed); None
-    for a module whose state is not ``JaxVariable``s (Keras's variables, where the keras backend runs on JAX)."""
+    for a module whose state is not ``JaxVariable``s (Keras's variables, which the keras backend passes in as
+    values: ``graph_of_values``)."""
     state = [*module.named_parameters(), *module.named_buffers()]
     if not all(isinstance(value, JaxVariable) for _, value in state):
         return None
@@ -28,23 +30,37 @@ def model_graph(module, x) -> bytes | None:
     live = jax_variable.live()
     before = [v.value for v in live]
 
-    def forward(values, inputs):
+    def forward(values, *inputs):
         for variable, value in zip(variables, values):
             variable.value = value
         return module(*inputs)
 
-    inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     try:
-        closed = jax.make_jaxpr(forward)([v.value for v in variables], inputs)
+        return graph_of_values(forward, [(name, value.trainable, value.value) for name, value in state], x)
     finally:  # tracing leaves every variable as it was (a forward that writes state writes tracers)
         for variable, value in zip(live, before):
             variable.value = value
+
+
+def graph_of_values(forward, state, x) -> bytes:
+    """The serialized ``GraphDef`` of ``forward(values, *inputs)``, a pure function of the ``values`` of
+    ``state`` ((``state_dict()`` name, is a parameter, array) each) and of inputs shaped as ``x`` (an array or
+    a tuple of them), traced abstractly by ``jax.make_jaxpr``."""
+    inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    closed = jax.make_jaxpr(forward)([value for _, _, value in state], *inputs)
+    return graph_def([name for name, _, _ in state],
+                     ["Parameter" if parameter else "Buffer" for _, parameter, _ in state], closed)
+
+
+def graph_def(names, kinds, closed: ClosedJaxpr) -> bytes:
+    """The serialized ``GraphDef`` of a traced forward whose jaxpr takes the state's values first (one node
+    each, named after ``names`` with '/' for '.', of op ``kinds``: 'Parameter' or 'Buffer') and then its
+    inputs."""
     graph = _Graph()
     jaxpr = closed.jaxpr
-    for (name, value), var in zip(state, jaxpr.invars):
-        graph.name_of[var] = graph.add(name.replace(".", "/"), "Parameter" if value.trainable else "Buffer", [],
-                                       [var])
-    for index, var in enumerate(jaxpr.invars[len(state):]):
+    for name, kind, var in zip(names, kinds, jaxpr.invars):
+        graph.name_of[var] = graph.add(name.replace(".", "/"), kind, [], [var])
+    for index, var in enumerate(jaxpr.invars[len(names):]):
         graph.name_of[var] = graph.add("input" if index == 0 else f"input_{index}", "Input", [], [var])
     graph.add_equations(jaxpr, "")
     graph.add("output", "Output", jaxpr.outvars, [])

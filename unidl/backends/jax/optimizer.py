@@ -7,7 +7,9 @@ out) and a new learning rate is a new argument value, never a retrace.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from unidl.backends.jax.variable import JaxVariable
 from unidl.optim.optimizer import bound_rule, changeable_options
@@ -23,8 +25,9 @@ class JaxOptimizer:
         self.learning_rates = [JaxVariable(jnp.asarray(group["lr"], dtype), trainable=False)
                                for group in optimizer.param_groups]
         self.learning_rate = self.learning_rates[0]
-        # each group's changeable hyperparameters (momentum, betas, ...): arguments of the compiled step, so that
-        # ``param_groups[i][key] = value`` reaches it without a retrace (float64; nesterov a bool)
+        # each group's changeable hyperparameters (momentum, betas, ...) as variables (float64; nesterov a bool):
+        # a compiled step reads those bound since construction (``bound_rule``), so that a later
+        # ``param_groups[i][key] = value`` reaches it without a retrace; the others are constants of its trace
         self.group_options = [{key: _option_variables(value) for key, value in changeable_options(optimizer, g).items()}
                               for g in range(len(optimizer.param_groups))]
         self.iterations = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
@@ -46,14 +49,14 @@ class JaxOptimizer:
     def prepare_accumulation(self, accumulate: int) -> None:
         """Create what ``apply(..., accumulate=N)`` keeps between micro-steps (before a step is compiled), and
         register it as the optimizer's checkpointed window (``unidl.training.AccumulationWindow``)."""
-        from unidl.training import attach_window
+        from unidl.training import attach_window, variable_window
 
         if getattr(self, "accumulated", None) is None:
             self.accumulated = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False) for p in self._spec.params]
             self.micro_steps = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
             self.window_finite = JaxVariable(jnp.asarray(True), trainable=False)
         attach_window(self._spec, accumulate, variable_window(accumulate, self.accumulated, self.micro_steps,
-                                                              self.window_finite))
+                                                              self.window_finite, read_numpy, assign_numpy))
 
     def apply(self, grads, loss=None, accumulate: int = 1) -> None:
         """One guarded update: when ``loss`` or a gradient is not finite every parameter, slot and the step count
@@ -83,6 +86,16 @@ class JaxOptimizer:
             self.micro_steps.value = jnp.where(keep, count, 0)
             self.window_finite.value = jnp.where(keep, window_finite, True)
 
+    def option_variables(self, group: int, key: str) -> tuple:
+        """The variables of option ``key`` of param group ``group``: one, or two for ``betas``."""
+        entry = self.group_options[group][key]
+        return entry if isinstance(entry, tuple) else (entry,)
+
+    def _read_option(self, group: int, key: str):
+        """Option ``key`` of param group ``group`` as the trace reads it from its variables (``bound_rule``)."""
+        values = tuple(v.value for v in self.option_variables(group, key))
+        return values if isinstance(self._spec.param_groups[group][key], tuple) else values[0]
+
     def _update(self, grads, update) -> None:
         """Every parameter and slot: its new value where ``update`` (a boolean scalar) holds, else its old one."""
         spec, ops = self._spec, self._ops
@@ -93,9 +106,7 @@ class JaxOptimizer:
         for index, (param, grad, slots) in enumerate(zip(spec.params, grads, self.slot_variables)):
             if grad is None:  # PyTorch's rule: no gradient, no update
                 continue
-            group = spec.group_of(index)  # its param group's rule, options and rate
-            rule, lr = bound_rule(spec.rule_for(index), _option_values(self.group_options[group])), \
-                self.learning_rates[group].value
+            rule, lr = bound_rule(spec, index, self._read_option), self.learning_rates[spec.group_of(index)].value
             grad = rule.regularized_gradient(param, grad, ops)
             heavy_ball = rule.heavy_ball()
             if heavy_ball is not None:
@@ -109,21 +120,13 @@ class JaxOptimizer:
 
 
 def _heavy_ball(slots, grad, lr, update, buffer_name, momentum, nesterov):
-    """SGD's momentum rule (``Optimizer.heavy_ball``) with the guard on the buffer before the step is taken from
-    it, so XLA computes the new buffer once and the parameter's update reads it, as a hand-written step does
-    (selecting both results at the end makes XLA recompute the buffer from the old one in the parameter's
-    update: one more read of every gradient and buffer); returns the parameter's decrement."""
+    """SGD's momentum rule (``Optimizer.heavy_ball``: Python ``momentum`` and ``nesterov``) with the guard on the
+    buffer before the step is taken from it, so XLA computes the new buffer once and the parameter's update reads
+    it, as a hand-written step does (selecting both results at the end makes XLA recompute the buffer from the old
+    one in the parameter's update: one more read of every gradient and buffer); returns the parameter's decrement."""
     buffer = slots[buffer_name]
-    if isinstance(momentum, float):
-        _guarded_assign(buffer, momentum * buffer.value + grad, update)
-        return lr * (grad + momentum * buffer.value if nesterov else buffer.value)
-    # a param group's options (graph inputs): momentum 0 is plain SGD (the new buffer is the gradient) and leaves
-    # the buffer as it is, as torch.optim does
-    rounded = jnp.asarray(momentum, grad.dtype)
-    new_buffer = rounded * buffer.value + grad
-    direction = jnp.where(nesterov, grad + rounded * new_buffer, new_buffer)
-    _guarded_assign(buffer, new_buffer, update & (momentum != 0))
-    return lr * direction
+    _guarded_assign(buffer, momentum * buffer.value + grad, update)
+    return lr * (grad + momentum * buffer.value if nesterov else buffer.value)
 
 
 def _option_variables(value):
@@ -133,17 +136,19 @@ def _option_variables(value):
     return JaxVariable(jnp.asarray(value, jnp.bool_ if isinstance(value, bool) else jnp.float64), trainable=False)
 
 
-def _option_values(options: dict) -> dict:
-    return {key: tuple(v.value for v in entry) if isinstance(entry, tuple) else entry.value
-            for key, entry in options.items()}
+def set_group_options(optimizer, group: int, keys) -> None:
+    """Write options ``keys`` of param group ``group`` into their variables (read by the next step)."""
+    for key in keys:
+        value = optimizer.param_groups[group][key]
+        values = value if isinstance(value, tuple) else (value,)
+        for variable, v in zip(optimizer.native.option_variables(group, key), values):
+            write_scalar(variable, v)
 
 
-def set_group_options(optimizer, group: int) -> None:
-    """Write param group ``group``'s current options into its variables (read by the next step)."""
-    for key, value in changeable_options(optimizer, group).items():
-        entry = optimizer.native.group_options[group][key]
-        for variable, v in zip(entry if isinstance(entry, tuple) else (entry,), value if isinstance(value, tuple) else (value,)):
-            variable.value = jnp.asarray(v, variable.value.dtype)
+def write_scalar(variable, value) -> None:
+    """Set a scalar variable (a learning rate, an option) from a Python number, on its device: through NumPy,
+    half the cost of ``jnp.asarray`` (a scheduler writes one every step)."""
+    variable.value = jax.device_put(np.asarray(value, variable.dtype), next(iter(variable.value.devices())))
 
 
 def _guarded_assign(variable, value, update) -> None:
@@ -175,21 +180,12 @@ def _zero_if_finite(value):
     return jnp.sum(value - value).astype(jnp.float32)
 
 
-def variable_window(accumulate, sums, count, finite):
-    """The ``unidl.training.AccumulationWindow`` over a window kept in ``JaxVariable``s: ``sums`` (the gradients
-    of ``loss / N`` summed), the micro-step ``count`` and the boolean ``finite`` of the micro-steps so far."""
-    import numpy as np
+def read_numpy(variable):
+    """A ``JaxVariable``'s value as NumPy (how ``unidl.training.variable_window`` and ``variable_scaler`` read one)."""
+    return np.asarray(variable.value)
 
-    from unidl.training import AccumulationWindow
 
-    def read():
-        return int(np.asarray(count.value)), bool(np.asarray(finite.value)), [np.array(v.value) for v in sums]
-
-    def write(micro_steps, is_finite, gradients):
-        count.value = jnp.asarray(micro_steps, count.value.dtype)
-        finite.value = jnp.asarray(bool(is_finite))
-        for variable, value in zip(sums, gradients if micro_steps else [None] * len(sums)):
-            variable.value = (jnp.zeros_like(variable.value) if value is None
-                              else jnp.asarray(np.asarray(value), variable.value.dtype))
-
-    return AccumulationWindow(accumulate, read, write)
+def assign_numpy(variable, value) -> None:
+    """Write a NumPy value of a variable's dtype into it, as a JAX array (for ``variable_window`` and
+    ``variable_scaler``)."""
+    variable.value = jnp.asarray(value)

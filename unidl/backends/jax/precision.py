@@ -6,12 +6,14 @@ non-finite guard: every parameter and slot keeps its value)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from unidl.backends.jax import ops as jax_ops
-from unidl.backends.jax.optimizer import all_finite
+from unidl.backends.jax.optimizer import all_finite, assign_numpy, read_numpy
 from unidl.backends.jax.variable import JaxVariable
 from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
+from unidl.training import loss_scale_storage
 
 
 class LossScale:
@@ -36,16 +38,9 @@ class LossScale:
 
     def checkpointed(self):
         """This scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state)."""
-        import numpy as np
+        from unidl.training import variable_scaler
 
-        from unidl.training import LossScaler
-
-        def write(scale, good_steps):
-            self.scale.value = jnp.asarray(scale, self.scale.value.dtype)
-            self.good_steps.value = jnp.asarray(good_steps, self.good_steps.value.dtype)
-
-        return LossScaler(self.precision, lambda: (np.asarray(self.scale.value), np.asarray(self.good_steps.value)),
-                          write)
+        return variable_scaler(self.precision, self.scale, self.good_steps, read_numpy, assign_numpy)
 
 
 class Window:
@@ -76,33 +71,14 @@ class Window:
         self.count.value = jnp.where(updates, 0, count)
         return sums, losses, updates
 
-
     def checkpointed(self, scaler):
         """This window as a ``unidl.training.AccumulationWindow``: its sums unscaled by ``scaler``'s scale in
         force (None: no scaling; a power of two, so exactly), its finite flag read from its losses."""
-        import numpy as np
+        from unidl.training import variable_window
 
-        from unidl.training import AccumulationWindow
-
-        def scale():
-            return float(np.asarray(scaler.scale.value)) if scaler is not None else 1.0
-
-        def read():
-            count = int(np.asarray(self.count.value))
-            finite = bool(np.isfinite(np.asarray(self.losses.value)[:count]).all())
-            return count, finite, [np.asarray(total.value) / np.asarray(scale(), np.asarray(total.value).dtype)
-                                   for total in self.sums]
-
-        def write(micro_steps, finite, gradients):
-            self.count.value = jnp.asarray(micro_steps, self.count.value.dtype)
-            losses = [0.0 if finite or index else float("nan") for index in range(self.accumulate)]
-            self.losses.value = jnp.asarray(losses, jnp.float32)
-            for total, value in zip(self.sums, gradients if micro_steps else [None] * len(self.sums)):
-                dtype = total.value.dtype
-                total.value = (jnp.zeros_like(total.value) if value is None
-                               else jnp.asarray(np.asarray(value, dtype) * np.asarray(scale(), dtype)))
-
-        return AccumulationWindow(self.accumulate, read, write)
+        scale = (lambda: float(np.asarray(scaler.scale.value))) if scaler is not None else None
+        return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
+                               scale=scale)
 
 
 def _float32(value):
@@ -117,16 +93,13 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
     native = optimizer.native
     modules = modules_of(model, loss_fn)
     compute = precision.compute_dtype
-    scaler = LossScale(precision) if precision.scales_loss else None
+    # the optimizer's one loss scale (every float16 step of it moves the same; its checkpointed state)
+    scaler = loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss else None
     window = Window(params, accumulate) if accumulate > 1 else None
     if window is not None:
         from unidl.training import attach_window
 
         attach_window(optimizer, accumulate, window.checkpointed(scaler))
-    if scaler is not None:
-        from unidl.training import attach_scaler
-
-        attach_scaler(optimizer, scaler.checkpointed())
     name = f"train_step of {type(model).__name__}"
 
     def step(x, y, *inputs):

@@ -8,7 +8,6 @@ backend's own kernels where they take Keras's tensors), and gradients, ``ud.func
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,17 +21,23 @@ from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
 from unidl.backends.keras import distributed as keras_distributed
+from unidl.backends.keras import dtypes as keras_dtypes
+from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras import function as keras_function
+from unidl.backends.keras import graph as keras_graph
 from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras import precision as keras_precision
 from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
-from unidl.nn.module import trainable_mask, training_modes
+from unidl.nn.module import step_modes, trainable_mask
 from unidl.backends.keras.module import (BatchRelay, NativeLoss, NativeModel, metric_tracker_variables,
                                          restore_metric_totals)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
-from unidl.backends.keras.optimizer import NativeOptimizer
+from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
+from unidl.optim.param_groups import options_generation
 from unidl.backends.keras.export import export_formats, export_module
+
+keras_dtypes.keep_float64_in_type_promotion()  # float64 stays float64 in Keras's ops on torch and JAX too
 
 
 def _jit_compile(requested: bool, eager: bool) -> bool:
@@ -41,18 +46,6 @@ def _jit_compile(requested: bool, eager: bool) -> bool:
     slower on a small model: a host whose Keras state is functional (values threaded through the step, as JAX's)
     compiles the step whole unless ``eager``; elsewhere as requested (TensorFlow traces a graph either way)."""
     return requested or (not eager and not HOST.keras_state_in_place)
-
-
-@contextlib.contextmanager
-def floatx(dtype: str):
-    """Keras's default float type set to ``dtype`` while Keras creates its own variables (learning
-    rate, metric totals), so that unidl's float64 mode is float64 throughout."""
-    previous = keras.config.floatx()
-    keras.config.set_floatx(dtype)
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(previous)
 
 
 def keras_device_name(device: str) -> str:
@@ -76,7 +69,7 @@ class Backend(BackendInterface):
         return HOST
 
     def forward_caller(self, module_class):
-        return HOST.forward_caller(module_class)
+        return keras_dtypes.forward_caller(HOST.forward_caller(module_class))
 
     def distributed_engine(self):
         return keras_distributed.engine()  # the host framework's, where it carries Keras's step
@@ -204,10 +197,10 @@ class Backend(BackendInterface):
         else:
             optimizer.native.learning_rate = lr
 
-    def set_group_options(self, optimizer, group):
+    def set_group_options(self, optimizer, group, keys):
         from unidl.backends.keras.optimizer import set_group_options
 
-        set_group_options(optimizer, group)
+        set_group_options(optimizer, group, keys)
 
     def optimizer_state(self, optimizer):
         native = optimizer.native
@@ -244,7 +237,7 @@ class Backend(BackendInterface):
         # Keras's compiled steps bake in which variables they train and each module's train/eval mode: freezing
         # one, or ``model.bn.eval()``, compiles again
         key = (id(loss_fn), id(optimizer), jit_compile, None if metrics is None else metrics.key, eager,
-               trainable_mask(optimizer.params), training_modes(model), precision, accumulate)
+               trainable_mask(optimizer.params), step_modes(model, loss_fn), precision, accumulate)
         if getattr(native, "_unidl_compiled", None) != key:
             optimizer.native.prepare_accumulation(accumulate)  # micro-steps per update, for the steps traced next
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
@@ -255,6 +248,8 @@ class Backend(BackendInterface):
             object.__setattr__(native, "_unidl_compiled", key)
             object.__setattr__(native, "_unidl_statistics", statistics)  # its totals, for epoch_totals
             object.__setattr__(native, "_unidl_fit_graph", None)  # it updated the previous compile's trackers
+            object.__setattr__(native, "_unidl_options_generation", options_generation())
+        keep_train_function_current(native)  # (an option bound since: Keras's own step holds it as a constant)
         return native
 
     def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
@@ -262,7 +257,7 @@ class Backend(BackendInterface):
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
         return _FreezeAwareStep(lambda: self._train_step(model, loss_fn, optimizer, eager, accumulate=accumulate),
-                                lambda: (trainable_mask(optimizer.params), training_modes(model)))
+                                lambda: (trainable_mask(optimizer.params), step_modes(model, loss_fn)))
 
     def _train_step(self, model, loss_fn, optimizer, eager, precision=None, accumulate=1):
         native = self.compile(model, loss_fn, optimizer, eager=eager, precision=precision, accumulate=accumulate)
@@ -314,17 +309,20 @@ class Backend(BackendInterface):
         to_input = self.to_input
         take_arrays = getattr(batches, "take_arrays", None)  # a DataLoader epoch over in-memory arrays
         arrays = take_arrays() if take_arrays is not None else None
-        if arrays is not None and len(arrays) >= 2:
-            # Keras slices arrays inside its own input pipeline: far cheaper than a Python generator,
-            # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
-            relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
-                               totals=totals)
-            native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
-                       shuffle=False, verbose=0, callbacks=[relay])
-        else:
-            relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals)
-            native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
-                       steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
+        # Keras's fit casts the float arrays it slices to its default float type: the model's (a float64
+        # batch rounded to float32 would be 1e-8 off)
+        with floatx(native.dtype_policy.variable_dtype):
+            if arrays is not None and len(arrays) >= 2:
+                # Keras slices arrays inside its own input pipeline: far cheaper than a Python generator,
+                # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
+                relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
+                                   totals=totals)
+                native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
+                           shuffle=False, verbose=0, callbacks=[relay])
+            else:
+                relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals)
+                native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
+                           steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
         return relay.logs
 
     def _fit_graph(self, native):
@@ -372,7 +370,7 @@ class Backend(BackendInterface):
         return HOST.custom_gradient(forward_fn)
 
     def model_graph(self, model, x):
-        return HOST.model_graph(model, x)  # Keras computes with its host framework, which traces the forward
+        return keras_graph.model_graph(HOST, model, x)  # Keras computes with its host framework, which traces it
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):
@@ -384,7 +382,8 @@ class Backend(BackendInterface):
 
 class _FreezeAwareStep:
     """A train step built again when the set of frozen parameters or any module's train/eval mode changes
-    (Keras's compiled step trains the variables it was compiled with, in the modes it was traced in);
+    (Keras's compiled step trains the variables it was compiled with, in the modes it was traced in), or an
+    optimizer option is first changed (``options_generation``: the step holds it as a constant);
     ``trace_count`` adds up every build's traces."""
 
     def __init__(self, build, mask):
@@ -392,7 +391,7 @@ class _FreezeAwareStep:
         self._key, self._run, self._earlier_traces = None, None, 0
 
     def __call__(self, *args):
-        key = self._mask()
+        key = (self._mask(), options_generation())
         if key != self._key:
             self._earlier_traces += getattr(self._run, "trace_count", None) or 0
             self._key, self._run = key, self._build()

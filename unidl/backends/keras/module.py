@@ -10,6 +10,7 @@ from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, n
 
 from unidl import config
 from unidl.backends.keras import distributed as keras_distributed
+from unidl.backends.keras.optimizer import keep_train_function_current
 from unidl.nn.module import is_trainable, restore_modes
 
 
@@ -116,11 +117,12 @@ class BatchRelay(keras.callbacks.Callback):
         # ``self.model`` hands the state back to the variables where Keras's trainer holds it outside them
         # during an epoch (Keras-on-JAX's ``jax_state_sync``; a no-op elsewhere): ud.fit's callbacks (a
         # checkpoint, the optimizer's ``last_step_finite``) read the weights, slots and trackers after this batch
-        self.model  # noqa: B018  (the property's sync is the point)
+        model = self.model  # (the property's sync is the point)
         if self._delivered is not None:
             self._delivered()
         self.logs = self._logs_of(logs or {})  # Keras's logs as ud.fit's: the loss and each metric's value
         self._on_batch(batch, dict(self.logs))
+        keep_train_function_current(model)  # a callback changed an optimizer option for the first time
 
 
 class NativeLoss(keras.losses.Loss):

@@ -140,10 +140,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         count = K.cast(K.prod(K.take(K.shape(x), axes)) if None in x.shape else
                        _static_count(x.shape, axes), x.dtype)
         unbiased = var * count / K.maximum(count - 1, 1)
-        new_mean = (1 - momentum) * running_mean + momentum * mean
-        new_var = (1 - momentum) * running_var + momentum * unbiased
+        # the statistics read as tensors: a Python float times a Keras variable is Keras's op, which on torch
+        # rounds the float to Keras's default float type first (float32); times a tensor it is the tensor's dtype
+        new_mean = (1 - momentum) * K.convert_to_tensor(running_mean) + momentum * mean
+        new_var = (1 - momentum) * K.convert_to_tensor(running_var) + momentum * unbiased
     else:
-        mean, var = running_mean, running_var
+        mean, var = K.convert_to_tensor(running_mean), K.convert_to_tensor(running_var)
         new_mean, new_var = running_mean, running_var
     scale = K.rsqrt(var + eps)
     if weight is not None:
@@ -345,6 +347,10 @@ def arange(start, end, step, dtype):
 
 
 def argmax(x, dim=None, keepdim=False):
+    # Keras ranks -0.0 below +0.0 (it swaps -0.0 for a tiny negative number); torch and NumPy hold them equal and
+    # take the first: zeros made +0.0 first (max pooling's indices, a tie of logits)
+    if "float" in str(x.dtype):
+        x = K.where(K.equal(x, 0), K.zeros_like(x), x)
     return K.cast(K.argmax(x, axis=dim, keepdims=keepdim), "int64")
 
 

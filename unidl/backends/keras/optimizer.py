@@ -14,8 +14,10 @@ import keras
 from keras import ops as K
 
 from unidl.backends.keras import distributed as keras_distributed
+from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.optim.optimizer import bound_rule, changeable_options
+from unidl.optim.param_groups import options_generation
 
 
 class NativeOptimizer(keras.optimizers.Optimizer):
@@ -35,8 +37,9 @@ class NativeOptimizer(keras.optimizers.Optimizer):
                 keras.Variable(group["lr"], dtype=keras.config.floatx(), trainable=False, name="learning_rate")
                 for group in spec.param_groups[1:]]
             # each group's changeable hyperparameters (momentum, betas, ...) as variables (float64; nesterov a
-            # bool), so that ``param_groups[i][key] = value`` reaches the compiled step without a retrace: one flat
-            # list Keras tracks, and where each option's variables lie in it
+            # bool): a compiled step reads those bound since construction (``bound_rule``), so that a later
+            # ``param_groups[i][key] = value`` reaches it without a retrace; the others are constants of its graph.
+            # One flat list Keras tracks, and where each option's variables lie in it
             self.group_option_variables, layout = [], []
             for g in range(len(spec.param_groups)):
                 entry = {}
@@ -73,7 +76,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
     def prepare_accumulation(self, accumulate: int) -> None:
         """Set the micro-steps per update for the steps compiled next, creating (eagerly, never inside a trace)
         the accumulated gradients and the micro-step count they keep between calls."""
-        from unidl.training import attach_window
+        from unidl.training import attach_window, variable_window
 
         object.__setattr__(self, "_accumulate", accumulate)
         if accumulate > 1 and getattr(self, "_accumulated", None) is None:
@@ -85,7 +88,8 @@ class NativeOptimizer(keras.optimizers.Optimizer):
                 self._window_finite = keras.Variable(True, dtype="bool", trainable=False, name="window_finite")
         if accumulate > 1:  # the optimizer's checkpointed window (``unidl.training.AccumulationWindow``)
             attach_window(self._spec, accumulate,
-                          variable_window(accumulate, self._accumulated, self._micro_steps, self._window_finite))
+                          variable_window(accumulate, self._accumulated, self._micro_steps, self._window_finite,
+                                          read_numpy, assign_numpy))
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
@@ -174,18 +178,27 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         keras.optimizers.Optimizer.apply(self, grads, trainable_variables)
         return K.convert_to_tensor(True)
 
-    def _group_options(self, group: int) -> dict:
-        """Param group ``group``'s changeable options as tensors read from their variables (see ``bound_rule``)."""
-        values = {}
-        for key, (is_pair, start, count) in self._option_layout[group].items():
-            read = tuple(K.convert_to_tensor(v) for v in self.group_option_variables[start:start + count])
-            values[key] = read if is_pair else read[0]
-        return values
+    def option_variables(self, group: int, key: str) -> tuple:
+        """The variables of option ``key`` of param group ``group``: one, or two for ``betas``."""
+        _, start, count = self._option_layout[group][key]
+        return tuple(self.group_option_variables[start:start + count])
+
+    def _read_option(self, group: int, key: str):
+        """Option ``key`` of param group ``group`` as the step reads it from its variables (``bound_rule``)."""
+        read = tuple(K.convert_to_tensor(v) for v in self.option_variables(group, key))
+        return read if self._option_layout[group][key][0] else read[0]
 
     def update_step(self, gradient, variable, learning_rate):
+        # a Python number of the rule (momentum, betas, weight decay) meets the variable and its slots in the
+        # variable's precision, as PyTorch's kernels round a Python scalar to the tensor's dtype: Keras-on-torch
+        # would round it to float32 first (Keras's default float type), 1e-9 off at every float64 step
+        with floatx(variable.dtype):
+            self._update_step(gradient, variable, learning_rate)
+
+    def _update_step(self, gradient, variable, learning_rate):
         ops, index = self._unidl_ops, self._get_variable_index(variable)
         group = self._spec.group_of(index)  # its param group's rule, options and rate
-        spec = bound_rule(self._spec.rule_for(index), self._group_options(group))
+        spec = bound_rule(self._spec, index, self._read_option)
         if group:
             learning_rate = K.cast(self.group_learning_rates[group - 1], variable.dtype)
         slots = self.slots_of(variable)
@@ -200,14 +213,26 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         self.assign_sub(variable, delta)
 
 
-def set_group_options(optimizer, group: int) -> None:
-    """Write param group ``group``'s current options into their variables (read by the next step)."""
-    native = optimizer.native
-    for key, value in changeable_options(optimizer, group).items():
-        _, start, count = native._option_layout[group][key]
-        for variable, v in zip(native.group_option_variables[start:start + count],
-                               value if isinstance(value, tuple) else (value,)):
+def set_group_options(optimizer, group: int, keys) -> None:
+    """Write options ``keys`` of param group ``group`` into their variables (read by the next step)."""
+    for key in keys:
+        value = optimizer.param_groups[group][key]
+        values = value if isinstance(value, tuple) else (value,)
+        for variable, v in zip(optimizer.native.option_variables(group, key), values):
             variable.assign(v)
+
+
+def keep_train_function_current(native_model) -> None:
+    """Build Keras's own compiled train function of ``native_model`` (a ``jax.jit`` on Keras-on-JAX, what
+    ``train_on_batch`` and ``Model.fit`` run) again when an optimizer has bound an option since it was built
+    (``options_generation``): it holds that option as a constant. Called where a step may next run: at compile,
+    before a train step, after each batch of ``fit``. unidl's own graphs (Keras-on-TensorFlow) retrace by
+    themselves."""
+    generation = options_generation()
+    if getattr(native_model, "_unidl_options_generation", generation) != generation:
+        if getattr(native_model, "train_function", None) is not None:
+            native_model.make_train_function(force=True)
+    object.__setattr__(native_model, "_unidl_options_generation", generation)
 
 
 def _dense(gradient):
@@ -229,52 +254,12 @@ def all_finite(values):
     return K.all(K.stack(flags)) if flags else K.convert_to_tensor(True)
 
 
-def variable_window(accumulate, sums, count, finite):
-    """The ``unidl.training.AccumulationWindow`` over a window kept in Keras variables: ``sums`` (the gradients
-    of ``loss / N`` summed), the micro-step ``count`` and the boolean ``finite`` of the micro-steps so far."""
-    import numpy as np
-
-    from unidl.training import AccumulationWindow
-
-    def read():
-        return (int(K.convert_to_numpy(count.value)), bool(K.convert_to_numpy(finite.value)),
-                [np.array(K.convert_to_numpy(v.value)) for v in sums])
-
-    def write(micro_steps, is_finite, gradients):
-        count.assign(np.asarray(micro_steps, "int64"))
-        finite.assign(np.asarray(bool(is_finite)))
-        for variable, value in zip(sums, gradients if micro_steps else [None] * len(sums)):
-            variable.assign(np.zeros(tuple(variable.shape), variable.dtype) if value is None
-                            else np.asarray(value).astype(variable.dtype))
-
-    return AccumulationWindow(accumulate, read, write)
+def read_numpy(variable):
+    """A Keras variable's value as NumPy, from any host framework's device (how ``unidl.training``'s
+    ``variable_window`` and ``variable_scaler`` read one)."""
+    return K.convert_to_numpy(variable.value)
 
 
-def scaler_window(scaler, optimizer, accumulate):
-    """Register the window of Keras's loss scaler (``precision="16-mixed"`` with ``accumulate``: its scaled sums
-    and count) as ``optimizer``'s ``unidl.training.AccumulationWindow``: sums unscaled by the scale in force (a
-    power of two: exactly). The scaler checks only the sum at the update, so a non-finite window is written
-    back as a NaN in its first sum, which that check then finds."""
-    import numpy as np
-
-    from unidl.training import AccumulationWindow, attach_window
-
-    def scale():
-        return float(K.convert_to_numpy(scaler.dynamic_scale))
-
-    def read():
-        sums = [np.array(K.convert_to_numpy(v.value)) for v in scaler._window]
-        finite = all(np.isfinite(s).all() for s in sums)
-        return int(K.convert_to_numpy(scaler._window_count.value)), finite, [s / np.asarray(scale(), s.dtype)
-                                                                               for s in sums]
-
-    def write(micro_steps, finite, gradients):
-        scaler._window_count.assign(np.asarray(micro_steps, "int64"))
-        for index, (variable, value) in enumerate(zip(scaler._window, gradients or [None] * len(scaler._window))):
-            value = (np.zeros(tuple(variable.shape), variable.dtype) if value is None or not micro_steps
-                     else np.asarray(value).astype(variable.dtype) * np.asarray(scale(), variable.dtype))
-            if micro_steps and not finite and index == 0:
-                value.reshape(-1)[:1] = np.nan
-            variable.assign(value)
-
-    attach_window(optimizer, accumulate, AccumulationWindow(accumulate, read, write))
+def assign_numpy(variable, value) -> None:
+    """Write a NumPy value of a variable's dtype into it (for ``variable_window`` and ``variable_scaler``)."""
+    variable.assign(value)

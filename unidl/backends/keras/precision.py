@@ -9,7 +9,9 @@ import keras
 
 from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras import ops as keras_ops
-from unidl.nn.module import trainable_mask, training_modes
+from unidl.backends.keras.dtypes import floatx
+from unidl.backends.keras.optimizer import assign_numpy, read_numpy
+from unidl.nn.module import step_modes, trainable_mask
 from unidl.precision import autocast_modules, modules_of
 
 
@@ -102,6 +104,14 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
         keras.ops.cond(count >= accumulate, update, wait)
 
+    def checkpointed(self):
+        """This scaler's scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state): Keras's
+        ``dynamic_scale`` and ``step_counter`` (finite steps in a row since the scale moved: GradScaler's growth
+        tracker)."""
+        from unidl.training import variable_scaler
+
+        return variable_scaler(self.unidl_precision, self.dynamic_scale, self.step_counter, read_numpy, assign_numpy)
+
     def check_finite(self, grads):
         # in a data-parallel job the grads here are this rank's own: the overflow decision is the job's (any rank)
         return keras_distributed.finite_on_every_rank(super().check_finite(grads))
@@ -112,53 +122,36 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
 
 def keras_optimizer(optimizer, precision, accumulate=1):
-    """The Keras optimizer to compile with: the unidl optimizer's own, or for "16-mixed" its loss scaler (one
-    per optimizer and settings, kept on it, so that the scale carries over from epoch to epoch). bf16 with
-    ``accumulate`` runs the optimizer's own accumulation; Keras's loss scaler checks and moves its scale at every
-    micro-step, so for float16 with ``accumulate`` the window is the scaler's (``prepare_window``)."""
+    """The Keras optimizer to compile with: the unidl optimizer's own, or for "16-mixed" its loss scaler, the
+    optimizer's one loss scale (``unidl.training.loss_scale_storage``: created by its first float16 step, then
+    compiled into every later one, ``ud.train_step``'s and ``ud.fit``'s alike, so that they move one scale, which
+    carries over from epoch to epoch). bf16 with ``accumulate`` runs the optimizer's own accumulation; Keras's
+    loss scaler checks and moves its scale at every micro-step, so for float16 with ``accumulate`` the window is
+    the scaler's (``prepare_window``)."""
     if precision is None or not precision.scales_loss:
         return optimizer.native
-    scaler = optimizer.__dict__.get("_keras_loss_scaler")
-    if scaler is None or scaler.unidl_precision != precision:
-        from unidl.backends.keras.backend import floatx
 
+    def create():
         with floatx("float32"):
             scaler = LossScaleOptimizer(optimizer.native, initial_scale=precision.init_scale,
                                         dynamic_growth_steps=precision.growth_interval)
             scaler.build(optimizer.params)  # its scale now, eagerly: never created inside a graph being traced
         scaler.unidl_precision = precision
-        object.__setattr__(optimizer, "_keras_loss_scaler", scaler)
-    from unidl.training import attach_scaler
+        return scaler
 
-    attach_scaler(optimizer, checkpointed_scale(scaler, precision))  # the scale is checkpointed optimizer state
+    from unidl.training import attach_window, loss_scale_storage, variable_window
+
+    scaler = loss_scale_storage(optimizer, precision, create)
     # the window is the scaler's (its sum checked once per update); the wrapped optimizer updates at every call
     optimizer.native.prepare_accumulation(1)
     scaler.prepare_window(accumulate, optimizer.params)
-    if accumulate > 1:  # the window is the optimizer's checkpointed state (unidl.training.AccumulationWindow)
-        from unidl.backends.keras.optimizer import scaler_window
-
-        scaler_window(scaler, optimizer, accumulate)
+    if accumulate > 1:  # the scaler's window (scaled sums, count) is the optimizer's checkpointed window: its
+        # sums unscaled by the scale in force; a non-finite window is a NaN in its first sum, found by the scaler's
+        # one check of the sums at the update
+        attach_window(optimizer, accumulate, variable_window(
+            accumulate, scaler._window, scaler._window_count, None, read_numpy, assign_numpy,
+            scale=lambda: float(keras.ops.convert_to_numpy(scaler.dynamic_scale))))
     return scaler
-
-
-def checkpointed_scale(scaler, precision):
-    """Keras's ``dynamic_scale`` and ``step_counter`` (finite steps in a row since the scale moved: GradScaler's
-    growth tracker) as a ``unidl.training.LossScaler``."""
-    from unidl.training import LossScaler
-
-    def read():
-        return (keras.ops.convert_to_numpy(scaler.dynamic_scale), keras.ops.convert_to_numpy(scaler.step_counter))
-
-    def write(scale, growth_tracker):
-        scaler.dynamic_scale.assign(scale)
-        scaler.step_counter.assign(growth_tracker)
-
-    return LossScaler(precision, read, write)
-
-
-def loss_scale(optimizer) -> float:
-    scaler = optimizer.__dict__.get("_keras_loss_scaler")
-    return float(keras.ops.convert_to_numpy(scaler.dynamic_scale)) if scaler is not None else 1.0
 
 
 def forward_scope(model, loss_fn, precision):
@@ -174,11 +167,14 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                                   "ud.fit uses fit_epoch instead")
     from unidl.backends.keras.backend import _FreezeAwareStep
 
-    keras_optimizer(optimizer, precision, accumulate)  # the loss scale exists (reads init_scale) before a step
+    scaler = keras_optimizer(optimizer, precision, accumulate)  # the loss scale exists (init_scale) before a step
     run = _FreezeAwareStep(lambda: backend._train_step(model, loss_fn, optimizer, eager, precision, accumulate),
-                           lambda: (trainable_mask(optimizer.params), training_modes(model)))
+                           lambda: (trainable_mask(optimizer.params), step_modes(model, loss_fn)))
 
-    return _ScopedStep(run, lambda: forward_scope(model, loss_fn, precision), lambda: loss_scale(optimizer))
+    def loss_scale():
+        return float(keras.ops.convert_to_numpy(scaler.dynamic_scale)) if precision.scales_loss else 1.0
+
+    return _ScopedStep(run, lambda: forward_scope(model, loss_fn, precision), loss_scale)
 
 
 class _ScopedStep:

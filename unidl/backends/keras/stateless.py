@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from unidl.errors import GraphConstructError
+from unidl.optim.param_groups import options_generation
 from unidl.tracing import warn_running_eagerly
 
 
@@ -76,6 +77,7 @@ class StatelessFunction:
         self._host, self._fn, self._to_tensor, self.__name__ = host, fn, to_tensor, name
         self._compiled, self._variables, self._eager = None, None, False
         self._earlier_traces = 0  # traces of the functions compiled before new variables were found
+        self._generation = options_generation()
 
     @property
     def trace_count(self):
@@ -106,6 +108,11 @@ class StatelessFunction:
     def _run_compiled(self, args):
         """The compiled call; a trace that reaches new variables compiles again over them too (once per call:
         a function that reaches new ones at every trace, such as one creating variables, is an error)."""
+        if self._generation != options_generation():  # an optimizer bound an option the trace holds as a constant
+            self._generation = options_generation()
+            if self._compiled is not None:
+                self._earlier_traces += self._compiled.trace_count
+                self._compiled = None
         for attempt in range(2):
             if self._compiled is None:
                 self._variables = self._variables or self._find_variables(args)

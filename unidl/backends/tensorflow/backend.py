@@ -186,10 +186,10 @@ class Backend(BackendInterface):
     def set_learning_rate(self, optimizer, lr, group=0):
         optimizer.native.learning_rates[group].assign(lr)
 
-    def set_group_options(self, optimizer, group):
+    def set_group_options(self, optimizer, group, keys):
         from unidl.backends.tensorflow.optimizer import set_group_options
 
-        set_group_options(optimizer, group)
+        set_group_options(optimizer, group, keys)
 
     def optimizer_state(self, optimizer):
         native = optimizer.native

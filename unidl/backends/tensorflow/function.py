@@ -19,9 +19,10 @@ from tensorflow.python.autograph.core import config as autograph_config
 
 from unidl import config, devices
 from unidl.nn.module import training_modes
-from unidl.tracing import python_randomness_guard
+from unidl.tracing import ModesReached, python_randomness_guard
 from unidl.backends.tensorflow.layout import tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
+from unidl.optim.param_groups import options_generation
 
 # AutoGraph converts user code only: unidl's own layers, ops and backends hold no control flow on tensor
 # values, and transpiling them on every first trace cost seconds (385 converted calls for the CNN). A user's
@@ -96,26 +97,36 @@ def to_graph_input(value):
 
 class PerModeGraphs:
     """One ``GraphFunction`` per train/eval modes of ``model``'s modules, each of them (``training_modes``: a
-    ``model.bn.eval()`` while the model trains counts), and per ``extra_key()`` (e.g. which parameters are
-    frozen): a graph bakes in the Python-level mode flags (dropout on or off, batch or running statistics,
-    the parameters it updates), so switching any module's mode must not reuse it."""
+    ``model.bn.eval()`` while the model trains counts), of the modules outside the model its traces reached (a
+    loss module: ``ModesReached``), and per ``extra_key()`` (e.g. which parameters are frozen): a graph bakes in
+    the Python-level mode flags (dropout on or off, batch or running statistics, the parameters it updates), so
+    switching any module's mode must not reuse it."""
 
     def __init__(self, model, fn, device, extra_key=None):
-        self._model, self._fn, self._device, self._extra_key = model, fn, device, extra_key
+        self._model, self._device, self._extra_key = model, device, extra_key
+        self._name = getattr(fn, "__name__", None)
+        self._reached = ModesReached(model.modules)
+        self._fn = self._reached.traced(fn)
         self.graphs: dict = {}
+        self._dropped_traces = 0  # traces of graphs filed under a key that has since grown
+
+    def _key(self) -> tuple:
+        return (training_modes(self._model), self._extra_key() if self._extra_key else None, self._reached.key())
 
     def __call__(self, *args):
-        modes = training_modes(self._model)
-        key = (modes, self._extra_key()) if self._extra_key else modes
+        key = self._key()
         graph = self.graphs.get(key)
         if graph is None:
-            graph = self.graphs[key] = GraphFunction(self._fn, device=self._device,
-                                                     name=getattr(self._fn, "__name__", None))
-        return graph(*args)
+            graph = self.graphs[key] = GraphFunction(self._fn, device=self._device, name=self._name)
+        result = graph(*args)
+        if len(self._reached.modules) != len(key[2]):  # its trace reached modules outside the model: key on them
+            self._dropped_traces += sum(other.trace_count for other in self.graphs.values() if other is not graph)
+            self.graphs = {self._key(): graph}
+        return result
 
     @property
     def trace_count(self) -> int:
-        return sum(graph.trace_count for graph in self.graphs.values())
+        return self._dropped_traces + sum(graph.trace_count for graph in self.graphs.values())
 
     @property
     def concrete_functions(self) -> list:
@@ -176,13 +187,15 @@ def custom_gradient(forward_fn):
 
 
 class GraphFunction:
-    """``fn`` as a static graph: traced once per (rank, dtype) signature, then run without Python."""
+    """``fn`` as a static graph: traced once per (rank, dtype) signature, then run without Python; traced again,
+    once, after an optimizer's option is first changed (``options_generation``: the graphs hold it as a constant)."""
 
     def __init__(self, fn, jit_compile: bool = False, device: str | None = None, name: str | None = None):
         self._fn = user_code(fn)
         self._jit_compile = bool(jit_compile)
         self._device = device
         self._graphs: dict = {}
+        self._generation = options_generation()
         self.trace_count = 0
         self.__name__ = name or getattr(fn, "__name__", "graph_function")
 
@@ -238,6 +251,9 @@ class GraphFunction:
     def __call__(self, *args):
         tensors = [to_graph_input(a) for a in args]
         key = tuple((t.shape.rank, t.dtype) for t in tensors)
+        if self._generation != options_generation():  # an optimizer bound an option the graphs hold as a constant
+            self._graphs.clear()
+            self._generation = options_generation()
         graph = self._graphs.get(key) or self._graph_for(key)
         try:
             return graph(*tensors)

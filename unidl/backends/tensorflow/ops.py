@@ -78,35 +78,10 @@ def apply_momentum(param, buffer, lr, grad, momentum, nesterov):
     ``param`` and ``buffer`` may be ``tf.Variable``s or Keras variables on TensorFlow."""
     if isinstance(grad, tf.IndexedSlices):
         grad = tf.convert_to_tensor(grad)
-    dtype = grad.dtype
-    momentum_value, momentum = momentum, tf.cast(momentum, dtype)  # a Python number, or a param group's option
-
-    def kernel(use_nesterov):
-        return tf.raw_ops.ResourceApplyMomentum(var=param.handle, accum=buffer.handle, lr=tf.cast(lr, dtype),
-                                                grad=grad, momentum=momentum, use_nesterov=use_nesterov)
-
-    if isinstance(nesterov, bool) and isinstance(momentum_value, (int, float)):
-        return kernel(nesterov)
-    # a param group whose options may change between steps (graph inputs): the kernel for the values they have
-    # when the step runs; momentum 0 is plain SGD, leaving the buffer as it is (torch.optim's)
-
-    def step_with(use_nesterov):
-        def run():
-            kernel(use_nesterov)
-            return tf.constant(use_nesterov)
-
-        return run
-
-    def momentum_step():
-        if isinstance(nesterov, bool):
-            return step_with(nesterov)()
-        return tf.cond(nesterov, step_with(True), step_with(False))
-
-    def plain_step():
-        tf.raw_ops.ResourceApplyGradientDescent(var=param.handle, alpha=tf.cast(lr, dtype), delta=grad)
-        return tf.constant(False)
-
-    return tf.cond(tf.not_equal(momentum, 0), momentum_step, plain_step)
+    dtype = grad.dtype  # momentum and nesterov are Python values (Optimizer.heavy_ball): a constant of the
+    # parameters' dtype (tf.cast of a Python float would round it to float32 first: 0.9 -> 0.89999998)
+    return tf.raw_ops.ResourceApplyMomentum(var=param.handle, accum=buffer.handle, lr=tf.cast(lr, dtype), grad=grad,
+                                            momentum=tf.constant(momentum, dtype), use_nesterov=nesterov)
 
 
 @elementwise

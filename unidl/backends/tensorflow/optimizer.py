@@ -24,8 +24,9 @@ class GraphOptimizer(tf.Module):
         self.learning_rates = [tf.Variable(group["lr"], dtype=dtype, trainable=False, name="learning_rate")
                                for group in optimizer.param_groups]
         self.learning_rate = self.learning_rates[0]
-        # each group's changeable hyperparameters (momentum, betas, ...) as variables, so that
-        # ``param_groups[i][key] = value`` reaches the compiled step without a retrace (float64; nesterov a bool)
+        # each group's changeable hyperparameters (momentum, betas, ...) as variables (float64; nesterov a bool):
+        # a compiled step reads those bound since construction (``bound_rule``), so that a later
+        # ``param_groups[i][key] = value`` reaches it without a retrace; the others are constants of its graph
         self.group_options = [{key: _option_variables(value) for key, value in changeable_options(optimizer, g).items()}
                               for g in range(len(optimizer.param_groups))]
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
@@ -40,7 +41,7 @@ class GraphOptimizer(tf.Module):
     def prepare_accumulation(self, accumulate: int) -> None:
         """Create (eagerly, never inside a trace) what ``apply(..., accumulate=N)`` keeps between micro-steps, and
         register it as the optimizer's checkpointed window (``unidl.training.AccumulationWindow``)."""
-        from unidl.training import attach_window
+        from unidl.training import attach_window, variable_window
 
         if getattr(self, "accumulated", None) is None:
             self.accumulated = [tf.Variable(tf.zeros_like(p), trainable=False, name="accumulated_gradient")
@@ -49,7 +50,8 @@ class GraphOptimizer(tf.Module):
             self.window_finite = tf.Variable(True, trainable=False, name="window_finite")
         self.window_position = int(self.micro_steps.numpy())  # the micro-steps so far, in Python (``closes``)
         attach_window(self._spec, accumulate, variable_window(accumulate, self.accumulated, self.micro_steps,
-                                                              self.window_finite, self._set_position))
+                                                              self.window_finite, read_numpy, assign_numpy,
+                                                              on_write=self._set_position))
 
     def _set_position(self, micro_steps: int) -> None:
         self.window_position = micro_steps
@@ -126,6 +128,16 @@ class GraphOptimizer(tf.Module):
         self.finite.assign(agreed)
         return agreed
 
+    def option_variables(self, group: int, key: str) -> tuple:
+        """The variables of option ``key`` of param group ``group``: one, or two for ``betas``."""
+        entry = self.group_options[group][key]
+        return entry if isinstance(entry, tuple) else (entry,)
+
+    def _read_option(self, group: int, key: str):
+        """Option ``key`` of param group ``group`` as the graph reads it from its variables (``bound_rule``)."""
+        values = tuple(v.read_value() for v in self.option_variables(group, key))
+        return values if isinstance(self._spec.param_groups[group][key], tuple) else values[0]
+
     def _clip_and_update(self, grads):
         self._update(self._spec.clip_gradients(grads, self._ops))
         return tf.constant(True)
@@ -137,9 +149,7 @@ class GraphOptimizer(tf.Module):
         for index, (param, grad, slots) in enumerate(zip(spec.params, grads, self.slot_variables)):
             if grad is None:
                 continue
-            group = spec.group_of(index)  # its param group's rule, options and rate
-            rule, lr = bound_rule(spec.rule_for(index), _option_values(self.group_options[group])), \
-                self.learning_rates[group]
+            rule, lr = bound_rule(spec, index, self._read_option), self.learning_rates[spec.group_of(index)]
             grad = rule.regularized_gradient(param, grad, ops)
             if rule.apply_fused(param, grad, slots, lr, ops):
                 continue
@@ -157,16 +167,12 @@ def _option_variables(value):
     return tf.Variable(value, dtype=tf.bool if isinstance(value, bool) else tf.float64, trainable=False, name="option")
 
 
-def _option_values(options: dict) -> dict:
-    return {key: tuple(tf.convert_to_tensor(v) for v in entry) if isinstance(entry, tuple) else tf.convert_to_tensor(entry)
-            for key, entry in options.items()}
-
-
-def set_group_options(optimizer, group: int) -> None:
-    """Write param group ``group``'s current options into its variables (read by the next step)."""
-    for key, value in changeable_options(optimizer, group).items():
-        entry = optimizer.native.group_options[group][key]
-        for variable, v in zip(entry if isinstance(entry, tuple) else (entry,), value if isinstance(value, tuple) else (value,)):
+def set_group_options(optimizer, group: int, keys) -> None:
+    """Write options ``keys`` of param group ``group`` into their variables (read by the next step)."""
+    for key in keys:
+        value = optimizer.param_groups[group][key]
+        values = value if isinstance(value, tuple) else (value,)
+        for variable, v in zip(optimizer.native.option_variables(group, key), values):
             variable.assign(v)
 
 
@@ -176,21 +182,11 @@ def all_finite(values):
     return tf.reduce_all(tf.stack(flags)) if flags else tf.constant(True)
 
 
-def variable_window(accumulate, sums, count, finite, on_write=None):
-    """The ``unidl.training.AccumulationWindow`` over a window kept in variables: ``sums`` (the gradients of
-    ``loss / N`` summed), the micro-step ``count`` and the boolean ``finite`` of the micro-steps so far;
-    ``on_write(micro_steps)`` is told of each write."""
-    from unidl.training import AccumulationWindow
+def read_numpy(variable):
+    """A variable's value as NumPy (how ``unidl.training.variable_window`` and ``variable_scaler`` read one)."""
+    return variable.numpy()
 
-    def read():
-        return int(count.numpy()), bool(finite.numpy()), [v.numpy() for v in sums]
 
-    def write(micro_steps, is_finite, gradients):
-        count.assign(micro_steps)
-        finite.assign(is_finite)
-        if on_write is not None:
-            on_write(micro_steps)
-        for variable, value in zip(sums, gradients if micro_steps else [None] * len(sums)):
-            variable.assign(tf.zeros_like(variable) if value is None else tf.cast(value, variable.dtype))
-
-    return AccumulationWindow(accumulate, read, write)
+def assign_numpy(variable, value) -> None:
+    """Write a NumPy value of a variable's dtype into it (for ``variable_window`` and ``variable_scaler``)."""
+    variable.assign(value)

@@ -13,6 +13,8 @@ from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow.distributed import (average_gradients, data_parallel, module_state,
                                                    refuse_replicas_in_process, update_once)
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
+from unidl.backends.tensorflow.optimizer import assign_numpy, read_numpy
+from unidl.training import loss_scale_storage
 
 
 class LossScale(tf.Module):
@@ -41,13 +43,9 @@ class LossScale(tf.Module):
 
     def checkpointed(self):
         """This scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state)."""
-        from unidl.training import LossScaler
+        from unidl.training import variable_scaler
 
-        def write(scale, good_steps):
-            self.scale.assign(scale)
-            self.good_steps.assign(good_steps)
-
-        return LossScaler(self.precision, lambda: (self.scale.numpy(), self.good_steps.numpy()), write)
+        return variable_scaler(self.precision, self.scale, self.good_steps, read_numpy, assign_numpy)
 
 
 class Window(tf.Module):
@@ -80,29 +78,14 @@ class Window(tf.Module):
             self.count.assign(0)
         return sums, losses
 
-
     def checkpointed(self, scaler):
         """This window as a ``unidl.training.AccumulationWindow``: its sums unscaled by ``scaler``'s scale in
         force (None: no scaling; a power of two, so exactly), its finite flag read from its losses."""
-        from unidl.training import AccumulationWindow
+        from unidl.training import variable_window
 
-        def scale():
-            return float(scaler.scale.numpy()) if scaler is not None else 1.0
-
-        def read():
-            count = int(self.count.numpy())
-            finite = bool(tf.reduce_all(tf.math.is_finite(self.losses[:count])).numpy())
-            return count, finite, [(total / tf.cast(scale(), total.dtype)).numpy() for total in self.sums]
-
-        def write(micro_steps, finite, gradients):
-            self.count.assign(micro_steps)
-            losses = [0.0 if finite or index else float("nan") for index in range(self.accumulate)]
-            self.losses.assign(tf.constant(losses, tf.float32))
-            for total, value in zip(self.sums, gradients if micro_steps else [None] * len(self.sums)):
-                total.assign(tf.zeros_like(total) if value is None
-                             else tf.cast(value, total.dtype) * tf.cast(scale(), total.dtype))
-
-        return AccumulationWindow(self.accumulate, read, write)
+        scale = (lambda: float(scaler.scale.numpy())) if scaler is not None else None
+        return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
+                               scale=scale)
 
 
 def _float32(value):
@@ -119,18 +102,15 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
     compute = precision.compute_dtype
     device = backend.current_device_name()
     with tf.device(device):
-        scaler = LossScale(precision) if precision.scales_loss else None
+        # the optimizer's one loss scale (every float16 step of it moves the same; its checkpointed state)
+        scaler = (loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss
+                  else None)
         window = Window(params, accumulate) if accumulate > 1 else None
     if window is not None:  # its window variables would be added to by every replica of one process
         refuse_replicas_in_process(f"precision={precision.name!r} with accumulate={accumulate}")
-    if window is not None:
         from unidl.training import attach_window
 
         attach_window(optimizer, accumulate, window.checkpointed(scaler))
-    if scaler is not None:
-        from unidl.training import attach_scaler
-
-        attach_scaler(optimizer, scaler.checkpointed())
 
     def update(grads, loss):
         """The guarded update from (scaled) gradients: unscaled, one overflow check moving the scale, then the

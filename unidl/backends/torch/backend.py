@@ -157,10 +157,10 @@ class Backend(BackendInterface):
     def set_learning_rate(self, optimizer, lr, group=0):
         optimizer.native.param_groups[group]["lr"] = lr
 
-    def set_group_options(self, optimizer, group):
+    def set_group_options(self, optimizer, group, keys):
         from unidl.backends.torch.optimizer import set_group_options
 
-        set_group_options(optimizer, group)
+        set_group_options(optimizer, group, keys)
 
     def optimizer_state(self, optimizer):
         native = optimizer.native
@@ -309,6 +309,9 @@ class Backend(BackendInterface):
 
     def model_graph(self, model, x):
         return torch_graph.model_graph(model, self.tensor(x))
+
+    def model_graph_of_values(self, forward, state, x):
+        return torch_graph.graph_of_values(forward, state, self.tensor(x))
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

@@ -69,12 +69,13 @@ def native_optimizer(optimizer) -> torch.optim.Optimizer:
                         for group in optimizer.param_groups], lr=optimizer.lr, **defaults)
 
 
-def set_group_options(optimizer, group: int) -> None:
-    """Make the next step use param group ``group``'s current options: torch.optim reads them from its
+def set_group_options(optimizer, group: int, keys) -> None:
+    """Make the next step use options ``keys`` of param group ``group``: torch.optim reads them from its
     ``param_groups`` at every step; a ``RuleOptimizer`` reads the group's rule (``Optimizer.rule_for``)."""
     native = optimizer.native
     if not isinstance(native, RuleOptimizer):
-        native.param_groups[group].update(_FAST_PATHS[optimizer.builtin_rule()](optimizer.param_groups[group])[1])
+        options = _FAST_PATHS[optimizer.builtin_rule()](optimizer.param_groups[group])[1]
+        native.param_groups[group].update({key: options[key] for key in keys if key in options})
 
 
 def guard_and_clip(optimizer, loss=None, clip: bool = True, across_ranks: bool = False) -> bool:

@@ -8,6 +8,7 @@ import torch
 from unidl.backends.torch.distributed import data_parallel, gradient_sync
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
+from unidl.training import loss_scale_storage
 
 _COMPUTE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,13 +39,14 @@ class LossScale:
             self.good_steps = 0
 
     def checkpointed(self):
-        """This scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state)."""
-        from unidl.training import LossScaler
+        """This scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state): its attributes
+        ``scale`` and ``good_steps``, kept as Python numbers."""
+        import numpy as np
 
-        def write(scale, good_steps):
-            self.scale, self.good_steps = scale, good_steps
+        from unidl.training import variable_scaler
 
-        return LossScaler(self.precision, lambda: (self.scale, self.good_steps), write)
+        return variable_scaler(self.precision, "scale", "good_steps", lambda name: np.asarray(getattr(self, name)),
+                               lambda name, value: setattr(self, name, value.item()))
 
 
 def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accumulate=1):
@@ -56,13 +58,10 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
     to_input = backend.to_input
     l1 = l1_outside_rule(optimizer)
     dtype = _COMPUTE[precision.compute_dtype]
-    scaler = LossScale(precision) if precision.scales_loss else None
+    # the optimizer's one loss scale (every float16 step of it moves the same; its checkpointed state)
+    scaler = loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss else None
     forward = data_parallel(model)  # in a process group: DDP averages the gradients (overflow seen by every rank)
     window = []  # the losses of the micro-steps accumulated in .grad so far
-    if scaler is not None:  # the scale is the optimizer's checkpointed state (unidl.training.LossScaler)
-        from unidl.training import attach_scaler
-
-        attach_scaler(optimizer, scaler.checkpointed())
     if accumulate > 1:
         from unidl.training import attach_window
 
