@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: import benchmarks/ (and unidl/
 
 from benchmarks.first_step import bench_first_step
 from benchmarks.harness import MODELS, Row, Settings
-from benchmarks.keras_peer import keras_peer
+from benchmarks.keras_peer import keras_peer, keras_workload_peer
 from benchmarks.loaders import bench_loaders
 from benchmarks.native_jax import bench_jax
 from benchmarks.native_keras import bench_keras
@@ -67,7 +67,10 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
     if _installed("jax"):
         groups += [("peer keras jax", lambda: keras_peer(settings, device, "jax", "jax"))]
     if not quick or (only and only in "models"):
-        groups += [("models", lambda: bench_workloads(settings, device, with_tf))]
+        groups += [("models", lambda: bench_workloads(settings, device, with_tf)),
+                   ("models peer keras torch", lambda: keras_workload_peer(settings, device, "torch"))]
+        if with_tf:
+            groups += [("models peer keras tensorflow", lambda: keras_workload_peer(settings, device, "tensorflow"))]
     groups += [("loader", lambda: bench_loaders(settings, device, with_tf))]
     if device == "cpu":
         groups += [("first step", lambda: bench_first_step(settings, device))]

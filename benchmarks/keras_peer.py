@@ -18,6 +18,7 @@ import numpy as np
 
 from benchmarks.harness import BATCH, MODELS, Row, Settings, alternate, batch_arrays, ms, unidl_model
 from benchmarks.native_keras import keras_framework, keras_native_model, native_layout
+from benchmarks.native_models import WORKLOADS, keras_workload_rows
 from benchmarks.native_torch import torch_sync
 
 KERAS_TORCH_SPEEDUP = 3.0  # unidl on torch at least this much faster than Keras on torch (two-layer net)
@@ -92,12 +93,31 @@ def keras_peer(settings: Settings, device: str, framework: str, unidl_backend: s
     """``keras_peer_rows`` in this process when its Keras runs on ``framework``, else in a subprocess."""
     if keras_framework() == framework:
         return keras_peer_rows(settings, device, unidl_backend)
+    skipped = [Row(f"peer: keras on {framework}", model, f"ud.train_step ({unidl_backend})",
+                   "keras Model.train_on_batch", note="skipped (no subprocess)") for model in MODELS]
+    return _rows_in_own_process(framework, {"settings": dataclasses.asdict(settings), "device": device,
+                                            "unidl_backend": unidl_backend}, skipped, settings)
+
+
+def keras_workload_peer(settings: Settings, device: str, framework: str, unidl_backends=("keras",)) -> list[Row]:
+    """``native_models.keras_workload_rows`` (ResNet-18, the transformer) in this process when its Keras runs on
+    ``framework``, else in a subprocess."""
+    if keras_framework() == framework:
+        return keras_workload_rows(settings, device, unidl_backends)
+    skipped = [Row(f"peer: keras on {framework}", workload, f"ud.train_step ({backend})",
+                   "keras Model.train_on_batch", note="skipped (no subprocess)")
+               for workload in WORKLOADS for backend in unidl_backends]
+    return _rows_in_own_process(framework, {"settings": dataclasses.asdict(settings), "device": device,
+                                            "workload_backends": list(unidl_backends)}, skipped, settings)
+
+
+def _rows_in_own_process(framework: str, spec: dict, skipped: list[Row], settings: Settings) -> list[Row]:
+    """The rows of ``spec`` from this file run as a script with Keras on ``framework`` (``skipped`` without
+    subprocesses)."""
     if not settings.subprocess:
-        return [Row(f"peer: keras on {framework}", model, f"ud.train_step ({unidl_backend})",
-                    "keras Model.train_on_batch", note="skipped (no subprocess)") for model in MODELS]
+        return skipped
     env = dict(os.environ, KERAS_BACKEND=framework)
-    command = [sys.executable, os.path.abspath(__file__), json.dumps(
-        {"settings": dataclasses.asdict(settings), "device": device, "unidl_backend": unidl_backend})]
+    command = [sys.executable, os.path.abspath(__file__), json.dumps(spec)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the Keras-on-{framework} peer failed:\n{done.stderr[-4000:]}")
@@ -106,5 +126,9 @@ def keras_peer(settings: Settings, device: str, framework: str, unidl_backend: s
 
 if __name__ == "__main__":  # the peer's own process (see keras_peer): its rows as JSON on the last line
     spec = json.loads(sys.argv[1])
-    rows = keras_peer_rows(Settings(**spec["settings"]), spec["device"], spec["unidl_backend"])
+    run_settings = Settings(**spec["settings"])
+    if "workload_backends" in spec:
+        rows = keras_workload_rows(run_settings, spec["device"], tuple(spec["workload_backends"]))
+    else:
+        rows = keras_peer_rows(run_settings, spec["device"], spec["unidl_backend"])
     print(json.dumps([dataclasses.asdict(r) for r in rows]))

@@ -170,9 +170,15 @@ def tf_workload_step(workload: str, state: dict):
         return tf.nn.batch_normalization(x, mean, variance, trainable[f"{name}.bias"], trainable[f"{name}.weight"],
                                          1e-5)
 
-    def conv(x, name, stride):  # PyTorch's padding=1 on both sides (TF's "SAME" pads 0 and 1 at stride 2)
-        padding = [[0, 0], [1, 1], [1, 1], [0, 0]] if trainable[name].shape[0] == 3 else "VALID"
-        return tf.nn.conv2d(x, trainable[name], stride, padding)
+    def conv(x, name, stride):
+        # PyTorch's padding=1 on both sides of a 3x3 kernel: "SAME" at stride 1; at stride 2 "SAME" would pad 0 and
+        # 1, so the input is padded first, as a TensorFlow user writes it (conv2d's explicit-padding CPU kernel is
+        # several times slower than "VALID"/"SAME")
+        if trainable[name].shape[0] == 3 and stride == 1:
+            return tf.nn.conv2d(x, trainable[name], 1, "SAME")
+        if trainable[name].shape[0] == 3:
+            x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        return tf.nn.conv2d(x, trainable[name], stride, "VALID")
 
     def resnet(x):
         x = tf.nn.relu(batch_norm(conv(x, "conv1.weight", 1), "bn1"))
@@ -279,4 +285,160 @@ def bench_workloads(settings: Settings, device: str, with_tf: bool = True) -> li
     rows = _workload_rows("torch", "torch.nn + torch.optim.SGD", torch_workload_steps, settings, device)
     if with_tf:
         rows += _workload_rows("tensorflow", "tf.function + GradientTape", tf_workload_steps, settings, device)
+    return rows
+
+
+# ---- Keras 3 -------------------------------------------------------------------------------------------------
+
+def keras_workload_model(workload: str, state: dict):
+    """The same model written as a plain Keras 3 user writes it (``keras.layers``, channels-last), holding
+    ``state`` and compiled with Keras's SGD and sparse cross-entropy, as the two-layer and CNN peers are.
+
+    ResNet-18 is a functional model over NHWC images; its stride-2 3x3 convolutions pad one pixel on each side
+    (``ZeroPadding2D`` then "valid", PyTorch's ``padding=1``; Keras's "same" would pad 0 and 1). The transformer is
+    a ``keras.Model`` subclass of ``Embedding``, ``MultiHeadAttention`` (the padding as ``attention_mask``),
+    ``LayerNormalization`` and ``Dense`` layers, pre-norm as unidl's."""
+    import keras
+
+    native = _keras_resnet18(state) if workload == "resnet18" else _keras_transformer(state)
+    # like with like: unidl's keras train step compiles without XLA (see native_keras.keras_native_model)
+    native.compile(optimizer=keras.optimizers.SGD(learning_rate=LR, momentum=MOMENTUM),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
+    return native
+
+
+def _keras_resnet18(state: dict):
+    import keras
+    from keras import layers
+
+    weights = []  # (layer, its arrays in Keras's order), set once the model is built
+
+    def conv(x, name, stride):
+        kernel = state[f"{name}.weight"]
+        size = kernel.shape[2]
+        if size == 3 and stride != 1:
+            x = layers.ZeroPadding2D(1)(x)
+        layer = layers.Conv2D(kernel.shape[0], size, stride, "same" if size == 3 and stride == 1 else "valid",
+                              use_bias=False)
+        weights.append((layer, [kernel.transpose(2, 3, 1, 0)]))  # OIHW -> HWIO
+        return layer(x)
+
+    def batch_norm(x, name):
+        layer = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+        weights.append((layer, [state[f"{name}.{key}"] for key in ("weight", "bias", "running_mean", "running_var")]))
+        return layer(x)
+
+    images = keras.Input((IMAGE[1], IMAGE[2], IMAGE[0]))
+    x = layers.ReLU()(batch_norm(conv(images, "conv1", 1), "bn1"))
+    for stage in range(1, 5):
+        for block in range(2):
+            name, stride = f"layer{stage}.{block}", 2 if stage > 1 and block == 0 else 1
+            out = layers.ReLU()(batch_norm(conv(x, f"{name}.conv1", stride), f"{name}.bn1"))
+            out = batch_norm(conv(out, f"{name}.conv2", 1), f"{name}.bn2")
+            if f"{name}.downsample.0.weight" in state:
+                x = batch_norm(conv(x, f"{name}.downsample.0", stride), f"{name}.downsample.1")
+            x = layers.ReLU()(layers.Add()([out, x]))
+    fc = layers.Dense(state["fc.weight"].shape[0])
+    weights.append((fc, [state["fc.weight"].T, state["fc.bias"]]))
+    native = keras.Model(images, fc(layers.GlobalAveragePooling2D()(x)))
+    for layer, arrays in weights:
+        layer.set_weights([np.ascontiguousarray(a, dtype=np.float32) for a in arrays])
+    return native
+
+
+def _keras_transformer(state: dict):
+    import keras
+    from keras import layers, ops
+
+    d_model, heads, depth = TRANSFORMER["d_model"], TRANSFORMER["nhead"], TRANSFORMER["num_layers"]
+
+    class TransformerClassifier(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.token_embedding = layers.Embedding(TRANSFORMER["vocab_size"], d_model)
+            self.position_embedding = layers.Embedding(TRANSFORMER["max_len"], d_model)
+            self.blocks = [dict(norm1=layers.LayerNormalization(epsilon=1e-5),
+                                attention=layers.MultiHeadAttention(heads, d_model // heads),
+                                norm2=layers.LayerNormalization(epsilon=1e-5),
+                                linear1=layers.Dense(TRANSFORMER["dim_feedforward"], activation="relu"),
+                                linear2=layers.Dense(d_model)) for _ in range(depth)]
+            self.norm = layers.LayerNormalization(epsilon=1e-5)
+            self.head = layers.Dense(TRANSFORMER["num_classes"])
+
+        def call(self, tokens):
+            length = ops.shape(tokens)[1]
+            keep = ops.not_equal(tokens, 0)
+            x = self.token_embedding(tokens) + self.position_embedding(ops.arange(length))
+            attend = ops.repeat(keep[:, None, :], length, axis=1)  # (batch, query, key): True where a key is real
+            for block in self.blocks:
+                h = block["norm1"](x)
+                x = x + block["attention"](h, h, attention_mask=attend)
+                x = x + block["linear2"](block["linear1"](block["norm2"](x)))
+            keep = ops.cast(keep, x.dtype)[:, :, None]
+            return self.head(ops.sum(self.norm(x) * keep, 1) / ops.maximum(ops.sum(keep, 1), 1.0))
+
+    native = TransformerClassifier()
+    native(np.ones((1, SEQUENCE), np.int64))  # builds every layer
+
+    def dense(name):
+        return [state[f"{name}.weight"].T, state[f"{name}.bias"]]
+
+    def norm(name):
+        return [state[f"{name}.weight"], state[f"{name}.bias"]]
+
+    native.token_embedding.set_weights([state["token_embedding.weight"]])
+    native.position_embedding.set_weights([state["position_embedding.weight"]])
+    for index, block in enumerate(native.blocks):
+        name = f"encoder.layers.{index}"
+        in_weight, in_bias = state[f"{name}.self_attn.in_proj_weight"], state[f"{name}.self_attn.in_proj_bias"]
+        attention = []
+        for part in range(3):  # query, key, value: (out, in) rows of in_proj -> (in, heads, head size) kernels
+            rows = slice(part * d_model, (part + 1) * d_model)
+            attention += [in_weight[rows].T.reshape(d_model, heads, -1), in_bias[rows].reshape(heads, -1)]
+        out_weight = state[f"{name}.self_attn.out_proj.weight"]
+        attention += [out_weight.T.reshape(heads, -1, d_model), state[f"{name}.self_attn.out_proj.bias"]]
+        block["attention"].set_weights(attention)
+        for key in ("norm1", "norm2"):
+            block[key].set_weights(norm(f"{name}.{key}"))
+        for key in ("linear1", "linear2"):
+            block[key].set_weights(dense(f"{name}.{key}"))
+    native.norm.set_weights(norm("encoder.norm"))
+    native.head.set_weights(dense("head"))
+    return native
+
+
+def keras_workload_rows(settings: Settings, device: str, unidl_backends=("keras",)) -> list[Row]:
+    """"peer: keras on <framework>" rows of each workload: the plain Keras model (``keras_workload_model``,
+    ``train_on_batch`` on the channels-last batch) against ``ud.train_step`` on each of ``unidl_backends``, both
+    in this process, on the framework Keras runs on here. unidl's keras backend (the same framework under both)
+    is held to the parity target; another backend is information (the peer a user of that framework would pick)."""
+    import unidl as ud
+
+    from benchmarks.native_keras import keras_framework
+
+    framework = keras_framework()
+    rows = []
+    for workload in WORKLOADS:
+        x, y = workload_batch(workload, settings.model_batch)
+        x_native = np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if workload == "resnet18" else x
+        for backend in unidl_backends:
+            with ud.use_backend(backend), ud.use_device(device):
+                module, loss_fn, optimizer = unidl_workload(workload)
+                native = keras_workload_model(workload, module.state_dict())
+                step = ud.train_step(module, loss_fn, optimizer)
+                xb, yb = ud.tensor(x), ud.tensor(y)
+
+                def unidl_step():
+                    return ud.to_numpy(step(xb, yb))  # waits for the result
+
+                def native_step():
+                    return native.train_on_batch(x_native, y)
+
+                diff = abs(float(unidl_step()) - float(native_step()))
+                a, b = timing = alternate(unidl_step, native_step, settings.model_steps, settings.warmup,
+                                          _blocks(settings))
+            rows.append(Row(f"peer: keras on {framework}", workload, f"ud.train_step ({backend})",
+                            "keras Model.train_on_batch", ms(a), ms(b),
+                            f"<= {PARITY_TARGET}" if backend == "keras" else "",
+                            note=f"batch {settings.model_batch}", loss_diff=diff, spread=timing.spread))
     return rows
