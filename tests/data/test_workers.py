@@ -173,7 +173,13 @@ def test_ctrl_c_stops_a_stuck_iteration_within_a_second_and_leaves_no_worker(wor
     finally:
         if process.poll() is None:
             process.kill()
-            process.communicate()
+            # a worker process the loader failed to stop keeps the pipes open: end it too, so that a failure
+            # of this test is a failure, never a suite that waits for ever
+            for marker in os.listdir(tmp_path):
+                pid = int(marker.split("-")[0])
+                if pid != process.pid and os.path.exists(f"/proc/{pid}"):
+                    os.kill(pid, signal.SIGKILL)
+            process.communicate(timeout=30)
     assert "KeyboardInterrupt" in stderr, stderr
     assert process.returncode in (-signal.SIGINT, 130, 1)
     stopped = float(stdout.split()[1]) - interrupted
