@@ -43,6 +43,17 @@ def grow_generation() -> None:
     _generation += 1
 
 
+def write_group_options(optimizer, group: int, keys, assign) -> None:
+    """Write options ``keys`` of param group ``group`` into the variables a graph backend's native optimizer keeps
+    for them (``option_variables(group, key)``: one, or a pair for ``betas``), with the backend's
+    ``assign(variable, value)``; the next step reads them."""
+    for key in keys:
+        value = optimizer.param_groups[group][key]
+        values = value if isinstance(value, tuple) else (value,)
+        for variable, v in zip(optimizer.native.option_variables(group, key), values):
+            assign(variable, v)
+
+
 class ParamGroup(dict):
     """One group of ``optimizer.param_groups``: a dict whose ``"lr"`` and hyperparameters (those of
     ``torch.optim``: not ``l1``, ``initial_accumulator_value`` or ``params``) may be set; the backend uses the

@@ -13,6 +13,7 @@ import numpy as np
 
 from unidl.backends.jax.variable import JaxVariable
 from unidl.optim.optimizer import bound_rule, changeable_options
+from unidl.optim.param_groups import write_group_options
 
 
 class JaxOptimizer:
@@ -138,11 +139,7 @@ def _option_variables(value):
 
 def set_group_options(optimizer, group: int, keys) -> None:
     """Write options ``keys`` of param group ``group`` into their variables (read by the next step)."""
-    for key in keys:
-        value = optimizer.param_groups[group][key]
-        values = value if isinstance(value, tuple) else (value,)
-        for variable, v in zip(optimizer.native.option_variables(group, key), values):
-            write_scalar(variable, v)
+    write_group_options(optimizer, group, keys, write_scalar)
 
 
 def write_scalar(variable, value) -> None:

@@ -17,7 +17,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.optim.optimizer import bound_rule, changeable_options
-from unidl.optim.param_groups import options_generation
+from unidl.optim.param_groups import options_generation, write_group_options
 
 
 class NativeOptimizer(keras.optimizers.Optimizer):
@@ -215,11 +215,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
 
 def set_group_options(optimizer, group: int, keys) -> None:
     """Write options ``keys`` of param group ``group`` into their variables (read by the next step)."""
-    for key in keys:
-        value = optimizer.param_groups[group][key]
-        values = value if isinstance(value, tuple) else (value,)
-        for variable, v in zip(optimizer.native.option_variables(group, key), values):
-            variable.assign(v)
+    write_group_options(optimizer, group, keys, lambda variable, value: variable.assign(value))
 
 
 def keep_train_function_current(native_model) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from unidl.optim.optimizer import bound_rule, changeable_options
+from unidl.optim.param_groups import write_group_options
 
 
 class GraphOptimizer(tf.Module):
@@ -169,11 +170,7 @@ def _option_variables(value):
 
 def set_group_options(optimizer, group: int, keys) -> None:
     """Write options ``keys`` of param group ``group`` into their variables (read by the next step)."""
-    for key in keys:
-        value = optimizer.param_groups[group][key]
-        values = value if isinstance(value, tuple) else (value,)
-        for variable, v in zip(optimizer.native.option_variables(group, key), values):
-            variable.assign(v)
+    write_group_options(optimizer, group, keys, lambda variable, value: variable.assign(value))
 
 
 def all_finite(values):
