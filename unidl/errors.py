@@ -117,6 +117,11 @@ class LossScaleMismatchError(UnidlError, ValueError):
     has (unidl keeps one loss scale per optimizer, as a torch loop keeps one ``GradScaler``)."""
 
 
+class AccumulationMismatchError(UnidlError, ValueError):
+    """A train step whose ``accumulate`` (or precision) differs from that of the accumulation window its optimizer
+    has in progress (unidl keeps one window per optimizer, as torch accumulates in the parameters' ``.grad``)."""
+
+
 class CheckpointStateError(StateDictError, ValueError):
     """Optimizer, loader, scheduler or callback state in a checkpoint that does not fit the object given."""
 

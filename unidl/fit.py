@@ -24,7 +24,7 @@ from unidl.metrics.probe import accumulator_for, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
 from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_same_backend,
-                            expect_accumulate, expect_precision)
+                            claim_window, expect_accumulate, expect_precision)
 from unidl.precision import precision_policy
 
 class History:
@@ -313,6 +313,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     precision = precision_policy(precision)
     check_loss_scale_settings(optimizer, precision)  # the optimizer's one float16 loss scale, before any change
     accumulate = check_accumulate(accumulate)
+    claim_window(optimizer, accumulate, precision)  # the optimizer's one window, not in progress for another
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     validation_freq = fit_options.check_validation_freq(validation_freq)

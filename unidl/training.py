@@ -49,11 +49,19 @@ class AccumulationWindow:
     gradients, ``gradients``: the sum of their gradients of ``loss / N``, unscaled, one per parameter in
     ``optimizer.params`` order (zeros where none was accumulated). A backend builds it from ``read() ->
     (micro_steps, finite, gradients)`` and ``write(micro_steps, finite, gradients)`` over its own storage
-    (``.grad``; variables: ``variable_window``), and registers it with ``attach_window`` when it creates that
-    storage."""
+    (``.grad``; variables: ``variable_window``), and hands it to ``accumulation_window``, which keeps one per
+    optimizer for every step that trains it. ``storage``: that storage, as the backend's steps use it;
+    ``count()``: the micro-steps run (``read()``'s first value, without reading the sums); ``key``: the
+    ``(accumulate, precision name)`` it accumulates for (set by ``accumulation_window``)."""
 
-    def __init__(self, accumulate: int, read, write):
+    def __init__(self, accumulate: int, read, write, storage=None, count=None):
         self.accumulate, self._read, self._write = accumulate, read, write
+        self.storage, self.key = storage, None
+        self._count = count if count is not None else (lambda: read()[0])
+
+    def micro_steps(self) -> int:
+        """The micro-steps run since the last update (0: the window is empty)."""
+        return int(self._count())
 
     def state(self) -> dict | None:
         """The window's state, or None when it is empty (at an update: nothing to keep)."""
@@ -74,7 +82,7 @@ class AccumulationWindow:
 
 
 def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_write=None,
-                    scale=None) -> AccumulationWindow:
+                    scale=None, storage=None) -> AccumulationWindow:
     """The ``AccumulationWindow`` over a window a backend keeps in variables (the optimizer's own, or a mixed
     precision step's), whatever the framework: what differs is ``to_numpy(variable)`` (its value as a NumPy
     array) and ``assign(variable, array)`` (an array of the variable's dtype and shape).
@@ -85,7 +93,7 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
     boolean variable; the window's N losses (finite when its first ``count`` are; a non-finite window is
     written as a NaN first loss); or None where the sums carry it (a step that checks only the sums at the
     update: a non-finite window is written as a NaN in its first sum). ``on_write(micro_steps)`` is told of
-    each write."""
+    each write. ``storage``: the backend's object that holds these variables (``AccumulationWindow.storage``)."""
     import numpy as np
 
     def read():
@@ -120,7 +128,7 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
                     value.reshape(-1)[:1] = np.nan
             assign(total, value)
 
-    return AccumulationWindow(accumulate, read, write)
+    return AccumulationWindow(accumulate, read, write, storage=storage, count=lambda: to_numpy(count))
 
 
 class LossScaler:
@@ -216,6 +224,10 @@ class StepStorage:
             holder.load(state)
         else:
             optimizer.__dict__[self._pending] = state
+
+    def detach(self, optimizer) -> None:
+        """Unregister the holder (if any); a state loaded next waits for the next one (``attach``)."""
+        optimizer.__dict__.pop(self._holder, None)
 
     def attach(self, optimizer, setting, holder=None) -> None:
         """Register ``holder`` (None: unregister; the step keeps no such state) for a step with ``setting``,
@@ -339,6 +351,73 @@ def attach_window(optimizer, accumulate: int, window: AccumulationWindow | None 
     _WINDOW.attach(optimizer, accumulate, window)
 
 
+def _window_key(accumulate: int, precision) -> tuple | None:
+    """What a step's micro-steps accumulate for: ``(accumulate, precision name)``, None for ``accumulate`` 1 (a
+    step that keeps no window). Only steps of one key can add to one window: its sums are of ``loss / N``, and
+    under float16 loss scaling they are scaled."""
+    return None if accumulate == 1 else (accumulate, "32" if precision is None else precision.name)
+
+
+def _describe_window_key(key) -> str:
+    return "accumulate=1" if key is None else f"accumulate={key[0]} (precision={key[1]!r})"
+
+
+def claim_window(optimizer, accumulate: int, precision=None) -> None:
+    """Make the optimizer's one accumulation window that of a step with ``accumulate`` under ``precision``
+    (None: "32"), before the step is built or runs a micro-step: the window registered now, if of another
+    ``accumulate`` or precision, must be empty (a ``AccumulationMismatchError`` naming both, before anything
+    changes, where it is part-full: its micro-steps would count in no update or in one of another size). An
+    empty one gives way: to this key's window where one was created before (the same storage, whichever step
+    created it), else to none until the step creates it (``accumulation_window``); for ``accumulate`` 1, to none.
+    The common case, this key's window already registered, is one dictionary look-up (it runs at every call)."""
+    from unidl.errors import AccumulationMismatchError
+
+    key = _window_key(accumulate, precision)
+    current = _WINDOW.holder(optimizer)
+    if current is not None and current.key == key:
+        return
+    if current is None:
+        if key is None:
+            _WINDOW.attach(optimizer, 1)  # (a window loaded before any step: checked against accumulate 1)
+            return
+    else:
+        micro_steps = current.micro_steps()
+        if micro_steps:
+            raise AccumulationMismatchError(
+                f"{type(optimizer).__name__} has an accumulation window of {_describe_window_key(current.key)} "
+                f"with {micro_steps} of its {current.accumulate} micro-steps run, but this step has "
+                f"{_describe_window_key(key)}; unidl keeps one accumulation window per optimizer, shared by every "
+                f"step that trains it (as torch accumulates in the parameters' .grad), so finish the window with "
+                f"{current.accumulate - micro_steps} more micro-step(s) of a {_describe_window_key(current.key)} "
+                f"step first")
+        _WINDOW.detach(optimizer)
+    window = optimizer.__dict__.get("_accumulation_windows", {}).get(key)
+    if window is not None:
+        _WINDOW.attach(optimizer, accumulate, window)
+
+
+def accumulation_window(optimizer, accumulate: int, precision, create) -> AccumulationWindow:
+    """The one accumulation window of ``optimizer`` for steps of ``accumulate`` N > 1 micro-steps under
+    ``precision`` (None: "32"), shared by every train step that trains it (``train_step``, ``fit``, Keras's
+    trainer, a step built again after a mode or option change), as torch's ``.grad`` is: the first call creates
+    it, ``create()`` -> the ``AccumulationWindow`` over the backend's new storage (its ``storage``, what the
+    backend's steps add to), registered as the optimizer's checkpointed window (taking a window loaded before
+    it); later calls return that window, so that a micro-step of any of these steps counts in it and the N-th,
+    from whichever step, updates. A window of another ``accumulate`` or precision in progress is an
+    ``AccumulationMismatchError`` (``claim_window``)."""
+    claim_window(optimizer, accumulate, precision)
+    key = _window_key(accumulate, precision)
+    windows = optimizer.__dict__.setdefault("_accumulation_windows", {})
+    window = windows.get(key)
+    if window is None:
+        window = create()
+        window.key = key
+        windows[key] = window
+    if _WINDOW.holder(optimizer) is not window:
+        attach_window(optimizer, accumulate, window)
+    return window
+
+
 def expect_precision(optimizer, precision) -> None:
     """Note that ``optimizer`` trains under ``precision`` (a ``TrainStep``, ``fit``), so that a loss scale loaded
     before its float16 step is built is checked against its ``growth_interval`` at once (``check_scaler_state``)."""
@@ -418,9 +497,10 @@ class TrainStep:
         # a window loaded into the optimizer before this step must fit its accumulate (checked before anything is
         # built); the backend registers its own window next, where accumulate > 1
         _WINDOW.check_pending(optimizer, self.accumulate)
+        # the optimizer's one window (its micro-steps from any step) must not be in progress for another accumulate
+        claim_window(optimizer, self.accumulate, self.precision)
+        self._window_key = _window_key(self.accumulate, self.precision)
         expect_accumulate(optimizer, self.accumulate)
-        if self.accumulate == 1:
-            attach_window(optimizer, 1)
         if self.precision.scales_loss:  # likewise a loss scale loaded before it must fit its growth_interval,
             # and one the optimizer has already (its first float16 step's, which this one shares) its settings
             _SCALER.check_pending(optimizer, self.precision.growth_interval)
@@ -451,6 +531,9 @@ class TrainStep:
             with python_randomness_preserved():  # a shape check is not a step: it draws nothing
                 self._backend.check_shapes(self.model, self.loss_fn, x, y)
             self._checked.add(key)
+        window = _WINDOW.holder(self.optimizer)  # another step may have used the optimizer's window since
+        if (window.key if window is not None else None) != self._window_key:
+            claim_window(self.optimizer, self.accumulate, self.precision)
         result = self._run(x, y, *inputs)
         self.calls += 1
         # (a loss scaler's skipped overflow step is its own business, not an error)
@@ -499,7 +582,11 @@ def train_step(model, loss_fn, optimizer, *, eager: bool = False, precision=None
     check their own losses, and the update's guard agrees over the ranks with one all-reduce (no rank raises
     or skips alone). The window is optimizer state: ``optimizer.state_dict()`` and checkpoints taken between
     micro-steps keep it (``"accumulation"``), and a part-full window resumes only under the same ``accumulate``
-    (``CheckpointStateError`` naming both), so a resumed run equals the uninterrupted one.
+    (``CheckpointStateError`` naming both), so a resumed run equals the uninterrupted one. It is one per
+    optimizer, as torch's ``.grad``: every step of the optimizer with the same ``accumulate`` and precision
+    (other train steps, ``fit``) adds to the same window, and the N-th micro-step from any of them updates; a
+    step with another ``accumulate`` (1 too) or precision while the window is part-full is an
+    ``AccumulationMismatchError`` naming both, before anything changes, at build or call.
     ``precision``: "32" (the default), "bf16-mixed" or "16-mixed" (a ``ud.Precision`` for loss-scaling
     settings): float32 weights, bfloat16/float16 compute, loss scaling for float16 (``unidl.precision``);
     ``step.loss_scale`` is the scale in force. The float16 loss scale belongs to the optimizer, one per

@@ -137,6 +137,86 @@ def test_fit_accumulates_as_a_plain_torch_loop(backend):
         assert max_relative_difference(value, expected[name]) < 1e-6, name
 
 
+def _weights(model):
+    return {name: np.array(ud.to_numpy(value)) for name, value in model.state_dict().items()}
+
+
+def test_steps_of_one_optimizer_share_its_accumulation_window(backend):
+    """The window is the optimizer's, as torch's ``.grad`` is: two ``accumulate=2`` train steps built for one
+    optimizer (called with other batch sizes) and ``fit`` add their micro-steps to one window, and its second
+    micro-step, from whichever of them, updates: the weights of a hand-accumulated torch loop over the same
+    batches. ``state_dict`` holds that one window, whichever step ran last."""
+    model = ud.models.TwoLayerNet(4, 5, 3)
+    batches = [(X[0:2], Y[0:2]), (X[2:5], Y[2:5]), (X[5:8], Y[5:8]), (X[8:12], Y[8:12])]
+    expected = _plain_torch_loop(_torch_net(model), batches, 2, None)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    small = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=2)
+    large = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=2)  # built last
+    small(*batches[0])
+    assert optimizer.state_dict()["accumulation"]["micro_steps"] == 1
+    # fit's first batch closes the window small opened (the first update), its second opens the next one
+    ud.fit(model, (X[2:8], Y[2:8]), loss=ud.nn.MSELoss(), optimizer=optimizer, batch_size=3, shuffle=False,
+           verbose=0, accumulate=2)
+    state = optimizer.state_dict()
+    assert state["step"] == 1 and state["accumulation"]["micro_steps"] == 1
+    large(*batches[3])  # closes fit's window: the second update
+    assert optimizer.state_dict()["step"] == 2 and "accumulation" not in optimizer.state_dict()
+    for name, value in _weights(model).items():
+        assert max_relative_difference(value, expected[name]) < 1e-6, name
+
+
+def test_another_accumulate_beside_a_window_in_progress_is_a_clear_error(backend):
+    """A step of another ``accumulate`` (1 too: it would update from a part of the window) or another precision
+    while the optimizer's window is part-full: ``AccumulationMismatchError`` naming both, before anything changes,
+    at build and at call (a step built while the window was empty); once the window has closed, it trains."""
+    model = ud.models.TwoLayerNet(4, 5, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    plain = ud.train_step(model, ud.nn.MSELoss(), optimizer)  # built while no window is in progress
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=2)
+    step(X[:3], Y[:3])
+    before, window = _weights(model), optimizer.state_dict()["accumulation"]
+    mismatch = ud.errors.AccumulationMismatchError
+    with pytest.raises(mismatch, match=r"accumulate=2 \(precision='32'\) with 1 of its 2 .*accumulate=3"):
+        ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=3)
+    with pytest.raises(mismatch, match=r"accumulate=2 \(precision='32'\).*accumulate=2 \(precision='bf16-mixed'\)"):
+        ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=2, precision="bf16-mixed")
+    with pytest.raises(mismatch, match=r"accumulate=2 .*accumulate=1\b"):
+        ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=optimizer, batch_size=3, verbose=0)
+    with pytest.raises(mismatch, match=r"accumulate=2 .*accumulate=1\b"):
+        plain(X[:3], Y[:3])
+    assert all(np.array_equal(v, before[k]) for k, v in _weights(model).items())
+    after = optimizer.state_dict()["accumulation"]
+    assert after["micro_steps"] == 1 and all(np.array_equal(a, b) for a, b in zip(after["gradients"],
+                                                                                   window["gradients"]))
+    step(X[3:6], Y[3:6])  # the window closes: the other steps train now
+    plain(X[:3], Y[:3])
+    ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=3)(X[:3], Y[:3])
+    assert optimizer.state_dict()["step"] == 2 and optimizer.state_dict()["accumulation"]["accumulate"] == 3
+
+
+def test_float16_steps_of_one_optimizer_share_its_accumulation_window(backend):
+    """Mixed precision's windows (loss-scaled sums, kept apart from the optimizer on tensorflow and jax) are the
+    optimizer's too: micro-steps alternating between two float16 ``accumulate=2`` steps train the weights that
+    one such step trains over the same batches."""
+    batches = [(X[i:i + 3], Y[i:i + 3]) for i in range(0, 12, 3)]  # (one shape: one trace per step)
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(4, 5, 3)
+    start = _weights(model)
+    results = []
+    for steps in (1, 2):
+        model.load_state_dict(start)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        precision, loss = ud.Precision("16-mixed", init_scale=2.0 ** 8), ud.nn.MSELoss()  # (no overflow)
+        built = [ud.train_step(model, loss, optimizer, accumulate=2, precision=precision) for _ in range(steps)]
+        for index, batch in enumerate(batches):
+            built[index % steps](*batch)
+        assert optimizer.state_dict()["step"] == 2
+        results.append(_weights(model))
+    assert any(not np.array_equal(results[1][k], start[k]) for k in start)
+    for name, value in results[0].items():
+        np.testing.assert_allclose(results[1][name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
 def test_bad_accumulate_is_a_clear_error(backend):
     model = ud.models.TwoLayerNet(4, 5, 3)
     optimizer = ud.optim.SGD(model.parameters(), lr=0.1)

@@ -285,6 +285,31 @@ def test_a_function_calling_apply_retraces_at_an_options_first_change(backend):
         assert max_relative_difference(layer.state_dict()[key], value) < 1e-5, key
 
 
+@pytest.mark.parametrize("name", GRAPH_BACKENDS)
+def test_a_first_change_retraces_only_what_runs_that_optimizer(name):
+    """Two models with an optimizer each, a compiled train step each, and a ``ud.function`` that uses neither
+    optimizer (an evaluation of the first model): the first change of optimizer A's momentum retraces A's step once
+    and neither B's step nor the evaluation (a graph holds only the options of the optimizers whose rule its
+    traces ran); a later change of A's momentum retraces nothing."""
+    with ud.use_backend(name):
+        models = [ud.nn.Linear(4, 3) for _ in range(2)]
+        optimizers = [ud.optim.SGD(model.parameters(), lr=0.1) for model in models]
+        steps = [ud.train_step(model, ud.nn.MSELoss(), opt) for model, opt in zip(models, optimizers)]
+        evaluate = ud.function(lambda x: models[0](x))
+        counts = []
+        for momentum in (None, 0.9, 0.5):  # A's momentum set before each call
+            if momentum is not None:
+                optimizers[0].param_groups[0]["momentum"] = momentum
+            for step in steps:
+                step(ud.tensor(X), ud.tensor(Y))
+            evaluate(ud.tensor(X))
+            counts.append((steps[0].trace_count, steps[1].trace_count, evaluate.trace_count))
+    expected = [(1, 1, 1), (2, 1, 1), (2, 1, 1)]
+    if name == "keras" and None in counts[0]:  # (None: Keras's own jit on Keras-on-JAX, eager Keras-on-torch)
+        expected = [tuple(None if first is None else e for first, e in zip(counts[0], row)) for row in expected]
+    assert counts == expected, counts
+
+
 def test_fit_follows_an_options_first_change_mid_epoch(backend):
     """A callback of ``ud.fit`` changing an option for the first time in the middle of an epoch (Keras's own
     compiled step on Keras-on-JAX, unidl's graph elsewhere): the next batch already uses it, as torch.optim's."""

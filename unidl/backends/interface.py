@@ -207,7 +207,7 @@ class Backend(abc.ABC):
         """Make the next step use the current values of hyperparameters ``keys`` of param group ``group``
         (``optimizer.param_groups[group]``: momentum, betas, ... as ``Optimizer.set_group_option`` left them), by
         writing their variables: a compiled step reads the options bound to them (``bound_rule``) without
-        retracing (it retraces once when an option is first bound: ``param_groups.options_generation``)."""
+        retracing (it retraces once when an option is first bound: ``param_groups.ConstantOptions``)."""
 
     @abc.abstractmethod
     def optimizer_state(self, optimizer) -> tuple:
@@ -251,8 +251,9 @@ class Backend(abc.ABC):
         ``accumulate`` N > 1: each call is a micro-step adding ``grads / N`` to accumulated gradients kept
         in the optimizer's state; every N-th call clips them and updates, unless a call of the window had a
         non-finite loss or gradient: then the N-th skips the update and empties the window (``train_step``'s
-        rule). The window is registered with ``unidl.training.attach_window`` (checkpointed optimizer state);
-        the optimizer's step count counts updates."""
+        rule). The window is the optimizer's one, shared by all its steps with this ``accumulate``: the step gets
+        it from ``unidl.training.accumulation_window`` (the backend says only how to create its storage; its
+        ``AccumulationWindow`` is checkpointed optimizer state); the optimizer's step count counts updates."""
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs: bool = False,
                                    eager: bool = False, accumulate: int = 1) -> Callable:
@@ -262,8 +263,9 @@ class Backend(abc.ABC):
         ``accumulate`` N > 1, as ``torch.amp.GradScaler`` with accumulation: the N micro-steps' (scaled)
         gradients of ``loss / N`` are summed, and the N-th call makes the one non-finite check of the window
         (its loss values and the summed gradients; an overflow skips the whole update and empties the window),
-        clips, updates and moves the loss scale once; its window is registered with ``unidl.training.attach_window``
-        (sums divided by the scale in force). The loss scale is the optimizer's, one for all its float16 steps:
+        clips, updates and moves the loss scale once; its window is the optimizer's one for this ``accumulate`` and
+        precision, from ``unidl.training.accumulation_window`` (checkpointed with its sums divided by the scale in
+        force). The loss scale is the optimizer's, one for all its float16 steps:
         the step gets it from ``unidl.training.loss_scale_storage`` (the backend says only how to create it; its
         ``checkpointed()`` is the ``LossScaler`` of the optimizer's checkpointed state). The step also has ``loss_scale() ->
         float`` (1.0 without scaling). Each backend implements it in its ``precision.py``; the default refuses, naming the backend."""

@@ -22,7 +22,7 @@ from unidl import config
 from unidl.backends.op_registry import optional_op
 from unidl.errors import BackendMismatchError
 from unidl.optim.gradients import check_clipping, clip_gradients
-from unidl.optim.param_groups import ParamGroup, check_group_options, grow_generation, split_param_groups
+from unidl.optim.param_groups import ParamGroup, check_group_options, grow_generation, options_read, split_param_groups
 
 
 #: the class attributes that make up an optimizer's update rule (see ``Optimizer.builtin_rule``)
@@ -96,7 +96,10 @@ def bound_rule(optimizer, index: int, read):
     the backend's tensor (a pair of them for ``betas``) read from the option's variable while tracing, so that a
     later change reaches the compiled step without a retrace. Every other option stays a Python number, a
     constant of the graph, so that a rule leaves out a zero term (weight decay 0, momentum 0) as it does eagerly.
-    A user's rule (``builtin_rule()`` None) binds nothing (its options cannot change): it keeps its numbers."""
+    A user's rule (``builtin_rule()`` None) binds nothing (its options cannot change): it keeps its numbers.
+    Called in a trace, it notes there that the graph holds this optimizer's options (``options_read``): a first
+    change of one of them retraces that graph, and only the graphs that ran this optimizer's rule."""
+    options_read(optimizer)
     rule, group = optimizer.rule_for(index), optimizer.group_of(index)
     keys = optimizer.bound_options(group)
     if not keys:
@@ -214,8 +217,8 @@ class Optimizer:
         keep their values, and a value equal to the current one changes nothing.
 
         Compiled steps hold an option that never changed as a constant (a zero term left out), so its first change
-        binds it (``bind_group_option``): every compiled step retraces once and reads it from a variable from then
-        on; a later change writes that variable only, with no retrace."""
+        binds it (``bind_group_option``): every compiled step that runs this optimizer retraces once and reads it
+        from a variable from then on; a later change writes that variable only, with no retrace."""
         owner = type(self).__name__
         self._check_changeable(index, key)
         group = self.param_groups[index]
@@ -236,9 +239,10 @@ class Optimizer:
 
     def bind_group_option(self, index: int, key: str) -> None:
         """Let compiled steps read option ``key`` of param group ``index`` from a variable from now on, instead of
-        holding it as a constant (what its first change does): every compiled step retraces once at its next call
-        (``unidl.optim.param_groups.options_generation``), and never again for this option. A scheduler that will
-        change an option every step (``OneCycleLR(cycle_momentum=True)``) binds it before the first step."""
+        holding it as a constant (what its first change does): every compiled function whose traces ran this
+        optimizer's rule retraces once at its next call (``unidl.optim.param_groups.ConstantOptions``; the others
+        keep their graphs), and never again for this option. A scheduler that will change an option every step
+        (``OneCycleLR(cycle_momentum=True)``) binds it before the first step."""
         if key in self._bound[index]:
             return
         self._check_changeable(index, key)

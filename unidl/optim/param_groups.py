@@ -7,12 +7,13 @@ constructor's values unless the group names its own). Setting a group's ``"lr"``
 ``alpha``) takes effect at the next step, on every backend, so ``for g in opt.param_groups: g["momentum"] = ...``
 works as in PyTorch. Until an option is first changed, compiled steps hold it as a constant (a zero term left
 out: default SGD computes no momentum buffer); its first change binds it (``Optimizer.bound_options``): every
-compiled step and ``ud.function`` retraces once (``options_generation`` grows) and reads it from a variable from
-then on, so later changes never retrace.
+compiled step and ``ud.function`` whose traces ran that optimizer's rule retraces once (``ConstantOptions``) and
+reads it from a variable from then on, so later changes never retrace; those that never ran it do not retrace.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 from numbers import Real
 
@@ -25,22 +26,92 @@ FIXED_OPTIONS = ("l1", "initial_accumulator_value")
 #: how many times any optimizer's set of bound options has grown (see ``options_generation``)
 _generation = 0
 
+#: the ``ConstantOptions`` of the compiled functions being traced here, innermost last (a train step traced
+#: inside a ``ud.function``'s trace notes what it reads to both)
+_recordings: contextvars.ContextVar = contextvars.ContextVar("unidl_options_recordings", default=())
+
 
 def options_generation() -> int:
-    """A counter that grows whenever some optimizer's param-group option is changed for the first time (bound).
-
-    A compiled step holds an option that was never changed as a constant; once bound, it reads the option from
-    a variable. Every backend's compiled functions (train steps, ``ud.function``, an optimizer's compiled
-    ``apply``) read this counter into their cache key, so that a first change retraces them once, instead of
-    leaving a graph with the old constant (a silent divergence). Later changes of a bound option write its
-    variable only: no retrace."""
+    """A counter that grows whenever some optimizer's param-group option is changed for the first time (bound):
+    ``ConstantOptions.stale`` compares it first, so that a compiled function's call pays one integer comparison
+    while no optimizer binds anything."""
     return _generation
 
 
 def grow_generation() -> None:
-    """Record that an optimizer bound an option (``Optimizer.set_group_option``): compiled functions retrace."""
+    """Record that an optimizer bound an option (``Optimizer.bind_group_option``): the compiled functions whose
+    traces ran its rule retrace (``ConstantOptions``)."""
     global _generation
     _generation += 1
+
+
+def bound_count(optimizer) -> int:
+    """How many options of ``optimizer`` are bound, over all its param groups: its own generation (binding only
+    adds), which grows exactly when a compiled step that holds one of its options as a constant must retrace."""
+    return sum(len(optimizer.bound_options(group)) for group in range(len(optimizer.param_groups)))
+
+
+def options_read(optimizer) -> None:
+    """Note, in every compiled function being traced here, that the trace holds ``optimizer``'s options as they
+    are bound now (``bound_rule`` calls this while a graph backend traces a rule): a later first change of one of
+    its options retraces those functions, and no others. Eagerly (no trace) it does nothing."""
+    recordings = _recordings.get()
+    if recordings:
+        count = bound_count(optimizer)
+        for recording in recordings:
+            recording.read[id(optimizer)] = (optimizer, count)
+
+
+class ConstantOptions:
+    """The optimizers whose options one compiled function (a ``ud.function``, a train step, an optimizer's
+    compiled ``apply``, Keras's own train function) holds as constants, each with its ``bound_count`` then.
+
+    An option never changed is a constant of a graph; its first change binds it (a variable from then on) and
+    must retrace the graphs that baked it in, once, and only those: the optimizers are ``known`` up front (a
+    train step knows its optimizer) or noted while the function is traced (``recording()``: ``options_read``),
+    so a first change of another optimizer's option (a second model's, one an eval function never touches)
+    retraces nothing here. Every backend's compiled functions ask ``stale()`` at each call."""
+
+    __slots__ = ("read", "_seen")
+
+    def __init__(self, *known):
+        self.read: dict = {id(optimizer): (optimizer, bound_count(optimizer)) for optimizer in known}
+        self._seen = _generation
+
+    def recording(self) -> "_Recording":
+        """A context for one trace of the function: the optimizers whose rule it runs are noted here (and in the
+        functions whose traces enclose it)."""
+        return _Recording(self)
+
+    def stale(self) -> bool:
+        """True, once, when an optimizer this function holds options of has bound one since (the caller drops its
+        graphs: the next call traces again). Called inside another function's trace (a compiled step run inside
+        a ``ud.function``), it also notes its optimizers there: the enclosing graph inlines this one's constants."""
+        stale = False
+        if self._seen != _generation:  # (else no optimizer bound anything since the last call: the common case)
+            self._seen = _generation
+            counts = {key: (optimizer, bound_count(optimizer)) for key, (optimizer, _) in self.read.items()}
+            stale, self.read = counts != self.read, counts
+        recordings = _recordings.get()
+        if recordings:
+            for recording in recordings:
+                recording.read.update(self.read)
+        return stale
+
+
+class _Recording:
+    """``ConstantOptions.recording()``: pushes its options onto the traces being recorded here."""
+
+    __slots__ = ("_options", "_token")
+
+    def __init__(self, options):
+        self._options = options
+
+    def __enter__(self):
+        self._token = _recordings.set((*_recordings.get(), self._options))
+
+    def __exit__(self, *exc_info):
+        _recordings.reset(self._token)
 
 
 def write_group_options(optimizer, group: int, keys, assign) -> None:

@@ -29,7 +29,7 @@ from unidl import devices
 from unidl.tracing import ModesReached, python_randomness_guard, warn_running_eagerly
 from unidl.backends.jax import ops as jax_ops, variable as jax_variable
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from
-from unidl.optim.param_groups import options_generation
+from unidl.optim.param_groups import ConstantOptions
 
 _CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
                    jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
@@ -106,10 +106,10 @@ class StatefulJit:
 
     ``static_key()`` adds Python state that changes the trace (the modules' train/eval mode); with
     ``keyed_modules()`` (the modules whose modes ``static_key`` holds), the modes of the other modules its traces
-    reach (a loss module: ``ModesReached``) are keyed too. An optimizer's option changed for the first time
-    (``options_generation``: traces hold it as a constant) retraces once. ``trace_count`` counts traces. With
-    ``donate``, the buffers of the variables' arrays (those of at least ``_DONATE_MIN_SIZE`` elements) are
-    donated to the call, so XLA updates them in place."""
+    reach (a loss module: ``ModesReached``) are keyed too. An option changed for the first time by an optimizer
+    whose rule the traces ran (``ConstantOptions``: they hold it as a constant) retraces once. ``trace_count``
+    counts traces. With ``donate``, the buffers of the variables' arrays (those of at least ``_DONATE_MIN_SIZE``
+    elements) are donated to the call, so XLA updates them in place."""
 
     def __init__(self, fn, variables, name: str, static_key=None, donate: bool = False, warn_retrace: bool = True,
                  keyed_modules=None):
@@ -119,7 +119,7 @@ class StatefulJit:
         self._fn, self._variables, self._static_key = fn, variables, static_key
         self._donate, self._warn_retrace = donate, warn_retrace
         self._compiled: dict = {}
-        self._generation = options_generation()
+        self._options = ConstantOptions()  # the optimizers whose options the traces hold as constants
         self._last_variables, self._last_serials = None, ()
         self.trace_count = 0
         self.__name__ = name
@@ -144,7 +144,7 @@ class StatefulJit:
             try:
                 for v, value in zip(variables, values):
                     v.value = value
-                with python_randomness_guard(self.__name__), jax_ops.checkified_trace():
+                with python_randomness_guard(self.__name__), jax_ops.checkified_trace(), self._options.recording():
                     result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
                 written = {i: v.value for i, (v, value) in enumerate(zip(variables, values))
                            if i in donated or v.value is not value}
@@ -202,9 +202,8 @@ class StatefulJit:
         else:
             leaves, treedef, dynamic = _split_static(args)
             key = (self._serials(variables), treedef, tuple(_signature(leaf) for leaf in leaves), static)
-        if self._generation != options_generation():  # an optimizer bound an option the traces hold as a constant
+        if self._options.stale():  # an optimizer bound an option the traces hold as a constant
             self._compiled.clear()
-            self._generation = options_generation()
         entry = self._compiled.get(key)
         if entry is None:
             entry = self._compile(key, args, leaves, treedef, dynamic, variables)

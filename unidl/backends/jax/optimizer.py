@@ -48,16 +48,21 @@ class JaxOptimizer:
                    if getattr(self, "accumulated", None) else []))
 
     def prepare_accumulation(self, accumulate: int) -> None:
-        """Create what ``apply(..., accumulate=N)`` keeps between micro-steps (before a step is compiled), and
-        register it as the optimizer's checkpointed window (``unidl.training.AccumulationWindow``)."""
-        from unidl.training import attach_window, variable_window
+        """Create what ``apply(..., accumulate=N)`` keeps between micro-steps (before a step is compiled), the
+        optimizer's one window (``unidl.training.accumulation_window``: every step of it with this ``accumulate``
+        adds to the same variables), registered as its checkpointed window."""
+        from unidl.training import accumulation_window, variable_window
 
-        if getattr(self, "accumulated", None) is None:
-            self.accumulated = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False) for p in self._spec.params]
-            self.micro_steps = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
-            self.window_finite = JaxVariable(jnp.asarray(True), trainable=False)
-        attach_window(self._spec, accumulate, variable_window(accumulate, self.accumulated, self.micro_steps,
-                                                              self.window_finite, read_numpy, assign_numpy))
+        def create():
+            if getattr(self, "accumulated", None) is None:
+                self.accumulated = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False)
+                                    for p in self._spec.params]
+                self.micro_steps = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
+                self.window_finite = JaxVariable(jnp.asarray(True), trainable=False)
+            return variable_window(accumulate, self.accumulated, self.micro_steps, self.window_finite, read_numpy,
+                                   assign_numpy, storage=self)
+
+        accumulation_window(self._spec, accumulate, None, create)  # (float32 steps: mixed precision keeps its own)
 
     def apply(self, grads, loss=None, accumulate: int = 1) -> None:
         """One guarded update: when ``loss`` or a gradient is not finite every parameter, slot and the step count

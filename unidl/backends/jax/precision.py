@@ -78,7 +78,7 @@ class Window:
 
         scale = (lambda: float(np.asarray(scaler.scale.value))) if scaler is not None else None
         return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
-                               scale=scale)
+                               scale=scale, storage=self)
 
 
 def _float32(value):
@@ -95,11 +95,12 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
     compute = precision.compute_dtype
     # the optimizer's one loss scale (every float16 step of it moves the same; its checkpointed state)
     scaler = loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss else None
-    window = Window(params, accumulate) if accumulate > 1 else None
-    if window is not None:
-        from unidl.training import attach_window
+    window = None
+    if accumulate > 1:  # the optimizer's one window: every step of it with this accumulate and precision adds to it
+        from unidl.training import accumulation_window
 
-        attach_window(optimizer, accumulate, window.checkpointed(scaler))
+        window = accumulation_window(optimizer, accumulate, precision,
+                                     lambda: Window(params, accumulate).checkpointed(scaler)).storage
     name = f"train_step of {type(model).__name__}"
 
     def step(x, y, *inputs):

@@ -34,7 +34,7 @@ from unidl.backends.keras.module import (BatchRelay, NativeLoss, NativeModel, me
                                          restore_metric_totals)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
-from unidl.optim.param_groups import options_generation
+from unidl.optim.param_groups import ConstantOptions
 from unidl.backends.keras.export import export_formats, export_module
 
 keras_dtypes.keep_float64_in_type_promotion()  # float64 stays float64 in Keras's ops on torch and JAX too
@@ -248,7 +248,7 @@ class Backend(BackendInterface):
             object.__setattr__(native, "_unidl_compiled", key)
             object.__setattr__(native, "_unidl_statistics", statistics)  # its totals, for epoch_totals
             object.__setattr__(native, "_unidl_fit_graph", None)  # it updated the previous compile's trackers
-            object.__setattr__(native, "_unidl_options_generation", options_generation())
+            object.__setattr__(native, "_unidl_options", ConstantOptions(optimizer))  # (its options: constants)
         keep_train_function_current(native)  # (an option bound since: Keras's own step holds it as a constant)
         return native
 
@@ -382,19 +382,21 @@ class Backend(BackendInterface):
 
 class _FreezeAwareStep:
     """A train step built again when the set of frozen parameters or any module's train/eval mode changes
-    (Keras's compiled step trains the variables it was compiled with, in the modes it was traced in), or an
-    optimizer option is first changed (``options_generation``: the step holds it as a constant);
-    ``trace_count`` adds up every build's traces."""
+    (Keras's compiled step trains the variables it was compiled with, in the modes it was traced in), or its
+    optimizer first changes an option (the step holds it as a constant; a build compiles the model, which notes
+    the optimizer in ``ConstantOptions``); ``trace_count`` adds up every build's traces."""
 
     def __init__(self, build, mask):
         self._build, self._mask = build, mask
         self._key, self._run, self._earlier_traces = None, None, 0
+        self._options = ConstantOptions()
 
     def __call__(self, *args):
-        key = (self._mask(), options_generation())
-        if key != self._key:
+        key = self._mask()
+        if self._options.stale() or key != self._key:
             self._earlier_traces += getattr(self._run, "trace_count", None) or 0
-            self._key, self._run = key, self._build()
+            with self._options.recording():  # (``compile`` notes the model's optimizer here)
+                self._key, self._run = key, self._build()
         return self._run(*args)
 
     @property

@@ -17,7 +17,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.optim.optimizer import bound_rule, changeable_options
-from unidl.optim.param_groups import options_generation, write_group_options
+from unidl.optim.param_groups import write_group_options
 
 
 class NativeOptimizer(keras.optimizers.Optimizer):
@@ -75,21 +75,29 @@ class NativeOptimizer(keras.optimizers.Optimizer):
 
     def prepare_accumulation(self, accumulate: int) -> None:
         """Set the micro-steps per update for the steps compiled next, creating (eagerly, never inside a trace)
-        the accumulated gradients and the micro-step count they keep between calls."""
-        from unidl.training import attach_window, variable_window
-
+        the accumulated gradients and the micro-step count they keep between calls (once: every step of the
+        optimizer adds to them; ``window``)."""
         object.__setattr__(self, "_accumulate", accumulate)
-        if accumulate > 1 and getattr(self, "_accumulated", None) is None:
+        if accumulate > 1:
+            self._create_window()
+
+    def _create_window(self) -> None:
+        if getattr(self, "_accumulated", None) is None:
             with keras.name_scope(self.name):
                 self._accumulated = [
                     keras.Variable(K.zeros(tuple(p.shape), p.dtype), trainable=False, name="accumulated_gradient")
                     for p in self._spec.params]
                 self._micro_steps = keras.Variable(0, dtype="int64", trainable=False, name="micro_steps")
                 self._window_finite = keras.Variable(True, dtype="bool", trainable=False, name="window_finite")
-        if accumulate > 1:  # the optimizer's checkpointed window (``unidl.training.AccumulationWindow``)
-            attach_window(self._spec, accumulate,
-                          variable_window(accumulate, self._accumulated, self._micro_steps, self._window_finite,
-                                          read_numpy, assign_numpy))
+
+    def window(self, accumulate: int):
+        """The accumulation variables (created once, eagerly, if not yet) as a ``unidl.training.AccumulationWindow``
+        of ``accumulate`` micro-steps (the optimizer's checkpointed window)."""
+        from unidl.training import variable_window
+
+        self._create_window()
+        return variable_window(accumulate, self._accumulated, self._micro_steps, self._window_finite, read_numpy,
+                               assign_numpy, storage=self)
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
@@ -220,15 +228,13 @@ def set_group_options(optimizer, group: int, keys) -> None:
 
 def keep_train_function_current(native_model) -> None:
     """Build Keras's own compiled train function of ``native_model`` (a ``jax.jit`` on Keras-on-JAX, what
-    ``train_on_batch`` and ``Model.fit`` run) again when an optimizer has bound an option since it was built
-    (``options_generation``): it holds that option as a constant. Called where a step may next run: at compile,
-    before a train step, after each batch of ``fit``. unidl's own graphs (Keras-on-TensorFlow) retrace by
-    themselves."""
-    generation = options_generation()
-    if getattr(native_model, "_unidl_options_generation", generation) != generation:
-        if getattr(native_model, "train_function", None) is not None:
-            native_model.make_train_function(force=True)
-    object.__setattr__(native_model, "_unidl_options_generation", generation)
+    ``train_on_batch`` and ``Model.fit`` run) again when the optimizer it was compiled with has bound an option
+    since (``ConstantOptions``, set by ``compile``): it holds that option as a constant; another optimizer's
+    options change nothing here. Called where a step may next run: at compile, before a train step, after each
+    batch of ``fit``. unidl's own graphs (Keras-on-TensorFlow) retrace by themselves."""
+    options = getattr(native_model, "_unidl_options", None)
+    if options is not None and options.stale() and getattr(native_model, "train_function", None) is not None:
+        native_model.make_train_function(force=True)
 
 
 def _dense(gradient):

@@ -127,8 +127,13 @@ def keras_optimizer(optimizer, precision, accumulate=1):
     compiled into every later one, ``ud.train_step``'s and ``ud.fit``'s alike, so that they move one scale, which
     carries over from epoch to epoch). bf16 with ``accumulate`` runs the optimizer's own accumulation; Keras's
     loss scaler checks and moves its scale at every micro-step, so for float16 with ``accumulate`` the window is
-    the scaler's (``prepare_window``)."""
+    the scaler's (``prepare_window``). Either window is the optimizer's one (``unidl.training.accumulation_window``:
+    every step of it with this ``accumulate`` and precision adds to the same variables)."""
+    from unidl.training import accumulation_window, loss_scale_storage, variable_window
+
     if precision is None or not precision.scales_loss:
+        if accumulate > 1:
+            accumulation_window(optimizer, accumulate, precision, lambda: optimizer.native.window(accumulate))
         return optimizer.native
 
     def create():
@@ -139,8 +144,6 @@ def keras_optimizer(optimizer, precision, accumulate=1):
         scaler.unidl_precision = precision
         return scaler
 
-    from unidl.training import attach_window, loss_scale_storage, variable_window
-
     scaler = loss_scale_storage(optimizer, precision, create)
     # the window is the scaler's (its sum checked once per update); the wrapped optimizer updates at every call
     optimizer.native.prepare_accumulation(1)
@@ -148,9 +151,9 @@ def keras_optimizer(optimizer, precision, accumulate=1):
     if accumulate > 1:  # the scaler's window (scaled sums, count) is the optimizer's checkpointed window: its
         # sums unscaled by the scale in force; a non-finite window is a NaN in its first sum, found by the scaler's
         # one check of the sums at the update
-        attach_window(optimizer, accumulate, variable_window(
+        accumulation_window(optimizer, accumulate, precision, lambda: variable_window(
             accumulate, scaler._window, scaler._window_count, None, read_numpy, assign_numpy,
-            scale=lambda: float(keras.ops.convert_to_numpy(scaler.dynamic_scale))))
+            scale=lambda: float(keras.ops.convert_to_numpy(scaler.dynamic_scale)), storage=scaler))
     return scaler
 
 

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 
 from unidl.errors import GraphConstructError
-from unidl.optim.param_groups import options_generation
+from unidl.optim.param_groups import ConstantOptions
 from unidl.tracing import warn_running_eagerly
 
 
@@ -77,7 +77,7 @@ class StatelessFunction:
         self._host, self._fn, self._to_tensor, self.__name__ = host, fn, to_tensor, name
         self._compiled, self._variables, self._eager = None, None, False
         self._earlier_traces = 0  # traces of the functions compiled before new variables were found
-        self._generation = options_generation()
+        self._options = ConstantOptions()  # the optimizers whose options the trace holds as constants
 
     @property
     def trace_count(self):
@@ -95,7 +95,7 @@ class StatelessFunction:
         return list({**scopes[0].read, **scopes[0].assigned}.values())
 
     def _pure(self, values, *args):
-        with _RecordingScope(self._variables, values) as scope:
+        with _RecordingScope(self._variables, values) as scope, self._options.recording():
             result = self._fn(*args)
         known = {id(variable) for variable in self._variables}
         missed = [variable for key, variable in {**scope.read, **scope.assigned}.items() if key not in known]
@@ -108,8 +108,7 @@ class StatelessFunction:
     def _run_compiled(self, args):
         """The compiled call; a trace that reaches new variables compiles again over them too (once per call:
         a function that reaches new ones at every trace, such as one creating variables, is an error)."""
-        if self._generation != options_generation():  # an optimizer bound an option the trace holds as a constant
-            self._generation = options_generation()
+        if self._options.stale():  # an optimizer bound an option the trace holds as a constant
             if self._compiled is not None:
                 self._earlier_traces += self._compiled.trace_count
                 self._compiled = None

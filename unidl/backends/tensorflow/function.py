@@ -22,7 +22,7 @@ from unidl.nn.module import training_modes
 from unidl.tracing import ModesReached, python_randomness_guard
 from unidl.backends.tensorflow.layout import tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
-from unidl.optim.param_groups import options_generation
+from unidl.optim.param_groups import ConstantOptions
 
 # AutoGraph converts user code only: unidl's own layers, ops and backends hold no control flow on tensor
 # values, and transpiling them on every first trace cost seconds (385 converted calls for the CNN). A user's
@@ -188,14 +188,15 @@ def custom_gradient(forward_fn):
 
 class GraphFunction:
     """``fn`` as a static graph: traced once per (rank, dtype) signature, then run without Python; traced again,
-    once, after an optimizer's option is first changed (``options_generation``: the graphs hold it as a constant)."""
+    once, after an optimizer whose rule they ran first changes an option (``ConstantOptions``: they hold it as a
+    constant)."""
 
     def __init__(self, fn, jit_compile: bool = False, device: str | None = None, name: str | None = None):
         self._fn = user_code(fn)
         self._jit_compile = bool(jit_compile)
         self._device = device
         self._graphs: dict = {}
-        self._generation = options_generation()
+        self._options = ConstantOptions()  # the optimizers whose options the graphs hold as constants
         self.trace_count = 0
         self.__name__ = name or getattr(fn, "__name__", "graph_function")
 
@@ -206,7 +207,7 @@ class GraphFunction:
 
     def _traced(self, *args):
         self.trace_count += 1
-        with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__):
+        with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__), self._options.recording():
             if self._device is None:
                 return self._fn(*args)
             with tf.device(self._device):
@@ -251,9 +252,8 @@ class GraphFunction:
     def __call__(self, *args):
         tensors = [to_graph_input(a) for a in args]
         key = tuple((t.shape.rank, t.dtype) for t in tensors)
-        if self._generation != options_generation():  # an optimizer bound an option the graphs hold as a constant
+        if self._options.stale():  # an optimizer bound an option the graphs hold as a constant
             self._graphs.clear()
-            self._generation = options_generation()
         graph = self._graphs.get(key) or self._graph_for(key)
         try:
             return graph(*tensors)

@@ -85,7 +85,7 @@ class Window(tf.Module):
 
         scale = (lambda: float(scaler.scale.numpy())) if scaler is not None else None
         return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
-                               scale=scale)
+                               scale=scale, storage=self)
 
 
 def _float32(value):
@@ -105,12 +105,17 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         # the optimizer's one loss scale (every float16 step of it moves the same; its checkpointed state)
         scaler = (loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss
                   else None)
-        window = Window(params, accumulate) if accumulate > 1 else None
-    if window is not None:  # its window variables would be added to by every replica of one process
+    window = None
+    if accumulate > 1:  # its window variables would be added to by every replica of one process
         refuse_replicas_in_process(f"precision={precision.name!r} with accumulate={accumulate}")
-        from unidl.training import attach_window
+        from unidl.training import accumulation_window
 
-        attach_window(optimizer, accumulate, window.checkpointed(scaler))
+        def create():
+            with tf.device(device):
+                return Window(params, accumulate).checkpointed(scaler)
+
+        # the optimizer's one window: every step of it with this accumulate and precision adds to it
+        window = accumulation_window(optimizer, accumulate, precision, create).storage
 
     def update(grads, loss):
         """The guarded update from (scaled) gradients: unscaled, one overflow check moving the scale, then the

@@ -19,7 +19,7 @@ from unidl.backends.torch import graph as torch_graph
 from unidl.backends.torch.module import NativeModule
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, native_optimizer, torch_window
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
-from unidl.training import attach_window
+from unidl.training import accumulation_window
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -224,9 +224,10 @@ class Backend(BackendInterface):
         l1 = l1_outside_rule(optimizer)
         forward = torch_distributed.data_parallel(model)  # in a process group: DDP averages the gradients
         across_ranks = forward is not model
-        window = []  # the losses of the micro-steps accumulated in .grad so far (accumulate > 1)
-        if accumulate > 1:
-            attach_window(optimizer, accumulate, torch_window(optimizer, accumulate, window))
+        # the losses of the micro-steps accumulated in .grad so far (accumulate > 1): the optimizer's one window,
+        # shared with every other step of it
+        window = (accumulation_window(optimizer, accumulate, None, lambda: torch_window(optimizer, accumulate, []))
+                  .storage if accumulate > 1 else [])
 
         def step(x, y, *inputs):
             x, y = to_input(x), to_input(y)

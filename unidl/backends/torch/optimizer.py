@@ -142,9 +142,9 @@ def add_l1(optimizer) -> None:
 
 def torch_window(optimizer, accumulate: int, losses: list, scale=lambda: 1.0):
     """The ``unidl.training.AccumulationWindow`` of a torch train step: its micro-steps are ``losses`` (the loss
-    of each micro-step run since the last update, which the update's guard checks), its summed gradients of
-    ``loss / N`` are the parameters' ``.grad``, times the loss scale ``scale()`` in mixed precision (a power of
-    two: dividing and multiplying by it are exact)."""
+    of each micro-step run since the last update, which the update's guard checks; its ``storage``), its summed
+    gradients of ``loss / N`` are the parameters' ``.grad``, times the loss scale ``scale()`` in mixed precision
+    (a power of two: dividing and multiplying by it are exact)."""
     import numpy as np
 
     from unidl.nn.module import is_trainable
@@ -172,4 +172,4 @@ def torch_window(optimizer, accumulate: int, losses: list, scale=lambda: 1.0):
                 if is_trainable(p):
                     p.grad = torch.as_tensor(np.asarray(value), dtype=p.dtype, device=p.device) * factor
 
-    return AccumulationWindow(accumulate, read, write)
+    return AccumulationWindow(accumulate, read, write, storage=losses, count=lambda: len(losses))

@@ -61,12 +61,12 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
     # the optimizer's one loss scale (every float16 step of it moves the same; its checkpointed state)
     scaler = loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss else None
     forward = data_parallel(model)  # in a process group: DDP averages the gradients (overflow seen by every rank)
-    window = []  # the losses of the micro-steps accumulated in .grad so far
+    window = []  # the losses of the micro-steps accumulated in .grad so far: the optimizer's one window
     if accumulate > 1:
-        from unidl.training import attach_window
+        from unidl.training import accumulation_window
 
-        attach_window(optimizer, accumulate,
-                      torch_window(optimizer, accumulate, window, lambda: scaler.scale if scaler is not None else 1.0))
+        window = accumulation_window(optimizer, accumulate, precision, lambda: torch_window(
+            optimizer, accumulate, [], lambda: scaler.scale if scaler is not None else 1.0)).storage
 
     def step(x, y, *inputs):
         x, y = to_input(x), to_input(y)
