@@ -142,7 +142,6 @@ def test_corrupt_newest_falls_back_to_the_previous_and_an_explicit_file_changes_
 
 
 def test_files_of_other_tools_and_of_older_unidl_load_without_checksums(tmp_path):
-    pytest.importorskip("safetensors")
     from safetensors.numpy import save_file as reference_save_file
 
     model = ud.models.TwoLayerNet(3, 4, 2)

@@ -1,16 +1,20 @@
-"""The pure-NumPy safetensors reader and writer: round trips, and a strict reader for damaged or hostile files."""
+"""unidl's safetensors reader (its checks around the safetensors package) and writer: round trips, the package
+reading unidl's files and unidl the package's, and a strict reader for damaged or hostile files."""
 
 import json
 import os
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
 import pytest
+import safetensors.numpy as reference
 
 from unidl.errors import CorruptFileError
-from unidl.io.safetensors import (DTYPES, HEADER_CHECKSUM_KEY, MAX_HEADER_BYTES, TENSOR_CHECKSUMS_KEY, header_checksum,
-                                  load_file, save_file, serialize)
+from unidl.io.buffers import ALIGNMENT
+from unidl.io.safetensors import (DTYPES, HEADER_CHECKSUM_KEY, MAX_HEADER_BYTES, TENSOR_CHECKSUMS_KEY, SafetensorsFile,
+                                  header_checksum, load_file, save_file, serialize)
 
 ALL_DTYPES = [np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np.uint64, np.int64,
               np.float16, np.float32, np.float64]
@@ -35,6 +39,7 @@ def test_round_trip_every_dtype(tmp_path, rng, dtype):
     for name, value in tensors.items():
         assert loaded[name].dtype == value.dtype and loaded[name].shape == value.shape
         np.testing.assert_array_equal(loaded[name], value)
+        assert loaded[name].ctypes.data % ALIGNMENT == 0 or not value.size  # memory TensorFlow and JAX can adopt
     loaded["x"][...] = 0  # arrays are writable copies, not views of a read-only buffer
 
 
@@ -69,7 +74,6 @@ def test_bfloat16_is_read_as_float32(tmp_path):
 
 
 def test_matches_the_reference_implementation(tmp_path, rng):
-    reference = pytest.importorskip("safetensors.numpy")
     tensors = {"w": rng.standard_normal((4, 3)).astype(np.float32), "i": np.arange(5, dtype=np.int32)}
     save_file(tensors, tmp_path / "ours.safetensors", {"m": "1"})
     for name, value in reference.load_file(str(tmp_path / "ours.safetensors")).items():
@@ -141,6 +145,35 @@ def test_corrupt_files_raise_corrupt_file_error(tmp_path, name):
         load_file(path)
     assert "bad.safetensors" in str(error.value)
     assert isinstance(error.value, ValueError)
+
+
+def test_header_length_over_the_limit_is_refused_before_the_header_is_read(tmp_path):
+    """A length just over the limit, with that many bytes really in the file: refused by unidl's pre-check, which
+    reads 8 bytes, before either parser reads the header (the package's limit is the same)."""
+    path = tmp_path / "big.safetensors"
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", MAX_HEADER_BYTES + 1) + b"{")
+        handle.truncate(8 + MAX_HEADER_BYTES + 1)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError, match=f"big.safetensors.*header length {MAX_HEADER_BYTES + 1} exceeds"):
+            SafetensorsFile(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak  # the 100 MB header was never read
+
+
+def test_a_header_only_the_safetensors_package_refuses_is_corrupt_naming_the_file(tmp_path):
+    """Python's JSON parser takes a lone UTF-16 surrogate in a tensor name; the safetensors package's parser,
+    which checks every header after unidl's, refuses it: a CorruptFileError naming the file, never the package's
+    SafetensorError. The same header without the surrogate loads."""
+    entry = b'{"dtype":"F32","shape":[2],"data_offsets":[0,8]}'
+    path = write_raw(tmp_path / "surrogate.safetensors", b'{"w\\ud800":' + entry + b"}", bytes(8))
+    with pytest.raises(CorruptFileError, match=r"surrogate.safetensors.*the safetensors package refuses it \(.+\)"):
+        load_file(path)
+    write_raw(path, b'{"w":' + entry + b"}", bytes(8))
+    assert load_file(path)[0]["w"].shape == (2,)
 
 
 def test_bad_paths(tmp_path):

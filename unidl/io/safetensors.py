@@ -1,10 +1,18 @@
-"""A pure-NumPy reader and writer of the safetensors format, the file format of ``unidl.save``.
+"""unidl's reader and writer of the safetensors format, the file format of ``unidl.save``.
 
 Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``,
 then the tensors' bytes, little-endian and in C order, back to back. The reader trusts
 nothing in the file: every size is checked against the file's real size before anything
 is read or allocated, so a damaged or hostile file gives a ``CorruptFileError``, never a crash.
+
+A file is read only if two parsers accept its header: unidl's (below: the header-size limit before
+anything is read, strict checks with precise messages, the crc32 checksums unidl writes) and the
+audited ``safetensors`` package (``check_with_package``), which must see the same tensors. unidl then
+reads the tensors' bytes itself, at the offsets both checked, straight into the aligned buffers the
+frameworks adopt: the package's NumPy reader copies each tensor once more (unaligned), its memory
+map keeps every page read resident until closed, and it cannot read bfloat16 (NumPy has none).
+Writing is unidl's: it adds the checksums and writes atomically.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ from unidl.errors import CorruptFileError
 from unidl.io.atomic import atomic_open
 from unidl.io.buffers import aligned_empty
 
-#: Headers above this size are refused before being read (real headers are a few kB to a few MB).
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: Headers above this size are refused before being read (real headers are a few kB to a few MB); the
+#: safetensors package's own limit, so that both parsers refuse the same files.
+MAX_HEADER_BYTES = 100_000_000
 
 #: safetensors dtype name -> little-endian NumPy dtype
 DTYPES = {
@@ -214,15 +223,45 @@ def read_header(handle, path: str, file_size: int) -> tuple[dict, int]:
     return header, 8 + header_size
 
 
+def check_with_package(path: str, entries: dict[str, tuple[str, tuple]], metadata: dict[str, str]) -> None:
+    """Raise ``CorruptFileError`` naming ``path`` unless the safetensors package accepts the file's header and
+    reads from it the tensors ``{name: (dtype name, shape)}`` and the ``metadata`` that unidl's parser read.
+
+    The package (imported here, so that ``import unidl`` stays light) parses the header in its own, audited
+    code and checks what unidl checks too (JSON, dtypes, shapes against byte lengths, offsets that tile the
+    buffer to the end of the file); unidl's parser ran first, so its refusals keep their precise messages,
+    and a header that the two read differently (a parser differential) is refused. No tensor is read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as handle:  # maps the file; only the header's pages are read
+            seen = {}
+            for name in handle.keys():
+                view = handle.get_slice(name)
+                seen[name] = (view.get_dtype(), tuple(view.get_shape()))
+            seen_metadata = handle.metadata() or {}
+    except SafetensorError as error:
+        raise CorruptFileError(f"{path!r} is not a valid safetensors file: the safetensors package refuses "
+                               f"it ({error})") from None
+    differences = [name for name in sorted(set(seen) | set(entries)) if seen.get(name) != entries.get(name)]
+    if seen_metadata != metadata:
+        differences.append(_METADATA_KEY)
+    if differences:
+        raise CorruptFileError(f"{path!r} is not a valid safetensors file: unidl's parser and the safetensors "
+                               f"package read its header differently (entries {differences[:5]})")
+
+
 class SafetensorsFile:
     """A safetensors file whose header has been read and checked; tensors are read one at a time.
 
     ``entries`` maps each tensor name to ``(dtype name, shape)`` in file order; ``metadata`` is the
     ``__metadata__`` without unidl's checksum keys; ``checksums`` is ``{name: crc32}`` when the file
-    carries them (every file unidl writes does), else None. Opening checks the header checksum;
+    carries them (every file unidl writes does), else None. Opening checks the header with unidl's
+    parser and with the safetensors package (``check_with_package``), then the header checksum;
     ``read`` and ``verify`` check a tensor's bytes against its checksum, so a corrupt file gives a
     ``CorruptFileError`` naming the file and the tensor. Nothing is read before it is needed: a
-    tensor is read straight into the one array returned, and ``verify`` streams in small chunks.
+    tensor is read straight into the one (64-byte aligned) array returned, and ``verify`` streams in
+    small chunks.
     """
 
     def __init__(self, path):
@@ -234,6 +273,7 @@ class SafetensorsFile:
         self._offsets = {name: tuple(entry["data_offsets"])
                          for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])}
         self.entries = {name: (header[name]["dtype"], tuple(header[name]["shape"])) for name in self._offsets}
+        check_with_package(path, self.entries, metadata)
         self.checksums = self._check_integrity(header, metadata)
         self.metadata = {k: v for k, v in metadata.items() if k not in INTEGRITY_KEYS}
 
