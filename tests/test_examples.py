@@ -73,13 +73,16 @@ KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_loss
              "ud.fit(m, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(m.parameters(), lr=3e-3),"
              " epochs=12, batch_size=64, verbose=0)\n"
              "import keras\nfrom tests.callbacks.test_tensorboard import cnn_graph\n"
-             "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph()]))")
+             "from tests.test_precision import alternated_loss_steps\n"
+             "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph(),"
+             " alternated_loss_steps()]))")
 
 
 @functools.cache
 def _keras_on(framework: str):
     """``[two-layer losses, the framework Keras ran on, the digits CNN's test accuracy after ud.fit, a small CNN's
-    model graph (tests/callbacks/test_tensorboard.py's cnn_graph)]`` from an interpreter whose Keras runs on
+    model graph (tests/callbacks/test_tensorboard.py's cnn_graph), two float16 steps with other losses called in
+    turn (tests/test_precision.py's alternated_loss_steps)]`` from an interpreter whose Keras runs on
     ``framework``."""
     return last_json_line(run_python(KERAS_RUN, env={"KERAS_BACKEND": framework}).stdout)
 
@@ -88,7 +91,7 @@ def _keras_on(framework: str):
 def test_keras_on_another_framework_agrees_with_that_backend(framework):
     from unidl.compare import two_layer_losses
 
-    keras_run, used, _, _ = _keras_on(framework)
+    keras_run, used, _, _, _ = _keras_on(framework)
     assert used == framework
     host_run = two_layer_losses(framework, **TWO_LAYER)  # here: another process than Keras's
     assert max_relative_difference(keras_run, host_run) < 1e-5
@@ -97,7 +100,7 @@ def test_keras_on_another_framework_agrees_with_that_backend(framework):
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_keras_on_another_framework_fit_reaches_accuracy(framework):
-    _, used, accuracy, _ = _keras_on(framework)
+    _, used, accuracy, _, _ = _keras_on(framework)
     assert used == framework and accuracy >= 0.95
 
 
@@ -108,6 +111,18 @@ def test_keras_on_another_framework_gives_the_model_graph(framework, convolution
     values) and Keras-on-JAX (their jaxpr), with the state under its ``state_dict()`` names."""
     from tests.callbacks.test_tensorboard import assert_cnn_graph
 
-    _, used, _, graph = _keras_on(framework)
+    _, used, _, graph, _ = _keras_on(framework)
     assert used == framework
     assert_cnn_graph(graph, convolution, dot)
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_keras_on_another_framework_trains_each_step_with_its_own_loss(framework):
+    """Two float16 train steps of one model with other losses, called in turn: Keras's torch and JAX trainers
+    run the model as last compiled (``train_on_batch``), so each step compiles it back to its own loss and casts
+    first; both train as the torch loop alternating the two losses, with no step skipped."""
+    from tests.test_precision import check_alternated_loss_steps
+
+    _, used, _, _, alternated = _keras_on(framework)
+    assert used == framework
+    check_alternated_loss_steps(alternated)

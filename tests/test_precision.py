@@ -109,9 +109,10 @@ def test_precision_refuses_bad_values_before_training(backend, rng):
 
 # ---- mixed precision with gradient accumulation (torch.amp.GradScaler's accumulation rule) --------------------
 
-def _torch_autocast_loop(state, batches, accumulate, lr=0.1, dtype="bfloat16"):
+def _torch_autocast_loop(state, batches, accumulate, lr=0.1, dtype="bfloat16", losses=("mse_loss",)):
     """The hand-written PyTorch loop: the forward under ``torch.autocast`` (``dtype``), ``(loss / N).backward()``
-    over N micro-batches, then one SGD step (no overflow here: a loss scale changes nothing); the trained state."""
+    over N micro-batches, then one SGD step (no overflow here: a loss scale changes nothing); the trained state.
+    ``losses``: the ``torch.nn.functional`` losses of the batches in turn."""
     import torch
 
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
@@ -121,7 +122,8 @@ def _torch_autocast_loop(state, batches, accumulate, lr=0.1, dtype="bfloat16"):
     for index, (x, y) in enumerate(batches, start=1):
         with torch.autocast("cpu", dtype=getattr(torch, dtype)):
             outputs = net(torch.tensor(x))
-        (torch.nn.functional.mse_loss(outputs.float(), torch.tensor(y)) / accumulate).backward()
+        loss = getattr(torch.nn.functional, losses[(index - 1) % len(losses)])
+        (loss(outputs.float(), torch.tensor(y)) / accumulate).backward()
         if index % accumulate == 0:
             opt.step()
             opt.zero_grad()
@@ -341,3 +343,44 @@ def test_float16_steps_of_one_optimizer_share_its_loss_scale(backend, rng):
         np.testing.assert_array_equal(ud.to_numpy(value), weights[name], err_msg=name)
     assert optimizer.state_dict()["loss_scaler"] == {"scale": 8.0, "growth_tracker": 1}
     assert ud.train_step(model, ud.nn.MSELoss(), optimizer, precision="bf16-mixed")  # no loss scale: no conflict
+
+
+def alternated_loss_steps(eager=False) -> dict:
+    """Two float16 train steps of one model and optimizer with other loss modules (MSE, L1), called in turn on the
+    batches of ``_regression``, under the backend in force: the weights before and after (JSON-able lists) and the
+    optimizer's loss scaler state, for ``check_alternated_loss_steps``. Also run where Keras runs on torch and on
+    JAX (tests/test_examples.py's ``KERAS_RUN``, a fresh interpreter that need not import torch)."""
+    x, y = _regression(np.random.default_rng(0))
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    start = {k: ud.to_numpy(v).tolist() for k, v in model.state_dict().items()}
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    steps = [ud.train_step(model, loss, optimizer, precision="16-mixed", eager=eager)
+             for loss in (ud.nn.MSELoss(), ud.nn.L1Loss())]
+    for index in range(3):  # the third call, after the other step's, is the one a stale compile would get wrong
+        steps[index % 2](x[4 * index:4 * index + 4], y[4 * index:4 * index + 4])
+    return {"start": start, "trained": {k: ud.to_numpy(v).tolist() for k, v in model.state_dict().items()},
+            "scaler": optimizer.state_dict()["loss_scaler"]}
+
+
+def check_alternated_loss_steps(result) -> None:
+    """``alternated_loss_steps``' run trained as the hand-written torch autocast loop alternating the two losses,
+    with no step skipped (the scale never halved: three finite steps counted): each step its own loss, in float32
+    under its own casts. A Keras trainer runs the model as last compiled, so each step must compile it back to its
+    own loss first: the other's loss, outside this step's casts, computes in float16 and overflows the scale."""
+    x, y = _regression(np.random.default_rng(0))
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 12, 4)]
+    start = {k: np.asarray(v, np.float32) for k, v in result["start"].items()}
+    expected = _torch_autocast_loop(start, batches, 1, dtype="float16", losses=("mse_loss", "l1_loss"))
+    assert result["scaler"] == {"scale": 2.0 ** 16, "growth_tracker": 3}, result["scaler"]
+    for name, value in result["trained"].items():  # the weights' change, to float16's rounding
+        change = np.asarray(value, np.float32) - start[name]
+        assert max_relative_difference(change, expected[name] - start[name]) < 1e-2, name
+
+
+def test_float16_steps_with_other_losses_called_in_turn_train_as_one_loop():
+    """Two float16 steps of one model with other losses, called in turn, train as the torch loop alternating the
+    two losses (``check_alternated_loss_steps``). On Keras-TensorFlow in eager mode: ``train_on_batch``, which runs
+    the model as last compiled, as the trainers of Keras-on-torch and Keras-on-JAX do (tests/test_examples.py)."""
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        check_alternated_loss_steps(alternated_loss_steps(eager=True))

@@ -260,17 +260,20 @@ class Backend(BackendInterface):
                                 lambda: (trainable_mask(optimizer.params), step_modes(model, loss_fn)))
 
     def _train_step(self, model, loss_fn, optimizer, eager, precision=None, accumulate=1):
-        native = self.compile(model, loss_fn, optimizer, eager=eager, precision=precision, accumulate=accumulate)
+        def compile_for_this_step():
+            return self.compile(model, loss_fn, optimizer, eager=eager, precision=precision, accumulate=accumulate)
+
+        native = compile_for_this_step()
         graph = None if eager else keras_function.train_step_graph(native, per_batch=True)
         if graph is not None:
-            return graph
+            return _CompiledForStep(native, compile_for_this_step, graph)
         to_input = self.to_input
 
         def step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
             x = (to_input(x), *[to_input(v) for v in inputs]) if inputs else to_input(x)
             return native.train_on_batch(x, to_input(y))
 
-        return step
+        return _CompiledForStep(native, compile_for_this_step, step)
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager=False, precision=None,
                   accumulate=1, totals=None):
@@ -378,6 +381,30 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape):
         export_module(module, path, format, input_shape)
+
+
+class _CompiledForStep:
+    """A train step that runs its model's one ``keras.Model`` compiled with this step's loss, optimizer, precision
+    and accumulation: another step or ``ud.fit`` over the same model compiles it with theirs, and Keras's trainer
+    runs whatever was compiled last (``train_on_batch`` on Keras-on-torch and Keras-on-JAX, a retrace of the graph
+    on Keras-TensorFlow), so a call after theirs compiles it back first (``Backend.compile``; one identity check
+    when nothing compiled in between). Else a step would train with another's loss, optimizer or accumulation, and
+    compute that loss outside its own mixed-precision casts (in float16: a scaled loss that overflows and skips the
+    step). On Keras-on-JAX each compile back traces and compiles Keras's jitted step again."""
+
+    def __init__(self, native, compile_for_this_step, run):
+        self._native, self._compile, self._run = native, compile_for_this_step, run
+        self._compiled = native._unidl_compiled
+
+    def __call__(self, *args):
+        if getattr(self._native, "_unidl_compiled", None) is not self._compiled:
+            self._compile()
+            self._compiled = self._native._unidl_compiled
+        return self._run(*args)
+
+    @property
+    def trace_count(self):
+        return getattr(self._run, "trace_count", None)
 
 
 class _FreezeAwareStep:
