@@ -38,6 +38,63 @@ def test_tensorflow_step_multiplies_a_sequence_linear_as_one_matmul(rng):
     assert not wide, wide
 
 
+def _live_ops(step):
+    """The ops of ``step``'s traced graphs that run: what the outputs and the stateful ops (variable reads and
+    writes, the guarded update's ``If``) depend on. TensorFlow prunes the rest, as the NCHW op a layout-aware
+    op looked through (``unidl/backends/tensorflow/layout.py``)."""
+    live = []
+    for concrete in step._run.concrete_functions:
+        pending = [t.op for t in concrete.outputs] + [op for op in concrete.graph.get_operations()
+                                                      if op.op_def.is_stateful]
+        seen = set()
+        while pending:
+            op = pending.pop()
+            if op.name not in seen:
+                seen.add(op.name)
+                live.append(op)
+                pending += [t.op for t in op.inputs] + list(op.control_inputs)
+    return live
+
+
+class _ResidualNet(ud.nn.Module):
+    """A stem and one ResNet basic block (``out + identity`` of two batch-normed convolutions), average pooling
+    and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ud.nn.Sequential(ud.nn.Conv2d(3, 4, 3, padding=1, bias=False), ud.nn.BatchNorm2d(4), ud.nn.ReLU())
+        self.conv1, self.bn1 = ud.nn.Conv2d(4, 4, 3, padding=1, bias=False), ud.nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = ud.nn.Conv2d(4, 4, 3, padding=1, bias=False), ud.nn.BatchNorm2d(4)
+        self.head = ud.nn.Linear(4, 3)
+
+    def forward(self, x):
+        identity = self.stem(x)
+        out = self.bn2(self.conv2(ud.ops.relu(self.bn1(self.conv1(identity)))))
+        return self.head(ud.ops.mean(ud.ops.relu(out + identity), (2, 3)))
+
+
+def test_tensorflow_residual_step_keeps_activations_nhwc(rng):
+    """ResNet-18's step on tensorflow was 1.12x the hand-written one's (benchmarks/RESULTS.md, 2026-12-01, P):
+    the residual ``out + identity`` of two NCHW views and ``tf.shape`` of the views (batch norm's input check)
+    made each view a real transpose, the non-finite guard's ``IsFinite`` on the kernel gradients (OIHW, a
+    transpose of TensorFlow's HWIO) was moved by Grappler above that transpose into a slow transpose of booleans,
+    and batch norm ran as a dozen element-wise ops. In the traced step only the input's transpose into NHWC
+    and the pooled view's (forward and gradient) run; every batch norm is one fused kernel each way."""
+    with ud.use_backend("tensorflow"):
+        ud.manual_seed(0)
+        model = _ResidualNet()
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        x, y = rng.standard_normal((4, 3, 6, 6)).astype(np.float32), np.array([0, 1, 2, 1])
+        eager_loss = float(ud.nn.CrossEntropyLoss()(model(ud.tensor(x)), ud.tensor(y)))
+        assert float(step(x, y)) == pytest.approx(eager_loss, rel=1e-5)
+    live = _live_ops(step)
+    activations = [op for op in live if op.type == "Transpose" and not op.inputs[0].shape.is_fully_defined()]
+    assert len(activations) == 3, [op.name for op in activations]
+    assert not [op.name for op in live if op.type == "IsFinite" and op.inputs[0].op.type == "Transpose"]
+    types = [op.type for op in live]
+    assert types.count("FusedBatchNormV3") == types.count("FusedBatchNormGradV3") == 3
+
+
 def test_function_follows_the_mode_it_is_called_in(backend, rng):
     """A ``ud.function`` first traced in training mode runs the eval graph after ``model.eval()`` (dropout the
     identity, batch norm on its running statistics), as the eager forward and torch do, and back again."""

@@ -54,13 +54,41 @@ def nchw_view(y_nhwc):
 
 
 def nhwc_source(x):
-    """The NHWC tensor that ``x`` is a view of, when ``x`` came from :func:`nchw_view` in a graph; else None."""
+    """The NHWC tensor that ``x`` is a view of, when ``x`` came from :func:`nchw_view` in a graph, or the NHWC
+    counterpart of an element-wise sum, difference or product of views (see ``_binary_source``); else None."""
     if tf.executing_eagerly():
         return None
     op = getattr(x, "op", None)
-    if op is None or op.type != "Transpose" or not _is_view(op, _VIEW):
+    if op is None:
         return None
-    return op.inputs[0]
+    if op.type == "Transpose" and _is_view(op, _VIEW):
+        return op.inputs[0]
+    if op.type in _BINARY:
+        return _binary_source(x, op)
+    return None
+
+
+#: element-wise binary ops that commute with a transpose of both operands
+_BINARY = {"AddV2": tf.math.add, "Add": tf.math.add, "Sub": tf.math.subtract, "Mul": tf.math.multiply}
+
+
+def _binary_source(x, op):
+    """A residual connection (``out + identity`` of two views, as ResNet's blocks write it) is computed by
+    TensorFlow's own operator on the NCHW views, which then become real transposes: two into NCHW before the
+    add and one back into NHWC for the next convolution, each as large as the activation, and as many in the
+    backward pass (about 40 a step of ResNet-18, several per cent of its time). The same op on the NHWC tensors
+    behind the views gives the same numbers in NHWC; the NCHW op, which then feeds nothing, is pruned from the
+    graph. One counterpart a result and graph, so that every later consumer reads the same tensor."""
+    sources = [nhwc_source(operand) for operand in op.inputs]
+    if None in sources or any(source.shape.rank != 4 for source in sources):
+        return None
+    graph = tf.compat.v1.get_default_graph()  # the graph being built (a branch may read outer tensors)
+    known = getattr(graph, "_unidl_nhwc_counterparts", None)  # the graph's own, freed with it
+    if known is None:
+        known = graph._unidl_nhwc_counterparts = {}
+    if x.ref() not in known:
+        known[x.ref()] = _BINARY[op.type](*sources)
+    return known[x.ref()]
 
 
 def _is_view(op, name: str) -> bool:
