@@ -91,8 +91,15 @@ def mode_reads():
             loss.train(mode)
             expected = float(loss(body(ud.tensor(x)), ud.tensor(y)))
             checks.append(dict(branch=abs(float(step(x, y)) - expected) / expected, dropout=True,
-                               traces=None))
-        return checks
+                               traces=step.trace_count))
+        # jax.jit traces Keras's step once per input shape: a smaller batch once more, then neither again
+        traces = []
+        for batch in (3, 3, 8):
+            step(x[:batch], y[:batch])
+            traces.append(step.trace_count)
+        eager = ud.train_step(body, loss, ud.optim.SGD(body.parameters(), lr=0.0), eager=True)
+        eager(x, y)
+        return checks, traces + [eager.trace_count]
 
 
 def state(model):
@@ -265,10 +272,15 @@ def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):
 def test_function_follows_a_mode_it_reads_without_calling_the_module_on_jax(result):
     """Keras-on-JAX's ``ud.function`` (a stateless trace) keys its traces on a flag only read, as the other
     backends do (tests/backends/test_traced_functions.py): one trace per new combination of modes, eager results;
-    and its train step (Keras's JAX trainer) follows a loss module's mode (tests/test_submodule_modes.py)."""
-    checks = result["mode_reads"]
-    assert [check["traces"] for check in checks] == [1, 2, 3, 3, 3, None, None, None], checks
+    and its train step (Keras's JAX trainer) follows a loss module's mode (tests/test_submodule_modes.py), with
+    its real ``trace_count``."""
+    checks, step_traces = result["mode_reads"]
+    # the step's traces (Python runs of Keras's train step, which jax.jit runs only while tracing): one per new
+    # mode, and Keras compiles again when one comes back, as on Keras-TensorFlow (tests/test_submodule_modes.py)
+    assert [check["traces"] for check in checks] == [1, 2, 3, 3, 3, 1, 2, 3], checks
     assert all(check["branch"] < 1e-5 and check["dropout"] for check in checks), checks
+    # one more trace for a smaller batch, none when a shape comes back; eager=True traces nothing (None)
+    assert step_traces == [4, 4, 4, None], step_traces
 
 
 def test_fit_on_jax_in_float64_agrees_with_torch_to_1e_12(result):

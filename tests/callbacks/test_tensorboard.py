@@ -9,6 +9,7 @@ import pytest
 import unidl as ud
 from tests.callbacks.conftest import train
 from tests.helpers import last_json_line, run_python
+from unidl.errors import GraphConstructError
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -86,10 +87,33 @@ def test_model_graph_where_the_backend_gives_one(backend, problem, tmp_path):
     assert "epoch_loss" in run.Tags()["scalars"] and model.training
 
 
+def test_model_graph_of_a_forward_with_two_inputs(backend, problem, tmp_path):
+    """``model(x, extra)``: ``write_model_graph(model, x, extra)`` draws both inputs, each into its own layer, on
+    every backend; ``fit`` (which traces ``model(x)``) stops before its first step with one clear error naming
+    the forward, instead of each framework's own failure deep in its tracer."""
+    op, _ = documented_graph(backend)
+    ud.manual_seed(0)
+    model = TwoInputs()
+    callback = ud.callbacks.TensorBoard(tmp_path / "run")
+    callback.write_model_graph(model, *two_input_batch())
+    callback.on_train_end()
+    graph = read(tmp_path / "run" / "train").Graph()
+    input_op = "Placeholder" if op == "MatMul" else "Input"  # TensorFlow's graph feeds it placeholders
+    assert_two_inputs({node.name: [node.op, list(node.input)] for node in graph.node}, input_op, op)
+    before = model.state_dict()
+    (x, _), _, _ = problem
+    with pytest.raises(GraphConstructError, match=r"TwoInputs\.forward\(x, extra\) cannot be called on 1 input "
+                                                  r"\(fit traces model\(x\).*'extra'.*write_model_graph"):
+        ud.fit(model, (x, x[:, :3]), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+               batch_size=20, verbose=0, callbacks=[ud.callbacks.TensorBoard(tmp_path / "fit", write_graph=True)])
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 def cnn_graph(backend_name="keras"):
     """The graph ``model_graph`` gives of a small CNN in eval mode (as ``write_graph=True`` writes it) on
-    ``backend_name``, as {node name: [op, inputs]}, and whether a trace in train mode left the state as it was
-    (batch norm's statistics unassigned; a traced value left in a variable would fail to convert to NumPy).
+    ``backend_name``, as {node name: [op, inputs]}, whether a trace in train mode left the state as it was
+    (batch norm's statistics unassigned; a traced value left in a variable would fail to convert to NumPy), and
+    the graph of ``TwoInputs`` on its two inputs (``two_inputs``, as {node name: [op, inputs]}).
     Also run in a fresh interpreter for Keras on JAX (tests/backends/test_keras_jax.py) and on torch
     (tests/test_examples.py, with the other Keras-on-torch checks)."""
     from tensorboard.compat.proto import graph_pb2
@@ -104,13 +128,16 @@ def cnn_graph(backend_name="keras"):
         before = {k: np.array(v) for k, v in model.train().state_dict().items()}
         backend.model_graph(model, images)
         after = model.state_dict()
+        two_inputs = graph_pb2.GraphDef.FromString(backend.model_graph(TwoInputs(), two_input_batch()))
         return dict(nodes={node.name: [node.op, list(node.input)] for node in graph.node},
-                    unchanged=all(np.array_equal(v, np.asarray(after[k])) for k, v in before.items()))
+                    unchanged=all(np.array_equal(v, np.asarray(after[k])) for k, v in before.items()),
+                    two_inputs={node.name: [node.op, list(node.input)] for node in two_inputs.node})
 
 
 def assert_cnn_graph(graph, conv, dot):
     """``cnn_graph``'s graph holds the state under its ``state_dict()`` names, the input feeding the one
-    convolution (op ``conv``), one ``dot`` for the linear layer and the output, and tracing changed nothing."""
+    convolution (op ``conv``), one ``dot`` for the linear layer and the output, and tracing changed nothing; its
+    ``TwoInputs`` graph has both inputs, each feeding its own layer's ``dot``."""
     nodes = graph["nodes"]
     for name in ("0/weight", "0/bias", "1/weight", "1/bias", "4/weight", "4/bias"):
         assert nodes.get(name) == ["Parameter", []], (name, nodes)
@@ -121,6 +148,36 @@ def assert_cnn_graph(graph, conv, dot):
     assert [op for op, _ in nodes.values()].count(dot) == 1, nodes
     assert nodes["input"] == ["Input", []] and nodes["output"][0] == "Output" and len(nodes["output"][1]) == 1
     assert graph["unchanged"]
+    assert_two_inputs(graph["two_inputs"], "Input", dot)
+
+
+class TwoInputs(ud.nn.Module):
+    """``model(x, extra)``: each input through its own linear layer, then their sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = ud.nn.Linear(4, 3)
+        self.second = ud.nn.Linear(2, 3)
+
+    def forward(self, x, extra):
+        return self.first(x) + self.second(extra)
+
+
+def two_input_batch():
+    return np.ones((1, 4), np.float32), np.ones((1, 2), np.float32)
+
+
+def assert_two_inputs(nodes, input_op, dot):
+    """A graph of ``TwoInputs`` ({node name: [op, inputs]}): both inputs are input nodes, in the forward's order,
+    each feeding its own layer's ``dot`` (the first layer's weight and input in one, the second's in the other)."""
+    assert nodes["input"][0] == input_op and nodes["input_1"][0] == input_op, nodes
+    assert not any(name.startswith("input_2") for name in nodes), nodes
+    fed = {}
+    for name, (op, inputs) in nodes.items():
+        for source in ("input", "input_1"):
+            if source in inputs:
+                fed.setdefault(source, []).append(op)
+    assert fed.get("input") == [dot] and fed.get("input_1") == [dot], (fed, nodes)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -333,7 +333,8 @@ class Backend(abc.ABC):
         input). Works eagerly, under ``value_and_grad`` and inside ``function``."""
 
     def model_graph(self, model, x: np.ndarray) -> bytes | None:
-        """``model``'s forward (in its current mode) on inputs shaped as the NumPy batch ``x``, as the bytes of
+        """``model``'s forward (in its current mode) on inputs shaped as the NumPy batch ``x`` (or a tuple of them:
+        the forward's positional inputs, one input node each, 'input', 'input_1', ...), as the bytes of
         a serialized TensorFlow ``GraphDef``, the form TensorBoard's Graphs tab reads
         (``ud.callbacks.TensorBoard(write_graph=True)``); None (the default) where this framework gives none.
         Tracing must leave the model's state as it was."""

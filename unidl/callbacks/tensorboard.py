@@ -79,6 +79,9 @@ class TensorBoard(Callback):
             ``keras.StatelessScope``). Where a backend gives no graph (``Backend.model_graph`` returns None),
             ``fit`` stops with a ``ValueError`` before the first step rather than leave it out. Off by
             default (Keras's default is on): the trace is one more pass over the forward at the start.
+            ``fit`` traces ``model(x)``; a forward that needs more inputs (``forward(x, extra)``, trained by
+            ``ud.train_step``'s ``step(x, y, extra)``) stops it with a ``GraphConstructError`` naming them,
+            and its graph, with one input node each, is ``write_model_graph(model, x, extra)``'s.
     """
 
     def __init__(self, log_dir="logs", histogram_freq: int = 0, update_freq="epoch", write_graph: bool = False):
@@ -151,16 +154,34 @@ class TensorBoard(Callback):
         return int(trainer.global_step) if trainer is not None else self._batches
 
     def _write_model_graph(self) -> None:
-        """The backend's graph of the model's eval-mode forward on one training sample, or a ValueError."""
+        """The backend's graph of the model's eval-mode forward on one training sample's ``x``."""
         from unidl.metrics.probe import first_sample
 
-        _, event_pb2, _ = _import_tensorboard()
-        model = self.trainer.model
         x, _ = first_sample(self.trainer.loader)
+        self._write_graph_of(self.trainer.model, (x,), "fit traces model(x) on each batch's x alone")
+
+    def write_model_graph(self, model, *inputs) -> None:
+        """Write the graph of ``model``'s eval-mode forward on ``inputs`` (NumPy arrays or tensors, the forward's
+        positional inputs: ``model(x, extra)``) to ``log_dir/train``, one input node each ('input', 'input_1',
+        ...), as ``write_graph=True`` writes ``model(x)``'s in ``fit``: for a forward with more inputs than
+        ``fit`` gives, trained by ``ud.train_step``'s ``step(x, y, extra)``. Only ``inputs``' shapes and dtypes
+        are used (one sample is enough); the model's state is left as it was."""
+        from unidl.tensors import to_numpy
+
+        inputs = tuple(np.asarray(to_numpy(value)) for value in inputs)
+        self._write_graph_of(model, inputs, "as given to write_model_graph")
+        self._flush()
+
+    def _write_graph_of(self, model, inputs: tuple, source: str) -> None:
+        """The backend's graph of ``model``'s eval-mode forward on the NumPy ``inputs`` (from ``source``), or a
+        ``GraphConstructError`` where the forward does not take them, or a ValueError where the backend gives
+        no graph: never a graph of a forward other than the one asked for."""
+        _, event_pb2, _ = _import_tensorboard()
+        _check_forward_takes(model, inputs, source)
         was_training = model.training
         model.eval()  # nothing in the trace updates state (batch-norm statistics) or draws dropout masks
         try:
-            graph = model._backend.model_graph(model, x)
+            graph = model._backend.model_graph(model, inputs[0] if len(inputs) == 1 else inputs)
         finally:
             model.train(was_training)
         if graph is None:
@@ -203,3 +224,26 @@ class TensorBoard(Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+def _check_forward_takes(model, inputs: tuple, source: str) -> None:
+    """A ``GraphConstructError`` naming the forward's parameters where it cannot be called on ``inputs``, before
+    any framework traces it (each would fail its own way, deep in its tracer), the same on every backend."""
+    import inspect
+
+    from unidl.errors import GraphConstructError
+
+    forward = getattr(model, "forward", None)
+    try:
+        signature = inspect.signature(forward)
+    except (TypeError, ValueError):  # no Python signature to check: the trace itself says
+        return
+    try:
+        signature.bind(*inputs)
+    except TypeError as error:
+        name = getattr(forward, "__qualname__", type(model).__name__ + ".forward")
+        raise GraphConstructError(
+            f"TensorBoard model graph: {name}{signature} cannot be called on {len(inputs)} input"
+            f"{'s' if len(inputs) != 1 else ''} ({source}): {error}. Give the forward's extra inputs defaults, "
+            f"or write its graph on all of them with TensorBoard.write_model_graph(model, x, extra, ...) (or pass "
+            f"write_graph=False)") from None

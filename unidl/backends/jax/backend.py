@@ -430,12 +430,12 @@ class Backend(BackendInterface):
     def model_graph(self, model, x):
         from unidl.backends.jax import graph as jax_graph
 
-        return jax_graph.model_graph(model, self.tensor(x))
+        return jax_graph.model_graph(model, jax_graph.each(self.tensor, x))
 
     def model_graph_of_values(self, forward, state, x):
         from unidl.backends.jax import graph as jax_graph
 
-        return jax_graph.graph_of_values(forward, state, self.tensor(x))
+        return jax_graph.graph_of_values(forward, state, jax_graph.each(self.tensor, x))
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

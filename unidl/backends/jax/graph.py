@@ -20,7 +20,8 @@ from unidl.backends.jax.variable import JaxVariable
 
 
 def model_graph(module, x) -> bytes | None:
-    """The serialized ``GraphDef`` of ``module``'s forward on ``x`` (traced abstractly, nothing computed); None
+    """The serialized ``GraphDef`` of ``module``'s forward on ``x`` (an array, or a tuple of them: the forward's
+    positional inputs, one 'Input' node each), traced abstractly (nothing computed); None
     for a module whose state is not ``JaxVariable``s (Keras's variables, which the keras backend passes in as
     values: ``graph_of_values``)."""
     state = [*module.named_parameters(), *module.named_buffers()]
@@ -40,6 +41,11 @@ def model_graph(module, x) -> bytes | None:
     finally:  # tracing leaves every variable as it was (a forward that writes state writes tracers)
         for variable, value in zip(live, before):
             variable.value = value
+
+
+def each(convert, x):
+    """``x`` converted by ``convert``: one batch, or each of a tuple of them (the forward's positional inputs)."""
+    return tuple(convert(value) for value in x) if isinstance(x, (tuple, list)) else convert(x)
 
 
 def graph_of_values(forward, state, x) -> bytes:

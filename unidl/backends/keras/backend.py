@@ -271,8 +271,16 @@ class Backend(BackendInterface):
 
         def step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
             x = (to_input(x), *[to_input(v) for v in inputs]) if inputs else to_input(x)
-            return native.train_on_batch(x, to_input(y))
+            runs = native.train_step_runs
+            result = native.train_on_batch(x, to_input(y))
+            if step.trace_count is not None:
+                step.trace_count += native.train_step_runs - runs
+            return result
 
+        # Keras's jitted train step (Keras-on-JAX) runs its Python only while jax.jit traces it: a trace is one
+        # run of ``NativeModel.train_step`` during this step's call (a new input shape, or a compile back after
+        # another step's). Not compiled (Keras-on-torch, or eager), it runs every call and nothing is traced.
+        step.trace_count = 0 if native.jit_compile and not native.run_eagerly else None
         return _CompiledForStep(native, compile_for_this_step, step)
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager=False, precision=None,

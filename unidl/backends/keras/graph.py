@@ -12,8 +12,8 @@ import keras
 
 
 def model_graph(host, module, x) -> bytes | None:
-    """The serialized ``GraphDef`` of ``module``'s forward on inputs shaped as the NumPy batch ``x``; None where
-    the host framework gives none."""
+    """The serialized ``GraphDef`` of ``module``'s forward on inputs shaped as the NumPy batch ``x`` (or a tuple of
+    them: the forward's positional inputs); None where the host framework gives none."""
     parameters, buffers = list(module.named_parameters()), list(module.named_buffers())
     variables = [variable for _, variable in parameters + buffers]
     state = [(name, True, variable.value) for name, variable in parameters]

@@ -46,7 +46,12 @@ class NativeModel(keras.Model):
     trainable_variables = trainable_weights
     non_trainable_variables = non_trainable_weights
 
+    #: Python runs of ``train_step``: where Keras compiles its step (``jit_compile``, as on JAX), it runs only while
+    #: the framework traces it, once per trace (the keras backend's ``trace_count``)
+    train_step_runs = 0
+
     def train_step(self, *args, **kwargs):
+        object.__setattr__(self, "train_step_runs", self.train_step_runs + 1)
         # in a data-parallel job whose engine wraps the forward (Keras-on-torch: DistributedDataParallel), Keras's
         # own step with its forward through that wrapper, so that its loss.backward() averages the gradients
         with keras_distributed.forward_through_engine(self):

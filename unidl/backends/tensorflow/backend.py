@@ -300,7 +300,7 @@ class Backend(BackendInterface):
         return tf_function.custom_gradient(forward_fn)
 
     def model_graph(self, model, x):
-        return tf_graph.model_graph(model, to_graph_input(x), self.current_device_name())
+        return tf_graph.model_graph(model, tf_graph.each(to_graph_input, x), self.current_device_name())
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

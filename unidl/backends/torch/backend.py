@@ -309,10 +309,10 @@ class Backend(BackendInterface):
         return torch_function.custom_gradient(forward_fn)
 
     def model_graph(self, model, x):
-        return torch_graph.model_graph(model, self.tensor(x))
+        return torch_graph.model_graph(model, torch_graph.each(self.tensor, x))
 
     def model_graph_of_values(self, forward, state, x):
-        return torch_graph.graph_of_values(forward, state, self.tensor(x))
+        return torch_graph.graph_of_values(forward, state, torch_graph.each(self.tensor, x))
 
     # ---- export ------------------------------------------------------------
     def export_formats(self):

@@ -18,17 +18,22 @@ import torch
 from unidl.backends.torch.module import NativeModule
 
 
-def model_graph(module, x: torch.Tensor) -> bytes | None:
-    """The serialized ``GraphDef`` of ``module``'s forward on ``x`` (traced once, without gradients); None for
-    a module whose state is not torch tensors (Keras's variables, which the keras backend passes in as values:
-    ``graph_of_values``)."""
+def model_graph(module, x) -> bytes | None:
+    """The serialized ``GraphDef`` of ``module``'s forward on ``x`` (a tensor, or a tuple of them: the forward's
+    positional inputs, one 'Input' node each), traced once without gradients; None for a module whose state is
+    not torch tensors (Keras's variables, which the keras backend passes in as values: ``graph_of_values``)."""
     state = [*module.named_parameters(), *module.named_buffers()]
     if not all(isinstance(value, torch.Tensor) for _, value in state):
         return None
     native = NativeModule(module)
     kinds = {**{name: "Buffer" for name, _ in native.named_buffers(remove_duplicate=False)},
              **{name: "Parameter" for name, _ in native.named_parameters(remove_duplicate=False)}}
-    return _graph_def(native, (x,), kinds)
+    return _graph_def(native, tuple(x) if isinstance(x, (tuple, list)) else (x,), kinds)
+
+
+def each(convert, x):
+    """``x`` converted by ``convert``: one batch, or each of a tuple of them (the forward's positional inputs)."""
+    return tuple(convert(value) for value in x) if isinstance(x, (tuple, list)) else convert(x)
 
 
 class _StateValues(torch.nn.Module):
