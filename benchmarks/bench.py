@@ -49,11 +49,12 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
     """Every comparison, in order; ``only`` keeps the groups whose name contains it. ``quick`` leaves out the
     workload models (ResNet-18, the transformer: seconds a step on a CPU) unless ``only`` asks for them."""
     with_tf = device == "cpu" or tensorflow_sees_gpu()
+    built = {}  # steps and models traced by one group and timed again by a later one (see keras_peer_rows)
     groups = [("torch", lambda: bench_torch(settings, device))]
     skipped = "skipped: TensorFlow sees no GPU"
     if with_tf:
-        groups += [("tensorflow", lambda: bench_tensorflow(settings, device)),
-                   ("keras", lambda: bench_keras(settings, device))]
+        groups += [("tensorflow", lambda: bench_tensorflow(settings, device, built)),
+                   ("keras", lambda: bench_keras(settings, device, built))]
     else:
         groups += [("tensorflow", lambda: [Row("train step, tensorflow", m, "ud.train_step", "tf.function",
                                                note=skipped) for m in MODELS]),
@@ -63,7 +64,7 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
         groups += [("jax", lambda: bench_jax(settings, device))]
     groups += [("peer keras torch", lambda: keras_peer(settings, device, "torch", "torch"))]
     if with_tf:
-        groups += [("peer keras tensorflow", lambda: keras_peer(settings, device, "tensorflow", "tensorflow"))]
+        groups += [("peer keras tensorflow", lambda: keras_peer(settings, device, "tensorflow", "tensorflow", built))]
     if _installed("jax"):
         groups += [("peer keras jax", lambda: keras_peer(settings, device, "jax", "jax"))]
     if not quick or (only and only in "models"):

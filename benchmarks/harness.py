@@ -106,7 +106,10 @@ def alternate(a, b, steps: int, warmup: int, blocks: int) -> Timing:
         b()
     per_block = max(1, steps // max(1, blocks))
     times = {a: [], b: []}
-    gc.collect()
+    # the warm-up's garbage, young generations only: a full collection walks every object of the imported
+    # frameworks (a third of a second a call once TensorFlow, Keras and JAX are loaded), and the timings do not
+    # depend on it, since no collection runs while they are taken
+    gc.collect(1)
     gc.disable()  # a collection triggered by one side would land in the other's timings
     try:
         for block in range(max(1, blocks)):

@@ -24,22 +24,26 @@ from benchmarks.native_torch import torch_sync
 KERAS_TORCH_SPEEDUP = 3.0  # unidl on torch at least this much faster than Keras on torch (two-layer net)
 
 
-def keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list[Row]:
-    """unidl on ``unidl_backend`` against plain Keras 3 on the framework this process's Keras runs on."""
+def keras_peer_rows(settings: Settings, device: str, unidl_backend: str, built: dict | None = None) -> list[Row]:
+    """unidl on ``unidl_backend`` against plain Keras 3 on the framework this process's Keras runs on. ``built``:
+    the steps and Keras models this run has already built and traced for other comparisons (``bench_tensorflow``'s
+    ``("ud.train_step", backend, model)``, ``bench_keras``'s ``("keras Model", model)``), timed again here as they
+    are, trained weights and all, instead of being traced a second time; the others are built here."""
     import unidl as ud
 
     with ud.use_backend(unidl_backend), ud.use_device(device):
-        return _keras_peer_rows(settings, device, unidl_backend)
+        return _keras_peer_rows(settings, device, unidl_backend, {} if built is None else built)
 
 
-def _keras_peer_rows(settings: Settings, device: str, unidl_backend: str) -> list[Row]:
+def _keras_peer_rows(settings: Settings, device: str, unidl_backend: str, built: dict) -> list[Row]:
     framework = keras_framework()
     target_of = (lambda model: f"<= {1 / KERAS_TORCH_SPEEDUP:.3f}"
                  if framework == "torch" and model == "two_layer" else "")
     rows = []
     for model in MODELS:
-        step, state = _plain_step(unidl_backend, model, device)
-        native = keras_native_model(model, state)
+        module, train_step = built.get(("ud.train_step", unidl_backend, model)) or _unidl_step(model)
+        step = _waiting(train_step, unidl_backend, device)
+        native = built.get(("keras Model", model)) or keras_native_model(model, module.state_dict())
         x, y = batch_arrays(model)
         xb, yb = ud_tensor(x), ud_tensor(y)
         xn = native_layout(model, x)
@@ -72,13 +76,16 @@ def ud_tensor(value):
     return tensor(value)
 
 
-def _plain_step(backend: str, model: str, device: str):
-    """``(step(x, y), initial state_dict)``: unidl's train step on ``backend``, waiting for its result."""
+def _unidl_step(model: str):
+    """``(module, ud.train_step)`` of ``model`` under the backend in force."""
     import unidl as ud
 
     module, loss_fn, optimizer = unidl_model(model)
-    state = module.state_dict()
-    step = ud.train_step(module, loss_fn, optimizer)
+    return module, ud.train_step(module, loss_fn, optimizer)
+
+
+def _waiting(step, backend: str, device: str):
+    """``step(x, y)`` that waits for its result on ``backend``."""
     sync = torch_sync(device) if backend == "torch" else (lambda: None)
 
     def run(x, y):
@@ -86,13 +93,15 @@ def _plain_step(backend: str, model: str, device: str):
         sync()
         return loss if backend == "torch" else np.asarray(loss)  # waits for the result
 
-    return run, state
+    return run
 
 
-def keras_peer(settings: Settings, device: str, framework: str, unidl_backend: str) -> list[Row]:
-    """``keras_peer_rows`` in this process when its Keras runs on ``framework``, else in a subprocess."""
+def keras_peer(settings: Settings, device: str, framework: str, unidl_backend: str,
+               built: dict | None = None) -> list[Row]:
+    """``keras_peer_rows`` in this process when its Keras runs on ``framework`` (``built``: see there), else in a
+    subprocess."""
     if keras_framework() == framework:
-        return keras_peer_rows(settings, device, unidl_backend)
+        return keras_peer_rows(settings, device, unidl_backend, built)
     skipped = [Row(f"peer: keras on {framework}", model, f"ud.train_step ({unidl_backend})",
                    "keras Model.train_on_batch", note="skipped (no subprocess)") for model in MODELS]
     return _rows_in_own_process(framework, {"settings": dataclasses.asdict(settings), "device": device,

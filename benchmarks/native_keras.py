@@ -63,22 +63,33 @@ def keras_framework() -> str:
     return keras.backend.backend()
 
 
-def bench_keras(settings: Settings, device: str) -> list[Row]:
-    """unidl's keras backend (train_step, and fit per step) against plain Keras 3 in this process."""
+def bench_keras(settings: Settings, device: str, built: dict | None = None) -> list[Row]:
+    """unidl's keras backend (train_step, and fit per step) against plain Keras 3 in this process. ``built``: where
+    the plain Keras models of unidl's layout are left (``("keras Model", model)``) for a later comparison that
+    times them again (``keras_peer``)."""
     import unidl as ud
 
+    unidl_sides = {}  # both CNN variants time the same unidl step and fit: only the native side differs
+    built = {} if built is None else built
     with ud.use_backend("keras"), ud.use_device(device):
-        return [row for model, same_input in LAYOUT_VARIANTS for row in _keras_rows(settings, model, same_input)]
+        return [row for model, same_input in LAYOUT_VARIANTS
+                for row in _keras_rows(settings, model, same_input, unidl_sides, built)]
 
 
-def _keras_rows(settings: Settings, model: str, same_input: bool = False) -> list[Row]:
+def _keras_rows(settings: Settings, model: str, same_input: bool, unidl_sides: dict, built: dict) -> list[Row]:
+    """The rows of ``model``; ``unidl_sides``: the unidl ``(module, loss, optimizer, step)`` of each model already
+    built, the native model starting from the module's current weights."""
     import unidl as ud
 
     framework = keras_framework()
     rows = []
-    module, loss_fn, optimizer = unidl_model(model)
-    step = ud.train_step(module, loss_fn, optimizer)
+    if model not in unidl_sides:
+        module, loss_fn, optimizer = unidl_model(model)
+        unidl_sides[model] = module, loss_fn, optimizer, ud.train_step(module, loss_fn, optimizer)
+    module, loss_fn, optimizer, step = unidl_sides[model]
     native = keras_native_model(model, module.state_dict(), nchw_input=same_input)
+    if not same_input:
+        built[("keras Model", model)] = native
     x, y = batch_arrays(model)
     xn = x if same_input else native_layout(model, x)
     target, note, suffix = layout_variant(same_input)

@@ -98,7 +98,10 @@ def tf_steps(model: str, device: str, jit_compile: bool, same_input: bool = Fals
     return unidl_step, native_step, abs(float(unidl_step()) - float(native_step()))
 
 
-def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
+def bench_tensorflow(settings: Settings, device: str, built: dict | None = None) -> list[Row]:
+    """The "train step, tensorflow" rows, then the XLA ones. ``built``: where unidl's ``(module, ud.train_step)``
+    of each model is left (``("ud.train_step", "tensorflow", model)``) for a later comparison that times it again
+    (``keras_peer``)."""
     import unidl as ud
 
     rows = []
@@ -108,6 +111,8 @@ def bench_tensorflow(settings: Settings, device: str) -> list[Row]:
             with ud.use_backend("tensorflow"), ud.use_device(device):
                 if model not in unidl_steps:
                     unidl_steps[model] = tf_unidl_step(model, jit_compile)
+                    if built is not None and not jit_compile:
+                        built[("ud.train_step", "tensorflow", model)] = unidl_steps[model]
                 unidl_step, native_step, diff = tf_steps(model, device, jit_compile, same_input, unidl_steps[model])
                 a, b = timing = alternate(unidl_step, native_step, settings.steps, settings.warmup, settings.blocks)
             if jit_compile:
