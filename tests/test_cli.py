@@ -154,12 +154,25 @@ def test_no_arguments_means_train_on_digits(capsys):
     assert float(out.split("test accuracy:")[1].split()[0]) >= 0.95
 
 
+TRAIN_TWO_LAYER = ["--backend", "torch", "--model", "two_layer", "--dataset", "synthetic", "--epochs", "2",
+                   "--verbose", "0"]
+
+
 def test_train_nproc_2_runs_two_ranks_and_writes_its_outputs_once(tmp_path, capfd):
-    args = cli.build_parser().parse_args(["train", "--nproc", "2", "--backend", "torch", "--model", "two_layer",
-                                          "--dataset", "synthetic", "--epochs", "2", "--verbose", "0",
-                                          "--logdir", str(tmp_path)])
+    """``unidl train --nproc 2`` (unidl's launcher) and ``torchrun --nproc-per-node 2 -m unidl train`` (torchrun's
+    agent and variables) run the same job: one report and one set of logs, rank 0's, and the same numbers."""
+    args = cli.build_parser().parse_args(["train", "--nproc", "2", *TRAIN_TWO_LAYER, "--logdir", str(tmp_path)])
     accuracy = cli.train(args)  # launches the 2 ranks from here (they print; rank 1 stays quiet)
     out = capfd.readouterr().out
+    torchrun_dir = tmp_path / "torchrun"
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "unidl", "train", *TRAIN_TWO_LAYER, "--logdir", str(torchrun_dir)],
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                              timeout=300)
+    assert torchrun.returncode == 0, torchrun.stdout + torchrun.stderr
+    assert torchrun.stdout.count("unidl train:") == 1 and "processes=2" in torchrun.stdout, torchrun.stdout
+    assert torchrun.stdout.count("test accuracy:") == 1 and f"test accuracy: {accuracy:.4f}" in torchrun.stdout
+    assert (torchrun_dir / cli.RUN_CSV).read_text() == (tmp_path / cli.RUN_CSV).read_text()  # the same epochs
     assert out.count("unidl train:") == 1 and "processes=2" in out, out
     assert out.count("test accuracy:") == 1 and f"test accuracy: {accuracy:.4f}" in out, out
     assert out.count("run logged in") == 1, out

@@ -62,6 +62,46 @@ def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectiv
         return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
 
 
+def float16_data():
+    """12 samples whose second batch of 4 (no shuffle) has 2 targets 1e4 away: its float32 loss is finite, its
+    scaled float16 gradients overflow (with 2 ranks: on rank 1, whose share they are, only)."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((12, 5)).astype(np.float32), rng.standard_normal((12, 3)).astype(np.float32)
+    y[6:8] += 1e4
+    return x, y
+
+
+def train_float16(directory, resume_from=None):
+    """The two-layer net trained by ``fit`` with "16-mixed" (SGD with momentum; loss scale 256, growth_interval 2)
+    for 2 epochs of 3 batches of 4, a ``Checkpoint`` after each: ``(weights, the optimizer's (scale, growth
+    tracker) after each step)``. Each epoch's second step overflows and is skipped: (256, 1), (128, 0), (128, 1)
+    in the first epoch, then (256, 0), (128, 0), (128, 1), the first step doubling the scale only because the
+    tracker was kept (a resume that lost it goes on (128, 1), (64, 0); one that lost the scale, (256, 1))."""
+    ud.manual_seed(1)
+    x, y = float16_data()
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scales = []
+
+    def record(batch, logs):
+        state = optimizer.state_dict()["loss_scaler"]
+        scales.append((state["scale"], state["growth_tracker"]))
+
+    ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4), loss=ud.nn.MSELoss(),
+           optimizer=optimizer, epochs=2, precision=ud.Precision("16-mixed", init_scale=256.0, growth_interval=2),
+           callbacks=[ud.callbacks.Checkpoint(directory, keep=None), ud.callbacks.LambdaCallback(on_batch_end=record)],
+           verbose=0, resume_from=resume_from)
+    return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, scales
+
+
+def checkpointed_loss_scaler(path):
+    """The ``"loss_scaler"`` the checkpoint at ``path`` holds (loaded into a new two-layer net's optimizer)."""
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ud.load_checkpoint(path, model, optimizer)
+    return optimizer.state_dict()["loss_scaler"]
+
+
 def sample_coverage(length=11, batch_size=4, epochs=2):
     """The indices each epoch of a shuffled loader without a given seed yields here, batch by batch."""
     loader = ud.data.DataLoader(ud.data.TensorDataset(np.arange(length)), batch_size=batch_size, shuffle=True)
@@ -80,7 +120,7 @@ def too_small_last_batch():
     return None
 
 
-def data_parallel_job(directory, resumed_directory, resume_file):
+def data_parallel_job(directory, resumed_directory, resume_file, float16_directory):
     """Everything the 2-rank test checks on the current backend, in one launch (each launch starts interpreters
     that import a framework)."""
     import unidl.checkpoint as checkpoint
@@ -97,6 +137,9 @@ def data_parallel_job(directory, resumed_directory, resume_file):
         weights, history = train_cnn(directory)
         files_seen = sorted(os.listdir(directory))
         resumed, _ = train_cnn(resumed_directory, resume_from=resume_file)
+        written_before = len(written)
+        float16 = float16_checkpoint_job(float16_directory)
+        float16["written"] = written[written_before:]
     finally:
         checkpoint.save_file = save_file
     return {"rank": ud.distributed.rank(), "world_size": ud.distributed.world_size(),
@@ -108,7 +151,18 @@ def data_parallel_job(directory, resumed_directory, resume_file):
             "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
             "two_layer_accumulate": train_two_layer("float64", accumulate=2, collectives=collectives),
             "accumulate_collectives": collectives,
-            "coverage": sample_coverage(), "too_small": too_small_last_batch()}
+            "coverage": sample_coverage(), "too_small": too_small_last_batch(), "float16": float16}
+
+
+def float16_checkpoint_job(directory):
+    """``train_float16`` on this job's ranks (checkpoints in ``directory/two``), then resumed by the same ranks
+    from its first checkpoint (written by rank 0 alone, after its first overflow: loss scale 128, tracker 1),
+    in ``directory/two_to_two``: the run, the resumed run (each ``train_float16``'s) and the files."""
+    trained = train_float16(os.path.join(directory, "two"))
+    files = sorted(os.listdir(os.path.join(directory, "two")))
+    resumed = train_float16(os.path.join(directory, "two_to_two"),
+                            resume_from=os.path.join(directory, "two", files[0]))
+    return {"trained": trained, "resumed": resumed, "files_seen": files}
 
 
 def _threads():
@@ -160,17 +214,30 @@ def float16_overflow_on_one_rank():
 
 def keras_on_torch_job(directory):
     """On ranks whose Keras runs on torch (``KERAS_BACKEND=torch``): the two-layer net through ``train_step``
-    (Keras's ``train_on_batch``) in float64 and float32 and the CNN through ``fit`` (Keras's ``Model.fit``);
-    then, the group left, rank 0 trains the same in one process (the reference, on the same framework)."""
+    (Keras's ``train_on_batch``) in float64 and float32, with bf16-mixed and 16-mixed, with ``accumulate=2``
+    (and bf16-mixed), the CNN through ``fit`` (Keras's ``Model.fit``) and ``float16_checkpoint_job``; then, the
+    group left, rank 0 trains the same in one process (the reference, on the same framework) and resumes the
+    job's first float16 checkpoint there."""
     def training(name):
         return {"two_layer64": train_two_layer("float64"), "two_layer32": train_two_layer("float32"),
+                "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
+                # a scale that overflows neither a rank's half batch nor the whole batch (a rank's mean over its share
+                # has gradients per sample twice one process's: at 65536 the job skips a first step one process takes)
+                "two_layer_fp16": train_two_layer("float32", ud.Precision("16-mixed", init_scale=256.0)),
+                "two_layer_accumulate": train_two_layer("float64", accumulate=2),
+                "two_layer_bf16_accumulate": train_two_layer("float32", "bf16-mixed", accumulate=2),
                 "cnn": train_cnn(os.path.join(directory, name))}
 
     rank = ud.distributed.rank()
-    result = {"framework": _framework(), "world_size": ud.distributed.world_size(), **training(f"rank{rank}")}
+    float16 = os.path.join(directory, "float16")
+    result = {"framework": _framework(), "world_size": ud.distributed.world_size(), **training(f"rank{rank}"),
+              "float16": float16_checkpoint_job(float16)}
     ud.distributed.shutdown()
     if rank == 0:
-        result["one_process"] = training("one_process")
+        first = os.path.join(float16, "two", result["float16"]["files_seen"][0])
+        result["one_process"] = dict(training("one_process"), float16=train_float16(os.path.join(float16, "one")),
+                                     float16_checkpointed=checkpointed_loss_scaler(first),
+                                     float16_two_to_one=train_float16(os.path.join(float16, "two_to_one"), first))
     return result
 
 
