@@ -331,18 +331,20 @@ class DataLoader:
     def _from_workers(self, batches, start, seed, epoch, context, convert):
         """Batches from the workers, in order; the workers stop when this generator ends, however it ends
         (persistent workers only after a failure)."""
-        pool = self._pool
-        if pool is None or pool.closed:
-            pool = WorkerPool(self.worker_type, self.num_workers, self.dataset, self.collate_fn,
-                              self.worker_init_fn, self.multiprocessing_context, seed, epoch)
-            if self.persistent_workers:
-                self._pool = pool
-                weakref.finalize(self, pool.shutdown, GRACE_ON_FAILURE)
-        else:
-            pool.new_epoch(seed, epoch)
         in_processes = self.worker_type == "process"
         outcome = "failed"
-        try:
+        pool = None
+        try:  # from before the first worker starts: Ctrl-C at any point stops the workers already started
+            if self._pool is None or self._pool.closed:
+                pool = WorkerPool(self.worker_type, self.num_workers, self.dataset, self.collate_fn,
+                                  self.worker_init_fn, self.multiprocessing_context, seed, epoch)
+                pool.start()
+                if self.persistent_workers:
+                    self._pool = pool
+                    weakref.finalize(self, pool.shutdown, GRACE_ON_FAILURE)
+            else:
+                pool = self._pool
+                pool.new_epoch(seed, epoch)
             for payload in pool.deliver(batches, start, seed, epoch, self.timeout, self.prefetch,
                                         None if in_processes else context, None if in_processes else convert):
                 yield context.copy().run(convert, payload, True) if in_processes else payload
@@ -355,5 +357,5 @@ class DataLoader:
                 outcome = "superseded"  # a newer iteration owns the persistent workers now: leave them be
             raise
         finally:
-            if outcome == "failed" or outcome != "superseded" and not self.persistent_workers:
+            if pool is not None and (outcome == "failed" or outcome != "superseded" and not self.persistent_workers):
                 pool.shutdown(GRACE if outcome == "finished" else GRACE_ON_FAILURE)

@@ -4,19 +4,22 @@ exhaustion, error, timeout, Ctrl-C and garbage collection alike.
 
 The main process never blocks for long: it waits for results ``POLL`` seconds at a time, checking in
 between that every worker is alive and within the timeout, so that Ctrl-C and a dead worker are noticed
-within ``POLL`` seconds. Large batches of worker processes come through shared memory
-(``shared_batches.py``): the pool names each batch's segment when it hands the batch out and removes
-every segment that was not delivered when it stops.
+within ``POLL`` seconds. Starting and stopping the workers hold Ctrl-C back until they are done
+(``interrupts_held``): cut halfway, they would leave workers that nobody stops. Large batches of worker
+processes come through shared memory (``shared_batches.py``): the pool names each batch's segment when it
+hands the batch out and removes every segment that was not delivered when it stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import pickle
 import queue
 import signal
 import threading
 import time
+import weakref
 
 from unidl.data import shared_batches, worker
 from unidl.errors import DataLoaderError
@@ -54,6 +57,32 @@ def _short_repr(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+@contextlib.contextmanager
+def interrupts_held():
+    """Run the block with SIGINT (Ctrl-C) held back, then hand a SIGINT that came meanwhile to the handler
+    that was in force (Python's default raises ``KeyboardInterrupt``) as the block ends.
+
+    Starting or stopping workers cut halfway by ``KeyboardInterrupt`` leaves workers running that nobody
+    will stop (a process spawned but not yet recorded, a queue that never gets its stop message). The
+    blocks held are short: starting launches the workers without waiting for them, and stopping waits
+    ``grace`` seconds at most before it terminates processes. Python runs signal handlers in the main
+    thread only, and only there can one be swapped: elsewhere, or where SIGINT has no Python handler
+    (ignored, or the default action), the block runs as it is.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            previous(signal.SIGINT, held[0])
+
+
 def _exit_description(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         try:
@@ -64,7 +93,8 @@ def _exit_description(exitcode: int | None) -> str:
 
 
 class WorkerPool:
-    """``num_workers`` workers of one kind ('thread' or 'process'), one task queue each and one result queue.
+    """``num_workers`` workers of one kind ('thread' or 'process'), one task queue each and one result queue;
+    they run from ``start()`` to ``shutdown()``.
 
     A pool serves one iteration at a time (``deliver``); a persistent pool serves the iterations of many
     epochs, each tagged with a generation number so that batches left over from an abandoned iteration
@@ -75,7 +105,6 @@ class WorkerPool:
                  seed, epoch):
         self.kind = kind
         self.num_workers = num_workers
-        self.closed = False
         self.generation = None
         self._ready_at: list[float | None] = [None] * num_workers  # when each worker could take batches
         # (generation, batch) -> the shared-memory segment named for it, until it is read or removed
@@ -103,14 +132,26 @@ class WorkerPool:
                                                     self._results, self._current[w], seed, epoch),
                                               kwargs={"seeding": False, "portable": False})
                              for w in range(num_workers)]
+        # the workers of a pool dropped without shutdown() (Ctrl-C landing just before it) stop all the same
+        self._finalizer = weakref.finalize(self, _stop, kind, self._workers, self._tasks, self._results,
+                                           self._segments, GRACE_ON_FAILURE)
+
+    def start(self) -> None:
+        """Start the workers, all of them or (on any error, Ctrl-C included) none."""
         try:
-            for w, handle in enumerate(self._workers):
-                handle.start()
-                if kind == "thread":
-                    self._ready_at[w] = time.monotonic()
+            with interrupts_held():
+                for w, handle in enumerate(self._workers):
+                    handle.start()
+                    if self.kind == "thread":
+                        self._ready_at[w] = time.monotonic()
         except BaseException:
             self.shutdown(GRACE_ON_FAILURE)
             raise
+
+    @property
+    def closed(self) -> bool:
+        """Whether the workers were told to stop (``shutdown``)."""
+        return not self._finalizer.alive
 
     def describe(self, worker_id: int) -> str:
         if self.kind == "process":
@@ -270,32 +311,39 @@ class WorkerPool:
         A worker thread stuck inside a sample cannot be stopped from outside; it is a daemon thread and
         ends when that sample returns.
         """
-        if self.closed:
-            return
-        self.closed = True
-        self.generation = None
-        for tasks in self._tasks:
-            try:
-                tasks.put(None)
-            except (ValueError, OSError):  # a queue already closed
-                pass
-        deadline = time.monotonic() + grace
-        started = [handle for handle in self._workers if handle.ident is not None]
+        with interrupts_held():
+            if self._finalizer.detach() is not None:  # the first call: from here on the pool is closed
+                self.generation = None
+                _stop(self.kind, self._workers, self._tasks, self._results, self._segments, grace)
+
+
+def _stop(kind, workers, tasks_queues, results, segments, grace: float) -> None:
+    """Stop a pool's workers (``WorkerPool.shutdown``), from its parts: also the finalizer of a pool
+    that was dropped without ``shutdown``."""
+    for tasks in tasks_queues:
+        try:
+            tasks.put(None)
+        except (ValueError, OSError):  # a queue already closed
+            pass
+    deadline = time.monotonic() + grace
+    # (a finalizer runs where the garbage is collected: never join the thread it runs in)
+    started = [handle for handle in workers
+               if handle.ident is not None and handle is not threading.current_thread()]
+    for handle in started:
+        handle.join(max(0.0, deadline - time.monotonic()))
+    if kind == "process":
         for handle in started:
-            handle.join(max(0.0, deadline - time.monotonic()))
-        if self.kind == "process":
-            for handle in started:
-                if handle.is_alive():
-                    handle.terminate()
-            for handle in started:
-                handle.join(1.0)
-                if handle.is_alive():
-                    handle.kill()
-                    handle.join()
-            for channel in [*self._tasks, self._results]:
-                channel.cancel_join_thread()  # never block the main process on a pipe nobody reads
-                channel.close()
-        # every worker has stopped: no segment named for a batch that was not read can appear any more
-        for name in self._segments.values():
-            shared_batches.discard(name)
-        self._segments.clear()
+            if handle.is_alive():
+                handle.terminate()
+        for handle in started:
+            handle.join(1.0)
+            if handle.is_alive():
+                handle.kill()
+                handle.join()
+        for channel in [*tasks_queues, results]:
+            channel.cancel_join_thread()  # never block the main process on a pipe nobody reads
+            channel.close()
+    # every worker has stopped: no segment named for a batch that was not read can appear any more
+    for name in segments.values():
+        shared_batches.discard(name)
+    segments.clear()
