@@ -1,5 +1,6 @@
-"""The tutorial's dynamic net on every backend: per-step inputs become graph inputs, eager=True runs Python
-every step, and Python randomness frozen by a trace is reported (docs/dynamic-forward.md)."""
+"""The tutorial's dynamic net on every backend: per-step inputs (``step(x, y, depth)``, ``fit``'s ``step_inputs``)
+become graph inputs, eager=True runs Python every step, and Python randomness frozen by a trace is reported
+(docs/dynamic-forward.md)."""
 
 import random
 import warnings
@@ -91,3 +92,110 @@ def test_fit_eager_runs_python_every_step(backend):
     ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.05), epochs=2,
            batch_size=4, verbose=0, eager=True)
     assert len(calls) >= 8  # every one of the 2 x 4 steps ran the Python forward
+
+
+FORWARD_DEPTHS = []  # the depth each Python run of CountedNet's forward saw: once per trace in a graph
+
+
+class CountedNet(DynamicNet):
+    """DynamicNet that records every Python run of its forward (a graph runs it once, when traced)."""
+
+    def forward(self, x, depth=None):
+        FORWARD_DEPTHS.append(depth)
+        return DynamicNet.forward(self, x, depth)
+
+
+def _depth_of(asked):
+    """``step_inputs`` for fit over 2 batches of 8 an epoch: the depth of ``DEPTHS`` at that step, noting each ask."""
+    def depth_of(epoch, step):
+        asked.append((epoch, step))
+        return DEPTHS[2 * epoch + step]
+    return depth_of
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_fit_passes_step_inputs_to_the_forward_as_graph_inputs(backend, eager):
+    """ud.fit with step_inputs trains as the torch train_step loop over the same batches and depths, asking
+    for each step's depth once, in order; on tensorflow the depth is a graph input (one trace for 8 steps);
+    with eager=True Python runs the forward at every step with that step's depth, on every backend."""
+    with ud.use_backend("torch"):  # the oracle: torch's eager step(x, y, depth), batch by batch
+        ud.manual_seed(0)
+        reference = DynamicNet()
+        step = ud.train_step(reference, ud.nn.MSELoss(), ud.optim.SGD(reference.parameters(), lr=0.05))
+        step_losses = [float(ud.to_numpy(step(X[8 * (i % 2):][:8], Y[8 * (i % 2):][:8], depth)))
+                       for i, depth in enumerate(DEPTHS)]
+    ud.manual_seed(0)
+    model = CountedNet()
+    asked = []
+    FORWARD_DEPTHS.clear()
+    history = ud.fit(model, (X, Y), batch_size=8, epochs=4, shuffle=False, loss=ud.nn.MSELoss(),
+                     optimizer=ud.optim.SGD(model.parameters(), lr=0.05), verbose=0, step_inputs=_depth_of(asked),
+                     eager=eager)
+    assert asked == [(epoch, step) for epoch in range(4) for step in range(2)]
+    epoch_losses = np.mean(np.reshape(step_losses, (4, 2)), axis=1)  # equal batches: the epoch mean
+    assert max_relative_difference(np.array(history.history["loss"]), epoch_losses) < 1e-5
+    weights = reference.state_dict()
+    trained = model.state_dict()
+    assert all(max_relative_difference(trained[k], weights[k]) < 1e-5 for k in weights)
+    if eager or backend == "torch":  # Python runs every step with that step's depth (jax's eager step runs the
+        runs = [int(depth) for depth in FORWARD_DEPTHS]  # forward twice: once more to find the parameters used)
+        assert len(runs) in (len(DEPTHS), 2 * len(DEPTHS))
+        assert runs == [depth for depth in DEPTHS for _ in range(len(runs) // len(DEPTHS))]
+    elif backend == "tensorflow":
+        assert len(FORWARD_DEPTHS) == 1 and not isinstance(FORWARD_DEPTHS[0], int)  # one graph, depth a tensor
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAfter(ud.callbacks.Callback):
+    """Stops the run (as a crash would) after global step ``step``, before that step is checkpointed."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, batch, logs=None):
+        if self.trainer.global_step == self.step:
+            raise _Crash
+
+
+@pytest.mark.parametrize("name", [name for name in ("torch", "keras") if name in ud.available_backends()])
+def test_a_resumed_fit_asks_for_the_step_inputs_of_the_uninterrupted_run(tmp_path, name):
+    """unidl's own epoch loop (torch; tensorflow and jax run the same) and Keras's trainer (keras's fit_epoch)."""
+    def run(directory, crash_after=None, resume_from=None):
+        asked = []
+        callbacks = [ud.callbacks.Checkpoint(directory, every_steps=3)]
+        if crash_after is not None:
+            callbacks.append(_CrashAfter(crash_after))
+        with ud.use_backend(name):
+            ud.manual_seed(0)
+            model = DynamicNet()
+            try:
+                ud.fit(model, (X, Y), batch_size=8, epochs=3, shuffle=False, loss=ud.nn.MSELoss(), verbose=0,
+                       optimizer=ud.optim.SGD(model.parameters(), lr=0.05), callbacks=callbacks,
+                       step_inputs=_depth_of(asked), resume_from=resume_from)
+            except _Crash:
+                pass
+            return asked, model.state_dict()
+
+    straight, weights = run(tmp_path / "straight")
+    run(tmp_path / "run", crash_after=4)  # in epoch 1 (0-based): the newest checkpoint is after its first batch
+    resumed, trained = run(tmp_path / "run", resume_from=tmp_path / "run")
+    assert resumed == straight[3:] == [(1, 1), (2, 0), (2, 1)]
+    assert all(max_relative_difference(trained[k], weights[k]) < 1e-6 for k in weights)
+
+
+@pytest.mark.parametrize("step_inputs, given", [
+    (3, "int"), (lambda epoch, step: "deep", "str 'deep'"), (lambda epoch, step: [1, 2], r"list \[1, 2\]"),
+    (lambda epoch, step: (1, None), r"tuple \(1, None\)"),
+])
+def test_fit_refuses_bad_step_inputs_before_training(backend, step_inputs, given):
+    """Not a function, or a value that is not a number, array, tensor or tuple of them: a TypeError naming it,
+    before the first step changes a weight."""
+    model = DynamicNet()
+    before = model.state_dict()
+    with pytest.raises(TypeError, match=rf"step_inputs.*{given}"):
+        ud.fit(model, (X, Y), batch_size=8, loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.05),
+               verbose=0, step_inputs=step_inputs)
+    assert all(np.array_equal(model.state_dict()[k], before[k]) for k in before)

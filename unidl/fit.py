@@ -200,9 +200,11 @@ def _check_finite(value: float, epoch: int, step: int, step_finite: bool = True)
 UNIDL_LOOP = "unidl"
 
 
-def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, trainer=None, totals=None) -> dict:
+def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, trainer=None, totals=None,
+                          step_inputs=None) -> dict:
     """One epoch of ``step`` calls, reporting running means (and ``metrics``' running values, from statistics
-    summed since the epoch began) to ``on_batch`` as ``fit_epoch`` does.
+    summed since the epoch began) to ``on_batch`` as ``fit_epoch`` does; ``step_inputs(index)``, where given, are
+    the extra forward inputs of the epoch's ``index``-th batch here, ``step(x, y, *inputs)``.
 
     The running sums (each batch's loss times its size, in float64 and batch order; the samples; the metrics'
     statistics) are what ``trainer.epoch_totals()`` hands a checkpoint, and ``totals``, those of a checkpoint
@@ -227,7 +229,7 @@ def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, tr
     index = -1
     for index, batch in enumerate(batches):
         x, y = batch[0], batch[1]
-        loss, outputs = step(x, y)
+        loss, outputs = step(x, y, *step_inputs(index)) if step_inputs is not None else step(x, y)
         count = int(tuple(x.shape)[0])
         total_loss += float(loss) * count  # a NaN or inf step loss makes the running mean non-finite too
         seen += count
@@ -245,7 +247,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         callbacks=(), validation_split: float = 0.0, validation_data=None, shuffle: bool = True, class_weight=None,
         sample_weight=None, initial_epoch: int = 0, *, loss, optimizer, metrics=None, weighted_metrics=None,
         validation_freq=1, seed: int | None = None, resume_from=None, eager: bool = False, precision=None,
-        accumulate: int = 1) -> History:
+        accumulate: int = 1, step_inputs=None) -> History:
     """Train ``model`` for ``epochs`` epochs and return the per-epoch ``History``.
 
     ``fit(model, (x, y), ...)`` or, in Keras's order, ``fit(model, x, y, batch_size, epochs, verbose, callbacks,
@@ -306,6 +308,17 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     with no error, the weights again those before it). Clipping is the optimizer's (``clip_grad_norm=``).
     ``accumulate=N``: every batch is a micro-step and every N-th updates the weights with the mean gradient
     of the last N (``ud.train_step(accumulate=N)``); the optimizer's step count and schedules count updates.
+
+    ``step_inputs``: a function ``(epoch, step) -> inputs`` giving the extra forward inputs of each training
+    step (a dynamic net's depth for that step): a number, a NumPy array or backend tensor, or a tuple of them;
+    training then calls ``model(x, *inputs)``, as ``ud.train_step``'s ``step(x, y, *inputs)`` does: graph
+    inputs where the step is a graph (on tensorflow one graph for every value; on jax a Python number stays a
+    Python value, one trace per distinct value, as ``jax.jit`` cannot loop a traced number of times), through
+    Keras's own trainer on keras. ``epoch`` is 0-based, ``step`` the batch's 0-based index in its epoch (every
+    micro-step with ``accumulate``); it is called once per step in step order (the first step's before
+    training, so a bad value is a ``TypeError`` before any update), and a resumed fit asks for the same
+    ``(epoch, step)`` pairs as the uninterrupted run. Validation, ``evaluate`` and ``TensorBoard``'s model graph
+    call ``model(x)``: the forward's defaults (an evaluation-time depth) apply there. See docs/dynamic-forward.md.
     """
     loss = fit_options.resolve_loss(loss)
     optimizer = fit_options.resolve_optimizer(optimizer, model)
@@ -313,6 +326,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     precision = precision_policy(precision)
     check_loss_scale_settings(optimizer, precision)  # the optimizer's one float16 loss scale, before any change
     accumulate = check_accumulate(accumulate)
+    step_inputs = fit_options.StepInputs(step_inputs, backend) if step_inputs is not None else None
     claim_window(optimizer, accumulate, precision)  # the optimizer's one window, not in progress for another
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
@@ -353,6 +367,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         expect_accumulate(optimizer, accumulate)  # a checkpoint's part-full window must fit it, before any change
         expect_precision(optimizer, precision)  # and its float16 loss scale this growth_interval
         start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
+    if step_inputs is not None and start_epoch < epochs:  # the first step's inputs, checked before training
+        step_inputs.prepare(start_epoch, _first_step(loader, start_epoch))
     for callback in callbacks:
         callback.trainer = trainer
         callback.on_train_begin()
@@ -413,13 +429,18 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         trainer.carried_totals = ([np.asarray(v, dtype=np.float64) for v in values]
                                   if values is not None and group else None)
         trainer.epoch_totals = lambda: {"trainer": backend.name, "values": backend.epoch_totals(model)}
+        # the extra forward inputs of the epoch's index-th batch from here (after a resumed epoch's first part)
+        inputs_of = (None if step_inputs is None else
+                     lambda index, epoch=epoch, first=trainer._epoch_start[1]: step_inputs(epoch, first + index))
         try:
             logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, train_metrics, eager,
-                                     precision=precision, accumulate=accumulate, totals=loop_totals)
+                                     precision=precision, accumulate=accumulate, totals=loop_totals,
+                                     step_inputs=inputs_of)
             if logs is None:
                 step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager, check_finite=False,
                                          precision=precision, accumulate=accumulate)
-                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals)
+                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals,
+                                             inputs_of)
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
             logs = end.logs
         if carried and values is None:  # a checkpoint without running totals: the two parts' means, joined
@@ -438,6 +459,15 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     for callback in callbacks:
         callback.on_train_end()
     return history
+
+
+def _first_step(loader, epoch: int) -> int:
+    """The index in ``epoch`` of the first batch ``fit``'s loop will train: a resumed ``DataLoader``'s position
+    in that epoch, else 0 (as the epoch loop positions the loader)."""
+    if not isinstance(loader, DataLoader):
+        return 0
+    state = loader.state_dict()
+    return state["position"] if state["epoch"] == epoch else 0
 
 
 # ---- resuming ----------------------------------------------------------------

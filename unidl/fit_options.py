@@ -260,3 +260,56 @@ def check_initial_epoch(initial_epoch, epochs: int, resume_from) -> int:
         raise ValueError(f"initial_epoch={initial_epoch} is past epochs={epochs}: epochs is the index of the "
                          f"last epoch (Keras's meaning), not a count from initial_epoch")
     return initial_epoch
+
+
+class StepInputs:
+    """``fit``'s ``step_inputs``: the extra forward inputs of each training step, ``model(x, *inputs)``, from the
+    user's ``step_inputs(epoch, step)`` (``step``: the batch's 0-based index in its epoch, counting the batches a
+    resumed run trained before its checkpoint, so a resumed fit asks for the same ``(epoch, step)`` pairs as the
+    uninterrupted one). Its value is checked as it comes, before the step that uses it; the first step's is asked
+    for before training (``prepare``) and kept for that step, so every step calls the user's function once, in
+    step order (a function that draws from a random generator draws the same sequence as a hand-written loop)."""
+
+    def __init__(self, step_inputs, backend):
+        if not callable(step_inputs):
+            raise TypeError(f"fit's step_inputs must be a function (epoch, step) -> the extra inputs of that "
+                            f"training step (a number, an array or tensor, or a tuple of them: model(x, *inputs)); "
+                            f"got {type(step_inputs).__name__}")
+        self._function, self._backend = step_inputs, backend
+        self._ahead = None  # (epoch, step, inputs) asked for before training
+
+    def prepare(self, epoch: int, step: int) -> None:
+        """Ask for the inputs of the first step to train, ``(epoch, step)``, now: a bad value is a ``TypeError``
+        before any training; that step then uses them without asking again."""
+        self._ahead = (epoch, step, self._ask(epoch, step))
+
+    def __call__(self, epoch: int, step: int) -> tuple:
+        """The extra inputs of step ``step`` of ``epoch``, as a tuple."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[:2] == (epoch, step):
+            return ahead[2]
+        return self._ask(epoch, step)
+
+    def _ask(self, epoch: int, step: int) -> tuple:
+        value = self._function(epoch, step)
+        values = value if isinstance(value, tuple) else (value,)
+        for item in values:
+            if not self._valid(item):
+                raise TypeError(f"fit's step_inputs({epoch}, {step}) returned {_describe(value)}: it must return "
+                                f"the extra forward inputs of that step, a number, a NumPy array or "
+                                f"{self._backend.name} tensor, or a tuple of them (model(x, *inputs)); a list is "
+                                f"ambiguous: np.asarray(it) for one array, tuple(it) for several inputs")
+        return values
+
+    def _valid(self, item) -> bool:
+        if isinstance(item, (bool, int, float, np.bool_, np.integer, np.floating)):
+            return True
+        if isinstance(item, np.ndarray):
+            return item.dtype.kind in "biuf"
+        return self._backend.is_tensor(item)
+
+
+def _describe(value) -> str:
+    """A short description of a value for an error message: its type, and its repr where that is short."""
+    text = repr(value)
+    return f"{type(value).__name__} {text}" if len(text) <= 60 else f"a {type(value).__name__}"

@@ -277,7 +277,7 @@ class Backend(abc.ABC):
         """Return ``forward(x) -> outputs`` without gradients (compiled where the backend compiles)."""
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager: bool = False,
-                  precision=None, accumulate: int = 1, totals=None):
+                  precision=None, accumulate: int = 1, totals=None, step_inputs=None):
         """Run one epoch with the framework's own trainer and return the epoch logs, or None to let
         ``ud.fit`` drive ``train_step`` itself (the default). ``on_batch(index, running_logs)``
         must be called after every step; ``eager``: Python runs every step (no compiled step).
@@ -289,7 +289,10 @@ class Backend(abc.ABC):
         statistics]`` (what ``epoch_totals`` returned, or the same layout from unidl's own loop or another
         backend's trainer): a resumed epoch continues the trainer's running sums from them instead of zero,
         so that its logs are bit-identical to an uninterrupted epoch's (exact to the trainer's float
-        rounding for another loop's)."""
+        rounding for another loop's).
+        ``step_inputs``: None, or ``step_inputs(index) -> tuple``, the extra forward inputs of the ``index``-th
+        batch of ``batches`` (``ud.fit``'s ``step_inputs``): the step runs ``model(x, *inputs)`` with them as
+        graph inputs, as ``train_step``'s ``step(x, y, *inputs)`` does; asked for once per batch, in order."""
         return None
 
     def epoch_totals(self, model) -> list | None:

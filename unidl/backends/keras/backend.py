@@ -284,13 +284,13 @@ class Backend(BackendInterface):
         return _CompiledForStep(native, compile_for_this_step, step)
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager=False, precision=None,
-                  accumulate=1, totals=None):
+                  accumulate=1, totals=None, step_inputs=None):
         if precision is not None and precision.mixed:  # the forward traced with mixed precision's casts
             with keras_precision.forward_scope(model, loss_fn, precision):
                 return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision,
-                                       accumulate, totals)
+                                       accumulate, totals, step_inputs)
         return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, None, accumulate,
-                               totals)
+                               totals, step_inputs)
 
     def epoch_totals(self, model):
         # the trackers' values after the last batch (``metric_tracker_variables`` hands back the state Keras's
@@ -303,22 +303,28 @@ class Backend(BackendInterface):
         return [(), ()] + ([tuple(shape) for shape in metrics.shapes] if metrics is not None else [])
 
     def _fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision, accumulate=1,
-                   totals=None):
+                   totals=None, step_inputs=None):
         native = self.compile(model, loss_fn, optimizer, metrics=metrics, eager=eager, precision=precision,
                               accumulate=accumulate)
+        to_input = self.to_input
         graph = None if eager else self._fit_graph(native)
+        if graph is None and eager and step_inputs is not None:  # (Model.fit takes no per-batch extra inputs)
+            step = keras_function.eager_train_step(native)
+            graph = None if step is None else lambda x, y, *inputs: step(to_input(x), to_input(y),
+                                                                          *[to_input(v) for v in inputs])
         if graph is not None:  # Keras's train step, batch by batch, with Keras's running logs
             native.reset_metrics()
             restore_metric_totals(native, totals)
             logs, index = None, -1
             for index, batch in enumerate(batches):
-                logs = epoch_logs(graph(batch[0], batch[1]), metrics)
+                inputs = step_inputs(index) if step_inputs is not None else ()
+                logs = epoch_logs(graph(batch[0], batch[1], *inputs), metrics)
                 on_batch(index, dict(logs))
             if index < 0:
                 raise ValueError("the epoch had no batches: the training data is empty")
             return logs
-        to_input = self.to_input
-        take_arrays = getattr(batches, "take_arrays", None)  # a DataLoader epoch over in-memory arrays
+        # a DataLoader epoch over in-memory arrays (Keras slices no per-step inputs: those go batch by batch)
+        take_arrays = getattr(batches, "take_arrays", None) if step_inputs is None else None
         arrays = take_arrays() if take_arrays is not None else None
         # Keras's fit casts the float arrays it slices to its default float type: the model's (a float64
         # batch rounded to float32 would be 1e-8 off)
@@ -332,8 +338,13 @@ class Backend(BackendInterface):
                            shuffle=False, verbose=0, callbacks=[relay])
             else:
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals)
-                native.fit((tuple(to_input(v) for v in batch[:2]) for batch in batches), epochs=1,
-                           steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
+                try:
+                    native.fit(_keras_batches(batches, to_input, step_inputs), epochs=1,
+                               steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
+                except Exception as error:
+                    if step_inputs is not None and not HOST.keras_state_in_place:
+                        _raise_if_traced_step_input(error, model)
+                    raise
         return relay.logs
 
     def _fit_graph(self, native):
@@ -389,6 +400,36 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape):
         export_module(module, path, format, input_shape)
+
+
+def _raise_if_traced_step_input(error, model) -> None:
+    """``GraphConstructError`` in place of Keras's own error (its model build's, or its train step's) when a
+    forward given ``fit``'s ``step_inputs`` used a traced value in Python control flow on a host whose Keras
+    trainer traces every input (JAX: ``range(depth)`` cannot loop a traced number of times, even with
+    ``run_eagerly``: Keras builds the model by tracing it)."""
+    cause = error
+    while cause is not None and not isinstance(cause, HOST.tracer_value_errors):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        from unidl.errors import GraphConstructError
+
+        raise GraphConstructError(
+            f"the forward of {type(model).__name__} uses the value of a tensor in Python control flow (if/while/"
+            f"range/int on a traced value), a step input of fit's step_inputs among them: Keras's own trainer on "
+            f"Keras-on-{HOST.name} traces every input of the step, eager=True included, and cannot. Write loops "
+            f"with ud.ops.scan and branches with ud.ops.where, or train on the {HOST.name} backend (Python numbers "
+            f"among the step inputs stay Python values there) or Keras on tensorflow or torch. "
+            f"({type(cause).__name__}: {str(cause).splitlines()[0]})") from None
+
+
+def _keras_batches(batches, to_input, step_inputs):
+    """``(x, y)`` of each batch for Keras's ``Model.fit``, ``x`` the tuple ``(x, *inputs)`` of the forward's inputs
+    (``NativeModel.call``) where ``step_inputs(index)`` gives the batch's extra inputs."""
+    for index, batch in enumerate(batches):
+        x = to_input(batch[0])
+        if step_inputs is not None:
+            x = (x, *[to_input(value) for value in step_inputs(index)])
+        yield x, to_input(batch[1])
 
 
 class _CompiledForStep:

@@ -25,7 +25,22 @@ def train_step_graph(native, per_batch: bool):
     """
     if not HOST.compiles_keras_train_step:
         return None
+    return HOST.function(_train_step(native, per_batch), False, f"train_step of {native.name}")
 
+
+def eager_train_step(native):
+    """Keras's own ``Model.train_step`` of a compiled ``keras.Model`` run by Python at every call, as Keras's
+    ``run_eagerly`` runs it, returning Keras's running logs as ``train_step_graph(native, per_batch=False)`` does;
+    None on a host that keeps Keras's state functional (JAX: its ``train_step`` takes and returns the state).
+    For ``ud.fit(eager=True)`` with per-step inputs, which ``Model.fit`` cannot take batch by batch (its
+    ``tf.data`` input pipeline refuses a number's rank-0 tensor)."""
+    if not HOST.keras_state_in_place:
+        return None
+    return _train_step(native, per_batch=False)
+
+
+def _train_step(native, per_batch: bool):
+    """``step(x, y, *inputs)``: Keras's ``train_step`` on one batch (see ``train_step_graph``)."""
     def train_step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
         if per_batch:
             native.reset_metrics()
@@ -33,5 +48,4 @@ def train_step_graph(native, per_batch: bool):
         return logs["loss"] if per_batch else logs
 
     # in a data-parallel job: run in the engine's replica context, rank 0's weights on every rank
-    train_step = keras_distributed.data_parallel(train_step, native.weights)
-    return HOST.function(train_step, False, f"train_step of {native.name}")
+    return keras_distributed.data_parallel(train_step, native.weights)
