@@ -13,7 +13,7 @@ are returned, randomness (dropout) takes an explicit generator.
 from __future__ import annotations
 
 from unidl import config
-from unidl.backends.op_registry import declare
+from unidl.backends.op_registry import declare, optional_op
 from unidl.precision import active_ops
 
 
@@ -469,6 +469,15 @@ def _apply_momentum(param, buffer, lr, grad, momentum, nesterov):
     ``Optimizer.apply_fused`` as a fast path for SGD with momentum where a backend has one."""
 
 
+@op(optional=True, public=False)
+def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
+    """A framework's fused attention kernel (torch's ``scaled_dot_product_attention``): ``attention``'s output,
+    without its weights, for no dropout. ``masks``: boolean tensors, each broadcasting to (..., L, S), True where
+    a query may attend to a key (all of them apply, and the causal mask too when ``is_causal``); ``scale`` None
+    (1/sqrt(E)) or a number. A query whose every key is masked gets output 0 and gradients 0. Used by
+    ``attention`` as a fast path where a backend has it."""
+
+
 # ---- composed ops: written once over the registry's ops above, so every backend runs them -----------------
 # (a backend may not replace them; what a framework has a kernel for is declared with @op instead)
 
@@ -658,7 +667,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give either attn_mask or is_causal=True, not both "
                          "(as torch.nn.functional.scaled_dot_product_attention)")
-    return attention(query, key, value, attn_mask, dropout_p, is_causal, scale)[0]
+    return attention(query, key, value, attn_mask, dropout_p, is_causal, scale, need_weights=False)[0]
 
 
 def causal_mask(query_length, key_length):
@@ -668,10 +677,16 @@ def causal_mask(query_length, key_length):
 
 
 def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, masks=(),
-              safe_softmax=True):
+              safe_softmax=True, need_weights=True):
     """``scaled_dot_product_attention`` returning ``(output, weights)``, weights (..., L, S) after softmax and
     dropout. ``masks``: more masks in ``attn_mask``'s convention, each applied too (``nn.MultiheadAttention``'s).
-    ``safe_softmax=False``: a query whose every key is masked gets NaN, as PyTorch's paths with a plain softmax."""
+    ``safe_softmax=False``: a query whose every key is masked gets NaN, as PyTorch's paths with a plain softmax.
+    ``need_weights=False``: weights None; then, without dropout, the backend's fused kernel computes the output
+    where it has one (the optional op ``fused_attention``) and the masks are boolean."""
+    if not need_weights and not dropout_p:
+        output = _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe_softmax)
+        if output is not None:
+            return output, None
     if scale is None:
         import math
 
@@ -703,6 +718,19 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     if dropout_p:
         weights = dropout(weights, dropout_p, True)
     return matmul(weights, value), weights
+
+
+def _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe_softmax):
+    """``attention``'s output from the backend's ``fused_attention``, or None where it has none or the call needs
+    the composed softmax: a float mask (added to the scores), a scale that is a tensor, or a plain softmax's NaN
+    rows (``safe_softmax=False``) under any mask."""
+    fused = optional_op(_ops(), "fused_attention")
+    masks = ((attn_mask,) if attn_mask is not None else ()) + tuple(masks)
+    if fused is None or not (isinstance(scale, (int, float)) or scale is None):
+        return None
+    if ((masks or is_causal) and not safe_softmax) or not all("bool" in str(getattr(m, "dtype", "")) for m in masks):
+        return None
+    return fused(query, key, value, masks, is_causal, scale)
 
 
 # spatial ops composed over the registry's ops (their own module: unidl/spatial_ops.py)

@@ -67,9 +67,7 @@ def documented_graph(backend):
     if backend == "keras":
         import keras
 
-        backend = keras.backend.backend()
-        if backend == "torch":
-            return "aten::matmul", "linear1/weight"  # unidl's linear op in Keras's ops: matmul, then add
+        backend = keras.backend.backend()  # on torch, unidl's linear op is torch's F.linear there too
     return {"torch": ("aten::linear", "linear1/weight"), "tensorflow": ("MatMul", "MatMul/ReadVariableOp"),
             "jax": ("dot_general", "linear1/weight")}[backend]
 

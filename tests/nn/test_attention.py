@@ -173,3 +173,62 @@ def test_bad_configurations_and_masks_are_clear_errors(backend):
         attention(ud.tensor(np.zeros((2, 4, 5), np.float32)), x, x)
     with pytest.raises(ValueError, match="not supported"):
         ud.nn.MultiheadAttention(6, 2, add_bias_kv=True)
+
+
+def test_the_fused_kernel_and_the_composed_softmax_agree_with_causal_and_padding_masks():
+    """``ops.attention`` without weights takes a backend's fused kernel where it has one (torch's
+    ``scaled_dot_product_attention``; Keras-on-torch's too, checked in its own interpreter), with the weights the
+    composed softmax: both give the same output and gradients for the causal mask joined with a padding mask, a
+    query without keys included (0). Run on the backends with the kernel (the others compose both)."""
+    from unidl import backends
+    from unidl.backends.op_registry import optional_op
+
+    padding = np.ones((2, 1, 1, 4), bool)
+    padding[1, :, :, 0] = False  # the second sequence's first query (causal: key 0 only) attends to nothing
+    fused_on = [name for name in ud.available_backends() if optional_op(backends.load(name).ops, "fused_attention")]
+    assert "torch" in fused_on
+    for name in fused_on:
+        with ud.use_backend(name):
+            inputs = [ud.tensor(a[:, :, :4].astype(np.float32)) for a in (QUERIES, KEYS, VALUES)]
+            masks = (ud.tensor(padding),)
+            weights = ud.tensor(np.random.default_rng(3).standard_normal((2, 3, 4, 2)).astype(np.float32))
+            results = []
+            for need_weights in (True, False):
+                def attend(q, k, v, need_weights=need_weights):
+                    return ud.ops.attention(q, k, v, is_causal=True, masks=masks, need_weights=need_weights)[0]
+
+                gradients = ud.grad(lambda *a: ud.ops.sum(attend(*a) * weights), (0, 1, 2))(*inputs)
+                results.append([ud.to_numpy(attend(*inputs))] + [ud.to_numpy(g) for g in gradients])
+            assert not np.abs(results[1][0][1, :, 0]).any(), name
+            for composed, fused in zip(*results):
+                assert max_relative_difference(fused, composed) < 1e-5, name
+
+
+#: the masked cases of the tables above, run on the keras backend in the interpreter whose Keras runs on torch
+#: (tests/test_examples.py's KERAS_RUN), where its attention, LayerNorm and Linear are torch's kernels: a boolean
+#: padding mask joined with a causal one, a query without keys, the causal flag, a float mask (the composed softmax),
+#: LayerNorm pre- and post-norm
+KERAS_HOST_CASES = ("MultiheadAttention-float-masks-no-weights", "MultiheadAttention-every-key-padding-no-weights",
+                    "TransformerEncoderLayer-pre-norm-gelu-batch-first-masks",
+                    "TransformerEncoder-post-norm-final-norm-padding", "scaled_dot_product_attention-a-query-without-keys",
+                    "scaled_dot_product_attention-causal")
+
+
+def keras_host_attention():
+    """Where Keras runs on torch, ``[failures, aten ops]``: the failures of ``KERAS_HOST_CASES`` on the keras
+    backend against torch (float32 in ``ud.function``, float64 eagerly), and the names of the aten ops a pre-norm
+    ``TransformerEncoderLayer``'s forward and backward with a padding mask ran; None on Keras's other frameworks
+    (their keras backend composes these ops as on Keras-TensorFlow, which the tables above check: ~40 s more on
+    Keras-on-JAX, whose eager ops each compile)."""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        return None
+    cases = {name: case for name, case in {**LAYERS, **OPS}.items() if name in KERAS_HOST_CASES}
+    failures = [failure for dtype, modes in RUNS for failure in compare_table(cases, "keras", dtype, modes)]
+    with ud.use_backend("keras"):
+        layer = ud.nn.TransformerEncoderLayer(6, 2, 8, dropout=0.0, batch_first=True, norm_first=True)
+        x, padding = ud.tensor(BATCH_FIRST.astype(np.float32)), ud.tensor(PADDING)
+        with torch.profiler.profile() as profile:
+            ud.value_and_grad(lambda: ud.ops.sum(layer(x, src_key_padding_mask=padding)), layer.parameters())()
+    return [failures, sorted({event.name for event in profile.events() if event.name.startswith("aten::")})]

@@ -118,7 +118,8 @@ class MultiheadAttention(Module):
         if attn_mask is not None:
             masks.append(self._attention_mask(attn_mask, query, key, batch, target, source))
         output, weights = functional.attention(q, k, v, None, self.dropout if self.training else 0.0,
-                                               is_causal and attn_mask is None, None, masks, safe_softmax)
+                                               is_causal and attn_mask is None, None, masks, safe_softmax,
+                                               need_weights)
         output = ops.reshape(ops.permute(output, (0, 2, 1, 3)), (batch, target, self.embed_dim))
         output = self.out_proj(output)
         if batched and not self.batch_first:

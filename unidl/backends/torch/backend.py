@@ -27,6 +27,9 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class Backend(BackendInterface):
     name = "torch"
     ops = torch_ops
+    # Keras's torch variables unwrap themselves in torch's functions (``__torch_function__``): F.linear's addmm,
+    # F.layer_norm's and F.scaled_dot_product_attention's kernels, where keras.ops composes them
+    keras_native_ops = ("fused_attention", "layer_norm", "linear")
 
     def __init__(self):
         self.check_ops()

@@ -208,6 +208,24 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return F.layer_norm(x, tuple(normalized_shape), weight, bias, eps)
 
 
+def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
+    # one boolean mask for F.scaled_dot_product_attention (its CPU flash kernel takes one)
+    mask = None
+    for each in masks:
+        mask = each if mask is None else torch.logical_and(mask, each)
+    if mask is None:
+        return F.scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale)
+    if is_causal:  # the function takes the causal flag or a mask, not both
+        rows, columns = query.shape[-2], key.shape[-2]
+        mask = torch.logical_and(mask, torch.ones(rows, columns, dtype=torch.bool, device=query.device).tril())
+    # a query whose every key is masked attends to nothing (output 0, no gradient): not every kernel of the
+    # function gives 0 there (CUDA's memory-efficient one has given NaN), so such a query is shown every key and
+    # its output dropped; (..., L, 1) factors, next to the attention's cost
+    attends = mask.any(-1, keepdim=True)
+    output = F.scaled_dot_product_attention(query, key, value, attn_mask=mask | ~attends, scale=scale)
+    return torch.where(attends, output, torch.zeros((), dtype=output.dtype, device=output.device))
+
+
 def embedding(indices, weight, padding_idx=None):
     return F.embedding(check_index(indices, weight.shape[0], "Embedding indices"), weight, padding_idx)
 
