@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import unidl as ud
 from unidl.errors import RetraceWarning
@@ -199,3 +200,50 @@ def test_fit_refuses_bad_step_inputs_before_training(backend, step_inputs, given
         ud.fit(model, (X, Y), batch_size=8, loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.05),
                verbose=0, step_inputs=step_inputs)
     assert all(np.array_equal(model.state_dict()[k], before[k]) for k in before)
+
+
+class _TorchDynamicNet(torch.nn.Module):
+    """DynamicNet in plain PyTorch (the oracle of the accumulation test)."""
+
+    def __init__(self, state):
+        super().__init__()
+        self.entry, self.middle, self.exit = torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 1)
+        self.load_state_dict({k: torch.tensor(np.array(v)) for k, v in state.items()})
+
+    def forward(self, x, depth):
+        h = torch.relu(self.entry(x))
+        for _ in range(depth):
+            h = torch.relu(self.middle(h))
+        return self.exit(h)
+
+
+# accumulate=2 windows of depths: the middle layer gets a gradient in the last micro-step only, the first only
+# (its sum must not leak into the next window), in none (not at depth 0), in both
+WINDOWS_WITH_NONE = [0, 2, 2, 0, 0, 0, 1, 1]
+WINDOWS_WITH_SOME = [0, 2, 2, 0, 1, 1]
+_OPTIMIZERS = {"sgd": ("SGD", dict(lr=0.05, momentum=0.9)), "adam": ("Adam", dict(lr=0.01))}
+
+
+@pytest.mark.parametrize("kind,eager,depths", [("sgd", True, WINDOWS_WITH_NONE), ("adam", False, WINDOWS_WITH_SOME)])
+def test_accumulation_updates_a_parameter_with_a_gradient_in_any_micro_step(backend, kind, eager, depths):
+    """accumulate=2 follows PyTorch's rule for a parameter that gets no gradient in some micro-steps (the middle
+    layer at depth 0): ``.grad`` sums the micro-steps it had one in, ``step()`` updates it (and its momentum /
+    Adam slots) if it had one in any, skips it if in none, and ``zero_grad()`` empties the window for all; against
+    a plain torch.optim loop. A window without any gradient for it runs eagerly: in a TensorFlow graph the depth
+    is a graph input, and a loop run 0 times gives zero gradients (a zero gradient still moves momentum)."""
+    name, options = _OPTIMIZERS[kind]
+    model = DynamicNet()
+    net = _TorchDynamicNet(model.state_dict())
+    expected_optimizer = getattr(torch.optim, name)(net.parameters(), **options)
+    step = ud.train_step(model, ud.nn.MSELoss(), getattr(ud.optim, name)(model.parameters(), **options),
+                         accumulate=2, eager=eager)
+    for index, depth in enumerate(depths):
+        batch = slice(8 * (index % 2), 8 * (index % 2) + 8)
+        step(X[batch], Y[batch], depth)
+        (torch.nn.functional.mse_loss(net(torch.tensor(X[batch]), depth), torch.tensor(Y[batch])) / 2).backward()
+        if index % 2:
+            expected_optimizer.step()
+            expected_optimizer.zero_grad(set_to_none=True)
+    expected = net.state_dict()
+    for key, value in model.state_dict().items():
+        assert max_relative_difference(value, expected[key].numpy()) < 1e-6, key

@@ -44,7 +44,7 @@ class JaxOptimizer:
                 + [v for options in self.group_options for entry in options.values()
                    for v in (entry if isinstance(entry, tuple) else (entry,))]
                 + [v for slots in self.slot_variables for v in slots.values()]
-                + ([self.micro_steps, self.window_finite, *self.accumulated]
+                + ([self.micro_steps, self.window_finite, *self.accumulated, *self.window_has_gradient]
                    if getattr(self, "accumulated", None) else []))
 
     def prepare_accumulation(self, accumulate: int) -> None:
@@ -59,8 +59,11 @@ class JaxOptimizer:
                                     for p in self._spec.params]
                 self.micro_steps = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
                 self.window_finite = JaxVariable(jnp.asarray(True), trainable=False)
+                self.window_has_gradient = gradient_flags(self._spec.params)
             return variable_window(accumulate, self.accumulated, self.micro_steps, self.window_finite, read_numpy,
-                                   assign_numpy, storage=self)
+                                   assign_numpy, storage=self,
+                                   on_write=lambda steps: mark_loaded_window(self.window_has_gradient, self._spec.params,
+                                                                             steps))
 
         accumulation_window(self._spec, accumulate, None, create)  # (float32 steps: mixed precision keeps its own)
 
@@ -69,13 +72,16 @@ class JaxOptimizer:
         keep their values (``jnp.where`` on one boolean scalar inside the trace, fused by XLA into each update).
         With ``accumulate`` N > 1, one micro-step: ``grads / N`` joins the accumulated gradients and every N-th
         updates with their sum, unless a micro-step of the window was not finite: then the whole window is
-        skipped and discarded at its N-th micro-step (``finite`` False there; inside the window it is True)."""
+        skipped and discarded at its N-th micro-step (``finite`` False there; inside the window it is True).
+        PyTorch's rule over a window (``.grad`` summed over the micro-steps, ``step()``, ``zero_grad()``): a
+        parameter updates with its sum if it had a gradient in any micro-step of the window, not at all if in
+        none (``window_micro_step``)."""
         finite = all_finite([loss, *grads])
         self.finite.value = finite
-        update = finite
+        update, has_gradient = finite, None
         if accumulate > 1:
-            sums = [None if g is None else a.value + g / jnp.asarray(accumulate, g.dtype)
-                    for a, g in zip(self.accumulated, grads)]
+            sums, has_gradient = window_micro_step(self.accumulated, self.window_has_gradient, grads, accumulate,
+                                                   self._spec.params)
             count = self.micro_steps.value + 1
             window_finite = self.window_finite.value & finite
             closes = count >= accumulate
@@ -83,12 +89,10 @@ class JaxOptimizer:
             self.finite.value = jnp.where(closes, window_finite, True)
             grads = sums
         grads = self._spec.clip_gradients(grads, self._ops)
-        self._update(grads, update)
+        self._update(grads, update, has_gradient)
         if accumulate > 1:
             keep = ~closes  # a window still filling; else (updated or discarded) it starts again
-            for variable, total in zip(self.accumulated, sums):
-                if total is not None:
-                    variable.value = jnp.where(keep, total, jnp.zeros_like(total))
+            keep_window(self.accumulated, self.window_has_gradient, sums, has_gradient, keep)
             self.micro_steps.value = jnp.where(keep, count, 0)
             self.window_finite.value = jnp.where(keep, window_finite, True)
 
@@ -102,8 +106,10 @@ class JaxOptimizer:
         values = tuple(v.value for v in self.option_variables(group, key))
         return values if isinstance(self._spec.param_groups[group][key], tuple) else values[0]
 
-    def _update(self, grads, update) -> None:
-        """Every parameter and slot: its new value where ``update`` (a boolean scalar) holds, else its old one."""
+    def _update(self, grads, update, has_gradient=None) -> None:
+        """Every parameter and slot: its new value where ``update`` (a boolean scalar) holds, else its old one;
+        ``has_gradient`` (an accumulation window's, ``window_micro_step``): per parameter, None or a boolean
+        scalar that must hold too (the parameter had a gradient in the window)."""
         spec, ops = self._spec, self._ops
         step_count = self.iterations.value + 1
         self.iterations.value = jnp.where(update, step_count, self.iterations.value)
@@ -112,17 +118,67 @@ class JaxOptimizer:
         for index, (param, grad, slots) in enumerate(zip(spec.params, grads, self.slot_variables)):
             if grad is None:  # PyTorch's rule: no gradient, no update
                 continue
+            applies = update if has_gradient is None or has_gradient[index] is None else update & has_gradient[index]
             rule, lr = bound_rule(spec, index, self._read_option), self.learning_rates[spec.group_of(index)].value
             grad = rule.regularized_gradient(param, grad, ops)
             heavy_ball = rule.heavy_ball()
             if heavy_ball is not None:
-                delta = _heavy_ball(slots, grad, lr, update, *heavy_ball)
+                delta = _heavy_ball(slots, grad, lr, applies, *heavy_ball)
             else:
                 delta, new_slots = rule.update(param, grad, slots, lr, step, ops)
                 for name, value in new_slots.items():
                     if value is not slots[name]:
-                        _guarded_assign(slots[name], value, update)
-            _guarded_assign(param, param.value - delta, update)
+                        _guarded_assign(slots[name], value, applies)
+            _guarded_assign(param, param.value - delta, applies)
+
+
+def gradient_flags(params) -> list[JaxVariable]:
+    """One boolean variable per parameter: it had a gradient in a micro-step of the accumulation window so far
+    (torch's ``.grad is not None`` between ``zero_grad()`` and ``step()``), False in an empty window."""
+    return [JaxVariable(jnp.asarray(False), trainable=False) for _ in params]
+
+
+def window_micro_step(totals, flags, grads, accumulate, params):
+    """``(sums, has_gradient)`` of an accumulation window with this micro-step's ``grads`` added (``grads / N``
+    joins ``totals``). A parameter without a gradient now keeps its sum, and ``has_gradient`` is its flag (whether
+    an earlier micro-step of the window gave it one: a boolean scalar known only when the step runs); None where
+    it has one now (then it has one in the window) or is frozen (sum None: not updated, as before accumulation).
+    The window's update then follows PyTorch's rule: a parameter with a gradient in any of its micro-steps moves
+    with the window's sum, one with none in all of them keeps its value and its slots."""
+    from unidl.nn.module import is_trainable
+
+    sums, has_gradient = [], []
+    for total, flag, grad, param in zip(totals, flags, grads, params):
+        if grad is not None:
+            sums.append(total.value + grad / jnp.asarray(accumulate, grad.dtype))
+            has_gradient.append(None)
+        elif is_trainable(param):  # (the trace's frozen set is static: trainable_mask is part of its key)
+            sums.append(total.value)
+            has_gradient.append(flag.value)
+        else:
+            sums.append(None)
+            has_gradient.append(None)
+    return sums, has_gradient
+
+
+def keep_window(totals, flags, sums, has_gradient, keep) -> None:
+    """Store a window's ``sums`` and gradient flags where ``keep`` (a boolean scalar: the window goes on), else
+    empty it (zero sums, no gradients) for every parameter, as ``zero_grad(set_to_none=True)`` does."""
+    for total, flag, value, had in zip(totals, flags, sums, has_gradient):
+        if value is None:  # frozen now: as without a gradient
+            continue
+        total.value = jnp.where(keep, value, jnp.zeros_like(value))
+        flag.value = keep if had is None else keep & had
+
+
+def mark_loaded_window(flags, params, micro_steps) -> None:
+    """After a window is loaded (``AccumulationWindow.load``): every trainable parameter has a gradient in a
+    part-full window (its stored sum, zeros too, as the torch backend writes ``.grad``), none in an empty one.
+    The canonical window state keeps sums, not which parameters had none."""
+    from unidl.nn.module import is_trainable
+
+    for flag, param in zip(flags, params):
+        flag.value = jnp.asarray(bool(micro_steps) and is_trainable(param))
 
 
 def _heavy_ball(slots, grad, lr, update, buffer_name, momentum, nesterov):

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from unidl.backends.jax import ops as jax_ops
-from unidl.backends.jax.optimizer import all_finite, assign_numpy, read_numpy
+from unidl.backends.jax.optimizer import (all_finite, assign_numpy, gradient_flags, keep_window, mark_loaded_window,
+                                          read_numpy, window_micro_step)
 from unidl.backends.jax.variable import JaxVariable
 from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
@@ -45,31 +46,33 @@ class LossScale:
 
 class Window:
     """What gradient accumulation keeps between micro-steps (``accumulate`` N > 1): the sum of the micro-steps'
-    scaled gradients of ``loss / N``, their losses, and how many have run."""
+    scaled gradients of ``loss / N``, which parameters had a gradient in them, their losses, and how many have
+    run."""
 
     def __init__(self, params, accumulate):
-        self.accumulate = accumulate
+        self.accumulate, self.params = accumulate, params
         self.sums = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False) for p in params]
+        self.has_gradient = gradient_flags(params)
         self.losses = JaxVariable(jnp.zeros((accumulate,), jnp.float32), trainable=False)
         self.count = JaxVariable(jnp.asarray(0, jnp.int32), trainable=False)
 
     def variables(self) -> list:
-        return [*self.sums, self.losses, self.count]
+        return [*self.sums, *self.has_gradient, self.losses, self.count]
 
     def add(self, grads, loss):
-        """``(sums, losses, updates)`` with this micro-step added; ``updates``: it is the window's last. The
-        window keeps them, or restarts after its last micro-step."""
+        """``(sums, losses, updates, has_gradient)`` with this micro-step added; ``updates``: it is the window's
+        last; ``has_gradient``: per parameter, None or whether it had a gradient in the window
+        (``unidl.backends.jax.optimizer.window_micro_step``, PyTorch's rule). The window keeps them, or restarts
+        after its last micro-step."""
         n = self.accumulate
-        sums = [None if g is None else total.value + g / jnp.asarray(n, g.dtype) for total, g in zip(self.sums, grads)]
+        sums, has_gradient = window_micro_step(self.sums, self.has_gradient, grads, n, self.params)
         losses = self.losses.value.at[self.count.value].set(loss.astype(jnp.float32))
         count = self.count.value + 1
         updates = count >= n
-        for total, value in zip(self.sums, sums):
-            if value is not None:
-                total.value = jnp.where(updates, jnp.zeros_like(value), value)
+        keep_window(self.sums, self.has_gradient, sums, has_gradient, ~updates)
         self.losses.value = losses
         self.count.value = jnp.where(updates, 0, count)
-        return sums, losses, updates
+        return sums, losses, updates, has_gradient
 
     def checkpointed(self, scaler):
         """This window as a ``unidl.training.AccumulationWindow``: its sums unscaled by ``scaler``'s scale in
@@ -78,7 +81,8 @@ class Window:
 
         scale = (lambda: float(np.asarray(scaler.scale.value))) if scaler is not None else None
         return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
-                               scale=scale, storage=self)
+                               scale=scale, storage=self,
+                               on_write=lambda k: mark_loaded_window(self.has_gradient, self.params, k))
 
 
 def _float32(value):
@@ -116,9 +120,9 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         (_, (loss, outputs)), found = backend._value_and_grad(loss_of, (), None, active, with_aux=True)
         found = iter(found)
         grads = [next(found) if m else None for m in mask]
-        checked, updates = loss, True
+        checked, updates, has_gradient = loss, True, None
         if window is not None:
-            grads, checked, updates = window.add(grads, loss)
+            grads, checked, updates, has_gradient = window.add(grads, loss)
         if scaler is not None:
             inverse = 1.0 / scaler.scale.value
             grads = [None if g is None else g * inverse.astype(g.dtype) for g in grads]
@@ -128,7 +132,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         else:  # the optimizer's guard and clipping, selected by the window's last micro-step
             finite = all_finite([checked, *grads])
             native.finite.value = jnp.where(updates, finite, True)  # inside the window nothing is skipped yet
-            native._update(native._spec.clip_gradients(grads, native._ops), updates & finite)
+            native._update(native._spec.clip_gradients(grads, native._ops), updates & finite, has_gradient)
         return (loss, outputs) if with_outputs else loss
 
     variables = (backend._model_state(model, optimizer) + (scaler.variables() if scaler is not None else [])

@@ -29,6 +29,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "_unidl_ops", ops)
         object.__setattr__(self, "_slot_table", [])
         object.__setattr__(self, "_step_loss", None)
+        object.__setattr__(self, "_gradient_flags", {})  # (a window's update: ``_with_window_rule``)
         with keras.name_scope(self.name):
             self.finite = keras.Variable(True, dtype="bool", trainable=False, name="last_step_finite")
             # the learning rates of param groups after the first (whose rate is Keras's ``learning_rate``)
@@ -89,6 +90,9 @@ class NativeOptimizer(keras.optimizers.Optimizer):
                     for p in self._spec.params]
                 self._micro_steps = keras.Variable(0, dtype="int64", trainable=False, name="micro_steps")
                 self._window_finite = keras.Variable(True, dtype="bool", trainable=False, name="window_finite")
+                # per parameter: it had a gradient in a micro-step of the window so far (torch's .grad is not None)
+                self._window_has_gradient = [keras.Variable(False, dtype="bool", trainable=False, name="has_gradient")
+                                             for _ in self._spec.params]
 
     def window(self, accumulate: int):
         """The accumulation variables (created once, eagerly, if not yet) as a ``unidl.training.AccumulationWindow``
@@ -97,7 +101,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
 
         self._create_window()
         return variable_window(accumulate, self._accumulated, self._micro_steps, self._window_finite, read_numpy,
-                               assign_numpy, storage=self)
+                               assign_numpy, on_write=self._mark_loaded_window, storage=self)
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
@@ -120,23 +124,27 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         if accumulate == 1:
             K.cond(finite, lambda: self._clip_and_apply(grads, variables), _false)
             return
-        sums = [self._accumulated[self._get_variable_index(v)] if g is not None else None
-                for g, v in zip(grads, variables)]
-        for total, grad in zip(sums, grads):
-            if total is not None:
+        indices = [self._get_variable_index(v) for v in variables]
+        sums = [self._accumulated[i] for i in indices]
+        flags = {i: self._window_has_gradient[i] for i, g in zip(indices, grads) if g is None}
+        for total, grad, index in zip(sums, grads, indices):
+            if grad is not None:
                 total.assign(total + grad / K.cast(accumulate, grad.dtype))
+                self._window_has_gradient[index].assign(K.convert_to_tensor(True))
         window_finite = K.logical_and(self._window_finite, finite)
         self._window_finite.assign(window_finite)
         count = self._micro_steps + 1
         self._micro_steps.assign(count)
 
         def close_window():
+            # PyTorch's rule over the window: a parameter without a gradient now updates with its sum if it had
+            # one in an earlier micro-step (its flag, read as the step runs), else keeps its value and slots
             K.cond(window_finite,
-                   lambda: self._clip_and_apply([None if t is None else K.convert_to_tensor(t) for t in sums],
-                                                variables), _false)
-            for total in sums:
-                if total is not None:
-                    total.assign(K.zeros_like(total))
+                   lambda: self._with_window_rule(flags, lambda: self._clip_and_apply(
+                       [K.convert_to_tensor(t) for t in sums], variables)), _false)
+            for total, index in zip(sums, indices):
+                total.assign(K.zeros_like(total))
+                self._window_has_gradient[index].assign(K.convert_to_tensor(False))
             self._micro_steps.assign(K.convert_to_tensor(0, "int64"))
             self._window_finite.assign(K.convert_to_tensor(True))
             return K.convert_to_tensor(window_finite)
@@ -156,30 +164,55 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         set to its new or its old value (``where``), as a functional framework (JAX) requires."""
         update = finite
         if accumulate > 1:
-            accumulated = [self._accumulated[self._get_variable_index(v)] if g is not None else None
-                           for g, v in zip(grads, variables)]
-            sums = [None if a is None else a.value + g / K.cast(accumulate, g.dtype) for a, g in zip(accumulated, grads)]
+            indices = [self._get_variable_index(v) for v in variables]
+            accumulated = [self._accumulated[i] for i in indices]
+            had = [self._window_has_gradient[i] for i in indices]
+            flags = {i: flag.value for i, flag, g in zip(indices, had, grads) if g is None}
+            sums = [a.value if g is None else a.value + g / K.cast(accumulate, g.dtype)
+                    for a, g in zip(accumulated, grads)]
             count = self._micro_steps.value + 1
             window_finite = K.logical_and(self._window_finite.value, finite)
             closes = count >= accumulate
             update = K.logical_and(closes, window_finite)
             self.finite.assign(K.logical_or(K.logical_not(closes), window_finite))  # True inside the window
             grads = sums
-        bookkeeping = {id(self.finite), *(id(v) for v in getattr(self, "_accumulated", None) or [])}
+        bookkeeping = {id(self.finite), *(id(v) for v in getattr(self, "_accumulated", None) or []),
+                       *(id(v) for v in getattr(self, "_window_has_gradient", None) or [])}
         if getattr(self, "_micro_steps", None) is not None:
             bookkeeping.update((id(self._micro_steps), id(self._window_finite)))
         state = variables + [v for v in self.variables if id(v) not in bookkeeping]
         before = [K.convert_to_tensor(v.value) for v in state]
-        self._clip_and_apply(grads, variables)
+        if accumulate > 1:
+            self._with_window_rule(flags, lambda: self._clip_and_apply(grads, variables))
+        else:
+            self._clip_and_apply(grads, variables)
         for variable, old in zip(state, before):
             variable.assign(K.where(update, variable.value, old))
         if accumulate > 1:
             keep = K.logical_not(closes)  # a window still filling; else (updated or discarded) it starts again
-            for total, new in zip(accumulated, sums):
-                if total is not None:
-                    total.assign(K.where(keep, new, K.zeros_like(new)))
+            for total, new, flag, grad in zip(accumulated, sums, had, grads):
+                total.assign(K.where(keep, new, K.zeros_like(new)))
+                flag.assign(keep if grad is not None else K.logical_and(keep, flag.value))
             self._micro_steps.assign(K.where(keep, count, K.zeros_like(count)))
             self._window_finite.assign(K.logical_or(closes, window_finite))
+
+    def _with_window_rule(self, flags, apply):
+        """Run ``apply`` (Keras's update over a window's sums) with ``flags`` ({variable index: boolean scalar, it
+        had a gradient in the window}) in force for ``update_step``: a parameter flagged False keeps its value and
+        slots, as ``torch.optim`` skips a parameter whose ``.grad`` is None."""
+        object.__setattr__(self, "_gradient_flags", flags)
+        try:
+            return apply()
+        finally:
+            object.__setattr__(self, "_gradient_flags", {})
+
+    def _mark_loaded_window(self, micro_steps) -> None:
+        """After a window is loaded: every trainable parameter has a gradient in a part-full window (its stored
+        sum, zeros too, as the torch backend writes ``.grad``), none in an empty one."""
+        from unidl.nn.module import is_trainable
+
+        for flag, param in zip(self._window_has_gradient, self._spec.params):
+            flag.assign(bool(micro_steps) and is_trainable(param))
 
     def _clip_and_apply(self, grads, trainable_variables):
         grads = self._spec.clip_gradients(grads, self._unidl_ops)
@@ -211,14 +244,21 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             learning_rate = K.cast(self.group_learning_rates[group - 1], variable.dtype)
         slots = self.slots_of(variable)
         gradient = spec.regularized_gradient(variable, _dense(gradient), ops)
-        if spec.apply_fused(variable, gradient, slots, learning_rate, ops):  # where Keras's framework has a kernel
-            return
+        has_gradient = self._gradient_flags.get(index)  # (None: it has one)
+        if has_gradient is None and spec.apply_fused(variable, gradient, slots, learning_rate, ops):
+            return  # where Keras's framework has a kernel
         step = K.cast(self.iterations + 1, variable.dtype) if spec.uses_step else None
         delta, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
-        for name, value in new_slots.items():
+        if has_gradient is None:
+            for name, value in new_slots.items():
+                if value is not slots[name]:
+                    self.assign(slots[name], value)
+            self.assign_sub(variable, delta)
+            return
+        for name, value in new_slots.items():  # a window's parameter: only if it had a gradient in it
             if value is not slots[name]:
-                self.assign(slots[name], value)
-        self.assign_sub(variable, delta)
+                self.assign(slots[name], K.where(has_gradient, K.cast(value, slots[name].dtype), slots[name]))
+        self.assign(variable, K.where(has_gradient, variable - K.cast(delta, variable.dtype), variable))
 
 
 def set_group_options(optimizer, group: int, keys) -> None:

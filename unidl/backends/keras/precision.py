@@ -39,8 +39,21 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
                 window = [self.add_variable(tuple(p.shape), initializer="zeros", dtype=p.dtype,
                                             name="accumulated_scaled_gradient") for p in params]
                 count = self.add_variable((), initializer="zeros", dtype="int64", name="micro_steps")
+                # per parameter: it had a gradient in a micro-step of the window so far (torch's .grad is not None)
+                has_gradient = [self.add_variable((), initializer="zeros", dtype="bool", name="has_gradient")
+                                for _ in params]
             object.__setattr__(self, "_window", window)
             object.__setattr__(self, "_window_count", count)
+            object.__setattr__(self, "_window_has_gradient", has_gradient)
+            object.__setattr__(self, "_window_params", params)
+
+    def mark_loaded_window(self, micro_steps) -> None:
+        """After a window is loaded: every trainable parameter has a gradient in a part-full window (its stored
+        sum, zeros too, as the torch backend writes ``.grad``), none in an empty one."""
+        from unidl.nn.module import is_trainable
+
+        for flag, param in zip(self._window_has_gradient, self._window_params):
+            flag.assign(bool(micro_steps) and is_trainable(param))
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """``apply``'s rule where Keras threads the optimizer's state as values (Keras-on-JAX's trainer): each
@@ -81,20 +94,25 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             return super().apply(grads, trainable_variables)
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
         inner = self.inner_optimizer
-        totals = [self._window[inner._get_variable_index(v)] if g is not None else None
-                  for g, v in zip(grads, variables)]
-        for total, grad in zip(totals, grads):
+        indices = [inner._get_variable_index(v) for v in variables]
+        totals = [self._window[i] for i in indices]
+        flags = {i: self._window_has_gradient[i] for i, g in zip(indices, grads) if g is None}
+        for total, grad, index in zip(totals, grads, indices):
             if grad is not None:
                 total.assign(total + keras.ops.cast(grad, total.dtype) / accumulate)
+                self._window_has_gradient[index].assign(keras.ops.convert_to_tensor(True))
         count = self._window_count + 1
         self._window_count.assign(count)
 
         def update():
-            sums = [None if t is None else keras.ops.convert_to_tensor(t) for t in totals]
-            super(LossScaleOptimizer, self).apply(sums, variables)
-            for total in totals:
-                if total is not None:
-                    total.assign(keras.ops.zeros_like(total))
+            # PyTorch's rule over the window: a parameter without a gradient now updates with its sum if it had
+            # one in an earlier micro-step (its flag), else keeps its value and slots (NativeOptimizer's rule)
+            sums = [keras.ops.convert_to_tensor(t) for t in totals]
+            had = {i: keras.ops.convert_to_tensor(flag) for i, flag in flags.items()}
+            inner._with_window_rule(had, lambda: super(LossScaleOptimizer, self).apply(sums, variables))
+            for total, index in zip(totals, indices):
+                total.assign(keras.ops.zeros_like(total))
+                self._window_has_gradient[index].assign(keras.ops.convert_to_tensor(False))
             self._window_count.assign(keras.ops.convert_to_tensor(0, "int64"))
             return keras.ops.convert_to_tensor(True)
 
@@ -153,7 +171,8 @@ def keras_optimizer(optimizer, precision, accumulate=1):
         # one check of the sums at the update
         accumulation_window(optimizer, accumulate, precision, lambda: variable_window(
             accumulate, scaler._window, scaler._window_count, None, read_numpy, assign_numpy,
-            scale=lambda: float(keras.ops.convert_to_numpy(scaler.dynamic_scale)), storage=scaler))
+            scale=lambda: float(keras.ops.convert_to_numpy(scaler.dynamic_scale)), storage=scaler,
+            on_write=scaler.mark_loaded_window))
     return scaler
 
 

@@ -51,6 +51,9 @@ class GraphOptimizer(tf.Module):
                                     for p in self._spec.params]
                 self.micro_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
                 self.window_finite = tf.Variable(True, trainable=False, name="window_finite")
+                # per parameter: it had a gradient in a micro-step of the window so far (torch's .grad is not None)
+                self.window_has_gradient = [tf.Variable(False, trainable=False, name="has_gradient")
+                                            for _ in self._spec.params]
             return variable_window(accumulate, self.accumulated, self.micro_steps, self.window_finite, read_numpy,
                                    assign_numpy, on_write=self._set_position, storage=self)
 
@@ -58,9 +61,15 @@ class GraphOptimizer(tf.Module):
         self.window_position = int(self.micro_steps.numpy())  # the micro-steps so far, in Python (``closes``)
 
     def _set_position(self, micro_steps: int) -> None:
-        self.window_position = micro_steps
+        """After a window is written (loaded): its position, and every trainable parameter has a gradient in a
+        part-full window (its stored sum, zeros too, as the torch backend writes ``.grad``), none in an empty one."""
+        from unidl.nn.module import is_trainable
 
-    def apply(self, grads, loss=None, accumulate: int = 1, reduce=None, closes: bool = False):
+        self.window_position = micro_steps
+        for flag, param in zip(self.window_has_gradient, self._spec.params):
+            flag.assign(bool(micro_steps) and is_trainable(param))
+
+    def apply(self, grads, loss=None, accumulate: int = 1, reduce=None, closes: bool = False, has_gradient=None):
         """One guarded update: skipped entirely (``finite`` False) when ``loss`` or a gradient is not finite,
         decided inside the graph (one reduction per tensor, ``all_finite``, and a ``tf.cond``). With ``accumulate``
         N > 1 this is one micro-step: ``grads / N`` is added to the accumulated gradients, and every N-th
@@ -71,20 +80,28 @@ class GraphOptimizer(tf.Module):
         that one averages the window's sums and its finite flag over the ranks (one all-reduce per update, as
         DDP's ``no_sync``), so that every rank applies the job's mean gradient or skips the window alike (a
         collective inside a ``tf.cond`` is not possible under a ``tf.distribute`` strategy).
+        ``has_gradient`` (``accumulate`` 1 over a window summed elsewhere, a mixed precision step's): per parameter,
+        None or a boolean scalar, whether it had a gradient in the window (``_update``).
         Returns the flag, so that a compiled step can hand it out with the loss (reading ``finite`` back is
         one more eager op)."""
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         finite = all_finite([loss, *grads])
         if accumulate == 1:
             self.finite.assign(finite)
-            tf.cond(finite, lambda: self._clip_and_update(grads), lambda: tf.constant(False))
+            tf.cond(finite, lambda: self._clip_and_update(grads, has_gradient), lambda: tf.constant(False))
             return finite
         if reduce is not None:
             return self._local_micro_step(grads, finite, accumulate, reduce, closes)
-        present = [g is not None for g in grads]
-        for variable, grad in zip(self.accumulated, grads):
+        from unidl.nn.module import is_trainable
+
+        # PyTorch's rule over the window: a parameter without a gradient now updates with its sum if it had one in
+        # an earlier micro-step (its flag, read as the step runs), else keeps its value and slots; frozen ones
+        # (no gradient, not trainable) are left out as without accumulation
+        present = [g is not None or is_trainable(p) for g, p in zip(grads, self._spec.params)]
+        for variable, flag, grad in zip(self.accumulated, self.window_has_gradient, grads):
             if grad is not None:
                 variable.assign_add(grad / tf.cast(accumulate, grad.dtype))
+                flag.assign(True)
         window_finite = tf.logical_and(self.window_finite.read_value(), finite)  # (a value, not a lazy read)
         self.window_finite.assign(window_finite)
         count = self.micro_steps.read_value() + 1
@@ -92,11 +109,14 @@ class GraphOptimizer(tf.Module):
 
         def close_window():
             sums = [a.read_value() if used else None for a, used in zip(self.accumulated, present)]
-            tf.cond(window_finite, lambda: self._clip_and_update(sums), lambda: tf.constant(False))
+            has_gradient = [None if grad is not None else flag.read_value()
+                            for grad, flag in zip(grads, self.window_has_gradient)]
+            tf.cond(window_finite, lambda: self._clip_and_update(sums, has_gradient), lambda: tf.constant(False))
             with tf.control_dependencies([s for s in sums if s is not None]):
-                for variable, used in zip(self.accumulated, present):
+                for variable, flag, used in zip(self.accumulated, self.window_has_gradient, present):
                     if used:
                         variable.assign(tf.zeros_like(variable))
+                        flag.assign(False)
                 self.micro_steps.assign(0)
                 self.window_finite.assign(True)
             return tf.identity(window_finite)
@@ -142,11 +162,14 @@ class GraphOptimizer(tf.Module):
         values = tuple(v.read_value() for v in self.option_variables(group, key))
         return values if isinstance(self._spec.param_groups[group][key], tuple) else values[0]
 
-    def _clip_and_update(self, grads):
-        self._update(self._spec.clip_gradients(grads, self._ops))
+    def _clip_and_update(self, grads, has_gradient=None):
+        self._update(self._spec.clip_gradients(grads, self._ops), has_gradient)
         return tf.constant(True)
 
-    def _update(self, grads):
+    def _update(self, grads, has_gradient=None):
+        """Every parameter with a gradient updates by its rule; ``has_gradient`` (an accumulation window's): per
+        parameter, None or a boolean scalar that must hold too (it had a gradient in the window), else the
+        parameter and its slots keep their values."""
         spec, ops = self._spec, self._ops
         iterations = self.iterations.assign_add(1)
         step = tf.cast(iterations, self.learning_rate.dtype) if spec.uses_step else None
@@ -155,13 +178,20 @@ class GraphOptimizer(tf.Module):
                 continue
             rule, lr = bound_rule(spec, index, self._read_option), self.learning_rates[spec.group_of(index)]
             grad = rule.regularized_gradient(param, grad, ops)
-            if rule.apply_fused(param, grad, slots, lr, ops):
+            applies = None if has_gradient is None else has_gradient[index]
+            if applies is None and rule.apply_fused(param, grad, slots, lr, ops):
                 continue
             delta, new_slots = rule.update(param, grad, slots, lr, step, ops)
+            if applies is None:
+                for name, value in new_slots.items():
+                    if value is not slots[name]:
+                        slots[name].assign(value)
+                param.assign_sub(delta)
+                continue
             for name, value in new_slots.items():
                 if value is not slots[name]:
-                    slots[name].assign(value)
-            param.assign_sub(delta)
+                    slots[name].assign(tf.where(applies, tf.cast(value, slots[name].dtype), slots[name]))
+            param.assign(tf.where(applies, param - tf.cast(delta, param.dtype), param))
 
 
 def _option_variables(value):

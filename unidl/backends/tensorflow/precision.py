@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from unidl.nn.module import trainable_mask
+from unidl.nn.module import is_trainable, trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow.distributed import (average_gradients, data_parallel, module_state,
@@ -50,33 +50,46 @@ class LossScale(tf.Module):
 
 class Window(tf.Module):
     """What gradient accumulation keeps between micro-steps (``accumulate`` N > 1): the sum of the micro-steps'
-    scaled gradients of ``loss / N``, their losses, and how many have run."""
+    scaled gradients of ``loss / N``, which parameters had a gradient in them, their losses, and how many have
+    run."""
 
     def __init__(self, params, accumulate):
         super().__init__(name="accumulation_window")
-        self.accumulate = accumulate
+        self.accumulate, self._params = accumulate, params
         self.sums = [tf.Variable(tf.zeros_like(p), trainable=False, name="accumulated_gradient") for p in params]
+        self.has_gradient = [tf.Variable(False, trainable=False, name="has_gradient") for _ in params]
         self.losses = tf.Variable(tf.zeros([accumulate], tf.float32), trainable=False, name="window_losses")
         self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
 
     def add(self, grads, loss):
         """Add one micro-step; the number of micro-steps in the window now."""
-        for total, grad in zip(self.sums, grads):
+        for total, flag, grad in zip(self.sums, self.has_gradient, grads):
             if grad is not None:
                 total.assign_add(grad / tf.cast(self.accumulate, grad.dtype))
+                flag.assign(True)
         self.losses.scatter_nd_update([[self.count]], tf.reshape(tf.cast(loss, tf.float32), [1]))
         return self.count.assign_add(1)
 
     def take(self, present):
-        """The summed gradients (None where ``present`` is False) and the window's losses; the window restarts."""
+        """The summed gradients (None where ``present`` is False), the window's losses and, per parameter, whether
+        it had a gradient in the window (None where not ``present``: PyTorch's rule, ``NativeOptimizer._update``);
+        the window restarts."""
         sums = [total.read_value() if used else None for total, used in zip(self.sums, present)]
+        has_gradient = [flag.read_value() if used else None for flag, used in zip(self.has_gradient, present)]
         losses = self.losses.read_value()
-        with tf.control_dependencies([s for s in sums if s is not None] + [losses]):
-            for total, used in zip(self.sums, present):
+        with tf.control_dependencies([s for s in sums + has_gradient if s is not None] + [losses]):
+            for total, flag, used in zip(self.sums, self.has_gradient, present):
                 if used:
                     total.assign(tf.zeros_like(total))
+                    flag.assign(False)
             self.count.assign(0)
-        return sums, losses
+        return sums, losses, has_gradient
+
+    def _mark_loaded(self, micro_steps) -> None:
+        """After a window is loaded: every trainable parameter has a gradient in a part-full window (its stored
+        sum, zeros too, as the torch backend writes ``.grad``), none in an empty one."""
+        for flag, param in zip(self.has_gradient, self._params):
+            flag.assign(bool(micro_steps) and is_trainable(param))
 
     def checkpointed(self, scaler):
         """This window as a ``unidl.training.AccumulationWindow``: its sums unscaled by ``scaler``'s scale in
@@ -85,7 +98,7 @@ class Window(tf.Module):
 
         scale = (lambda: float(scaler.scale.numpy())) if scaler is not None else None
         return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
-                               scale=scale, storage=self)
+                               scale=scale, storage=self, on_write=self._mark_loaded)
 
 
 def _float32(value):
@@ -117,13 +130,13 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         # the optimizer's one window: every step of it with this accumulate and precision adds to it
         window = accumulation_window(optimizer, accumulate, precision, create).storage
 
-    def update(grads, loss):
+    def update(grads, loss, has_gradient=None):
         """The guarded update from (scaled) gradients: unscaled, one overflow check moving the scale, then the
         optimizer's non-finite guard (an overflowing step changes no weight or slot) and clipping."""
         if scaler is not None:
             grads, finite = scaler.unscale(grads)
             scaler.update(finite)
-        return native.apply(grads, loss)
+        return native.apply(grads, loss, has_gradient=has_gradient)
 
     def step(x, y, *inputs):
         mask = trainable_mask(params)  # at trace time: a frozen parameter gets no gradient and no update
