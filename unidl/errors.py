@@ -101,7 +101,10 @@ class ExportFormatError(UnidlError, ValueError):
 
 
 class GraphConstructError(UnidlError, TypeError):
-    """Python code inside ``ud.function`` that a static graph cannot express (e.g. ``bool()`` of a symbolic tensor)."""
+    """A forward or function that a graph cannot be built from: Python that a static graph cannot express inside
+    ``ud.function`` or a compiled train step (e.g. ``bool()`` of a symbolic tensor), a forward that loops over a
+    step input's value where the framework traces every input (Keras on JAX), or a model graph that cannot call
+    the forward on the inputs it has (``TensorBoard(write_graph=True)``)."""
 
 
 class RetraceWarning(UserWarning):
