@@ -75,8 +75,9 @@ KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_loss
              "import keras\nfrom tests.callbacks.test_tensorboard import cnn_graph\n"
              "from tests.test_precision import alternated_loss_steps\n"
              "from tests.nn.test_attention import keras_host_attention\n"
+             "from tests.test_dynamic_forward import keras_host_accumulation\n"
              "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph(),"
-             " alternated_loss_steps(), keras_host_attention()]))")
+             " alternated_loss_steps(), keras_host_attention(), keras_host_accumulation()]))")
 
 
 @functools.cache
@@ -84,7 +85,9 @@ def _keras_on(framework: str):
     """``[two-layer losses, the framework Keras ran on, the digits CNN's test accuracy after ud.fit, a small CNN's
     model graph (tests/callbacks/test_tensorboard.py's cnn_graph), two float16 steps with other losses called in
     turn (tests/test_precision.py's alternated_loss_steps), on torch the attention cases' failures against torch
-    and the aten ops of a transformer layer (tests/nn/test_attention.py's keras_host_attention; None on JAX)]``
+    and the aten ops of a transformer layer (tests/nn/test_attention.py's keras_host_attention; None on JAX), on torch
+    accumulate=2 with a layer unused in some micro-steps against torch (tests/test_dynamic_forward.py's
+    keras_host_accumulation; None on JAX)]``
     from an interpreter whose Keras runs on ``framework``."""
     return last_json_line(run_python(KERAS_RUN, env={"KERAS_BACKEND": framework}).stdout)
 
@@ -93,7 +96,7 @@ def _keras_on(framework: str):
 def test_keras_on_another_framework_agrees_with_that_backend(framework):
     from unidl.compare import two_layer_losses
 
-    keras_run, used, _, _, _, _ = _keras_on(framework)
+    keras_run, used, _, _, _, _, _ = _keras_on(framework)
     assert used == framework
     host_run = two_layer_losses(framework, **TWO_LAYER)  # here: another process than Keras's
     assert max_relative_difference(keras_run, host_run) < 1e-5
@@ -102,7 +105,7 @@ def test_keras_on_another_framework_agrees_with_that_backend(framework):
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_keras_on_another_framework_fit_reaches_accuracy(framework):
-    _, used, accuracy, _, _, _ = _keras_on(framework)
+    _, used, accuracy, _, _, _, _ = _keras_on(framework)
     assert used == framework and accuracy >= 0.95
 
 
@@ -113,7 +116,7 @@ def test_keras_on_another_framework_gives_the_model_graph(framework, convolution
     values) and Keras-on-JAX (their jaxpr), with the state under its ``state_dict()`` names."""
     from tests.callbacks.test_tensorboard import assert_cnn_graph
 
-    _, used, _, graph, _, _ = _keras_on(framework)
+    _, used, _, graph, _, _, _ = _keras_on(framework)
     assert used == framework
     assert_cnn_graph(graph, convolution, dot)
 
@@ -125,7 +128,7 @@ def test_keras_on_another_framework_trains_each_step_with_its_own_loss(framework
     first; both train as the torch loop alternating the two losses, with no step skipped."""
     from tests.test_precision import check_alternated_loss_steps
 
-    _, used, _, _, alternated, _ = _keras_on(framework)
+    _, used, _, _, alternated, _, _ = _keras_on(framework)
     assert used == framework
     check_alternated_loss_steps(alternated)
 
@@ -135,7 +138,14 @@ def test_keras_on_torch_computes_attention_as_torch_with_its_fused_kernels():
     torch against torch (outputs and gradients, float32 compiled and float64 eager, every kind of mask), each
     through one fused kernel as plain Keras's layers reach them: attention through F.scaled_dot_product_attention
     (no softmax of unidl's own), LayerNorm through native_layer_norm, Linear through addmm (with its bias)."""
-    _, used, _, _, _, (failures, aten) = _keras_on("torch")
+    _, used, _, _, _, (failures, aten), _ = _keras_on("torch")
     assert used == "torch" and failures == []
     assert {"aten::scaled_dot_product_attention", "aten::native_layer_norm", "aten::addmm"} <= set(aten), aten
     assert not {"aten::softmax", "aten::_softmax", "aten::bmm"} & set(aten), aten
+
+
+def test_keras_on_torch_accumulates_as_torch_with_a_layer_unused_in_some_micro_steps():
+    """accumulate=2 on the keras backend over torch, a layer that gets a gradient in the first, the last, none and
+    both micro-steps of its windows: PyTorch's ``.grad`` rule (tests/test_dynamic_forward.py's test of it), 1e-6."""
+    _, used, _, _, _, _, differences = _keras_on("torch")
+    assert used == "torch" and differences and all(value < 1e-6 for value in differences.values()), differences
