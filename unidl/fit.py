@@ -312,7 +312,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     ``step_inputs``: a function ``(epoch, step) -> inputs`` giving the extra forward inputs of each training
     step (a dynamic net's depth for that step): a number, a NumPy array or backend tensor, or a tuple of them;
     training then calls ``model(x, *inputs)``, as ``ud.train_step``'s ``step(x, y, *inputs)`` does: graph
-    inputs where the step is a graph (on tensorflow one graph for every value; on jax a Python number stays a
+    inputs where the step is a graph (on tensorflow one graph for every value; on jax a Python or NumPy number stays a
     Python value, one trace per distinct value, as ``jax.jit`` cannot loop a traced number of times), through
     Keras's own trainer on keras. ``epoch`` is 0-based, ``step`` the batch's 0-based index in its epoch (every
     micro-step with ``accumulate``); it is called once per step in step order (the first step's before

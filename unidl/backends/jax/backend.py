@@ -40,7 +40,7 @@ from unidl.backends.jax.export import export_formats, export_module  # noqa: E40
 from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, custom_gradient,  # noqa: E402
                                          traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
-from unidl.backends.jax.optimizer import JaxOptimizer  # noqa: E402
+from unidl.backends.jax.optimizer import JaxOptimizer, write_scalar  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
 from unidl.nn.module import trainable_mask, training_modes  # noqa: E402
 from unidl.tracing import python_randomness_preserved, python_randomness_state  # noqa: E402
@@ -87,6 +87,16 @@ def _owned(array: np.ndarray, device):
 
 def _device_name(device) -> str:
     return "cpu" if device.platform == "cpu" else f"cuda:{device.id}"
+
+
+def _extra_step_input(value, to_input):
+    """An extra step input as ``jax.jit`` gets it: a Python or NumPy number as a Python value (a static argument,
+    one trace per value), anything else as an array (a graph input)."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (np.bool_, np.integer, np.floating)):
+        return value.item()
+    return to_input(value)
 
 
 class Backend(BackendInterface):
@@ -226,8 +236,6 @@ class Backend(BackendInterface):
             return JaxOptimizer(optimizer, jax_ops)
 
     def set_learning_rate(self, optimizer, lr, group=0):
-        from unidl.backends.jax.optimizer import write_scalar
-
         write_scalar(optimizer.native.learning_rates[group], lr)
 
     def set_group_options(self, optimizer, group, keys):
@@ -313,13 +321,13 @@ class Backend(BackendInterface):
             return (lambda *args: step(*[to_input(a) for a in args])), compiled
 
         def run(*args):
-            # Python numbers among the extra step inputs stay Python values (one trace per value: a dynamic
-            # net's depth), since jax.jit cannot loop a traced number of times; arrays are graph inputs
+            # Python and NumPy numbers among the extra step inputs stay Python values (one trace per value: a
+            # dynamic net's depth, np.int64 from a NumPy generator too, as torch and TensorFlow loop over either),
+            # since jax.jit cannot loop a traced number of times; arrays are graph inputs
             if len(args) == 2:  # (x, y), the common case, without the per-argument test (a step's Python is its cost)
                 args = (to_input(args[0]), to_input(args[1]))
             else:
-                args = [a if isinstance(a, (bool, int, float)) and i >= 2 else to_input(a)
-                        for i, a in enumerate(args)]
+                args = [to_input(a) if i < 2 else _extra_step_input(a, to_input) for i, a in enumerate(args)]
             try:
                 return compiled(*args)
             except _CONCRETIZATION as error:
