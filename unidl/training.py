@@ -153,7 +153,7 @@ class LossScaler:
     @property
     def settings(self) -> dict:
         """The loss-scaling settings of ``Precision`` this scale moves by (the growth and backoff factors are fixed)."""
-        return {"init_scale": self.init_scale, "growth_interval": self.growth_interval}
+        return _scale_settings(self)
 
     def state(self) -> dict:
         scale, growth_tracker = self._read()
@@ -444,6 +444,7 @@ def attach_scaler(optimizer, scaler: LossScaler) -> None:
 
 
 def _scale_settings(precision) -> dict:
+    """The loss-scaling settings of ``precision`` (a ``Precision``, or a ``LossScaler`` built from one)."""
     return {"init_scale": float(precision.init_scale), "growth_interval": precision.growth_interval}
 
 

@@ -35,9 +35,13 @@ def floatx(dtype):
     """Keras's default float type set to ``dtype`` inside the block: what Keras gives a Python float (on
     Keras-on-torch, ``0.9 * variable`` rounds 0.9 to it first), the float arrays its ``Model.fit`` slices
     (cast to it) and the variables it creates (learning rate, loss and metric trackers), so that a float64
-    model or optimizer is float64 throughout."""
+    model or optimizer is float64 throughout. Where it is ``dtype`` already (float32, the common case: an
+    optimizer's update of every variable at every step) the block runs as it is."""
     dtype = keras.backend.standardize_dtype(dtype)
     previous = keras.config.floatx()
+    if previous == dtype:
+        yield
+        return
     keras.config.set_floatx(dtype)
     try:
         yield

@@ -70,12 +70,14 @@ class Window(tf.Module):
         self.losses.scatter_nd_update([[self.count]], tf.reshape(tf.cast(loss, tf.float32), [1]))
         return self.count.assign_add(1)
 
-    def take(self, present):
+    def take(self, present, grads):
         """The summed gradients (None where ``present`` is False), the window's losses and, per parameter, whether
-        it had a gradient in the window (None where not ``present``: PyTorch's rule, ``NativeOptimizer._update``);
-        the window restarts."""
+        it had a gradient in the window (PyTorch's rule, ``NativeOptimizer._update``; None where not ``present``
+        or where this micro-step's ``grads`` hold one: it had, and None lets the update take the fused kernel,
+        as ``GraphOptimizer.apply``'s float32 window does); the window restarts."""
         sums = [total.read_value() if used else None for total, used in zip(self.sums, present)]
-        has_gradient = [flag.read_value() if used else None for flag, used in zip(self.has_gradient, present)]
+        has_gradient = [flag.read_value() if used and grad is None else None
+                        for flag, used, grad in zip(self.has_gradient, present, grads)]
         losses = self.losses.read_value()
         with tf.control_dependencies([s for s in sums + has_gradient if s is not None] + [losses]):
             for total, flag, used in zip(self.sums, self.has_gradient, present):
@@ -159,7 +161,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                 native.finite.assign(True)
                 return tf.constant(True)
 
-            tf.cond(count >= accumulate, lambda: update(*window.take(mask)), wait)
+            tf.cond(count >= accumulate, lambda: update(*window.take(mask, grads)), wait)
         return (loss, outputs) if with_outputs else loss
 
     step = data_parallel(step, module_state(model))  # in a process group: the strategy's replica context
