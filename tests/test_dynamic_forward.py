@@ -224,27 +224,34 @@ WINDOWS_WITH_SOME = [0, 2, 2, 0, 1, 1]
 _OPTIMIZERS = {"sgd": ("SGD", dict(lr=0.05, momentum=0.9)), "adam": ("Adam", dict(lr=0.01))}
 
 
-def accumulation_differences(backend, kind, eager, depths) -> dict:
+def accumulation_differences(backend, kind, eager, depths, accumulate=2) -> dict:
     """``{parameter: max relative difference}`` between DynamicNet trained on ``backend`` by ``train_step`` with
-    accumulate=2 over ``depths`` (two 8-sample batches in turn) and the same in plain PyTorch: ``(loss / 2)
-    .backward()`` per micro-step, ``step()`` and ``zero_grad(set_to_none=True)`` every second."""
+    ``accumulate`` over ``depths`` (two 8-sample batches in turn) and the same in plain PyTorch: ``(loss / N)
+    .backward()`` per micro-step, ``step()`` and ``zero_grad(set_to_none=True)`` every N-th. With Adam, also
+    ``"param_steps"``: 0 when unidl's per-parameter step counts equal torch.optim's ``state[p]["step"]``, else 1."""
     name, options = _OPTIMIZERS[kind]
     with ud.use_backend(backend):
         model = DynamicNet()
         net = _TorchDynamicNet(model.state_dict())
         expected_optimizer = getattr(torch.optim, name)(net.parameters(), **options)
-        step = ud.train_step(model, ud.nn.MSELoss(), getattr(ud.optim, name)(model.parameters(), **options),
-                             accumulate=2, eager=eager)
+        optimizer = getattr(ud.optim, name)(model.parameters(), **options)
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=accumulate, eager=eager)
         for index, depth in enumerate(depths):
             batch = slice(8 * (index % 2), 8 * (index % 2) + 8)
             step(X[batch], Y[batch], depth)
-            (torch.nn.functional.mse_loss(net(torch.tensor(X[batch]), depth), torch.tensor(Y[batch])) / 2).backward()
-            if index % 2:
+            loss = torch.nn.functional.mse_loss(net(torch.tensor(X[batch]), depth), torch.tensor(Y[batch]))
+            (loss / accumulate).backward()
+            if (index + 1) % accumulate == 0:
                 expected_optimizer.step()
                 expected_optimizer.zero_grad(set_to_none=True)
         expected = net.state_dict()
-        return {key: max_relative_difference(value, expected[key].numpy())
-                for key, value in model.state_dict().items()}
+        differences = {key: max_relative_difference(value, expected[key].numpy())
+                       for key, value in model.state_dict().items()}
+        if kind == "adam":
+            counts = [int(expected_optimizer.state[p]["step"]) if p in expected_optimizer.state else 0
+                      for p in net.parameters()]
+            differences["param_steps"] = int(optimizer.state_dict()["param_steps"] != counts)
+        return differences
 
 
 def keras_host_accumulation():
@@ -267,3 +274,80 @@ def test_accumulation_updates_a_parameter_with_a_gradient_in_any_micro_step(back
     Keras on torch: tests/test_examples.py (``keras_host_accumulation``)."""
     differences = accumulation_differences(backend, kind, eager, depths)
     assert all(difference < 1e-6 for difference in differences.values()), differences
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_adam_counts_steps_per_parameter(backend, accumulate):
+    """Adam's bias correction of a layer that some steps skip (the middle layer at depth 0) follows that layer's
+    own updates, as torch.optim's per-parameter ``state["step"]`` does (with one count per optimizer, it was about
+    2e-3 off after a skipped step), with and without accumulation; ``state_dict()["param_steps"]`` holds the counts.
+    Eager, where every backend's gradient of a skipped layer is None (a TensorFlow graph's loop gives zeros:
+    docs/dynamic-forward.md)."""
+    differences = accumulation_differences(backend, "adam", True, WINDOWS_WITH_NONE, accumulate)
+    assert all(difference < 1e-6 for difference in differences.values()), differences
+
+
+@pytest.mark.parametrize("kind,accumulate", [("sgd", 1), ("sgd", 2), ("adam", 1)])
+def test_a_graph_leaves_a_layer_its_loop_skipped_alone(backend, kind, accumulate):
+    """Compiled, with the depth a graph input: where the loop runs no iteration, the middle layer has no gradient
+    on every backend, as in PyTorch's eager loop, and momentum / Adam leave it alone. A TensorFlow graph (and
+    Keras-on-TF's) gives it zeros there, which moved it with momentum (about 1e-2 off torch); the optimizers now
+    read whether the loop ran (tensorflow/control_flow.py)."""
+    differences = accumulation_differences(backend, kind, False, WINDOWS_WITH_NONE, accumulate)
+    assert all(difference < 1e-5 for difference in differences.values()), differences
+
+
+def _float16_weights(eager, accumulate):
+    ud.manual_seed(0)
+    model = DynamicNet()
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                         accumulate=accumulate, eager=eager, precision="16-mixed")
+    for index, depth in enumerate(WINDOWS_WITH_NONE):
+        batch = slice(8 * (index % 2), 8 * (index % 2) + 8)
+        step(X[batch], Y[batch] * 0.01, depth)  # (small losses: no overflow at the initial scale)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_float16_graph_leaves_a_layer_its_loop_skipped_alone(backend, accumulate):
+    """The same under float16 mixed precision (its loss scaler and window, Keras's loss-scale optimizer): the
+    compiled step equals the eager one, where a skipped layer's gradient is None on every backend."""
+    eager, compiled = _float16_weights(True, accumulate), _float16_weights(False, accumulate)
+    assert all(max_relative_difference(compiled[k], eager[k]) < 1e-5 for k in eager), backend
+
+
+class BranchNet(DynamicNet):
+    """The middle layer in one branch of a conditional on a step input (a ``tf.cond`` in a TensorFlow graph)."""
+
+    def forward(self, x, use):
+        h = ud.ops.relu(self.entry(x))
+        if use > 0:
+            h = ud.ops.relu(self.middle(h))
+        else:
+            h = h * 2.0
+        return self.exit(h)
+
+
+def test_a_graph_leaves_a_layer_of_the_branch_not_taken_alone(backend):
+    """A layer read only in the branch not taken has no gradient (PyTorch's rule), in one graph for both branches
+    on TensorFlow: Adam leaves it, its moments and its step count alone; against plain torch.optim."""
+    uses = [1, 0, 0, 1, 0, 1]
+    model = BranchNet()
+    net = _TorchDynamicNet(model.state_dict())
+    expected_optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.01)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    for index, use in enumerate(uses):
+        batch = slice(8 * (index % 2), 8 * (index % 2) + 8)
+        step(X[batch], Y[batch], use)
+        h = torch.relu(net.entry(torch.tensor(X[batch])))
+        h = torch.relu(net.middle(h)) if use else h * 2.0
+        torch.nn.functional.mse_loss(net.exit(h), torch.tensor(Y[batch])).backward()
+        expected_optimizer.step()
+        expected_optimizer.zero_grad(set_to_none=True)
+    expected = net.state_dict()
+    for key, value in model.state_dict().items():
+        assert max_relative_difference(value, expected[key].numpy()) < 1e-5, key
+    assert optimizer.state_dict()["param_steps"] == [6, 6, 3, 3, 6, 6]
+    if ud.get_backend() == "tensorflow":
+        assert step.trace_count == 1  # one graph for both branches

@@ -134,6 +134,9 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
                 tensors[f"{OPTIMIZER_PREFIX}{index}/{slot_name}"] = np.asarray(value)
         metadata["optimizer"] = {"class": type(optimizer).__name__, "lr": float(state["lr"]),
                                  "step": int(state["step"]), "num_params": len(slots), "hyper": state.get("hyper")}
+        for key in _OPTIONAL_OPTIMIZER_ENTRIES:  # per-parameter step counts (Adam), param groups' lrs and options
+            if key in state:
+                metadata["optimizer"][key] = state[key]
         window = state.get("accumulation")
         if window is not None:  # a train step's accumulation window in progress: its sums and count
             for index, value in enumerate(window["gradients"]):
@@ -217,6 +220,10 @@ def _open_newest(directory: str) -> SafetensorsFile:
     raise CorruptFileError(f"no readable checkpoint in {directory!r}:\n  " + "\n  ".join(problems))
 
 
+#: the entries of ``Optimizer.state_dict()`` that a checkpoint keeps in its metadata where the state has them
+_OPTIONAL_OPTIMIZER_ENTRIES = ("param_steps", "param_groups")
+
+
 def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
     """The optimizer's canonical state from the file, checked against ``optimizer`` (nothing changes)."""
     path = reader.path
@@ -242,9 +249,10 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
         shaped = [{slot: np.broadcast_to(np.float32(0), reader.entries[key][1]) for slot, key in entry.items()}
                   for entry in names]
         optimizer.check_state_dict({"class": saved["class"], "step": saved["step"], "lr": saved["lr"],
-                                    "slots": shaped})
+                                    "slots": shaped, **{k: saved[k] for k in _OPTIONAL_OPTIMIZER_ENTRIES if k in saved}})
     slots = [{slot: reader.read(key) for slot, key in entry.items()} for entry in names]
-    state = {"class": saved["class"], "step": saved["step"], "lr": saved["lr"], "slots": slots}
+    state = {"class": saved["class"], "step": saved["step"], "lr": saved["lr"], "slots": slots,
+             **{key: saved[key] for key in _OPTIONAL_OPTIMIZER_ENTRIES if key in saved}}
     window = saved.get("accumulation")
     if window is not None:
         keys = [f"{WINDOW_PREFIX}{index}" for index in range(count)]

@@ -82,7 +82,7 @@ class AccumulationWindow:
 
 
 def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_write=None,
-                    scale=None, storage=None) -> AccumulationWindow:
+                    scale=None, storage=None, has_gradient=None) -> AccumulationWindow:
     """The ``AccumulationWindow`` over a window a backend keeps in variables (the optimizer's own, or a mixed
     precision step's), whatever the framework: what differs is ``to_numpy(variable)`` (its value as a NumPy
     array) and ``assign(variable, array)`` (an array of the variable's dtype and shape).
@@ -93,7 +93,11 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
     boolean variable; the window's N losses (finite when its first ``count`` are; a non-finite window is
     written as a NaN first loss); or None where the sums carry it (a step that checks only the sums at the
     update: a non-finite window is written as a NaN in its first sum). ``on_write(micro_steps)`` is told of
-    each write. ``storage``: the backend's object that holds these variables (``AccumulationWindow.storage``)."""
+    each write. ``storage``: the backend's object that holds these variables (``AccumulationWindow.storage``).
+    ``has_gradient``: ``(flags, params)``, one boolean variable per parameter, whether it had a gradient in a
+    micro-step of the window so far (PyTorch's ``.grad is not None``). The canonical state keeps sums, not which
+    parameters had none, so a write marks every trainable parameter as having one in a part-full window (its
+    stored sum, zeros too, as the torch backend writes ``.grad``) and none in an empty one."""
     import numpy as np
 
     def read():
@@ -114,6 +118,11 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
             flag = np.asarray(to_numpy(finite))
             assign(finite, np.asarray(bool(is_finite)) if not flag.ndim else
                    np.asarray([0.0 if is_finite or index else np.nan for index in range(accumulate)], flag.dtype))
+        if has_gradient is not None:
+            from unidl.nn.module import is_trainable
+
+            for flag, param in zip(*has_gradient):
+                assign(flag, np.asarray(bool(micro_steps) and is_trainable(param)))
         if on_write is not None:
             on_write(micro_steps)
         for index, (total, value) in enumerate(zip(sums, gradients if micro_steps else [None] * len(sums))):

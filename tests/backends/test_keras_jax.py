@@ -227,6 +227,13 @@ def float64_fit():
                                                                                      np.mean(losses[3:])])))
 
 
+def unused_layer():
+    # Keras's JAX trainer gives a layer the loss does not use zeros; PyTorch's rule: no gradient, no update
+    from tests.optim.test_optimizers import unused_layer_under_adam
+    with ud.use_backend("keras"):
+        return [unused_layer_under_adam(fit) for fit in (False, True)]
+
+
 with ud.use_backend("torch"):
     reference = {k: np.asarray(v) for k, v in net().state_dict().items()}
 ours, torch = run("keras"), run("torch")
@@ -248,6 +255,7 @@ print(json.dumps({
     "fp16": fp16_accumulation(),
     "float64_fit": float64_fit(),
     "graph": keras_model_graph(),
+    "unused": unused_layer(),
 }))
 """
 
@@ -324,3 +332,10 @@ def test_model_graph_of_keras_on_jax(result):
     from tests.callbacks.test_tensorboard import assert_cnn_graph
 
     assert_cnn_graph(result["graph"], "conv_general_dilated", "dot_general")
+
+
+def test_an_unused_layer_keeps_its_weights_and_adam_steps_on_jax(result):
+    """Keras's JAX trainer differentiates every trainable variable (zeros for a layer the loss skips); unidl treats
+    the ones the loss's jaxpr does not use as without a gradient, so Adam with weight decay leaves them alone and
+    counts no step for them, through ``train_step`` and ``fit`` (tests/optim/test_optimizers.py on the others)."""
+    assert result["unused"] == [{"kept": True, "moved": True, "param_steps": [3, 3, 0, 0]}] * 2, result["unused"]

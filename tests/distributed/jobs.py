@@ -62,6 +62,45 @@ def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectiv
         return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
 
 
+#: accumulate=2 windows: the middle layer has a gradient in the last micro-step only, the first only, none, both
+DYNAMIC_DEPTHS = [0, 2, 2, 0, 0, 0, 1, 1]
+
+
+class DynamicNet(ud.nn.Module):
+    """tests/test_dynamic_forward.py's net: the middle layer runs ``depth`` times (a graph loop on tensorflow)."""
+
+    def __init__(self):
+        super().__init__()
+        self.entry, self.middle, self.exit = ud.nn.Linear(4, 8), ud.nn.Linear(8, 8), ud.nn.Linear(8, 1)
+
+    def forward(self, x, depth):
+        h = ud.ops.relu(self.entry(x))
+        for _ in range(depth):
+            h = ud.ops.relu(self.middle(h))
+        return self.exit(h)
+
+
+def train_dynamic_accumulating():
+    """DynamicNet in float64, SGD with momentum, ``accumulate=2`` over ``DYNAMIC_DEPTHS`` (global batches of 4,
+    no shuffle): PyTorch's rule over a window for a layer without a gradient in some micro-steps, which on
+    tensorflow's engine (a window kept on each rank) needs the ranks' has-gradient flags averaged with the sums.
+    None off TensorFlow's engine (torch's DDP refuses a layer without a gradient unless told to look for one)."""
+    if _framework() != "tensorflow":
+        return None
+    with ud.use_dtype("float64"):
+        ud.manual_seed(2)
+        rng = np.random.default_rng(2)
+        x, y = rng.standard_normal((16, 4)), rng.standard_normal((16, 1))
+        model = DynamicNet()
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+                             accumulate=2)
+        depths = iter(DYNAMIC_DEPTHS)
+        for _ in range(2):
+            for xb, yb in ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4):
+                step(xb, yb, next(depths))
+        return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+
+
 def float16_data():
     """12 samples whose second batch of 4 (no shuffle) has 2 targets 1e4 away: its float32 loss is finite, its
     scaled float16 gradients overflow (with 2 ranks: on rank 1, whose share they are, only)."""
@@ -150,7 +189,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
             "two_layer64": train_two_layer("float64"),
             "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
             "two_layer_accumulate": train_two_layer("float64", accumulate=2, collectives=collectives),
-            "accumulate_collectives": collectives,
+            "accumulate_collectives": collectives, "dynamic_accumulate": train_dynamic_accumulating(),
             "coverage": sample_coverage(), "too_small": too_small_last_batch(), "float16": float16}
 
 

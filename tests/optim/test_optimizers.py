@@ -363,6 +363,33 @@ def test_unused_parameters_are_left_alone_by_every_loop(backend, loop):
     assert not np.array_equal(before["used.weight"], after["used.weight"])
 
 
+def unused_layer_under_adam(fit: bool) -> dict:
+    """``_HalfUsed`` trained 3 steps by Adam with weight decay (``train_step``, or ``fit`` with 3 batches): whether
+    the unused layer kept its weights, whether the used one moved, and Adam's per-parameter step counts. Keras on
+    JAX runs it in tests/backends/test_keras_jax.py's interpreter."""
+    model = _HalfUsed()
+    before = model.state_dict()
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.1)
+    x, y = np.ones((6, 3), np.float32), np.zeros((6, 2), np.float32)
+    if fit:
+        ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=1, batch_size=2, verbose=0)
+    else:
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+        for _ in range(3):
+            step(x[:2], y[:2])
+    after = model.state_dict()
+    return {"kept": all(np.array_equal(before[k], after[k]) for k in ("unused.weight", "unused.bias")),
+            "moved": not np.array_equal(before["used.weight"], after["used.weight"]),
+            "param_steps": optimizer.state_dict()["param_steps"]}
+
+
+@pytest.mark.parametrize("fit", [False, True])
+def test_adam_leaves_an_unused_layer_alone_and_counts_no_step_for_it(backend, fit):
+    """PyTorch's rule with Adam and weight decay (which a zero gradient would still apply): no update and no step
+    counted for a layer without a gradient, through ``train_step`` and through ``fit`` (Keras's own trainer)."""
+    assert unused_layer_under_adam(fit) == {"kept": True, "moved": True, "param_steps": [3, 3, 0, 0]}
+
+
 def test_torch_backward_and_apply_agree_on_unused_parameters():
     with ud.use_backend("torch"):
         model = _HalfUsed()

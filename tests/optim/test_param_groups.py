@@ -92,6 +92,42 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
         ud.optim.SGD(holder.parameters(), lr=0.1).param_groups[0]["nesterov"] = True
 
 
+def test_a_checkpoint_keeps_param_groups_and_per_parameter_steps(backend, tmp_path):
+    """``save_checkpoint``/``load_checkpoint`` carry every param group's lr and changed options and Adam's
+    per-parameter step counts (a checkpoint of a two-group optimizer used to be refused on load, and the counts are
+    what Adam's bias correction reads); bad counts are clear errors."""
+    holder = _Params()
+
+    def adam():
+        return ud.optim.Adam([{"params": [holder.a, holder.b]}, {"params": [holder.c], "lr": 0.05}], lr=0.01)
+
+    opt = adam()
+    for index, grads in enumerate(GRADS[:3]):  # the last parameter has no gradient in the second step
+        opt.apply([ud.tensor(g) if index != 1 or n < 2 else None for n, g in enumerate(grads)])
+    opt.param_groups[1]["lr"], opt.param_groups[1]["betas"] = 0.02, (0.8, 0.9)
+    state = opt.state_dict()
+    assert state["step"] == 3 and state["param_steps"] == [3, 3, 2]
+    ud.save_checkpoint(tmp_path, holder, opt, epoch=1, step=3)
+    other = adam()
+    ud.load_checkpoint(tmp_path, holder, other)
+    loaded = other.state_dict()
+    assert (loaded["param_groups"], loaded["param_steps"], loaded["step"]) == (
+        state["param_groups"], [3, 3, 2], 3)
+    assert [g["betas"] for g in other.param_groups] == [(0.9, 0.999), (0.8, 0.9)]
+    for mine, theirs in zip(loaded["slots"], state["slots"]):
+        assert all(np.array_equal(mine[name], theirs[name]) for name in theirs)
+    for bad, message in [([3, 3], "one step count per parameter"), ([3, 3, 4], r"param_steps\[2\] .* 0..3"),
+                         ([3, True, 2], r"param_steps\[1\]")]:
+        with pytest.raises(ud.errors.CheckpointStateError, match=message):
+            other.load_state_dict({**state, "param_steps": bad})
+    with pytest.raises(ud.errors.CheckpointStateError, match="reads no step count"):
+        ud.optim.SGD(holder.parameters(), lr=0.1).load_state_dict(
+            {"class": "SGD", "lr": 0.1, "step": 1, "slots": [{} for _ in SHAPES], "param_steps": [1, 1, 1]})
+    old_format = {key: value for key, value in state.items() if key != "param_steps"}
+    other.load_state_dict(old_format)  # saved before per-parameter counts: each parameter had every update
+    assert other.state_dict()["param_steps"] == [3, 3, 3]
+
+
 def test_bad_param_groups_are_clear_errors(backend):
     holder = _Params()
     cases = [

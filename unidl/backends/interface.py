@@ -211,11 +211,14 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def optimizer_state(self, optimizer) -> tuple:
-        """``(step, slots)``: the step count and one {slot name: NumPy array} per parameter, params order."""
+        """``(step, slots, param_steps)``: the count of updates applied, one {slot name: NumPy array} per
+        parameter (params order) and, where the rule reads a step (``optimizer.uses_step``), each parameter's own
+        count of updates (the steps it had a gradient in), else None."""
 
     @abc.abstractmethod
-    def load_optimizer_state(self, optimizer, step: int, slots: list) -> None:
-        """Overwrite the step count and slots (shapes already checked by the caller)."""
+    def load_optimizer_state(self, optimizer, step: int, slots: list, param_steps) -> None:
+        """Overwrite the step count, slots and per-parameter step counts (``param_steps``: a list where
+        ``optimizer.uses_step``, else None), all already checked by the caller."""
 
     @abc.abstractmethod
     def apply_gradients(self, optimizer, grads) -> None:
@@ -306,6 +309,20 @@ class Backend(abc.ABC):
         ``MetricAccumulator`` or None): what a checkpoint's totals must have for a resumed epoch to go on from
         them, checked before a resume changes anything; None where ``ud.fit`` keeps them itself (the default)."""
         return None
+
+    def inputs_used(self, f, values) -> list[bool] | None:
+        """For each of ``values``, whether the scalar ``f(values)`` depends on it (PyTorch's rule for which get a
+        gradient), where the backend's gradients are zeros for the others and it can tell; None (the default)
+        where it cannot or need not (its gradients are None already)."""
+        return None
+
+    def gradient_conditions(self, params) -> list:
+        """Per parameter, inside a graph being traced: None where the graph reads it unconditionally, else a
+        boolean scalar, whether the control flow that alone reads it (a loop over a graph input, one branch of a
+        conditional) read it in this run. Where it did not, the graph's gradient is zeros but PyTorch's is None,
+        and the optimizers leave the parameter and its slots alone as ``torch.optim`` does. All None (the
+        default) where a backend's gradient is None already (eager frameworks, JAX's retrace per value)."""
+        return [None] * len(params)
 
     @abc.abstractmethod
     def value_and_grad(self, f, args, argnums, params) -> tuple:

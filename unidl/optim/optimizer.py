@@ -135,7 +135,8 @@ class Optimizer:
     #: names of per-parameter state tensors, each starting as ``initial_slot_value``
     slots: tuple[str, ...] = ()
     initial_slot_value = 0.0
-    #: whether ``update`` reads ``step`` (backends may pass None otherwise and skip computing it)
+    #: whether ``update`` reads ``step``: then every backend counts steps per parameter, as ``torch.optim`` does
+    #: (``state_dict()["param_steps"]``); otherwise backends pass None and keep no such count
     uses_step = False
     #: True when ``weight_decay`` shrinks the parameter inside ``update`` (AdamW); otherwise it is
     #: PyTorch's L2 term, added to the gradient by ``regularized_gradient``
@@ -290,7 +291,10 @@ class Optimizer:
 
     def update(self, param, grad, slots: dict, lr, step, ops):
         """Return ``(delta, new_slots)`` for one step: the new parameter is ``param - delta`` (backends
-        subtract in place, one fused op). ``step`` counts from 1 (None unless ``uses_step``)."""
+        subtract in place, one fused op). ``step`` (None unless ``uses_step``) is this parameter's own count of
+        updates, this one included (from 1): as ``torch.optim``'s per-parameter ``state["step"]``, a step in which
+        the parameter had no gradient does not count for it (Adam's bias correction of a layer a forward skipped
+        at times follows its own updates, not the optimizer's)."""
         raise NotImplementedError
 
     def regularized_gradient(self, param, grad, ops):
@@ -360,7 +364,10 @@ class Optimizer:
             {"class": "Adam", "lr": float, "step": int, "hyper": {...},
              "slots": [{slot_name: np.ndarray, ...}, ...]}   # one dict per parameter, params order
 
-        Slots not yet created (before the first step) are reported at their initial value. With more than
+        ``"step"`` counts the updates applied (skipped non-finite steps not included). Slots not yet created
+        (before the first step) are reported at their initial value. An optimizer whose rule reads the step
+        (``uses_step``: Adam, AdamW) has ``"param_steps": [int, ...]`` too, each parameter's own count of updates
+        (torch.optim's per-parameter ``state["step"]``: a step without a gradient for it does not count). With more than
         one param group, or options changed through ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float,
         "size": int, **changed}, ...]`` too ("lr" is the first group's; ``changed``: the group's options that differ
         from those it was built with).
@@ -372,9 +379,11 @@ class Optimizer:
         """
         from unidl.training import scaler_state, window_state
 
-        step, slots = self._backend.optimizer_state(self)
+        step, slots, param_steps = self._backend.optimizer_state(self)
         state = {"class": type(self).__name__, "lr": self._lr, "step": int(step), "hyper": dict(self.hyper),
                  "slots": [{name: np.asarray(value) for name, value in entry.items()} for entry in slots]}
+        if self.uses_step:
+            state["param_steps"] = [int(count) for count in param_steps]
         groups = self._group_entries()
         if len(groups) > 1 or set(groups[0]) != {"lr", "size"}:
             state["param_groups"] = groups
@@ -388,7 +397,7 @@ class Optimizer:
 
     def check_state_dict(self, state) -> None:
         """Raise ``CheckpointStateError`` (a ``ValueError``) unless ``load_state_dict(state)`` would succeed;
-        changes nothing. Checks the class, step, lr and every slot's name, shape and dtype."""
+        changes nothing. Checks the class, step, per-parameter steps, lr and every slot's name, shape and dtype."""
         from unidl.errors import CheckpointStateError
 
         owner = type(self).__name__
@@ -400,6 +409,7 @@ class Optimizer:
         step = state["step"]
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
             raise CheckpointStateError(f"{owner} state step must be a non-negative integer, got {step!r}")
+        self._check_param_steps(state.get("param_steps"), step)
         try:
             check_range(owner, "lr", state["lr"])
         except ValueError as error:
@@ -441,8 +451,11 @@ class Optimizer:
         """Restore a ``state_dict()`` written by this optimizer class on any backend (checked first:
         ``check_state_dict``; nothing changes if it does not fit)."""
         self.check_state_dict(state)
-        slots = state["slots"]
-        self._backend.load_optimizer_state(self, int(state["step"]), slots)
+        slots, step = state["slots"], int(state["step"])
+        param_steps = state.get("param_steps")
+        if self.uses_step:  # a state saved before steps were counted per parameter: each had every update
+            param_steps = [int(count) for count in param_steps] if param_steps is not None else [step] * len(slots)
+        self._backend.load_optimizer_state(self, step, slots, param_steps)
         from unidl.training import load_scaler_state, load_window_state
 
         load_window_state(self, state.get("accumulation"))  # none: a window in progress is emptied
@@ -453,6 +466,26 @@ class Optimizer:
         else:
             self.lr = float(state["lr"])
         self._load_group_options(state.get("param_groups"))
+
+    def _check_param_steps(self, counts, step) -> None:
+        """``CheckpointStateError`` unless ``counts`` (a state's ``"param_steps"``) is None or, for an optimizer
+        that counts steps per parameter, one count per parameter between 0 and the optimizer's ``step``."""
+        from unidl.errors import CheckpointStateError
+
+        if counts is None:
+            return
+        owner = type(self).__name__
+        if not self.uses_step:
+            raise CheckpointStateError(f"{owner} state holds 'param_steps', but {owner}'s rule reads no step count "
+                                       f"(uses_step False): a state of another rule?")
+        if not isinstance(counts, (list, tuple)) or len(counts) != len(self.params):
+            found = f"{len(counts)} entries" if isinstance(counts, (list, tuple)) else repr(counts)
+            raise CheckpointStateError(f"{owner} state param_steps must be a list of one step count per parameter "
+                                       f"({len(self.params)}), got {found}")
+        for index, count in enumerate(counts):
+            if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or not 0 <= count <= step:
+                raise CheckpointStateError(f"{owner} state param_steps[{index}] must be an integer in 0..{step} "
+                                           f"(the optimizer's step), got {count!r}")
 
     def _group_entries(self) -> list[dict]:
         """Each group's ``state_dict`` entry: its lr, its size and the options changed since it was built."""

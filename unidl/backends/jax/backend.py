@@ -245,12 +245,15 @@ class Backend(BackendInterface):
 
     def optimizer_state(self, optimizer):
         native = optimizer.native
+        counts = None if native.param_steps is None else [int(v.value) for v in native.param_steps]
         return int(native.iterations.value), [{n: self.to_numpy(v) for n, v in entry.items()}
-                                              for entry in native.slot_variables]
+                                              for entry in native.slot_variables], counts
 
-    def load_optimizer_state(self, optimizer, step, slots):
+    def load_optimizer_state(self, optimizer, step, slots, param_steps):
         native = optimizer.native
         native.iterations.value = jnp.asarray(step, jnp.int64)
+        for variable, count in zip(native.param_steps or [], param_steps or []):
+            variable.value = jnp.asarray(count, jnp.int64)
         for variables, entry in zip(native.slot_variables, slots):
             for name, value in entry.items():
                 self.assign(variables[name], value)
@@ -359,6 +362,13 @@ class Backend(BackendInterface):
         and ``f`` reads them through a ``keras.StatelessScope``."""
         return self._value_and_grad(f, values, tuple(range(len(values))), None, with_aux=True, none_for_unused=True)
 
+    def inputs_used(self, f, values):
+        """For each of ``values`` (a list of arrays), whether ``f(values)`` (a scalar) depends on it: PyTorch's rule
+        for which of them get a gradient (``jax.grad`` gives zeros instead of None). ``f`` is traced once more,
+        abstractly; it must be pure (the keras backend's Keras-on-JAX train step asks for its loss's trainable
+        variables)."""
+        return _needed_inputs(jax.make_jaxpr(f)(values).jaxpr)
+
     #: what tracing raises for Python control flow on a traced value (``ud.function`` then runs eagerly)
     tracer_value_errors = _CONCRETIZATION
 
@@ -462,7 +472,12 @@ def _used_inputs(fn, inputs, live, before) -> list[bool]:
     finally:
         for v, b in zip(live, before):
             v.value = b
-    jaxpr = closed.jaxpr
+    return _needed_inputs(closed.jaxpr)
+
+
+def _needed_inputs(jaxpr) -> list[bool]:
+    """For each input of ``jaxpr``, whether its outputs need it: a backward walk from the outputs (an equation
+    that feeds a needed value needs all of its inputs)."""
     needed = {id(v) for v in jaxpr.outvars if not isinstance(v, Literal)}
     for equation in reversed(jaxpr.eqns):
         if any(id(v) in needed for v in equation.outvars):

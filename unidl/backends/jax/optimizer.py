@@ -32,6 +32,9 @@ class JaxOptimizer:
         self.group_options = [{key: _option_variables(value) for key, value in changeable_options(optimizer, g).items()}
                               for g in range(len(optimizer.param_groups))]
         self.iterations = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
+        # a rule that reads the step reads each parameter's own count (torch.optim's per-parameter state["step"])
+        self.param_steps = ([JaxVariable(jnp.asarray(0, jnp.int64), trainable=False) for _ in optimizer.params]
+                            if optimizer.uses_step else None)
         self.finite = JaxVariable(jnp.asarray(True), trainable=False)
         self.slot_variables = [
             {name: JaxVariable(jnp.full(p.shape, optimizer.initial_slot_value, p.dtype), trainable=False)
@@ -40,7 +43,7 @@ class JaxOptimizer:
 
     def variables(self) -> list[JaxVariable]:
         """Everything a step of this optimizer reads and writes, besides the parameters."""
-        return ([*self.learning_rates, self.iterations, self.finite]
+        return ([*self.learning_rates, self.iterations, self.finite, *(self.param_steps or [])]
                 + [v for options in self.group_options for entry in options.values()
                    for v in (entry if isinstance(entry, tuple) else (entry,))]
                 + [v for slots in self.slot_variables for v in slots.values()]
@@ -61,9 +64,7 @@ class JaxOptimizer:
                 self.window_finite = JaxVariable(jnp.asarray(True), trainable=False)
                 self.window_has_gradient = gradient_flags(self._spec.params)
             return variable_window(accumulate, self.accumulated, self.micro_steps, self.window_finite, read_numpy,
-                                   assign_numpy, storage=self,
-                                   on_write=lambda steps: mark_loaded_window(self.window_has_gradient, self._spec.params,
-                                                                             steps))
+                                   assign_numpy, storage=self, has_gradient=(self.window_has_gradient, self._spec.params))
 
         accumulation_window(self._spec, accumulate, None, create)  # (float32 steps: mixed precision keeps its own)
 
@@ -113,12 +114,16 @@ class JaxOptimizer:
         spec, ops = self._spec, self._ops
         step_count = self.iterations.value + 1
         self.iterations.value = jnp.where(update, step_count, self.iterations.value)
-        lr = self.learning_rate.value
-        step = step_count.astype(lr.dtype) if spec.uses_step else None
+        step_dtype = self.learning_rate.value.dtype
         for index, (param, grad, slots) in enumerate(zip(spec.params, grads, self.slot_variables)):
-            if grad is None:  # PyTorch's rule: no gradient, no update
+            if grad is None:  # PyTorch's rule: no gradient, no update (nor a step counted for it)
                 continue
             applies = update if has_gradient is None or has_gradient[index] is None else update & has_gradient[index]
+            step = None
+            if self.param_steps is not None:
+                count = self.param_steps[index].value + 1
+                self.param_steps[index].value = jnp.where(applies, count, self.param_steps[index].value)
+                step = count.astype(step_dtype)
             rule, lr = bound_rule(spec, index, self._read_option), self.learning_rates[spec.group_of(index)].value
             grad = rule.regularized_gradient(param, grad, ops)
             heavy_ball = rule.heavy_ball()
@@ -169,16 +174,6 @@ def keep_window(totals, flags, sums, has_gradient, keep) -> None:
             continue
         total.value = jnp.where(keep, value, jnp.zeros_like(value))
         flag.value = keep if had is None else keep & had
-
-
-def mark_loaded_window(flags, params, micro_steps) -> None:
-    """After a window is loaded (``AccumulationWindow.load``): every trainable parameter has a gradient in a
-    part-full window (its stored sum, zeros too, as the torch backend writes ``.grad``), none in an empty one.
-    The canonical window state keeps sums, not which parameters had none."""
-    from unidl.nn.module import is_trainable
-
-    for flag, param in zip(flags, params):
-        flag.value = jnp.asarray(bool(micro_steps) and is_trainable(param))
 
 
 def _heavy_ball(slots, grad, lr, update, buffer_name, momentum, nesterov):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unidl.backends.jax import ops as jax_ops
-from unidl.backends.jax.optimizer import (all_finite, assign_numpy, gradient_flags, keep_window, mark_loaded_window,
+from unidl.backends.jax.optimizer import (all_finite, assign_numpy, gradient_flags, keep_window,
                                           read_numpy, window_micro_step)
 from unidl.backends.jax.variable import JaxVariable
 from unidl.nn.module import trainable_mask
@@ -82,7 +82,7 @@ class Window:
         scale = (lambda: float(np.asarray(scaler.scale.value))) if scaler is not None else None
         return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
                                scale=scale, storage=self,
-                               on_write=lambda k: mark_loaded_window(self.has_gradient, self.params, k))
+                               has_gradient=(self.has_gradient, self.params))
 
 
 def _float32(value):

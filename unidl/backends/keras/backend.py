@@ -205,14 +205,18 @@ class Backend(BackendInterface):
     def optimizer_state(self, optimizer):
         native = optimizer.native
         if not native.built:
-            return int(native.iterations.numpy()), optimizer.initial_slots()
+            counts = [0] * len(optimizer.params) if optimizer.uses_step else None
+            return int(native.iterations.numpy()), optimizer.initial_slots(), counts
+        counts = None if native.param_steps is None else [int(self.to_numpy(v)) for v in native.param_steps]
         return int(native.iterations.numpy()), [{n: self.to_numpy(v) for n, v in native.slots_of(p).items()}
-                                                for p in optimizer.params]
+                                                for p in optimizer.params], counts
 
-    def load_optimizer_state(self, optimizer, step, slots):
+    def load_optimizer_state(self, optimizer, step, slots, param_steps):
         native = optimizer.native
         native.build(optimizer.params)
         native.iterations.assign(step)
+        for variable, count in zip(native.param_steps or [], param_steps or []):
+            variable.assign(count)
         for p, entry in zip(optimizer.params, slots):
             variables = native.slots_of(p)
             for name, value in entry.items():

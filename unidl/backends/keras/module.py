@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import keras
@@ -10,8 +11,10 @@ from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, n
 
 from unidl import config
 from unidl.backends.keras import distributed as keras_distributed
+from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import keep_train_function_current
 from unidl.nn.module import is_trainable, restore_modes
+from unidl.tracing import python_randomness_preserved, python_randomness_state
 
 
 class NativeModel(keras.Model):
@@ -54,7 +57,7 @@ class NativeModel(keras.Model):
         object.__setattr__(self, "train_step_runs", self.train_step_runs + 1)
         # in a data-parallel job whose engine wraps the forward (Keras-on-torch: DistributedDataParallel), Keras's
         # own step with its forward through that wrapper, so that its loss.backward() averages the gradients
-        with keras_distributed.forward_through_engine(self):
+        with keras_distributed.forward_through_engine(self), _gradients_of_used_variables(self, args):
             return super().train_step(*args, **kwargs)
 
     def call(self, x, training=None):
@@ -68,6 +71,34 @@ class NativeModel(keras.Model):
             return module(*inputs)
         finally:
             restore_modes(modes)
+
+
+@contextlib.contextmanager
+def _gradients_of_used_variables(native, args):
+    """Where Keras's trainer threads the state as values (Keras-on-JAX: ``train_step(state, data)``), its
+    ``jax.grad`` gives a trainable variable the loss does not use zeros, which momentum, weight decay and Adam's
+    step count would act on; PyTorch gives it no gradient and leaves it alone. For the step traced in the block,
+    the optimizer learns which variables the loss uses (the host's ``inputs_used``: a walk over the loss's
+    jaxpr, at trace time) and treats the others as without a gradient (``NativeOptimizer.apply``)."""
+    optimizer = getattr(native, "optimizer", None)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # (float16: the optimizer in Keras's loss scaler)
+    if HOST.keras_state_in_place or len(args) != 2 or not hasattr(inner, "used_gradients"):
+        yield
+        return
+    (trainable, non_trainable, optimizer_variables, metrics_variables), data = args
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+
+    def loss_of(values):
+        return native.compute_loss_and_updates(values, non_trainable, metrics_variables, x, y, sample_weight,
+                                               training=True, optimizer_variables=optimizer_variables)[0]
+
+    with python_randomness_preserved(replay=python_randomness_state()):  # (the step's own draws, replayed)
+        used = HOST.inputs_used(loss_of, list(trainable))
+    object.__setattr__(inner, "used_gradients", used)
+    try:
+        yield
+    finally:
+        object.__setattr__(inner, "used_gradients", None)
 
 
 def metric_tracker_variables(native) -> list:

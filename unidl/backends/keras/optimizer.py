@@ -29,7 +29,10 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "_unidl_ops", ops)
         object.__setattr__(self, "_slot_table", [])
         object.__setattr__(self, "_step_loss", None)
-        object.__setattr__(self, "_gradient_flags", {})  # (a window's update: ``_with_window_rule``)
+        object.__setattr__(self, "_gradient_flags", None)  # (an update's flags: ``_with_window_rule``)
+        # per trainable variable, whether the loss of the step being traced uses it, where Keras's trainer gives
+        # the others zeros (Keras-on-JAX: keras/module.py ``_gradients_of_used_variables``); None elsewhere
+        object.__setattr__(self, "used_gradients", None)
         with keras.name_scope(self.name):
             self.finite = keras.Variable(True, dtype="bool", trainable=False, name="last_step_finite")
             # the learning rates of param groups after the first (whose rate is Keras's ``learning_rate``)
@@ -62,6 +65,11 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             self._slot_table.append({
                 name: self.add_variable_from_reference(variable, name, initializer=initializer)
                 for name in self._spec.slots})
+        # a rule that reads the step reads each parameter's own count (torch.optim's per-parameter state["step"]),
+        # not Keras's ``iterations`` (which counts every update, with or without a gradient for the parameter)
+        object.__setattr__(self, "param_steps", [
+            self.add_variable((), initializer="zeros", dtype="int64", aggregation="only_first_replica", name="step")
+            for _ in variables] if self._spec.uses_step else None)
 
     def slots_of(self, variable) -> dict:
         return self._slot_table[self._get_variable_index(variable)]
@@ -101,7 +109,8 @@ class NativeOptimizer(keras.optimizers.Optimizer):
 
         self._create_window()
         return variable_window(accumulate, self._accumulated, self._micro_steps, self._window_finite, read_numpy,
-                               assign_numpy, on_write=self._mark_loaded_window, storage=self)
+                               assign_numpy, storage=self,
+                               has_gradient=(self._window_has_gradient, self._spec.params))
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
@@ -111,6 +120,9 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         micro-step (``finite`` False there; inside the window it is True)."""
         loss = self._step_loss
         object.__setattr__(self, "_step_loss", None)
+        used = self.used_gradients
+        if used is not None and len(used) == len(grads):  # PyTorch's rule: no gradient for what the loss skips
+            grads = [g if u else None for g, u in zip(grads, used)]
         grads = [None if g is None else _dense(g) for g in grads]
         # in a data-parallel job the job's gradients and loss (keras/distributed.py), before guard and clipping
         loss, *grads = keras_distributed.sum_in_step([loss, *grads])
@@ -121,16 +133,25 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         if not HOST.keras_state_in_place:  # no side effects inside a functional framework's cond
             self._apply_selected(grads, variables, finite, accumulate)
             return
-        if accumulate == 1:
-            K.cond(finite, lambda: self._clip_and_apply(grads, variables), _false)
-            return
         indices = [self._get_variable_index(v) for v in variables]
+        # per variable: None, or whether the loop or branch that alone reads it in the host's graph ran (a False
+        # one had no gradient in this run, as PyTorch's: tensorflow/control_flow.py); a window's rule (a float16
+        # window's update, in force here) already says it
+        reads = (HOST.gradient_conditions(variables) if self._gradient_flags is None else [None] * len(variables))
+        reads = [None if g is None else read for g, read in zip(grads, reads)]
+        if accumulate == 1:
+            flags = {i: read for i, read in zip(indices, reads) if read is not None}
+            K.cond(finite, lambda: self._with_window_rule(flags, lambda: self._clip_and_apply(grads, variables))
+                   if flags else self._clip_and_apply(grads, variables), _false)
+            return
         sums = [self._accumulated[i] for i in indices]
-        flags = {i: self._window_has_gradient[i] for i, g in zip(indices, grads) if g is None}
-        for total, grad, index in zip(sums, grads, indices):
+        flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
+                 if g is None or read is not None}
+        for total, grad, index, read in zip(sums, grads, indices, reads):
             if grad is not None:
                 total.assign(total + grad / K.cast(accumulate, grad.dtype))
-                self._window_has_gradient[index].assign(K.convert_to_tensor(True))
+                flag = self._window_has_gradient[index]
+                flag.assign(K.convert_to_tensor(True) if read is None else K.logical_or(flag, read))
         window_finite = K.logical_and(self._window_finite, finite)
         self._window_finite.assign(window_finite)
         count = self._micro_steps + 1
@@ -204,15 +225,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         try:
             return apply()
         finally:
-            object.__setattr__(self, "_gradient_flags", {})
-
-    def _mark_loaded_window(self, micro_steps) -> None:
-        """After a window is loaded: every trainable parameter has a gradient in a part-full window (its stored
-        sum, zeros too, as the torch backend writes ``.grad``), none in an empty one."""
-        from unidl.nn.module import is_trainable
-
-        for flag, param in zip(self._window_has_gradient, self._spec.params):
-            flag.assign(bool(micro_steps) and is_trainable(param))
+            object.__setattr__(self, "_gradient_flags", None)
 
     def _clip_and_apply(self, grads, trainable_variables):
         grads = self._spec.clip_gradients(grads, self._unidl_ops)
@@ -244,10 +257,15 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             learning_rate = K.cast(self.group_learning_rates[group - 1], variable.dtype)
         slots = self.slots_of(variable)
         gradient = spec.regularized_gradient(variable, _dense(gradient), ops)
-        has_gradient = self._gradient_flags.get(index)  # (None: it has one)
+        has_gradient = (self._gradient_flags or {}).get(index)  # (None: it has one)
         if has_gradient is None and spec.apply_fused(variable, gradient, slots, learning_rate, ops):
             return  # where Keras's framework has a kernel
-        step = K.cast(self.iterations + 1, variable.dtype) if spec.uses_step else None
+        step = None
+        if spec.uses_step:  # this parameter's own count, as torch.optim's (a window's parameter: if it had a gradient)
+            counter = self.param_steps[index]
+            count = counter + 1
+            self.assign(counter, count if has_gradient is None else K.where(has_gradient, count, counter))
+            step = K.cast(count, variable.dtype)
         delta, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
         if has_gradient is None:
             for name, value in new_slots.items():

@@ -10,6 +10,7 @@ import keras
 from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.dtypes import floatx
+from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import assign_numpy, read_numpy
 from unidl.nn.module import step_modes, trainable_mask
 from unidl.precision import autocast_modules, modules_of
@@ -46,14 +47,6 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             object.__setattr__(self, "_window_count", count)
             object.__setattr__(self, "_window_has_gradient", has_gradient)
             object.__setattr__(self, "_window_params", params)
-
-    def mark_loaded_window(self, micro_steps) -> None:
-        """After a window is loaded: every trainable parameter has a gradient in a part-full window (its stored
-        sum, zeros too, as the torch backend writes ``.grad``), none in an empty one."""
-        from unidl.nn.module import is_trainable
-
-        for flag, param in zip(self._window_has_gradient, self._window_params):
-            flag.assign(bool(micro_steps) and is_trainable(param))
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """``apply``'s rule where Keras threads the optimizer's state as values (Keras-on-JAX's trainer): each
@@ -96,11 +89,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         inner = self.inner_optimizer
         indices = [inner._get_variable_index(v) for v in variables]
         totals = [self._window[i] for i in indices]
-        flags = {i: self._window_has_gradient[i] for i, g in zip(indices, grads) if g is None}
-        for total, grad, index in zip(totals, grads, indices):
+        # a parameter read only by a loop or branch that did not run has no gradient (NativeOptimizer.apply)
+        reads = [None if g is None else read for g, read in zip(grads, HOST.gradient_conditions(variables))]
+        flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
+                 if g is None or read is not None}
+        for total, grad, index, read in zip(totals, grads, indices, reads):
             if grad is not None:
                 total.assign(total + keras.ops.cast(grad, total.dtype) / accumulate)
-                self._window_has_gradient[index].assign(keras.ops.convert_to_tensor(True))
+                flag = self._window_has_gradient[index]
+                flag.assign(keras.ops.convert_to_tensor(True) if read is None else keras.ops.logical_or(flag, read))
         count = self._window_count + 1
         self._window_count.assign(count)
 
@@ -172,7 +169,7 @@ def keras_optimizer(optimizer, precision, accumulate=1):
         accumulation_window(optimizer, accumulate, precision, lambda: variable_window(
             accumulate, scaler._window, scaler._window_count, None, read_numpy, assign_numpy,
             scale=lambda: float(keras.ops.convert_to_numpy(scaler.dynamic_scale)), storage=scaler,
-            on_write=scaler.mark_loaded_window))
+            has_gradient=(scaler._window_has_gradient, scaler._window_params)))
     return scaler
 
 

@@ -191,13 +191,22 @@ class Backend(BackendInterface):
 
         set_group_options(optimizer, group, keys)
 
+    def gradient_conditions(self, params):
+        from unidl.backends.tensorflow.control_flow import gradient_conditions
+
+        return gradient_conditions(params)
+
     def optimizer_state(self, optimizer):
         native = optimizer.native
-        return int(native.iterations.numpy()), [{n: v.numpy() for n, v in entry.items()} for entry in native.slot_variables]
+        counts = None if native.param_steps is None else [int(v.numpy()) for v in native.param_steps]
+        return (int(native.iterations.numpy()), [{n: v.numpy() for n, v in entry.items()}
+                                                 for entry in native.slot_variables], counts)
 
-    def load_optimizer_state(self, optimizer, step, slots):
+    def load_optimizer_state(self, optimizer, step, slots, param_steps):
         native = optimizer.native
         native.iterations.assign(step)
+        for variable, count in zip(native.param_steps or [], param_steps or []):
+            variable.assign(count)
         for variables, entry in zip(native.slot_variables, slots):
             for name, value in entry.items():
                 variables[name].assign(np.asarray(value).astype(variables[name].dtype.as_numpy_dtype))

@@ -289,13 +289,16 @@ def average_gradients(grads, loss):
 def _broadcast(variables):
     """Rank 0's value of each variable on every rank (a sum in which only rank 0 contributes)."""
     if variables:
-        values = _broadcaster()(*[tf.convert_to_tensor(v) for v in variables])
+        values = _broadcaster(len(variables))(*[tf.convert_to_tensor(v) for v in variables])
         for variable, value in zip(variables, values if isinstance(values, (list, tuple)) else [values]):
             variable.assign(value)
 
 
 @functools.lru_cache(maxsize=None)
-def _broadcaster():
+def _broadcaster(count: int):
+    """The compiled broadcast of ``count`` values: one function per count, since ``reduce_retracing`` fails inside
+    TensorFlow (an ``IndexError`` generalizing its signature) when one function meets calls with another number
+    of arguments (a second model of another size in the same job)."""
     rank = _strategy.cluster_resolver.task_id
 
     def share(*values):

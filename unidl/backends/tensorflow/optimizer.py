@@ -31,6 +31,9 @@ class GraphOptimizer(tf.Module):
         self.group_options = [{key: _option_variables(value) for key, value in changeable_options(optimizer, g).items()}
                               for g in range(len(optimizer.param_groups))]
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations")
+        # a rule that reads the step reads each parameter's own count (torch.optim's per-parameter state["step"])
+        self.param_steps = ([tf.Variable(0, dtype=tf.int64, trainable=False, name="step") for _ in optimizer.params]
+                            if optimizer.uses_step else None)
         self.finite = tf.Variable(True, trainable=False, name="last_step_finite")
         self.last_flag = None  # the flag a compiled train step last returned (see Backend.last_step_finite)
         self.slot_variables = [
@@ -55,19 +58,15 @@ class GraphOptimizer(tf.Module):
                 self.window_has_gradient = [tf.Variable(False, trainable=False, name="has_gradient")
                                             for _ in self._spec.params]
             return variable_window(accumulate, self.accumulated, self.micro_steps, self.window_finite, read_numpy,
-                                   assign_numpy, on_write=self._set_position, storage=self)
+                                   assign_numpy, on_write=self._set_position, storage=self,
+                                   has_gradient=(self.window_has_gradient, self._spec.params))
 
         accumulation_window(self._spec, accumulate, None, create)  # (float32 steps: mixed precision keeps its own)
         self.window_position = int(self.micro_steps.numpy())  # the micro-steps so far, in Python (``closes``)
 
     def _set_position(self, micro_steps: int) -> None:
-        """After a window is written (loaded): its position, and every trainable parameter has a gradient in a
-        part-full window (its stored sum, zeros too, as the torch backend writes ``.grad``), none in an empty one."""
-        from unidl.nn.module import is_trainable
-
+        """After a window is written (loaded): its position."""
         self.window_position = micro_steps
-        for flag, param in zip(self.window_has_gradient, self._spec.params):
-            flag.assign(bool(micro_steps) and is_trainable(param))
 
     def apply(self, grads, loss=None, accumulate: int = 1, reduce=None, closes: bool = False, has_gradient=None):
         """One guarded update: skipped entirely (``finite`` False) when ``loss`` or a gradient is not finite,
@@ -86,22 +85,26 @@ class GraphOptimizer(tf.Module):
         one more eager op)."""
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
         finite = all_finite([loss, *grads])
+        # per parameter: None, or whether the loop or branch that alone reads it ran (control_flow.py): a False
+        # one had no gradient in this run, as PyTorch's (not zeros). A caller's flags (a window's) already say it
+        reads = read_conditions(self._spec.params, grads) if has_gradient is None else [None] * len(grads)
         if accumulate == 1:
             self.finite.assign(finite)
-            tf.cond(finite, lambda: self._clip_and_update(grads, has_gradient), lambda: tf.constant(False))
+            flags = has_gradient if has_gradient is not None else (reads if any(r is not None for r in reads) else None)
+            tf.cond(finite, lambda: self._clip_and_update(grads, flags), lambda: tf.constant(False))
             return finite
         if reduce is not None:
-            return self._local_micro_step(grads, finite, accumulate, reduce, closes)
+            return self._local_micro_step(grads, finite, accumulate, reduce, closes, reads)
         from unidl.nn.module import is_trainable
 
         # PyTorch's rule over the window: a parameter without a gradient now updates with its sum if it had one in
         # an earlier micro-step (its flag, read as the step runs), else keeps its value and slots; frozen ones
         # (no gradient, not trainable) are left out as without accumulation
         present = [g is not None or is_trainable(p) for g, p in zip(grads, self._spec.params)]
-        for variable, flag, grad in zip(self.accumulated, self.window_has_gradient, grads):
+        for variable, flag, grad, read in zip(self.accumulated, self.window_has_gradient, grads, reads):
             if grad is not None:
                 variable.assign_add(grad / tf.cast(accumulate, grad.dtype))
-                flag.assign(True)
+                flag.assign(True if read is None else tf.logical_or(flag.read_value(), read))
         window_finite = tf.logical_and(self.window_finite.read_value(), finite)  # (a value, not a lazy read)
         self.window_finite.assign(window_finite)
         count = self.micro_steps.read_value() + 1
@@ -109,8 +112,8 @@ class GraphOptimizer(tf.Module):
 
         def close_window():
             sums = [a.read_value() if used else None for a, used in zip(self.accumulated, present)]
-            has_gradient = [None if grad is not None else flag.read_value()
-                            for grad, flag in zip(grads, self.window_has_gradient)]
+            has_gradient = [None if grad is not None and read is None else flag.read_value()
+                            for grad, flag, read in zip(grads, self.window_has_gradient, reads)]
             tf.cond(window_finite, lambda: self._clip_and_update(sums, has_gradient), lambda: tf.constant(False))
             with tf.control_dependencies([s for s in sums if s is not None]):
                 for variable, flag, used in zip(self.accumulated, self.window_has_gradient, present):
@@ -125,28 +128,42 @@ class GraphOptimizer(tf.Module):
         self.finite.assign(flag)
         return flag
 
-    def _local_micro_step(self, grads, finite, accumulate, reduce, closes):
-        """``apply``'s micro-step of a window kept on this rank (``reduce``: the average over the ranks)."""
-        sums = [None if g is None else a.read_value() + g / tf.cast(accumulate, g.dtype)
-                for a, g in zip(self.accumulated, grads)]
+    def _local_micro_step(self, grads, finite, accumulate, reduce, closes, reads):
+        """``apply``'s micro-step of a window kept on this rank (``reduce``: the average over the ranks), with
+        PyTorch's rule over the window as ``apply``'s: a parameter updates with its sum if it had a gradient in
+        any micro-step on any rank (the ranks' flags are averaged with the sums, in the same collective), keeps
+        its value and slots if in none, and every sum and flag is emptied at the update (none is carried over)."""
+        from unidl.nn.module import is_trainable
+
+        present = [g is not None or is_trainable(p) for g, p in zip(grads, self._spec.params)]
+        sums = [None if not used else a.read_value() if g is None else a.read_value() + g / tf.cast(accumulate, g.dtype)
+                for a, g, used in zip(self.accumulated, grads, present)]
+        flags = [flag.read_value() if g is None else tf.constant(True) if read is None
+                 else tf.logical_or(flag.read_value(), read)
+                 for flag, g, read in zip(self.window_has_gradient, grads, reads)]
         window_finite = tf.logical_and(self.window_finite.read_value(), finite)
         if not closes:
-            for variable, total in zip(self.accumulated, sums):
-                if total is not None:
+            for variable, flag, total, had, grad in zip(self.accumulated, self.window_has_gradient, sums, flags, grads):
+                if grad is not None:
                     variable.assign(total)
+                    flag.assign(had)
             self.window_finite.assign(window_finite)
             self.micro_steps.assign_add(1)
             self.finite.assign(True)
             return tf.constant(True)
         dtype = self.accumulated[0].dtype  # NaN on any rank makes the mean NaN on every rank
         marker = tf.where(window_finite, tf.constant(0.0, dtype), tf.constant(float("nan"), dtype))
-        marker, *sums = reduce([marker, *sums])
+        had_any = tf.cast(tf.stack(flags), dtype)  # averaged: above 0 where a rank had a gradient
+        marker, had_any, *sums = reduce([marker, had_any, *sums])
         agreed = tf.math.is_finite(marker)
-        tf.cond(agreed, lambda: self._clip_and_update(sums), lambda: tf.constant(False))
+        has_gradient = [None if grad is not None and read is None else had_any[index] > 0
+                        for index, (grad, read) in enumerate(zip(grads, reads))]
+        tf.cond(agreed, lambda: self._clip_and_update(sums, has_gradient), lambda: tf.constant(False))
         with tf.control_dependencies([s for s in sums if s is not None]):
-            for variable, total in zip(self.accumulated, sums):
-                if total is not None:
+            for variable, flag, used in zip(self.accumulated, self.window_has_gradient, present):
+                if used:
                     variable.assign(tf.zeros_like(variable))
+                    flag.assign(False)
             self.micro_steps.assign(0)
             self.window_finite.assign(True)
         self.finite.assign(agreed)
@@ -171,14 +188,14 @@ class GraphOptimizer(tf.Module):
         parameter, None or a boolean scalar that must hold too (it had a gradient in the window), else the
         parameter and its slots keep their values."""
         spec, ops = self._spec, self._ops
-        iterations = self.iterations.assign_add(1)
-        step = tf.cast(iterations, self.learning_rate.dtype) if spec.uses_step else None
+        self.iterations.assign_add(1)
         for index, (param, grad, slots) in enumerate(zip(spec.params, grads, self.slot_variables)):
-            if grad is None:
+            if grad is None:  # PyTorch's rule: no gradient, no update (nor a step counted for it)
                 continue
             rule, lr = bound_rule(spec, index, self._read_option), self.learning_rates[spec.group_of(index)]
             grad = rule.regularized_gradient(param, grad, ops)
             applies = None if has_gradient is None else has_gradient[index]
+            step = None if self.param_steps is None else self._count_step(index, applies)
             if applies is None and rule.apply_fused(param, grad, slots, lr, ops):
                 continue
             delta, new_slots = rule.update(param, grad, slots, lr, step, ops)
@@ -192,6 +209,22 @@ class GraphOptimizer(tf.Module):
                 if value is not slots[name]:
                     slots[name].assign(tf.where(applies, tf.cast(value, slots[name].dtype), slots[name]))
             param.assign(tf.where(applies, param - tf.cast(delta, param.dtype), param))
+
+    def _count_step(self, index: int, applies):
+        """Parameter ``index``'s step count with this update (where ``applies``, a boolean scalar or None for
+        always, holds), as the rule reads it: a float of the learning rate's dtype."""
+        variable = self.param_steps[index]
+        count = variable.read_value() + 1  # (the rule reads it either way: never the 0 of a first skipped update)
+        variable.assign(count if applies is None else tf.where(applies, count, variable))
+        return tf.cast(count, self.learning_rate.dtype)
+
+
+def read_conditions(params, grads) -> list:
+    """Per parameter: None, or (where the graph read it only inside a loop or one branch of a conditional, and it
+    has a gradient) a boolean scalar saying whether that control flow read it in this run (``gradient_conditions``)."""
+    from unidl.backends.tensorflow.control_flow import gradient_conditions
+
+    return [None if grad is None else read for grad, read in zip(grads, gradient_conditions(params))]
 
 
 def _option_variables(value):

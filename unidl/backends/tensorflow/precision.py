@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from unidl.nn.module import is_trainable, trainable_mask
+from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow.distributed import (average_gradients, data_parallel, module_state,
                                                    refuse_replicas_in_process, update_once)
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
-from unidl.backends.tensorflow.optimizer import assign_numpy, read_numpy
+from unidl.backends.tensorflow.optimizer import assign_numpy, read_conditions, read_numpy
 from unidl.training import loss_scale_storage
 
 
@@ -61,23 +61,24 @@ class Window(tf.Module):
         self.losses = tf.Variable(tf.zeros([accumulate], tf.float32), trainable=False, name="window_losses")
         self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
 
-    def add(self, grads, loss):
-        """Add one micro-step; the number of micro-steps in the window now."""
-        for total, flag, grad in zip(self.sums, self.has_gradient, grads):
+    def add(self, grads, loss, reads):
+        """Add one micro-step (``reads``: per parameter None, or whether the control flow that alone reads it ran,
+        ``read_conditions``); the number of micro-steps in the window now."""
+        for total, flag, grad, read in zip(self.sums, self.has_gradient, grads, reads):
             if grad is not None:
                 total.assign_add(grad / tf.cast(self.accumulate, grad.dtype))
-                flag.assign(True)
+                flag.assign(True if read is None else tf.logical_or(flag.read_value(), read))
         self.losses.scatter_nd_update([[self.count]], tf.reshape(tf.cast(loss, tf.float32), [1]))
         return self.count.assign_add(1)
 
-    def take(self, present, grads):
+    def take(self, present, grads, reads):
         """The summed gradients (None where ``present`` is False), the window's losses and, per parameter, whether
         it had a gradient in the window (PyTorch's rule, ``NativeOptimizer._update``; None where not ``present``
-        or where this micro-step's ``grads`` hold one: it had, and None lets the update take the fused kernel,
-        as ``GraphOptimizer.apply``'s float32 window does); the window restarts."""
+        or where this micro-step's ``grads`` hold one unconditionally (``reads``): it had, and None lets the update
+        take the fused kernel, as ``GraphOptimizer.apply``'s float32 window does); the window restarts."""
         sums = [total.read_value() if used else None for total, used in zip(self.sums, present)]
-        has_gradient = [flag.read_value() if used and grad is None else None
-                        for flag, used, grad in zip(self.has_gradient, present, grads)]
+        has_gradient = [flag.read_value() if used and (grad is None or read is not None) else None
+                        for flag, used, grad, read in zip(self.has_gradient, present, grads, reads)]
         losses = self.losses.read_value()
         with tf.control_dependencies([s for s in sums + has_gradient if s is not None] + [losses]):
             for total, flag, used in zip(self.sums, self.has_gradient, present):
@@ -87,12 +88,6 @@ class Window(tf.Module):
             self.count.assign(0)
         return sums, losses, has_gradient
 
-    def _mark_loaded(self, micro_steps) -> None:
-        """After a window is loaded: every trainable parameter has a gradient in a part-full window (its stored
-        sum, zeros too, as the torch backend writes ``.grad``), none in an empty one."""
-        for flag, param in zip(self.has_gradient, self._params):
-            flag.assign(bool(micro_steps) and is_trainable(param))
-
     def checkpointed(self, scaler):
         """This window as a ``unidl.training.AccumulationWindow``: its sums unscaled by ``scaler``'s scale in
         force (None: no scaling; a power of two, so exactly), its finite flag read from its losses."""
@@ -100,7 +95,7 @@ class Window(tf.Module):
 
         scale = (lambda: float(scaler.scale.numpy())) if scaler is not None else None
         return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
-                               scale=scale, storage=self, on_write=self._mark_loaded)
+                               scale=scale, storage=self, has_gradient=(self.has_gradient, self._params))
 
 
 def _float32(value):
@@ -155,13 +150,14 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         if window is None:
             update_once(lambda: update(grads, checked))  # once per step with several devices in this process
         else:
-            count = window.add(grads, checked)
+            reads = read_conditions(params, grads)  # (a loop that did not run: no gradient, as PyTorch's)
+            count = window.add(grads, checked, reads)
 
             def wait():  # a micro-step inside the window: nothing skipped yet
                 native.finite.assign(True)
                 return tf.constant(True)
 
-            tf.cond(count >= accumulate, lambda: update(*window.take(mask, grads)), wait)
+            tf.cond(count >= accumulate, lambda: update(*window.take(mask, grads, reads)), wait)
         return (loss, outputs) if with_outputs else loss
 
     step = data_parallel(step, module_state(model))  # in a process group: the strategy's replica context

@@ -168,24 +168,24 @@ class Backend(BackendInterface):
     def optimizer_state(self, optimizer):
         native = optimizer.native
         initial = optimizer.initial_slots()
-        slots, step = [], optimizer._steps
+        slots, counts = [], []
         for p, default in zip(optimizer.params, initial):
             state = native.state.get(p, {})
-            if "step" in state:
-                step = int(state["step"])
+            counts.append(int(state["step"]) if "step" in state else 0)  # torch.optim counts per parameter
             slots.append({name: self.to_numpy(state[name]) if state.get(name) is not None else default[name]
                           for name in optimizer.slots})
-        return step, slots
+        return optimizer._steps, slots, counts if optimizer.uses_step else None
 
-    def load_optimizer_state(self, optimizer, step, slots):
+    def load_optimizer_state(self, optimizer, step, slots, param_steps):
         native = optimizer.native
         optimizer._steps = step
-        for p, entry in zip(optimizer.params, slots):
+        for index, (p, entry) in enumerate(zip(optimizer.params, slots)):
             state = native.state[p]
             for name, value in entry.items():
                 state[name] = torch.as_tensor(np.asarray(value), dtype=p.dtype, device=p.device).clone()
             if not isinstance(native, torch.optim.SGD):  # the others count steps per parameter
-                state["step"] = torch.tensor(float(step), dtype=torch.float32)
+                count = param_steps[index] if param_steps is not None else step
+                state["step"] = torch.tensor(float(count), dtype=torch.float32)
 
     def apply_gradients(self, optimizer, grads):
         l1 = l1_outside_rule(optimizer)
