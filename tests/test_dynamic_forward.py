@@ -351,3 +351,29 @@ def test_a_graph_leaves_a_layer_of_the_branch_not_taken_alone(backend):
     assert optimizer.state_dict()["param_steps"] == [6, 6, 3, 3, 6, 6]
     if ud.get_backend() == "tensorflow":
         assert step.trace_count == 1  # one graph for both branches
+
+
+def _float16_run(backend):
+    """DynamicNet trained 8 steps with ``precision="16-mixed"``: each step's (finite, loss scale), and the weights."""
+    with ud.use_backend(backend):
+        ud.manual_seed(0)
+        model = DynamicNet()
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision="16-mixed")
+        decisions = []
+        for index, depth in enumerate([1, 2, 1, 3, 2, 1, 1, 3]):
+            batch = slice(8 * (index % 2), 8 * (index % 2) + 8)
+            step(X[batch], Y[batch], depth)
+            decisions.append((optimizer.last_step_finite, step.loss_scale))
+        return decisions, model.state_dict()
+
+
+def test_float16_steps_take_torchs_loss_scale_decisions(backend):
+    """float16 with loss scaling: the same steps overflow (none here) and the weights follow torch's. jax summed a
+    linear layer's loss-scaled bias gradient over the batch in float16, whose partial sums overflowed at the
+    second step where torch's float32 sums do not (a skipped step, the scale halved, 0.16 off torch); it now sums
+    in float32 and rounds once, as PyTorch's half-precision linear and convolution do."""
+    decisions, weights = _float16_run(backend)
+    expected_decisions, expected = _float16_run("torch")
+    assert decisions == expected_decisions
+    assert all(max_relative_difference(weights[k], expected[k]) < 1e-3 for k in expected), backend

@@ -46,8 +46,18 @@ log1p = _unwrapped(jnp.log1p)
 minimum = _unwrapped(jnp.minimum)
 
 
+_HALF = (jnp.float16, jnp.bfloat16)
+
+
 def linear(x, weight, bias=None):
-    y = jnp.matmul(_v(x), _v(weight).T)
+    x, weight = _v(x), _v(weight)
+    if x.dtype in _HALF and weight.dtype == x.dtype:
+        # PyTorch's half-precision linear: products summed in float32, the bias added, rounded once to the input's
+        # dtype; and so in the backward, whose bias and weight gradients sum the batch in float32 (summed in
+        # float16, a batch's partial sums of a loss-scaled gradient overflow where torch's do not)
+        y = jnp.matmul(x, weight.T, preferred_element_type=jnp.float32)  # (half inputs: a GPU's tensor cores)
+        return (y + _v(bias).astype(jnp.float32) if bias is not None else y).astype(x.dtype)
+    y = jnp.matmul(x, weight.T)
     return y + _v(bias) if bias is not None else y
 
 
@@ -84,10 +94,14 @@ def _conv_padding(padding, kernel_hw, dilation=(1, 1)):
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     weight = _v(weight)
     dilation = _pair(dilation)
-    y = jax.lax.conv_general_dilated(_v(x), weight, _pair(stride), _conv_padding(padding, weight.shape[2:], dilation),
+    x = _v(x)
+    half = x.dtype in _HALF and weight.dtype == x.dtype  # summed in float32, rounded once (``linear``)
+    y = jax.lax.conv_general_dilated(x, weight, _pair(stride), _conv_padding(padding, weight.shape[2:], dilation),
                                      rhs_dilation=dilation, dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                     feature_group_count=groups)
-    return y + _v(bias).reshape(1, -1, 1, 1) if bias is not None else y
+                                     feature_group_count=groups, preferred_element_type=jnp.float32 if half else None)
+    if bias is not None:
+        y = y + _v(bias).astype(y.dtype).reshape(1, -1, 1, 1)
+    return y.astype(x.dtype) if half else y
 
 
 def _pool(x, kernel_size, stride, padding, init, reduce):
