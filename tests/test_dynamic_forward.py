@@ -255,13 +255,21 @@ def accumulation_differences(backend, kind, eager, depths, accumulate=2) -> dict
 
 
 def keras_host_accumulation():
-    """Where Keras runs on torch (tests/test_examples.py's interpreter), the SGD-momentum case of the test below on
-    the keras backend there (``accumulation_differences``); None on Keras's other frameworks (Keras-on-JAX
-    cannot build DynamicNet with a depth input: docs/dynamic-forward.md)."""
+    """Where Keras runs on torch (tests/test_examples.py's interpreter), on the keras backend there: the SGD-momentum
+    case of the accumulation test below and Adam's per-parameter steps (``accumulation_differences``), and the
+    float16 run (``_float16_run``) against torch's: ``{"sgd": differences, "adam": differences, "float16": (same
+    loss-scale decisions, weights' largest difference)}``. None on Keras's other frameworks (Keras-on-JAX cannot
+    build DynamicNet with a depth input: docs/dynamic-forward.md)."""
     import keras
 
-    return accumulation_differences("keras", "sgd", True, WINDOWS_WITH_NONE) if keras.backend.backend() == "torch" \
-        else None
+    if keras.backend.backend() != "torch":
+        return None
+    decisions, weights = _float16_run("keras")
+    expected_decisions, expected = _float16_run("torch")
+    return {"sgd": accumulation_differences("keras", "sgd", True, WINDOWS_WITH_NONE),
+            "adam": accumulation_differences("keras", "adam", True, WINDOWS_WITH_NONE, 1),
+            "float16": (decisions == expected_decisions,
+                        max(max_relative_difference(weights[k], expected[k]) for k in expected))}
 
 
 @pytest.mark.parametrize("kind,eager,depths", [("sgd", True, WINDOWS_WITH_NONE), ("adam", False, WINDOWS_WITH_SOME)])
