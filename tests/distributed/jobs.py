@@ -83,10 +83,8 @@ class DynamicNet(ud.nn.Module):
 def train_dynamic_accumulating():
     """DynamicNet in float64, SGD with momentum, ``accumulate=2`` over ``DYNAMIC_DEPTHS`` (global batches of 4,
     no shuffle): PyTorch's rule over a window for a layer without a gradient in some micro-steps, which on
-    tensorflow's engine (a window kept on each rank) needs the ranks' has-gradient flags averaged with the sums.
-    None off TensorFlow's engine (torch's DDP refuses a layer without a gradient unless told to look for one)."""
-    if _framework() != "tensorflow":
-        return None
+    tensorflow's engine (a window kept on each rank) needs the ranks' has-gradient flags averaged with the sums,
+    and on torch's DDP ``find_unused_parameters`` (else a step without the layer leaves its bucket unreduced)."""
     with ud.use_dtype("float64"):
         ud.manual_seed(2)
         rng = np.random.default_rng(2)

@@ -70,7 +70,7 @@ class Engine:
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
         return torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index or 0] if device.type == "cuda" else None)
+            module, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True)
 
 
 def data_parallel(model):
@@ -81,12 +81,15 @@ def data_parallel(model):
     if process_group.sharding() is None or not dist.is_initialized():
         return model
     # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
-    # reducer warn at every run, though the copy it warns about is of those dimensions only
+    # reducer warn at every run, though the copy it warns about is of those dimensions only. find_unused_parameters:
+    # a step whose forward skips a layer (a dynamic net) gives it no gradient, as in one process, where DDP would
+    # otherwise leave that layer's bucket unreduced and fail at the next step (one graph walk per step; torch
+    # then warns once per process if a step used every parameter)
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     native = NativeModule(model)
     device = next((p.device for p in native.parameters()), torch.device("cpu"))
     return torch.nn.parallel.DistributedDataParallel(
-        native, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        native, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True)
 
 
 def any_rank(flag) -> None:
