@@ -120,6 +120,19 @@ def check_batch_statistics(owner, x):
     return require(x, _holds(count != 1), template, sizes)  # (PyTorch's test: an empty batch is no error here)
 
 
+def has_values_per_channel(x):
+    """Whether ``x`` (N, C, ...) holds any value per channel: True or False where its sizes are known, else (a
+    graph's unknown batch size) a boolean scalar tensor. An empty batch's statistics are NaN: batch norm keeps its
+    running statistics then, as PyTorch's does."""
+    sizes = tuple(x.shape)
+    if None not in sizes:
+        return all(size != 0 for size in sizes[:1] + sizes[2:])
+    count = 1
+    for size in (sizes_of(x)[:1] + sizes_of(x)[2:]):
+        count = count * size
+    return count > 0
+
+
 def check_same_shape(owner, prediction, target, names=("prediction", "target")):
     """``ShapeMismatchError`` naming both shapes unless ``prediction`` and ``target`` have the same shape (no
     broadcasting: PyTorch's losses broadcast with a warning, which hides a (N, 1) against (N,) mistake)."""

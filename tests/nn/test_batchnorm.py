@@ -107,3 +107,20 @@ def test_state_dicts_saved_before_the_counter_still_load_strictly(backend, tmp_p
         layer.load_state_dict({k: v for k, v in old.items() if k != "running_var"})
     save_file({key: np.asarray(value, np.float32) for key, value in old.items()}, tmp_path / "old.safetensors")
     ud.load_weights(ud.nn.BatchNorm1d(2), tmp_path / "old.safetensors")  # a file: checked before anything loads
+
+
+def test_an_empty_batch_leaves_the_running_statistics_as_torch_does(backend):
+    """An empty batch in training counts as a batch and leaves the running statistics alone (PyTorch's rule; its
+    statistics would be NaN), eagerly, compiled with the batch size known, and in a graph where it is known only
+    when the graph runs (a function over several batch sizes). Against plain torch.nn.BatchNorm1d."""
+    reference, layer = tnn.BatchNorm1d(3), ud.nn.BatchNorm1d(3)
+    compiled = ud.function(lambda x: layer(x))
+    batches = _batches(3, (6, 3)) + [np.zeros((0, 3), np.float32)] + _batches(2, (4, 3)) + [np.zeros((0, 3), np.float32)]
+    for index, x in enumerate(batches):
+        reference(torch.tensor(x))
+        (layer if index < 4 else compiled)(ud.tensor(x))  # eager first, then compiled (6, 4 and 0 samples)
+    compiled(ud.tensor(np.zeros((0, 3), np.float32)))
+    reference(torch.zeros((0, 3)))
+    expected = reference.state_dict()
+    for key, value in layer.state_dict().items():
+        assert max_relative_difference(value, expected[key].numpy()) < 1e-6, key

@@ -55,6 +55,12 @@ class _BatchNorm(Module):
         y, running_mean, running_var = self._ops.batch_norm(x, self.running_mean, self.running_var, self.weight,
                                                             self.bias, self.training, momentum, self.eps)
         if self.training:  # the op is pure: the module writes the new statistics (the backend's state transition)
+            nonempty = input_checks.has_values_per_channel(x)
+            if nonempty is False:  # an empty batch (NaN statistics) leaves them as they are, as PyTorch's
+                return y
+            if nonempty is not True:  # known only when the graph runs
+                running_mean = self._ops.where(nonempty, running_mean, self.running_mean)
+                running_var = self._ops.where(nonempty, running_var, self.running_var)
             self.write_buffer("running_mean", running_mean)
             self.write_buffer("running_var", running_var)
         return y
