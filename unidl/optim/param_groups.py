@@ -125,6 +125,13 @@ def write_group_options(optimizer, group: int, keys, assign) -> None:
             assign(variable, v)
 
 
+def read_group_option(optimizer, group: int, key: str, read):
+    """Option ``key`` of param group ``group`` as a compiled step reads it (``bound_rule``): ``read(variable)`` of
+    each of the variables the native optimizer keeps for it (``option_variables``), a pair for ``betas``."""
+    values = tuple(read(variable) for variable in optimizer.native.option_variables(group, key))
+    return values if isinstance(optimizer.param_groups[group][key], tuple) else values[0]
+
+
 class ParamGroup(dict):
     """One group of ``optimizer.param_groups``: a dict whose ``"lr"`` and hyperparameters (those of
     ``torch.optim``: not ``l1``, ``initial_accumulator_value`` or ``params``) may be set; the backend uses the

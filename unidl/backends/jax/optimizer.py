@@ -13,7 +13,7 @@ import numpy as np
 
 from unidl.backends.jax.variable import JaxVariable
 from unidl.optim.optimizer import bound_rule, changeable_options
-from unidl.optim.param_groups import write_group_options
+from unidl.optim.param_groups import read_group_option, write_group_options
 
 
 class JaxOptimizer:
@@ -104,8 +104,7 @@ class JaxOptimizer:
 
     def _read_option(self, group: int, key: str):
         """Option ``key`` of param group ``group`` as the trace reads it from its variables (``bound_rule``)."""
-        values = tuple(v.value for v in self.option_variables(group, key))
-        return values if isinstance(self._spec.param_groups[group][key], tuple) else values[0]
+        return read_group_option(self._spec, group, key, lambda variable: variable.value)
 
     def _update(self, grads, update, has_gradient=None) -> None:
         """Every parameter and slot: its new value where ``update`` (a boolean scalar) holds, else its old one;

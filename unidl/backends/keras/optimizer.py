@@ -17,7 +17,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.optim.optimizer import bound_rule, changeable_options
-from unidl.optim.param_groups import write_group_options
+from unidl.optim.param_groups import read_group_option, write_group_options
 
 
 class NativeOptimizer(keras.optimizers.Optimizer):
@@ -49,7 +49,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
                 entry = {}
                 for key, value in changeable_options(spec, g).items():
                     values = value if isinstance(value, tuple) else (value,)
-                    entry[key] = (isinstance(value, tuple), len(self.group_option_variables), len(values))
+                    entry[key] = (len(self.group_option_variables), len(values))
                     self.group_option_variables.extend(
                         keras.Variable(v, dtype="bool" if isinstance(v, bool) else "float64", trainable=False,
                                        name="option") for v in values)
@@ -234,13 +234,12 @@ class NativeOptimizer(keras.optimizers.Optimizer):
 
     def option_variables(self, group: int, key: str) -> tuple:
         """The variables of option ``key`` of param group ``group``: one, or two for ``betas``."""
-        _, start, count = self._option_layout[group][key]
+        start, count = self._option_layout[group][key]
         return tuple(self.group_option_variables[start:start + count])
 
     def _read_option(self, group: int, key: str):
         """Option ``key`` of param group ``group`` as the step reads it from its variables (``bound_rule``)."""
-        read = tuple(K.convert_to_tensor(v) for v in self.option_variables(group, key))
-        return read if self._option_layout[group][key][0] else read[0]
+        return read_group_option(self._spec, group, key, K.convert_to_tensor)
 
     def update_step(self, gradient, variable, learning_rate):
         # a Python number of the rule (momentum, betas, weight decay) meets the variable and its slots in the

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from unidl.optim.optimizer import bound_rule, changeable_options
-from unidl.optim.param_groups import write_group_options
+from unidl.optim.param_groups import read_group_option, write_group_options
 
 
 class GraphOptimizer(tf.Module):
@@ -176,8 +176,7 @@ class GraphOptimizer(tf.Module):
 
     def _read_option(self, group: int, key: str):
         """Option ``key`` of param group ``group`` as the graph reads it from its variables (``bound_rule``)."""
-        values = tuple(v.read_value() for v in self.option_variables(group, key))
-        return values if isinstance(self._spec.param_groups[group][key], tuple) else values[0]
+        return read_group_option(self._spec, group, key, lambda variable: variable.read_value())
 
     def _clip_and_update(self, grads, has_gradient=None):
         self._update(self._spec.clip_gradients(grads, self._ops), has_gradient)
