@@ -245,14 +245,14 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
             if not index.isdigit() or int(index) >= count or not slot_name:
                 raise CorruptFileError(f"{path!r}: malformed optimizer tensor name {key!r}")
             names[int(index)][slot_name] = key
+    optional = {key: saved[key] for key in _OPTIONAL_OPTIMIZER_ENTRIES if key in saved}
     if callable(getattr(optimizer, "check_state_dict", None)):  # shapes first, from the header alone
         shaped = [{slot: np.broadcast_to(np.float32(0), reader.entries[key][1]) for slot, key in entry.items()}
                   for entry in names]
         optimizer.check_state_dict({"class": saved["class"], "step": saved["step"], "lr": saved["lr"],
-                                    "slots": shaped, **{k: saved[k] for k in _OPTIONAL_OPTIMIZER_ENTRIES if k in saved}})
+                                    "slots": shaped, **optional})
     slots = [{slot: reader.read(key) for slot, key in entry.items()} for entry in names]
-    state = {"class": saved["class"], "step": saved["step"], "lr": saved["lr"], "slots": slots,
-             **{key: saved[key] for key in _OPTIONAL_OPTIMIZER_ENTRIES if key in saved}}
+    state = {"class": saved["class"], "step": saved["step"], "lr": saved["lr"], "slots": slots, **optional}
     window = saved.get("accumulation")
     if window is not None:
         keys = [f"{WINDOW_PREFIX}{index}" for index in range(count)]

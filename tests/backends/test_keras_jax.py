@@ -227,6 +227,18 @@ def float64_fit():
                                                                                      np.mean(losses[3:])])))
 
 
+def half_bias_gradient():
+    # a float16 linear's bias gradient over 1024 loss-scaled rows (+40000 then -40000): 0 when summed in float32 as
+    # torch does; summed in float16 its partial sums overflow (NaN)
+    import jax
+    import jax.numpy as jnp
+    from unidl.backends.keras import ops as keras_ops
+    rows = jnp.concatenate([jnp.full((512, 1), 40000.0), jnp.full((512, 1), -40000.0)])
+    x, w = jnp.ones((1024, 8), jnp.float16), jnp.ones((4, 8), jnp.float16)
+    grad = jax.grad(lambda b: (keras_ops.linear(x, w, b).astype(jnp.float32) * rows).sum())(jnp.zeros((4,), jnp.float16))
+    return np.asarray(grad, np.float32).tolist()
+
+
 def unused_layer():
     # Keras's JAX trainer gives a layer the loss does not use zeros; PyTorch's rule: no gradient, no update
     from tests.optim.test_optimizers import unused_layer_under_adam
@@ -256,6 +268,7 @@ print(json.dumps({
     "float64_fit": float64_fit(),
     "graph": keras_model_graph(),
     "unused": unused_layer(),
+    "half_bias": half_bias_gradient(),
 }))
 """
 
@@ -339,3 +352,10 @@ def test_an_unused_layer_keeps_its_weights_and_adam_steps_on_jax(result):
     the ones the loss's jaxpr does not use as without a gradient, so Adam with weight decay leaves them alone and
     counts no step for them, through ``train_step`` and ``fit`` (tests/optim/test_optimizers.py on the others)."""
     assert result["unused"] == [{"kept": True, "moved": True, "param_steps": [3, 3, 0, 0]}] * 2, result["unused"]
+
+
+def test_a_float16_bias_gradient_is_summed_in_float32_on_jax(result):
+    """Keras-on-JAX's float16 linear adds its bias in float32 and rounds once, so the backward sums a loss-scaled
+    bias gradient over the batch in float32, as PyTorch's (in float16 the partial sums overflowed: NaN, a skipped
+    step where torch takes it)."""
+    assert result["half_bias"] == [0.0, 0.0, 0.0, 0.0], result["half_bias"]

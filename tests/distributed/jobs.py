@@ -80,19 +80,22 @@ class DynamicNet(ud.nn.Module):
         return self.exit(h)
 
 
-def train_dynamic_accumulating():
-    """DynamicNet in float64, SGD with momentum, ``accumulate=2`` over ``DYNAMIC_DEPTHS`` (global batches of 4,
-    no shuffle): PyTorch's rule over a window for a layer without a gradient in some micro-steps, which on
-    tensorflow's engine (a window kept on each rank) needs the ranks' has-gradient flags averaged with the sums,
-    and on torch's DDP ``find_unused_parameters`` (else a step without the layer leaves its bucket unreduced)."""
+def train_dynamic_accumulating(accumulate=2, depth_of_rank=False):
+    """DynamicNet in float64, SGD with momentum, ``accumulate`` micro-steps per update over ``DYNAMIC_DEPTHS``
+    (global batches of 4, no shuffle): PyTorch's rule over a window for a layer without a gradient in some
+    micro-steps, which on tensorflow's engine (a window kept on each rank) needs the ranks' has-gradient flags
+    averaged with the sums, and on torch's DDP ``find_unused_parameters`` (else a step without the layer leaves its
+    bucket unreduced). ``depth_of_rank``: rank 1 runs the depths shifted by one step (its loop runs where rank 0's
+    does not), so that the ranks must agree on which layers had a gradient anywhere, as DDP does."""
+    shift = 1 if depth_of_rank and ud.distributed.rank() == 1 else 0
     with ud.use_dtype("float64"):
         ud.manual_seed(2)
         rng = np.random.default_rng(2)
         x, y = rng.standard_normal((16, 4)), rng.standard_normal((16, 1))
         model = DynamicNet()
         step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                             accumulate=2)
-        depths = iter(DYNAMIC_DEPTHS)
+                             accumulate=accumulate)
+        depths = iter(DYNAMIC_DEPTHS[shift:] + DYNAMIC_DEPTHS[:shift])
         for _ in range(2):
             for xb, yb in ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4):
                 step(xb, yb, next(depths))
@@ -188,6 +191,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
             "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
             "two_layer_accumulate": train_two_layer("float64", accumulate=2, collectives=collectives),
             "accumulate_collectives": collectives, "dynamic_accumulate": train_dynamic_accumulating(),
+            "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
             "coverage": sample_coverage(), "too_small": too_small_last_batch(), "float16": float16}
 
 

@@ -145,6 +145,8 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
     # a layer skipped in some micro-steps (by a graph loop on tensorflow): torch's rule, as in one process
     _agree(rank0["dynamic_accumulate"], job["two_layer"]["dynamic"], 1e-12)
     assert all(np.array_equal(v, rank1["dynamic_accumulate"][k]) for k, v in rank0["dynamic_accumulate"].items())
+    # the ranks' loops run different numbers of times: every rank updates a layer that any rank used (DDP's rule)
+    assert all(np.array_equal(v, rank1["dynamic_per_rank"][k]) for k, v in rank0["dynamic_per_rank"].items())
     if job["engine"] == "tensorflow":  # two graphs: the micro-step's without a collective, the update's with them
         counts = sorted(rank0["accumulate_collectives"])
         assert len(counts) == 2 and counts[0] == 0 and counts[1] > 0, counts

@@ -316,12 +316,13 @@ class Backend(abc.ABC):
         where it cannot or need not (its gradients are None already)."""
         return None
 
-    def gradient_conditions(self, params) -> list:
-        """Per parameter, inside a graph being traced: None where the graph reads it unconditionally, else a
-        boolean scalar, whether the control flow that alone reads it (a loop over a graph input, one branch of a
-        conditional) read it in this run. Where it did not, the graph's gradient is zeros but PyTorch's is None,
-        and the optimizers leave the parameter and its slots alone as ``torch.optim`` does. All None (the
-        default) where a backend's gradient is None already (eager frameworks, JAX's retrace per value)."""
+    def gradient_conditions(self, params, grads) -> list:
+        """Per parameter, inside a graph being traced: None where it has no gradient (``grads``) or the graph reads
+        it unconditionally, else a boolean scalar, whether the control flow that alone reads it (a loop over a
+        graph input, one branch of a conditional) read it in this run (on any rank of a data-parallel job). Where
+        it did not, the graph's gradient is zeros but PyTorch's is None, and the optimizers leave the parameter
+        and its slots alone as ``torch.optim`` does. All None (the default) where a backend's gradient is None
+        already (eager frameworks, JAX's retrace per value)."""
         return [None] * len(params)
 
     @abc.abstractmethod

@@ -37,7 +37,16 @@ minimum = K.minimum
 
 def linear(x, weight, bias=None):
     y = K.matmul(x, K.transpose(weight))
-    return y + bias if bias is not None else y
+    return _add_bias(y, bias) if bias is not None else y
+
+
+def _add_bias(y, bias):
+    """``y + bias``; in half precision added in float32 and rounded once, so that the backward sums a loss-scaled
+    bias gradient over the batch in float32 as PyTorch's does (summed in float16 its partial sums can overflow
+    where torch's do not: Keras-on-JAX; jax/ops.py ``linear``)."""
+    if K.dtype(y) in ("float16", "bfloat16"):
+        return K.cast(K.cast(y, "float32") + K.cast(bias, "float32"), K.dtype(y))
+    return y + bias
 
 
 def leaky_relu(x, negative_slope=0.01):
@@ -77,14 +86,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
             x = K.pad(x, ((0, 0), (0, 0)) + pads)
         y = K.conv(x, K.transpose(weight, (2, 3, 1, 0)), strides=_pair(stride), padding="valid",
                    data_format="channels_first", dilation_rate=_pair(dilation))
-        return y + K.reshape(bias, (1, -1, 1, 1)) if bias is not None else y
+        return _add_bias(y, K.reshape(bias, (1, -1, 1, 1))) if bias is not None else y
     xh = K.transpose(x, _NCHW_TO_NHWC)
     if any(pads[0]) or any(pads[1]):
         xh = K.pad(xh, ((0, 0),) + pads + ((0, 0),))
     y = K.conv(xh, K.transpose(weight, (2, 3, 1, 0)), strides=_pair(stride), padding="valid",
                data_format="channels_last", dilation_rate=_pair(dilation))
     if bias is not None:
-        y = y + bias
+        y = _add_bias(y, bias)
     return K.transpose(y, _NHWC_TO_NCHW)
 
 

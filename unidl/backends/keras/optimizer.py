@@ -137,8 +137,8 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         # per variable: None, or whether the loop or branch that alone reads it in the host's graph ran (a False
         # one had no gradient in this run, as PyTorch's: tensorflow/control_flow.py); a window's rule (a float16
         # window's update, in force here) already says it
-        reads = (HOST.gradient_conditions(variables) if self._gradient_flags is None else [None] * len(variables))
-        reads = [None if g is None else read for g, read in zip(grads, reads)]
+        reads = (HOST.gradient_conditions(variables, grads) if self._gradient_flags is None
+                 else [None] * len(variables))
         if accumulate == 1:
             flags = {i: read for i, read in zip(indices, reads) if read is not None}
             K.cond(finite, lambda: self._with_window_rule(flags, lambda: self._clip_and_apply(grads, variables))
@@ -266,16 +266,14 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             self.assign(counter, count if has_gradient is None else K.where(has_gradient, count, counter))
             step = K.cast(count, variable.dtype)
         delta, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
-        if has_gradient is None:
-            for name, value in new_slots.items():
-                if value is not slots[name]:
-                    self.assign(slots[name], value)
-            self.assign_sub(variable, delta)
-            return
-        for name, value in new_slots.items():  # a window's parameter: only if it had a gradient in it
+        for name, value in new_slots.items():  # (a flagged parameter: only if it had a gradient)
             if value is not slots[name]:
-                self.assign(slots[name], K.where(has_gradient, K.cast(value, slots[name].dtype), slots[name]))
-        self.assign(variable, K.where(has_gradient, variable - K.cast(delta, variable.dtype), variable))
+                self.assign(slots[name], value if has_gradient is None else
+                            K.where(has_gradient, K.cast(value, slots[name].dtype), slots[name]))
+        if has_gradient is None:
+            self.assign_sub(variable, delta)
+        else:
+            self.assign(variable, K.where(has_gradient, variable - K.cast(delta, variable.dtype), variable))
 
 
 def set_group_options(optimizer, group: int, keys) -> None:

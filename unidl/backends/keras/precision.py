@@ -90,7 +90,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         indices = [inner._get_variable_index(v) for v in variables]
         totals = [self._window[i] for i in indices]
         # a parameter read only by a loop or branch that did not run has no gradient (NativeOptimizer.apply)
-        reads = [None if g is None else read for g, read in zip(grads, HOST.gradient_conditions(variables))]
+        reads = HOST.gradient_conditions(variables, grads)
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
                  if g is None or read is not None}
         for total, grad, index, read in zip(totals, grads, indices, reads):

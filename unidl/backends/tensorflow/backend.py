@@ -191,10 +191,10 @@ class Backend(BackendInterface):
 
         set_group_options(optimizer, group, keys)
 
-    def gradient_conditions(self, params):
+    def gradient_conditions(self, params, grads):
         from unidl.backends.tensorflow.control_flow import gradient_conditions
 
-        return gradient_conditions(params)
+        return gradient_conditions(params, grads)
 
     def optimizer_state(self, optimizer):
         native = optimizer.native

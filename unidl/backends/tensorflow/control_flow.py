@@ -24,18 +24,35 @@ _LOOPS = ("While", "StatelessWhile")
 _BRANCHES = ("If", "StatelessIf")
 
 
-def gradient_conditions(params) -> list:
-    """One entry per parameter: None where the graph being traced reads it unconditionally (or nothing is
-    being traced), else a boolean scalar, True when the control flow that reads it did at run time. Called
-    inside a branch of a conditional (Keras's loss-scale optimizer updates in one), it reads the function's
-    graph around it, where the forward ran."""
+def gradient_conditions(params, grads, agree: bool = True) -> list:
+    """One entry per parameter: None where it has no gradient (``grads``), where the graph being traced reads it
+    unconditionally, or where nothing is being traced; else a boolean scalar, True when the control flow that
+    reads it did at run time. Called inside a branch of a conditional (Keras's loss-scale optimizer updates in
+    one), it reads the function's graph around it, where the forward ran. In a data-parallel job whose
+    gradients are the ranks' mean, ``agree``: a flag holds where it holds on any rank (one all-reduce, only where
+    there are flags), as torch's DDP gives every rank the gradient of a layer that one rank used."""
     if tf.executing_eagerly():
         return [None] * len(params)
     graph = tf.compat.v1.get_default_graph()
     while isinstance(graph, CondBranchFuncGraph):  # (a branch's graph: the forward ran in the graph around it)
         graph = graph.outer_graph
     tables = {}
-    return [_condition(_placeholder(graph, _handle(p), tables)) for p in params]
+    conditions = [None if grad is None else _condition(_placeholder(graph, _handle(p), tables))
+                  for p, grad in zip(params, grads)]
+    return _on_any_rank(conditions) if agree else conditions
+
+
+def _on_any_rank(conditions) -> list:
+    """``conditions`` held where they hold on any rank of the job (the sum of their 0/1 over the ranks > 0), in
+    the step's replica context; as they are outside a job, or where the update runs once for the replicas of
+    one process (their forwards are all in this graph already)."""
+    from unidl.backends.tensorflow import distributed
+
+    present = [c for c in conditions if c is not None]
+    if not present or distributed.strategy() is None or tf.distribute.in_cross_replica_context():
+        return conditions
+    counts = iter(tf.unstack(distributed.reduce_in_step([tf.cast(tf.stack(present), tf.float32)], "sum")[0]))
+    return [None if c is None else next(counts) > 0 for c in conditions]
 
 
 def _placeholder(graph, tensor, tables):

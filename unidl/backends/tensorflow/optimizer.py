@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from unidl.backends.tensorflow.control_flow import gradient_conditions
 from unidl.optim.optimizer import bound_rule, changeable_options
 from unidl.optim.param_groups import read_group_option, write_group_options
 
@@ -87,7 +88,8 @@ class GraphOptimizer(tf.Module):
         finite = all_finite([loss, *grads])
         # per parameter: None, or whether the loop or branch that alone reads it ran (control_flow.py): a False
         # one had no gradient in this run, as PyTorch's (not zeros). A caller's flags (a window's) already say it
-        reads = read_conditions(self._spec.params, grads) if has_gradient is None else [None] * len(grads)
+        reads = (gradient_conditions(self._spec.params, grads, agree=reduce is None) if has_gradient is None
+                 else [None] * len(grads))
         if accumulate == 1:
             self.finite.assign(finite)
             flags = has_gradient if has_gradient is not None else (reads if any(r is not None for r in reads) else None)
@@ -198,16 +200,14 @@ class GraphOptimizer(tf.Module):
             if applies is None and rule.apply_fused(param, grad, slots, lr, ops):
                 continue
             delta, new_slots = rule.update(param, grad, slots, lr, step, ops)
-            if applies is None:
-                for name, value in new_slots.items():
-                    if value is not slots[name]:
-                        slots[name].assign(value)
-                param.assign_sub(delta)
-                continue
-            for name, value in new_slots.items():
+            for name, value in new_slots.items():  # (``applies`` a flag: only where it holds)
                 if value is not slots[name]:
-                    slots[name].assign(tf.where(applies, tf.cast(value, slots[name].dtype), slots[name]))
-            param.assign(tf.where(applies, param - tf.cast(delta, param.dtype), param))
+                    slots[name].assign(value if applies is None else
+                                       tf.where(applies, tf.cast(value, slots[name].dtype), slots[name]))
+            if applies is None:
+                param.assign_sub(delta)
+            else:
+                param.assign(tf.where(applies, param - tf.cast(delta, param.dtype), param))
 
     def _count_step(self, index: int, applies):
         """Parameter ``index``'s step count with this update (where ``applies``, a boolean scalar or None for
@@ -216,14 +216,6 @@ class GraphOptimizer(tf.Module):
         count = variable.read_value() + 1  # (the rule reads it either way: never the 0 of a first skipped update)
         variable.assign(count if applies is None else tf.where(applies, count, variable))
         return tf.cast(count, self.learning_rate.dtype)
-
-
-def read_conditions(params, grads) -> list:
-    """Per parameter: None, or (where the graph read it only inside a loop or one branch of a conditional, and it
-    has a gradient) a boolean scalar saying whether that control flow read it in this run (``gradient_conditions``)."""
-    from unidl.backends.tensorflow.control_flow import gradient_conditions
-
-    return [None if grad is None else read for grad, read in zip(grads, gradient_conditions(params))]
 
 
 def _option_variables(value):

@@ -13,7 +13,8 @@ from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow.distributed import (average_gradients, data_parallel, module_state,
                                                    refuse_replicas_in_process, update_once)
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
-from unidl.backends.tensorflow.optimizer import assign_numpy, read_conditions, read_numpy
+from unidl.backends.tensorflow.control_flow import gradient_conditions
+from unidl.backends.tensorflow.optimizer import assign_numpy, read_numpy
 from unidl.training import loss_scale_storage
 
 
@@ -63,7 +64,7 @@ class Window(tf.Module):
 
     def add(self, grads, loss, reads):
         """Add one micro-step (``reads``: per parameter None, or whether the control flow that alone reads it ran,
-        ``read_conditions``); the number of micro-steps in the window now."""
+        ``gradient_conditions``); the number of micro-steps in the window now."""
         for total, flag, grad, read in zip(self.sums, self.has_gradient, grads, reads):
             if grad is not None:
                 total.assign_add(grad / tf.cast(self.accumulate, grad.dtype))
@@ -150,7 +151,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         if window is None:
             update_once(lambda: update(grads, checked))  # once per step with several devices in this process
         else:
-            reads = read_conditions(params, grads)  # (a loop that did not run: no gradient, as PyTorch's)
+            reads = gradient_conditions(params, grads)  # (a loop that did not run: no gradient, as PyTorch's)
             count = window.add(grads, checked, reads)
 
             def wait():  # a micro-step inside the window: nothing skipped yet

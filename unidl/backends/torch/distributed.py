@@ -66,9 +66,15 @@ class Engine:
     def wrap_forward(module):
         """A ``DistributedDataParallel`` over ``module`` (any ``torch.nn.Module``, such as a Keras-on-torch model,
         whose parameters are its variables): rank 0's state is broadcast now, and a backward through its
-        forward averages the gradients over the ranks. For a trainer that runs its own step (Keras's)."""
+        forward averages the gradients over the ranks. For a trainer that runs its own step (Keras's), and for
+        unidl's (``data_parallel``)."""
+        # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
+        # reducer warn at every run, though the copy it warns about is of those dimensions only
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        # find_unused_parameters: a step whose forward skips a layer (a dynamic net) gives it no gradient, as in one
+        # process, where DDP would otherwise leave that layer's bucket unreduced and fail at the next step (one
+        # walk of the autograd graph per step; torch then warns once per process if a step used every parameter)
         return torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True)
 
@@ -80,16 +86,7 @@ def data_parallel(model):
 
     if process_group.sharding() is None or not dist.is_initialized():
         return model
-    # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
-    # reducer warn at every run, though the copy it warns about is of those dimensions only. find_unused_parameters:
-    # a step whose forward skips a layer (a dynamic net) gives it no gradient, as in one process, where DDP would
-    # otherwise leave that layer's bucket unreduced and fail at the next step (one graph walk per step; torch
-    # then warns once per process if a step used every parameter)
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    native = NativeModule(model)
-    device = next((p.device for p in native.parameters()), torch.device("cpu"))
-    return torch.nn.parallel.DistributedDataParallel(
-        native, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True)
+    return Engine.wrap_forward(NativeModule(model))
 
 
 def any_rank(flag) -> None:
