@@ -214,3 +214,32 @@ def test_tensor_of_a_string_is_a_type_error():
             raises_exactly(ud.errors.DtypeMismatchError, "ud.tensor takes numbers (floats, ints or bools: a NumPy "
                            "array, nested lists or a scalar), got an array of dtype object",
                            lambda: ud.tensor([object()]))
+
+
+def test_grad_of_a_value_that_uses_no_target_and_of_an_integer_value(backend):
+    """``value_and_grad`` of a value that depends on none of the parameters: None for each (zeros for arguments),
+    on torch too, which raised its own ``RuntimeError``; a value of integer dtype is one ``TypeError`` everywhere
+    (tensorflow and keras returned it with zero gradients, torch and jax raised their own errors)."""
+    model, x = ud.nn.Linear(3, 2), ud.tensor(np.ones((1, 3), np.float32))
+    _, grads = ud.value_and_grad(lambda: ud.ops.sum(x), model.parameters())()
+    assert grads == [None, None]
+    _, grad = ud.value_and_grad(lambda t: ud.ops.sum(x), argnums=0)(ud.tensor(np.ones(2, np.float32)))
+    assert np.array_equal(ud.to_numpy(grad[0] if isinstance(grad, (list, tuple)) else grad), [0.0, 0.0])
+    with pytest.raises(TypeError, match="returns a floating-point scalar, but it returned dtype int"):
+        ud.value_and_grad(lambda t: ud.ops.sum(ud.ops.cast(t, "int64")), argnums=0)(ud.tensor(np.ones(2, np.float32)))
+
+
+def test_a_per_sample_loss_is_refused_by_train_step_and_fit(backend):
+    """``reduction="none"`` (one loss per sample) in ``train_step`` and ``fit``: one ``ValueError`` on every backend
+    before any step (Keras's trainer averaged it silently and trained; the others raised three different errors of
+    their frameworks)."""
+    model = ud.nn.Linear(3, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    before = model.state_dict()
+    with pytest.raises(ValueError, match=r"train_step needs a loss that returns one number.*reduction='none'"):
+        ud.train_step(model, ud.nn.CrossEntropyLoss(reduction="none"), optimizer)
+    with pytest.raises(ValueError, match=r"fit needs a loss that returns one number.*reduction='none'"):
+        ud.fit(model, (np.ones((4, 3), np.float32), np.zeros(4, np.int64)), loss=ud.nn.CrossEntropyLoss(
+            reduction="none"), optimizer=optimizer, epochs=1, batch_size=2, verbose=0)
+    assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
+

@@ -14,6 +14,7 @@ import functools
 from typing import Callable, Sequence
 
 from unidl import config
+from unidl.input_checks import dtype_name
 
 
 def _normalize(argnums_or_params):
@@ -80,11 +81,15 @@ def grad(f: Callable, argnums=0) -> Callable:
 
 
 def check_scalar(value, backend_name: str) -> None:
-    """The error ``grad`` raises for a function that does not return a scalar."""
+    """The error ``grad`` raises for a function that does not return a floating-point scalar."""
     shape = tuple(value.shape)
     if any(d != 1 for d in shape if d is not None) or None in shape:
         raise ValueError(f"grad needs a function that returns a scalar, but it returned a tensor of shape {shape} "
                          f"(on {backend_name}); reduce it first, e.g. with ud.ops.sum or ud.ops.mean")
+    dtype = dtype_name(value.dtype) if hasattr(value, "dtype") else type(value).__name__
+    if "float" not in dtype:
+        raise TypeError(f"grad needs a function that returns a floating-point scalar, but it returned dtype {dtype} "
+                        f"(on {backend_name}); an integer has no gradient: cast it, e.g. ud.ops.cast(v, 'float32')")
 
 
 def check_float(values: Sequence, what: str) -> None:

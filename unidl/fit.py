@@ -321,6 +321,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     call ``model(x)``: the forward's defaults (an evaluation-time depth) apply there. See docs/dynamic-forward.md.
     """
     loss = fit_options.resolve_loss(loss)
+    fit_options.check_reduced_loss(loss, "fit")
     optimizer = fit_options.resolve_optimizer(optimizer, model)
     backend = check_same_backend(model, loss, optimizer)
     precision = precision_policy(precision)

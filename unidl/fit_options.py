@@ -49,6 +49,16 @@ def resolve_loss(loss):
     return loss
 
 
+def check_reduced_loss(loss_fn, where: str) -> None:
+    """``ValueError`` for a loss module that returns one loss per sample (``reduction="none"``): training
+    differentiates one number, and each framework would refuse it in its own words (Keras's trainer silently
+    averages it). Raised before any step, on every backend."""
+    if getattr(loss_fn, "reduction", None) == "none":
+        raise ValueError(f"{where} needs a loss that returns one number, but {type(loss_fn).__name__}(reduction="
+                         f"'none') returns one per sample; use reduction='mean' or 'sum' (or reduce it yourself in "
+                         f"a ud.function training loop)")
+
+
 def resolve_optimizer(optimizer, model):
     """A unidl optimizer from ``optimizer``: an optimizer, or a name in ``OPTIMIZER_NAMES``, built over
     ``model.parameters()`` with Keras's default learning rate for it."""

@@ -500,6 +500,9 @@ class TrainStep:
         if not isinstance(check_finite, bool):
             raise TypeError(f"train_step check_finite must be True or False, got {check_finite!r}")
         self.accumulate = check_accumulate(accumulate)
+        from unidl.fit_options import check_reduced_loss
+
+        check_reduced_loss(loss_fn, "train_step")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.eager, self.check_finite, self.calls = bool(eager), check_finite, 0
         self.precision = precision_policy(precision)

@@ -296,7 +296,9 @@ class Backend(BackendInterface):
         with torch.enable_grad():
             value = f(*args)
             check_scalar(value, self.name)
-            grads = torch.autograd.grad(value, targets, allow_unused=True)
+            # a value that depends on none of the targets has no graph: each gradient is then None (or zeros)
+            grads = (torch.autograd.grad(value, targets, allow_unused=True) if value.requires_grad
+                     else [None] * len(targets))
         if argnums is None:
             return value.detach(), list(grads)  # None for an unused parameter: step() and apply() skip it
         return value.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
