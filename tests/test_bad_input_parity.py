@@ -243,3 +243,16 @@ def test_a_per_sample_loss_is_refused_by_train_step_and_fit(backend):
             reduction="none"), optimizer=optimizer, epochs=1, batch_size=2, verbose=0)
     assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
 
+
+
+def test_an_empty_batch_is_refused_by_train_step(backend):
+    """A batch of 0 samples: one ``ShapeMismatchError`` before the step on every backend. The frameworks differ
+    there (torch returns a loss, TensorFlow's convolution gives a wrong shape in a graph, and the gradient of its
+    pooling on an empty batch aborts the whole process)."""
+    model = ud.nn.Sequential(ud.nn.Linear(8, 8), ud.nn.MaxPool2d(2))
+    step = ud.train_step(model, ud.nn.MSELoss(reduction="sum"), ud.optim.SGD(model.parameters(), lr=0.1))
+    x, y = np.ones((4, 1, 8, 8), np.float32), np.ones((4, 1, 4, 4), np.float32)
+    step(x, y)
+    with pytest.raises(ud.errors.ShapeMismatchError, match=r"train_step got an empty batch \(x of shape \(0, 1, 8, 8"):
+        step(x[:0], y[:0])
+    assert np.isfinite(float(ud.to_numpy(step(x, y))))

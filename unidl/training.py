@@ -535,6 +535,9 @@ class TrainStep:
             raise ShapeMismatchError(
                 f"x and y must hold the same number of samples along axis 0; x has shape {x_shape}, "
                 f"y has shape {y_shape}")
+        if x_shape[0] == 0:  # the frameworks differ there (NaN, wrong shapes, errors, a crash of TF's pooling)
+            raise ShapeMismatchError(f"train_step got an empty batch (x of shape {x_shape}): a step needs at least "
+                                     f"one sample; skip empty batches before training on them")
         key = (x_shape, y_shape, getattr(x, "dtype", None), getattr(y, "dtype", None))
         if not inputs and key not in self._checked:  # (a forward with extra inputs is checked by running it)
             if not self._checked:
