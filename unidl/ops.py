@@ -527,7 +527,7 @@ def prelu(x, weight):
     rank = len(x.shape)
     if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
         weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
-    return where(x >= 0, x, x * weight)
+    return where(x > 0, x, x * weight)  # (at 0 the gradient ``weight``, as torch's)
 
 
 REDUCTIONS = ("mean", "sum", "none")

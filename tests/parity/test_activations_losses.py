@@ -30,6 +30,9 @@ TOKENS = R.integers(0, 10, (4, 5))
 TOKENS[0, :2] = 0
 TOKENS[1, 3] = 9
 WEIGHT = [0.5, 1.0, 2.0, 0.7, 1.5, 0.2]
+# values on the kinks (0, the bounds of ReLU6 and Hardtanh): PyTorch's gradient there (ReLU6 and Hardtanh 0 at a
+# bound, LeakyReLU/PReLU/ELU the left side's at 0, L1Loss 0 where prediction equals target)
+KINKS = np.array([[-1.0, 0.0, 6.0, 1.0, -0.5, 2.0], [0.0, 6.0, -1.0, 1.0, 7.0, -2.0]])
 
 
 def case(build, oracle, *inputs):
@@ -48,6 +51,11 @@ LAYERS = {
     "LogSoftmax-implicit-rank3": case(lambda: ud.nn.LogSoftmax(), lambda: tnn.LogSoftmax(dim=0), SEQUENCE),
     "PReLU": case(lambda: ud.nn.PReLU(), lambda: tnn.PReLU(), IMAGES),
     "PReLU-per-channel": case(lambda: ud.nn.PReLU(3, init=0.1), lambda: tnn.PReLU(3, init=0.1), IMAGES),
+    "ReLU6-kinks": case(lambda: ud.nn.ReLU6(), lambda: tnn.ReLU6(), KINKS),
+    "Hardtanh-kinks": case(lambda: ud.nn.Hardtanh(), lambda: tnn.Hardtanh(), KINKS),
+    "LeakyReLU-kinks": case(lambda: ud.nn.LeakyReLU(0.1), lambda: tnn.LeakyReLU(0.1), KINKS),
+    "ELU-kinks": case(lambda: ud.nn.ELU(alpha=0.4), lambda: tnn.ELU(alpha=0.4), KINKS),
+    "PReLU-kinks": case(lambda: ud.nn.PReLU(init=0.3), lambda: tnn.PReLU(init=0.3), KINKS),
     "LayerNorm": case(lambda: ud.nn.LayerNorm(6), lambda: tnn.LayerNorm(6), SEQUENCE),
     "LayerNorm-2d-eps": case(lambda: ud.nn.LayerNorm((5, 6), eps=1e-3), lambda: tnn.LayerNorm((5, 6), eps=1e-3), SEQUENCE),
     "LayerNorm-no-affine": case(lambda: ud.nn.LayerNorm(6, elementwise_affine=False),
@@ -62,6 +70,7 @@ LAYERS = {
 
 LOSSES = {
     "MSELoss-none": case(lambda: ud.nn.MSELoss("none"), lambda: tnn.MSELoss(reduction="none"), ROWS, TARGET),
+    "L1Loss-kinks": case(lambda: ud.nn.L1Loss(), lambda: tnn.L1Loss(), KINKS, np.where(KINKS > 0, KINKS, 0.5)),
     "L1Loss-none": case(lambda: ud.nn.L1Loss("none"), lambda: tnn.L1Loss(reduction="none"), ROWS, TARGET),
     "BCEWithLogitsLoss-none": case(lambda: ud.nn.BCEWithLogitsLoss("none"), lambda: tnn.BCEWithLogitsLoss(reduction="none"),
                                    ROWS, BINARY),
@@ -156,3 +165,18 @@ def test_activations_between_convolutions_in_a_graph(backend):
     assert max_relative_difference(ud.to_numpy(output), out.detach().numpy()) < 2e-6
     for (name, parameter), grad in zip(torch_model.named_parameters(), grads):
         assert max_relative_difference(ud.to_numpy(grad), parameter.grad.numpy()) < 1e-5, name
+
+
+def test_clip_and_abs_gradients_at_their_kinks_match_torch(backend):
+    """``ud.ops.clip`` passes the gradient whole at a bound (``torch.clamp``: jax's clip gave half) and ``ud.ops.abs``
+    gives 0 at 0 (``torch.abs``: jax gave 1), eagerly and compiled."""
+    x = np.array([0.0, 1.0, -1.0, 0.5, 2.0, -2.0], np.float32)
+    scale = np.arange(1.0, 7.0, dtype=np.float32)
+    t = torch.tensor(x, requires_grad=True)
+    ((torch.clamp(t, -1.0, 1.0) * torch.tensor(scale)).sum() + torch.abs(t).sum()).backward()
+
+    def value(v):
+        return ud.ops.sum(ud.ops.clip(v, -1.0, 1.0) * ud.tensor(scale)) + ud.ops.sum(ud.ops.abs(v))
+
+    for gradient in (ud.grad(value), ud.function(ud.grad(value))):
+        assert np.array_equal(ud.to_numpy(gradient(ud.tensor(x))), t.grad.numpy())

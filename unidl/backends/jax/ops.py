@@ -35,7 +35,12 @@ tanh = _unwrapped(jnp.tanh)
 exp = _unwrapped(jnp.exp)
 log = _unwrapped(jnp.log)
 sqrt = _unwrapped(jnp.sqrt)
-abs = _unwrapped(jnp.abs)
+def abs(x):
+    # |x| as x * sign(x): PyTorch's gradient at 0 is sign(0) = 0, jnp.abs's is 1 (also through L1Loss)
+    x = _v(x)
+    return x * jnp.sign(x)
+
+
 sign = _unwrapped(jnp.sign)
 square = _unwrapped(jnp.square)
 maximum = _unwrapped(jnp.maximum)
@@ -63,7 +68,7 @@ def linear(x, weight, bias=None):
 
 def leaky_relu(x, negative_slope=0.01):
     x = _v(x)
-    return jnp.where(x >= 0, x, x * jnp.asarray(negative_slope, x.dtype))
+    return jnp.where(x > 0, x, x * jnp.asarray(negative_slope, x.dtype))  # (at 0 the slope's gradient, as torch)
 
 
 def softmax(x, dim=-1):
@@ -198,7 +203,13 @@ def sum(x, axis=None, keepdims=False):
 
 
 def clip(x, minimum=None, maximum=None):
-    return jnp.clip(_v(x), minimum, maximum)
+    # selects, not jnp.clip: PyTorch's clamp passes the gradient at a bound whole (jnp.clip's ties give half)
+    x = _v(x)
+    if minimum is not None:
+        x = jnp.where(x < minimum, jnp.asarray(minimum, x.dtype), x)
+    if maximum is not None:
+        x = jnp.where(x > maximum, jnp.asarray(maximum, x.dtype), x)
+    return x
 
 
 def shape(x):
@@ -226,7 +237,7 @@ def mse_loss(prediction, target, reduction="mean"):
 
 def l1_loss(prediction, target, reduction="mean"):
     prediction = _v(prediction)
-    return _reduce(jnp.abs(prediction - jnp.asarray(_v(target), prediction.dtype)), reduction)
+    return _reduce(abs(prediction - jnp.asarray(_v(target), prediction.dtype)), reduction)
 
 
 _trace = threading.local()
@@ -296,7 +307,7 @@ def gelu(x, approximate="none"):
 def elu(x, alpha=1.0):
     x = _v(x)
     # expm1 of the negative part only: the branch not taken must not overflow (its gradient would be NaN)
-    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.minimum(x, 0)))
+    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, 0, x)))  # (at 0 the gradient alpha, as torch)
 
 
 def softplus(x, beta=1.0, threshold=20.0):
@@ -307,7 +318,9 @@ def softplus(x, beta=1.0, threshold=20.0):
 
 def hardtanh(x, min_val=-1.0, max_val=1.0):
     x = _v(x)
-    return jnp.where(x < min_val, jnp.asarray(min_val, x.dtype), jnp.where(x > max_val, jnp.asarray(max_val, x.dtype), x))
+    # at a bound the constant: PyTorch's gradient is 0 there (ReLU6 at 0 and 6 too)
+    return jnp.where(x <= min_val, jnp.asarray(min_val, x.dtype),
+                     jnp.where(x >= max_val, jnp.asarray(max_val, x.dtype), x))
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):

@@ -25,7 +25,11 @@ tanh = K.tanh
 exp = K.exp
 log = K.log
 sqrt = K.sqrt
-abs = K.abs
+def abs(x):
+    # |x| as x * sign(x): PyTorch's gradient at 0 is sign(0) = 0 (JAX's abs gives 1)
+    return x * K.sign(x)
+
+
 sign = K.sign
 square = K.square
 maximum = K.maximum
@@ -207,10 +211,11 @@ def sum(x, axis=None, keepdims=False):
 
 
 def clip(x, minimum=None, maximum=None):
+    # selects: PyTorch's clamp passes the gradient at a bound whole (a maximum's tie gives half on JAX)
     if minimum is not None:
-        x = K.maximum(x, minimum)
+        x = K.where(x < minimum, K.cast(minimum, x.dtype), x)
     if maximum is not None:
-        x = K.minimum(x, maximum)
+        x = K.where(x > maximum, K.cast(maximum, x.dtype), x)
     return x
 
 
@@ -237,7 +242,7 @@ def mse_loss(prediction, target, reduction="mean"):
 
 
 def l1_loss(prediction, target, reduction="mean"):
-    return _reduce(K.abs(prediction - K.cast(target, prediction.dtype)), reduction)
+    return _reduce(abs(prediction - K.cast(target, prediction.dtype)), reduction)
 
 
 def check_index(indices, size, what="index"):
@@ -291,7 +296,7 @@ def gelu(x, approximate="none"):
 
 def elu(x, alpha=1.0):
     # expm1 of the negative part only: the branch not taken must not overflow (its gradient would be NaN)
-    return K.where(x > 0, x, alpha * K.expm1(K.minimum(x, 0)))
+    return K.where(x > 0, x, alpha * K.expm1(K.where(x > 0, K.zeros_like(x), x)))  # (at 0: alpha, as torch)
 
 
 def softplus(x, beta=1.0, threshold=20.0):
@@ -301,7 +306,7 @@ def softplus(x, beta=1.0, threshold=20.0):
 
 def hardtanh(x, min_val=-1.0, max_val=1.0):
     low, high = K.convert_to_tensor(min_val, x.dtype), K.convert_to_tensor(max_val, x.dtype)
-    return K.where(x < low, low, K.where(x > high, high, x))
+    return K.where(x <= low, low, K.where(x >= high, high, x))  # (at a bound the gradient 0, as torch)
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):

@@ -474,7 +474,7 @@ def gelu(x, approximate="none"):
 @elementwise
 def elu(x, alpha=1.0):
     # expm1 of the negative part only: the branch not taken must not overflow (its gradient would be NaN)
-    return tf.where(x > 0, x, alpha * tf.math.expm1(tf.minimum(x, tf.zeros_like(x))))
+    return tf.where(x > 0, x, alpha * tf.math.expm1(tf.where(x > 0, tf.zeros_like(x), x)))
 
 
 @elementwise
@@ -485,8 +485,10 @@ def softplus(x, beta=1.0, threshold=20.0):
 
 @elementwise
 def hardtanh(x, min_val=-1.0, max_val=1.0):
-    # tf.constant, not tf.cast: a Python float cast from float32 would lose float64 digits
-    return tf.clip_by_value(x, tf.constant(min_val, x.dtype), tf.constant(max_val, x.dtype))
+    # tf.constant, not tf.cast: a Python float cast from float32 would lose float64 digits. Selects, not
+    # clip_by_value: at a bound the constant, whose gradient is 0 as PyTorch's (clip_by_value passes it whole)
+    low, high = tf.constant(min_val, x.dtype), tf.constant(max_val, x.dtype)
+    return tf.where(x <= low, low, tf.where(x >= high, high, x))
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
