@@ -144,6 +144,9 @@ def test_out_of_range_labels_name_the_range(mode):
                        lambda: run(mode, loss, X[0, 0], labels))
     raises_exactly(ud.IndexOutOfRangeError, "CrossEntropyLoss labels must lie in [0, 5); found values from 0 to 5",
                    run, mode, lambda x, y: ud.ops.cross_entropy(x, y), X[0, 0], np.array([0, 5, 1, 2, 3]))
+    # one_hot: TensorFlow, JAX and Keras gave a row of zeros for such a label, torch its own error
+    raises_exactly(ud.IndexOutOfRangeError, "one_hot labels must lie in [0, 3); found values from -1 to 3",
+                   run, mode, lambda y: ud.ops.one_hot(y, 3), np.array([0, 3, -1]))
 
 
 # ---- h, i. float labels and integer inputs: refused, never truncated or left to the framework ------------------
@@ -256,3 +259,22 @@ def test_an_empty_batch_is_refused_by_train_step(backend):
     with pytest.raises(ud.errors.ShapeMismatchError, match=r"train_step got an empty batch \(x of shape \(0, 1, 8, 8"):
         step(x[:0], y[:0])
     assert np.isfinite(float(ud.to_numpy(step(x, y))))
+
+
+def test_integer_mean_and_clip_with_float_bounds_give_floats(mode):
+    """The mean of integers, and integers clipped to float bounds, in the float dtype in force on every backend
+    (PyTorch's promotion for ``clamp``; tensorflow truncated both to integers, torch refused the mean)."""
+    values = np.array([1, 2, 4, -3])
+    assert np.allclose(run(mode, lambda v: ud.ops.mean(v), values), 1.0)
+    clipped = run(mode, lambda v: ud.ops.clip(v, 0.5, 1.5), values)
+    assert clipped.dtype == np.float32 and np.array_equal(clipped, [1.0, 1.5, 1.5, 0.5])
+
+
+def test_integer_targets_of_a_binary_cross_entropy_are_refused(mode):
+    """``BCEWithLogitsLoss`` / ``BCELoss`` with integer or boolean targets: one ``DtypeMismatchError`` everywhere
+    (torch raised its own error; tensorflow, keras and jax cast them and trained)."""
+    logits, labels = X[0, 0], (X[0, 0] > 0).astype(np.int64)
+    for loss in (ud.nn.BCEWithLogitsLoss(), ud.nn.BCELoss()):
+        raises_exactly(ud.errors.DtypeMismatchError, f"{type(loss).__name__} needs floating-point targets (0/1 or "
+                       f"probabilities), got int64; convert them, e.g. y.astype('float32') or ud.ops.cast(y, "
+                       f"'float32')", run, mode, lambda x, y: loss(ud.ops.sigmoid(x), y), logits, labels)

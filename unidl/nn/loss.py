@@ -82,7 +82,17 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, logits, targets):
         logits = self._check_same_shape(logits, targets)
+        _check_float_targets(self, targets)
         return self._ops.bce_with_logits(logits, targets, self.reduction)
+
+
+def _check_float_targets(loss, targets) -> None:
+    """``DtypeMismatchError`` for integer or boolean targets of a binary cross-entropy: PyTorch refuses them, and the
+    other frameworks cast them silently; unidl refuses them on every backend, naming the cast."""
+    name = dtype_name(targets.dtype) if hasattr(targets, "dtype") else "float"
+    if "float" not in name:
+        raise DtypeMismatchError(f"{type(loss).__name__} needs floating-point targets (0/1 or probabilities), got "
+                                 f"{name}; convert them, e.g. y.astype('float32') or ud.ops.cast(y, 'float32')")
 
 
 class BCELoss(_Loss):
@@ -100,6 +110,7 @@ class BCELoss(_Loss):
 
     def forward(self, probabilities, targets):
         probabilities = self._check_same_shape(probabilities, targets)
+        _check_float_targets(self, targets)
         return functional.binary_cross_entropy(probabilities, targets, self.weight, self.reduction)
 
 

@@ -13,6 +13,8 @@ import threading
 
 import jax
 import jax.numpy as jnp
+
+from unidl import config
 from jax.experimental import checkify
 
 from unidl.backends.jax.variable import unwrap as _v
@@ -195,7 +197,10 @@ def stack(tensors, axis=0):
 
 
 def mean(x, axis=None, keepdims=False):
-    return jnp.mean(_v(x), axis, keepdims=keepdims)
+    x = _v(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):  # the mean of integers in the float dtype in force
+        x = x.astype(config.get_dtype())
+    return jnp.mean(x, axis, keepdims=keepdims)
 
 
 def sum(x, axis=None, keepdims=False):
@@ -205,6 +210,8 @@ def sum(x, axis=None, keepdims=False):
 def clip(x, minimum=None, maximum=None):
     # selects, not jnp.clip: PyTorch's clamp passes the gradient at a bound whole (jnp.clip's ties give half)
     x = _v(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating) and (isinstance(minimum, float) or isinstance(maximum, float)):
+        x = x.astype(config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
     if minimum is not None:
         x = jnp.where(x < minimum, jnp.asarray(minimum, x.dtype), x)
     if maximum is not None:
@@ -221,7 +228,8 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    return jax.nn.one_hot(_v(labels), num_classes, dtype=jnp.int64)
+    # (jax.nn.one_hot gives a row of zeros for a label out of range; PyTorch's raises, and so does unidl)
+    return jax.nn.one_hot(check_index(_v(labels), num_classes, "one_hot labels"), num_classes, dtype=jnp.int64)
 
 
 def _reduce(values, reduction):

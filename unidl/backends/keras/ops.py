@@ -12,6 +12,7 @@ import math
 import keras
 from keras import ops as K
 
+from unidl import config
 from unidl.backends.keras.host import HOST
 
 _CHANNELS_FIRST_NATIVE = HOST.native_layout == "NCHW"
@@ -203,6 +204,8 @@ def stack(tensors, axis=0):
 
 
 def mean(x, axis=None, keepdims=False):
+    if "float" not in K.dtype(x):  # the mean of integers in the float dtype in force
+        x = K.cast(x, config.get_dtype())
     return K.mean(x, axis, keepdims)
 
 
@@ -212,6 +215,8 @@ def sum(x, axis=None, keepdims=False):
 
 def clip(x, minimum=None, maximum=None):
     # selects: PyTorch's clamp passes the gradient at a bound whole (a maximum's tie gives half on JAX)
+    if "float" not in K.dtype(x) and (isinstance(minimum, float) or isinstance(maximum, float)):
+        x = K.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
     if minimum is not None:
         x = K.where(x < minimum, K.cast(minimum, x.dtype), x)
     if maximum is not None:
@@ -228,7 +233,8 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    return K.one_hot(K.cast(labels, "int32"), num_classes, dtype="int64")
+    # (Keras gives a row of zeros for a label out of range; PyTorch's raises, and so does unidl)
+    return K.one_hot(check_index(K.cast(labels, "int32"), num_classes, "one_hot labels"), num_classes, dtype="int64")
 
 
 def _reduce(values, reduction):

@@ -12,6 +12,7 @@ import math
 
 import tensorflow as tf
 
+from unidl import config
 from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError
 from unidl.input_checks import check_known_shape
 from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten_view, flattened_nhwc_source, nchw_view,
@@ -320,6 +321,8 @@ def stack(tensors, axis=0):
 
 
 def mean(x, axis=None, keepdims=False):
+    if not x.dtype.is_floating:  # the mean of integers in the float dtype in force (reduce_mean would truncate)
+        x = tf.cast(x, config.get_dtype())
     return tf.reduce_mean(x, axis, keepdims)
 
 
@@ -328,6 +331,8 @@ def sum(x, axis=None, keepdims=False):
 
 
 def clip(x, minimum=None, maximum=None):
+    if not x.dtype.is_floating and (isinstance(minimum, float) or isinstance(maximum, float)):
+        x = tf.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion (no truncation)
     if minimum is not None:
         x = tf.maximum(x, tf.cast(minimum, x.dtype))
     if maximum is not None:
@@ -349,7 +354,9 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.int64)
+    # (tf.one_hot gives a row of zeros for a label out of range; PyTorch's raises, and so does unidl)
+    return tf.one_hot(check_index(tf.cast(labels, tf.int32), num_classes, "one_hot labels"), num_classes,
+                      dtype=tf.int64)
 
 
 def _reduce(values, reduction):

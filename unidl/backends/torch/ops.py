@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unidl import config
+
 from unidl.errors import IndexOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
 
@@ -109,6 +111,8 @@ def stack(tensors, axis=0):
 
 
 def mean(x, axis=None, keepdims=False):
+    if not x.is_floating_point():  # the mean of integers in the float dtype in force (torch.mean refuses them)
+        x = x.to(getattr(torch, config.get_dtype()))
     return torch.mean(x) if axis is None else torch.mean(x, axis, keepdims)
 
 
@@ -129,7 +133,7 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    return F.one_hot(labels.long(), num_classes)
+    return F.one_hot(check_index(labels.long(), num_classes, "one_hot labels"), num_classes)
 
 
 def mse_loss(prediction, target, reduction="mean"):
