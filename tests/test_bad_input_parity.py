@@ -278,3 +278,13 @@ def test_integer_targets_of_a_binary_cross_entropy_are_refused(mode):
         raises_exactly(ud.errors.DtypeMismatchError, f"{type(loss).__name__} needs floating-point targets (0/1 or "
                        f"probabilities), got int64; convert them, e.g. y.astype('float32') or ud.ops.cast(y, "
                        f"'float32')", run, mode, lambda x, y: loss(ud.ops.sigmoid(x), y), logits, labels)
+
+
+@pytest.mark.parametrize("stride, padding, groups", [(1, 0, 1), (2, 1, 1), (1, "same", 2)])
+def test_a_convolution_of_an_empty_batch_has_torchs_shape(mode, stride, padding, groups):
+    """``Conv2d`` over 0 samples gives (0, C_out, H_out, W_out) as torch does (TensorFlow's CPU convolution handed
+    back the input's shape: in a graph silently, eagerly to its bias add's error)."""
+    layer = ud.nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups)
+    empty = np.zeros((0, 4, 7, 7), np.float32)
+    expected = torch.nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups)(torch.tensor(empty)).shape
+    assert run(mode, lambda x: layer(x), empty).shape == tuple(expected)

@@ -185,9 +185,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         y = tf.nn.depthwise_conv2d(xh, depthwise, strides=(1, sh, sw, 1), padding=padding_argument)
     else:
         y = _grouped_conv2d(xh, kernel, groups, (sh, sw), padding_argument)
+    if xh.shape[0] is None or xh.shape[0] == 0:  # a batch that may be empty: see _empty_batch_shaped
+        y = _empty_batch_shaped(y, xh, kernel, (sh, sw), padding_argument)
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     return nchw_view(y)
+
+
+def _empty_batch_shaped(y, xh, kernel, stride_hw, padding_argument):
+    """``y`` (a convolution of NHWC ``xh``) reshaped to the output's own shape: for an empty batch TensorFlow's CPU
+    convolution hands back a tensor of the input's shape (inside a graph silently, eagerly to the bias add's
+    error), where PyTorch gives (0, C_out, H_out, W_out). A no-op for any other batch."""
+    size = tf.shape(xh)
+    taps = tf.shape(kernel)
+    spatial = [(size[1 + axis] + stride_hw[axis] - 1) // stride_hw[axis] if padding_argument == "SAME"
+               else (size[1 + axis] - taps[axis]) // stride_hw[axis] + 1 for axis in (0, 1)]
+    return tf.reshape(y, tf.stack([size[0], spatial[0], spatial[1], taps[3]]))  # (HWIO: taps[3] output channels)
 
 
 def _grouped_conv2d(xh, kernel, groups, stride, padding_argument):
