@@ -288,3 +288,8 @@ def test_a_convolution_of_an_empty_batch_has_torchs_shape(mode, stride, padding,
     empty = np.zeros((0, 4, 7, 7), np.float32)
     expected = torch.nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups)(torch.tensor(empty)).shape
     assert run(mode, lambda x: layer(x), empty).shape == tuple(expected)
+
+
+def test_flatten_of_an_empty_batch_has_torchs_shape(mode):
+    """``Flatten`` over 0 samples gives (0, C*H*W) as torch does (jax raised ``ZeroDivisionError``)."""
+    assert run(mode, lambda x: ud.nn.Flatten()(x), np.zeros((0, 3, 4, 5), np.float32)).shape == (0, 60)

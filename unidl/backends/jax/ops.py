@@ -9,6 +9,7 @@ through ``checkify`` (every compiled step of this backend is checkified).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import jax
@@ -185,7 +186,8 @@ def reshape(x, shape):
 
 def flatten(x, start_dim=1):
     x = _v(x)
-    return jnp.reshape(x, x.shape[:start_dim] + (-1,))
+    # the size spelled out, not -1: an empty batch cannot infer it (jnp.reshape divides by 0)
+    return jnp.reshape(x, x.shape[:start_dim] + (math.prod(x.shape[start_dim:]),))
 
 
 def concat(tensors, axis=0):
