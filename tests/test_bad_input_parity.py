@@ -293,3 +293,11 @@ def test_a_convolution_of_an_empty_batch_has_torchs_shape(mode, stride, padding,
 def test_flatten_of_an_empty_batch_has_torchs_shape(mode):
     """``Flatten`` over 0 samples gives (0, C*H*W) as torch does (jax raised ``ZeroDivisionError``)."""
     assert run(mode, lambda x: ud.nn.Flatten()(x), np.zeros((0, 3, 4, 5), np.float32)).shape == (0, 60)
+
+
+def test_a_transposed_convolution_of_an_empty_batch_has_torchs_shape(mode):
+    """``ConvTranspose2d`` over 0 samples (a convolution of the spread input: the same TensorFlow kernel)."""
+    layer = ud.nn.ConvTranspose2d(3, 2, 3, stride=2)
+    empty = np.zeros((0, 3, 7, 7), np.float32)
+    assert run(mode, lambda x: layer(x), empty).shape == tuple(torch.nn.ConvTranspose2d(3, 2, 3, stride=2)(
+        torch.tensor(empty)).shape)
