@@ -301,3 +301,13 @@ def test_a_transposed_convolution_of_an_empty_batch_has_torchs_shape(mode):
     empty = np.zeros((0, 3, 7, 7), np.float32)
     assert run(mode, lambda x: layer(x), empty).shape == tuple(torch.nn.ConvTranspose2d(3, 2, 3, stride=2)(
         torch.tensor(empty)).shape)
+
+
+def test_group_norm_of_an_empty_batch_has_torchs_shape(mode):
+    """``GroupNorm`` over 0 samples gives an empty output as plain ``torch.nn.GroupNorm`` does (unidl's torch and jax
+    raised, inferring a -1 size from no elements; tensorflow and keras computed)."""
+    layer = ud.nn.GroupNorm(2, 4)
+    assert run(mode, lambda x: layer(x), np.zeros((0, 4, 3, 3), np.float32)).shape == (0, 4, 3, 3)
+    nonempty = RNG.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    expected = torch.nn.GroupNorm(2, 4)(torch.tensor(nonempty)).detach().numpy()
+    np.testing.assert_allclose(run(mode, lambda x: layer(x), nonempty), expected, rtol=1e-5, atol=1e-5)

@@ -281,7 +281,10 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's group of
     ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,)."""
     sizes = ops.shape(x)
-    grouped = ops.reshape(x, (sizes[0], num_groups, -1))
+    group = sizes[1] // num_groups  # spelled out, not -1: an empty batch cannot infer it (torch and jax refuse)
+    for size in sizes[2:]:
+        group = group * size
+    grouped = ops.reshape(x, (sizes[0], num_groups, group))
     centred = grouped - ops.mean(grouped, 2, True)
     variance = ops.mean(ops.square(centred), 2, True)
     y = ops.reshape(centred / ops.sqrt(variance + eps), sizes)
