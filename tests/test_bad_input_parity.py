@@ -311,3 +311,14 @@ def test_group_norm_of_an_empty_batch_has_torchs_shape(mode):
     nonempty = RNG.standard_normal((2, 4, 3, 3)).astype(np.float32)
     expected = torch.nn.GroupNorm(2, 4)(torch.tensor(nonempty)).detach().numpy()
     np.testing.assert_allclose(run(mode, lambda x: layer(x), nonempty), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_gradient_of_pooling_over_an_empty_batch(mode):
+    """The gradient through max and average pooling over 0 samples is empty, on every backend (TensorFlow's CPU
+    pooling gradient aborted the whole process there, outside ``train_step``, which refuses empty batches)."""
+    empty = np.zeros((0, 2, 6, 6), np.float32)
+    for pool, oracle in ((ud.nn.MaxPool2d(2), torch.nn.MaxPool2d(2)), (ud.nn.AvgPool2d(2, padding=1),
+                                                                       torch.nn.AvgPool2d(2, padding=1))):
+        gradient = ud.grad(lambda x: ud.ops.sum(pool(x)))
+        assert run(mode, gradient, empty).shape == (0, 2, 6, 6)
+        assert run(mode, lambda x: pool(x), empty).shape == tuple(oracle(torch.tensor(empty)).shape)

@@ -218,7 +218,20 @@ def _pool(x, kernel_size, stride, padding, pool, pad_value):
     xh = to_nhwc(x)
     if ph or pw:
         xh = tf.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
-    return nchw_view(pool(xh, ksize=(kh, kw), strides=(sh, sw), padding="VALID"))
+
+    def pooled():
+        return pool(xh, ksize=(kh, kw), strides=(sh, sw), padding="VALID")
+
+    def empty():  # the output's shape by slicing: the gradient of TF's CPU pooling over 0 samples aborts the process
+        size = tf.shape(xh)
+        return xh[:, :(size[1] - kh) // sh + 1, :(size[2] - kw) // sw + 1, :]
+
+    if xh.shape[0] == 0:
+        return nchw_view(empty())
+    if xh.shape[0] is None and not tracing_xla_graph():  # (a graph that learns the batch size only when it runs;
+        # XLA pools with its own kernels, and differentiates a cond of these two branches wrongly)
+        return nchw_view(tf.cond(tf.shape(xh)[0] > 0, pooled, empty))
+    return nchw_view(pooled())
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
