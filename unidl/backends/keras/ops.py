@@ -33,28 +33,12 @@ def abs(x):
 
 sign = K.sign
 square = K.square
+maximum = K.maximum
 where = K.where
 zeros_like = K.zeros_like
 silu = K.silu
 log1p = K.log1p
-
-
-def maximum(x, y):
-    return _tie_split(K.maximum, x, y, 1)
-
-
-def minimum(x, y):
-    return _tie_split(K.minimum, x, y, -1)
-
-
-def _tie_split(kernel, x, y, sign):
-    """``kernel`` (K.maximum / K.minimum) of floats with PyTorch's gradient at a tie: half to each input (Keras on
-    TensorFlow gives all of it to ``x``). The same values, NaN included."""
-    x, y = K.convert_to_tensor(x), K.convert_to_tensor(y)
-    if "float" not in K.dtype(x) or K.dtype(x) != K.dtype(y):
-        return kernel(x, y)
-    wins, loses = (x > y, x < y) if sign > 0 else (x < y, x > y)
-    return K.where(wins, x, K.where(loses, y, x * 0.5 + y * 0.5))
+minimum = K.minimum
 
 def linear(x, weight, bias=None):
     y = K.matmul(x, K.transpose(weight))

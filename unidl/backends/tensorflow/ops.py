@@ -28,29 +28,12 @@ sqrt = tf.sqrt
 abs = tf.abs
 sign = tf.sign
 square = tf.square
+maximum = tf.maximum
 where = tf.where
 zeros_like = tf.zeros_like
 silu = elementwise(tf.nn.silu)
 log1p = tf.math.log1p
-
-
-def maximum(x, y):
-    return _tie_split(tf.maximum, x, y, 1)
-
-
-def minimum(x, y):
-    return _tie_split(tf.minimum, x, y, -1)
-
-
-def _tie_split(kernel, x, y, sign):
-    """``kernel`` (tf.maximum / tf.minimum) of floats with PyTorch's gradient at a tie: half to each input
-    (TensorFlow's gives all of it to ``x``). The same values, NaN included."""
-    x = tf.convert_to_tensor(x)
-    y = tf.convert_to_tensor(y, dtype_hint=x.dtype)
-    if not x.dtype.is_floating or x.dtype != y.dtype:
-        return kernel(x, y)
-    wins, loses = (x > y, x < y) if sign > 0 else (x < y, x > y)
-    return tf.where(wins, x, tf.where(loses, y, x * 0.5 + y * 0.5))
+minimum = tf.minimum
 
 def linear(x, weight, bias=None):
     # the (out, in) weight is multiplied transposed inside the kernel (no transposed copy per step), and
