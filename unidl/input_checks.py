@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from numbers import Integral
 
+import numpy as np
+
 from unidl import ops
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
 
@@ -118,6 +120,16 @@ def check_batch_statistics(owner, x):
                 f"{shape_template(len(sizes))}; train with more values per channel (a larger batch) or call eval()")
 
     return require(x, _holds(count != 1), template, sizes)  # (PyTorch's test: an empty batch is no error here)
+
+
+def float_bound(value) -> bool:
+    """Whether a bound of ``clip`` is a floating-point number (Python's or NumPy's, or a float array or tensor): with
+    integer input it makes the result floating, as PyTorch's type promotion does (never a truncated bound)."""
+    if value is None or isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return True
+    return "float" in dtype_name(getattr(value, "dtype", np.asarray(value).dtype))
 
 
 def has_values_per_channel(x):

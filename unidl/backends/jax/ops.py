@@ -21,6 +21,7 @@ from jax.experimental import checkify
 from unidl.backends.jax.variable import unwrap as _v
 from unidl.errors import IndexOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
+from unidl.input_checks import float_bound
 
 
 def _unwrapped(function):
@@ -212,7 +213,7 @@ def sum(x, axis=None, keepdims=False):
 def clip(x, minimum=None, maximum=None):
     # selects, not jnp.clip: PyTorch's clamp passes the gradient at a bound whole (jnp.clip's ties give half)
     x = _v(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating) and (isinstance(minimum, float) or isinstance(maximum, float)):
+    if not jnp.issubdtype(x.dtype, jnp.floating) and (float_bound(minimum) or float_bound(maximum)):
         x = x.astype(config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
     if minimum is not None:
         x = jnp.where(x < minimum, jnp.asarray(minimum, x.dtype), x)
@@ -230,8 +231,7 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    # (jax.nn.one_hot gives a row of zeros for a label out of range; PyTorch's raises, and so does unidl)
-    return jax.nn.one_hot(check_index(_v(labels), num_classes, "one_hot labels"), num_classes, dtype=jnp.int64)
+    return jax.nn.one_hot(_v(labels), num_classes, dtype=jnp.int64)
 
 
 def _reduce(values, reduction):

@@ -14,6 +14,7 @@ from keras import ops as K
 
 from unidl import config
 from unidl.backends.keras.host import HOST
+from unidl.input_checks import float_bound
 
 _CHANNELS_FIRST_NATIVE = HOST.native_layout == "NCHW"
 _NCHW_TO_NHWC = (0, 2, 3, 1)
@@ -27,8 +28,8 @@ exp = K.exp
 log = K.log
 sqrt = K.sqrt
 def abs(x):
-    # |x| as x * sign(x): PyTorch's gradient at 0 is sign(0) = 0 (JAX's abs gives 1)
-    return x * K.sign(x)
+    # |x| with PyTorch's gradient at 0, sign(0) = 0 (JAX's abs gives 1); +0.0 for -0.0 (x * sign(x) gives -0.0 on TF)
+    return K.where(x == 0, K.zeros_like(x), K.abs(x))
 
 
 sign = K.sign
@@ -215,7 +216,7 @@ def sum(x, axis=None, keepdims=False):
 
 def clip(x, minimum=None, maximum=None):
     # selects: PyTorch's clamp passes the gradient at a bound whole (a maximum's tie gives half on JAX)
-    if "float" not in K.dtype(x) and (isinstance(minimum, float) or isinstance(maximum, float)):
+    if "float" not in K.dtype(x) and (float_bound(minimum) or float_bound(maximum)):
         x = K.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
     if minimum is not None:
         x = K.where(x < minimum, K.cast(minimum, x.dtype), x)
@@ -233,8 +234,7 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    # (Keras gives a row of zeros for a label out of range; PyTorch's raises, and so does unidl)
-    return K.one_hot(check_index(K.cast(labels, "int32"), num_classes, "one_hot labels"), num_classes, dtype="int64")
+    return K.one_hot(K.cast(labels, "int32"), num_classes, dtype="int64")
 
 
 def _reduce(values, reduction):

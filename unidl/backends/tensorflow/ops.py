@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from unidl import config
 from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError
-from unidl.input_checks import check_known_shape
+from unidl.input_checks import check_known_shape, float_bound
 from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten_view, flattened_nhwc_source, nchw_view,
                                               nhwc_source, to_nhwc, tracing_xla_graph)
 
@@ -168,7 +168,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         y = tf.nn.depthwise_conv2d(xh, depthwise, strides=(1, sh, sw, 1), padding=padding_argument)
     else:
         y = _grouped_conv2d(xh, kernel, groups, (sh, sw), padding_argument)
-    if xh.shape[0] is None or xh.shape[0] == 0:  # a batch that may be empty: see _empty_batch_shaped
+    if xh.shape[0] == 0:  # an empty batch (eagerly, or a graph traced for one): see _empty_batch_shaped
         y = _empty_batch_shaped(y, xh, kernel, (sh, sw), padding_argument)
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
@@ -176,9 +176,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _empty_batch_shaped(y, xh, kernel, stride_hw, padding_argument):
-    """``y`` (a convolution of NHWC ``xh``) reshaped to the output's own shape: for an empty batch TensorFlow's CPU
-    convolution hands back a tensor of the input's shape (inside a graph silently, eagerly to the bias add's
-    error), where PyTorch gives (0, C_out, H_out, W_out). A no-op for any other batch."""
+    """``y`` (a convolution of NHWC ``xh``, an empty batch) reshaped to the output's own shape: for an empty batch
+    TensorFlow's CPU convolution hands back a tensor of the input's shape (eagerly to the bias add's error, in a
+    graph silently), where PyTorch gives (0, C_out, H_out, W_out). Only where the batch is known to be empty: a
+    graph traced for any batch size (unidl's leave it unknown) keeps TensorFlow's behaviour, since the reshape
+    there would keep Grappler from fusing every convolution with its bias and activation."""
     size = tf.shape(xh)
     taps = tf.shape(kernel)
     spatial = [(size[1 + axis] + stride_hw[axis] - 1) // stride_hw[axis] if padding_argument == "SAME"
@@ -209,12 +211,9 @@ def _pool(x, kernel_size, stride, padding, pool, pad_value):
         size = tf.shape(xh)
         return xh[:, :(size[1] - kh) // sh + 1, :(size[2] - kw) // sw + 1, :]
 
-    if xh.shape[0] == 0:
-        return nchw_view(empty())
-    if xh.shape[0] is None and not tracing_xla_graph():  # (a graph that learns the batch size only when it runs;
-        # XLA pools with its own kernels, and differentiates a cond of these two branches wrongly)
-        return nchw_view(tf.cond(tf.shape(xh)[0] > 0, pooled, empty))
-    return nchw_view(pooled())
+    # an empty batch known while tracing (eagerly, always). A graph traced for any batch size (unidl's graphs
+    # leave it unknown) keeps TensorFlow's kernels: a guard there (a cond) would cost every step of every model
+    return nchw_view(empty() if xh.shape[0] == 0 else pooled())
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
@@ -357,7 +356,7 @@ def sum(x, axis=None, keepdims=False):
 
 
 def clip(x, minimum=None, maximum=None):
-    if not x.dtype.is_floating and (isinstance(minimum, float) or isinstance(maximum, float)):
+    if not x.dtype.is_floating and (float_bound(minimum) or float_bound(maximum)):
         x = tf.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion (no truncation)
     if minimum is not None:
         x = tf.maximum(x, tf.cast(minimum, x.dtype))
@@ -380,9 +379,7 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    # (tf.one_hot gives a row of zeros for a label out of range; PyTorch's raises, and so does unidl)
-    return tf.one_hot(check_index(tf.cast(labels, tf.int32), num_classes, "one_hot labels"), num_classes,
-                      dtype=tf.int64)
+    return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.int64)
 
 
 def _reduce(values, reduction):

@@ -9,6 +9,7 @@ from unidl import config
 
 from unidl.errors import IndexOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
+from unidl.input_checks import float_bound
 
 linear = F.linear
 matmul = torch.matmul
@@ -121,6 +122,8 @@ def sum(x, axis=None, keepdims=False):
 
 
 def clip(x, minimum=None, maximum=None):
+    if not x.is_floating_point() and (float_bound(minimum) or float_bound(maximum)):
+        x = x.to(getattr(torch, config.get_dtype()))  # the float dtype in force, as on the other backends
     return torch.clamp(x, minimum, maximum)
 
 
@@ -133,7 +136,7 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    return F.one_hot(check_index(labels.long(), num_classes, "one_hot labels"), num_classes)
+    return F.one_hot(labels.long(), num_classes)
 
 
 def mse_loss(prediction, target, reduction="mean"):
