@@ -262,8 +262,18 @@ def train(args) -> float:
         return train_data_parallel(args)
     if args.backend:
         ud.set_backend(args.backend)
-    if not ud.distributed.is_initialized() and environment.rendezvous().world_size > 1:
+    joined = not ud.distributed.is_initialized() and environment.rendezvous().world_size > 1
+    if joined:
         ud.distributed.init()  # started by torchrun (`torchrun --nproc-per-node N -m unidl train`)
+    try:
+        return _train(args, ud)
+    finally:
+        if joined:  # leave the group before the interpreter's teardown, where gloo's threads could abort a rank
+            ud.distributed.shutdown()
+
+
+def _train(args, ud) -> float:
+    """``train`` in one process, or as this rank of a group already joined."""
     main = not ud.distributed.is_initialized() or ud.distributed.is_main()
     say = print if main else (lambda *_, **__: None)
     if args.device:
