@@ -328,3 +328,24 @@ def test_the_gradient_of_pooling_over_an_empty_batch(backend):
         gradient = ud.grad(lambda x: ud.ops.sum(pool(x)))
         assert run(mode, gradient, empty).shape == (0, 2, 6, 6)
         assert run(mode, lambda x: pool(x), empty).shape == tuple(oracle(torch.tensor(empty)).shape)
+
+
+def test_the_bce_ops_take_integer_targets_as_floats(mode):
+    """``ud.ops.bce_with_logits`` and ``ud.ops.binary_cross_entropy`` (the ops, not the loss modules, which refuse
+    them) take 0/1 integer targets in the input's dtype on every backend (torch's raised its own error)."""
+    logits, labels = X[0, 0], (X[0, 0] > 0).astype(np.int64)
+    expected = F.binary_cross_entropy_with_logits(torch.tensor(logits), torch.tensor(labels, dtype=torch.float32))
+    assert np.allclose(run(mode, lambda x, y: ud.ops.bce_with_logits(x, y), logits, labels), expected.numpy(),
+                       rtol=1e-5)
+    expected = F.binary_cross_entropy(torch.sigmoid(torch.tensor(logits)), torch.tensor(labels, dtype=torch.float32))
+    assert np.allclose(run(mode, lambda x, y: ud.ops.binary_cross_entropy(ud.ops.sigmoid(x), y), logits, labels),
+                       expected.numpy(), rtol=1e-5)
+
+
+def test_argmax_counts_nan_as_the_largest_value(mode):
+    """``ud.ops.argmax`` over rows with NaN gives the first NaN's index, as torch (tensorflow and keras skipped NaN)."""
+    values = np.array([[1.0, np.nan, 3.0, np.nan], [1.0, 5.0, 3.0, 2.0], [np.inf, 0.0, np.nan, 1.0]], np.float32)
+    assert np.array_equal(run(mode, lambda v: ud.ops.argmax(v, 1), values), torch.argmax(torch.tensor(values), 1))
+    assert int(run(mode, lambda v: ud.ops.argmax(v), values)) == int(torch.argmax(torch.tensor(values)))
+    assert np.array_equal(run(mode, lambda v: ud.ops.argmax(v, 1, keepdim=True), values),
+                          torch.argmax(torch.tensor(values), 1, keepdim=True))

@@ -369,9 +369,14 @@ def arange(start, end, step, dtype):
 def argmax(x, dim=None, keepdim=False):
     # Keras ranks -0.0 below +0.0 (it swaps -0.0 for a tiny negative number); torch and NumPy hold them equal and
     # take the first: zeros made +0.0 first (max pooling's indices, a tie of logits)
-    if "float" in str(x.dtype):
-        x = K.where(K.equal(x, 0), K.zeros_like(x), x)
-    return K.cast(K.argmax(x, axis=dim, keepdims=keepdim), "int64")
+    if "float" not in str(x.dtype):
+        return K.cast(K.argmax(x, axis=dim, keepdims=keepdim), "int64")
+    x = K.where(K.equal(x, 0), K.zeros_like(x), x)
+    # a NaN counts as the largest value (its first one wins), as torch's and NumPy's (Keras on TensorFlow skips it)
+    nan = K.isnan(x)
+    first_nan = K.argmax(K.cast(nan, "int8"), axis=dim, keepdims=keepdim)
+    return K.cast(K.where(K.any(nan, axis=dim, keepdims=keepdim), first_nan,
+                          K.argmax(x, axis=dim, keepdims=keepdim)), "int64")
 
 
 def permute(x, dims):

@@ -575,10 +575,20 @@ def arange(start, end, step, dtype):
 
 def argmax(x, dim=None, keepdim=False):
     if dim is None:
-        index = tf.argmax(tf.reshape(x, [-1]), 0, output_type=tf.int64)
+        index = _argmax(tf.reshape(x, [-1]), 0)
         return tf.reshape(index, [1] * x.shape.rank) if keepdim else index
-    index = tf.argmax(x, dim, output_type=tf.int64)
+    index = _argmax(x, dim)
     return tf.expand_dims(index, dim) if keepdim else index
+
+
+def _argmax(x, axis):
+    """``tf.argmax`` with a NaN counted as the largest value (its first one wins), as PyTorch's and NumPy's;
+    TensorFlow's skips NaN."""
+    index = tf.argmax(x, axis, output_type=tf.int64)
+    if not x.dtype.is_floating:
+        return index
+    nan = tf.math.is_nan(x)
+    return tf.where(tf.reduce_any(nan, axis), tf.argmax(tf.cast(nan, tf.int8), axis, output_type=tf.int64), index)
 
 
 def permute(x, dims):

@@ -166,7 +166,8 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
 
 
 def bce_with_logits(logits, targets, reduction="mean"):
-    return F.binary_cross_entropy_with_logits(logits, targets, reduction=reduction)
+    # targets in the logits' dtype, as the other backends' ops take them (the loss modules refuse integer targets)
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction=reduction)
 
 
 def _tree_map(fn, *trees):
