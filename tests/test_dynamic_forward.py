@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import unidl as ud
+from tests.test_resume_state import Crash, CrashAt
 from unidl.errors import RetraceWarning
 from unidl.testing import max_relative_difference
 
@@ -146,21 +147,6 @@ def test_fit_passes_step_inputs_to_the_forward_as_graph_inputs(backend, eager):
         assert len(FORWARD_DEPTHS) == 1 and not isinstance(FORWARD_DEPTHS[0], int)  # one graph, depth a tensor
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAfter(ud.callbacks.Callback):
-    """Stops the run (as a crash would) after global step ``step``, before that step is checkpointed."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_batch_end(self, batch, logs=None):
-        if self.trainer.global_step == self.step:
-            raise _Crash
-
-
 @pytest.mark.parametrize("name", [name for name in ("torch", "keras") if name in ud.available_backends()])
 def test_a_resumed_fit_asks_for_the_step_inputs_of_the_uninterrupted_run(tmp_path, name):
     """unidl's own epoch loop (torch; tensorflow and jax run the same) and Keras's trainer (keras's fit_epoch)."""
@@ -168,7 +154,7 @@ def test_a_resumed_fit_asks_for_the_step_inputs_of_the_uninterrupted_run(tmp_pat
         asked = []
         callbacks = [ud.callbacks.Checkpoint(directory, every_steps=3)]
         if crash_after is not None:
-            callbacks.append(_CrashAfter(crash_after))
+            callbacks.append(CrashAt(crash_after))
         with ud.use_backend(name):
             ud.manual_seed(0)
             model = DynamicNet()
@@ -176,7 +162,7 @@ def test_a_resumed_fit_asks_for_the_step_inputs_of_the_uninterrupted_run(tmp_pat
                 ud.fit(model, (X, Y), batch_size=8, epochs=3, shuffle=False, loss=ud.nn.MSELoss(), verbose=0,
                        optimizer=ud.optim.SGD(model.parameters(), lr=0.05), callbacks=callbacks,
                        step_inputs=_depth_of(asked), resume_from=resume_from)
-            except _Crash:
+            except Crash:
                 pass
             return asked, model.state_dict()
 
