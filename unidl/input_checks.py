@@ -9,6 +9,7 @@ before the framework's kernels, whose own errors (or silent garbage) differ from
 
 from __future__ import annotations
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -111,9 +112,7 @@ def check_batch_statistics(owner, x):
     if None not in sizes and (sizes[0] != 1 or any(size != 1 for size in sizes[2:])):  # the common case, at once
         return x
     sizes = sizes_of(x)
-    count = 1
-    for size in (sizes[:1] + sizes[2:]):
-        count = count * size
+    count = _values_per_channel(sizes)
 
     def template():
         return (f"{literal(owner)}: expected more than 1 value per channel when training, got input of shape "
@@ -139,10 +138,13 @@ def has_values_per_channel(x):
     sizes = tuple(x.shape)
     if None not in sizes:
         return all(size != 0 for size in sizes[:1] + sizes[2:])
-    count = 1
-    for size in (sizes_of(x)[:1] + sizes_of(x)[2:]):
-        count = count * size
-    return count > 0
+    return _values_per_channel(sizes_of(x)) > 0
+
+
+def _values_per_channel(sizes):
+    """The values per channel of an (N, C, ...) input of ``sizes`` (ints, or scalar tensors where a graph leaves a
+    size unknown): N times every size after C."""
+    return math.prod(sizes[2:], start=sizes[0])
 
 
 def check_same_shape(owner, prediction, target, names=("prediction", "target")):

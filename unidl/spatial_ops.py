@@ -10,6 +10,8 @@ built from the sizes: exact for nearest (a one-hot row picks the input), PyTorch
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from unidl import input_checks, ops
@@ -281,10 +283,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's group of
     ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,)."""
     sizes = ops.shape(x)
-    group = sizes[1] // num_groups  # spelled out, not -1: an empty batch cannot infer it (torch and jax refuse)
-    for size in sizes[2:]:
-        group = group * size
-    grouped = ops.reshape(x, (sizes[0], num_groups, group))
+    # the group's size spelled out, not -1: an empty batch cannot infer it (torch and jax refuse)
+    grouped = ops.reshape(x, (sizes[0], num_groups, math.prod(sizes[2:], start=sizes[1] // num_groups)))
     centred = grouped - ops.mean(grouped, 2, True)
     variance = ops.mean(ops.square(centred), 2, True)
     y = ops.reshape(centred / ops.sqrt(variance + eps), sizes)

@@ -203,17 +203,13 @@ def _pool(x, kernel_size, stride, padding, pool, pad_value):
     xh = to_nhwc(x)
     if ph or pw:
         xh = tf.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
-
-    def pooled():
-        return pool(xh, ksize=(kh, kw), strides=(sh, sw), padding="VALID")
-
-    def empty():  # the output's shape by slicing: the gradient of TF's CPU pooling over 0 samples aborts the process
+    if xh.shape[0] == 0:
+        # an empty batch known while tracing (eagerly, always): the output's shape by slicing, since the gradient of
+        # TF's CPU pooling over 0 samples aborts the process. A graph traced for any batch size (unidl's leave it
+        # unknown) keeps TensorFlow's kernel: a guard there (a cond) would cost every step of every model
         size = tf.shape(xh)
-        return xh[:, :(size[1] - kh) // sh + 1, :(size[2] - kw) // sw + 1, :]
-
-    # an empty batch known while tracing (eagerly, always). A graph traced for any batch size (unidl's graphs
-    # leave it unknown) keeps TensorFlow's kernels: a guard there (a cond) would cost every step of every model
-    return nchw_view(empty() if xh.shape[0] == 0 else pooled())
+        return nchw_view(xh[:, :(size[1] - kh) // sh + 1, :(size[2] - kw) // sw + 1, :])
+    return nchw_view(pool(xh, ksize=(kh, kw), strides=(sh, sw), padding="VALID"))
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
