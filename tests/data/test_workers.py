@@ -14,15 +14,15 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 
 import numpy as np
 import pytest
 
 import unidl as ud
 from unidl import config
-from unidl.data import DataLoader, TensorDataset, shared_batches
+from unidl.data import DataLoader, Epoch, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
+from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError
 from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, NoisyRows, Rows, SleepingRows,
                                         UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
@@ -234,13 +234,25 @@ def assert_workers_stopped(worker_type, threads_before, children_before, where):
             assert not thread.is_alive(), f"a worker thread outlived Ctrl-C at {where}"
 
 
+def entry(function) -> tuple[str, int]:
+    """(name, line) of the first line ``function`` runs. In the functions given here it is a ``try`` line, which
+    the ``try``'s own handlers do not cover: Ctrl-C there is Ctrl-C at the function's entry, which no code of
+    the function can catch."""
+    code = function.__code__
+    return code.co_name, min(line for *_, line in code.co_lines() if line is not None and line > code.co_firstlineno)
+
+
+EPOCH_ENTRY = entry(Epoch.__next__)
+
+
 def interrupted_epoch(worker_type, at: int, children_before, until: str | None = None) -> CtrlCAtLine:
-    """An epoch of a loader with two workers and Ctrl-C at line ``at``. KeyboardInterrupt must come out, and
-    every worker must have stopped once it has been handled (the interrupted iteration gone with its
-    traceback). Where Ctrl-C landed while the workers started (``start``) or the loader waited for or handed
-    out batches (``deliver``), the usual case, the workers must have stopped already when KeyboardInterrupt
-    comes out (its traceback still alive): elsewhere (between batches in ``Epoch.__next__``, on the first line of the loader's ``finally``)
-    the traceback keeps the iteration's frames, and the workers go with them."""
+    """An epoch of a loader with two workers and Ctrl-C at line ``at``. KeyboardInterrupt must come out with
+    every worker stopped already, while its traceback is alive (the REPL keeps it in ``sys.last_traceback``,
+    and with it every frame it went through): wherever Ctrl-C landed, while the workers start or stop, while
+    the loader waits for or hands out batches, between batches in ``Epoch.__next__``, on the first lines of
+    the loader's ``finally``. One line is excepted: ``Epoch.__next__``'s entry, before its ``try``, which no
+    code of it can catch (a real SIGINT lands there only in the instant between the caller's last check and
+    that call); there the workers stop once the traceback goes, as everywhere else."""
     loader = DataLoader(Rows(2), batch_size=1, num_workers=2, worker_type=worker_type)
     threads_before, tracer, previous = set(threading.enumerate()), CtrlCAtLine(at, until), sys.gettrace()
     sys.settrace(tracer)
@@ -248,10 +260,9 @@ def interrupted_epoch(worker_type, at: int, children_before, until: str | None =
         for _ in loader:
             pass
         assert tracer.where is None, f"Ctrl-C at {tracer.where} did not stop the loop"
-    except KeyboardInterrupt as interrupt:
+    except KeyboardInterrupt:
         sys.settrace(previous)
-        frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(interrupt.__traceback__)]
-        if {"start", "deliver"} & set(frames):
+        if (tracer.functions[-1], tracer.lines[-1]) != EPOCH_ENTRY:
             assert_workers_stopped(worker_type, threads_before, children_before, tracer.where)
     finally:
         sys.settrace(previous)
@@ -284,6 +295,55 @@ def test_ctrl_c_landing_anywhere_leaves_no_worker(worker_type, children_before):
     assert len(points) >= 3
     for at in points:
         interrupted_epoch(worker_type, at, children_before)
+
+
+def test_ctrl_c_in_a_step_of_fit_stops_the_workers_before_keyboard_interrupt_leaves_fit(children_before):
+    """Ctrl-C during a training step (raised here where a step's would come out, after the second batch):
+    ``fit``'s frame, which the traceback keeps, holds the epoch, yet its workers have stopped by then."""
+    class CtrlC(ud.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            if batch == 1:
+                raise KeyboardInterrupt
+
+    threads_before = set(threading.enumerate())
+    model = ud.models.TwoLayerNet(3, 4, 8)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        ud.fit(model, DataLoader(Rows(8), batch_size=2, num_workers=2), loss=ud.nn.CrossEntropyLoss(),
+               optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0, callbacks=[CtrlC()], eager=True)
+    assert "fit" in [item.name for item in caught.traceback]  # its frame, with the epoch, is still alive
+    assert_workers_stopped("thread", threads_before, children_before, "a step of fit")
+
+
+def test_ctrl_c_in_the_finalizer_of_a_dropped_pool_leaves_no_worker(monkeypatch):
+    """A pool dropped without ``shutdown()`` is stopped by its finalizer, where the garbage goes. Ctrl-C at each
+    line it runs must not cut that stop short (the KeyboardInterrupt itself Python drops: it reports what a
+    finalizer raises as unraisable). Excepted: the finalizer's entry, before its ``try``."""
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda report: dropped.append(report.exc_type))
+
+    def drop_pool(at):
+        pool = WorkerPool("thread", 2, Rows(2), None, None, None, 0, 0)
+        pool.start()
+        threads, tasks, tracer, previous = list(pool._workers), list(pool._tasks), CtrlCAtLine(at), sys.gettrace()
+        sys.settrace(tracer)
+        try:
+            del pool
+        finally:
+            sys.settrace(previous)
+        return tracer, threads, tasks
+
+    lines = len(drop_pool(0)[0].functions)
+    assert dropped == []
+    assert lines >= 20
+    for at in range(1, lines + 1):
+        tracer, threads, tasks = drop_pool(at)
+        assert dropped.pop() is KeyboardInterrupt
+        if (tracer.functions[-1], tracer.lines[-1]) == entry(in_finalizer):
+            for channel in tasks:  # the workers it left running: stop them here
+                channel.put(None)
+        for thread in threads:
+            thread.join(1.0)
+            assert not thread.is_alive(), f"a worker thread outlived Ctrl-C at {tracer.where}"
 
 
 def test_persistent_process_workers_keep_their_pids_and_ran_worker_init_fn_with_their_ids(children_before):

@@ -18,7 +18,7 @@ from unidl import config
 from unidl.data import worker
 from unidl.data.dataset import TensorDataset
 from unidl.data.epoch import Epoch
-from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool
+from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, rank_share
 from unidl.distributed import process_group
 from unidl.errors import DataLoaderError, StateDictError
@@ -127,8 +127,9 @@ class DataLoader:
     worker's traceback in the message (and the original exception as ``__cause__``); so does a worker
     process that dies (with its exit code) or a batch that takes longer than ``timeout``. Ctrl-C stops
     the iteration within a fraction of a second: the main process waits for batches in short polls. No
-    worker outlives the iterator: workers stop when the epoch ends, on any error, on Ctrl-C and when the
-    iterator is garbage-collected (persistent workers: when the loader is).
+    worker outlives the iterator: workers stop when the epoch ends, on any error, on Ctrl-C, when the
+    iterator is closed (``Epoch.close()``) and when it is garbage-collected (persistent workers: when the
+    loader is).
 
     Args:
         dataset: a ``TensorDataset`` (batches cut with one slice per array) or any ``Dataset``
@@ -301,9 +302,9 @@ class DataLoader:
         def convert(arrays, owned=owned):
             return _to_tensors(backend, arrays, owned)
 
-        def source(batches):
+        def source(batches, workers):
             if self.num_workers:
-                return self._from_workers(batches, start, seed, epoch, context, convert)
+                return self._from_workers(batches, start, seed, epoch, context, convert, workers)
             return self._in_process(batches, start, seed, epoch, context, convert)
 
         batches = self.batch_sampler.batches(epoch, start)
@@ -328,9 +329,11 @@ class DataLoader:
         for offset, indices in enumerate(batches):
             yield context.copy().run(produce, indices, start + offset)
 
-    def _from_workers(self, batches, start, seed, epoch, context, convert):
+    def _from_workers(self, batches, start, seed, epoch, context, convert, workers: list):
         """Batches from the workers, in order; the workers stop when this generator ends, however it ends
-        (persistent workers only after a failure)."""
+        (persistent workers only after a failure or Ctrl-C). The pool goes into ``workers`` (the epoch's)
+        before it starts, so that the epoch can stop it on a Ctrl-C that this generator cannot handle: one
+        between batches, or one on the first lines of the stop in ``finally``."""
         in_processes = self.worker_type == "process"
         outcome = "failed"
         pool = None
@@ -338,12 +341,14 @@ class DataLoader:
             if self._pool is None or self._pool.closed:
                 pool = WorkerPool(self.worker_type, self.num_workers, self.dataset, self.collate_fn,
                                   self.worker_init_fn, self.multiprocessing_context, seed, epoch)
+                workers.append(pool)
                 pool.start()
                 if self.persistent_workers:
                     self._pool = pool
-                    weakref.finalize(self, pool.shutdown, GRACE_ON_FAILURE)
+                    weakref.finalize(self, in_finalizer, pool.shutdown, GRACE_ON_FAILURE)
             else:
                 pool = self._pool
+                workers.append(pool)
                 pool.new_epoch(seed, epoch)
             for payload in pool.deliver(batches, start, seed, epoch, self.timeout, self.prefetch,
                                         None if in_processes else context, None if in_processes else convert):

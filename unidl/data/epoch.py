@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from unidl.data.pool import GRACE_ON_FAILURE
+
 
 class Epoch:
     """Iterator over one epoch's batches; see the module docstring for ``take_arrays``/``advance``."""
@@ -20,9 +22,12 @@ class Epoch:
         self._loader, self._token = loader, token
         self._sharded = sharded  # a rank's shares of global batches: not slices of batch_size
         self._batches = batches          # index arrays of the batches still to come
-        self._make_source = make_source  # batches -> iterator of converted batches (started lazily)
+        # (batches, workers) -> generator of converted batches, started lazily; it puts the WorkerPool that
+        # prepares them in the list ``workers`` before starting it (a list, not this epoch: no reference cycle)
+        self._make_source = make_source
         self._source = None
-        self._handed_over = False
+        self._workers = []
+        self._ended = False              # handed over (take_arrays) or closed: nothing more to yield
 
     @property
     def batch_size(self) -> int:
@@ -32,13 +37,31 @@ class Epoch:
         return self
 
     def __next__(self):
-        if self._handed_over:
-            raise StopIteration
-        if self._source is None:
-            self._source = iter(self._make_source(self._batches))
-        batch = next(self._source)
-        self.advance()
-        return batch
+        try:
+            if self._ended:
+                raise StopIteration
+            if self._source is None:
+                self._source = self._make_source(self._batches, self._workers)
+            batch = next(self._source)
+            self.advance()
+            return batch
+        except KeyboardInterrupt:
+            # Ctrl-C anywhere in here, also where the source cannot stop its workers itself (between batches,
+            # on the first lines of its own stop), stops them (persistent ones too) before KeyboardInterrupt
+            # leaves: its traceback keeps this frame, and through it the workers, alive (at the REPL until the
+            # next error)
+            for workers in self._workers:
+                workers.shutdown(GRACE_ON_FAILURE)
+            raise
+
+    def close(self) -> None:
+        """End the epoch where it is: it yields nothing more, and its workers stop now (persistent workers stay
+        with their loader), as when the iterator is dropped. For code that keeps the iterator when an error
+        or Ctrl-C leaves its loop: the traceback keeps that code's frame, and with it the iterator and its
+        workers, alive (at the REPL until the next error)."""
+        self._ended = True
+        if self._source is not None:
+            self._source.close()
 
     def advance(self, count: int = 1) -> None:
         """Count ``count`` more batches as delivered (moves the loader's resume position)."""
@@ -51,10 +74,10 @@ class Epoch:
         dataset is not a ``TensorDataset`` or iteration has already begun. After this the iterator
         yields nothing: the caller consumes the arrays in ``batch_size`` slices and calls ``advance``."""
         dataset = self._loader.dataset
-        if (self._source is not None or self._handed_over or not hasattr(dataset, "arrays") or not self._batches
+        if (self._source is not None or self._ended or not hasattr(dataset, "arrays") or not self._batches
                 or self._sharded):
             return None
-        self._handed_over = True
+        self._ended = True
         order = np.concatenate(self._batches)
         if np.array_equal(order, np.arange(order[0], order[0] + len(order))):  # unshuffled: views, no copy
             return tuple(array[order[0]:order[0] + len(order)] for array in dataset.arrays)

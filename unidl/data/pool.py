@@ -83,6 +83,26 @@ def interrupts_held():
             previous(signal.SIGINT, held[0])
 
 
+def in_finalizer(stop, *args) -> None:
+    """``stop(*args)`` (stopping workers) as a garbage-collection finalizer runs it: to the end whatever Ctrl-C
+    does, held back while it runs, and run again where Ctrl-C lands before it could be held back (on the first
+    lines here).
+
+    The ``KeyboardInterrupt`` itself is lost all the same: Python drops what a finalizer raises (printed as
+    'Exception ignored in: <finalize object ...>'), and handing the SIGINT on from here
+    (``_thread.interrupt_main``, a signal to this process) does not help, since Python takes it at its next
+    check, which comes before the finalizer has returned. Where Ctrl-C lands on ``weakref.finalize``'s own
+    lines, before this function runs, the stop too waits for the interpreter's exit.
+    """
+    try:
+        with interrupts_held():
+            stop(*args)
+    except KeyboardInterrupt:  # landed before it was held back, or held back and handed on as the stop ended
+        with interrupts_held():
+            stop(*args)  # stopping again is harmless: the stop messages meet stopped workers or closed queues
+        raise
+
+
 def _exit_description(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         try:
@@ -133,8 +153,8 @@ class WorkerPool:
                                               kwargs={"seeding": False, "portable": False})
                              for w in range(num_workers)]
         # the workers of a pool dropped without shutdown() (Ctrl-C landing just before it) stop all the same
-        self._finalizer = weakref.finalize(self, _stop, kind, self._workers, self._tasks, self._results,
-                                           self._segments, GRACE_ON_FAILURE)
+        self._finalizer = weakref.finalize(self, in_finalizer, _stop, kind, self._workers, self._tasks,
+                                           self._results, self._segments, GRACE_ON_FAILURE)
 
     def start(self) -> None:
         """Start the workers, all of them or (on any error, Ctrl-C included) none."""
