@@ -225,6 +225,8 @@ def test_grad_of_a_value_that_uses_no_target_and_of_an_integer_value(backend):
     assert grads == [None, None]
     _, grad = ud.value_and_grad(lambda t: ud.ops.sum(x), argnums=0)(ud.tensor(np.ones(2, np.float32)))
     assert np.array_equal(ud.to_numpy(grad[0] if isinstance(grad, (list, tuple)) else grad), [0.0, 0.0])
+    value, _ = ud.value_and_grad(lambda t: ud.ops.sum(t * t, 0, True), argnums=0)(ud.tensor(np.ones(2, np.float32)))
+    assert tuple(value.shape) == (1,)  # a (1,) value keeps its shape (torch's too)
     with pytest.raises(TypeError, match="returns a floating-point scalar, but it returned dtype int"):
         ud.value_and_grad(lambda t: ud.ops.sum(ud.ops.cast(t, "int64")), argnums=0)(ud.tensor(np.ones(2, np.float32)))
 
@@ -282,15 +284,18 @@ def test_integer_targets_of_a_binary_cross_entropy_are_refused(mode):
 
 
 @pytest.mark.parametrize("stride, padding, groups", [(1, 0, 1), (2, 1, 1), (1, "same", 2)])
-def test_a_convolution_of_an_empty_batch_has_torchs_shape(backend, stride, padding, groups):
-    """``Conv2d`` over 0 samples, eagerly, gives (0, C_out, H_out, W_out) as torch does (TensorFlow's CPU convolution
-    handed back the input's shape, to its bias add's error). Inside a TensorFlow graph traced for any batch size it
-    still does (a guard there would keep every convolution from fusing: docs/guarantees.md)."""
-    mode = "eager"
+def test_a_convolution_of_an_empty_batch_has_torchs_shape(mode, stride, padding, groups):
+    """``Conv2d`` over 0 samples gives (0, C_out, H_out, W_out) and zero weight gradients as torch does, eagerly and in
+    ``ud.function`` (TensorFlow's CPU convolution handed back the input's shape: eagerly to its bias add's error, in a
+    graph silently; ``ud.function`` traces an empty input's graph for its exact shapes)."""
     layer = ud.nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups)
     empty = np.zeros((0, 4, 7, 7), np.float32)
     expected = torch.nn.Conv2d(4, 6, 3, stride=stride, padding=padding, groups=groups)(torch.tensor(empty)).shape
     assert run(mode, lambda x: layer(x), empty).shape == tuple(expected)
+    value_and_grads = ud.value_and_grad(lambda x: ud.ops.sum(layer(x)), layer.parameters())
+    _, grads = (ud.function(value_and_grads) if mode == "graph" else value_and_grads)(ud.tensor(empty))
+    for grad, parameter in zip(grads, layer.parameters()):
+        np.testing.assert_array_equal(ud.to_numpy(grad), np.zeros(tuple(parameter.shape), np.float32))
 
 
 def test_flatten_of_an_empty_batch_has_torchs_shape(mode):
@@ -298,9 +303,8 @@ def test_flatten_of_an_empty_batch_has_torchs_shape(mode):
     assert run(mode, lambda x: ud.nn.Flatten()(x), np.zeros((0, 3, 4, 5), np.float32)).shape == (0, 60)
 
 
-def test_a_transposed_convolution_of_an_empty_batch_has_torchs_shape(backend):
-    """``ConvTranspose2d`` over 0 samples, eagerly (a convolution of the spread input: the same TensorFlow kernel)."""
-    mode = "eager"
+def test_a_transposed_convolution_of_an_empty_batch_has_torchs_shape(mode):
+    """``ConvTranspose2d`` over 0 samples (a convolution of the spread input: the same TensorFlow kernel)."""
     layer = ud.nn.ConvTranspose2d(3, 2, 3, stride=2)
     empty = np.zeros((0, 3, 7, 7), np.float32)
     assert run(mode, lambda x: layer(x), empty).shape == tuple(torch.nn.ConvTranspose2d(3, 2, 3, stride=2)(
@@ -317,11 +321,10 @@ def test_group_norm_of_an_empty_batch_has_torchs_shape(mode):
     np.testing.assert_allclose(run(mode, lambda x: layer(x), nonempty), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_the_gradient_of_pooling_over_an_empty_batch(backend):
-    """The gradient through max and average pooling over 0 samples, eagerly, is empty on every backend (TensorFlow's
-    CPU pooling gradient aborts the whole process there; inside a graph traced for any batch size it still does,
-    where ``train_step`` refuses empty batches)."""
-    mode = "eager"
+def test_the_gradient_of_pooling_over_an_empty_batch(mode):
+    """The gradient through max and average pooling over 0 samples is empty on every backend, eagerly and in
+    ``ud.function`` (TensorFlow's CPU pooling gradient aborted the whole process, in a graph traced for any batch
+    size; ``ud.function`` now traces an empty input's graph for its exact shapes)."""
     empty = np.zeros((0, 2, 6, 6), np.float32)
     for pool, oracle in ((ud.nn.MaxPool2d(2), torch.nn.MaxPool2d(2)), (ud.nn.AvgPool2d(2, padding=1),
                                                                        torch.nn.AvgPool2d(2, padding=1))):
@@ -349,3 +352,156 @@ def test_argmax_counts_nan_as_the_largest_value(mode):
     assert int(run(mode, lambda v: ud.ops.argmax(v), values)) == int(torch.argmax(torch.tensor(values)))
     assert np.array_equal(run(mode, lambda v: ud.ops.argmax(v, 1, keepdim=True), values),
                           torch.argmax(torch.tensor(values), 1, keepdim=True))
+
+
+# ---- pad: PyTorch's limits on every backend (TensorFlow and JAX padded more; a negative amount crops) --------
+
+PAD_ERRORS = [  # (input shape, pad, mode, value, error, message); torch refuses each, in its own words
+    ((1, 1, 2, 5), (1, 1), "reflect", 0, ValueError,
+     "pad mode 'reflect' pads the last 1, 2 or 3 axes of an input with one or two more axes (a pad of length 2 takes "
+     "a 2-D or 3-D input, 4 a 3-D or 4-D one, 6 a 4-D or 5-D one), as in PyTorch; got a pad of length 2 for a 4-D "
+     "input"),
+    ((1, 2, 5), (5, 0), "reflect", 0, ud.ShapeMismatchError,
+     "pad mode 'reflect': the pad (5, 0) of axis 2 is not shorter than the axis (axis size 5, input shape (1, 2, 5))"),
+    ((1, 2, 5), (0, 6), "circular", 0, ud.ShapeMismatchError,
+     "pad mode 'circular': the pad (0, 6) of axis 2 is longer than the axis (axis size 5, input shape (1, 2, 5))"),
+    ((1, 2, 5), (-3, -3), "constant", 0, ud.ShapeMismatchError,
+     "pad mode 'constant': the pad (-3, -3) of axis 2 crops more than the axis holds (axis size 5, input shape "
+     "(1, 2, 5))"),
+    ((1, 2, 5), (-5, 0), "reflect", 0, ud.ShapeMismatchError,
+     "pad mode 'reflect': the pad (-5, 0) of axis 2 leaves no entry (axis size 5, input shape (1, 2, 5))"),
+    ((1, 2, 0), (1, 1), "replicate", 0, ud.ShapeMismatchError,
+     "pad mode 'replicate': the pad (1, 1) of axis 2 pads an empty axis (axis size 0, input shape (1, 2, 0))"),
+    ((1, 2, 5), (1, 1) * 4, "constant", 0, ValueError,
+     "pad (1, 1, 1, 1, 1, 1, 1, 1) pads 4 axes, but the input has 3"),
+    ((1, 2, 5), (1,), "constant", 0, ValueError,
+     "pad (1,) has an odd length: it lists (before, after) pairs, last axis first"),
+    ((1, 2, 5), (1, 1), "mirror", 0, ValueError,
+     "pad mode 'mirror' is not one of 'constant', 'reflect', 'replicate', 'circular'"),
+    ((1, 2, 5), (1, 1), "reflect", 1.0, ValueError,
+     "pad mode 'reflect' takes no value (got value=1.0); the value is for mode 'constant'"),
+]
+
+
+@pytest.mark.parametrize("shape, amounts, pad_mode, value, error, message", PAD_ERRORS,
+                         ids=[f"{m}-{a}" for _, a, m, *_ in PAD_ERRORS])
+def test_a_pad_that_torch_refuses_is_one_error(mode, shape, amounts, pad_mode, value, error, message):
+    x = np.ones(shape, np.float32)
+    with pytest.raises(Exception):
+        F.pad(torch.tensor(x), amounts, pad_mode, value)
+    raises_exactly(error, message, run, mode, lambda t: ud.ops.pad(t, amounts, pad_mode, value), x)
+
+
+def test_a_negative_circular_pad_is_refused_where_torch_gives_garbage(mode):
+    """PyTorch's circular pad with a negative amount returns values from memory it does not own."""
+    raises_exactly(ValueError, "pad mode 'circular' takes no negative amounts, got (-1, 2) (PyTorch's circular pad "
+                   "gives wrong values for them); crop the input by slicing first",
+                   run, mode, lambda t: ud.ops.pad(t, (-1, 2), "circular"), np.ones((1, 2, 5), np.float32))
+
+
+# ---- dtypes off the usual path: float indices, integers into float math, integers times floats ----------------
+
+ROWS = RNG.standard_normal((4, 3)).astype(np.float32)
+FLOAT_INDICES = np.array([0.0, 2.0], np.float32)
+
+
+@pytest.mark.parametrize("name, fn, what", [
+    ("take", lambda x, i: ud.ops.take(x, i), "indices"),
+    ("embedding", lambda x, i: ud.ops.embedding(i, x), "indices"),
+    ("gather", lambda x, i: ud.ops.gather(x, 0, ud.ops.reshape(i, (2, 1))), "index"),
+    ("one_hot", lambda x, i: ud.ops.one_hot(i, 3), "labels"),
+    ("cross_entropy", lambda x, i: ud.ops.cross_entropy(x[:2], i), "labels"),
+    ("NLLLoss", lambda x, i: ud.ops.nll_loss(x[:2], i), "labels"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_float_indices_are_one_error(mode, name, fn, what):
+    """Float indices or labels: one ``DtypeMismatchError`` (PyTorch and TensorFlow raised their own errors,
+    TensorFlow's cross-entropy truncated float labels to classes, JAX's one_hot compared them as floats)."""
+    raises_exactly(ud.DtypeMismatchError, f"{name}: {what} must be integers, got float32 {what}; convert them with "
+                   f"ud.ops.cast({what}, 'int64')", run, mode, fn, ROWS, FLOAT_INDICES)
+
+
+FLOAT_MATH = [("sigmoid", torch.sigmoid), ("tanh", torch.tanh), ("exp", torch.exp), ("log", torch.log),
+              ("sqrt", torch.sqrt), ("log1p", torch.log1p), ("softmax", lambda t: torch.softmax(t, -1)),
+              ("log_softmax", lambda t: torch.log_softmax(t, -1)), ("gelu", F.gelu), ("silu", F.silu),
+              ("elu", F.elu), ("softplus", F.softplus)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_integers_into_float_math_give_floats_of_the_dtype_in_force(mode, dtype):
+    """``exp``, ``sqrt``, ``softmax``... of integers: floats in the dtype in force on every backend, as PyTorch's
+    ``torch.exp`` of integers (TensorFlow refused them, JAX gave float64, Keras float32 under float64, PyTorch's
+    softmax and gelu refused them)."""
+    values = np.array([[1, 2, 4], [0, 3, 9]], np.int64)
+    with ud.use_dtype(dtype):
+        for name, oracle in FLOAT_MATH:
+            got = run(mode, lambda x, name=name: getattr(ud.ops, name)(x), values)
+            expected = oracle(torch.tensor(values, dtype=getattr(torch, dtype))).numpy()
+            assert got.dtype == np.dtype(dtype), name
+            np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=name)
+
+
+def test_integers_times_floats_is_one_error(mode):
+    raises_exactly(ud.DtypeMismatchError, "matmul of int64 and float32: one is integer, the other floating-point; "
+                   "convert the integers with ud.ops.cast(x, 'float32')",
+                   run, mode, lambda a, b: ud.ops.matmul(a, b), np.ones((2, 4), np.int64), ROWS)
+
+
+def test_amax_over_an_empty_axis_is_one_error(mode):
+    """TensorFlow gave -inf, Keras raised in eager mode only, torch and JAX raised their own errors."""
+    raises_exactly(ud.ShapeMismatchError, "amax over axis 1, which is empty (input shape (2, 0))",
+                   run, mode, lambda x: ud.ops.amax(x, 1), np.ones((2, 0), np.float32))
+    np.testing.assert_array_equal(run(mode, lambda x: ud.ops.amax(x, (0, 1)), ROWS), ROWS.max())
+
+
+def test_one_hot_of_a_label_out_of_range_is_a_row_of_zeros(mode):
+    """TensorFlow's and JAX's rule on every backend (PyTorch's F.one_hot raised, after a read back to the host)."""
+    labels = np.array([0, 3, -1, 2, -100], np.int64)
+    expected = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]])
+    got = run(mode, lambda t: ud.ops.one_hot(t, 3), labels)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("layer", ["RNN", "GRU", "LSTM"])
+def test_a_recurrent_layer_over_an_empty_sequence_is_one_error(mode, layer):
+    """PyTorch refuses a zero-length sequence; the frameworks failed on different ops with errors of different types."""
+    rnn = getattr(ud.nn, layer)(3, 4, batch_first=True)
+    raises_exactly(ud.ShapeMismatchError, f"{layer}(3, 4, batch_first=True) expected a sequence length larger than "
+                   "0, received input of shape (2, 0, 3)", run, mode, lambda x: rnn(x)[0], np.ones((2, 0, 3), np.float32))
+    with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+        getattr(torch.nn, layer)(3, 4, batch_first=True)(torch.zeros(2, 0, 3))
+
+
+def off_path_results() -> dict:
+    """A few of the rules above on the backend in force, eagerly and in ``ud.function``, as JSON-ready values: for the
+    Keras-on-torch and Keras-on-JAX interpreters of tests/test_examples.py (Keras's ops differ by framework)."""
+    cases = {
+        "one_hot": (lambda t: ud.ops.one_hot(t, 3), np.array([0, 3, -1, 2, -100], np.int64)),
+        "pad": (lambda t: ud.ops.pad(t, (-1, 2), "reflect"), np.arange(5.0, dtype=np.float32).reshape(1, 1, 5)),
+        "sqrt": (lambda t: ud.ops.sqrt(t), np.array([4, 9], np.int64)),
+    }
+    results = {}
+    for name, (fn, value) in cases.items():
+        for which in MODES:
+            got = run(which, fn, value)
+            results[f"{name}-{which}"] = [str(got.dtype), got.tolist()]
+    for which in MODES:
+        try:
+            run(which, lambda t: ud.ops.pad(t, (1, 1), "reflect"), np.ones((1, 1, 2, 5), np.float32))
+            results[f"pad-error-{which}"] = None
+        except ValueError as error:
+            results[f"pad-error-{which}"] = type(error).__name__
+    return results
+
+
+OFF_PATH_EXPECTED = {
+    **{f"one_hot-{m}": ["int64", [[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]]] for m in MODES},
+    **{f"pad-{m}": ["float32", [[[1.0, 2.0, 3.0, 4.0, 3.0, 2.0]]]] for m in MODES},
+    **{f"sqrt-{m}": ["float32", [2.0, 3.0]] for m in MODES},
+    **{f"pad-error-{m}": "ValueError" for m in MODES},
+}
+
+
+def test_the_off_path_results(backend):
+    """``off_path_results`` here on each backend (the Keras-on-torch and Keras-on-JAX runs compare to the same)."""
+    assert off_path_results() == OFF_PATH_EXPECTED

@@ -76,8 +76,9 @@ KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_loss
              "from tests.test_precision import alternated_loss_steps\n"
              "from tests.nn.test_attention import keras_host_attention\n"
              "from tests.test_dynamic_forward import keras_host_accumulation\n"
+             "from tests.test_bad_input_parity import off_path_results\n"
              "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph(),"
-             " alternated_loss_steps(), keras_host_attention(), keras_host_accumulation()]))")
+             " alternated_loss_steps(), keras_host_attention(), keras_host_accumulation(), off_path_results()]))")
 
 
 @functools.cache
@@ -87,7 +88,8 @@ def _keras_on(framework: str):
     turn (tests/test_precision.py's alternated_loss_steps), on torch the attention cases' failures against torch
     and the aten ops of a transformer layer (tests/nn/test_attention.py's keras_host_attention; None on JAX), on torch
     accumulate=2 and Adam with a layer unused in some steps, and float16 loss scaling, against torch
-    (tests/test_dynamic_forward.py's keras_host_accumulation; None on JAX)]``
+    (tests/test_dynamic_forward.py's keras_host_accumulation; None on JAX), the off-path op results
+    (tests/test_bad_input_parity.py's off_path_results)]``
     from an interpreter whose Keras runs on ``framework``."""
     return last_json_line(run_python(KERAS_RUN, env={"KERAS_BACKEND": framework}).stdout)
 
@@ -96,7 +98,7 @@ def _keras_on(framework: str):
 def test_keras_on_another_framework_agrees_with_that_backend(framework):
     from unidl.compare import two_layer_losses
 
-    keras_run, used, _, _, _, _, _ = _keras_on(framework)
+    keras_run, used, _, _, _, _, _, _ = _keras_on(framework)
     assert used == framework
     host_run = two_layer_losses(framework, **TWO_LAYER)  # here: another process than Keras's
     assert max_relative_difference(keras_run, host_run) < 1e-5
@@ -105,7 +107,7 @@ def test_keras_on_another_framework_agrees_with_that_backend(framework):
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_keras_on_another_framework_fit_reaches_accuracy(framework):
-    _, used, accuracy, _, _, _, _ = _keras_on(framework)
+    _, used, accuracy, _, _, _, _, _ = _keras_on(framework)
     assert used == framework and accuracy >= 0.95
 
 
@@ -116,7 +118,7 @@ def test_keras_on_another_framework_gives_the_model_graph(framework, convolution
     values) and Keras-on-JAX (their jaxpr), with the state under its ``state_dict()`` names."""
     from tests.callbacks.test_tensorboard import assert_cnn_graph
 
-    _, used, _, graph, _, _, _ = _keras_on(framework)
+    _, used, _, graph, _, _, _, _ = _keras_on(framework)
     assert used == framework
     assert_cnn_graph(graph, convolution, dot)
 
@@ -128,7 +130,7 @@ def test_keras_on_another_framework_trains_each_step_with_its_own_loss(framework
     first; both train as the torch loop alternating the two losses, with no step skipped."""
     from tests.test_precision import check_alternated_loss_steps
 
-    _, used, _, _, alternated, _, _ = _keras_on(framework)
+    _, used, _, _, alternated, _, _, _ = _keras_on(framework)
     assert used == framework
     check_alternated_loss_steps(alternated)
 
@@ -138,7 +140,7 @@ def test_keras_on_torch_computes_attention_as_torch_with_its_fused_kernels():
     torch against torch (outputs and gradients, float32 compiled and float64 eager, every kind of mask), each
     through one fused kernel as plain Keras's layers reach them: attention through F.scaled_dot_product_attention
     (no softmax of unidl's own), LayerNorm through native_layer_norm, Linear through addmm (with its bias)."""
-    _, used, _, _, _, (failures, aten), _ = _keras_on("torch")
+    _, used, _, _, _, (failures, aten), _, _ = _keras_on("torch")
     assert used == "torch" and failures == []
     assert {"aten::scaled_dot_product_attention", "aten::native_layer_norm", "aten::addmm"} <= set(aten), aten
     assert not {"aten::softmax", "aten::_softmax", "aten::bmm"} & set(aten), aten
@@ -149,9 +151,19 @@ def test_keras_on_torch_accumulates_as_torch_with_a_layer_unused_in_some_micro_s
     both micro-steps of its windows: PyTorch's ``.grad`` rule (tests/test_dynamic_forward.py's test of it), 1e-6;
     Adam's per-parameter step counts with that layer skipped in some steps; float16 loss scaling with torch's
     decisions (weights to 1e-3)."""
-    _, used, _, _, _, _, checks = _keras_on("torch")
+    _, used, _, _, _, _, checks, _ = _keras_on("torch")
     assert used == "torch" and checks, checks
     for name in ("sgd", "adam"):
         assert all(value < 1e-6 for value in checks[name].values()), (name, checks[name])
     same_decisions, difference = checks["float16"]
     assert same_decisions and difference < 1e-3, checks["float16"]
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_keras_on_another_framework_follows_the_off_path_rules(framework):
+    """Keras's own ops differ by framework off the usual path (its torch one_hot raised for a label out of range):
+    the rules of tests/test_bad_input_parity.py hold on Keras-on-torch and Keras-on-JAX too."""
+    from tests.test_bad_input_parity import OFF_PATH_EXPECTED
+
+    *_, results = _keras_on(framework)
+    assert results == OFF_PATH_EXPECTED

@@ -179,7 +179,8 @@ def test_bad_data_is_rejected_before_training(backend, rng):
     before = model.state_dict()
     optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
     x = rng.standard_normal((20, 4)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\) for a model with 2 outputs; found labels from 0 to 5"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\) for a model with 2 outputs, or equal the loss's "
+                       r"ignore_index -100; found labels from 0 to 5"):
         ud.fit(model, (x, np.arange(20) % 6), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, batch_size=5, verbose=0)
     with pytest.raises(ValueError, match="same length"):
         ud.fit(model, (x, np.zeros(19, np.int64)), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, batch_size=5,
@@ -206,3 +207,29 @@ def test_fit_logs_stay_true_after_train_step_on_the_same_model(backend, rng):
     predicted = np.argmax(ud.to_numpy(model(ud.tensor(x2))), axis=1)
     assert history.history["loss"] == pytest.approx([true_loss] * 2, rel=1e-5)
     assert history.history["accuracy"] == pytest.approx([float(np.mean(predicted == y2))] * 2)
+
+
+def test_fit_takes_the_labels_its_loss_ignores_and_its_metrics_skip_them(backend, rng):
+    """``CrossEntropyLoss``'s ``ignore_index`` among fit's labels: accepted, as ``train_step`` accepts them (fit
+    refused them on every backend); the loss ignores those samples and so do the metrics (weight 0, as Keras's
+    metrics skip what its loss's ``ignore_class`` masks)."""
+    x = rng.standard_normal((12, 4)).astype(np.float32)
+    y = np.arange(12) % 3
+    y[[1, 4, 5, 10]] = -100
+    ud.manual_seed(0)
+    model, reference = ud.models.TwoLayerNet(4, 5, 3), ud.models.TwoLayerNet(4, 5, 3)
+    reference.load_state_dict(model.state_dict())
+    loss = ud.nn.CrossEntropyLoss()
+    history = ud.fit(model, (x, y), loss=loss, optimizer=ud.optim.SGD(model.parameters(), lr=0.5), batch_size=4,
+                     epochs=2, shuffle=False, verbose=0, metrics=["accuracy"])
+    step = ud.train_step(reference, loss, ud.optim.SGD(reference.parameters(), lr=0.5))
+    for _ in range(2):
+        for start in range(0, 12, 4):
+            step(x[start:start + 4], y[start:start + 4])
+    for name, value in reference.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert np.isfinite(history.history["loss"]).all()
+    kept = y != -100
+    predicted = ud.to_numpy(model(ud.tensor(x))).argmax(1)
+    results = ud.evaluate(model, (x, y), loss=loss, metrics=["accuracy"], return_dict=True)
+    assert results["accuracy"] == pytest.approx(float((predicted[kept] == y[kept]).mean()))

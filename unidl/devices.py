@@ -46,19 +46,16 @@ def _make_visible() -> None:
 def parameter_created(module, name: str, variable, backend, kind: str = "parameter") -> None:
     """Report a new parameter (or buffer) of ``module``: layer, name, shape, dtype and device."""
     if logging_device_placement():
+        from unidl.input_checks import dtype_name
+
         logger.info("%s %s.%s %s %s on %s (%s)", kind, type(module).__name__, name, tuple(variable.shape),
-                    _dtype_name(variable), backend.device_of(variable), backend.name)
+                    dtype_name(variable.dtype), backend.device_of(variable), backend.name)
 
 
 def compiled_placed(name: str, event: str, device: str, how: str) -> None:
     """Report where a compiled step or ``ud.function`` runs (``event``: 'first call', 'traced ...')."""
     if logging_device_placement():
         logger.info("%s %s: runs on %s (%s)", name, event, device, how)
-
-
-def _dtype_name(variable) -> str:
-    dtype = variable.dtype
-    return getattr(dtype, "name", None) or str(dtype).replace("torch.", "")
 
 
 class Info(dict):

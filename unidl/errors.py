@@ -4,6 +4,8 @@ Each message names what was given and what would have been valid, so that a
 user can fix the call without reading unidl's source.
 """
 
+import codecs
+
 
 class UnidlError(Exception):
     """Base class of the errors that unidl raises itself."""
@@ -51,10 +53,11 @@ MARKER_END = " [unidl.end]"
 _MARKED = (IndexOutOfRangeError, ShapeMismatchError)
 
 
-def marked_error_from(error) -> "UnidlError | None":
+def marked_error_from(error, escaped: bool = False) -> "UnidlError | None":
     """The unidl error behind a framework's runtime error raised by an in-graph check (its message carries an
     error class's ``marker``, then the message, then ``MARKER_END`` or the end of the line), or None for any
-    other error."""
+    other error. ``escaped``: the framework printed the message with C escapes (TensorFlow's ``Assert`` prints a
+    quote as \\'), which are undone."""
     text = str(error)
     for error_class in _MARKED:
         start = text.find(error_class.marker)
@@ -62,6 +65,8 @@ def marked_error_from(error) -> "UnidlError | None":
             message = text[start + len(error_class.marker):]
             end = message.find(MARKER_END)
             message = message[:end] if end >= 0 else message.splitlines()[0]
+            if escaped and "\\" in message:
+                message = codecs.escape_decode(message.encode("utf-8"))[0].decode("utf-8", "replace")
             return error_class(message.strip().removesuffix(" (`check` failed)"))
     return None
 

@@ -16,7 +16,7 @@ import numpy as np
 from unidl import config, fit_options
 from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
-from unidl.data import DataLoader, TensorDataset
+from unidl.data import DataLoader, Epoch, TensorDataset
 from unidl.distributed import process_group
 from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
@@ -169,7 +169,8 @@ def _arrays_of(loader):
 
 
 def check_labels(model, loss_fn, loader) -> None:
-    """Before training: integer labels for ``CrossEntropyLoss`` must lie in [0, number of model outputs)."""
+    """Before training: integer labels for ``CrossEntropyLoss`` must lie in [0, number of model outputs), or equal
+    its ``ignore_index`` (those samples count for neither the loss nor the metrics, as in ``train_step``)."""
     arrays = _arrays_of(loader)
     if not isinstance(loss_fn, CrossEntropyLoss) or arrays is None or len(arrays) < 2:
         return
@@ -180,10 +181,13 @@ def check_labels(model, loss_fn, loader) -> None:
         raise DtypeMismatchError(float_labels_message("CrossEntropyLoss", y.dtype))  # the loss's own words
     shape = output_shape(model, x)  # one remembered eval-mode forward of one sample, shared with the metrics
     classes = shape[-1] if shape else 1  # a model with (N,) outputs: one output per sample
-    low, high = int(y.min()), int(y.max())
+    counted = y[y != loss_fn.ignore_index]
+    if not counted.size:
+        return
+    low, high = int(counted.min()), int(counted.max())
     if low < 0 or high >= classes:
-        raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs; "
-                         f"found labels from {low} to {high}")
+        raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs, or equal the loss's "
+                         f"ignore_index {loss_fn.ignore_index}; found labels from {low} to {high}")
 
 
 def _check_finite(value: float, epoch: int, step: int, step_finite: bool = True) -> None:
@@ -444,6 +448,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                                              inputs_of)
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
             logs = end.logs
+        except BaseException:
+            _stop_workers(batches)
+            raise
         if carried and values is None:  # a checkpoint without running totals: the two parts' means, joined
             logs = _whole_epoch_means(trainer, epoch, logs)
         trainer.carried_epoch = None
@@ -460,6 +467,13 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     for callback in callbacks:
         callback.on_train_end()
     return history
+
+
+def _stop_workers(batches) -> None:
+    """Stop the workers of a ``DataLoader`` epoch that an error or Ctrl-C ends: its traceback keeps ``fit``'s
+    frame, and with it the epoch and its workers, alive (at the REPL until the next error)."""
+    if isinstance(batches, Epoch):
+        batches.close()
 
 
 def _first_step(loader, epoch: int) -> int:

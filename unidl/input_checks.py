@@ -73,7 +73,7 @@ def all_of(conditions):
     return combined
 
 
-def _holds(condition):
+def holds(condition):
     """A comparison of ints (a NumPy or Python bool) as a Python bool; of tensors, as it is."""
     return bool(condition) if isinstance(condition, bool) or type(condition).__module__ == "numpy" else condition
 
@@ -101,7 +101,7 @@ def check_window_fits(owner, x, spans, paddings, advice: str):
             return (f"{literal(owner)}: kernel {label} {{}} is larger than the padded input {label} {{}} (input "
                     f"shape {shape_template(len(sizes))}); {advice}")
 
-        x = require(x, _holds(padded >= span), template, (span, padded) + sizes)
+        x = require(x, holds(padded >= span), template, (span, padded) + sizes)
     return x
 
 
@@ -118,7 +118,7 @@ def check_batch_statistics(owner, x):
         return (f"{literal(owner)}: expected more than 1 value per channel when training, got input of shape "
                 f"{shape_template(len(sizes))}; train with more values per channel (a larger batch) or call eval()")
 
-    return require(x, _holds(count != 1), template, sizes)  # (PyTorch's test: an empty batch is no error here)
+    return require(x, holds(count != 1), template, sizes)  # (PyTorch's test: an empty batch is no error here)
 
 
 def float_bound(value) -> bool:
@@ -159,8 +159,8 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
         return (f"{literal(owner)} needs {names[0]} and {names[1]} of the same shape; {names[0]} has shape "
                 f"{shape_template(len(a))}, {names[1]} has shape {shape_template(len(b))}")
 
-    holds = len(a) == len(b) and all_of(_holds(m == n) for m, n in zip(a, b))
-    return require(prediction, holds, template, a + b)
+    same = len(a) == len(b) and all_of(holds(m == n) for m, n in zip(a, b))
+    return require(prediction, same, template, a + b)
 
 
 _FLOATING: dict = {}
@@ -177,12 +177,59 @@ def check_floating(owner, x) -> None:
     framework refuses it in its own words (or, on jax, silently promotes it); unidl converts NumPy floats to
     the model's dtype but never guesses that integers are meant as values."""
     dtype = x.dtype
-    floating = _FLOATING.get(dtype)
-    if floating is None:
-        floating = _FLOATING[dtype] = "float" in dtype_name(dtype)
-    if not floating:
+    if not _is_floating(dtype):
         from unidl import config
 
         wanted = config.get_dtype()
         raise DtypeMismatchError(f"{literal(owner)} needs floating-point input, got {dtype_name(dtype)} input; "
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
+
+
+_INTEGER: dict = {}
+
+
+def check_integer(owner, what, x):
+    """``x``, after checking that its dtype is an integer one: float or boolean indices are a
+    ``DtypeMismatchError`` naming ``owner`` and ``what`` they are, on every backend (PyTorch and TensorFlow refuse
+    them in their own words, TensorFlow's cross-entropy truncated float labels, JAX may round them). Values without
+    a dtype (Python lists) are left to the framework."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return x
+    integer = _INTEGER.get(dtype)
+    if integer is None:
+        integer = _INTEGER[dtype] = dtype_name(dtype).startswith(("int", "uint"))
+    if not integer:
+        raise DtypeMismatchError(f"{literal(owner)}: {what} must be integers, got {dtype_name(dtype)} {what}; convert "
+                                 f"them with ud.ops.cast({what}, 'int64')")
+    return x
+
+
+def _is_floating(dtype) -> bool:
+    floating = _FLOATING.get(dtype)
+    if floating is None:
+        floating = _FLOATING[dtype] = "float" in dtype_name(dtype)
+    return floating
+
+
+def check_same_kind(owner, a, b) -> None:
+    """``DtypeMismatchError`` when one of ``a`` and ``b`` holds floats and the other integers or booleans: the
+    frameworks differ there (PyTorch and TensorFlow refuse, JAX and Keras promote). Floats of two widths pass, for a
+    mixed-precision scope to cast."""
+    dtype_a, dtype_b = getattr(a, "dtype", None), getattr(b, "dtype", None)
+    if dtype_a is None or dtype_b is None or dtype_a == dtype_b or _is_floating(dtype_a) == _is_floating(dtype_b):
+        return
+    floating = dtype_name(dtype_a if _is_floating(dtype_a) else dtype_b)
+    raise DtypeMismatchError(f"{literal(owner)} of {dtype_name(dtype_a)} and {dtype_name(dtype_b)}: one is integer, "
+                             f"the other floating-point; convert the integers with ud.ops.cast(x, '{floating}')")
+
+
+def as_floating(owner, what, x):
+    """``x``, with integer or boolean values converted to the float dtype in force (PyTorch's ``exp``, ``sqrt`` or
+    ``sigmoid`` of integers are floats; TensorFlow refused them, JAX gave float64, Keras float32 under float64)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or _is_floating(dtype):
+        return x
+    from unidl import config
+
+    return ops.cast(x, config.get_dtype())

@@ -12,7 +12,7 @@ are returned, randomness (dropout) takes an explicit generator.
 
 from __future__ import annotations
 
-from unidl import config
+from unidl import config, input_checks
 from unidl.backends.op_registry import declare, optional_op
 from unidl.precision import active_ops
 
@@ -23,7 +23,13 @@ def _ops():
 
 
 def op(declaration=None, **options):
-    """Declare an op (see ``unidl.backends.op_registry.declare``)."""
+    """Declare an op (see ``unidl.backends.op_registry.declare``). ``indices``/``floating``: the parameters that
+    take integer indices (a float or boolean one is a ``DtypeMismatchError``) or floating-point values (integers
+    become the float dtype in force, as ``torch.exp`` makes them floats)."""
+    checks = {**{p: input_checks.check_integer for p in options.pop("indices", ())},
+              **{p: input_checks.as_floating for p in options.pop("floating", ())}}
+    if checks:
+        options["inputs"] = checks
     if declaration is None:
         return lambda d: declare(_ops, **options)(d)
     return declare(_ops)(declaration)
@@ -34,9 +40,12 @@ def linear(x, weight, bias=None):
     """x @ weight.T + bias, weight of shape (out, in)."""
 
 
-@op
+@op(dispatch=False)
 def matmul(a, b):
-    """Matrix product with broadcasting over leading axes."""
+    """Matrix product with broadcasting over leading axes. Integers times floats is a ``DtypeMismatchError`` on every
+    backend (PyTorch and TensorFlow refuse it in their own words, JAX and Keras promoted the integers)."""
+    input_checks.check_same_kind("matmul", a, b)
+    return _ops().matmul(a, b)
 
 
 @op
@@ -49,22 +58,22 @@ def leaky_relu(x, negative_slope=0.01):
     """x if x > 0 else negative_slope * x."""
 
 
-@op
+@op(floating=("x",))
 def sigmoid(x):
     """1 / (1 + exp(-x))."""
 
 
-@op
+@op(floating=("x",))
 def tanh(x):
     """Hyperbolic tangent."""
 
 
-@op
+@op(floating=("x",))
 def softmax(x, dim=-1):
     """exp(x) / sum(exp(x)) along ``dim``."""
 
 
-@op
+@op(floating=("x",))
 def log_softmax(x, dim=-1):
     """log(softmax(x)) computed stably along ``dim``."""
 
@@ -210,17 +219,17 @@ def clip(x, minimum=None, maximum=None):
     """Limit values to [minimum, maximum] (either bound may be None)."""
 
 
-@op
+@op(floating=("x",))
 def exp(x):
     """e ** x, element-wise."""
 
 
-@op
+@op(floating=("x",))
 def log(x):
     """Natural logarithm, element-wise."""
 
 
-@op
+@op(floating=("x",))
 def sqrt(x):
     """Square root, element-wise."""
 
@@ -260,9 +269,11 @@ def cast_like(x, like):
     """``x`` converted to ``like``'s dtype."""
 
 
-@op
+@op(indices=("labels",))
 def one_hot(labels, num_classes):
-    """Integer labels (N,) -> (N, num_classes) indicator matrix."""
+    """Integer labels (N,) -> (N, num_classes) int64 indicator matrix (any labels' shape gains a last axis). A label
+    outside [0, num_classes) gives a row of zeros on every backend (``tf.one_hot``'s and ``jax.nn.one_hot``'s rule;
+    ``torch.nn.functional.one_hot`` raises, after reading the labels back to the host)."""
 
 
 @op
@@ -275,7 +286,7 @@ def l1_loss(prediction, target, reduction="mean"):
     """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise)."""
 
 
-@op
+@op(indices=("labels",))
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel.
 
@@ -309,23 +320,23 @@ def scan(fn, init, xs, axis=0, reverse=False):
     """
 
 
-@op
+@op(floating=("x",))
 def gelu(x, approximate="none"):
     """x * Phi(x) with Phi the standard normal CDF (``approximate='none'``), or PyTorch's tanh approximation
     0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) with ``approximate='tanh'``."""
 
 
-@op
+@op(floating=("x",))
 def silu(x):
     """x * sigmoid(x) (also called swish)."""
 
 
-@op
+@op(floating=("x",))
 def elu(x, alpha=1.0):
     """x if x > 0 else alpha * (exp(x) - 1)."""
 
 
-@op
+@op(floating=("x",))
 def softplus(x, beta=1.0, threshold=20.0):
     """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's)."""
 
@@ -341,7 +352,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     ``len(normalized_shape)`` axes; ``weight`` and ``bias`` have shape ``normalized_shape``."""
 
 
-@op
+@op(indices=("indices",))
 def embedding(indices, weight, padding_idx=None):
     """Rows of ``weight`` (num_embeddings, dim) picked by integer ``indices`` of any shape: (*indices.shape, dim).
 
@@ -350,14 +361,14 @@ def embedding(indices, weight, padding_idx=None):
     would return zeros)."""
 
 
-@op
+@op(indices=("indices",))
 def take(x, indices, axis=0):
     """Slices of ``x`` along ``axis`` picked by integer ``indices`` (``torch.index_select`` for 1-D indices,
     ``numpy.take``): the result's shape is x.shape[:axis] + indices.shape + x.shape[axis+1:]. Indices
     outside [0, x.shape[axis]) raise ``IndexOutOfRangeError``."""
 
 
-@op
+@op(indices=("index",))
 def gather(x, dim, index):
     """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for dim 0 (and alike for any ``dim``); ``index``
     has ``x``'s rank, and may be smaller than ``x`` on every axis. Indices out of range raise
@@ -439,15 +450,24 @@ def squeeze(x, dim=None):
     size stays, as in PyTorch, except inside a graph that does not know its size, where it must be 1)."""
 
 
-@op
+@op(dispatch=False)
 def pad(x, pad, mode="constant", value=0.0):
     """``torch.nn.functional.pad``: ``pad`` lists (before, after) amounts from the LAST axis backwards,
-    e.g. (1, 1, 2, 0) pads the last axis by 1 on both sides and the one before by 2 in front. ``mode``:
-    'constant' (with ``value``), 'reflect', 'replicate' or 'circular' (those three on the last 1 to 3
-    axes of a batched input, as in PyTorch)."""
+    e.g. (1, 1, 2, 0) pads the last axis by 1 on both sides and the one before by 2 in front; a negative amount
+    crops. ``mode``: 'constant' (with ``value``), 'reflect', 'replicate' or 'circular' (those three on the last
+    1 to 3 axes of a batched or unbatched input; reflect shorter than its axis, circular no longer and never
+    negative). PyTorch's limits hold on every backend: what PyTorch refuses is one unidl error everywhere."""
+    from unidl import padding
+
+    amounts = padding.checked_amounts(x, pad, mode, value)
+    if mode != "constant" or min(amounts, default=0) < 0:
+        x = padding.check_sizes(x, amounts, mode)
+    if max(amounts, default=0) > 0:
+        x = _ops().pad(x, tuple(max(p, 0) for p in amounts), mode, value)
+    return padding.crop(x, amounts) if min(amounts, default=0) < 0 else x
 
 
-@op
+@op(floating=("x",))
 def log1p(x):
     """log(1 + x), accurate for small x."""
 
@@ -457,9 +477,22 @@ def minimum(a, b):
     """Element-wise minimum."""
 
 
-@op
+@op(dispatch=False)
 def amax(x, dim, keepdim=False):
-    """Largest value along ``dim`` (an int or a tuple of them), as ``torch.amax``."""
+    """Largest value along ``dim`` (an int or a tuple of them), as ``torch.amax``. An empty axis among them has no
+    largest value: ``ShapeMismatchError`` on every backend (TensorFlow gave -inf, Keras raised, JAX its own error)."""
+    from unidl import input_checks
+
+    sizes = tuple(x.shape)
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    if None in sizes or any(sizes[d] == 0 for d in dims):
+        sizes = input_checks.sizes_of(x)
+        for d in dims:
+            def template(d=d):
+                return f"amax over axis {d}, which is empty (input shape {input_checks.shape_template(len(sizes))})"
+
+            x = input_checks.require(x, input_checks.holds(sizes[d] > 0), template, tuple(sizes))
+    return _ops().amax(x, dim, keepdim)
 
 
 @op(name="apply_momentum", optional=True, public=False)
@@ -604,17 +637,19 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
     """-log_probabilities[n, labels[n]] * weight[labels[n]] for (N, C) or (N, C, d1, ...) input and integer
     labels (N,) or (N, d1, ...); labels equal to ``ignore_index`` count for nothing. 'mean' divides by
     the summed weights of the counted labels (PyTorch's); 'none' keeps the labels' shape."""
-    return _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, "NLLLoss labels")
+    return _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, "NLLLoss")
 
 
-def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, what):
+def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner):
+    labels = input_checks.check_integer(owner, "labels", labels)
     classes = shape(log_probabilities)[1]
     kept = labels != ignore_index
-    safe = check_index(where(kept, labels, zeros_like(labels)), classes, what)
+    safe = check_index(where(kept, labels, zeros_like(labels)), classes, f"{owner} labels")
     picked = squeeze(gather(log_probabilities, 1, unsqueeze(safe, 1)), 1)
     mask = cast_like(kept, picked)
     weights = mask if weight is None else take(weight, safe) * mask
-    losses = -picked * weights
+    losses = where(kept, -picked * weights, zeros_like(picked))  # a select: an ignored label's gradient is 0, never
+    # 0 * inf (PyTorch's, when every label is ignored and the mean divides by 0)
     if reduction == "mean":
         return sum(losses) / sum(weights)
     return _reduced(losses, reduction)
@@ -638,11 +673,12 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
         if reduction == "mean":
             return sum(losses) / _count(shape(losses), losses)
         return _reduced(losses, reduction)
-    loss = _nll_loss(log_probabilities, target, weight, ignore_index, reduction, "CrossEntropyLoss labels")
+    loss = _nll_loss(log_probabilities, target, weight, ignore_index, reduction, "CrossEntropyLoss")
     if not label_smoothing:
         return loss
     kept = cast_like(target != ignore_index, log_probabilities)
-    smooth = -sum(log_probabilities if broadcast is None else log_probabilities * broadcast, 1) * kept
+    smooth = -sum(log_probabilities if broadcast is None else log_probabilities * broadcast, 1)
+    smooth = where(target != ignore_index, smooth, zeros_like(smooth))  # a select, as in _nll_loss
     if reduction == "mean":
         if weight is None:
             smooth = sum(smooth) / sum(kept)

@@ -204,7 +204,7 @@ def unpooled_size(owner, x, kernel_size, stride=None, padding=0, output_size=Non
         raise ValueError(f"{owner} output_size must be 2 ints (H, W) or 4 (N, C, H, W), got {output_size!r}")
     given = given[-2:]
     for axis, (size, default, s) in enumerate(zip(given, defaults, strides)):
-        holds = input_checks.all_of([input_checks._holds(default - s < size), input_checks._holds(size < default + s)])
+        holds = input_checks.all_of([input_checks.holds(default - s < size), input_checks.holds(size < default + s)])
 
         def template(axis=axis):
             return (f"{input_checks.literal(owner)}: output_size {given} is inconsistent with the input: its "
@@ -243,7 +243,8 @@ def _bin_maximum(x, size, bins):
     inside, _ = _bins(size, bins, x)
     spread = ops.unsqueeze(x, -2)  # (..., 1, size) against the (bins, size) mask
     lowest = ops.zeros_like(spread) - float("inf")
-    return ops.amax(ops.where(inside, spread, lowest), -1)
+    # the backend's amax: every bin holds at least one position (ops.amax's empty-axis check would cost a graph op)
+    return ops._ops().amax(ops.where(inside, spread, lowest), -1)
 
 
 def adaptive_max_pool2d(x, output_size):

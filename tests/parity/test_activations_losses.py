@@ -180,3 +180,35 @@ def test_clip_and_abs_gradients_at_their_kinks_match_torch(backend):
 
     for gradient in (ud.grad(value), ud.function(ud.grad(value))):
         assert np.array_equal(ud.to_numpy(gradient(ud.tensor(x))), t.grad.numpy())
+
+
+def test_every_label_ignored_gives_torchs_nan_loss_and_zero_gradient(backend):
+    """A batch whose every label is ``ignore_index``: the mean divides 0 by 0, so the loss is NaN, and PyTorch's
+    gradient is 0 (an ignored label adds nothing); unidl's NLLLoss and weighted or smoothed CrossEntropyLoss gave NaN
+    gradients (0 times the infinite 1/0). Where labels count but weigh 0, PyTorch's gradient is NaN, as here."""
+    weight = np.array([0.5, 1.0, 2.0, 0.7, 1.5, 0.2])
+    zero = np.zeros(6)
+    with ud.use_dtype("float64"):
+        cases = [  # (unidl loss, its input from the logits, torch loss, its input, labels)
+            (ud.nn.NLLLoss(), lambda x: ud.ops.log_softmax(x, 1), tnn.NLLLoss(), lambda x: x.log_softmax(1), None),
+            (ud.nn.CrossEntropyLoss(), None, tnn.CrossEntropyLoss(), None, None),
+            (ud.nn.CrossEntropyLoss(weight=ud.tensor(weight), label_smoothing=0.2), None,
+             tnn.CrossEntropyLoss(weight=torch.tensor(weight), label_smoothing=0.2), None, None),
+            (ud.nn.CrossEntropyLoss(label_smoothing=0.2), None, tnn.CrossEntropyLoss(label_smoothing=0.2), None, None),
+            (ud.nn.NLLLoss(weight=ud.tensor(zero)), lambda x: ud.ops.log_softmax(x, 1),
+             tnn.NLLLoss(weight=torch.tensor(zero)), lambda x: x.log_softmax(1), LABELS),
+        ]
+        for loss, prepare, torch_loss, torch_prepare, labels in cases:
+            labels = np.full(4, -100) if labels is None else labels
+            t = torch.tensor(ROWS, requires_grad=True)
+            expected = torch_loss((torch_prepare or (lambda v: v))(t), torch.tensor(labels))
+            expected.backward()
+
+            def value(x, loss=loss, prepare=prepare, labels=labels):
+                return loss((prepare or (lambda v: v))(x), ud.tensor(labels))
+
+            for gradient in (ud.value_and_grad(value), ud.function(ud.value_and_grad(value))):
+                got, grad = gradient(ud.tensor(ROWS))
+                grad = grad[0] if isinstance(grad, (list, tuple)) else grad
+                assert np.isnan(float(ud.to_numpy(got))) and np.isnan(expected.item()), loss
+                np.testing.assert_array_equal(ud.to_numpy(grad), t.grad.numpy(), err_msg=repr(loss))

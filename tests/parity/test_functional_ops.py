@@ -48,6 +48,11 @@ OPS = {
     **{f"pad-{mode}": case(lambda x, mode=mode: ud.ops.pad(x, (1, 2, 2, 1), mode),
                            lambda x, mode=mode: F.pad(x, (1, 2, 2, 1), mode), IMAGES)
        for mode in ("constant", "reflect", "replicate", "circular")},
+    **{f"pad-{mode}-{amounts}": case(lambda x, mode=mode, amounts=amounts: ud.ops.pad(x, amounts, mode),
+                                     lambda x, mode=mode, amounts=amounts: F.pad(x, amounts, mode), inputs)
+       for mode, amounts, inputs in [("constant", (-1, 2, 1, -2), IMAGES), ("constant", (1, 1, -1, 2), ROWS),
+                                     ("reflect", (-2, 3, 2, -1), IMAGES), ("replicate", (3, -4, -1, 5), IMAGES),
+                                     ("reflect", (5, 2), ROWS), ("circular", (1, 2, 3, 0, 2, 1), IMAGES)]},
     "log1p": case(ud.ops.log1p, torch.log1p, POSITIVE),
     "minimum": case(ud.ops.minimum, torch.minimum, ROWS, OTHER),
     "cross_entropy-ignore-none": case(lambda x, y: ud.ops.cross_entropy(x, y, "none"),

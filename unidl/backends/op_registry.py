@@ -34,10 +34,16 @@ class OpSpec:
 REGISTRY: dict[str, OpSpec] = {}
 
 
-def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable) -> Callable:
+def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs: dict | None = None) -> Callable:
     """A function with ``declaration``'s exact signature whose body is ``resolve_ops().<name>(...)``:
-    compiled once, so a call costs what a hand-written forwarding function costs."""
+    compiled once, so a call costs what a hand-written forwarding function costs. ``inputs`` maps parameter
+    names to a check ``check(op_name, parameter_name, value) -> value`` that the body applies to that argument
+    first."""
+    inputs = inputs or {}
     signature = inspect.signature(declaration)
+    unknown = set(inputs) - set(signature.parameters)
+    if unknown:
+        raise BackendInterfaceError(f"op {name!r} checks inputs {sorted(unknown)} it does not declare")
     params, forwarded, seen_star = [], [], False
     for p in signature.parameters.values():
         if p.kind is p.VAR_POSITIONAL:
@@ -56,9 +62,10 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable) -> Call
         else:
             params.append(p.name)
             forwarded.append(p.name)
-    source = (f"def {name}({', '.join(params)}):\n"
+    checks = "".join(f"    {p} = _check_{p}({name!r}, {p!r}, {p})\n" for p in inputs)
+    source = (f"def {name}({', '.join(params)}):\n{checks}"
               f"    return _resolve_ops().{name}({', '.join(forwarded)})\n")
-    namespace = {"_resolve_ops": resolve_ops}
+    namespace = {"_resolve_ops": resolve_ops, **{f"_check_{p}": check for p, check in inputs.items()}}
     exec(compile(source, f"<unidl.ops.{name}>", "exec"), namespace)
     function = namespace[name]
     function.__defaults__ = declaration.__defaults__
@@ -71,17 +78,19 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable) -> Call
 
 
 def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = False, public: bool = True,
-            dispatch: bool = True):
+            dispatch: bool = True, inputs: dict | None = None):
     """Decorator for the declarations in ``unidl/ops.py``: register the op and return its dispatcher
     (or the declared function itself with ``dispatch=False``, when the front end adds behaviour of
-    its own before calling the backend, e.g. drawing dropout's generator)."""
+    its own before calling the backend, e.g. drawing dropout's generator). ``inputs``: per parameter name, a
+    check the dispatcher applies to that argument before the backend sees it (``unidl.input_checks``'s dtype
+    rules)."""
 
     def register(declaration: Callable) -> Callable:
         op_name = name or declaration.__name__
         if op_name in REGISTRY:
             raise BackendInterfaceError(f"op {op_name!r} is declared twice")
         REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public)
-        return _dispatcher(op_name, declaration, resolve_ops) if dispatch else declaration
+        return _dispatcher(op_name, declaration, resolve_ops, inputs) if dispatch else declaration
 
     return register
 

@@ -8,27 +8,33 @@ hands their running totals to ``results_from``.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import numpy as np
 
+from unidl import ops
 from unidl.errors import RetraceWarning
 from unidl.function import Function
+from unidl.metrics.metric import as_float
 from unidl.tensors import to_numpy
 
 
 class MetricAccumulator:
-    """Running totals of the statistics of ``metrics`` (bound to ``layout``)."""
+    """Running totals of the statistics of ``metrics`` (bound to ``layout``). ``ignore_label``: the class label
+    that the loss ignores (``CrossEntropyLoss``'s ``ignore_index``); samples with it count for no metric, as
+    Keras's metrics skip the samples that its loss's ``ignore_class`` masks (they are given weight 0; a metric
+    whose ``statistics`` takes no ``sample_weight`` still sees them)."""
 
-    def __init__(self, metrics, layout):
+    def __init__(self, metrics, layout, ignore_label: int | None = None):
         self.metrics = list(metrics)
         self.layout = layout
+        self.ignore_label = ignore_label
         for metric in self.metrics:
             metric.bind(layout)
-            if metric.weighted and "sample_weight" not in inspect.signature(metric.statistics).parameters:
+            if metric.weighted and not metric.takes_weights:
                 raise ValueError(f"metric {metric.name!r} ({type(metric).__name__}) cannot be a weighted metric: "
                                  f"its statistics() takes no sample_weight; pass it in metrics= instead")
+        self._takes_weights = [metric.takes_weights for metric in self.metrics]
         self.shapes = [shape for metric in self.metrics for shape in metric.statistic_shapes()]
         self.unpack = None  # set by fit when targets travel packed with sample weights: packed -> (target, weight)
         self._function = Function(self.statistics)
@@ -41,7 +47,8 @@ class MetricAccumulator:
         return (tuple((type(m).__name__, m.name, m.weighted,
                        tuple(sorted((k, repr(v)) for k, v in vars(m).items() if k not in ("layout", "_totals"))))
                       for m in self.metrics),
-                self.layout.output_shape, self.layout.target_shape, self.layout.target_is_integer, self.unpack is None)
+                self.layout.output_shape, self.layout.target_shape, self.layout.target_is_integer, self.unpack is None,
+                self.ignore_label)
 
     def statistics(self, outputs, target, sample_weight=None) -> tuple:
         """Every metric's statistics of one batch, flattened into one tuple (``ud.ops`` only: graph-safe).
@@ -50,12 +57,16 @@ class MetricAccumulator:
         if self.unpack is not None:
             target, packed = self.unpack(target)
             sample_weight = packed if sample_weight is None else sample_weight
+        kept = None
+        if self.ignore_label is not None:
+            kept = as_float(ops.reshape(target, (-1,)) != self.ignore_label)
         values = []
-        for metric in self.metrics:
-            if metric.weighted and sample_weight is not None:
-                values.extend(metric.statistics(outputs, target, sample_weight))
-            else:
-                values.extend(metric.statistics(outputs, target))
+        for metric, takes_weights in zip(self.metrics, self._takes_weights):
+            weight = sample_weight if metric.weighted else None
+            if kept is not None and takes_weights:
+                weight = kept if weight is None else weight * kept
+            values.extend(metric.statistics(outputs, target) if weight is None else
+                          metric.statistics(outputs, target, weight))
         return tuple(values)
 
     def reset(self) -> None:

@@ -8,6 +8,8 @@ the step is a graph (Keras's trainer on keras) or as one compiled ``ud.function`
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from unidl import ops
@@ -58,6 +60,12 @@ class Metric:
 
     def bind(self, layout: Layout) -> None:
         self.layout = layout
+
+    @property
+    def takes_weights(self) -> bool:
+        """Whether ``statistics`` takes a ``sample_weight`` (required of a weighted metric; fit also weights the
+        samples of an ignored label 0 through it)."""
+        return "sample_weight" in inspect.signature(self.statistics).parameters
 
     def statistic_shapes(self) -> tuple:
         """The shape of each statistic (after ``bind``)."""

@@ -117,4 +117,5 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
             return None
         if layout.output_shape in ((), (1,)):  # one score per sample: no implicit accuracy (threshold unknown)
             return None
-    return MetricAccumulator(chosen, layout)
+    ignored = getattr(loss, "ignore_index", None) if loss is not None and layout.target_is_integer else None
+    return MetricAccumulator(chosen, layout, ignore_label=ignored)

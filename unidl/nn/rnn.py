@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from unidl import tensors
+from unidl import input_checks, tensors
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
@@ -84,6 +84,15 @@ class RNNBase(Module):
             raise ShapeMismatchError(f"{self.describe()} expected input of shape {layout} (or unbatched "
                                      f"(T, input_size)) with input_size {self.input_size}, received {shape}")
         batched = len(shape) == 3
+        time_axis = 1 if batched and self.batch_first else 0
+        if shape[time_axis] is None or shape[time_axis] == 0:  # PyTorch's rule: frameworks fail on different ops
+            sizes = input_checks.sizes_of(input)
+
+            def template():
+                return (f"{input_checks.literal(self.describe)} expected a sequence length larger than 0, received "
+                        f"input of shape {input_checks.shape_template(len(sizes))}")
+
+            input = input_checks.require(input, input_checks.holds(sizes[time_axis] > 0), template, tuple(sizes))
         x = input if not batched or not self.batch_first else ops.permute(input, (1, 0, 2))
         if not batched:
             x = ops.unsqueeze(x, 1)

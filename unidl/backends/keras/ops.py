@@ -234,7 +234,8 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    return K.one_hot(K.cast(labels, "int32"), num_classes, dtype="int64")
+    # a comparison: a label out of range gives a row of zeros on every host (Keras's one_hot raises on torch)
+    return K.cast(K.expand_dims(K.cast(labels, "int64"), -1) == K.arange(num_classes, dtype="int64"), "int64")
 
 
 def _reduce(values, reduction):

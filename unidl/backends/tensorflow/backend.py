@@ -51,7 +51,7 @@ class Backend(BackendInterface):
     # (apply_momentum), and labels out of range stop a compiled step with unidl's message (cross_entropy's
     # in-graph check) rather than the kernel's.
     keras_native_ops = ("apply_momentum", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy", "leaky_relu",
-                        "linear", "max_pool2d", "relu", "scan", "sigmoid", "tanh")
+                        "linear", "max_pool2d", "one_hot", "relu", "scan", "sigmoid", "tanh")
 
     def __init__(self):
         self._generator = None

@@ -214,12 +214,13 @@ class GraphFunction:
                 return self._fn(*args)
 
     def _graph_for(self, key):
-        if self._graphs:
+        exact = any(isinstance(entry, tuple) for entry, _ in key)  # the graph of an empty input's exact shapes
+        if self._graphs and not exact:
             warnings.warn(
                 f"{self.__name__} traced again for inputs of a new rank or dtype {key} "
                 f"(already traced for {list(self._graphs)}); a new batch size or length never retraces",
                 RetraceWarning, stacklevel=3)
-        signature = [tf.TensorSpec([None] * rank, dtype) for rank, dtype in key]
+        signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key]
         compiled = tf.function(self._traced, input_signature=signature, jit_compile=self._jit_compile,
                                reduce_retracing=True)
         devices.compiled_placed(self.__name__, f"traced for (rank, dtype) {[(r, d.name) for r, d in key]}",
@@ -242,7 +243,7 @@ class GraphFunction:
                 f"directly in the function body so that AutoGraph converts it to graph control flow, or use "
                 f"ud.ops.where; read values (.numpy()) outside the function. ({error})") from error
         except Exception as error:  # an in-graph check of values known while tracing failed
-            marked = marked_error_from(error)
+            marked = marked_error_from(error, escaped=True)
             if marked is None:
                 raise
             raise marked from None
@@ -251,14 +252,20 @@ class GraphFunction:
 
     def __call__(self, *args):
         tensors = [to_graph_input(a) for a in args]
-        key = tuple((t.shape.rank, t.dtype) for t in tensors)
+        shapes = [t.shape for t in tensors]
+        key = tuple((shape.rank, t.dtype) for shape, t in zip(shapes, tensors))
+        if any(shape.num_elements() == 0 for shape in shapes):
+            # an empty input (a batch of 0 samples) gets a graph of its exact shapes: TensorFlow's kernels fail on an
+            # empty batch in a graph traced for any size (a convolution returns its input's shape, the gradient of
+            # max pooling aborts the process), while the ops see a known 0 while tracing and give PyTorch's results
+            key = tuple((tuple(shape), t.dtype) for shape, t in zip(shapes, tensors))
         if self._options.stale():  # an optimizer bound an option the graphs hold as a constant
             self._graphs.clear()
         graph = self._graphs.get(key) or self._graph_for(key)
         try:
             return graph(*tensors)
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed
-            marked = marked_error_from(error)
+            marked = marked_error_from(error, escaped=True)
             if marked is None:
                 raise
             raise marked from None

@@ -159,7 +159,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         padding_argument = "VALID"
     else:
         xh, padding_argument = _padded_for(xh, conv_padding(padding, kernel_hw), kernel_hw, (sh, sw))
-    if groups == 1:
+    if xh.shape[0] == 0:  # an empty batch (eagerly, or a graph traced for one): see _empty_batch_output
+        y = _empty_batch_output(xh, kernel, (sh, sw), padding_argument)
+    elif groups == 1:
         y = tf.nn.conv2d(xh, kernel, strides=(1, sh, sw, 1), padding=padding_argument)
     elif kernel.shape[2] == 1 and sh == sw:
         # one input channel a group (depthwise): TensorFlow's depthwise kernel, which has CPU gradients; the
@@ -168,24 +170,25 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         y = tf.nn.depthwise_conv2d(xh, depthwise, strides=(1, sh, sw, 1), padding=padding_argument)
     else:
         y = _grouped_conv2d(xh, kernel, groups, (sh, sw), padding_argument)
-    if xh.shape[0] == 0:  # an empty batch (eagerly, or a graph traced for one): see _empty_batch_shaped
-        y = _empty_batch_shaped(y, xh, kernel, (sh, sw), padding_argument)
     if bias is not None:
         y = tf.nn.bias_add(y, bias)
     return nchw_view(y)
 
 
-def _empty_batch_shaped(y, xh, kernel, stride_hw, padding_argument):
-    """``y`` (a convolution of NHWC ``xh``, an empty batch) reshaped to the output's own shape: for an empty batch
-    TensorFlow's CPU convolution hands back a tensor of the input's shape (eagerly to the bias add's error, in a
-    graph silently), where PyTorch gives (0, C_out, H_out, W_out). Only where the batch is known to be empty: a
-    graph traced for any batch size (unidl's leave it unknown) keeps TensorFlow's behaviour, since the reshape
-    there would keep Grappler from fusing every convolution with its bias and activation."""
+def _empty_batch_output(xh, kernel, stride_hw, padding_argument):
+    """The convolution of NHWC ``xh``, an empty batch, by ``kernel`` (HWIO), without TensorFlow's kernel: for an
+    empty batch its CPU convolution hands back a tensor of the input's shape (eagerly to the bias add's error, in a
+    graph silently: Grappler drops a reshape to the right shape as a no-op), where PyTorch gives (0, C_out, H_out,
+    W_out). Zeros of that shape, connected to ``xh`` and ``kernel`` so that both get PyTorch's zero gradients.
+    Only where the batch is known to be empty (eagerly, or the graph ``ud.function`` traces for an empty input): a
+    graph traced for any batch size keeps TensorFlow's kernel, since a guard there would keep Grappler from fusing
+    every convolution with its bias and activation."""
     size = tf.shape(xh)
     taps = tf.shape(kernel)
     spatial = [(size[1 + axis] + stride_hw[axis] - 1) // stride_hw[axis] if padding_argument == "SAME"
                else (size[1 + axis] - taps[axis]) // stride_hw[axis] + 1 for axis in (0, 1)]
-    return tf.reshape(y, tf.stack([size[0], spatial[0], spatial[1], taps[3]]))  # (HWIO: taps[3] output channels)
+    connected = (tf.reduce_sum(xh) + tf.reduce_sum(kernel)) * 0
+    return tf.zeros(tf.stack([size[0], spatial[0], spatial[1], taps[3]]), xh.dtype) + connected
 
 
 def _grouped_conv2d(xh, kernel, groups, stride, padding_argument):

@@ -136,7 +136,9 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    return F.one_hot(labels.long(), num_classes)
+    # a comparison, not F.one_hot: a label out of range gives a row of zeros, as on the other backends (F.one_hot
+    # raises, after reading the labels' smallest and largest values back to the host at every call)
+    return (labels.long().unsqueeze(-1) == torch.arange(num_classes, device=labels.device)).long()
 
 
 def mse_loss(prediction, target, reduction="mean"):
@@ -288,4 +290,4 @@ def squeeze(x, dim=None):
 
 
 def pad(x, pad, mode="constant", value=0.0):
-    return F.pad(x, tuple(pad), mode, value if mode == "constant" else None)
+    return F.pad(x, pad, mode, value if mode == "constant" else None)

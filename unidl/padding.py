@@ -1,0 +1,86 @@
+"""``ud.ops.pad``'s rules, PyTorch's, checked before any framework sees the pad, so that one pad gives one result
+or one error on every backend.
+
+The frameworks disagree off the usual path: TensorFlow and JAX reflect-pad any axis where PyTorch pads only the
+last one to three axes of a batched or unbatched input; JAX reflects a pad as long as its axis (PyTorch and
+TensorFlow refuse it); a negative amount crops on PyTorch and is an error elsewhere. Here the amounts and the
+sizes are checked as PyTorch checks them (sizes that a traced graph leaves unknown, when the graph runs), the
+positive amounts go to the backend's pad and the negative ones crop by slicing, on every backend. PyTorch's
+circular pad with a negative amount reads memory it does not own (its values are garbage), so that is refused.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+from unidl import input_checks
+
+MODES = ("constant", "reflect", "replicate", "circular")
+
+
+def checked_amounts(x, pad, mode, value) -> tuple:
+    """``pad`` as a tuple of ints, after PyTorch's checks of the amounts against ``mode`` and ``x``'s rank; a
+    ``ValueError`` (``TypeError`` for amounts that are not ints) naming what was wrong and what is valid."""
+    if mode not in MODES:
+        raise ValueError(f"pad mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
+    amounts = tuple(pad)
+    if not all(isinstance(p, Integral) and not isinstance(p, bool) for p in amounts):
+        raise TypeError(f"pad amounts must be ints, got {pad!r}")
+    amounts = tuple(int(p) for p in amounts)
+    rank = len(x.shape)
+    if len(amounts) % 2:
+        raise ValueError(f"pad {amounts} has an odd length: it lists (before, after) pairs, last axis first")
+    axes = len(amounts) // 2
+    if axes > rank:
+        raise ValueError(f"pad {amounts} pads {axes} axes, but the input has {rank}")
+    if mode == "constant":
+        return amounts
+    if value != 0:
+        raise ValueError(f"pad mode {mode!r} takes no value (got value={value!r}); the value is for mode 'constant'")
+    if axes not in (1, 2, 3) or rank not in (axes + 1, axes + 2):
+        raise ValueError(f"pad mode {mode!r} pads the last 1, 2 or 3 axes of an input with one or two more axes (a "
+                         f"pad of length 2 takes a 2-D or 3-D input, 4 a 3-D or 4-D one, 6 a 4-D or 5-D one), as in "
+                         f"PyTorch; got a pad of length {len(amounts)} for a {rank}-D input")
+    if mode == "circular" and min(amounts) < 0:
+        raise ValueError(f"pad mode 'circular' takes no negative amounts, got {amounts} (PyTorch's circular pad "
+                         f"gives wrong values for them); crop the input by slicing first")
+    return amounts
+
+
+def check_sizes(x, amounts, mode):
+    """``x`` after checking each padded axis's size against its amounts: the result keeps at least one entry (zero
+    for 'constant'), a reflect pad is shorter than its axis, a circular one no longer, and the modes other than
+    'constant' pad no empty axis. ``ShapeMismatchError`` now, or when a graph runs for sizes it leaves unknown."""
+    sizes = input_checks.sizes_of(x)
+    rank = len(sizes)
+    for i in range(len(amounts) // 2):
+        axis, before, after = rank - 1 - i, amounts[2 * i], amounts[2 * i + 1]
+        size, longest = sizes[axis], max(before, after)
+        rules = []
+        if min(before, after) < 0:
+            minimum = 0 if mode == "constant" else 1
+            rules.append((size + before + after >= minimum, "crops more than the axis holds" if minimum == 0 else
+                          "leaves no entry"))
+        if mode != "constant":
+            rules.append((size > 0, "pads an empty axis"))
+        if mode == "reflect":
+            rules.append((size > longest, "is not shorter than the axis"))
+        elif mode == "circular":
+            rules.append((size >= longest, "is longer than the axis"))
+        for holds, problem in rules:
+            def template(problem=problem, axis=axis, before=before, after=after):
+                return (f"pad mode {mode!r}: the pad ({before}, {after}) of axis {axis} {problem} (axis size {{}}, "
+                        f"input shape {input_checks.shape_template(rank)})")
+
+            x = input_checks.require(x, input_checks.holds(holds), template, (size,) + tuple(sizes))
+    return x
+
+
+def crop(x, amounts):
+    """``x`` cropped by the negative amounts of ``amounts`` (a pad, last axis first), by slicing."""
+    rank = len(x.shape)
+    index = [slice(None)] * rank
+    for i in range(len(amounts) // 2):
+        before, after = amounts[2 * i], amounts[2 * i + 1]
+        index[rank - 1 - i] = slice(-before if before < 0 else None, after if after < 0 else None)
+    return x[tuple(index)]
