@@ -89,7 +89,7 @@ def in_finalizer(stop, *args) -> None:
     lines here).
 
     The ``KeyboardInterrupt`` itself is lost all the same: Python drops what a finalizer raises (printed as
-    'Exception ignored in: <finalize object ...>'), and handing the SIGINT on from here
+    ``Exception ignored in: <finalize object ...>``), and handing the SIGINT on from here
     (``_thread.interrupt_main``, a signal to this process) does not help, since Python takes it at its next
     check, which comes before the finalizer has returned. Where Ctrl-C lands on ``weakref.finalize``'s own
     lines, before this function runs, the stop too waits for the interpreter's exit.
