@@ -270,6 +270,43 @@ def test_accumulation_updates_a_parameter_with_a_gradient_in_any_micro_step(back
     assert all(difference < 1e-6 for difference in differences.values()), differences
 
 
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_window_resumed_from_a_checkpoint_keeps_which_parameters_had_a_gradient(backend, tmp_path, eager):
+    """A checkpoint taken one micro-step into an accumulate=2 window in which the middle layer has had no gradient
+    (depth 0), resumed by a fresh model, optimizer and step: the layer still has none, so the window's update
+    leaves it (and its momentum) alone, as the uninterrupted torch.optim loop does. The window's state keeps
+    ``has_gradient``; before, a loaded part-full window counted every parameter as having one, and momentum moved
+    the layer. Graphs: the depth is a graph input, where TensorFlow's loop run 0 times gives zeros (flagged as
+    no gradient)."""
+    depths = [2, 2, 0, 0, 1, 1]
+    with ud.use_backend(backend):
+        ud.manual_seed(0)
+        model = DynamicNet()
+        net = _TorchDynamicNet(model.state_dict())
+        expected_optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        for index, depth in enumerate(depths):
+            batch = slice(8 * (index % 2), 8 * (index % 2) + 8)
+            (torch.nn.functional.mse_loss(net(torch.tensor(X[batch]), depth), torch.tensor(Y[batch])) / 2).backward()
+            if index % 2:
+                expected_optimizer.step()
+                expected_optimizer.zero_grad(set_to_none=True)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=2, eager=eager)
+        for index, depth in enumerate(depths[:3]):
+            step(X[8 * (index % 2):8 * (index % 2) + 8], Y[8 * (index % 2):8 * (index % 2) + 8], depth)
+        assert optimizer.state_dict()["accumulation"]["has_gradient"] == [True, True, False, False, True, True]
+        path = ud.save_checkpoint(tmp_path, model, optimizer)
+        resumed = DynamicNet()
+        resumed_optimizer = ud.optim.SGD(resumed.parameters(), lr=0.05, momentum=0.9)
+        ud.load_checkpoint(path, resumed, resumed_optimizer)
+        step = ud.train_step(resumed, ud.nn.MSELoss(), resumed_optimizer, accumulate=2, eager=eager)
+        for index, depth in enumerate(depths[3:], start=3):
+            step(X[8 * (index % 2):8 * (index % 2) + 8], Y[8 * (index % 2):8 * (index % 2) + 8], depth)
+        expected = net.state_dict()
+        for key, value in resumed.state_dict().items():
+            assert max_relative_difference(value, expected[key].numpy()) < 1e-6, key
+
+
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_adam_counts_steps_per_parameter(backend, accumulate):
     """Adam's bias correction of a layer that some steps skip (the middle layer at depth 0) follows that layer's

@@ -141,7 +141,8 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
         if window is not None:  # a train step's accumulation window in progress: its sums and count
             for index, value in enumerate(window["gradients"]):
                 tensors[f"{WINDOW_PREFIX}{index}"] = np.asarray(value)
-            metadata["optimizer"]["accumulation"] = {key: window[key] for key in ("accumulate", "micro_steps", "finite")}
+            metadata["optimizer"]["accumulation"] = {key: window[key] for key in ("accumulate", "micro_steps", "finite",
+                                                                                  "has_gradient") if key in window}
         if state.get("loss_scaler") is not None:  # a float16 step's dynamic loss scale (two numbers)
             metadata["optimizer"]["loss_scaler"] = dict(state["loss_scaler"])
     if loader is not None:

@@ -43,12 +43,16 @@ class AccumulationWindow:
     """The window of a train step with ``accumulate`` N > 1 (what it keeps between micro-steps), as canonical
     state for ``optimizer.state_dict()`` and checkpoints, the same on every backend and precision::
 
-        {"accumulate": N, "micro_steps": k, "finite": bool, "gradients": [np.ndarray, ...]}
+        {"accumulate": N, "micro_steps": k, "finite": bool, "gradients": [np.ndarray, ...],
+         "has_gradient": [bool, ...]}
 
     ``k`` micro-steps have run since the last update (0 < k < N), ``finite``: each had a finite loss and
     gradients, ``gradients``: the sum of their gradients of ``loss / N``, unscaled, one per parameter in
-    ``optimizer.params`` order (zeros where none was accumulated). A backend builds it from ``read() ->
-    (micro_steps, finite, gradients)`` and ``write(micro_steps, finite, gradients)`` over its own storage
+    ``optimizer.params`` order (zeros where none was accumulated), ``has_gradient``: whether each parameter had
+    a gradient in one of them (PyTorch's ``.grad is not None``: one without updates not at all; a state without
+    the key, saved before it was kept, counts every trainable parameter as having one). A backend builds it from
+    ``read() -> (micro_steps, finite, gradients, has_gradient)`` and ``write(micro_steps, finite, gradients,
+    has_gradient)`` (``has_gradient`` None: every trainable parameter) over its own storage
     (``.grad``; variables: ``variable_window``), and hands it to ``accumulation_window``, which keeps one per
     optimizer for every step that trains it. ``storage``: that storage, as the backend's steps use it;
     ``count()``: the micro-steps run (``read()``'s first value, without reading the sums); ``key``: the
@@ -67,18 +71,19 @@ class AccumulationWindow:
         """The window's state, or None when it is empty (at an update: nothing to keep)."""
         import numpy as np
 
-        micro_steps, finite, gradients = self._read()
+        micro_steps, finite, gradients, has_gradient = self._read()
         if not micro_steps:
             return None
         return {"accumulate": self.accumulate, "micro_steps": int(micro_steps), "finite": bool(finite),
-                "gradients": [np.asarray(g) for g in gradients]}
+                "gradients": [np.asarray(g) for g in gradients], "has_gradient": [bool(h) for h in has_gradient]}
 
     def load(self, state: dict | None) -> None:
         """Restore ``state`` (None: empty the window), checked first by ``check_window_state``."""
         if state is None:
-            self._write(0, True, None)
+            self._write(0, True, None, None)
         else:
-            self._write(int(state["micro_steps"]), bool(state["finite"]), state["gradients"])
+            self._write(int(state["micro_steps"]), bool(state["finite"]), state["gradients"],
+                        state.get("has_gradient"))
 
 
 def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_write=None,
@@ -95,9 +100,9 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
     update: a non-finite window is written as a NaN in its first sum). ``on_write(micro_steps)`` is told of
     each write. ``storage``: the backend's object that holds these variables (``AccumulationWindow.storage``).
     ``has_gradient``: ``(flags, params)``, one boolean variable per parameter, whether it had a gradient in a
-    micro-step of the window so far (PyTorch's ``.grad is not None``). The canonical state keeps sums, not which
-    parameters had none, so a write marks every trainable parameter as having one in a part-full window (its
-    stored sum, zeros too, as the torch backend writes ``.grad``) and none in an empty one."""
+    micro-step of the window so far (PyTorch's ``.grad is not None``), read into the canonical state and written
+    back from it (a state without them: every trainable parameter of a part-full window has one; none of an
+    empty one). Without ``has_gradient`` every trainable parameter reads as having one."""
     import numpy as np
 
     def read():
@@ -110,9 +115,11 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
             is_finite = bool(np.isfinite(flag[:micro_steps]).all()) if np.ndim(flag) else bool(flag)
         if scale is not None:
             stored = [s / np.asarray(scale(), s.dtype) for s in stored]
-        return micro_steps, is_finite, stored
+        flags = ([True] * len(stored) if has_gradient is None else
+                 [bool(np.asarray(to_numpy(flag))) for flag in has_gradient[0]])
+        return micro_steps, is_finite, stored, flags
 
-    def write(micro_steps, is_finite, gradients):
+    def write(micro_steps, is_finite, gradients, had_gradient=None):
         assign(count, np.asarray(micro_steps, np.asarray(to_numpy(count)).dtype))
         if finite is not None:
             flag = np.asarray(to_numpy(finite))
@@ -121,8 +128,9 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
         if has_gradient is not None:
             from unidl.nn.module import is_trainable
 
-            for flag, param in zip(*has_gradient):
-                assign(flag, np.asarray(bool(micro_steps) and is_trainable(param)))
+            had = had_gradient if had_gradient is not None else [True] * len(has_gradient[0])
+            for flag, param, had_one in zip(*has_gradient, had):
+                assign(flag, np.asarray(bool(micro_steps) and is_trainable(param) and bool(had_one)))
         if on_write is not None:
             on_write(micro_steps)
         for index, (total, value) in enumerate(zip(sums, gradients if micro_steps else [None] * len(sums))):
@@ -276,7 +284,8 @@ def check_window_state(optimizer, state, accumulate: int | None = None) -> None:
     if state is None:
         return
     owner = type(optimizer).__name__
-    _check_keys(optimizer, "accumulation", state, {"accumulate", "micro_steps", "finite", "gradients"})
+    _check_keys(optimizer, "accumulation", state, {"accumulate", "micro_steps", "finite", "gradients"}
+                | ({"has_gradient"} & set(state) if isinstance(state, dict) else set()))  # (optional: states before it)
     saved, micro_steps = state["accumulate"], state["micro_steps"]
     if (not isinstance(saved, (int, np.integer)) or isinstance(saved, bool) or saved < 2
             or not isinstance(micro_steps, (int, np.integer)) or isinstance(micro_steps, bool)
@@ -293,6 +302,11 @@ def check_window_state(optimizer, state, accumulate: int | None = None) -> None:
             raise CheckpointStateError(f"{owner} accumulation window gradient {index}: expected floats of shape "
                                        f"{tuple(param.shape)}, found {np.asarray(value).dtype} of shape "
                                        f"{tuple(np.shape(value))}")
+    flags = state.get("has_gradient")
+    if flags is not None and (not isinstance(flags, (list, tuple)) or len(flags) != len(optimizer.params)
+                              or not all(isinstance(flag, (bool, np.bool_)) for flag in flags)):
+        raise CheckpointStateError(f"{owner} accumulation window 'has_gradient' must hold one bool per parameter "
+                                   f"({len(optimizer.params)}), got {flags!r}")
     if accumulate is None:  # the window's train step, or the last one built (Keras builds its window later)
         accumulate = _WINDOW.setting_in_force(optimizer)
     if accumulate is not None and accumulate != saved:

@@ -157,9 +157,9 @@ def torch_window(optimizer, accumulate: int, losses: list, scale=lambda: 1.0):
         factor = 1.0 / scale()
         gradients = [(torch.zeros_like(p) if p.grad is None else p.grad.detach() * factor).cpu().numpy()
                      for p in params]
-        return len(losses), finite, gradients
+        return len(losses), finite, gradients, [p.grad is not None for p in params]
 
-    def write(micro_steps, finite, gradients):
+    def write(micro_steps, finite, gradients, has_gradient=None):
         losses.clear()
         optimizer.native.zero_grad(set_to_none=True)
         if not micro_steps:
@@ -168,8 +168,8 @@ def torch_window(optimizer, accumulate: int, losses: list, scale=lambda: 1.0):
         losses.extend(torch.tensor(0.0 if finite else float("nan"), device=device) for _ in range(micro_steps))
         factor = scale()
         with torch.no_grad():
-            for p, value in zip(params, gradients):
-                if is_trainable(p):
+            for p, value, had in zip(params, gradients, has_gradient or [True] * len(params)):
+                if is_trainable(p) and had:
                     p.grad = torch.as_tensor(np.asarray(value), dtype=p.dtype, device=p.device) * factor
 
     return AccumulationWindow(accumulate, read, write, storage=losses, count=lambda: len(losses))
