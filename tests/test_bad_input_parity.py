@@ -505,3 +505,29 @@ OFF_PATH_EXPECTED = {
 def test_the_off_path_results(backend):
     """``off_path_results`` here on each backend (the Keras-on-torch and Keras-on-JAX runs compare to the same)."""
     assert off_path_results() == OFF_PATH_EXPECTED
+
+
+def test_attention_over_no_keys_gives_torchs_zeros(mode):
+    """``scaled_dot_product_attention`` with a sequence of 0 keys: PyTorch's (..., L, Ev) zeros, with and without a
+    mask (jax raised its own error; the masked path's row maximum has no value over no keys)."""
+    query = RNG.standard_normal((1, 2, 4)).astype(np.float32)
+    key, value, mask = np.zeros((1, 0, 4), np.float32), np.zeros((1, 0, 3), np.float32), np.zeros((1, 2, 0), bool)
+    expected = F.scaled_dot_product_attention(torch.tensor(query), torch.tensor(key), torch.tensor(value),
+                                              attn_mask=torch.tensor(mask)).numpy()
+    masked = run(mode, lambda q, k, v, m: ud.ops.scaled_dot_product_attention(q, k, v, attn_mask=m),
+                 query, key, value, mask)
+    plain = run(mode, lambda q, k, v: ud.ops.scaled_dot_product_attention(q, k, v), query, key, value)
+    for got in (masked, plain):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_pad_takes_torchs_value_none_and_empty_batches(mode):
+    """``value=None`` is PyTorch's default (0); reflect and replicate pads of an empty batch give PyTorch's empty
+    result (TensorFlow's mirror pad refused it)."""
+    x = RNG.standard_normal((2, 3)).astype(np.float32)
+    np.testing.assert_array_equal(run(mode, lambda t: ud.ops.pad(t, (1, 1), value=None), x),
+                                  F.pad(torch.tensor(x), (1, 1), value=None).numpy())
+    for pad_mode in ("reflect", "replicate", "circular"):
+        empty = np.zeros((0, 2, 3), np.float32)
+        assert run(mode, lambda t: ud.ops.pad(t, (1, 2), pad_mode), empty).shape == tuple(
+            F.pad(torch.tensor(empty), (1, 2), pad_mode).shape)

@@ -459,10 +459,13 @@ def pad(x, pad, mode="constant", value=0.0):
     negative). PyTorch's limits hold on every backend: what PyTorch refuses is one unidl error everywhere."""
     from unidl import padding
 
+    value = 0.0 if value is None else value  # (PyTorch's default)
     amounts = padding.checked_amounts(x, pad, mode, value)
     if mode != "constant" or min(amounts, default=0) < 0:
         x = padding.check_sizes(x, amounts, mode)
     if max(amounts, default=0) > 0:
+        if 0 in tuple(x.shape):  # an empty batch (the checks left no other empty axis): no values to reflect or
+            mode = "constant"    # wrap, and TensorFlow's mirror pad refuses it
         x = _ops().pad(x, tuple(max(p, 0) for p in amounts), mode, value)
     return padding.crop(x, amounts) if min(amounts, default=0) < 0 else x
 
@@ -485,13 +488,18 @@ def amax(x, dim, keepdim=False):
 
     sizes = tuple(x.shape)
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    if None in sizes or any(sizes[d] == 0 for d in dims):
+    if any(sizes[d] is None or sizes[d] == 0 for d in dims):
         sizes = input_checks.sizes_of(x)
         for d in dims:
             def template(d=d):
                 return f"amax over axis {d}, which is empty (input shape {input_checks.shape_template(len(sizes))})"
 
             x = input_checks.require(x, input_checks.holds(sizes[d] > 0), template, tuple(sizes))
+    return _ops().amax(x, dim, keepdim)
+
+
+def _amax(x, dim, keepdim=False):
+    """``amax`` without its empty-axis check, for callers whose axis is never empty (it would cost a graph op)."""
     return _ops().amax(x, dim, keepdim)
 
 
@@ -676,15 +684,15 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     loss = _nll_loss(log_probabilities, target, weight, ignore_index, reduction, "CrossEntropyLoss")
     if not label_smoothing:
         return loss
-    kept = cast_like(target != ignore_index, log_probabilities)
+    counted = target != ignore_index
     smooth = -sum(log_probabilities if broadcast is None else log_probabilities * broadcast, 1)
-    smooth = where(target != ignore_index, smooth, zeros_like(smooth))  # a select, as in _nll_loss
+    smooth = where(counted, smooth, zeros_like(smooth))  # a select, as in _nll_loss
     if reduction == "mean":
+        kept = cast_like(counted, log_probabilities)
         if weight is None:
             smooth = sum(smooth) / sum(kept)
         else:
-            safe = where(target != ignore_index, target, zeros_like(target))
-            smooth = sum(smooth) / sum(take(weight, safe) * kept)
+            smooth = sum(smooth) / sum(take(weight, where(counted, target, zeros_like(target))) * kept)
     else:
         smooth = _reduced(smooth, reduction)
     return (1 - label_smoothing) * loss + smooth * (label_smoothing / classes)
@@ -740,12 +748,14 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
             scores = where(mask, scores, blocked)
         else:
             scores = scores + cast_like(mask, scores)
-    if masks and safe_softmax:
+    if tuple(scores.shape)[-1] == 0:  # no key at all (known while tracing): PyTorch's output is 0
+        weights = zeros_like(scores)
+    elif masks and safe_softmax:
         # a query whose every key is masked attends to nothing: weights and output 0, as PyTorch's safe softmax
         # in scaled_dot_product_attention (a plain softmax gives NaN, and NaN gradients to every weight). Its
         # scores are raised to 0 before the softmax (a -inf floor leaves the others as they are), so that
         # neither the forward nor the backward computes a NaN; (..., L, 1) factors, cheaper than full-size selects
-        top = amax(scores, -1, keepdim=True)
+        top = _amax(scores, -1, keepdim=True)
         attends = top > float("-inf")
         floor = where(attends, zeros_like(top) - float("inf"), zeros_like(top))
         weights = softmax(maximum(scores, floor), -1) * cast_like(attends, scores)

@@ -48,31 +48,36 @@ def checked_amounts(x, pad, mode, value) -> tuple:
 
 
 def check_sizes(x, amounts, mode):
-    """``x`` after checking each padded axis's size against its amounts: the result keeps at least one entry (zero
-    for 'constant'), a reflect pad is shorter than its axis, a circular one no longer, and the modes other than
-    'constant' pad no empty axis. ``ShapeMismatchError`` now, or when a graph runs for sizes it leaves unknown."""
+    """``x`` after PyTorch's checks of the sizes against the amounts: a constant pad crops (its negative amounts
+    first) no more than an axis holds; the other modes leave at least one entry; reflect and replicate take no empty
+    axis but the batch axis (padded or not), a reflect pad is shorter than its axis, a circular one no longer.
+    ``ShapeMismatchError`` now, or when a graph runs for sizes it leaves unknown."""
     sizes = input_checks.sizes_of(x)
-    rank = len(sizes)
-    for i in range(len(amounts) // 2):
+    rank, axes = len(sizes), len(amounts) // 2
+    shape = input_checks.shape_template(rank)
+    checks = []  # (holds, the axis, what is wrong)
+    if mode in ("reflect", "replicate"):
+        for axis in range(1 if rank == axes + 2 else 0, rank - axes):  # the channel axis (unpadded)
+            checks.append((sizes[axis] > 0, axis, "is empty: only the batch axis may be"))
+    for i in range(axes):
         axis, before, after = rank - 1 - i, amounts[2 * i], amounts[2 * i + 1]
-        size, longest = sizes[axis], max(before, after)
-        rules = []
+        size, pair = sizes[axis], f"the pad ({before}, {after}) of axis {axis}"
+        if mode == "constant":
+            checks.append((size + min(before, 0) + min(after, 0) >= 0, axis, f"{pair} crops more than the axis holds"))
+            continue
         if min(before, after) < 0:
-            minimum = 0 if mode == "constant" else 1
-            rules.append((size + before + after >= minimum, "crops more than the axis holds" if minimum == 0 else
-                          "leaves no entry"))
-        if mode != "constant":
-            rules.append((size > 0, "pads an empty axis"))
+            checks.append((size + before + after >= 1, axis, f"{pair} leaves no entry"))
         if mode == "reflect":
-            rules.append((size > longest, "is not shorter than the axis"))
+            checks.append((size > max(before, after), axis, f"{pair} is not shorter than the axis"))
         elif mode == "circular":
-            rules.append((size >= longest, "is longer than the axis"))
-        for holds, problem in rules:
-            def template(problem=problem, axis=axis, before=before, after=after):
-                return (f"pad mode {mode!r}: the pad ({before}, {after}) of axis {axis} {problem} (axis size {{}}, "
-                        f"input shape {input_checks.shape_template(rank)})")
+            checks.append((size >= max(before, after), axis, f"{pair} is longer than the axis"))
+        else:
+            checks.append((size > 0, axis, f"{pair} pads an empty axis"))
+    for holds, axis, problem in checks:
+        def template(problem=problem):
+            return f"pad mode {mode!r}: {problem} (axis size {{}}, input shape {shape})"
 
-            x = input_checks.require(x, input_checks.holds(holds), template, (size,) + tuple(sizes))
+        x = input_checks.require(x, input_checks.holds(holds), template, (sizes[axis],) + tuple(sizes))
     return x
 
 

@@ -243,8 +243,7 @@ def _bin_maximum(x, size, bins):
     inside, _ = _bins(size, bins, x)
     spread = ops.unsqueeze(x, -2)  # (..., 1, size) against the (bins, size) mask
     lowest = ops.zeros_like(spread) - float("inf")
-    # the backend's amax: every bin holds at least one position (ops.amax's empty-axis check would cost a graph op)
-    return ops._ops().amax(ops.where(inside, spread, lowest), -1)
+    return ops._amax(ops.where(inside, spread, lowest), -1)  # every bin holds at least one position
 
 
 def adaptive_max_pool2d(x, output_size):

@@ -117,5 +117,15 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
             return None
         if layout.output_shape in ((), (1,)):  # one score per sample: no implicit accuracy (threshold unknown)
             return None
+    return MetricAccumulator(chosen, layout, ignore_label=_ignored_label(loss, layout, data))
+
+
+def _ignored_label(loss, layout, data):
+    """The label ``loss`` ignores (``CrossEntropyLoss``'s ``ignore_index``) where ``data``'s labels may hold it, for
+    the metrics to skip those samples too; None where the labels are integers known to hold none (no mask to
+    compute at every step) or the loss ignores none."""
     ignored = getattr(loss, "ignore_index", None) if loss is not None and layout.target_is_integer else None
-    return MetricAccumulator(chosen, layout, ignore_label=ignored)
+    arrays = getattr(getattr(data, "dataset", None), "arrays", None)  # a TensorDataset's (x, y, ...)
+    if ignored is not None and arrays is not None and len(arrays) >= 2 and not np.any(np.asarray(arrays[1]) == ignored):
+        return None
+    return ignored

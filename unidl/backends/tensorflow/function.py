@@ -186,6 +186,11 @@ def custom_gradient(forward_fn):
     return with_custom_gradient
 
 
+def _exact_shapes(key) -> bool:
+    """Whether a ``GraphFunction`` key holds exact shapes (an empty input's graph) rather than ranks."""
+    return any(isinstance(entry, tuple) for entry, _ in key)
+
+
 class GraphFunction:
     """``fn`` as a static graph: traced once per (rank, dtype) signature, then run without Python; traced again,
     once, after an optimizer whose rule they ran first changes an option (``ConstantOptions``: they hold it as a
@@ -214,8 +219,8 @@ class GraphFunction:
                 return self._fn(*args)
 
     def _graph_for(self, key):
-        exact = any(isinstance(entry, tuple) for entry, _ in key)  # the graph of an empty input's exact shapes
-        if self._graphs and not exact:
+        exact = _exact_shapes(key)  # the graph of an empty input's exact shapes (no warning: a one-off)
+        if not exact and any(not _exact_shapes(other) for other in self._graphs):
             warnings.warn(
                 f"{self.__name__} traced again for inputs of a new rank or dtype {key} "
                 f"(already traced for {list(self._graphs)}); a new batch size or length never retraces",
@@ -223,7 +228,8 @@ class GraphFunction:
         signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key]
         compiled = tf.function(self._traced, input_signature=signature, jit_compile=self._jit_compile,
                                reduce_retracing=True)
-        devices.compiled_placed(self.__name__, f"traced for (rank, dtype) {[(r, d.name) for r, d in key]}",
+        devices.compiled_placed(self.__name__, f"traced for ({'shape' if exact else 'rank'}, dtype) "
+                                               f"{[(r, d.name) for r, d in key]}",
                                 self._device or "the default device", "tensorflow graph")
         try:
             try:

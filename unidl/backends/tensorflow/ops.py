@@ -378,7 +378,7 @@ def cast_like(x, like):
 
 
 def one_hot(labels, num_classes):
-    return tf.one_hot(tf.cast(labels, tf.int32), num_classes, dtype=tf.int64)
+    return tf.one_hot(tf.cast(labels, tf.int64), num_classes, dtype=tf.int64)  # (int32 would wrap large labels)
 
 
 def _reduce(values, reduction):
