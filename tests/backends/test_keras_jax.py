@@ -246,6 +246,26 @@ def unused_layer():
         return [unused_layer_under_adam(fit) for fit in (False, True)]
 
 
+def traced_step_inputs():
+    # a forward looping over a step input's value: one GraphConstructError naming the rule, from train_step's
+    # extra inputs as from fit's step_inputs (train_step gave Keras's own "Unable to automatically build" error)
+    from tests.test_dynamic_forward import DynamicNet, X, Y
+    errors = []
+    with ud.use_backend("keras"):
+        model = DynamicNet()
+        for call in (lambda: ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05))(
+                         X[:8], Y[:8], 2),
+                     lambda: ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(
+                         model.parameters(), lr=0.05), epochs=1, batch_size=8, verbose=0,
+                         step_inputs=lambda epoch, step: (2,))):
+            try:
+                call()
+                errors.append(None)
+            except Exception as error:
+                errors.append([type(error).__name__, str(error).split(":")[0]])
+    return errors
+
+
 with ud.use_backend("torch"):
     reference = {k: np.asarray(v) for k, v in net().state_dict().items()}
 ours, torch = run("keras"), run("torch")
@@ -269,6 +289,7 @@ print(json.dumps({
     "graph": keras_model_graph(),
     "unused": unused_layer(),
     "half_bias": half_bias_gradient(),
+    "traced_step_inputs": traced_step_inputs(),
 }))
 """
 
@@ -359,3 +380,13 @@ def test_a_float16_bias_gradient_is_summed_in_float32_on_jax(result):
     bias gradient over the batch in float32, as PyTorch's (in float16 the partial sums overflowed: NaN, a skipped
     step where torch takes it)."""
     assert result["half_bias"] == [0.0, 0.0, 0.0, 0.0], result["half_bias"]
+
+
+def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
+    """Keras's JAX trainer traces every input of the step: a forward that loops over a step input's value cannot
+    run there; ``train_step`` with an extra input and ``fit`` with ``step_inputs`` raise the same
+    ``GraphConstructError`` (docs/dynamic-forward.md)."""
+    expected = ["GraphConstructError", "the forward of DynamicNet uses the value of a tensor in Python control flow "
+                "(if/while/range/int on a traced value), a step input among them (train_step's extra inputs, fit's "
+                "step_inputs)"]
+    assert result["traced_step_inputs"] == [expected, expected], result["traced_step_inputs"]

@@ -276,7 +276,12 @@ class Backend(BackendInterface):
         def step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
             x = (to_input(x), *[to_input(v) for v in inputs]) if inputs else to_input(x)
             runs = native.train_step_runs
-            result = native.train_on_batch(x, to_input(y))
+            try:
+                result = native.train_on_batch(x, to_input(y))
+            except Exception as error:
+                if inputs and not HOST.keras_state_in_place:
+                    _raise_if_traced_step_input(error, model)
+                raise
             if step.trace_count is not None:
                 step.trace_count += native.train_step_runs - runs
             return result
@@ -408,7 +413,7 @@ class Backend(BackendInterface):
 
 def _raise_if_traced_step_input(error, model) -> None:
     """``GraphConstructError`` in place of Keras's own error (its model build's, or its train step's) when a
-    forward given ``fit``'s ``step_inputs`` used a traced value in Python control flow on a host whose Keras
+    forward given step inputs (``train_step``'s extra inputs, ``fit``'s ``step_inputs``) used a traced value in Python control flow on a host whose Keras
     trainer traces every input (JAX: ``range(depth)`` cannot loop a traced number of times, even with
     ``run_eagerly``: Keras builds the model by tracing it)."""
     cause = error
@@ -419,7 +424,8 @@ def _raise_if_traced_step_input(error, model) -> None:
 
         raise GraphConstructError(
             f"the forward of {type(model).__name__} uses the value of a tensor in Python control flow (if/while/"
-            f"range/int on a traced value), a step input of fit's step_inputs among them: Keras's own trainer on "
+            f"range/int on a traced value), a step input among them (train_step's extra inputs, fit's "
+            f"step_inputs): Keras's own trainer on "
             f"Keras-on-{HOST.name} traces every input of the step, eager=True included, and cannot. Write loops "
             f"with ud.ops.scan and branches with ud.ops.where, or train on the {HOST.name} backend (Python numbers "
             f"among the step inputs stay Python values there) or Keras on tensorflow or torch. "
