@@ -531,3 +531,32 @@ def test_pad_takes_torchs_value_none_and_empty_batches(mode):
         empty = np.zeros((0, 2, 3), np.float32)
         assert run(mode, lambda t: ud.ops.pad(t, (1, 2), pad_mode), empty).shape == tuple(
             F.pad(torch.tensor(empty), (1, 2), pad_mode).shape)
+
+
+EMPTY_BATCH_LAYERS = {  # (unidl layer, torch layer, input shape, dtype): a forward as both call it
+    "AdaptiveMaxPool2d": (lambda: ud.nn.AdaptiveMaxPool2d(2), lambda: torch.nn.AdaptiveMaxPool2d(2), (0, 2, 5, 5),
+                          np.float32),
+    "LayerNorm": (lambda: ud.nn.LayerNorm(4), lambda: torch.nn.LayerNorm(4), (0, 3, 4), np.float32),
+    "Embedding": (lambda: ud.nn.Embedding(10, 4), lambda: torch.nn.Embedding(10, 4), (0, 3), np.int64),
+    "LSTM": (lambda: ud.nn.LSTM(4, 5, batch_first=True), lambda: torch.nn.LSTM(4, 5, batch_first=True), (0, 3, 4),
+             np.float32),
+    "MultiheadAttention": (lambda: ud.nn.MultiheadAttention(4, 2, batch_first=True),
+                           lambda: torch.nn.MultiheadAttention(4, 2, batch_first=True), (0, 3, 4), np.float32),
+}
+
+
+def test_more_layers_over_an_empty_batch_have_torchs_shapes(mode):
+    """A batch of 0 samples through layers off the convolution path: torch's output shapes on every backend, eagerly
+    and in ``ud.function`` (Keras-on-TensorFlow's own max refused an empty tensor, an empty batch reduced over another
+    axis too, in adaptive max pooling)."""
+    def forward(module, attention):
+        def call(t):
+            output = module(t, t, t) if attention else module(t)
+            return output[0] if isinstance(output, (tuple, list)) else output
+
+        return call
+
+    for name, (build, oracle, shape, dtype) in EMPTY_BATCH_LAYERS.items():
+        x, attention = np.zeros(shape, dtype), name == "MultiheadAttention"
+        expected = tuple(forward(oracle(), attention)(torch.tensor(x)).shape)
+        assert run(mode, forward(build(), attention), x).shape == expected, name

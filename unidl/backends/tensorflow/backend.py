@@ -50,9 +50,11 @@ class Backend(BackendInterface):
     # kernel and keep conv chains NHWC in graphs (layout.py); SGD with momentum runs as TensorFlow's fused kernel
     # (apply_momentum), and labels out of range stop a compiled step with unidl's message (cross_entropy's
     # in-graph check) rather than the kernel's; one_hot is tf.one_hot's one op, where keras.ops' portable
-    # comparison (right on every host: Keras's own one_hot raises on torch for a label out of range) is three.
-    keras_native_ops = ("apply_momentum", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy", "leaky_relu",
-                        "linear", "max_pool2d", "one_hot", "relu", "scan", "sigmoid", "tanh")
+    # comparison (right on every host: Keras's own one_hot raises on torch for a label out of range) is three;
+    # amax is tf.reduce_max, where Keras's max refuses any empty tensor eagerly (an empty batch reduced over
+    # another axis too; ud.ops.amax checks the reduced axes itself).
+    keras_native_ops = ("amax", "apply_momentum", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy",
+                        "leaky_relu", "linear", "max_pool2d", "one_hot", "relu", "scan", "sigmoid", "tanh")
 
     def __init__(self):
         self._generator = None
