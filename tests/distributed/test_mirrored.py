@@ -36,11 +36,25 @@ step = ud.training.TrainStep(model, ud.nn.MSELoss(), ud.optim.SGD(model.paramete
 loss, outputs = step(x, y)
 names = [op.name for f in step._run.concrete_functions for op in f.graph.get_operations()]
 too_small = jobs.too_small_last_batch()
+# batch norm: one step's running statistics are the first replica's share's (torch DDP keeps rank 0's buffers)
+import torch
+normed = ud.nn.Sequential(ud.nn.Linear(5, 4), ud.nn.BatchNorm1d(4), ud.nn.Linear(4, 3))
+initial = {k: np.asarray(v) for k, v in normed.state_dict().items()}
+ud.train_step(normed, ud.nn.MSELoss(), ud.optim.SGD(normed.parameters(), lr=0.0))(x * 2 + 1, y)
+reference = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+reference.load_state_dict({k: torch.tensor(v) for k, v in initial.items()})
+reference(torch.tensor(x[:3] * 2 + 1))
+batch_norm = {"mean": float(np.abs(np.asarray(normed.state_dict()["1.running_mean"])
+                                   - reference[1].running_mean.numpy()).max()),
+              "var": float(np.abs(np.asarray(normed.state_dict()["1.running_var"])
+                                  - reference[1].running_var.numpy()).max()),
+              "count": int(np.asarray(normed.state_dict()["1.num_batches_tracked"]))}
 ud.distributed.shutdown()
 def listed(weights):
     return {k: np.asarray(v).tolist() for k, v in weights.items()}
 print(json.dumps({"place": place, "outputs": [ud.to_numpy(outputs).tolist(), before.tolist()],
                   "loss": [float(ud.to_numpy(loss)), float(np.mean((before - y) ** 2))], "too_small": too_small,
+                  "batch_norm": batch_norm,
                   "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
                   "one": {k: listed(v) for k, v in one.items() if k != "cnn"}, "one_cnn": listed(one["cnn"][0]),
                   "two": {k: listed(v) for k, v in two.items() if k != "cnn"}, "two_cnn": listed(two["cnn"][0]),
@@ -75,6 +89,10 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
     _agree(trained["cnn"], as_arrays["cnn"], 1e-6)  # float32, fit with SGD + momentum, batches 8, 8, 4
     np.testing.assert_allclose(found["two_loss"], found["one_loss"], rtol=1e-6)  # the logs: whole-batch means
     assert "fewer samples than replicas" in found["too_small"] and "drop_last=True" in found["too_small"]
+    # batch norm's running statistics: the first replica's share's, counted once (each replica wrote them in turn,
+    # chaining two updates and counting the batch twice), as torch DDP keeps rank 0's buffers
+    norm = found["batch_norm"]
+    assert norm["count"] == 1 and norm["mean"] < 1e-6 and norm["var"] < 1e-6, norm
 
 
 def test_several_devices_in_one_process_elsewhere_is_a_clear_error(backend):

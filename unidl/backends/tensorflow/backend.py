@@ -174,7 +174,7 @@ class Backend(BackendInterface):
         return array
 
     def write_state(self, variable, value):
-        if value is not variable:
+        if value is not variable and tf_distributed.writes_state_here():
             variable.assign(value)
         return variable
 

@@ -43,6 +43,19 @@ def _replicas_in_process() -> bool:
     return isinstance(_strategy, tf.distribute.MirroredStrategy)
 
 
+def writes_state_here() -> bool:
+    """Whether this replica writes state a forward updates (BatchNorm's running statistics): True outside a
+    ``MirroredStrategy`` and in its first replica; its other replicas share the same variables and leave them to
+    the first, whose statistics of its own share are those torch's DistributedDataParallel keeps (it broadcasts
+    rank 0's buffers) - each replica writing in turn chained the updates, and counted each batch once a replica."""
+    if not _replicas_in_process():
+        return True
+    context = tf.distribute.get_replica_context()
+    if context is None:  # cross-replica: not inside a replica's forward
+        return True
+    return tf.get_static_value(context.replica_id_in_sync_group) in (0, None)
+
+
 def _device_name(device: str) -> str:
     """A device of ``init(devices=...)`` ('cpu', 'cpu:1', 'cuda:0', 'gpu:0') as 'cpu:N' or 'cuda:N'."""
     kind, _, index = str(device).strip().lower().partition(":")
