@@ -39,6 +39,36 @@ def evaluate_cnn(weights):
     return ud.evaluate(model, (x, y), loss=ud.nn.CrossEntropyLoss(), batch_size=6), ud.predict(model, x, batch_size=6)
 
 
+def poisoned_window(precision):
+    """Two windows of ``accumulate=2`` under ``precision``; rank 1's first micro-step has an infinite target (a
+    non-finite loss and gradients, from the data: the same graph on every rank) that only its own window holds
+    until the update. Each call's flag, the updates, and whether the weights after the first window are the
+    starting ones."""
+    rank = ud.distributed.rank()
+    ud.manual_seed(1)
+    rng = np.random.default_rng(10 + rank)
+    x, y = rng.standard_normal((4, 5)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    start = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    try:
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, check_finite=False,
+                             accumulate=2)
+    except ud.errors.DistributedError as error:  # (Keras-on-TensorFlow's loss scaler: a clear error)
+        return {"refused": str(error)}
+    finite, unchanged = [], None
+    for index in range(4):
+        target = y.copy()
+        if index == 0 and rank == 1:
+            target[0, 0] = np.inf
+        step(x, target)
+        finite.append(optimizer.last_step_finite)
+        if index == 1:
+            unchanged = all(np.array_equal(ud.to_numpy(v), start[k]) for k, v in model.state_dict().items())
+    return {"finite": finite, "updates": optimizer.state_dict()["step"], "unchanged": unchanged,
+            "weights": {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}}
+
+
 def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectives=None):
     """The two-layer net after two epochs of ``train_step`` calls over a shuffled loader with global batch 4:
     Adam, or with a mixed ``precision`` SGD with momentum (whose step, unlike Adam's, grows with the gradient,
@@ -171,7 +201,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
         written.append(os.path.basename(path))
         return save_file(tensors, path, *args, **kwargs)
 
-    collectives = []
+    collectives, mixed_collectives = [], []
     checkpoint.save_file = counting_save_file  # the writer itself still runs: this only counts its calls
     try:
         weights, history = train_cnn(directory)
@@ -191,6 +221,9 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
             "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
             "two_layer_accumulate": train_two_layer("float64", accumulate=2, collectives=collectives),
             "accumulate_collectives": collectives, "dynamic_accumulate": train_dynamic_accumulating(),
+            "two_layer_bf16_accumulate": train_two_layer("float32", "bf16-mixed", accumulate=2,
+                                                         collectives=mixed_collectives),
+            "bf16_accumulate_collectives": mixed_collectives, "poisoned_window": poisoned_window("16-mixed"),
             "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
             "coverage": sample_coverage(), "too_small": too_small_last_batch(), "float16": float16}
 

@@ -59,6 +59,7 @@ def _launch(backends, directory):
             two_layer = {dtype: jobs.train_two_layer(dtype) for dtype in ("float32", "float64")}
             two_layer["bf16-mixed"] = jobs.train_two_layer("float32", "bf16-mixed")
             two_layer["accumulate"] = jobs.train_two_layer("float64", accumulate=2)
+            two_layer["bf16_accumulate"] = jobs.train_two_layer("float32", "bf16-mixed", accumulate=2)
             two_layer["dynamic"] = jobs.train_dynamic_accumulating()
             float16 = jobs.train_float16(place / "float16" / "one")
         files = sorted(os.listdir(place / "one"))
@@ -147,9 +148,24 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
     assert all(np.array_equal(v, rank1["dynamic_accumulate"][k]) for k, v in rank0["dynamic_accumulate"].items())
     # the ranks' loops run different numbers of times: every rank updates a layer that any rank used (DDP's rule)
     assert all(np.array_equal(v, rank1["dynamic_per_rank"][k]) for k, v in rank0["dynamic_per_rank"].items())
+    # and in bf16-mixed (its own window): to bfloat16's rounding of half batches
+    _agree(rank0["two_layer_bf16_accumulate"], job["two_layer"]["bf16_accumulate"], 2e-2)
+    assert all(np.array_equal(v, rank1["two_layer_bf16_accumulate"][k])
+               for k, v in rank0["two_layer_bf16_accumulate"].items())
+    # a float16 window that one rank's micro-step made non-finite: skipped at its update on both ranks (the ranks'
+    # windows agree in the update's collective), the next window updates
+    poisoned = [rank["poisoned_window"] for rank in job["ranks"]]
+    if job["engine"] == "keras":  # Keras's loss scaler updates inside a cond, where tf.distribute cannot all-reduce
+        assert all("precision='16-mixed' with accumulate=2 is not available in a data-parallel job on "
+                   "Keras-on-tensorflow" in p["refused"] for p in poisoned)
+    else:
+        assert [p["finite"] for p in poisoned] == [[True, False, True, True]] * 2
+        assert [(p["updates"], p["unchanged"]) for p in poisoned] == [(1, True)] * 2
+        assert all(np.array_equal(v, poisoned[1]["weights"][k]) for k, v in poisoned[0]["weights"].items())
     if job["engine"] == "tensorflow":  # two graphs: the micro-step's without a collective, the update's with them
-        counts = sorted(rank0["accumulate_collectives"])
-        assert len(counts) == 2 and counts[0] == 0 and counts[1] > 0, counts
+        for name in ("accumulate_collectives", "bf16_accumulate_collectives"):
+            counts = sorted(rank0[name])
+            assert len(counts) == 2 and counts[0] == 0 and counts[1] > 0, (name, counts)
     with ud.use_backend(job["engine"]):
         metrics, predictions = jobs.evaluate_cnn(job["reference"])
     for rank in job["ranks"]:  # evaluate sums over the ranks' shares; predict gives every rank every output

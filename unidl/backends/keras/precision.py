@@ -151,6 +151,15 @@ def keras_optimizer(optimizer, precision, accumulate=1):
             accumulation_window(optimizer, accumulate, precision, lambda: optimizer.native.window(accumulate))
         return optimizer.native
 
+    if accumulate > 1 and keras_distributed.in_group():
+        from unidl.errors import DistributedError
+
+        raise DistributedError(
+            f"precision={precision.name!r} with accumulate={accumulate} is not available in a data-parallel job on "
+            f"Keras-on-{HOST.name}: Keras's loss scaler updates inside a conditional, where the engine's "
+            f"all-reduce cannot run (TensorFlow: merge_call inside a cond); use precision='bf16-mixed' or "
+            f"accumulate=1 there, or the {HOST.name} backend, which accumulates float16 in a job")
+
     def create():
         with floatx("float32"):
             scaler = LossScaleOptimizer(optimizer.native, initial_scale=precision.init_scale,

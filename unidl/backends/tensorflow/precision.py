@@ -10,8 +10,9 @@ import tensorflow as tf
 from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.backends.tensorflow import ops as tf_ops
-from unidl.backends.tensorflow.distributed import (average_gradients, data_parallel, module_state,
-                                                   refuse_replicas_in_process, update_once)
+from unidl.backends.tensorflow.distributed import (accumulates_locally, average_gradients, data_parallel,
+                                                   module_state, reduce_in_step, refuse_replicas_in_process,
+                                                   update_once)
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
 from unidl.backends.tensorflow.control_flow import gradient_conditions
 from unidl.backends.tensorflow.optimizer import assign_numpy, read_numpy
@@ -61,6 +62,8 @@ class Window(tf.Module):
         self.has_gradient = [tf.Variable(False, trainable=False, name="has_gradient") for _ in params]
         self.losses = tf.Variable(tf.zeros([accumulate], tf.float32), trainable=False, name="window_losses")
         self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="micro_steps")
+        self.position = 0  # the micro-steps so far, in Python: a window kept on this rank in a job closes in a graph
+        # of its own (its update's all-reduce), chosen before the call
 
     def add(self, grads, loss, reads):
         """Add one micro-step (``reads``: per parameter None, or whether the control flow that alone reads it ran,
@@ -96,7 +99,30 @@ class Window(tf.Module):
 
         scale = (lambda: float(scaler.scale.numpy())) if scaler is not None else None
         return variable_window(self.accumulate, self.sums, self.count, self.losses, read_numpy, assign_numpy,
-                               scale=scale, storage=self, has_gradient=(self.has_gradient, self._params))
+                               scale=scale, storage=self, has_gradient=(self.has_gradient, self._params),
+                               on_write=self._set_position)
+
+    def _set_position(self, micro_steps: int) -> None:
+        self.position = micro_steps
+
+    def closes(self) -> bool:
+        """Whether the next micro-step is the window's last (in Python: a graph of its own in a job)."""
+        return self.position + 1 >= self.accumulate
+
+    def advance(self) -> None:
+        self.position = (self.position + 1) % self.accumulate
+
+    def marks(self):
+        """For the closing micro-step of a window kept on this rank in a data-parallel job (after ``add``, before
+        ``take``, which empties the flags): a marker that is NaN where a micro-step's loss was not finite (else 0)
+        and, per parameter, 1.0 where it had a gradient in the window (else 0.0), in the sums' dtype, to be
+        averaged over the ranks with the sums in one collective: the guard then sees a NaN of any rank, and a
+        parameter that any rank's micro-steps reached updates on every rank (DDP's rule)."""
+        finite = tf.reduce_all(tf.math.is_finite(self.losses.read_value()))
+        dtype = self.sums[0].dtype
+        marker = tf.where(finite, tf.constant(0.0, dtype), tf.constant(float("nan"), dtype))
+        return marker, tf.cast(tf.stack([flag.read_value() for flag in self.has_gradient]), dtype)
+
 
 
 def _float32(value):
@@ -127,6 +153,8 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
 
         # the optimizer's one window: every step of it with this accumulate and precision adds to it
         window = accumulation_window(optimizer, accumulate, precision, create).storage
+    # in a job of one replica a process: the window kept on this rank, averaged once per update (DDP's no_sync)
+    local_window = window is not None and accumulates_locally()
 
     def update(grads, loss, has_gradient=None):
         """The guarded update from (scaled) gradients: unscaled, one overflow check moving the scale, then the
@@ -144,12 +172,23 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
             scaled = loss * tf.cast(scaler.scale, loss.dtype) if scaler is not None else loss
         found = tape.gradient(scaled, [p for p, m in zip(params, mask) if m])
         # in a process group: gradients over every rank, before unscaling, and the loss the guard checks averaged
-        # too, so that every rank skips or applies the step alike
-        found, checked = average_gradients(found, loss)
+        # too, so that every rank skips or applies the step alike (a window kept on this rank: at its update)
+        found, checked = (found, loss) if local_window else average_gradients(found, loss)
         found = iter(found)
         grads = [next(found) if m else None for m in mask]
         if window is None:
             update_once(lambda: update(grads, checked))  # once per step with several devices in this process
+        elif local_window:
+            reads = gradient_conditions(params, grads, agree=False)  # (agreed with the sums, at the update)
+            window.add(grads, checked, reads)
+            if window.closes():  # (in Python: the graph of the window's last micro-step)
+                marker, had = window.marks()
+                sums, _, has_gradient = window.take(mask, grads, reads)
+                marker, had, *sums = reduce_in_step([marker, had, *sums])
+                update(sums, marker, [None if flag is None else had[index] > 0
+                                      for index, flag in enumerate(has_gradient)])
+            else:
+                native.finite.assign(True)
         else:
             reads = gradient_conditions(params, grads)  # (a loop that did not run: no gradient, as PyTorch's)
             count = window.add(grads, checked, reads)
@@ -167,19 +206,23 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
             with tf.device(device):
                 return step(*[to_graph_input(a) for a in args])
     else:
-        run = PerModeGraphs(model, step, device, extra_key=lambda: trainable_mask(params))
-    return _WithScale(run, scaler, native)
+        run = PerModeGraphs(model, step, device, extra_key=lambda: (trainable_mask(params),
+                                                                     local_window and window.closes()))
+    return _WithScale(run, scaler, native, window.advance if local_window else None)
 
 
 class _WithScale:
     """A step that also reports its loss scale (``loss_scale()``) and its graphs' ``trace_count``."""
 
-    def __init__(self, run, scaler, native):
-        self._run, self._scaler, self._native = run, scaler, native
+    def __init__(self, run, scaler, native, advance=None):
+        self._run, self._scaler, self._native, self._advance = run, scaler, native, advance
 
     def __call__(self, *args):
         self._native.last_flag = None  # last_step_finite reads the optimizer's flag variable after this step
-        return self._run(*args)
+        result = self._run(*args)
+        if self._advance is not None:  # a window kept on this rank: its place, for the next call's graph
+            self._advance()
+        return result
 
     def loss_scale(self) -> float:
         return float(self._scaler.scale.numpy()) if self._scaler is not None else 1.0
@@ -187,3 +230,8 @@ class _WithScale:
     @property
     def trace_count(self):
         return getattr(self._run, "trace_count", None)
+
+    @property
+    def concrete_functions(self):
+        """The step's traced graphs (``PerModeGraphs.concrete_functions``); empty for an eager step."""
+        return getattr(self._run, "concrete_functions", [])
