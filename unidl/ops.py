@@ -484,8 +484,6 @@ def minimum(a, b):
 def amax(x, dim, keepdim=False):
     """Largest value along ``dim`` (an int or a tuple of them), as ``torch.amax``. An empty axis among them has no
     largest value: ``ShapeMismatchError`` on every backend (TensorFlow gave -inf, Keras raised, JAX its own error)."""
-    from unidl import input_checks
-
     sizes = tuple(x.shape)
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     if any(sizes[d] is None or sizes[d] == 0 for d in dims):
