@@ -68,7 +68,7 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
     if _installed("jax"):
         groups += [("peer keras jax", lambda: keras_peer(settings, device, "jax", "jax"))]
     if not quick or (only and only in "models"):
-        groups += [("models", lambda: bench_workloads(settings, device, with_tf)),
+        groups += [("models", lambda: bench_workloads(settings, device, with_tf, _installed("jax"))),
                    ("models peer keras torch", lambda: keras_workload_peer(settings, device, "torch"))]
         if with_tf:
             groups += [("models peer keras tensorflow", lambda: keras_workload_peer(settings, device, "tensorflow"))]

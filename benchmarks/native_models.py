@@ -280,11 +280,16 @@ def _workload_rows(backend: str, native: str, steps_of, settings: Settings, devi
     return rows
 
 
-def bench_workloads(settings: Settings, device: str, with_tf: bool = True) -> list[Row]:
-    """The workload rows: torch, then tensorflow where it runs on ``device``."""
+def bench_workloads(settings: Settings, device: str, with_tf: bool = True, with_jax: bool = False) -> list[Row]:
+    """The workload rows: torch, then tensorflow where it runs on ``device``, then jax where it is installed
+    (``benchmarks.native_jax_models``)."""
     rows = _workload_rows("torch", "torch.nn + torch.optim.SGD", torch_workload_steps, settings, device)
     if with_tf:
         rows += _workload_rows("tensorflow", "tf.function + GradientTape", tf_workload_steps, settings, device)
+    if with_jax:
+        from benchmarks.native_jax_models import jax_workload_steps  # (it imports this module)
+
+        rows += _workload_rows("jax", "jax.jit + optax.sgd", jax_workload_steps, settings, device)
     return rows
 
 

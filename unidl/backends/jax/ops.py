@@ -343,6 +343,27 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return y + _v(bias) if bias is not None else y
 
 
+def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
+    # the composed softmax attention, with a query whose every key is masked found from the masks ((N, 1, 1, 1) for
+    # a key padding mask) instead of from the full (N, H, L, S) scores as ``ops.attention``'s guard does: such a
+    # query is shown every key and its output dropped, so no NaN reaches the forward or the backward. XLA's CPU
+    # backend runs the transformer classifier's step (batch 32, sequence 64) about 1.1x faster so
+    query, key, value = _v(query), _v(key), _v(value)
+    mask = None
+    for each in masks:
+        mask = _v(each) if mask is None else jnp.logical_and(mask, _v(each))
+    if is_causal:
+        causal = jnp.tril(jnp.ones((query.shape[-2], key.shape[-2]), dtype=bool))
+        mask = causal if mask is None else jnp.logical_and(mask, causal)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = jnp.matmul(query * scale, jnp.swapaxes(key, -2, -1))
+    if mask is None:
+        return jnp.matmul(jax.nn.softmax(scores, axis=-1), value)
+    attends = jnp.any(mask, axis=-1, keepdims=True)
+    weights = jax.nn.softmax(jnp.where(mask | ~attends, scores, -jnp.inf), axis=-1)
+    return jnp.where(attends, jnp.matmul(weights, value), jnp.zeros((), value.dtype))
+
+
 def embedding(indices, weight, padding_idx=None):
     weight = _v(weight)
     indices = check_index(indices, weight.shape[0], "Embedding indices")
