@@ -15,7 +15,7 @@ CONFIGS = {"float64": ("float64", None, 2), "float32": ("float32", None, 2), "bf
            "no accumulation": ("float64", None, 1)}
 
 
-def train_accumulating(dtype, precision, accumulate):
+def train_accumulating(dtype, precision, accumulate, around_step=None):
     """The two-layer net after two epochs of ``train_step(accumulate=...)`` calls over a shuffled loader with
     global batch 4 (windows run across the epoch boundary): SGD with momentum, whose step grows with the
     gradient, so that a sum over the ranks or the micro-steps where a mean belongs shows."""
@@ -26,6 +26,7 @@ def train_accumulating(dtype, precision, accumulate):
         model = ud.models.TwoLayerNet(5, 7, 3)
         optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
+        step = around_step(step) if around_step is not None else step
         loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
         for _ in range(EPOCHS):
             for xb, yb in loader:
@@ -34,34 +35,37 @@ def train_accumulating(dtype, precision, accumulate):
 
 
 def accumulation_job():
-    """Each configuration on this rank, with the all-reduces of DDP's reducer counted by a comm hook (torch's
-    own all-reduce hook, so the numbers are the engine's)."""
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    """Each configuration on this rank, with every all-reduce inside a step's call counted
+    (``torch.distributed.all_reduce``, which DDP's comm hook calls for each bucket: the numbers are the engine's,
+    and a collective of unidl's own, such as the non-finite guard's agreement, would count too)."""
+    import torch.distributed as dist
 
-    from unidl.backends.torch import distributed as engine
-    from unidl.backends.torch import precision as torch_precision
+    all_reduces, all_reduce, inside = [], dist.all_reduce, []
 
-    all_reduces, data_parallel = [], engine.data_parallel
+    def counted(*args, **kwargs):
+        if inside:
+            all_reduces.append(1)
+        return all_reduce(*args, **kwargs)
 
-    def counted(model):
-        forward = data_parallel(model)
+    def around_step(step):
+        def call(*args):
+            inside.append(True)
+            try:
+                return step(*args)
+            finally:
+                inside.pop()
 
-        def allreduce(state, bucket):
-            all_reduces.append(bucket.index())
-            return default_hooks.allreduce_hook(None, bucket)
+        return call
 
-        forward.register_comm_hook(None, allreduce)
-        return forward
-
-    engine.data_parallel = torch_precision.data_parallel = counted
+    dist.all_reduce = counted
     results = {}
     try:
         for name, config in CONFIGS.items():
             all_reduces.clear()
-            weights, updates = train_accumulating(*config)
+            weights, updates = train_accumulating(*config, around_step=around_step)
             results[name] = {"weights": weights, "updates": updates, "all_reduces": len(all_reduces)}
     finally:
-        engine.data_parallel = torch_precision.data_parallel = data_parallel
+        dist.all_reduce = all_reduce
     return results
 
 
@@ -88,9 +92,11 @@ def test_two_ranks_accumulating_train_the_weights_of_one_process(job, name, boun
 
 
 def test_micro_steps_run_without_all_reduce(job):
+    """The micro-steps inside a window run no collective, and an update only DDP's bucket all-reduces: the non-finite
+    guard's agreement travels in them (a marker added to one gradient), with no all-reduce of its own."""
     (rank0, rank1), _ = job
     every_step = rank0["no accumulation"]["all_reduces"]
-    assert every_step % (EPOCHS * MICRO_STEPS_PER_EPOCH) == 0 and every_step > 0  # (buckets) per backward
+    assert every_step == EPOCHS * MICRO_STEPS_PER_EPOCH  # one bucket (the two-layer net's 4 tensors), one a step
     for rank in (rank0, rank1):
         for name in ("float64", "float32", "bf16-mixed"):  # once per update: half as often with accumulate=2
             assert rank[name]["all_reduces"] == every_step // 2, name

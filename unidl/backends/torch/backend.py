@@ -226,7 +226,6 @@ class Backend(BackendInterface):
         to_input = self.to_input
         l1 = l1_outside_rule(optimizer)
         forward = torch_distributed.data_parallel(model)  # in a process group: DDP averages the gradients
-        across_ranks = forward is not model
         # the losses of the micro-steps accumulated in .grad so far (accumulate > 1): the optimizer's one window,
         # shared with every other step of it
         window = (accumulation_window(optimizer, accumulate, None, lambda: torch_window(optimizer, accumulate, []))
@@ -241,6 +240,8 @@ class Backend(BackendInterface):
             with torch_distributed.gradient_sync(forward, updates):
                 outputs = forward(x, *inputs)
                 loss = loss_fn(outputs, y)
+                if updates and forward is not model:  # under DDP: the update's losses travel with the gradients
+                    torch_distributed.mark_losses(forward, torch.stack([*window, loss.detach()]))
                 (loss / accumulate if accumulate > 1 else loss).backward()  # PyTorch's accumulation idiom
             result = (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
             if not updates:  # inside the window nothing is skipped yet: its check comes with its update
@@ -250,8 +251,9 @@ class Backend(BackendInterface):
             losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
             window.clear()
             # the guard over every micro-step's loss and the summed gradients (a non-finite micro-step makes the
-            # whole window skip, here, at its update; under DDP the flag is agreed over the ranks), then clipping
-            if not guard_and_clip(optimizer, losses, across_ranks=across_ranks):
+            # whole window skip, here, at its update; under DDP the averaged gradients carry every rank's), then
+            # clipping
+            if not guard_and_clip(optimizer, losses):
                 native.zero_grad(set_to_none=True)  # the discarded window leaves nothing for optimizer.step()
             else:
                 if l1:

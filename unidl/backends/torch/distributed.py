@@ -17,6 +17,7 @@ import warnings
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from unidl.backends.torch.module import NativeModule
 from unidl.errors import DistributedError
@@ -81,19 +82,45 @@ class Engine:
 
 def data_parallel(model):
     """``model``, or in a group of several processes a ``DistributedDataParallel`` over it: rank 0's
-    parameters and buffers are broadcast now, and every backward averages the gradients over the ranks."""
+    parameters and buffers are broadcast now, and every backward averages the gradients over the ranks, carrying a
+    non-finite loss of any rank to every rank's gradients (``mark_losses``)."""
     from unidl.distributed import process_group
 
     if process_group.sharding() is None or not dist.is_initialized():
         return model
-    return Engine.wrap_forward(NativeModule(model))
+    forward = Engine.wrap_forward(NativeModule(model))
+    forward._unidl_marks = _LossMarks()
+    forward.register_comm_hook(forward._unidl_marks, _marked_allreduce)
+    return forward
 
 
-def any_rank(flag) -> None:
-    """In place: ``flag`` (a tensor of 0/1) set on every rank where it is set on any, so that a decision taken on
-    a rank's own values (its loss under DDP) is the same on every rank. Only called under DDP: one process pays
-    nothing."""
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+class _LossMarks:
+    """The state of ``_marked_allreduce``: ``marker``, a scalar tensor (0, or NaN) set by ``mark_losses``."""
+
+    def __init__(self):
+        self.marker = None
+
+
+def _marked_allreduce(marks, bucket):
+    """DDP's all-reduce of a bucket (torch's own ``allreduce_hook``: the mean over the ranks), with the step's
+    marker added to the first gradient of the first bucket before it: 0 changes nothing, NaN makes the averaged
+    gradients non-finite on every rank."""
+    if marks.marker is not None and bucket.index() == 0:
+        buffer = bucket.buffer()
+        buffer[:1].add_(marks.marker.to(buffer.dtype))
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+def mark_losses(forward, losses) -> None:
+    """Before the backward that all-reduces (an update's), under DDP: this rank's ``losses`` (the micro-steps' of the
+    update) reach every rank through the gradients' own all-reduce, as ``0 * sum(losses)`` added to one gradient
+    element (an exact no-op where they are finite, NaN where one is not). The non-finite guard, which checks this
+    rank's losses and the averaged gradients, then decides alike on every rank without a collective of its own (a
+    loss made infinite by a constant has finite gradients: only the marker tells the other ranks). Nothing outside
+    DDP."""
+    marks = getattr(forward, "_unidl_marks", None)
+    if marks is not None:
+        marks.marker = losses.detach().sum() * 0
 
 
 def gradient_sync(forward, sync: bool):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 
 from unidl.backends.torch import ops as torch_ops
-from unidl.backends.torch.distributed import any_rank
 
 #: torch.optim classes implementing unidl's built-in rules exactly, keyed by ``Optimizer.builtin_rule()``
 _FAST_PATHS = {
@@ -78,14 +77,13 @@ def set_group_options(optimizer, group: int, keys) -> None:
         native.param_groups[group].update({key: options[key] for key in keys if key in options})
 
 
-def guard_and_clip(optimizer, loss=None, clip: bool = True, across_ranks: bool = False) -> bool:
+def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
     """The non-finite guard and gradient clipping on the gradients ``backward()`` stored: False (and nothing
     clipped) when ``loss`` or a stored gradient is NaN or infinite, so that the caller skips the update; else
     clip in place (``torch.nn.utils``' own functions for PyTorch's rules) and return True. Records the result
     for ``last_step_finite``. One fused check over all gradients (the kernel ``torch.amp``'s scaler uses) and
-    one host read per step. ``across_ranks`` (the step runs under DDP, whose averaged gradients are the same
-    on every rank but whose loss is this rank's own): the flag is agreed over the ranks, so that every rank
-    skips or applies the update alike and the weights stay identical."""
+    one host read per step. Under DDP the averaged gradients carry any rank's non-finite loss
+    (``distributed.mark_losses``), so the decision is the same on every rank and the weights stay identical."""
     grads = [p.grad for p in optimizer.params if p.grad is not None]
     checked = grads + ([loss.detach().reshape(-1)] if loss is not None else [])  # (or a window's losses)
     finite = True
@@ -98,8 +96,6 @@ def guard_and_clip(optimizer, loss=None, clip: bool = True, across_ranks: bool =
         found_inf.zero_()
         # sets found_inf where a value is not finite (and multiplies every value by one: unchanged)
         torch._amp_foreach_non_finite_check_and_unscale_(checked, found_inf, one)
-        if across_ranks:
-            any_rank(found_inf)
         finite = not found_inf.item()
     optimizer._finite = finite
     if finite and grads and clip:

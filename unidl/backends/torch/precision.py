@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from unidl.backends.torch.distributed import data_parallel, gradient_sync
+from unidl.backends.torch.distributed import data_parallel, gradient_sync, mark_losses
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
 from unidl.training import loss_scale_storage
@@ -77,6 +77,8 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 outputs = forward(x, *inputs)
             loss = loss_fn(outputs.float(), y)  # the loss in float32, as autocast computes losses
+            if updates and forward is not model:  # under DDP: the update's losses travel with the gradients
+                mark_losses(forward, torch.stack([*window, loss.detach()]))
             scaled = loss / accumulate if accumulate > 1 else loss
             (scaled if scaler is None else scaled * scaler.scale).backward()
         window.append(loss.detach())
@@ -88,9 +90,9 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
         window.clear()
         if scaler is not None:
             scaler.unscale(optimizer.params)
-        # the non-finite guard (agreed over the ranks under DDP: the losses are this rank's), then clipping, on
+        # the non-finite guard (under DDP the averaged gradients carry every rank's losses), then clipping, on
         # unscaled gradients
-        finite = guard_and_clip(optimizer, losses, across_ranks=forward is not model)
+        finite = guard_and_clip(optimizer, losses)
         if scaler is not None:
             scaler.update(finite)
         if finite:
