@@ -71,9 +71,10 @@ def function(fn=None, *, jit_compile: bool = False):
     them as they are. Every input dimension stays unknown in a tensorflow graph, so a new
     batch size or sequence length never retraces; a new input rank or dtype traces again
     with a ``RetraceWarning`` (an input with no elements, e.g. a batch of 0 samples, gets a graph
-    of its own exact shapes, silently: TensorFlow's kernels fail on an empty batch in the others). Python code a graph cannot express (``float(t)``, an explicit
-    ``bool(t)``) raises ``GraphConstructError`` naming the construct. ``trace_count`` tells how
-    many graphs were traced (None on eager backends). The modules it calls, and those whose ``training`` flag
+    of its own exact shapes, silently: TensorFlow's kernels fail on an empty batch in the others).
+    Python code a graph cannot express (``float(t)``, an explicit ``bool(t)``) raises
+    ``GraphConstructError`` naming the construct. ``trace_count`` tells how many graphs were
+    traced (None on eager backends). The modules it calls, and those whose ``training`` flag
     it reads without calling them (``ops.dropout(x, p, training=model.training)``, ``if self.head.training:``),
     keep their mode: after ``model.eval()`` (or ``train()``) a call traces again, once per new combination of
     modes, instead of reusing a graph that baked in the other one (dropout, batch statistics, the branch taken).

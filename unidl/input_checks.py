@@ -194,12 +194,7 @@ def check_integer(owner, what, x):
     them in their own words, TensorFlow's cross-entropy truncated float labels, JAX may round them). Values without
     a dtype (Python lists) are left to the framework."""
     dtype = getattr(x, "dtype", None)
-    if dtype is None:
-        return x
-    integer = _INTEGER.get(dtype)
-    if integer is None:
-        integer = _INTEGER[dtype] = dtype_name(dtype).startswith(("int", "uint"))
-    if not integer:
+    if dtype is not None and not _is_integer(dtype):
         raise DtypeMismatchError(f"{literal(owner)}: {what} must be integers, got {dtype_name(dtype)} {what}; convert "
                                  f"them with ud.ops.cast({what}, 'int64')")
     return x
@@ -210,6 +205,13 @@ def _is_floating(dtype) -> bool:
     if floating is None:
         floating = _FLOATING[dtype] = "float" in dtype_name(dtype)
     return floating
+
+
+def _is_integer(dtype) -> bool:
+    integer = _INTEGER.get(dtype)
+    if integer is None:
+        integer = _INTEGER[dtype] = dtype_name(dtype).startswith(("int", "uint"))
+    return integer
 
 
 def check_same_kind(owner, a, b) -> None:

@@ -413,9 +413,9 @@ class Backend(BackendInterface):
 
 def _raise_if_traced_step_input(error, model) -> None:
     """``GraphConstructError`` in place of Keras's own error (its model build's, or its train step's) when a
-    forward given step inputs (``train_step``'s extra inputs, ``fit``'s ``step_inputs``) used a traced value in Python control flow on a host whose Keras
-    trainer traces every input (JAX: ``range(depth)`` cannot loop a traced number of times, even with
-    ``run_eagerly``: Keras builds the model by tracing it)."""
+    forward given step inputs (``train_step``'s extra inputs, ``fit``'s ``step_inputs``) used a traced value in
+    Python control flow on a host whose Keras trainer traces every input (JAX: ``range(depth)`` cannot loop a
+    traced number of times, even with ``run_eagerly``: Keras builds the model by tracing it)."""
     cause = error
     while cause is not None and not isinstance(cause, HOST.tracer_value_errors):
         cause = cause.__cause__ or cause.__context__

@@ -240,15 +240,16 @@ class Backend(BackendInterface):
             with torch_distributed.gradient_sync(forward, updates):
                 outputs = forward(x, *inputs)
                 loss = loss_fn(outputs, y)
-                if updates and forward is not model:  # under DDP: the update's losses travel with the gradients
-                    torch_distributed.mark_losses(forward, torch.stack([*window, loss.detach()]))
+                if updates:  # the window's losses, which the guard checks (under DDP: with the gradients' all-reduce)
+                    losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
+                    if forward is not model:
+                        torch_distributed.mark_losses(forward, losses)
                 (loss / accumulate if accumulate > 1 else loss).backward()  # PyTorch's accumulation idiom
             result = (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
             if not updates:  # inside the window nothing is skipped yet: its check comes with its update
                 window.append(loss.detach())
                 optimizer._finite = True
                 return result
-            losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
             window.clear()
             # the guard over every micro-step's loss and the summed gradients (a non-finite micro-step makes the
             # whole window skip, here, at its update; under DDP the averaged gradients carry every rank's), then

@@ -77,16 +77,17 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 outputs = forward(x, *inputs)
             loss = loss_fn(outputs.float(), y)  # the loss in float32, as autocast computes losses
-            if updates and forward is not model:  # under DDP: the update's losses travel with the gradients
-                mark_losses(forward, torch.stack([*window, loss.detach()]))
+            if updates:  # the window's losses, which the guard checks (under DDP: with the gradients' all-reduce)
+                losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
+                if forward is not model:
+                    mark_losses(forward, losses)
             scaled = loss / accumulate if accumulate > 1 else loss
             (scaled if scaler is None else scaled * scaler.scale).backward()
-        window.append(loss.detach())
         result = (loss.detach(), outputs.detach().float()) if with_outputs else loss.detach()
         if not updates:
+            window.append(loss.detach())
             optimizer._finite = True  # nothing skipped yet: the window's check comes with its update
             return result
-        losses = torch.stack(window) if len(window) > 1 else window[0]
         window.clear()
         if scaler is not None:
             scaler.unscale(optimizer.params)
