@@ -32,6 +32,17 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C raises ``KeyboardInterrupt`` here, as at a terminal, even where the suite was started in the
+    background of a shell without job control, whose children inherit SIGINT ignored (Python then installs no
+    handler of its own). A child started meanwhile gets SIGINT's default action, as a handler is reset on exec
+    and an ignored signal is not."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def child_pids() -> set[int]:
     """Live child processes of this process, from /proc; the resource tracker that ``multiprocessing``
     starts once per process for its semaphores is not a worker and does not count."""
