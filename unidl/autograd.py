@@ -14,7 +14,7 @@ import functools
 from typing import Callable, Sequence
 
 from unidl import config
-from unidl.input_checks import dtype_name
+from unidl.dtype_kinds import dtype_name
 
 
 def _normalize(argnums_or_params):

@@ -46,7 +46,7 @@ def _make_visible() -> None:
 def parameter_created(module, name: str, variable, backend, kind: str = "parameter") -> None:
     """Report a new parameter (or buffer) of ``module``: layer, name, shape, dtype and device."""
     if logging_device_placement():
-        from unidl.input_checks import dtype_name
+        from unidl.dtype_kinds import dtype_name
 
         logger.info("%s %s.%s %s %s on %s (%s)", kind, type(module).__name__, name, tuple(variable.shape),
                     dtype_name(variable.dtype), backend.device_of(variable), backend.name)

@@ -15,6 +15,7 @@ from numbers import Integral
 import numpy as np
 
 from unidl import ops
+from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
 
 
@@ -163,29 +164,17 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
     return require(prediction, same, template, a + b)
 
 
-_FLOATING: dict = {}
-
-
-def dtype_name(dtype) -> str:
-    """A framework's dtype as NumPy names it ('float32', 'int64')."""
-    name = getattr(dtype, "name", None)
-    return name if isinstance(name, str) else str(dtype).rsplit(".", 1)[-1]
-
-
 def check_floating(owner, x) -> None:
     """``DtypeMismatchError`` for integer (or boolean) input to a layer whose weights are floats: every
     framework refuses it in its own words (or, on jax, silently promotes it); unidl converts NumPy floats to
     the model's dtype but never guesses that integers are meant as values."""
     dtype = x.dtype
-    if not _is_floating(dtype):
+    if not is_floating(dtype):
         from unidl import config
 
         wanted = config.get_dtype()
         raise DtypeMismatchError(f"{literal(owner)} needs floating-point input, got {dtype_name(dtype)} input; "
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
-
-
-_INTEGER: dict = {}
 
 
 def check_integer(owner, what, x):
@@ -194,24 +183,10 @@ def check_integer(owner, what, x):
     them in their own words, TensorFlow's cross-entropy truncated float labels, JAX may round them). Values without
     a dtype (Python lists) are left to the framework."""
     dtype = getattr(x, "dtype", None)
-    if dtype is not None and not _is_integer(dtype):
+    if dtype is not None and not is_integer(dtype):
         raise DtypeMismatchError(f"{literal(owner)}: {what} must be integers, got {dtype_name(dtype)} {what}; convert "
                                  f"them with ud.ops.cast({what}, 'int64')")
     return x
-
-
-def _is_floating(dtype) -> bool:
-    floating = _FLOATING.get(dtype)
-    if floating is None:
-        floating = _FLOATING[dtype] = "float" in dtype_name(dtype)
-    return floating
-
-
-def _is_integer(dtype) -> bool:
-    integer = _INTEGER.get(dtype)
-    if integer is None:
-        integer = _INTEGER[dtype] = dtype_name(dtype).startswith(("int", "uint"))
-    return integer
 
 
 def check_same_kind(owner, a, b) -> None:
@@ -219,9 +194,9 @@ def check_same_kind(owner, a, b) -> None:
     frameworks differ there (PyTorch and TensorFlow refuse, JAX and Keras promote). Floats of two widths pass, for a
     mixed-precision scope to cast."""
     dtype_a, dtype_b = getattr(a, "dtype", None), getattr(b, "dtype", None)
-    if dtype_a is None or dtype_b is None or dtype_a == dtype_b or _is_floating(dtype_a) == _is_floating(dtype_b):
+    if dtype_a is None or dtype_b is None or dtype_a == dtype_b or is_floating(dtype_a) == is_floating(dtype_b):
         return
-    floating = dtype_name(dtype_a if _is_floating(dtype_a) else dtype_b)
+    floating = dtype_name(dtype_a if is_floating(dtype_a) else dtype_b)
     raise DtypeMismatchError(f"{literal(owner)} of {dtype_name(dtype_a)} and {dtype_name(dtype_b)}: one is integer, "
                              f"the other floating-point; convert the integers with ud.ops.cast(x, '{floating}')")
 
@@ -230,7 +205,7 @@ def as_floating(owner, what, x):
     """``x``, with integer or boolean values converted to the float dtype in force (PyTorch's ``exp``, ``sqrt`` or
     ``sigmoid`` of integers are floats; TensorFlow refused them, JAX gave float64, Keras float32 under float64)."""
     dtype = getattr(x, "dtype", None)
-    if dtype is None or _is_floating(dtype):
+    if dtype is None or is_floating(dtype):
         return x
     from unidl import config
 

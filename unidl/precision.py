@@ -21,6 +21,7 @@ import contextvars
 from dataclasses import dataclass
 
 from unidl import config
+from unidl.dtype_kinds import dtype_name, holds_floats
 
 #: accepted spellings of each precision, Lightning's names first
 _NAMES = {"32": "32", "32-true": "32", 32: "32", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed", 16: "16-mixed"}
@@ -102,18 +103,6 @@ def active_ops():
     return _active_ops.get()
 
 
-def _dtype_name(value) -> str | None:
-    dtype = getattr(value, "dtype", None)
-    if dtype is None:
-        return None
-    return dtype if isinstance(dtype, str) else getattr(dtype, "name", str(dtype))
-
-
-def _is_floating(value) -> bool:
-    name = _dtype_name(value)
-    return name is not None and "float" in name
-
-
 class AutocastOps:
     """A backend's ops namespace with ``torch.autocast``'s cast rules inserted (see the module docstring);
     every other op is the backend's own function, unchanged."""
@@ -123,7 +112,7 @@ class AutocastOps:
 
     def _cast_all(self, values, dtype):
         cast = self._ops.cast
-        return [cast(v, dtype) if _is_floating(v) and _dtype_name(v) != dtype else v for v in values]
+        return [cast(v, dtype) if holds_floats(v) and dtype_name(v.dtype) != dtype else v for v in values]
 
     def __getattr__(self, name):
         function = getattr(self._ops, name)
@@ -135,7 +124,7 @@ class AutocastOps:
         elif name in NORMALIZATION_OPS:
             def cast_op(x, *args, **kwargs):
                 result = function(*self._cast_all((x, *args), "float32"), **kwargs)
-                like = _dtype_name(x)
+                like = dtype_name(x.dtype)
                 if isinstance(result, tuple):
                     return (self._ops.cast(result[0], like), *result[1:])
                 return self._ops.cast(result, like)

@@ -14,7 +14,7 @@ import numpy as np
 
 from unidl import input_checks, ops as functional
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
-from unidl.input_checks import dtype_name
+from unidl.dtype_kinds import dtype_name, holds_floats
 from unidl.nn.module import Module
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -28,10 +28,6 @@ def _shapes_conflict(a, b) -> bool:
     if len(a) != len(b):
         return True
     return any(x is not None and y is not None and x != y for x, y in zip(a, b))
-
-
-def _is_floating(tensor) -> bool:
-    return "float" in str(getattr(tensor, "dtype", ""))
 
 
 def float_labels_message(name: str, dtype, probabilities_allowed: bool = True) -> str:
@@ -188,9 +184,9 @@ class _WeightedClassLoss(_Loss):
     def _check_shapes(self, scores, target, probabilities_allowed: bool):
         a, b = _static_shape(scores), _static_shape(target)
         name = type(self).__name__
-        if _is_floating(target) and len(a) >= 2 and len(b) == len(a) - 1:
+        if holds_floats(target) and len(a) >= 2 and len(b) == len(a) - 1:
             raise DtypeMismatchError(float_labels_message(name, target.dtype, probabilities_allowed))
-        if probabilities_allowed and _is_floating(target) and len(a) >= 2:
+        if probabilities_allowed and holds_floats(target) and len(a) >= 2:
             if _shapes_conflict(a, b):
                 raise ShapeMismatchError(
                     f"{name} needs logits of shape (N, C) and integer labels of shape (N,) or class probabilities "
@@ -209,7 +205,7 @@ class _WeightedClassLoss(_Loss):
 
     def _unbatched(self, scores, target):
         """PyTorch's unbatched input: the loss of a batch of one, without its batch axis under 'none'."""
-        target = functional.reshape(target, (1, -1) if _is_floating(target) else (1,))
+        target = functional.reshape(target, (1, -1) if holds_floats(target) else (1,))
         loss = self.forward(functional.unsqueeze(scores, 0), target)
         return functional.squeeze(loss, 0) if self.reduction == "none" else loss
 
