@@ -309,6 +309,8 @@ def check_window_state(optimizer, state, accumulate: int | None = None) -> None:
                                    f"({len(optimizer.params)}), got {flags!r}")
     if accumulate is None:  # the window's train step, or the last one built (Keras builds its window later)
         accumulate = _WINDOW.setting_in_force(optimizer)
+        if saved in optimizer.__dict__.get(_BUILT_ACCUMULATES, ()):  # another step of the optimizer takes it
+            accumulate = saved
     if accumulate is not None and accumulate != saved:
         raise CheckpointStateError(
             f"the state was taken {micro_steps} micro-step(s) into an accumulation window of accumulate={saved}, "
@@ -350,10 +352,16 @@ _WINDOW = StepStorage("accumulation_window", "accumulate", check_window_state)
 _SCALER = StepStorage("loss_scaler", "growth_interval", check_scaler_state)
 
 
+# the accumulates of the train steps (and fits) built over an optimizer: a part-full window loaded while a step
+# of another accumulate holds the optimizer's window loads for a step of its own accumulate, where one was built
+_BUILT_ACCUMULATES = "_train_step_accumulates"
+
+
 def expect_accumulate(optimizer, accumulate: int) -> None:
     """Note that ``optimizer`` trains in steps of ``accumulate`` micro-steps (a ``TrainStep``, ``fit``), so that a
     state loaded before the step builds its window is checked against it at once (``check_window_state``)."""
     _WINDOW.expect(optimizer, accumulate)
+    optimizer.__dict__.setdefault(_BUILT_ACCUMULATES, set()).add(accumulate)
 
 
 def window_state(optimizer) -> dict | None:
@@ -364,7 +372,16 @@ def window_state(optimizer) -> dict | None:
 
 def load_window_state(optimizer, state: dict | None) -> None:
     """Restore the window of ``optimizer.load_state_dict`` (checked already): into the registered window, else
-    kept until a train step with accumulation creates its window (``attach_window``)."""
+    kept until a train step with accumulation creates its window (``attach_window``). A part-full window of
+    another ``accumulate`` than the registered window's belongs to another step built over the optimizer
+    (``check_window_state``): the registered window is emptied (a load replaces the optimizer's whole state) and
+    given up, and the loaded one waits as for a step not built yet, so that a step of its ``accumulate`` takes it
+    at its next call and a step of another refuses to run (``CheckpointStateError``, the same on every backend,
+    whether or not the first step has created its window yet)."""
+    current = _WINDOW.holder(optimizer)
+    if state is not None and current is not None and current.accumulate != state["accumulate"]:
+        current.load(None)
+        _WINDOW.detach(optimizer)
     _WINDOW.load(optimizer, state)
 
 

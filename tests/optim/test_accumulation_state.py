@@ -117,6 +117,37 @@ def test_a_part_full_window_refuses_another_accumulate(backend, tmp_path):
     other.load_state_dict(optimizer.state_dict())
 
 
+@pytest.mark.parametrize("called", [False, True])
+def test_a_part_full_window_loads_for_its_step_beside_a_step_of_another_accumulate(backend, torch_run, called):
+    """Two steps train one optimizer, accumulate=3 (the checkpoint's) and accumulate=2, built last, so that its
+    empty window is the registered one (``called``: both have run a whole window, so each created its window;
+    else neither ran). torch's checkpoint taken one micro-step into an accumulate=3 window loads (it was refused
+    for the other step's window), the accumulate=2 step refuses to run over it, and the accumulate=3 step goes on
+    to torch's uninterrupted weights. An optimizer with no accumulate=3 step still refuses it at once."""
+    reference, torch_path = torch_run
+    model, optimizer, step = _training()
+    other = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=2)
+    if called:
+        for x, y in _batches()[:ACCUMULATE]:
+            step(x, y)
+        for x, y in _batches()[:2]:
+            other(x, y)
+    ud.load_checkpoint(torch_path, model, optimizer)
+    assert optimizer.state_dict()["accumulation"]["micro_steps"] == BEFORE % ACCUMULATE
+    loaded = _weights(model)
+    with pytest.raises(CheckpointStateError, match=r"accumulate=3.*accumulate=2"):
+        other(*_batches()[BEFORE])
+    assert all(np.array_equal(v, loaded[k]) for k, v in _weights(model).items())
+    for x, y in _batches()[BEFORE:]:
+        step(x, y)
+    assert optimizer.state_dict()["step"] == (BEFORE + AFTER) // ACCUMULATE
+    for name, value in reference.items():
+        assert max_relative_difference(_weights(model)[name], value) <= 1e-6, name
+    model, optimizer, _ = _training(accumulate=2)
+    with pytest.raises(CheckpointStateError, match=r"accumulate=3.*accumulate=2"):
+        ud.load_checkpoint(torch_path, model, optimizer)
+
+
 def _poisoned(x, y):
     """The batch with one NaN target: its loss and gradients are NaN (data, so that a compiled step sees it)."""
     y = y.copy()
