@@ -49,12 +49,29 @@ batch_norm = {"mean": float(np.abs(np.asarray(normed.state_dict()["1.running_mea
               "var": float(np.abs(np.asarray(normed.state_dict()["1.running_var"])
                                   - reference[1].running_var.numpy()).max()),
               "count": int(np.asarray(normed.state_dict()["1.num_batches_tracked"]))}
+# a module outside the model's tree, whose mode the forward reads in the replica threads: eval() builds the step
+# again (its mode is read there as in one thread), so that the loss after it has no dropout
+class WithOutside(ud.nn.Module):
+    def __init__(self, outside):
+        super().__init__()
+        self.fc = ud.nn.Linear(5, 3)
+        self.__dict__["outside"] = outside  # not a submodule
+    def forward(self, x):
+        return self.outside(self.fc(x))
+outside = ud.nn.Dropout(0.5)
+moded = WithOutside(outside)
+moded_step = ud.train_step(moded, ud.nn.MSELoss(), ud.optim.SGD(moded.parameters(), lr=0.0))
+moded_step(x, y)
+traces = [moded_step.trace_count]
+outside.eval()
+modes = {"loss": [float(ud.to_numpy(moded_step(x, y))), float(np.mean((ud.to_numpy(moded(x)) - y) ** 2))],
+         "traces": traces + [moded_step.trace_count]}
 ud.distributed.shutdown()
 def listed(weights):
     return {k: np.asarray(v).tolist() for k, v in weights.items()}
 print(json.dumps({"place": place, "outputs": [ud.to_numpy(outputs).tolist(), before.tolist()],
                   "loss": [float(ud.to_numpy(loss)), float(np.mean((before - y) ** 2))], "too_small": too_small,
-                  "batch_norm": batch_norm,
+                  "batch_norm": batch_norm, "modes": modes,
                   "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
                   "one": {k: listed(v) for k, v in one.items() if k != "cnn"}, "one_cnn": listed(one["cnn"][0]),
                   "two": {k: listed(v) for k, v in two.items() if k != "cnn"}, "two_cnn": listed(two["cnn"][0]),
@@ -93,6 +110,9 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
     # chaining two updates and counting the batch twice), as torch DDP keeps rank 0's buffers
     norm = found["batch_norm"]
     assert norm["count"] == 1 and norm["mean"] < 1e-6 and norm["var"] < 1e-6, norm
+    # a mode read in the replica threads keys the step as in one thread: built again after eval(), no dropout
+    assert found["modes"]["traces"] == [1, 2]
+    assert found["modes"]["loss"][0] == pytest.approx(found["modes"]["loss"][1], rel=1e-6)
 
 
 def test_several_devices_in_one_process_elsewhere_is_a_clear_error(backend):
