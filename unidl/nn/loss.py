@@ -14,7 +14,7 @@ import numpy as np
 
 from unidl import input_checks, ops as functional
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
-from unidl.dtype_kinds import dtype_name, holds_floats
+from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -85,10 +85,10 @@ class BCEWithLogitsLoss(_Loss):
 def _check_float_targets(loss, targets) -> None:
     """``DtypeMismatchError`` for integer or boolean targets of a binary cross-entropy: PyTorch refuses them, and the
     other frameworks cast them silently; unidl refuses them on every backend, naming the cast."""
-    name = dtype_name(targets.dtype) if hasattr(targets, "dtype") else "float"
-    if "float" not in name:
+    if hasattr(targets, "dtype") and not is_floating(targets.dtype):
         raise DtypeMismatchError(f"{type(loss).__name__} needs floating-point targets (0/1 or probabilities), got "
-                                 f"{name}; convert them, e.g. y.astype('float32') or ud.ops.cast(y, 'float32')")
+                                 f"{dtype_name(targets.dtype)}; convert them, e.g. y.astype('float32') or "
+                                 f"ud.ops.cast(y, 'float32')")
 
 
 class BCELoss(_Loss):
