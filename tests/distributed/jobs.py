@@ -3,6 +3,7 @@ training in one process, which the tests compare against. No framework is import
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -69,12 +70,14 @@ def poisoned_window(precision):
             "weights": {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}}
 
 
-def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectives=None):
+def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectives=None, all_reduces=None):
     """The two-layer net after two epochs of ``train_step`` calls over a shuffled loader with global batch 4:
     Adam, or with a mixed ``precision`` SGD with momentum (whose step, unlike Adam's, grows with the gradient,
     so that a sum over the ranks where their mean belongs shows; ``lr_scale`` scales its learning rate).
     ``accumulate``: micro-steps per update (on tensorflow's engine a window kept on each rank, averaged once
-    per update); ``collectives``: a list that gets the number of collective ops in each graph the step traced."""
+    per update); ``collectives``: a list that gets the number of collective ops in each graph the step traced;
+    ``all_reduces`` (torch's engine): a list that gets the number of all-reduces each call ran
+    (``counting_all_reduces``)."""
     with ud.use_dtype(dtype):
         ud.manual_seed(1)
         rng = np.random.default_rng(1)
@@ -82,14 +85,106 @@ def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectiv
         model = ud.models.TwoLayerNet(5, 7, 3)
         optimizer = (ud.optim.Adam(model.parameters(), lr=0.01) if precision is None
                      else ud.optim.SGD(model.parameters(), lr=0.05 * lr_scale, momentum=0.9))
-        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
-        loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
-        for _ in range(2):
-            for xb, yb in loader:
-                step(xb, yb)
-        for graph in getattr(step._run, "concrete_functions", []) if collectives is not None else []:
+        with keras_step_graphs() as made:
+            step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
+            loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
+            for _ in range(2):
+                for xb, yb in loader:
+                    if all_reduces is None:
+                        step(xb, yb)
+                        continue
+                    with counting_all_reduces() as calls:
+                        step(xb, yb)
+                    all_reduces.append(len(calls))
+        graphs = getattr(step._run, "concrete_functions", None)  # (the tensorflow backend's step)
+        if graphs is None:
+            graphs = [f for graph in made for f in getattr(graph, "concrete_functions", [])]
+        for graph in graphs if collectives is not None else []:
             collectives.append(sum(op.type.startswith("Collective") for op in graph.graph.get_operations()))
         return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+
+
+@contextlib.contextmanager
+def counting_all_reduces():
+    """A list that gets one entry per ``torch.distributed.all_reduce`` call made in the block: DDP's all-reduce of
+    a bucket comes through it (unidl's comm hook calls torch's ``allreduce_hook``), and so does any collective
+    of unidl's own (the non-finite guard's agreement, a window's average). The framework's own collective stays
+    in place: this only counts its calls."""
+    import torch.distributed as dist
+
+    all_reduce, calls = dist.all_reduce, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return all_reduce(*args, **kwargs)
+
+    dist.all_reduce = counted
+    try:
+        yield calls
+    finally:
+        dist.all_reduce = all_reduce
+
+
+@contextlib.contextmanager
+def keras_step_graphs():
+    """On keras, a list that gets each train step graph the keras backend makes in the block (its
+    ``function.train_step_graph``, called as before: this only keeps what it returns, whose
+    ``concrete_functions`` are the graphs it traced); an empty list elsewhere."""
+    made = []
+    if ud.get_backend() != "keras":
+        yield made
+        return
+    from unidl.backends.keras import function
+
+    make = function.train_step_graph
+
+    def kept(*args, **kwargs):
+        graph = make(*args, **kwargs)
+        made.append(graph)
+        return graph
+
+    function.train_step_graph = kept
+    try:
+        yield made
+    finally:
+        function.train_step_graph = make
+
+
+class PoisonedLoss(ud.nn.Module):
+    """The mean squared error, plus infinity while ``poisoned``: a non-finite loss whose gradients are finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.mse = ud.nn.MSELoss()
+        self.poisoned = False
+
+    def forward(self, outputs, targets):
+        loss = self.mse(outputs, targets)
+        return loss + ud.tensor(float("inf")) if self.poisoned else loss
+
+
+def poisoned_run(dtype, calls, poisoned_call, precision=None, accumulate=1):
+    """``calls`` steps (micro-steps with ``accumulate``) of the two-layer net on this rank's own batch, rank 1's
+    loss made infinite at call ``poisoned_call`` (a constant added to it: the gradients stay finite). The starting
+    weights, the weights after each call, each call's flag and the optimizer's update count."""
+    rank = ud.distributed.rank()
+    with ud.use_dtype(dtype):
+        ud.manual_seed(1)
+        rng = np.random.default_rng(10 + rank)  # a batch of this rank's own
+        x, y = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        start = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        loss_fn = PoisonedLoss()
+        step = ud.train_step(model, loss_fn, optimizer, precision=precision, check_finite=False,
+                             accumulate=accumulate)
+        weights, finite = [], []
+        for index in range(calls):
+            loss_fn.poisoned = index == poisoned_call and rank == 1
+            step(x, y)
+            finite.append(optimizer.last_step_finite)
+            weights.append({k: ud.to_numpy(v) for k, v in model.state_dict().items()})
+        return {"start": start, "weights": weights, "finite": finite, "updates": optimizer.state_dict()["step"]}
 
 
 #: accumulate=2 windows: the middle layer has a gradient in the last micro-step only, the first only, none, both
@@ -289,23 +384,31 @@ def float16_overflow_on_one_rank():
 def keras_on_torch_job(directory):
     """On ranks whose Keras runs on torch (``KERAS_BACKEND=torch``): the two-layer net through ``train_step``
     (Keras's ``train_on_batch``) in float64 and float32, with bf16-mixed and 16-mixed, with ``accumulate=2``
-    (and bf16-mixed), the CNN through ``fit`` (Keras's ``Model.fit``) and ``float16_checkpoint_job``; then, the
+    (and bf16-mixed), the all-reduces of each call of the float64 steps counted, the CNN through ``fit`` (Keras's
+    ``Model.fit``), ``float16_checkpoint_job`` and the non-finite guard (``poisoned_run``); then, the
     group left, rank 0 trains the same in one process (the reference, on the same framework) and resumes the
     job's first float16 checkpoint there."""
-    def training(name):
-        return {"two_layer64": train_two_layer("float64"), "two_layer32": train_two_layer("float32"),
+    def training(name, all_reduces=None):
+        counts = all_reduces if all_reduces is not None else {"two_layer64": None, "two_layer_accumulate": None}
+        return {"two_layer64": train_two_layer("float64", all_reduces=counts["two_layer64"]),
+                "two_layer32": train_two_layer("float32"),
                 "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
                 # a scale that overflows neither a rank's half batch nor the whole batch (a rank's mean over its share
                 # has gradients per sample twice one process's: at 65536 the job skips a first step one process takes)
                 "two_layer_fp16": train_two_layer("float32", ud.Precision("16-mixed", init_scale=256.0)),
-                "two_layer_accumulate": train_two_layer("float64", accumulate=2),
+                "two_layer_accumulate": train_two_layer("float64", accumulate=2,
+                                                        all_reduces=counts["two_layer_accumulate"]),
                 "two_layer_bf16_accumulate": train_two_layer("float32", "bf16-mixed", accumulate=2),
                 "cnn": train_cnn(os.path.join(directory, name))}
 
     rank = ud.distributed.rank()
     float16 = os.path.join(directory, "float16")
-    result = {"framework": _framework(), "world_size": ud.distributed.world_size(), **training(f"rank{rank}"),
-              "float16": float16_checkpoint_job(float16)}
+    all_reduces = {"two_layer64": [], "two_layer_accumulate": []}  # per call of each step
+    result = {"framework": _framework(), "world_size": ud.distributed.world_size(),
+              **training(f"rank{rank}", all_reduces), "all_reduces": all_reduces,
+              "float16": float16_checkpoint_job(float16),
+              # rank 1's loss infinite (its gradients finite) at a step, and at a window's first micro-step
+              "guarded": poisoned_run("float64", 3, 1), "guarded_window": poisoned_run("float64", 4, 0, accumulate=2)}
     ud.distributed.shutdown()
     if rank == 0:
         first = os.path.join(float16, "two", result["float16"]["files_seen"][0])

@@ -140,7 +140,7 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
     _agree(rank0["cnn"], job["reference"], 1e-6)
     _agree(rank0["two_layer32"], job["two_layer"]["float32"], 1e-6)
     _agree(rank0["two_layer64"], job["two_layer"]["float64"], 1e-12)
-    # accumulate=2 (tensorflow: each rank's window averaged once per update, as DDP's no_sync): the same weights
+    # accumulate=2 (each rank's window averaged once per update, as DDP's no_sync): the same weights
     _agree(rank0["two_layer_accumulate"], job["two_layer"]["accumulate"], 1e-12)
     assert all(np.array_equal(v, rank1["two_layer_accumulate"][k]) for k, v in rank0["two_layer_accumulate"].items())
     # a layer skipped in some micro-steps (by a graph loop on tensorflow): torch's rule, as in one process
@@ -162,7 +162,9 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
         assert [p["finite"] for p in poisoned] == [[True, False, True, True]] * 2
         assert [(p["updates"], p["unchanged"]) for p in poisoned] == [(1, True)] * 2
         assert all(np.array_equal(v, poisoned[1]["weights"][k]) for k, v in poisoned[0]["weights"].items())
-    if job["engine"] == "tensorflow":  # two graphs: the micro-step's without a collective, the update's with them
+    # two graphs: the micro-step's without a collective, the update's with them (Keras-on-TensorFlow too: Keras's
+    # train step traced once for each place in the window)
+    if job["engine"] in ("tensorflow", "keras"):
         for name in ("accumulate_collectives", "bf16_accumulate_collectives"):
             counts = sorted(rank0[name])
             assert len(counts) == 2 and counts[0] == 0 and counts[1] > 0, (name, counts)
@@ -290,8 +292,8 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
     _agree(weights0, one["cnn"][0], 1e-6)  # fit (Keras's Model.fit), batches 8, 8, 4 split over the ranks
     np.testing.assert_allclose(history0["loss"], one["cnn"][1]["loss"], rtol=1e-6)
     assert multiprocessing.active_children() == []
-    # mixed precision (torch.autocast under Keras's step) and accumulate=2 in the job (Keras's trainer all-reduces
-    # every micro-step here, no no_sync: the same weights)
+    # mixed precision (torch.autocast under Keras's step) and accumulate=2 in the job (each rank's window under
+    # DDP's no_sync(), averaged once per update by the optimizer: the same weights)
     for key, bound in (("two_layer_accumulate", 1e-12), ("two_layer_bf16", 2e-2), ("two_layer_fp16", FLOAT16_BOUND),
                        ("two_layer_bf16_accumulate", 2e-2)):
         for name in one[key]:
@@ -299,6 +301,24 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
         # half batches round unlike the whole batch in bfloat16 (8 bits) and float16 (11 bits); a sum over the
         # ranks where their mean belongs (twice the step) is about 0.45 away
         _agree(rank0[key], one[key], bound)
+    # the all-reduces of each call (DDP's bucket, through unidl's comm hook, and unidl's own): a step one, the loss's
+    # agreement for the guard riding in it; with accumulate=2 none in a window's first micro-step and one (the
+    # window's sums with its finite flag) in its last, windows running across the epoch boundary
+    for rank in (rank0, rank1):
+        assert rank["all_reduces"] == {"two_layer64": [1] * 10, "two_layer_accumulate": [0, 1] * 5}
+    # rank 1's loss infinite with finite gradients, at a step and at a window's first micro-step (no all-reduce
+    # there): both ranks skip that step, or that window at its update, and keep bit-identical weights
+    for key, finite, updates, unchanged in (("guarded", [True, False, True], 2, 1),
+                                            ("guarded_window", [True, False, True, True], 1, 1)):
+        first, second = rank0[key], rank1[key]
+        assert first["finite"] == second["finite"] == finite, key
+        assert first["updates"] == second["updates"] == updates, key
+        for index, weights in enumerate(first["weights"]):
+            for name, value in weights.items():
+                np.testing.assert_array_equal(value, second["weights"][index][name], err_msg=f"{key} {index}: {name}")
+        before = first["weights"][unchanged - 1] if key == "guarded" else first["start"]
+        assert all(np.array_equal(v, before[k]) for k, v in first["weights"][unchanged].items()), key
+        assert any(not np.array_equal(v, before[k]) for k, v in first["weights"][-1].items()), key
     # a float16 checkpoint of the job (an overflow on rank 1 only): written by rank 0, resumed by both ranks bit
     # for bit, and by one process with the loss scale and growth tracker of the uninterrupted runs
     first, second = (rank["float16"] for rank in (rank0, rank1))

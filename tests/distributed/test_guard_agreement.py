@@ -2,64 +2,30 @@
 infinite on one rank only (its gradients finite, so DDP's averaged gradients are finite everywhere) makes
 every rank skip the update, and the ranks' weights stay bit-identical. One 2-rank launch checks the plain
 and the mixed-precision steps. (The tensorflow steps guard on the loss averaged over the ranks by
-construction; a tensorflow launch costs ~40 s, so it is not repeated here.)"""
+construction; a tensorflow launch costs ~40 s, so it is not repeated here. Keras-on-torch's guard runs the same
+``jobs.poisoned_run`` in its own job: tests/distributed/test_distributed.py.)"""
 
 import numpy as np
 import pytest
 
 import unidl as ud
 
+from tests.distributed.jobs import poisoned_run
+
 pytestmark = pytest.mark.skipif("torch" not in ud.available_backends(), reason="the torch backend is not installed")
 
 PRECISIONS = {"32": "float64", "bf16-mixed": "float32"}
 
 
-class PoisonedLoss(ud.nn.Module):
-    """The mean squared error, plus infinity while ``poisoned``: a non-finite loss whose gradients are finite."""
-
-    def __init__(self):
-        super().__init__()
-        self.mse = ud.nn.MSELoss()
-        self.poisoned = False
-
-    def forward(self, outputs, targets):
-        loss = self.mse(outputs, targets)
-        return loss + ud.tensor(float("inf")) if self.poisoned else loss
-
-
-def _poisoned_run(dtype, calls, poisoned_call, precision=None, accumulate=1):
-    """``calls`` steps (micro-steps with ``accumulate``) of the two-layer net on this rank's own batch, rank 1's
-    loss made infinite at call ``poisoned_call`` (a constant added to it: the gradients stay finite). The starting
-    weights, the weights after each call, each call's flag and the optimizer's update count."""
-    rank = ud.distributed.rank()
-    with ud.use_dtype(dtype):
-        ud.manual_seed(1)
-        rng = np.random.default_rng(10 + rank)  # a batch of this rank's own
-        x, y = rng.standard_normal((4, 5)), rng.standard_normal((4, 3))
-        model = ud.models.TwoLayerNet(5, 7, 3)
-        start = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
-        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        loss_fn = PoisonedLoss()
-        step = ud.train_step(model, loss_fn, optimizer, precision=precision, check_finite=False,
-                             accumulate=accumulate)
-        weights, finite = [], []
-        for index in range(calls):
-            loss_fn.poisoned = index == poisoned_call and rank == 1
-            step(x, y)
-            finite.append(optimizer.last_step_finite)
-            weights.append({k: ud.to_numpy(v) for k, v in model.state_dict().items()})
-        return {"start": start, "weights": weights, "finite": finite, "updates": optimizer.state_dict()["step"]}
-
-
 def guarded_steps(precision, dtype):
     """Three steps; at the second, rank 1's loss is infinite."""
-    return _poisoned_run(dtype, 3, 1, precision=precision)
+    return poisoned_run(dtype, 3, 1, precision=precision)
 
 
 def guarded_window():
     """Two windows of ``accumulate=2`` (4 micro-steps, the first of each under DDP's ``no_sync``); rank 1's loss is
     infinite at the first micro-step only, with finite gradients: a micro-step that does not all-reduce."""
-    return _poisoned_run("float64", 4, 0, accumulate=2)
+    return poisoned_run("float64", 4, 0, accumulate=2)
 
 
 def guard_job():

@@ -316,10 +316,11 @@ class Backend(abc.ABC):
         where it cannot or need not (its gradients are None already)."""
         return None
 
-    def gradient_conditions(self, params, grads) -> list:
+    def gradient_conditions(self, params, grads, agree: bool = True) -> list:
         """Per parameter, inside a graph being traced: None where it has no gradient (``grads``) or the graph reads
         it unconditionally, else a boolean scalar, whether the control flow that alone reads it (a loop over a
-        graph input, one branch of a conditional) read it in this run (on any rank of a data-parallel job). Where
+        graph input, one branch of a conditional) read it in this run (on any rank of a data-parallel job; on this
+        rank with ``agree`` False, for a window kept on each rank whose flags are agreed at its end). Where
         it did not, the graph's gradient is zeros but PyTorch's is None, and the optimizers leave the parameter
         and its slots alone as ``torch.optim`` does. All None (the default) where a backend's gradient is None
         already (eager frameworks, JAX's retrace per value)."""

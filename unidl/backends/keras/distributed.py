@@ -11,7 +11,13 @@ rank's own gradients for overflow: ``finite_on_every_rank`` makes that the job's
 On Keras-on-torch, Keras's trainer runs eagerly and calls ``loss.backward()`` itself: its model is a
 ``torch.nn.Module`` whose parameters are the Keras variables, so its forward runs through torch's
 ``DistributedDataParallel`` (``forward_through_engine``) and DDP's reducer averages the gradients in that
-backward; unidl only averages the step's loss for the guard.
+backward, the step's loss riding in that all-reduce for the guard (``mark_loss``).
+
+With ``accumulate`` N > 1 in a job, on either host, the optimizer keeps this rank's window and reduces it over the
+ranks with its finite flag in one all-reduce when the window closes (``accumulates_locally``, ``reduce_window``):
+one collective per update, as torch's ``no_sync()`` accumulation (Keras-on-torch: every micro-step's backward
+under ``no_sync()``; Keras-on-TensorFlow: a graph without a collective for the other micro-steps,
+``graph_per_window_place``).
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ class _ForwardWrappingEngine(_OneDevicePerProcess):
     """The host's engine where it averages gradients in the backward of a wrapped forward (torch's
     ``DistributedDataParallel``): Keras's own train step runs its forward through the wrapper
     (``forward_through_engine``), so that ``loss.backward()`` in Keras's trainer leaves every rank the averaged
-    gradients; the optimizer then only agrees the step's loss over the ranks (``sum_in_step``)."""
+    gradients, with the step's loss marked in them (``mark_loss``); a window of micro-steps is averaged by the
+    optimizer when it closes (``reduce_window``)."""
 
     gradients_averaged_in_backward = True
 
@@ -70,8 +77,22 @@ class _ForwardWrappingEngine(_OneDevicePerProcess):
         return step  # no compiled Keras step on this host: Keras's trainer runs forward_through_engine
 
     def reduce_in_step(self, values, op="mean"):
-        """``values`` (tensors; None kept) reduced over the ranks with ``op``, one collective each."""
-        return [None if v is None else self._host_engine.all_reduce(v, op) for v in values]
+        """``values`` (tensors; None kept) reduced over the ranks with ``op``: one collective per dtype among them
+        (each dtype's values flattened into one buffer, reduced, and cut back into their shapes)."""
+        import keras
+
+        present = [v for v in values if v is not None]
+        reduced = {}
+        for dtype in dict.fromkeys(keras.backend.standardize_dtype(v.dtype) for v in present):
+            group = [v for v in present if keras.backend.standardize_dtype(v.dtype) == dtype]
+            flat = self._host_engine.all_reduce(
+                keras.ops.concatenate([keras.ops.reshape(v, (-1,)) for v in group]), op)
+            start = 0
+            for v in group:
+                size = int(keras.ops.size(v))
+                reduced[id(v)] = keras.ops.reshape(flat[start:start + size], tuple(v.shape))
+                start += size
+        return [None if v is None else reduced[id(v)] for v in values]
 
 
 def _running():
@@ -99,15 +120,81 @@ def data_parallel(step, variables=()):
 def sum_in_step(values):
     """``values`` (the step's loss, then its gradients) summed over the ranks inside a ``data_parallel`` step
     (None entries kept); as they are outside a group. Where the engine averaged the gradients in the backward
-    already (``forward_through_engine``), the gradients stay as they are and the loss, not scaled by Keras on
-    that host, is averaged, so that the non-finite guard decides alike on every rank."""
+    already (``forward_through_engine``), they stay as they are: a rank's non-finite loss reached every rank's
+    averaged gradients in that all-reduce (``mark_loss``), so that the non-finite guard, which checks this rank's
+    loss and those gradients, decides alike on every rank without a collective of its own."""
     running = _running()
-    if running is None:
+    if running is None or getattr(running, "gradients_averaged_in_backward", False):
         return list(values)
-    if getattr(running, "gradients_averaged_in_backward", False):
-        loss, *grads = values
-        return [running.reduce_in_step([loss], "mean")[0], *grads]
     return running.reduce_in_step(values, "sum")
+
+
+def accumulates_locally() -> bool:
+    """Whether a step with ``accumulate`` N > 1 keeps its window on this rank and reduces it over the ranks once,
+    at the window's last micro-step (``reduce_window``), as DDP's ``no_sync()`` accumulation: in any group (the
+    keras backend trains one device per process). On torch's DDP the micro-steps' backwards run under
+    ``no_sync()`` (``forward_through_engine``): Keras's trainer zeroes ``.grad`` before every backward, so the
+    window cannot wait in ``.grad`` for the last backward's all-reduce as in torch's own idiom, and is the
+    optimizer's. On TensorFlow's strategy the step has a graph without a collective for the micro-steps that do
+    not close the window, and one with it for those that do (``graph_per_window_place``)."""
+    return _running() is not None
+
+
+def reduce_window(values):
+    """``values`` (a closing window's finite marker, has-gradient flags and sums: tensors, None kept) as the job's,
+    in one collective (per dtype): summed where Keras scaled each rank's loss by ``1 / ranks`` (a ``tf.distribute``
+    replica context: the sum is the mean, as ``sum_in_step``'s), else averaged (``accumulates_locally``)."""
+    running = _running()
+    return running.reduce_in_step(values, "mean" if getattr(running, "gradients_averaged_in_backward", False)
+                                  else "sum")
+
+
+def graph_per_window_place(native, make):
+    """The compiled train step of ``native`` (``make()``: a new graph); where its compiled optimizer keeps a window
+    of ``accumulate`` N > 1 on this rank in a group (``accumulates_locally``), two such graphs, one traced for the
+    micro-steps that do not close the window (no collective) and one for those that do (the window reduced over
+    the ranks), each call running the one its place in the window asks for: a collective inside the graph's
+    conditional cannot run under TensorFlow's strategy (``merge_call`` inside a ``tf.cond``)."""
+    optimizer = getattr(native, "optimizer", None)
+    if getattr(optimizer, "_accumulate", 1) > 1 and accumulates_locally():
+        return _WindowGraphs(optimizer, make)
+    return make()
+
+
+class _WindowGraphs:
+    """``graph_per_window_place``'s two graphs, made at their first call; ``trace_count`` and
+    ``concrete_functions`` over both."""
+
+    def __init__(self, optimizer, make):
+        self._optimizer, self._make, self._graphs = optimizer, make, {}
+
+    def __call__(self, *args):
+        closes = self._optimizer.closes_window()  # (the count variable: whatever step or load wrote the window)
+        graph = self._graphs.get(closes)
+        if graph is None:
+            graph = self._graphs[closes] = self._make()
+        with self._optimizer.tracing_window_place(closes):  # (read while the graph traces)
+            return graph(*args)
+
+    @property
+    def trace_count(self):
+        return sum(graph.trace_count for graph in self._graphs.values())
+
+    @property
+    def concrete_functions(self):
+        return [f for graph in self._graphs.values() for f in getattr(graph, "concrete_functions", [])]
+
+
+def mark_loss(loss) -> None:
+    """Before the backward of Keras's train step (its ``optimizer.scale_loss``) inside ``forward_through_engine``:
+    ``loss`` rides in that backward's all-reduce of the gradients (the host engine's ``mark_losses``: ``0 * loss``,
+    0 or NaN, added to one gradient element), so that a non-finite loss of any rank makes every rank's averaged
+    gradients non-finite; nothing elsewhere, and nothing under ``no_sync()`` (no all-reduce to ride in)."""
+    if _stepping:
+        _running().mark_losses(_stepping[-1], loss)
+
+
+_stepping = []  # the DDP wrapper whose forward Keras's train step now runs (forward_through_engine)
 
 
 @contextlib.contextmanager
@@ -115,7 +202,9 @@ def forward_through_engine(native):
     """For the duration of Keras's train step of ``native`` (a ``keras.Model`` that is a ``torch.nn.Module``),
     its forward runs through the engine's wrapper (``wrap_forward``: DistributedDataParallel, made once per
     model, which broadcasts rank 0's weights then), so that the step's ``loss.backward()`` averages the
-    gradients over the ranks; nothing outside a group or with an engine that carries the step otherwise."""
+    gradients over the ranks, the loss riding along (``mark_loss``); where the compiled optimizer keeps a window
+    of ``accumulate`` N > 1 micro-steps, under the wrapper's ``no_sync()`` (no all-reduce: the optimizer averages
+    the window once, when it closes). Nothing outside a group or with an engine that carries the step otherwise."""
     running = _running()
     wrap = getattr(running, "wrap_forward", None)
     if wrap is None:
@@ -125,6 +214,17 @@ def forward_through_engine(native):
     if wrapped is None:
         wrapped = wrap(native)
         object.__setattr__(native, "_unidl_wrapped_forward", wrapped)
+    # the optimizer's own window (a float16 window is the loss scaler's, whose micro-steps all-reduce in the backward)
+    local = getattr(getattr(native, "optimizer", None), "_accumulate", 1) > 1
+    with wrapped.no_sync() if local else contextlib.nullcontext(), _through(native, wrapped):
+        yield
+
+
+@contextlib.contextmanager
+def _through(native, wrapped):
+    """``native``'s ``call`` routed through ``wrapped`` (which calls ``native`` back) for the block, and
+    ``wrapped`` the one ``mark_loss`` marks (each synced backward of Keras's step comes after its ``scale_loss``,
+    which marks it anew)."""
     own_call, inside = native.call, []
 
     def call(*args, **kwargs):
@@ -137,9 +237,11 @@ def forward_through_engine(native):
             inside.pop()
 
     object.__setattr__(native, "call", call)  # Keras's __call__ reads self.call
+    _stepping.append(wrapped)
     try:
         yield
     finally:
+        _stepping.pop()
         del native.__dict__["call"]
 
 

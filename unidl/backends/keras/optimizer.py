@@ -10,6 +10,8 @@ SGD with momentum runs as TensorFlow's fused kernel for the same rule
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import ops as K
 
@@ -30,6 +32,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "_slot_table", [])
         object.__setattr__(self, "_step_loss", None)
         object.__setattr__(self, "_gradient_flags", None)  # (an update's flags: ``_with_window_rule``)
+        object.__setattr__(self, "_window_closes", None)  # (a graph traced for a place in a window: _local_micro_step)
         # per trainable variable, whether the loss of the step being traced uses it, where Keras's trainer gives
         # the others zeros (Keras-on-JAX: keras/module.py ``_gradients_of_used_variables``); None elsewhere
         object.__setattr__(self, "used_gradients", None)
@@ -80,6 +83,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         # must not escape it: there the guard checks the gradients (a NaN loss makes them NaN too)
         if HOST.keras_state_in_place:
             object.__setattr__(self, "_step_loss", loss)
+            keras_distributed.mark_loss(loss)  # (under DDP: the loss rides in the backward's all-reduce, for the guard)
         return super().scale_loss(loss)
 
     def prepare_accumulation(self, accumulate: int) -> None:
@@ -124,11 +128,12 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         if used is not None and len(used) == len(grads):  # PyTorch's rule: no gradient for what the loss skips
             grads = [g if u else None for g, u in zip(grads, used)]
         grads = [None if g is None else _dense(g) for g in grads]
-        # in a data-parallel job the job's gradients and loss (keras/distributed.py), before guard and clipping
-        loss, *grads = keras_distributed.sum_in_step([loss, *grads])
+        accumulate = getattr(self, "_accumulate", 1)
+        local = accumulate > 1 and keras_distributed.accumulates_locally()  # this rank's window, averaged at its end
+        if not local:  # in a data-parallel job the job's gradients and loss (keras/distributed.py), before the guard
+            loss, *grads = keras_distributed.sum_in_step([loss, *grads])
         finite = all_finite([loss, *grads])
         self.finite.assign(finite)
-        accumulate = getattr(self, "_accumulate", 1)
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
         if not HOST.keras_state_in_place:  # no side effects inside a functional framework's cond
             self._apply_selected(grads, variables, finite, accumulate)
@@ -137,12 +142,15 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         # per variable: None, or whether the loop or branch that alone reads it in the host's graph ran (a False
         # one had no gradient in this run, as PyTorch's: tensorflow/control_flow.py); a window's rule (a float16
         # window's update, in force here) already says it
-        reads = (HOST.gradient_conditions(variables, grads) if self._gradient_flags is None
-                 else [None] * len(variables))
+        reads = (HOST.gradient_conditions(variables, grads, agree=not local) if self._gradient_flags is None
+                 else [None] * len(variables))  # (a local window's flags are agreed with its sums, at its end)
         if accumulate == 1:
             flags = {i: read for i, read in zip(indices, reads) if read is not None}
             K.cond(finite, lambda: self._with_window_rule(flags, lambda: self._clip_and_apply(grads, variables))
                    if flags else self._clip_and_apply(grads, variables), _false)
+            return
+        if local:
+            self._local_micro_step(grads, variables, indices, reads, finite, accumulate)
             return
         sums = [self._accumulated[i] for i in indices]
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
@@ -171,6 +179,63 @@ class NativeOptimizer(keras.optimizers.Optimizer):
             return K.convert_to_tensor(window_finite)
 
         self.finite.assign(K.cond(count >= accumulate, close_window, lambda: K.convert_to_tensor(True)))
+
+    def _local_micro_step(self, grads, variables, indices, reads, finite, accumulate):
+        """``apply``'s micro-step of a window kept on this rank (``keras_distributed.accumulates_locally``: its
+        backward ran under DDP's ``no_sync()``, or its graph has no collective): added to the window; at its last
+        micro-step the window's sums, its finite flag (a marker, 0 or NaN: NaN on any rank makes the job's NaN on
+        every rank) and its has-gradient flags are reduced over the ranks in one all-reduce (``reduce_window``),
+        and every rank applies the job's mean gradient, or skips the window, alike. PyTorch's rule over the window
+        as ``apply``'s, with DDP's over the ranks: a parameter updates if it had a gradient in a micro-step of any
+        rank. Whether this micro-step closes the window is decided in Python, never in a conditional around the
+        collective (which TensorFlow's strategy cannot run): in a graph (Keras-on-TensorFlow) the one traced for
+        this place in the window says it (``_window_closes``, ``keras_distributed.graph_per_window_place``); run
+        eagerly (Keras-on-torch) the count variable is read (``closes_window``)."""
+        totals = [self._accumulated[i] for i in indices]
+        sums = [total.value if g is None else total.value + g / K.cast(accumulate, g.dtype)
+                for total, g in zip(totals, grads)]
+        had = [self._window_has_gradient[i].value if g is None else
+               K.convert_to_tensor(True) if read is None else K.logical_or(self._window_has_gradient[i].value, read)
+               for i, g, read in zip(indices, grads, reads)]
+        window_finite = K.logical_and(self._window_finite.value, finite)
+        closes = self._window_closes if self._window_closes is not None else self.closes_window()
+        if not closes:
+            for total, new, index, flag in zip(totals, sums, indices, had):
+                total.assign(new)
+                self._window_has_gradient[index].assign(flag)
+            self._window_finite.assign(window_finite)
+            self._micro_steps.assign(self._micro_steps.value + 1)
+            self.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
+            return
+        dtype = totals[0].dtype
+        marker = K.where(window_finite, K.convert_to_tensor(0.0, dtype), K.convert_to_tensor(float("nan"), dtype))
+        marker, had_any, *sums = keras_distributed.reduce_window([marker, K.cast(K.stack(had), dtype), *sums])
+        agreed = K.isfinite(marker)
+        flags = {i: had_any[k] > 0 for k, (i, g, read) in enumerate(zip(indices, grads, reads))
+                 if g is None or read is not None}
+        K.cond(agreed, lambda: self._with_window_rule(flags, lambda: self._clip_and_apply(sums, variables)), _false)
+        for total, index in zip(totals, indices):
+            total.assign(K.zeros_like(total))
+            self._window_has_gradient[index].assign(K.convert_to_tensor(False))
+        self._micro_steps.assign(K.convert_to_tensor(0, "int64"))
+        self._window_finite.assign(K.convert_to_tensor(True))
+        self.finite.assign(agreed)
+
+    def closes_window(self) -> bool:
+        """Whether the next micro-step closes the window: read from its count variable (one small read from the
+        device, where Keras-on-torch's ``keras.ops.cond`` reads a condition anyway), so that it stays right
+        whatever wrote the window (another step of this optimizer, a checkpoint, ``load_state_dict``)."""
+        return int(read_numpy(self._micro_steps)) + 1 >= self._accumulate
+
+    @contextlib.contextmanager
+    def tracing_window_place(self, closes: bool):
+        """For a graph traced in the block: it is the graph of a micro-step that closes the window (``closes``)
+        or of one that does not (``_local_micro_step``)."""
+        object.__setattr__(self, "_window_closes", closes)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_window_closes", None)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not keras_distributed.in_group():

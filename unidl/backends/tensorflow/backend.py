@@ -194,10 +194,10 @@ class Backend(BackendInterface):
 
         set_group_options(optimizer, group, keys)
 
-    def gradient_conditions(self, params, grads):
+    def gradient_conditions(self, params, grads, agree=True):
         from unidl.backends.tensorflow.control_flow import gradient_conditions
 
-        return gradient_conditions(params, grads)
+        return gradient_conditions(params, grads, agree)
 
     def optimizer_state(self, optimizer):
         native = optimizer.native

@@ -67,7 +67,8 @@ class Engine:
     def wrap_forward(module):
         """A ``DistributedDataParallel`` over ``module`` (any ``torch.nn.Module``, such as a Keras-on-torch model,
         whose parameters are its variables): rank 0's state is broadcast now, and a backward through its
-        forward averages the gradients over the ranks. For a trainer that runs its own step (Keras's), and for
+        forward averages the gradients over the ranks, carrying a non-finite loss of any rank to every rank's
+        gradients (``mark_losses``). For a trainer that runs its own step (Keras's), and for
         unidl's (``data_parallel``)."""
         # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
         # reducer warn at every run, though the copy it warns about is of those dimensions only
@@ -76,8 +77,16 @@ class Engine:
         # find_unused_parameters: a step whose forward skips a layer (a dynamic net) gives it no gradient, as in one
         # process, where DDP would otherwise leave that layer's bucket unreduced and fail at the next step (one
         # walk of the autograd graph per step; torch then warns once per process if a step used every parameter)
-        return torch.nn.parallel.DistributedDataParallel(
+        forward = torch.nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True)
+        forward._unidl_marks = _LossMarks()  # (its all-reduce carries the losses' marker: ``mark_losses``)
+        forward.register_comm_hook(forward._unidl_marks, _marked_allreduce)
+        return forward
+
+    @staticmethod
+    def mark_losses(forward, losses) -> None:
+        """``mark_losses`` for a trainer that runs its own step through ``wrap_forward`` (Keras's)."""
+        mark_losses(forward, losses)
 
 
 def data_parallel(model):
@@ -88,10 +97,7 @@ def data_parallel(model):
 
     if process_group.sharding() is None or not dist.is_initialized():
         return model
-    forward = Engine.wrap_forward(NativeModule(model))
-    forward._unidl_marks = _LossMarks()
-    forward.register_comm_hook(forward._unidl_marks, _marked_allreduce)
-    return forward
+    return Engine.wrap_forward(NativeModule(model))
 
 
 class _LossMarks:
