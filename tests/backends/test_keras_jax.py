@@ -2,7 +2,8 @@
 model's Keras variables and ``ud.function`` compiled over them, against torch on the same weights and batch; and
 ``ud.fit`` through Keras's JAX trainer, which holds the state outside the variables during an epoch: a mid-epoch
 checkpoint resumes bit for bit, a non-finite gradient stops fit at its step, float16 accumulation is GradScaler's,
-and float64 training is plain torch's to 1e-12; TensorBoard's model graph is the jaxpr over the variables' values."""
+and float64 training is plain torch's to 1e-12; TensorBoard's model graph is the jaxpr over the variables' values;
+train steps and fit called in turn keep their jitted steps."""
 
 import pytest
 
@@ -246,6 +247,13 @@ def unused_layer():
         return [unused_layer_under_adam(fit) for fit in (False, True)]
 
 
+def alternated():
+    # two train steps and fit of one model called in turn: each traced once, and once more after the momentum's
+    # first change (tests/backends/test_keras.py)
+    from tests.backends.test_keras import alternated_steps_and_fit
+    return alternated_steps_and_fit(rounds=3, bind_momentum=True)
+
+
 def traced_step_inputs():
     # a forward looping over a step input's value: one GraphConstructError naming the rule, from train_step's
     # extra inputs as from fit's step_inputs (train_step gave Keras's own "Unable to automatically build" error)
@@ -290,6 +298,7 @@ print(json.dumps({
     "unused": unused_layer(),
     "half_bias": half_bias_gradient(),
     "traced_step_inputs": traced_step_inputs(),
+    "alternated": alternated(),
 }))
 """
 
@@ -318,11 +327,11 @@ def test_function_follows_a_mode_it_reads_without_calling_the_module_on_jax(resu
     its real ``trace_count``."""
     checks, step_traces = result["mode_reads"]
     # the step's traces (Python runs of Keras's train step, which jax.jit runs only while tracing): one per new
-    # mode, and Keras compiles again when one comes back, as on Keras-TensorFlow (tests/test_submodule_modes.py)
-    assert [check["traces"] for check in checks] == [1, 2, 3, 3, 3, 1, 2, 3], checks
+    # mode; a mode that comes back switches back to its compile, traced already (tests/test_submodule_modes.py)
+    assert [check["traces"] for check in checks] == [1, 2, 3, 3, 3, 1, 2, 2], checks
     assert all(check["branch"] < 1e-5 and check["dropout"] for check in checks), checks
     # one more trace for a smaller batch, none when a shape comes back; eager=True traces nothing (None)
-    assert step_traces == [4, 4, 4, None], step_traces
+    assert step_traces == [3, 3, 3, None], step_traces
 
 
 def test_fit_on_jax_in_float64_agrees_with_torch_to_1e_12(result):
@@ -380,6 +389,18 @@ def test_a_float16_bias_gradient_is_summed_in_float32_on_jax(result):
     bias gradient over the batch in float32, as PyTorch's (in float16 the partial sums overflowed: NaN, a skipped
     step where torch takes it)."""
     assert result["half_bias"] == [0.0, 0.0, 0.0, 0.0], result["half_bias"]
+
+
+def test_steps_and_fit_called_in_turn_keep_their_jitted_steps_on_jax(result):
+    """Two train steps and ``ud.fit`` of one model with other losses, called in turn three times on Keras-on-JAX:
+    each trains with its own loss (the plain torch loop alternating them, 1e-5), and a switch back restores its
+    compile with Keras's jitted step: each traced once (a run of Keras's train step per jitted step; every switch
+    compiled and traced again: [3, 6, 9]), and once more after the momentum's first change. A new jitted step
+    (a new compile's, one made again for that change) never runs another's trace: ``jax.jit`` keeps traces by
+    function, and Keras jits the model's bound ``train_step``, equal for every compile."""
+    alternated = result["alternated"]
+    assert alternated["weights"] < 1e-5 and alternated["history"] < 1e-5, alternated
+    assert alternated["traces"] == [[1, 1], [1, 1], [2, 2]] and alternated["runs"] == [3, 3, 6], alternated
 
 
 def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):

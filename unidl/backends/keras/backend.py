@@ -8,6 +8,7 @@ backend's own kernels where they take Keras's tensors), and gradients, ``ud.func
 
 from __future__ import annotations
 
+import collections
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -15,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstract evaluation, not re-exported)
+from keras.src.utils import tracking  # noqa: E402  (Keras's DotNotTrackScope, as its compile sets attributes)
 
 from unidl import config  # noqa: E402
 from unidl import random as unidl_random
@@ -235,24 +237,30 @@ class Backend(BackendInterface):
 
     def compile(self, model, loss_fn, optimizer, jit_compile=False, metrics=None, eager=False, precision=None,
                 accumulate=1):
-        """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer),
-        once per (loss, optimizer, metrics, eager, precision) combination."""
+        """Compile the module's ``keras.Model`` with the unidl loss and optimizer (Keras's own trainer), once per
+        (loss, optimizer, metrics, eager, precision, accumulation, frozen set, modes) combination: a combination
+        compiled before is restored with Keras's compiled step (``_Compilations``), not compiled again."""
         native = model.native
         # Keras's compiled steps bake in which variables they train and each module's train/eval mode: freezing
-        # one, or ``model.bn.eval()``, compiles again
+        # one, or ``model.bn.eval()``, is another compile
         key = (id(loss_fn), id(optimizer), jit_compile, None if metrics is None else metrics.key, eager,
                trainable_mask(optimizer.params), step_modes(model, loss_fn), precision, accumulate)
         if getattr(native, "_unidl_compiled", None) != key:
             optimizer.native.prepare_accumulation(accumulate)  # micro-steps per update, for the steps traced next
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
-                statistics = NativeMetrics(metrics) if metrics is not None else None
-                native.compile(optimizer=keras_precision.keras_optimizer(optimizer, precision, accumulate), loss=NativeLoss(loss_fn),
-                               metrics=[statistics] if statistics is not None else [],
-                               jit_compile=_jit_compile(jit_compile, eager), run_eagerly=eager)
-            object.__setattr__(native, "_unidl_compiled", key)
-            object.__setattr__(native, "_unidl_statistics", statistics)  # its totals, for epoch_totals
-            object.__setattr__(native, "_unidl_fit_graph", None)  # it updated the previous compile's trackers
-            object.__setattr__(native, "_unidl_options", ConstantOptions(optimizer))  # (its options: constants)
+                # (also the optimizer's accumulation window or loss scale, checked against one in progress)
+                keras_optimizer = keras_precision.keras_optimizer(optimizer, precision, accumulate)
+                compilations = _Compilations.of(native)
+                if not compilations.switch_to(key, keras_optimizer):
+                    statistics = NativeMetrics(metrics) if metrics is not None else None
+                    native.compile(optimizer=keras_optimizer, loss=NativeLoss(loss_fn),
+                                   metrics=[statistics] if statistics is not None else [],
+                                   jit_compile=_jit_compile(jit_compile, eager), run_eagerly=eager)
+                    object.__setattr__(native, "_unidl_compiled", key)
+                    object.__setattr__(native, "_unidl_statistics", statistics)  # its totals, for epoch_totals
+                    object.__setattr__(native, "_unidl_fit_graph", None)  # graphs over this compile's trackers
+                    object.__setattr__(native, "_unidl_step_graph", None)
+                    object.__setattr__(native, "_unidl_options", ConstantOptions(optimizer))  # (options: constants)
         keep_train_function_current(native)  # (an option bound since: Keras's own step holds it as a constant)
         return native
 
@@ -268,7 +276,7 @@ class Backend(BackendInterface):
             return self.compile(model, loss_fn, optimizer, eager=eager, precision=precision, accumulate=accumulate)
 
         native = compile_for_this_step()
-        graph = None if eager else keras_function.train_step_graph(native, per_batch=True)
+        graph = None if eager else self._step_graph(native)
         if graph is not None:
             return _CompiledForStep(native, compile_for_this_step, graph)
         to_input = self.to_input
@@ -287,8 +295,9 @@ class Backend(BackendInterface):
             return result
 
         # Keras's jitted train step (Keras-on-JAX) runs its Python only while jax.jit traces it: a trace is one
-        # run of ``NativeModel.train_step`` during this step's call (a new input shape, or a compile back after
-        # another step's). Not compiled (Keras-on-torch, or eager), it runs every call and nothing is traced.
+        # run of ``NativeModel.train_step`` during this step's call (a new input shape; a switch back from another
+        # step's compile restores this one's jitted step, traced already). Not compiled (Keras-on-torch, or
+        # eager), it runs every call and nothing is traced.
         step.trace_count = 0 if native.jit_compile and not native.run_eagerly else None
         return _CompiledForStep(native, compile_for_this_step, step)
 
@@ -357,14 +366,15 @@ class Backend(BackendInterface):
         return relay.logs
 
     def _fit_graph(self, native):
-        """The running-logs train step graph of ``native`` as last compiled (``compile`` drops it: a new
-        compile makes new metric trackers), for the current device; None where the host compiles no graphs."""
-        device = self._device()
-        cached = getattr(native, "_unidl_fit_graph", None)
-        if cached is None or cached[0] != device:
-            cached = (device, keras_function.train_step_graph(native, per_batch=False))
-            object.__setattr__(native, "_unidl_fit_graph", cached)
-        return cached[1]
+        """The running-logs train step graph of ``native`` as compiled now (one per compile: a compile has its own
+        loss and metric trackers), for the current device; None where the host compiles no graphs."""
+        return _graph_of_compile(native, "_unidl_fit_graph", self._device(), per_batch=False)
+
+    def _step_graph(self, native):
+        """The per-batch train step graph of ``native`` as compiled now (``ud.train_step``'s), kept with the
+        compile as ``_fit_graph``'s, so that a step switched back to traces nothing again; None where the host
+        compiles no graphs."""
+        return _graph_of_compile(native, "_unidl_step_graph", self._device(), per_batch=True)
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
                                    accumulate=1):
@@ -442,28 +452,104 @@ def _keras_batches(batches, to_input, step_inputs):
         yield x, to_input(batch[1])
 
 
+def _graph_of_compile(native, attribute, device, per_batch):
+    """The train step graph ``keras_function.train_step_graph(native, per_batch)`` of the model's compile in force,
+    kept in its ``attribute`` (which ``_Compilations`` keeps and restores with the compile), for ``device``."""
+    cached = getattr(native, attribute, None)
+    if cached is None or cached[0] != device:
+        cached = (device, keras_function.train_step_graph(native, per_batch=per_batch))
+        object.__setattr__(native, attribute, cached)
+    return cached[1]
+
+
+class _Compilations:
+    """The last few compiles of one ``keras.Model`` other than the one in force, each as Keras's compile and
+    ``make_*_function`` left the model (its optimizer, compiled loss and metrics, trackers, flags, and its jitted
+    train function, traced already) with unidl's own state of the compile, so that switching back to one (two
+    steps, or a step and ``ud.fit``, called in turn) restores it, and Keras's jitted step is traced once per input
+    shape instead of at every switch (on Keras-on-JAX an XLA compile: seconds for a real model).
+
+    The attributes are those Keras 3's ``Trainer.compile`` sets (keras/src/trainers/trainer.py) and its
+    ``make_train_function`` / ``make_test_function`` / ``make_predict_function`` (keras/src/backend/*/trainer.py).
+    Each jitted step Keras makes is over a step function of its own (``NativeModel.make_train_function``): a new
+    one never runs the trace of a kept one. An entry holds its loss and optimizer (hence their ``id`` in its key
+    stays theirs); at most ``KEPT`` entries, the least recently used dropped first, so that a loop that makes new
+    losses holds no more than these."""
+
+    KEPT = 4
+    KERAS_STATE = ("optimizer", "loss", "_compile_loss", "_compile_metrics", "_loss_tracker", "_jit_compile",
+                   "_run_eagerly", "_compiled_trainable_state", "compiled", "steps_per_execution", "_compile_config",
+                   "train_function", "test_function", "predict_function")
+    UNIDL_STATE = ("_unidl_compiled", "_unidl_statistics", "_unidl_fit_graph", "_unidl_step_graph",
+                   "_unidl_options")
+
+    def __init__(self, native):
+        self._native = native
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+
+    @classmethod
+    def of(cls, native) -> "_Compilations":
+        compilations = native.__dict__.get("_unidl_compilations")
+        if compilations is None:
+            compilations = cls(native)
+            object.__setattr__(native, "_unidl_compilations", compilations)
+        return compilations
+
+    def switch_to(self, key, keras_optimizer) -> bool:
+        """Keep the compile in force and restore the one of ``key`` (compiled with ``keras_optimizer``, the Keras
+        optimizer this compile would get now): True, or False where there is none to restore (the caller
+        compiles; a compile of ``key`` whose Keras optimizer has changed since, a loss scaler made since, is
+        compiled again)."""
+        native = self._native
+        # Keras-on-JAX's trainer may hold the state outside the variables (``fit``, ``train_on_batch``): handed
+        # back to the variables of the compile in force (its optimizer's, its trackers') before it is put aside
+        sync = getattr(native, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+        current = getattr(native, "_unidl_compiled", None)
+        if current is not None:
+            self._entries[current] = {name: getattr(native, name, None) for name in self.KERAS_STATE + self.UNIDL_STATE}
+            self._entries.move_to_end(current)
+        entry = self._entries.pop(key, None)
+        while len(self._entries) > self.KEPT:
+            self._entries.popitem(last=False)
+        if entry is None or entry["optimizer"] is not keras_optimizer:
+            return False
+        with tracking.DotNotTrackScope():  # set as Keras's compile sets them (it tracks none of them)
+            for name in self.KERAS_STATE:
+                setattr(native, name, entry[name])
+            native.stop_training = False
+        for name in self.UNIDL_STATE:
+            object.__setattr__(native, name, entry[name])
+        return True
+
+
 class _CompiledForStep:
     """A train step that runs its model's one ``keras.Model`` compiled with this step's loss, optimizer, precision
     and accumulation: another step or ``ud.fit`` over the same model compiles it with theirs, and Keras's trainer
-    runs whatever was compiled last (``train_on_batch`` on Keras-on-torch and Keras-on-JAX, a retrace of the graph
-    on Keras-TensorFlow), so a call after theirs compiles it back first (``Backend.compile``; one identity check
-    when nothing compiled in between). Else a step would train with another's loss, optimizer or accumulation, and
+    runs whatever was compiled last (``train_on_batch`` on Keras-on-torch and Keras-on-JAX, its graph on
+    Keras-TensorFlow), so a call after theirs switches it back first (``Backend.compile``; one identity check when
+    nothing compiled in between). Else a step would train with another's loss, optimizer or accumulation, and
     compute that loss outside its own mixed-precision casts (in float16: a scaled loss that overflows and skips the
-    step). On Keras-on-JAX each compile back traces and compiles Keras's jitted step again."""
+    step). The switch back restores this step's compile with its traced step (``_Compilations``): no new trace.
+    ``trace_count``: the traces during this step's calls (a graph may be shared by the steps of one compile)."""
 
     def __init__(self, native, compile_for_this_step, run):
         self._native, self._compile, self._run = native, compile_for_this_step, run
         self._compiled = native._unidl_compiled
+        self.trace_count = None if getattr(run, "trace_count", None) is None else 0
 
     def __call__(self, *args):
         if getattr(self._native, "_unidl_compiled", None) is not self._compiled:
             self._compile()
             self._compiled = self._native._unidl_compiled
-        return self._run(*args)
-
-    @property
-    def trace_count(self):
-        return getattr(self._run, "trace_count", None)
+        if self.trace_count is None:
+            return self._run(*args)
+        before = self._run.trace_count
+        try:
+            return self._run(*args)
+        finally:
+            self.trace_count += self._run.trace_count - before
 
 
 class _FreezeAwareStep:

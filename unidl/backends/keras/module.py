@@ -60,6 +60,14 @@ class NativeModel(keras.Model):
         with keras_distributed.forward_through_engine(self), _gradients_of_used_variables(self, args):
             return super().train_step(*args, **kwargs)
 
+    def make_train_function(self, force=False):
+        with _step_function_of_its_own(self, "train_step"):
+            return super().make_train_function(force)
+
+    def make_test_function(self, force=False):
+        with _step_function_of_its_own(self, "test_step"):
+            return super().make_test_function(force)
+
     def call(self, x, training=None):
         module = self._unidl_module
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
@@ -71,6 +79,21 @@ class NativeModel(keras.Model):
             return module(*inputs)
         finally:
             restore_modes(modes)
+
+
+@contextlib.contextmanager
+def _step_function_of_its_own(native, name):
+    """``native.<name>`` (``train_step``, ``test_step``) a new function for the block, in which Keras makes its
+    compiled step over it: ``jax.jit`` keeps its traces by function, and the bound method is equal for every
+    compile of the model, so a new jitted step (a new compile, or one made again for an option bound since) would
+    run the trace of an earlier one still alive (the keras backend keeps a model's last compiles), with its loss,
+    optimizer and constants."""
+    method = getattr(type(native), name)
+    object.__setattr__(native, name, lambda *args, **kwargs: method(native, *args, **kwargs))
+    try:
+        yield
+    finally:
+        object.__delattr__(native, name)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,101 @@
+"""The keras backend's compiles (Keras 3 on the framework this process runs it on: TensorFlow in CI;
+tests/backends/test_keras_jax.py runs the same check on Keras-on-JAX): train steps and ``ud.fit`` of one model
+with other losses and metrics, called in turn, each switch back to their own compile, traced once."""
+
+import gc
+import weakref
+
+import numpy as np
+
+import unidl as ud
+from unidl.testing import max_relative_difference
+
+
+def alternated_steps_and_fit(rounds: int, bind_momentum: bool) -> dict:
+    """An MSE train step, an L1 train step and ``ud.fit`` (MSE, two batches, ``mae``) of one model and one SGD
+    optimizer, called in turn ``rounds`` times on the keras backend (with ``bind_momentum``, momentum set for the
+    first time before the last round: every compiled step held it as a constant, so each traces again, once), and
+    the same by hand in plain torch (each step its own loss, fit's epoch mean loss and mae). After each round:
+    ``traces``, each step's ``trace_count``, and ``runs``, the Python runs of Keras's train step (where Keras's
+    step is compiled, one per trace of any graph or jitted function holding it: each step's and fit's);
+    ``weights`` and ``history``, the largest relative difference from torch's."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Linear(6, 5), ud.nn.ReLU(), ud.nn.Linear(5, 3))
+        start = {k: np.array(v) for k, v in model.state_dict().items()}
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        mse, l1 = ud.nn.MSELoss(), ud.nn.L1Loss()
+        steps = [ud.train_step(model, mse, optimizer), ud.train_step(model, l1, optimizer)]
+        history, traces, runs = [], [], []
+        for index in range(rounds):
+            if bind_momentum and index == rounds - 1:
+                optimizer.param_groups[0]["momentum"] = 0.9
+            for step in steps:
+                step(x, y)
+            logs = ud.fit(model, (x, y), loss=mse, optimizer=optimizer, epochs=1, batch_size=4, shuffle=False,
+                          verbose=0, metrics=["mae"]).history
+            history.append([logs["loss"][0], logs["mae"][0]])
+            traces.append([step.trace_count for step in steps])
+            runs.append(model.native.train_step_runs)
+        trained = {k: np.array(v) for k, v in model.state_dict().items()}
+
+    plain = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    plain.load_state_dict({k: torch.tensor(v) for k, v in start.items()})
+    plain_optimizer = torch.optim.SGD(plain.parameters(), lr=0.1)
+    functions = (torch.nn.functional.mse_loss, torch.nn.functional.l1_loss)
+
+    def update(loss_fn, inputs, targets):
+        plain_optimizer.zero_grad()
+        outputs = plain(torch.tensor(inputs))
+        loss = loss_fn(outputs, torch.tensor(targets))
+        loss.backward()
+        plain_optimizer.step()
+        return loss.item(), (outputs - torch.tensor(targets)).abs().mean().item()
+
+    expected = []
+    for index in range(rounds):
+        if bind_momentum and index == rounds - 1:
+            plain_optimizer.param_groups[0]["momentum"] = 0.9
+        for loss_fn in functions:
+            update(loss_fn, x, y)
+        batches = [update(functions[0], x[i:i + 4], y[i:i + 4]) for i in (0, 4)]
+        expected.append(np.mean(batches, axis=0).tolist())
+    weights = max(max_relative_difference(trained[k], v.detach().numpy()) for k, v in plain.state_dict().items())
+    return dict(traces=traces, runs=runs, weights=weights,
+                history=max_relative_difference(np.array(history), np.array(expected)))
+
+
+def test_steps_and_fit_called_in_turn_keep_their_compiles():
+    """Keras's trainer runs a model as last compiled, so each step and ``fit`` switches the model back to its own
+    compile before it trains: each trains with its own loss (the plain torch loop alternating them, 1e-5), and the
+    switch restores the compile with its traced graph: each traced once (Keras-TensorFlow's ``fit`` graph was
+    traced again after every step's compile: [3, 4]). tests/backends/test_keras_jax.py: a third round after an
+    option's first change, on Keras-on-JAX."""
+    result = alternated_steps_and_fit(rounds=2, bind_momentum=False)
+    assert result["weights"] < 1e-5 and result["history"] < 1e-5, result
+    if result["traces"][0] != [None, None]:  # (None: Keras's step not compiled, as on Keras-on-torch: no traces)
+        assert result["traces"] == [[1, 1], [1, 1]] and result["runs"] == [3, 3], result
+
+
+def test_a_loop_making_new_losses_keeps_a_bounded_number_of_compiles():
+    """Each new loss is a new compile of the model; the model keeps its last few besides the one in force
+    (``_Compilations.KEPT``, each holding its loss) and lets the older ones go: a loop that makes a loss per
+    step holds no more than these."""
+    from unidl.backends.keras.backend import _Compilations
+
+    x, y = np.ones((4, 6), np.float32), np.ones((4, 3), np.float32)
+    with ud.use_backend("keras"):
+        model = ud.nn.Linear(6, 3)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        losses = []
+        for _ in range(_Compilations.KEPT + 2):
+            loss = ud.nn.MSELoss()
+            losses.append(weakref.ref(loss))
+            ud.train_step(model, loss, optimizer, eager=True)(x, y)  # (eager: Keras's compile, nothing traced)
+        del loss
+        gc.collect()
+        assert [ref() is not None for ref in losses] == [False] + [True] * (_Compilations.KEPT + 1)
