@@ -188,6 +188,14 @@ def test_bad_data_is_rejected_before_training(backend, rng):
     with pytest.raises(ValueError, match="empty|length 0|no samples"):
         ud.fit(model, (x[:0], np.zeros(0, np.int64)), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer,
                batch_size=5, verbose=0)
+    # validation samples the model cannot take: refused before any batch trains, not after the first epoch, with
+    # metrics (whose layout comes from a validation sample) and without (one eval-mode forward of one)
+    wide = rng.standard_normal((10, 5)).astype(np.float32)
+    for loss, y in ((ud.nn.CrossEntropyLoss(), np.arange(20) % 2), (ud.nn.MSELoss(), np.zeros((20, 2), np.float32))):
+        with pytest.raises(ud.errors.ShapeMismatchError,
+                           match=r"expected input of shape \(N, 4\), received \(1, 5\)"):
+            ud.fit(model, (x, y), loss=loss, optimizer=optimizer, batch_size=5, verbose=0,
+                   validation_data=(wide, y[:10]))
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) for k in before)
 

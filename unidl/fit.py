@@ -20,7 +20,7 @@ from unidl.data import DataLoader, Epoch, TensorDataset
 from unidl.distributed import process_group
 from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
-from unidl.metrics.probe import accumulator_for, output_shape
+from unidl.metrics.probe import accumulator_for, first_sample, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
 from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_same_backend,
@@ -190,6 +190,14 @@ def check_labels(model, loss_fn, loader) -> None:
                          f"ignore_index {loss_fn.ignore_index}; found labels from {low} to {high}")
 
 
+def _check_validation_input(model, validation) -> None:
+    """Before training: one eval-mode forward of one validation sample (remembered, as the metrics' layout
+    does it), so that ``validation_data`` the model cannot take (samples of the wrong width) is refused before
+    any update rather than after the first epoch, with the model's own error on every backend. The sample comes
+    from the loader's workers where it has some (``first_sample``)."""
+    output_shape(model, first_sample(validation)[0])
+
+
 def _check_finite(value: float, epoch: int, step: int, step_finite: bool = True) -> None:
     """``NonFiniteLossError`` naming the epoch and step when the step's loss or a gradient was not finite (the
     backend then skipped its update: the weights are those before the step)."""
@@ -351,6 +359,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     train_metrics = accumulator_for(metrics, model, loader, loss, for_training=True, weighted_metrics=weighted_metrics)
     validation_metrics = (accumulator_for(metrics, model, validation, loss, weighted_metrics=weighted_metrics)
                           if validation is not None else None)
+    if validation is not None and validation_metrics is None:  # (the metrics' layout has checked it already)
+        _check_validation_input(model, validation)
     plain_loss = loss
     if weights is not None:  # the weights travel with the targets, into every backend's compiled step
         x_array, y_array = fit_options.arrays_of(train_data)

@@ -1,6 +1,7 @@
 """DataLoader workers, threads and real processes: the same batches as without workers, failures reported
 with the worker, sample and traceback, timeouts, dead workers, Ctrl-C, and no worker left behind."""
 
+import contextlib
 import errno
 import gc
 import inspect
@@ -542,3 +543,78 @@ def test_segments_of_a_dead_main_process_on_this_host_are_removed_by_the_next_po
         for path in paths.values():
             if os.path.exists(path):
                 os.unlink(path)
+
+
+# ---- fit and evaluate run the dataset's code in the loader's workers only ------------------------------------
+
+class Hung(Exception):
+    """What ``hang_guard`` raises in the main thread."""
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: int):
+    """Raise ``Hung`` in the main thread after ``seconds`` (SIGALRM, which also ends a ``time.sleep`` there): code
+    that would block for minutes fails the test instead of holding up the suite. Generous, not a bound on how
+    long the code may take."""
+    def hung(signum, frame):
+        raise Hung(f"still running after {seconds} s: the main process waited on the dataset's code")
+
+    before = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_fit_reads_the_first_sample_in_a_worker_process_with_its_timeout_and_errors(backend, children_before):
+    """``fit`` learns the batch layout (for its metrics) from a sample made by the loader's own workers, never by
+    running the dataset's ``__getitem__`` in the main process: a sample 0 that hangs is the loader's timeout
+    error (not ten minutes in the main process), one that calls ``os._exit`` is the loader's error naming the
+    worker and its exit code (not the end of the training process), before any training, no worker left."""
+    failures = [(SleepingRows(4, seconds=600), {"timeout": 0.5},
+                 r"did not deliver batch 0 of epoch 0 \(samples \[0\]\) within timeout=0.5 s", None),
+                (ExitingRows(4, index=0, code=3), {},
+                 r"exited unexpectedly with exit code 3 while preparing batch 0 of epoch 0", 3)]
+    model = ud.nn.Linear(3, 4)
+    before = [ud.to_numpy(p).copy() for p in model.parameters()]
+    for dataset, settings, expected, exitcode in failures:
+        loader = DataLoader(dataset, batch_size=2, num_workers=1, worker_type="process", **settings)
+        with hang_guard(60), pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) "
+                                                                  + expected) as caught:
+            ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", verbose=0)
+        assert (caught.value.worker_id, getattr(caught.value, "exitcode", None)) == (0, exitcode)
+        assert loader.state_dict()["position"] == 0  # no batch was taken from the loader
+        assert_no_workers_left(children_before)
+    assert all(np.array_equal(ud.to_numpy(p), b) for p, b in zip(model.parameters(), before))
+
+
+def test_validation_data_and_evaluate_read_the_first_sample_in_a_worker_process(children_before):
+    """The same for ``validation_data`` (refused before training, with or without metrics) and ``evaluate``; and
+    a loader whose first sample is fine gives the layout it gives without workers."""
+    x, y = np.arange(12, dtype=np.float32).reshape(4, 3), np.arange(4)
+    exiting = DataLoader(ExitingRows(4, index=0, code=3), batch_size=2, num_workers=1, worker_type="process")
+    for loss in ("cross_entropy", "mse"):  # metrics probe the layout / no metrics: the model's input is checked
+        model = ud.nn.Linear(3, 4)
+        before = [ud.to_numpy(p).copy() for p in model.parameters()]
+        with hang_guard(60), pytest.raises(DataLoaderError, match=r"exited unexpectedly with exit code 3"):
+            ud.fit(model, (x, y if loss == "cross_entropy" else np.ones((4, 4), np.float32)), batch_size=2,
+                   loss=loss, optimizer="sgd", verbose=0, validation_data=exiting)
+        assert all(np.array_equal(ud.to_numpy(p), b) for p, b in zip(model.parameters(), before))
+    sleeping = DataLoader(SleepingRows(4, seconds=600), batch_size=2, num_workers=1, worker_type="process",
+                          timeout=0.5)
+    with hang_guard(60), pytest.raises(DataLoaderError, match=r"did not deliver batch 0 .*timeout=0.5 s"):
+        ud.evaluate(model, sleeping)
+    assert_no_workers_left(children_before)
+    # a first sample that is fine: the one the first batch starts with, the same with workers as without; persistent
+    # workers make it and stay for the epoch (threads: no start-up cost here)
+    for workers in ({}, {"num_workers": 2, "persistent_workers": True}):
+        loader = DataLoader(Rows(4), batch_size=2, shuffle=True, seed=3, **workers)
+        first = int(loader.batch_sampler.batches(0)[0][0])
+        x0, y0 = loader.first_sample()
+        assert (x0.tolist(), x0.dtype, y0.tolist(), y0.dtype) == (
+            [[3.0 * first, 3.0 * first + 1, 3.0 * first + 2]], np.float32, [first], np.int64)
+        assert loader.state_dict()["position"] == 0  # the loader's position did not move
+        pool = loader._pool
+        assert batches(loader)[0][1][0] == first and loader._pool is pool

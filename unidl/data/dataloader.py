@@ -364,3 +364,47 @@ class DataLoader:
         finally:
             if pool is not None and (outcome == "failed" or outcome != "superseded" and not self.persistent_workers):
                 pool.shutdown(GRACE if outcome == "finished" else GRACE_ON_FAILURE)
+
+    def first_sample(self) -> tuple[np.ndarray, ...]:
+        """The first sample of the batch at the loader's position (``state_dict()``; a fresh loader: the first
+        batch of epoch 0) as a batch of one, NumPy arrays with ``collate_fn`` applied, made where the loader
+        makes that batch: in one of its workers when ``num_workers > 0``, with the batch's RNG seeding, under
+        the loader's ``timeout`` and with its ``DataLoaderError`` for a sample that raises, hangs or ends its
+        worker process. ``fit`` and ``evaluate`` learn the batch layout (shapes, dtypes) from it before
+        training, so that the dataset's code never runs in the main process of a loader with workers. The
+        loader's position does not move.
+
+        Persistent workers make it (started here if they are not running yet, then kept for the epochs that
+        follow), unless an iteration is in progress on them; otherwise one worker of the loader's kind starts
+        for this sample alone and stops after it.
+        """
+        state = self.state_dict()
+        epoch, batch = state["epoch"], min(state["position"], len(self) - 1)
+        indices = self.batch_sampler.batches(epoch, batch)[0][:1]
+        seed = self.seed
+        if not self.num_workers:
+            with worker.batch_rngs(None if isinstance(self.dataset, TensorDataset) else (seed, epoch, batch)):
+                arrays = worker.fetch(self.dataset, self.collate_fn, indices)
+            return tuple(np.asarray(to_numpy(array)) for array in arrays)
+        running = self._pool is not None and not self._pool.closed
+        in_progress = running and self._started and self._position < len(self)  # that iteration owns them
+        persistent = self.persistent_workers and not in_progress
+        if persistent and running:
+            pool = self._pool
+        else:
+            pool = WorkerPool(self.worker_type, self.num_workers if persistent else 1, self.dataset,
+                              self.collate_fn, self.worker_init_fn, self.multiprocessing_context, seed, epoch)
+        context = contextvars.copy_context() if self.worker_type == "thread" else None
+        try:
+            if pool is not self._pool:
+                pool.start()
+                if persistent:
+                    self._pool = pool
+                    weakref.finalize(self, in_finalizer, pool.shutdown, GRACE_ON_FAILURE)
+            [arrays] = list(pool.deliver([indices], batch, seed, epoch, self.timeout, 1, context))
+        except BaseException:
+            pool.shutdown(GRACE_ON_FAILURE)
+            raise
+        if not persistent:
+            pool.shutdown(GRACE)
+        return tuple(np.asarray(array) for array in arrays)
