@@ -5,6 +5,11 @@ each backend in turn loads it and prints ``RATIO <backend> <x>``: the growth of 
 size during ``ud.load`` divided by the file size. The peak is Linux's ``VmHWM``, reset before each load
 (``/proc/self/clear_refs``), after the previous model is freed and free heap memory returned
 (``malloc_trim``), so that one process measures every backend as a fresh one would.
+
+Then, on the same backend, it loads a file of a few KiB whose config asks for 1.6 GB of weights and prints
+``CRAFTED <backend> <peak growth in MiB> <seconds> <outcome>``: ``refused`` for the StateDictError that says
+nothing was built, else the error's class (or ``loaded``). Resident memory counts what the framework allocates
+natively (torch, TensorFlow, XLA buffers), which ``tracemalloc`` in the test process cannot see.
 """
 
 import argparse
@@ -12,8 +17,11 @@ import ctypes
 import gc
 import os
 import tempfile
+import time
 
 import unidl as ud
+from unidl.io.safetensors import save_file
+from unidl.serialization import encode_metadata, model_metadata
 
 
 @ud.register_model
@@ -58,6 +66,28 @@ def peak_growth_of_load(path: str) -> float:
     return growth * 2**20 / os.path.getsize(path)
 
 
+def peak_growth_of_crafted_load(path: str) -> tuple[float, float, str]:
+    """(peak resident growth in MiB, seconds, outcome) of ``ud.load`` of a small file whose TwoLayerNet config
+    claims 20000 x 20000 weights (1.6 GB of float32), written to ``path``."""
+    small = ud.models.TwoLayerNet(3, 4, 2)
+    metadata = model_metadata(small)
+    metadata["config"] = {"D_in": 20000, "H": 20000, "D_out": 10}
+    save_file(small.state_dict(), path, encode_metadata(metadata))
+    del small
+    _settle()
+    before = _status_mib("VmRSS")
+    started = time.perf_counter()
+    try:
+        ud.load(path)
+        outcome = "loaded"
+    except ud.StateDictError as error:
+        outcome = "refused" if "nothing was built" in str(error) else type(error).__name__
+    except Exception as error:  # reported, for the test to name, rather than a traceback
+        outcome = type(error).__name__
+    elapsed = time.perf_counter() - started
+    return _status_mib("VmHWM") - before, elapsed, outcome
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("path")
@@ -70,6 +100,8 @@ def main():
     for backend in args.backends:
         ud.set_backend(backend)
         print(f"RATIO {backend} {peak_growth_of_load(args.path):.3f}", flush=True)
+        growth, elapsed, outcome = peak_growth_of_crafted_load(args.path + ".crafted")
+        print(f"CRAFTED {backend} {growth:.1f} {elapsed:.3f} {outcome}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``
 (or ``BACKEND DIR OUT --then DIR2 OUT2``: the resume, then the same job from scratch in DIR2, in one interpreter).
 
-Trains the CNN (with dropout on its logits) on digits with ``ud.fit``, a StepLR schedule and a step-wise ``Checkpoint``; with KILL_AT it kills itself
-with SIGKILL right after that global step (mid-epoch), without any chance to clean up. Run again
-without KILL_AT it resumes from the checkpoint directory and writes the final weights and History to OUT (.npz).
+Trains the CNN (with dropout on its logits) on digits with ``ud.fit``, a StepLR schedule and a step-wise
+``Checkpoint``; with KILL_AT (a step the Checkpoint saves at) it kills itself with SIGKILL half-way through
+writing that step's checkpoint, without any chance to clean up. Run again without KILL_AT it resumes from the
+checkpoint directory and writes the final weights and History to OUT (.npz).
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -13,15 +15,41 @@ import sys
 import numpy as np
 
 import unidl as ud
+from unidl.io import safetensors
+
+
+class _DiesAfterFirstTensor:
+    """A file handle that writes the header and the first tensor, puts them on disk, then dies by SIGKILL."""
+
+    def __init__(self, handle):
+        self.handle, self.writes = handle, 0
+
+    def write(self, data):
+        self.handle.write(data)
+        self.writes += 1
+        if self.writes == 2:
+            self.handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class KillAt(ud.callbacks.Callback):
+    """Makes the next file write (the ``Checkpoint`` callback's at global step ``step``: fit runs Checkpoint
+    after every other callback) die half-way through its tensors: ``ud.save_checkpoint``'s own code runs
+    unchanged up to the kill, only the file handle it writes to is wrapped."""
+
     def __init__(self, step):
         self.step = step
 
     def on_batch_end(self, batch, logs=None):
         if self.trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            atomic_open = safetensors.atomic_open
+
+            @contextlib.contextmanager
+            def dies_mid_write(path):
+                with atomic_open(path) as handle:
+                    yield _DiesAfterFirstTensor(handle)
+
+            safetensors.atomic_open = dies_mid_write
 
 
 def main(backend, directory, out, kill_at=None):

@@ -26,11 +26,26 @@ def _setup(seed):
     return model, optimizer, loader
 
 
-def _snapshot(model, optimizer, loader):
+def _schedule_and_callbacks(model, optimizer, epochs, best):
+    """A StepLR stepped ``epochs`` times and an EarlyStopping whose best ``loss`` is ``best`` (epoch 0), with
+    best weights kept: the scheduler and callback state a checkpoint carries."""
+    scheduler = ud.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    for _ in range(epochs):
+        scheduler.step()
+    stopping = ud.callbacks.EarlyStopping(monitor="loss", patience=3, restore_best_weights=True)
+    stopping.load_state_dict({"best": best, "best_epoch": 0, "wait": epochs, "stopped_epoch": None})
+    stopping.load_state_weights({key: value + best for key, value in model.state_dict().items()})
+    return scheduler, [stopping]
+
+
+def _snapshot(model, optimizer, loader, scheduler=None, callbacks=()):
     """Everything a load may change, as plain data."""
     state = optimizer.state_dict()
     return {"model": model.state_dict(), "slots": state["slots"], "step": state["step"], "lr": state["lr"],
-            "rng": unidl_random.get_rng_state(), "loader": loader.state_dict()}
+            "rng": unidl_random.get_rng_state(), "loader": loader.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "callbacks": [callback.state_dict() for callback in callbacks],
+            "callback_weights": [callback.state_weights() for callback in callbacks]}
 
 
 def _assert_same(a, b):
@@ -41,6 +56,11 @@ def _assert_same(a, b):
         for name in slots_a:
             np.testing.assert_array_equal(slots_a[name], slots_b[name])
     assert (a["step"], a["lr"], a["rng"], a["loader"]) == (b["step"], b["lr"], b["rng"], b["loader"])
+    assert (a["scheduler"], a["callbacks"]) == (b["scheduler"], b["callbacks"])
+    for weights_a, weights_b in zip(a["callback_weights"], b["callback_weights"], strict=True):
+        assert weights_a.keys() == weights_b.keys()
+        for key in weights_a:
+            np.testing.assert_array_equal(weights_a[key], weights_b[key])
 
 
 def _rewrite_metadata(path, change):
@@ -65,22 +85,33 @@ BAD_STATES = {
     "RNG seed too large": (lambda m: m["rng"].update(seed=2**64), "seed"),
     "bad optimizer step": (lambda m: m["optimizer"].update(step=-1), "step"),
     "other optimizer class": (lambda m: m["optimizer"].update({"class": "Adam"}), "Adam"),
+    # checked after the RNG, loader and optimizer states, each of which would load if nothing checked these
+    "negative scheduler epoch": (lambda m: m["scheduler"]["state"].update(last_epoch=-1), "last_epoch"),
+    "other scheduler class": (lambda m: m["scheduler"].update({"class": "ExponentialLR"}), "ExponentialLR"),
+    "string callback wait": (lambda m: m["callbacks"]["EarlyStopping#0"].update(wait="2"), "EarlyStopping.*wait"),
+    "callback key missing": (lambda m: m["callbacks"]["EarlyStopping#0"].pop("best"), "EarlyStopping.*keys"),
 }
 
 
 def test_state_that_does_not_fit_changes_nothing(tmp_path, backend):
     model, optimizer, loader = _setup(0)
-    source = ud.save_checkpoint(tmp_path / "source", model, optimizer, loader=loader, epoch=1, step=3)
+    scheduler, callbacks = _schedule_and_callbacks(model, optimizer, epochs=2, best=0.5)
+    source = ud.save_checkpoint(tmp_path / "source", model, optimizer, loader=loader, epoch=1, step=3,
+                                scheduler=scheduler, callbacks=callbacks)
     model, optimizer, loader = _setup(1)
+    scheduler, callbacks = _schedule_and_callbacks(model, optimizer, epochs=1, best=0.9)
     unidl_random.generator().standard_normal(3)
-    before = _snapshot(model, optimizer, loader)
+    before = _snapshot(model, optimizer, loader, scheduler, callbacks)
     for name, (change, message) in BAD_STATES.items():
         path = tmp_path / f"{name}.safetensors"
         path.write_bytes(open(source, "rb").read())
         _rewrite_metadata(path, change)
         with pytest.raises(StateDictError, match=message):
-            ud.load_checkpoint(path, model, optimizer, loader)
-        _assert_same(_snapshot(model, optimizer, loader), before)
+            ud.load_checkpoint(path, model, optimizer, loader, scheduler=scheduler, callbacks=callbacks)
+        _assert_same(_snapshot(model, optimizer, loader, scheduler, callbacks), before)
+    # the intact file loads all of it: each state above differed from the source's
+    ud.load_checkpoint(source, model, optimizer, loader, scheduler=scheduler, callbacks=callbacks)
+    assert scheduler.state_dict()["last_epoch"] == 2 and callbacks[0].state_dict()["best"] == 0.5
 
 
 def test_a_tensor_of_the_wrong_dtype_changes_nothing(tmp_path, backend):
@@ -94,6 +125,44 @@ def test_a_tensor_of_the_wrong_dtype_changes_nothing(tmp_path, backend):
     with pytest.raises(StateDictError, match="linear2.bias: expected a floating-point tensor, found dtype I32"):
         ud.load_checkpoint(path, *target[:2], target[2])
     _assert_same(_snapshot(*target), before)
+
+
+def _slots_mismatch(state):
+    state["slots"][-1]["momentum_buffer"] = np.zeros(5, np.float32)
+
+
+def _slots_of_text(state):
+    state["slots"][-1]["momentum_buffer"] = np.full(state["slots"][-1]["momentum_buffer"].shape, "x")
+
+
+BAD_OPTIMIZER_STATES = {  # each applied to a state whose step, lr and other slots differ from the optimizer's
+    "last slot of another shape": (_slots_mismatch, r"slot 'momentum_buffer' of parameter 3: expected shape \(2,\)"),
+    "last slot of text": (_slots_of_text, "expected numbers, found dtype <U1"),
+    "missing slot": (lambda state: state["slots"][-1].clear(), r"entry 3 has slots \[\], expected \['momentum_buffer"),
+    "one entry short": (lambda state: state["slots"].pop(), "has 3 parameter entries, expected 4"),
+    "negative lr": (lambda state: state.update(lr=-0.1), "lr"),
+    "negative step": (lambda state: state.update(step=-2), "step must be a non-negative integer"),
+    "other class": (lambda state: state.update({"class": "Adam"}), "cannot load Adam state into SGD"),
+}
+
+
+def test_optimizer_state_that_does_not_fit_changes_nothing(backend):
+    """``Optimizer.load_state_dict`` checks the whole state before it writes any slot, the step or the lr."""
+    model, optimizer, loader = _setup(0)
+    source = optimizer.state_dict()
+    source.update(lr=0.2, step=source["step"] + 4,
+                  slots=[{name: value + 1 for name, value in entry.items()} for entry in source["slots"]])
+    before = _snapshot(model, optimizer, loader)
+    for name, (change, message) in BAD_OPTIMIZER_STATES.items():
+        state = {**source, "slots": [dict(entry) for entry in source["slots"]]}
+        change(state)
+        with pytest.raises(CheckpointStateError, match=message):
+            optimizer.load_state_dict(state)
+        _assert_same(_snapshot(model, optimizer, loader), before)
+    optimizer.load_state_dict(source)  # the intact state loads: each one above differed from the optimizer's
+    loaded = optimizer.state_dict()
+    assert (loaded["step"], loaded["lr"]) == (source["step"], 0.2)
+    np.testing.assert_array_equal(loaded["slots"][0]["momentum_buffer"], source["slots"][0]["momentum_buffer"])
 
 
 def _flip(path, offset):
@@ -230,7 +299,7 @@ def test_weights_file_flips_are_detected_or_harmless(tmp_path, backend):
 
 
 @pytest.mark.parametrize("damage", ["not JSON", "truncated", "data byte flipped", "empty"])
-def test_malformed_weights_file_names_the_file(tmp_path, damage):
+def test_malformed_weights_file_names_the_file(tmp_path, backend, damage):
     path = tmp_path / "net.safetensors"
     ud.save(ud.models.TwoLayerNet(3, 4, 2), path)
     data = path.read_bytes()

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import tracemalloc
 
 import pytest
@@ -18,6 +17,8 @@ from unidl.serialization import encode_metadata, model_metadata
 
 
 def test_crafted_config_is_refused_before_the_model_is_built(tmp_path, backend):
+    """The error and an unmoved generator; the memory and time it takes (resident memory, which counts the
+    frameworks' native allocations) are measured in test_peak_memory_of_ud_load_is_about_the_file_size."""
     small = ud.models.TwoLayerNet(3, 4, 2)
     metadata = model_metadata(small)
     metadata["config"] = {"D_in": 20000, "H": 20000, "D_out": 10}  # 1.6 GB of float32 weights
@@ -25,17 +26,9 @@ def test_crafted_config_is_refused_before_the_model_is_built(tmp_path, backend):
     save_file(small.state_dict(), path, encode_metadata(metadata))
     assert os.path.getsize(path) < 4096
     state_before = ud.random.get_rng_state()
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        with pytest.raises(StateDictError, match=r"nothing was built: linear1.weight: config gives shape "
-                                                 r"\(20000, 20000\), file stores \(4, 3\)"):
-            ud.load(path)
-        elapsed = time.perf_counter() - started
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert elapsed < 1.0 and peak < 20 * 2**20, (elapsed, peak)
+    with pytest.raises(StateDictError, match=r"nothing was built: linear1.weight: config gives shape "
+                                             r"\(20000, 20000\), file stores \(4, 3\)"):
+        ud.load(path)
     assert ud.random.get_rng_state() == state_before  # learning the shapes draws nothing
 
 
@@ -65,7 +58,11 @@ def test_peak_memory_of_ud_load_is_about_the_file_size(tmp_path):
     """Resident memory while loading a 64 MiB file of 4 MiB tensors, measured in one fresh process on every
     installed backend (the peak reset between them): the model (1x) and about one tensor at a time. Before
     tensors were read into aligned buffers that TensorFlow, Keras and JAX adopt as the variables' memory,
-    TensorFlow reached 1.31x (its NumPy conversion copies twice), Keras 1.24x and JAX 1.69x."""
+    TensorFlow reached 1.31x (its NumPy conversion copies twice), Keras 1.24x and JAX 1.69x.
+
+    In the same process, a file of a few KiB whose config claims 1.6 GB of weights is refused within 20 MiB of
+    peak resident growth, the frameworks' native memory included, and 1 s (measured: under 1 MiB and 10 ms;
+    building the model instead took 1.5 GB and 2.4 s on torch)."""
     names = [name for name in ("torch", "tensorflow", "keras", "jax") if name in ud.available_backends()]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     loaded = subprocess.run([sys.executable, JOB, str(tmp_path / "stack.safetensors"), *names], cwd=ROOT, env=env,
@@ -75,6 +72,10 @@ def test_peak_memory_of_ud_load_is_about_the_file_size(tmp_path):
               if line.startswith("RATIO ")}
     assert set(ratios) == set(names), loaded.stdout
     assert all(ratio < 1.2 for ratio in ratios.values()), ratios
+    crafted = {line.split()[1]: line.split()[2:] for line in loaded.stdout.splitlines() if line.startswith("CRAFTED ")}
+    assert set(crafted) == set(names), loaded.stdout
+    for name, (growth_mib, seconds, outcome) in crafted.items():
+        assert outcome == "refused" and float(growth_mib) < 20 and float(seconds) < 1.0, (name, crafted)
 
 
 def test_planted_config_never_imports_or_runs_anything(tmp_path):

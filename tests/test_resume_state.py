@@ -39,13 +39,15 @@ class CrashAtEpochEnd(ud.callbacks.Callback):
 
 
 def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=None, every_steps=None,
-         optimizer="SGD", betas=(0.9, 0.999), eager=False, metrics=None, built=None, crash_at_end=None):
+         optimizer="SGD", betas=(0.9, 0.999), eager=False, metrics=None, built=None, crash_at_end=None, model=None):
+    """``model``: a function building the model (default: ``TwoLayerNet(3, 8, 1)``). ``built`` gets the model
+    and the optimizer before ``fit`` runs."""
     ud.manual_seed(0)
-    model = ud.models.TwoLayerNet(3, 8, 1)
-    if built is not None:
-        built.append(model)
+    model = model() if model is not None else ud.models.TwoLayerNet(3, 8, 1)
     optimizer = (ud.optim.SGD(model.parameters(), lr=lr, momentum=0.5) if optimizer == "SGD"
                  else ud.optim.Adam(model.parameters(), lr=lr, betas=betas))
+    if built is not None:
+        built.extend((model, optimizer))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 3)).astype(np.float32)
     y = (x.sum(axis=1, keepdims=True) * 0.1).astype(np.float32)
@@ -185,12 +187,37 @@ def test_a_new_lr_wins_with_a_warning_and_new_betas_too(tmp_path, backend):
         _run(tmp_path / "run", 3, optimizer="Adam", lr=0.02, betas=(0.8, 0.9), resume_from="auto")
 
 
-def test_a_changed_loss_or_optimizer_class_is_refused_before_anything_changes(tmp_path, backend):
+def _wider():
+    return ud.models.TwoLayerNet(3, 5, 1)
+
+
+def _sequential():
+    return ud.nn.Sequential(ud.nn.Linear(3, 8), ud.nn.ReLU(), ud.nn.Linear(8, 1))
+
+
+def test_a_changed_loss_model_or_optimizer_class_is_refused_before_anything_changes(tmp_path, backend):
     _run(tmp_path / "run", 1)
+    files = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()}
     with pytest.raises(ResumeMismatchError, match="loss MSELoss; this run passes L1Loss"):
         _run(tmp_path / "run", 2, loss=ud.nn.L1Loss(), resume_from="auto")
     with pytest.raises(ValueError, match="SGD state, which cannot load into Adam"):
         _run(tmp_path / "run", 2, optimizer="Adam", resume_from="auto")
+    # a model of another architecture, through an explicit resume_from: every mismatch named, nothing loaded
+    for build, message in ((_sequential, r"into Sequential: missing keys: 0.weight .* unexpected keys: linear1.weight"),
+                           (_wider, r"into TwoLayerNet: shape mismatches: linear1.weight: expected shape \(5, 3\), "
+                                    r"found \(8, 3\)")):
+        built = []
+        with pytest.raises(ud.StateDictError, match=message):
+            _run(tmp_path / "run", 2, resume_from=tmp_path / "run", model=build, built=built)
+        model, optimizer = built
+        ud.manual_seed(0)
+        initial = build().state_dict()  # the weights _run builds, before any load
+        for key, value in model.state_dict().items():
+            assert np.array_equal(value, initial[key]), f"{key} changed although the resume was refused"
+        state = optimizer.state_dict()
+        assert state["step"] == 0 and state["lr"] == 0.8
+        assert all(not value.any() for entry in state["slots"] for value in entry.values())
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()} == files
 
 
 def test_resuming_mid_epoch_with_other_metrics_is_refused_before_anything_changes(tmp_path, backend):

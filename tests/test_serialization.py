@@ -93,15 +93,29 @@ class _WritesMarker:
 
 
 @pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
-def test_planted_pickle_is_refused_and_never_run(tmp_path, protocol):
+def test_planted_pickle_is_refused_and_never_run(tmp_path, backend, protocol):
+    """Through every reader (``ud.load``, ``ud.load_weights``, ``ud.load_checkpoint`` of the file and of a
+    directory holding it under a checkpoint's name): refused with an error naming the file, the model unchanged."""
     marker = tmp_path / "marker"
+    payload = pickle.dumps({"linear1.weight": _WritesMarker(marker)}, protocol=protocol)
     path = tmp_path / "model.pt"
-    path.write_bytes(pickle.dumps({"linear1.weight": _WritesMarker(marker)}, protocol=protocol))
-    with pytest.raises((ud.UnsafeFormatError, ud.CorruptFileError), match="allow_pickle=True"):
+    path.write_bytes(payload)
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    before = model.state_dict()
+    with pytest.raises((ud.UnsafeFormatError, ud.CorruptFileError), match="model.pt.*allow_pickle=True"):
         ud.load(path)
-    with pytest.raises((ud.UnsafeFormatError, ud.CorruptFileError), match="allow_pickle=True"):
-        ud.load_weights(ud.models.TwoLayerNet(3, 4, 2), path)
+    with pytest.raises((ud.UnsafeFormatError, ud.CorruptFileError), match="model.pt.*allow_pickle=True"):
+        ud.load_weights(model, path)
+    with pytest.raises(ud.CorruptFileError, match="model.pt"):
+        ud.load_checkpoint(path, model)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint-0001-0000001.safetensors").write_bytes(payload)
+    with pytest.warns(RuntimeWarning, match="skipping corrupt checkpoint .*checkpoint-0001-0000001"):
+        with pytest.raises(ud.CorruptFileError, match="no readable checkpoint in .*run"):
+            ud.load_checkpoint(tmp_path / "run", model)
     assert not marker.exists()
+    for key, value in before.items():
+        np.testing.assert_array_equal(model.state_dict()[key], value)
 
 
 def test_damaged_torch_zip_file_is_refused(tmp_path):

@@ -68,9 +68,10 @@ def test_state_dict_round_trip_across_backends(rng):
                 assert np.array_equal(value, state[key])
 
 
-def test_load_state_dict_reports_every_problem(backend):
+def test_load_state_dict_reports_every_problem_and_changes_nothing(backend):
     net = Net()
-    state = net.state_dict()
+    before = net.state_dict()
+    state = {key: value + 1 for key, value in before.items()}  # the entries that fit would change the weights
     del state["head.weight"]
     state["body.0.bias"] = np.zeros(5, np.float32)
     state["extra.weight"] = np.zeros((1, 1), np.float32)
@@ -80,6 +81,8 @@ def test_load_state_dict_reports_every_problem(backend):
     assert "body.0.bias: expected shape (3,), found (5,)" in message
     assert "missing keys: head.weight (expected shape (2, 3))" in message
     assert "unexpected keys: extra.weight (shape (1, 1))" in message
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=f"{key} changed although the load was refused")
 
 
 def test_non_strict_load_returns_missing_and_unexpected(backend):
