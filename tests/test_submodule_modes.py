@@ -111,3 +111,43 @@ def test_a_train_step_follows_the_mode_of_a_loss_module_outside_the_model(backen
     # one trace per new mode, none when one comes back (Keras's trainer compiles for one set of modes: the step
     # switches back to that mode's compile, traced already); None where the step runs eagerly (torch)
     assert traces in ([1, 2, 2], [None] * 3), traces
+
+
+class _Doubling(ud.nn.Module):
+    """Twice its input in training mode, its input in eval mode (a mode a step's graph bakes in)."""
+
+    def forward(self, x):
+        return x * 2.0 if self.training else x
+
+
+class _WithOutside(ud.nn.Module):
+    """Net, whose output goes through a module it holds outside its tree (a plain attribute, not a submodule)."""
+
+    def __init__(self, outside):
+        super().__init__()
+        self.net = Net()
+        self.__dict__["outside"] = outside
+
+    def forward(self, x):
+        return self.outside(self.net(x))
+
+
+def test_a_train_step_follows_the_mode_of_a_module_the_forward_holds_outside_the_model(backend):
+    """A module the forward calls outside the model's tree (and the loss's) keys the compiled step too, on every
+    backend and on Keras's own trainer (whose compile key held only the model's and the loss's modes: the step
+    kept doubling after ``outside.eval()``): the first trace finds it, the second call reuses that trace, eval()
+    traces once more, and train() goes back to the first graph."""
+    outside = _Doubling()
+    model = _WithOutside(outside)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.0))  # lr 0: weights stay
+    expected = {}
+    for mode in (True, False):
+        outside.train(mode)
+        expected[mode] = float(np.mean((ud.to_numpy(model(ud.tensor(X))) - Y) ** 2))
+    assert expected[True] > expected[False] + 1e-3
+    traces = []
+    for mode in (True, True, False, True):
+        outside.train(mode)
+        assert abs(float(step(X, Y)) - expected[mode]) < 1e-5 * expected[mode], (mode, expected)
+        traces.append(step.trace_count)
+    assert traces in ([1, 1, 2, 2], [None] * 4), traces

@@ -14,7 +14,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import keep_train_function_current
 from unidl.nn.module import is_trainable, restore_modes
-from unidl.tracing import python_randomness_preserved, python_randomness_state
+from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
 
 
 class NativeModel(keras.Model):
@@ -57,8 +57,11 @@ class NativeModel(keras.Model):
         object.__setattr__(self, "train_step_runs", self.train_step_runs + 1)
         # in a data-parallel job whose engine wraps the forward (Keras-on-torch: DistributedDataParallel), Keras's
         # own step with its forward through that wrapper, so that its loss.backward() averages the gradients
-        with keras_distributed.forward_through_engine(self), _gradients_of_used_variables(self, args):
-            return super().train_step(*args, **kwargs)
+        with recording_module_calls() as reached, keras_distributed.forward_through_engine(self), \
+                _gradients_of_used_variables(self, args):
+            result = super().train_step(*args, **kwargs)
+        _note_modules_reached(self, reached)
+        return result
 
     def make_train_function(self, force=False):
         with _step_function_of_its_own(self, "train_step"):
@@ -79,6 +82,42 @@ class NativeModel(keras.Model):
             return module(*inputs)
         finally:
             restore_modes(modes)
+
+
+def reached_modes(native) -> tuple:
+    """The ``training`` flags of the modules outside the model's and its loss's trees that Keras's train step of
+    ``native`` has reached (called, or read the flag of: a module the forward holds in a plain attribute, a second
+    model called in the forward), in the order first met: a compiled step bakes in their modes too, so the keras
+    backend's compile key ends with them (``Backend.compile``) and a train step is built again when one changes, as
+    ``ud.function``'s graphs are (``unidl.tracing.ModesReached``). ``()`` for most models."""
+    reached = native.__dict__.get("_unidl_reached")
+    return tuple(module.training for module in reached) if reached else ()
+
+
+def _note_modules_reached(native, reached) -> None:
+    """After a run of Keras's train step (while it is traced, where Keras compiles it): note the modules it reached
+    outside the model's and the loss's trees (``reached_modes``), and file the compile in force under its key with
+    their modes, so that the next call finds the step it just traced (not a compile of another key)."""
+    seen = native.__dict__.get("_unidl_seen_modules")
+    if seen is None:
+        seen = set()
+        object.__setattr__(native, "_unidl_seen_modules", seen)
+    new = [module for key, module in reached.items() if key not in seen]
+    if not new:
+        return
+    inside = {id(m) for m in native._unidl_module.modules()}
+    loss = getattr(getattr(native, "loss", None), "_unidl_loss", None)
+    if hasattr(loss, "modules"):
+        inside.update(id(m) for m in loss.modules())
+    outside = [module for module in new if id(module) not in inside]
+    seen.update(id(module) for module in new if id(module) in inside)
+    if not outside:
+        return
+    seen.update(id(module) for module in outside)
+    object.__setattr__(native, "_unidl_reached", (*native.__dict__.get("_unidl_reached", ()), *outside))
+    compiled = native.__dict__.get("_unidl_compiled")
+    if compiled is not None:
+        object.__setattr__(native, "_unidl_compiled", (*compiled[:-1], reached_modes(native)))
 
 
 @contextlib.contextmanager
