@@ -99,3 +99,25 @@ def test_a_loop_making_new_losses_keeps_a_bounded_number_of_compiles():
         del loss
         gc.collect()
         assert [ref() is not None for ref in losses] == [False] + [True] * (_Compilations.KEPT + 1)
+
+
+def test_the_graphs_of_compiles_let_go_die():
+    """A loop of ``ud.fit`` calls, each with a new loss (a new compile, its train step traced anew), holds the
+    traced graphs of the compiles the model keeps only: those of the compiles it let go die with them. Keras's
+    TensorFlow optimizer summed the gradients over the one replica through a ``tf.custom_gradient``, which left
+    each traced graph in TensorFlow's global gradient registry for good (1.4 MB a call for a two-layer net)."""
+    from unidl.backends.keras.backend import _Compilations
+
+    x, y = np.ones((4, 6), np.float32), np.ones((4, 3), np.float32)
+    with ud.use_backend("keras"):
+        model = ud.nn.Linear(6, 3)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        traced = []  # per call, its compile's traced graphs (``tf.Graph``s), weakly
+        for _ in range(_Compilations.KEPT + 3):
+            ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, batch_size=4, epochs=1, verbose=0)
+            step = model.native._unidl_fit_graph[1]  # (Keras-on-TensorFlow: unidl's graph of Keras's train step)
+            traced.append([weakref.ref(concrete.graph) for concrete in step.concrete_functions])
+        gc.collect()
+        assert all(len(graphs) == 1 for graphs in traced)
+        alive = [graphs[0]() is not None for graphs in traced]
+        assert alive == [False, False] + [True] * (_Compilations.KEPT + 1)

@@ -245,6 +245,19 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         for grad, variable in zip(grads, trainable_variables):
             self.update_step(grad, variable.value if isinstance(variable, keras.Variable) else variable, learning_rate)
 
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        """Keras-on-TensorFlow's sum of the gradients over the replicas of a ``tf.distribute`` strategy, skipped
+        where none is in force (one replica: the sum is the gradients themselves). There Keras's default replica
+        context sums them through a ``tf.custom_gradient``, which in a graph being traced registers its gradient
+        function in TensorFlow's global gradient registry, never unregistered, and that function holds the
+        graph's tensors: every traced train step (one per compile: a new loss, metrics, precision) would stay
+        alive with all its nested graphs (about 1.4 MB for a small net)."""
+        import tensorflow as tf  # (called by Keras's TensorFlow optimizer only)
+
+        if not tf.distribute.has_strategy():
+            return list(grads_and_vars)
+        return super()._all_reduce_sum_gradients(grads_and_vars)
+
     def _apply_selected(self, grads, variables, finite, accumulate):
         """The guarded (and accumulating) update without a conditional: computed always, then each variable
         set to its new or its old value (``where``), as a functional framework (JAX) requires."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -191,6 +192,46 @@ def _exact_shapes(key) -> bool:
     return any(isinstance(entry, tuple) for entry, _ in key)
 
 
+# the names in TensorFlow's gradient registry that a live traced graph registered (``gradients_registered_for_life``)
+_CLAIMED_GRADIENTS: set = set()
+
+
+class gradients_registered_for_life:  # noqa: N801  (a context manager, like contextlib's)
+    """The gradient functions TensorFlow registers while a graph is traced, kept only as long as the graph.
+
+    A ``tf.custom_gradient`` run while a graph is traced (``ud.custom_gradient``, the tie-splitting gradient of
+    ``ud.ops.maximum``, Keras's own) registers its gradient function in TensorFlow's global gradient registry
+    under a new name (``CustomGradient-<n>``), for ``tf.gradients`` of that graph, and nothing ever removes it:
+    the function's closure holds the graph's tensors, so every such traced graph stayed alive with its nested
+    graphs for the rest of the process (a program tracing new graphs, such as ``fit`` with a new loss each call,
+    grew without bound). The names registered while the block traces (less those a graph traced inside it claimed
+    for itself) are removed when the traced function (``last_as_long_as``) is freed, when nothing can
+    differentiate through it any more."""
+
+    def __enter__(self):
+        from tensorflow.python.framework import ops as tf_ops
+
+        self._registry = tf_ops._gradient_registry._registry  # (TensorFlow's: no public way to unregister)
+        self._before = set(self._registry)
+        return self
+
+    def __exit__(self, *exc_info):
+        self.names = set(self._registry) - self._before - _CLAIMED_GRADIENTS
+        if exc_info[0] is not None:  # no graph to keep them for
+            _unregister(self._registry, self.names)
+
+    def last_as_long_as(self, traced) -> None:
+        if self.names:
+            _CLAIMED_GRADIENTS.update(self.names)
+            weakref.finalize(traced, _unregister, self._registry, self.names)
+
+
+def _unregister(registry, names) -> None:
+    for name in names:
+        registry.pop(name, None)
+        _CLAIMED_GRADIENTS.discard(name)
+
+
 class GraphFunction:
     """``fn`` as a static graph: traced once per (rank, dtype) signature, then run without Python; traced again,
     once, after an optimizer whose rule they ran first changes an option (``ConstantOptions``: they hold it as a
@@ -233,7 +274,9 @@ class GraphFunction:
                                 self._device or "the default device", "tensorflow graph")
         try:
             try:
-                graph = compiled.get_concrete_function()
+                with gradients_registered_for_life() as registered:
+                    graph = compiled.get_concrete_function()
+                registered.last_as_long_as(graph)
             except Exception as error:
                 raised = _raised_by_unidl(error)
                 if raised is None:
