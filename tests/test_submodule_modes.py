@@ -151,3 +151,29 @@ def test_a_train_step_follows_the_mode_of_a_module_the_forward_holds_outside_the
         assert abs(float(step(X, Y)) - expected[mode]) < 1e-5 * expected[mode], (mode, expected)
         traces.append(step.trace_count)
     assert traces in ([1, 1, 2, 2], [None] * 4), traces
+
+
+class _CallingAnother(ud.nn.Module):
+    """A loss that calls another loss module it holds outside its tree (a plain attribute)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.__dict__["inner"] = inner
+
+    def forward(self, outputs, targets):
+        return self.inner(outputs, targets) * 1.0
+
+
+def test_a_loss_module_of_one_step_reached_by_another_steps_loss_keys_that_step(backend):
+    """Two steps over one model: the first's loss module is inside its own step's trees, and outside the second's
+    (whose loss calls it). After both ran, ``eval()`` of the first loss changes the second step's loss too (Keras's
+    trainer counted the module as inside for good once the first step had seen it: the second step kept it in
+    training mode)."""
+    model, inner = Net(), _PenalisedMSE()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.0)
+    first, second = (ud.train_step(model, loss, optimizer) for loss in (inner, _CallingAnother(inner)))
+    first(X, Y)
+    second(X, Y)
+    inner.eval()
+    expected = float(inner(model(ud.tensor(X)), ud.tensor(Y)))
+    assert abs(float(second(X, Y)) - expected) < 1e-5 * expected

@@ -262,6 +262,8 @@ class Backend(BackendInterface):
                     object.__setattr__(native, "_unidl_fit_graph", None)  # graphs over this compile's trackers
                     object.__setattr__(native, "_unidl_step_graph", None)
                     object.__setattr__(native, "_unidl_options", ConstantOptions(optimizer))  # (options: constants)
+                    # the modules its traces reach: inside the model's and this loss's trees, or not (module.py)
+                    object.__setattr__(native, "_unidl_seen_modules", None)
         keep_train_function_current(native)  # (an option bound since: Keras's own step holds it as a constant)
         return native
 
@@ -483,7 +485,7 @@ class _Compilations:
                    "_run_eagerly", "_compiled_trainable_state", "compiled", "steps_per_execution", "_compile_config",
                    "train_function", "test_function", "predict_function")
     UNIDL_STATE = ("_unidl_compiled", "_unidl_statistics", "_unidl_fit_graph", "_unidl_step_graph",
-                   "_unidl_options")
+                   "_unidl_seen_modules", "_unidl_options")
 
     def __init__(self, native):
         self._native = native

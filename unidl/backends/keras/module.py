@@ -97,7 +97,9 @@ def reached_modes(native) -> tuple:
 def _note_modules_reached(native, reached) -> None:
     """After a run of Keras's train step (while it is traced, where Keras compiles it): note the modules it reached
     outside the model's and the loss's trees (``reached_modes``), and file the compile in force under its key with
-    their modes, so that the next call finds the step it just traced (not a compile of another key)."""
+    their modes, so that the next call finds the step it just traced (not a compile of another key). The modules
+    seen so far are the compile's (kept and restored with it, keras/backend.py): whether one is inside depends on
+    its loss (a loss module of one compile is outside the tree of another's loss that calls it)."""
     seen = native.__dict__.get("_unidl_seen_modules")
     if seen is None:
         seen = set()
@@ -114,7 +116,11 @@ def _note_modules_reached(native, reached) -> None:
     if not outside:
         return
     seen.update(id(module) for module in outside)
-    object.__setattr__(native, "_unidl_reached", (*native.__dict__.get("_unidl_reached", ()), *outside))
+    known = native.__dict__.get("_unidl_reached", ())  # (the model's, over its compiles)
+    outside = [module for module in outside if all(module is not other for other in known)]
+    if not outside:
+        return
+    object.__setattr__(native, "_unidl_reached", (*known, *outside))
     compiled = native.__dict__.get("_unidl_compiled")
     if compiled is not None:
         object.__setattr__(native, "_unidl_compiled", (*compiled[:-1], reached_modes(native)))
