@@ -23,6 +23,7 @@ under ``no_sync()``; Keras-on-TensorFlow: a graph without a collective for the o
 from __future__ import annotations
 
 import contextlib
+import math
 
 from unidl.backends.keras.host import HOST
 from unidl.errors import DistributedError
@@ -89,7 +90,7 @@ class _ForwardWrappingEngine(_OneDevicePerProcess):
                 keras.ops.concatenate([keras.ops.reshape(v, (-1,)) for v in group]), op)
             start = 0
             for v in group:
-                size = int(keras.ops.size(v))
+                size = math.prod(v.shape)  # (static: no read from the device)
                 reduced[id(v)] = keras.ops.reshape(flat[start:start + size], tuple(v.shape))
                 start += size
         return [None if v is None else reduced[id(v)] for v in values]
@@ -189,7 +190,8 @@ def mark_loss(loss) -> None:
     """Before the backward of Keras's train step (its ``optimizer.scale_loss``) inside ``forward_through_engine``:
     ``loss`` rides in that backward's all-reduce of the gradients (the host engine's ``mark_losses``: ``0 * loss``,
     0 or NaN, added to one gradient element), so that a non-finite loss of any rank makes every rank's averaged
-    gradients non-finite; nothing elsewhere, and nothing under ``no_sync()`` (no all-reduce to ride in)."""
+    gradients non-finite; nothing elsewhere. Under ``no_sync()`` (a window kept on each rank) the mark waits
+    unread, replaced by the next step's: the window's own reduction carries its finite flag."""
     if _stepping:
         _running().mark_losses(_stepping[-1], loss)
 
@@ -249,9 +251,11 @@ def finite_on_every_rank(finite):
     """``finite`` (this rank's boolean scalar: its gradients are finite) as the job's: False on every rank where it
     is False on any (a sum of the ranks' "not finite" flags in the engine's all-reduce), so that Keras's loss
     scaler, which checks each rank's own scaled gradients before they are summed, skips a step on every rank
-    alike and moves every rank's scale alike; ``finite`` itself outside a group."""
+    alike and moves every rank's scale alike; ``finite`` itself outside a group, and where the engine averaged the
+    gradients in the backward (DDP: a rank's non-finite gradient, or loss riding along, is in every rank's
+    average, so every rank decides alike without a collective of its own)."""
     running = _running()
-    if running is None:
+    if running is None or getattr(running, "gradients_averaged_in_backward", False):
         return finite
     import keras
 
