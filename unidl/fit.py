@@ -24,7 +24,7 @@ from unidl.metrics.probe import accumulator_for, first_sample, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
 from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_same_backend,
-                            claim_window, expect_accumulate, expect_precision)
+                            claim_window, expect_accumulate, expect_precision, resuming_with)
 from unidl.precision import precision_policy
 
 class History:
@@ -381,7 +381,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     if resume_from is not None:
         expect_accumulate(optimizer, accumulate)  # a checkpoint's part-full window must fit it, before any change
         expect_precision(optimizer, precision)  # and its float16 loss scale this growth_interval
-        start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
+        with resuming_with(optimizer, accumulate):
+            start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
     if step_inputs is not None and start_epoch < epochs:  # the first step's inputs, checked before training
         step_inputs.prepare(start_epoch, _first_step(loader, start_epoch))
     for callback in callbacks:

@@ -7,6 +7,8 @@ runs forward, gradients and update as one dispatch.
 
 from __future__ import annotations
 
+import contextlib
+
 from unidl import config, devices
 from unidl.errors import BackendMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.precision import precision_policy
@@ -307,6 +309,8 @@ def check_window_state(optimizer, state, accumulate: int | None = None) -> None:
                               or not all(isinstance(flag, (bool, np.bool_)) for flag in flags)):
         raise CheckpointStateError(f"{owner} accumulation window 'has_gradient' must hold one bool per parameter "
                                    f"({len(optimizer.params)}), got {flags!r}")
+    if accumulate is None:
+        accumulate = optimizer.__dict__.get(_RESUMING)  # fit resuming with its own accumulate: that one only
     if accumulate is None:  # the window's train step, or the last one built (Keras builds its window later)
         accumulate = _WINDOW.setting_in_force(optimizer)
         if saved in optimizer.__dict__.get(_BUILT_ACCUMULATES, ()):  # another step of the optimizer takes it
@@ -355,6 +359,21 @@ _SCALER = StepStorage("loss_scaler", "growth_interval", check_scaler_state)
 # the accumulates of the train steps (and fits) built over an optimizer: a part-full window loaded while a step
 # of another accumulate holds the optimizer's window loads for a step of its own accumulate, where one was built
 _BUILT_ACCUMULATES = "_train_step_accumulates"
+
+
+_RESUMING = "_resuming_accumulate"
+
+
+@contextlib.contextmanager
+def resuming_with(optimizer, accumulate: int):
+    """The block loads a checkpoint for ``fit`` with ``accumulate``: a part-full window of another ``accumulate``
+    is refused before anything changes, even where another step of the optimizer has that one (the window would
+    wait for a step this ``fit`` does not run)."""
+    optimizer.__dict__[_RESUMING] = accumulate
+    try:
+        yield
+    finally:
+        optimizer.__dict__.pop(_RESUMING, None)
 
 
 def expect_accumulate(optimizer, accumulate: int) -> None:

@@ -184,7 +184,8 @@ def test_a_non_finite_micro_step_skips_its_window_at_the_update(backend):
 
 def test_fit_resumes_a_window_from_its_checkpoint_callback(backend, tmp_path):
     """``fit(accumulate=3)`` with a ``Checkpoint`` every 4 batches (1 micro-step into the second window; Keras's
-    own trainer on keras): resumed from it, the weights of the uninterrupted fit; with accumulate=2, refused."""
+    own trainer on keras): resumed from it, the weights of the uninterrupted fit; with accumulate=2, refused before
+    any change, also where the optimizer has an accumulate=3 step besides (whose window it would have been)."""
     x, y = (np.concatenate(parts) for parts in zip(*_batches()[:7]))
 
     def fit(directory, resume_from=None, accumulate=ACCUMULATE):
@@ -202,6 +203,12 @@ def test_fit_resumes_a_window_from_its_checkpoint_callback(backend, tmp_path):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
     with pytest.raises(CheckpointStateError, match=r"accumulate=3.*accumulate=2"):
         fit(tmp_path / "other", resume_from=first, accumulate=2)
+    model, optimizer, _ = _training()  # an accumulate=3 step of the optimizer besides
+    before = _weights(model)
+    with pytest.raises(CheckpointStateError, match=r"accumulate=3.*accumulate=2"):
+        ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, batch_size=4, verbose=0, seed=0,
+               accumulate=2, resume_from=first)
+    assert all(np.array_equal(v, before[k]) for k, v in _weights(model).items()) and optimizer.state_dict()["step"] == 0
 
 
 @pytest.mark.parametrize("precision", ["32", "16-mixed"])
