@@ -618,3 +618,37 @@ def test_validation_data_and_evaluate_read_the_first_sample_in_a_worker_process(
         assert loader.state_dict()["position"] == 0  # the loader's position did not move
         pool = loader._pool
         assert batches(loader)[0][1][0] == first and loader._pool is pool
+
+
+def _one_hot_labels(samples):
+    """A collate_fn that gives the labels as one-hot rows (the batch layout differs from a sample's)."""
+    features = np.stack([np.asarray(x) for x, _ in samples])
+    return features, np.eye(8, dtype=np.float32)[[int(y) for _, y in samples]]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_layout_fit_learns_is_that_of_the_batches_with_or_without_workers(workers, children_before):
+    """``fit``'s probe of the batch layout takes the first sample as the loader collates it, whatever
+    ``num_workers`` (a collate_fn one-hot encoding the labels gave integer targets without workers and one-hot
+    ones with them); thread workers hand back a torch tensor that needs a gradient as NumPy; a torch
+    ``DataLoader`` with its own ``batch_sampler`` (batch_size None) and a worker gives a batch of one."""
+    import torch
+
+    from unidl.metrics.probe import first_sample
+
+    for worker_type in WORKER_TYPES:
+        loader = DataLoader(Rows(8), batch_size=4, num_workers=workers, worker_type=worker_type,
+                            collate_fn=_one_hot_labels)
+        x, y = first_sample(loader)
+        assert x.shape == (1, 3) and y.shape == (1, 8) and y.dtype == np.float32, (worker_type, y)
+    if workers:
+        ud.backends.load("torch")  # (as fit loads its backend before the probe: its tensors are known then)
+        loader = DataLoader(Rows(8), batch_size=4, num_workers=workers, worker_type="thread",
+                            collate_fn=lambda samples: (torch.ones(len(samples), 3, requires_grad=True),
+                                                        torch.zeros(len(samples), dtype=torch.int64)))
+        x, y = first_sample(loader)
+        assert x.shape == (1, 3) and y.shape == (1,)
+    torch_loader = torch.utils.data.DataLoader(Rows(8), batch_sampler=[[0, 1], [2, 3]], num_workers=min(workers, 1))
+    x, y = first_sample(torch_loader)
+    np.testing.assert_array_equal(x, [[0.0, 1.0, 2.0]])
+    assert y.shape == (1,)

@@ -401,10 +401,17 @@ class DataLoader:
                 if persistent:
                     self._pool = pool
                     weakref.finalize(self, in_finalizer, pool.shutdown, GRACE_ON_FAILURE)
-            [arrays] = list(pool.deliver([indices], batch, seed, epoch, self.timeout, 1, context))
+            # (threads hand back what the dataset made: NumPy arrays of it here, as without workers)
+            convert = _numpy_arrays if self.worker_type == "thread" else None
+            [arrays] = list(pool.deliver([indices], batch, seed, epoch, self.timeout, 1, context, convert))
         except BaseException:
             pool.shutdown(GRACE_ON_FAILURE)
             raise
         if not persistent:
             pool.shutdown(GRACE)
         return tuple(np.asarray(array) for array in arrays)
+
+
+def _numpy_arrays(arrays) -> tuple:
+    """``arrays`` (a collated batch: NumPy arrays or a framework's tensors) as NumPy arrays."""
+    return tuple(np.asarray(to_numpy(array)) for array in arrays)

@@ -41,49 +41,47 @@ def first_sample(data) -> tuple:
     from unidl.data import DataLoader, TensorDataset
     from unidl.tensors import to_numpy
 
-    def batch_of_one(sample):
-        return tuple(np.asarray(to_numpy(v))[None] for v in sample[:2])
-
     if isinstance(data, (tuple, list)):
         return tuple(np.asarray(to_numpy(v))[:1] for v in data[:2])
     if isinstance(data, DataLoader):
         if isinstance(data.dataset, TensorDataset):  # arrays: no code of the user's runs
             return tuple(a[:1] for a in data.dataset.arrays[:2])
-        if data.num_workers:  # the dataset's code runs in the loader's workers only (its timeout, its errors)
-            return data.first_sample()[:2]
-        return batch_of_one(data.dataset[0])
+        # as the loader makes its batches, collate_fn included, whatever num_workers: in its workers where it has
+        # some (their timeout, their errors), never in this process then
+        return data.first_sample()[:2]
     if type(data).__module__.startswith("tensorflow"):
         batch = next(iter(data.take(1)))
         return tuple(np.asarray(to_numpy(v))[:1] for v in batch[:2])
     if hasattr(data, "dataset"):  # torch.utils.data.DataLoader
-        if getattr(data, "num_workers", 0):
-            return _torch_first_sample(data)
-        return batch_of_one(data.dataset[0])
+        return _torch_first_sample(data)
     batch = next(iter(data))
     return tuple(np.asarray(to_numpy(v))[:1] for v in batch[:2])
 
 
 def _torch_first_sample(data) -> tuple:
-    """``first_sample`` of a ``torch.utils.data.DataLoader`` with workers: sample 0 made in one worker of the
-    loader's settings (its ``collate_fn``, ``worker_init_fn``, start method and ``timeout``, so torch's own error
-    for a sample that fails, hangs or ends its worker), never in the main process; torch's global RNG, from which
-    the worker's seed is drawn, is left as it was."""
+    """``first_sample`` of a ``torch.utils.data.DataLoader``: sample 0 collated as the loader collates (its
+    ``collate_fn``; a batch of one where it batches, by ``batch_size`` or its own ``batch_sampler``), made where the
+    loader makes its batches: with workers, in one worker of the loader's settings (its ``worker_init_fn``, start
+    method and ``timeout``, so torch's own error for a sample that fails, hangs or ends its worker), never in the
+    main process; torch's global RNG, from which a worker's seed is drawn, is left as it was."""
     import torch
     from torch.utils.data import DataLoader as TorchLoader, Subset
 
     from unidl.tensors import to_numpy
 
-    batch_size = None if data.batch_size is None else 1
-    one = TorchLoader(Subset(data.dataset, [0]), batch_size=batch_size, num_workers=1, collate_fn=data.collate_fn,
-                      worker_init_fn=data.worker_init_fn, multiprocessing_context=data.multiprocessing_context,
-                      timeout=data.timeout)
+    batched = data.batch_sampler is not None  # (torch's own test: batch_size is None under a batch_sampler)
+    workers = min(data.num_workers, 1)
+    one = TorchLoader(Subset(data.dataset, [0]), batch_size=1 if batched else None, num_workers=workers,
+                      collate_fn=data.collate_fn, worker_init_fn=data.worker_init_fn if workers else None,
+                      multiprocessing_context=data.multiprocessing_context if workers else None,
+                      timeout=data.timeout if workers else 0)
     with torch.random.fork_rng(devices=[]):
         batches = iter(one)
     try:
         batch = next(batches)
     finally:  # now, not when an error's traceback, which holds the iterator, is freed
         getattr(batches, "_shutdown_workers", lambda: None)()
-    if data.batch_size is None:  # no automatic batching: the sample as the dataset gives it
+    if not batched:  # no automatic batching: the sample as the dataset gives it
         return tuple(np.asarray(to_numpy(v))[None] for v in batch[:2])
     return tuple(np.asarray(to_numpy(v))[:1] for v in batch[:2])
 
