@@ -129,7 +129,8 @@ def float_bound(value) -> bool:
         return False
     if isinstance(value, float):
         return True
-    return "float" in dtype_name(getattr(value, "dtype", np.asarray(value).dtype))
+    dtype = getattr(value, "dtype", None)
+    return is_floating(dtype if dtype is not None else np.asarray(value).dtype)
 
 
 def has_values_per_channel(x):
