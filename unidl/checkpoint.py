@@ -19,6 +19,7 @@ from unidl.distributed import process_group
 from unidl import random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
+from unidl.training import job_window_state
 from unidl.serialization import (MODEL_PREFIX, check_entries, decode_metadata, encode_metadata, model_metadata,
                                  stream_into, to_json)
 
@@ -115,7 +116,9 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     directory = os.fspath(directory)
     group = process_group.current()
     job = group is not None and group.world_size > 1
-    if job and group.rank != 0:  # rank 0 writes the job's checkpoint (the ranks hold the same state)
+    # an accumulation window in progress is each rank's own until its update: the job's, agreed by every rank
+    window = job_window_state(optimizer) if job and optimizer is not None else None
+    if job and group.rank != 0:  # rank 0 writes the job's checkpoint (the ranks hold the same state otherwise)
         process_group.barrier()
         return os.path.join(directory, checkpoint_name(epoch, step))
     if os.path.exists(directory) and not os.path.isdir(directory):
@@ -137,7 +140,7 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
         for key in _OPTIONAL_OPTIMIZER_ENTRIES:  # per-parameter step counts (Adam), param groups' lrs and options
             if key in state:
                 metadata["optimizer"][key] = state[key]
-        window = state.get("accumulation")
+        window = window if job else state.get("accumulation")
         if window is not None:  # a train step's accumulation window in progress: its sums and count
             for index, value in enumerate(window["gradients"]):
                 tensors[f"{WINDOW_PREFIX}{index}"] = np.asarray(value)

@@ -389,6 +389,37 @@ def window_state(optimizer) -> dict | None:
     return _WINDOW.state(optimizer)
 
 
+def job_window_state(optimizer) -> dict | None:
+    """``window_state`` of the job, on every rank of a data-parallel job (each must call it: one all-reduce where a
+    window is part-full): a window kept on each rank (torch's ``no_sync()`` ``.grad``, TensorFlow's and Keras's per-rank
+    windows) holds that rank's own micro-steps until its update averages them, so a checkpoint of rank 0's alone
+    would resume every rank with rank 0's sums. The job's: the sums averaged over the ranks (an update averages
+    them again with the micro-steps after the resume: the mean is linear, so the resumed window's update is the
+    uninterrupted one's), finite where every rank's is, a parameter with a gradient where any rank had one (DDP's
+    rule). The micro-step count is the same on every rank, so every rank calls the collective or none does."""
+    import numpy as np
+
+    from unidl.distributed import process_group
+    from unidl.tensors import to_numpy
+
+    state = window_state(optimizer)
+    if state is None or process_group.sharding() is None:
+        return state
+    gradients = [np.asarray(g) for g in state["gradients"]]
+    flags = state.get("has_gradient") or [True] * len(gradients)
+    dtype = np.result_type(*gradients)
+    flat = np.concatenate([g.reshape(-1).astype(dtype) for g in gradients]
+                          + [np.asarray([0.0 if state["finite"] else 1.0], dtype), np.asarray(flags, dtype)])
+    summed = np.asarray(to_numpy(process_group.all_reduce(flat, "sum")))
+    ranks = process_group.sharding()[1]
+    averaged, start = [], 0
+    for gradient in gradients:
+        averaged.append((summed[start:start + gradient.size] / ranks).reshape(gradient.shape).astype(gradient.dtype))
+        start += gradient.size
+    return dict(state, gradients=averaged, finite=bool(summed[start] == 0),
+                has_gradient=[bool(value > 0) for value in summed[start + 1:]])
+
+
 def load_window_state(optimizer, state: dict | None) -> None:
     """Restore the window of ``optimizer.load_state_dict`` (checked already): into the registered window, else
     kept until a train step with accumulation creates its window (``attach_window``). A part-full window of

@@ -320,7 +320,36 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
                                                          collectives=mixed_collectives),
             "bf16_accumulate_collectives": mixed_collectives, "poisoned_window": poisoned_window("16-mixed"),
             "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
-            "coverage": sample_coverage(), "too_small": too_small_last_batch(), "float16": float16}
+            "coverage": sample_coverage(), "too_small": too_small_last_batch(), "float16": float16,
+            "window_checkpointed": window_checkpointed_in_the_job(os.path.join(float16_directory, "window"))}
+
+
+def window_checkpointed_in_the_job(directory):
+    """``train_step(accumulate=2)`` (float64, SGD with momentum) over 4 micro-steps, each rank on its own 2 samples
+    of each global batch of 4, checkpointed after the third (one micro-step into the second window, whose sums
+    differ per rank), then resumed by a fresh model and optimizer on the same ranks for the fourth: the weights of
+    the uninterrupted run and of the resumed one (the checkpoint must hold the job's window, not rank 0's)."""
+    rank = ud.distributed.rank()
+
+    def run(resume_from=None):
+        with ud.use_dtype("float64"):
+            ud.manual_seed(1)
+            rng = np.random.default_rng(4)
+            x, y = rng.standard_normal((16, 5)), rng.standard_normal((16, 3))
+            model = ud.models.TwoLayerNet(5, 7, 3)
+            optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            step = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=2)
+            if resume_from is not None:
+                ud.load_checkpoint(resume_from, model, optimizer)
+            for index in range(3 if resume_from is not None else 0, 4):
+                share = slice(4 * index + 2 * rank, 4 * index + 2 * rank + 2)
+                step(x[share], y[share])
+                if index == 2 and resume_from is None:
+                    resume_from = ud.save_checkpoint(directory, model, optimizer, step=3)
+            return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, resume_from
+
+    uninterrupted, path = run()
+    return {"uninterrupted": uninterrupted, "resumed": run(path)[0]}
 
 
 def float16_checkpoint_job(directory):
@@ -408,7 +437,8 @@ def keras_on_torch_job(directory):
               **training(f"rank{rank}", all_reduces), "all_reduces": all_reduces,
               "float16": float16_checkpoint_job(float16),
               # rank 1's loss infinite (its gradients finite) at a step, and at a window's first micro-step
-              "guarded": poisoned_run("float64", 3, 1), "guarded_window": poisoned_run("float64", 4, 0, accumulate=2)}
+              "guarded": poisoned_run("float64", 3, 1), "guarded_window": poisoned_run("float64", 4, 0, accumulate=2),
+              "window_checkpointed": window_checkpointed_in_the_job(os.path.join(directory, "window"))}
     ud.distributed.shutdown()
     if rank == 0:
         first = os.path.join(float16, "two", result["float16"]["files_seen"][0])

@@ -162,6 +162,10 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
         assert [p["finite"] for p in poisoned] == [[True, False, True, True]] * 2
         assert [(p["updates"], p["unchanged"]) for p in poisoned] == [(1, True)] * 2
         assert all(np.array_equal(v, poisoned[1]["weights"][k]) for k, v in poisoned[0]["weights"].items())
+    # a checkpoint one micro-step into a window holds the job's window (each rank's sums are its own until the
+    # update): resumed on both ranks, the uninterrupted weights (rank 0's sums alone were 1e-2 away)
+    for rank in (rank0, rank1):
+        _agree(rank["window_checkpointed"]["resumed"], rank["window_checkpointed"]["uninterrupted"], 1e-12)
     # two graphs: the micro-step's without a collective, the update's with them (Keras-on-TensorFlow too: Keras's
     # train step traced once for each place in the window)
     if job["engine"] in ("tensorflow", "keras"):
@@ -319,6 +323,8 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
         before = first["weights"][unchanged - 1] if key == "guarded" else first["start"]
         assert all(np.array_equal(v, before[k]) for k, v in first["weights"][unchanged].items()), key
         assert any(not np.array_equal(v, before[k]) for k, v in first["weights"][-1].items()), key
+    for rank in (rank0, rank1):  # a checkpoint mid-window holds the job's window (see the test above)
+        _agree(rank["window_checkpointed"]["resumed"], rank["window_checkpointed"]["uninterrupted"], 1e-12)
     # a float16 checkpoint of the job (an overflow on rank 1 only): written by rank 0, resumed by both ranks bit
     # for bit, and by one process with the loss scale and growth tracker of the uninterrupted runs
     first, second = (rank["float16"] for rank in (rank0, rank1))
