@@ -13,6 +13,7 @@ are returned, randomness (dropout) takes an explicit generator.
 from __future__ import annotations
 
 from unidl import config, input_checks
+from unidl.errors import ShapeMismatchError
 from unidl.backends.op_registry import declare, optional_op
 from unidl.precision import active_ops
 
@@ -249,9 +250,45 @@ def sign(x):
     """-1, 0 or 1 by the sign of each element."""
 
 
-@op
+@op(dispatch=False)
 def maximum(a, b):
-    """Element-wise maximum."""
+    """Element-wise maximum, broadcasting as ``torch.maximum``: a NaN in either input gives NaN. The value is the
+    framework's own maximum, bit for bit; the gradient is PyTorch's on every backend (TensorFlow's and JAX's own
+    differ): all of it to the larger input, half to each where the two are equal, all of it to both where either
+    is NaN, summed over the axes an input was broadcast along (a bound of shape (1, C) against (N, C) gets the
+    sum of its column's shares). Integers give integers and no gradient. Sizes that do not broadcast are a
+    ``ShapeMismatchError`` naming both shapes wherever they are known: eagerly, and while a graph traces (a
+    TensorFlow graph's sizes unknown until it runs give TensorFlow's own error)."""
+    return _ops().maximum(_check_broadcastable("maximum", a, b), b)
+
+
+@op(name="framework_maximum", optional=True, public=False)
+def _framework_maximum(a, b):
+    """The framework's own element-wise maximum, whatever its gradient at a tie or a NaN, for internal callers
+    whose ties carry no gradient (attention's floor under its masked scores, gradient clipping's norms), where
+    ``maximum``'s PyTorch rule would add graph ops for nothing. A backend whose ``maximum`` is the framework's
+    own (torch) lacks it; callers fall back to ``maximum``."""
+
+
+def _check_broadcastable(name, a, b):
+    """``a``, after checking that the shapes of ``a`` and ``b`` (tensors, arrays or numbers) broadcast: aligned
+    from the last axis, each pair of known sizes equal or one of them 1 (PyTorch's rule), else a
+    ``ShapeMismatchError`` naming both shapes (the frameworks raised four errors of their own). Sizes a
+    TensorFlow graph leaves unknown until it runs are left to TensorFlow's own error: a check in the graph would
+    cost a branch per call, and ``maximum`` is an activation's op."""
+    shape_a, shape_b = getattr(a, "shape", ()), getattr(b, "shape", ())
+    if getattr(shape_a, "rank", 0) is None or getattr(shape_b, "rank", 0) is None:
+        return a  # a TensorFlow graph's tensor of unknown rank: nothing known to check
+    shape_a, shape_b = tuple(shape_a), tuple(shape_b)
+    if shape_a == shape_b:  # the common case, decided at once
+        return a
+    rank = min(len(shape_a), len(shape_b))
+    for m, n in zip(shape_a[len(shape_a) - rank:], shape_b[len(shape_b) - rank:]):
+        if m != n and m != 1 and n != 1 and m is not None and n is not None:
+            shapes = [tuple(int(size) if size is not None else None for size in shape) for shape in (shape_a, shape_b)]
+            raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
+                                     f"sizes equal or one of them 1); a has shape {shapes[0]}, b has shape {shapes[1]}")
+    return a
 
 
 @op
@@ -475,9 +512,11 @@ def log1p(x):
     """log(1 + x), accurate for small x."""
 
 
-@op
+@op(dispatch=False)
 def minimum(a, b):
-    """Element-wise minimum."""
+    """Element-wise minimum, broadcasting as ``torch.minimum``: ``maximum``'s rules mirrored (the gradient all to
+    the smaller input, half to each of equal ones, all to both where either is NaN)."""
+    return _ops().minimum(_check_broadcastable("minimum", a, b), b)
 
 
 @op(dispatch=False)
@@ -756,7 +795,9 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         top = _amax(scores, -1, keepdim=True)
         attends = top > float("-inf")
         floor = where(attends, zeros_like(top) - float("inf"), zeros_like(top))
-        weights = softmax(maximum(scores, floor), -1) * cast_like(attends, scores)
+        ops = _ops()  # the framework's own maximum: a tie (a masked score at the -inf floor) has no gradient
+        weights = softmax((optional_op(ops, "framework_maximum") or ops.maximum)(scores, floor), -1)
+        weights = weights * cast_like(attends, scores)
     else:
         weights = softmax(scores, -1)
     if dropout_p:

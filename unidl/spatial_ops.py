@@ -239,11 +239,18 @@ def _bin_matrix(size, bins, like):
 
 
 def _bin_maximum(x, size, bins):
-    """The maximum of each adaptive-pooling bin along the last axis of ``x``: (..., size) -> (..., bins)."""
+    """The maximum of each adaptive-pooling bin along the last axis of ``x``: (..., size) -> (..., bins), with
+    PyTorch's gradient: all of it to the bin's first maximum (a bin of -inf: its first position), where the
+    reduction's own would split it over equal maxima (zeros after a ReLU, say)."""
     inside, _ = _bins(size, bins, x)
     spread = ops.unsqueeze(x, -2)  # (..., 1, size) against the (bins, size) mask
     lowest = ops.zeros_like(spread) - float("inf")
-    return ops._amax(ops.where(inside, spread, lowest), -1)  # every bin holds at least one position
+    masked = ops.where(inside, spread, lowest)  # every bin holds at least one position
+    nans = masked != masked  # a bin holding NaN is NaN, as torch's
+    holds_nan = ops._amax(ops.cast(nans, "int32"), -1, True) > 0
+    maxima = ops.where(holds_nan, nans, inside & (masked == ops._amax(masked, -1, True)))
+    first = ops.argmax(ops.cast(maxima, "int32"), -1, True)
+    return ops.squeeze(ops.gather(masked, -1, first), -1)
 
 
 def adaptive_max_pool2d(x, output_size):

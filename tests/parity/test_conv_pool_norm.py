@@ -6,6 +6,7 @@ backend (see ``torch_oracle``)."""
 
 import numpy as np
 import pytest
+import torch
 import torch.nn.functional as F
 from torch import nn as tnn
 
@@ -99,3 +100,78 @@ def test_conv_pool_norm_layers_match_torch(backend, dtype, modes):
 def test_conv_pool_norm_ops_match_torch(backend):
     failures = compare_table(OPS, backend, "float32", ("ud.function",))
     assert not failures, "\n".join(failures)
+
+
+# ---- max pooling of windows of -inf ---------------------------------------------------------------------------
+LOWEST = 7.0  # stands for the dtype's lowest finite value (its float32 -3.4e38 is float16's -inf)
+MINUS_INF_WINDOWS = np.array([  # 2x2 windows: all -inf, -inf and the lowest, the lowest alone, one finite value
+    [[-np.inf, -np.inf, -np.inf, -np.inf, LOWEST, LOWEST],
+     [-np.inf, -np.inf, -np.inf, LOWEST, -np.inf, LOWEST],
+     [-np.inf, 1.5, 0.5, -0.25, -np.inf, -np.inf],
+     [-np.inf, -np.inf, 2.0, 0.5, -np.inf, -3.0]],
+    [[0.25, -1.0, 3.0, 3.0, -np.inf, -np.inf],
+     [1.0, 0.75, -2.0, 1.25, -np.inf, -np.inf],
+     [-np.inf, -np.inf, -np.inf, -np.inf, -0.5, 4.0],
+     [-np.inf, -np.inf, -np.inf, -np.inf, 2.5, -1.5]]])[None]
+# name: (unidl's, torch's, whether the gradient is compared); the padded window of -inf sends its gradient to a
+# pad on TensorFlow, Keras and JAX (docs/guarantees.md, "Known differences left"), and max_pool2d(...,
+# return_indices=True) on TensorFlow picks a -inf over the lowest value (its argmax)
+MAX_POOLS = {
+    "max_pool2d": (lambda x: ud.ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), True),
+    "max_pool2d-padding": (lambda x: ud.ops.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1), False),
+    "max_pool2d-ceil": (lambda x: ud.ops.max_pool2d(x, 3, 2, ceil_mode=True),
+                        lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True), True),
+    "adaptive_max_pool2d-equal-bins": (lambda x: ud.ops.adaptive_max_pool2d(x, (2, 3)),
+                                       lambda x: F.adaptive_max_pool2d(x, (2, 3)), True),
+    "adaptive_max_pool2d": (lambda x: ud.ops.adaptive_max_pool2d(x, (3, 4)),
+                            lambda x: F.adaptive_max_pool2d(x, (3, 4)), True),
+}
+
+
+def test_max_pooling_of_windows_of_minus_inf_matches_torch(backend):
+    """A window that holds nothing but -inf (padding counts as -inf) pools to -inf, as in PyTorch, where
+    TensorFlow's kernel gave the dtype's lowest finite value (-3.4e38 in float32); a window that holds that lowest
+    value too keeps it. Values bit for bit in float16 and float64 eagerly, and in float32 inside ``ud.function``,
+    for plain, padded, ceil-mode and adaptive max pooling; and the input gradient of sum(output * r) but the padded
+    one's: an all -inf window's to its first element, an adaptive bin's to its first maximum (ties of 3.0 and of
+    -inf; the reduction split it), r 0 at the window of -inf and the lowest value (TensorFlow's graph kernel in
+    float32 sends its gradient to a -inf)."""
+    upstream = {}
+    expected = {}
+    for dtype in ("float16", "float32", "float64"):
+        x = np.where(MINUS_INF_WINDOWS == LOWEST, np.finfo(dtype).min, MINUS_INF_WINDOWS)
+        expected[dtype] = []
+        for name, (_, theirs, compare_gradient) in MAX_POOLS.items():
+            tensor = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
+            output = theirs(tensor)
+            expected[dtype].append(output.detach().double().numpy())
+            if compare_gradient:
+                if name not in upstream:
+                    upstream[name] = np.random.default_rng(len(name)).integers(-8, 9, output.shape) / 8
+                    upstream[name][0, 0, 0, 1] = 0.0  # the window of -inf and the lowest value (in all three)
+                (output * torch.tensor(upstream[name], dtype=tensor.dtype)).sum().backward()
+                expected[dtype].append(tensor.grad.double().numpy())
+
+    def run(dtype):
+        def run_all(windows, lowest, *rs):
+            x = ud.ops.where(windows == LOWEST, lowest, windows)
+            results, rs_left = [], iter(rs)
+            for ours, _, compare_gradient in MAX_POOLS.values():
+                results.append(ud.ops.cast(ours(ud.ops.cast(x, dtype)), "float64"))
+                if compare_gradient:
+                    def objective(x, ours=ours, r=next(rs_left)):
+                        return ud.ops.sum(ud.ops.cast(ours(ud.ops.cast(x, dtype)), "float64") * r)
+
+                    results.append(ud.value_and_grad(objective)(x)[1])
+            return tuple(results)
+        return run_all
+
+    names = [f"{name}: {what}" for name, case in MAX_POOLS.items() for what in ("values", "gradient")[:1 + case[2]]]
+    with ud.use_dtype("float64"):
+        inputs = [ud.tensor(MINUS_INF_WINDOWS)] + [ud.tensor(r) for r in upstream.values()]
+        runs = [("eager", "float16", run("float16")), ("eager", "float64", run("float64")),
+                ("ud.function", "float32", ud.function(run("float32")))]
+        for mode, dtype, function in runs:
+            lowest = ud.tensor(np.float64(np.finfo(dtype).min))
+            for name, got, want in zip(names, function(inputs[0], lowest, *inputs[1:]), expected[dtype], strict=True):
+                np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {dtype} {name}")

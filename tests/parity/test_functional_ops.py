@@ -21,6 +21,11 @@ GATHER_ROWS = np.array([[0, 5], [2, 2], [4, 1]])          # smaller than ROWS on
 GATHER_COLUMNS = R.integers(0, 4, (2, 6))
 LABELS = np.array([0, -100, 5, 2])
 POSITIVE = R.random((4, 6))
+# maximum/minimum at ties: TIED equals OTHER in half its entries, and the bounds ((1, 6) and a scalar) equal
+# some of TIED's entries, so that each kind of tie gets a gradient (torch splits it in halves)
+TIED = np.where(R.random((4, 6)) < 0.5, OTHER, ROWS)
+ROW_BOUND = TIED[2:3] * np.where(R.random((1, 6)) < 0.5, 1.0, 0.5)
+SCALAR_BOUND = np.array(TIED[1, 3])
 
 
 def case(build, oracle, *inputs):
@@ -55,6 +60,13 @@ OPS = {
                                      ("reflect", (5, 2), ROWS), ("circular", (1, 2, 3, 0, 2, 1), IMAGES)]},
     "log1p": case(ud.ops.log1p, torch.log1p, POSITIVE),
     "minimum": case(ud.ops.minimum, torch.minimum, ROWS, OTHER),
+    **{f"{name}-{inputs}": case(getattr(ud.ops, name), getattr(torch, name), *arrays)
+       for name, inputs, arrays in [("maximum", "ties", (TIED, OTHER)), ("maximum", "ties-swapped", (OTHER, TIED)),
+                                    ("maximum", "row-bound", (TIED, ROW_BOUND)),
+                                    ("maximum", "scalar-bound-first", (SCALAR_BOUND, TIED)),
+                                    ("minimum", "ties", (TIED, OTHER)),
+                                    ("minimum", "row-bound-first", (ROW_BOUND, TIED)),
+                                    ("minimum", "scalar-bound", (TIED, SCALAR_BOUND))]},
     "cross_entropy-ignore-none": case(lambda x, y: ud.ops.cross_entropy(x, y, "none"),
                                       lambda x, y: F.cross_entropy(x, y, reduction="none"), ROWS, LABELS),
     "cross_entropy_loss-smoothing-sum": case(
@@ -68,3 +80,150 @@ OPS = {
 def test_functional_ops_match_torch(backend, dtype, modes):
     failures = compare_table(OPS, backend, dtype, modes)
     assert not failures, "\n".join(failures)
+
+
+# ---- maximum/minimum: PyTorch's gradient at ties, infinities and NaNs, in every float dtype -------------------
+SPECIAL = np.array([[1.0, 2.0, np.nan, 3.0, np.nan, np.inf, -np.inf, 0.0],
+                    [1.0, -1.0, 1.0, np.nan, np.nan, np.inf, -np.inf, -0.0]])
+
+
+def test_maximum_and_minimum_split_ties_and_nans_as_torch(backend):
+    """``torch.maximum``/``torch.minimum``'s value (NaN where either input is NaN) and gradient, bit for bit, in
+    float16, bfloat16 and float32, eagerly and inside ``ud.function``: half of a tie's gradient to each input
+    (infinities tie too), all of a NaN's to both (TensorFlow gave a tie's to the first input and a NaN's to the
+    second, JAX a NaN's to neither). The upstream gradient's values and their halves are exact in every dtype."""
+    upstream = np.array([1.5, -3.0, 0.25, 6.0, -0.75, 2.0, 0.5, -1.0])
+    cases = [(name, dtype) for name in ("maximum", "minimum") for dtype in ("float16", "bfloat16", "float32")]
+    expected = []
+    for name, dtype in cases:
+        a, b = (torch.tensor(row, dtype=getattr(torch, dtype), requires_grad=True) for row in SPECIAL)
+        value = getattr(torch, name)(a, b)
+        (value * torch.tensor(upstream, dtype=value.dtype)).sum().backward()
+        expected += [t.float().numpy() for t in (value.detach(), a.grad, b.grad)]
+
+    def run_all(a, b, r):  # float32 in and out (exact for these values), each op in its dtype
+        results = []
+        for name, dtype in cases:
+            def op(a, b, name=name, dtype=dtype):
+                return getattr(ud.ops, name)(ud.ops.cast(a, dtype), ud.ops.cast(b, dtype))
+
+            def objective(a, b, op=op, dtype=dtype):
+                return ud.ops.sum(ud.ops.cast(op(a, b) * ud.ops.cast(r, dtype), "float32"))
+
+            results += [ud.ops.cast(op(a, b), "float32"), *ud.value_and_grad(objective, (0, 1))(a, b)[1]]
+        return tuple(results)
+
+    inputs = [ud.tensor(array.astype(np.float32)) for array in (*SPECIAL, upstream)]
+    names = [f"{name} {dtype}: {what}" for name, dtype in cases for what in ("value", "gradient of a", "gradient of b")]
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        for what, got, want in zip(names, function(*inputs), expected):
+            np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {what}")
+
+
+def test_maximum_and_minimum_of_integers_are_integers(backend):
+    """Integer inputs: torch's values in the inputs' integer dtype (no gradient to split), eagerly and inside
+    ``ud.function``."""
+    a, b = np.array([[3, -2, 5], [0, 7, -7]]), np.array([[3, 4, -5], [1, 7, -8]])
+    for name, numpy_op in [("maximum", np.maximum), ("minimum", np.minimum)]:
+        ours = getattr(ud.ops, name)
+        for function in (ours, ud.function(lambda a, b, ours=ours: ours(a, b))):
+            got = ud.to_numpy(function(ud.tensor(a), ud.tensor(b)))
+            assert got.dtype == np.int64, (name, got.dtype)
+            np.testing.assert_array_equal(got, numpy_op(a, b))
+
+
+def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):
+    """(4, 3) against (4, 2) (and (2, 3) against (4, 3)): ``ShapeMismatchError`` naming both shapes (the frameworks
+    raised four different errors of their own), eagerly and inside ``ud.function`` where the sizes are known while
+    it traces (a TensorFlow graph's unknown sizes are left to TensorFlow's error: docs/guarantees.md)."""
+    for name in ("maximum", "minimum"):
+        ours = getattr(ud.ops, name)
+        for first, second in [((4, 3), (4, 2)), ((2, 3), (4, 3))]:
+            message = (f"{name} needs shapes that broadcast (aligned from the last axis, each pair of sizes equal "
+                       f"or one of them 1); a has shape {first}, b has shape {second}")
+            with pytest.raises(ud.errors.ShapeMismatchError) as raised:
+                ours(ud.tensor(np.ones(first, np.float32)), ud.tensor(np.zeros(second, np.float32)))
+            assert str(raised.value) == message
+            traced = ud.function(lambda x, ours=ours, first=first, second=second:
+                                 ours(ud.ops.zeros(first) + x, ud.ops.zeros(second)))
+            with pytest.raises(ud.errors.ShapeMismatchError) as raised:
+                ud.to_numpy(traced(ud.tensor(np.float32(1.0))))
+            assert str(raised.value) == message
+
+
+# ---- softmax of rows holding inf or NaN; linear in half precision ----------------------------------------------
+NONFINITE_ROWS = np.array([[np.inf, 1.0, 2.0], [-np.inf, 1.0, 2.0], [-np.inf, -np.inf, -np.inf], [np.inf, np.inf, 1.0],
+                           [1.0, 2.0, np.nan], [-np.inf, -np.inf, 0.0], [1.0, 2.0, 3.0]])
+
+
+def test_softmax_of_a_row_holding_inf_or_nan_is_nan_as_torch(backend):
+    """``torch.softmax``'s value and gradient over rows holding ``inf``, ``-inf`` or NaN, in float16 and float32,
+    eagerly and inside ``ud.function``: NaN over the whole row where the row holds ``inf`` or NaN (TensorFlow's
+    kernel gave ``[inf, 1, 2]`` ``[nan, 0, 0]``), the finite rows to float rounding; in float32 along the last
+    axis and along the first (the columns of the transposed input)."""
+    upstream = R.standard_normal(NONFINITE_ROWS.shape)
+    cases = [("float16", -1), ("float32", -1), ("float32", 0)]
+    expected = []
+    for dtype, dim in cases:
+        x = torch.tensor(NONFINITE_ROWS if dim == -1 else NONFINITE_ROWS.T, dtype=getattr(torch, dtype),
+                         requires_grad=True)
+        value = torch.softmax(x, dim)
+        (value * torch.tensor(upstream if dim == -1 else upstream.T, dtype=value.dtype)).sum().backward()
+        expected += [t.float().numpy() for t in (value.detach(), x.grad)]
+
+    def run_all(rows, r):
+        results = []
+        for dtype, dim in cases:
+            def objective(x, dtype=dtype, dim=dim):
+                weights = r if dim == -1 else ud.ops.transpose(r, 0, 1)
+                value = ud.ops.softmax(ud.ops.cast(x, dtype), dim)
+                return ud.ops.sum(ud.ops.cast(value * ud.ops.cast(weights, dtype), "float32"))
+
+            x = rows if dim == -1 else ud.ops.transpose(rows, 0, 1)  # float32: exact in float16
+            grad = ud.value_and_grad(objective)(x)[1]
+            results += [ud.ops.cast(ud.ops.softmax(ud.ops.cast(x, dtype), dim), "float32"), grad]
+        return tuple(results)
+
+    inputs = [ud.tensor(NONFINITE_ROWS.astype(np.float32)), ud.tensor(upstream.astype(np.float32))]
+    names = [f"{dtype} dim={dim}: {what}" for dtype, dim in cases for what in ("value", "gradient")]
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        for name, got, want in zip(names, function(*inputs), expected):
+            tolerance = 2e-3 if name.startswith("float16") else 2e-6
+            np.testing.assert_allclose(ud.to_numpy(got), want, rtol=tolerance, atol=tolerance,
+                                       err_msg=f"{backend} {mode} {name}")  # NaN where torch has NaN, only there
+
+
+def test_half_precision_linear_rounds_once_as_torch(backend):
+    """``F.linear`` in float16 and bfloat16: products summed in float32, the bias added, rounded once; the
+    gradients of the input, weight and bias likewise (the batch summed in float32), bit for bit, eagerly and inside
+    ``ud.function``. The inputs are multiples of 1/32, the bias of 2^-12 and the upstream gradient of 2^-10, so that
+    every float32 sum is exact and the one rounding is the only one: TensorFlow's half MatMul then BiasAdd rounded
+    twice, and summed the bias gradient in half precision."""
+    grid = np.random.default_rng(5)
+    x, weight = grid.integers(-64, 65, (16, 16)) / 32, grid.integers(-64, 65, (12, 16)) / 32
+    bias, upstream = grid.integers(-4096, 4097, 12) / 4096, grid.integers(-2048, 2049, (16, 12)) / 1024
+    expected = []
+    for dtype in ("float16", "bfloat16"):
+        tensors = [torch.tensor(a, dtype=getattr(torch, dtype), requires_grad=True) for a in (x, weight, bias)]
+        value = F.linear(*tensors)
+        (value * torch.tensor(upstream, dtype=value.dtype)).sum().backward()
+        expected += [t.float().numpy() for t in (value.detach(), *(t.grad for t in tensors))]
+
+    def run_all(x, weight, bias, r):
+        results = []
+        for dtype in ("float16", "bfloat16"):
+            def objective(*arguments, dtype=dtype):
+                value = ud.ops.linear(*(ud.ops.cast(a, dtype) for a in arguments))
+                return ud.ops.sum(ud.ops.cast(value * ud.ops.cast(r, dtype), "float32"))
+
+            value = ud.ops.linear(*(ud.ops.cast(a, dtype) for a in (x, weight, bias)))
+            grads = ud.value_and_grad(objective, (0, 1, 2))(x, weight, bias)[1]
+            results += [ud.ops.cast(value, "float32"), *grads]
+        return tuple(results)
+
+    inputs = [ud.tensor(a.astype(np.float32)) for a in (x, weight, bias, upstream)]
+    names = [f"{dtype}: {what}" for dtype in ("float16", "bfloat16") for what in ("value", "input gradient",
+                                                                                   "weight gradient", "bias gradient")]
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        for name, got, want in zip(names, function(*inputs), expected):
+            np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {name}")

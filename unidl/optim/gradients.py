@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+from unidl.backends.op_registry import optional_op
+
 #: PyTorch's ``clip_grad_norm_`` adds this to the total norm before dividing (``max_norm / (norm + 1e-6)``)
 NORM_EPSILON = 1e-6
 
@@ -51,7 +53,8 @@ def clip_gradients(grads: list, options: dict, ops) -> list:
     if max_norm is None:
         return grads
     if options["clip_per_tensor"]:
-        return [None if g is None else g * (max_norm / ops.maximum(_norm(g, ops), ops.cast_like(max_norm, g)))
+        maximum = optional_op(ops, "framework_maximum") or ops.maximum  # no gradient through clipping
+        return [None if g is None else g * (max_norm / maximum(_norm(g, ops), ops.cast_like(max_norm, g)))
                 for g in grads]
     present = [g for g in grads if g is not None]
     if not present:

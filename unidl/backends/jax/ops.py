@@ -47,12 +47,57 @@ def abs(x):
 
 sign = _unwrapped(jnp.sign)
 square = _unwrapped(jnp.square)
-maximum = _unwrapped(jnp.maximum)
 where = _unwrapped(jnp.where)
 zeros_like = _unwrapped(jnp.zeros_like)
 silu = _unwrapped(jax.nn.silu)
 log1p = _unwrapped(jnp.log1p)
-minimum = _unwrapped(jnp.minimum)
+framework_maximum = _unwrapped(jnp.maximum)  # for ud.ops' callers whose ties carry no gradient (unidl/ops.py)
+
+
+def maximum(a, b):
+    """``jnp.maximum``'s value with ``torch.maximum``'s gradient (the rule in ``unidl/ops.py``): JAX's own splits a
+    tie as PyTorch does but gives a NaN's gradient to neither input, PyTorch to both."""
+    return _split_ties(jnp.maximum, _maximum_split_ties, _v(a), _v(b))
+
+
+def minimum(a, b):
+    """``jnp.minimum``'s value with ``torch.minimum``'s gradient (see ``maximum``)."""
+    return _split_ties(jnp.minimum, _minimum_split_ties, _v(a), _v(b))
+
+
+def _split_ties(select, split, a, b):
+    dtype = jnp.result_type(a, b)  # JAX's promotion (a Python number takes the other's dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return select(a, b)  # integers: no gradient
+    return split(jnp.asarray(a, dtype), jnp.asarray(b, dtype))
+
+
+@jax.custom_jvp
+def _maximum_split_ties(a, b):
+    return jnp.maximum(a, b)
+
+
+@jax.custom_jvp
+def _minimum_split_ties(a, b):
+    return jnp.minimum(a, b)
+
+
+def _tie_shares(select, a_loses, b_loses, primals, tangents):
+    """PyTorch's rule (derivatives.yaml) as a JVP, linear in the tangents: each input's tangent halved where
+    ``a == b``, dropped where that input loses, whole where neither loses (a NaN); broadcast to the output."""
+    (a, b), (tangent_a, tangent_b) = primals, tangents
+    ties = a == b
+
+    def share(tangent, loses):
+        return jnp.where(loses, jnp.zeros((), tangent.dtype), jnp.where(ties, tangent * 0.5, tangent))
+
+    return select(a, b), share(tangent_a, a_loses(a, b)) + share(tangent_b, b_loses(a, b))
+
+
+_maximum_split_ties.defjvp(lambda primals, tangents: _tie_shares(jnp.maximum, jnp.less, jnp.greater, primals,
+                                                                 tangents))
+_minimum_split_ties.defjvp(lambda primals, tangents: _tie_shares(jnp.minimum, jnp.greater, jnp.less, primals,
+                                                                 tangents))
 
 
 _HALF = (jnp.float16, jnp.bfloat16)

@@ -34,14 +34,39 @@ def abs(x):
 
 sign = K.sign
 square = K.square
-maximum = K.maximum
 where = K.where
 zeros_like = K.zeros_like
 silu = K.silu
 log1p = K.log1p
-minimum = K.minimum
+framework_maximum = K.maximum  # for ud.ops' internal callers whose ties carry no gradient (unidl/ops.py)
+
+
+def maximum(a, b):
+    # the host's maximum, which has PyTorch's gradient at a tie and a NaN (keras.ops' is the framework's own:
+    # the whole of a tie's to the first input on TensorFlow, none of a NaN's on JAX), on Keras's promoted inputs
+    return HOST.ops.maximum(*_promoted(a, b))
+
+
+def minimum(a, b):
+    return HOST.ops.minimum(*_promoted(a, b))
+
+
+def _promoted(a, b):
+    """``a`` and ``b`` as tensors of one dtype, by Keras's promotion rules (a Python number takes the other's
+    dtype) where their dtypes differ; Keras's ``result_type`` makes int64 and int64 int32 (``keras.ops.maximum``
+    of two int64 tensors is int32 on torch), PyTorch keeps int64."""
+    dtypes = [keras.backend.standardize_dtype(x.dtype) if hasattr(x, "dtype") else type(x) for x in (a, b)]
+    dtype = dtypes[0] if dtypes[0] == dtypes[1] and isinstance(dtypes[0], str) else keras.backend.result_type(*dtypes)
+    return K.convert_to_tensor(a, dtype), K.convert_to_tensor(b, dtype)
+
 
 def linear(x, weight, bias=None):
+    if K.dtype(x) in ("float16", "bfloat16") and K.dtype(weight) == K.dtype(x):
+        # PyTorch's half-precision linear: products summed in float32, the bias added, rounded once (a half matmul
+        # rounds the product, then the bias rounds again); keras.ops' matmul takes no float32 accumulator type.
+        # Only Keras-on-JAX runs this: the other hosts' own linear replaces it (keras_native_ops)
+        y = K.matmul(K.cast(x, "float32"), K.transpose(K.cast(weight, "float32")))
+        return K.cast(y + K.cast(bias, "float32") if bias is not None else y, K.dtype(x))
     y = K.matmul(x, K.transpose(weight))
     return _add_bias(y, bias) if bias is not None else y
 

@@ -52,9 +52,10 @@ class Backend(BackendInterface):
     # in-graph check) rather than the kernel's; one_hot is tf.one_hot's one op, where keras.ops' portable
     # comparison (right on every host: Keras's own one_hot raises on torch for a label out of range) is three;
     # amax is tf.reduce_max, where Keras's max refuses any empty tensor eagerly (an empty batch reduced over
-    # another axis too; ud.ops.amax checks the reduced axes itself).
+    # another axis too; ud.ops.amax checks the reduced axes itself); softmax, linear and max_pool2d give
+    # PyTorch's NaN rows, single rounding in half precision and -inf windows (tf.nn's own do not).
     keras_native_ops = ("amax", "apply_momentum", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy",
-                        "leaky_relu", "linear", "max_pool2d", "one_hot", "relu", "scan", "sigmoid", "tanh")
+                        "leaky_relu", "linear", "max_pool2d", "one_hot", "relu", "scan", "sigmoid", "softmax", "tanh")
 
     def __init__(self):
         self._generator = None

@@ -28,14 +28,68 @@ sqrt = tf.sqrt
 abs = tf.abs
 sign = tf.sign
 square = tf.square
-maximum = tf.maximum
 where = tf.where
 zeros_like = tf.zeros_like
 silu = elementwise(tf.nn.silu)
 log1p = tf.math.log1p
-minimum = tf.minimum
+framework_maximum = tf.maximum  # for ud.ops' internal callers whose ties carry no gradient (unidl/ops.py)
+
+
+def maximum(a, b):
+    """``tf.maximum``'s value with ``torch.maximum``'s gradient (the rule in ``unidl/ops.py``): TensorFlow's own
+    gives a tie's gradient to ``a`` and a NaN's to ``b``, PyTorch splits a tie in halves and gives a NaN's to both.
+    Integers have no gradient: TensorFlow's own op."""
+    a, b = _same_dtype_tensors(a, b)
+    return _maximum_split_ties(a, b) if a.dtype.is_floating else tf.maximum(a, b)
+
+
+def minimum(a, b):
+    """``tf.minimum``'s value with ``torch.minimum``'s gradient (see ``maximum``)."""
+    a, b = _same_dtype_tensors(a, b)
+    return _minimum_split_ties(a, b) if a.dtype.is_floating else tf.minimum(a, b)
+
+
+def _same_dtype_tensors(a, b):
+    """``a`` and ``b`` as tensors, converted as ``tf.maximum`` converts them (a Python number takes the other's
+    dtype, a variable is read): ``tf.custom_gradient`` takes tensors only."""
+    if not isinstance(a, tf.Tensor):
+        a = tf.convert_to_tensor(a, dtype_hint=getattr(b, "dtype", None))
+    if not isinstance(b, tf.Tensor):
+        b = tf.convert_to_tensor(b, dtype_hint=a.dtype)
+    return a, b
+
+
+@tf.custom_gradient
+def _maximum_split_ties(a, b):
+    return tf.maximum(a, b), lambda upstream: _tie_shares(a, b, upstream, tf.less(a, b), tf.greater(a, b))
+
+
+@tf.custom_gradient
+def _minimum_split_ties(a, b):
+    return tf.minimum(a, b), lambda upstream: _tie_shares(a, b, upstream, tf.greater(a, b), tf.less(a, b))
+
+
+def _tie_shares(a, b, upstream, a_loses, b_loses):
+    """PyTorch's gradients of ``maximum``/``minimum`` (derivatives.yaml): ``upstream`` halved where ``a == b``, 0
+    for the input that loses, the whole to both where neither loses (a NaN); each summed over the axes that
+    broadcasting added to or stretched in its input, as TensorFlow's own gradient of ``Maximum`` does."""
+    shared = tf.where(tf.equal(a, b), upstream * 0.5, upstream)
+    zero = tf.zeros((), shared.dtype)
+    grad_a, grad_b = tf.where(a_loses, zero, shared), tf.where(b_loses, zero, shared)
+    if a.shape.is_fully_defined() and a.shape == b.shape:
+        return grad_a, grad_b
+    shape_a, shape_b = tf.shape(a), tf.shape(b)
+    axes_a, axes_b = tf.raw_ops.BroadcastGradientArgs(s0=shape_a, s1=shape_b)
+    return (tf.reshape(tf.reduce_sum(grad_a, axes_a), shape_a), tf.reshape(tf.reduce_sum(grad_b, axes_b), shape_b))
+
 
 def linear(x, weight, bias=None):
+    if x.dtype in (tf.float16, tf.bfloat16) and weight.dtype == x.dtype:
+        # PyTorch's half-precision linear: products summed in float32, the bias added, rounded once to the input's
+        # dtype (TensorFlow's half MatMul rounds its partial sums, then BiasAdd rounds again); and so in the
+        # backward, whose bias gradient sums the batch in float32 (as jax/ops.py ``linear``)
+        return tf.cast(linear(tf.cast(x, tf.float32), tf.cast(weight, tf.float32),
+                              tf.cast(bias, tf.float32) if bias is not None else None), x.dtype)
     # the (out, in) weight is multiplied transposed inside the kernel (no transposed copy per step), and
     # BiasAdd's fused gradient is cheaper than broadcasting AddV2's (a Sum over the batch)
     source = flattened_nhwc_source(x) if x.shape.rank == 2 and weight.shape.rank == 2 else None
@@ -93,7 +147,20 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 def softmax(x, dim=-1):
-    return tf.nn.softmax(x, axis=dim)
+    """``tf.nn.softmax`` with PyTorch's rows that hold ``inf`` or NaN: NaN over the whole row, where TensorFlow's
+    kernel leaves the row's other entries 0 (``[inf, 1, 2]`` gives ``[nan, 0, 0]``). Adding the row's sum times 0
+    (0 in a finite row, NaN in the others) spreads the NaN and leaves finite rows as they are, bit for bit; it runs
+    only when the sum of the whole output is not finite (a cond: a reduction a call, where adding to every row cost
+    the forward and backward of an attention's softmax 5%). It stays out of the gradient, which is NaN over such a
+    row already (TensorFlow's softmax gradient sums the row). XLA's softmax gives such rows NaN already."""
+    y = tf.nn.softmax(x, axis=dim)
+    if tracing_xla_graph():
+        return y
+
+    def nan_rows():
+        return y + tf.stop_gradient(tf.reduce_sum(y, dim, keepdims=True) * 0)
+
+    return tf.cond(tf.math.is_finite(tf.stop_gradient(tf.reduce_sum(y))), lambda: y, nan_rows)
 
 
 def amax(x, dim, keepdim=False):
@@ -199,7 +266,9 @@ def _grouped_conv2d(xh, kernel, groups, stride, padding_argument):
                       for x, k in zip(inputs, kernels)], -1)
 
 
-def _pool(x, kernel_size, stride, padding, pool, pad_value):
+def _pool(x, kernel_size, stride, padding, pool, pad_value, finish=None):
+    """``pool`` of NCHW ``x`` padded with ``pad_value``; ``finish(padded_nhwc, pooled_nhwc, pool_arguments)``, when
+    given, corrects the NHWC result before it is viewed as NCHW."""
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride if stride is not None else kernel_size)
     ph, pw = _pair(padding)
@@ -212,11 +281,49 @@ def _pool(x, kernel_size, stride, padding, pool, pad_value):
         # unknown) keeps TensorFlow's kernel: a guard there (a cond) would cost every step of every model
         size = tf.shape(xh)
         return nchw_view(xh[:, :(size[1] - kh) // sh + 1, :(size[2] - kw) // sw + 1, :])
-    return nchw_view(pool(xh, ksize=(kh, kw), strides=(sh, sw), padding="VALID"))
+    arguments = dict(ksize=(kh, kw), strides=(sh, sw), padding="VALID")
+    y = pool(xh, **arguments)
+    return nchw_view(finish(xh, y, arguments) if finish is not None else y)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    return _pool(x, kernel_size, stride, padding, tf.nn.max_pool2d, float("-inf"))
+    # XLA's max pooling starts each window at -inf: a window of -inf is -inf there already
+    finish = None if tracing_xla_graph() else _minus_inf_windows
+    return _pool(x, kernel_size, stride, padding, tf.nn.max_pool2d, float("-inf"), finish)
+
+
+def _minus_inf_windows(xh, y, arguments):
+    """``y``, TensorFlow's max pooling of ``xh``, with -inf for the windows that hold nothing but -inf, as
+    PyTorch's: TensorFlow's kernel starts each window's maximum at the dtype's lowest finite value, so such a
+    window gives -3.4e38 in float32. Only a window of -inf and that lowest value pools to it: the windows that
+    also hold a value above -inf (the lowest itself, which must stay) are found by pooling ``xh > -inf``, under a
+    cond so that a step whose pools hold no such window pays a comparison, a reduction and a subtraction over the
+    output (measured: +1-3% of the CNN's training step on CPU, whose pools follow ReLUs and so skip it). The cond gives what to subtract (+inf, or 0,
+    which leaves every value as it is, -0.0 too) outside the gradient, so the backward pass holds no cond and
+    passes the gradient to ``y`` whole: TensorFlow gives such a window's to its first element, as PyTorch does.
+    In a graph where ``xh`` comes from an op that never gives -inf (a ReLU: a CNN's pools) nothing is added."""
+    if _never_minus_inf(xh):
+        return y
+    floor = tf.equal(y, y.dtype.min)
+
+    def minus_inf():
+        holds_more = tf.nn.max_pool2d(tf.cast(xh > float("-inf"), xh.dtype), **arguments) > 0
+        return tf.where(floor & ~holds_more, tf.constant(float("inf"), y.dtype), tf.zeros((), y.dtype))
+
+    return y - tf.stop_gradient(tf.cond(tf.reduce_any(floor), minus_inf, lambda: tf.zeros((), y.dtype)))
+
+
+#: ops whose outputs are never -inf (a NaN stays NaN)
+_NEVER_MINUS_INF = {"Elu", "Relu", "Relu6", "Selu", "Sigmoid", "Softmax", "Softplus", "Tanh"}
+
+
+def _never_minus_inf(xh):
+    """Whether ``xh``, in a graph, is the output of an op that never gives -inf, padded or not (padding at most
+    half the kernel leaves a real value in every window), through identities (Keras's layers add them)."""
+    op = None if tf.executing_eagerly() else getattr(xh, "op", None)
+    while op is not None and op.type in ("Identity", "Pad", "PadV2") and op.inputs:
+        op = op.inputs[0].op
+    return op is not None and op.type in _NEVER_MINUS_INF
 
 
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
