@@ -21,8 +21,9 @@ _live: "weakref.WeakValueDictionary[int, JaxVariable]" = weakref.WeakValueDictio
 
 
 def live() -> list["JaxVariable"]:
-    """Every ``JaxVariable`` still referenced, in creation order."""
-    return [_live[k] for k in sorted(_live.keys())]
+    """Every ``JaxVariable`` still referenced, in creation order. (``items()`` holds each one while it is listed: a
+    key listed first and looked up after could be gone by then, freed by a garbage collection in between.)"""
+    return [variable for _, variable in sorted(_live.items(), key=lambda item: item[0])]
 
 
 def unwrap(value):
