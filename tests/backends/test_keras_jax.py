@@ -254,6 +254,25 @@ def alternated():
     return alternated_steps_and_fit(rounds=3, bind_momentum=True)
 
 
+def parity_rules():
+    # the parity tests of the ops whose rules differ by framework (maximum's ties, softmax over inf, the
+    # half-precision linear), run here on Keras-on-JAX: "ok" or the failure, by name (max pooling of -inf windows
+    # passes too, checked by hand: 8 s of XLA compiles here)
+    from tests.parity import test_functional_ops
+
+    outcomes = {}
+    for test in (test_functional_ops.test_maximum_and_minimum_split_ties_and_nans_as_torch,
+                 test_functional_ops.test_softmax_of_a_row_holding_inf_or_nan_is_nan_as_torch,
+                 test_functional_ops.test_half_precision_linear_rounds_once_as_torch):
+        try:
+            with ud.use_backend("keras"):
+                test("keras")
+            outcomes[test.__name__] = "ok"
+        except Exception as error:
+            outcomes[test.__name__] = f"{type(error).__name__}: {str(error)[:300]}"
+    return outcomes
+
+
 def traced_step_inputs():
     # a forward looping over a step input's value: one GraphConstructError naming the rule, from train_step's
     # extra inputs as from fit's step_inputs (train_step gave Keras's own "Unable to automatically build" error)
@@ -299,6 +318,7 @@ print(json.dumps({
     "half_bias": half_bias_gradient(),
     "traced_step_inputs": traced_step_inputs(),
     "alternated": alternated(),
+    "parity_rules": parity_rules(),
 }))
 """
 
@@ -411,3 +431,10 @@ def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
                 "(if/while/range/int on a traced value), a step input among them (train_step's extra inputs, fit's "
                 "step_inputs)"]
     assert result["traced_step_inputs"] == [expected, expected], result["traced_step_inputs"]
+
+
+def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):
+    """``ud.ops.maximum``/``minimum``'s tie and NaN gradients, ``softmax`` of rows holding inf or NaN and the
+    half-precision ``Linear``'s one rounding, on Keras-on-JAX: the parity tests of tests/parity, run in its
+    interpreter against plain torch."""
+    assert set(result["parity_rules"].values()) == {"ok"}, result["parity_rules"]
