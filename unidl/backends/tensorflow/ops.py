@@ -298,9 +298,10 @@ def _minus_inf_windows(xh, y, arguments):
     window gives -3.4e38 in float32. Only a window of -inf and that lowest value pools to it: the windows that
     also hold a value above -inf (the lowest itself, which must stay) are found by pooling ``xh > -inf``, under a
     cond so that a step whose pools hold no such window pays a comparison, a reduction and a subtraction over the
-    output (measured: +1-3% of the CNN's training step on CPU, whose pools follow ReLUs and so skip it). The cond gives what to subtract (+inf, or 0,
-    which leaves every value as it is, -0.0 too) outside the gradient, so the backward pass holds no cond and
-    passes the gradient to ``y`` whole: TensorFlow gives such a window's to its first element, as PyTorch does.
+    output (measured: +1-3% of the CNN's training step on CPU when forced; its pools follow ReLUs and skip it).
+    The cond gives what to subtract (+inf, or 0, which leaves every value as it is, -0.0 too) outside the
+    gradient, so the backward pass holds no cond and passes the gradient to ``y`` whole: TensorFlow gives such a
+    window's to its first element, as PyTorch does.
     In a graph where ``xh`` comes from an op that never gives -inf (a ReLU: a CNN's pools) nothing is added."""
     if _never_minus_inf(xh):
         return y
