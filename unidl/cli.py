@@ -266,7 +266,10 @@ def train(args) -> float:
     if joined:
         ud.distributed.init()  # started by torchrun (`torchrun --nproc-per-node N -m unidl train`)
     try:
-        return _train(args, ud)
+        accuracy = _train(args, ud)
+        if joined:  # every rank done (rank 0 also wrote its logs and plot) before any leaves the group
+            ud.distributed.barrier()
+        return accuracy
     finally:
         if joined:  # leave the group before the interpreter's teardown, where gloo's threads could abort a rank
             ud.distributed.shutdown()
