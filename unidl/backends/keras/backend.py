@@ -31,9 +31,8 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras import precision as keras_precision
 from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
-from unidl.nn.module import step_modes, trainable_mask
 from unidl.backends.keras.module import (BatchRelay, NativeLoss, NativeModel, metric_tracker_variables,
-                                         reached_modes, restore_metric_totals)
+                                         restore_metric_totals, step_key)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
@@ -243,9 +242,8 @@ class Backend(BackendInterface):
         native = model.native
         # Keras's compiled steps bake in which variables they train and each module's train/eval mode: freezing
         # one, or ``model.bn.eval()``, is another compile
-        key = (id(loss_fn), id(optimizer), jit_compile, None if metrics is None else metrics.key, eager,
-               trainable_mask(optimizer.params), step_modes(model, loss_fn), precision, accumulate,
-               reached_modes(native))  # (last: the modes of modules outside model and loss, re-filed as found)
+        key = (id(loss_fn), id(optimizer), jit_compile, None if metrics is None else metrics.key, eager, precision,
+               accumulate, *step_key(model, loss_fn, optimizer))  # (its last entry re-filed: module.py)
         if getattr(native, "_unidl_compiled", None) != key:
             optimizer.native.prepare_accumulation(accumulate)  # micro-steps per update, for the steps traced next
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too
@@ -272,8 +270,7 @@ class Backend(BackendInterface):
             raise NotImplementedError("the keras backend trains through Keras's trainer, which returns no outputs; "
                                       "ud.fit uses fit_epoch instead")
         return _FreezeAwareStep(lambda: self._train_step(model, loss_fn, optimizer, eager, accumulate=accumulate),
-                                lambda: (trainable_mask(optimizer.params), step_modes(model, loss_fn),
-                                         reached_modes(model.native)))
+                                lambda: step_key(model, loss_fn, optimizer))
 
     def _train_step(self, model, loss_fn, optimizer, eager, precision=None, accumulate=1):
         def compile_for_this_step():

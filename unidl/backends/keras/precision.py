@@ -11,9 +11,8 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
-from unidl.backends.keras.module import reached_modes
+from unidl.backends.keras.module import step_key
 from unidl.backends.keras.optimizer import assign_numpy, read_numpy
-from unidl.nn.module import step_modes, trainable_mask
 from unidl.precision import autocast_modules, modules_of
 
 
@@ -198,8 +197,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
 
     scaler = keras_optimizer(optimizer, precision, accumulate)  # the loss scale exists (init_scale) before a step
     run = _FreezeAwareStep(lambda: backend._train_step(model, loss_fn, optimizer, eager, precision, accumulate),
-                           lambda: (trainable_mask(optimizer.params), step_modes(model, loss_fn),
-                                    reached_modes(model.native)))
+                           lambda: step_key(model, loss_fn, optimizer))
 
     def loss_scale():
         return float(keras.ops.convert_to_numpy(scaler.dynamic_scale)) if precision.scales_loss else 1.0
