@@ -241,9 +241,7 @@ class Backend(BackendInterface):
                 outputs = forward(x, *inputs)
                 loss = loss_fn(outputs, y)
                 if updates:  # the window's losses, which the guard checks (under DDP: with the gradients' all-reduce)
-                    losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
-                    if forward is not model:
-                        torch_distributed.mark_losses(forward, losses)
+                    losses = torch_distributed.update_losses(forward, window, loss)
                 (loss / accumulate if accumulate > 1 else loss).backward()  # PyTorch's accumulation idiom
             result = (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
             if not updates:  # inside the window nothing is skipped yet: its check comes with its update

@@ -129,6 +129,16 @@ def mark_losses(forward, losses) -> None:
         marks.marker = losses.detach().sum() * 0
 
 
+def update_losses(forward, window, loss):
+    """The losses an update's non-finite guard checks: ``window`` (the earlier micro-steps' detached losses) and this
+    micro-step's ``loss``; under DDP also marked into the update's all-reduce (``mark_losses``), before its
+    backward."""
+    losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
+    if isinstance(forward, torch.nn.parallel.DistributedDataParallel):
+        mark_losses(forward, losses)
+    return losses
+
+
 def gradient_sync(forward, sync: bool):
     """The context for one micro-step's forward and backward: ``DistributedDataParallel.no_sync()`` when ``sync``
     is False and ``forward`` is one (its gradients accumulate in ``.grad`` on this rank; the next synced backward

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from unidl.backends.torch.distributed import data_parallel, gradient_sync, mark_losses
+from unidl.backends.torch.distributed import data_parallel, gradient_sync, update_losses
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
 from unidl.training import loss_scale_storage
@@ -78,9 +78,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
                 outputs = forward(x, *inputs)
             loss = loss_fn(outputs.float(), y)  # the loss in float32, as autocast computes losses
             if updates:  # the window's losses, which the guard checks (under DDP: with the gradients' all-reduce)
-                losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
-                if forward is not model:
-                    mark_losses(forward, losses)
+                losses = update_losses(forward, window, loss)
             scaled = loss / accumulate if accumulate > 1 else loss
             (scaled if scaler is None else scaled * scaler.scale).backward()
         result = (loss.detach(), outputs.detach().float()) if with_outputs else loss.detach()
