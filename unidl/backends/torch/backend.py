@@ -240,9 +240,10 @@ class Backend(BackendInterface):
             with torch_distributed.gradient_sync(forward, updates):
                 outputs = forward(x, *inputs)
                 loss = loss_fn(outputs, y)
-                if updates:  # the window's losses, which the guard checks (under DDP: with the gradients' all-reduce)
-                    losses = torch_distributed.update_losses(forward, window, loss)
-                (loss / accumulate if accumulate > 1 else loss).backward()  # PyTorch's accumulation idiom
+                # the window's losses, which the guard checks (under DDP: with the job's marker, from the gradients'
+                # all-reduce); loss / N, PyTorch's accumulation idiom
+                losses = torch_distributed.backward(forward, loss / accumulate if accumulate > 1 else loss,
+                                                    torch_distributed.update_losses(window, loss) if updates else None)
             result = (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
             if not updates:  # inside the window nothing is skipped yet: its check comes with its update
                 window.append(loss.detach())

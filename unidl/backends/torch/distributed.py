@@ -2,10 +2,13 @@
 and ``DistributedDataParallel`` averages the gradients of the torch backend's training step.
 
 ``data_parallel(model)`` is what ``Backend.train_step`` calls forward through: the model itself in one
-process, a ``DistributedDataParallel`` over the model's ``NativeModule`` (the very same parameters) in a
-group, so that ``loss.backward()`` ends with gradients averaged over every rank by torch's reducer.
+process, a ``DataParallel`` in a group, whose ``DistributedDataParallel`` over the model's ``NativeModule`` (the
+very same parameters) and one small parameter of its own (``ModelWithFlags.flags``) makes ``backward`` end with
+gradients averaged over every rank by torch's reducer: its own all-reduce of each bucket, no other collective, no
+Python inside.
 ``gradient_sync(forward, sync)`` wraps a micro-step of gradient accumulation: only the update micro-step's
 backward all-reduces (the others run under ``no_sync()`` and accumulate locally in ``.grad``).
+``Engine.wrap_forward`` is the same engine for a trainer that runs its own step (Keras's).
 """
 
 from __future__ import annotations
@@ -68,8 +71,9 @@ class Engine:
         """A ``DistributedDataParallel`` over ``module`` (any ``torch.nn.Module``, such as a Keras-on-torch model,
         whose parameters are its variables): rank 0's state is broadcast now, and a backward through its
         forward averages the gradients over the ranks, carrying a non-finite loss of any rank to every rank's
-        gradients (``mark_losses``). For a trainer that runs its own step (Keras's), and for
-        unidl's (``data_parallel``)."""
+        gradients (``mark_losses``, through a Python comm hook; with ``find_unused_parameters``). For a trainer
+        that runs its own step (Keras's); unidl's own step uses ``DataParallel``, which does the same in one
+        all-reduce without either."""
         # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
         # reducer warn at every run, though the copy it warns about is of those dimensions only
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -90,14 +94,107 @@ class Engine:
 
 
 def data_parallel(model):
-    """``model``, or in a group of several processes a ``DistributedDataParallel`` over it: rank 0's
-    parameters and buffers are broadcast now, and every backward averages the gradients over the ranks, carrying a
-    non-finite loss of any rank to every rank's gradients (``mark_losses``)."""
+    """``model``, or in a group of several processes a ``DataParallel`` over it: rank 0's parameters and buffers
+    are broadcast now, and every update's backward (``backward``) averages the gradients over the ranks."""
     from unidl.distributed import process_group
 
     if process_group.sharding() is None or not dist.is_initialized():
         return model
-    return Engine.wrap_forward(NativeModule(model))
+    return DataParallel(model)
+
+
+class ModelWithFlags(torch.nn.Module):
+    """What DDP wraps: the model's ``NativeModule`` and ``flags``, a parameter of ``1 + len(params)`` zeros (the
+    dtype and device of the model's first trainable parameter, so that it shares their bucket) whose gradient, set
+    by ``DataParallel.backward``, rides in the gradients' own all-reduce: the losses' marker, then whether each
+    parameter had a gradient on this rank."""
+
+    def __init__(self, native, params):
+        super().__init__()
+        self.native = native
+        like = params[0] if params else torch.zeros(())
+        self.flags = torch.nn.Parameter(torch.zeros(1 + len(params), dtype=like.dtype, device=like.device))
+
+    def forward(self, *args, **kwargs):
+        return self.native(*args, **kwargs)
+
+
+class DataParallel:
+    """unidl's torch step under DDP, with ``find_unused_parameters=False`` and torch's own all-reduce (no comm
+    hook): per update only DDP's all-reduce of each bucket (one for a small model), with no Python inside it.
+
+    What ``find_unused_parameters`` and a comm hook would do, ``backward`` does around the update's backward, in the
+    same all-reduce. A parameter this rank's loss does not reach (a dynamic net's skipped layer; found by a walk of
+    the loss's graph from Python, some microseconds) gets a zero gradient, so that the reducer's buckets complete
+    (DDP's own ``find_unused_parameters`` walks the graph too, and all-reduces a map of the used parameters in a
+    second collective, which cost 5-10% of a LeNet step on 2 CPU processes). ``flags``'s gradient carries the
+    losses' marker (``0 * sum(losses)``: 0, or NaN where one is not finite) and whether each parameter had a
+    gradient on this rank (in this micro-step or earlier in the window). After the all-reduce, a parameter no rank
+    gave a gradient gets none (PyTorch's rule: no update), as with ``find_unused_parameters``, and the guard checks
+    the averaged flags, non-finite where any rank's losses are: every rank decides alike. A parameter frozen or
+    unfrozen between steps (``requires_grad_``) makes the next update build the DDP again over the trainable
+    parameters (DDP fixes its parameters when built)."""
+
+    def __init__(self, model):
+        self.native = NativeModule(model)
+        self.every = list(self.native.parameters())
+        self._build()
+
+    def _build(self):
+        # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
+        # reducer warn at every run, though the copy it warns about is of those dimensions only
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        self.trainable = [p.requires_grad for p in self.every]
+        self.params = [p for p in self.every if p.requires_grad]
+        self.wrapped = ModelWithFlags(self.native, self.params)
+        self.flags = self.wrapped.flags
+        device = self.flags.device
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            self.wrapped, device_ids=[device.index or 0] if device.type == "cuda" else None)
+        self.nodes = [torch.autograd.graph.get_gradient_edge(p).node for p in self.params]  # (their AccumulateGrad)
+        self.gradient = torch.ones_like(self.flags)  # flags's gradient: [marker, 1 for each parameter with one]
+        self.marker = self.gradient[:1]
+
+    def __call__(self, *args, **kwargs):
+        return self.ddp(*args, **kwargs)
+
+    def sync(self, updates: bool):
+        """The context of a micro-step: ``no_sync()`` unless it ``updates``; an update first rebuilds the DDP when a
+        parameter was frozen or unfrozen since it was built (every rank alike, as their weights are)."""
+        if not updates:
+            return self.ddp.no_sync()
+        if [p.requires_grad for p in self.every] != self.trainable:
+            self._build()
+        return contextlib.nullcontext()
+
+    def backward(self, root, losses):
+        """``root.backward()`` of an update whose guard checks ``losses`` (this rank's, see ``update_losses``):
+        returns what the guard checks instead, the averaged flags (NaN where any rank's losses are not finite)."""
+        seen, stack = set(), [root.grad_fn] if root.grad_fn is not None else []
+        while stack:  # the graph's nodes, to find the parameters' AccumulateGrad nodes the loss reaches
+            for node, _ in stack.pop().next_functions:
+                if node is not None and node not in seen:
+                    seen.add(node)
+                    stack.append(node)
+        unreached = [index for index, node in enumerate(self.nodes) if node not in seen]
+        self.marker.copy_(losses if losses.dim() == 0 else losses.sum()).mul_(0)
+        roots, gradients = [root, self.flags], [None, self.gradient]
+        if unreached:
+            gradients[1] = self.gradient.clone()
+            for index in unreached:
+                parameter = self.params[index]
+                if parameter.grad is None:  # (a gradient from an earlier micro-step of the window counts)
+                    gradients[1][1 + index] = 0
+                roots.append(parameter)  # a zero gradient: its bucket completes
+                gradients.append(torch.zeros_like(parameter))
+        torch.autograd.backward(roots, gradients)
+        averaged, self.flags.grad = self.flags.grad, None
+        if unreached:
+            had = averaged[1:].tolist()
+            for index in unreached:
+                if had[index] == 0:  # no rank's loss reached it in the window: no gradient, as in one process
+                    self.params[index].grad = None
+        return averaged
 
 
 class _LossMarks:
@@ -129,20 +226,26 @@ def mark_losses(forward, losses) -> None:
         marks.marker = losses.detach().sum() * 0
 
 
-def update_losses(forward, window, loss):
+def update_losses(window, loss):
     """The losses an update's non-finite guard checks: ``window`` (the earlier micro-steps' detached losses) and this
-    micro-step's ``loss``; under DDP also marked into the update's all-reduce (``mark_losses``), before its
-    backward."""
-    losses = torch.stack([*window, loss.detach()]) if window else loss.detach()
-    if isinstance(forward, torch.nn.parallel.DistributedDataParallel):
-        mark_losses(forward, losses)
+    micro-step's ``loss``."""
+    return torch.stack([*window, loss.detach()]) if window else loss.detach()
+
+
+def backward(forward, root, losses=None):
+    """``root.backward()``. In an update (``losses``: its guard's, see ``update_losses``) under DDP, the
+    ``DataParallel.backward`` that all-reduces the gradients with the losses' marker: returns the losses the guard
+    checks, the job's marker with them; else ``losses``."""
+    if losses is not None and isinstance(forward, DataParallel):
+        return forward.backward(root, losses)
+    root.backward()
     return losses
 
 
 def gradient_sync(forward, sync: bool):
-    """The context for one micro-step's forward and backward: ``DistributedDataParallel.no_sync()`` when ``sync``
-    is False and ``forward`` is one (its gradients accumulate in ``.grad`` on this rank; the next synced backward
+    """The context for one micro-step's forward and backward: under DDP, ``DataParallel.sync`` (``no_sync()``
+    when ``sync`` is False: its gradients accumulate in ``.grad`` on this rank; the next synced backward
     all-reduces the sum, torch's accumulation idiom, one all-reduce per update), else nothing."""
-    if sync or not isinstance(forward, torch.nn.parallel.DistributedDataParallel):
-        return contextlib.nullcontext()
-    return forward.no_sync()
+    if isinstance(forward, DataParallel):
+        return forward.sync(sync)
+    return contextlib.nullcontext()

@@ -82,8 +82,9 @@ def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
     clipped) when ``loss`` or a stored gradient is NaN or infinite, so that the caller skips the update; else
     clip in place (``torch.nn.utils``' own functions for PyTorch's rules) and return True. Records the result
     for ``last_step_finite``. One fused check over all gradients (the kernel ``torch.amp``'s scaler uses) and
-    one host read per step. Under DDP the averaged gradients carry any rank's non-finite loss
-    (``distributed.mark_losses``), so the decision is the same on every rank and the weights stay identical."""
+    one host read per step. Under DDP ``loss`` holds the job's marker (``distributed.DataParallel.backward``; Keras's
+    step: the averaged gradients carry it, ``distributed.mark_losses``), so the decision is the same on every rank
+    and the weights stay identical."""
     grads = [p.grad for p in optimizer.params if p.grad is not None]
     checked = grads + ([loss.detach().reshape(-1)] if loss is not None else [])  # (or a window's losses)
     finite = True

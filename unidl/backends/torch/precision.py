@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from unidl.backends.torch.distributed import data_parallel, gradient_sync, update_losses
+from unidl.backends.torch.distributed import backward, data_parallel, gradient_sync, update_losses
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
 from unidl.training import loss_scale_storage
@@ -77,10 +77,11 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 outputs = forward(x, *inputs)
             loss = loss_fn(outputs.float(), y)  # the loss in float32, as autocast computes losses
-            if updates:  # the window's losses, which the guard checks (under DDP: with the gradients' all-reduce)
-                losses = update_losses(forward, window, loss)
             scaled = loss / accumulate if accumulate > 1 else loss
-            (scaled if scaler is None else scaled * scaler.scale).backward()
+            # the window's losses, which the guard checks (under DDP: with the job's marker, from the gradients'
+            # all-reduce)
+            losses = backward(forward, scaled if scaler is None else scaled * scaler.scale,
+                              update_losses(window, loss) if updates else None)
         result = (loss.detach(), outputs.detach().float()) if with_outputs else loss.detach()
         if not updates:
             window.append(loss.detach())
