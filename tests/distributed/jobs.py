@@ -166,7 +166,8 @@ class PoisonedLoss(ud.nn.Module):
 def poisoned_run(dtype, calls, poisoned_call, precision=None, accumulate=1):
     """``calls`` steps (micro-steps with ``accumulate``) of the two-layer net on this rank's own batch, rank 1's
     loss made infinite at call ``poisoned_call`` (a constant added to it: the gradients stay finite). The starting
-    weights, the weights after each call, each call's flag and the optimizer's update count."""
+    weights, the weights after each call, each call's flag, the optimizer's update count and its loss scale (None
+    without float16)."""
     rank = ud.distributed.rank()
     with ud.use_dtype(dtype):
         ud.manual_seed(1)
@@ -184,7 +185,9 @@ def poisoned_run(dtype, calls, poisoned_call, precision=None, accumulate=1):
             step(x, y)
             finite.append(optimizer.last_step_finite)
             weights.append({k: ud.to_numpy(v) for k, v in model.state_dict().items()})
-        return {"start": start, "weights": weights, "finite": finite, "updates": optimizer.state_dict()["step"]}
+        state = optimizer.state_dict()
+        return {"start": start, "weights": weights, "finite": finite, "updates": state["step"],
+                "loss_scaler": state.get("loss_scaler")}
 
 
 #: accumulate=2 windows: the middle layer has a gradient in the last micro-step only, the first only, none, both
@@ -328,7 +331,10 @@ def window_checkpointed_in_the_job(directory):
     """``train_step(accumulate=2)`` (float64, SGD with momentum) over 4 micro-steps, each rank on its own 2 samples
     of each global batch of 4, checkpointed after the third (one micro-step into the second window, whose sums
     differ per rank), then resumed by a fresh model and optimizer on the same ranks for the fourth: the weights of
-    the uninterrupted run and of the resumed one (the checkpoint must hold the job's window, not rank 0's)."""
+    the uninterrupted run and of the resumed one (the checkpoint must hold the job's window, not rank 0's). The
+    resumed run trains one whole window before it loads the checkpoint: a step that keeps the window's count in
+    Python (whether a micro-step closes the window, decided without a read from the device) must take the loaded
+    count (one micro-step in), not keep its own (none), or the fourth micro-step would not update."""
     rank = ud.distributed.rank()
 
     def run(resume_from=None):
@@ -339,11 +345,17 @@ def window_checkpointed_in_the_job(directory):
             model = ud.models.TwoLayerNet(5, 7, 3)
             optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             step = ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=2)
-            if resume_from is not None:
-                ud.load_checkpoint(resume_from, model, optimizer)
-            for index in range(3 if resume_from is not None else 0, 4):
+
+            def micro_step(index):
                 share = slice(4 * index + 2 * rank, 4 * index + 2 * rank + 2)
                 step(x[share], y[share])
+
+            if resume_from is not None:
+                micro_step(0)
+                micro_step(1)
+                ud.load_checkpoint(resume_from, model, optimizer)
+            for index in range(3 if resume_from is not None else 0, 4):
+                micro_step(index)
                 if index == 2 and resume_from is None:
                     resume_from = ud.save_checkpoint(directory, model, optimizer, step=3)
             return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, resume_from
@@ -386,6 +398,7 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
             results[backend] = data_parallel_job(*job_args)
             if backend == "keras":
                 results[backend]["eager"] = eager_fit_refusal()
+                results[backend]["eager_window"] = eager_window_refusal()
                 results[backend]["fp16_overflow"] = float16_overflow_on_one_rank()
     with open(os.path.join(results_directory, f"rank{ud.distributed.rank()}.pickle"), "wb") as file:
         pickle.dump(results, file)
@@ -413,12 +426,14 @@ def float16_overflow_on_one_rank():
 def keras_on_torch_job(directory):
     """On ranks whose Keras runs on torch (``KERAS_BACKEND=torch``): the two-layer net through ``train_step``
     (Keras's ``train_on_batch``) in float64 and float32, with bf16-mixed and 16-mixed, with ``accumulate=2``
-    (and bf16-mixed), the all-reduces of each call of the float64 steps counted, the CNN through ``fit`` (Keras's
-    ``Model.fit``), ``float16_checkpoint_job`` and the non-finite guard (``poisoned_run``); then, the
+    (and bf16-mixed, 16-mixed), the all-reduces of each call of the float64 and float16 accumulating steps counted,
+    the CNN through ``fit`` (Keras's ``Model.fit``), ``float16_checkpoint_job`` and the non-finite guard
+    (``poisoned_run``, also of a float16 window); then, the
     group left, rank 0 trains the same in one process (the reference, on the same framework) and resumes the
     job's first float16 checkpoint there."""
     def training(name, all_reduces=None):
-        counts = all_reduces if all_reduces is not None else {"two_layer64": None, "two_layer_accumulate": None}
+        counts = all_reduces if all_reduces is not None else {"two_layer64": None, "two_layer_accumulate": None,
+                                                              "two_layer_fp16_accumulate": None}
         return {"two_layer64": train_two_layer("float64", all_reduces=counts["two_layer64"]),
                 "two_layer32": train_two_layer("float32"),
                 "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
@@ -428,16 +443,21 @@ def keras_on_torch_job(directory):
                 "two_layer_accumulate": train_two_layer("float64", accumulate=2,
                                                         all_reduces=counts["two_layer_accumulate"]),
                 "two_layer_bf16_accumulate": train_two_layer("float32", "bf16-mixed", accumulate=2),
+                # float16's window is Keras's loss scaler's: one all-reduce per update too
+                "two_layer_fp16_accumulate": train_two_layer("float32", ud.Precision("16-mixed", init_scale=256.0),
+                                                             accumulate=2,
+                                                             all_reduces=counts["two_layer_fp16_accumulate"]),
                 "cnn": train_cnn(os.path.join(directory, name))}
 
     rank = ud.distributed.rank()
     float16 = os.path.join(directory, "float16")
-    all_reduces = {"two_layer64": [], "two_layer_accumulate": []}  # per call of each step
+    all_reduces = {"two_layer64": [], "two_layer_accumulate": [], "two_layer_fp16_accumulate": []}  # per call
     result = {"framework": _framework(), "world_size": ud.distributed.world_size(),
               **training(f"rank{rank}", all_reduces), "all_reduces": all_reduces,
               "float16": float16_checkpoint_job(float16),
               # rank 1's loss infinite (its gradients finite) at a step, and at a window's first micro-step
               "guarded": poisoned_run("float64", 3, 1), "guarded_window": poisoned_run("float64", 4, 0, accumulate=2),
+              "guarded_fp16_window": poisoned_run("float32", 4, 0, ud.Precision("16-mixed", init_scale=256.0), 2),
               "window_checkpointed": window_checkpointed_in_the_job(os.path.join(directory, "window"))}
     ud.distributed.shutdown()
     if rank == 0:
@@ -460,6 +480,25 @@ def eager_fit_refusal():
                batch_size=CNN_BATCH, eager=True, verbose=0)
     except DistributedError as error:
         return str(error)
+    return None
+
+
+def eager_window_refusal():
+    """The first call of ``train_step(..., eager=True, accumulate=2)`` (on keras: Keras's eager ``train_on_batch``,
+    outside the engine's replica context, where its window could not be reduced at its last micro-step): its
+    error, whether the weights are unchanged, and the optimizer's state after it; None if it trained."""
+    from unidl.errors import DistributedError
+
+    ud.manual_seed(1)
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    start = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, eager=True, accumulate=2)
+    try:
+        step(np.ones((2, 5), np.float32), np.ones((2, 3), np.float32))
+    except DistributedError as error:
+        return {"error": str(error), "state": optimizer.state_dict(),
+                "unchanged": all(np.array_equal(ud.to_numpy(v), start[k]) for k, v in model.state_dict().items())}
     return None
 
 

@@ -115,6 +115,11 @@ def job(request, launches, tmp_path_factory):
 def test_eager_keras_training_in_a_job_is_refused_rather_than_left_unaveraged(launches, tmp_path_factory):
     for rank in _job("keras", launches, tmp_path_factory)["ranks"]:
         assert "outside the replica context" in rank["eager"] and "would not be averaged" in rank["eager"]
+        # with accumulate=2 too, at the first call, before its micro-step changed the weights or the window (the
+        # window's update, which reduces it over the ranks, would have raised at the second)
+        window = rank["eager_window"]
+        assert window is not None and "outside the replica context" in window["error"]
+        assert window["unchanged"] and window["state"]["step"] == 0 and "accumulation" not in window["state"]
 
 
 @pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
@@ -299,7 +304,7 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
     # mixed precision (torch.autocast under Keras's step) and accumulate=2 in the job (each rank's window under
     # DDP's no_sync(), averaged once per update by the optimizer: the same weights)
     for key, bound in (("two_layer_accumulate", 1e-12), ("two_layer_bf16", 2e-2), ("two_layer_fp16", FLOAT16_BOUND),
-                       ("two_layer_bf16_accumulate", 2e-2)):
+                       ("two_layer_bf16_accumulate", 2e-2), ("two_layer_fp16_accumulate", FLOAT16_BOUND)):
         for name in one[key]:
             np.testing.assert_array_equal(rank0[key][name], rank1[key][name], err_msg=f"{key}: {name}")
         # half batches round unlike the whole batch in bfloat16 (8 bits) and float16 (11 bits); a sum over the
@@ -307,13 +312,19 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
         _agree(rank0[key], one[key], bound)
     # the all-reduces of each call (DDP's bucket, through unidl's comm hook, and unidl's own): a step one, the loss's
     # agreement for the guard riding in it; with accumulate=2 none in a window's first micro-step and one (the
-    # window's sums with its finite flag) in its last, windows running across the epoch boundary
+    # window's sums with its finite flag) in its last, windows running across the epoch boundary: float16's window
+    # (Keras's loss scaler's) too
     for rank in (rank0, rank1):
-        assert rank["all_reduces"] == {"two_layer64": [1] * 10, "two_layer_accumulate": [0, 1] * 5}
+        assert rank["all_reduces"] == {"two_layer64": [1] * 10, "two_layer_accumulate": [0, 1] * 5,
+                                       "two_layer_fp16_accumulate": [0, 1] * 5}
     # rank 1's loss infinite with finite gradients, at a step and at a window's first micro-step (no all-reduce
-    # there): both ranks skip that step, or that window at its update, and keep bit-identical weights
+    # there): both ranks skip that step, or that window at its update, and keep bit-identical weights; a float16
+    # window so skipped halves the scale once (256 to 128), the next window's update counting one finite step
+    assert rank0["guarded_fp16_window"]["loss_scaler"] == rank1["guarded_fp16_window"]["loss_scaler"] == {
+        "scale": 128.0, "growth_tracker": 1}
     for key, finite, updates, unchanged in (("guarded", [True, False, True], 2, 1),
-                                            ("guarded_window", [True, False, True, True], 1, 1)):
+                                            ("guarded_window", [True, False, True, True], 1, 1),
+                                            ("guarded_fp16_window", [True, False, True, True], 1, 1)):
         first, second = rank0[key], rank1[key]
         assert first["finite"] == second["finite"] == finite, key
         assert first["updates"] == second["updates"] == updates, key

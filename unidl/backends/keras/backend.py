@@ -273,6 +273,9 @@ class Backend(BackendInterface):
                                 lambda: step_key(model, loss_fn, optimizer))
 
     def _train_step(self, model, loss_fn, optimizer, eager, precision=None, accumulate=1):
+        if eager:  # (in a job whose engine runs Keras's step in its replica context: refused, before any change)
+            keras_distributed.refuse_eager_step()
+
         def compile_for_this_step():
             return self.compile(model, loss_fn, optimizer, eager=eager, precision=precision, accumulate=accumulate)
 
@@ -323,6 +326,8 @@ class Backend(BackendInterface):
 
     def _fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision, accumulate=1,
                    totals=None, step_inputs=None):
+        if eager:  # (as _train_step's)
+            keras_distributed.refuse_eager_step()
         native = self.compile(model, loss_fn, optimizer, metrics=metrics, eager=eager, precision=precision,
                               accumulate=accumulate)
         to_input = self.to_input

@@ -16,8 +16,9 @@ backward, the step's loss riding in that all-reduce for the guard (``mark_loss``
 With ``accumulate`` N > 1 in a job, on either host, the optimizer keeps this rank's window and reduces it over the
 ranks with its finite flag in one all-reduce when the window closes (``accumulates_locally``, ``reduce_window``):
 one collective per update, as torch's ``no_sync()`` accumulation (Keras-on-torch: every micro-step's backward
-under ``no_sync()``; Keras-on-TensorFlow: a graph without a collective for the other micro-steps,
-``graph_per_window_place``).
+under ``no_sync()``, float16's window, Keras's loss scaler's, too; Keras-on-TensorFlow: a graph without a
+collective for the other micro-steps, ``graph_per_window_place``). Whether a micro-step closes the window is
+decided in Python, from the window's count kept there (``NativeOptimizer.closes_window``).
 """
 
 from __future__ import annotations
@@ -112,6 +113,17 @@ def in_group() -> bool:
     return running is not None and not getattr(running, "gradients_averaged_in_backward", False)
 
 
+def refuse_eager_step() -> None:
+    """Before an eager train step or ``fit`` (``eager=True``: Keras's ``train_on_batch`` or ``Model.fit`` run
+    eagerly) is built, on its first call: in a group whose engine carries Keras's step in its replica context
+    (``in_group``: TensorFlow's strategy), the engine's own ``DistributedError``, before anything changes. An
+    eager step runs outside that context, where its gradients could not be summed over the ranks, nor (with
+    ``accumulate`` N > 1) its window at the window's last micro-step, after the first ones had changed it. The
+    compiled step (``eager=False``) trains; elsewhere (torch's DDP, one process) nothing."""
+    if in_group():
+        _running().reduce_in_step([], "sum")  # (outside the replica context the engine raises: its own error)
+
+
 def data_parallel(step, variables=()):
     """``step`` in the engine's replica context with rank 0's ``variables`` broadcast; ``step`` outside a group."""
     running = _running()
@@ -170,11 +182,11 @@ class _WindowGraphs:
         self._optimizer, self._make, self._graphs = optimizer, make, {}
 
     def __call__(self, *args):
-        closes = self._optimizer.closes_window()  # (the count variable: whatever step or load wrote the window)
+        closes = self._optimizer.closes_window()  # (the window's count kept in Python: no read from the device)
         graph = self._graphs.get(closes)
         if graph is None:
             graph = self._graphs[closes] = self._make()
-        with self._optimizer.tracing_window_place(closes):  # (read while the graph traces)
+        with self._optimizer.micro_step_at(closes):  # (read while the graph traces; the count moves past it)
             return graph(*args)
 
     @property
@@ -205,8 +217,9 @@ def forward_through_engine(native):
     its forward runs through the engine's wrapper (``wrap_forward``: DistributedDataParallel, made once per
     model, which broadcasts rank 0's weights then), so that the step's ``loss.backward()`` averages the
     gradients over the ranks, the loss riding along (``mark_loss``); where the compiled optimizer keeps a window
-    of ``accumulate`` N > 1 micro-steps, under the wrapper's ``no_sync()`` (no all-reduce: the optimizer averages
-    the window once, when it closes). Nothing outside a group or with an engine that carries the step otherwise."""
+    of ``accumulate`` N > 1 micro-steps (its own, or float16's loss scaler's), under the wrapper's ``no_sync()``
+    (no all-reduce: the optimizer averages the window once, when it closes). Nothing outside a group or with an
+    engine that carries the step otherwise."""
     running = _running()
     wrap = getattr(running, "wrap_forward", None)
     if wrap is None:
@@ -216,8 +229,8 @@ def forward_through_engine(native):
     if wrapped is None:
         wrapped = wrap(native)
         object.__setattr__(native, "_unidl_wrapped_forward", wrapped)
-    # the optimizer's own window (a float16 window is the loss scaler's, whose micro-steps all-reduce in the backward)
-    local = getattr(getattr(native, "optimizer", None), "_accumulate", 1) > 1
+    # the optimizer's own window, or float16's (its loss scaler's): both reduced over the ranks when they close
+    local = getattr(getattr(native, "optimizer", None), "window_size", 1) > 1
     with wrapped.no_sync() if local else contextlib.nullcontext(), _through(native, wrapped):
         yield
 

@@ -33,6 +33,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "_step_loss", None)
         object.__setattr__(self, "_gradient_flags", None)  # (an update's flags: ``_with_window_rule``)
         object.__setattr__(self, "_window_closes", None)  # (a graph traced for a place in a window: _local_micro_step)
+        object.__setattr__(self, "_window_position", None)  # (the window's count in Python: closes_window)
         # per trainable variable, whether the loss of the step being traced uses it, where Keras's trainer gives
         # the others zeros (Keras-on-JAX: keras/module.py ``_gradients_of_used_variables``); None elsewhere
         object.__setattr__(self, "used_gradients", None)
@@ -113,8 +114,17 @@ class NativeOptimizer(keras.optimizers.Optimizer):
 
         self._create_window()
         return variable_window(accumulate, self._accumulated, self._micro_steps, self._window_finite, read_numpy,
-                               assign_numpy, storage=self,
+                               assign_numpy, on_write=self.set_window_position, storage=self,
                                has_gradient=(self._window_has_gradient, self._spec.params))
+
+    @property
+    def window_size(self) -> int:
+        """The micro-steps per update of the steps compiled with this optimizer (1: no window)."""
+        return getattr(self, "_accumulate", 1)
+
+    def set_window_position(self, micro_steps: int) -> None:
+        """After the window is written (a checkpoint or ``load_state_dict`` loaded, or emptied): its count."""
+        object.__setattr__(self, "_window_position", micro_steps)
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
@@ -135,6 +145,8 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         finite = all_finite([loss, *grads])
         self.finite.assign(finite)
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
+        if accumulate > 1 and not local:  # the count moves on the device (in a graph, or a functional trainer's)
+            object.__setattr__(self, "_window_position", None)
         if not HOST.keras_state_in_place:  # no side effects inside a functional framework's cond
             self._apply_selected(grads, variables, finite, accumulate)
             return
@@ -190,7 +202,10 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         rank. Whether this micro-step closes the window is decided in Python, never in a conditional around the
         collective (which TensorFlow's strategy cannot run): in a graph (Keras-on-TensorFlow) the one traced for
         this place in the window says it (``_window_closes``, ``keras_distributed.graph_per_window_place``); run
-        eagerly (Keras-on-torch) the count variable is read (``closes_window``)."""
+        eagerly (Keras-on-torch) the window's count in Python does (``closes_window``, ``micro_step_at``)."""
+        if self._window_closes is None:  # run eagerly: decided here, and the count in Python moved past it
+            with self.micro_step_at(self.closes_window()):
+                return self._local_micro_step(grads, variables, indices, reads, finite, accumulate)
         totals = [self._accumulated[i] for i in indices]
         sums = [total.value if g is None else total.value + g / K.cast(accumulate, g.dtype)
                 for total, g in zip(totals, grads)]
@@ -198,8 +213,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
                K.convert_to_tensor(True) if read is None else K.logical_or(self._window_has_gradient[i].value, read)
                for i, g, read in zip(indices, grads, reads)]
         window_finite = K.logical_and(self._window_finite.value, finite)
-        closes = self._window_closes if self._window_closes is not None else self.closes_window()
-        if not closes:
+        if not self._window_closes:
             for total, new, index, flag in zip(totals, sums, indices, had):
                 total.assign(new)
                 self._window_has_gradient[index].assign(flag)
@@ -222,20 +236,28 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         self.finite.assign(agreed)
 
     def closes_window(self) -> bool:
-        """Whether the next micro-step closes the window: read from its count variable (one small read from the
-        device, where Keras-on-torch's ``keras.ops.cond`` reads a condition anyway), so that it stays right
-        whatever wrote the window (another step of this optimizer, a checkpoint, ``load_state_dict``)."""
-        return int(read_numpy(self._micro_steps)) + 1 >= self._accumulate
+        """Whether the next micro-step of a window kept on this rank closes it, from the window's count kept in
+        Python (no read from the device at each micro-step): moved by each such micro-step (``micro_step_at``),
+        set by each write of the window (a checkpoint or ``load_state_dict`` loaded: ``set_window_position``);
+        read from the count variable only where a step that counts on the device (outside a job) ran since."""
+        if self._window_position is None:
+            object.__setattr__(self, "_window_position", int(read_numpy(self._micro_steps)))
+        return self._window_position + 1 >= self._accumulate
 
     @contextlib.contextmanager
-    def tracing_window_place(self, closes: bool):
-        """For a graph traced in the block: it is the graph of a micro-step that closes the window (``closes``)
-        or of one that does not (``_local_micro_step``)."""
+    def micro_step_at(self, closes: bool):
+        """For the micro-step of a window kept on this rank run in the block (``closes_window`` read just before):
+        it closes the window (``closes``) or not, as ``_local_micro_step`` and a graph traced in the block read it;
+        the window's count in Python moves past it when the block ends (unknown inside: an error leaves it to be
+        read from the device)."""
+        position = self._window_position
         object.__setattr__(self, "_window_closes", closes)
+        object.__setattr__(self, "_window_position", None)
         try:
             yield
         finally:
             object.__setattr__(self, "_window_closes", None)
+        object.__setattr__(self, "_window_position", 0 if closes else position + 1)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not keras_distributed.in_group():

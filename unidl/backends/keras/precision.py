@@ -24,7 +24,11 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     micro-step adds its scaled gradients of ``loss / N`` to a window, and the N-th hands their sum to Keras's
     own scaler logic: one overflow check, one scale move and one (unscaled, guarded, clipped) update per window,
     the same rule whether Keras's trainer updates variables in place (``apply``) or threads them as values
-    (``stateless_apply``, Keras-on-JAX)."""
+    (``stateless_apply``, Keras-on-JAX). In a data-parallel job (Keras-on-torch's DDP) each rank keeps its own
+    window, reduced over the ranks once, when it closes (``_local_micro_step``)."""
+
+    _window_size = 1
+    _window_position = None  # (the window's count in Python, in a job: closes_window)
 
     def scale_loss(self, loss):
         self.inner_optimizer.scale_loss(loss)
@@ -89,8 +93,17 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         inner = self.inner_optimizer
         indices = [inner._get_variable_index(v) for v in variables]
         totals = [self._window[i] for i in indices]
+        local = keras_distributed.accumulates_locally()  # this rank's window, reduced over the ranks at its end
         # a parameter read only by a loop or branch that did not run has no gradient (NativeOptimizer.apply)
-        reads = HOST.gradient_conditions(variables, grads)
+        reads = HOST.gradient_conditions(variables, grads, agree=not local)
+        if local:
+            closes = self.closes_window()
+            position = self._window_position
+            object.__setattr__(self, "_window_position", None)  # (unknown until it has run: an error leaves it unread)
+            self._local_micro_step(grads, variables, indices, totals, reads, accumulate, closes)
+            object.__setattr__(self, "_window_position", 0 if closes else position + 1)
+            return
+        object.__setattr__(self, "_window_position", None)  # (the count moves on the device)
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
                  if g is None or read is not None}
         for total, grad, index, read in zip(totals, grads, indices, reads):
@@ -118,6 +131,57 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             return keras.ops.convert_to_tensor(True)
 
         keras.ops.cond(count >= accumulate, update, wait)
+
+    @property
+    def window_size(self) -> int:
+        """The micro-steps per update of the steps compiled with this scaler (1: no window)."""
+        return self._window_size
+
+    def closes_window(self) -> bool:
+        """Whether the next micro-step of a window kept on this rank closes it (``NativeOptimizer.closes_window``:
+        the count in Python, read from the device only where a step that counts there ran since)."""
+        if self._window_position is None:
+            object.__setattr__(self, "_window_position", int(read_numpy(self._window_count)))
+        return self._window_position + 1 >= self._window_size
+
+    def set_window_position(self, micro_steps: int) -> None:
+        """After the window is written (a checkpoint or ``load_state_dict`` loaded, or emptied): its count."""
+        object.__setattr__(self, "_window_position", micro_steps)
+
+    def _local_micro_step(self, grads, variables, indices, totals, reads, accumulate, closes):
+        """``apply``'s micro-step of a window kept on this rank (``keras_distributed.accumulates_locally``: every
+        micro-step's backward ran under DDP's ``no_sync()``), the float16 counterpart of
+        ``NativeOptimizer._local_micro_step``: this rank's scaled gradients added to its window, with its loss
+        marked in the first sum (``0 * loss``: NaN where it is not finite, as DDP's all-reduce carries it in a
+        synced backward: ``keras_distributed.mark_loss``); at the window's last micro-step (decided in Python) its
+        scaled sums and has-gradient flags are averaged over the ranks in one all-reduce (``reduce_window``), an
+        overflow or NaN of any rank's window reaching every rank's sums, and Keras's scaler logic runs once on the
+        job's sums: every rank skips the window and halves its scale, or updates, alike. ``closes``: this
+        micro-step is the window's last (``closes_window``)."""
+        inner = self.inner_optimizer
+        loss = inner._step_loss
+        sums = [total.value if g is None else total.value + keras.ops.cast(g, total.dtype) / accumulate
+                for total, g in zip(totals, grads)]
+        if loss is not None:
+            sums[0] = sums[0] + keras.ops.cast(loss, sums[0].dtype) * 0
+        had = [self._window_has_gradient[i].value if g is None else keras.ops.convert_to_tensor(True)
+               if read is None else keras.ops.logical_or(self._window_has_gradient[i].value, read)
+               for i, g, read in zip(indices, grads, reads)]
+        if not closes:
+            for total, new, index, flag in zip(totals, sums, indices, had):
+                total.assign(new)
+                self._window_has_gradient[index].assign(flag)
+            self._window_count.assign(self._window_count.value + 1)
+            inner.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
+            return
+        had_any, *sums = keras_distributed.reduce_window([keras.ops.cast(keras.ops.stack(had), sums[0].dtype), *sums])
+        flags = {i: had_any[k] > 0 for k, (i, g, read) in enumerate(zip(indices, grads, reads))
+                 if g is None or read is not None}
+        for total, index in zip(totals, indices):  # the window starts again (its job's sums are in hand)
+            total.assign(keras.ops.zeros_like(total))
+            self._window_has_gradient[index].assign(keras.ops.convert_to_tensor(False))
+        self._window_count.assign(keras.ops.convert_to_tensor(0, "int64"))
+        inner._with_window_rule(flags, lambda: super(LossScaleOptimizer, self).apply(sums, variables))
 
     def checkpointed(self):
         """This scaler's scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state): Keras's
@@ -158,7 +222,8 @@ def keras_optimizer(optimizer, precision, accumulate=1):
             f"precision={precision.name!r} with accumulate={accumulate} is not available in a data-parallel job on "
             f"Keras-on-{HOST.name}: Keras's loss scaler updates inside a conditional, where the engine's "
             f"all-reduce cannot run (TensorFlow: merge_call inside a cond); use precision='bf16-mixed' or "
-            f"accumulate=1 there, or the {HOST.name} backend, which accumulates float16 in a job")
+            f"accumulate=1 there, or the {HOST.name} backend or KERAS_BACKEND=torch, which accumulate float16 in a "
+            f"job")
 
     def create():
         with floatx("float32"):
@@ -177,6 +242,7 @@ def keras_optimizer(optimizer, precision, accumulate=1):
         # one check of the sums at the update
         accumulation_window(optimizer, accumulate, precision, lambda: variable_window(
             accumulate, scaler._window, scaler._window_count, None, read_numpy, assign_numpy,
+            on_write=scaler.set_window_position,
             scale=lambda: float(keras.ops.convert_to_numpy(scaler.dynamic_scale)), storage=scaler,
             has_gradient=(scaler._window_has_gradient, scaler._window_params)))
     return scaler
