@@ -9,7 +9,10 @@ on Keras's other frameworks).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 
 import numpy as np
 
@@ -422,8 +425,11 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         progress.begin_epoch(epoch, steps)
         epoch_lr = optimizer.lr
         trainer._trained_in_epoch = 0
+        ctrl_c = []  # the KeyboardInterrupts Ctrl-C raised during the epoch's training (_ctrl_c_noted)
 
         def on_batch(index, logs, epoch=epoch):
+            if ctrl_c:  # one that code between the signal and fit swallowed (Keras's own trainer can): raised again
+                raise KeyboardInterrupt
             if not terminate_on_nan:  # a step the float16 loss scaler skipped is its business (GradScaler's rule)
                 _check_finite(logs["loss"], epoch, index, precision.scales_loss or optimizer.last_step_finite)
             trainer.global_step += 1
@@ -449,14 +455,17 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         inputs_of = (None if step_inputs is None else
                      lambda index, epoch=epoch, first=trainer._epoch_start[1]: step_inputs(epoch, first + index))
         try:
-            logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, train_metrics, eager,
-                                     precision=precision, accumulate=accumulate, totals=loop_totals,
-                                     step_inputs=inputs_of)
-            if logs is None:
-                step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager, check_finite=False,
-                                         precision=precision, accumulate=accumulate)
-                logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals,
-                                             inputs_of)
+            with _ctrl_c_noted(ctrl_c):
+                logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, train_metrics, eager,
+                                         precision=precision, accumulate=accumulate, totals=loop_totals,
+                                         step_inputs=inputs_of)
+                if logs is None:
+                    step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager,
+                                             check_finite=False, precision=precision, accumulate=accumulate)
+                    logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals,
+                                                 inputs_of)
+            if ctrl_c:  # swallowed after the epoch's last batch
+                raise KeyboardInterrupt
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's
             logs = end.logs
         except BaseException:
@@ -478,6 +487,33 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     for callback in callbacks:
         callback.on_train_end()
     return history
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted(raised: list):
+    """Run the block with each ``KeyboardInterrupt`` that the SIGINT handler raises (Ctrl-C) noted in ``raised``,
+    so that ``fit`` can raise again one that code between the handler and ``fit`` swallowed: Keras's own trainer,
+    which the keras backend runs on Keras's other frameworks and with ``eager=True``, converts its logs at each
+    batch's end under a bare ``except`` (``keras.src.utils.python_utils.pythonify_logs``), where a Ctrl-C that
+    lands is lost and training goes on. A handler that does not raise (a user's own) is left to its business.
+    Python runs signal handlers in the main thread only, and only there can one be swapped."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+
+    def noting(signum, frame):
+        try:
+            previous(signum, frame)
+        except KeyboardInterrupt:
+            raised.append(True)
+            raise
+
+    signal.signal(signal.SIGINT, noting)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _stop_workers(batches) -> None:

@@ -25,8 +25,8 @@ from unidl.data import DataLoader, Epoch, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError
-from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, NoisyRows, Rows, SleepingRows,
-                                        UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
+from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, LabelledRows, NoisyRows, Rows,
+                                        SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
                                         failing_worker_init_fn, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -326,6 +326,99 @@ def test_ctrl_c_in_a_step_of_fit_stops_the_workers_before_keyboard_interrupt_lea
     assert_workers_stopped("thread", threads_before, children_before, "a step of fit")
 
 
+def ctrl_c_after(seconds: float, sent: list) -> None:
+    """From a thread of its own: wait ``seconds``, note the time and send this process a real SIGINT (Ctrl-C)."""
+    def send():
+        time.sleep(seconds)
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=send, name="ctrl-c", daemon=True).start()
+
+
+def test_a_real_ctrl_c_during_fit_stops_it_within_a_second_with_no_worker_left_and_the_model_usable(
+        backend, children_before, tmp_path):
+    """A real SIGINT, sent from a thread while ``fit`` trains on batches from a worker process (then from threads),
+    lands wherever the main thread is: in a framework's compiled step or op, in the loader's wait for a batch, in a
+    callback. ``KeyboardInterrupt`` leaves ``fit`` within a second with every worker stopped (``fit``'s frame, which
+    the traceback keeps, still holds the epoch), and the model and optimizer train and evaluate afterwards (on jax
+    a Ctrl-C as the compiled step returned once left parameters that were deleted arrays: their buffers had gone
+    to the step). The loader read its first sample in one process for both fit's metrics and TensorBoard's graph."""
+    x, y = np.stack([LabelledRows(64)[i][0] for i in range(64)]), np.arange(64) % 4
+    threads_before = set(threading.enumerate())
+    model = ud.models.TwoLayerNet(3, 16, 4)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    for worker_type, workers in (("process", 1), ("thread", 2)):
+        readers = tmp_path / worker_type  # a file per process that read samples
+        readers.mkdir()
+        loader = DataLoader(LabelledRows(16384, str(readers)), batch_size=8, num_workers=workers,
+                            worker_type=worker_type)
+        steps, sent = [], []
+
+        class CtrlC(ud.callbacks.Callback):
+            def on_batch_end(self, batch, logs=None):
+                steps.append(batch)
+                if batch == 0:  # training runs: Ctrl-C lands steps later, wherever fit is then
+                    ctrl_c_after(0.1, sent)
+
+        graph = ud.callbacks.TensorBoard(str(tmp_path / "logs" / worker_type), write_graph=True)
+        with hang_guard(60), pytest.raises(KeyboardInterrupt) as caught:
+            ud.fit(model, loader, loss="cross_entropy", optimizer=optimizer, verbose=0, callbacks=[CtrlC(), graph])
+        stopped = time.monotonic()
+        assert sent and len(steps) > 1, "Ctrl-C did not land while fit trained"
+        assert stopped - sent[0] < 1.0, f"fit took {stopped - sent[0]:.2f} s to stop after Ctrl-C ({worker_type}s)"
+        assert "fit" in [item.name for item in caught.traceback]  # its frame, with the epoch, is still alive
+        assert_workers_stopped(worker_type, threads_before, children_before, f"a Ctrl-C in fit ({worker_type}s)")
+        if worker_type == "process":  # one process read the first sample, one served the epoch
+            assert len(os.listdir(readers)) == 2, sorted(os.listdir(readers))
+    before = {name: np.array(ud.to_numpy(value)) for name, value in model.state_dict().items()}
+    history = ud.fit(model, (x, y), batch_size=8, loss="cross_entropy", optimizer=optimizer, verbose=0)
+    weights = {name: np.array(ud.to_numpy(value)) for name, value in model.state_dict().items()}
+    assert np.isfinite(history.history["loss"][0]) and all(not np.array_equal(weights[k], before[k]) for k in before)
+    # evaluate's loss, against the cross-entropy of the two-layer net written out in NumPy from those weights
+    hidden = np.maximum(x @ weights["linear1.weight"].T + weights["linear1.bias"], 0)
+    logits = hidden @ weights["linear2.weight"].T + weights["linear2.bias"]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    expected = np.mean(np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(len(y)), y])
+    np.testing.assert_allclose(ud.evaluate(model, (x, y), loss="cross_entropy")["loss"], expected, rtol=1e-5)
+
+
+def test_a_ctrl_c_that_keras_s_own_trainer_swallows_still_stops_fit(children_before):
+    """Keras's own trainer (the keras backend's with ``eager=True``, and on Keras's other frameworks) converts its logs
+    at each batch's end under a bare ``except``: a real SIGINT landing there, inside that ``try``, raises a
+    ``KeyboardInterrupt`` that Keras drops. ``fit`` raises it again at that batch's end, workers stopped."""
+    from keras.src.utils import python_utils
+
+    source, first = inspect.getsourcelines(python_utils.pythonify_logs)
+    inside_try = first + next(n for n, text in enumerate(source) if "value = float(value)" in text)
+    threads_before, trained = set(threading.enumerate()), []
+
+    def ctrl_c_in_the_try(frame, event, arg):  # a trace function: a real SIGINT at that line, once
+        if frame.f_code is not python_utils.pythonify_logs.__code__:
+            return None
+
+        def line(frame, event, arg):
+            if event == "line" and frame.f_lineno == inside_try and not trained:
+                trained.append("Ctrl-C")
+                signal.raise_signal(signal.SIGINT)
+            return line
+        return line
+
+    with ud.use_backend("keras"):
+        model = ud.models.TwoLayerNet(3, 16, 4)
+        loader = DataLoader(LabelledRows(64), batch_size=8, num_workers=2)
+        previous = sys.gettrace()
+        sys.settrace(ctrl_c_in_the_try)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", verbose=0, eager=True,
+                       callbacks=[lambda epoch, logs: trained.append(epoch)])
+        finally:
+            sys.settrace(previous)
+    assert trained == ["Ctrl-C"]  # it landed, and the epoch did not end
+    assert_workers_stopped("thread", threads_before, children_before, "Keras's logs conversion")
+
+
 def test_ctrl_c_in_the_finalizer_of_a_dropped_pool_leaves_no_worker(monkeypatch):
     """A pool dropped without ``shutdown()`` is stopped by its finalizer, where the garbage goes. Ctrl-C at each
     line it runs must not cut that stop short (the KeyboardInterrupt itself Python drops: it reports what a
@@ -618,6 +711,34 @@ def test_validation_data_and_evaluate_read_the_first_sample_in_a_worker_process(
         assert loader.state_dict()["position"] == 0  # the loader's position did not move
         pool = loader._pool
         assert batches(loader)[0][1][0] == first and loader._pool is pool
+
+
+class CountedRows(Rows):
+    """Rows that count the samples read (in this process: without workers, or with worker threads)."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.reads = 0
+
+    def __getitem__(self, index):
+        self.reads += 1
+        return super().__getitem__(index)
+
+
+def test_the_first_sample_is_read_once_per_position_and_again_when_what_makes_it_changes():
+    loader = DataLoader(CountedRows(8), batch_size=2, shuffle=True, seed=1)
+    first = loader.first_sample()
+    first[0][:] = -1  # a copy: what the loader keeps stays as read
+    x = loader.first_sample()[0]
+    assert loader.dataset.reads == 1 and x.min() >= 0
+    next(iter(loader))  # a new position: the first sample of batch 1
+    assert int(loader.first_sample()[1][0]) == int(loader.batch_sampler.batches(0)[1][0])
+    assert loader.dataset.reads == 4  # (2 for the batch, 1 for the sample)
+    loader.collate_fn = _one_hot_labels  # another collate_fn, as another dataset or worker_init_fn
+    assert loader.first_sample()[1].shape == (1, 8) and loader.dataset.reads == 5
+    loader.dataset = CountedRows(8)
+    loader.first_sample()
+    assert loader.dataset.reads == 1
 
 
 def _one_hot_labels(samples):

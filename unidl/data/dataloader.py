@@ -215,6 +215,7 @@ class DataLoader:
         self._active = None      # token of the newest iterator; older ones stop updating the position
         self._pool = None        # persistent workers, once started
         self._seed_shared = False  # in a data-parallel job: whether the ranks agreed on rank 0's seed
+        self._first_sample = None  # the last first_sample(): (makers, how, arrays), see there
         self.shard = bool(shard)
 
     # ---- sizes and settings ----------------------------------------------
@@ -377,11 +378,29 @@ class DataLoader:
         Persistent workers make it (started here if they are not running yet, then kept for the epochs that
         follow), unless an iteration is in progress on them; otherwise one worker of the loader's kind starts
         for this sample alone and stops after it.
+
+        It is read once per position: the loader keeps the last sample it read and hands out copies of it while a
+        new read would make it the same way, from the same sample index and batch seeding (``seed``, epoch,
+        batch) with the same ``dataset``, ``collate_fn`` and ``worker_init_fn`` objects and worker type, so that
+        ``fit``'s probes (its metrics' layout, the validation input check, ``TensorBoard``'s graph) start at
+        most one extra worker per loader. Another position (iterating, ``set_epoch``, ``load_state_dict``) or
+        another of those objects assigned reads it anew; a dataset changed in place is not noticed.
         """
         state = self.state_dict()
         epoch, batch = state["epoch"], min(state["position"], len(self) - 1)
         indices = self.batch_sampler.batches(epoch, batch)[0][:1]
         seed = self.seed
+        makers = (self.dataset, self.collate_fn, self.worker_init_fn)  # compared by identity
+        how = (self.worker_type if self.num_workers else None, seed, epoch, batch, int(indices[0]))
+        kept = self._first_sample
+        if kept is not None and kept[1] == how and all(a is b for a, b in zip(kept[0], makers)):
+            return tuple(array.copy() for array in kept[2])
+        arrays = self._read_first_sample(indices, seed, epoch, batch)
+        self._first_sample = (makers, how, arrays)
+        return tuple(array.copy() for array in arrays)
+
+    def _read_first_sample(self, indices, seed, epoch: int, batch: int) -> tuple[np.ndarray, ...]:
+        """``first_sample``'s read of the sample at ``indices`` (batch ``batch`` of ``epoch``), without its cache."""
         if not self.num_workers:
             with worker.batch_rngs(None if isinstance(self.dataset, TensorDataset) else (seed, epoch, batch)):
                 arrays = worker.fetch(self.dataset, self.collate_fn, indices)

@@ -38,7 +38,7 @@ from unidl.backends.jax import precision as jax_precision  # noqa: E402
 from unidl.backends.jax import variable as jax_variable  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
 from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, custom_gradient,  # noqa: E402
-                                         traced_forward_error)
+                                         read_on_mode_change, traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer, write_scalar  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
@@ -103,6 +103,7 @@ class Backend(BackendInterface):
     name = "jax"
     ops = jax_ops
     keras_state_in_place = False  # Keras on JAX swaps variable values through its StatelessScope
+    keras_native_ops = ("max_pool2d",)  # PyTorch's NaN rule (keras.ops' max pooling gives a NaN's gradient at random)
 
     def __init__(self):
         self._generator = KeyStream(unidl_random.initial_seed())
@@ -316,9 +317,9 @@ class Backend(BackendInterface):
         (``compiled`` is then unused). Shared by the plain and the mixed-precision train steps."""
         # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning
         modules = model.modules()  # fixed with ``variables``: the step is built for this module tree
+        modes = read_on_mode_change(lambda: tuple(m.training for m in modules))
         compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
-                               static_key=lambda: (tuple(m.training for m in modules), trainable_mask(params)),
-                               keyed_modules=lambda: modules)
+                               static_key=lambda: (modes(), trainable_mask(params)), keyed_modules=lambda: modules)
         to_input = self.to_input
         if eager:
             return (lambda *args: step(*[to_input(a) for a in args])), compiled

@@ -26,7 +26,8 @@ import numpy as np
 from jax.experimental import checkify
 
 from unidl import devices
-from unidl.tracing import ModesReached, python_randomness_guard, warn_running_eagerly
+from unidl.nn import module as module_lib
+from unidl.tracing import ModesReached, current_recording, python_randomness_guard, warn_running_eagerly
 from unidl.backends.jax import ops as jax_ops, variable as jax_variable
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from
 from unidl.optim.param_groups import ConstantOptions
@@ -101,6 +102,50 @@ def error_codes_numbered_per_trace():
             checkify_internals.next_code = saved
 
 
+def _call_and_write_back(function, donated_values, kept_values, dynamic_leaves, variables) -> tuple:
+    """``function``'s call (a ``StatefulJit`` entry's), the values it wrote stored in ``variables``; returns
+    ``(checkify's error leaves, result)``.
+
+    The call donates the variables' buffers: once it has run, its outputs are the only values the variables have.
+    A Ctrl-C that lands while XLA runs comes out as ``KeyboardInterrupt`` as soon as the call returns to Python, and
+    one may land amid the write-back: dropping the outputs there would leave a model whose parameters are deleted
+    arrays. So the call is made from C (``map``) and its outputs stored from C (``list.extend``), with no point in
+    between where Python raises, and a ``KeyboardInterrupt`` after it finishes the write-back before it goes on.
+    (Not covered: a second Ctrl-C during that finishing write-back, microseconds.)"""
+    outputs = []
+    try:
+        outputs.extend(map(function, [donated_values], [kept_values], [dynamic_leaves]))
+        return _write_back(outputs[0], variables)
+    except KeyboardInterrupt:
+        if outputs:
+            _write_back(outputs[0], variables)
+        raise
+
+
+def _write_back(outputs, variables) -> tuple:
+    error_leaves, (result, written) = outputs
+    for index, value in written.items():
+        variables[index]._value = value  # a jit output: already committed (the setter's check is per-step cost)
+    return error_leaves, result
+
+
+def read_on_mode_change(read, size=None):
+    """``read()`` (a key made of modules' ``training`` flags), cached until a flag or a module tree changes anywhere
+    (``unidl.nn.module``'s mode version) or ``size()`` (how many modules it reads) does. A compiled step keys its
+    graph on such flags at every call, and each read of ``Module.training`` costs a context-variable lookup (about
+    1 us a step for a small net's flags). Inside a recording block (a step called in a ``ud.function``'s trace) it
+    reads them as before, so that the reads note the modules there."""
+    cached = [None, None, None]
+
+    def cached_read():
+        version, count = module_lib._mode_version, size() if size is not None else None
+        if cached[0] != version or cached[1] != count or current_recording() is not None:
+            cached[:] = [version, count, read()]
+        return cached[2]
+
+    return cached_read
+
+
 class StatefulJit:
     """``fn`` compiled with ``jax.jit`` over the variables ``variables()`` returns, which it may read and write.
 
@@ -116,6 +161,7 @@ class StatefulJit:
         self._reached = ModesReached(keyed_modules) if keyed_modules is not None else None
         if self._reached is not None:
             fn = self._reached.traced(fn)
+            self._reached_key = read_on_mode_change(self._reached.key, lambda: len(self._reached.modules))
         self._fn, self._variables, self._static_key = fn, variables, static_key
         self._donate, self._warn_retrace = donate, warn_retrace
         self._compiled: dict = {}
@@ -194,11 +240,12 @@ class StatefulJit:
         variables = self._variables()
         static = self._static_key() if self._static_key else None
         if self._reached is not None:
-            reached = self._reached.key()
+            reached = self._reached_key()
             static = (static, reached)
-        if all(type(a) in _ARRAY_TYPES for a in args):  # the common case, keyed without flattening
+        signature = [(a.shape, a.dtype) for a in args if type(a) in _ARRAY_TYPES]
+        if len(signature) == len(args):  # the common case (only arrays), keyed without flattening, in one pass
             leaves, treedef, dynamic = args, None, range(len(args))
-            key = (self._serials(variables), tuple((a.shape, a.dtype) for a in args), static)
+            key = (self._serials(variables), tuple(signature), static)
         else:
             leaves, treedef, dynamic = _split_static(args)
             key = (self._serials(variables), treedef, tuple(_signature(leaf) for leaf in leaves), static)
@@ -208,10 +255,9 @@ class StatefulJit:
         if entry is None:
             entry = self._compile(key, args, leaves, treedef, dynamic, variables)
         function, error_structure, donated, kept = entry
-        error_leaves, (result, written) = function([v.value for v in donated], [v.value for v in kept],
-                                                   args if treedef is None else [leaves[i] for i in dynamic])
-        for index, value in written.items():
-            variables[index]._value = value  # a jit output: already committed (the setter's check is per-step cost)
+        error_leaves, result = _call_and_write_back(function, [v.value for v in donated], [v.value for v in kept],
+                                                    args if treedef is None else [leaves[i] for i in dynamic],
+                                                    variables)
         if self._reached is not None and len(self._reached.modules) != len(reached):
             # the call's trace (jax.jit traces at the first call) reached modules outside ``keyed_modules``: its
             # program is filed under their modes too; those filed under fewer modules go
