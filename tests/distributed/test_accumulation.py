@@ -13,7 +13,11 @@ pytestmark = pytest.mark.skipif("torch" not in ud.available_backends(), reason="
 
 EPOCHS, MICRO_STEPS_PER_EPOCH = 2, 5  # 20 samples in global batches of 4
 CONFIGS = {"float64": ("float64", None, 2), "float32": ("float32", None, 2), "bf16-mixed": ("float32", "bf16-mixed", 2),
-           "no accumulation": ("float64", None, 1), "frozen between steps": ("float64", None, 1, range(3, 7))}
+           "no accumulation": ("float64", None, 1), "frozen between steps": ("float64", None, 1, range(3, 7)),
+           # windows (0, 1) ... (8, 9): frozen at an update after a trainable micro-step (3), a whole window (4, 5),
+           # unfrozen for a micro-step only (6: the DDP, built without the layer, does not average its gradient), and
+           # unfrozen at an update after a frozen micro-step (8, 9)
+           "frozen mid-window": ("float64", None, 2, (3, 4, 5, 7, 8))}
 
 
 def train_accumulating(dtype, precision, accumulate, frozen_calls=(), around_step=None):
@@ -75,7 +79,8 @@ def job():
 
 
 @pytest.mark.parametrize("name, bound", [("float64", 1e-12), ("float32", 1e-6), ("bf16-mixed", 2e-2),
-                                         ("no accumulation", 1e-12), ("frozen between steps", 1e-12)])
+                                         ("no accumulation", 1e-12), ("frozen between steps", 1e-12),
+                                         ("frozen mid-window", 1e-12)])
 def test_two_ranks_accumulating_train_the_weights_of_one_process(job, name, bound):
     (rank0, rank1), references = job
     for key, value in rank0[name]["weights"].items():  # the ranks apply the same averaged sum
@@ -89,9 +94,10 @@ def test_two_ranks_accumulating_train_the_weights_of_one_process(job, name, boun
 
 
 def test_micro_steps_run_without_all_reduce(job):
-    """The micro-steps inside a window run no collective, and an update only DDP's bucket all-reduces: the non-finite
-    guard's agreement travels in them (a marker in the gradient of unidl's flags parameter), with no all-reduce of
-    its own, and no second one for parameters without a gradient (``find_unused_parameters`` would add it)."""
+    """The micro-steps inside a window run no collective (the two-layer net has no buffers, which DDP would broadcast
+    at each forward), and an update only DDP's bucket all-reduces: the non-finite guard's agreement travels in them
+    (a marker in the gradient of unidl's flags parameter), with no all-reduce of its own, and no second one for
+    parameters without a gradient (``find_unused_parameters`` would add it)."""
     (rank0, rank1), _ = job
     every_step = rank0["no accumulation"]["all_reduces"]
     assert every_step == EPOCHS * MICRO_STEPS_PER_EPOCH  # one bucket (the two-layer net's 4 tensors), one a step

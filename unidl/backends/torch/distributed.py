@@ -4,8 +4,10 @@ and ``DistributedDataParallel`` averages the gradients of the torch backend's tr
 ``data_parallel(model)`` is what ``Backend.train_step`` calls forward through: the model itself in one
 process, a ``DataParallel`` in a group, whose ``DistributedDataParallel`` over the model's ``NativeModule`` (the
 very same parameters) and one small parameter of its own (``ModelWithFlags.flags``) makes ``backward`` end with
-gradients averaged over every rank by torch's reducer: its own all-reduce of each bucket, no other collective, no
-Python inside.
+gradients averaged over every rank by torch's reducer: its own all-reduce of each bucket, no Python inside, and no
+other collective for the gradients (DDP itself also broadcasts rank 0's buffers, such as BatchNorm's running
+statistics, at each forward of a model that has any; a layer frozen in the middle of an accumulation window costs
+one all-reduce more, ``DataParallel.sync``).
 ``gradient_sync(forward, sync)`` wraps a micro-step of gradient accumulation: only the update micro-step's
 backward all-reduces (the others run under ``no_sync()`` and accumulate locally in ``.grad``).
 ``Engine.wrap_forward`` is the same engine for a trainer that runs its own step (Keras's).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
 import warnings
 
@@ -74,15 +77,10 @@ class Engine:
         gradients (``mark_losses``, through a Python comm hook; with ``find_unused_parameters``). For a trainer
         that runs its own step (Keras's); unidl's own step uses ``DataParallel``, which does the same in one
         all-reduce without either."""
-        # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
-        # reducer warn at every run, though the copy it warns about is of those dimensions only
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        device = next((p.device for p in module.parameters()), torch.device("cpu"))
         # find_unused_parameters: a step whose forward skips a layer (a dynamic net) gives it no gradient, as in one
         # process, where DDP would otherwise leave that layer's bucket unreduced and fail at the next step (one
         # walk of the autograd graph per step; torch then warns once per process if a step used every parameter)
-        forward = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index or 0] if device.type == "cuda" else None, find_unused_parameters=True)
+        forward = distributed_data_parallel(module, find_unused_parameters=True)
         forward._unidl_marks = _LossMarks()  # (its all-reduce carries the losses' marker: ``mark_losses``)
         forward.register_comm_hook(forward._unidl_marks, _marked_allreduce)
         return forward
@@ -91,6 +89,23 @@ class Engine:
     def mark_losses(forward, losses) -> None:
         """``mark_losses`` for a trainer that runs its own step through ``wrap_forward`` (Keras's)."""
         mark_losses(forward, losses)
+
+
+@functools.cache
+def _ignore_bucket_view_strides_warning() -> None:
+    """Once per process: a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv)
+    makes torch's reducer warn at every run, though the copy it warns about is of those dimensions only."""
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+
+def distributed_data_parallel(module, **options):
+    """``torch.nn.parallel.DistributedDataParallel(module, **options)`` (rank 0's parameters and buffers broadcast
+    now) on the device of ``module``'s parameters: ``device_ids`` names this process's CUDA device, none on the
+    CPU. The one place unidl builds a DDP (``Engine.wrap_forward``, ``DataParallel``)."""
+    _ignore_bucket_view_strides_warning()
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[device.index or 0] if device.type == "cuda" else None, **options)
 
 
 def data_parallel(model):
@@ -105,14 +120,15 @@ def data_parallel(model):
 
 class ModelWithFlags(torch.nn.Module):
     """What DDP wraps: the model's ``NativeModule`` and ``flags``, a parameter of ``1 + len(params)`` zeros (the
-    dtype and device of the model's first trainable parameter, so that it shares their bucket) whose gradient, set
-    by ``DataParallel.backward``, rides in the gradients' own all-reduce: the losses' marker, then whether each
+    dtype and device of the model's first trainable parameter, so that it shares their bucket; with every parameter
+    frozen, those of any parameter of the model: one device per process) whose gradient, set by
+    ``DataParallel.backward``, rides in the gradients' own all-reduce: the losses' marker, then whether each
     parameter had a gradient on this rank."""
 
     def __init__(self, native, params):
         super().__init__()
         self.native = native
-        like = params[0] if params else torch.zeros(())
+        like = params[0] if params else next(native.parameters(), torch.zeros(()))
         self.flags = torch.nn.Parameter(torch.zeros(1 + len(params), dtype=like.dtype, device=like.device))
 
     def forward(self, *args, **kwargs):
@@ -121,7 +137,8 @@ class ModelWithFlags(torch.nn.Module):
 
 class DataParallel:
     """unidl's torch step under DDP, with ``find_unused_parameters=False`` and torch's own all-reduce (no comm
-    hook): per update only DDP's all-reduce of each bucket (one for a small model), with no Python inside it.
+    hook): per update only DDP's all-reduce of each bucket (one for a small model), with no Python inside it (and, as
+    with any DDP, the broadcast of rank 0's buffers at each forward of a model that has buffers).
 
     What ``find_unused_parameters`` and a comm hook would do, ``backward`` does around the update's backward, in the
     same all-reduce. A parameter this rank's loss does not reach (a dynamic net's skipped layer; found by a walk of
@@ -133,25 +150,27 @@ class DataParallel:
     gave a gradient gets none (PyTorch's rule: no update), as with ``find_unused_parameters``, and the guard checks
     the averaged flags, non-finite where any rank's losses are: every rank decides alike. A parameter frozen or
     unfrozen between steps (``requires_grad_``) makes the next update build the DDP again over the trainable
-    parameters (DDP fixes its parameters when built)."""
+    parameters (DDP fixes its parameters when built); one frozen at an update after a micro-step of its window in
+    which it was trainable has this rank's gradient of that micro-step, outside the DDP: ``sync`` averages those
+    in one all-reduce of their own, so that the step applies the job's gradient, as one process does (its
+    optimizer updates a frozen parameter that has a ``.grad``, as ``torch.optim`` does)."""
 
     def __init__(self, model):
         self.native = NativeModule(model)
         self.every = list(self.native.parameters())
+        self.window_trainable = None  # whether each parameter was trainable in a micro-step of the window so far
         self._build()
 
     def _build(self):
-        # a kernel whose size-1 dimensions have other strides than the parameter's (a 1-channel conv) makes torch's
-        # reducer warn at every run, though the copy it warns about is of those dimensions only
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         self.trainable = [p.requires_grad for p in self.every]
         self.params = [p for p in self.every if p.requires_grad]
         self.wrapped = ModelWithFlags(self.native, self.params)
         self.flags = self.wrapped.flags
-        device = self.flags.device
-        self.ddp = torch.nn.parallel.DistributedDataParallel(
-            self.wrapped, device_ids=[device.index or 0] if device.type == "cuda" else None)
-        self.nodes = [torch.autograd.graph.get_gradient_edge(p).node for p in self.params]  # (their AccumulateGrad)
+        self.ddp = distributed_data_parallel(self.wrapped)
+        # each parameter's AccumulateGrad node, by which autograd reaches it (what get_gradient_edge, torch >= 2.2,
+        # returns; held here, the node stays the one of every later graph)
+        with torch.enable_grad():
+            self.nodes = [p.view_as(p).grad_fn.next_functions[0][0] for p in self.params]
         self.gradient = torch.ones_like(self.flags)  # flags's gradient: [marker, 1 for each parameter with one]
         self.marker = self.gradient[:1]
 
@@ -160,11 +179,22 @@ class DataParallel:
 
     def sync(self, updates: bool):
         """The context of a micro-step: ``no_sync()`` unless it ``updates``; an update first rebuilds the DDP when a
-        parameter was frozen or unfrozen since it was built (every rank alike, as their weights are)."""
+        parameter was frozen or unfrozen since it was built, and averages the gradients of the parameters frozen now
+        that were trainable in an earlier micro-step of the window (``average_gradients``; every rank alike, as
+        their ``requires_grad_`` calls are)."""
+        trainable = [p.requires_grad for p in self.every]
+        window = trainable if self.window_trainable is None else [
+            before or now for before, now in zip(self.window_trainable, trainable)]
         if not updates:
+            self.window_trainable = window
             return self.ddp.no_sync()
-        if [p.requires_grad for p in self.every] != self.trainable:
+        self.window_trainable = None
+        if trainable != self.trainable:
             self._build()
+        if window is not trainable:
+            frozen = [p for p, before, now in zip(self.every, window, trainable) if before and not now]
+            if frozen:
+                average_gradients(frozen)
         return contextlib.nullcontext()
 
     def backward(self, root, losses):
@@ -177,7 +207,7 @@ class DataParallel:
                     seen.add(node)
                     stack.append(node)
         unreached = [index for index, node in enumerate(self.nodes) if node not in seen]
-        self.marker.copy_(losses if losses.dim() == 0 else losses.sum()).mul_(0)
+        self.marker.copy_(losses.sum() * 0)  # (0 * inf is NaN in the losses' dtype, whatever the flags' range)
         roots, gradients = [root, self.flags], [None, self.gradient]
         if unreached:
             gradients[1] = self.gradient.clone()
@@ -195,6 +225,29 @@ class DataParallel:
                 if had[index] == 0:  # no rank's loss reached it in the window: no gradient, as in one process
                     self.params[index].grad = None
         return averaged
+
+
+def average_gradients(params) -> None:
+    """Each of ``params``'s ``.grad`` averaged over the ranks in one all-reduce (a rank without one counts zeros),
+    or None where no rank had one: for parameters whose gradients DDP does not average (frozen since)."""
+    dtype = functools.reduce(torch.promote_types, [p.dtype for p in params])
+    sizes = [p.numel() for p in params]
+    with torch.no_grad():
+        flat = torch.zeros(len(params) + sum(sizes), dtype=dtype, device=params[0].device)
+        had, values = flat[:len(params)], flat[len(params):].split(sizes)
+        for index, p in enumerate(params):
+            if p.grad is not None:
+                had[index] = 1
+                values[index].copy_(p.grad.reshape(-1))
+        dist.all_reduce(flat)
+        flat[len(params):].div_(dist.get_world_size())
+        for p, count, value in zip(params, had.tolist(), values):
+            if count == 0:
+                p.grad = None
+            elif p.grad is None:
+                p.grad = value.to(p.dtype).reshape(p.shape)
+            else:
+                p.grad.copy_(value.reshape(p.shape))
 
 
 class _LossMarks:
