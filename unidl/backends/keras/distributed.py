@@ -18,7 +18,7 @@ ranks with its finite flag in one all-reduce when the window closes (``accumulat
 one collective per update, as torch's ``no_sync()`` accumulation (Keras-on-torch: every micro-step's backward
 under ``no_sync()``, float16's window, Keras's loss scaler's, too; Keras-on-TensorFlow: a graph without a
 collective for the other micro-steps, ``graph_per_window_place``). Whether a micro-step closes the window is
-decided in Python, from the window's count kept there (``NativeOptimizer.closes_window``).
+decided in Python, from the window's count kept there (``optimizer.LocalWindow.closes_window``).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def refuse_eager_step() -> None:
     ``accumulate`` N > 1) its window at the window's last micro-step, after the first ones had changed it. The
     compiled step (``eager=False``) trains; elsewhere (torch's DDP, one process) nothing."""
     if in_group():
-        _running().reduce_in_step([], "sum")  # (outside the replica context the engine raises: its own error)
+        _running().require_replica_context()
 
 
 def data_parallel(step, variables=()):
@@ -169,7 +169,7 @@ def graph_per_window_place(native, make):
     the ranks), each call running the one its place in the window asks for: a collective inside the graph's
     conditional cannot run under TensorFlow's strategy (``merge_call`` inside a ``tf.cond``)."""
     optimizer = getattr(native, "optimizer", None)
-    if getattr(optimizer, "_accumulate", 1) > 1 and accumulates_locally():
+    if getattr(optimizer, "window_size", 1) > 1 and accumulates_locally():
         return _WindowGraphs(optimizer, make)
     return make()
 

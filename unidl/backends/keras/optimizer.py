@@ -22,7 +22,99 @@ from unidl.optim.optimizer import bound_rule, changeable_options
 from unidl.optim.param_groups import read_group_option, write_group_options
 
 
-class NativeOptimizer(keras.optimizers.Optimizer):
+class LocalWindow:
+    """A window of micro-steps kept on this rank in a data-parallel job (``keras_distributed.accumulates_locally``)
+    and reduced over the ranks once, when it closes: its count kept in Python, so that whether a micro-step closes
+    the window is known without a read from the device and outside any conditional around the collective, and the
+    part of a micro-step common to the windows that keep it (``NativeOptimizer``'s own, float16's loss scaler's:
+    ``precision.LossScaleOptimizer``). A class using it has ``window_size`` (micro-steps per update),
+    ``_window_counter`` (the window's count variable) and ``_window_has_gradient`` (per parameter index: it had
+    a gradient in a micro-step of the window so far)."""
+
+    _window_position = None  # (the window's count in Python: closes_window; None: to be read from the device)
+    _window_closes = None  # (the place of the micro-step running or being traced: micro_step_at)
+
+    def set_window_position(self, micro_steps: int | None) -> None:
+        """After the window is written (a checkpoint or ``load_state_dict`` loaded, or emptied): its count; None
+        where a step moved it on the device (outside a job: in a graph, or a functional trainer's)."""
+        object.__setattr__(self, "_window_position", micro_steps)
+
+    def closes_window(self) -> bool:
+        """Whether the next micro-step of a window kept on this rank closes it, from the window's count kept in
+        Python (no read from the device at each micro-step): moved by each such micro-step (``micro_step_at``),
+        set by each write of the window (a checkpoint or ``load_state_dict`` loaded: ``set_window_position``);
+        read from the count variable only where a step that counts on the device (outside a job) ran since."""
+        if self._window_position is None:
+            object.__setattr__(self, "_window_position", int(read_numpy(self._window_counter)))
+        return self._window_position + 1 >= self.window_size
+
+    @contextlib.contextmanager
+    def micro_step_at(self, closes: bool):
+        """For the micro-step of a window kept on this rank run in the block (``closes_window`` read just before):
+        it closes the window (``closes``) or not, as ``_local_micro_step`` and a graph traced in the block read it;
+        the window's count in Python moves past it when the block ends (unknown inside: an error leaves it to be
+        read from the device)."""
+        position = self._window_position
+        object.__setattr__(self, "_window_closes", closes)
+        object.__setattr__(self, "_window_position", None)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_window_closes", None)
+        object.__setattr__(self, "_window_position", 0 if closes else position + 1)
+
+    def _this_micro_step(self):
+        """The block of a micro-step of the window kept on this rank run by Python: ``micro_step_at`` its place,
+        decided here from the count in Python (Keras-on-torch), unless a graph traced for that place is being
+        traced (``_window_closes`` set already: ``keras_distributed.graph_per_window_place``)."""
+        if self._window_closes is not None:
+            return contextlib.nullcontext()
+        return self.micro_step_at(self.closes_window())
+
+    def _add_to_local_window(self, totals, grads, indices, reads, accumulate, loss=None, window_finite=None):
+        """The part of a micro-step of the window kept on this rank common to the windows that keep it (inside
+        ``micro_step_at``): this rank's gradients ``grads`` of the parameters at ``indices`` (None: none;
+        ``reads``: per parameter None, or whether the loop or branch that alone reads it ran) over ``accumulate``
+        added to the window's sums (``totals``, variables) and has-gradient flags. ``loss``: marked in the first sum
+        (``0 * loss``: NaN where it is not finite, as DDP's all-reduce carries it in a synced backward);
+        ``window_finite``: the window's finite flag so far, this micro-step's included, reduced as a marker (0 or
+        NaN: NaN on any rank makes the job's NaN on every rank).
+
+        Inside the window: the sums and flags written back, the count moved on, and None returned. At its last
+        micro-step (``_window_closes``): the window emptied, and its sums, flags and marker reduced over the ranks
+        in one all-reduce (``keras_distributed.reduce_window``), returned as ``(sums, flags, finite)``: the job's
+        sums, ``flags`` {parameter index: any rank had a gradient in the window} for the parameters that may have
+        none (``_with_window_rule``), ``finite`` whether every rank's window was finite (None without
+        ``window_finite``)."""
+        sums = [total.value if g is None else total.value + K.cast(g, total.dtype) / K.cast(accumulate, total.dtype)
+                for total, g in zip(totals, grads)]
+        if loss is not None:
+            sums[0] = sums[0] + K.cast(loss, sums[0].dtype) * 0
+        had = [self._window_has_gradient[i].value if g is None else
+               K.convert_to_tensor(True) if read is None else K.logical_or(self._window_has_gradient[i].value, read)
+               for i, g, read in zip(indices, grads, reads)]
+        counter = self._window_counter
+        if not self._window_closes:
+            for total, new, index, flag in zip(totals, sums, indices, had):
+                total.assign(new)
+                self._window_has_gradient[index].assign(flag)
+            counter.assign(counter.value + 1)
+            return None
+        dtype = totals[0].dtype
+        markers = [] if window_finite is None else [
+            K.where(window_finite, K.convert_to_tensor(0.0, dtype), K.convert_to_tensor(float("nan"), dtype))]
+        reduced = keras_distributed.reduce_window([*markers, K.cast(K.stack(had), dtype), *sums])
+        had_any, *sums = reduced[len(markers):]
+        flags = {i: had_any[k] > 0 for k, (i, g, read) in enumerate(zip(indices, grads, reads))
+                 if g is None or read is not None}
+        for total, index in zip(totals, indices):  # the window starts again (its job's sums are in hand)
+            total.assign(K.zeros_like(total))
+            self._window_has_gradient[index].assign(K.convert_to_tensor(False))
+        counter.assign(K.convert_to_tensor(0, "int64"))
+        return sums, flags, (K.isfinite(reduced[0]) if markers else None)
+
+
+class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
     """Keras optimizer whose ``update_step`` is ``spec.update`` (a unidl optimizer's rule)."""
 
     def __init__(self, spec, ops):
@@ -32,8 +124,6 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         object.__setattr__(self, "_slot_table", [])
         object.__setattr__(self, "_step_loss", None)
         object.__setattr__(self, "_gradient_flags", None)  # (an update's flags: ``_with_window_rule``)
-        object.__setattr__(self, "_window_closes", None)  # (a graph traced for a place in a window: _local_micro_step)
-        object.__setattr__(self, "_window_position", None)  # (the window's count in Python: closes_window)
         # per trainable variable, whether the loss of the step being traced uses it, where Keras's trainer gives
         # the others zeros (Keras-on-JAX: keras/module.py ``_gradients_of_used_variables``); None elsewhere
         object.__setattr__(self, "used_gradients", None)
@@ -122,9 +212,9 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         """The micro-steps per update of the steps compiled with this optimizer (1: no window)."""
         return getattr(self, "_accumulate", 1)
 
-    def set_window_position(self, micro_steps: int) -> None:
-        """After the window is written (a checkpoint or ``load_state_dict`` loaded, or emptied): its count."""
-        object.__setattr__(self, "_window_position", micro_steps)
+    @property
+    def _window_counter(self):
+        return self._micro_steps  # (LocalWindow's count variable)
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
@@ -146,7 +236,7 @@ class NativeOptimizer(keras.optimizers.Optimizer):
         self.finite.assign(finite)
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
         if accumulate > 1 and not local:  # the count moves on the device (in a graph, or a functional trainer's)
-            object.__setattr__(self, "_window_position", None)
+            self.set_window_position(None)
         if not HOST.keras_state_in_place:  # no side effects inside a functional framework's cond
             self._apply_selected(grads, variables, finite, accumulate)
             return
@@ -162,7 +252,8 @@ class NativeOptimizer(keras.optimizers.Optimizer):
                    if flags else self._clip_and_apply(grads, variables), _false)
             return
         if local:
-            self._local_micro_step(grads, variables, indices, reads, finite, accumulate)
+            with self._this_micro_step():
+                self._local_micro_step(grads, variables, indices, reads, finite, accumulate)
             return
         sums = [self._accumulated[i] for i in indices]
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
@@ -194,70 +285,27 @@ class NativeOptimizer(keras.optimizers.Optimizer):
 
     def _local_micro_step(self, grads, variables, indices, reads, finite, accumulate):
         """``apply``'s micro-step of a window kept on this rank (``keras_distributed.accumulates_locally``: its
-        backward ran under DDP's ``no_sync()``, or its graph has no collective): added to the window; at its last
-        micro-step the window's sums, its finite flag (a marker, 0 or NaN: NaN on any rank makes the job's NaN on
-        every rank) and its has-gradient flags are reduced over the ranks in one all-reduce (``reduce_window``),
-        and every rank applies the job's mean gradient, or skips the window, alike. PyTorch's rule over the window
-        as ``apply``'s, with DDP's over the ranks: a parameter updates if it had a gradient in a micro-step of any
-        rank. Whether this micro-step closes the window is decided in Python, never in a conditional around the
-        collective (which TensorFlow's strategy cannot run): in a graph (Keras-on-TensorFlow) the one traced for
-        this place in the window says it (``_window_closes``, ``keras_distributed.graph_per_window_place``); run
-        eagerly (Keras-on-torch) the window's count in Python does (``closes_window``, ``micro_step_at``)."""
-        if self._window_closes is None:  # run eagerly: decided here, and the count in Python moved past it
-            with self.micro_step_at(self.closes_window()):
-                return self._local_micro_step(grads, variables, indices, reads, finite, accumulate)
-        totals = [self._accumulated[i] for i in indices]
-        sums = [total.value if g is None else total.value + g / K.cast(accumulate, g.dtype)
-                for total, g in zip(totals, grads)]
-        had = [self._window_has_gradient[i].value if g is None else
-               K.convert_to_tensor(True) if read is None else K.logical_or(self._window_has_gradient[i].value, read)
-               for i, g, read in zip(indices, grads, reads)]
+        backward ran under DDP's ``no_sync()``, or its graph has no collective): added to the window
+        (``LocalWindow._add_to_local_window``); at its last micro-step the window's sums, its finite flag (a
+        marker, 0 or NaN: NaN on any rank makes the job's NaN on every rank) and its has-gradient flags are
+        reduced over the ranks in one all-reduce (``reduce_window``), and every rank applies the job's mean
+        gradient, or skips the window, alike. PyTorch's rule over the window as ``apply``'s, with DDP's over the
+        ranks: a parameter updates if it had a gradient in a micro-step of any rank. Whether this micro-step
+        closes the window is decided in Python, never in a conditional around the collective (which TensorFlow's
+        strategy cannot run): in a graph (Keras-on-TensorFlow) the one traced for this place in the window says
+        it (``_window_closes``, ``keras_distributed.graph_per_window_place``); run eagerly (Keras-on-torch) the
+        window's count in Python does (``LocalWindow._this_micro_step``)."""
         window_finite = K.logical_and(self._window_finite.value, finite)
-        if not self._window_closes:
-            for total, new, index, flag in zip(totals, sums, indices, had):
-                total.assign(new)
-                self._window_has_gradient[index].assign(flag)
+        closed = self._add_to_local_window([self._accumulated[i] for i in indices], grads, indices, reads,
+                                           accumulate, window_finite=window_finite)
+        if closed is None:
             self._window_finite.assign(window_finite)
-            self._micro_steps.assign(self._micro_steps.value + 1)
             self.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
             return
-        dtype = totals[0].dtype
-        marker = K.where(window_finite, K.convert_to_tensor(0.0, dtype), K.convert_to_tensor(float("nan"), dtype))
-        marker, had_any, *sums = keras_distributed.reduce_window([marker, K.cast(K.stack(had), dtype), *sums])
-        agreed = K.isfinite(marker)
-        flags = {i: had_any[k] > 0 for k, (i, g, read) in enumerate(zip(indices, grads, reads))
-                 if g is None or read is not None}
-        K.cond(agreed, lambda: self._with_window_rule(flags, lambda: self._clip_and_apply(sums, variables)), _false)
-        for total, index in zip(totals, indices):
-            total.assign(K.zeros_like(total))
-            self._window_has_gradient[index].assign(K.convert_to_tensor(False))
-        self._micro_steps.assign(K.convert_to_tensor(0, "int64"))
+        sums, flags, agreed = closed
         self._window_finite.assign(K.convert_to_tensor(True))
+        K.cond(agreed, lambda: self._with_window_rule(flags, lambda: self._clip_and_apply(sums, variables)), _false)
         self.finite.assign(agreed)
-
-    def closes_window(self) -> bool:
-        """Whether the next micro-step of a window kept on this rank closes it, from the window's count kept in
-        Python (no read from the device at each micro-step): moved by each such micro-step (``micro_step_at``),
-        set by each write of the window (a checkpoint or ``load_state_dict`` loaded: ``set_window_position``);
-        read from the count variable only where a step that counts on the device (outside a job) ran since."""
-        if self._window_position is None:
-            object.__setattr__(self, "_window_position", int(read_numpy(self._micro_steps)))
-        return self._window_position + 1 >= self._accumulate
-
-    @contextlib.contextmanager
-    def micro_step_at(self, closes: bool):
-        """For the micro-step of a window kept on this rank run in the block (``closes_window`` read just before):
-        it closes the window (``closes``) or not, as ``_local_micro_step`` and a graph traced in the block read it;
-        the window's count in Python moves past it when the block ends (unknown inside: an error leaves it to be
-        read from the device)."""
-        position = self._window_position
-        object.__setattr__(self, "_window_closes", closes)
-        object.__setattr__(self, "_window_position", None)
-        try:
-            yield
-        finally:
-            object.__setattr__(self, "_window_closes", None)
-        object.__setattr__(self, "_window_position", 0 if closes else position + 1)
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not keras_distributed.in_group():

@@ -12,11 +12,11 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import step_key
-from unidl.backends.keras.optimizer import assign_numpy, read_numpy
+from unidl.backends.keras.optimizer import LocalWindow, assign_numpy, read_numpy
 from unidl.precision import autocast_modules, modules_of
 
 
-class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
     """Keras's loss scaler that also hands the step's (unscaled) loss to the unidl optimizer it wraps, whose
     non-finite guard reads it, and reports a skipped step in that optimizer's ``last_step_finite``.
 
@@ -28,7 +28,6 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     window, reduced over the ranks once, when it closes (``_local_micro_step``)."""
 
     _window_size = 1
-    _window_position = None  # (the window's count in Python, in a job: closes_window)
 
     def scale_loss(self, loss):
         self.inner_optimizer.scale_loss(loss)
@@ -97,13 +96,10 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         # a parameter read only by a loop or branch that did not run has no gradient (NativeOptimizer.apply)
         reads = HOST.gradient_conditions(variables, grads, agree=not local)
         if local:
-            closes = self.closes_window()
-            position = self._window_position
-            object.__setattr__(self, "_window_position", None)  # (unknown until it has run: an error leaves it unread)
-            self._local_micro_step(grads, variables, indices, totals, reads, accumulate, closes)
-            object.__setattr__(self, "_window_position", 0 if closes else position + 1)
+            with self._this_micro_step():
+                self._local_micro_step(grads, variables, indices, totals, reads, accumulate)
             return
-        object.__setattr__(self, "_window_position", None)  # (the count moves on the device)
+        self.set_window_position(None)  # (the count moves on the device)
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
                  if g is None or read is not None}
         for total, grad, index, read in zip(totals, grads, indices, reads):
@@ -137,50 +133,24 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         """The micro-steps per update of the steps compiled with this scaler (1: no window)."""
         return self._window_size
 
-    def closes_window(self) -> bool:
-        """Whether the next micro-step of a window kept on this rank closes it (``NativeOptimizer.closes_window``:
-        the count in Python, read from the device only where a step that counts there ran since)."""
-        if self._window_position is None:
-            object.__setattr__(self, "_window_position", int(read_numpy(self._window_count)))
-        return self._window_position + 1 >= self._window_size
+    @property
+    def _window_counter(self):
+        return self._window_count  # (LocalWindow's count variable)
 
-    def set_window_position(self, micro_steps: int) -> None:
-        """After the window is written (a checkpoint or ``load_state_dict`` loaded, or emptied): its count."""
-        object.__setattr__(self, "_window_position", micro_steps)
-
-    def _local_micro_step(self, grads, variables, indices, totals, reads, accumulate, closes):
+    def _local_micro_step(self, grads, variables, indices, totals, reads, accumulate):
         """``apply``'s micro-step of a window kept on this rank (``keras_distributed.accumulates_locally``: every
         micro-step's backward ran under DDP's ``no_sync()``), the float16 counterpart of
         ``NativeOptimizer._local_micro_step``: this rank's scaled gradients added to its window, with its loss
-        marked in the first sum (``0 * loss``: NaN where it is not finite, as DDP's all-reduce carries it in a
-        synced backward: ``keras_distributed.mark_loss``); at the window's last micro-step (decided in Python) its
-        scaled sums and has-gradient flags are averaged over the ranks in one all-reduce (``reduce_window``), an
-        overflow or NaN of any rank's window reaching every rank's sums, and Keras's scaler logic runs once on the
-        job's sums: every rank skips the window and halves its scale, or updates, alike. ``closes``: this
-        micro-step is the window's last (``closes_window``)."""
+        marked in the first sum (``LocalWindow._add_to_local_window``); at the window's last micro-step (decided in
+        Python: ``micro_step_at``) its scaled sums and has-gradient flags are averaged over the ranks in one
+        all-reduce, an overflow or NaN of any rank's window reaching every rank's sums, and Keras's scaler logic
+        runs once on the job's sums: every rank skips the window and halves its scale, or updates, alike."""
         inner = self.inner_optimizer
-        loss = inner._step_loss
-        sums = [total.value if g is None else total.value + keras.ops.cast(g, total.dtype) / accumulate
-                for total, g in zip(totals, grads)]
-        if loss is not None:
-            sums[0] = sums[0] + keras.ops.cast(loss, sums[0].dtype) * 0
-        had = [self._window_has_gradient[i].value if g is None else keras.ops.convert_to_tensor(True)
-               if read is None else keras.ops.logical_or(self._window_has_gradient[i].value, read)
-               for i, g, read in zip(indices, grads, reads)]
-        if not closes:
-            for total, new, index, flag in zip(totals, sums, indices, had):
-                total.assign(new)
-                self._window_has_gradient[index].assign(flag)
-            self._window_count.assign(self._window_count.value + 1)
+        closed = self._add_to_local_window(totals, grads, indices, reads, accumulate, loss=inner._step_loss)
+        if closed is None:
             inner.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
             return
-        had_any, *sums = keras_distributed.reduce_window([keras.ops.cast(keras.ops.stack(had), sums[0].dtype), *sums])
-        flags = {i: had_any[k] > 0 for k, (i, g, read) in enumerate(zip(indices, grads, reads))
-                 if g is None or read is not None}
-        for total, index in zip(totals, indices):  # the window starts again (its job's sums are in hand)
-            total.assign(keras.ops.zeros_like(total))
-            self._window_has_gradient[index].assign(keras.ops.convert_to_tensor(False))
-        self._window_count.assign(keras.ops.convert_to_tensor(0, "int64"))
+        sums, flags, _ = closed
         inner._with_window_rule(flags, lambda: super(LossScaleOptimizer, self).apply(sums, variables))
 
     def checkpointed(self):

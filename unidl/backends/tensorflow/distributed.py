@@ -155,6 +155,7 @@ class Engine:
 
     data_parallel = staticmethod(lambda step, variables=(): data_parallel(step, variables))
     reduce_in_step = staticmethod(lambda values, op="mean": reduce_in_step(values, op))
+    require_replica_context = staticmethod(lambda: require_replica_context())
 
     def stop(self):
         global _strategy
@@ -267,6 +268,21 @@ def module_state(model) -> list:
     return [value for _, value in (*model.named_parameters(), *model.named_buffers())]
 
 
+def require_replica_context() -> None:
+    """In a group, outside the strategy's replica context (a step unidl did not build, Keras's eager
+    ``train_on_batch``): a ``DistributedError``, as that step would train on this rank's gradients alone;
+    nothing inside it, or outside a group."""
+    if _strategy is None:
+        return
+    if not tf.distribute.has_strategy() or tf.distribute.get_strategy() is not _strategy \
+            or tf.distribute.in_cross_replica_context():
+        raise DistributedError(
+            "a training step of this data-parallel job runs outside the replica context of its "
+            "tf.distribute.MultiWorkerMirroredStrategy, so its gradients would not be averaged over the ranks: "
+            "train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, is not "
+            "data-parallel)")
+
+
 def reduce_in_step(values, op="mean"):
     """``values`` (tensors; None entries kept) summed or averaged (``op`` 'sum' or 'mean') over the ranks by
     the strategy's all-reduce, in one batched collective; the values themselves outside a group.
@@ -276,13 +292,7 @@ def reduce_in_step(values, op="mean"):
     this rank's gradients alone."""
     if _strategy is None:
         return list(values)
-    if not tf.distribute.has_strategy() or tf.distribute.get_strategy() is not _strategy \
-            or tf.distribute.in_cross_replica_context():
-        raise DistributedError(
-            "a training step of this data-parallel job runs outside the replica context of its "
-            "tf.distribute.MultiWorkerMirroredStrategy, so its gradients would not be averaged over the ranks: "
-            "train with ud.train_step or ud.fit (on keras compiled: its eager train_on_batch, eager=True, is not "
-            "data-parallel)")
+    require_replica_context()
     values = [tf.convert_to_tensor(v) if isinstance(v, tf.IndexedSlices) else v for v in values]
     present = [v for v in values if v is not None]
     reduce_op = tf.distribute.ReduceOp.SUM if op == "sum" else tf.distribute.ReduceOp.MEAN
