@@ -112,7 +112,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, retur
     """Maximum over windows of NCHW ``x`` (stride defaults to the kernel size; padding counts as -inf).
     ``ceil_mode``: a last, partial window where PyTorch has one (it starts inside the input or its left padding).
     ``return_indices``: ``(output, indices)``, each index (int64) the position of the window's maximum in the
-    flattened H * W plane of its sample and channel, as PyTorch gives it (the input of ``max_unpool2d``)."""
+    flattened H * W plane of its sample and channel, as PyTorch gives it (the input of ``max_unpool2d``).
+    A window that holds NaN pools to NaN, its gradient and index going to its last NaN in row-major order, as
+    PyTorch's kernels do, on every backend (TensorFlow's own skip NaN)."""
     x = _checked_pool("max_pool2d", x, kernel_size, padding)
     if return_indices:
         from unidl import spatial_ops
@@ -256,9 +258,11 @@ def maximum(a, b):
     framework's own maximum, bit for bit; the gradient is PyTorch's on every backend (TensorFlow's and JAX's own
     differ): all of it to the larger input, half to each where the two are equal, all of it to both where either
     is NaN, summed over the axes an input was broadcast along (a bound of shape (1, C) against (N, C) gets the
-    sum of its column's shares). Integers give integers and no gradient. Sizes that do not broadcast are a
-    ``ShapeMismatchError`` naming both shapes wherever they are known: eagerly, and while a graph traces (a
-    TensorFlow graph's sizes unknown until it runs give TensorFlow's own error)."""
+    sum of its column's shares). Integers give integers and no gradient. A Python number on either side is taken
+    as in ``x + 0.5``: ``torch.maximum(x, torch.tensor(0.5, dtype=x.dtype))``; tensors of two dtypes promote as
+    ``torch.maximum`` promotes them (an integer and a float tensor: the float's dtype). Sizes that do not
+    broadcast are a ``ShapeMismatchError`` naming both shapes wherever they are known: eagerly, and while a graph
+    traces (a TensorFlow graph's sizes unknown until it runs give TensorFlow's own error)."""
     return _ops().maximum(_check_broadcastable("maximum", a, b), b)
 
 

@@ -163,9 +163,9 @@ def _as_int64(size):
 def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     """``max_pool2d`` and, for each window, the position of its maximum as ``torch.nn.functional.max_pool2d(...,
     return_indices=True)`` gives it: an int64 index into the flattened (H * W) plane of the sample's channel, the
-    first maximum in the window's row-major order where several are equal. The kh * kw strided views of the padded
-    input are stacked and their argmax picks both the value and the offset, so the gradient flows to the chosen
-    input alone (summed over windows that share it), as PyTorch's does."""
+    first maximum in the window's row-major order where several are equal, its last NaN where it holds NaN. The
+    kh * kw strided views of the padded input are stacked and their argmax picks both the value and the offset,
+    so the gradient flows to the chosen input alone (summed over windows that share it), as PyTorch's does."""
     kernel = _pair(kernel_size)
     strides = _pair(stride if stride is not None else kernel_size)
     pads = _pair(padding)
@@ -177,8 +177,9 @@ def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=Fa
              for i in range(kernel[0]) for j in range(kernel[1])]
     stacked = ops.stack(views, 2)  # (N, C, kh * kw, oh, ow)
     choice = ops.cast(ops.argmax(stacked, 2, True), "int64")
-    # the chosen view's value, summed with zeros (exact; the gradient reaches the chosen element only)
     offsets = ops.reshape(ops.arange(0, len(views), 1, "int64"), (1, 1, len(views), 1, 1))
+    choice = _last_nan_first(stacked, choice, offsets + 1, 2)  # the views are in the window's row-major order
+    # the chosen view's value, summed with zeros (exact; the gradient reaches the chosen element only)
     values = ops.sum(ops.where(choice == offsets, stacked, ops.zeros_like(stacked)), 2)
     choice = ops.squeeze(choice, 2)
     rows = ops.unsqueeze(ops.arange(0, _as_int64(out[0]), 1, "int64") * strides[0] - pads[0], 1)
@@ -246,11 +247,18 @@ def _bin_maximum(x, size, bins):
     spread = ops.unsqueeze(x, -2)  # (..., 1, size) against the (bins, size) mask
     lowest = ops.zeros_like(spread) - float("inf")
     masked = ops.where(inside, spread, lowest)  # every bin holds at least one position
-    nans = masked != masked  # a bin holding NaN is NaN, as torch's
-    holds_nan = ops._amax(ops.cast(nans, "int32"), -1, True) > 0
-    maxima = ops.where(holds_nan, nans, inside & (masked == ops._amax(masked, -1, True)))
-    first = ops.argmax(ops.cast(maxima, "int32"), -1, True)
-    return ops.squeeze(ops.gather(masked, -1, first), -1)
+    first = ops.argmax(ops.cast(inside & (masked == ops._amax(masked, -1, True)), "int32"), -1, True)
+    choice = _last_nan_first(masked, first, ops.arange(1, _as_int64(size) + 1, 1, "int64"), -1)
+    return ops.squeeze(ops.gather(masked, -1, choice), -1)
+
+
+def _last_nan_first(values, choice, order, axis):
+    """``choice`` (int64 positions along ``axis``, kept), but where ``values`` holds NaN along ``axis`` the
+    position of its last NaN (``order``: 1, 2, ... along ``axis``): a window or bin that holds NaN pools to NaN
+    and its gradient goes there, as in PyTorch's max pooling kernels, which take a NaN over any value and a
+    later NaN over an earlier one."""
+    nans = ops.cast(values != values, "int64")
+    return ops.where(ops._amax(nans, axis, True) > 0, ops.argmax(nans * order, axis, True), choice)
 
 
 def adaptive_max_pool2d(x, output_size):

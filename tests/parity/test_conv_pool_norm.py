@@ -175,3 +175,49 @@ def test_max_pooling_of_windows_of_minus_inf_matches_torch(backend):
             lowest = ud.tensor(np.float64(np.finfo(dtype).min))
             for name, got, want in zip(names, function(inputs[0], lowest, *inputs[1:]), expected[dtype], strict=True):
                 np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {dtype} {name}")
+
+
+# ---- max pooling of windows holding NaN ------------------------------------------------------------------------
+NAN_WINDOWS = np.array([  # 2x2 windows: one NaN, two (the last wins), NaN with inf, NaN with -inf, none
+    [[1.0, np.nan, 2.0, 3.0, np.nan, np.inf],
+     [0.5, -1.0, np.nan, np.nan, 4.0, -np.inf],
+     [np.nan, 4.0, 5.0, -2.0, -np.inf, np.nan],
+     [1.0, 2.0, 3.0, 0.0, 2.0, 1.0]],
+    [[0.25, -1.0, 3.0, 3.0, -0.5, 1.0],  # a channel without NaN: TensorFlow's kernel beside the NaN windows
+     [1.0, 0.75, -2.0, 1.25, 2.0, 1.5],
+     [-1.5, 0.5, 2.5, -0.25, -0.5, 4.0],
+     [3.5, -3.0, 1.75, 2.25, 2.5, -1.5]]])[None]
+# the backend's pooling with and without padding (ceil mode and equal adaptive bins call it too) and the adaptive
+# bins' own maximum (unequal bins)
+NAN_POOLS = {name: MAX_POOLS[name][:2] for name in ("max_pool2d", "max_pool2d-padding", "adaptive_max_pool2d")}
+
+
+def test_max_pooling_of_windows_holding_nan_matches_torch(backend):
+    """A window (or adaptive bin) that holds NaN pools to NaN and sends its gradient to its last NaN in row-major
+    order, as PyTorch's kernels do, where TensorFlow's (Keras-on-TensorFlow's) skipped the NaN and JAX's gave the
+    gradient elsewhere; ``return_indices=True`` names that NaN. Plain, padded and adaptive max pooling, values,
+    input gradients of sum(output * r) and indices bit for bit, float32 eagerly and inside ``ud.function``."""
+    expected = []
+    upstream = [np.random.default_rng(len(name)).integers(-8, 9, theirs(torch.tensor(NAN_WINDOWS)).shape) / 8
+                for name, (_, theirs) in NAN_POOLS.items()]
+    for (_, theirs), r in zip(NAN_POOLS.values(), upstream):
+        tensor = torch.tensor(NAN_WINDOWS, dtype=torch.float32, requires_grad=True)
+        output = theirs(tensor)
+        (output * torch.tensor(r, dtype=tensor.dtype)).sum().backward()
+        expected += [output.detach().numpy(), tensor.grad.numpy()]
+    expected += [F.max_pool2d(torch.tensor(NAN_WINDOWS), 2, return_indices=True)[1].numpy(),
+                 F.max_pool2d(torch.tensor(NAN_WINDOWS), 3, 2, 1, return_indices=True)[1].numpy()]
+
+    def run_all(x, *rs):
+        results = []
+        for (ours, _), r in zip(NAN_POOLS.values(), rs):
+            results += [ours(x), ud.grad(lambda x, ours=ours, r=r: ud.ops.sum(ours(x) * r))(x)]
+        return tuple(results) + (ud.ops.max_pool2d(x, 2, return_indices=True)[1],
+                                 ud.ops.max_pool2d(x, 3, 2, 1, return_indices=True)[1])
+
+    names = [f"{name}: {what}" for name in NAN_POOLS for what in ("values", "gradient")]
+    names += ["indices", "indices-padding"]
+    inputs = [ud.tensor(array.astype(np.float32)) for array in (NAN_WINDOWS, *upstream)]
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        for name, got, want in zip(names, function(*inputs), expected, strict=True):
+            np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {name}")

@@ -26,6 +26,7 @@ POSITIVE = R.random((4, 6))
 TIED = np.where(R.random((4, 6)) < 0.5, OTHER, ROWS)
 ROW_BOUND = TIED[2:3] * np.where(R.random((1, 6)) < 0.5, 1.0, 0.5)
 SCALAR_BOUND = np.array(TIED[1, 3])
+NUMBER_TIES = np.array([[0.5, -1.0, 0.75, 1.0], [0.5, 2.0, 0.25, 1.0]])  # ties with the Python numbers 0.5 and 1
 
 
 def case(build, oracle, *inputs):
@@ -67,6 +68,11 @@ OPS = {
                                     ("minimum", "ties", (TIED, OTHER)),
                                     ("minimum", "row-bound-first", (ROW_BOUND, TIED)),
                                     ("minimum", "scalar-bound", (TIED, SCALAR_BOUND))]},
+    # a Python number on either side, as torch takes it in x + 0.5 (torch.maximum itself refuses numbers)
+    "maximum-number": case(lambda x: ud.ops.maximum(x, 0.5),
+                           lambda x: torch.maximum(x, torch.tensor(0.5, dtype=x.dtype)), NUMBER_TIES),
+    "minimum-number-first": case(lambda x: ud.ops.minimum(1, x),
+                                 lambda x: torch.minimum(torch.tensor(1, dtype=x.dtype), x), NUMBER_TIES),
     "cross_entropy-ignore-none": case(lambda x, y: ud.ops.cross_entropy(x, y, "none"),
                                       lambda x, y: F.cross_entropy(x, y, reduction="none"), ROWS, LABELS),
     "cross_entropy_loss-smoothing-sum": case(
@@ -130,6 +136,26 @@ def test_maximum_and_minimum_of_integers_are_integers(backend):
             got = ud.to_numpy(function(ud.tensor(a), ud.tensor(b)))
             assert got.dtype == np.int64, (name, got.dtype)
             np.testing.assert_array_equal(got, numpy_op(a, b))
+
+
+def test_maximum_and_minimum_of_two_dtypes_promote_as_torch(backend):
+    """An integer tensor with a float one, and float16 with float32, either first: ``torch.maximum``'s dtype and
+    values (TensorFlow raised its own error), eagerly and inside ``ud.function``."""
+    integers, floats = np.array([[3, -2, 5], [0, 7, -7]]), np.array([[2.5, -1.5, 5.0], [0.25, 7.5, -8.0]])
+    pairs = [("int64", "float32"), ("float32", "int64"), ("float16", "float32")]
+    expected = [getattr(torch, name)(torch.tensor(integers).to(getattr(torch, first)),
+                                     torch.tensor(floats).to(getattr(torch, second))).numpy()
+                for name in ("maximum", "minimum") for first, second in pairs]
+
+    def run_all(a, b):
+        return [getattr(ud.ops, name)(ud.ops.cast(a, first), ud.ops.cast(b, second))
+                for name in ("maximum", "minimum") for first, second in pairs]
+
+    for function in (run_all, ud.function(run_all)):
+        for got, want in zip(function(ud.tensor(integers), ud.tensor(floats)), expected, strict=True):
+            got = ud.to_numpy(got)
+            assert got.dtype == want.dtype, (backend, got.dtype, want.dtype)
+            np.testing.assert_array_equal(got, want)
 
 
 def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):

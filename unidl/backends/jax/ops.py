@@ -159,15 +159,46 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _pool(x, kernel_size, stride, padding, init, reduce):
+    return jax.lax.reduce_window(_v(x), init, reduce, *_window(kernel_size, stride, padding))
+
+
+def _window(kernel_size, stride, padding):
+    """``reduce_window``'s window, strides and padding of an NCHW pooling."""
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride if stride is not None else kernel_size)
     ph, pw = _pair(padding)
-    return jax.lax.reduce_window(_v(x), init, reduce, (1, 1, kh, kw), (1, 1, sh, sw),
-                                 [(0, 0), (0, 0), (ph, ph), (pw, pw)])
+    return (1, 1, kh, kw), (1, 1, sh, sw), [(0, 0), (0, 0), (ph, ph), (pw, pw)]
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    return _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)  # a Python scalar: the differentiable monoid
+    """XLA's max pooling with PyTorch's NaN rule: a window that holds NaN pools to NaN (XLA's does too) and its
+    gradient goes to the window's last NaN in row-major order (PyTorch's kernel takes a NaN over any value and
+    a later NaN over an earlier one; XLA's gradient picks by comparisons that a NaN fails). Whether ``x`` holds
+    a NaN is one sum (``inf - inf`` also gives NaN, and the exact path finds no NaN window there): eagerly a
+    Python branch, under ``jit`` a ``lax.cond``, so that a step whose pools hold no NaN pays the sum and the
+    cond, with XLA's own gradient."""
+    x = jnp.asarray(_v(x))
+    window = _window(kernel_size, stride, padding)
+    y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, *window)  # a Python scalar: the differentiable monoid
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return y
+    holds_nan = jnp.isnan(jnp.sum(x))
+    if not isinstance(holds_nan, jax.core.Tracer):
+        return _with_nan_windows(x, y, window) if holds_nan else y
+    return jax.lax.cond(holds_nan, lambda x, y: _with_nan_windows(x, y, window), lambda x, y: y, x, y)
+
+
+def _with_nan_windows(x, y, window):
+    """``y``, the max pooling of NCHW ``x`` over ``window``, with each window that holds NaN taken from its last
+    NaN (the pooling of the NaNs' positions, 1-based, in float32: exact up to 2 ** 24 positions a plane), so
+    that such a window's gradient goes there and the others' through XLA's pooling."""
+    n, c, height, width = x.shape
+    positions = jnp.arange(1, height * width + 1, dtype=jnp.float32).reshape(height, width)
+    last = jax.lax.reduce_window(jnp.where(jnp.isnan(x), positions, 0.0), -jnp.inf, jax.lax.max, *window)
+    # sizes spelled out, not -1: an empty batch cannot infer them
+    source = jnp.maximum(last.astype(jnp.int32) - 1, 0).reshape(n, c, y.shape[2] * y.shape[3])
+    nan = jnp.take_along_axis(x.reshape(n, c, height * width), source, axis=2).reshape(y.shape)
+    return jnp.where(last > 0, nan, y)
 
 
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):

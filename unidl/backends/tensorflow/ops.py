@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
+from tensorflow.python.eager import record as tape  # custom_gradient's tape, without its per-call registry
 
 from unidl import config
 from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError
@@ -51,12 +52,35 @@ def minimum(a, b):
 
 def _same_dtype_tensors(a, b):
     """``a`` and ``b`` as tensors, converted as ``tf.maximum`` converts them (a Python number takes the other's
-    dtype, a variable is read): ``tf.custom_gradient`` takes tensors only."""
+    dtype, a variable is read): ``tf.custom_gradient`` takes tensors only. Tensors of two dtypes are promoted as
+    torch promotes them (``tf.maximum`` refuses them): see ``_torch_result_dtype``."""
     if not isinstance(a, tf.Tensor):
         a = tf.convert_to_tensor(a, dtype_hint=getattr(b, "dtype", None))
     if not isinstance(b, tf.Tensor):
         b = tf.convert_to_tensor(b, dtype_hint=a.dtype)
+    if a.dtype != b.dtype:
+        dtype = _torch_result_dtype(a, b)
+        a, b = tf.cast(a, dtype), tf.cast(b, dtype)
     return a, b
+
+
+def _torch_result_dtype(a, b):
+    """PyTorch's result dtype of two tensors of different dtypes (``torch.result_type``): a float over an integer
+    or a bool, in the float's dtype; of two floats or two integers, a 0-dim one (a scalar) takes the other's
+    dtype, else the wider (float16 with bfloat16: float32; signed and unsigned integers of one size: the next
+    wider signed)."""
+    def kind(t):
+        return 2 if t.dtype.is_floating else 1 if t.dtype.is_integer else 0
+
+    if kind(a) != kind(b):
+        return (a if kind(a) > kind(b) else b).dtype
+    if (a.shape.rank == 0) != (b.shape.rank == 0):
+        return (b if a.shape.rank == 0 else a).dtype
+    if {a.dtype, b.dtype} == {tf.float16, tf.bfloat16}:
+        return tf.float32
+    if a.dtype.is_integer and a.dtype.is_unsigned != b.dtype.is_unsigned and a.dtype.size == b.dtype.size:
+        return {1: tf.int16, 2: tf.int32}.get(a.dtype.size, tf.int64)
+    return max(a.dtype, b.dtype, key=lambda dtype: (dtype.size, not dtype.is_unsigned))
 
 
 @tf.custom_gradient
@@ -289,7 +313,110 @@ def _pool(x, kernel_size, stride, padding, pool, pad_value, finish=None):
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     # XLA's max pooling starts each window at -inf: a window of -inf is -inf there already
     finish = None if tracing_xla_graph() else _minus_inf_windows
-    return _pool(x, kernel_size, stride, padding, tf.nn.max_pool2d, float("-inf"), finish)
+    return _pool(x, kernel_size, stride, padding, _max_pool_with_nan, float("-inf"), finish)
+
+
+def _max_pool_with_nan(xh, **arguments):
+    """TensorFlow's max pooling of NHWC ``xh`` with PyTorch's NaN rule: a window that holds NaN pools to NaN and
+    its gradient goes to the window's last NaN in row-major order (PyTorch's kernel takes a NaN over any value
+    and a later NaN over an earlier one); TensorFlow's kernels (eager, graph and XLA) skip NaN. Whether ``xh``
+    holds a NaN is one sum (NaN where a NaN is summed; ``inf - inf`` also gives NaN, and the exact path finds no
+    NaN window there), under a cond in the forward and one in the gradient: a step whose pools hold no NaN pays
+    a sum over the input and two branches, and TensorFlow's own gradient. In a graph the gradient is given to
+    the tape (a tape inside the graph) as one operation, and, through a gradient registered once for the
+    graph's ``MaxPool`` op, to a gradient of the whole graph; ``tf.custom_gradient`` would leave every traced
+    graph in TensorFlow's gradient registry (docs/guarantees.md)."""
+    if not xh.dtype.is_floating:
+        return tf.nn.max_pool2d(xh, **arguments)
+    if tf.executing_eagerly():
+        y = tf.nn.max_pool2d(xh, **arguments)
+        return _with_nan_windows(xh, y, arguments) if bool(_holds_nan(xh)) else y
+
+    def nan_windows():  # NaN subtracted, 0 elsewhere (which leaves -0.0 as it is); the gradient to ``y`` whole
+        nan, zero = tf.constant(float("nan"), y.dtype), tf.zeros((), y.dtype)
+        return y - tf.stop_gradient(tf.where(_last_nans(xh, arguments) > 0, nan, zero))
+
+    with tape.stop_recording():
+        with xh.graph.gradient_override_map({"MaxPool": _MAX_POOL_GRADIENT_WITH_NAN}):
+            y = tf.nn.max_pool2d(xh, **arguments)
+        holds_nan = _holds_nan(xh)
+        pooled = tf.cond(holds_nan, nan_windows, lambda: y)
+    tape.record_operation("MaxPool", [pooled], [xh],
+                          lambda upstream: [_max_pool_gradient(xh, y, upstream, arguments, holds_nan)])
+    return pooled
+
+
+def _holds_nan(xh):
+    return tf.math.is_nan(tf.reduce_sum(xh))
+
+
+def _last_nans(xh, arguments):
+    """For each window of the max pooling of NHWC ``xh`` with ``arguments`` (VALID), 1 + the flattened (H * W)
+    position of its last NaN in row-major order, or 0 where it holds none: the pooling of the NaNs' positions
+    (float32, exact up to 2 ** 24 positions a plane: GPUs pool no int32)."""
+    height, width = xh.shape[1], xh.shape[2]
+    if height is None or width is None:
+        size = tf.shape(xh)
+        height, width = size[1], size[2]
+    positions = tf.reshape(tf.range(1, height * width + 1, dtype=tf.float32), tf.stack([1, height, width, 1]))
+    return tf.nn.max_pool2d(tf.where(tf.math.is_nan(xh), positions, 0.0), **arguments)
+
+
+def _nan_window_routes(xh, arguments):
+    """Which windows hold NaN (booleans shaped as the pooled output) and, for every window, the (n, h * W + w, c)
+    of its last NaN in ``xh`` viewed as (N, H * W, C) ((n, 0, c) where it holds none): every window has one, so
+    that the shapes are known while tracing (XLA compiles no ``tf.where`` of one argument)."""
+    last = _last_nans(xh, arguments)
+    size = tf.shape(last, out_type=tf.int64)
+    samples = tf.broadcast_to(tf.reshape(tf.range(size[0]), (-1, 1, 1, 1)), size)
+    channels = tf.broadcast_to(tf.reshape(tf.range(size[3]), (1, 1, 1, -1)), size)
+    return last > 0, tf.stack([samples, tf.maximum(tf.cast(last, tf.int64) - 1, 0), channels], -1)
+
+
+def _planes(xh):
+    """``xh`` (N, H, W, C) viewed as (N, H * W, C)."""
+    size = tf.shape(xh)
+    return tf.reshape(xh, tf.stack([size[0], -1, size[3]]))
+
+
+def _with_nan_windows(xh, y, arguments):
+    """``y`` with each NaN window's value taken from its last NaN: eagerly, where the ops are differentiable as
+    they are (such a window's gradient to that NaN, the others' through TensorFlow's kernel)."""
+    holds_nan, sources = _nan_window_routes(xh, arguments)
+    return tf.where(holds_nan, tf.gather_nd(_planes(xh), sources), y)
+
+
+def _max_pool_gradient(xh, y, upstream, arguments, holds_nan):
+    """The gradient of ``_max_pool_with_nan`` in a graph: TensorFlow's own (``MaxPoolGrad``) where ``xh`` holds no
+    NaN; else each NaN window's ``upstream`` to its last NaN, the other windows' to TensorFlow's choice. The
+    ``MaxPoolGrad`` of the common case stays outside the cond, beside its ``MaxPool``: oneDNN's pair passes the
+    forward's choices to the gradient, which a ``MaxPoolGrad`` inside a branch recomputes (+29% of a CNN's
+    training step); the NaN branch runs its own."""
+    def max_pool_grad(grad):
+        return tf.raw_ops.MaxPoolGrad(orig_input=xh, orig_output=y, grad=grad, ksize=(1, *arguments["ksize"], 1),
+                                      strides=(1, *arguments["strides"], 1), padding=arguments["padding"])
+
+    def with_nan():
+        holds, sources = _nan_window_routes(xh, arguments)
+        zero = tf.zeros((), upstream.dtype)
+        routed = tf.scatter_nd(sources, tf.where(holds, upstream, zero), tf.shape(_planes(xh), out_type=tf.int64))
+        return max_pool_grad(tf.where(holds, zero, upstream)) + tf.reshape(routed, tf.shape(xh))
+
+    own = max_pool_grad(upstream)
+    return tf.cond(holds_nan, with_nan, lambda: own)
+
+
+_MAX_POOL_GRADIENT_WITH_NAN = "UnidlMaxPoolWithNaN"
+
+
+@tf.RegisterGradient(_MAX_POOL_GRADIENT_WITH_NAN)
+def _registered_max_pool_gradient(op, upstream):
+    """``_max_pool_gradient`` of a graph's ``MaxPool`` op made by ``_max_pool_with_nan``, for a gradient of the
+    whole graph (a tape around a compiled function): NaN looked for again, in the input the op kept."""
+    xh = op.inputs[0]
+    arguments = dict(ksize=tuple(op.get_attr("ksize")[1:3]), strides=tuple(op.get_attr("strides")[1:3]),
+                     padding=op.get_attr("padding").decode())
+    return _max_pool_gradient(xh, op.outputs[0], upstream, arguments, _holds_nan(xh))
 
 
 def _minus_inf_windows(xh, y, arguments):

@@ -22,12 +22,38 @@ sqrt = torch.sqrt
 abs = torch.abs
 sign = torch.sign
 square = torch.square
-maximum = torch.maximum
 where = torch.where
 zeros_like = torch.zeros_like
 silu = F.silu
 log1p = torch.log1p
-minimum = torch.minimum
+
+
+def maximum(a, b):
+    """``torch.maximum``, a Python number on either side taken as PyTorch takes one in ``x + 0.5`` (torch's own
+    refuses numbers): ``torch.maximum(x, torch.tensor(0.5, dtype=x.dtype))``, see ``_with_tensors``."""
+    return torch.maximum(*_with_tensors(a, b))
+
+
+def minimum(a, b):
+    return torch.minimum(*_with_tensors(a, b))
+
+
+def _with_tensors(a, b):
+    """``a`` and ``b``, a number (or NumPy scalar) among them as a tensor in the other's dtype where that holds it
+    (any number for a float tensor, an integer for an integer one), else in torch's default dtype for its kind,
+    from which torch's promotion goes on (an integer tensor and 0.5: a float result, as ``x + 0.5``)."""
+    if not isinstance(a, torch.Tensor):
+        a = _number_like(a, b)
+    if not isinstance(b, torch.Tensor):
+        b = _number_like(b, a)
+    return a, b
+
+
+def _number_like(number, other):
+    tensor = torch.as_tensor(number, device=getattr(other, "device", None))
+    holds_it = isinstance(other, torch.Tensor) and (
+        other.is_floating_point() or (not tensor.is_floating_point() and other.dtype != torch.bool))
+    return tensor.to(other.dtype) if holds_it else tensor
 
 
 def leaky_relu(x, negative_slope=0.01):
