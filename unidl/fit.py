@@ -9,10 +9,7 @@ on Keras's other frameworks).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 
 import numpy as np
 
@@ -20,6 +17,7 @@ from unidl import config, fit_options
 from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
+from unidl.data.pool import sigint_handled_by
 from unidl.distributed import process_group
 from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
@@ -193,6 +191,14 @@ def check_labels(model, loss_fn, loader) -> None:
                          f"ignore_index {loss_fn.ignore_index}; found labels from {low} to {high}")
 
 
+def _fresh_first_samples(*data) -> None:
+    """Each ``DataLoader`` of ``data`` reads its first sample anew at its first probe of this ``fit`` or
+    ``evaluate`` (and keeps it for the others): a dataset fixed in place after a call failed is read again."""
+    for loader in data:
+        if isinstance(loader, DataLoader):
+            loader._forget_first_sample()
+
+
 def _check_validation_input(model, validation) -> None:
     """Before training: one eval-mode forward of one validation sample (remembered, as the metrics' layout
     does it), so that ``validation_data`` the model cannot take (samples of the wrong width) is refused before
@@ -334,6 +340,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     training, so a bad value is a ``TypeError`` before any update), and a resumed fit asks for the same
     ``(epoch, step)`` pairs as the uninterrupted run. Validation, ``evaluate`` and ``TensorBoard``'s model graph
     call ``model(x)``: the forward's defaults (an evaluation-time depth) apply there. See docs/dynamic-forward.md.
+
+    Ctrl-C stops ``fit`` with ``KeyboardInterrupt``, the loader's workers stopped and the model usable (see
+    docs/guarantees.md); a Ctrl-C that a callback catches during training (or Keras's own trainer, under a bare
+    ``except``) is raised again by ``fit`` at that batch's end.
     """
     loss = fit_options.resolve_loss(loss)
     fit_options.check_reduced_loss(loss, "fit")
@@ -349,6 +359,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     validation_freq = fit_options.check_validation_freq(validation_freq)
     start_epoch = fit_options.check_initial_epoch(initial_epoch, epochs, resume_from)
     train_data = fit_options.data_of(train_data, y)
+    _fresh_first_samples(train_data, validation_data)
     train_data, sample_weight, held_out = fit_options.split_validation(train_data, validation_split, sample_weight)
     if held_out is not None:
         if validation_data is not None:
@@ -437,6 +448,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             progress.batch(index, logs)
             for callback in callbacks:
                 callback.on_batch_end(index, logs)
+            if ctrl_c:  # one that a callback caught
+                raise KeyboardInterrupt
             if trainer.end_epoch:
                 raise _EndEpoch(logs)
 
@@ -489,7 +502,6 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     return history
 
 
-@contextlib.contextmanager
 def _ctrl_c_noted(raised: list):
     """Run the block with each ``KeyboardInterrupt`` that the SIGINT handler raises (Ctrl-C) noted in ``raised``,
     so that ``fit`` can raise again one that code between the handler and ``fit`` swallowed: Keras's own trainer,
@@ -497,23 +509,17 @@ def _ctrl_c_noted(raised: list):
     batch's end under a bare ``except`` (``keras.src.utils.python_utils.pythonify_logs``), where a Ctrl-C that
     lands is lost and training goes on. A handler that does not raise (a user's own) is left to its business.
     Python runs signal handlers in the main thread only, and only there can one be swapped."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
-        yield
-        return
+    def noting(previous):
+        def handler(signum, frame):
+            try:
+                previous(signum, frame)
+            except KeyboardInterrupt:
+                raised.append(True)
+                raise
 
-    def noting(signum, frame):
-        try:
-            previous(signum, frame)
-        except KeyboardInterrupt:
-            raised.append(True)
-            raise
+        return handler
 
-    signal.signal(signal.SIGINT, noting)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return sigint_handled_by(noting)
 
 
 def _stop_workers(batches) -> None:
@@ -749,6 +755,7 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     Keras's list: the loss first, then the metrics in the order given (a single value when there is one).
     """
     data = fit_options.data_of(data, y, "data")
+    _fresh_first_samples(data)
     loss = None if loss is None else fit_options.resolve_loss(loss)
     arrays = fit_options.arrays_of(data)
     if arrays is not None and not len(arrays[0]):

@@ -57,18 +57,36 @@ class ModesReached:
     """The modules a compiled step's traces reach (called, or their ``training`` flag read) beyond those its key
     already holds (``keyed()``: its model's modules): a loss module, a second model called in the loss. A graph
     bakes in their flags as well, so the step keys on ``key()`` too: their flags, a tuple of a bool or two for
-    most steps (a cheap read at every call). ``traced(fn)`` is ``fn`` noting what each of its runs reaches (a graph runs it
+    most steps, read at every call. ``traced(fn)`` is ``fn`` noting what each of its runs reaches (a graph runs it
     only while being traced); a run that reached new modules changes ``len(modules)``, and the caller files the
-    graph just traced under the longer key."""
+    graph just traced under the longer key.
 
-    __slots__ = ("modules", "_keyed")
+    ``key()`` is cached until a flag or a module tree changes anywhere (``unidl.nn.module``'s mode version, as
+    ``training_modes``) or ``modules`` grows: each read of ``Module.training`` costs a context-variable lookup.
+    Inside a recording block (a step called in a ``ud.function``'s trace) it reads the flags, so that the reads
+    note the modules there."""
+
+    __slots__ = ("modules", "_keyed", "_cached", "_versions")
 
     def __init__(self, keyed):
+        from unidl.nn import module as module_lib  # (unidl.nn.module imports this module)
+
         self.modules: tuple = ()
         self._keyed = keyed
+        self._cached = (None, None, ())  # (mode version, modules, key)
+        self._versions = module_lib
 
     def key(self) -> tuple:
-        return tuple(module.training for module in self.modules) if self.modules else ()
+        modules = self.modules
+        if not modules:
+            return ()
+        version = self._versions._mode_version
+        cached = self._cached
+        if cached[0] == version and cached[1] is modules and current_recording() is None:
+            return cached[2]
+        key = tuple(module.training for module in modules)
+        self._cached = (version, modules, key)
+        return key
 
     def traced(self, fn):
         def run(*args):

@@ -38,19 +38,23 @@ def test_train_step_writes_state_back_and_traces_once_per_shape(rng):
 
 def test_a_step_compiles_once_not_again_for_the_values_it_wrote_back(rng, caplog):
     """jit keys its cache on whether arrays are committed to a device: variables start committed, as the
-    step's outputs are, so the second call reuses the first compilation (it once compiled twice)."""
+    step's outputs are, so the second call reuses the first compilation (it once compiled twice). A step that
+    donates its variables' buffers is compiled ahead of its first call, which reuses that compilation."""
     import logging
 
     import jax
 
     with ud.use_backend("jax"):
-        model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.ReLU(), ud.nn.Linear(4, 1))
+        model = ud.nn.Sequential(ud.nn.Linear(3, 32), ud.nn.ReLU(), ud.nn.Linear(32, 1))  # (donated: 16+ elements)
         step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.Adam(model.parameters(), lr=1e-2))
         x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 1)).astype(np.float32)
-        step(x, y)
         with jax.log_compiles(), caplog.at_level(logging.DEBUG, logger="jax"):
             step(x, y)
+            first = [r.getMessage() for r in caplog.records if "Compiling jit(flat)" in r.getMessage()]
+            caplog.clear()
             step(x, y)
+            step(x, y)
+        assert len(first) == 1 and step.trace_count == 1, first  # (traced ahead too: once)
         assert not [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
 
 
@@ -182,3 +186,57 @@ def test_a_step_built_again_is_the_same_program_to_the_compilation_cache(rng):
         finally:
             jax.monitoring.unregister_event_listener(listener)
     assert hits, "the train step built again was compiled again instead of served by the cache"
+
+
+class _WithCallback(ud.nn.Module):
+    """A forward with an effect (``jax.debug.callback``): jax runs every call of its step through its Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(3, 32)
+
+    def forward(self, x):
+        import jax
+
+        jax.debug.callback(lambda: None)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("model_class, calls_before", [(lambda: ud.nn.Linear(3, 32), 0), (_WithCallback, 2)],
+                         ids=["first call", "third call of a program with effects"])
+def test_a_ctrl_c_in_jaxs_python_after_a_donating_step_ran_keeps_the_steps_outputs(rng, monkeypatch, model_class,
+                                                                                    calls_before):
+    """A call that misses jaxlib's C++ cache (a compiled step's first) or of a program with effects (every call) runs
+    jax's Python after XLA has consumed the donated parameter buffers (``_get_fastpath_data`` runs there). A real
+    SIGINT sent from there, at that call, comes out as ``KeyboardInterrupt`` once the step's outputs are written back:
+    the parameters are those of one SGD step written out in NumPy (not deleted arrays), and train on."""
+    import signal
+
+    from jax._src import pjit
+
+    runs, fastpath_data = [], pjit._get_fastpath_data
+
+    def ctrl_c_there(executable, *args, **kwargs):
+        if getattr(getattr(executable, "unsafe_call", None), "name", None) == "jit(flat)":  # the step's program ran
+            runs.append(executable)
+            if len(runs) == 1:
+                signal.raise_signal(signal.SIGINT)
+        return fastpath_data(executable, *args, **kwargs)
+
+    x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 32)).astype(np.float32)
+    with ud.use_backend("jax"):
+        model = model_class()
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        for _ in range(calls_before):
+            step(x, y)
+        weight, bias = (np.array(ud.to_numpy(value)) for value in model.state_dict().values())
+        monkeypatch.setattr(pjit, "_get_fastpath_data", ctrl_c_there)
+        with pytest.raises(KeyboardInterrupt):
+            step(x, y)
+        assert len(runs) == 1  # the SIGINT was sent at that call, from jax's Python
+        monkeypatch.undo()
+        after = [np.array(ud.to_numpy(value)) for value in model.state_dict().values()]
+        grad_out = 2 * (x @ weight.T + bias - y) / y.size  # MSE's gradient with respect to the outputs
+        np.testing.assert_allclose(after[0], weight - 0.1 * grad_out.T @ x, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(after[1], bias - 0.1 * grad_out.sum(axis=0), rtol=1e-5, atol=1e-7)
+        assert np.isfinite(float(step(x, y)))

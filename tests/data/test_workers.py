@@ -24,7 +24,7 @@ from unidl import config
 from unidl.data import DataLoader, Epoch, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
-from unidl.errors import DataLoaderError
+from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, LabelledRows, NoisyRows, Rows,
                                         SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
                                         failing_worker_init_fn, record_worker_id)
@@ -729,8 +729,12 @@ def test_the_first_sample_is_read_once_per_position_and_again_when_what_makes_it
     loader = DataLoader(CountedRows(8), batch_size=2, shuffle=True, seed=1)
     first = loader.first_sample()
     first[0][:] = -1  # a copy: what the loader keeps stays as read
+    orders, batches = [], loader.batch_sampler.batches
+    loader.batch_sampler.batches = lambda *args: orders.append(args) or batches(*args)
     x = loader.first_sample()[0]
     assert loader.dataset.reads == 1 and x.min() >= 0
+    assert not orders  # kept: the epoch's (shuffled) order is not worked out again to find the sample's index
+    del loader.batch_sampler.batches
     next(iter(loader))  # a new position: the first sample of batch 1
     assert int(loader.first_sample()[1][0]) == int(loader.batch_sampler.batches(0)[1][0])
     assert loader.dataset.reads == 4  # (2 for the batch, 1 for the sample)
@@ -739,6 +743,60 @@ def test_the_first_sample_is_read_once_per_position_and_again_when_what_makes_it
     loader.dataset = CountedRows(8)
     loader.first_sample()
     assert loader.dataset.reads == 1
+
+
+class WidthRows(CountedRows):
+    """CountedRows whose features have ``width`` columns (the first ``width`` of [3i, 3i+1, ...])."""
+
+    def __init__(self, n, width):
+        super().__init__(n)
+        self.width = width
+
+    def __getitem__(self, index):
+        features, label = super().__getitem__(index)
+        return np.resize(features, self.width), np.int64(label % 2)
+
+
+def test_fit_and_evaluate_read_the_first_sample_anew_so_a_dataset_fixed_in_place_trains():
+    """``fit`` fails on its probe of the first sample (features too wide for the model) before training; the dataset
+    fixed in place, the next ``fit`` reads that sample anew (not the one the loader kept) and trains, reading it
+    once for its probes; ``evaluate`` too reads it anew."""
+    dataset = WidthRows(8, width=4)
+    loader = DataLoader(dataset, batch_size=4)
+    model = ud.nn.Linear(3, 2)
+    with pytest.raises(ShapeMismatchError):
+        ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", verbose=0)
+    assert dataset.reads == 1
+    dataset.width = 3
+    history = ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", verbose=0, metrics=["accuracy"])
+    assert np.isfinite(history.history["loss"][0]) and dataset.reads == 1 + 1 + 8
+    loader.first_sample()
+    loader.first_sample()  # (kept)
+    ud.evaluate(model, loader, loss="cross_entropy")
+    assert dataset.reads == 10 + 1 + 1 + 8
+
+
+def test_a_ctrl_c_that_a_callback_catches_is_raised_again_by_fit_at_that_batchs_end():
+    """A real SIGINT that a callback's ``except`` swallows at batch 1's end: ``fit`` raises ``KeyboardInterrupt`` there,
+    before another step changes the weights."""
+    x, y = np.stack([LabelledRows(32)[i][0] for i in range(32)]), np.arange(32) % 4
+    ended, weights = [], []
+
+    class Catching(ud.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            ended.append(batch)
+            if batch == 1:
+                try:
+                    signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, which the callback swallows
+                except KeyboardInterrupt:
+                    ended.append("caught")
+                weights.append({k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()})
+
+    model = ud.models.TwoLayerNet(3, 8, 4)
+    with pytest.raises(KeyboardInterrupt):
+        ud.fit(model, (x, y), batch_size=4, loss="cross_entropy", optimizer="sgd", verbose=0, callbacks=[Catching()])
+    assert ended == [0, 1, "caught"]
+    assert all(np.array_equal(np.asarray(ud.to_numpy(v)), weights[-1][k]) for k, v in model.state_dict().items())
 
 
 def _one_hot_labels(samples):

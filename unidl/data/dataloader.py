@@ -380,24 +380,33 @@ class DataLoader:
         for this sample alone and stops after it.
 
         It is read once per position: the loader keeps the last sample it read and hands out copies of it while a
-        new read would make it the same way, from the same sample index and batch seeding (``seed``, epoch,
-        batch) with the same ``dataset``, ``collate_fn`` and ``worker_init_fn`` objects and worker type, so that
-        ``fit``'s probes (its metrics' layout, the validation input check, ``TensorBoard``'s graph) start at
-        most one extra worker per loader. Another position (iterating, ``set_epoch``, ``load_state_dict``) or
-        another of those objects assigned reads it anew; a dataset changed in place is not noticed.
+        new read would make it the same way, with the same sampler settings (``shuffle``, ``seed``, length,
+        ``batch_size``: the sample's index), epoch and batch (its index and seeding), the same ``batch_sampler``,
+        ``dataset``, ``collate_fn`` and ``worker_init_fn`` objects and worker type, so that ``fit``'s probes (its
+        metrics' layout, the validation input check, ``TensorBoard``'s graph) start at most one extra worker per
+        loader; the sample's index is worked out on a new read only (a shuffled epoch's order: a second at ten
+        million samples). Another position (iterating, ``set_epoch``, ``load_state_dict``) or another of those
+        objects assigned reads it anew. A dataset changed in place is not noticed here: ``fit`` and ``evaluate``
+        drop what the loader keeps as they start.
         """
         state = self.state_dict()
         epoch, batch = state["epoch"], min(state["position"], len(self) - 1)
-        indices = self.batch_sampler.batches(epoch, batch)[0][:1]
-        seed = self.seed
-        makers = (self.dataset, self.collate_fn, self.worker_init_fn)  # compared by identity
-        how = (self.worker_type if self.num_workers else None, seed, epoch, batch, int(indices[0]))
+        seed, sampler = self.seed, self.batch_sampler.sampler
+        makers = (self.dataset, self.collate_fn, self.worker_init_fn, self.batch_sampler, sampler)  # by identity
+        how = (self.worker_type if self.num_workers else None, sampler.shuffle, seed, len(sampler), self.batch_size,
+               epoch, batch)
         kept = self._first_sample
         if kept is not None and kept[1] == how and all(a is b for a, b in zip(kept[0], makers)):
             return tuple(array.copy() for array in kept[2])
+        indices = self.batch_sampler.batches(epoch, batch)[0][:1]
         arrays = self._read_first_sample(indices, seed, epoch, batch)
         self._first_sample = (makers, how, arrays)
         return tuple(array.copy() for array in arrays)
+
+    def _forget_first_sample(self) -> None:
+        """Drop the sample ``first_sample`` keeps: ``fit`` and ``evaluate`` start with a fresh read, so that a
+        dataset fixed in place after a failed call is read again."""
+        self._first_sample = None
 
     def _read_first_sample(self, indices, seed, epoch: int, batch: int) -> tuple[np.ndarray, ...]:
         """``first_sample``'s read of the sample at ``indices`` (batch ``batch`` of ``epoch``), without its cache."""

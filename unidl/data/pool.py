@@ -58,6 +58,26 @@ def _short_repr(value) -> str:
 
 
 @contextlib.contextmanager
+def sigint_handled_by(wrap):
+    """Run the block with SIGINT (Ctrl-C) handled by ``wrap(previous)``, ``previous`` being the handler in force,
+    and ``previous`` back as the block ends; the block gets ``previous`` (``with ... as previous``).
+
+    Python runs signal handlers in the main thread only, and only there can one be swapped: elsewhere, or where
+    SIGINT has no Python handler (ignored, or the default action), the block runs as it is and gets None. The new
+    handler is installed inside the ``try``, so that a Ctrl-C raised as it is installed does not leave it there.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield None
+        return
+    try:
+        signal.signal(signal.SIGINT, wrap(previous))
+        yield previous
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def interrupts_held():
     """Run the block with SIGINT (Ctrl-C) held back, then hand a SIGINT that came meanwhile to the handler
     that was in force (Python's default raises ``KeyboardInterrupt``) as the block ends.
@@ -65,20 +85,14 @@ def interrupts_held():
     Starting or stopping workers cut halfway by ``KeyboardInterrupt`` leaves workers running that nobody
     will stop (a process spawned but not yet recorded, a queue that never gets its stop message). The
     blocks held are short: starting launches the workers without waiting for them, and stopping waits
-    ``grace`` seconds at most before it terminates processes. Python runs signal handlers in the main
-    thread only, and only there can one be swapped: elsewhere, or where SIGINT has no Python handler
-    (ignored, or the default action), the block runs as it is.
+    ``grace`` seconds at most before it terminates processes. Where no handler can be swapped
+    (``sigint_handled_by``) the block runs as it is.
     """
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
-        yield
-        return
-    held = []
-    signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    held, previous = [], None
     try:
-        yield
+        with sigint_handled_by(lambda _: lambda signum, frame: held.append(frame)) as previous:
+            yield
     finally:
-        signal.signal(signal.SIGINT, previous)
         if held:
             previous(signal.SIGINT, held[0])
 

@@ -38,7 +38,7 @@ from unidl.backends.jax import precision as jax_precision  # noqa: E402
 from unidl.backends.jax import variable as jax_variable  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
 from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, custom_gradient,  # noqa: E402
-                                         read_on_mode_change, traced_forward_error)
+                                         traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer, write_scalar  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
@@ -315,11 +315,12 @@ class Backend(BackendInterface):
         """``(run, compiled)``: ``step(x, y, *inputs)`` as one ``StatefulJit`` over ``variables`` (state in, state
         out, donated), re-traced per train/eval mode and frozen set, or run eagerly with ``eager=True``
         (``compiled`` is then unused). Shared by the plain and the mixed-precision train steps."""
-        # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning
-        modules = model.modules()  # fixed with ``variables``: the step is built for this module tree
-        modes = read_on_mode_change(lambda: tuple(m.training for m in modules))
+        # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning; keyed on
+        # the modes of the model's tree as it is at each call (``training_modes``: cached on the mode version), as
+        # tensorflow's ``PerModeGraphs``
         compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
-                               static_key=lambda: (modes(), trainable_mask(params)), keyed_modules=lambda: modules)
+                               static_key=lambda: (training_modes(model), trainable_mask(params)),
+                               keyed_modules=model.modules)
         to_input = self.to_input
         if eager:
             return (lambda *args: step(*[to_input(a) for a in args])), compiled

@@ -26,8 +26,8 @@ import numpy as np
 from jax.experimental import checkify
 
 from unidl import devices
-from unidl.nn import module as module_lib
-from unidl.tracing import ModesReached, current_recording, python_randomness_guard, warn_running_eagerly
+from unidl.data.pool import interrupts_held
+from unidl.tracing import ModesReached, python_randomness_guard, warn_running_eagerly
 from unidl.backends.jax import ops as jax_ops, variable as jax_variable
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from
 from unidl.optim.param_groups import ConstantOptions
@@ -104,14 +104,17 @@ def error_codes_numbered_per_trace():
 
 def _call_and_write_back(function, donated_values, kept_values, dynamic_leaves, variables) -> tuple:
     """``function``'s call (a ``StatefulJit`` entry's), the values it wrote stored in ``variables``; returns
-    ``(checkify's error leaves, result)``.
+    ``(checkify's error leaves, result)``. The call of an entry whose calls take jaxlib's C++ fast path (see
+    ``StatefulJit._held_call`` for the others).
 
     The call donates the variables' buffers: once it has run, its outputs are the only values the variables have.
     A Ctrl-C that lands while XLA runs comes out as ``KeyboardInterrupt`` as soon as the call returns to Python, and
     one may land amid the write-back: dropping the outputs there would leave a model whose parameters are deleted
-    arrays. So the call is made from C (``map``) and its outputs stored from C (``list.extend``), with no point in
-    between where Python raises, and a ``KeyboardInterrupt`` after it finishes the write-back before it goes on.
-    (Not covered: a second Ctrl-C during that finishing write-back, microseconds.)"""
+    arrays. On the C++ fast path no Python runs inside the call once XLA has consumed the buffers, so the call is
+    made from C (``map``) and its outputs stored from C (``list.extend``), with no point in between where Python
+    raises, and a ``KeyboardInterrupt`` after it finishes the write-back before it goes on. (Not covered: a second
+    Ctrl-C during that finishing write-back, microseconds; a call that leaves the fast path after it was seen on
+    it, as when jaxlib's cache of the function drops its entry.)"""
     outputs = []
     try:
         outputs.extend(map(function, [donated_values], [kept_values], [dynamic_leaves]))
@@ -129,23 +132,6 @@ def _write_back(outputs, variables) -> tuple:
     return error_leaves, result
 
 
-def read_on_mode_change(read, size=None):
-    """``read()`` (a key made of modules' ``training`` flags), cached until a flag or a module tree changes anywhere
-    (``unidl.nn.module``'s mode version) or ``size()`` (how many modules it reads) does. A compiled step keys its
-    graph on such flags at every call, and each read of ``Module.training`` costs a context-variable lookup (about
-    1 us a step for a small net's flags). Inside a recording block (a step called in a ``ud.function``'s trace) it
-    reads them as before, so that the reads note the modules there."""
-    cached = [None, None, None]
-
-    def cached_read():
-        version, count = module_lib._mode_version, size() if size is not None else None
-        if cached[0] != version or cached[1] != count or current_recording() is not None:
-            cached[:] = [version, count, read()]
-        return cached[2]
-
-    return cached_read
-
-
 class StatefulJit:
     """``fn`` compiled with ``jax.jit`` over the variables ``variables()`` returns, which it may read and write.
 
@@ -154,14 +140,14 @@ class StatefulJit:
     reach (a loss module: ``ModesReached``) are keyed too. An option changed for the first time by an optimizer
     whose rule the traces ran (``ConstantOptions``: they hold it as a constant) retraces once. ``trace_count``
     counts traces. With ``donate``, the buffers of the variables' arrays (those of at least ``_DONATE_MIN_SIZE``
-    elements) are donated to the call, so XLA updates them in place."""
+    elements) are donated to the call, so XLA updates them in place; such a call is written back whatever Ctrl-C
+    does (``_call_and_write_back``, ``_held_call``)."""
 
     def __init__(self, fn, variables, name: str, static_key=None, donate: bool = False, warn_retrace: bool = True,
                  keyed_modules=None):
         self._reached = ModesReached(keyed_modules) if keyed_modules is not None else None
         if self._reached is not None:
             fn = self._reached.traced(fn)
-            self._reached_key = read_on_mode_change(self._reached.key, lambda: len(self._reached.modules))
         self._fn, self._variables, self._static_key = fn, variables, static_key
         self._donate, self._warn_retrace = donate, warn_retrace
         self._compiled: dict = {}
@@ -206,9 +192,12 @@ class StatefulJit:
             self._last_variables, self._last_serials = variables, tuple(v.serial for v in variables)
         return self._last_serials
 
-    def _compile(self, key, args, leaves, treedef, dynamic, variables):
-        """The cache entry for ``key``: ``(jitted function, checkify's error structure, donated variables,
-        other variables)``."""
+    def _compile(self, key, args, leaves, treedef, dynamic, variables, dynamic_leaves):
+        """The cache entry for ``key``: ``[caller, jitted function, checkify's error structure, donated variables,
+        other variables]``, where ``caller(function, donated values, other values, array leaves, variables)``
+        makes the call and writes it back: ``_call_and_write_back``, or ``_held_call`` while a call may run
+        jax's Python after the donation. ``dynamic_leaves``: the call's array leaves, as the call passes them
+        (a tuple or a list: jax traces each pytree apart)."""
         if self._compiled and self._warn_retrace:
             warnings.warn(f"{self.__name__} traced again for inputs of a new shape or dtype "
                           f"({len(self._compiled)} traces so far): XLA compiles one program per shape",
@@ -230,17 +219,53 @@ class StatefulJit:
             error_structure[:] = [structure]
             return error_leaves, out
 
-        entry = self._compiled[key] = (jax.jit(flat, donate_argnums=(0,) if donated else ()), error_structure,
-                                       [v for i, v in enumerate(variables) if i in donated],
-                                       [v for i, v in enumerate(variables) if i not in donated])
+        function = jax.jit(flat, donate_argnums=(0,) if donated else ())
+        entry = [_call_and_write_back, function, error_structure,
+                 [v for i, v in enumerate(variables) if i in donated],
+                 [v for i, v in enumerate(variables) if i not in donated]]
         devices.compiled_placed(self.__name__, "traced for the shapes of its inputs", "the default device", "jax.jit")
+        if donated:
+            # traced and compiled ahead, where Ctrl-C stops it at once (the call reuses both, tested): its first
+            # calls hold Ctrl-C back, which then covers only running the program. Filed once that is done, so that
+            # a Ctrl-C here leaves no entry whose first call would go unheld.
+            traced = function.trace([v.value for v in entry[3]], [v.value for v in entry[4]], dynamic_leaves)
+            traced.lower().compile()
+            slow = bool(traced.jaxpr.effects) or bool(getattr(jax.config, "jax_enable_pgle", False))
+            entry[0] = self._held_call(entry, slow)
+        self._compiled[key] = entry
         return entry
+
+    @staticmethod
+    def _held_call(entry, slow: bool):
+        """The caller of ``entry`` while its calls may take jax's Python path: with Ctrl-C held back
+        (``interrupts_held``) until the outputs are written back, then raised.
+
+        jaxlib's C++ fast path runs no Python between XLA's consumption of the donated buffers and the return, but
+        a call that misses its C++ cache (the first of every compiled program, one with arguments placed or
+        committed otherwise) runs jax's Python there (``_run_python_pjit``, ``_get_fastpath_data``), and so does
+        every call of a program with effects (``jax.debug.print``, ``io_callback``) or under profile-guided
+        optimization: a ``KeyboardInterrupt`` raised there would drop the outputs, leaving the variables deleted
+        arrays. ``slow`` (such a program): every call is held. Otherwise the entry goes to ``_call_and_write_back``
+        (no per-step cost) after a held call that jaxlib's cache answered (its size unchanged: a C++ hit, which
+        with no effects is the fast path), or, where jaxlib does not tell its cache's size, after the first."""
+        function = entry[1]
+        size = getattr(function, "_cache_size", None)
+
+        def held(function, donated_values, kept_values, dynamic_leaves, variables):
+            before = size() if size is not None else None
+            with interrupts_held():
+                outputs = _write_back(function(donated_values, kept_values, dynamic_leaves), variables)
+            if not slow and (size is None or size() == before):
+                entry[0] = _call_and_write_back
+            return outputs
+
+        return held
 
     def __call__(self, *args):
         variables = self._variables()
         static = self._static_key() if self._static_key else None
         if self._reached is not None:
-            reached = self._reached_key()
+            reached = self._reached.key()
             static = (static, reached)
         signature = [(a.shape, a.dtype) for a in args if type(a) in _ARRAY_TYPES]
         if len(signature) == len(args):  # the common case (only arrays), keyed without flattening, in one pass
@@ -251,13 +276,13 @@ class StatefulJit:
             key = (self._serials(variables), treedef, tuple(_signature(leaf) for leaf in leaves), static)
         if self._options.stale():  # an optimizer bound an option the traces hold as a constant
             self._compiled.clear()
+        dynamic_leaves = args if treedef is None else [leaves[i] for i in dynamic]
         entry = self._compiled.get(key)
         if entry is None:
-            entry = self._compile(key, args, leaves, treedef, dynamic, variables)
-        function, error_structure, donated, kept = entry
-        error_leaves, result = _call_and_write_back(function, [v.value for v in donated], [v.value for v in kept],
-                                                    args if treedef is None else [leaves[i] for i in dynamic],
-                                                    variables)
+            entry = self._compile(key, args, leaves, treedef, dynamic, variables, dynamic_leaves)
+        call, function, error_structure, donated, kept = entry
+        error_leaves, result = call(function, [v.value for v in donated], [v.value for v in kept], dynamic_leaves,
+                                    variables)
         if self._reached is not None and len(self._reached.modules) != len(reached):
             # the call's trace (jax.jit traces at the first call) reached modules outside ``keyed_modules``: its
             # program is filed under their modes too; those filed under fewer modules go
