@@ -11,6 +11,10 @@ from tests.helpers import last_json_line, run_python
 
 _SCRIPT = r"""
 import json
+import os
+import signal
+import threading
+import time
 import numpy as np
 import unidl as ud
 from unidl.testing import max_relative_difference
@@ -293,6 +297,127 @@ def traced_step_inputs():
     return errors
 
 
+class Sigint:
+    # a thread that sends SIGINT 1 ms after arm's callback (in a step's `skip`-th next run) has returned into XLA's
+    # long matmuls, while the main thread waits for them in the jitted call
+    armed = None
+
+    def __init__(self, skip=0):
+        self.skip, self.ran, self.cancelled = skip, threading.Event(), False
+        self.thread = threading.Thread(target=self.send)
+        self.thread.start()
+        Sigint.armed = self
+
+    def send(self):
+        self.ran.wait()
+        if not self.cancelled:
+            time.sleep(0.001)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def close(self):
+        Sigint.armed, self.cancelled = None, not self.ran.is_set()
+        self.ran.set()
+        try:
+            self.thread.join()
+        except KeyboardInterrupt:  # (one that came too late for the step)
+            self.thread.join()
+
+
+def arm(value):
+    sigint = Sigint.armed
+    if sigint is not None and sigint.skip == 0:
+        Sigint.armed = None
+        sigint.ran.set()
+    elif sigint is not None:
+        sigint.skip -= 1
+    return value
+
+
+class Stalled(ud.nn.Module):
+    # a linear layer whose forward keeps XLA busy for tens of ms after arm's callback, or sends SIGINT from the
+    # trace of Keras's train step after its kill_in_trace-th (a Ctrl-C while the step compiles)
+    kill_in_trace = None
+
+    def __init__(self):
+        super().__init__()
+        self.linear = ud.nn.Linear(6, 3)
+
+    def forward(self, a):
+        import jax
+        import jax.numpy as jnp
+        if Stalled.kill_in_trace is not None and self.native.train_step_runs > Stalled.kill_in_trace:
+            Stalled.kill_in_trace = None
+            os.kill(os.getpid(), signal.SIGINT)
+        start = jax.pure_callback(arm, jax.ShapeDtypeStruct((), a.dtype), jax.lax.stop_gradient(a[0, 0]))
+        square = jnp.full((600, 600), start)
+        return self.linear(a) + 0.0 * jnp.sum(square @ square @ square)
+
+
+def deleted_arrays(model):
+    native = model.native
+    variables = (native.trainable_variables + native.non_trainable_variables + native.optimizer.variables
+                 + native.metrics_variables)
+    return sum(v._value is None or v._value.is_deleted() for v in variables)
+
+
+def ctrl_c_in_steps():
+    # a real SIGINT (Python's default handler) that lands in Keras's jitted step, in a train step, in fit, and in
+    # fit's first step while it traces: KeyboardInterrupt, then a model with no deleted arrays that evaluates and
+    # trains on with finite losses; a train step's interrupted state is the step's new one or its old one
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    outcomes = []
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model, loss = Stalled(), ud.nn.MSELoss()
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        step = ud.train_step(model, loss, optimizer)
+        step(x, y)
+
+        def fit_stopped_while_compiling():
+            ud.evaluate(model, (x, y), loss=loss)  # (after which Keras holds no state of its own for fit's cleanup)
+            Stalled.kill_in_trace = model.native.train_step_runs  # (a new optimizer: fit traces Keras's step)
+            ud.fit(model, (x, y), loss=loss, optimizer=ud.optim.SGD(model.parameters(), lr=0.05), epochs=1,
+                   batch_size=4, verbose=0)
+
+        runs = [lambda: step(x, y),
+                lambda: ud.fit(model, (x, y), loss=loss, optimizer=optimizer, epochs=1, batch_size=2, shuffle=False,
+                               verbose=0),
+                fit_stopped_while_compiling]
+        for index, run in enumerate(runs):
+            before = state(model)
+            interrupted = False
+            for attempt in range(3):  # (a SIGINT later than the step can be lost in Keras's bare except: again)
+                sigint = Sigint(skip=index) if index < 2 else None  # (fit: in its second step)
+                try:
+                    run()
+                except KeyboardInterrupt:
+                    interrupted = True
+                finally:
+                    Stalled.kill_in_trace = None
+                    if sigint is not None:
+                        sigint.close()
+                if interrupted:
+                    break
+            dead = deleted_arrays(model)
+            if dead:  # (a model left so trains no more)
+                outcomes.append(dict(interrupted=interrupted, deleted=dead))
+                break
+            after, kept = state(model), None
+            if index == 0:
+                model.load_state_dict(before)
+                step(x, y)
+                new = state(model)
+                kept = ("new" if all(np.array_equal(v, new[k]) for k, v in after.items()) else
+                        "old" if all(np.array_equal(v, before[k]) for k, v in after.items()) else "other")
+            try:
+                finite = bool(np.isfinite(ud.evaluate(model, (x, y), loss=loss)["loss"]))
+                finite = finite and bool(np.isfinite(float(step(x, y))))
+            except Exception as error:
+                finite = f"{type(error).__name__}: {str(error)[:100]}"
+            outcomes.append(dict(interrupted=interrupted, deleted=dead, finite=finite, kept=kept))
+    return outcomes
+
+
 with ud.use_backend("torch"):
     reference = {k: np.asarray(v) for k, v in net().state_dict().items()}
 ours, torch = run("keras"), run("torch")
@@ -319,6 +444,7 @@ print(json.dumps({
     "traced_step_inputs": traced_step_inputs(),
     "alternated": alternated(),
     "parity_rules": parity_rules(),
+    "ctrl_c": ctrl_c_in_steps(),
 }))
 """
 
@@ -438,3 +564,15 @@ def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):
     half-precision ``Linear``'s one rounding, on Keras-on-JAX: the parity tests of tests/parity, run in its
     interpreter against plain torch."""
     assert set(result["parity_rules"].values()) == {"ok"}, result["parity_rules"]
+
+
+def test_ctrl_c_in_a_step_on_jax_leaves_the_state_of_a_completed_step(result):
+    """Issue 14 on Keras-on-JAX, whose trainer donates the state to its jitted step: a real SIGINT that lands while
+    XLA runs a train step, while it runs fit's second step, and while fit's first step traces (after Keras's fit has
+    taken the state out of the variables) ends the call with ``KeyboardInterrupt``, and the model has no deleted or
+    emptied arrays: it evaluates and trains on with finite losses, and the train step's state is the one it
+    computed (Keras's own cleanup had written the donated, deleted, arrays back, or none)."""
+    outcomes = result["ctrl_c"]
+    assert all(outcome["deleted"] == 0 for outcome in outcomes), outcomes  # (a model left so: no more runs)
+    assert [(outcome["interrupted"], outcome["finite"]) for outcome in outcomes] == [(True, True)] * 3, outcomes
+    assert outcomes[0]["kept"] in ("new", "old"), outcomes

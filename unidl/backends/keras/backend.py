@@ -31,8 +31,8 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras import precision as keras_precision
 from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
-from unidl.backends.keras.module import (BatchRelay, NativeLoss, NativeModel, metric_tracker_variables,
-                                         restore_metric_totals, step_key)
+from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, NativeModel,
+                                         metric_tracker_variables, restore_metric_totals, step_key)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
@@ -289,7 +289,8 @@ class Backend(BackendInterface):
             x = (to_input(x), *[to_input(v) for v in inputs]) if inputs else to_input(x)
             runs = native.train_step_runs
             try:
-                result = native.train_on_batch(x, to_input(y))
+                with KeptStepState(native):  # (Ctrl-C in Keras-on-JAX's step: the model keeps a step's state)
+                    result = native.train_on_batch(x, to_input(y))
             except Exception as error:
                 if inputs and not HOST.keras_state_in_place:
                     _raise_if_traced_step_input(error, model)
@@ -358,13 +359,15 @@ class Backend(BackendInterface):
                 # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
                                    totals=totals)
-                native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
-                           shuffle=False, verbose=0, callbacks=[relay])
+                with KeptStepState(native):
+                    native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
+                               shuffle=False, verbose=0, callbacks=[relay])
             else:
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals)
                 try:
-                    native.fit(_keras_batches(batches, to_input, step_inputs), epochs=1,
-                               steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
+                    with KeptStepState(native):
+                        native.fit(_keras_batches(batches, to_input, step_inputs), epochs=1,
+                                   steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
                 except Exception as error:
                     if step_inputs is not None and not HOST.keras_state_in_place:
                         _raise_if_traced_step_input(error, model)
@@ -391,7 +394,8 @@ class Backend(BackendInterface):
         to_input = self.to_input
 
         def forward(x):
-            return native.predict_on_batch(to_input(x))
+            with KeptStepState(native):
+                return native.predict_on_batch(to_input(x))
 
         return forward
 

@@ -71,6 +71,27 @@ class NativeModel(keras.Model):
         with _step_function_of_its_own(self, "test_step"):
             return super().make_test_function(force)
 
+    def _make_function(self, step_function, *args, **kwargs):
+        """Keras's per-call step over ``step_function`` (its jitted ``train_step``, ``test_step`` or predict step);
+        where Keras's trainer threads the state through the step as values (Keras-on-JAX, which donates them to
+        it), one that hands the state it passes and the one that comes back to ``KeptStepState``."""
+        made = super()._make_function(step_function, *args, **kwargs)
+        if HOST.keras_state_in_place or self.steps_per_execution != 1:  # (several steps a call: Keras's loop)
+            return made
+
+        def iterator_step(state, iterator):
+            data = next(iterator)
+            kept = self.__dict__.get("_unidl_kept_state")
+            if kept is None:  # (a call outside unidl's: Keras's own)
+                return step_function(state, data)
+            kept[:] = [(None, state)]
+            # the step's outputs stored from C (``map``, slice assignment): no point between its return and the
+            # store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
+            kept[:] = map(step_function, [state], [data])
+            return kept[0]
+
+        return iterator_step
+
     def call(self, x, training=None):
         module = self._unidl_module
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
@@ -176,6 +197,74 @@ def _gradients_of_used_variables(native, args):
         object.__setattr__(inner, "used_gradients", None)
 
 
+#: Keras-on-JAX's state tuples as its trainer's steps take and return them (keras/src/backend/jax/trainer.py:
+#: ``train_step``, ``test_step``, the predict step), by length, named as its ``jax_state_sync`` reads them
+_STATE_GROUPS = {4: ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables"),
+                 3: ("trainable_variables", "non_trainable_variables", "metrics_variables"),
+                 2: ("trainable_variables", "non_trainable_variables")}
+
+
+class KeptStepState:
+    """A call into Keras's trainer (``fit``, ``train_on_batch``, ``predict_on_batch`` of ``native``) after which the
+    model holds the state of its last completed step even when Ctrl-C ends it.
+
+    Keras-on-JAX's trainer threads the state through its jitted steps and donates it to them: once a step has run,
+    its outputs are the only values the model has, and Keras writes them back to the variables in Python after the
+    step returns (``train_on_batch``), or keeps them outside the variables, which ``fit`` empties, during an epoch.
+    A Ctrl-C that lands while XLA runs the step comes out as ``KeyboardInterrupt`` when the step returns, before
+    that write-back, and Keras's cleanup then put deleted arrays (or ``fit``'s emptied variables: a Ctrl-C in its
+    first step, while it compiles) into the model. So the steps (``NativeModel._make_function``) store the state
+    they pass and, from C, the state that comes back here, and a ``KeyboardInterrupt`` that ends the call writes
+    the last of them back (the state of the last completed step, or the one the interrupted step was given),
+    then goes on. Nothing where Keras changes its variables in place (TensorFlow, torch: no state to drop).
+    (Not covered: Ctrl-C in the microseconds after XLA ran a step that compiled, the first for its input shapes,
+    while JAX's own Python returns it: the step's outputs are lost there, and the model keeps what Keras wrote.)"""
+
+    __slots__ = ("_native", "_outer", "_kept")
+
+    def __init__(self, native):
+        self._native = native
+
+    def __enter__(self):
+        native = self._native
+        if HOST.keras_state_in_place:
+            self._kept = None
+            return self
+        self._outer, self._kept = native.__dict__.get("_unidl_kept_state"), []
+        object.__setattr__(native, "_unidl_kept_state", self._kept)
+        return self
+
+    def __exit__(self, error_type, error, traceback):
+        if self._kept is None:
+            return False
+        object.__setattr__(self._native, "_unidl_kept_state", self._outer)
+        if error_type is not None and issubclass(error_type, KeyboardInterrupt) and self._kept:
+            _write_state_back(self._native, self._kept[0][1])
+        return False
+
+
+def keep_state_of_the_epoch(native) -> None:
+    """At an epoch's start inside a ``KeptStepState`` call of Keras's ``fit`` (``BatchRelay``): its state now, as
+    its first step will take it, so that a Ctrl-C before that step returns (while it compiles) leaves the model
+    with it: Keras's ``fit`` takes it out of the variables, and its cleanup has only the last step's to write."""
+    kept = native.__dict__.get("_unidl_kept_state")
+    if kept is not None:
+        kept[:] = [(None, native._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                                optimizer_variables=True, metrics_variables=True))]
+
+
+def _write_state_back(native, state) -> None:
+    """``state`` (a step's, as Keras-on-JAX's trainer threads it) into the variables of ``native``, unless a step
+    it was given has taken its buffers (an interrupted step whose outputs were lost: not covered)."""
+    values = [value for group in state for value in group]
+    if any(value is None or getattr(value, "is_deleted", lambda: False)() for value in values):
+        return
+    native._jax_state = dict(zip(_STATE_GROUPS[len(state)], state))
+    native._jax_state_synced = False
+    native.jax_state_sync()  # (Keras's own write-back, as its trainer's)
+    native._jax_state = None
+
+
 def metric_tracker_variables(native) -> list:
     """The running sums of a compiled ``native`` model in an epoch: the variables of Keras's loss tracker (its
     ``Mean``: total and count, the first of the model's metrics), then the totals of ud.fit's metric
@@ -223,6 +312,7 @@ class BatchRelay(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         restore_metric_totals(self.model, self._totals)
+        keep_state_of_the_epoch(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         # ``self.model`` hands the state back to the variables where Keras's trainer holds it outside them
