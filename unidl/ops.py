@@ -12,7 +12,9 @@ are returned, randomness (dropout) takes an explicit generator.
 
 from __future__ import annotations
 
-from unidl import config, input_checks
+import numbers
+
+from unidl import config, dtype_kinds, input_checks
 from unidl.errors import ShapeMismatchError
 from unidl.backends.op_registry import declare, optional_op
 from unidl.precision import active_ops
@@ -260,10 +262,12 @@ def maximum(a, b):
     is NaN, summed over the axes an input was broadcast along (a bound of shape (1, C) against (N, C) gets the
     sum of its column's shares). Integers give integers and no gradient. A Python number on either side is taken
     as in ``x + 0.5``: ``torch.maximum(x, torch.tensor(0.5, dtype=x.dtype))``; tensors of two dtypes promote as
-    ``torch.maximum`` promotes them (an integer and a float tensor: the float's dtype). Sizes that do not
-    broadcast are a ``ShapeMismatchError`` naming both shapes wherever they are known: eagerly, and while a graph
-    traces (a TensorFlow graph's sizes unknown until it runs give TensorFlow's own error)."""
-    return _ops().maximum(_check_broadcastable("maximum", a, b), b)
+    ``torch.maximum`` promotes them (an integer and a float tensor: the float's dtype; a 0-dim tensor takes a
+    dimensioned one's dtype of the same kind), decided here for every backend (see ``_torch_result_dtype``).
+    Sizes that do not broadcast are a ``ShapeMismatchError`` naming both shapes wherever they are known:
+    eagerly, and while a graph traces (a TensorFlow graph's sizes unknown until it runs give TensorFlow's own
+    error)."""
+    return _ops().maximum(*_promoted_as_torch(_check_broadcastable("maximum", a, b), b))
 
 
 @op(name="framework_maximum", optional=True, public=False)
@@ -272,6 +276,61 @@ def _framework_maximum(a, b):
     whose ties carry no gradient (attention's floor under its masked scores, gradient clipping's norms), where
     ``maximum``'s PyTorch rule would add graph ops for nothing. A backend whose ``maximum`` is the framework's
     own (torch) lacks it; callers fall back to ``maximum``."""
+
+
+def _promoted_as_torch(a, b):
+    """``a`` and ``b``, tensors (or arrays) of two dtypes cast to the one ``torch.maximum`` gives them (a Python
+    number is left to the backend, which gives it the other's dtype as in ``x + 0.5``)."""
+    dtype_a, dtype_b = getattr(a, "dtype", None), getattr(b, "dtype", None)
+    if dtype_a is None or dtype_b is None or dtype_a == dtype_b or isinstance(a, numbers.Number) or isinstance(
+            b, numbers.Number):
+        return a, b
+    name_a, name_b = dtype_kinds.dtype_name(dtype_a), dtype_kinds.dtype_name(dtype_b)
+    dtype = _torch_result_dtype(name_a, _zero_dim(a), name_b, _zero_dim(b)) if name_a != name_b else None
+    if dtype is None:
+        return a, b
+    return a if name_a == dtype else cast(a, dtype), b if name_b == dtype else cast(b, dtype)
+
+
+def _zero_dim(x) -> bool:
+    """Whether ``x`` is a 0-dim tensor (False where a TensorFlow graph leaves its rank unknown)."""
+    try:
+        return len(x.shape) == 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _torch_result_dtype(a, a_zero_dim, b, b_zero_dim):
+    """The dtype name PyTorch gives a binary op of tensors of dtype names ``a`` and ``b`` (``torch.result_type``;
+    ``*_zero_dim``: whether each is 0-dim), or None for a dtype that is neither bool, integer nor float: a float
+    over an integer over a bool; a 0-dim tensor of the same kind as a dimensioned one (or a lower kind) takes the
+    dimensioned one's dtype (int32 against a 0-dim int64: int32), one of a higher kind its own; else the wider of
+    one kind (float16 with bfloat16: float32; a signed and an unsigned integer of one size: the next wider
+    signed)."""
+    kind_a, kind_b = _dtype_kind(a), _dtype_kind(b)
+    if kind_a is None or kind_b is None:
+        return None
+    if a_zero_dim != b_zero_dim:
+        (zero, zero_kind), (dimensioned, dimensioned_kind) = (
+            ((a, kind_a), (b, kind_b)) if a_zero_dim else ((b, kind_b), (a, kind_a)))
+        return zero if zero_kind > dimensioned_kind else dimensioned
+    if kind_a != kind_b:
+        return a if kind_a > kind_b else b
+    if {a, b} == {"float16", "bfloat16"}:
+        return "float32"
+    bits_a, bits_b = _dtype_bits(a), _dtype_bits(b)
+    if a.startswith("uint") != b.startswith("uint") and bits_a == bits_b:
+        return f"int{min(2 * bits_a, 64)}"
+    return max((a, b), key=lambda name: (_dtype_bits(name), not name.startswith("uint")))
+
+
+def _dtype_kind(name):
+    """2 for a float dtype name, 1 for an integer one, 0 for bool, else None (``unidl.dtype_kinds``' rule)."""
+    return 2 if dtype_kinds.is_floating(name) else 1 if dtype_kinds.is_integer(name) else 0 if name == "bool" else None
+
+
+def _dtype_bits(name) -> int:
+    return int(name[len(name.rstrip("0123456789")):] or 8)
 
 
 def _check_broadcastable(name, a, b):
@@ -520,7 +579,7 @@ def log1p(x):
 def minimum(a, b):
     """Element-wise minimum, broadcasting as ``torch.minimum``: ``maximum``'s rules mirrored (the gradient all to
     the smaller input, half to each of equal ones, all to both where either is NaN)."""
-    return _ops().minimum(_check_broadcastable("minimum", a, b), b)
+    return _ops().minimum(*_promoted_as_torch(_check_broadcastable("minimum", a, b), b))
 
 
 @op(dispatch=False)

@@ -256,9 +256,9 @@ def _last_nan_first(values, choice, order, axis):
     """``choice`` (int64 positions along ``axis``, kept), but where ``values`` holds NaN along ``axis`` the
     position of its last NaN (``order``: 1, 2, ... along ``axis``): a window or bin that holds NaN pools to NaN
     and its gradient goes there, as in PyTorch's max pooling kernels, which take a NaN over any value and a
-    later NaN over an earlier one."""
-    nans = ops.cast(values != values, "int64")
-    return ops.where(ops._amax(nans, axis, True) > 0, ops.argmax(nans * order, axis, True), choice)
+    later NaN over an earlier one. One reduction: the largest ``order`` of a NaN, 0 where there is none."""
+    last = ops._amax(ops.cast(values != values, "int64") * order, axis, True)
+    return ops.where(last > 0, last - 1, choice)
 
 
 def adaptive_max_pool2d(x, output_size):

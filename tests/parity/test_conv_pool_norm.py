@@ -221,3 +221,19 @@ def test_max_pooling_of_windows_holding_nan_matches_torch(backend):
     for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
         for name, got, want in zip(names, function(*inputs), expected, strict=True):
             np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {name}")
+
+
+def test_max_pooling_holding_nan_differentiated_around_a_compiled_function_matches_torch(backend):
+    """The gradient taken around a compiled function (``ud.grad`` of a ``ud.function``, plain and, where the
+    compiler is XLA, ``jit_compile=True``) whose padded max pooling holds NaN windows: torch's, bit for bit. On
+    TensorFlow that is the gradient of the whole graph (the pool's registered gradient), which under XLA failed
+    while the NaN cond was on the gradient's path (XLA cannot output a cond's intermediates)."""
+    ours, theirs = NAN_POOLS["max_pool2d-padding"]
+    r = np.random.default_rng(0).integers(-8, 9, theirs(torch.tensor(NAN_WINDOWS)).shape) / 8
+    tensor = torch.tensor(NAN_WINDOWS, dtype=torch.float32, requires_grad=True)
+    (theirs(tensor) * torch.tensor(r, dtype=tensor.dtype)).sum().backward()
+    inputs = [ud.tensor(array.astype(np.float32)) for array in (NAN_WINDOWS, r)]
+    # torch.compile's compilation takes seconds, and the XLA failure was TensorFlow's
+    for jit_compile in (False,) if backend == "torch" else (False, True):
+        got = ud.grad(ud.function(lambda x, r: ud.ops.sum(ours(x) * r), jit_compile=jit_compile))(*inputs)
+        np.testing.assert_array_equal(ud.to_numpy(got), tensor.grad.numpy(), err_msg=f"{backend} jit {jit_compile}")

@@ -139,22 +139,31 @@ def test_maximum_and_minimum_of_integers_are_integers(backend):
 
 
 def test_maximum_and_minimum_of_two_dtypes_promote_as_torch(backend):
-    """An integer tensor with a float one, and float16 with float32, either first: ``torch.maximum``'s dtype and
-    values (TensorFlow raised its own error), eagerly and inside ``ud.function``."""
+    """An integer tensor with a float one, and float16 with float32, either first, and a 0-dim tensor beside a
+    dimensioned one (of the same kind it takes the other's dtype, of a higher kind its own): ``torch.maximum``'s
+    dtype and values (TensorFlow raised its own error; JAX and Keras took a 0-dim float64 or int64 over a
+    float32 or int32 vector), eagerly and inside ``ud.function``."""
     integers, floats = np.array([[3, -2, 5], [0, 7, -7]]), np.array([[2.5, -1.5, 5.0], [0.25, 7.5, -8.0]])
-    pairs = [("int64", "float32"), ("float32", "int64"), ("float16", "float32")]
-    expected = [getattr(torch, name)(torch.tensor(integers).to(getattr(torch, first)),
-                                     torch.tensor(floats).to(getattr(torch, second))).numpy()
-                for name in ("maximum", "minimum") for first, second in pairs]
+    # (first dtype, second dtype, which of the two is 0-dim: its [0, 1] element)
+    pairs = [("int64", "float32", None), ("float32", "int64", None), ("float16", "float32", None),
+             ("float32", "float64", 1), ("float64", "float32", 0), ("int32", "int64", 1), ("int32", "float64", 1)]
+
+    def operands(a, b, first, second, zero_dim, convert, cast):
+        a, b = (a[0, 1] if zero_dim == 0 else a), (b[0, 1] if zero_dim == 1 else b)
+        return cast(convert(a), first), cast(convert(b), second)
+
+    expected = [getattr(torch, name)(*operands(integers, floats, first, second, zero_dim, torch.tensor,
+                                               lambda t, dtype: t.to(getattr(torch, dtype)))).numpy()
+                for name in ("maximum", "minimum") for first, second, zero_dim in pairs]
 
     def run_all(a, b):
-        return [getattr(ud.ops, name)(ud.ops.cast(a, first), ud.ops.cast(b, second))
-                for name in ("maximum", "minimum") for first, second in pairs]
+        return [getattr(ud.ops, name)(*operands(a, b, first, second, zero_dim, lambda t: t, ud.ops.cast))
+                for name in ("maximum", "minimum") for first, second, zero_dim in pairs]
 
     for function in (run_all, ud.function(run_all)):
         for got, want in zip(function(ud.tensor(integers), ud.tensor(floats)), expected, strict=True):
             got = ud.to_numpy(got)
-            assert got.dtype == want.dtype, (backend, got.dtype, want.dtype)
+            assert got.dtype == want.dtype and got.shape == want.shape, (backend, got.dtype, want.dtype)
             np.testing.assert_array_equal(got, want)
 
 

@@ -18,8 +18,11 @@ def export_module(module, path: str, format: str, input_shape) -> None:
     native = module.native
     variables = native.unidl_parameters + native.unidl_buffers
     dtype = variables[0].dtype if variables else "float32"
+    from unidl.backends.tensorflow.layout import tracing_for_export  # TensorFlow writes the SavedModel
+
     archive = keras.export.ExportArchive()
     archive.track(native)
-    archive.add_endpoint("serve", lambda x: native(x, training=False),
-                         input_signature=[keras.InputSpec(shape=(None, *input_shape), dtype=dtype, name="x")])
-    archive.write_out(path, verbose=False)
+    with tracing_for_export():  # the SavedModel runs without unidl: none of unidl's gradient rules in its graphs
+        archive.add_endpoint("serve", lambda x: native(x, training=False),
+                             input_signature=[keras.InputSpec(shape=(None, *input_shape), dtype=dtype, name="x")])
+        archive.write_out(path, verbose=False)

@@ -52,9 +52,10 @@ def minimum(a, b):
 
 
 def _promoted(a, b):
-    """``a`` and ``b`` as tensors of one dtype, by Keras's promotion rules (a Python number takes the other's
-    dtype) where their dtypes differ; Keras's ``result_type`` makes int64 and int64 int32 (``keras.ops.maximum``
-    of two int64 tensors is int32 on torch), PyTorch keeps int64."""
+    """``a`` and ``b`` as tensors of one dtype: a Python number takes the other's dtype by Keras's promotion rules
+    (two tensors come in one dtype, ``ud.ops.maximum`` having cast them to torch's result dtype); Keras's
+    ``result_type`` makes int64 and int64 int32 (``keras.ops.maximum`` of two int64 tensors is int32 on torch),
+    PyTorch keeps int64."""
     dtypes = [keras.backend.standardize_dtype(x.dtype) if hasattr(x, "dtype") else type(x) for x in (a, b)]
     dtype = dtypes[0] if dtypes[0] == dtypes[1] and isinstance(dtypes[0], str) else keras.backend.result_type(*dtypes)
     return K.convert_to_tensor(a, dtype), K.convert_to_tensor(b, dtype)

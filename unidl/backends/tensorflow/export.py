@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from unidl.backends.tensorflow.layout import tracing_for_export
+
 #: the formats ``Backend.export`` writes on tensorflow
 EXPORT_FORMATS = ("saved_model",)
 
@@ -24,4 +26,5 @@ def export_module(module, path: str, format: str, input_shape) -> None:
     dtype = variables[0].dtype if variables else tf.float32
     signature = [tf.TensorSpec([None, *input_shape], dtype, name="x")]
     exported = ExportModule(native, signature)
-    tf.saved_model.save(exported, path, signatures={"serving_default": exported.serve})
+    with tracing_for_export():  # the SavedModel runs without unidl: none of unidl's gradient rules in its graphs
+        tf.saved_model.save(exported, path, signatures={"serving_default": exported.serve})

@@ -48,6 +48,23 @@ def tracing_xla_graph() -> bool:
     return getattr(_tracing, "xla", False) and not tf.executing_eagerly()
 
 
+@contextlib.contextmanager
+def tracing_for_export():
+    """Mark the graphs traced in this thread as ones written for export (a SavedModel), which run without unidl:
+    no gradient rule of unidl's may be named in them."""
+    previous = getattr(_tracing, "export", False)
+    _tracing.export = True
+    try:
+        yield
+    finally:
+        _tracing.export = previous
+
+
+def tracing_export_graph() -> bool:
+    """Whether the graph being traced in this thread is one written for export (see ``tracing_for_export``)."""
+    return getattr(_tracing, "export", False) and not tf.executing_eagerly()
+
+
 def nchw_view(y_nhwc):
     """The NCHW tensor for an NHWC result (a transpose that later ops in a graph may look through)."""
     return tf.transpose(y_nhwc, NHWC_TO_NCHW, name=_VIEW)

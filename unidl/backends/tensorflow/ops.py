@@ -8,6 +8,7 @@ Everything here works in eager mode and in graphs with unknown batch size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import tensorflow as tf
@@ -17,7 +18,7 @@ from unidl import config
 from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError
 from unidl.input_checks import check_known_shape, float_bound
 from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten_view, flattened_nhwc_source, nchw_view,
-                                              nhwc_source, to_nhwc, tracing_xla_graph)
+                                              nhwc_source, to_nhwc, tracing_export_graph, tracing_xla_graph)
 
 matmul = tf.linalg.matmul
 relu = elementwise(tf.nn.relu)
@@ -52,35 +53,13 @@ def minimum(a, b):
 
 def _same_dtype_tensors(a, b):
     """``a`` and ``b`` as tensors, converted as ``tf.maximum`` converts them (a Python number takes the other's
-    dtype, a variable is read): ``tf.custom_gradient`` takes tensors only. Tensors of two dtypes are promoted as
-    torch promotes them (``tf.maximum`` refuses them): see ``_torch_result_dtype``."""
+    dtype, a variable is read): ``tf.custom_gradient`` takes tensors only. Tensors of two dtypes come cast to
+    torch's result dtype by ``ud.ops.maximum`` (``tf.maximum`` refuses them)."""
     if not isinstance(a, tf.Tensor):
         a = tf.convert_to_tensor(a, dtype_hint=getattr(b, "dtype", None))
     if not isinstance(b, tf.Tensor):
         b = tf.convert_to_tensor(b, dtype_hint=a.dtype)
-    if a.dtype != b.dtype:
-        dtype = _torch_result_dtype(a, b)
-        a, b = tf.cast(a, dtype), tf.cast(b, dtype)
     return a, b
-
-
-def _torch_result_dtype(a, b):
-    """PyTorch's result dtype of two tensors of different dtypes (``torch.result_type``): a float over an integer
-    or a bool, in the float's dtype; of two floats or two integers, a 0-dim one (a scalar) takes the other's
-    dtype, else the wider (float16 with bfloat16: float32; signed and unsigned integers of one size: the next
-    wider signed)."""
-    def kind(t):
-        return 2 if t.dtype.is_floating else 1 if t.dtype.is_integer else 0
-
-    if kind(a) != kind(b):
-        return (a if kind(a) > kind(b) else b).dtype
-    if (a.shape.rank == 0) != (b.shape.rank == 0):
-        return (b if a.shape.rank == 0 else a).dtype
-    if {a.dtype, b.dtype} == {tf.float16, tf.bfloat16}:
-        return tf.float32
-    if a.dtype.is_integer and a.dtype.is_unsigned != b.dtype.is_unsigned and a.dtype.size == b.dtype.size:
-        return {1: tf.int16, 2: tf.int32}.get(a.dtype.size, tf.int64)
-    return max(a.dtype, b.dtype, key=lambda dtype: (dtype.size, not dtype.is_unsigned))
 
 
 @tf.custom_gradient
@@ -321,26 +300,34 @@ def _max_pool_with_nan(xh, **arguments):
     its gradient goes to the window's last NaN in row-major order (PyTorch's kernel takes a NaN over any value
     and a later NaN over an earlier one); TensorFlow's kernels (eager, graph and XLA) skip NaN. Whether ``xh``
     holds a NaN is one sum (NaN where a NaN is summed; ``inf - inf`` also gives NaN, and the exact path finds no
-    NaN window there), under a cond in the forward and one in the gradient: a step whose pools hold no NaN pays
-    a sum over the input and two branches, and TensorFlow's own gradient. In a graph the gradient is given to
-    the tape (a tape inside the graph) as one operation, and, through a gradient registered once for the
-    graph's ``MaxPool`` op, to a gradient of the whole graph; ``tf.custom_gradient`` would leave every traced
-    graph in TensorFlow's gradient registry (docs/guarantees.md)."""
+    NaN window there), under a cond in the forward (off the gradient's path) and one in the gradient: a step
+    whose pools hold no NaN pays a sum over the input and two branches, and TensorFlow's own gradient. In a
+    graph the gradient is given to the tape (a tape inside the graph) as one operation, and, through a gradient
+    registered once for the graph's ``MaxPool`` op, to a gradient of the whole graph (a tape around a compiled
+    function); ``tf.custom_gradient`` would leave every traced graph in TensorFlow's gradient registry
+    (docs/guarantees.md). A graph traced for export (``tracing_for_export``) names no registered gradient: the
+    SavedModel runs without unidl, and its pools have TensorFlow's own gradient."""
     if not xh.dtype.is_floating:
         return tf.nn.max_pool2d(xh, **arguments)
     if tf.executing_eagerly():
         y = tf.nn.max_pool2d(xh, **arguments)
         return _with_nan_windows(xh, y, arguments) if bool(_holds_nan(xh)) else y
 
-    def nan_windows():  # NaN subtracted, 0 elsewhere (which leaves -0.0 as it is); the gradient to ``y`` whole
+    def nan_windows():  # NaN where a window holds one, 0 elsewhere
         nan, zero = tf.constant(float("nan"), y.dtype), tf.zeros((), y.dtype)
-        return y - tf.stop_gradient(tf.where(_last_nans(xh, arguments) > 0, nan, zero))
+        return tf.where(_last_nans(xh, arguments) > 0, nan, zero)
 
     with tape.stop_recording():
-        with xh.graph.gradient_override_map({"MaxPool": _MAX_POOL_GRADIENT_WITH_NAN}):
+        # a graph written for export runs without unidl: TensorFlow's own gradient there (tf.saved_model.save
+        # traces a registered gradient with no upstream, which this one cannot take)
+        gradient_rule = contextlib.nullcontext() if tracing_export_graph() else xh.graph.gradient_override_map(
+            {"MaxPool": _MAX_POOL_GRADIENT_WITH_NAN})
+        with gradient_rule:
             y = tf.nn.max_pool2d(xh, **arguments)
         holds_nan = _holds_nan(xh)
-        pooled = tf.cond(holds_nan, nan_windows, lambda: y)
+        # NaN subtracted, 0 elsewhere (which leaves -0.0 as it is), the cond outside the gradient (a gradient
+        # through a cond asks for its intermediates, which XLA cannot output): the gradient to ``y`` whole
+        pooled = y - tf.stop_gradient(tf.cond(holds_nan, nan_windows, lambda: tf.zeros_like(y)))
     tape.record_operation("MaxPool", [pooled], [xh],
                           lambda upstream: [_max_pool_gradient(xh, y, upstream, arguments, holds_nan)])
     return pooled

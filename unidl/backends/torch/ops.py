@@ -50,7 +50,9 @@ def _with_tensors(a, b):
 
 
 def _number_like(number, other):
-    tensor = torch.as_tensor(number, device=getattr(other, "device", None))
+    # a 0-dim tensor on the CPU, which torch's binary ops take beside a tensor on any device (one on ``other``'s
+    # device would be a blocking host-to-device copy a call on CUDA)
+    tensor = torch.as_tensor(number)
     holds_it = isinstance(other, torch.Tensor) and (
         other.is_floating_point() or (not tensor.is_floating_point() and other.dtype != torch.bool))
     return tensor.to(other.dtype) if holds_it else tensor
