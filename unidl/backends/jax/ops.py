@@ -1,7 +1,8 @@
 """unidl's functional ops on JAX: ``jax.numpy``, ``jax.nn`` and ``jax.lax``, NCHW throughout.
 
 XLA's convolutions take the layout as an argument (``dimension_numbers``), so NCHW activations and
-OIHW kernels run as they are. Parameters arrive as ``JaxVariable``s and are unwrapped to their
+OIHW kernels run as they are; batch norm computes channels-last inside (``batch_norm``: XLA's CPU convolutions
+are channels-last, and its transposes then cancel). Parameters arrive as ``JaxVariable``s and are unwrapped to their
 arrays here. Checks that need values (labels in range) run eagerly, and inside compiled steps
 through ``checkify`` (every compiled step of this backend is checkified).
 """
@@ -9,6 +10,7 @@ through ``checkify`` (every compiled step of this backend is checkified).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 
@@ -173,32 +175,46 @@ def _window(kernel_size, stride, padding):
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """XLA's max pooling with PyTorch's NaN rule: a window that holds NaN pools to NaN (XLA's does too) and its
     gradient goes to the window's last NaN in row-major order (PyTorch's kernel takes a NaN over any value and
-    a later NaN over an earlier one; XLA's gradient picks by comparisons that a NaN fails). Whether ``x`` holds
-    a NaN is one sum (``inf - inf`` also gives NaN, and the exact path finds no NaN window there): eagerly a
-    Python branch, under ``jit`` a ``lax.cond``, so that a step whose pools hold no NaN pays the sum and the
-    cond, with XLA's own gradient."""
+    a later NaN over an earlier one; XLA's gradient picks by comparisons that a NaN fails). The forward is
+    XLA's pooling alone (inference, and an exported program, hold no branch); the rule is in its JVP
+    (``_max_pool_jvp``)."""
     x = jnp.asarray(_v(x))
-    window = _window(kernel_size, stride, padding)
-    y = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, *window)  # a Python scalar: the differentiable monoid
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        return y
-    holds_nan = jnp.isnan(jnp.sum(x))
-    if not isinstance(holds_nan, jax.core.Tracer):
-        return _with_nan_windows(x, y, window) if holds_nan else y
-    return jax.lax.cond(holds_nan, lambda x, y: _with_nan_windows(x, y, window), lambda x, y: y, x, y)
+        return _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)
+    return _max_pool(x, _pair(kernel_size), _pair(stride) if stride is not None else None, _pair(padding))
 
 
-def _with_nan_windows(x, y, window):
-    """``y``, the max pooling of NCHW ``x`` over ``window``, with each window that holds NaN taken from its last
-    NaN (the pooling of the NaNs' positions, 1-based, in float32: exact up to 2 ** 24 positions a plane), so
-    that such a window's gradient goes there and the others' through XLA's pooling."""
-    n, c, height, width = x.shape
-    positions = jnp.arange(1, height * width + 1, dtype=jnp.float32).reshape(height, width)
-    last = jax.lax.reduce_window(jnp.where(jnp.isnan(x), positions, 0.0), -jnp.inf, jax.lax.max, *window)
-    # sizes spelled out, not -1: an empty batch cannot infer them
-    source = jnp.maximum(last.astype(jnp.int32) - 1, 0).reshape(n, c, y.shape[2] * y.shape[3])
-    nan = jnp.take_along_axis(x.reshape(n, c, height * width), source, axis=2).reshape(y.shape)
-    return jnp.where(last > 0, nan, y)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, kernel_size, stride, padding):
+    return _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)  # a Python scalar: the differentiable monoid
+
+
+@_max_pool.defjvp
+def _max_pool_jvp(kernel_size, stride, padding, primals, tangents):
+    """XLA's pooling and its JVP, with each window that holds NaN taking the tangent of its last NaN. Whether
+    ``x`` holds a NaN is one sum (``inf - inf`` also gives NaN, and the exact path finds no NaN window there)
+    deciding a ``lax.cond`` on the tangent: a gradient whose pools hold no NaN pays the sum and the cond, with
+    XLA's own rule."""
+    (x,), (tangent,) = primals, tangents
+
+    def pool(x):
+        return _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)
+
+    y, y_tangent = jax.jvp(pool, (x,), (tangent,))
+
+    def from_last_nans(x, tangent, y_tangent):
+        # the pooling of the NaNs' positions, 1-based, in float32 (exact up to 2 ** 24 positions a plane)
+        n, c, height, width = x.shape
+        positions = jnp.arange(1, height * width + 1, dtype=jnp.float32).reshape(height, width)
+        last = pool(jnp.where(jnp.isnan(x), positions, 0.0))
+        # sizes spelled out, not -1: an empty batch cannot infer them
+        source = jnp.maximum(last.astype(jnp.int32) - 1, 0).reshape(n, c, y.shape[2] * y.shape[3])
+        nan = jnp.take_along_axis(tangent.reshape(n, c, height * width), source, axis=2).reshape(y.shape)
+        return jnp.where(last > 0, nan, y_tangent)
+
+    y_tangent = jax.lax.cond(jnp.isnan(jnp.sum(x)), from_last_nans, lambda x, tangent, y_tangent: y_tangent,
+                             x, tangent, y_tangent)
+    return y, y_tangent
 
 
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
@@ -221,9 +237,16 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """PyTorch's batch norm over axis 1, computed with the channels moved last and the result moved back.
+
+    XLA's CPU backend runs convolutions channels-last whatever layout they are given, so NCHW activations are
+    transposed around each one. With the moments reduced over NCHW's (0, 2, 3), those transposes stayed in the
+    compiled ResNet-18 step (155 activation-sized transposing fusions against a channels-last JAX step's 71);
+    reduced channels-last, each transpose meets its inverse or passes through the element-wise ops between
+    (ReLU, the residual add) and XLA removes them (83, the rest transposing the convolutions' weights)."""
     x, running_mean, running_var = _v(x), _v(running_mean), _v(running_var)
-    axes = (0,) + tuple(range(2, x.ndim))
-    broadcast = (1, -1) + (1,) * (x.ndim - 2)
+    x = jnp.moveaxis(x, 1, -1)
+    axes = tuple(range(x.ndim - 1))
     if training:
         # shifted moments: the first mean's rounding error is measured on the centred data and removed
         shift = jax.lax.stop_gradient(jnp.mean(x, axes, keepdims=True))
@@ -231,9 +254,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         correction = jnp.mean(centred, axes)
         mean = shift.reshape(-1) + correction
         var = jnp.mean(jnp.square(centred), axes) - jnp.square(correction)
-        count = 1
-        for axis in axes:
-            count *= x.shape[axis]
+        count = math.prod(x.shape[:-1])
         new_mean = (1 - momentum) * running_mean + momentum * mean
         new_var = (1 - momentum) * running_var + momentum * var * (count / max(count - 1, 1))
     else:
@@ -242,8 +263,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     scale = jax.lax.rsqrt(var + eps)
     if weight is not None:
         scale = scale * _v(weight)
-    y = (x - mean.reshape(broadcast)) * scale.reshape(broadcast)  # centred first, as PyTorch does
-    return (y + _v(bias).reshape(broadcast) if bias is not None else y), new_mean, new_var
+    y = (x - mean) * scale  # centred first, as PyTorch does
+    if bias is not None:
+        y = y + _v(bias)
+    return jnp.moveaxis(y, -1, 1), new_mean, new_var
 
 
 def dropout(x, p, training=True, generator=None):
