@@ -73,12 +73,71 @@ KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_loss
              "ud.fit(m, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(m.parameters(), lr=3e-3),"
              " epochs=12, batch_size=64, verbose=0)\n"
              "import keras\nfrom tests.callbacks.test_tensorboard import cnn_graph\n"
+             "from tests.test_examples import ctrl_c_as_keras_switches_gradients_off\n"
              "from tests.test_precision import alternated_loss_steps\n"
              "from tests.nn.test_attention import keras_host_attention\n"
              "from tests.test_dynamic_forward import keras_host_accumulation\n"
              "from tests.test_bad_input_parity import off_path_results\n"
              "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph(),"
-             " alternated_loss_steps(), keras_host_attention(), keras_host_accumulation(), off_path_results()]))")
+             " alternated_loss_steps(), keras_host_attention(), keras_host_accumulation(), off_path_results(),"
+             " ctrl_c_as_keras_switches_gradients_off()]))")
+
+
+def ctrl_c_as_keras_switches_gradients_off():
+    """Where Keras runs on torch: a real SIGINT (Python's default handler) raised just as ``torch.no_grad()`` has
+    switched gradients off, before its ``with`` is in force (where one lands in a stress loop of Ctrl-Cs), the first
+    time Keras's trainer does so in a train step (its optimizer's update), in ``evaluate`` (its predict step) and in
+    ``fit``; after each, ``[where it landed, KeyboardInterrupt raised, grad mode on, a train step's and fit's losses
+    finite]`` (an error's text instead of the last where they fail). None on Keras's other frameworks."""
+    import signal
+    import sys
+
+    import keras
+    import numpy as np
+    import torch
+
+    import unidl as ud
+
+    if keras.backend.backend() != "torch":
+        return None
+    real, armed = torch.set_grad_enabled, []
+
+    class ctrl_c_as_switched_off(real):  # what torch.no_grad().__enter__ calls: torch.set_grad_enabled(False)
+        def __init__(self, mode):
+            super().__init__(mode)
+            if not mode and armed:
+                armed.append(sys._getframe(2).f_code.co_name)  # (the function whose ``with`` it is)
+                signal.raise_signal(signal.SIGINT)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    outcomes = []
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model, loss = ud.models.TwoLayerNet(4, 8, 3), ud.nn.CrossEntropyLoss()
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        step = ud.train_step(model, loss, optimizer)
+        step(x, y)
+        runs = [lambda: step(x, y), lambda: ud.evaluate(model, (x, y), loss=loss),
+                lambda: ud.fit(model, (x, y), loss=loss, optimizer=optimizer, epochs=1, batch_size=4, verbose=0)]
+        for run in runs:
+            armed[:], interrupted = [True], False
+            torch.set_grad_enabled = ctrl_c_as_switched_off
+            try:
+                run()
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                torch.set_grad_enabled = real
+            grad_on = torch.is_grad_enabled()
+            try:
+                history = ud.fit(model, (x, y), loss=loss, optimizer=optimizer, epochs=1, batch_size=4, verbose=0)
+                finite = bool(np.isfinite(float(step(x, y))) and np.isfinite(history["loss"][-1]))
+            except Exception as error:
+                finite = f"{type(error).__name__}: {str(error)[:100]}"
+            torch.set_grad_enabled(True)  # (the next run as the first: gradients on)
+            outcomes.append([armed[1:], interrupted, grad_on, finite])
+    return outcomes
 
 
 @functools.cache
@@ -89,7 +148,8 @@ def _keras_on(framework: str):
     and the aten ops of a transformer layer (tests/nn/test_attention.py's keras_host_attention; None on JAX), on torch
     accumulate=2 and Adam with a layer unused in some steps, and float16 loss scaling, against torch
     (tests/test_dynamic_forward.py's keras_host_accumulation; None on JAX), the off-path op results
-    (tests/test_bad_input_parity.py's off_path_results)]``
+    (tests/test_bad_input_parity.py's off_path_results), on torch the outcomes of a Ctrl-C as Keras switches
+    gradients off (``ctrl_c_as_keras_switches_gradients_off``; None on JAX)]``
     from an interpreter whose Keras runs on ``framework``."""
     return last_json_line(run_python(KERAS_RUN, env={"KERAS_BACKEND": framework}).stdout)
 
@@ -98,7 +158,7 @@ def _keras_on(framework: str):
 def test_keras_on_another_framework_agrees_with_that_backend(framework):
     from unidl.compare import two_layer_losses
 
-    keras_run, used, _, _, _, _, _, _ = _keras_on(framework)
+    keras_run, used, _, _, _, _, _, _, _ = _keras_on(framework)
     assert used == framework
     host_run = two_layer_losses(framework, **TWO_LAYER)  # here: another process than Keras's
     assert max_relative_difference(keras_run, host_run) < 1e-5
@@ -107,7 +167,7 @@ def test_keras_on_another_framework_agrees_with_that_backend(framework):
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_keras_on_another_framework_fit_reaches_accuracy(framework):
-    _, used, accuracy, _, _, _, _, _ = _keras_on(framework)
+    _, used, accuracy, _, _, _, _, _, _ = _keras_on(framework)
     assert used == framework and accuracy >= 0.95
 
 
@@ -118,7 +178,7 @@ def test_keras_on_another_framework_gives_the_model_graph(framework, convolution
     values) and Keras-on-JAX (their jaxpr), with the state under its ``state_dict()`` names."""
     from tests.callbacks.test_tensorboard import assert_cnn_graph
 
-    _, used, _, graph, _, _, _, _ = _keras_on(framework)
+    _, used, _, graph, _, _, _, _, _ = _keras_on(framework)
     assert used == framework
     assert_cnn_graph(graph, convolution, dot)
 
@@ -130,7 +190,7 @@ def test_keras_on_another_framework_trains_each_step_with_its_own_loss(framework
     first; both train as the torch loop alternating the two losses, with no step skipped."""
     from tests.test_precision import check_alternated_loss_steps
 
-    _, used, _, _, alternated, _, _, _ = _keras_on(framework)
+    _, used, _, _, alternated, _, _, _, _ = _keras_on(framework)
     assert used == framework
     check_alternated_loss_steps(alternated)
 
@@ -140,7 +200,7 @@ def test_keras_on_torch_computes_attention_as_torch_with_its_fused_kernels():
     torch against torch (outputs and gradients, float32 compiled and float64 eager, every kind of mask), each
     through one fused kernel as plain Keras's layers reach them: attention through F.scaled_dot_product_attention
     (no softmax of unidl's own), LayerNorm through native_layer_norm, Linear through addmm (with its bias)."""
-    _, used, _, _, _, (failures, aten), _, _ = _keras_on("torch")
+    _, used, _, _, _, (failures, aten), _, _, _ = _keras_on("torch")
     assert used == "torch" and failures == []
     assert {"aten::scaled_dot_product_attention", "aten::native_layer_norm", "aten::addmm"} <= set(aten), aten
     assert not {"aten::softmax", "aten::_softmax", "aten::bmm"} & set(aten), aten
@@ -151,12 +211,23 @@ def test_keras_on_torch_accumulates_as_torch_with_a_layer_unused_in_some_micro_s
     both micro-steps of its windows: PyTorch's ``.grad`` rule (tests/test_dynamic_forward.py's test of it), 1e-6;
     Adam's per-parameter step counts with that layer skipped in some steps; float16 loss scaling with torch's
     decisions (weights to 1e-3)."""
-    _, used, _, _, _, _, checks, _ = _keras_on("torch")
+    _, used, _, _, _, _, checks, _, _ = _keras_on("torch")
     assert used == "torch" and checks, checks
     for name in ("sgd", "adam"):
         assert all(value < 1e-6 for value in checks[name].values()), (name, checks[name])
     same_decisions, difference = checks["float16"]
     assert same_decisions and difference < 1e-3, checks["float16"]
+
+
+def test_keras_on_torch_trains_on_after_a_ctrl_c_as_keras_switches_gradients_off():
+    """Issue 14 on Keras-on-torch: a real SIGINT that lands as Keras's ``torch.no_grad()`` has switched gradients
+    off, before its ``with`` is in force (in a train step, ``evaluate`` and ``fit``), ends the call with
+    ``KeyboardInterrupt`` and leaves torch's grad mode as the call found it (``KeptStepState`` puts back the host's
+    thread modes): a train step and ``fit`` train on with finite losses, where the next one had failed."""
+    *_, outcomes = _keras_on("torch")
+    assert outcomes is not None and len(outcomes) == 3, outcomes
+    for landed, interrupted, grad_on, finite in outcomes:
+        assert landed and interrupted and grad_on and finite is True, outcomes
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
@@ -165,5 +236,5 @@ def test_keras_on_another_framework_follows_the_off_path_rules(framework):
     the rules of tests/test_bad_input_parity.py hold on Keras-on-torch and Keras-on-JAX too."""
     from tests.test_bad_input_parity import OFF_PATH_EXPECTED
 
-    *_, results = _keras_on(framework)
+    *_, results, _ = _keras_on(framework)
     assert results == OFF_PATH_EXPECTED

@@ -419,6 +419,47 @@ def test_a_ctrl_c_that_keras_s_own_trainer_swallows_still_stops_fit(children_bef
     assert_workers_stopped("thread", threads_before, children_before, "Keras's logs conversion")
 
 
+def test_a_ctrl_c_that_keras_s_own_trainer_swallows_still_stops_a_train_step():
+    """A keras ``train_step`` runs Keras's ``train_on_batch`` where Keras's trainer runs it (``eager=True``, and on
+    Keras's other frameworks), which converts its logs under the same bare ``except``: a real SIGINT landing
+    there ends the step with ``KeyboardInterrupt`` (the step ran: its update is in the weights), so that a user's
+    own loop of steps stops; the step trains on after it."""
+    from keras.src.utils import python_utils
+
+    source, first = inspect.getsourcelines(python_utils.pythonify_logs)
+    inside_try = first + next(n for n, text in enumerate(source) if "value = float(value)" in text)
+    landed = []
+
+    def ctrl_c_in_the_try(frame, event, arg):  # a trace function: a real SIGINT at that line, once
+        if frame.f_code is not python_utils.pythonify_logs.__code__:
+            return None
+
+        def line(frame, event, arg):
+            if event == "line" and frame.f_lineno == inside_try and not landed:
+                landed.append("Ctrl-C")
+                signal.raise_signal(signal.SIGINT)
+            return line
+        return line
+
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model, loss = ud.models.TwoLayerNet(3, 16, 4), ud.nn.CrossEntropyLoss()
+        step = ud.train_step(model, loss, ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+        x, y = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32), np.arange(8) % 4
+        first_loss = float(step(x, y))
+        before = [np.array(p) for p in model.state_dict().values()]
+        previous = sys.gettrace()
+        sys.settrace(ctrl_c_in_the_try)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                step(x, y)
+        finally:
+            sys.settrace(previous)
+        assert landed == ["Ctrl-C"]
+        assert any(not np.array_equal(a, np.array(b)) for a, b in zip(before, model.state_dict().values()))
+        assert float(step(x, y)) < first_loss
+
+
 def test_ctrl_c_in_the_finalizer_of_a_dropped_pool_leaves_no_worker(monkeypatch):
     """A pool dropped without ``shutdown()`` is stopped by its finalizer, where the garbage goes. Ctrl-C at each
     line it runs must not cut that stop short (the KeyboardInterrupt itself Python drops: it reports what a

@@ -73,6 +73,16 @@ class Backend(abc.ABC):
         ``unidl.distributed.init`` reports as an error."""
         return None
 
+    def thread_modes(self) -> Any:
+        """The framework's modes of the calling thread that its own code (and Keras's on it) switches for a block
+        and back, for ``set_thread_modes``: torch's grad mode, which ``torch.no_grad()`` switches off before the
+        ``with`` that switches it back is in force, so that a Ctrl-C landing between the two leaves it off (the
+        keras backend puts back what its calls into Keras's trainer found). None where there are none."""
+        return None
+
+    def set_thread_modes(self, modes: Any) -> None:
+        """Put back the calling thread's ``modes`` as ``thread_modes`` gave them."""
+
     def set_num_threads(self, intra_op: int, inter_op: int) -> None:
         """Size the framework's intra-op and inter-op thread pools (``unidl.set_num_threads``); the default,
         for a framework unidl cannot size, does nothing."""

@@ -32,7 +32,8 @@ from unidl.backends.keras import precision as keras_precision
 from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, NativeModel,
-                                         metric_tracker_variables, restore_metric_totals, step_key)
+                                         metric_tracker_variables, restore_metric_totals, step_key,
+                                         swallowed_ctrl_c_raised)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
@@ -289,7 +290,8 @@ class Backend(BackendInterface):
             x = (to_input(x), *[to_input(v) for v in inputs]) if inputs else to_input(x)
             runs = native.train_step_runs
             try:
-                with KeptStepState(native):  # (Ctrl-C in Keras-on-JAX's step: the model keeps a step's state)
+                # (Ctrl-C in Keras-on-JAX's step: the model keeps a step's state; one that Keras swallowed: raised)
+                with KeptStepState(native), swallowed_ctrl_c_raised():
                     result = native.train_on_batch(x, to_input(y))
             except Exception as error:
                 if inputs and not HOST.keras_state_in_place:
@@ -341,10 +343,11 @@ class Backend(BackendInterface):
             native.reset_metrics()
             restore_metric_totals(native, totals)
             logs, index = None, -1
-            for index, batch in enumerate(batches):
-                inputs = step_inputs(index) if step_inputs is not None else ()
-                logs = epoch_logs(graph(batch[0], batch[1], *inputs), metrics)
-                on_batch(index, dict(logs))
+            with KeptStepState(native):  # (an eager step on Keras-on-torch: its grad mode put back after a Ctrl-C)
+                for index, batch in enumerate(batches):
+                    inputs = step_inputs(index) if step_inputs is not None else ()
+                    logs = epoch_logs(graph(batch[0], batch[1], *inputs), metrics)
+                    on_batch(index, dict(logs))
             if index < 0:
                 raise ValueError("the epoch had no batches: the training data is empty")
             return logs

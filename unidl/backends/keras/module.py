@@ -13,6 +13,7 @@ from unidl import config
 from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import keep_train_function_current
+from unidl.data.pool import sigint_handled_by
 from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
 from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
 
@@ -218,15 +219,22 @@ class KeptStepState:
     the last of them back (the state of the last completed step, or the one the interrupted step was given),
     then goes on. Nothing where Keras changes its variables in place (TensorFlow, torch: no state to drop).
     (Not covered: Ctrl-C in the microseconds after XLA ran a step that compiled, the first for its input shapes,
-    while JAX's own Python returns it: the step's outputs are lost there, and the model keeps what Keras wrote.)"""
+    while JAX's own Python returns it: the step's outputs are lost there, and the model keeps what Keras wrote.)
 
-    __slots__ = ("_native", "_outer", "_kept")
+    On every host, a call that an error ends puts back the host framework's thread modes as the call found them
+    (``HOST.thread_modes``): Keras-on-torch's trainer runs its optimizer, evaluation and prediction under
+    ``torch.no_grad()``, whose ``__enter__`` switches the grad mode off before its ``with`` is in force, and whose
+    ``__exit__`` switches it back in Python, so that a Ctrl-C landing there left gradients off for good, and the
+    next train step or ``fit`` failed ("element 0 of tensors does not require grad")."""
+
+    __slots__ = ("_native", "_outer", "_kept", "_modes")
 
     def __init__(self, native):
         self._native = native
 
     def __enter__(self):
         native = self._native
+        self._modes = HOST.thread_modes()
         if HOST.keras_state_in_place:
             self._kept = None
             return self
@@ -235,12 +243,40 @@ class KeptStepState:
         return self
 
     def __exit__(self, error_type, error, traceback):
+        if error_type is not None:
+            HOST.set_thread_modes(self._modes)
         if self._kept is None:
             return False
         object.__setattr__(self._native, "_unidl_kept_state", self._outer)
         if error_type is not None and issubclass(error_type, KeyboardInterrupt) and self._kept:
             _write_state_back(self._native, self._kept[0][1])
         return False
+
+
+@contextlib.contextmanager
+def swallowed_ctrl_c_raised():
+    """Run the block (a call of Keras's ``train_on_batch``) with each ``KeyboardInterrupt`` that the SIGINT handler
+    raises (Ctrl-C) noted, and raise one again as the block ends where code inside swallowed it: Keras converts its
+    logs under a bare ``except`` (``keras.src.utils.python_utils.pythonify_logs``), where a Ctrl-C that lands is
+    lost, and a user's loop of train steps went on (``ud.fit`` does the same for Keras's ``fit``:
+    ``unidl.fit._ctrl_c_noted``). A handler that does not raise (a user's own) is left to its business; outside the
+    main thread, where no handler can be swapped, the block runs as it is (``sigint_handled_by``)."""
+    raised = []
+
+    def noting(previous):
+        def handler(signum, frame):
+            try:
+                previous(signum, frame)
+            except KeyboardInterrupt:
+                raised.append(True)
+                raise
+
+        return handler
+
+    with sigint_handled_by(noting):
+        yield
+    if raised:
+        raise KeyboardInterrupt
 
 
 def keep_state_of_the_epoch(native) -> None:

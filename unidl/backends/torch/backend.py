@@ -40,6 +40,12 @@ class Backend(BackendInterface):
     def versions(self):
         return {"torch": torch.__version__}
 
+    def thread_modes(self):
+        return torch.is_grad_enabled()
+
+    def set_thread_modes(self, modes):
+        torch.set_grad_enabled(modes)
+
     def devices(self):
         return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
