@@ -17,7 +17,7 @@ from unidl import config, fit_options
 from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
-from unidl.data.pool import sigint_handled_by
+from unidl.data.pool import ctrl_c_noted
 from unidl.distributed import process_group
 from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
@@ -436,7 +436,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         progress.begin_epoch(epoch, steps)
         epoch_lr = optimizer.lr
         trainer._trained_in_epoch = 0
-        ctrl_c = []  # the KeyboardInterrupts Ctrl-C raised during the epoch's training (_ctrl_c_noted)
+        ctrl_c = []  # the KeyboardInterrupts Ctrl-C raised during the epoch's training (pool.ctrl_c_noted)
 
         def on_batch(index, logs, epoch=epoch):
             if ctrl_c:  # one that code between the signal and fit swallowed (Keras's own trainer can): raised again
@@ -468,7 +468,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         inputs_of = (None if step_inputs is None else
                      lambda index, epoch=epoch, first=trainer._epoch_start[1]: step_inputs(epoch, first + index))
         try:
-            with _ctrl_c_noted(ctrl_c):
+            with ctrl_c_noted(ctrl_c):
                 logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, train_metrics, eager,
                                          precision=precision, accumulate=accumulate, totals=loop_totals,
                                          step_inputs=inputs_of)
@@ -500,26 +500,6 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     for callback in callbacks:
         callback.on_train_end()
     return history
-
-
-def _ctrl_c_noted(raised: list):
-    """Run the block with each ``KeyboardInterrupt`` that the SIGINT handler raises (Ctrl-C) noted in ``raised``,
-    so that ``fit`` can raise again one that code between the handler and ``fit`` swallowed: Keras's own trainer,
-    which the keras backend runs on Keras's other frameworks and with ``eager=True``, converts its logs at each
-    batch's end under a bare ``except`` (``keras.src.utils.python_utils.pythonify_logs``), where a Ctrl-C that
-    lands is lost and training goes on. A handler that does not raise (a user's own) is left to its business.
-    Python runs signal handlers in the main thread only, and only there can one be swapped."""
-    def noting(previous):
-        def handler(signum, frame):
-            try:
-                previous(signum, frame)
-            except KeyboardInterrupt:
-                raised.append(True)
-                raise
-
-        return handler
-
-    return sigint_handled_by(noting)
 
 
 def _stop_workers(batches) -> None:

@@ -77,6 +77,26 @@ def sigint_handled_by(wrap):
         signal.signal(signal.SIGINT, previous)
 
 
+def ctrl_c_noted(raised: list):
+    """Run the block with each ``KeyboardInterrupt`` that the SIGINT handler raises (Ctrl-C) noted in ``raised``,
+    so that the caller can raise again one that code inside the block swallowed: Keras's own trainer converts its
+    logs under a bare ``except`` (``keras.src.utils.python_utils.pythonify_logs``), where a Ctrl-C that lands is
+    lost and training goes on (``ud.fit``, and a keras ``train_step``, raise it again). A handler that does not
+    raise (a user's own) is left to its business; where no handler can be swapped the block runs as it is
+    (``sigint_handled_by``)."""
+    def noting(previous):
+        def handler(signum, frame):
+            try:
+                previous(signum, frame)
+            except KeyboardInterrupt:
+                raised.append(True)
+                raise
+
+        return handler
+
+    return sigint_handled_by(noting)
+
+
 @contextlib.contextmanager
 def interrupts_held():
     """Run the block with SIGINT (Ctrl-C) held back, then hand a SIGINT that came meanwhile to the handler

@@ -13,7 +13,7 @@ from unidl import config
 from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import keep_train_function_current
-from unidl.data.pool import sigint_handled_by
+from unidl.data.pool import ctrl_c_noted
 from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
 from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
 
@@ -258,22 +258,11 @@ def swallowed_ctrl_c_raised():
     """Run the block (a call of Keras's ``train_on_batch``) with each ``KeyboardInterrupt`` that the SIGINT handler
     raises (Ctrl-C) noted, and raise one again as the block ends where code inside swallowed it: Keras converts its
     logs under a bare ``except`` (``keras.src.utils.python_utils.pythonify_logs``), where a Ctrl-C that lands is
-    lost, and a user's loop of train steps went on (``ud.fit`` does the same for Keras's ``fit``:
-    ``unidl.fit._ctrl_c_noted``). A handler that does not raise (a user's own) is left to its business; outside the
-    main thread, where no handler can be swapped, the block runs as it is (``sigint_handled_by``)."""
+    lost, and a user's loop of train steps went on (``ud.fit`` does the same for Keras's ``fit``). A handler that
+    does not raise (a user's own) is left to its business; outside the main thread, where no handler can be
+    swapped, the block runs as it is (``unidl.data.pool.ctrl_c_noted``)."""
     raised = []
-
-    def noting(previous):
-        def handler(signum, frame):
-            try:
-                previous(signum, frame)
-            except KeyboardInterrupt:
-                raised.append(True)
-                raise
-
-        return handler
-
-    with sigint_handled_by(noting):
+    with ctrl_c_noted(raised):
         yield
     if raised:
         raise KeyboardInterrupt
