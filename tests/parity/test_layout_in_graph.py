@@ -105,8 +105,11 @@ def test_tensorflow_linear_after_flatten_reads_nhwc_only_under_xla(xla):
         flattened = matmul.inputs[0].op
         assert flattened.type == "Reshape"
         # without XLA the Linear reads PyTorch's C, H, W flatten (a transpose of the NHWC pool output); under
-        # XLA it reads the pool output flattened as it is, and its weight's columns are permuted instead
-        assert (flattened.inputs[0].op.type == "MaxPool") == xla
+        # XLA it reads the NHWC pool output (batch, 5, 7, 4) flattened as it is, and its weight's columns are
+        # permuted instead
+        source = flattened.inputs[0]
+        assert (source.op.type == "Transpose") != xla
+        assert source.shape.as_list()[1:] == ([5, 7, 4] if xla else [4, 5, 7])
         images = np.random.default_rng(4).standard_normal((4, 3, 12, 16)).astype(np.float32)
         np.testing.assert_allclose(ud.to_numpy(concrete(tf.constant(images))), ud.to_numpy(model(ud.tensor(images))),
                                    rtol=1e-5, atol=1e-6)
