@@ -415,7 +415,55 @@ def ctrl_c_in_steps():
             except Exception as error:
                 finite = f"{type(error).__name__}: {str(error)[:100]}"
             outcomes.append(dict(interrupted=interrupted, deleted=dead, finite=finite, kept=kept))
-    return outcomes
+    return dict(runs=outcomes, **errors_in_fit())
+
+
+class FailsInTrace(ud.nn.Module):
+    # a linear layer whose forward raises an ordinary error while Keras's train step traces (fit's first step)
+    def __init__(self):
+        super().__init__()
+        self.linear = ud.nn.Linear(6, 3)
+
+    def forward(self, a):
+        import jax
+        if isinstance(a, jax.core.Tracer) and self.native.train_step_runs > 0:
+            raise ValueError("fails in trace")
+        return self.linear(a)
+
+
+def errors_in_fit():
+    # a callback that zeroes the weights after fit's first step, then raises KeyboardInterrupt: the zeros stay (no
+    # write-back of the older step state over live values); an ordinary error in fit's first step while it
+    # compiles: no variable left emptied, and a forward runs after it
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model, loss = ud.nn.Sequential(ud.nn.Linear(6, 3)), ud.nn.MSELoss()
+
+        class Zeroes(ud.callbacks.Callback):
+            def on_batch_end(self, index, logs=None):
+                for variable in model.native.trainable_variables:
+                    variable.assign(np.zeros(variable.shape, np.float32))
+                raise KeyboardInterrupt
+
+        try:
+            ud.fit(model, (x, y), loss=loss, optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+                   batch_size=4, verbose=0, callbacks=[Zeroes()])
+            zeroed = "no KeyboardInterrupt"
+        except KeyboardInterrupt:
+            zeroed = all(not np.asarray(v.value).any() for v in model.native.trainable_variables)
+        model = FailsInTrace()
+        try:
+            ud.fit(model, (x, y), loss=loss, optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+                   batch_size=4, verbose=0)
+            failed = "no error"
+        except Exception as error:
+            failed = type(error).__name__
+        emptied = deleted_arrays(model)
+        try:
+            forward = bool(np.isfinite(np.asarray(model(x))).all())
+        except Exception as error:
+            forward = f"{type(error).__name__}: {str(error)[:100]}"
+    return dict(zeroed=zeroed, compile_error=dict(failed=failed, emptied=emptied, forward=forward))
 
 
 with ud.use_backend("torch"):
@@ -572,7 +620,17 @@ def test_ctrl_c_in_a_step_on_jax_leaves_the_state_of_a_completed_step(result):
     taken the state out of the variables) ends the call with ``KeyboardInterrupt``, and the model has no deleted or
     emptied arrays: it evaluates and trains on with finite losses, and the train step's state is the one it
     computed (Keras's own cleanup had written the donated, deleted, arrays back, or none)."""
-    outcomes = result["ctrl_c"]
+    outcomes = result["ctrl_c"]["runs"]
     assert all(outcome["deleted"] == 0 for outcome in outcomes), outcomes  # (a model left so: no more runs)
     assert [(outcome["interrupted"], outcome["finite"]) for outcome in outcomes] == [(True, True)] * 3, outcomes
     assert outcomes[0]["kept"] in ("new", "old"), outcomes
+
+
+def test_an_error_ending_fit_on_jax_keeps_the_newest_state_and_empties_nothing(result):
+    """The write-back of ``KeptStepState`` on Keras-on-JAX only where a variable has no live value: a callback that
+    zeroes the weights after fit's first step, then raises ``KeyboardInterrupt``, leaves the zeros (not the older
+    state of that step); an ordinary error raised while fit's first step compiles (Keras has emptied the variables
+    and has nothing to put back) leaves no variable emptied, and a forward runs after it."""
+    ctrl_c = result["ctrl_c"]
+    assert ctrl_c["zeroed"] is True, ctrl_c["zeroed"]
+    assert ctrl_c["compile_error"] == {"failed": "ValueError", "emptied": 0, "forward": True}, ctrl_c

@@ -215,9 +215,12 @@ class KeptStepState:
     A Ctrl-C that lands while XLA runs the step comes out as ``KeyboardInterrupt`` when the step returns, before
     that write-back, and Keras's cleanup then put deleted arrays (or ``fit``'s emptied variables: a Ctrl-C in its
     first step, while it compiles) into the model. So the steps (``NativeModel._make_function``) store the state
-    they pass and, from C, the state that comes back here, and a ``KeyboardInterrupt`` that ends the call writes
-    the last of them back (the state of the last completed step, or the one the interrupted step was given),
-    then goes on. Nothing where Keras changes its variables in place (TensorFlow, torch: no state to drop).
+    they pass and, from C, the state that comes back here, and an error that ends the call (a ``KeyboardInterrupt``,
+    or any other: one raised while ``fit``'s first step compiles left every variable emptied) writes the last of
+    them back (the state of the last completed step, or the one the interrupted step was given) where a variable
+    has no live value, then goes on; where Keras put live values back itself, they are the newest (a callback
+    may have changed them after the last step) and stay. Nothing where Keras changes its variables in place
+    (TensorFlow, torch: no state to drop).
     (Not covered: Ctrl-C in the microseconds after XLA ran a step that compiled, the first for its input shapes,
     while JAX's own Python returns it: the step's outputs are lost there, and the model keeps what Keras wrote.)
 
@@ -248,7 +251,7 @@ class KeptStepState:
         if self._kept is None:
             return False
         object.__setattr__(self._native, "_unidl_kept_state", self._outer)
-        if error_type is not None and issubclass(error_type, KeyboardInterrupt) and self._kept:
+        if error_type is not None and self._kept and _some_variable_emptied(self._native, len(self._kept[0][1])):
             _write_state_back(self._native, self._kept[0][1])
         return False
 
@@ -276,6 +279,23 @@ def keep_state_of_the_epoch(native) -> None:
     if kept is not None:
         kept[:] = [(None, native._get_jax_state(trainable_variables=True, non_trainable_variables=True,
                                                 optimizer_variables=True, metrics_variables=True))]
+
+
+def _some_variable_emptied(native, groups: int) -> bool:
+    """Whether a variable of ``native`` in the ``groups`` state groups a step of Keras-on-JAX's trainer threads
+    (``_STATE_GROUPS``) has no live value: emptied (``fit`` during an epoch) or holding an array a step took. Only
+    then does ``KeptStepState`` write its kept state back: where Keras put live values back itself, they are the
+    newest (a callback may have changed them after the last step), and the kept state would overwrite them."""
+    for name in _STATE_GROUPS.get(groups, ()):
+        if name == "optimizer_variables":
+            variables = getattr(getattr(native, "optimizer", None), "variables", None) or []
+        else:
+            variables = getattr(native, name, None) or []
+        for variable in variables:
+            value = getattr(variable, "_value", None)
+            if value is None or getattr(value, "is_deleted", lambda: False)():
+                return True
+    return False
 
 
 def _write_state_back(native, state) -> None:
