@@ -236,6 +236,29 @@ class CtrlCAtLine:
         return self.line
 
 
+def ctrl_c_inside_keras_logs_conversion(landed: list):
+    """A trace function (``sys.settrace``) that sends this process a real SIGINT once, at the line inside the
+    ``try`` of Keras's log conversion (``keras.src.utils.python_utils.pythonify_logs``, whose bare ``except``
+    swallows it), the first time the line runs while ``landed`` is empty; it then appends "Ctrl-C" to ``landed``."""
+    from keras.src.utils import python_utils
+
+    source, first = inspect.getsourcelines(python_utils.pythonify_logs)
+    inside_try = first + next(n for n, text in enumerate(source) if "value = float(value)" in text)
+
+    def ctrl_c_in_the_try(frame, event, arg):
+        if frame.f_code is not python_utils.pythonify_logs.__code__:
+            return None
+
+        def line(frame, event, arg):
+            if event == "line" and frame.f_lineno == inside_try and not landed:
+                landed.append("Ctrl-C")
+                signal.raise_signal(signal.SIGINT)
+            return line
+        return line
+
+    return ctrl_c_in_the_try
+
+
 def assert_workers_stopped(worker_type, threads_before, children_before, where):
     if worker_type == "process":
         assert child_pids() <= children_before[0], f"a worker process outlived Ctrl-C at {where}"
@@ -387,22 +410,8 @@ def test_a_ctrl_c_that_keras_s_own_trainer_swallows_still_stops_fit(children_bef
     """Keras's own trainer (the keras backend's with ``eager=True``, and on Keras's other frameworks) converts its logs
     at each batch's end under a bare ``except``: a real SIGINT landing there, inside that ``try``, raises a
     ``KeyboardInterrupt`` that Keras drops. ``fit`` raises it again at that batch's end, workers stopped."""
-    from keras.src.utils import python_utils
-
-    source, first = inspect.getsourcelines(python_utils.pythonify_logs)
-    inside_try = first + next(n for n, text in enumerate(source) if "value = float(value)" in text)
     threads_before, trained = set(threading.enumerate()), []
-
-    def ctrl_c_in_the_try(frame, event, arg):  # a trace function: a real SIGINT at that line, once
-        if frame.f_code is not python_utils.pythonify_logs.__code__:
-            return None
-
-        def line(frame, event, arg):
-            if event == "line" and frame.f_lineno == inside_try and not trained:
-                trained.append("Ctrl-C")
-                signal.raise_signal(signal.SIGINT)
-            return line
-        return line
+    ctrl_c_in_the_try = ctrl_c_inside_keras_logs_conversion(trained)
 
     with ud.use_backend("keras"):
         model = ud.models.TwoLayerNet(3, 16, 4)
@@ -424,22 +433,8 @@ def test_a_ctrl_c_that_keras_s_own_trainer_swallows_still_stops_a_train_step():
     Keras's other frameworks), which converts its logs under the same bare ``except``: a real SIGINT landing
     there ends the step with ``KeyboardInterrupt`` (the step ran: its update is in the weights), so that a user's
     own loop of steps stops; the step trains on after it."""
-    from keras.src.utils import python_utils
-
-    source, first = inspect.getsourcelines(python_utils.pythonify_logs)
-    inside_try = first + next(n for n, text in enumerate(source) if "value = float(value)" in text)
     landed = []
-
-    def ctrl_c_in_the_try(frame, event, arg):  # a trace function: a real SIGINT at that line, once
-        if frame.f_code is not python_utils.pythonify_logs.__code__:
-            return None
-
-        def line(frame, event, arg):
-            if event == "line" and frame.f_lineno == inside_try and not landed:
-                landed.append("Ctrl-C")
-                signal.raise_signal(signal.SIGINT)
-            return line
-        return line
+    ctrl_c_in_the_try = ctrl_c_inside_keras_logs_conversion(landed)
 
     with ud.use_backend("keras"):
         ud.manual_seed(0)

@@ -32,15 +32,20 @@ _FLATTENED_VIEW = "unidl_flattened_nchw_view"
 _tracing = threading.local()
 
 
-@contextlib.contextmanager
 def tracing_for_xla(enabled: bool):
     """Mark the graph being traced in this thread as one XLA will compile (``jit_compile=True``)."""
-    previous = getattr(_tracing, "xla", False)
-    _tracing.xla = bool(enabled)
+    return _thread_flag("xla", bool(enabled))
+
+
+@contextlib.contextmanager
+def _thread_flag(name: str, value: bool):
+    """The block with this thread's tracing flag ``name`` set to ``value``, and its previous value back after."""
+    previous = getattr(_tracing, name, False)
+    setattr(_tracing, name, value)
     try:
         yield
     finally:
-        _tracing.xla = previous
+        setattr(_tracing, name, previous)
 
 
 def tracing_xla_graph() -> bool:
@@ -48,16 +53,10 @@ def tracing_xla_graph() -> bool:
     return getattr(_tracing, "xla", False) and not tf.executing_eagerly()
 
 
-@contextlib.contextmanager
 def tracing_for_export():
     """Mark the graphs traced in this thread as ones written for export (a SavedModel), which run without unidl:
     no gradient rule of unidl's may be named in them."""
-    previous = getattr(_tracing, "export", False)
-    _tracing.export = True
-    try:
-        yield
-    finally:
-        _tracing.export = previous
+    return _thread_flag("export", True)
 
 
 def tracing_export_graph() -> bool:
