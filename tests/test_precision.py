@@ -180,6 +180,142 @@ def test_fp16_accumulation_checks_and_scales_once_per_update(backend, rng):
         assert max_relative_difference(trained[name] - after[name], expected[name] - after[name]) < 1e-2, name
 
 
+class TargetTermMSE(ud.nn.Module):
+    """MSE against the first three target columns plus the mean of the fourth: a term of the data alone, without a
+    gradient, so that an infinite fourth column makes the loss infinite while every gradient stays finite."""
+
+    def forward(self, outputs, target):
+        return ud.ops.mse_loss(outputs, target[:, :3]) + ud.ops.mean(target[:, 3:])
+
+
+def _windows_with_a_non_finite_loss():
+    """Four float16 windows of accumulate=2 (batches of 2 of ``_regression``, an extra zero target column for
+    ``TargetTermMSE``): A, B, C, D; B's first micro-step's loss is infinite (its gradients finite)."""
+    x, y = _regression(np.random.default_rng(0))
+    y = np.concatenate([y, np.zeros((len(y), 1), np.float32)], axis=1)
+    batches = [(x[i:i + 2], y[i:i + 2].copy()) for i in range(0, 16, 2)]
+    batches[2][1][:, 3] = np.inf
+    return batches
+
+
+def non_finite_loss_windows(eager=False) -> dict:
+    """``_windows_with_a_non_finite_loss`` through a float16 ``train_step`` (init_scale 2**10, growth_interval=2,
+    SGD with momentum)
+    under the backend in force, for ``check_non_finite_loss_windows``: the start and the weights after each window
+    (JSON-able lists), the loss scaler state, step count and ``last_step_finite`` after each window, and what B's
+    first micro-step reported. Also run on Keras-on-JAX (tests/backends/test_keras_jax.py's script)."""
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    precision = ud.Precision("16-mixed", init_scale=2.0 ** 10, growth_interval=2)  # (no float16 overflow here)
+    step = ud.train_step(model, TargetTermMSE(), optimizer, precision=precision, accumulate=2, eager=eager)
+    weights = [{k: ud.to_numpy(v).tolist() for k, v in model.state_dict().items()}]
+    windows, inside = [], None
+    for index, batch in enumerate(_windows_with_a_non_finite_loss()):
+        loss = float(step(*batch))
+        if index == 2:  # B's first micro-step: no check, no skip and no scale move before the window's update,
+            # and the window's checkpointed flag already False (a state taken here resumes to B's skip)
+            inside = {"loss": loss, "finite": optimizer.last_step_finite, "scale": step.loss_scale,
+                      "window_finite": optimizer.state_dict()["accumulation"]["finite"]}
+        if index % 2:
+            weights.append({k: ud.to_numpy(v).tolist() for k, v in model.state_dict().items()})
+            windows.append({**optimizer.state_dict()["loss_scaler"], "finite": optimizer.last_step_finite,
+                            "steps": optimizer.state_dict()["step"]})
+    return {"weights": weights, "windows": windows, "inside": inside}
+
+
+def _torch_grad_scaler_windows(start, batches):
+    """The oracle: a plain torch loop with ``torch.amp.GradScaler`` (init_scale 2**10, growth_interval=2) and
+    ``torch.autocast`` float16, ``scaler.scale(loss / 2).backward()`` per micro-step, ``scaler.step``/``update``
+    per window, where window B (whose loss is infinite, its gradients finite, which GradScaler alone would apply)
+    is given one infinite gradient: the window a non-finite gradient skips. The weights after each window, and
+    the scaler's state after each."""
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    net.load_state_dict({k.replace("linear1", "0").replace("linear2", "2"): torch.tensor(np.asarray(v, np.float32))
+                         for k, v in start.items()})
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
+    weights, windows = [], []
+    for index, (x, y) in enumerate(batches):
+        with torch.autocast("cpu", dtype=torch.float16):
+            outputs = net(torch.tensor(x))
+        target = torch.tensor(y)
+        loss = torch.nn.functional.mse_loss(outputs.float(), target[:, :3]) + target[:, 3:].mean()
+        scaler.scale(loss / 2).backward()
+        if index % 2:
+            if index == 3:  # (B's gradients are finite: GradScaler alone would apply it)
+                assert all(bool(torch.isfinite(p.grad).all()) for p in net.parameters())
+                net[0].weight.grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad()
+            weights.append({k.replace("0.", "linear1.").replace("2.", "linear2."): v.detach().numpy().copy()
+                            for k, v in net.state_dict().items()})
+            state = scaler.state_dict()
+            windows.append({"scale": state["scale"], "growth_tracker": state["_growth_tracker"]})
+    return weights, windows
+
+
+def check_non_finite_loss_windows(result) -> None:
+    """``non_finite_loss_windows``' run treats window B as the float16 loss scaler treats a window with a
+    non-finite gradient: B's micro-steps report nothing before its update, but its checkpointed finite flag
+    reads False after its first; its update is skipped (weights bit
+    for bit those after A, no step counted, ``last_step_finite`` False, no error), the scale halved once and
+    the growth tracker reset (the tracker of 1 from A does not reach growth_interval=2 and double the scale);
+    the scale, tracker and weights of every window as torch's ``GradScaler`` loop (weights: their change, to
+    float16's rounding)."""
+    start, *after = ({k: np.asarray(v, np.float32) for k, v in w.items()} for w in result["weights"])
+    assert result["inside"] == {"loss": float("inf"), "finite": True, "scale": 2.0 ** 10,
+                                "window_finite": False}, result["inside"]
+    expected_weights, expected_windows = _torch_grad_scaler_windows(start, _windows_with_a_non_finite_loss())
+    assert expected_windows == [{"scale": 2.0 ** 10, "growth_tracker": 1}, {"scale": 2.0 ** 9, "growth_tracker": 0},
+                                {"scale": 2.0 ** 9, "growth_tracker": 1}, {"scale": 2.0 ** 10, "growth_tracker": 0}]
+    assert result["windows"] == [dict(window, finite=index != 1, steps=[1, 1, 2, 3][index])
+                                 for index, window in enumerate(expected_windows)], result["windows"]
+    for name in start:
+        np.testing.assert_array_equal(after[1][name], after[0][name], err_msg=name)  # B changed nothing
+        for got, wanted in zip(after, expected_weights):
+            assert max_relative_difference(got[name] - start[name], wanted[name] - start[name]) < 1e-2, name
+
+
+def test_a_float16_window_with_a_non_finite_loss_of_finite_gradients_is_skipped_as_an_overflow(backend):
+    """Issue 13's rule in a float16 window (``check_non_finite_loss_windows``): a loss that is infinite at a
+    micro-step that is not the window's last, while its gradients are finite, skips the window, halves the scale
+    once and resets the growth tracker, as an overflowing gradient does; on every backend (Keras-on-JAX:
+    tests/backends/test_keras_jax.py)."""
+    check_non_finite_loss_windows(non_finite_loss_windows())
+
+
+def test_a_float16_step_with_a_non_finite_loss_of_finite_gradients_is_skipped_as_an_overflow(backend):
+    """Without accumulation too: after one finite step (growth tracker 1), a step whose loss is infinite with
+    finite gradients changes no weight, counts no step, halves the scale and resets the tracker (torch's rule,
+    where ``GradScaler`` alone sees only gradients); the tracker's 1 must not reach growth_interval=2."""
+    batches = _windows_with_a_non_finite_loss()
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(8, 16, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = ud.train_step(model, TargetTermMSE(), optimizer,
+                         precision=ud.Precision("16-mixed", init_scale=2.0 ** 10, growth_interval=2))
+    step(*batches[0])
+    assert optimizer.state_dict()["loss_scaler"] == {"scale": 2.0 ** 10, "growth_tracker": 1}
+    before = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+    assert float(step(*batches[2])) == float("inf")  # no error: the loss scaler's skip
+    assert not optimizer.last_step_finite and optimizer.state_dict()["step"] == 1
+    assert optimizer.state_dict()["loss_scaler"] == {"scale": 2.0 ** 9, "growth_tracker": 0}
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(ud.to_numpy(value), before[name], err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "keras"])
+def test_an_eager_float16_window_with_a_non_finite_loss_is_skipped_as_an_overflow(name):
+    """The same outside the graph (``train_step(eager=True)``: TensorFlow's ops one by one, Keras's
+    ``train_on_batch`` in eager mode), where the window's code runs as Python."""
+    with ud.use_backend(name):
+        check_non_finite_loss_windows(non_finite_loss_windows(eager=True))
+
+
 def test_a_resume_mid_window_trains_the_uninterrupted_weights(backend, rng):
     """The window of mixed precision's accumulation (its scaled sums, count and losses) is optimizer state: a
     state taken 1 micro-step into the second window of accumulate=3 and loaded into a fresh model and optimizer

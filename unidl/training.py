@@ -97,10 +97,11 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
     ``sums``: one variable per parameter, the micro-steps' gradients of ``loss / N`` summed (times the loss
     scale ``scale()`` in force where the step scales them: unscaled on reading, scaled on writing, exactly for
     a power of two). ``count``: the micro-steps run. ``finite``: where the window's finite flag is kept: a
-    boolean variable; the window's N losses (finite when its first ``count`` are; a non-finite window is
-    written as a NaN first loss); or None where the sums carry it (a step that checks only the sums at the
-    update: a non-finite window is written as a NaN in its first sum). ``on_write(micro_steps)`` is told of
-    each write. ``storage``: the backend's object that holds these variables (``AccumulationWindow.storage``).
+    boolean variable (read as False where a sum is not finite too); the window's N losses (finite when its first
+    ``count`` are; a non-finite window is written as a NaN first loss); or None where the sums carry it (a step
+    that checks only the sums at the update: a non-finite window is written as a NaN in its first sum).
+    ``on_write(micro_steps)`` is told of each write. ``storage``: the backend's object that holds these variables
+    (``AccumulationWindow.storage``).
     ``has_gradient``: ``(flags, params)``, one boolean variable per parameter, whether it had a gradient in a
     micro-step of the window so far (PyTorch's ``.grad is not None``), read into the canonical state and written
     back from it (a state without them: every trainable parameter of a part-full window has one; none of an
@@ -112,9 +113,10 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
         stored = [np.array(to_numpy(total)) for total in sums]
         if finite is None:
             is_finite = all(np.isfinite(s).all() for s in stored)
-        else:
+        else:  # (a boolean flag: the sums too, where a micro-step's non-finite gradients are only in them)
             flag = to_numpy(finite)
-            is_finite = bool(np.isfinite(flag[:micro_steps]).all()) if np.ndim(flag) else bool(flag)
+            is_finite = (bool(np.isfinite(flag[:micro_steps]).all()) if np.ndim(flag) else
+                         bool(flag) and all(np.isfinite(s).all() for s in stored))
         if scale is not None:
             stored = [s / np.asarray(scale(), s.dtype) for s in stored]
         flags = ([True] * len(stored) if has_gradient is None else

@@ -196,6 +196,32 @@ def fp16_accumulation():
         return dict(inside=inside, overflow=overflow, steps=optimizer.state_dict()["step"], change=change)
 
 
+def loss_only_non_finite_windows():
+    # a loss infinite at a window's first micro-step while its gradients are finite (a term of the data alone):
+    # Keras's JAX trainer hands its optimizer only the gradients. float16 (tests/test_precision.py's run, checked
+    # there); float32: the window's update skipped and train_step's NonFiniteLossError at its last call
+    from tests.test_precision import TargetTermMSE, _windows_with_a_non_finite_loss, non_finite_loss_windows
+    with ud.use_backend("keras"):
+        fp16 = non_finite_loss_windows()
+        batches = _windows_with_a_non_finite_loss()
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(8, 16, 3)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        step = ud.train_step(model, TargetTermMSE(), optimizer, accumulate=2)
+        for batch in batches[:3]:  # window A, then B's first micro-step (its loss infinite)
+            step(*batch)
+        inside, before = optimizer.last_step_finite, state(model)
+        window_finite = optimizer.state_dict()["accumulation"]["finite"]
+        try:
+            step(*batches[3])
+            error = None
+        except ud.NonFiniteLossError as caught:
+            error = str(caught)
+        unchanged = all(np.array_equal(before[k], v) for k, v in state(model).items())
+        return dict(fp16=fp16, float32=dict(inside=inside, error=error, unchanged=unchanged,
+                                            steps=optimizer.state_dict()["step"], window_finite=window_finite))
+
+
 def keras_model_graph():
     # TensorBoard(write_graph=True)'s graph: the jaxpr of the forward over the Keras variables' values
     from tests.callbacks.test_tensorboard import cnn_graph
@@ -249,6 +275,56 @@ def unused_layer():
     from tests.optim.test_optimizers import unused_layer_under_adam
     with ud.use_backend("keras"):
         return [unused_layer_under_adam(fit) for fit in (False, True)]
+
+
+def frozen_layer():
+    # a layer frozen (requires_grad_(False)) after a first update, its parameters still in the optimizer (SGD with
+    # momentum), where Keras's JAX trainer hands the optimizer the trainable variables only: through train_step,
+    # fit and a float16 window (Keras's loss scaler around the optimizer) the frozen layer stays bit for bit, and
+    # the other trains as torch's loop with the same freeze (its frozen parameters' .grad None: skipped)
+    import warnings
+    import torch
+    halves = [(x[:4], y[:4]), (x[4:], y[4:])]
+    outcomes = {}
+    for how, precision, accumulate in (("train_step", "32", 1), ("fit", "32", 1), ("fp16_window", "16-mixed", 2)):
+        before = [halves[:accumulate]]  # the updates' micro-batches before and after the freeze
+        after = [[halves[0]], [halves[1]]] if accumulate == 1 else [halves, halves]
+        with ud.use_backend("keras"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (Keras notes the variables it has no gradient for)
+            ud.manual_seed(0)
+            model = ud.models.TwoLayerNet(6, 5, 3)
+            start = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+            optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
+            for batch in before[0]:
+                step(*batch)
+            model.linear1.requires_grad_(False)
+            frozen = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items() if "linear1" in k}
+            if how == "fit":
+                ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=1, batch_size=4,
+                       shuffle=False, verbose=0)
+            else:
+                for update in after:
+                    for batch in update:
+                        step(*batch)
+            trained = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+        net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+        net.load_state_dict({k.replace("linear1", "0").replace("linear2", "2"): torch.tensor(v)
+                             for k, v in start.items()})
+        sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        for index, update in enumerate(before + after):
+            net[0].requires_grad_(index == 0)
+            for a, b in update:
+                (torch.nn.functional.mse_loss(net(torch.tensor(a)), torch.tensor(b)) / accumulate).backward()
+            sgd.step()
+            sgd.zero_grad()
+        expected = {k.replace("0.", "linear1.").replace("2.", "linear2."): v.detach().numpy()
+                    for k, v in net.state_dict().items()}
+        outcomes[how] = dict(
+            frozen=all(np.array_equal(trained[k], v) for k, v in frozen.items()),
+            others=max(max_relative_difference(trained[k] - start[k], expected[k] - start[k])
+                       for k in trained if "linear2" in k))
+    return outcomes
 
 
 def alternated():
@@ -353,6 +429,13 @@ class Stalled(ud.nn.Module):
         return self.linear(a) + 0.0 * jnp.sum(square @ square @ square)
 
 
+def landed_in_the_callback(error):
+    # a SIGINT 1 ms after arm returned that a loaded machine delivered while jax's callback wrapper still ran
+    # Python (the callback runs in the calling thread): jax reports it as the callback's error, not as a Ctrl-C in
+    # XLA's work; a miss of what the runs test, so the run is tried again
+    return "KeyboardInterrupt" in str(error) and "callback" in str(error)
+
+
 def deleted_arrays(model):
     native = model.native
     variables = (native.trainable_variables + native.non_trainable_variables + native.optimizer.variables
@@ -361,9 +444,10 @@ def deleted_arrays(model):
 
 
 def ctrl_c_in_steps():
-    # a real SIGINT (Python's default handler) that lands in Keras's jitted step, in a train step, in fit, and in
-    # fit's first step while it traces: KeyboardInterrupt, then a model with no deleted arrays that evaluates and
-    # trains on with finite losses; a train step's interrupted state is the step's new one or its old one
+    # a real SIGINT (Python's default handler) that lands in Keras's jitted step, in a train step, in fit, in
+    # fit's first step while it traces, in predict's and evaluate's step (Keras donates the state to them too):
+    # KeyboardInterrupt, then a model with no deleted arrays that evaluates and trains on with finite losses; a
+    # train step's interrupted state is the step's new one or its old one, a prediction's the one before
     signal.signal(signal.SIGINT, signal.default_int_handler)
     outcomes = []
     with ud.use_backend("keras"):
@@ -379,19 +463,24 @@ def ctrl_c_in_steps():
             ud.fit(model, (x, y), loss=loss, optimizer=ud.optim.SGD(model.parameters(), lr=0.05), epochs=1,
                    batch_size=4, verbose=0)
 
-        runs = [lambda: step(x, y),
-                lambda: ud.fit(model, (x, y), loss=loss, optimizer=optimizer, epochs=1, batch_size=2, shuffle=False,
-                               verbose=0),
-                fit_stopped_while_compiling]
-        for index, run in enumerate(runs):
+        runs = [(lambda: step(x, y), 0),
+                (lambda: ud.fit(model, (x, y), loss=loss, optimizer=optimizer, epochs=1, batch_size=2, shuffle=False,
+                                verbose=0), 1),  # (in fit's second step)
+                (fit_stopped_while_compiling, None),
+                (lambda: ud.predict(model, x), 0),  # (compiled by the evaluate before)
+                (lambda: ud.evaluate(model, (x, y), loss=loss), 0)]
+        for index, (run, skip) in enumerate(runs):
             before = state(model)
             interrupted = False
             for attempt in range(3):  # (a SIGINT later than the step can be lost in Keras's bare except: again)
-                sigint = Sigint(skip=index) if index < 2 else None  # (fit: in its second step)
+                sigint = Sigint(skip=skip) if skip is not None else None
                 try:
                     run()
                 except KeyboardInterrupt:
                     interrupted = True
+                except Exception as error:
+                    if not landed_in_the_callback(error):
+                        raise
                 finally:
                     Stalled.kill_in_trace = None
                     if sigint is not None:
@@ -409,13 +498,61 @@ def ctrl_c_in_steps():
                 new = state(model)
                 kept = ("new" if all(np.array_equal(v, new[k]) for k, v in after.items()) else
                         "old" if all(np.array_equal(v, before[k]) for k, v in after.items()) else "other")
+            elif index >= 3:
+                kept = "old" if all(np.array_equal(v, before[k]) for k, v in after.items()) else "other"
             try:
                 finite = bool(np.isfinite(ud.evaluate(model, (x, y), loss=loss)["loss"]))
                 finite = finite and bool(np.isfinite(float(step(x, y))))
             except Exception as error:
                 finite = f"{type(error).__name__}: {str(error)[:100]}"
             outcomes.append(dict(interrupted=interrupted, deleted=dead, finite=finite, kept=kept))
-    return dict(runs=outcomes, **errors_in_fit())
+        threads = (ctrl_c_in_a_prediction_beside_another_threads(model, loss) if not dead else
+                   "not run: a run above left deleted arrays")
+    return dict(runs=outcomes, threads=threads, **errors_in_fit())
+
+
+def ctrl_c_in_a_prediction_beside_another_threads(model, loss):
+    # a prediction of the main thread (Keras's predict_on_batch in a KeptStepState call, as ud.predict makes it)
+    # while another thread is inside a KeptStepState call of the same model, entered after the main thread's: a real
+    # SIGINT in the main thread's step leaves no deleted array (its own call kept the state its step was given; the
+    # kept state was the model's, and the main thread's step kept it in the other thread's list, which wrote nothing)
+    from unidl.backends.keras.module import KeptStepState
+    native, interrupted, inputs = model.native, False, model._backend.to_input(x)
+    native.predict_on_batch(inputs)  # (compiled for these inputs before: see KeptStepState's "Not covered")
+    for attempt in range(3):  # (a SIGINT later than the step can be lost: again)
+        inside, leave = threading.Event(), threading.Event()
+
+        def other():
+            with KeptStepState(native):
+                inside.set()
+                leave.wait()
+
+        thread = threading.Thread(target=other)
+        sigint = None
+        try:
+            with KeptStepState(native):
+                thread.start()
+                inside.wait()
+                sigint = Sigint()
+                native.predict_on_batch(inputs)
+        except KeyboardInterrupt:
+            interrupted = True
+        except Exception as error:
+            if not landed_in_the_callback(error):
+                raise
+        finally:
+            leave.set()
+            thread.join()
+            if sigint is not None:
+                sigint.close()
+        if interrupted:
+            break
+    dead = deleted_arrays(model)
+    try:
+        finite = dead == 0 and bool(np.isfinite(ud.evaluate(model, (x, y), loss=loss)["loss"]))
+    except Exception as error:
+        finite = f"{type(error).__name__}: {str(error)[:100]}"
+    return dict(interrupted=interrupted, deleted=dead, finite=finite)
 
 
 class FailsInTrace(ud.nn.Module):
@@ -485,9 +622,11 @@ print(json.dumps({
     "resume": mid_epoch_resume(),
     "non_finite": infinite_gradient_in_fit(),
     "fp16": fp16_accumulation(),
+    "loss_windows": loss_only_non_finite_windows(),
     "float64_fit": float64_fit(),
     "graph": keras_model_graph(),
     "unused": unused_layer(),
+    "frozen": frozen_layer(),
     "half_bias": half_bias_gradient(),
     "traced_step_inputs": traced_step_inputs(),
     "alternated": alternated(),
@@ -562,6 +701,23 @@ def test_fp16_accumulation_on_jax_checks_and_scales_once_per_update(result):
     assert fp16["steps"] == 2 and fp16["change"] < 1e-2  # two finite windows through fit: the torch loop's change
 
 
+def test_a_window_with_a_non_finite_loss_of_finite_gradients_is_skipped_on_jax(result):
+    """Keras-on-JAX's optimizer sees only the gradients, which carry the step's loss (``0 * loss`` in one element
+    of the smallest used variable): a float16 window whose first micro-step's loss is infinite, its gradients
+    finite, is skipped as an overflow (tests/test_precision.py's ``check_non_finite_loss_windows``: GradScaler's
+    rule, scale halved once, tracker reset), and a float32 one skips its update and raises at the window's last
+    call, as on the other backends; after that first micro-step either window's checkpointed ``finite`` reads
+    False (the float16 one's NaN is in its sums alone: ``unidl.training.variable_window``)."""
+    from tests.test_precision import check_non_finite_loss_windows
+
+    windows = result["loss_windows"]
+    check_non_finite_loss_windows(windows["fp16"])
+    float32 = windows["float32"]
+    assert float32["inside"] and float32["unchanged"] and float32["steps"] == 1, float32
+    assert float32["window_finite"] is False, float32  # (float16's: check_non_finite_loss_windows)
+    assert "train_step call 4" in (float32["error"] or ""), float32
+
+
 def test_model_graph_of_keras_on_jax(result):
     """``TensorBoard(write_graph=True)`` on Keras's default framework: the forward traced by ``jax.make_jaxpr`` over
     the Keras variables' values (a StatelessScope), drawn as on the jax backend (tests/callbacks/test_tensorboard.py
@@ -576,6 +732,17 @@ def test_an_unused_layer_keeps_its_weights_and_adam_steps_on_jax(result):
     the ones the loss's jaxpr does not use as without a gradient, so Adam with weight decay leaves them alone and
     counts no step for them, through ``train_step`` and ``fit`` (tests/optim/test_optimizers.py on the others)."""
     assert result["unused"] == [{"kept": True, "moved": True, "param_steps": [3, 3, 0, 0]}] * 2, result["unused"]
+
+
+def test_a_frozen_layer_still_in_the_optimizer_stays_and_the_rest_trains_as_torch_on_jax(result):
+    """Issue 13's freezing on Keras-on-JAX, whose trainer hands ``stateless_apply`` the trainable variables only
+    (Keras's refuses fewer than it was built with): a layer frozen after a first update while its parameters stay
+    in the optimizer keeps its weights bit for bit through ``train_step``, ``fit`` and a float16 window (the loss
+    scaler's), and the other layer's change is torch's loop's with the same freeze (float16: to its rounding)."""
+    frozen = result["frozen"]
+    assert all(outcome["frozen"] for outcome in frozen.values()), frozen
+    assert frozen["train_step"]["others"] < 1e-5 and frozen["fit"]["others"] < 1e-5, frozen
+    assert frozen["fp16_window"]["others"] < 1e-2, frozen
 
 
 def test_a_float16_bias_gradient_is_summed_in_float32_on_jax(result):
@@ -616,14 +783,26 @@ def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):
 
 def test_ctrl_c_in_a_step_on_jax_leaves_the_state_of_a_completed_step(result):
     """Issue 14 on Keras-on-JAX, whose trainer donates the state to its jitted step: a real SIGINT that lands while
-    XLA runs a train step, while it runs fit's second step, and while fit's first step traces (after Keras's fit has
-    taken the state out of the variables) ends the call with ``KeyboardInterrupt``, and the model has no deleted or
-    emptied arrays: it evaluates and trains on with finite losses, and the train step's state is the one it
-    computed (Keras's own cleanup had written the donated, deleted, arrays back, or none)."""
+    XLA runs a train step, while it runs fit's second step, while fit's first step traces (after Keras's fit has
+    taken the state out of the variables), and while it runs ``predict``'s and ``evaluate``'s step (Keras's
+    ``predict_on_batch``, which donates the state too) ends the call with ``KeyboardInterrupt``, and the model has no
+    deleted or emptied arrays: it evaluates and trains on with finite losses, the train step's state is the one it
+    computed, and a prediction's the one before it (Keras's own cleanup had written the donated, deleted, arrays
+    back, or none)."""
     outcomes = result["ctrl_c"]["runs"]
     assert all(outcome["deleted"] == 0 for outcome in outcomes), outcomes  # (a model left so: no more runs)
-    assert [(outcome["interrupted"], outcome["finite"]) for outcome in outcomes] == [(True, True)] * 3, outcomes
+    assert [(outcome["interrupted"], outcome["finite"]) for outcome in outcomes] == [(True, True)] * 5, outcomes
     assert outcomes[0]["kept"] in ("new", "old"), outcomes
+    assert [outcome["kept"] for outcome in outcomes[3:]] == ["old", "old"], outcomes  # (predict, evaluate)
+
+
+def test_ctrl_c_in_a_prediction_on_jax_beside_another_threads_call_keeps_its_own_state(result):
+    """``KeptStepState`` keeps the state per call and thread, not on the model: while another thread is inside a
+    call of the same Keras-on-JAX model (entered after the main thread's), a real SIGINT in the main thread's
+    prediction step leaves no deleted array (the main thread's step had kept its state in the other thread's list,
+    so its own call found nothing to write back, and the model held the arrays the step was given)."""
+    threads = result["ctrl_c"]["threads"]
+    assert threads == {"interrupted": True, "deleted": 0, "finite": True}, threads
 
 
 def test_an_error_ending_fit_on_jax_keeps_the_newest_state_and_empties_nothing(result):

@@ -211,38 +211,56 @@ def test_fit_resumes_a_window_from_its_checkpoint_callback(backend, tmp_path):
     assert all(np.array_equal(v, before[k]) for k, v in _weights(model).items()) and optimizer.state_dict()["step"] == 0
 
 
-@pytest.mark.parametrize("precision", ["32", "16-mixed"])
-def test_a_window_with_a_non_finite_micro_step_resumes_to_its_skipped_update(backend, precision):
+class _TargetTermMSE(ud.nn.Module):
+    """MSE against all target columns but the last, plus the last column's mean: a term without a gradient, so
+    that an infinite last column makes the loss infinite while every gradient stays finite."""
+
+    def forward(self, outputs, target):
+        return ud.ops.mse_loss(outputs, target[:, :-1]) + ud.ops.mean(target[:, -1:])
+
+
+def _with_an_infinite_loss_term(x, y):
+    """The batch for ``_TargetTermMSE`` with its loss infinite and its gradients finite."""
+    return x, np.concatenate([y, np.full((len(y), 1), np.inf, np.float32)], axis=1)
+
+
+def _with_a_finite_loss_term(x, y):
+    return x, np.concatenate([y, np.zeros((len(y), 1), np.float32)], axis=1)
+
+
+@pytest.mark.parametrize("precision, poison", [("32", "target"), ("16-mixed", "target"), ("16-mixed", "loss term")])
+def test_a_window_with_a_non_finite_micro_step_resumes_to_its_skipped_update(backend, precision, poison):
     """The window's finite flag is state too, wherever the backend keeps it (float32: the optimizer's flag;
-    float16: the window's losses, ``.grad``'s micro-steps, or on keras the loss scaler's sums): a state taken after
-    a poisoned first micro-step reads back from a fresh optimizer as it was saved, and its window's update is
-    skipped as the uninterrupted run's is (weights, step count and loss scale of that run)."""
+    float16: the window's losses, ``.grad``'s micro-steps, or on keras the loss scaler's flag): a state taken after
+    a poisoned first micro-step (a NaN target: loss and gradients NaN; or a loss infinite by a term without a
+    gradient, its gradients finite) reads back from a fresh optimizer as it was saved, and its window's update is
+    skipped as the uninterrupted run's is (weights, step count and loss scale of that run: float16's halved once)."""
     batches = _batches()[:ACCUMULATE]
+    loss, poisoned, clean = ((ud.nn.MSELoss(), _poisoned, lambda x, y: (x, y)) if poison == "target" else
+                             (_TargetTermMSE(), _with_an_infinite_loss_term, _with_a_finite_loss_term))
 
     def training():
         model, optimizer, _ = _training(accumulate=None)
-        return model, optimizer, ud.train_step(model, ud.nn.MSELoss(), optimizer, accumulate=ACCUMULATE,
-                                               precision=precision, check_finite=False)
+        return model, optimizer, ud.train_step(model, loss, optimizer, accumulate=ACCUMULATE, precision=precision,
+                                               check_finite=False)
 
     model, optimizer, step = training()
     start = _weights(model)
-    step(*_poisoned(*batches[0]))
+    step(*poisoned(*batches[0]))
     saved = optimizer.state_dict()
     assert saved["accumulation"]["finite"] is False and saved["accumulation"]["micro_steps"] == 1
     for batch in batches[1:]:
-        step(*batch)
+        step(*clean(*batch))
     assert not optimizer.last_step_finite and optimizer.state_dict()["step"] == 0
     model, optimizer, resumed = training()
     optimizer.load_state_dict(saved)
     window = optimizer.state_dict()["accumulation"]
     assert window["finite"] is False and window["micro_steps"] == 1
-    for index, (got, expected) in enumerate(zip(window["gradients"], saved["accumulation"]["gradients"])):
-        if index == 0:  # (Keras's float16 window, whose only flag is its sums, marks the window there by a NaN)
-            got, expected = got.reshape(-1)[1:], expected.reshape(-1)[1:]
+    for got, expected in zip(window["gradients"], saved["accumulation"]["gradients"]):
         np.testing.assert_array_equal(got, expected)
     for batch in batches[1:]:
-        resumed(*batch)
+        resumed(*clean(*batch))
     assert not optimizer.last_step_finite and optimizer.state_dict()["step"] == 0
-    assert resumed.loss_scale == step.loss_scale
+    assert resumed.loss_scale == step.loss_scale == (1.0 if precision == "32" else 2.0 ** 15)
     for name, value in start.items():
         np.testing.assert_array_equal(_weights(model)[name], value, err_msg=name)

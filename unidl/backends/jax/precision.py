@@ -126,11 +126,14 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         if scaler is not None:
             inverse = 1.0 / scaler.scale.value
             grads = [None if g is None else g * inverse.astype(g.dtype) for g in grads]
-            scaler.update(all_finite(grads), when=updates)
+        # the step's loss, or the window's losses, and the gradients: read by the scaler and the window only
+        # (a bf16 step without a window leaves the check to ``native.apply``, one pass over the gradients)
+        finite = all_finite([checked, *grads]) if scaler is not None or window is not None else None
+        if scaler is not None:  # a non-finite loss with finite gradients moves the scale as an overflow (torch's)
+            scaler.update(finite, when=updates)
         if window is None:
             native.apply(grads, loss)  # skipped if not finite
         else:  # the optimizer's guard and clipping, selected by the window's last micro-step
-            finite = all_finite([checked, *grads])
             native.finite.value = jnp.where(updates, finite, True)  # inside the window nothing is skipped yet
             native._update(native._spec.clip_gradients(grads, native._ops), updates & finite, has_gradient)
         return (loss, outputs) if with_outputs else loss

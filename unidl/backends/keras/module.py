@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import re
 
 import keras
@@ -64,6 +66,14 @@ class NativeModel(keras.Model):
         _note_modules_reached(self, reached)
         return result
 
+    def compute_loss_and_updates(self, trainable_variables, *args, **kwargs):
+        """Keras's loss for ``jax.grad`` where its trainer threads the state as values (Keras-on-JAX), with the
+        step's loss marked in one gradient element (``_loss_marked_in_a_gradient``); Keras's own elsewhere."""
+        loss, aux = super().compute_loss_and_updates(trainable_variables, *args, **kwargs)
+        if kwargs.get("training") and not HOST.keras_state_in_place:
+            loss = _loss_marked_in_a_gradient(self, loss, aux[0], trainable_variables)
+        return loss, aux
+
     def make_train_function(self, force=False):
         with _step_function_of_its_own(self, "train_step"):
             return super().make_train_function(force)
@@ -82,9 +92,10 @@ class NativeModel(keras.Model):
 
         def iterator_step(state, iterator):
             data = next(iterator)
-            kept = self.__dict__.get("_unidl_kept_state")
-            if kept is None:  # (a call outside unidl's: Keras's own)
+            kept = _KEPT_STATE.get()
+            if kept is None or kept[0] is not self:  # (a call outside unidl's: Keras's own)
                 return step_function(state, data)
+            kept = kept[1]
             kept[:] = [(None, state)]
             # the step's outputs stored from C (``map``, slice assignment): no point between its return and the
             # store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
@@ -198,11 +209,39 @@ def _gradients_of_used_variables(native, args):
         object.__setattr__(inner, "used_gradients", None)
 
 
+def _loss_marked_in_a_gradient(native, loss, unscaled, trainable_values):
+    """``loss + stop_gradient(0 * unscaled) * w[0]`` for the first element of the smallest trainable variable the
+    step's loss uses (a bias, where the model has one: the mark costs an add over that variable's gradient only):
+    the same value (``+ 0``), and that element's gradient NaN where the step's (unscaled) loss is not finite.
+    Keras-on-JAX's optimizer sees only the gradients: its trainer hands ``stateless_apply`` the gradients and the
+    optimizer's state, and the loss (a value inside ``jax.grad``, then Keras's metrics input) no other way in; so
+    a non-finite loss whose gradients are finite (a term without a gradient) would otherwise go unnoticed by the
+    non-finite guard, a window's finite flag and the float16 loss scaler. The gradient carries it, as DDP's
+    all-reduce carries a rank's loss (keras/distributed.py). Only in the step traced after the loss's used
+    variables are known (``_gradients_of_used_variables``: the mark must not make an unused variable used)."""
+    optimizer = getattr(native, "optimizer", None)
+    used = getattr(getattr(optimizer, "inner_optimizer", optimizer), "used_gradients", None)
+    if used is None or len(used) != len(trainable_values):
+        return loss
+    sizes = {i: math.prod(trainable_values[i].shape) for i, u in enumerate(used) if u}
+    index = min((i for i, size in sizes.items() if size), key=sizes.__getitem__, default=None)
+    if index is None:
+        return loss
+    element = keras.ops.reshape(trainable_values[index], (-1,))[0]
+    marker = keras.ops.stop_gradient(keras.ops.cast(unscaled, loss.dtype) * 0)
+    return loss + marker * keras.ops.cast(element, loss.dtype)
+
+
 #: Keras-on-JAX's state tuples as its trainer's steps take and return them (keras/src/backend/jax/trainer.py:
 #: ``train_step``, ``test_step``, the predict step), by length, named as its ``jax_state_sync`` reads them
 _STATE_GROUPS = {4: ("trainable_variables", "non_trainable_variables", "optimizer_variables", "metrics_variables"),
                  3: ("trainable_variables", "non_trainable_variables", "metrics_variables"),
                  2: ("trainable_variables", "non_trainable_variables")}
+
+
+#: (native model, its kept list) of the innermost ``KeptStepState`` call in this thread (a context variable: each
+#: thread, and each call, has its own, so that two threads predicting with one model never share or leave a list)
+_KEPT_STATE: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("unidl_kept_step_state", default=None)
 
 
 class KeptStepState:
@@ -220,7 +259,9 @@ class KeptStepState:
     them back (the state of the last completed step, or the one the interrupted step was given) where a variable
     has no live value, then goes on; where Keras put live values back itself, they are the newest (a callback
     may have changed them after the last step) and stay. Nothing where Keras changes its variables in place
-    (TensorFlow, torch: no state to drop).
+    (TensorFlow, torch: no state to drop). The kept state belongs to the call and its thread (``_KEPT_STATE``, a
+    context variable naming the model), not to the model: two threads predicting with one model each keep their
+    own, and a step of another model, or of Keras's own call, keeps none.
     (Not covered: Ctrl-C in the microseconds after XLA ran a step that compiled, the first for its input shapes,
     while JAX's own Python returns it: the step's outputs are lost there, and the model keeps what Keras wrote.)
 
@@ -230,7 +271,7 @@ class KeptStepState:
     ``__exit__`` switches it back in Python, so that a Ctrl-C landing there left gradients off for good, and the
     next train step or ``fit`` failed ("element 0 of tensors does not require grad")."""
 
-    __slots__ = ("_native", "_outer", "_kept", "_modes")
+    __slots__ = ("_native", "_token", "_kept", "_modes")
 
     def __init__(self, native):
         self._native = native
@@ -241,8 +282,8 @@ class KeptStepState:
         if HOST.keras_state_in_place:
             self._kept = None
             return self
-        self._outer, self._kept = native.__dict__.get("_unidl_kept_state"), []
-        object.__setattr__(native, "_unidl_kept_state", self._kept)
+        self._kept = []
+        self._token = _KEPT_STATE.set((native, self._kept))
         return self
 
     def __exit__(self, error_type, error, traceback):
@@ -250,7 +291,7 @@ class KeptStepState:
             HOST.set_thread_modes(self._modes)
         if self._kept is None:
             return False
-        object.__setattr__(self._native, "_unidl_kept_state", self._outer)
+        _KEPT_STATE.reset(self._token)
         if error_type is not None and self._kept and _some_variable_emptied(self._native, len(self._kept[0][1])):
             _write_state_back(self._native, self._kept[0][1])
         return False
@@ -275,10 +316,10 @@ def keep_state_of_the_epoch(native) -> None:
     """At an epoch's start inside a ``KeptStepState`` call of Keras's ``fit`` (``BatchRelay``): its state now, as
     its first step will take it, so that a Ctrl-C before that step returns (while it compiles) leaves the model
     with it: Keras's ``fit`` takes it out of the variables, and its cleanup has only the last step's to write."""
-    kept = native.__dict__.get("_unidl_kept_state")
-    if kept is not None:
-        kept[:] = [(None, native._get_jax_state(trainable_variables=True, non_trainable_variables=True,
-                                                optimizer_variables=True, metrics_variables=True))]
+    kept = _KEPT_STATE.get()
+    if kept is not None and kept[0] is native:
+        kept[1][:] = [(None, native._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                                   optimizer_variables=True, metrics_variables=True))]
 
 
 def _some_variable_emptied(native, groups: int) -> bool:

@@ -18,6 +18,7 @@ from keras import ops as K
 from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
+from unidl.nn.module import is_trainable
 from unidl.optim.optimizer import bound_rule, changeable_options
 from unidl.optim.param_groups import read_group_option, write_group_options
 
@@ -71,25 +72,21 @@ class LocalWindow:
             return contextlib.nullcontext()
         return self.micro_step_at(self.closes_window())
 
-    def _add_to_local_window(self, totals, grads, indices, reads, accumulate, loss=None, window_finite=None):
+    def _add_to_local_window(self, totals, grads, indices, reads, accumulate, window_finite):
         """The part of a micro-step of the window kept on this rank common to the windows that keep it (inside
         ``micro_step_at``): this rank's gradients ``grads`` of the parameters at ``indices`` (None: none;
         ``reads``: per parameter None, or whether the loop or branch that alone reads it ran) over ``accumulate``
-        added to the window's sums (``totals``, variables) and has-gradient flags. ``loss``: marked in the first sum
-        (``0 * loss``: NaN where it is not finite, as DDP's all-reduce carries it in a synced backward);
-        ``window_finite``: the window's finite flag so far, this micro-step's included, reduced as a marker (0 or
-        NaN: NaN on any rank makes the job's NaN on every rank).
+        added to the window's sums (``totals``, variables) and has-gradient flags. ``window_finite``: the window's
+        finite flag so far, this micro-step's included, reduced as a marker beside the sums (0 or NaN: NaN on any
+        rank makes the job's NaN on every rank), the sums themselves left as they are.
 
         Inside the window: the sums and flags written back, the count moved on, and None returned. At its last
         micro-step (``_window_closes``): the window emptied, and its sums, flags and marker reduced over the ranks
         in one all-reduce (``keras_distributed.reduce_window``), returned as ``(sums, flags, finite)``: the job's
         sums, ``flags`` {parameter index: any rank had a gradient in the window} for the parameters that may have
-        none (``_with_window_rule``), ``finite`` whether every rank's window was finite (None without
-        ``window_finite``)."""
+        none (``_with_window_rule``), ``finite`` whether every rank's window was finite."""
         sums = [total.value if g is None else total.value + K.cast(g, total.dtype) / K.cast(accumulate, total.dtype)
                 for total, g in zip(totals, grads)]
-        if loss is not None:
-            sums[0] = sums[0] + K.cast(loss, sums[0].dtype) * 0
         had = [self._window_has_gradient[i].value if g is None else
                K.convert_to_tensor(True) if read is None else K.logical_or(self._window_has_gradient[i].value, read)
                for i, g, read in zip(indices, grads, reads)]
@@ -101,17 +98,15 @@ class LocalWindow:
             counter.assign(counter.value + 1)
             return None
         dtype = totals[0].dtype
-        markers = [] if window_finite is None else [
-            K.where(window_finite, K.convert_to_tensor(0.0, dtype), K.convert_to_tensor(float("nan"), dtype))]
-        reduced = keras_distributed.reduce_window([*markers, K.cast(K.stack(had), dtype), *sums])
-        had_any, *sums = reduced[len(markers):]
+        marker = K.where(window_finite, K.convert_to_tensor(0.0, dtype), K.convert_to_tensor(float("nan"), dtype))
+        marker, had_any, *sums = keras_distributed.reduce_window([marker, K.cast(K.stack(had), dtype), *sums])
         flags = {i: had_any[k] > 0 for k, (i, g, read) in enumerate(zip(indices, grads, reads))
                  if g is None or read is not None}
         for total, index in zip(totals, indices):  # the window starts again (its job's sums are in hand)
             total.assign(K.zeros_like(total))
             self._window_has_gradient[index].assign(K.convert_to_tensor(False))
         counter.assign(K.convert_to_tensor(0, "int64"))
-        return sums, flags, (K.isfinite(reduced[0]) if markers else None)
+        return sums, flags, K.isfinite(marker)
 
 
 class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
@@ -215,6 +210,10 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
     @property
     def _window_counter(self):
         return self._micro_steps  # (LocalWindow's count variable)
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        # (Keras-on-JAX's trainer: a frozen parameter still in this optimizer goes in without a gradient)
+        return with_frozen_parameters(self, super().stateless_apply, optimizer_variables, grads, trainable_variables)
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
@@ -457,6 +456,32 @@ def all_finite(values):
     """A boolean scalar: every element of every tensor in ``values`` (None entries ignored) is finite."""
     flags = [K.all(K.isfinite(v)) for v in values if v is not None]
     return K.all(K.stack(flags)) if flags else K.convert_to_tensor(True)
+
+
+def with_frozen_parameters(inner, stateless_apply, optimizer_variables, grads, trainable_variables):
+    """``stateless_apply(optimizer_variables, grads, trainable_variables)`` (Keras's, of ``inner``, the unidl
+    optimizer, or of the loss scaler around it) where Keras-on-JAX's trainer hands it the values and gradients of
+    the model's trainable variables only: with a parameter frozen (``requires_grad_(False)``, Keras's
+    ``trainable`` False) still in the optimizer, Keras's ``stateless_apply`` would refuse them (it takes every
+    variable it was built with). A frozen parameter goes in without a gradient (no update, its slots and step
+    count unchanged: torch.optim's rule for a ``.grad`` of None) and with a placeholder value that nothing kept
+    reads; the trainable ones' new values come back, and the optimizer's whole new state."""
+    built = inner._trainable_variables
+    kept = [is_trainable(v) for v in built]
+    if len(trainable_variables) == len(built) or sum(kept) != len(trainable_variables):
+        return stateless_apply(optimizer_variables, grads, trainable_variables)  # (or Keras's own error)
+    values, gradients = iter(trainable_variables), iter(grads)
+    every_value = [next(values) if k else K.zeros(v.shape, v.dtype) for v, k in zip(built, kept)]
+    every_gradient = [next(gradients) if k else None for k in kept]
+    used = inner.used_gradients  # (per trainable variable: ``_gradients_of_used_variables``)
+    if used is not None and len(used) == len(trainable_variables):
+        marks = iter(used)
+        object.__setattr__(inner, "used_gradients", [next(marks) if k else False for k in kept])
+    try:
+        new_values, new_state = stateless_apply(optimizer_variables, every_gradient, every_value)
+    finally:
+        object.__setattr__(inner, "used_gradients", used)
+    return [value for value, k in zip(new_values, kept) if k], new_state
 
 
 def read_numpy(variable):

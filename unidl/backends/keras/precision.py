@@ -12,7 +12,7 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import step_key
-from unidl.backends.keras.optimizer import LocalWindow, assign_numpy, read_numpy
+from unidl.backends.keras.optimizer import LocalWindow, assign_numpy, read_numpy, with_frozen_parameters
 from unidl.precision import autocast_modules, modules_of
 
 
@@ -28,10 +28,28 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
     window, reduced over the ranks once, when it closes (``_local_micro_step``)."""
 
     _window_size = 1
+    _closing_finite = None  # (the closing window's finite flag while Keras's apply of its sums runs: check_finite)
 
     def scale_loss(self, loss):
         self.inner_optimizer.scale_loss(loss)
         return super().scale_loss(loss)
+
+    def _apply_closing(self, finite, apply):
+        """``apply()`` (Keras's scaler logic on a closing window's sums) with the window's finite flag ``finite``
+        (its losses') held for ``check_finite``, as the wrapped optimizer holds the step's loss (``scale_loss``):
+        a window of finite gradients and a non-finite loss is skipped and halves the scale, as an overflow."""
+        object.__setattr__(self, "_closing_finite", finite)
+        try:
+            return apply()
+        finally:
+            object.__setattr__(self, "_closing_finite", None)
+
+    def _loss_finite(self, finite):
+        """The window's finite flag ``finite`` (so far) with this micro-step's loss (where Keras's variables
+        change in place the wrapped optimizer holds it, ``scale_loss``): a scalar, kept between micro-steps
+        (``_window_finite``), no read from the device."""
+        loss = self.inner_optimizer._step_loss
+        return finite if loss is None else keras.ops.logical_and(finite, keras.ops.all(keras.ops.isfinite(loss)))
 
     def prepare_window(self, accumulate: int, params) -> None:
         """Set the micro-steps per update, creating (eagerly, never inside a trace) the window's variables: the
@@ -46,7 +64,11 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
                 # per parameter: it had a gradient in a micro-step of the window so far (torch's .grad is not None)
                 has_gradient = [self.add_variable((), initializer="zeros", dtype="bool", name="has_gradient")
                                 for _ in params]
+                # every micro-step's loss so far was finite (a non-finite loss may come with finite gradients)
+                finite = self.add_variable((), initializer=keras.initializers.Constant(True), dtype="bool",
+                                           name="window_finite")
             object.__setattr__(self, "_window", window)
+            object.__setattr__(self, "_window_finite", finite)
             object.__setattr__(self, "_window_count", count)
             object.__setattr__(self, "_window_has_gradient", has_gradient)
             object.__setattr__(self, "_window_params", params)
@@ -54,7 +76,13 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         """``apply``'s rule where Keras threads the optimizer's state as values (Keras-on-JAX's trainer): each
         micro-step adds its scaled gradients of ``loss / N`` to the window, and the N-th hands the window's sum to
-        Keras's own ``stateless_apply`` (one overflow check, one scale move, one update), the window then empty."""
+        Keras's own ``stateless_apply`` (one overflow check, one scale move, one update), the window then empty.
+        A frozen parameter still in the optimizer, which Keras's trainer leaves out, goes in without a gradient
+        (``with_frozen_parameters``)."""
+        return with_frozen_parameters(self.inner_optimizer, self._stateless_apply, optimizer_variables, grads,
+                                      trainable_variables)
+
+    def _stateless_apply(self, optimizer_variables, grads, trainable_variables):
         accumulate = getattr(self, "_window_size", 1)
         if accumulate == 1:
             return super().stateless_apply(optimizer_variables, grads, trainable_variables)
@@ -70,11 +98,18 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
                 if new is not None:  # the window starts again when it closes
                     total.assign(keras.ops.where(closes, keras.ops.zeros_like(new), new))
             self._window_count.assign(keras.ops.where(closes, keras.ops.zeros_like(count), count))
+            # False only where a loaded window's was: here a loss's NaN is in its gradients, so in the sums
+            # (keras/module.py ``_loss_marked_in_a_gradient``), which the checkpoint reads too
+            finite = self._window_finite.value
+            self._window_finite.assign(keras.ops.logical_or(closes, finite))
             inner.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
         state = [scope.get_current_value(v) for v in variables]
-        return keras.ops.cond(closes, lambda: super(LossScaleOptimizer, self).stateless_apply(state, sums,
-                                                                                            trainable_variables),
-                              lambda: (list(trainable_variables), state))
+
+        def update():
+            return self._apply_closing(finite, lambda: super(LossScaleOptimizer, self).stateless_apply(
+                state, sums, trainable_variables))
+
+        return keras.ops.cond(closes, update, lambda: (list(trainable_variables), state))
 
     def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
         # Keras's (scale halved, update skipped), with the step reported skipped in last_step_finite
@@ -109,13 +144,17 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
                 flag.assign(keras.ops.convert_to_tensor(True) if read is None else keras.ops.logical_or(flag, read))
         count = self._window_count + 1
         self._window_count.assign(count)
+        closes = count >= accumulate
+        finite = self._loss_finite(keras.ops.convert_to_tensor(self._window_finite))
+        self._window_finite.assign(keras.ops.logical_or(closes, finite))  # (True again once the window closes)
 
         def update():
             # PyTorch's rule over the window: a parameter without a gradient now updates with its sum if it had
             # one in an earlier micro-step (its flag), else keeps its value and slots (NativeOptimizer's rule)
             sums = [keras.ops.convert_to_tensor(t) for t in totals]
             had = {i: keras.ops.convert_to_tensor(flag) for i, flag in flags.items()}
-            inner._with_window_rule(had, lambda: super(LossScaleOptimizer, self).apply(sums, variables))
+            inner._with_window_rule(had, lambda: self._apply_closing(
+                finite, lambda: super(LossScaleOptimizer, self).apply(sums, variables)))
             for total, index in zip(totals, indices):
                 total.assign(keras.ops.zeros_like(total))
                 self._window_has_gradient[index].assign(keras.ops.convert_to_tensor(False))
@@ -126,7 +165,7 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             inner.finite.assign(True)
             return keras.ops.convert_to_tensor(True)
 
-        keras.ops.cond(count >= accumulate, update, wait)
+        keras.ops.cond(closes, update, wait)
 
     @property
     def window_size(self) -> int:
@@ -140,18 +179,23 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
     def _local_micro_step(self, grads, variables, indices, totals, reads, accumulate):
         """``apply``'s micro-step of a window kept on this rank (``keras_distributed.accumulates_locally``: every
         micro-step's backward ran under DDP's ``no_sync()``), the float16 counterpart of
-        ``NativeOptimizer._local_micro_step``: this rank's scaled gradients added to its window, with its loss
-        marked in the first sum (``LocalWindow._add_to_local_window``); at the window's last micro-step (decided in
-        Python: ``micro_step_at``) its scaled sums and has-gradient flags are averaged over the ranks in one
-        all-reduce, an overflow or NaN of any rank's window reaching every rank's sums, and Keras's scaler logic
-        runs once on the job's sums: every rank skips the window and halves its scale, or updates, alike."""
+        ``NativeOptimizer._local_micro_step``: this rank's scaled gradients added to its window, and its loss to
+        the window's finite flag (``LocalWindow._add_to_local_window``); at the window's last micro-step (decided in
+        Python: ``micro_step_at``) its scaled sums, has-gradient flags and finite flag are averaged over the ranks
+        in one all-reduce, an overflow of any rank's window reaching every rank's sums and a non-finite loss of any
+        rank every rank's flag, and Keras's scaler logic runs once on the job's sums and flag
+        (``_apply_closing``): every rank skips the window and halves its scale, or updates, alike."""
         inner = self.inner_optimizer
-        closed = self._add_to_local_window(totals, grads, indices, reads, accumulate, loss=inner._step_loss)
+        finite = self._loss_finite(keras.ops.convert_to_tensor(self._window_finite))
+        closed = self._add_to_local_window(totals, grads, indices, reads, accumulate, window_finite=finite)
         if closed is None:
+            self._window_finite.assign(finite)
             inner.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
             return
-        sums, flags, _ = closed
-        inner._with_window_rule(flags, lambda: super(LossScaleOptimizer, self).apply(sums, variables))
+        self._window_finite.assign(keras.ops.convert_to_tensor(True))
+        sums, flags, job_finite = closed
+        inner._with_window_rule(flags, lambda: self._apply_closing(
+            job_finite, lambda: super(LossScaleOptimizer, self).apply(sums, variables)))
 
     def checkpointed(self):
         """This scaler's scale as a ``unidl.training.LossScaler`` (the optimizer's checkpointed state): Keras's
@@ -162,8 +206,16 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
         return variable_scaler(self.unidl_precision, self.dynamic_scale, self.step_counter, read_numpy, assign_numpy)
 
     def check_finite(self, grads):
+        """Keras's check of the (scaled) gradients, and of the losses: the step's (``accumulate`` 1) or the
+        closing window's flag (``_apply_closing``). A non-finite loss with finite gradients is an overflow too
+        (torch's step): skipped, the scale halved, the growth tracker reset."""
+        finite = super().check_finite(grads)
+        if self._window_size == 1:
+            finite = self._loss_finite(finite)
+        elif self._closing_finite is not None:
+            finite = keras.ops.logical_and(finite, self._closing_finite)
         # in a data-parallel job the grads here are this rank's own: the overflow decision is the job's (any rank)
-        return keras_distributed.finite_on_every_rank(super().check_finite(grads))
+        return keras_distributed.finite_on_every_rank(finite)
 
     def _stateful_handle_non_finite_grads(self):
         self.inner_optimizer.finite.assign(False)  # the step was skipped: last_step_finite says so
@@ -207,11 +259,11 @@ def keras_optimizer(optimizer, precision, accumulate=1):
     # the window is the scaler's (its sum checked once per update); the wrapped optimizer updates at every call
     optimizer.native.prepare_accumulation(1)
     scaler.prepare_window(accumulate, optimizer.params)
-    if accumulate > 1:  # the scaler's window (scaled sums, count) is the optimizer's checkpointed window: its
-        # sums unscaled by the scale in force; a non-finite window is a NaN in its first sum, found by the scaler's
-        # one check of the sums at the update
+    if accumulate > 1:  # the scaler's window (scaled sums, count, finite flag) is the optimizer's checkpointed
+        # window: its sums unscaled by the scale in force; a non-finite window is its flag False (or a NaN in its
+        # sums), found by the scaler's one check of the sums and the flag at the update (``check_finite``)
         accumulation_window(optimizer, accumulate, precision, lambda: variable_window(
-            accumulate, scaler._window, scaler._window_count, None, read_numpy, assign_numpy,
+            accumulate, scaler._window, scaler._window_count, scaler._window_finite, read_numpy, assign_numpy,
             on_write=scaler.set_window_position,
             scale=lambda: float(keras.ops.convert_to_numpy(scaler.dynamic_scale)), storage=scaler,
             has_gradient=(scaler._window_has_gradient, scaler._window_params)))

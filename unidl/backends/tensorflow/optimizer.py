@@ -153,8 +153,8 @@ class GraphOptimizer(tf.Module):
             self.micro_steps.assign_add(1)
             self.finite.assign(True)
             return tf.constant(True)
-        dtype = self.accumulated[0].dtype  # NaN on any rank makes the mean NaN on every rank
-        marker = tf.where(window_finite, tf.constant(0.0, dtype), tf.constant(float("nan"), dtype))
+        dtype = self.accumulated[0].dtype
+        marker = finite_marker(window_finite, dtype)
         had_any = tf.cast(tf.stack(flags), dtype)  # averaged: above 0 where a rank had a gradient
         marker, had_any, *sums = reduce([marker, had_any, *sums])
         agreed = tf.math.is_finite(marker)
@@ -239,6 +239,12 @@ def all_finite(values):
     booleans, with a kernel several times slower than the float one (about 5% of a ResNet-18 step)."""
     sums = [tf.cast(tf.reduce_sum(v * tf.zeros((), v.dtype)), tf.float32) for v in values if v is not None]
     return tf.math.is_finite(tf.add_n(sums)) if sums else tf.constant(True)
+
+
+def finite_marker(finite, dtype):
+    """0 where the boolean scalar ``finite`` is True, else NaN, in ``dtype``: a window's finite flag averaged over
+    the ranks beside its sums in one collective (NaN on any rank makes the mean NaN on every rank)."""
+    return tf.where(finite, tf.constant(0.0, dtype), tf.constant(float("nan"), dtype))
 
 
 def read_numpy(variable):

@@ -15,7 +15,7 @@ from unidl.backends.tensorflow.distributed import (accumulates_locally, average_
                                                    update_once)
 from unidl.backends.tensorflow.function import PerModeGraphs, to_graph_input
 from unidl.backends.tensorflow.control_flow import gradient_conditions
-from unidl.backends.tensorflow.optimizer import assign_numpy, read_numpy
+from unidl.backends.tensorflow.optimizer import assign_numpy, finite_marker, read_numpy
 from unidl.training import loss_scale_storage
 
 
@@ -28,11 +28,13 @@ class LossScale(tf.Module):
         self.scale = tf.Variable(float(precision.init_scale), dtype=tf.float32, trainable=False, name="scale")
         self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
 
-    def unscale(self, grads):
-        """``grads / scale`` (None stays None) and whether every one is finite."""
+    def unscale(self, grads, loss):
+        """``grads / scale`` (None stays None) and whether every one is finite and so is ``loss`` (the step's, or
+        the window's losses: a non-finite loss whose gradients are finite counts as an overflow, as torch's step
+        counts it, so that it too halves the scale and restarts the growth tracker)."""
         inverse = 1.0 / self.scale
         unscaled = [None if g is None else tf.convert_to_tensor(g) * tf.cast(inverse, g.dtype) for g in grads]
-        checks = [tf.reduce_all(tf.math.is_finite(g)) for g in unscaled if g is not None]
+        checks = [tf.reduce_all(tf.math.is_finite(g)) for g in [loss, *unscaled] if g is not None]
         return unscaled, tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
     def update(self, finite):
@@ -120,8 +122,7 @@ class Window(tf.Module):
         parameter that any rank's micro-steps reached updates on every rank (DDP's rule)."""
         finite = tf.reduce_all(tf.math.is_finite(self.losses.read_value()))
         dtype = self.sums[0].dtype
-        marker = tf.where(finite, tf.constant(0.0, dtype), tf.constant(float("nan"), dtype))
-        return marker, tf.cast(tf.stack([flag.read_value() for flag in self.has_gradient]), dtype)
+        return finite_marker(finite, dtype), tf.cast(tf.stack([flag.read_value() for flag in self.has_gradient]), dtype)
 
 
 
@@ -157,10 +158,11 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
     local_window = window is not None and accumulates_locally()
 
     def update(grads, loss, has_gradient=None):
-        """The guarded update from (scaled) gradients: unscaled, one overflow check moving the scale, then the
-        optimizer's non-finite guard (an overflowing step changes no weight or slot) and clipping."""
+        """The guarded update from (scaled) gradients: unscaled, one overflow check (of the gradients and ``loss``,
+        the step's or the window's losses, or a job's marker) moving the scale, then the optimizer's non-finite
+        guard (an overflowing step changes no weight or slot) and clipping."""
         if scaler is not None:
-            grads, finite = scaler.unscale(grads)
+            grads, finite = scaler.unscale(grads, loss)
             scaler.update(finite)
         return native.apply(grads, loss, has_gradient=has_gradient)
 
