@@ -1,12 +1,14 @@
 """DataLoader workers, threads and real processes: the same batches as without workers, failures reported
 with the worker, sample and traceback, timeouts, dead workers, Ctrl-C, and no worker left behind."""
 
+import _thread
 import contextlib
 import errno
 import gc
 import inspect
 import json
 import multiprocessing
+import operator
 import os
 import pathlib
 import random
@@ -21,7 +23,7 @@ import pytest
 
 import unidl as ud
 from unidl import config
-from unidl.data import DataLoader, Epoch, TensorDataset, shared_batches
+from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
@@ -277,17 +279,12 @@ def entry(function) -> tuple[str, int]:
     return code.co_name, min(line for *_, line in code.co_lines() if line is not None and line > code.co_firstlineno)
 
 
-EPOCH_ENTRY = entry(Epoch.__next__)
-
-
 def interrupted_epoch(worker_type, at: int, children_before, until: str | None = None) -> CtrlCAtLine:
     """An epoch of a loader with two workers and Ctrl-C at line ``at``. KeyboardInterrupt must come out with
     every worker stopped already, while its traceback is alive (the REPL keeps it in ``sys.last_traceback``,
     and with it every frame it went through): wherever Ctrl-C landed, while the workers start or stop, while
-    the loader waits for or hands out batches, between batches in ``Epoch.__next__``, on the first lines of
-    the loader's ``finally``. One line is excepted: ``Epoch.__next__``'s entry, before its ``try``, which no
-    code of it can catch (a real SIGINT lands there only in the instant between the caller's last check and
-    that call); there the workers stop once the traceback goes, as everywhere else."""
+    the loader waits for or hands out batches, between batches in the epoch's own code, on the first lines of
+    the loader's ``finally``."""
     loader = DataLoader(Rows(2), batch_size=1, num_workers=2, worker_type=worker_type)
     threads_before, tracer, previous = set(threading.enumerate()), CtrlCAtLine(at, until), sys.gettrace()
     sys.settrace(tracer)
@@ -297,8 +294,7 @@ def interrupted_epoch(worker_type, at: int, children_before, until: str | None =
         assert tracer.where is None, f"Ctrl-C at {tracer.where} did not stop the loop"
     except KeyboardInterrupt:
         sys.settrace(previous)
-        if (tracer.functions[-1], tracer.lines[-1]) != EPOCH_ENTRY:
-            assert_workers_stopped(worker_type, threads_before, children_before, tracer.where)
+        assert_workers_stopped(worker_type, threads_before, children_before, tracer.where)
     finally:
         sys.settrace(previous)
     assert_workers_stopped(worker_type, threads_before, children_before, tracer.where)  # the iteration is gone
@@ -330,6 +326,26 @@ def test_ctrl_c_landing_anywhere_leaves_no_worker(worker_type, children_before):
     assert len(points) >= 3
     for at in points:
         interrupted_epoch(worker_type, at, children_before)
+
+
+@pytest.mark.parametrize("worker_type", WORKER_TYPES)
+def test_ctrl_c_as_next_enters_the_epoch_between_batches_stops_its_workers_and_loses_no_batch(worker_type,
+                                                                                             children_before):
+    """A SIGINT that arrives just before ``next(epoch)`` (``_thread.interrupt_main``: Python's handling of a real
+    one, with no Python bytecode run between it and the call) is handled at the first bytecode the epoch runs,
+    the first check for signals: ``KeyboardInterrupt`` comes out with the workers stopped while the epoch is still
+    referenced (as a traceback keeps it), and no batch was taken (the loader's position is the batches delivered).
+    The old ``Epoch.__next__`` was a Python function, whose first bytecode lies before its ``try``: the workers lived
+    on as long as the epoch did."""
+    threads_before = set(threading.enumerate())
+    loader = DataLoader(Rows(6), batch_size=1, num_workers=2, worker_type=worker_type)
+    epoch = iter(loader)
+    assert ud.to_numpy(next(epoch)[1]).tolist() == [0]
+    with pytest.raises(KeyboardInterrupt):  # (map calls the two from C: interrupt_main(SIGINT), then next(epoch))
+        list(map(operator.call, [_thread.interrupt_main, next], [signal.SIGINT, epoch]))
+    assert_workers_stopped(worker_type, threads_before, children_before, "the start of next(epoch)")
+    assert loader.state_dict()["position"] == 1
+    assert list(epoch) == []  # (an epoch that Ctrl-C ended yields nothing more)
 
 
 def test_ctrl_c_in_a_step_of_fit_stops_the_workers_before_keyboard_interrupt_leaves_fit(children_before):

@@ -10,75 +10,109 @@ position, and with it mid-epoch resume, stays exact.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from unidl.data.pool import GRACE_ON_FAILURE
 
 
+class _EpochState:
+    """What an epoch and its generator of batches share; the generator holds this, never the epoch, so that there
+    is no reference cycle and a dropped epoch stops its workers at once."""
+
+    __slots__ = ("loader", "token", "batches", "make_source", "source", "workers", "ended")
+
+    def __init__(self, loader, token, batches: list, make_source):
+        self.loader, self.token = loader, token
+        self.batches = batches           # index arrays of the batches still to come
+        # (batches, workers) -> generator of converted batches, started lazily; it puts the WorkerPool that
+        # prepares them in the list ``workers`` before starting it
+        self.make_source = make_source
+        self.source = None
+        self.workers = []
+        self.ended = False               # handed over (take_arrays) or closed: nothing more to yield
+
+    def advance(self, count: int) -> None:
+        loader = self.loader
+        if loader._active is self.token:
+            loader._position += count
+
+
+def _delivered(state: _EpochState):
+    """The epoch's batches, each counted as delivered (the loader's position) as it is handed out.
+
+    A generator, reached from ``next(epoch)`` through C only (``Epoch.__next__``), so that every bytecode it runs
+    between two batches is inside its ``try``: Python raises the ``KeyboardInterrupt`` of a Ctrl-C where it checks
+    for signals, and one of those checks comes first as a frame starts or resumes (a function's first bytecode,
+    where a ``try`` has no hold yet; here the resumption after the ``yield``, inside it). Ctrl-C anywhere in here,
+    also where the source cannot stop its workers itself (between batches, on the first lines of its own stop),
+    stops them (persistent ones too) before ``KeyboardInterrupt`` leaves: its traceback keeps the caller's frame,
+    and through it the epoch and its workers, alive (at the REPL until the next error). Ctrl-C as the first
+    ``next`` starts it, before its ``try``, comes before any worker starts."""
+    try:
+        if state.ended:  # (take_arrays handed the epoch over before any batch)
+            return
+        state.source = state.make_source(state.batches, state.workers)
+        for batch in state.source:
+            state.advance(1)
+            yield batch
+            if state.ended:  # (closed)
+                return
+    except KeyboardInterrupt:
+        for workers in state.workers:
+            workers.shutdown(GRACE_ON_FAILURE)
+        raise
+
+
 class Epoch:
-    """Iterator over one epoch's batches; see the module docstring for ``take_arrays``/``advance``."""
+    """Iterator over one epoch's batches; see the module docstring for ``take_arrays``/``advance``.
+
+    After a Ctrl-C or an error the epoch yields nothing more. ``__next__`` is a property (see below):
+    ``next(epoch)`` and ``epoch.__next__()`` work, ``Epoch.__next__(epoch)`` (unbound) raises ``TypeError``."""
 
     def __init__(self, loader, token, batches: list, make_source, sharded: bool = False):
-        self._loader, self._token = loader, token
+        self._state = _EpochState(loader, token, batches, make_source)
         self._sharded = sharded  # a rank's shares of global batches: not slices of batch_size
-        self._batches = batches          # index arrays of the batches still to come
-        # (batches, workers) -> generator of converted batches, started lazily; it puts the WorkerPool that
-        # prepares them in the list ``workers`` before starting it (a list, not this epoch: no reference cycle)
-        self._make_source = make_source
-        self._source = None
-        self._workers = []
-        self._ended = False              # handed over (take_arrays) or closed: nothing more to yield
+        self._batches = _delivered(self._state)
 
     @property
     def batch_size(self) -> int:
-        return self._loader.batch_size
+        return self._state.loader.batch_size
 
     def __iter__(self):
         return self
 
-    def __next__(self):
-        try:
-            if self._ended:
-                raise StopIteration
-            if self._source is None:
-                self._source = self._make_source(self._batches, self._workers)
-            batch = next(self._source)
-            self.advance()
-            return batch
-        except KeyboardInterrupt:
-            # Ctrl-C anywhere in here, also where the source cannot stop its workers itself (between batches,
-            # on the first lines of its own stop), stops them (persistent ones too) before KeyboardInterrupt
-            # leaves: its traceback keeps this frame, and through it the workers, alive (at the REPL until the
-            # next error)
-            for workers in self._workers:
-                workers.shutdown(GRACE_ON_FAILURE)
-            raise
+    # ``next(epoch)`` resumes the generator ``_delivered`` with no Python frame of its own (a property whose getter
+    # is C code returns the generator's own ``__next__``): a Python ``__next__`` would start with a bytecode at which
+    # a Ctrl-C can land outside any ``try`` (see ``_delivered``)
+    __next__ = property(operator.attrgetter("_batches.__next__"))
 
     def close(self) -> None:
         """End the epoch where it is: it yields nothing more, and its workers stop now (persistent workers stay
         with their loader), as when the iterator is dropped. For code that keeps the iterator when an error
         or Ctrl-C leaves its loop: the traceback keeps that code's frame, and with it the iterator and its
         workers, alive (at the REPL until the next error)."""
-        self._ended = True
-        if self._source is not None:
-            self._source.close()
+        state = self._state
+        state.ended = True
+        if state.source is not None:
+            state.source.close()
 
     def advance(self, count: int = 1) -> None:
         """Count ``count`` more batches as delivered (moves the loader's resume position)."""
-        loader = self._loader
-        if loader._active is self._token:
-            loader._position += count
+        self._state.advance(count)
 
     def take_arrays(self) -> tuple[np.ndarray, ...] | None:
         """The remaining samples of the epoch as NumPy arrays in visiting order, or None when the
         dataset is not a ``TensorDataset`` or iteration has already begun. After this the iterator
         yields nothing: the caller consumes the arrays in ``batch_size`` slices and calls ``advance``."""
-        dataset = self._loader.dataset
-        if (self._source is not None or self._ended or not hasattr(dataset, "arrays") or not self._batches
+        state = self._state
+        dataset = state.loader.dataset
+        if (state.source is not None or state.ended or not hasattr(dataset, "arrays") or not state.batches
                 or self._sharded):
             return None
-        self._ended = True
-        order = np.concatenate(self._batches)
+        state.ended = True
+        order = np.concatenate(state.batches)
         if np.array_equal(order, np.arange(order[0], order[0] + len(order))):  # unshuffled: views, no copy
             return tuple(array[order[0]:order[0] + len(order)] for array in dataset.arrays)
         return tuple(array[order] for array in dataset.arrays)
