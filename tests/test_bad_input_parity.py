@@ -560,3 +560,128 @@ def test_more_layers_over_an_empty_batch_have_torchs_shapes(mode):
         x, attention = np.zeros(shape, dtype), name == "MultiheadAttention"
         expected = tuple(forward(oracle(), attention)(torch.tensor(x)).shape)
         assert run(mode, forward(build(), attention), x).shape == expected, name
+
+
+# ---- NumPy scalars as layer, op and optimizer arguments: torch's values, or one error -----------------------------
+
+def _numpy_argument_cases():
+    """(unidl forward, torch forward) pairs over one (1, 2, 5, 5) input, every size, rate and axis given as a NumPy
+    scalar or a 0-d array, as a config array gives them; the layers share torch's weights. (One lambda a line: see
+    ``raises_exactly``.)"""
+    i64, i32 = np.int64, np.int32
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(i64(2), i32(3), i64(3), stride=i64(2), padding=i32(1), dilation=i64(1), groups=i64(1))
+    linear = torch.nn.Linear(i64(5), i32(3))
+    ours = [ud.nn.Conv2d(i64(2), i32(3), i64(3), stride=i64(2), padding=i32(1), dilation=np.array(1), groups=i64(1)),
+            ud.nn.Linear(i64(5), i32(3))]
+    for layer, oracle in zip(ours, (conv, linear)):
+        layer.load_state_dict({k: v.detach().numpy() for k, v in oracle.state_dict().items()})
+    weight = ud.tensor(conv.weight.detach().numpy())
+    unidl_forwards = ours + [
+        lambda t: ud.ops.conv2d(t, weight, None, i64(2), i32(1), i64(1)),
+        lambda t: ud.ops.max_pool2d(t, i64(3), i32(2), i64(1)),
+        lambda t: ud.ops.avg_pool2d(t, i64(2), None, np.array(1)),
+        ud.nn.MaxPool2d(i32(2), stride=i64(1)),
+        ud.nn.AdaptiveAvgPool2d((i64(1), None)),
+        ud.nn.Upsample(scale_factor=np.float32(2.0)),
+        lambda t: ud.ops.pad(t, (i64(1), np.array(2))),
+        lambda t: ud.ops.flatten(t, np.array(2)),
+        lambda t: ud.ops.leaky_relu(t, np.array(0.2)),
+        lambda t: ud.ops.dropout(t, np.array(0.0), training=True),
+        lambda t: ud.ops.dropout(t, np.array(1.0), training=True),
+        lambda t: ud.ops.clip(t, np.array(-0.1), np.float32(0.5)),
+    ]
+    torch_forwards = [conv, linear,
+                      lambda t: F.conv2d(t, conv.weight, None, 2, 1, 1),
+                      lambda t: F.max_pool2d(t, 3, 2, 1),
+                      lambda t: F.avg_pool2d(t, 2, None, 1),
+                      torch.nn.MaxPool2d(2, stride=1),
+                      torch.nn.AdaptiveAvgPool2d((1, None)),
+                      torch.nn.Upsample(scale_factor=2.0),
+                      lambda t: F.pad(t, (1, 2)),
+                      lambda t: torch.flatten(t, 2),
+                      lambda t: F.leaky_relu(t, 0.2),
+                      lambda t: t,
+                      torch.zeros_like,
+                      lambda t: torch.clamp(t, -0.1, 0.5)]
+    return unidl_forwards, torch_forwards
+
+
+def test_numpy_scalars_as_arguments_give_torchs_values(mode):
+    """A NumPy integer, float or 0-d array as a layer's or an op's size, rate or axis is the Python number it holds,
+    as ``torch.nn`` takes it, on every backend, eagerly and in ``ud.function``: the layers checked them out (a
+    ``ValueError`` for ``np.int64(3)``) and the ops passed them on to the backends (the jax backend's ``_pair``
+    iterated ``np.int64(2)``, others their own ``TypeError``s)."""
+    unidl_forwards, torch_forwards = _numpy_argument_cases()
+
+    def forwards(t):
+        return [forward(t) for forward in unidl_forwards]
+
+    outputs = (ud.function(forwards) if mode == "graph" else forwards)(ud.tensor(X))
+    for oracle, value in zip(torch_forwards, [ud.to_numpy(y) for y in outputs], strict=True):
+        expected = oracle(torch.tensor(X)).detach().numpy()
+        assert value.shape == expected.shape
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sizes_as_any_sequence_give_torchs_values(backend):
+    """Several sizes as any sequence PyTorch takes (a 1-d array, a range, a tensor's own shape: ``torch.Size``,
+    TensorFlow's ``TensorShape``; an empty pooling stride, which PyTorch reads as the kernel size) give PyTorch's
+    values on every backend. (These were taken before NumPy scalars were, and then refused on some backends only.
+    The sequences are read in Python before any op runs, by the same code inside ``ud.function``: eagerly only.)"""
+    x = ud.tensor(X)
+    large, small = ud.tensor(np.zeros((1, 1, 10, 10), np.float32)).shape, ud.tensor(np.zeros((1, 1, 1, 5))).shape
+    cases = [(ud.ops.interpolate(x, size=large[2:]), F.interpolate(torch.tensor(X), size=(10, 10))),
+             (ud.ops.interpolate(x, scale_factor=np.array([2.0, 2.0])),
+              F.interpolate(torch.tensor(X), scale_factor=2.0)),
+             (ud.ops.adaptive_avg_pool2d(x, small[2:]), F.adaptive_avg_pool2d(torch.tensor(X), (1, 5))),
+             (ud.ops.adaptive_avg_pool2d(x, np.array([5, 1])), F.adaptive_avg_pool2d(torch.tensor(X), (5, 1))),
+             (ud.nn.LayerNorm(x.shape[-1:])(x), torch.nn.LayerNorm(5)(torch.tensor(X))),
+             (ud.nn.LayerNorm(range(5, 6))(x), torch.nn.LayerNorm(5)(torch.tensor(X))),
+             (ud.nn.Unflatten(3, np.array([5, 1]))(x), torch.tensor(X)[..., None]),
+             (ud.ops.max_pool2d(x, 2, []), F.max_pool2d(torch.tensor(X), 2, [])),
+             (ud.nn.AvgPool2d(2, stride=[])(x), torch.nn.AvgPool2d(2, stride=[])(torch.tensor(X)))]
+    for ours, expected in cases:
+        expected = expected.detach().numpy()
+        assert ud.to_numpy(ours).shape == expected.shape
+        np.testing.assert_allclose(ud.to_numpy(ours), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda x: ud.ops.conv2d(x, ud.tensor(np.ones((1, 2, 1, 1), np.float32)), None, True),
+     "conv2d stride must be a positive int or 2 of them, got True"),
+    (lambda x: ud.ops.max_pool2d(x, 2.0), "max_pool2d kernel_size must be a positive int or 2 of them, got 2.0"),
+    (lambda x: ud.ops.flatten(x, 1.0), "flatten start_dim must be an int (an axis), got 1.0"),
+    (lambda x: ud.nn.Conv2d(2, 1, np.float32(2.0))(x),  # (NumPy's own repr of the float: 2.0 before NumPy 2)
+     f"Conv2d kernel_size must be a positive int or 2 of them, got {np.float32(2.0)!r}"),
+])
+def test_a_bool_or_a_float_where_an_int_belongs_is_one_error(mode, build, message):
+    """A bool or a float (even a whole one) as a size or an axis: one ``ValueError`` naming the argument, on every
+    backend, eagerly and in ``ud.function`` (torch refuses a float kernel, and the frameworks took ``True`` as 1)."""
+    raises_exactly(ValueError, message, run, mode, build, X)
+
+
+def test_numpy_scalars_as_optimizer_hyperparameters(backend):
+    """Adam's hyperparameters (a param group's betas and the clipping bound too) and a schedule's step size as NumPy
+    scalars and 0-d arrays give ``torch.optim``'s trajectory (a 0-d lr, a 0-d beta in a group, a 0-d
+    ``clip_grad_value`` and ``StepLR(step_size=np.int64(1))`` were ``ValueError``s)."""
+    weight = np.array([[1.0], [-2.0]], np.float32)
+    model = ud.nn.Linear(1, 2, bias=False)
+    model.load_state_dict({"weight": weight})
+    optimizer = ud.optim.Adam([{"params": model.parameters(), "betas": (np.array(0.8), np.float64(0.9))}],
+                              lr=np.array(0.1), betas=(np.float32(0.5), 0.5), eps=np.float32(1e-6),
+                              weight_decay=np.int64(0), clip_grad_value=np.array(0.5))
+    schedule = ud.optim.lr_scheduler.StepLR(optimizer, step_size=np.int64(1), gamma=np.float32(0.5))
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    parameter = torch.nn.Parameter(torch.tensor(weight))
+    oracle = torch.optim.Adam([parameter], lr=0.1, betas=(0.8, 0.9), eps=1e-6)
+    oracle_schedule = torch.optim.lr_scheduler.StepLR(oracle, step_size=1, gamma=0.5)
+    for _ in range(2):
+        step(np.ones((1, 1), np.float32), np.zeros((1, 2), np.float32))
+        schedule.step()
+        oracle.zero_grad()
+        F.mse_loss(parameter @ torch.ones(1, 1), torch.zeros(2, 1)).backward()
+        torch.nn.utils.clip_grad_value_([parameter], 0.5)
+        oracle.step()
+        oracle_schedule.step()
+    np.testing.assert_allclose(model.state_dict()["weight"], parameter.detach().numpy(), rtol=1e-6, atol=1e-7)

@@ -273,3 +273,45 @@ def test_export_restores_training_mode(backend, tmp_path):
 def test_export_needs_a_module(tmp_path):
     with pytest.raises(TypeError, match="unidl.nn.Module"):
         ud.export(object(), tmp_path / "x.pt2", format="torch_export")
+
+
+@pytest.mark.parametrize("backend_name", [name for name in backends_under_test() if name in ("tensorflow", "keras")])
+def test_a_function_traced_in_training_is_traced_apart_for_export(backend_name, tmp_path):
+    """A ``ud.function`` that a model's forward calls, traced in training before an export (its graph names
+    unidl's max-pool gradient, which ``tf.saved_model.save`` failed to trace), or first traced by an export (whose
+    graph names none): the export traces it once (it traced it on each of its calls), leaves its ``trace_count``
+    as it was, writes a SavedModel naming no gradient of unidl's, and the function's gradient afterwards is still
+    torch's (a NaN window's to its last NaN)."""
+    torch = pytest.importorskip("torch")
+    x = np.array([[[[1.0, np.nan, 2.0, 3.0], [np.nan, 0.5, -1.0, 4.0], [2.0, 1.0, 0.0, 5.0]]]], np.float32)
+    r = np.array([[[[1.0, -2.0, 3.0], [0.5, 2.0, -1.0]]]], np.float32)
+    tensor = torch.tensor(x, requires_grad=True)
+    (torch.nn.functional.max_pool2d(tensor, 2, 2, 1) * torch.tensor(r)).sum().backward()
+
+    class Pooled(ud.nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.pool = pool
+
+        def forward(self, x):
+            return self.pool(x) + self.pool(x)  # two calls of one signature: one trace for the export
+
+    with ud.use_backend(backend_name):
+        for traced_first_in_training in (True, False):
+            traces = []  # the Python body runs once a trace
+            pool = ud.function(lambda x: traces.append(1) or ud.ops.max_pool2d(x, 2, 2, 1))
+
+            def gradient(pool=pool):
+                return ud.to_numpy(ud.grad(lambda x, r: ud.ops.sum(pool(x) * r))(ud.tensor(x), ud.tensor(r)))
+
+            if traced_first_in_training:
+                np.testing.assert_array_equal(gradient(), tensor.grad.numpy())
+            path = tmp_path / f"pooled{traced_first_in_training}"
+            before, count_before = len(traces), pool.trace_count or 0  # None before a first call
+            ud.export(Pooled(pool), path, format="saved_model", input_shape=(1, 3, 4))
+            # one trace for the export however often it calls the model (it retraced on each call), left out of
+            # the function's trace_count
+            assert (len(traces) - before, pool.trace_count or 0) == (1, count_before), f"{traced_first_in_training}"
+            with open(path / "saved_model.pb", "rb") as file:
+                assert b"UnidlMaxPool" not in file.read()
+            np.testing.assert_array_equal(gradient(), tensor.grad.numpy(), err_msg=f"{traced_first_in_training}")

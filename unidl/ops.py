@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numbers
 
-from unidl import config, dtype_kinds, input_checks
+from unidl import arguments, config, dtype_kinds, input_checks
 from unidl.errors import ShapeMismatchError
 from unidl.backends.op_registry import declare, optional_op
 from unidl.precision import active_ops
@@ -28,9 +28,13 @@ def _ops():
 def op(declaration=None, **options):
     """Declare an op (see ``unidl.backends.op_registry.declare``). ``indices``/``floating``: the parameters that
     take integer indices (a float or boolean one is a ``DtypeMismatchError``) or floating-point values (integers
-    become the float dtype in force, as ``torch.exp`` makes them floats)."""
+    become the float dtype in force, as ``torch.exp`` makes them floats). ``axes``: the parameters that take an
+    axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``). ``numbers``: the
+    parameters that take a number (a NumPy scalar or 0-d array becomes a Python float)."""
     checks = {**{p: input_checks.check_integer for p in options.pop("indices", ())},
-              **{p: input_checks.as_floating for p in options.pop("floating", ())}}
+              **{p: input_checks.as_floating for p in options.pop("floating", ())},
+              **{p: arguments.axis for p in options.pop("axes", ())},
+              **{p: arguments.plain_number for p in options.pop("numbers", ())}}
     if checks:
         options["inputs"] = checks
     if declaration is None:
@@ -56,7 +60,7 @@ def relu(x):
     """max(x, 0)."""
 
 
-@op
+@op(numbers=("negative_slope",))
 def leaky_relu(x, negative_slope=0.01):
     """x if x > 0 else negative_slope * x."""
 
@@ -71,12 +75,12 @@ def tanh(x):
     """Hyperbolic tangent."""
 
 
-@op(floating=("x",))
+@op(floating=("x",), axes=("dim",))
 def softmax(x, dim=-1):
     """exp(x) / sum(exp(x)) along ``dim``."""
 
 
-@op(floating=("x",))
+@op(floating=("x",), axes=("dim",))
 def log_softmax(x, dim=-1):
     """log(softmax(x)) computed stably along ``dim``."""
 
@@ -86,7 +90,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation of NCHW ``x`` with an OIHW ``weight`` of shape (out, in / groups, kh, kw), as
     ``torch.nn.functional.conv2d``: padding int, pair, 'same' or 'valid'; ``dilation`` spaces the kernel's
     taps; ``groups`` splits the channels into that many independent convolutions. A kernel larger than the
-    padded input is a ``ShapeMismatchError`` (inside graphs too, where the sizes are known only when it runs)."""
+    padded input is a ``ShapeMismatchError`` (inside graphs too, where the sizes are known only when it runs).
+    Sizes may be NumPy integers (taken as ints, as PyTorch takes them); a float or a bool is a ``ValueError``."""
+    stride, dilation, padding, groups = _conv_arguments("conv2d", stride, dilation, padding, groups)
+    return _conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """``conv2d`` over size arguments already checked (the layers' and ``spatial_ops``' own calls, which would
+    otherwise check them again on every forward)."""
     if padding != "same" and len(x.shape) == 4 and len(weight.shape) == 4:
         kernel = input_checks.sizes_of(weight)[2:]
         spans = [d * (k - 1) + 1 for k, d in zip(kernel, _pair(dilation))]
@@ -96,8 +108,40 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _ops().conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
+def _probability(name, p):
+    """A dropout probability as a Python float (a NumPy scalar or 0-d array too); outside [0, 1], a bool or not a
+    number at all is a ``ValueError``, as ``torch.nn.functional.dropout`` refuses it. A framework's tensor is left to
+    the backend."""
+    if type(p) is float and 0 <= p <= 1:
+        return p
+    if hasattr(p, "shape") and not isinstance(p, numbers.Number) and type(p).__module__ != "numpy":
+        return p
+    return arguments.probability(name, "p", p)
+
+
 def _pair(value) -> tuple:
     return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _conv_arguments(name, stride, dilation, padding, groups, rank=2):
+    """A convolution's size arguments as Python ints (or tuples of them) the backends take as they are, checked
+    once here: NumPy integers become ints; floats, bools and sizes below 1 (below 0 for padding) are
+    ``ValueError``s naming the op, as the layers' constructors raise them."""
+    stride = arguments.int_or_ints(name, "stride", stride, rank)
+    dilation = arguments.int_or_ints(name, "dilation", dilation, rank)
+    if not (isinstance(padding, str) and padding in ("same", "valid")):
+        padding = arguments.int_or_ints(name, "padding", padding, rank, minimum=0)
+    return stride, dilation, padding, arguments.positive_int(name, "groups", groups)
+
+
+def _pool_arguments(name, kernel_size, stride, padding):
+    """A pooling window's (kernel, stride, padding) as Python ints or pairs of them (stride None stays None),
+    checked as ``_conv_arguments`` checks a convolution's. An empty stride (``[]``) is the kernel size, as in
+    PyTorch (whose signature's default it is)."""
+    kernel_size = arguments.int_or_ints(name, "kernel_size", kernel_size, 2)
+    stride = None if stride is None or arguments.sequence(stride) == () else \
+        arguments.int_or_ints(name, "stride", stride, 2)
+    return kernel_size, stride, arguments.int_or_ints(name, "padding", padding, 2, minimum=0)
 
 
 def _checked_pool(name, x, kernel_size, padding):
@@ -117,6 +161,12 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, retur
     flattened H * W plane of its sample and channel, as PyTorch gives it (the input of ``max_unpool2d``).
     A window that holds NaN pools to NaN, its gradient and index going to its last NaN in row-major order, as
     PyTorch's kernels do, on every backend (TensorFlow's own skip NaN)."""
+    kernel_size, stride, padding = _pool_arguments("max_pool2d", kernel_size, stride, padding)
+    return _max_pool2d(x, kernel_size, stride, padding, ceil_mode, return_indices)
+
+
+def _max_pool2d(x, kernel_size, stride, padding, ceil_mode=False, return_indices=False):
+    """``max_pool2d`` over a window already checked (the layers' and ``spatial_ops``' own calls)."""
     x = _checked_pool("max_pool2d", x, kernel_size, padding)
     if return_indices:
         from unidl import spatial_ops
@@ -139,6 +189,7 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     ``output_size`` a ``ShapeMismatchError``."""
     from unidl import spatial_ops
 
+    kernel_size, stride, padding = _pool_arguments("max_unpool2d", kernel_size, stride, padding)
     if len(x.shape) != 4 or len(indices.shape) != 4:
         raise ValueError(f"max_unpool2d takes (N, C, h, w) input and indices, got shapes {tuple(x.shape)} and "
                          f"{tuple(indices.shape)}")
@@ -153,6 +204,14 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count
     """Mean over windows of NCHW ``x``, as ``torch.nn.functional.avg_pool2d``: zero padding counts in the divisor
     unless ``count_include_pad=False``; ``ceil_mode`` adds PyTorch's last, partial windows (their divisor never
     counts what lies past the padding); ``divisor_override`` divides every window's sum by that number."""
+    kernel_size, stride, padding = _pool_arguments("avg_pool2d", kernel_size, stride, padding)
+    if divisor_override is not None:
+        divisor_override = arguments.positive_int("avg_pool2d", "divisor_override", divisor_override)
+    return _avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def _avg_pool2d(x, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True, divisor_override=None):
+    """``avg_pool2d`` over a window and divisor already checked (the layers' and ``spatial_ops``' own calls)."""
     x = _checked_pool("avg_pool2d", x, kernel_size, padding)
     if ceil_mode or not count_include_pad or divisor_override is not None:
         from unidl import spatial_ops
@@ -168,6 +227,7 @@ def dropout(x, p, training=True, generator=None):
 
     The mask is drawn from ``generator``: the backend's own generator (``Backend.generator()``,
     seeded by ``ud.manual_seed``) when None, or one of the framework's generators passed explicitly."""
+    p = _probability("dropout", p)
     ops = _ops()
     if generator is None and training and p:
         generator = config.backend().generator()
@@ -184,6 +244,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     running statistics normalise ``x`` and come back unchanged. Pure: the arguments are never
     modified; ``nn.BatchNorm*`` writes the returned statistics into its buffers. Training on one value per
     channel is a ``ShapeMismatchError``, as in PyTorch."""
+    momentum = arguments.plain_number("batch_norm", "momentum", momentum)
+    eps = arguments.plain_number("batch_norm", "eps", eps)
     if training:
         x = input_checks.check_batch_statistics("batch_norm", x)
     return _ops().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
@@ -194,7 +256,7 @@ def reshape(x, shape):
     """View of ``x`` with a new shape (-1 infers one axis)."""
 
 
-@op
+@op(axes=("start_dim",))
 def flatten(x, start_dim=1):
     """Collapse the axes from ``start_dim`` on, in row-major (NCHW) order."""
 
@@ -219,7 +281,7 @@ def sum(x, axis=None, keepdims=False):
     """Sum over ``axis`` (all axes when None)."""
 
 
-@op
+@op(numbers=("minimum", "maximum"))
 def clip(x, minimum=None, maximum=None):
     """Limit values to [minimum, maximum] (either bound may be None)."""
 
@@ -431,22 +493,22 @@ def silu(x):
     """x * sigmoid(x) (also called swish)."""
 
 
-@op(floating=("x",))
+@op(floating=("x",), numbers=("alpha",))
 def elu(x, alpha=1.0):
     """x if x > 0 else alpha * (exp(x) - 1)."""
 
 
-@op(floating=("x",))
+@op(floating=("x",), numbers=("beta", "threshold"))
 def softplus(x, beta=1.0, threshold=20.0):
     """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's)."""
 
 
-@op
+@op(numbers=("min_val", "max_val"))
 def hardtanh(x, min_val=-1.0, max_val=1.0):
     """x limited to [min_val, max_val]; the gradient is 1 strictly inside, 0 elsewhere (PyTorch's)."""
 
 
-@op
+@op(numbers=("eps",))
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, with the mean and biased variance over the last
     ``len(normalized_shape)`` axes; ``weight`` and ``bias`` have shape ``normalized_shape``."""

@@ -11,9 +11,7 @@ circular pad with a negative amount reads memory it does not own (its values are
 
 from __future__ import annotations
 
-from numbers import Integral
-
-from unidl import input_checks
+from unidl import arguments, input_checks
 
 MODES = ("constant", "reflect", "replicate", "circular")
 
@@ -23,10 +21,9 @@ def checked_amounts(x, pad, mode, value) -> tuple:
     ``ValueError`` (``TypeError`` for amounts that are not ints) naming what was wrong and what is valid."""
     if mode not in MODES:
         raise ValueError(f"pad mode {mode!r} is not one of {', '.join(map(repr, MODES))}")
-    amounts = tuple(pad)
-    if not all(isinstance(p, Integral) and not isinstance(p, bool) for p in amounts):
+    amounts = tuple(arguments.integer(p) for p in pad)  # NumPy integers and 0-d integer arrays as ints
+    if None in amounts:
         raise TypeError(f"pad amounts must be ints, got {pad!r}")
-    amounts = tuple(int(p) for p in amounts)
     rank = len(x.shape)
     if len(amounts) % 2:
         raise ValueError(f"pad {amounts} has an odd length: it lists (before, after) pairs, last axis first")

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from unidl import input_checks, ops
+from unidl import arguments, input_checks, ops
 from unidl.tensors import tensor
 
 
@@ -59,14 +59,15 @@ def _crop(x, axis, start, stop):
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """1-D cross-correlation of (N, C, L) ``x`` with an (out, in / groups, k) ``weight``, as
     ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1."""
+    stride, dilation, padding, groups = ops._conv_arguments("conv1d", stride, dilation, padding, groups, rank=1)
     if padding != "same" and len(x.shape) == 3 and len(weight.shape) == 3:  # a kernel larger than the padded input
         span = _single(dilation) * (input_checks.sizes_of(weight)[2] - 1) + 1
         x = input_checks.check_window_fits("conv1d", x, (span,), ("valid",) if padding == "valid" else
                                            (_single(padding),), "use a smaller kernel or dilation, more padding or "
                                                                 "a larger input")
     padding = padding if isinstance(padding, str) else (0, _single(padding))
-    y = ops.conv2d(ops.unsqueeze(x, 2), ops.unsqueeze(weight, 2), bias, (1, _single(stride)), padding,
-                   (1, _single(dilation)), groups)
+    y = ops._conv2d(ops.unsqueeze(x, 2), ops.unsqueeze(weight, 2), bias, (1, _single(stride)), padding,
+                    (1, _single(dilation)), groups)
     return ops.squeeze(y, 2)
 
 
@@ -90,6 +91,10 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     ``torch.nn.functional.conv_transpose2d``: output size (H - 1) * stride - 2 * padding + dilation * (k - 1)
     + output_padding + 1. Computed as the plain convolution of ``x`` spread out by ``stride`` (zeros between
     its elements) and padded by dilation * (k - 1) - padding, with the kernel flipped and its in/out swapped."""
+    stride, dilation, padding, groups = ops._conv_arguments("conv_transpose2d", stride, dilation, padding, groups)
+    if isinstance(padding, str):
+        raise ValueError(f"conv_transpose2d padding must be an int or a pair of ints, got {padding!r}")
+    output_padding = arguments.int_or_ints("conv_transpose2d", "output_padding", output_padding, 2, minimum=0)
     if len(weight.shape) != 4 or None in tuple(weight.shape):
         raise ValueError(f"conv_transpose2d needs a weight of known shape (in, out / groups, kh, kw), got "
                          f"{tuple(weight.shape)}: a parameter, or a tensor whose shape a traced graph knows")
@@ -107,7 +112,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         x = ops.pad(x, _pad_amounts_for(4, axis, max(before, 0), max(after, 0))) if before > 0 or after > 0 else x
         if before < 0 or after < 0:
             x = _crop(x, axis, -before if before < 0 else None, after if after < 0 else None)
-    return ops.conv2d(x, kernel, bias, 1, 0, dilations, groups)
+    return ops._conv2d(x, kernel, bias, 1, 0, dilations, groups)
 
 
 # ---- pooling --------------------------------------------------------------------------------------------------
@@ -142,17 +147,21 @@ def pool2d_with_options(kind, x, kernel_size, stride=None, padding=0, ceil_mode=
         return y[:, :, :out[0], :out[1]]
 
     if kind == "max":
-        return pooled(x, float("-inf"), ops.max_pool2d)
-    sums = pooled(x, 0.0, ops.avg_pool2d)  # the mean over the whole window: its sum / (kh * kw)
+        # ceil mode's extra rows and columns (never a window's first element) padded here, the padding given to
+        # the backend's pooling, which knows it from the input: a window of nothing but -inf gives its gradient
+        # to its first element inside the input, as PyTorch's kernel, not to a pad
+        extended = ops.pad(x, (0, extras[1], 0, extras[0]), value=_lowest(x))
+        return ops._max_pool2d(extended, kernel, strides, pads)[:, :, :out[0], :out[1]]
+    sums = pooled(x, 0.0, ops._avg_pool2d)  # the mean over the whole window: its sum / (kh * kw)
     if divisor_override is not None:
         return sums * (kernel[0] * kernel[1] / divisor_override)
     ones = ops.zeros_like(x[:1, :1]) + 1
     if count_include_pad:  # the padding counts, what ceil mode adds past it does not
         ones = ops.pad(ones, (pads[1], pads[1], pads[0], pads[0]), value=1.0)
         mask = ops.pad(ones, (0, extras[1], 0, extras[0]))
-        counts = ops.avg_pool2d(mask, kernel, strides, 0)[:, :, :out[0], :out[1]]
+        counts = ops._avg_pool2d(mask, kernel, strides, 0)[:, :, :out[0], :out[1]]
     else:
-        counts = pooled(ones, 0.0, ops.avg_pool2d)
+        counts = pooled(ones, 0.0, ops._avg_pool2d)
     return sums / counts
 
 
@@ -163,22 +172,28 @@ def _as_int64(size):
 def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     """``max_pool2d`` and, for each window, the position of its maximum as ``torch.nn.functional.max_pool2d(...,
     return_indices=True)`` gives it: an int64 index into the flattened (H * W) plane of the sample's channel, the
-    first maximum in the window's row-major order where several are equal, its last NaN where it holds NaN. The
-    kh * kw strided views of the padded input are stacked and their argmax picks both the value and the offset,
-    so the gradient flows to the chosen input alone (summed over windows that share it), as PyTorch's does."""
+    first maximum in the window's row-major order where several are equal (a window of nothing but -inf: its
+    first element inside the input, never a pad), its last NaN where it holds NaN. The kh * kw strided views of
+    the padded input are stacked and the first view equal to their maximum picks both the value and the offset
+    (not ``argmax``, which on TensorFlow starts at the lowest finite value and so can pick a -inf beside it), so
+    the gradient flows to the chosen input alone (summed over windows that share it), as PyTorch's does."""
     kernel = _pair(kernel_size)
     strides = _pair(stride if stride is not None else kernel_size)
     pads = _pair(padding)
     height, width = ops.shape(x)[2:]
     out = [_pooled_size(n, k, s, p, ceil_mode) for n, k, s, p in zip((height, width), kernel, strides, pads)]
     extras = tuple(s - 1 if ceil_mode else 0 for s in strides)
-    padded = ops.pad(x, (pads[1], pads[1] + extras[1], pads[0], pads[0] + extras[0]), value=float("-inf"))
-    views = [padded[:, :, i::strides[0], j::strides[1]][:, :, :out[0], :out[1]]
-             for i in range(kernel[0]) for j in range(kernel[1])]
-    stacked = ops.stack(views, 2)  # (N, C, kh * kw, oh, ow)
-    choice = ops.cast(ops.argmax(stacked, 2, True), "int64")
-    offsets = ops.reshape(ops.arange(0, len(views), 1, "int64"), (1, 1, len(views), 1, 1))
-    choice = _last_nan_first(stacked, choice, offsets + 1, 2)  # the views are in the window's row-major order
+    amounts = (pads[1], pads[1] + extras[1], pads[0], pads[0] + extras[0])
+
+    def stacked_views(tensor, value):  # (N, C, kh * kw, oh, ow), in the window's row-major order
+        padded = ops.pad(tensor, amounts, value=value)
+        return ops.stack([padded[:, :, i::strides[0], j::strides[1]][:, :, :out[0], :out[1]]
+                          for i in range(kernel[0]) for j in range(kernel[1])], 2)
+
+    stacked = stacked_views(x, _lowest(x))
+    inside = stacked_views(ops.zeros_like(x[:1, :1]) + 1, 0) != 0  # (1, 1, kh * kw, oh, ow): not a pad
+    offsets = ops.reshape(ops.arange(0, kernel[0] * kernel[1], 1, "int64"), (1, 1, kernel[0] * kernel[1], 1, 1))
+    choice = _first_maximum(stacked, inside, offsets + 1, 2)  # the views are in the window's row-major order
     # the chosen view's value, summed with zeros (exact; the gradient reaches the chosen element only)
     values = ops.sum(ops.where(choice == offsets, stacked, ops.zeros_like(stacked)), 2)
     choice = ops.squeeze(choice, 2)
@@ -247,9 +262,24 @@ def _bin_maximum(x, size, bins):
     spread = ops.unsqueeze(x, -2)  # (..., 1, size) against the (bins, size) mask
     lowest = ops.zeros_like(spread) - float("inf")
     masked = ops.where(inside, spread, lowest)  # every bin holds at least one position
-    first = ops.argmax(ops.cast(inside & (masked == ops._amax(masked, -1, True)), "int32"), -1, True)
-    choice = _last_nan_first(masked, first, ops.arange(1, _as_int64(size) + 1, 1, "int64"), -1)
+    choice = _first_maximum(masked, inside, ops.arange(1, _as_int64(size) + 1, 1, "int64"), -1)
     return ops.squeeze(ops.gather(masked, -1, choice), -1)
+
+
+def _lowest(x):
+    """What padding counts as in a max pooling of ``x``: -inf, or an integer dtype's lowest value."""
+    name = input_checks.dtype_name(x.dtype)
+    return float("-inf") if input_checks.is_floating(x.dtype) else int(np.iinfo(name).min)
+
+
+def _first_maximum(values, allowed, order, axis):
+    """PyTorch's choice in each window or bin of ``values`` along ``axis`` (int64 positions, the axis kept): its
+    first maximum among the ``allowed`` positions (a window of nothing but -inf: its first allowed one, never a
+    pad), or its last NaN where it holds NaN (``order``: 1, 2, ... along ``axis``; see ``_last_nan_first``). The
+    first maximum is an ``argmax`` of equality with the maximum, not of the values: TensorFlow's starts at the
+    lowest finite value and so can pick a -inf beside it."""
+    first = ops.argmax(ops.cast(allowed & (values == ops._amax(values, axis, True)), "int32"), axis, True)
+    return _last_nan_first(values, ops.cast(first, "int64"), order, axis)
 
 
 def _last_nan_first(values, choice, order, axis):
@@ -263,12 +293,15 @@ def _last_nan_first(values, choice, order, axis):
 
 def adaptive_max_pool2d(x, output_size):
     """Maximum over PyTorch's adaptive bins of NCHW ``x`` to ``output_size`` (int or (oh, ow); None keeps that
-    axis' size), the bins of ``adaptive_avg_pool2d``."""
+    axis' size), the bins of ``adaptive_avg_pool2d``. Floating-point input only: PyTorch has no integer adaptive
+    max pooling (a ``DtypeMismatchError`` on every backend)."""
+    output_size = arguments.sizes_or_none("adaptive_max_pool2d", "output_size", output_size, 2)
+    input_checks.check_floating("adaptive_max_pool2d", x)
     sizes = ops.shape(x)[2:]
-    out = tuple(n if o is None else o for n, o in zip(sizes, _pair(output_size)))
+    out = tuple(n if o is None else o for n, o in zip(sizes, output_size))
     if all(isinstance(n, int) and isinstance(o, int) and n % o == 0 for n, o in zip(sizes, out)):
         window = tuple(n // o for n, o in zip(sizes, out))  # equal bins: the plain pooling kernel
-        return ops.max_pool2d(x, window, window, 0)
+        return ops._max_pool2d(x, window, window, 0)
     y = x if output_size_kept(output_size, 1) else _bin_maximum(x, sizes[1], out[1])
     if output_size_kept(output_size, 0):
         return y
@@ -278,11 +311,18 @@ def adaptive_max_pool2d(x, output_size):
 def adaptive_avg_pool2d(x, output_size):
     """Mean over PyTorch's adaptive bins of NCHW ``x`` to ``output_size`` (int or (oh, ow); None keeps that
     axis' size): bin i of an axis of size n spans [floor(i * n / out), ceil((i + 1) * n / out))."""
+    output_size = arguments.sizes_or_none("adaptive_avg_pool2d", "output_size", output_size, 2)
+    return _adaptive_avg_pool2d(x, output_size)
+
+
+def _adaptive_avg_pool2d(x, output_size):
+    """``adaptive_avg_pool2d`` to an ``output_size`` already checked: a pair of ints or Nones, or of scalar tensors
+    (``interpolate``'s 'area' mode inside a graph, where the input's sizes are known only when it runs)."""
     sizes = ops.shape(x)[2:]
-    out = tuple(n if o is None else o for n, o in zip(sizes, _pair(output_size)))
+    out = tuple(n if o is None else o for n, o in zip(sizes, output_size))
     if all(isinstance(n, int) and isinstance(o, int) and n % o == 0 for n, o in zip(sizes, out)):
         window = tuple(n // o for n, o in zip(sizes, out))  # equal bins: the plain pooling kernel
-        return ops.avg_pool2d(x, window, window, 0)
+        return ops._avg_pool2d(x, window, window, 0)
     y = x if output_size_kept(output_size, 1) else ops.matmul(x, ops.transpose(_bin_matrix(sizes[1], out[1], x), 0, 1))
     return y if output_size_kept(output_size, 0) else ops.matmul(_bin_matrix(sizes[0], out[0], x), y)
 
@@ -431,21 +471,23 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         raise ValueError("interpolate recompute_scale_factor is for scale_factor, not size")
     sizes = ops.shape(x)[2:]
     if size is not None:
-        outs = (size,) * spatial if isinstance(size, int) else tuple(size)
+        outs = arguments.integers(size, spatial)  # NumPy integers as ints; a float, bool or string: refused
         factors = (None,) * spatial
-        if len(outs) != spatial or not all(isinstance(o, int) and o > 0 for o in outs):
+        if outs is None or not all(o > 0 for o in outs):
             raise ValueError(f"interpolate size must be a positive int or {spatial} of them, got {size!r}")
     else:
-        factors = (scale_factor,) * spatial if isinstance(scale_factor, (int, float)) else tuple(scale_factor)
-        if len(factors) != spatial or not all(isinstance(f, (int, float)) and f > 0 for f in factors):
+        factors = (scale_factor,) * spatial if arguments.real(scale_factor) is not None else \
+            arguments.sequence(scale_factor) or ()
+        factors = tuple(arguments.real(f) for f in factors)  # NumPy numbers as floats; a bool: None, refused
+        if len(factors) != spatial or not all(f is not None and f > 0 for f in factors):
             raise ValueError(f"interpolate scale_factor must be a positive number or {spatial} of them, "
                              f"got {scale_factor!r}")
         outs = tuple(int(n * f) if isinstance(n, int) else ops.cast(_floor(ops.cast_like(n, x) * f), "int64")
                      for n, f in zip(sizes, factors))
     if mode == "area":
         if spatial == 1:
-            return ops.squeeze(adaptive_avg_pool2d(ops.unsqueeze(x, 2), (1, outs[0])), 2)
-        return adaptive_avg_pool2d(x, outs)
+            return ops.squeeze(_adaptive_avg_pool2d(ops.unsqueeze(x, 2), (1, outs[0])), 2)
+        return _adaptive_avg_pool2d(x, outs)
     matrices = []
     for n, out, factor in zip(sizes, outs, factors):
         if linear and align_corners:

@@ -4,6 +4,8 @@ AdaptiveAvgPool2d, AdaptiveMaxPool2d, GroupNorm and Upsample/interpolate against
 size unknown to TensorFlow's graph) and, for the layers of ``FLOAT64_CASES``, float64 (1e-12) eagerly, on every
 backend (see ``torch_oracle``)."""
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -113,14 +115,16 @@ MINUS_INF_WINDOWS = np.array([  # 2x2 windows: all -inf, -inf and the lowest, th
      [1.0, 0.75, -2.0, 1.25, -np.inf, -np.inf],
      [-np.inf, -np.inf, -np.inf, -np.inf, -0.5, 4.0],
      [-np.inf, -np.inf, -np.inf, -np.inf, 2.5, -1.5]]])[None]
-# name: (unidl's, torch's, whether the gradient is compared); the padded window of -inf sends its gradient to a
-# pad on TensorFlow, Keras and JAX (docs/guarantees.md, "Known differences left"), and max_pool2d(...,
-# return_indices=True) on TensorFlow picks a -inf over the lowest value (its argmax)
+# name: (unidl's, torch's, whether the gradient is compared); a pair of outputs is (what is compared, what is
+# differentiated): the indices, and the values of ``return_indices=True``. The ceil-mode pooling is padded and
+# reaches past the padding on both axes (4x6 -> 3x4)
 MAX_POOLS = {
     "max_pool2d": (lambda x: ud.ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), True),
-    "max_pool2d-padding": (lambda x: ud.ops.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1), False),
-    "max_pool2d-ceil": (lambda x: ud.ops.max_pool2d(x, 3, 2, ceil_mode=True),
-                        lambda x: F.max_pool2d(x, 3, 2, ceil_mode=True), True),
+    "max_pool2d-padding": (lambda x: ud.ops.max_pool2d(x, 3, 2, 1), lambda x: F.max_pool2d(x, 3, 2, 1), True),
+    "max_pool2d-ceil-padding": (lambda x: ud.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                                lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), True),
+    "max_pool2d-indices": (lambda x: ud.ops.max_pool2d(x, 3, 2, 1, return_indices=True)[::-1],
+                           lambda x: tuple(F.max_pool2d(x, 3, 2, 1, return_indices=True))[::-1], True),
     "adaptive_max_pool2d-equal-bins": (lambda x: ud.ops.adaptive_max_pool2d(x, (2, 3)),
                                        lambda x: F.adaptive_max_pool2d(x, (2, 3)), True),
     "adaptive_max_pool2d": (lambda x: ud.ops.adaptive_max_pool2d(x, (3, 4)),
@@ -128,14 +132,21 @@ MAX_POOLS = {
 }
 
 
+def _compared_and_differentiated(output):
+    """A pooling's output as (what is compared, what is differentiated): see ``MAX_POOLS``."""
+    return tuple(output) if isinstance(output, tuple) else (output, output)
+
+
 def test_max_pooling_of_windows_of_minus_inf_matches_torch(backend):
     """A window that holds nothing but -inf (padding counts as -inf) pools to -inf, as in PyTorch, where
     TensorFlow's kernel gave the dtype's lowest finite value (-3.4e38 in float32); a window that holds that lowest
     value too keeps it. Values bit for bit in float16 and float64 eagerly, and in float32 inside ``ud.function``,
-    for plain, padded, ceil-mode and adaptive max pooling; and the input gradient of sum(output * r) but the padded
-    one's: an all -inf window's to its first element, an adaptive bin's to its first maximum (ties of 3.0 and of
-    -inf; the reduction split it), r 0 at the window of -inf and the lowest value (TensorFlow's graph kernel in
-    float32 sends its gradient to a -inf)."""
+    for plain, padded, ceil-mode and adaptive max pooling, and the indices of ``return_indices=True``; and the
+    input gradient of sum(output * r) (for ``return_indices=True``, of its values): an all -inf window's to its first element inside the input (TensorFlow, Keras and
+    JAX gave a padded one's to a pad, and ``return_indices=True`` named a pad on every backend), an adaptive bin's
+    to its first maximum (ties of 3.0 and of -inf; the reduction split it), the window of -inf and the lowest
+    value's to the lowest (TensorFlow's graph kernel in float32 sent it to a -inf, and its argmax picked the
+    -inf)."""
     upstream = {}
     expected = {}
     for dtype in ("float16", "float32", "float64"):
@@ -143,12 +154,11 @@ def test_max_pooling_of_windows_of_minus_inf_matches_torch(backend):
         expected[dtype] = []
         for name, (_, theirs, compare_gradient) in MAX_POOLS.items():
             tensor = torch.tensor(x, dtype=getattr(torch, dtype), requires_grad=True)
-            output = theirs(tensor)
-            expected[dtype].append(output.detach().double().numpy())
+            compared, output = _compared_and_differentiated(theirs(tensor))
+            expected[dtype].append(compared.detach().double().numpy())
             if compare_gradient:
                 if name not in upstream:
                     upstream[name] = np.random.default_rng(len(name)).integers(-8, 9, output.shape) / 8
-                    upstream[name][0, 0, 0, 1] = 0.0  # the window of -inf and the lowest value (in all three)
                 (output * torch.tensor(upstream[name], dtype=tensor.dtype)).sum().backward()
                 expected[dtype].append(tensor.grad.double().numpy())
 
@@ -157,10 +167,11 @@ def test_max_pooling_of_windows_of_minus_inf_matches_torch(backend):
             x = ud.ops.where(windows == LOWEST, lowest, windows)
             results, rs_left = [], iter(rs)
             for ours, _, compare_gradient in MAX_POOLS.values():
-                results.append(ud.ops.cast(ours(ud.ops.cast(x, dtype)), "float64"))
+                results.append(ud.ops.cast(_compared_and_differentiated(ours(ud.ops.cast(x, dtype)))[0], "float64"))
                 if compare_gradient:
                     def objective(x, ours=ours, r=next(rs_left)):
-                        return ud.ops.sum(ud.ops.cast(ours(ud.ops.cast(x, dtype)), "float64") * r)
+                        output = _compared_and_differentiated(ours(ud.ops.cast(x, dtype)))[1]
+                        return ud.ops.sum(ud.ops.cast(output, "float64") * r)
 
                     results.append(ud.value_and_grad(objective)(x)[1])
             return tuple(results)
@@ -223,17 +234,79 @@ def test_max_pooling_of_windows_holding_nan_matches_torch(backend):
             np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {name}")
 
 
-def test_max_pooling_holding_nan_differentiated_around_a_compiled_function_matches_torch(backend):
+@pytest.mark.parametrize("windows", ["nan", "minus-inf"])
+def test_max_pooling_holding_nan_differentiated_around_a_compiled_function_matches_torch(backend, windows):
     """The gradient taken around a compiled function (``ud.grad`` of a ``ud.function``, plain and, where the
-    compiler is XLA, ``jit_compile=True``) whose padded max pooling holds NaN windows: torch's, bit for bit. On
-    TensorFlow that is the gradient of the whole graph (the pool's registered gradient), which under XLA failed
-    while the NaN cond was on the gradient's path (XLA cannot output a cond's intermediates)."""
+    compiler is XLA, ``jit_compile=True``) whose padded max pooling holds NaN windows, or windows of -inf (alone,
+    padded, and beside the lowest float32): torch's, bit for bit. On TensorFlow that is the gradient of the whole
+    graph (the pool's registered gradient, which reads the padding from the graph), which under XLA failed while
+    the NaN cond was on the gradient's path (XLA cannot output a cond's intermediates)."""
     ours, theirs = NAN_POOLS["max_pool2d-padding"]
-    r = np.random.default_rng(0).integers(-8, 9, theirs(torch.tensor(NAN_WINDOWS)).shape) / 8
-    tensor = torch.tensor(NAN_WINDOWS, dtype=torch.float32, requires_grad=True)
+    x = NAN_WINDOWS if windows == "nan" else np.where(MINUS_INF_WINDOWS == LOWEST, np.finfo("float32").min,
+                                                      MINUS_INF_WINDOWS)
+    r = np.random.default_rng(0).integers(-8, 9, theirs(torch.tensor(x)).shape) / 8
+    tensor = torch.tensor(x, dtype=torch.float32, requires_grad=True)
     (theirs(tensor) * torch.tensor(r, dtype=tensor.dtype)).sum().backward()
-    inputs = [ud.tensor(array.astype(np.float32)) for array in (NAN_WINDOWS, r)]
+    inputs = [ud.tensor(array.astype(np.float32)) for array in (x, r)]
     # torch.compile's compilation takes seconds, and the XLA failure was TensorFlow's
     for jit_compile in (False,) if backend == "torch" else (False, True):
         got = ud.grad(ud.function(lambda x, r: ud.ops.sum(ours(x) * r), jit_compile=jit_compile))(*inputs)
         np.testing.assert_array_equal(ud.to_numpy(got), tensor.grad.numpy(), err_msg=f"{backend} jit {jit_compile}")
+
+
+def test_integer_max_pooling_matches_torch(backend):
+    """Max pooling of int64 input (plain, padded, ceil mode, ``return_indices=True``) gives torch's int64 values
+    and indices, eagerly and inside ``ud.function`` (TensorFlow and Keras-on-TensorFlow padded integers with -inf,
+    an error, and a graph's pooling compared them with -inf); ``adaptive_max_pool2d`` of integers, which torch
+    refuses, is a ``DtypeMismatchError`` on every backend, in both modes."""
+    x = np.random.default_rng(3).integers(-50, 50, (1, 2, 5, 5))
+    expected = [F.max_pool2d(torch.tensor(x), 2), F.max_pool2d(torch.tensor(x), 3, 2, 1),
+                F.max_pool2d(torch.tensor(x), 2, 2, 1, ceil_mode=True),
+                *F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)]
+    with pytest.raises(NotImplementedError):
+        F.adaptive_max_pool2d(torch.tensor(x), 3)
+
+    def run_all(x):
+        return (ud.ops.max_pool2d(x, 2), ud.ops.max_pool2d(x, 3, 2, 1), ud.ops.max_pool2d(x, 2, 2, 1, ceil_mode=True),
+                *ud.ops.max_pool2d(x, 3, 2, 1, return_indices=True))
+
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        for got, want in zip(function(ud.tensor(x)), expected, strict=True):
+            assert ud.to_numpy(got).dtype == np.int64, f"{backend} {mode}"
+            np.testing.assert_array_equal(ud.to_numpy(got), want.numpy(), err_msg=f"{backend} {mode}")
+        adaptive = lambda x: ud.ops.adaptive_max_pool2d(x, 3)  # noqa: E731
+        with pytest.raises(ud.errors.DtypeMismatchError, match="adaptive_max_pool2d needs floating-point input"):
+            (ud.function(adaptive) if mode == "ud.function" else adaptive)(ud.tensor(x))
+
+
+def test_float16_max_pooling_past_its_range_keeps_the_fast_gradient():
+    """Whether a max pooling needs PyTorch's gradient rule (a NaN or -inf window) is decided by a sum, taken in
+    float32 at least: a float16 pool of values summing past 65504 (JAX's sum over the output was inf, TensorFlow's
+    over the input NaN where large values of both signs met) keeps the backend's own gradient, and a NaN or an
+    all -inf window still takes PyTorch's rule. Checks the deciding predicate of the JAX and TensorFlow kernels."""
+    x = np.tile(np.array([[60000.0, -60000.0], [-60000.0, 60000.0]], np.float16), (8, 8))[None, None]
+    flagged = x.copy()
+    flagged[0, 0, 0, 0] = np.nan
+    minus_inf = x.copy()
+    minus_inf[0, 0, :2, :2] = -np.inf
+    cases = [(x, False), (flagged, True), (minus_inf, True)]
+    checked = 0
+    if importlib.util.find_spec("jax") is not None:
+        import jax
+
+        from unidl.backends.jax import ops as jax_ops
+        for array, needs in cases:
+            y = jax_ops._pool(array, 2, None, 0, -np.inf, jax.lax.max)
+            assert bool(jax_ops._needs_torch_rule(y)) is needs, f"jax needs={needs}"
+        checked += 1
+    if importlib.util.find_spec("tensorflow") is not None:
+        import tensorflow as tf
+
+        from unidl.backends.tensorflow import ops as tf_ops
+        for array, needs in cases:
+            xh = tf.constant(array.transpose(0, 2, 3, 1))
+            y = tf.nn.max_pool2d(xh, 2, 2, "VALID")
+            assert bool(tf_ops._needs_torch_rule(xh, y)) is needs, f"tensorflow needs={needs}"
+        checked += 1
+    if not checked:
+        pytest.skip("neither JAX nor TensorFlow is installed")

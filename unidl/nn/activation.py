@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import ops as functional
+from unidl import arguments, ops as functional
+from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
@@ -50,7 +51,7 @@ class Softmax(Module):
 
     def __init__(self, dim: int = -1):
         super().__init__()
-        self.dim = dim
+        self.dim = arguments.axis("Softmax", "dim", dim)
 
     def forward(self, x):
         return self._ops.softmax(x, self.dim)
@@ -65,7 +66,7 @@ class LogSoftmax(Module):
 
     def __init__(self, dim: int | None = None):
         super().__init__()
-        self.dim = dim
+        self.dim = arguments.axis("LogSoftmax", "dim", dim)
 
     def forward(self, x):
         dim = self.dim if self.dim is not None else (0 if len(x.shape) in (0, 1, 3) else 1)
@@ -166,8 +167,7 @@ class PReLU(Module):
 
     def __init__(self, num_parameters: int = 1, init: float = 0.25):
         super().__init__()
-        if not isinstance(num_parameters, int) or isinstance(num_parameters, bool) or num_parameters <= 0:
-            raise ValueError(f"PReLU num_parameters must be a positive integer, got {num_parameters!r}")
+        num_parameters = positive_int("PReLU", "num_parameters", num_parameters)
         self.num_parameters = num_parameters
         self.weight = self.parameter(np.full((num_parameters,), float(init)))
 

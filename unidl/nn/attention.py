@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 
-from unidl import ops as functional
+from unidl import arguments, ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
+from unidl.arguments import positive_int
 from unidl.nn.linear import Linear
 from unidl.nn.module import Module
 
@@ -53,20 +54,20 @@ class MultiheadAttention(Module):
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
                  vdim: int | None = None, batch_first: bool = False):
         super().__init__()
-        for label, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"MultiheadAttention {label} must be a positive integer, got {value!r}")
+        embed_dim = positive_int("MultiheadAttention", "embed_dim", embed_dim)
+        num_heads = positive_int("MultiheadAttention", "num_heads", num_heads)
+        kdim = None if kdim is None else positive_int("MultiheadAttention", "kdim", kdim)
+        vdim = None if vdim is None else positive_int("MultiheadAttention", "vdim", vdim)
         if embed_dim % num_heads:
             raise ValueError(f"MultiheadAttention embed_dim ({embed_dim}) must be divisible by num_heads "
                              f"({num_heads}); e.g. num_heads in {[h for h in range(1, embed_dim + 1) if not embed_dim % h][:8]}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
-            raise ValueError(f"MultiheadAttention dropout must be a number in [0, 1], got {dropout!r}")
+        dropout = arguments.probability("MultiheadAttention", "dropout", dropout)
         if add_bias_kv or add_zero_attn:
             raise ValueError("MultiheadAttention add_bias_kv and add_zero_attn are not supported by unidl: "
                              "leave them False")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
-        self.dropout, self.batch_first = float(dropout), bool(batch_first)
+        self.dropout, self.batch_first = dropout, bool(batch_first)
         self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
         if self._qkv_same_embed_dim:
             self.in_proj_weight = self.parameter(_xavier_uniform((3 * embed_dim, embed_dim)))

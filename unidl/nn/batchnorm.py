@@ -7,8 +7,8 @@ import numpy as np
 from unidl import input_checks
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
+from unidl.arguments import check_range, positive_int
 from unidl.nn.module import Module
-from unidl.optim.optimizer import check_range
 
 
 class _BatchNorm(Module):
@@ -27,8 +27,7 @@ class _BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
         super().__init__()
         owner = type(self).__name__
-        if not isinstance(num_features, int) or num_features <= 0:
-            raise ValueError(f"{owner} num_features must be a positive integer, got {num_features!r}")
+        num_features = positive_int(owner, "num_features", num_features)
         self.num_features = num_features
         self.eps = check_range(owner, "eps", eps, low_open=True)
         self.momentum = None if momentum is None else check_range(owner, "momentum", momentum, 0.0, 1.0,

@@ -3,18 +3,11 @@ initialisation and ``state_dict()`` names (``weight`` OIHW, or (in, out / groups
 
 from __future__ import annotations
 
-from unidl import input_checks, ops as functional
+from unidl import arguments, input_checks, ops as functional
+from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
-
-
-def as_pair(owner: str, name: str, value) -> tuple[int, int]:
-    """An int or a pair of ints, checked positive, as (height, width)."""
-    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ValueError(f"{owner} {name} must be a positive int or a pair of positive ints, got {value!r}")
-    return pair
 
 
 def check_nchw(layer: Module, x, channels: int | None) -> tuple:
@@ -30,23 +23,6 @@ def check_nchw(layer: Module, x, channels: int | None) -> tuple:
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
-def _positive_int(owner: str, name: str, value) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}")
-    return value
-
-
-def _as_tuple(owner: str, name: str, value, rank: int, minimum: int = 1) -> tuple:
-    """An int or ``rank`` ints, each at least ``minimum``, as a tuple of ``rank`` ints."""
-    values = (value,) * rank if isinstance(value, int) and not isinstance(value, bool) else \
-        tuple(value) if isinstance(value, (tuple, list)) else None
-    if values is None or len(values) != rank or \
-            not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
-        kind = "positive" if minimum == 1 else "non-negative"
-        raise ValueError(f"{owner} {name} must be a {kind} int or {rank} of them, got {value!r}")
-    return values
-
-
 class _ConvNd(Module):
     """What ``Conv1d``, ``Conv2d`` and ``ConvTranspose2d`` share: argument checks, weights and the padding modes.
 
@@ -59,9 +35,9 @@ class _ConvNd(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode):
         super().__init__()
         owner = type(self).__name__
-        _positive_int(owner, "in_channels", in_channels)
-        _positive_int(owner, "out_channels", out_channels)
-        _positive_int(owner, "groups", groups)
+        in_channels = positive_int(owner, "in_channels", in_channels)
+        out_channels = positive_int(owner, "out_channels", out_channels)
+        groups = positive_int(owner, "groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{owner} in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
                              f"divisible by groups ({groups})")
@@ -69,16 +45,16 @@ class _ConvNd(Module):
             raise ValueError(f"{owner} padding_mode must be one of {', '.join(map(repr, PADDING_MODES))}, "
                              f"got {padding_mode!r}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size = _as_tuple(owner, "kernel_size", kernel_size, self.rank)
-        self.stride = _as_tuple(owner, "stride", stride, self.rank)
-        self.dilation = _as_tuple(owner, "dilation", dilation, self.rank)
+        self.kernel_size = arguments.ints(owner, "kernel_size", kernel_size, self.rank)
+        self.stride = arguments.ints(owner, "stride", stride, self.rank)
+        self.dilation = arguments.ints(owner, "dilation", dilation, self.rank)
         self.padding_mode = padding_mode
-        if padding in ("same", "valid") and not self.transposed:
+        if isinstance(padding, str) and padding in ("same", "valid") and not self.transposed:
             if padding == "same" and any(s != 1 for s in self.stride):
                 raise ValueError(f"{owner} padding='same' needs stride=1, got stride={stride!r}")
             self.padding = padding
         else:
-            self.padding = _as_tuple(owner, "padding", padding, self.rank, minimum=0)
+            self.padding = arguments.ints(owner, "padding", padding, self.rank, minimum=0)
         shape = ((in_channels, out_channels // groups) if self.transposed else (out_channels, in_channels // groups)) \
             + self.kernel_size
         fan_in = shape[1]
@@ -210,7 +186,7 @@ class ConvTranspose2d(_ConvNd):
         if isinstance(padding, str):
             raise ValueError(f"ConvTranspose2d padding must be an int or a pair of ints, got {padding!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
-        self.output_padding = _as_tuple("ConvTranspose2d", "output_padding", output_padding, 2, minimum=0)
+        self.output_padding = arguments.ints("ConvTranspose2d", "output_padding", output_padding, 2, minimum=0)
         for extra, s, d in zip(self.output_padding, self.stride, self.dilation):
             if extra >= max(s, d):
                 raise ValueError(f"ConvTranspose2d output_padding {self.output_padding} must be smaller than stride "

@@ -1,7 +1,7 @@
 """``Dropout`` (each element) and ``Dropout2d`` (whole channels): zero with probability p in training, scale the rest
 by 1/(1-p); identity in eval."""
 
-from unidl import ops as functional
+from unidl import arguments, ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
@@ -13,9 +13,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise ValueError(f"Dropout p={p!r} is invalid: it must lie in [0, 1]")
-        self.p = float(p)
+        self.p = arguments.probability("Dropout", "p", p)
 
     def forward(self, x):
         if not self.training or not self.p:
@@ -33,9 +31,7 @@ class Dropout2d(Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
-            raise ValueError(f"Dropout2d p={p!r} is invalid: it must lie in [0, 1]")
-        self.p = float(p)
+        self.p = arguments.probability("Dropout2d", "p", p)
 
     def forward(self, x):
         if len(x.shape) not in (3, 4):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from unidl import arguments
 from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
@@ -11,7 +12,7 @@ class Flatten(Module):
 
     def __init__(self, start_dim: int = 1):
         super().__init__()
-        self.start_dim = start_dim
+        self.start_dim = arguments.axis("Flatten", "start_dim", start_dim)
 
     def forward(self, x):
         return self._ops.flatten(x, self.start_dim)
@@ -26,11 +27,11 @@ class Unflatten(Module):
 
     def __init__(self, dim: int, unflattened_size):
         super().__init__()
-        sizes = tuple(unflattened_size)
-        if (not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and (s > 0 or s == -1) for s in sizes)
+        sizes = tuple(arguments.integer(s) for s in arguments.sequence(unflattened_size) or ())
+        if (not sizes or not all(s is not None and (s > 0 or s == -1) for s in sizes)
                 or sizes.count(-1) > 1):
             raise ValueError(f"Unflatten unflattened_size must be positive ints (at most one -1), got {unflattened_size!r}")
-        self.dim, self.unflattened_size = int(dim), sizes
+        self.dim, self.unflattened_size = arguments.axis("Unflatten", "dim", dim, optional=False), sizes
 
     def forward(self, x):
         static = tuple(x.shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from unidl.errors import ShapeMismatchError
 from unidl.input_checks import check_floating
 from unidl.nn import init
+from unidl.arguments import positive_int
 from unidl.nn.module import Module
 
 
@@ -22,9 +23,8 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
-        for label, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"Linear {label} must be a positive integer, got {value!r}")
+        in_features = positive_int("Linear", "in_features", in_features)
+        out_features = positive_int("Linear", "out_features", out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = self.parameter(init.kaiming_uniform((out_features, in_features), in_features))
         self.bias = self.parameter(init.bias_uniform((out_features,), in_features)) if bias else None

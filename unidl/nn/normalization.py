@@ -3,7 +3,8 @@ arguments, parameters and defaults."""
 
 from __future__ import annotations
 
-from unidl import ops as functional
+from unidl import arguments, ops as functional
+from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
@@ -26,12 +27,13 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
         super().__init__()
-        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
-        if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        single = arguments.integer(normalized_shape)
+        shape = (single,) if single is not None else arguments.sequence(normalized_shape) or ()
+        shape = tuple(arguments.integer(s) for s in shape)
+        if not shape or not all(s is not None and s > 0 for s in shape):
             raise ValueError(f"LayerNorm normalized_shape must be a positive int or a tuple of them, got {normalized_shape!r}")
-        if eps <= 0:
-            raise ValueError(f"LayerNorm eps must be positive, got {eps!r}")
-        self.normalized_shape, self.eps, self.elementwise_affine = shape, float(eps), bool(elementwise_affine)
+        self.normalized_shape, self.elementwise_affine = shape, bool(elementwise_affine)
+        self.eps = arguments.check_range("LayerNorm", "eps", eps, low_open=True)
         self.weight = self.parameter(init.ones(shape)) if elementwise_affine else None
         self.bias = self.parameter(init.zeros(shape)) if elementwise_affine and bias else None
 
@@ -59,14 +61,12 @@ class GroupNorm(Module):
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
         super().__init__()
-        for label, value in (("num_groups", num_groups), ("num_channels", num_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GroupNorm {label} must be a positive integer, got {value!r}")
+        num_groups = positive_int("GroupNorm", "num_groups", num_groups)
+        num_channels = positive_int("GroupNorm", "num_channels", num_channels)
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
-        if eps <= 0:
-            raise ValueError(f"GroupNorm eps must be positive, got {eps!r}")
-        self.num_groups, self.num_channels, self.eps, self.affine = num_groups, num_channels, float(eps), bool(affine)
+        self.num_groups, self.num_channels, self.affine = num_groups, num_channels, bool(affine)
+        self.eps = arguments.check_range("GroupNorm", "eps", eps, low_open=True)
         self.weight = self.parameter(init.ones((num_channels,))) if affine else None
         self.bias = self.parameter(init.zeros((num_channels,))) if affine else None
 

@@ -5,22 +5,18 @@ padding counted in an average unless ``count_include_pad=False``, padding -inf f
 
 from __future__ import annotations
 
-from unidl import input_checks, ops as functional
-from unidl.nn.conv import as_pair, check_nchw
+from unidl import arguments, input_checks, ops as functional, spatial_ops
+from unidl.nn.conv import check_nchw
 from unidl.nn.module import Module
 
 
 def _window(owner: str, kernel_size, stride, padding):
     """``(kernel, stride, padding)`` pairs of a pooling layer named ``owner`` (stride defaults to the kernel);
     ``ValueError`` for a padding that is not a non-negative int or pair."""
-    kernel = as_pair(owner, "kernel_size", kernel_size)
-    stride = as_pair(owner, "stride", stride) if stride is not None else kernel
-    if isinstance(padding, bool) or not isinstance(padding, (int, tuple, list)):
-        raise ValueError(f"{owner} padding must be a non-negative int or pair, got {padding!r}")
-    pair = (padding, padding) if isinstance(padding, int) else tuple(padding)
-    if len(pair) != 2 or any(not isinstance(p, int) or p < 0 for p in pair):
-        raise ValueError(f"{owner} padding must be a non-negative int or pair, got {padding!r}")
-    return kernel, stride, pair
+    kernel = arguments.ints(owner, "kernel_size", kernel_size, 2)
+    given = stride is not None and arguments.sequence(stride) != ()  # an empty stride is the kernel, as in torch
+    stride = arguments.ints(owner, "stride", stride, 2) if given else kernel
+    return kernel, stride, arguments.ints(owner, "padding", padding, 2, minimum=0)
 
 
 class _Pool2d(Module):
@@ -52,15 +48,15 @@ class MaxPool2d(_Pool2d):
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, ceil_mode)
-        if dilation not in (1, (1, 1), [1, 1]):
+        if arguments.integers(dilation, 2) != (1, 1):
             raise ValueError(f"MaxPool2d dilation={dilation!r} is not supported; only dilation=1")
         self.return_indices = bool(return_indices)
 
     def _pool(self, x, kernel, stride, padding):
         if self.return_indices:
-            return functional.max_pool2d(x, kernel, stride, padding, ceil_mode=self.ceil_mode, return_indices=True)
+            return functional._max_pool2d(x, kernel, stride, padding, self.ceil_mode, return_indices=True)
         if self.ceil_mode:
-            return functional.max_pool2d(x, kernel, stride, padding, ceil_mode=True)
+            return functional._max_pool2d(x, kernel, stride, padding, ceil_mode=True)
         return self._ops.max_pool2d(x, kernel, stride, padding)
 
 
@@ -99,16 +95,14 @@ class AvgPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None):
         super().__init__(kernel_size, stride, padding, ceil_mode)
-        if divisor_override is not None and (not isinstance(divisor_override, int) or isinstance(divisor_override, bool)
-                                             or divisor_override <= 0):
-            raise ValueError(f"AvgPool2d divisor_override must be a positive int or None, got {divisor_override!r}")
+        if divisor_override is not None:
+            divisor_override = arguments.positive_int("AvgPool2d", "divisor_override", divisor_override)
         self.count_include_pad, self.divisor_override = bool(count_include_pad), divisor_override
 
     def _pool(self, x, kernel, stride, padding):
         if self.ceil_mode or not self.count_include_pad or self.divisor_override is not None:
-            return functional.avg_pool2d(x, kernel, stride, padding, ceil_mode=self.ceil_mode,
-                                         count_include_pad=self.count_include_pad,
-                                         divisor_override=self.divisor_override)
+            return functional._avg_pool2d(x, kernel, stride, padding, self.ceil_mode, self.count_include_pad,
+                                          self.divisor_override)
         return self._ops.avg_pool2d(x, kernel, stride, padding)
 
     def extra_repr(self):
@@ -121,12 +115,7 @@ class AvgPool2d(_Pool2d):
 class _AdaptivePool2d(Module):
     def __init__(self, output_size):
         super().__init__()
-        pair = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else tuple(output_size)
-        if len(pair) != 2 or not all(o is None or (isinstance(o, int) and not isinstance(o, bool) and o > 0)
-                                     for o in pair):
-            raise ValueError(f"{type(self).__name__} output_size must be a positive int or a pair of them (None keeps "
-                             f"that axis), got {output_size!r}")
-        self.output_size = pair
+        self.output_size = arguments.sizes_or_none(type(self).__name__, "output_size", output_size, 2)
 
     def forward(self, x):
         check_nchw(self, x, None)
@@ -141,7 +130,7 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
     spans [floor(i * n / out), ceil((i + 1) * n / out)). ``output_size``: an int or (oh, ow), None keeping that
     axis' size. ``AdaptiveAvgPool2d(1)`` is global average pooling."""
 
-    _pool = staticmethod(functional.adaptive_avg_pool2d)
+    _pool = staticmethod(spatial_ops._adaptive_avg_pool2d)  # (output_size checked once, in the constructor)
 
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):

@@ -12,9 +12,10 @@ import math
 
 import numpy as np
 
-from unidl import input_checks, tensors
+from unidl import arguments, input_checks, tensors
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
+from unidl.arguments import positive_int
 from unidl.nn.module import Module
 
 
@@ -31,13 +32,12 @@ class RNNBase(Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False):
         super().__init__()
         name = type(self).__name__
-        for label, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} {label} must be a positive integer, got {value!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
-            raise ValueError(f"{name} dropout must be a number in [0, 1], got {dropout!r}")
+        input_size = positive_int(name, "input_size", input_size)
+        hidden_size = positive_int(name, "hidden_size", hidden_size)
+        num_layers = positive_int(name, "num_layers", num_layers)
+        dropout = arguments.probability(name, "dropout", dropout)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
+        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), dropout
         self.bidirectional = bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
         bound = 1.0 / math.sqrt(hidden_size)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from unidl import arguments
 from unidl.nn import init
+from unidl.arguments import positive_int
 from unidl.nn.module import Module
 
 
@@ -27,14 +29,14 @@ class Embedding(Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
         super().__init__()
-        for label, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"Embedding {label} must be a positive integer, got {value!r}")
+        num_embeddings = positive_int("Embedding", "num_embeddings", num_embeddings)
+        embedding_dim = positive_int("Embedding", "embedding_dim", embedding_dim)
         if padding_idx is not None:
-            if not -num_embeddings <= padding_idx < num_embeddings:
+            index = arguments.integer(padding_idx)
+            if index is None or not -num_embeddings <= index < num_embeddings:
                 raise ValueError(f"Embedding padding_idx must lie in [-{num_embeddings}, {num_embeddings}), "
                                  f"got {padding_idx!r}")
-            padding_idx %= num_embeddings
+            padding_idx = index % num_embeddings
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         weight = init.normal((num_embeddings, embedding_dim))
         if padding_idx is not None:

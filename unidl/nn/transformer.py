@@ -7,6 +7,7 @@ from unidl import ops as functional
 from unidl.nn.activation import GELU, ReLU
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.container import ModuleList
+from unidl.arguments import positive_int
 from unidl.nn.dropout import Dropout
 from unidl.nn.linear import Linear
 from unidl.nn.module import Module
@@ -108,8 +109,7 @@ class TransformerEncoder(Module):
         super().__init__()
         if not isinstance(encoder_layer, TransformerEncoderLayer):
             raise TypeError(f"TransformerEncoder needs a TransformerEncoderLayer, got {type(encoder_layer).__name__}")
-        if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers <= 0:
-            raise ValueError(f"TransformerEncoder num_layers must be a positive integer, got {num_layers!r}")
+        num_layers = positive_int("TransformerEncoder", "num_layers", num_layers)
         self.layers = ModuleList([_copy(encoder_layer) for _ in range(num_layers)])
         self.num_layers = num_layers
         self.norm = norm

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from unidl import arguments
 from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like
 
 
 def _check_betas(owner, betas):
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+    pair = arguments.sequence(betas)  # a tuple, a list, a 1-d array: as a param group's betas
+    if pair is None or len(pair) != 2:
         raise ValueError(f"{owner} betas must be a pair (beta1, beta2), got {betas!r}")
-    return (check_range(owner, "betas[0]", betas[0], 0.0, 1.0), check_range(owner, "betas[1]", betas[1], 0.0, 1.0))
+    return (check_range(owner, "betas[0]", pair[0], 0.0, 1.0), check_range(owner, "betas[1]", pair[1], 0.0, 1.0))
 
 
 class Adam(Optimizer):

@@ -10,8 +10,8 @@ rules on the gradients ``backward()`` stored (its fast path); the parity tests c
 from __future__ import annotations
 
 import math
-from numbers import Real
 
+from unidl import arguments
 from unidl.backends.op_registry import optional_op
 
 #: PyTorch's ``clip_grad_norm_`` adds this to the total norm before dividing (``max_norm / (norm + 1e-6)``)
@@ -23,14 +23,15 @@ def check_clipping(owner: str, clip_grad_norm, clip_grad_value, clip_per_tensor)
     for name, value in (("clip_grad_norm", clip_grad_norm), ("clip_grad_value", clip_grad_value)):
         if value is None:
             continue
-        if not isinstance(value, Real) or isinstance(value, bool) or math.isnan(value) or not value > 0:
+        number = arguments.real(value)  # a NumPy scalar or 0-d array too, as every other hyperparameter
+        if number is None or math.isnan(number) or not number > 0:
             raise ValueError(f"{owner} {name} must be a positive number (or None for no clipping), got {value!r}")
     if not isinstance(clip_per_tensor, bool):
         raise ValueError(f"{owner} clip_per_tensor must be True or False, got {clip_per_tensor!r}")
     if clip_per_tensor and clip_grad_norm is None:
         raise ValueError(f"{owner} clip_per_tensor=True needs clip_grad_norm (the norm each tensor is clipped to)")
-    return {"clip_grad_norm": None if clip_grad_norm is None else float(clip_grad_norm),
-            "clip_grad_value": None if clip_grad_value is None else float(clip_grad_value),
+    return {"clip_grad_norm": None if clip_grad_norm is None else arguments.real(clip_grad_norm),
+            "clip_grad_value": None if clip_grad_value is None else arguments.real(clip_grad_value),
             "clip_per_tensor": clip_per_tensor}
 
 

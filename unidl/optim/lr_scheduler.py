@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 
+from unidl import arguments
 from unidl.optim.optimizer import check_range
 
 
@@ -78,9 +79,7 @@ class StepLR(LRScheduler):
     """lr = base_lr * gamma ** (epoch // step_size), as ``torch.optim.lr_scheduler.StepLR``."""
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
-        if not isinstance(step_size, int) or step_size <= 0:
-            raise ValueError(f"StepLR step_size must be a positive integer, got {step_size!r}")
-        self.step_size = step_size
+        self.step_size = arguments.positive_int("StepLR", "step_size", step_size)
         self.gamma = check_range("StepLR", "gamma", gamma)
         super().__init__(optimizer)
 
@@ -92,9 +91,7 @@ class CosineAnnealingLR(LRScheduler):
     """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2 (closed form of PyTorch's)."""
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
-        if not isinstance(T_max, int) or T_max <= 0:
-            raise ValueError(f"CosineAnnealingLR T_max must be a positive integer, got {T_max!r}")
-        self.T_max = T_max
+        self.T_max = arguments.positive_int("CosineAnnealingLR", "T_max", T_max)
         self.eta_min = check_range("CosineAnnealingLR", "eta_min", eta_min)
         super().__init__(optimizer)
 
@@ -118,9 +115,10 @@ class MultiStepLR(LRScheduler):
     (a milestone listed twice counts twice)."""
 
     def __init__(self, optimizer, milestones, gamma: float = 0.1):
-        milestones = list(milestones)
-        if not all(isinstance(m, int) and not isinstance(m, bool) and m >= 0 for m in milestones):
-            raise ValueError(f"MultiStepLR milestones must be non-negative integers, got {milestones!r}")
+        given = list(milestones)
+        milestones = [arguments.integer(m) for m in given]
+        if not all(m is not None and m >= 0 for m in milestones):
+            raise ValueError(f"MultiStepLR milestones must be non-negative integers, got {given!r}")
         self.milestones = sorted(milestones)
         self.gamma = check_range("MultiStepLR", "gamma", gamma)
         super().__init__(optimizer)
@@ -138,8 +136,7 @@ class LinearLR(LRScheduler):
         if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
             raise ValueError(f"LinearLR start_factor must lie in (0, 1] and end_factor in [0, 1], got "
                              f"start_factor={start_factor!r}, end_factor={end_factor!r}")
-        if not isinstance(total_iters, int) or isinstance(total_iters, bool) or total_iters <= 0:
-            raise ValueError(f"LinearLR total_iters must be a positive integer, got {total_iters!r}")
+        total_iters = arguments.positive_int("LinearLR", "total_iters", total_iters)
         self.start_factor, self.end_factor, self.total_iters = float(start_factor), float(end_factor), total_iters
         super().__init__(optimizer)
         self._set_lr(0)
@@ -182,12 +179,12 @@ class OneCycleLR(LRScheduler):
                  cycle_momentum: bool = False, base_momentum: float = 0.85, max_momentum: float = 0.95,
                  div_factor: float = 25.0, final_div_factor: float = 1e4, three_phase: bool = False):
         if total_steps is None:
-            if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (epochs, steps_per_epoch)):
+            counts = (arguments.integer(epochs), arguments.integer(steps_per_epoch))
+            if not all(n is not None and n > 0 for n in counts):
                 raise ValueError(f"OneCycleLR needs total_steps, or epochs and steps_per_epoch, as positive integers; "
                                  f"got total_steps=None, epochs={epochs!r}, steps_per_epoch={steps_per_epoch!r}")
-            total_steps = epochs * steps_per_epoch
-        if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps <= 0:
-            raise ValueError(f"OneCycleLR total_steps must be a positive integer, got {total_steps!r}")
+            total_steps = counts[0] * counts[1]
+        total_steps = arguments.positive_int("OneCycleLR", "total_steps", total_steps)
         if not 0 <= pct_start <= 1:
             raise ValueError(f"OneCycleLR pct_start must lie in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):

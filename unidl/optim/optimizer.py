@@ -13,12 +13,11 @@ parity tests check that the fast paths and the rule agree.
 from __future__ import annotations
 
 import copy
-import math
-from numbers import Real
 
 import numpy as np
 
 from unidl import config
+from unidl.arguments import check_range  # noqa: F401  (the optimizers import it from here)
 from unidl.backends.op_registry import optional_op
 from unidl.errors import BackendMismatchError
 from unidl.optim.gradients import check_clipping, clip_gradients
@@ -32,19 +31,6 @@ _RULE_ATTRIBUTES = ("update", "regularized_gradient", "heavy_ball", "slots", "in
 
 def _is_unidl_class(cls) -> bool:
     return cls.__module__.startswith("unidl.optim.")
-
-
-def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=False, high_open=True):
-    """Raise ``ValueError`` naming the hyperparameter unless low <= value < high (bounds as asked)."""
-    if not isinstance(value, Real) or isinstance(value, bool) or math.isnan(value):
-        raise ValueError(f"{owner} {name} must be a number, got {value!r}")
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    if below or above:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        raise ValueError(f"{owner} {name}={value!r} is invalid: it must lie in {left}{low}, {high}{right}")
-    return float(value)
 
 
 #: the gradient-clipping keywords every optimizer takes (see ``Optimizer``)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextvars
 import math
-from numbers import Real
+
+from unidl import arguments
 
 #: hyperparameters with bounds other than [0, inf): name -> (low, high, high_open)
 _BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
@@ -194,10 +195,12 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict) -
             if not isinstance(value, bool):
                 raise ValueError(f"{owner} {where} {key} must be True or False, got {value!r}")
         elif isinstance(defaults[key], tuple):
-            if (not isinstance(value, (tuple, list)) or len(value) != len(defaults[key])
-                    or not all(isinstance(v, Real) and not math.isnan(v) and 0 <= v < 1 for v in value)):
+            given = arguments.sequence(value)  # NumPy scalars and 0-d arrays as floats, as the constructors take them
+            numbers = () if given is None or len(given) != len(defaults[key]) else \
+                tuple(arguments.real(v) for v in given)
+            if not numbers or not all(v is not None and not math.isnan(v) and 0 <= v < 1 for v in numbers):
                 raise ValueError(f"{owner} {where} {key} must be a pair of numbers in [0, 1), got {value!r}")
-            value = tuple(float(v) for v in value)
+            value = numbers
         else:
             low, high, high_open = _BOUNDS.get(key, (0.0, math.inf, True))
             value = check_range(owner, f"{where} {key}", value, low, high, high_open=high_open)

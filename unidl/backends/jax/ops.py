@@ -173,14 +173,15 @@ def _window(kernel_size, stride, padding):
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """XLA's max pooling with PyTorch's NaN rule: a window that holds NaN pools to NaN (XLA's does too) and its
+    """XLA's max pooling with PyTorch's gradient: a window that holds NaN pools to NaN (XLA's does too) and its
     gradient goes to the window's last NaN in row-major order (PyTorch's kernel takes a NaN over any value and
-    a later NaN over an earlier one; XLA's gradient picks by comparisons that a NaN fails). The forward is
-    XLA's pooling alone (inference, and an exported program, hold no branch); the rule is in its JVP
-    (``_max_pool_jvp``)."""
+    a later NaN over an earlier one; XLA's gradient picks by comparisons that a NaN fails); a window of nothing
+    but -inf (padding counts as -inf) gives its gradient to its first element inside the input (XLA's, to a
+    pad). The forward is XLA's pooling alone (inference, and an exported program, hold no branch); the rule is
+    in its JVP (``_max_pool_jvp``). Integers are padded with their lowest value."""
     x = jnp.asarray(_v(x))
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        return _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)
+        return _pool(x, kernel_size, stride, padding, jnp.iinfo(x.dtype).min, jax.lax.max)
     return _max_pool(x, _pair(kernel_size), _pair(stride) if stride is not None else None, _pair(padding))
 
 
@@ -191,9 +192,10 @@ def _max_pool(x, kernel_size, stride, padding):
 
 @_max_pool.defjvp
 def _max_pool_jvp(kernel_size, stride, padding, primals, tangents):
-    """XLA's pooling and its JVP, with each window that holds NaN taking the tangent of its last NaN. Whether
-    ``x`` holds a NaN is one sum (``inf - inf`` also gives NaN, and the exact path finds no NaN window there)
-    deciding a ``lax.cond`` on the tangent: a gradient whose pools hold no NaN pays the sum and the cond, with
+    """XLA's pooling and its JVP, with each window that holds NaN taking the tangent of its last NaN and each
+    window of -inf alone the tangent of its first element inside the input. Whether some window is either is
+    one sum over the output (``_needs_torch_rule``: NaN or -inf there; also +inf, and the exact path leaves such windows as they are)
+    deciding a ``lax.cond`` on the tangent: a gradient whose pools hold neither pays the sum and the cond, with
     XLA's own rule."""
     (x,), (tangent,) = primals, tangents
 
@@ -202,19 +204,29 @@ def _max_pool_jvp(kernel_size, stride, padding, primals, tangents):
 
     y, y_tangent = jax.jvp(pool, (x,), (tangent,))
 
-    def from_last_nans(x, tangent, y_tangent):
-        # the pooling of the NaNs' positions, 1-based, in float32 (exact up to 2 ** 24 positions a plane)
+    def as_torch(x, tangent, y_tangent):
+        # positions pooled in float32, 1-based (exact up to 2 ** 24 positions a plane): the last NaN's, and the
+        # first element's inside the input (counted from the end, so that the largest is the first; padding -inf)
         n, c, height, width = x.shape
         positions = jnp.arange(1, height * width + 1, dtype=jnp.float32).reshape(height, width)
-        last = pool(jnp.where(jnp.isnan(x), positions, 0.0))
+        last_nan = pool(jnp.where(jnp.isnan(x), positions, 0.0))
+        first = height * width + 1 - pool(jnp.broadcast_to(height * width + 1 - positions, (1, 1, height, width)))
+        source = jnp.where(last_nan > 0, last_nan, first).astype(jnp.int32) - 1
         # sizes spelled out, not -1: an empty batch cannot infer them
-        source = jnp.maximum(last.astype(jnp.int32) - 1, 0).reshape(n, c, y.shape[2] * y.shape[3])
-        nan = jnp.take_along_axis(tangent.reshape(n, c, height * width), source, axis=2).reshape(y.shape)
-        return jnp.where(last > 0, nan, y_tangent)
+        source = jnp.broadcast_to(source, y.shape).reshape(n, c, y.shape[2] * y.shape[3])
+        routed = jnp.take_along_axis(tangent.reshape(n, c, height * width), source, axis=2).reshape(y.shape)
+        return jnp.where((last_nan > 0) | (y == -jnp.inf), routed, y_tangent)
 
-    y_tangent = jax.lax.cond(jnp.isnan(jnp.sum(x)), from_last_nans, lambda x, tangent, y_tangent: y_tangent,
+    y_tangent = jax.lax.cond(_needs_torch_rule(y), as_torch, lambda x, tangent, y_tangent: y_tangent,
                              x, tangent, y_tangent)
     return y, y_tangent
+
+
+def _needs_torch_rule(y):
+    """Whether the max pooling ``y`` may hold a window that PyTorch's kernel routes otherwise than XLA's: its sum
+    is not finite (NaN or -inf there; also +inf). The sum is taken in float32 at least: float16's overflowed to
+    inf past 65504, and every float16 gradient took the exact path."""
+    return jnp.logical_not(jnp.isfinite(jnp.sum(y, dtype=jnp.promote_types(y.dtype, jnp.float32))))
 
 
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):

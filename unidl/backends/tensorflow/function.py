@@ -21,7 +21,7 @@ from tensorflow.python.autograph.core import config as autograph_config
 from unidl import config, devices
 from unidl.nn.module import training_modes
 from unidl.tracing import ModesReached, python_randomness_guard
-from unidl.backends.tensorflow.layout import tracing_for_xla
+from unidl.backends.tensorflow.layout import export_graphs, tracing_export_graph, tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
 from unidl.optim.param_groups import ConstantOptions
 
@@ -252,16 +252,17 @@ class GraphFunction:
         return list(self._graphs.values())
 
     def _traced(self, *args):
-        self.trace_count += 1
+        if not tracing_export_graph():  # an export's own graphs (see __call__) are no retrace of the function
+            self.trace_count += 1
         with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__), self._options.recording():
             if self._device is None:
                 return self._fn(*args)
             with tf.device(self._device):
                 return self._fn(*args)
 
-    def _graph_for(self, key):
+    def _graph_for(self, key, keep: bool = True):
         exact = _exact_shapes(key)  # the graph of an empty input's exact shapes (no warning: a one-off)
-        if not exact and any(not _exact_shapes(other) for other in self._graphs):
+        if keep and not exact and any(not _exact_shapes(other) for other in self._graphs):
             warnings.warn(
                 f"{self.__name__} traced again for inputs of a new rank or dtype {key} "
                 f"(already traced for {list(self._graphs)}); a new batch size or length never retraces",
@@ -296,7 +297,8 @@ class GraphFunction:
             if marked is None:
                 raise
             raise marked from None
-        self._graphs[key] = graph
+        if keep:
+            self._graphs[key] = graph
         return graph
 
     def __call__(self, *args):
@@ -310,7 +312,17 @@ class GraphFunction:
             key = tuple((tuple(shape), t.dtype) for shape, t in zip(shapes, tensors))
         if self._options.stale():  # an optimizer bound an option the graphs hold as a constant
             self._graphs.clear()
-        graph = self._graphs.get(key) or self._graph_for(key)
+        if tracing_export_graph():
+            # called while an export traces its graph (tracing_for_export): a graph of its own, kept by the
+            # export alone (one a signature however often the export calls it), since a graph traced in training
+            # names unidl's gradient rules (which the SavedModel cannot hold) and one traced for export lacks them
+            # (a later training step would lose them)
+            graphs = export_graphs()
+            graph = graphs.get((id(self), key))
+            if graph is None:
+                graph = graphs[(id(self), key)] = self._graph_for(key, keep=False)
+        else:
+            graph = self._graphs.get(key) or self._graph_for(key)
         try:
             return graph(*tensors)
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed

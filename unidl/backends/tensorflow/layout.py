@@ -53,10 +53,25 @@ def tracing_xla_graph() -> bool:
     return getattr(_tracing, "xla", False) and not tf.executing_eagerly()
 
 
+@contextlib.contextmanager
 def tracing_for_export():
     """Mark the graphs traced in this thread as ones written for export (a SavedModel), which run without unidl:
-    no gradient rule of unidl's may be named in them."""
-    return _thread_flag("export", True)
+    no gradient rule of unidl's may be named in them. The block holds the export's own graphs of the compiled
+    functions it calls (``export_graphs``): one a function and signature, kept by nothing after the export."""
+    previous = getattr(_tracing, "export_graphs", None)
+    _tracing.export_graphs = {}
+    try:
+        with _thread_flag("export", True):
+            yield
+    finally:
+        _tracing.export_graphs = previous
+
+
+def export_graphs() -> dict:
+    """The graphs traced for the export this thread is writing (see ``tracing_for_export``), by whatever key the
+    caller gives them; outside an export, an empty dict that keeps nothing."""
+    graphs = getattr(_tracing, "export_graphs", None)
+    return graphs if graphs is not None else {}
 
 
 def tracing_export_graph() -> bool:

@@ -9,6 +9,7 @@ Everything here works in eager mode and in graphs with unknown batch size.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import tensorflow as tf
@@ -269,15 +270,14 @@ def _grouped_conv2d(xh, kernel, groups, stride, padding_argument):
                       for x, k in zip(inputs, kernels)], -1)
 
 
-def _pool(x, kernel_size, stride, padding, pool, pad_value, finish=None):
-    """``pool`` of NCHW ``x`` padded with ``pad_value``; ``finish(padded_nhwc, pooled_nhwc, pool_arguments)``, when
-    given, corrects the NHWC result before it is viewed as NCHW."""
+def _pool(x, kernel_size, stride, padding, pool, pad_value):
+    """``pool`` of NCHW ``x`` padded with ``pad_value`` (the padding op named ``_POOL_PADDING``)."""
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride if stride is not None else kernel_size)
     ph, pw = _pair(padding)
     xh = to_nhwc(x)
     if ph or pw:
-        xh = tf.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
+        xh = tf.pad(xh, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value, name=_POOL_PADDING)
     if xh.shape[0] == 0:
         # an empty batch known while tracing (eagerly, always): the output's shape by slicing, since the gradient of
         # TF's CPU pooling over 0 samples aborts the process. A graph traced for any batch size (unidl's leave it
@@ -285,79 +285,103 @@ def _pool(x, kernel_size, stride, padding, pool, pad_value, finish=None):
         size = tf.shape(xh)
         return nchw_view(xh[:, :(size[1] - kh) // sh + 1, :(size[2] - kw) // sw + 1, :])
     arguments = dict(ksize=(kh, kw), strides=(sh, sw), padding="VALID")
-    y = pool(xh, **arguments)
-    return nchw_view(finish(xh, y, arguments) if finish is not None else y)
+    return nchw_view(pool(xh, **arguments))
+
+
+_POOL_PADDING = "UnidlPoolPadding"
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    # XLA's max pooling starts each window at -inf: a window of -inf is -inf there already
-    finish = None if tracing_xla_graph() else _minus_inf_windows
-    return _pool(x, kernel_size, stride, padding, _max_pool_with_nan, float("-inf"), finish)
+    lowest = float("-inf") if x.dtype.is_floating else x.dtype.min  # padding counts as that
+    return _pool(x, kernel_size, stride, padding, functools.partial(_max_pool_as_torch, pads=_pair(padding)), lowest)
 
 
-def _max_pool_with_nan(xh, **arguments):
-    """TensorFlow's max pooling of NHWC ``xh`` with PyTorch's NaN rule: a window that holds NaN pools to NaN and
-    its gradient goes to the window's last NaN in row-major order (PyTorch's kernel takes a NaN over any value
-    and a later NaN over an earlier one); TensorFlow's kernels (eager, graph and XLA) skip NaN. Whether ``xh``
-    holds a NaN is one sum (NaN where a NaN is summed; ``inf - inf`` also gives NaN, and the exact path finds no
-    NaN window there), under a cond in the forward (off the gradient's path) and one in the gradient: a step
-    whose pools hold no NaN pays a sum over the input and two branches, and TensorFlow's own gradient. In a
-    graph the gradient is given to the tape (a tape inside the graph) as one operation, and, through a gradient
-    registered once for the graph's ``MaxPool`` op, to a gradient of the whole graph (a tape around a compiled
-    function); ``tf.custom_gradient`` would leave every traced graph in TensorFlow's gradient registry
-    (docs/guarantees.md). A graph traced for export (``tracing_for_export``) names no registered gradient: the
-    SavedModel runs without unidl, and its pools have TensorFlow's own gradient."""
+def _max_pool_as_torch(xh, pads, **arguments):
+    """TensorFlow's max pooling of NHWC ``xh`` (padded by ``pads`` with -inf) with PyTorch's choices where
+    TensorFlow's kernels differ: a window that holds NaN pools to NaN and its gradient goes to the window's last
+    NaN in row-major order (PyTorch's kernel takes a NaN over any value and a later NaN over an earlier one;
+    TensorFlow's kernels, eager, graph and XLA, skip NaN); a window of nothing but -inf pools to -inf (TensorFlow's
+    kernel starts each window at the dtype's lowest finite value, -3.4e38 in float32) and gives its gradient to
+    its first element inside the input (TensorFlow's, to a pad); a window whose maximum is that lowest value
+    gives it to its first one (oneDNN's graph kernel, to a -inf before it). ``_needs_torch_rule`` (a sum over the
+    input, and a minimum over the output) decides a cond in the forward (off the gradient's path) and one in the
+    gradient: a step whose pools hold no such window pays those reductions and two branches, and TensorFlow's
+    own gradient. In a graph the gradient is given to the tape (a tape inside the graph) as one operation, and,
+    through a gradient registered once for the graph's ``MaxPool`` op, to a gradient of the whole graph (a tape
+    around a compiled function); ``tf.custom_gradient`` would leave every traced graph in TensorFlow's gradient
+    registry (docs/guarantees.md). A graph traced for export (``tracing_for_export``) names no registered
+    gradient: the SavedModel runs without unidl, and its pools have TensorFlow's own gradient."""
     if not xh.dtype.is_floating:
         return tf.nn.max_pool2d(xh, **arguments)
     if tf.executing_eagerly():
         y = tf.nn.max_pool2d(xh, **arguments)
-        return _with_nan_windows(xh, y, arguments) if bool(_holds_nan(xh)) else y
-
-    def nan_windows():  # NaN where a window holds one, 0 elsewhere
-        nan, zero = tf.constant(float("nan"), y.dtype), tf.zeros((), y.dtype)
-        return tf.where(_last_nans(xh, arguments) > 0, nan, zero)
+        if not bool(_needs_torch_rule(xh, y)):
+            return y
+        routed, sources, _ = _torch_routes(xh, y, pads, arguments)  # differentiable as they are
+        return tf.where(routed, tf.gather_nd(_planes(xh), sources), y)
 
     with tape.stop_recording():
         # a graph written for export runs without unidl: TensorFlow's own gradient there (tf.saved_model.save
         # traces a registered gradient with no upstream, which this one cannot take)
         gradient_rule = contextlib.nullcontext() if tracing_export_graph() else xh.graph.gradient_override_map(
-            {"MaxPool": _MAX_POOL_GRADIENT_WITH_NAN})
+            {"MaxPool": _MAX_POOL_GRADIENT_AS_TORCH})
         with gradient_rule:
             y = tf.nn.max_pool2d(xh, **arguments)
-        holds_nan = _holds_nan(xh)
-        # NaN subtracted, 0 elsewhere (which leaves -0.0 as it is), the cond outside the gradient (a gradient
-        # through a cond asks for its intermediates, which XLA cannot output): the gradient to ``y`` whole
-        pooled = y - tf.stop_gradient(tf.cond(holds_nan, nan_windows, lambda: tf.zeros_like(y)))
+        needs = _needs_torch_rule(xh, y)
+        # NaN or +inf subtracted, 0 elsewhere (which leaves -0.0 as it is), the cond outside the gradient (a
+        # gradient through a cond asks for its intermediates, which XLA cannot output): the gradient to ``y`` whole
+        pooled = y - tf.stop_gradient(tf.cond(needs, lambda: _torch_routes(xh, y, pads, arguments)[2],
+                                              lambda: tf.zeros_like(y)))
     tape.record_operation("MaxPool", [pooled], [xh],
-                          lambda upstream: [_max_pool_gradient(xh, y, upstream, arguments, holds_nan)])
+                          lambda upstream: [_max_pool_gradient(xh, y, upstream, pads, arguments, needs)])
     return pooled
 
 
-def _holds_nan(xh):
-    return tf.math.is_nan(tf.reduce_sum(xh))
+def _needs_torch_rule(xh, y):
+    """Whether TensorFlow's max pooling ``y`` of ``xh`` may hold a window that PyTorch's kernel pools or routes
+    otherwise: ``xh`` holds NaN (its sum is NaN; ``inf - inf`` also gives NaN, and the exact path finds no NaN
+    window there), or some window's maximum is at most the lowest finite value (-inf windows, which TensorFlow's
+    kernels give that value and XLA's -inf, and windows of -inf and that value). A graph's ``xh`` made by an op
+    that never gives -inf (a ReLU: a CNN's pools) needs the first alone. The sum is taken in float32 at least:
+    float16's overflowed past 65504 (to NaN where large values of both signs met) and took the exact path."""
+    holds_nan = tf.math.is_nan(tf.reduce_sum(xh if xh.dtype.size >= 4 else tf.cast(xh, tf.float32)))
+    if _never_minus_inf(xh):
+        return holds_nan
+    return tf.logical_or(holds_nan, tf.reduce_min(y) <= y.dtype.min)
 
 
-def _last_nans(xh, arguments):
-    """For each window of the max pooling of NHWC ``xh`` with ``arguments`` (VALID), 1 + the flattened (H * W)
-    position of its last NaN in row-major order, or 0 where it holds none: the pooling of the NaNs' positions
-    (float32, exact up to 2 ** 24 positions a plane: GPUs pool no int32)."""
+def _torch_routes(xh, y, pads, arguments):
+    """The windows of the max pooling ``y`` of NHWC ``xh`` (padded by ``pads``, ``arguments`` VALID) that
+    PyTorch's kernel routes otherwise than TensorFlow's (booleans shaped as ``y``); for every window, the (n,
+    h * W + w, c) in ``xh`` viewed as (N, H * W, C) of PyTorch's choice there (every window has one, so that the
+    shapes are known while tracing: XLA compiles no ``tf.where`` of one argument); and what to subtract from ``y``
+    for PyTorch's values (NaN, +inf at windows of -inf alone, 0 elsewhere). PyTorch's choice: a window's last NaN;
+    else in a window whose maximum is at most the lowest finite value, its first element above -inf, or where it
+    holds none its first inside the input. Positions are pooled in float32, 1-based (exact up to 2 ** 24 a plane;
+    GPUs pool no int32), counted from the end where the first is wanted."""
     height, width = xh.shape[1], xh.shape[2]
     if height is None or width is None:
         size = tf.shape(xh)
         height, width = size[1], size[2]
-    positions = tf.reshape(tf.range(1, height * width + 1, dtype=tf.float32), tf.stack([1, height, width, 1]))
-    return tf.nn.max_pool2d(tf.where(tf.math.is_nan(xh), positions, 0.0), **arguments)
-
-
-def _nan_window_routes(xh, arguments):
-    """Which windows hold NaN (booleans shaped as the pooled output) and, for every window, the (n, h * W + w, c)
-    of its last NaN in ``xh`` viewed as (N, H * W, C) ((n, 0, c) where it holds none): every window has one, so
-    that the shapes are known while tracing (XLA compiles no ``tf.where`` of one argument)."""
-    last = _last_nans(xh, arguments)
-    size = tf.shape(last, out_type=tf.int64)
+    plane = tf.stack([1, height, width, 1])
+    positions = tf.reshape(tf.range(1, height * width + 1, dtype=tf.float32), plane)
+    from_end = tf.cast(height * width + 1, tf.float32) - positions
+    inside = tf.pad(tf.ones(tf.stack([1, height - 2 * pads[0], width - 2 * pads[1], 1])),
+                    ((0, 0), (pads[0], pads[0]), (pads[1], pads[1]), (0, 0)))
+    last_nan = tf.nn.max_pool2d(tf.where(tf.math.is_nan(xh), positions, 0.0), **arguments)
+    first_above = tf.nn.max_pool2d(tf.where(xh > float("-inf"), from_end, 0.0), **arguments)
+    first_inside = tf.nn.max_pool2d(from_end * inside, **arguments)
+    nan_window = last_nan > 0
+    low_window = tf.logical_and(tf.logical_not(nan_window), y <= y.dtype.min)
+    first = tf.cast(height * width + 1, tf.float32) - tf.where(first_above > 0, first_above, first_inside)
+    source = tf.cast(tf.where(nan_window, last_nan, first), tf.int64) - 1
+    size = tf.shape(source, out_type=tf.int64)
     samples = tf.broadcast_to(tf.reshape(tf.range(size[0]), (-1, 1, 1, 1)), size)
     channels = tf.broadcast_to(tf.reshape(tf.range(size[3]), (1, 1, 1, -1)), size)
-    return last > 0, tf.stack([samples, tf.maximum(tf.cast(last, tf.int64) - 1, 0), channels], -1)
+    zero = tf.zeros((), y.dtype)
+    correction = tf.where(nan_window, tf.constant(float("nan"), y.dtype),
+                          tf.where(low_window & tf.equal(first_above, 0.0), tf.constant(float("inf"), y.dtype), zero))
+    return tf.logical_or(nan_window, low_window), tf.stack([samples, source, channels], -1), correction
 
 
 def _planes(xh):
@@ -366,66 +390,42 @@ def _planes(xh):
     return tf.reshape(xh, tf.stack([size[0], -1, size[3]]))
 
 
-def _with_nan_windows(xh, y, arguments):
-    """``y`` with each NaN window's value taken from its last NaN: eagerly, where the ops are differentiable as
-    they are (such a window's gradient to that NaN, the others' through TensorFlow's kernel)."""
-    holds_nan, sources = _nan_window_routes(xh, arguments)
-    return tf.where(holds_nan, tf.gather_nd(_planes(xh), sources), y)
-
-
-def _max_pool_gradient(xh, y, upstream, arguments, holds_nan):
-    """The gradient of ``_max_pool_with_nan`` in a graph: TensorFlow's own (``MaxPoolGrad``) where ``xh`` holds no
-    NaN; else each NaN window's ``upstream`` to its last NaN, the other windows' to TensorFlow's choice. The
-    ``MaxPoolGrad`` of the common case stays outside the cond, beside its ``MaxPool``: oneDNN's pair passes the
-    forward's choices to the gradient, which a ``MaxPoolGrad`` inside a branch recomputes (+29% of a CNN's
-    training step); the NaN branch runs its own."""
+def _max_pool_gradient(xh, y, upstream, pads, arguments, needs):
+    """The gradient of ``_max_pool_as_torch`` in a graph: TensorFlow's own (``MaxPoolGrad``) where ``needs`` is
+    false; else each window that ``_torch_routes`` names gives its ``upstream`` to PyTorch's choice, the other
+    windows to TensorFlow's. The ``MaxPoolGrad`` of the common case stays outside the cond, beside its
+    ``MaxPool``: oneDNN's pair passes the forward's choices to the gradient, which a ``MaxPoolGrad`` inside a
+    branch recomputes (+29% of a CNN's training step); the other branch runs its own."""
     def max_pool_grad(grad):
         return tf.raw_ops.MaxPoolGrad(orig_input=xh, orig_output=y, grad=grad, ksize=(1, *arguments["ksize"], 1),
                                       strides=(1, *arguments["strides"], 1), padding=arguments["padding"])
 
-    def with_nan():
-        holds, sources = _nan_window_routes(xh, arguments)
+    def as_torch():
+        routed, sources, _ = _torch_routes(xh, y, pads, arguments)
         zero = tf.zeros((), upstream.dtype)
-        routed = tf.scatter_nd(sources, tf.where(holds, upstream, zero), tf.shape(_planes(xh), out_type=tf.int64))
-        return max_pool_grad(tf.where(holds, zero, upstream)) + tf.reshape(routed, tf.shape(xh))
+        scattered = tf.scatter_nd(sources, tf.where(routed, upstream, zero), tf.shape(_planes(xh), out_type=tf.int64))
+        return max_pool_grad(tf.where(routed, zero, upstream)) + tf.reshape(scattered, tf.shape(xh))
 
     own = max_pool_grad(upstream)
-    return tf.cond(holds_nan, with_nan, lambda: own)
+    return tf.cond(needs, as_torch, lambda: own)
 
 
-_MAX_POOL_GRADIENT_WITH_NAN = "UnidlMaxPoolWithNaN"
+_MAX_POOL_GRADIENT_AS_TORCH = "UnidlMaxPoolAsTorch"
 
 
-@tf.RegisterGradient(_MAX_POOL_GRADIENT_WITH_NAN)
+@tf.RegisterGradient(_MAX_POOL_GRADIENT_AS_TORCH)
 def _registered_max_pool_gradient(op, upstream):
-    """``_max_pool_gradient`` of a graph's ``MaxPool`` op made by ``_max_pool_with_nan``, for a gradient of the
-    whole graph (a tape around a compiled function): NaN looked for again, in the input the op kept."""
-    xh = op.inputs[0]
+    """``_max_pool_gradient`` of a graph's ``MaxPool`` op made by ``_max_pool_as_torch``, for a gradient of the
+    whole graph (a tape around a compiled function): the windows looked for again, in the input and output the
+    op kept, and the padding read from ``_pool``'s padding op that made its input."""
+    xh, y = op.inputs[0], op.outputs[0]
     arguments = dict(ksize=tuple(op.get_attr("ksize")[1:3]), strides=tuple(op.get_attr("strides")[1:3]),
                      padding=op.get_attr("padding").decode())
-    return _max_pool_gradient(xh, op.outputs[0], upstream, arguments, _holds_nan(xh))
-
-
-def _minus_inf_windows(xh, y, arguments):
-    """``y``, TensorFlow's max pooling of ``xh``, with -inf for the windows that hold nothing but -inf, as
-    PyTorch's: TensorFlow's kernel starts each window's maximum at the dtype's lowest finite value, so such a
-    window gives -3.4e38 in float32. Only a window of -inf and that lowest value pools to it: the windows that
-    also hold a value above -inf (the lowest itself, which must stay) are found by pooling ``xh > -inf``, under a
-    cond so that a step whose pools hold no such window pays a comparison, a reduction and a subtraction over the
-    output (measured: +1-3% of the CNN's training step on CPU when forced; its pools follow ReLUs and skip it).
-    The cond gives what to subtract (+inf, or 0, which leaves every value as it is, -0.0 too) outside the
-    gradient, so the backward pass holds no cond and passes the gradient to ``y`` whole: TensorFlow gives such a
-    window's to its first element, as PyTorch does.
-    In a graph where ``xh`` comes from an op that never gives -inf (a ReLU: a CNN's pools) nothing is added."""
-    if _never_minus_inf(xh):
-        return y
-    floor = tf.equal(y, y.dtype.min)
-
-    def minus_inf():
-        holds_more = tf.nn.max_pool2d(tf.cast(xh > float("-inf"), xh.dtype), **arguments) > 0
-        return tf.where(floor & ~holds_more, tf.constant(float("inf"), y.dtype), tf.zeros((), y.dtype))
-
-    return y - tf.stop_gradient(tf.cond(tf.reduce_any(floor), minus_inf, lambda: tf.zeros((), y.dtype)))
+    pads = (0, 0)
+    if xh.op.type in ("Pad", "PadV2") and xh.op.name.rsplit("/", 1)[-1].startswith(_POOL_PADDING):
+        paddings = tf.get_static_value(xh.op.inputs[1])
+        pads = (int(paddings[1][0]), int(paddings[2][0]))
+    return _max_pool_gradient(xh, y, upstream, pads, arguments, _needs_torch_rule(xh, y))
 
 
 #: ops whose outputs are never -inf (a NaN stays NaN)

@@ -28,8 +28,10 @@ class Backend(BackendInterface):
     name = "torch"
     ops = torch_ops
     # Keras's torch variables unwrap themselves in torch's functions (``__torch_function__``): F.linear's addmm,
-    # F.layer_norm's and F.scaled_dot_product_attention's kernels, where keras.ops composes them
-    keras_native_ops = ("fused_attention", "layer_norm", "linear")
+    # F.layer_norm's and F.scaled_dot_product_attention's kernels, where keras.ops composes them; F.max_pool2d's
+    # padding, which no window's gradient or value is taken from (Keras pads with -inf, which a window of -inf
+    # alone gave its gradient to, and cannot pad integers with it)
+    keras_native_ops = ("fused_attention", "layer_norm", "linear", "max_pool2d")
 
     def __init__(self):
         self.check_ops()

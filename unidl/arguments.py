@@ -1,0 +1,172 @@
+"""Number arguments (kernel sizes, strides, layer sizes, probabilities, learning rates) read once, where a layer's
+constructor, a functional op or an optimizer takes them, so that every backend below sees plain Python numbers.
+
+A NumPy scalar (``np.int64(3)`` read from a config array, ``np.float32(1e-3)``) or a 0-d NumPy array is taken as
+the Python int or float it holds, as ``torch.nn`` takes it; a bool is never a size or a rate (``kernel_size=True``
+is a mistake, refused by the caller's check), nor is a float where an int is needed (``kernel_size=2.0``). A
+sequence of them (a tuple, a list, a 1-d array, a tensor's shape, a range) is read by ``sequence``. Each check
+tries plain Python values first: they are what a forward pass passes, every call.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+
+def integer(value) -> int | None:
+    """``value`` as a Python int where it is an integer: an int, a NumPy integer or a 0-d NumPy integer array;
+    None for anything else (a bool, a float even when whole, a string, a framework's tensor)."""
+    if type(value) is int:
+        return value
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    return None
+
+
+def real(value) -> float | None:
+    """``value`` as a Python float where it is a real number: an int, a float, a NumPy integer or float, or a 0-d
+    NumPy array of one; None for anything else (a bool, a complex number, a string, a framework's tensor)."""
+    if type(value) in (float, int):
+        return float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    return None
+
+
+def sequence(value) -> tuple | None:
+    """``value`` as a tuple where it lists several arguments: a tuple or a list, a 1-d NumPy array, a tensor's
+    shape (``torch.Size``, TensorFlow's ``TensorShape``), a range, any other iterable; None for a string, a number,
+    a 0-d or n-d array or a framework's tensor (whose elements are tensors, not sizes)."""
+    if type(value) is tuple:
+        return value
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return None
+    if isinstance(value, np.ndarray):
+        return tuple(value) if value.ndim == 1 else None
+    if hasattr(value, "dtype"):
+        return None
+    return tuple(value)
+
+
+def positive_int(owner: str, name: str, value) -> int:
+    """``value`` as a Python int (a NumPy integer or 0-d integer array too), checked positive; a bool, a float
+    (even 2.0) or a size below 1 is a ``ValueError`` naming ``owner`` and ``name``."""
+    checked = integer(value)
+    if checked is None or checked <= 0:
+        raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}")
+    return checked
+
+
+def integers(value, rank: int) -> tuple | None:
+    """``value`` as a tuple of ``rank`` Python ints: one integer (repeated), or a ``sequence`` of ``rank``
+    integers; None for anything else. Bounds are the caller's to check."""
+    single = integer(value)
+    if single is not None:
+        return (single,) * rank
+    return _integer_sequence(value, rank)
+
+
+def _integer_sequence(value, rank: int) -> tuple | None:
+    values = sequence(value)
+    if values is None or len(values) != rank:
+        return None
+    values = tuple(integer(v) for v in values)
+    return None if None in values else values
+
+
+def int_or_ints(owner: str, name: str, value, rank: int, minimum: int = 1):
+    """``value`` checked as a functional op's size argument: one integer as a Python int, or ``rank`` of them as a
+    tuple of Python ints, each at least ``minimum``; else a ``ValueError`` naming ``owner``, ``name`` and what is
+    valid (the message of the layers' own checks)."""
+    if type(value) is int and value >= minimum:
+        return value
+    if type(value) is tuple and len(value) == rank and all(type(v) is int and v >= minimum for v in value):
+        return value
+    single = integer(value)
+    values = (single,) if single is not None else _integer_sequence(value, rank)
+    if values is None or any(v < minimum for v in values):
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ValueError(f"{owner} {name} must be a {kind} int or {rank} of them, got {value!r}")
+    return single if single is not None else values
+
+
+def ints(owner: str, name: str, value, rank: int, minimum: int = 1) -> tuple:
+    """``int_or_ints`` always as a tuple of ``rank`` Python ints (a layer's stored kernel size, stride, padding)."""
+    checked = int_or_ints(owner, name, value, rank, minimum)
+    return (checked,) * rank if type(checked) is int else checked
+
+
+def sizes_or_none(owner: str, name: str, value, rank: int) -> tuple:
+    """An adaptive pooling's ``output_size``: one positive integer or None (repeated), or a ``sequence`` of
+    ``rank`` of them, as a tuple of Python ints and Nones (None keeps that axis' size); else a ``ValueError``
+    naming ``owner``."""
+    if value is None or integer(value) is not None:
+        values = (value,) * rank
+    else:
+        values = sequence(value)
+        values = values if values is not None and len(values) == rank else ()
+    checked = tuple(None if v is None else integer(v) for v in values)
+    if not values or any(c is None and v is not None for v, c in zip(values, checked)) or \
+            any(c is not None and c <= 0 for c in checked):
+        raise ValueError(f"{owner} {name} must be a positive int or {rank} of them (None keeps that axis), "
+                         f"got {value!r}")
+    return checked
+
+
+def axis(owner: str, name: str, value, optional: bool = True):
+    """An axis argument (``dim``, ``start_dim``) as a Python int (a NumPy integer too), None as it is where
+    ``optional`` (a softmax's dim) and refused where not (an unflatten's dim); a float or a bool is a ``ValueError``
+    naming ``owner`` and ``name`` on every backend (the frameworks raised four different errors for one, and took
+    the other)."""
+    if type(value) is int or (value is None and optional):
+        return value
+    checked = integer(value)
+    if checked is None:
+        raise ValueError(f"{owner} {name} must be an int (an axis), got {value!r}")
+    return checked
+
+
+def plain_number(owner: str, name: str, value):
+    """A functional op's number argument (a slope, an epsilon, a bound) with a NumPy scalar or 0-d array taken as
+    the Python int or float it holds, which every framework takes alike (torch refused a 0-d array, the others took
+    it; an integer stays an int, so that an integer tensor clipped to it stays integer); anything else (a Python
+    number, a framework's tensor) is left to the op. A NumPy bool is a ``ValueError`` naming ``owner``."""
+    if type(value) is float:
+        return value
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+        number = integer(value)
+        number = real(value) if number is None else number
+        if number is None:
+            raise ValueError(f"{owner} {name} must be a number, got {value!r}")
+        return number
+    return value
+
+
+def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=False, high_open=True) -> float:
+    """``value`` as a Python float (a NumPy scalar or 0-d array too, as ``torch.optim`` takes them); ``ValueError``
+    naming the hyperparameter unless it is a number (not a bool, not NaN) with low <= value < high (bounds as
+    asked)."""
+    number = real(value)
+    if number is None or math.isnan(number):
+        raise ValueError(f"{owner} {name} must be a number, got {value!r}")
+    below = number <= low if low_open else number < low
+    above = number >= high if high_open else number > high
+    if below or above:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        raise ValueError(f"{owner} {name}={value!r} is invalid: it must lie in {left}{low}, {high}{right}")
+    return number
+
+
+def probability(owner: str, name: str, value) -> float:
+    """A dropout rate as a Python float (a NumPy scalar or 0-d array too), checked to lie in [0, 1]."""
+    if type(value) is float and 0 <= value <= 1:
+        return value
+    return check_range(owner, name, value, 0, 1, high_open=False)
