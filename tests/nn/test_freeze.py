@@ -1,12 +1,15 @@
 """Freezing with PyTorch's names (``module.requires_grad_(False)``, ``param.requires_grad = False``) is honoured
-by every loop on every backend: frozen weights and their optimizer state stay bit-identical."""
+by every loop on every backend: frozen weights and their optimizer state stay bit-identical. An optimizer over
+some of a model's parameters (a head only), or over them in another order, trains as ``torch.optim`` does."""
 
 import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import unidl as ud
+from unidl.testing import max_relative_difference
 
 R = np.random.default_rng(4)
 X, Y = R.standard_normal((8, 3)).astype(np.float32), R.standard_normal((8, 2)).astype(np.float32)
@@ -71,3 +74,63 @@ def test_gradients_of_frozen_parameters_are_none(backend):
     _, grads = ud.value_and_grad(lambda: ud.ops.sum(model(ud.tensor(X))), model.parameters())()
     assert [g is None for g in grads] == [True, True, False, False]
     assert model.num_parameters(trainable_only=True) == 4 * 2 + 2
+
+
+SQUARE = [R.standard_normal(s).astype(np.float32) for s in [(4, 4), (4,), (4, 4), (4,)]]  # same-shape layers
+XS, YS = R.standard_normal((8, 4)).astype(np.float32), R.standard_normal((8, 4)).astype(np.float32)
+
+
+def _head_or_reversed(kind, params):
+    """The head only (one group), or every parameter in reverse order with a group of its own rate per layer."""
+    if kind == "head":
+        return [{"params": params[2:]}]
+    reversed_params = params[::-1]
+    return [{"params": reversed_params[:2]}, {"params": reversed_params[2:], "lr": 0.05}]
+
+
+def trained_against_torch_optim(kind):
+    """A model of two same-shape layers and SGD with momentum over ``_head_or_reversed(kind, ...)`` of its
+    parameters, on the backend in force, trained by ``train_step`` for two steps, then by ``fit`` for one epoch of
+    two batches, against plain ``torch.optim`` on a plain torch model from the same weights: per loop the largest
+    relative difference of a parameter, and whether the body kept its weights bit for bit (a head-only optimizer).
+    (Also run by the Keras-on-JAX script: tests/backends/test_keras_jax.py.)"""
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4))
+    with torch.no_grad():
+        for p, value in zip(reference.parameters(), SQUARE):
+            p.copy_(torch.tensor(value))
+    reference_optimizer = torch.optim.SGD(_head_or_reversed(kind, list(reference.parameters())), lr=0.1,
+                                          momentum=0.9)
+
+    def difference(*batches):
+        for rows in batches:
+            reference_optimizer.zero_grad()
+            torch.nn.functional.mse_loss(reference(torch.tensor(XS[rows])), torch.tensor(YS[rows])).backward()
+            reference_optimizer.step()
+        state = model.state_dict()
+        return max(max_relative_difference(state[name], p.detach().numpy())
+                   for name, p in zip(state, reference.parameters()))
+
+    model = ud.nn.Sequential(ud.nn.Linear(4, 4), ud.nn.Tanh(), ud.nn.Linear(4, 4))
+    model.load_state_dict(dict(zip(["0.weight", "0.bias", "2.weight", "2.bias"], SQUARE)))
+    optimizer = ud.optim.SGD(_head_or_reversed(kind, list(model.parameters())), lr=0.1, momentum=0.9)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    step(XS, YS)
+    step(XS, YS)
+    outcome = {"train_step": difference(slice(None), slice(None))}
+    ud.fit(model, (XS, YS), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=1, batch_size=4, shuffle=False,
+           verbose=0)
+    outcome["fit"] = difference(slice(0, 4), slice(4, 8))
+    outcome["body_kept"] = all(np.array_equal(np.asarray(model.state_dict()[name]), value)
+                               for name, value in zip(["0.weight", "0.bias"], SQUARE))
+    return outcome
+
+
+@pytest.mark.parametrize("kind", ["head", "reversed"])
+def test_optimizer_over_some_parameters_or_another_order_follows_torch_optim(backend, kind):
+    """Matched by identity to the model's parameters (not by position): the head alone updates, the body keeps
+    its weights; in reverse order each parameter gets its own momentum slot and its group's rate, as torch.optim
+    (same-shape layers: a positional match would swap them silently). ``train_step`` for two steps, then ``fit``
+    for one epoch of two batches."""
+    outcome = trained_against_torch_optim(kind)
+    assert outcome["train_step"] < 1e-6 and outcome["fit"] < 1e-6, outcome
+    assert outcome["body_kept"] == (kind == "head"), outcome

@@ -61,7 +61,7 @@ class NativeModel(keras.Model):
         # in a data-parallel job whose engine wraps the forward (Keras-on-torch: DistributedDataParallel), Keras's
         # own step with its forward through that wrapper, so that its loss.backward() averages the gradients
         with recording_module_calls() as reached, keras_distributed.forward_through_engine(self), \
-                _gradients_of_used_variables(self, args):
+                _trainer_variables_told(self), _gradients_of_used_variables(self, args):
             result = super().train_step(*args, **kwargs)
         _note_modules_reached(self, reached)
         return result
@@ -182,6 +182,24 @@ def _step_function_of_its_own(native, name):
 
 
 @contextlib.contextmanager
+def _trainer_variables_told(native):
+    """For the train step traced in the block, the optimizer learns the model's trainable variables in the order
+    Keras's trainer hands their values and gradients to ``stateless_apply`` (Keras-on-JAX), to match them to its
+    own by identity (keras/optimizer.py ``trainer_values_in_optimizer_order``): an optimizer over some of the
+    model's parameters, or over them in another order, updates its own, each with its own slots and rate."""
+    optimizer = getattr(native, "optimizer", None)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # (float16: the optimizer in Keras's loss scaler)
+    if HOST.keras_state_in_place or not hasattr(inner, "trainer_variables"):  # (in place: apply matches them itself)
+        yield
+        return
+    object.__setattr__(inner, "trainer_variables", list(native.trainable_variables))
+    try:
+        yield
+    finally:
+        object.__setattr__(inner, "trainer_variables", None)
+
+
+@contextlib.contextmanager
 def _gradients_of_used_variables(native, args):
     """Where Keras's trainer threads the state as values (Keras-on-JAX: ``train_step(state, data)``), its
     ``jax.grad`` gives a trainable variable the loss does not use zeros, which momentum, weight decay and Adam's
@@ -220,10 +238,13 @@ def _loss_marked_in_a_gradient(native, loss, unscaled, trainable_values):
     all-reduce carries a rank's loss (keras/distributed.py). Only in the step traced after the loss's used
     variables are known (``_gradients_of_used_variables``: the mark must not make an unused variable used)."""
     optimizer = getattr(native, "optimizer", None)
-    used = getattr(getattr(optimizer, "inner_optimizer", optimizer), "used_gradients", None)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    used = getattr(inner, "used_gradients", None)
     if used is None or len(used) != len(trainable_values):
         return loss
-    sizes = {i: math.prod(trainable_values[i].shape) for i, u in enumerate(used) if u}
+    # (a variable of the optimizer's: one it does not hold would carry the mark past its guard)
+    held = [inner._var_key(v) in inner._trainable_variables_indices for v in native.trainable_variables]
+    sizes = {i: math.prod(trainable_values[i].shape) for i, u in enumerate(used) if u and held[i]}
     index = min((i for i, size in sizes.items() if size), key=sizes.__getitem__, default=None)
     if index is None:
         return loss

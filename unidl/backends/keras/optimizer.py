@@ -122,6 +122,9 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         # per trainable variable, whether the loss of the step being traced uses it, where Keras's trainer gives
         # the others zeros (Keras-on-JAX: keras/module.py ``_gradients_of_used_variables``); None elsewhere
         object.__setattr__(self, "used_gradients", None)
+        # the trainable variables of the model in the order its trainer hands their values to ``stateless_apply``
+        # (Keras-on-JAX), set while a train step is traced (keras/module.py ``_trainer_variables_told``); None elsewhere
+        object.__setattr__(self, "trainer_variables", None)
         with keras.name_scope(self.name):
             self.finite = keras.Variable(True, dtype="bool", trainable=False, name="last_step_finite")
             # the learning rates of param groups after the first (whose rate is Keras's ``learning_rate``)
@@ -212,8 +215,9 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         return self._micro_steps  # (LocalWindow's count variable)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        # (Keras-on-JAX's trainer: a frozen parameter still in this optimizer goes in without a gradient)
-        return with_frozen_parameters(self, super().stateless_apply, optimizer_variables, grads, trainable_variables)
+        # (Keras-on-JAX's trainer: the model's trainable variables in its order, matched to this optimizer's)
+        return trainer_values_in_optimizer_order(self, super().stateless_apply, optimizer_variables, grads,
+                                                 trainable_variables)
 
     def apply(self, grads, trainable_variables=None):
         """Keras's ``apply`` behind unidl's non-finite guard, clipping and accumulation: the update (and the
@@ -224,6 +228,8 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         loss = self._step_loss
         object.__setattr__(self, "_step_loss", None)
         used = self.used_gradients
+        if trainable_variables is not None:  # (a trainer's: every trainable variable of the model)
+            grads, trainable_variables, used = own_gradients(self, grads, list(trainable_variables), used)
         if used is not None and len(used) == len(grads):  # PyTorch's rule: no gradient for what the loss skips
             grads = [g if u else None for g, u in zip(grads, used)]
         grads = [None if g is None else _dense(g) for g in grads]
@@ -458,30 +464,63 @@ def all_finite(values):
     return K.all(K.stack(flags)) if flags else K.convert_to_tensor(True)
 
 
-def with_frozen_parameters(inner, stateless_apply, optimizer_variables, grads, trainable_variables):
+def trainer_values_in_optimizer_order(inner, stateless_apply, optimizer_variables, grads, trainable_variables):
     """``stateless_apply(optimizer_variables, grads, trainable_variables)`` (Keras's, of ``inner``, the unidl
     optimizer, or of the loss scaler around it) where Keras-on-JAX's trainer hands it the values and gradients of
-    the model's trainable variables only: with a parameter frozen (``requires_grad_(False)``, Keras's
-    ``trainable`` False) still in the optimizer, Keras's ``stateless_apply`` would refuse them (it takes every
-    variable it was built with). A frozen parameter goes in without a gradient (no update, its slots and step
-    count unchanged: torch.optim's rule for a ``.grad`` of None) and with a placeholder value that nothing kept
-    reads; the trainable ones' new values come back, and the optimizer's whole new state."""
+    the model's trainable variables, in the model's order (``inner.trainer_variables``, told by the train step:
+    keras/module.py ``_trainer_variables_told``), and Keras's ``stateless_apply`` takes them by position in the
+    optimizer's own order (every variable it was built with). Matched by identity, one mapping for an optimizer
+    over some of the model's parameters (a head only), over them in another order, or over a frozen one
+    (``requires_grad_(False)``, which the trainer leaves out): a parameter of the optimizer the trainer does not
+    hand in goes in without a gradient (no update, its slots and step count unchanged: torch.optim's rule for a
+    ``.grad`` of None) and with a placeholder value that nothing kept reads; a trainable variable the optimizer
+    does not hold keeps its value (torch: an optimizer updates its own parameters only). The trainer's values come
+    back in its order, and the optimizer's whole new state."""
     built = inner._trainable_variables
-    kept = [is_trainable(v) for v in built]
-    if len(trainable_variables) == len(built) or sum(kept) != len(trainable_variables):
+    trainer = told = inner.trainer_variables
+    if trainer is None:  # (a step not unidl's: the trainable variables of the optimizer, in its order)
+        trainer = [v for v in built if is_trainable(v)]
+    if len(trainer) != len(trainable_variables) or [id(v) for v in trainer] == [id(v) for v in built]:
         return stateless_apply(optimizer_variables, grads, trainable_variables)  # (or Keras's own error)
-    values, gradients = iter(trainable_variables), iter(grads)
-    every_value = [next(values) if k else K.zeros(v.shape, v.dtype) for v, k in zip(built, kept)]
-    every_gradient = [next(gradients) if k else None for k in kept]
-    used = inner.used_gradients  # (per trainable variable: ``_gradients_of_used_variables``)
+    position = {id(v): j for j, v in enumerate(trainer)}
+    places = [position.get(id(v)) for v in built]  # per variable of the optimizer: its place in the trainer's
+    every_value = [K.zeros(v.shape, v.dtype) if j is None else trainable_variables[j] for v, j in zip(built, places)]
+    every_gradient = [None if j is None else grads[j] for j in places]
+    used = inner.used_gradients  # (per trainable variable, in the trainer's order: ``_gradients_of_used_variables``)
     if used is not None and len(used) == len(trainable_variables):
-        marks = iter(used)
-        object.__setattr__(inner, "used_gradients", [next(marks) if k else False for k in kept])
+        object.__setattr__(inner, "used_gradients", [False if j is None else used[j] for j in places])
+    # the values are in the optimizer's order from here: a nested ``stateless_apply`` (float16: Keras's loss scaler
+    # calls the inner optimizer's) must not match them again
+    object.__setattr__(inner, "trainer_variables", None)
     try:
         new_values, new_state = stateless_apply(optimizer_variables, every_gradient, every_value)
     finally:
         object.__setattr__(inner, "used_gradients", used)
-    return [value for value, k in zip(new_values, kept) if k], new_state
+        object.__setattr__(inner, "trainer_variables", told)
+    values = list(trainable_variables)
+    for j, value in zip(places, new_values):
+        if j is not None:
+            values[j] = value
+    return values, new_state
+
+
+def own_gradients(optimizer, grads, variables, marks=None):
+    """The gradients and variables a trainer hands ``apply`` where Keras's state is in place (Keras-on-TensorFlow,
+    -torch: every trainable variable of the model, with its gradient), and ``marks`` (None, or one per variable),
+    narrowed to the variables ``optimizer`` holds, matched by identity: the others keep their values, as those of
+    a model outside a ``torch.optim`` optimizer do. Those it holds are found by identity in ``apply`` already, in
+    any order."""
+    if not optimizer.built:  # (Keras's ``apply`` builds it over these)
+        return grads, variables, marks
+    known = optimizer._trainable_variables_indices
+    keep = [optimizer._var_key(v) in known for v in variables]
+    if all(keep):
+        return grads, variables, marks
+
+    def held(values):
+        return [value for value, k in zip(values, keep) if k]
+
+    return held(grads), held(variables), None if marks is None else held(marks)
 
 
 def read_numpy(variable):

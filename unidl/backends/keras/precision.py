@@ -12,7 +12,8 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import step_key
-from unidl.backends.keras.optimizer import LocalWindow, assign_numpy, read_numpy, with_frozen_parameters
+from unidl.backends.keras.optimizer import (LocalWindow, assign_numpy, own_gradients, read_numpy,
+                                           trainer_values_in_optimizer_order)
 from unidl.precision import autocast_modules, modules_of
 
 
@@ -77,10 +78,10 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
         """``apply``'s rule where Keras threads the optimizer's state as values (Keras-on-JAX's trainer): each
         micro-step adds its scaled gradients of ``loss / N`` to the window, and the N-th hands the window's sum to
         Keras's own ``stateless_apply`` (one overflow check, one scale move, one update), the window then empty.
-        A frozen parameter still in the optimizer, which Keras's trainer leaves out, goes in without a gradient
-        (``with_frozen_parameters``)."""
-        return with_frozen_parameters(self.inner_optimizer, self._stateless_apply, optimizer_variables, grads,
-                                      trainable_variables)
+        The trainer's values and gradients (the model's trainable variables, in its order) are matched to the
+        optimizer's by identity (``trainer_values_in_optimizer_order``)."""
+        return trainer_values_in_optimizer_order(self.inner_optimizer, self._stateless_apply, optimizer_variables,
+                                                 grads, trainable_variables)
 
     def _stateless_apply(self, optimizer_variables, grads, trainable_variables):
         accumulate = getattr(self, "_window_size", 1)
@@ -120,6 +121,9 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
         return trainable_variables, values
 
     def apply(self, grads, trainable_variables=None):
+        if trainable_variables is not None:  # (a trainer's: every trainable variable of the model; the overflow
+            # check reads the optimizer's gradients only, as torch's GradScaler unscales only those)
+            grads, trainable_variables, _ = own_gradients(self.inner_optimizer, grads, list(trainable_variables))
         accumulate = getattr(self, "_window_size", 1)
         if accumulate == 1:
             return super().apply(grads, trainable_variables)
