@@ -97,9 +97,8 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
     ``sums``: one variable per parameter, the micro-steps' gradients of ``loss / N`` summed (times the loss
     scale ``scale()`` in force where the step scales them: unscaled on reading, scaled on writing, exactly for
     a power of two). ``count``: the micro-steps run. ``finite``: where the window's finite flag is kept: a
-    boolean variable (read as False where a sum is not finite too); the window's N losses (finite when its first
-    ``count`` are; a non-finite window is written as a NaN first loss); or None where the sums carry it (a step
-    that checks only the sums at the update: a non-finite window is written as a NaN in its first sum).
+    boolean variable (read as False where a sum is not finite too); or the window's N losses (finite when its
+    first ``count`` are; a non-finite window is written as a NaN first loss).
     ``on_write(micro_steps)`` is told of each write. ``storage``: the backend's object that holds these variables
     (``AccumulationWindow.storage``).
     ``has_gradient``: ``(flags, params)``, one boolean variable per parameter, whether it had a gradient in a
@@ -111,12 +110,9 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
     def read():
         micro_steps = int(to_numpy(count))
         stored = [np.array(to_numpy(total)) for total in sums]
-        if finite is None:
-            is_finite = all(np.isfinite(s).all() for s in stored)
-        else:  # (a boolean flag: the sums too, where a micro-step's non-finite gradients are only in them)
-            flag = to_numpy(finite)
-            is_finite = (bool(np.isfinite(flag[:micro_steps]).all()) if np.ndim(flag) else
-                         bool(flag) and all(np.isfinite(s).all() for s in stored))
+        flag = to_numpy(finite)  # (a boolean flag reads the sums too: non-finite gradients are only in them)
+        is_finite = (bool(np.isfinite(flag[:micro_steps]).all()) if np.ndim(flag) else
+                     bool(flag) and all(np.isfinite(s).all() for s in stored))
         if scale is not None:
             stored = [s / np.asarray(scale(), s.dtype) for s in stored]
         flags = ([True] * len(stored) if has_gradient is None else
@@ -125,10 +121,9 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
 
     def write(micro_steps, is_finite, gradients, had_gradient=None):
         assign(count, np.asarray(micro_steps, np.asarray(to_numpy(count)).dtype))
-        if finite is not None:
-            flag = np.asarray(to_numpy(finite))
-            assign(finite, np.asarray(bool(is_finite)) if not flag.ndim else
-                   np.asarray([0.0 if is_finite or index else np.nan for index in range(accumulate)], flag.dtype))
+        flag = np.asarray(to_numpy(finite))
+        assign(finite, np.asarray(bool(is_finite)) if not flag.ndim else
+               np.asarray([0.0 if is_finite or index else np.nan for index in range(accumulate)], flag.dtype))
         if has_gradient is not None:
             from unidl.nn.module import is_trainable
 
@@ -137,7 +132,7 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
                 assign(flag, np.asarray(bool(micro_steps) and is_trainable(param) and bool(had_one)))
         if on_write is not None:
             on_write(micro_steps)
-        for index, (total, value) in enumerate(zip(sums, gradients if micro_steps else [None] * len(sums))):
+        for total, value in zip(sums, gradients if micro_steps else [None] * len(sums)):
             current = np.asarray(to_numpy(total))
             if value is None:
                 value = np.zeros_like(current)
@@ -145,8 +140,6 @@ def variable_window(accumulate: int, sums, count, finite, to_numpy, assign, on_w
                 value = np.asarray(value).astype(current.dtype)
                 if scale is not None:
                     value = value * np.asarray(scale(), current.dtype)
-                if finite is None and not is_finite and index == 0:
-                    value.reshape(-1)[:1] = np.nan
             assign(total, value)
 
     return AccumulationWindow(accumulate, read, write, storage=storage, count=lambda: to_numpy(count))

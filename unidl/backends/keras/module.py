@@ -14,7 +14,7 @@ from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, n
 from unidl import config
 from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
-from unidl.backends.keras.optimizer import keep_train_function_current
+from unidl.backends.keras.optimizer import holds, keep_train_function_current
 from unidl.data.pool import ctrl_c_noted
 from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
 from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
@@ -243,7 +243,7 @@ def _loss_marked_in_a_gradient(native, loss, unscaled, trainable_values):
     if used is None or len(used) != len(trainable_values):
         return loss
     # (a variable of the optimizer's: one it does not hold would carry the mark past its guard)
-    held = [inner._var_key(v) in inner._trainable_variables_indices for v in native.trainable_variables]
+    held = holds(inner, native.trainable_variables)
     sizes = {i: math.prod(trainable_values[i].shape) for i, u in enumerate(used) if u and held[i]}
     index = min((i for i, size in sizes.items() if size), key=sizes.__getitem__, default=None)
     if index is None:

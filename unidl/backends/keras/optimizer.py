@@ -504,6 +504,12 @@ def trainer_values_in_optimizer_order(inner, stateless_apply, optimizer_variable
     return values, new_state
 
 
+def holds(optimizer, variables) -> list[bool]:
+    """Per variable, whether the (built) Keras ``optimizer`` updates it, matched by identity (Keras's own key)."""
+    known = optimizer._trainable_variables_indices
+    return [optimizer._var_key(v) in known for v in variables]
+
+
 def own_gradients(optimizer, grads, variables, marks=None):
     """The gradients and variables a trainer hands ``apply`` where Keras's state is in place (Keras-on-TensorFlow,
     -torch: every trainable variable of the model, with its gradient), and ``marks`` (None, or one per variable),
@@ -512,8 +518,7 @@ def own_gradients(optimizer, grads, variables, marks=None):
     any order."""
     if not optimizer.built:  # (Keras's ``apply`` builds it over these)
         return grads, variables, marks
-    known = optimizer._trainable_variables_indices
-    keep = [optimizer._var_key(v) in known for v in variables]
+    keep = holds(optimizer, variables)
     if all(keep):
         return grads, variables, marks
 
