@@ -1,4 +1,5 @@
 import os
+import signal
 import tempfile
 
 import numpy as np
@@ -23,6 +24,12 @@ def rng():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "heavy: a test file of tens of seconds; such files run first (see below)")
+    # Ctrl-C raises KeyboardInterrupt in every test process, as at a terminal, also where the suite was started in
+    # the background of a shell without job control: its children inherit SIGINT ignored (Python then installs no
+    # handler), and the tests that send a real SIGINT to this process or to a script it starts (a handler is reset
+    # on exec, an ignored signal is not) would see it dropped
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,7 @@
-"""A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``
-(or ``BACKEND DIR OUT --then DIR2 OUT2``: the resume, then the same job from scratch in DIR2, in one interpreter).
+"""A training job for the kill-and-resume tests: run as ``python tests/resume_job.py BACKEND DIR OUT [KILL_AT]``, or
+``python tests/resume_job.py --resume BACKEND DIR OUT DIR2 OUT2 [BACKEND DIR OUT DIR2 OUT2 ...]``: for each backend
+in turn, the resume from DIR, then the same job from scratch in DIR2, all in one interpreter (a start of one with
+TensorFlow costs seconds).
 
 Trains the CNN (with dropout on its logits) on digits with ``ud.fit``, a StepLR schedule and a step-wise
 ``Checkpoint``; with KILL_AT (a step the Checkpoint saves at) it kills itself with SIGKILL half-way through
@@ -72,8 +74,9 @@ def main(backend, directory, out, kill_at=None):
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if len(args) == 6 and args[3] == "--then":  # the resume, then an uninterrupted run from scratch (one interpreter)
-        main(args[0], args[1], args[2])
-        main(args[0], args[4], args[5])
+    if args[0] == "--resume":  # per backend: the resume, then an uninterrupted run from scratch (one interpreter)
+        for backend, directory, out, directory2, out2 in zip(*[iter(args[1:])] * 5, strict=True):
+            main(backend, directory, out)
+            main(backend, directory2, out2)
     else:
         main(args[0], args[1], args[2], int(args[3]) if len(args) > 3 else None)

@@ -11,7 +11,7 @@ import pytest
 import unidl as ud
 from unidl import cli, config
 from unidl.compare import display_name
-from tests.helpers import ROOT, last_json_line, run_python
+from tests.helpers import ROOT, last_json_line
 
 
 @pytest.fixture(autouse=True)
@@ -98,23 +98,70 @@ BAD_VALUES = [
 ]
 
 
+# ``python -m unidl ARGUMENTS`` for each bad value in turn (one interpreter each cost ~0.35 s): one fresh interpreter
+# imports unidl, then each value runs in a fork of it, as ``-m`` runs unidl's ``__main__``, so that nothing one run
+# imports or caches reaches the next; its exit status is the child's, its stderr all the child wrote to fd 2 (below
+# Python too), and it reports the frameworks imported by then; the parent's own stderr must stay empty
+BAD_VALUES_RUN = """
+import json, os, runpy, sys, traceback
+import unidl.cli  # noqa: F401 (each case runs in a fork of this state)
+outcomes = []
+for arguments, _ in BAD_VALUES:
+    errors, report = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(errors[0])
+        os.close(report[0])
+        os.dup2(errors[1], 2)
+        sys.argv = ["unidl", *arguments]
+        try:
+            runpy.run_module("unidl", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exited:
+            code = exited.code if isinstance(exited.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stderr.flush()
+        os.write(report[1], json.dumps([m for m in ("torch", "tensorflow", "keras", "jax") if m in sys.modules])
+                 .encode())
+        os._exit(code)
+    os.close(errors[1])
+    os.close(report[1])
+    with os.fdopen(errors[0]) as pipe:
+        stderr = pipe.read()
+    with os.fdopen(report[0]) as pipe:
+        imported = json.loads(pipe.read() or "null")
+    outcomes.append([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), stderr, imported])
+print(json.dumps(outcomes))
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_value_runs():
+    """Each bad value's (exit status, stderr, frameworks imported), and the parent interpreter's own stderr."""
+    environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    environment.update(PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", f"BAD_VALUES = {BAD_VALUES!r}\n" + BAD_VALUES_RUN], cwd=ROOT,
+                            env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    outcomes = last_json_line(result.stdout)
+    return dict(zip((" ".join(arguments) for arguments, _ in BAD_VALUES), outcomes)), result.stderr
+
+
 @pytest.mark.parametrize("arguments, message", BAD_VALUES, ids=[" ".join(a) for a, _ in BAD_VALUES])
-def test_bad_value_is_one_line_error_with_status_2(arguments, message):
-    result = unidl_command(*arguments)
-    assert result.returncode == 2
-    assert result.stderr.startswith(f"unidl {arguments[0]}: error: {message}"), result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+def test_bad_value_is_one_line_error_with_status_2(arguments, message, bad_value_runs):
+    (returncode, stderr, _), parent_stderr = bad_value_runs[0][" ".join(arguments)], bad_value_runs[1]
+    assert returncode == 2, stderr
+    assert stderr.startswith(f"unidl {arguments[0]}: error: {message}"), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
+    assert parent_stderr == "", parent_stderr
 
 
-def test_bad_values_are_refused_before_any_framework_is_imported():
-    code = ("import contextlib, io, json, sys\nfrom unidl import cli\ncodes = []\n"
-            f"for arguments, _ in {BAD_VALUES!r}:\n"
-            "    with contextlib.redirect_stderr(io.StringIO()):\n"
-            "        try:\n            cli.main(arguments)\n"
-            "        except SystemExit as exited:\n            codes.append(exited.code)\n"
-            "print(json.dumps([codes, [m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules]]))")
-    codes, imported = last_json_line(run_python(code).stdout)
-    assert codes == [2] * len(BAD_VALUES) and imported == []
+def test_bad_values_are_refused_before_any_framework_is_imported(bad_value_runs):
+    outcomes = bad_value_runs[0].values()
+    assert [code for code, _, _ in outcomes] == [2] * len(BAD_VALUES)
+    assert [imported for _, _, imported in outcomes] == [[]] * len(BAD_VALUES)
 
 
 def test_unseen_gpu_is_one_line_error_with_status_2(capsys):

@@ -1,6 +1,7 @@
 """Every example runs unchanged under every backend, in a fresh interpreter, as a user runs it: one interpreter a
 backend runs the three examples one after another as ``__main__`` (an interpreter that imports a framework takes
-seconds to start; each example seeds and builds everything it uses)."""
+seconds to start; each example seeds and builds everything it uses). torch's interpreter then goes on to the
+Keras-on-torch checks below (``KERAS_RUN``), so that torch is imported once for both."""
 
 import functools
 
@@ -26,15 +27,35 @@ for name in {EXAMPLES!r}:
 """
 
 
+#: what follows the examples where that interpreter goes on to the Keras checks (a section of its own)
+KERAS_SECTION = "keras checks"
+EXAMPLES_ENV = {"STEPS": "60"}
+
+
 @functools.cache
-def _examples_output(backend: str) -> dict:
-    stdout = run_python(RUN_EXAMPLES, env={"UNIDL_BACKEND": backend, "STEPS": "60"}).stdout
-    parts = stdout.split("=== ")[1:]
-    return {part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in parts}
+def _interpreter_output(backend: str) -> dict:
+    """``{example: its output}`` of ``RUN_EXAMPLES`` in a fresh interpreter with ``UNIDL_BACKEND=backend``; for
+    torch, that interpreter then runs ``KERAS_RUN`` with Keras on torch (its output under ``KERAS_SECTION``, with
+    the exit status): its first import of Keras, after the examples, with KERAS_BACKEND=torch set and
+    UNIDL_BACKEND and STEPS unset there (the examples see the environment a user's run has)."""
+    code, env = RUN_EXAMPLES, {"UNIDL_BACKEND": backend, **EXAMPLES_ENV}
+    if backend == "torch":
+        code += (f"print('=== {KERAS_SECTION}', flush=True)\nimport os\nos.environ['KERAS_BACKEND'] = 'torch'\n"
+                 f"for name in {['UNIDL_BACKEND', *EXAMPLES_ENV]!r}:\n    del os.environ[name]\n" + KERAS_RUN)
+    result = run_python(code, env=env, check=False)
+    parts = result.stdout.split("=== ")[1:]
+    output = {part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in parts}
+    if backend == "torch":
+        output[KERAS_SECTION] = (result.returncode, output.get(KERAS_SECTION, ""), result.stderr)
+    elif result.returncode != 0:
+        raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return output
 
 
 def _run_example(name, backend):
-    out = _examples_output(backend)[name]
+    output = _interpreter_output(backend)
+    assert name in output, f"examples/{name} never ran on {backend}:\n{output}"
+    out = output[name]
     assert "Traceback" not in out, f"examples/{name} failed on {backend}:\n{out}"
     return out
 
@@ -150,7 +171,12 @@ def _keras_on(framework: str):
     (tests/test_dynamic_forward.py's keras_host_accumulation; None on JAX), the off-path op results
     (tests/test_bad_input_parity.py's off_path_results), on torch the outcomes of a Ctrl-C as Keras switches
     gradients off (``ctrl_c_as_keras_switches_gradients_off``; None on JAX)]``
-    from an interpreter whose Keras runs on ``framework``."""
+    from an interpreter whose Keras runs on ``framework`` (on torch: the one that ran the examples first)."""
+    if framework == "torch":
+        returncode, stdout, stderr = _interpreter_output("torch")[KERAS_SECTION]
+        if returncode != 0:
+            raise AssertionError(f"subprocess failed ({returncode}):\n{stdout}\n{stderr}")
+        return last_json_line(stdout)
     return last_json_line(run_python(KERAS_RUN, env={"KERAS_BACKEND": framework}).stdout)
 
 

@@ -17,6 +17,9 @@ from tests.helpers import ROOT
 from unidl.testing import max_relative_difference
 
 JOB = str(ROOT / "tests" / "resume_job.py")
+# (in any order: a seed set before a backend loaded once made TensorFlow's runtime start before its threads were
+# set, so its float32 results depended on what the process had run before; unidl/backends/__init__.py ``load``)
+BACKENDS = ["torch", "tensorflow", "keras"]
 
 
 def _job(*args):
@@ -25,27 +28,44 @@ def _job(*args):
                           text=True, timeout=300)
 
 
-@pytest.mark.parametrize("backend", ["torch", "tensorflow", "keras"])
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, backend):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Per backend, the job killed mid-checkpoint (a fresh interpreter each) and what it left on disk; then, in one
+    more fresh interpreter (a start costs seconds), per backend the resume, then the uninterrupted run from scratch.
+    ``(killed job, files it left with their sizes, RuntimeWarnings of latest_checkpoint, its answer)`` per backend,
+    the resume job, and the folder."""
+    root = tmp_path_factory.mktemp("resume")
     # 600 samples / 50 per batch = 12 steps per epoch, checkpoints every 4 steps (keep=2): killed while writing
     # the checkpoint of step 20, mid-epoch 2, after its header and first tensor reached the disk
-    killed = _job(backend, tmp_path / "run", tmp_path / "unused.npz", 20)
+    killed = {}
+    for backend in BACKENDS:
+        run = root / backend / "run"
+        job = _job(backend, run, root / backend / "unused.npz", 20)
+        sizes = {name: os.path.getsize(run / name) for name in sorted(os.listdir(run))} if run.exists() else {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", RuntimeWarning)  # no corrupt checkpoint to skip: the newest is intact
+            latest = ud.latest_checkpoint(run) if sizes else None
+        killed[backend] = job, sizes, [w for w in caught if issubclass(w.category, RuntimeWarning)], latest
+    resumed = _job("--resume", *[str(part) for backend in BACKENDS
+                                 for part in (backend, root / backend / "run", root / backend / "resumed.npz",
+                                              root / backend / "straight", root / backend / "straight.npz")])
+    return killed, resumed, root
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs, backend):
+    (killed, sizes, warned, latest), resumed, root = runs[0][backend], runs[1], runs[2] / backend
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    names = sorted(os.listdir(tmp_path / "run"))
+    names = list(sizes)
     assert names[1:] == ["checkpoint-0000-0000012.safetensors", "checkpoint-0001-0000016.safetensors"], names
     assert names[0].startswith(".checkpoint-0001-0000020.safetensors.unidl-"), names  # the final name never appeared
-    assert 0 < os.path.getsize(tmp_path / "run" / names[0]) < os.path.getsize(tmp_path / "run" / names[2]) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # no corrupt checkpoint to skip: the newest is intact
-        assert ud.latest_checkpoint(tmp_path / "run") == str(tmp_path / "run" / names[2])
-    # the resume, then the uninterrupted run from scratch in the same fresh interpreter (a start costs seconds)
-    resumed = _job(backend, tmp_path / "run", tmp_path / "resumed.npz", "--then", tmp_path / "straight",
-                   tmp_path / "straight.npz")
+    assert 0 < sizes[names[0]] < sizes[names[2]] / 2
+    assert warned == [] and latest == str(root / "run" / names[2])
     assert resumed.returncode == 0, resumed.stderr
     # its first checkpoint removed the dead writer's temporary (the final two of 36 steps remain)
-    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint-0002-0000032.safetensors",
-                                                    "checkpoint-0002-0000036.safetensors"]
-    a, b = np.load(tmp_path / "resumed.npz"), np.load(tmp_path / "straight.npz")
+    assert sorted(os.listdir(root / "run")) == ["checkpoint-0002-0000032.safetensors",
+                                                "checkpoint-0002-0000036.safetensors"]
+    a, b = np.load(root / "resumed.npz"), np.load(root / "straight.npz")
     assert sorted(a.files) == sorted(b.files)
     for key in a.files:  # History too: the interrupted epoch's running sums go on from the checkpoint's
         assert np.array_equal(a[key], b[key]), (key, a[key], b[key], max_relative_difference(a[key], b[key]))

@@ -66,40 +66,44 @@ def test_a_newer_epoch_iterator_owns_the_position():
     assert loader.state_dict() == dict(loader.state_dict(), epoch=1, position=1)
 
 
+def keras_fit_positions() -> dict:
+    """Keras's framework, whether ``fit`` on the keras backend took each epoch's arrays (``Epoch.take_arrays``; none
+    asked for: ``[]``), and the loader's ``(epoch, position)`` after each trained batch, over 2 epochs of 5 batches."""
+    taken = []
+    original = Epoch.take_arrays
+
+    def spy(epoch):
+        arrays = original(epoch)
+        taken.append(arrays is not None)
+        return arrays
+
+    Epoch.take_arrays = spy
+    try:
+        rng = np.random.default_rng(0)
+        with ud.use_backend("keras"):
+            ud.manual_seed(0)
+            model = ud.models.TwoLayerNet(4, 8, 3)
+            x, y = rng.standard_normal((23, 4)).astype(np.float32), rng.integers(0, 3, 23)
+            loader = DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True, seed=1)
+            positions = []
+
+            class Record(ud.callbacks.Callback):
+                def on_batch_end(self, batch, logs=None):
+                    state = loader.state_dict()
+                    positions.append([state["epoch"], state["position"]])
+
+            ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+                   epochs=2, verbose=0, metrics=(), callbacks=[Record()])
+    finally:
+        Epoch.take_arrays = original
+    import keras
+    return {"framework": keras.backend.backend(), "taken": taken, "positions": positions}
+
+
 _KERAS_FIT_POSITIONS = """
 import json
-import numpy as np
-import unidl as ud
-from unidl.data import DataLoader, Epoch, TensorDataset
-
-taken = []
-original = Epoch.take_arrays
-
-
-def spy(epoch):
-    arrays = original(epoch)
-    taken.append(arrays is not None)
-    return arrays
-
-
-Epoch.take_arrays = spy
-rng = np.random.default_rng(0)
-with ud.use_backend("keras"):
-    ud.manual_seed(0)
-    model = ud.models.TwoLayerNet(4, 8, 3)
-    x, y = rng.standard_normal((23, 4)).astype(np.float32), rng.integers(0, 3, 23)
-    loader = DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True, seed=1)
-    positions = []
-
-    class Record(ud.callbacks.Callback):
-        def on_batch_end(self, batch, logs=None):
-            state = loader.state_dict()
-            positions.append((state["epoch"], state["position"]))
-
-    ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
-           epochs=2, verbose=0, metrics=(), callbacks=[Record()])
-import keras
-print(json.dumps({"framework": keras.backend.backend(), "taken": taken, "positions": positions}))
+from tests.data.test_epoch import keras_fit_positions
+print(json.dumps(keras_fit_positions()))
 """
 # after each trained batch the state points at the next one (the next epoch's first after the last)
 _EXPECTED_POSITIONS = [[0, 1], [0, 2], [0, 3], [0, 4], [1, 0], [1, 1], [1, 2], [1, 3], [1, 4], [2, 0]]
@@ -109,7 +113,12 @@ _EXPECTED_POSITIONS = [[0, 1], [0, 2], [0, 3], [0, 4], [1, 0], [1, 1], [1, 2], [
 def test_keras_fit_keeps_exact_positions(framework):
     """Keras-TensorFlow: unidl's loop over Keras's train-step graph iterates the epoch; Keras's other
     frameworks: ``Model.fit`` is given each epoch's arrays and reports every batch it consumed."""
-    result = last_json_line(run_python(_KERAS_FIT_POSITIONS, env={"KERAS_BACKEND": framework}).stdout)
+    import keras
+
+    if keras.backend.backend() == framework:  # this process's Keras (a fresh interpreter costs seconds)
+        result = keras_fit_positions()
+    else:  # Keras fixes its framework when first imported
+        result = last_json_line(run_python(_KERAS_FIT_POSITIONS, env={"KERAS_BACKEND": framework}).stdout)
     assert result["framework"] == framework
     assert result["taken"] == ([] if framework == "tensorflow" else [True, True])
     assert result["positions"] == _EXPECTED_POSITIONS

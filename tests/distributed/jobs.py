@@ -311,7 +311,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
     finally:
         checkpoint.save_file = save_file
     return {"rank": ud.distributed.rank(), "world_size": ud.distributed.world_size(),
-            "is_main": ud.distributed.is_main(), "threads": _threads(),
+            "is_main": ud.distributed.is_main(), "threads": _threads(), "sigterm_ends_rank": _sigterm_ends_rank(),
             "all_reduce": ud.to_numpy(ud.distributed.all_reduce(np.array([1.0, ud.distributed.rank()]), "sum")),
             "cnn": weights, "history": history, "files_seen": files_seen, "written": written,
             "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"),
@@ -375,6 +375,18 @@ def float16_checkpoint_job(directory):
     return {"trained": trained, "resumed": resumed, "files_seen": files}
 
 
+def _sigterm_ends_rank() -> bool:
+    """Whether SIGTERM (what ``launch`` sends a rank it stops, and a scheduler or ``kill`` a process) takes its
+    default action here: Python holds no handler of its own for it and none is installed below Python (Linux:
+    the caught-signal mask of /proc/self/status), where TensorFlow's coordination service installed one that only
+    recorded the signal, so a rank left waiting in a collective ran on until SIGKILL."""
+    import signal
+
+    with open("/proc/self/status") as status:
+        caught = int(next(line for line in status if line.startswith("SigCgt:")).split()[1], 16)
+    return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and not caught & (1 << (signal.SIGTERM - 1))
+
+
 def _threads():
     """The intra-op thread count of this rank's framework (Keras's: its host's)."""
     if _framework() == "tensorflow":
@@ -386,10 +398,99 @@ def _threads():
     return torch.get_num_threads()
 
 
-def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_backend):
-    """``data_parallel_job`` on each backend of ``job_args_by_backend`` (its arguments there) in turn, the results
+# ---- gradient accumulation and the non-finite guard under torch's DistributedDataParallel ----------------------
+
+ACCUMULATION_EPOCHS, MICRO_STEPS_PER_EPOCH = 2, 5  # 20 samples in global batches of 4
+ACCUMULATION_CONFIGS = {
+    "float64": ("float64", None, 2), "float32": ("float32", None, 2), "bf16-mixed": ("float32", "bf16-mixed", 2),
+    "no accumulation": ("float64", None, 1), "frozen between steps": ("float64", None, 1, range(3, 7)),
+    # windows (0, 1) ... (8, 9): frozen at an update after a trainable micro-step (3), a whole window (4, 5),
+    # unfrozen for a micro-step only (6: the DDP, built without the layer, does not average its gradient), and
+    # unfrozen at an update after a frozen micro-step (8, 9)
+    "frozen mid-window": ("float64", None, 2, (3, 4, 5, 7, 8))}
+
+
+def train_accumulating(dtype, precision, accumulate, frozen_calls=(), around_step=None):
+    """The two-layer net after two epochs of ``train_step(accumulate=...)`` calls over a shuffled loader with
+    global batch 4 (windows run across the epoch boundary): SGD with momentum, whose step grows with the
+    gradient, so that a sum over the ranks or the micro-steps where a mean belongs shows. ``frozen_calls``: the
+    calls before which the first layer is frozen (``requires_grad_(False)``; unfrozen before the next call), the
+    same step object going on, whose DDP must follow the trainable parameters."""
+    with ud.use_dtype(dtype):
+        ud.manual_seed(1)
+        rng = np.random.default_rng(1)
+        x, y = rng.standard_normal((20, 5)), rng.standard_normal((20, 3))
+        model = ud.models.TwoLayerNet(5, 7, 3)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
+        step = around_step(step) if around_step is not None else step
+        loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
+        calls = 0
+        for _ in range(ACCUMULATION_EPOCHS):
+            for xb, yb in loader:
+                model.linear1.requires_grad_(calls not in frozen_calls)
+                step(xb, yb)
+                calls += 1
+        return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, optimizer.state_dict()["step"]
+
+
+def accumulation_job():
+    """Each configuration on this rank, with every all-reduce inside a step's call counted: the profiler's
+    ``c10d::allreduce_`` events, which every all-reduce of the process group records (DDP's own, from C++, as
+    ``find_unused_parameters``'s of its used-parameter map would be, and any of unidl's, such as a guard's agreement
+    through ``torch.distributed.all_reduce``): the numbers are the engine's."""
+    from torch.profiler import ProfilerActivity, profile
+
+    all_reduces = []
+
+    def around_step(step):
+        def call(*args):
+            with profile(activities=[ProfilerActivity.CPU]) as profiled:
+                result = step(*args)
+            all_reduces.extend(1 for event in profiled.events() if event.name == "c10d::allreduce_")
+            return result
+
+        return call
+
+    results = {}
+    for name, config in ACCUMULATION_CONFIGS.items():
+        all_reduces.clear()
+        weights, updates = train_accumulating(*config, around_step=around_step)
+        results[name] = {"weights": weights, "updates": updates, "all_reduces": len(all_reduces)}
+    return results
+
+
+GUARD_PRECISIONS = {"32": "float64", "bf16-mixed": "float32"}
+
+
+def guarded_steps(precision, dtype):
+    """Three steps; at the second, rank 1's loss is infinite."""
+    return poisoned_run(dtype, 3, 1, precision=precision)
+
+
+def guarded_window():
+    """Two windows of ``accumulate=2`` (4 micro-steps, the first of each under DDP's ``no_sync``); rank 1's loss is
+    infinite at the first micro-step only, with finite gradients: a micro-step that does not all-reduce."""
+    return poisoned_run("float64", 4, 0, accumulate=2)
+
+
+def guard_job():
+    return {**{name: guarded_steps(name, dtype) for name, dtype in GUARD_PRECISIONS.items()},
+            "window": guarded_window()}
+
+
+def accumulation_and_guard_job():
+    """What test_distributed.py's accumulation and guard tests read of torch's engine (DDP), run by the torch launch
+    before its planted failure: the guard's runs, then ``accumulation_job``, whose all-reduce counts are taken per
+    configuration."""
+    return {"guard": guard_job(), "accumulation": accumulation_job()}
+
+
+def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_backend, extra=None):
+    """``data_parallel_job`` on each backend of ``job_args_by_backend`` (its arguments there) in turn, then
+    ``extra()`` if given (another file's worth of checks on the same engine: ``results["extra"]``), the results
     written to ``results_directory`` (the job does not return them: it then fails), then ``failing_job``: one
-    launch checks them all, for engines whose ranks are slow to start."""
+    launch checks them all, for ranks that are slow to start."""
     import pickle
 
     results = {}
@@ -400,6 +501,8 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
                 results[backend]["eager"] = eager_fit_refusal()
                 results[backend]["eager_window"] = eager_window_refusal()
                 results[backend]["fp16_overflow"] = float16_overflow_on_one_rank()
+    if extra is not None:
+        results["extra"] = extra()
     with open(os.path.join(results_directory, f"rank{ud.distributed.rank()}.pickle"), "wb") as file:
         pickle.dump(results, file)
     return failing_job(failing_rank)

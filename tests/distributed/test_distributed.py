@@ -1,9 +1,11 @@
 """Data-parallel training with 2 real local processes on each engine (torch's gloo; TensorFlow's
 MultiWorkerMirroredStrategy, on the tensorflow backend and on Keras-on-TensorFlow), against the same training
-in one process; and the clear errors of ``unidl.distributed`` on every backend.
+in one process; gradient accumulation and the non-finite guard under torch's DistributedDataParallel; and the
+clear errors of ``unidl.distributed`` on every backend.
 
 Each launch starts interpreters that import a framework (TensorFlow: ~5 s each), so per engine the 2-rank
-properties, and then a rank that raises, are checked by one launched job (``jobs.data_parallel_job_then_failure``).
+properties (on torch's, the accumulation and guard checks too), and then a rank that raises, are checked by one
+launched job (``jobs.data_parallel_job_then_failure``).
 """
 
 import multiprocessing
@@ -42,6 +44,9 @@ FLOAT16_BOUND = 5e-3
 # tensorflow backend, then on Keras-on-TensorFlow, which carries Keras's step on the same strategy.
 FAILURE_BOUND = 300  # seconds: the launcher's timeout, and the ranks' collective timeout (see _launch)
 LAUNCHES = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "keras": ("tensorflow", "keras")}
+# and the torch launch also runs the accumulation and guard checks of DDP (below): a launch of their own would start
+# 2 more interpreters that import torch
+EXTRA_JOBS = {"torch": jobs.accumulation_and_guard_job}
 
 
 def _keras_on_tensorflow() -> bool:
@@ -50,7 +55,8 @@ def _keras_on_tensorflow() -> bool:
 
 def _launch(backends, directory):
     """The same training in this process on each of ``backends``, then one 2-rank job
-    (``jobs.data_parallel_job_then_failure``) training on each of them in turn, on the first one's engine."""
+    (``jobs.data_parallel_job_then_failure``) training on each of them in turn, on the first one's engine (and
+    running that engine's ``EXTRA_JOBS``)."""
     references, job_args = {}, {}
     for backend in backends:
         place = directory / backend
@@ -75,7 +81,8 @@ def _launch(backends, directory):
         # a collective waits as long as the whole job may take: rank 0, left in a barrier by the failing rank, can
         # then only end before the launcher's own timeout if the launcher stops it
         ud.distributed.launch(jobs.data_parallel_job_then_failure, nprocs=2, backend=backends[0], timeout=FAILURE_BOUND,
-                              collective_timeout=FAILURE_BOUND, args=(str(results), 1, job_args))
+                              collective_timeout=FAILURE_BOUND,
+                              args=(str(results), 1, job_args, EXTRA_JOBS.get(backends[0])))
     except DistributedError as error:
         failure = str(error)
     children = multiprocessing.active_children()
@@ -86,7 +93,7 @@ def _launch(backends, directory):
         with open(results / name, "rb") as file:
             ranks.append(pickle.load(file))
     return {backend: dict(references[backend], ranks=[rank[backend] for rank in ranks], failure=failure,
-                          children=children) for backend in backends}
+                          children=children, extra=[rank.get("extra") for rank in ranks]) for backend in backends}
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +285,9 @@ def test_a_rank_that_raises_ends_every_rank_with_an_error_naming_it(job):
     assert "the other ranks were stopped" in job["failure"], job["failure"]
     assert "Traceback of rank 0" not in job["failure"] and "still running after timeout" not in job["failure"]
     assert job["children"] == []  # no rank process left behind
+    # launch stops a rank with SIGTERM: its default action, on every engine (TensorFlow's coordination service had
+    # taken SIGTERM and only recorded it, so the rank in the barrier ran on until SIGKILL, 5 s later)
+    assert all(rank["sigterm_ends_rank"] for rank in job["ranks"])
 
 
 @pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
@@ -349,6 +359,89 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
     assert one["float16_two_to_one"][1] == FLOAT16_SCALES[3:]
     _agree(first["trained"][0], one["float16"][0], FLOAT16_BOUND)
     _agree(one["float16_two_to_one"][0], one["float16"][0], FLOAT16_BOUND)
+
+
+# ---- gradient accumulation and the non-finite guard under torch's DDP (the torch launch's EXTRA_JOBS) ----------
+# Accumulation: the micro-steps that do not update run under ``no_sync()``, so 2 ranks all-reduce once per update and
+# still train the weights of one process (float64 to 1e-12, float32 to 1e-6, bf16-mixed to bfloat16's rounding of
+# half batches), also with a layer frozen and unfrozen between calls of one step (``jobs.train_accumulating``).
+# The guard decides alike on every rank: a loss that is infinite on one rank only (its gradients finite, so DDP's
+# averaged gradients are finite everywhere) makes every rank skip the update, and the ranks' weights stay
+# bit-identical; for the plain and the mixed-precision steps and a window of ``accumulate=2``. (The tensorflow steps
+# guard on the loss averaged over the ranks by construction; Keras-on-torch's guard runs the same
+# ``jobs.poisoned_run`` in its own job, above.)
+
+@pytest.fixture(scope="module")
+def accumulation(launches, tmp_path_factory):
+    """Each rank's ``jobs.accumulation_job``, and each configuration trained in this process."""
+    ranks = [extra["accumulation"] for extra in _job("torch", launches, tmp_path_factory)["extra"]]
+    with ud.use_backend("torch"):
+        references = {name: jobs.train_accumulating(*config)[0] for name, config in jobs.ACCUMULATION_CONFIGS.items()}
+    return ranks, references
+
+
+@pytest.fixture(scope="module")
+def guarded(launches, tmp_path_factory):
+    """Each rank's ``jobs.guard_job``."""
+    return [extra["guard"] for extra in _job("torch", launches, tmp_path_factory)["extra"]]
+
+
+@pytest.mark.parametrize("name, bound", [("float64", 1e-12), ("float32", 1e-6), ("bf16-mixed", 2e-2),
+                                         ("no accumulation", 1e-12), ("frozen between steps", 1e-12),
+                                         ("frozen mid-window", 1e-12)])
+def test_two_ranks_accumulating_train_the_weights_of_one_process(accumulation, name, bound):
+    (rank0, rank1), references = accumulation
+    for key, value in rank0[name]["weights"].items():  # the ranks apply the same averaged sum
+        np.testing.assert_array_equal(value, rank1[name]["weights"][key])
+        assert max_relative_difference(value, references[name][key]) <= bound, key
+    calls = jobs.ACCUMULATION_EPOCHS * jobs.MICRO_STEPS_PER_EPOCH
+    assert rank0[name]["updates"] == calls // jobs.ACCUMULATION_CONFIGS[name][2]
+    if name != "no accumulation":  # accumulation (freezing) changes the training by far more than the bound
+        worst = max(max_relative_difference(rank0["no accumulation"]["weights"][key], value)
+                    for key, value in references[name].items())
+        assert worst > 1e-3
+
+
+def test_micro_steps_run_without_all_reduce(accumulation):
+    """The micro-steps inside a window run no collective (the two-layer net has no buffers, which DDP would broadcast
+    at each forward), and an update only DDP's bucket all-reduces: the non-finite guard's agreement travels in them
+    (a marker in the gradient of unidl's flags parameter), with no all-reduce of its own, and no second one for
+    parameters without a gradient (``find_unused_parameters`` would add it)."""
+    (rank0, rank1), _ = accumulation
+    every_step = rank0["no accumulation"]["all_reduces"]
+    # one bucket (the two-layer net's 4 tensors), one a step
+    assert every_step == jobs.ACCUMULATION_EPOCHS * jobs.MICRO_STEPS_PER_EPOCH
+    for rank in (rank0, rank1):
+        for name in ("float64", "float32", "bf16-mixed"):  # once per update: half as often with accumulate=2
+            assert rank[name]["all_reduces"] == every_step // 2, name
+
+
+@pytest.mark.parametrize("precision", list(jobs.GUARD_PRECISIONS))
+def test_a_loss_non_finite_on_one_rank_skips_the_update_on_every_rank(guarded, precision):
+    rank0, rank1 = (result[precision] for result in guarded)
+    assert rank0["finite"] == rank1["finite"] == [True, False, True]
+    assert rank0["updates"] == rank1["updates"] == 2
+    for index in range(3):  # the same weights on both ranks, bit for bit, after every step
+        for key, value in rank0["weights"][index].items():
+            np.testing.assert_array_equal(value, rank1["weights"][index][key], err_msg=f"step {index}: {key}")
+    for key, value in rank0["weights"][1].items():  # the skipped step moved nothing, the others moved weights
+        np.testing.assert_array_equal(value, rank0["weights"][0][key], err_msg=key)
+    assert any(not np.array_equal(v, rank0["weights"][1][k]) for k, v in rank0["weights"][2].items())
+
+
+def test_a_micro_step_non_finite_on_one_rank_skips_the_window_on_every_rank(guarded):
+    """float32's accumulation rule under DDP, as on one process: a micro-step under ``no_sync`` checks its own loss
+    (kept for the window's update, whose guard agrees over the ranks: one MAX all-reduce per update), so the
+    whole window is skipped at its update on both ranks and the next window updates."""
+    rank0, rank1 = (result["window"] for result in guarded)
+    assert rank0["finite"] == rank1["finite"] == [True, False, True, True]
+    assert rank0["updates"] == rank1["updates"] == 1
+    for key, value in rank0["start"].items():
+        np.testing.assert_array_equal(rank0["weights"][1][key], value, err_msg=key)  # the window changed nothing
+    for index in range(4):
+        for key, value in rank0["weights"][index].items():
+            np.testing.assert_array_equal(value, rank1["weights"][index][key], err_msg=f"micro-step {index}: {key}")
+    assert any(not np.array_equal(v, rank0["start"][k]) for k, v in rank0["weights"][3].items())
 
 
 # ---- bad input: clear errors, before anything starts ---------------------------------------------------------

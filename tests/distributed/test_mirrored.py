@@ -36,19 +36,14 @@ step = ud.training.TrainStep(model, ud.nn.MSELoss(), ud.optim.SGD(model.paramete
 loss, outputs = step(x, y)
 names = [op.name for f in step._run.concrete_functions for op in f.graph.get_operations()]
 too_small = jobs.too_small_last_batch()
-# batch norm: one step's running statistics are the first replica's share's (torch DDP keeps rank 0's buffers)
-import torch
+# batch norm: one step's running statistics, its starting weights and its batch (the test compares them with torch's
+# from the first replica's share: torch DDP keeps rank 0's buffers; torch is imported there, not in this interpreter)
 normed = ud.nn.Sequential(ud.nn.Linear(5, 4), ud.nn.BatchNorm1d(4), ud.nn.Linear(4, 3))
 initial = {k: np.asarray(v) for k, v in normed.state_dict().items()}
 ud.train_step(normed, ud.nn.MSELoss(), ud.optim.SGD(normed.parameters(), lr=0.0))(x * 2 + 1, y)
-reference = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
-reference.load_state_dict({k: torch.tensor(v) for k, v in initial.items()})
-reference(torch.tensor(x[:3] * 2 + 1))
-batch_norm = {"mean": float(np.abs(np.asarray(normed.state_dict()["1.running_mean"])
-                                   - reference[1].running_mean.numpy()).max()),
-              "var": float(np.abs(np.asarray(normed.state_dict()["1.running_var"])
-                                  - reference[1].running_var.numpy()).max()),
-              "count": int(np.asarray(normed.state_dict()["1.num_batches_tracked"]))}
+batch_norm = {"initial": {k: v.tolist() for k, v in initial.items()}, "batch": (x * 2 + 1).tolist(),
+              **{name: np.asarray(normed.state_dict()["1." + name]).tolist()
+                 for name in ("running_mean", "running_var", "num_batches_tracked")}}
 # a module outside the model's tree, whose mode the forward reads in the replica threads: eval() builds the step
 # again (its mode is read there as in one thread), so that the loss after it has no dropout
 class WithOutside(ud.nn.Module):
@@ -88,6 +83,7 @@ def _agree(weights, expected, bound):
 @pytest.mark.skipif("tensorflow" not in ud.available_backends(), reason="the tensorflow backend is not installed")
 def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_same_global_batch():
     import numpy as np
+    import torch
 
     found = last_json_line(run_python(TWO_DEVICES, env={"UNIDL_NUM_THREADS": "1"}).stdout)
     assert found["place"] == [0, 1, 2]  # one process, two replicas
@@ -109,7 +105,12 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
     # batch norm's running statistics: the first replica's share's, counted once (each replica wrote them in turn,
     # chaining two updates and counting the batch twice), as torch DDP keeps rank 0's buffers
     norm = found["batch_norm"]
-    assert norm["count"] == 1 and norm["mean"] < 1e-6 and norm["var"] < 1e-6, norm
+    reference = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+    reference.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in norm["initial"].items()})
+    reference(torch.tensor(np.asarray(norm["batch"], np.float32)[:3]))
+    mean = np.abs(np.asarray(norm["running_mean"]) - reference[1].running_mean.numpy()).max()
+    var = np.abs(np.asarray(norm["running_var"]) - reference[1].running_var.numpy()).max()
+    assert norm["num_batches_tracked"] == 1 and mean < 1e-6 and var < 1e-6, (norm, mean, var)
     # a mode read in the replica threads keys the step as in one thread: built again after eval(), no dropout
     assert found["modes"]["traces"] == [1, 2]
     assert found["modes"]["loss"][0] == pytest.approx(found["modes"]["loss"][1], rel=1e-6)

@@ -1,6 +1,8 @@
 """Inside a compiled function the tensorflow backend keeps conv -> norm -> activation -> pool chains in
 TensorFlow's NHWC (see unidl/backends/tensorflow/layout.py); results must not change, on any backend."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -47,9 +49,15 @@ def _run(backend, compiled, jit_compile=False):
         return ud.to_numpy(loss), dict(zip(names, map(ud.to_numpy, grads))), state
 
 
+@functools.lru_cache(maxsize=None)
+def _torch_reference():
+    """The torch backend's eager run, which every test below compares with: computed once per session."""
+    return _run("torch", compiled=False)
+
+
 @pytest.mark.parametrize("backend_name", ud.available_backends())
 def test_compiled_chain_matches_eager_and_torch(backend_name):
-    reference = _run("torch", compiled=False)
+    reference = _torch_reference()
     for compiled in (False, True):
         loss, grads, state = _run(backend_name, compiled)
         where = f"{backend_name} {'compiled' if compiled else 'eager'}"
@@ -62,7 +70,7 @@ def test_compiled_chain_matches_eager_and_torch(backend_name):
 
 def test_xla_chain_matches_torch():
     """Under XLA the tensorflow backend flattens NHWC and permutes the next Linear's weight instead."""
-    reference = _run("torch", compiled=False)
+    reference = _torch_reference()
     loss, grads, _ = _run("tensorflow", compiled=True, jit_compile=True)
     assert max_relative_difference(loss, reference[0]) < 2e-6
     for name, grad in grads.items():

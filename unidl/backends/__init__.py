@@ -97,6 +97,11 @@ def load(name: str):
             from unidl import threads
 
             threads.apply(backend)  # UNIDL_NUM_THREADS / set_num_threads, before the framework computes anything
+            from unidl import random as unidl_random
+
+            if unidl_random.initial_seed() is not None:  # a seed set before the backend: its generators now, after
+                # the threads (TensorFlow's generator starts its runtime, whose thread pools then keep their size)
+                backend.seed(unidl_random.initial_seed())
             _loaded[canonical] = backend
         return _loaded[canonical]
 

@@ -10,7 +10,6 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from unidl import config
-from unidl import random as unidl_random
 from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
@@ -60,8 +59,6 @@ class Backend(BackendInterface):
     def __init__(self):
         self._generator = None
         self.check_ops()
-        if unidl_random.initial_seed() is not None:
-            self.seed(unidl_random.initial_seed())
 
     def forward_caller(self, module_class):
         return tf_function.forward_caller(module_class)

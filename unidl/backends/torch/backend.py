@@ -9,7 +9,6 @@ import torch
 
 from unidl import config
 from unidl.autograd import check_float, check_scalar
-from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.backends.torch import ops as torch_ops
 from unidl.backends.torch import function as torch_function
@@ -35,8 +34,6 @@ class Backend(BackendInterface):
 
     def __init__(self):
         self.check_ops()
-        if unidl_random.initial_seed() is not None:
-            self.seed(unidl_random.initial_seed())
 
     # ---- framework and devices -------------------------------------------
     def versions(self):
