@@ -66,6 +66,32 @@ def test_wrong_feature_size_in_step_names_layer(backend, rng):
         step(x[:, :29], y)
 
 
+def test_shapes_are_checked_once_apart_from_the_batch_size_and_a_batch_of_one_apart(backend, rng):
+    """A step checks the shapes of a new input before its graph runs (``check_shapes``: on tensorflow a trace of
+    the forward at those shapes), once per shape apart from the batch size, so that an epoch's last, smaller
+    batch is not traced again; a batch of one apart, where batch norm's statistics of one value per channel are
+    an error (PyTorch's), raised before anything changes."""
+    backend_object = ud.backends.load(backend)
+    checked, check = [], backend_object.check_shapes
+    model = ud.nn.Sequential(ud.nn.Linear(30, 8), ud.nn.BatchNorm1d(8), ud.nn.Linear(8, 4))
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2))
+    x, y = rng.standard_normal((16, 30)).astype(np.float32), rng.standard_normal((16, 4)).astype(np.float32)
+    backend_object.check_shapes = lambda *args: (checked.append(args[2].shape), check(*args))[1]
+    try:
+        for n in (16, 5, 16, 2):
+            step(x[:n], y[:n])
+        assert [tuple(shape) for shape in checked] == [(16, 30)]
+        before = model.state_dict()
+        with pytest.raises(ud.ShapeMismatchError, match="expected more than 1 value per channel when training"):
+            step(x[:1], y[:1])
+        assert [tuple(shape) for shape in checked] == [(16, 30), (1, 30)]
+        assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+        with pytest.raises(ud.ShapeMismatchError, match=r"expected input of shape \(N, 30\), received \(5, 29\)"):
+            step(x[:5, :29], y[:5])  # another shape apart from the batch: checked again
+    finally:
+        backend_object.check_shapes = check
+
+
 def test_wrong_target_shape_names_loss(backend, rng):
     model, step, x, y = _slice(rng)
     with pytest.raises(ud.ShapeMismatchError, match=r"MSELoss.*prediction has shape \(64, 4\), target has shape \(64, 5\)"):

@@ -5,6 +5,7 @@ user can fix the call without reading unidl's source.
 """
 
 import codecs
+import re
 
 
 class UnidlError(Exception):
@@ -53,18 +54,27 @@ MARKER_END = " [unidl.end]"
 _MARKED = (IndexOutOfRangeError, ShapeMismatchError)
 
 
+#: the values an assertion printed after a marked template's end: "...[unidl.end]] [2] [5]"
+_PRINTED_VALUES = re.compile(r"\]((?: \[-?\d+\])*)")
+
+
 def marked_error_from(error, escaped: bool = False) -> "UnidlError | None":
     """The unidl error behind a framework's runtime error raised by an in-graph check (its message carries an
     error class's ``marker``, then the message, then ``MARKER_END`` or the end of the line), or None for any
-    other error. ``escaped``: the framework printed the message with C escapes (TensorFlow's ``Assert`` prints a
-    quote as \\'), which are undone."""
+    other error. A message that is a template, its ``{}`` followed after ``MARKER_END`` by the values the check
+    printed (TensorFlow's ``Assert``: "... [unidl.end]] [2] [5]"), is filled with them. ``escaped``: the
+    framework printed the message with C escapes (TensorFlow's ``Assert`` prints a quote as \\'), which are
+    undone."""
     text = str(error)
     for error_class in _MARKED:
         start = text.find(error_class.marker)
         if start >= 0:
             message = text[start + len(error_class.marker):]
             end = message.find(MARKER_END)
+            printed = _PRINTED_VALUES.match(message, end + len(MARKER_END)) if end >= 0 else None
             message = message[:end] if end >= 0 else message.splitlines()[0]
+            for value in re.findall(r"-?\d+", printed.group(1)) if printed is not None else ():
+                message = message.replace("{}", value, 1)
             if escaped and "\\" in message:
                 message = codecs.escape_decode(message.encode("utf-8"))[0].decode("utf-8", "replace")
             return error_class(message.strip().removesuffix(" (`check` failed)"))
@@ -99,6 +109,12 @@ class UnknownModelError(UnidlError, LookupError):
 
 class NonFiniteLossError(UnidlError, FloatingPointError):
     """Training produced a NaN or infinite loss; the message names the epoch and step."""
+
+
+class NothingToTrainError(UnidlError, RuntimeError):
+    """A training step with nothing trainable: every parameter of the model (and loss) is frozen (``requires_grad``
+    or ``trainable`` False). PyTorch's ``backward()`` raises there; the other frameworks would run a step that
+    changes nothing. A ``RuntimeError`` as PyTorch's."""
 
 
 class ExportFormatError(UnidlError, ValueError):

@@ -604,6 +604,9 @@ class TrainStep:
         else:
             self._run = self._backend.train_step(model, loss_fn, optimizer, with_outputs, self.eager)
         self._checked = set()
+        from unidl.nn.module import require_trainable
+
+        self._require_trainable = require_trainable
 
     def __call__(self, x, y, *inputs):
         x_shape, y_shape = _shape(x), _shape(y)
@@ -614,7 +617,9 @@ class TrainStep:
         if x_shape[0] == 0:  # the frameworks differ there (NaN, wrong shapes, errors, a crash of TF's pooling)
             raise ShapeMismatchError(f"train_step got an empty batch (x of shape {x_shape}): a step needs at least "
                                      f"one sample; skip empty batches before training on them")
-        key = (x_shape, y_shape, getattr(x, "dtype", None), getattr(y, "dtype", None))
+        # checked once per shape apart from the batch size (2 or more alike: the last, smaller batch of an epoch
+        # is not traced again); a batch of one apart (batch statistics of one value per channel are an error)
+        key = (x_shape[1:], y_shape[1:], min(x_shape[0], 2), getattr(x, "dtype", None), getattr(y, "dtype", None))
         if not inputs and key not in self._checked:  # (a forward with extra inputs is checked by running it)
             if not self._checked:
                 devices.compiled_placed(f"train_step of {type(self.model).__name__}", "first call",
@@ -623,6 +628,8 @@ class TrainStep:
             with python_randomness_preserved():  # a shape check is not a step: it draws nothing
                 self._backend.check_shapes(self.model, self.loss_fn, x, y)
             self._checked.add(key)
+        self._require_trainable(self.optimizer.params, lambda: f"train_step call {self.calls + 1}", self.model,
+                                self.loss_fn)
         window = _WINDOW.holder(self.optimizer)  # another step may have used the optimizer's window since
         if (window.key if window is not None else None) != self._window_key:
             claim_window(self.optimizer, self.accumulate, self.precision)

@@ -43,8 +43,8 @@ def test_frozen_parameters_stay_bit_identical(backend, how, loop):
     model = Net()
     optimizer = ud.optim.Adam(model.parameters(), lr=0.05)
     run = _loops(model, optimizer)[loop]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Keras notes the variables it has no gradient for
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         run()  # a first step while everything trains (optimizer state everywhere, graphs traced)
         if how == "module":
             model.body.requires_grad_(False)
@@ -62,10 +62,13 @@ def test_frozen_parameters_stay_bit_identical(backend, how, loop):
             assert np.array_equal(slots[index][slot], slots_after[index][slot])
     assert not np.array_equal(weights["head.weight"], after["head.weight"])
     model.body.requires_grad_(True)  # unfrozen: trains again (compiled steps are rebuilt)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as more:
+        warnings.simplefilter("always")
         run()
+    caught += more
     assert not np.array_equal(after["body.weight"], model.state_dict()["body.weight"])
+    # silently, as torch.optim leaves a parameter without a gradient (Keras warned "Gradients do not exist")
+    assert not [w for w in caught if "radient" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_gradients_of_frozen_parameters_are_none(backend):
@@ -134,3 +137,64 @@ def test_optimizer_over_some_parameters_or_another_order_follows_torch_optim(bac
     outcome = trained_against_torch_optim(kind)
     assert outcome["train_step"] < 1e-6 and outcome["fit"] < 1e-6, outcome
     assert outcome["body_kept"] == (kind == "head"), outcome
+
+
+@pytest.mark.parametrize("loop", ["train_step", "fit"])
+def test_every_parameter_frozen_is_an_error_before_anything_changes(backend, loop):
+    """A model all of whose parameters are frozen has nothing to train: PyTorch's ``backward()`` raises (the loss
+    requires no gradient), so every backend raises ``NothingToTrainError`` (a ``RuntimeError`` as PyTorch's), in a
+    compiled step traced while everything trained as in a fresh eager one, weights and optimizer state unchanged;
+    unfrozen, it trains again."""
+    oracle = torch.nn.Linear(3, 2).requires_grad_(False)
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.mse_loss(oracle(torch.from_numpy(X)), torch.from_numpy(Y)).backward()
+    model = Net()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    run = step if loop != "fit" else lambda x, y: ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer,
+                                                         epochs=1, batch_size=8, verbose=0)
+    run(X, Y)  # traced while everything trains
+    model.requires_grad_(False)
+    weights, state = model.state_dict(), optimizer.state_dict()
+    with pytest.raises(ud.errors.NothingToTrainError, match="every parameter of the model is frozen"):
+        run(X, Y)
+    assert all(np.array_equal(weights[name], value) for name, value in model.state_dict().items())
+    assert optimizer.state_dict()["step"] == state["step"]
+    with pytest.raises(RuntimeError):  # a fresh step too, eager
+        ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)(X, Y)
+    model.head.requires_grad_(True)
+    run(X, Y)
+    after = model.state_dict()
+    assert np.array_equal(weights["body.weight"], after["body.weight"])
+    assert not np.array_equal(weights["head.weight"], after["head.weight"])
+
+
+def test_an_optimizer_whose_own_parameters_are_frozen_steps_as_torch_optim_and_fit_stops_at_a_callbacks_freeze(
+        backend):
+    """An optimizer over the head alone, the head frozen while the body trains (a second optimizer): PyTorch's
+    backward() runs and ``step()`` changes nothing, so the head's step runs and leaves the model as it was, on
+    every backend. A callback that freezes the whole model during ``fit`` stops it with ``NothingToTrainError``
+    before the next batch (also in Keras's own fit loop), the weights as that batch left them."""
+    model = Net()
+    body = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.body.parameters(), lr=0.1))
+    head = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.head.parameters(), lr=0.1))
+    body(X, Y)
+    head(X, Y)
+    model.head.requires_grad_(False)
+    before = model.state_dict()
+    head(X, Y)
+    assert all(np.array_equal(before[name], value) for name, value in model.state_dict().items())
+    model.head.requires_grad_(True)
+    seen = []
+
+    def freeze_after_the_second(batch, logs):
+        seen.append({k: v.copy() for k, v in model.state_dict().items()})
+        if batch == 1:
+            model.requires_grad_(False)
+
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ud.errors.NothingToTrainError, match="every parameter of the model is frozen"):
+        ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=2, batch_size=2, verbose=0,
+               shuffle=False, callbacks=[ud.callbacks.LambdaCallback(on_batch_end=freeze_after_the_second)])
+    assert len(seen) == 2 and not np.array_equal(seen[0]["head.weight"], seen[1]["head.weight"])
+    assert all(np.array_equal(seen[1][name], value) for name, value in model.state_dict().items())

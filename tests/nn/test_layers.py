@@ -65,6 +65,34 @@ def test_channel_mismatch_names_layer_and_shapes(backend):
         bn(ud.tensor(np.zeros((2, 3, 8, 8))))
 
 
+def test_linear_and_unflatten_raise_the_same_error_in_a_graph_of_unknown_sizes(backend):
+    """A ``Linear`` given the wrong number of features or a 0-d input, and an ``Unflatten`` of an axis that does not
+    split, raise where ``torch.nn`` raises, with one ``ShapeMismatchError`` message eagerly and inside
+    ``ud.function`` (which TensorFlow traces for any sizes of a rank: there the check runs with the graph; it
+    raised TensorFlow's ``InvalidArgumentError`` at its BiasAdd or Reshape, and an ``IndexError`` for 0-d)."""
+    import torch
+
+    cases = [(ud.nn.Linear(4, 3), torch.nn.Linear(4, 3), (2, 5),
+              "Linear(in_features=4, out_features=3, bias=True) expected input of shape (N, 4), received (2, 5)"),
+             (ud.nn.Linear(4, 3), torch.nn.Linear(4, 3), (),
+              "expected input of shape (N, 4) or (4,), received a 0-d input (shape ())"),
+             (ud.nn.Unflatten(1, (2, 3)), torch.nn.Unflatten(1, (2, 3)), (2, 7),
+              "axis 1 of size 7 cannot be split into (2, 3) (input shape (2, 7))"),
+             (ud.nn.Unflatten(1, (2, -1)), torch.nn.Unflatten(1, (2, -1)), (2, 7),
+              "axis 1 of size 7 cannot be split into (2, -1) (input shape (2, 7))")]
+    for layer, oracle, shape, message in cases:
+        x = np.ones(shape, np.float32)
+        with pytest.raises(RuntimeError):
+            oracle(torch.from_numpy(x))
+        for mode, run in (("eager", layer), ("ud.function", ud.function(lambda x, layer=layer: layer(x)))):
+            with pytest.raises(ud.ShapeMismatchError) as raised:
+                ud.to_numpy(run(x))
+            assert message in str(raised.value), (mode, str(raised.value))
+        fitting = np.ones((3, 4) if shape == (2, 5) or shape == () else (3, 6), np.float32)
+        np.testing.assert_allclose(ud.to_numpy(ud.function(lambda x, layer=layer: layer(x))(fitting)),
+                                   ud.to_numpy(layer(fitting)), rtol=1e-6)
+
+
 def test_kernel_larger_than_padded_input(backend):
     with pytest.raises(ValueError, match="kernel height 5 is larger than the padded input height 4"):
         ud.nn.Conv2d(1, 1, 5)(ud.tensor(np.zeros((1, 1, 4, 4))))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unidl import arguments
+from unidl import arguments, input_checks
 from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
@@ -44,6 +44,8 @@ class Unflatten(Module):
         if size is not None and (size % known if -1 in self.unflattened_size else size != known):
             raise ShapeMismatchError(f"{self.describe()}: axis {self.dim} of size {size} cannot be split into "
                                      f"{self.unflattened_size} (input shape {static})")
+        if size is None:  # inside a graph traced for any size there: the same error when the graph runs
+            x = self._check_unknown_size(x, dim, known)
         shape = list(static[:dim]) + list(self.unflattened_size) + list(static[dim + 1:])
         if sum(s is None or s == -1 for s in shape) > 1:  # inside a graph: read the unknown sizes at run time
             dynamic = self._ops.shape(x)
@@ -53,6 +55,19 @@ class Unflatten(Module):
         else:
             shape = [-1 if s is None else s for s in shape]
         return self._ops.reshape(x, shape)
+
+    def _check_unknown_size(self, x, dim, known):
+        """``ShapeMismatchError`` with the eager message when the graph runs, where axis ``dim``'s size was
+        unknown while tracing (the framework's own reshape error otherwise)."""
+        sizes = input_checks.sizes_of(x)
+        size = sizes[dim]
+        fits = size % known == 0 if -1 in self.unflattened_size else size == known
+
+        def template():
+            return (f"{input_checks.literal(self.describe)}: axis {self.dim} of size {{}} cannot be split into "
+                    f"{self.unflattened_size} (input shape {input_checks.shape_template(len(sizes))})")
+
+        return input_checks.require(x, input_checks.holds(fits), template, (size,) + tuple(sizes))
 
     def extra_repr(self):
         return f"dim={self.dim}, unflattened_size={self.unflattened_size}"

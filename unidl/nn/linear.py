@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from unidl import input_checks
+from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.input_checks import check_floating
 from unidl.nn import init
-from unidl.arguments import positive_int
 from unidl.nn.module import Module
 
 
@@ -30,13 +31,28 @@ class Linear(Module):
         self.bias = self.parameter(init.bias_uniform((out_features,), in_features)) if bias else None
 
     def forward(self, x):
-        features = x.shape[-1] if len(x.shape) else None
-        if features != self.in_features and features is not None:
-            raise ShapeMismatchError(
-                f"{self.describe()} expected input of shape (N, {self.in_features}), "
-                f"received {tuple(x.shape)}")
+        shape = tuple(x.shape)
+        if not shape:  # (PyTorch: "both arguments to linear need to be at least 1D")
+            raise ShapeMismatchError(f"{self.describe()} expected input of shape (N, {self.in_features}) or "
+                                     f"({self.in_features},), received a 0-d input (shape ())")
+        if shape[-1] != self.in_features:
+            if shape[-1] is not None:
+                raise ShapeMismatchError(
+                    f"{self.describe()} expected input of shape (N, {self.in_features}), received {shape}")
+            x = self._check_unknown_features(x)
         check_floating(self.describe, x)
         return self._ops.linear(x, self.weight, self.bias)
+
+    def _check_unknown_features(self, x):
+        """Inside a graph traced for inputs whose last size is unknown: the same ``ShapeMismatchError``, with the
+        same message, when the graph runs (the framework's own error otherwise: TensorFlow's at its BiasAdd)."""
+        sizes = input_checks.sizes_of(x)
+
+        def template():
+            return (f"{input_checks.literal(self.describe)} expected input of shape (N, {self.in_features}), "
+                    f"received {input_checks.shape_template(len(sizes))}")
+
+        return input_checks.require(x, input_checks.holds(sizes[-1] == self.in_features), template, sizes)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

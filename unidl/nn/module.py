@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from unidl import config, devices
-from unidl.errors import BackendMismatchError, StateDictError
+from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
 from unidl.tracing import current_recording, module_called
 
 
@@ -36,6 +36,27 @@ def is_trainable(parameter) -> bool:
     """False for a frozen parameter: ``requires_grad`` (PyTorch's name, on every backend) or the framework's
     own ``trainable`` flag set to False. Every training loop reads it at each step (see ``requires_grad_``)."""
     return bool(getattr(parameter, "requires_grad", True)) and bool(getattr(parameter, "trainable", True))
+
+
+def require_trainable(parameters, where, *modules) -> None:
+    """Raise ``NothingToTrainError`` where nothing a step could train is trainable: none of the optimizer's
+    ``parameters`` and none of ``modules``' (the model's and the loss's). PyTorch's ``backward()`` raises there
+    (the loss requires no gradient) where tensorflow, keras and jax would run a step that changes nothing; an
+    optimizer whose own parameters are all frozen while others of the model train runs its no-op step, as
+    ``torch.optim``'s. Checked at every step, as freezing may change between steps; it stops at the first
+    trainable parameter, so the modules are walked only when the optimizer's are all frozen. ``where`` names the
+    step in the message: a string, or a callable giving it (built only for the error)."""
+    for parameter in parameters:
+        if is_trainable(parameter):
+            return
+    for module in modules:
+        if isinstance(module, Module) and any(is_trainable(p) for p in module.parameters()):
+            return
+    where = where() if callable(where) else where
+    raise NothingToTrainError(
+        f"{where}: every parameter of the model is frozen (requires_grad=False or trainable=False), so a step has "
+        f"nothing to train (PyTorch's backward() raises here); unfreeze those to train (p.requires_grad = True, "
+        f"module.requires_grad_(True)); to run the model without training, call it (model(x)) or use ud.evaluate")
 
 
 def trainable_mask(parameters) -> tuple[bool, ...]:

@@ -19,7 +19,6 @@ from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstra
 from keras.src.utils import tracking  # noqa: E402  (Keras's DotNotTrackScope, as its compile sets attributes)
 
 from unidl import config  # noqa: E402
-from unidl import random as unidl_random
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
 from unidl.backends.keras import distributed as keras_distributed
@@ -37,6 +36,8 @@ from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, 
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
+from unidl.errors import marked_error_from
+from unidl.nn.module import require_trainable
 from unidl.backends.keras.export import export_formats, export_module
 
 keras_dtypes.keep_float64_in_type_promotion()  # float64 stays float64 in Keras's ops on torch and JAX too
@@ -61,8 +62,6 @@ class Backend(BackendInterface):
     def __init__(self):
         self._generator = None
         self.check_ops()
-        if unidl_random.initial_seed() is not None:
-            self.seed(unidl_random.initial_seed())
 
     # ---- framework and devices -------------------------------------------
     @property
@@ -233,7 +232,9 @@ class Backend(BackendInterface):
     def last_step_finite(self, optimizer):
         # inside fit the flag is read after ``BatchRelay`` handed back the state Keras's trainer may hold outside
         # its variables (Keras-on-JAX): this batch's, so fit stops at the step that was skipped
-        return bool(self.to_numpy(optimizer.native.finite.value))
+        # (the host's read of the variable's own value: Keras's ``convert_to_numpy`` of a TensorFlow or torch
+        # variable goes through its ``__array__``, which NumPy 2 warns about once per call site)
+        return bool(HOST.to_numpy(optimizer.native.finite.value))
 
     def compile(self, model, loss_fn, optimizer, jit_compile=False, metrics=None, eager=False, precision=None,
                 accumulate=1):
@@ -334,6 +335,10 @@ class Backend(BackendInterface):
         native = self.compile(model, loss_fn, optimizer, metrics=metrics, eager=eager, precision=precision,
                               accumulate=accumulate)
         to_input = self.to_input
+
+        def nothing_frozen_by_a_callback():  # (before each batch: compile checked the first one)
+            require_trainable(optimizer.params, "fit", model, loss_fn)
+
         graph = None if eager else self._fit_graph(native)
         if graph is None and eager and step_inputs is not None:  # (Model.fit takes no per-batch extra inputs)
             step = keras_function.eager_train_step(native)
@@ -346,6 +351,7 @@ class Backend(BackendInterface):
             with KeptStepState(native):  # (an eager step on Keras-on-torch: its grad mode put back after a Ctrl-C)
                 for index, batch in enumerate(batches):
                     inputs = step_inputs(index) if step_inputs is not None else ()
+                    nothing_frozen_by_a_callback()
                     logs = epoch_logs(graph(batch[0], batch[1], *inputs), metrics)
                     on_batch(index, dict(logs))
             if index < 0:
@@ -361,12 +367,13 @@ class Backend(BackendInterface):
                 # Keras slices arrays inside its own input pipeline: far cheaper than a Python generator,
                 # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
-                                   totals=totals)
+                                   totals=totals, before_batch=nothing_frozen_by_a_callback)
                 with KeptStepState(native):
                     native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
                                shuffle=False, verbose=0, callbacks=[relay])
             else:
-                relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals)
+                relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals,
+                                   before_batch=nothing_frozen_by_a_callback)
                 try:
                     with KeptStepState(native):
                         native.fit(_keras_batches(batches, to_input, step_inputs), epochs=1,
@@ -398,7 +405,13 @@ class Backend(BackendInterface):
 
         def forward(x):
             with KeptStepState(native):
-                return native.predict_on_batch(to_input(x))
+                try:
+                    return native.predict_on_batch(to_input(x))
+                except Exception as error:  # an in-graph check of unidl's (Keras's graph left the sizes unknown)
+                    marked = marked_error_from(error, escaped=True)
+                    if marked is None:
+                        raise
+                    raise marked from None
 
         return forward
 

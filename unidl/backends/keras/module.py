@@ -16,7 +16,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import holds, keep_train_function_current
 from unidl.data.pool import ctrl_c_noted
-from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
+from unidl.nn.module import is_trainable, require_trainable, restore_modes, step_modes, trainable_mask
 from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
 
 
@@ -121,6 +121,7 @@ def step_key(model, loss_fn, optimizer) -> tuple:
     """What Keras's compiled train step of ``model`` bakes in beyond its settings, so that a change builds the step
     again: which parameters it trains, the modes of the model's and the loss's modules, and last those of the
     modules its traces reached outside them (``reached_modes``, which ``_note_modules_reached`` re-files)."""
+    require_trainable(optimizer.params, "the keras train step", model, loss_fn)
     return trainable_mask(optimizer.params), step_modes(model, loss_fn), reached_modes(model.native)
 
 
@@ -409,13 +410,19 @@ class BatchRelay(keras.callbacks.Callback):
     """Passes Keras's running epoch logs to ``ud.fit`` after every batch (progress, NaN checks, callbacks), with
     the model's, optimizer's and trackers' variables holding their values after that batch;
     ``delivered()``, when given, is told of each batch Keras consumed (the loader's resume position);
-    ``totals``: Keras's trackers resume from them (``restore_metric_totals``) once ``fit`` has reset them."""
+    ``totals``: Keras's trackers resume from them (``restore_metric_totals``) once ``fit`` has reset them;
+    ``before_batch()``, when given, runs before each batch (a check of what a callback changed)."""
 
-    def __init__(self, on_batch, logs_of, delivered=None, totals=None):
+    def __init__(self, on_batch, logs_of, delivered=None, totals=None, before_batch=None):
         super().__init__()
         self._on_batch, self._logs_of, self._delivered = on_batch, logs_of, delivered
         self._totals = totals
         self.logs = None
+        self._before_batch = before_batch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._before_batch is not None:
+            self._before_batch()
 
     def on_epoch_begin(self, epoch, logs=None):
         restore_metric_totals(self.model, self._totals)

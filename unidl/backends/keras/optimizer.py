@@ -214,6 +214,17 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
     def _window_counter(self):
         return self._micro_steps  # (LocalWindow's count variable)
 
+    def _filter_empty_gradients(self, grads, variables):
+        """Keras's filter of the variables without a gradient, without its "Gradients do not exist" warning: a
+        frozen parameter, or one the loss does not use, gets no gradient and no update, silently, as torch.optim
+        leaves a parameter whose ``.grad`` is None (Keras-on-JAX's trainer hands every variable of the optimizer
+        in, those without a gradient as None: ``trainer_values_in_optimizer_order``). None at all is Keras's
+        ``ValueError``, as before."""
+        kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if not kept:
+            raise ValueError("No gradients provided for any variable.")
+        return [g for g, _ in kept], [v for _, v in kept]
+
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         # (Keras-on-JAX's trainer: the model's trainable variables in its order, matched to this optimizer's)
         return trainer_values_in_optimizer_order(self, super().stateless_apply, optimizer_variables, grads,
@@ -486,6 +497,9 @@ def trainer_values_in_optimizer_order(inner, stateless_apply, optimizer_variable
     places = [position.get(id(v)) for v in built]  # per variable of the optimizer: its place in the trainer's
     every_value = [K.zeros(v.shape, v.dtype) if j is None else trainable_variables[j] for v, j in zip(built, places)]
     every_gradient = [None if j is None else grads[j] for j in places]
+    if all(gradient is None for gradient in every_gradient):  # every parameter of the optimizer frozen (others of
+        # the model train): no update and no state change, as torch.optim's step() with every .grad None
+        return list(trainable_variables), list(optimizer_variables)
     used = inner.used_gradients  # (per trainable variable, in the trainer's order: ``_gradients_of_used_variables``)
     if used is not None and len(used) == len(trainable_variables):
         object.__setattr__(inner, "used_gradients", [False if j is None else used[j] for j in places])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from numbers import Integral
 
 import tensorflow as tf
 from tensorflow.python.eager import record as tape  # custom_gradient's tape, without its per-call registry
@@ -617,19 +618,6 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(tf.abs(prediction - tf.cast(target, prediction.dtype)), reduction)
 
 
-def _graph_check(condition, error_class, message, values):
-    """An op that, when the graph runs, raises ``error_class``'s marked ``message`` (its ``{}`` filled with
-    ``values``, ints or scalar tensors) unless ``condition`` holds; GraphFunction turns the framework's error
-    into the unidl error with exactly the message an eager check gives. The message is formatted only on
-    failure (a branch of a ``tf.cond``), so a passing check costs a comparison and a branch."""
-
-    def fail():
-        text = tf.strings.format(error_class.marker + message + MARKER_END, [tf.cast(v, tf.int64) for v in values])
-        return tf.debugging.Assert(False, [text])
-
-    return tf.cond(tf.cast(condition, tf.bool), tf.no_op, fail)
-
-
 def check_index(indices, size, what="index"):
     if tf.executing_eagerly():
         if tf.size(indices):
@@ -649,8 +637,8 @@ def check_index(indices, size, what="index"):
     low, high = tf.reduce_min(indices), tf.reduce_max(indices)
     valid = tf.logical_or(tf.equal(tf.size(indices), 0),
                           tf.logical_and(low >= 0, high < tf.cast(size, indices.dtype)))
-    check = _graph_check(valid, IndexOutOfRangeError, f"{what} must lie in [0, {{}}); found values from {{}} to {{}}",
-                         (size, low, high))
+    check = _marked_check(valid, IndexOutOfRangeError,
+                          f"{what} must lie in [0, {{}}); found values from {{}} to {{}}", (size, low, high), tf.int64)
     with tf.control_dependencies([check]):
         return tf.identity(indices)
 
@@ -659,12 +647,54 @@ def segment_sum(data, segment_ids, num_segments):
     return tf.math.unsorted_segment_sum(data, tf.cast(segment_ids, tf.int32), num_segments)
 
 
+def _marked_check(condition, error_class, message, values, dtype=tf.int32):
+    """An op that, when the graph runs, fails unless ``condition`` holds, printing ``error_class``'s marked
+    template ``message`` and then ``values`` (the ints put in the template now, the scalar tensors printed as
+    ``dtype``: int32 for a graph's sizes, int64 for indices, as text); ``marked_error_from`` fills the template's
+    other ``{}`` with them, so GraphFunction raises exactly the unidl error an eager check gives. A plain
+    ``Assert``: TensorFlow guards one whose data are strings and int32 with no cond and prints the data only on
+    failure, so a passing check costs the comparison (and an index check two casts to text), and tracing it costs
+    no cond's two branch graphs (two checks per convolution or pooling whose input sizes a graph leaves unknown,
+    one per cross-entropy's labels). An exported graph, run without unidl to fill the template, formats the
+    whole message itself, on failure (a cond's branch)."""
+    if tracing_export_graph():
+        return _formatted_check(condition, error_class, message, values)
+    pieces, printed = message.split("{}"), []
+    if len(pieces) == len(values) + 1:  # a template of one {} a value (``input_checks``: braces are only those)
+        message = pieces[0]
+        for value, piece in zip(values, pieces[1:]):
+            known = isinstance(value, Integral)
+            message += (str(int(value)) if known else "{}") + piece
+            printed += [] if known else [_printable(value, dtype)]
+    else:
+        printed = [_printable(value, dtype) for value in values]
+    data = [error_class.marker + message + MARKER_END] + printed
+    return tf.debugging.Assert(tf.cast(condition, tf.bool), data, summarize=1)
+
+
+def _formatted_check(condition, error_class, message, values):
+    """``_marked_check`` with the message formatted inside the graph, in the branch a failure takes."""
+
+    def fail():
+        text = tf.strings.format(error_class.marker + message + MARKER_END, [tf.cast(v, tf.int64) for v in values])
+        return tf.debugging.Assert(False, [text])
+
+    return tf.cond(tf.cast(condition, tf.bool), tf.no_op, fail)
+
+
+def _printable(value, dtype):
+    """A scalar as ``Assert`` data that needs no guard: int32 as it is, int64 as its decimal string (TensorFlow
+    wraps an ``Assert`` holding other dtypes in a cond, which the check is written to avoid)."""
+    value = tf.cast(value, dtype)
+    return value if dtype == tf.int32 else tf.strings.as_string(value)
+
+
 def check_shape(x, condition, message, sizes=()):
     if tf.executing_eagerly():
         return check_known_shape(x, condition, message, sizes)
     if tracing_xla_graph():  # XLA runs no assertions: the sizes it compiles for are fixed anyway
         return x
-    with tf.control_dependencies([_graph_check(condition, ShapeMismatchError, message, sizes)]):
+    with tf.control_dependencies([_marked_check(condition, ShapeMismatchError, message, sizes)]):
         source = nhwc_source(x)  # keep the NCHW view recognisable (layout.py): check the NHWC tensor behind it
         return nchw_view(tf.identity(source)) if source is not None else tf.identity(x)
 
