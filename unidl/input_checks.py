@@ -50,6 +50,20 @@ def require(x, holds, template, sizes: tuple):
     return ops.check_shape(x, holds, template(), tuple(sizes))  # (False too: the sizes are known only later)
 
 
+def require_sizes(owner, x, wanted: dict, message):
+    """``x``, after checking its sizes along the axes of ``wanted`` (``{axis: size}``) that a traced graph leaves
+    unknown (a TensorFlow ``ud.function`` is traced for any sizes of a rank): ``ShapeMismatchError`` when the graph
+    runs, with the text an eager check gives, ``message(owner's name, the shape as Python prints a tuple)``.
+    Sizes known now are the caller's to compare (it raises at once); where every size is known this adds nothing."""
+    shape = tuple(x.shape)
+    unknown = [axis for axis in wanted if shape[axis] is None]
+    if not unknown:
+        return x
+    sizes = sizes_of(x)
+    condition = all_of([holds(sizes[axis] == wanted[axis]) for axis in unknown])
+    return require(x, condition, lambda: message(literal(owner), shape_template(len(sizes))), sizes)
+
+
 def check_known_shape(x, condition, message: str, sizes=()):
     """The ``check_shape`` op where every size is known when it runs (eagerly; torch; while jax.jit traces):
     ``ShapeMismatchError(message.format(*sizes))`` now if ``condition`` fails, else ``x`` as it is."""

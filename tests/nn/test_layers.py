@@ -93,6 +93,33 @@ def test_linear_and_unflatten_raise_the_same_error_in_a_graph_of_unknown_sizes(b
                                    ud.to_numpy(layer(fitting)), rtol=1e-6)
 
 
+def test_a_channel_mismatch_raises_the_eager_error_inside_a_graph_of_unknown_sizes(backend):
+    """A layer given the wrong number of channels or features (``torch.nn`` raises) raises the same
+    ``ShapeMismatchError`` message inside ``ud.function`` as eagerly, also where TensorFlow traces it for any sizes
+    (there it raised TensorFlow's ``InvalidArgumentError`` at its BiasAdd, FusedBatchNorm or Mul)."""
+    import torch
+
+    cases = [(lambda: ud.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(3, 4, 3), (2, 5, 8, 8)),
+             (lambda: ud.nn.Conv1d(3, 4, 3), torch.nn.Conv1d(3, 4, 3), (2, 5, 8)),
+             (lambda: ud.nn.ConvTranspose2d(3, 4, 3), torch.nn.ConvTranspose2d(3, 4, 3), (2, 5, 8, 8)),
+             (lambda: ud.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4), (2, 3, 8, 8)),
+             (lambda: ud.nn.BatchNorm1d(4), torch.nn.BatchNorm1d(4), (2, 3)),
+             (lambda: ud.nn.LayerNorm(4), torch.nn.LayerNorm(4), (2, 5)),
+             (lambda: ud.nn.GroupNorm(2, 4), torch.nn.GroupNorm(2, 4), (2, 6, 3)),
+             (lambda: ud.nn.PReLU(4), torch.nn.PReLU(4), (2, 5, 3)),
+             (lambda: ud.nn.LSTM(4, 3, batch_first=True), torch.nn.LSTM(4, 3, batch_first=True), (2, 5, 6))]
+    for build, oracle, shape in cases:
+        x = np.ones(shape, np.float32)
+        with pytest.raises(RuntimeError):
+            oracle(torch.from_numpy(x))
+        layer = build()
+        with pytest.raises(ud.ShapeMismatchError) as eager:
+            layer(x)
+        with pytest.raises(ud.ShapeMismatchError) as traced:
+            ud.to_numpy(ud.function(lambda x, layer=layer: layer(x))(x))
+        assert str(traced.value) == str(eager.value) and str(shape) in str(eager.value), str(traced.value)
+
+
 def test_kernel_larger_than_padded_input(backend):
     with pytest.raises(ValueError, match="kernel height 5 is larger than the padded input height 4"):
         ud.nn.Conv2d(1, 1, 5)(ud.tensor(np.zeros((1, 1, 4, 4))))

@@ -176,6 +176,12 @@ class PReLU(Module):
         if self.num_parameters > 1 and (len(shape) < 2 or shape[1] not in (self.num_parameters, None)):
             raise ShapeMismatchError(f"{self.describe()} has one weight per channel: it expected input of shape "
                                      f"(N, {self.num_parameters}, ...), received {shape}")
+        if self.num_parameters > 1 and None in shape:
+            from unidl import input_checks  # (not at the top: unidl.ops, which it imports, imports this module)
+
+            x = input_checks.require_sizes(self.describe, x, {1: self.num_parameters}, lambda owner, received: (
+                f"{owner} has one weight per channel: it expected input of shape (N, {self.num_parameters}, ...), "
+                f"received {received}"))
         return functional.prelu(x, self.weight)
 
     def extra_repr(self):

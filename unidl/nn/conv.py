@@ -82,6 +82,8 @@ class _ConvNd(Module):
         if len(shape) != self.rank + 2 or (shape[1] is not None and shape[1] != self.in_channels):
             raise ShapeMismatchError(f"{self.describe()} expected input of shape ({', '.join(map(str, layout))}), "
                                      f"received {shape}")
+        x = input_checks.require_sizes(self.describe, x, {1: self.in_channels}, lambda owner, received: (
+            f"{owner} expected input of shape ({', '.join(map(str, layout))}), received {received}"))
         input_checks.check_floating(self.describe, x)
         if self.transposed:
             return x

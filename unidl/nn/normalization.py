@@ -3,7 +3,7 @@ arguments, parameters and defaults."""
 
 from __future__ import annotations
 
-from unidl import arguments, ops as functional
+from unidl import arguments, input_checks, ops as functional
 from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
@@ -42,6 +42,9 @@ class LayerNorm(Module):
         if len(tail) != len(self.normalized_shape) or any(a is not None and a != b for a, b in zip(tail, self.normalized_shape)):
             raise ShapeMismatchError(f"{self.describe()} expected input whose last axes are {self.normalized_shape}, "
                                      f"received shape {tuple(x.shape)}")
+        tail = {axis - len(self.normalized_shape): size for axis, size in enumerate(self.normalized_shape)}
+        x = input_checks.require_sizes(self.describe, x, tail, lambda owner, received: (
+            f"{owner} expected input whose last axes are {self.normalized_shape}, received shape {received}"))
         return self._ops.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
@@ -75,6 +78,8 @@ class GroupNorm(Module):
         if len(shape) < 2 or (shape[1] is not None and shape[1] != self.num_channels):
             raise ShapeMismatchError(f"{self.describe()} expected input of shape (N, {self.num_channels}, *), "
                                      f"received {shape}")
+        x = input_checks.require_sizes(self.describe, x, {1: self.num_channels}, lambda owner, received: (
+            f"{owner} expected input of shape (N, {self.num_channels}, *), received {received}"))
         return functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
