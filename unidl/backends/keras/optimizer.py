@@ -497,9 +497,6 @@ def trainer_values_in_optimizer_order(inner, stateless_apply, optimizer_variable
     places = [position.get(id(v)) for v in built]  # per variable of the optimizer: its place in the trainer's
     every_value = [K.zeros(v.shape, v.dtype) if j is None else trainable_variables[j] for v, j in zip(built, places)]
     every_gradient = [None if j is None else grads[j] for j in places]
-    if all(gradient is None for gradient in every_gradient):  # every parameter of the optimizer frozen (others of
-        # the model train): no update and no state change, as torch.optim's step() with every .grad None
-        return list(trainable_variables), list(optimizer_variables)
     used = inner.used_gradients  # (per trainable variable, in the trainer's order: ``_gradients_of_used_variables``)
     if used is not None and len(used) == len(trainable_variables):
         object.__setattr__(inner, "used_gradients", [False if j is None else used[j] for j in places])
