@@ -171,17 +171,18 @@ class PReLU(Module):
         self.num_parameters = num_parameters
         self.weight = self.parameter(np.full((num_parameters,), float(init)))
 
+    def _mismatch(self, owner, received) -> str:
+        return (f"{owner} has one weight per channel: it expected input of shape (N, {self.num_parameters}, ...), "
+                f"received {received}")
+
     def forward(self, x):
         shape = tuple(x.shape)
         if self.num_parameters > 1 and (len(shape) < 2 or shape[1] not in (self.num_parameters, None)):
-            raise ShapeMismatchError(f"{self.describe()} has one weight per channel: it expected input of shape "
-                                     f"(N, {self.num_parameters}, ...), received {shape}")
-        if self.num_parameters > 1 and None in shape:
+            raise ShapeMismatchError(self._mismatch(self.describe(), shape))
+        if self.num_parameters > 1 and shape[1] is None:  # (a graph traced for any sizes: checked when it runs)
             from unidl import input_checks  # (not at the top: unidl.ops, which it imports, imports this module)
 
-            x = input_checks.require_sizes(self.describe, x, {1: self.num_parameters}, lambda owner, received: (
-                f"{owner} has one weight per channel: it expected input of shape (N, {self.num_parameters}, ...), "
-                f"received {received}"))
+            x = input_checks.require_sizes(self.describe, x, {1: self.num_parameters}, self._mismatch)
         return functional.prelu(x, self.weight)
 
     def extra_repr(self):

@@ -38,16 +38,16 @@ class _BatchNorm(Module):
         self.register_buffer("running_var", init.ones((num_features,)))
         self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
-    def _expected(self) -> str:
-        return " or ".join(str((("N", self.num_features) + ("L",) * (r - 2))) for r in self.ranks)
+    def _mismatch(self, owner, received) -> str:
+        expected = " or ".join(str((("N", self.num_features) + ("L",) * (r - 2))) for r in self.ranks)
+        return f"{owner} expected input of shape {expected}, received {received}"
 
     def forward(self, x):
         shape = tuple(x.shape)
         if len(shape) not in self.ranks or (shape[1] is not None and shape[1] != self.num_features):
-            expected = self._expected()
-            raise ShapeMismatchError(f"{self.describe()} expected input of shape {expected}, received {shape}")
-        x = input_checks.require_sizes(self.describe, x, {1: self.num_features}, lambda owner, received: (
-            f"{owner} expected input of shape {self._expected()}, received {received}"))
+            raise ShapeMismatchError(self._mismatch(self.describe(), shape))
+        if None in shape:  # (a graph traced for any sizes: checked when it runs)
+            x = input_checks.require_sizes(self.describe, x, {1: self.num_features}, self._mismatch)
         if self.training:  # one value per channel: PyTorch's error, eagerly and inside graphs
             x = input_checks.check_batch_statistics(self.describe, x)
         momentum = self.momentum if self.momentum is not None else 0.0  # eval: unused

@@ -79,11 +79,14 @@ class _ConvNd(Module):
         graphs too, where the sizes are known only when it runs: see ``unidl.input_checks``)."""
         shape = tuple(x.shape)
         layout = ("N", self.in_channels) + ("L",) if self.rank == 1 else ("N", self.in_channels, "H", "W")
+
+        def mismatch(owner, received):
+            return f"{owner} expected input of shape ({', '.join(map(str, layout))}), received {received}"
+
         if len(shape) != self.rank + 2 or (shape[1] is not None and shape[1] != self.in_channels):
-            raise ShapeMismatchError(f"{self.describe()} expected input of shape ({', '.join(map(str, layout))}), "
-                                     f"received {shape}")
-        x = input_checks.require_sizes(self.describe, x, {1: self.in_channels}, lambda owner, received: (
-            f"{owner} expected input of shape ({', '.join(map(str, layout))}), received {received}"))
+            raise ShapeMismatchError(mismatch(self.describe(), shape))
+        if None in shape:  # (a graph traced for any sizes: checked when it runs)
+            x = input_checks.require_sizes(self.describe, x, {1: self.in_channels}, mismatch)
         input_checks.check_floating(self.describe, x)
         if self.transposed:
             return x

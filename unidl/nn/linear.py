@@ -37,22 +37,14 @@ class Linear(Module):
                                      f"({self.in_features},), received a 0-d input (shape ())")
         if shape[-1] != self.in_features:
             if shape[-1] is not None:
-                raise ShapeMismatchError(
-                    f"{self.describe()} expected input of shape (N, {self.in_features}), received {shape}")
-            x = self._check_unknown_features(x)
+                raise ShapeMismatchError(self._mismatch(self.describe(), shape))
+            # a graph traced for any sizes: checked when it runs (TensorFlow's error at its BiasAdd otherwise)
+            x = input_checks.require_sizes(self.describe, x, {-1: self.in_features}, self._mismatch)
         check_floating(self.describe, x)
         return self._ops.linear(x, self.weight, self.bias)
 
-    def _check_unknown_features(self, x):
-        """Inside a graph traced for inputs whose last size is unknown: the same ``ShapeMismatchError``, with the
-        same message, when the graph runs (the framework's own error otherwise: TensorFlow's at its BiasAdd)."""
-        sizes = input_checks.sizes_of(x)
-
-        def template():
-            return (f"{input_checks.literal(self.describe)} expected input of shape (N, {self.in_features}), "
-                    f"received {input_checks.shape_template(len(sizes))}")
-
-        return input_checks.require(x, input_checks.holds(sizes[-1] == self.in_features), template, sizes)
+    def _mismatch(self, owner, received) -> str:
+        return f"{owner} expected input of shape (N, {self.in_features}), received {received}"
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

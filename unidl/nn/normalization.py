@@ -37,14 +37,17 @@ class LayerNorm(Module):
         self.weight = self.parameter(init.ones(shape)) if elementwise_affine else None
         self.bias = self.parameter(init.zeros(shape)) if elementwise_affine and bias else None
 
+    def _mismatch(self, owner, received) -> str:
+        return f"{owner} expected input whose last axes are {self.normalized_shape}, received shape {received}"
+
     def forward(self, x):
-        tail = tuple(x.shape)[-len(self.normalized_shape):]
+        shape = tuple(x.shape)
+        tail = shape[-len(self.normalized_shape):]
         if len(tail) != len(self.normalized_shape) or any(a is not None and a != b for a, b in zip(tail, self.normalized_shape)):
-            raise ShapeMismatchError(f"{self.describe()} expected input whose last axes are {self.normalized_shape}, "
-                                     f"received shape {tuple(x.shape)}")
-        tail = {axis - len(self.normalized_shape): size for axis, size in enumerate(self.normalized_shape)}
-        x = input_checks.require_sizes(self.describe, x, tail, lambda owner, received: (
-            f"{owner} expected input whose last axes are {self.normalized_shape}, received shape {received}"))
+            raise ShapeMismatchError(self._mismatch(self.describe(), shape))
+        if None in tail:  # (a graph traced for any sizes: checked when it runs)
+            axes = {axis - len(self.normalized_shape): size for axis, size in enumerate(self.normalized_shape)}
+            x = input_checks.require_sizes(self.describe, x, axes, self._mismatch)
         return self._ops.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
@@ -73,13 +76,15 @@ class GroupNorm(Module):
         self.weight = self.parameter(init.ones((num_channels,))) if affine else None
         self.bias = self.parameter(init.zeros((num_channels,))) if affine else None
 
+    def _mismatch(self, owner, received) -> str:
+        return f"{owner} expected input of shape (N, {self.num_channels}, *), received {received}"
+
     def forward(self, x):
         shape = tuple(x.shape)
         if len(shape) < 2 or (shape[1] is not None and shape[1] != self.num_channels):
-            raise ShapeMismatchError(f"{self.describe()} expected input of shape (N, {self.num_channels}, *), "
-                                     f"received {shape}")
-        x = input_checks.require_sizes(self.describe, x, {1: self.num_channels}, lambda owner, received: (
-            f"{owner} expected input of shape (N, {self.num_channels}, *), received {received}"))
+            raise ShapeMismatchError(self._mismatch(self.describe(), shape))
+        if shape[1] is None:  # (a graph traced for any sizes: checked when it runs)
+            x = input_checks.require_sizes(self.describe, x, {1: self.num_channels}, self._mismatch)
         return functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):

@@ -80,12 +80,15 @@ class RNNBase(Module):
         ops = self._ops
         shape = tuple(input.shape)
         layout = "(N, T, input_size)" if self.batch_first else "(T, N, input_size)"
+
+        def mismatch(owner, received):
+            return (f"{owner} expected input of shape {layout} (or unbatched (T, input_size)) with input_size "
+                    f"{self.input_size}, received {received}")
+
         if len(shape) not in (2, 3) or shape[-1] not in (self.input_size, None):
-            raise ShapeMismatchError(f"{self.describe()} expected input of shape {layout} (or unbatched "
-                                     f"(T, input_size)) with input_size {self.input_size}, received {shape}")
-        input = input_checks.require_sizes(self.describe, input, {-1: self.input_size}, lambda owner, received: (
-            f"{owner} expected input of shape {layout} (or unbatched (T, input_size)) with input_size "
-            f"{self.input_size}, received {received}"))
+            raise ShapeMismatchError(mismatch(self.describe(), shape))
+        if shape[-1] is None:  # (a graph traced for any sizes: checked when it runs)
+            input = input_checks.require_sizes(self.describe, input, {-1: self.input_size}, mismatch)
         batched = len(shape) == 3
         time_axis = 1 if batched and self.batch_first else 0
         if shape[time_axis] is None or shape[time_axis] == 0:  # PyTorch's rule: frameworks fail on different ops

@@ -336,7 +336,7 @@ class Backend(BackendInterface):
                               accumulate=accumulate)
         to_input = self.to_input
 
-        def nothing_frozen_by_a_callback():  # (before each batch: compile checked the first one)
+        def nothing_frozen_by_a_callback():  # (before each batch: a callback may freeze the model mid-epoch)
             require_trainable(optimizer.params, "fit", model, loss_fn)
 
         graph = None if eager else self._fit_graph(native)

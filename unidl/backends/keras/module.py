@@ -16,7 +16,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import holds, keep_train_function_current
 from unidl.data.pool import ctrl_c_noted
-from unidl.nn.module import is_trainable, require_trainable, restore_modes, step_modes, trainable_mask
+from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
 from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
 
 
@@ -121,7 +121,6 @@ def step_key(model, loss_fn, optimizer) -> tuple:
     """What Keras's compiled train step of ``model`` bakes in beyond its settings, so that a change builds the step
     again: which parameters it trains, the modes of the model's and the loss's modules, and last those of the
     modules its traces reached outside them (``reached_modes``, which ``_note_modules_reached`` re-files)."""
-    require_trainable(optimizer.params, "the keras train step", model, loss_fn)
     return trainable_mask(optimizer.params), step_modes(model, loss_fn), reached_modes(model.native)
 
 
