@@ -240,3 +240,46 @@ def test_a_ctrl_c_in_jaxs_python_after_a_donating_step_ran_keeps_the_steps_outpu
         np.testing.assert_allclose(after[0], weight - 0.1 * grad_out.T @ x, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(after[1], bias - 0.1 * grad_out.sum(axis=0), rtol=1e-5, atol=1e-7)
         assert np.isfinite(float(step(x, y)))
+
+
+def test_an_eager_composite_op_is_one_compiled_program_and_inline_under_jit(caplog):
+    """Called eagerly, batch norm (a dozen primitives) compiles one program, named after the op, and runs the
+    same values as its body traced inline; under ``jax.jit`` it is traced inline (no nested program), so compiled
+    steps are unchanged. Each primitive compiled on its own before."""
+    import logging
+
+    import jax
+
+    from unidl.backends.jax import backend  # noqa: F401  (JAX with float64, as the backend runs it)
+    from unidl.backends.jax import ops
+
+    x = np.random.default_rng(0).normal(size=(3, 5, 7, 2))  # a shape no other test uses: nothing cached
+    statistics = np.zeros(5), np.ones(5)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            eager = ops.batch_norm(x, *statistics, training=True)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+    assert compiled == ["jit(batch_norm)"], compiled
+    body = jax.make_jaxpr(lambda x: ops.batch_norm(x, *statistics, training=True))(x).jaxpr  # (a staging trace)
+    assert body.eqns and not [e for e in body.eqns if e.primitive.name in ("jit", "pjit")], body
+    inline = jax.jit(lambda x: ops.batch_norm(x, *statistics, training=True))
+    for got, want in zip(eager, inline(x), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
+
+
+def test_an_eager_composite_ops_options_keep_their_meaning():
+    """Options of an op compiled when eager (``unidl/backends/jax/eager.py``) that a cached trace could confuse:
+    -0.0 after 0.0 (equal, so one cached trace would serve both: ``clip``'s bound is the value it gives), and a
+    call with too many arguments is Python's ``TypeError`` (not cut to the parameters the op has)."""
+    from unidl.backends.jax import backend  # noqa: F401
+    from unidl.backends.jax import ops
+
+    x = np.array([-1.0, 1.0])
+    assert np.signbit(np.asarray(ops.clip(x, 0.0))[0]) == np.signbit(0.0)
+    assert np.signbit(np.asarray(ops.clip(x, -0.0))[0]) == np.signbit(-0.0)
+    assert np.signbit(np.asarray(ops.clip(x, 0.0))[0]) == np.signbit(0.0)
+    with pytest.raises(TypeError):
+        ops.softmax(x, 0, 2)

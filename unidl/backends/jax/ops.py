@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from unidl import config
 from jax.experimental import checkify
 
+from unidl.backends.jax.eager import compiled_when_eager
 from unidl.backends.jax.variable import unwrap as _v
 from unidl.errors import IndexOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
@@ -41,6 +42,9 @@ tanh = _unwrapped(jnp.tanh)
 exp = _unwrapped(jnp.exp)
 log = _unwrapped(jnp.log)
 sqrt = _unwrapped(jnp.sqrt)
+
+
+@compiled_when_eager("x")
 def abs(x):
     # |x| as x * sign(x): PyTorch's gradient at 0 is sign(0) = 0, jnp.abs's is 1 (also through L1Loss)
     x = _v(x)
@@ -56,12 +60,14 @@ log1p = _unwrapped(jnp.log1p)
 framework_maximum = _unwrapped(jnp.maximum)  # for ud.ops' callers whose ties carry no gradient (unidl/ops.py)
 
 
+@compiled_when_eager("a", "b")
 def maximum(a, b):
     """``jnp.maximum``'s value with ``torch.maximum``'s gradient (the rule in ``unidl/ops.py``): JAX's own splits a
     tie as PyTorch does but gives a NaN's gradient to neither input, PyTorch to both."""
     return _split_ties(jnp.maximum, _maximum_split_ties, _v(a), _v(b))
 
 
+@compiled_when_eager("a", "b")
 def minimum(a, b):
     """``jnp.minimum``'s value with ``torch.minimum``'s gradient (see ``maximum``)."""
     return _split_ties(jnp.minimum, _minimum_split_ties, _v(a), _v(b))
@@ -105,6 +111,7 @@ _minimum_split_ties.defjvp(lambda primals, tangents: _tie_shares(jnp.minimum, jn
 _HALF = (jnp.float16, jnp.bfloat16)
 
 
+@compiled_when_eager("x", "weight", "bias")
 def linear(x, weight, bias=None):
     x, weight = _v(x), _v(weight)
     if x.dtype in _HALF and weight.dtype == x.dtype:
@@ -117,11 +124,13 @@ def linear(x, weight, bias=None):
     return y + _v(bias) if bias is not None else y
 
 
+@compiled_when_eager("x")
 def leaky_relu(x, negative_slope=0.01):
     x = _v(x)
     return jnp.where(x > 0, x, x * jnp.asarray(negative_slope, x.dtype))  # (at 0 the slope's gradient, as torch)
 
 
+@compiled_when_eager("x")
 def softmax(x, dim=-1):
     return jax.nn.softmax(_v(x), axis=dim)
 
@@ -147,6 +156,7 @@ def _conv_padding(padding, kernel_hw, dilation=(1, 1)):
     return [(ph, ph), (pw, pw)]
 
 
+@compiled_when_eager("x", "weight", "bias")
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     weight = _v(weight)
     dilation = _pair(dilation)
@@ -172,6 +182,7 @@ def _window(kernel_size, stride, padding):
     return (1, 1, kh, kw), (1, 1, sh, sw), [(0, 0), (0, 0), (ph, ph), (pw, pw)]
 
 
+@compiled_when_eager("x")
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """XLA's max pooling with PyTorch's gradient: a window that holds NaN pools to NaN (XLA's does too) and its
     gradient goes to the window's last NaN in row-major order (PyTorch's kernel takes a NaN over any value and
@@ -229,6 +240,7 @@ def _needs_torch_rule(y):
     return jnp.logical_not(jnp.isfinite(jnp.sum(y, dtype=jnp.promote_types(y.dtype, jnp.float32))))
 
 
+@compiled_when_eager("x", "indices")
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
     x, indices = _v(x), _v(indices)
     n, c = x.shape[:2]
@@ -243,11 +255,13 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     return flat.reshape(n, c, height, width)
 
 
+@compiled_when_eager("x")
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     kh, kw = _pair(kernel_size)
     return _pool(x, kernel_size, stride, padding, 0.0, jax.lax.add) / (kh * kw)
 
 
+@compiled_when_eager("x", "running_mean", "running_var", "weight", "bias")
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """PyTorch's batch norm over axis 1, computed with the channels moved last and the result moved back.
 
@@ -322,10 +336,15 @@ def sum(x, axis=None, keepdims=False):
 
 
 def clip(x, minimum=None, maximum=None):
+    return _clip(x, minimum, maximum, config.get_dtype())
+
+
+@compiled_when_eager("x")
+def _clip(x, minimum, maximum, float_dtype):
     # selects, not jnp.clip: PyTorch's clamp passes the gradient at a bound whole (jnp.clip's ties give half)
     x = _v(x)
     if not jnp.issubdtype(x.dtype, jnp.floating) and (float_bound(minimum) or float_bound(maximum)):
-        x = x.astype(config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
+        x = x.astype(float_dtype)  # a float bound makes integers floats, as PyTorch's promotion
     if minimum is not None:
         x = jnp.where(x < minimum, jnp.asarray(minimum, x.dtype), x)
     if maximum is not None:
@@ -351,11 +370,13 @@ def _reduce(values, reduction):
     return jnp.mean(values) if reduction == "mean" else jnp.sum(values)
 
 
+@compiled_when_eager("prediction", "target")
 def mse_loss(prediction, target, reduction="mean"):
     prediction = _v(prediction)
     return _reduce(jnp.square(prediction - jnp.asarray(_v(target), prediction.dtype)), reduction)
 
 
+@compiled_when_eager("prediction", "target")
 def l1_loss(prediction, target, reduction="mean"):
     prediction = _v(prediction)
     return _reduce(abs(prediction - jnp.asarray(_v(target), prediction.dtype)), reduction)
@@ -398,8 +419,16 @@ def segment_sum(data, segment_ids, num_segments):
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     logits, labels = _v(logits), _v(labels)
+    # the labels' range checked first, outside the compiled body (whose trace cannot raise on values)
+    checked = check_index(jnp.where(labels != ignore_index, labels, 0), logits.shape[-1], "CrossEntropyLoss labels")
+    return _cross_entropy(logits, labels, checked, reduction, ignore_index)
+
+
+@compiled_when_eager("logits", "labels", "checked")
+def _cross_entropy(logits, labels, checked, reduction, ignore_index):
+    """``cross_entropy`` of ``checked``: ``labels`` in range, with 0 where they are ``ignore_index``."""
     kept = labels != ignore_index
-    labels = check_index(jnp.where(kept, labels, 0), logits.shape[-1], "CrossEntropyLoss labels")
+    labels = checked
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     losses = -jnp.take_along_axis(log_probs, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
     losses = jnp.where(kept, losses, 0)
@@ -408,6 +437,7 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     return _reduce(losses, reduction)
 
 
+@compiled_when_eager("logits", "targets")
 def bce_with_logits(logits, targets, reduction="mean"):
     logits = _v(logits)
     targets = jnp.asarray(_v(targets), logits.dtype)
@@ -421,22 +451,26 @@ def scan(fn, init, xs, axis=0, reverse=False):
     return carry, jax.tree_util.tree_map(lambda y: jnp.moveaxis(y, 0, axis), ys)
 
 
+@compiled_when_eager("x")
 def gelu(x, approximate="none"):
     return jax.nn.gelu(_v(x), approximate=approximate == "tanh")
 
 
+@compiled_when_eager("x")
 def elu(x, alpha=1.0):
     x = _v(x)
     # expm1 of the negative part only: the branch not taken must not overflow (its gradient would be NaN)
     return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, 0, x)))  # (at 0 the gradient alpha, as torch)
 
 
+@compiled_when_eager("x")
 def softplus(x, beta=1.0, threshold=20.0):
     x = _v(x)
     scaled = x * beta
     return jnp.where(scaled > threshold, x, jnp.log1p(jnp.exp(jnp.minimum(scaled, threshold))) / beta)
 
 
+@compiled_when_eager("x")
 def hardtanh(x, min_val=-1.0, max_val=1.0):
     x = _v(x)
     # at a bound the constant: PyTorch's gradient is 0 there (ReLU6 at 0 and 6 too)
@@ -444,6 +478,7 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
                      jnp.where(x >= max_val, jnp.asarray(max_val, x.dtype), x))
 
 
+@compiled_when_eager("x", "weight", "bias")
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     x = _v(x)
     axes = tuple(range(-len(normalized_shape), 0))
@@ -454,6 +489,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return y + _v(bias) if bias is not None else y
 
 
+@compiled_when_eager("query", "key", "value", "masks")
 def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
     # the composed softmax attention, with a query whose every key is masked found from the masks ((N, 1, 1, 1) for
     # a key padding mask) instead of from the full (N, H, L, S) scores as ``ops.attention``'s guard does: such a
@@ -476,8 +512,12 @@ def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
 
 
 def embedding(indices, weight, padding_idx=None):
+    return _embedding(check_index(indices, _v(weight).shape[0], "Embedding indices"), weight, padding_idx)
+
+
+@compiled_when_eager("indices", "weight")
+def _embedding(indices, weight, padding_idx):
     weight = _v(weight)
-    indices = check_index(indices, weight.shape[0], "Embedding indices")
     rows = jnp.take(weight, indices, axis=0)
     if padding_idx is None:
         return rows
@@ -490,9 +530,13 @@ def take(x, indices, axis=0):
 
 
 def gather(x, dim, index):
-    x, index = _v(x), _v(index)
+    x = _v(x)
     dim %= x.ndim
-    index = check_index(index, x.shape[dim], "gather index")
+    return _gather(x, dim, check_index(index, x.shape[dim], "gather index"))
+
+
+@compiled_when_eager("x", "index")
+def _gather(x, dim, index):
     # torch.gather: index may be shorter than x on the other axes
     x = x[tuple(slice(None) if axis == dim else slice(0, size) for axis, size in enumerate(index.shape))]
     return jnp.take_along_axis(x, index, axis=dim)
@@ -514,6 +558,7 @@ def arange(start, end, step, dtype):
     return jnp.arange(start, end, step, dtype=dtype)
 
 
+@compiled_when_eager("x")
 def argmax(x, dim=None, keepdim=False):
     return jnp.argmax(_v(x), axis=dim, keepdims=keepdim).astype(jnp.int64)
 
@@ -537,6 +582,7 @@ def squeeze(x, dim=None):
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
+@compiled_when_eager("x")
 def pad(x, pad, mode="constant", value=0.0):
     x = _v(x)
     amounts = [(0, 0)] * x.ndim
