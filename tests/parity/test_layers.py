@@ -45,6 +45,7 @@ def _softmax(x):
 LAYERS = {
     "Linear": (lambda: ud.nn.Linear(7, 5), [ROWS], lambda s, x: x @ s["weight"].T + s["bias"]),
     "Linear-nobias": (lambda: ud.nn.Linear(7, 5, bias=False), [ROWS], lambda s, x: x @ s["weight"].T),
+    "Linear-one-sample": (lambda: ud.nn.Linear(7, 5), [ROWS[0]], lambda s, x: x @ s["weight"].T + s["bias"]),
     "Conv2d": (lambda: ud.nn.Conv2d(3, 4, 3), [IMAGES], lambda s, x: _np_conv(x, s["weight"], s["bias"], 1, 0)),
     "Conv2d-stride2-pad1": (lambda: ud.nn.Conv2d(3, 4, 3, stride=2, padding=1), [IMAGES],
                             lambda s, x: _np_conv(x, s["weight"], s["bias"], 2, 1)),

@@ -108,7 +108,10 @@ def linear(x, weight, bias=None):
     if x.shape.rank == 2:
         y = tf.linalg.matmul(x, weight, transpose_b=True)
     elif x.shape.rank == 1:  # one sample (in,) -> (out,), as torch
-        return tf.linalg.matvec(weight, x) + bias if bias is not None else tf.linalg.matvec(weight, x)
+        # as a row times the transposed weight, not tf.linalg.matvec: Grappler's constant folding ran
+        # matvec's product of a wrong-sized sample before the graph's size check (Linear's)
+        y = tf.squeeze(tf.linalg.matmul(x[None], weight, transpose_b=True), 0)
+        return y + bias if bias is not None else y
     else:
         return _linear_nd(x, weight, bias)
     return tf.nn.bias_add(y, bias) if bias is not None else y
