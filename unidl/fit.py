@@ -21,6 +21,7 @@ from unidl.data.pool import ctrl_c_noted
 from unidl.distributed import process_group
 from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
+from unidl.nn.module import require_trainable
 from unidl.metrics.probe import accumulator_for, first_sample, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
@@ -222,10 +223,11 @@ UNIDL_LOOP = "unidl"
 
 
 def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, trainer=None, totals=None,
-                          step_inputs=None) -> dict:
+                          step_inputs=None, before_batch=None) -> dict:
     """One epoch of ``step`` calls, reporting running means (and ``metrics``' running values, from statistics
     summed since the epoch began) to ``on_batch`` as ``fit_epoch`` does; ``step_inputs(index)``, where given, are
-    the extra forward inputs of the epoch's ``index``-th batch here, ``step(x, y, *inputs)``.
+    the extra forward inputs of the epoch's ``index``-th batch here, ``step(x, y, *inputs)``; ``before_batch(index)``,
+    where given, runs before the ``index``-th step, as ``fit_epoch``'s.
 
     The running sums (each batch's loss times its size, in float64 and batch order; the samples; the metrics'
     statistics) are what ``trainer.epoch_totals()`` hands a checkpoint, and ``totals``, those of a checkpoint
@@ -250,6 +252,8 @@ def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, tr
     index = -1
     for index, batch in enumerate(batches):
         x, y = batch[0], batch[1]
+        if before_batch is not None:
+            before_batch(index)
         loss, outputs = step(x, y, *step_inputs(index)) if step_inputs is not None else step(x, y)
         count = int(tuple(x.shape)[0])
         total_loss += float(loss) * count  # a NaN or inf step loss makes the running mean non-finite too
@@ -453,6 +457,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             if trainer.end_epoch:
                 raise _EndEpoch(logs)
 
+        def before_batch(index, epoch=epoch):  # (a callback may have frozen the model after the last batch)
+            require_trainable(optimizer.params, lambda: f"fit at epoch {epoch + 1}, step {index + 1}", model, loss)
+
         batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
         carried = trainer.carried_epoch if trainer.carried_epoch and trainer.carried_epoch["epoch"] == epoch else {}
         # a resumed epoch: the checkpoint's running totals [loss sum, samples, *statistics], the same layout in
@@ -471,12 +478,12 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             with ctrl_c_noted(ctrl_c):
                 logs = backend.fit_epoch(model, loss, optimizer, batches, steps, on_batch, train_metrics, eager,
                                          precision=precision, accumulate=accumulate, totals=loop_totals,
-                                         step_inputs=inputs_of)
+                                         step_inputs=inputs_of, before_batch=before_batch)
                 if logs is None:
                     step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager,
                                              check_finite=False, precision=precision, accumulate=accumulate)
                     logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals,
-                                                 inputs_of)
+                                                 inputs_of, before_batch)
             if ctrl_c:  # swallowed after the epoch's last batch
                 raise KeyboardInterrupt
         except _EndEpoch as end:  # a callback ended the epoch after a batch: its running logs are the epoch's

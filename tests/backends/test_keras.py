@@ -6,6 +6,7 @@ import gc
 import weakref
 
 import numpy as np
+import pytest
 
 import unidl as ud
 from unidl.testing import max_relative_difference
@@ -121,3 +122,45 @@ def test_the_graphs_of_compiles_let_go_die():
         assert all(len(graphs) == 1 for graphs in traced)
         alive = [graphs[0]() is not None for graphs in traced]
         assert alive == [False, False] + [True] * (_Compilations.KEPT + 1)
+
+
+def test_predict_after_inputs_of_another_rank_and_the_native_call_keep_unidls_answers():
+    """Keras's predict graph, traced again for an unknown rank after inputs of another rank (a sample (in,)
+    after batches (N, in)), could not run a layer's forward (Keras's ``ValueError`` "Cannot iterate over a shape
+    with unknown rank"): each rank has its own predict function, which gives ``torch.nn``'s outputs for a right
+    input and unidl's ``ShapeMismatchError`` and its text for a wrong one. Keras's own call of the native model
+    (its predict, its fit on torch) keeps unidl's error text, and a user's, as every other path gives it, not
+    wrapped in "Exception encountered when calling NativeModel.call()" and the arguments."""
+    import torch
+
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Linear(4, 3))
+        plain = torch.nn.Linear(4, 3)
+        plain.load_state_dict({k.split(".", 1)[1]: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
+        for n in (5, 7):
+            ud.predict(model, np.ones((n, 4), np.float32))
+        batches = model.native.predict_function
+        sample = np.arange(4, dtype=np.float32)
+        np.testing.assert_allclose(ud.predict(model, sample), plain(torch.tensor(sample)).detach().numpy(),
+                                   rtol=2e-6, atol=1e-7)
+        text = "Linear(in_features=4, out_features=3, bias=True) at '0' expected input of shape (N, 4), received "
+        for bad in ((3,), (6, 5)):
+            with pytest.raises(ud.ShapeMismatchError) as raised:
+                ud.predict(model, np.ones(bad, np.float32))
+            assert str(raised.value) == text + str(bad)
+            with pytest.raises(ud.ShapeMismatchError) as raised:
+                model.native(np.ones(bad, np.float32))
+            assert str(raised.value) == text + str(bad)
+        # batches after samples go back to Keras's predict graph of their rank (one for each rank)
+        np.testing.assert_allclose(ud.predict(model, np.ones((9, 4), np.float32)),
+                                   plain(torch.ones((9, 4))).detach().numpy(), rtol=2e-6, atol=1e-7)
+        assert model.native.predict_function is batches
+
+        class Failing(ud.nn.Module):
+            def forward(self, x):
+                raise RuntimeError("a bug of the user's")
+
+        with pytest.raises(RuntimeError) as raised:  # a user's own error keeps its text too
+            ud.predict(ud.nn.Sequential(Failing()), np.ones((2, 4), np.float32))
+        assert str(raised.value) == "a bug of the user's"

@@ -139,6 +139,9 @@ def test_optimizer_over_some_parameters_or_another_order_follows_torch_optim(bac
     assert outcome["body_kept"] == (kind == "head"), outcome
 
 
+FROZEN = r"every parameter of the model is frozen \(requires_grad=False or trainable=False\), so a step has nothing"
+
+
 @pytest.mark.parametrize("loop", ["train_step", "fit"])
 def test_every_parameter_frozen_is_an_error_before_anything_changes(backend, loop):
     """A model all of whose parameters are frozen has nothing to train: PyTorch's ``backward()`` raises (the loss
@@ -156,11 +159,13 @@ def test_every_parameter_frozen_is_an_error_before_anything_changes(backend, loo
     run(X, Y)  # traced while everything trains
     model.requires_grad_(False)
     weights, state = model.state_dict(), optimizer.state_dict()
-    with pytest.raises(ud.errors.NothingToTrainError, match="every parameter of the model is frozen"):
+    # the same text on every backend: the call of the step, or the epoch and step of fit (as NonFiniteLossError)
+    where = "train_step call 2" if loop != "fit" else "fit at epoch 1, step 1"
+    with pytest.raises(ud.errors.NothingToTrainError, match=f"^{where}: {FROZEN}"):
         run(X, Y)
     assert all(np.array_equal(weights[name], value) for name, value in model.state_dict().items())
     assert optimizer.state_dict()["step"] == state["step"]
-    with pytest.raises(RuntimeError):  # a fresh step too, eager
+    with pytest.raises(RuntimeError, match=f"^train_step call 1: {FROZEN}"):  # a fresh step too, eager
         ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)(X, Y)
     model.head.requires_grad_(True)
     run(X, Y)
@@ -171,19 +176,39 @@ def test_every_parameter_frozen_is_an_error_before_anything_changes(backend, loo
 
 def test_an_optimizer_whose_own_parameters_are_frozen_steps_as_torch_optim_and_fit_stops_at_a_callbacks_freeze(
         backend):
-    """An optimizer over the head alone, the head frozen while the body trains (a second optimizer): PyTorch's
+    """An Adam over the head alone, the head frozen while the body trains (a second optimizer): PyTorch's
     backward() runs and ``step()`` changes nothing, so the head's step runs and leaves the model as it was, on
-    every backend. A callback that freezes the whole model during ``fit`` stops it with ``NothingToTrainError``
-    before the next batch (also in Keras's own fit loop), the weights as that batch left them."""
+    every backend, in ``train_step``, ``value_and_grad`` + ``apply`` and ``fit``; each such step counts in the
+    optimizer's ``"step"`` (torch.optim's ``step()`` was called), none in a parameter's own count (torch.optim's
+    ``state[p]["step"]``, checked against it). A callback that freezes the whole model during ``fit`` stops it with
+    ``NothingToTrainError`` naming the epoch and step before the next batch (also in Keras's own fit loop), the
+    weights as that batch left them."""
+    reference = torch.nn.Linear(4, 2)
+    reference_optimizer = torch.optim.Adam(reference.parameters(), lr=0.1)
     model = Net()
     body = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.body.parameters(), lr=0.1))
-    head = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.head.parameters(), lr=0.1))
+    head_optimizer = ud.optim.Adam(model.head.parameters(), lr=0.1)
+    head = ud.train_step(model, ud.nn.MSELoss(), head_optimizer)
     body(X, Y)
     head(X, Y)
+    reference(torch.ones(1, 4)).sum().backward()
+    reference_optimizer.step()
     model.head.requires_grad_(False)
+    reference.requires_grad_(False)
     before = model.state_dict()
     head(X, Y)
+    _, grads = ud.value_and_grad(lambda: ud.nn.MSELoss()(model(ud.tensor(X)), ud.tensor(Y)),
+                                 model.head.parameters())()
+    head_optimizer.apply(grads)
+    ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=head_optimizer, epochs=1, batch_size=4, verbose=0)
+    reference_optimizer.zero_grad()  # (PyTorch's loop: the frozen head's .grad stays None from here)
+    for _ in range(4):
+        reference_optimizer.step()
     assert all(np.array_equal(before[name], value) for name, value in model.state_dict().items())
+    state = head_optimizer.state_dict()
+    assert state["step"] == 1 + 4, state["step"]  # the trained step; frozen: train_step, apply, fit's 2 batches
+    torch_counts = [int(reference_optimizer.state[p]["step"]) for p in reference.parameters()]
+    assert state["param_steps"] == torch_counts == [1, 1], state["param_steps"]
     model.head.requires_grad_(True)
     seen = []
 
@@ -193,8 +218,150 @@ def test_an_optimizer_whose_own_parameters_are_frozen_steps_as_torch_optim_and_f
             model.requires_grad_(False)
 
     optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ud.errors.NothingToTrainError, match="every parameter of the model is frozen"):
+    with pytest.raises(ud.errors.NothingToTrainError, match=f"^fit at epoch 1, step 3: {FROZEN}"):
         ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=2, batch_size=2, verbose=0,
                shuffle=False, callbacks=[ud.callbacks.LambdaCallback(on_batch_end=freeze_after_the_second)])
     assert len(seen) == 2 and not np.array_equal(seen[0]["head.weight"], seen[1]["head.weight"])
     assert all(np.array_equal(seen[1][name], value) for name, value in model.state_dict().items())
+
+
+#: per step of [finite, NaN, finite, finite] batches: torch.optim's count of steps, the non-finite guard's flag,
+#: and with float16 GradScaler's scale and growth tracker (a NaN loss halves the scale and resets the tracker)
+_FROZEN_BOOKKEEPING = {
+    ("32", 1): [(1, True), (1, False), (2, True), (3, True)],
+    ("32", 2): [(0, True), (0, False), (0, True), (1, True)],  # the window of the NaN is skipped at its close
+    ("16-mixed", 1): [(1, True, 65536.0, 1), (1, False, 32768.0, 0), (2, True, 32768.0, 1), (3, True, 32768.0, 2)],
+    ("16-mixed", 2): [(0, True, 65536.0, 0), (0, False, 32768.0, 0), (0, True, 32768.0, 0), (1, True, 32768.0, 1)],
+}
+
+
+def frozen_optimizer_bookkeeping() -> dict:
+    """For each precision and ``accumulate`` of ``_FROZEN_BOOKKEEPING``, what an Adam over a frozen head reports
+    after each ``train_step`` of a finite, a NaN, and two finite batches while the body trains: the guard, the
+    window and the loss scaler run as for any step; and whether the head kept its weights and its parameters'
+    own counts (torch.optim's ``state[p]["step"]``) stayed 0."""
+    nan_x = X.copy()
+    nan_x[0, 0] = np.nan
+    outcome = {}
+    for precision, accumulate in _FROZEN_BOOKKEEPING:
+        model = Net()
+        model.head.requires_grad_(False)
+        head = model.state_dict()["head.weight"]
+        optimizer = ud.optim.Adam(model.head.parameters(), lr=0.1)
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate,
+                             check_finite=False)
+        reports = []
+        for x in (X, nan_x, X, X):
+            step(x, Y)
+            state = optimizer.state_dict()
+            scaler = [state["loss_scaler"][key] for key in ("scale", "growth_tracker") if "loss_scaler" in state]
+            reports.append((state["step"], optimizer.last_step_finite, *scaler))
+        untouched = np.array_equal(head, model.state_dict()["head.weight"]) and not any(state["param_steps"])
+        outcome[precision, accumulate] = reports, untouched
+    return outcome
+
+
+def test_an_optimizer_whose_own_parameters_are_frozen_keeps_the_guard_the_window_and_the_loss_scaler(backend):
+    """Its step is a step with no update: a NaN loss is caught by the non-finite guard and not counted, a window of
+    ``accumulate`` micro-steps counts once at its close (skipped where one was NaN), float16's loss scale halves at
+    the NaN and grows its tracker at each finite step, as torch.optim's step with GradScaler (the numbers: the torch
+    backend's, on every backend)."""
+    for key, (reports, untouched) in frozen_optimizer_bookkeeping().items():
+        assert reports == _FROZEN_BOOKKEEPING[key] and untouched, (key, reports)
+
+
+def test_a_callbacks_partial_freeze_mid_epoch_holds_from_the_next_batch(backend):
+    """A callback that freezes the body after an epoch's second batch (transfer learning's "train all, then the
+    head") trains as the torch loop freezing it there: the body keeps the weights the second batch left, the head
+    trains on, and the epoch's loss is the mean over all its batches; also where Keras's compiled step holds the
+    set it trains (Keras-on-TensorFlow's step graph, compiled once an epoch: its fit went on training the body).
+    Weights and the loss to 1e-6, the body bit-identical."""
+    model = Net()
+    start = {name: np.array(value) for name, value in model.state_dict().items()}
+    seen = []
+
+    def freeze_the_body_after_the_second(batch, logs):
+        seen.append(np.array(model.state_dict()["body.weight"]))
+        if batch == 1:
+            model.body.requires_grad_(False)
+
+    history = ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+                     epochs=1, batch_size=2, verbose=0, shuffle=False,
+                     callbacks=[ud.callbacks.LambdaCallback(on_batch_end=freeze_the_body_after_the_second)])
+    trained = {name: np.array(value) for name, value in model.state_dict().items()}
+
+    plain = torch.nn.ModuleDict({"body": torch.nn.Linear(3, 4), "head": torch.nn.Linear(4, 2)})
+    plain.load_state_dict({name: torch.tensor(value) for name, value in start.items()})
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.1)
+    losses = []
+    for batch in range(4):
+        optimizer.zero_grad()
+        x, y = torch.tensor(X[2 * batch:2 * batch + 2]), torch.tensor(Y[2 * batch:2 * batch + 2])
+        loss = torch.nn.functional.mse_loss(plain["head"](torch.relu(plain["body"](x))), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if batch == 1:
+            plain["body"].requires_grad_(False)
+    assert np.array_equal(trained["body.weight"], seen[1]) and not np.array_equal(seen[0], seen[1])
+    for name, value in plain.state_dict().items():
+        assert max_relative_difference(trained[name], value.numpy()) < 1e-6, name
+    assert abs(history.history["loss"][0] - np.mean(losses)) < 1e-6 * abs(np.mean(losses))
+
+
+def test_a_callbacks_mode_switch_mid_epoch_holds_from_the_next_batch(backend):
+    """A callback that puts the model in eval mode after an epoch's second batch (BatchNorm then normalises with
+    its running statistics and stops updating them) trains as the torch loop switching there, also where Keras's
+    compiled step baked in the modes of the epoch's start (Keras-on-TensorFlow's step graph; Keras-on-JAX's
+    jitted step, which ran on in train mode): the running statistics, their count and the weights to 1e-6."""
+    ud.manual_seed(3)
+    model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.BatchNorm1d(4), ud.nn.ReLU(), ud.nn.Linear(4, 2))
+    start = {name: np.array(value) for name, value in model.state_dict().items()}
+
+    def evaluate_after_the_second(batch, logs):
+        if batch == 1:
+            model.eval()
+
+    ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+           batch_size=2, verbose=0, shuffle=False,
+           callbacks=[ud.callbacks.LambdaCallback(on_batch_end=evaluate_after_the_second)])
+    trained = {name: np.array(value) for name, value in model.state_dict().items()}
+
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    plain.load_state_dict({name: torch.tensor(value) for name, value in start.items()})
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.1)
+    for batch in range(4):
+        optimizer.zero_grad()
+        x, y = torch.tensor(X[2 * batch:2 * batch + 2]), torch.tensor(Y[2 * batch:2 * batch + 2])
+        torch.nn.functional.mse_loss(plain(x), y).backward()
+        optimizer.step()
+        if batch == 1:
+            plain.eval()
+    assert int(trained["1.num_batches_tracked"]) == 2
+    for name, value in plain.state_dict().items():
+        assert max_relative_difference(trained[name], value.numpy()) < 1e-6, name
+
+
+def test_an_optimizer_over_a_layer_the_forward_does_not_use_counts_its_steps_and_sees_a_nan_loss(backend):
+    """An optimizer over a layer the forward never calls (trainable: Keras-on-JAX's trainer hands it zeros, not
+    None) steps as ``torch.optim`` does, and its non-finite guard still sees a NaN loss: the NaN step is not
+    counted and ``last_step_finite`` says so (Keras-on-JAX counted it as a good step)."""
+    class Spare(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = ud.nn.Linear(3, 2)
+            self.spare = ud.nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.body(x)
+
+    model = Spare()
+    optimizer = ud.optim.Adam(model.spare.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite=False)
+    poisoned = X.copy()
+    poisoned[0, 0] = np.nan
+    seen = []
+    for x in (X, poisoned, X):
+        step(x, Y)
+        seen.append((optimizer.state_dict()["step"], optimizer.last_step_finite))
+    assert seen == [(1, True), (1, False), (2, True)]

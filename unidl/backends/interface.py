@@ -290,7 +290,7 @@ class Backend(abc.ABC):
         """Return ``forward(x) -> outputs`` without gradients (compiled where the backend compiles)."""
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager: bool = False,
-                  precision=None, accumulate: int = 1, totals=None, step_inputs=None):
+                  precision=None, accumulate: int = 1, totals=None, step_inputs=None, before_batch=None):
         """Run one epoch with the framework's own trainer and return the epoch logs, or None to let
         ``ud.fit`` drive ``train_step`` itself (the default). ``on_batch(index, running_logs)``
         must be called after every step; ``eager``: Python runs every step (no compiled step).
@@ -305,7 +305,9 @@ class Backend(abc.ABC):
         rounding for another loop's).
         ``step_inputs``: None, or ``step_inputs(index) -> tuple``, the extra forward inputs of the ``index``-th
         batch of ``batches`` (``ud.fit``'s ``step_inputs``): the step runs ``model(x, *inputs)`` with them as
-        graph inputs, as ``train_step``'s ``step(x, y, *inputs)`` does; asked for once per batch, in order."""
+        graph inputs, as ``train_step``'s ``step(x, y, *inputs)`` does; asked for once per batch, in order.
+        ``before_batch``: None, or ``before_batch(index)``, to be called before the ``index``-th step (it raises
+        ``NothingToTrainError`` naming the epoch and step where a callback froze every parameter)."""
         return None
 
     def epoch_totals(self, model) -> list | None:

@@ -45,7 +45,8 @@ def require_trainable(parameters, where, *modules) -> None:
     optimizer whose own parameters are all frozen while others of the model train runs its no-op step, as
     ``torch.optim``'s. Checked at every step, as freezing may change between steps; it stops at the first
     trainable parameter, so the modules are walked only when the optimizer's are all frozen. ``where`` names the
-    step in the message: a string, or a callable giving it (built only for the error)."""
+    step in the message, the same on every backend: ``"train_step call N"``, or in ``fit`` ``"fit at epoch E, step
+    S"`` (as ``NonFiniteLossError``'s); a string, or a callable giving it (built only for the error)."""
     for parameter in parameters:
         if is_trainable(parameter):
             return

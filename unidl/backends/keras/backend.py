@@ -31,13 +31,13 @@ from unidl.backends.keras import precision as keras_precision
 from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, NativeModel,
-                                         metric_tracker_variables, restore_metric_totals, step_key,
+                                         metric_tracker_variables, reached_modes, restore_metric_totals, step_key,
                                          swallowed_ctrl_c_raised)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
 from unidl.errors import marked_error_from
-from unidl.nn.module import require_trainable
+from unidl.nn.module import step_modes
 from unidl.backends.keras.export import export_formats, export_module
 
 keras_dtypes.keep_float64_in_type_promotion()  # float64 stays float64 in Keras's ops on torch and JAX too
@@ -224,10 +224,10 @@ class Backend(BackendInterface):
                 variables[name].assign(np.asarray(value).astype(variables[name].dtype))
 
     def apply_gradients(self, optimizer, grads):
-        pairs = [(g, p) for g, p in zip(grads, optimizer.params) if g is not None]  # no gradient, no update
-        if pairs:
-            object.__setattr__(optimizer.native, "_step_loss", None)  # no loss in this loop: the gradients only
-            optimizer.native.apply([g for g, _ in pairs], [p for _, p in pairs])
+        # no gradient, no update; none at all: no update, but the step counts (torch.optim's ``step()``)
+        pairs = [(g, p) for g, p in zip(grads, optimizer.params) if g is not None] or list(zip(grads, optimizer.params))
+        object.__setattr__(optimizer.native, "_step_loss", None)  # no loss in this loop: the gradients only
+        optimizer.native.apply([g for g, _ in pairs], [p for _, p in pairs])
 
     def last_step_finite(self, optimizer):
         # inside fit the flag is read after ``BatchRelay`` handed back the state Keras's trainer may hold outside
@@ -310,13 +310,13 @@ class Backend(BackendInterface):
         return _CompiledForStep(native, compile_for_this_step, step)
 
     def fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager=False, precision=None,
-                  accumulate=1, totals=None, step_inputs=None):
+                  accumulate=1, totals=None, step_inputs=None, before_batch=None):
         if precision is not None and precision.mixed:  # the forward traced with mixed precision's casts
             with keras_precision.forward_scope(model, loss_fn, precision):
                 return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision,
-                                       accumulate, totals, step_inputs)
+                                       accumulate, totals, step_inputs, before_batch)
         return self._fit_epoch(model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, None, accumulate,
-                               totals, step_inputs)
+                               totals, step_inputs, before_batch)
 
     def epoch_totals(self, model):
         # the trackers' values after the last batch (``metric_tracker_variables`` hands back the state Keras's
@@ -329,34 +329,66 @@ class Backend(BackendInterface):
         return [(), ()] + ([tuple(shape) for shape in metrics.shapes] if metrics is not None else [])
 
     def _fit_epoch(self, model, loss_fn, optimizer, batches, steps, on_batch, metrics, eager, precision, accumulate=1,
-                   totals=None, step_inputs=None):
+                   totals=None, step_inputs=None, before_batch=None):
         if eager:  # (as _train_step's)
             keras_distributed.refuse_eager_step()
         native = self.compile(model, loss_fn, optimizer, metrics=metrics, eager=eager, precision=precision,
                               accumulate=accumulate)
         to_input = self.to_input
+        before_batch = before_batch or (lambda index: None)  # (ud.fit's: a callback may freeze the model mid-epoch)
 
-        def nothing_frozen_by_a_callback():  # (before each batch: a callback may freeze the model mid-epoch)
-            require_trainable(optimizer.params, "fit", model, loss_fn)
+        def graph_of(native):
+            graph = None if eager else self._fit_graph(native)
+            if graph is None and eager and step_inputs is not None:  # (Model.fit takes no per-batch extra inputs)
+                step = keras_function.eager_train_step(native)
+                graph = None if step is None else lambda x, y, *inputs: step(to_input(x), to_input(y),
+                                                                              *[to_input(v) for v in inputs])
+            return graph
 
-        graph = None if eager else self._fit_graph(native)
-        if graph is None and eager and step_inputs is not None:  # (Model.fit takes no per-batch extra inputs)
-            step = keras_function.eager_train_step(native)
-            graph = None if step is None else lambda x, y, *inputs: step(to_input(x), to_input(y),
-                                                                          *[to_input(v) for v in inputs])
+        graph = graph_of(native)
         if graph is not None:  # Keras's train step, batch by batch, with Keras's running logs
             native.reset_metrics()
             restore_metric_totals(native, totals)
             logs, index = None, -1
+            compiled_for = step_key(model, loss_fn, optimizer)
             with KeptStepState(native):  # (an eager step on Keras-on-torch: its grad mode put back after a Ctrl-C)
                 for index, batch in enumerate(batches):
                     inputs = step_inputs(index) if step_inputs is not None else ()
-                    nothing_frozen_by_a_callback()
+                    before_batch(index)
+                    if index and step_key(model, loss_fn, optimizer) != compiled_for:
+                        # a callback froze or unfroze parameters, or switched a module's mode, since the step was
+                        # compiled: the epoch goes on with the compile for the new set (its trackers given the
+                        # epoch's running totals so far), as a torch step would train from the next batch on
+                        so_far = self.epoch_totals(model)
+                        native = self.compile(model, loss_fn, optimizer, metrics=metrics, eager=eager,
+                                              precision=precision, accumulate=accumulate)
+                        native.reset_metrics()
+                        restore_metric_totals(native, so_far)
+                        graph, compiled_for = graph_of(native), step_key(model, loss_fn, optimizer)
                     logs = epoch_logs(graph(batch[0], batch[1], *inputs), metrics)
                     on_batch(index, dict(logs))
             if index < 0:
                 raise ValueError("the epoch had no batches: the training data is empty")
             return logs
+        # Keras's own fit loop (Keras-on-JAX, Keras-on-torch, eager): a module's mode switched by a callback
+        # mid-epoch holds from the next batch, as in a torch loop; a jitted train step (Keras-on-JAX) traced in the
+        # modes of the epoch's start is made again. (It is this compile's no more: the next compile starts anew.)
+        # The modes a step was traced in are the end of its compile's key (``step_key``: those of the model's and
+        # the loss's modules, then of the modules its trace reached outside them, re-filed after the trace)
+        ud_before_batch, modes_traced = before_batch, [None]
+
+        def before_batch(index):
+            ud_before_batch(index)
+            if not index or not native.jit_compile or native.run_eagerly:
+                return
+            compiled = getattr(native, "_unidl_compiled", None)
+            traced = modes_traced[0] or (tuple(compiled[-2:]) if compiled is not None else None)
+            modes = (step_modes(model, loss_fn), reached_modes(native))
+            if traced is not None and modes != traced:
+                modes_traced[0] = modes
+                object.__setattr__(native, "_unidl_compiled", None)
+                native.make_train_function(force=True)
+
         # a DataLoader epoch over in-memory arrays (Keras slices no per-step inputs: those go batch by batch)
         take_arrays = getattr(batches, "take_arrays", None) if step_inputs is None else None
         arrays = take_arrays() if take_arrays is not None else None
@@ -367,13 +399,13 @@ class Backend(BackendInterface):
                 # Keras slices arrays inside its own input pipeline: far cheaper than a Python generator,
                 # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
-                                   totals=totals, before_batch=nothing_frozen_by_a_callback)
+                                   totals=totals, before_batch=before_batch)
                 with KeptStepState(native):
                     native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
                                shuffle=False, verbose=0, callbacks=[relay])
             else:
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals,
-                                   before_batch=nothing_frozen_by_a_callback)
+                                   before_batch=before_batch)
                 try:
                     with KeptStepState(native):
                         native.fit(_keras_batches(batches, to_input, step_inputs), epochs=1,
@@ -405,8 +437,10 @@ class Backend(BackendInterface):
 
         def forward(x):
             with KeptStepState(native):
+                inputs = to_input(x)
+                _predict_function_for_rank(native, len(tuple(inputs.shape)))
                 try:
-                    return native.predict_on_batch(to_input(x))
+                    return native.predict_on_batch(inputs)
                 except Exception as error:  # an in-graph check of unidl's (Keras's graph left the sizes unknown)
                     marked = marked_error_from(error, escaped=True)
                     if marked is None:
@@ -488,6 +522,24 @@ def _graph_of_compile(native, attribute, device, per_batch):
     return cached[1]
 
 
+def _predict_function_for_rank(native, rank: int) -> None:
+    """Give ``native`` (its compile in force) Keras's predict function for inputs of ``rank``, one per rank: Keras's
+    predict graph (a ``tf.function`` that relaxes its shapes) traced again after inputs of another rank is traced
+    for an unknown rank, which no layer can check or reshape (a sample (in,) after batches (N, in): Keras's
+    ``ValueError``, where the forward runs eagerly and on the other backends). The functions belong to the compile
+    (``_Compilations`` keeps its ``predict_function``); a dict lookup a call."""
+    compiled = getattr(native, "_unidl_compiled", None)
+    kept = native.__dict__.get("_unidl_predict_by_rank")
+    if kept is None or kept[0] != compiled or (kept[1] and native.predict_function not in kept[1].values()):
+        kept = (compiled, {})  # (another compile, or Keras made its predict function again)
+        object.__setattr__(native, "_unidl_predict_by_rank", kept)
+    functions = kept[1]
+    if rank not in functions:
+        native.make_predict_function(force=bool(functions))
+        functions[rank] = native.predict_function
+    native.predict_function = functions[rank]
+
+
 class _Compilations:
     """The last few compiles of one ``keras.Model`` other than the one in force, each as Keras's compile and
     ``make_*_function`` left the model (its optimizer, compiled loss and metrics, trackers, flags, and its jitted
@@ -507,7 +559,7 @@ class _Compilations:
                    "_run_eagerly", "_compiled_trainable_state", "compiled", "steps_per_execution", "_compile_config",
                    "train_function", "test_function", "predict_function")
     UNIDL_STATE = ("_unidl_compiled", "_unidl_statistics", "_unidl_fit_graph", "_unidl_step_graph",
-                   "_unidl_seen_modules", "_unidl_options")
+                   "_unidl_seen_modules", "_unidl_options", "_unidl_predict_by_rank")
 
     def __init__(self, native):
         self._native = native

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 import re
 
 import keras
@@ -14,7 +13,7 @@ from keras.src.losses.loss import scale_loss_for_distribution  # Keras's rule, n
 from unidl import config
 from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
-from unidl.backends.keras.optimizer import holds, keep_train_function_current
+from unidl.backends.keras.optimizer import keep_train_function_current, loss_carrier
 from unidl.data.pool import ctrl_c_noted
 from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
 from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
@@ -107,14 +106,23 @@ class NativeModel(keras.Model):
     def call(self, x, training=None):
         module = self._unidl_module
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
-        if training is None or training:
-            return module(*inputs)
-        modes = [(m, m.training) for m in module.modules()]
-        module.eval()
         try:
-            return module(*inputs)
-        finally:
-            restore_modes(modes)
+            if training is None or training:
+                return module(*inputs)
+            modes = [(m, m.training) for m in module.modules()]
+            module.eval()
+            try:
+                return module(*inputs)
+            finally:
+                restore_modes(modes)
+        except Exception as error:
+            # Keras's call wrapper (traceback filtering: its predict, its fit on torch) would raise a copy whose
+            # text is "Exception encountered when calling NativeModel.call()" around this one's and the
+            # arguments: the error (unidl's, or the user's own in a forward) keeps the text it has on every other
+            # backend and path (the attribute is Keras's own mark of an error given its context already)
+            with contextlib.suppress(AttributeError):  # (an exception type without a __dict__)
+                error._keras_call_info_injected = True
+            raise
 
 
 def step_key(model, loss_fn, optimizer) -> tuple:
@@ -229,8 +237,9 @@ def _gradients_of_used_variables(native, args):
 
 def _loss_marked_in_a_gradient(native, loss, unscaled, trainable_values):
     """``loss + stop_gradient(0 * unscaled) * w[0]`` for the first element of the smallest trainable variable the
-    step's loss uses (a bias, where the model has one: the mark costs an add over that variable's gradient only):
-    the same value (``+ 0``), and that element's gradient NaN where the step's (unscaled) loss is not finite.
+    step's loss uses, of the optimizer's where it holds one (``loss_carrier``; a bias, where the model has one: the
+    mark costs an add over that variable's gradient only): the same value (``+ 0``), and that element's gradient
+    NaN where the step's (unscaled) loss is not finite.
     Keras-on-JAX's optimizer sees only the gradients: its trainer hands ``stateless_apply`` the gradients and the
     optimizer's state, and the loss (a value inside ``jax.grad``, then Keras's metrics input) no other way in; so
     a non-finite loss whose gradients are finite (a term without a gradient) would otherwise go unnoticed by the
@@ -242,10 +251,7 @@ def _loss_marked_in_a_gradient(native, loss, unscaled, trainable_values):
     used = getattr(inner, "used_gradients", None)
     if used is None or len(used) != len(trainable_values):
         return loss
-    # (a variable of the optimizer's: one it does not hold would carry the mark past its guard)
-    held = holds(inner, native.trainable_variables)
-    sizes = {i: math.prod(trainable_values[i].shape) for i, u in enumerate(used) if u and held[i]}
-    index = min((i for i, size in sizes.items() if size), key=sizes.__getitem__, default=None)
+    index = loss_carrier(inner, native.trainable_variables, trainable_values, used)
     if index is None:
         return loss
     element = keras.ops.reshape(trainable_values[index], (-1,))[0]
@@ -410,7 +416,7 @@ class BatchRelay(keras.callbacks.Callback):
     the model's, optimizer's and trackers' variables holding their values after that batch;
     ``delivered()``, when given, is told of each batch Keras consumed (the loader's resume position);
     ``totals``: Keras's trackers resume from them (``restore_metric_totals``) once ``fit`` has reset them;
-    ``before_batch()``, when given, runs before each batch (a check of what a callback changed)."""
+    ``before_batch(index)``, when given, runs before each batch (``ud.fit``'s check of what a callback changed)."""
 
     def __init__(self, on_batch, logs_of, delivered=None, totals=None, before_batch=None):
         super().__init__()
@@ -421,7 +427,7 @@ class BatchRelay(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._before_batch is not None:
-            self._before_batch()
+            self._before_batch(batch)
 
     def on_epoch_begin(self, epoch, logs=None):
         restore_metric_totals(self.model, self._totals)

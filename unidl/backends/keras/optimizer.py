@@ -11,6 +11,7 @@ SGD with momentum runs as TensorFlow's fused kernel for the same rule
 from __future__ import annotations
 
 import contextlib
+import math
 
 import keras
 from keras import ops as K
@@ -218,8 +219,8 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         """Keras's filter of the variables without a gradient, without its "Gradients do not exist" warning: a
         frozen parameter, or one the loss does not use, gets no gradient and no update, silently, as torch.optim
         leaves a parameter whose ``.grad`` is None (Keras-on-JAX's trainer hands every variable of the optimizer
-        in, those without a gradient as None: ``trainer_values_in_optimizer_order``). None at all is Keras's
-        ``ValueError``, as before."""
+        in, those without a gradient as None: ``trainer_values_in_optimizer_order``). None at all never comes
+        here from unidl's steps (``_clip_and_apply`` counts that step itself); elsewhere Keras's ``ValueError``."""
         kept = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if not kept:
             raise ValueError("No gradients provided for any variable.")
@@ -360,7 +361,7 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             closes = count >= accumulate
             update = K.logical_and(closes, window_finite)
             self.finite.assign(K.logical_or(K.logical_not(closes), window_finite))  # True inside the window
-            grads = sums
+            micro_step_grads, grads = grads, sums  # (a parameter without a gradient now keeps its window flag)
         bookkeeping = {id(self.finite), *(id(v) for v in getattr(self, "_accumulated", None) or []),
                        *(id(v) for v in getattr(self, "_window_has_gradient", None) or [])}
         if getattr(self, "_micro_steps", None) is not None:
@@ -375,7 +376,7 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             variable.assign(K.where(update, variable.value, old))
         if accumulate > 1:
             keep = K.logical_not(closes)  # a window still filling; else (updated or discarded) it starts again
-            for total, new, flag, grad in zip(accumulated, sums, had, grads):
+            for total, new, flag, grad in zip(accumulated, sums, had, micro_step_grads):
                 total.assign(K.where(keep, new, K.zeros_like(new)))
                 flag.assign(keep if grad is not None else K.logical_and(keep, flag.value))
             self._micro_steps.assign(K.where(keep, count, K.zeros_like(count)))
@@ -392,6 +393,11 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             object.__setattr__(self, "_gradient_flags", None)
 
     def _clip_and_apply(self, grads, trainable_variables):
+        if all(g is None for g in grads):  # its own parameters all frozen (or unused) while others train: no update,
+            # but the step counts, as torch.optim's ``step()`` with every ``.grad`` None (Keras's ``apply`` would
+            # raise, or return without counting); the guard, the window and the loss scaler ran around it as usual
+            self.iterations.assign_add(1)
+            return K.convert_to_tensor(True)
         grads = self._spec.clip_gradients(grads, self._unidl_ops)
         keras.optimizers.Optimizer.apply(self, grads, trainable_variables)
         return K.convert_to_tensor(True)
@@ -427,17 +433,17 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         if spec.uses_step:  # this parameter's own count, as torch.optim's (a window's parameter: if it had a gradient)
             counter = self.param_steps[index]
             count = counter + 1
-            self.assign(counter, count if has_gradient is None else K.where(has_gradient, count, counter))
+            self.assign(counter, count if has_gradient is None else K.where(has_gradient, count, _value(counter)))
             step = K.cast(count, variable.dtype)
         delta, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
         for name, value in new_slots.items():  # (a flagged parameter: only if it had a gradient)
             if value is not slots[name]:
                 self.assign(slots[name], value if has_gradient is None else
-                            K.where(has_gradient, K.cast(value, slots[name].dtype), slots[name]))
+                            K.where(has_gradient, K.cast(value, slots[name].dtype), _value(slots[name])))
         if has_gradient is None:
             self.assign_sub(variable, delta)
         else:
-            self.assign(variable, K.where(has_gradient, variable - K.cast(delta, variable.dtype), variable))
+            self.assign(variable, K.where(has_gradient, variable - K.cast(delta, variable.dtype), _value(variable)))
 
 
 def set_group_options(optimizer, group: int, keys) -> None:
@@ -463,6 +469,12 @@ def _dense(gradient):
         return K.scatter(K.expand_dims(K.cast(gradient.indices, "int32"), -1), gradient.values,
                          K.cast(gradient.dense_shape, "int32"))
     return gradient
+
+
+def _value(variable):
+    """A Keras variable's value (inside a stateless scope: the scope's), as ``keras.ops.where`` takes it on every
+    host (JAX refuses a variable inside a trace); any other tensor as it is."""
+    return variable.value if isinstance(variable, keras.Variable) else variable
 
 
 def _false():
@@ -498,6 +510,13 @@ def trainer_values_in_optimizer_order(inner, stateless_apply, optimizer_variable
     every_value = [K.zeros(v.shape, v.dtype) if j is None else trainable_variables[j] for v, j in zip(built, places)]
     every_gradient = [None if j is None else grads[j] for j in places]
     used = inner.used_gradients  # (per trainable variable, in the trainer's order: ``_gradients_of_used_variables``)
+    step_loss = inner._step_loss
+    carrier = (loss_carrier(inner, trainer, trainable_variables, used)
+               if used is not None and len(used) == len(trainable_variables) else None)
+    if carrier is not None and carrier not in places:  # none of its parameters used (all frozen, or unused):
+        # the loss's mark (keras/module.py ``_loss_marked_in_a_gradient``) is in a gradient it does not hold, read
+        # as the loss (its own gradients are None or zeros, which would carry no NaN of the loss to its guard)
+        object.__setattr__(inner, "_step_loss", K.reshape(grads[carrier], (-1,))[0])
     if used is not None and len(used) == len(trainable_variables):
         object.__setattr__(inner, "used_gradients", [False if j is None else used[j] for j in places])
     # the values are in the optimizer's order from here: a nested ``stateless_apply`` (float16: Keras's loss scaler
@@ -508,11 +527,27 @@ def trainer_values_in_optimizer_order(inner, stateless_apply, optimizer_variable
     finally:
         object.__setattr__(inner, "used_gradients", used)
         object.__setattr__(inner, "trainer_variables", told)
+        object.__setattr__(inner, "_step_loss", step_loss)  # (a skipped overflow step never reached apply)
     values = list(trainable_variables)
     for j, value in zip(places, new_values):
         if j is not None:
             values[j] = value
     return values, new_state
+
+
+def loss_carrier(inner, variables, values, used) -> int | None:
+    """Where Keras-on-JAX's trainer hands the optimizer gradients only, the index (in the trainer's order of the
+    model's trainable ``variables``, of ``values`` that shape) of the one whose gradient's first element carries
+    the step's loss (keras/module.py ``_loss_marked_in_a_gradient``): the smallest the loss uses (``used``) of
+    those ``inner`` holds, so that its guard sees the mark in its own gradients (one it does not hold would carry
+    the mark past the guard), or where it holds none the loss uses (its parameters all frozen while others train)
+    the smallest the loss uses, whose gradient it reads as the loss (``trainer_values_in_optimizer_order``), as
+    ``torch.optim``'s guard reads the loss of a step without gradients of its own. None where the loss uses none."""
+    sizes = {i: math.prod(values[i].shape) for i, u in enumerate(used) if u}
+    sizes = {i: size for i, size in sizes.items() if size}
+    held = holds(inner, variables)
+    candidates = {i: size for i, size in sizes.items() if held[i]} or sizes
+    return min(candidates, key=candidates.__getitem__, default=None)
 
 
 def holds(optimizer, variables) -> list[bool]:

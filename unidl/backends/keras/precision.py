@@ -99,9 +99,10 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
                 if new is not None:  # the window starts again when it closes
                     total.assign(keras.ops.where(closes, keras.ops.zeros_like(new), new))
             self._window_count.assign(keras.ops.where(closes, keras.ops.zeros_like(count), count))
-            # False only where a loaded window's was: here a loss's NaN is in its gradients, so in the sums
-            # (keras/module.py ``_loss_marked_in_a_gradient``), which the checkpoint reads too
-            finite = self._window_finite.value
+            # a loss's NaN is in its gradients, so in the sums (keras/module.py ``_loss_marked_in_a_gradient``),
+            # which the checkpoint reads too; where the optimizer's parameters are all frozen (no sums) in the
+            # gradient read as the loss (``trainer_values_in_optimizer_order``), kept here for the window
+            finite = self._loss_finite(self._window_finite.value)
             self._window_finite.assign(keras.ops.logical_or(closes, finite))
             inner.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
         state = [scope.get_current_value(v) for v in variables]
