@@ -5,8 +5,8 @@ max pooling's JVP, a loss or a norm cost tens of small compilations and as many 
 gradients as many again. ``compiled_when_eager`` runs such an op through one ``jax.jit`` of its body instead, its
 options (everything but its arrays) static, so that a call is one dispatch and its gradient one program per
 transformation. Under a staging trace (``jax.jit``, ``ud.function``, a compiled step, export) an op of traced
-arrays is traced inline as before (one whose arrays are all constants there is a nested jit, which XLA inlines); eager differentiation (whose tracers hold concrete values)
-takes the compiled path. A body must read no state but its arguments (the jit caches its trace), and Python-level
+arrays is traced inline as before (one whose arrays are all constants there is a nested jit, which XLA inlines);
+eager differentiation (whose tracers hold concrete values) takes the compiled path. A body must read no state but its arguments (the jit caches its trace), and Python-level
 checks raise while it is traced, before anything runs, with the same error as before.
 """
 
