@@ -346,16 +346,8 @@ def test_an_optimizer_over_a_layer_the_forward_does_not_use_counts_its_steps_and
     """An optimizer over a layer the forward never calls (trainable: Keras-on-JAX's trainer hands it zeros, not
     None) steps as ``torch.optim`` does, and its non-finite guard still sees a NaN loss: the NaN step is not
     counted and ``last_step_finite`` says so (Keras-on-JAX counted it as a good step)."""
-    class Spare(ud.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = ud.nn.Linear(3, 2)
-            self.spare = ud.nn.Linear(2, 2)
-
-        def forward(self, x):
-            return self.body(x)
-
-    model = Spare()
+    model = Net()
+    model.spare = ud.nn.Linear(2, 2)  # a sub-module that Net's forward never calls
     optimizer = ud.optim.Adam(model.spare.parameters(), lr=0.1)
     step = ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite=False)
     poisoned = X.copy()
