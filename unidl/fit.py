@@ -281,7 +281,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     Args:
         train_data: a ``ud.data.DataLoader``, a native pipeline (``torch.utils.data.DataLoader`` on
             torch, ``tf.data.Dataset`` on tensorflow/keras), ``(x, y)`` arrays with ``batch_size``, or
-            the array ``x`` with ``y`` given next.
+            the array ``x`` with ``y`` given next. A ``DataLoader`` is positioned as ``fit`` starts, before its
+            checks: each epoch from its first batch, unless ``load_state_dict`` (a resume) set a position in
+            that epoch; an iteration broken off mid-epoch (a ``break``, Ctrl-C) is not continued.
         loss: a unidl loss module, or its name: ``"cross_entropy"``, ``"sparse_categorical_crossentropy"``,
             ``"categorical_crossentropy"`` (all ``CrossEntropyLoss`` of logits: unidl models end without a
             softmax), ``"mse"``, ``"mae"``, ``"binary_crossentropy"`` (of logits), ...
@@ -371,6 +373,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         validation_data = held_out
     weights = fit_options.sample_weights(train_data, sample_weight, class_weight)
     loader = as_loader(train_data, batch_size, shuffle if weights is None else False, seed)
+    if isinstance(loader, DataLoader) and start_epoch < epochs:
+        _position_loader(loader, start_epoch)  # as the epoch loop will: the probes read the first batch trained
     validation, validation_weighted = (_validation_loader(validation_data, batch_size or 256)
                                        if validation_data is not None else (None, False))
     check_labels(model, loss, loader)
@@ -428,11 +432,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         trainer.epoch = epoch
         model.train()
         if isinstance(loader, DataLoader):
-            state = loader.state_dict()
-            if state["epoch"] != epoch or state["position"] == 0:
-                loader.set_epoch(epoch)
-            steps = len(loader) - loader.state_dict()["position"]
-            trainer._epoch_start = (epoch, loader.state_dict()["position"])
+            first = _position_loader(loader, epoch)
+            steps = len(loader) - first
+            trainer._epoch_start = (epoch, first)
         else:
             steps = len(loader) if hasattr(loader, "__len__") else None
         for callback in callbacks:
@@ -516,13 +518,25 @@ def _stop_workers(batches) -> None:
         batches.close()
 
 
+def _position_loader(loader: DataLoader, epoch: int) -> int:
+    """Make the next ``iter(loader)`` train ``fit``'s ``epoch`` and return the index of its first batch there. Only a
+    position that was set in that epoch (``load_state_dict``: a resume) is continued from; anything else starts the
+    epoch at its first batch, an iteration broken off mid-epoch included: Keras may have read past the batches it
+    trained, and Keras and Lightning start a new ``fit`` with a fresh epoch."""
+    next_epoch, position = loader.next_iteration()
+    if next_epoch != epoch or position == 0:
+        loader.set_epoch(epoch)
+        return 0
+    return position
+
+
 def _first_step(loader, epoch: int) -> int:
-    """The index in ``epoch`` of the first batch ``fit``'s loop will train: a resumed ``DataLoader``'s position
-    in that epoch, else 0 (as the epoch loop positions the loader)."""
+    """The index in ``epoch`` of the first batch ``fit``'s loop will train, without moving the loader: a resumed
+    ``DataLoader``'s position in that epoch, else 0 (as ``_position_loader`` positions it)."""
     if not isinstance(loader, DataLoader):
         return 0
-    state = loader.state_dict()
-    return state["position"] if state["epoch"] == epoch else 0
+    next_epoch, position = loader.next_iteration()
+    return position if next_epoch == epoch else 0
 
 
 # ---- resuming ----------------------------------------------------------------
@@ -669,7 +683,7 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
                       + ": the new values win", UserWarning, stacklevel=3)
     trainer.global_step = int(info["step"])
     history.history = History(extra.get("history")).history
-    start_epoch = loader.state_dict()["epoch"] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
+    start_epoch = loader.next_iteration()[0] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
     progress = extra.get("epoch_progress")
     if progress and progress["samples"]:
         if progress["epoch"] == start_epoch:

@@ -124,6 +124,36 @@ def test_state_dict_at_epoch_end_points_to_next_epoch():
     assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["position"] == 0
 
 
+def test_a_new_iteration_starts_the_next_epoch_after_one_broken_off_where_state_dict_names_its_next_batch():
+    """``state_dict()`` names the batch the iteration under way (or broken off) yields next: a checkpoint's resume
+    point. A new ``iter(loader)`` never goes on with an iteration broken off mid-epoch: it starts the next epoch,
+    as ``next_iteration()`` says. The two agree where a position was set (``load_state_dict``, ``set_epoch``)."""
+    def make():
+        return DataLoader(make_dataset(16), batch_size=4, shuffle=True, seed=5)
+
+    reference = make()
+    epochs = [epoch_labels(reference) for _ in range(4)]
+    loader = make()
+
+    def state():
+        return loader.state_dict()["epoch"], loader.state_dict()["position"]
+
+    assert state() == loader.next_iteration() == (0, 0)
+    iterator = iter(loader)
+    next(iterator), next(iterator)
+    assert state() == (0, 2) and loader.next_iteration() == (1, 0)
+    del iterator  # broken off
+    assert state() == (0, 2) and loader.next_iteration() == (1, 0)
+    assert epoch_labels(loader) == epochs[1]
+    assert state() == loader.next_iteration() == (2, 0)
+    loader.load_state_dict(dict(loader.state_dict(), epoch=0, position=2))
+    assert state() == loader.next_iteration() == (0, 2)
+    assert epoch_labels(loader) == epochs[0][2:]
+    loader.set_epoch(3)
+    assert state() == loader.next_iteration() == (3, 0)
+    assert epoch_labels(loader) == epochs[3]
+
+
 def test_resume_takes_the_seed_from_the_state():
     ud.manual_seed(1)
     loader = DataLoader(make_dataset(20), batch_size=3, shuffle=True)

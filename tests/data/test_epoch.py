@@ -1,11 +1,13 @@
 """``Epoch.take_arrays``/``advance``: an epoch handed to a framework trainer as whole arrays visits the same
-samples in the same order as iterating it, and keeps the loader's resume position exact."""
+samples in the same order as iterating it, and keeps the loader's resume position exact; ``fit`` trains the epoch
+it numbers from its first batch after an iteration broken off mid-epoch, and from a position ``load_state_dict``
+set, on either path (unidl's loop over the epoch, Keras's ``Model.fit`` over its arrays)."""
 
 import numpy as np
 import pytest
 
 import unidl as ud
-from unidl.data import DataLoader, Epoch, TensorDataset
+from unidl.data import DataLoader, Dataset, Epoch, TensorDataset
 from tests.data.test_dataloader import RowDataset, make_dataset
 from tests.helpers import last_json_line, run_python
 
@@ -122,3 +124,110 @@ def test_keras_fit_keeps_exact_positions(framework):
     assert result["framework"] == framework
     assert result["taken"] == ([] if framework == "tensorflow" else [True, True])
     assert result["positions"] == _EXPECTED_POSITIONS
+
+
+def _indexed_loader(dataset=None) -> DataLoader:
+    """16 samples, sample i one-hot at i (target 1), in 4 shuffled batches an epoch; epoch 0 and epoch 1 group the
+    samples into other batches."""
+    if dataset is None:
+        dataset = TensorDataset(np.eye(16, dtype=np.float32), np.ones((16, 1), np.float32))
+    loader = DataLoader(dataset, batch_size=4, shuffle=True, seed=5)
+    assert _order(loader, 0) != _order(loader, 1)
+    return loader
+
+
+def _order(loader, epoch) -> list:
+    """The samples of each batch of ``epoch``, sorted."""
+    return [sorted(batch.tolist()) for batch in loader.batch_sampler.batches(epoch)]
+
+
+def _broken_off(loader) -> None:
+    """Iterate 2 of the loader's 4 batches and drop the iteration, as a ``break`` (or Ctrl-C) leaves it."""
+    for index, _ in enumerate(loader):
+        if index == 1:
+            break
+    assert (loader.state_dict()["epoch"], loader.state_dict()["position"]) == (0, 2)
+
+
+def _fit_one_epoch(loader, eager, capsys, monkeypatch) -> dict:
+    """``fit`` of ``Linear(16, 1, bias=False)`` for one epoch: the samples of each batch it trained on (those whose
+    weight the step moved: sample i's one-hot input reaches weight i alone), the checkpoint position after each
+    (``trainer.loader_state()``), the steps ``fit`` reported, its History, whether it took the epoch's arrays."""
+    taken, original = [], Epoch.take_arrays
+    monkeypatch.setattr(Epoch, "take_arrays", lambda epoch: taken.append(original(epoch)) or taken[-1])
+    ud.manual_seed(0)
+    model, trained, positions = ud.nn.Linear(16, 1, bias=False), [], []
+    weights = [ud.to_numpy(model.weight).copy()]
+
+    class Record(ud.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            weights.append(ud.to_numpy(model.weight).copy())
+            trained.append(np.flatnonzero(weights[-1] != weights[-2]).tolist())
+            state = self.trainer.loader_state()
+            positions.append((state["epoch"], state["position"]))
+
+    capsys.readouterr()
+    history = ud.fit(model, loader, loss="mse", optimizer=ud.optim.SGD(model.parameters(), lr=0.5), epochs=1,
+                     verbose=2, eager=eager, callbacks=[Record()])
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    state = loader.state_dict()
+    return {"trained": trained, "positions": positions, "steps": line.split("  ")[1], "loss": history["loss"],
+            "after": (state["epoch"], state["position"]), "took_arrays": any(arrays is not None for arrays in taken)}
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_fit_after_an_iteration_broken_off_mid_epoch_trains_its_epoch_from_the_first_batch(
+        backend, eager, capsys, monkeypatch):
+    """A loader iterated 2 of 4 batches and dropped is no resume point: ``fit(epochs=1)`` trains the 4 batches of
+    epoch 0 in epoch 0's order (not epoch 1's, where the next ``iter`` would go on), and the steps, checkpoint
+    positions and History it reports are those of the uninterrupted epoch 0; the loader is then at epoch 1.
+    (keras, eager: Keras's own ``Model.fit`` over the epoch's arrays, on any host framework.)"""
+    reference = _fit_one_epoch(_indexed_loader(), eager, capsys, monkeypatch)
+    loader = _indexed_loader()
+    _broken_off(loader)
+    got = _fit_one_epoch(loader, eager, capsys, monkeypatch)
+    assert got["trained"] == reference["trained"] == _order(loader, 0)
+    assert got["positions"] == [(0, 1), (0, 2), (0, 3), (1, 0)]
+    assert got["steps"] == "4 steps" and got["loss"] == reference["loss"]
+    assert got["after"] == (1, 0)
+    assert got["took_arrays"] or not (backend == "keras" and eager)
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_fit_goes_on_from_a_position_load_state_dict_set(backend, eager, capsys, monkeypatch):
+    """A resume point (``load_state_dict`` at epoch 0, batch 2), even over an iteration broken off: ``fit`` trains
+    only the last 2 batches of epoch 0."""
+    loader = _indexed_loader()
+    _broken_off(loader)
+    loader.load_state_dict(dict(loader.state_dict(), epoch=0, position=2))
+    got = _fit_one_epoch(loader, eager, capsys, monkeypatch)
+    assert got["trained"] == _order(loader, 0)[2:]
+    assert got["positions"] == [(0, 3), (1, 0)] and got["steps"] == "2 steps" and got["after"] == (1, 0)
+    assert got["took_arrays"] or not (backend == "keras" and eager)
+
+
+class ReadRows(Dataset):
+    """Sample i: (features [i, 0, 0], label i % 2); records the index of every sample read, in order."""
+
+    def __init__(self, n):
+        self.n, self.reads = n, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        self.reads.append(int(index))
+        return np.array([index, 0, 0], np.float32), np.int64(index % 2)
+
+
+def test_fits_probe_of_the_first_sample_reads_the_first_batch_it_trains(backend):
+    """``fit``'s probe of the batch layout (``DataLoader.first_sample``, here for the accuracy metric) reads the
+    first sample of the batch it trains first, not of the batch a broken-off iteration left behind; then the
+    samples of epoch 0 in its order."""
+    loader = _indexed_loader(ReadRows(16))
+    _broken_off(loader)
+    loader.dataset.reads.clear()
+    model = ud.nn.Linear(3, 2)
+    ud.fit(model, loader, loss="cross_entropy", optimizer="sgd", epochs=1, verbose=0, metrics=["accuracy"])
+    order = [int(index) for batch in loader.batch_sampler.batches(0) for index in batch]
+    assert loader.dataset.reads == [order[0]] + order

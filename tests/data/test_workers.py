@@ -797,11 +797,14 @@ def test_the_first_sample_is_read_once_per_position_and_again_when_what_makes_it
     assert loader.dataset.reads == 1 and x.min() >= 0
     assert not orders  # kept: the epoch's (shuffled) order is not worked out again to find the sample's index
     del loader.batch_sampler.batches
-    next(iter(loader))  # a new position: the first sample of batch 1
-    assert int(loader.first_sample()[1][0]) == int(loader.batch_sampler.batches(0)[1][0])
+    next(iter(loader))  # a new position: an iteration broken off after batch 0, the next one starts epoch 1
+    assert int(loader.first_sample()[1][0]) == int(loader.batch_sampler.batches(1)[0][0])
     assert loader.dataset.reads == 4  # (2 for the batch, 1 for the sample)
+    loader.load_state_dict(dict(loader.state_dict(), epoch=0, position=1))  # a position set: batch 1 of epoch 0
+    assert int(loader.first_sample()[1][0]) == int(loader.batch_sampler.batches(0)[1][0])
+    assert loader.dataset.reads == 5
     loader.collate_fn = _one_hot_labels  # another collate_fn, as another dataset or worker_init_fn
-    assert loader.first_sample()[1].shape == (1, 8) and loader.dataset.reads == 5
+    assert loader.first_sample()[1].shape == (1, 8) and loader.dataset.reads == 6
     loader.dataset = CountedRows(8)
     loader.first_sample()
     assert loader.dataset.reads == 1

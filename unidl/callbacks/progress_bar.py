@@ -91,7 +91,7 @@ class ProgressBar(Callback):
         except TypeError:  # a pipeline of unknown length (a tf.data.Dataset of unknown cardinality)
             steps = None
         if isinstance(loader, DataLoader):  # a resumed epoch starts part-way
-            steps -= loader.state_dict()["position"]
+            steps -= loader.next_iteration()[1]
         self._seen = 0
         self.begin_epoch(epoch, steps)
 

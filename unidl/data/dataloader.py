@@ -237,7 +237,9 @@ class DataLoader:
 
     @property
     def epoch(self) -> int:
-        """The epoch being iterated, or the one the next ``iter(loader)`` starts."""
+        """The epoch of the iteration under way or last begun (before any, or after ``set_epoch`` or
+        ``load_state_dict``: the one the next ``iter(loader)`` starts; ``next_iteration()`` says where in every
+        case)."""
         return self._epoch
 
     def __len__(self) -> int:
@@ -250,9 +252,26 @@ class DataLoader:
         self._position = 0
         self._started = False
 
+    def next_iteration(self) -> tuple[int, int]:
+        """``(epoch, position)`` where the next ``iter(loader)`` starts: the position last set (a fresh loader,
+        ``set_epoch``, ``load_state_dict``) while no iteration has begun since; once one has, the first batch of the
+        epoch after it, however far it got, since a new ``iter()`` never continues an iteration broken off mid-epoch
+        (a ``break``, Ctrl-C). ``fit`` positions its epochs by this, not by ``state_dict()``, which names the batch
+        that iteration would yield next."""
+        if self._started:
+            return self._epoch + 1, 0
+        return self._epoch, self._position
+
     # ---- resuming --------------------------------------------------------
     def state_dict(self) -> dict:
-        """Where the next batch comes from, as plain JSON-serialisable data."""
+        """Where the next batch comes from, as plain JSON-serialisable data.
+
+        While an iteration is under way that is the batch it yields next, so that a checkpoint taken during it
+        resumes right after the batches delivered so far (``load_state_dict`` then ``iter`` continue from there).
+        After that iteration ends mid-epoch (a ``break``, Ctrl-C) the state still names that batch, but a new
+        ``iter(loader)`` on this same loader starts the next epoch at its first batch: ``next_iteration()`` says
+        where. The two agree whenever no iteration is alive or broken off (a fresh loader, after ``set_epoch``,
+        ``load_state_dict`` or a finished epoch)."""
         epoch, position = self._epoch, self._position
         if self._started and position >= len(self):
             epoch, position = epoch + 1, 0
@@ -367,13 +386,14 @@ class DataLoader:
                 pool.shutdown(GRACE if outcome == "finished" else GRACE_ON_FAILURE)
 
     def first_sample(self) -> tuple[np.ndarray, ...]:
-        """The first sample of the batch at the loader's position (``state_dict()``; a fresh loader: the first
-        batch of epoch 0) as a batch of one, NumPy arrays with ``collate_fn`` applied, made where the loader
-        makes that batch: in one of its workers when ``num_workers > 0``, with the batch's RNG seeding, under
-        the loader's ``timeout`` and with its ``DataLoaderError`` for a sample that raises, hangs or ends its
-        worker process. ``fit`` and ``evaluate`` learn the batch layout (shapes, dtypes) from it before
-        training, so that the dataset's code never runs in the main process of a loader with workers. The
-        loader's position does not move.
+        """The first sample of the batch the next ``iter(loader)`` starts with (``next_iteration()``: a fresh loader's
+        first batch of epoch 0, the batch a resume set, never one that an iteration broken off mid-epoch left
+        behind) as a batch of one, NumPy arrays with ``collate_fn`` applied, made where the loader makes that
+        batch: in one of its workers when ``num_workers > 0``, with the batch's RNG seeding, under the loader's
+        ``timeout`` and with its ``DataLoaderError`` for a sample that raises, hangs or ends its worker process.
+        ``fit`` and ``evaluate`` learn the batch layout (shapes, dtypes) from it before training, so that the
+        dataset's code never runs in the main process of a loader with workers. The loader's position does not
+        move.
 
         Persistent workers make it (started here if they are not running yet, then kept for the epochs that
         follow), unless an iteration is in progress on them; otherwise one worker of the loader's kind starts
@@ -389,8 +409,8 @@ class DataLoader:
         objects assigned reads it anew. A dataset changed in place is not noticed here: ``fit`` and ``evaluate``
         drop what the loader keeps as they start.
         """
-        state = self.state_dict()
-        epoch, batch = state["epoch"], min(state["position"], len(self) - 1)
+        epoch, position = self.next_iteration()
+        batch = min(position, len(self) - 1)
         seed, sampler = self.seed, self.batch_sampler.sampler
         makers = (self.dataset, self.collate_fn, self.worker_init_fn, self.batch_sampler, sampler)  # by identity
         how = (self.worker_type if self.num_workers else None, sampler.shuffle, seed, len(sampler), self.batch_size,
