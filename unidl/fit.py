@@ -483,7 +483,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                                          step_inputs=inputs_of, before_batch=before_batch)
                 if logs is None:
                     step = step or TrainStep(model, loss, optimizer, with_outputs=True, eager=eager,
-                                             check_finite=False, precision=precision, accumulate=accumulate)
+                                             check_finite=False, precision=precision, accumulate=accumulate,
+                                             check_trainable=False)  # (before_batch checks it)
                     logs = _run_epoch_with_steps(step, batches, epoch, on_batch, train_metrics, trainer, loop_totals,
                                                  inputs_of, before_batch)
             if ctrl_c:  # swallowed after the epoch's last batch

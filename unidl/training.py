@@ -569,18 +569,22 @@ def loss_scale_storage(optimizer, precision, create):
 
 
 class TrainStep:
-    """``step(x, y) -> loss`` for a model, loss and optimizer; see ``train_step``."""
+    """``step(x, y) -> loss`` for a model, loss and optimizer; see ``train_step``. ``check_trainable=False``: the
+    caller makes ``require_trainable``'s check before each call itself, in its own words (``fit``'s ``before_batch``:
+    "fit at epoch E, step S: ..."), so the step does not check a second time ("train_step call N: ...")."""
 
     def __init__(self, model, loss_fn, optimizer, with_outputs: bool = False, eager: bool = False, precision=None,
-                 check_finite: bool = True, accumulate: int = 1):
+                 check_finite: bool = True, accumulate: int = 1, check_trainable: bool = True):
         if not isinstance(check_finite, bool):
             raise TypeError(f"train_step check_finite must be True or False, got {check_finite!r}")
+        if not isinstance(check_trainable, bool):
+            raise TypeError(f"train_step check_trainable must be True or False, got {check_trainable!r}")
         self.accumulate = check_accumulate(accumulate)
         from unidl.fit_options import check_reduced_loss
 
         check_reduced_loss(loss_fn, "train_step")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.eager, self.check_finite, self.calls = bool(eager), check_finite, 0
+        self.eager, self.check_finite, self.check_trainable, self.calls = bool(eager), check_finite, check_trainable, 0
         self.precision = precision_policy(precision)
         self._backend = check_same_backend(model, loss_fn, optimizer)
         # a window loaded into the optimizer before this step must fit its accumulate (checked before anything is
@@ -628,8 +632,9 @@ class TrainStep:
             with python_randomness_preserved():  # a shape check is not a step: it draws nothing
                 self._backend.check_shapes(self.model, self.loss_fn, x, y)
             self._checked.add(key)
-        self._require_trainable(self.optimizer.params, lambda: f"train_step call {self.calls + 1}", self.model,
-                                self.loss_fn)
+        if self.check_trainable:
+            self._require_trainable(self.optimizer.params, lambda: f"train_step call {self.calls + 1}", self.model,
+                                    self.loss_fn)
         window = _WINDOW.holder(self.optimizer)  # another step may have used the optimizer's window since
         if (window.key if window is not None else None) != self._window_key:
             claim_window(self.optimizer, self.accumulate, self.precision)

@@ -225,6 +225,35 @@ def test_an_optimizer_whose_own_parameters_are_frozen_steps_as_torch_optim_and_f
     assert all(np.array_equal(seen[1][name], value) for name, value in model.state_dict().items())
 
 
+def test_fit_checks_that_something_trains_once_per_batch_in_its_own_words(backend, monkeypatch):
+    """``fit`` checks before each batch that something is trainable (``require_trainable``) once, naming the epoch
+    and step, in every loop (unidl's over ``TrainStep``, Keras's own): the step it drives does not check again
+    with its "train_step call N" text, which a ``train_step`` of its own still checks at each call."""
+    import importlib
+
+    import unidl.nn.module
+
+    fit_module = importlib.import_module("unidl.fit")  # (the attribute ud.fit is the function)
+    checked = []
+
+    def counted(parameters, where, *modules):
+        checked.append(where() if callable(where) else where)
+        return require_trainable(parameters, where, *modules)
+
+    require_trainable = unidl.nn.module.require_trainable
+    monkeypatch.setattr(unidl.nn.module, "require_trainable", counted)
+    monkeypatch.setattr(fit_module, "require_trainable", counted)
+    model = Net()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=2, batch_size=4, verbose=0)
+    assert checked == [f"fit at epoch {epoch}, step {step}" for epoch in (1, 2) for step in (1, 2)], checked
+    checked.clear()
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    step(X, Y)
+    step(X, Y)
+    assert checked == ["train_step call 1", "train_step call 2"], checked
+
+
 #: per step of [finite, NaN, finite, finite] batches: torch.optim's count of steps, the non-finite guard's flag,
 #: and with float16 GradScaler's scale and growth tracker (a NaN loss halves the scale and resets the tracker)
 _FROZEN_BOOKKEEPING = {

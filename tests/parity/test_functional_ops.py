@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import unidl as ud
+from unidl.testing import max_relative_difference
 from tests.parity.torch_oracle import RUNS, Case, compare_table
 
 R = np.random.default_rng(21)
@@ -262,3 +263,81 @@ def test_half_precision_linear_rounds_once_as_torch(backend):
     for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
         for name, got, want in zip(names, function(*inputs), expected):
             np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {name}")
+
+
+# ---- a parameter passed to an op as it is, as torch's ops take a Parameter ------------------------------------------
+WEIGHT = np.where(R.random((4, 4)) < 0.25, 0.0, 2 * R.standard_normal((4, 4)))  # zeros: abs's gradient at 0
+BIAS = R.standard_normal(4)
+KERNEL = R.standard_normal((3, 2, 3, 3))
+
+
+def _torch_scan(w, b):
+    """``ud.ops.scan(lambda c, x: (c * 0.5 + x, c), b, w)``'s outputs: the carry before each step."""
+    outputs = []
+    for x in w:
+        outputs.append(b)
+        b = b * 0.5 + x
+    return torch.stack(outputs)
+
+
+PARAMETER_OPS = {  # name: (unidl op, torch op, its parameters: "w" a Linear's weight, "b" its bias, "k" a kernel)
+    "abs": (ud.ops.abs, torch.abs, "w"),
+    "where": (lambda w: ud.ops.where(w > 0, w, -w), lambda w: torch.where(w > 0, w, -w), "w"),
+    "zeros_like": (ud.ops.zeros_like, torch.zeros_like, "w"),
+    "leaky_relu": (ud.ops.leaky_relu, F.leaky_relu, "w"),
+    "elu": (ud.ops.elu, F.elu, "w"),
+    "softplus": (ud.ops.softplus, F.softplus, "w"),
+    "hardtanh": (ud.ops.hardtanh, F.hardtanh, "w"),
+    "relu6": (ud.ops.relu6, F.relu6, "w"),
+    "clip": (lambda w: ud.ops.clip(w, -0.5, 1.0), lambda w: torch.clamp(w, -0.5, 1.0), "w"),
+    "argmax": (lambda w: ud.ops.argmax(w, 1), lambda w: torch.argmax(w, 1), "w"),
+    "prelu": (ud.ops.prelu, F.prelu, "wb"),
+    "dropout-eval": (lambda w: ud.ops.dropout(w, 0.5, False), lambda w: F.dropout(w, 0.5, False), "w"),
+    "stack": (lambda b: ud.ops.stack([b, b]), lambda b: torch.stack([b, b]), "b"),
+    "scan": (lambda w, b: ud.ops.scan(lambda c, x: (c * 0.5 + x, c), b, w)[1], _torch_scan, "wb"),
+    "max_pool2d": (lambda k: ud.ops.max_pool2d(k, 2, 1), lambda k: F.max_pool2d(k, 2, 1), "k"),
+    "avg_pool2d": (lambda k: ud.ops.avg_pool2d(k, 2, 1), lambda k: F.avg_pool2d(k, 2, 1), "k"),
+}
+
+
+def test_ops_take_a_parameter_as_torch_ops_take_one(backend):
+    """Each op given a layer's parameter itself (a ``torch.nn.Parameter``, ``tf.Variable``, Keras variable, JAX
+    parameter) gives torch's value for the same values, eagerly and inside ``ud.function``, and inside a
+    ``value_and_grad`` objective over the layer's parameters torch's gradient (of ``sum(op(...) * r) + sum(p)``,
+    p its first parameter, so that ops without a gradient have one too). Keras on JAX raised JAX's ValueError in 14
+    of the 16 (every op built on ``keras.ops``' ``where``, ``zeros_like`` or ``scan``, avg and max pooling, dropout:
+    none takes a Keras variable), Keras on TensorFlow in ``stack`` and max pooling, and the jax backend's ``scan``
+    with a parameter as its starting carry."""
+    linear, conv = ud.nn.Linear(4, 4), ud.nn.Conv2d(2, 3, 3)
+    linear.load_state_dict({"weight": ud.tensor(WEIGHT.astype(np.float32)), "bias": ud.tensor(BIAS.astype(np.float32))})
+    conv.load_state_dict({"weight": ud.tensor(KERNEL.astype(np.float32)), "bias": ud.tensor(np.zeros(3, np.float32))})
+    ours = {"w": linear.weight, "b": linear.bias, "k": conv.weight}
+    owners = {"w": (linear, 0), "b": (linear, 1), "k": (conv, 0)}  # the layer and the index in its parameters()
+    values = {"w": WEIGHT, "b": BIAS, "k": KERNEL}
+    failures = []
+    for name, (op, torch_op, takes) in PARAMETER_OPS.items():
+        parameters = [torch.nn.Parameter(torch.tensor(values[p], dtype=torch.float32)) for p in takes]
+        expected = torch_op(*parameters)
+        r = np.random.default_rng(7).standard_normal(tuple(expected.shape)).astype(np.float32)
+        ((expected.to(torch.float32) * torch.tensor(r)).sum() + parameters[0].sum()).backward()
+        layer = owners[takes[0]][0]
+
+        def objective(op=op, takes=takes, r=r):
+            value = ud.ops.cast(op(*(ours[p] for p in takes)), "float32")
+            return ud.ops.sum(value * ud.tensor(r)) + ud.ops.sum(ours[takes[0]])
+
+        try:
+            got = {"eager": op(*(ours[p] for p in takes)),
+                   "ud.function": ud.function(lambda op=op, takes=takes: op(*(ours[p] for p in takes)))()}
+            gradients = ud.value_and_grad(objective, layer.parameters())()[1]
+        except Exception as error:  # every op's failure in one report
+            failures.append(f"{name}: {type(error).__name__}: {str(error)[:200]}")
+            continue
+        for mode, value in got.items():
+            if max_relative_difference(ud.to_numpy(value), expected.detach().numpy()) > 1e-6:
+                failures.append(f"{name} {mode}: {ud.to_numpy(value)} != torch's {expected.detach().numpy()}")
+        for p, parameter in zip(takes, parameters):
+            gradient = ud.to_numpy(gradients[owners[p][1]])
+            if max_relative_difference(gradient, parameter.grad.numpy()) > 1e-6:
+                failures.append(f"{name} gradient of {p}: {gradient} != torch's {parameter.grad.numpy()}")
+    assert not failures, f"{backend}:\n" + "\n".join(failures)

@@ -446,8 +446,8 @@ def bce_with_logits(logits, targets, reduction="mean"):
 
 
 def scan(fn, init, xs, axis=0, reverse=False):
-    carry, ys = jax.lax.scan(fn, init, jax.tree_util.tree_map(lambda x: jnp.moveaxis(_v(x), axis, 0), xs),
-                             reverse=reverse)
+    xs = jax.tree_util.tree_map(lambda x: jnp.moveaxis(_v(x), axis, 0), xs)
+    carry, ys = jax.lax.scan(fn, jax.tree_util.tree_map(_v, init), xs, reverse=reverse)  # (a parameter as init too)
     return carry, jax.tree_util.tree_map(lambda y: jnp.moveaxis(y, 0, axis), ys)
 
 

@@ -8,6 +8,7 @@ around a channels-last kernel. The host backend's ops that take Keras's tensors 
 
 from __future__ import annotations
 
+import functools
 import math
 import keras
 from keras import ops as K
@@ -27,15 +28,34 @@ tanh = K.tanh
 exp = K.exp
 log = K.log
 sqrt = K.sqrt
+
+
+def _tensor(x):
+    """``x``, a Keras variable (a unidl parameter) read as its value: every op takes a parameter as a tensor, as
+    torch's ops take a ``Parameter``, where some of keras.ops take no variable (``where``, ``zeros_like``, ``scan``
+    and ``random.dropout`` on JAX: JAX's ValueError; ``stack`` on TensorFlow), nor do the JAX and TensorFlow hosts'
+    own max pooling (``_input_read``). The ops below that call those on an argument read it through this first."""
+    return x.value if isinstance(x, keras.Variable) else x
+
+
 def abs(x):
     # |x| with PyTorch's gradient at 0, sign(0) = 0 (JAX's abs gives 1); +0.0 for -0.0 (x * sign(x) gives -0.0 on TF)
+    x = _tensor(x)
     return K.where(x == 0, K.zeros_like(x), K.abs(x))
 
 
 sign = K.sign
 square = K.square
-where = K.where
-zeros_like = K.zeros_like
+
+
+def where(condition, a, b):
+    return K.where(_tensor(condition), _tensor(a), _tensor(b))
+
+
+def zeros_like(x):
+    return K.zeros_like(_tensor(x))
+
+
 silu = K.silu
 log1p = K.log1p
 framework_maximum = K.maximum  # for ud.ops' internal callers whose ties carry no gradient (unidl/ops.py)
@@ -82,6 +102,7 @@ def _add_bias(y, bias):
 
 
 def leaky_relu(x, negative_slope=0.01):
+    x = _tensor(x)
     return K.where(x > 0, x, x * K.cast(negative_slope, x.dtype))  # the slope in x's precision (float64 too)
 
 
@@ -130,6 +151,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def _pool(x, kernel_size, stride, padding, pool, pad_value):
+    x = _tensor(x)
     stride = _pair(stride if stride is not None else kernel_size)
     ph, pw = _pair(padding)
     if _CHANNELS_FIRST_NATIVE:
@@ -203,6 +225,7 @@ def _static_count(shape, axes):
 
 def dropout(x, p, training=True, generator=None):
     """``generator``: a ``keras.random.SeedGenerator`` (the backend's, see ``Backend.generator``)."""
+    x = _tensor(x)
     if not training or p == 0:
         return x
     return keras.random.dropout(x, p, seed=generator)
@@ -226,7 +249,7 @@ def concat(tensors, axis=0):
 
 
 def stack(tensors, axis=0):
-    return K.stack(list(tensors), axis)
+    return K.stack([_tensor(x) for x in tensors], axis)
 
 
 def mean(x, axis=None, keepdims=False):
@@ -241,6 +264,7 @@ def sum(x, axis=None, keepdims=False):
 
 def clip(x, minimum=None, maximum=None):
     # selects: PyTorch's clamp passes the gradient at a bound whole (a maximum's tie gives half on JAX)
+    x = _tensor(x)
     if "float" not in K.dtype(x) and (float_bound(minimum) or float_bound(maximum)):
         x = K.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
     if minimum is not None:
@@ -297,6 +321,7 @@ def check_shape(x, condition, message, sizes=()):
 
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
+    labels = _tensor(labels)
     kept = K.not_equal(labels, ignore_index)
     labels = check_index(K.where(kept, labels, K.zeros_like(labels)), logits.shape[-1], "CrossEntropyLoss labels")
     losses = K.sparse_categorical_crossentropy(K.cast(labels, "int32"), logits, from_logits=True)
@@ -315,6 +340,7 @@ def bce_with_logits(logits, targets, reduction="mean"):
 def scan(fn, init, xs, axis=0, reverse=False):
     # nested carries, slices and outputs as jax.lax.scan; on TensorFlow, whose Keras scan needs outputs shaped as
     # the carry, the host's own scan replaces this one (keras_native_ops)
+    init = keras.tree.map_structure(_tensor, init)
     carry, ys = K.scan(fn, init, keras.tree.map_structure(lambda x: K.moveaxis(x, axis, 0), xs), reverse=reverse)
     return carry, keras.tree.map_structure(lambda y: K.moveaxis(y, 0, axis), ys)
 
@@ -328,15 +354,18 @@ def gelu(x, approximate="none"):
 
 def elu(x, alpha=1.0):
     # expm1 of the negative part only: the branch not taken must not overflow (its gradient would be NaN)
+    x = _tensor(x)
     return K.where(x > 0, x, alpha * K.expm1(K.where(x > 0, K.zeros_like(x), x)))  # (at 0: alpha, as torch)
 
 
 def softplus(x, beta=1.0, threshold=20.0):
+    x = _tensor(x)
     scaled = x * beta
     return K.where(scaled > threshold, x, K.log1p(K.exp(K.minimum(scaled, threshold))) / beta)
 
 
 def hardtanh(x, min_val=-1.0, max_val=1.0):
+    x = _tensor(x)
     low, high = K.convert_to_tensor(min_val, x.dtype), K.convert_to_tensor(max_val, x.dtype)
     return K.where(x <= low, low, K.where(x >= high, high, x))  # (at a bound the gradient 0, as torch)
 
@@ -395,6 +424,7 @@ def arange(start, end, step, dtype):
 def argmax(x, dim=None, keepdim=False):
     # Keras ranks -0.0 below +0.0 (it swaps -0.0 for a tiny negative number); torch and NumPy hold them equal and
     # take the first: zeros made +0.0 first (max pooling's indices, a tie of logits)
+    x = _tensor(x)
     if "float" not in str(x.dtype):
         return K.cast(K.argmax(x, axis=dim, keepdims=keepdim), "int64")
     x = K.where(K.equal(x, 0), K.zeros_like(x), x)
@@ -444,5 +474,20 @@ def pad(x, pad, mode="constant", value=0.0):
     return x
 
 
+def _input_read(op):
+    """The host's ``op`` with its first argument, the input, read through ``_tensor`` (the JAX and TensorFlow hosts'
+    max pooling takes no Keras variable)."""
+    @functools.wraps(op)
+    def reading(x, *args, **kwargs):
+        return op(_tensor(x), *args, **kwargs)
+
+    return reading
+
+
+#: the host kernels below whose first argument is an input that may be a Keras variable the host's kernel refuses
+#: (the others take it as it is, or write it: the momentum update's first argument is the parameter it updates)
+_INPUT_READ = ("max_pool2d",)
+
 # the host's own kernels where they take Keras's tensors as they are (faster than keras.ops' spellings)
-globals().update({name: getattr(HOST.ops, name) for name in HOST.keras_native_ops})
+globals().update({name: _input_read(getattr(HOST.ops, name)) if name in _INPUT_READ else getattr(HOST.ops, name)
+                  for name in HOST.keras_native_ops})
