@@ -124,3 +124,67 @@ def test_an_empty_batch_leaves_the_running_statistics_as_torch_does(backend):
     expected = reference.state_dict()
     for key, value in layer.state_dict().items():
         assert max_relative_difference(value, expected[key].numpy()) < 1e-6, key
+
+
+class _TorchOutside(tnn.Module):
+    """The oracle: a BatchNorm held in a plain list, so not a submodule (not in ``parameters()`` nor
+    ``state_dict()``), whose running statistics torch still updates when the forward calls it in training mode."""
+
+    def __init__(self, fc, norm):
+        super().__init__()
+        self.fc = fc
+        self.outside = [norm]
+
+    def forward(self, x):
+        return self.outside[0](self.fc(x))
+
+
+class _Outside(ud.nn.Module):
+    """``_TorchOutside`` in unidl: the BatchNorm in a plain list, or reached through a closure."""
+
+    def __init__(self, norm, holder):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 16)  # (16 features: buffers big enough that the jax backend donates them)
+        self.outside = [norm] if holder == "list" else None
+        self.normalise = (lambda h: norm(h)) if holder == "closure" else None
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.outside[0](h) if self.outside is not None else self.normalise(h)
+
+
+@pytest.mark.parametrize("entry, holder", [("train_step", "list"), ("fit", "closure")])
+def test_a_batchnorm_held_outside_the_model_updates_its_running_statistics_as_torchs(backend, entry, holder):
+    """A BatchNorm the forward reaches outside the model's tree (a plain list, a closure) moves its running
+    statistics and counts its batches at each training step, as torch's does, in ``ud.train_step`` and ``ud.fit``
+    on every backend (Keras-on-JAX's stateless step dropped the writes; the jax backend's leaked tracers into them);
+    its own parameters are the optimizer's no more than in torch, and stay."""
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal((16, 4)) * 2 + 1).astype(np.float32)
+    y = rng.standard_normal((16, 16)).astype(np.float32)
+    norm = ud.nn.BatchNorm1d(16)
+    model = _Outside(norm, holder)
+    assert list(model.state_dict()) == ["fc.weight", "fc.bias"]  # outside the tree, as in torch
+    oracle = _TorchOutside(tnn.Linear(4, 16), tnn.BatchNorm1d(16))
+    oracle.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    torch_optimizer = torch.optim.SGD(oracle.parameters(), lr=0.1)
+    for _ in range(3):
+        torch_optimizer.zero_grad()
+        tnn.functional.mse_loss(oracle(torch.tensor(x)), torch.tensor(y)).backward()
+        torch_optimizer.step()
+
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    if entry == "train_step":
+        step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+        for _ in range(3):
+            step(x, y)
+    else:
+        ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=3, batch_size=16, shuffle=False,
+               verbose=0)
+    expected = oracle.outside[0].state_dict()
+    state = norm.state_dict()
+    assert int(state["num_batches_tracked"]) == 3
+    for key in ("running_mean", "running_var", "weight", "bias"):
+        assert max_relative_difference(state[key], expected[key].numpy()) < 1e-5, key
+    for key, value in oracle.fc.state_dict().items():
+        assert max_relative_difference(model.state_dict()[f"fc.{key}"], value.numpy()) < 1e-5, key

@@ -153,6 +153,8 @@ class StatefulJit:
         self._compiled: dict = {}
         self._options = ConstantOptions()  # the optimizers whose options the traces hold as constants
         self._last_variables, self._last_serials = None, ()
+        self._outside: list = []  # variables its traces wrote outside ``variables()`` (``_StateOutside``)
+        self._with_outside = (None, None)  # (``variables()``'s list, that list with ``_outside`` appended)
         self.trace_count = 0
         self.__name__ = name
 
@@ -165,6 +167,9 @@ class StatefulJit:
         def pure(donated_values, kept_values, dynamic_leaves):
             self.trace_count += 1
             saved = [v.value for v in variables]
+            threaded = {v.serial for v in variables}
+            others = [v for v in jax_variable.live() if v.serial not in threaded]  # (a write there: _StateOutside)
+            others_saved = [v.value for v in others]
             values = [None] * len(variables)
             for i, value in zip(donated, donated_values):
                 values[i] = value
@@ -180,9 +185,12 @@ class StatefulJit:
                     result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
                 written = {i: v.value for i, (v, value) in enumerate(zip(variables, values))
                            if i in donated or v.value is not value}
+                outside = [v for v, value in zip(others, others_saved) if v.value is not value]
             finally:
-                for v, value in zip(variables, saved):
+                for v, value in zip((*variables, *others), (*saved, *others_saved)):
                     v.value = value
+            if outside:
+                raise _StateOutside(outside)
             return result, written
 
         return pure
@@ -262,7 +270,29 @@ class StatefulJit:
         return held
 
     def __call__(self, *args):
+        try:
+            return self._call(self._state(), args)
+        except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
+            self._outside += found.variables
+            self._compiled.clear()  # (its programs take the shorter state: they will not be called again)
+            try:
+                return self._call(self._state(), args)
+            except _StateOutside as again:
+                raise GraphConstructError(
+                    f"{self.__name__} writes new variables each time it is traced ({again.variables}): create "
+                    f"modules and variables outside the function and call them inside it") from None
+
+    def _state(self) -> list:
+        """``variables()``, then the variables its traces wrote outside them (``_outside``), as one list that stays
+        the same object while ``variables()``'s does (its serials are keyed once: ``_serials``)."""
         variables = self._variables()
+        if not self._outside:
+            return variables
+        if self._with_outside[0] is not variables or len(self._with_outside[1]) != len(variables) + len(self._outside):
+            self._with_outside = (variables, [*variables, *self._outside])
+        return self._with_outside[1]
+
+    def _call(self, variables, args):
         static = self._static_key() if self._static_key else None
         if self._reached is not None:
             reached = self._reached.key()
@@ -297,6 +327,17 @@ class StatefulJit:
                 raise
             raise marked from None
         return result
+
+
+class _StateOutside(Exception):
+    """Raised out of a ``StatefulJit`` trace that wrote ``variables`` outside the ones it threads (a BatchNorm held
+    outside the model's tree, which a train step reaches through a plain list or a closure: torch updates its
+    running statistics as it calls it): the write would leak a tracer and be lost, so the function is traced again
+    with them threaded too."""
+
+    def __init__(self, variables):
+        super().__init__(f"{len(variables)} variables written outside the compiled function's state")
+        self.variables = variables
 
 
 class JaxFunction:

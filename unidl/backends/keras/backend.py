@@ -31,8 +31,8 @@ from unidl.backends.keras import precision as keras_precision
 from unidl.backends.keras import stateless as keras_stateless
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, NativeModel,
-                                         metric_tracker_variables, reached_modes, restore_metric_totals, step_key,
-                                         swallowed_ctrl_c_raised)
+                                         metric_tracker_variables, note_state_written, reached_modes,
+                                         restore_metric_totals, step_key, swallowed_ctrl_c_raised)
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
@@ -179,6 +179,7 @@ class Backend(BackendInterface):
     def write_state(self, variable, value):
         if value is not variable:
             variable.assign(value)
+            note_state_written(variable)  # (a train step traced on Keras-on-JAX threads it: module.py)
         return variable
 
     # ---- modules and training ---------------------------------------------

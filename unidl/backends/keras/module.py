@@ -15,6 +15,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import keep_train_function_current, loss_carrier
 from unidl.data.pool import ctrl_c_noted
+from unidl.errors import GraphConstructError
 from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
 from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
 
@@ -46,7 +47,10 @@ class NativeModel(keras.Model):
 
     @property
     def non_trainable_weights(self):
-        return [p for p in self.unidl_parameters if not is_trainable(p)] + list(self.unidl_buffers)
+        """The frozen parameters and the buffers, then the variables outside the module's tree that its train step
+        writes (``outside_state``): Keras's trainer on JAX threads exactly these through its step."""
+        return ([p for p in self.unidl_parameters if not is_trainable(p)] + list(self.unidl_buffers)
+                + list(outside_state(self)))
 
     trainable_variables = trainable_weights
     non_trainable_variables = non_trainable_weights
@@ -60,7 +64,8 @@ class NativeModel(keras.Model):
         # in a data-parallel job whose engine wraps the forward (Keras-on-torch: DistributedDataParallel), Keras's
         # own step with its forward through that wrapper, so that its loss.backward() averages the gradients
         with recording_module_calls() as reached, keras_distributed.forward_through_engine(self), \
-                _trainer_variables_told(self), _gradients_of_used_variables(self, args):
+                _trainer_variables_told(self), _gradients_of_used_variables(self, args), \
+                _writes_outside_the_state_found(self):
             result = super().train_step(*args, **kwargs)
         _note_modules_reached(self, reached)
         return result
@@ -92,13 +97,22 @@ class NativeModel(keras.Model):
         def iterator_step(state, iterator):
             data = next(iterator)
             kept = _KEPT_STATE.get()
-            if kept is None or kept[0] is not self:  # (a call outside unidl's: Keras's own)
-                return step_function(state, data)
-            kept = kept[1]
+            kept = kept[1] if kept is not None and kept[0] is self else []  # (none: a call of Keras's own)
             kept[:] = [(None, state)]
             # the step's outputs stored from C (``map``, slice assignment): no point between its return and the
             # store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
-            kept[:] = map(step_function, [state], [data])
+            try:
+                kept[:] = map(step_function, [state], [data])
+            except StateOutsideTheModel as found:  # (raised while traced, before it ran: nothing donated yet)
+                state = _with_values_of(state, found.variables)  # traced again, over the longer state
+                kept[:] = [(None, state)]
+                try:
+                    kept[:] = map(step_function, [state], [data])
+                except StateOutsideTheModel as again:  # (the jax backend's StatefulJit says the same)
+                    raise GraphConstructError(
+                        f"the train step of {type(self).__name__} writes new variables each time it is traced "
+                        f"({again.variables}): create modules and variables outside the forward and call them "
+                        f"inside it") from None
             return kept[0]
 
         return iterator_step
@@ -123,6 +137,66 @@ class NativeModel(keras.Model):
             with contextlib.suppress(AttributeError):  # (an exception type without a __dict__)
                 error._keras_call_info_injected = True
             raise
+
+
+#: the Keras variables unidl's modules write (``Backend.write_state``) while a train step is traced in this context
+_STATE_WRITTEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("unidl_state_written", default=None)
+
+
+def note_state_written(variable) -> None:
+    """``Backend.write_state``'s note of ``variable`` to the train step traced here, if any
+    (``_writes_outside_the_state_found``)."""
+    written = _STATE_WRITTEN.get()
+    if written is not None:
+        written.setdefault(id(variable), variable)
+
+
+def outside_state(native) -> tuple:
+    """The variables outside the module's tree that Keras's train step of ``native`` wrote (a loss module's too), in the
+    order found: a BatchNorm the forward holds in a plain list, a closure or another object, whose running
+    statistics torch updates as it calls it. ``()`` for most models."""
+    return native.__dict__.get("_unidl_outside_state", ())
+
+
+class StateOutsideTheModel(Exception):
+    """Raised out of a trace of Keras's train step (Keras-on-JAX) that wrote ``variables`` outside the state the
+    step threads (``NativeModel.non_trainable_weights``, which now holds them): Keras's stateless step would drop
+    those writes, so the step is traced again over the longer state (``NativeModel._make_function``)."""
+
+    def __init__(self, variables):
+        super().__init__(f"{len(variables)} variables written outside the model's state")
+        self.variables = variables
+
+
+@contextlib.contextmanager
+def _writes_outside_the_state_found(native):
+    """Where Keras's trainer threads the state through its step as values (Keras-on-JAX), a variable the step writes
+    must be among the model's (``non_trainable_weights``): one outside them (the running statistics of a BatchNorm
+    held outside the model's tree) is written inside the trainer's ``StatelessScope`` and dropped with it. The
+    variables written in the block (``note_state_written``) that the model's state lacks are added to it
+    (``outside_state``) and ``StateOutsideTheModel`` is raised for them, so that the step is traced again."""
+    if HOST.keras_state_in_place:  # (written in place: nothing to thread)
+        yield
+        return
+    written = {}
+    token = _STATE_WRITTEN.set(written)
+    try:
+        yield
+    finally:
+        _STATE_WRITTEN.reset(token)
+    known = {id(v) for v in (*native.unidl_parameters, *native.unidl_buffers, *outside_state(native))}
+    new = [variable for key, variable in written.items() if key not in known]
+    if new:
+        object.__setattr__(native, "_unidl_outside_state", (*outside_state(native), *new))
+        raise StateOutsideTheModel(new)
+
+
+def _with_values_of(state, variables) -> tuple:
+    """A state tuple of Keras-on-JAX's trainer (``_STATE_GROUPS``) with the values of ``variables`` appended to its
+    non-trainable group (the second), as ``NativeModel.non_trainable_weights`` now lists them."""
+    state = list(state)
+    state[1] = [*state[1], *[variable.value for variable in variables]]
+    return tuple(state)
 
 
 def step_key(model, loss_fn, optimizer) -> tuple:
