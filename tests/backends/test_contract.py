@@ -141,8 +141,9 @@ def test_keras_delegates_to_the_backend_of_its_framework():
     assert keras_backend.devices() == host.devices()
     versions = keras_backend.versions()
     assert all(f"keras backend {name}" in versions for name in host.versions())
-    for name in host.keras_native_ops:
-        assert getattr(keras_backend.ops, name) is getattr(host.ops, name), name
+    for name in host.keras_native_ops:  # the host's own kernel (max pooling's reads a Keras variable's value first)
+        op = getattr(keras_backend.ops, name)
+        assert (op.__wrapped__ if name in keras_backend.ops._INPUT_READ else op) is getattr(host.ops, name), name
 
 
 def test_keras_never_branches_on_its_framework():
