@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 import unidl as ud
+from tests.helpers import run_python
 
 
 def test_batchnorm_running_stats_update_and_eval_uses_them(backend, rng):
@@ -45,6 +47,21 @@ def test_dropout_expectation_and_eval_identity(backend):
     assert abs(out.mean() - 1.0) < 0.02
     drop.eval()
     assert np.array_equal(ud.to_numpy(drop(ud.tensor(x))), x)
+
+
+def test_dropout_without_a_generator_in_a_function_draws_a_fresh_mask_per_call(backend):
+    """``ud.ops.dropout`` without a generator draws from the backend's own (torch's global generator) inside a
+    ``ud.function`` too: a new mask at each call, about 1 - p of the values kept, each scaled by 1 / (1 - p).
+    (The generator made at its first draw inside the trace: tests/backends/test_keras_jax.py, a fresh process.)"""
+    drop = ud.function(lambda a: ud.ops.dropout(a, 0.25))
+    x = np.ones((200, 500), np.float32)
+    first, second = (ud.to_numpy(drop(x)) for _ in range(2))
+    for out in (first, second):
+        kept = out != 0
+        assert abs(kept.mean() - 0.75) < 0.01
+        np.testing.assert_allclose(out[kept], 1 / 0.75, rtol=1e-6)
+    # independent masks agree on about 0.75 ** 2 + 0.25 ** 2 of the elements (a repeated mask: on all of them)
+    assert abs(((first != 0) == (second != 0)).mean() - 0.625) < 0.01
 
 
 def test_dropout_in_train_step_changes_between_steps(backend, rng):
@@ -207,3 +224,53 @@ def test_custom_forward_with_ops_runs(backend, rng):
     step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.Adam(model.parameters(), lr=1e-2))
     x = rng.standard_normal((6, 1, 8, 8)).astype(np.float32)
     assert np.isfinite(float(step(x, np.array([0, 1, 2, 0, 1, 2]))))
+
+
+def test_relu_after_a_linear_or_a_convolution_keeps_nan_in_a_compiled_function_as_torch(backend):
+    """``relu(linear(x))`` and ``relu(conv2d(x))`` on an input holding NaN give torch's NaN, eagerly and in
+    ``ud.function``: TensorFlow's grappler fuses the matmul or convolution, its bias and the ReLU into one kernel,
+    which on some CPUs (oneDNN on a Xeon with AVX-512 FP16/AMX) gave 0, so the non-finite guard missed a NaN batch
+    (unidl turns that fusion off where it drops NaN: ``unidl/backends/tensorflow/fusion.py``)."""
+    linear, conv = ud.nn.Linear(3, 4), ud.nn.Conv2d(2, 3, 3, padding=1)
+    x = np.random.default_rng(3).standard_normal((2, 3)).astype(np.float32)
+    image = np.random.default_rng(4).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    x[0, 0], image[0, 0, 2, 2] = np.nan, np.nan
+    expected = (torch.relu(torch.nn.functional.linear(torch.tensor(x), *(torch.tensor(np.asarray(v)) for v in
+                                                                          linear.state_dict().values()))),
+                torch.relu(torch.nn.functional.conv2d(torch.tensor(image), *(torch.tensor(np.asarray(v)) for v in
+                                                                              conv.state_dict().values()), padding=1)))
+
+    def run(x, image):
+        return ud.ops.relu(linear(x)), ud.ops.relu(conv(image))
+
+    for mode, function in (("eager", run), ("ud.function", ud.function(run))):
+        for got, want in zip(function(ud.tensor(x), ud.tensor(image)), expected):
+            got, want = ud.to_numpy(got), want.numpy()
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{backend} {mode}")
+            assert np.isnan(want).any()
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"{backend} {mode}")
+
+
+def test_tensorflows_fused_relu_probe_runs_first_inside_a_traced_forward():
+    """In a fresh interpreter whose first TensorFlow graph is traced with another inside it (a ``ud.function`` in
+    the forward of a ``train_step``), the fused-ReLU probe (``unidl/backends/tensorflow/fusion.py``) runs outside
+    that trace: it raised ``AttributeError`` (a symbolic tensor's ``numpy``) there, failing the step. The step's
+    NaN batch then gives a NaN loss, as torch's."""
+    code = """
+import numpy as np, unidl as ud
+ud.set_backend("tensorflow")
+block = ud.function(lambda a: ud.ops.relu(a))
+class M(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(3, 2)
+    def forward(self, x):
+        return block(self.fc(x))
+m = M()
+step = ud.train_step(m, ud.nn.MSELoss(), ud.optim.SGD(m.parameters(), lr=0.1), check_finite=False)
+x = np.ones((4, 3), np.float32)
+finite = float(step(x, np.ones((4, 2), np.float32)))
+x[0, 0] = np.nan
+print(np.isfinite(finite), np.isnan(float(step(x, np.ones((4, 2), np.float32)))))
+"""
+    assert run_python(code).stdout.split()[-2:] == ["True", "True"]

@@ -57,6 +57,11 @@ class Backend(abc.ABC):
         (required or optional) with fewer parameters than its declaration passes."""
         op_registry.check_backend_ops(self.name, self.ops)
 
+    def prepare_graphs(self) -> None:
+        """Called before the first graph of this framework that unidl makes (its own, or Keras's on this host):
+        the framework's process-wide graph settings that unidl's results need (TensorFlow: its fused ReLU kernels'
+        NaN). Nothing by default."""
+
     # ---- framework and devices -------------------------------------------
     def forward_caller(self, module_class) -> Callable | None:
         """How ``Module.__call__`` runs ``forward`` of instances of ``module_class``: None (the default:

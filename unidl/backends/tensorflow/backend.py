@@ -16,6 +16,7 @@ from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
 from unidl.nn.module import trainable_mask
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow import distributed as tf_distributed
+from unidl.backends.tensorflow import fusion
 from unidl.backends.tensorflow import function as tf_function
 from unidl.backends.tensorflow import graph as tf_graph
 from unidl.backends.tensorflow import precision as tf_precision
@@ -62,6 +63,9 @@ class Backend(BackendInterface):
 
     def forward_caller(self, module_class):
         return tf_function.forward_caller(module_class)
+
+    def prepare_graphs(self):
+        fusion.check_fused_relu()
 
     # ---- framework and devices -------------------------------------------
     def is_concrete(self, tensor):
@@ -178,6 +182,7 @@ class Backend(BackendInterface):
 
     # ---- modules and training ---------------------------------------------
     def native_module(self, module):
+        fusion.check_fused_relu()  # (before a user's own graph of it: the fused ReLU kernels' NaN)
         return NativeModule(module)
 
     def optimizer(self, optimizer):

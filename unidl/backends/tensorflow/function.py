@@ -21,6 +21,7 @@ from tensorflow.python.autograph.core import config as autograph_config
 from unidl import config, devices
 from unidl.nn.module import training_modes
 from unidl.tracing import ModesReached, python_randomness_guard
+from unidl.backends.tensorflow import fusion
 from unidl.backends.tensorflow.layout import export_graphs, tracing_export_graph, tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
 from unidl.optim.param_groups import ConstantOptions
@@ -268,6 +269,7 @@ class GraphFunction:
                 f"(already traced for {list(self._graphs)}); a new batch size or length never retraces",
                 RetraceWarning, stacklevel=3)
         signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key]
+        fusion.check_fused_relu()  # (once: ReLU fused with a matmul keeps NaN, or the fusion is off)
         compiled = tf.function(self._traced, input_signature=signature, jit_compile=self._jit_compile,
                                reduce_retracing=True)
         devices.compiled_placed(self.__name__, f"traced for ({'shape' if exact else 'rank'}, dtype) "
