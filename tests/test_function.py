@@ -40,6 +40,29 @@ def test_lecture_graph_gradients_inside_function(backend, rng):
     np.testing.assert_allclose(_numpy(grad_z), np.ones_like(z))
 
 
+def test_function_returns_a_parameter_or_unchanged_statistics_as_their_values(backend, rng):
+    """A ``ud.function`` that returns a variable as it is (a parameter; eval-mode ``batch_norm``'s running statistics,
+    which it returns unchanged) returns its value, as torch's returns the parameter, a tensor (``jax.jit`` takes no
+    variable: Keras's on JAX, or unidl's own), and the value at each call, not one baked in at the trace."""
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    layer, norm = ud.nn.Linear(3, 2), ud.nn.BatchNorm1d(2)
+    norm(layer(ud.tensor(x)))  # training: the running statistics move off their initial zeros and ones
+
+    @ud.function
+    def returned(a):
+        _, mean, var = ud.ops.batch_norm(layer(a), norm.running_mean, norm.running_var)
+        return layer.weight, {"bias": layer.bias}, (mean, var)
+
+    for scale in (1.0, 1.0, 2.0):  # the second call runs the compiled function; the third sees new values
+        for module in (layer, norm):
+            module.load_state_dict({k: (v * scale).astype(v.dtype) for k, v in module.state_dict().items()})
+        weight, named, (mean, var) = returned(x)
+        parameters, statistics = layer.state_dict(), norm.state_dict()
+        for value, expected in ((weight, parameters["weight"]), (named["bias"], parameters["bias"]),
+                                (mean, statistics["running_mean"]), (var, statistics["running_var"])):
+            assert np.array_equal(_numpy(value), expected)
+
+
 def test_grad_of_non_scalar_function_says_so(backend):
     x = ud.tensor(np.ones((2, 3), np.float32))
     with pytest.raises(ValueError, match="scalar.*shape \\(2, 3\\)"):

@@ -50,6 +50,20 @@ def run(backend):
                     traces=step.trace_count)
 
 
+def unseeded_dropout_in_function():
+    # run before anything calls ud.manual_seed: the keras backend makes its dropout generator at its first draw,
+    # here inside ud.function's trace (its state's value once leaked a tracer out of it)
+    with ud.use_backend("keras"):
+        drop = ud.function(lambda a: ud.ops.dropout(a, 0.5))
+        try:
+            first, second = (np.asarray(ud.to_numpy(drop(np.ones((100, 100), np.float32)))) for _ in range(2))
+        except Exception as error:
+            return dict(error=f"{type(error).__name__}: {str(error).splitlines()[0]}")
+        return dict(kept=[float((m != 0).mean()) for m in (first, second)],
+                    values=sorted(float(v) for v in np.unique(np.concatenate([first, second]))),
+                    same=bool(np.array_equal(first, second)))
+
+
 def retrace_reaching_new_variables():
     # a function whose variables depend on the traced shape: the retrace for a small batch reads `second`,
     # which the first trace never read; after `second` changes, the compiled call must see its new weights
@@ -638,6 +652,7 @@ def errors_in_fit():
     return dict(zeroed=zeroed, compile_error=dict(failed=failed, emptied=emptied, forward=forward))
 
 
+unseeded_dropout = unseeded_dropout_in_function()  # first: no ud.manual_seed before it
 with ud.use_backend("torch"):
     reference = {k: np.asarray(v) for k, v in net().state_dict().items()}
 ours, torch = run("keras"), run("torch")
@@ -653,6 +668,7 @@ print(json.dumps({
     "state": max(max_relative_difference(ours["state"][k], v) for k, v in torch["state"].items()),
     "traces": ours["traces"],
     "stale": retrace_reaching_new_variables(),
+    "unseeded_dropout": unseeded_dropout,
     "mode_reads": mode_reads(),
     "resume": mid_epoch_resume(),
     "non_finite": infinite_gradient_in_fit(),
@@ -687,6 +703,16 @@ def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):
     assert result["falling"] and result["losses"] < 1e-5 and result["state"] < 1e-5
     # a retrace reaching variables the first trace did not takes them as values, never as stale constants
     assert result["stale"] < 1e-6
+
+
+def test_dropout_in_a_function_before_any_seed_draws_a_fresh_mask_per_call_on_jax(result):
+    """In a process that never called ``ud.manual_seed``, ``ud.ops.dropout`` without a generator makes the keras
+    backend's generator inside ``ud.function``'s trace: its state gets its value outside the trace and goes in as
+    state, so the call works and each call draws a new mask, as torch's global generator does."""
+    check = result["unseeded_dropout"]
+    assert "error" not in check, check
+    assert all(0.45 < kept < 0.55 for kept in check["kept"]) and check["values"] == [0.0, 2.0], check
+    assert not check["same"], check
 
 
 def test_function_follows_a_mode_it_reads_without_calling_the_module_on_jax(result):

@@ -188,3 +188,47 @@ def test_a_batchnorm_held_outside_the_model_updates_its_running_statistics_as_to
         assert max_relative_difference(state[key], expected[key].numpy()) < 1e-5, key
     for key, value in oracle.fc.state_dict().items():
         assert max_relative_difference(model.state_dict()[f"fc.{key}"], value.numpy()) < 1e-5, key
+
+
+@pytest.mark.parametrize("entry, holder", [("train_step", "list"), ("fit", "closure")])
+def test_a_layer_held_outside_the_model_is_read_as_it_is_at_each_step_as_in_torch(backend, entry, holder):
+    """A layer the forward reaches outside the model's tree (a plain list, a closure), whose weights change between
+    steps (loaded, or trained by another optimizer), is read as it is at each call, as torch reads it: in
+    ``ud.train_step``, across two ``ud.fit`` calls and in ``predict``. The jax backend baked the weights of its first
+    trace into the compiled step and forward as constants (the loss after the change was the old one)."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+    y = rng.standard_normal((16, 16)).astype(np.float32)
+    head = ud.nn.Linear(16, 16)
+    model = _Outside(head, holder)
+    oracle = _TorchOutside(tnn.Linear(4, 16), tnn.Linear(16, 16))
+    oracle.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    oracle.outside[0].load_state_dict({k: torch.tensor(v) for k, v in head.state_dict().items()})
+    new_head = {"weight": rng.standard_normal((16, 16)).astype(np.float32) * 0.5,
+                "bias": rng.standard_normal(16).astype(np.float32)}
+    torch_optimizer = torch.optim.SGD(oracle.parameters(), lr=0.1)
+    for index in range(4):
+        if index == 2:
+            oracle.outside[0].load_state_dict({k: torch.tensor(v) for k, v in new_head.items()})
+        torch_optimizer.zero_grad()
+        tnn.functional.mse_loss(oracle(torch.tensor(x)), torch.tensor(y)).backward()
+        torch_optimizer.step()
+
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer) if entry == "train_step" else None
+    first = ud.predict(model, x) if entry == "fit" else None  # (its forward compiled before the change)
+    for half in range(2):
+        if half == 1:
+            head.load_state_dict({k: ud.tensor(v) for k, v in new_head.items()})
+        if step is not None:
+            step(x, y)
+            step(x, y)
+        else:
+            ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=2, batch_size=16, shuffle=False,
+                   verbose=0)
+    for key, value in oracle.fc.state_dict().items():
+        assert max_relative_difference(model.state_dict()[f"fc.{key}"], value.numpy()) < 1e-5, key
+    with torch.no_grad():
+        expected = oracle(torch.tensor(x)).numpy()
+    assert first is None or max_relative_difference(first, expected) > 1e-2  # (the change shows in the outputs)
+    assert max_relative_difference(ud.predict(model, x), expected) < 1e-5

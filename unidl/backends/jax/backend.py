@@ -281,11 +281,18 @@ class Backend(BackendInterface):
         # (about 10-30 us a step on the CPU, a tenth of the two-layer net's step)
         return bool(np.asarray(optimizer.native.finite.value))
 
-    def _model_state(self, model, optimizer=None) -> list:
+    def _model_state(self, model, optimizer=None, loss_fn=None) -> list:
+        """The variables a compiled step of ``model`` threads: the model's, the optimizer's and the loss module's
+        (a class ``weight`` buffer: read by the step, which would otherwise find it outside its state and be traced
+        again, ``StatefulJit``), and the generator's."""
         variables = [v for _, v in model.named_parameters()] + [b for _, b in model.named_buffers()]
+        known = {v.serial for v in variables}
         if optimizer is not None:
-            known = {v.serial for v in variables}
             variables += [p for p in optimizer.params if p.serial not in known] + optimizer.native.variables()
+            known = {v.serial for v in variables}
+        if hasattr(loss_fn, "named_buffers"):
+            variables += [v for _, v in (*loss_fn.named_parameters(), *loss_fn.named_buffers())
+                          if isinstance(v, jax_variable.JaxVariable) and v.serial not in known]
         return variables + [self._generator.state]
 
 
@@ -308,7 +315,8 @@ class Backend(BackendInterface):
             optimizer.native.apply([next(found) if m else None for m in mask], loss, accumulate)
             return (loss, outputs) if with_outputs else loss
 
-        run, compiled = self.compile_step(step, self._model_state(model, optimizer), model, params, name, eager)
+        variables = self._model_state(model, optimizer, loss_fn)
+        run, compiled = self.compile_step(step, variables, model, params, name, eager)
         return run if eager else _Counted(run, compiled)
 
     def compile_step(self, step, variables, model, params, name, eager):
@@ -395,7 +403,7 @@ class Backend(BackendInterface):
             check_float(params, "parameter")
             targets = [p.value for p in params]
         live = jax_variable.live()
-        before = [v.value for v in live]
+        before = [v._value for v in live]  # (bookkeeping: ``_value``, which a trace does not record as a read)
         randomness = python_randomness_state()  # the usage analysis below replays the same draws
         target_serials = {p.serial for p in params} if argnums is None else set()
 
@@ -411,8 +419,8 @@ class Backend(BackendInterface):
                 value = f(*call_args)
                 value, aux = value if with_aux else (value, None)
                 check_scalar(value, self.name)
-                written = {i: v.value for i, v in enumerate(live)
-                           if v.value is not before[i] and v.serial not in target_serials}
+                written = {i: v._value for i, v in enumerate(live)
+                           if v._value is not before[i] and v.serial not in target_serials}
             finally:
                 for v, b in zip(live, before):
                     v.value = b

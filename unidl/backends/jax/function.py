@@ -43,6 +43,14 @@ def _is_array(value) -> bool:
     return isinstance(value, (jax.Array, np.ndarray, np.generic))
 
 
+def _converted_as_argument(value) -> bool:
+    """Whether ``ud.function`` converts argument ``value`` to a JAX array: a NumPy array, or an array of another
+    framework (a ``tf.data`` or torch ``DataLoader`` batch, which ``ud.fit`` hands its metrics as it came). JAX's
+    arrays and variables, Python and NumPy numbers go in as they are."""
+    return isinstance(value, np.ndarray) or (hasattr(value, "__array__") and not isinstance(
+        value, (jax.Array, jax_variable.JaxVariable, np.generic)))
+
+
 def _signature(value):
     if isinstance(value, (jax.Array, np.ndarray, np.generic)):
         return ("array", tuple(value.shape), str(value.dtype))
@@ -153,7 +161,8 @@ class StatefulJit:
         self._compiled: dict = {}
         self._options = ConstantOptions()  # the optimizers whose options the traces hold as constants
         self._last_variables, self._last_serials = None, ()
-        self._outside: list = []  # variables its traces wrote outside ``variables()`` (``_StateOutside``)
+        self._outside: list = []  # variables its traces wrote or read outside ``variables()`` (``_StateOutside``)
+        self._only_read: set = set()  # the serials of those only read there: not donated
         self._with_outside = (None, None)  # (``variables()``'s list, that list with ``_outside`` appended)
         self.trace_count = 0
         self.__name__ = name
@@ -166,10 +175,11 @@ class StatefulJit:
 
         def pure(donated_values, kept_values, dynamic_leaves):
             self.trace_count += 1
-            saved = [v.value for v in variables]
+            saved = [v._value for v in variables]  # (bookkeeping: ``_value``, not recorded as a read)
             threaded = {v.serial for v in variables}
-            others = [v for v in jax_variable.live() if v.serial not in threaded]  # (a write there: _StateOutside)
-            others_saved = [v.value for v in others]
+            # (a write there, or a read: _StateOutside; bookkeeping reads ``_value``, which is not recorded)
+            others = [v for v in jax_variable.live() if v.serial not in threaded]
+            others_saved = [v._value for v in others]
             values = [None] * len(variables)
             for i, value in zip(donated, donated_values):
                 values[i] = value
@@ -181,16 +191,22 @@ class StatefulJit:
             try:
                 for v, value in zip(variables, values):
                     v.value = value
-                with python_randomness_guard(self.__name__), jax_ops.checkified_trace(), self._options.recording():
+                with python_randomness_guard(self.__name__), jax_ops.checkified_trace(), self._options.recording(), \
+                        jax_variable.reads_recorded() as reads:
                     result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
-                written = {i: v.value for i, (v, value) in enumerate(zip(variables, values))
-                           if i in donated or v.value is not value}
-                outside = [v for v, value in zip(others, others_saved) if v.value is not value]
+                    # a variable returned as it is (a parameter, batch norm's running statistics in eval mode)
+                    # comes out as its value, as torch's function returns the parameter, a tensor
+                    result = jax.tree_util.tree_map(jax_variable.unwrap, result)
+                written = {i: v._value for i, (v, value) in enumerate(zip(variables, values))
+                           if i in donated or v._value is not value}
+                outside = [v for v, value in zip(others, others_saved) if v._value is not value]
+                written_outside = {v.serial for v in outside}
+                read = [v for v in others if v.serial in reads and v.serial not in written_outside]
             finally:
                 for v, value in zip((*variables, *others), (*saved, *others_saved)):
                     v.value = value
-            if outside:
-                raise _StateOutside(outside)
+            if outside or read:
+                raise _StateOutside(outside + read, {v.serial for v in read})
             return result, written
 
         return pure
@@ -213,7 +229,8 @@ class StatefulJit:
         if treedef is None:
             treedef = jax.tree_util.tree_structure(list(args))
         fixed = [None if i in dynamic else leaf for i, leaf in enumerate(leaves)]
-        donated = {i for i, v in enumerate(variables) if self._donate and v.value.size >= _DONATE_MIN_SIZE}
+        donated = {i for i, v in enumerate(variables)  # (not a variable found outside only read: nothing to save)
+                   if self._donate and v._value.size >= _DONATE_MIN_SIZE and v.serial not in self._only_read}
         checked = checkify.checkify(self._pure(fixed, treedef, list(dynamic), variables, sorted(donated)),
                                     errors=checkify.user_checks)
         error_structure = []
@@ -236,7 +253,7 @@ class StatefulJit:
             # traced and compiled ahead, where Ctrl-C stops it at once (the call reuses both, tested): its first
             # calls hold Ctrl-C back, which then covers only running the program. Filed once that is done, so that
             # a Ctrl-C here leaves no entry whose first call would go unheld.
-            traced = function.trace([v.value for v in entry[3]], [v.value for v in entry[4]], dynamic_leaves)
+            traced = function.trace([v._value for v in entry[3]], [v._value for v in entry[4]], dynamic_leaves)
             traced.lower().compile()
             slow = bool(traced.jaxpr.effects) or bool(getattr(jax.config, "jax_enable_pgle", False))
             entry[0] = self._held_call(entry, slow)
@@ -270,17 +287,22 @@ class StatefulJit:
         return held
 
     def __call__(self, *args):
+        if jax_variable.recording():
+            # called while another compiled function is traced (a ``ud.function`` inside a train step): traced into
+            # that one, which then records what it reads and writes, as an optimizer's apply inside a step is
+            return jax.tree_util.tree_map(jax_variable.unwrap, self._fn(*args))
         try:
             return self._call(self._state(), args)
         except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
             self._outside += found.variables
+            self._only_read |= found.only_read
             self._compiled.clear()  # (its programs take the shorter state: they will not be called again)
             try:
                 return self._call(self._state(), args)
             except _StateOutside as again:
                 raise GraphConstructError(
-                    f"{self.__name__} writes new variables each time it is traced ({again.variables}): create "
-                    f"modules and variables outside the function and call them inside it") from None
+                    f"{self.__name__} writes or reads new variables each time it is traced ({again.variables}): "
+                    f"create modules and variables outside the function and call them inside it") from None
 
     def _state(self) -> list:
         """``variables()``, then the variables its traces wrote outside them (``_outside``), as one list that stays
@@ -311,7 +333,7 @@ class StatefulJit:
         if entry is None:
             entry = self._compile(key, args, leaves, treedef, dynamic, variables, dynamic_leaves)
         call, function, error_structure, donated, kept = entry
-        error_leaves, result = call(function, [v.value for v in donated], [v.value for v in kept], dynamic_leaves,
+        error_leaves, result = call(function, [v._value for v in donated], [v._value for v in kept], dynamic_leaves,
                                     variables)
         if self._reached is not None and len(self._reached.modules) != len(reached):
             # the call's trace (jax.jit traces at the first call) reached modules outside ``keyed_modules``: its
@@ -330,14 +352,15 @@ class StatefulJit:
 
 
 class _StateOutside(Exception):
-    """Raised out of a ``StatefulJit`` trace that wrote ``variables`` outside the ones it threads (a BatchNorm held
-    outside the model's tree, which a train step reaches through a plain list or a closure: torch updates its
-    running statistics as it calls it): the write would leak a tracer and be lost, so the function is traced again
-    with them threaded too."""
+    """Raised out of a ``StatefulJit`` trace that wrote or read ``variables`` outside the ones it threads (a
+    BatchNorm or a layer held outside the model's tree, which a train step reaches through a plain list or a
+    closure: torch updates its running statistics as it calls it, and reads its weights as they are at each call):
+    the write would leak a tracer and be lost, the read would be baked into the program as a constant, so the
+    function is traced again with them threaded too."""
 
-    def __init__(self, variables):
-        super().__init__(f"{len(variables)} variables written outside the compiled function's state")
-        self.variables = variables
+    def __init__(self, variables, only_read=frozenset()):
+        super().__init__(f"{len(variables)} variables written or read outside the compiled function's state")
+        self.variables, self.only_read = variables, only_read
 
 
 class JaxFunction:
@@ -355,7 +378,7 @@ class JaxFunction:
         return None if self._eager else self._jit.trace_count
 
     def __call__(self, *args):
-        args = [self._to_tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+        args = [self._to_tensor(a) if _converted_as_argument(a) else a for a in args]
         if not self._eager:
             try:
                 return self._jit(*args)

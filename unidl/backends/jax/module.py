@@ -18,7 +18,7 @@ class NativeModule:
         return {name: v.value for name, v in self._variables.items()}
 
     def apply(self, params: dict, x):
-        saved = {name: v.value for name, v in self._variables.items()}
+        saved = {name: v._value for name, v in self._variables.items()}  # (bookkeeping: not recorded as a read)
         try:
             for name, value in params.items():
                 self._variables[name].value = value

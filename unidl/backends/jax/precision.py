@@ -138,7 +138,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
             native._update(native._spec.clip_gradients(grads, native._ops), updates & finite, has_gradient)
         return (loss, outputs) if with_outputs else loss
 
-    variables = (backend._model_state(model, optimizer) + (scaler.variables() if scaler is not None else [])
+    variables = (backend._model_state(model, optimizer, loss_fn) + (scaler.variables() if scaler is not None else [])
                  + (window.variables() if window is not None else []))
     run, compiled = backend.compile_step(step, variables, model, params, name, eager)
     return _WithScale(run, compiled, scaler)

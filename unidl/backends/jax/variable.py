@@ -9,7 +9,9 @@ known (``live()``), so ``ud.function`` can thread the state a user's function to
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 import weakref
 
 import jax
@@ -24,6 +26,45 @@ def live() -> list["JaxVariable"]:
     """Every ``JaxVariable`` still referenced, in creation order. (``items()`` holds each one while it is listed: a
     key listed first and looked up after could be gone by then, freed by a garbage collection in between.)"""
     return [variable for _, variable in sorted(_live.items(), key=lambda item: item[0])]
+
+
+#: how many ``reads_recorded`` blocks are open, in any thread: ``JaxVariable.value`` looks no further while it is 0
+_recording = 0
+_recording_lock = threading.Lock()
+#: per thread, the serials read in its open ``reads_recorded`` block (None outside one)
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def reads_recorded():
+    """Record the serials of the variables whose ``value`` this thread reads in the block (a ``StatefulJit`` trace:
+    a variable read there and not threaded would be baked into the program as a constant). Nested blocks' reads
+    count in the outer one too. Bookkeeping that saves and restores every live variable reads ``_value``, which is
+    not recorded."""
+    global _recording
+    outer = getattr(_thread, "reads", None)
+    reads = _thread.reads = set()
+    with _recording_lock:
+        _recording += 1
+    try:
+        yield reads
+    finally:
+        with _recording_lock:
+            _recording -= 1
+        _thread.reads = outer
+        if outer is not None:
+            outer.update(reads)
+
+
+def recording() -> bool:
+    """Whether this thread is inside a ``reads_recorded`` block (a compiled function being traced)."""
+    return _recording > 0 and getattr(_thread, "reads", None) is not None
+
+
+def _record(variable) -> None:
+    reads = getattr(_thread, "reads", None)
+    if reads is not None:
+        reads.add(variable.serial)
 
 
 def unwrap(value):
@@ -68,6 +109,8 @@ class JaxVariable:
     @property
     def value(self):
         """The current JAX array (a tracer while a step is traced)."""
+        if _recording:
+            _record(self)
         return self._value
 
     @value.setter

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from keras.src.backend.common.stateless_scope import in_stateless_scope  # (not re-exported by Keras)
+from keras.src.backend.common.variables import initialize_all_variables  # (nor this)
 
 from unidl.errors import GraphConstructError
 from unidl.optim.param_groups import ConstantOptions
@@ -20,10 +22,15 @@ from unidl.tracing import warn_running_eagerly
 
 class _RecordingScope(keras.StatelessScope):
     """A ``StatelessScope`` that remembers the variables read and assigned inside it; a variable it does not
-    map is read from the scope around it (a gradient inside a compiled function sees the traced value)."""
+    map is read from the scope around it (a gradient inside a compiled function sees the traced value).
+
+    It is entered inside the host's trace, so it leaves the variables created in it uninitialized (Keras would
+    initialize them as it exits, inside the trace: their values would be leaked tracers); ``_initialize_created``
+    gives them their values once the trace is over. Such a variable is the backend's dropout generator, made at
+    its first use (``ud.ops.dropout`` without a generator, as torch's global generator is there from the start)."""
 
     def __init__(self, variables, values):
-        super().__init__(state_mapping=list(zip(variables, values)))
+        super().__init__(state_mapping=list(zip(variables, values)), initialize_variables=False)
         self.read: dict = {}
         self.assigned: dict = {}
 
@@ -39,6 +46,20 @@ class _RecordingScope(keras.StatelessScope):
         super().add_update(update)
 
 
+def _initialize_created() -> None:
+    """Give the Keras variables created in a ``_RecordingScope`` their initial values, now, outside the host's trace
+    (as Keras does when its outermost ``StatelessScope`` exits); inside another scope, that one's exit does."""
+    if not in_stateless_scope():
+        initialize_all_variables()
+
+
+def _values_of_variables(result):
+    """``result`` with each Keras variable in it replaced by its value in the scope in force: a compiled function
+    returns arrays, as torch's returns a parameter as the tensor it is (the host's transformations take no
+    variable), and the variable is read in the scope, so that the trace threads it."""
+    return keras.tree.map_structure(lambda leaf: leaf.value if isinstance(leaf, keras.Variable) else leaf, result)
+
+
 def value_and_grad(host, f, args, variables):
     """``(f(*args), grads)`` with respect to the Keras ``variables`` (None for one ``f`` does not use); the
     variables ``f`` assigns keep their new values afterwards, as they would eagerly."""
@@ -50,7 +71,10 @@ def value_and_grad(host, f, args, variables):
         assigned[:] = list(scope.assigned.values())
         return value, [keras.StatelessScope.get_current_value(scope, v) for v in assigned]
 
-    (value, updates), grads = host.value_and_grad_of_values(pure, [v.value for v in variables])
+    try:
+        (value, updates), grads = host.value_and_grad_of_values(pure, [v.value for v in variables])
+    finally:
+        _initialize_created()  # (before the assignments below: a variable created in ``f`` may be among them)
     for variable, new in zip(assigned, updates):
         variable.assign(new)
     return value, grads
@@ -88,15 +112,18 @@ class StatelessFunction:
 
         def probe(*call_args):
             with _RecordingScope([], []) as scope:
-                self._fn(*call_args)
+                _values_of_variables(self._fn(*call_args))
             scopes.append(scope)
 
-        self._host.eval_shape(probe, *args)
+        try:
+            self._host.eval_shape(probe, *args)
+        finally:
+            _initialize_created()
         return list({**scopes[0].read, **scopes[0].assigned}.values())
 
     def _pure(self, values, *args):
         with _RecordingScope(self._variables, values) as scope, self._options.recording():
-            result = self._fn(*args)
+            result = _values_of_variables(self._fn(*args))
         known = {id(variable) for variable in self._variables}
         missed = [variable for key, variable in {**scope.read, **scope.assigned}.items() if key not in known]
         if missed:
@@ -116,8 +143,9 @@ class StatelessFunction:
             if self._compiled is None:
                 self._variables = self._variables or self._find_variables(args)
                 self._compiled = self._host.jit_of_values(self._pure, self.__name__)
+            compiled, traces = self._compiled, self._compiled.trace_count
             try:
-                return self._compiled([v.value for v in self._variables], *args)
+                return compiled([v.value for v in self._variables], *args)
             except _UnmappedVariables as miss:
                 if attempt:
                     raise GraphConstructError(
@@ -127,9 +155,21 @@ class StatelessFunction:
                 self._earlier_traces += self._compiled.trace_count
                 self._variables = list({id(v): v for v in [*self._variables, *miss.variables]}.values())
                 self._compiled = None
+            finally:
+                if compiled.trace_count != traces:  # traced: the variables it created get their values now
+                    _initialize_created()
+
+    def _host_input(self, value):
+        """``value`` as the host's compiled function takes it: a NumPy array, or an array of another framework (a
+        ``tf.data`` or torch ``DataLoader`` batch, which ``ud.fit`` hands its metrics as it came), as a tensor;
+        anything else (the host's arrays, Keras's variables, Python and NumPy numbers) as it is."""
+        if isinstance(value, np.ndarray) or (hasattr(value, "__array__") and not self._host.is_tensor(value)
+                                             and not isinstance(value, (keras.Variable, np.generic))):
+            return self._to_tensor(value)
+        return value
 
     def __call__(self, *args):
-        args = [self._to_tensor(a) if isinstance(a, np.ndarray) else a for a in args]
+        args = [self._host_input(a) for a in args]
         if not self._eager:
             try:
                 result, updates = self._run_compiled(args)
