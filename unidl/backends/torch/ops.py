@@ -79,7 +79,49 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
-    return F.max_pool2d(x, kernel_size, stride if stride is not None else kernel_size, padding)
+    """``F.max_pool2d``; inside ``torch.compile`` (not ``torch.export``) PyTorch's own kernel as one opaque op
+    (``_max_pool2d_kernel``): Inductor's lowering takes a window's first NaN, not its last, and sends the gradient
+    of a window of nothing but -inf to a pad (an index out of bounds), where the kernel takes its first element
+    inside the input. An export keeps the plain op, which its consumers (ONNX) know."""
+    stride = stride if stride is not None else kernel_size
+    if _COMPILED_KERNEL and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        pairs = [list(value) if isinstance(value, (tuple, list)) else [value, value]
+                 for value in (kernel_size, stride, padding)]
+        return _max_pool2d_kernel(x, *pairs)[0]
+    return F.max_pool2d(x, kernel_size, stride, padding)
+
+
+#: torch has custom ops and tells an export apart (2.5 on); on an older torch the compiler's lowering stays
+_COMPILED_KERNEL = hasattr(torch.library, "custom_op") and hasattr(torch.compiler, "is_exporting")
+
+
+def _max_pool2d_kernel(x: torch.Tensor, kernel_size: list[int], stride: list[int],
+                       padding: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's max pooling kernel (values, indices), which a compiler sees as one op and calls as it is."""
+    return torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding)
+
+
+def _max_pool2d_shapes(x, kernel_size, stride, padding):
+    return torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding)  # its meta kernel
+
+
+def _max_pool2d_save(ctx, inputs, output):
+    x, ctx.kernel_size, ctx.stride, ctx.padding = inputs
+    ctx.save_for_backward(x, output[1])
+
+
+def _max_pool2d_backward(ctx, grad, _indices_grad):
+    # the gradient to the kernel's own indices (a compiler may lower this op: it reads the indices given)
+    x, indices = ctx.saved_tensors
+    grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, ctx.kernel_size, ctx.stride, ctx.padding,
+                                                              [1, 1], False, indices)
+    return grad_x, None, None, None
+
+
+if _COMPILED_KERNEL:
+    _max_pool2d_kernel = torch.library.custom_op("unidl::max_pool2d", mutates_args=())(_max_pool2d_kernel)
+    _max_pool2d_kernel.register_fake(_max_pool2d_shapes)
+    _max_pool2d_kernel.register_autograd(_max_pool2d_backward, setup_context=_max_pool2d_save)
 
 
 def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
