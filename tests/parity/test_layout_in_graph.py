@@ -63,7 +63,10 @@ def test_compiled_chain_matches_eager_and_torch(backend_name):
         where = f"{backend_name} {'compiled' if compiled else 'eager'}"
         assert max_relative_difference(loss, reference[0]) < 2e-6, f"{where}: loss"
         for name, grad in grads.items():
-            assert max_relative_difference(grad, reference[1][name]) < 1e-5, f"{where}: gradient of {name}"
+            # 2e-5: the first conv's bias gradient is a float32 sum of 576 terms that cancel down to 0.036 at most,
+            # whose summation order XLA and torch choose apart: 1.09e-5 (3.9e-7 absolute) on a Xeon with
+            # AVX-512 FP16/AMX, where the other CPUs gave under 1e-5
+            assert max_relative_difference(grad, reference[1][name]) < 2e-5, f"{where}: gradient of {name}"
         for name in ("0.conv.weight", "3.running_mean", "3.running_var"):  # batch statistics updated alike
             assert max_relative_difference(state[name], reference[2][name]) < 1e-5, f"{where}: {name}"
 
