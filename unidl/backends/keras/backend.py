@@ -179,14 +179,9 @@ class Backend(BackendInterface):
     def write_state(self, variable, value):
         if value is not variable:
             variable.assign(value)
+            if not HOST.keras_state_in_place:
+                note_state_written(variable)  # (a train step traced on Keras-on-JAX threads it: module.py)
         return variable
-
-    if not HOST.keras_state_in_place:
-        def write_state(self, variable, value):  # noqa: F811 (Keras-on-JAX's: the write noted as well)
-            if value is not variable:
-                variable.assign(value)
-                note_state_written(variable)  # (a train step traced here threads it: module.py)
-            return variable
 
     # ---- modules and training ---------------------------------------------
     def prepare_graphs(self):

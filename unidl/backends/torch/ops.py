@@ -101,10 +101,6 @@ def _max_pool2d_kernel(x: torch.Tensor, kernel_size: list[int], stride: list[int
     return torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding)
 
 
-def _max_pool2d_shapes(x, kernel_size, stride, padding):
-    return torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding)  # its meta kernel
-
-
 def _max_pool2d_save(ctx, inputs, output):
     x, ctx.kernel_size, ctx.stride, ctx.padding = inputs
     ctx.save_for_backward(x, output[1])
@@ -119,8 +115,9 @@ def _max_pool2d_backward(ctx, grad, _indices_grad):
 
 
 if _COMPILED_KERNEL:
-    _max_pool2d_kernel = torch.library.custom_op("unidl::max_pool2d", mutates_args=())(_max_pool2d_kernel)
-    _max_pool2d_kernel.register_fake(_max_pool2d_shapes)
+    _aten_max_pool2d = _max_pool2d_kernel
+    _max_pool2d_kernel = torch.library.custom_op("unidl::max_pool2d", mutates_args=())(_aten_max_pool2d)
+    _max_pool2d_kernel.register_fake(_aten_max_pool2d)  # (on fake tensors aten's own meta kernel: the shapes)
     _max_pool2d_kernel.register_autograd(_max_pool2d_backward, setup_context=_max_pool2d_save)
 
 
