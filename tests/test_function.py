@@ -211,6 +211,51 @@ def test_function_binds_to_the_backend_of_each_call(rng):
             assert max_relative_difference(_numpy(out), 2 * x) == 0
 
 
+def test_arrays_of_any_framework_reach_the_function_as_the_backends_tensors(backend):
+    """``ud.function`` hands ``fn`` a NumPy array, or another framework's array (a ``DataLoader``'s torch batch on
+    tensorflow, a ``tf.data`` batch on torch), as the backend's own tensor, and returns one, on every backend
+    (torch once passed a TF tensor through and returned a TF tensor)."""
+    import jax.numpy as jnp
+    import tensorflow as tf
+    import torch
+
+    from unidl import config
+
+    seen = []
+
+    @ud.function
+    def double(x):
+        seen.append(config.backend().is_tensor(x))
+        return x * 2.0
+
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for array in (values, torch.from_numpy(values), tf.constant(values), jnp.asarray(values)):
+        seen.clear()
+        out = double(array)
+        assert config.backend().is_tensor(out), (type(array), type(out))
+        assert np.array_equal(_numpy(out), 2 * values)
+        assert all(seen), (type(array), seen)  # where fn ran (traced once, or eagerly)
+
+
+def test_unseeded_dropout_traced_first_draws_no_python_random_on_keras():
+    """The keras backend's dropout generator exists before any trace: a fresh backend whose first dropout is
+    inside ``ud.function`` traces without drawing Keras's seed from Python's random (a ``RetraceWarning`` on
+    Keras-on-TF, its seed frozen into the graph) and draws a new mask at each call."""
+    from unidl import config
+
+    with ud.use_backend("keras"):
+        token = config._backend_override.set(type(config.backend())())  # as in a process that never seeded
+        try:
+            drop = ud.function(lambda a: ud.ops.dropout(a, 0.5))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", ud.RetraceWarning)
+                first, second = (_numpy(drop(np.ones((50, 50), np.float32))) for _ in range(2))
+        finally:
+            config._backend_override.reset(token)
+    assert sorted(np.unique(np.concatenate([first, second]))) == [0.0, 2.0]
+    assert not np.array_equal(first, second)
+
+
 def test_jit_compile_uses_torch_compile_on_torch(monkeypatch):
     import torch
 

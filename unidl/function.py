@@ -9,7 +9,20 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from unidl import config, devices, tracing
+
+
+def _as_argument(backend, value):
+    """``value`` as a compiled function takes it: a NumPy array, or an array of another framework (a TF tensor on
+    torch, a ``DataLoader``'s torch batch on jax, which ``ud.fit`` hands its metrics as it came), becomes the
+    backend's tensor (``backend.function_argument``); the backend's own tensors and variables, Python and NumPy
+    numbers and anything else go in as they are. Done here once, so that every backend takes the same arguments."""
+    if isinstance(value, np.ndarray) or (hasattr(value, "__array__") and not isinstance(value, np.generic)
+                                         and not backend.is_tensor(value)):
+        return backend.function_argument(value)
+    return value
 
 
 class Function:
@@ -43,6 +56,7 @@ class Function:
         modules = self._modules.get(backend.name, ())
         modes = tuple(module.training for module in modules)
         compiled = self._compiled_for(backend, modes)
+        args = [_as_argument(backend, a) for a in args]
         with tracing.recording_module_calls() as called:
             result = compiled(*args)
         if called and not called.keys() <= self._known.setdefault(backend.name, set()):

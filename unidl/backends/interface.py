@@ -165,6 +165,12 @@ class Backend(abc.ABC):
     def is_tensor(self, value) -> bool:
         """True for this framework's tensors and variables."""
 
+    def function_argument(self, value):
+        """An array argument of ``ud.function`` (NumPy's, another framework's) as this backend's compiled functions
+        take it: ``tensor(value)``, or a cheaper conversion where the compiled function places its inputs itself
+        (TensorFlow's graph inputs). Called once per array argument per call."""
+        return self.tensor(value)
+
     # ---- parameters and buffers ------------------------------------------
     @abc.abstractmethod
     def parameter(self, value: np.ndarray, trainable: bool = True, dtype: str | None = None):
@@ -361,9 +367,10 @@ class Backend(abc.ABC):
     def function(self, fn: Callable, jit_compile: bool, name: str) -> Callable:
         """``fn`` as this backend runs user code in ``ud.function``: a static graph where the backend
         has one (Python control flow on tensors converted, e.g. by AutoGraph), else eager, and compiled
-        by the framework's compiler (XLA, ``torch.compile``) when ``jit_compile``. NumPy arguments
-        become tensors. The result has ``trace_count``: the number of traces, or None where nothing
-        is traced. Python code a graph cannot express raises ``GraphConstructError`` naming it."""
+        by the framework's compiler (XLA, ``torch.compile``) when ``jit_compile``. ``ud.function`` has
+        made array arguments (NumPy's, another framework's) this backend's tensors (``function_argument``).
+        The result has ``trace_count``: the number of traces, or None where nothing is traced. Python code a
+        graph cannot express raises ``GraphConstructError`` naming it."""
 
     @abc.abstractmethod
     def custom_gradient(self, forward_fn: Callable) -> Callable:

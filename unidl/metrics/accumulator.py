@@ -74,13 +74,9 @@ class MetricAccumulator:
 
     def add(self, outputs, target, sample_weight=None) -> None:
         """Add one batch: its statistics as one compiled call, then one small transfer each. ``sample_weight``
-        (one per sample) weights the weighted metrics."""
-        from unidl import config
-
-        backend = config.backend()
+        (one per sample) weights the weighted metrics. (``ud.function`` makes arrays the backend's tensors.)"""
         inputs = (outputs, target) if sample_weight is None else (
             outputs, target, np.asarray(to_numpy(sample_weight), dtype=np.float32))
-        inputs = [backend.tensor(v) if isinstance(v, np.ndarray) else v for v in inputs]
         with warnings.catch_warnings():  # a short last batch is one bounded retrace where graphs are per shape
             warnings.simplefilter("ignore", RetraceWarning)
             values = self._function(*inputs)

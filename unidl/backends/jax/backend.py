@@ -450,7 +450,7 @@ class Backend(BackendInterface):
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
-        return JaxFunction(fn, name, self.tensor)
+        return JaxFunction(fn, name)
 
     def custom_gradient(self, forward_fn):
         return custom_gradient(forward_fn)

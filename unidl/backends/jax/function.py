@@ -43,14 +43,6 @@ def _is_array(value) -> bool:
     return isinstance(value, (jax.Array, np.ndarray, np.generic))
 
 
-def _converted_as_argument(value) -> bool:
-    """Whether ``ud.function`` converts argument ``value`` to a JAX array: a NumPy array, or an array of another
-    framework (a ``tf.data`` or torch ``DataLoader`` batch, which ``ud.fit`` hands its metrics as it came). JAX's
-    arrays and variables, Python and NumPy numbers go in as they are."""
-    return isinstance(value, np.ndarray) or (hasattr(value, "__array__") and not isinstance(
-        value, (jax.Array, jax_variable.JaxVariable, np.generic)))
-
-
 def _signature(value):
     if isinstance(value, (jax.Array, np.ndarray, np.generic)):
         return ("array", tuple(value.shape), str(value.dtype))
@@ -367,8 +359,8 @@ class JaxFunction:
     """``ud.function`` on jax: ``fn`` compiled by ``jax.jit`` over every live variable (``StatefulJit``), or
     run eagerly, with one warning, where its Python control flow needs tensor values (see the module doc)."""
 
-    def __init__(self, fn, name: str, to_tensor):
-        self._fn, self._to_tensor = fn, to_tensor
+    def __init__(self, fn, name: str):
+        self._fn = fn
         self._jit = StatefulJit(fn, jax_variable.live, name)
         self._eager = False
         self.__name__ = name
@@ -378,7 +370,6 @@ class JaxFunction:
         return None if self._eager else self._jit.trace_count
 
     def __call__(self, *args):
-        args = [self._to_tensor(a) if _converted_as_argument(a) else a for a in args]
         if not self._eager:
             try:
                 return self._jit(*args)

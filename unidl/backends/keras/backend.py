@@ -109,8 +109,12 @@ class Backend(BackendInterface):
             state.assign(keras.ops.cast(keras.ops.convert_to_tensor([seed, 0]), state.dtype))
 
     def generator(self):
+        """Unseeded dropout's generator, made at its first use (making it when the backend loads would start
+        TensorFlow's runtime, before a data-parallel job or ``set_num_threads`` could configure it), seeded from
+        the OS: made inside ``ud.function``'s trace, Keras's own default seed would be drawn from Python's random
+        there, frozen into that graph (a ``RetraceWarning`` from unidl's guard)."""
         if self._generator is None:
-            self._generator = keras.random.SeedGenerator()
+            self._generator = keras.random.SeedGenerator(1 + int.from_bytes(os.urandom(4), "little") % 10**9)
         return self._generator
 
     def _device(self) -> str:
@@ -147,6 +151,10 @@ class Backend(BackendInterface):
 
     def is_tensor(self, value):
         return isinstance(value, keras.Variable) or keras.ops.is_tensor(value)
+
+    def function_argument(self, value):
+        # the host's compiled function where it runs ud.function, else the host's tensor (through Keras, on JAX)
+        return HOST.function_argument(value) if HOST.keras_state_in_place else self.tensor(value)
 
     # ---- parameters ------------------------------------------------------
     def parameter(self, value, trainable=True, dtype=None):
@@ -470,7 +478,7 @@ class Backend(BackendInterface):
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
         if not HOST.keras_state_in_place:  # compiled over the variables' values, through a StatelessScope
-            return keras_stateless.StatelessFunction(HOST, fn, name, self.tensor)
+            return keras_stateless.StatelessFunction(HOST, fn, name)
         return HOST.function(fn, jit_compile, name)
 
     def custom_gradient(self, forward_fn):

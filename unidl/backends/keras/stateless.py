@@ -11,7 +11,6 @@ from __future__ import annotations
 
 
 import keras
-import numpy as np
 from keras.src.backend.common.stateless_scope import in_stateless_scope  # (not re-exported by Keras)
 from keras.src.backend.common.variables import initialize_all_variables  # (nor this)
 
@@ -97,8 +96,8 @@ class StatelessFunction:
     with one warning (the jax backend's rule for ``ud.function``). Arguments are traced values (a Python
     number too), so the function must not branch on them in Python."""
 
-    def __init__(self, host, fn, name: str, to_tensor):
-        self._host, self._fn, self._to_tensor, self.__name__ = host, fn, to_tensor, name
+    def __init__(self, host, fn, name: str):
+        self._host, self._fn, self.__name__ = host, fn, name
         self._compiled, self._variables, self._eager = None, None, False
         self._earlier_traces = 0  # traces of the functions compiled before new variables were found
         self._options = ConstantOptions()  # the optimizers whose options the trace holds as constants
@@ -159,17 +158,7 @@ class StatelessFunction:
                 if compiled.trace_count != traces:  # traced: the variables it created get their values now
                     _initialize_created()
 
-    def _host_input(self, value):
-        """``value`` as the host's compiled function takes it: a NumPy array, or an array of another framework (a
-        ``tf.data`` or torch ``DataLoader`` batch, which ``ud.fit`` hands its metrics as it came), as a tensor;
-        anything else (the host's arrays, Keras's variables, Python and NumPy numbers) as it is."""
-        if isinstance(value, np.ndarray) or (hasattr(value, "__array__") and not self._host.is_tensor(value)
-                                             and not isinstance(value, (keras.Variable, np.generic))):
-            return self._to_tensor(value)
-        return value
-
     def __call__(self, *args):
-        args = [self._host_input(a) for a in args]
         if not self._eager:
             try:
                 result, updates = self._run_compiled(args)

@@ -148,6 +148,9 @@ class Backend(BackendInterface):
     def is_tensor(self, value):
         return isinstance(value, (tf.Tensor, tf.Variable))
 
+    def function_argument(self, value):
+        return to_graph_input(value)  # a graph function places its inputs on its device itself
+
     # ---- parameters ------------------------------------------------------
     def parameter(self, value, trainable=True, dtype=None):
         native_dtype = _DTYPES[config.get_dtype()] if dtype is None else tf.as_dtype(np.dtype(dtype))

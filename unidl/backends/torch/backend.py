@@ -315,7 +315,7 @@ class Backend(BackendInterface):
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
-        return torch_function.EagerFunction(fn, jit_compile, self.tensor, name)
+        return torch_function.EagerFunction(fn, jit_compile, name)
 
     def custom_gradient(self, forward_fn):
         return torch_function.custom_gradient(forward_fn)

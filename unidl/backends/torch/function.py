@@ -6,22 +6,21 @@ function needs no conversion; a custom gradient is one ``torch.autograd.Function
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 
 class EagerFunction:
-    """``fn`` run eagerly, or through ``torch.compile`` when ``jit_compile``; NumPy arguments become tensors."""
+    """``fn`` run eagerly, or through ``torch.compile`` when ``jit_compile`` (``ud.function`` has made its array
+    arguments tensors)."""
 
     trace_count = None  # nothing is traced eagerly; torch.compile keeps its own cache
 
-    def __init__(self, fn, jit_compile: bool, to_tensor, name: str):
+    def __init__(self, fn, jit_compile: bool, name: str):
         self._run = torch.compile(fn) if jit_compile else fn
-        self._to_tensor = to_tensor
         self.__name__ = name
 
     def __call__(self, *args):
-        return self._run(*[self._to_tensor(a) if isinstance(a, np.ndarray) else a for a in args])
+        return self._run(*args)
 
 
 class _CustomGradient(torch.autograd.Function):
