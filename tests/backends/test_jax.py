@@ -283,3 +283,44 @@ def test_an_eager_composite_ops_options_keep_their_meaning():
     assert np.signbit(np.asarray(ops.clip(x, 0.0))[0]) == np.signbit(0.0)
     with pytest.raises(TypeError):
         ops.softmax(x, 0, 2)
+
+
+def test_an_eager_spatial_composite_is_one_compiled_program_with_the_values_of_its_ops(caplog):
+    """Called eagerly, a composite of ``unidl.spatial_ops`` (``Backend.composite``) compiles one program, named after
+    it, where each of its dozens of registry ops compiled and ran on its own before: max pooling with indices in
+    ceil mode. Its values, indices and input gradient are those of its body run op by op, bit for bit (a max
+    pooling selects; the upstream gradient's eighths sum exactly). Its options stay checked as given: a float
+    stride after an int one is still refused (``(2.0, 2) == (2, 2)`` in Python, where a cached trace keyed on it
+    would serve both), and a list is named as the list it was."""
+    import logging
+
+    import jax
+
+    from unidl import spatial_ops
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 9, 11))  # a shape no other test uses: nothing cached
+    x[0, 0, :3, :3], x[1, 2, 4, 5:7] = -np.inf, 1.5  # a window of -inf, a tie
+    r = rng.integers(-8, 9, (2, 3, 5, 6)) / 8
+    with ud.use_backend("jax"):
+        x = ud.tensor(x, "float64")
+        jax.config.update("jax_log_compiles", True)
+        try:
+            with caplog.at_level(logging.WARNING):
+                values, indices = ud.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
+        finally:
+            jax.config.update("jax_log_compiles", False)
+        compiled = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+        assert compiled == ["jit(max_pool2d_with_indices)"], compiled
+        op_by_op = spatial_ops.max_pool2d_with_indices.__wrapped__  # the body, each op dispatched on its own
+        for got, want in zip((values, indices), op_by_op(x, (3, 3), (2, 2), (1, 1), True), strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+        gradients = [jax.grad(lambda x, pool=pool: jax.numpy.sum(pool(x, (3, 3), (2, 2), (1, 1), True)[0] * r))(x)
+                     for pool in (spatial_ops.max_pool2d_with_indices, op_by_op)]
+        np.testing.assert_array_equal(np.asarray(gradients[0]), np.asarray(gradients[1]))
+        weight = ud.tensor(rng.normal(size=(3, 2, 2, 2)), "float64")
+        assert ud.ops.conv_transpose2d(x, weight, stride=(2, 2)).shape == (2, 2, 18, 22)
+        with pytest.raises(ValueError, match=r"stride .* got \(2\.0, 2\)"):
+            ud.ops.conv_transpose2d(x, weight, stride=(2.0, 2))
+        with pytest.raises(ValueError, match=r"got \[1, 2, 3\]"):
+            ud.ops.adaptive_max_pool2d(x, [1, 2, 3])

@@ -372,6 +372,17 @@ class Backend(abc.ABC):
         The result has ``trace_count``: the number of traces, or None where nothing is traced. Python code a
         graph cannot express raises ``GraphConstructError`` naming it."""
 
+    def composite(self, function: Callable, arrays: tuple[str, ...]) -> Callable:
+        """``function``, an op composed over the registry's ops (``unidl.spatial_ops``), as this backend runs it:
+        the function itself by default. A backend whose eager ops each dispatch (and compile) on their own can
+        run the whole composite as one compiled program when it is called eagerly (JAX: one ``jax.jit``,
+        where its dozens of ops cost as many small compilations and dispatches per call). ``arrays`` names the
+        parameters that take tensors (or sequences of them, or None); the others are Python options, which a
+        compiled version may take as static. ``function`` reads no state but its arguments, and raises its own
+        errors for bad options, which a compiled version must raise the same. Called once per composite and
+        backend object (the caller keeps the result)."""
+        return function
+
     @abc.abstractmethod
     def custom_gradient(self, forward_fn: Callable) -> Callable:
         """``f(*xs) -> y`` whose gradient is the user's: ``forward_fn(*xs)`` returns ``(y, backward)``

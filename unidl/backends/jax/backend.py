@@ -5,6 +5,7 @@ back into the variables after each step (so ``state_dict``, checkpoints and expo
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 
@@ -36,6 +37,7 @@ from unidl.io.buffers import aligned_zeros, is_undrawn_zeros  # noqa: E402
 from unidl.backends.jax import ops as jax_ops  # noqa: E402
 from unidl.backends.jax import precision as jax_precision  # noqa: E402
 from unidl.backends.jax import variable as jax_variable  # noqa: E402
+from unidl.backends.jax.eager import compiled_when_eager  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
 from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, custom_gradient,  # noqa: E402
                                          traced_forward_error)
@@ -97,6 +99,25 @@ def _extra_step_input(value, to_input):
     if isinstance(value, (np.bool_, np.integer, np.floating)):
         return value.item()
     return to_input(value)
+
+
+@functools.cache  # one jit per composite, device and dtype, its compilations shared by every backend object
+def _compiled_composite(function, arrays, device, dtype):
+    """``Backend.composite``: ``function`` run as one ``jax.jit`` of its body when called eagerly, its
+    ``arrays`` the jit's arrays and its options static (``compiled_when_eager``). Keyed on the device and dtype
+    in force, which a composite's constants (``ud.tensor``) and integer means read: a trace bakes them in."""
+    del device, dtype  # (keys only)
+    compiled = compiled_when_eager(*arrays)(function)
+
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        # a trace that checkify transforms stages value checks (a gather's index range) into the body: they
+        # must not enter the jit cache that eager calls share, where no checkify would take them out
+        if jax_ops.in_checkified_trace():
+            return function(*args, **kwargs)
+        return compiled(*args, **kwargs)
+
+    return call
 
 
 class Backend(BackendInterface):
@@ -451,6 +472,14 @@ class Backend(BackendInterface):
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
         return JaxFunction(fn, name)
+
+    def composite(self, function, arrays):
+        arrays = tuple(arrays)
+
+        def call(*args, **kwargs):
+            return _compiled_composite(function, arrays, self.current_device(), config.get_dtype())(*args, **kwargs)
+
+        return functools.wraps(function)(call)
 
     def custom_gradient(self, forward_fn):
         return custom_gradient(forward_fn)

@@ -28,6 +28,29 @@ class _Inline(Exception):
     """An option that a compiled op cannot take as static (an array, an unhashable or a NaN value)."""
 
 
+class _Items:
+    """A tuple or list option as a static argument of ``jax.jit``, handed to the body as it was given. jit compares
+    static arguments with ``==`` and their types at the top level only, and Python has ``(2, 2) == (2.0, True)``: a
+    trace cached for one would run the other past a check that refuses floats or bools (a composite's own argument
+    checks, ``unidl.spatial_ops``). This key compares the kind and each item's type as well."""
+
+    __slots__ = ("_key", "_hash", "value")
+
+    def __init__(self, value, items):
+        self.value = value
+        self._key = (type(value), tuple((type(item), item) for item in items))
+        self._hash = hash(self._key)
+
+    def __eq__(self, other):
+        return type(other) is _Items and self._key == other._key
+
+    def __hash__(self):
+        return self._hash
+
+    def __repr__(self):
+        return repr(self.value)
+
+
 def _static(value):
     """``value`` as a static argument of ``jax.jit``: hashable and equal to itself, or ``_Inline``."""
     kind = type(value)
@@ -38,7 +61,7 @@ def _static(value):
     if kind in _PLAIN_STATIC:
         return value
     if kind is tuple or kind is list:
-        return tuple(_static(v) for v in value)
+        return _Items(value, [_static(v) for v in value])
     if isinstance(value, (jax.Array, JaxVariable)):
         raise _Inline
     try:
@@ -56,6 +79,11 @@ def _staged(value) -> bool:
     if type(value) is tuple or type(value) is list:
         return any(_staged(v) for v in value)
     return False
+
+
+def _given(value):
+    """A static argument as the op was given it (``_Items``: its tuple or list)."""
+    return value.value if type(value) is _Items else value
 
 
 def _unwrapped(value):
@@ -78,7 +106,12 @@ def compiled_when_eager(*arrays: str):
         if unknown:
             raise TypeError(f"compiled_when_eager: {function.__name__} has no parameters {sorted(unknown)}")
         is_array = [name in arrays for name in names]
-        compiled = jax.jit(function, static_argnames=[name for name in names if name not in arrays])
+
+        @functools.wraps(function)  # (jit reads the parameters' names through it)
+        def body(*args, **kwargs):
+            return function(*[_given(v) for v in args], **{name: _given(v) for name, v in kwargs.items()})
+
+        compiled = jax.jit(body, static_argnames=[name for name in names if name not in arrays])
 
         @functools.wraps(function)
         def call(*args, **kwargs):

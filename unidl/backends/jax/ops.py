@@ -397,6 +397,11 @@ def checkified_trace():
         _trace.checkified = previous
 
 
+def in_checkified_trace() -> bool:
+    """Whether the trace running in this thread is one that ``checkify`` transforms (``checkified_trace``)."""
+    return getattr(_trace, "checkified", False)
+
+
 def check_index(indices, size, what="index"):
     indices = _v(indices)
     if not indices.size:
