@@ -64,6 +64,16 @@ def unseeded_dropout_in_function():
                     same=bool(np.array_equal(first, second)))
 
 
+def dropout_in_train_step():
+    # Keras's JAX trainer threads its state as values: the dropout generator's state, which the forward writes, must
+    # be threaded too, else every step draws the first step's mask; with lr=0 the losses differ only by the masks
+    with ud.use_backend("keras"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Linear(6, 10), ud.nn.Dropout(0.5), ud.nn.Linear(10, 3))
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.0))
+        return [float(step(x, y)) for _ in range(4)]
+
+
 def retrace_reaching_new_variables():
     # a function whose variables depend on the traced shape: the retrace for a small batch reads `second`,
     # which the first trace never read; after `second` changes, the compiled call must see its new weights
@@ -481,8 +491,25 @@ class Stalled(ud.nn.Module):
 def landed_in_the_callback(error):
     # a SIGINT after arm returned that a loaded machine delivered while jax's callback wrapper still ran
     # Python (the callback runs in the calling thread): jax reports it as the callback's error, not as a Ctrl-C in
-    # XLA's work; a miss of what the runs test, so the run is tried again
+    # XLA's work; a miss of what the runs test, so the run is tried again (from ``values``: see ``repaired``)
     return "KeyboardInterrupt" in str(error) and "callback" in str(error)
+
+
+def values(model):
+    # the Keras variables a step is given (and donated), with their values, before a run
+    native = model.native
+    variables = (native.trainable_variables + native.non_trainable_variables + native.optimizer.variables
+                 + native.metrics_variables)
+    return [(v, np.array(v.value)) for v in variables if v._value is not None and not v._value.is_deleted()]
+
+
+def repaired(snapshot):
+    # after a miss (landed_in_the_callback): the step failed inside XLA after its state was donated, which no
+    # library can take back (outside what the runs test); the values from before the run go back, so that the next
+    # try runs on a whole model
+    for variable, value in snapshot:
+        if variable._value is None or variable._value.is_deleted():
+            variable.assign(value)
 
 
 def deleted_arrays(model):
@@ -523,6 +550,7 @@ def ctrl_c_in_steps():
             interrupted = False
             for attempt in range(3):  # (a SIGINT later than the step can be lost in Keras's bare except: again)
                 sigint = Sigint(skip=skip) if skip is not None else None
+                snapshot = values(model)
                 try:
                     run()
                 except KeyboardInterrupt:
@@ -530,6 +558,7 @@ def ctrl_c_in_steps():
                 except Exception as error:
                     if not landed_in_the_callback(error):
                         raise
+                    repaired(snapshot)
                 finally:
                     Stalled.kill_in_trace = None
                     if sigint is not None:
@@ -577,7 +606,7 @@ def ctrl_c_in_a_prediction_beside_another_threads(model, loss):
                 leave.wait()
 
         thread = threading.Thread(target=other)
-        sigint = None
+        sigint, snapshot = None, values(model)
         try:
             with KeptStepState(native):
                 thread.start()
@@ -589,6 +618,7 @@ def ctrl_c_in_a_prediction_beside_another_threads(model, loss):
         except Exception as error:
             if not landed_in_the_callback(error):
                 raise
+            repaired(snapshot)
         finally:
             leave.set()
             thread.join()
@@ -669,6 +699,7 @@ print(json.dumps({
     "traces": ours["traces"],
     "stale": retrace_reaching_new_variables(),
     "unseeded_dropout": unseeded_dropout,
+    "dropout_in_step": dropout_in_train_step(),
     "mode_reads": mode_reads(),
     "resume": mid_epoch_resume(),
     "non_finite": infinite_gradient_in_fit(),
@@ -713,6 +744,13 @@ def test_dropout_in_a_function_before_any_seed_draws_a_fresh_mask_per_call_on_ja
     assert "error" not in check, check
     assert all(0.45 < kept < 0.55 for kept in check["kept"]) and check["values"] == [0.0, 2.0], check
     assert not check["same"], check
+
+
+def test_dropout_in_a_train_step_draws_a_fresh_mask_each_step_on_jax(result):
+    """A forward's dropout inside Keras's train step on JAX (a stateless step over the model's state) draws a new
+    mask at each step, as on every other backend: its generator's state is threaded through the step."""
+    losses = result["dropout_in_step"]
+    assert len(set(losses)) == len(losses), losses
 
 
 def test_function_follows_a_mode_it_reads_without_calling_the_module_on_jax(result):

@@ -228,6 +228,12 @@ def dropout(x, p, training=True, generator=None):
     x = _tensor(x)
     if not training or p == 0:
         return x
+    if generator is not None and hasattr(generator, "state"):
+        # the draw writes the generator's state: where Keras's train step threads the state as values (JAX), the
+        # step must thread this variable too, else the write is dropped and every step draws the same mask
+        from unidl.backends.keras.module import note_state_written
+
+        note_state_written(generator.state)
     return keras.random.dropout(x, p, seed=generator)
 
 
