@@ -71,7 +71,14 @@ def dropout_in_train_step():
         ud.manual_seed(0)
         model = ud.nn.Sequential(ud.nn.Linear(6, 10), ud.nn.Dropout(0.5), ud.nn.Linear(10, 3))
         step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.0))
-        return [float(step(x, y)) for _ in range(4)]
+        losses = [float(step(x, y)) for _ in range(4)]
+        # and in fit, whose epoch holds the state outside the variables: 4 batches, one draw each
+        from unidl import config
+        state = config.backend().generator().state
+        before = int(np.asarray(state.value)[1])
+        ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.0), epochs=1,
+               batch_size=2, shuffle=False, verbose=0)
+        return dict(losses=losses, fit_draws=int(np.asarray(state.value)[1]) - before)
 
 
 def retrace_reaching_new_variables():
@@ -510,6 +517,7 @@ def repaired(snapshot):
     for variable, value in snapshot:
         if variable._value is None or variable._value.is_deleted():
             variable.assign(value)
+    model.native._jax_state = None  # (Keras's own copy of the failed step's state: never synced back over these)
 
 
 def deleted_arrays(model):
@@ -748,9 +756,11 @@ def test_dropout_in_a_function_before_any_seed_draws_a_fresh_mask_per_call_on_ja
 
 def test_dropout_in_a_train_step_draws_a_fresh_mask_each_step_on_jax(result):
     """A forward's dropout inside Keras's train step on JAX (a stateless step over the model's state) draws a new
-    mask at each step, as on every other backend: its generator's state is threaded through the step."""
-    losses = result["dropout_in_step"]
+    mask at each step, as on every other backend: its generator's state is threaded through the step, in
+    ``ud.train_step`` and in ``fit``'s epoch."""
+    losses = result["dropout_in_step"]["losses"]
     assert len(set(losses)) == len(losses), losses
+    assert result["dropout_in_step"]["fit_draws"] == 4, result["dropout_in_step"]  # fit's steps keep drawing
 
 
 def test_function_follows_a_mode_it_reads_without_calling_the_module_on_jax(result):

@@ -112,7 +112,9 @@ class Backend(BackendInterface):
         """Unseeded dropout's generator, made at its first use (making it when the backend loads would start
         TensorFlow's runtime, before a data-parallel job or ``set_num_threads`` could configure it), seeded from
         the OS: made inside ``ud.function``'s trace, Keras's own default seed would be drawn from Python's random
-        there, frozen into that graph (a ``RetraceWarning`` from unidl's guard)."""
+        there, frozen into that graph (a ``RetraceWarning`` from unidl's guard). On Keras-on-JAX its state is part of
+        the state of each train step that draws from it (``ops.dropout``), which donates it: two threads training
+        models with dropout at once would each find the other's step holding it."""
         if self._generator is None:
             self._generator = keras.random.SeedGenerator(1 + int.from_bytes(os.urandom(4), "little") % 10**9)
         return self._generator

@@ -364,7 +364,9 @@ class KeptStepState:
     context variable naming the model), not to the model: two threads predicting with one model each keep their
     own, and a step of another model, or of Keras's own call, keeps none.
     (Not covered: Ctrl-C in the microseconds after XLA ran a step that compiled, the first for its input shapes,
-    while JAX's own Python returns it: the step's outputs are lost there, and the model keeps what Keras wrote.)
+    while JAX's own Python returns it: the step's outputs are lost there, and the model keeps what Keras wrote; and
+    an error raised inside a step after its state was donated, such as one from a ``jax.pure_callback`` of the
+    forward: the state it was given is deleted, with nothing to write back.)
 
     On every host, a call that an error ends puts back the host framework's thread modes as the call found them
     (``HOST.thread_modes``): Keras-on-torch's trainer runs its optimizer, evaluation and prediction under
