@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-import weakref
 
 import numpy as np
 
@@ -25,22 +24,16 @@ from unidl.tensors import tensor
 
 def _composite(*arrays: str):
     """Decorates a composite op whose parameters named in ``arrays`` take tensors: each call runs the version that
-    the backend in force gives (``Backend.composite``, asked once per backend object). The op must read no state
-    but its arguments (a compiled version caches its trace); inside a mixed-precision scope, whose cast-inserting
-    ops it would read, it runs as it is."""
+    the backend in force gives (``Backend.composite``). The op must read no state but its arguments (a compiled
+    version caches its trace); inside a mixed-precision scope, whose cast-inserting ops it would read, it runs as
+    it is."""
 
     def decorate(function):
-        versions = weakref.WeakKeyDictionary()  # backend object -> its version of ``function``
-
         @functools.wraps(function)
         def call(*args, **kwargs):
             if active_ops() is not None:
                 return function(*args, **kwargs)
-            backend = config.backend()
-            version = versions.get(backend)
-            if version is None:
-                version = versions[backend] = backend.composite(function, arrays)
-            return version(*args, **kwargs)
+            return config.backend().composite(function, arrays)(*args, **kwargs)
 
         return call
 

@@ -379,8 +379,8 @@ class Backend(abc.ABC):
         where its dozens of ops cost as many small compilations and dispatches per call). ``arrays`` names the
         parameters that take tensors (or sequences of them, or None); the others are Python options, which a
         compiled version may take as static. ``function`` reads no state but its arguments, and raises its own
-        errors for bad options, which a compiled version must raise the same. Called once per composite and
-        backend object (the caller keeps the result)."""
+        errors for bad options, which a compiled version must raise the same. Called at each call of the
+        composite, eagerly or while traced: a backend keeps what it builds (a dict lookup a call)."""
         return function
 
     @abc.abstractmethod

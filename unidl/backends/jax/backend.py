@@ -474,12 +474,7 @@ class Backend(BackendInterface):
         return JaxFunction(fn, name)
 
     def composite(self, function, arrays):
-        arrays = tuple(arrays)
-
-        def call(*args, **kwargs):
-            return _compiled_composite(function, arrays, self.current_device(), config.get_dtype())(*args, **kwargs)
-
-        return functools.wraps(function)(call)
+        return _compiled_composite(function, tuple(arrays), self.current_device(), config.get_dtype())
 
     def custom_gradient(self, forward_fn):
         return custom_gradient(forward_fn)

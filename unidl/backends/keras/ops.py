@@ -15,6 +15,7 @@ from keras import ops as K
 
 from unidl import config
 from unidl.backends.keras.host import HOST
+from unidl.backends.keras.module import note_state_written
 from unidl.input_checks import float_bound
 
 _CHANNELS_FIRST_NATIVE = HOST.native_layout == "NCHW"
@@ -231,8 +232,6 @@ def dropout(x, p, training=True, generator=None):
     if generator is not None and hasattr(generator, "state"):
         # the draw writes the generator's state: where Keras's train step threads the state as values (JAX), the
         # step must thread this variable too, else the write is dropped and every step draws the same mask
-        from unidl.backends.keras.module import note_state_written
-
         note_state_written(generator.state)
     return keras.random.dropout(x, p, seed=generator)
 
