@@ -591,12 +591,17 @@ def clip(x, minimum=None, maximum=None):
 
 
 def shape(x):
+    """The sizes of ``x``: ints where the graph knows them, else scalar tensors, read in one op (``tf.unstack``)
+    rather than one slice and its three constants per size (a graph of unknown sizes reads many)."""
+    static = tuple(x.shape)
+    if None not in static:
+        return static
     source = nhwc_source(x)
     if source is not None:  # read the NHWC tensor's sizes: tf.shape of a view would make the view a real transpose
         dynamic = tf.gather(tf.shape(source), NHWC_TO_NCHW)
     else:
         dynamic = tf.shape(x)
-    return tuple(d if d is not None else dynamic[i] for i, d in enumerate(x.shape))
+    return tuple(d if d is not None else size for d, size in zip(static, tf.unstack(dynamic, num=len(static))))
 
 
 def cast_like(x, like):
