@@ -280,7 +280,8 @@ def clip(x, minimum=None, maximum=None):
 
 
 def shape(x):
-    return tuple(K.shape(x))
+    static = tuple(x.shape)
+    return static if None not in static else tuple(K.shape(x))
 
 
 def cast_like(x, like):

@@ -55,7 +55,8 @@ class Backend(BackendInterface):
     # another axis too; ud.ops.amax checks the reduced axes itself); softmax, linear and max_pool2d give
     # PyTorch's NaN rows, single rounding in half precision and -inf windows (tf.nn's own do not).
     keras_native_ops = ("amax", "apply_momentum", "avg_pool2d", "batch_norm", "conv2d", "cross_entropy",
-                        "leaky_relu", "linear", "max_pool2d", "one_hot", "relu", "scan", "sigmoid", "softmax", "tanh")
+                        "leaky_relu", "linear", "max_pool2d", "one_hot", "relu", "scan", "shape", "sigmoid", "softmax",
+                        "tanh")
 
     def __init__(self):
         self._generator = None
