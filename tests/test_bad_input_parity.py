@@ -685,3 +685,39 @@ def test_numpy_scalars_as_optimizer_hyperparameters(backend):
         oracle.step()
         oracle_schedule.step()
     np.testing.assert_allclose(model.state_dict()["weight"], parameter.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+BOOLS = RNG.standard_normal((1, 2, 4, 4)) > 0
+POOLING = [  # (name in the message, the pooling over x, whether it averages)
+    ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 2), False),
+    ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True), False),
+    ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 2, return_indices=True)[0], False),
+    ("MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))", lambda x: ud.nn.MaxPool2d(2)(x), False),
+    ("avg_pool2d", lambda x: ud.ops.avg_pool2d(x, 2), True),
+    ("avg_pool2d", lambda x: ud.ops.avg_pool2d(x, 2, count_include_pad=False, padding=1), True),
+    ("AvgPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))", lambda x: ud.nn.AvgPool2d(2)(x), True),
+    ("adaptive_avg_pool2d", lambda x: ud.ops.adaptive_avg_pool2d(x, 3), True),
+    ("adaptive_avg_pool2d", lambda x: ud.nn.AdaptiveAvgPool2d(2)(x), True),
+]
+
+
+@pytest.mark.parametrize("index", range(len(POOLING)))
+def test_pooling_of_booleans_or_an_average_of_integers_is_one_error(mode, index):
+    """Boolean input to any pooling, and integers to an average: one ``DtypeMismatchError`` (PyTorch has no boolean
+    pooling and averages int64 only, truncating; TensorFlow and Keras raised their own errors, JAX averaged integers
+    into float64 means); a maximum of integers stays PyTorch's."""
+    name, pool, average = POOLING[index]
+    raises_exactly(ud.DtypeMismatchError, f"{name} needs {'floating-point input' if average else 'numbers'}, got bool "
+                   f"input; convert it with " + ("x.astype('float32') or ud.ops.cast(x, 'float32')" if average else
+                                                 "ud.ops.cast(x, 'uint8') or ud.ops.cast(x, 'float32')"),
+                   run, mode, pool, BOOLS)
+    integers = BOOLS.astype(np.int64) * 3
+    if average:
+        raises_exactly(ud.DtypeMismatchError, f"{name} needs floating-point input, got int64 input; convert it with "
+                       f"x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode, pool, integers)
+    else:
+        expected = F.max_pool2d(torch.tensor(integers), 2).numpy()
+        got = run(mode, pool, integers)
+        assert got.dtype == np.int64
+        if got.shape == expected.shape:
+            np.testing.assert_array_equal(got, expected)

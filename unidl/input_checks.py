@@ -192,6 +192,21 @@ def check_floating(owner, x) -> None:
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
 
 
+def check_poolable(owner, x, average: bool) -> None:
+    """``DtypeMismatchError`` for input a pooling layer or op named ``owner`` cannot take, the same on every backend:
+    booleans (PyTorch has no boolean pooling; TensorFlow, Keras and JAX raised errors of their own) and, for an
+    ``average``, integers (PyTorch averages int64 only, truncating, and refuses other integers; TensorFlow and Keras
+    refused them, JAX gave float64 means). A maximum of integers is PyTorch's, on every backend."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        return
+    if average:
+        check_floating(owner, x)
+    elif not is_floating(dtype) and not is_integer(dtype):
+        raise DtypeMismatchError(f"{literal(owner)} needs numbers, got {dtype_name(dtype)} input; convert it with "
+                                 f"ud.ops.cast(x, 'uint8') or ud.ops.cast(x, 'float32')")
+
+
 def check_integer(owner, what, x):
     """``x``, after checking that its dtype is an integer one: float or boolean indices are a
     ``DtypeMismatchError`` naming ``owner`` and ``what`` they are, on every backend (PyTorch and TensorFlow refuse

@@ -145,8 +145,9 @@ def _pool_arguments(name, kernel_size, stride, padding):
 
 
 def _checked_pool(name, x, kernel_size, padding):
-    """``x`` after the checks PyTorch makes of a pooling window: padding at most half the kernel, and a window
-    no larger than the padded input."""
+    """``x`` after the checks PyTorch makes of a pooling window and its input: padding at most half the kernel, a
+    window no larger than the padded input, numbers (an average of floats; see ``input_checks.check_poolable``)."""
+    input_checks.check_poolable(name, x, average=name == "avg_pool2d")
     kernel, pads = _pair(kernel_size), _pair(padding)
     if len(pads) != 2 or any(not isinstance(p, int) or p < 0 or 2 * p > k for p, k in zip(pads, kernel)):
         raise ValueError(f"{name} padding {padding!r} must be non-negative and at most half the kernel size {kernel}")

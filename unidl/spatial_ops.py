@@ -346,7 +346,9 @@ def adaptive_avg_pool2d(x, output_size):
 
 def _adaptive_avg_pool2d(x, output_size):
     """``adaptive_avg_pool2d`` to an ``output_size`` already checked: a pair of ints or Nones, or of scalar tensors
-    (``interpolate``'s 'area' mode inside a graph, where the input's sizes are known only when it runs)."""
+    (``interpolate``'s 'area' mode inside a graph, where the input's sizes are known only when it runs).
+    Floating-point input only, as PyTorch's (a ``DtypeMismatchError`` on every backend)."""
+    input_checks.check_floating("adaptive_avg_pool2d", x)
     sizes = ops.shape(x)[2:]
     out = tuple(n if o is None else o for n, o in zip(sizes, output_size))
     if all(isinstance(n, int) and isinstance(o, int) and n % o == 0 for n, o in zip(sizes, out)):

@@ -31,6 +31,7 @@ class _Pool2d(Module):
 
     def forward(self, x):
         check_nchw(self, x, None)
+        input_checks.check_poolable(self.describe, x, average=isinstance(self, AvgPool2d))
         x = input_checks.check_window_fits(self.describe, x, self.kernel_size, self.padding,
                                            "use a smaller kernel, more padding or a larger input")
         return self._pool(x, self.kernel_size, self.stride, self.padding)
