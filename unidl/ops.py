@@ -327,9 +327,10 @@ def maximum(a, b):
     as in ``x + 0.5``: ``torch.maximum(x, torch.tensor(0.5, dtype=x.dtype))``; tensors of two dtypes promote as
     ``torch.maximum`` promotes them (an integer and a float tensor: the float's dtype; a 0-dim tensor takes a
     dimensioned one's dtype of the same kind), decided here for every backend (see ``_torch_result_dtype``).
-    Sizes that do not broadcast are a ``ShapeMismatchError`` naming both shapes, eagerly and in every graph (a
-    TensorFlow graph checks the sizes it leaves unknown when it runs)."""
-    return _ops().maximum(*_promoted_as_torch(*_check_broadcastable("maximum", a, b)))
+    Sizes that do not broadcast are a ``ShapeMismatchError`` naming both shapes wherever they are known:
+    eagerly, and while a graph traces (a TensorFlow graph's sizes unknown until it runs give TensorFlow's own
+    error)."""
+    return _ops().maximum(*_promoted_as_torch(_check_broadcastable("maximum", a, b), b))
 
 
 @op(name="framework_maximum", optional=True, public=False)
@@ -396,40 +397,24 @@ def _dtype_bits(name) -> int:
 
 
 def _check_broadcastable(name, a, b):
-    """``(a, b)``, after checking that their shapes (tensors, arrays or numbers) broadcast: aligned from the last
-    axis, each pair of sizes equal or one of them 1 (PyTorch's rule), else a ``ShapeMismatchError`` naming both
-    shapes (the frameworks raised four errors of their own). Known sizes are compared at once; a pair that a
-    TensorFlow graph leaves unknown until it runs is checked by the graph (``input_checks.require``, on the operand
-    whose sizes it reads), with the same message. A number, a 0-dim tensor or a size-1 axis needs no check: an
-    activation's ``maximum(x, 0)`` adds nothing to a graph."""
+    """``a``, after checking that the shapes of ``a`` and ``b`` (tensors, arrays or numbers) broadcast: aligned
+    from the last axis, each pair of known sizes equal or one of them 1 (PyTorch's rule), else a
+    ``ShapeMismatchError`` naming both shapes (the frameworks raised four errors of their own). Sizes a
+    TensorFlow graph leaves unknown until it runs are left to TensorFlow's own error: a check in the graph would
+    cost a branch per call, and ``maximum`` is an activation's op."""
     shape_a, shape_b = getattr(a, "shape", ()), getattr(b, "shape", ())
     if getattr(shape_a, "rank", 0) is None or getattr(shape_b, "rank", 0) is None:
-        return a, b  # a TensorFlow graph's tensor of unknown rank: nothing known to check
+        return a  # a TensorFlow graph's tensor of unknown rank: nothing known to check
     shape_a, shape_b = tuple(shape_a), tuple(shape_b)
-    if shape_a == shape_b and None not in shape_a:  # the common case, decided at once
-        return a, b
+    if shape_a == shape_b:  # the common case, decided at once
+        return a
     rank = min(len(shape_a), len(shape_b))
-    pairs = list(zip(shape_a[len(shape_a) - rank:], shape_b[len(shape_b) - rank:]))
-
-    def template():
-        return (f"{name} needs shapes that broadcast (aligned from the last axis, each pair of sizes equal or one of "
-                f"them 1); a has shape {input_checks.shape_template(len(shape_a))}, b has shape "
-                f"{input_checks.shape_template(len(shape_b))}")
-
-    for m, n in pairs:
+    for m, n in zip(shape_a[len(shape_a) - rank:], shape_b[len(shape_b) - rank:]):
         if m != n and m != 1 and n != 1 and m is not None and n is not None:
-            sizes = [int(size) if size is not None else None for size in (*shape_a, *shape_b)]
-            raise ShapeMismatchError(template().format(*sizes))
-    unknown = [index for index, (m, n) in enumerate(pairs) if (m is None or n is None) and m != 1 and n != 1]
-    if not unknown:
-        return a, b
-    sizes_a, sizes_b = input_checks.sizes_of(a), input_checks.sizes_of(b)
-    aligned_a, aligned_b = sizes_a[len(sizes_a) - rank:], sizes_b[len(sizes_b) - rank:]
-    condition = input_checks.all_of((aligned_a[i] == aligned_b[i]) | (aligned_a[i] == 1) | (aligned_b[i] == 1)
-                                    for i in unknown)
-    if None in shape_a:
-        return input_checks.require(a, condition, template, sizes_a + sizes_b), b
-    return a, input_checks.require(b, condition, template, sizes_a + sizes_b)
+            shapes = [tuple(int(size) if size is not None else None for size in shape) for shape in (shape_a, shape_b)]
+            raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
+                                     f"sizes equal or one of them 1); a has shape {shapes[0]}, b has shape {shapes[1]}")
+    return a
 
 
 @op
@@ -657,7 +642,7 @@ def log1p(x):
 def minimum(a, b):
     """Element-wise minimum, broadcasting as ``torch.minimum``: ``maximum``'s rules mirrored (the gradient all to
     the smaller input, half to each of equal ones, all to both where either is NaN)."""
-    return _ops().minimum(*_promoted_as_torch(*_check_broadcastable("minimum", a, b)))
+    return _ops().minimum(*_promoted_as_torch(_check_broadcastable("minimum", a, b), b))
 
 
 @op(dispatch=False)
