@@ -231,6 +231,16 @@ def check_same_kind(owner, a, b) -> None:
                              f"the other floating-point; convert the integers with ud.ops.cast(x, '{floating}')")
 
 
+def as_summable(owner, what, x):
+    """``x``, with booleans and integers narrower than 64 bits converted to int64, the dtype PyTorch sums them in
+    (TensorFlow summed int32 in int32 and uint8 in uint8, wrapping around, and refused booleans; JAX summed
+    uint8 in uint64)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or is_floating(dtype) or dtype_name(dtype) in ("int64", "uint64"):
+        return x
+    return ops.cast(x, "int64")
+
+
 def as_floating(owner, what, x):
     """``x``, with integer or boolean values converted to the float dtype in force (PyTorch's ``exp``, ``sqrt`` or
     ``sigmoid`` of integers are floats; TensorFlow refused them, JAX gave float64, Keras float32 under float64)."""

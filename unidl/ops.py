@@ -28,11 +28,13 @@ def _ops():
 def op(declaration=None, **options):
     """Declare an op (see ``unidl.backends.op_registry.declare``). ``indices``/``floating``: the parameters that
     take integer indices (a float or boolean one is a ``DtypeMismatchError``) or floating-point values (integers
-    become the float dtype in force, as ``torch.exp`` makes them floats). ``axes``: the parameters that take an
+    become the float dtype in force, as ``torch.exp`` makes them floats). ``summable``: the parameters whose booleans
+    and narrower integers become int64, as ``torch.sum`` sums them. ``axes``: the parameters that take an
     axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``). ``numbers``: the
     parameters that take a number (a NumPy scalar or 0-d array becomes a Python float)."""
     checks = {**{p: input_checks.check_integer for p in options.pop("indices", ())},
               **{p: input_checks.as_floating for p in options.pop("floating", ())},
+              **{p: input_checks.as_summable for p in options.pop("summable", ())},
               **{p: arguments.axis for p in options.pop("axes", ())},
               **{p: arguments.plain_number for p in options.pop("numbers", ())}}
     if checks:
@@ -277,9 +279,10 @@ def mean(x, axis=None, keepdims=False):
     """Mean over ``axis`` (all axes when None)."""
 
 
-@op
+@op(summable=("x",))
 def sum(x, axis=None, keepdims=False):
-    """Sum over ``axis`` (all axes when None)."""
+    """Sum over ``axis`` (all axes when None; ``keepdims`` keeps them as size 1 either way). Booleans and integers
+    are summed in int64, as ``torch.sum`` sums them."""
 
 
 @op(numbers=("minimum", "maximum"))

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from unidl import arguments, config, input_checks, ops
+from unidl import arguments, config, dtype_kinds, input_checks, ops
 from unidl.precision import active_ops
 from unidl.tensors import tensor
 
@@ -222,6 +222,8 @@ def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=Fa
     choice = _first_maximum(stacked, inside, offsets + 1, 2)  # the views are in the window's row-major order
     # the chosen view's value, summed with zeros (exact; the gradient reaches the chosen element only)
     values = ops.sum(ops.where(choice == offsets, stacked, ops.zeros_like(stacked)), 2)
+    if not dtype_kinds.is_floating(x.dtype):
+        values = ops.cast_like(values, x)  # integers are summed in int64; the maximum keeps the input's dtype
     choice = ops.squeeze(choice, 2)
     rows = ops.unsqueeze(ops.arange(0, _as_int64(out[0]), 1, "int64") * strides[0] - pads[0], 1)
     columns = ops.arange(0, _as_int64(out[1]), 1, "int64") * strides[1] - pads[1]

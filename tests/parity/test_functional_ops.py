@@ -187,6 +187,62 @@ def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):
             assert str(raised.value) == message
 
 
+# ---- sums and max pooling of integers of every width ------------------------------------------------------------
+NARROW = np.random.default_rng(5)
+SUMMED = {"bool": NARROW.standard_normal((3, 4, 5)) > 0, "uint8": NARROW.integers(0, 256, (3, 4, 5)),
+          "int8": NARROW.integers(-128, 128, (3, 4, 5)), "int16": NARROW.integers(-30000, 30000, (3, 4, 5)),
+          "int32": NARROW.integers(-2 ** 31, 2 ** 31, (3, 4, 5)), "int64": NARROW.integers(-2 ** 40, 2 ** 40, (3, 4, 5))}
+AXES = [(None, False), (None, True), (1, False), ((0, 2), True)]
+
+
+def test_sums_of_booleans_and_integers_are_int64_as_torch(backend):
+    """``torch.sum``'s dtype (int64) and values for booleans and integers of each width, over all axes (with and
+    without ``keepdims``), one axis and two, eagerly and inside ``ud.function``. (TensorFlow summed int32 in
+    int32 and uint8 in uint8, wrapping around, and refused booleans; JAX summed uint8 in uint64; the torch backend
+    dropped ``keepdims`` over all axes.)"""
+    expected = [torch.sum(torch.tensor(values).to(getattr(torch, dtype)), dim=axis, keepdim=keepdims).numpy()
+                for dtype, values in SUMMED.items() for axis, keepdims in AXES]
+
+    def run_all(*tensors):
+        return [ud.ops.sum(ud.ops.cast(tensor, dtype), axis, keepdims)
+                for dtype, tensor in zip(SUMMED, tensors) for axis, keepdims in AXES]
+
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        results = function(*[ud.tensor(values) for values in SUMMED.values()])
+        for (dtype, axis, keepdims), got, want in zip([(d, a, k) for d in SUMMED for a, k in AXES], results, expected,
+                                                      strict=True):
+            got = ud.to_numpy(got)
+            assert (got.dtype, got.shape) == (want.dtype, want.shape), (backend, mode, dtype, axis, keepdims)
+            np.testing.assert_array_equal(got, want, err_msg=f"{backend} {mode} {dtype} {axis} {keepdims}")
+
+
+def test_max_pooling_keeps_each_integer_dtype_as_torch(backend):
+    """``max_pool2d`` of uint8, int8, int16 and int32 (padded, with ``ceil_mode``, and with its indices):
+    ``torch.nn.functional.max_pool2d``'s values in the input's dtype (JAX raised its own ``TypeError`` for each
+    width but int64; the pooling with indices gave int64 on the torch and JAX backends)."""
+    widths = ["uint8", "int8", "int16", "int32"]
+    values = [SUMMED[dtype][:2, None] if dtype != "int32" else SUMMED["int16"][:2, None] * 7 for dtype in widths]
+    expected = []
+    for dtype, v in zip(widths, values):
+        x = torch.tensor(v).to(getattr(torch, dtype))
+        expected += [F.max_pool2d(x, 2, 1, 1).numpy(), F.max_pool2d(x, 3, 2, 1, ceil_mode=True).numpy(),
+                     *[t.numpy() for t in F.max_pool2d(x, 2, 1, return_indices=True)]]
+
+    def run_all(*tensors):
+        results = []
+        for dtype, tensor in zip(widths, tensors):
+            x = ud.ops.cast(tensor, dtype)
+            results += [ud.ops.max_pool2d(x, 2, 1, 1), ud.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                        *ud.ops.max_pool2d(x, 2, 1, return_indices=True)]
+        return results
+
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        for index, (got, want) in enumerate(zip(function(*[ud.tensor(v) for v in values]), expected, strict=True)):
+            got = ud.to_numpy(got)
+            assert (got.dtype, got.shape) == (want.dtype, want.shape), (backend, mode, widths[index // 4], index % 4)
+            np.testing.assert_array_equal(got, want, err_msg=f"{backend} {mode} {widths[index // 4]} {index % 4}")
+
+
 # ---- softmax of rows holding inf or NaN; linear in half precision ----------------------------------------------
 NONFINITE_ROWS = np.array([[np.inf, 1.0, 2.0], [-np.inf, 1.0, 2.0], [-np.inf, -np.inf, -np.inf], [np.inf, np.inf, 1.0],
                            [1.0, 2.0, np.nan], [-np.inf, -np.inf, 0.0], [1.0, 2.0, 3.0]])

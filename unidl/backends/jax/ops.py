@@ -189,10 +189,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     a later NaN over an earlier one; XLA's gradient picks by comparisons that a NaN fails); a window of nothing
     but -inf (padding counts as -inf) gives its gradient to its first element inside the input (XLA's, to a
     pad). The forward is XLA's pooling alone (inference, and an exported program, hold no branch); the rule is
-    in its JVP (``_max_pool_jvp``). Integers are padded with their lowest value."""
+    in its JVP (``_max_pool_jvp``). Integers are padded with their lowest value, a scalar of their own dtype
+    (``reduce_window`` refuses an init of another, and a Python int is int64 under x64)."""
     x = jnp.asarray(_v(x))
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        return _pool(x, kernel_size, stride, padding, jnp.iinfo(x.dtype).min, jax.lax.max)
+        return _pool(x, kernel_size, stride, padding, jnp.array(jnp.iinfo(x.dtype).min, x.dtype), jax.lax.max)
     return _max_pool(x, _pair(kernel_size), _pair(stride) if stride is not None else None, _pair(padding))
 
 

@@ -181,11 +181,11 @@ def stack(tensors, axis=0):
 def mean(x, axis=None, keepdims=False):
     if not x.is_floating_point():  # the mean of integers in the float dtype in force (torch.mean refuses them)
         x = x.to(getattr(torch, config.get_dtype()))
-    return torch.mean(x) if axis is None else torch.mean(x, axis, keepdims)
+    return torch.mean(x) if axis is None and not keepdims else torch.mean(x, axis, keepdims)
 
 
 def sum(x, axis=None, keepdims=False):
-    return torch.sum(x) if axis is None else torch.sum(x, axis, keepdims)
+    return torch.sum(x) if axis is None and not keepdims else torch.sum(x, axis, keepdims)
 
 
 def clip(x, minimum=None, maximum=None):
