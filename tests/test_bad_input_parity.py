@@ -697,7 +697,8 @@ POOLING = [  # (name in the message, the pooling over x, whether it averages)
     ("avg_pool2d", lambda x: ud.ops.avg_pool2d(x, 2, count_include_pad=False, padding=1), True),
     ("AvgPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))", lambda x: ud.nn.AvgPool2d(2)(x), True),
     ("adaptive_avg_pool2d", lambda x: ud.ops.adaptive_avg_pool2d(x, 3), True),
-    ("adaptive_avg_pool2d", lambda x: ud.nn.AdaptiveAvgPool2d(2)(x), True),
+    ("AdaptiveAvgPool2d(output_size=(2, 2))", lambda x: ud.nn.AdaptiveAvgPool2d(2)(x), True),
+    ("AdaptiveMaxPool2d(output_size=(2, None))", lambda x: ud.nn.AdaptiveMaxPool2d((2, None))(x), True),
 ]
 
 
@@ -721,3 +722,44 @@ def test_pooling_of_booleans_or_an_average_of_integers_is_one_error(mode, index)
         assert got.dtype == np.int64
         if got.shape == expected.shape:
             np.testing.assert_array_equal(got, expected)
+
+
+INTERPOLATIONS = [  # (mode, size, scale_factor) over (N, C, H, W), and "linear" over (N, C, L)
+    ("nearest", (7, 3), None), ("nearest", None, (1.5, 0.75)), ("nearest-exact", (7, 3), None),
+    ("nearest-exact", None, 2.5), ("bilinear", (7, 3), None), ("bicubic", None, 1.5), ("area", (2, 3), None),
+    ("linear", 7, None),
+]
+
+
+@pytest.mark.parametrize("index", range(len(INTERPOLATIONS)))
+def test_interpolation_of_booleans_or_a_weighted_mean_of_integers_is_one_error(mode, index):
+    """``interpolate`` (and so ``Upsample``) of booleans in any mode, and of integers in the modes that weigh
+    several inputs ('linear', 'bilinear', 'bicubic', 'area'): one ``DtypeMismatchError`` (the weights were cast
+    to the integers' dtype, so every backend gave zeros; TensorFlow raised its own errors for uint8 and booleans,
+    torch's backend for booleans, and JAX and Keras gave booleans). Integers in the nearest modes are torch's
+    values in their own dtype, at sizes known or unknown to the graph (TensorFlow refused a scale factor's
+    sizes inside a graph, and uint8 everywhere)."""
+    how, size, scale_factor = INTERPOLATIONS[index]
+    images = (RNG.integers(-100, 100, (2, 2, 5, 4)) if how != "linear" else RNG.integers(-100, 100, (2, 2, 5)))
+
+    def resize(x, dtype):
+        return ud.ops.interpolate(ud.ops.cast(x, dtype), size, scale_factor, how)
+
+    message = "interpolate needs numbers, got bool input; convert it with ud.ops.cast(x, 'uint8') or ud.ops.cast(x, " \
+        "'float32')" if how.startswith("nearest") else (f"interpolate mode {how!r} needs floating-point input, got "
+                                                         f"bool input; convert it with x.astype('float32') or "
+                                                         f"ud.ops.cast(x, 'float32')")
+    raises_exactly(ud.DtypeMismatchError, message, run, mode, lambda x: resize(x, "bool"), images)
+    upsample = ud.nn.Upsample(size, scale_factor, how)
+    raises_exactly(ud.DtypeMismatchError, message, run, mode, lambda x: upsample(ud.ops.cast(x, "bool")), images)
+    for dtype in ("uint8", "int32", "int64"):
+        values = np.abs(images) if dtype == "uint8" else images
+        if how.startswith("nearest"):
+            expected = F.interpolate(torch.tensor(values, dtype=torch.float64), size, scale_factor, how).numpy()
+            got = run(mode, lambda x: resize(x, dtype), values)
+            assert (got.dtype, got.shape) == (np.dtype(dtype), expected.shape)
+            np.testing.assert_array_equal(got, expected.astype(dtype))  # torch: uint8 alone; these are its values
+        else:
+            raises_exactly(ud.DtypeMismatchError, f"interpolate mode {how!r} needs floating-point input, got {dtype} "
+                           f"input; convert it with x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode,
+                           lambda x: resize(x, dtype), values)

@@ -192,19 +192,29 @@ def check_floating(owner, x) -> None:
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
 
 
+def check_numbers(owner, x) -> None:
+    """``DtypeMismatchError`` for boolean input to an op of numbers named ``owner`` (a maximum pooling, a nearest
+    interpolation): PyTorch has no boolean kernel for them, and the other frameworks raised errors of their own or
+    gave booleans."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and not is_floating(dtype) and not is_integer(dtype):
+        from unidl import config
+
+        raise DtypeMismatchError(f"{literal(owner)} needs numbers, got {dtype_name(dtype)} input; convert it with "
+                                 f"ud.ops.cast(x, 'uint8') or ud.ops.cast(x, '{config.get_dtype()}')")
+
+
 def check_poolable(owner, x, average: bool) -> None:
     """``DtypeMismatchError`` for input a pooling layer or op named ``owner`` cannot take, the same on every backend:
     booleans (PyTorch has no boolean pooling; TensorFlow, Keras and JAX raised errors of their own) and, for an
     ``average``, integers (PyTorch averages int64 only, truncating, and refuses other integers; TensorFlow and Keras
     refused them, JAX gave float64 means). A maximum of integers is PyTorch's, on every backend."""
-    dtype = getattr(x, "dtype", None)
-    if dtype is None:
+    if getattr(x, "dtype", None) is None:
         return
     if average:
         check_floating(owner, x)
-    elif not is_floating(dtype) and not is_integer(dtype):
-        raise DtypeMismatchError(f"{literal(owner)} needs numbers, got {dtype_name(dtype)} input; convert it with "
-                                 f"ud.ops.cast(x, 'uint8') or ud.ops.cast(x, 'float32')")
+    else:
+        check_numbers(owner, x)
 
 
 def check_integer(owner, what, x):

@@ -504,7 +504,13 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         raise ValueError("interpolate takes exactly one of size and scale_factor")
     if recompute_scale_factor and size is not None:
         raise ValueError("interpolate recompute_scale_factor is for scale_factor, not size")
+    if mode in ("nearest", "nearest-exact"):
+        input_checks.check_numbers("interpolate", x)
+    else:  # a weighted mean (PyTorch's kernels refuse integers, but uint8 in the linear modes)
+        input_checks.check_floating(f"interpolate mode {mode!r}", x)
     sizes = ops.shape(x)[2:]
+    # sizes and positions are computed in a floating dtype: x's own, or float64 for integers (nearest modes)
+    like = x if dtype_kinds.is_floating(x.dtype) else ops.cast(x[:1, :1], "float64")
     if size is not None:
         outs = arguments.integers(size, spatial)  # NumPy integers as ints; a float, bool or string: refused
         factors = (None,) * spatial
@@ -517,20 +523,31 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         if len(factors) != spatial or not all(f is not None and f > 0 for f in factors):
             raise ValueError(f"interpolate scale_factor must be a positive number or {spatial} of them, "
                              f"got {scale_factor!r}")
-        outs = tuple(int(n * f) if isinstance(n, int) else ops.cast(_floor(ops.cast_like(n, x) * f), "int64")
+        outs = tuple(int(n * f) if isinstance(n, int) else ops.cast(_floor(ops.cast_like(n, like) * f), "int64")
                      for n, f in zip(sizes, factors))
     if mode == "area":
         if spatial == 1:
             return ops.squeeze(_adaptive_avg_pool2d(ops.unsqueeze(x, 2), (1, outs[0])), 2)
         return _adaptive_avg_pool2d(x, outs)
+    if like is not x:  # integers, nearest: a product with 0/1 matrices in int64, exact
+        return ops.cast_like(_resample(ops.cast(x, "int64"), sizes, outs, factors, mode, align_corners,
+                                       recompute_scale_factor, like), x)
+    return _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_factor, x)
+
+
+def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_factor, like):
+    """``interpolate``'s products of ``x`` with one (out, in) matrix per spatial axis, the matrices' positions
+    computed in ``like``'s floating dtype and cast to ``x``'s."""
     matrices = []
     for n, out, factor in zip(sizes, outs, factors):
-        if linear and align_corners:
-            scale = (_as_float(n, x) - 1) / (_as_float(out, x) - 1) if not isinstance(out, int) or out > 1 else 0.0
+        if mode in ALIGNABLE_MODES and align_corners:
+            scale = (_as_float(n, like) - 1) / (_as_float(out, like) - 1) if not isinstance(out, int) or out > 1 \
+                else 0.0
         elif factor is not None and not recompute_scale_factor:
             scale = 1.0 / factor
         else:
-            scale = _as_float(n, x) / _as_float(out, x)
-        matrices.append(_interpolation_matrix(n, out, mode, align_corners, scale, x))
+            scale = _as_float(n, like) / _as_float(out, like)
+        matrix = _interpolation_matrix(n, out, mode, align_corners, scale, like)
+        matrices.append(matrix if like is x else ops.cast_like(matrix, x))
     y = ops.matmul(x, ops.transpose(matrices[-1], 0, 1))
-    return ops.matmul(matrices[0], y) if spatial == 2 else y
+    return ops.matmul(matrices[0], y) if len(sizes) == 2 else y

@@ -20,6 +20,8 @@ def _window(owner: str, kernel_size, stride, padding):
 
 
 class _Pool2d(Module):
+    _averages = False  # a mean of each window (floats only), or its maximum (any numbers)
+
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         owner = type(self).__name__
@@ -31,7 +33,7 @@ class _Pool2d(Module):
 
     def forward(self, x):
         check_nchw(self, x, None)
-        input_checks.check_poolable(self.describe, x, average=isinstance(self, AvgPool2d))
+        input_checks.check_poolable(self.describe, x, average=self._averages)
         x = input_checks.check_window_fits(self.describe, x, self.kernel_size, self.padding,
                                            "use a smaller kernel, more padding or a larger input")
         return self._pool(x, self.kernel_size, self.stride, self.padding)
@@ -93,6 +95,8 @@ class AvgPool2d(_Pool2d):
     """Mean over each window, as ``torch.nn.AvgPool2d``: zero padding counts in the divisor unless
     ``count_include_pad=False``; ``divisor_override`` divides every window's sum by that number instead."""
 
+    _averages = True
+
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                  divisor_override=None):
         super().__init__(kernel_size, stride, padding, ceil_mode)
@@ -120,6 +124,7 @@ class _AdaptivePool2d(Module):
 
     def forward(self, x):
         check_nchw(self, x, None)
+        input_checks.check_floating(self.describe, x)  # PyTorch's adaptive poolings take floats only
         return self._pool(x, self.output_size)
 
     def extra_repr(self):
