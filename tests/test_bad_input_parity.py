@@ -763,3 +763,17 @@ def test_interpolation_of_booleans_or_a_weighted_mean_of_integers_is_one_error(m
             raises_exactly(ud.DtypeMismatchError, f"interpolate mode {how!r} needs floating-point input, got {dtype} "
                            f"input; convert it with x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode,
                            lambda x: resize(x, dtype), values)
+
+
+REDUCTIONS_OVER_NO_AXES = [("sum", "axis", (), lambda x: ud.ops.sum(x, ())),
+                           ("mean", "axis", [], lambda x: ud.ops.mean(x, [], keepdims=True)),
+                           ("amax", "dim", (), lambda x: ud.ops.amax(x, ()))]
+
+
+@pytest.mark.parametrize("index", range(len(REDUCTIONS_OVER_NO_AXES)))
+def test_a_reduction_over_no_axes_is_one_error(mode, index):
+    """``axis=()`` (or ``[]``): PyTorch reduces every axis, NumPy, TensorFlow, Keras and JAX none, and so the
+    torch backend gave a scalar where the others gave the input back; a ``ValueError`` on every backend."""
+    name, argument, given, reduce = REDUCTIONS_OVER_NO_AXES[index]
+    raises_exactly(ValueError, f"{name} {argument}={given!r} is ambiguous (PyTorch reduces every axis, NumPy none); "
+                   f"pass {argument}=None to reduce every axis", run, mode, reduce, X)

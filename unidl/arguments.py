@@ -133,6 +133,16 @@ def axis(owner: str, name: str, value, optional: bool = True):
     return checked
 
 
+def reduced_axes(owner: str, name: str, value):
+    """A reduction's axes (an int, a sequence of them, or None for all), as given; an empty sequence is a
+    ``ValueError`` naming ``owner`` on every backend: PyTorch reduces every axis over ``dim=()``, NumPy,
+    TensorFlow, Keras and JAX none, so either reading would be a silent difference."""
+    if value is None or type(value) is int or not isinstance(value, (tuple, list)) or len(value):
+        return value
+    raise ValueError(f"{owner} {name}={value!r} is ambiguous (PyTorch reduces every axis, NumPy none); pass "
+                     f"{name}=None to reduce every axis")
+
+
 def plain_number(owner: str, name: str, value):
     """A functional op's number argument (a slope, an epsilon, a bound) with a NumPy scalar or 0-d array taken as
     the Python int or float it holds, which every framework takes alike (torch refused a 0-d array, the others took

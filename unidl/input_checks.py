@@ -242,12 +242,13 @@ def check_same_kind(owner, a, b) -> None:
 
 
 def as_summable(owner, what, x):
-    """``x``, with booleans and integers narrower than 64 bits converted to int64, the dtype PyTorch sums them in
+    """``x``, with booleans and integers of other dtypes converted to int64, the dtype PyTorch sums them in
     (TensorFlow summed int32 in int32 and uint8 in uint8, wrapping around, and refused booleans; JAX summed
-    uint8 in uint64)."""
+    uint8 in uint64; uint64 wraps around as in PyTorch)."""
     dtype = getattr(x, "dtype", None)
-    if dtype is None or is_floating(dtype) or dtype_name(dtype) in ("int64", "uint64"):
-        return x
+    if dtype is None or is_floating(dtype) or not (is_integer(dtype) or dtype_name(dtype) == "bool") or \
+            dtype_name(dtype) == "int64":
+        return x  # floats, complex numbers and int64 are summed in their own dtype
     return ops.cast(x, "int64")
 
 

@@ -29,12 +29,14 @@ def op(declaration=None, **options):
     """Declare an op (see ``unidl.backends.op_registry.declare``). ``indices``/``floating``: the parameters that
     take integer indices (a float or boolean one is a ``DtypeMismatchError``) or floating-point values (integers
     become the float dtype in force, as ``torch.exp`` makes them floats). ``summable``: the parameters whose booleans
-    and narrower integers become int64, as ``torch.sum`` sums them. ``axes``: the parameters that take an
-    axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``). ``numbers``: the
-    parameters that take a number (a NumPy scalar or 0-d array becomes a Python float)."""
+    and other integers become int64, as ``torch.sum`` sums them. ``reduced``: a reduction's axes (an empty
+    sequence is a ``ValueError``: PyTorch reduces every axis over it, NumPy none). ``axes``: the parameters that
+    take an axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``).
+    ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array becomes a Python float)."""
     checks = {**{p: input_checks.check_integer for p in options.pop("indices", ())},
               **{p: input_checks.as_floating for p in options.pop("floating", ())},
               **{p: input_checks.as_summable for p in options.pop("summable", ())},
+              **{p: arguments.reduced_axes for p in options.pop("reduced", ())},
               **{p: arguments.axis for p in options.pop("axes", ())},
               **{p: arguments.plain_number for p in options.pop("numbers", ())}}
     if checks:
@@ -274,12 +276,12 @@ def stack(tensors, axis=0):
     """Join tensors along a new axis."""
 
 
-@op
+@op(reduced=("axis",))
 def mean(x, axis=None, keepdims=False):
-    """Mean over ``axis`` (all axes when None)."""
+    """Mean over ``axis`` (all axes when None; ``keepdims`` keeps them as size 1 either way)."""
 
 
-@op(summable=("x",))
+@op(summable=("x",), reduced=("axis",))
 def sum(x, axis=None, keepdims=False):
     """Sum over ``axis`` (all axes when None; ``keepdims`` keeps them as size 1 either way). Booleans and integers
     are summed in int64, as ``torch.sum`` sums them."""
@@ -653,7 +655,7 @@ def amax(x, dim, keepdim=False):
     """Largest value along ``dim`` (an int or a tuple of them), as ``torch.amax``. An empty axis among them has no
     largest value: ``ShapeMismatchError`` on every backend (TensorFlow gave -inf, Keras raised, JAX its own error)."""
     sizes = tuple(x.shape)
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    dims = (dim,) if isinstance(dim, int) else tuple(arguments.reduced_axes("amax", "dim", dim))
     if any(sizes[d] is None or sizes[d] == 0 for d in dims):
         sizes = input_checks.sizes_of(x)
         for d in dims:

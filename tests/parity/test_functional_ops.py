@@ -191,7 +191,8 @@ def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):
 NARROW = np.random.default_rng(5)
 SUMMED = {"bool": NARROW.standard_normal((3, 4, 5)) > 0, "uint8": NARROW.integers(0, 256, (3, 4, 5)),
           "int8": NARROW.integers(-128, 128, (3, 4, 5)), "int16": NARROW.integers(-30000, 30000, (3, 4, 5)),
-          "int32": NARROW.integers(-2 ** 31, 2 ** 31, (3, 4, 5)), "int64": NARROW.integers(-2 ** 40, 2 ** 40, (3, 4, 5))}
+          "int32": NARROW.integers(-2 ** 31, 2 ** 31, (3, 4, 5)),
+          "int64": NARROW.integers(-2 ** 40, 2 ** 40, (3, 4, 5))}
 AXES = [(None, False), (None, True), (1, False), ((0, 2), True)]
 
 
@@ -214,6 +215,23 @@ def test_sums_of_booleans_and_integers_are_int64_as_torch(backend):
             got = ud.to_numpy(got)
             assert (got.dtype, got.shape) == (want.dtype, want.shape), (backend, mode, dtype, axis, keepdims)
             np.testing.assert_array_equal(got, want, err_msg=f"{backend} {mode} {dtype} {axis} {keepdims}")
+
+
+def test_a_mean_over_every_axis_keeps_them_as_torch(backend):
+    """``mean(x, None, keepdims=True)``: torch's (1, 1, 1) of the floats (the torch backend gave a 0-d mean),
+    and of booleans and integers the same shape in the float dtype in force (``torch.mean`` refuses them),
+    eagerly and inside ``ud.function``."""
+    floats = R.standard_normal((3, 4, 5)).astype(np.float32)
+    expected = torch.mean(torch.tensor(floats), dim=None, keepdim=True).numpy()
+
+    def run_all(x, flags):
+        return ud.ops.mean(x, None, True), ud.ops.mean(ud.ops.cast(flags, "bool"), None, keepdims=True)
+
+    for function in (run_all, ud.function(run_all)):
+        got, fraction = (ud.to_numpy(t) for t in function(ud.tensor(floats), ud.tensor(SUMMED["bool"])))
+        assert (got.shape, fraction.shape, fraction.dtype) == ((1, 1, 1), (1, 1, 1), np.float32), backend
+        assert max_relative_difference(got, expected) < 2e-6
+        assert abs(fraction.item() - SUMMED["bool"].mean()) < 1e-6
 
 
 def test_max_pooling_keeps_each_integer_dtype_as_torch(backend):
