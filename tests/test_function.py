@@ -237,6 +237,23 @@ def test_arrays_of_any_framework_reach_the_function_as_the_backends_tensors(back
         assert all(seen), (type(array), seen)  # where fn ran (traced once, or eagerly)
 
 
+def test_a_tensor_reaches_the_function_in_its_own_dtype(backend):
+    """A float64 or float16 tensor (``ud.tensor(a, dtype)``) reaches ``fn`` and comes back in its own dtype on every
+    backend, as torch and JAX take it (TensorFlow's and Keras's graphs cast it to the float32 in force: 1e300
+    became inf); a NumPy array is converted as ``ud.tensor`` converts it, and a train step's batch too."""
+    values = np.array([0.1, 1e300, -2.5])
+    identity = ud.function(lambda x: x * 1)
+    for dtype, array in [("float64", values), ("float16", values[[0, 2]])]:
+        got = ud.to_numpy(identity(ud.tensor(array, dtype)))
+        assert got.dtype == dtype, (backend, dtype, got.dtype)
+        np.testing.assert_array_equal(got, array.astype(dtype))
+    assert ud.to_numpy(identity(values)).dtype == np.float32
+    model = ud.nn.Linear(3, 1)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    assert ud.to_numpy(step(ud.tensor(np.ones((2, 3)), "float64"), ud.tensor(np.ones((2, 1)), "float64"))).dtype == \
+        np.float32
+
+
 def test_unseeded_dropout_traced_first_draws_no_python_random_on_keras():
     """The keras backend's dropout generator exists before any trace: a fresh backend whose first dropout is
     inside ``ud.function`` traces without drawing Keras's seed from Python's random (a ``RetraceWarning`` on

@@ -1,6 +1,8 @@
-"""``ud.tensor`` and ``ud.to_numpy`` copy on every backend: neither side sees later changes of the other."""
+"""``ud.tensor`` and ``ud.to_numpy`` copy on every backend: neither side sees later changes of the other; both take
+every dtype ``ud.ops.cast`` takes."""
 
 import numpy as np
+import pytest
 
 import unidl as ud
 
@@ -22,3 +24,23 @@ def test_to_numpy_does_not_alias_the_tensor(backend):
 def test_scalars_keep_their_shape(backend):
     assert tuple(ud.tensor(3.0).shape) == () and tuple(ud.tensor(np.float32(2.5)).shape) == ()
     assert float(ud.to_numpy(ud.tensor(3.0))) == 3.0
+
+
+def test_tensor_takes_every_dtype_cast_takes(backend):
+    """``ud.tensor(values, dtype)`` for each dtype ``ud.ops.cast`` takes: that dtype, its values rounded once from
+    float64 (NumPy's ``astype``; bfloat16 by ml_dtypes), and back through ``to_numpy`` in that dtype, on every
+    backend (torch and TensorFlow raised a ``KeyError`` for all but float32 and float64, torch's ``to_numpy`` a
+    ``TypeError`` for bfloat16); an unknown dtype is a ``TypeError`` naming those there are."""
+    import ml_dtypes
+
+    floats, integers = np.array([0.1, -2.7, 1e5, 3.0]), np.array([3, -1, 0, 7])
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
+        got = ud.to_numpy(ud.tensor(floats, dtype))
+        want = floats.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+        assert got.dtype == want.dtype, (dtype, got.dtype)
+        np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64))
+    for dtype in ("int8", "int16", "int32", "int64", "bool"):
+        got = ud.to_numpy(ud.tensor(integers, dtype))
+        assert got.dtype == dtype and np.array_equal(got, integers.astype(dtype)), (dtype, got)
+    with pytest.raises(TypeError, match="unknown dtype 'complex64'; use one of float16"):
+        ud.tensor(floats, "complex64")

@@ -11,8 +11,10 @@ from unidl.errors import DtypeMismatchError
 def tensor(value, dtype: str | None = None):
     """NumPy array (or nested list, or scalar) -> the current backend's tensor on the current device.
 
-    Floating values take ``dtype`` or unidl's current dtype (float32 by default); integer values
-    become int64 tensors. Anything that is not numbers (a string, an object) is a ``DtypeMismatchError``
+    Floating values take unidl's current dtype (float32 by default); integer values become int64 tensors.
+    ``dtype``: any dtype ``ud.ops.cast`` takes ('float16', 'bfloat16', 'int32', 'bool', ...), the same on every
+    backend (the torch and TensorFlow backends took float32 and float64 alone, with a ``KeyError``); values are
+    rounded once, from float64. Anything that is not numbers (a string, an object) is a ``DtypeMismatchError``
     (a ``TypeError``) on every backend.
     """
     backend = config.backend()
@@ -22,8 +24,25 @@ def tensor(value, dtype: str | None = None):
             what = f"{type(value).__name__} {value!r}" if array is None else f"an array of dtype {array.dtype}"
             raise DtypeMismatchError(f"ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested lists or "
                                      f"a scalar), got {what}")
+    if dtype is not None and dtype not in _BACKEND_DTYPES:
+        from unidl import ops
+
+        name = ops._dtype_name(dtype)  # a TypeError naming the dtypes there are
+        if name not in _BACKEND_DTYPES:
+            with backend.device_scope(config.get_device()):
+                return ops.cast(backend.tensor(value, "float64" if _holds_floats(value) else None), name)
+        dtype = name
     with backend.device_scope(config.get_device()):
         return backend.tensor(value, dtype)
+
+
+_BACKEND_DTYPES = ("float32", "float64")  # the dtypes every backend's ``tensor`` makes itself
+
+
+def _holds_floats(value) -> bool:
+    """Whether a NumPy array, nested list or a framework's tensor holds floating-point values."""
+    dtype = getattr(value, "dtype", None)
+    return "float" in str(dtype) if dtype is not None else np.asarray(value).dtype.kind == "f"
 
 
 _NUMBER_KINDS = "fiub"  # NumPy's kinds of floats, signed and unsigned ints, bools

@@ -119,7 +119,7 @@ class PerModeGraphs:
         key = self._key()
         graph = self.graphs.get(key)
         if graph is None:
-            graph = self.graphs[key] = GraphFunction(self._fn, device=self._device, name=self._name)
+            graph = self.graphs[key] = GraphFunction(self._fn, device=self._device, name=self._name, cast_floats=True)
         result = graph(*args)
         if len(self._reached.modules) != len(key[2]):  # its trace reached modules outside the model: key on them
             self._dropped_traces += sum(other.trace_count for other in self.graphs.values() if other is not graph)
@@ -238,8 +238,10 @@ class GraphFunction:
     once, after an optimizer whose rule they ran first changes an option (``ConstantOptions``: they hold it as a
     constant)."""
 
-    def __init__(self, fn, jit_compile: bool = False, device: str | None = None, name: str | None = None):
+    def __init__(self, fn, jit_compile: bool = False, device: str | None = None, name: str | None = None,
+                 cast_floats: bool = False):
         self._fn = user_code(fn)
+        self._cast_floats = cast_floats  # float tensors to the dtype in force (a step's batches), or as they are
         self._jit_compile = bool(jit_compile)
         self._device = device
         self._graphs: dict = {}
@@ -304,7 +306,10 @@ class GraphFunction:
         return graph
 
     def __call__(self, *args):
-        tensors = [to_graph_input(a) for a in args]
+        # ud.function's tensors go in with their own dtype, float64 and float16 too, as torch's and JAX's compiled
+        # functions take them (they were cast to the dtype in force); NumPy arrays as ud.tensor converts them
+        tensors = [a if not self._cast_floats and isinstance(a, (tf.Tensor, tf.Variable)) else to_graph_input(a)
+                   for a in args]
         shapes = [t.shape for t in tensors]
         key = tuple((shape.rank, t.dtype) for shape, t in zip(shapes, tensors))
         if any(shape.num_elements() == 0 for shape in shapes):

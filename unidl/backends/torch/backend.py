@@ -23,6 +23,16 @@ from unidl.training import accumulation_window
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
+def _bfloat16():
+    """NumPy's bfloat16 dtype, from ml_dtypes (which JAX and TensorFlow install); a clear error without it."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise TypeError("a bfloat16 tensor as a NumPy array needs the ml_dtypes package (pip install ml_dtypes); "
+                        "or convert it first with ud.ops.cast(x, 'float32')") from None
+    return ml_dtypes.bfloat16
+
+
 class Backend(BackendInterface):
     name = "torch"
     ops = torch_ops
@@ -126,6 +136,8 @@ class Backend(BackendInterface):
     def to_numpy(self, tensor):
         if isinstance(tensor, np.ndarray):
             return tensor
+        if tensor.dtype is torch.bfloat16:  # NumPy has none: ml_dtypes' bfloat16, as JAX and TensorFlow give it
+            return tensor.detach().cpu().view(torch.int16).numpy().view(_bfloat16()).copy()
         return tensor.detach().cpu().numpy().copy()  # never a view that a later update would change
 
     def is_tensor(self, value):
