@@ -688,7 +688,7 @@ def test_numpy_scalars_as_optimizer_hyperparameters(backend):
 
 
 BOOLS = RNG.standard_normal((1, 2, 4, 4)) > 0
-POOLING = [  # (name in the message, the pooling over x, whether it averages)
+POOLING = [  # (name in the message, the pooling over x, whether it takes floats alone)
     ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 2), False),
     ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True), False),
     ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 2, return_indices=True)[0], False),
@@ -724,11 +724,25 @@ def test_pooling_of_booleans_or_an_average_of_integers_is_one_error(mode, index)
             np.testing.assert_array_equal(got, expected)
 
 
-INTERPOLATIONS = [  # (mode, size, scale_factor) over (N, C, H, W), and "linear" over (N, C, L)
-    ("nearest", (7, 3), None), ("nearest", None, (1.5, 0.75)), ("nearest-exact", (7, 3), None),
-    ("nearest-exact", None, 2.5), ("bilinear", (7, 3), None), ("bicubic", None, 1.5), ("area", (2, 3), None),
-    ("linear", 7, None),
+INTERPOLATIONS = [  # (mode, input shape, size, scale_factor)
+    ("nearest", (2, 2, 5, 4), (7, 3), None), ("nearest", (2, 2, 5, 4), None, (1.5, 0.75)),
+    ("nearest", (1, 2, 2), 82, None), ("nearest-exact", (2, 2, 5, 4), (7, 3), None),
+    ("nearest-exact", (2, 2, 5, 4), None, 2.5), ("nearest-exact", (0, 2, 2), 82, None),
+    ("bilinear", (2, 2, 5, 4), (7, 3), None), ("bicubic", (2, 2, 5, 4), None, 1.5),
+    ("area", (2, 2, 5, 4), (2, 3), None), ("linear", (2, 2, 5), 7, None),
 ]
+WIDEST = {"uint8": (0, 256), "int32": (-2 ** 31, 2 ** 31), "int64": (-2 ** 63, 2 ** 63)}
+
+
+def _nearest_of_integers(values, size, scale_factor, how):
+    """torch's nearest resize of integer ``values``: its uint8 kernel, or for other widths (which torch refuses)
+    the inputs its float32 kernel picks (a resize of the positions), taken exactly."""
+    if values.dtype == np.uint8:
+        return F.interpolate(torch.tensor(values), size, scale_factor, how).numpy()
+    plane = int(np.prod(values.shape[2:]))
+    positions = torch.arange(plane, dtype=torch.float32).reshape((1, 1) + values.shape[2:])
+    picked = F.interpolate(positions, size, scale_factor, how).long().numpy()[0, 0]
+    return values.reshape(values.shape[:2] + (plane,))[..., picked.ravel()].reshape(values.shape[:2] + picked.shape)
 
 
 @pytest.mark.parametrize("index", range(len(INTERPOLATIONS)))
@@ -736,11 +750,12 @@ def test_interpolation_of_booleans_or_a_weighted_mean_of_integers_is_one_error(m
     """``interpolate`` (and so ``Upsample``) of booleans in any mode, and of integers in the modes that weigh
     several inputs ('linear', 'bilinear', 'bicubic', 'area'): one ``DtypeMismatchError`` (the weights were cast
     to the integers' dtype, so every backend gave zeros; TensorFlow raised its own errors for uint8 and booleans,
-    torch's backend for booleans, and JAX and Keras gave booleans). Integers in the nearest modes are torch's
-    values in their own dtype, at sizes known or unknown to the graph (TensorFlow refused a scale factor's
-    sizes inside a graph, and uint8 everywhere)."""
-    how, size, scale_factor = INTERPOLATIONS[index]
-    images = (RNG.integers(-100, 100, (2, 2, 5, 4)) if how != "linear" else RNG.integers(-100, 100, (2, 2, 5)))
+    torch's backend for booleans, and JAX and Keras gave booleans). Integers in the nearest modes, of the whole
+    range of uint8, int32 and int64 (beyond float64's 2 ** 53), are torch's values in their own dtype, at sizes
+    known or unknown to the graph and over an empty batch (TensorFlow refused a scale factor's sizes inside a
+    graph, and uint8 everywhere)."""
+    how, shape, size, scale_factor = INTERPOLATIONS[index]
+    images = RNG.integers(-100, 100, shape)
 
     def resize(x, dtype):
         return ud.ops.interpolate(ud.ops.cast(x, dtype), size, scale_factor, how)
@@ -752,17 +767,17 @@ def test_interpolation_of_booleans_or_a_weighted_mean_of_integers_is_one_error(m
     raises_exactly(ud.DtypeMismatchError, message, run, mode, lambda x: resize(x, "bool"), images)
     upsample = ud.nn.Upsample(size, scale_factor, how)
     raises_exactly(ud.DtypeMismatchError, message, run, mode, lambda x: upsample(ud.ops.cast(x, "bool")), images)
-    for dtype in ("uint8", "int32", "int64"):
-        values = np.abs(images) if dtype == "uint8" else images
+    for dtype, (low, high) in WIDEST.items():
+        values = RNG.integers(low, high, shape, dtype=np.int64 if dtype != "uint8" else np.uint8).astype(dtype)
         if how.startswith("nearest"):
-            expected = F.interpolate(torch.tensor(values, dtype=torch.float64), size, scale_factor, how).numpy()
-            got = run(mode, lambda x: resize(x, dtype), values)
+            expected = _nearest_of_integers(values, size, scale_factor, how)
+            got = run(mode, lambda x: resize(x, dtype), values.astype(np.int64))
             assert (got.dtype, got.shape) == (np.dtype(dtype), expected.shape)
-            np.testing.assert_array_equal(got, expected.astype(dtype))  # torch: uint8 alone; these are its values
+            np.testing.assert_array_equal(got, expected)
         else:
             raises_exactly(ud.DtypeMismatchError, f"interpolate mode {how!r} needs floating-point input, got {dtype} "
                            f"input; convert it with x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode,
-                           lambda x: resize(x, dtype), values)
+                           lambda x: resize(x, dtype), values.astype(np.int64))
 
 
 REDUCTIONS_OVER_NO_AXES = [("sum", "axis", (), lambda x: ud.ops.sum(x, ())),
@@ -777,3 +792,129 @@ def test_a_reduction_over_no_axes_is_one_error(mode, index):
     name, argument, given, reduce = REDUCTIONS_OVER_NO_AXES[index]
     raises_exactly(ValueError, f"{name} {argument}={given!r} is ambiguous (PyTorch reduces every axis, NumPy none); "
                    f"pass {argument}=None to reduce every axis", run, mode, reduce, X)
+
+
+@pytest.mark.parametrize("start_dim", [0, -3, -1, 1, 2])
+def test_flatten_from_any_axis_matches_torch(mode, start_dim):
+    """``ud.ops.flatten`` and ``Flatten`` from each axis of a (2, 3, 4) input: ``torch.flatten``'s shape and order
+    (from axis 0, TensorFlow and Keras gave (1, 24)); an axis the input lacks is one ``ShapeMismatchError`` (PyTorch
+    raised an ``IndexError``, the other backends added an axis of size 1)."""
+    values = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    expected = torch.flatten(torch.tensor(values), start_dim).numpy()
+    layer = ud.nn.Flatten(start_dim)
+    for flatten in (lambda x: ud.ops.flatten(x, start_dim), layer):
+        got = run(mode, flatten, values)
+        assert got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+    outside = 3 if start_dim >= 0 else -4
+    raises_exactly(ud.errors.ShapeMismatchError, f"flatten start_dim {outside} is out of range for input of 3 axes; "
+                   f"use one in [-3, 2]", run, mode, lambda x: ud.ops.flatten(x, outside), values)
+
+
+BOUNDS_OUTSIDE = [("clip", "int8", -1000, lambda x: ud.ops.clip(ud.ops.cast(x, "int8"), -1000, 1000)),
+                  ("clip", "uint8", -1, lambda x: ud.ops.clip(ud.ops.cast(x, "uint8"), -1, 3)),
+                  ("clip", "int32", 2 ** 31, lambda x: ud.ops.clip(ud.ops.cast(x, "int32"), None, 2 ** 31)),
+                  ("hardtanh", "uint8", -1.0, lambda x: ud.ops.hardtanh(ud.ops.cast(x, "uint8"))),
+                  ("hardtanh", "int8", 200, lambda x: ud.ops.hardtanh(ud.ops.cast(x, "int8"), -1, 200))]
+
+
+@pytest.mark.parametrize("index", range(len(BOUNDS_OUTSIDE)))
+def test_a_bound_outside_an_integer_dtype_is_one_error(mode, index):
+    """``clip`` and ``hardtanh`` of integers to a bound their dtype cannot hold: one ``ValueError`` (PyTorch raises;
+    TensorFlow and Keras cast the bound, wrapping around: int8 clipped to [-1000, 1000] gave [-24, -24, -24],
+    uint8 through hardtanh [255, 255, 255]; JAX raised an ``OverflowError``); bounds within it keep torch's
+    values and dtype."""
+    name, dtype, bound, bounded = BOUNDS_OUTSIDE[index]
+    low, high = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-2 ** 31, 2 ** 31 - 1)}[dtype]
+    raises_exactly(ValueError, f"{name} bound {bound!r} lies outside the range of its {dtype} input, [{low}, {high}]; "
+                   f"use a bound within it, or convert the input to a wider dtype (ud.ops.cast(x, 'int64') or "
+                   f"'float64')", run, mode, bounded, np.array([3, 0, 5]))
+    values = np.array([3, 0, 5, 120])
+    expected = torch.clamp(torch.tensor(values, dtype=getattr(torch, dtype)), 1, 100).numpy()
+    got = run(mode, lambda x: ud.ops.clip(ud.ops.cast(x, dtype), 1, 100), values)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    expected = F.hardtanh(torch.tensor(values, dtype=getattr(torch, dtype)), 0, 4).numpy()
+    got = run(mode, lambda x: ud.ops.hardtanh(ud.ops.cast(x, dtype), 0, 4), values)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_leaky_relu_and_regression_losses_of_integers_are_floats(mode):
+    """``leaky_relu``, ``mse_loss`` and ``l1_loss`` of integers compute in the float dtype in force, as the other
+    float math does (PyTorch has no integer kernel for them; JAX truncated the slope, giving [0, 0, 2], and
+    TensorFlow truncated the losses' means)."""
+    values, target = np.array([-3, -1, 2], np.int32), np.array([1, 2, 1], np.int32)
+    narrow = [lambda x, t: ud.ops.leaky_relu(ud.ops.cast(x, "int32"), 0.1),
+              lambda x, t: ud.ops.mse_loss(ud.ops.cast(x, "int32"), ud.ops.cast(t, "int32")),
+              lambda x, t: ud.ops.l1_loss(ud.ops.cast(x, "int32"), ud.ops.cast(t, "uint8"))]
+    floats = torch.tensor(values, dtype=torch.float32), torch.tensor(target, dtype=torch.float32)
+    for function, expected in zip(narrow, [F.leaky_relu(floats[0], 0.1), F.mse_loss(*floats), F.l1_loss(*floats)]):
+        got = run(mode, function, values, target)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
+
+
+def test_a_float16_mean_is_summed_past_float16s_range(mode):
+    """The mean of float16 values whose sum overflows float16 (8 x 30000) is torch's 30000 (TensorFlow summed in
+    float16: inf), and a bfloat16 mean torch's too."""
+    values = np.full((2, 4), 30000.0)
+    for dtype in ("float16", "bfloat16"):
+        expected = torch.tensor(values).to(getattr(torch, dtype)).mean(1, keepdim=True).float().numpy()
+        got = run(mode, lambda x: ud.ops.cast(ud.ops.mean(ud.ops.cast(x, dtype), 1, True), "float32"), values)
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_an_integer_attention_mask_is_one_error(mode):
+    """An integer 0/1 mask (a tokenizer's attention mask) to ``scaled_dot_product_attention`` and to
+    ``MultiheadAttention`` (``attn_mask``, ``key_padding_mask``): one ``DtypeMismatchError`` (PyTorch refuses it;
+    every backend added it to the scores as a bias, masking nothing)."""
+    tokens = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    zero_one = np.array([[1, 1, 0], [1, 0, 0]])
+    layer = ud.nn.MultiheadAttention(4, 2, batch_first=True)
+    raises_exactly(ud.DtypeMismatchError, "scaled_dot_product_attention: attn_mask must be booleans or floats (added "
+                   "to the scores), got int64; convert a 0/1 mask with ud.ops.cast(attn_mask, 'bool')", run, mode,
+                   lambda x, m: ud.ops.scaled_dot_product_attention(x, x, x, ud.ops.unsqueeze(m, 1)), tokens,
+                   zero_one)
+    for what, call, mask in [("key_padding_mask", lambda x, m: layer(x, x, x, key_padding_mask=m)[0], zero_one),
+                             ("attn_mask", lambda x, m: layer(x, x, x, attn_mask=m)[0], np.triu(zero_one[[0, 0, 0]]))]:
+        raises_exactly(ud.DtypeMismatchError, f"{layer.describe()}: {what} must be booleans or floats (added to the "
+                       f"scores), got int64; convert a 0/1 mask with ud.ops.cast({what}, 'bool')", run, mode, call,
+                       tokens, mask)
+
+
+def test_integer_matmul_is_exact_as_torch(mode):
+    """``matmul`` of int32 and of int64 values past float32's and float64's exact range: torch's exact products
+    in the inputs' dtype (Keras-on-TensorFlow multiplied integers in float32: 4097 * 4097 gave 16785408)."""
+    a, b = np.array([[4097, 2 ** 40 + 1], [-3, 2 ** 31 - 1]]), np.array([[4097, 2 ** 20], [3, -5]])
+    for dtype in ("int32", "int64"):
+        expected = (torch.tensor(a).to(getattr(torch, dtype)) @ torch.tensor(b).to(getattr(torch, dtype))).numpy()
+        got = run(mode, lambda x, y: ud.ops.matmul(ud.ops.cast(x, dtype), ud.ops.cast(y, dtype)), a, b)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+
+
+NARROW_INDEXING = [  # (name, the op over (table, indices) with the indices cast to a dtype)
+    ("take", lambda x, i, dtype: ud.ops.take(x, ud.ops.cast(i, dtype), 1)),
+    ("gather", lambda x, i, dtype: ud.ops.gather(x, 1, ud.ops.cast(i, dtype))),
+    ("embedding", lambda x, i, dtype: ud.ops.embedding(ud.ops.cast(i, dtype), x)),
+    ("one_hot", lambda x, i, dtype: ud.ops.one_hot(ud.ops.cast(i, dtype), 4)),
+    ("cross_entropy", lambda x, i, dtype: ud.ops.cross_entropy(x[:, :4], ud.ops.cast(i[:, 0], dtype))),
+]
+
+
+@pytest.mark.parametrize("index", range(len(NARROW_INDEXING)))
+def test_indices_of_any_integer_dtype_index_as_int64(mode, index):
+    """uint8, int8 and int16 indices and labels give what int64 ones give (torch and TensorFlow refused them in
+    their own words, JAX and Keras took them); float indices to ``max_unpool2d`` are a ``DtypeMismatchError``
+    as to the other indexing ops (TensorFlow and Keras truncated them)."""
+    name, indexing = NARROW_INDEXING[index]
+    table, indices = RNG.standard_normal((4, 6)).astype(np.float32), np.array([[3, 0], [1, 3], [2, 2], [0, 1]])
+    expected = run(mode, lambda x, i: indexing(x, i, "int64"), table, indices)
+    for dtype in ("uint8", "int8", "int16", "int32"):
+        got = run(mode, lambda x, i: indexing(x, i, dtype), table, indices)
+        assert got.dtype == expected.dtype and got.shape == expected.shape, (name, dtype)
+        np.testing.assert_array_equal(got, expected)
+    raises_exactly(ud.DtypeMismatchError, "max_unpool2d: indices must be integers, got float32 indices; convert them "
+                   "with ud.ops.cast(indices, 'int64')", run, mode,
+                   lambda x: ud.ops.max_unpool2d(x, ud.ops.zeros_like(x), 2), X[:, :, :2, :2])

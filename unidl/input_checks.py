@@ -204,6 +204,57 @@ def check_numbers(owner, x) -> None:
                                  f"ud.ops.cast(x, 'uint8') or ud.ops.cast(x, '{config.get_dtype()}')")
 
 
+def check_condition(owner, condition) -> None:
+    """``DtypeMismatchError`` for a condition that is not booleans (PyTorch and TensorFlow refuse one in their own
+    words; JAX and Keras took non-zero as true)."""
+    dtype = getattr(condition, "dtype", None)
+    if dtype is not None and dtype_name(dtype) != "bool":
+        raise DtypeMismatchError(f"{literal(owner)}: condition must be booleans, got {dtype_name(dtype)}; compare it "
+                                 f"(condition != 0) or convert it with ud.ops.cast(condition, 'bool')")
+
+
+def check_mask(owner, what, mask) -> None:
+    """``DtypeMismatchError`` for an attention mask that is neither booleans (which keys take part) nor floats
+    (added to the scores), as PyTorch refuses one; an integer 0/1 mask (a tokenizer's) was added to the scores
+    as a bias on every backend, masking nothing."""
+    dtype = getattr(mask, "dtype", None)
+    if dtype is not None and not is_floating(dtype) and dtype_name(dtype) != "bool":
+        raise DtypeMismatchError(f"{literal(owner)}: {what} must be booleans or floats (added to the scores), got "
+                                 f"{dtype_name(dtype)}; convert a 0/1 mask with ud.ops.cast({what}, 'bool')")
+
+
+def check_bounds(owner, x, bounds, floats: bool) -> None:
+    """``ValueError`` for a bound (a Python number; ``floats``: float ones too) outside the range of integer
+    ``x``'s dtype, the same on every backend (PyTorch refuses it; TensorFlow and Keras cast it, wrapping around:
+    int8 clipped to [-1000, 1000] gave -24 everywhere, uint8 through hardtanh 255)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not is_integer(dtype):
+        return
+    for bound in bounds:
+        kinds = (Integral, float) if floats else Integral
+        if bound is None or isinstance(bound, bool) or not isinstance(bound, kinds):
+            continue
+        info = np.iinfo(dtype_name(dtype))
+        if not info.min <= bound <= info.max:
+            raise ValueError(f"{literal(owner)} bound {bound!r} lies outside the range of its {dtype_name(dtype)} "
+                             f"input, [{info.min}, {info.max}]; use a bound within it, or convert the input to a "
+                             f"wider dtype (ud.ops.cast(x, 'int64') or 'float64')")
+
+
+def start_axis(owner, x, start_dim) -> int:
+    """``start_dim`` (a flatten's first axis) as a non-negative axis of ``x`` (-1 the last), the same on every
+    backend; a ``ValueError`` for a float or a bool, a ``ShapeMismatchError`` naming ``owner`` for an axis that
+    ``x`` lacks (PyTorch's ``IndexError``; the other frameworks added an axis of size 1). A 0-d input has axis 0."""
+    from unidl import arguments
+
+    start_dim = arguments.axis(literal(owner), "start_dim", start_dim, optional=False)
+    rank = max(len(x.shape), 1)
+    if not -rank <= start_dim < rank:
+        raise ShapeMismatchError(f"{literal(owner)} start_dim {start_dim} is out of range for input of {len(x.shape)} "
+                                 f"axes; use one in [{-rank}, {rank - 1}]")
+    return start_dim % rank
+
+
 def check_poolable(owner, x, average: bool) -> None:
     """``DtypeMismatchError`` for input a pooling layer or op named ``owner`` cannot take, the same on every backend:
     booleans (PyTorch has no boolean pooling; TensorFlow, Keras and JAX raised errors of their own) and, for an
@@ -220,13 +271,20 @@ def check_poolable(owner, x, average: bool) -> None:
 def check_integer(owner, what, x):
     """``x``, after checking that its dtype is an integer one: float or boolean indices are a
     ``DtypeMismatchError`` naming ``owner`` and ``what`` they are, on every backend (PyTorch and TensorFlow refuse
-    them in their own words, TensorFlow's cross-entropy truncated float labels, JAX may round them). Values without
-    a dtype (Python lists) are left to the framework."""
+    them in their own words, TensorFlow's cross-entropy truncated float labels, JAX may round them). Integers of
+    another dtype than int32 and int64 (uint8, int8, int16) become int64, which every framework indexes with
+    (torch and TensorFlow refused them, JAX and Keras took them). Values without a dtype (Python lists) are left
+    to the framework."""
     dtype = getattr(x, "dtype", None)
-    if dtype is not None and not is_integer(dtype):
+    if dtype is None:
+        return x
+    if not is_integer(dtype):
         raise DtypeMismatchError(f"{literal(owner)}: {what} must be integers, got {dtype_name(dtype)} {what}; convert "
                                  f"them with ud.ops.cast({what}, 'int64')")
-    return x
+    return x if dtype_name(dtype) in _INDEX_DTYPES else ops.cast(x, "int64")
+
+
+_INDEX_DTYPES = ("int64", "int32")  # the integers every framework's gathers take
 
 
 def check_same_kind(owner, a, b) -> None:

@@ -64,7 +64,7 @@ def relu(x):
     """max(x, 0)."""
 
 
-@op(numbers=("negative_slope",))
+@op(numbers=("negative_slope",), floating=("x",))
 def leaky_relu(x, negative_slope=0.01):
     """x if x > 0 else negative_slope * x."""
 
@@ -195,6 +195,7 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     from unidl import spatial_ops
 
     kernel_size, stride, padding = _pool_arguments("max_unpool2d", kernel_size, stride, padding)
+    indices = input_checks.check_integer("max_unpool2d", "indices", indices)
     if len(x.shape) != 4 or len(indices.shape) != 4:
         raise ValueError(f"max_unpool2d takes (N, C, h, w) input and indices, got shapes {tuple(x.shape)} and "
                          f"{tuple(indices.shape)}")
@@ -261,19 +262,43 @@ def reshape(x, shape):
     """View of ``x`` with a new shape (-1 infers one axis)."""
 
 
-@op(axes=("start_dim",))
+@op(dispatch=False)
 def flatten(x, start_dim=1):
-    """Collapse the axes from ``start_dim`` on, in row-major (NCHW) order."""
+    """Collapse the axes from ``start_dim`` on, in row-major (NCHW) order (``start_dim`` 0: one axis). A
+    ``start_dim`` outside the input's axes is a ``ShapeMismatchError`` (PyTorch raised an ``IndexError``, the
+    other backends added an axis of size 1)."""
+    return _ops().flatten(x, input_checks.start_axis("flatten", x, start_dim))
 
 
-@op
+@op(dispatch=False)
 def concat(tensors, axis=0):
-    """Join tensors along an existing axis."""
+    """Join tensors along an existing axis; tensors of several dtypes are promoted as ``torch.cat`` promotes them
+    (TensorFlow refused them)."""
+    return _ops().concat(_promoted_together(tensors), axis)
 
 
-@op
+@op(dispatch=False)
 def stack(tensors, axis=0):
-    """Join tensors along a new axis."""
+    """Join tensors along a new axis; tensors of several dtypes are promoted as ``torch.stack`` promotes them
+    (TensorFlow refused them)."""
+    return _ops().stack(_promoted_together(tensors), axis)
+
+
+def _promoted_together(tensors):
+    """``tensors`` (a sequence), those of a dtype other than the one ``torch.cat`` gives them all cast to it (a float
+    over an integer over a bool, the wider of one kind: ``_torch_result_dtype``); as they are where they share one,
+    or where one has no dtype (a list) or a dtype of another kind."""
+    tensors = list(tensors)
+    dtypes = [getattr(t, "dtype", None) for t in tensors]
+    if len(set(dtypes)) < 2 or None in dtypes:
+        return tensors
+    names = [dtype_kinds.dtype_name(d) for d in dtypes]
+    result = names[0]
+    for name in names[1:]:
+        result = result if name == result else _torch_result_dtype(result, False, name, False)
+        if result is None:
+            return tensors
+    return [t if name == result else cast(t, result) for t, name in zip(tensors, names)]
 
 
 @op(reduced=("axis",))
@@ -287,9 +312,14 @@ def sum(x, axis=None, keepdims=False):
     are summed in int64, as ``torch.sum`` sums them."""
 
 
-@op(numbers=("minimum", "maximum"))
+@op(dispatch=False)
 def clip(x, minimum=None, maximum=None):
-    """Limit values to [minimum, maximum] (either bound may be None)."""
+    """Limit values to [minimum, maximum] (either bound may be None). Integers clipped to a float bound are floats
+    of the dtype in force; an integer bound outside the range of integer ``x``'s dtype is a ``ValueError``."""
+    minimum, maximum = arguments.plain_number("clip", "minimum", minimum), arguments.plain_number("clip", "maximum",
+                                                                                                   maximum)
+    input_checks.check_bounds("clip", x, (minimum, maximum), floats=False)
+    return _ops().clip(x, minimum, maximum)
 
 
 @op(floating=("x",))
@@ -422,9 +452,13 @@ def _check_broadcastable(name, a, b):
     return a
 
 
-@op
+@op(dispatch=False)
 def where(condition, a, b):
-    """a where condition holds, else b."""
+    """a where condition holds, else b. ``condition``: booleans (a ``DtypeMismatchError`` else, as PyTorch's;
+    TensorFlow refused them too, JAX and Keras took non-zero as true); ``a`` and ``b`` tensors of two dtypes
+    promote as ``torch.where`` promotes them (TensorFlow refused them)."""
+    input_checks.check_condition("where", condition)
+    return _ops().where(condition, *_promoted_as_torch(a, b))
 
 
 @op
@@ -444,12 +478,12 @@ def one_hot(labels, num_classes):
     ``torch.nn.functional.one_hot`` raises, after reading the labels back to the host)."""
 
 
-@op
+@op(floating=("prediction", "target"))
 def mse_loss(prediction, target, reduction="mean"):
     """Squared differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise)."""
 
 
-@op
+@op(floating=("prediction", "target"))
 def l1_loss(prediction, target, reduction="mean"):
     """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise)."""
 
@@ -509,9 +543,14 @@ def softplus(x, beta=1.0, threshold=20.0):
     """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's)."""
 
 
-@op(numbers=("min_val", "max_val"))
+@op(dispatch=False)
 def hardtanh(x, min_val=-1.0, max_val=1.0):
-    """x limited to [min_val, max_val]; the gradient is 1 strictly inside, 0 elsewhere (PyTorch's)."""
+    """x limited to [min_val, max_val]; the gradient is 1 strictly inside, 0 elsewhere (PyTorch's). A bound outside
+    the range of integer ``x``'s dtype is a ``ValueError``."""
+    min_val = arguments.plain_number("hardtanh", "min_val", min_val)
+    max_val = arguments.plain_number("hardtanh", "max_val", max_val)
+    input_checks.check_bounds("hardtanh", x, (min_val, max_val), floats=True)
+    return _ops().hardtanh(x, min_val, max_val)
 
 
 @op(numbers=("eps",))
@@ -876,6 +915,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     float mask is added to the scores. ``is_causal`` lets query i attend to keys 0..i only (then ``attn_mask``
     must be None). ``dropout_p`` drops attention weights (from the backend's generator). A query whose every key
     is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN)."""
+    input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask)
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give either attn_mask or is_causal=True, not both "
                          "(as torch.nn.functional.scaled_dot_product_attention)")
@@ -895,6 +935,8 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     ``safe_softmax=False``: a query whose every key is masked gets NaN, as PyTorch's paths with a plain softmax.
     ``need_weights=False``: weights None; then, without dropout, the backend's fused kernel computes the output
     where it has one (the optional op ``fused_attention``) and the masks are boolean."""
+    for mask in (attn_mask,) + tuple(masks):
+        input_checks.check_mask("attention", "attn_mask", mask)
     if not need_weights and not dropout_p:
         output = _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe_softmax)
         if output is not None:

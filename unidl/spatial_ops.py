@@ -506,11 +506,12 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         raise ValueError("interpolate recompute_scale_factor is for scale_factor, not size")
     if mode in ("nearest", "nearest-exact"):
         input_checks.check_numbers("interpolate", x)
-    else:  # a weighted mean (PyTorch's kernels refuse integers, but uint8 in the linear modes)
+    else:  # a weighted mean (PyTorch refuses integers here, but uint8 in bilinear and bicubic, which it rounds)
         input_checks.check_floating(f"interpolate mode {mode!r}", x)
     sizes = ops.shape(x)[2:]
-    # sizes and positions are computed in a floating dtype: x's own, or float64 for integers (nearest modes)
-    like = x if dtype_kinds.is_floating(x.dtype) else ops.cast(x[:1, :1], "float64")
+    # sizes and positions are computed in a floating dtype: x's own, or float32 for integers (nearest modes), as
+    # PyTorch's uint8 kernel computes them
+    like = x if dtype_kinds.is_floating(x.dtype) else ops.cast(x[:1, :1], "float32")
     if size is not None:
         outs = arguments.integers(size, spatial)  # NumPy integers as ints; a float, bool or string: refused
         factors = (None,) * spatial
@@ -529,15 +530,13 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         if spatial == 1:
             return ops.squeeze(_adaptive_avg_pool2d(ops.unsqueeze(x, 2), (1, outs[0])), 2)
         return _adaptive_avg_pool2d(x, outs)
-    if like is not x:  # integers, nearest: a product with 0/1 matrices in int64, exact
-        return ops.cast_like(_resample(ops.cast(x, "int64"), sizes, outs, factors, mode, align_corners,
-                                       recompute_scale_factor, like), x)
-    return _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_factor, x)
+    return _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_factor, like)
 
 
 def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_factor, like):
-    """``interpolate``'s products of ``x`` with one (out, in) matrix per spatial axis, the matrices' positions
-    computed in ``like``'s floating dtype and cast to ``x``'s."""
+    """``interpolate``'s products of ``x`` with one (out, in) matrix per spatial axis, in ``like``'s floating
+    dtype; integers (``like`` is not ``x``; the nearest modes) take the input each one-hot row picks, exact in
+    any width (a product went through float32 on Keras, and torch has no integer product on CUDA)."""
     matrices = []
     for n, out, factor in zip(sizes, outs, factors):
         if mode in ALIGNABLE_MODES and align_corners:
@@ -547,7 +546,10 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             scale = 1.0 / factor
         else:
             scale = _as_float(n, like) / _as_float(out, like)
-        matrix = _interpolation_matrix(n, out, mode, align_corners, scale, like)
-        matrices.append(matrix if like is x else ops.cast_like(matrix, x))
+        matrices.append(_interpolation_matrix(n, out, mode, align_corners, scale, like))
+    if like is not x:
+        for axis, matrix in enumerate(matrices, 2):
+            x = ops.take(x, ops.argmax(matrix, 1), axis)
+        return x
     y = ops.matmul(x, ops.transpose(matrices[-1], 0, 1))
     return ops.matmul(matrices[0], y) if len(sizes) == 2 else y

@@ -168,6 +168,47 @@ def test_maximum_and_minimum_of_two_dtypes_promote_as_torch(backend):
             np.testing.assert_array_equal(got, want)
 
 
+def test_joins_and_where_of_two_dtypes_promote_as_torch(backend):
+    """``concat``, ``stack`` and ``where`` of tensors of two or three dtypes (int32 with float32, uint8 with int64,
+    bool with int32, float64 with float32, and where's 0-dim float64 beside an int32 vector): ``torch.cat``'s,
+    ``torch.stack``'s and ``torch.where``'s dtype and values (TensorFlow refused them), eagerly and inside
+    ``ud.function``; a condition that is not booleans is a ``DtypeMismatchError`` (JAX and Keras took non-zero
+    as true)."""
+    values = np.array([[3, -2, 5], [0, 7, -7]])
+    groups = [("int32", "float32"), ("uint8", "int64"), ("bool", "int32"), ("float64", "float32"),
+              ("int8", "uint8", "float16")]
+    condition = values > 0
+
+    def torch_of(dtype):
+        return torch.tensor(np.abs(values) if dtype == "uint8" else values).to(getattr(torch, dtype))
+
+    expected = []
+    for group in groups:
+        expected += [torch.cat([torch_of(d) for d in group], 1), torch.stack([torch_of(d) for d in group], 0)]
+        expected.append(torch.where(torch.tensor(condition), torch_of(group[0]), torch_of(group[1])))
+    expected.append(torch.where(torch.tensor(condition), torch_of("int32"), torch.tensor(2.5, dtype=torch.float64)))
+
+    def run_all(x, positive, flags):
+        def of(dtype):
+            return ud.ops.cast(positive if dtype == "uint8" else x, dtype)
+
+        results = []
+        for group in groups:
+            results += [ud.ops.concat([of(d) for d in group], 1), ud.ops.stack([of(d) for d in group], 0)]
+            results.append(ud.ops.where(flags, of(group[0]), of(group[1])))
+        results.append(ud.ops.where(flags, of("int32"), ud.ops.cast(ud.ops.sum(x) * 0, "float64") + 2.5))
+        return results
+
+    for function in (run_all, ud.function(run_all)):
+        got_all = function(ud.tensor(values), ud.tensor(np.abs(values)), ud.tensor(condition))
+        for got, want in zip(got_all, expected, strict=True):
+            got, want = ud.to_numpy(got), want.numpy()
+            assert (got.dtype, got.shape) == (want.dtype, want.shape), (backend, got.dtype, want.dtype)
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ud.DtypeMismatchError, match=r"where: condition must be booleans, got int64; compare it "):
+        ud.ops.where(ud.tensor(values), ud.tensor(values), ud.tensor(-values))
+
+
 def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):
     """(4, 3) against (4, 2) (and (2, 3) against (4, 3)): ``ShapeMismatchError`` naming both shapes (the frameworks
     raised four different errors of their own), eagerly and inside ``ud.function`` where the sizes are known while

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from unidl import arguments, ops as functional
+from unidl import arguments, input_checks, ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.arguments import positive_int
@@ -144,6 +144,7 @@ class MultiheadAttention(Module):
         """(N, S) in MultiheadAttention's convention (True = ignore) -> (N, 1, 1, S), True = attend, or additive."""
         ops = self._ops
         mask = self._as_tensor(mask)
+        input_checks.check_mask(self.describe, "key_padding_mask", mask)
         expected = (key.shape[0], key.shape[1]) if batched else (key.shape[1],)
         if not batched and len(mask.shape) == 1:
             mask = ops.unsqueeze(mask, 0)
@@ -159,6 +160,7 @@ class MultiheadAttention(Module):
         """(L, S) or (N * num_heads, L, S), True = may not attend -> broadcastable to (N, H, L, S)."""
         ops = self._ops
         mask = self._as_tensor(mask)
+        input_checks.check_mask(self.describe, "attn_mask", mask)
         shape = tuple(mask.shape)
         lengths = (query.shape[1], key.shape[1])
         heads = None if query.shape[0] is None else query.shape[0] * self.num_heads

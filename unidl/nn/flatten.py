@@ -15,7 +15,7 @@ class Flatten(Module):
         self.start_dim = arguments.axis("Flatten", "start_dim", start_dim)
 
     def forward(self, x):
-        return self._ops.flatten(x, self.start_dim)
+        return self._ops.flatten(x, input_checks.start_axis(self.describe, x, self.start_dim))
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}"

@@ -16,19 +16,25 @@ from keras import ops as K
 from unidl import config
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import note_state_written
+from unidl.dtype_kinds import is_integer
 from unidl.input_checks import float_bound
 
 _CHANNELS_FIRST_NATIVE = HOST.native_layout == "NCHW"
 _NCHW_TO_NHWC = (0, 2, 3, 1)
 _NHWC_TO_NCHW = (0, 3, 1, 2)
 
-matmul = K.matmul
 relu = K.relu
 sigmoid = K.sigmoid
 tanh = K.tanh
 exp = K.exp
 log = K.log
 sqrt = K.sqrt
+
+
+def matmul(a, b):
+    if is_integer(a.dtype):  # the host's own product: Keras-on-TensorFlow multiplied integers in float32 (inexact
+        return HOST.ops.matmul(_tensor(a), _tensor(b))  # past 2 ** 24); the front end refuses integers by floats
+    return K.matmul(a, b)
 
 
 def _tensor(x):
@@ -241,6 +247,8 @@ def reshape(x, shape):
 
 
 def flatten(x, start_dim=1):
+    if start_dim == 0:  # (the front end gives a non-negative start_dim)
+        return K.reshape(x, [-1])
     tail = x.shape[start_dim:]
     if all(d is not None for d in x.shape[1:]):
         return K.reshape(x, [-1] + list(x.shape[1:start_dim]) + [_static_count(tail, range(len(tail)))])

@@ -549,6 +549,8 @@ def reshape(x, shape):
 
 
 def flatten(x, start_dim=1):
+    if start_dim == 0:  # (the front end gives a non-negative start_dim)
+        return tf.reshape(x, [-1])
     tail = x.shape[start_dim:]
     if tail.is_fully_defined() and all(d is not None for d in x.shape[1:start_dim]):
         size = 1
@@ -573,6 +575,8 @@ def stack(tensors, axis=0):
 def mean(x, axis=None, keepdims=False):
     if not x.dtype.is_floating:  # the mean of integers in the float dtype in force (reduce_mean would truncate)
         x = tf.cast(x, config.get_dtype())
+    elif x.dtype in (tf.float16, tf.bfloat16):  # summed in float32 as PyTorch sums it (a float16 sum overflowed)
+        return tf.cast(tf.reduce_mean(tf.cast(x, tf.float32), axis, keepdims), x.dtype)
     return tf.reduce_mean(x, axis, keepdims)
 
 
