@@ -838,6 +838,19 @@ def test_a_bound_outside_an_integer_dtype_is_one_error(mode, index):
     got = run(mode, lambda x: ud.ops.hardtanh(ud.ops.cast(x, dtype), 0, 4), values)
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
+    # float bounds within the range truncate toward zero, as torch's (TensorFlow refused them), the modules too
+    for function, oracle in [(lambda x: ud.ops.hardtanh(ud.ops.cast(x, dtype), 0.5, 4.7),
+                              lambda t: F.hardtanh(t, 0.5, 4.7)),
+                             (lambda x: ud.ops.relu6(ud.ops.cast(x, dtype)), F.relu6),
+                             (lambda x: ud.nn.ReLU6()(ud.ops.cast(x, dtype)), F.relu6)]:
+        expected = oracle(torch.tensor(values, dtype=getattr(torch, dtype))).numpy()
+        got = run(mode, function, values)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    layer = ud.nn.Hardtanh(-1000, 1000)
+    raises_exactly(ValueError, f"{layer.describe()} bound -1000.0 lies outside the range of its int8 input, "
+                   f"[-128, 127]; use a bound within it, or convert the input to a wider dtype (ud.ops.cast(x, "
+                   f"'int64') or 'float64')", run, mode, lambda x: layer(ud.ops.cast(x, "int8")), values)
 
 
 def test_leaky_relu_and_regression_losses_of_integers_are_floats(mode):
@@ -915,6 +928,9 @@ def test_indices_of_any_integer_dtype_index_as_int64(mode, index):
         got = run(mode, lambda x, i: indexing(x, i, dtype), table, indices)
         assert got.dtype == expected.dtype and got.shape == expected.shape, (name, dtype)
         np.testing.assert_array_equal(got, expected)
+    layer = ud.nn.Embedding(4, 3)
+    expected = run(mode, lambda i: layer(i), indices)
+    np.testing.assert_array_equal(run(mode, lambda i: layer(ud.ops.cast(i, "uint8")), indices), expected)
     raises_exactly(ud.DtypeMismatchError, "max_unpool2d: indices must be integers, got float32 indices; convert them "
                    "with ud.ops.cast(indices, 'int64')", run, mode,
                    lambda x: ud.ops.max_unpool2d(x, ud.ops.zeros_like(x), 2), X[:, :, :2, :2])

@@ -245,9 +245,10 @@ def start_axis(owner, x, start_dim) -> int:
     """``start_dim`` (a flatten's first axis) as a non-negative axis of ``x`` (-1 the last), the same on every
     backend; a ``ValueError`` for a float or a bool, a ``ShapeMismatchError`` naming ``owner`` for an axis that
     ``x`` lacks (PyTorch's ``IndexError``; the other frameworks added an axis of size 1). A 0-d input has axis 0."""
-    from unidl import arguments
+    if type(start_dim) is not int:
+        from unidl import arguments
 
-    start_dim = arguments.axis(literal(owner), "start_dim", start_dim, optional=False)
+        start_dim = arguments.axis(literal(owner), "start_dim", start_dim, optional=False)
     rank = max(len(x.shape), 1)
     if not -rank <= start_dim < rank:
         raise ShapeMismatchError(f"{literal(owner)} start_dim {start_dim} is out of range for input of {len(x.shape)} "

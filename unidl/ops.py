@@ -290,7 +290,7 @@ def _promoted_together(tensors):
     or where one has no dtype (a list) or a dtype of another kind."""
     tensors = list(tensors)
     dtypes = [getattr(t, "dtype", None) for t in tensors]
-    if len(set(dtypes)) < 2 or None in dtypes:
+    if len(set(dtypes)) < 2 or any(d is None for d in dtypes):  # (not ``None in``: a NumPy dtype equals None)
         return tensors
     names = [dtype_kinds.dtype_name(d) for d in dtypes]
     result = names[0]

@@ -24,10 +24,10 @@ def tensor(value, dtype: str | None = None):
             what = f"{type(value).__name__} {value!r}" if array is None else f"an array of dtype {array.dtype}"
             raise DtypeMismatchError(f"ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested lists or "
                                      f"a scalar), got {what}")
-    if dtype is not None and dtype not in _BACKEND_DTYPES:
+    if dtype is not None and (type(dtype) is not str or dtype not in _BACKEND_DTYPES):
         from unidl import ops
 
-        name = ops._dtype_name(dtype)  # a TypeError naming the dtypes there are
+        name = ops._dtype_name(dtype)  # a NumPy dtype as its name; a TypeError naming the dtypes there are
         if name not in _BACKEND_DTYPES:
             with backend.device_scope(config.get_device()):
                 return ops.cast(backend.tensor(value, "float64" if _holds_floats(value) else None), name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from unidl import arguments, ops as functional
+from unidl import input_checks  # (after ops, which imports it first: the two import each other)
 from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
@@ -144,6 +145,7 @@ class Hardtanh(Module):
         self.min_val, self.max_val = float(min_val), float(max_val)
 
     def forward(self, x):
+        input_checks.check_bounds(self.describe, x, (self.min_val, self.max_val), floats=True)
         return self._ops.hardtanh(x, self.min_val, self.max_val)
 
     def extra_repr(self):

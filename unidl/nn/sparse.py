@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import arguments
+from unidl import arguments, input_checks
 from unidl.nn import init
 from unidl.arguments import positive_int
 from unidl.nn.module import Module
@@ -56,6 +56,7 @@ class Embedding(Module):
         return layer.requires_grad_(not freeze)
 
     def forward(self, indices):
+        indices = input_checks.check_integer(self.describe, "indices", indices)  # uint8, int8, int16 as int64
         return self._ops.embedding(indices, self.weight, self.padding_idx)
 
     def extra_repr(self):

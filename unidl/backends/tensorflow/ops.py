@@ -780,6 +780,8 @@ def softplus(x, beta=1.0, threshold=20.0):
 def hardtanh(x, min_val=-1.0, max_val=1.0):
     # tf.constant, not tf.cast: a Python float cast from float32 would lose float64 digits. Selects, not
     # clip_by_value: at a bound the constant, whose gradient is 0 as PyTorch's (clip_by_value passes it whole)
+    if x.dtype.is_integer:  # float bounds truncated toward zero, as PyTorch's (tf.constant refused them)
+        min_val, max_val = int(min_val), int(max_val)
     low, high = tf.constant(min_val, x.dtype), tf.constant(max_val, x.dtype)
     return tf.where(x <= low, low, tf.where(x >= high, high, x))
 
