@@ -97,6 +97,16 @@ def test_native_pipelines_are_accepted(digits):
             assert np.isfinite(history["loss"][0]) and 0 <= history["val_accuracy"][0] <= 1
 
 
+def test_predict_and_evaluate_take_the_backends_own_tensors(backend, rng):
+    """``predict`` and ``evaluate`` of the backend's tensors give what they give of NumPy arrays (a TensorFlow
+    tensor was taken for a ``tf.data`` pipeline on TensorFlow and Keras, its rows for batches: a 0-d input error)."""
+    x, y = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((5, 1)).astype(np.float32)
+    model = ud.nn.Linear(3, 1)
+    np.testing.assert_array_equal(ud.predict(model, ud.tensor(x), batch_size=2), ud.predict(model, x, batch_size=2))
+    assert ud.evaluate(model, (ud.tensor(x), ud.tensor(y)), loss="mse", batch_size=2) == \
+        ud.evaluate(model, (x, y), loss="mse", batch_size=2)
+
+
 def test_early_stopping_stops_and_restores(backend, digits):
     (x, y), (xt, yt) = digits
     model = ud.models.TwoLayerNet(64, 16, 10)

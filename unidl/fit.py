@@ -138,8 +138,9 @@ def logs_from_totals(values, metrics) -> dict:
 
 
 def _is_native_pipeline(data) -> bool:
+    """A ``torch.utils.data.DataLoader`` or a ``tf.data.Dataset`` (not a TensorFlow tensor: a batch of samples)."""
     module = type(data).__module__
-    return module.startswith("torch.utils.data") or module.startswith("tensorflow")
+    return module.startswith("torch.utils.data") or module.startswith("tensorflow.python.data")
 
 
 def as_loader(data, batch_size=None, shuffle=False, seed=None, what="train_data"):
