@@ -131,6 +131,30 @@ def _torch_autocast_loop(state, batches, accumulate, lr=0.1, dtype="bfloat16", l
             for k, v in net.state_dict().items()}
 
 
+def test_a_prelu_trains_in_bf16_as_a_torch_autocast_loop(backend, rng):
+    """A net with a ``PReLU`` (one weight per channel) trained in "bf16-mixed": the hand-written torch autocast loop's
+    losses and weights (TensorFlow and Keras raised a ``TypeError``: the float32 PReLU weight times bfloat16
+    activations)."""
+    import torch
+
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((8, 1)).astype(np.float32)
+    model = ud.nn.Sequential(ud.nn.Linear(4, 3), ud.nn.PReLU(3), ud.nn.Linear(3, 1))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.PReLU(3), torch.nn.Linear(3, 1))
+    net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), precision="bf16-mixed")
+    oracle = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = net(torch.tensor(x))
+        loss = torch.nn.functional.mse_loss(outputs.float(), torch.tensor(y))
+        oracle.zero_grad()
+        loss.backward()
+        oracle.step()
+        assert abs(float(ud.to_numpy(step(x, y))) - loss.item()) < 1e-2 * abs(loss.item())
+    for name, value in net.state_dict().items():
+        assert max_relative_difference(model.state_dict()[name], value.numpy()) < 1e-2, name
+
+
 def test_bf16_accumulation_matches_a_torch_autocast_loop(backend, rng):
     x, y = _regression(rng)
     batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)]

@@ -44,3 +44,7 @@ def test_tensor_takes_every_dtype_cast_takes(backend):
         assert got.dtype == np.dtype(dtype) and np.array_equal(got, integers.astype(dtype)), (dtype, got)
     with pytest.raises(TypeError, match="unknown dtype 'complex64'; use one of float16"):
         ud.tensor(floats, "complex64")
+    # values an integer dtype cannot hold: torch.tensor's error, not a wrap-around ([255, 44] on every backend)
+    for values, dtype in [([-1, 300], "uint8"), ([2.0 ** 40], "int32"), ([float("nan")], "int64")]:
+        with pytest.raises(ValueError, match=f"do not fit {dtype}, whose range is"):
+            ud.tensor(values, dtype)

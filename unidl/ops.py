@@ -457,8 +457,44 @@ def where(condition, a, b):
     """a where condition holds, else b. ``condition``: booleans (a ``DtypeMismatchError`` else, as PyTorch's;
     TensorFlow refused them too, JAX and Keras took non-zero as true); ``a`` and ``b`` tensors of two dtypes
     promote as ``torch.where`` promotes them (TensorFlow refused them)."""
+    if not config.backend().is_tensor(condition):  # a Python bool or a NumPy array (torch's where refused them)
+        from unidl.tensors import tensor
+
+        condition = tensor(condition)
     input_checks.check_condition("where", condition)
+    if isinstance(a, numbers.Number) or isinstance(b, numbers.Number):
+        return _ops().where(condition, *_numbers_as_torch(a, b))
     return _ops().where(condition, *_promoted_as_torch(a, b))
+
+
+def _numbers_as_torch(a, b):
+    """``a`` and ``b``, one of them a Python (or NumPy) number, as ``torch.where`` types them: a number of a higher
+    kind than the tensor beside it (a float beside integers, an int beside booleans) makes that tensor the float
+    dtype in force or int64, else the number takes the tensor's dtype; two numbers: the first becomes a tensor
+    (float: the dtype in force, int: int64, bool: bool). (JAX gave float64 for a float beside int32 and for two
+    floats, TensorFlow refused a float beside integers, Keras gave int32 for two ints.)"""
+    from unidl.tensors import tensor
+
+    if isinstance(a, numbers.Number) and isinstance(b, numbers.Number):
+        kind = _number_kind(a)
+        a = tensor(a, "bool" if kind == 0 else "int64" if kind == 1 else config.get_dtype())
+    tensor_first = not isinstance(a, numbers.Number)
+    side, number = (a, b) if tensor_first else (b, a)
+    dtype = getattr(side, "dtype", None)
+    kind = _dtype_kind(dtype_kinds.dtype_name(dtype)) if dtype is not None else None
+    if kind is None:
+        return a, b
+    if _number_kind(number) > kind:
+        side = cast(side, config.get_dtype() if _number_kind(number) == 2 else "int64")
+    # the number as a 0-d tensor of that dtype (a TensorFlow graph typed a number first by itself: int32 beside
+    # a float tensor)
+    number = tensor(number, dtype_kinds.dtype_name(side.dtype))
+    return (side, number) if tensor_first else (number, side)
+
+
+def _number_kind(number) -> int:
+    """2 for a float, 1 for an integer, 0 for a bool, as ``_dtype_kind``."""
+    return 0 if isinstance(number, bool) else 1 if isinstance(number, numbers.Integral) else 2
 
 
 @op
@@ -775,6 +811,8 @@ def prelu(x, weight):
     rank = len(x.shape)
     if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
         weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
+    if dtype_kinds.dtype_name(weight.dtype) != dtype_kinds.dtype_name(x.dtype):
+        weight = cast_like(weight, x)  # a mixed-precision forward's float16 x: torch.autocast casts the weight too
     return where(x > 0, x, x * weight)  # (at 0 the gradient ``weight``, as torch's)
 
 

@@ -29,6 +29,8 @@ def tensor(value, dtype: str | None = None):
 
         name = ops._dtype_name(dtype)  # a NumPy dtype as its name; a TypeError naming the dtypes there are
         if name not in _BACKEND_DTYPES:
+            if name.startswith(("int", "uint")) and not backend.is_tensor(value):
+                _check_fits(np.asarray(value), name)
             with backend.device_scope(config.get_device()):
                 return ops.cast(backend.tensor(value, "float64" if _holds_floats(value) else None), name)
         dtype = name
@@ -37,6 +39,18 @@ def tensor(value, dtype: str | None = None):
 
 
 _BACKEND_DTYPES = ("float32", "float64")  # the dtypes every backend's ``tensor`` makes itself
+
+
+def _check_fits(array: np.ndarray, name: str) -> None:
+    """``ValueError`` for values an integer dtype cannot hold, as ``torch.tensor`` raises (the frameworks' casts
+    wrapped them around: ``ud.tensor([-1, 300], 'uint8')`` gave [255, 44]); NaN and infinities too."""
+    if not array.size or array.dtype.kind == "b":
+        return
+    info = np.iinfo(name)
+    finite = np.isfinite(array).all() if array.dtype.kind == "f" else True
+    if not finite or array.min() < info.min or array.max() > info.max:
+        raise ValueError(f"ud.tensor: values from {array.min()} to {array.max()} do not fit {name}, whose range is "
+                         f"[{info.min}, {info.max}]; pass values within it, or a wider dtype")
 
 
 def _holds_floats(value) -> bool:

@@ -209,6 +209,44 @@ def test_joins_and_where_of_two_dtypes_promote_as_torch(backend):
         ud.ops.where(ud.tensor(values), ud.tensor(values), ud.tensor(-values))
 
 
+def test_where_of_python_numbers_types_them_as_torch(backend):
+    """``where`` with a Python number beside a tensor (either side; a float beside integers, an int beside
+    booleans or floats, float16 and uint8 tensors) or two numbers: ``torch.where``'s dtype and values (JAX gave
+    float64 for a float beside int32 and for two floats, TensorFlow refused a float beside integers and, in a
+    graph, an int beside floats, Keras gave int32 for two ints), eagerly and inside ``ud.function``; a Python or
+    NumPy boolean condition is taken as a tensor of them (torch's backend raised a ``TypeError``)."""
+    values = np.array([3, 0, 5])
+    condition = np.array([True, False, True])
+    cases = [("int32", 2.5), ("int32", 2), ("float32", 2), ("bool", 0), ("bool", True), ("float64", 0.5),
+             ("float16", 7), ("uint8", 2), (None, (1.0, 0.0)), (None, (1, 0)), (None, (True, 2.5))]
+    expected = []
+    for dtype, number in cases:
+        if dtype is None:
+            expected.append(torch.where(torch.tensor(condition), *number))
+            continue
+        x = torch.tensor(values).to(getattr(torch, dtype))
+        expected += [torch.where(torch.tensor(condition), x, number), torch.where(torch.tensor(condition), number, x)]
+
+    def run_all(x, flags):
+        results = []
+        for dtype, number in cases:
+            if dtype is None:
+                results.append(ud.ops.where(flags, *number))
+                continue
+            results += [ud.ops.where(flags, ud.ops.cast(x, dtype), number),
+                        ud.ops.where(flags, number, ud.ops.cast(x, dtype))]
+        return results
+
+    for function in (run_all, ud.function(run_all)):
+        for got, want in zip(function(ud.tensor(values), ud.tensor(condition)), expected, strict=True):
+            got, want = ud.to_numpy(got), want.numpy()
+            assert (got.dtype, got.shape) == (want.dtype, want.shape), (backend, got.dtype, want.dtype)
+            np.testing.assert_array_equal(got, want)
+    for flags in (condition, True):
+        got = ud.to_numpy(ud.ops.where(flags, ud.tensor(values), ud.tensor(-values)))
+        np.testing.assert_array_equal(got, np.where(flags, values, -values))
+
+
 def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):
     """(4, 3) against (4, 2) (and (2, 3) against (4, 3)): ``ShapeMismatchError`` naming both shapes (the frameworks
     raised four different errors of their own), eagerly and inside ``ud.function`` where the sizes are known while
