@@ -854,15 +854,18 @@ def test_a_bound_outside_an_integer_dtype_is_one_error(mode, index):
 
 
 def test_leaky_relu_and_regression_losses_of_integers_are_floats(mode):
-    """``leaky_relu``, ``mse_loss`` and ``l1_loss`` of integers compute in the float dtype in force, as the other
-    float math does (PyTorch has no integer kernel for them; JAX truncated the slope, giving [0, 0, 2], and
-    TensorFlow truncated the losses' means)."""
+    """``leaky_relu``, ``prelu``, ``mse_loss`` and ``l1_loss`` of integers compute in the float dtype in force, as
+    the other float math does (PyTorch has no integer kernel for them; JAX truncated the slope, giving [0, 0, 2],
+    and TensorFlow truncated the losses' means)."""
     values, target = np.array([-3, -1, 2], np.int32), np.array([1, 2, 1], np.int32)
     narrow = [lambda x, t: ud.ops.leaky_relu(ud.ops.cast(x, "int32"), 0.1),
               lambda x, t: ud.ops.mse_loss(ud.ops.cast(x, "int32"), ud.ops.cast(t, "int32")),
-              lambda x, t: ud.ops.l1_loss(ud.ops.cast(x, "int32"), ud.ops.cast(t, "uint8"))]
+              lambda x, t: ud.ops.l1_loss(ud.ops.cast(x, "int32"), ud.ops.cast(t, "uint8")),
+              lambda x, t: ud.ops.prelu(ud.ops.cast(x, "int32"), ud.ops.cast(t[:1], "float32") * 0.25)]
     floats = torch.tensor(values, dtype=torch.float32), torch.tensor(target, dtype=torch.float32)
-    for function, expected in zip(narrow, [F.leaky_relu(floats[0], 0.1), F.mse_loss(*floats), F.l1_loss(*floats)]):
+    expected_all = [F.leaky_relu(floats[0], 0.1), F.mse_loss(*floats), F.l1_loss(*floats),
+                    F.prelu(floats[0], torch.tensor([0.25]))]
+    for function, expected in zip(narrow, expected_all, strict=True):
         got = run(mode, function, values, target)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)

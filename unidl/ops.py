@@ -811,6 +811,8 @@ def prelu(x, weight):
     rank = len(x.shape)
     if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
         weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
+    if not dtype_kinds.is_floating(x.dtype):  # integers: floats of the dtype in force, as the other float math
+        x = cast(x, config.get_dtype())
     if dtype_kinds.dtype_name(weight.dtype) != dtype_kinds.dtype_name(x.dtype):
         weight = cast_like(weight, x)  # a mixed-precision forward's float16 x: torch.autocast casts the weight too
     return where(x > 0, x, x * weight)  # (at 0 the gradient ``weight``, as torch's)
