@@ -230,11 +230,10 @@ def check_bounds(owner, x, bounds, floats: bool) -> None:
     dtype = getattr(x, "dtype", None)
     if dtype is None or not is_integer(dtype):
         return
+    kinds, info = (Integral, float) if floats else Integral, np.iinfo(dtype_name(dtype))
     for bound in bounds:
-        kinds = (Integral, float) if floats else Integral
         if bound is None or isinstance(bound, bool) or not isinstance(bound, kinds):
             continue
-        info = np.iinfo(dtype_name(dtype))
         if not info.min <= bound <= info.max:
             raise ValueError(f"{literal(owner)} bound {bound!r} lies outside the range of its {dtype_name(dtype)} "
                              f"input, [{info.min}, {info.max}]; use a bound within it, or convert the input to a "
@@ -305,8 +304,7 @@ def as_summable(owner, what, x):
     (TensorFlow summed int32 in int32 and uint8 in uint8, wrapping around, and refused booleans; JAX summed
     uint8 in uint64; uint64 wraps around as in PyTorch)."""
     dtype = getattr(x, "dtype", None)
-    if dtype is None or is_floating(dtype) or not (is_integer(dtype) or dtype_name(dtype) == "bool") or \
-            dtype_name(dtype) == "int64":
+    if dtype is None or not (is_integer(dtype) or dtype_name(dtype) == "bool") or dtype_name(dtype) == "int64":
         return x  # floats, complex numbers and int64 are summed in their own dtype
     return ops.cast(x, "int64")
 

@@ -182,8 +182,6 @@ class PReLU(Module):
         if self.num_parameters > 1 and (len(shape) < 2 or shape[1] not in (self.num_parameters, None)):
             raise ShapeMismatchError(self._mismatch(self.describe(), shape))
         if self.num_parameters > 1 and shape[1] is None:  # (a graph traced for any sizes: checked when it runs)
-            from unidl import input_checks  # (not at the top: unidl.ops, which it imports, imports this module)
-
             x = input_checks.require_sizes(self.describe, x, {1: self.num_parameters}, self._mismatch)
         return functional.prelu(x, self.weight)
 
