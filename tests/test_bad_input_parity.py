@@ -937,3 +937,69 @@ def test_indices_of_any_integer_dtype_index_as_int64(mode, index):
     raises_exactly(ud.DtypeMismatchError, "max_unpool2d: indices must be integers, got float32 indices; convert them "
                    "with ud.ops.cast(indices, 'int64')", run, mode,
                    lambda x: ud.ops.max_unpool2d(x, ud.ops.zeros_like(x), 2), X[:, :, :2, :2])
+
+
+def _layers_with_parameters():
+    """(layer, input shape, whether PyTorch's kernel takes float16/bfloat16 input beside its float32 parameters)."""
+    return [(ud.nn.Linear(3, 2), (2, 3), False), (ud.nn.Conv1d(2, 1, 2), (1, 2, 3), False),
+            (ud.nn.Conv2d(2, 1, 2), (1, 2, 3, 3), False), (ud.nn.ConvTranspose2d(2, 1, 2), (1, 2, 3, 3), False),
+            (ud.nn.LSTM(3, 2, batch_first=True), (2, 4, 3), False), (ud.nn.GRU(3, 2), (4, 2, 3), False),
+            (ud.nn.MultiheadAttention(4, 2, batch_first=True), (2, 3, 4), False), (ud.nn.PReLU(2), (2, 2), False),
+            (ud.nn.BatchNorm2d(2), (2, 2, 3, 3), True), (ud.nn.LayerNorm(4), (2, 4), True),
+            (ud.nn.GroupNorm(1, 2), (2, 2, 3), True)]
+
+
+def _first_output(layer, x):
+    result = layer(x, x, x) if isinstance(layer, ud.nn.MultiheadAttention) else layer(x)
+    return result[0] if isinstance(result, tuple) else result
+
+
+def test_floats_of_another_dtype_than_a_layers_parameters_are_one_error(mode):
+    """float64 input to a float32 layer, and float16 input to one whose PyTorch kernel refuses it (all but the
+    normalizations), and the same to ``linear``, ``conv1d``, ``conv2d``, ``conv_transpose2d`` and ``prelu``: one
+    ``DtypeMismatchError`` naming the layer and both dtypes, as PyTorch refuses them (TensorFlow refused them in its
+    own words; JAX promoted the two, giving float64 or float32)."""
+    values = RNG.standard_normal((2, 2, 3, 3))
+    for layer, shape, takes_halves in _layers_with_parameters():
+        data = values.ravel()[:np.prod(shape)].reshape(shape)
+        for dtype in ("float64",) if takes_halves else ("float64", "float16"):
+            raises_exactly(ud.DtypeMismatchError, f"{layer.describe()} has float32 parameters and got {dtype} input; "
+                           f"cast the input with ud.ops.cast(x, 'float32'), create the model under ud.use_dtype("
+                           f"'{dtype}'), or train in mixed precision with ud.Precision", run, mode,
+                           lambda x: _first_output(layer, ud.ops.cast(x, dtype)), data)
+    weights = {"linear": (3, 3), "conv1d": (1, 3, 2), "conv2d": (1, 3, 2, 2), "conv_transpose2d": (3, 1, 2, 2),
+               "prelu": (1,)}
+    for name, weight_shape in weights.items():
+        data, weight = values[:1, :, :3].reshape((1, 3, 3, 2))[..., 0], np.ones(weight_shape, np.float32)
+        data = data[:, :, :, None] if name.endswith("2d") else data
+        function = getattr(ud.ops, name)
+        raises_exactly(ud.DtypeMismatchError, f"{name} has float32 parameters and got float64 input; cast the input "
+                       "with ud.ops.cast(x, 'float32'), create the model under ud.use_dtype('float64'), or train in "
+                       "mixed precision with ud.Precision", run, mode,
+                       lambda x, w: function(ud.ops.cast(x, "float64"), w), data, weight)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_normalization_layers_take_half_input_as_torch(mode, dtype):
+    """float16 and bfloat16 input to float32 ``BatchNorm2d`` (training and evaluation), ``LayerNorm`` and
+    ``GroupNorm``: PyTorch's mixed-type kernels' result, computed in float32 and given back in the input's dtype
+    (TensorFlow refused it, JAX and Keras-on-JAX gave float32, torch's backend GroupNorm float32)."""
+    values = RNG.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    native = torch.tensor(values).to(getattr(torch, dtype))
+    for layer, shape, takes_halves in _layers_with_parameters():
+        if not takes_halves:
+            continue
+        for training in (True, False) if isinstance(layer, ud.nn.BatchNorm2d) else (True,):
+            layer.train(training)
+            data = values.reshape(-1)[:np.prod(shape)].reshape(shape)
+            x = native.reshape(-1)[:np.prod(shape)].reshape(shape)
+            if isinstance(layer, ud.nn.BatchNorm2d):
+                statistics = [torch.tensor(ud.to_numpy(s)) for s in (layer.running_mean, layer.running_var)]
+                expected = F.batch_norm(x, *statistics, torch.ones(2), torch.zeros(2), training)
+            elif isinstance(layer, ud.nn.LayerNorm):
+                expected = F.layer_norm(x, (4,), torch.ones(4), torch.zeros(4))
+            else:
+                expected = F.group_norm(x, 1, torch.ones(2), torch.zeros(2))
+            got = run(mode, lambda x: ud.ops.cast(layer(ud.ops.cast(x, dtype)), "float32"), data)
+            np.testing.assert_allclose(got, expected.float().numpy(), rtol=1e-2, atol=1e-2, err_msg=f"{layer}")
+            assert ud.to_numpy(layer(ud.ops.cast(ud.tensor(data), dtype))).dtype.name == dtype

@@ -254,6 +254,35 @@ def test_a_tensor_reaches_the_function_in_its_own_dtype(backend):
         np.float32
 
 
+def test_python_values_reach_the_function_as_they_are(backend):
+    """A Python number, bool, None or string argument reaches ``fn`` as itself on every backend, as torch and JAX
+    take it: ``x * n`` of a float tensor and ``reshape(x, (n, -1))`` work, ``if s is None`` sees None, 0.1 meets a
+    float64 tensor as 0.1 (TensorFlow's and Keras's graphs made them tensors: an int64 that a float tensor could not
+    multiply, a None that could not be converted, a float32 0.1); each new value traces again (1 and True apart),
+    and a NumPy scalar is a tensor that does not."""
+    @ud.function
+    def f(x, n, s, flag):
+        y = x * n
+        if s is None:
+            y = y + 1
+        if flag:
+            y = y * 2
+        return ud.ops.reshape(y, (n, -1)) if isinstance(n, int) and not isinstance(n, bool) else y
+
+    x = np.arange(6.0)
+    for n, s, flag in [(2, None, True), (3, "a", False), (1, None, True), (True, None, True), (0.1, None, False)]:
+        want = (x * n + (s is None)) * (2 if flag else 1)
+        want = want.reshape(n, -1) if type(n) is int else want
+        got = ud.to_numpy(f(ud.tensor(x, "float64"), n, s, flag))
+        assert got.dtype == np.float64 and got.shape == want.shape, (backend, n, got.dtype, got.shape)
+        np.testing.assert_array_equal(got, want, err_msg=f"{backend} n={n!r}")
+    traces = f.trace_count
+    got = [ud.to_numpy(f(ud.tensor(x), np.float32(scale), None, False)) for scale in (2.0, 3.0)]
+    np.testing.assert_array_equal(got, [x * 2 + 1, x * 3 + 1])
+    if traces is not None:  # a backend that traces: one graph for both NumPy scalars
+        assert f.trace_count == traces + 1, (backend, f.trace_count, traces)
+
+
 def test_unseeded_dropout_traced_first_draws_no_python_random_on_keras():
     """The keras backend's dropout generator exists before any trace: a fresh backend whose first dropout is
     inside ``ud.function`` traces without drawing Keras's seed from Python's random (a ``RetraceWarning`` on

@@ -17,6 +17,7 @@ import numpy as np
 from unidl import ops
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
+from unidl.precision import active_ops
 
 
 def literal(owner) -> str:
@@ -190,6 +191,33 @@ def check_floating(owner, x) -> None:
         wanted = config.get_dtype()
         raise DtypeMismatchError(f"{literal(owner)} needs floating-point input, got {dtype_name(dtype)} input; "
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
+
+
+def check_parameters_dtype(owner, x, parameter, halves: bool = False) -> bool:
+    """``DtypeMismatchError`` for floating-point input of another dtype than a layer's floating-point
+    ``parameter`` (float64 or float16 input to a float32 ``Linear``), as PyTorch refuses it (TensorFlow refused it
+    in its own words, JAX promoted the two: float64 or float32 out). Under ``ud.Precision``'s autocast the casts
+    are autocast's, and nothing is checked. With ``halves`` (the normalization layers, which PyTorch's mixed-type
+    kernels let take float16 or bfloat16 input beside float32 parameters) such input returns True: the caller
+    computes in float32 and gives the result back in the input's dtype, as PyTorch does. False otherwise."""
+    if parameter is None or x.dtype == parameter.dtype:  # the common case, decided at once
+        return False
+    given, held = dtype_name(x.dtype), dtype_name(parameter.dtype)
+    if given == held or not is_floating(given) or not is_floating(held) or _autocast_in_force():
+        return False
+    if halves and given in ("float16", "bfloat16") and held == "float32":
+        return True
+    raise DtypeMismatchError(f"{literal(owner)} has {held} parameters and got {given} input; cast the input with "
+                             f"ud.ops.cast(x, '{held}'), create the model under ud.use_dtype('{given}'), or train "
+                             f"in mixed precision with ud.Precision")
+
+
+def _autocast_in_force() -> bool:
+    """Whether a mixed-precision forward is running: ``ud.Precision``'s casts (``AutocastOps``) or the
+    framework's own autocast (torch's)."""
+    from unidl import config
+
+    return active_ops() is not None or config.backend().framework_autocast()
 
 
 def check_numbers(owner, x) -> None:

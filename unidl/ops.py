@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from unidl import arguments, config, dtype_kinds, input_checks
 from unidl.errors import ShapeMismatchError
 from unidl.backends.op_registry import declare, optional_op
@@ -46,9 +48,12 @@ def op(declaration=None, **options):
     return declare(_ops)(declaration)
 
 
-@op
+@op(dispatch=False)
 def linear(x, weight, bias=None):
-    """x @ weight.T + bias, weight of shape (out, in)."""
+    """x @ weight.T + bias, weight of shape (out, in). Floats of another dtype than ``weight``'s are a
+    ``DtypeMismatchError`` outside ``ud.Precision``'s autocast, as PyTorch's (JAX promoted them)."""
+    input_checks.check_parameters_dtype("linear", x, weight)
+    return _ops().linear(x, weight, bias)
 
 
 @op(dispatch=False)
@@ -97,6 +102,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     padded input is a ``ShapeMismatchError`` (inside graphs too, where the sizes are known only when it runs).
     Sizes may be NumPy integers (taken as ints, as PyTorch takes them); a float or a bool is a ``ValueError``."""
     stride, dilation, padding, groups = _conv_arguments("conv2d", stride, dilation, padding, groups)
+    input_checks.check_parameters_dtype("conv2d", x, weight)
     return _conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
@@ -358,14 +364,16 @@ def maximum(a, b):
     framework's own maximum, bit for bit; the gradient is PyTorch's on every backend (TensorFlow's and JAX's own
     differ): all of it to the larger input, half to each where the two are equal, all of it to both where either
     is NaN, summed over the axes an input was broadcast along (a bound of shape (1, C) against (N, C) gets the
-    sum of its column's shares). Integers give integers and no gradient. A Python number on either side is taken
-    as in ``x + 0.5``: ``torch.maximum(x, torch.tensor(0.5, dtype=x.dtype))``; tensors of two dtypes promote as
+    sum of its column's shares). Integers give integers and no gradient, booleans their or. A Python or NumPy
+    number on either side is typed as in ``x + 0.5`` (``_numbers_as_torch``): a float beside integers or
+    booleans gives the float dtype in force, an int beside booleans int64, else the tensor's dtype (an integer
+    outside its range is a ``ValueError``); tensors of two dtypes promote as
     ``torch.maximum`` promotes them (an integer and a float tensor: the float's dtype; a 0-dim tensor takes a
     dimensioned one's dtype of the same kind), decided here for every backend (see ``_torch_result_dtype``).
     Sizes that do not broadcast are a ``ShapeMismatchError`` naming both shapes wherever they are known:
     eagerly, and while a graph traces (a TensorFlow graph's sizes unknown until it runs give TensorFlow's own
     error)."""
-    return _ops().maximum(*_promoted_as_torch(_check_broadcastable("maximum", a, b), b))
+    return _ops().maximum(*_typed_as_torch("maximum", _check_broadcastable("maximum", a, b), b))
 
 
 @op(name="framework_maximum", optional=True, public=False)
@@ -374,6 +382,20 @@ def _framework_maximum(a, b):
     whose ties carry no gradient (attention's floor under its masked scores, gradient clipping's norms), where
     ``maximum``'s PyTorch rule would add graph ops for nothing. A backend whose ``maximum`` is the framework's
     own (torch) lacks it; callers fall back to ``maximum``."""
+
+
+def _typed_as_torch(name, a, b):
+    """``a`` and ``b`` typed as PyTorch types a binary op's inputs: a number beside a tensor by
+    ``_numbers_as_torch`` (left a number, which every backend gives the tensor's dtype), two tensors by
+    ``_promoted_as_torch``."""
+    if _is_number(a) or _is_number(b):
+        return _numbers_as_torch(name, a, b, as_tensor=False)
+    return _promoted_as_torch(a, b)
+
+
+def _is_number(value) -> bool:
+    """Whether ``value`` is a Python or NumPy number (NumPy's bool is no ``numbers.Number``)."""
+    return isinstance(value, (numbers.Number, np.bool_))
 
 
 def _promoted_as_torch(a, b):
@@ -462,23 +484,27 @@ def where(condition, a, b):
 
         condition = tensor(condition)
     input_checks.check_condition("where", condition)
-    if isinstance(a, numbers.Number) or isinstance(b, numbers.Number):
-        return _ops().where(condition, *_numbers_as_torch(a, b))
+    if _is_number(a) or _is_number(b):
+        return _ops().where(condition, *_numbers_as_torch("where", a, b, as_tensor=True))
     return _ops().where(condition, *_promoted_as_torch(a, b))
 
 
-def _numbers_as_torch(a, b):
-    """``a`` and ``b``, one of them a Python (or NumPy) number, as ``torch.where`` types them: a number of a higher
-    kind than the tensor beside it (a float beside integers, an int beside booleans) makes that tensor the float
-    dtype in force or int64, else the number takes the tensor's dtype; two numbers: the first becomes a tensor
-    (float: the dtype in force, int: int64, bool: bool). (JAX gave float64 for a float beside int32 and for two
-    floats, TensorFlow refused a float beside integers, Keras gave int32 for two ints.)"""
+def _numbers_as_torch(name, a, b, as_tensor):
+    """``a`` and ``b``, one of them a Python (or NumPy) number, as PyTorch types a number beside a tensor (``x +
+    0.5``, ``torch.where(c, x, 0.5)``): a number of a higher kind than the tensor (a float beside integers, an int
+    beside booleans) makes that tensor the float dtype in force or int64, else the number takes the tensor's
+    dtype, an integer outside that dtype's range being a ``ValueError`` (PyTorch's ``where`` and ``maximum`` of a
+    0-d tensor wrapped it around, as the other frameworks did); two numbers: the first becomes a tensor (float: the dtype in force, int: int64, bool: bool). With
+    ``as_tensor`` the number comes back as a 0-d tensor of that dtype (a TensorFlow graph typed a number by itself
+    in ``where``: int32 beside a float tensor), else as a number, which every backend's ``maximum`` gives the
+    tensor's dtype. (JAX gave float64 for a float beside int32 and for two floats, TensorFlow refused a float
+    beside integers and booleans, Keras gave int32 for two ints and for an int beside booleans.)"""
     from unidl.tensors import tensor
 
-    if isinstance(a, numbers.Number) and isinstance(b, numbers.Number):
+    if _is_number(a) and _is_number(b):
         kind = _number_kind(a)
         a = tensor(a, "bool" if kind == 0 else "int64" if kind == 1 else config.get_dtype())
-    tensor_first = not isinstance(a, numbers.Number)
+    tensor_first = not _is_number(a)
     side, number = (a, b) if tensor_first else (b, a)
     dtype = getattr(side, "dtype", None)
     kind = _dtype_kind(dtype_kinds.dtype_name(dtype)) if dtype is not None else None
@@ -486,15 +512,23 @@ def _numbers_as_torch(a, b):
         return a, b
     if _number_kind(number) > kind:
         side = cast(side, config.get_dtype() if _number_kind(number) == 2 else "int64")
-    # the number as a 0-d tensor of that dtype (a TensorFlow graph typed a number first by itself: int32 beside
-    # a float tensor)
-    number = tensor(number, dtype_kinds.dtype_name(side.dtype))
+    elif kind == 1 == _number_kind(number):
+        _check_number_fits(name, number, dtype_kinds.dtype_name(side.dtype))
+    number = tensor(number, dtype_kinds.dtype_name(side.dtype)) if as_tensor else number.item() if isinstance(
+        number, np.generic) else number
     return (side, number) if tensor_first else (number, side)
+
+
+def _check_number_fits(name, number, dtype_name):
+    info = np.iinfo(dtype_name)
+    if not info.min <= number <= info.max:
+        raise ValueError(f"{name}: the number {number} does not fit the {dtype_name} of the tensor beside it, whose "
+                         f"range is [{info.min}, {info.max}]; cast the tensor to a wider dtype first")
 
 
 def _number_kind(number) -> int:
     """2 for a float, 1 for an integer, 0 for a bool, as ``_dtype_kind``."""
-    return 0 if isinstance(number, bool) else 1 if isinstance(number, numbers.Integral) else 2
+    return 0 if isinstance(number, (bool, np.bool_)) else 1 if isinstance(number, numbers.Integral) else 2
 
 
 @op
@@ -721,8 +755,8 @@ def log1p(x):
 @op(dispatch=False)
 def minimum(a, b):
     """Element-wise minimum, broadcasting as ``torch.minimum``: ``maximum``'s rules mirrored (the gradient all to
-    the smaller input, half to each of equal ones, all to both where either is NaN)."""
-    return _ops().minimum(*_promoted_as_torch(_check_broadcastable("minimum", a, b), b))
+    the smaller input, half to each of equal ones, all to both where either is NaN; booleans give their and)."""
+    return _ops().minimum(*_typed_as_torch("minimum", _check_broadcastable("minimum", a, b), b))
 
 
 @op(dispatch=False)
@@ -814,6 +848,7 @@ def prelu(x, weight):
     if not dtype_kinds.is_floating(x.dtype):  # integers: floats of the dtype in force, as the other float math
         x = cast(x, config.get_dtype())
     if dtype_kinds.dtype_name(weight.dtype) != dtype_kinds.dtype_name(x.dtype):
+        input_checks.check_parameters_dtype("prelu", x, weight)  # (outside autocast, torch's error)
         weight = cast_like(weight, x)  # a mixed-precision forward's float16 x: torch.autocast casts the weight too
     return where(x > 0, x, x * weight)  # (at 0 the gradient ``weight``, as torch's)
 

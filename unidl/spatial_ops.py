@@ -83,6 +83,7 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """1-D cross-correlation of (N, C, L) ``x`` with an (out, in / groups, k) ``weight``, as
     ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1."""
     stride, dilation, padding, groups = ops._conv_arguments("conv1d", stride, dilation, padding, groups, rank=1)
+    input_checks.check_parameters_dtype("conv1d", x, weight)
     if padding != "same" and len(x.shape) == 3 and len(weight.shape) == 3:  # a kernel larger than the padded input
         span = _single(dilation) * (input_checks.sizes_of(weight)[2] - 1) + 1
         x = input_checks.check_window_fits("conv1d", x, (span,), ("valid",) if padding == "valid" else
@@ -116,6 +117,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     + output_padding + 1. Computed as the plain convolution of ``x`` spread out by ``stride`` (zeros between
     its elements) and padded by dilation * (k - 1) - padding, with the kernel flipped and its in/out swapped."""
     stride, dilation, padding, groups = ops._conv_arguments("conv_transpose2d", stride, dilation, padding, groups)
+    input_checks.check_parameters_dtype("conv_transpose2d", x, weight)
     if isinstance(padding, str):
         raise ValueError(f"conv_transpose2d padding must be an int or a pair of ints, got {padding!r}")
     output_padding = arguments.int_or_ints("conv_transpose2d", "output_padding", output_padding, 2, minimum=0)

@@ -3,6 +3,8 @@ input gradients, float32 (2e-6 / 1e-5) inside ``ud.function`` and float64 (1e-12
 The activations, ``layer_norm``, ``embedding`` and ``prelu`` are compared through their layers
 (``test_activations_losses.py``), which call exactly these ops."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -245,6 +247,61 @@ def test_where_of_python_numbers_types_them_as_torch(backend):
     for flags in (condition, True):
         got = ud.to_numpy(ud.ops.where(flags, ud.tensor(values), ud.tensor(-values)))
         np.testing.assert_array_equal(got, np.where(flags, values, -values))
+
+
+def test_maximum_and_minimum_of_python_numbers_type_them_as_torch(backend):
+    """``maximum``/``minimum`` with a Python or NumPy number beside a tensor (either side: a float beside integers
+    or booleans, an int beside booleans, floats or integers, a bool beside booleans, 0.1 beside float64) or two
+    numbers: the dtype ``torch.result_type`` gives them and torch's values (JAX gave float64 for a float beside
+    int32, TensorFlow refused a float beside integers and any booleans, Keras gave int32 for an int beside
+    booleans, torch's backend made 0.1 float32 before float64); booleans of both sides too; an integer outside an
+    integer tensor's range is one ``ValueError`` (the frameworks wrapped it around), eagerly and inside
+    ``ud.function``."""
+    values = np.array([3, 0, 5])
+    cases = [("int32", 2.5), ("int32", 2), ("float32", 2), ("bool", 0), ("bool", True), ("bool", 0.5),
+             ("float64", 0.1), ("float16", 7), ("uint8", np.int64(2)), ("int64", np.float32(1.5)),
+             ("bool", np.bool_(False)), (None, (1.5, 0)), (None, (1, 0)), (None, (True, False))]
+
+    def oracle(name, a, b):
+        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+            a = torch.tensor(a)
+        dtype = torch.result_type(a, b)
+        return getattr(torch, name)(*[torch.as_tensor(v, dtype=dtype) for v in (a, b)]).numpy()
+
+    expected = []
+    for name in ("maximum", "minimum"):
+        for dtype, number in cases:
+            if dtype is None:
+                expected.append(oracle(name, *number))
+                continue
+            x = torch.tensor(values).to(getattr(torch, dtype))
+            number = number.item() if isinstance(number, np.generic) else number
+            expected += [oracle(name, x, number), oracle(name, number, x)]
+        expected.append(getattr(torch, name)(torch.tensor(values > 1), torch.tensor(values < 4)).numpy())
+
+    def run_all(x):
+        results = []
+        for op in (ud.ops.maximum, ud.ops.minimum):
+            for dtype, number in cases:
+                if dtype is None:
+                    results.append(op(*number))
+                    continue
+                results += [op(ud.ops.cast(x, dtype), number), op(number, ud.ops.cast(x, dtype))]
+            results.append(op(x > 1, x < 4))
+        return results
+
+    for function in (run_all, ud.function(run_all)):
+        for got, want in zip(function(ud.tensor(values)), expected, strict=True):
+            got = ud.to_numpy(got)
+            assert (got.dtype, got.shape) == (want.dtype, want.shape), (backend, got.dtype, want.dtype)
+            np.testing.assert_array_equal(got, want)
+    for op, (dtype, number) in itertools.product((ud.ops.maximum, ud.ops.minimum, ud.ops.where),
+                                                 [("int8", 1000), ("uint8", -1)]):
+        x = ud.ops.cast(ud.tensor(values), dtype)
+        arguments = (ud.tensor(values > 1), x, number) if op is ud.ops.where else (x, number)
+        for function in (op, ud.function(op)):
+            with pytest.raises(ValueError, match=f"the number {number} does not fit the {dtype} of the tensor"):
+                function(*arguments)
 
 
 def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):

@@ -32,8 +32,8 @@ class Backend(abc.ABC):
     #: the activation layout the framework's convolution and pooling kernels run natively ("NCHW" or "NHWC")
     native_layout: str = "NCHW"
     #: True where Keras's own ``Model.train_step`` on this framework is a function of ``(x, y)`` that updates
-    #: variables in place and this backend's ``function`` compiles into one graph (the keras backend then runs
-    #: it so, without ``train_on_batch``'s per-call Python); Keras's stateless JAX step is not
+    #: variables in place and this backend's ``keras_train_step_function`` compiles into one graph (the keras
+    #: backend then runs it so, without ``train_on_batch``'s per-call Python); Keras's stateless JAX step is not
     compiles_keras_train_step: bool = False
     #: True where Keras's variables on this framework change in place, so that this backend's gradients and
     #: ``function`` act on them directly (TensorFlow, torch); False where Keras keeps its state functional
@@ -164,6 +164,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def is_tensor(self, value) -> bool:
         """True for this framework's tensors and variables."""
+
+    def framework_autocast(self) -> bool:
+        """Whether the framework's own autocast is in force (``torch.autocast``: torch's mixed-precision train
+        step, or a user's own), under which a layer takes input of another float dtype than its parameters;
+        the backends whose mixed precision casts through ``unidl.precision.AutocastOps`` have none."""
+        return False
 
     def function_argument(self, value):
         """An array argument of ``ud.function`` (NumPy's, another framework's) as this backend's compiled functions
@@ -368,9 +374,17 @@ class Backend(abc.ABC):
         """``fn`` as this backend runs user code in ``ud.function``: a static graph where the backend
         has one (Python control flow on tensors converted, e.g. by AutoGraph), else eager, and compiled
         by the framework's compiler (XLA, ``torch.compile``) when ``jit_compile``. ``ud.function`` has
-        made array arguments (NumPy's, another framework's) this backend's tensors (``function_argument``).
-        The result has ``trace_count``: the number of traces, or None where nothing is traced. Python code a
-        graph cannot express raises ``GraphConstructError`` naming it."""
+        made array arguments (NumPy's, another framework's) this backend's tensors (``function_argument``);
+        any other argument (a Python number, bool, None, a string) reaches ``fn`` as itself, baked into a trace
+        (one trace per new value) where the backend traces. The result has ``trace_count``: the number of
+        traces, or None where nothing is traced. Python code a graph cannot express raises
+        ``GraphConstructError`` naming it."""
+
+    def keras_train_step_function(self, step: Callable, name: str) -> Callable:
+        """Keras's ``Model.train_step`` wrapped as ``step(x, y, *inputs)``, compiled as ``function`` compiles,
+        on a backend with ``compiles_keras_train_step``; its step inputs (Python numbers too) are graph inputs
+        where the backend's train steps take them so (docs/dynamic-forward.md: one graph for every value)."""
+        return self.function(step, False, name)
 
     def composite(self, function: Callable, arrays: tuple[str, ...]) -> Callable:
         """``function``, an op composed over the registry's ops (``unidl.spatial_ops``), as this backend runs it:

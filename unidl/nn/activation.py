@@ -183,6 +183,7 @@ class PReLU(Module):
             raise ShapeMismatchError(self._mismatch(self.describe(), shape))
         if self.num_parameters > 1 and shape[1] is None:  # (a graph traced for any sizes: checked when it runs)
             x = input_checks.require_sizes(self.describe, x, {1: self.num_parameters}, self._mismatch)
+        input_checks.check_parameters_dtype(self.describe, x, self.weight)
         return functional.prelu(x, self.weight)
 
     def extra_repr(self):

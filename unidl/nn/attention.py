@@ -101,6 +101,8 @@ class MultiheadAttention(Module):
                 layout = "(N, L, E)" if self.batch_first else "(L, N, E)"
                 raise ShapeMismatchError(f"{self.describe()} expected {label} of shape {layout} (or unbatched (L, E)) "
                                          f"with E = {features}, received {shape}")
+        for tensor in (query, key, value):
+            input_checks.check_parameters_dtype(self.describe, tensor, self.out_proj.weight)
         # a query whose every key is masked: 0 where PyTorch's module runs F.scaled_dot_product_attention, NaN
         # where it runs a plain softmax (for the weights it returns, and on its fused inference path)
         safe_softmax = not need_weights and not self._torchs_inference_path(query, key, value, batched)

@@ -56,8 +56,13 @@ class _BatchNorm(Module):
             self.write_buffer("num_batches_tracked", count)
             if self.momentum is None:  # a tensor inside a compiled step: the count is part of the state
                 momentum = 1.0 / self._ops.cast_like(count, self.running_mean)
+        given = x
+        if input_checks.check_parameters_dtype(self.describe, x, self._float_state(), halves=True):
+            x = self._ops.cast(x, "float32")  # PyTorch's mixed-type kernel: computed in float32, y in x's dtype
         y, running_mean, running_var = self._ops.batch_norm(x, self.running_mean, self.running_var, self.weight,
                                                             self.bias, self.training, momentum, self.eps)
+        if x is not given:
+            y = self._ops.cast_like(y, given)
         if self.training:  # the op is pure: the module writes the new statistics (the backend's state transition)
             nonempty = input_checks.has_values_per_channel(x)
             if nonempty is False:  # an empty batch (NaN statistics) leaves them as they are, as PyTorch's
@@ -68,6 +73,10 @@ class _BatchNorm(Module):
             self.write_buffer("running_mean", running_mean)
             self.write_buffer("running_var", running_var)
         return y
+
+    def _float_state(self):
+        """The weight, or the running mean where there is none: what fixes the dtype of the input it takes."""
+        return self.weight if self.weight is not None else self.running_mean
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"

@@ -88,6 +88,7 @@ class _ConvNd(Module):
         if None in shape:  # (a graph traced for any sizes: checked when it runs)
             x = input_checks.require_sizes(self.describe, x, {1: self.in_channels}, mismatch)
         input_checks.check_floating(self.describe, x)
+        input_checks.check_parameters_dtype(self.describe, x, self.weight)
         if self.transposed:
             return x
         spans = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))

@@ -41,6 +41,7 @@ class Linear(Module):
             # a graph traced for any sizes: checked when it runs (TensorFlow's error at its BiasAdd otherwise)
             x = input_checks.require_sizes(self.describe, x, {-1: self.in_features}, self._mismatch)
         check_floating(self.describe, x)
+        input_checks.check_parameters_dtype(self.describe, x, self.weight)
         return self._ops.linear(x, self.weight, self.bias)
 
     def _mismatch(self, owner, received) -> str:

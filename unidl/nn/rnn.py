@@ -89,6 +89,7 @@ class RNNBase(Module):
             raise ShapeMismatchError(mismatch(self.describe(), shape))
         if shape[-1] is None:  # (a graph traced for any sizes: checked when it runs)
             input = input_checks.require_sizes(self.describe, input, {-1: self.input_size}, mismatch)
+        input_checks.check_parameters_dtype(self.describe, input, self.weight_ih_l0)
         batched = len(shape) == 3
         time_axis = 1 if batched and self.batch_first else 0
         if shape[time_axis] is None or shape[time_axis] == 0:  # PyTorch's rule: frameworks fail on different ops

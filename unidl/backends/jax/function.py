@@ -52,7 +52,7 @@ def _signature(value):
         return ("dict",) + tuple((k, _signature(v)) for k, v in sorted(value.items()))
     try:
         hash(value)
-        return ("static", value)
+        return ("static", type(value), value)  # (1, 1.0 and True are equal keys, but bake in apart)
     except TypeError:
         return ("object", id(value))
 

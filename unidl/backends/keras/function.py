@@ -28,7 +28,7 @@ def train_step_graph(native, per_batch: bool):
     step = _train_step(native, per_batch)
     # in a job with a window kept on each rank: a graph for the micro-steps that close it, one for the others
     return keras_distributed.graph_per_window_place(
-        native, lambda: HOST.function(step, False, f"train_step of {native.name}"))
+        native, lambda: HOST.keras_train_step_function(step, f"train_step of {native.name}"))
 
 
 def eager_train_step(native):

@@ -313,7 +313,12 @@ class Backend(BackendInterface):
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
-        return GraphFunction(fn, jit_compile=jit_compile, device=self.current_device_name(), name=name)
+        return GraphFunction(fn, jit_compile=jit_compile, device=self.current_device_name(), name=name,
+                             static_python_values=True)
+
+    def keras_train_step_function(self, step, name):
+        # numbers as graph inputs, as this backend's own train steps take them (PerModeGraphs)
+        return GraphFunction(step, device=self.current_device_name(), name=name)
 
     def custom_gradient(self, forward_fn):
         return tf_function.custom_gradient(forward_fn)

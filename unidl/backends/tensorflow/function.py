@@ -190,7 +190,33 @@ def custom_gradient(forward_fn):
 
 def _exact_shapes(key) -> bool:
     """Whether a ``GraphFunction`` key holds exact shapes (an empty input's graph) rather than ranks."""
-    return any(isinstance(entry, tuple) for entry, _ in key)
+    return any(isinstance(entry, tuple) for entry, _ in key[0])
+
+
+def _described(key) -> str:
+    """A ``GraphFunction`` key for a warning: its tensors' (rank, dtype) and its static arguments' values."""
+    tensors = [(rank, dtype.name) for rank, dtype in key[0]]
+    statics = {index: rest[-1] for index, _, *rest in key[1]}  # (an unhashable one: its id)
+    return f"tensors {tensors}" + (f", Python values by position {statics}" if statics else "")
+
+
+def _is_static(value) -> bool:
+    """Whether a ``GraphFunction`` argument is baked into its graph as a Python value rather than fed as a tensor:
+    anything but a tensor, a variable, a NumPy array or scalar and a list, tuple or dict (which go in as tensors),
+    as ``jax.jit`` under unidl's JAX backend takes it: a Python number, bool, None, string or callable. (They went
+    in as tensors: an int as int64, so that ``x * n`` of a float tensor raised and ``reshape(x, (n, -1))`` could not
+    know its size, None could not be converted, and 0.1 became float32 before meeting a float64 tensor.)"""
+    return not isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic, list, tuple, dict))
+
+
+def _static_key(value) -> tuple:
+    """A static argument as its graphs are keyed: its type and value (1, 1.0 and True apart), or its identity
+    where it has no hash."""
+    try:
+        hash(value)
+    except TypeError:
+        return (type(value), "id", id(value))
+    return (type(value), value)
 
 
 # the names in TensorFlow's gradient registry that a live traced graph registered (``gradients_registered_for_life``)
@@ -239,8 +265,11 @@ class GraphFunction:
     constant)."""
 
     def __init__(self, fn, jit_compile: bool = False, device: str | None = None, name: str | None = None,
-                 cast_floats: bool = False):
+                 cast_floats: bool = False, static_python_values: bool = False):
         self._fn = user_code(fn)
+        # a Python number, bool, None or string argument baked in (ud.function), or a number as a graph input (a
+        # train step's step inputs: one graph for every value, docs/dynamic-forward.md)
+        self._static_python_values = static_python_values
         self._cast_floats = cast_floats  # float tensors to the dtype in force (a step's batches), or as they are
         self._jit_compile = bool(jit_compile)
         self._device = device
@@ -254,7 +283,10 @@ class GraphFunction:
         """Every graph traced so far, one a (rank, dtype) signature (for inspection: ``.graph``)."""
         return list(self._graphs.values())
 
-    def _traced(self, *args):
+    def _traced(self, statics, *tensors):
+        args = list(tensors)
+        for index, value in statics:  # the static arguments back in their places
+            args.insert(index, value)
         if not tracing_export_graph():  # an export's own graphs (see __call__) are no retrace of the function
             self.trace_count += 1
         with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__), self._options.recording():
@@ -263,19 +295,19 @@ class GraphFunction:
             with tf.device(self._device):
                 return self._fn(*args)
 
-    def _graph_for(self, key, keep: bool = True):
+    def _graph_for(self, key, statics, keep: bool = True):
         exact = _exact_shapes(key)  # the graph of an empty input's exact shapes (no warning: a one-off)
         if keep and not exact and any(not _exact_shapes(other) for other in self._graphs):
             warnings.warn(
-                f"{self.__name__} traced again for inputs of a new rank or dtype {key} "
-                f"(already traced for {list(self._graphs)}); a new batch size or length never retraces",
-                RetraceWarning, stacklevel=3)
-        signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key]
+                f"{self.__name__} traced again for inputs of a new rank or dtype, or a new Python value: "
+                f"{_described(key)} (already traced for {'; '.join(map(_described, self._graphs))}); a new batch "
+                f"size or length never retraces", RetraceWarning, stacklevel=3)
+        signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key[0]]
         fusion.check_fused_relu()  # (once: ReLU fused with a matmul keeps NaN, or the fusion is off)
-        compiled = tf.function(self._traced, input_signature=signature, jit_compile=self._jit_compile,
-                               reduce_retracing=True)
+        compiled = tf.function(lambda *tensors: self._traced(statics, *tensors), input_signature=signature,
+                               jit_compile=self._jit_compile, reduce_retracing=True)
         devices.compiled_placed(self.__name__, f"traced for ({'shape' if exact else 'rank'}, dtype) "
-                                               f"{[(r, d.name) for r, d in key]}",
+                                               f"{[(r, d.name) for r, d in key[0]]}",
                                 self._device or "the default device", "tensorflow graph")
         try:
             try:
@@ -308,15 +340,19 @@ class GraphFunction:
     def __call__(self, *args):
         # ud.function's tensors go in with their own dtype, float64 and float16 too, as torch's and JAX's compiled
         # functions take them (they were cast to the dtype in force); NumPy arrays as ud.tensor converts them
+        statics = tuple((i, a) for i, a in enumerate(args) if _is_static(a)) if self._static_python_values else ()
+        if statics:
+            args = [a for a in args if not _is_static(a)]
         tensors = [a if not self._cast_floats and isinstance(a, (tf.Tensor, tf.Variable)) else to_graph_input(a)
                    for a in args]
         shapes = [t.shape for t in tensors]
-        key = tuple((shape.rank, t.dtype) for shape, t in zip(shapes, tensors))
+        static_key = tuple((i, *_static_key(a)) for i, a in statics)
+        key = (tuple((shape.rank, t.dtype) for shape, t in zip(shapes, tensors)), static_key)
         if any(shape.num_elements() == 0 for shape in shapes):
             # an empty input (a batch of 0 samples) gets a graph of its exact shapes: TensorFlow's kernels fail on an
             # empty batch in a graph traced for any size (a convolution returns its input's shape, the gradient of
             # max pooling aborts the process), while the ops see a known 0 while tracing and give PyTorch's results
-            key = tuple((tuple(shape), t.dtype) for shape, t in zip(shapes, tensors))
+            key = (tuple((tuple(shape), t.dtype) for shape, t in zip(shapes, tensors)), static_key)
         if self._options.stale():  # an optimizer bound an option the graphs hold as a constant
             self._graphs.clear()
         if tracing_export_graph():
@@ -327,9 +363,9 @@ class GraphFunction:
             graphs = export_graphs()
             graph = graphs.get((id(self), key))
             if graph is None:
-                graph = graphs[(id(self), key)] = self._graph_for(key, keep=False)
+                graph = graphs[(id(self), key)] = self._graph_for(key, statics, keep=False)
         else:
-            graph = self._graphs.get(key) or self._graph_for(key)
+            graph = self._graphs.get(key) or self._graph_for(key, statics)
         try:
             return graph(*tensors)
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed

@@ -44,12 +44,16 @@ def maximum(a, b):
     gives a tie's gradient to ``a`` and a NaN's to ``b``, PyTorch splits a tie in halves and gives a NaN's to both.
     Integers have no gradient: TensorFlow's own op."""
     a, b = _same_dtype_tensors(a, b)
+    if a.dtype == tf.bool:  # TensorFlow has no boolean Maximum kernel; torch's maximum of booleans is their or
+        return tf.logical_or(a, b)
     return _maximum_split_ties(a, b) if a.dtype.is_floating else tf.maximum(a, b)
 
 
 def minimum(a, b):
     """``tf.minimum``'s value with ``torch.minimum``'s gradient (see ``maximum``)."""
     a, b = _same_dtype_tensors(a, b)
+    if a.dtype == tf.bool:  # torch's minimum of booleans is their and
+        return tf.logical_and(a, b)
     return _minimum_split_ties(a, b) if a.dtype.is_floating else tf.minimum(a, b)
 
 

@@ -326,6 +326,9 @@ class Backend(BackendInterface):
         pass  # eager: the layers' own checks run on every real call
 
     # ---- compiled functions and custom gradients ---------------------------
+    def framework_autocast(self):
+        return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+
     def function(self, fn, jit_compile, name):
         return torch_function.EagerFunction(fn, jit_compile, name)
 

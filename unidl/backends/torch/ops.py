@@ -55,7 +55,8 @@ def _number_like(number, other):
     tensor = torch.as_tensor(number)
     holds_it = isinstance(other, torch.Tensor) and (
         other.is_floating_point() or (not tensor.is_floating_point() and other.dtype != torch.bool))
-    return tensor.to(other.dtype) if holds_it else tensor
+    # made in ``other``'s dtype at once: 0.1 by way of float32 is 0.10000000149 in float64
+    return torch.as_tensor(number, dtype=other.dtype) if holds_it else tensor
 
 
 def leaky_relu(x, negative_slope=0.01):
