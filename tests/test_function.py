@@ -277,10 +277,33 @@ def test_python_values_reach_the_function_as_they_are(backend):
         assert got.dtype == np.float64 and got.shape == want.shape, (backend, n, got.dtype, got.shape)
         np.testing.assert_array_equal(got, want, err_msg=f"{backend} n={n!r}")
     traces = f.trace_count
+    divide = ud.function(lambda x, s: x / s)  # -0.0 is no 0.0, and every NaN one value
+    signs = [np.sign(ud.to_numpy(divide(ud.tensor(x[1:]), zero))) for zero in (0.0, -0.0)]
+    np.testing.assert_array_equal(signs, [np.ones(5), -np.ones(5)])
+    for _ in range(2):
+        divide(ud.tensor(x), float("nan"))
+    assert divide.trace_count in (None, 3), (backend, divide.trace_count)
     got = [ud.to_numpy(f(ud.tensor(x), np.float32(scale), None, False)) for scale in (2.0, 3.0)]
     np.testing.assert_array_equal(got, [x * 2 + 1, x * 3 + 1])
     if traces is not None:  # a backend that traces: one graph for both NumPy scalars
         assert f.trace_count == traces + 1, (backend, f.trace_count, traces)
+
+
+def test_a_parameter_reaches_the_function_as_a_tensor(backend):
+    """A parameter given to ``ud.function`` is a tensor on every backend: one trace per shape, and the gradient of
+    the function through it (Keras's variables were baked into one graph each, or went in as NumPy snapshots,
+    their gradient None)."""
+    model = ud.nn.Sequential(ud.nn.Linear(4, 4), ud.nn.Linear(4, 4))
+    square = ud.function(lambda p: ud.ops.sum(p * p))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ud.RetraceWarning)
+        for parameter in model.parameters():
+            square(parameter)
+        # (jax's jit takes a variable as a Python object, keyed by identity: one trace per parameter)
+        assert square.trace_count in (None, 4 if backend == "jax" else 2), (backend, square.trace_count)
+        weight = model.parameters()[0]
+        _, (gradient,) = ud.value_and_grad(lambda: square(weight), [weight])()
+    np.testing.assert_allclose(ud.to_numpy(gradient), 2 * ud.to_numpy(weight), rtol=1e-6)
 
 
 def test_unseeded_dropout_traced_first_draws_no_python_random_on_keras():

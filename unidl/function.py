@@ -86,6 +86,9 @@ def function(fn=None, *, jit_compile: bool = False):
     batch size or sequence length never retraces; a new input rank or dtype traces again
     with a ``RetraceWarning`` (an input with no elements, e.g. a batch of 0 samples, gets a graph
     of its own exact shapes, silently: TensorFlow's kernels fail on an empty batch in the others).
+    A Python number, bool, None or string argument reaches ``fn`` as itself on every backend, baked
+    into the graph where the backend traces: a new value traces again (pass ``ud.tensor(value)`` for
+    a value that changes every call; a NumPy scalar is a tensor too).
     Python code a graph cannot express (``float(t)``, an explicit ``bool(t)``) raises
     ``GraphConstructError`` naming the construct. ``trace_count`` tells how many graphs were
     traced (None on eager backends). The modules it calls, and those whose ``training`` flag

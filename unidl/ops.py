@@ -493,11 +493,12 @@ def _numbers_as_torch(name, a, b, as_tensor):
     """``a`` and ``b``, one of them a Python (or NumPy) number, as PyTorch types a number beside a tensor (``x +
     0.5``, ``torch.where(c, x, 0.5)``): a number of a higher kind than the tensor (a float beside integers, an int
     beside booleans) makes that tensor the float dtype in force or int64, else the number takes the tensor's
-    dtype, an integer outside that dtype's range being a ``ValueError`` (PyTorch's ``where`` and ``maximum`` of a
-    0-d tensor wrapped it around, as the other frameworks did); two numbers: the first becomes a tensor (float: the dtype in force, int: int64, bool: bool). With
-    ``as_tensor`` the number comes back as a 0-d tensor of that dtype (a TensorFlow graph typed a number by itself
-    in ``where``: int32 beside a float tensor), else as a number, which every backend's ``maximum`` gives the
-    tensor's dtype. (JAX gave float64 for a float beside int32 and for two floats, TensorFlow refused a float
+    dtype, an integer outside that dtype's range (or int64's) being a ``ValueError`` (PyTorch's ``where`` and
+    ``maximum`` of a 0-d tensor wrapped it around, as the other frameworks did); two numbers: the first becomes a
+    tensor (float: the dtype in force, int: int64, bool: bool), and so does a NumPy array. With ``as_tensor`` the
+    number comes back as a 0-d tensor of that dtype (a TensorFlow graph typed a number by itself in ``where``:
+    int32 beside a float tensor), else as a Python number of the tensor's kind, which every backend's
+    ``maximum`` gives the tensor's dtype (TensorFlow refused True beside int8). (JAX gave float64 for a float beside int32 and for two floats, TensorFlow refused a float
     beside integers and booleans, Keras gave int32 for two ints and for an int beside booleans.)"""
     from unidl.tensors import tensor
 
@@ -506,24 +507,35 @@ def _numbers_as_torch(name, a, b, as_tensor):
         a = tensor(a, "bool" if kind == 0 else "int64" if kind == 1 else config.get_dtype())
     tensor_first = not _is_number(a)
     side, number = (a, b) if tensor_first else (b, a)
+    if isinstance(side, np.ndarray):
+        side = tensor(side)
     dtype = getattr(side, "dtype", None)
     kind = _dtype_kind(dtype_kinds.dtype_name(dtype)) if dtype is not None else None
     if kind is None:
         return a, b
-    if _number_kind(number) > kind:
-        side = cast(side, config.get_dtype() if _number_kind(number) == 2 else "int64")
-    elif kind == 1 == _number_kind(number):
-        _check_number_fits(name, number, dtype_kinds.dtype_name(side.dtype))
-    number = tensor(number, dtype_kinds.dtype_name(side.dtype)) if as_tensor else number.item() if isinstance(
-        number, np.generic) else number
+    number_kind = _number_kind(number)
+    if number_kind > kind:
+        side = cast(side, config.get_dtype() if number_kind == 2 else "int64")
+    held = dtype_kinds.dtype_name(side.dtype)
+    if number_kind == 1:
+        _check_number_fits(name, number, held)
+    if as_tensor:
+        number = tensor(number, held)
+    else:
+        number = (bool, int, float)[max(kind, number_kind)](number)
     return (side, number) if tensor_first else (number, side)
 
 
 def _check_number_fits(name, number, dtype_name):
-    info = np.iinfo(dtype_name)
+    """``ValueError`` for an integer beyond the range of an integer tensor's ``dtype_name`` beside it, or beyond
+    int64's beside a float tensor (PyTorch's integers: torch raises, TensorFlow gave inf)."""
+    integer = dtype_kinds.is_integer(dtype_name)
+    info = np.iinfo(dtype_name if integer else "int64")
     if not info.min <= number <= info.max:
-        raise ValueError(f"{name}: the number {number} does not fit the {dtype_name} of the tensor beside it, whose "
-                         f"range is [{info.min}, {info.max}]; cast the tensor to a wider dtype first")
+        holder = f"the {dtype_name} of the tensor beside it" if integer else "int64"
+        raise ValueError(f"{name}: the number {number} does not fit {holder}, whose range is [{info.min}, "
+                         f"{info.max}]; " + ("cast the tensor to a wider dtype first" if integer else
+                                             "pass it as a float"))
 
 
 def _number_kind(number) -> int:

@@ -254,13 +254,15 @@ def test_maximum_and_minimum_of_python_numbers_type_them_as_torch(backend):
     or booleans, an int beside booleans, floats or integers, a bool beside booleans, 0.1 beside float64) or two
     numbers: the dtype ``torch.result_type`` gives them and torch's values (JAX gave float64 for a float beside
     int32, TensorFlow refused a float beside integers and any booleans, Keras gave int32 for an int beside
-    booleans, torch's backend made 0.1 float32 before float64); booleans of both sides too; an integer outside an
-    integer tensor's range is one ``ValueError`` (the frameworks wrapped it around), eagerly and inside
-    ``ud.function``."""
+    booleans, torch's backend made 0.1 float32 before float64, TensorFlow refused True beside int8); booleans of
+    both sides too, and a NumPy array beside a number (torch's backend raised); an integer outside an integer
+    tensor's range, or int64's, is one ``ValueError`` (the frameworks wrapped it around, or gave inf), eagerly
+    and inside ``ud.function``."""
     values = np.array([3, 0, 5])
     cases = [("int32", 2.5), ("int32", 2), ("float32", 2), ("bool", 0), ("bool", True), ("bool", 0.5),
              ("float64", 0.1), ("float16", 7), ("uint8", np.int64(2)), ("int64", np.float32(1.5)),
-             ("bool", np.bool_(False)), (None, (1.5, 0)), (None, (1, 0)), (None, (True, False))]
+             ("bool", np.bool_(False)), ("int8", True), ("uint8", np.bool_(True)), (None, (1.5, 0)), (None, (1, 0)),
+             (None, (True, False))]
 
     def oracle(name, a, b):
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
@@ -295,12 +297,19 @@ def test_maximum_and_minimum_of_python_numbers_type_them_as_torch(backend):
             got = ud.to_numpy(got)
             assert (got.dtype, got.shape) == (want.dtype, want.shape), (backend, got.dtype, want.dtype)
             np.testing.assert_array_equal(got, want)
-    for op, (dtype, number) in itertools.product((ud.ops.maximum, ud.ops.minimum, ud.ops.where),
-                                                 [("int8", 1000), ("uint8", -1)]):
+    for op in (ud.ops.maximum, ud.ops.minimum):
+        got = ud.to_numpy(op(values, 0.5))
+        want = oracle(op.__name__, torch.tensor(values), 0.5)
+        assert got.dtype == want.dtype, (backend, got.dtype)
+        np.testing.assert_array_equal(got, want)
+    for op, (dtype, number, holder) in itertools.product(
+            (ud.ops.maximum, ud.ops.minimum, ud.ops.where),
+            [("int8", 1000, "the int8 of the tensor"), ("uint8", -1, "the uint8 of the tensor"),
+             ("bool", 2 ** 63, "the int64 of the tensor"), ("float32", 2 ** 200, "int64")]):
         x = ud.ops.cast(ud.tensor(values), dtype)
         arguments = (ud.tensor(values > 1), x, number) if op is ud.ops.where else (x, number)
         for function in (op, ud.function(op)):
-            with pytest.raises(ValueError, match=f"the number {number} does not fit the {dtype} of the tensor"):
+            with pytest.raises(ValueError, match=f"the number {number} does not fit {holder}"):
                 function(*arguments)
 
 

@@ -52,7 +52,8 @@ def _signature(value):
         return ("dict",) + tuple((k, _signature(v)) for k, v in sorted(value.items()))
     try:
         hash(value)
-        return ("static", type(value), value)  # (1, 1.0 and True are equal keys, but bake in apart)
+        # (1, 1.0 and True are equal keys but bake in apart; -0.0 equals 0.0 and NaN nothing: a float by its bits)
+        return ("static", type(value), value.hex() if isinstance(value, float) else value)
     except TypeError:
         return ("object", id(value))
 

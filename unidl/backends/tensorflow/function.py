@@ -196,7 +196,8 @@ def _exact_shapes(key) -> bool:
 def _described(key) -> str:
     """A ``GraphFunction`` key for a warning: its tensors' (rank, dtype) and its static arguments' values."""
     tensors = [(rank, dtype.name) for rank, dtype in key[0]]
-    statics = {index: rest[-1] for index, _, *rest in key[1]}  # (an unhashable one: its id)
+    # (a float keyed by its bits, an unhashable value by its id)
+    statics = {index: float.fromhex(rest[-1]) if kind is float else rest[-1] for index, kind, *rest in key[1]}
     return f"tensors {tensors}" + (f", Python values by position {statics}" if statics else "")
 
 
@@ -206,12 +207,14 @@ def _is_static(value) -> bool:
     as ``jax.jit`` under unidl's JAX backend takes it: a Python number, bool, None, string or callable. (They went
     in as tensors: an int as int64, so that ``x * n`` of a float tensor raised and ``reshape(x, (n, -1))`` could not
     know its size, None could not be converted, and 0.1 became float32 before meeting a float64 tensor.)"""
-    return not isinstance(value, (tf.Tensor, tf.Variable, np.ndarray, np.generic, list, tuple, dict))
+    return not (tf.is_tensor(value) or isinstance(value, (np.ndarray, np.generic, list, tuple, dict)))
 
 
 def _static_key(value) -> tuple:
-    """A static argument as its graphs are keyed: its type and value (1, 1.0 and True apart), or its identity
-    where it has no hash."""
+    """A static argument as its graphs are keyed: its type and value (1, 1.0 and True apart; a float by its bits:
+    -0.0 apart from 0.0, every NaN one value), or its identity where it has no hash."""
+    if isinstance(value, float):
+        return (type(value), value.hex())
     try:
         hash(value)
     except TypeError:
@@ -301,7 +304,9 @@ class GraphFunction:
             warnings.warn(
                 f"{self.__name__} traced again for inputs of a new rank or dtype, or a new Python value: "
                 f"{_described(key)} (already traced for {'; '.join(map(_described, self._graphs))}); a new batch "
-                f"size or length never retraces", RetraceWarning, stacklevel=3)
+                f"size or length never retraces" + ("; a Python number is baked into its graph: pass ud.tensor(value) "
+                                                    "to feed it as an input" if key[1] else ""),
+                RetraceWarning, stacklevel=3)
         signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key[0]]
         fusion.check_fused_relu()  # (once: ReLU fused with a matmul keeps NaN, or the fusion is off)
         compiled = tf.function(lambda *tensors: self._traced(statics, *tensors), input_signature=signature,
@@ -343,8 +348,8 @@ class GraphFunction:
         statics = tuple((i, a) for i, a in enumerate(args) if _is_static(a)) if self._static_python_values else ()
         if statics:
             args = [a for a in args if not _is_static(a)]
-        tensors = [a if not self._cast_floats and isinstance(a, (tf.Tensor, tf.Variable)) else to_graph_input(a)
-                   for a in args]
+        tensors = [to_graph_input(a) if self._cast_floats or not tf.is_tensor(a) else a
+                   if isinstance(a, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(a) for a in args]
         shapes = [t.shape for t in tensors]
         static_key = tuple((i, *_static_key(a)) for i, a in statics)
         key = (tuple((shape.rank, t.dtype) for shape, t in zip(shapes, tensors)), static_key)
