@@ -4,6 +4,8 @@ unknown while it traces, so the check runs inside the graph), before the framewo
 inputs that are valid off the usual path (conv with 'same' or int padding in a graph, ``Linear`` on one
 sample) give PyTorch's values. See docs/guarantees.md, "Behaviour that is the same everywhere"."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -1003,3 +1005,25 @@ def test_normalization_layers_take_half_input_as_torch(mode, dtype):
             got = run(mode, lambda x: ud.ops.cast(layer(ud.ops.cast(x, dtype)), "float32"), data)
             np.testing.assert_allclose(got, expected.float().numpy(), rtol=1e-2, atol=1e-2, err_msg=f"{layer}")
             assert ud.to_numpy(layer(ud.ops.cast(ud.tensor(data), dtype))).dtype.name == dtype
+
+
+REGRESSION_LOSSES = [("mse_loss", ud.nn.MSELoss, F.mse_loss), ("l1_loss", ud.nn.L1Loss, F.l1_loss),
+                     ("smooth_l1_loss", ud.nn.SmoothL1Loss, F.smooth_l1_loss),
+                     ("huber_loss", ud.nn.HuberLoss, F.huber_loss)]
+
+
+def test_regression_losses_of_two_float_dtypes_take_torchs_dtype(mode):
+    """``mse_loss``, ``l1_loss`` and ``smooth_l1_loss`` (ops and modules) of float16 with float32 and float32 with
+    float64, either way round, compute in the dtype ``torch.result_type`` gives them, and ``huber_loss`` in the
+    prediction's, as ``torch.nn.functional``'s (the other frameworks computed them all in the prediction's
+    dtype)."""
+    prediction, target = np.array([[0.5, 1.5, -2.0]]), np.array([[1.0, 0.75, -0.25]])
+    pairs = [("float16", "float32"), ("float32", "float16"), ("float64", "float32"), ("float32", "float64")]
+    for (name, module, oracle), (first, second), reduction in itertools.product(
+            REGRESSION_LOSSES, pairs, ("mean", "none")):
+        want = oracle(torch.tensor(prediction).to(getattr(torch, first)),
+                      torch.tensor(target).to(getattr(torch, second)), reduction=reduction).numpy()
+        for loss in (lambda p, t: getattr(ud.ops, name)(p, t, reduction), module(reduction=reduction)):
+            got = run(mode, lambda p, t: loss(ud.ops.cast(p, first), ud.ops.cast(t, second)), prediction, target)
+            assert got.dtype == want.dtype, (name, first, second, got.dtype, want.dtype)
+            np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{name} {first} {second}")

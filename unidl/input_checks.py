@@ -337,6 +337,15 @@ def as_summable(owner, what, x):
     return ops.cast(x, "int64")
 
 
+def loss_operands(owner, prediction, target):
+    """``prediction`` and ``target`` of a regression loss as floats (integers and booleans: the float dtype in
+    force), of the one dtype ``torch.result_type`` gives two float dtypes (float16 with float32: float32; float32
+    with float64: float64), in which PyTorch's ``mse_loss``, ``l1_loss`` and ``smooth_l1_loss`` compute (the other
+    frameworks computed in the prediction's dtype)."""
+    prediction, target = as_floating(owner, "prediction", prediction), as_floating(owner, "target", target)
+    return ops._promoted_as_torch(prediction, target)
+
+
 def as_floating(owner, what, x):
     """``x``, with integer or boolean values converted to the float dtype in force (PyTorch's ``exp``, ``sqrt`` or
     ``sigmoid`` of integers are floats; TensorFlow refused them, JAX gave float64, Keras float32 under float64)."""

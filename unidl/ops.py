@@ -560,14 +560,19 @@ def one_hot(labels, num_classes):
     ``torch.nn.functional.one_hot`` raises, after reading the labels back to the host)."""
 
 
-@op(floating=("prediction", "target"))
+@op(dispatch=False)
 def mse_loss(prediction, target, reduction="mean"):
-    """Squared differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise)."""
+    """Squared differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise). Integers are floats
+    of the dtype in force, and two float dtypes promote as ``torch.nn.functional.mse_loss`` promotes them
+    (``input_checks.loss_operands``)."""
+    return _ops().mse_loss(*input_checks.loss_operands("mse_loss", prediction, target), reduction)
 
 
-@op(floating=("prediction", "target"))
+@op(dispatch=False)
 def l1_loss(prediction, target, reduction="mean"):
-    """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise)."""
+    """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise); dtypes as
+    ``mse_loss``'s."""
+    return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
 
 
 @op(indices=("labels",))
@@ -877,15 +882,19 @@ def _reduced(values, reduction):
 
 
 def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
-    """0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta, with d = prediction - target (L1 when beta is 0)."""
-    difference = abs(prediction - cast_like(target, prediction))
+    """0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta, with d = prediction - target (L1 when beta is 0);
+    dtypes as ``mse_loss``'s."""
+    prediction, target = input_checks.loss_operands("smooth_l1_loss", prediction, target)
+    difference = abs(prediction - target)
     if beta == 0:
         return _reduced(difference, reduction)
     return _reduced(where(difference < beta, 0.5 * square(difference) / beta, difference - 0.5 * beta), reduction)
 
 
 def huber_loss(prediction, target, reduction="mean", delta=1.0):
-    """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target."""
+    """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target, in the
+    prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force)."""
+    prediction = input_checks.as_floating("huber_loss", "prediction", prediction)
     difference = abs(prediction - cast_like(target, prediction))
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 

@@ -62,7 +62,7 @@ class MSELoss(_Loss):
 
     def forward(self, prediction, target):
         prediction = self._check_same_shape(prediction, target)
-        return self._ops.mse_loss(prediction, target, self.reduction)
+        return self._ops.mse_loss(*input_checks.loss_operands(self.describe, prediction, target), self.reduction)
 
 
 class L1Loss(_Loss):
@@ -70,7 +70,7 @@ class L1Loss(_Loss):
 
     def forward(self, prediction, target):
         prediction = self._check_same_shape(prediction, target)
-        return self._ops.l1_loss(prediction, target, self.reduction)
+        return self._ops.l1_loss(*input_checks.loss_operands(self.describe, prediction, target), self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
