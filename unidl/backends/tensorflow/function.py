@@ -342,14 +342,23 @@ class GraphFunction:
             self._graphs[key] = graph
         return graph
 
+    def _fed(self, value):
+        """An argument as the graph takes it: a step's batch, a NumPy array or list as ``to_graph_input`` converts
+        it, else a TensorFlow tensor or variable as it is and another tensor (a Keras variable) as its value."""
+        if self._cast_floats or not tf.is_tensor(value):
+            return to_graph_input(value)
+        return value if isinstance(value, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(value)
+
     def __call__(self, *args):
         # ud.function's tensors go in with their own dtype, float64 and float16 too, as torch's and JAX's compiled
         # functions take them (they were cast to the dtype in force); NumPy arrays as ud.tensor converts them
-        statics = tuple((i, a) for i, a in enumerate(args) if _is_static(a)) if self._static_python_values else ()
-        if statics:
-            args = [a for a in args if not _is_static(a)]
-        tensors = [to_graph_input(a) if self._cast_floats or not tf.is_tensor(a) else a
-                   if isinstance(a, (tf.Tensor, tf.Variable)) else tf.convert_to_tensor(a) for a in args]
+        statics = ()
+        if self._static_python_values:
+            static = [_is_static(a) for a in args]
+            if any(static):
+                statics = tuple((i, a) for i, (a, baked) in enumerate(zip(args, static)) if baked)
+                args = [a for a, baked in zip(args, static) if not baked]
+        tensors = [self._fed(a) for a in args]
         shapes = [t.shape for t in tensors]
         static_key = tuple((i, *_static_key(a)) for i, a in statics)
         key = (tuple((shape.rank, t.dtype) for shape, t in zip(shapes, tensors)), static_key)
