@@ -965,9 +965,10 @@ def test_floats_of_another_dtype_than_a_layers_parameters_are_one_error(mode):
     for layer, shape, takes_halves in _layers_with_parameters():
         data = values.ravel()[:np.prod(shape)].reshape(shape)
         for dtype in ("float64",) if takes_halves else ("float64", "float16"):
+            remedy = "create the model under ud.use_dtype('float64')" if dtype == "float64" else \
+                "train in mixed precision with ud.Precision"
             raises_exactly(ud.DtypeMismatchError, f"{layer.describe()} has float32 parameters and got {dtype} input; "
-                           f"cast the input with ud.ops.cast(x, 'float32'), create the model under ud.use_dtype("
-                           f"'{dtype}'), or train in mixed precision with ud.Precision", run, mode,
+                           f"cast the input with ud.ops.cast(x, 'float32'), or {remedy}", run, mode,
                            lambda x: _first_output(layer, ud.ops.cast(x, dtype)), data)
     weights = {"linear": (3, 3), "conv1d": (1, 3, 2), "conv2d": (1, 3, 2, 2), "conv_transpose2d": (3, 1, 2, 2),
                "prelu": (1,)}
@@ -976,8 +977,7 @@ def test_floats_of_another_dtype_than_a_layers_parameters_are_one_error(mode):
         data = data[:, :, :, None] if name.endswith("2d") else data
         function = getattr(ud.ops, name)
         raises_exactly(ud.DtypeMismatchError, f"{name} has float32 parameters and got float64 input; cast the input "
-                       "with ud.ops.cast(x, 'float32'), create the model under ud.use_dtype('float64'), or train in "
-                       "mixed precision with ud.Precision", run, mode,
+                       "with ud.ops.cast(x, 'float32'), or create the model under ud.use_dtype('float64')", run, mode,
                        lambda x, w: function(ud.ops.cast(x, "float64"), w), data, weight)
 
 
@@ -1014,11 +1014,13 @@ REGRESSION_LOSSES = [("mse_loss", ud.nn.MSELoss, F.mse_loss), ("l1_loss", ud.nn.
 
 def test_regression_losses_of_two_float_dtypes_take_torchs_dtype(mode):
     """``mse_loss``, ``l1_loss`` and ``smooth_l1_loss`` (ops and modules) of float16 with float32 and float32 with
-    float64, either way round, compute in the dtype ``torch.result_type`` gives them, and ``huber_loss`` in the
+    float64, either way round, and an integer target beside float16 (not float32: the float dtype in force is
+    for two integer operands), compute in the dtype ``torch.result_type`` gives them, and ``huber_loss`` in the
     prediction's, as ``torch.nn.functional``'s (the other frameworks computed them all in the prediction's
     dtype)."""
     prediction, target = np.array([[0.5, 1.5, -2.0]]), np.array([[1.0, 0.75, -0.25]])
-    pairs = [("float16", "float32"), ("float32", "float16"), ("float64", "float32"), ("float32", "float64")]
+    pairs = [("float16", "float32"), ("float32", "float16"), ("float64", "float32"), ("float32", "float64"),
+             ("float16", "int64")]
     for (name, module, oracle), (first, second), reduction in itertools.product(
             REGRESSION_LOSSES, pairs, ("mean", "none")):
         want = oracle(torch.tensor(prediction).to(getattr(torch, first)),

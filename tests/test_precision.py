@@ -131,15 +131,17 @@ def _torch_autocast_loop(state, batches, accumulate, lr=0.1, dtype="bfloat16", l
             for k, v in net.state_dict().items()}
 
 
-def test_a_prelu_trains_in_bf16_as_a_torch_autocast_loop(backend, rng):
-    """A net with a ``PReLU`` (one weight per channel) trained in "bf16-mixed": the hand-written torch autocast loop's
-    losses and weights (TensorFlow and Keras raised a ``TypeError``: the float32 PReLU weight times bfloat16
-    activations)."""
+@pytest.mark.parametrize("middle", ["PReLU", "GroupNorm", "LayerNorm", "BatchNorm1d"])
+def test_a_prelu_or_a_normalization_trains_in_bf16_as_a_torch_autocast_loop(backend, rng, middle):
+    """A net with a ``PReLU`` (one weight per channel) or a normalization between its linear layers trained in
+    "bf16-mixed": the hand-written torch autocast loop's losses and weights (TensorFlow and Keras raised a
+    ``TypeError``: a float32 PReLU or GroupNorm weight times bfloat16 activations)."""
     import torch
 
+    arguments = {"PReLU": (3,), "GroupNorm": (1, 3), "LayerNorm": (3,), "BatchNorm1d": (3,)}[middle]
     x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((8, 1)).astype(np.float32)
-    model = ud.nn.Sequential(ud.nn.Linear(4, 3), ud.nn.PReLU(3), ud.nn.Linear(3, 1))
-    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.PReLU(3), torch.nn.Linear(3, 1))
+    model = ud.nn.Sequential(ud.nn.Linear(4, 3), getattr(ud.nn, middle)(*arguments), ud.nn.Linear(3, 1))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), getattr(torch.nn, middle)(*arguments), torch.nn.Linear(3, 1))
     net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
     step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), precision="bf16-mixed")
     oracle = torch.optim.SGD(net.parameters(), lr=0.1)

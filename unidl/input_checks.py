@@ -203,13 +203,17 @@ def check_parameters_dtype(owner, x, parameter, halves: bool = False) -> bool:
     if parameter is None or x.dtype == parameter.dtype:  # the common case, decided at once
         return False
     given, held = dtype_name(x.dtype), dtype_name(parameter.dtype)
-    if given == held or not is_floating(given) or not is_floating(held) or _autocast_in_force():
+    if given == held or not is_floating(given) or not is_floating(held):
         return False
     if halves and given in ("float16", "bfloat16") and held == "float32":
-        return True
+        return True  # (under autocast too: PyTorch's mixed-type kernel gives autocast's half output back)
+    if _autocast_in_force():
+        return False
+    remedy = ("train in mixed precision with ud.Precision" if given in ("float16", "bfloat16") else
+              f"create the model under ud.use_dtype('{given}')" if held == "float32" else
+              f"call it under ud.use_dtype('{held}'), which converts arrays to it")
     raise DtypeMismatchError(f"{literal(owner)} has {held} parameters and got {given} input; cast the input with "
-                             f"ud.ops.cast(x, '{held}'), create the model under ud.use_dtype('{given}'), or train "
-                             f"in mixed precision with ud.Precision")
+                             f"ud.ops.cast(x, '{held}'), or {remedy}")
 
 
 def _autocast_in_force() -> bool:
@@ -338,12 +342,12 @@ def as_summable(owner, what, x):
 
 
 def loss_operands(owner, prediction, target):
-    """``prediction`` and ``target`` of a regression loss as floats (integers and booleans: the float dtype in
-    force), of the one dtype ``torch.result_type`` gives two float dtypes (float16 with float32: float32; float32
-    with float64: float64), in which PyTorch's ``mse_loss``, ``l1_loss`` and ``smooth_l1_loss`` compute (the other
-    frameworks computed in the prediction's dtype)."""
-    prediction, target = as_floating(owner, "prediction", prediction), as_floating(owner, "target", target)
-    return ops._promoted_as_torch(prediction, target)
+    """``prediction`` and ``target`` of a regression loss in the one dtype ``torch.result_type`` gives them once
+    broadcast (float16 with float32: float32; float32 with float64: float64; integers beside float16: float16),
+    in which PyTorch's ``mse_loss``, ``l1_loss`` and ``smooth_l1_loss`` compute (the other frameworks computed in
+    the prediction's dtype); two integer or boolean operands are floats of the dtype in force."""
+    prediction, target = ops._promoted_as_torch(prediction, target, broadcast=True)
+    return as_floating(owner, "prediction", prediction), as_floating(owner, "target", target)
 
 
 def as_floating(owner, what, x):

@@ -398,15 +398,17 @@ def _is_number(value) -> bool:
     return isinstance(value, (numbers.Number, np.bool_))
 
 
-def _promoted_as_torch(a, b):
+def _promoted_as_torch(a, b, broadcast: bool = False):
     """``a`` and ``b``, tensors (or arrays) of two dtypes cast to the one ``torch.maximum`` gives them (a Python
-    number is left to the backend, which gives it the other's dtype as in ``x + 0.5``)."""
+    number is left to the backend, which gives it the other's dtype as in ``x + 0.5``); with ``broadcast``, as if
+    neither were 0-dim (a loss, which broadcasts its operands before it promotes them)."""
     dtype_a, dtype_b = getattr(a, "dtype", None), getattr(b, "dtype", None)
     if dtype_a is None or dtype_b is None or dtype_a == dtype_b or isinstance(a, numbers.Number) or isinstance(
             b, numbers.Number):
         return a, b
     name_a, name_b = dtype_kinds.dtype_name(dtype_a), dtype_kinds.dtype_name(dtype_b)
-    dtype = _torch_result_dtype(name_a, _zero_dim(a), name_b, _zero_dim(b)) if name_a != name_b else None
+    dtype = _torch_result_dtype(name_a, not broadcast and _zero_dim(a), name_b, not broadcast and _zero_dim(b)) if (
+        name_a != name_b) else None
     if dtype is None:
         return a, b
     return a if name_a == dtype else cast(a, dtype), b if name_b == dtype else cast(b, dtype)

@@ -59,8 +59,10 @@ def _signature(value):
 
 
 def _split_static(args):
-    """Array leaves go in as arguments; anything else (Python numbers, strings, callables) is baked in."""
+    """Array leaves go in as arguments, a variable as its value (one trace per shape, as a TensorFlow graph takes
+    it, not one per variable); anything else (Python numbers, strings, callables) is baked in."""
     leaves, treedef = jax.tree_util.tree_flatten(args)
+    leaves = [leaf.value if isinstance(leaf, jax_variable.JaxVariable) else leaf for leaf in leaves]
     dynamic = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
     return leaves, treedef, dynamic
 
