@@ -546,3 +546,20 @@ def test_float16_steps_with_other_losses_called_in_turn_train_as_one_loop():
     with ud.use_backend("keras"):
         ud.manual_seed(0)
         check_alternated_loss_steps(alternated_loss_steps(eager=True))
+
+
+def test_a_model_runs_under_a_users_own_torch_autocast(rng):
+    """A user's own ``torch.autocast`` around a torch-backend model: its layers take the bfloat16 activations beside
+    their float32 parameters, as ``torch.nn``'s do (the check of a layer's input dtype knows torch's autocast),
+    with the torch net's output."""
+    import torch
+
+    x = rng.standard_normal((8, 4)).astype(np.float32)
+    with ud.use_backend("torch"):
+        model = ud.nn.Sequential(ud.nn.Linear(4, 3), ud.nn.LayerNorm(3), ud.nn.Linear(3, 1))
+        net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 1))
+        net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, want = model(ud.tensor(x)), net(torch.tensor(x))
+    assert got.dtype == want.dtype == torch.bfloat16
+    np.testing.assert_allclose(got.float().detach().numpy(), want.float().detach().numpy(), rtol=1e-2, atol=1e-2)

@@ -196,10 +196,11 @@ def check_floating(owner, x) -> None:
 def check_parameters_dtype(owner, x, parameter, halves: bool = False) -> bool:
     """``DtypeMismatchError`` for floating-point input of another dtype than a layer's floating-point
     ``parameter`` (float64 or float16 input to a float32 ``Linear``), as PyTorch refuses it (TensorFlow refused it
-    in its own words, JAX promoted the two: float64 or float32 out). Under ``ud.Precision``'s autocast the casts
-    are autocast's, and nothing is checked. With ``halves`` (the normalization layers, which PyTorch's mixed-type
-    kernels let take float16 or bfloat16 input beside float32 parameters) such input returns True: the caller
-    computes in float32 and gives the result back in the input's dtype, as PyTorch does. False otherwise."""
+    in its own words, JAX promoted the two: float64 or float32 out). Under autocast (``ud.Precision``'s casts,
+    or torch's own) the casts are autocast's, and nothing is raised. With ``halves`` (the normalization layers,
+    which PyTorch's mixed-type kernels let take float16 or bfloat16 input beside float32 parameters, under
+    autocast too) such input returns True: the caller computes in float32 and gives the result back in the
+    input's dtype, as PyTorch does. False otherwise."""
     if parameter is None or x.dtype == parameter.dtype:  # the common case, decided at once
         return False
     given, held = dtype_name(x.dtype), dtype_name(parameter.dtype)

@@ -33,6 +33,10 @@ def _bfloat16():
     return ml_dtypes.bfloat16
 
 
+#: the device types ``torch.autocast`` runs on, whichever the model's parameters are on
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
 class Backend(BackendInterface):
     name = "torch"
     ops = torch_ops
@@ -327,7 +331,7 @@ class Backend(BackendInterface):
 
     # ---- compiled functions and custom gradients ---------------------------
     def framework_autocast(self):
-        return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+        return any(torch.is_autocast_enabled(device) for device in _AUTOCAST_DEVICES)
 
     def function(self, fn, jit_compile, name):
         return torch_function.EagerFunction(fn, jit_compile, name)
