@@ -960,7 +960,8 @@ def test_floats_of_another_dtype_than_a_layers_parameters_are_one_error(mode):
     """float64 input to a float32 layer, and float16 input to one whose PyTorch kernel refuses it (all but the
     normalizations), and the same to ``linear``, ``conv1d``, ``conv2d``, ``conv_transpose2d`` and ``prelu``: one
     ``DtypeMismatchError`` naming the layer and both dtypes, as PyTorch refuses them (TensorFlow refused them in its
-    own words; JAX promoted the two, giving float64 or float32)."""
+    own words; JAX promoted the two, giving float64 or float32); a float64 bias to ``linear`` and a float64 initial
+    state to a float32 ``GRU`` too."""
     values = RNG.standard_normal((2, 2, 3, 3))
     for layer, shape, takes_halves in _layers_with_parameters():
         data = values.ravel()[:np.prod(shape)].reshape(shape)
@@ -979,6 +980,15 @@ def test_floats_of_another_dtype_than_a_layers_parameters_are_one_error(mode):
         raises_exactly(ud.DtypeMismatchError, f"{name} has float32 parameters and got float64 input; cast the input "
                        "with ud.ops.cast(x, 'float32'), or create the model under ud.use_dtype('float64')", run, mode,
                        lambda x, w: function(ud.ops.cast(x, "float64"), w), data, weight)
+    raises_exactly(ud.DtypeMismatchError, "linear has float32 parameters and got float64 bias; cast the bias with "
+                   "ud.ops.cast(x, 'float32'), or create the model under ud.use_dtype('float64')", run, mode,
+                   lambda x, w: ud.ops.linear(x, w, ud.ops.cast(w[0], "float64")), values[0, 0], np.ones((3, 3)))
+    gru = ud.nn.GRU(3, 2)
+    raises_exactly(ud.DtypeMismatchError, f"{gru.describe()} has float32 parameters and got float64 initial state; "
+                   "cast the initial state with ud.ops.cast(x, 'float32'), or create the model under "
+                   "ud.use_dtype('float64')", run, mode,
+                   lambda x, h: gru(x, ud.ops.cast(h, "float64"))[0], values.reshape(-1)[:24].reshape(4, 2, 3),
+                   np.zeros((1, 2, 2)))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

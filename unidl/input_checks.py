@@ -193,14 +193,15 @@ def check_floating(owner, x) -> None:
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
 
 
-def check_parameters_dtype(owner, x, parameter, halves: bool = False) -> bool:
+def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str = "input") -> bool:
     """``DtypeMismatchError`` for floating-point input of another dtype than a layer's floating-point
     ``parameter`` (float64 or float16 input to a float32 ``Linear``), as PyTorch refuses it (TensorFlow refused it
     in its own words, JAX promoted the two: float64 or float32 out). Under autocast (``ud.Precision``'s casts,
     or torch's own) the casts are autocast's, and nothing is raised. With ``halves`` (the normalization layers,
     which PyTorch's mixed-type kernels let take float16 or bfloat16 input beside float32 parameters, under
     autocast too) such input returns True: the caller computes in float32 and gives the result back in the
-    input's dtype, as PyTorch does. False otherwise."""
+    input's dtype, as PyTorch does. False otherwise. ``what``: what ``x`` is, for the message (an RNN's initial
+    state, ``linear``'s bias)."""
     if parameter is None or x.dtype == parameter.dtype:  # the common case, decided at once
         return False
     given, held = dtype_name(x.dtype), dtype_name(parameter.dtype)
@@ -213,7 +214,7 @@ def check_parameters_dtype(owner, x, parameter, halves: bool = False) -> bool:
     remedy = ("train in mixed precision with ud.Precision" if given in ("float16", "bfloat16") else
               f"create the model under ud.use_dtype('{given}')" if held == "float32" else
               f"call it under ud.use_dtype('{held}'), which converts arrays to it")
-    raise DtypeMismatchError(f"{literal(owner)} has {held} parameters and got {given} input; cast the input with "
+    raise DtypeMismatchError(f"{literal(owner)} has {held} parameters and got {given} {what}; cast the {what} with "
                              f"ud.ops.cast(x, '{held}'), or {remedy}")
 
 

@@ -53,6 +53,8 @@ def linear(x, weight, bias=None):
     """x @ weight.T + bias, weight of shape (out, in). Floats of another dtype than ``weight``'s are a
     ``DtypeMismatchError`` outside ``ud.Precision``'s autocast, as PyTorch's (JAX promoted them)."""
     input_checks.check_parameters_dtype("linear", x, weight)
+    if bias is not None:
+        input_checks.check_parameters_dtype("linear", bias, weight, what="bias")
     return _ops().linear(x, weight, bias)
 
 

@@ -192,6 +192,7 @@ class RNNBase(Module):
             shown = tuple("N" if e is None else e for e in expected)
             raise ShapeMismatchError(f"{self.describe()} expected an initial state of shape {shown} "
                                      f"(num_layers * num_directions, batch, hidden_size), received {shape}")
+        input_checks.check_parameters_dtype(self.describe, state, self.weight_ih_l0, what="initial state")
         return state if batched else self._ops.unsqueeze(state, 1)
 
     def extra_repr(self):
