@@ -502,8 +502,9 @@ def _numbers_as_torch(name, a, b, as_tensor):
     tensor (float: the dtype in force, int: int64, bool: bool), and so does a NumPy array. With ``as_tensor`` the
     number comes back as a 0-d tensor of that dtype (a TensorFlow graph typed a number by itself in ``where``:
     int32 beside a float tensor), else as a Python number of the tensor's kind, which every backend's
-    ``maximum`` gives the tensor's dtype (TensorFlow refused True beside int8). (JAX gave float64 for a float beside int32 and for two floats, TensorFlow refused a float
-    beside integers and booleans, Keras gave int32 for two ints and for an int beside booleans.)"""
+    ``maximum`` gives the tensor's dtype (TensorFlow refused True beside int8). (JAX gave float64 for a float
+    beside int32 and for two floats, TensorFlow refused a float beside integers and booleans, Keras gave int32
+    for two ints and for an int beside booleans.)"""
     from unidl.tensors import tensor
 
     if _is_number(a) and _is_number(b):
