@@ -442,6 +442,68 @@ def test_integers_into_float_math_give_floats_of_the_dtype_in_force(mode, dtype)
             np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=name)
 
 
+FLOAT_MATH_LAYERS = [(ud.nn.Sigmoid, torch.sigmoid), (ud.nn.Tanh, torch.tanh),
+                     (lambda: ud.nn.Softmax(-1), lambda t: torch.softmax(t, -1)),
+                     (lambda: ud.nn.LogSoftmax(-1), lambda t: torch.log_softmax(t, -1)), (ud.nn.GELU, F.gelu),
+                     (ud.nn.SiLU, F.silu), (ud.nn.ELU, F.elu), (ud.nn.Softplus, F.softplus),
+                     (lambda: ud.nn.LeakyReLU(0.1), lambda t: F.leaky_relu(t, 0.1))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_activation_layers_take_integers_and_booleans_as_their_functional_op(mode, dtype):
+    """``nn.Sigmoid``, ``nn.GELU``, ``nn.LeakyReLU``... of integers or booleans: floats in the dtype in force, as
+    their functional ops give (the layers handed them to the framework: TensorFlow, Keras and JAX refused them or
+    JAX gave float64, and torch's backend gave float32 under float64 or refused them)."""
+    values = np.array([[1, -2, 4], [0, 3, -9]], np.int64)
+    with ud.use_dtype(dtype):
+        for build, oracle in FLOAT_MATH_LAYERS:
+            layer = build()
+            for inputs in (values, values > 0):
+                got = run(mode, lambda x: layer(x), inputs)
+                expected = oracle(torch.tensor(inputs, dtype=getattr(torch, dtype))).numpy()
+                assert got.dtype == np.dtype(dtype), (layer, inputs.dtype)
+                np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=repr(layer))
+
+
+BOOLEANS_REFUSED = [  # (name in the message, the op of x), each refused by torch for booleans
+    ("relu", lambda x: ud.ops.relu(x)), ("abs", lambda x: ud.ops.abs(x)),
+    ("argmax", lambda x: ud.ops.argmax(x)), ("argmax", lambda x: ud.ops.argmax(x, 0)),
+    ("hardtanh", lambda x: ud.ops.hardtanh(x)), ("hardtanh", lambda x: ud.ops.relu6(x)),
+    ("clip", lambda x: ud.ops.clip(x, True, None)), ("clip", lambda x: ud.ops.clip(x, None, True)),
+    ("ReLU()", lambda x: ud.nn.ReLU()(x)), ("ReLU6()", lambda x: ud.nn.ReLU6()(x)),
+    ("Hardtanh(min_val=-1.0, max_val=1.0)", lambda x: ud.nn.Hardtanh()(x)),
+]
+BOOLEANS_TAKEN = [  # (the op of x, torch's op), the booleans' results in torch's dtype
+    (lambda x: ud.ops.sign(x), torch.sign), (lambda x: ud.ops.square(x), torch.square),
+    (lambda x: ud.ops.clip(x, 0, 1), lambda t: torch.clip(t, 0, 1)),
+    (lambda x: ud.ops.clip(x, None, 0), lambda t: torch.clip(t, None, 0)),
+    (lambda x: ud.ops.clip(x, np.int8(1), True), lambda t: torch.clip(t, 1, True)),
+    (lambda x: ud.ops.clip(x, 0.5, None), lambda t: torch.clip(t, 0.5, None)),
+]
+
+
+@pytest.mark.parametrize("index", range(len(BOOLEANS_REFUSED)))
+def test_booleans_into_an_op_torch_refuses_them_for_are_one_error(mode, index):
+    """Booleans into ``relu``, ``abs``, ``argmax``, ``hardtanh`` (so ``relu6``) and their layers, or clipped to
+    boolean bounds alone: one ``DtypeMismatchError``, as PyTorch has no boolean kernel for them (TensorFlow and Keras
+    raised errors of their own, JAX gave int64 from relu, booleans from hardtanh and a clip, argmax 0)."""
+    name, fn = BOOLEANS_REFUSED[index]
+    raises_exactly(ud.DtypeMismatchError, f"{name} needs numbers, got bool input; convert it with ud.ops.cast(x, "
+                   f"'uint8') or ud.ops.cast(x, 'float32')", run, mode, fn, BOOLS.ravel())
+
+
+@pytest.mark.parametrize("index", range(len(BOOLEANS_TAKEN)))
+def test_booleans_into_sign_square_and_clip_give_torchs_values(mode, index):
+    """``sign`` of booleans is themselves, ``square`` int64, and a clip to a number int64 (float32 for a float
+    bound), as in PyTorch (TensorFlow refused them all, Keras and JAX squared them in int32, JAX clipped them to
+    booleans and refused their sign)."""
+    fn, oracle = BOOLEANS_TAKEN[index]
+    expected = oracle(torch.tensor(BOOLS.ravel())).numpy()
+    got = run(mode, fn, BOOLS.ravel())
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_integers_times_floats_is_one_error(mode):
     raises_exactly(ud.DtypeMismatchError, "matmul of int64 and float32: one is integer, the other floating-point; "
                    "convert the integers with ud.ops.cast(x, 'float32')",

@@ -238,6 +238,21 @@ def check_numbers(owner, x) -> None:
                                  f"ud.ops.cast(x, 'uint8') or ud.ops.cast(x, '{config.get_dtype()}')")
 
 
+def as_numbers(owner, what, x):
+    """``x``, after ``check_numbers``: an op of numbers (``relu``, ``abs``, ``argmax``) named ``owner`` refuses
+    booleans, as PyTorch has no boolean kernel for them (TensorFlow and Keras raised errors of their own, JAX gave
+    int64 or 0)."""
+    check_numbers(owner, x)
+    return x
+
+
+def booleans_as_int64(owner, what, x):
+    """``x``, with booleans converted to int64, as PyTorch's ``square`` and ``clip`` to an integer bound make them
+    (TensorFlow refused booleans, JAX and Keras gave int32); other dtypes are left as they are."""
+    dtype = getattr(x, "dtype", None)
+    return ops.cast(x, "int64") if dtype is not None and dtype_name(dtype) == "bool" else x
+
+
 def check_condition(owner, condition) -> None:
     """``DtypeMismatchError`` for a condition that is not booleans (PyTorch and TensorFlow refuse one in their own
     words; JAX and Keras took non-zero as true)."""

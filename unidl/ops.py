@@ -34,13 +34,17 @@ def op(declaration=None, **options):
     and other integers become int64, as ``torch.sum`` sums them. ``reduced``: a reduction's axes (an empty
     sequence is a ``ValueError``: PyTorch reduces every axis over it, NumPy none). ``axes``: the parameters that
     take an axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``).
-    ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array becomes a Python float)."""
+    ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array becomes a Python float).
+    ``numeric``: the parameters that take numbers alone (booleans are a ``DtypeMismatchError``, as PyTorch has no
+    boolean kernel). ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``."""
     checks = {**{p: input_checks.check_integer for p in options.pop("indices", ())},
               **{p: input_checks.as_floating for p in options.pop("floating", ())},
               **{p: input_checks.as_summable for p in options.pop("summable", ())},
               **{p: arguments.reduced_axes for p in options.pop("reduced", ())},
               **{p: arguments.axis for p in options.pop("axes", ())},
-              **{p: arguments.plain_number for p in options.pop("numbers", ())}}
+              **{p: arguments.plain_number for p in options.pop("numbers", ())},
+              **{p: input_checks.as_numbers for p in options.pop("numeric", ())},
+              **{p: input_checks.booleans_as_int64 for p in options.pop("booleans_as_int64", ())}}
     if checks:
         options["inputs"] = checks
     if declaration is None:
@@ -66,9 +70,9 @@ def matmul(a, b):
     return _ops().matmul(a, b)
 
 
-@op
+@op(numeric=("x",))
 def relu(x):
-    """max(x, 0)."""
+    """max(x, 0). Booleans are a ``DtypeMismatchError``, as in PyTorch."""
 
 
 @op(numbers=("negative_slope",), floating=("x",))
@@ -323,9 +327,16 @@ def sum(x, axis=None, keepdims=False):
 @op(dispatch=False)
 def clip(x, minimum=None, maximum=None):
     """Limit values to [minimum, maximum] (either bound may be None). Integers clipped to a float bound are floats
-    of the dtype in force; an integer bound outside the range of integer ``x``'s dtype is a ``ValueError``."""
+    of the dtype in force; an integer bound outside the range of integer ``x``'s dtype is a ``ValueError``.
+    Booleans clipped to a number are int64 (floats of the dtype in force for a float bound), as in PyTorch; with
+    boolean bounds alone they are a ``DtypeMismatchError``."""
     minimum, maximum = arguments.plain_number("clip", "minimum", minimum), arguments.plain_number("clip", "maximum",
                                                                                                    maximum)
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and dtype_kinds.dtype_name(dtype) == "bool":
+        if all(bound is None or isinstance(bound, bool) for bound in (minimum, maximum)):
+            input_checks.check_numbers("clip", x)
+        x = input_checks.booleans_as_int64("clip", "x", x)
     input_checks.check_bounds("clip", x, (minimum, maximum), floats=False)
     return _ops().clip(x, minimum, maximum)
 
@@ -345,19 +356,24 @@ def sqrt(x):
     """Square root, element-wise."""
 
 
-@op
+@op(numeric=("x",))
 def abs(x):
-    """Absolute value, element-wise."""
+    """Absolute value, element-wise. Booleans are a ``DtypeMismatchError``, as in PyTorch."""
 
 
-@op
+@op(booleans_as_int64=("x",))
 def square(x):
-    """x * x, element-wise."""
+    """x * x, element-wise; booleans give int64 0 and 1, as in PyTorch."""
 
 
-@op
+@op(dispatch=False)
 def sign(x):
-    """-1, 0 or 1 by the sign of each element."""
+    """-1, 0 or 1 by the sign of each element. Booleans are their own sign, as in PyTorch (TensorFlow, Keras and
+    JAX refused them)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and dtype_kinds.dtype_name(dtype) == "bool":
+        return cast(x, "bool")
+    return _ops().sign(x)
 
 
 @op(dispatch=False)
@@ -641,6 +657,7 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
     the range of integer ``x``'s dtype is a ``ValueError``."""
     min_val = arguments.plain_number("hardtanh", "min_val", min_val)
     max_val = arguments.plain_number("hardtanh", "max_val", max_val)
+    input_checks.check_numbers("hardtanh", x)
     input_checks.check_bounds("hardtanh", x, (min_val, max_val), floats=True)
     return _ops().hardtanh(x, min_val, max_val)
 
@@ -728,9 +745,10 @@ def arange(start, end=None, step=1, dtype=None):
         return backend.ops.arange(start, end, step, _dtype_name(dtype))
 
 
-@op
+@op(numeric=("x",))
 def argmax(x, dim=None, keepdim=False):
-    """Index (int64) of the largest value along ``dim`` (of the flattened tensor when None); the first one on ties."""
+    """Index (int64) of the largest value along ``dim`` (of the flattened tensor when None); the first one on ties.
+    Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them)."""
 
 
 @op

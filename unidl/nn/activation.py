@@ -12,10 +12,17 @@ from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
 
+def _floats(layer, x):
+    """``x`` as the functional op takes it: integers and booleans become floats of the dtype in force, as
+    ``ud.ops.sigmoid`` makes them (the layers passed them to the framework, which refused them or gave float64)."""
+    return input_checks.as_floating(layer.describe, "input", x)
+
+
 class ReLU(Module):
     """max(x, 0)."""
 
     def forward(self, x):
+        input_checks.check_numbers(self.describe, x)
         return self._ops.relu(x)
 
 
@@ -27,7 +34,7 @@ class LeakyReLU(Module):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x):
-        return self._ops.leaky_relu(x, self.negative_slope)
+        return self._ops.leaky_relu(_floats(self, x), self.negative_slope)
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"
@@ -37,14 +44,14 @@ class Sigmoid(Module):
     """1 / (1 + exp(-x))."""
 
     def forward(self, x):
-        return self._ops.sigmoid(x)
+        return self._ops.sigmoid(_floats(self, x))
 
 
 class Tanh(Module):
     """Hyperbolic tangent."""
 
     def forward(self, x):
-        return self._ops.tanh(x)
+        return self._ops.tanh(_floats(self, x))
 
 
 class Softmax(Module):
@@ -55,7 +62,7 @@ class Softmax(Module):
         self.dim = arguments.axis("Softmax", "dim", dim)
 
     def forward(self, x):
-        return self._ops.softmax(x, self.dim)
+        return self._ops.softmax(_floats(self, x), self.dim)
 
     def extra_repr(self):
         return f"dim={self.dim}"
@@ -71,7 +78,7 @@ class LogSoftmax(Module):
 
     def forward(self, x):
         dim = self.dim if self.dim is not None else (0 if len(x.shape) in (0, 1, 3) else 1)
-        return self._ops.log_softmax(x, dim)
+        return self._ops.log_softmax(_floats(self, x), dim)
 
     def extra_repr(self):
         return f"dim={self.dim}"
@@ -88,7 +95,7 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x):
-        return self._ops.gelu(x, self.approximate)
+        return self._ops.gelu(_floats(self, x), self.approximate)
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"
@@ -101,7 +108,7 @@ class SiLU(Module):
         super().__init__()
 
     def forward(self, x):
-        return self._ops.silu(x)
+        return self._ops.silu(_floats(self, x))
 
 
 class ELU(Module):
@@ -112,7 +119,7 @@ class ELU(Module):
         self.alpha = float(alpha)
 
     def forward(self, x):
-        return self._ops.elu(x, self.alpha)
+        return self._ops.elu(_floats(self, x), self.alpha)
 
     def extra_repr(self):
         return f"alpha={self.alpha}"
@@ -128,7 +135,7 @@ class Softplus(Module):
         self.beta, self.threshold = float(beta), float(threshold)
 
     def forward(self, x):
-        return self._ops.softplus(x, self.beta, self.threshold)
+        return self._ops.softplus(_floats(self, x), self.beta, self.threshold)
 
     def extra_repr(self):
         return f"beta={self.beta}, threshold={self.threshold}"
@@ -145,6 +152,7 @@ class Hardtanh(Module):
         self.min_val, self.max_val = float(min_val), float(max_val)
 
     def forward(self, x):
+        input_checks.check_numbers(self.describe, x)
         input_checks.check_bounds(self.describe, x, (self.min_val, self.max_val), floats=True)
         return self._ops.hardtanh(x, self.min_val, self.max_val)
 
