@@ -1079,6 +1079,76 @@ def test_normalization_layers_take_half_input_as_torch(mode, dtype):
             assert ud.to_numpy(layer(ud.ops.cast(ud.tensor(data), dtype))).dtype.name == dtype
 
 
+FUNCTIONAL_NORMS = [  # (name, the op of x and its two parameters, torch's op of the same), over (2, 2, 3, 4)
+    ("layer_norm", lambda x, w, b: ud.ops.layer_norm(x, (4,), w, b), lambda x, w, b: F.layer_norm(x, (4,), w, b)),
+    ("group_norm", lambda x, w, b: ud.ops.group_norm(x, 1, w, b), lambda x, w, b: F.group_norm(x, 1, w, b)),
+    ("batch_norm", lambda x, w, b: ud.ops.batch_norm(x, w, b * b + 0.5, w, b)[0],
+     lambda x, w, b: F.batch_norm(x, w, b * b + 0.5, w, b)),
+    ("batch_norm", lambda x, w, b: ud.ops.batch_norm(x, w, b * b + 0.5, w, b, training=True)[0],
+     lambda x, w, b: F.batch_norm(x, w.clone(), b * b + 0.5, w, b, training=True)),
+]
+
+
+@pytest.mark.parametrize("index", range(len(FUNCTIONAL_NORMS)))
+def test_functional_normalizations_take_the_dtypes_torch_takes(mode, index):
+    """``layer_norm``, ``group_norm`` and ``batch_norm`` of float32 input with float64 parameters, float64 input
+    with float32 parameters, or parameters of two float dtypes: one ``DtypeMismatchError`` naming both dtypes, as
+    PyTorch refuses them (TensorFlow and Keras refused them in their own words, JAX and torch's backend
+    ``group_norm`` promoted them to float64); float16 and bfloat16 input beside float32 parameters: PyTorch's
+    mixed-type result, computed in float32 and given back in the input's dtype."""
+    name, fn, oracle = FUNCTIONAL_NORMS[index]
+    values, parameters = RNG.standard_normal((2, 2, 3, 4)), RNG.standard_normal((2, 4))
+    width = 4 if name == "layer_norm" else 2
+    weight, bias = parameters[0, :width], parameters[1, :width]
+    for given, held in (("float32", "float64"), ("float64", "float32")):
+        raises_exactly(ud.DtypeMismatchError, f"{name} has {held} parameters and got {given} input; cast the input "
+                       f"with ud.ops.cast(x, '{held}'), or " + ("create the model under ud.use_dtype('float64')" if
+                                                                 held == "float32" else "call it under "
+                                                                 "ud.use_dtype('float64'), which converts arrays to "
+                                                                 "it"), run, mode,
+                       lambda x, w, b: fn(ud.ops.cast(x, given), ud.ops.cast(w, held), ud.ops.cast(b, held)),
+                       values, weight, bias)
+    second = "bias" if name != "batch_norm" else "running_var"
+    raises_exactly(ud.DtypeMismatchError, f"{name} has float32 parameters and got float64 {second}; cast the "
+                   f"{second} with ud.ops.cast(x, 'float32'), or create the model under ud.use_dtype('float64')",
+                   run, mode, lambda x, w, b: fn(x, w, ud.ops.cast(b, "float64")) if name != "batch_norm" else
+                   ud.ops.batch_norm(x, w, ud.ops.cast(b * b + 0.5, "float64"), w, b)[0], values, weight, bias)
+    for half in ("float16", "bfloat16"):
+        native = [torch.tensor(a, dtype=torch.float32) for a in (values, weight, bias)]
+        expected = oracle(native[0].to(getattr(torch, half)), *native[1:])
+        got = run(mode, lambda x, w, b: ud.ops.cast(fn(ud.ops.cast(x, half), w, b), "float32"), values, weight, bias)
+        np.testing.assert_allclose(got, expected.float().numpy(), rtol=1e-2, atol=1e-2, err_msg=half)
+        assert run(mode, lambda x, w, b: fn(ud.ops.cast(x, half), w, b), values, weight, bias).dtype.name == half
+
+
+def test_a_float_attention_mask_of_another_dtype_than_the_query_is_one_error(mode):
+    """A float ``attn_mask`` to ``scaled_dot_product_attention`` of another dtype than the query's but float32,
+    and a float ``attn_mask`` or ``key_padding_mask`` to ``MultiheadAttention`` of another dtype than its input:
+    one ``DtypeMismatchError``, as PyTorch refuses them (TensorFlow and Keras refused them in their own words, JAX
+    promoted the scores to float64); a float32 mask beside a float64 query gives torch's values."""
+    query, mask = RNG.standard_normal((1, 2, 3, 4)), RNG.standard_normal((3, 3))
+    for dtype in ("float64", "float16"):
+        raises_exactly(ud.DtypeMismatchError, f"scaled_dot_product_attention: a float attn_mask must be the query's "
+                       f"float32, got {dtype}; cast it with ud.ops.cast(attn_mask, 'float32')", run, mode,
+                       lambda q, m: ud.ops.scaled_dot_product_attention(q, q, q, ud.ops.cast(m, dtype)), query, mask)
+    raises_exactly(ud.DtypeMismatchError, "scaled_dot_product_attention: a float attn_mask must be the query's "
+                   "float64 or float32, got float16; cast it with ud.ops.cast(attn_mask, 'float64')", run, mode,
+                   lambda q, m: ud.ops.scaled_dot_product_attention(ud.ops.cast(q, "float64"), q, q,
+                                                                    ud.ops.cast(m, "float16")), query, mask)
+    wide = torch.tensor(query.astype(np.float32), dtype=torch.float64)  # (run makes the query float32 first)
+    expected = F.scaled_dot_product_attention(wide, wide, wide, torch.tensor(mask, dtype=torch.float32)).numpy()
+    got = run(mode, lambda q, m: ud.ops.scaled_dot_product_attention(*[ud.ops.cast(q, "float64")] * 3, m), query,
+              mask)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+    attention = ud.nn.MultiheadAttention(4, 2, batch_first=True)
+    for what, shape in (("attn_mask", (3, 3)), ("key_padding_mask", (1, 3))):
+        raises_exactly(ud.DtypeMismatchError, f"{attention.describe()}: a float {what} must be the query's float32, "
+                       f"got float64; cast it with ud.ops.cast({what}, 'float32')", run, mode,
+                       lambda q, m: attention(q, q, q, **{what: ud.ops.cast(m, "float64")})[0], query[0],
+                       mask.ravel()[:np.prod(shape)].reshape(shape))
+
+
 REGRESSION_LOSSES = [("mse_loss", ud.nn.MSELoss, F.mse_loss), ("l1_loss", ud.nn.L1Loss, F.l1_loss),
                      ("smooth_l1_loss", ud.nn.SmoothL1Loss, F.smooth_l1_loss),
                      ("huber_loss", ud.nn.HuberLoss, F.huber_loss)]

@@ -262,14 +262,45 @@ def check_condition(owner, condition) -> None:
                                  f"(condition != 0) or convert it with ud.ops.cast(condition, 'bool')")
 
 
-def check_mask(owner, what, mask) -> None:
+def check_mask(owner, what, mask, query=None, float32: bool = False) -> None:
     """``DtypeMismatchError`` for an attention mask that is neither booleans (which keys take part) nor floats
     (added to the scores), as PyTorch refuses one; an integer 0/1 mask (a tokenizer's) was added to the scores
-    as a bias on every backend, masking nothing."""
+    as a bias on every backend, masking nothing. Given the ``query``, a float mask of another dtype than its own
+    is one too outside autocast (``float32``: but float32, which ``F.scaled_dot_product_attention`` takes beside
+    any query), as PyTorch refuses it (the other frameworks refused it in their own words or promoted the
+    scores)."""
     dtype = getattr(mask, "dtype", None)
-    if dtype is not None and not is_floating(dtype) and dtype_name(dtype) != "bool":
-        raise DtypeMismatchError(f"{literal(owner)}: {what} must be booleans or floats (added to the scores), got "
-                                 f"{dtype_name(dtype)}; convert a 0/1 mask with ud.ops.cast({what}, 'bool')")
+    if dtype is None:
+        return
+    if not is_floating(dtype):
+        if dtype_name(dtype) != "bool":
+            raise DtypeMismatchError(f"{literal(owner)}: {what} must be booleans or floats (added to the scores), "
+                                     f"got {dtype_name(dtype)}; convert a 0/1 mask with ud.ops.cast({what}, 'bool')")
+        return
+    held = getattr(query, "dtype", None)
+    if held is None or held == dtype or isinstance(mask, np.ndarray) or (float32 and dtype_name(dtype) == "float32"):
+        return  # (NumPy floats take the dtype in force, as every array unidl converts)
+    given, wanted = dtype_name(dtype), dtype_name(held)
+    if given != wanted and is_floating(wanted) and not _autocast_in_force():
+        allowed = f"the query's {wanted}" + (" or float32" if float32 and wanted != "float32" else "")
+        raise DtypeMismatchError(f"{literal(owner)}: a float {what} must be {allowed}, got {given}; cast it with "
+                                 f"ud.ops.cast({what}, '{wanted}')")
+
+
+def normalization_parameters(owner, x, parameters: dict) -> bool:
+    """``check_parameters_dtype`` for a functional normalization (``layer_norm``, ``batch_norm``, ``group_norm``)
+    of ``x`` with ``parameters`` (name: tensor or None): each of another float dtype than the first given one, or
+    ``x`` of another than theirs, is a ``DtypeMismatchError`` as PyTorch's (TensorFlow and Keras refused them in
+    their own words, JAX promoted them to float64). True for float16 or bfloat16 ``x`` beside float32 parameters,
+    which PyTorch's mixed-type kernels take: the caller computes in float32 and gives the result back in ``x``'s
+    dtype, as the normalization layers do."""
+    given = [(name, parameter) for name, parameter in parameters.items() if parameter is not None]
+    if not given:
+        return False
+    first = given[0][1]
+    for name, parameter in given[1:]:
+        check_parameters_dtype(owner, parameter, first, what=name)
+    return check_parameters_dtype(owner, x, first, halves=True)
 
 
 def check_bounds(owner, x, bounds, floats: bool) -> None:

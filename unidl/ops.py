@@ -266,6 +266,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     eps = arguments.plain_number("batch_norm", "eps", eps)
     if training:
         x = input_checks.check_batch_statistics("batch_norm", x)
+    if input_checks.normalization_parameters("batch_norm", x, {"running_mean": running_mean,
+                                                                "running_var": running_var, "weight": weight,
+                                                                "bias": bias}):
+        y, running_mean, running_var = _ops().batch_norm(cast(x, "float32"), running_mean, running_var, weight, bias,
+                                                         training, momentum, eps)
+        return cast_like(y, x), running_mean, running_var
     return _ops().batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
@@ -662,10 +668,16 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
     return _ops().hardtanh(x, min_val, max_val)
 
 
-@op(numbers=("eps",))
+@op(dispatch=False)
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, with the mean and biased variance over the last
-    ``len(normalized_shape)`` axes; ``weight`` and ``bias`` have shape ``normalized_shape``."""
+    ``len(normalized_shape)`` axes; ``weight`` and ``bias`` have shape ``normalized_shape``. Float input of
+    another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32, computed in
+    float32 and given back in the input's dtype, as PyTorch's."""
+    eps = arguments.plain_number("layer_norm", "eps", eps)
+    if input_checks.normalization_parameters("layer_norm", x, {"weight": weight, "bias": bias}):
+        return cast_like(_ops().layer_norm(cast(x, "float32"), normalized_shape, weight, bias, eps), x)
+    return _ops().layer_norm(x, normalized_shape, weight, bias, eps)
 
 
 @op(indices=("indices",))
@@ -1034,7 +1046,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     float mask is added to the scores. ``is_causal`` lets query i attend to keys 0..i only (then ``attn_mask``
     must be None). ``dropout_p`` drops attention weights (from the backend's generator). A query whose every key
     is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN)."""
-    input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask)
+    input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask, query, float32=True)
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give either attn_mask or is_causal=True, not both "
                          "(as torch.nn.functional.scaled_dot_product_attention)")

@@ -372,7 +372,11 @@ def output_size_kept(output_size, axis) -> bool:
 @_composite("x", "weight", "bias")
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's group of
-    ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,)."""
+    ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,). Float input of
+    another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32, computed in
+    float32 and given back in the input's dtype, as PyTorch's."""
+    if input_checks.normalization_parameters("group_norm", x, {"weight": weight, "bias": bias}):
+        return ops.cast_like(group_norm(ops.cast(x, "float32"), num_groups, weight, bias, eps), x)
     sizes = ops.shape(x)
     # the group's size spelled out, not -1: an empty batch cannot infer it (torch and jax refuse)
     grouped = ops.reshape(x, (sizes[0], num_groups, math.prod(sizes[2:], start=sizes[1] // num_groups)))

@@ -146,7 +146,7 @@ class MultiheadAttention(Module):
         """(N, S) in MultiheadAttention's convention (True = ignore) -> (N, 1, 1, S), True = attend, or additive."""
         ops = self._ops
         mask = self._as_tensor(mask)
-        input_checks.check_mask(self.describe, "key_padding_mask", mask)
+        input_checks.check_mask(self.describe, "key_padding_mask", mask, query)
         expected = (key.shape[0], key.shape[1]) if batched else (key.shape[1],)
         if not batched and len(mask.shape) == 1:
             mask = ops.unsqueeze(mask, 0)
@@ -162,7 +162,7 @@ class MultiheadAttention(Module):
         """(L, S) or (N * num_heads, L, S), True = may not attend -> broadcastable to (N, H, L, S)."""
         ops = self._ops
         mask = self._as_tensor(mask)
-        input_checks.check_mask(self.describe, "attn_mask", mask)
+        input_checks.check_mask(self.describe, "attn_mask", mask, query)
         shape = tuple(mask.shape)
         lengths = (query.shape[1], key.shape[1])
         heads = None if query.shape[0] is None else query.shape[0] * self.num_heads
