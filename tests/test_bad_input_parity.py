@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import unidl as ud
+from unidl.precision import autocast_modules
 from unidl.testing.pytest_plugin import backends_under_test
 
 MODES = ("eager", "graph")
@@ -465,20 +466,39 @@ def test_activation_layers_take_integers_and_booleans_as_their_functional_op(mod
                 np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=repr(layer))
 
 
-BOOLEANS_REFUSED = [  # (name in the message, the op of x), each refused by torch for booleans
-    ("relu", lambda x: ud.ops.relu(x)), ("abs", lambda x: ud.ops.abs(x)),
-    ("argmax", lambda x: ud.ops.argmax(x)), ("argmax", lambda x: ud.ops.argmax(x, 0)),
-    ("hardtanh", lambda x: ud.ops.hardtanh(x)), ("hardtanh", lambda x: ud.ops.relu6(x)),
-    ("clip", lambda x: ud.ops.clip(x, True, None)), ("clip", lambda x: ud.ops.clip(x, None, True)),
-    ("ReLU()", lambda x: ud.nn.ReLU()(x)), ("ReLU6()", lambda x: ud.nn.ReLU6()(x)),
+def _shuffled(x):
+    """The 32 values of ``x`` in another order (a tensor bound for a clip)."""
+    return ud.ops.reshape(ud.ops.transpose(ud.ops.reshape(x, (4, 8)), 0, 1), (-1,))
+
+
+def _shuffled_torch(t):
+    return t.reshape(4, 8).T.reshape(-1)
+
+
+BOOLEANS_REFUSED = [  # (name in the message, the op of x), each refused by torch for booleans (one lambda a line)
+    ("relu", lambda x: ud.ops.relu(x)),
+    ("abs", lambda x: ud.ops.abs(x)),
+    ("argmax", lambda x: ud.ops.argmax(x)),
+    ("argmax", lambda x: ud.ops.argmax(ud.ops.reshape(x, (4, 8)), 1, keepdim=True)),
+    ("hardtanh", lambda x: ud.ops.hardtanh(x)),
+    ("hardtanh", lambda x: ud.ops.relu6(x)),
+    ("clip", lambda x: ud.ops.clip(x, True, None)),
+    ("clip", lambda x: ud.ops.clip(x, None, True)),
+    ("ReLU()", lambda x: ud.nn.ReLU()(x)),
+    ("ReLU6()", lambda x: ud.nn.ReLU6()(x)),
     ("Hardtanh(min_val=-1.0, max_val=1.0)", lambda x: ud.nn.Hardtanh()(x)),
 ]
-BOOLEANS_TAKEN = [  # (the op of x, torch's op), the booleans' results in torch's dtype
-    (lambda x: ud.ops.sign(x), torch.sign), (lambda x: ud.ops.square(x), torch.square),
+BOOLEANS_TAKEN = [  # (the op of x, torch's op), the booleans' results in torch's dtype (one lambda a line)
+    (lambda x: ud.ops.sign(x), torch.sign),
+    (lambda x: ud.ops.square(x), torch.square),
     (lambda x: ud.ops.clip(x, 0, 1), lambda t: torch.clip(t, 0, 1)),
     (lambda x: ud.ops.clip(x, None, 0), lambda t: torch.clip(t, None, 0)),
     (lambda x: ud.ops.clip(x, np.int8(1), True), lambda t: torch.clip(t, 1, True)),
     (lambda x: ud.ops.clip(x, 0.5, None), lambda t: torch.clip(t, 0.5, None)),
+    (lambda x: ud.ops.clip(x, _shuffled(x), None), lambda t: torch.clip(t, _shuffled_torch(t))),
+    (lambda x: ud.ops.clip(x, None, _shuffled(x)), lambda t: torch.clip(t, None, _shuffled_torch(t))),
+    (lambda x: ud.ops.clip(x, ud.ops.cast(_shuffled(x), "int8"), None),
+     lambda t: torch.clip(t, _shuffled_torch(t).to(torch.int8))),
 ]
 
 
@@ -494,14 +514,69 @@ def test_booleans_into_an_op_torch_refuses_them_for_are_one_error(mode, index):
 
 @pytest.mark.parametrize("index", range(len(BOOLEANS_TAKEN)))
 def test_booleans_into_sign_square_and_clip_give_torchs_values(mode, index):
-    """``sign`` of booleans is themselves, ``square`` int64, and a clip to a number int64 (float32 for a float
-    bound), as in PyTorch (TensorFlow refused them all, Keras and JAX squared them in int32, JAX clipped them to
-    booleans and refused their sign)."""
+    """``sign`` of booleans is themselves, ``square`` int64, a clip to a number int64 (float32 for a float
+    bound) and one to a tensor bound the dtype ``torch.clamp`` promotes the two to (booleans, int8), as in PyTorch
+    (TensorFlow refused them all, Keras and JAX squared them in int32, JAX clipped them to booleans and refused
+    their sign; the first fix of this made a tensor bound's clip int64). The same of NumPy booleans, which
+    torch's backend failed on."""
     fn, oracle = BOOLEANS_TAKEN[index]
     expected = oracle(torch.tensor(BOOLS.ravel())).numpy()
     got = run(mode, fn, BOOLS.ravel())
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected)
+    if index < 6 and mode == "eager":
+        np.testing.assert_array_equal(ud.to_numpy(fn(BOOLS.ravel())), expected)
+
+
+def test_abs_sign_and_square_of_small_integers_keep_their_dtype_as_torch(mode):
+    """``abs``, ``sign`` and ``square`` of uint8 and int8: torch's values in their own dtype, wrapping around as
+    torch's (TensorFlow had no ``abs`` or ``sign`` kernel for uint8); a clip without a bound is a ``ValueError``,
+    as in PyTorch (the other frameworks gave the input back)."""
+    values = np.array([3, 200, 0, 12, 255])
+    for dtype in ("uint8", "int8"):
+        native = torch.tensor(values).to(getattr(torch, dtype))
+        for name in ("abs", "sign", "square"):
+            got = run(mode, lambda x: getattr(ud.ops, name)(ud.ops.cast(x, dtype)), values)
+            expected = getattr(torch, name)(native).numpy()
+            assert got.dtype == expected.dtype, (name, dtype)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{name} {dtype}")
+    raises_exactly(ValueError, "clip: give minimum or maximum (or both), as torch.clip needs one; both were None",
+                   run, mode, lambda x: ud.ops.clip(x, None, None), values.astype(np.float32))
+
+
+NUMPY_LOSSES = [  # (the loss op of a tensor t and NumPy arrays a (floats) and i (labels), torch's of the same)
+    (lambda t, a, i: ud.ops.mse_loss(t, a), lambda t, a, i: F.mse_loss(t, a)),
+    (lambda t, a, i: ud.ops.mse_loss(a, t), lambda t, a, i: F.mse_loss(a, t)),
+    (lambda t, a, i: ud.ops.l1_loss(t, a), lambda t, a, i: F.l1_loss(t, a)),
+    (lambda t, a, i: ud.ops.smooth_l1_loss(a, t), lambda t, a, i: F.smooth_l1_loss(a, t)),
+    (lambda t, a, i: ud.ops.huber_loss(a, t), lambda t, a, i: F.huber_loss(a, t)),
+    (lambda t, a, i: ud.ops.binary_cross_entropy(ud.ops.sigmoid(t), a),
+     lambda t, a, i: F.binary_cross_entropy(torch.sigmoid(t), a)),
+    (lambda t, a, i: ud.ops.binary_cross_entropy(a * 0.5, ud.ops.sigmoid(t)),
+     lambda t, a, i: F.binary_cross_entropy(a * 0.5, torch.sigmoid(t))),
+    (lambda t, a, i: ud.ops.bce_with_logits(t, a), lambda t, a, i: F.binary_cross_entropy_with_logits(t, a)),
+    (lambda t, a, i: ud.ops.kl_div(t, a, "batchmean"), lambda t, a, i: F.kl_div(t, a, reduction="batchmean")),
+    (lambda t, a, i: ud.ops.cross_entropy(ud.ops.reshape(t, (2, 3)), i),
+     lambda t, a, i: F.cross_entropy(t.reshape(2, 3), i)),
+    (lambda t, a, i: ud.ops.cross_entropy_loss(a.reshape(2, 3), i),
+     lambda t, a, i: F.cross_entropy(a.reshape(2, 3), i)),
+    (lambda t, a, i: ud.ops.nll_loss(a.reshape(2, 3), i), lambda t, a, i: F.nll_loss(a.reshape(2, 3), i)),
+]
+
+
+@pytest.mark.parametrize("index", range(len(NUMPY_LOSSES)))
+def test_loss_ops_take_numpy_arrays_as_the_loss_modules_do(mode, index):
+    """A loss op's NumPy operand (a float64 target or prediction, int64 labels) is converted as ``ud.tensor``
+    converts it, as the loss modules' calls convert theirs: float32 values on every backend, as torch's of float32
+    tensors (TensorFlow, Keras and JAX gave float64, torch's backend raised ``TypeError`` or ``AttributeError``)."""
+    fn, oracle = NUMPY_LOSSES[index]
+    values = np.array([0.25, 0.5, 0.75, 0.5, 0.125, 1.0])
+    labels = np.array([2, 0])
+    floats = torch.tensor(values, dtype=torch.float32)
+    expected = oracle(torch.tensor(values[::-1].copy(), dtype=torch.float32), floats, torch.tensor(labels)).numpy()
+    got = run(mode, lambda t: fn(t, values, labels), values[::-1].copy())
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
 def test_integers_times_floats_is_one_error(mode):
@@ -595,6 +670,25 @@ def test_pad_takes_torchs_value_none_and_empty_batches(mode):
         empty = np.zeros((0, 2, 3), np.float32)
         assert run(mode, lambda t: ud.ops.pad(t, (1, 2), pad_mode), empty).shape == tuple(
             F.pad(torch.tensor(empty), (1, 2), pad_mode).shape)
+
+
+def test_a_constant_pad_of_integers_or_booleans_takes_its_value_as_torch(mode):
+    """A constant pad's value beside integers is truncated toward zero and beside booleans non-zero is True, as
+    PyTorch's (TensorFlow refused a float beside integers or booleans, Keras one with a fraction); one outside the
+    integers' range is a ``ValueError`` (TensorFlow, Keras and JAX wrapped -1 around to 255 in uint8)."""
+    values = np.array([[1, 2, 3]])
+    for dtype, value in (("int64", 0.0), ("int64", 2.7), ("int32", -2.7), ("int8", np.float64(5.5)), ("bool", 0.0),
+                         ("bool", 0.5), ("bool", True), ("uint8", 255)):
+        expected = F.pad(torch.tensor(values).to(getattr(torch, dtype)), (1, 2), value=float(value)).numpy()
+        got = run(mode, lambda t: ud.ops.pad(ud.ops.cast(t, dtype), (1, 2), value=value), values)
+        assert got.dtype == expected.dtype, (dtype, value)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{dtype} {value}")
+    for dtype, value in (("uint8", -1), ("int8", 128.5), ("int64", 2 ** 70), ("int32", float("nan"))):
+        info = np.iinfo(dtype)
+        raises_exactly(ValueError, f"pad value {value!r} lies outside the range of its {dtype} input, [{info.min}, "
+                       f"{info.max}]; use a value within it, or convert the input to a wider dtype (ud.ops.cast(x, "
+                       f"'int64') or 'float64')", run, mode,
+                       lambda t: ud.ops.pad(ud.ops.cast(t, dtype), (1, 1), value=value), values)
 
 
 EMPTY_BATCH_LAYERS = {  # (unidl layer, torch layer, input shape, dtype): a forward as both call it
@@ -1108,11 +1202,20 @@ def test_functional_normalizations_take_the_dtypes_torch_takes(mode, index):
                                                                  "it"), run, mode,
                        lambda x, w, b: fn(ud.ops.cast(x, given), ud.ops.cast(w, held), ud.ops.cast(b, held)),
                        values, weight, bias)
-    second = "bias" if name != "batch_norm" else "running_var"
-    raises_exactly(ud.DtypeMismatchError, f"{name} has float32 parameters and got float64 {second}; cast the "
-                   f"{second} with ud.ops.cast(x, 'float32'), or create the model under ud.use_dtype('float64')",
-                   run, mode, lambda x, w, b: fn(x, w, ud.ops.cast(b, "float64")) if name != "batch_norm" else
-                   ud.ops.batch_norm(x, w, ud.ops.cast(b * b + 0.5, "float64"), w, b)[0], values, weight, bias)
+        with autocast_modules([], ud.config.backend().ops, "bfloat16"):  # which leaves them to the mixed kernels
+            with pytest.raises(ud.DtypeMismatchError, match=f"^{name} has {held} parameters and got {given} input"):
+                run(mode, lambda x, w, b: fn(ud.ops.cast(x, given), ud.ops.cast(w, held), ud.ops.cast(b, held)),
+                    values, weight, bias)
+    first, second = ("weight", "bias") if name != "batch_norm" else ("running_mean", "running_var")
+
+    def mixed(x, w, b):  # the second parameter float64
+        if name != "batch_norm":
+            return fn(x, w, ud.ops.cast(b, "float64"))
+        return ud.ops.batch_norm(x, w, ud.ops.cast(b * b + 0.5, "float64"), w, b)[0]
+
+    raises_exactly(ud.DtypeMismatchError, f"{name} takes parameters of one dtype, got float32 {first} and float64 "
+                   f"{second}; cast them to one, e.g. ud.ops.cast({second}, 'float32')", run, mode, mixed, values,
+                   weight, bias)
     for half in ("float16", "bfloat16"):
         native = [torch.tensor(a, dtype=torch.float32) for a in (values, weight, bias)]
         expected = oracle(native[0].to(getattr(torch, half)), *native[1:])
@@ -1142,11 +1245,21 @@ def test_a_float_attention_mask_of_another_dtype_than_the_query_is_one_error(mod
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
     attention = ud.nn.MultiheadAttention(4, 2, batch_first=True)
-    for what, shape in (("attn_mask", (3, 3)), ("key_padding_mask", (1, 3))):
+    for what, shape in (("attn_mask", (3, 3)), ("key_padding_mask", (2, 3))):
         raises_exactly(ud.DtypeMismatchError, f"{attention.describe()}: a float {what} must be the query's float32, "
                        f"got float64; cast it with ud.ops.cast({what}, 'float32')", run, mode,
                        lambda q, m: attention(q, q, q, **{what: ud.ops.cast(m, "float64")})[0], query[0],
                        mask.ravel()[:np.prod(shape)].reshape(shape))
+    half = torch.tensor(query, dtype=torch.float16)  # a half query beside a float32 mask: taken, as PyTorch's
+    expected = F.scaled_dot_product_attention(half, half, half, torch.tensor(mask, dtype=torch.float32))
+    got = run(mode, lambda q, m: ud.ops.scaled_dot_product_attention(*[ud.ops.cast(q, "float16")] * 3, m), query,
+              mask)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got.astype(np.float32), expected.float().numpy(), rtol=2e-3, atol=2e-3)
+    got = run(mode, lambda q: ud.ops.scaled_dot_product_attention(q, q, q, mask), query)  # a NumPy mask: ud.tensor's
+    expected = F.scaled_dot_product_attention(*[torch.tensor(query, dtype=torch.float32)] * 3,
+                                              torch.tensor(mask, dtype=torch.float32))
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
 REGRESSION_LOSSES = [("mse_loss", ud.nn.MSELoss, F.mse_loss), ("l1_loss", ud.nn.L1Loss, F.l1_loss),

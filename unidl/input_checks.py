@@ -193,7 +193,8 @@ def check_floating(owner, x) -> None:
                                  f"convert it with x.astype('{wanted}') or ud.ops.cast(x, '{wanted}')")
 
 
-def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str = "input") -> bool:
+def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str = "input",
+                           autocast: bool = True) -> bool:
     """``DtypeMismatchError`` for floating-point input of another dtype than a layer's floating-point
     ``parameter`` (float64 or float16 input to a float32 ``Linear``), as PyTorch refuses it (TensorFlow refused it
     in its own words, JAX promoted the two: float64 or float32 out). Under autocast (``ud.Precision``'s casts,
@@ -201,15 +202,19 @@ def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str 
     which PyTorch's mixed-type kernels let take float16 or bfloat16 input beside float32 parameters, under
     autocast too) such input returns True: the caller computes in float32 and gives the result back in the
     input's dtype, as PyTorch does. False otherwise. ``what``: what ``x`` is, for the message (an RNN's initial
-    state, ``linear``'s bias)."""
-    if parameter is None or x.dtype == parameter.dtype:  # the common case, decided at once
+    state, ``linear``'s bias). ``autocast=False``: autocast exempts nothing (an op PyTorch's autocast leaves to
+    its mixed-type kernels)."""
+    if parameter is None:
         return False
-    given, held = dtype_name(x.dtype), dtype_name(parameter.dtype)
+    given, held = x.dtype, parameter.dtype
+    if given is held or (dtype_name(given) == held if type(held) is str else given == held):
+        return False  # the common case, decided at once (Keras's variables name their dtype: no DType to compare)
+    given, held = dtype_name(given), dtype_name(held)
     if given == held or not is_floating(given) or not is_floating(held):
         return False
     if halves and given in ("float16", "bfloat16") and held == "float32":
         return True  # (under autocast too: PyTorch's mixed-type kernel gives autocast's half output back)
-    if _autocast_in_force():
+    if autocast and _autocast_in_force():
         return False
     remedy = ("train in mixed precision with ud.Precision" if given in ("float16", "bfloat16") else
               f"create the model under ud.use_dtype('{given}')" if held == "float32" else
@@ -250,7 +255,11 @@ def booleans_as_int64(owner, what, x):
     """``x``, with booleans converted to int64, as PyTorch's ``square`` and ``clip`` to an integer bound make them
     (TensorFlow refused booleans, JAX and Keras gave int32); other dtypes are left as they are."""
     dtype = getattr(x, "dtype", None)
-    return ops.cast(x, "int64") if dtype is not None and dtype_name(dtype) == "bool" else x
+    if dtype is None or dtype_name(dtype) != "bool":
+        return x
+    from unidl.tensors import tensor
+
+    return ops.cast(tensor(x) if isinstance(x, np.ndarray) else x, "int64")
 
 
 def check_condition(owner, condition) -> None:
@@ -278,8 +287,8 @@ def check_mask(owner, what, mask, query=None, float32: bool = False) -> None:
                                      f"got {dtype_name(dtype)}; convert a 0/1 mask with ud.ops.cast({what}, 'bool')")
         return
     held = getattr(query, "dtype", None)
-    if held is None or held == dtype or isinstance(mask, np.ndarray) or (float32 and dtype_name(dtype) == "float32"):
-        return  # (NumPy floats take the dtype in force, as every array unidl converts)
+    if held is None or held == dtype or (float32 and dtype_name(dtype) == "float32"):
+        return
     given, wanted = dtype_name(dtype), dtype_name(held)
     if given != wanted and is_floating(wanted) and not _autocast_in_force():
         allowed = f"the query's {wanted}" + (" or float32" if float32 and wanted != "float32" else "")
@@ -288,22 +297,25 @@ def check_mask(owner, what, mask, query=None, float32: bool = False) -> None:
 
 
 def normalization_parameters(owner, x, parameters: dict) -> bool:
-    """``check_parameters_dtype`` for a functional normalization (``layer_norm``, ``batch_norm``, ``group_norm``)
-    of ``x`` with ``parameters`` (name: tensor or None): each of another float dtype than the first given one, or
-    ``x`` of another than theirs, is a ``DtypeMismatchError`` as PyTorch's (TensorFlow and Keras refused them in
-    their own words, JAX promoted them to float64). True for float16 or bfloat16 ``x`` beside float32 parameters,
-    which PyTorch's mixed-type kernels take: the caller computes in float32 and gives the result back in ``x``'s
-    dtype, as the normalization layers do."""
+    """The dtype check of a functional normalization (``layer_norm``, ``batch_norm``, ``group_norm``) of ``x`` with
+    ``parameters`` (name: tensor or None), under autocast too, whose CPU kernels PyTorch leaves these to: two
+    parameters of two float dtypes, or float ``x`` of another than theirs, are one ``DtypeMismatchError`` as
+    PyTorch's (TensorFlow and Keras refused them in their own words, JAX promoted them to float64). True for
+    float16 or bfloat16 ``x`` beside float32 parameters, which PyTorch's mixed-type kernels take: the caller
+    computes in float32 and gives the result back in ``x``'s dtype, as the normalization layers do."""
     given = [(name, parameter) for name, parameter in parameters.items() if parameter is not None]
     if not given:
         return False
-    first = given[0][1]
+    (first_name, first), held = given[0], dtype_name(given[0][1].dtype)
     for name, parameter in given[1:]:
-        check_parameters_dtype(owner, parameter, first, what=name)
-    return check_parameters_dtype(owner, x, first, halves=True)
+        other = dtype_name(parameter.dtype)
+        if other != held and is_floating(other) and is_floating(held):
+            raise DtypeMismatchError(f"{literal(owner)} takes parameters of one dtype, got {held} {first_name} and "
+                                     f"{other} {name}; cast them to one, e.g. ud.ops.cast({name}, '{held}')")
+    return check_parameters_dtype(owner, x, first, halves=True, autocast=False)
 
 
-def check_bounds(owner, x, bounds, floats: bool) -> None:
+def check_bounds(owner, x, bounds, floats: bool, what: str = "bound") -> None:
     """``ValueError`` for a bound (a Python number; ``floats``: float ones too) outside the range of integer
     ``x``'s dtype, the same on every backend (PyTorch refuses it; TensorFlow and Keras cast it, wrapping around:
     int8 clipped to [-1000, 1000] gave -24 everywhere, uint8 through hardtanh 255)."""
@@ -315,8 +327,8 @@ def check_bounds(owner, x, bounds, floats: bool) -> None:
         if bound is None or isinstance(bound, bool) or not isinstance(bound, kinds):
             continue
         if not info.min <= bound <= info.max:
-            raise ValueError(f"{literal(owner)} bound {bound!r} lies outside the range of its {dtype_name(dtype)} "
-                             f"input, [{info.min}, {info.max}]; use a bound within it, or convert the input to a "
+            raise ValueError(f"{literal(owner)} {what} {bound!r} lies outside the range of its {dtype_name(dtype)} "
+                             f"input, [{info.min}, {info.max}]; use a {what} within it, or convert the input to a "
                              f"wider dtype (ud.ops.cast(x, 'int64') or 'float64')")
 
 
@@ -358,6 +370,8 @@ def check_integer(owner, what, x):
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         return x
+    if isinstance(x, np.ndarray):  # as ud.tensor converts it (torch's backend took no NumPy labels)
+        x = as_tensor(owner, what, x)
     if not is_integer(dtype):
         raise DtypeMismatchError(f"{literal(owner)}: {what} must be integers, got {dtype_name(dtype)} {what}; convert "
                                  f"them with ud.ops.cast({what}, 'int64')")
@@ -389,11 +403,24 @@ def as_summable(owner, what, x):
     return ops.cast(x, "int64")
 
 
+def as_tensor(owner, what, x):
+    """``x``, with a NumPy array converted as ``ud.tensor`` converts it (floats to the dtype in force), as a
+    module's call converts its arguments: a loss op's NumPy target gave float64 on TensorFlow, Keras and JAX and
+    an error on torch's backend, while the loss module gave float32 everywhere."""
+    if isinstance(x, np.ndarray):
+        from unidl.tensors import tensor
+
+        return tensor(x)
+    return x
+
+
 def loss_operands(owner, prediction, target):
     """``prediction`` and ``target`` of a regression loss in the one dtype ``torch.result_type`` gives them once
     broadcast (float16 with float32: float32; float32 with float64: float64; integers beside float16: float16),
     in which PyTorch's ``mse_loss``, ``l1_loss`` and ``smooth_l1_loss`` compute (the other frameworks computed in
-    the prediction's dtype); two integer or boolean operands are floats of the dtype in force."""
+    the prediction's dtype); two integer or boolean operands are floats of the dtype in force. NumPy arrays are
+    converted as ``ud.tensor`` converts them first (``as_tensor``)."""
+    prediction, target = as_tensor(owner, "prediction", prediction), as_tensor(owner, "target", target)
     prediction, target = ops._promoted_as_torch(prediction, target, broadcast=True)
     return as_floating(owner, "prediction", prediction), as_floating(owner, "target", target)
 

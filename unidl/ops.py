@@ -35,8 +35,10 @@ def op(declaration=None, **options):
     sequence is a ``ValueError``: PyTorch reduces every axis over it, NumPy none). ``axes``: the parameters that
     take an axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``).
     ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array becomes a Python float).
-    ``numeric``: the parameters that take numbers alone (booleans are a ``DtypeMismatchError``, as PyTorch has no
-    boolean kernel). ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``."""
+    ``arrays``: the parameters whose NumPy arrays become tensors as ``ud.tensor`` makes them (floats of the
+    dtype in force), as a module's call converts its arguments. ``numeric``: the parameters that take numbers
+    alone (booleans are a ``DtypeMismatchError``, as PyTorch has no boolean kernel). ``booleans_as_int64``: the
+    parameters whose booleans become int64, as PyTorch's ``square``."""
     checks = {**{p: input_checks.check_integer for p in options.pop("indices", ())},
               **{p: input_checks.as_floating for p in options.pop("floating", ())},
               **{p: input_checks.as_summable for p in options.pop("summable", ())},
@@ -44,6 +46,7 @@ def op(declaration=None, **options):
               **{p: arguments.axis for p in options.pop("axes", ())},
               **{p: arguments.plain_number for p in options.pop("numbers", ())},
               **{p: input_checks.as_numbers for p in options.pop("numeric", ())},
+              **{p: input_checks.as_tensor for p in options.pop("arrays", ())},
               **{p: input_checks.booleans_as_int64 for p in options.pop("booleans_as_int64", ())}}
     if checks:
         options["inputs"] = checks
@@ -335,16 +338,33 @@ def clip(x, minimum=None, maximum=None):
     """Limit values to [minimum, maximum] (either bound may be None). Integers clipped to a float bound are floats
     of the dtype in force; an integer bound outside the range of integer ``x``'s dtype is a ``ValueError``.
     Booleans clipped to a number are int64 (floats of the dtype in force for a float bound), as in PyTorch; with
-    boolean bounds alone they are a ``DtypeMismatchError``."""
+    boolean numbers alone as bounds they are a ``DtypeMismatchError``, and with a tensor bound they take the dtype
+    ``torch.clamp`` gives them (booleans beside booleans, int8 beside int8). No bound at all is a ``ValueError``,
+    as in PyTorch (the other frameworks gave ``x`` back)."""
+    if minimum is None and maximum is None:
+        raise ValueError("clip: give minimum or maximum (or both), as torch.clip needs one; both were None")
     minimum, maximum = arguments.plain_number("clip", "minimum", minimum), arguments.plain_number("clip", "maximum",
                                                                                                    maximum)
     dtype = getattr(x, "dtype", None)
     if dtype is not None and dtype_kinds.dtype_name(dtype) == "bool":
-        if all(bound is None or isinstance(bound, bool) for bound in (minimum, maximum)):
-            input_checks.check_numbers("clip", x)
-        x = input_checks.booleans_as_int64("clip", "x", x)
+        return _clip_booleans(x, minimum, maximum)
     input_checks.check_bounds("clip", x, (minimum, maximum), floats=False)
     return _ops().clip(x, minimum, maximum)
+
+
+def _clip_booleans(x, low, high):
+    """``clip`` of booleans ``x``, as ``torch.clamp`` gives it: to a tensor bound, the maximum and minimum of the
+    two promoted as torch promotes them (booleans: their or, then their and); to numbers, int64 (or floats for a
+    float bound) clipped; to boolean numbers alone, a ``DtypeMismatchError`` (torch has no kernel for it)."""
+    bounds = [bound for bound in (low, high) if bound is not None]
+    if any(not _is_number(bound) for bound in bounds):
+        x = x if low is None else maximum(x, low)
+        return x if high is None else minimum(x, high)
+    if all(isinstance(bound, bool) for bound in bounds):
+        input_checks.check_numbers("clip", x)
+    x = input_checks.booleans_as_int64("clip", "x", x)
+    input_checks.check_bounds("clip", x, (low, high), floats=False)
+    return _ops().clip(x, low, high)
 
 
 @op(floating=("x",))
@@ -378,7 +398,9 @@ def sign(x):
     JAX refused them)."""
     dtype = getattr(x, "dtype", None)
     if dtype is not None and dtype_kinds.dtype_name(dtype) == "bool":
-        return cast(x, "bool")
+        from unidl.tensors import tensor
+
+        return cast(tensor(x) if isinstance(x, np.ndarray) else x, "bool")
     return _ops().sign(x)
 
 
@@ -575,9 +597,9 @@ def zeros_like(x):
     """Zeros of ``x``'s shape and dtype."""
 
 
-@op
+@op(arrays=("x",))
 def cast_like(x, like):
-    """``x`` converted to ``like``'s dtype."""
+    """``x`` converted to ``like``'s dtype (a NumPy array first as ``ud.tensor`` converts it)."""
 
 
 @op(indices=("labels",))
@@ -602,7 +624,7 @@ def l1_loss(prediction, target, reduction="mean"):
     return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
 
 
-@op(indices=("labels",))
+@op(indices=("labels",), arrays=("logits",))
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel.
 
@@ -612,7 +634,7 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     and (N, C, d1, ...) logits: ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
 
 
-@op
+@op(arrays=("logits", "targets"))
 def bce_with_logits(logits, targets, reduction="mean"):
     """Binary cross-entropy on logits, numerically stable; ``reduction`` 'mean', 'sum' or 'none'."""
 
@@ -790,6 +812,8 @@ def pad(x, pad, mode="constant", value=0.0):
 
     value = 0.0 if value is None else value  # (PyTorch's default)
     amounts = padding.checked_amounts(x, pad, mode, value)
+    if mode == "constant":
+        value = padding.constant_value(x, value)
     if mode != "constant" or min(amounts, default=0) < 0:
         x = padding.check_sizes(x, amounts, mode)
     if max(amounts, default=0) > 0:
@@ -929,13 +953,15 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
 def huber_loss(prediction, target, reduction="mean", delta=1.0):
     """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target, in the
     prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force)."""
-    prediction = input_checks.as_floating("huber_loss", "prediction", prediction)
+    prediction = input_checks.as_floating("huber_loss", "prediction",
+                                          input_checks.as_tensor("huber_loss", "prediction", prediction))
     difference = abs(prediction - cast_like(target, prediction))
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
 
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight``."""
+    probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
     target = cast_like(target, probabilities)
     losses = -(target * clip(log(probabilities), -100.0) + (1 - target) * clip(log(1 - probabilities), -100.0))
     if weight is not None:
@@ -948,6 +974,7 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
 
     ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
     mathematical KL divergence), 'sum' or 'none'."""
+    log_probabilities = input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities)
     target = cast_like(target, log_probabilities)
     if log_target:
         losses = exp(target) * (target - log_probabilities)
@@ -987,6 +1014,7 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
 
 
 def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner):
+    log_probabilities = input_checks.as_tensor(owner, "log_probabilities", log_probabilities)
     labels = input_checks.check_integer(owner, "labels", labels)
     classes = shape(log_probabilities)[1]
     kept = labels != ignore_index
@@ -1005,6 +1033,8 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
     (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
     (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
+    logits, target = (input_checks.as_tensor("cross_entropy_loss", what, x) for what, x in (("logits", logits),
+                                                                                           ("target", target)))
     log_probabilities = log_softmax(logits, 1)
     classes = _count(shape(logits)[1:2], log_probabilities)
     broadcast = None
@@ -1046,6 +1076,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     float mask is added to the scores. ``is_causal`` lets query i attend to keys 0..i only (then ``attn_mask``
     must be None). ``dropout_p`` drops attention weights (from the backend's generator). A query whose every key
     is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN)."""
+    attn_mask = input_checks.as_tensor("scaled_dot_product_attention", "attn_mask", attn_mask)
     input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask, query, float32=True)
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give either attn_mask or is_causal=True, not both "

@@ -11,7 +11,7 @@ circular pad with a negative amount reads memory it does not own (its values are
 
 from __future__ import annotations
 
-from unidl import arguments, input_checks
+from unidl import arguments, dtype_kinds, input_checks
 
 MODES = ("constant", "reflect", "replicate", "circular")
 
@@ -42,6 +42,23 @@ def checked_amounts(x, pad, mode, value) -> tuple:
         raise ValueError(f"pad mode 'circular' takes no negative amounts, got {amounts} (PyTorch's circular pad "
                          f"gives wrong values for them); crop the input by slicing first")
     return amounts
+
+
+def constant_value(x, value):
+    """A constant pad's ``value`` as PyTorch's pad takes it for ``x``'s dtype: a bool for booleans (non-zero is
+    True), an int truncated toward zero for integers, a ``ValueError`` for one outside their range (NaN too);
+    floats' as given. (TensorFlow refused a float beside integers or booleans, Keras one with a fraction, and
+    TensorFlow, Keras and JAX wrapped -1 around to 255 in uint8.)"""
+    value = arguments.plain_number("pad", "value", value)
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if dtype_kinds.dtype_name(dtype) == "bool":
+        return bool(value)
+    if not dtype_kinds.is_integer(dtype):
+        return value
+    input_checks.check_bounds("pad", x, (value,), floats=True, what="value")
+    return int(value)
 
 
 def check_sizes(x, amounts, mode):

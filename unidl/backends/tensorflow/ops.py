@@ -29,14 +29,26 @@ tanh = elementwise(tf.tanh)
 exp = tf.exp
 log = tf.math.log
 sqrt = tf.sqrt
-abs = tf.abs
-sign = tf.sign
 square = tf.square
 where = tf.where
 zeros_like = tf.zeros_like
 silu = elementwise(tf.nn.silu)
 log1p = tf.math.log1p
 framework_maximum = tf.maximum  # for ud.ops' internal callers whose ties carry no gradient (unidl/ops.py)
+
+
+def abs(x):
+    """``tf.abs``; unsigned integers are their own absolute value (TensorFlow has no kernel for them, PyTorch
+    gives them back)."""
+    x = tf.convert_to_tensor(x)
+    return x if x.dtype.is_unsigned else tf.abs(x)
+
+
+def sign(x):
+    """``tf.sign``; unsigned integers are 1 where positive, else 0, in their own dtype (TensorFlow has no kernel for
+    them)."""
+    x = tf.convert_to_tensor(x)
+    return tf.cast(x > 0, x.dtype) if x.dtype.is_unsigned else tf.sign(x)
 
 
 def maximum(a, b):
