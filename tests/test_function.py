@@ -75,6 +75,32 @@ def test_grad_with_respect_to_integer_tensor_says_so(backend):
         ud.grad(lambda v: ud.ops.sum(v))(x)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
+def test_gradients_keep_a_tensors_own_dtype_as_torch_autograd(backend, rng, dtype):
+    """``ud.grad`` and ``value_and_grad`` of a float16, bfloat16 or float64 tensor: the gradient in that dtype,
+    with torch.autograd's values, eagerly and inside ``ud.function`` (every backend cast the tensor to the float32
+    in force first: a float64 gradient lost its digits); a NumPy array is converted as ``ud.tensor`` converts it,
+    to the float32 in force."""
+    import torch
+
+    values = rng.standard_normal(5)
+    native = torch.tensor(values, dtype=getattr(torch, dtype), requires_grad=True)
+    (torch.tanh(native) * native).sum().backward()
+    expected = native.grad.double().numpy()
+
+    def loss(x):
+        return ud.ops.sum(ud.ops.tanh(x) * x)
+
+    x = ud.ops.cast(ud.tensor(values, "float64"), dtype)
+    compiled = ud.function(lambda x: ud.value_and_grad(loss)(x)[1])
+    for gradient in (ud.grad(loss)(x), ud.value_and_grad(loss)(x)[1], compiled(x)):
+        got = ud.to_numpy(gradient)
+        assert got.dtype.name == dtype
+        tolerance = 1e-12 if dtype == "float64" else 1e-2
+        np.testing.assert_allclose(got.astype(np.float64), expected, rtol=tolerance, atol=tolerance)
+    assert ud.to_numpy(ud.grad(loss)(values)).dtype == np.float32
+
+
 def _regression(rng):
     x = rng.standard_normal((64, 5)).astype(np.float32)
     y = (x @ rng.standard_normal((5, 1))).astype(np.float32)

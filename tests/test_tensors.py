@@ -48,3 +48,9 @@ def test_tensor_takes_every_dtype_cast_takes(backend):
     for values, dtype in [([-1, 300], "uint8"), ([2.0 ** 40], "int32"), ([float("nan")], "int64")]:
         with pytest.raises(ValueError, match=f"do not fit {dtype}, whose range is"):
             ud.tensor(values, dtype)
+    # integers beyond int64 without a dtype (uint64 values, a Python int of 2 ** 63): the same error, not a wrap to
+    # negative numbers (torch's backend raised a TypeError); uint64 values within int64 are kept
+    for values in (np.array([5, 2 ** 63 + 5], np.uint64), [2 ** 63]):
+        with pytest.raises(ValueError, match="do not fit int64, whose range is"):
+            ud.tensor(values)
+    assert ud.to_numpy(ud.tensor(np.array([2 ** 63 - 1], np.uint64))).tolist() == [2 ** 63 - 1]

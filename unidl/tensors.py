@@ -24,6 +24,8 @@ def tensor(value, dtype: str | None = None):
             what = f"{type(value).__name__} {value!r}" if array is None else f"an array of dtype {array.dtype}"
             raise DtypeMismatchError(f"ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested lists or "
                                      f"a scalar), got {what}")
+        if dtype is None and array.dtype == np.uint64:  # to int64, which 2 ** 63 and above do not fit (they wrapped
+            _check_fits(array, "int64")                  # around to negative numbers; torch's raised a TypeError)
     if dtype is not None and (type(dtype) is not str or dtype not in _BACKEND_DTYPES):
         from unidl import ops
 

@@ -469,7 +469,8 @@ class Backend(BackendInterface):
         if argnums is None and not HOST.keras_state_in_place:  # variables' values in, through a StatelessScope
             return keras_stateless.value_and_grad(HOST, f, args, list(params))
         if argnums is not None:
-            args = [self.tensor(a) if i in argnums else a for i, a in enumerate(args)]
+            # a tensor in its own dtype (torch.autograd's), an array (or a variable's value) in unidl's
+            args = [a if i not in argnums or keras.ops.is_tensor(a) else self.tensor(a) for i, a in enumerate(args)]
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
 
     def check_shapes(self, model, loss_fn, x, y):

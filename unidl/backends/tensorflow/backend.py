@@ -290,8 +290,8 @@ class Backend(BackendInterface):
         args = list(args)
         if argnums is not None:
             check_float([args[i] for i in argnums], "argument")
-            for i in argnums:
-                args[i] = to_graph_input(args[i])
+            for i in argnums:  # a tensor in its own dtype (torch.autograd's), an array in unidl's
+                args[i] = args[i] if self.is_tensor(args[i]) else to_graph_input(args[i])
             targets = [args[i] for i in argnums]
         else:
             check_float(params, "parameter")

@@ -310,8 +310,10 @@ class Backend(BackendInterface):
         args = list(args)
         if argnums is not None:
             check_float([args[i] for i in argnums], "argument")
-            for i in argnums:
-                args[i] = self.tensor(args[i]).detach().requires_grad_(True)
+            for i in argnums:  # a tensor in its own dtype (torch.autograd's), an array in unidl's
+                arg = args[i]
+                arg = arg.to(device=self.current_device()) if isinstance(arg, torch.Tensor) else self.tensor(arg)
+                args[i] = arg.detach().requires_grad_(True)
             targets = [args[i] for i in argnums]
         else:
             check_float(params, "parameter")
