@@ -542,6 +542,27 @@ def test_abs_sign_and_square_of_small_integers_keep_their_dtype_as_torch(mode):
             np.testing.assert_array_equal(got, expected, err_msg=f"{name} {dtype}")
     raises_exactly(ValueError, "clip: give minimum or maximum (or both), as torch.clip needs one; both were None",
                    run, mode, lambda x: ud.ops.clip(x, None, None), values.astype(np.float32))
+    raises_exactly(TypeError, "clip takes two numbers or two tensors as bounds (or one and None), as torch.clip, got "
+                   "a tensor minimum and a number maximum", run, mode, lambda x: ud.ops.clip(x, x, 2), values)
+
+
+def test_a_clip_to_tensor_bounds_of_another_dtype_promotes_as_torch(mode):
+    """``clip`` of int8 to int64 tensor bounds is int64, of float32 to a float64 one float64, as ``torch.clamp``
+    gives them (TensorFlow and JAX kept the input's dtype, Keras refused them)."""
+    values, low = np.array([-3, 0, 5, 100]), np.array([-1, 1, 1, 2])
+    cases = [("int8", "int64", lambda x, b: ud.ops.clip(ud.ops.cast(x, "int8"), b, None)),
+             ("float32", "float64",
+              lambda x, b: ud.ops.clip(ud.ops.cast(x, "float32"), None, ud.ops.cast(b, "float64"))),
+             ("float32", "float64", lambda x, b: ud.ops.clip(ud.ops.cast(x, "float32"), ud.ops.cast(b, "float64"),
+                                                             ud.ops.cast(b, "float32") + 50))]
+    for (dtype, bound_dtype, fn), oracle in zip(cases, [
+            lambda t, b: torch.clamp(t.to(torch.int8), b),
+            lambda t, b: torch.clamp(t.float(), None, b.double()),
+            lambda t, b: torch.clamp(t.float(), b.double(), b.float() + 50)], strict=True):
+        expected = oracle(torch.tensor(values), torch.tensor(low)).numpy()
+        got = run(mode, fn, values, low)
+        assert got.dtype == expected.dtype == np.dtype(bound_dtype)
+        np.testing.assert_array_equal(got, expected)
 
 
 NUMPY_LOSSES = [  # (the loss op of a tensor t and NumPy arrays a (floats) and i (labels), torch's of the same)
@@ -577,6 +598,30 @@ def test_loss_ops_take_numpy_arrays_as_the_loss_modules_do(mode, index):
     got = run(mode, lambda t: fn(t, values, labels), values[::-1].copy())
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_numpy_weights_and_scalars_into_loss_ops_and_cast_like(mode):
+    """A NumPy class ``weight`` to ``nll_loss``/``cross_entropy_loss``/``binary_cross_entropy`` and a NumPy scalar
+    target are converted as ``ud.tensor`` converts them (torch's backend raised, TensorFlow and Keras refused a
+    float64 weight, JAX gave float64); ``cast_like`` rounds a NumPy float64 array once, to the dtype of its
+    ``like``."""
+    values, labels, weight = np.array([0.25, 0.5, 0.75, 0.5, 0.125, 1.0]), np.array([2, 0]), np.array([1.0, 2.0, 3.0])
+    t = [torch.tensor(a, dtype=torch.float32) for a in (values, weight)]
+    cases = [
+        (lambda x: ud.ops.nll_loss(ud.ops.reshape(x, (2, 3)), labels, weight),
+         F.nll_loss(t[0].reshape(2, 3), torch.tensor(labels), t[1])),
+        (lambda x: ud.ops.cross_entropy_loss(ud.ops.reshape(x, (2, 3)), labels, weight),
+         F.cross_entropy(t[0].reshape(2, 3), torch.tensor(labels), t[1])),
+        (lambda x: ud.ops.binary_cross_entropy(x[:3], x[3:] * 0, weight),
+         F.binary_cross_entropy(t[0][:3], t[0][3:] * 0, t[1])),
+        (lambda x: ud.ops.mse_loss(ud.ops.sum(x), np.float64(0.1)), F.mse_loss(t[0].sum(), torch.tensor(0.1))),
+    ]
+    for fn, expected in cases:
+        got = run(mode, fn, values)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
+    got = run(mode, lambda x: ud.ops.cast_like(np.array([0.1]), ud.ops.cast(x, "float64")), values)
+    assert got.dtype == np.float64 and got[0] == 0.1
 
 
 def test_integers_times_floats_is_one_error(mode):
@@ -1206,6 +1251,10 @@ def test_functional_normalizations_take_the_dtypes_torch_takes(mode, index):
             with pytest.raises(ud.DtypeMismatchError, match=f"^{name} has {held} parameters and got {given} input"):
                 run(mode, lambda x, w, b: fn(ud.ops.cast(x, given), ud.ops.cast(w, held), ud.ops.cast(b, held)),
                     values, weight, bias)
+    layer = {"layer_norm": ud.nn.LayerNorm(4), "group_norm": ud.nn.GroupNorm(1, 2), "batch_norm": ud.nn.BatchNorm2d(2)}
+    with autocast_modules([], ud.config.backend().ops, "bfloat16"):  # the layers too, naming themselves
+        with pytest.raises(ud.DtypeMismatchError, match=r"^\w+\(.*\) has float32 parameters and got float64 input"):
+            run(mode, lambda x: layer[name](ud.ops.cast(x, "float64")), values)
     first, second = ("weight", "bias") if name != "batch_norm" else ("running_mean", "running_var")
 
     def mixed(x, w, b):  # the second parameter float64

@@ -370,11 +370,11 @@ def check_integer(owner, what, x):
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         return x
-    if isinstance(x, np.ndarray):  # as ud.tensor converts it (torch's backend took no NumPy labels)
-        x = as_tensor(owner, what, x)
     if not is_integer(dtype):
         raise DtypeMismatchError(f"{literal(owner)}: {what} must be integers, got {dtype_name(dtype)} {what}; convert "
                                  f"them with ud.ops.cast({what}, 'int64')")
+    if isinstance(x, np.ndarray):  # as ud.tensor converts it (torch's backend took no NumPy labels)
+        x = as_tensor(owner, what, x)
     return x if dtype_name(dtype) in _INDEX_DTYPES else ops.cast(x, "int64")
 
 
@@ -407,7 +407,7 @@ def as_tensor(owner, what, x):
     """``x``, with a NumPy array converted as ``ud.tensor`` converts it (floats to the dtype in force), as a
     module's call converts its arguments: a loss op's NumPy target gave float64 on TensorFlow, Keras and JAX and
     an error on torch's backend, while the loss module gave float32 everywhere."""
-    if isinstance(x, np.ndarray):
+    if isinstance(x, (np.ndarray, np.generic)):
         from unidl.tensors import tensor
 
         return tensor(x)

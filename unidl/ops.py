@@ -345,11 +345,27 @@ def clip(x, minimum=None, maximum=None):
         raise ValueError("clip: give minimum or maximum (or both), as torch.clip needs one; both were None")
     minimum, maximum = arguments.plain_number("clip", "minimum", minimum), arguments.plain_number("clip", "maximum",
                                                                                                    maximum)
+    if minimum is not None and maximum is not None and _is_number(minimum) != _is_number(maximum):
+        kinds = ("a number", "a tensor") if _is_number(minimum) else ("a tensor", "a number")
+        raise TypeError(f"clip takes two numbers or two tensors as bounds (or one and None), as torch.clip, got "
+                        f"{kinds[0]} minimum and {kinds[1]} maximum")
     dtype = getattr(x, "dtype", None)
     if dtype is not None and dtype_kinds.dtype_name(dtype) == "bool":
         return _clip_booleans(x, minimum, maximum)
+    if dtype is not None and not (_is_number(minimum) or minimum is None and _is_number(maximum)):
+        x, minimum, maximum = _clip_promoted(x, minimum, maximum)
     input_checks.check_bounds("clip", x, (minimum, maximum), floats=False)
     return _ops().clip(x, minimum, maximum)
+
+
+def _clip_promoted(x, low, high):
+    """``x`` and its tensor bounds in the one dtype ``torch.clamp`` gives them (int8 clipped to int64 bounds:
+    int64; float32 to float64: float64), which the frameworks kept as ``x``'s or refused."""
+    for bound in (low, high):
+        if bound is not None and not _is_number(bound):
+            x, _ = _promoted_as_torch(x, bound)
+    low, high = (bound if bound is None or _is_number(bound) else cast_like(bound, x) for bound in (low, high))
+    return x, low, high
 
 
 def _clip_booleans(x, low, high):
@@ -597,9 +613,14 @@ def zeros_like(x):
     """Zeros of ``x``'s shape and dtype."""
 
 
-@op(arrays=("x",))
+@op(dispatch=False)
 def cast_like(x, like):
-    """``x`` converted to ``like``'s dtype (a NumPy array first as ``ud.tensor`` converts it)."""
+    """``x`` converted to ``like``'s dtype (a NumPy array or scalar rounded once to it, by ``ud.tensor``)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        from unidl.tensors import tensor
+
+        return tensor(x, dtype_kinds.dtype_name(like.dtype))
+    return _ops().cast_like(x, like)
 
 
 @op(indices=("labels",))
@@ -962,6 +983,7 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight``."""
     probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
+    weight = input_checks.as_tensor("binary_cross_entropy", "weight", weight)
     target = cast_like(target, probabilities)
     losses = -(target * clip(log(probabilities), -100.0) + (1 - target) * clip(log(1 - probabilities), -100.0))
     if weight is not None:
@@ -1015,6 +1037,7 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
 
 def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner):
     log_probabilities = input_checks.as_tensor(owner, "log_probabilities", log_probabilities)
+    weight = input_checks.as_tensor(owner, "weight", weight)
     labels = input_checks.check_integer(owner, "labels", labels)
     classes = shape(log_probabilities)[1]
     kept = labels != ignore_index
@@ -1033,8 +1056,8 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
     (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
     (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
-    logits, target = (input_checks.as_tensor("cross_entropy_loss", what, x) for what, x in (("logits", logits),
-                                                                                           ("target", target)))
+    logits, target, weight = (input_checks.as_tensor("cross_entropy_loss", what, x) for what, x in (
+        ("logits", logits), ("target", target), ("weight", weight)))
     log_probabilities = log_softmax(logits, 1)
     classes = _count(shape(logits)[1:2], log_probabilities)
     broadcast = None

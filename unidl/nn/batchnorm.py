@@ -57,7 +57,8 @@ class _BatchNorm(Module):
             if self.momentum is None:  # a tensor inside a compiled step: the count is part of the state
                 momentum = 1.0 / self._ops.cast_like(count, self.running_mean)
         given = x
-        if input_checks.check_parameters_dtype(self.describe, x, self._float_state(), halves=True):
+        if input_checks.check_parameters_dtype(self.describe, x, self._float_state(), halves=True,
+                                               autocast=False):
             x = self._ops.cast(x, "float32")  # PyTorch's mixed-type kernel: computed in float32, y in x's dtype
         y, running_mean, running_var = self._ops.batch_norm(x, self.running_mean, self.running_var, self.weight,
                                                             self.bias, self.training, momentum, self.eps)

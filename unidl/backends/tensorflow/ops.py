@@ -40,15 +40,15 @@ framework_maximum = tf.maximum  # for ud.ops' internal callers whose ties carry 
 def abs(x):
     """``tf.abs``; unsigned integers are their own absolute value (TensorFlow has no kernel for them, PyTorch
     gives them back)."""
-    x = tf.convert_to_tensor(x)
-    return x if x.dtype.is_unsigned else tf.abs(x)
+    dtype = getattr(x, "dtype", None)
+    return x if dtype is not None and tf.as_dtype(dtype).is_unsigned else tf.abs(x)
 
 
 def sign(x):
     """``tf.sign``; unsigned integers are 1 where positive, else 0, in their own dtype (TensorFlow has no kernel for
     them)."""
-    x = tf.convert_to_tensor(x)
-    return tf.cast(x > 0, x.dtype) if x.dtype.is_unsigned else tf.sign(x)
+    dtype = getattr(x, "dtype", None)
+    return tf.cast(x > 0, dtype) if dtype is not None and tf.as_dtype(dtype).is_unsigned else tf.sign(x)
 
 
 def maximum(a, b):
