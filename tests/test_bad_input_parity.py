@@ -546,23 +546,29 @@ def test_abs_sign_and_square_of_small_integers_keep_their_dtype_as_torch(mode):
                    "a tensor minimum and a number maximum", run, mode, lambda x: ud.ops.clip(x, x, 2), values)
 
 
-def test_a_clip_to_tensor_bounds_of_another_dtype_promotes_as_torch(mode):
-    """``clip`` of int8 to int64 tensor bounds is int64, of float32 to a float64 one float64, as ``torch.clamp``
-    gives them (TensorFlow and JAX kept the input's dtype, Keras refused them)."""
+def test_a_clip_to_tensor_bounds_of_another_dtype_is_one_error(mode):
+    """``clip`` to a tensor bound of another dtype than the input's is one ``DtypeMismatchError`` (``torch.clamp``
+    promotes the three by rules of their ranks and kinds; TensorFlow and JAX kept the input's dtype, Keras refused
+    it, and a first promotion pair by pair wrapped 300 to 44); NumPy or list bounds are values in the input's dtype,
+    rounded once (torch's backend raised, the others gave float64 or float32); a 0-d tensor beside a number is
+    taken, as torch takes it."""
     values, low = np.array([-3, 0, 5, 100]), np.array([-1, 1, 1, 2])
-    cases = [("int8", "int64", lambda x, b: ud.ops.clip(ud.ops.cast(x, "int8"), b, None)),
-             ("float32", "float64",
-              lambda x, b: ud.ops.clip(ud.ops.cast(x, "float32"), None, ud.ops.cast(b, "float64"))),
-             ("float32", "float64", lambda x, b: ud.ops.clip(ud.ops.cast(x, "float32"), ud.ops.cast(b, "float64"),
-                                                             ud.ops.cast(b, "float32") + 50))]
-    for (dtype, bound_dtype, fn), oracle in zip(cases, [
-            lambda t, b: torch.clamp(t.to(torch.int8), b),
-            lambda t, b: torch.clamp(t.float(), None, b.double()),
-            lambda t, b: torch.clamp(t.float(), b.double(), b.float() + 50)], strict=True):
-        expected = oracle(torch.tensor(values), torch.tensor(low)).numpy()
-        got = run(mode, fn, values, low)
-        assert got.dtype == expected.dtype == np.dtype(bound_dtype)
+    raises_exactly(ud.DtypeMismatchError, "clip of int8 input to a int64 minimum: give the bounds the input's dtype, "
+                   "ud.ops.cast(minimum, 'int8')", run, mode,
+                   lambda x, b: ud.ops.clip(ud.ops.cast(x, "int8"), b, None), values, low)
+    raises_exactly(ud.DtypeMismatchError, "clip of float32 input to a float64 maximum: give the bounds the input's "
+                   "dtype, ud.ops.cast(maximum, 'float32')", run, mode,
+                   lambda x, b: ud.ops.clip(ud.ops.cast(x, "float32"), None, ud.ops.cast(b, "float64")), values, low)
+    floats = np.array([-3.0, 0.0, 5.0, 100.0])
+    for bound in (np.array([-1.0, 0.1, 1.0, 2.0]), [-1.0, 0.1, 1.0, 2.0]):
+        expected = torch.clamp(torch.tensor(floats, dtype=torch.float64),
+                               torch.tensor(np.asarray(bound), dtype=torch.float64)).numpy()
+        got = run(mode, lambda x: ud.ops.clip(ud.ops.cast(x, "float64"), bound), floats)
+        assert got.dtype == np.float64
         np.testing.assert_array_equal(got, expected)
+    expected = torch.clamp(torch.tensor(floats, dtype=torch.float32), 0.0, torch.tensor(1.0)).numpy()
+    got = run(mode, lambda x: ud.ops.clip(x, 0.0, ud.ops.sum(x) * 0 + 1), floats)
+    np.testing.assert_array_equal(got, expected)
 
 
 NUMPY_LOSSES = [  # (the loss op of a tensor t and NumPy arrays a (floats) and i (labels), torch's of the same)
@@ -622,6 +628,12 @@ def test_numpy_weights_and_scalars_into_loss_ops_and_cast_like(mode):
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
     got = run(mode, lambda x: ud.ops.cast_like(np.array([0.1]), ud.ops.cast(x, "float64")), values)
     assert got.dtype == np.float64 and got[0] == 0.1
+    wide = torch.tensor(values, dtype=torch.float64).reshape(2, 3)  # float64 logits: the weight in their dtype
+    expected = F.cross_entropy(wide, torch.tensor(labels), torch.tensor(weight, dtype=torch.float64)).numpy()
+    got = run(mode, lambda x: ud.ops.cross_entropy_loss(ud.ops.reshape(ud.ops.cast(x, "float64"), (2, 3)), labels,
+                                                        weight), values)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-7)
 
 
 def test_integers_times_floats_is_one_error(mode):

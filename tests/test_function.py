@@ -99,6 +99,10 @@ def test_gradients_keep_a_tensors_own_dtype_as_torch_autograd(backend, rng, dtyp
         tolerance = 1e-12 if dtype == "float64" else 1e-2
         np.testing.assert_allclose(got.astype(np.float64), expected, rtol=tolerance, atol=tolerance)
     assert ud.to_numpy(ud.grad(loss)(values)).dtype == np.float32
+    with ud.use_dtype(dtype if dtype == "float64" else "float32"):  # a parameter keeps its dtype too
+        parameter = ud.nn.Linear(5, 1).weight
+    for gradient in (ud.grad(loss)(parameter), ud.function(lambda: ud.grad(loss)(parameter))()):
+        assert ud.to_numpy(gradient).dtype == ud.to_numpy(parameter).dtype
 
 
 def _regression(rng):

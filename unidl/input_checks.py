@@ -403,11 +403,14 @@ def as_summable(owner, what, x):
     return ops.cast(x, "int64")
 
 
-def as_tensor(owner, what, x):
-    """``x``, with a NumPy array converted as ``ud.tensor`` converts it (floats to the dtype in force), as a
-    module's call converts its arguments: a loss op's NumPy target gave float64 on TensorFlow, Keras and JAX and
-    an error on torch's backend, while the loss module gave float32 everywhere."""
+def as_tensor(owner, what, x, like=None):
+    """``x``, with a NumPy array converted as ``ud.tensor`` converts it (floats to the dtype in force; given
+    ``like``, to its dtype, rounded once), as a module's call converts its arguments: a loss op's NumPy target gave
+    float64 on TensorFlow, Keras and JAX and an error on torch's backend, while the loss module gave float32
+    everywhere."""
     if isinstance(x, (np.ndarray, np.generic)):
+        if like is not None:
+            return ops.cast_like(x, like)
         from unidl.tensors import tensor
 
         return tensor(x)

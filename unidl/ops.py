@@ -17,7 +17,7 @@ import numbers
 import numpy as np
 
 from unidl import arguments, config, dtype_kinds, input_checks
-from unidl.errors import ShapeMismatchError
+from unidl.errors import DtypeMismatchError, ShapeMismatchError
 from unidl.backends.op_registry import declare, optional_op
 from unidl.precision import active_ops
 
@@ -345,27 +345,34 @@ def clip(x, minimum=None, maximum=None):
         raise ValueError("clip: give minimum or maximum (or both), as torch.clip needs one; both were None")
     minimum, maximum = arguments.plain_number("clip", "minimum", minimum), arguments.plain_number("clip", "maximum",
                                                                                                    maximum)
-    if minimum is not None and maximum is not None and _is_number(minimum) != _is_number(maximum):
+    if minimum is not None and maximum is not None and _is_number(minimum) != _is_number(maximum) and (
+            len(getattr(minimum, "shape", ())) or len(getattr(maximum, "shape", ()))):  # (a 0-d tensor is a number)
         kinds = ("a number", "a tensor") if _is_number(minimum) else ("a tensor", "a number")
         raise TypeError(f"clip takes two numbers or two tensors as bounds (or one and None), as torch.clip, got "
                         f"{kinds[0]} minimum and {kinds[1]} maximum")
     dtype = getattr(x, "dtype", None)
     if dtype is not None and dtype_kinds.dtype_name(dtype) == "bool":
         return _clip_booleans(x, minimum, maximum)
-    if dtype is not None and not (_is_number(minimum) or minimum is None and _is_number(maximum)):
-        x, minimum, maximum = _clip_promoted(x, minimum, maximum)
+    if dtype is not None:
+        minimum, maximum = (_clip_bound(x, name, bound) for name, bound in (("minimum", minimum),
+                                                                            ("maximum", maximum)))
     input_checks.check_bounds("clip", x, (minimum, maximum), floats=False)
     return _ops().clip(x, minimum, maximum)
 
 
-def _clip_promoted(x, low, high):
-    """``x`` and its tensor bounds in the one dtype ``torch.clamp`` gives them (int8 clipped to int64 bounds:
-    int64; float32 to float64: float64), which the frameworks kept as ``x``'s or refused."""
-    for bound in (low, high):
-        if bound is not None and not _is_number(bound):
-            x, _ = _promoted_as_torch(x, bound)
-    low, high = (bound if bound is None or _is_number(bound) else cast_like(bound, x) for bound in (low, high))
-    return x, low, high
+def _clip_bound(x, name, bound):
+    """A tensor ``bound`` of ``clip``: a NumPy array or a list as values in ``x``'s dtype (rounded once); a tensor of
+    another dtype than ``x``'s a ``DtypeMismatchError`` (``torch.clamp`` promotes the three by rules of their ranks
+    and kinds; TensorFlow and JAX kept ``x``'s dtype, Keras refused it)."""
+    if bound is None or _is_number(bound):
+        return bound
+    if isinstance(bound, (np.ndarray, list, tuple)):
+        return cast_like(np.asarray(bound), x)
+    given, held = dtype_kinds.dtype_name(bound.dtype), dtype_kinds.dtype_name(x.dtype)
+    if given != held:
+        raise DtypeMismatchError(f"clip of {held} input to a {given} {name}: give the bounds the input's dtype, "
+                                 f"ud.ops.cast({name}, '{held}')")
+    return bound
 
 
 def _clip_booleans(x, low, high):
@@ -983,7 +990,7 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight``."""
     probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
-    weight = input_checks.as_tensor("binary_cross_entropy", "weight", weight)
+    weight = input_checks.as_tensor("binary_cross_entropy", "weight", weight, like=probabilities)
     target = cast_like(target, probabilities)
     losses = -(target * clip(log(probabilities), -100.0) + (1 - target) * clip(log(1 - probabilities), -100.0))
     if weight is not None:
@@ -1037,7 +1044,7 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
 
 def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner):
     log_probabilities = input_checks.as_tensor(owner, "log_probabilities", log_probabilities)
-    weight = input_checks.as_tensor(owner, "weight", weight)
+    weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
     labels = input_checks.check_integer(owner, "labels", labels)
     classes = shape(log_probabilities)[1]
     kept = labels != ignore_index
@@ -1056,8 +1063,9 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
     (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
     (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
-    logits, target, weight = (input_checks.as_tensor("cross_entropy_loss", what, x) for what, x in (
-        ("logits", logits), ("target", target), ("weight", weight)))
+    logits, target = (input_checks.as_tensor("cross_entropy_loss", what, x) for what, x in (("logits", logits),
+                                                                                           ("target", target)))
+    weight = input_checks.as_tensor("cross_entropy_loss", "weight", weight, like=logits)
     log_probabilities = log_softmax(logits, 1)
     classes = _count(shape(logits)[1:2], log_probabilities)
     broadcast = None

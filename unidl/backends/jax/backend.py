@@ -420,7 +420,8 @@ class Backend(BackendInterface):
         if argnums is not None:
             check_float([args[i] for i in argnums], "argument")
             # a tensor in its own dtype (torch.autograd's), an array in unidl's
-            targets = [args[i] if isinstance(args[i], jax.Array) else self.to_input(args[i]) for i in argnums]
+            targets = [jax_variable.unwrap(args[i]) if isinstance(args[i], (jax.Array, JaxVariable))
+                       else self.to_input(args[i]) for i in argnums]
         else:
             check_float(params, "parameter")
             targets = [p.value for p in params]

@@ -470,7 +470,8 @@ class Backend(BackendInterface):
             return keras_stateless.value_and_grad(HOST, f, args, list(params))
         if argnums is not None:
             # a tensor in its own dtype (torch.autograd's), an array (or a variable's value) in unidl's
-            args = [a if i not in argnums or keras.ops.is_tensor(a) else self.tensor(a) for i, a in enumerate(args)]
+            args = [a if i not in argnums else a.value if isinstance(a, keras.Variable) else
+                    a if keras.ops.is_tensor(a) else self.tensor(a) for i, a in enumerate(args)]
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
 
     def check_shapes(self, model, loss_fn, x, y):

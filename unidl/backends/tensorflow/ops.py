@@ -13,6 +13,7 @@ import functools
 import math
 from numbers import Integral
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record as tape  # custom_gradient's tape, without its per-call registry
 
@@ -41,7 +42,9 @@ def abs(x):
     """``tf.abs``; unsigned integers are their own absolute value (TensorFlow has no kernel for them, PyTorch
     gives them back)."""
     dtype = getattr(x, "dtype", None)
-    return x if dtype is not None and tf.as_dtype(dtype).is_unsigned else tf.abs(x)
+    if dtype is not None and tf.as_dtype(dtype).is_unsigned:
+        return tf.convert_to_tensor(x) if isinstance(x, np.ndarray) else x
+    return tf.abs(x)
 
 
 def sign(x):
