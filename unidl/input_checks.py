@@ -257,9 +257,7 @@ def booleans_as_int64(owner, what, x):
     dtype = getattr(x, "dtype", None)
     if dtype is None or dtype_name(dtype) != "bool":
         return x
-    from unidl.tensors import tensor
-
-    return ops.cast(tensor(x) if isinstance(x, np.ndarray) else x, "int64")
+    return ops.cast(as_tensor(owner, what, x), "int64")
 
 
 def check_condition(owner, condition) -> None:

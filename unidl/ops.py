@@ -421,9 +421,7 @@ def sign(x):
     JAX refused them)."""
     dtype = getattr(x, "dtype", None)
     if dtype is not None and dtype_kinds.dtype_name(dtype) == "bool":
-        from unidl.tensors import tensor
-
-        return cast(tensor(x) if isinstance(x, np.ndarray) else x, "bool")
+        return cast(input_checks.as_tensor("sign", "x", x), "bool")
     return _ops().sign(x)
 
 
