@@ -606,6 +606,62 @@ def test_loss_ops_take_numpy_arrays_as_the_loss_modules_do(mode, index):
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+NUMPY_OPS = [  # (the op of NumPy arrays a (2, 2) floats, q (1, 1, 2, 2) floats, i int64 indices; torch's of tensors)
+    (lambda a, q, i: ud.ops.relu(a), lambda a, q, i: F.relu(a)),
+    (lambda a, q, i: ud.ops.sigmoid(a), lambda a, q, i: torch.sigmoid(a)),
+    (lambda a, q, i: ud.ops.softmax(a), lambda a, q, i: F.softmax(a, -1)),
+    (lambda a, q, i: ud.ops.exp(a), lambda a, q, i: torch.exp(a)),
+    (lambda a, q, i: ud.ops.abs(a), lambda a, q, i: torch.abs(a)),
+    (lambda a, q, i: ud.ops.mean(a), lambda a, q, i: torch.mean(a)),
+    (lambda a, q, i: ud.ops.sum(a, 1), lambda a, q, i: torch.sum(a, 1)),
+    (lambda a, q, i: ud.ops.reshape(a, (4,)), lambda a, q, i: a.reshape(4)),
+    (lambda a, q, i: ud.ops.matmul(a, a), lambda a, q, i: a @ a),
+    (lambda a, q, i: ud.ops.linear(a, a, a[0]), lambda a, q, i: F.linear(a, a, a[0])),
+    (lambda a, q, i: ud.ops.gelu(a), lambda a, q, i: F.gelu(a)),
+    (lambda a, q, i: ud.ops.argmax(a, 1), lambda a, q, i: torch.argmax(a, 1)),
+    (lambda a, q, i: ud.ops.square(a), lambda a, q, i: torch.square(a)),
+    (lambda a, q, i: ud.ops.take(a, i), lambda a, q, i: a[i]),
+    (lambda a, q, i: ud.ops.concat([a, a], 1), lambda a, q, i: torch.cat([a, a], 1)),
+    (lambda a, q, i: ud.ops.clip(a, 0.0, 0.5), lambda a, q, i: torch.clamp(a, 0.0, 0.5)),
+    (lambda a, q, i: ud.ops.layer_norm(a, (2,)), lambda a, q, i: F.layer_norm(a, (2,))),
+    (lambda a, q, i: ud.ops.zeros_like(a), lambda a, q, i: torch.zeros_like(a)),
+    (lambda a, q, i: ud.ops.embedding(i, a), lambda a, q, i: F.embedding(i, a)),
+    (lambda a, q, i: ud.ops.sign(a), lambda a, q, i: torch.sign(a)),
+    (lambda a, q, i: ud.ops.maximum(a, a[::-1]), lambda a, q, i: torch.maximum(a, a.flip(0))),
+    (lambda a, q, i: ud.ops.where(a > 0, a, a[::-1]), lambda a, q, i: torch.where(a > 0, a, a.flip(0))),
+    (lambda a, q, i: ud.ops.permute(a, (1, 0)), lambda a, q, i: a.permute(1, 0)),
+    (lambda a, q, i: ud.ops.amax(a, 1), lambda a, q, i: torch.amax(a, 1)),
+    (lambda a, q, i: ud.ops.conv2d(q, q), lambda a, q, i: F.conv2d(q, q)),
+    (lambda a, q, i: ud.ops.max_pool2d(q, 2), lambda a, q, i: F.max_pool2d(q, 2)),
+    (lambda a, q, i: ud.ops.interpolate(q, scale_factor=2), lambda a, q, i: F.interpolate(q, scale_factor=2)),
+    (lambda a, q, i: ud.ops.adaptive_avg_pool2d(q, 1), lambda a, q, i: F.adaptive_avg_pool2d(q, 1)),
+    (lambda a, q, i: ud.ops.group_norm(q, 1), lambda a, q, i: F.group_norm(q, 1)),
+    (lambda a, q, i: ud.ops.pad(a, (1, 1)), lambda a, q, i: F.pad(a, (1, 1))),
+    (lambda a, q, i: ud.ops.gather(a, 1, i[:, None]), lambda a, q, i: torch.gather(a, 1, i[:, None])),
+    (lambda a, q, i: ud.ops.dropout(a, 0.5, training=False), lambda a, q, i: F.dropout(a, 0.5, training=False)),
+    (lambda a, q, i: ud.ops.relu(a[0, 0]), lambda a, q, i: F.relu(a[0, 0])),
+]
+
+
+def test_every_op_takes_numpy_arrays_as_ud_tensor_makes_them(mode):
+    """Ops given NumPy arrays (float64) or NumPy scalars convert them as ``ud.tensor`` converts them, as a module's
+    call converts its arguments: float32 values on every backend, as torch's of float32 tensors (torch's backend
+    raised ``TypeError`` or ``AttributeError``; TensorFlow, Keras and JAX gave float64, JAX's reshape a NumPy
+    array). ``cast`` converts a NumPy array in its own dtype first, rounding it once."""
+    a = np.array([[-1.5, 2.0], [0.5, -0.25]]) + 1e-9  # (float64 values that float32 rounds)
+    q, i = a.reshape(1, 1, 2, 2), np.array([1, 0])
+    ta, ti = torch.tensor(a, dtype=torch.float32), torch.tensor(i)
+    expected = [oracle(ta, ta.reshape(1, 1, 2, 2), ti).numpy() for _, oracle in NUMPY_OPS]
+    fns = [fn for fn, _ in NUMPY_OPS]
+    compute = lambda t: [fn(a, q, i) for fn in fns] + [ud.ops.cast(a, "float64") + ud.ops.cast(t, "float64") * 0]
+    got = [ud.to_numpy(r) for r in (ud.function(compute)(ud.tensor(a)) if mode == "graph" else compute(ud.tensor(a)))]
+    for index, (value, wanted) in enumerate(zip(got, expected)):
+        assert value.dtype == wanted.dtype, index
+        np.testing.assert_allclose(value, wanted, rtol=1e-6, atol=1e-7, err_msg=f"NUMPY_OPS[{index}]")
+    np.testing.assert_array_equal(got[-1], a)  # (float64, not rounded through float32)
+    assert type(ud.ops.reshape(a, (4,))) is not np.ndarray
+
+
 def test_numpy_weights_and_scalars_into_loss_ops_and_cast_like(mode):
     """A NumPy class ``weight`` to ``nll_loss``/``cross_entropy_loss``/``binary_cross_entropy`` and a NumPy scalar
     target are converted as ``ud.tensor`` converts them (torch's backend raised, TensorFlow and Keras refused a

@@ -415,6 +415,12 @@ def as_tensor(owner, what, x, like=None):
     return x
 
 
+def array_as_tensor(owner, what, x):
+    """``x``, with a NumPy array converted as ``ud.tensor`` converts it and a NumPy scalar left a number: the
+    operands of ``maximum``, ``minimum`` and ``where``, which type a number beside a tensor as in ``x + 0.5``."""
+    return as_tensor(owner, what, x) if isinstance(x, np.ndarray) else x
+
+
 def loss_operands(owner, prediction, target):
     """``prediction`` and ``target`` of a regression loss in the one dtype ``torch.result_type`` gives them once
     broadcast (float16 with float32: float32; float32 with float64: float64; integers beside float16: float16),

@@ -12,6 +12,7 @@ are returned, randomness (dropout) takes an explicit generator.
 
 from __future__ import annotations
 
+import inspect
 import numbers
 
 import numpy as np
@@ -27,6 +28,11 @@ def _ops():
     return active_ops() or config.backend().ops
 
 
+# the parameters that take tensors, whose NumPy arrays and scalars every public op converts as ``ud.tensor`` does
+_TENSOR_PARAMETERS = frozenset({"x", "a", "b", "weight", "bias", "prediction", "target", "logits", "targets",
+                                "running_mean", "running_var"})
+
+
 def op(declaration=None, **options):
     """Declare an op (see ``unidl.backends.op_registry.declare``). ``indices``/``floating``: the parameters that
     take integer indices (a float or boolean one is a ``DtypeMismatchError``) or floating-point values (integers
@@ -35,24 +41,37 @@ def op(declaration=None, **options):
     sequence is a ``ValueError``: PyTorch reduces every axis over it, NumPy none). ``axes``: the parameters that
     take an axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``).
     ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array becomes a Python float).
-    ``arrays``: the parameters whose NumPy arrays become tensors as ``ud.tensor`` makes them (floats of the
-    dtype in force), as a module's call converts its arguments. ``numeric``: the parameters that take numbers
-    alone (booleans are a ``DtypeMismatchError``, as PyTorch has no boolean kernel). ``booleans_as_int64``: the
-    parameters whose booleans become int64, as PyTorch's ``square``."""
-    checks = {**{p: input_checks.check_integer for p in options.pop("indices", ())},
+    ``arrays``: the parameters whose NumPy arrays and scalars become tensors as ``ud.tensor`` makes them (floats of
+    the dtype in force), as a module's call converts its arguments; by default a public op's parameters named in
+    ``_TENSOR_PARAMETERS`` (torch's backend refused NumPy, the others took it, each in its own dtype), but those of
+    ``indices`` (which check a NumPy array's dtype first). ``operands``: the parameters whose NumPy arrays become
+    tensors while NumPy scalars stay numbers (``maximum``'s, typed as in ``x + 0.5``). ``numeric``: the parameters
+    that take numbers alone (booleans are a ``DtypeMismatchError``, as PyTorch has no boolean kernel).
+    ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``."""
+    indices = options.pop("indices", ())
+    arrays, operands = options.pop("arrays", None), options.pop("operands", ())
+    checks = {**{p: input_checks.check_integer for p in indices},
               **{p: input_checks.as_floating for p in options.pop("floating", ())},
               **{p: input_checks.as_summable for p in options.pop("summable", ())},
               **{p: arguments.reduced_axes for p in options.pop("reduced", ())},
               **{p: arguments.axis for p in options.pop("axes", ())},
               **{p: arguments.plain_number for p in options.pop("numbers", ())},
               **{p: input_checks.as_numbers for p in options.pop("numeric", ())},
-              **{p: input_checks.as_tensor for p in options.pop("arrays", ())},
               **{p: input_checks.booleans_as_int64 for p in options.pop("booleans_as_int64", ())}}
     if checks:
         options["inputs"] = checks
-    if declaration is None:
-        return lambda d: declare(_ops, **options)(d)
-    return declare(_ops)(declaration)
+
+    def register(declaration):
+        names = arrays
+        if names is None:
+            exempt = options.get("optional") or not options.get("public", True)
+            names = () if exempt else [p for p in inspect.signature(declaration).parameters
+                                       if p in _TENSOR_PARAMETERS and p not in indices and p not in operands]
+        converters = {**{p: input_checks.as_tensor for p in names},
+                      **{p: input_checks.array_as_tensor for p in operands}}
+        return declare(_ops, arrays=converters, **options)(declaration)
+
+    return register if declaration is None else register(declaration)
 
 
 @op(dispatch=False)
@@ -309,7 +328,7 @@ def _promoted_together(tensors):
     """``tensors`` (a sequence), those of a dtype other than the one ``torch.cat`` gives them all cast to it (a float
     over an integer over a bool, the wider of one kind: ``_torch_result_dtype``); as they are where they share one,
     or where one has no dtype (a list) or a dtype of another kind."""
-    tensors = list(tensors)
+    tensors = [input_checks.as_tensor("concat", "tensors", t) for t in tensors]  # NumPy: as ud.tensor makes it
     dtypes = [getattr(t, "dtype", None) for t in tensors]
     if len(set(dtypes)) < 2 or any(d is None for d in dtypes):  # (not ``None in``: a NumPy dtype equals None)
         return tensors
@@ -425,7 +444,7 @@ def sign(x):
     return _ops().sign(x)
 
 
-@op(dispatch=False)
+@op(dispatch=False, operands=("a", "b"))
 def maximum(a, b):
     """Element-wise maximum, broadcasting as ``torch.maximum``: a NaN in either input gives NaN. The value is the
     framework's own maximum, bit for bit; the gradient is PyTorch's on every backend (TensorFlow's and JAX's own
@@ -543,7 +562,7 @@ def _check_broadcastable(name, a, b):
     return a
 
 
-@op(dispatch=False)
+@op(dispatch=False, operands=("a", "b"))
 def where(condition, a, b):
     """a where condition holds, else b. ``condition``: booleans (a ``DtypeMismatchError`` else, as PyTorch's;
     TensorFlow refused them too, JAX and Keras took non-zero as true); ``a`` and ``b`` tensors of two dtypes
@@ -618,7 +637,7 @@ def zeros_like(x):
     """Zeros of ``x``'s shape and dtype."""
 
 
-@op(dispatch=False)
+@op(dispatch=False, arrays=())
 def cast_like(x, like):
     """``x`` converted to ``like``'s dtype (a NumPy array or scalar rounded once to it, by ``ud.tensor``)."""
     if isinstance(x, (np.ndarray, np.generic)):
@@ -772,9 +791,14 @@ def check_shape(x, condition, message, sizes=()):
     same message). The front end (``unidl.input_checks``) decides known sizes itself."""
 
 
-@op(dispatch=False)
+@op(dispatch=False, arrays=())
 def cast(x, dtype):
-    """``x`` converted to ``dtype``: a name ('float32', 'int64', 'bool', ...) or a NumPy dtype."""
+    """``x`` converted to ``dtype``: a name ('float32', 'int64', 'bool', ...) or a NumPy dtype. A NumPy array is a
+    tensor of its own dtype first (converted once, not through the float dtype in force)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        from unidl.tensors import tensor
+
+        x = tensor(x, dtype_kinds.dtype_name(x.dtype))
     return _ops().cast(x, _dtype_name(dtype))
 
 
@@ -854,7 +878,7 @@ def log1p(x):
     """log(1 + x), accurate for small x."""
 
 
-@op(dispatch=False)
+@op(dispatch=False, operands=("a", "b"))
 def minimum(a, b):
     """Element-wise minimum, broadcasting as ``torch.minimum``: ``maximum``'s rules mirrored (the gradient all to
     the smaller input, half to each of equal ones, all to both where either is NaN; booleans give their and)."""

@@ -13,6 +13,7 @@ Each op (but ``dropout2d``, which draws from the backend's generator) runs as th
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import numpy as np
@@ -29,8 +30,12 @@ def _composite(*arrays: str):
     it is."""
 
     def decorate(function):
+        positions = [i for i, p in enumerate(inspect.signature(function).parameters) if p in arrays]
+
         @functools.wraps(function)
         def call(*args, **kwargs):
+            if any(isinstance(a, _NUMPY) for a in args) or any(isinstance(a, _NUMPY) for a in kwargs.values()):
+                args, kwargs = _converted(function.__name__, positions, arrays, args, kwargs)
             if active_ops() is not None:
                 return function(*args, **kwargs)
             return config.backend().composite(function, arrays)(*args, **kwargs)
@@ -38,6 +43,17 @@ def _composite(*arrays: str):
         return call
 
     return decorate
+
+
+_NUMPY = (np.ndarray, np.generic)
+
+
+def _converted(owner, positions, arrays, args, kwargs):
+    """``args`` and ``kwargs`` with the NumPy values of the parameters named in ``arrays`` (at ``positions``)
+    converted as ``ud.tensor`` converts them, as every registry op converts them (torch's backend refused them)."""
+    args = [input_checks.as_tensor(owner, "x", a) if i in positions else a for i, a in enumerate(args)]
+    kwargs = {k: input_checks.as_tensor(owner, k, v) if k in arrays else v for k, v in kwargs.items()}
+    return tuple(args), kwargs
 
 
 def _pair(value) -> tuple:

@@ -13,6 +13,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from unidl.errors import BackendInterfaceError
 
 
@@ -34,14 +36,17 @@ class OpSpec:
 REGISTRY: dict[str, OpSpec] = {}
 
 
-def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs: dict | None = None) -> Callable:
-    """A function with ``declaration``'s exact signature whose body is ``resolve_ops().<name>(...)``:
-    compiled once, so a call costs what a hand-written forwarding function costs. ``inputs`` maps parameter
-    names to a check ``check(op_name, parameter_name, value) -> value`` that the body applies to that argument
-    first."""
-    inputs = inputs or {}
+def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs: dict | None = None,
+                arrays: dict | None = None, dispatch: bool = True) -> Callable:
+    """A function with ``declaration``'s exact signature whose body is ``resolve_ops().<name>(...)`` (without
+    ``dispatch``: ``declaration(...)``, the front end's own body): compiled once, so a call costs what a
+    hand-written forwarding function costs. ``inputs`` maps parameter names to a check
+    ``check(op_name, parameter_name, value) -> value`` that the body applies to that argument first; before it,
+    a NumPy array or scalar given to a parameter ``arrays`` names becomes ``arrays[name](op_name, parameter_name,
+    value)`` (an ``isinstance`` test, tens of nanoseconds, where the argument is no NumPy value)."""
+    inputs, arrays = inputs or {}, arrays or {}
     signature = inspect.signature(declaration)
-    unknown = set(inputs) - set(signature.parameters)
+    unknown = (set(inputs) | set(arrays)) - set(signature.parameters)
     if unknown:
         raise BackendInterfaceError(f"op {name!r} checks inputs {sorted(unknown)} it does not declare")
     params, forwarded, seen_star = [], [], False
@@ -62,10 +67,13 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
         else:
             params.append(p.name)
             forwarded.append(p.name)
+    converted = "".join(f"    if isinstance({p}, _NUMPY): {p} = _array_{p}({name!r}, {p!r}, {p})\n" for p in arrays)
     checks = "".join(f"    {p} = _check_{p}({name!r}, {p!r}, {p})\n" for p in inputs)
-    source = (f"def {name}({', '.join(params)}):\n{checks}"
-              f"    return _resolve_ops().{name}({', '.join(forwarded)})\n")
-    namespace = {"_resolve_ops": resolve_ops, **{f"_check_{p}": check for p, check in inputs.items()}}
+    target = f"_resolve_ops().{name}" if dispatch else "_declaration"
+    source = f"def {name}({', '.join(params)}):\n{converted}{checks}    return {target}({', '.join(forwarded)})\n"
+    namespace = {"_resolve_ops": resolve_ops, "_declaration": declaration, "_NUMPY": (np.ndarray, np.generic),
+                 **{f"_check_{p}": check for p, check in inputs.items()},
+                 **{f"_array_{p}": convert for p, convert in arrays.items()}}
     exec(compile(source, f"<unidl.ops.{name}>", "exec"), namespace)
     function = namespace[name]
     function.__defaults__ = declaration.__defaults__
@@ -78,19 +86,23 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
 
 
 def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = False, public: bool = True,
-            dispatch: bool = True, inputs: dict | None = None):
+            dispatch: bool = True, inputs: dict | None = None, arrays: dict | None = None):
     """Decorator for the declarations in ``unidl/ops.py``: register the op and return its dispatcher
     (or the declared function itself with ``dispatch=False``, when the front end adds behaviour of
     its own before calling the backend, e.g. drawing dropout's generator). ``inputs``: per parameter name, a
     check the dispatcher applies to that argument before the backend sees it (``unidl.input_checks``'s dtype
-    rules)."""
+    rules). ``arrays``: per parameter name, the function that converts a NumPy value given to it to a tensor first
+    (with ``dispatch=False`` too: the declared function is then called through a forwarding function that does
+    it)."""
 
     def register(declaration: Callable) -> Callable:
         op_name = name or declaration.__name__
         if op_name in REGISTRY:
             raise BackendInterfaceError(f"op {op_name!r} is declared twice")
         REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public)
-        return _dispatcher(op_name, declaration, resolve_ops, inputs) if dispatch else declaration
+        if not dispatch and not arrays:
+            return declaration
+        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch)
 
     return register
 
