@@ -640,6 +640,10 @@ NUMPY_OPS = [  # (the op of NumPy arrays a (2, 2) floats, q (1, 1, 2, 2) floats,
     (lambda a, q, i: ud.ops.gather(a, 1, i[:, None]), lambda a, q, i: torch.gather(a, 1, i[:, None])),
     (lambda a, q, i: ud.ops.dropout(a, 0.5, training=False), lambda a, q, i: F.dropout(a, 0.5, training=False)),
     (lambda a, q, i: ud.ops.relu(a[0, 0]), lambda a, q, i: F.relu(a[0, 0])),
+    (lambda a, q, i: ud.ops.prelu(q, np.array([0.25])), lambda a, q, i: F.prelu(q, torch.tensor([0.25]))),
+    (lambda a, q, i: ud.ops.scaled_dot_product_attention(a[None], a[None], a[None]),
+     lambda a, q, i: F.scaled_dot_product_attention(a[None], a[None], a[None])),
+    (lambda a, q, i: ud.ops.dropout2d(q, 0.5, training=False), lambda a, q, i: F.dropout2d(q, 0.5, training=False)),
 ]
 
 
@@ -660,6 +664,60 @@ def test_every_op_takes_numpy_arrays_as_ud_tensor_makes_them(mode):
         np.testing.assert_allclose(value, wanted, rtol=1e-6, atol=1e-7, err_msg=f"NUMPY_OPS[{index}]")
     np.testing.assert_array_equal(got[-1], a)  # (float64, not rounded through float32)
     assert type(ud.ops.reshape(a, (4,))) is not np.ndarray
+
+
+def test_numpy_beside_a_float64_tensor_keeps_its_digits_and_other_dtypes_convert(mode):
+    """A NumPy float array (or a 0-d one, a number) beside a float64 tensor in ``maximum``, ``minimum``, ``where`` and
+    ``concat`` takes that tensor's dtype, rounded once (not through float32); ``cast`` takes NumPy integers of any
+    width and the bfloat16 arrays ``ud.to_numpy`` gives back, as ``ud.tensor`` takes bfloat16 arrays."""
+    tenth = np.array([0.1])
+    bf16 = ud.to_numpy(ud.ops.cast(ud.tensor([1.5, -2.25]), "bfloat16"))
+    compute = lambda t: [ud.ops.maximum(t, tenth), ud.ops.minimum(np.array(0.1), t + 1), ud.ops.where(t > 0, t, tenth),
+                         ud.ops.concat([t, tenth]), ud.ops.cast(np.array([7], np.uint32), "float32"),
+                         ud.ops.cast(bf16, "float32"), ud.ops.relu(bf16), ud.tensor(bf16)]
+    t = ud.ops.cast(ud.tensor([0.0]), "float64")
+    got = [ud.to_numpy(r) for r in (ud.function(compute)(t) if mode == "graph" else compute(t))]
+    for value in got[:4]:
+        assert value.dtype == np.float64 and value[-1] == 0.1
+    np.testing.assert_array_equal(got[4], np.array([7.0], np.float32))
+    for value, wanted in zip(got[5:], ([1.5, -2.25], [1.5, 0.0], [1.5, -2.25])):
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, wanted)
+
+
+LIST_OPS = [  # (the op of a tensor t = [1, 2] and lists or Python numbers; torch's of tensors made from them)
+    (lambda t: ud.ops.relu(-2.0), lambda t: F.relu(torch.tensor(-2.0))),
+    (lambda t: ud.ops.exp(1), lambda t: torch.exp(torch.tensor(1.0))),
+    (lambda t: ud.ops.relu([1.0, -2.0]), lambda t: F.relu(torch.tensor([1.0, -2.0]))),
+    (lambda t: ud.ops.mse_loss(t, [0.5, 3.0]), lambda t: F.mse_loss(t, torch.tensor([0.5, 3.0]))),
+    (lambda t: ud.ops.matmul([[1.0, 2.0]], t), lambda t: torch.tensor([[1.0, 2.0]]) @ t),
+    (lambda t: ud.ops.sum([1, 2]), lambda t: torch.sum(torch.tensor([1, 2]))),
+    (lambda t: ud.ops.linear(t, [[1.0, 2.0]], [0.5]),
+     lambda t: F.linear(t, torch.tensor([[1.0, 2.0]]), torch.tensor([0.5]))),
+    (lambda t: ud.ops.clip(3.0, 0.0, 1.0), lambda t: torch.clamp(torch.tensor(3.0), 0.0, 1.0)),
+    (lambda t: ud.ops.concat([t, [5.0, 6.0]]), lambda t: torch.cat([t, torch.tensor([5.0, 6.0])])),
+    (lambda t: ud.ops.maximum([1.0, 5.0], 2.0), lambda t: torch.clamp(torch.tensor([1.0, 5.0]), min=2.0)),
+    (lambda t: ud.ops.cast([0.1, 2.0], "float64"), lambda t: torch.tensor([0.1, 2.0], dtype=torch.float64)),
+    (lambda t: ud.ops.interpolate([[[1.0, 2.0]]], scale_factor=2),
+     lambda t: F.interpolate(t[None, None], scale_factor=2)),
+]
+
+
+def test_every_op_takes_lists_and_python_numbers_as_ud_tensor_makes_them(mode):
+    """A list, a tuple or a Python number given for an op's tensor argument is converted as ``ud.tensor`` converts
+    it: PyTorch's values of such tensors on every backend (torch's backend raised ``TypeError`` or
+    ``AttributeError``, JAX refused lists, TensorFlow summed a list of ints in int32 and its ``matmul`` refused a
+    1-d operand); ``cast`` of a list of floats is exact in float64. Booleans into an op of numbers are the same
+    error as a boolean tensor."""
+    expected = [oracle(torch.tensor([1.0, 2.0])).numpy() for _, oracle in LIST_OPS]
+    compute = lambda t: [fn(t) for fn, _ in LIST_OPS]
+    got = ud.function(compute)(ud.tensor([1.0, 2.0])) if mode == "graph" else compute(ud.tensor([1.0, 2.0]))
+    for index, (value, wanted) in enumerate(zip(got, expected)):
+        value = ud.to_numpy(value)
+        assert value.dtype == wanted.dtype and value.shape == wanted.shape, index
+        np.testing.assert_array_equal(value, wanted, err_msg=f"LIST_OPS[{index}]")
+    raises_exactly(ud.DtypeMismatchError, "abs needs numbers, got bool input; convert it with ud.ops.cast(x, 'uint8') "
+                   "or ud.ops.cast(x, 'float32')", run, mode, lambda t: ud.ops.abs([True, False]) + t, [1.0, 2.0])
 
 
 def test_numpy_weights_and_scalars_into_loss_ops_and_cast_like(mode):

@@ -10,11 +10,12 @@ before the framework's kernels, whose own errors (or silent garbage) differ from
 from __future__ import annotations
 
 import math
-from numbers import Integral
+from numbers import Integral, Number
 
 import numpy as np
 
 from unidl import ops
+from unidl.backends.op_registry import CONVERTED
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
 from unidl.precision import active_ops
@@ -415,10 +416,40 @@ def as_tensor(owner, what, x, like=None):
     return x
 
 
-def array_as_tensor(owner, what, x):
-    """``x``, with a NumPy array converted as ``ud.tensor`` converts it and a NumPy scalar left a number: the
-    operands of ``maximum``, ``minimum`` and ``where``, which type a number beside a tensor as in ``x + 0.5``."""
-    return as_tensor(owner, what, x) if isinstance(x, np.ndarray) else x
+def value_as_tensor(owner, what, x):
+    """``x``, a NumPy array or scalar, a list, a tuple or a Python number given for an op's tensor argument (what
+    the op's dispatcher hands on, ``op_registry.CONVERTED``), converted as ``ud.tensor`` converts it (floats to the
+    dtype in force), as a module's call converts its arguments: torch's backend refused them all, TensorFlow and
+    Keras took them in dtypes of their own (float64 arrays, int32 lists), JAX took arrays and numbers, not lists."""
+    from unidl.tensors import tensor
+
+    return tensor(x)
+
+
+def operand(owner, what, x, beside=None):
+    """``x`` given beside the tensor ``beside`` (or None): a float NumPy array (or list of floats) beside a float
+    tensor in that tensor's dtype, rounded once (float64 values beside a float64 tensor stay exact, as a number
+    beside it does), anything else as ``value_as_tensor`` converts it."""
+    array = np.asarray(x)
+    held = getattr(beside, "dtype", None)
+    if array.dtype.kind == "f" and held is not None and is_floating(held):
+        return as_tensor(owner, what, array, like=beside)
+    return value_as_tensor(owner, what, x)
+
+
+def operands(owner, a, b, numbers: bool = True):
+    """``a`` and ``b`` of a binary op (``maximum``, ``minimum``, ``where``; ``prelu``'s input and weight), the NumPy
+    arrays, lists and 0-d arrays among them converted by ``operand`` beside the other (torch's backend refused them;
+    the others took them in dtypes of their own). With ``numbers``, a Python or NumPy number, or a 0-d array, stays
+    a number (typed as in ``x + 0.5``: unidl takes a 0-d array wherever it takes a number)."""
+    def converted(x, other):
+        if not isinstance(x, CONVERTED):
+            return x
+        if numbers and (isinstance(x, (Number, np.bool_)) or (isinstance(x, np.ndarray) and x.ndim == 0)):
+            return x.item() if isinstance(x, np.ndarray) else x
+        return operand(owner, "a" if x is a else "b", x, None if isinstance(other, CONVERTED) else other)
+
+    return converted(a, b), converted(b, a)
 
 
 def loss_operands(owner, prediction, target):

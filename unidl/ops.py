@@ -19,7 +19,7 @@ import numpy as np
 
 from unidl import arguments, config, dtype_kinds, input_checks
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
-from unidl.backends.op_registry import declare, optional_op
+from unidl.backends.op_registry import CONVERTED, declare, optional_op
 from unidl.precision import active_ops
 
 
@@ -28,7 +28,7 @@ def _ops():
     return active_ops() or config.backend().ops
 
 
-# the parameters that take tensors, whose NumPy arrays and scalars every public op converts as ``ud.tensor`` does
+# the parameters that take tensors, whose NumPy arrays, lists and numbers every public op converts as ``ud.tensor`` does
 _TENSOR_PARAMETERS = frozenset({"x", "a", "b", "weight", "bias", "prediction", "target", "logits", "targets",
                                 "running_mean", "running_var"})
 
@@ -41,12 +41,12 @@ def op(declaration=None, **options):
     sequence is a ``ValueError``: PyTorch reduces every axis over it, NumPy none). ``axes``: the parameters that
     take an axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``).
     ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array becomes a Python float).
-    ``arrays``: the parameters whose NumPy arrays and scalars become tensors as ``ud.tensor`` makes them (floats of
-    the dtype in force), as a module's call converts its arguments; by default a public op's parameters named in
-    ``_TENSOR_PARAMETERS`` (torch's backend refused NumPy, the others took it, each in its own dtype), but those of
-    ``indices`` (which check a NumPy array's dtype first). ``operands``: the parameters whose NumPy arrays become
-    tensors while NumPy scalars stay numbers (``maximum``'s, typed as in ``x + 0.5``). ``numeric``: the parameters
-    that take numbers alone (booleans are a ``DtypeMismatchError``, as PyTorch has no boolean kernel).
+    ``arrays``: the parameters whose NumPy arrays and scalars, lists, tuples and Python numbers become tensors as
+    ``ud.tensor`` makes them (floats of the dtype in force), as a module's call converts its arguments; by default
+    a public op's parameters named in ``_TENSOR_PARAMETERS`` (torch's backend refused them all, the others took
+    some, each in dtypes of its own), but those of ``indices`` (which check a NumPy array's dtype first).
+    ``operands``: the same, but numbers stay numbers (``maximum``'s, typed as in ``x + 0.5``). ``numeric``: the
+    parameters that take numbers alone (booleans are a ``DtypeMismatchError``, as PyTorch has no boolean kernel).
     ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``."""
     indices = options.pop("indices", ())
     arrays, operands = options.pop("arrays", None), options.pop("operands", ())
@@ -67,7 +67,7 @@ def op(declaration=None, **options):
             exempt = options.get("optional") or not options.get("public", True)
             names = () if exempt else [p for p in inspect.signature(declaration).parameters
                                        if p in _TENSOR_PARAMETERS and p not in indices and p not in operands]
-        converters = {**{p: input_checks.as_tensor for p in names},
+        converters = {**{p: input_checks.value_as_tensor for p in names},
                       **{p: input_checks.array_as_tensor for p in operands}}
         return declare(_ops, arrays=converters, **options)(declaration)
 
@@ -314,21 +314,25 @@ def flatten(x, start_dim=1):
 def concat(tensors, axis=0):
     """Join tensors along an existing axis; tensors of several dtypes are promoted as ``torch.cat`` promotes them
     (TensorFlow refused them)."""
-    return _ops().concat(_promoted_together(tensors), axis)
+    return _ops().concat(_promoted_together("concat", tensors), axis)
 
 
 @op(dispatch=False)
 def stack(tensors, axis=0):
     """Join tensors along a new axis; tensors of several dtypes are promoted as ``torch.stack`` promotes them
     (TensorFlow refused them)."""
-    return _ops().stack(_promoted_together(tensors), axis)
+    return _ops().stack(_promoted_together("stack", tensors), axis)
 
 
-def _promoted_together(tensors):
+def _promoted_together(name, tensors):
     """``tensors`` (a sequence), those of a dtype other than the one ``torch.cat`` gives them all cast to it (a float
     over an integer over a bool, the wider of one kind: ``_torch_result_dtype``); as they are where they share one,
     or where one has no dtype (a list) or a dtype of another kind."""
-    tensors = [input_checks.as_tensor("concat", "tensors", t) for t in tensors]  # NumPy: as ud.tensor makes it
+    tensors = list(tensors)
+    if any(isinstance(t, CONVERTED) for t in tensors):  # NumPy arrays, lists: as ``input_checks.operands``
+        beside = next((t for t in tensors if not isinstance(t, CONVERTED)), None)
+        tensors = [input_checks.operand(name, "tensors", t, beside) if isinstance(t, CONVERTED) else t
+                   for t in tensors]
     dtypes = [getattr(t, "dtype", None) for t in tensors]
     if len(set(dtypes)) < 2 or any(d is None for d in dtypes):  # (not ``None in``: a NumPy dtype equals None)
         return tensors
@@ -444,7 +448,7 @@ def sign(x):
     return _ops().sign(x)
 
 
-@op(dispatch=False, operands=("a", "b"))
+@op(dispatch=False, arrays=())
 def maximum(a, b):
     """Element-wise maximum, broadcasting as ``torch.maximum``: a NaN in either input gives NaN. The value is the
     framework's own maximum, bit for bit; the gradient is PyTorch's on every backend (TensorFlow's and JAX's own
@@ -459,6 +463,8 @@ def maximum(a, b):
     Sizes that do not broadcast are a ``ShapeMismatchError`` naming both shapes wherever they are known:
     eagerly, and while a graph traces (a TensorFlow graph's sizes unknown until it runs give TensorFlow's own
     error)."""
+    if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
+        a, b = input_checks.operands("maximum", a, b)
     return _ops().maximum(*_typed_as_torch("maximum", _check_broadcastable("maximum", a, b), b))
 
 
@@ -562,7 +568,7 @@ def _check_broadcastable(name, a, b):
     return a
 
 
-@op(dispatch=False, operands=("a", "b"))
+@op(dispatch=False, arrays=())
 def where(condition, a, b):
     """a where condition holds, else b. ``condition``: booleans (a ``DtypeMismatchError`` else, as PyTorch's;
     TensorFlow refused them too, JAX and Keras took non-zero as true); ``a`` and ``b`` tensors of two dtypes
@@ -572,6 +578,8 @@ def where(condition, a, b):
 
         condition = tensor(condition)
     input_checks.check_condition("where", condition)
+    if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
+        a, b = input_checks.operands("where", a, b)
     if _is_number(a) or _is_number(b):
         return _ops().where(condition, *_numbers_as_torch("where", a, b, as_tensor=True))
     return _ops().where(condition, *_promoted_as_torch(a, b))
@@ -639,11 +647,12 @@ def zeros_like(x):
 
 @op(dispatch=False, arrays=())
 def cast_like(x, like):
-    """``x`` converted to ``like``'s dtype (a NumPy array or scalar rounded once to it, by ``ud.tensor``)."""
-    if isinstance(x, (np.ndarray, np.generic)):
+    """``x`` converted to ``like``'s dtype (a NumPy array or scalar, a list or a number rounded once to it, by
+    ``ud.tensor``)."""
+    if isinstance(x, CONVERTED):
         from unidl.tensors import tensor
 
-        return tensor(x, dtype_kinds.dtype_name(like.dtype))
+        return tensor(np.asarray(x), dtype_kinds.dtype_name(like.dtype))
     return _ops().cast_like(x, like)
 
 
@@ -793,12 +802,17 @@ def check_shape(x, condition, message, sizes=()):
 
 @op(dispatch=False, arrays=())
 def cast(x, dtype):
-    """``x`` converted to ``dtype``: a name ('float32', 'int64', 'bool', ...) or a NumPy dtype. A NumPy array is a
-    tensor of its own dtype first (converted once, not through the float dtype in force)."""
-    if isinstance(x, (np.ndarray, np.generic)):
+    """``x`` converted to ``dtype``: a name ('float32', 'int64', 'bool', ...) or a NumPy dtype. A NumPy array (a
+    list, a number) of floats or booleans is a tensor of its own (NumPy's) dtype first, converted once, not through
+    the float dtype in force; integers of any width are int64 first."""
+    if isinstance(x, CONVERTED):
         from unidl.tensors import tensor
 
-        x = tensor(x, dtype_kinds.dtype_name(x.dtype))
+        x = np.asarray(x)
+        if x.dtype.kind in "iu":  # int64 holds them all (uint64 beyond it: ud.tensor's ValueError)
+            x = tensor(x if x.dtype == np.uint64 else x.astype(np.int64))
+        elif x.dtype.kind in "bf" or x.dtype.name == "bfloat16":
+            x = tensor(x, dtype_kinds.dtype_name(x.dtype))
     return _ops().cast(x, _dtype_name(dtype))
 
 
@@ -878,10 +892,12 @@ def log1p(x):
     """log(1 + x), accurate for small x."""
 
 
-@op(dispatch=False, operands=("a", "b"))
+@op(dispatch=False, arrays=())
 def minimum(a, b):
     """Element-wise minimum, broadcasting as ``torch.minimum``: ``maximum``'s rules mirrored (the gradient all to
     the smaller input, half to each of equal ones, all to both where either is NaN; booleans give their and)."""
+    if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
+        a, b = input_checks.operands("minimum", a, b)
     return _ops().minimum(*_typed_as_torch("minimum", _check_broadcastable("minimum", a, b), b))
 
 
@@ -968,6 +984,8 @@ def relu6(x):
 
 def prelu(x, weight):
     """x if x >= 0 else weight * x, with one ``weight`` for all channels or one per channel (axis 1)."""
+    if isinstance(x, CONVERTED) or isinstance(weight, CONVERTED):
+        x, weight = input_checks.operands("prelu", x, weight, numbers=False)
     rank = len(x.shape)
     if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
         weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
@@ -1129,6 +1147,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     float mask is added to the scores. ``is_causal`` lets query i attend to keys 0..i only (then ``attn_mask``
     must be None). ``dropout_p`` drops attention weights (from the backend's generator). A query whose every key
     is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN)."""
+    if isinstance(query, CONVERTED) or isinstance(key, CONVERTED) or isinstance(value, CONVERTED):
+        query, key, value = (input_checks.value_as_tensor("scaled_dot_product_attention", what, t)
+                             if isinstance(t, CONVERTED) else t for what, t in zip(("query", "key", "value"),
+                                                                                  (query, key, value)))
     attn_mask = input_checks.as_tensor("scaled_dot_product_attention", "attn_mask", attn_mask)
     input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask, query, float32=True)
     if is_causal and attn_mask is not None:

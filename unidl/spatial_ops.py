@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from unidl import arguments, config, dtype_kinds, input_checks, ops
+from unidl.backends.op_registry import CONVERTED
 from unidl.precision import active_ops
 from unidl.tensors import tensor
 
@@ -34,7 +35,8 @@ def _composite(*arrays: str):
 
         @functools.wraps(function)
         def call(*args, **kwargs):
-            if any(isinstance(a, _NUMPY) for a in args) or any(isinstance(a, _NUMPY) for a in kwargs.values()):
+            if (any(isinstance(args[i], CONVERTED) for i in positions if i < len(args))
+                    or any(isinstance(kwargs.get(p), CONVERTED) for p in arrays)):
                 args, kwargs = _converted(function.__name__, positions, arrays, args, kwargs)
             if active_ops() is not None:
                 return function(*args, **kwargs)
@@ -45,14 +47,14 @@ def _composite(*arrays: str):
     return decorate
 
 
-_NUMPY = (np.ndarray, np.generic)
-
-
 def _converted(owner, positions, arrays, args, kwargs):
-    """``args`` and ``kwargs`` with the NumPy values of the parameters named in ``arrays`` (at ``positions``)
-    converted as ``ud.tensor`` converts them, as every registry op converts them (torch's backend refused them)."""
-    args = [input_checks.as_tensor(owner, "x", a) if i in positions else a for i, a in enumerate(args)]
-    kwargs = {k: input_checks.as_tensor(owner, k, v) if k in arrays else v for k, v in kwargs.items()}
+    """``args`` and ``kwargs`` with the NumPy arrays, lists and numbers given for the parameters named in ``arrays``
+    (at ``positions``) converted as ``ud.tensor`` converts them, as every registry op converts them (torch's backend
+    refused them)."""
+    args = [input_checks.value_as_tensor(owner, "x", a) if i in positions and isinstance(a, CONVERTED) else a
+            for i, a in enumerate(args)]
+    kwargs = {k: input_checks.value_as_tensor(owner, k, v) if k in arrays and isinstance(v, CONVERTED) else v
+              for k, v in kwargs.items()}
     return tuple(args), kwargs
 
 
@@ -408,6 +410,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
 def dropout2d(x, p=0.5, training=True, generator=None):
     """Zero whole channels of NCHW (or NCL) ``x`` with probability ``p`` (one draw per sample and channel) and scale the
     rest by 1 / (1 - p) when ``training``; the mask comes from ``generator`` as ``dropout``'s does."""
+    if isinstance(x, CONVERTED):  # (NumPy, lists: as every op converts them)
+        x = input_checks.value_as_tensor("dropout2d", "x", x)
     if not training or not p:
         return x
     one_per_channel = x[(slice(None), slice(None)) + (slice(0, 1),) * (len(x.shape) - 2)]

@@ -20,6 +20,8 @@ def tensor(value, dtype: str | None = None):
     backend = config.backend()
     if isinstance(value, np.ndarray) or not backend.is_tensor(value):
         array = value if isinstance(value, np.ndarray) else None if isinstance(value, (str, bytes)) else np.asarray(value)
+        if array is not None and array.dtype.name == "bfloat16":  # ml_dtypes' (what ``to_numpy`` gives back)
+            array = value = array.astype(np.float32)
         if array is None or array.dtype.kind not in _NUMBER_KINDS:
             what = f"{type(value).__name__} {value!r}" if array is None else f"an array of dtype {array.dtype}"
             raise DtypeMismatchError(f"ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested lists or "

@@ -82,6 +82,10 @@ LAYERS = {
 
 OPS = {
     "matmul": (lambda: ud.ops.matmul, [ROWS, TARGETS.T.copy()], lambda x, y: x @ y),
+    # a 1-d operand, after or before (TensorFlow's matmul refused them), and two (a dot product)
+    "matmul-vector": (lambda: ud.ops.matmul, [ROWS, TARGETS[0].copy()], lambda x, v: x @ v),
+    "matmul-vector-first": (lambda: ud.ops.matmul, [ROWS[:, 0].copy(), TARGETS], lambda v, x: v @ x),
+    "matmul-dot": (lambda: ud.ops.matmul, [ROWS[0].copy(), TARGETS[1].copy()], lambda v, w: v @ w),
     "linear": (lambda: ud.ops.linear, [ROWS, TARGETS[:3], ROWS[0, :3].copy()], lambda x, w, b: x @ w.T + b),
     "relu": (lambda: ud.ops.relu, [ROWS], lambda x: np.maximum(x, 0)),
     "leaky_relu": (lambda: lambda x: ud.ops.leaky_relu(x, 0.1), [ROWS], lambda x: np.where(x > 0, x, 0.1 * x)),

@@ -35,6 +35,10 @@ class OpSpec:
 
 REGISTRY: dict[str, OpSpec] = {}
 
+# what a dispatcher hands to its parameter's converter (``declare``'s ``arrays``): NumPy arrays and scalars, Python
+# sequences and numbers (bool is an int), which no framework's tensor is
+CONVERTED = (np.ndarray, np.generic, list, tuple, int, float)
+
 
 def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs: dict | None = None,
                 arrays: dict | None = None, dispatch: bool = True) -> Callable:
@@ -42,8 +46,9 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
     ``dispatch``: ``declaration(...)``, the front end's own body): compiled once, so a call costs what a
     hand-written forwarding function costs. ``inputs`` maps parameter names to a check
     ``check(op_name, parameter_name, value) -> value`` that the body applies to that argument first; before it,
-    a NumPy array or scalar given to a parameter ``arrays`` names becomes ``arrays[name](op_name, parameter_name,
-    value)`` (an ``isinstance`` test, tens of nanoseconds, where the argument is no NumPy value)."""
+    a NumPy array or scalar, a list, a tuple or a Python number (``CONVERTED``) given to a parameter ``arrays``
+    names becomes ``arrays[name](op_name, parameter_name, value)`` (an ``isinstance`` test, tens of nanoseconds,
+    where the argument is a tensor)."""
     inputs, arrays = inputs or {}, arrays or {}
     signature = inspect.signature(declaration)
     unknown = (set(inputs) | set(arrays)) - set(signature.parameters)
@@ -67,11 +72,11 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
         else:
             params.append(p.name)
             forwarded.append(p.name)
-    converted = "".join(f"    if isinstance({p}, _NUMPY): {p} = _array_{p}({name!r}, {p!r}, {p})\n" for p in arrays)
+    converted = "".join(f"    if isinstance({p}, _CONVERTED): {p} = _array_{p}({name!r}, {p!r}, {p})\n" for p in arrays)
     checks = "".join(f"    {p} = _check_{p}({name!r}, {p!r}, {p})\n" for p in inputs)
     target = f"_resolve_ops().{name}" if dispatch else "_declaration"
     source = f"def {name}({', '.join(params)}):\n{converted}{checks}    return {target}({', '.join(forwarded)})\n"
-    namespace = {"_resolve_ops": resolve_ops, "_declaration": declaration, "_NUMPY": (np.ndarray, np.generic),
+    namespace = {"_resolve_ops": resolve_ops, "_declaration": declaration, "_CONVERTED": CONVERTED,
                  **{f"_check_{p}": check for p, check in inputs.items()},
                  **{f"_array_{p}": convert for p, convert in arrays.items()}}
     exec(compile(source, f"<unidl.ops.{name}>", "exec"), namespace)
@@ -91,7 +96,7 @@ def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = 
     (or the declared function itself with ``dispatch=False``, when the front end adds behaviour of
     its own before calling the backend, e.g. drawing dropout's generator). ``inputs``: per parameter name, a
     check the dispatcher applies to that argument before the backend sees it (``unidl.input_checks``'s dtype
-    rules). ``arrays``: per parameter name, the function that converts a NumPy value given to it to a tensor first
+    rules). ``arrays``: per parameter name, the function that converts a value of ``CONVERTED`` given to it first
     (with ``dispatch=False`` too: the declared function is then called through a forwarding function that does
     it)."""
 

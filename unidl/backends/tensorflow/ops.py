@@ -23,7 +23,20 @@ from unidl.input_checks import check_known_shape, float_bound
 from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten_view, flattened_nhwc_source, nchw_view,
                                               nhwc_source, to_nhwc, tracing_export_graph, tracing_xla_graph)
 
-matmul = tf.linalg.matmul
+
+def matmul(a, b):
+    """``torch.matmul``: a 1-d operand is a row before the other (a column after it), its axis dropped from the
+    product, two of them a dot product (``tf.linalg.matmul`` refuses 1-d operands)."""
+    a_vector, b_vector = a.shape.rank == 1, b.shape.rank == 1
+    if not (a_vector or b_vector):
+        return tf.linalg.matmul(a, b)
+    if a_vector and b_vector:
+        return tf.tensordot(a, b, 1)
+    if a_vector:
+        return tf.squeeze(tf.linalg.matmul(a[None], b), -2)
+    return tf.squeeze(tf.linalg.matmul(a, b[:, None]), -1)
+
+
 relu = elementwise(tf.nn.relu)
 sigmoid = elementwise(tf.sigmoid)
 tanh = elementwise(tf.tanh)
