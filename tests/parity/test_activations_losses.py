@@ -212,3 +212,15 @@ def test_every_label_ignored_gives_torchs_nan_loss_and_zero_gradient(backend):
                 grad = grad[0] if isinstance(grad, (list, tuple)) else grad
                 assert np.isnan(float(ud.to_numpy(got))) and np.isnan(expected.item()), loss
                 np.testing.assert_array_equal(ud.to_numpy(grad), t.grad.numpy(), err_msg=repr(loss))
+
+
+def test_cross_entropy_of_float32_logits_is_float32_as_torch(backend):
+    """``ud.ops.cross_entropy`` and ``nn.CrossEntropyLoss`` of float32 logits: torch's float32 loss, in value and
+    dtype (Keras-on-JAX gave float64: Keras's one-hot labels are float64 where JAX has 64-bit types on)."""
+    logits = np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32)
+    labels = np.array([0, 2, 1, -100])
+    expected = tnn.functional.cross_entropy(torch.tensor(logits), torch.tensor(labels)).numpy()
+    x, y = ud.tensor(logits), ud.tensor(labels)
+    for loss in (ud.ops.cross_entropy(x, y), ud.nn.CrossEntropyLoss()(x, y)):
+        assert ud.to_numpy(loss).dtype == np.float32
+        assert max_relative_difference(ud.to_numpy(loss), expected) < 2e-6

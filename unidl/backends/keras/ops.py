@@ -339,6 +339,10 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     kept = K.not_equal(labels, ignore_index)
     labels = check_index(K.where(kept, labels, K.zeros_like(labels)), logits.shape[-1], "CrossEntropyLoss labels")
     losses = K.sparse_categorical_crossentropy(K.cast(labels, "int32"), logits, from_logits=True)
+    if keras.backend.standardize_dtype(losses.dtype) != keras.backend.standardize_dtype(logits.dtype):
+        # (Keras-on-JAX with 64-bit types on: its one-hot labels are float64, and so were float32 logits' losses;
+        # each loss is one log-probability times 1, so the cast back is exact)
+        losses = K.cast(losses, logits.dtype)
     losses = K.where(kept, losses, K.zeros_like(losses))
     if reduction == "mean":
         return K.sum(losses) / K.sum(K.cast(kept, losses.dtype))
