@@ -667,22 +667,39 @@ def test_every_op_takes_numpy_arrays_as_ud_tensor_makes_them(mode):
 
 
 def test_numpy_beside_a_float64_tensor_keeps_its_digits_and_other_dtypes_convert(mode):
-    """A NumPy float array (or a 0-d one, a number) beside a float64 tensor in ``maximum``, ``minimum``, ``where`` and
-    ``concat`` takes that tensor's dtype, rounded once (not through float32); ``cast`` takes NumPy integers of any
-    width and the bfloat16 arrays ``ud.to_numpy`` gives back, as ``ud.tensor`` takes bfloat16 arrays."""
+    """A NumPy float array or list (or a 0-d array, a number) beside a float64 tensor in ``maximum``, ``minimum``,
+    ``where``, ``concat``, ``stack`` and ``matmul`` takes that tensor's dtype, rounded once (not through float32);
+    ``cast`` takes NumPy integers of any width and the bfloat16 arrays ``ud.to_numpy`` gives back, as ``ud.tensor``
+    takes bfloat16 arrays."""
     tenth = np.array([0.1])
     bf16 = ud.to_numpy(ud.ops.cast(ud.tensor([1.5, -2.25]), "bfloat16"))
     compute = lambda t: [ud.ops.maximum(t, tenth), ud.ops.minimum(np.array(0.1), t + 1), ud.ops.where(t > 0, t, tenth),
-                         ud.ops.concat([t, tenth]), ud.ops.cast(np.array([7], np.uint32), "float32"),
+                         ud.ops.concat([t, tenth]), ud.ops.stack([t, tenth])[-1],
+                         ud.ops.matmul(ud.ops.reshape(t + 1, (1, 1)), [[0.1]])[0],
+                         ud.ops.cast(np.array([7], np.uint32), "float32"),
                          ud.ops.cast(bf16, "float32"), ud.ops.relu(bf16), ud.tensor(bf16)]
     t = ud.ops.cast(ud.tensor([0.0]), "float64")
     got = [ud.to_numpy(r) for r in (ud.function(compute)(t) if mode == "graph" else compute(t))]
-    for value in got[:4]:
+    for value in got[:6]:
         assert value.dtype == np.float64 and value[-1] == 0.1
-    np.testing.assert_array_equal(got[4], np.array([7.0], np.float32))
-    for value, wanted in zip(got[5:], ([1.5, -2.25], [1.5, 0.0], [1.5, -2.25])):
+    np.testing.assert_array_equal(got[6], np.array([7.0], np.float32))
+    for value, wanted in zip(got[7:], ([1.5, -2.25], [1.5, 0.0], [1.5, -2.25])):
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, wanted)
+
+
+def test_a_list_holding_tensors_or_a_cast_of_complex_numbers_is_one_error(mode):
+    """A list holding tensors given for an op's tensor argument is a ``TypeError`` on every backend, as PyTorch's
+    (converted through NumPy it would lose its gradients: TensorFlow and Keras had stacked it); a NumPy array of
+    complex numbers to ``cast`` is ``ud.tensor``'s ``DtypeMismatchError`` (TensorFlow, Keras and JAX dropped the
+    imaginary part)."""
+    raises_exactly(TypeError, "sum x: got a list holding tensors; join them into one tensor first with ud.ops.stack "
+                   "or ud.ops.concat", run, mode, lambda t: ud.ops.sum([t, t * 2]), [1.0, 2.0])
+    raises_exactly(TypeError, "maximum a: got a list holding tensors; join them into one tensor first with "
+                   "ud.ops.stack or ud.ops.concat", run, mode, lambda t: ud.ops.maximum([t[0], 0.0], t), [1.0, 2.0])
+    raises_exactly(ud.DtypeMismatchError, "ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested "
+                   "lists or a scalar), got an array of dtype complex128",
+                   run, mode, lambda t: ud.ops.cast(np.array([1 + 2j]), "float32") + t, [1.0])
 
 
 LIST_OPS = [  # (the op of a tensor t = [1, 2] and lists or Python numbers; torch's of tensors made from them)

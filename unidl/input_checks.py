@@ -420,16 +420,29 @@ def value_as_tensor(owner, what, x):
     """``x``, a NumPy array or scalar, a list, a tuple or a Python number given for an op's tensor argument (what
     the op's dispatcher hands on, ``op_registry.CONVERTED``), converted as ``ud.tensor`` converts it (floats to the
     dtype in force), as a module's call converts its arguments: torch's backend refused them all, TensorFlow and
-    Keras took them in dtypes of their own (float64 arrays, int32 lists), JAX took arrays and numbers, not lists."""
+    Keras took them in dtypes of their own (float64 arrays, int32 lists), JAX took arrays and numbers, not lists.
+    A list or tuple holding tensors is a ``TypeError``, as in PyTorch: through NumPy it would lose their gradients
+    (TensorFlow and Keras had stacked it)."""
     from unidl.tensors import tensor
 
+    if isinstance(x, (list, tuple)) and _holds_tensors(x):
+        raise TypeError(f"{literal(owner)} {what}: got a {type(x).__name__} holding tensors; join them into one "
+                        f"tensor first with ud.ops.stack or ud.ops.concat")
     return tensor(x)
+
+
+def _holds_tensors(values) -> bool:
+    """Whether a (nested) list or tuple holds anything but numbers, NumPy values and strings: a tensor."""
+    return any(_holds_tensors(v) if isinstance(v, (list, tuple)) else
+               not isinstance(v, (Number, np.generic, np.ndarray, str, bytes)) for v in values)
 
 
 def operand(owner, what, x, beside=None):
     """``x`` given beside the tensor ``beside`` (or None): a float NumPy array (or list of floats) beside a float
     tensor in that tensor's dtype, rounded once (float64 values beside a float64 tensor stay exact, as a number
     beside it does), anything else as ``value_as_tensor`` converts it."""
+    if isinstance(x, (list, tuple)) and _holds_tensors(x):
+        return value_as_tensor(owner, what, x)  # (its TypeError)
     array = np.asarray(x)
     held = getattr(beside, "dtype", None)
     if array.dtype.kind == "f" and held is not None and is_floating(held):
@@ -438,7 +451,7 @@ def operand(owner, what, x, beside=None):
 
 
 def operands(owner, a, b, numbers: bool = True):
-    """``a`` and ``b`` of a binary op (``maximum``, ``minimum``, ``where``; ``prelu``'s input and weight), the NumPy
+    """``a`` and ``b`` of a binary op (``maximum``, ``minimum``, ``where``; ``matmul``'s and ``prelu``'s), the NumPy
     arrays, lists and 0-d arrays among them converted by ``operand`` beside the other (torch's backend refused them;
     the others took them in dtypes of their own). With ``numbers``, a Python or NumPy number, or a 0-d array, stays
     a number (typed as in ``x + 0.5``: unidl takes a 0-d array wherever it takes a number)."""

@@ -44,12 +44,12 @@ def op(declaration=None, **options):
     ``arrays``: the parameters whose NumPy arrays and scalars, lists, tuples and Python numbers become tensors as
     ``ud.tensor`` makes them (floats of the dtype in force), as a module's call converts its arguments; by default
     a public op's parameters named in ``_TENSOR_PARAMETERS`` (torch's backend refused them all, the others took
-    some, each in dtypes of its own), but those of ``indices`` (which check a NumPy array's dtype first).
-    ``operands``: the same, but numbers stay numbers (``maximum``'s, typed as in ``x + 0.5``). ``numeric``: the
-    parameters that take numbers alone (booleans are a ``DtypeMismatchError``, as PyTorch has no boolean kernel).
-    ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``."""
+    some, each in dtypes of its own), but those of ``indices`` (which check a NumPy array's dtype first); an op
+    whose operands convert beside each other (``maximum``: ``input_checks.operands``) says ``arrays=()``.
+    ``numeric``: the parameters that take numbers alone (booleans are a ``DtypeMismatchError``, as PyTorch has no
+    boolean kernel). ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``."""
     indices = options.pop("indices", ())
-    arrays, operands = options.pop("arrays", None), options.pop("operands", ())
+    arrays = options.pop("arrays", None)
     checks = {**{p: input_checks.check_integer for p in indices},
               **{p: input_checks.as_floating for p in options.pop("floating", ())},
               **{p: input_checks.as_summable for p in options.pop("summable", ())},
@@ -66,9 +66,8 @@ def op(declaration=None, **options):
         if names is None:
             exempt = options.get("optional") or not options.get("public", True)
             names = () if exempt else [p for p in inspect.signature(declaration).parameters
-                                       if p in _TENSOR_PARAMETERS and p not in indices and p not in operands]
-        converters = {**{p: input_checks.value_as_tensor for p in names},
-                      **{p: input_checks.array_as_tensor for p in operands}}
+                                       if p in _TENSOR_PARAMETERS and p not in indices]
+        converters = {p: input_checks.value_as_tensor for p in names}
         return declare(_ops, arrays=converters, **options)(declaration)
 
     return register if declaration is None else register(declaration)
@@ -84,10 +83,14 @@ def linear(x, weight, bias=None):
     return _ops().linear(x, weight, bias)
 
 
-@op(dispatch=False)
+@op(dispatch=False, arrays=())
 def matmul(a, b):
-    """Matrix product with broadcasting over leading axes. Integers times floats is a ``DtypeMismatchError`` on every
-    backend (PyTorch and TensorFlow refuse it in their own words, JAX and Keras promoted the integers)."""
+    """Matrix product with broadcasting over leading axes, as ``torch.matmul``: a 1-d operand is a row before the
+    other (a column after it), its axis dropped, two of them a dot product. Integers times floats is a
+    ``DtypeMismatchError`` on every backend (PyTorch and TensorFlow refuse it in their own words, JAX and Keras
+    promoted the integers). A NumPy array or list beside a tensor converts as ``maximum``'s operands do."""
+    if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
+        a, b = input_checks.operands("matmul", a, b, numbers=False)
     input_checks.check_same_kind("matmul", a, b)
     return _ops().matmul(a, b)
 
@@ -330,7 +333,7 @@ def _promoted_together(name, tensors):
     or where one has no dtype (a list) or a dtype of another kind."""
     tensors = list(tensors)
     if any(isinstance(t, CONVERTED) for t in tensors):  # NumPy arrays, lists: as ``input_checks.operands``
-        beside = next((t for t in tensors if not isinstance(t, CONVERTED)), None)
+        beside = next((t for t in tensors if not isinstance(t, CONVERTED) and dtype_kinds.holds_floats(t)), None)
         tensors = [input_checks.operand(name, "tensors", t, beside) if isinstance(t, CONVERTED) else t
                    for t in tensors]
     dtypes = [getattr(t, "dtype", None) for t in tensors]
@@ -813,6 +816,8 @@ def cast(x, dtype):
             x = tensor(x if x.dtype == np.uint64 else x.astype(np.int64))
         elif x.dtype.kind in "bf" or x.dtype.name == "bfloat16":
             x = tensor(x, dtype_kinds.dtype_name(x.dtype))
+        else:
+            x = tensor(x)  # (complex numbers, strings: its DtypeMismatchError)
     return _ops().cast(x, _dtype_name(dtype))
 
 
