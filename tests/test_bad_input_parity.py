@@ -697,6 +697,9 @@ def test_a_list_holding_tensors_or_a_cast_of_complex_numbers_is_one_error(mode):
                    "or ud.ops.concat", run, mode, lambda t: ud.ops.sum([t, t * 2]), [1.0, 2.0])
     raises_exactly(TypeError, "maximum a: got a list holding tensors; join them into one tensor first with "
                    "ud.ops.stack or ud.ops.concat", run, mode, lambda t: ud.ops.maximum([t[0], 0.0], t), [1.0, 2.0])
+    raises_exactly(TypeError, "cast x: got a list holding tensors; join them into one tensor first with "
+                   "ud.ops.stack or ud.ops.concat",
+                   run, mode, lambda t: ud.ops.cast([t[0], t[1]], "float64"), [1.0, 2.0])
     raises_exactly(ud.DtypeMismatchError, "ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested "
                    "lists or a scalar), got an array of dtype complex128",
                    run, mode, lambda t: ud.ops.cast(np.array([1 + 2j]), "float32") + t, [1.0])

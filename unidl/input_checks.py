@@ -437,13 +437,19 @@ def _holds_tensors(values) -> bool:
                not isinstance(v, (Number, np.generic, np.ndarray, str, bytes)) for v in values)
 
 
+def as_array(owner, what, x) -> np.ndarray:
+    """``np.asarray(x)`` of a NumPy value, a list or a number, after ``value_as_tensor``'s ``TypeError`` for a list
+    holding tensors (which NumPy would take as values, losing their gradients)."""
+    if isinstance(x, (list, tuple)) and _holds_tensors(x):
+        value_as_tensor(owner, what, x)
+    return np.asarray(x)
+
+
 def operand(owner, what, x, beside=None):
     """``x`` given beside the tensor ``beside`` (or None): a float NumPy array (or list of floats) beside a float
     tensor in that tensor's dtype, rounded once (float64 values beside a float64 tensor stay exact, as a number
     beside it does), anything else as ``value_as_tensor`` converts it."""
-    if isinstance(x, (list, tuple)) and _holds_tensors(x):
-        return value_as_tensor(owner, what, x)  # (its TypeError)
-    array = np.asarray(x)
+    array = as_array(owner, what, x)
     held = getattr(beside, "dtype", None)
     if array.dtype.kind == "f" and held is not None and is_floating(held):
         return as_tensor(owner, what, array, like=beside)

@@ -655,7 +655,7 @@ def cast_like(x, like):
     if isinstance(x, CONVERTED):
         from unidl.tensors import tensor
 
-        return tensor(np.asarray(x), dtype_kinds.dtype_name(like.dtype))
+        return tensor(input_checks.as_array("cast_like", "x", x), dtype_kinds.dtype_name(like.dtype))
     return _ops().cast_like(x, like)
 
 
@@ -811,7 +811,7 @@ def cast(x, dtype):
     if isinstance(x, CONVERTED):
         from unidl.tensors import tensor
 
-        x = np.asarray(x)
+        x = input_checks.as_array("cast", "x", x)
         if x.dtype.kind in "iu":  # int64 holds them all (uint64 beyond it: ud.tensor's ValueError)
             x = tensor(x if x.dtype == np.uint64 else x.astype(np.int64))
         elif x.dtype.kind in "bf" or x.dtype.name == "bfloat16":
