@@ -21,7 +21,7 @@ from tensorflow.python.autograph.core import config as autograph_config
 from unidl import config, devices
 from unidl.nn.module import training_modes
 from unidl.tracing import ModesReached, python_randomness_guard
-from unidl.backends.tensorflow import fusion
+from unidl.backends.tensorflow import autograph_lambdas, fusion
 from unidl.backends.tensorflow.layout import export_graphs, tracing_export_graph, tracing_for_xla
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
 from unidl.optim.param_groups import ConstantOptions
@@ -32,6 +32,7 @@ from unidl.optim.param_groups import ConstantOptions
 # whatever they call is converted recursively, as AutoGraph does, except unidl's own code.
 if not any(getattr(rule, "_prefix", None) == "unidl" for rule in autograph_config.CONVERSION_RULES):
     autograph_config.CONVERSION_RULES = (autograph_config.DoNotConvert("unidl"),) + tuple(autograph_config.CONVERSION_RULES)
+autograph_lambdas.install()  # each file AutoGraph reads lambdas from parsed once, not once per lambda
 
 
 def is_library_code(function) -> bool:
