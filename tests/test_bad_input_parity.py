@@ -700,6 +700,9 @@ def test_a_list_holding_tensors_or_a_cast_of_complex_numbers_is_one_error(mode):
     raises_exactly(TypeError, "cast x: got a list holding tensors; join them into one tensor first with "
                    "ud.ops.stack or ud.ops.concat",
                    run, mode, lambda t: ud.ops.cast([t[0], t[1]], "float64"), [1.0, 2.0])
+    raises_exactly(TypeError, "conv1d weight: got a list holding tensors; join them into one tensor first with "
+                   "ud.ops.stack or ud.ops.concat",  # a composite op's positional argument, named
+                   run, mode, lambda t: ud.ops.conv1d(t[None, None], [t[None, None]]), [1.0, 2.0])
     raises_exactly(ud.DtypeMismatchError, "ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested "
                    "lists or a scalar), got an array of dtype complex128",
                    run, mode, lambda t: ud.ops.cast(np.array([1 + 2j]), "float32") + t, [1.0])

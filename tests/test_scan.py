@@ -45,3 +45,23 @@ def test_nested_scan_matches_a_numpy_loop(backend, reverse):
         assert got[3].dtype == np.int64 and np.array_equal(got[3], expected[3])
         for value, want in zip(got[:3], expected[:3]):
             assert value.shape == want.shape and max_relative_difference(value, want) < 2e-6
+
+
+def test_scan_takes_numpy_arrays_and_numbers_as_ud_tensor_makes_them(backend):
+    """NumPy arrays and Python numbers among the leaves of ``init`` and ``xs`` are converted as ``ud.tensor``
+    converts them (floats to the dtype in force, ints to int64), eagerly and in a graph: torch's and TensorFlow's
+    backends refused them, JAX and Keras computed NumPy floats in float64."""
+    xs = XS[0].astype(np.float64)  # (5, 3), scanned along axis 0
+    before = np.cumsum(xs, 0) - xs
+
+    def run():
+        def step(carry, x):
+            total, count = carry
+            return (total + x, count + 1), total * x
+
+        return ud.ops.scan(step, (np.zeros(3), 0), xs)
+
+    for (total, count), ys in (run(), ud.function(run)()):
+        total, count, ys = ud.to_numpy(total), ud.to_numpy(count), ud.to_numpy(ys)
+        assert total.dtype == ys.dtype == np.float32 and count.dtype == np.int64 and count == 5
+        assert max_relative_difference(total, xs.sum(0)) < 1e-6 and max_relative_difference(ys, before * xs) < 1e-6

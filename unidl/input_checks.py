@@ -425,10 +425,30 @@ def value_as_tensor(owner, what, x):
     (TensorFlow and Keras had stacked it)."""
     from unidl.tensors import tensor
 
+    _check_no_tensors(owner, what, x)
+    return tensor(x)
+
+
+def leaves_as_tensors(owner, what, tree):
+    """``tree``, a tensor or nested tuples (named ones too), lists and dicts of them (``ud.ops.scan``'s carry), with
+    the NumPy arrays and scalars and the Python numbers among its leaves converted as ``ud.tensor`` converts them;
+    the structure is kept."""
+    if isinstance(tree, dict):
+        return type(tree)((k, leaves_as_tensors(owner, what, v)) for k, v in tree.items())
+    if isinstance(tree, (list, tuple)):
+        leaves = [leaves_as_tensors(owner, what, v) for v in tree]
+        return type(tree)(*leaves) if hasattr(tree, "_fields") else type(tree)(leaves)
+    if isinstance(tree, (np.ndarray, np.generic, Number)):
+        return value_as_tensor(owner, what, tree)
+    return tree
+
+
+def _check_no_tensors(owner, what, x) -> None:
+    """``TypeError`` for a list or tuple holding tensors given for a tensor argument: NumPy would take them as
+    values, losing their gradients (PyTorch refuses such a list too)."""
     if isinstance(x, (list, tuple)) and _holds_tensors(x):
         raise TypeError(f"{literal(owner)} {what}: got a {type(x).__name__} holding tensors; join them into one "
                         f"tensor first with ud.ops.stack or ud.ops.concat")
-    return tensor(x)
 
 
 def _holds_tensors(values) -> bool:
@@ -440,8 +460,7 @@ def _holds_tensors(values) -> bool:
 def as_array(owner, what, x) -> np.ndarray:
     """``np.asarray(x)`` of a NumPy value, a list or a number, after ``value_as_tensor``'s ``TypeError`` for a list
     holding tensors (which NumPy would take as values, losing their gradients)."""
-    if isinstance(x, (list, tuple)) and _holds_tensors(x):
-        value_as_tensor(owner, what, x)
+    _check_no_tensors(owner, what, x)
     return np.asarray(x)
 
 
@@ -453,7 +472,9 @@ def operand(owner, what, x, beside=None):
     held = getattr(beside, "dtype", None)
     if array.dtype.kind == "f" and held is not None and is_floating(held):
         return as_tensor(owner, what, array, like=beside)
-    return value_as_tensor(owner, what, x)
+    from unidl.tensors import tensor
+
+    return tensor(array)  # as ``value_as_tensor`` converts ``x``, whose list ``as_array`` has checked and converted
 
 
 def operands(owner, a, b, numbers: bool = True):

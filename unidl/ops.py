@@ -702,7 +702,7 @@ def shape(x):
     (so ``range(ud.ops.shape(x)[1])`` works inside ``ud.function`` for any length)."""
 
 
-@op
+@op(dispatch=False)
 def scan(fn, init, xs, axis=0, reverse=False):
     """Loop ``carry, y = fn(carry, x)`` over the slices ``x`` of ``xs`` along ``axis``, starting from ``init``.
 
@@ -712,7 +712,12 @@ def scan(fn, init, xs, axis=0, reverse=False):
     to the first, ``ys[t]`` still the output of slice t. It is the plain Python loop on torch, a
     ``tf.while_loop`` on tensorflow (so the length may be unknown inside a graph, and a new length never
     retraces), ``jax.lax.scan`` on jax and ``keras.ops.scan`` on keras. The length must be at least 1.
+    NumPy arrays and Python numbers among the leaves of ``init`` and ``xs`` become tensors as ``ud.tensor`` makes
+    them (torch's and TensorFlow's backends refused them; JAX and Keras took NumPy floats in float64).
     """
+    init = input_checks.leaves_as_tensors("scan", "init", init)
+    xs = input_checks.leaves_as_tensors("scan", "xs", xs)
+    return _ops().scan(fn, init, xs, axis, reverse)
 
 
 @op(floating=("x",))

@@ -31,7 +31,7 @@ def _composite(*arrays: str):
     it is."""
 
     def decorate(function):
-        positions = [i for i, p in enumerate(inspect.signature(function).parameters) if p in arrays]
+        positions = {i: p for i, p in enumerate(inspect.signature(function).parameters) if p in arrays}
 
         @functools.wraps(function)
         def call(*args, **kwargs):
@@ -49,9 +49,9 @@ def _composite(*arrays: str):
 
 def _converted(owner, positions, arrays, args, kwargs):
     """``args`` and ``kwargs`` with the NumPy arrays, lists and numbers given for the parameters named in ``arrays``
-    (at ``positions``) converted as ``ud.tensor`` converts them, as every registry op converts them (torch's backend
-    refused them)."""
-    args = [input_checks.value_as_tensor(owner, "x", a) if i in positions and isinstance(a, CONVERTED) else a
+    (at ``positions``, index to name) converted as ``ud.tensor`` converts them, as every registry op converts them
+    (torch's backend refused them)."""
+    args = [input_checks.value_as_tensor(owner, positions[i], a) if i in positions and isinstance(a, CONVERTED) else a
             for i, a in enumerate(args)]
     kwargs = {k: input_checks.value_as_tensor(owner, k, v) if k in arrays and isinstance(v, CONVERTED) else v
               for k, v in kwargs.items()}

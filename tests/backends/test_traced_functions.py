@@ -73,6 +73,30 @@ class _ResidualNet(ud.nn.Module):
         return self.head(ud.ops.mean(ud.ops.relu(out + identity), (2, 3)))
 
 
+@pytest.mark.parametrize("shapes", [((3,), (3,)), ((3,), (5, 3, 4)), ((5, 2, 3), (3,)), ((2, 3), (3, 4))])
+def test_tensorflow_matmul_traced_for_operands_of_unknown_rank_is_torch_matmul(shapes):
+    """In a ``tf.function`` traced for ``TensorSpec(None)`` operands (ranks unknown until run time) ``matmul``
+    decides in the graph whether an operand is a vector (``tf.linalg.matmul`` refused 1-d operands at run time
+    there); values and gradients are ``torch.matmul``'s."""
+    import tensorflow as tf
+    import torch
+
+    a, b = (np.random.default_rng(i).standard_normal(s).astype(np.float32) for i, s in enumerate(shapes))
+    with ud.use_backend("tensorflow"):
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)] * 2)
+        def product_and_gradients(a, b):
+            product = ud.ops.matmul(a, b)
+            return (product, *tf.gradients(tf.reduce_sum(product * product), [a, b]))
+
+        got = [ud.to_numpy(t) for t in product_and_gradients(tf.constant(a), tf.constant(b))]
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    product = torch.matmul(ta, tb)
+    (product * product).sum().backward()
+    for value, expected in zip(got, (product.detach().numpy(), ta.grad.numpy(), tb.grad.numpy())):
+        assert value.shape == expected.shape
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_tensorflow_residual_step_keeps_activations_nhwc(rng):
     """ResNet-18's step on tensorflow was 1.12x the hand-written one's (benchmarks/RESULTS.md, 2026-12-01, P):
     the residual ``out + identity`` of two NCHW views and ``tf.shape`` of the views (batch norm's input check)

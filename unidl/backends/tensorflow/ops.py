@@ -27,6 +27,8 @@ from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten
 def matmul(a, b):
     """``torch.matmul``: a 1-d operand is a row before the other (a column after it), its axis dropped from the
     product, two of them a dot product (``tf.linalg.matmul`` refuses 1-d operands)."""
+    if a.shape.rank is None or b.shape.rank is None:
+        return _matmul_of_unknown_rank(a, b)
     a_vector, b_vector = a.shape.rank == 1, b.shape.rank == 1
     if not (a_vector or b_vector):
         return tf.linalg.matmul(a, b)
@@ -35,6 +37,17 @@ def matmul(a, b):
     if a_vector:
         return tf.squeeze(tf.linalg.matmul(a[None], b), -2)
     return tf.squeeze(tf.linalg.matmul(a, b[:, None]), -1)
+
+
+def _matmul_of_unknown_rank(a, b):
+    """``matmul`` inside a graph traced for operands of unknown rank (a ``tf.function`` given ``TensorSpec(None)``):
+    the same rule, decided in the graph by ``tf.rank``; a 1-d operand becomes a matrix and its axis is dropped
+    from the product again (the row's first, so that two vectors give a scalar)."""
+    a_vector, b_vector = tf.equal(tf.rank(a), 1), tf.equal(tf.rank(b), 1)
+    product = tf.linalg.matmul(tf.cond(a_vector, lambda: a[None], lambda: a),
+                               tf.cond(b_vector, lambda: b[:, None], lambda: b))
+    product = tf.cond(a_vector, lambda: tf.squeeze(product, -2), lambda: product)
+    return tf.cond(b_vector, lambda: tf.squeeze(product, -1), lambda: product)
 
 
 relu = elementwise(tf.nn.relu)
