@@ -703,9 +703,30 @@ def test_a_list_holding_tensors_or_a_cast_of_complex_numbers_is_one_error(mode):
     raises_exactly(TypeError, "conv1d weight: got a list holding tensors; join them into one tensor first with "
                    "ud.ops.stack or ud.ops.concat",  # a composite op's positional argument, named
                    run, mode, lambda t: ud.ops.conv1d(t[None, None], [t[None, None]]), [1.0, 2.0])
-    raises_exactly(ud.DtypeMismatchError, "ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested "
-                   "lists or a scalar), got an array of dtype complex128",
+    raises_exactly(ud.DtypeMismatchError, "cast x: ud.tensor takes numbers (floats, ints or bools: a NumPy array, "
+                   "nested lists or a scalar), got an array of dtype complex128",
                    run, mode, lambda t: ud.ops.cast(np.array([1 + 2j]), "float32") + t, [1.0])
+
+
+def test_a_list_of_strings_ragged_rows_or_ints_past_int64_is_an_error_naming_the_op(mode):
+    """A list an op cannot convert is ``ud.tensor``'s error with the op and its argument named first: strings a
+    ``DtypeMismatchError``, rows of several lengths a ``ValueError`` (as ``torch.tensor``'s; NumPy's own spoke of
+    "setting an array element with a sequence"), Python ints beyond int64 a ``ValueError`` (``ud.tensor`` called
+    them "an array of dtype object")."""
+    raises_exactly(ud.DtypeMismatchError, "relu x: ud.tensor takes numbers (floats, ints or bools: a NumPy array, "
+                   "nested lists or a scalar), got an array of dtype <U21",
+                   run, mode, lambda t: ud.ops.relu([1, "a"]) + t, [1.0])
+    fits = "do not fit int64, whose range is [-9223372036854775808, 9223372036854775807]; pass values within it, or a "
+    raises_exactly(ValueError, f"sum x: ud.tensor: values from {2 ** 64} to {2 ** 64} {fits}wider dtype",
+                   run, mode, lambda t: ud.ops.sum([2 ** 64]) + t, [1.0])
+    raises_exactly(ValueError, f"ud.tensor: values from 1 to {2 ** 64} {fits}wider dtype", ud.tensor, [1, 2 ** 64])
+    ragged = "ud.tensor takes nested lists whose rows along each axis have one length (a rectangular array), got rows "
+    for owner, fn in (("maximum b: ", lambda t: ud.ops.maximum(t, [[1.0], [2.0, 3.0]])),
+                      ("conv1d weight: ", lambda t: ud.ops.conv1d(t[None, None], [[[1.0], [2.0, 3.0]]])),
+                      ("", lambda t: ud.tensor([[1.0], [2.0, 3.0]]) + t)):
+        with pytest.raises(ValueError) as caught:
+            run(mode, fn, [1.0])
+        assert type(caught.value) is ValueError and str(caught.value).startswith(owner + ragged), caught.value
 
 
 LIST_OPS = [  # (the op of a tensor t = [1, 2] and lists or Python numbers; torch's of tensors made from them)

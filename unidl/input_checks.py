@@ -9,6 +9,7 @@ before the framework's kernels, whose own errors (or silent garbage) differ from
 
 from __future__ import annotations
 
+import contextlib
 import math
 from numbers import Integral, Number
 
@@ -426,7 +427,21 @@ def value_as_tensor(owner, what, x):
     from unidl.tensors import tensor
 
     _check_no_tensors(owner, what, x)
-    return tensor(x)
+    with naming(owner, what):
+        return tensor(x)
+
+
+@contextlib.contextmanager
+def naming(owner, what):
+    """``ud.tensor``'s errors for values it cannot convert (``DtypeMismatchError`` for strings or objects,
+    ``ValueError`` for ragged lists or integers beyond int64) raised while converting ``owner``'s argument ``what``,
+    with the op and argument named first (``relu x: ud.tensor takes numbers ...``)."""
+    try:
+        yield
+    except (DtypeMismatchError, ValueError) as error:
+        if type(error) not in (DtypeMismatchError, ValueError):
+            raise
+        raise type(error)(f"{literal(owner)} {what}: {error}") from None
 
 
 def leaves_as_tensors(owner, what, tree):
@@ -461,7 +476,10 @@ def as_array(owner, what, x) -> np.ndarray:
     """``np.asarray(x)`` of a NumPy value, a list or a number, after ``value_as_tensor``'s ``TypeError`` for a list
     holding tensors (which NumPy would take as values, losing their gradients)."""
     _check_no_tensors(owner, what, x)
-    return np.asarray(x)
+    from unidl.tensors import as_numpy_values
+
+    with naming(owner, what):
+        return as_numpy_values(x)
 
 
 def operand(owner, what, x, beside=None):
@@ -472,9 +490,7 @@ def operand(owner, what, x, beside=None):
     held = getattr(beside, "dtype", None)
     if array.dtype.kind == "f" and held is not None and is_floating(held):
         return as_tensor(owner, what, array, like=beside)
-    from unidl.tensors import tensor
-
-    return tensor(array)  # as ``value_as_tensor`` converts ``x``, whose list ``as_array`` has checked and converted
+    return value_as_tensor(owner, what, array)  # (``x``'s list checked and converted by ``as_array``)
 
 
 def operands(owner, a, b, numbers: bool = True):

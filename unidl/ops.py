@@ -655,7 +655,9 @@ def cast_like(x, like):
     if isinstance(x, CONVERTED):
         from unidl.tensors import tensor
 
-        return tensor(input_checks.as_array("cast_like", "x", x), dtype_kinds.dtype_name(like.dtype))
+        x = input_checks.as_array("cast_like", "x", x)
+        with input_checks.naming("cast_like", "x"):
+            return tensor(x, dtype_kinds.dtype_name(like.dtype))
     return _ops().cast_like(x, like)
 
 
@@ -817,12 +819,13 @@ def cast(x, dtype):
         from unidl.tensors import tensor
 
         x = input_checks.as_array("cast", "x", x)
-        if x.dtype.kind in "iu":  # int64 holds them all (uint64 beyond it: ud.tensor's ValueError)
-            x = tensor(x if x.dtype == np.uint64 else x.astype(np.int64))
-        elif x.dtype.kind in "bf" or x.dtype.name == "bfloat16":
-            x = tensor(x, dtype_kinds.dtype_name(x.dtype))
-        else:
-            x = tensor(x)  # (complex numbers, strings: its DtypeMismatchError)
+        with input_checks.naming("cast", "x"):
+            if x.dtype.kind in "iu":  # int64 holds them all (uint64 beyond it: ud.tensor's ValueError)
+                x = tensor(x if x.dtype == np.uint64 else x.astype(np.int64))
+            elif x.dtype.kind in "bf" or x.dtype.name == "bfloat16":
+                x = tensor(x, dtype_kinds.dtype_name(x.dtype))
+            else:
+                x = tensor(x)  # (complex numbers, strings: its DtypeMismatchError)
     return _ops().cast(x, _dtype_name(dtype))
 
 

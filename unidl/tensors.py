@@ -15,11 +15,16 @@ def tensor(value, dtype: str | None = None):
     ``dtype``: any dtype ``ud.ops.cast`` takes ('float16', 'bfloat16', 'int32', 'bool', ...), the same on every
     backend (the torch and TensorFlow backends took float32 and float64 alone, with a ``KeyError``); values are
     rounded once, from float64. Anything that is not numbers (a string, an object) is a ``DtypeMismatchError``
-    (a ``TypeError``) on every backend.
+    (a ``TypeError``) on every backend; nested lists with rows of several lengths, and integers beyond int64
+    without a ``dtype``, are a ``ValueError``.
     """
     backend = config.backend()
     if isinstance(value, np.ndarray) or not backend.is_tensor(value):
-        array = value if isinstance(value, np.ndarray) else None if isinstance(value, (str, bytes)) else np.asarray(value)
+        array = (value if isinstance(value, np.ndarray) else None if isinstance(value, (str, bytes))
+                 else as_numpy_values(value))
+        if dtype is None and array is not None and array.dtype == object and array.size and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in array.flat):
+            _check_fits(array, "int64")  # Python ints beyond uint64, which NumPy holds as objects
         if array is not None and array.dtype.name == "bfloat16":  # ml_dtypes' (what ``to_numpy`` gives back)
             array = value = array.astype(np.float32)
         if array is None or array.dtype.kind not in _NUMBER_KINDS:
@@ -40,6 +45,16 @@ def tensor(value, dtype: str | None = None):
         dtype = name
     with backend.device_scope(config.get_device()):
         return backend.tensor(value, dtype)
+
+
+def as_numpy_values(value) -> np.ndarray:
+    """``np.asarray(value)``, with nested lists of rows of several lengths a ``ValueError`` saying so (as
+    ``torch.tensor`` refuses them; NumPy's own message speaks of "setting an array element with a sequence")."""
+    try:
+        return np.asarray(value)
+    except ValueError as error:
+        raise ValueError(f"ud.tensor takes nested lists whose rows along each axis have one length (a rectangular "
+                         f"array), got rows of several lengths ({error})") from None
 
 
 _BACKEND_DTYPES = ("float32", "float64")  # the dtypes every backend's ``tensor`` makes itself
