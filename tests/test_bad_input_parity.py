@@ -348,6 +348,25 @@ def test_the_bce_ops_take_integer_targets_as_floats(mode):
                        expected.numpy(), rtol=1e-5)
 
 
+def test_the_bce_ops_of_targets_of_another_shape_are_one_error(mode):
+    """``ud.ops.bce_with_logits`` and ``ud.ops.binary_cross_entropy`` of targets of another shape than their input
+    are a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch's refuse them (JAX and Keras broadcast them, and the
+    torch backend's ``binary_cross_entropy`` did too); a class ``weight`` still broadcasts."""
+    logits, targets = X[0, 0, :3, :2], np.ones(2, np.float32)
+    for oracle in (F.binary_cross_entropy_with_logits, lambda x, t: F.binary_cross_entropy(torch.sigmoid(x), t)):
+        with pytest.raises(ValueError):
+            oracle(torch.tensor(logits), torch.tensor(targets))
+    raises_exactly(ud.ShapeMismatchError, "bce_with_logits needs logits and targets of the same shape; logits has "
+                   "shape (3, 2), targets has shape (2,)", run, mode, lambda x, y: ud.ops.bce_with_logits(x, y),
+                   logits, targets)
+    raises_exactly(ud.ShapeMismatchError, "binary_cross_entropy needs probabilities and target of the same shape; "
+                   "probabilities has shape (3, 2), target has shape (2,)",
+                   run, mode, lambda x, y: ud.ops.binary_cross_entropy(ud.ops.sigmoid(x), y), logits, targets)
+    weighted = run(mode, lambda x, w: ud.ops.binary_cross_entropy(ud.ops.sigmoid(x), x * 0 + 1, w), logits, targets)
+    expected = F.binary_cross_entropy(torch.sigmoid(torch.tensor(logits)), torch.ones(3, 2), torch.tensor(targets))
+    np.testing.assert_allclose(weighted, expected.numpy(), rtol=1e-6)
+
+
 def test_argmax_counts_nan_as_the_largest_value(mode):
     """``ud.ops.argmax`` over rows with NaN gives the first NaN's index, as torch (tensorflow and keras skipped NaN)."""
     values = np.array([[1.0, np.nan, 3.0, np.nan], [1.0, 5.0, 3.0, 2.0], [np.inf, 0.0, np.nan, 1.0]], np.float32)

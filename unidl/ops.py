@@ -693,9 +693,13 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     and (N, C, d1, ...) logits: ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
 
 
-@op(arrays=("logits", "targets"))
+@op(dispatch=False, arrays=("logits", "targets"))
 def bce_with_logits(logits, targets, reduction="mean"):
-    """Binary cross-entropy on logits, numerically stable; ``reduction`` 'mean', 'sum' or 'none'."""
+    """Binary cross-entropy on logits, numerically stable; ``reduction`` 'mean', 'sum' or 'none'. ``targets`` of
+    another shape than ``logits`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it (JAX and
+    Keras broadcast them)."""
+    logits = input_checks.check_same_shape("bce_with_logits", logits, targets, names=("logits", "targets"))
+    return _ops().bce_with_logits(logits, targets, reduction)
 
 
 @op
@@ -1041,10 +1045,14 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
 
 
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
-    """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight``."""
+    """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
+    broadcasts). ``target`` of another shape than ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), as
+    PyTorch refuses it."""
     probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
-    weight = input_checks.as_tensor("binary_cross_entropy", "weight", weight, like=probabilities)
     target = cast_like(target, probabilities)
+    probabilities = input_checks.check_same_shape("binary_cross_entropy", probabilities, target,
+                                                  names=("probabilities", "target"))
+    weight = input_checks.as_tensor("binary_cross_entropy", "weight", weight, like=probabilities)
     losses = -(target * clip(log(probabilities), -100.0) + (1 - target) * clip(log(1 - probabilities), -100.0))
     if weight is not None:
         losses = losses * weight

@@ -769,8 +769,14 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
 
 
 def bce_with_logits(logits, targets, reduction="mean"):
-    return _reduce(tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(targets, logits.dtype), logits=logits),
-                   reduction)
+    """``tf.nn.sigmoid_cross_entropy_with_logits``'s arithmetic (the same ops, the same values and gradients), without
+    its check that the two shapes are one when the graph is traced: there the front end's check of the sizes (which a
+    graph traced for any sizes knows only when it runs) raises unidl's error, as eagerly."""
+    targets = tf.cast(targets, logits.dtype)
+    positive = logits >= 0
+    relu_logits = tf.where(positive, logits, tf.zeros_like(logits))
+    negative_abs_logits = tf.where(positive, -logits, logits)
+    return _reduce(relu_logits - logits * targets + tf.math.log1p(tf.exp(negative_abs_logits)), reduction)
 
 
 
