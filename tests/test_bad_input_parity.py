@@ -917,6 +917,16 @@ def test_a_constant_pad_of_integers_or_booleans_takes_its_value_as_torch(mode):
         got = run(mode, lambda t: ud.ops.pad(ud.ops.cast(t, dtype), (1, 2), value=value), values)
         assert got.dtype == expected.dtype, (dtype, value)
         np.testing.assert_array_equal(got, expected, err_msg=f"{dtype} {value}")
+    # a 0-d tensor too, made in the function or given to it (TensorFlow and Keras refused a float one beside integers)
+    for dtype, value in (("int64", 2.7), ("int32", -2.7), ("bool", 0.5), ("uint8", 3.0)):
+        expected = F.pad(torch.tensor(values).to(getattr(torch, dtype)), (1, 2), value=value).numpy()
+        made = run(mode, lambda t: ud.ops.pad(ud.ops.cast(t, dtype), (1, 2), value=ud.tensor(value)), values)
+        given = run(mode, lambda t, v: ud.ops.pad(ud.ops.cast(t, dtype), (1, 2), value=v), values, np.float32(value))
+        for got in (made, given):
+            assert got.dtype == expected.dtype, (dtype, value)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{dtype} {value}")
+    raises_exactly(ValueError, "pad value must be a number or a 0-d tensor, got a tensor of rank 1",
+                   run, mode, lambda t, v: ud.ops.pad(t, (1, 1), value=v), values, np.array([1.0, 2.0]))
     for dtype, value in (("uint8", -1), ("int8", 128.5), ("int64", 2 ** 70), ("int32", float("nan"))):
         info = np.iinfo(dtype)
         raises_exactly(ValueError, f"pad value {value!r} lies outside the range of its {dtype} input, [{info.min}, "

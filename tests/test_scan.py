@@ -1,6 +1,8 @@
 """``ud.ops.scan`` with nested (tuple, dict) carries, several sliced inputs, outputs of another structure, shape and
 dtype than the carry, and ``reverse``: the same numbers as a NumPy loop on every backend, eagerly and in a graph."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -47,21 +49,32 @@ def test_nested_scan_matches_a_numpy_loop(backend, reverse):
             assert value.shape == want.shape and max_relative_difference(value, want) < 2e-6
 
 
-def test_scan_takes_numpy_arrays_and_numbers_as_ud_tensor_makes_them(backend):
-    """NumPy arrays and Python numbers among the leaves of ``init`` and ``xs`` are converted as ``ud.tensor``
-    converts them (floats to the dtype in force, ints to int64), eagerly and in a graph: torch's and TensorFlow's
-    backends refused them, JAX and Keras computed NumPy floats in float64."""
+def test_scan_takes_numpy_arrays_as_ud_tensor_makes_them(backend):
+    """NumPy arrays and scalars among the leaves of ``init`` and ``xs`` are converted as ``ud.tensor`` converts them
+    (floats to the dtype in force, ints to int64), eagerly and in a graph: torch's and TensorFlow's backends refused
+    them, JAX and Keras computed NumPy floats in float64. The containers keep their types (a defaultdict too), and a
+    Python number stays a number, typed by what it meets (a float64 sum from 0.0)."""
     xs = XS[0].astype(np.float64)  # (5, 3), scanned along axis 0
     before = np.cumsum(xs, 0) - xs
 
     def run():
         def step(carry, x):
-            total, count = carry
-            return (total + x, count + 1), total * x
+            total, count = carry["total"], carry["count"]
+            return collections.defaultdict(list, total=total + x, count=count + 1), total * x
 
-        return ud.ops.scan(step, (np.zeros(3), 0), xs)
+        return ud.ops.scan(step, collections.defaultdict(list, total=np.zeros(3), count=np.int64(0)), xs)
 
-    for (total, count), ys in (run(), ud.function(run)()):
-        total, count, ys = ud.to_numpy(total), ud.to_numpy(count), ud.to_numpy(ys)
+    for carry, ys in (run(), ud.function(run)()):
+        total, count, ys = ud.to_numpy(carry["total"]), ud.to_numpy(carry["count"]), ud.to_numpy(ys)
         assert total.dtype == ys.dtype == np.float32 and count.dtype == np.int64 and count == 5
         assert max_relative_difference(total, xs.sum(0)) < 1e-6 and max_relative_difference(ys, before * xs) < 1e-6
+
+    def sum_from_zero(values):
+        def step(carry, x):
+            return carry + x, x
+
+        return ud.ops.scan(step, 0.0, values)[0]
+
+    for function in (sum_from_zero, ud.function(sum_from_zero)):
+        final = ud.to_numpy(function(ud.tensor(xs[:, 0], "float64")))
+        assert final.dtype == np.float64 and final == xs[:, 0].sum()

@@ -10,6 +10,7 @@ before the framework's kernels, whose own errors (or silent garbage) differ from
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from numbers import Integral, Number
 
@@ -446,14 +447,21 @@ def naming(owner, what):
 
 def leaves_as_tensors(owner, what, tree):
     """``tree``, a tensor or nested tuples (named ones too), lists and dicts of them (``ud.ops.scan``'s carry), with
-    the NumPy arrays and scalars and the Python numbers among its leaves converted as ``ud.tensor`` converts them;
-    the structure is kept."""
+    the NumPy arrays and scalars among its leaves converted as ``ud.tensor`` converts them; the structure and its
+    containers' types are kept, and Python numbers stay numbers (typed by what they meet, as in ``0.0 + x``)."""
     if isinstance(tree, dict):
-        return type(tree)((k, leaves_as_tensors(owner, what, v)) for k, v in tree.items())
+        converted = {k: leaves_as_tensors(owner, what, v) for k, v in tree.items()}
+        if all(converted[k] is v for k, v in tree.items()):
+            return tree
+        copied = copy.copy(tree)  # (a defaultdict keeps its factory, an OrderedDict its order)
+        copied.update(converted)
+        return copied
     if isinstance(tree, (list, tuple)):
         leaves = [leaves_as_tensors(owner, what, v) for v in tree]
-        return type(tree)(*leaves) if hasattr(tree, "_fields") else type(tree)(leaves)
-    if isinstance(tree, (np.ndarray, np.generic, Number)):
+        if all(new is old for new, old in zip(leaves, tree)):
+            return tree
+        return type(tree)._make(leaves) if hasattr(tree, "_make") else type(tree)(leaves)
+    if isinstance(tree, (np.ndarray, np.generic)):
         return value_as_tensor(owner, what, tree)
     return tree
 

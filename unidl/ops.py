@@ -718,8 +718,8 @@ def scan(fn, init, xs, axis=0, reverse=False):
     to the first, ``ys[t]`` still the output of slice t. It is the plain Python loop on torch, a
     ``tf.while_loop`` on tensorflow (so the length may be unknown inside a graph, and a new length never
     retraces), ``jax.lax.scan`` on jax and ``keras.ops.scan`` on keras. The length must be at least 1.
-    NumPy arrays and Python numbers among the leaves of ``init`` and ``xs`` become tensors as ``ud.tensor`` makes
-    them (torch's and TensorFlow's backends refused them; JAX and Keras took NumPy floats in float64).
+    NumPy arrays and scalars among the leaves of ``init`` and ``xs`` become tensors as ``ud.tensor`` makes them
+    (torch's and TensorFlow's backends refused them; JAX and Keras took NumPy floats in float64).
     """
     init = input_checks.leaves_as_tensors("scan", "init", init)
     xs = input_checks.leaves_as_tensors("scan", "xs", xs)

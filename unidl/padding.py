@@ -11,7 +11,7 @@ circular pad with a negative amount reads memory it does not own (its values are
 
 from __future__ import annotations
 
-from unidl import arguments, dtype_kinds, input_checks
+from unidl import arguments, config, dtype_kinds, input_checks, ops
 
 MODES = ("constant", "reflect", "replicate", "circular")
 
@@ -50,6 +50,8 @@ def constant_value(x, value):
     floats' as given. (TensorFlow refused a float beside integers or booleans, Keras one with a fraction, and
     TensorFlow, Keras and JAX wrapped -1 around to 255 in uint8.)"""
     value = arguments.plain_number("pad", "value", value)
+    if config.backend().is_tensor(value):
+        value = _tensor_value(x, value)
     dtype = getattr(x, "dtype", None)
     if dtype is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
@@ -59,6 +61,21 @@ def constant_value(x, value):
         return value
     input_checks.check_bounds("pad", x, (value,), floats=True, what="value")
     return int(value)
+
+
+def _tensor_value(x, value):
+    """A tensor given for a constant pad's value: the number it holds where it has one now (eagerly, as PyTorch's pad
+    takes it), then taken as a number is; inside a graph, cast to ``x``'s dtype, which truncates toward zero and
+    makes non-zero True as that rule does (its range is checked only for numbers). A tensor of more than one value
+    is a ``ValueError`` (TensorFlow and Keras refused a float one beside integers, JAX and torch took it)."""
+    if len(tuple(value.shape)) != 0:
+        raise ValueError(f"pad value must be a number or a 0-d tensor, got a tensor of rank {len(tuple(value.shape))}")
+    from unidl.tensors import to_numpy
+
+    try:
+        return to_numpy(value).item()
+    except Exception:  # a graph's tensor (TensorFlow's, a JAX tracer): its value is known only when the graph runs
+        return ops.cast(value, dtype_kinds.dtype_name(x.dtype))
 
 
 def check_sizes(x, amounts, mode):

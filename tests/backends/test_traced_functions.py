@@ -73,17 +73,19 @@ class _ResidualNet(ud.nn.Module):
         return self.head(ud.ops.mean(ud.ops.relu(out + identity), (2, 3)))
 
 
-@pytest.mark.parametrize("shapes", [((3,), (3,)), ((3,), (5, 3, 4)), ((5, 2, 3), (3,)), ((2, 3), (3, 4))])
-def test_tensorflow_matmul_traced_for_operands_of_unknown_rank_is_torch_matmul(shapes):
+@pytest.mark.parametrize("xla", [False, True])
+@pytest.mark.parametrize("shapes", [((3,), (3,)), ((3,), (5, 3, 4)), ((5, 2, 3), (3,)), ((2, 3), (3, 4)),
+                                    ((2, 1, 3, 4), (5, 4, 2))])
+def test_tensorflow_matmul_traced_for_operands_of_unknown_rank_is_torch_matmul(shapes, xla):
     """In a ``tf.function`` traced for ``TensorSpec(None)`` operands (ranks unknown until run time) ``matmul``
     decides in the graph whether an operand is a vector (``tf.linalg.matmul`` refused 1-d operands at run time
-    there); values and gradients are ``torch.matmul``'s."""
+    there), under XLA too; values and gradients are ``torch.matmul``'s."""
     import tensorflow as tf
     import torch
 
     a, b = (np.random.default_rng(i).standard_normal(s).astype(np.float32) for i, s in enumerate(shapes))
     with ud.use_backend("tensorflow"):
-        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)] * 2)
+        @tf.function(input_signature=[tf.TensorSpec(None, tf.float32)] * 2, jit_compile=xla)
         def product_and_gradients(a, b):
             product = ud.ops.matmul(a, b)
             return (product, *tf.gradients(tf.reduce_sum(product * product), [a, b]))

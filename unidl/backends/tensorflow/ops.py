@@ -41,13 +41,15 @@ def matmul(a, b):
 
 def _matmul_of_unknown_rank(a, b):
     """``matmul`` inside a graph traced for operands of unknown rank (a ``tf.function`` given ``TensorSpec(None)``):
-    the same rule, decided in the graph by ``tf.rank``; a 1-d operand becomes a matrix and its axis is dropped
-    from the product again (the row's first, so that two vectors give a scalar)."""
-    a_vector, b_vector = tf.equal(tf.rank(a), 1), tf.equal(tf.rank(b), 1)
-    product = tf.linalg.matmul(tf.cond(a_vector, lambda: a[None], lambda: a),
-                               tf.cond(b_vector, lambda: b[:, None], lambda: b))
-    product = tf.cond(a_vector, lambda: tf.squeeze(product, -2), lambda: product)
-    return tf.cond(b_vector, lambda: tf.squeeze(product, -1), lambda: product)
+    the same rule, decided in the graph from ``tf.rank``: a 1-d operand is reshaped to a row (a column) and its axis
+    dropped from the product again. Reshapes, not a ``tf.cond`` between shapes of two ranks, which XLA refuses (it
+    folds these shape computations, the ranks being known when it compiles)."""
+    a_vector = tf.cast(tf.equal(tf.rank(a), 1), tf.int32)
+    b_vector = tf.cast(tf.equal(tf.rank(b), 1), tf.int32)
+    product = tf.linalg.matmul(tf.reshape(a, tf.concat([tf.ones([a_vector], tf.int32), tf.shape(a)], 0)),
+                               tf.reshape(b, tf.concat([tf.shape(b), tf.ones([b_vector], tf.int32)], 0)))
+    sizes = tf.shape(product)
+    return tf.reshape(product, tf.concat([sizes[:-2], sizes[-2:-1][:1 - a_vector], sizes[-1:][:1 - b_vector]], 0))
 
 
 relu = elementwise(tf.nn.relu)
@@ -933,7 +935,9 @@ def _pad_amounts(rank, pad):
 def pad(x, pad, mode="constant", value=0.0):
     amounts = _pad_amounts(x.shape.rank, pad)
     if mode == "constant":
-        return tf.pad(x, amounts, constant_values=tf.constant(value, x.dtype))
+        # (a tensor value is the front end's, of x's dtype, from inside a graph: unidl/padding.py)
+        value = tf.cast(value, x.dtype) if tf.is_tensor(value) else tf.constant(value, x.dtype)
+        return tf.pad(x, amounts, constant_values=value)
     if mode == "reflect":
         return tf.pad(x, amounts, mode="REFLECT")
     for axis, (before, after) in enumerate(amounts):  # replicate and circular: a gather of edge or wrapped rows
