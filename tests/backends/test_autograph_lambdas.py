@@ -2,6 +2,8 @@
 (``unidl/backends/tensorflow/autograph_lambdas.py``): the same node, source and errors as AutoGraph's own
 ``_parse_lambda``, which parsed the whole file again for every lambda it converted."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -50,7 +52,7 @@ def test_a_file_is_parsed_once_for_all_its_lambdas_and_each_gets_its_own_node(mo
     parses = []
     original = parser.parse
     monkeypatch.setattr(parser, "parse", lambda *a, **k: parses.append(1) or original(*a, **k))
-    monkeypatch.setattr(autograph_lambdas, "_FILES", {})
+    monkeypatch.setattr(autograph_lambdas, "_FILES", collections.OrderedDict())
     first, _ = autograph_lambdas.parse_lambda(ONE_LINE)
     again, _ = autograph_lambdas.parse_lambda(ONE_LINE)
     autograph_lambdas.parse_lambda(SPREAD)
@@ -58,6 +60,9 @@ def test_a_file_is_parsed_once_for_all_its_lambdas_and_each_gets_its_own_node(mo
     assert first is not again  # AutoGraph edits the node it gets: a shared one would carry those edits on
     tops, lambdas = autograph_lambdas._lambdas_of(__file__, "f = lambda: 0\n")  # another text: parsed again
     assert len(parses) == 2 and tops == [1] and len(lambdas) == 1
+    for cell in range(autograph_lambdas._KEPT_FILES + 1):  # the files read least recently are let go
+        autograph_lambdas._lambdas_of(f"<cell {cell}>", "g = lambda: 1\n")
+    assert len(autograph_lambdas._FILES) == autograph_lambdas._KEPT_FILES and "<cell 0>" not in autograph_lambdas._FILES
 
 
 def test_a_lambda_holding_a_conditional_on_a_tensor_is_converted_inside_ud_function():

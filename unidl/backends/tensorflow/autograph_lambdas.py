@@ -12,6 +12,7 @@ own function gives its own answer or error.
 
 from __future__ import annotations
 
+import collections
 import copy
 import inspect
 import linecache
@@ -20,7 +21,10 @@ import gast
 from tensorflow.python.autograph.pyct import errors, parser
 
 _autographs_parse_lambda = parser._parse_lambda
-_FILES: dict = {}  # source file -> (its text, [(index of its top-level statement, lambda node, first, last line)])
+# source file -> (its text, its top-level statements' lines, [(statement index, lambda node, first, last line)]),
+# the files read most recently (a notebook makes a "file" of each cell it runs)
+_FILES: collections.OrderedDict = collections.OrderedDict()
+_KEPT_FILES = 64
 
 
 def install() -> None:
@@ -69,6 +73,7 @@ def _lambdas_of(path, source):
     AutoGraph measures them); parsed once for each text of the file."""
     known = _FILES.get(path)
     if known is not None and known[0] == source:
+        _FILES.move_to_end(path)
         return known[1]
     tops, lambdas = [], []
     for index, statement in enumerate(parser.parse(source, preamble_len=0, single_node=False)):
@@ -77,6 +82,9 @@ def _lambdas_of(path, source):
             if isinstance(node, gast.Lambda):
                 lambdas.append((index, node, *_span(node)))
     _FILES[path] = source, (tops, lambdas)
+    _FILES.move_to_end(path)
+    while len(_FILES) > _KEPT_FILES:
+        _FILES.popitem(last=False)
     return tops, lambdas
 
 
