@@ -401,15 +401,18 @@ def alternated():
 
 def parity_rules():
     # the parity tests of the ops whose rules differ by framework (maximum's ties, softmax over inf, the
-    # half-precision linear, cross-entropy's dtype), run here on Keras-on-JAX: "ok" or the failure, by name (max
-    # pooling of -inf windows passes too, checked by hand: 8 s of XLA compiles here)
+    # half-precision linear, cross-entropy's dtype) and ud.function's Python arguments (baked in, where Keras-on-JAX
+    # had refused strings and functions), run here on Keras-on-JAX: "ok" or the failure, by name (max pooling of
+    # -inf windows passes too, checked by hand: 8 s of XLA compiles here)
+    from tests import test_function
     from tests.parity import test_activations_losses, test_functional_ops
 
     outcomes = {}
     for test in (test_functional_ops.test_maximum_and_minimum_split_ties_and_nans_as_torch,
                  test_functional_ops.test_softmax_of_a_row_holding_inf_or_nan_is_nan_as_torch,
                  test_functional_ops.test_half_precision_linear_rounds_once_as_torch,
-                 test_activations_losses.test_cross_entropy_of_float32_logits_is_float32_as_torch):
+                 test_activations_losses.test_cross_entropy_of_float32_logits_is_float32_as_torch,
+                 test_function.test_python_values_reach_the_function_as_they_are):
         try:
             with ud.use_backend("keras"):
                 test("keras")

@@ -39,8 +39,8 @@ from unidl.backends.jax import precision as jax_precision  # noqa: E402
 from unidl.backends.jax import variable as jax_variable  # noqa: E402
 from unidl.backends.jax.eager import compiled_when_eager  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
-from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, custom_gradient,  # noqa: E402
-                                         traced_forward_error)
+from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, _is_array,  # noqa: E402
+                                         _signature, custom_gradient, traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer, write_scalar  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
@@ -404,8 +404,10 @@ class Backend(BackendInterface):
     tracer_value_errors = _CONCRETIZATION
 
     def eval_shape(self, f, *args):
-        """``f(*args)`` traced abstractly (``jax.eval_shape``): shapes and dtypes only, nothing computed."""
-        return jax.eval_shape(f, *args)
+        """``f(*args)`` traced abstractly (``jax.eval_shape``): shapes and dtypes only, nothing computed; the
+        arguments that are not arrays (Python numbers, strings, None, functions) go in as they are."""
+        _, dynamic, rebuild = _with_static_arguments(args)
+        return jax.eval_shape(lambda values: f(*rebuild(values)), dynamic)
 
     def jit_of_values(self, f, name: str):
         """``f(values, *args)`` (a pure function of arrays) compiled by ``jax.jit``, traced once per input
@@ -532,19 +534,43 @@ def _installed(distribution: str) -> bool:
 
 
 class _NamedJit:
-    """``jax.jit(f)`` with a name and the ``trace_count`` that ``ud.function`` reports."""
+    """``jax.jit`` of ``f(values, *args)`` with a name and the ``trace_count`` that ``ud.function`` reports. The
+    arguments that are not arrays (Python numbers, bools, None, strings, functions) are baked in, as the jax
+    backend's ``ud.function`` bakes them (``function._split_static``): each new value traces again."""
 
     def __init__(self, f, name: str):
         self.trace_count, self.__name__ = 0, name
+        self._f, self._jitted = f, {}
 
-        def counted(*args):
-            self.trace_count += 1
-            return f(*args)
+    def __call__(self, values, *args):
+        key, dynamic, rebuild = _with_static_arguments(args)
+        jitted = self._jitted.get(key)
+        if jitted is None:
+            def counted(values, dynamic):
+                self.trace_count += 1
+                return self._f(values, *rebuild(dynamic))
 
-        self._jitted = jax.jit(counted)
+            jitted = self._jitted[key] = jax.jit(counted)
+        return jitted(values, dynamic)
 
-    def __call__(self, *args):
-        return self._jitted(*args)
+
+def _with_static_arguments(args):
+    """``(key, arrays, rebuild)``: the array leaves of ``args`` (a Keras variable's as its array), a key of
+    everything else (the structure, where the arrays are, the other leaves by type and value: ``_signature``),
+    and the function putting arrays back among those leaves."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    positions = [i for i, leaf in enumerate(leaves) if _is_array(leaf) or hasattr(leaf, "__jax_array__")]
+    arrays = [jnp.asarray(leaves[i]) if hasattr(leaves[i], "__jax_array__") else leaves[i] for i in positions]
+    held = set(positions)
+    key = (treedef, tuple(positions), tuple(_signature(leaf) for i, leaf in enumerate(leaves) if i not in held))
+
+    def rebuild(values):
+        merged = list(leaves)
+        for i, value in zip(positions, values):
+            merged[i] = value
+        return jax.tree_util.tree_unflatten(treedef, merged)
+
+    return key, arrays, rebuild
 
 
 class _Counted:

@@ -93,8 +93,9 @@ class StatelessFunction:
     it reads or assigns, which one abstract trace on the first call finds; those it assigns are written back
     after each call. A later trace (new shapes) that reaches variables the first did not is compiled again over
     them all, so that no variable is ever baked in as a constant. Python control flow on a tensor's value cannot be traced: such a function runs eagerly,
-    with one warning (the jax backend's rule for ``ud.function``). Arguments are traced values (a Python
-    number too), so the function must not branch on them in Python."""
+    with one warning (the jax backend's rule for ``ud.function``). Array arguments are traced values; the others
+    (Python numbers, bools, None, strings, functions) are baked in, each new value tracing again (the host's
+    ``jit_of_values``), as on every backend."""
 
     def __init__(self, host, fn, name: str):
         self._host, self._fn, self.__name__ = host, fn, name
