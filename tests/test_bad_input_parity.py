@@ -739,6 +739,12 @@ def test_a_list_of_strings_ragged_rows_or_ints_past_int64_is_an_error_naming_the
     raises_exactly(ValueError, f"sum x: ud.tensor: values from {2 ** 64} to {2 ** 64} {fits}wider dtype",
                    run, mode, lambda t: ud.ops.sum([2 ** 64]) + t, [1.0])
     raises_exactly(ValueError, f"ud.tensor: values from 1 to {2 ** 64} {fits}wider dtype", ud.tensor, [1, 2 ** 64])
+    raises_exactly(ValueError, f"ud.tensor: values from {2 ** 70} to {2 ** 70} {fits}wider dtype",
+                   ud.tensor, [2 ** 70], "int64")
+    for values, dtype in (([2 ** 70, 1.5], None), ([2 ** 70], "float64")):  # floats, as torch.tensor takes them
+        expected = torch.tensor(values, dtype=None if dtype is None else torch.float64).numpy()
+        got = ud.to_numpy(ud.tensor(values, dtype))
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), (values, got)
     ragged = "ud.tensor takes nested lists whose rows along each axis have one length (a rectangular array), got rows "
     for owner, fn in (("maximum b: ", lambda t: ud.ops.maximum(t, [[1.0], [2.0, 3.0]])),
                       ("conv1d weight: ", lambda t: ud.ops.conv1d(t[None, None], [[[1.0], [2.0, 3.0]]])),
@@ -912,17 +918,22 @@ def test_a_constant_pad_of_integers_or_booleans_takes_its_value_as_torch(mode):
     integers' range is a ``ValueError`` (TensorFlow, Keras and JAX wrapped -1 around to 255 in uint8)."""
     values = np.array([[1, 2, 3]])
     for dtype, value in (("int64", 0.0), ("int64", 2.7), ("int32", -2.7), ("int8", np.float64(5.5)), ("bool", 0.0),
-                         ("bool", 0.5), ("bool", True), ("uint8", 255)):
-        expected = F.pad(torch.tensor(values).to(getattr(torch, dtype)), (1, 2), value=float(value)).numpy()
+                         ("bool", 0.5), ("bool", True), ("uint8", 255), ("uint8", True), ("bfloat16", True)):
+        expected = F.pad(torch.tensor(values).to(getattr(torch, dtype)), (1, 2), value=float(value))
         got = run(mode, lambda t: ud.ops.pad(ud.ops.cast(t, dtype), (1, 2), value=value), values)
-        assert got.dtype == expected.dtype, (dtype, value)
+        assert str(got.dtype) == str(expected.dtype).removeprefix("torch."), (dtype, value)
+        if dtype == "bfloat16":  # (compared as float32, which holds bfloat16 values exactly)
+            expected, got = expected.float(), got.astype(np.float32)
+        expected = expected.numpy()
         np.testing.assert_array_equal(got, expected, err_msg=f"{dtype} {value}")
     # a 0-d tensor too, made in the function or given to it (TensorFlow and Keras refused a float one beside integers)
     for dtype, value in (("int64", 2.7), ("int32", -2.7), ("bool", 0.5), ("uint8", 3.0)):
         expected = F.pad(torch.tensor(values).to(getattr(torch, dtype)), (1, 2), value=value).numpy()
         made = run(mode, lambda t: ud.ops.pad(ud.ops.cast(t, dtype), (1, 2), value=ud.tensor(value)), values)
         given = run(mode, lambda t, v: ud.ops.pad(ud.ops.cast(t, dtype), (1, 2), value=v), values, np.float32(value))
-        for got in (made, given):
+        half = run(mode, lambda t: ud.ops.pad(ud.ops.cast(t, dtype), (1, 2), value=ud.tensor(value, "bfloat16")),
+                   values)
+        for got in (made, given, half):
             assert got.dtype == expected.dtype, (dtype, value)
             np.testing.assert_array_equal(got, expected, err_msg=f"{dtype} {value}")
     raises_exactly(ValueError, "pad value must be a number or a 0-d tensor, got a tensor of rank 1",

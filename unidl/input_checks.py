@@ -169,7 +169,10 @@ def _values_per_channel(sizes):
 
 def check_same_shape(owner, prediction, target, names=("prediction", "target")):
     """``ShapeMismatchError`` naming both shapes unless ``prediction`` and ``target`` have the same shape (no
-    broadcasting: PyTorch's losses broadcast with a warning, which hides a (N, 1) against (N,) mistake)."""
+    broadcasting: PyTorch's losses broadcast with a warning, which hides a (N, 1) against (N,) mistake). In a graph
+    traced for a tensor of unknown rank (TensorFlow's ``TensorSpec(None)``) nothing is checked."""
+    if getattr(prediction.shape, "rank", 0) is None or getattr(target.shape, "rank", 0) is None:
+        return prediction
     a, b = tuple(prediction.shape), tuple(target.shape)
     if a == b and None not in a:  # the common case, decided at once
         return prediction

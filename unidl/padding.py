@@ -53,10 +53,12 @@ def constant_value(x, value):
     if config.backend().is_tensor(value):
         value = _tensor_value(x, value)
     dtype = getattr(x, "dtype", None)
-    if dtype is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+    if dtype is None or not isinstance(value, (int, float)):
         return value
     if dtype_kinds.dtype_name(dtype) == "bool":
         return bool(value)
+    if isinstance(value, bool):
+        return int(value)  # True is 1 beside numbers, as PyTorch takes it (TensorFlow refused True beside uint8)
     if not dtype_kinds.is_integer(dtype):
         return value
     input_checks.check_bounds("pad", x, (value,), floats=True, what="value")
@@ -64,16 +66,17 @@ def constant_value(x, value):
 
 
 def _tensor_value(x, value):
-    """A tensor given for a constant pad's value: the number it holds where it has one now (eagerly, as PyTorch's pad
-    takes it), then taken as a number is; inside a graph, cast to ``x``'s dtype, which truncates toward zero and
-    makes non-zero True as that rule does (its range is checked only for numbers). A tensor of more than one value
-    is a ``ValueError`` (TensorFlow and Keras refused a float one beside integers, JAX and torch took it)."""
+    """A tensor given for a pad's value: the number it holds where it has one now (eagerly, as PyTorch's pad takes
+    it), then taken as a number is; inside a graph, cast to ``x``'s dtype, which truncates toward zero and makes
+    non-zero True as that rule does. There its range is not checked (a value outside an integer dtype's range wraps
+    around as the framework casts it: eagerly, and for numbers, it is a ``ValueError``). A tensor of more than one
+    value is a ``ValueError`` (TensorFlow and Keras refused a float one beside integers, JAX and torch took it)."""
     if len(tuple(value.shape)) != 0:
         raise ValueError(f"pad value must be a number or a 0-d tensor, got a tensor of rank {len(tuple(value.shape))}")
-    from unidl.tensors import to_numpy
-
+    name = dtype_kinds.dtype_name(value.dtype)
+    number = bool if name == "bool" else int if dtype_kinds.is_integer(value.dtype) else float
     try:
-        return to_numpy(value).item()
+        return number(value)
     except Exception:  # a graph's tensor (TensorFlow's, a JAX tracer): its value is known only when the graph runs
         return ops.cast(value, dtype_kinds.dtype_name(x.dtype))
 

@@ -22,9 +22,9 @@ def tensor(value, dtype: str | None = None):
     if isinstance(value, np.ndarray) or not backend.is_tensor(value):
         array = (value if isinstance(value, np.ndarray) else None if isinstance(value, (str, bytes))
                  else as_numpy_values(value))
-        if dtype is None and array is not None and array.dtype == object and array.size and all(
-                isinstance(v, int) and not isinstance(v, bool) for v in array.flat):
-            _check_fits(array, "int64")  # Python ints beyond uint64, which NumPy holds as objects
+        if array is not None and array.dtype == object and array.size and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in array.flat):
+            array = value = _python_numbers(array, dtype)  # ints beyond uint64, which NumPy holds as objects
         if array is not None and array.dtype.name == "bfloat16":  # ml_dtypes' (what ``to_numpy`` gives back)
             array = value = array.astype(np.float32)
         if array is None or array.dtype.kind not in _NUMBER_KINDS:
@@ -53,8 +53,22 @@ def as_numpy_values(value) -> np.ndarray:
     try:
         return np.asarray(value)
     except ValueError as error:
+        if "inhomogeneous" not in str(error):
+            raise
         raise ValueError(f"ud.tensor takes nested lists whose rows along each axis have one length (a rectangular "
                          f"array), got rows of several lengths ({error})") from None
+
+
+def _python_numbers(array: np.ndarray, dtype) -> np.ndarray:
+    """An object array of Python ints and floats (NumPy's for ints beyond uint64): ``ValueError`` if they are all
+    ints and no float dtype is asked for (they fit no integer dtype, as ``torch.tensor`` refuses them); else
+    their float64 values, which ``torch.tensor`` takes them as beside floats or for a float dtype."""
+    from unidl import ops
+
+    name = "int64" if dtype is None else ops._dtype_name(dtype)
+    if name.startswith(("int", "uint")) and all(isinstance(v, int) for v in array.flat):
+        _check_fits(array, name)
+    return array.astype(np.float64)
 
 
 _BACKEND_DTYPES = ("float32", "float64")  # the dtypes every backend's ``tensor`` makes itself

@@ -99,6 +99,24 @@ def test_tensorflow_matmul_traced_for_operands_of_unknown_rank_is_torch_matmul(s
         np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_tensorflow_losses_check_what_a_graph_knows_under_xla_and_take_operands_of_unknown_rank():
+    """Under XLA, which runs no assertions, a loss of operands whose ranks differ (known while tracing) is unidl's
+    error, the sizes it knows only later shown as "?" (the binary cross-entropy and MSE broadcast them); in a graph
+    traced for operands of unknown rank the losses compute (their shape check needs the ranks)."""
+    import tensorflow as tf
+
+    logits, targets = np.zeros((3, 1), np.float32), np.ones(3, np.float32)
+    with ud.use_backend("tensorflow"):
+        for name, loss in (("bce_with_logits", ud.ops.bce_with_logits), ("MSELoss", ud.nn.MSELoss())):
+            step = ud.function(lambda x, y: loss(x, y), jit_compile=True)
+            with pytest.raises(ud.ShapeMismatchError) as caught:
+                step(logits, targets)
+            assert str(caught.value).startswith(f"{name} needs ") and "shape (?, ?)" in str(caught.value)
+        unknown = tf.function(lambda x, y: ud.ops.bce_with_logits(x, y),
+                              input_signature=[tf.TensorSpec(None, tf.float32)] * 2)
+        np.testing.assert_allclose(unknown(tf.zeros((3, 2)), tf.ones((3, 2))).numpy(), np.log(2.0), rtol=1e-6)
+
+
 def test_tensorflow_residual_step_keeps_activations_nhwc(rng):
     """ResNet-18's step on tensorflow was 1.12x the hand-written one's (benchmarks/RESULTS.md, 2026-12-01, P):
     the residual ``out + identity`` of two NCHW views and ``tf.shape`` of the views (batch norm's input check)

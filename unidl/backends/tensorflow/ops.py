@@ -748,10 +748,18 @@ def _printable(value, dtype):
     return value if dtype == tf.int32 else tf.strings.as_string(value)
 
 
+def _known_size(size):
+    """A size as a traced graph knows it: its int, or "?" where it is known only when the graph runs."""
+    value = tf.get_static_value(size)
+    return "?" if value is None else int(value)
+
+
 def check_shape(x, condition, message, sizes=()):
     if tf.executing_eagerly():
         return check_known_shape(x, condition, message, sizes)
-    if tracing_xla_graph():  # XLA runs no assertions: the sizes it compiles for are fixed anyway
+    if tracing_xla_graph():  # XLA runs no assertions: what tracing knows (a rank that differs) is checked now
+        if condition is False:
+            raise ShapeMismatchError(message.format(*(_known_size(size) for size in sizes)))
         return x
     with tf.control_dependencies([_marked_check(condition, ShapeMismatchError, message, sizes)]):
         source = nhwc_source(x)  # keep the NCHW view recognisable (layout.py): check the NHWC tensor behind it
