@@ -202,6 +202,11 @@ def test_models_take_numpy_arrays_and_refuse_strings_and_objects():
             expected = ud.to_numpy(net(ud.tensor(X[0, 0]), ud.tensor(np.float32(2.0))))
             np.testing.assert_array_equal(ud.to_numpy(net(X[0, 0], np.float32(2.0))), expected)
             np.testing.assert_array_equal(ud.to_numpy(net.fc(X[0, 0].astype(np.float64))), expected / 2)
+            # nested lists of numbers into unidl's layers, as into their ops (an AttributeError; a list holding
+            # tensors passes on to the forward, which may be a user's module's in a Sequential)
+            np.testing.assert_array_equal(ud.to_numpy(net.fc(X[0, 0].astype(np.float64).tolist())), expected / 2)
+            layers = ud.nn.Sequential(ud.nn.Linear(5, 3))
+            np.testing.assert_array_equal(ud.to_numpy(layers(X[0, 0].tolist())), ud.to_numpy(layers(X[0, 0])))
             for value, kind in (("abc", "str"), (object(), "object")):
                 raises_exactly(TypeError, f"Linear(in_features=5, out_features=3, bias=True) at 'fc' takes a tensor or "
                                f"a NumPy array, got {kind}", lambda: net(value, 2.0))

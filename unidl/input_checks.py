@@ -472,14 +472,14 @@ def leaves_as_tensors(owner, what, tree):
 def _check_no_tensors(owner, what, x) -> None:
     """``TypeError`` for a list or tuple holding tensors given for a tensor argument: NumPy would take them as
     values, losing their gradients (PyTorch refuses such a list too)."""
-    if isinstance(x, (list, tuple)) and _holds_tensors(x):
+    if isinstance(x, (list, tuple)) and holds_tensors(x):
         raise TypeError(f"{literal(owner)} {what}: got a {type(x).__name__} holding tensors; join them into one "
                         f"tensor first with ud.ops.stack or ud.ops.concat")
 
 
-def _holds_tensors(values) -> bool:
+def holds_tensors(values) -> bool:
     """Whether a (nested) list or tuple holds anything but numbers, NumPy values and strings: a tensor."""
-    return any(_holds_tensors(v) if isinstance(v, (list, tuple)) else
+    return any(holds_tensors(v) if isinstance(v, (list, tuple)) else
                not isinstance(v, (Number, np.generic, np.ndarray, str, bytes)) for v in values)
 
 

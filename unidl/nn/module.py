@@ -113,14 +113,22 @@ _PASSED_AS_THEY_ARE = {type(None), bool, int, float, tuple, list, dict}
 def _inputs(module, args) -> tuple:
     """A module's positional arguments as ``forward`` gets them, the same on every backend: NumPy arrays (and
     NumPy scalars) become tensors as ``train_step`` converts them (``ud.tensor``: floats in unidl's dtype,
-    integers int64); tensors pass. unidl's own layers refuse a first argument that is neither (a string, an
-    object) with a ``TypeError`` naming the layer; a user's module passes it on to its ``forward``."""
+    integers int64); tensors pass. unidl's own layers take a first argument of nested lists of numbers as
+    ``ud.tensor`` makes them (as their ops do; it was an ``AttributeError``), and refuse one that is neither (a
+    string, an object) with a ``TypeError`` naming the layer; a user's module passes it on to its ``forward``."""
     converted = list(args)
     for index, value in enumerate(args):
         if isinstance(value, (np.ndarray, np.generic)):
             from unidl.tensors import tensor  # (on the module's backend: __call__ checked that it is the current one)
 
             converted[index] = tensor(value)
+        elif type(value) is list:
+            from unidl import input_checks
+
+            if index == 0 and type(module).__module__.startswith("unidl.") and not input_checks.holds_tensors(value):
+                # nested lists of numbers into one of unidl's layers, as its op takes them (a list holding
+                # tensors passes on: a Sequential's first module may be a user's, which takes one)
+                converted[index] = input_checks.value_as_tensor(module.describe, "input", value)
         elif module._backend.is_tensor(value) or (hasattr(value, "shape") and hasattr(value, "dtype")):
             _PASSED_AS_THEY_ARE.add(type(value))
         elif index == 0 and type(module).__module__.startswith("unidl."):
@@ -292,6 +300,9 @@ class Module:
             if type(value) not in _PASSED_AS_THEY_ARE:
                 args = _inputs(self, args)
                 break
+        else:
+            if args and type(args[0]) is list and type(self).__module__.startswith("unidl."):
+                args = _inputs(self, args)
         caller = self._forward_caller
         if caller is None:
             return self.forward(*args, **kwargs)
