@@ -195,6 +195,15 @@ class _Net(ud.nn.Module):
         return self.fc(x) * scale
 
 
+class _SubLinear(ud.nn.Linear):
+    """A user's subclass of a unidl layer, its forward unidl's."""
+
+
+class _TypeOf(ud.nn.Module):
+    def forward(self, values):
+        return type(values).__name__
+
+
 def test_models_take_numpy_arrays_and_refuse_strings_and_objects():
     for name in backends_under_test():
         with ud.use_backend(name):
@@ -202,11 +211,14 @@ def test_models_take_numpy_arrays_and_refuse_strings_and_objects():
             expected = ud.to_numpy(net(ud.tensor(X[0, 0]), ud.tensor(np.float32(2.0))))
             np.testing.assert_array_equal(ud.to_numpy(net(X[0, 0], np.float32(2.0))), expected)
             np.testing.assert_array_equal(ud.to_numpy(net.fc(X[0, 0].astype(np.float64))), expected / 2)
-            # nested lists of numbers into unidl's layers, as into their ops (an AttributeError; a list holding
-            # tensors passes on to the forward, which may be a user's module's in a Sequential)
+            # nested lists or tuples of numbers into unidl's layers (a user's subclass of one too), as into their
+            # ops (an AttributeError); a Sequential hands them on as they are, to a user's module as given
             np.testing.assert_array_equal(ud.to_numpy(net.fc(X[0, 0].astype(np.float64).tolist())), expected / 2)
             layers = ud.nn.Sequential(ud.nn.Linear(5, 3))
             np.testing.assert_array_equal(ud.to_numpy(layers(X[0, 0].tolist())), ud.to_numpy(layers(X[0, 0])))
+            rows = tuple(map(tuple, X[0, 0].tolist()))
+            np.testing.assert_array_equal(ud.to_numpy(_SubLinear(5, 3)(rows)).shape, (5, 3))
+            assert ud.nn.Sequential(_TypeOf())([1, 2]) == "list"
             for value, kind in (("abc", "str"), (object(), "object")):
                 raises_exactly(TypeError, f"Linear(in_features=5, out_features=3, bias=True) at 'fc' takes a tensor or "
                                f"a NumPy array, got {kind}", lambda: net(value, 2.0))

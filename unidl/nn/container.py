@@ -97,6 +97,8 @@ class Sequential(_IndexedModules):
         model.classifier[-1] = ud.nn.Linear(84, 2)     # a new head
     """
 
+    _passes_inputs_on = True  # (its first module, maybe a user's, takes the arguments as given)
+
     def __init__(self, *layers):
         super().__init__()
         if len(layers) == 1 and isinstance(layers[0], OrderedDict):

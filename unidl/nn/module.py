@@ -110,24 +110,31 @@ def restore_modes(saved) -> None:
 _PASSED_AS_THEY_ARE = {type(None), bool, int, float, tuple, list, dict}
 
 
+def _converts_lists(module) -> bool:
+    """Whether ``module`` takes a first argument of nested lists (or tuples) of numbers as a tensor: one whose
+    ``forward`` is unidl's own (a user's subclass of a layer too), but a container's, which passes its arguments on
+    (a ``Sequential``'s first module may be a user's, which takes a list as it is), as does a user's module."""
+    return type(module).forward.__module__.startswith("unidl.") and not type(module)._passes_inputs_on
+
+
 def _inputs(module, args) -> tuple:
     """A module's positional arguments as ``forward`` gets them, the same on every backend: NumPy arrays (and
     NumPy scalars) become tensors as ``train_step`` converts them (``ud.tensor``: floats in unidl's dtype,
-    integers int64); tensors pass. unidl's own layers take a first argument of nested lists of numbers as
-    ``ud.tensor`` makes them (as their ops do; it was an ``AttributeError``), and refuse one that is neither (a
-    string, an object) with a ``TypeError`` naming the layer; a user's module passes it on to its ``forward``."""
+    integers int64); tensors pass. unidl's own layers take a first argument of nested lists or tuples of numbers
+    as ``ud.tensor`` makes them (as their ops do; it was an ``AttributeError``: ``_converts_lists``), and refuse
+    one that is neither (a string, an object) with a ``TypeError`` naming the layer; a user's module passes it on
+    to its ``forward``."""
     converted = list(args)
     for index, value in enumerate(args):
         if isinstance(value, (np.ndarray, np.generic)):
             from unidl.tensors import tensor  # (on the module's backend: __call__ checked that it is the current one)
 
             converted[index] = tensor(value)
-        elif type(value) is list:
+        elif type(value) is list or type(value) is tuple:
             from unidl import input_checks
 
-            if index == 0 and type(module).__module__.startswith("unidl.") and not input_checks.holds_tensors(value):
-                # nested lists of numbers into one of unidl's layers, as its op takes them (a list holding
-                # tensors passes on: a Sequential's first module may be a user's, which takes one)
+            if index == 0 and _converts_lists(module) and not input_checks.holds_tensors(value):
+                # nested lists of numbers into one of unidl's layers, as its op takes them
                 converted[index] = input_checks.value_as_tensor(module.describe, "input", value)
         elif module._backend.is_tensor(value) or (hasattr(value, "shape") and hasattr(value, "dtype")):
             _PASSED_AS_THEY_ARE.add(type(value))
@@ -152,6 +159,7 @@ class Module:
     """
 
     _optional_buffers: tuple[str, ...] = ()  # see optional_state_keys
+    _passes_inputs_on = False  # a container, whose forward hands its arguments to a module as they are (see _inputs)
 
     def __init__(self):
         backend = config.backend()
@@ -301,7 +309,7 @@ class Module:
                 args = _inputs(self, args)
                 break
         else:
-            if args and type(args[0]) is list and type(self).__module__.startswith("unidl."):
+            if args and (type(args[0]) is list or type(args[0]) is tuple) and _converts_lists(self):
                 args = _inputs(self, args)
         caller = self._forward_caller
         if caller is None:
