@@ -219,6 +219,11 @@ def test_models_take_numpy_arrays_and_refuse_strings_and_objects():
             rows = tuple(map(tuple, X[0, 0].tolist()))
             np.testing.assert_array_equal(ud.to_numpy(_SubLinear(5, 3)(rows)).shape, (5, 3))
             assert ud.nn.Sequential(_TypeOf())([1, 2]) == "list"
+            # a Python number too, as ud.tensor makes it (torch's TypeError; float32 on TensorFlow and Keras, float64
+            # on JAX)
+            for value in (-3.0, 2):
+                got = ud.to_numpy(ud.nn.ReLU()(value))
+                assert got.dtype == ud.to_numpy(ud.tensor(value)).dtype and got == max(value, 0), (value, got)
             for value, kind in (("abc", "str"), (object(), "object")):
                 raises_exactly(TypeError, f"Linear(in_features=5, out_features=3, bias=True) at 'fc' takes a tensor or "
                                f"a NumPy array, got {kind}", lambda: net(value, 2.0))

@@ -108,12 +108,16 @@ def restore_modes(saved) -> None:
 
 #: argument types a module takes as they are (tensor types join on first sight; see ``_inputs``)
 _PASSED_AS_THEY_ARE = {type(None), bool, int, float, tuple, list, dict}
+#: those of them that one of unidl's layers takes as a tensor when given first (``_converts_lists``)
+_CONVERTED_FIRST = (list, tuple, int, float, bool)
 
 
 def _converts_lists(module) -> bool:
-    """Whether ``module`` takes a first argument of nested lists (or tuples) of numbers as a tensor: one whose
-    ``forward`` is unidl's own (a user's subclass of a layer too), but a container's, which passes its arguments on
-    (a ``Sequential``'s first module may be a user's, which takes a list as it is), as does a user's module."""
+    """Whether ``module`` takes a first argument of nested lists (or tuples) of numbers, or a Python number, as a
+    tensor, ``ud.tensor``'s, as its op takes them (``ReLU()(3.0)`` was torch's TypeError, float32 on TensorFlow and
+    Keras, float64 on JAX): one whose ``forward`` is unidl's own (a user's subclass of a layer too), but a
+    container's, which passes its arguments on (a ``Sequential``'s first module may be a user's, which takes a list
+    as it is), as does a user's module."""
     return type(module).forward.__module__.startswith("unidl.") and not type(module)._passes_inputs_on
 
 
@@ -130,11 +134,12 @@ def _inputs(module, args) -> tuple:
             from unidl.tensors import tensor  # (on the module's backend: __call__ checked that it is the current one)
 
             converted[index] = tensor(value)
-        elif type(value) is list or type(value) is tuple:
+        elif type(value) in _CONVERTED_FIRST:
             from unidl import input_checks
 
-            if index == 0 and _converts_lists(module) and not input_checks.holds_tensors(value):
-                # nested lists of numbers into one of unidl's layers, as its op takes them
+            if index == 0 and _converts_lists(module) and not (type(value) in (list, tuple)
+                                                               and input_checks.holds_tensors(value)):
+                # a number or nested lists of numbers into one of unidl's layers, as its op takes them
                 converted[index] = input_checks.value_as_tensor(module.describe, "input", value)
         elif module._backend.is_tensor(value) or (hasattr(value, "shape") and hasattr(value, "dtype")):
             _PASSED_AS_THEY_ARE.add(type(value))
@@ -309,7 +314,7 @@ class Module:
                 args = _inputs(self, args)
                 break
         else:
-            if args and (type(args[0]) is list or type(args[0]) is tuple) and _converts_lists(self):
+            if args and type(args[0]) in _CONVERTED_FIRST and _converts_lists(self):
                 args = _inputs(self, args)
         caller = self._forward_caller
         if caller is None:
