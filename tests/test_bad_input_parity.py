@@ -224,6 +224,14 @@ def test_models_take_numpy_arrays_and_refuse_strings_and_objects():
             for value in (-3.0, 2):
                 got = ud.to_numpy(ud.nn.ReLU()(value))
                 assert got.dtype == ud.to_numpy(ud.tensor(value)).dtype and got == max(value, 0), (value, got)
+            # a loss's target and an attention's key and value too: their tensor arguments
+            target = F.cross_entropy(torch.tensor([[1.0, 2.0]]), torch.tensor([1])).item()
+            assert abs(float(ud.nn.CrossEntropyLoss()([[1.0, 2.0]], [1])) - target) < 1e-6
+            assert float(ud.nn.MSELoss()(ud.tensor([1.0, 2.0]), [1.0, 3.0])) == 0.5
+            attention = ud.nn.MultiheadAttention(2, 1, batch_first=True)
+            query = [[[1.0, 2.0], [0.5, -1.0]]]  # (two keys: Keras warns of a softmax over one)
+            np.testing.assert_array_equal(ud.to_numpy(attention(query, query, query)[0]),
+                                          ud.to_numpy(attention(*[ud.tensor(query)] * 3)[0]))
             for value, kind in (("abc", "str"), (object(), "object")):
                 raises_exactly(TypeError, f"Linear(in_features=5, out_features=3, bias=True) at 'fc' takes a tensor or "
                                f"a NumPy array, got {kind}", lambda: net(value, 2.0))

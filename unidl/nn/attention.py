@@ -50,6 +50,8 @@ class MultiheadAttention(Module):
     with ``need_weights=True``, its output and weights are NaN.
     """
 
+    _tensor_arguments = 3  # (query, key, value)
+
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
                  vdim: int | None = None, batch_first: bool = False):

@@ -41,6 +41,7 @@ def float_labels_message(name: str, dtype, probabilities_allowed: bool = True) -
 
 class _Loss(Module):
     reductions = REDUCTIONS
+    _tensor_arguments = 2  # (prediction, target: a list or a number converted as ud.tensor makes it)
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()

@@ -108,37 +108,39 @@ def restore_modes(saved) -> None:
 
 #: argument types a module takes as they are (tensor types join on first sight; see ``_inputs``)
 _PASSED_AS_THEY_ARE = {type(None), bool, int, float, tuple, list, dict}
-#: those of them that one of unidl's layers takes as a tensor when given first (``_converts_lists``)
-_CONVERTED_FIRST = (list, tuple, int, float, bool)
+#: those of them that one of unidl's layers takes as a tensor when given for a tensor argument (``_converts_lists``)
+_CONVERTED = (list, tuple, int, float, bool)
 
 
 def _converts_lists(module) -> bool:
-    """Whether ``module`` takes a first argument of nested lists (or tuples) of numbers, or a Python number, as a
-    tensor, ``ud.tensor``'s, as its op takes them (``ReLU()(3.0)`` was torch's TypeError, float32 on TensorFlow and
-    Keras, float64 on JAX): one whose ``forward`` is unidl's own (a user's subclass of a layer too), but a
-    container's, which passes its arguments on (a ``Sequential``'s first module may be a user's, which takes a list
-    as it is), as does a user's module."""
+    """Whether ``module`` takes nested lists (or tuples) of numbers, or a Python number, given for its tensor
+    arguments (the first ``_tensor_arguments`` positional ones: a loss's prediction and target) as a tensor,
+    ``ud.tensor``'s, as its op takes them (``ReLU()(3.0)`` was torch's TypeError, float32 on TensorFlow and Keras,
+    float64 on JAX): one whose ``forward`` is unidl's own (a user's subclass of a layer too), but a container's,
+    which passes its arguments on (a ``Sequential``'s first module may be a user's, which takes a list as it is),
+    as does a user's module."""
     return type(module).forward.__module__.startswith("unidl.") and not type(module)._passes_inputs_on
 
 
 def _inputs(module, args) -> tuple:
     """A module's positional arguments as ``forward`` gets them, the same on every backend: NumPy arrays (and
     NumPy scalars) become tensors as ``train_step`` converts them (``ud.tensor``: floats in unidl's dtype,
-    integers int64); tensors pass. unidl's own layers take a first argument of nested lists or tuples of numbers
-    as ``ud.tensor`` makes them (as their ops do; it was an ``AttributeError``: ``_converts_lists``), and refuse
-    one that is neither (a string, an object) with a ``TypeError`` naming the layer; a user's module passes it on
-    to its ``forward``."""
+    integers int64); tensors pass. unidl's own layers take nested lists or tuples of numbers, or numbers, for their
+    tensor arguments as ``ud.tensor`` makes them (as their ops do; it was an ``AttributeError``:
+    ``_converts_lists``), and refuse a first argument that is neither (a string, an object) with a ``TypeError``
+    naming the layer; a user's module passes it on to its ``forward``."""
     converted = list(args)
     for index, value in enumerate(args):
         if isinstance(value, (np.ndarray, np.generic)):
             from unidl.tensors import tensor  # (on the module's backend: __call__ checked that it is the current one)
 
             converted[index] = tensor(value)
-        elif type(value) in _CONVERTED_FIRST:
+        elif type(value) in _CONVERTED:
             from unidl import input_checks
 
-            if index == 0 and _converts_lists(module) and not (type(value) in (list, tuple)
-                                                               and input_checks.holds_tensors(value)):
+            listed = type(value) in (list, tuple)
+            if index < module._tensor_arguments and _converts_lists(module) and not (
+                    listed and input_checks.holds_tensors(value)):
                 # a number or nested lists of numbers into one of unidl's layers, as its op takes them
                 converted[index] = input_checks.value_as_tensor(module.describe, "input", value)
         elif module._backend.is_tensor(value) or (hasattr(value, "shape") and hasattr(value, "dtype")):
@@ -165,6 +167,7 @@ class Module:
 
     _optional_buffers: tuple[str, ...] = ()  # see optional_state_keys
     _passes_inputs_on = False  # a container, whose forward hands its arguments to a module as they are (see _inputs)
+    _tensor_arguments = 1  # how many of the first positional arguments of a unidl layer's forward take tensors
 
     def __init__(self):
         backend = config.backend()
@@ -314,7 +317,7 @@ class Module:
                 args = _inputs(self, args)
                 break
         else:
-            if args and type(args[0]) in _CONVERTED_FIRST and _converts_lists(self):
+            if any(type(a) in _CONVERTED for a in args[:self._tensor_arguments]) and _converts_lists(self):
                 args = _inputs(self, args)
         caller = self._forward_caller
         if caller is None:
