@@ -122,6 +122,11 @@ def _converts_lists(module) -> bool:
     return type(module).forward.__module__.startswith("unidl.") and not type(module)._passes_inputs_on
 
 
+def _converted_here(module, args) -> bool:
+    """Whether ``module`` converts one of ``args`` that passed as they are (see ``_converts_lists``)."""
+    return any(type(a) in _CONVERTED for a in args[:module._tensor_arguments]) and _converts_lists(module)
+
+
 def _inputs(module, args) -> tuple:
     """A module's positional arguments as ``forward`` gets them, the same on every backend: NumPy arrays (and
     NumPy scalars) become tensors as ``train_step`` converts them (``ud.tensor``: floats in unidl's dtype,
@@ -316,8 +321,8 @@ class Module:
             if type(value) not in _PASSED_AS_THEY_ARE:
                 args = _inputs(self, args)
                 break
-        else:
-            if any(type(a) in _CONVERTED for a in args[:self._tensor_arguments]) and _converts_lists(self):
+        else:  # (every argument passes as it is: a list or a number for a tensor argument of one of unidl's layers?)
+            if args and (type(args[0]) in _CONVERTED or self._tensor_arguments > 1) and _converted_here(self, args):
                 args = _inputs(self, args)
         caller = self._forward_caller
         if caller is None:
