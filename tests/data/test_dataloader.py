@@ -268,3 +268,13 @@ def test_drop_last_with_batch_larger_than_dataset_is_an_error():
 def test_bad_worker_settings(name, value):
     with pytest.raises(ValueError, match=name):
         DataLoader(make_dataset(10), batch_size=2, **{name: value})
+
+
+def test_a_ragged_list_is_an_error_naming_the_array():
+    """Nested lists with rows of several lengths are ``ud.tensor``'s ``ValueError``, naming the array (NumPy's
+    spoke of "setting an array element with a sequence"); rectangular lists are taken as NumPy takes them."""
+    with pytest.raises(ValueError) as caught:
+        TensorDataset(np.zeros((2, 3)), [[1.0, 2.0], [3.0]])
+    assert str(caught.value).startswith("TensorDataset: array 1: ud.tensor takes nested lists whose rows along each "
+                                        "axis have one length (a rectangular array), got rows of several lengths")
+    np.testing.assert_array_equal(TensorDataset([[1, 2], [3, 4]], (5, 6))[1][0], [3, 4])

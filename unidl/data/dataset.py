@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl.tensors import to_numpy
+from unidl.tensors import as_numpy_values, to_numpy
 
 
 class Dataset:
@@ -19,6 +19,17 @@ class Dataset:
         raise NotImplementedError(f"{type(self).__name__} must implement __getitem__")
 
 
+def _as_array(position, array) -> np.ndarray:
+    """A TensorDataset's array as NumPy: a tensor's values, nested lists as ``ud.tensor`` reads them (ragged ones a
+    ``ValueError`` naming the array, not NumPy's "setting an array element with a sequence")."""
+    if isinstance(array, (list, tuple)):
+        try:
+            return as_numpy_values(array)
+        except ValueError as error:
+            raise ValueError(f"TensorDataset: array {position}: {error}") from None
+    return np.asarray(to_numpy(array))
+
+
 class TensorDataset(Dataset):
     """Samples are the rows (axis 0) of equally long arrays: ``TensorDataset(x, y)[i] == (x[i], y[i])``.
 
@@ -28,7 +39,7 @@ class TensorDataset(Dataset):
     def __init__(self, *arrays):
         if not arrays:
             raise ValueError("TensorDataset needs at least one array")
-        self.arrays = tuple(np.asarray(to_numpy(array)) for array in arrays)
+        self.arrays = tuple(_as_array(position, array) for position, array in enumerate(arrays))
         for position, array in enumerate(self.arrays):
             if array.ndim == 0:
                 raise ValueError(f"TensorDataset: array {position} is a scalar; every array needs an axis 0 "
