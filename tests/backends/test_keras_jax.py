@@ -558,9 +558,9 @@ def ctrl_c_in_steps():
                 (lambda: ud.predict(model, x), 0),  # (compiled by the evaluate before)
                 (lambda: ud.evaluate(model, (x, y), loss=loss), 0)]
         for index, (run, skip) in enumerate(runs):
-            before = state(model)
             interrupted = False
             for attempt in range(3):  # (a SIGINT later than the step can be lost in Keras's bare except: again)
+                before = state(model)  # (per try: a try whose SIGINT came too late has trained a step)
                 sigint = Sigint(skip=skip) if skip is not None else None
                 snapshot = values(model)
                 try:
