@@ -849,6 +849,60 @@ def test_numpy_weights_and_scalars_into_loss_ops_and_cast_like(mode):
     np.testing.assert_allclose(got, expected, rtol=1e-7)
 
 
+INDEX_LISTS = [  # (ud op over the values tensor, with a list or number for its indices, mask or weight; torch's)
+    (lambda x: ud.ops.take(x, [2, 0]), lambda t: torch.index_select(t, 0, torch.tensor([2, 0]))),
+    (lambda x: ud.ops.take(x, 1), lambda t: t[1]),
+    (lambda x: ud.ops.embedding([[1, 0]], ud.ops.reshape(x, (3, 2))),
+     lambda t: F.embedding(torch.tensor([[1, 0]]), t.reshape(3, 2))),
+    (lambda x: ud.ops.gather(ud.ops.reshape(x, (2, 3)), 1, [[2], [0]]),
+     lambda t: torch.gather(t.reshape(2, 3), 1, torch.tensor([[2], [0]]))),
+    (lambda x: ud.ops.cast(ud.ops.one_hot([0, 2], 3), "float32") * x[0],
+     lambda t: F.one_hot(torch.tensor([0, 2]), 3) * t[0]),
+    (lambda x: ud.ops.cross_entropy(ud.ops.reshape(x, (2, 3)), [2, 0]),
+     lambda t: F.cross_entropy(t.reshape(2, 3), torch.tensor([2, 0]))),
+    (lambda x: ud.ops.cross_entropy_loss(ud.ops.reshape(x, (2, 3)), [2, 0], [1.0, 2.0, 3.0]),
+     lambda t: F.cross_entropy(t.reshape(2, 3), torch.tensor([2, 0]), torch.tensor([1.0, 2.0, 3.0]))),
+    (lambda x: ud.ops.nll_loss(ud.ops.reshape(x, (2, 3)), [2, 0], (1.0, 2.0, 3.0)),
+     lambda t: F.nll_loss(t.reshape(2, 3), torch.tensor([2, 0]), torch.tensor([1.0, 2.0, 3.0]))),
+    (lambda x: ud.ops.binary_cross_entropy(x[:3], [0.0, 1.0, 0.5], [1.0, 2.0, 3.0]),
+     lambda t: F.binary_cross_entropy(t[:3], torch.tensor([0.0, 1.0, 0.5]), torch.tensor([1.0, 2.0, 3.0]))),
+    (lambda x: ud.ops.max_unpool2d(ud.ops.reshape(x[:4], (1, 1, 2, 2)), [[[[0, 3], [9, 15]]]], 2),
+     lambda t: F.max_unpool2d(t[:4].reshape(1, 1, 2, 2), torch.tensor([[[[0, 3], [9, 15]]]]), 2)),
+]
+
+
+def test_lists_for_indices_and_class_weights_convert_as_ud_tensor_makes_them(mode):
+    """A list, a tuple or a Python int given for an op's integer indices (``take``, ``embedding``, ``gather``,
+    ``one_hot``, the labels of the losses, ``max_unpool2d``'s indices) or for a loss's class ``weight`` is converted
+    as ``ud.tensor`` converts it (ints int64): PyTorch's values on every backend (torch's backend raised
+    ``AttributeError`` where TensorFlow's took them; a list of class weights was an ``AttributeError`` everywhere).
+    A list of floats for indices is the same error as float indices."""
+    values = np.array([0.25, 0.5, 0.75, 0.5, 0.125, 1.0], np.float32)
+    for index, (fn, oracle) in enumerate(INDEX_LISTS):
+        expected = oracle(torch.tensor(values)).numpy()
+        got = run(mode, fn, values)
+        assert got.dtype == expected.dtype and got.shape == expected.shape, index
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f"INDEX_LISTS[{index}]")
+    raises_exactly(ud.DtypeMismatchError, "take: indices must be integers, got float32 indices; convert them with "
+                   "ud.ops.cast(indices, 'int64')", run, mode, lambda x: ud.ops.take(x, [1.0, 0.0]), values)
+
+
+def test_a_recurrent_layers_initial_state_takes_numpy_arrays_and_lists_as_ud_tensor_makes_them(mode):
+    """An RNN's ``hx``, an LSTM's ``(h_0, c_0)`` given as NumPy arrays (float64 too) or nested lists give the outputs
+    of the same state given as ``ud.tensor``'s tensors, as the layer's input converts (an LSTM's pair of NumPy
+    arrays was torch's ``TypeError`` and an ``AttributeError`` on TensorFlow and Keras, a list of floats for any
+    ``hx`` an ``AttributeError``)."""
+    x = RNG.standard_normal((2, 4, 3)).astype(np.float32)
+    h = RNG.standard_normal((1, 2, 5))
+    for layer in (ud.nn.GRU(3, 5, batch_first=True), ud.nn.LSTM(3, 5, batch_first=True)):
+        pair = isinstance(layer, ud.nn.LSTM)
+        state = lambda convert: (convert(h), convert(-h)) if pair else convert(h)
+        call = lambda inputs, hx: layer(inputs, hx)[0]
+        expected = run(mode, lambda inputs: call(inputs, state(ud.tensor)), x)
+        for convert in (np.asarray, lambda a: a.tolist()):
+            np.testing.assert_array_equal(run(mode, lambda inputs: call(inputs, state(convert)), x), expected)
+
+
 def test_integers_times_floats_is_one_error(mode):
     raises_exactly(ud.DtypeMismatchError, "matmul of int64 and float32: one is integer, the other floating-point; "
                    "convert the integers with ud.ops.cast(x, 'float32')",

@@ -369,15 +369,18 @@ def check_integer(owner, what, x):
     ``DtypeMismatchError`` naming ``owner`` and ``what`` they are, on every backend (PyTorch and TensorFlow refuse
     them in their own words, TensorFlow's cross-entropy truncated float labels, JAX may round them). Integers of
     another dtype than int32 and int64 (uint8, int8, int16) become int64, which every framework indexes with
-    (torch and TensorFlow refused them, JAX and Keras took them). Values without a dtype (Python lists) are left
-    to the framework."""
+    (torch and TensorFlow refused them, JAX and Keras took them). Lists, tuples, Python numbers and strings are
+    ``ud.tensor``'s first (ints int64, so ``take(x, [2, 0])`` is the same on every backend: torch's backend raised
+    ``AttributeError`` where TensorFlow's took them; floats, booleans and strings are the errors above)."""
+    if isinstance(x, (list, tuple, int, float, str)):
+        x = value_as_tensor(owner, what, x)
     dtype = getattr(x, "dtype", None)
     if dtype is None:
         return x
     if not is_integer(dtype):
         raise DtypeMismatchError(f"{literal(owner)}: {what} must be integers, got {dtype_name(dtype)} {what}; convert "
                                  f"them with ud.ops.cast({what}, 'int64')")
-    if isinstance(x, np.ndarray):  # as ud.tensor converts it (torch's backend took no NumPy labels)
+    if isinstance(x, (np.ndarray, np.generic)):  # as ud.tensor converts it (torch's backend took no NumPy labels)
         x = as_tensor(owner, what, x)
     return x if dtype_name(dtype) in _INDEX_DTYPES else ops.cast(x, "int64")
 
@@ -408,16 +411,14 @@ def as_summable(owner, what, x):
 
 
 def as_tensor(owner, what, x, like=None):
-    """``x``, with a NumPy array converted as ``ud.tensor`` converts it (floats to the dtype in force; given
-    ``like``, to its dtype, rounded once), as a module's call converts its arguments: a loss op's NumPy target gave
-    float64 on TensorFlow, Keras and JAX and an error on torch's backend, while the loss module gave float32
-    everywhere."""
-    if isinstance(x, (np.ndarray, np.generic)):
+    """``x``, with a NumPy array, a list, a tuple or a Python number converted as ``ud.tensor`` converts it (floats
+    to the dtype in force; given ``like``, to its dtype, rounded once), as a module's call converts its arguments:
+    a loss op's NumPy target gave float64 on TensorFlow, Keras and JAX and an error on torch's backend, while the
+    loss module gave float32 everywhere; a list of class weights was an ``AttributeError`` on every backend."""
+    if isinstance(x, CONVERTED):
         if like is not None:
             return ops.cast_like(x, like)
-        from unidl.tensors import tensor
-
-        return tensor(x)
+        return value_as_tensor(owner, what, x)
     return x
 
 

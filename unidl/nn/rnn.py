@@ -14,6 +14,7 @@ import numpy as np
 
 from unidl import arguments, input_checks, tensors
 from unidl.errors import ShapeMismatchError
+from unidl.backends.op_registry import CONVERTED
 from unidl.nn import init
 from unidl.arguments import positive_int
 from unidl.nn.module import Module
@@ -182,6 +183,8 @@ class RNNBase(Module):
         return ops.unsqueeze(ops.unsqueeze(positions, 1) < ops.unsqueeze(lengths, 0), 2)
 
     def _checked_state(self, state, input_shape, batched):
+        if isinstance(state, CONVERTED):  # (an LSTM's pair holds what a module's call converts: as ud.tensor does)
+            state = input_checks.value_as_tensor(self.describe, "initial state", state)
         expected_rank = 3 if batched else 2
         batch = (input_shape[0] if self.batch_first else input_shape[1]) if batched else None
         layers = self.num_layers * self.num_directions
