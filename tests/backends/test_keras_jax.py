@@ -10,6 +10,7 @@ import pytest
 from tests.helpers import last_json_line, run_python
 
 _SCRIPT = r"""
+import inspect
 import json
 import os
 import signal
@@ -403,8 +404,11 @@ def parity_rules():
     # the parity tests of the ops whose rules differ by framework (maximum's ties, softmax over inf, the
     # half-precision linear, cross-entropy's dtype) and ud.function's Python arguments (baked in, where Keras-on-JAX
     # had refused strings and functions), run here on Keras-on-JAX: "ok" or the failure, by name (max pooling of
-    # -inf windows passes too, checked by hand: 8 s of XLA compiles here)
+    # -inf windows passes too, checked by hand: 8 s of XLA compiles here), and the index checks inside ud.function
+    # and Keras's jitted train, test and predict steps (labels and indices out of range: Keras-on-JAX computed with
+    # them, a NaN row or a wrong loss)
     from tests import test_function
+    from tests.nn import test_sparse
     from tests.parity import test_activations_losses, test_functional_ops
 
     outcomes = {}
@@ -412,10 +416,14 @@ def parity_rules():
                  test_functional_ops.test_softmax_of_a_row_holding_inf_or_nan_is_nan_as_torch,
                  test_functional_ops.test_half_precision_linear_rounds_once_as_torch,
                  test_activations_losses.test_cross_entropy_of_float32_logits_is_float32_as_torch,
-                 test_function.test_python_values_reach_the_function_as_they_are):
+                 test_function.test_python_values_reach_the_function_as_they_are,
+                 test_sparse.test_embedding_index_out_of_range_eagerly_and_in_ud_function,
+                 test_sparse.test_embedding_index_out_of_range_in_train_step,
+                 test_sparse.test_an_index_out_of_range_in_fit_evaluate_or_predict_is_the_error,
+                 test_sparse.test_take_gather_and_labels_out_of_range):
         try:
             with ud.use_backend("keras"):
-                test("keras")
+                test("keras", *([np.random.default_rng(0)] if "rng" in inspect.signature(test).parameters else []))
             outcomes[test.__name__] = "ok"
         except Exception as error:
             outcomes[test.__name__] = f"{type(error).__name__}: {str(error)[:300]}"
@@ -904,7 +912,9 @@ def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
 def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):
     """``ud.ops.maximum``/``minimum``'s tie and NaN gradients, ``softmax`` of rows holding inf or NaN and the
     half-precision ``Linear``'s one rounding, on Keras-on-JAX: the parity tests of tests/parity, run in its
-    interpreter against plain torch."""
+    interpreter against plain torch; and an index or a label out of range inside ``ud.function``, a train step,
+    ``fit``, ``evaluate`` or ``predict`` is unidl's ``IndexOutOfRangeError`` there too (tests/nn/test_sparse.py:
+    its compiled functions and Keras's jitted steps were not checkified)."""
     assert set(result["parity_rules"].values()) == {"ok"}, result["parity_rules"]
 
 

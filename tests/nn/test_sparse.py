@@ -36,6 +36,25 @@ def test_embedding_index_out_of_range_in_train_step(backend, rng):
     assert not np.array_equal(model.state_dict()["0.weight"], before["0.weight"])
 
 
+def test_an_index_out_of_range_in_fit_evaluate_or_predict_is_the_error(backend):
+    """In ``fit``'s, ``evaluate``'s and ``predict``'s steps too (Keras-on-JAX's jitted steps computed with it, a
+    NaN row; its checks are read a few steps later in ``fit``, see ``keras/module.py``); they go on with good data
+    afterwards."""
+    model = ud.nn.Sequential(ud.nn.Embedding(5, 2), ud.nn.Flatten(), ud.nn.Linear(6, 2))
+    loss, labels = ud.nn.CrossEntropyLoss(), np.array([0, 1])
+    fit = lambda tokens: ud.fit(model, (np.concatenate([GOOD, tokens, GOOD]), np.tile(labels, 3)), loss=loss,
+                                optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=2,
+                                shuffle=False, verbose=0)  # (the second of three steps)
+    for call in (fit, lambda tokens: ud.evaluate(model, (tokens, labels), loss=loss),
+                 lambda tokens: ud.predict(model, tokens)):
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
+            call(TOO_LARGE)
+        call(GOOD)
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"CrossEntropyLoss labels must lie in \[0, 2\)"):
+        ud.evaluate(model, (GOOD, np.array([0, 7])), loss=loss)
+    assert np.isfinite(ud.evaluate(model, (GOOD, labels), loss=loss)["loss"])
+
+
 def test_take_gather_and_labels_out_of_range(backend):
     x = ud.tensor(np.zeros((3, 4)))
     checks = [

@@ -40,7 +40,8 @@ from unidl.backends.jax import variable as jax_variable  # noqa: E402
 from unidl.backends.jax.eager import compiled_when_eager  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
 from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, _is_array,  # noqa: E402
-                                         _signature, custom_gradient, traced_forward_error)
+                                         _signature, checkified, custom_gradient, raise_failed_check,
+                                         traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer, write_scalar  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
@@ -409,6 +410,15 @@ class Backend(BackendInterface):
         _, dynamic, rebuild = _with_static_arguments(args)
         return jax.eval_shape(lambda values: f(*rebuild(values)), dynamic)
 
+    def value_checked(self, f):
+        """``(checked, raise_failed)``: ``checked(*args)`` is ``(failed checks, f(*args))``, with the value checks
+        of unidl's ops inside ``f`` (an index or a label out of range, a size known only at run time) staged into
+        its trace by checkify, as in this backend's compiled steps, for a ``jax.jit`` of ``checked``;
+        ``raise_failed(failed checks)`` raises unidl's error for one that failed (nothing otherwise). The keras
+        backend checks Keras-on-JAX's own jitted train and evaluation steps so (its ``jax.jit`` was not
+        checkified: they computed with a label out of range)."""
+        return value_checked(f)
+
     def jit_of_values(self, f, name: str):
         """``f(values, *args)`` (a pure function of arrays) compiled by ``jax.jit``, traced once per input
         signature: what ``ud.function`` compiles on Keras-on-JAX, with Keras's variables' values as ``values``."""
@@ -536,7 +546,9 @@ def _installed(distribution: str) -> bool:
 class _NamedJit:
     """``jax.jit`` of ``f(values, *args)`` with a name and the ``trace_count`` that ``ud.function`` reports. The
     arguments that are not arrays (Python numbers, bools, None, strings, functions) are baked in, as the jax
-    backend's ``ud.function`` bakes them (``function._split_static``): each new value traces again."""
+    backend's ``ud.function`` bakes them (``function._split_static``): each new value traces again. Checkified
+    as the jax backend's compiled functions are: a label or index out of range inside it is unidl's
+    ``IndexOutOfRangeError`` after the call (Keras-on-JAX computed with it: a NaN row, a wrong loss)."""
 
     def __init__(self, f, name: str):
         self.trace_count, self.__name__ = 0, name
@@ -544,14 +556,33 @@ class _NamedJit:
 
     def __call__(self, values, *args):
         key, dynamic, rebuild = _with_static_arguments(args)
-        jitted = self._jitted.get(key)
-        if jitted is None:
+        entry = self._jitted.get(key)
+        if entry is None:
             def counted(values, dynamic):
                 self.trace_count += 1
                 return self._f(values, *rebuild(dynamic))
 
-            jitted = self._jitted[key] = jax.jit(counted)
-        return jitted(values, dynamic)
+            checked, raise_failed = value_checked(counted)
+            entry = self._jitted[key] = (jax.jit(checked), raise_failed)
+        jitted, raise_failed = entry
+        error_leaves, result = jitted(values, dynamic)
+        raise_failed(error_leaves)
+        return result
+
+
+def value_checked(f):
+    """``Backend.value_checked``."""
+    def traced(*args, **kwargs):
+        with jax_ops.checkified_trace():
+            return f(*args, **kwargs)
+
+    flat, error_structure = checkified(traced)
+
+    def raise_failed(error_leaves):
+        if error_leaves:
+            raise_failed_check(error_structure, error_leaves)
+
+    return flat, raise_failed
 
 
 def _with_static_arguments(args):

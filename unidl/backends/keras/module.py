@@ -86,6 +86,25 @@ class NativeModel(keras.Model):
         with _step_function_of_its_own(self, "test_step"):
             return super().make_test_function(force)
 
+    def make_predict_function(self, force=False):
+        if self.predict_function is not None and not force:
+            return self.predict_function
+        # Keras's predict step reads ``predict_step`` from the model when jax traces it, after the step is made:
+        # the checked step stays the model's (``predict_step``) for the step made here
+        checked = None
+        if not HOST.keras_state_in_place and self.steps_per_execution == 1:
+            checked = _value_checked(lambda *args, **kwargs: super(NativeModel, self).predict_step(*args, **kwargs))
+        object.__setattr__(self, "_unidl_checked_predict", checked)
+        token = _FAILED_CHECKS_RAISED.set(None if checked is None else checked[1])
+        try:
+            return super().make_predict_function(force)
+        finally:
+            _FAILED_CHECKS_RAISED.reset(token)
+
+    def predict_step(self, *args, **kwargs):
+        checked = self.__dict__.get("_unidl_checked_predict")
+        return super().predict_step(*args, **kwargs) if checked is None else checked[0](*args, **kwargs)
+
     def _make_function(self, step_function, *args, **kwargs):
         """Keras's per-call step over ``step_function`` (its jitted ``train_step``, ``test_step`` or predict step);
         where Keras's trainer threads the state through the step as values (Keras-on-JAX, which donates them to
@@ -93,11 +112,14 @@ class NativeModel(keras.Model):
         made = super()._make_function(step_function, *args, **kwargs)
         if HOST.keras_state_in_place or self.steps_per_execution != 1:  # (several steps a call: Keras's loop)
             return made
+        raise_failed = _FAILED_CHECKS_RAISED.get()  # (the value checks of a train, evaluation or predict step)
 
         def iterator_step(state, iterator):
             data = next(iterator)
-            kept = _KEPT_STATE.get()
-            kept = kept[1] if kept is not None and kept[0] is self else []  # (none: a call of Keras's own)
+            call = _KEPT_STATE.get()
+            kept, checks = (call[1], call[2]) if call is not None and call[0] is self else ([], None)  # (Keras's own)
+            if checks:  # an earlier step of the call failed a check? (those that have run, without waiting)
+                _raise_failed_checks(checks, wait=len(checks) >= _CHECKS_PENDING)
             kept[:] = [(None, state)]
             # the step's outputs stored from C (``map``, slice assignment): no point between its return and the
             # store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
@@ -113,7 +135,18 @@ class NativeModel(keras.Model):
                         f"the train step of {type(self).__name__} writes new variables each time it is traced "
                         f"({again.variables}): create modules and variables outside the forward and call them "
                         f"inside it") from None
-            return kept[0]
+            if raise_failed is None:
+                return kept[0]
+            (outputs, failed), state = kept[0]
+            if failed and checks is not None:
+                checks.append((raise_failed, failed))  # (read at a next step, or as the call ends: KeptStepState)
+            elif failed:  # (a call of Keras's own: read now, the state the step computed put back first)
+                try:
+                    raise_failed(failed)
+                except Exception:
+                    _write_state_back(self, state)
+                    raise
+            return outputs, state
 
         return iterator_step
 
@@ -256,11 +289,36 @@ def _step_function_of_its_own(native, name):
     run the trace of an earlier one still alive (the keras backend keeps a model's last compiles), with its loss,
     optimizer and constants."""
     method = getattr(type(native), name)
-    object.__setattr__(native, name, lambda *args, **kwargs: method(native, *args, **kwargs))
+    step, raise_failed = lambda *args, **kwargs: method(native, *args, **kwargs), None
+    if not HOST.keras_state_in_place and native.steps_per_execution == 1:  # (NativeModel._make_function's steps)
+        step, raise_failed = _value_checked(step)
+    object.__setattr__(native, name, step)
+    token = _FAILED_CHECKS_RAISED.set(raise_failed)
     try:
         yield
     finally:
+        _FAILED_CHECKS_RAISED.reset(token)
         object.__delattr__(native, name)
+
+
+#: while Keras makes a step over a ``_value_checked`` function: what raises the checks that failed in its calls
+_FAILED_CHECKS_RAISED: contextvars.ContextVar = contextvars.ContextVar("unidl_failed_checks_raised", default=None)
+
+
+def _value_checked(step):
+    """``(checked step, raise_failed)``: Keras-on-JAX's ``train_step``/``test_step``/``predict_step`` (``(outputs,
+    state)`` of ``(state, data)``), which Keras's trainer compiles by a ``jax.jit`` of its own, with the value checks of
+    unidl's ops inside it (an index or a label out of range) staged by the host (``value_checked``: checkify), the
+    failed ones as a second output beside Keras's: ``((outputs, failed), state)``, so that the state stays the
+    second element where ``KeptStepState`` reads it. Without them the step computed with a label out of range (a
+    finite, wrong loss, a NaN row) where every other backend raises ``IndexOutOfRangeError``."""
+    checked, raise_failed = HOST.value_checked(step)
+
+    def checked_step(*args, **kwargs):
+        failed, (outputs, state) = checked(*args, **kwargs)
+        return (outputs, failed), state
+
+    return checked_step, raise_failed
 
 
 @contextlib.contextmanager
@@ -374,7 +432,7 @@ class KeptStepState:
     ``__exit__`` switches it back in Python, so that a Ctrl-C landing there left gradients off for good, and the
     next train step or ``fit`` failed ("element 0 of tensors does not require grad")."""
 
-    __slots__ = ("_native", "_token", "_kept", "_modes")
+    __slots__ = ("_native", "_token", "_kept", "_checks", "_modes")
 
     def __init__(self, native):
         self._native = native
@@ -385,8 +443,8 @@ class KeptStepState:
         if HOST.keras_state_in_place:
             self._kept = None
             return self
-        self._kept = []
-        self._token = _KEPT_STATE.set((native, self._kept))
+        self._kept, self._checks = [], []
+        self._token = _KEPT_STATE.set((native, self._kept, self._checks))
         return self
 
     def __exit__(self, error_type, error, traceback):
@@ -397,7 +455,36 @@ class KeptStepState:
         _KEPT_STATE.reset(self._token)
         if error_type is not None and self._kept and _some_variable_emptied(self._native, len(self._kept[0][1])):
             _write_state_back(self._native, self._kept[0][1])
+        while error_type is None and self._checks:  # the last steps' value checks, once Keras has written back
+            _raise_failed_checks(self._checks, wait=True)
         return False
+
+
+def checks_read(native) -> None:
+    """Raise unidl's error for a failed value check of the steps the ``KeptStepState`` call of ``native`` running
+    in this thread has made (``BatchRelay``: after each of ``ud.fit``'s batches, where Keras's state is read anyway,
+    so that a label out of range is that error rather than the non-finite guard's a step later)."""
+    call = _KEPT_STATE.get()
+    while call is not None and call[0] is native and call[2]:
+        _raise_failed_checks(call[2], wait=True)
+
+
+#: how many steps of a ``KeptStepState`` call may run before the value checks of the first are read, waiting
+_CHECKS_PENDING = 3
+
+
+def _raise_failed_checks(checks: list, wait: bool) -> None:
+    """Raise unidl's error for the value checks (an index or a label out of range) that the steps of a
+    ``KeptStepState`` call reported, kept in ``checks`` as ``(raise_failed, failed)`` (``_value_checked``), oldest
+    first: those whose step has run (and the oldest, with ``wait``, once it has). They are read after their step,
+    at a later step or as the call ends, so that reading them does not make Keras's Python wait for the device
+    after every step (150 µs a ``train_on_batch`` of a small MLP; ``fit`` dispatches steps ahead); the model then
+    holds the state of the steps that ran, at most ``_CHECKS_PENDING`` past the one that failed (the jax backend's
+    compiled steps stop at that one)."""
+    while checks and (wait or checks[0][1][0].is_ready()):
+        raise_failed, failed = checks.pop(0)
+        raise_failed(failed)
+        wait = False
 
 
 @contextlib.contextmanager
@@ -514,6 +601,7 @@ class BatchRelay(keras.callbacks.Callback):
         # during an epoch (Keras-on-JAX's ``jax_state_sync``; a no-op elsewhere): ud.fit's callbacks (a
         # checkpoint, the optimizer's ``last_step_finite``) read the weights, slots and trackers after this batch
         model = self.model  # (the property's sync is the point)
+        checks_read(model)  # (a label out of range in this batch: its error, not the guard's NaN loss after it)
         if self._delivered is not None:
             self._delivered()
         self.logs = self._logs_of(logs or {})  # Keras's logs as ud.fit's: the loss and each metric's value
