@@ -397,6 +397,30 @@ def test_the_bce_ops_of_targets_of_another_shape_are_one_error(mode):
     np.testing.assert_allclose(weighted, expected.numpy(), rtol=1e-6)
 
 
+def test_a_bce_weight_or_pos_weight_that_does_not_broadcast_to_the_input_is_one_error(mode):
+    """A class ``weight`` of ``binary_cross_entropy`` or ``BCEWithLogitsLoss``, or its ``pos_weight``, that does not
+    broadcast to the input's shape is a ``ShapeMismatchError`` naming both shapes, as PyTorch refuses it (the
+    frameworks raised each their own error, or broadcast the loss to a larger shape); one that does is used as
+    PyTorch uses it, through ``ud.ops.binary_cross_entropy_with_logits`` too."""
+    logits, targets = X[0, 0, :3, :2], np.ones((3, 2), np.float32)
+    with pytest.raises(RuntimeError):
+        F.binary_cross_entropy_with_logits(torch.tensor(logits), torch.tensor(targets), pos_weight=torch.ones(3))
+    losses = ud.nn.BCEWithLogitsLoss(pos_weight=[1.0, 2.0, 3.0]), ud.nn.BCEWithLogitsLoss(weight=np.ones((4, 3, 2)))
+    raises_exactly(ud.ShapeMismatchError, "binary_cross_entropy_with_logits: pos_weight of shape (3,) does not "
+                   "broadcast to the input's shape (3, 2)", run, mode, lambda x, y: losses[0](x, y), logits, targets)
+    raises_exactly(ud.ShapeMismatchError, "binary_cross_entropy_with_logits: weight of shape (4, 3, 2) does not "
+                   "broadcast to the input's shape (3, 2)", run, mode, lambda x, y: losses[1](x, y), logits, targets)
+    raises_exactly(ud.ShapeMismatchError, "binary_cross_entropy: weight of shape (3,) does not broadcast to the "
+                   "input's shape (3, 2)", run, mode,
+                   lambda x, y: ud.ops.binary_cross_entropy(ud.ops.sigmoid(x), y, [1.0, 2.0, 3.0]), logits, targets)
+    got = run(mode, lambda x, y: ud.ops.binary_cross_entropy_with_logits(x, y, [[2.0], [1.0], [0.5]],
+                                                                           pos_weight=[3.0, 0.5]), logits, targets)
+    expected = F.binary_cross_entropy_with_logits(torch.tensor(logits), torch.tensor(targets),
+                                                  torch.tensor([[2.0], [1.0], [0.5]]),
+                                                  pos_weight=torch.tensor([3.0, 0.5]))
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
+
+
 def test_argmax_counts_nan_as_the_largest_value(mode):
     """``ud.ops.argmax`` over rows with NaN gives the first NaN's index, as torch (tensorflow and keras skipped NaN)."""
     values = np.array([[1.0, np.nan, 3.0, np.nan], [1.0, 5.0, 3.0, 2.0], [np.inf, 0.0, np.nan, 1.0]], np.float32)

@@ -186,6 +186,35 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
     return require(prediction, same, template, a + b)
 
 
+def check_broadcasts_to(owner, what, weight, x):
+    """``x``, after checking that ``weight`` (a class weight, a loss's ``pos_weight``) broadcasts to ``x``'s shape
+    (NumPy's rule from the last axis, the result keeping ``x``'s shape), as PyTorch refuses it otherwise (the
+    frameworks raised each their own error, or broadcast both ways): a ``ShapeMismatchError`` naming both shapes,
+    now or, for sizes a graph knows only when it runs, then (use the returned ``x`` after it)."""
+    if weight is None or getattr(x.shape, "rank", 0) is None or getattr(weight.shape, "rank", 0) is None:
+        return x  # (a graph traced for any rank: as check_same_shape)
+    sizes, inputs = sizes_of(weight), sizes_of(x)
+
+    def template():
+        return (f"{literal(owner)}: {what} of shape {shape_template(len(sizes))} does not broadcast to the input's "
+                f"shape {shape_template(len(inputs))}")
+
+    if len(sizes) > len(inputs):
+        return require(x, False, template, sizes + inputs)
+    fits = all_of(_either(holds(size == 1), holds(size == axis))
+                  for size, axis in zip(sizes, inputs[len(inputs) - len(sizes):]))
+    return require(x, fits, template, sizes + inputs)
+
+
+def _either(a, b):
+    """The disjunction of two bools or boolean scalar tensors: a bool when it is decided."""
+    if a is True or b is True:
+        return True
+    if a is False or b is False:
+        return b if a is False else a
+    return a | b
+
+
 def check_floating(owner, x) -> None:
     """``DtypeMismatchError`` for integer (or boolean) input to a layer whose weights are floats: every
     framework refuses it in its own words (or, on jax, silently promotes it); unidl converts NumPy floats to

@@ -1053,7 +1053,29 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     probabilities = input_checks.check_same_shape("binary_cross_entropy", probabilities, target,
                                                   names=("probabilities", "target"))
     weight = input_checks.as_tensor("binary_cross_entropy", "weight", weight, like=probabilities)
+    probabilities = input_checks.check_broadcasts_to("binary_cross_entropy", "weight", weight, probabilities)
     losses = -(target * clip(log(probabilities), -100.0) + (1 - target) * clip(log(1 - probabilities), -100.0))
+    if weight is not None:
+        losses = losses * weight
+    return _reduced(losses, reduction)
+
+
+def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mean", pos_weight=None):
+    """``torch.nn.functional.binary_cross_entropy_with_logits``: ``bce_with_logits`` with ``weight`` (each element's,
+    broadcast) and ``pos_weight`` (the positive term's weight, broadcast from the last axis: one per class), as
+    PyTorch computes them: ((1 - t) * x + (1 + (pos_weight - 1) * t) * softplus(-x)) * weight. Either of another
+    shape than broadcasts to the logits' is a ``ShapeMismatchError``, as ``target`` of another shape than theirs."""
+    owner = "binary_cross_entropy_with_logits"
+    logits = input_checks.as_tensor(owner, "logits", logits)
+    target = cast_like(target, logits)
+    logits = input_checks.check_same_shape(owner, logits, target, names=("logits", "target"))
+    weight, pos_weight = (input_checks.as_tensor(owner, what, w, like=logits)
+                          for what, w in (("weight", weight), ("pos_weight", pos_weight)))
+    logits = input_checks.check_broadcasts_to(owner, "weight", weight, logits)
+    logits = input_checks.check_broadcasts_to(owner, "pos_weight", pos_weight, logits)
+    losses = _ops().bce_with_logits(logits, target, "none")
+    if pos_weight is not None:  # softplus(-x) as max(-x, 0) + log1p(exp(-|x|)): PyTorch's gradient at 0 (ties split)
+        losses = losses + (pos_weight - 1) * target * (maximum(-logits, 0.0) + log1p(exp(-abs(logits))))
     if weight is not None:
         losses = losses * weight
     return _reduced(losses, reduction)

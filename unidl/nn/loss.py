@@ -75,12 +75,28 @@ class L1Loss(_Loss):
 
 
 class BCEWithLogitsLoss(_Loss):
-    """Binary cross-entropy on logits: reduce(max(x, 0) - x*t + log(1 + exp(-|x|))), numerically stable."""
+    """Binary cross-entropy on logits: reduce(max(x, 0) - x*t + log(1 + exp(-|x|))), numerically stable, as
+    ``torch.nn.BCEWithLogitsLoss``: ``weight`` rescales each element's loss (it broadcasts against the input),
+    ``pos_weight`` the positive term (one per class, along the last axis: above 1 favours recall), both buffers
+    of the module as in PyTorch (``ud.ops.binary_cross_entropy_with_logits``)."""
+
+    def __init__(self, weight=None, reduction: str = "mean", pos_weight=None):
+        if isinstance(weight, str):  # BCEWithLogitsLoss('sum'): the reduction, positionally
+            weight, reduction = None, weight
+        super().__init__(reduction)
+        for name, value in (("weight", weight), ("pos_weight", pos_weight)):
+            if value is not None:
+                self.register_buffer(name, np.asarray(value, dtype=np.float64))
+            else:
+                setattr(self, name, None)
 
     def forward(self, logits, targets):
         logits = self._check_same_shape(logits, targets)
         _check_float_targets(self, targets)
-        return self._ops.bce_with_logits(logits, targets, self.reduction)
+        if self.weight is None and self.pos_weight is None:
+            return self._ops.bce_with_logits(logits, targets, self.reduction)
+        return functional.binary_cross_entropy_with_logits(logits, targets, self.weight, self.reduction,
+                                                           self.pos_weight)
 
 
 def _check_float_targets(loss, targets) -> None:

@@ -447,7 +447,11 @@ def _cross_entropy(logits, labels, checked, reduction, ignore_index):
 def bce_with_logits(logits, targets, reduction="mean"):
     logits = _v(logits)
     targets = jnp.asarray(_v(targets), logits.dtype)
-    losses = jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    # max(x, 0) and -|x| as selects on x >= 0 (TensorFlow's arithmetic): PyTorch's gradient at x = 0, sigmoid(0) - t
+    # (jnp.maximum splits the tie and jnp.abs has slope 1 there: -t)
+    positive = logits >= 0
+    negative_abs = jnp.where(positive, -logits, logits)
+    losses = jnp.where(positive, logits, 0) - logits * targets + jnp.log1p(jnp.exp(negative_abs))
     return _reduce(losses, reduction)
 
 

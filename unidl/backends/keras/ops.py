@@ -350,8 +350,11 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
 
 
 def bce_with_logits(logits, targets, reduction="mean"):
+    # max(x, 0) and -|x| as selects on x >= 0 (TensorFlow's own arithmetic): PyTorch's gradient at x = 0, sigmoid(0) -
+    # t (maximum's and abs's rules there gave 1 - t on TensorFlow, -t on JAX)
     targets = K.cast(targets, logits.dtype)
-    losses = K.maximum(logits, 0) - logits * targets + K.log1p(K.exp(-K.abs(logits)))
+    positive = logits >= 0
+    losses = K.where(positive, logits, 0) - logits * targets + K.log1p(K.exp(K.where(positive, -logits, logits)))
     return _reduce(losses, reduction)
 
 
