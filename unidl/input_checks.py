@@ -405,6 +405,9 @@ def check_integer(owner, what, x):
         x = value_as_tensor(owner, what, x)
     dtype = getattr(x, "dtype", None)
     if dtype is None:
+        if x is None or isinstance(x, bytes):  # (the frameworks raised each their own error)
+            raise TypeError(f"{literal(owner)}: {what} must be integers (a tensor, a NumPy array or a list), got "
+                            f"{type(x).__name__}")
         return x
     if not is_integer(dtype):
         raise DtypeMismatchError(f"{literal(owner)}: {what} must be integers, got {dtype_name(dtype)} {what}; convert "
@@ -446,6 +449,7 @@ def as_tensor(owner, what, x, like=None):
     loss module gave float32 everywhere; a list of class weights was an ``AttributeError`` on every backend."""
     if isinstance(x, CONVERTED):
         if like is not None:
+            _check_no_tensors(owner, what, x)  # (named as the caller's argument, not cast_like's)
             return ops.cast_like(x, like)
         return value_as_tensor(owner, what, x)
     return x

@@ -419,6 +419,7 @@ def parity_rules():
                  test_function.test_python_values_reach_the_function_as_they_are,
                  test_sparse.test_embedding_index_out_of_range_eagerly_and_in_ud_function,
                  test_sparse.test_embedding_index_out_of_range_in_train_step,
+                 test_sparse.test_index_checks_in_compiled_functions_nested_or_of_several_shapes,
                  test_sparse.test_an_index_out_of_range_in_fit_evaluate_or_predict_is_the_error,
                  test_sparse.test_take_gather_and_labels_out_of_range):
         try:

@@ -2,6 +2,8 @@
 ``IndexOutOfRangeError`` on every backend, eagerly, inside ``ud.function`` and inside a training step (where
 TensorFlow's CPU gather would silently return zeros)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -25,15 +27,50 @@ def test_embedding_index_out_of_range_eagerly_and_in_ud_function(backend):
 
 
 def test_embedding_index_out_of_range_in_train_step(backend, rng):
+    """The step that raises changes nothing (weights, optimizer state: Keras-on-JAX's applied its update)."""
     model = ud.nn.Sequential(ud.nn.Embedding(5, 2), ud.nn.Flatten(), ud.nn.Linear(6, 2))
-    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer)
     labels = np.array([0, 1])
     step(GOOD, labels)
-    before = model.state_dict()
+    before, slots = model.state_dict(), optimizer.state_dict()
     with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
         step(TOO_LARGE, labels)
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"CrossEntropyLoss labels must lie in \[0, 2\)"):
+        step(GOOD, np.array([0, 2]))
+    after = model.state_dict()
+    assert all(np.array_equal(after[key], before[key]) for key in before)
+    assert str(optimizer.state_dict()) == str(slots)
     step(GOOD, labels)  # the step still works afterwards
     assert not np.array_equal(model.state_dict()["0.weight"], before["0.weight"])
+
+
+def test_index_checks_in_compiled_functions_nested_or_of_several_shapes(backend):
+    """A ``ud.function`` that checks indices, called inside another (or a model's forward in a train step), stays
+    compiled and its check raises from the outer one (Keras-on-JAX and JAX demoted it to eager with a warning); one
+    traced for two shapes names the range of the call's (Keras-on-JAX named the last trace's); a check that fails
+    after a BatchNorm in training leaves the running statistics that BatchNorm wrote, as torch's eager call."""
+    embed = ud.nn.Embedding(5, 2)
+    inner = ud.function(lambda tokens: embed(tokens))
+    outer = ud.function(lambda tokens: ud.ops.sum(inner(tokens)) * 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ud.RetraceWarning)  # (running eagerly, as a retrace, is a RetraceWarning)
+        assert np.isfinite(float(outer(ud.tensor(GOOD))))
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
+            outer(ud.tensor(TOO_LARGE))
+    take = ud.function(lambda x, i: ud.ops.take(x, i))
+    for size in (5, 3, 5):
+        take(ud.tensor(np.arange(float(size))), ud.tensor(np.array([1])))
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"take indices must lie in \[0, 5\)"):
+        take(ud.tensor(np.arange(5.0)), ud.tensor(np.array([7])))
+    norm = ud.nn.BatchNorm1d(2)
+    normalized = ud.function(lambda x, i: ud.ops.take(norm(x), i))
+    x = ud.tensor(np.arange(8.0).reshape(4, 2))
+    normalized(x, ud.tensor(np.array([0, 1])))
+    with pytest.raises(ud.IndexOutOfRangeError):
+        normalized(x, ud.tensor(np.array([0, 9])))
+    assert int(norm.state_dict()["num_batches_tracked"]) == 2
+    np.testing.assert_allclose(norm.state_dict()["running_mean"], [0.57, 0.76], rtol=1e-6)
 
 
 def test_an_index_out_of_range_in_fit_evaluate_or_predict_is_the_error(backend):

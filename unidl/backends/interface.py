@@ -40,7 +40,8 @@ class Backend(abc.ABC):
     #: (JAX): the keras backend then passes the variables' values in through a ``keras.StatelessScope``
     #: (``keras/stateless.py``), which needs ``value_and_grad_of_values``, ``jit_of_values``, ``eval_shape``
     #: and ``tracer_value_errors`` of this backend, and trains through Keras's own ``train_on_batch`` / ``fit``,
-    #: whose jitted steps it checks with this backend's ``value_checked`` (see the jax backend's)
+    #: whose jitted steps it checks with this backend's ``value_checked`` (see the jax backend's; what
+    #: ``jit_of_values`` compiles has ``call_unchecked`` too)
     keras_state_in_place: bool = True
     #: names of this backend's ops that take Keras's tensors and variables as they are, so that the keras
     #: backend uses them as its own ops when Keras runs on this framework (faster than ``keras.ops``)

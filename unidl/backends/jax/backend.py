@@ -555,7 +555,17 @@ class _NamedJit:
         self._f, self._jitted = f, {}
 
     def __call__(self, values, *args):
+        result, check = self.call_unchecked(values, *args)
+        check()
+        return result
+
+    def call_unchecked(self, values, *args):
+        """``(result, check)``: the call, and ``check()`` raising unidl's error for a value check that failed in
+        it, for a caller that writes the state the call computed first (``keras/stateless.py``), as the jax
+        backend's compiled functions write theirs before they raise. One ``jax.jit`` for each shape of the
+        arrays, so that a call inside another compiled function passes its checks to that one's."""
         key, dynamic, rebuild = _with_static_arguments(args)
+        key = (key, tuple((array.shape, array.dtype) for array in dynamic if hasattr(array, "shape")))
         entry = self._jitted.get(key)
         if entry is None:
             def counted(values, dynamic):
@@ -566,8 +576,7 @@ class _NamedJit:
             entry = self._jitted[key] = (jax.jit(checked), raise_failed)
         jitted, raise_failed = entry
         error_leaves, result = jitted(values, dynamic)
-        raise_failed(error_leaves)
-        return result
+        return result, functools.partial(raise_failed, error_leaves)
 
 
 def value_checked(f):

@@ -111,10 +111,12 @@ def checkified(f):
     """``(flat, error_structure)``: ``flat(*args)`` is ``f``'s ``(checkify's error as a list of arrays, result)``,
     with the value checks of unidl's ops inside it (``ops.check_index``, ``ops.check_shape``: ``f`` traces them
     inside ``jax_ops.checkified_trace``) staged by checkify, for a ``jax.jit`` of ``flat``; ``error_structure``
-    (a list) holds the error's structures of its traces, for ``raise_failed_check``. The list of arrays is empty for
-    a trace without value checks, so that its calls skip rebuilding the error object in Python (a few µs a step);
-    otherwise its first array says whether any check failed (any of checkify's predicates, its boolean leaves), so
-    that a call whose checks passed reads one scalar (rebuilding and reading checkify's error: 38 µs a call)."""
+    (a list) holds the error's structure of each of its traces (one ``jax.jit`` traces again for new shapes, whose
+    checks say other things), for ``raise_failed_check``. The list of arrays is empty for a trace without value
+    checks, so that its calls skip rebuilding the error object in Python (a few µs a step); otherwise it starts with
+    whether any check failed (any of checkify's predicates, its boolean leaves) and the trace's number in
+    ``error_structure``, so that a call whose checks passed reads one scalar (rebuilding and reading checkify's
+    error: 38 µs a call)."""
     checked = checkify.checkify(f, errors=checkify.user_checks)
     error_structure = []
 
@@ -122,12 +124,13 @@ def checkified(f):
         with error_codes_numbered_per_trace():
             error, out = checked(*args)
         error_leaves, structure = jax.tree_util.tree_flatten(error)
-        if structure not in error_structure:  # (one jit's traces for several shapes: each may check other things)
+        if not error_leaves:
+            return error_leaves, out
+        if structure not in error_structure:
             error_structure.append(structure)
         flags = [jnp.any(leaf) for leaf in error_leaves if leaf.dtype == jnp.bool_]
-        if error_leaves:
-            error_leaves = [functools.reduce(jnp.logical_or, flags, jnp.bool_(not flags)), *error_leaves]
-        return error_leaves, out
+        failed = functools.reduce(jnp.logical_or, flags, jnp.bool_(not flags))
+        return [failed, jnp.int32(error_structure.index(structure)), *error_leaves], out
 
     return flat, error_structure
 
@@ -135,13 +138,17 @@ def checkified(f):
 def raise_failed_check(error_structure, error_leaves) -> None:
     """Raise the unidl error (``IndexOutOfRangeError``, ``ShapeMismatchError``) of a value check that a call of a
     ``checkified`` function reports in ``error_leaves`` (nothing if none failed), or checkify's own error for a check
-    that is not unidl's."""
-    if not error_leaves[0]:  # (no check failed)
+    that is not unidl's. Called inside another checkified trace (a ``ud.function`` in a compiled step), the checks
+    go into that trace's (its single trace's structure: one ``jax.jit`` a shape, as ``StatefulJit`` and the keras
+    backend's ``ud.function`` keep them)."""
+    failed, index, error_leaves = error_leaves[0], error_leaves[1], error_leaves[2:]
+    if isinstance(failed, jax.core.Tracer):
+        checkify.check_error(jax.tree_util.tree_unflatten(error_structure[-1], error_leaves))
         return
-    error_leaves = error_leaves[1:]
-    structure = next(s for s in reversed(error_structure) if s.num_leaves == len(error_leaves))
+    if not failed:  # (no check failed)
+        return
     try:
-        jax.tree_util.tree_unflatten(structure, error_leaves).throw()
+        jax.tree_util.tree_unflatten(error_structure[int(index)], error_leaves).throw()
     except checkify.JaxRuntimeError as runtime_error:  # an in-graph check (ops.check_index, ops.check_shape) failed
         marked = marked_error_from(runtime_error)
         if marked is None:

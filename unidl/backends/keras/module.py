@@ -89,21 +89,23 @@ class NativeModel(keras.Model):
     def make_predict_function(self, force=False):
         if self.predict_function is not None and not force:
             return self.predict_function
-        # Keras's predict step reads ``predict_step`` from the model when jax traces it, after the step is made:
-        # the checked step stays the model's (``predict_step``) for the step made here
-        checked = None
-        if not HOST.keras_state_in_place and self.steps_per_execution == 1:
-            checked = _value_checked(lambda *args, **kwargs: super(NativeModel, self).predict_step(*args, **kwargs))
-        object.__setattr__(self, "_unidl_checked_predict", checked)
-        token = _FAILED_CHECKS_RAISED.set(None if checked is None else checked[1])
+        # Keras's predict step reads ``predict_step`` from the model when jax traces it, at its first call: the
+        # checked one is this predict function's own, handed to ``predict_step`` while its calls trace it
+        # (``_make_function``), never stored on the model (a predict function made earlier and kept by a compile
+        # has its own)
+        checking = None
+        if _checks_values(self):
+            checking = _value_checked(lambda *args, **kwargs: super(NativeModel, self).predict_step(*args, **kwargs),
+                                      keeps_state=False)
+        token = _CHECKING_MADE.set(checking)
         try:
             return super().make_predict_function(force)
         finally:
-            _FAILED_CHECKS_RAISED.reset(token)
+            _CHECKING_MADE.reset(token)
 
     def predict_step(self, *args, **kwargs):
-        checked = self.__dict__.get("_unidl_checked_predict")
-        return super().predict_step(*args, **kwargs) if checked is None else checked[0](*args, **kwargs)
+        traced = _PREDICT_STEP_TRACED.get()  # (this predict function's checked step, while its call traces it)
+        return super().predict_step(*args, **kwargs) if traced is None else traced(*args, **kwargs)
 
     def _make_function(self, step_function, *args, **kwargs):
         """Keras's per-call step over ``step_function`` (its jitted ``train_step``, ``test_step`` or predict step);
@@ -112,7 +114,8 @@ class NativeModel(keras.Model):
         made = super()._make_function(step_function, *args, **kwargs)
         if HOST.keras_state_in_place or self.steps_per_execution != 1:  # (several steps a call: Keras's loop)
             return made
-        raise_failed = _FAILED_CHECKS_RAISED.get()  # (the value checks of a train, evaluation or predict step)
+        checking = _CHECKING_MADE.get()  # (the value checks of a train, evaluation or predict step)
+        raise_failed, traced = (None, None) if checking is None else (checking[1], checking[2])
 
         def iterator_step(state, iterator):
             data = next(iterator)
@@ -121,6 +124,7 @@ class NativeModel(keras.Model):
             if checks:  # an earlier step of the call failed a check? (those that have run, without waiting)
                 _raise_failed_checks(checks, wait=len(checks) >= _CHECKS_PENDING)
             kept[:] = [(None, state)]
+            token = None if traced is None else _PREDICT_STEP_TRACED.set(traced)
             # the step's outputs stored from C (``map``, slice assignment): no point between its return and the
             # store where Python raises a Ctrl-C's KeyboardInterrupt, which would drop them
             try:
@@ -135,12 +139,15 @@ class NativeModel(keras.Model):
                         f"the train step of {type(self).__name__} writes new variables each time it is traced "
                         f"({again.variables}): create modules and variables outside the forward and call them "
                         f"inside it") from None
+            finally:
+                if token is not None:
+                    _PREDICT_STEP_TRACED.reset(token)
             if raise_failed is None:
                 return kept[0]
             (outputs, failed), state = kept[0]
             if failed and checks is not None:
                 checks.append((raise_failed, failed))  # (read at a next step, or as the call ends: KeptStepState)
-            elif failed:  # (a call of Keras's own: read now, the state the step computed put back first)
+            elif failed:  # (a call of Keras's own: read now, the state the step gave back put back first)
                 try:
                     raise_failed(failed)
                 except Exception:
@@ -287,38 +294,56 @@ def _step_function_of_its_own(native, name):
     compiled step over it: ``jax.jit`` keeps its traces by function, and the bound method is equal for every
     compile of the model, so a new jitted step (a new compile, or one made again for an option bound since) would
     run the trace of an earlier one still alive (the keras backend keeps a model's last compiles), with its loss,
-    optimizer and constants."""
+    optimizer and constants. Where the step is jitted on Keras-on-JAX, one whose value checks are staged
+    (``_value_checked``)."""
     method = getattr(type(native), name)
-    step, raise_failed = lambda *args, **kwargs: method(native, *args, **kwargs), None
-    if not HOST.keras_state_in_place and native.steps_per_execution == 1:  # (NativeModel._make_function's steps)
-        step, raise_failed = _value_checked(step)
+    step, checking = lambda *args, **kwargs: method(native, *args, **kwargs), None
+    if _checks_values(native):
+        checking = _value_checked(step, keeps_state=True)
+        step = checking[0]
     object.__setattr__(native, name, step)
-    token = _FAILED_CHECKS_RAISED.set(raise_failed)
+    token = _CHECKING_MADE.set(checking)
     try:
         yield
     finally:
-        _FAILED_CHECKS_RAISED.reset(token)
+        _CHECKING_MADE.reset(token)
         object.__delattr__(native, name)
 
 
-#: while Keras makes a step over a ``_value_checked`` function: what raises the checks that failed in its calls
-_FAILED_CHECKS_RAISED: contextvars.ContextVar = contextvars.ContextVar("unidl_failed_checks_raised", default=None)
+def _checks_values(native) -> bool:
+    """Whether Keras's steps of ``native`` made now get their value checks staged: where Keras's trainer threads the
+    state as values (Keras-on-JAX) and jits one step a call (``NativeModel._make_function``'s steps); not eagerly
+    (``run_eagerly``: the ops check concrete values as they run)."""
+    return (not HOST.keras_state_in_place and native.steps_per_execution == 1 and native.jit_compile
+            and not native.run_eagerly)
 
 
-def _value_checked(step):
-    """``(checked step, raise_failed)``: Keras-on-JAX's ``train_step``/``test_step``/``predict_step`` (``(outputs,
-    state)`` of ``(state, data)``), which Keras's trainer compiles by a ``jax.jit`` of its own, with the value checks of
-    unidl's ops inside it (an index or a label out of range) staged by the host (``value_checked``: checkify), the
-    failed ones as a second output beside Keras's: ``((outputs, failed), state)``, so that the state stays the
-    second element where ``KeptStepState`` reads it. Without them the step computed with a label out of range (a
-    finite, wrong loss, a NaN row) where every other backend raises ``IndexOutOfRangeError``."""
+#: while Keras makes a step over a ``_value_checked`` function: ``(checked step, raise_failed, the step to trace
+#: for a predict step or None)``, which ``NativeModel._make_function`` keeps for the step's calls
+_CHECKING_MADE: contextvars.ContextVar = contextvars.ContextVar("unidl_checking_made", default=None)
+#: while a predict function's call may trace its step: that function's checked ``predict_step``
+_PREDICT_STEP_TRACED: contextvars.ContextVar = contextvars.ContextVar("unidl_predict_step_traced", default=None)
+
+
+def _value_checked(step, keeps_state: bool):
+    """``(checked step, raise_failed, traced)``: Keras-on-JAX's ``train_step``/``test_step`` (``(outputs, state)``
+    of ``(state, data)``) or ``predict_step`` (``traced``: the one ``NativeModel.predict_step`` gives its trace),
+    which Keras's trainer compiles by a ``jax.jit`` of its own, with the value checks of unidl's ops inside it (an
+    index or a label out of range) staged by the host (``value_checked``: checkify), the failed ones as a second
+    output beside Keras's: ``((outputs, failed), state)``, so that the state stays the second element where
+    ``KeptStepState`` reads it. Without them the step computed with a label out of range (a finite, wrong loss, a
+    NaN row) where every other backend raises ``IndexOutOfRangeError``. ``keeps_state``: a step whose checks
+    failed gives back the state it was given (a train step's update is not applied, as on every backend)."""
     checked, raise_failed = HOST.value_checked(step)
 
-    def checked_step(*args, **kwargs):
-        failed, (outputs, state) = checked(*args, **kwargs)
-        return (outputs, failed), state
+    def checked_step(state, *args, **kwargs):
+        failed, (outputs, new_state) = checked(state, *args, **kwargs)
+        if failed and keeps_state:
+            new_state = keras.tree.map_structure(lambda old, new: keras.ops.where(failed[0], old, new), state,
+                                                 new_state)
+        return (outputs, failed), new_state
 
-    return checked_step, raise_failed
+    return checked_step, raise_failed, None if keeps_state else checked_step
 
 
 @contextlib.contextmanager
@@ -478,9 +503,9 @@ def _raise_failed_checks(checks: list, wait: bool) -> None:
     ``KeptStepState`` call reported, kept in ``checks`` as ``(raise_failed, failed)`` (``_value_checked``), oldest
     first: those whose step has run (and the oldest, with ``wait``, once it has). They are read after their step,
     at a later step or as the call ends, so that reading them does not make Keras's Python wait for the device
-    after every step (150 µs a ``train_on_batch`` of a small MLP; ``fit`` dispatches steps ahead); the model then
-    holds the state of the steps that ran, at most ``_CHECKS_PENDING`` past the one that failed (the jax backend's
-    compiled steps stop at that one)."""
+    after every step (150 µs a ``train_on_batch`` of a small MLP; ``fit`` dispatches steps ahead). The step that
+    failed gave back the state it was given; in Keras's own loops (``ud.fit`` reads them after each batch:
+    ``checks_read``) up to ``_CHECKS_PENDING`` steps after it may have run (the jax backend's steps stop at it)."""
     while checks and (wait or checks[0][1][0].is_ready()):
         raise_failed, failed = checks.pop(0)
         raise_failed(failed)

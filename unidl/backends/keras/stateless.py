@@ -133,8 +133,10 @@ class StatelessFunction:
         return result, updates
 
     def _run_compiled(self, args):
-        """The compiled call; a trace that reaches new variables compiles again over them too (once per call:
-        a function that reaches new ones at every trace, such as one creating variables, is an error)."""
+        """The compiled call, ``((result, updates), check)`` (``check()`` raises for a value check that failed:
+        after the updates are written, as the jax backend's compiled functions keep them); a trace that reaches new
+        variables compiles again over them too (once per call: a function that reaches new ones at every trace,
+        such as one creating variables, is an error)."""
         if self._options.stale():  # an optimizer bound an option the trace holds as a constant
             if self._compiled is not None:
                 self._earlier_traces += self._compiled.trace_count
@@ -145,7 +147,7 @@ class StatelessFunction:
                 self._compiled = self._host.jit_of_values(self._pure, self.__name__)
             compiled, traces = self._compiled, self._compiled.trace_count
             try:
-                return compiled([v.value for v in self._variables], *args)
+                return compiled.call_unchecked([v.value for v in self._variables], *args)
             except _UnmappedVariables as miss:
                 if attempt:
                     raise GraphConstructError(
@@ -162,9 +164,10 @@ class StatelessFunction:
     def __call__(self, *args):
         if not self._eager:
             try:
-                result, updates = self._run_compiled(args)
+                (result, updates), check = self._run_compiled(args)
                 for index, value in updates.items():
                     self._variables[index].assign(value)
+                check()  # (a label out of range: unidl's error, the writes of the call kept as on every backend)
                 return result
             except self._host.tracer_value_errors as error:
                 self._eager = True
