@@ -1332,6 +1332,23 @@ def test_flatten_from_any_axis_matches_torch(mode, start_dim):
                    f"use one in [-3, 2]", run, mode, lambda x: ud.ops.flatten(x, outside), values)
 
 
+@pytest.mark.parametrize("start_dim, end_dim", [(0, 1), (1, -2), (-2, -2), (0, -1)])
+def test_flatten_between_two_axes_matches_torch(mode, start_dim, end_dim):
+    """``Flatten(start_dim, end_dim)`` collapses the axes between the two, both included, as ``torch.nn.Flatten``
+    (inside graphs traced for any sizes too); an ``end_dim`` the input lacks is a ``ShapeMismatchError``, one before
+    ``start_dim`` a ``ValueError`` (PyTorch's ``RuntimeError``), the same on every backend."""
+    values = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    layer, reference = ud.nn.Flatten(start_dim, end_dim), torch.nn.Flatten(start_dim, end_dim)
+    expected = reference(torch.tensor(values)).numpy()
+    got = run(mode, layer, values)
+    assert got.shape == expected.shape and repr(layer) == repr(reference)
+    np.testing.assert_array_equal(got, expected)
+    raises_exactly(ud.errors.ShapeMismatchError, "Flatten(start_dim=1, end_dim=4) end_dim 4 is out of range for "
+                   "input of 4 axes; use one in [-4, 3]", run, mode, ud.nn.Flatten(1, 4), values)
+    raises_exactly(ValueError, "Flatten(start_dim=2, end_dim=1): start_dim 2 comes after end_dim 1 for input of 4 "
+                   "axes", run, mode, ud.nn.Flatten(2, 1), values)
+
+
 BOUNDS_OUTSIDE = [("clip", "int8", -1000, lambda x: ud.ops.clip(ud.ops.cast(x, "int8"), -1000, 1000)),
                   ("clip", "uint8", -1, lambda x: ud.ops.clip(ud.ops.cast(x, "uint8"), -1, 3)),
                   ("clip", "int32", 2 ** 31, lambda x: ud.ops.clip(ud.ops.cast(x, "int32"), None, 2 ** 31)),

@@ -90,6 +90,51 @@ def test_training_steps_count_batches_and_torch_state_dicts_load_strictly(backen
     assert max_relative_difference(ud.to_numpy(fresh(ud.tensor(x))), expected) < 2e-6
 
 
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 2e-6), ("float64", 1e-12)])
+def test_no_running_statistics_and_no_bias_as_torch(backend, dtype, tolerance):
+    """``BatchNorm*d(track_running_stats=False)`` keeps no running statistics (none in ``state_dict()``) and
+    normalises with the batch's in eval too; ``bias=False`` (BatchNorm, GroupNorm) learns a weight alone: PyTorch's
+    state dict keys, outputs and weight gradients, in training and eval, eagerly and inside ``ud.function``, and a
+    training step that moves the weight alone; the reprs are torch's."""
+    def build(nn):
+        return [nn.BatchNorm2d(3, track_running_stats=False),
+                nn.BatchNorm1d(3, affine=False, track_running_stats=False), nn.BatchNorm2d(3, bias=False),
+                nn.GroupNorm(1, 3, bias=False)]
+
+    batches = [x.astype(dtype) for x in _batches(3, (5, 3, 4, 4))]
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        references = build(tnn)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with ud.use_dtype(dtype):
+        layers = build(ud.nn)
+        for layer, reference in zip(layers, references):
+            assert repr(layer) == repr(reference)
+            assert list(layer.state_dict()) == list(reference.state_dict())
+            for mode in ("train", "eval"):
+                getattr(layer, mode)(), getattr(reference, mode)()
+                for index, x in enumerate(batches):
+                    x = x[:, :, 0, 0] if isinstance(reference, tnn.BatchNorm1d) else x
+                    inputs = torch.tensor(x, requires_grad=True)
+                    expected = reference(inputs)
+                    expected.backward(torch.tensor(x) ** 2)
+                    compute = lambda t: ud.ops.sum(layer(t) * ud.tensor(x) ** 2)
+                    call = ud.function(lambda t: ud.value_and_grad(compute)(t)) if index % 2 else \
+                        ud.value_and_grad(compute)
+                    value, gradient = call(ud.tensor(x))  # (one call a batch: the running statistics move once)
+                    wanted = float((expected * torch.tensor(x) ** 2).sum())
+                    assert abs(float(value) - wanted) < tolerance * abs(wanted), (layer, mode, index)
+                    assert max_relative_difference(ud.to_numpy(gradient), inputs.grad.numpy()) < tolerance * 10
+        model = ud.nn.Sequential(ud.nn.Conv2d(3, 3, 1, bias=False),  # (a bias before it would get no gradient)
+                                 ud.nn.BatchNorm2d(3, bias=False, track_running_stats=False))
+        before = model.state_dict()
+        ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))(batches[0], batches[1])
+        after = model.state_dict()
+        assert list(after) == ["0.weight", "1.weight"]
+        assert all(not np.array_equal(after[key], before[key]) for key in after)
+
+
 def test_bad_momentum_is_a_clear_error():
     with pytest.raises(ValueError, match=r"BatchNorm2d momentum=1.5 is invalid: it must lie in \[0.0, 1.0\]"):
         ud.nn.BatchNorm2d(3, momentum=1.5)

@@ -274,3 +274,36 @@ x[0, 0] = np.nan
 print(np.isfinite(finite), np.isnan(float(step(x, np.ones((4, 2), np.float32)))))
 """
     assert run_python(code).stdout.split()[-2:] == ["True", "True"]
+
+
+#: PyTorch constructor parameters that unidl's layers leave out: the factory arguments (a module's device and dtype
+#: are unidl's scope's), deprecated aliases and private ones
+_NOT_TAKEN = {"device", "dtype", "size_average", "reduce", "_weight", "_freeze", "min_value", "max_value"}
+
+
+def test_every_layer_named_as_torchs_takes_torchs_constructor_arguments():
+    """Each ``ud.nn`` class that ``torch.nn`` also has takes every constructor parameter of PyTorch's, by name and
+    in PyTorch's order for the positional ones, so that code written for ``torch.nn`` builds unchanged
+    (``BatchNorm2d(c, track_running_stats=False)``, ``ReLU(inplace=True)``, ``Flatten(0, 1)`` raised
+    ``TypeError``); options no backend but torch can honour are an error at their non-default values
+    (``Embedding(max_norm=1.0)``)."""
+    import inspect
+
+    missing, order = {}, {}
+    for name in dir(ud.nn):
+        ours, theirs = getattr(ud.nn, name), getattr(torch.nn, name, None)
+        if not (isinstance(ours, type) and isinstance(theirs, type)) or not issubclass(ours, ud.nn.Module):
+            continue
+        wanted = [p for p in inspect.signature(theirs.__init__).parameters.values()
+                  if p.name not in _NOT_TAKEN | {"self"} and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        taken = inspect.signature(ours.__init__).parameters
+        if [p.name for p in wanted if p.name not in taken]:
+            missing[name] = [p.name for p in wanted if p.name not in taken]
+        positional = [p.name for p in wanted if p.kind is p.POSITIONAL_OR_KEYWORD]
+        if [n for n in taken if n in positional] != positional:
+            order[name] = (positional, list(taken))
+    assert not missing, missing
+    assert not order, order
+    for option in ({"max_norm": 1.0}, {"sparse": True}, {"scale_grad_by_freq": True}):
+        with pytest.raises(ValueError, match=f"Embedding {next(iter(option))}=.* is not supported"):
+            ud.nn.Embedding(4, 2, **option)

@@ -19,7 +19,10 @@ def _floats(layer, x):
 
 
 class ReLU(Module):
-    """max(x, 0)."""
+    """max(x, 0). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
 
     def forward(self, x):
         input_checks.check_numbers(self.describe, x)
@@ -27,9 +30,10 @@ class ReLU(Module):
 
 
 class LeakyReLU(Module):
-    """x if x > 0 else negative_slope * x (PyTorch's default slope 0.01)."""
+    """x if x > 0 else negative_slope * x (PyTorch's default slope 0.01). ``inplace`` is accepted for PyTorch's
+    signature; unidl's ops never modify their input."""
 
-    def __init__(self, negative_slope: float = 0.01):
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         super().__init__()
         self.negative_slope = float(negative_slope)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import input_checks
+from unidl import input_checks, ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.arguments import check_range, positive_int
@@ -19,12 +19,15 @@ class _BatchNorm(Module):
     ``m = momentum``, or ``m = 1 / n`` when ``momentum=None`` (the cumulative average of every batch so far).
     Eval: the running estimates. ``running_mean``, ``running_var`` and ``num_batches_tracked`` (int64, as
     PyTorch's) are in ``state_dict()``, so a ``torch.nn.BatchNorm*d`` state dict loads with ``strict=True``.
+    ``track_running_stats=False``: no running estimates (None, and none in ``state_dict()``); the batch's
+    statistics normalise in eval too, as PyTorch's. ``bias=False`` (with ``affine``): a weight and no bias.
     """
 
     ranks: tuple[int, ...] = ()
     _optional_buffers = ("num_batches_tracked",)  # files saved before unidl kept the counter load as they did
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, *, bias: bool = True):
         super().__init__()
         owner = type(self).__name__
         num_features = positive_int(owner, "num_features", num_features)
@@ -32,8 +35,12 @@ class _BatchNorm(Module):
         self.eps = check_range(owner, "eps", eps, low_open=True)
         self.momentum = None if momentum is None else check_range(owner, "momentum", momentum, 0.0, 1.0,
                                                                    high_open=False)
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
         self.weight = self.parameter(init.ones((num_features,))) if affine else None
-        self.bias = self.parameter(init.zeros((num_features,))) if affine else None
+        self.bias = self.parameter(init.zeros((num_features,))) if affine and bias else None
+        if not self.track_running_stats:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+            return
         self.register_buffer("running_mean", init.zeros((num_features,)))
         self.register_buffer("running_var", init.ones((num_features,)))
         self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
@@ -48,23 +55,31 @@ class _BatchNorm(Module):
             raise ShapeMismatchError(self._mismatch(self.describe(), shape))
         if None in shape:  # (a graph traced for any sizes: checked when it runs)
             x = input_checks.require_sizes(self.describe, x, {1: self.num_features}, self._mismatch)
-        if self.training:  # one value per channel: PyTorch's error, eagerly and inside graphs
+        tracking = self.track_running_stats
+        batch_statistics = self.training or not tracking
+        if batch_statistics:  # one value per channel: PyTorch's error, eagerly and inside graphs
             x = input_checks.check_batch_statistics(self.describe, x)
         momentum = self.momentum if self.momentum is not None else 0.0  # eval: unused
-        if self.training:
+        if self.training and tracking:
             count = self.num_batches_tracked + 1
             self.write_buffer("num_batches_tracked", count)
             if self.momentum is None:  # a tensor inside a compiled step: the count is part of the state
                 momentum = 1.0 / self._ops.cast_like(count, self.running_mean)
-        given = x
-        if input_checks.check_parameters_dtype(self.describe, x, self._float_state(), halves=True,
-                                               autocast=False):
+        given, state = x, self._float_state()
+        if state is None:  # (no weight, no running statistics: computed in x's dtype, which must be a float one)
+            input_checks.check_floating(self.describe, x)
+        elif input_checks.check_parameters_dtype(self.describe, x, state, halves=True, autocast=False):
             x = self._ops.cast(x, "float32")  # PyTorch's mixed-type kernel: computed in float32, y in x's dtype
-        y, running_mean, running_var = self._ops.batch_norm(x, self.running_mean, self.running_var, self.weight,
-                                                            self.bias, self.training, momentum, self.eps)
+        running_mean, running_var = self.running_mean, self.running_var
+        if not tracking:  # the op's running statistics, which it moves for nothing
+            like = x if state is None else state
+            running_mean = functional.cast_like(np.zeros(self.num_features), like)
+            running_var = functional.cast_like(np.ones(self.num_features), like)
+        y, running_mean, running_var = self._ops.batch_norm(x, running_mean, running_var, self.weight, self.bias,
+                                                            batch_statistics, momentum, self.eps)
         if x is not given:
             y = self._ops.cast_like(y, given)
-        if self.training:  # the op is pure: the module writes the new statistics (the backend's state transition)
+        if self.training and tracking:  # the op is pure: the module writes the new statistics (a state transition)
             nonempty = input_checks.has_values_per_channel(x)
             if nonempty is False:  # an empty batch (NaN statistics) leaves them as they are, as PyTorch's
                 return y
@@ -80,7 +95,8 @@ class _BatchNorm(Module):
         return self.weight if self.weight is not None else self.running_mean
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.weight is not None}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm1d(_BatchNorm):

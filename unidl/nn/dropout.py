@@ -11,7 +11,7 @@ class Dropout(Module):
     ``ud.manual_seed``), passed to the pure ``ops.dropout`` explicitly,
     so masks differ across backends while the expectation and the eval-mode identity do not."""
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):  # (inplace: PyTorch's signature; never in place)
         super().__init__()
         self.p = arguments.probability("Dropout", "p", p)
 
@@ -29,7 +29,7 @@ class Dropout2d(Module):
     (or (N, C, L)) is zeroed whole with probability p, the others scaled by 1/(1-p); identity in eval. The mask
     comes from the backend's generator, as ``Dropout``'s."""
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p: float = 0.5, inplace: bool = False):  # (inplace: PyTorch's signature; never in place)
         super().__init__()
         self.p = arguments.probability("Dropout2d", "p", p)
 

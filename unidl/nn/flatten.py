@@ -8,17 +8,34 @@ from unidl.nn.module import Module
 
 
 class Flatten(Module):
-    """(N, C, H, W) -> (N, C*H*W) with the features in NCHW (channel-major) order."""
+    """(N, C, H, W) -> (N, C*H*W) with the features in NCHW (channel-major) order; the axes ``start_dim`` to
+    ``end_dim`` (both included, -1 the last) into one, as ``torch.nn.Flatten``."""
 
-    def __init__(self, start_dim: int = 1):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
         self.start_dim = arguments.axis("Flatten", "start_dim", start_dim)
+        self.end_dim = arguments.axis("Flatten", "end_dim", end_dim)
 
     def forward(self, x):
-        return self._ops.flatten(x, input_checks.start_axis(self.describe, x, self.start_dim))
+        start = input_checks.start_axis(self.describe, x, self.start_dim)
+        rank = max(len(x.shape), 1)
+        if not -rank <= self.end_dim < rank:
+            raise ShapeMismatchError(f"{self.describe()} end_dim {self.end_dim} is out of range for input of "
+                                     f"{len(x.shape)} axes; use one in [{-rank}, {rank - 1}]")
+        end = self.end_dim % rank
+        if end == rank - 1:
+            return self._ops.flatten(x, start)
+        if end < start:
+            raise ValueError(f"{self.describe()}: start_dim {self.start_dim} comes after end_dim {self.end_dim} for "
+                             f"input of {len(x.shape)} axes")
+        sizes = input_checks.sizes_of(x)  # (a graph's unknown sizes as scalar tensors)
+        merged = sizes[start]
+        for size in sizes[start + 1:end + 1]:
+            merged = merged * size
+        return self._ops.reshape(x, [*sizes[:start], merged, *sizes[end + 1:]])
 
     def extra_repr(self):
-        return f"start_dim={self.start_dim}"
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
 
 
 class Unflatten(Module):

@@ -66,9 +66,11 @@ class GroupNorm(Module):
         num_channels: C of the (N, C, *) input.
         eps: added to the variance.
         affine: learn a per-channel ``weight`` (starting at 1) and ``bias`` (starting at 0).
+        bias: with ``affine``, whether there is a ``bias`` (False: the weight alone, as PyTorch's ``bias=False``).
     """
 
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True):
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 bias: bool = True):
         super().__init__()
         num_groups = positive_int("GroupNorm", "num_groups", num_groups)
         num_channels = positive_int("GroupNorm", "num_channels", num_channels)
@@ -77,7 +79,7 @@ class GroupNorm(Module):
         self.num_groups, self.num_channels, self.affine = num_groups, num_channels, bool(affine)
         self.eps = arguments.check_range("GroupNorm", "eps", eps, low_open=True)
         self.weight = self.parameter(init.ones((num_channels,))) if affine else None
-        self.bias = self.parameter(init.zeros((num_channels,))) if affine else None
+        self.bias = self.parameter(init.zeros((num_channels,))) if affine and bias else None
 
     def _mismatch(self, owner, received) -> str:
         return f"{owner} expected input of shape (N, {self.num_channels}, *), received {received}"
@@ -94,4 +96,5 @@ class GroupNorm(Module):
         return functional.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "
+                f"bias={self.bias is not None}")

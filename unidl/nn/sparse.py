@@ -27,8 +27,18 @@ class Embedding(Module):
         vectors = embed(tokens)          # tokens: (batch, time) int64 -> (batch, time, 128)
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 max_norm: float | None = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                 sparse: bool = False):
         super().__init__()
+        # PyTorch's other options, taken at their defaults: what they do (rows renormalised in place by the
+        # forward, gradients scaled by the ids' counts, sparse gradients) no backend but torch does, so a value
+        # that asks for it is an error everywhere, never a silent difference
+        for name, value, default in (("max_norm", max_norm, None), ("scale_grad_by_freq", scale_grad_by_freq, False),
+                                     ("sparse", sparse, False)):
+            if value is not default and value != default:
+                raise ValueError(f"Embedding {name}={value!r} is not supported: unidl's Embedding keeps PyTorch's "
+                                 f"default ({name}={default!r}) on every backend")
         num_embeddings = positive_int("Embedding", "num_embeddings", num_embeddings)
         embedding_dim = positive_int("Embedding", "embedding_dim", embedding_dim)
         if padding_idx is not None:
