@@ -118,6 +118,14 @@ def softmax(x, dim=-1):
 
 
 def amax(x, dim, keepdim=False):
+    shape = tuple(x.shape)
+    if 0 in shape and None not in shape:  # Keras-on-torch refuses the max of any empty tensor: its empty result
+        dims = range(len(shape)) if dim is None else dim if isinstance(dim, (tuple, list)) else (dim,)
+        axes = {axis % len(shape) for axis in dims}
+        if all(shape[axis] for axis in axes):  # (over an empty axis: the front end's error)
+            kept = [1 if axis in axes else size for axis, size in enumerate(shape)]
+            return K.zeros(kept if keepdim else [size for axis, size in enumerate(shape) if axis not in axes],
+                           dtype=x.dtype)
     return K.max(x, axis=dim, keepdims=keepdim)
 
 
