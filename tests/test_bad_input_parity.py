@@ -978,6 +978,9 @@ def off_path_results() -> dict:
             results[f"pad-error-{which}"] = None
         except ValueError as error:
             results[f"pad-error-{which}"] = type(error).__name__
+        # (Keras-on-torch refused the max of any empty tensor)
+        empty = run(which, lambda t: ud.ops.adaptive_max_pool2d(t, (2, 2)), np.ones((0, 2, 5, 5), np.float32))
+        results[f"adaptive-max-empty-{which}"] = [str(empty.dtype), list(empty.shape)]
     return results
 
 
@@ -986,6 +989,7 @@ OFF_PATH_EXPECTED = {
     **{f"pad-{m}": ["float32", [[[1.0, 2.0, 3.0, 4.0, 3.0, 2.0]]]] for m in MODES},
     **{f"sqrt-{m}": ["float32", [2.0, 3.0]] for m in MODES},
     **{f"pad-error-{m}": "ValueError" for m in MODES},
+    **{f"adaptive-max-empty-{m}": ["float32", [0, 2, 2, 2]] for m in MODES},
 }
 
 
