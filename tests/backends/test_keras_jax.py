@@ -406,9 +406,12 @@ def parity_rules():
     # had refused strings and functions), run here on Keras-on-JAX: "ok" or the failure, by name (max pooling of
     # -inf windows passes too, checked by hand: 8 s of XLA compiles here), and the index checks inside ud.function
     # and Keras's jitted train, test and predict steps (labels and indices out of range: Keras-on-JAX computed with
-    # them, a NaN row or a wrong loss)
+    # them, a NaN row or a wrong loss), a layer held outside the model read as it is at each train step (its first
+    # trace's weights were baked in), gradients through BatchNorm in ud.function (its writes leaked JAX's tracers)
+    from functools import partial
+
     from tests import test_function
-    from tests.nn import test_sparse
+    from tests.nn import test_batchnorm, test_sparse
     from tests.parity import test_activations_losses, test_functional_ops
 
     outcomes = {}
@@ -421,13 +424,19 @@ def parity_rules():
                  test_sparse.test_embedding_index_out_of_range_in_train_step,
                  test_sparse.test_index_checks_in_compiled_functions_nested_or_of_several_shapes,
                  test_sparse.test_an_index_out_of_range_in_fit_evaluate_or_predict_is_the_error,
-                 test_sparse.test_take_gather_and_labels_out_of_range):
+                 test_sparse.test_take_gather_and_labels_out_of_range,
+                 partial(test_batchnorm.test_a_layer_held_outside_the_model_is_read_as_it_is_at_each_step_as_in_torch,
+                         entry="train_step", holder="list"),
+                 partial(test_batchnorm.test_no_running_statistics_and_no_bias_as_torch, dtype="float64",
+                         tolerance=1e-12)):
+        name = getattr(test, "func", test).__name__
         try:
             with ud.use_backend("keras"):
-                test("keras", *([np.random.default_rng(0)] if "rng" in inspect.signature(test).parameters else []))
-            outcomes[test.__name__] = "ok"
+                wants_rng = "rng" in inspect.signature(test).parameters
+                test("keras", *([np.random.default_rng(0)] if wants_rng else []))
+            outcomes[name] = "ok"
         except Exception as error:
-            outcomes[test.__name__] = f"{type(error).__name__}: {str(error)[:300]}"
+            outcomes[name] = f"{type(error).__name__}: {str(error)[:300]}"
     return outcomes
 
 
@@ -915,8 +924,12 @@ def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):
     half-precision ``Linear``'s one rounding, on Keras-on-JAX: the parity tests of tests/parity, run in its
     interpreter against plain torch; and an index or a label out of range inside ``ud.function``, a train step,
     ``fit``, ``evaluate`` or ``predict`` is unidl's ``IndexOutOfRangeError`` there too (tests/nn/test_sparse.py:
-    its compiled functions and Keras's jitted steps were not checkified)."""
+    its compiled functions and Keras's jitted steps were not checkified); a layer held outside the model is read as
+    it is at each train step (tests/nn/test_batchnorm.py: Keras's jitted step had baked its first weights in), and
+    gradients with respect to inputs through BatchNorm in ``ud.function`` write its statistics (they leaked JAX's
+    tracers)."""
     assert set(result["parity_rules"].values()) == {"ok"}, result["parity_rules"]
+    assert len(result["parity_rules"]) == 12, result["parity_rules"]
 
 
 def test_ctrl_c_in_a_step_on_jax_leaves_the_state_of_a_completed_step(result):

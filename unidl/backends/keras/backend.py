@@ -472,6 +472,8 @@ class Backend(BackendInterface):
             # a tensor in its own dtype (torch.autograd's), an array (or a variable's value) in unidl's
             args = [a if i not in argnums else a.value if isinstance(a, keras.Variable) else
                     a if keras.ops.is_tensor(a) else self.tensor(a) for i, a in enumerate(args)]
+            if not HOST.keras_state_in_place:  # the variables f assigns written after, through a StatelessScope
+                return keras_stateless.value_and_grad_of_arguments(HOST, f, args, argnums)
         return HOST.value_and_grad(f, args, argnums, None if params is None else [p.value for p in params])
 
     def check_shapes(self, model, loss_fn, x, y):

@@ -63,11 +63,18 @@ class NativeModel(keras.Model):
         object.__setattr__(self, "train_step_runs", self.train_step_runs + 1)
         # in a data-parallel job whose engine wraps the forward (Keras-on-torch: DistributedDataParallel), Keras's
         # own step with its forward through that wrapper, so that its loss.backward() averages the gradients
-        with recording_module_calls() as reached, keras_distributed.forward_through_engine(self), \
-                _trainer_variables_told(self), _gradients_of_used_variables(self, args), \
-                _writes_outside_the_state_found(self):
-            result = super().train_step(*args, **kwargs)
+        written = []
+        try:
+            with recording_module_calls() as reached, keras_distributed.forward_through_engine(self), \
+                    _trainer_variables_told(self), _gradients_of_used_variables(self, args), \
+                    _writes_outside_the_state_found(self):
+                result = super().train_step(*args, **kwargs)
+        except StateOutsideTheModel as found:
+            written = found.variables
         _note_modules_reached(self, reached)
+        new = [*written, *_reads_outside_the_state(self)]  # (one more trace over them all)
+        if new:
+            raise StateOutsideTheModel(new)
         return result
 
     def compute_loss_and_updates(self, trainable_variables, *args, **kwargs):
@@ -229,6 +236,27 @@ def _writes_outside_the_state_found(native):
     if new:
         object.__setattr__(native, "_unidl_outside_state", (*outside_state(native), *new))
         raise StateOutsideTheModel(new)
+
+
+def _reads_outside_the_state(native) -> list:
+    """Where Keras's trainer threads the state through its step as values (Keras-on-JAX): the variables of the
+    modules the step reached outside the model's and the loss's trees (a layer held in a plain list or a closure:
+    ``reached_modes``) that the state lacks, now added to it (``outside_state``), for the step to be traced again
+    with their values as inputs (``StateOutsideTheModel``): read in the trace, they were baked into the compiled
+    step as constants, and a change of them (loaded, trained by another optimizer) went unseen, where torch reads
+    them as they are at each call. (A parameter of such a module is threaded as state, not trained by this step's
+    optimizer, as in torch where it is not the optimizer's.)"""
+    if HOST.keras_state_in_place or not native.__dict__.get("_unidl_reached"):
+        return []
+    known = {id(v) for v in (*native.unidl_parameters, *native.unidl_buffers, *outside_state(native))}
+    new = {}
+    for module in native.__dict__["_unidl_reached"]:
+        for variable in (*module.parameters(), *(buffer for _, buffer in module.named_buffers())):
+            if id(variable) not in known and isinstance(variable, keras.Variable):
+                new[id(variable)] = variable
+    if new:
+        object.__setattr__(native, "_unidl_outside_state", (*outside_state(native), *new.values()))
+    return list(new.values())
 
 
 def _with_values_of(state, variables) -> tuple:

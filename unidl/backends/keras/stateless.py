@@ -79,6 +79,31 @@ def value_and_grad(host, f, args, variables):
     return value, grads
 
 
+def value_and_grad_of_arguments(host, f, args, argnums):
+    """``(f(*args), grads)`` with respect to ``args[i]`` for each ``i`` of ``argnums`` (tensors; zeros for one ``f``
+    does not use, as the host gives them), the Keras variables ``f`` assigns (a BatchNorm's running statistics)
+    written afterwards as ``value_and_grad`` writes them: assigned inside the host's transformation, they leaked its
+    tracers (inside ``ud.function`` on Keras-on-JAX, an ``UnexpectedTracerError``)."""
+    assigned = []
+
+    def pure(*values):
+        call = list(args)
+        for index, value in zip(argnums, values):
+            call[index] = value
+        with _RecordingScope([], []) as scope:  # (reads: the scope around it, or the variables themselves)
+            value = f(*call)
+        assigned[:] = list(scope.assigned.values())
+        return value, [keras.StatelessScope.get_current_value(scope, v) for v in assigned]
+
+    try:
+        (value, updates), grads = host.value_and_grad_of_values(pure, [args[i] for i in argnums])
+    finally:
+        _initialize_created()
+    for variable, new in zip(assigned, updates):
+        variable.assign(new)
+    return value, [keras.ops.zeros_like(args[i]) if grad is None else grad for i, grad in zip(argnums, grads)]
+
+
 class _UnmappedVariables(Exception):
     """Raised out of a trace that read or assigned Keras variables the compiled function does not take as values
     (they would be baked in as constants: stale weights); ``StatelessFunction`` adds them and compiles again."""
