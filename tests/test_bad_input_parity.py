@@ -419,6 +419,12 @@ def test_a_bce_weight_or_pos_weight_that_does_not_broadcast_to_the_input_is_one_
                                                   torch.tensor([[2.0], [1.0], [0.5]]),
                                                   pos_weight=torch.tensor([3.0, 0.5]))
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
+    weighted = ud.nn.BCEWithLogitsLoss(weight=[2.0, 0.5], pos_weight=[3.0, 0.5])  # (float32 buffers)
+    wide = run(mode, lambda x, y: weighted(ud.ops.cast(x, "float64"), ud.ops.cast(y, "float64")), logits, targets)
+    expected = torch.nn.BCEWithLogitsLoss(weight=torch.tensor([2.0, 0.5]), pos_weight=torch.tensor([3.0, 0.5]))(
+        torch.tensor(logits, dtype=torch.float64), torch.tensor(targets, dtype=torch.float64))
+    assert wide.dtype == np.float64  # (float64 logits: the loss in float64, as PyTorch promotes the buffers)
+    np.testing.assert_allclose(wide, expected.numpy(), rtol=1e-6)
 
 
 def test_argmax_counts_nan_as_the_largest_value(mode):

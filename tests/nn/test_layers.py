@@ -304,6 +304,10 @@ def test_every_layer_named_as_torchs_takes_torchs_constructor_arguments():
             order[name] = (positional, list(taken))
     assert not missing, missing
     assert not order, order
+    for build in (lambda nn: nn.ReLU(inplace=True), lambda nn: nn.Dropout(0.2, True),
+                  lambda nn: nn.LeakyReLU(0.1, True), lambda nn: nn.Flatten(0, 2),
+                  lambda nn: nn.BatchNorm1d(3, affine=False, track_running_stats=False)):
+        assert repr(build(ud.nn)) == repr(build(torch.nn))
     for option in ({"max_norm": 1.0}, {"sparse": True}, {"scale_grad_by_freq": True}):
         with pytest.raises(ValueError, match=f"Embedding {next(iter(option))}=.* is not supported"):
             ud.nn.Embedding(4, 2, **option)

@@ -23,10 +23,14 @@ class ReLU(Module):
 
     def __init__(self, inplace: bool = False):
         super().__init__()
+        self.inplace = bool(inplace)
 
     def forward(self, x):
         input_checks.check_numbers(self.describe, x)
         return self._ops.relu(x)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class LeakyReLU(Module):
@@ -35,13 +39,13 @@ class LeakyReLU(Module):
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope, self.inplace = float(negative_slope), bool(inplace)
 
     def forward(self, x):
         return self._ops.leaky_relu(_floats(self, x), self.negative_slope)
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}"
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
 
 class Sigmoid(Module):

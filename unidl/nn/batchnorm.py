@@ -71,10 +71,13 @@ class _BatchNorm(Module):
         elif input_checks.check_parameters_dtype(self.describe, x, state, halves=True, autocast=False):
             x = self._ops.cast(x, "float32")  # PyTorch's mixed-type kernel: computed in float32, y in x's dtype
         running_mean, running_var = self.running_mean, self.running_var
-        if not tracking:  # the op's running statistics, which it moves for nothing
-            like = x if state is None else state
-            running_mean = functional.cast_like(np.zeros(self.num_features), like)
-            running_var = functional.cast_like(np.ones(self.num_features), like)
+        if not tracking:  # the op's running statistics, which it moves for nothing (from the weight: on its device)
+            if self.weight is not None:
+                running_mean = self._ops.zeros_like(self.weight)
+                running_var = running_mean + 1
+            else:
+                running_mean = functional.cast_like(np.zeros(self.num_features), x)
+                running_var = functional.cast_like(np.ones(self.num_features), x)
         y, running_mean, running_var = self._ops.batch_norm(x, running_mean, running_var, self.weight, self.bias,
                                                             batch_statistics, momentum, self.eps)
         if x is not given:

@@ -13,7 +13,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, inplace: bool = False):  # (inplace: PyTorch's signature; never in place)
         super().__init__()
-        self.p = arguments.probability("Dropout", "p", p)
+        self.p, self.inplace = arguments.probability("Dropout", "p", p), bool(inplace)
 
     def forward(self, x):
         if not self.training or not self.p:
@@ -21,7 +21,7 @@ class Dropout(Module):
         return self._ops.dropout(x, self.p, True, self._backend.generator())
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"
 
 
 class Dropout2d(Module):
@@ -31,7 +31,7 @@ class Dropout2d(Module):
 
     def __init__(self, p: float = 0.5, inplace: bool = False):  # (inplace: PyTorch's signature; never in place)
         super().__init__()
-        self.p = arguments.probability("Dropout2d", "p", p)
+        self.p, self.inplace = arguments.probability("Dropout2d", "p", p), bool(inplace)
 
     def forward(self, x):
         if len(x.shape) not in (3, 4):
@@ -42,4 +42,4 @@ class Dropout2d(Module):
         return functional.dropout2d(x, self.p, True, self._backend.generator())
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"

@@ -40,8 +40,8 @@ from unidl.backends.jax import variable as jax_variable  # noqa: E402
 from unidl.backends.jax.eager import compiled_when_eager  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
 from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, _is_array,  # noqa: E402
-                                         _signature, checkified, custom_gradient, raise_failed_check,
-                                         traced_forward_error)
+                                         _signature, checkified, custom_gradient, inside_a_trace,
+                                         raise_failed_check, traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer, write_scalar  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
@@ -563,7 +563,10 @@ class _NamedJit:
         """``(result, check)``: the call, and ``check()`` raising unidl's error for a value check that failed in
         it, for a caller that writes the state the call computed first (``keras/stateless.py``), as the jax
         backend's compiled functions write theirs before they raise. One ``jax.jit`` for each shape of the
-        arrays, so that a call inside another compiled function passes its checks to that one's."""
+        arrays; a call inside another trace is traced into it (``inside_a_trace``)."""
+        if inside_a_trace((values, args)):  # (inside another trace: traced into it, as jax's ud.function is)
+            self.trace_count += 1
+            return self._f(values, *args), _NO_CHECK
         key, dynamic, rebuild = _with_static_arguments(args)
         key = (key, tuple((array.shape, array.dtype) for array in dynamic if hasattr(array, "shape")))
         entry = self._jitted.get(key)
@@ -577,6 +580,10 @@ class _NamedJit:
         jitted, raise_failed = entry
         error_leaves, result = jitted(values, dynamic)
         return result, functools.partial(raise_failed, error_leaves)
+
+
+def _NO_CHECK():
+    """The check of a call traced into another (``_NamedJit.call_unchecked``): that trace's own checks hold it."""
 
 
 def value_checked(f):

@@ -138,12 +138,11 @@ def checkified(f):
 def raise_failed_check(error_structure, error_leaves) -> None:
     """Raise the unidl error (``IndexOutOfRangeError``, ``ShapeMismatchError``) of a value check that a call of a
     ``checkified`` function reports in ``error_leaves`` (nothing if none failed), or checkify's own error for a check
-    that is not unidl's. Called inside another checkified trace (a ``ud.function`` in a compiled step), the checks
-    go into that trace's (its single trace's structure: one ``jax.jit`` a shape, as ``StatefulJit`` and the keras
-    backend's ``ud.function`` keep them)."""
+    that is not unidl's.""" 
     failed, index, error_leaves = error_leaves[0], error_leaves[1], error_leaves[2:]
-    if isinstance(failed, jax.core.Tracer):
-        checkify.check_error(jax.tree_util.tree_unflatten(error_structure[-1], error_leaves))
+    if isinstance(failed, jax.core.Tracer):  # (not met: such calls are traced inline, ``inside_a_trace``)
+        if jax_ops.in_checkified_trace():
+            checkify.check_error(jax.tree_util.tree_unflatten(error_structure[-1], error_leaves))
         return
     if not failed:  # (no check failed)
         return
@@ -405,13 +404,22 @@ class JaxFunction:
         return None if self._eager else self._jit.trace_count
 
     def __call__(self, *args):
-        if not self._eager:
+        if not self._eager and not inside_a_trace(args):  # (inside another trace: inlined into it, see below)
             try:
                 return self._jit(*args)
             except _CONCRETIZATION as error:
                 self._eager = True
                 warn_running_eagerly(self.__name__, "jax", "jax.jit", error)
         return self._fn(*args)
+
+
+def inside_a_trace(args) -> bool:
+    """Whether ``args`` hold values of a trace in progress (a ``ud.function`` called inside another, or inside a
+    compiled step, ``scan`` or an export): such a call is traced into that one, as a plain function, so that its
+    value checks join the enclosing trace's (numbered there) and its variables are the enclosing trace's state;
+    compiled on its own, its checks met the enclosing trace's codes (another check's message) or a trace with no
+    checkify at all (an error)."""
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(args))
 
 
 def traced_forward_error(error, name: str) -> GraphConstructError:
