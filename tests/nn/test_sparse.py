@@ -58,6 +58,14 @@ def test_index_checks_in_compiled_functions_nested_or_of_several_shapes(backend)
         assert np.isfinite(float(outer(ud.tensor(GOOD))))
         with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
             outer(ud.tensor(TOO_LARGE))
+        labelled = ud.function(lambda tokens, y: ud.ops.cross_entropy(ud.ops.sum(inner(tokens), 1), y))
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"CrossEntropyLoss labels must lie in \[0, 2\)"):
+            labelled(ud.tensor(GOOD), ud.tensor(np.array([0, 7])))  # (the outer's check: not the inner's message)
+        table = ud.tensor(np.arange(10.0).reshape(5, 2))
+        looked_up = ud.function(lambda i: ud.ops.take(table, i))
+        carry, _ = ud.ops.scan(lambda c, i: (c + ud.ops.sum(looked_up(i)), c), ud.tensor(np.float32(0)),
+                               ud.tensor(np.array([[1], [2], [4]])))  # (inside scan's trace: no checkify there)
+        assert float(carry) == 31.0
     take = ud.function(lambda x, i: ud.ops.take(x, i))
     for size in (5, 3, 5):
         take(ud.tensor(np.arange(float(size))), ud.tensor(np.array([1])))
