@@ -455,6 +455,16 @@ def as_tensor(owner, what, x, like=None):
     return x
 
 
+def weight_like(owner, what, weight, like):
+    """A loss's class ``weight`` (a NumPy array, a list, a tensor, a module's buffer; or None) as a tensor of
+    ``like``'s dtype, as PyTorch's promotion gives it beside ``like`` (a float32 buffer beside float64 logits)."""
+    if weight is None:
+        return None
+    if isinstance(weight, CONVERTED):
+        _check_no_tensors(owner, what, weight)  # (named as the caller's argument, not cast_like's)
+    return ops.cast_like(weight, like)
+
+
 def value_as_tensor(owner, what, x):
     """``x``, a NumPy array or scalar, a list, a tuple or a Python number given for an op's tensor argument (what
     the op's dispatcher hands on, ``op_registry.CONVERTED``), converted as ``ud.tensor`` converts it (floats to the

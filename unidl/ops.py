@@ -1052,8 +1052,7 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     target = cast_like(target, probabilities)
     probabilities = input_checks.check_same_shape("binary_cross_entropy", probabilities, target,
                                                   names=("probabilities", "target"))
-    weight = input_checks.as_tensor("binary_cross_entropy", "weight", weight, like=probabilities)
-    weight = None if weight is None else cast_like(weight, probabilities)  # (a module's buffer too)
+    weight = input_checks.weight_like("binary_cross_entropy", "weight", weight, probabilities)
     probabilities = input_checks.check_broadcasts_to("binary_cross_entropy", "weight", weight, probabilities)
     losses = -(target * clip(log(probabilities), -100.0) + (1 - target) * clip(log(1 - probabilities), -100.0))
     if weight is not None:
@@ -1070,9 +1069,8 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
     logits = input_checks.as_tensor(owner, "logits", logits)
     target = cast_like(target, logits)
     logits = input_checks.check_same_shape(owner, logits, target, names=("logits", "target"))
-    # (a module's buffers too: in the logits' dtype, as PyTorch's promotion gives them)
-    weight, pos_weight = (None if w is None else cast_like(input_checks.as_tensor(owner, what, w, like=logits), logits)
-                          for what, w in (("weight", weight), ("pos_weight", pos_weight)))
+    weight = input_checks.weight_like(owner, "weight", weight, logits)
+    pos_weight = input_checks.weight_like(owner, "pos_weight", pos_weight, logits)
     logits = input_checks.check_broadcasts_to(owner, "weight", weight, logits)
     target = input_checks.check_broadcasts_to(owner, "pos_weight", pos_weight, target)  # (before its term runs)
     losses = _ops().bce_with_logits(logits, target, "none")

@@ -138,13 +138,9 @@ def checkified(f):
 def raise_failed_check(error_structure, error_leaves) -> None:
     """Raise the unidl error (``IndexOutOfRangeError``, ``ShapeMismatchError``) of a value check that a call of a
     ``checkified`` function reports in ``error_leaves`` (nothing if none failed), or checkify's own error for a check
-    that is not unidl's.""" 
+    that is not unidl's."""
     failed, index, error_leaves = error_leaves[0], error_leaves[1], error_leaves[2:]
-    if isinstance(failed, jax.core.Tracer):  # (not met: such calls are traced inline, ``inside_a_trace``)
-        if jax_ops.in_checkified_trace():
-            checkify.check_error(jax.tree_util.tree_unflatten(error_structure[-1], error_leaves))
-        return
-    if not failed:  # (no check failed)
+    if not failed:  # (no check failed; never a trace's value: such calls are traced inline, ``inside_a_trace``)
         return
     try:
         jax.tree_util.tree_unflatten(error_structure[int(index)], error_leaves).throw()

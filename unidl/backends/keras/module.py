@@ -129,7 +129,7 @@ class NativeModel(keras.Model):
             call = _KEPT_STATE.get()
             kept, checks = (call[1], call[2]) if call is not None and call[0] is self else ([], None)  # (Keras's own)
             if checks:  # an earlier step of the call failed a check? (those that have run, without waiting)
-                _raise_failed_checks(checks, wait=len(checks) >= _CHECKS_PENDING)
+                _raise_failed_checks(checks, waited=len(checks) - _CHECKS_PENDING + 1)
             kept[:] = [(None, state)]
             token = None if traced is None else _PREDICT_STEP_TRACED.set(traced)
             # the step's outputs stored from C (``map``, slice assignment): no point between its return and the
@@ -508,8 +508,8 @@ class KeptStepState:
         _KEPT_STATE.reset(self._token)
         if error_type is not None and self._kept and _some_variable_emptied(self._native, len(self._kept[0][1])):
             _write_state_back(self._native, self._kept[0][1])
-        while error_type is None and self._checks:  # the last steps' value checks, once Keras has written back
-            _raise_failed_checks(self._checks, wait=True)
+        if error_type is None:  # the last steps' value checks, once Keras has written back
+            _raise_failed_checks(self._checks, waited=len(self._checks))
         return False
 
 
@@ -518,26 +518,26 @@ def checks_read(native) -> None:
     in this thread has made (``BatchRelay``: after each of ``ud.fit``'s batches, where Keras's state is read anyway,
     so that a label out of range is that error rather than the non-finite guard's a step later)."""
     call = _KEPT_STATE.get()
-    while call is not None and call[0] is native and call[2]:
-        _raise_failed_checks(call[2], wait=True)
+    if call is not None and call[0] is native:
+        _raise_failed_checks(call[2], waited=len(call[2]))
 
 
 #: how many steps of a ``KeptStepState`` call may run before the value checks of the first are read, waiting
 _CHECKS_PENDING = 3
 
 
-def _raise_failed_checks(checks: list, wait: bool) -> None:
+def _raise_failed_checks(checks: list, waited: int) -> None:
     """Raise unidl's error for the value checks (an index or a label out of range) that the steps of a
     ``KeptStepState`` call reported, kept in ``checks`` as ``(raise_failed, failed)`` (``_value_checked``), oldest
-    first: those whose step has run (and the oldest, with ``wait``, once it has). They are read after their step,
-    at a later step or as the call ends, so that reading them does not make Keras's Python wait for the device
-    after every step (150 µs a ``train_on_batch`` of a small MLP; ``fit`` dispatches steps ahead). The step that
+    first: the first ``waited`` once their steps have run, then those whose step has run. They are read after
+    their step, at a later step or as the call ends, so that reading them does not make Keras's Python wait for the
+    device after every step (150 µs a ``train_on_batch`` of a small MLP; ``fit`` dispatches steps ahead). The step that
     failed gave back the state it was given; in Keras's own loops (``ud.fit`` reads them after each batch:
     ``checks_read``) up to ``_CHECKS_PENDING`` steps after it may have run (the jax backend's steps stop at it)."""
-    while checks and (wait or checks[0][1][0].is_ready()):
+    while checks and (waited > 0 or checks[0][1][0].is_ready()):
         raise_failed, failed = checks.pop(0)
         raise_failed(failed)
-        wait = False
+        waited -= 1
 
 
 @contextlib.contextmanager

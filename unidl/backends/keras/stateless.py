@@ -62,21 +62,8 @@ def _values_of_variables(result):
 def value_and_grad(host, f, args, variables):
     """``(f(*args), grads)`` with respect to the Keras ``variables`` (None for one ``f`` does not use); the
     variables ``f`` assigns keep their new values afterwards, as they would eagerly."""
-    assigned = []
-
-    def pure(*values):
-        with _RecordingScope(variables, values) as scope:
-            value = f(*args)
-        assigned[:] = list(scope.assigned.values())
-        return value, [keras.StatelessScope.get_current_value(scope, v) for v in assigned]
-
-    try:
-        (value, updates), grads = host.value_and_grad_of_values(pure, [v.value for v in variables])
-    finally:
-        _initialize_created()  # (before the assignments below: a variable created in ``f`` may be among them)
-    for variable, new in zip(assigned, updates):
-        variable.assign(new)
-    return value, grads
+    return _differentiated(host, [v.value for v in variables], lambda values: (variables, values),
+                           lambda values: f(*args))
 
 
 def value_and_grad_of_arguments(host, f, args, argnums):
@@ -84,24 +71,36 @@ def value_and_grad_of_arguments(host, f, args, argnums):
     does not use, as the host gives them), the Keras variables ``f`` assigns (a BatchNorm's running statistics)
     written afterwards as ``value_and_grad`` writes them: assigned inside the host's transformation, they leaked its
     tracers (inside ``ud.function`` on Keras-on-JAX, an ``UnexpectedTracerError``)."""
+    def call(values):
+        substituted = list(args)
+        for index, value in zip(argnums, values):
+            substituted[index] = value
+        return f(*substituted)
+
+    # (no variable mapped: f reads them from the scope around, or their own values)
+    value, grads = _differentiated(host, [args[i] for i in argnums], lambda values: ([], []), call)
+    return value, [keras.ops.zeros_like(args[i]) if grad is None else grad for i, grad in zip(argnums, grads)]
+
+
+def _differentiated(host, targets, mapped, call):
+    """``(call(values), grads)`` with respect to ``targets`` (the host's ``value_and_grad_of_values``), ``call`` run
+    inside a ``_RecordingScope`` of ``mapped(values)`` (variables and the values they read); the Keras variables it
+    assigns get their new values after the transformation, which they would otherwise leak."""
     assigned = []
 
     def pure(*values):
-        call = list(args)
-        for index, value in zip(argnums, values):
-            call[index] = value
-        with _RecordingScope([], []) as scope:  # (reads: the scope around it, or the variables themselves)
-            value = f(*call)
+        with _RecordingScope(*mapped(values)) as scope:
+            value = call(values)
         assigned[:] = list(scope.assigned.values())
         return value, [keras.StatelessScope.get_current_value(scope, v) for v in assigned]
 
     try:
-        (value, updates), grads = host.value_and_grad_of_values(pure, [args[i] for i in argnums])
+        (value, updates), grads = host.value_and_grad_of_values(pure, targets)
     finally:
-        _initialize_created()
+        _initialize_created()  # (before the assignments below: a variable created in ``f`` may be among them)
     for variable, new in zip(assigned, updates):
         variable.assign(new)
-    return value, [keras.ops.zeros_like(args[i]) if grad is None else grad for i, grad in zip(argnums, grads)]
+    return value, grads
 
 
 class _UnmappedVariables(Exception):
