@@ -427,6 +427,40 @@ def test_a_bce_weight_or_pos_weight_that_does_not_broadcast_to_the_input_is_one_
     np.testing.assert_allclose(wide, expected.numpy(), rtol=1e-6)
 
 
+def test_a_class_weight_of_another_dtype_than_the_logits_is_one_error_beside_labels(mode):
+    """Beside class labels, a class ``weight`` tensor of another dtype than the logits (a loss built while float32
+    was in force, called on float64 logits) is a ``DtypeMismatchError``, as PyTorch refuses it (torch's backend
+    and JAX promoted the loss to float64, TensorFlow and Keras raised their own errors), but a bfloat16 weight
+    beside float32 logits under autocast, which casts it as torch.autocast does. Beside class probabilities the
+    three dtypes promote, as in PyTorch (a float64 target gave a float32 loss)."""
+    logits, labels, weight = X[0, 0, :4, :3], np.array([0, 1, 2, 1]), [1.0, 2.0, 0.5]
+    wide = torch.tensor(logits, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="expected scalar type Double but found Float"):
+        F.cross_entropy(wide, torch.tensor(labels), torch.tensor(weight))
+    message = ("{}: a class weight must have the {} dtype float64, got float32; cast it with ud.ops.cast(weight, "
+               "'float64'), or build the loss under ud.use_dtype('float64'), which makes its weight float64")
+    losses = (ud.nn.CrossEntropyLoss(weight=weight), ud.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1),
+              ud.nn.NLLLoss(weight=weight))
+    for loss, owner, what in zip(losses, ("CrossEntropyLoss", "CrossEntropyLoss", "NLLLoss"),
+                                 ("logits'", "logits'", "log-probabilities'")):
+        raises_exactly(ud.DtypeMismatchError, message.format(owner, what), run, mode,
+                       lambda x, y: loss(ud.ops.cast(x, "float64"), y), logits, labels)
+    half = np.asarray(weight, np.float32)  # (exact in bfloat16)
+    with autocast_modules([], ud.config.backend().ops, "bfloat16"):
+        got = run(mode, lambda x, y, w: ud.ops.cross_entropy_loss(x, y, ud.ops.cast(w, "bfloat16")), logits, labels,
+                  half)
+    np.testing.assert_allclose(got, F.cross_entropy(torch.tensor(logits), torch.tensor(labels),
+                                                    torch.tensor(weight)).numpy(), rtol=1e-6)
+    probabilities = np.asarray(torch.softmax(torch.tensor(logits) * 2, 1))
+    for smoothing in (0.0, 0.1):
+        wide_loss = run(mode, lambda x, p: losses[0 if not smoothing else 1](x, ud.ops.cast(p, "float64")), logits,
+                        probabilities)
+        expected = F.cross_entropy(torch.tensor(logits), torch.tensor(probabilities, dtype=torch.float64),
+                                   torch.tensor(weight), label_smoothing=smoothing)
+        assert wide_loss.dtype == np.float64 and expected.dtype == torch.float64
+        np.testing.assert_allclose(wide_loss, expected.numpy(), rtol=1e-6)
+
+
 def test_argmax_counts_nan_as_the_largest_value(mode):
     """``ud.ops.argmax`` over rows with NaN gives the first NaN's index, as torch (tensorflow and keras skipped NaN)."""
     values = np.array([[1.0, np.nan, 3.0, np.nan], [1.0, 5.0, 3.0, 2.0], [np.inf, 0.0, np.nan, 1.0]], np.float32)

@@ -157,6 +157,34 @@ def test_a_prelu_or_a_normalization_trains_in_bf16_as_a_torch_autocast_loop(back
         assert max_relative_difference(model.state_dict()[name], value.numpy()) < 1e-2, name
 
 
+def test_a_class_weighted_smoothed_cross_entropy_trains_in_bf16_as_a_torch_autocast_loop(backend, rng):
+    """``CrossEntropyLoss(weight=..., label_smoothing=...)`` (not the fused kernel: the composite of log-softmax,
+    gather and class weights) trained in "bf16-mixed": the torch autocast loop's losses and weights, the losses
+    in float32 as torch.autocast computes them (Keras handed the loss bfloat16 outputs: a ``TypeError`` from a
+    float32 class weight times bfloat16 log-probabilities)."""
+    import torch
+
+    x, y = rng.standard_normal((16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+    weight = [1.0, 2.5, 0.5]
+    model = ud.nn.Sequential(ud.nn.Linear(4, 8), ud.nn.ReLU(), ud.nn.Linear(8, 3))
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
+    loss_fn = ud.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)
+    step = ud.train_step(model, loss_fn, ud.optim.SGD(model.parameters(), lr=0.5), precision="bf16-mixed")
+    oracle = torch.optim.SGD(net.parameters(), lr=0.5)
+    for _ in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y),
+                                                     weight=torch.tensor(weight), label_smoothing=0.1)
+        assert loss.dtype == torch.float32
+        oracle.zero_grad()
+        loss.backward()
+        oracle.step()
+        assert abs(float(ud.to_numpy(step(x, y))) - loss.item()) < 1e-2 * abs(loss.item())
+    for name, value in net.state_dict().items():
+        assert max_relative_difference(model.state_dict()[name], value.numpy()) < 1e-2, name
+
+
 def test_bf16_accumulation_matches_a_torch_autocast_loop(backend, rng):
     x, y = _regression(rng)
     batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 16, 4)]

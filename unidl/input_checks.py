@@ -465,6 +465,26 @@ def weight_like(owner, what, weight, like):
     return ops.cast_like(weight, like)
 
 
+def class_weight(owner, weight, like, what: str = "log-probabilities"):
+    """A loss's class ``weight`` beside class labels (``nll_loss``, ``cross_entropy_loss``; or None): a NumPy array
+    or list in ``like``'s dtype (``as_tensor``); a tensor of another dtype than ``like``'s is a
+    ``DtypeMismatchError``, as PyTorch refuses it (a float32 weight beside float64 logits: torch's backend and JAX
+    promoted to float64, TensorFlow raised in its own words), but a float16 or bfloat16 weight beside float32
+    under autocast, which casts it (torch.autocast's rule for the losses). ``what``: what ``like`` is."""
+    weight = as_tensor(owner, "weight", weight, like=like)
+    held, wanted = getattr(weight, "dtype", None), getattr(like, "dtype", None)
+    if held is None or wanted is None or held == wanted:
+        return weight
+    given, expected = dtype_name(held), dtype_name(wanted)
+    if given == expected:
+        return weight
+    if given in ("float16", "bfloat16") and expected == "float32" and _autocast_in_force():
+        return ops.cast(weight, expected)
+    raise DtypeMismatchError(f"{literal(owner)}: a class weight must have the {what}' dtype {expected}, got "
+                             f"{given}; cast it with ud.ops.cast(weight, '{expected}'), or build the loss under "
+                             f"ud.use_dtype('{expected}'), which makes its weight {expected}")
+
+
 def value_as_tensor(owner, what, x):
     """``x``, a NumPy array or scalar, a list, a tuple or a Python number given for an op's tensor argument (what
     the op's dispatcher hands on, ``op_registry.CONVERTED``), converted as ``ud.tensor`` converts it (floats to the

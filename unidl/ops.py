@@ -1127,7 +1127,8 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
 
 def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner):
     log_probabilities = input_checks.as_tensor(owner, "log_probabilities", log_probabilities)
-    weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
+    weight = input_checks.class_weight(owner, weight, log_probabilities,
+                                       "log-probabilities" if owner == "NLLLoss" else "logits")
     labels = input_checks.check_integer(owner, "labels", labels)
     classes = shape(log_probabilities)[1]
     kept = labels != ignore_index
@@ -1150,22 +1151,27 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
                                                                                            ("target", target)))
     weight = input_checks.as_tensor("cross_entropy_loss", "weight", weight, like=logits)
     log_probabilities = log_softmax(logits, 1)
-    classes = _count(shape(logits)[1:2], log_probabilities)
-    broadcast = None
-    if weight is not None:
-        broadcast = reshape(weight, (1, -1) + (1,) * (len(logits.shape) - 2))
-    if len(target.shape) == len(logits.shape):  # class probabilities
-        target = cast_like(target, log_probabilities)
+    per_class = (1, -1) + (1,) * (len(logits.shape) - 2)  # a class weight's shape beside the log-probabilities
+    if len(target.shape) == len(logits.shape):  # class probabilities: PyTorch promotes the three dtypes
+        log_probabilities, target = _promoted_as_torch(log_probabilities, input_checks.as_floating(
+            "cross_entropy_loss", "target", target), broadcast=True)
+        broadcast = None if weight is None else reshape(weight, per_class)
+        if broadcast is not None:
+            log_probabilities, broadcast = _promoted_as_torch(log_probabilities, broadcast, broadcast=True)
+            target = cast_like(target, log_probabilities)
         if label_smoothing:
-            target = target * (1 - label_smoothing) + label_smoothing / classes
+            target = target * (1 - label_smoothing) + label_smoothing / _count(shape(logits)[1:2], target)
         weighted = log_probabilities * target if broadcast is None else log_probabilities * target * broadcast
         losses = -sum(weighted, 1)
         if reduction == "mean":
             return sum(losses) / _count(shape(losses), losses)
         return _reduced(losses, reduction)
+    weight = input_checks.class_weight("CrossEntropyLoss", weight, log_probabilities, "logits")
     loss = _nll_loss(log_probabilities, target, weight, ignore_index, reduction, "CrossEntropyLoss")
     if not label_smoothing:
         return loss
+    broadcast = None if weight is None else reshape(weight, per_class)
+    classes = _count(shape(logits)[1:2], log_probabilities)
     counted = target != ignore_index
     smooth = -sum(log_probabilities if broadcast is None else log_probabilities * broadcast, 1)
     smooth = where(counted, smooth, zeros_like(smooth))  # a select, as in _nll_loss

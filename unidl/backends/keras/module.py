@@ -15,8 +15,10 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.optimizer import keep_train_function_current, loss_carrier
 from unidl.data.pool import ctrl_c_noted
+from unidl.dtype_kinds import dtype_name, holds_floats
 from unidl.errors import GraphConstructError
 from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
+from unidl.precision import active_ops
 from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
 
 
@@ -169,11 +171,11 @@ class NativeModel(keras.Model):
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
         try:
             if training is None or training:
-                return module(*inputs)
+                return _as_the_loss_takes_it(module(*inputs))
             modes = [(m, m.training) for m in module.modules()]
             module.eval()
             try:
-                return module(*inputs)
+                return _as_the_loss_takes_it(module(*inputs))
             finally:
                 restore_modes(modes)
         except Exception as error:
@@ -184,6 +186,16 @@ class NativeModel(keras.Model):
             with contextlib.suppress(AttributeError):  # (an exception type without a __dict__)
                 error._keras_call_info_injected = True
             raise
+
+
+def _as_the_loss_takes_it(output):
+    """The model's ``output`` as Keras's trainer hands it to the loss and the metrics: under mixed precision's casts
+    (a train step's forward scope) a floating output of the compute dtype in float32, as every other backend's
+    train step hands it on (a class-weighted ``CrossEntropyLoss`` had multiplied a float32 weight by bfloat16
+    log-probabilities: a ``TypeError``); unchanged elsewhere."""
+    if active_ops() is None or not holds_floats(output) or dtype_name(output.dtype) == "float32":
+        return output
+    return keras.ops.cast(output, "float32")
 
 
 #: the Keras variables unidl's modules write (``Backend.write_state``) while a train step is traced in this context
