@@ -28,14 +28,20 @@ def test_native_tensors_are_accepted(backend, rng):
     assert np.isfinite(a)
 
 
-@pytest.mark.parametrize("name", ["tensorflow", "keras"])  # keras: Keras's train_step in one graph on Keras-TF
-def test_graph_backends_trace_once_over_two_batch_sizes(name, rng):
-    with ud.use_backend(name):
-        model, step, x, y = _slice(rng)
-        for t in range(50):
-            n = 64 if t % 2 else 17
-            step(x[:n], y[:n])
-        assert step.trace_count == 1
+#: a step's traces over 50 calls alternating two batch sizes, by framework (README): TensorFlow's graph is traced once
+#: for any batch size, XLA compiles one program per input shape (two), torch runs eagerly (no trace to count)
+TRACES_OVER_TWO_BATCH_SIZES = {"tensorflow": 1, "jax": 2, "torch": None}
+
+
+def test_a_step_traces_once_per_batch_size_at_most(backend, rng):
+    """On the keras backend the count of Keras's host framework: one graph on Keras-on-TensorFlow (as the tensorflow
+    backend's), one jitted program per batch size on Keras-on-JAX (as the jax backend's), none on Keras-on-torch."""
+    framework = ud.backends.load("keras").host.name if backend == "keras" else backend
+    model, step, x, y = _slice(rng)
+    for t in range(50):
+        n = 64 if t % 2 else 17
+        step(x[:n], y[:n])
+    assert step.trace_count == TRACES_OVER_TWO_BATCH_SIZES[framework]
 
 
 def test_step_returns_the_loss_of_this_batch_before_its_update(backend, rng):

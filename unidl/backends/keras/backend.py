@@ -316,7 +316,8 @@ class Backend(BackendInterface):
                 raise
             if step.trace_count is not None:
                 step.trace_count += native.train_step_runs - runs
-            return result
+            # (Keras hands the loss back as a Python float: a tensor in the weights' dtype, as every other step's)
+            return self.tensor(result, native.dtype)
 
         # Keras's jitted train step (Keras-on-JAX) runs its Python only while jax.jit traces it: a trace is one
         # run of ``NativeModel.train_step`` during this step's call (a new input shape; a switch back from another
