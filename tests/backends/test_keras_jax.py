@@ -460,6 +460,15 @@ def traced_step_inputs():
     return errors
 
 
+def eager_random_depths():
+    # train_step(eager=True) of a forward that draws its depth from Python's random every step: torch's losses
+    # and weights (Keras's abstract pass before its first step drew a depth the step then missed)
+    from tests.test_dynamic_forward import _trajectory
+    (losses, weights, _), (reference, wanted, _) = _trajectory("keras", "eager"), _trajectory("torch", "eager")
+    return max(max_relative_difference(losses, reference), *(max_relative_difference(weights[k], wanted[k])
+                                                            for k in wanted))
+
+
 class Sigint:
     # a thread that sends SIGINT 5 ms after arm's callback (in a step's `skip`-th next run) has returned into XLA's
     # long matmuls (tens of ms), while the main thread waits for them in the jitted call (at 1 ms a loaded machine
@@ -742,6 +751,7 @@ print(json.dumps({
     "subset_or_reversed": subset_or_reversed(),
     "half_bias": half_bias_gradient(),
     "traced_step_inputs": traced_step_inputs(),
+    "eager_random_depths": eager_random_depths(),
     "alternated": alternated(),
     "parity_rules": parity_rules(),
     "ctrl_c": ctrl_c_in_steps(),
@@ -917,6 +927,13 @@ def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
                 "(if/while/range/int on a traced value), a step input among them (train_step's extra inputs, fit's "
                 "step_inputs)"]
     assert result["traced_step_inputs"] == [expected, expected], result["traced_step_inputs"]
+
+
+def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(result):
+    """``train_step(eager=True)`` runs the forward's Python every step, its draws from Python's ``random``
+    included, as torch does (tests/test_dynamic_forward.py on the others): Keras's abstract pass before the first
+    step (``_symbolic_build``) drew a depth the first step then missed."""
+    assert result["eager_random_depths"] < 1e-5, result["eager_random_depths"]
 
 
 def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):

@@ -79,6 +79,13 @@ class NativeModel(keras.Model):
             raise StateOutsideTheModel(new)
         return result
 
+    def _symbolic_build(self, *args, **kwargs):
+        """Keras's abstract pass over the forward before its first step (``train_on_batch``'s, to build the
+        metrics): not a step, so it draws nothing from Python's ``random`` that the step would (a forward that
+        draws its depth trained on another on Keras-on-torch and Keras-on-JAX than on every other backend)."""
+        with python_randomness_preserved():
+            return super()._symbolic_build(*args, **kwargs)
+
     def compute_loss_and_updates(self, trainable_variables, *args, **kwargs):
         """Keras's loss for ``jax.grad`` where its trainer threads the state as values (Keras-on-JAX), with the
         step's loss marked in one gradient element (``_loss_marked_in_a_gradient``); Keras's own elsewhere."""
