@@ -1006,6 +1006,10 @@ def off_path_results() -> dict:
         "one_hot": (lambda t: ud.ops.one_hot(t, 3), np.array([0, 3, -1, 2, -100], np.int64)),
         "pad": (lambda t: ud.ops.pad(t, (-1, 2), "reflect"), np.arange(5.0, dtype=np.float32).reshape(1, 1, 5)),
         "sqrt": (lambda t: ud.ops.sqrt(t), np.array([4, 9], np.int64)),
+        # (Keras-on-torch summed over every axis into a 0-d sum; Keras-on-JAX and -torch typed an int beside int64
+        # or booleans int32)
+        "sum-keepdims": (lambda t: ud.ops.sum(t, None, keepdims=True), np.array([[1, 2], [3, 4]], np.int64)),
+        "maximum-int": (lambda t: ud.ops.maximum(ud.ops.cast(t, "bool"), 0), np.array([0, 3], np.int64)),
     }
     results = {}
     for name, (fn, value) in cases.items():
@@ -1028,6 +1032,8 @@ OFF_PATH_EXPECTED = {
     **{f"one_hot-{m}": ["int64", [[1, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0]]] for m in MODES},
     **{f"pad-{m}": ["float32", [[[1.0, 2.0, 3.0, 4.0, 3.0, 2.0]]]] for m in MODES},
     **{f"sqrt-{m}": ["float32", [2.0, 3.0]] for m in MODES},
+    **{f"sum-keepdims-{m}": ["int64", [[10]]] for m in MODES},
+    **{f"maximum-int-{m}": ["int64", [0, 1]] for m in MODES},
     **{f"pad-error-{m}": "ValueError" for m in MODES},
     **{f"adaptive-max-empty-{m}": ["float32", [0, 2, 2, 2]] for m in MODES},
 }

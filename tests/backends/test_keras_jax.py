@@ -401,10 +401,11 @@ def alternated():
 
 
 def parity_rules():
-    # the parity tests of the ops whose rules differ by framework (maximum's ties, softmax over inf, the
-    # half-precision linear, cross-entropy's dtype) and ud.function's Python arguments (baked in, where Keras-on-JAX
-    # had refused strings and functions), run here on Keras-on-JAX: "ok" or the failure, by name (max pooling of
-    # -inf windows passes too, checked by hand: 8 s of XLA compiles here), and the index checks inside ud.function
+    # the parity tests of the ops whose rules differ by framework (maximum's ties and Python numbers: an int beside
+    # int64 was int32 on Keras-on-JAX; softmax over inf, the half-precision linear, cross-entropy's dtype) and
+    # ud.function's Python arguments (baked in, where Keras-on-JAX had refused strings and functions), run here on
+    # Keras-on-JAX: "ok" or the failure, by name (max pooling of -inf windows passes too, checked by hand: 8 s of
+    # XLA compiles here), and the index checks inside ud.function
     # and Keras's jitted train, test and predict steps (labels and indices out of range: Keras-on-JAX computed with
     # them, a NaN row or a wrong loss), a layer held outside the model read as it is at each train step (its first
     # trace's weights were baked in), gradients through BatchNorm in ud.function (its writes leaked JAX's tracers)
@@ -416,6 +417,7 @@ def parity_rules():
 
     outcomes = {}
     for test in (test_functional_ops.test_maximum_and_minimum_split_ties_and_nans_as_torch,
+                 test_functional_ops.test_maximum_and_minimum_of_python_numbers_type_them_as_torch,
                  test_functional_ops.test_softmax_of_a_row_holding_inf_or_nan_is_nan_as_torch,
                  test_functional_ops.test_half_precision_linear_rounds_once_as_torch,
                  test_activations_losses.test_cross_entropy_of_float32_logits_is_float32_as_torch,
@@ -946,7 +948,7 @@ def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):
     gradients with respect to inputs through BatchNorm in ``ud.function`` write its statistics (they leaked JAX's
     tracers)."""
     assert set(result["parity_rules"].values()) == {"ok"}, result["parity_rules"]
-    assert len(result["parity_rules"]) == 12, result["parity_rules"]
+    assert len(result["parity_rules"]) == 13, result["parity_rules"]
 
 
 def test_ctrl_c_in_a_step_on_jax_leaves_the_state_of_a_completed_step(result):

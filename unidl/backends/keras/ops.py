@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import keras
+import numpy as np
 from keras import ops as K
 
 from unidl import config
@@ -79,13 +80,25 @@ def minimum(a, b):
 
 
 def _promoted(a, b):
-    """``a`` and ``b`` as tensors of one dtype: a Python number takes the other's dtype by Keras's promotion rules
-    (two tensors come in one dtype, ``ud.ops.maximum`` having cast them to torch's result dtype); Keras's
-    ``result_type`` makes int64 and int64 int32 (``keras.ops.maximum`` of two int64 tensors is int32 on torch),
-    PyTorch keeps int64."""
+    """``a`` and ``b`` as tensors of one dtype: a Python number of no higher kind than the tensor beside it takes
+    that tensor's dtype, as PyTorch types it (``ud.ops.maximum`` hands a number so, ``_numbers_as_torch``), others
+    Keras's promotion (two tensors come in one dtype, ``ud.ops.maximum`` having cast them to torch's result
+    dtype). Keras's ``result_type`` makes int64 and int64 int32 (``keras.ops.maximum`` of two int64 tensors is
+    int32 on torch) and int64 beside a Python int int32 on JAX and torch; PyTorch keeps int64."""
     dtypes = [keras.backend.standardize_dtype(x.dtype) if hasattr(x, "dtype") else type(x) for x in (a, b)]
-    dtype = dtypes[0] if dtypes[0] == dtypes[1] and isinstance(dtypes[0], str) else keras.backend.result_type(*dtypes)
+    tensors = [d for d in dtypes if isinstance(d, str)]
+    if len(tensors) == 1 and _kind(tensors[0]) >= _kind(next(d for d in dtypes if not isinstance(d, str))):
+        dtype = tensors[0]
+    else:
+        dtype = dtypes[0] if dtypes[0] == dtypes[1] and tensors else keras.backend.result_type(*dtypes)
     return K.convert_to_tensor(a, dtype), K.convert_to_tensor(b, dtype)
+
+
+def _kind(dtype) -> int:
+    """0 for booleans, 1 for integers, 2 for floats (and anything else): of a dtype name or a Python type."""
+    if isinstance(dtype, type):
+        return 0 if issubclass(dtype, (bool, np.bool_)) else 1 if issubclass(dtype, (int, np.integer)) else 2
+    return 0 if dtype == "bool" else 1 if is_integer(dtype) else 2
 
 
 def linear(x, weight, bias=None):
@@ -280,6 +293,9 @@ def mean(x, axis=None, keepdims=False):
 
 
 def sum(x, axis=None, keepdims=False):
+    if axis is None and keepdims:  # (keras.ops.sum on torch dropped every axis: a 0-d sum)
+        rank = x.shape.rank if hasattr(x.shape, "rank") else len(x.shape)  # (None: a TensorFlow graph's unknown)
+        axis = None if rank is None else tuple(range(rank))
     return K.sum(x, axis, keepdims)
 
 
