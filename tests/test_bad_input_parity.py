@@ -1025,6 +1025,14 @@ def off_path_results() -> dict:
         # (Keras-on-torch refused the max of any empty tensor)
         empty = run(which, lambda t: ud.ops.adaptive_max_pool2d(t, (2, 2)), np.ones((0, 2, 5, 5), np.float32))
         results[f"adaptive-max-empty-{which}"] = [str(empty.dtype), list(empty.shape)]
+    state = ud.random.get_rng_state()
+    try:  # (Keras-on-torch's dropout generator, an int32 state, overflowed from 2**31)
+        ud.manual_seed(2**32 - 1)
+        results["largest-seed"] = None
+    except Exception as error:
+        results["largest-seed"] = f"{type(error).__name__}: {error}"
+    finally:
+        ud.random.set_rng_state(state)
     return results
 
 
@@ -1036,6 +1044,7 @@ OFF_PATH_EXPECTED = {
     **{f"maximum-int-{m}": ["int64", [0, 1]] for m in MODES},
     **{f"pad-error-{m}": "ValueError" for m in MODES},
     **{f"adaptive-max-empty-{m}": ["float32", [0, 2, 2, 2]] for m in MODES},
+    "largest-seed": None,
 }
 
 

@@ -103,10 +103,12 @@ class Backend(BackendInterface):
     def seed(self, seed):
         keras.utils.set_random_seed(seed)
         if self._generator is None:
-            self._generator = keras.random.SeedGenerator(seed)
-        else:  # in place: compiled graphs captured its state variable
-            state = self._generator.state
-            state.assign(keras.ops.cast(keras.ops.convert_to_tensor([seed, 0]), state.dtype))
+            self._generator = keras.random.SeedGenerator(0)
+        # the state Keras's SeedGenerator(seed) starts from, [seed, 0], set in place (compiled graphs captured its
+        # variable), the seed's bits in the state's dtype: int32 on Keras-on-torch, which a seed from 2**31 overflowed
+        state = self._generator.state
+        dtype = keras.backend.standardize_dtype(state.dtype)
+        state.assign(keras.ops.convert_to_tensor(np.array([seed, 0], np.uint64).astype(dtype)))
 
     def generator(self):
         """Unseeded dropout's generator, made at its first use (making it when the backend loads would start
