@@ -465,6 +465,17 @@ def weight_like(owner, what, weight, like):
     return ops.cast_like(weight, like)
 
 
+def float32_under_autocast(x):
+    """``x``, a float16 or bfloat16 tensor, in float32 where autocast is in force (``ud.Precision``'s casts or
+    torch's own), as torch.autocast computes the cross-entropy and NLL losses (its float32 policy casts their
+    half-precision inputs); else as it is. (A loss computed inside the forward, on bfloat16 logits beside a
+    float32 class weight.)"""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or dtype_name(dtype) not in ("float16", "bfloat16") or not _autocast_in_force():
+        return x
+    return ops.cast(x, "float32")
+
+
 def class_weight(owner, weight, like, what: str = "log-probabilities"):
     """A loss's class ``weight`` beside class labels (``nll_loss``, ``cross_entropy_loss``; or None): a NumPy array
     or list in ``like``'s dtype (``as_tensor``); a tensor of another dtype than ``like``'s is a
@@ -476,7 +487,7 @@ def class_weight(owner, weight, like, what: str = "log-probabilities"):
     if held is None or wanted is None or held == wanted:
         return weight
     given, expected = dtype_name(held), dtype_name(wanted)
-    if given == expected:
+    if given == expected:  # (a Keras variable's dtype is the name: no DType to compare above)
         return weight
     if given in ("float16", "bfloat16") and expected == "float32" and _autocast_in_force():
         return ops.cast(weight, expected)

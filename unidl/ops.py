@@ -1126,9 +1126,9 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
 
 
 def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner):
-    log_probabilities = input_checks.as_tensor(owner, "log_probabilities", log_probabilities)
-    weight = input_checks.class_weight(owner, weight, log_probabilities,
-                                       "log-probabilities" if owner == "NLLLoss" else "logits")
+    log_probabilities = input_checks.float32_under_autocast(
+        input_checks.as_tensor(owner, "log_probabilities", log_probabilities))
+    weight = input_checks.class_weight(owner, weight, log_probabilities)  # (cross_entropy_loss's checked already)
     labels = input_checks.check_integer(owner, "labels", labels)
     classes = shape(log_probabilities)[1]
     kept = labels != ignore_index
@@ -1149,8 +1149,8 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
     logits, target = (input_checks.as_tensor("cross_entropy_loss", what, x) for what, x in (("logits", logits),
                                                                                            ("target", target)))
-    weight = input_checks.as_tensor("cross_entropy_loss", "weight", weight, like=logits)
-    log_probabilities = log_softmax(logits, 1)
+    log_probabilities = log_softmax(input_checks.float32_under_autocast(logits), 1)
+    weight = input_checks.as_tensor("cross_entropy_loss", "weight", weight, like=log_probabilities)
     per_class = (1, -1) + (1,) * (len(logits.shape) - 2)  # a class weight's shape beside the log-probabilities
     if len(target.shape) == len(logits.shape):  # class probabilities: PyTorch promotes the three dtypes
         log_probabilities, target = _promoted_as_torch(log_probabilities, input_checks.as_floating(

@@ -197,9 +197,10 @@ class NativeModel(keras.Model):
 
 def _as_the_loss_takes_it(output):
     """The model's ``output`` as Keras's trainer hands it to the loss and the metrics: under mixed precision's casts
-    (a train step's forward scope) a floating output of the compute dtype in float32, as every other backend's
-    train step hands it on (a class-weighted ``CrossEntropyLoss`` had multiplied a float32 weight by bfloat16
-    log-probabilities: a ``TypeError``); unchanged elsewhere."""
+    (a train step's forward scope) a floating output in float32, as every other backend's train step hands it on
+    (a class-weighted ``CrossEntropyLoss`` on Keras-on-TensorFlow had multiplied a float32 weight by bfloat16
+    log-probabilities: a ``TypeError``; on Keras's other hosts the loss was computed in bfloat16); unchanged
+    elsewhere."""
     if active_ops() is None or not holds_floats(output) or dtype_name(output.dtype) == "float32":
         return output
     return keras.ops.cast(output, "float32")
