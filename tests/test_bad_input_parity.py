@@ -1010,6 +1010,8 @@ def off_path_results() -> dict:
         # or booleans int32)
         "sum-keepdims": (lambda t: ud.ops.sum(t, None, keepdims=True), np.array([[1, 2], [3, 4]], np.int64)),
         "maximum-int": (lambda t: ud.ops.maximum(ud.ops.cast(t, "bool"), 0), np.array([0, 3], np.int64)),
+        # (Keras-on-TensorFlow refused True beside int8)
+        "clip-true": (lambda t: ud.ops.clip(ud.ops.cast(t, "int8"), True), np.array([0, 1, 3], np.int64)),
     }
     results = {}
     for name, (fn, value) in cases.items():
@@ -1042,6 +1044,7 @@ OFF_PATH_EXPECTED = {
     **{f"sqrt-{m}": ["float32", [2.0, 3.0]] for m in MODES},
     **{f"sum-keepdims-{m}": ["int64", [[10]]] for m in MODES},
     **{f"maximum-int-{m}": ["int64", [0, 1]] for m in MODES},
+    **{f"clip-true-{m}": ["int8", [1, 1, 3]] for m in MODES},
     **{f"pad-error-{m}": "ValueError" for m in MODES},
     **{f"adaptive-max-empty-{m}": ["float32", [0, 2, 2, 2]] for m in MODES},
     "largest-seed": None,

@@ -44,6 +44,19 @@ def test_a_step_traces_once_per_batch_size_at_most(backend, rng):
     assert step.trace_count == TRACES_OVER_TWO_BATCH_SIZES[framework]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_step_returns_its_loss_in_the_weights_dtype(backend, rng, dtype):
+    """Compiled and eager, as a value ``ud.to_numpy`` reads in the weights' dtype (Keras's ``train_on_batch`` gave a
+    Python float: float64 from a float32 model)."""
+    with ud.use_dtype(dtype):
+        model, _, x, y = _slice(rng)
+        for eager in (False, True):
+            step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2), eager=eager)
+            loss = step(x, y)
+            assert ud.to_numpy(loss).dtype == dtype and ud.to_numpy(loss).shape == (), (eager, type(loss))
+            assert float(loss) > 0
+
+
 def test_step_returns_the_loss_of_this_batch_before_its_update(backend, rng):
     model, step, x, y = _slice(rng)
     loss_fn = ud.nn.MSELoss()

@@ -391,7 +391,7 @@ def _clip_bound(x, name, bound):
     another dtype than ``x``'s a ``DtypeMismatchError`` (``torch.clamp`` promotes the three by rules of their ranks
     and kinds; TensorFlow and JAX kept ``x``'s dtype, Keras refused it)."""
     if bound is None or _is_number(bound):
-        return bound
+        return int(bound) if isinstance(bound, bool) else bound  # (True beside int8: Keras-on-TensorFlow refused it)
     if isinstance(bound, (np.ndarray, list, tuple)):
         return cast_like(np.asarray(bound), x)
     given, held = dtype_kinds.dtype_name(bound.dtype), dtype_kinds.dtype_name(x.dtype)

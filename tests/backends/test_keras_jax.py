@@ -462,6 +462,22 @@ def traced_step_inputs():
     return errors
 
 
+def function_draws():
+    # a ud.function drawing from Python's random as it is traced draws once, as on every other backend (the probe
+    # that finds its Keras variables drew once more first)
+    import random
+
+    with ud.use_backend("keras"):
+        linear = ud.nn.Linear(4, 1, bias=False)
+        scaled = ud.function(lambda x: linear(x) * random.random())
+        random.seed(5)
+        scaled(np.ones((2, 4), np.float32))
+        after = random.random()
+    random.seed(5)
+    random.random()
+    return after == random.random()
+
+
 def eager_random_depths():
     # train_step(eager=True) of a forward that draws its depth from Python's random every step: torch's losses
     # and weights (Keras's abstract pass before its first step drew a depth the step then missed)
@@ -754,6 +770,7 @@ print(json.dumps({
     "half_bias": half_bias_gradient(),
     "traced_step_inputs": traced_step_inputs(),
     "eager_random_depths": eager_random_depths(),
+    "function_draws": function_draws(),
     "alternated": alternated(),
     "parity_rules": parity_rules(),
     "ctrl_c": ctrl_c_in_steps(),
@@ -934,8 +951,10 @@ def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
 def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(result):
     """``train_step(eager=True)`` runs the forward's Python every step, its draws from Python's ``random``
     included, as torch does (tests/test_dynamic_forward.py on the others): Keras's abstract pass before the first
-    step (``_symbolic_build``) drew a depth the first step then missed."""
+    step (``_symbolic_build``) drew a depth the first step then missed; and a ``ud.function``'s trace draws once."""
     assert result["eager_random_depths"] < 1e-5, result["eager_random_depths"]
+    # and a ud.function's trace draws once, as on the jax backend (the probe finding its variables drew first)
+    assert result["function_draws"] is True
 
 
 def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):

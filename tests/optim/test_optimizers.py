@@ -172,8 +172,9 @@ def test_torch_style_step_runs_a_user_rule():
 
 
 # the backends whose optimizers run inside TensorFlow's graphs: keras where Keras runs on TensorFlow (KERAS_BACKEND
-# unset or tensorflow); on Keras's other frameworks its optimizers run in JAX's or torch's own code
-TENSORFLOW_GRAPHS = ["tensorflow"] + (["keras"] if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow" else [])
+# unset or tensorflow, read here without importing Keras); on its other frameworks they run in JAX's or torch's code
+KERAS_ON_TENSORFLOW = os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow"
+TENSORFLOW_GRAPHS = ["tensorflow"] + (["keras"] if KERAS_ON_TENSORFLOW else [])
 
 
 @pytest.mark.parametrize("name", TENSORFLOW_GRAPHS)

@@ -16,7 +16,7 @@ from keras.src.backend.common.variables import initialize_all_variables  # (nor 
 
 from unidl.errors import GraphConstructError
 from unidl.optim.param_groups import ConstantOptions
-from unidl.tracing import warn_running_eagerly
+from unidl.tracing import python_randomness_preserved, warn_running_eagerly
 
 
 class _RecordingScope(keras.StatelessScope):
@@ -140,7 +140,8 @@ class StatelessFunction:
             scopes.append(scope)
 
         try:
-            self._host.eval_shape(probe, *args)
+            with python_randomness_preserved():  # (a probe, not a call: it draws nothing the call would)
+                self._host.eval_shape(probe, *args)
         finally:
             _initialize_created()
         return list({**scopes[0].read, **scopes[0].assigned}.values())
