@@ -478,6 +478,31 @@ def function_draws():
     return after == random.random()
 
 
+def draws_warned():
+    # a compiled train step and a ud.function drawing from Python's random while traced warn (RetraceWarning), as
+    # on the jax backend (tests/test_dynamic_forward.py); a step with eager=True runs its Python every call: none
+    import random
+    import warnings
+
+    from tests.test_dynamic_forward import DynamicNet, X, Y
+    warned = []
+    with ud.use_backend("keras"):
+        for eager in (False, True):
+            model = DynamicNet()
+            step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05), eager=eager)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                step(X, Y)
+            warned.append([str(w.message).split(" while ")[0] for w in caught if "drew from" in str(w.message)])
+        linear = ud.nn.Linear(4, 1)
+        scaled = ud.function(lambda x: linear(x) * random.random())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scaled(np.ones((2, 4), np.float32))
+        warned.append([str(w.message).split(" while ")[0] for w in caught if "drew from" in str(w.message)])
+    return warned
+
+
 def eager_random_depths():
     # train_step(eager=True) of a forward that draws its depth from Python's random every step: torch's losses
     # and weights (Keras's abstract pass before its first step drew a depth the step then missed)
@@ -771,6 +796,7 @@ print(json.dumps({
     "traced_step_inputs": traced_step_inputs(),
     "eager_random_depths": eager_random_depths(),
     "function_draws": function_draws(),
+    "draws_warned": draws_warned(),
     "alternated": alternated(),
     "parity_rules": parity_rules(),
     "ctrl_c": ctrl_c_in_steps(),
@@ -955,6 +981,9 @@ def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(res
     assert result["eager_random_depths"] < 1e-5, result["eager_random_depths"]
     # and a ud.function's trace draws once, as on the jax backend (the probe finding its variables drew first)
     assert result["function_draws"] is True
+    # a draw frozen into a trace warns, a step that runs its Python every call does not
+    assert result["draws_warned"] == [["train_step of dynamicnet drew from Python's random"], [],
+                                      ["<lambda> drew from Python's random"]], result["draws_warned"]
 
 
 def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):

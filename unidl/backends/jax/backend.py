@@ -46,7 +46,7 @@ from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer, write_scalar  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
 from unidl.nn.module import trainable_mask, training_modes  # noqa: E402
-from unidl.tracing import python_randomness_preserved, python_randomness_state  # noqa: E402
+from unidl.tracing import python_randomness_guard, python_randomness_preserved, python_randomness_state  # noqa: E402
 
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 
@@ -573,7 +573,8 @@ class _NamedJit:
         if entry is None:
             def counted(values, dynamic):
                 self.trace_count += 1
-                return self._f(values, *rebuild(dynamic))
+                with python_randomness_guard(self.__name__):  # (a draw frozen into the trace: the warning)
+                    return self._f(values, *rebuild(dynamic))
 
             checked, raise_failed = value_checked(counted)
             entry = self._jitted[key] = (jax.jit(checked), raise_failed)

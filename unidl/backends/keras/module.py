@@ -19,7 +19,8 @@ from unidl.dtype_kinds import dtype_name, holds_floats
 from unidl.errors import GraphConstructError
 from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
 from unidl.precision import active_ops
-from unidl.tracing import python_randomness_preserved, python_randomness_state, recording_module_calls
+from unidl.tracing import (python_randomness_guard, python_randomness_preserved, python_randomness_state,
+                           recording_module_calls)
 
 
 class NativeModel(keras.Model):
@@ -69,7 +70,7 @@ class NativeModel(keras.Model):
         try:
             with recording_module_calls() as reached, keras_distributed.forward_through_engine(self), \
                     _trainer_variables_told(self), _gradients_of_used_variables(self, args), \
-                    _writes_outside_the_state_found(self):
+                    _writes_outside_the_state_found(self), _draws_frozen_warned(self):
                 result = super().train_step(*args, **kwargs)
         except StateOutsideTheModel as found:
             written = found.variables
@@ -193,6 +194,15 @@ class NativeModel(keras.Model):
             with contextlib.suppress(AttributeError):  # (an exception type without a __dict__)
                 error._keras_call_info_injected = True
             raise
+
+
+def _draws_frozen_warned(native):
+    """Where Keras jits its train step on JAX (it runs only while traced), the ``RetraceWarning`` of a forward that
+    draws from Python's ``random``, frozen into the trace, as the jax backend's and Keras-on-TensorFlow's graphs
+    give it; nothing where the step runs every call (Keras-on-torch, ``eager=True``)."""
+    if HOST.keras_state_in_place or not native.jit_compile or native.run_eagerly:
+        return contextlib.nullcontext()
+    return python_randomness_guard(f"train_step of {native.name}")  # (named as Keras-on-TensorFlow names it)
 
 
 def _as_the_loss_takes_it(output):
