@@ -144,15 +144,28 @@ def test_a_prelu_or_a_normalization_trains_in_bf16_as_a_torch_autocast_loop(back
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), getattr(torch.nn, middle)(*arguments), torch.nn.Linear(3, 1))
     net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
     step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), precision="bf16-mixed")
-    oracle = torch.optim.SGD(net.parameters(), lr=0.1)
-    for _ in range(3):
+
+    def loss_of(net):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs = net(torch.tensor(x))
-        loss = torch.nn.functional.mse_loss(outputs.float(), torch.tensor(y))
+        return torch.nn.functional.mse_loss(outputs.float(), torch.tensor(y))
+
+    _trains_as_a_torch_autocast_loop(step, model, net, loss_of, x, y, lr=0.1, loss_bound=1e-2)
+
+
+def _trains_as_a_torch_autocast_loop(step, model, net, loss_of, x, y, lr, loss_bound):
+    """Three calls of ``step(x, y)`` against three steps of the hand-written torch loop over ``net`` (plain SGD at
+    ``lr``; ``loss_of(net)``: its loss of the batch, the forward under ``torch.autocast``): each loss within
+    ``loss_bound`` of torch's (relative), then ``model``'s weights within 1e-2 of ``net``'s."""
+    import torch
+
+    oracle = torch.optim.SGD(net.parameters(), lr=lr)
+    for _ in range(3):
+        loss = loss_of(net)
         oracle.zero_grad()
         loss.backward()
         oracle.step()
-        assert abs(float(ud.to_numpy(step(x, y))) - loss.item()) < 1e-2 * abs(loss.item())
+        assert abs(float(ud.to_numpy(step(x, y))) - loss.item()) < loss_bound * abs(loss.item())
     for name, value in net.state_dict().items():
         assert max_relative_difference(model.state_dict()[name], value.numpy()) < 1e-2, name
 
@@ -173,18 +186,15 @@ def test_a_class_weighted_smoothed_cross_entropy_trains_in_bf16_as_a_torch_autoc
     net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
     loss_fn = ud.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)
     step = ud.train_step(model, loss_fn, ud.optim.SGD(model.parameters(), lr=0.5), precision="bf16-mixed")
-    oracle = torch.optim.SGD(net.parameters(), lr=0.5)
-    for _ in range(3):
+
+    def loss_of(net):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = torch.nn.functional.cross_entropy(net(torch.tensor(x)), torch.tensor(y),
                                                      weight=torch.tensor(weight), label_smoothing=0.1)
         assert loss.dtype == torch.float32
-        oracle.zero_grad()
-        loss.backward()
-        oracle.step()
-        assert abs(float(ud.to_numpy(step(x, y))) - loss.item()) < 1e-5 * abs(loss.item())
-    for name, value in net.state_dict().items():
-        assert max_relative_difference(model.state_dict()[name], value.numpy()) < 1e-2, name
+        return loss
+
+    _trains_as_a_torch_autocast_loop(step, model, net, loss_of, x, y, lr=0.5, loss_bound=1e-5)
 
     class LossInside(ud.nn.Module):  # a model that returns its own loss
         def __init__(self):
