@@ -14,6 +14,7 @@ import datetime
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: import benchmarks/ (and unidl/) from this checkout
@@ -45,13 +46,16 @@ def tensorflow_sees_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def run(settings: Settings, device: str = "cpu", only: str | None = None, log=print, quick: bool = False) -> list[Row]:
+def run(settings: Settings, device: str = "cpu", only: str | None = None, log=print, quick: bool = False,
+        keep_going: bool = False) -> list[Row]:
     """Every comparison, in order; ``only`` keeps the groups whose name contains it. ``quick`` leaves out the
-    workload models (ResNet-18, the transformer: seconds a step on a CPU) unless ``only`` asks for them."""
-    with_tf = device == "cpu" or tensorflow_sees_gpu()
+    workload models (ResNet-18, the transformer: seconds a step on a CPU) unless ``only`` asks for them.
+    ``keep_going``: a group that raises is one row saying so (its traceback logged) and the next group runs, for
+    a run on a machine held for minutes (a GPU lent for one call) that should not lose every group to one."""
+    with_tf = _installed("tensorflow") and (device == "cpu" or tensorflow_sees_gpu())
     built = {}  # steps and models traced by one group and timed again by a later one (see keras_peer_rows)
     groups = [("torch", lambda: bench_torch(settings, device))]
-    skipped = "skipped: TensorFlow sees no GPU"
+    skipped = "skipped: TensorFlow sees no GPU" if _installed("tensorflow") else "skipped: TensorFlow is not installed"
     if with_tf:
         groups += [("tensorflow", lambda: bench_tensorflow(settings, device, built)),
                    ("keras", lambda: bench_keras(settings, device, built))]
@@ -80,9 +84,16 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
         if only and only not in name:
             continue
         started = time.perf_counter()
-        for row in group():
-            rows.append(row)
-            log(format_row(row))
+        try:
+            for row in group():
+                rows.append(row)
+                log(format_row(row))
+        except Exception as error:
+            if not keep_going:
+                raise
+            log(traceback.format_exc())
+            rows.append(Row(name, "-", "-", "-", note=f"failed: {type(error).__name__}: {error}"[:300]))
+            log(format_row(rows[-1]))
         log(f"  ({name}: {time.perf_counter() - started:.1f} s)")
     return rows
 
@@ -97,6 +108,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "(torch, tensorflow, keras, jax, peer, models, loader, first step)")
     parser.add_argument("--no-subprocess", action="store_true",
                         help="skip the Keras-on-torch peer, which needs a process of its own")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="a group that fails is a row saying so, and the other groups still run")
     parser.add_argument("--findings", default=None, help=f"a Markdown file appended to the report (its analysis); "
                         f"by default the '{ANALYSIS_HEADING}' section of the existing report is kept")
     return parser
@@ -114,7 +127,7 @@ def main(argv=None, args=None) -> int:
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     load_before = load_average()
     print(f"unidl bench: device={device} steps={settings.steps} load average {load_before}")
-    rows = run(settings, device, args.only, quick=args.quick)
+    rows = run(settings, device, args.only, quick=args.quick, keep_going=args.keep_going)
     findings = previous_analysis(args.out)
     if args.findings:
         with open(args.findings) as handle:

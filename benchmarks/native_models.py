@@ -117,7 +117,8 @@ def torch_workload(workload: str, state: dict):
 
         def forward(self, tokens):
             padding = tokens == 0
-            x = self.token_embedding(tokens) + self.position_embedding(torch.arange(tokens.shape[1]))
+            positions = torch.arange(tokens.shape[1], device=tokens.device)
+            x = self.token_embedding(tokens) + self.position_embedding(positions)
             x = self.encoder(x, src_key_padding_mask=padding)
             keep = (~padding).unsqueeze(2).to(x.dtype)
             return self.head((x * keep).sum(1) / keep.sum(1).clamp(min=1.0))

@@ -33,7 +33,7 @@ def machine() -> dict:
 
 def versions() -> dict:
     found = {"python": platform.python_version(), "numpy": np.__version__}
-    for name in ("torch", "tensorflow", "keras"):
+    for name in ("torch", "tensorflow", "keras", "jax"):
         try:
             found[name] = __import__(name).__version__
         except ImportError:
@@ -51,6 +51,15 @@ def load_average() -> str:
         return "unknown"
 
 
+def _gpu_name(device: str) -> str:
+    """`` (<the GPU's name as torch reports it>)`` for a CUDA device, else nothing."""
+    if not device.startswith("cuda"):
+        return ""
+    import torch
+
+    return f" ({torch.cuda.get_device_name(torch.device(device))}, torch CUDA {torch.version.cuda})"
+
+
 def report(rows: list[Row], settings: Settings, device: str, started: str, load_before: str, quick: bool,
            findings: str = "") -> str:
     info, found = machine(), versions()
@@ -64,7 +73,7 @@ def report(rows: list[Row], settings: Settings, device: str, started: str, load_
         f"- machine: {info['cpu']}, {info['cores']} cores ({info['platform']})",
         f"- load average (1, 5, 15 min) before / after: {load_before} / {load_average()}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
-        f"- device: {device}",
+        f"- device: {device}{_gpu_name(device)}",
         f"- settings: {settings.steps} timed steps per side in {settings.blocks} alternating blocks after "
         f"{settings.warmup} warm-up steps; fit: {settings.fit_rounds} epochs of {settings.fit_steps} batches per side; "
         f"loaders: {settings.loader_rounds} epochs of {settings.loader_samples} samples per side",

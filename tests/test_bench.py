@@ -96,3 +96,23 @@ def test_time_to_first_step_runs_in_fresh_processes():
 
     unidl_seconds, native_seconds = first_step._fresh("unidl", "torch"), first_step._fresh("native", "torch")
     assert 0 < unidl_seconds < 60 and 0 < native_seconds < 60
+
+
+def test_keep_going_reports_a_failed_group_as_a_row_and_runs_the_next(monkeypatch):
+    """``--keep-going`` (a GPU lent for one call): a group that raises is a row naming its error and the groups
+    after it still run; without it the error propagates."""
+    from benchmarks import bench
+
+    def broken(*args):
+        raise RuntimeError("index is on cpu, different from other tensors on cuda:0")
+
+    monkeypatch.setattr(bench, "bench_torch", broken)
+    monkeypatch.setattr(bench, "keras_peer", lambda *args: [harness.Row("peer: keras on torch", "cnn", "a", "b", 1, 2)])
+    settings = harness.Settings.quick(2)
+    rows = bench.run(settings, only="torch", log=lambda *a: None, keep_going=True, quick=True)
+    failed = [r for r in rows if r.note.startswith("failed:")]
+    assert [(r.comparison, r.note) for r in failed] == [
+        ("torch", "failed: RuntimeError: index is on cpu, different from other tensors on cuda:0")]
+    assert any(r.comparison == "peer: keras on torch" and r.ratio for r in rows)  # the group after it ran
+    with pytest.raises(RuntimeError, match="index is on cpu"):
+        bench.run(settings, only="torch", log=lambda *a: None, quick=True)

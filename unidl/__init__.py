@@ -9,6 +9,7 @@ from unidl import callbacks, data, datasets, metrics
 from unidl import autograd
 from unidl import distributed
 from unidl.threads import set_num_threads
+from unidl.float32_precision import get_float32_precision, set_float32_precision
 from unidl.autograd import custom_gradient, grad, value_and_grad
 from unidl.config import (available_backends, get_backend, get_device, get_dtype, set_backend, set_device,
                           set_dtype, use_backend, use_device, use_dtype)
@@ -42,7 +43,7 @@ def __getattr__(name):
 
 __all__ = [
     "nn", "ops", "optim", "models", "data", "datasets", "tensor", "to_numpy", "grad", "value_and_grad", "train_step", "Precision", "fit", "evaluate", "predict", "History", "summary", "plot_history", "callbacks", "metrics", "manual_seed",
-    "distributed", "set_num_threads", "autograd", "custom_gradient", "function", "info", "log_device_placement", "GraphConstructError", "IndexOutOfRangeError", "DtypeMismatchError", "RetraceWarning",
+    "distributed", "set_num_threads", "set_float32_precision", "get_float32_precision", "autograd", "custom_gradient", "function", "info", "log_device_placement", "GraphConstructError", "IndexOutOfRangeError", "DtypeMismatchError", "RetraceWarning",
     "available_backends", "get_backend", "set_backend", "use_backend",
     "get_device", "set_device", "use_device", "get_dtype", "set_dtype", "use_dtype",
     "UnidlError", "UnknownBackendError", "BackendNotInstalledError", "BackendMismatchError",

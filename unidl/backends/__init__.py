@@ -97,6 +97,9 @@ def load(name: str):
             from unidl import threads
 
             threads.apply(backend)  # UNIDL_NUM_THREADS / set_num_threads, before the framework computes anything
+            from unidl import float32_precision
+
+            float32_precision.apply(backend)  # float32 products computed alike on every framework (a GPU's TF32)
             from unidl import random as unidl_random
 
             if unidl_random.initial_seed() is not None:  # a seed set before the backend: its generators now, after

@@ -179,6 +179,10 @@ class Backend(BackendInterface):
                           f"inherit it now)", RuntimeWarning, stacklevel=3)
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
 
+    def set_float32_precision(self, mode):
+        # jax's DEFAULT is TF32 on GPUs; the config is part of jax.jit's cache key, so steps trace again
+        jax.config.update("jax_default_matmul_precision", "highest" if mode == "highest" else "tensorfloat32")
+
     def seed(self, seed):
         self._generator.reset(seed)
 

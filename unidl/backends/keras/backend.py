@@ -75,6 +75,9 @@ class Backend(BackendInterface):
     def distributed_engine(self):
         return keras_distributed.engine()  # the host framework's, where it carries Keras's step
 
+    def set_float32_precision(self, mode):
+        HOST.set_float32_precision(mode)  # Keras computes with its host framework's kernels
+
     def set_num_threads(self, intra_op, inter_op):
         HOST.set_num_threads(intra_op, inter_op)
 

@@ -100,6 +100,9 @@ class Backend(BackendInterface):
     def distributed_engine(self):
         return tf_distributed.Engine()
 
+    def set_float32_precision(self, mode):
+        tf.config.experimental.enable_tensor_float_32_execution(mode == "high")
+
     def set_num_threads(self, intra_op, inter_op):
         threading = tf.config.threading
         if (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads()) == (

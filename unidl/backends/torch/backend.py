@@ -101,6 +101,11 @@ class Backend(BackendInterface):
         except RuntimeError:  # torch allows it once, before any inter-op work; the intra-op pool is what counts
             pass
 
+    def set_float32_precision(self, mode):
+        # the legacy switches: torch >= 2.9 maps them onto its fp32_precision flags (matmul, cuDNN conv and RNN),
+        # and both APIs read back consistently; setting the new flags one by one leaves allow_tf32 unreadable
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "high"
+
     def pins_memory(self, device):
         return device.startswith("cuda")  # tensor() stages CUDA copies through pinned memory
 

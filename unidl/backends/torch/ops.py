@@ -218,8 +218,13 @@ def l1_loss(prediction, target, reduction="mean"):
 
 
 def check_index(indices, size, what="index"):
-    if indices.device.type == "cpu" and indices.numel():  # on a GPU, torch's own device assert fires instead
-        low, high = int(indices.min()), int(indices.max())
+    """unidl's ``IndexOutOfRangeError`` for an index outside ``[0, size)``, on every device. On a GPU torch's own
+    kernels check with a device-side assert, which leaves the process's CUDA context unusable (every later CUDA
+    call fails, JAX's in the same process too; seen on an H200): the smallest and largest index come back to the
+    host in one read first (a GPU sync, about 20 us there)."""
+    if indices.numel():
+        bounds = torch.aminmax(indices.detach())
+        low, high = (int(b) for b in bounds) if indices.device.type == "cpu" else torch.stack(bounds).tolist()
         if low < 0 or high >= size:
             raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
     return indices
@@ -230,8 +235,10 @@ def segment_sum(data, segment_ids, num_segments):
 
 
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
-    if labels.device.type == "cpu":
-        check_index(labels[labels != ignore_index], logits.shape[-1], "CrossEntropyLoss labels")
+    # ignored labels read as 0 (as the tensorflow, jax and keras ops check them): a select, where a boolean mask
+    # would cost a GPU sync of its own to size its result
+    check_index(torch.where(labels != ignore_index, labels, torch.zeros_like(labels)), logits.shape[-1],
+                "CrossEntropyLoss labels")
     return F.cross_entropy(logits, labels.long(), reduction=reduction, ignore_index=ignore_index)
 
 
