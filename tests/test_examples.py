@@ -99,9 +99,10 @@ KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_loss
              "from tests.nn.test_attention import keras_host_attention\n"
              "from tests.test_dynamic_forward import keras_host_accumulation\n"
              "from tests.test_bad_input_parity import off_path_results\n"
+             "from tests.test_export import keras_host_exports\n"
              "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph(),"
              " alternated_loss_steps(), keras_host_attention(), keras_host_accumulation(), off_path_results(),"
-             " ctrl_c_as_keras_switches_gradients_off()]))")
+             " ctrl_c_as_keras_switches_gradients_off(), keras_host_exports()]))")
 
 
 def ctrl_c_as_keras_switches_gradients_off():
@@ -170,7 +171,8 @@ def _keras_on(framework: str):
     accumulate=2 and Adam with a layer unused in some steps, and float16 loss scaling, against torch
     (tests/test_dynamic_forward.py's keras_host_accumulation; None on JAX), the off-path op results
     (tests/test_bad_input_parity.py's off_path_results), on torch the outcomes of a Ctrl-C as Keras switches
-    gradients off (``ctrl_c_as_keras_switches_gradients_off``; None on JAX)]``
+    gradients off (``ctrl_c_as_keras_switches_gradients_off``; None on JAX), the keras backend's exports there
+    (tests/test_export.py's keras_host_exports)]``
     from an interpreter whose Keras runs on ``framework`` (on torch: the one that ran the examples first)."""
     if framework == "torch":
         returncode, stdout, stderr = _interpreter_output("torch")[KERAS_SECTION]
@@ -184,7 +186,7 @@ def _keras_on(framework: str):
 def test_keras_on_another_framework_agrees_with_that_backend(framework):
     from unidl.compare import two_layer_losses
 
-    keras_run, used, _, _, _, _, _, _, _ = _keras_on(framework)
+    keras_run, used, *_ = _keras_on(framework)
     assert used == framework
     host_run = two_layer_losses(framework, **TWO_LAYER)  # here: another process than Keras's
     assert max_relative_difference(keras_run, host_run) < 1e-5
@@ -193,7 +195,7 @@ def test_keras_on_another_framework_agrees_with_that_backend(framework):
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_keras_on_another_framework_fit_reaches_accuracy(framework):
-    _, used, accuracy, _, _, _, _, _, _ = _keras_on(framework)
+    _, used, accuracy, *_ = _keras_on(framework)
     assert used == framework and accuracy >= 0.95
 
 
@@ -204,7 +206,7 @@ def test_keras_on_another_framework_gives_the_model_graph(framework, convolution
     values) and Keras-on-JAX (their jaxpr), with the state under its ``state_dict()`` names."""
     from tests.callbacks.test_tensorboard import assert_cnn_graph
 
-    _, used, _, graph, _, _, _, _, _ = _keras_on(framework)
+    _, used, _, graph, *_ = _keras_on(framework)
     assert used == framework
     assert_cnn_graph(graph, convolution, dot)
 
@@ -216,7 +218,7 @@ def test_keras_on_another_framework_trains_each_step_with_its_own_loss(framework
     first; both train as the torch loop alternating the two losses, with no step skipped."""
     from tests.test_precision import check_alternated_loss_steps
 
-    _, used, _, _, alternated, _, _, _, _ = _keras_on(framework)
+    _, used, _, _, alternated, *_ = _keras_on(framework)
     assert used == framework
     check_alternated_loss_steps(alternated)
 
@@ -226,7 +228,7 @@ def test_keras_on_torch_computes_attention_as_torch_with_its_fused_kernels():
     torch against torch (outputs and gradients, float32 compiled and float64 eager, every kind of mask), each
     through one fused kernel as plain Keras's layers reach them: attention through F.scaled_dot_product_attention
     (no softmax of unidl's own), LayerNorm through native_layer_norm, Linear through addmm (with its bias)."""
-    _, used, _, _, _, (failures, aten), _, _, _ = _keras_on("torch")
+    _, used, _, _, _, (failures, aten), *_ = _keras_on("torch")
     assert used == "torch" and failures == []
     assert {"aten::scaled_dot_product_attention", "aten::native_layer_norm", "aten::addmm"} <= set(aten), aten
     assert not {"aten::softmax", "aten::_softmax", "aten::bmm"} & set(aten), aten
@@ -237,7 +239,7 @@ def test_keras_on_torch_accumulates_as_torch_with_a_layer_unused_in_some_micro_s
     both micro-steps of its windows: PyTorch's ``.grad`` rule (tests/test_dynamic_forward.py's test of it), 1e-6;
     Adam's per-parameter step counts with that layer skipped in some steps; float16 loss scaling with torch's
     decisions (weights to 1e-3)."""
-    _, used, _, _, _, _, checks, _, _ = _keras_on("torch")
+    _, used, _, _, _, _, checks, *_ = _keras_on("torch")
     assert used == "torch" and checks, checks
     for name in ("sgd", "adam"):
         assert all(value < 1e-6 for value in checks[name].values()), (name, checks[name])
@@ -250,7 +252,7 @@ def test_keras_on_torch_trains_on_after_a_ctrl_c_as_keras_switches_gradients_off
     off, before its ``with`` is in force (in a train step, ``evaluate`` and ``fit``), ends the call with
     ``KeyboardInterrupt`` and leaves torch's grad mode as the call found it (``KeptStepState`` puts back the host's
     thread modes): a train step and ``fit`` train on with finite losses, where the next one had failed."""
-    *_, outcomes = _keras_on("torch")
+    *_, outcomes, _ = _keras_on("torch")
     assert outcomes is not None and len(outcomes) == 3, outcomes
     for landed, interrupted, grad_on, finite in outcomes:
         assert landed and interrupted and grad_on and finite is True, outcomes
@@ -262,5 +264,19 @@ def test_keras_on_another_framework_follows_the_off_path_rules(framework):
     the rules of tests/test_bad_input_parity.py hold on Keras-on-torch and Keras-on-JAX too."""
     from tests.test_bad_input_parity import OFF_PATH_EXPECTED
 
-    *_, results, _ = _keras_on(framework)
+    *_, results, _, _ = _keras_on(framework)
     assert results == OFF_PATH_EXPECTED
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_keras_on_another_framework_exports_programs_that_run_without_unidl(framework, tmp_path):
+    """The keras backend's export formats on Keras's other frameworks: on torch the host's (a Keras layer is a
+    ``torch.nn.Module``: ``torch.export`` programs and ONNX files through torch's exporter, where it wrote none),
+    on JAX Keras's own SavedModel; each program loaded and run in a fresh process without unidl, its outputs the
+    model's at batch sizes other than the traced one (tests/test_export.py's check)."""
+    from tests.test_export import check_exports_run_without_unidl
+
+    *_, exports = _keras_on(framework)
+    assert sorted(exports) == {"torch": ["onnx", "torch_export"], "jax": ["saved_model"]}[framework]
+    for format in exports:
+        check_exports_run_without_unidl(exports, format, tmp_path)

@@ -81,13 +81,12 @@ print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("
 SUFFIXES = {"saved_model": "", "torch_export": ".pt2", "onnx": ".onnx", "stablehlo": ".stablehlo"}
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """format -> [{path, inputs, expected}] for every model, backend and format the backend writes."""
-    directory = tmp_path_factory.mktemp("exports")
+def export_every_format(backends, directory) -> dict:
+    """format -> [{path, inputs, expected, name}] for every model, backend and format the backend writes, written
+    into ``directory`` (the inputs as .npy files)."""
     rng = np.random.default_rng(0)
     written = {}
-    for backend in backends_under_test():
+    for backend in backends:
         with ud.use_backend(backend):
             ud.manual_seed(0)
             for model_name, (build, input_shape) in MODELS.items():
@@ -107,12 +106,25 @@ def exports(tmp_path_factory):
     return written
 
 
-@pytest.mark.parametrize("format", sorted(FORMATS))
-def test_exported_program_runs_without_unidl(exports, format, tmp_path):
-    if format not in exports:
-        pytest.skip(f"no backend under test exports {format}")
-    if format == "onnx":
-        pytest.importorskip("onnxruntime")
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """format -> [{path, inputs, expected, name}] for every model, backend under test and format it writes."""
+    return export_every_format(backends_under_test(), tmp_path_factory.mktemp("exports"))
+
+
+def keras_host_exports() -> dict:
+    """Where Keras runs on another framework (tests/test_examples.py's Keras interpreters): ``exports`` for the
+    keras backend there, in a fresh temporary directory, the expected outputs as lists (JSON)."""
+    import pathlib
+    import tempfile
+
+    written = export_every_format(["keras"], pathlib.Path(tempfile.mkdtemp(prefix="unidl-keras-exports-")))
+    return {format: [dict(item, expected=[e.tolist() for e in item["expected"]]) for item in items]
+            for format, items in written.items()}
+
+
+def check_exports_run_without_unidl(exports, format, tmp_path) -> None:
+    """Run ``exports[format]``'s programs in a fresh process without unidl (``RUNNER``); each output as expected."""
     items = exports[format]
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps([{"path": item["path"], "inputs": item["inputs"]} for item in items]))
@@ -120,11 +132,21 @@ def test_exported_program_runs_without_unidl(exports, format, tmp_path):
     ways = 2 if format == "saved_model" else 1
     for item in items:
         for index, expected in enumerate(item["expected"]):
+            expected = np.asarray(expected, np.float32)
             for way in range(ways):
                 output = np.load(f"{item['path']}.out{index}.{way}.npy")
                 assert output.shape == expected.shape, item["name"]
                 difference = max_relative_difference(output, expected)
                 assert difference <= TOLERANCE, f"{item['name']} batch {BATCH_SIZES[index]}: {difference:.2e}"
+
+
+@pytest.mark.parametrize("format", sorted(FORMATS))
+def test_exported_program_runs_without_unidl(exports, format, tmp_path):
+    if format not in exports:
+        pytest.skip(f"no backend under test exports {format}")
+    if format == "onnx":
+        pytest.importorskip("onnxruntime")
+    check_exports_run_without_unidl(exports, format, tmp_path)
 
 
 #: the package each backend's ONNX exporter needs beyond onnx itself
@@ -275,7 +297,13 @@ def test_export_needs_a_module(tmp_path):
         ud.export(object(), tmp_path / "x.pt2", format="torch_export")
 
 
-@pytest.mark.parametrize("backend_name", [name for name in backends_under_test() if name in ("tensorflow", "keras")])
+#: the backends whose SavedModel export traces unidl's compiled functions as TensorFlow graphs (Keras's exporter on
+#: TensorFlow; on JAX it converts the JAX program, on torch Keras writes none)
+TENSORFLOW_GRAPH_EXPORTS = [name for name in backends_under_test() if name == "tensorflow"
+                            or (name == "keras" and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow")]
+
+
+@pytest.mark.parametrize("backend_name", TENSORFLOW_GRAPH_EXPORTS)
 def test_a_function_traced_in_training_is_traced_apart_for_export(backend_name, tmp_path):
     """A ``ud.function`` that a model's forward calls, traced in training before an export (its graph names
     unidl's max-pool gradient, which ``tf.saved_model.save`` failed to trace), or first traced by an export (whose

@@ -1,4 +1,7 @@
-"""Export on keras: a SavedModel written by Keras's own ``ExportArchive`` (endpoint ``serve``, NCHW input)."""
+"""Export on keras: a SavedModel written by Keras's own ``ExportArchive`` (endpoint ``serve``, NCHW input) where
+Keras writes one (on TensorFlow and JAX), and the host framework's own formats where the host's exporter takes the
+Keras model as it takes a module of its own (on torch a Keras layer is a ``torch.nn.Module`` whose parameters are
+the Keras variables: ``torch.export`` programs and ONNX files, as the torch backend writes them)."""
 
 from __future__ import annotations
 
@@ -6,15 +9,29 @@ import keras
 
 #: Keras writes SavedModels from these of its own backends only
 _SAVED_MODEL_FRAMEWORKS = ("tensorflow", "jax")
+#: the hosts whose exporter traces a Keras model as one of their own modules (see the module doc)
+_HOST_EXPORT_FRAMEWORKS = ("torch",)
 
 
 def export_formats() -> tuple[str, ...]:
     """The formats ``Backend.export`` writes on keras, which depend on the framework under Keras."""
-    return ("saved_model",) if keras.backend.backend() in _SAVED_MODEL_FRAMEWORKS else ()
+    framework = keras.backend.backend()
+    own = ("saved_model",) if framework in _SAVED_MODEL_FRAMEWORKS else ()
+    return own + (tuple(_host().export_formats()) if framework in _HOST_EXPORT_FRAMEWORKS else ())
+
+
+def _host():
+    from unidl.backends.keras.host import HOST
+
+    return HOST
 
 
 def export_module(module, path: str, format: str, input_shape) -> None:
-    """Write ``module`` as a SavedModel at ``path`` (endpoint ``serve``, also signature ``serving_default``)."""
+    """Write ``module`` as a SavedModel at ``path`` (endpoint ``serve``, also signature ``serving_default``), or in
+    a format of the host's, written by the host's exporter."""
+    if format != "saved_model":
+        _host().export(module, path, format, input_shape)
+        return
     native = module.native
     variables = native.unidl_parameters + native.unidl_buffers
     dtype = variables[0].dtype if variables else "float32"
