@@ -14,15 +14,23 @@ from unidl import config
 
 def _framework_allows_tf32(name):
     """Whether the framework under backend ``name`` computes float32 products in TensorFloat-32 where it can,
-    asked of the framework directly."""
+    asked of the framework directly (on torch every getter of its two APIs, which must agree and be readable)."""
     if name == "keras":
-        name = os.environ.get("KERAS_BACKEND", "tensorflow")
+        import keras
+
+        name = keras.backend.backend()
     if name == "torch":
         import torch
 
-        matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        assert matmul == conv, "torch: matrix products and convolutions in different modes"
-        return matmul
+        answers = {"get_float32_matmul_precision": torch.get_float32_matmul_precision() == "high",
+                   "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                   "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}
+        if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):  # (torch >= 2.9)
+            for name, flags in (("cuda.matmul", torch.backends.cuda.matmul), ("cudnn.conv", torch.backends.cudnn.conv),
+                                ("cudnn.rnn", torch.backends.cudnn.rnn)):
+                answers[f"{name}.fp32_precision"] = flags.fp32_precision == "tf32"
+        assert len(set(answers.values())) == 1, answers
+        return answers["cudnn.allow_tf32"]
     if name == "tensorflow":
         import tensorflow as tf
 
@@ -60,11 +68,29 @@ def test_an_unknown_mode_names_the_valid_ones(mode):
     assert ud.get_float32_precision() == "highest"
 
 
-def test_a_backend_loaded_after_the_call_takes_the_mode():
-    """A fresh interpreter: the mode is set before any framework is imported, then the default backend loads."""
-    code = ("import unidl as ud; ud.set_float32_precision('high'); ud.tensor([1.0]); "
-            "from tests.test_float32_precision import _framework_allows_tf32; "
-            "print(ud.get_backend(), _framework_allows_tf32(ud.get_backend()))")
+def _in_a_fresh_interpreter(code: str) -> str:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert out.stdout.split()[-1] == "True", out.stdout + out.stderr
+    return out.stdout.splitlines()[-1]
+
+
+def test_a_backend_loaded_after_the_call_takes_the_mode():
+    """A fresh interpreter: the mode is set before any framework is imported, then the default backend loads."""
+    assert _in_a_fresh_interpreter(
+        "import unidl as ud; ud.set_float32_precision('high'); ud.tensor([1.0]); "
+        "from tests.test_float32_precision import _framework_allows_tf32; "
+        "print(_framework_allows_tf32(ud.get_backend()))") == "True"
+
+
+def test_torchs_own_tf32_settings_made_before_unidl_are_replaced_and_stay_readable():
+    """PyTorch's newer API set first (``torch.backends.fp32_precision = "tf32"``, which cuDNN's convolutions
+    inherit, and ``set_float32_matmul_precision("high")``): once the torch backend loads, convolutions, RNNs and
+    matrix products are float32, and every getter of both of torch's APIs reads back (some mixes of the two
+    raised in ``torch.get_float32_matmul_precision()``, which Inductor calls)."""
+    pytest.importorskip("torch")
+    for preset in ("torch.backends.fp32_precision = 'tf32'", "torch.set_float32_matmul_precision('high')"):
+        assert _in_a_fresh_interpreter(
+            f"import torch; {preset}; import unidl as ud; "
+            "from tests.test_float32_precision import _framework_allows_tf32; "
+            "ud.set_backend('torch'); ud.tensor([1.0]); before = _framework_allows_tf32('torch'); "
+            "ud.set_float32_precision('high'); print(before, _framework_allows_tf32('torch'))") == "False True"

@@ -54,3 +54,21 @@ def test_tensor_takes_every_dtype_cast_takes(backend):
         with pytest.raises(ValueError, match="do not fit int64, whose range is"):
             ud.tensor(values)
     assert ud.to_numpy(ud.tensor(np.array([2 ** 63 - 1], np.uint64))).tolist() == [2 ** 63 - 1]
+
+
+def test_a_torch_batch_on_another_device_than_the_one_in_force_is_moved_there(monkeypatch):
+    """A step's native input on another device (a ``torch.utils.data.DataLoader``'s CPU batch for a model on a GPU)
+    goes to the device in force, as an array does (it reached the model as it was: "Expected all tensors to be on
+    the same device"); one already there passes through untouched. PyTorch's "meta" device stands in for the GPU
+    this machine lacks."""
+    torch = pytest.importorskip("torch")
+    from unidl import backends
+
+    backend = backends.load("torch")
+    monkeypatch.setattr(type(backend), "current_device", lambda self: torch.device("meta"))
+    moved = backend.to_input(torch.zeros(2, 3))
+    assert moved.device.type == "meta" and moved.shape == (2, 3)
+    labels = torch.zeros(2, dtype=torch.int64)
+    assert backend.to_input(labels).device.type == "meta"
+    there = torch.zeros(2, 3, device="meta")
+    assert backend.to_input(there) is there

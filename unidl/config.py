@@ -23,6 +23,7 @@ _default_backend = None
 _default_device: str | None = None
 _default_dtype = "float32"
 _resolved_devices: dict[tuple[str, str], str] = {}
+_checked_env_device: str | None = None  # the last UNIDL_DEVICE value found valid
 
 DTYPES = ("float32", "float64")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|gpu)(?::(\d+))?$")
@@ -98,11 +99,14 @@ def _requested_device() -> str:
         return override
     if _default_device is not None:
         return _default_device
+    global _checked_env_device
     requested = os.environ.get("UNIDL_DEVICE", "auto").strip() or "auto"
-    try:
-        parse_device(requested)
-    except DeviceUnavailableError as error:
-        raise DeviceUnavailableError(f"UNIDL_DEVICE={requested!r}: {error}") from None
+    if requested != _checked_env_device:  # (checked once per value: a step's inputs ask for the device each call)
+        try:
+            parse_device(requested)
+        except DeviceUnavailableError as error:
+            raise DeviceUnavailableError(f"UNIDL_DEVICE={requested!r}: {error}") from None
+        _checked_env_device = requested
     return requested
 
 

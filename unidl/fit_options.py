@@ -130,7 +130,9 @@ def split_validation(data, validation_split: float, sample_weight=None):
 
 def check_sample_weight(sample_weight, count: int, what: str = "sample_weight") -> np.ndarray:
     """``sample_weight`` as a float64 array of shape (count,), or a ValueError naming the shapes."""
-    given = np.asarray(sample_weight, dtype=np.float64)
+    from unidl.tensors import to_numpy
+
+    given = np.asarray(to_numpy(sample_weight), dtype=np.float64)
     if given.shape != (count,):
         raise ValueError(f"{what} must hold one weight per sample, shape ({count},); got {given.shape}")
     return given

@@ -11,10 +11,13 @@ then gave outputs 2e-4 apart between unidl's torch and jax backends on one H200,
 - ``"highest"`` (the default): float32 in matrix products and convolutions on every backend, as on the CPU;
 - ``"high"``: TensorFloat-32 in both where the GPU has it, on every backend (faster, ~1e-3 relative).
 
-The mode is each framework's own process-wide setting (PyTorch's ``fp32_precision`` flags, JAX's
-``jax_default_matmul_precision``, TensorFlow's TF32 switch), so plain framework code in the same process
-computes the same way. CPUs compute float32 in either mode. Mixed precision (``precision="bf16-mixed"``) is
-unaffected: its products are in bfloat16/float16 by request.
+The mode is each framework's own process-wide setting (PyTorch's ``set_float32_matmul_precision`` and cuDNN's
+``allow_tf32``/``fp32_precision``, JAX's ``jax_default_matmul_precision``, TensorFlow's TF32 switch), so plain
+framework code in the same process computes the same way, and a setting of the user's own made before unidl
+loads the framework is replaced. CPUs compute float32 in either mode (except oneDNN's matmul under torch's
+``"high"`` on the rare CPUs with TF32 units). Mixed precision (``precision="bf16-mixed"``) computes in
+bfloat16/float16 by request in either mode (on jax its products carry the mode's precision flag too, whose
+speed on a GPU has not been measured).
 """
 
 from __future__ import annotations
@@ -39,14 +42,17 @@ def get_float32_precision() -> str:
 def set_float32_precision(mode: str) -> None:
     """Compute float32 matrix products and convolutions in ``mode`` on every backend: ``"highest"`` (float32,
     the default) or ``"high"`` (TensorFloat-32 on GPUs that have it). Applies to the backends already loaded and
-    to those loaded later; a compiled step traced before the change keeps the mode it was traced with on
-    tensorflow (build the step again)."""
+    to those loaded later. A step XLA compiled before the change (``jit_compile=True`` on tensorflow, Keras's
+    XLA-compiled train function on TensorFlow) keeps the mode it was compiled with: build it again; jax traces
+    again by itself (the mode is part of ``jax.jit``'s key)."""
     global _mode
-    _mode = _check(mode)
+    checked = _check(mode)
     from unidl import backends
 
-    for backend in backends.loaded_backends().values():
-        backend.set_float32_precision(_mode)
+    with backends._load_lock:  # a backend loading in another thread applies the mode it finds in force
+        _mode = checked
+        for backend in backends.loaded_backends().values():
+            backend.set_float32_precision(_mode)
 
 
 def apply(backend) -> None:

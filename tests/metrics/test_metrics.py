@@ -169,13 +169,16 @@ def test_weighted_metrics_match_keras_and_sklearn_sample_weight(backend, rng):
         assert value == pytest.approx(float(metric.result()), rel=1e-5)
 
 
-def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng):
+@pytest.mark.parametrize("extremes", [[0.0, 1.0, 0.5, -2.0, 3.0], [np.inf, -np.inf, np.nan, 1e20, -1e20, 3e38]],
+                         ids=["finite", "non-finite"])
+def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, extremes):
     """The bucketed AUC counts each threshold's positives exactly as comparing every score with every threshold
-    would (float32 ``score > threshold``), scores lying on thresholds and outside [0, 1] included."""
+    would (float32 ``score > threshold``), scores lying on thresholds and outside [0, 1] included, infinite, huge
+    and NaN ones too (NaN above no threshold; they were an index error, and +inf fell into the third bucket)."""
     thresholds = 11
     metric = ud.metrics.AUC(num_thresholds=thresholds)
     grid = (np.arange(thresholds, dtype=np.float32) * np.float32((1 + 2e-7) / (thresholds - 1)) - np.float32(1e-7))
-    scores = np.concatenate([grid, grid + np.float32(1e-7), np.float32([0.0, 1.0, 0.5, -2.0, 3.0]),
+    scores = np.concatenate([grid, grid + np.float32(1e-7), np.float32(extremes),
                              rng.random(40).astype(np.float32)]).reshape(-1, 1)
     positive = (rng.random(len(scores)) > 0.4).astype(np.float32).reshape(-1, 1)
     metric.update(scores, positive)

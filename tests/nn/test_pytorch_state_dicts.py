@@ -51,3 +51,22 @@ def test_a_checkpoint_for_another_architecture_lists_every_mismatch(backend):
         raise AssertionError("an LSTM of another size loaded")
     for key in ("weight_ih_l0: expected shape (20, 4), found (12, 4)", "weight_ih_l0_reverse", "weight_ih_l1 (shape (12, 3))"):
         assert key in message, (key, message)
+
+
+def test_torchs_own_parameters_load_as_they_are(backend):
+    """PyTorch's tensors that require a gradient (a model's ``named_parameters()``, ``Embedding.weight``), which
+    ``np.asarray`` refuses ("Can't call numpy() on Tensor that requires grad"; a GPU tensor likewise): they load into
+    a model, build an embedding through ``from_pretrained`` and weigh a loss's classes on every backend."""
+    torch.manual_seed(0)
+    reference, embedding = tnn.Linear(4, 3), tnn.Embedding(5, 2)
+    weight = torch.tensor([1.0, 2.0, 0.5], requires_grad=True)
+    model = ud.nn.Linear(4, 3)
+    model.load_state_dict(dict(reference.named_parameters()))
+    got = ud.to_numpy(model(ud.tensor(X[0])))
+    assert max_relative_difference(got, reference(torch.tensor(X[0])).detach().numpy()) < 2e-6
+    pretrained = ud.nn.Embedding.from_pretrained(embedding.weight)
+    np.testing.assert_array_equal(ud.to_numpy(pretrained.weight), embedding.weight.detach().numpy())
+    labels = np.array([0, 2, 1, 2, 0])
+    loss = ud.nn.CrossEntropyLoss(weight=weight)(ud.tensor(got), ud.tensor(labels))
+    expected = tnn.CrossEntropyLoss(weight=weight.detach())(torch.tensor(got), torch.tensor(labels))
+    assert abs(float(loss) - float(expected)) < 1e-6

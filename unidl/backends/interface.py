@@ -94,11 +94,11 @@ class Backend(abc.ABC):
         """Size the framework's intra-op and inter-op thread pools (``unidl.set_num_threads``); the default,
         for a framework unidl cannot size, does nothing."""
 
+    @abc.abstractmethod
     def set_float32_precision(self, mode: str) -> None:
         """Compute float32 matrix products and convolutions in ``mode`` (``unidl.set_float32_precision``):
         ``"highest"``, float32; ``"high"``, TensorFloat-32 where the GPU has it. Through the framework's own
         process-wide switch."""
-        raise NotImplementedError
 
     def gpu_support(self) -> dict:
         """What the installed framework build can do with a GPU (``unidl info``): ``{"build": "CUDA 12.6"`` (or

@@ -95,6 +95,10 @@ class AUC(Metric):
         thresholds' even spacing, made exact by comparing the score with the thresholds next to the guess
         (the comparisons are float32 ``score > threshold``, as a dense (N, areas, T) comparison would be)."""
         epsilon, steps = 1e-7, self.num_thresholds - 1
+        # scores clipped into [-1, 2], where no comparison with a threshold (all in [-eps, 1 + eps]) changes, and NaN
+        # put below every threshold (NaN > t is false): the float-to-int cast below is undefined for infinite, huge
+        # and NaN scores (the CPU gave INT64_MIN, which put +inf in bucket 2 and NaN in bucket -1, an index error)
+        scores = ops.where(scores == scores, ops.clip(scores, -1.0, 2.0), -1.0)
         guess = ops.clip(ops.cast((scores + epsilon) * (steps / (1 + 2 * epsilon)), "int64"), 0, steps)
         ends = (ops.arange(2, dtype="float32") * 2.0 - 1.0) * 3.0e38  # below and above every score
         padded = ops.concat([ends[:1], self._thresholds(), ends[1:]], 0)

@@ -16,6 +16,7 @@ from unidl import input_checks, ops as functional
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
+from unidl.tensors import to_numpy
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -86,7 +87,7 @@ class BCEWithLogitsLoss(_Loss):
         super().__init__(reduction)
         for name, value in (("weight", weight), ("pos_weight", pos_weight)):
             if value is not None:
-                self.register_buffer(name, np.asarray(value, dtype=np.float64))
+                self.register_buffer(name, np.asarray(to_numpy(value), dtype=np.float64))
             else:
                 setattr(self, name, None)
 
@@ -117,7 +118,7 @@ class BCELoss(_Loss):
             weight, reduction = None, weight
         super().__init__(reduction)
         if weight is not None:
-            self.register_buffer("weight", np.asarray(weight, dtype=np.float64))
+            self.register_buffer("weight", np.asarray(to_numpy(weight), dtype=np.float64))
         else:
             self.weight = None
 
@@ -190,7 +191,7 @@ class _WeightedClassLoss(_Loss):
             weight, reduction = None, weight
         super().__init__(reduction)
         if weight is not None:
-            weight = np.asarray(weight, dtype=np.float64)
+            weight = np.asarray(to_numpy(weight), dtype=np.float64)
             if weight.ndim != 1:
                 raise ValueError(f"{type(self).__name__} weight must be one value per class (C,), got shape {weight.shape}")
             self.register_buffer("weight", weight)

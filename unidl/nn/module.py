@@ -18,6 +18,7 @@ import numpy as np
 
 from unidl import config, devices
 from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
+from unidl.tensors import to_numpy
 from unidl.tracing import current_recording, module_called
 
 
@@ -259,12 +260,12 @@ class Module:
     def parameter(self, value) -> object:
         """A new trainable variable of this module's backend, holding ``value`` (cast to the current dtype)."""
         with self._placement():
-            return self._backend.parameter(np.asarray(value), trainable=True)
+            return self._backend.parameter(np.asarray(to_numpy(value)), trainable=True)
 
     def register_buffer(self, name: str, value) -> None:
         """Add non-trainable state (BatchNorm's running statistics) that ``state_dict()`` saves. A float
         ``value`` takes unidl's float dtype; an integer one keeps its own (``num_batches_tracked``, int64)."""
-        value = np.asarray(value)
+        value = np.asarray(to_numpy(value))
         dtype = value.dtype.name if value.dtype.kind in "iub" else None
         with self._placement():
             variable = self._backend.parameter(value, trainable=False, dtype=dtype)
@@ -481,7 +482,7 @@ class Module:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         for key, variable in own.items():
             if key in state_dict:
-                self._backend.assign(variable, np.asarray(state_dict[key]))
+                self._backend.assign(variable, np.asarray(to_numpy(state_dict[key])))
         return {"missing": missing, "unexpected": unexpected}
 
     def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> dict:

@@ -7,6 +7,7 @@ import numpy as np
 from unidl import arguments, input_checks
 from unidl.nn import init
 from unidl.arguments import positive_int
+from unidl.tensors import to_numpy
 from unidl.nn.module import Module
 
 
@@ -57,7 +58,7 @@ class Embedding(Module):
     def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None) -> "Embedding":
         """An Embedding holding ``embeddings`` (num_embeddings, embedding_dim), frozen unless ``freeze=False``
         (``requires_grad_``), as ``torch.nn.Embedding.from_pretrained``."""
-        embeddings = np.asarray(embeddings)
+        embeddings = np.asarray(to_numpy(embeddings))
         if embeddings.ndim != 2:
             raise ValueError(f"Embedding.from_pretrained needs a 2-D array (num_embeddings, embedding_dim), "
                              f"got shape {embeddings.shape}")

@@ -20,6 +20,7 @@ from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_ru
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
 from unidl.training import accumulation_window
 
+_DEVICES: dict[str, torch.device] = {}  # current_device's torch.device of each device name
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -85,7 +86,10 @@ class Backend(BackendInterface):
     def set_rng_state(self, state):
         torch.set_rng_state(torch.tensor(state["cpu"], dtype=torch.uint8))
         if state.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+            # one state per GPU saved; a run resumed where fewer GPUs are visible restores those it has (setting
+            # the others raised an IndexError: a checkpoint of 8 GPUs could not resume on one)
+            states = state["cuda"][:torch.cuda.device_count()]
+            torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in states])
 
     def generator(self):
         device = self.current_device()
@@ -102,15 +106,26 @@ class Backend(BackendInterface):
             pass
 
     def set_float32_precision(self, mode):
-        # the legacy switches: torch >= 2.9 maps them onto its fp32_precision flags (matmul, cuDNN conv and RNN),
-        # and both APIs read back consistently; setting the new flags one by one leaves allow_tf32 unreadable
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "high"
+        # matrix products through torch's own switch (its "highest"/"high": CUDA's and oneDNN's matmuls); cuDNN's
+        # convolutions and RNNs through the legacy switch, then (torch >= 2.9) their own fp32_precision flags,
+        # which a user's torch.backends.fp32_precision = "tf32" would otherwise keep at TF32 by inheritance. In
+        # this order every getter of both of torch's APIs reads back after it (torch 2.13; Inductor reads the
+        # legacy cudnn.allow_tf32 and get_float32_matmul_precision, which raise on some mixes of the two APIs)
+        torch.set_float32_matmul_precision(mode)
+        torch.backends.cudnn.allow_tf32 = mode == "high"
+        if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision"):
+            precision = "tf32" if mode == "high" else "ieee"
+            torch.backends.cudnn.conv.fp32_precision = torch.backends.cudnn.rnn.fp32_precision = precision
 
     def pins_memory(self, device):
         return device.startswith("cuda")  # tensor() stages CUDA copies through pinned memory
 
     def current_device(self) -> torch.device:
-        return torch.device(config.resolve_device(config._requested_device(), self))
+        name = config.resolve_device(config._requested_device(), self)
+        device = _DEVICES.get(name)
+        if device is None:  # (one torch.device per name: made once, a step's inputs compare against it)
+            device = _DEVICES[name] = torch.device(name)
+        return device
 
     # ---- tensors ---------------------------------------------------------
     def tensor(self, value, dtype=None, _owned=False):
@@ -304,9 +319,12 @@ class Backend(BackendInterface):
         return forward
 
     def to_input(self, value):
-        """Fast path for step inputs: native tensors already in place pass through untouched."""
+        """Fast path for step inputs: native tensors already in place pass through untouched; one on another
+        device (a ``torch.utils.data.DataLoader``'s CPU batch for a model on a GPU) is copied to the device in
+        force, as an array is."""
         if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and value.dtype != _DTYPES[config.get_dtype()]:
+            if (value.is_floating_point() and value.dtype != _DTYPES[config.get_dtype()]) \
+                    or value.device != self.current_device():
                 return self.tensor(value)
             return value
         return self.tensor(value)
