@@ -71,7 +71,7 @@ def test_python_dash_m_unidl_is_the_same_command_and_quiet():
     assert result.returncode == 0, result.stderr
     assert "torch 2.13" in result.stdout
     # the keras backend is shown with the framework it runs on, read from its versions()
-    assert re.search(r"^  keras\[(tensorflow|torch)\] +keras 3", result.stdout, re.MULTILINE), result.stdout
+    assert re.search(r"^  keras\[(tensorflow|torch|jax)\] +keras 3", result.stdout, re.MULTILINE), result.stdout
     # TensorFlow's import-time absl lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on") are dropped
     assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr, result.stderr
     assert not re.search(r"^[IW]\d{4} ", result.stderr, re.MULTILINE), result.stderr

@@ -343,3 +343,28 @@ def test_a_function_traced_in_training_is_traced_apart_for_export(backend_name, 
             with open(path / "saved_model.pb", "rb") as file:
                 assert b"UnidlMaxPool" not in file.read()
             np.testing.assert_array_equal(gradient(), tensor.grad.numpy(), err_msg=f"{traced_first_in_training}")
+
+
+@pytest.mark.skipif("torch" not in backends_under_test(), reason="the torch backend is not under test")
+def test_a_torch_model_with_an_embedding_exports_and_keeps_its_index_check_eagerly(tmp_path):
+    """``torch.export`` of a model whose forward looks up an Embedding: unidl's index check reads the indices'
+    values, an error while torch.export traces (``GuardOnDataDependentSymNode``), so every such model failed to
+    export; the check is left out of the exported program (which runs without unidl) and kept in the model."""
+    torch = pytest.importorskip("torch")
+
+    class Bag(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = ud.nn.Embedding(10, 3)
+
+        def forward(self, x):
+            return ud.ops.sum(self.embedding(ud.ops.cast(x, "int64")), 1)
+
+    with ud.use_backend("torch"):
+        model = Bag().eval()
+        ud.export(model, tmp_path / "bag.pt2", format="torch_export", input_shape=(4,))
+        x = np.array([[1, 2, 3, 9], [0, 0, 5, 5], [7, 7, 7, 7]], np.float32)
+        output = torch.export.load(str(tmp_path / "bag.pt2")).module()(torch.tensor(x)).numpy()
+        np.testing.assert_array_equal(output, ud.to_numpy(model(ud.tensor(x))))
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 10\)"):
+            model(ud.tensor(np.array([[11.0, 0, 0, 0]], np.float32)))

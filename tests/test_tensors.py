@@ -72,3 +72,20 @@ def test_a_torch_batch_on_another_device_than_the_one_in_force_is_moved_there(mo
     assert backend.to_input(labels).device.type == "meta"
     there = torch.zeros(2, 3, device="meta")
     assert backend.to_input(there) is there
+
+
+def test_torch_gradients_go_to_their_parameters_device_not_the_one_in_force(monkeypatch):
+    """``optimizer.apply(grads)`` for a model on another device than the one in force (built under
+    ``ud.use_device``): each gradient goes to its parameter's device, as torch's ``.grad`` must. PyTorch's "meta"
+    device stands in for the device in force."""
+    torch = pytest.importorskip("torch")
+    from unidl import backends
+
+    backend = backends.load("torch")
+    with ud.use_backend("torch"):
+        model = ud.nn.Linear(3, 2)  # on the CPU
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.5)
+        before = ud.to_numpy(model.weight).copy()
+        monkeypatch.setattr(type(backend), "current_device", lambda self: torch.device("meta"))
+        optimizer.apply([torch.ones(2, 3), np.ones(2, np.float32)])
+        np.testing.assert_allclose(ud.to_numpy(model.weight), before - 0.5, rtol=1e-6)

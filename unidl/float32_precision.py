@@ -13,9 +13,10 @@ then gave outputs 2e-4 apart between unidl's torch and jax backends on one H200,
 
 The mode is each framework's own process-wide setting (PyTorch's ``set_float32_matmul_precision`` and cuDNN's
 ``allow_tf32``/``fp32_precision``, JAX's ``jax_default_matmul_precision``, TensorFlow's TF32 switch), so plain
-framework code in the same process computes the same way, and a setting of the user's own made before unidl
-loads the framework is replaced. CPUs compute float32 in either mode (except oneDNN's matmul under torch's
-``"high"`` on the rare CPUs with TF32 units). Mixed precision (``precision="bf16-mixed"``) computes in
+framework code in the same process computes the same way, and a GPU setting of the user's own made before
+unidl loads the framework is replaced (oneDNN's CPU convolution and RNN switches, ``torch.backends.mkldnn``, are
+left as they are). CPUs compute float32 in either mode (except oneDNN's matmul under torch's ``"high"`` on the
+rare CPUs with TF32 units). Mixed precision (``precision="bf16-mixed"``) computes in
 bfloat16/float16 by request in either mode (on jax its products carry the mode's precision flag too, whose
 speed on a GPU has not been measured).
 """

@@ -98,7 +98,8 @@ _NUMBER_KINDS = "fiub"  # NumPy's kinds of floats, signed and unsigned ints, boo
 def to_numpy(value) -> np.ndarray:
     """Any backend's tensor or variable (or a NumPy array) -> NumPy array on the host: a GPU tensor, one that
     requires a gradient and a framework's own parameter too (``np.asarray`` refuses them), also from a framework
-    whose unidl backend is not loaded yet (a plain PyTorch model's parameters loaded under the jax backend)."""
+    whose unidl backend is not loaded (a plain PyTorch model's parameters loaded under the jax backend: converted
+    by ``backends.to_numpy_unloaded``, which loads no backend and so changes no framework setting)."""
     if isinstance(value, np.ndarray):
         return value
     from unidl import backends
@@ -106,11 +107,10 @@ def to_numpy(value) -> np.ndarray:
     for backend in backends.loaded_backends().values():
         if backend.is_tensor(value):
             return backend.to_numpy(value)
-    framework = type(value).__module__.split(".")[0]
-    for name, spec in backends.specs().items():  # a tensor of a framework already imported: its backend converts
-        if framework in spec.required_modules() and name not in backends.loaded_backends() \
-                and not backends.missing_modules(name):
-            backend = backends.load(name)
-            if backend.is_tensor(value):
-                return backend.to_numpy(value)
-    return np.asarray(value)
+    try:
+        return np.asarray(value)
+    except (RuntimeError, TypeError, ValueError):
+        converted = backends.to_numpy_unloaded(value)
+        if converted is None:
+            raise
+        return converted

@@ -2,6 +2,7 @@
 gives PyTorch's outputs: a 2-layer bidirectional ``torch.nn.LSTM`` and a ``torch.nn.TransformerEncoder``."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn as tnn
 
@@ -70,3 +71,19 @@ def test_torchs_own_parameters_load_as_they_are(backend):
     loss = ud.nn.CrossEntropyLoss(weight=weight)(ud.tensor(got), ud.tensor(labels))
     expected = tnn.CrossEntropyLoss(weight=weight.detach())(torch.tensor(got), torch.tensor(labels))
     assert abs(float(loss) - float(expected)) < 1e-6
+
+
+def test_torch_parameters_load_under_another_backend_without_loading_torchs():
+    """A fresh interpreter on jax: a plain PyTorch model's parameters load without unidl loading its torch backend,
+    whose load sets torch's seed, threads and float32 mode (a user's ``set_float32_matmul_precision("high")``)."""
+    from tests.helpers import last_json_line, run_python
+
+    pytest.importorskip("jax")
+    out = run_python(
+        "import json, numpy as np, torch, unidl as ud\nfrom unidl import backends\n"
+        "ud.set_backend('jax'); ud.manual_seed(0); torch.set_float32_matmul_precision('high')\n"
+        "net = torch.nn.Linear(3, 2); model = ud.nn.Linear(3, 2)\n"
+        "model.load_state_dict(dict(net.named_parameters()))\n"
+        "same = bool(np.array_equal(ud.to_numpy(model.weight), net.weight.detach().numpy()))\n"
+        "print(json.dumps([same, sorted(backends.loaded_backends()), torch.get_float32_matmul_precision()]))")
+    assert last_json_line(out.stdout) == [True, ["jax"], "high"]

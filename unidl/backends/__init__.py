@@ -109,6 +109,27 @@ def load(name: str):
         return _loaded[canonical]
 
 
+def to_numpy_unloaded(value):
+    """A host array of a framework's tensor that ``np.asarray`` refuses (a PyTorch tensor that requires a gradient
+    or lives on a GPU), converted by the ``convert`` module of the backend of the framework the value comes from,
+    which imports that framework only: no backend is loaded (loading one sets the framework's seed, threads and
+    float32 mode). None where no backend has a converter that takes it."""
+    framework = type(value).__module__.split(".")[0]
+    for name, spec in specs().items():
+        if framework not in spec.required_modules():
+            continue
+        try:
+            converter = importlib.import_module(f"{__name__}.{name}.convert")
+        except ModuleNotFoundError as error:
+            if error.name != f"{__name__}.{name}.convert":
+                raise
+            continue
+        converted = converter.to_numpy(value)
+        if converted is not None:
+            return converted
+    return None
+
+
 def loaded_backends() -> dict[str, object]:
     """The backends already imported in this process (no framework import happens here)."""
     return dict(_loaded)

@@ -133,7 +133,8 @@ class Backend(BackendInterface):
         if isinstance(value, torch.Tensor):
             floating = value.is_floating_point()
             target = _DTYPES[dtype or config.get_dtype()] if floating else value.dtype
-            return value.to(device=device, dtype=target)
+            # a pinned CPU batch (a DataLoader's with pin_memory=True) is copied to a GPU without waiting
+            return value.to(device=device, dtype=target, non_blocking=value.device.type == "cpu" and value.is_pinned())
         array = np.asarray(value)
         if array.dtype.kind == "f" or dtype is not None:
             target = _DTYPES[dtype or config.get_dtype()]
@@ -236,7 +237,10 @@ class Backend(BackendInterface):
                 if g is None:  # PyTorch's rule: no gradient, no update (torch.optim skips a None .grad)
                     p.grad = None
                     continue
-                g = self.to_input(g)
+                # in the parameter's dtype and on its device (a model may live on another device than the one in
+                # force: built under ud.use_device)
+                g = torch.as_tensor(g, dtype=p.dtype, device=p.device) if not isinstance(g, torch.Tensor) \
+                    else g.to(dtype=p.dtype, device=p.device) if g.is_floating_point() else g
                 p.grad = g.clone() if clips or l1 or g.requires_grad else g  # the caller's gradient is never modified
         if not guard_and_clip(optimizer):
             return

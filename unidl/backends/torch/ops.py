@@ -217,14 +217,22 @@ def l1_loss(prediction, target, reduction="mean"):
     return F.l1_loss(prediction, target, reduction=reduction)
 
 
+def _exporting() -> bool:
+    """Whether ``torch.export`` is tracing (``ud.export``): a read of a tensor's values is an error there
+    (``GuardOnDataDependentSymNode``), and the exported program runs without unidl's checks."""
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(exporting and exporting())
+
+
 def check_index(indices, size, what="index"):
     """unidl's ``IndexOutOfRangeError`` for an index outside ``[0, size)``, on every device. On a GPU torch's own
     kernels check with a device-side assert, which leaves the process's CUDA context unusable (every later CUDA
     call fails, JAX's in the same process too; seen on an H200): the smallest and largest index come back to the
     host in one read first. On a GPU that read waits for the work queued before it (a read of an idle queue took
     0.02 ms there; what the lost overlap costs a GPU-bound step has not been measured) and is a graph break under
-    torch.compile, as it is on the CPU. Meta tensors (shapes only) hold no values to check."""
-    if indices.numel() and not indices.is_meta:
+    torch.compile, as it is on the CPU. Meta tensors (shapes only) hold no values to check; nor does a program
+    torch.export traces (``_exporting``)."""
+    if indices.numel() and not indices.is_meta and not _exporting():
         bounds = torch.aminmax(indices.detach())
         low, high = (int(b) for b in bounds) if indices.device.type == "cpu" else torch.stack(bounds).tolist()
         if low < 0 or high >= size:
