@@ -324,3 +324,50 @@ def test_an_eager_spatial_composite_is_one_compiled_program_with_the_values_of_i
             ud.ops.conv_transpose2d(x, weight, stride=(2.0, 2))
         with pytest.raises(ValueError, match=r"got \[1, 2, 3\]"):
             ud.ops.adaptive_max_pool2d(x, [1, 2, 3])
+
+
+_STATE_ON_ANOTHER_DEVICE = r"""
+import json, os
+import jax
+import numpy as np
+import unidl as ud
+
+cpus = jax.devices("cpu")
+x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+y = np.array([0, 1, 2, 0, 1, 2])
+
+
+def run(default):
+    jax.config.update("jax_default_device", cpus[default])  # where jnp.asarray and PRNGKey put what they make
+    ud.manual_seed(0)
+    model = ud.nn.Sequential(ud.nn.Linear(4, 8), ud.nn.Dropout(0.3), ud.nn.Linear(8, 3))
+    losses = []
+    for name, options in (("SGD", {}), ("Adam", {}), ("SGD", {"precision": "16-mixed"}), ("SGD", {"accumulate": 2})):
+        optimizer = getattr(ud.optim, name)(model.parameters(), lr=0.1)
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, **options)
+        losses += [float(step(x, y)), float(step(x, y))]
+        optimizer.load_state_dict(optimizer.state_dict())  # slots made anew, where JAX's default device is
+        losses.append(float(step(x, y)))
+        ud.manual_seed(1)  # the generator's key made anew
+        losses.append(float(step(x, y)))
+    devices = sorted({str(d) for p in model.parameters() for d in p.value.devices()})
+    return losses, devices
+
+
+print(json.dumps([run(1), run(0)]))
+"""
+
+
+def test_state_made_on_jaxs_default_device_follows_the_parameters():
+    """A fresh interpreter with two CPU devices, JAX's default device the second and unidl's the first (as on a GPU
+    machine with ``UNIDL_DEVICE=cpu``): the generator's key, optimizer slots loaded anew, the float16 loss scale and
+    the accumulation window are made on JAX's default device, and every train step was jax.jit's "incompatible
+    devices" error; they move to the parameters' device, which stays put, and the losses are those of a run with
+    one device for everything (plain SGD, Adam, 16-mixed, accumulate=2; after load_state_dict and manual_seed)."""
+    from tests.helpers import last_json_line, run_python
+
+    out = run_python(_STATE_ON_ANOTHER_DEVICE, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                                                     "UNIDL_BACKEND": "jax", "UNIDL_DEVICE": "cpu"})
+    (split_losses, split_devices), (losses, devices) = last_json_line(out.stdout)
+    assert split_devices == devices == ["cpu:0"], (split_devices, devices)
+    assert split_losses == losses and all(np.isfinite(losses)), (split_losses, losses)

@@ -322,6 +322,10 @@ class StatefulJit:
             return jax.tree_util.tree_map(jax_variable.unwrap, self._fn(*args))
         try:
             return self._call(self._state(), args)
+        except ValueError as error:  # (jax.jit checks its arguments' devices before the call: nothing donated)
+            if _INCOMPATIBLE_DEVICES not in str(error) or not _placed_beside_the_parameters(self._state()):
+                raise
+            return self._call(self._state(), args)
         except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
             self._outside += found.variables
             self._only_read |= found.only_read
@@ -371,6 +375,31 @@ class StatefulJit:
         if error_leaves:
             raise_failed_check(error_structure, error_leaves)
         return result
+
+
+#: the start of jax.jit's error for arguments committed to different devices
+_INCOMPATIBLE_DEVICES = "Received incompatible devices for jitted computation"
+
+
+def _placed_beside_the_parameters(variables) -> bool:
+    """Move the non-trainable state that a compiled function threads (the generator's key, optimizer slots and
+    counters, a loss scale, an accumulation window, buffers) to the device of its trainable variables, where
+    ``jax.jit`` refused them on different devices; whether any moved. Such state is made where JAX's default
+    device is (``jnp.asarray``, ``jax.random.PRNGKey``: the backend's load, ``manual_seed``, a loaded optimizer
+    state), which is not the device unidl trains on when the two differ (``UNIDL_DEVICE=cpu`` on a machine with a
+    GPU, a model on ``cuda:1``); trainable variables are never moved (they agree, or nothing moves)."""
+    devices = {frozenset(v._value.devices()) for v in variables
+               if v.trainable and isinstance(v._value, jax.Array)}
+    if len(devices) != 1 or len(next(iter(devices))) != 1:  # (trainable arrays on one device, unsharded)
+        return False
+    (device,) = next(iter(devices))
+    moved = False
+    for variable in variables:
+        value = variable._value
+        if not variable.trainable and isinstance(value, jax.Array) and value.devices() != {device}:
+            variable._value = jax.device_put(value, device)
+            moved = True
+    return moved
 
 
 class _StateOutside(Exception):
