@@ -87,5 +87,9 @@ def test_torch_gradients_go_to_their_parameters_device_not_the_one_in_force(monk
         optimizer = ud.optim.SGD(model.parameters(), lr=0.5)
         before = ud.to_numpy(model.weight).copy()
         monkeypatch.setattr(type(backend), "current_device", lambda self: torch.device("meta"))
-        optimizer.apply([torch.ones(2, 3), np.ones(2, np.float32)])
+        bias_gradient = np.ones(2, np.float32)
+        optimizer.apply([torch.ones(2, 3), bias_gradient])
         np.testing.assert_allclose(ud.to_numpy(model.weight), before - 0.5, rtol=1e-6)
+        # an array's gradient is copied: the guard's finite check writes into every .grad (one that shared a
+        # read-only memory map crashed the process)
+        assert not np.shares_memory(bias_gradient, model.bias.grad.numpy())

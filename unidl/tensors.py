@@ -107,10 +107,5 @@ def to_numpy(value) -> np.ndarray:
     for backend in backends.loaded_backends().values():
         if backend.is_tensor(value):
             return backend.to_numpy(value)
-    try:
-        return np.asarray(value)
-    except (RuntimeError, TypeError, ValueError):
-        converted = backends.to_numpy_unloaded(value)
-        if converted is None:
-            raise
-        return converted
+    converted = backends.to_numpy_unloaded(value)
+    return np.asarray(value) if converted is None else converted

@@ -337,6 +337,16 @@ x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
 y = np.array([0, 1, 2, 0, 1, 2])
 
 
+class Outside(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 3)
+        self.held = [ud.nn.BatchNorm1d(3)]  # a plain list: outside the module's tree
+
+    def forward(self, x):
+        return self.held[0](self.fc(x))
+
+
 def run(default):
     jax.config.update("jax_default_device", cpus[default])  # where jnp.asarray and PRNGKey put what they make
     ud.manual_seed(0)
@@ -350,6 +360,14 @@ def run(default):
         losses.append(float(step(x, y)))
         ud.manual_seed(1)  # the generator's key made anew
         losses.append(float(step(x, y)))
+    outside = Outside()  # a new step over a layer held outside the model: traced again over the longer state,
+    optimizer = ud.optim.SGD(outside.parameters(), lr=0.1, momentum=0.9)  # then its slots moved
+    losses.append(float(ud.train_step(outside, ud.nn.CrossEntropyLoss(), optimizer)(x, y)))
+    optimizer.load_state_dict(optimizer.state_dict())
+    losses.append(float(ud.train_step(outside, ud.nn.CrossEntropyLoss(), optimizer)(x, y)))
+    eager = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+    ud.manual_seed(2)
+    losses += [float(eager(x, y)), float(ud.ops.sum(model(ud.tensor(x))))]  # eager dropout draws from the key
     devices = sorted({str(d) for p in model.parameters() for d in p.value.devices()})
     return losses, devices
 
@@ -363,7 +381,8 @@ def test_state_made_on_jaxs_default_device_follows_the_parameters():
     machine with ``UNIDL_DEVICE=cpu``): the generator's key, optimizer slots loaded anew, the float16 loss scale and
     the accumulation window are made on JAX's default device, and every train step was jax.jit's "incompatible
     devices" error; they move to the parameters' device, which stays put, and the losses are those of a run with
-    one device for everything (plain SGD, Adam, 16-mixed, accumulate=2; after load_state_dict and manual_seed)."""
+    one device for everything (plain SGD, Adam, 16-mixed, accumulate=2; after load_state_dict and manual_seed; the
+    generator's key, which an eager step and an eager dropout use, made on unidl's device)."""
     from tests.helpers import last_json_line, run_python
 
     out = run_python(_STATE_ON_ANOTHER_DEVICE, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",

@@ -85,5 +85,9 @@ def test_torch_parameters_load_under_another_backend_without_loading_torchs():
         "net = torch.nn.Linear(3, 2); model = ud.nn.Linear(3, 2)\n"
         "model.load_state_dict(dict(net.named_parameters()))\n"
         "same = bool(np.array_equal(ud.to_numpy(model.weight), net.weight.detach().numpy()))\n"
-        "print(json.dumps([same, sorted(backends.loaded_backends()), torch.get_float32_matmul_precision()]))")
-    assert last_json_line(out.stdout) == [True, ["jax"], "high"]
+        "t = torch.zeros(3); copied = ud.to_numpy(t); t.add_(1)\n"
+        "half = ud.to_numpy(torch.ones(2, dtype=torch.bfloat16))\n"
+        "print(json.dumps([same, sorted(backends.loaded_backends()), torch.get_float32_matmul_precision(),"
+        " copied.tolist(), half.dtype.name]))")
+    # a copy, never a view of the tensor; bfloat16 as ml_dtypes' (np.asarray refuses it), as the torch backend gives
+    assert last_json_line(out.stdout) == [True, ["jax"], "high", [0.0, 0.0, 0.0], "bfloat16"]

@@ -110,24 +110,36 @@ def load(name: str):
 
 
 def to_numpy_unloaded(value):
-    """A host array of a framework's tensor that ``np.asarray`` refuses (a PyTorch tensor that requires a gradient
-    or lives on a GPU), converted by the ``convert`` module of the backend of the framework the value comes from,
-    which imports that framework only: no backend is loaded (loading one sets the framework's seed, threads and
-    float32 mode). None where no backend has a converter that takes it."""
-    framework = type(value).__module__.split(".")[0]
-    for name, spec in specs().items():
-        if framework not in spec.required_modules():
-            continue
-        try:
-            converter = importlib.import_module(f"{__name__}.{name}.convert")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}.convert":
-                raise
-            continue
+    """A host array of a framework's tensor (a PyTorch tensor that requires a gradient, lives on a GPU or holds
+    bfloat16, which ``np.asarray`` refuses; a copy, never a view), converted by the ``convert`` module of the
+    backend of the framework the value comes from, which imports that framework only: no backend is loaded (loading
+    one sets the framework's seed, threads and float32 mode). None where no backend has a converter that takes it."""
+    for converter in _converters(type(value).__module__.split(".")[0]):
         converted = converter.to_numpy(value)
         if converted is not None:
             return converted
     return None
+
+
+_converter_cache: dict[str, list] = {}
+
+
+def _converters(framework: str) -> list:
+    """The ``convert`` modules of the backends whose framework is the top-level module ``framework`` (found once per
+    module name: a Python number or a list asks for ``builtins``, which none has)."""
+    found = _converter_cache.get(framework)
+    if found is None:
+        found = []
+        for name, spec in specs().items():
+            if framework not in spec.required_modules():
+                continue
+            try:
+                found.append(importlib.import_module(f"{__name__}.{name}.convert"))
+            except ModuleNotFoundError as error:
+                if error.name != f"{__name__}.{name}.convert":
+                    raise
+        _converter_cache[framework] = found
+    return found
 
 
 def loaded_backends() -> dict[str, object]:

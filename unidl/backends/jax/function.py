@@ -320,22 +320,23 @@ class StatefulJit:
             # called while another compiled function is traced (a ``ud.function`` inside a train step): traced into
             # that one, which then records what it reads and writes, as an optimizer's apply inside a step is
             return jax.tree_util.tree_map(jax_variable.unwrap, self._fn(*args))
-        try:
-            return self._call(self._state(), args)
-        except ValueError as error:  # (jax.jit checks its arguments' devices before the call: nothing donated)
-            if _INCOMPATIBLE_DEVICES not in str(error) or not _placed_beside_the_parameters(self._state()):
-                raise
-            return self._call(self._state(), args)
-        except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
-            self._outside += found.variables
-            self._only_read |= found.only_read
-            self._compiled.clear()  # (its programs take the shorter state: they will not be called again)
+        placed = outside = False  # each cause of a retry happens once: a second time is an error
+        while True:
             try:
                 return self._call(self._state(), args)
-            except _StateOutside as again:
-                raise GraphConstructError(
-                    f"{self.__name__} writes or reads new variables each time it is traced ({again.variables}): "
-                    f"create modules and variables outside the function and call them inside it") from None
+            except ValueError as error:  # (jax.jit checks its arguments' devices before the call: nothing donated)
+                if placed or _INCOMPATIBLE_DEVICES not in str(error) or not _placed_beside_the_parameters(self._state()):
+                    raise
+                placed = True
+            except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
+                if outside:
+                    raise GraphConstructError(
+                        f"{self.__name__} writes or reads new variables each time it is traced ({found.variables}): "
+                        f"create modules and variables outside the function and call them inside it") from None
+                outside = True
+                self._outside += found.variables
+                self._only_read |= found.only_read
+                self._compiled.clear()  # (its programs take the shorter state: they will not be called again)
 
     def _state(self) -> list:
         """``variables()``, then the variables its traces wrote outside them (``_outside``), as one list that stays

@@ -10,6 +10,7 @@ import torch
 from unidl import config
 from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
+from unidl.backends.torch import convert as torch_convert
 from unidl.backends.torch import ops as torch_ops
 from unidl.backends.torch import function as torch_function
 from unidl.backends.torch import precision as torch_precision
@@ -22,16 +23,6 @@ from unidl.training import accumulation_window
 
 _DEVICES: dict[str, torch.device] = {}  # current_device's torch.device of each device name
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _bfloat16():
-    """NumPy's bfloat16 dtype, from ml_dtypes (which JAX and TensorFlow install); a clear error without it."""
-    try:
-        import ml_dtypes
-    except ImportError:
-        raise TypeError("a bfloat16 tensor as a NumPy array needs the ml_dtypes package (pip install ml_dtypes); "
-                        "or convert it first with ud.ops.cast(x, 'float32')") from None
-    return ml_dtypes.bfloat16
 
 
 #: the device types ``torch.autocast`` runs on, whichever the model's parameters are on
@@ -134,7 +125,9 @@ class Backend(BackendInterface):
             floating = value.is_floating_point()
             target = _DTYPES[dtype or config.get_dtype()] if floating else value.dtype
             # a pinned CPU batch (a DataLoader's with pin_memory=True) is copied to a GPU without waiting
-            return value.to(device=device, dtype=target, non_blocking=value.device.type == "cpu" and value.is_pinned())
+            # (the caller must not refill that buffer until the copy is done: a DataLoader's batches are fresh)
+            pinned = device.type != "cpu" and value.device.type == "cpu" and value.is_pinned()
+            return value.to(device=device, dtype=target, non_blocking=pinned)
         array = np.asarray(value)
         if array.dtype.kind == "f" or dtype is not None:
             target = _DTYPES[dtype or config.get_dtype()]
@@ -161,9 +154,7 @@ class Backend(BackendInterface):
     def to_numpy(self, tensor):
         if isinstance(tensor, np.ndarray):
             return tensor
-        if tensor.dtype is torch.bfloat16:  # NumPy has none: ml_dtypes' bfloat16, as JAX and TensorFlow give it
-            return tensor.detach().cpu().view(torch.int16).numpy().view(_bfloat16()).copy()
-        return tensor.detach().cpu().numpy().copy()  # never a view that a later update would change
+        return torch_convert.to_numpy(tensor)
 
     def is_tensor(self, value):
         return isinstance(value, torch.Tensor)
@@ -239,8 +230,8 @@ class Backend(BackendInterface):
                     continue
                 # in the parameter's dtype and on its device (a model may live on another device than the one in
                 # force: built under ud.use_device)
-                g = torch.as_tensor(g, dtype=p.dtype, device=p.device) if not isinstance(g, torch.Tensor) \
-                    else g.to(dtype=p.dtype, device=p.device) if g.is_floating_point() else g
+                # (an array is copied by tensor(): the guard's finite check writes into every gradient)
+                g = (g if isinstance(g, torch.Tensor) else self.tensor(g)).to(dtype=p.dtype, device=p.device)
                 p.grad = g.clone() if clips or l1 or g.requires_grad else g  # the caller's gradient is never modified
         if not guard_and_clip(optimizer):
             return
