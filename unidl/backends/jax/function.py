@@ -325,7 +325,8 @@ class StatefulJit:
             try:
                 return self._call(self._state(), args)
             except ValueError as error:  # (jax.jit checks its arguments' devices before the call: nothing donated)
-                if placed or _INCOMPATIBLE_DEVICES not in str(error) or not _placed_beside_the_parameters(self._state()):
+                if placed or _INCOMPATIBLE_DEVICES not in str(error) \
+                        or not _placed_beside_the_parameters(self._state()):
                     raise
                 placed = True
             except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
