@@ -93,3 +93,36 @@ def test_torch_gradients_go_to_their_parameters_device_not_the_one_in_force(monk
         # an array's gradient is copied: the guard's finite check writes into every .grad (one that shared a
         # read-only memory map crashed the process)
         assert not np.shares_memory(bias_gradient, model.bias.grad.numpy())
+
+
+def test_torch_array_gradients_keep_their_parameters_float64():
+    """A float64 array given as the gradient of a float64 parameter while float32 is the default dtype (a model
+    built under ``ud.use_dtype("float64")``): applied in float64, not rounded through float32 on the way."""
+    pytest.importorskip("torch")
+    with ud.use_backend("torch"):
+        with ud.use_dtype("float64"):
+            model = ud.nn.Linear(2, 1, bias=False)
+        before = ud.to_numpy(model.weight).copy()
+        gradient = np.full((1, 2), 1 + 1e-12)
+        ud.optim.SGD(model.parameters(), lr=1.0).apply([gradient])
+        np.testing.assert_array_equal(ud.to_numpy(model.weight), before - gradient)
+
+
+def test_to_numpy_of_a_torch_tensor_subclass_and_of_a_type_without_a_module():
+    """The converter of a framework's tensors without its backend (``backends.to_numpy_unloaded``) takes a subclass
+    defined outside the framework (found through the type's classes) and returns a copy; a class whose
+    ``__module__`` is not a string falls through to ``np.asarray``."""
+    torch = pytest.importorskip("torch")
+    from unidl import backends
+
+    class Mine(torch.Tensor):
+        pass
+
+    tensor = torch.zeros(3, requires_grad=True).as_subclass(Mine)
+    copied = backends.to_numpy_unloaded(tensor)
+    with torch.no_grad():
+        tensor.add_(1)
+    np.testing.assert_array_equal(copied, np.zeros(3, np.float32))
+    Odd = type("Odd", (), {"__array__": lambda self, dtype=None, copy=None: np.ones(2)})
+    Odd.__module__ = None
+    np.testing.assert_array_equal(ud.to_numpy(Odd()), np.ones(2))

@@ -114,31 +114,32 @@ def to_numpy_unloaded(value):
     bfloat16, which ``np.asarray`` refuses; a copy, never a view), converted by the ``convert`` module of the
     backend of the framework the value comes from, which imports that framework only: no backend is loaded (loading
     one sets the framework's seed, threads and float32 mode). None where no backend has a converter that takes it."""
-    for converter in _converters(type(value).__module__.split(".")[0]):
+    for converter in _converters(type(value)):
         converted = converter.to_numpy(value)
         if converted is not None:
             return converted
     return None
 
 
-_converter_cache: dict[str, list] = {}
+_converter_cache: dict[type, list] = {}
 
 
-def _converters(framework: str) -> list:
-    """The ``convert`` modules of the backends whose framework is the top-level module ``framework`` (found once per
-    module name: a Python number or a list asks for ``builtins``, which none has)."""
-    found = _converter_cache.get(framework)
+def _converters(kind: type) -> list:
+    """The ``convert`` modules of the backends whose framework defines ``kind`` or a class it derives from (a
+    tensor subclass defined outside its framework), found once per type: a Python number or a list finds none."""
+    found = _converter_cache.get(kind)
     if found is None:
+        frameworks = {c.__module__.split(".")[0] for c in kind.__mro__ if isinstance(c.__module__, str)}
         found = []
         for name, spec in specs().items():
-            if framework not in spec.required_modules():
+            if not frameworks & set(spec.required_modules()):
                 continue
             try:
                 found.append(importlib.import_module(f"{__name__}.{name}.convert"))
             except ModuleNotFoundError as error:
                 if error.name != f"{__name__}.{name}.convert":
                     raise
-        _converter_cache[framework] = found
+        _converter_cache[kind] = found
     return found
 
 

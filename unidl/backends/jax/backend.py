@@ -58,17 +58,14 @@ class KeyStream:
     """The backend's random state for dropout: a key in a ``JaxVariable`` that each use splits, so
     compiled steps thread it as state and every step draws new masks."""
 
-    def __init__(self, seed=None, device=None):
-        self._device = device  # () -> the device in force, where the key goes (else JAX's default device)
+    def __init__(self, seed=None):
         self.state = JaxVariable(self._key(seed), trainable=False)
 
-    def _key(self, seed):
+    @staticmethod
+    def _key(seed):
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        key = jax.random.PRNGKey(seed)
-        # on unidl's device, not JAX's default one (they differ with UNIDL_DEVICE=cpu on a GPU machine): an eager
-        # dropout draws from it beside the model's arrays
-        return key if self._device is None else jax.device_put(key, self._device())
+        return jax.random.PRNGKey(seed)
 
     def reset(self, seed) -> None:
         self.state.value = self._key(seed)
@@ -131,7 +128,7 @@ class Backend(BackendInterface):
     keras_native_ops = ("max_pool2d",)  # PyTorch's NaN rule (keras.ops' max pooling gives a NaN's gradient at random)
 
     def __init__(self):
-        self._generator = KeyStream(unidl_random.initial_seed(), self.current_device)
+        self._generator = KeyStream(unidl_random.initial_seed())
         self.check_ops()
 
     # ---- framework and devices -------------------------------------------
@@ -193,8 +190,7 @@ class Backend(BackendInterface):
         return {"dropout": np.asarray(self._generator.state.value).tolist()}
 
     def set_rng_state(self, state):
-        self._generator.state.value = jax.device_put(np.asarray(state["dropout"], dtype=np.uint32),
-                                                     self.current_device())
+        self._generator.state.value = jnp.asarray(np.asarray(state["dropout"], dtype=np.uint32))
 
     def generator(self):
         return self._generator

@@ -230,8 +230,9 @@ class Backend(BackendInterface):
                     continue
                 # in the parameter's dtype and on its device (a model may live on another device than the one in
                 # force: built under ud.use_device)
-                # (an array is copied by tensor(): the guard's finite check writes into every gradient)
-                g = (g if isinstance(g, torch.Tensor) else self.tensor(g)).to(dtype=p.dtype, device=p.device)
+                # (an array is copied, in the parameter's dtype: the guard's finite check writes into every gradient)
+                g = g.to(dtype=p.dtype, device=p.device) if isinstance(g, torch.Tensor) \
+                    else torch.tensor(np.asarray(g), dtype=p.dtype, device=p.device)
                 p.grad = g.clone() if clips or l1 or g.requires_grad else g  # the caller's gradient is never modified
         if not guard_and_clip(optimizer):
             return
