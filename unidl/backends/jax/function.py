@@ -388,8 +388,9 @@ def _placed_beside_the_parameters(variables) -> bool:
     counters, a loss scale, an accumulation window, buffers) to the device of its trainable variables, where
     ``jax.jit`` refused them on different devices; whether any moved. Such state is made where JAX's default
     device is (``jnp.asarray``, ``jax.random.PRNGKey``: the generator's key at the backend's load and at
-    ``manual_seed``, a loaded optimizer state), which is not the device unidl trains on when the two differ (``UNIDL_DEVICE=cpu`` on a machine with a
-    GPU, a model on ``cuda:1``); trainable variables are never moved (they agree, or nothing moves)."""
+    ``manual_seed``, a loaded optimizer state), which is not the device unidl trains on when the two differ
+    (``UNIDL_DEVICE=cpu`` on a machine with a GPU, a model on ``cuda:1``); trainable variables are never moved
+    (they agree, or nothing moves)."""
     devices = {frozenset(v._value.devices()) for v in variables
                if v.trainable and isinstance(v._value, jax.Array)}
     if len(devices) != 1 or len(next(iter(devices))) != 1:  # (trainable arrays on one device, unsharded)
