@@ -117,6 +117,17 @@ def test_wrong_target_shape_names_loss(backend, rng):
         step(x, np.zeros((64, 5), np.float32))
 
 
+def test_a_loss_or_model_that_is_not_a_module_is_a_clear_error(backend):
+    """A plain function as the loss (``F.mse_loss``'s habit) or as the model: one TypeError naming what is valid on
+    every backend, as ``fit``'s, where it was an AttributeError ('function' object has no attribute '_backend')."""
+    model = ud.nn.Linear(3, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"train_step's loss must be a ud\.nn module .*got function"):
+        ud.train_step(model, lambda out, y: ud.ops.mean((out - y) ** 2), optimizer)
+    with pytest.raises(TypeError, match=r"train_step's model must be a ud\.nn module .*got function"):
+        ud.train_step(lambda x: x, ud.nn.MSELoss(), optimizer)
+
+
 def test_loss_and_optimizer_must_share_the_model_backend(rng):
     with ud.use_backend("torch"):
         model = ud.models.TwoLayerNet(3, 2, 1)

@@ -581,7 +581,13 @@ class TrainStep:
             raise TypeError(f"train_step check_trainable must be True or False, got {check_trainable!r}")
         self.accumulate = check_accumulate(accumulate)
         from unidl.fit_options import check_reduced_loss
+        from unidl.nn.module import Module
 
+        for what, value in (("model", model), ("loss", loss_fn)):
+            if not isinstance(value, Module):  # (its backend, modes and buffers are read from it: an AttributeError)
+                raise TypeError(f"train_step's {what} must be a ud.nn module (a loss: ud.nn.MSELoss(), "
+                                f"ud.nn.CrossEntropyLoss(), ...; a function goes in the forward of a ud.nn.Module "
+                                f"of its own), got {type(value).__name__}")
         check_reduced_loss(loss_fn, "train_step")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.eager, self.check_finite, self.check_trainable, self.calls = bool(eager), check_finite, check_trainable, 0
