@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import keras
 
+from unidl.backends.keras.host import HOST
+
 #: Keras writes SavedModels from these of its own backends only
 _SAVED_MODEL_FRAMEWORKS = ("tensorflow", "jax")
 #: the hosts whose exporter traces a Keras model as one of their own modules (see the module doc)
@@ -17,20 +19,14 @@ def export_formats() -> tuple[str, ...]:
     """The formats ``Backend.export`` writes on keras, which depend on the framework under Keras."""
     framework = keras.backend.backend()
     own = ("saved_model",) if framework in _SAVED_MODEL_FRAMEWORKS else ()
-    return own + (tuple(_host().export_formats()) if framework in _HOST_EXPORT_FRAMEWORKS else ())
-
-
-def _host():
-    from unidl.backends.keras.host import HOST
-
-    return HOST
+    return own + (tuple(HOST.export_formats()) if framework in _HOST_EXPORT_FRAMEWORKS else ())
 
 
 def export_module(module, path: str, format: str, input_shape) -> None:
     """Write ``module`` as a SavedModel at ``path`` (endpoint ``serve``, also signature ``serving_default``), or in
     a format of the host's, written by the host's exporter."""
     if format != "saved_model":
-        _host().export(module, path, format, input_shape)
+        HOST.export(module, path, format, input_shape)
         return
     native = module.native
     variables = native.unidl_parameters + native.unidl_buffers

@@ -233,8 +233,7 @@ def check_index(indices, size, what="index"):
     torch.compile, as it is on the CPU. Meta tensors (shapes only) hold no values to check; nor does a program
     torch.export traces (``_exporting``)."""
     if indices.numel() and not indices.is_meta and not _exporting():
-        bounds = torch.aminmax(indices.detach())
-        low, high = (int(b) for b in bounds) if indices.device.type == "cpu" else torch.stack(bounds).tolist()
+        low, high = torch.stack(torch.aminmax(indices.detach())).tolist()  # (one read, on every device)
         if low < 0 or high >= size:
             raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
     return indices
