@@ -659,6 +659,17 @@ def test_abs_sign_and_square_of_small_integers_keep_their_dtype_as_torch(mode):
                    "a tensor minimum and a number maximum", run, mode, lambda x: ud.ops.clip(x, x, 2), values)
 
 
+def test_a_numpy_bool_bound_is_taken_as_pythons(mode):
+    """A clip bound of ``np.True_`` is ``True`` (1), as torch takes either (it was a ``ValueError`` "must be a
+    number" where Python's ``True`` was taken)."""
+    values = np.array([-2.0, 0.5, 3.0], np.float32)
+    for bounds in ((np.True_, None), (0, np.bool_(True)), (np.False_, np.True_)):
+        expected = torch.clip(torch.tensor(values), *[None if b is None else bool(b) for b in bounds]).numpy()
+        got = run(mode, lambda x, bounds=bounds: ud.ops.clip(x, *bounds), values)
+        assert got.dtype == expected.dtype, bounds
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_a_clip_to_tensor_bounds_of_another_dtype_is_one_error(mode):
     """``clip`` to a tensor bound of another dtype than the input's is one ``DtypeMismatchError`` (``torch.clamp``
     promotes the three by rules of their ranks and kinds; TensorFlow and JAX kept the input's dtype, Keras refused

@@ -110,6 +110,36 @@ def test_unseen_gpu_is_an_error_naming_visible_devices(name):
                     pass
 
 
+class _TwoGPUs:
+    """A backend object as ``config.resolve_device`` reads one: a name and the devices it sees."""
+
+    name = "two-gpus"
+
+    @staticmethod
+    def devices():
+        return ["cpu", "cuda:0", "cuda:1"]
+
+
+def test_a_data_parallel_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
+    """In a job of several processes (``config._set_local_gpu``, set by the torch engine from the local rank)
+    'auto', 'cuda' and 'gpu' name the rank's own GPU, where every rank took cuda:0 (NCCL refuses two ranks on one
+    GPU); an index or 'cpu' is kept; a local rank past the GPUs is an error naming both; 0 again after."""
+    monkeypatch.setattr(config, "_resolved_devices", {})
+    try:
+        config._set_local_gpu(1)
+        assert [config.resolve_device(d, _TwoGPUs) for d in ("auto", "cuda", "gpu", "cuda:0", "gpu:1", "cpu")] == \
+            ["cuda:1", "cuda:1", "cuda:1", "cuda:0", "cuda:1", "cpu"]
+        config._set_local_gpu(2)
+        with pytest.raises(ud.DeviceUnavailableError, match=r"'auto' in a data-parallel job is this process's own "
+                                                            r"GPU, cuda:2 .*it sees: cpu, cuda:0, cuda:1\): start "
+                                                            r"at most 2 processes per machine"):
+            config.resolve_device("auto", _TwoGPUs)
+        assert config.resolve_device("cpu", _TwoGPUs) == "cpu"
+    finally:
+        config._set_local_gpu(0)
+    assert [config.resolve_device(d, _TwoGPUs) for d in ("auto", "cuda")] == ["cuda:0", "cuda:0"]
+
+
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", "cpu:1", "", "gpu:-1"])
 def test_malformed_device_names(device):
     with pytest.raises(ud.DeviceUnavailableError, match="valid devices are 'auto', 'cpu', 'cuda'"):

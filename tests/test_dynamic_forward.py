@@ -96,6 +96,53 @@ def test_fit_eager_runs_python_every_step(backend):
     assert len(calls) >= 8  # every one of the 2 x 4 steps ran the Python forward
 
 
+class Scaled(ud.nn.Module):
+    """A linear layer times a per-step input; records the dtype each Python run of its forward computed in."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 1)
+        self.dtypes = []
+
+    def forward(self, x, scale):
+        out = self.fc(x) * scale
+        self.dtypes.append(str(out.dtype).replace("torch.", "").replace("<dtype: '", "").rstrip("'>"))
+        return out
+
+
+def _scaled_step_loss(eager, precision=None):
+    """``(model, loss)`` of one step of a new ``Scaled`` with a float64 tensor of the backend as its scale."""
+    ud.manual_seed(0)
+    model = Scaled()
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05), eager=eager,
+                         precision=precision)
+    return model, ud.to_numpy(step(X, Y, ud.tensor(np.array([2.0]), "float64")))
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_float64_tensor_among_the_step_inputs_computes_in_unidls_dtype(backend, eager):
+    """A step input that is a float64 tensor of the backend (a per-step scale) reaches the forward in unidl's
+    float32, as x does, on every backend: torch's step passed it on as it was and alone trained in float64 (its
+    loss float64 too). The loss is torch's float32 oracle's."""
+    model, loss = _scaled_step_loss(eager)
+    assert loss.dtype == np.float32 and model.dtypes and set(model.dtypes) == {"float32"}, (loss.dtype, model.dtypes)
+    ud.manual_seed(0)
+    initial = Scaled().state_dict()  # (the weights before the step: the same seed)
+    weight, bias = torch.tensor(np.array(initial["fc.weight"])), torch.tensor(np.array(initial["fc.bias"]))
+    wanted = torch.mean((2.0 * (torch.tensor(X) @ weight.T + bias) - torch.tensor(Y)) ** 2)
+    assert abs(float(loss) - wanted.item()) <= 1e-6 * wanted.item()
+
+
+@pytest.mark.parametrize("name", [name for name in ("torch", "jax") if name in ud.available_backends()])
+def test_a_float64_tensor_among_mixed_precision_step_inputs_is_cast_as_x(name):
+    """The same under ``precision="bf16-mixed"``: the forward's bfloat16 output times the float32 scale is float32
+    (torch's and JAX's promotion; TensorFlow refuses arithmetic on two dtypes, as it does outside unidl), where
+    torch's step computed it in float64."""
+    with ud.use_backend(name):
+        model, loss = _scaled_step_loss(False, "bf16-mixed")
+    assert loss.dtype == np.float32 and model.dtypes and set(model.dtypes) == {"float32"}, (loss.dtype, model.dtypes)
+
+
 FORWARD_DEPTHS = []  # the depth each Python run of CountedNet's forward saw: once per trace in a graph
 
 

@@ -136,3 +136,54 @@ def test_loss_and_optimizer_must_share_the_model_backend(rng):
         loss = ud.nn.MSELoss()
     with pytest.raises(ud.BackendMismatchError, match="MSELoss was created under backend 'tensorflow'"):
         ud.train_step(model, loss, optimizer)
+
+
+class TwoHeads(ud.nn.Module):
+    """A forward returning a tuple (two heads over the same input), and a loss over both."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = ud.nn.Linear(4, 3), ud.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.a(x), self.b(x)
+
+
+class BothHeads(ud.nn.Module):
+    def forward(self, outputs, y):
+        a, b = outputs
+        return ud.ops.mean((a - y) ** 2) + ud.ops.mean((b - y) ** 2)
+
+
+@pytest.mark.parametrize("precision", [None, "bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_forward_returning_a_tuple_trains_as_torch_or_is_one_clear_error(backend, precision, eager):
+    """A loss takes the tuple a forward returns in every precision: torch's float32 loss (mixed precision: within
+    its rounding), and ``fit`` trains it too. It was an ``AttributeError`` (``.float()``, ``.dtype``) in every mixed
+    precision step and in torch's ``fit``. Keras's trainer matches a loss to each output: one ``TypeError`` there
+    (Keras raised a ``KeyError`` about paths). Metrics over such outputs: one ``TypeError`` on every backend."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
+    ud.manual_seed(0)
+    model = TwoHeads()
+    weights = {k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()}
+    step = ud.train_step(model, BothHeads(), ud.optim.SGD(model.parameters(), lr=0.1), precision=precision,
+                         eager=eager)
+    with pytest.raises(TypeError, match="metrics compare a model's scores with the labels, so they need a forward "
+                                        "that returns one tensor; TwoHeads's returns tuple"):
+        ud.fit(model, (x, y), loss=BothHeads(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+               batch_size=3, verbose=0, metrics=["accuracy"])
+    if backend == "keras":
+        with pytest.raises(TypeError, match=r"the keras backend trains a forward that returns one tensor .*: "
+                                            r"TwoHeads's returns a tuple of 2"):
+            step(x, y)
+        return
+    loss = float(ud.to_numpy(step(x, y)))
+    t, target = torch.tensor(x), torch.tensor(y)
+    wanted = sum(torch.mean((t @ weights[f"{h}.weight"].T + weights[f"{h}.bias"] - target) ** 2) for h in "ab").item()
+    assert abs(loss - wanted) <= (1e-6 if precision is None else 1e-2) * wanted, (loss, wanted)
+    history = ud.fit(model, (x, y), loss=BothHeads(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=2,
+                     batch_size=3, verbose=0, precision=precision)
+    assert np.all(np.isfinite(history["loss"])) and history["loss"][1] < history["loss"][0]

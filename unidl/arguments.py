@@ -146,11 +146,14 @@ def reduced_axes(owner: str, name: str, value):
 def plain_number(owner: str, name: str, value):
     """A functional op's number argument (a slope, an epsilon, a bound) with a NumPy scalar or 0-d array taken as
     the Python int or float it holds, which every framework takes alike (torch refused a 0-d array, the others took
-    it; an integer stays an int, so that an integer tensor clipped to it stays integer); anything else (a Python
-    number, a framework's tensor) is left to the op. A NumPy bool is a ``ValueError`` naming ``owner``."""
+    it; an integer stays an int, so that an integer tensor clipped to it stays integer; a bool the Python bool, taken
+    as ``True`` is, as torch takes ``np.True_``); anything else (a Python number, a framework's tensor) is left to
+    the op; another NumPy scalar (a string, a complex number) is a ``ValueError`` naming ``owner``."""
     if type(value) is float:
         return value
     if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
+        if np.asarray(value).dtype == np.bool_:
+            return bool(value)
         number = integer(value)
         number = real(value) if number is None else number
         if number is None:

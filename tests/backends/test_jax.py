@@ -365,6 +365,22 @@ def run(default):
     losses.append(float(ud.train_step(outside, ud.nn.CrossEntropyLoss(), optimizer)(x, y)))
     optimizer.load_state_dict(optimizer.state_dict())
     losses.append(float(ud.train_step(outside, ud.nn.CrossEntropyLoss(), optimizer)(x, y)))
+    # eager steps (each op on its own): the same state, made where JAX's default device is, and the key's draws
+    for name, options in (("SGD", {}), ("Adam", {}), ("SGD", {"precision": "16-mixed"}), ("SGD", {"accumulate": 2})):
+        optimizer = getattr(ud.optim, name)(model.parameters(), lr=0.1)
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, eager=True, **options)
+        losses += [float(step(x, y)), float(step(x, y))]
+        optimizer.load_state_dict(optimizer.state_dict())
+        losses.append(float(step(x, y)))
+    ud.manual_seed(2)
+    model.train()
+    losses.append(float(np.asarray(model(x)).sum()))  # an eager forward's dropout
+    # a batch placed on the other device by the caller: moved to the parameters', compiled and eager, as torch does
+    elsewhere = jax.device_put(x, cpus[1 - default])
+    for eager in (False, True):
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        losses.append(float(ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, eager=eager)(elsewhere, y)))
+    losses.append(float(ud.predict(model, elsewhere).sum()))
     devices = sorted({str(d) for p in model.parameters() for d in p.value.devices()})
     return losses, devices
 
@@ -379,7 +395,9 @@ def test_state_made_on_jaxs_default_device_follows_the_parameters():
     the accumulation window are made on JAX's default device, and every train step was jax.jit's "incompatible
     devices" error; they move to the parameters' device, which stays put, and the losses are those of a run with
     one device for everything (plain SGD, Adam, 16-mixed, accumulate=2; after load_state_dict and manual_seed; a
-    new step over a layer outside the model, traced again and then its state moved in one call)."""
+    new step over a layer outside the model, traced again and then its state moved in one call). Eager steps
+    (and an eager forward's dropout) make their state on the parameters' device; a batch the caller put on the
+    other device moves to the parameters' (compiled and eager steps, ``ud.predict``)."""
     from tests.helpers import last_json_line, run_python
 
     out = run_python(_STATE_ON_ANOTHER_DEVICE, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",

@@ -510,6 +510,24 @@ def test_one_process_without_a_launcher_is_a_group_of_one(backend, monkeypatch):
         ud.distributed.shutdown()
 
 
+def test_the_torch_engine_is_chosen_by_the_ranks_device(monkeypatch):
+    """gloo for a rank on the CPU even where NCCL exists (a CPU run on a GPU machine all-reduced CPU tensors
+    through NCCL, which cannot); NCCL for CUDA tensors and gloo for CPU ones on a GPU; gloo on a GPU without NCCL.
+    A rank resolves its device with its local rank's GPU only where CUDA exists (here: the CPU, local GPU 0)."""
+    import torch.distributed as dist
+
+    from unidl import backends, config
+    from unidl.backends.torch import distributed as torch_distributed
+
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    assert [torch_distributed.engine_for(d) for d in ("cpu", "cuda:1")] == ["gloo", "cpu:gloo,cuda:nccl"]
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    assert torch_distributed.engine_for("cuda:0") == "gloo"
+    with ud.use_device("cpu"):
+        assert torch_distributed.Engine(backends.load("torch"))._rank_device(1) == "cpu"
+    assert config._local_gpu == 0
+
+
 def test_a_backend_without_an_engine_says_so_and_a_port_in_use_is_named(backend, monkeypatch):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

@@ -30,6 +30,15 @@ class Rendezvous:
     source: str  # which launcher's variables these came from, for error messages
 
 
+def local_rank_of(rank: int) -> int:
+    """This process's rank among those of its machine (which GPU it takes), from the launcher's variables; ``rank``
+    where they name none."""
+    try:
+        return rendezvous().local_rank
+    except DistributedError:
+        return rank
+
+
 def _integer(environ, name: str, minimum: int) -> int:
     text = environ[name]
     try:

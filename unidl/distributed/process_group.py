@@ -141,7 +141,10 @@ def _load(name: str):
 def shutdown() -> None:
     """Leave the group (the engine's resources are released); a no-op without one."""
     global _group
+    from unidl import config
+
     group, _group = _group, None
+    config._set_local_gpu(0)  # (an engine that gave each rank its own GPU: 'cuda' is cuda:0 again)
     if group is not None and group.engine is not None:
         group.engine.stop()
     if group is not None and group.device_engine is not None:

@@ -29,9 +29,14 @@ def output_shape(model, x: np.ndarray) -> tuple:
     was_training = model.training
     model.eval()
     try:
-        shape = tuple(int(d) for d in tuple(model(model._backend.tensor(x[:1])).shape)[1:])
+        outputs = model(model._backend.tensor(x[:1]))
     finally:
         model.train(was_training)
+    if not hasattr(outputs, "shape"):
+        raise TypeError(f"metrics compare a model's scores with the labels, so they need a forward that returns one "
+                        f"tensor; {type(model).__name__}'s returns {type(outputs).__name__}: leave metrics out (the "
+                        f"loss takes any outputs), or compute them from the output they concern after training")
+    shape = tuple(int(d) for d in tuple(outputs.shape)[1:])
     _OUTPUT_SHAPES[model] = (key, shape)
     return shape
 

@@ -49,6 +49,7 @@ from unidl.nn.module import trainable_mask, training_modes  # noqa: E402
 from unidl.tracing import python_randomness_guard, python_randomness_preserved, python_randomness_state  # noqa: E402
 
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+_JAX_DEVICES: dict = {}  # unidl's device name ('cpu', 'cuda:N') -> the jax device
 
 # donated buffers that XLA cannot reuse on some platforms are only a missed optimisation
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -58,8 +59,9 @@ class KeyStream:
     """The backend's random state for dropout: a key in a ``JaxVariable`` that each use splits, so
     compiled steps thread it as state and every step draws new masks."""
 
-    def __init__(self, seed=None):
+    def __init__(self, seed, device):
         self.state = JaxVariable(self._key(seed), trainable=False)
+        self._device = device  # () -> the jax device unidl trains on now
 
     @staticmethod
     def _key(seed):
@@ -71,7 +73,16 @@ class KeyStream:
         self.state.value = self._key(seed)
 
     def next_key(self):
-        key, subkey = jax.random.split(self.state.value)
+        """A fresh key. Outside a trace the stream first moves to the device unidl trains on: the key is made where
+        JAX's default device is (at the backend's load, at ``manual_seed``, ``set_rng_state``), which is not unidl's
+        when the two differ (``UNIDL_DEVICE=cpu`` on a GPU machine), and an eager draw there makes a mask on the
+        wrong device. (A compiled step threads the key as state and moves it with the rest: ``StatefulJit``.)"""
+        value = self.state.value
+        if not isinstance(value, jax.core.Tracer):
+            device = self._device()
+            if value.devices() != {device}:
+                value = jax.device_put(value, device)
+        key, subkey = jax.random.split(value)
         self.state.value = key
         return subkey
 
@@ -128,7 +139,7 @@ class Backend(BackendInterface):
     keras_native_ops = ("max_pool2d",)  # PyTorch's NaN rule (keras.ops' max pooling gives a NaN's gradient at random)
 
     def __init__(self):
-        self._generator = KeyStream(unidl_random.initial_seed())
+        self._generator = KeyStream(unidl_random.initial_seed(), self.current_device)
         self.check_ops()
 
     # ---- framework and devices -------------------------------------------
@@ -158,7 +169,11 @@ class Backend(BackendInterface):
                 "how": "the jax CUDA/ROCm plugin packages, jax.devices('gpu')"}
 
     def _jax_device(self, device: str):
-        return jax.devices("cpu")[0] if device == "cpu" else self._gpus()[int(device.split(":")[1])]
+        found = _JAX_DEVICES.get(device)
+        if found is None:  # (one lookup per name: a step's inputs compare against it)
+            found = _JAX_DEVICES[device] = (jax.devices("cpu")[0] if device == "cpu"
+                                            else self._gpus()[int(device.split(":")[1])])
+        return found
 
     def device_scope(self, device):
         return jax.default_device(self._jax_device(device))
@@ -220,11 +235,22 @@ class Backend(BackendInterface):
         return isinstance(value, (jax.Array, JaxVariable))
 
     def to_input(self, value):
-        """Step inputs: JAX arrays of unidl's float dtype pass through; everything else is converted."""
+        """Step inputs: JAX arrays of unidl's float dtype pass through; everything else is converted. (One on
+        another device than the parameters' moves to theirs when ``jax.jit`` refuses it, ``StatefulJit``: no test
+        on every step; an eager step moves it here, ``_on_device``.)"""
         if isinstance(value, jax.Array) and (value.dtype == _DTYPES[config.get_dtype()]
                                              or not jnp.issubdtype(value.dtype, jnp.floating)):
             return value
         return self.tensor(value)
+
+    def _on_device(self, value):
+        """``to_input(value)`` on unidl's device (an eager step's input: its ops would refuse two devices)."""
+        value = self.to_input(value)
+        if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
+            device = self.current_device()
+            if value.devices() != {device}:
+                return jax.device_put(value, device)
+        return value
 
     # ---- parameters ------------------------------------------------------
     def parameter(self, value, trainable=True, dtype=None):
@@ -278,9 +304,9 @@ class Backend(BackendInterface):
 
     def load_optimizer_state(self, optimizer, step, slots, param_steps):
         native = optimizer.native
-        native.iterations.value = jnp.asarray(step, jnp.int64)
+        write_scalar(native.iterations, step)  # (on the state's device, not JAX's default one)
         for variable, count in zip(native.param_steps or [], param_steps or []):
-            variable.value = jnp.asarray(count, jnp.int64)
+            write_scalar(variable, count)
         for variables, entry in zip(native.slot_variables, slots):
             for name, value in entry.items():
                 self.assign(variables[name], value)
@@ -357,7 +383,7 @@ class Backend(BackendInterface):
                                keyed_modules=model.modules)
         to_input = self.to_input
         if eager:
-            return (lambda *args: step(*[to_input(a) for a in args])), compiled
+            return (lambda *args: step(*[self._on_device(a) for a in args])), compiled
 
         def run(*args):
             # Python and NumPy numbers among the extra step inputs stay Python values (one trace per value: a

@@ -325,8 +325,11 @@ class StatefulJit:
             try:
                 return self._call(self._state(), args)
             except ValueError as error:  # (jax.jit checks its arguments' devices before the call: nothing donated)
-                if placed or _INCOMPATIBLE_DEVICES not in str(error) \
-                        or not _placed_beside_the_parameters(self._state()):
+                if placed or _INCOMPATIBLE_DEVICES not in str(error):
+                    raise
+                moved_state = _placed_beside_the_parameters(self._state())
+                args, moved_args = _args_beside_the_parameters(self._state(), args)
+                if not (moved_state or moved_args):
                     raise
                 placed = True
             except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
@@ -383,6 +386,15 @@ class StatefulJit:
 _INCOMPATIBLE_DEVICES = "Received incompatible devices for jitted computation"
 
 
+def _parameters_device(variables):
+    """The one device of the trainable variables among ``variables`` (unsharded), or None."""
+    devices = {frozenset(v._value.devices()) for v in variables
+               if v.trainable and isinstance(v._value, jax.Array)}
+    if len(devices) != 1 or len(next(iter(devices))) != 1:
+        return None
+    return next(iter(next(iter(devices))))
+
+
 def _placed_beside_the_parameters(variables) -> bool:
     """Move the non-trainable state that a compiled function threads (the generator's key, optimizer slots and
     counters, a loss scale, an accumulation window, buffers) to the device of its trainable variables, where
@@ -391,11 +403,9 @@ def _placed_beside_the_parameters(variables) -> bool:
     ``manual_seed``, a loaded optimizer state), which is not the device unidl trains on when the two differ
     (``UNIDL_DEVICE=cpu`` on a machine with a GPU, a model on ``cuda:1``); trainable variables are never moved
     (they agree, or nothing moves)."""
-    devices = {frozenset(v._value.devices()) for v in variables
-               if v.trainable and isinstance(v._value, jax.Array)}
-    if len(devices) != 1 or len(next(iter(devices))) != 1:  # (trainable arrays on one device, unsharded)
+    device = _parameters_device(variables)
+    if device is None:
         return False
-    (device,) = next(iter(devices))
     moved = False
     for variable in variables:
         value = variable._value
@@ -403,6 +413,25 @@ def _placed_beside_the_parameters(variables) -> bool:
             variable._value = jax.device_put(value, device)
             moved = True
     return moved
+
+
+def _args_beside_the_parameters(variables, args):
+    """``(args, moved)``: the arrays among ``args`` on another device than the trainable variables moved to
+    theirs (a batch made on JAX's default device, or placed on another by the caller, as torch's backend moves a
+    step's tensors), where ``jax.jit`` refused arguments on different devices; ``moved``: whether any moved."""
+    device = _parameters_device(variables)
+    if device is None:
+        return args, False
+    moved = []
+
+    def beside(leaf):
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.devices() != {device}:
+            moved.append(leaf)
+            return jax.device_put(leaf, device)
+        return leaf
+
+    args = jax.tree_util.tree_map(beside, args)
+    return args, bool(moved)
 
 
 class _StateOutside(Exception):

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unidl.backends.jax.variable import JaxVariable
+from unidl.backends.jax.variable import JaxVariable, made_beside, written_in_place
 from unidl.optim.optimizer import bound_rule, changeable_options
 from unidl.optim.param_groups import read_group_option, write_group_options
 
@@ -58,11 +58,12 @@ class JaxOptimizer:
 
         def create():
             if getattr(self, "accumulated", None) is None:
-                self.accumulated = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False)
-                                    for p in self._spec.params]
-                self.micro_steps = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
-                self.window_finite = JaxVariable(jnp.asarray(True), trainable=False)
-                self.window_has_gradient = gradient_flags(self._spec.params)
+                with made_beside(self._spec.params):  # (on the parameters' device, as the other slots)
+                    self.accumulated = [JaxVariable(jnp.zeros(p.shape, p.dtype), trainable=False)
+                                        for p in self._spec.params]
+                    self.micro_steps = JaxVariable(jnp.asarray(0, jnp.int64), trainable=False)
+                    self.window_finite = JaxVariable(jnp.asarray(True), trainable=False)
+                    self.window_has_gradient = gradient_flags(self._spec.params)
             return variable_window(accumulate, self.accumulated, self.micro_steps, self.window_finite, read_numpy,
                                    assign_numpy, storage=self, has_gradient=(self.window_has_gradient, self._spec.params))
 
@@ -200,7 +201,7 @@ def set_group_options(optimizer, group: int, keys) -> None:
 def write_scalar(variable, value) -> None:
     """Set a scalar variable (a learning rate, an option) from a Python number, on its device: through NumPy,
     half the cost of ``jnp.asarray`` (a scheduler writes one every step)."""
-    variable.value = jax.device_put(np.asarray(value, variable.dtype), next(iter(variable.value.devices())))
+    written_in_place(variable, value)
 
 
 def _guarded_assign(variable, value, update) -> None:
@@ -238,6 +239,6 @@ def read_numpy(variable):
 
 
 def assign_numpy(variable, value) -> None:
-    """Write a NumPy value of a variable's dtype into it, as a JAX array (for ``variable_window`` and
-    ``variable_scaler``)."""
-    variable.value = jnp.asarray(value)
+    """Write a NumPy value of a variable's dtype into it, as a JAX array on its device (for ``variable_window``
+    and ``variable_scaler``)."""
+    written_in_place(variable, value)

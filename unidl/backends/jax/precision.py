@@ -5,13 +5,14 @@ non-finite guard: every parameter and slot keeps its value)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from unidl.backends.jax import ops as jax_ops
 from unidl.backends.jax.optimizer import (all_finite, assign_numpy, gradient_flags, keep_window,
                                           read_numpy, window_micro_step)
-from unidl.backends.jax.variable import JaxVariable
+from unidl.backends.jax.variable import JaxVariable, made_beside
 from unidl.nn.module import trainable_mask
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR, autocast_modules, modules_of
 from unidl.training import loss_scale_storage
@@ -85,8 +86,10 @@ class Window:
                                has_gradient=(self.has_gradient, self.params))
 
 
-def _float32(value):
-    return value.astype(jnp.float32) if jnp.issubdtype(value.dtype, jnp.floating) else value
+def _float32(outputs):
+    """A forward's outputs (an array, or tuples, lists and dicts of them) with their floats in float32."""
+    return jax.tree_util.tree_map(
+        lambda value: value.astype(jnp.float32) if jnp.issubdtype(value.dtype, jnp.floating) else value, outputs)
 
 
 def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate=1):
@@ -98,13 +101,17 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
     modules = modules_of(model, loss_fn)
     compute = precision.compute_dtype
     # the optimizer's one loss scale (every float16 step of it moves the same; its checkpointed state)
-    scaler = loss_scale_storage(optimizer, precision, lambda: LossScale(precision)) if precision.scales_loss else None
+    scaler = None
+    if precision.scales_loss:
+        with made_beside(params):  # (made now or by an earlier step: on the parameters' device)
+            scaler = loss_scale_storage(optimizer, precision, lambda: LossScale(precision))
     window = None
     if accumulate > 1:  # the optimizer's one window: every step of it with this accumulate and precision adds to it
         from unidl.training import accumulation_window
 
-        window = accumulation_window(optimizer, accumulate, precision,
-                                     lambda: Window(params, accumulate).checkpointed(scaler)).storage
+        with made_beside(params):
+            window = accumulation_window(optimizer, accumulate, precision,
+                                         lambda: Window(params, accumulate).checkpointed(scaler)).storage
     name = f"train_step of {type(model).__name__}"
 
     def step(x, y, *inputs):

@@ -72,6 +72,23 @@ def unwrap(value):
     return value.value if isinstance(value, JaxVariable) else value
 
 
+def made_beside(variables):
+    """A block in which JAX makes new arrays on the device of ``variables``' first value (``jax.default_device``),
+    for state made beside parameters after they were (a loss scale, an accumulation window): ``jnp.asarray`` and
+    ``jnp.zeros`` put it where JAX's default device is otherwise, which is not the parameters' when the two differ
+    (``UNIDL_DEVICE=cpu`` on a GPU machine), and an eager step mixing the two fails. No-op inside a trace."""
+    value = unwrap(variables[0]) if variables else None
+    if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer) and len(value.devices()) == 1:
+        return jax.default_device(next(iter(value.devices())))
+    return contextlib.nullcontext()
+
+
+def written_in_place(variable, value) -> None:
+    """Set ``variable`` to ``value`` (a NumPy array or number, cast to the variable's dtype) on the device of its
+    current value, outside a trace: a load or a scheduler's write, never moving the state off its device."""
+    variable.value = jax.device_put(np.asarray(value, variable.dtype), next(iter(variable.value.devices())))
+
+
 def committed(value):
     """``value`` placed on its device for good: a compiled step's outputs are committed arrays, and
     jit keys its cache on commitment, so a variable that started uncommitted (``jnp.asarray``) would

@@ -129,6 +129,9 @@ class Backend(BackendInterface):
         return config.resolve_device(config._requested_device(), self)
 
     def _scope(self):
+        """Keras's device scope of unidl's device: variables and tensors are made there, and Keras's trainer runs
+        in it (``train_on_batch``, ``fit``, ``predict_on_batch``), whose batches otherwise go to Keras's default
+        device (Keras-on-torch: "cuda" wherever a GPU exists, also with ``UNIDL_DEVICE=cpu``)."""
         return keras.device(keras_device_name(self._device()))
 
     # ---- tensors ---------------------------------------------------------
@@ -306,14 +309,14 @@ class Backend(BackendInterface):
         graph = None if eager else self._step_graph(native)
         if graph is not None:
             return _CompiledForStep(native, compile_for_this_step, graph)
-        to_input = self.to_input
+        to_input, scope = self.to_input, self._scope  # (Keras's trainer in unidl's device: its batches go there)
 
         def step(x, y, *inputs):  # extra step inputs reach the forward as model(x, *inputs)
             x = (to_input(x), *[to_input(v) for v in inputs]) if inputs else to_input(x)
             runs = native.train_step_runs
             try:
                 # (Ctrl-C in Keras-on-JAX's step: the model keeps a step's state; one that Keras swallowed: raised)
-                with KeptStepState(native), swallowed_ctrl_c_raised():
+                with KeptStepState(native), swallowed_ctrl_c_raised(), scope():
                     result = native.train_on_batch(x, to_input(y))
             except Exception as error:
                 if inputs and not HOST.keras_state_in_place:
@@ -423,14 +426,14 @@ class Backend(BackendInterface):
                 # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
                                    totals=totals, before_batch=before_batch)
-                with KeptStepState(native):
+                with KeptStepState(native), self._scope():
                     native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
                                shuffle=False, verbose=0, callbacks=[relay])
             else:
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals,
                                    before_batch=before_batch)
                 try:
-                    with KeptStepState(native):
+                    with KeptStepState(native), self._scope():
                         native.fit(_keras_batches(batches, to_input, step_inputs), epochs=1,
                                    steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
                 except Exception as error:
@@ -456,14 +459,15 @@ class Backend(BackendInterface):
 
     def predict_function(self, model):
         native = model.native
-        to_input = self.to_input
+        to_input, scope = self.to_input, self._scope
 
         def forward(x):
             with KeptStepState(native):
                 inputs = to_input(x)
                 _predict_function_for_rank(native, len(tuple(inputs.shape)))
                 try:
-                    return native.predict_on_batch(inputs)
+                    with scope():
+                        return native.predict_on_batch(inputs)
                 except Exception as error:  # an in-graph check of unidl's (Keras's graph left the sizes unknown)
                     marked = marked_error_from(error, escaped=True)
                     if marked is None:

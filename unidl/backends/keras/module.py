@@ -179,7 +179,7 @@ class NativeModel(keras.Model):
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
         try:
             if training is None or training:
-                return _as_the_loss_takes_it(module(*inputs))
+                return _as_the_loss_takes_it(_one_output(module, module(*inputs)) if training else module(*inputs))
             modes = [(m, m.training) for m in module.modules()]
             module.eval()
             try:
@@ -203,6 +203,18 @@ def _draws_frozen_warned(native):
     if HOST.keras_state_in_place or not native.jit_compile or native.run_eagerly:
         return contextlib.nullcontext()
     return python_randomness_guard(f"train_step of {native.name}")  # (named as Keras-on-TensorFlow names it)
+
+
+def _one_output(module, outputs):
+    """``outputs`` of ``module``'s forward in Keras's train step, where its loss takes them, if one tensor: Keras's
+    trainer matches a loss to each of several outputs, and one loss over a tuple, list or dict of outputs (which
+    the other backends' steps take) is a ``TypeError`` here, where Keras raised a ``KeyError`` about paths."""
+    if isinstance(outputs, (tuple, list, dict)):
+        raise TypeError(f"the keras backend trains a forward that returns one tensor (Keras's trainer matches a loss "
+                        f"to each output): {type(module).__name__}'s returns a {type(outputs).__name__} of "
+                        f"{len(outputs)}; return one tensor (concatenate them, and split them in the loss), or train "
+                        f"this model on the torch, tensorflow or jax backend, whose steps hand the loss any outputs")
+    return outputs
 
 
 def _as_the_loss_takes_it(output):

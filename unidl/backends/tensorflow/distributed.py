@@ -102,7 +102,7 @@ class Engine:
 
     def start(self, rank, world_size, address, port, timeout):
         global _strategy
-        from unidl.distributed.environment import check_port_free
+        from unidl.distributed.environment import check_port_free, local_rank_of
 
         workers = _cluster(rank, world_size)
         if context.context()._context_handle is not None:  # noqa: SLF001 - TensorFlow has no public query
@@ -115,7 +115,7 @@ class Engine:
             check_port_free(host, int(own_port), f"worker {rank} of {world_size} (TF_CONFIG)")
         gpus = tf.config.list_physical_devices("GPU")
         if gpus:  # one replica per process (unidl's variables are plain): this process's GPU only
-            tf.config.set_visible_devices(gpus[_local_rank(rank) % len(gpus)], "GPU")
+            tf.config.set_visible_devices(gpus[local_rank_of(rank) % len(gpus)], "GPU")
         options = tf.distribute.experimental.CommunicationOptions(
             implementation=(tf.distribute.experimental.CommunicationImplementation.AUTO if gpus else  # NCCL there
                             tf.distribute.experimental.CommunicationImplementation.RING), timeout_seconds=timeout)
@@ -178,16 +178,6 @@ def _sigterm_back_to_python() -> None:
     handler = signal.getsignal(signal.SIGTERM)  # (None: one installed outside Python, by an embedding program)
     if handler is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
-
-
-def _local_rank(rank: int) -> int:
-    """This process's rank among those of its machine (which GPU it takes), from the launcher's variables."""
-    from unidl.distributed.environment import rendezvous
-
-    try:
-        return rendezvous().local_rank
-    except DistributedError:
-        return rank
 
 
 def _reduce(tensor, op):

@@ -87,7 +87,7 @@ class Backend(BackendInterface):
         return torch.default_generator if device.type == "cpu" else torch.cuda.default_generators[device.index or 0]
 
     def distributed_engine(self):
-        return torch_distributed.Engine()
+        return torch_distributed.Engine(self)
 
     def set_num_threads(self, intra_op, inter_op):
         torch.set_num_threads(intra_op)
@@ -260,7 +260,7 @@ class Backend(BackendInterface):
     def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
         # torch is always eager
         native = optimizer.native
-        to_input = self.to_input
+        to_input, extra_inputs = self.to_input, self.extra_step_inputs
         l1 = l1_outside_rule(optimizer)
         forward = torch_distributed.data_parallel(model)  # in a process group: DDP averages the gradients
         # the losses of the micro-steps accumulated in .grad so far (accumulate > 1): the optimizer's one window,
@@ -270,6 +270,8 @@ class Backend(BackendInterface):
 
         def step(x, y, *inputs):
             x, y = to_input(x), to_input(y)
+            if inputs:
+                inputs = extra_inputs(inputs)
             if not window:
                 native.zero_grad(set_to_none=True)
             updates = len(window) + 1 >= accumulate
@@ -281,7 +283,9 @@ class Backend(BackendInterface):
                 # all-reduce); loss / N, PyTorch's accumulation idiom
                 losses = torch_distributed.backward(forward, loss / accumulate if accumulate > 1 else loss,
                                                     torch_distributed.update_losses(window, loss) if updates else None)
-            result = (loss.detach(), outputs.detach()) if with_outputs else loss.detach()
+            result = loss.detach()
+            if with_outputs:  # (a tensor, or tuples, lists and dicts of them)
+                result = (result, torch_ops._tree_map(torch.Tensor.detach, outputs))
             if not updates:  # inside the window nothing is skipped yet: its check comes with its update
                 window.append(loss.detach())
                 optimizer._finite = True
@@ -324,6 +328,12 @@ class Backend(BackendInterface):
                 return self.tensor(value)
             return value
         return self.tensor(value)
+
+    def extra_step_inputs(self, inputs) -> tuple:
+        """A step's extra inputs (``step(x, y, *inputs)``) as its forward gets them: NumPy arrays and tensors as
+        ``to_input`` makes x (floats in unidl's dtype, on its device, as the graph backends take them: a float64
+        array made the forward float64 here alone); numbers and anything else as they are."""
+        return tuple(self.to_input(v) if isinstance(v, (np.ndarray, torch.Tensor)) else v for v in inputs)
 
     def value_and_grad(self, f, args, argnums, params):
         args = list(args)

@@ -32,10 +32,14 @@ _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp
 
 
 class Engine:
-    """The ``torch.distributed`` process group (see ``unidl.distributed.process_group``)."""
+    """The ``torch.distributed`` process group (see ``unidl.distributed.process_group``) of ``backend`` (the torch
+    backend, or the keras backend's torch host), whose devices it resolves."""
+
+    def __init__(self, backend):
+        self._backend = backend
 
     def start(self, rank, world_size, address, port, timeout):
-        from unidl.distributed.environment import LOOPBACK, loopback_interface
+        from unidl.distributed.environment import LOOPBACK, local_rank_of, loopback_interface
 
         if not dist.is_available():
             raise DistributedError("this torch build has no torch.distributed; install a build with it")
@@ -43,11 +47,29 @@ class Engine:
             interface = loopback_interface()  # gloo resolves the hostname otherwise, which may not resolve
             if interface:
                 os.environ["GLOO_SOCKET_IFNAME"] = interface
-        engine = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        device = self._rank_device(local_rank_of(rank))
+        engine = engine_for(device)
         # under torchrun the workers join the store its agent already serves on MASTER_PORT ("env://")
         torchrun = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
         dist.init_process_group(engine, init_method="env://" if torchrun else f"tcp://{address}:{port}", rank=rank,
                                 world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+
+    def _rank_device(self, local_rank: int) -> str:
+        """The device this rank trains on: unidl's device in force, where 'auto', 'cuda' and 'gpu' now name the
+        GPU of its local rank (``config._set_local_gpu``: one GPU per process, as torchrun's LOCAL_RANK means; every
+        rank took cuda:0 before, which NCCL refuses), made torch's current CUDA device (NCCL's communicator and
+        Keras-on-torch's "cuda" use it); a ``DeviceUnavailableError`` if that GPU does not exist."""
+        from unidl import config
+
+        config._set_local_gpu(local_rank if torch.cuda.is_available() else 0)
+        try:
+            device = config.resolve_device(config._requested_device(), self._backend)
+        except Exception:
+            config._set_local_gpu(0)
+            raise
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
+        return device
 
     def start_devices(self, devices, timeout):
         raise DistributedError(
@@ -89,6 +111,16 @@ class Engine:
     def mark_losses(forward, losses) -> None:
         """``mark_losses`` for a trainer that runs its own step through ``wrap_forward`` (Keras's)."""
         mark_losses(forward, losses)
+
+
+def engine_for(device: str) -> str:
+    """The ``torch.distributed`` backend of a rank training on unidl device ``device``: gloo on the CPU; on a GPU
+    NCCL for CUDA tensors (DDP's gradients) and gloo for CPU ones (a metric reduced on the host), where this torch
+    build has NCCL. Chosen by the rank's device, not by whether CUDA exists: a CPU run on a GPU machine
+    (``UNIDL_DEVICE=cpu``) all-reduces CPU tensors, which NCCL cannot."""
+    if device.startswith("cuda") and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
 
 
 @functools.cache

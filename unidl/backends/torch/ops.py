@@ -144,18 +144,18 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return F.batch_norm(x, new_mean, new_var, weight, bias, True, momentum, eps), new_mean, new_var
 
 
-def _is_default_generator(generator, device) -> bool:
-    if generator is None:
-        return True
-    if device.type == "cpu":
-        return generator is torch.default_generator
-    return device.type == "cuda" and generator is torch.cuda.default_generators[device.index or 0]
+def _is_default_generator(generator) -> bool:
+    """None or a device's default generator (the backend's own, ``Backend.generator``: that of the device in
+    force). F.dropout's fused kernel then draws from the default generator of x's own device, which may not be the
+    device in force (a model kept on the CPU while a GPU is), where an explicit one would be refused."""
+    return generator is None or generator is torch.default_generator or any(
+        generator is default for default in torch.cuda.default_generators)
 
 
 def dropout(x, p, training=True, generator=None):
     if not training or p == 0:
         return x
-    if _is_default_generator(generator, x.device):
+    if _is_default_generator(generator):
         return F.dropout(x, p, True)  # the fused kernel draws from the device's default generator
     if p == 1:
         return torch.zeros_like(x)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from unidl.backends.torch.distributed import backward, data_parallel, gradient_sync, update_losses
+from unidl.backends.torch.ops import _tree_map
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
 from unidl.training import loss_scale_storage
@@ -49,6 +50,10 @@ class LossScale:
                                lambda name, value: setattr(self, name, value.item()))
 
 
+def _float32(value):
+    return value.float() if value.is_floating_point() else value
+
+
 def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accumulate=1):
     """``Backend.mixed_precision_train_step`` of the torch backend (always eager). With ``accumulate`` N > 1,
     GradScaler's accumulation: the N micro-steps' scaled gradients ``(loss / N * scale).backward()`` add up in
@@ -70,19 +75,22 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
 
     def step(x, y, *inputs):
         x, y = to_input(x), to_input(y)
+        if inputs:
+            inputs = backend.extra_step_inputs(inputs)
         if not window:
             native.zero_grad(set_to_none=True)
         updates = len(window) + 1 == accumulate
         with gradient_sync(forward, updates):
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 outputs = forward(x, *inputs)
-            loss = loss_fn(outputs.float(), y)  # the loss in float32, as autocast computes losses
+            outputs = _tree_map(_float32, outputs)  # (a tensor, or tuples, lists and dicts of them)
+            loss = loss_fn(outputs, y)  # the loss in float32, as autocast computes losses
             scaled = loss / accumulate if accumulate > 1 else loss
             # the window's losses, which the guard checks (under DDP: with the job's marker, from the gradients'
             # all-reduce)
             losses = backward(forward, scaled if scaler is None else scaled * scaler.scale,
                               update_losses(window, loss) if updates else None)
-        result = (loss.detach(), outputs.detach().float()) if with_outputs else loss.detach()
+        result = (loss.detach(), _tree_map(torch.Tensor.detach, outputs)) if with_outputs else loss.detach()
         if not updates:
             window.append(loss.detach())
             optimizer._finite = True  # nothing skipped yet: the window's check comes with its update
