@@ -143,6 +143,40 @@ def test_a_float64_tensor_among_mixed_precision_step_inputs_is_cast_as_x(name):
     assert loss.dtype == np.float32 and model.dtypes and set(model.dtypes) == {"float32"}, (loss.dtype, model.dtypes)
 
 
+class DrawingClassifier(DynamicNet):
+    """DynamicNet with three class scores: ``fit`` checks its labels and metrics against one forward first."""
+
+    def __init__(self):
+        super().__init__()
+        self.exit = ud.nn.Linear(8, 3)
+
+
+def test_fit_draws_from_pythons_random_only_in_its_steps(backend):
+    """``fit`` of a net that draws its depth from Python's ``random`` (eager steps: Python runs every one) gives the
+    losses of a ``train_step`` loop over the same batches from the same seed, and leaves ``random`` where that loop
+    does: the forward ``fit`` runs first to check the labels and metrics against its output draws nothing (it took
+    one draw, so every step's depth was the loop's next one)."""
+    labels = (np.abs(Y[:, 0]) * 2).astype(np.int64) % 3
+
+    def run(train):
+        ud.manual_seed(0)
+        random.seed(1)
+        model = DrawingClassifier()
+        losses = train(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.05))
+        return losses, random.random()
+
+    def loop(model, loss, optimizer):
+        step = ud.train_step(model, loss, optimizer, eager=True)
+        return [np.mean([float(ud.to_numpy(step(X[i:i + 8], labels[i:i + 8]))) for i in (0, 8)]) for _ in range(2)]
+
+    def fitted(model, loss, optimizer):
+        return ud.fit(model, (X, labels), loss=loss, optimizer=optimizer, epochs=2, batch_size=8, shuffle=False,
+                      verbose=0, eager=True, metrics=["accuracy"])["loss"]
+
+    (expected, after), (got, got_after) = run(loop), run(fitted)
+    assert max_relative_difference(np.array(got), np.array(expected)) < 1e-6 and got_after == after
+
+
 FORWARD_DEPTHS = []  # the depth each Python run of CountedNet's forward saw: once per trace in a graph
 
 

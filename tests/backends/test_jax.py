@@ -381,6 +381,10 @@ def run(default):
         optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
         losses.append(float(ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, eager=eager)(elsewhere, y)))
     losses.append(float(ud.predict(model, elsewhere).sum()))
+    ud.manual_seed(3)  # an LSTM's lengths on the other device (PyTorch's packed sequences take them on the CPU)
+    lstm = ud.nn.LSTM(4, 5, batch_first=True)
+    lengths = jax.device_put(np.array([3, 1]), cpus[1 - default])
+    losses.append(float(np.asarray(lstm(x.reshape(2, 3, 4), lengths=lengths)[0]).sum()))
     devices = sorted({str(d) for p in model.parameters() for d in p.value.devices()})
     return losses, devices
 
@@ -397,7 +401,8 @@ def test_state_made_on_jaxs_default_device_follows_the_parameters():
     one device for everything (plain SGD, Adam, 16-mixed, accumulate=2; after load_state_dict and manual_seed; a
     new step over a layer outside the model, traced again and then its state moved in one call). Eager steps
     (and an eager forward's dropout) make their state on the parameters' device; a batch the caller put on the
-    other device moves to the parameters' (compiled and eager steps, ``ud.predict``)."""
+    other device moves to the parameters' (compiled and eager steps, ``ud.predict``), and so do an LSTM's
+    ``lengths`` there."""
     from tests.helpers import last_json_line, run_python
 
     out = run_python(_STATE_ON_ANOTHER_DEVICE, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",

@@ -15,6 +15,7 @@ import numpy as np
 
 from unidl.metrics.classification import classification_kind
 from unidl.metrics.metric import Layout
+from unidl.tracing import python_randomness_preserved
 
 _OUTPUT_SHAPES = weakref.WeakKeyDictionary()  # model -> (what the answer depends on, per-sample output shape)
 
@@ -29,7 +30,8 @@ def output_shape(model, x: np.ndarray) -> tuple:
     was_training = model.training
     model.eval()
     try:
-        outputs = model(model._backend.tensor(x[:1]))
+        with python_randomness_preserved():  # (a probe, not a step: a dynamic net's draws stay the training's)
+            outputs = model(model._backend.tensor(x[:1]))
     finally:
         model.train(was_training)
     if not hasattr(outputs, "shape"):

@@ -170,6 +170,8 @@ class RNNBase(Module):
         ops = self._ops
         if not self._backend.is_tensor(lengths):
             lengths = tensors.tensor(np.asarray(lengths, dtype=np.int64))
+        elif self._backend.is_concrete(lengths):  # on the device in force, as x: PyTorch's packed sequences take
+            lengths = tensors.tensor(lengths)     # their lengths on the CPU, beside a batch on a GPU
         lengths = ops.cast(lengths, "int64")
         if not batched:
             lengths = ops.reshape(lengths, (1,))
