@@ -123,18 +123,15 @@ class _TwoGPUs:
 def test_a_data_parallel_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
     """In a job of several processes (``config._set_local_gpu``, set by the torch engine from the local rank)
     'auto', 'cuda' and 'gpu' name the rank's own GPU, where every rank took cuda:0 (NCCL refuses two ranks on one
-    GPU); an index or 'cpu' is kept; a local rank past the GPUs is an error naming both; 0 again after."""
+    GPU); an index or 'cpu' is kept; a local rank past the GPUs takes them in turn (a process given one GPU of its
+    own by CUDA_VISIBLE_DEVICES sees it as cuda:0, whatever its local rank: TensorFlow's engine's rule); 0 after."""
     monkeypatch.setattr(config, "_resolved_devices", {})
     try:
         config._set_local_gpu(1)
         assert [config.resolve_device(d, _TwoGPUs) for d in ("auto", "cuda", "gpu", "cuda:0", "gpu:1", "cpu")] == \
             ["cuda:1", "cuda:1", "cuda:1", "cuda:0", "cuda:1", "cpu"]
         config._set_local_gpu(2)
-        with pytest.raises(ud.DeviceUnavailableError, match=r"'auto' in a data-parallel job is this process's own "
-                                                            r"GPU, cuda:2 .*it sees: cpu, cuda:0, cuda:1\): start "
-                                                            r"at most 2 processes per machine"):
-            config.resolve_device("auto", _TwoGPUs)
-        assert config.resolve_device("cpu", _TwoGPUs) == "cpu"
+        assert [config.resolve_device(d, _TwoGPUs) for d in ("auto", "cuda", "cpu")] == ["cuda:0", "cuda:0", "cpu"]
     finally:
         config._set_local_gpu(0)
     assert [config.resolve_device(d, _TwoGPUs) for d in ("auto", "cuda")] == ["cuda:0", "cuda:0"]

@@ -1,5 +1,7 @@
 """``train_step``: the one loop, its tracing on tensorflow, and its input checks."""
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -138,46 +140,55 @@ def test_loss_and_optimizer_must_share_the_model_backend(rng):
         ud.train_step(model, loss, optimizer)
 
 
-class TwoHeads(ud.nn.Module):
-    """A forward returning a tuple (two heads over the same input), and a loss over both."""
+class Heads(collections.namedtuple("Heads", "a b extra")):
+    """Two heads' outputs as a NamedTuple, and a field that is None."""
 
-    def __init__(self):
+
+class TwoHeads(ud.nn.Module):
+    """A forward returning two heads over the same input: a tuple, or a NamedTuple with a None beside them; and a
+    loss over both."""
+
+    def __init__(self, kind="tuple"):
         super().__init__()
         self.a, self.b = ud.nn.Linear(4, 3), ud.nn.Linear(4, 3)
+        self.kind = kind
 
     def forward(self, x):
-        return self.a(x), self.b(x)
+        a, b = self.a(x), self.b(x)
+        return Heads(a, b, None) if self.kind == "namedtuple" else (a, b)
 
 
 class BothHeads(ud.nn.Module):
     def forward(self, outputs, y):
-        a, b = outputs
+        a, b = outputs[:2]
         return ud.ops.mean((a - y) ** 2) + ud.ops.mean((b - y) ** 2)
 
 
+@pytest.mark.parametrize("kind", ["tuple", "namedtuple"])
 @pytest.mark.parametrize("precision", [None, "bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("eager", [False, True])
-def test_a_forward_returning_a_tuple_trains_as_torch_or_is_one_clear_error(backend, precision, eager):
-    """A loss takes the tuple a forward returns in every precision: torch's float32 loss (mixed precision: within
-    its rounding), and ``fit`` trains it too. It was an ``AttributeError`` (``.float()``, ``.dtype``) in every mixed
-    precision step and in torch's ``fit``. Keras's trainer matches a loss to each output: one ``TypeError`` there
-    (Keras raised a ``KeyError`` about paths). Metrics over such outputs: one ``TypeError`` on every backend."""
+def test_a_forward_returning_a_tuple_trains_as_torch_or_is_one_clear_error(backend, precision, eager, kind):
+    """A loss takes the tuple a forward returns in every precision (a NamedTuple, a None among them too): torch's
+    float32 loss (mixed precision: within its rounding), and ``fit`` trains it too. It was an ``AttributeError``
+    (``.float()``, ``.dtype``) in every mixed precision step and in torch's ``fit``. Keras's trainer matches a loss
+    to each output: one ``TypeError`` there (Keras raised a ``KeyError`` about paths). Metrics over such outputs:
+    one ``TypeError`` on every backend."""
     import torch
 
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
     ud.manual_seed(0)
-    model = TwoHeads()
+    model = TwoHeads(kind)
     weights = {k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()}
     step = ud.train_step(model, BothHeads(), ud.optim.SGD(model.parameters(), lr=0.1), precision=precision,
                          eager=eager)
     with pytest.raises(TypeError, match="metrics compare a model's scores with the labels, so they need a forward "
-                                        "that returns one tensor; TwoHeads's returns tuple"):
+                                        "that returns one tensor; TwoHeads's returns (tuple|Heads)"):
         ud.fit(model, (x, y), loss=BothHeads(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1,
                batch_size=3, verbose=0, metrics=["accuracy"])
     if backend == "keras":
         with pytest.raises(TypeError, match=r"the keras backend trains a forward that returns one tensor .*: "
-                                            r"TwoHeads's returns a tuple of 2"):
+                                            r"TwoHeads's returns a (tuple of 2|Heads of 3)"):
             step(x, y)
         return
     loss = float(ud.to_numpy(step(x, y)))

@@ -23,8 +23,8 @@ _default_backend = None
 _default_device: str | None = None
 _default_dtype = "float32"
 _resolved_devices: dict[tuple[str, str], str] = {}
-#: the GPU that 'auto', 'cuda' and 'gpu' name: this process's local rank in a data-parallel job of several processes
-#: (``unidl.distributed.init``: one GPU per process, as torchrun's LOCAL_RANK means), 0 outside one
+#: which GPU 'auto', 'cuda' and 'gpu' name, modulo the GPUs seen: this process's local rank in a data-parallel job of
+#: several processes (``unidl.distributed.init``: one GPU per process, as torchrun's LOCAL_RANK means), 0 outside one
 _local_gpu = 0
 _checked_env_device: str | None = None  # the last UNIDL_DEVICE value found valid
 
@@ -126,15 +126,8 @@ def resolve_device(requested: str, backend_object) -> str:
         gpus = [d for d in visible if d != "cpu"]
         if kind == "cpu" or (kind == "auto" and not gpus):
             resolved = "cpu"
-        elif index is None and _local_gpu:  # this rank's own GPU in a job of several processes
-            resolved = f"cuda:{_local_gpu}"
-            if resolved not in gpus:
-                raise DeviceUnavailableError(
-                    f"device {requested!r} in a data-parallel job is this process's own GPU, {resolved} (its local "
-                    f"rank), which backend {backend_object.name!r} does not see (it sees: {', '.join(visible)}): "
-                    f"start at most {len(gpus)} processes per machine, one per GPU, or train on 'cpu'")
-        elif kind == "auto":
-            resolved = gpus[0]
+        elif index is None and gpus:  # in a job of several processes: the GPU of this rank's local rank (modulo
+            resolved = gpus[_local_gpu % len(gpus)]  # the GPUs it sees: one each, by CUDA_VISIBLE_DEVICES, is cuda:0)
         else:
             resolved = f"cuda:{index or 0}"
             if resolved not in gpus:
@@ -146,9 +139,11 @@ def resolve_device(requested: str, backend_object) -> str:
 
 
 def _set_local_gpu(index: int) -> None:
-    """Make 'auto', 'cuda' and 'gpu' name GPU ``index`` (``unidl.distributed.init``: the local rank of a process of
-    a data-parallel job, 0 again at its ``shutdown``): every rank of a machine on a GPU of its own, as torchrun's
-    ``LOCAL_RANK`` means, where each would otherwise take cuda:0 (NCCL refuses two ranks on one GPU)."""
+    """Make 'auto', 'cuda' and 'gpu' name GPU ``index`` modulo the GPUs a backend sees (``unidl.distributed.init``:
+    the local rank of a process of a data-parallel job, 0 again at its ``shutdown``): every rank of a machine on a GPU
+    of its own, as torchrun's ``LOCAL_RANK`` means, where each would otherwise take cuda:0 (NCCL refuses two ranks on
+    one GPU); a process given one GPU of its own (``CUDA_VISIBLE_DEVICES``) sees it as cuda:0. As TensorFlow's
+    engine picks its GPU."""
     global _local_gpu
     if index != _local_gpu:
         _local_gpu = index

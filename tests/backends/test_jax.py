@@ -366,7 +366,7 @@ def run(default):
     optimizer.load_state_dict(optimizer.state_dict())
     losses.append(float(ud.train_step(outside, ud.nn.CrossEntropyLoss(), optimizer)(x, y)))
     # eager steps (each op on its own): the same state, made where JAX's default device is, and the key's draws
-    for name, options in (("SGD", {}), ("Adam", {}), ("SGD", {"precision": "16-mixed"}), ("SGD", {"accumulate": 2})):
+    for name, options in (("Adam", {}), ("SGD", {"precision": "16-mixed", "accumulate": 2})):
         optimizer = getattr(ud.optim, name)(model.parameters(), lr=0.1)
         step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, eager=True, **options)
         losses += [float(step(x, y)), float(step(x, y))]

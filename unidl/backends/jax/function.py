@@ -205,6 +205,7 @@ class StatefulJit:
         self._outside: list = []  # variables its traces wrote or read outside ``variables()`` (``_StateOutside``)
         self._only_read: set = set()  # the serials of those only read there: not donated
         self._with_outside = (None, None)  # (``variables()``'s list, that list with ``_outside`` appended)
+        self._args_device = None  # the parameters' device once a call's arrays had to move there (then moved first)
         self.trace_count = 0
         self.__name__ = name
 
@@ -320,6 +321,8 @@ class StatefulJit:
             # called while another compiled function is traced (a ``ud.function`` inside a train step): traced into
             # that one, which then records what it reads and writes, as an optimizer's apply inside a step is
             return jax.tree_util.tree_map(jax_variable.unwrap, self._fn(*args))
+        if self._args_device is not None:  # (a caller whose batches come from another device keeps sending them)
+            args = _moved_to(args, self._args_device)
         placed = outside = False  # each cause of a retry happens once: a second time is an error
         while True:
             try:
@@ -328,8 +331,11 @@ class StatefulJit:
                 if placed or _INCOMPATIBLE_DEVICES not in str(error):
                     raise
                 moved_state = _placed_beside_the_parameters(self._state())
-                args, moved_args = _args_beside_the_parameters(self._state(), args)
-                if not (moved_state or moved_args):
+                device = _parameters_device(self._state())
+                placed_args = args if device is None else _moved_to(args, device)
+                if placed_args is not args:
+                    args, self._args_device = placed_args, device
+                elif not moved_state:
                     raise
                 placed = True
             except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
@@ -415,13 +421,10 @@ def _placed_beside_the_parameters(variables) -> bool:
     return moved
 
 
-def _args_beside_the_parameters(variables, args):
-    """``(args, moved)``: the arrays among ``args`` on another device than the trainable variables moved to
-    theirs (a batch made on JAX's default device, or placed on another by the caller, as torch's backend moves a
-    step's tensors), where ``jax.jit`` refused arguments on different devices; ``moved``: whether any moved."""
-    device = _parameters_device(variables)
-    if device is None:
-        return args, False
+def _moved_to(args, device):
+    """``args`` with its arrays on another device than ``device`` moved there (a batch made on JAX's default device,
+    or placed on another by the caller, as torch's backend moves a step's tensors): a new tuple if any moved, else
+    ``args`` itself."""
     moved = []
 
     def beside(leaf):
@@ -430,8 +433,8 @@ def _args_beside_the_parameters(variables, args):
             return jax.device_put(leaf, device)
         return leaf
 
-    args = jax.tree_util.tree_map(beside, args)
-    return args, bool(moved)
+    placed = jax.tree_util.tree_map(beside, args)
+    return placed if moved else args
 
 
 class _StateOutside(Exception):

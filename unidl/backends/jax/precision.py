@@ -89,7 +89,8 @@ class Window:
 def _float32(outputs):
     """A forward's outputs (an array, or tuples, lists and dicts of them) with their floats in float32."""
     return jax.tree_util.tree_map(
-        lambda value: value.astype(jnp.float32) if jnp.issubdtype(value.dtype, jnp.floating) else value, outputs)
+        lambda value: value.astype(jnp.float32) if isinstance(value, jax.Array)
+        and jnp.issubdtype(value.dtype, jnp.floating) else value, outputs)
 
 
 def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate=1):

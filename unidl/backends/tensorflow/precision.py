@@ -129,8 +129,8 @@ class Window(tf.Module):
 def _float32(outputs):
     """A forward's outputs (a tensor, or tuples, lists and dicts of them) with their floats in float32."""
     return tf.nest.map_structure(
-        lambda value: tf.cast(value, tf.float32) if value.dtype.is_floating and value.dtype != tf.float32 else value,
-        outputs)
+        lambda value: tf.cast(value, tf.float32) if tf.is_tensor(value) and value.dtype.is_floating
+        and value.dtype != tf.float32 else value, outputs)
 
 
 def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eager, accumulate=1):

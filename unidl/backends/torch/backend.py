@@ -285,7 +285,7 @@ class Backend(BackendInterface):
                                                     torch_distributed.update_losses(window, loss) if updates else None)
             result = loss.detach()
             if with_outputs:  # (a tensor, or tuples, lists and dicts of them)
-                result = (result, torch_ops._tree_map(torch.Tensor.detach, outputs))
+                result = (result, torch_precision.detached(outputs))
             if not updates:  # inside the window nothing is skipped yet: its check comes with its update
                 window.append(loss.detach())
                 optimizer._finite = True

@@ -51,8 +51,14 @@ class Engine:
         engine = engine_for(device)
         # under torchrun the workers join the store its agent already serves on MASTER_PORT ("env://")
         torchrun = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-        dist.init_process_group(engine, init_method="env://" if torchrun else f"tcp://{address}:{port}", rank=rank,
-                                world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+        try:
+            dist.init_process_group(engine, init_method="env://" if torchrun else f"tcp://{address}:{port}",
+                                    rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
+        except BaseException:  # (no group: 'cuda' is cuda:0 again)
+            from unidl import config
+
+            config._set_local_gpu(0)
+            raise
 
     def _rank_device(self, local_rank: int) -> str:
         """The device this rank trains on: unidl's device in force, where 'auto', 'cuda' and 'gpu' now name the

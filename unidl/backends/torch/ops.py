@@ -262,7 +262,8 @@ def _tree_map(fn, *trees):
     if isinstance(first, dict):
         return {key: _tree_map(fn, *(t[key] for t in trees)) for key in first}
     if isinstance(first, (tuple, list)):
-        return type(first)(_tree_map(fn, *parts) for parts in zip(*trees))
+        parts = [_tree_map(fn, *parts) for parts in zip(*trees)]
+        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)  # (a NamedTuple by field)
     return fn(*trees)
 
 

@@ -51,7 +51,13 @@ class LossScale:
 
 
 def _float32(value):
-    return value.float() if value.is_floating_point() else value
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def detached(outputs):
+    """A step's outputs (a tensor, or tuples, lists, NamedTuples and dicts of them; other leaves as they are)
+    detached from the autograd graph."""
+    return _tree_map(lambda value: value.detach() if isinstance(value, torch.Tensor) else value, outputs)
 
 
 def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accumulate=1):
@@ -90,7 +96,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
             # all-reduce)
             losses = backward(forward, scaled if scaler is None else scaled * scaler.scale,
                               update_losses(window, loss) if updates else None)
-        result = (loss.detach(), _tree_map(torch.Tensor.detach, outputs)) if with_outputs else loss.detach()
+        result = (loss.detach(), detached(outputs)) if with_outputs else loss.detach()
         if not updates:
             window.append(loss.detach())
             optimizer._finite = True  # nothing skipped yet: the window's check comes with its update
