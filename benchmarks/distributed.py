@@ -4,7 +4,7 @@ same engine (torch DDP; TensorFlow's MultiWorkerMirroredStrategy).
 Run from the checkout: ``python -m benchmarks.distributed [--steps N] [--engines torch tensorflow]``. Each side
 trains the LeNet CNN (3x32x32, SGD with momentum) on a global batch of 64; with 2 processes each rank steps on
 its 32 samples and the engine averages the gradients (one thread per process, as ``unidl.distributed.launch``
-sets). The two
+sets), on the CPU also where a GPU exists. The two
 2-process sides alternate in blocks inside the same ranks (``harness.alternate``), so machine load hits
 both alike. On torch unidl's step is timed against the hand-written DDP step, then against the same with
 unidl's non-finite guard (``guarded_sgd_step``: the fairer peer, since unidl's step checks every update). Prints
@@ -14,6 +14,7 @@ median milliseconds per step, the ratios and their block quartiles.
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
@@ -112,6 +113,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--engines", nargs="+", choices=("torch", "tensorflow"), default=["torch", "tensorflow"])
     args = parser.parse_args(argv)
+    # on the CPU, where gloo and the ring run (and the hand-written steps are): on a machine with a GPU the ranks
+    # and the one-process run would otherwise take it, NCCL too, both ranks the same GPU
+    os.environ.update(UNIDL_DEVICE="cpu", CUDA_VISIBLE_DEVICES="")
     import unidl as ud
 
     warmup = max(5, args.steps // 10)

@@ -82,7 +82,9 @@ def native_first_step(backend: str) -> float:
 
 
 def _fresh(kind: str, backend: str) -> float:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    # on the CPU for both sides and every framework (``bench_first_step`` runs for --device cpu): on a machine with
+    # a GPU unidl's "auto", JAX and TensorFlow would take it where the hand-written torch step stays on the CPU
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", UNIDL_DEVICE="cpu", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, __file__, kind, backend], capture_output=True, text=True, env=env,
                             timeout=600)
     if result.returncode != 0:
