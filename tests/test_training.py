@@ -183,7 +183,7 @@ def test_a_forward_returning_a_tuple_trains_as_torch_or_is_one_clear_error(backe
     step = ud.train_step(model, BothHeads(), ud.optim.SGD(model.parameters(), lr=0.1), precision=precision,
                          eager=eager)
     with pytest.raises(TypeError, match="metrics compare a model's scores with the labels, so they need a forward "
-                                        "that returns one tensor; TwoHeads's returns (tuple|Heads)"):
+                                        "that returns one tensor; TwoHeads's returns several"):
         ud.fit(model, (x, y), loss=BothHeads(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1,
                batch_size=3, verbose=0, metrics=["accuracy"])
     if backend == "keras":
@@ -196,5 +196,5 @@ def test_a_forward_returning_a_tuple_trains_as_torch_or_is_one_clear_error(backe
     wanted = sum(torch.mean((t @ weights[f"{h}.weight"].T + weights[f"{h}.bias"] - target) ** 2) for h in "ab").item()
     assert abs(loss - wanted) <= (1e-6 if precision is None else 1e-2) * wanted, (loss, wanted)
     history = ud.fit(model, (x, y), loss=BothHeads(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=2,
-                     batch_size=3, verbose=0, precision=precision)
+                     batch_size=3, verbose=0, precision=precision, validation_data=(x, y))
     assert np.all(np.isfinite(history["loss"])) and history["loss"][1] < history["loss"][0]

@@ -183,6 +183,8 @@ def check_labels(model, loss_fn, loader) -> None:
             return
         raise DtypeMismatchError(float_labels_message("CrossEntropyLoss", y.dtype))  # the loss's own words
     shape = output_shape(model, x)  # one remembered eval-mode forward of one sample, shared with the metrics
+    if shape is None:  # several outputs (a tuple, a dict): a loss of the user's, which checks its own labels
+        return
     classes = shape[-1] if shape else 1  # a model with (N,) outputs: one output per sample
     counted = y[y != loss_fn.ignore_index]
     if not counted.size:

@@ -20,9 +20,11 @@ from unidl.tracing import python_randomness_preserved
 _OUTPUT_SHAPES = weakref.WeakKeyDictionary()  # model -> (what the answer depends on, per-sample output shape)
 
 
-def output_shape(model, x: np.ndarray) -> tuple:
+def output_shape(model, x: np.ndarray) -> tuple | None:
     """The model's per-sample output shape for samples like ``x``'s (a batch of one), remembered while the
-    parameters and the sample shape stay the same."""
+    parameters and the sample shape stay the same; None for a forward that returns several tensors (a tuple, a
+    dict), which a loss of the user's may take but no metric can. The forward draws nothing from Python's or
+    NumPy's global generators (a probe, not a step: a dynamic net's draws stay the training's)."""
     key = (x.shape[1:], x.dtype.str, tuple((id(p), tuple(p.shape)) for p in model.parameters()))
     known = _OUTPUT_SHAPES.get(model)
     if known is not None and known[0] == key:
@@ -30,15 +32,11 @@ def output_shape(model, x: np.ndarray) -> tuple:
     was_training = model.training
     model.eval()
     try:
-        with python_randomness_preserved():  # (a probe, not a step: a dynamic net's draws stay the training's)
+        with python_randomness_preserved():
             outputs = model(model._backend.tensor(x[:1]))
     finally:
         model.train(was_training)
-    if not hasattr(outputs, "shape"):
-        raise TypeError(f"metrics compare a model's scores with the labels, so they need a forward that returns one "
-                        f"tensor; {type(model).__name__}'s returns {type(outputs).__name__}: leave metrics out (the "
-                        f"loss takes any outputs), or compute them from the output they concern after training")
-    shape = tuple(int(d) for d in tuple(outputs.shape)[1:])
+    shape = tuple(int(d) for d in tuple(outputs.shape)[1:]) if hasattr(outputs, "shape") else None
     _OUTPUT_SHAPES[model] = (key, shape)
     return shape
 
@@ -95,7 +93,12 @@ def _torch_first_sample(data) -> tuple:
 
 def layout_for(model, data) -> Layout:
     x, y = first_sample(data)
-    return Layout(output_shape(model, x), y.shape[1:], y.dtype.kind in "iub")
+    shape = output_shape(model, x)
+    if shape is None:
+        raise TypeError(f"metrics compare a model's scores with the labels, so they need a forward that returns one "
+                        f"tensor; {type(model).__name__}'s returns several: leave metrics out (the loss takes any "
+                        f"outputs), or compute them from the output they concern after training")
+    return Layout(shape, y.shape[1:], y.dtype.kind in "iub")
 
 
 def _is_classification_loss(loss) -> bool:

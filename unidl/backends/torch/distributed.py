@@ -64,7 +64,7 @@ class Engine:
         """The device this rank trains on: unidl's device in force, where 'auto', 'cuda' and 'gpu' now name the
         GPU of its local rank (``config._set_local_gpu``: one GPU per process, as torchrun's LOCAL_RANK means; every
         rank took cuda:0 before, which NCCL refuses), made torch's current CUDA device (NCCL's communicator and
-        Keras-on-torch's "cuda" use it); a ``DeviceUnavailableError`` if that GPU does not exist."""
+        Keras-on-torch's "cuda" use it); a ``DeviceUnavailableError`` for a 'cuda:N' it does not see."""
         from unidl import config
 
         config._set_local_gpu(local_rank if torch.cuda.is_available() else 0)
