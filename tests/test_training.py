@@ -165,8 +165,7 @@ class BothHeads(ud.nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["tuple", "namedtuple"])
-@pytest.mark.parametrize("precision", [None, "bf16-mixed", "16-mixed"])
-@pytest.mark.parametrize("eager", [False, True])
+@pytest.mark.parametrize("precision, eager", [(None, False), (None, True), ("bf16-mixed", False), ("16-mixed", True)])
 def test_a_forward_returning_a_tuple_trains_as_torch_or_is_one_clear_error(backend, precision, eager, kind):
     """A loss takes the tuple a forward returns in every precision (a NamedTuple, a None among them too): torch's
     float32 loss (mixed precision: within its rounding), and ``fit`` trains it too. It was an ``AttributeError``
