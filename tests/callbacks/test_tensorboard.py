@@ -85,6 +85,25 @@ def test_model_graph_where_the_backend_gives_one(backend, problem, tmp_path):
     assert "epoch_loss" in run.Tags()["scalars"] and model.training
 
 
+def test_a_model_graph_draws_nothing_from_pythons_random(backend, tmp_path):
+    """``write_graph=True`` traces ``model(x)`` before training, which a net drawing its depth from Python's
+    ``random`` ran as one more draw: ``fit`` with the callback leaves ``random`` where ``fit`` without it does, so
+    each step draws the same depth (eager steps: Python runs every one)."""
+    import random
+
+    from tests.test_dynamic_forward import X, Y, DynamicNet
+
+    def after(callbacks):
+        ud.manual_seed(0)
+        random.seed(1)
+        model = DynamicNet()
+        history = ud.fit(model, (X, Y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.05),
+                         epochs=1, batch_size=8, shuffle=False, verbose=0, eager=True, callbacks=callbacks)
+        return history["loss"], random.random()
+
+    assert after([ud.callbacks.TensorBoard(tmp_path, write_graph=True)]) == after([])
+
+
 def test_model_graph_of_a_forward_with_two_inputs(backend, problem, tmp_path):
     """``model(x, extra)``: ``write_model_graph(model, x, extra)`` draws both inputs, each into its own layer, on
     every backend; ``fit`` (which traces ``model(x)``) stops before its first step with one clear error naming

@@ -513,7 +513,8 @@ def test_one_process_without_a_launcher_is_a_group_of_one(backend, monkeypatch):
 def test_the_torch_engine_is_chosen_by_the_ranks_device(monkeypatch):
     """gloo for a rank on the CPU even where NCCL exists (a CPU run on a GPU machine all-reduced CPU tensors
     through NCCL, which cannot); NCCL for CUDA tensors and gloo for CPU ones on a GPU; gloo on a GPU without NCCL.
-    A rank resolves its device with its local rank's GPU only where CUDA exists (here: the CPU, local GPU 0)."""
+    A rank resolves its device with its local rank's GPU only where CUDA exists (here: the CPU, local GPU 0), and a
+    local rank past a machine's GPUs is refused."""
     import torch.distributed as dist
 
     from unidl import backends, config
@@ -526,6 +527,13 @@ def test_the_torch_engine_is_chosen_by_the_ranks_device(monkeypatch):
     with ud.use_device("cpu"):
         assert torch_distributed.Engine(backends.load("torch"))._rank_device(1) == "cpu"
     assert config._local_gpu == 0
+    # more local ranks than a machine's GPUs would share one (NCCL's "duplicate GPU" at the first collective); one
+    # GPU seen is each process's own (CUDA_VISIBLE_DEVICES per rank), and the CPU is anyone's
+    with pytest.raises(ud.DeviceUnavailableError, match="local rank 2 of a data-parallel job has no GPU of its own: "
+                                                        "this machine shows it 2 GPUs"):
+        torch_distributed._check_own_gpu("cuda:0", 2, 2)
+    torch_distributed._check_own_gpu("cuda:0", 3, 1)
+    torch_distributed._check_own_gpu("cpu", 5, 2)
 
 
 def test_a_backend_without_an_engine_says_so_and_a_port_in_use_is_named(backend, monkeypatch):

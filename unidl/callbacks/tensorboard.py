@@ -15,6 +15,7 @@ import numpy as np
 
 from unidl.callbacks.callback import Callback
 from unidl.distributed import process_group
+from unidl.tracing import python_randomness_preserved
 
 
 def _import_tensorboard():
@@ -181,7 +182,8 @@ class TensorBoard(Callback):
         was_training = model.training
         model.eval()  # nothing in the trace updates state (batch-norm statistics) or draws dropout masks
         try:
-            graph = model._backend.model_graph(model, inputs[0] if len(inputs) == 1 else inputs)
+            with python_randomness_preserved():  # (nor from Python's random: a dynamic net's steps draw as without it)
+                graph = model._backend.model_graph(model, inputs[0] if len(inputs) == 1 else inputs)
         finally:
             model.train(was_training)
         if graph is None:

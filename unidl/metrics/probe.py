@@ -147,6 +147,8 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
                              f"compute them with ud.evaluate(model, data, metrics=...) after fit")
     if not chosen:
         return None
+    if implicit and output_shape(model, first_sample(data)[0]) is None:  # several outputs: no implicit accuracy
+        return None
     layout = layout_for(model, data)
     if implicit:
         try:

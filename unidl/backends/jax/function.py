@@ -321,6 +321,7 @@ class StatefulJit:
             # called while another compiled function is traced (a ``ud.function`` inside a train step): traced into
             # that one, which then records what it reads and writes, as an optimizer's apply inside a step is
             return jax.tree_util.tree_map(jax_variable.unwrap, self._fn(*args))
+        given = args
         if self._args_device is not None:  # (a caller whose batches come from another device keeps sending them)
             args = _moved_to(args, self._args_device)
         placed = outside = False  # each cause of a retry happens once: a second time is an error
@@ -331,13 +332,12 @@ class StatefulJit:
                 if placed or _INCOMPATIBLE_DEVICES not in str(error):
                     raise
                 moved_state = _placed_beside_the_parameters(self._state())
-                device = _parameters_device(self._state())
-                placed_args = args if device is None else _moved_to(args, device)
-                if placed_args is not args:
-                    args, self._args_device = placed_args, device
-                elif not moved_state:
+                device = _parameters_device(self._state())  # (the caller's arrays go there, from where they were)
+                placed_args = given if device is None else _moved_to(given, device)
+                self._args_device = device if placed_args is not given else None
+                if placed_args is args and not moved_state:
                     raise
-                placed = True
+                args, placed = placed_args, True
             except _StateOutside as found:  # (raised while traced, before the call ran: nothing donated)
                 if outside:
                     raise GraphConstructError(

@@ -67,9 +67,11 @@ class Engine:
         Keras-on-torch's "cuda" use it); a ``DeviceUnavailableError`` for a 'cuda:N' it does not see."""
         from unidl import config
 
-        config._set_local_gpu(local_rank if torch.cuda.is_available() else 0)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        config._set_local_gpu(local_rank if gpus else 0)
         try:
             device = config.resolve_device(config._requested_device(), self._backend)
+            _check_own_gpu(device, local_rank, gpus)
         except Exception:
             config._set_local_gpu(0)
             raise
@@ -117,6 +119,18 @@ class Engine:
     def mark_losses(forward, losses) -> None:
         """``mark_losses`` for a trainer that runs its own step through ``wrap_forward`` (Keras's)."""
         mark_losses(forward, losses)
+
+
+def _check_own_gpu(device: str, local_rank: int, gpus: int) -> None:
+    """A ``DeviceUnavailableError`` where local rank ``local_rank`` would share a GPU with another rank of its
+    machine (more local ranks than its ``gpus`` GPUs, NCCL's "duplicate GPU" at the first collective); one GPU
+    seen is each process's own (``CUDA_VISIBLE_DEVICES`` per rank), taken by every local rank."""
+    if device.startswith("cuda") and gpus > 1 and local_rank >= gpus:
+        from unidl.errors import DeviceUnavailableError
+
+        raise DeviceUnavailableError(f"local rank {local_rank} of a data-parallel job has no GPU of its own: this "
+                                     f"machine shows it {gpus} GPUs, one per process; start at most {gpus} processes "
+                                     f"per machine, or give each its own with CUDA_VISIBLE_DEVICES, or train on 'cpu'")
 
 
 def engine_for(device: str) -> str:
