@@ -1,5 +1,6 @@
 """``ud.function`` and gradients in it: the lecture's graph, a hand-written step, control flow, tracing."""
 
+import collections
 import warnings
 
 import numpy as np
@@ -409,3 +410,34 @@ def test_autograph_converts_user_code_only():
         assert callable(forward_caller(_SignedNet))
         assert user_code(ud.ops.relu) is ud.ops.relu
         assert user_code(_control_flow) is not _control_flow
+
+
+class Pair(collections.namedtuple("Pair", "first second")):
+    """Two tensors as a NamedTuple argument."""
+
+
+@pytest.mark.filterwarnings("ignore::unidl.errors.RetraceWarning")  # (each structure is a graph of its own)
+def test_tuples_lists_namedtuples_and_dicts_of_tensors_reach_the_function_as_they_are(backend):
+    """A structure of tensors as an argument (a tuple, a list, a NamedTuple, a dict, nested, of several shapes, a
+    Python number inside baked in as at the top level) reaches the function as that structure, and its result is
+    the eager one, on every backend. TensorFlow's graphs (and Keras's on TensorFlow) converted it to one tensor: a
+    tuple of same-shaped tensors came in stacked (a NamedTuple's fields lost), the others and dicts failed. New
+    values in the same structure trace nothing again; another structure is another graph."""
+    a, b = ud.tensor(np.ones(3)), ud.tensor(np.arange(3.0))
+    c = ud.tensor(np.full((2, 2), 2.0))
+
+    def combined(p):
+        if isinstance(p, dict):
+            return p["x"] * p["scale"][0] + ud.ops.sum(p["scale"][1])
+        if hasattr(p, "first"):
+            return p.first - p.second
+        return p[0] * p[1] + ud.ops.sum(p[2]) if len(p) == 3 else p[0] * p[1]
+
+    cases = [(a, b), [a, b], Pair(a, b), {"x": a, "scale": (3, c)}, (a, b, c)]
+    function = ud.function(combined)
+    for case in cases:
+        np.testing.assert_allclose(ud.to_numpy(function(case)), ud.to_numpy(combined(case)))
+    traces = function.trace_count if hasattr(function, "trace_count") else None
+    np.testing.assert_allclose(ud.to_numpy(function((b, a))), ud.to_numpy(combined((b, a))))
+    if traces is not None:
+        assert function.trace_count == traces

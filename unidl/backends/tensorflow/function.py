@@ -204,11 +204,66 @@ def _described(key) -> str:
 
 def _is_static(value) -> bool:
     """Whether a ``GraphFunction`` argument is baked into its graph as a Python value rather than fed as a tensor:
-    anything but a tensor, a variable, a NumPy array or scalar and a list, tuple or dict (which go in as tensors),
+    anything but a tensor, a variable, a NumPy array or scalar and a list, tuple or dict (a list of numbers goes in
+    as one tensor; a structure of tensors leaf by leaf, ``_flattened``, its Python numbers baked in as these are),
     as ``jax.jit`` under unidl's JAX backend takes it: a Python number, bool, None, string or callable. (They went
     in as tensors: an int as int64, so that ``x * n`` of a float tensor raised and ``reshape(x, (n, -1))`` could not
     know its size, None could not be converted, and 0.1 became float32 before meeting a float64 tensor.)"""
     return not (tf.is_tensor(value) or isinstance(value, (np.ndarray, np.generic, list, tuple, dict)))
+
+
+def _holds_tensors(value) -> bool:
+    """Whether an argument is a structure that a graph takes leaf by leaf: a dict, or a tuple or list (a NamedTuple
+    too) holding a tensor or variable at any depth. (A list of numbers or arrays is one tensor, as before.)"""
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, (tuple, list)) and any(
+        tf.is_tensor(leaf) or isinstance(leaf, tf.Variable) for leaf in tf.nest.flatten(value))
+
+
+def _flattened(args) -> tuple:
+    """``(args, packing)``: each argument that is a structure of tensors (``_holds_tensors``) replaced by its leaves,
+    each a graph input (or a baked-in Python value) of its own, and how to pack them back in the trace
+    (``_packed``); ``packing`` None where there is none. TensorFlow converted such an argument to one tensor: a
+    tuple of same-shaped tensors came in stacked (a NamedTuple without its fields), others and dicts failed,
+    where torch's and JAX's compiled functions take them as they are."""
+    if not any(_holds_tensors(a) for a in args):
+        return args, None
+    leaves, packing = [], []
+    for value in args:
+        if _holds_tensors(value):
+            flat = tf.nest.flatten(value)
+            leaves.extend(flat)  # (the structure kept with 0 for its leaves: a graph holds no caller's tensors)
+            packing.append((tf.nest.map_structure(lambda _: 0, value), len(flat)))
+        else:
+            leaves.append(value)
+            packing.append(None)
+    return leaves, tuple(packing)
+
+
+def _packed(args, packing) -> list:
+    """``args`` of a trace with the leaves of each structure packed back into it (``_flattened``)."""
+    if packing is None:
+        return args
+    packed, start = [], 0
+    for entry in packing:
+        if entry is None:
+            packed.append(args[start])
+            start += 1
+        else:
+            structure, count = entry
+            packed.append(tf.nest.pack_sequence_as(structure, args[start:start + count]))
+            start += count
+    return packed
+
+
+def _structure_key(value):
+    """A structure's shape for a graph's key: its containers' types and dict keys, its leaves as None."""
+    if isinstance(value, dict):
+        return dict, tuple((key, _structure_key(value[key])) for key in sorted(value))
+    if isinstance(value, (tuple, list)):
+        return type(value), tuple(_structure_key(item) for item in value)
+    return None
 
 
 def _static_key(value) -> tuple:
@@ -287,10 +342,11 @@ class GraphFunction:
         """Every graph traced so far, one a (rank, dtype) signature (for inspection: ``.graph``)."""
         return list(self._graphs.values())
 
-    def _traced(self, statics, *tensors):
+    def _traced(self, statics, packing, *tensors):
         args = list(tensors)
         for index, value in statics:  # the static arguments back in their places
             args.insert(index, value)
+        args = _packed(args, packing)  # and the structures' leaves back in their structures
         if not tracing_export_graph():  # an export's own graphs (see __call__) are no retrace of the function
             self.trace_count += 1
         with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__), self._options.recording():
@@ -299,7 +355,7 @@ class GraphFunction:
             with tf.device(self._device):
                 return self._fn(*args)
 
-    def _graph_for(self, key, statics, keep: bool = True):
+    def _graph_for(self, key, statics, packing=None, keep: bool = True):
         exact = _exact_shapes(key)  # the graph of an empty input's exact shapes (no warning: a one-off)
         if keep and not exact and any(not _exact_shapes(other) for other in self._graphs):
             warnings.warn(
@@ -310,7 +366,7 @@ class GraphFunction:
                 RetraceWarning, stacklevel=3)
         signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key[0]]
         fusion.check_fused_relu()  # (once: ReLU fused with a matmul keeps NaN, or the fusion is off)
-        compiled = tf.function(lambda *tensors: self._traced(statics, *tensors), input_signature=signature,
+        compiled = tf.function(lambda *tensors: self._traced(statics, packing, *tensors), input_signature=signature,
                                jit_compile=self._jit_compile, reduce_retracing=True)
         devices.compiled_placed(self.__name__, f"traced for ({'shape' if exact else 'rank'}, dtype) "
                                                f"{[(r, d.name) for r, d in key[0]]}",
@@ -354,6 +410,7 @@ class GraphFunction:
         # ud.function's tensors go in with their own dtype, float64 and float16 too, as torch's and JAX's compiled
         # functions take them (they were cast to the dtype in force); NumPy arrays as ud.tensor converts them
         statics = ()
+        args, packing = _flattened(args)
         if self._static_python_values:
             static = [_is_static(a) for a in args]
             if any(static):
@@ -362,12 +419,13 @@ class GraphFunction:
         tensors = [self._fed(a) for a in args]
         shapes = [t.shape for t in tensors]
         static_key = tuple((i, *_static_key(a)) for i, a in statics)
-        key = (tuple((shape.rank, t.dtype) for shape, t in zip(shapes, tensors)), static_key)
+        structures = None if packing is None else tuple(None if e is None else _structure_key(e[0]) for e in packing)
+        key = (tuple((shape.rank, t.dtype) for shape, t in zip(shapes, tensors)), static_key, structures)
         if any(shape.num_elements() == 0 for shape in shapes):
             # an empty input (a batch of 0 samples) gets a graph of its exact shapes: TensorFlow's kernels fail on an
             # empty batch in a graph traced for any size (a convolution returns its input's shape, the gradient of
             # max pooling aborts the process), while the ops see a known 0 while tracing and give PyTorch's results
-            key = (tuple((tuple(shape), t.dtype) for shape, t in zip(shapes, tensors)), static_key)
+            key = (tuple((tuple(shape), t.dtype) for shape, t in zip(shapes, tensors)), static_key, structures)
         if self._options.stale():  # an optimizer bound an option the graphs hold as a constant
             self._graphs.clear()
         if tracing_export_graph():
@@ -378,9 +436,9 @@ class GraphFunction:
             graphs = export_graphs()
             graph = graphs.get((id(self), key))
             if graph is None:
-                graph = graphs[(id(self), key)] = self._graph_for(key, statics, keep=False)
+                graph = graphs[(id(self), key)] = self._graph_for(key, statics, packing, keep=False)
         else:
-            graph = self._graphs.get(key) or self._graph_for(key, statics)
+            graph = self._graphs.get(key) or self._graph_for(key, statics, packing)
         try:
             return graph(*tensors)
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed
