@@ -91,14 +91,12 @@ def _torch_first_sample(data) -> tuple:
     return tuple(np.asarray(to_numpy(v))[:1] for v in batch[:2])
 
 
-def layout_for(model, data) -> Layout:
+def layout_for(model, data) -> Layout | None:
+    """The metrics' layout of ``model``'s outputs beside ``data``'s labels (one sample of each); None for a forward
+    that returns several tensors (``output_shape``)."""
     x, y = first_sample(data)
     shape = output_shape(model, x)
-    if shape is None:
-        raise TypeError(f"metrics compare a model's scores with the labels, so they need a forward that returns one "
-                        f"tensor; {type(model).__name__}'s returns several: leave metrics out (the loss takes any "
-                        f"outputs), or compute them from the output they concern after training")
-    return Layout(shape, y.shape[1:], y.dtype.kind in "iub")
+    return None if shape is None else Layout(shape, y.shape[1:], y.dtype.kind in "iub")
 
 
 def _is_classification_loss(loss) -> bool:
@@ -147,9 +145,13 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
                              f"compute them with ud.evaluate(model, data, metrics=...) after fit")
     if not chosen:
         return None
-    if implicit and output_shape(model, first_sample(data)[0]) is None:  # several outputs: no implicit accuracy
-        return None
     layout = layout_for(model, data)
+    if layout is None:  # several outputs: no implicit accuracy, and metrics asked for are an error
+        if implicit:
+            return None
+        raise TypeError(f"metrics compare a model's scores with the labels, so they need a forward that returns one "
+                        f"tensor; {type(model).__name__}'s returns several: leave metrics out (the loss takes any "
+                        f"outputs), or compute them from the output they concern after training")
     if implicit:
         try:
             classification_kind(layout, "accuracy")

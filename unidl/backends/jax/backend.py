@@ -39,7 +39,7 @@ from unidl.backends.jax import precision as jax_precision  # noqa: E402
 from unidl.backends.jax import variable as jax_variable  # noqa: E402
 from unidl.backends.jax.eager import compiled_when_eager  # noqa: E402
 from unidl.backends.jax.export import export_formats, export_module  # noqa: E402
-from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, _is_array,  # noqa: E402
+from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATION, _is_array, _moved_to,  # noqa: E402
                                          _signature, checkified, custom_gradient, inside_a_trace,
                                          raise_failed_check, traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
@@ -77,12 +77,7 @@ class KeyStream:
         JAX's default device is (at the backend's load, at ``manual_seed``, ``set_rng_state``), which is not unidl's
         when the two differ (``UNIDL_DEVICE=cpu`` on a GPU machine), and an eager draw there makes a mask on the
         wrong device. (A compiled step threads the key as state and moves it with the rest: ``StatefulJit``.)"""
-        value = self.state.value
-        if not isinstance(value, jax.core.Tracer):
-            device = self._device()
-            if value.devices() != {device}:
-                value = jax.device_put(value, device)
-        key, subkey = jax.random.split(value)
+        key, subkey = jax.random.split(_moved_to(self.state.value, self._device()))
         self.state.value = key
         return subkey
 
@@ -237,20 +232,11 @@ class Backend(BackendInterface):
     def to_input(self, value):
         """Step inputs: JAX arrays of unidl's float dtype pass through; everything else is converted. (One on
         another device than the parameters' moves to theirs when ``jax.jit`` refuses it, ``StatefulJit``: no test
-        on every step; an eager step moves it here, ``_on_device``.)"""
+        on every step; an eager step moves its inputs to unidl's device, ``compile_step``.)"""
         if isinstance(value, jax.Array) and (value.dtype == _DTYPES[config.get_dtype()]
                                              or not jnp.issubdtype(value.dtype, jnp.floating)):
             return value
         return self.tensor(value)
-
-    def _on_device(self, value):
-        """``to_input(value)`` on unidl's device (an eager step's input: its ops would refuse two devices)."""
-        value = self.to_input(value)
-        if isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer):
-            device = self.current_device()
-            if value.devices() != {device}:
-                return jax.device_put(value, device)
-        return value
 
     # ---- parameters ------------------------------------------------------
     def parameter(self, value, trainable=True, dtype=None):
@@ -383,7 +369,8 @@ class Backend(BackendInterface):
                                keyed_modules=model.modules)
         to_input = self.to_input
         if eager:
-            return (lambda *args: step(*[self._on_device(a) for a in args])), compiled
+            # (on unidl's device: an eager step's ops would refuse arrays on two)
+            return (lambda *args: step(*_moved_to(tuple(to_input(a) for a in args), self.current_device()))), compiled
 
         def run(*args):
             # Python and NumPy numbers among the extra step inputs stay Python values (one trace per value: a

@@ -422,9 +422,9 @@ def _placed_beside_the_parameters(variables) -> bool:
 
 
 def _moved_to(args, device):
-    """``args`` with its arrays on another device than ``device`` moved there (a batch made on JAX's default device,
-    or placed on another by the caller, as torch's backend moves a step's tensors): a new tuple if any moved, else
-    ``args`` itself."""
+    """``args`` (an array, or any tree of them) with its arrays on another device than ``device`` moved there (a
+    batch made on JAX's default device, or placed on another by the caller, as torch's backend moves a step's
+    tensors; tracers stay): a new tree if any moved, else ``args`` itself."""
     moved = []
 
     def beside(leaf):

@@ -212,33 +212,35 @@ def _is_static(value) -> bool:
     return not (tf.is_tensor(value) or isinstance(value, (np.ndarray, np.generic, list, tuple, dict)))
 
 
-def _holds_tensors(value) -> bool:
-    """Whether an argument is a structure that a graph takes leaf by leaf: a dict, or a tuple or list (a NamedTuple
+def _leaves_of_structure(value):
+    """The leaves of an argument that a graph takes leaf by leaf, or None: a dict, or a tuple or list (a NamedTuple
     too) holding a tensor or variable at any depth. (A list of numbers or arrays is one tensor, as before.)"""
-    if isinstance(value, dict):
-        return True
-    return isinstance(value, (tuple, list)) and any(
-        tf.is_tensor(leaf) or isinstance(leaf, tf.Variable) for leaf in tf.nest.flatten(value))
+    if not isinstance(value, (tuple, list, dict)):
+        return None
+    leaves = tf.nest.flatten(value)
+    if isinstance(value, dict) or any(tf.is_tensor(leaf) or isinstance(leaf, tf.Variable) for leaf in leaves):
+        return leaves
+    return None
 
 
 def _flattened(args) -> tuple:
-    """``(args, packing)``: each argument that is a structure of tensors (``_holds_tensors``) replaced by its leaves,
-    each a graph input (or a baked-in Python value) of its own, and how to pack them back in the trace
+    """``(args, packing)``: each argument that is a structure of tensors (``_leaves_of_structure``) replaced by its
+    leaves, each a graph input (or a baked-in Python value) of its own, and how to pack them back in the trace
     (``_packed``); ``packing`` None where there is none. TensorFlow converted such an argument to one tensor: a
     tuple of same-shaped tensors came in stacked (a NamedTuple without its fields), others and dicts failed,
     where torch's and JAX's compiled functions take them as they are."""
-    if not any(_holds_tensors(a) for a in args):
+    if not any(isinstance(a, (tuple, list, dict)) for a in args):  # (a step's (x, y): no walk)
         return args, None
     leaves, packing = [], []
     for value in args:
-        if _holds_tensors(value):
-            flat = tf.nest.flatten(value)
-            leaves.extend(flat)  # (the structure kept with 0 for its leaves: a graph holds no caller's tensors)
-            packing.append((tf.nest.map_structure(lambda _: 0, value), len(flat)))
-        else:
+        flat = _leaves_of_structure(value)
+        if flat is None:
             leaves.append(value)
             packing.append(None)
-    return leaves, tuple(packing)
+        else:
+            leaves.extend(flat)  # (the structure kept with 0 for its leaves: a graph holds no caller's tensors)
+            packing.append((tf.nest.pack_sequence_as(value, [0] * len(flat)), len(flat)))
+    return (leaves, tuple(packing)) if any(packing) else (args, None)
 
 
 def _packed(args, packing) -> list:

@@ -47,11 +47,10 @@ class Engine:
             interface = loopback_interface()  # gloo resolves the hostname otherwise, which may not resolve
             if interface:
                 os.environ["GLOO_SOCKET_IFNAME"] = interface
-        device = self._rank_device(local_rank_of(rank))
-        engine = engine_for(device)
         # under torchrun the workers join the store its agent already serves on MASTER_PORT ("env://")
         torchrun = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
         try:
+            engine = engine_for(self._rank_device(local_rank_of(rank)))
             dist.init_process_group(engine, init_method="env://" if torchrun else f"tcp://{address}:{port}",
                                     rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout))
         except BaseException:  # (no group: 'cuda' is cuda:0 again)
@@ -68,13 +67,9 @@ class Engine:
         from unidl import config
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        config._set_local_gpu(local_rank if gpus else 0)
-        try:
-            device = config.resolve_device(config._requested_device(), self._backend)
-            _check_own_gpu(device, local_rank, gpus)
-        except Exception:
-            config._set_local_gpu(0)
-            raise
+        config._set_local_gpu(local_rank if gpus else 0)  # (``start`` puts it back where this raises)
+        device = config.resolve_device(config._requested_device(), self._backend)
+        _check_own_gpu(device, local_rank, gpus)
         if device.startswith("cuda"):
             torch.cuda.set_device(torch.device(device))
         return device
