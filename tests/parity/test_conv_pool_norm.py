@@ -311,3 +311,27 @@ def test_float16_max_pooling_past_its_range_keeps_the_fast_gradient():
         checked += 1
     if not checked:
         pytest.skip("neither JAX nor TensorFlow is installed")
+
+
+def test_a_shape_check_traces_none_of_pytorchs_value_rules(monkeypatch):
+    """tensorflow's ``check_shapes`` (a trace of the forward and loss at a new input's shapes, before a step's
+    graph, which never runs) builds none of the conds of PyTorch's value rules, max pooling's NaN and -inf
+    windows and softmax's NaN rows: they cost a fifth of the CNN's first step there. The step's own graph holds
+    them, and its shape errors are unchanged."""
+    import tensorflow as tf
+
+    conds, cond = [], tf.cond
+    monkeypatch.setattr(tf, "cond", lambda *args, **kwargs: (conds.append(1), cond(*args, **kwargs))[1])
+    with ud.use_backend("tensorflow"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Conv2d(1, 2, 3), ud.nn.MaxPool2d(2), ud.nn.Flatten(), ud.nn.Linear(8, 3),
+                                 ud.nn.Softmax(dim=1))
+        x, y = np.ones((4, 1, 6, 6), np.float32), np.ones((4, 3), np.float32)
+        backend = ud.backends.load("tensorflow")
+        backend.check_shapes(model, ud.nn.MSELoss(), x, y)
+        assert conds == []
+        with pytest.raises(ud.ShapeMismatchError, match=r"expected input of shape \(N, 8\), received \(4, 18\)"):
+            backend.check_shapes(model, ud.nn.MSELoss(), np.ones((4, 1, 8, 8), np.float32), y)
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        step(x, y)
+        assert len(conds) >= 2  # the pool's forward and gradient, and softmax's

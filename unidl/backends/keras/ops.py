@@ -305,10 +305,18 @@ def clip(x, minimum=None, maximum=None):
     if "float" not in K.dtype(x) and (float_bound(minimum) or float_bound(maximum)):
         x = K.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
     if minimum is not None:
-        x = K.where(x < minimum, K.cast(minimum, x.dtype), x)
+        x = K.where(x < minimum, as_dtype(minimum, x.dtype), x)
     if maximum is not None:
-        x = K.where(x > maximum, K.cast(maximum, x.dtype), x)
+        x = K.where(x > maximum, as_dtype(maximum, x.dtype), x)
     return x
+
+
+def as_dtype(x, dtype):
+    """``x`` in ``dtype``: a Python or NumPy number converted in that dtype at once (``K.cast`` of a Python float
+    made a float32 tensor first on TensorFlow: 0.05 in float64 became 0.05000000074505806), a tensor cast."""
+    if isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, bool):
+        return K.convert_to_tensor(np.asarray(x, dtype=keras.backend.standardize_dtype(dtype)))
+    return K.cast(x, dtype)
 
 
 def shape(x):
@@ -317,7 +325,7 @@ def shape(x):
 
 
 def cast_like(x, like):
-    return K.cast(x, like.dtype)
+    return as_dtype(x, like.dtype)
 
 
 def one_hot(labels, num_classes):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import math
 
+import numpy as np
+
 import keras
 from keras import ops as K
 
@@ -153,7 +155,9 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(variables)
-        initializer = keras.initializers.Constant(self._spec.initial_slot_value)
+        value = self._spec.initial_slot_value  # NumPy's, in the variable's dtype (Keras's Constant rounds a Python
+        # float to float32 first on TensorFlow: Adagrad's 0.1 in float64 was 0.10000000149011612)
+        initializer = lambda shape, dtype: np.full(shape, value, keras.backend.standardize_dtype(dtype))  # noqa: E731
         for variable in variables:
             self._slot_table.append({
                 name: self.add_variable_from_reference(variable, name, initializer=initializer)

@@ -24,6 +24,7 @@ from unidl.backends.tensorflow.function import GraphFunction, PerModeGraphs, to_
 from unidl.backends.tensorflow.module import NativeModule
 from unidl.backends.tensorflow.optimizer import GraphOptimizer
 from unidl.backends.tensorflow.export import EXPORT_FORMATS, export_module
+from unidl.backends.tensorflow.layout import tracing_for_shapes
 
 _DTYPES = {"float32": tf.float32, "float64": tf.float64}
 
@@ -312,7 +313,8 @@ class Backend(BackendInterface):
     def check_shapes(self, model, loss_fn, x, y):
         x, y = to_graph_input(x), to_graph_input(y)
         specs = (tf.TensorSpec(x.shape, x.dtype), tf.TensorSpec(y.shape, y.dtype))
-        tf.function(lambda a, b: loss_fn(model(a), b), autograph=False).get_concrete_function(*specs)
+        with tracing_for_shapes():
+            tf.function(lambda a, b: loss_fn(model(a), b), autograph=False).get_concrete_function(*specs)
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):

@@ -74,6 +74,19 @@ def export_graphs() -> dict:
     return graphs if graphs is not None else {}
 
 
+def tracing_for_shapes():
+    """Mark the graphs traced in this thread as shape checks (``check_shapes``): traced for their shapes and
+    errors and never run, so the rules that change a result's values and not its shape (PyTorch's NaN windows
+    of max pooling, NaN rows of softmax) may leave their conds out, which otherwise cost a fifth of the first
+    step's trace of a CNN on tensorflow."""
+    return _thread_flag("shapes", True)
+
+
+def tracing_shape_graph() -> bool:
+    """Whether the graph being traced in this thread is a shape check's (see ``tracing_for_shapes``)."""
+    return getattr(_tracing, "shapes", False) and not tf.executing_eagerly()
+
+
 def tracing_export_graph() -> bool:
     """Whether the graph being traced in this thread is one written for export (see ``tracing_for_export``)."""
     return getattr(_tracing, "export", False) and not tf.executing_eagerly()

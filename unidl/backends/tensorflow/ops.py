@@ -21,7 +21,8 @@ from unidl import config
 from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError
 from unidl.input_checks import check_known_shape, float_bound
 from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten_view, flattened_nhwc_source, nchw_view,
-                                              nhwc_source, to_nhwc, tracing_export_graph, tracing_xla_graph)
+                                              nhwc_source, to_nhwc, tracing_export_graph, tracing_shape_graph,
+                                              tracing_xla_graph)
 
 
 def matmul(a, b):
@@ -209,7 +210,7 @@ def softmax(x, dim=-1):
     the forward and backward of an attention's softmax 5%). It stays out of the gradient, which is NaN over such a
     row already (TensorFlow's softmax gradient sums the row). XLA's softmax gives such rows NaN already."""
     y = tf.nn.softmax(x, axis=dim)
-    if tracing_xla_graph():
+    if tracing_xla_graph() or tracing_shape_graph():
         return y
 
     def nan_rows():
@@ -362,13 +363,13 @@ def _max_pool_as_torch(xh, pads, **arguments):
     around a compiled function); ``tf.custom_gradient`` would leave every traced graph in TensorFlow's gradient
     registry (docs/guarantees.md). A graph traced for export (``tracing_for_export``) names no registered
     gradient: the SavedModel runs without unidl, and its pools have TensorFlow's own gradient."""
-    if not xh.dtype.is_floating:
+    if not xh.dtype.is_floating or tracing_shape_graph():
         return tf.nn.max_pool2d(xh, **arguments)
     if tf.executing_eagerly():
         y = tf.nn.max_pool2d(xh, **arguments)
         if not bool(_needs_torch_rule(xh, y)):
             return y
-        routed, sources, _ = _torch_routes(xh, y, pads, arguments)  # differentiable as they are
+        routed, sources = _torch_routes(xh, y, pads, arguments)  # differentiable as they are
         return tf.where(routed, tf.gather_nd(_planes(xh), sources), y)
 
     with tape.stop_recording():
@@ -381,7 +382,7 @@ def _max_pool_as_torch(xh, pads, **arguments):
         needs = _needs_torch_rule(xh, y)
         # NaN or +inf subtracted, 0 elsewhere (which leaves -0.0 as it is), the cond outside the gradient (a
         # gradient through a cond asks for its intermediates, which XLA cannot output): the gradient to ``y`` whole
-        pooled = y - tf.stop_gradient(tf.cond(needs, lambda: _torch_routes(xh, y, pads, arguments)[2],
+        pooled = y - tf.stop_gradient(tf.cond(needs, lambda: _torch_correction(xh, y, arguments),
                                               lambda: tf.zeros_like(y)))
     tape.record_operation("MaxPool", [pooled], [xh],
                           lambda upstream: [_max_pool_gradient(xh, y, upstream, pads, arguments, needs)])
@@ -401,15 +402,26 @@ def _needs_torch_rule(xh, y):
     return tf.logical_or(holds_nan, tf.reduce_min(y) <= y.dtype.min)
 
 
+def _torch_correction(xh, y, arguments):
+    """What to subtract from TensorFlow's max pooling ``y`` of NHWC ``xh`` (padded with -inf, ``arguments``
+    VALID) for PyTorch's values: NaN at windows holding NaN, +inf at windows of -inf alone (TensorFlow's kernel
+    gave them the lowest finite value), 0 elsewhere. The windows' choices (``_torch_routes``) are not needed for
+    the values: two poolings of indicators, a tenth of that rule's operations, which a graph's forward traces
+    for every pool (a cond's branch is traced whether it runs or not)."""
+    nan_window = tf.nn.max_pool2d(tf.where(tf.math.is_nan(xh), 1.0, 0.0), **arguments) > 0
+    minus_inf_window = tf.nn.max_pool2d(tf.where(xh > float("-inf"), 1.0, 0.0), **arguments) == 0
+    return tf.where(nan_window, tf.constant(float("nan"), y.dtype),
+                    tf.where(minus_inf_window, tf.constant(float("inf"), y.dtype), tf.zeros((), y.dtype)))
+
+
 def _torch_routes(xh, y, pads, arguments):
     """The windows of the max pooling ``y`` of NHWC ``xh`` (padded by ``pads``, ``arguments`` VALID) that
-    PyTorch's kernel routes otherwise than TensorFlow's (booleans shaped as ``y``); for every window, the (n,
+    PyTorch's kernel routes otherwise than TensorFlow's (booleans shaped as ``y``); and for every window, the (n,
     h * W + w, c) in ``xh`` viewed as (N, H * W, C) of PyTorch's choice there (every window has one, so that the
-    shapes are known while tracing: XLA compiles no ``tf.where`` of one argument); and what to subtract from ``y``
-    for PyTorch's values (NaN, +inf at windows of -inf alone, 0 elsewhere). PyTorch's choice: a window's last NaN;
-    else in a window whose maximum is at most the lowest finite value, its first element above -inf, or where it
-    holds none its first inside the input. Positions are pooled in float32, 1-based (exact up to 2 ** 24 a plane;
-    GPUs pool no int32), counted from the end where the first is wanted."""
+    shapes are known while tracing: XLA compiles no ``tf.where`` of one argument). PyTorch's choice: a window's
+    last NaN; else in a window whose maximum is at most the lowest finite value, its first element above -inf, or
+    where it holds none its first inside the input. Positions are pooled in float32, 1-based (exact up to 2 ** 24
+    a plane; GPUs pool no int32), counted from the end where the first is wanted."""
     height, width = xh.shape[1], xh.shape[2]
     if height is None or width is None:
         size = tf.shape(xh)
@@ -429,10 +441,7 @@ def _torch_routes(xh, y, pads, arguments):
     size = tf.shape(source, out_type=tf.int64)
     samples = tf.broadcast_to(tf.reshape(tf.range(size[0]), (-1, 1, 1, 1)), size)
     channels = tf.broadcast_to(tf.reshape(tf.range(size[3]), (1, 1, 1, -1)), size)
-    zero = tf.zeros((), y.dtype)
-    correction = tf.where(nan_window, tf.constant(float("nan"), y.dtype),
-                          tf.where(low_window & tf.equal(first_above, 0.0), tf.constant(float("inf"), y.dtype), zero))
-    return tf.logical_or(nan_window, low_window), tf.stack([samples, source, channels], -1), correction
+    return tf.logical_or(nan_window, low_window), tf.stack([samples, source, channels], -1)
 
 
 def _planes(xh):
@@ -452,7 +461,7 @@ def _max_pool_gradient(xh, y, upstream, pads, arguments, needs):
                                       strides=(1, *arguments["strides"], 1), padding=arguments["padding"])
 
     def as_torch():
-        routed, sources, _ = _torch_routes(xh, y, pads, arguments)
+        routed, sources = _torch_routes(xh, y, pads, arguments)
         zero = tf.zeros((), upstream.dtype)
         scattered = tf.scatter_nd(sources, tf.where(routed, upstream, zero), tf.shape(_planes(xh), out_type=tf.int64))
         return max_pool_grad(tf.where(routed, zero, upstream)) + tf.reshape(scattered, tf.shape(xh))
@@ -635,10 +644,18 @@ def clip(x, minimum=None, maximum=None):
     if not x.dtype.is_floating and (float_bound(minimum) or float_bound(maximum)):
         x = tf.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion (no truncation)
     if minimum is not None:
-        x = tf.maximum(x, tf.cast(minimum, x.dtype))
+        x = tf.maximum(x, as_dtype(minimum, x.dtype))
     if maximum is not None:
-        x = tf.minimum(x, tf.cast(maximum, x.dtype))
+        x = tf.minimum(x, as_dtype(maximum, x.dtype))
     return x
+
+
+def as_dtype(x, dtype):
+    """``x`` in ``dtype``: a Python or NumPy number made a constant of that dtype at once (``tf.cast`` of a Python
+    float makes it a float32 tensor first: 0.05 in float64 became 0.05000000074505806), a tensor cast."""
+    if isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, bool):
+        return tf.constant(x, dtype)
+    return tf.cast(x, dtype)
 
 
 def shape(x):
@@ -656,7 +673,7 @@ def shape(x):
 
 
 def cast_like(x, like):
-    return tf.cast(x, like.dtype)
+    return as_dtype(x, like.dtype)
 
 
 def one_hot(labels, num_classes):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from unidl.backends.tensorflow.control_flow import gradient_conditions
+from unidl.backends.tensorflow import ops as tf_ops
 from unidl.optim.optimizer import bound_rule, changeable_options
 from unidl.optim.param_groups import read_group_option, write_group_options
 
@@ -38,7 +39,7 @@ class GraphOptimizer(tf.Module):
         self.finite = tf.Variable(True, trainable=False, name="last_step_finite")
         self.last_flag = None  # the flag a compiled train step last returned (see Backend.last_step_finite)
         self.slot_variables = [
-            {name: tf.Variable(tf.fill(tf.shape(p), tf.cast(optimizer.initial_slot_value, p.dtype)),
+            {name: tf.Variable(tf.fill(tf.shape(p), tf_ops.as_dtype(optimizer.initial_slot_value, p.dtype)),
                                trainable=False, name=name) for name in optimizer.slots}
             for p in optimizer.params
         ]
