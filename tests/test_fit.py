@@ -97,6 +97,52 @@ def test_native_pipelines_are_accepted(digits):
             assert np.isfinite(history["loss"][0]) and 0 <= history["val_accuracy"][0] <= 1
 
 
+def _native_pipeline_of(arrays, backend_name, batched=True):
+    """The backend's own pipeline of batches of 4 of ``arrays`` (of single samples where not ``batched``): torch's
+    DataLoader, or tf.data; None for jax, which has none."""
+    if backend_name == "torch":
+        import torch
+
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*map(torch.from_numpy, arrays)),
+                                           batch_size=4 if batched else None)
+    if backend_name in ("tensorflow", "keras"):
+        import tensorflow as tf
+
+        samples = tf.data.Dataset.from_tensor_slices(arrays)
+        return samples.batch(4) if batched else samples
+    return None
+
+
+def test_batches_of_other_than_two_fields_are_one_error(backend, rng):
+    """``fit`` and ``evaluate`` take batches (x, y): a third field (Keras's (x, y, sample_weight) from a pipeline)
+    was dropped unread, training unweighted, and one field was an ``IndexError``; each is one ``ValueError`` naming
+    what the batch holds, on every backend, from a unidl loader (its arrays sliced, or a collate_fn's) and from
+    the backend's own pipeline. Weights as ``sample_weight=`` beside arrays still train. An unbatched pipeline is
+    ``train_step``'s ``ShapeMismatchError`` on Keras too, where Keras's trainer took it one sample a step."""
+    from unidl.data import DataLoader, TensorDataset
+
+    x, y = rng.standard_normal((10, 3)).astype(np.float32), rng.integers(0, 2, 10)
+    w = np.zeros(10, np.float32)
+    model = ud.nn.Linear(3, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    datas = [DataLoader(TensorDataset(x, y, w), batch_size=4), DataLoader(TensorDataset(x), batch_size=4),
+             DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=lambda s: (*ud.data.default_collate(s), w[:4]))]
+    native = _native_pipeline_of((x, y, w), ud.get_backend())
+    datas += [native] if native is not None else []
+    for data in datas:
+        with pytest.raises(ValueError, match=r"fit and evaluate take batches of two fields \(x, y\); the data gave "
+                                             r"(3 fields|1 field|one )"):
+            ud.fit(model, data, loss="cross_entropy", optimizer=optimizer, verbose=0, metrics=[])
+        with pytest.raises(ValueError, match=r"take batches of two fields"):
+            ud.evaluate(model, data, loss="cross_entropy", metrics=[])
+    history = ud.fit(model, x, y, 4, 1, 0, sample_weight=w, loss="cross_entropy", optimizer=optimizer, metrics=[])
+    assert history["loss"] == [0.0]
+    unbatched = _native_pipeline_of((x, y), ud.get_backend(), batched=False)
+    if unbatched is not None:  # (Keras's trainer took one sample a step)
+        with pytest.raises(ud.ShapeMismatchError, match=r"x has shape \(3,\), y has shape \(\)"):
+            ud.fit(model, unbatched, loss="cross_entropy", optimizer=optimizer, verbose=0, metrics=[])
+
+
 def test_predict_and_evaluate_take_the_backends_own_tensors(backend, rng):
     """``predict`` and ``evaluate`` of the backend's tensors give what they give of NumPy arrays (a TensorFlow
     tensor was taken for a ``tf.data`` pipeline on TensorFlow and Keras, its rows for batches: a 0-d input error)."""

@@ -132,6 +132,42 @@ def test_sample_and_class_weights_weight_each_samples_loss_as_keras(backend, dat
                 function(target[part], outputs[part], sample_weight=weights[part]), rel=1e-5)
 
 
+LOSS_OPTIONS = {"sum": dict(reduction="sum"), "class weights": dict(weight=[0.5, 2.0, 1.0]),
+                "ignored labels": dict(ignore_index=1), "smoothed, class weights": dict(weight=[0.5, 2.0, 1.0],
+                                                                                       label_smoothing=0.1)}
+
+
+@pytest.mark.parametrize("options", LOSS_OPTIONS.values(), ids=LOSS_OPTIONS)
+def test_sample_weights_keep_the_losss_own_reduction(backend, data, options):
+    """``sample_weight`` weights each sample's losses and keeps the loss's own reduction, so that weights of one
+    train as no weights do: 'sum' stays a sum, and a class-weighted or ignoring ``CrossEntropyLoss`` still divides
+    by the summed class weights of the labels counted (PyTorch's mean), where every sample was divided by the
+    batch size. Training with weights of one equals training without (PyTorch's loop: tests/test_fit.py); other
+    weights give ``sum_i w_i * loss_i`` over that divisor (``evaluate``, as training's step computes it)."""
+    x, y = data
+
+    def trained(sample_weight):
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(4, 8, 3)
+        ud.fit(model, x, y, 10, 2, 0, shuffle=False, sample_weight=sample_weight, metrics=[],
+               loss=ud.nn.CrossEntropyLoss(**options), optimizer=ud.optim.SGD(model.parameters(), lr=0.1))
+        return model
+
+    model = trained(np.ones(30))
+    unweighted = trained(None)
+    for name, value in unweighted.state_dict().items():
+        np.testing.assert_allclose(ud.to_numpy(model.state_dict()[name]), ud.to_numpy(value), rtol=1e-5, atol=1e-7)
+    weights = np.linspace(0.5, 2.0, 30)
+    torch_options = {k: torch.tensor(v) if k == "weight" else v for k, v in options.items()}
+    outputs, labels = torch.from_numpy(ud.predict(model, x)), torch.from_numpy(y)
+    per_sample = torch.nn.functional.cross_entropy(outputs, labels, **{**torch_options, "reduction": "none"})
+    divisor = (float(per_sample.sum() / torch.nn.functional.cross_entropy(outputs, labels, **torch_options))
+               if options.get("reduction") != "sum" else 1.0)
+    expected = float((per_sample.numpy() * weights).sum() / divisor)
+    loss = ud.nn.CrossEntropyLoss(**options)
+    assert ud.evaluate(model, x, y, 30, loss=loss, sample_weight=weights)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_initial_epoch_and_evaluate_lists(backend, data):
     x, y = data
     model = ud.models.TwoLayerNet(4, 8, 3)

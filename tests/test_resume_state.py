@@ -184,7 +184,9 @@ def test_a_new_lr_wins_with_a_warning_and_new_betas_too(tmp_path, backend):
         _, optimizer, history, _ = _run(tmp_path / "run", 2, optimizer="Adam", lr=0.02, resume_from="auto")
     assert history.history["lr"] == [0.01, 0.02 * 0.5]  # the schedule continues with the new base rate
     with pytest.warns(UserWarning, match=r"betas: \[0.9, 0.999\] -> \(0.8, 0.9\): the new values win"):
-        _run(tmp_path / "run", 3, optimizer="Adam", lr=0.02, betas=(0.8, 0.9), resume_from="auto")
+        _, optimizer, _, _ = _run(tmp_path / "run", 3, optimizer="Adam", lr=0.02, betas=(0.8, 0.9),
+                                  resume_from="auto")
+    assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)  # (the load restored the saved ones first)
 
 
 def _wider():

@@ -17,16 +17,18 @@ from unidl import config, fit_options
 from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
+from unidl.data.epoch import xy
 from unidl.data.pool import ctrl_c_noted
 from unidl.distributed import process_group
 from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
 from unidl.nn.module import require_trainable
+from unidl.optim.param_groups import FIXED_OPTIONS
 from unidl.metrics.probe import accumulator_for, first_sample, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
 from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_same_backend,
-                            claim_window, expect_accumulate, expect_precision, resuming_with)
+                            claim_window, expect_accumulate, expect_precision, resuming_with, window_state)
 from unidl.precision import precision_policy
 
 class History:
@@ -71,11 +73,19 @@ class Trainer:
         self.stopped = False
         self.end_epoch = False  # stop(after_batch=True) was called during the current epoch
         self._epoch_start = (0, 0)  # loader (epoch, position) when the current epoch began
+        # micro-steps in the optimizer's accumulation window after the last batch (fit's accumulate): 0 after a batch
+        # that updated the weights (``updated``), which a schedule stepped per update waits for
+        self.accumulate, self.micro_steps = 1, 0
         self._trained_in_epoch = 0
         self.epoch_totals = None  # () -> the running sums of the epoch loop, for a checkpoint (set by fit)
         # the part of the epoch in progress that the loop's own sums do not hold (a checkpoint's totals, in a
         # data-parallel job: the job's), as float64 arrays [loss sum, samples, *statistics]; None otherwise
         self.carried_totals = None
+
+    @property
+    def updated(self) -> bool:
+        """Whether the last batch updated the weights: every batch, and every N-th of ``fit(accumulate=N)``."""
+        return self.micro_steps == 0
 
     def job_totals(self) -> dict | None:
         """The running totals of the epoch in progress over the whole job, ``{'trainer': loop, 'values': [loss
@@ -166,9 +176,7 @@ def _validation_loader(validation_data, batch_size: int) -> tuple:
 
 
 def _arrays_of(loader):
-    if isinstance(loader, DataLoader) and isinstance(loader.dataset, TensorDataset):
-        return loader.dataset.arrays
-    return None
+    return loader.sliced_arrays() if isinstance(loader, DataLoader) else None
 
 
 def check_labels(model, loss_fn, loader) -> None:
@@ -254,7 +262,7 @@ def _run_epoch_with_steps(step: TrainStep, batches, epoch, on_batch, metrics, tr
             [t.tolist() for t in metrics.totals] if metrics is not None else [])}
     index = -1
     for index, batch in enumerate(batches):
-        x, y = batch[0], batch[1]
+        x, y = xy(batch)
         if before_batch is not None:
             before_batch(index)
         loss, outputs = step(x, y, *step_inputs(index)) if step_inputs is not None else step(x, y)
@@ -294,17 +302,21 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         optimizer: a unidl optimizer built for ``model``, or its name: ``"adam"``, ``"sgd"``, ``"rmsprop"``,
             ``"adagrad"``, ``"adamw"``, with Keras's default learning rates.
         validation_data: same forms as ``train_data``, or Keras's ``(x, y, sample_weight)`` arrays; adds
-            'val_loss' and ``val_<metric>`` each epoch. With weights, 'val_loss' is Keras's weighted loss,
-            ``sum_i w_i * loss_i / n`` over the ``n`` validation samples, and ``weighted_metrics`` are
-            weighted by them; ``metrics`` are not (as Keras).
+            'val_loss' and ``val_<metric>`` each epoch. With weights, 'val_loss' weights the loss as
+            ``sample_weight`` does in training (Keras's ``sum_i w_i * loss_i / n`` over the ``n`` validation
+            samples for a 'mean' loss of one value a sample), and ``weighted_metrics`` are weighted by them;
+            ``metrics`` are not (as Keras).
         validation_split: Keras's: the last fraction of the ``(x, y)`` arrays (taken before shuffling)
             validates instead of training, with its ``sample_weight`` (not ``class_weight``) as Keras;
             not with ``validation_data`` or a loader.
         validation_freq: validate after every N-th epoch (an int), or after the listed 1-based epochs.
         class_weight: Keras's ``{class: weight}``, weighting each training sample's loss by its class
             (arrays only; multiplied by ``sample_weight`` where both are given).
-        sample_weight: one weight per training sample (arrays only): each sample's loss
-            (``reduction='none'``) times its weight, summed over the batch and divided by the batch size.
+        sample_weight: one weight per training sample (arrays only): each sample's losses
+            (``reduction='none'``) times its weight, then the loss's own reduction: 'sum' sums them, 'mean'
+            divides by what the loss's mean divides by (the number of losses; the summed class weights of the
+            labels counted for ``CrossEntropyLoss``/``NLLLoss``), so weights of one train as none do. For a
+            'mean' loss of one value a sample, Keras's ``sum_i w_i * loss_i / n``.
         initial_epoch: the epoch to start at (``epochs`` stays the index of the last, as in Keras).
         metrics: names or ``ud.metrics`` objects (``["accuracy", "top5", "f1"]``), each exact over the
             epoch (summed statistics, never a mean of batch means); default: accuracy for classification
@@ -408,6 +420,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         expect_precision(optimizer, precision)  # and its float16 loss scale this growth_interval
         with resuming_with(optimizer, accumulate):
             start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
+    window = window_state(optimizer)  # a part-full window (a resumed one, another fit's): updates come sooner
+    trainer.accumulate, trainer.micro_steps = accumulate, window["micro_steps"] if window is not None else 0
     if step_inputs is not None and start_epoch < epochs:  # the first step's inputs, checked before training
         step_inputs.prepare(start_epoch, _first_step(loader, start_epoch))
     for callback in callbacks:
@@ -454,6 +468,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                 _check_finite(logs["loss"], epoch, index, precision.scales_loss or optimizer.last_step_finite)
             trainer.global_step += 1
             trainer._trained_in_epoch += 1
+            trainer.micro_steps = (trainer.micro_steps + 1) % trainer.accumulate
             progress.batch(index, logs)
             for callback in callbacks:
                 callback.on_batch_end(index, logs)
@@ -665,6 +680,7 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
     model, optimizer, loader, history = trainer.model, trainer.optimizer, trainer.loader, trainer.history
     given = trainer.fit_settings
 
+    built = [dict(group) for group in optimizer.param_groups]  # the options given anew (a load restores the saved)
     info = load_checkpoint(target, model, optimizer, loader=loader if isinstance(loader, DataLoader) else None,
                            callbacks=callbacks,
                            check=lambda metadata, path: _check_resumable(metadata, path, trainer, backend, metrics))
@@ -685,6 +701,10 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
         warnings.warn(f"resuming {info['path']!r} with changed optimizer hyperparameters "
                       + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
                       + ": the new values win", UserWarning, stacklevel=3)
+        for index, options in enumerate(built):
+            for key in changed:
+                if key in options and key not in FIXED_OPTIONS and optimizer.param_groups[index][key] != options[key]:
+                    optimizer.param_groups[index][key] = options[key]
     trainer.global_step = int(info["step"])
     history.history = History(extra.get("history")).history
     start_epoch = loader.next_iteration()[0] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
@@ -752,8 +772,9 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     """Mean loss (if ``loss`` is given: a module or a name, as in ``fit``) and ``metrics`` of ``model`` over
     ``data`` (``(x, y)``, ``x, y`` as in Keras, or a loader), in eval mode, each exact over all samples.
 
-    ``sample_weight``: one weight per sample (arrays only), as Keras: the loss is ``sum_i w_i * loss_i / n``
-    over the ``n`` samples, and ``weighted_metrics`` (as in ``fit``) are weighted by them; ``metrics`` are not.
+    ``sample_weight``: one weight per sample (arrays only): each sample's losses times its weight under the loss's
+    own reduction, as in ``fit`` (Keras's ``sum_i w_i * loss_i / n`` for a 'mean' loss of one value a sample), and
+    ``weighted_metrics`` (as in ``fit``) are weighted by them; ``metrics`` are not.
 
     ``metrics``: names or ``ud.metrics`` objects, as in ``fit`` (default: accuracy where the outputs are class
     scores and the loss, if any, is a classification loss). Returns a dict, or with ``return_dict=False``
@@ -796,7 +817,7 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
         metrics.reset()
     try:
         for batch in batches:
-            x, y = batch[0], batch[1]
+            x, y = (batch[0], batch[1]) if weighted else xy(batch)  # (weights: a third field of unidl's own)
             if not int(tuple(x.shape)[0]):  # a data-parallel rank's empty share of a short last batch
                 continue
             outputs = forward(x)
@@ -804,8 +825,8 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
             if int(tuple(y.shape)[0]) != count:
                 raise ShapeMismatchError(f"evaluate: x has {count} samples but y has {tuple(y.shape)[0]}")
             if per_sample is not None:
-                total += fit_options.weighted_loss_sum(per_sample, outputs, backend.tensor(to_numpy(y)),
-                                                       np.asarray(to_numpy(batch[2])))
+                total += float(fit_options.weighted_loss(loss, per_sample, outputs, backend.tensor(to_numpy(y)),
+                                                         backend.tensor(to_numpy(batch[2])))) * count
             elif loss is not None:
                 total += float(loss(outputs, backend.tensor(to_numpy(y)))) * count
             if metrics is not None:

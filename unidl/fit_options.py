@@ -214,32 +214,40 @@ def per_sample_loss(loss):
     return per_sample
 
 
-def weighted_loss_sum(per_sample, outputs, target, weight: np.ndarray) -> float:
-    """sum_i weight_i * loss_i of one batch (eagerly, outside any step): Keras's weighted loss before its
-    division by the number of samples. ``per_sample`` is ``per_sample_loss(loss)``."""
-    from unidl.tensors import to_numpy
-
-    losses = np.asarray(to_numpy(per_sample(outputs, target)), dtype=np.float64).reshape(len(weight), -1)
-    return float(losses.mean(axis=1) @ np.asarray(weight, dtype=np.float64))
+def weighted_loss(loss, per_sample, outputs, target, weight):
+    """``loss`` of a batch whose samples carry weights (N,): each sample's losses (``per_sample``, its copy with
+    reduction='none') times the sample's weight, then ``loss``'s own reduction: 'sum' their sum, 'batchmean' that
+    over the batch size, 'mean' that over what the loss's mean divides its losses' sum by (their number; for
+    ``CrossEntropyLoss`` and ``NLLLoss`` of labels the summed class weights of the labels counted, PyTorch's:
+    ``_WeightedClassLoss.mean_divisor``). Weights of one give the loss as it is, whatever its options; for a
+    'mean' loss of one value a sample it is Keras's weighted loss, ``sum_i w_i * loss_i / n``."""
+    losses = per_sample(outputs, target)
+    rank = len(tuple(losses.shape))
+    weight = ops.reshape(ops.cast_like(weight, losses), (-1,) + (1,) * (rank - 1))
+    total = ops.sum(losses * weight)
+    reduction = loss.reduction
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        return total / ops.sum(ops.zeros_like(weight) + 1.0)
+    divisor = getattr(loss, "mean_divisor", None)
+    return total / (divisor(target, losses) if divisor is not None else ops.sum(ops.zeros_like(losses) + 1.0))
 
 
 class SampleWeightedLoss(Module):
-    """``loss`` weighted per sample, as Keras: the loss of each sample (``reduction='none'``, averaged over
-    its elements) times its weight, summed and divided by the batch size. Targets arrive packed with
-    their weights (``pack_targets``), so the weights reach the step's graph on every backend."""
+    """``loss`` weighted per sample (``weighted_loss``: each sample's losses times its weight, then the loss's own
+    reduction). Targets arrive packed with their weights (``pack_targets``), so the weights reach the step's
+    graph on every backend."""
 
     def __init__(self, loss, packing: PackedTargets):
         super().__init__()
+        object.__setattr__(self, "loss", loss)
         object.__setattr__(self, "per_sample", per_sample_loss(loss))
         object.__setattr__(self, "packing", packing)
 
     def forward(self, outputs, packed):
         target, weight = self.packing.unpack(packed)
-        losses = self.per_sample(outputs, target)
-        if len(tuple(losses.shape)) > 1:  # an element-wise loss: each sample's mean
-            losses = ops.mean(ops.reshape(losses, (-1, self.packing.size)), axis=1)
-        weight = ops.cast_like(weight, losses)
-        return ops.sum(losses * weight) / ops.sum(ops.zeros_like(weight) + 1.0)
+        return weighted_loss(self.loss, self.per_sample, outputs, target, weight)
 
 
 def check_validation_freq(validation_freq):

@@ -195,6 +195,57 @@ def test_generic_dataset_matches_tensor_dataset():
         np.testing.assert_array_equal(y1, y2)
 
 
+class Scaled(TensorDataset):
+    """An augmentation: a subclass of TensorDataset whose samples are its rows scaled, in its own __getitem__."""
+
+    def __getitem__(self, index):
+        x, y = super().__getitem__(index)
+        return x * 100, y
+
+
+def doubled(samples):
+    return np.stack([x for x, _ in samples]) * 2, np.stack([y for _, y in samples])
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_tensor_datasets_collate_fn_or_a_subclasss_getitem_makes_its_batches_as_in_torch(backend, num_workers):
+    """A ``collate_fn`` given with a ``TensorDataset``, or a subclass's own ``__getitem__``, makes the batches, as
+    PyTorch's loader reads them (its rows were sliced past both), and ``fit`` trains on those batches on every
+    backend (Keras's trainer slices the arrays itself where the batches are slices of them)."""
+    import torch
+
+    x, y = make_dataset(8).arrays
+    rows = torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+
+    class TorchScaled(torch.utils.data.TensorDataset):
+        def __getitem__(self, index):
+            a, b = super().__getitem__(index)
+            return a * 100, b
+
+    oracles = [torch.utils.data.DataLoader(rows, batch_size=4, collate_fn=lambda s: doubled([(a.numpy(), b.numpy())
+                                                                                           for a, b in s])),
+               torch.utils.data.DataLoader(TorchScaled(torch.from_numpy(x), torch.from_numpy(y)), batch_size=4)]
+    loaders = [DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=doubled, num_workers=num_workers),
+               DataLoader(Scaled(x, y), batch_size=4, num_workers=num_workers)]
+    for loader, oracle in zip(loaders, oracles):
+        assert loader.sliced_arrays() is None
+        for (bx, by), (ox, oy) in zip(loader, oracle):
+            np.testing.assert_array_equal(ud.to_numpy(bx), np.asarray(ox))
+            np.testing.assert_array_equal(ud.to_numpy(by), np.asarray(oy))
+    assert DataLoader(TensorDataset(x, y), batch_size=4).sliced_arrays() is not None
+
+    def fitted(data):
+        ud.manual_seed(0)
+        model = ud.nn.Linear(3, 1)
+        ud.fit(model, data, loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=1e-6), epochs=1,
+               verbose=0, metrics=[])
+        return ud.to_numpy(model.weight)
+
+    targets = np.ones((8, 1), np.float32)
+    np.testing.assert_allclose(fitted(DataLoader(Scaled(x, targets), batch_size=4)),
+                               fitted(DataLoader(TensorDataset(x * 100, targets), batch_size=4)), rtol=1e-6)
+
+
 def test_break_with_workers_then_resume():
     loader = DataLoader(make_dataset(40), batch_size=4, shuffle=True, seed=9, num_workers=2)
     expected = DataLoader(make_dataset(40), batch_size=4, shuffle=True, seed=9)

@@ -72,13 +72,16 @@ def test_rates_are_torchs(backend, case):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_state_round_trip_continues_the_sequence(backend, case):
+    """A schedule's state (its position and each group's base rate) with its optimizer's (the rates), loaded in
+    PyTorch's order (the schedule built, then both states loaded), continues the sequence."""
     factory, _, steps = CASES[case]
     expected, _, _ = unidl_rates(factory, steps)
-    _, schedule, _ = unidl_rates(factory, steps // 2)
+    _, schedule, saved = unidl_rates(factory, steps // 2)
     state = schedule.state_dict()
-    assert set(state) == {"last_epoch", "base_lr"}
+    assert set(state) == {"last_epoch", "base_lrs"}
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.2)
     resumed = factory(optimizer)
+    optimizer.load_state_dict(saved.state_dict())
     resumed.load_state_dict(state)
     rates = [optimizer.lr] + [resumed.step() for _ in range(steps - steps // 2)]
     np.testing.assert_allclose(rates, expected[steps // 2 - 1:], rtol=1e-12)
@@ -119,3 +122,104 @@ def test_one_cycle_stepped_per_batch_in_fit(backend, rng):
                                                                           cycle_momentum=False), 13)
     np.testing.assert_allclose(history["lr"], expected[0:12:4], rtol=1e-12)  # the rate each epoch began with
     assert schedule.last_epoch == 12 and optimizer.lr == pytest.approx(expected[12], rel=1e-12)
+
+
+def _two_groups(lrs, torch_side):
+    """An SGD of two param groups of rates ``lrs``: torch.optim's, or unidl's."""
+    if torch_side:
+        return torch.optim.SGD([{"params": [torch.nn.Parameter(torch.ones(3))], "lr": lr} for lr in lrs])
+    holders = [Holder() for _ in lrs]
+    return ud.optim.SGD([{"params": h.parameters(), "lr": lr} for h, lr in zip(holders, lrs)], lr=lrs[0])
+
+
+CHAINS = {  # (unidl schedules, torch's, steps, step at which every group's rate is set to 0.7 by hand or None)
+    "warm-up then decay": (lambda o: [lr_scheduler.LinearLR(o, 0.5, 1.0, 2), lr_scheduler.ExponentialLR(o, 0.9)],
+                           lambda o: [torch.optim.lr_scheduler.LinearLR(o, 0.5, 1.0, 2),
+                                      torch.optim.lr_scheduler.ExponentialLR(o, 0.9)], 6, None),
+    "cosine over a step decay": (lambda o: [lr_scheduler.CosineAnnealingLR(o, 4), lr_scheduler.StepLR(o, 3, 0.5)],
+                                 lambda o: [torch.optim.lr_scheduler.CosineAnnealingLR(o, 4),
+                                            torch.optim.lr_scheduler.StepLR(o, 3, 0.5)], 9, None),
+    "set by hand": (lambda o: [lr_scheduler.StepLR(o, 2, 0.5)], lambda o: [torch.optim.lr_scheduler.StepLR(o, 2, 0.5)],
+                    6, 3),
+    "cosine set by hand": (lambda o: [lr_scheduler.CosineAnnealingLR(o, 5)],
+                           lambda o: [torch.optim.lr_scheduler.CosineAnnealingLR(o, 5)], 7, 2),
+    "milestone at 0": (lambda o: [lr_scheduler.MultiStepLR(o, [0, 2], 0.5)],
+                       lambda o: [torch.optim.lr_scheduler.MultiStepLR(o, [0, 2], 0.5)], 4, None),
+}
+
+
+@pytest.mark.parametrize("case", CHAINS)
+def test_schedules_compose_and_carry_a_rate_set_by_hand_as_torchs(case):
+    """Each schedule changes a group's current rate as PyTorch's recursive forms do: two on one optimizer compose
+    (a warm-up, then a decay: the second's closed form replaced the first's rate), a rate set by hand carries on,
+    and a milestone at 0 applies as the schedule is built; each param group from its own rate. Pure Python: the
+    same on every backend."""
+    build, torch_build, steps, by_hand = CHAINS[case]
+    sides = []
+    for torch_side, make in ((True, torch_build), (False, build)):
+        optimizer = _two_groups([0.2, 0.04], torch_side)
+        schedules, rates = make(optimizer), []
+        for index in range(steps):
+            if index == by_hand:
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.7
+            rates.append([group["lr"] for group in optimizer.param_groups])
+            if torch_side:
+                optimizer.step()
+            for schedule in schedules:
+                schedule.step()
+        sides.append(rates)
+    np.testing.assert_allclose(sides[1], sides[0], rtol=1e-12)
+
+
+def test_a_resumed_schedule_keeps_each_groups_base_rate(backend):
+    """A schedule's state holds every group's base rate (only the first group's was saved: a resumed
+    two-group StepLR decayed the second from the first's rate), as torch's ``base_lrs``."""
+    rates = []
+    for torch_side in (True, False):
+        optimizer = _two_groups([0.2, 0.04], torch_side)
+        make = torch.optim.lr_scheduler.StepLR if torch_side else lr_scheduler.StepLR
+        schedule = make(optimizer, 2, 0.5)
+        for _ in range(3):
+            if torch_side:
+                optimizer.step()
+            schedule.step()
+        states = optimizer.state_dict(), schedule.state_dict()
+        optimizer = _two_groups([0.2, 0.04], torch_side)
+        resumed = make(optimizer, 2, 0.5)
+        optimizer.load_state_dict(states[0])
+        resumed.load_state_dict(states[1])
+        for _ in range(3):
+            if torch_side:
+                optimizer.step()
+            resumed.step()
+        rates.append([group["lr"] for group in optimizer.param_groups])
+    assert rates[1] == pytest.approx(rates[0], rel=1e-12) and rates[0] == pytest.approx([0.025, 0.005])
+
+
+def test_plateau_and_function_schedules_scale_each_groups_rate(backend):
+    """``ReduceLROnPlateau`` and a function schedule ``(epoch, lr) -> lr`` change each param group from its own rate
+    (torch's ReduceLROnPlateau), where both set every group to the first group's."""
+    callbacks = {"plateau": ud.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1),
+                 "function": ud.callbacks.LearningRateScheduler(lambda epoch, lr: lr * 0.5 if epoch else lr)}
+    for name, callback in callbacks.items():
+        optimizer = _two_groups([0.2, 0.02], torch_side=False)
+        callback.trainer = type("Trainer", (), {"optimizer": optimizer})()  # (what a callback reads of fit's)
+        callback.on_train_begin()
+        for epoch in range(3):  # a loss that never improves: the plateau reduces after the second and third epochs
+            callback.on_epoch_begin(epoch, {})
+            callback.on_epoch_end(epoch, {"loss": 1.0})
+        expected = [0.2 * 0.5 ** 2, 0.02 * 0.5 ** 2]
+        assert [group["lr"] for group in optimizer.param_groups] == pytest.approx(expected, rel=1e-12), name
+
+
+def test_a_schedule_stepped_per_batch_counts_updates_under_accumulation(backend, rng):
+    """With ``fit(accumulate=N)`` a schedule stepped per batch steps after every N-th batch, when the weights are
+    updated (a PyTorch loop steps it after ``optimizer.step()``): it stepped every micro-step, N times too often."""
+    x = rng.standard_normal((32, 4)).astype(np.float32)
+    model = ud.nn.Linear(4, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    schedule = lr_scheduler.StepLR(optimizer, 1, 0.5)
+    ud.fit(model, (x, x[:, :2]), batch_size=8, epochs=2, shuffle=False, loss="mse", optimizer=optimizer, accumulate=2,
+           verbose=0, callbacks=[ud.callbacks.LearningRateScheduler(schedule, interval="batch")])
+    assert schedule.last_epoch == optimizer.state_dict()["step"] == 4 and optimizer.lr == pytest.approx(0.1 / 16)

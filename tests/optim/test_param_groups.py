@@ -65,7 +65,8 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
     after = holder.state_dict()
     assert np.array_equal(before["b"], after["b"]) and not np.array_equal(before["a"], after["a"])
     state = opt.state_dict()
-    assert state["param_groups"] == [{"lr": 0.1, "size": 1}, {"lr": 0.0, "size": 2}]
+    options = {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0}  # every group's, as torch.optim's
+    assert state["param_groups"] == [{"lr": 0.1, "size": 1, **options}, {"lr": 0.0, "size": 2, **options}]
     other = ud.optim.SGD([{"params": [holder.a]}, {"params": [holder.b, holder.c], "lr": 0.5}], lr=0.1, momentum=0.9)
     other.load_state_dict(state)
     assert [g["lr"] for g in other.param_groups] == [0.1, 0.0]
@@ -73,7 +74,7 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
         ud.optim.SGD(holder.parameters(), lr=0.1, momentum=0.9).load_state_dict(state)
     opt.param_groups[1]["momentum"] = 0.5  # a changed option is saved and restored with the group
     state = opt.state_dict()
-    assert state["param_groups"][1] == {"lr": 0.0, "size": 2, "momentum": 0.5}
+    assert state["param_groups"][1] == {"lr": 0.0, "size": 2, **options, "momentum": 0.5}
     other.load_state_dict(state)
     assert [g["momentum"] for g in other.param_groups] == [0.9, 0.5]
     with pytest.raises(ud.errors.CheckpointStateError, match=r"param group 1 holds options \['alpha'\]"):
@@ -90,6 +91,82 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
         OwnRule(holder.parameters(), lr=0.1, momentum=0.9).param_groups[0]["momentum"] = 0.5
     with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
         ud.optim.SGD(holder.parameters(), lr=0.1).param_groups[0]["nesterov"] = True
+
+
+def test_load_state_dict_restores_every_saved_option_as_torch_optim(backend):
+    """``load_state_dict`` restores every option the state was saved with (betas, weight decay, a group's own
+    options), as ``torch.optim``'s does, whatever the loading optimizer was built with: only the lr was restored,
+    and a resumed run trained on with the new betas and weight decay silently. Trajectory against torch.optim: two
+    steps, saved, loaded into an optimizer built otherwise, two more. A rule of the user's own, whose options
+    cannot change, refuses a state of other options before anything changes."""
+    saved_options, other_options = (dict(lr=0.01, betas=(0.9, 0.999)), dict(lr=0.05, betas=(0.5, 0.9),
+                                                                             weight_decay=0.1))
+    second = dict(betas=(0.7, 0.99))  # the saved optimizer's second group's own option
+
+    def torch_run():
+        params = [torch.tensor(value, requires_grad=True) for value in START]
+        groups = lambda options: torch.optim.Adam([{"params": params[:2]}, {"params": params[2:], **options}],
+                                                  **(saved_options if options else other_options))
+        opt = groups(second)
+        for index, grads in enumerate(GRADS):
+            if index == 2:
+                state, opt = opt.state_dict(), groups({})
+                opt.load_state_dict(state)
+            for p, g in zip(params, grads):
+                p.grad = torch.tensor(g)
+            opt.step()
+        return [p.detach().numpy() for p in params], [(g["betas"], g["weight_decay"]) for g in opt.param_groups]
+
+    holder = _Params()
+    groups = lambda options: ud.optim.Adam([{"params": [holder.a, holder.b]}, {"params": [holder.c], **options}],
+                                           **(saved_options if options else other_options))
+    opt = groups(second)
+    for index, grads in enumerate(GRADS):
+        if index == 2:
+            state, opt = opt.state_dict(), groups({})
+            opt.load_state_dict(state)
+        opt.apply([ud.tensor(g) for g in grads])
+    expected, options = torch_run()
+    assert [(g["betas"], g["weight_decay"]) for g in opt.param_groups] == options
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.01]
+    for name, value in zip("abc", expected):
+        assert max_relative_difference(holder.state_dict()[name], value) < 1e-6, name
+
+    class OwnRule(ud.optim.SGD):
+        def update(self, param, grad, slots, lr, step, ops):
+            return lr * grad, slots
+
+    own = OwnRule(holder.parameters(), lr=0.1, momentum=0.5)
+    with pytest.raises(ud.errors.CheckpointStateError, match=r"OwnRule cannot change .* its own update rule"):
+        own.load_state_dict(OwnRule(holder.parameters(), lr=0.1, momentum=0.9).state_dict())
+    assert own.param_groups[0]["momentum"] == 0.5
+
+
+def test_every_way_to_write_a_group_goes_through_the_optimizer(backend):
+    """``param_groups[i] |= {...}`` and ``setdefault`` set options as ``param_groups[i][key] = value`` does (they
+    wrote dict entries past the optimizer: the group showed lr 1.0 and trained with 0.1, and a state saved the new
+    momentum that the rule never used); removing an entry is an error naming the way to set one."""
+    holder = _Params()
+    opt = ud.optim.SGD(holder.parameters(), lr=0.1)
+    opt.param_groups[0] |= {"lr": 1.0, "momentum": 0.5}
+    assert opt.param_groups[0].setdefault("momentum", 0.9) == 0.5 and opt.lr == 1.0
+    opt.apply([ud.tensor(np.ones(s, np.float32)) for s in SHAPES])
+    opt.apply([ud.tensor(np.ones(s, np.float32)) for s in SHAPES])
+    params = [torch.tensor(value, requires_grad=True) for value in START]
+    oracle = torch.optim.SGD(params, lr=0.1)
+    oracle.param_groups[0] |= {"lr": 1.0, "momentum": 0.5}
+    for _ in range(2):
+        for p in params:
+            p.grad = torch.ones_like(p)
+        oracle.step()
+    for name, value in zip("abc", params):
+        assert max_relative_difference(holder.state_dict()[name], value.detach().numpy()) < 1e-6, name
+    with pytest.raises(ValueError, match=r"\['dampening'\] cannot change after the optimizer is built"):
+        opt.param_groups[0].setdefault("dampening", 0.0)
+    for remove in (lambda g: g.pop("momentum"), lambda g: g.__delitem__("lr"), lambda g: g.clear()):
+        with pytest.raises(ValueError, match=r"param_groups\[0\] entries cannot be removed"):
+            remove(opt.param_groups[0])
+    assert opt.param_groups[0]["momentum"] == 0.5 and opt.state_dict()["param_groups"][0]["momentum"] == 0.5
 
 
 def test_a_checkpoint_keeps_param_groups_and_per_parameter_steps(backend, tmp_path):

@@ -6,9 +6,10 @@ from unidl.callbacks.callback import Callback
 
 
 class LearningRateScheduler(Callback):
-    """``schedule`` is a ``unidl.optim.lr_scheduler`` object (stepped after every epoch, or after every batch
-    with ``interval="batch"``, as ``OneCycleLR`` wants) or a function ``(epoch, lr) -> new lr`` called before
-    every epoch. Either way no compiled step is retraced."""
+    """``schedule`` is a ``unidl.optim.lr_scheduler`` object (stepped after every epoch, or after every update
+    with ``interval="batch"``, as ``OneCycleLR`` wants: with ``fit(accumulate=N)`` after every N-th batch, as a
+    PyTorch loop steps it after ``optimizer.step()``) or a function ``(epoch, lr) -> new lr`` called before every
+    epoch, for each param group's rate (Keras's, for one group). Either way no compiled step is retraced."""
 
     def __init__(self, schedule, interval: str = "epoch"):
         if interval not in ("epoch", "batch"):
@@ -21,10 +22,11 @@ class LearningRateScheduler(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if callable(self.schedule) and not hasattr(self.schedule, "step"):
             optimizer = self.trainer.optimizer
-            optimizer.lr = float(self.schedule(epoch, optimizer.lr))
+            for index, rate in enumerate([group["lr"] for group in optimizer.param_groups]):
+                optimizer.set_group_lr(index, float(self.schedule(epoch, rate)))
 
     def on_batch_end(self, batch, logs=None):
-        if self.interval == "batch":
+        if self.interval == "batch" and getattr(self.trainer, "updated", True):
             self.schedule.step()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -54,7 +56,8 @@ class LearningRateScheduler(Callback):
             check(state["state"])
 
     def load_state_dict(self, state) -> None:
-        """Continue the schedule where ``state_dict()`` left it (sets the optimizer's lr)."""
+        """Continue the schedule where ``state_dict()`` left it (its position and base rates; the rates are the
+        optimizer's state, which a checkpoint restores too)."""
         self.check_state_dict(state)
         if state is not None:
             self.schedule.load_state_dict(state["state"])

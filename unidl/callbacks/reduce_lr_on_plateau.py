@@ -83,8 +83,11 @@ class ReduceLROnPlateau(Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 optimizer = self.trainer.optimizer
-                if optimizer.lr > self.min_lr:
-                    optimizer.lr = max(optimizer.lr * self.factor, self.min_lr)
+                rates = [group["lr"] for group in optimizer.param_groups]
+                if any(rate > self.min_lr for rate in rates):  # each group from its own rate, as torch's
+                    for index, rate in enumerate(rates):
+                        if rate > self.min_lr:
+                            optimizer.set_group_lr(index, max(rate * self.factor, self.min_lr))
                     if self.verbose:
                         print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {optimizer.lr}")
                     self.cooldown_counter, self.wait = self.cooldown, 0

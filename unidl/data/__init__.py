@@ -2,8 +2,8 @@
 batches as the current backend's tensors (``unidl.data.DataLoader``), the same under every backend.
 """
 
-from unidl.data.dataloader import DataLoader, default_collate
-from unidl.data.dataset import Dataset, TensorDataset
+from unidl.data.dataloader import DataLoader
+from unidl.data.dataset import Dataset, TensorDataset, default_collate
 from unidl.data.epoch import Epoch
 from unidl.data.sampler import BatchSampler, Sampler
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from unidl import config
 from unidl.data import worker
-from unidl.data.dataset import TensorDataset
+from unidl.data.dataset import default_collate, sliced_arrays
 from unidl.data.epoch import Epoch
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, rank_share
@@ -25,14 +25,6 @@ from unidl.errors import DataLoaderError, StateDictError
 from unidl.tensors import to_numpy
 
 _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "drop_last")
-
-
-def default_collate(samples: list) -> tuple[np.ndarray, ...]:
-    """Stack a list of samples field by field: ``[(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))``."""
-    if isinstance(samples[0], (tuple, list)):
-        return tuple(np.stack([to_numpy(sample[field]) for sample in samples])
-                     for field in range(len(samples[0])))
-    return (np.stack([to_numpy(sample) for sample in samples]),)
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -317,7 +309,7 @@ class DataLoader:
             self.batch_sampler.sampler.seed = process_group.broadcast_value(self.seed)
             self._seed_shared = True
         epoch, start, seed = self._epoch, self._position, self.seed
-        owned = isinstance(self.dataset, TensorDataset)  # fresh arrays (fancy indexing): adopted, not copied
+        owned = self.sliced_arrays() is not None  # fresh arrays (fancy indexing): adopted, not copied
 
         def convert(arrays, owned=owned):
             return _to_tensors(backend, arrays, owned)
@@ -332,6 +324,11 @@ class DataLoader:
             batches = [rank_share(indices, *sharding) for indices in batches]
         return Epoch(self, token, batches, source, sharded=sharding is not None)
 
+    def sliced_arrays(self) -> tuple[np.ndarray, ...] | None:
+        """The arrays whose slices are this loader's batches (a ``TensorDataset`` joined by ``default_collate``,
+        its samples its rows), or None where samples are read one by one and joined by ``collate_fn``."""
+        return sliced_arrays(self.dataset, self.collate_fn)
+
     def smallest_share(self, world_size: int) -> int:
         """The fewest samples a rank gets from one batch when ``world_size`` ranks share each batch."""
         length = len(self.dataset)
@@ -339,7 +336,7 @@ class DataLoader:
         return min(last, self.batch_size) // world_size
 
     def _in_process(self, batches, start, seed, epoch, context, convert):
-        seeded = not isinstance(self.dataset, TensorDataset)  # a TensorDataset runs no code of the user's
+        seeded = self.sliced_arrays() is None  # slices of arrays run no code of the user's
 
         def produce(indices, batch):
             with worker.batch_rngs((seed, epoch, batch) if seeded else None):
@@ -431,7 +428,7 @@ class DataLoader:
     def _read_first_sample(self, indices, seed, epoch: int, batch: int) -> tuple[np.ndarray, ...]:
         """``first_sample``'s read of the sample at ``indices`` (batch ``batch`` of ``epoch``), without its cache."""
         if not self.num_workers:
-            with worker.batch_rngs(None if isinstance(self.dataset, TensorDataset) else (seed, epoch, batch)):
+            with worker.batch_rngs(None if self.sliced_arrays() is not None else (seed, epoch, batch)):
                 arrays = worker.fetch(self.dataset, self.collate_fn, indices)
             return tuple(np.asarray(to_numpy(array)) for array in arrays)
         running = self._pool is not None and not self._pool.closed

@@ -9,6 +9,27 @@ import numpy as np
 from unidl.tensors import as_numpy_values, to_numpy
 
 
+def default_collate(samples: list) -> tuple[np.ndarray, ...]:
+    """Stack a list of samples field by field: ``[(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))``."""
+    if isinstance(samples[0], (tuple, list)):
+        return tuple(np.stack([to_numpy(sample[field]) for sample in samples])
+                     for field in range(len(samples[0])))
+    return (np.stack([to_numpy(sample) for sample in samples]),)
+
+
+def sliced_arrays(dataset, collate_fn) -> tuple[np.ndarray, ...] | None:
+    """The arrays whose slices are ``dataset``'s batches as a loader with ``collate_fn`` makes them (one slice per
+    array: ``TensorDataset.batch``), or None where they are not: samples read one by one through a subclass's own
+    ``__getitem__`` (an augmentation; a subclass's own ``batch`` is its own fast path, taken), or joined by another
+    ``collate_fn`` than ``default_collate``, as PyTorch's loader reads them, as the loader then does."""
+    if not isinstance(dataset, TensorDataset) or collate_fn is not default_collate:
+        return None
+    kind = type(dataset)
+    if kind.__getitem__ is not TensorDataset.__getitem__ and kind.batch is TensorDataset.batch:
+        return None
+    return dataset.arrays
+
+
 class Dataset:
     """A sized collection of samples; ``dataset[i]`` is one sample (an array, or a tuple of arrays)."""
 

@@ -17,6 +17,29 @@ import numpy as np
 from unidl.data.pool import GRACE_ON_FAILURE
 
 
+def xy(batch) -> tuple:
+    """``(x, y)`` of a batch that ``fit`` and ``evaluate`` train or evaluate on, from any loader or pipeline. A
+    batch of another number of fields is a ``ValueError`` naming what it holds: a third field (Keras's ``(x, y,
+    sample_weight)`` from a pipeline) was dropped unread, training unweighted, and one field was an
+    ``IndexError``. Sample weights go to ``fit``/``evaluate`` as ``sample_weight=`` beside arrays, a forward's
+    extra inputs as ``fit``'s ``step_inputs``. x and y of another number of samples along axis 0 (an unbatched
+    pipeline: Keras's trainer took it one sample a step) are ``train_step``'s ``ShapeMismatchError``."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        x, y = batch
+        x_shape, y_shape = tuple(getattr(x, "shape", (None,))), tuple(getattr(y, "shape", (None,)))
+        if not x_shape or not y_shape or x_shape[0] != y_shape[0]:  # (train_step's check, before Keras's trainer)
+            from unidl.errors import ShapeMismatchError
+
+            raise ShapeMismatchError(f"x and y must hold the same number of samples along axis 0; x has shape "
+                                     f"{x_shape}, y has shape {y_shape} (an unbatched pipeline: batch it)")
+        return x, y
+    held = (f"{len(batch)} field{'' if len(batch) == 1 else 's'}" if isinstance(batch, (tuple, list)) else
+            f"a dict of {sorted(batch)}" if isinstance(batch, dict) else f"one {type(batch).__name__}")
+    raise ValueError(f"fit and evaluate take batches of two fields (x, y); the data gave {held}. Give sample "
+                     f"weights as sample_weight= with (x, y) arrays (a third field is not read as weights), and a "
+                     f"forward's extra inputs as fit's step_inputs")
+
+
 class _EpochState:
     """What an epoch and its generator of batches share; the generator holds this, never the epoch, so that there
     is no reference cycle and a dropped epoch stops its workers at once."""
@@ -103,16 +126,15 @@ class Epoch:
         self._state.advance(count)
 
     def take_arrays(self) -> tuple[np.ndarray, ...] | None:
-        """The remaining samples of the epoch as NumPy arrays in visiting order, or None when the
-        dataset is not a ``TensorDataset`` or iteration has already begun. After this the iterator
-        yields nothing: the caller consumes the arrays in ``batch_size`` slices and calls ``advance``."""
+        """The remaining samples of the epoch as NumPy arrays in visiting order, or None when the loader's
+        batches are not slices of arrays (``DataLoader.sliced_arrays``) or iteration has already begun. After this
+        the iterator yields nothing: the caller consumes the arrays in ``batch_size`` slices and calls ``advance``."""
         state = self._state
-        dataset = state.loader.dataset
-        if (state.source is not None or state.ended or not hasattr(dataset, "arrays") or not state.batches
-                or self._sharded):
+        arrays = state.loader.sliced_arrays()
+        if state.source is not None or state.ended or arrays is None or not state.batches or self._sharded:
             return None
         state.ended = True
         order = np.concatenate(state.batches)
         if np.array_equal(order, np.arange(order[0], order[0] + len(order))):  # unshuffled: views, no copy
-            return tuple(array[order[0]:order[0] + len(order)] for array in dataset.arrays)
-        return tuple(array[order] for array in dataset.arrays)
+            return tuple(array[order[0]:order[0] + len(order)] for array in arrays)
+        return tuple(array[order] for array in arrays)

@@ -43,14 +43,15 @@ def output_shape(model, x: np.ndarray) -> tuple | None:
 
 def first_sample(data) -> tuple:
     """``(x, y)`` of one sample with its batch axis, as NumPy arrays, from any data form ``fit`` accepts."""
-    from unidl.data import DataLoader, TensorDataset
+    from unidl.data import DataLoader
     from unidl.tensors import to_numpy
 
     if isinstance(data, (tuple, list)):
         return tuple(np.asarray(to_numpy(v))[:1] for v in data[:2])
     if isinstance(data, DataLoader):
-        if isinstance(data.dataset, TensorDataset):  # arrays: no code of the user's runs
-            return tuple(a[:1] for a in data.dataset.arrays[:2])
+        arrays = data.sliced_arrays()
+        if arrays is not None:  # slices of arrays: no code of the user's runs
+            return tuple(a[:1] for a in arrays[:2])
         # as the loader makes its batches, collate_fn included, whatever num_workers: in its workers where it has
         # some (their timeout, their errors), never in this process then
         return data.first_sample()[:2]

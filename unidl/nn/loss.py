@@ -221,6 +221,19 @@ class _WeightedClassLoss(_Loss):
                                      f"(shape {a})")
         return False
 
+    def mean_divisor(self, target, losses):
+        """What 'mean' divides the sum of the losses (``losses``: reduction='none', of ``target``) by, PyTorch's:
+        the summed class weights of the labels counted (their number without ``weight``), or the number of
+        losses for class probabilities. ``fit``'s sample weights keep it (``fit_options.weighted_loss``)."""
+        if holds_floats(target):
+            return functional.sum(functional.zeros_like(losses) + 1.0)
+        counted = target != self.ignore_index
+        kept = functional.cast_like(counted, losses)
+        if self.weight is None:
+            return functional.sum(kept)
+        labels = functional.where(counted, target, functional.zeros_like(target))
+        return functional.sum(functional.cast_like(functional.take(self.weight, labels), losses) * kept)
+
     def _unbatched(self, scores, target):
         """PyTorch's unbatched input: the loss of a batch of one, without its batch axis under 'none'."""
         target = functional.reshape(target, (1, -1) if holds_floats(target) else (1,))

@@ -15,104 +15,146 @@ from unidl.optim.optimizer import check_range
 
 
 class LRScheduler:
-    """Base class: ``step()`` advances the schedule by one and sets ``optimizer.lr``."""
+    """Base class: ``step()`` advances the schedule by one and sets each param group's lr, as
+    ``torch.optim.lr_scheduler`` does. The chainable schedules (``StepLR``, ``MultiStepLR``, ``ExponentialLR``,
+    ``CosineAnnealingLR``, ``LinearLR``) change each group's *current* rate, PyTorch's recursive forms: two on one
+    optimizer compose (a warm-up, then a decay) and a rate set by hand carries on; ``LambdaLR`` and ``OneCycleLR``
+    set it from the group's base rate. Building one takes its first step (epoch 0: ``LinearLR``'s start factor, a
+    milestone at 0). The base rates (``base_lrs``) are the groups' rates when the optimizer's first schedule was
+    built (PyTorch's ``initial_lr``), so that a second schedule builds on the same ones."""
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
-        self.base_lr = optimizer.lr
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]  # PyTorch's: one schedule per group
+        initial = optimizer.__dict__.setdefault("_initial_lrs", [group["lr"] for group in optimizer.param_groups])
+        self.base_lrs = list(initial)
         self.last_epoch = 0
+        self._update(initial=True)
 
-    def _set_lr(self, epoch: int) -> None:
-        """Write the schedule's rate at ``epoch`` into the optimizer: each param group's from its own base
-        rate (the first group's is ``base_lr``), as ``torch.optim.lr_scheduler`` does."""
-        if len(self.base_lrs) == 1:
-            self.optimizer.lr = self.lr_at(epoch)
-            return
-        first = self.base_lr
-        try:
-            for index, base in enumerate([first, *self.base_lrs[1:]]):
-                self.base_lr = base
-                self.optimizer.set_group_lr(index, self.lr_at(epoch))
-        finally:
-            self.base_lr = first
+    @property
+    def base_lr(self) -> float:
+        """The first group's base rate; setting it sets every group's (as ``optimizer.lr`` sets every group's)."""
+        return self.base_lrs[0]
 
-    def lr_at(self, epoch: int) -> float:
+    @base_lr.setter
+    def base_lr(self, value: float) -> None:
+        self.base_lrs = [float(value)] * len(self.base_lrs)
+
+    def _update(self, initial: bool = False) -> None:
+        """Write each group's rate at ``last_epoch`` (``next_lr`` of its current rate and its base rate)."""
+        for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
+            self.optimizer.set_group_lr(index, self.next_lr(group["lr"], base, self.last_epoch, initial))
+
+    def next_lr(self, lr: float, base_lr: float, epoch: int, initial: bool) -> float:
+        """A group's rate at ``epoch`` from its current ``lr`` (PyTorch's ``get_lr``); ``initial``: the step
+        its building takes."""
+        return self.lr_at(epoch, base_lr)
+
+    def lr_at(self, epoch: int, base_lr: float | None = None) -> float:
+        """The rate at ``epoch`` of a group of base rate ``base_lr`` (the first group's by default) had nothing else
+        changed it: PyTorch's closed form (``fit``'s resume with a new lr continues the schedule from it)."""
         raise NotImplementedError
 
     def step(self) -> float:
         self.last_epoch += 1
-        self._set_lr(self.last_epoch)
+        self._update()
         return self.optimizer.lr
 
-    def get_last_lr(self) -> float:
-        return self.optimizer.lr
+    def get_last_lr(self) -> list[float]:
+        """Each param group's rate, as ``torch.optim.lr_scheduler``'s ``get_last_lr``."""
+        return [group["lr"] for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        """Where the schedule stands (epochs stepped, base rate), as plain JSON-serialisable data."""
-        return {"last_epoch": self.last_epoch, "base_lr": self.base_lr}
+        """Where the schedule stands (epochs stepped, each group's base rate), as plain JSON-serialisable data.
+        The rates themselves are the optimizer's state (PyTorch's split): load both to resume."""
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def check_state_dict(self, state) -> None:
-        """Raise ``CheckpointStateError`` unless ``load_state_dict(state)`` would succeed; changes nothing."""
+        """Raise ``CheckpointStateError`` unless ``load_state_dict(state)`` would succeed; changes nothing. An older
+        state's single ``base_lr`` (the first group's) loads too."""
         from unidl.errors import CheckpointStateError
 
         owner = type(self).__name__
-        if not isinstance(state, dict) or set(state) != {"last_epoch", "base_lr"}:
-            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'base_lr', got "
+        if not isinstance(state, dict) or set(state) not in ({"last_epoch", "base_lrs"}, {"last_epoch", "base_lr"}):
+            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'base_lrs', got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         epoch = state["last_epoch"]
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise CheckpointStateError(f"{owner} state last_epoch must be a non-negative integer, got {epoch!r}")
+        rates = state.get("base_lrs", [state.get("base_lr")])
+        if not isinstance(rates, list) or len(rates) != len(self.base_lrs) and "base_lrs" in state:
+            raise CheckpointStateError(f"{owner} state holds base rates {rates!r}; its optimizer has "
+                                       f"{len(self.base_lrs)} param groups")
         try:
-            check_range(owner, "base_lr", state["base_lr"])
+            for rate in rates:
+                check_range(owner, "base_lr", rate)
         except ValueError as error:
             raise CheckpointStateError(str(error)) from None
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the schedule from ``state`` (checked first) and set the optimizer's lr accordingly."""
+        """Continue the schedule from ``state`` (checked first): its position and base rates. The optimizer's
+        rates are its own state, as in PyTorch (``load_checkpoint`` restores both)."""
         self.check_state_dict(state)
-        self.last_epoch, self.base_lr = int(state["last_epoch"]), float(state["base_lr"])
-        self._set_lr(self.last_epoch)
+        self.last_epoch = int(state["last_epoch"])
+        rates = state.get("base_lrs", [state.get("base_lr")])
+        self.base_lrs = [float(rate) for rate in rates] + self.base_lrs[len(rates):]
 
 
 class StepLR(LRScheduler):
-    """lr = base_lr * gamma ** (epoch // step_size), as ``torch.optim.lr_scheduler.StepLR``."""
+    """lr *= gamma every ``step_size`` epochs (``base_lr * gamma ** (epoch // step_size)`` alone), as
+    ``torch.optim.lr_scheduler.StepLR``."""
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
         self.step_size = arguments.positive_int("StepLR", "step_size", step_size)
         self.gamma = check_range("StepLR", "gamma", gamma)
         super().__init__(optimizer)
 
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** (epoch // self.step_size)
+    def next_lr(self, lr, base_lr, epoch, initial):
+        return lr if epoch == 0 or epoch % self.step_size else lr * self.gamma
+
+    def lr_at(self, epoch, base_lr=None):
+        return (self.base_lr if base_lr is None else base_lr) * self.gamma ** (epoch // self.step_size)
 
 
 class CosineAnnealingLR(LRScheduler):
-    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2 (closed form of PyTorch's)."""
+    """Cosine annealing from the base rate to ``eta_min`` over ``T_max`` epochs, PyTorch's recursive form (closed
+    form ``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2`` alone)."""
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
         self.T_max = arguments.positive_int("CosineAnnealingLR", "T_max", T_max)
         self.eta_min = check_range("CosineAnnealingLR", "eta_min", eta_min)
         super().__init__(optimizer)
 
-    def lr_at(self, epoch):
-        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+    def next_lr(self, lr, base_lr, epoch, initial):
+        if epoch == 0:
+            return lr
+        if (epoch - 1 - self.T_max) % (2 * self.T_max) == 0:
+            return lr + (base_lr - self.eta_min) * (1 - math.cos(math.pi / self.T_max)) / 2
+        return ((1 + math.cos(math.pi * epoch / self.T_max)) / (1 + math.cos(math.pi * (epoch - 1) / self.T_max))
+                * (lr - self.eta_min) + self.eta_min)
+
+    def lr_at(self, epoch, base_lr=None):
+        base_lr = self.base_lr if base_lr is None else base_lr
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
 
 class ExponentialLR(LRScheduler):
-    """lr = base_lr * gamma ** epoch, as ``torch.optim.lr_scheduler.ExponentialLR``."""
+    """lr *= gamma every epoch (``base_lr * gamma ** epoch`` alone), as ``torch.optim.lr_scheduler.ExponentialLR``."""
 
     def __init__(self, optimizer, gamma: float):
         self.gamma = check_range("ExponentialLR", "gamma", gamma)
         super().__init__(optimizer)
 
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** epoch
+    def next_lr(self, lr, base_lr, epoch, initial):
+        return lr if initial else lr * self.gamma
+
+    def lr_at(self, epoch, base_lr=None):
+        return (self.base_lr if base_lr is None else base_lr) * self.gamma ** epoch
 
 
 class MultiStepLR(LRScheduler):
-    """lr = base_lr * gamma ** (number of milestones <= epoch), as ``torch.optim.lr_scheduler.MultiStepLR``
-    (a milestone listed twice counts twice)."""
+    """lr *= gamma at each milestone (``base_lr * gamma ** (number of milestones <= epoch)`` alone), as
+    ``torch.optim.lr_scheduler.MultiStepLR`` (a milestone listed twice counts twice; one at 0 applies as the
+    schedule is built)."""
 
     def __init__(self, optimizer, milestones, gamma: float = 0.1):
         given = list(milestones)
@@ -123,14 +165,19 @@ class MultiStepLR(LRScheduler):
         self.gamma = check_range("MultiStepLR", "gamma", gamma)
         super().__init__(optimizer)
 
-    def lr_at(self, epoch):
-        return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, epoch)
+    def next_lr(self, lr, base_lr, epoch, initial):
+        count = self.milestones.count(epoch)
+        return lr * self.gamma ** count if count else lr
+
+    def lr_at(self, epoch, base_lr=None):
+        passed = bisect.bisect_right(self.milestones, epoch)
+        return (self.base_lr if base_lr is None else base_lr) * self.gamma ** passed
 
 
 class LinearLR(LRScheduler):
     """Linear warm-up (or decay): lr = base_lr * f, f going linearly from ``start_factor`` at epoch 0 to
     ``end_factor`` at ``total_iters`` and staying there, as ``torch.optim.lr_scheduler.LinearLR`` (whose
-    defaults these are). The optimizer's lr is set to ``base_lr * start_factor`` at once."""
+    defaults these are), in its recursive form. The optimizer's lr is multiplied by ``start_factor`` at once."""
 
     def __init__(self, optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5):
         if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
@@ -139,11 +186,19 @@ class LinearLR(LRScheduler):
         total_iters = arguments.positive_int("LinearLR", "total_iters", total_iters)
         self.start_factor, self.end_factor, self.total_iters = float(start_factor), float(end_factor), total_iters
         super().__init__(optimizer)
-        self._set_lr(0)
 
-    def lr_at(self, epoch):
+    def next_lr(self, lr, base_lr, epoch, initial):
+        if epoch == 0:
+            return lr * self.start_factor
+        if initial or epoch > self.total_iters:
+            return lr
+        change = self.end_factor - self.start_factor
+        return lr * (1.0 + change / (self.total_iters * self.start_factor + (epoch - 1) * change))
+
+    def lr_at(self, epoch, base_lr=None):
         done = min(epoch, self.total_iters) / self.total_iters
-        return self.base_lr * (self.start_factor + (self.end_factor - self.start_factor) * done)
+        return (self.base_lr if base_lr is None else base_lr) * (
+            self.start_factor + (self.end_factor - self.start_factor) * done)
 
 
 class LambdaLR(LRScheduler):
@@ -155,10 +210,9 @@ class LambdaLR(LRScheduler):
             raise TypeError(f"LambdaLR lr_lambda must be a function epoch -> factor, got {type(lr_lambda).__name__}")
         self.lr_lambda = lr_lambda
         super().__init__(optimizer)
-        self._set_lr(0)
 
-    def lr_at(self, epoch):
-        return self.base_lr * float(self.lr_lambda(epoch))
+    def lr_at(self, epoch, base_lr=None):
+        return (self.base_lr if base_lr is None else base_lr) * float(self.lr_lambda(epoch))
 
 
 class OneCycleLR(LRScheduler):
@@ -211,13 +265,12 @@ class OneCycleLR(LRScheduler):
             self.phases = [(rise, initial, self.max_lr), (total_steps - 1, self.max_lr, final)]
             self.momentum_phases = [(rise, high, low), (total_steps - 1, low, high)]
         super().__init__(optimizer)
-        self._set_lr(0)
 
-    def _set_lr(self, epoch: int) -> None:
-        super()._set_lr(epoch)
+    def _update(self, initial: bool = False) -> None:
+        super()._update(initial)
         if self.momentum_key is None:
             return
-        momentum = self._along(self.momentum_phases, epoch)
+        momentum = self._along(self.momentum_phases, self.last_epoch)
         for group in self.optimizer.param_groups:
             group[self.momentum_key] = momentum if self.momentum_key == "momentum" else (momentum, group["betas"][1])
 
@@ -226,7 +279,7 @@ class OneCycleLR(LRScheduler):
             return (end - start) * fraction + start
         return end + (start - end) / 2.0 * (math.cos(math.pi * fraction) + 1)
 
-    def lr_at(self, epoch):
+    def lr_at(self, epoch, base_lr=None):
         if epoch > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {epoch} times, past its total_steps={self.total_steps}")
         return self._along(self.phases, epoch)

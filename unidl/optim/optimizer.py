@@ -371,7 +371,7 @@ class Optimizer:
         if self.uses_step:
             state["param_steps"] = [int(count) for count in param_steps]
         groups = self._group_entries()
-        if len(groups) > 1 or set(groups[0]) != {"lr", "size"}:
+        if len(groups) > 1 or any(groups[0][k] != v for k, v in self.hyper.items() if k in groups[0]):
             state["param_groups"] = groups
         window = window_state(self)
         if window is not None:
@@ -413,6 +413,13 @@ class Optimizer:
                     self._check_group_entry(index, group)
                 except ValueError as error:
                     raise CheckpointStateError(f"{owner} state: {error}") from None
+        hyper = state.get("hyper")
+        if hyper is not None and not isinstance(hyper, dict):
+            raise CheckpointStateError(f"{owner} state hyper must be a dict of options, got {type(hyper).__name__}")
+        try:
+            self._check_saved_group_options(hyper, groups)
+        except ValueError as error:
+            raise CheckpointStateError(f"{owner} state: {error}") from None
         slots = state["slots"]
         if not isinstance(slots, (list, tuple)) or len(slots) != len(self.params):
             count = len(slots) if isinstance(slots, (list, tuple)) else type(slots).__name__
@@ -451,7 +458,7 @@ class Optimizer:
                 self.set_group_lr(index, float(group["lr"]))
         else:
             self.lr = float(state["lr"])
-        self._load_group_options(state.get("param_groups"))
+        self._load_group_options(state.get("hyper"), state.get("param_groups"))
 
     def _check_param_steps(self, counts, step) -> None:
         """``CheckpointStateError`` unless ``counts`` (a state's ``"param_steps"``) is None or, for an optimizer
@@ -474,10 +481,10 @@ class Optimizer:
                                            f"(the optimizer's step), got {count!r}")
 
     def _group_entries(self) -> list[dict]:
-        """Each group's ``state_dict`` entry: its lr, its size and the options changed since it was built."""
-        return [{"lr": group["lr"], "size": len(group["params"]),
-                 **{k: v for k, v in changeable_options(self, index).items() if v != built[k]}}
-                for index, (group, built) in enumerate(zip(self.param_groups, self._built_options))]
+        """Each group's ``state_dict`` entry: its lr, its size and every option a group may change (as
+        ``torch.optim``'s ``state_dict`` holds each group's options: a load restores them all)."""
+        return [{"lr": group["lr"], "size": len(group["params"]), **changeable_options(self, index)}
+                for index, group in enumerate(self.param_groups)]
 
     def _check_group_entry(self, index: int, entry: dict) -> None:
         """``ValueError`` unless a saved group entry's options are ones this group can take."""
@@ -487,12 +494,36 @@ class Optimizer:
                              f"optimizer's group {index} has {', '.join(['lr', *sorted(built)])}")
         check_group_options(type(self).__name__, index, options, built)
 
-    def _load_group_options(self, entries) -> None:
-        """Set each group's options as saved (those not saved: as the group was built)."""
+    def _saved_group_options(self, hyper, entries) -> list[dict]:
+        """Each group's options as a state saved them, as ``torch.optim``'s ``load_state_dict`` restores every
+        option of every group (the saved betas, momentum, weight decay, not the ones this optimizer was built
+        with): a group's entry where the state has them (every option; an older state's, those changed since it
+        was built, the rest as built), else the saved optimizer's ``hyper`` (one group with its options). ``l1``
+        and ``initial_accumulator_value`` cannot change once built (``FIXED_OPTIONS``): they stay."""
+        targets = []
         for index, built in enumerate(self._built_options):
-            saved = (entries or [{}] * len(self._built_options))[index]
-            for key, value in {**built, **{k: v for k, v in saved.items() if k not in ("lr", "size")}}.items():
-                value = tuple(value) if isinstance(value, list) else value
+            saved = {}
+            if entries is None and isinstance(hyper, dict):
+                saved = {k: v for k, v in hyper.items() if k in built}
+            if entries is not None:
+                saved = {k: v for k, v in entries[index].items() if k not in ("lr", "size")}
+            targets.append({key: tuple(value) if isinstance(value, list) else value
+                            for key, value in {**built, **saved}.items()})
+        return targets
+
+    def _check_saved_group_options(self, hyper, entries) -> None:
+        """``ValueError`` unless every group can take its saved options (``_saved_group_options``): valid values,
+        and none to change on an optimizer whose options cannot change (a rule of its own)."""
+        for index, options in enumerate(self._saved_group_options(hyper, entries)):
+            check_group_options(type(self).__name__, index, options, self._built_options[index])
+            for key, value in options.items():
+                if self.param_groups[index][key] != value:
+                    self._check_changeable(index, key)
+
+    def _load_group_options(self, hyper, entries) -> None:
+        """Set each group's options as saved (``_saved_group_options``)."""
+        for index, options in enumerate(self._saved_group_options(hyper, entries)):
+            for key, value in options.items():
                 if self.param_groups[index][key] != value:
                     self.set_group_option(index, key, value)
 

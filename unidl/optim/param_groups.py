@@ -157,6 +157,21 @@ class ParamGroup(dict):
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
+    def __ior__(self, other):
+        self.update(other)  # (dict's own |= wrote the entries past the optimizer: shown, saved, never trained)
+        return self
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default  # (an unknown option: the ValueError naming those a group may change)
+        return self[key]
+
+    def _removal(self, *args, **kwargs):
+        raise ValueError(f"param_groups[{self._index}] entries cannot be removed: a group keeps 'params', 'lr' and "
+                         f"its options; set a value instead (param_groups[{self._index}][key] = value)")
+
+    __delitem__ = pop = popitem = clear = _removal
+
 
 def split_param_groups(owner: str, params) -> list[tuple[list, dict]]:
     """``params`` (parameters, or dicts with "params" and options) as ``[(parameters, options), ...]``."""

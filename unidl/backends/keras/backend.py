@@ -36,6 +36,7 @@ from unidl.backends.keras.module import (BatchRelay, KeptStepState, NativeLoss, 
 from unidl.backends.keras.metrics import NativeMetrics, epoch_logs
 from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_current
 from unidl.optim.param_groups import ConstantOptions
+from unidl.data.epoch import xy
 from unidl.errors import marked_error_from
 from unidl.nn.module import step_modes
 from unidl.backends.keras.export import export_formats, export_module
@@ -391,7 +392,7 @@ class Backend(BackendInterface):
                         native.reset_metrics()
                         restore_metric_totals(native, so_far)
                         graph, compiled_for = graph_of(native), step_key(model, loss_fn, optimizer)
-                    logs = epoch_logs(graph(batch[0], batch[1], *inputs), metrics)
+                    logs = epoch_logs(graph(*xy(batch), *inputs), metrics)
                     on_batch(index, dict(logs))
             if index < 0:
                 raise ValueError("the epoch had no batches: the training data is empty")
@@ -421,7 +422,8 @@ class Backend(BackendInterface):
         # Keras's fit casts the float arrays it slices to its default float type: the model's (a float64
         # batch rounded to float32 would be 1e-8 off)
         with floatx(native.dtype_policy.variable_dtype):
-            if arrays is not None and len(arrays) >= 2:
+            if arrays is not None:
+                xy(arrays)
                 # Keras slices arrays inside its own input pipeline: far cheaper than a Python generator,
                 # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
@@ -537,10 +539,11 @@ def _keras_batches(batches, to_input, step_inputs):
     """``(x, y)`` of each batch for Keras's ``Model.fit``, ``x`` the tuple ``(x, *inputs)`` of the forward's inputs
     (``NativeModel.call``) where ``step_inputs(index)`` gives the batch's extra inputs."""
     for index, batch in enumerate(batches):
-        x = to_input(batch[0])
+        x, y = xy(batch)
+        x = to_input(x)
         if step_inputs is not None:
             x = (x, *[to_input(value) for value in step_inputs(index)])
-        yield x, to_input(batch[1])
+        yield x, to_input(y)
 
 
 def _graph_of_compile(native, attribute, device, per_batch):
