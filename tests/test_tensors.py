@@ -126,3 +126,10 @@ def test_to_numpy_of_a_torch_tensor_subclass_and_of_a_type_without_a_module():
     Odd = type("Odd", (), {"__array__": lambda self, dtype=None, copy=None: np.ones(2)})
     Odd.__module__ = None
     np.testing.assert_array_equal(ud.to_numpy(Odd()), np.ones(2))
+
+
+def test_tensor_of_a_reversed_array_of_one_element(backend):
+    """A reversed axis of one element (a negative stride NumPy counts as contiguous) makes a tensor on every backend:
+    torch.from_numpy refused it (a ConvTranspose2d with a kernel of one along an axis flips its taps so)."""
+    for array in (np.arange(1.0)[::-1], np.ones((1, 3))[::-1], np.arange(6.0).reshape(2, 3)[::-1, ::-1]):
+        np.testing.assert_array_equal(ud.to_numpy(ud.tensor(array)), array.astype(np.float32))

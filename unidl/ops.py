@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import warnings
 
 import numpy as np
 
@@ -115,14 +116,25 @@ def tanh(x):
     """Hyperbolic tangent."""
 
 
-@op(floating=("x",), axes=("dim",))
+@op(floating=("x",), axes=("dim",), dispatch=False)
 def softmax(x, dim=-1):
-    """exp(x) / sum(exp(x)) along ``dim``."""
+    """exp(x) / sum(exp(x)) along ``dim``; ``dim=None`` is PyTorch's implicit axis (``implicit_softmax_dim``)."""
+    return _ops().softmax(x, implicit_softmax_dim("softmax", x) if dim is None else dim)
 
 
-@op(floating=("x",), axes=("dim",))
+@op(floating=("x",), axes=("dim",), dispatch=False)
 def log_softmax(x, dim=-1):
-    """log(softmax(x)) computed stably along ``dim``."""
+    """log(softmax(x)) computed stably along ``dim``; ``dim=None`` is PyTorch's implicit axis."""
+    return _ops().log_softmax(x, implicit_softmax_dim("log_softmax", x) if dim is None else dim)
+
+
+def implicit_softmax_dim(owner: str, x) -> int:
+    """PyTorch's axis for a softmax given no ``dim`` (``torch.nn.functional._get_softmax_dim``): 0 for inputs of rank
+    0, 1 or 3, else 1, with PyTorch's warning to give it (each framework took None otherwise: the last axis on
+    TensorFlow, every axis on JAX, torch's backend a ``TypeError``)."""
+    warnings.warn(f"{owner}: implicit dimension choice (dim=None) as PyTorch's, deprecated there; give dim",
+                  UserWarning, stacklevel=3)
+    return 0 if len(x.shape) in (0, 1, 3) else 1
 
 
 @op(dispatch=False)

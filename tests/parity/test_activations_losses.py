@@ -50,6 +50,9 @@ LAYERS = {
     "Hardtanh-range": case(lambda: ud.nn.Hardtanh(-0.5, 2.0), lambda: tnn.Hardtanh(-0.5, 2.0), ROWS),
     "LogSoftmax": case(lambda: ud.nn.LogSoftmax(dim=1), lambda: tnn.LogSoftmax(dim=1), ROWS),
     "LogSoftmax-implicit-rank3": case(lambda: ud.nn.LogSoftmax(), lambda: tnn.LogSoftmax(dim=0), SEQUENCE),
+    # torch.nn.Softmax's default dim=None: its implicit axis (each backend took the last, every axis, or refused)
+    "Softmax-implicit-rank3": case(lambda: ud.nn.Softmax(), lambda: tnn.Softmax(dim=0), SEQUENCE),
+    "Softmax-implicit-rank4": case(lambda: ud.nn.Softmax(), lambda: tnn.Softmax(dim=1), IMAGES),
     "PReLU": case(lambda: ud.nn.PReLU(), lambda: tnn.PReLU(), IMAGES),
     "PReLU-per-channel": case(lambda: ud.nn.PReLU(3, init=0.1), lambda: tnn.PReLU(3, init=0.1), IMAGES),
     "ReLU6-kinks": case(lambda: ud.nn.ReLU6(), lambda: tnn.ReLU6(), KINKS),

@@ -38,6 +38,9 @@ LAYERS = {
         lambda: tnn.Conv1d(4, 6, 3, stride=2, padding=2, dilation=2, groups=2, padding_mode="reflect"), SEQUENCE),
     "ConvTranspose2d": layer(lambda: ud.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1),
                              lambda: tnn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1)),
+    # a kernel of one along an axis: its flipped taps were an array of negative stride that torch.from_numpy refused
+    "ConvTranspose2d-kernel-1x3": layer(lambda: ud.nn.ConvTranspose2d(4, 2, (1, 3), stride=2),
+                                        lambda: tnn.ConvTranspose2d(4, 2, (1, 3), stride=2)),
     "ConvTranspose2d-groups-dilation": layer(
         lambda: ud.nn.ConvTranspose2d(4, 6, (3, 2), stride=(2, 3), padding=(3, 0), output_padding=(1, 2), groups=2,
                                       bias=False, dilation=(2, 1)),

@@ -448,6 +448,24 @@ def test_softmax_of_a_row_holding_inf_or_nan_is_nan_as_torch(backend):
                                        err_msg=f"{backend} {mode} {name}")  # NaN where torch has NaN, only there
 
 
+def test_softmax_without_a_dim_takes_torchs_implicit_axis(backend):
+    """``ud.ops.softmax(x, None)`` and ``log_softmax(x, None)`` take ``torch.nn.functional``'s implicit axis (0 for
+    rank 1 or 3, 1 for rank 2 or 4) with its warning, eagerly and inside ``ud.function``: TensorFlow took the last
+    axis, JAX and Keras-on-JAX every axis at once, torch's backend raised a ``TypeError``."""
+    arrays = [R.standard_normal(shape).astype(np.float32) for shape in ((5,), (2, 5), (2, 3, 4), (2, 3, 2, 2))]
+    expected = [function(torch.from_numpy(a), dim=None).numpy() for a in arrays
+                for function in (torch.nn.functional.softmax, torch.nn.functional.log_softmax)]
+
+    def run_all(*tensors):
+        return tuple(function(t, None) for t in tensors for function in (ud.ops.softmax, ud.ops.log_softmax))
+
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        with pytest.warns(UserWarning, match="implicit dimension choice"):
+            got = function(*[ud.tensor(a) for a in arrays])
+        for index, (value, want) in enumerate(zip(got, expected, strict=True)):
+            np.testing.assert_allclose(ud.to_numpy(value), want, rtol=1e-6, atol=1e-7, err_msg=f"{mode} {index}")
+
+
 def test_half_precision_linear_rounds_once_as_torch(backend):
     """``F.linear`` in float16 and bfloat16: products summed in float32, the bias added, rounded once; the
     gradients of the input, weight and bias likewise (the batch summed in float32), bit for bit, eagerly and inside

@@ -63,14 +63,17 @@ class Tanh(Module):
 
 
 class Softmax(Module):
-    """exp(x) / sum(exp(x)) along ``dim`` (default: the last axis)."""
+    """exp(x) / sum(exp(x)) along ``dim``. ``dim=None`` (``torch.nn.Softmax``'s default) picks PyTorch's implicit
+    axis (0 for inputs of rank 0, 1 or 3, else 1: not the last axis of a sequence's), with its warning; give
+    ``dim`` explicitly."""
 
-    def __init__(self, dim: int = -1):
+    def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = arguments.axis("Softmax", "dim", dim)
 
     def forward(self, x):
-        return self._ops.softmax(_floats(self, x), self.dim)
+        x = _floats(self, x)
+        return self._ops.softmax(x, self.dim if self.dim is not None else functional.implicit_softmax_dim("Softmax", x))
 
     def extra_repr(self):
         return f"dim={self.dim}"
@@ -78,15 +81,16 @@ class Softmax(Module):
 
 class LogSoftmax(Module):
     """log(softmax(x)) along ``dim``, computed stably. ``dim=None`` picks PyTorch's implicit axis
-    (0 for inputs of rank 0, 1 or 3, else 1); give ``dim`` explicitly."""
+    (0 for inputs of rank 0, 1 or 3, else 1), with its warning; give ``dim`` explicitly."""
 
     def __init__(self, dim: int | None = None):
         super().__init__()
         self.dim = arguments.axis("LogSoftmax", "dim", dim)
 
     def forward(self, x):
-        dim = self.dim if self.dim is not None else (0 if len(x.shape) in (0, 1, 3) else 1)
-        return self._ops.log_softmax(_floats(self, x), dim)
+        x = _floats(self, x)
+        return self._ops.log_softmax(x, self.dim if self.dim is not None else
+                                     functional.implicit_softmax_dim("LogSoftmax", x))
 
     def extra_repr(self):
         return f"dim={self.dim}"

@@ -137,6 +137,8 @@ class Backend(BackendInterface):
             target = torch.bool
         else:
             raise TypeError(f"cannot make a tensor from an array of dtype {array.dtype}")
+        if any(stride < 0 for stride in array.strides):  # (a reversed axis of one element counts as contiguous
+            array = array.copy()  # for NumPy, and torch.from_numpy refuses its negative stride)
         tensor = torch.from_numpy(np.require(array, requirements="C"))  # (ascontiguousarray makes 0-d 1-d)
         if device.type == "cuda":
             tensor = tensor.pin_memory()
