@@ -1741,3 +1741,54 @@ def test_regression_losses_of_two_float_dtypes_take_torchs_dtype(mode):
             got = run(mode, lambda p, t: loss(ud.ops.cast(p, first), ud.ops.cast(t, second)), prediction, target)
             assert got.dtype == want.dtype, (name, first, second, got.dtype, want.dtype)
             np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{name} {first} {second}")
+
+
+# ---- masks, initial states and lengths of the wrong shape inside a graph ------------------------------------------
+SEQ = RNG.standard_normal((3, 2, 4)).astype(np.float32)  # (L, N, E)
+WRONG_SHAPES = {  # name: (layer, its call, inputs (arrays), the one message eagerly and in a graph)
+    "key_padding_mask": (lambda: ud.nn.MultiheadAttention(4, 2), lambda m, a, k: m(a, a, a, key_padding_mask=k),
+                         (SEQ, np.zeros((2, 4), bool)), "MultiheadAttention(embed_dim=4, num_heads=2, "
+                         "batch_first=False) expected key_padding_mask of shape (2, 3) (batch, source length), "
+                         "received (2, 4)"),
+    "attn_mask": (lambda: ud.nn.MultiheadAttention(4, 2), lambda m, a, k: m(a, a, a, attn_mask=k),
+                  (SEQ, np.zeros((4, 3, 2), bool)), "MultiheadAttention(embed_dim=4, num_heads=2, batch_first=False) "
+                  "expected attn_mask of shape (L, S) = (3, 3) or (N * num_heads, L, S) = (4, 3, 3), "
+                  "received (4, 3, 2)"),
+    "GRU h0": (lambda: ud.nn.GRU(4, 3, 2), lambda m, a, h: m(a, h), (SEQ, np.zeros((1, 2, 3), np.float32)),
+               "GRU(4, 3, num_layers=2) expected an initial state of shape (2, 2, 3) (num_layers * num_directions, "
+               "batch, hidden_size), received (1, 2, 3)"),
+    "LSTM c0": (lambda: ud.nn.LSTM(4, 3), lambda m, a, h, c: m(a, (h, c)),
+                (SEQ, np.zeros((1, 2, 3), np.float32), np.zeros((1, 3, 3), np.float32)),
+                "LSTM(4, 3) expected an initial state of shape (1, 2, 3) (num_layers * num_directions, batch, "
+                "hidden_size), received (1, 3, 3)"),
+    "LSTM lengths": (lambda: ud.nn.LSTM(4, 3), lambda m, a, n: m(a, lengths=n), (SEQ, np.array([3, 2, 1])),
+                     "LSTM(4, 3) expected lengths of shape (2,) (one per sequence), received (3,)"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_SHAPES)
+def test_a_mask_state_or_lengths_of_the_wrong_shape_is_one_error_in_a_graph_too(backend, case):
+    """A key padding mask, an attention mask, an initial state or the lengths of a shape that does not fit the
+    input's: the same ``ShapeMismatchError`` eagerly and inside ``ud.function``, where a TensorFlow graph leaves
+    every size unknown while tracing (TensorFlow's own broadcast and slice errors when the graph ran: the eager
+    check compared the sizes known while tracing alone)."""
+    build, call, arrays, message = WRONG_SHAPES[case]
+    layer = build()
+    for fn in (lambda *t: call(layer, *t), ud.function(lambda *t: call(layer, *t))):
+        raises_exactly(ud.ShapeMismatchError, message, fn, *[ud.tensor(a) for a in arrays])
+
+
+def test_ignore_index_with_class_probabilities_is_an_error_as_in_torch(backend):
+    """A class index to ignore means nothing for class probabilities: ``ignore_index`` of 0 or more beside them is a
+    ``ValueError`` naming the loss, as PyTorch's ``RuntimeError`` (it was ignored); a negative one (the default
+    -100) is PyTorch's no-op."""
+    logits, probabilities = X[0, 0, :, :3], np.full((5, 3), 1 / 3, np.float32)
+    with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point target"):
+        torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(probabilities), ignore_index=0)
+    with pytest.raises(ValueError, match=r"CrossEntropyLoss.*ignore_index=0 applies to integer labels"):
+        ud.nn.CrossEntropyLoss(ignore_index=0)(ud.tensor(logits), ud.tensor(probabilities))
+    with pytest.raises(ValueError, match=r"cross_entropy_loss: ignore_index=2 applies to integer labels"):
+        ud.ops.cross_entropy_loss(ud.tensor(logits), ud.tensor(probabilities), ignore_index=2)
+    expected = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(probabilities), ignore_index=-1)
+    got = ud.nn.CrossEntropyLoss(ignore_index=-1)(ud.tensor(logits), ud.tensor(probabilities))
+    assert float(ud.to_numpy(got)) == pytest.approx(float(expected), rel=1e-6)

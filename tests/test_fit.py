@@ -137,10 +137,49 @@ def test_batches_of_other_than_two_fields_are_one_error(backend, rng):
             ud.evaluate(model, data, loss="cross_entropy", metrics=[])
     history = ud.fit(model, x, y, 4, 1, 0, sample_weight=w, loss="cross_entropy", optimizer=optimizer, metrics=[])
     assert history["loss"] == [0.0]
+    dict_x = DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=lambda s: ({"x": ud.data.default_collate(s)[0]},
+                                                                                ud.data.default_collate(s)[1]))
+    with pytest.raises(TypeError, match=r"a DataLoader batch is a tuple of arrays of numbers; the collate of "
+                                        r"samples \(<lambda>\) gave dict as field 0"):
+        ud.fit(model, dict_x, loss="cross_entropy", optimizer=optimizer, verbose=0, metrics=[])
+    if ud.get_backend() == "torch":  # a pipeline of the framework's own giving a dict of inputs: train_step's rule
+        import torch
+
+        native = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=4,
+                                             collate_fn=lambda s: ({"x": torch.tensor(np.stack([a for a, _ in s]))},
+                                                                   torch.tensor([b for _, b in s])))
+        with pytest.raises(TypeError, match="fit and evaluate take x and y as arrays or tensors, got dict"):
+            ud.fit(model, native, loss="cross_entropy", optimizer=optimizer, verbose=0, metrics=[])
     unbatched = _native_pipeline_of((x, y), ud.get_backend(), batched=False)
     if unbatched is not None:  # (Keras's trainer took one sample a step)
         with pytest.raises(ud.ShapeMismatchError, match=r"x has shape \(3,\), y has shape \(\)"):
             ud.fit(model, unbatched, loss="cross_entropy", optimizer=optimizer, verbose=0, metrics=[])
+
+
+def test_labels_a_collate_fn_ignores_count_for_no_metric(backend, rng):
+    """Labels set to the loss's ``ignore_index`` by a ``collate_fn`` (a masked-language-model's collate) count for
+    no metric, as those of the arrays do: the metrics looked for ignored labels in the dataset's arrays alone,
+    found none and counted the masked samples as wrong."""
+    from unidl.data import DataLoader, TensorDataset
+
+    x, y = rng.standard_normal((16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+    masked = y.copy()
+    masked[::2] = -100
+
+    def masking(samples):
+        xs, ys = ud.data.default_collate(samples)
+        ys = ys.copy()
+        ys[::2] = -100
+        return xs, ys
+
+    model = ud.nn.Linear(4, 3)
+    loss = ud.nn.CrossEntropyLoss()
+    from_collate = ud.evaluate(model, DataLoader(TensorDataset(x, y), batch_size=8, collate_fn=masking), loss=loss,
+                               metrics=["accuracy"])
+    from_arrays = ud.evaluate(model, (x, masked), batch_size=8, loss=loss, metrics=["accuracy"])
+    kept = masked != -100
+    assert from_collate["accuracy"] == from_arrays["accuracy"] == pytest.approx(
+        float((ud.predict(model, x).argmax(1)[kept] == y[kept]).mean()))
 
 
 def test_predict_and_evaluate_take_the_backends_own_tensors(backend, rng):

@@ -189,6 +189,43 @@ def test_a_new_lr_wins_with_a_warning_and_new_betas_too(tmp_path, backend):
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)  # (the load restored the saved ones first)
 
 
+def test_a_new_lr_scales_every_groups_rate_and_chained_schedules_as_a_run_started_with_it(tmp_path, backend):
+    """A new lr at a resume scales every param group's rate and every schedule's base rates by new / old: the rates
+    of a run started with the new lr, for two groups of their own rates under two chained schedules (the first
+    schedule's closed form of the first group's base rate was written into every group and kept by the recursive
+    schedules); the options the run changed since its start, and those given anew to a rule of the user's own
+    (which cannot take the saved ones), resume as the rule says."""
+    def run(directory, epochs, lr, resume_from=None, momentum=0.5):
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(3, 8, 1)
+        groups = [{"params": model.linear1.parameters()}, {"params": model.linear2.parameters(), "lr": lr / 100}]
+        optimizer = OwnSGD(groups, lr=lr, momentum=momentum)
+        schedules = [ud.optim.lr_scheduler.StepLR(optimizer, 1, 0.5),
+                     ud.optim.lr_scheduler.ExponentialLR(optimizer, 0.9)]
+        x = np.random.default_rng(0).standard_normal((16, 3)).astype(np.float32)
+        rates = []
+        callbacks = [ud.callbacks.Checkpoint(directory), *map(ud.callbacks.LearningRateScheduler, schedules),
+                     lambda epoch, logs: rates.append([group["lr"] for group in optimizer.param_groups])]
+        ud.fit(model, (x, x[:, :1]), batch_size=8, loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=epochs,
+               verbose=0, callbacks=callbacks, resume_from=resume_from, shuffle=False)
+        return rates, optimizer
+
+    straight, _ = run(tmp_path / "straight", 4, lr=0.2)
+    run(tmp_path / "run", 2, lr=0.1)
+    with pytest.warns(UserWarning, match="the new lr wins"):
+        with pytest.warns(UserWarning, match=r"momentum: 0.5 -> 0.9: the new values win"):
+            resumed, optimizer = run(tmp_path / "run", 4, lr=0.2, resume_from="auto", momentum=0.9)
+    np.testing.assert_allclose(resumed, straight[2:], rtol=1e-12)
+    assert optimizer.param_groups[0]["momentum"] == 0.9
+
+
+class OwnSGD(ud.optim.SGD):
+    """SGD of a rule of its own (its options cannot change once built)."""
+
+    def update(self, param, grad, slots, lr, step, ops):
+        return super().update(param, grad, slots, lr, step, ops)
+
+
 def _wider():
     return ud.models.TwoLayerNet(3, 5, 1)
 
@@ -273,7 +310,8 @@ def test_best_weights_of_early_stopping_survive_a_resume(tmp_path, backend):
         model = ud.models.TwoLayerNet(3, 8, 1)
         optimizer = ud.optim.SGD(model.parameters(), lr=0.05)
         x = np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32)
-        stopping = ud.callbacks.EarlyStopping(monitor="score", patience=10, restore_best_weights=True)
+        stopping = ud.callbacks.EarlyStopping(monitor="score", mode="min", patience=10,
+                                              restore_best_weights=True)
         ud.fit(model, (x, x[:, :1] * 3), batch_size=8, loss=ud.nn.MSELoss(), optimizer=optimizer, epochs=epochs,
                callbacks=[ud.callbacks.Checkpoint(directory), Score(), stopping], verbose=0,
                resume_from=resume_from, shuffle=False)

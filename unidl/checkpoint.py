@@ -250,6 +250,8 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
                 raise CorruptFileError(f"{path!r}: malformed optimizer tensor name {key!r}")
             names[int(index)][slot_name] = key
     optional = {key: saved[key] for key in _OPTIONAL_OPTIMIZER_ENTRIES if key in saved}
+    if saved.get("hyper") is not None:  # (the options a load restores, checked with the rest)
+        optional["hyper"] = saved["hyper"]
     if callable(getattr(optimizer, "check_state_dict", None)):  # shapes first, from the header alone
         shaped = [{slot: np.broadcast_to(np.float32(0), reader.entries[key][1]) for slot, key in entry.items()}
                   for entry in names]
@@ -266,8 +268,6 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
         state["accumulation"] = dict(window, gradients=[reader.read(key) for key in keys])
     if saved.get("loss_scaler") is not None:
         state["loss_scaler"] = saved["loss_scaler"]
-    if saved.get("hyper") is not None:
-        state["hyper"] = saved["hyper"]
     if callable(getattr(optimizer, "check_state_dict", None)):
         optimizer.check_state_dict(state)
     return state

@@ -23,12 +23,12 @@ from unidl.distributed import process_group
 from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
 from unidl.nn.module import require_trainable
-from unidl.optim.param_groups import FIXED_OPTIONS
 from unidl.metrics.probe import accumulator_for, first_sample, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
 from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_same_backend,
-                            claim_window, expect_accumulate, expect_precision, resuming_with, window_state)
+                            claim_window, expect_accumulate, expect_precision, resuming_with,
+                            window_micro_steps)
 from unidl.precision import precision_policy
 
 class History:
@@ -420,8 +420,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         expect_precision(optimizer, precision)  # and its float16 loss scale this growth_interval
         with resuming_with(optimizer, accumulate):
             start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
-    window = window_state(optimizer)  # a part-full window (a resumed one, another fit's): updates come sooner
-    trainer.accumulate, trainer.micro_steps = accumulate, window["micro_steps"] if window is not None else 0
+    trainer.accumulate, trainer.micro_steps = accumulate, window_micro_steps(optimizer)  # (a part-full window: a
+    # resumed one, another fit's: updates come sooner)
     if step_inputs is not None and start_epoch < epochs:  # the first step's inputs, checked before training
         step_inputs.prepare(start_epoch, _first_step(loader, start_epoch))
     for callback in callbacks:
@@ -665,7 +665,10 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
 
     Rule for hyperparameters given anew: a learning rate or optimizer hyperparameter (betas, momentum,
     weight decay) that differs from the one the checkpointed run was started with wins, with a warning
-    naming both; a schedule then continues from its saved position with the new rate as its base.
+    naming both (the options the run changed since, a schedule's cycled momentum, are restored). A new learning
+    rate scales every param group's rate and every schedule's base rates by new / old: the rates a run started
+    with the new rate would have there, for the schedules proportional to their base rate (all but
+    ``OneCycleLR``, whose rates are its ``max_lr``'s), chained ones and groups of their own rates too.
     A different model, loss or optimizer class is an error, raised before anything changes.
     """
     import json
@@ -680,20 +683,20 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
     model, optimizer, loader, history = trainer.model, trainer.optimizer, trainer.loader, trainer.history
     given = trainer.fit_settings
 
-    built = [dict(group) for group in optimizer.param_groups]  # the options given anew (a load restores the saved)
-    info = load_checkpoint(target, model, optimizer, loader=loader if isinstance(loader, DataLoader) else None,
-                           callbacks=callbacks,
-                           check=lambda metadata, path: _check_resumable(metadata, path, trainer, backend, metrics))
+    optimizer.__dict__["_given_options_win"] = True  # (its load keeps the options that differ from the saved run's)
+    try:
+        info = load_checkpoint(target, model, optimizer, loader=loader if isinstance(loader, DataLoader) else None,
+                               callbacks=callbacks,
+                               check=lambda metadata, path: _check_resumable(metadata, path, trainer, backend,
+                                                                             metrics))
+    finally:
+        optimizer.__dict__.pop("_given_options_win", None)
     extra = info.get("extra") or {}
     saved = extra.get("fit") or {}
     if "lr" in saved and saved["lr"] != given["lr"]:
         warnings.warn(f"resuming {info['path']!r} with lr={given['lr']!r} where the run started with "
                       f"lr={saved['lr']!r}: the new lr wins", UserWarning, stacklevel=3)
-        schedules = [getattr(c, "schedule", None) for c in callbacks]
-        schedules = [s for s in schedules if hasattr(s, "lr_at") and hasattr(s, "base_lr")]
-        for schedule in schedules:
-            schedule.base_lr = given["lr"]
-        optimizer.lr = schedules[0].lr_at(schedules[0].last_epoch) if schedules else given["lr"]
+        _scale_rates(optimizer, callbacks, given["lr"], saved["lr"])
     given_hyper = json.loads(to_json(given["hyper"], "optimizer hyperparameters"))  # tuples as the file has lists
     changed = {k: (saved["hyper"].get(k), given["hyper"][k]) for k, v in given_hyper.items()
                if isinstance(saved.get("hyper"), dict) and saved["hyper"].get(k) != v}
@@ -701,10 +704,6 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
         warnings.warn(f"resuming {info['path']!r} with changed optimizer hyperparameters "
                       + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
                       + ": the new values win", UserWarning, stacklevel=3)
-        for index, options in enumerate(built):
-            for key in changed:
-                if key in options and key not in FIXED_OPTIONS and optimizer.param_groups[index][key] != options[key]:
-                    optimizer.param_groups[index][key] = options[key]
     trainer.global_step = int(info["step"])
     history.history = History(extra.get("history")).history
     start_epoch = loader.next_iteration()[0] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
@@ -718,6 +717,24 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
             trainer.finished_epoch = (progress["epoch"], dict(_finished_epoch_logs(progress, metrics),
                                                               lr=progress.get("lr", optimizer.lr)))
     return start_epoch
+
+
+def _scale_rates(optimizer, callbacks, new: float, old: float) -> None:
+    """A new learning rate at a resume: every param group's rate, and every schedule's base rates, times new / old
+    (each group set to ``new`` where the run started at 0)."""
+    schedules = [s for s in (getattr(c, "schedule", None) for c in callbacks) if hasattr(s, "base_lrs")]
+    if not old:
+        optimizer.lr = new
+        for schedule in schedules:
+            schedule.base_lr = new
+        return
+    ratio = new / old
+    for index, group in enumerate(optimizer.param_groups):
+        optimizer.set_group_lr(index, group["lr"] * ratio)
+    for schedule in schedules:
+        schedule.base_lrs = [rate * ratio for rate in schedule.base_lrs]
+    if "_initial_lrs" in optimizer.__dict__:  # (the base rates a schedule built later starts from)
+        optimizer.__dict__["_initial_lrs"] = [rate * ratio for rate in optimizer.__dict__["_initial_lrs"]]
 
 
 def _finished_epoch_logs(progress: dict, metrics) -> dict:

@@ -68,6 +68,19 @@ def require_sizes(owner, x, wanted: dict, message):
     return require(x, condition, lambda: message(literal(owner), shape_template(len(sizes))), sizes)
 
 
+def require_shape(x, expected: tuple, template, shown: tuple | None = None):
+    """``x``, after checking that its sizes are ``expected``'s (ints, or scalar tensors where a graph leaves a size
+    unknown) where a traced graph leaves either unknown (a mask's or a state's, whose right sizes are the input's):
+    ``ShapeMismatchError`` when the graph runs, with the text an eager check gives, ``template()`` holding ``{}``
+    for each of ``shown`` (``expected`` by default) and then each of ``x``'s sizes. The rank and the sizes known on
+    both sides are the caller's to compare (it raises at once); where every size is known this adds nothing."""
+    sizes = sizes_of(x)
+    if all(isinstance(a, Integral) and isinstance(b, Integral) for a, b in zip(sizes, expected)):
+        return x
+    condition = all_of([holds(a == b) for a, b in zip(sizes, expected)])
+    return require(x, condition, template, tuple(expected if shown is None else shown) + tuple(sizes))
+
+
 def check_known_shape(x, condition, message: str, sizes=()):
     """The ``check_shape`` op where every size is known when it runs (eagerly; torch; while jax.jit traces):
     ``ShapeMismatchError(message.format(*sizes))`` now if ``condition`` fails, else ``x`` as it is."""

@@ -239,8 +239,9 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     a zero NCHW tensor of (H, W) = (h - 1) * stride - 2 * padding + kernel (or ``output_size``'s last two entries,
     strictly within ``stride`` of that) with each value of ``x`` written at its index into its sample's and
     channel's flattened plane. The gradient of each value is the output's gradient at its index (every value
-    that shares an index gets it). An index outside the plane is an ``IndexOutOfRangeError``, an inconsistent
-    ``output_size`` a ``ShapeMismatchError``."""
+    that shares an index gets it). An index outside the plane is an ``IndexOutOfRangeError``; indices of another
+    shape than ``x``'s, or an inconsistent ``output_size``, a ``ShapeMismatchError``; ``output_size``'s sizes may
+    be ``ud.ops.shape``'s scalar tensors."""
     from unidl import spatial_ops
 
     kernel_size, stride, padding = _pool_arguments("max_unpool2d", kernel_size, stride, padding)
@@ -248,6 +249,8 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
     if len(x.shape) != 4 or len(indices.shape) != 4:
         raise ValueError(f"max_unpool2d takes (N, C, h, w) input and indices, got shapes {tuple(x.shape)} and "
                          f"{tuple(indices.shape)}")
+    x = input_checks.check_same_shape("max_unpool2d", x, indices, names=("input", "indices"))  # (the framework's
+    # own scatter error, on every backend: PyTorch's names them too)
     sizes, x = spatial_ops.unpooled_size("max_unpool2d", x, kernel_size, stride, padding, output_size)
     indices = _ops().check_index(indices, sizes[0] * sizes[1], "max_unpool2d index")
     return _ops().max_unpool2d(x, indices, kernel_size, stride, padding, sizes)
@@ -441,6 +444,12 @@ def log(x):
 @op(floating=("x",))
 def sqrt(x):
     """Square root, element-wise."""
+
+
+@op
+def stop_gradient(x):
+    """``x``, through which no gradient flows (``torch.Tensor.detach``, ``tf.stop_gradient``,
+    ``jax.lax.stop_gradient``): a value the gradient treats as a constant."""
 
 
 @op(numeric=("x",))
@@ -1058,15 +1067,22 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
 
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
-    broadcasts). ``target`` of another shape than ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), as
-    PyTorch refuses it."""
+    broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1),
+    a first derivative only (no gradient of the gradient flows through it). ``target`` of another shape than
+    ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it."""
     probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
     target = cast_like(target, probabilities)
     probabilities = input_checks.check_same_shape("binary_cross_entropy", probabilities, target,
                                                   names=("probabilities", "target"))
     weight = input_checks.weight_like("binary_cross_entropy", "weight", weight, probabilities)
     probabilities = input_checks.check_broadcasts_to("binary_cross_entropy", "weight", weight, probabilities)
-    losses = -(target * clip(log(probabilities), -100.0) + (1 - target) * clip(log(1 - probabilities), -100.0))
+    # the value of the clamped logs; the gradient PyTorch's kernel gives, (p - t) / max(p (1 - p), 1e-12), through
+    # a term of value 0 (autodiff of the clamped logs gave NaN where a probability is exactly 0 or 1: a float32
+    # sigmoid of a logit past 17, a confident prediction, where PyTorch trains on)
+    held = stop_gradient(probabilities)
+    losses = -(target * clip(log(held), -100.0) + (1 - target) * clip(log(1 - held), -100.0))
+    slope = stop_gradient((probabilities - target) / maximum(probabilities * (1 - probabilities), 1e-12))
+    losses = losses + (probabilities - held) * slope
     if weight is not None:
         losses = losses * weight
     return _reduced(losses, reduction)
@@ -1094,7 +1110,8 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
 
 
 def kl_div(log_probabilities, target, reduction="mean", log_target=False):
-    """Pointwise target * (log(target) - input), 0 where target is 0 (``log_target``: exp(t) * (t - input)).
+    """Pointwise target * (log(target) - input) (``log_target``: exp(t) * (t - input)), as PyTorch's: 0 * log(0) is
+    0, a negative target's term NaN.
 
     ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
     mathematical KL divergence), 'sum' or 'none'."""
@@ -1102,10 +1119,13 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     target = cast_like(target, log_probabilities)
     if log_target:
         losses = exp(target) * (target - log_probabilities)
-    else:
+    else:  # PyTorch's xlogy(t, t) - t * input: 0 * log(0) is 0, a negative target's term NaN, and so is
+        # 0 * -inf (a target of 0 where the input is -inf), as in PyTorch (both were 0)
         positive = target > 0
         safe = where(positive, target, zeros_like(target) + 1)  # log(0) never evaluated: no NaN in the gradient
-        losses = where(positive, target * (log(safe) - log_probabilities), zeros_like(target))
+        entropy = where(positive, target * log(safe), where(target == 0, zeros_like(target),
+                                                            zeros_like(target) + float("nan")))
+        losses = entropy - target * log_probabilities
     if reduction == "batchmean":
         return sum(losses) / _count(shape(log_probabilities)[:1], losses) if len(log_probabilities.shape) else sum(losses)
     return _reduced(losses, reduction)
@@ -1165,6 +1185,9 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     weight = input_checks.as_tensor("cross_entropy_loss", "weight", weight, like=log_probabilities)
     per_class = (1, -1) + (1,) * (len(logits.shape) - 2)  # a class weight's shape beside the log-probabilities
     if len(target.shape) == len(logits.shape):  # class probabilities: PyTorch promotes the three dtypes
+        if ignore_index >= 0:
+            raise ValueError(f"cross_entropy_loss: ignore_index={ignore_index} applies to integer labels, not to "
+                             f"class probabilities (PyTorch refuses it); leave it at its default, -100")
         log_probabilities, target = _promoted_as_torch(log_probabilities, input_checks.as_floating(
             "cross_entropy_loss", "target", target), broadcast=True)
         broadcast = None if weight is None else reshape(weight, per_class)

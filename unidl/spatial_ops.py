@@ -264,7 +264,10 @@ def unpooled_size(owner, x, kernel_size, stride=None, padding=0, output_size=Non
     if output_size is None:
         return tuple(defaults), x
     given = tuple(output_size)
-    if len(given) not in (2, 4) or not all(isinstance(o, int) and not isinstance(o, bool) for o in given[-2:]):
+    if len(given) in (2, 4) and any(size is None for size in given[-2:]):  # x.shape inside a TensorFlow graph
+        raise ValueError(f"{owner} output_size {output_size!r} holds sizes a graph leaves unknown (x.shape while "
+                         f"tracing); give ud.ops.shape(x), whose unknown sizes are tensors, or ints")
+    if len(given) not in (2, 4) or not all(_is_size(o) for o in given[-2:]):
         raise ValueError(f"{owner} output_size must be 2 ints (H, W) or 4 (N, C, H, W), got {output_size!r}")
     given = given[-2:]
     for axis, (size, default, s) in enumerate(zip(given, defaults, strides)):
@@ -279,6 +282,16 @@ def unpooled_size(owner, x, kernel_size, stride=None, padding=0, output_size=Non
     return given, x
 
 
+def _is_size(value) -> bool:
+    """An int, or a scalar integer tensor (a size ``ud.ops.shape`` gives where a graph leaves it unknown)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    return shape is not None and len(tuple(shape)) == 0 and dtype is not None and dtype_kinds.is_integer(dtype)
+
+
 def _bins(size, bins, like):
     """(bins, size) booleans: row i marks PyTorch's adaptive-pooling bin i, [floor(i * size / bins),
     ceil((i + 1) * size / bins)); and each bin's length, (bins, 1)."""
@@ -288,9 +301,9 @@ def _bins(size, bins, like):
         inside = (np.arange(size) >= start[:, None]) & (np.arange(size) < end[:, None])
         return _constant(inside, like) > 0, _constant((end - start)[:, None], like)
     index = _positions(bins, like)
-    total = _as_float(size, like)
-    start = _floor(index * total / bins)
-    end = _floor(((index + 1) * total + (bins - 1)) / bins)
+    total, count = _as_float(size, like), _as_float(bins, like)  # (either a graph's int64 size: area's scale factor)
+    start = _floor(index * total / count)
+    end = _floor(((index + 1) * total + (count - 1)) / count)
     positions = ops.unsqueeze(_positions(size, like), 0)
     inside = (positions >= ops.unsqueeze(start, 1)) & (positions < ops.unsqueeze(end, 1))
     return inside, ops.unsqueeze(end - start, 1)

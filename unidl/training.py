@@ -378,6 +378,15 @@ def expect_accumulate(optimizer, accumulate: int) -> None:
     optimizer.__dict__.setdefault(_BUILT_ACCUMULATES, set()).add(accumulate)
 
 
+def window_micro_steps(optimizer) -> int:
+    """The micro-steps in the optimizer's accumulation window (0: empty), read without its gradients."""
+    holder = _WINDOW.holder(optimizer)
+    if holder is not None:
+        return holder.micro_steps()
+    pending = optimizer.__dict__.get(_WINDOW._pending)  # (one loaded for a step not built yet)
+    return int(pending["micro_steps"]) if pending else 0
+
+
 def window_state(optimizer) -> dict | None:
     """The accumulation window ``optimizer.state_dict()`` saves: the registered window's, else one loaded
     for a train step not built yet; None when there is none or it is empty."""

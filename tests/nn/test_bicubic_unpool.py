@@ -53,6 +53,10 @@ CASES = {
                           (5, 6)), [IMAGES]),
     "max_unpool2d-default-size": case(lambda v, i: ud.ops.max_unpool2d(v, i, 2),
                                       lambda v, i: F.max_unpool2d(v, i, 2), POOLED, POOLED_AT),
+    # MaxUnpool2d's own example: the input's sizes through ud.ops.shape (tensors where a graph leaves them unknown)
+    "MaxPool2d-then-MaxUnpool2d-to-the-input-shape": case(
+        lambda x: ud.nn.MaxUnpool2d(2)(*ud.nn.MaxPool2d(2, return_indices=True)(x), output_size=ud.ops.shape(x)),
+        lambda x: tnn.MaxUnpool2d(2)(*tnn.MaxPool2d(2, return_indices=True)(x), output_size=x.shape), IMAGES[..., :5]),
     "MaxUnpool2d-output-size": Case(lambda: lambda v, i: ud.nn.MaxUnpool2d(2)(v, i, output_size=(2, 3, 5, 7)),
                                     lambda: lambda v, i: tnn.MaxUnpool2d(2)(v, i, output_size=(2, 3, 5, 7)),
                                     [POOLED, POOLED_AT]),
@@ -96,3 +100,8 @@ def test_bad_input_is_the_same_unidl_error_everywhere(backend):
             run()
     with pytest.raises(ValueError, match=r"output_size must be 2 ints \(H, W\) or 4"):
         ud.ops.max_unpool2d(ud.tensor(POOLED), ud.tensor(POOLED_AT), 2, output_size=(5,))
+    mismatched = (r"max_unpool2d needs input and indices of the same shape; input has shape \(2, 3, 2, 3\), indices "
+                  r"has shape \(2, 3, 1, 3\)")  # (the framework's own scatter error on every backend)
+    for run in _in_modes(lambda v, i: ud.ops.max_unpool2d(v, i, 2), POOLED, POOLED_AT[:, :, :1]):
+        with pytest.raises(ud.ShapeMismatchError, match=mismatched):
+            run()

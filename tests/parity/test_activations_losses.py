@@ -26,6 +26,12 @@ LOG_PROBABILITIES = np.log(PROBABILITIES)
 SIGMOID = 1 / (1 + np.exp(-R.standard_normal((4, 6))))
 BINARY = (R.random((4, 6)) > 0.5).astype(np.float64)
 SOFT_TARGET = R.random((4, 6)) * 0.9 + 0.05
+SATURATED = np.where(BINARY > 0, 0.0, 1.0)  # each probability exactly 0 or 1: the wrong one for its target, ...
+SATURATED[0] = BINARY[0]  # ... and in the first row the right one (no loss and no gradient there)
+LOG_WITH_MINUS_INF = np.log(PROBABILITIES)
+LOG_WITH_MINUS_INF[0, :2] = -np.inf
+ZERO_TARGETS = np.where(R.random((4, 6)) > 0.5, SOFT_TARGET, 0.0)
+ZERO_TARGETS[0, :2], ZERO_TARGETS[1, 0] = 0.0, -0.25
 TOKENS = R.integers(0, 10, (4, 5))
 TOKENS[0, :2] = 0
 TOKENS[1, 3] = 9
@@ -127,6 +133,7 @@ LOSSES = {
        for r in ("mean", "none")},
     "BCELoss-weight": case(lambda: ud.nn.BCELoss(weight=WEIGHT), lambda: tnn.BCELoss(weight=torch.tensor(WEIGHT)),
                            SIGMOID, BINARY),
+
     **{f"SmoothL1Loss-{r}-{b}": case(lambda r=r, b=b: ud.nn.SmoothL1Loss(reduction=r, beta=b),
                                      lambda r=r, b=b: tnn.SmoothL1Loss(reduction=r, beta=b), ROWS, TARGET)
        for r, b in (("none", 2.5), ("sum", 0.0))},
@@ -152,6 +159,35 @@ def test_layers_match_torch(backend, dtype, modes):
 def test_losses_match_torch(backend, dtype, modes):
     failures = compare_table(LOSSES, backend, dtype, modes)
     assert not failures, "\n".join(failures)
+
+
+def test_saturated_probabilities_and_zero_or_negative_targets_as_torch(backend):
+    """``BCELoss`` of probabilities of exactly 0 and 1 (a float32 sigmoid of a logit past 17) has PyTorch's finite
+    gradient, (p - t) / max(p (1 - p), 1e-12), where autodiff of the clamped logs gave NaN (and a step raised
+    ``NonFiniteLossError`` where PyTorch trains on); ``KLDivLoss`` of a target of 0 is 0, NaN where the input is
+    -inf there, and NaN for a negative target, as PyTorch's xlogy (both were 0), with PyTorch's input gradient,
+    -target. Eagerly and inside ``ud.function``."""
+    expected = []
+    for loss, p, t in ((tnn.BCELoss(), SATURATED, BINARY), (tnn.KLDivLoss(reduction="none"), LOG_WITH_MINUS_INF,
+                                                            ZERO_TARGETS)):
+        x = torch.tensor(p, dtype=torch.float32, requires_grad=True)
+        value = loss(x, torch.tensor(t, dtype=torch.float32))
+        value.sum().backward()
+        expected += [value.detach().numpy(), x.grad.numpy()]
+
+    def run_all(p, t, log_p, zero_t):
+        results = []
+        for loss, a, b in ((ud.nn.BCELoss(), p, t), (ud.nn.KLDivLoss(reduction="none"), log_p, zero_t)):
+            results += [loss(a, b), ud.value_and_grad(lambda a, b=b, loss=loss: ud.ops.sum(loss(a, b)))(a)[1]]
+        return tuple(results)
+
+    inputs = [ud.tensor(a.astype(np.float32)) for a in (SATURATED, BINARY, LOG_WITH_MINUS_INF, ZERO_TARGETS)]
+    names = ["BCELoss value", "BCELoss gradient", "KLDivLoss values", "KLDivLoss gradient"]
+    for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
+        for name, got, want in zip(names, function(*inputs), expected):
+            got = ud.to_numpy(got)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{backend} {mode} {name}")
+            assert max_relative_difference(np.nan_to_num(got), np.nan_to_num(want)) < 1e-6, (mode, name)
 
 
 def _conv_chain():

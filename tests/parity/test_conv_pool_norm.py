@@ -82,6 +82,9 @@ OPS = {
                                          lambda x: F.interpolate(x, size=(7, 4), mode="nearest-exact")),
     "interpolate-area": op(lambda x: ud.ops.interpolate(x, size=(3, 4), mode="area"),
                            lambda x: F.interpolate(x, size=(3, 4), mode="area")),
+    # a scale factor: a graph's output sizes are int64 tensors, which TensorFlow divided float32 positions by
+    "interpolate-area-scale": op(lambda x: ud.ops.interpolate(x, scale_factor=0.5, mode="area"),
+                                 lambda x: F.interpolate(x, scale_factor=0.5, mode="area")),
     "interpolate-bilinear-recompute": op(
         lambda x: ud.ops.interpolate(x, scale_factor=0.7, mode="bilinear", recompute_scale_factor=True),
         lambda x: F.interpolate(x, scale_factor=0.7, mode="bilinear", recompute_scale_factor=True)),
@@ -338,3 +341,12 @@ def test_a_shape_check_traces_none_of_pytorchs_value_rules(monkeypatch):
         step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
         step(x, y)
         assert len(conds) >= 2  # the pool's forward and gradient, and softmax's
+        # a compiled function the forward calls, traced first inside a shape check, keeps its value rules
+        pool = ud.function(lambda t: ud.ops.max_pool2d(t, 2))
+        pooled = ud.nn.Sequential(ud.nn.Flatten(), ud.nn.Linear(4, 3))
+        pooled.forward = lambda t: ud.nn.Sequential.forward(pooled, pool(t))
+        ud.train_step(pooled, ud.nn.MSELoss(), ud.optim.SGD(pooled.parameters(), lr=0.1))(np.ones((4, 1, 4, 4),
+                                                                                             np.float32), y)
+        windows = np.zeros((1, 1, 4, 4), np.float32)
+        windows[0, 0, 0, 0], windows[0, 0, 2:, 2:] = np.nan, -np.inf
+        assert np.array_equal(ud.to_numpy(pool(ud.tensor(windows)))[0, 0], [[np.nan, 0], [0, -np.inf]], equal_nan=True)

@@ -27,10 +27,27 @@ class Callback:
 
 
 def resolve_mode(owner: str, monitor: str, mode: str) -> str:
-    """'min' or 'max' for ``mode`` ('auto': 'max' for a name containing 'acc', else 'min'), as Keras decides."""
+    """'min' or 'max' for ``mode``; 'auto' as Keras 3's callbacks decide: 'min' for the loss, else the direction of
+    the metric the name is logged for (``Metric.direction``: up for accuracy, top-k, precision, recall, F1 and
+    AUC, down for MAE and MSE; 'val_' and 'weighted_' prefixes aside), and for any other name a ``ValueError``
+    asking for 'min' or 'max' (any name but one holding 'acc' was taken as 'min': F1 and AUC were minimized)."""
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
-    return ("max" if "acc" in monitor else "min") if mode == "auto" else mode
+    if mode != "auto":
+        return mode
+    name = monitor.removeprefix("val_").removeprefix("weighted_")
+    if name == "loss":
+        return "min"
+    from unidl import metrics
+
+    try:
+        direction = metrics.get(name).direction
+    except ValueError:
+        direction = None
+    if direction is None:
+        raise ValueError(f"{owner} cannot tell whether {monitor!r} improves upwards or downwards (mode='auto' knows "
+                         f"the loss and ud.metrics' names); pass mode='max' or mode='min'")
+    return "max" if direction == "up" else "min"
 
 
 def monitored(owner: str, monitor: str, logs) -> float:

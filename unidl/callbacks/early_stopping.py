@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import math
 
-from unidl.callbacks.callback import Callback
+from unidl.callbacks.callback import Callback, resolve_mode
 
 
 class EarlyStopping(Callback):
     """Stop after ``patience`` epochs without an improvement of more than ``min_delta`` in ``monitor``.
 
-    ``mode``: 'min', 'max' or 'auto' (max for names containing 'acc', else min).
+    ``mode``: 'min', 'max' or 'auto' (the loss's and ``ud.metrics``' directions, as Keras 3: ``resolve_mode``).
     ``restore_best_weights`` loads the weights of the best epoch at the end.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0, mode: str = "auto",
                  restore_best_weights: bool = False):
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"EarlyStopping mode must be 'auto', 'min' or 'max', got {mode!r}")
+        mode = resolve_mode("EarlyStopping", monitor, mode)
         if not isinstance(patience, int) or patience < 0:
             raise ValueError(f"EarlyStopping patience must be a non-negative integer, got {patience!r}")
         self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
-        self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
+        self.mode = mode
         self.restore_best_weights = restore_best_weights
         self.best = -math.inf if self.mode == "max" else math.inf
         self.best_epoch = None

@@ -17,7 +17,7 @@ class ModelCheckpoint(Callback):
         filepath: a path, formatted with ``epoch`` (counting from 1, as Keras) and the epoch's logs:
             ``"run/model-{epoch:02d}-{val_loss:.3f}.safetensors"``. Written atomically.
         monitor: the log to compare ('val_loss', 'accuracy', ...) when ``save_best_only``.
-        mode: 'min', 'max' or 'auto' (max for names containing 'acc', else min).
+        mode: 'min', 'max' or 'auto' (the loss's and ``ud.metrics``' directions, as Keras 3: ``resolve_mode``).
         save_best_only: save only an epoch whose ``monitor`` beats every earlier one (a fixed ``filepath``
             then always holds the best model).
         save_weights_only: write the weights alone (``model.load_weights(path)`` reads them); otherwise

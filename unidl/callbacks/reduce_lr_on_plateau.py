@@ -12,7 +12,7 @@ class ReduceLROnPlateau(Callback):
     with ``keras.callbacks.ReduceLROnPlateau``'s rule and defaults:
 
     - an epoch improves when ``value < best - min_delta`` (mode 'min') or ``value > best + min_delta`` ('max');
-      'auto' is 'max' for names containing 'acc', else 'min';
+      'auto' goes by the loss's and ``ud.metrics``' directions, as Keras 3 (``callback.resolve_mode``);
     - after ``patience`` epochs in a row without improvement, lr = max(lr * factor, min_lr) (if lr > min_lr);
     - then ``cooldown`` epochs pass in which the count of epochs without improvement stays at 0.
 

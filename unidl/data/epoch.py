@@ -26,7 +26,10 @@ def xy(batch) -> tuple:
     pipeline: Keras's trainer took it one sample a step) are ``train_step``'s ``ShapeMismatchError``."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         x, y = batch
-        x_shape, y_shape = tuple(getattr(x, "shape", (None,))), tuple(getattr(y, "shape", (None,)))
+        for value in (x, y):  # (train_step's rule: a dict or tuple of inputs is a TypeError there, at each step)
+            if getattr(value, "shape", None) is None:
+                raise TypeError(f"fit and evaluate take x and y as arrays or tensors, got {type(value).__name__}")
+        x_shape, y_shape = tuple(x.shape), tuple(y.shape)
         if not x_shape or not y_shape or x_shape[0] != y_shape[0]:  # (train_step's check, before Keras's trainer)
             from unidl.errors import ShapeMismatchError
 

@@ -33,6 +33,7 @@ class AUC(Metric):
     weighted metric (``weighted_metrics``) counts each sample's weight, as Keras's ``sample_weight``.
     """
 
+    direction = "up"
     name = "auc"
 
     def __init__(self, num_thresholds: int = 200, from_logits: bool = False, name: str | None = None):

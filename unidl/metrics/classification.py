@@ -60,6 +60,7 @@ class Accuracy(_Classification):
     """The fraction of samples whose predicted class (argmax of the scores; score > ``threshold`` for one
     score per sample) is the true class. Statistics: (correct, seen)."""
 
+    direction = "up"
     name = "accuracy"
 
     def statistic_shapes(self):
@@ -80,6 +81,8 @@ class TopKAccuracy(_Classification):
     ``TopKCategoricalAccuracy`` and TensorFlow's ``in_top_k``: the true class counts when fewer than ``k``
     classes score strictly higher (a tie at the boundary counts as a hit). Named ``"top5"``, ``"top_k"`` (k=5)
     or ``"top<k>"``. Needs class scores (N, C)."""
+
+    direction = "up"
 
     def __init__(self, k: int = 5, name: str | None = None):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -139,6 +142,8 @@ class _FromConfusion(_Classification):
 
     Statistics: per class, true positives, predictions and true samples (3 vectors of C, not the C x C matrix).
     """
+
+    direction = "up"
 
     def __init__(self, average: str | None = None, threshold: float = 0.5, name: str | None = None):
         if average is not None and average not in AVERAGES:

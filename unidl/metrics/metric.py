@@ -49,6 +49,9 @@ class Metric:
     """
 
     name = "metric"
+    #: "up" where a larger value is better, "down" where a smaller one is, None where neither (a confusion matrix,
+    #: a metric of the user's): what a callback's ``mode="auto"`` goes by, as Keras's ``_direction``
+    direction = None
     scalar = True  # False for a value that is not one number (a confusion matrix): not a training log
     weighted = False  # True: statistics() is given the samples' weights (a Keras weighted metric)
 

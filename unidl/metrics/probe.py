@@ -168,7 +168,8 @@ def _ignored_label(loss, layout, data):
     the metrics to skip those samples too; None where the labels are integers known to hold none (no mask to
     compute at every step) or the loss ignores none."""
     ignored = getattr(loss, "ignore_index", None) if loss is not None and layout.target_is_integer else None
-    arrays = getattr(getattr(data, "dataset", None), "arrays", None)  # a TensorDataset's (x, y, ...)
+    sliced = getattr(data, "sliced_arrays", None)  # a loader's batches as slices of arrays (x, y, ...): not where a
+    arrays = sliced() if callable(sliced) else None  # collate_fn or a dataset's __getitem__ may set labels ignored
     if ignored is not None and arrays is not None and len(arrays) >= 2 and not np.any(np.asarray(arrays[1]) == ignored):
         return None
     return ignored

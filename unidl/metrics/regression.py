@@ -15,6 +15,8 @@ from unidl.metrics.metric import Metric, as_float, count, weigh
 
 
 class _ElementwiseError(Metric):
+    direction = "down"
+
     def bind(self, layout) -> None:
         super().bind(layout)
         out, target = layout.output_shape, layout.target_shape

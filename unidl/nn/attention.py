@@ -158,6 +158,9 @@ class MultiheadAttention(Module):
             raise ShapeMismatchError(f"{self.describe()} expected key_padding_mask of shape "
                                      f"{tuple('N' if e is None else e for e in expected)} (batch, source length), "
                                      f"received {shape}")
+        mask = input_checks.require_shape(mask, input_checks.sizes_of(key)[:2], lambda: (
+            f"{input_checks.literal(self.describe)} expected key_padding_mask of shape ({{}}, {{}}) (batch, source "
+            f"length), received ({{}}, {{}})"))  # (sizes a graph leaves unknown: when it runs)
         return self._to_sdpa(ops.unsqueeze(ops.unsqueeze(mask, 1), 1))
 
     def _attention_mask(self, mask, query, key, batch, target, source):
@@ -173,6 +176,12 @@ class MultiheadAttention(Module):
         if not fits:
             raise ShapeMismatchError(f"{self.describe()} expected attn_mask of shape (L, S) = {lengths} or "
                                      f"(N * num_heads, L, S) = {(heads,) + lengths}, received {shape}")
+        lengths = (target, source)  # (sizes a graph leaves unknown: checked when it runs, in the same words)
+        expected = lengths if len(shape) == 2 else (batch * self.num_heads,) + lengths
+        mask = input_checks.require_shape(mask, expected, lambda: (
+            f"{input_checks.literal(self.describe)} expected attn_mask of shape (L, S) = ({{}}, {{}}) or "
+            f"(N * num_heads, L, S) = ({{}}, {{}}, {{}}), received {input_checks.shape_template(len(shape))}"),
+            shown=lengths + (batch * self.num_heads,) + lengths)
         if len(shape) == 3:
             mask = ops.reshape(mask, (batch, self.num_heads, target, source))
         return self._to_sdpa(mask)

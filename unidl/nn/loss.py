@@ -271,6 +271,9 @@ class CrossEntropyLoss(_WeightedClassLoss):
         if len(_static_shape(logits)) == 1:  # one sample, (C,) against a label () or probabilities (C,)
             return self._unbatched(logits, target)
         probabilities = self._check_shapes(logits, target, probabilities_allowed=True)
+        if probabilities and self.ignore_index >= 0:  # (PyTorch's rule: a class index ignored means nothing there)
+            raise ValueError(f"{self.describe()}: ignore_index={self.ignore_index} applies to integer labels, not to "
+                             f"class probabilities (PyTorch refuses it); leave it at its default, -100")
         if (not probabilities and self.weight is None and not self.label_smoothing
                 and len(_static_shape(logits)) == 2):  # the fused kernel of each framework
             return self._ops.cross_entropy(logits, target, self.reduction, self.ignore_index)

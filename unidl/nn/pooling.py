@@ -5,6 +5,8 @@ padding counted in an average unless ``count_include_pad=False``, padding -inf f
 
 from __future__ import annotations
 
+import numpy as np
+
 from unidl import arguments, input_checks, ops as functional, spatial_ops
 from unidl.nn.conv import check_nchw
 from unidl.nn.module import Module
@@ -74,7 +76,10 @@ class MaxUnpool2d(Module):
 
         pool, unpool = ud.nn.MaxPool2d(2, return_indices=True), ud.nn.MaxUnpool2d(2)
         y, indices = pool(x)
-        restored = unpool(y, indices, output_size=x.shape)
+        restored = unpool(y, indices, output_size=ud.ops.shape(x))
+
+    (``ud.ops.shape``: ints, or scalar tensors for the sizes a graph leaves unknown, which ``x.shape`` gives as
+    None inside a TensorFlow graph, a ``ValueError`` saying so.)
     """
 
     def __init__(self, kernel_size, stride=None, padding=0):
@@ -83,8 +88,9 @@ class MaxUnpool2d(Module):
 
     def forward(self, x, indices, output_size=None):
         check_nchw(self, x, None)
-        if output_size is not None:  # (N and C may be unknown: x.shape inside a graph)
-            output_size = tuple(size if size is None or isinstance(size, bool) else int(size) for size in output_size)
+        if output_size is not None:  # (N and C may be unknown: x.shape inside a graph; sizes may be tensors)
+            output_size = tuple(int(size) if isinstance(size, (int, np.integer)) and not isinstance(size, bool)
+                                else size for size in output_size)
         return functional.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding, output_size)
 
     def extra_repr(self):

@@ -106,7 +106,7 @@ class RNNBase(Module):
             x = ops.unsqueeze(x, 1)
         states = self._state_parts(hx)
         if states is not None:
-            states = [self._checked_state(s, shape, batched) for s in states]
+            states = [self._checked_state(s, input, batched) for s in states]
         mask = None if lengths is None else self._mask(lengths, x, batched)
         finals = []
         for layer in range(self.num_layers):
@@ -179,16 +179,20 @@ class RNNBase(Module):
         if len(lengths.shape) != 1 or batch is not None and lengths.shape[0] not in (batch, None):
             raise ShapeMismatchError(f"{self.describe()} expected lengths of shape ({batch},) (one per sequence), "
                                      f"received {tuple(lengths.shape)}")
+        lengths = input_checks.require_shape(lengths, (ops.shape(x)[1],), lambda: (  # (when a graph runs)
+            f"{input_checks.literal(self.describe)} expected lengths of shape ({{}},) (one per sequence), "
+            f"received ({{}},)"))
         lengths = ops.check_index(lengths - 1, steps, f"{self.describe()} lengths - 1 (each length must lie in "
                                                       f"[1, sequence length])") + 1
         positions = ops.arange(0, steps, 1, "int64")
         return ops.unsqueeze(ops.unsqueeze(positions, 1) < ops.unsqueeze(lengths, 0), 2)
 
-    def _checked_state(self, state, input_shape, batched):
+    def _checked_state(self, state, input, batched):
         if isinstance(state, CONVERTED):  # (an LSTM's pair holds what a module's call converts: as ud.tensor does)
             state = input_checks.value_as_tensor(self.describe, "initial state", state)
         expected_rank = 3 if batched else 2
-        batch = (input_shape[0] if self.batch_first else input_shape[1]) if batched else None
+        batch_axis = 0 if self.batch_first else 1
+        batch = input.shape[batch_axis] if batched else None
         layers = self.num_layers * self.num_directions
         shape = tuple(state.shape)
         expected = (layers, batch, self.hidden_size) if batched else (layers, self.hidden_size)
@@ -197,6 +201,12 @@ class RNNBase(Module):
             shown = tuple("N" if e is None else e for e in expected)
             raise ShapeMismatchError(f"{self.describe()} expected an initial state of shape {shown} "
                                      f"(num_layers * num_directions, batch, hidden_size), received {shape}")
+        if batched:  # (sizes a graph leaves unknown: checked when it runs, in the same words)
+            expected = (layers, input_checks.sizes_of(input)[batch_axis], self.hidden_size)
+        state = input_checks.require_shape(state, expected, lambda: (
+            f"{input_checks.literal(self.describe)} expected an initial state of shape "
+            f"{input_checks.shape_template(expected_rank)} (num_layers * num_directions, batch, hidden_size), "
+            f"received {input_checks.shape_template(expected_rank)}"))
         input_checks.check_parameters_dtype(self.describe, state, self.weight_ih_l0, what="initial state")
         return state if batched else self._ops.unsqueeze(state, 1)
 

@@ -264,6 +264,8 @@ class OneCycleLR(LRScheduler):
         else:
             self.phases = [(rise, initial, self.max_lr), (total_steps - 1, self.max_lr, final)]
             self.momentum_phases = [(rise, high, low), (total_steps - 1, low, high)]
+        # its initial rate is every group's base rate, for a schedule built after it too (PyTorch's initial_lr)
+        optimizer.__dict__["_initial_lrs"] = [initial] * len(optimizer.param_groups)
         super().__init__(optimizer)
 
     def _update(self, initial: bool = False) -> None:

@@ -68,6 +68,11 @@ def is_off(value) -> bool:
     return isinstance(value, (bool, int, float)) and not value
 
 
+def _plain(value):
+    """An option as the optimizer holds it: a saved state's list (JSON's) as a tuple (``betas``)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def changeable_options(optimizer, group: int) -> dict:
     """Param group ``group``'s hyperparameters that may change after construction (``param_groups[i][key] =``),
     as {name: value}: what a graph backend keeps in variables."""
@@ -500,6 +505,9 @@ class Optimizer:
         with): a group's entry where the state has them (every option; an older state's, those changed since it
         was built, the rest as built), else the saved optimizer's ``hyper`` (one group with its options). ``l1``
         and ``initial_accumulator_value`` cannot change once built (``FIXED_OPTIONS``): they stay."""
+        given = set()  # fit's resume: the options given anew (other than the saved run's) win, as its rule says
+        if self.__dict__.get("_given_options_win") and isinstance(hyper, dict):
+            given = {k for k, v in self.hyper.items() if k in hyper and _plain(hyper[k]) != _plain(v)}
         targets = []
         for index, built in enumerate(self._built_options):
             saved = {}
@@ -507,7 +515,7 @@ class Optimizer:
                 saved = {k: v for k, v in hyper.items() if k in built}
             if entries is not None:
                 saved = {k: v for k, v in entries[index].items() if k not in ("lr", "size")}
-            targets.append({key: tuple(value) if isinstance(value, list) else value
+            targets.append({key: self.param_groups[index][key] if key in given else _plain(value)
                             for key, value in {**built, **saved}.items()})
         return targets
 

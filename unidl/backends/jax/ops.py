@@ -52,6 +52,7 @@ def abs(x):
 
 
 sign = _unwrapped(jnp.sign)
+stop_gradient = _unwrapped(jax.lax.stop_gradient)
 square = _unwrapped(jnp.square)
 where = _unwrapped(jnp.where)
 zeros_like = _unwrapped(jnp.zeros_like)

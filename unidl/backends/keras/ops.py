@@ -46,6 +46,10 @@ def _tensor(x):
     return x.value if isinstance(x, keras.Variable) else x
 
 
+def stop_gradient(x):
+    return K.stop_gradient(_tensor(x))
+
+
 def abs(x):
     # |x| with PyTorch's gradient at 0, sign(0) = 0 (JAX's abs gives 1); +0.0 for -0.0 (x * sign(x) gives -0.0 on TF)
     x = _tensor(x)

@@ -22,7 +22,8 @@ from unidl import config, devices
 from unidl.nn.module import training_modes
 from unidl.tracing import ModesReached, python_randomness_guard
 from unidl.backends.tensorflow import autograph_lambdas, fusion
-from unidl.backends.tensorflow.layout import export_graphs, tracing_export_graph, tracing_for_xla
+from unidl.backends.tensorflow.layout import (export_graphs, tracing_export_graph, tracing_for_xla,
+                                              tracing_kept_graph)
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
 from unidl.optim.param_groups import ConstantOptions
 
@@ -440,7 +441,10 @@ class GraphFunction:
             if graph is None:
                 graph = graphs[(id(self), key)] = self._graph_for(key, statics, packing, keep=False)
         else:
-            graph = self._graphs.get(key) or self._graph_for(key, statics, packing)
+            graph = self._graphs.get(key)
+            if graph is None:
+                with tracing_kept_graph():  # (called inside a shape check: the graph it keeps has the value rules)
+                    graph = self._graph_for(key, statics, packing)
         try:
             return graph(*tensors)
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed

@@ -82,6 +82,12 @@ def tracing_for_shapes():
     return _thread_flag("shapes", True)
 
 
+def tracing_kept_graph():
+    """Mark the graph traced in this block (a compiled function's own, which its cache keeps and every later call
+    runs) as no shape check, whatever its caller traces: its value rules are needed, a shape check's among them."""
+    return _thread_flag("shapes", False)
+
+
 def tracing_shape_graph() -> bool:
     """Whether the graph being traced in this thread is a shape check's (see ``tracing_for_shapes``)."""
     return getattr(_tracing, "shapes", False) and not tf.executing_eagerly()

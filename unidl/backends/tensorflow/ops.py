@@ -57,6 +57,7 @@ relu = elementwise(tf.nn.relu)
 sigmoid = elementwise(tf.sigmoid)
 tanh = elementwise(tf.tanh)
 exp = tf.exp
+stop_gradient = tf.stop_gradient
 log = tf.math.log
 sqrt = tf.sqrt
 square = tf.square
@@ -653,9 +654,10 @@ def clip(x, minimum=None, maximum=None):
 def as_dtype(x, dtype):
     """``x`` in ``dtype``: a Python or NumPy number made a constant of that dtype at once (``tf.cast`` of a Python
     float makes it a float32 tensor first: 0.05 in float64 became 0.05000000074505806), a tensor cast."""
-    if isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, bool):
+    number = isinstance(x, (float, int, np.floating, np.integer)) and not isinstance(x, bool)
+    if number and (tf.as_dtype(dtype).is_floating or isinstance(x, (int, np.integer))):
         return tf.constant(x, dtype)
-    return tf.cast(x, dtype)
+    return tf.cast(x, dtype)  # (a float for integers: truncated, as a cast does; tf.constant refuses it)
 
 
 def shape(x):

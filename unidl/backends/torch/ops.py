@@ -20,6 +20,7 @@ exp = torch.exp
 log = torch.log
 sqrt = torch.sqrt
 abs = torch.abs
+stop_gradient = torch.Tensor.detach
 sign = torch.sign
 square = torch.square
 where = torch.where
