@@ -1750,6 +1750,15 @@ WRONG_SHAPES = {  # name: (layer, its call, inputs (arrays), the one message eag
                          (SEQ, np.zeros((2, 4), bool)), "MultiheadAttention(embed_dim=4, num_heads=2, "
                          "batch_first=False) expected key_padding_mask of shape (2, 3) (batch, source length), "
                          "received (2, 4)"),
+    "unbatched key_padding_mask": (lambda: ud.nn.MultiheadAttention(4, 2),
+                                   lambda m, a, k: m(a, a, a, key_padding_mask=k), (SEQ[:, 0], np.zeros(4, bool)),
+                                   "MultiheadAttention(embed_dim=4, num_heads=2, batch_first=False) expected "
+                                   "key_padding_mask of shape (3,) (batch, source length), received (4,)"),
+    "unpooling to an inconsistent output_size": (
+        lambda: ud.nn.MaxUnpool2d(2), lambda m, v, i, big: m(v, i, output_size=ud.ops.shape(big)),
+        (np.ones((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.int64), np.ones((1, 1, 9, 9), np.float32)),
+        "max_unpool2d: output_size (9, 9) is inconsistent with the input: its height must lie strictly between 2 and "
+        "6 (input shape (1, 1, 2, 2))"),
     "attn_mask": (lambda: ud.nn.MultiheadAttention(4, 2), lambda m, a, k: m(a, a, a, attn_mask=k),
                   (SEQ, np.zeros((4, 3, 2), bool)), "MultiheadAttention(embed_dim=4, num_heads=2, batch_first=False) "
                   "expected attn_mask of shape (L, S) = (3, 3) or (N * num_heads, L, S) = (4, 3, 3), "

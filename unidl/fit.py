@@ -76,6 +76,7 @@ class Trainer:
         # micro-steps in the optimizer's accumulation window after the last batch (fit's accumulate): 0 after a batch
         # that updated the weights (``updated``), which a schedule stepped per update waits for
         self.accumulate, self.micro_steps = 1, 0
+        self.metrics = []  # the run's ud.metrics objects, training's and validation's
         self._trained_in_epoch = 0
         self.epoch_totals = None  # () -> the running sums of the epoch loop, for a checkpoint (set by fit)
         # the part of the epoch in progress that the loop's own sums do not hold (a checkpoint's totals, in a
@@ -413,6 +414,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     terminate_on_nan = any(isinstance(c, TerminateOnNaN) for c in callbacks)
     trainer.callbacks, trainer.carried_epoch = callbacks, None
     trainer.epochs = epochs  # for callbacks that show "epoch e/epochs" (ProgressBar)
+    trainer.metrics = [metric for accumulator in (train_metrics, validation_metrics) if accumulator is not None
+                       for metric in accumulator.metrics]  # (a callback's mode='auto' goes by their directions)
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
     if resume_from is not None:
@@ -723,10 +726,15 @@ def _scale_rates(optimizer, callbacks, new: float, old: float) -> None:
     """A new learning rate at a resume: every param group's rate, and every schedule's base rates, times new / old
     (each group set to ``new`` where the run started at 0)."""
     schedules = [s for s in (getattr(c, "schedule", None) for c in callbacks) if hasattr(s, "base_lrs")]
-    if not old:
-        optimizer.lr = new
+    if not old:  # (nothing to scale: each group at the rate its schedules give a run started at the new one)
         for schedule in schedules:
             schedule.base_lr = new
+        if "_initial_lrs" in optimizer.__dict__:
+            optimizer.__dict__["_initial_lrs"] = [new] * len(optimizer.param_groups)
+        rate = new
+        for schedule in schedules:
+            rate *= schedule.lr_at(schedule.last_epoch, 1.0)  # (the factor of each: a chain multiplies them)
+        optimizer.lr = rate
         return
     ratio = new / old
     for index, group in enumerate(optimizer.param_groups):

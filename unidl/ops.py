@@ -1067,8 +1067,8 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
 
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
-    broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1),
-    a first derivative only (no gradient of the gradient flows through it). ``target`` of another shape than
+    broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1;
+    below the floor a first derivative only). ``target`` of another shape than
     ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it."""
     probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
     target = cast_like(target, probabilities)
@@ -1076,13 +1076,21 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
                                                   names=("probabilities", "target"))
     weight = input_checks.weight_like("binary_cross_entropy", "weight", weight, probabilities)
     probabilities = input_checks.check_broadcasts_to("binary_cross_entropy", "weight", weight, probabilities)
-    # the value of the clamped logs; the gradient PyTorch's kernel gives, (p - t) / max(p (1 - p), 1e-12), through
-    # a term of value 0 (autodiff of the clamped logs gave NaN where a probability is exactly 0 or 1: a float32
-    # sigmoid of a logit past 17, a confident prediction, where PyTorch trains on)
-    held = stop_gradient(probabilities)
-    losses = -(target * clip(log(held), -100.0) + (1 - target) * clip(log(1 - held), -100.0))
-    slope = stop_gradient((probabilities - target) / maximum(probabilities * (1 - probabilities), 1e-12))
-    losses = losses + (probabilities - held) * slope
+    # PyTorch's kernel: computed in float32 at least (its floor, 1e-12, is 0 in float16), rounded once; its
+    # gradient (p - t) / max(p (1 - p), 1e-12) is the clamped logs' own where p (1 - p) >= 1e-12 (their second
+    # derivative too), and below that floor (a probability of exactly 0 or 1: a float32 sigmoid of a logit past
+    # 17), where autodiff of the logs gave NaN, a term of value 0 carries it, a first derivative only
+    narrow = dtype_kinds.dtype_name(probabilities.dtype) in ("float16", "bfloat16")
+    p = cast(probabilities, "float32") if narrow else probabilities
+    t = cast_like(target, p)
+    floored = p * (1 - p) < 1e-12
+    q = where(floored, zeros_like(p) + 0.5, p)  # (the logs' branch, never differentiated at 0 or 1)
+    logs = -(t * clip(log(q), -100.0) + (1 - t) * clip(log(1 - q), -100.0))
+    held = stop_gradient(p)
+    edge = -(t * clip(log(held), -100.0) + (1 - t) * clip(log(1 - held), -100.0))
+    losses = where(floored, edge + (p - held) * stop_gradient((p - t) / 1e-12), logs)
+    if narrow:
+        losses = cast_like(losses, probabilities)
     if weight is not None:
         losses = losses * weight
     return _reduced(losses, reduction)

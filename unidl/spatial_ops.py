@@ -274,11 +274,11 @@ def unpooled_size(owner, x, kernel_size, stride=None, padding=0, output_size=Non
         holds = input_checks.all_of([input_checks.holds(default - s < size), input_checks.holds(size < default + s)])
 
         def template(axis=axis):
-            return (f"{input_checks.literal(owner)}: output_size {given} is inconsistent with the input: its "
-                    f"{('height', 'width')[axis]} must lie strictly between {{}} and {{}} (input shape "
-                    f"{input_checks.shape_template(len(sizes))})")
+            return (f"{input_checks.literal(owner)}: output_size {input_checks.shape_template(len(given))} is "
+                    f"inconsistent with the input: its {('height', 'width')[axis]} must lie strictly between {{}} "
+                    f"and {{}} (input shape {input_checks.shape_template(len(sizes))})")
 
-        x = input_checks.require(x, holds, template, (default - s, default + s) + tuple(sizes))
+        x = input_checks.require(x, holds, template, tuple(given) + (default - s, default + s) + tuple(sizes))
     return given, x
 
 

@@ -2,13 +2,18 @@
 ``ReduceLROnPlateau``), as Keras 3's: the loss is minimized, a metric goes by its direction, any other name is an
 error asking for the mode (not a guess by the letters 'acc')."""
 
+import os
+import tempfile
+
+import numpy as np
 import pytest
 
 import unidl as ud
 
 BUILDERS = {
     "EarlyStopping": lambda monitor: ud.callbacks.EarlyStopping(monitor=monitor),
-    "ModelCheckpoint": lambda monitor: ud.callbacks.ModelCheckpoint("best.safetensors", monitor=monitor),
+    "ModelCheckpoint": lambda monitor: ud.callbacks.ModelCheckpoint(os.path.join(tempfile.mkdtemp(), "best.weights"),
+                                                                    monitor=monitor, save_weights_only=True),
     "ReduceLROnPlateau": lambda monitor: ud.callbacks.ReduceLROnPlateau(monitor=monitor),
 }
 DIRECTIONS = {"loss": "min", "val_loss": "min", "val_accuracy": "max", "acc": "max", "top5": "max", "val_f1": "max",
@@ -16,11 +21,26 @@ DIRECTIONS = {"loss": "min", "val_loss": "min", "val_accuracy": "max", "acc": "m
 
 
 @pytest.mark.parametrize("callback", BUILDERS)
-def test_auto_mode_follows_the_metrics_direction_as_keras(callback):
+def test_auto_mode_follows_the_metrics_direction_as_keras(callback, rng):
     """F1, AUC, precision and recall improve upwards (they were minimized: only names holding 'acc' were maximized),
-    errors and the loss downwards; a name of no known metric is a ``ValueError`` naming it and the fix, as Keras's."""
+    errors and the loss downwards. A name ud.metrics does not know is settled at the first comparison by the run's
+    metric of that name (a renamed accuracy improves upwards), and is a ``ValueError`` naming it and the fix where
+    the run has none, as Keras 3's."""
     for monitor, direction in DIRECTIONS.items():
         assert BUILDERS[callback](monitor).mode == direction, monitor
-    with pytest.raises(ValueError, match=rf"{callback} cannot tell whether 'score' improves upwards or downwards .* "
-                                         r"pass mode='max' or mode='min'"):
-        BUILDERS[callback]("score")
+    x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.integers(0, 2, 8)
+    model = ud.nn.Linear(3, 2)
+    for monitor, expected in (("my_acc", "max"), ("score", None)):
+        built = BUILDERS[callback](monitor)
+        if callback == "ModelCheckpoint":
+            built.save_best_only = True  # (else it compares nothing)
+        run = lambda: ud.fit(model, x, y, 4, 1, 0, loss="cross_entropy", optimizer="sgd", callbacks=[scored, built],
+                             metrics=[ud.metrics.Accuracy(name="my_acc")])
+        scored = ud.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(score=1.0))
+        if expected is None:
+            with pytest.raises(ValueError, match=rf"{callback} cannot tell whether 'score' improves upwards or "
+                                                 r"downwards .* pass mode='max' or mode='min'"):
+                run()
+        else:
+            run()
+            assert built.mode == expected and built.best > float("-inf")

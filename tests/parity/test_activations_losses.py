@@ -181,6 +181,10 @@ def test_saturated_probabilities_and_zero_or_negative_targets_as_torch(backend):
             results += [loss(a, b), ud.value_and_grad(lambda a, b=b, loss=loss: ud.ops.sum(loss(a, b)))(a)[1]]
         return tuple(results)
 
+    half = [np.array([1.0, 0.0, 0.3], np.float16), np.array([1.0, 0.0, 1.0], np.float16)]  # (a floor of 1e-12 is
+    # 0 in float16: computed in float32, as PyTorch's kernel, and rounded once)
+    expected_half = float(tnn.BCELoss()(*map(torch.from_numpy, half)))
+    assert float(ud.to_numpy(ud.nn.BCELoss()(*[ud.tensor(a, "float16") for a in half]))) == expected_half
     inputs = [ud.tensor(a.astype(np.float32)) for a in (SATURATED, BINARY, LOG_WITH_MINUS_INF, ZERO_TARGETS)]
     names = ["BCELoss value", "BCELoss gradient", "KLDivLoss values", "KLDivLoss gradient"]
     for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 
 class Callback:
     """Override any hook. ``logs`` holds the epoch's metrics ('loss', 'accuracy', 'val_loss', ...);
@@ -29,25 +31,44 @@ class Callback:
 def resolve_mode(owner: str, monitor: str, mode: str) -> str:
     """'min' or 'max' for ``mode``; 'auto' as Keras 3's callbacks decide: 'min' for the loss, else the direction of
     the metric the name is logged for (``Metric.direction``: up for accuracy, top-k, precision, recall, F1 and
-    AUC, down for MAE and MSE; 'val_' and 'weighted_' prefixes aside), and for any other name a ``ValueError``
-    asking for 'min' or 'max' (any name but one holding 'acc' was taken as 'min': F1 and AUC were minimized)."""
+    AUC, down for MAE and MSE; 'val_' and 'weighted_' prefixes aside). A name ``ud.metrics`` does not know stays
+    'auto' until the first comparison (``settle_mode``: the run's metric of that name decides, or it is an error;
+    any name but one holding 'acc' was taken as 'min': F1 and AUC were minimized)."""
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode != "auto":
         return mode
-    name = monitor.removeprefix("val_").removeprefix("weighted_")
-    if name == "loss":
-        return "min"
     from unidl import metrics
 
+    name = _metric_name(monitor)
+    if name == "loss":
+        return "min"
     try:
         direction = metrics.get(name).direction
     except ValueError:
-        direction = None
-    if direction is None:
-        raise ValueError(f"{owner} cannot tell whether {monitor!r} improves upwards or downwards (mode='auto' knows "
-                         f"the loss and ud.metrics' names); pass mode='max' or mode='min'")
-    return "max" if direction == "up" else "min"
+        return "auto"
+    return "auto" if direction is None else "max" if direction == "up" else "min"
+
+
+def _metric_name(monitor: str) -> str:
+    return monitor.removeprefix("val_").removeprefix("weighted_")
+
+
+def settle_mode(callback, owner: str) -> None:
+    """Resolve ``callback.mode`` left 'auto' by ``resolve_mode`` at its first comparison, as Keras 3: by the
+    direction of the metric of the run (``trainer.metrics``) logged under the monitored name (a renamed one, a
+    user's ``Metric`` with ``direction``), else a ``ValueError`` asking for 'min' or 'max'; ``callback.best``, still
+    an infinity, becomes the one of that mode."""
+    if callback.mode != "auto":
+        return
+    name = _metric_name(callback.monitor)
+    directions = [m.direction for m in getattr(getattr(callback, "trainer", None), "metrics", ()) if m.name == name]
+    if not directions or directions[0] is None:
+        raise ValueError(f"{owner} cannot tell whether {callback.monitor!r} improves upwards or downwards (mode='auto' "
+                         f"knows the loss and the direction of the run's metrics); pass mode='max' or mode='min'")
+    callback.mode = "max" if directions[0] == "up" else "min"
+    if math.isinf(callback.best):
+        callback.best = -math.inf if callback.mode == "max" else math.inf
 
 
 def monitored(owner: str, monitor: str, logs) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from unidl.callbacks.callback import Callback, resolve_mode
+from unidl.callbacks.callback import Callback, resolve_mode, settle_mode
 
 
 class EarlyStopping(Callback):
@@ -64,6 +64,7 @@ class EarlyStopping(Callback):
         self._best_state = dict(weights) if weights else None
 
     def _improved(self, value) -> bool:
+        settle_mode(self, "EarlyStopping")
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 
     def on_epoch_end(self, epoch, logs=None):

@@ -7,7 +7,7 @@ import math
 import os
 
 from unidl.distributed import process_group
-from unidl.callbacks.callback import Callback, monitored, resolve_mode
+from unidl.callbacks.callback import Callback, monitored, resolve_mode, settle_mode
 
 
 class ModelCheckpoint(Callback):
@@ -51,6 +51,7 @@ class ModelCheckpoint(Callback):
         self.best = float(state["best"])
 
     def _improved(self, value: float) -> bool:
+        settle_mode(self, "ModelCheckpoint")
         return value > self.best if self.mode == "max" else value < self.best
 
     def path_for(self, epoch: int, logs) -> str:

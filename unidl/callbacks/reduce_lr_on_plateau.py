@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from unidl.callbacks.callback import Callback, monitored, resolve_mode
+from unidl.callbacks.callback import Callback, monitored, resolve_mode, settle_mode
 
 
 class ReduceLROnPlateau(Callback):
@@ -70,6 +70,7 @@ class ReduceLROnPlateau(Callback):
         self._resumed = False
 
     def _improved(self, value: float) -> bool:
+        settle_mode(self, "ReduceLROnPlateau")
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 
     def on_epoch_end(self, epoch, logs=None):

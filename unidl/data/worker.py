@@ -74,11 +74,11 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
     arrays = tuple(arrays) if isinstance(arrays, (tuple, list)) else (arrays,)
     for position, field in enumerate(arrays):
         kind = getattr(getattr(field, "dtype", None), "kind", None)
-        if isinstance(field, (dict, list, tuple)) or kind in ("O", "U", "S"):
+        if isinstance(field, (dict, str, bytes)) or kind in ("O", "U", "S"):  # (a list of numbers converts)
             what = type(field).__name__ if kind is None else f"an array of dtype {field.dtype}"
             raise TypeError(f"a DataLoader batch is a tuple of arrays of numbers; the collate of samples "
                             f"({getattr(collate_fn, '__name__', 'collate_fn')}) gave {what} as field {position} (a "
-                            f"dict of inputs, strings, ragged rows): each framework refused it in words of its own")
+                            f"dict of inputs, strings, objects): each framework refused it in words of its own")
     return arrays
 
 

@@ -150,17 +150,20 @@ class MultiheadAttention(Module):
         mask = self._as_tensor(mask)
         input_checks.check_mask(self.describe, "key_padding_mask", mask, query)
         expected = (key.shape[0], key.shape[1]) if batched else (key.shape[1],)
-        if not batched and len(mask.shape) == 1:
-            mask = ops.unsqueeze(mask, 0)
-        shape = tuple(mask.shape)
+        given = tuple(mask.shape)  # (an unbatched call's (S,) mask, or its (1, S))
+        shape = given if batched or len(given) != 1 else (1,) + given
         if len(shape) != 2 or any(a is not None and b is not None and a != b
                                   for a, b in zip(shape, (key.shape[0], key.shape[1]))):
             raise ShapeMismatchError(f"{self.describe()} expected key_padding_mask of shape "
                                      f"{tuple('N' if e is None else e for e in expected)} (batch, source length), "
-                                     f"received {shape}")
-        mask = input_checks.require_shape(mask, input_checks.sizes_of(key)[:2], lambda: (
-            f"{input_checks.literal(self.describe)} expected key_padding_mask of shape ({{}}, {{}}) (batch, source "
-            f"length), received ({{}}, {{}})"))  # (sizes a graph leaves unknown: when it runs)
+                                     f"received {given}")
+        wanted = input_checks.sizes_of(key)[:2][-len(given):]  # (sizes a graph leaves unknown: when it runs)
+        mask = input_checks.require_shape(mask, wanted, lambda: (
+            f"{input_checks.literal(self.describe)} expected key_padding_mask of shape "
+            f"{input_checks.shape_template(len(expected))} (batch, source length), received "
+            f"{input_checks.shape_template(len(given))}"), shown=input_checks.sizes_of(key)[:2][-len(expected):])
+        if len(given) == 1:
+            mask = ops.unsqueeze(mask, 0)
         return self._to_sdpa(ops.unsqueeze(ops.unsqueeze(mask, 1), 1))
 
     def _attention_mask(self, mask, query, key, batch, target, source):
