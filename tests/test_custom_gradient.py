@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import unidl as ud
 
@@ -123,3 +124,53 @@ def test_dropped_functions_with_custom_gradients_leave_no_graph_behind(backend):
         assert _graphs_alive() == before
     finally:
         gc.unfreeze()
+
+
+def test_a_gradient_of_a_gradient_is_torchs_on_every_backend(backend):
+    """``ud.grad`` inside a differentiated function gives a differentiable gradient on every backend, as
+    ``torch.autograd.grad(create_graph=True)``: a Hessian-vector product (eagerly and inside ``ud.function``) and a
+    gradient penalty in a train step's loss (WGAN-GP's) against plain PyTorch. On torch's backend the inner gradient
+    was cut from the graph (its second derivative 0, the penalty trained nothing)."""
+    x0, v0 = np.array([0.3, -1.2, 2.0]), np.array([1.0, 0.5, -2.0])
+    xt = torch.tensor(x0, requires_grad=True)
+    (g,) = torch.autograd.grad((xt ** 3).sum() * (xt ** 2).sum(), xt, create_graph=True)
+    (hvp,) = torch.autograd.grad((g * torch.tensor(v0)).sum(), xt)
+
+    def hessian_vector(x, v):
+        return ud.grad(lambda a: ud.ops.sum(ud.grad(lambda b: ud.ops.sum(b ** 3) * ud.ops.sum(b * b))(a) * v))(x)
+
+    with ud.use_dtype("float64"):
+        for function in (hessian_vector, ud.function(hessian_vector)):
+            got = ud.to_numpy(function(ud.tensor(x0), ud.tensor(v0)))
+            np.testing.assert_allclose(got, hvp.numpy(), rtol=1e-12)
+    # a gradient penalty on the inputs, in a train step's loss: the weights' gradient runs through the gradient
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 1))
+    weight, bias = rng.standard_normal((1, 3)), rng.standard_normal(1)
+    tw, tb = torch.tensor(weight, requires_grad=True), torch.tensor(bias, requires_grad=True)
+    tx = torch.tensor(x, requires_grad=True)
+    out = torch.tanh(tx @ tw.T + tb)
+    (slope,) = torch.autograd.grad(out.sum(), tx, create_graph=True)
+    loss = ((out - torch.tensor(y)) ** 2).mean() + (slope ** 2).sum()
+    loss.backward()
+    expected = weight - 0.1 * tw.grad.numpy()
+
+    class Penalized(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = ud.nn.Linear(3, 1)
+
+        def forward(self, x):
+            out = ud.ops.tanh(self.linear(x))
+            slope = ud.grad(lambda a: ud.ops.sum(ud.ops.tanh(self.linear(a))))(x)
+            return ud.ops.concat([out, ud.ops.reshape(ud.ops.sum(slope * slope), (1, 1)) + out * 0], 1)
+
+    class PenalizedLoss(ud.nn.Module):
+        def forward(self, outputs, target):
+            return ud.ops.mean((outputs[:, :1] - target) ** 2) + outputs[0, 1]
+
+    with ud.use_dtype("float64"):
+        model = Penalized()
+        model.linear.load_state_dict({"weight": weight, "bias": bias})
+        ud.train_step(model, PenalizedLoss(), ud.optim.SGD(model.parameters(), lr=0.1))(x, y)
+        np.testing.assert_allclose(ud.to_numpy(model.linear.weight), expected, rtol=1e-10)

@@ -11,6 +11,7 @@ the canonical layout (NCHW activations, OIHW kernels, ``(out, in)`` linear weigh
 from __future__ import annotations
 
 import abc
+import contextlib
 from typing import Any, Callable
 
 import numpy as np
@@ -110,6 +111,12 @@ class Backend(abc.ABC):
         """True where ``tensor()`` copies host batches to ``device`` through pinned (page-locked) memory, so
         that a loader's ``pin_memory=True`` is honoured; the default says no."""
         return False
+
+    def differentiated(self):
+        """A context manager marking its block as a computation a framework's trainer differentiates (Keras's own
+        train step on this framework), for a backend whose gradients inside one must be made differentiable
+        (torch: ``create_graph``); nothing to do by default (JAX and TensorFlow differentiate through them)."""
+        return contextlib.nullcontext()
 
     def is_concrete(self, tensor) -> bool:
         """True when ``tensor``'s values can be read now; False for a symbolic tensor of a graph being

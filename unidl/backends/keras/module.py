@@ -178,8 +178,11 @@ class NativeModel(keras.Model):
         module = self._unidl_module
         inputs = tuple(x) if isinstance(x, (tuple, list)) else (x,)  # (x, *extra step inputs)
         try:
-            if training is None or training:
-                return _as_the_loss_takes_it(_one_output(module, module(*inputs)) if training else module(*inputs))
+            if training:  # (Keras's train step differentiates it: a ud.grad inside is differentiable on every host)
+                with HOST.differentiated():
+                    return _as_the_loss_takes_it(_one_output(module, module(*inputs)))
+            if training is None:
+                return _as_the_loss_takes_it(module(*inputs))
             modes = [(m, m.training) for m in module.modules()]
             module.eval()
             try:
@@ -717,4 +720,5 @@ class NativeLoss(keras.losses.Loss):
         return scale_loss_for_distribution(self._unidl_loss(y_pred, y_true))
 
     def call(self, y_true, y_pred):
-        return self._unidl_loss(y_pred, y_true)
+        with HOST.differentiated():
+            return self._unidl_loss(y_pred, y_true)

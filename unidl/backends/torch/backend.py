@@ -16,6 +16,7 @@ from unidl.backends.torch import function as torch_function
 from unidl.backends.torch import precision as torch_precision
 from unidl.backends.torch import distributed as torch_distributed
 from unidl.backends.torch import graph as torch_graph
+from unidl.backends.torch import nesting
 from unidl.backends.torch.module import NativeModule
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, native_optimizer, torch_window
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
@@ -278,7 +279,7 @@ class Backend(BackendInterface):
                 native.zero_grad(set_to_none=True)
             updates = len(window) + 1 >= accumulate
             # under DDP only the update micro-step all-reduces; the others add to this rank's .grad (no_sync)
-            with torch_distributed.gradient_sync(forward, updates):
+            with torch_distributed.gradient_sync(forward, updates), nesting.differentiated():
                 outputs = forward(x, *inputs)
                 loss = loss_fn(outputs, y)
                 # the window's losses, which the guard checks (under DDP: with the job's marker, from the gradients'
@@ -337,27 +338,36 @@ class Backend(BackendInterface):
         array made the forward float64 here alone); numbers and anything else as they are."""
         return tuple(self.to_input(v) if isinstance(v, (np.ndarray, torch.Tensor)) else v for v in inputs)
 
+    def differentiated(self):
+        return nesting.differentiated()
+
     def value_and_grad(self, f, args, argnums, params):
+        # inside another value_and_grad's function (a gradient of a gradient: a Hessian-vector product, MAML) the
+        # gradient is itself differentiable, as JAX's and TensorFlow's are: torch.autograd.grad's create_graph, the
+        # arguments not cut from the outer graph, nothing detached (the inner gradients were constants: 0)
+        nested = nesting.nested()
         args = list(args)
         if argnums is not None:
             check_float([args[i] for i in argnums], "argument")
             for i in argnums:  # a tensor in its own dtype (torch.autograd's), an array in unidl's
                 arg = args[i]
                 arg = arg.to(device=self.current_device()) if isinstance(arg, torch.Tensor) else self.tensor(arg)
-                args[i] = arg.detach().requires_grad_(True)
+                args[i] = arg if nested and arg.requires_grad else arg.detach().requires_grad_(True)
             targets = [args[i] for i in argnums]
         else:
             check_float(params, "parameter")
             targets = params
         with torch.enable_grad():
-            value = f(*args)
+            with nesting.differentiated():
+                value = f(*args)
             check_scalar(value, self.name)
             # a value that depends on none of the targets has no graph: each gradient is then None (or zeros)
-            grads = (torch.autograd.grad(value, targets, allow_unused=True) if value.requires_grad
+            grads = (torch.autograd.grad(value, targets, allow_unused=True, create_graph=nested) if value.requires_grad
                      else [None] * len(targets))
+        value = value if nested else value.detach()
         if argnums is None:
-            return value.detach(), list(grads)  # None for an unused parameter: step() and apply() skip it
-        return value.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
+            return value, list(grads)  # None for an unused parameter: step() and apply() skip it
+        return value, [torch.zeros_like(t) if g is None else g for g, t in zip(grads, targets)]
 
     def check_shapes(self, model, loss_fn, x, y):
         pass  # eager: the layers' own checks run on every real call

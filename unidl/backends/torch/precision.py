@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from unidl.backends.torch.distributed import backward, data_parallel, gradient_sync, update_losses
+from unidl.backends.torch.nesting import differentiated
 from unidl.backends.torch.ops import _tree_map
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
@@ -86,7 +87,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
         if not window:
             native.zero_grad(set_to_none=True)
         updates = len(window) + 1 == accumulate
-        with gradient_sync(forward, updates):
+        with gradient_sync(forward, updates), differentiated():
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 outputs = forward(x, *inputs)
             outputs = _tree_map(_float32, outputs)  # (a tensor, or tuples, lists and dicts of them)

@@ -1,0 +1,26 @@
+"""Whether torch code runs inside a computation unidl differentiates (a ``value_and_grad`` function, a train step's
+forward and loss): a ``ud.grad`` there returns a differentiable gradient (``torch.autograd.grad``'s
+``create_graph``), as JAX's and TensorFlow's are, so that a gradient of a gradient (a Hessian-vector product, MAML,
+a gradient penalty in a loss) is not silently 0 on torch alone."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+_DEPTH = contextvars.ContextVar("unidl_torch_differentiated", default=0)
+
+
+def nested() -> bool:
+    """Whether this code runs inside a differentiated computation."""
+    return _DEPTH.get() > 0
+
+
+@contextlib.contextmanager
+def differentiated():
+    """The block as a computation unidl differentiates (see the module doc)."""
+    token = _DEPTH.set(_DEPTH.get() + 1)
+    try:
+        yield
+    finally:
+        _DEPTH.reset(token)
