@@ -245,6 +245,29 @@ def test_an_option_torch_has_and_unidl_does_not_is_an_error_not_ignored(build, o
             build(Holder().parameters())
 
 
+@pytest.mark.parametrize("build, neutral", [
+    (ud.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0, maximize=False, foreach=None, differentiable=False)),
+    (ud.optim.Adam, dict(lr=0.01, amsgrad=False, fused=None, capturable=False, maximize=False)),
+    (ud.optim.RMSprop, dict(lr=0.01, momentum=0, centered=False, foreach=False)),
+    (ud.optim.Adagrad, dict(lr=0.1, lr_decay=0)),
+])
+def test_torchs_options_at_their_defaults_build_and_train_as_without_them(backend, build, neutral):
+    """A ``torch.optim`` call copied as it is, with the options whose defaults are unidl's rule (``dampening=0``,
+    ``amsgrad=False``, ``foreach=None``, ...): it builds and trains as without them (each was a ``TypeError``);
+    any other value stays one."""
+    plain = {k: v for k, v in neutral.items() if k == "lr" or (k == "momentum" and build is ud.optim.SGD)}
+    runs = []
+    for options in (neutral, plain):
+        holder = Holder()
+        optimizer = build(holder.parameters(), **options)
+        for grads in GRADS[:3]:
+            optimizer.apply([ud.tensor(grads)])
+        runs.append(holder.state_dict()["w"])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    with pytest.raises(TypeError, match="has no option 'dampening'"):
+        build(Holder().parameters(), **{**plain, "dampening": 0.1})
+
+
 def test_setting_negative_lr_is_rejected(backend):
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="lr=-1 is invalid"):

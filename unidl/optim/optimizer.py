@@ -37,11 +37,22 @@ def _is_unidl_class(cls) -> bool:
 CLIPPING_OPTIONS = ("clip_grad_norm", "clip_grad_value", "clip_per_tensor")
 
 
+#: ``torch.optim``'s options of a rule unidl does not implement, at the values that leave the rule as unidl's is
+#: (their defaults; ``foreach``/``fused``/``capturable``/``differentiable`` choose kernels, not the arithmetic)
+TORCH_NEUTRAL_OPTIONS = {"dampening": (0,), "maximize": (False,), "amsgrad": (False,), "centered": (False,),
+                         "lr_decay": (0,), "momentum": (0,), "foreach": (None, False), "fused": (None, False),
+                         "capturable": (False,), "differentiable": (False,)}
+
+
 def clipping_options(optimizer_class, options: dict) -> dict:
-    """``options`` (what a built-in optimizer's ``**clipping`` caught) when they are gradient-clipping keywords only.
-    Any other (``torch.optim``'s ``amsgrad``, ``dampening``, ``maximize``, RMSprop's ``momentum`` and ``centered``,
-    Adagrad's ``lr_decay``: rules unidl does not implement) is a ``TypeError`` naming it and what the class takes,
-    never a hyperparameter kept and silently ignored."""
+    """``options`` (what a built-in optimizer's ``**clipping`` caught) when they are gradient-clipping keywords,
+    and ``torch.optim``'s options at the values that leave unidl's rule as it is (``TORCH_NEUTRAL_OPTIONS``: a
+    ``torch.optim`` call copied with ``dampening=0`` or ``foreach=None`` builds; they are dropped). Any other
+    (``amsgrad=True``, ``dampening=0.5``, ``maximize=True``, RMSprop's ``momentum`` and ``centered``, Adagrad's
+    ``lr_decay``: rules unidl does not implement) is a ``TypeError`` naming it and what the class takes, never a
+    hyperparameter kept and silently ignored."""
+    options = {key: value for key, value in options.items()
+               if not (key in TORCH_NEUTRAL_OPTIONS and _neutral(value, TORCH_NEUTRAL_OPTIONS[key]))}
     unknown = [key for key in options if key not in CLIPPING_OPTIONS]
     if unknown:
         import inspect
@@ -52,6 +63,11 @@ def clipping_options(optimizer_class, options: dict) -> dict:
         raise TypeError(f"{owner} has no option {', '.join(map(repr, unknown))}: unidl's {owner} does not implement "
                         f"it (it would be ignored); {owner} takes {', '.join([*named, *CLIPPING_OPTIONS])}")
     return options
+
+
+def _neutral(value, neutral: tuple) -> bool:
+    """Whether ``value`` is one of ``neutral`` (None only where None is one; False is 0, as torch.optim takes it)."""
+    return any(value is n or (n is not None and value is not None and value == n) for n in neutral)
 
 
 def scalar_like(value, like, ops):
