@@ -1083,12 +1083,13 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     narrow = dtype_kinds.dtype_name(probabilities.dtype) in ("float16", "bfloat16")
     p = cast(probabilities, "float32") if narrow else probabilities
     t = cast_like(target, p)
+    def clamped_logs(q):
+        return -(t * clip(log(q), -100.0) + (1 - t) * clip(log(1 - q), -100.0))
+
     floored = p * (1 - p) < 1e-12
-    q = where(floored, zeros_like(p) + 0.5, p)  # (the logs' branch, never differentiated at 0 or 1)
-    logs = -(t * clip(log(q), -100.0) + (1 - t) * clip(log(1 - q), -100.0))
     held = stop_gradient(p)
-    edge = -(t * clip(log(held), -100.0) + (1 - t) * clip(log(1 - held), -100.0))
-    losses = where(floored, edge + (p - held) * stop_gradient((p - t) / 1e-12), logs)
+    logs = clamped_logs(where(floored, zeros_like(p) + 0.5, p))  # (never differentiated at 0 or 1)
+    losses = where(floored, clamped_logs(held) + (p - held) * stop_gradient((p - t) / 1e-12), logs)
     if narrow:
         losses = cast_like(losses, probabilities)
     if weight is not None:

@@ -49,9 +49,9 @@ class LRScheduler:
         its building takes."""
         return self.lr_at(epoch, base_lr)
 
-    def lr_at(self, epoch: int, base_lr: float | None = None) -> float:
-        """The rate at ``epoch`` of a group of base rate ``base_lr`` (the first group's by default) had nothing else
-        changed it: PyTorch's closed form (``fit``'s resume with a new lr continues the schedule from it)."""
+    def lr_at(self, epoch: int, base_lr: float) -> float:
+        """The rate at ``epoch`` of a group of base rate ``base_lr`` had nothing else changed it: PyTorch's closed
+        form (``fit``'s resume from a run at lr 0 takes each schedule's factor from it)."""
         raise NotImplementedError
 
     def step(self) -> float:
@@ -111,8 +111,8 @@ class StepLR(LRScheduler):
     def next_lr(self, lr, base_lr, epoch, initial):
         return lr if epoch == 0 or epoch % self.step_size else lr * self.gamma
 
-    def lr_at(self, epoch, base_lr=None):
-        return (self.base_lr if base_lr is None else base_lr) * self.gamma ** (epoch // self.step_size)
+    def lr_at(self, epoch, base_lr):
+        return base_lr * self.gamma ** (epoch // self.step_size)
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -132,8 +132,7 @@ class CosineAnnealingLR(LRScheduler):
         return ((1 + math.cos(math.pi * epoch / self.T_max)) / (1 + math.cos(math.pi * (epoch - 1) / self.T_max))
                 * (lr - self.eta_min) + self.eta_min)
 
-    def lr_at(self, epoch, base_lr=None):
-        base_lr = self.base_lr if base_lr is None else base_lr
+    def lr_at(self, epoch, base_lr):
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
 
@@ -147,8 +146,8 @@ class ExponentialLR(LRScheduler):
     def next_lr(self, lr, base_lr, epoch, initial):
         return lr if initial else lr * self.gamma
 
-    def lr_at(self, epoch, base_lr=None):
-        return (self.base_lr if base_lr is None else base_lr) * self.gamma ** epoch
+    def lr_at(self, epoch, base_lr):
+        return base_lr * self.gamma ** epoch
 
 
 class MultiStepLR(LRScheduler):
@@ -169,9 +168,8 @@ class MultiStepLR(LRScheduler):
         count = self.milestones.count(epoch)
         return lr * self.gamma ** count if count else lr
 
-    def lr_at(self, epoch, base_lr=None):
-        passed = bisect.bisect_right(self.milestones, epoch)
-        return (self.base_lr if base_lr is None else base_lr) * self.gamma ** passed
+    def lr_at(self, epoch, base_lr):
+        return base_lr * self.gamma ** bisect.bisect_right(self.milestones, epoch)
 
 
 class LinearLR(LRScheduler):
@@ -195,10 +193,9 @@ class LinearLR(LRScheduler):
         change = self.end_factor - self.start_factor
         return lr * (1.0 + change / (self.total_iters * self.start_factor + (epoch - 1) * change))
 
-    def lr_at(self, epoch, base_lr=None):
+    def lr_at(self, epoch, base_lr):
         done = min(epoch, self.total_iters) / self.total_iters
-        return (self.base_lr if base_lr is None else base_lr) * (
-            self.start_factor + (self.end_factor - self.start_factor) * done)
+        return base_lr * (self.start_factor + (self.end_factor - self.start_factor) * done)
 
 
 class LambdaLR(LRScheduler):
@@ -211,8 +208,8 @@ class LambdaLR(LRScheduler):
         self.lr_lambda = lr_lambda
         super().__init__(optimizer)
 
-    def lr_at(self, epoch, base_lr=None):
-        return (self.base_lr if base_lr is None else base_lr) * float(self.lr_lambda(epoch))
+    def lr_at(self, epoch, base_lr):
+        return base_lr * float(self.lr_lambda(epoch))
 
 
 class OneCycleLR(LRScheduler):
@@ -281,7 +278,7 @@ class OneCycleLR(LRScheduler):
             return (end - start) * fraction + start
         return end + (start - end) / 2.0 * (math.cos(math.pi * fraction) + 1)
 
-    def lr_at(self, epoch, base_lr=None):
+    def lr_at(self, epoch, base_lr):
         if epoch > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {epoch} times, past its total_steps={self.total_steps}")
         return self._along(self.phases, epoch)

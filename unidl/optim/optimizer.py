@@ -526,11 +526,10 @@ class Optimizer:
             given = {k for k, v in self.hyper.items() if k in hyper and _plain(hyper[k]) != _plain(v)}
         targets = []
         for index, built in enumerate(self._built_options):
-            saved = {}
-            if entries is None and isinstance(hyper, dict):
-                saved = {k: v for k, v in hyper.items() if k in built}
             if entries is not None:
                 saved = {k: v for k, v in entries[index].items() if k not in ("lr", "size")}
+            else:
+                saved = {k: v for k, v in hyper.items() if k in built} if isinstance(hyper, dict) else {}
             targets.append({key: self.param_groups[index][key] if key in given else _plain(value)
                             for key, value in {**built, **saved}.items()})
         return targets
