@@ -43,7 +43,7 @@ from unidl.backends.jax.function import (JaxFunction, StatefulJit, _CONCRETIZATI
                                          _signature, checkified, custom_gradient, inside_a_trace,
                                          raise_failed_check, traced_forward_error)
 from unidl.backends.jax.module import NativeModule  # noqa: E402
-from unidl.backends.jax.optimizer import JaxOptimizer, write_scalar  # noqa: E402
+from unidl.backends.jax.optimizer import JaxOptimizer  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
 from unidl.nn.module import trainable_mask, training_modes  # noqa: E402
 from unidl.tracing import python_randomness_guard, python_randomness_preserved, python_randomness_state  # noqa: E402
@@ -275,7 +275,7 @@ class Backend(BackendInterface):
             return JaxOptimizer(optimizer, jax_ops)
 
     def set_learning_rate(self, optimizer, lr, group=0):
-        write_scalar(optimizer.native.learning_rates[group], lr)
+        jax_variable.written_in_place(optimizer.native.learning_rates[group], lr)
 
     def set_group_options(self, optimizer, group, keys):
         from unidl.backends.jax.optimizer import set_group_options
@@ -290,9 +290,9 @@ class Backend(BackendInterface):
 
     def load_optimizer_state(self, optimizer, step, slots, param_steps):
         native = optimizer.native
-        write_scalar(native.iterations, step)  # (on the state's device, not JAX's default one)
+        jax_variable.written_in_place(native.iterations, step)  # (on the state's device, not JAX's default one)
         for variable, count in zip(native.param_steps or [], param_steps or []):
-            write_scalar(variable, count)
+            jax_variable.written_in_place(variable, count)
         for variables, entry in zip(native.slot_variables, slots):
             for name, value in entry.items():
                 self.assign(variables[name], value)

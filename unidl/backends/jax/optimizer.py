@@ -195,13 +195,7 @@ def _option_variables(value):
 
 def set_group_options(optimizer, group: int, keys) -> None:
     """Write options ``keys`` of param group ``group`` into their variables (read by the next step)."""
-    write_group_options(optimizer, group, keys, write_scalar)
-
-
-def write_scalar(variable, value) -> None:
-    """Set a scalar variable (a learning rate, an option) from a Python number, on its device: through NumPy,
-    half the cost of ``jnp.asarray`` (a scheduler writes one every step)."""
-    written_in_place(variable, value)
+    write_group_options(optimizer, group, keys, written_in_place)  # (through NumPy: half jnp.asarray's cost)
 
 
 def _guarded_assign(variable, value, update) -> None:
