@@ -83,9 +83,19 @@ class NativeModel(keras.Model):
     def _symbolic_build(self, *args, **kwargs):
         """Keras's abstract pass over the forward before its first step (``train_on_batch``'s, to build the
         metrics): not a step, so it draws nothing from Python's ``random`` that the step would (a forward that
-        draws its depth trained on another on Keras-on-torch and Keras-on-JAX than on every other backend)."""
-        with python_randomness_preserved():
-            return super()._symbolic_build(*args, **kwargs)
+        draws its depth trained on another on Keras-on-torch and Keras-on-JAX than on every other backend). Where it
+        builds the compiled loss over the outputs, a forward of several outputs is ``_one_output``'s ``TypeError``
+        there, before Keras's ``KeyError`` about loss paths (Keras-on-torch's ``train_on_batch`` builds so)."""
+        token = _LOSS_BUILT_OVER_OUTPUTS.set(getattr(self, "_compile_loss", None) is not None)
+        try:
+            with python_randomness_preserved():
+                return super()._symbolic_build(*args, **kwargs)
+        except RuntimeError as error:  # (Keras's "Unable to automatically build the model" around any but a ValueError)
+            if isinstance(error.__context__, _SeveralOutputs):
+                raise error.__context__ from None
+            raise
+        finally:
+            _LOSS_BUILT_OVER_OUTPUTS.reset(token)
 
     def compute_loss_and_updates(self, trainable_variables, *args, **kwargs):
         """Keras's loss for ``jax.grad`` where its trainer threads the state as values (Keras-on-JAX), with the
@@ -186,7 +196,10 @@ class NativeModel(keras.Model):
             modes = [(m, m.training) for m in module.modules()]
             module.eval()
             try:
-                return _as_the_loss_takes_it(module(*inputs))
+                outputs = module(*inputs)
+                if _LOSS_BUILT_OVER_OUTPUTS.get():
+                    outputs = _one_output(module, outputs)
+                return _as_the_loss_takes_it(outputs)
             finally:
                 restore_modes(modes)
         except Exception as error:
@@ -208,15 +221,24 @@ def _draws_frozen_warned(native):
     return python_randomness_guard(f"train_step of {native.name}")  # (named as Keras-on-TensorFlow names it)
 
 
+#: True in Keras's abstract pass before a first step (``_symbolic_build``) where that pass builds a compiled loss
+_LOSS_BUILT_OVER_OUTPUTS: contextvars.ContextVar[bool] = contextvars.ContextVar("unidl_loss_built", default=False)
+
+
+class _SeveralOutputs(TypeError):
+    """``_one_output``'s error: a forward of several outputs where Keras's trainer takes one."""
+
+
 def _one_output(module, outputs):
     """``outputs`` of ``module``'s forward in Keras's train step, where its loss takes them, if one tensor: Keras's
     trainer matches a loss to each of several outputs, and one loss over a tuple, list or dict of outputs (which
     the other backends' steps take) is a ``TypeError`` here, where Keras raised a ``KeyError`` about paths."""
     if isinstance(outputs, (tuple, list, dict)):
-        raise TypeError(f"the keras backend trains a forward that returns one tensor (Keras's trainer matches a loss "
-                        f"to each output): {type(module).__name__}'s returns a {type(outputs).__name__} of "
-                        f"{len(outputs)}; return one tensor (concatenate them, and split them in the loss), or train "
-                        f"this model on the torch, tensorflow or jax backend, whose steps hand the loss any outputs")
+        raise _SeveralOutputs(
+            f"the keras backend trains a forward that returns one tensor (Keras's trainer matches a loss to each "
+            f"output): {type(module).__name__}'s returns a {type(outputs).__name__} of {len(outputs)}; return one "
+            f"tensor (concatenate them, and split them in the loss), or train this model on the torch, tensorflow or "
+            f"jax backend, whose steps hand the loss any outputs")
     return outputs
 
 
