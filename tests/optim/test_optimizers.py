@@ -347,6 +347,26 @@ def test_torch_style_zero_grad_and_step():
         optimizer.zero_grad()
         assert all(p.grad is None for p in model.parameters())
         assert isinstance(optimizer.native, torch.optim.SGD)
+        loss = ud.nn.MSELoss()(model(ud.tensor(np.ones((2, 4)))), ud.tensor(np.zeros((2, 1))))
+        loss.backward()
+        optimizer.zero_grad(set_to_none=False)  # torch.optim's option: zeros kept in place
+        assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "keras", "jax"])
+def test_defaults_as_torch_optim_and_add_param_group_refused(name):
+    """``defaults`` holds the constructor's options (``torch.optim``'s attribute); ``add_param_group`` is one
+    ``NotImplementedError`` naming the alternative on every backend (an ``AttributeError`` before)."""
+    with ud.use_backend(name):
+        model = ud.models.TwoLayerNet(4, 3, 1)
+        first, rest = model.parameters()[:1], model.parameters()[1:]
+        optimizer = ud.optim.Adam([{"params": first, "lr": 0.1}, {"params": rest}], lr=1e-3, weight_decay=0.01)
+        assert optimizer.defaults == {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01,
+                                      "l1": 0.0}
+        optimizer.zero_grad(set_to_none=False)  # (nothing stored off torch: a no-op, as zero_grad())
+        with pytest.raises(NotImplementedError, match=r"keeps the parameter groups it was built with; build a new "
+                                                      r"optimizer over every group"):
+            optimizer.add_param_group({"params": rest})
 
 
 @pytest.mark.parametrize("name", ["tensorflow", "keras", "jax"])

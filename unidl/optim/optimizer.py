@@ -169,6 +169,7 @@ class Optimizer:
         self.hyper = dict(hyper)
         self.hyper["l1"] = check_range(owner, "l1", l1)
         self._lr = check_range(owner, "lr", lr)
+        self._default_lr = self._lr
         self.clipping = check_clipping(owner, clip_grad_norm, clip_grad_value, clip_per_tensor)
         self.param_groups, self._rules, self._group_rules = [], [], []
         for index, (members, options) in enumerate(groups):
@@ -357,9 +358,24 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}.apply got {len(grads)} gradients for {len(self.params)} parameters")
         self._backend.apply_gradients(self, [g if is_trainable(p) else None for p, g in zip(self.params, grads)])
 
-    def zero_grad(self) -> None:
-        """Clear gradients left by ``backward()`` (torch backend); a no-op elsewhere, where gradients are returned, not stored."""
-        self._backend.zero_grad(self)
+    @property
+    def defaults(self) -> dict:
+        """The options given to the constructor, ``lr`` first (``torch.optim.Optimizer.defaults``): a copy, which
+        changes nothing; a group's own options are in ``param_groups``."""
+        return {"lr": self._default_lr, **self.hyper}
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Refused on every backend: a unidl optimizer's groups are fixed when it is built, because the compiled
+        training steps of tensorflow, keras and jax hold its slots and options as built."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.add_param_group: a unidl optimizer keeps the parameter groups it was built with; "
+            f"build a new optimizer over every group instead, e.g. {type(self).__name__}([{{'params': old}}, "
+            f"{{'params': new, 'lr': 1e-4}}], lr={self._default_lr})")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear gradients left by ``backward()`` (torch backend: to None, or to zeros with ``set_to_none=False``, as
+        ``torch.optim``'s); a no-op elsewhere, where gradients are returned, not stored."""
+        self._backend.zero_grad(self, set_to_none=bool(set_to_none))
 
     def step(self) -> None:
         """Apply the gradients that ``backward()`` stored on the parameters (torch backend)."""

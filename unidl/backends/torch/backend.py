@@ -250,8 +250,8 @@ class Backend(BackendInterface):
     def last_step_finite(self, optimizer):
         return optimizer._finite
 
-    def zero_grad(self, optimizer):
-        optimizer.native.zero_grad(set_to_none=True)
+    def zero_grad(self, optimizer, set_to_none=True):
+        optimizer.native.zero_grad(set_to_none=set_to_none)
 
     def step(self, optimizer):
         if not guard_and_clip(optimizer):
