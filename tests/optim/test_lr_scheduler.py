@@ -33,6 +33,29 @@ CASES = {
         lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.3, total_steps=30, anneal_strategy="linear",
                                                       three_phase=True, div_factor=10.0, final_div_factor=100.0,
                                                       cycle_momentum=False), 30),
+    "SequentialLR-warm-up-then-cosine": (
+        lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, 0.1, 1.0, 3),
+                                                lr_scheduler.CosineAnnealingLR(o, 5)], [3]),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.LinearLR(o, 0.1, 1.0, 3),
+                                                            torch.optim.lr_scheduler.CosineAnnealingLR(o, 5)], [3]),
+        12),
+    "SequentialLR-three": (
+        lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.ExponentialLR(o, 0.8), lr_scheduler.StepLR(o, 2, 0.5),
+                                                lr_scheduler.LambdaLR(o, lambda e: 1 / (e + 1))], [2, 6]),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o, [torch.optim.lr_scheduler.ExponentialLR(o, 0.8), torch.optim.lr_scheduler.StepLR(o, 2, 0.5),
+                torch.optim.lr_scheduler.LambdaLR(o, lambda e: 1 / (e + 1))], [2, 6]), 11),
+    "SequentialLR-one-cycle-milestone-at-0": (
+        lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.MultiStepLR(o, [0, 1], 0.5),
+                                                lr_scheduler.OneCycleLR(o, 0.5, 6)], [0]),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.MultiStepLR(o, [0, 1], 0.5),
+                                                            torch.optim.lr_scheduler.OneCycleLR(
+                                                                o, 0.5, 6, cycle_momentum=False)], [0]), 6),
+    "ChainedScheduler": (
+        lambda o: lr_scheduler.ChainedScheduler([lr_scheduler.LinearLR(o, 0.5, 1.0, 3),
+                                                 lr_scheduler.ExponentialLR(o, 0.9)]),
+        lambda o: torch.optim.lr_scheduler.ChainedScheduler([torch.optim.lr_scheduler.LinearLR(o, 0.5, 1.0, 3),
+                                                             torch.optim.lr_scheduler.ExponentialLR(o, 0.9)]), 8),
 }
 
 
@@ -78,7 +101,8 @@ def test_state_round_trip_continues_the_sequence(backend, case):
     expected, _, _ = unidl_rates(factory, steps)
     _, schedule, saved = unidl_rates(factory, steps // 2)
     state = schedule.state_dict()
-    assert set(state) == {"last_epoch", "base_lrs"}
+    assert set(state) == ({"last_epoch", "schedulers"} if "Sequential" in case or "Chained" in case
+                          else {"last_epoch", "base_lrs"})
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.2)
     resumed = factory(optimizer)
     optimizer.load_state_dict(saved.state_dict())
@@ -102,6 +126,22 @@ def test_bad_arguments():
             build()
     with pytest.raises(TypeError, match="lr_lambda must be a function"):
         lr_scheduler.LambdaLR(optimizer, 0.5)
+    step, other = lr_scheduler.StepLR(optimizer, 2), lr_scheduler.StepLR(ud.optim.SGD(Holder().parameters(), 0.1), 2)
+    for build, error, message in [
+        (lambda: lr_scheduler.SequentialLR(optimizer, [step, step], []), ValueError, "one milestone fewer than "
+                                                                                     "schedules: 2 schedules and 0"),
+        (lambda: lr_scheduler.SequentialLR(optimizer, [step, step, step], [4, 2]), ValueError,
+         r"milestones must be increasing non-negative integers, got \[4, 2\]"),
+        (lambda: lr_scheduler.SequentialLR(optimizer, [step, other], [2]), ValueError,
+         "every schedule to belong to the same optimizer; schedule 1 \\(StepLR\\) belongs to another"),
+        (lambda: lr_scheduler.ChainedScheduler([]), ValueError, "takes a non-empty list of schedules"),
+        (lambda: lr_scheduler.ChainedScheduler([step, lr_scheduler.ChainedScheduler([step])]), TypeError,
+         "schedule 1 must be a unidl.optim.lr_scheduler schedule .*not a ChainedScheduler or SequentialLR"),
+        (lambda: lr_scheduler.ChainedScheduler([step, torch.optim.lr_scheduler.StepLR(
+            torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], 0.1), 2)]), TypeError, "got StepLR"),
+    ]:
+        with pytest.raises(error, match=message):
+            build()
     schedule = lr_scheduler.OneCycleLR(optimizer, 0.1, total_steps=2)
     schedule.step(), schedule.step()
     with pytest.raises(ValueError, match="past its total_steps=2"):
@@ -145,6 +185,17 @@ CHAINS = {  # (unidl schedules, torch's, steps, step at which every group's rate
                            lambda o: [torch.optim.lr_scheduler.CosineAnnealingLR(o, 5)], 7, 2),
     "milestone at 0": (lambda o: [lr_scheduler.MultiStepLR(o, [0, 2], 0.5)],
                        lambda o: [torch.optim.lr_scheduler.MultiStepLR(o, [0, 2], 0.5)], 4, None),
+    "sequential, set by hand": (
+        lambda o: [lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, 0.5, 1.0, 2),
+                                                 lr_scheduler.CosineAnnealingLR(o, 4)], [2])],
+        lambda o: [torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.LinearLR(o, 0.5, 1.0, 2),
+                                                             torch.optim.lr_scheduler.CosineAnnealingLR(o, 4)], [2])],
+        8, 4),
+    "chained, set by hand": (
+        lambda o: [lr_scheduler.ChainedScheduler([lr_scheduler.StepLR(o, 2, 0.5), lr_scheduler.ExponentialLR(o, 0.9)])],
+        lambda o: [torch.optim.lr_scheduler.ChainedScheduler([torch.optim.lr_scheduler.StepLR(o, 2, 0.5),
+                                                              torch.optim.lr_scheduler.ExponentialLR(o, 0.9)])],
+        6, 3),
 }
 
 
@@ -223,3 +274,26 @@ def test_a_schedule_stepped_per_batch_counts_updates_under_accumulation(backend,
     ud.fit(model, (x, x[:, :2]), batch_size=8, epochs=2, shuffle=False, loss="mse", optimizer=optimizer, accumulate=2,
            verbose=0, callbacks=[ud.callbacks.LearningRateScheduler(schedule, interval="batch")])
     assert schedule.last_epoch == optimizer.state_dict()["step"] == 4 and optimizer.lr == pytest.approx(0.1 / 16)
+
+
+def test_a_sequential_schedule_in_fit_resumes_as_torchs(backend, rng, tmp_path):
+    """A warm-up then a cosine decay (``SequentialLR``) in ``fit``, stopped after 3 epochs and resumed from its
+    checkpoint to 7: the rate each epoch began with is torch's, and the schedule's state (its schedules' too)
+    is in the checkpoint."""
+    x = rng.standard_normal((16, 4)).astype(np.float32)
+
+    def run(epochs, resume_from=None):
+        model = ud.nn.Linear(4, 2)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.2)
+        schedule = lr_scheduler.SequentialLR(optimizer, [lr_scheduler.LinearLR(optimizer, 0.1, 1.0, 3),
+                                                         lr_scheduler.CosineAnnealingLR(optimizer, 5)], [3])
+        callbacks = [ud.callbacks.LearningRateScheduler(schedule), ud.callbacks.Checkpoint(tmp_path)]
+        return ud.fit(model, (x, x[:, :2]), batch_size=8, epochs=epochs, loss="mse", optimizer=optimizer, verbose=0,
+                      callbacks=callbacks, resume_from=resume_from)
+
+    run(3)
+    history = run(7, resume_from="auto")
+    expected = torch_rates(lambda o: torch.optim.lr_scheduler.SequentialLR(
+        o, [torch.optim.lr_scheduler.LinearLR(o, 0.1, 1.0, 3), torch.optim.lr_scheduler.CosineAnnealingLR(o, 5)],
+        [3]), 7)
+    np.testing.assert_allclose(history["lr"], expected, rtol=1e-12)

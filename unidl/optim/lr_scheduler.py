@@ -39,10 +39,13 @@ class LRScheduler:
     def base_lr(self, value: float) -> None:
         self.base_lrs = [float(value)] * len(self.base_lrs)
 
-    def _update(self, initial: bool = False) -> None:
-        """Write each group's rate at ``last_epoch`` (``next_lr`` of its current rate and its base rate)."""
+    def _update(self, initial: bool = False, closed: bool = False) -> None:
+        """Write each group's rate at ``last_epoch`` (``next_lr`` of its current rate and its base rate; ``closed``:
+        ``lr_at``, the closed form, as ``SequentialLR`` restarts a schedule at its milestone)."""
         for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
-            self.optimizer.set_group_lr(index, self.next_lr(group["lr"], base, self.last_epoch, initial))
+            rate = self.lr_at(self.last_epoch, base) if closed else self.next_lr(group["lr"], base, self.last_epoch,
+                                                                                 initial)
+            self.optimizer.set_group_lr(index, rate)
 
     def next_lr(self, lr: float, base_lr: float, epoch: int, initial: bool) -> float:
         """A group's rate at ``epoch`` from its current ``lr`` (PyTorch's ``get_lr``); ``initial``: the step
@@ -78,8 +81,9 @@ class LRScheduler:
             raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'base_lrs', got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         epoch = state["last_epoch"]
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
-            raise CheckpointStateError(f"{owner} state last_epoch must be a non-negative integer, got {epoch!r}")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
+            raise CheckpointStateError(f"{owner} state last_epoch must be an integer >= -1 (-1: a schedule of a "
+                                       f"SequentialLR not started yet), got {epoch!r}")
         rates = state.get("base_lrs", [state.get("base_lr")])
         if not isinstance(rates, list) or len(rates) != len(self.base_lrs) and "base_lrs" in state:
             raise CheckpointStateError(f"{owner} state holds base rates {rates!r}; its optimizer has "
@@ -265,8 +269,8 @@ class OneCycleLR(LRScheduler):
         optimizer.__dict__["_initial_lrs"] = [initial] * len(optimizer.param_groups)
         super().__init__(optimizer)
 
-    def _update(self, initial: bool = False) -> None:
-        super()._update(initial)
+    def _update(self, initial: bool = False, closed: bool = False) -> None:
+        super()._update(initial, closed)
         if self.momentum_key is None:
             return
         momentum = self._along(self.momentum_phases, self.last_epoch)
@@ -290,3 +294,122 @@ class OneCycleLR(LRScheduler):
                 return self._anneal(start, end, (epoch - start_step) / (end_step - start_step))
             start_step = end_step
         raise AssertionError("unreachable")
+
+
+class _Composite(LRScheduler):
+    """Common machinery of ``ChainedScheduler`` and ``SequentialLR``: schedules of one optimizer, checked as
+    PyTorch checks them, with their base rates shared and their states saved and loaded together."""
+
+    def _take(self, schedulers, optimizer) -> None:
+        owner = type(self).__name__
+        schedulers = list(schedulers) if isinstance(schedulers, (list, tuple)) else schedulers
+        if not isinstance(schedulers, list) or not schedulers:
+            raise ValueError(f"{owner} takes a non-empty list of schedules, got {schedulers!r}")
+        optimizer = schedulers[0].optimizer if optimizer is None and isinstance(schedulers[0], LRScheduler) \
+            else optimizer
+        for index, schedule in enumerate(schedulers):
+            if not isinstance(schedule, LRScheduler) or isinstance(schedule, _Composite):
+                raise TypeError(f"{owner} schedule {index} must be a unidl.optim.lr_scheduler schedule (StepLR, "
+                                f"LinearLR, CosineAnnealingLR, ...; not a ChainedScheduler or SequentialLR: list "
+                                f"their schedules in one), got {type(schedule).__name__}")
+            if schedule.optimizer is not optimizer:
+                raise ValueError(f"{owner} expects every schedule to belong to the same optimizer; schedule {index} "
+                                 f"({type(schedule).__name__}) belongs to another")
+        self.schedulers, self.optimizer, self.last_epoch = schedulers, optimizer, 0
+
+    @property
+    def base_lrs(self) -> list[float]:
+        """The groups' base rates, which every schedule shares; setting them sets every schedule's."""
+        return list(self.schedulers[0].base_lrs)
+
+    @base_lrs.setter
+    def base_lrs(self, rates) -> None:
+        for schedule in self.schedulers:
+            schedule.base_lrs = list(rates)
+
+    def state_dict(self) -> dict:
+        """Where the composite stands and each schedule's own state, as plain JSON-serialisable data."""
+        return {"last_epoch": self.last_epoch, "schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def check_state_dict(self, state) -> None:
+        from unidl.errors import CheckpointStateError
+
+        owner = type(self).__name__
+        if not isinstance(state, dict) or set(state) != {"last_epoch", "schedulers"}:
+            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'schedulers', "
+                                       f"got {sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        epoch, states = state["last_epoch"], state["schedulers"]
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise CheckpointStateError(f"{owner} state last_epoch must be a non-negative integer, got {epoch!r}")
+        if not isinstance(states, list) or len(states) != len(self.schedulers):
+            raise CheckpointStateError(f"{owner} state holds {len(states) if isinstance(states, list) else states!r}"
+                                       f" schedule states; this {owner} has {len(self.schedulers)} schedules")
+        for schedule, saved in zip(self.schedulers, states):
+            schedule.check_state_dict(saved)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (checked first): the composite's position and every schedule's."""
+        self.check_state_dict(state)
+        self.last_epoch = int(state["last_epoch"])
+        for schedule, saved in zip(self.schedulers, state["schedulers"]):
+            schedule.load_state_dict(saved)
+
+
+class ChainedScheduler(_Composite):
+    """Several schedules stepped together, as ``torch.optim.lr_scheduler.ChainedScheduler``: each ``step()`` steps
+    every one in the order given, each changing the rate the one before it left (their factors multiply). Each
+    schedule was built on ``optimizer`` (default: the first one's) and took its first step then."""
+
+    def __init__(self, schedulers, optimizer=None):
+        self._take(schedulers, optimizer)
+
+    def step(self) -> float:
+        self.last_epoch += 1
+        for schedule in self.schedulers:
+            schedule.step()
+        return self.optimizer.lr
+
+    def lr_at(self, epoch, base_lr):
+        rate = base_lr
+        for schedule in self.schedulers:
+            rate *= schedule.lr_at(epoch, 1.0)
+        return rate
+
+
+class SequentialLR(_Composite):
+    """One schedule after another, as ``torch.optim.lr_scheduler.SequentialLR``: ``schedulers[i]`` runs from
+    ``milestones[i - 1]`` (0 for the first) and is restarted there from the base rates, at its closed form's rate
+    of epoch 0 (a warm-up, then a cosine decay from the full rate). Building it puts every group back at its base
+    rate and gives only the schedule of epoch 0 its first step (the others' first steps undone, as PyTorch's)."""
+
+    def __init__(self, optimizer, schedulers, milestones):
+        self._take(schedulers, optimizer)
+        given = list(milestones) if isinstance(milestones, (list, tuple)) else milestones
+        counts = [arguments.integer(m) for m in given] if isinstance(given, list) else None
+        if counts is None or not all(m is not None and m >= 0 for m in counts) or counts != sorted(set(counts)):
+            raise ValueError(f"SequentialLR milestones must be increasing non-negative integers, got {milestones!r}")
+        if len(counts) != len(self.schedulers) - 1:
+            raise ValueError(f"SequentialLR takes one milestone fewer than schedules: {len(self.schedulers)} "
+                             f"schedules and {len(counts)} milestones")
+        self.milestones = counts
+        for index, rate in enumerate(self.base_lrs):  # (the groups' rates as the optimizer's first schedule found them)
+            optimizer.set_group_lr(index, rate)
+        first = self.schedulers[bisect.bisect_right(self.milestones, 0)]
+        for schedule in self.schedulers:
+            schedule.last_epoch = -1 if schedule is not first else 0
+        first._update(initial=True)
+
+    def step(self) -> float:
+        self.last_epoch += 1
+        index = bisect.bisect_right(self.milestones, self.last_epoch)
+        schedule = self.schedulers[index]
+        if index > 0 and self.milestones[index - 1] == self.last_epoch:
+            schedule.last_epoch = 0
+            schedule._update(closed=True)
+        else:
+            schedule.step()
+        return self.optimizer.lr
+
+    def lr_at(self, epoch, base_lr):
+        index = bisect.bisect_right(self.milestones, epoch)
+        return self.schedulers[index].lr_at(epoch - (self.milestones[index - 1] if index else 0), base_lr)
