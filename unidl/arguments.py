@@ -143,6 +143,14 @@ def reduced_axes(owner: str, name: str, value):
                      f"{name}=None to reduce every axis")
 
 
+def flag(owner: str, name: str, value) -> bool:
+    """A True/False option (a Python or NumPy bool, or the integer 0 or 1, as torch takes ``nesterov=1``) as a
+    Python bool; anything else (a float, a string, which ``bool()`` would take as True) is a ``ValueError``."""
+    if isinstance(value, (bool, np.bool_)) or integer(value) in (0, 1):
+        return bool(value)
+    raise ValueError(f"{owner} {name} must be True or False, got {value!r}")
+
+
 def plain_number(owner: str, name: str, value):
     """A functional op's number argument (a slope, an epsilon, a bound) with a NumPy scalar or 0-d array taken as
     the Python int or float it holds, which every framework takes alike (torch refused a 0-d array, the others took

@@ -219,6 +219,7 @@ def test_pytorch_defaults():
     (lambda p: ud.optim.SGD(p, lr=0.1, momentum=1.0), r"SGD momentum=1.0 is invalid: it must lie in \[0.0, 1.0\)"),
     (lambda p: ud.optim.SGD(p, lr=0.1, momentum=-0.5), r"momentum=-0.5 is invalid"),
     (lambda p: ud.optim.SGD(p, lr=0.1, nesterov=True), "nesterov=True needs momentum > 0"),
+    (lambda p: ud.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=0.9), "SGD nesterov must be True or False, got 0.9"),
     (lambda p: ud.optim.Adam(p, betas=(0.9, 1.0)), r"betas\[1\]=1.0 is invalid"),
     (lambda p: ud.optim.Adam(p, eps=-1), "eps=-1 is invalid"),
     (lambda p: ud.optim.SGD([], lr=0.1), "empty parameter list"),

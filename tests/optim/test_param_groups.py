@@ -91,6 +91,12 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
         OwnRule(holder.parameters(), lr=0.1, momentum=0.9).param_groups[0]["momentum"] = 0.5
     with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
         ud.optim.SGD(holder.parameters(), lr=0.1).param_groups[0]["nesterov"] = True
+    # torch.optim's nesterov=1, taken alike by the constructor and a group (a group refused it); a float neither
+    opt = ud.optim.SGD(holder.parameters(), lr=0.1, momentum=0.9, nesterov=1)
+    opt.param_groups[0]["nesterov"] = 0
+    assert opt.param_groups[0]["nesterov"] is False and opt.hyper["nesterov"] is True
+    with pytest.raises(ValueError, match="param group 0 nesterov must be True or False, got 0.5"):
+        opt.param_groups[0]["nesterov"] = 0.5
 
 
 def test_load_state_dict_restores_every_saved_option_as_torch_optim(backend):

@@ -207,8 +207,7 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict) -
             known = ", ".join(["lr", *sorted(defaults)])
             raise ValueError(f"{owner} {where} has an unknown option {key!r}; a group may set: {known}")
         if isinstance(defaults[key], bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{owner} {where} {key} must be True or False, got {value!r}")
+            value = arguments.flag(owner, f"{where} {key}", value)
         elif isinstance(defaults[key], tuple):
             given = arguments.sequence(value)  # NumPy scalars and 0-d arrays as floats, as the constructors take them
             numbers = () if given is None or len(given) != len(defaults[key]) else \

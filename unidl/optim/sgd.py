@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from unidl import arguments
 from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like
 
 
@@ -39,9 +40,10 @@ class SGD(Optimizer):
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0, l1: float = 0.0, **clipping):
         momentum = check_range("SGD", "momentum", momentum, 0.0, 1.0)
+        nesterov = arguments.flag("SGD", "nesterov", nesterov)
         if nesterov and momentum <= 0:
             raise ValueError("SGD nesterov=True needs momentum > 0, got momentum=0")
-        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), momentum=momentum, nesterov=bool(nesterov),
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), momentum=momentum, nesterov=nesterov,
                          weight_decay=check_range("SGD", "weight_decay", weight_decay))
 
     def heavy_ball(self):
