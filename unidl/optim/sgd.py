@@ -43,8 +43,8 @@ class SGD(Optimizer):
         nesterov = arguments.flag("SGD", "nesterov", nesterov)
         if nesterov and momentum <= 0:
             raise ValueError("SGD nesterov=True needs momentum > 0, got momentum=0")
-        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), momentum=momentum, nesterov=nesterov,
-                         weight_decay=check_range("SGD", "weight_decay", weight_decay))
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), momentum=momentum,
+                         nesterov=nesterov, weight_decay=check_range("SGD", "weight_decay", weight_decay))
 
     def heavy_ball(self):
         # a fused kernel for constant options only: a bound momentum (a tensor, see bound_rule) may be 0 at a
