@@ -731,10 +731,11 @@ def _scale_rates(optimizer, callbacks, new: float, old: float) -> None:
             schedule.base_lr = new
         if "_initial_lrs" in optimizer.__dict__:
             optimizer.__dict__["_initial_lrs"] = [new] * len(optimizer.param_groups)
-        rate = new
-        for schedule in schedules:
-            rate *= schedule.lr_at(schedule.last_epoch, 1.0)  # (the factor of each: a chain multiplies them)
-        optimizer.lr = rate
+        for index in range(len(optimizer.param_groups)):
+            rate = new
+            for schedule in schedules:  # (the factor of each: a chain multiplies them)
+                rate *= schedule.group_lr_at(schedule.last_epoch, 1.0, index)
+            optimizer.set_group_lr(index, rate)
         return
     ratio = new / old
     for index, group in enumerate(optimizer.param_groups):

@@ -126,6 +126,10 @@ def test_bad_arguments():
             build()
     with pytest.raises(TypeError, match="lr_lambda must be a function"):
         lr_scheduler.LambdaLR(optimizer, 0.5)
+    with pytest.raises(ValueError, match="LambdaLR takes one lr_lambda, or one per param group: 1 groups, 2 functions"):
+        lr_scheduler.LambdaLR(optimizer, [abs, abs])
+    with pytest.raises(ValueError, match="OneCycleLR max_lr takes one number, or one per param group: 1 groups, 2"):
+        lr_scheduler.OneCycleLR(optimizer, [0.1, 0.2], 10)
     step, other = lr_scheduler.StepLR(optimizer, 2), lr_scheduler.StepLR(ud.optim.SGD(Holder().parameters(), 0.1), 2)
     for build, error, message in [
         (lambda: lr_scheduler.SequentialLR(optimizer, [step, step], []), ValueError, "one milestone fewer than "
@@ -191,6 +195,13 @@ CHAINS = {  # (unidl schedules, torch's, steps, step at which every group's rate
         lambda o: [torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.LinearLR(o, 0.5, 1.0, 2),
                                                              torch.optim.lr_scheduler.CosineAnnealingLR(o, 4)], [2])],
         8, 4),
+    "a lambda per group": (lambda o: [lr_scheduler.LambdaLR(o, [lambda e: 0.9 ** e, lambda e: 1 / (e + 1)])],
+                           lambda o: [torch.optim.lr_scheduler.LambdaLR(o, [lambda e: 0.9 ** e,
+                                                                            lambda e: 1 / (e + 1)])], 5, None),
+    "one cycle, max_lr per group": (
+        lambda o: [lr_scheduler.OneCycleLR(o, [0.5, 0.1], 8, three_phase=True)],
+        lambda o: [torch.optim.lr_scheduler.OneCycleLR(o, [0.5, 0.1], 8, three_phase=True, cycle_momentum=False)],
+        8, None),
     "chained, set by hand": (
         lambda o: [lr_scheduler.ChainedScheduler([lr_scheduler.StepLR(o, 2, 0.5), lr_scheduler.ExponentialLR(o, 0.9)])],
         lambda o: [torch.optim.lr_scheduler.ChainedScheduler([torch.optim.lr_scheduler.StepLR(o, 2, 0.5),
@@ -297,3 +308,28 @@ def test_a_sequential_schedule_in_fit_resumes_as_torchs(backend, rng, tmp_path):
         o, [torch.optim.lr_scheduler.LinearLR(o, 0.1, 1.0, 3), torch.optim.lr_scheduler.CosineAnnealingLR(o, 5)],
         [3]), 7)
     np.testing.assert_allclose(history["lr"], expected, rtol=1e-12)
+
+
+def test_one_cycle_momentum_per_group_as_torchs():
+    """``OneCycleLR`` of one ``max_lr``, ``max_momentum`` and ``base_momentum`` per param group (they were refused):
+    each group's rate and momentum follow torch's."""
+    sides = []
+    for torch_side in (True, False):
+        lrs = [0.2, 0.04]
+        if torch_side:
+            optimizer = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.ones(3))], "lr": lr} for lr in lrs],
+                                        momentum=0.9)
+            schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, [0.5, 0.1], 10, max_momentum=[0.95, 0.9],
+                                                           base_momentum=0.8)
+        else:
+            optimizer = ud.optim.SGD([{"params": Holder().parameters(), "lr": lr} for lr in lrs], lr=0.2, momentum=0.9)
+            schedule = lr_scheduler.OneCycleLR(optimizer, [0.5, 0.1], 10, cycle_momentum=True, max_momentum=[0.95, 0.9],
+                                               base_momentum=0.8)
+        rows = []
+        for _ in range(10):
+            rows.append([group[key] for key in ("lr", "momentum") for group in optimizer.param_groups])
+            if torch_side:
+                optimizer.step()
+            schedule.step()
+        sides.append(rows)
+    np.testing.assert_allclose(sides[1], sides[0], rtol=1e-12)

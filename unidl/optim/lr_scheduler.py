@@ -42,9 +42,12 @@ class LRScheduler:
     def _update(self, initial: bool = False, closed: bool = False) -> None:
         """Write each group's rate at ``last_epoch`` (``next_lr`` of its current rate and its base rate; ``closed``:
         ``lr_at``, the closed form, as ``SequentialLR`` restarts a schedule at its milestone)."""
+        recursive = type(self).next_lr is not LRScheduler.next_lr
         for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
-            rate = self.lr_at(self.last_epoch, base) if closed else self.next_lr(group["lr"], base, self.last_epoch,
-                                                                                 initial)
+            if closed or not recursive:
+                rate = self.group_lr_at(self.last_epoch, base, index)
+            else:
+                rate = self.next_lr(group["lr"], base, self.last_epoch, initial)
             self.optimizer.set_group_lr(index, rate)
 
     def next_lr(self, lr: float, base_lr: float, epoch: int, initial: bool) -> float:
@@ -56,6 +59,11 @@ class LRScheduler:
         """The rate at ``epoch`` of a group of base rate ``base_lr`` had nothing else changed it: PyTorch's closed
         form (``fit``'s resume from a run at lr 0 takes each schedule's factor from it)."""
         raise NotImplementedError
+
+    def group_lr_at(self, epoch: int, base_lr: float, group: int) -> float:
+        """``lr_at`` for param group ``group``: the same for every group but where a schedule takes one value per
+        group (``LambdaLR``'s functions, ``OneCycleLR``'s ``max_lr``)."""
+        return self.lr_at(epoch, base_lr)
 
     def step(self) -> float:
         self.last_epoch += 1
@@ -203,17 +211,28 @@ class LinearLR(LRScheduler):
 
 
 class LambdaLR(LRScheduler):
-    """lr = base_lr * lr_lambda(epoch), as ``torch.optim.lr_scheduler.LambdaLR`` (set at once for epoch 0).
-    The function itself is not part of ``state_dict()``: build the schedule with the same one to resume."""
+    """lr = base_lr * lr_lambda(epoch), as ``torch.optim.lr_scheduler.LambdaLR`` (set at once for epoch 0);
+    ``lr_lambda`` a list of one function per param group as PyTorch's. The functions are not part of
+    ``state_dict()``: build the schedule with the same ones to resume."""
 
     def __init__(self, optimizer, lr_lambda):
-        if not callable(lr_lambda):
-            raise TypeError(f"LambdaLR lr_lambda must be a function epoch -> factor, got {type(lr_lambda).__name__}")
-        self.lr_lambda = lr_lambda
+        count = len(optimizer.param_groups)
+        functions = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * count
+        if len(functions) != count:
+            raise ValueError(f"LambdaLR takes one lr_lambda, or one per param group: {count} groups, "
+                             f"{len(functions)} functions")
+        for function in functions:
+            if not callable(function):
+                raise TypeError(f"LambdaLR lr_lambda must be a function epoch -> factor (or a list of one per param "
+                                f"group), got {type(function).__name__}")
+        self.lr_lambda, self.lr_lambdas = lr_lambda, functions
         super().__init__(optimizer)
 
     def lr_at(self, epoch, base_lr):
-        return base_lr * float(self.lr_lambda(epoch))
+        return self.group_lr_at(epoch, base_lr, 0)
+
+    def group_lr_at(self, epoch, base_lr, group):
+        return base_lr * float(self.lr_lambdas[group](epoch))
 
 
 class OneCycleLR(LRScheduler):
@@ -253,28 +272,35 @@ class OneCycleLR(LRScheduler):
                                  f"{type(optimizer).__name__} has neither: pass cycle_momentum=False")
             for index in range(len(optimizer.param_groups)):  # before a step is compiled: no retrace for it later
                 optimizer.bind_group_option(index, self.momentum_key)
-        self.max_lr = check_range("OneCycleLR", "max_lr", max_lr)
+        count = len(optimizer.param_groups)
+        max_lrs = _per_group("max_lr", max_lr, count)
+        highs, lows = _per_group("max_momentum", max_momentum, count), _per_group("base_momentum", base_momentum, count)
+        self.max_lr = max_lr if isinstance(max_lr, (list, tuple)) else max_lrs[0]
         self.total_steps, self.anneal_strategy = total_steps, anneal_strategy
-        initial = self.max_lr / div_factor
-        final = initial / final_div_factor
         rise = float(pct_start * total_steps) - 1
-        high, low = max_momentum, base_momentum
-        if three_phase:  # (last step of the phase, rate at its start, rate at its end); momentum's alike
-            self.phases = [(rise, initial, self.max_lr), (2 * rise, self.max_lr, initial), (total_steps - 1, initial, final)]
-            self.momentum_phases = [(rise, high, low), (2 * rise, low, high), (total_steps - 1, high, high)]
-        else:
-            self.phases = [(rise, initial, self.max_lr), (total_steps - 1, self.max_lr, final)]
-            self.momentum_phases = [(rise, high, low), (total_steps - 1, low, high)]
-        # its initial rate is every group's base rate, for a schedule built after it too (PyTorch's initial_lr)
-        optimizer.__dict__["_initial_lrs"] = [initial] * len(optimizer.param_groups)
+        # per group: (last step of the phase, rate at its start, rate at its end); momentum's alike
+        self.group_phases, self.group_momentum_phases = [], []
+        for top, high, low in zip(max_lrs, highs, lows):
+            initial = top / div_factor
+            final = initial / final_div_factor
+            if three_phase:
+                phases = [(rise, initial, top), (2 * rise, top, initial), (total_steps - 1, initial, final)]
+                momentum = [(rise, high, low), (2 * rise, low, high), (total_steps - 1, high, high)]
+            else:
+                phases = [(rise, initial, top), (total_steps - 1, top, final)]
+                momentum = [(rise, high, low), (total_steps - 1, low, high)]
+            self.group_phases.append(phases)
+            self.group_momentum_phases.append(momentum)
+        # its initial rates are the groups' base rates, for a schedule built after it too (PyTorch's initial_lr)
+        optimizer.__dict__["_initial_lrs"] = [top / div_factor for top in max_lrs]
         super().__init__(optimizer)
 
     def _update(self, initial: bool = False, closed: bool = False) -> None:
         super()._update(initial, closed)
         if self.momentum_key is None:
             return
-        momentum = self._along(self.momentum_phases, self.last_epoch)
-        for group in self.optimizer.param_groups:
+        for group, phases in zip(self.optimizer.param_groups, self.group_momentum_phases):
+            momentum = self._along(phases, self.last_epoch)
             group[self.momentum_key] = momentum if self.momentum_key == "momentum" else (momentum, group["betas"][1])
 
     def _anneal(self, start, end, fraction):
@@ -283,9 +309,12 @@ class OneCycleLR(LRScheduler):
         return end + (start - end) / 2.0 * (math.cos(math.pi * fraction) + 1)
 
     def lr_at(self, epoch, base_lr):
+        return self.group_lr_at(epoch, base_lr, 0)
+
+    def group_lr_at(self, epoch, base_lr, group):
         if epoch > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {epoch} times, past its total_steps={self.total_steps}")
-        return self._along(self.phases, epoch)
+        return self._along(self.group_phases[group], epoch)
 
     def _along(self, phases, epoch):
         start_step = 0.0
@@ -294,6 +323,15 @@ class OneCycleLR(LRScheduler):
                 return self._anneal(start, end, (epoch - start_step) / (end_step - start_step))
             start_step = end_step
         raise AssertionError("unreachable")
+
+
+def _per_group(name: str, value, count: int) -> list[float]:
+    """``OneCycleLR``'s ``name``: one number for every param group, or a list of one per group (PyTorch's)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * count
+    if len(values) != count:
+        raise ValueError(f"OneCycleLR {name} takes one number, or one per param group: {count} groups, "
+                         f"{len(values)} values {value!r}")
+    return [check_range("OneCycleLR", name, v) for v in values]
 
 
 class _Composite(LRScheduler):
@@ -370,9 +408,12 @@ class ChainedScheduler(_Composite):
         return self.optimizer.lr
 
     def lr_at(self, epoch, base_lr):
+        return self.group_lr_at(epoch, base_lr, 0)
+
+    def group_lr_at(self, epoch, base_lr, group):
         rate = base_lr
         for schedule in self.schedulers:
-            rate *= schedule.lr_at(epoch, 1.0)
+            rate *= schedule.group_lr_at(epoch, 1.0, group)
         return rate
 
 
@@ -411,5 +452,8 @@ class SequentialLR(_Composite):
         return self.optimizer.lr
 
     def lr_at(self, epoch, base_lr):
+        return self.group_lr_at(epoch, base_lr, 0)
+
+    def group_lr_at(self, epoch, base_lr, group):
         index = bisect.bisect_right(self.milestones, epoch)
-        return self.schedulers[index].lr_at(epoch - (self.milestones[index - 1] if index else 0), base_lr)
+        return self.schedulers[index].group_lr_at(epoch - (self.milestones[index - 1] if index else 0), base_lr, group)
