@@ -4,24 +4,39 @@ from __future__ import annotations
 
 import math
 
+from unidl import arguments
 from unidl.callbacks.callback import Callback, resolve_mode, settle_mode
 
 
 class EarlyStopping(Callback):
-    """Stop after ``patience`` epochs without an improvement of more than ``min_delta`` in ``monitor``.
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs, by Keras 3's
+    rule: an epoch without an improvement counts one, and the run stops when the count reaches ``patience``
+    (at least one such epoch; never after the first epoch).
 
     ``mode``: 'min', 'max' or 'auto' (the loss's and ``ud.metrics``' directions, as Keras 3: ``resolve_mode``).
-    ``restore_best_weights`` loads the weights of the best epoch at the end.
+    ``baseline``: an improvement resets the count only where it also beats this value. ``start_from_epoch``:
+    epochs before it are not watched (a warm-up). ``restore_best_weights`` loads the weights of the best epoch at
+    the end. Each ``fit`` starts afresh (one object serves several runs, as Keras's); a run resumed from a
+    checkpoint continues the state saved there.
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0, mode: str = "auto",
-                 restore_best_weights: bool = False):
+                 restore_best_weights: bool = False, baseline: float | None = None, start_from_epoch: int = 0):
         mode = resolve_mode("EarlyStopping", monitor, mode)
-        if not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"EarlyStopping patience must be a non-negative integer, got {patience!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, abs(min_delta)
+        for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
+            if arguments.integer(value) is None or value < 0:
+                raise ValueError(f"EarlyStopping {name} must be a non-negative integer, got {value!r}")
+        if baseline is not None and arguments.real(baseline) is None:
+            raise ValueError(f"EarlyStopping baseline must be a number or None, got {baseline!r}")
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(min_delta)
         self.mode = mode
         self.restore_best_weights = restore_best_weights
+        self.baseline = None if baseline is None else arguments.real(baseline)
+        self.start_from_epoch = int(start_from_epoch)
+        self._resumed = False
+        self._reset()
+
+    def _reset(self) -> None:
         self.best = -math.inf if self.mode == "max" else math.inf
         self.best_epoch = None
         self.stopped_epoch = None
@@ -51,10 +66,12 @@ class EarlyStopping(Callback):
                 raise CheckpointStateError(f"EarlyStopping state {key} must be a non-negative integer, got {value!r}")
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a ``state_dict()``: the best value and the patience already used."""
+        """Continue from a ``state_dict()``: the best value and the patience already used (the next ``fit``
+        goes on from them instead of starting afresh)."""
         self.check_state_dict(state)
         self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
         self._wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self._resumed = True
 
     def state_weights(self) -> dict | None:
         """The weights of the best epoch, kept for ``restore_best_weights`` (None if none are kept)."""
@@ -63,24 +80,35 @@ class EarlyStopping(Callback):
     def load_state_weights(self, weights: dict | None) -> None:
         self._best_state = dict(weights) if weights else None
 
-    def _improved(self, value) -> bool:
-        settle_mode(self, "EarlyStopping")
-        return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+    def _improved(self, value, reference) -> bool:
+        return value > reference + self.min_delta if self.mode == "max" else value < reference - self.min_delta
+
+    def on_train_begin(self, logs=None):
+        if not self._resumed:  # each fit starts afresh, as Keras's; a resumed one continues its own
+            self._reset()
+        self._resumed = False
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor not in (logs or {}):
             raise KeyError(f"EarlyStopping monitors {self.monitor!r}, but fit reports only {sorted(logs or {})}; "
                            f"pass validation_data for 'val_*' metrics")
+        if epoch < self.start_from_epoch:
+            return
         value = logs[self.monitor]
-        if self._improved(value):
-            self.best, self.best_epoch, self._wait = value, epoch, 0
+        settle_mode(self, "EarlyStopping")
+        if self.restore_best_weights and self._best_state is None:  # (Keras's: the first watched epoch's at least)
+            self._best_state, self.best_epoch = self.trainer.model.state_dict(), epoch
+        self._wait += 1
+        if self._improved(value, self.best):
+            self.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
                 self._best_state = self.trainer.model.state_dict()
-        else:
-            self._wait += 1
-            if self._wait > self.patience:
-                self.stopped_epoch = epoch
-                self.trainer.stop()
+            if self.baseline is None or self._improved(value, self.baseline):
+                self._wait = 0
+            return
+        if self._wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.trainer.stop()
 
     def on_train_end(self, logs=None):
         if self.restore_best_weights and self._best_state is not None:

@@ -1,0 +1,76 @@
+"""``EarlyStopping``: Keras 3's rule (against Keras's own callback, driven with the same values), a fresh start
+for each ``fit`` of one object, and its arguments."""
+
+import types
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from tests.callbacks.conftest import train
+
+
+def keras_stops(values, **kwargs):
+    """(the epoch Keras's EarlyStopping stopped at or None, its best epoch) for ``values``, on a stand-in model."""
+    keras = pytest.importorskip("keras")
+    model = types.SimpleNamespace(stop_training=False, get_weights=lambda: [], set_weights=lambda weights: None)
+    callback = keras.callbacks.EarlyStopping(monitor="m", **kwargs)
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch, value in enumerate(values):
+        callback.on_epoch_end(epoch, {"m": value})
+        if model.stop_training:
+            return epoch, callback.best_epoch
+    return None, callback.best_epoch
+
+
+def unidl_stops(values, **kwargs):
+    stopped = []
+    model = types.SimpleNamespace(state_dict=lambda: {}, load_state_dict=lambda state: None)
+    callback = ud.callbacks.EarlyStopping(monitor="m", **kwargs)
+    callback.trainer = types.SimpleNamespace(model=model, stop=lambda: stopped.append(True))
+    callback.on_train_begin()
+    for epoch, value in enumerate(values):
+        callback.on_epoch_end(epoch, {"m": value})
+        if stopped:
+            return epoch, callback.best_epoch
+    return None, callback.best_epoch
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(mode="min", patience=0), dict(mode="min", patience=1), dict(mode="min", patience=3),
+    dict(mode="max", patience=2, min_delta=0.05), dict(mode="min", patience=2, baseline=-0.2),
+    dict(mode="min", patience=1, start_from_epoch=4), dict(mode="min", patience=2, restore_best_weights=True),
+])
+def test_stops_where_keras_stops(kwargs):
+    """The epoch the run stops at and the best epoch are Keras 3's for random walks (a run waited one epoch more
+    than Keras for any patience of 1 or more; ``baseline`` and ``start_from_epoch`` were missing). Pure Python:
+    the same on every backend."""
+    rng = np.random.default_rng(7)
+    stops = 0
+    for _ in range(40):
+        values = list(rng.standard_normal(30).cumsum() * 0.1)
+        expected = keras_stops(values, **kwargs)
+        assert unidl_stops(values, **kwargs) == expected, (values, kwargs)
+        stops += expected[0] is not None
+    assert stops > 5  # (the walks do stop the run)
+
+
+def test_one_object_serves_two_fits_as_keras(problem):
+    """A second ``fit`` with the same ``EarlyStopping`` starts afresh (it compared with the first run's best and
+    stopped a run that was still improving), as Keras's ``on_train_begin`` resets it."""
+    stopping = ud.callbacks.EarlyStopping(monitor="loss", patience=1)
+    train(problem, 3, [stopping], lr=0.5)
+    first_best = stopping.best
+    _, _, history = train(problem, 4, [stopping], lr=1e-4)  # (a slow run: improving every epoch, all above the best)
+    assert min(history["loss"]) > first_best
+    assert len(history["loss"]) == 4 and stopping.stopped_epoch is None and stopping.best == history["loss"][-1]
+
+
+def test_bad_arguments():
+    for kwargs, message in [(dict(patience=-1), "patience must be a non-negative integer"),
+                            (dict(patience=1.5), "patience must be a non-negative integer"),
+                            (dict(start_from_epoch=-2), "start_from_epoch must be a non-negative integer"),
+                            (dict(baseline="low"), "baseline must be a number or None, got 'low'")]:
+        with pytest.raises(ValueError, match=message):
+            ud.callbacks.EarlyStopping(monitor="loss", **kwargs)
