@@ -441,3 +441,58 @@ def test_tuples_lists_namedtuples_and_dicts_of_tensors_reach_the_function_as_the
     np.testing.assert_allclose(ud.to_numpy(function((b, a))), ud.to_numpy(combined((b, a))))
     if traces is not None:
         assert function.trace_count == traces
+
+
+def test_a_replaced_sub_module_is_traced_anew(backend):
+    """A head replaced after the first call (transfer learning), or a parameter replaced, is what the next call
+    runs: on tensorflow and Keras-on-TensorFlow/JAX the graph ran the old head's variables (0.45 off the eager
+    forward, and its old width), as torch and jax ran the new one."""
+    ud.manual_seed(0)
+    model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.ReLU(), ud.nn.Linear(4, 2))
+
+    @ud.function
+    def infer(x):
+        return model(x)
+
+    x = ud.tensor(np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32))
+    np.testing.assert_allclose(ud.to_numpy(infer(x)), ud.to_numpy(model(x)), rtol=1e-6)
+    model[2] = ud.nn.Linear(4, 5)  # a new head of another width
+    assert ud.to_numpy(infer(x)).shape == (2, 5)
+    np.testing.assert_allclose(ud.to_numpy(infer(x)), ud.to_numpy(model(x)), rtol=1e-6)
+    model[0].weight = model[0].parameter(np.ones((4, 3), np.float32))  # a parameter replaced
+    np.testing.assert_allclose(ud.to_numpy(infer(x)), ud.to_numpy(model(x)), rtol=1e-6)
+    model.eval(), infer(x), model.train()  # (modes alone trace no more than before)
+    counts = infer.trace_count
+    infer(x)
+    assert infer.trace_count == counts
+
+
+@pytest.mark.filterwarnings("ignore::unidl.errors.RetraceWarning")  # (a new Python value traces again)
+def test_methods_and_keyword_arguments(backend):
+    """``@ud.function`` on a method binds to each instance (it was a missing-argument ``TypeError``), and keyword
+    arguments bind to the function's parameters (``__call__`` took none), as ``tf.function`` and ``jax.jit``."""
+    class Net(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = ud.nn.Linear(3, 2)
+
+        @ud.function
+        def predict(self, x, scale=1.0):
+            return self.fc(x) * scale
+
+    x = ud.tensor(np.ones((2, 3), np.float32))
+    first, second = Net(), Net()
+    for net in (first, second):
+        np.testing.assert_allclose(ud.to_numpy(net.predict(x)), ud.to_numpy(net.fc(x)), rtol=1e-6)
+        np.testing.assert_allclose(ud.to_numpy(net.predict(x, scale=2.0)), 2 * ud.to_numpy(net.fc(x)), rtol=1e-6)
+        np.testing.assert_allclose(ud.to_numpy(net.predict(x=x)), ud.to_numpy(net.fc(x)), rtol=1e-6)
+    assert first.predict is first.predict and first.predict is not second.predict
+    with pytest.raises(TypeError, match="ud.function 'predict': got an unexpected keyword argument 'shift'"):
+        first.predict(x, shift=1.0)
+
+    @ud.function
+    def keyword_only(x, *, scale):
+        return x * scale
+
+    with pytest.raises(TypeError, match=r"passes its arguments by position: keyword-only arguments \['scale'\]"):
+        keyword_only(x, scale=2.0)

@@ -8,6 +8,8 @@ input rank and dtype); on torch it runs eagerly, or through ``torch.compile`` wi
 from __future__ import annotations
 
 import functools
+import inspect
+import weakref
 
 import numpy as np
 
@@ -31,7 +33,11 @@ class Function:
     A graph bakes in the ``training`` flag of every module it calls or whose flag it reads (dropout on or off,
     batch or running statistics, a branch on the flag), so there is one compiled function per backend and per
     mode of the modules its traces called or read (``unidl.tracing.recording_module_calls``): ``model.eval()``
-    after a call in training mode traces again instead of running the training graph."""
+    after a call in training mode traces again instead of running the training graph. A graph also holds the
+    variables of the sub-modules it called: a sub-module or parameter added, replaced or removed below a module
+    it called (a new head) drops its functions for the backend, so the next call traces the new structure
+    (a graph ran the old head). Keyword arguments are bound to ``fn``'s parameters and passed by position; on a
+    method each instance gets a function of its own."""
 
     def __init__(self, fn, jit_compile: bool = False):
         functools.update_wrapper(self, fn)
@@ -40,6 +46,55 @@ class Function:
         self._compiled: dict = {}  # backend name -> {the modules' training flags: compiled function}
         self._modules: dict = {}  # backend name -> the modules its calls called, in call order
         self._known: dict = {}  # backend name -> their ids
+        # a mark each called module keeps in its structure cache, which a change of structure below it empties
+        self._mark = object()
+        self._checked: dict = {}  # backend name -> the modules' mode version when their marks were last checked
+        self._bound = weakref.WeakKeyDictionary()  # instance -> the Function of the method bound to it
+        self._signature = None
+
+    def __get__(self, instance, owner=None):
+        """``@ud.function`` on a method: the function of ``fn`` bound to ``instance``, one per instance (its
+        graphs hold that instance's modules), as ``tf.function`` binds methods."""
+        if instance is None:
+            return self
+        try:
+            bound = self._bound.get(instance)
+        except TypeError:  # (no weak reference to it: a class with __slots__)
+            raise TypeError(f"ud.function {self.__name__!r} on a method keeps one function per instance, by a weak "
+                            f"reference; {type(instance).__name__} takes none: add '__weakref__' to its __slots__") \
+                from None
+        if bound is None:
+            bound = self._bound[instance] = Function(functools.partial(self._fn, instance), self.jit_compile)
+            bound.__name__ = self.__name__
+        return bound
+
+    def _positional(self, args, kwargs) -> tuple:
+        """``args`` and ``kwargs`` as ``fn``'s positional arguments (defaults left to ``fn``), or a ``TypeError``
+        naming what does not bind, as a call of ``fn`` would."""
+        if self._signature is None:
+            self._signature = inspect.signature(self._fn)
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"ud.function {self.__name__!r}: {error}") from None
+        if bound.kwargs:
+            raise TypeError(f"ud.function {self.__name__!r} passes its arguments by position: keyword-only "
+                            f"arguments {sorted(bound.kwargs)} cannot be passed; make them positional parameters")
+        return bound.args
+
+    def _drop_if_restructured(self, name: str) -> None:
+        """Forget the functions of backend ``name`` where a module they called lost this function's mark (its
+        structure, or a sub-module's, changed since): checked only after a module's mode or structure changed."""
+        from unidl.nn import module as nn_module
+
+        modules = self._modules.get(name)
+        if not modules or self._checked.get(name) == nn_module._mode_version:
+            return
+        self._checked[name] = nn_module._mode_version
+        if all(self._mark in module.structure_cache() for module in modules):
+            return
+        for table in (self._compiled, self._modules, self._known):
+            table.pop(name, None)
 
     def _compiled_for(self, backend, modes):
         compiled = self._compiled.setdefault(backend.name, {}).get(modes)
@@ -51,8 +106,11 @@ class Function:
                                     f"{backend.name}, jit_compile={self.jit_compile}")
         return compiled
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            args = self._positional(args, kwargs)
         backend = config.backend()
+        self._drop_if_restructured(backend.name)
         modules = self._modules.get(backend.name, ())
         modes = tuple(module.training for module in modules)
         compiled = self._compiled_for(backend, modes)
@@ -63,6 +121,8 @@ class Function:
             known = self._known[backend.name]
             modules = self._modules[backend.name] = (*modules, *(m for key, m in called.items() if key not in known))
             known.update(called)
+            for module in modules:
+                module.structure_cache()[self._mark] = True
             # the call traced (or ran) modules not keyed before: its function is the one for their modes now;
             # functions keyed on fewer modules are dropped (traced again if those modes come back)
             self._compiled[backend.name] = {tuple(module.training for module in modules): compiled}
