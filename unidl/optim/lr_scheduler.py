@@ -89,9 +89,9 @@ class LRScheduler:
             raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'base_lrs', got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         epoch = state["last_epoch"]
-        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
-            raise CheckpointStateError(f"{owner} state last_epoch must be an integer >= -1 (-1: a schedule of a "
-                                       f"SequentialLR not started yet), got {epoch!r}")
+        lowest = -1 if getattr(self, "_in_sequence", False) else 0  # (-1: a SequentialLR's not started yet)
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < lowest:
+            raise CheckpointStateError(f"{owner} state last_epoch must be an integer >= {lowest}, got {epoch!r}")
         rates = state.get("base_lrs", [state.get("base_lr")])
         if not isinstance(rates, list) or len(rates) != len(self.base_lrs) and "base_lrs" in state:
             raise CheckpointStateError(f"{owner} state holds base rates {rates!r}; its optimizer has "
@@ -438,6 +438,7 @@ class SequentialLR(_Composite):
         first = self.schedulers[bisect.bisect_right(self.milestones, 0)]
         for schedule in self.schedulers:
             schedule.last_epoch = -1 if schedule is not first else 0
+            schedule._in_sequence = True  # (its state may then hold last_epoch -1)
         first._update(initial=True)
 
     def step(self) -> float:
