@@ -186,6 +186,31 @@ def test_registered_class_round_trips(tmp_path, monkeypatch):
         ud.register_model(dict)
 
 
+def test_a_users_class_named_as_a_built_in_never_loads_as_the_other(tmp_path, monkeypatch):
+    """A user's ``TwoLayerNet`` (the lecture's name, another activation) is refused until registered, where it
+    loaded as ``unidl.models.TwoLayerNet``; registered, it loads as itself, and a file of the built-in still loads
+    as the built-in (it loaded as the user's class): the file's ``class_module`` tells them apart."""
+    monkeypatch.setattr("unidl.serialization._registry", dict(_registry))
+
+    class TwoLayerNet(ud.nn.Module):
+        def __init__(self, D_in, H, D_out):
+            super().__init__()
+            self.config = {"D_in": D_in, "H": H, "D_out": D_out}
+            self.linear1, self.linear2 = ud.nn.Linear(D_in, H), ud.nn.Linear(H, D_out)
+
+        def forward(self, x):
+            return self.linear2(ud.ops.tanh(self.linear1(x)))
+
+    mine, builtin = TwoLayerNet(4, 8, 2), ud.models.TwoLayerNet(4, 8, 2)
+    ud.save(mine, tmp_path / "mine.safetensors")
+    ud.save(builtin, tmp_path / "builtin.safetensors")
+    with pytest.raises(ud.UnknownModelError, match=r"class 'TwoLayerNet' \(defined in module "):
+        ud.load(tmp_path / "mine.safetensors")
+    ud.register_model(TwoLayerNet)
+    assert type(ud.load(tmp_path / "mine.safetensors")) is TwoLayerNet
+    assert type(ud.load(tmp_path / "builtin.safetensors")) is ud.models.TwoLayerNet
+
+
 def test_config_must_be_json(tmp_path):
     model = ud.models.TwoLayerNet(3, 4, 2)
     model.config = {"D_in": object()}

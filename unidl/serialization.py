@@ -65,13 +65,20 @@ def _registered_name(cls: type) -> str:
 
 
 def _model_class(name: str, defined_in: str | None, path: str) -> type:
-    """The class registered as ``name``, else the built-in ``unidl.models.<name>``; never an import from the file."""
-    if name in _registry:
-        return _registry[name]
+    """The class registered as ``name``, else the built-in ``unidl.models.<name>``; never an import from the file.
+    The module the file names (``class_module``) tells a built-in from a user's class of the same name: a file of
+    a built-in loads as the built-in even where a user's class is registered under its name, and a file of a
+    user's class never as the built-in of its name (each rebuilt the other quietly, with other outputs)."""
     from unidl import models
 
-    if name in getattr(models, "__all__", ()):
-        return getattr(models, name)
+    builtin = getattr(models, name) if name in getattr(models, "__all__", ()) else None
+    saved_builtin = defined_in is None or defined_in == "unidl.models" or defined_in.startswith("unidl.models.")
+    registered = _registry.get(name)
+    if registered is not None and not (saved_builtin and builtin is not None and defined_in is not None
+                                       and registered is not builtin):
+        return registered
+    if builtin is not None and saved_builtin:
+        return builtin
     where = f" (defined in module {defined_in!r} when saved)" if defined_in else ""
     raise UnknownModelError(
         f"{path!r} holds a model of class {name!r}{where}, which is not registered; unidl never imports "
