@@ -85,6 +85,29 @@ def test_load_state_dict_reports_every_problem_and_changes_nothing(backend):
         np.testing.assert_array_equal(value, before[key], err_msg=f"{key} changed although the load was refused")
 
 
+def test_values_that_are_no_real_numbers_change_nothing_and_bfloat16_loads(backend):
+    """A value of strings, objects or complex numbers is one ``StateDictError`` before anything is written (the
+    entries before it were written, then the framework raised its own error); bfloat16 arrays of ``ml_dtypes``
+    (what ``ud.to_numpy`` gives for a bfloat16 tensor) load on every backend (torch's raised a ``TypeError``)."""
+    import ml_dtypes
+
+    net = Net()
+    before = net.state_dict()
+    for bad, dtype in ((np.array(["a", "b", "c"]), "<U1"), (np.array([1j, 2j, 3j]), "complex128"),
+                       (np.array([object()] * 3, dtype=object), "object")):
+        state = {key: value + 1 for key, value in before.items()}
+        state["body.0.bias"] = bad
+        with pytest.raises(ud.StateDictError, match=rf"values that are not real numbers: body.0.bias: found dtype "
+                                                    rf"{dtype}"):
+            net.load_state_dict(state)
+        for key, value in net.state_dict().items():
+            np.testing.assert_array_equal(value, before[key], err_msg=f"{key} changed although the load was refused")
+    halves = {key: value.astype(ml_dtypes.bfloat16) for key, value in before.items()}
+    net.load_state_dict(halves)
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value, halves[key].astype(np.float32))
+
+
 def test_non_strict_load_returns_missing_and_unexpected(backend):
     net = Net()
     state = net.state_dict()

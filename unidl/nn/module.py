@@ -17,6 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from unidl import config, devices
+from unidl.dtype_kinds import is_floating
 from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
 from unidl.tensors import to_numpy
 from unidl.tracing import current_recording, module_called
@@ -76,6 +77,31 @@ _mode_version = next(_mode_versions)
 def _modes_changed() -> None:
     global _mode_version
     _mode_version = next(_mode_versions)
+
+
+def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list]:
+    """The entries of ``state_dict`` for the variables ``own`` as NumPy arrays every backend assigns (a bfloat16
+    or float8 array of ``ml_dtypes`` in float32, whose values it holds exactly: torch's backend could not take
+    them), with the entries of another shape and those that are no real numbers (strings, objects, complex
+    numbers, None) described: ``load_state_dict`` refuses them before writing anything (it wrote the entries
+    before the first bad one)."""
+    values, mismatched, unreadable = {}, [], []
+    for key, variable in own.items():
+        if key not in state_dict:
+            continue
+        try:
+            value = np.asarray(to_numpy(state_dict[key]))
+        except Exception as error:  # (a value no framework can read: the error names it)
+            unreadable.append(f"{key}: {type(error).__name__}: {error}")
+            continue
+        if value.dtype.kind == "V" and is_floating(value.dtype):
+            value = value.astype(np.float32)
+        if value.dtype.kind not in "biuf":
+            unreadable.append(f"{key}: found dtype {value.dtype}")
+        elif tuple(variable.shape) != value.shape:
+            mismatched.append(f"{key}: expected shape {tuple(variable.shape)}, found {value.shape}")
+        values[key] = value
+    return values, mismatched, unreadable
 
 
 def training_modes(module) -> tuple[bool, ...]:
@@ -464,14 +490,10 @@ class Module:
         optional = self.optional_state_keys()
         missing = [k for k in own if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in own]
-        mismatched = []
-        for key, variable in own.items():
-            if key in state_dict:
-                expected = tuple(variable.shape)
-                found = tuple(np.shape(state_dict[key]))
-                if expected != found:
-                    mismatched.append(f"{key}: expected shape {expected}, found {found}")
+        values, mismatched, unreadable = _loadable_values(own, state_dict)
         problems = []
+        if unreadable:
+            problems.append("values that are not real numbers: " + "; ".join(unreadable))
         if mismatched:
             problems.append("shape mismatches: " + "; ".join(mismatched))
         if strict and missing:
@@ -480,9 +502,8 @@ class Module:
             problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(np.shape(state_dict[k]))})" for k in unexpected))
         if problems:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
-        for key, variable in own.items():
-            if key in state_dict:
-                self._backend.assign(variable, np.asarray(to_numpy(state_dict[key])))
+        for key, value in values.items():  # (every value converted and checked before the first is written)
+            self._backend.assign(own[key], value)
         return {"missing": missing, "unexpected": unexpected}
 
     def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> dict:
