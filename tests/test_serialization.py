@@ -239,3 +239,16 @@ def test_corrupt_file_is_reported(tmp_path):
     (tmp_path / "net.safetensors").write_bytes(data[:-3])
     with pytest.raises(ud.CorruptFileError, match="net.safetensors"):
         ud.load(tmp_path / "net.safetensors")
+
+
+def test_load_weights_reports_what_load_state_dict_reports(tmp_path, backend):
+    """``load_weights(strict=False)`` of weights without BatchNorm's ``num_batches_tracked`` (a state dict of
+    before unidl kept it) reports it missing no more than ``load_state_dict`` and PyTorch do, and both list the
+    keys in the model's order (a set's order before)."""
+    model = ud.nn.Sequential(ud.nn.Linear(3, 2), ud.nn.BatchNorm1d(2), ud.nn.Linear(2, 2))
+    state = {k: v for k, v in model.state_dict().items() if "num_batches" not in k and k != "2.bias"}
+    state["extra"] = np.zeros(2, np.float32)
+    save_file(state, tmp_path / "w.safetensors")
+    expected = {"missing": ["2.bias"], "unexpected": ["extra"]}
+    assert model.load_state_dict(state, strict=False) == expected
+    assert model.load_weights(tmp_path / "w.safetensors", strict=False) == expected

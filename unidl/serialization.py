@@ -447,5 +447,7 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     check_entries(model, entries, strict=strict)
     reader.verify()
     stream_into(model, reader, names)
-    own = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
-    return {"missing": [k for k in own if k not in entries], "unexpected": [k for k in entries if k not in own]}
+    own = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+    optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
+    return {"missing": [k for k in own if k not in entries and k not in optional],
+            "unexpected": [k for k in entries if k not in own]}
