@@ -267,8 +267,7 @@ _FILE_KINDS = {"BOOL": "b", "BF16": "f", "F16": "f", "F32": "f", "F64": "f"}
 def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = True, what: str | None = None) -> None:
     """Raise ``StateDictError`` unless tensors ``{key: (safetensors dtype, shape)}`` load into ``model``:
     every name, shape and dtype (floating tensors into floating variables, integers into integers)."""
-    own = dict(model.named_parameters())
-    own.update(model.named_buffers())
+    own = dict(model._state_variables())
     optional = model.optional_state_keys()
     missing = [k for k in own if k not in entries and k not in optional]
     unexpected = [k for k in entries if k not in own]
@@ -299,8 +298,7 @@ def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
     variable's memory) and released before the next is read, so at most one tensor's bytes are held
     outside the model. Call only after ``check_entries`` and ``reader.verify()``."""
-    own = dict(model.named_parameters())
-    own.update(model.named_buffers())
+    own = dict(model._state_variables())
     backend = model._backend
     with open(reader.path, "rb") as handle:
         for key in [key for key in names if key in own]:
@@ -342,8 +340,7 @@ def architecture_shapes(cls, config: dict) -> dict[str, tuple]:
             model = cls(**config)
     finally:
         unidl_config._backend_override.reset(token)
-    shapes = {name: tuple(variable.shape) for name, variable in model.named_parameters()}
-    shapes.update((name, tuple(variable.shape)) for name, variable in model.named_buffers())
+    shapes = {name: tuple(variable.shape) for name, variable in model._state_variables()}
     return shapes
 
 
@@ -447,7 +444,7 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     check_entries(model, entries, strict=strict)
     reader.verify()
     stream_into(model, reader, names)
-    own = [name for name, _ in model.named_parameters()] + [name for name, _ in model.named_buffers()]
+    own = [name for name, _ in model._state_variables()]
     optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
     return {"missing": [k for k in own if k not in entries and k not in optional],
             "unexpected": [k for k in entries if k not in own]}

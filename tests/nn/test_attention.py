@@ -175,6 +175,35 @@ def test_bad_configurations_and_masks_are_clear_errors(backend):
         ud.nn.MultiheadAttention(6, 2, add_bias_kv=True)
 
 
+@pytest.mark.filterwarnings("ignore::unidl.errors.RetraceWarning")  # (each shape a program of its own on jax)
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_key_and_value_that_do_not_pair_up_are_one_clear_error(backend, traced):
+    """A value of another batch or source length than the key, or a key of another batch than the query, is one
+    ``ShapeMismatchError`` naming both, eagerly and inside a graph that knows the sizes only when it runs (a value
+    of batch 1 and length 6 was reshaped into the key's (2, 3): a wrong result and no error; the others were the
+    framework's reshape errors), as PyTorch's module asserts."""
+    rng = np.random.default_rng(0)
+    x = ud.tensor(rng.standard_normal((2, 3, 4)).astype(np.float32))
+    first = ud.nn.MultiheadAttention(4, 2, batch_first=True)
+    sequence_first = ud.nn.MultiheadAttention(4, 2)
+    def attend(layer, q, k, v):
+        return layer(q, k, v)[0]
+
+    call = ud.function(attend) if traced else attend
+    for layer, key, value, message in [
+        (first, x, rng.standard_normal((1, 6, 4)), r"expected value of the key's \(N, S\) = \(2, 3\), received "
+                                                   r"value of shape \(1, 6, 4\)"),
+        (first, x, rng.standard_normal((2, 4, 4)), r"expected value of the key's \(N, S\) = \(2, 3\)"),
+        (first, rng.standard_normal((3, 3, 4)), rng.standard_normal((3, 3, 4)),
+         r"expected key of the query's batch size N = \(2,\), received key of shape \(3, 3, 4\)"),
+        (sequence_first, rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 4)),
+         r"expected key of the query's batch size N = \(3,\), received key of shape \(2, 5, 4\)"),
+    ]:
+        key, value = (ud.tensor(np.asarray(t, np.float32)) for t in (key, value))
+        with pytest.raises(ud.ShapeMismatchError, match=message):
+            call(layer, x, key, value)
+
+
 def test_the_fused_kernel_and_the_composed_softmax_agree_with_causal_and_padding_masks():
     """``ops.attention`` without weights takes a backend's fused kernel where it has one (torch's
     ``scaled_dot_product_attention``; Keras-on-torch's too, checked in its own interpreter), with the weights the
@@ -232,3 +261,25 @@ def keras_host_attention():
         with torch.profiler.profile() as profile:
             ud.value_and_grad(lambda: ud.ops.sum(layer(x, src_key_padding_mask=padding)), layer.parameters())()
     return [failures, sorted({event.name for event in profile.events() if event.name.startswith("aten::")})]
+
+
+def test_encoder_layers_own_their_activation_module(backend):
+    """``TransformerEncoder`` copies its layer as PyTorch's ``_get_clones`` deep-copies it: an activation module is
+    each layer's own (it was shared: a torch checkpoint of two PReLU weights loaded as the last one twice, and the
+    outputs differed from torch's by 0.9)."""
+    torch.manual_seed(0)
+    reference = tnn.TransformerEncoder(tnn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, activation=tnn.PReLU(),
+                                                                   batch_first=True), 2, enable_nested_tensor=False)
+    with torch.no_grad():
+        reference.layers[0].activation.weight.fill_(0.9)
+        reference.layers[1].activation.weight.fill_(-0.7)
+    encoder = ud.nn.TransformerEncoder(ud.nn.TransformerEncoderLayer(4, 2, 8, dropout=0.0, activation=ud.nn.PReLU(),
+                                                                      batch_first=True), 2, enable_nested_tensor=False)
+    assert encoder.layers[0].activation is not encoder.layers[1].activation
+    encoder.load_state_dict({k: v.detach().numpy() for k, v in reference.state_dict().items()})
+    state = encoder.state_dict()
+    assert (state["layers.0.activation.weight"], state["layers.1.activation.weight"]) == (
+        pytest.approx([0.9]), pytest.approx([-0.7]))
+    x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    expected = reference(torch.tensor(x)).detach().numpy()
+    assert max_relative_difference(ud.to_numpy(encoder(ud.tensor(x))), expected) < 1e-5

@@ -204,3 +204,99 @@ def test_models_built_in_threads_get_the_weights_one_thread_gets(backend):
         thread.join()
     for index in range(2):
         assert all(np.array_equal(alone[k], built[index][k]) for k in alone), index
+
+
+def test_deepcopy_makes_new_variables_of_the_same_values(backend, rng):
+    """``copy.deepcopy(model)`` (a target network, an EMA copy: PyTorch's idiom) copies every parameter and buffer
+    into new variables of the same values, dtypes, ``requires_grad`` and mode, keeps a sub-module shared in the
+    original shared in the copy, and training the copy leaves the original as it was (it raised: a Python module
+    in the layers' attributes could not be copied)."""
+    import copy
+
+    shared = ud.nn.Linear(3, 3)
+    model = ud.nn.Sequential(ud.nn.Linear(3, 3), ud.nn.BatchNorm1d(3), shared, ud.nn.PReLU(), shared)
+    model[0].requires_grad_(False)
+    model[1].eval()
+    x = rng.standard_normal((6, 3)).astype(np.float32)
+    copied = copy.deepcopy(model)
+    assert list(copied.state_dict()) == list(model.state_dict()) and copied[2] is copied[4] is not shared
+    for key, value in model.state_dict().items():
+        assert copied.state_dict()[key].dtype == value.dtype
+        np.testing.assert_array_equal(copied.state_dict()[key], value)
+    from unidl.nn.module import is_trainable
+
+    assert [is_trainable(p) for p in copied.parameters()] == [is_trainable(p) for p in model.parameters()]
+    assert copied[1].training is False and copied[0].training is True and "at '1'" in copied[1].describe()
+    np.testing.assert_array_equal(ud.to_numpy(copied(ud.tensor(x))), ud.to_numpy(model(ud.tensor(x))))
+    before = model.state_dict()
+    ud.fit(copied, (x, x), loss="mse", optimizer=ud.optim.SGD(copied.parameters(), lr=0.1), epochs=2, batch_size=3,
+           verbose=0)
+    assert not np.array_equal(copied.state_dict()["2.weight"], before["2.weight"])
+    np.testing.assert_array_equal(copied.state_dict()["0.weight"], before["0.weight"])  # (frozen in the copy too)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+class Tied(ud.nn.Module):
+    """An encoder and a decoder sharing one weight (weight tying), and a layer listed twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.encode, self.decode = ud.nn.Linear(4, 3, bias=False), ud.nn.Linear(3, 4)
+        self.decode.weight = self.encode.weight  # (a (3, 4) weight read transposed by the decoder)
+        self.mix = ud.nn.Linear(4, 4)
+        self.layers = ud.nn.ModuleList([self.mix, ud.nn.Tanh(), self.mix])
+
+    def forward(self, x):
+        h = self.encode(x)
+        y = ud.ops.linear(h, ud.ops.transpose(self.decode.weight, 0, 1), self.decode.bias)
+        for layer in self.layers:
+            y = layer(y)
+        return y
+
+
+def test_a_shared_weight_or_layer_is_one_parameter_and_trains_as_torchs(backend, rng):
+    """``parameters()`` lists a tied weight and a layer used twice once each, as PyTorch's (every name was listed:
+    ``SGD(model.parameters())`` refused the model); ``state_dict()`` keeps every name. Three SGD steps with
+    momentum give torch's weights: each shared parameter's gradient is the sum over its uses."""
+    import torch
+
+    ud.manual_seed(0)
+    model = Tied()
+    names = [name for name, _ in model.named_parameters()]
+    assert names == ["encode.weight", "decode.bias", "mix.weight", "mix.bias"]
+    assert len(list(model.named_parameters(remove_duplicate=False))) == 9
+    assert list(model.state_dict()) == ["encode.weight", "decode.weight", "decode.bias", "mix.weight", "mix.bias",
+                                        "layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"][:3] + [
+        "mix.weight", "mix.bias", "layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"]
+    state = model.state_dict()
+    reference = torch.nn.ModuleDict({"encode": torch.nn.Linear(4, 3, bias=False), "decode": torch.nn.Linear(3, 4),
+                                     "mix": torch.nn.Linear(4, 4)})
+    reference.decode.weight = reference.encode.weight
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            parameter.copy_(torch.tensor(state[name]))
+    x, y = rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):
+        step(x, y)
+        h = reference.encode(torch.tensor(x))
+        out = torch.nn.functional.linear(h, reference.decode.weight.T, reference.decode.bias)
+        out = reference.mix(torch.tanh(reference.mix(out)))
+        loss = torch.nn.functional.mse_loss(out, torch.tensor(y))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for name, parameter in reference.named_parameters():
+        np.testing.assert_allclose(model.state_dict()[name], parameter.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_state_dict_order_is_pytorchs_with_buffers(backend):
+    """Each module's own parameters, then its own buffers, then its children's, as PyTorch's ``state_dict`` (every
+    parameter came before every buffer)."""
+    import torch
+
+    model = ud.nn.Sequential(ud.nn.Linear(3, 2), ud.nn.BatchNorm1d(2), ud.nn.Linear(2, 2))
+    reference = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 2))
+    assert list(model.state_dict()) == list(reference.state_dict())

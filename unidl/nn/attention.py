@@ -108,6 +108,8 @@ class MultiheadAttention(Module):
         # a query whose every key is masked: 0 where PyTorch's module runs F.scaled_dot_product_attention, NaN
         # where it runs a plain softmax (for the weights it returns, and on its fused inference path)
         safe_softmax = not need_weights and not self._torchs_inference_path(query, key, value, batched)
+        if not (query is key and key is value):  # (self-attention pairs up; a check would copy the tensors)
+            key, value = self._paired(query, key, value, batched)
         if batched and not self.batch_first:
             query, key, value = (ops.permute(t, (1, 0, 2)) for t in (query, key, value))
         elif not batched:
@@ -136,6 +138,33 @@ class MultiheadAttention(Module):
         if average_attn_weights:
             weights = ops.mean(weights, 1)
         return output, (weights if batched else ops.squeeze(weights, 0))
+
+    def _paired(self, query, key, value, batched):
+        """``key`` and ``value``, after checking that they pair up (the same batch and source length) and that the
+        key holds the query's batch, as PyTorch's module asserts: a value of another batch or length was reshaped
+        into the key's (wrong values, no error) or failed in the framework's reshape. Sizes a graph leaves unknown
+        are checked when it runs, in the same words."""
+        batch_axis = (0 if self.batch_first else 1) if batched else None
+        names = ("(N, S)" if self.batch_first else "(S, N)") if batched else "(S,)"
+        value = self._same_sizes(value, "value", key, tuple(range(len(key.shape) - 1)), f"the key's {names}")
+        if batch_axis is not None:
+            key = self._same_sizes(key, "key", query, (batch_axis,), "the query's batch size N")
+        return key, value
+
+    def _same_sizes(self, tensor, name, other, axes, what):
+        """``tensor`` after checking that its sizes along ``axes`` are ``other``'s (``_paired``)."""
+        given, wanted = tuple(tensor.shape), tuple(other.shape)
+        if any(given[a] is not None and wanted[a] is not None and given[a] != wanted[a] for a in axes):
+            raise ShapeMismatchError(f"{self.describe()} expected {name} of {what} = "
+                                     f"{tuple(wanted[a] for a in axes)}, received {name} of shape {given}")
+        if all(given[a] is not None and wanted[a] is not None for a in axes):
+            return tensor
+        sizes, others = input_checks.sizes_of(tensor), input_checks.sizes_of(other)
+        condition = input_checks.all_of([input_checks.holds(sizes[a] == others[a]) for a in axes])
+        return input_checks.require(tensor, condition, lambda: (
+            f"{input_checks.literal(self.describe)} expected {name} of {what} = "
+            f"{input_checks.shape_template(len(axes))}, received {name} of shape "
+            f"{input_checks.shape_template(len(sizes))}"), tuple(others[a] for a in axes) + tuple(sizes))
 
     def _torchs_inference_path(self, query, key, value, batched) -> bool:
         """Whether ``torch.nn.MultiheadAttention`` would run its fused inference path here (its evaluation under

@@ -246,6 +246,44 @@ class Module:
         self._structure_changed()
         object.__delattr__(self, name)
 
+    def __deepcopy__(self, memo):
+        """``copy.deepcopy(module)``, as PyTorch's: a module of the same class with new variables holding the same
+        values (the same dtype, ``requires_grad`` and training mode), sub-modules copied alike, and a variable or
+        sub-module shared in the original shared in the copy; what was built from the structure (``native``, a
+        compiled forward) is built again for it. Ops namespaces and the backend are shared (they hold no state).
+        An attribute that cannot be copied is a ``TypeError`` naming it."""
+        import copy
+        import types
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        trainable = {id(variable) for variable in self._parameters.values()}
+        with self._placement():
+            for variable in (*self._parameters.values(), *self._buffers.values()):
+                if variable is not None and id(variable) not in memo:
+                    value = np.asarray(to_numpy(variable))
+                    copied = self._backend.parameter(value, trainable=id(variable) in trainable,
+                                                     dtype=value.dtype.name)
+                    if not is_trainable(variable):
+                        self._backend.set_requires_grad(copied, False)
+                    memo[id(variable)] = copied
+        fresh = {"_native": None, "_structure_cache": {}, "_parent": None}
+        for name, value in self.__dict__.items():
+            if name in fresh:
+                object.__setattr__(new, name, {} if name == "_structure_cache" else None)
+            elif name == "_backend" or isinstance(value, types.ModuleType) or name == "_training_modes":
+                object.__setattr__(new, name, value if name != "_training_modes" else None)
+            else:
+                try:
+                    object.__setattr__(new, name, copy.deepcopy(value, memo))
+                except TypeError as error:
+                    raise TypeError(f"copy.deepcopy of {self.describe()}: its attribute {name!r} "
+                                    f"({type(value).__name__}) cannot be copied: {error}") from None
+        for name, child in new._modules.items():
+            if child is not None and child._parent is None:
+                object.__setattr__(child, "_parent", (weakref.ref(new), name))
+        return new
+
     def _structure_changed(self) -> None:
         """Forget what was built from the structure of this module and of its owners (``native``, the
         ``structure_cache``): it holds the variables of then, so a head replaced afterwards (transfer learning)
@@ -408,11 +446,33 @@ class Module:
         fn(self)
         return self
 
-    def named_parameters(self) -> Iterator[tuple[str, object]]:
-        """(dotted name, native variable) for every trainable parameter, in registration order."""
-        for path, module in self.named_modules(remove_duplicate=False):
-            for name, value in module._parameters.items():
+    def named_parameters(self, prefix: str = "", recurse: bool = True,
+                         remove_duplicate: bool = True) -> Iterator[tuple[str, object]]:
+        """(dotted name, native variable) for every trainable parameter, in registration order, each once (a layer
+        or parameter shared by two modules, weight tying: under its first name), as PyTorch's; with
+        ``remove_duplicate=False`` under every name (``state_dict``'s keys). ``recurse=False``: this module's own.
+        (Every name was listed: ``SGD(model.parameters())`` of a model with a tied weight was refused.)"""
+        return self._named_variables("_parameters", prefix, recurse, remove_duplicate)
+
+    def _named_variables(self, table: str, prefix: str, recurse: bool, remove_duplicate: bool):
+        seen = set()
+        modules = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix,
+                                                                                                          self)]
+        for path, module in modules:
+            for name, value in getattr(module, table).items():
+                if remove_duplicate:
+                    if id(value) in seen:
+                        continue
+                    seen.add(id(value))
                 yield (f"{path}.{name}" if path else name), value
+
+    def _state_variables(self) -> Iterator[tuple[str, object]]:
+        """(name, variable) of every parameter and buffer under every name, in ``state_dict``'s order: PyTorch's,
+        each module's own parameters, then its own buffers, then its children's (every parameter came first)."""
+        for path, module in self.named_modules(remove_duplicate=False):
+            for table in (module._parameters, module._buffers):
+                for name, value in table.items():
+                    yield (f"{path}.{name}" if path else name), value
 
     def parameters(self) -> list:
         """The trainable parameters as native variables (give them to an optimizer)."""
@@ -431,10 +491,11 @@ class Module:
         return {f"{path}.{name}" if path else name for path, module in self.named_modules(remove_duplicate=False)
                 for name in type(module)._optional_buffers if name in module._buffers}
 
-    def named_buffers(self) -> Iterator[tuple[str, object]]:
-        for path, module in self.named_modules(remove_duplicate=False):
-            for name, value in module._buffers.items():
-                yield (f"{path}.{name}" if path else name), value
+    def named_buffers(self, prefix: str = "", recurse: bool = True,
+                      remove_duplicate: bool = True) -> Iterator[tuple[str, object]]:
+        """(dotted name, native variable) for every buffer (BatchNorm's running statistics), as
+        ``named_parameters`` lists the parameters."""
+        return self._named_variables("_buffers", prefix, recurse, remove_duplicate)
 
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
         """Freeze (False) or unfreeze every parameter of this module and those below it, as PyTorch's
@@ -473,9 +534,7 @@ class Module:
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Parameters and buffers as NumPy arrays in the canonical layout, keyed by dotted name."""
         to_numpy = self._backend.to_numpy
-        state = OrderedDict((name, to_numpy(p)) for name, p in self.named_parameters())
-        state.update((name, to_numpy(b)) for name, b in self.named_buffers())
-        return state
+        return OrderedDict((name, to_numpy(variable)) for name, variable in self._state_variables())
 
     def load_state_dict(self, state_dict, strict: bool = True) -> dict:
         """Copy values from a ``state_dict()`` (from any backend) into this module's variables.
@@ -485,8 +544,7 @@ class Module:
         rest are returned as ``{'missing': [...], 'unexpected': [...]}``. Shape mismatches are
         always an error.
         """
-        own = OrderedDict(self.named_parameters())
-        own.update(self.named_buffers())
+        own = OrderedDict(self._state_variables())
         optional = self.optional_state_keys()
         missing = [k for k in own if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in own]

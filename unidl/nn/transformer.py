@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from unidl import ops as functional
 from unidl.nn.activation import GELU, ReLU
 from unidl.nn.attention import MultiheadAttention
@@ -152,9 +154,7 @@ def _nested_path_allowed(layer: TransformerEncoderLayer) -> bool:
 
 
 def _copy(layer: TransformerEncoderLayer) -> TransformerEncoderLayer:
-    """A new layer of the same configuration holding the same weights (PyTorch deep-copies it; variables of
-    every framework copy through ``state_dict``)."""
-    copy = TransformerEncoderLayer(**layer._config)
-    copy.load_state_dict(layer.state_dict())
-    copy.train(layer.training)
-    return copy
+    """A deep copy of ``layer``, as PyTorch's ``_get_clones``: its weights, mode and a module activation of its own
+    (an activation module was shared by every copy, its weights tied, and loading a checkpoint left them all at
+    the last layer's)."""
+    return copy.deepcopy(layer)
