@@ -261,7 +261,7 @@ def test_missing_parent_directory(backend, tmp_path):
 def test_failed_export_leaves_nothing(backend, tmp_path, monkeypatch):
     model, format, path = _model_and_format(tmp_path)
 
-    def half_written(module, temporary, format, input_shape):
+    def half_written(module, temporary, format, input_shape, input_dtype):
         with open(temporary, "wb") as handle:
             handle.write(b"half")
         raise RuntimeError("disk full")
@@ -270,6 +270,65 @@ def test_failed_export_leaves_nothing(backend, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         ud.export(model, path, format=format)
     assert os.listdir(tmp_path) == []
+
+
+def test_export_is_flushed_to_disk_before_it_is_renamed_into_place(backend, tmp_path, monkeypatch):
+    """A power cut after the rename must not leave an empty or partial program under ``path``: every file the
+    exporter wrote (each file of a SavedModel directory) is fsynced before the rename, and the directory after it
+    (export renamed unsynced files)."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to tell which file a descriptor is")
+    model, format, path = _model_and_format(tmp_path)
+    synced, events = set(), []
+    fsync, replace = os.fsync, os.replace
+
+    def recording_fsync(descriptor):
+        synced.add(os.readlink(f"/proc/self/fd/{descriptor}"))
+        return fsync(descriptor)
+
+    def recording_replace(source, target):
+        source = os.path.realpath(source)
+        files = [os.path.join(root, name) for root, _, names in os.walk(source) for name in names]
+        events.append((source, sorted(files or [source]), set(synced)))
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    ud.export(model, path, format=format)
+    monkeypatch.undo()
+    ((source, files, synced_before),) = events
+    assert files and set(files) <= synced_before, f"written but not fsynced before the rename: {files}"
+    assert os.path.realpath(tmp_path) in synced  # the rename itself
+
+
+def test_a_killed_exports_temporary_is_removed_by_the_next_write(backend, tmp_path, monkeypatch):
+    """An export killed mid-write leaves its temporary (a file, or a SavedModel directory) beside ``path``. It is
+    named as unidl's other temporaries are, so that the next export (or ``ud.save``) into the directory removes it,
+    and never while its own export runs (export's temporaries did not match that naming and stayed forever)."""
+    export_module = sys.modules["unidl.export"]  # ``unidl.export`` is the function
+    model, format, path = _model_and_format(tmp_path)
+    left = []
+
+    def killed(module, temporary, format, input_shape, input_dtype):
+        if format == "saved_model":
+            os.mkdir(temporary)
+            temporary = os.path.join(temporary, "saved_model.pb")
+        with open(temporary, "wb") as handle:
+            handle.write(b"half")
+        assert ud.io.remove_stale_temporaries(tmp_path) == []  # one in progress is never touched
+        left.append(os.path.basename(temporary if format != "saved_model" else os.path.dirname(temporary)))
+        raise KeyboardInterrupt  # as far as this export goes, the process dies here
+
+    monkeypatch.setattr(model._backend, "export", killed)
+    monkeypatch.setattr(export_module, "_remove", lambda path: None)  # a killed process removes nothing
+    with pytest.raises(KeyboardInterrupt):
+        ud.export(model, path, format=format)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == left and left[0].startswith(f".{path.name}.unidl-")
+    if format != "saved_model":
+        assert left[0].endswith(".tmp" + path.suffix)  # the writers that read the format from the suffix see it
+    ud.export(model, path, format=format)
+    assert os.listdir(tmp_path) == [path.name]
 
 
 def test_input_shape_from_config_or_argument(backend, tmp_path):

@@ -16,7 +16,7 @@ from unidl.config import (available_backends, get_backend, get_device, get_dtype
 from unidl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from unidl.errors import (BackendMismatchError, NonFiniteLossError, BackendNotInstalledError, CorruptFileError, DeviceUnavailableError,
                           ShapeMismatchError, StateDictError, UnidlError, UnknownBackendError, UnknownModelError,
-                          UnsafeFormatError, ExportFormatError)
+                          UnsafeFormatError, ExportFormatError, ExportInputError)
 from unidl.devices import info, log_device_placement
 from unidl.errors import DtypeMismatchError, GraphConstructError, IndexOutOfRangeError, RetraceWarning
 from unidl.function import function
@@ -49,5 +49,5 @@ __all__ = [
     "UnidlError", "UnknownBackendError", "BackendNotInstalledError", "BackendMismatchError",
     "DeviceUnavailableError", "NonFiniteLossError", "ShapeMismatchError", "StateDictError",
     "export", "save", "load", "load_weights", "register_model", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
-    "CorruptFileError", "UnsafeFormatError", "UnknownModelError", "ExportFormatError", "testing",
+    "CorruptFileError", "UnsafeFormatError", "UnknownModelError", "ExportFormatError", "ExportInputError", "testing",
 ]

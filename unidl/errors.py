@@ -121,6 +121,11 @@ class ExportFormatError(UnidlError, ValueError):
     """An export format that the model's backend cannot write; the message lists those it can."""
 
 
+class ExportInputError(UnidlError, TypeError):
+    """A model whose forward needs more inputs than the one (``x``) an exported program takes; a ``TypeError`` as
+    Python's for a call that lacks an argument."""
+
+
 class GraphConstructError(UnidlError, TypeError):
     """A forward or function that a graph cannot be built from: Python that a static graph cannot express inside
     ``ud.function`` or a compiled train step (e.g. ``bool()`` of a symbolic tensor), a forward that loops over a

@@ -441,11 +441,13 @@ class Backend(abc.ABC):
         """The formats ``export`` writes on this backend (names from ``unidl.export.FORMATS``)."""
 
     @abc.abstractmethod
-    def export(self, module, path: str, format: str, input_shape: tuple[int, ...]) -> None:
+    def export(self, module, path: str, format: str, input_shape: tuple[int, ...], input_dtype: str | None) -> None:
         """Write ``module``'s forward (already in eval mode) as an inference program at ``path``.
 
         ``format`` is one of ``export_formats()``; the program takes one input of shape
-        ``(batch, *input_shape)`` in the canonical layout with any batch size, and returns the
-        module's output in the canonical layout. ``path`` does not exist yet: the caller chose
-        it as a temporary name and renames it once this returns, and removes it if this raises.
+        ``(batch, *input_shape)`` in the canonical layout with any batch size, of dtype ``input_dtype`` (a NumPy
+        name from ``unidl.export.INPUT_DTYPES``; None: the module's float dtype), and returns the module's output
+        in the canonical layout; SavedModel and ONNX programs return it as ``unidl.export.flat_outputs`` gives it
+        (their outputs hold no nesting). ``path`` does not exist yet: the caller chose it as a temporary name
+        and renames it once this returns, and removes it if this raises.
         """

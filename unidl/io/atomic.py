@@ -3,8 +3,9 @@
 The data goes to a temporary file in the target's directory (same file system, so the rename is
 atomic), which is flushed and fsynced, renamed over the target with ``os.replace``, and then the
 directory itself is fsynced so that the rename survives a power cut. A temporary file is named
-``.<target>.unidl-<host>-<pid>-<random>.tmp``; one left by a process that died mid-write (SIGKILL,
-power cut) is removed by the next write into the same directory.
+``.<target>.unidl-<host>-<pid>-<random>.tmp``, followed by the target's extension where the writer reads the
+format from it (an export's ``.onnx``, ``.pt2``); one left by a process that died mid-write (SIGKILL, power
+cut), a file or an export's directory, is removed by the next write into the same directory.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 from typing import BinaryIO, Iterator
 
 from unidl.io.owner import HOST as _HOST, process_alive as _process_alive
 
-_TEMPORARY = re.compile(r"^\..+\.unidl-([0-9a-f]{8})-(\d+)-[0-9a-f]{12}\.tmp$")
+_TEMPORARY = re.compile(r"^\..+\.unidl-([0-9a-f]{8})-(\d+)-[0-9a-f]{12}\.tmp(?:\.[A-Za-z0-9]+)?$")
 #: temporaries of the previous naming (no host or pid): removed only once clearly abandoned
 _OLD_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 #: a temporary of another host (shared file system) is taken as abandoned after this many seconds
@@ -38,11 +40,15 @@ def _check_target(path: str) -> str:
     return path
 
 
-def _create_temporary(path: str) -> tuple[str, int]:
+def _temporary_name(path: str, extension: str = "") -> str:
     directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.unidl-{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp{extension}")
+
+
+def _create_temporary(path: str) -> tuple[str, int]:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        temporary = os.path.join(directory, f".{name}.unidl-{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
+        temporary = _temporary_name(path)
         with _in_progress_lock:
             _in_progress.add(temporary)
         try:
@@ -54,6 +60,28 @@ def _create_temporary(path: str) -> tuple[str, int]:
             with _in_progress_lock:
                 _in_progress.discard(temporary)
             raise
+
+
+@contextlib.contextmanager
+def temporary_path(path, extension: str = "") -> Iterator[str]:
+    """A fresh temporary name beside ``path`` for a writer that creates the file (or directory) itself, such as a
+    framework's exporter; ``extension`` (e.g. ``".onnx"``) ends the name where the writer reads the format from it.
+
+    The name is the one ``atomic_open`` gives its temporaries, so that ``remove_stale_temporaries`` removes what a
+    writer that died left under it, and never while the block runs. Nothing is created or removed here: the caller
+    writes, fsyncs (``fsync_tree``) and renames the temporary, and removes it on failure.
+    """
+    while True:
+        temporary = _temporary_name(os.fspath(path), extension)
+        if not os.path.lexists(temporary):
+            break
+    with _in_progress_lock:
+        _in_progress.add(temporary)
+    try:
+        yield temporary
+    finally:
+        with _in_progress_lock:
+            _in_progress.discard(temporary)
 
 
 def remove_stale_temporaries(directory) -> list[str]:
@@ -83,7 +111,10 @@ def remove_stale_temporaries(directory) -> list[str]:
         elif not (_OLD_TEMPORARY.match(name) and _older_than(path, now, ABANDONED_AFTER_S)):
             continue
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            if os.path.isdir(path) and not os.path.islink(path):  # an export's SavedModel directory
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
             removed.append(path)
     return removed
 
@@ -114,6 +145,26 @@ def fsync_directory(directory: str) -> None:
         os.fsync(descriptor)
     except OSError:
         pass
+    finally:
+        os.close(descriptor)
+
+
+def fsync_tree(path: str) -> None:
+    """Flush ``path`` to disk before it is renamed into place: a file, or a directory with every file and directory
+    in it (a SavedModel), so that a power cut after the rename leaves the complete content, not empty files."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        _fsync_file(path)
+        return
+    for root, _, files in os.walk(path):
+        for name in files:
+            _fsync_file(os.path.join(root, name))
+        fsync_directory(root)
+
+
+def _fsync_file(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(descriptor)
     finally:
         os.close(descriptor)
 

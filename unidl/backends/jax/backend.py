@@ -524,8 +524,8 @@ class Backend(BackendInterface):
     def export_formats(self):
         return export_formats()
 
-    def export(self, module, path, format, input_shape):
-        export_module(module, path, format, input_shape)
+    def export(self, module, path, format, input_shape, input_dtype):
+        export_module(module, path, format, input_shape, input_dtype)
 
 
 def _used_inputs(fn, inputs, live, before) -> list[bool]:

@@ -20,22 +20,24 @@ def export_formats() -> tuple[str, ...]:
     return ("stablehlo", "onnx") + (("saved_model",) if importlib.util.find_spec("tensorflow") is not None else ())
 
 
-def export_module(module, path: str, format: str, input_shape) -> None:
-    """Write ``module``'s eval-mode forward in ``format`` (one of ``export_formats()``) to ``path``."""
+def export_module(module, path: str, format: str, input_shape, input_dtype=None) -> None:
+    """Write ``module``'s eval-mode forward in ``format`` (one of ``export_formats()``) to ``path``, its input of
+    ``input_dtype`` (None: the module's dtype)."""
+    dtype = input_dtype or _dtype(module)
     if format == "stablehlo":
-        _export_stablehlo(module, path, input_shape)
+        _export_stablehlo(module, path, input_shape, dtype)
     elif format == "onnx":
-        _export_onnx(module, path, input_shape)
+        _export_onnx(module, path, input_shape, dtype)
     else:
-        _export_saved_model(module, path, input_shape)
+        _export_saved_model(module, path, input_shape, dtype)
 
 
-def _dtype(module):
+def _dtype(module) -> str:
     params = module.native.params
-    return next(iter(params.values())).dtype if params else "float32"
+    return str(next(iter(params.values())).dtype) if params else "float32"
 
 
-def _export_stablehlo(module, path: str, input_shape) -> None:
+def _export_stablehlo(module, path: str, input_shape, dtype: str) -> None:
     """A serialized ``jax.export.Exported`` of ``x -> module(x)`` (the weights are constants of the program):
     ``jax.export.deserialize(bytearray(open(path, "rb").read())).call(x)`` runs it with jax alone."""
     import jax
@@ -45,26 +47,28 @@ def _export_stablehlo(module, path: str, input_shape) -> None:
     params = native.params
     forward = jax.jit(lambda x: native.apply(params, x))
     shape = export.symbolic_shape(f"b, {', '.join(str(d) for d in input_shape)}")
-    exported = export.export(forward, platforms=STABLEHLO_PLATFORMS)(jax.ShapeDtypeStruct(shape, _dtype(module)))
+    exported = export.export(forward, platforms=STABLEHLO_PLATFORMS)(jax.ShapeDtypeStruct(shape, dtype))
     with open(path, "wb") as file:
         file.write(exported.serialize())
 
 
-def _export_saved_model(module, path: str, input_shape) -> None:
+def _export_saved_model(module, path: str, input_shape, dtype: str) -> None:
     """A SavedModel (endpoint ``serve``, signature ``serving_default``) whose weights are the module's current
-    values."""
+    values; a nested output (which a signature cannot hold) as ``unidl.export.flat_outputs`` flattens it."""
     import tensorflow as tf
     from jax.experimental import jax2tf
 
+    from unidl.export import flat_outputs
+
     native = module.native
     params = native.params
-    converted = jax2tf.convert(lambda p, x: native.apply(p, x),
+    converted = jax2tf.convert(lambda p, x: flat_outputs(native.apply(p, x)),
                                polymorphic_shapes=[None, f"(b, {', '.join(str(d) for d in input_shape)})"])
     holder = tf.Module()
     holder.params = {name.replace(".", "/"): tf.Variable(value, trainable=False) for name, value in params.items()}
     names = list(params)
 
-    @tf.function(input_signature=[tf.TensorSpec((None, *input_shape), tf.as_dtype(str(_dtype(module))), name="x")],
+    @tf.function(input_signature=[tf.TensorSpec((None, *input_shape), tf.as_dtype(dtype), name="x")],
                  autograph=False)
     def serve(x):
         return converted({name: holder.params[name.replace(".", "/")] for name in names}, x)
@@ -73,9 +77,10 @@ def _export_saved_model(module, path: str, input_shape) -> None:
     tf.saved_model.save(holder, path, signatures={"serving_default": serve})
 
 
-def _export_onnx(module, path: str, input_shape) -> None:
+def _export_onnx(module, path: str, input_shape, dtype: str) -> None:
     """An ONNX model of ``x -> module(x)`` written by ``jax2onnx`` from the forward's jaxpr: input ``'x'`` with a
-    symbolic batch dimension, output ``'y'``, the weights as initializers inside the file (no external data)."""
+    symbolic batch dimension, the weights as initializers inside the file (no external data); the outputs as
+    ``unidl.export.flat_outputs`` gives them, named by ``unidl.export`` (jax2onnx may use their names inside)."""
     try:
         import onnx
         from jax2onnx import to_onnx
@@ -85,21 +90,40 @@ def _export_onnx(module, path: str, input_shape) -> None:
     import jax
     import numpy as np
 
+    from unidl.export import flat_outputs
+
     native = module.native
     params = native.params
-    dtype = np.dtype(_dtype(module))
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"{ONNX_BATCH}, {', '.join(map(str, input_shape))}"),
-                                dtype)
-    forward = lambda x: native.apply(params, x)  # noqa: E731
-    # 'y' for the output; a module returning several arrays (an LSTM's output and states) names the rest y_1, y_2, ...
-    count = len(jax.tree_util.tree_leaves(jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *input_shape), dtype))))
+                                np.dtype(dtype))
     with _jax_plugins_only():
-        model = to_onnx(forward, [spec], model_name=type(module).__name__, input_names=["x"],
-                        output_names=["y"] + [f"y_{index}" for index in range(1, count)],
-                        enable_double_precision=dtype == np.float64)
+        model = to_onnx(lambda x: flat_outputs(native.apply(params, x)), [spec], model_name=type(module).__name__,
+                        input_names=["x"], enable_double_precision=_dtype(module) == "float64")
     _pool_batch_and_channel_axes(model.graph)
+    _give_input_dtype(model.graph, dtype)
     onnx.checker.check_model(model)
     onnx.save_model(model, path)
+
+
+def _give_input_dtype(graph, dtype: str) -> None:
+    """Make the program's input ``x`` of ``dtype`` where jax2onnx gave it another, in place: outside double
+    precision (which a float32 model cannot take: jax2onnx then mixes float32 and float64 values) it narrows 64-bit
+    inputs to 32 bits, so that token ids asked as int64 came as int32. The input takes ``dtype`` and a ``Cast``
+    gives the graph the values it was written for (ids past 2**31 do not fit there, as they did not in jax2onnx's
+    program)."""
+    from onnx import TensorProto, helper
+
+    from unidl.export import ONNX_INPUT, rename_onnx_values
+
+    wanted = getattr(TensorProto, {"float32": "FLOAT", "float64": "DOUBLE"}.get(dtype, dtype.upper()))
+    (value,) = [value for value in graph.input if value.name == ONNX_INPUT]
+    given = value.type.tensor_type.elem_type
+    if given == wanted:
+        return
+    narrowed = f"{ONNX_INPUT}_as_{TensorProto.DataType.Name(given).lower()}"
+    rename_onnx_values(graph, {ONNX_INPUT: narrowed}, skip=[value])
+    value.type.tensor_type.elem_type = wanted
+    graph.node.insert(0, helper.make_node("Cast", [ONNX_INPUT], [narrowed], to=given))
 
 
 @contextlib.contextmanager

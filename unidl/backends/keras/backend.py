@@ -510,8 +510,8 @@ class Backend(BackendInterface):
     def export_formats(self):
         return export_formats()
 
-    def export(self, module, path, format, input_shape):
-        export_module(module, path, format, input_shape)
+    def export(self, module, path, format, input_shape, input_dtype):
+        export_module(module, path, format, input_shape, input_dtype)
 
 
 def _raise_if_traced_step_input(error, model) -> None:

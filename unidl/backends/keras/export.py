@@ -22,20 +22,22 @@ def export_formats() -> tuple[str, ...]:
     return own + (tuple(HOST.export_formats()) if framework in _HOST_EXPORT_FRAMEWORKS else ())
 
 
-def export_module(module, path: str, format: str, input_shape) -> None:
+def export_module(module, path: str, format: str, input_shape, input_dtype=None) -> None:
     """Write ``module`` as a SavedModel at ``path`` (endpoint ``serve``, also signature ``serving_default``), or in
-    a format of the host's, written by the host's exporter."""
+    a format of the host's, written by the host's exporter; the input of ``input_dtype`` (None: the module's
+    dtype), a nested output as ``unidl.export.flat_outputs`` flattens it (a signature holds no nesting)."""
     if format != "saved_model":
-        HOST.export(module, path, format, input_shape)
+        HOST.export(module, path, format, input_shape, input_dtype)
         return
+    from unidl.backends.tensorflow.layout import tracing_for_export  # TensorFlow writes the SavedModel
+    from unidl.export import flat_outputs
+
     native = module.native
     variables = native.unidl_parameters + native.unidl_buffers
-    dtype = variables[0].dtype if variables else "float32"
-    from unidl.backends.tensorflow.layout import tracing_for_export  # TensorFlow writes the SavedModel
-
+    dtype = input_dtype or (variables[0].dtype if variables else "float32")
     archive = keras.export.ExportArchive()
     archive.track(native)
     with tracing_for_export():  # the SavedModel runs without unidl: none of unidl's gradient rules in its graphs
-        archive.add_endpoint("serve", lambda x: native(x, training=False),
+        archive.add_endpoint("serve", lambda x: flat_outputs(native(x, training=False)),
                              input_signature=[keras.InputSpec(shape=(None, *input_shape), dtype=dtype, name="x")])
         archive.write_out(path, verbose=False)

@@ -392,5 +392,5 @@ class Backend(BackendInterface):
     def export_formats(self):
         return EXPORT_FORMATS
 
-    def export(self, module, path, format, input_shape):
-        export_module(module, path, format, input_shape)
+    def export(self, module, path, format, input_shape, input_dtype):
+        export_module(module, path, format, input_shape, input_dtype)
