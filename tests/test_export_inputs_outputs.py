@@ -151,18 +151,21 @@ class WithItsInput(ud.nn.Module):
         return h, x, h
 
 
-def test_onnx_outputs_that_are_the_input_or_repeated(backend, tmp_path):
+def test_flat_outputs_that_are_the_input_or_repeated(backend, tmp_path):
     """A forward returning its input, and one tensor twice: torch's exporter wrote ``Identity(x -> x)``, a graph
-    no ONNX runtime loads; every backend's program now loads and names the outputs y, y_1, y_2."""
-    if "onnx" not in formats_of(ud.nn.Linear(1, 1)):
-        pytest.skip(f"{backend} writes no ONNX here")
+    no ONNX runtime loads; every backend's ONNX and SavedModel programs now load and give the three outputs (ONNX
+    names them y, y_1, y_2)."""
     model = WithItsInput().eval()
     x = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
     h = ud.to_numpy(model(ud.tensor(x))[0])
-    ud.export(model, tmp_path / "m.onnx", format="onnx", input_shape=(4,))
-    outputs = run_program(tmp_path / "m.onnx", "onnx", x)
-    for output, expected in zip(outputs, [h, x, h], strict=True):
-        assert max_relative_difference(output, expected) <= TOLERANCE
+    flat = [format for format in formats_of(model) if format in ("onnx", "saved_model")]
+    assert flat  # (every backend writes one of them)
+    for format in flat:
+        ud.export(model, tmp_path / f"m{SUFFIXES[format]}", format=format, input_shape=(4,))
+        outputs = run_program(tmp_path / f"m{SUFFIXES[format]}", format, x)
+        expected = [h, x, h] * (2 if format == "saved_model" else 1)  # (serve's, then the signature's)
+        for output, wanted in zip(outputs, expected, strict=True):
+            assert max_relative_difference(output, wanted) <= TOLERANCE, format
 
 
 def test_a_single_output_keeps_its_names(backend, tmp_path):
