@@ -99,6 +99,15 @@ def test_precision_refuses_bad_values_before_training(backend, rng):
         ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=optimizer, batch_size=8, verbose=0, precision="fp8")
     with pytest.raises(ValueError, match="growth_interval must be a positive integer"):
         ud.Precision("16-mixed", growth_interval=0)
+    for scale in (1e39, float("inf"), float("nan"), -1.0, "big"):  # (1e39: inf on every backend but torch's)
+        with pytest.raises(ValueError, match=r"init_scale must be a positive number no larger than float32's "
+                                             r"maximum \(3.4028235e\+38\)"):
+            ud.Precision("16-mixed", init_scale=scale)
+    with pytest.raises(ValueError, match="set the loss scaling of precision='16-mixed'; precision='bf16-mixed' "
+                                         "scales no loss"):
+        ud.Precision("bf16-mixed", init_scale=8.0)
+    numpy_numbers = ud.Precision("16-mixed", init_scale=np.float32(1024.0), growth_interval=np.int64(100))
+    assert (numpy_numbers.init_scale, numpy_numbers.growth_interval) == (1024.0, 100)
     after = model.state_dict()
     assert all(np.array_equal(before[k], after[k]) for k in before)
     with ud.use_dtype("float64"):
@@ -623,3 +632,106 @@ def test_a_model_runs_under_a_users_own_torch_autocast(rng):
             got, want = model(ud.tensor(x)), net(torch.tensor(x))
     assert got.dtype == want.dtype == torch.bfloat16
     np.testing.assert_allclose(got.float().detach().numpy(), want.float().detach().numpy(), rtol=1e-2, atol=1e-2)
+
+
+class _LossesInside(ud.nn.Module):
+    """A forward computing losses from its (half precision) activations, whose sum it returns; ``seen`` gets each
+    loss's dtype."""
+
+    def __init__(self, seen):
+        super().__init__()
+        self.fc, self.seen = ud.nn.Linear(4, 4), seen
+
+    def forward(self, x):
+        h = ud.ops.relu(self.fc(x)) + 1.0
+        zeros, p = ud.ops.zeros_like(h), ud.ops.sigmoid(h)
+        losses = {"smooth_l1_loss": ud.ops.smooth_l1_loss(h, zeros, reduction="sum"),
+                  "huber_loss": ud.ops.huber_loss(h, zeros, reduction="sum"),
+                  "kl_div": ud.ops.kl_div(ud.ops.log_softmax(h, 1), ud.ops.softmax(h, 1), reduction="sum"),
+                  "binary_cross_entropy": ud.ops.binary_cross_entropy(p, ud.ops.zeros_like(p), reduction="sum")}
+        self.seen.update({name: str(loss.dtype) for name, loss in losses.items()})
+        return ud.ops.reshape(sum(losses.values()), (1,))
+
+
+class _Itself(ud.nn.Module):
+    def forward(self, output, target):
+        return ud.ops.sum(output)
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_losses_inside_a_forward_compute_in_float32_as_torch_autocast(backend, precision):
+    """``smooth_l1_loss``, ``huber_loss``, ``kl_div`` and ``binary_cross_entropy`` of half-precision activations
+    are float32, as ``torch.autocast`` computes every loss (they were bfloat16/float16: a float16 sum past 65504 was
+    inf, and every step was skipped). The loss here, about 1e5, is finite."""
+    seen = {}
+    ud.manual_seed(0)
+    model = _LossesInside(seen)
+    x = np.full((8, 4), 5000.0, np.float32)
+    optimizer = ud.optim.SGD(model.parameters(), lr=1e-9)
+    step = ud.train_step(model, _Itself(), optimizer, precision=ud.Precision(precision) if precision ==
+                         "bf16-mixed" else ud.Precision(precision, init_scale=1.0))
+    loss = float(ud.to_numpy(step(x, np.zeros(8, np.float32))))
+    assert {name: dtype.rsplit(".", 1)[-1].replace("<dtype: '", "").rstrip("'>") for name, dtype in seen.items()
+            } == dict.fromkeys(seen, "float32") and len(seen) == 4
+    assert 65504 < loss < np.inf  # (float16's gradients of x = 5000 overflow here, as torch's would: a skip)
+    assert optimizer.last_step_finite or precision == "16-mixed"
+
+
+def test_the_loss_scale_never_grows_past_float32(backend):
+    """A scale whose growth would overflow float32 stays where it is, as ``torch.amp.GradScaler`` keeps it
+    (torch's backend grew a Python float to 2**128 and skipped every other step; the other backends and Keras's
+    loss scaler grew it to inf and skipped every later step)."""
+    import torch
+
+    class Bias(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = self.parameter(np.zeros(3, np.float32))
+
+        def forward(self, x):
+            return x * 0.5 + self.b
+
+    x = np.full((4, 3), 1e-30, np.float32)
+    model = Bias()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.L1Loss(), optimizer,
+                         precision=ud.Precision("16-mixed", init_scale=2.0 ** 127, growth_interval=1))
+    scales = []
+    for _ in range(4):
+        step(x, x)
+        scales.append((step.loss_scale, optimizer.last_step_finite))
+    b = torch.zeros(3, requires_grad=True)
+    reference, scaler = torch.optim.SGD([b], lr=0.1), torch.amp.GradScaler("cpu", init_scale=2.0 ** 127,
+                                                                           growth_interval=1)
+    expected = []
+    for _ in range(4):
+        reference.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = torch.tensor(x) * 0.5 + b
+        scaler.scale(torch.nn.functional.l1_loss(out.float(), torch.tensor(x))).backward()
+        scaler.step(reference)
+        scaler.update()
+        expected.append((scaler.get_scale(), True))
+    assert scales == expected == [(2.0 ** 127, True)] * 4
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular", "constant"])
+def test_padding_keeps_its_inputs_dtype_under_autocast(backend, mode):
+    """Padding a bfloat16 activation gives bfloat16 on every backend (torch's CPU autocast padded by reflection and
+    replication in float32, so the ops after ran in float32 on torch alone; its CUDA autocast does not)."""
+    seen = []
+
+    class Padded(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = ud.nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            padded = ud.ops.pad(self.conv(x), (1, 1, 1, 1), mode=mode)
+            seen.append(str(padded.dtype))
+            return ud.ops.reshape(padded, (-1, 36))
+
+    model = Padded()
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), precision="bf16-mixed")
+    step(np.ones((2, 1, 6, 6), np.float32), np.zeros((2, 36), np.float32))
+    assert "bfloat16" in seen[-1], seen  # (the step's trace; a shape check's may run outside autocast first)

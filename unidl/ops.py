@@ -1050,6 +1050,7 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     """0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta, with d = prediction - target (L1 when beta is 0);
     dtypes as ``mse_loss``'s."""
     prediction, target = input_checks.loss_operands("smooth_l1_loss", prediction, target)
+    prediction, target = input_checks.float32_under_autocast(prediction), input_checks.float32_under_autocast(target)
     difference = abs(prediction - target)
     if beta == 0:
         return _reduced(difference, reduction)
@@ -1059,8 +1060,8 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
 def huber_loss(prediction, target, reduction="mean", delta=1.0):
     """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target, in the
     prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force)."""
-    prediction = input_checks.as_floating("huber_loss", "prediction",
-                                          input_checks.as_tensor("huber_loss", "prediction", prediction))
+    prediction = input_checks.float32_under_autocast(input_checks.as_floating(
+        "huber_loss", "prediction", input_checks.as_tensor("huber_loss", "prediction", prediction)))
     difference = abs(prediction - cast_like(target, prediction))
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
@@ -1070,7 +1071,8 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1;
     below the floor a first derivative only). ``target`` of another shape than
     ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it."""
-    probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
+    probabilities = input_checks.float32_under_autocast(
+        input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities))
     target = cast_like(target, probabilities)
     probabilities = input_checks.check_same_shape("binary_cross_entropy", probabilities, target,
                                                   names=("probabilities", "target"))
@@ -1124,7 +1126,8 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
 
     ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
     mathematical KL divergence), 'sum' or 'none'."""
-    log_probabilities = input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities)
+    log_probabilities = input_checks.float32_under_autocast(
+        input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities))
     target = cast_like(target, log_probabilities)
     if log_target:
         losses = exp(target) * (target - log_probabilities)

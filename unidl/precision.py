@@ -20,13 +20,15 @@ import contextlib
 import contextvars
 from dataclasses import dataclass
 
-from unidl import config
+from unidl import arguments, config
 from unidl.dtype_kinds import dtype_name, holds_floats
 
 #: accepted spellings of each precision, Lightning's names first
 _NAMES = {"32": "32", "32-true": "32", 32: "32", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed", 16: "16-mixed"}
 VALID = ("32", "bf16-mixed", "16-mixed")
 GROWTH_FACTOR, BACKOFF_FACTOR = 2.0, 0.5
+#: the largest float32: a loss scale never grows past it (GradScaler keeps a scale that would overflow)
+FLOAT32_MAX = 3.4028234663852886e38
 
 #: ops whose floating inputs are cast to the compute dtype (torch.autocast's lower-precision list)
 LOWER_PRECISION_OPS = ("linear", "matmul", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "prelu",
@@ -43,8 +45,9 @@ NORMALIZATION_OPS = ("batch_norm", "layer_norm", "group_norm")
 class Precision:
     """A precision policy. ``name``: "32", "bf16-mixed" or "16-mixed"; the loss-scaling settings (used by
     "16-mixed" only) default to ``torch.amp.GradScaler``'s: the first scale ``init_scale``, doubled after
-    ``growth_interval`` finite steps in a row (``GROWTH_FACTOR``), halved by a step whose gradients
-    overflow (``BACKOFF_FACTOR``; both fixed, as Keras's ``LossScaleOptimizer`` fixes them).
+    ``growth_interval`` finite steps in a row (``GROWTH_FACTOR``) unless that would overflow float32 (as
+    GradScaler's), halved by a step whose gradients overflow (``BACKOFF_FACTOR``; both fixed, as Keras's
+    ``LossScaleOptimizer`` fixes them). NumPy numbers are taken as numbers.
 
     Example::
 
@@ -62,10 +65,17 @@ class Precision:
             raise ValueError(f"precision must be one of {', '.join(repr(v) for v in VALID)} (float32; bfloat16 or "
                              f"float16 compute over float32 weights), got {self.name!r}")
         object.__setattr__(self, "name", name)
-        if isinstance(self.init_scale, bool) or not isinstance(self.init_scale, (int, float)) or not self.init_scale > 0:
-            raise ValueError(f"init_scale must be a positive number, got {self.init_scale!r}")
-        if not isinstance(self.growth_interval, int) or isinstance(self.growth_interval, bool) or self.growth_interval < 1:
+        scale, interval = arguments.real(self.init_scale), arguments.integer(self.growth_interval)
+        if scale is None or not 0 < scale <= FLOAT32_MAX:  # (the scale is a float32 on every backend, as torch's)
+            raise ValueError(f"init_scale must be a positive number no larger than float32's maximum "
+                             f"({FLOAT32_MAX:.8g}), got {self.init_scale!r}")
+        if interval is None or interval < 1:
             raise ValueError(f"growth_interval must be a positive integer, got {self.growth_interval!r}")
+        object.__setattr__(self, "init_scale", scale)
+        object.__setattr__(self, "growth_interval", interval)
+        if name != "16-mixed" and (scale, interval) != (2.0 ** 16, 2000):
+            raise ValueError(f"init_scale and growth_interval set the loss scaling of precision='16-mixed'; "
+                             f"precision={name!r} scales no loss: leave them out, or use '16-mixed'")
 
     @property
     def mixed(self) -> bool:

@@ -65,6 +65,20 @@ def test_clipping_matches_torch_nn_utils(backend, case, optimizer):
         assert max_relative_difference(holder.state_dict()[name], value) < 1e-6, name
 
 
+@pytest.mark.parametrize("options", [dict(clip_grad_norm=float("inf"), clip_per_tensor=True),
+                                     dict(clip_grad_norm=float("inf")), dict(clip_grad_value=float("inf"))])
+def test_an_infinite_bound_clips_nothing_as_torch_nn_utils(backend, options):
+    """``clip_grad_norm=inf`` (PyTorch's "measure, do not clip") and ``clip_grad_value=inf`` leave the gradients
+    alone: the per-tensor rule made every weight NaN (g * inf / inf), after the non-finite guard had run."""
+    holder = _Params()
+    opt = ud.optim.SGD(holder.parameters(), lr=0.1, momentum=0.9, **options)
+    for grads in GRADS:
+        opt.apply([ud.tensor(g) for g in grads])
+    assert opt.last_step_finite
+    for name, value in zip("abc", _plain_torch_unclipped("SGD")):
+        assert max_relative_difference(holder.state_dict()[name], value) < 1e-6, name
+
+
 def _plain_torch_unclipped(optimizer):
     _, torch_class, kwargs = OPTIMIZERS[optimizer]
     params = [torch.tensor(value, requires_grad=True) for value in START]

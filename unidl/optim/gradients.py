@@ -30,9 +30,15 @@ def check_clipping(owner: str, clip_grad_norm, clip_grad_value, clip_per_tensor)
         raise ValueError(f"{owner} clip_per_tensor must be True or False, got {clip_per_tensor!r}")
     if clip_per_tensor and clip_grad_norm is None:
         raise ValueError(f"{owner} clip_per_tensor=True needs clip_grad_norm (the norm each tensor is clipped to)")
-    return {"clip_grad_norm": None if clip_grad_norm is None else arguments.real(clip_grad_norm),
-            "clip_grad_value": None if clip_grad_value is None else arguments.real(clip_grad_value),
+    # an infinite bound clips nothing (PyTorch's max_norm=inf: measure, do not clip): no clipping at all, where
+    # the per-tensor rule g * inf / max(|g|, inf) made every weight NaN after the non-finite guard had run
+    return {"clip_grad_norm": _bound(clip_grad_norm), "clip_grad_value": _bound(clip_grad_value),
             "clip_per_tensor": clip_per_tensor}
+
+
+def _bound(value) -> float | None:
+    number = None if value is None else arguments.real(value)
+    return None if number is None or math.isinf(number) else number
 
 
 def _norm(g, ops):

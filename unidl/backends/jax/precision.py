@@ -34,7 +34,8 @@ class LossScale:
         p = self.precision
         scale, good = self.scale.value, jnp.where(finite, self.good_steps.value + 1, 0)
         grow = good >= p.growth_interval
-        new_scale = jnp.where(finite, jnp.where(grow, scale * GROWTH_FACTOR, scale), scale * BACKOFF_FACTOR)
+        grown = jnp.where(jnp.isfinite(scale * GROWTH_FACTOR), scale * GROWTH_FACTOR, scale)  # (GradScaler's)
+        new_scale = jnp.where(finite, jnp.where(grow, grown, scale), scale * BACKOFF_FACTOR)
         self.scale.value = jnp.where(when, new_scale, scale)
         self.good_steps.value = jnp.where(when, jnp.where(grow, 0, good), self.good_steps.value)
 

@@ -113,6 +113,19 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
 
         return keras.ops.cond(closes, update, lambda: (list(trainable_variables), state))
 
+    def _stateful_handle_finite_grads(self, grads, trainable_variables):
+        before = keras.ops.multiply(self.dynamic_scale, 1.0)  # (a copy: the scale before Keras may double it)
+        super()._stateful_handle_finite_grads(grads, trainable_variables)
+        self.dynamic_scale.assign(_kept_finite(self.dynamic_scale, before))
+
+    def _stateless_handle_finite_grads(self, optimizer_variables, grads, trainable_variables):
+        trainable_variables, values = super()._stateless_handle_finite_grads(optimizer_variables, grads,
+                                                                             trainable_variables)
+        index = [id(v) for v in self.variables].index(id(self.dynamic_scale))
+        values = list(values)
+        values[index] = _kept_finite(values[index], optimizer_variables[index])
+        return trainable_variables, values
+
     def _stateless_handle_non_finite_grads(self, optimizer_variables, trainable_variables):
         # Keras's (scale halved, update skipped), with the step reported skipped in last_step_finite
         trainable_variables, values = super()._stateless_handle_non_finite_grads(optimizer_variables,
@@ -225,6 +238,12 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
     def _stateful_handle_non_finite_grads(self):
         self.inner_optimizer.finite.assign(False)  # the step was skipped: last_step_finite says so
         return super()._stateful_handle_non_finite_grads()
+
+
+def _kept_finite(scale, before):
+    """The loss scale after Keras's growth, or ``before`` where the growth overflowed float32 (GradScaler keeps a
+    scale whose growth would overflow; Keras's became inf, and every later step was skipped)."""
+    return keras.ops.where(keras.ops.isfinite(scale), scale, before)
 
 
 def keras_optimizer(optimizer, precision, accumulate=1):

@@ -41,8 +41,9 @@ class LossScale(tf.Module):
         p = self.precision
         good = tf.where(finite, self.good_steps + 1, tf.zeros_like(self.good_steps))
         grow = good >= p.growth_interval
-        self.scale.assign(tf.where(finite, tf.where(grow, self.scale * GROWTH_FACTOR, self.scale),
-                                   self.scale * BACKOFF_FACTOR))
+        grown = self.scale * GROWTH_FACTOR  # (kept where it would overflow float32, as GradScaler keeps it)
+        grown = tf.where(tf.math.is_finite(grown), grown, self.scale)
+        self.scale.assign(tf.where(finite, tf.where(grow, grown, self.scale), self.scale * BACKOFF_FACTOR))
         self.good_steps.assign(tf.where(grow, tf.zeros_like(good), good))
 
     def checkpointed(self):

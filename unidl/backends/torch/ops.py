@@ -376,4 +376,8 @@ def squeeze(x, dim=None):
 
 
 def pad(x, pad, mode="constant", value=0.0):
-    return F.pad(x, pad, mode, value if mode == "constant" else None)
+    # in x's dtype under autocast too: torch's CPU autocast runs reflection and replication padding in float32 (its
+    # CUDA autocast does not), so the ops after them ran in float32 on torch's CPU alone; padding copies values, so
+    # the cast back is exact
+    padded = F.pad(x, pad, mode, value if mode == "constant" else None)
+    return padded if padded.dtype == x.dtype else padded.to(x.dtype)

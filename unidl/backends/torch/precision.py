@@ -3,13 +3,14 @@ scaling for float16 by ``torch.amp.GradScaler``'s rule (see ``unidl.precision``)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from unidl.backends.torch.distributed import backward, data_parallel, gradient_sync, update_losses
 from unidl.backends.torch.nesting import differentiated
 from unidl.backends.torch.ops import _tree_map
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
-from unidl.precision import BACKOFF_FACTOR, GROWTH_FACTOR
+from unidl.precision import BACKOFF_FACTOR, FLOAT32_MAX, GROWTH_FACTOR
 from unidl.training import loss_scale_storage
 
 _COMPUTE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -20,7 +21,7 @@ class LossScale:
 
     def __init__(self, precision):
         self.precision = precision
-        self.scale = float(precision.init_scale)
+        self.scale = float(np.float32(precision.init_scale))  # (a float32, as GradScaler's)
         self.good_steps = 0
 
     def unscale(self, params) -> None:
@@ -37,7 +38,8 @@ class LossScale:
             return
         self.good_steps += 1
         if self.good_steps == p.growth_interval:
-            self.scale *= GROWTH_FACTOR
+            if self.scale * GROWTH_FACTOR <= FLOAT32_MAX:  # (GradScaler keeps a scale whose growth would overflow)
+                self.scale *= GROWTH_FACTOR
             self.good_steps = 0
 
     def checkpointed(self):
