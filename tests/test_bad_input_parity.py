@@ -1801,3 +1801,30 @@ def test_ignore_index_with_class_probabilities_is_an_error_as_in_torch(backend):
     expected = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(probabilities), ignore_index=-1)
     got = ud.nn.CrossEntropyLoss(ignore_index=-1)(ud.tensor(logits), ud.tensor(probabilities))
     assert float(ud.to_numpy(got)) == pytest.approx(float(expected), rel=1e-6)
+
+
+INTEGER_INPUT = [  # (the layer's name in the message, a layer over (2, 3, 4) integers)
+    ("GRU(4, 3)", lambda: ud.nn.GRU(4, 3)),
+    ("LSTM(4, 3)", lambda: ud.nn.LSTM(4, 3)),
+    ("RNN(4, 3)", lambda: ud.nn.RNN(4, 3)),
+    ("MultiheadAttention(embed_dim=4, num_heads=2, batch_first=False)", lambda: ud.nn.MultiheadAttention(4, 2)),
+    ("LayerNorm((4,), eps=1e-05, elementwise_affine=True)", lambda: ud.nn.LayerNorm(4)),
+    ("LayerNorm((4,), eps=1e-05, elementwise_affine=False)", lambda: ud.nn.LayerNorm(4, elementwise_affine=False)),
+    ("GroupNorm(1, 3, eps=1e-05, affine=False, bias=False)", lambda: ud.nn.GroupNorm(1, 3, affine=False)),
+    ("BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)",
+     lambda: ud.nn.BatchNorm1d(3)),
+]
+
+
+@pytest.mark.parametrize("index", range(len(INTEGER_INPUT)))
+def test_integers_to_a_sequence_or_normalization_layer_are_one_error(mode, index):
+    """Integer input (token ids by mistake) to a recurrent, attention or normalization layer: one
+    ``DtypeMismatchError``, as ``Linear``'s (jax ran them, LayerNorm and BatchNorm1d giving float64; torch's GroupNorm
+    too; the others raised the framework's errors), as PyTorch's layers refuse integers."""
+    name, build = INTEGER_INPUT[index]
+    layer = build()
+    integers = np.arange(24, dtype=np.int64).reshape(2, 3, 4)
+    call = (lambda x: layer(x, x, x)[0]) if "Attention" in name else (lambda x: layer(x)[0]) if "(4, 3)" in name \
+        else (lambda x: layer(x))
+    raises_exactly(ud.DtypeMismatchError, f"{name} needs floating-point input, got int64 input; convert it with "
+                   f"x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode, call, integers)

@@ -243,8 +243,8 @@ def check_floating(owner, x) -> None:
 
 def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str = "input",
                            autocast: bool = True) -> bool:
-    """``DtypeMismatchError`` for floating-point input of another dtype than a layer's floating-point
-    ``parameter`` (float64 or float16 input to a float32 ``Linear``), as PyTorch refuses it (TensorFlow refused it
+    """``DtypeMismatchError`` for input of another dtype than a layer's floating-point ``parameter`` (integers,
+    float64 or float16 input to a float32 ``Linear``), as PyTorch refuses it (TensorFlow refused it
     in its own words, JAX promoted the two: float64 or float32 out). Under autocast (``ud.Precision``'s casts,
     or torch's own) the casts are autocast's, and nothing is raised. With ``halves`` (the normalization layers,
     which PyTorch's mixed-type kernels let take float16 or bfloat16 input beside float32 parameters, under
@@ -258,6 +258,9 @@ def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str 
     if given is held or (dtype_name(given) == held if type(held) is str else given == held):
         return False  # the common case, decided at once (Keras's variables name their dtype: no DType to compare)
     given, held = dtype_name(given), dtype_name(held)
+    if not is_floating(given) and is_floating(held):  # (integers or booleans to float weights: jax promoted them)
+        raise DtypeMismatchError(f"{literal(owner)} needs floating-point {what}, got {given} {what}; convert "
+                                 f"it with x.astype('{held}') or ud.ops.cast(x, '{held}')")
     if given == held or not is_floating(given) or not is_floating(held):
         return False
     if halves and given in ("float16", "bfloat16") and held == "float32":

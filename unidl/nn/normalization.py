@@ -48,6 +48,8 @@ class LayerNorm(Module):
         if None in tail:  # (a graph traced for any sizes: checked when it runs)
             axes = {axis - len(self.normalized_shape): size for axis, size in enumerate(self.normalized_shape)}
             x = input_checks.require_sizes(self.describe, x, axes, self._mismatch)
+        if self.weight is None:  # (no weight to compare with: PyTorch's kernels take floats only)
+            input_checks.check_floating(self.describe, x)
         if input_checks.check_parameters_dtype(self.describe, x, self.weight, halves=True, autocast=False):
             return self._ops.cast_like(self._ops.layer_norm(self._ops.cast(x, "float32"), self.normalized_shape,
                                                             self.weight, self.bias, self.eps), x)
@@ -90,6 +92,8 @@ class GroupNorm(Module):
             raise ShapeMismatchError(self._mismatch(self.describe(), shape))
         if shape[1] is None:  # (a graph traced for any sizes: checked when it runs)
             x = input_checks.require_sizes(self.describe, x, {1: self.num_channels}, self._mismatch)
+        if self.weight is None:  # (no weight to compare with: PyTorch's kernels take floats only)
+            input_checks.check_floating(self.describe, x)
         if input_checks.check_parameters_dtype(self.describe, x, self.weight, halves=True, autocast=False):
             return functional.cast_like(functional.group_norm(functional.cast(x, "float32"), self.num_groups,
                                                               self.weight, self.bias, self.eps), x)
