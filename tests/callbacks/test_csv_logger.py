@@ -39,12 +39,35 @@ def test_same_file_as_keras_csv_logger(backend, problem, tmp_path):
     assert (tmp_path / "unidl.csv").read_bytes() == (tmp_path / "keras.csv").read_bytes()
 
 
+@pytest.mark.parametrize("validation", ["every second epoch", "none"])
+def test_validation_now_and_then_or_never_gives_keras_columns(backend, problem, tmp_path, validation):
+    """With ``validation_freq=2`` the first epoch has no 'val_' logs: Keras adds a 'val_' column for each name
+    ('NA' where an epoch has none), where the validation values were dropped; without validation, the same
+    columns of 'NA'."""
+    keras = pytest.importorskip("keras")
+    recorded = []
+    options = dict(validation_freq=2) if validation != "none" else dict(validation_data=None)
+    _, _, history = train(problem, 3, [ud.callbacks.CSVLogger(tmp_path / "unidl.csv"),
+                                       lambda epoch, logs: recorded.append((epoch, dict(logs)))], **options)
+    reference = keras.callbacks.CSVLogger(str(tmp_path / "keras.csv"))
+    reference.on_train_begin()
+    for epoch, logs in recorded:
+        reference.on_epoch_end(epoch, logs)
+    reference.on_train_end()
+    assert (tmp_path / "unidl.csv").read_bytes() == (tmp_path / "keras.csv").read_bytes()
+    rows = read(tmp_path / "unidl.csv")
+    column = rows[0].index("val_loss")
+    assert [row[column] for row in rows[1:]] == (["NA", repr(history["val_loss"][0]), "NA"]
+                                                 if validation != "none" else ["NA"] * 3)
+
+
 def test_append_continues_without_a_second_header(backend, problem, tmp_path):
     path = tmp_path / "run.csv"
     train(problem, 2, [ud.callbacks.CSVLogger(path)], validation_data=None)
     train(problem, 1, [ud.callbacks.CSVLogger(path, append=True)], validation_data=None)
     rows = read(path)
-    assert rows[0] == ["epoch", "accuracy", "loss", "lr"] and [row[0] for row in rows[1:]] == ["0", "1", "0"]
+    assert rows[0] == ["epoch", "accuracy", "loss", "lr", "val_accuracy", "val_loss", "val_lr"]  # (Keras's NA columns)
+    assert [row[0] for row in rows[1:]] == ["0", "1", "0"] and rows[1][4:] == ["NA"] * 3
     train(problem, 1, [ud.callbacks.CSVLogger(path)], validation_data=None)  # without append: a new file
     assert [row[0] for row in read(path)] == ["epoch", "0"]
 

@@ -11,7 +11,8 @@ from unidl.callbacks.callback import Callback
 
 class CSVLogger(Callback):
     """Write every epoch's logs to ``filename`` as ``keras.callbacks.CSVLogger`` does: a header of 'epoch'
-    and the first epoch's log names sorted ('accuracy', 'loss', 'lr', 'val_accuracy', 'val_loss'), then one
+    and the first epoch's log names sorted ('accuracy', 'loss', 'lr', 'val_accuracy', 'val_loss'), with a 'val_'
+    column for each where that epoch has none (``validation_freq`` > 1, or no validation: Keras's rule), then one
     row per epoch ('NA' for a name an epoch lacks). Each row is written and closed at the end of its epoch.
 
     Args:
@@ -74,6 +75,10 @@ class CSVLogger(Callback):
         rows = []
         if self.keys is None:
             self.keys = sorted(logs)
+            if self.keys and not any(key.startswith("val_") for key in self.keys):
+                # Keras's rule: a 'val_' column for each name, 'NA' until validation runs (validation_freq > 1
+                # lost the validation values, the first epoch having none)
+                self.keys += [f"val_{key}" for key in self.keys]
             if self.lines == 0:
                 rows.append(["epoch", *self.keys])
         rows.append([epoch, *(_cell(logs.get(key, "NA")) for key in self.keys)])
