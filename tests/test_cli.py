@@ -94,6 +94,10 @@ BAD_VALUES = [
     (["train", "--threads", "0"], "argument --threads: must be a positive integer, got 0"),
     (["compare", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
     (["parity", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
+    (["parity", "--backends", "torch"], "argument --backends: parity compares two backends or more, got ['torch']"),
+    (["parity", "--backends", "torch", "keras:bogus"], "argument --backends: 'keras:bogus': only keras takes a "
+                                                        "framework to run on, one of tensorflow, jax, torch"),
+    (["parity", "--backends", "torch:jax", "tensorflow"], "argument --backends: 'torch:jax': only keras takes"),
     (["bench", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
 ]
 

@@ -79,6 +79,21 @@ def backend_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+#: the frameworks Keras runs on, for parity's ``keras:<framework>`` (run in a subprocess of that KERAS_BACKEND)
+KERAS_HOSTS = ("tensorflow", "jax", "torch")
+
+
+def parity_backend(text: str) -> str:
+    """A backend for ``unidl parity``: a backend name, or ``keras:<framework>`` (Keras on that framework)."""
+    name, colon, host = text.partition(":")
+    name = backend_name(name)
+    if colon and (name != "keras" or host not in KERAS_HOSTS):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: only keras takes a framework to run on, one of {', '.join(KERAS_HOSTS)} "
+            f"(keras:tensorflow, keras:jax, keras:torch)")
+    return f"{name}:{host}" if colon else name
+
+
 def device_name(text: str) -> str:
     """A well-formed device name; whether the backend sees that device is checked when it loads."""
     from unidl.config import parse_device
@@ -137,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="installed backends, versions and visible devices")
     parity = commands.add_parser("parity", help="compare a model across backends; exit 1 if any difference exceeds its tolerance")
     parity.add_argument("--model", choices=["two_layer", "cnn"], default="two_layer")
-    parity.add_argument("--backends", nargs="+", default=None,
+    parity.add_argument("--backends", nargs="+", default=None, type=parity_backend,
                         help="backends to compare (default: all installed); keras:torch runs Keras on torch in a subprocess")
     parity.add_argument("--steps", type=positive_int, default=20)
     parity.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -445,6 +460,13 @@ def run_command(args) -> int:
         if args.nproc > 1:  # the ranks import the framework; this process only launches them
             train(args)
             return 0
+    if args.command == "parity":  # a bad argument is status 2 (1 says a difference exceeded its tolerance)
+        from unidl import backends
+
+        compared = args.backends or backends.available_backends()
+        if len(compared) < 2:
+            build_parser().exit(2, f"unidl parity: error: argument --backends: parity compares two backends or "
+                                   f"more, got {compared}; name them, e.g. --backends torch tensorflow keras:jax\n")
     if args.command == "plot":  # reads a file; no framework needed
         try:
             print(plot_run(args.run, args.output))
