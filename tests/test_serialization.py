@@ -252,3 +252,18 @@ def test_load_weights_reports_what_load_state_dict_reports(tmp_path, backend):
     expected = {"missing": ["2.bias"], "unexpected": ["extra"]}
     assert model.load_state_dict(state, strict=False) == expected
     assert model.load_weights(tmp_path / "w.safetensors", strict=False) == expected
+
+
+def test_save_refuses_a_config_that_no_longer_describes_the_model(tmp_path, backend):
+    """A built-in model whose head was replaced (transfer learning) saved a config of the old head: ``ud.load``
+    could never rebuild the file. ``ud.save`` says so, naming the weights; with the config updated it saves and
+    loads."""
+    model = ud.models.TwoLayerNet(4, 8, 10)
+    model.linear2 = ud.nn.Linear(8, 3)
+    with pytest.raises(ud.StateDictError, match=r"linear2.weight: the config builds \(10, 8\), the model holds "
+                                                r"\(3, 8\).*update model.config"):
+        ud.save(model, tmp_path / "head.safetensors")
+    assert not (tmp_path / "head.safetensors").exists()
+    model.config["D_out"] = 3
+    ud.save(model, tmp_path / "head.safetensors")
+    assert tuple(ud.load(tmp_path / "head.safetensors").state_dict()["linear2.weight"].shape) == (3, 8)

@@ -357,7 +357,33 @@ def save(model, path) -> None:
     if not isinstance(model, Module):
         raise TypeError(f"ud.save expects a unidl.nn.Module, got {type(model).__name__}")
     metadata = model_metadata(model)
+    _check_config_describes(model, metadata["config"])
     save_file(model.state_dict(), path, encode_metadata(metadata))
+
+
+def _check_config_describes(model, config) -> None:
+    """``StateDictError`` where ``model.config`` builds a model of other weights than ``model``'s (a head replaced
+    after building, as transfer learning does): ``load`` could never rebuild the file (it refused it only then).
+    A config that is not the constructor's arguments (a class of a user's that builds otherwise) is left to
+    ``load``; so is a model without one."""
+    if config is None:
+        return
+    try:
+        expected = architecture_shapes(type(model), config)
+    except Exception:  # (not its constructor's arguments: ud.load_weights into a model built by hand still works)
+        return
+    found = {name: tuple(variable.shape) for name, variable in model._state_variables()}
+    if expected == found:
+        return
+    differences = [f"{k}: the config builds {expected[k]}, the model holds {found[k]}" for k in found
+                   if k in expected and expected[k] != found[k]]
+    differences += [f"{k}: not built by the config" for k in found if k not in expected]
+    differences += [f"{k}: built by the config, not in the model" for k in expected if k not in found]
+    raise StateDictError(
+        f"ud.save: {type(model).__name__}.config {config} describes other weights than the model holds "
+        f"({'; '.join(differences[:6])}), so ud.load could never rebuild it; update model.config to describe the "
+        f"model (a replaced head: its new size), or keep the weights alone (ud.save_checkpoint, or "
+        f"safetensors of model.state_dict()) and load them into a model built by hand with ud.load_weights")
 
 
 def load(path, *, allow_pickle: bool = False):
