@@ -1,6 +1,7 @@
 """``ud.function`` and gradients in it: the lecture's graph, a hand-written step, control flow, tracing."""
 
 import collections
+import dataclasses
 import warnings
 
 import numpy as np
@@ -461,7 +462,14 @@ def test_a_replaced_sub_module_is_traced_anew(backend):
     np.testing.assert_allclose(ud.to_numpy(infer(x)), ud.to_numpy(model(x)), rtol=1e-6)
     model[0].weight = model[0].parameter(np.ones((4, 3), np.float32))  # a parameter replaced
     np.testing.assert_allclose(ud.to_numpy(infer(x)), ud.to_numpy(model(x)), rtol=1e-6)
-    model.eval(), infer(x), model.train()  # (modes alone trace no more than before)
+    @ud.function
+    def by_parts(x):  # (the head called directly: it, not the model, holds this function's mark)
+        return model[2](model[1](model[0](x)))
+
+    assert ud.to_numpy(by_parts(x)).shape == (2, 5)
+    model[2] = ud.nn.Linear(4, 6)
+    assert ud.to_numpy(by_parts(x)).shape == (2, 6)
+    model.eval(), infer(x), model.train(), infer(x)  # (modes alone trace no more than before)
     counts = infer.trace_count
     infer(x)
     assert infer.trace_count == counts
@@ -489,6 +497,31 @@ def test_methods_and_keyword_arguments(backend):
     assert first.predict is first.predict and first.predict is not second.predict
     with pytest.raises(TypeError, match="ud.function 'predict': got an unexpected keyword argument 'shift'"):
         first.predict(x, shift=1.0)
+    import gc
+    import weakref
+
+    gone = weakref.ref(second)
+    del second, net
+    gc.collect()
+    assert gone() is None  # (the bound function lives in the instance: it kept every instance alive before)
+
+    @dataclasses.dataclass(frozen=True)
+    class Scaled:  # (unhashable or equal instances: each binds its own function, never one by equality)
+        factor: float
+
+        @ud.function
+        def apply(self, x):
+            return x * self.factor
+
+    np.testing.assert_allclose(ud.to_numpy(Scaled(2.0).apply(x)), 2 * ud.to_numpy(x))
+    one, other = Scaled(3.0), Scaled(3.0)
+    assert one == other and one.apply is not other.apply
+
+    @ud.function
+    def partly(x, y=None, z=2.0):
+        return x * z
+
+    np.testing.assert_allclose(ud.to_numpy(partly(x, z=3.0)), 3 * ud.to_numpy(x))  # (y skipped: its default)
 
     @ud.function
     def keyword_only(x, *, scale):

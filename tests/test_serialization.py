@@ -267,3 +267,22 @@ def test_save_refuses_a_config_that_no_longer_describes_the_model(tmp_path, back
     model.config["D_out"] = 3
     ud.save(model, tmp_path / "head.safetensors")
     assert tuple(ud.load(tmp_path / "head.safetensors").state_dict()["linear2.weight"].shape) == (3, 8)
+
+
+def test_save_runs_no_constructor_of_a_users_class(tmp_path, monkeypatch):
+    """``ud.save`` checks the config of a built-in model against its weights by building one; a user's class is not
+    built (its constructor's draws moved NumPy's global generator, and its side effects ran, at every save)."""
+    monkeypatch.setattr("unidl.serialization._registry", dict(_registry))
+    built = []
+
+    @ud.register_model
+    class Counted(ud.nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            built.append(width)
+            self.config = {"width": width}
+            self.linear = ud.nn.Linear(width, width)
+
+    model = Counted(3)
+    ud.save(model, tmp_path / "counted.safetensors")
+    assert built == [3]

@@ -465,8 +465,10 @@ def run_command(args) -> int:
 
         compared = args.backends or backends.available_backends()
         if len(compared) < 2:
+            given = (f"got {compared}; name them, e.g. --backends torch tensorflow keras:jax" if args.backends else
+                     f"only {compared} is installed; install another (pip install 'unidl[tensorflow]', ...)")
             build_parser().exit(2, f"unidl parity: error: argument --backends: parity compares two backends or "
-                                   f"more, got {compared}; name them, e.g. --backends torch tensorflow keras:jax\n")
+                                   f"more, {given}\n")
     if args.command == "plot":  # reads a file; no framework needed
         try:
             print(plot_run(args.run, args.output))

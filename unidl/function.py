@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import weakref
 
 import numpy as np
 
@@ -25,6 +24,10 @@ def _as_argument(backend, value):
                                          and not backend.is_tensor(value)):
         return backend.function_argument(value)
     return value
+
+
+#: the prefix of the key under which a method's ``Function`` keeps its bound function in an instance's ``__dict__``
+BOUND_PREFIX = "_ud_function_bound_"
 
 
 class Function:
@@ -49,22 +52,23 @@ class Function:
         # a mark each called module keeps in its structure cache, which a change of structure below it empties
         self._mark = object()
         self._checked: dict = {}  # backend name -> the modules' mode version when their marks were last checked
-        self._bound = weakref.WeakKeyDictionary()  # instance -> the Function of the method bound to it
         self._signature = None
 
     def __get__(self, instance, owner=None):
         """``@ud.function`` on a method: the function of ``fn`` bound to ``instance``, one per instance (its
-        graphs hold that instance's modules), as ``tf.function`` binds methods."""
+        graphs hold that instance's modules), as ``tf.function`` binds methods. It is kept in the instance's own
+        ``__dict__`` (never by the instance's hash or equality), so it lives and dies with the instance."""
         if instance is None:
             return self
-        try:
-            bound = self._bound.get(instance)
-        except TypeError:  # (no weak reference to it: a class with __slots__)
-            raise TypeError(f"ud.function {self.__name__!r} on a method keeps one function per instance, by a weak "
-                            f"reference; {type(instance).__name__} takes none: add '__weakref__' to its __slots__") \
-                from None
+        state = getattr(instance, "__dict__", None)
+        if state is None:
+            raise TypeError(f"ud.function {self.__name__!r} on a method keeps one function per instance in the "
+                            f"instance's __dict__; {type(instance).__name__} has none (__slots__): add '__dict__' "
+                            f"to its __slots__")
+        key = f"{BOUND_PREFIX}{self.__name__}_{id(self)}"
+        bound = state.get(key)
         if bound is None:
-            bound = self._bound[instance] = Function(functools.partial(self._fn, instance), self.jit_compile)
+            bound = state[key] = Function(functools.partial(self._fn, instance), self.jit_compile)
             bound.__name__ = self.__name__
         return bound
 
@@ -77,9 +81,12 @@ class Function:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as error:
             raise TypeError(f"ud.function {self.__name__!r}: {error}") from None
-        if bound.kwargs:
+        keyword_only = [name for name in bound.arguments if self._signature.parameters[name].kind in (
+            inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.VAR_KEYWORD)]
+        if keyword_only:
             raise TypeError(f"ud.function {self.__name__!r} passes its arguments by position: keyword-only "
-                            f"arguments {sorted(bound.kwargs)} cannot be passed; make them positional parameters")
+                            f"arguments {keyword_only} cannot be passed; make them positional parameters")
+        bound.apply_defaults()  # (a parameter skipped before one given by keyword takes its default's place)
         return bound.args
 
     def _drop_if_restructured(self, name: str) -> None:

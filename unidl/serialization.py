@@ -362,11 +362,11 @@ def save(model, path) -> None:
 
 
 def _check_config_describes(model, config) -> None:
-    """``StateDictError`` where ``model.config`` builds a model of other weights than ``model``'s (a head replaced
-    after building, as transfer learning does): ``load`` could never rebuild the file (it refused it only then).
-    A config that is not the constructor's arguments (a class of a user's that builds otherwise) is left to
-    ``load``; so is a model without one."""
-    if config is None:
+    """``StateDictError`` where the config of a built-in model (``unidl.models``) builds a model of other weights
+    than ``model``'s (a head replaced after building, as transfer learning does): ``load`` could never rebuild the
+    file (it refused it only then). A user's class is left to ``load`` (building it here would run its constructor,
+    its draws and its side effects, at every save); so is a model without a config."""
+    if config is None or not type(model).__module__.startswith("unidl.models."):
         return
     try:
         expected = architecture_shapes(type(model), config)

@@ -270,6 +270,9 @@ def test_a_shared_weight_or_layer_is_one_parameter_and_trains_as_torchs(backend,
                                         "layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"][:3] + [
         "mix.weight", "mix.bias", "layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias"]
     state = model.state_dict()
+    if backend == "jax":  # (its native view takes every state_dict name, a tied weight's too: apply(state, x))
+        assert list(model.native.params) == list(state)
+        model.native.apply(dict(state), rng.standard_normal((2, 4)).astype(np.float32))
     reference = torch.nn.ModuleDict({"encode": torch.nn.Linear(4, 3, bias=False), "decode": torch.nn.Linear(3, 4),
                                      "mix": torch.nn.Linear(4, 4)})
     reference.decode.weight = reference.encode.weight

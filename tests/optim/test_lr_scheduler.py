@@ -51,6 +51,12 @@ CASES = {
         lambda o: torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.MultiStepLR(o, [0, 1], 0.5),
                                                             torch.optim.lr_scheduler.OneCycleLR(
                                                                 o, 0.5, 6, cycle_momentum=False)], [0]), 6),
+    "SequentialLR-one-cycle-second": (  # (its max_lr / div_factor is every group's initial rate, as torch's)
+        lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.LinearLR(o, 0.1, 1.0, 2),
+                                                lr_scheduler.OneCycleLR(o, 1.0, 10)], [2]),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.LinearLR(o, 0.1, 1.0, 2),
+                                                            torch.optim.lr_scheduler.OneCycleLR(
+                                                                o, 1.0, 10, cycle_momentum=False)], [2]), 10),
     "ChainedScheduler": (
         lambda o: lr_scheduler.ChainedScheduler([lr_scheduler.LinearLR(o, 0.5, 1.0, 3),
                                                  lr_scheduler.ExponentialLR(o, 0.9)]),

@@ -79,6 +79,14 @@ def _modes_changed() -> None:
     _mode_version = next(_mode_versions)
 
 
+def _forget_structure_below(module) -> None:
+    """Empty the structure caches of ``module`` and of every module below it (a child replaced or removed): a
+    ``ud.function`` that called it directly keeps its mark there, and must trace the new structure."""
+    if isinstance(module, Module):
+        for below in module.modules():
+            below.__dict__.get("_structure_cache", {}).clear()
+
+
 def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list]:
     """The entries of ``state_dict`` for the variables ``own`` as NumPy arrays every backend assigns (a bfloat16
     or float8 array of ``ml_dtypes`` in float32, whose values it holds exactly: torch's backend could not take
@@ -222,6 +230,7 @@ class Module:
         # ``_modules`` is the order of a Sequential and of the state_dict keys
         table = (self._modules if isinstance(value, Module)
                  else self._parameters if self._backend.is_parameter(value) else None)
+        _forget_structure_below(self._modules.get(name))  # (an outgoing child: what was built from it goes too)
         for other in (self._parameters, self._buffers, self._modules):
             if other is not table:
                 other.pop(name, None)
@@ -241,6 +250,7 @@ class Module:
             _modes_changed()
 
     def __delattr__(self, name):
+        _forget_structure_below(self._modules.get(name))
         for table in (self._parameters, self._buffers, self._modules):
             table.pop(name, None)
         self._structure_changed()
@@ -269,8 +279,9 @@ class Module:
                     memo[id(variable)] = copied
         fresh = {"_native": None, "_structure_cache": {}, "_parent": None}
         for name, value in self.__dict__.items():
-            if name in fresh:
-                object.__setattr__(new, name, {} if name == "_structure_cache" else None)
+            if name in fresh or name.startswith("_ud_function_bound_"):  # (a method's graphs: traced anew)
+                if name in fresh:
+                    object.__setattr__(new, name, {} if name == "_structure_cache" else None)
             elif name == "_backend" or isinstance(value, types.ModuleType) or name == "_training_modes":
                 object.__setattr__(new, name, value if name != "_training_modes" else None)
             else:

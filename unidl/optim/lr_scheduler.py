@@ -433,7 +433,9 @@ class SequentialLR(_Composite):
             raise ValueError(f"SequentialLR takes one milestone fewer than schedules: {len(self.schedulers)} "
                              f"schedules and {len(counts)} milestones")
         self.milestones = counts
-        for index, rate in enumerate(self.base_lrs):  # (the groups' rates as the optimizer's first schedule found them)
+        # the groups' initial rates (PyTorch's initial_lr: as the optimizer's first schedule found them, or a
+        # OneCycleLR's max_lr / div_factor, which it writes there)
+        for index, rate in enumerate(optimizer.__dict__.get("_initial_lrs", self.base_lrs)):
             optimizer.set_group_lr(index, rate)
         first = self.schedulers[bisect.bisect_right(self.milestones, 0)]
         for schedule in self.schedulers:

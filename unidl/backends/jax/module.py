@@ -10,8 +10,7 @@ class NativeModule:
 
     def __init__(self, module):
         self._module = module
-        self._variables = dict(module.named_parameters())
-        self._variables.update(module.named_buffers())
+        self._variables = dict(module._state_variables())  # (every state_dict name: a tied weight's too)
 
     @property
     def params(self) -> dict:

@@ -12,8 +12,8 @@ class NativeModule(tf.Module):
     def __init__(self, module):
         super().__init__(name=type(module).__name__)
         self._unidl_module = module
-        self.parameters = dict(module.named_parameters())
-        self.buffers = dict(module.named_buffers())
+        self.parameters = dict(module.named_parameters(remove_duplicate=False))  # (every state_dict name)
+        self.buffers = dict(module.named_buffers(remove_duplicate=False))
 
     def __call__(self, *args, **kwargs):
         return self._unidl_module(*args, **kwargs)
