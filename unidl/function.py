@@ -124,8 +124,8 @@ class Function:
         args = [_as_argument(backend, a) for a in args]
         with tracing.recording_module_calls() as called:
             result = compiled(*args)
-        if called and not called.keys() <= self._known.setdefault(backend.name, set()):
-            known = self._known[backend.name]
+        known = self._known.setdefault(backend.name, set())  # (one object: another thread may drop the entry)
+        if called and not called.keys() <= known:
             modules = self._modules[backend.name] = (*modules, *(m for key, m in called.items() if key not in known))
             known.update(called)
             for module in modules:
