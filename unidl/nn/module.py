@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 import itertools
+import re
 import weakref
 from typing import Iterator
 
 import numpy as np
 
 from unidl import config, devices
-from unidl.dtype_kinds import is_floating
+from unidl.dtype_kinds import dtype_name, is_floating
 from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
 from unidl.tensors import to_numpy
 from unidl.tracing import current_recording, module_called
@@ -87,29 +88,40 @@ def _forget_structure_below(module) -> None:
             below.__dict__.get("_structure_cache", {}).clear()
 
 
+#: the dtypes of real numbers a state dict's value may hold (NumPy's names, and ml_dtypes' floats)
+_REAL = re.compile(r"(float|bfloat|int|uint)\d*(_\w+)?|bool")
+
+
 def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list]:
-    """The entries of ``state_dict`` for the variables ``own`` as NumPy arrays every backend assigns (a bfloat16
-    or float8 array of ``ml_dtypes`` in float32, whose values it holds exactly: torch's backend could not take
-    them), with the entries of another shape and those that are no real numbers (strings, objects, complex
-    numbers, None) described: ``load_state_dict`` refuses them before writing anything (it wrote the entries
-    before the first bad one)."""
+    """The entries of ``state_dict`` for the variables ``own``, as they are (read one at a time by
+    ``_as_loaded`` while they are written: a state dict of GPU tensors is never on the host whole), with the entries
+    of another shape and those that are no real numbers (strings, objects, complex numbers, None) described:
+    ``load_state_dict`` refuses them before writing anything (it wrote the entries before the first bad one)."""
     values, mismatched, unreadable = {}, [], []
     for key, variable in own.items():
         if key not in state_dict:
             continue
-        try:
-            value = np.asarray(to_numpy(state_dict[key]))
-        except Exception as error:  # (a value no framework can read: the error names it)
-            unreadable.append(f"{key}: {type(error).__name__}: {error}")
-            continue
-        if value.dtype.kind == "V" and is_floating(value.dtype):
-            value = value.astype(np.float32)
-        if value.dtype.kind not in "biuf":
-            unreadable.append(f"{key}: found dtype {value.dtype}")
-        elif tuple(variable.shape) != value.shape:
-            mismatched.append(f"{key}: expected shape {tuple(variable.shape)}, found {value.shape}")
+        value = state_dict[key]
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):  # (a list, a number: small, read now)
+            try:
+                value = np.asarray(to_numpy(value))
+            except Exception as error:  # (a value no framework can read: the error names it)
+                unreadable.append(f"{key}: {type(error).__name__}: {error}")
+                continue
+        dtype = dtype_name(value.dtype)
+        if not _REAL.fullmatch(dtype):
+            unreadable.append(f"{key}: found dtype {np.dtype(value.dtype) if isinstance(value, np.ndarray) else dtype}")
+        elif tuple(variable.shape) != tuple(value.shape):
+            mismatched.append(f"{key}: expected shape {tuple(variable.shape)}, found {tuple(value.shape)}")
         values[key] = value
     return values, mismatched, unreadable
+
+
+def _as_loaded(value) -> np.ndarray:
+    """A checked state-dict value as a NumPy array every backend assigns: a bfloat16 or float8 array of
+    ``ml_dtypes`` in float32, whose values it holds exactly (torch's backend could not take them)."""
+    value = np.asarray(to_numpy(value))
+    return value.astype(np.float32) if value.dtype.kind == "V" and is_floating(value.dtype) else value
 
 
 def training_modes(module) -> tuple[bool, ...]:
@@ -571,8 +583,8 @@ class Module:
             problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(np.shape(state_dict[k]))})" for k in unexpected))
         if problems:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
-        for key, value in values.items():  # (every value converted and checked before the first is written)
-            self._backend.assign(own[key], value)
+        for key, value in values.items():  # (every value checked before the first is written)
+            self._backend.assign(own[key], _as_loaded(value))
         return {"missing": missing, "unexpected": unexpected}
 
     def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> dict:
