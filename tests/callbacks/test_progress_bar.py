@@ -45,3 +45,14 @@ def test_plain_line_per_epoch_off_a_terminal(backend, problem):
     train(problem, 2, [ud.callbacks.ProgressBar(console=console)])
     lines = console.file.getvalue().splitlines()
     assert len(lines) == 2 and lines[1].startswith("Epoch 2/2  3 steps  loss ") and "val_accuracy" in lines[1]
+
+
+def test_the_line_writes_numbers_as_keras_progress_bar():
+    """Values of 1e-3 or less keep their digits (a rate of 1e-5 printed as 0.0000), and a NumPy number (a user's
+    metric) is shown, as Keras's ``Progbar`` writes them."""
+    import numpy as np
+
+    from unidl.callbacks.progress_bar import format_logs
+
+    assert format_logs({"loss": 1.09, "score": np.float32(0.07), "lr": 1e-5, "steps": np.int64(3), "flag": True}) \
+        == "loss 1.0900  score 0.0700  lr 1.0000e-05  steps 3.0000"

@@ -190,3 +190,42 @@ def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, 
     np.testing.assert_array_equal(np.cumsum(buckets_positive[0, ::-1])[::-1][1:], tp)
     np.testing.assert_array_equal(np.cumsum(buckets_negative[0, ::-1])[::-1][1:], fp)
     assert metric.compute() == dense
+
+
+def test_multi_label_binary_accuracy_is_keras_and_sklearns(backend, rng):
+    """Multi-hot targets (N, C): ``binary_accuracy`` compares element by element, as Keras's ``BinaryAccuracy`` and
+    scikit-learn (it took each row's argmax as one class: 0.5 where they give 0.917); in ``fit``, 'accuracy' beside
+    a binary cross-entropy loss is that binary accuracy (Keras's rule), at threshold 0 for ``BCEWithLogitsLoss``."""
+    probabilities = rng.uniform(size=(30, 4)).astype(np.float32)
+    multi_hot = (rng.uniform(size=(30, 4)) > 0.6).astype(np.float32)
+    expected = ((probabilities > 0.5) == multi_hot).mean()
+    assert _accumulated(["binary_accuracy"], probabilities, multi_hot)["binary_accuracy"] == pytest.approx(expected)
+    one = probabilities[:, :1]
+    assert _accumulated(["binary_accuracy"], one, multi_hot[:, 0])["binary_accuracy"] == pytest.approx(
+        sk.accuracy_score(multi_hot[:, 0], one[:, 0] > 0.5))
+    x = rng.standard_normal((30, 5)).astype(np.float32)
+    model = ud.nn.Linear(5, 4)
+    history = ud.fit(model, (x, multi_hot), loss=ud.nn.BCEWithLogitsLoss(), optimizer=ud.optim.SGD(
+        model.parameters(), lr=0.0), epochs=1, batch_size=7, verbose=0, metrics=["accuracy"])
+    logits = ud.predict(model, x)
+    assert history["accuracy"][0] == pytest.approx(((logits > 0) == multi_hot).mean(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"BinaryAccuracy compares each score with its 0/1 target"):
+        MetricAccumulator(get_all(["binary_accuracy"]), layout_of(np.zeros((2, 3)), np.zeros(2, np.int64)))
+
+
+def test_nan_scores_count_alike_on_every_backend(backend):
+    """A row holding a NaN score is a miss for top-k accuracy on every backend, as Keras's ``in_top_k`` (torch
+    counted the row as a hit, TensorFlow and JAX gave NaN: ``sign`` of NaN differed)."""
+    scores = np.array([[np.nan, 0.1, 0.2], [0.3, 0.1, 0.2], [0.1, np.nan, 0.5]], np.float32)
+    labels = np.array([0, 0, 2])
+    assert _accumulated(["top1"], scores, labels)["top1"] == pytest.approx(1 / 3)
+
+
+def test_a_binary_average_of_several_classes_is_refused():
+    """``average='binary'`` reads class 1 of two: over more classes it is scikit-learn's ``ValueError`` (it gave
+    class 1's value alone)."""
+    with pytest.raises(ValueError, match=r"Precision average='binary' reads class 1 of two classes, but the outputs "
+                                         r"hold 4 classes"):
+        MetricAccumulator([ud.metrics.Precision("binary")], layout_of(np.zeros((2, 4)), np.zeros(2, np.int64)))
+    two = _accumulated([ud.metrics.Recall("binary")], np.array([[0.2, 0.8], [0.9, 0.1]], np.float32), np.array([1, 1]))
+    assert two["recall"] == 0.5

@@ -7,15 +7,25 @@ plain line per epoch, as Keras does with ``verbose=2``.
 
 from __future__ import annotations
 
+import numbers
 import sys
 import time
+
+import numpy as np
 
 from unidl.callbacks.callback import Callback
 
 
 def format_logs(logs) -> str:
-    """'loss 0.1234  accuracy 0.9000': the float values of ``logs`` in their order."""
-    return "  ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items() if isinstance(value, float))
+    """'loss 0.1234  accuracy 0.9000  lr 1.0000e-05': the numbers of ``logs`` in their order (a NumPy number too),
+    as Keras's progress bar writes them: 4 decimals, or 4 significant digits and an exponent for a value of 1e-3 or
+    less (a small rate printed as 0.0000)."""
+    return "  ".join(f"{key} {_number(value)}" for key, value in (logs or {}).items()
+                     if isinstance(value, (numbers.Real, np.floating, np.integer)) and not isinstance(value, bool))
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if abs(value) > 1e-3 else f"{value:.4e}"
 
 
 class ProgressBar(Callback):

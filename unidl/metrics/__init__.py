@@ -11,13 +11,14 @@ import re
 
 from unidl.metrics.accumulator import MetricAccumulator
 from unidl.metrics.auc import AUC
-from unidl.metrics.classification import (Accuracy, ConfusionMatrix, F1Score, Precision, Recall, TopKAccuracy)
+from unidl.metrics.classification import (Accuracy, BinaryAccuracy, ConfusionMatrix, F1Score, Precision, Recall,
+                                          TopKAccuracy)
 from unidl.metrics.metric import Layout, Metric
 from unidl.metrics.regression import MeanAbsoluteError, MeanSquaredError
 
 _NAMED = {
     "accuracy": Accuracy, "acc": Accuracy, "sparse_categorical_accuracy": Accuracy,
-    "categorical_accuracy": Accuracy, "binary_accuracy": Accuracy,
+    "categorical_accuracy": Accuracy, "binary_accuracy": BinaryAccuracy,
     "top_k": lambda: TopKAccuracy(5), "top_k_accuracy": lambda: TopKAccuracy(5),
     "sparse_top_k_categorical_accuracy": lambda: TopKAccuracy(5),
     "top_k_categorical_accuracy": lambda: TopKAccuracy(5),
@@ -68,5 +69,5 @@ def get_all(identifiers) -> list:
     return metrics
 
 
-__all__ = ["Metric", "Layout", "MetricAccumulator", "Accuracy", "TopKAccuracy", "ConfusionMatrix", "Precision",
-           "Recall", "F1Score", "MeanAbsoluteError", "MeanSquaredError", "AUC", "get", "get_all", "NAMES"]
+__all__ = ["Metric", "Layout", "MetricAccumulator", "Accuracy", "BinaryAccuracy", "TopKAccuracy", "ConfusionMatrix",
+           "Precision", "Recall", "F1Score", "MeanAbsoluteError", "MeanSquaredError", "AUC", "get", "get_all", "NAMES"]

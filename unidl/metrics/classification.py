@@ -76,6 +76,42 @@ class Accuracy(_Classification):
         return float(correct / seen) if seen else 0.0
 
 
+class BinaryAccuracy(Metric):
+    """Keras's ``BinaryAccuracy``: element by element, whether the score exceeds ``threshold`` (0.5 for
+    probabilities; 0.0 for logits) as the 0/1 target says, averaged over each sample's elements and then over the
+    samples. For one score per sample (N,) or (N, 1), and for multi-label scores (N, C) against multi-hot targets
+    (N, C), which ``Accuracy`` reads as one class per sample (the argmax). Statistics: (the samples' fractions
+    right, summed; samples)."""
+
+    direction = "up"
+    name = "binary_accuracy"
+
+    def __init__(self, threshold: float = 0.5, name: str | None = None):
+        super().__init__(name)
+        self.threshold = float(threshold)
+
+    def bind(self, layout) -> None:
+        super().bind(layout)
+        out, target = layout.output_shape, layout.target_shape
+        if not (out == target or (out in ((), (1,)) and target in ((), (1,)))):
+            raise ValueError(f"BinaryAccuracy compares each score with its 0/1 target, so outputs and targets need "
+                             f"one shape per sample ((N,), (N, 1) or (N, C) both); got {layout}")
+        self._width = int(np.prod(out)) if out else 1
+
+    def statistic_shapes(self):
+        return ((), ())
+
+    def statistics(self, outputs, target, sample_weight=None):
+        scores = ops.reshape(as_float(outputs), (-1, self._width))
+        truth = ops.reshape(ops.cast_like(target, scores), (-1, self._width))
+        right = ops.mean(1.0 - ops.abs(greater(scores, self.threshold) - truth), -1)
+        return ops.sum(weigh(right, sample_weight)), count(right, sample_weight)
+
+    def from_statistics(self, totals):
+        right, seen = totals
+        return float(right / seen) if seen else 0.0
+
+
 class TopKAccuracy(_Classification):
     """The fraction of samples whose true class is among the ``k`` highest scores, as Keras's
     ``TopKCategoricalAccuracy`` and TensorFlow's ``in_top_k``: the true class counts when fewer than ``k``
@@ -103,7 +139,8 @@ class TopKAccuracy(_Classification):
         _, true = self._labels(outputs, target)
         true_score = ops.sum(scores * self._one_hot(true), -1, keepdims=True)
         higher = ops.sum(greater(scores, true_score), -1)  # classes scoring strictly above the true one
-        hits = greater(self.k - higher, 0.5)
+        finite = ops.sum(scores - scores, -1) == 0  # (a NaN or infinite score in a row: a miss, as TF's in_top_k)
+        hits = greater(self.k - higher, 0.5) * ops.cast_like(finite, higher)
         return ops.sum(weigh(hits, sample_weight)), count(hits, sample_weight)
 
     def from_statistics(self, totals):
@@ -153,6 +190,10 @@ class _FromConfusion(_Classification):
 
     def bind(self, layout) -> None:
         super().bind(layout)
+        if self.average == "binary" and self.num_classes > 2:  # (it gave class 1's value alone, as scikit-learn
+            # refuses: "Target is multiclass but average='binary'")
+            raise ValueError(f"{type(self).__name__} average='binary' reads class 1 of two classes, but the outputs "
+                             f"hold {self.num_classes} classes; choose one of 'macro', 'micro', 'weighted'")
         self._average = self.average or ("binary" if self.kind == "binary" else "macro")
 
     def statistic_shapes(self):

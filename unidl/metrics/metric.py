@@ -125,8 +125,11 @@ def as_float(x):
 
 
 def greater(a, b):
-    """1.0 where ``a > b``, else 0.0, from ops every backend has (no comparison op is needed in the graph)."""
-    return ops.relu(ops.sign(a - b))
+    """1.0 where ``a > b``, else 0.0 (NaN too: ``sign`` of NaN was 0 on torch and NaN elsewhere, so a NaN score
+    counted differently per backend)."""
+    difference = a - b
+    zeros = ops.zeros_like(difference)
+    return ops.where(difference > 0, zeros + 1.0, zeros)
 
 
 def count(vector, sample_weight=None):

@@ -160,7 +160,23 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
             return None
         if layout.output_shape in ((), (1,)):  # one score per sample: no implicit accuracy (threshold unknown)
             return None
+    chosen = [_multi_label(metric, loss, layout) for metric in chosen]
     return MetricAccumulator(chosen, layout, ignore_label=_ignored_label(loss, layout, data))
+
+
+def _multi_label(metric, loss, layout):
+    """Keras's rule for 'accuracy' beside a binary cross-entropy loss: binary accuracy, element by element, where
+    the outputs are several scores per sample against targets of their shape (multi-label: ``Accuracy`` took the
+    argmax of each as one class, silently); its threshold is 0.0 for ``BCEWithLogitsLoss``'s logits."""
+    from unidl.metrics import Accuracy, BinaryAccuracy
+    from unidl.nn.loss import BCELoss, BCEWithLogitsLoss
+
+    if (type(metric) is Accuracy and metric.name in ("accuracy", "acc") and isinstance(loss, (BCELoss,
+            BCEWithLogitsLoss)) and layout.output_shape == layout.target_shape and layout.num_outputs > 1):
+        binary = BinaryAccuracy(0.0 if isinstance(loss, BCEWithLogitsLoss) else 0.5, name=metric.name)
+        binary.weighted = metric.weighted
+        return binary
+    return metric
 
 
 def _ignored_label(loss, layout, data):
