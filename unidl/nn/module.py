@@ -270,7 +270,7 @@ class Module:
 
     def __deepcopy__(self, memo):
         """``copy.deepcopy(module)``, as PyTorch's: a module of the same class with new variables holding the same
-        values (the same dtype, ``requires_grad`` and training mode), sub-modules copied alike, and a variable or
+        values (the same dtype, device, ``requires_grad`` and training mode), sub-modules copied alike, and a variable or
         sub-module shared in the original shared in the copy; what was built from the structure (``native``, a
         compiled forward) is built again for it. Ops namespaces and the backend are shared (they hold no state).
         An attribute that cannot be copied is a ``TypeError`` naming it."""
@@ -280,15 +280,15 @@ class Module:
         new = type(self).__new__(type(self))
         memo[id(self)] = new
         trainable = {id(variable) for variable in self._parameters.values()}
-        with self._placement():
-            for variable in (*self._parameters.values(), *self._buffers.values()):
-                if variable is not None and id(variable) not in memo:
-                    value = np.asarray(to_numpy(variable))
-                    copied = self._backend.parameter(value, trainable=id(variable) in trainable,
-                                                     dtype=value.dtype.name)
-                    if not is_trainable(variable):
-                        self._backend.set_requires_grad(copied, False)
-                    memo[id(variable)] = copied
+        backend = self._backend
+        for variable in (*self._parameters.values(), *self._buffers.values()):
+            if variable is not None and id(variable) not in memo:
+                value = np.asarray(to_numpy(variable))
+                with backend.device_scope(backend.device_of(variable)):  # (the original's device, as torch's)
+                    copied = backend.parameter(value, trainable=id(variable) in trainable, dtype=value.dtype.name)
+                if not is_trainable(variable):
+                    backend.set_requires_grad(copied, False)
+                memo[id(variable)] = copied
         fresh = {"_native": None, "_structure_cache": {}, "_parent": None}
         for name, value in self.__dict__.items():
             if name in fresh or name.startswith("_ud_function_bound_"):  # (a method's graphs: traced anew)
