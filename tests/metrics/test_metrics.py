@@ -195,7 +195,8 @@ def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, 
 def test_multi_label_binary_accuracy_is_keras_and_sklearns(backend, rng):
     """Multi-hot targets (N, C): ``binary_accuracy`` compares element by element, as Keras's ``BinaryAccuracy`` and
     scikit-learn (it took each row's argmax as one class: 0.5 where they give 0.917); in ``fit``, 'accuracy' beside
-    a binary cross-entropy loss is that binary accuracy (Keras's rule), at threshold 0 for ``BCEWithLogitsLoss``."""
+    a binary cross-entropy loss is that binary accuracy (Keras's rule), at threshold 0 for ``BCEWithLogitsLoss``,
+    and precision, recall and F1 are scikit-learn's multi-label scores."""
     probabilities = rng.uniform(size=(30, 4)).astype(np.float32)
     multi_hot = (rng.uniform(size=(30, 4)) > 0.6).astype(np.float32)
     expected = ((probabilities > 0.5) == multi_hot).mean()
@@ -206,9 +207,15 @@ def test_multi_label_binary_accuracy_is_keras_and_sklearns(backend, rng):
     x = rng.standard_normal((30, 5)).astype(np.float32)
     model = ud.nn.Linear(5, 4)
     history = ud.fit(model, (x, multi_hot), loss=ud.nn.BCEWithLogitsLoss(), optimizer=ud.optim.SGD(
-        model.parameters(), lr=0.0), epochs=1, batch_size=7, verbose=0, metrics=["accuracy"])
-    logits = ud.predict(model, x)
-    assert history["accuracy"][0] == pytest.approx(((logits > 0) == multi_hot).mean(), rel=1e-6)
+        model.parameters(), lr=0.0), epochs=1, batch_size=7, verbose=0,
+        metrics=["accuracy", "precision", "recall_micro", "f1"])
+    predicted = (ud.predict(model, x) > 0).astype(int)
+    assert history["accuracy"][0] == pytest.approx((predicted == multi_hot).mean(), rel=1e-6)
+    # precision, recall and F1 take each class on its own, as scikit-learn's multi-label scores (argmax before)
+    assert history["precision"][0] == pytest.approx(sk.precision_score(multi_hot, predicted, average="macro",
+                                                                       zero_division=0), rel=1e-6)
+    assert history["recall_micro"][0] == pytest.approx(sk.recall_score(multi_hot, predicted, average="micro"))
+    assert history["f1"][0] == pytest.approx(sk.f1_score(multi_hot, predicted, average="macro", zero_division=0))
     with pytest.raises(ValueError, match=r"BinaryAccuracy compares each score with its 0/1 target"):
         MetricAccumulator(get_all(["binary_accuracy"]), layout_of(np.zeros((2, 3)), np.zeros(2, np.int64)))
 

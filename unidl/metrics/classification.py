@@ -34,13 +34,17 @@ def classification_kind(layout, what: str) -> str:
 class _Classification(Metric):
     """Shared by the classification metrics: the kind of outputs and targets, and predicted/true labels."""
 
+    #: True: multi-label scores (N, C) against multi-hot targets (N, C), each class on its own (``fit`` sets it
+    #: beside a binary cross-entropy loss: ``probe._multi_label``)
+    multi_label = False
+
     def __init__(self, threshold: float = 0.5, name: str | None = None):
         super().__init__(name)
         self.threshold = float(threshold)
 
     def bind(self, layout) -> None:
         super().bind(layout)
-        self.kind = classification_kind(layout, type(self).__name__)
+        self.kind = "multi_label" if self.multi_label else classification_kind(layout, type(self).__name__)
         self.num_classes = 2 if self.kind == "binary" else layout.num_outputs
 
     def _labels(self, outputs, target) -> tuple:
@@ -200,8 +204,12 @@ class _FromConfusion(_Classification):
         return ((self.num_classes,),) * 3
 
     def statistics(self, outputs, target, sample_weight=None):
-        predicted, true = self._labels(outputs, target)
-        predicted, true = weigh(self._one_hot(predicted), sample_weight), self._one_hot(true)
+        if self.kind == "multi_label":  # each class on its own: score > threshold against its 0/1 target
+            predicted = greater(as_float(outputs), self.threshold)
+            predicted, true = weigh(predicted, sample_weight), ops.cast_like(target, predicted)
+        else:
+            predicted, true = self._labels(outputs, target)
+            predicted, true = weigh(self._one_hot(predicted), sample_weight), self._one_hot(true)
         weighted_true = weigh(true, sample_weight)
         return ops.sum(predicted * true, 0), ops.sum(predicted, 0), ops.sum(weighted_true, 0)
 

@@ -165,18 +165,33 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
 
 
 def _multi_label(metric, loss, layout):
-    """Keras's rule for 'accuracy' beside a binary cross-entropy loss: binary accuracy, element by element, where
-    the outputs are several scores per sample against targets of their shape (multi-label: ``Accuracy`` took the
-    argmax of each as one class, silently); its threshold is 0.0 for ``BCEWithLogitsLoss``'s logits."""
-    from unidl.metrics import Accuracy, BinaryAccuracy
+    """Several scores per sample against targets of their shape beside a binary cross-entropy loss (multi-label,
+    multi-hot targets), for the metrics asked for by name: 'accuracy' is binary accuracy, element by element
+    (Keras's rule), and precision, recall and F1 take each class on its own (scikit-learn's multi-label counts),
+    where each took the argmax of a row as its one class, silently; the threshold is 0.0 for
+    ``BCEWithLogitsLoss``'s logits."""
+    import copy
+
+    from unidl.metrics import Accuracy, BinaryAccuracy, F1Score, Precision, Recall
     from unidl.nn.loss import BCELoss, BCEWithLogitsLoss
 
-    if (type(metric) is Accuracy and metric.name in ("accuracy", "acc") and isinstance(loss, (BCELoss,
-            BCEWithLogitsLoss)) and layout.output_shape == layout.target_shape and layout.num_outputs > 1):
-        binary = BinaryAccuracy(0.0 if isinstance(loss, BCEWithLogitsLoss) else 0.5, name=metric.name)
+    if not (isinstance(loss, (BCELoss, BCEWithLogitsLoss)) and layout.output_shape == layout.target_shape
+            and layout.num_outputs > 1):
+        return metric
+    threshold = 0.0 if isinstance(loss, BCEWithLogitsLoss) else 0.5
+    if type(metric) is Accuracy and metric.name in ("accuracy", "acc"):
+        binary = BinaryAccuracy(threshold, name=metric.name)
         binary.weighted = metric.weighted
         return binary
+    if type(metric) in (Precision, Recall, F1Score) and metric.name.removeprefix("weighted_") in _BY_NAME:
+        metric = copy.copy(metric)
+        metric.multi_label, metric.threshold = True, threshold
     return metric
+
+
+#: the names of the metrics ``_multi_label`` reads class by class
+_BY_NAME = ("precision", "recall", "f1", "precision_macro", "precision_micro", "recall_macro", "recall_micro",
+            "f1_macro", "f1_micro")
 
 
 def _ignored_label(loss, layout, data):
