@@ -352,6 +352,11 @@ def test_torch_style_zero_grad_and_step():
         loss.backward()
         optimizer.zero_grad(set_to_none=False)  # torch.optim's option: zeros kept in place
         assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
+        model.zero_grad()  # torch.nn.Module's (an AttributeError before)
+        assert all(p.grad is None for p in model.parameters())
+        ud.nn.MSELoss()(model(ud.tensor(np.ones((2, 4)))), ud.tensor(np.zeros((2, 1)))).backward()
+        model.zero_grad(set_to_none=False)
+        assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", ["torch", "tensorflow", "keras", "jax"])
@@ -365,6 +370,7 @@ def test_defaults_as_torch_optim_and_add_param_group_refused(name):
         assert optimizer.defaults == {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01,
                                       "l1": 0.0}
         optimizer.zero_grad(set_to_none=False)  # (nothing stored off torch: a no-op, as zero_grad())
+        model.zero_grad()
         with pytest.raises(NotImplementedError, match=r"keeps the parameter groups it was built with; build a new "
                                                       r"optimizer over every group"):
             optimizer.add_param_group({"params": rest})

@@ -274,6 +274,10 @@ class Backend(abc.ABC):
         """False when the optimizer's last update (``apply_gradients``, ``step``, a ``train_step``) was skipped
         because its loss or a gradient was not finite; True before the first update."""
 
+    def clear_gradients(self, params, set_to_none: bool = True) -> None:
+        """Clear the gradients stored on ``params`` by a backward pass (``Module.zero_grad``); the default: a
+        no-op, for frameworks that store none."""
+
     def zero_grad(self, optimizer, set_to_none: bool = True) -> None:
         """Clear gradients stored on parameters (the default: a no-op, for frameworks that store none)."""
 

@@ -520,6 +520,12 @@ class Module:
         ``named_parameters`` lists the parameters."""
         return self._named_variables("_buffers", prefix, recurse, remove_duplicate)
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients ``backward()`` left on this module's parameters, as ``torch.nn.Module.zero_grad`` (to
+        None, or to zeros with ``set_to_none=False``); a no-op on the backends that store none (their gradients
+        are returned, not kept), as ``optimizer.zero_grad()``."""
+        self._backend.clear_gradients(self.parameters(), set_to_none=bool(set_to_none))
+
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
         """Freeze (False) or unfreeze every parameter of this module and those below it, as PyTorch's
         ``Module.requires_grad_``: ``train_step``, ``fit``, ``value_and_grad`` and every optimizer leave a

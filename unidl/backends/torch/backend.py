@@ -250,6 +250,19 @@ class Backend(BackendInterface):
     def last_step_finite(self, optimizer):
         return optimizer._finite
 
+    def clear_gradients(self, params, set_to_none=True):
+        for parameter in params:  # (torch.nn.Module.zero_grad's rule)
+            if parameter.grad is None:
+                continue
+            if set_to_none:
+                parameter.grad = None
+            else:
+                if parameter.grad.grad_fn is not None:
+                    parameter.grad.detach_()
+                else:
+                    parameter.grad.requires_grad_(False)
+                parameter.grad.zero_()
+
     def zero_grad(self, optimizer, set_to_none=True):
         optimizer.native.zero_grad(set_to_none=set_to_none)
 
