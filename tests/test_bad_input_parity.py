@@ -1828,3 +1828,17 @@ def test_integers_to_a_sequence_or_normalization_layer_are_one_error(mode, index
         else (lambda x: layer(x))
     raises_exactly(ud.DtypeMismatchError, f"{name} needs floating-point input, got int64 input; convert it with "
                    f"x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode, call, integers)
+
+
+def test_probabilities_outside_0_and_1_are_one_error(mode):
+    """``BCELoss`` of a value outside [0, 1] is one ``ValueOutOfRangeError`` counting them, eagerly and inside
+    graphs, as PyTorch refuses it ("all elements of input should be between 0 and 1"; it was NaN); NaN passes, to
+    the non-finite guard (a float16 step that overflowed is skipped, not an error)."""
+    probabilities = np.array([[0.2, 1.5], [0.3, -0.1]], np.float32)
+    targets = np.ones((2, 2), np.float32)
+    with pytest.raises(RuntimeError, match="between 0 and 1"):  # (PyTorch's own)
+        F.binary_cross_entropy(torch.tensor(probabilities), torch.tensor(targets))
+    raises_exactly(ud.ValueOutOfRangeError, "binary_cross_entropy probabilities must lie in [0, 1]; found 2 value(s) "
+                   "outside", run, mode, lambda p, t: ud.nn.BCELoss()(p, t), probabilities, targets)
+    edges = np.array([[0.0, 1.0], [0.5, np.nan]], np.float32)
+    assert np.isnan(run(mode, lambda p, t: ud.nn.BCELoss()(p, t), edges, targets))

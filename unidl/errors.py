@@ -49,9 +49,17 @@ class IndexOutOfRangeError(UnidlError, IndexError, ValueError):
     marker = "[unidl.IndexOutOfRangeError] "
 
 
+class ValueOutOfRangeError(UnidlError, ValueError):
+    """A value outside the range an op takes (``BCELoss``'s probabilities outside [0, 1]); raised eagerly and from
+    inside compiled graphs (the message names what was checked, the range and how many values lie outside)."""
+
+    #: the marker an in-graph check puts in the framework's error, which ``marked_error_from`` recognises
+    marker = "[unidl.ValueOutOfRangeError] "
+
+
 #: where an in-graph check's message ends inside the framework's error text (what follows is the framework's)
 MARKER_END = " [unidl.end]"
-_MARKED = (IndexOutOfRangeError, ShapeMismatchError)
+_MARKED = (IndexOutOfRangeError, ShapeMismatchError, ValueOutOfRangeError)
 
 
 #: the values an assertion printed after a marked template's end: "...[unidl.end]] [2] [5]"

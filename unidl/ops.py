@@ -821,6 +821,13 @@ def check_index(indices, size, what="index"):
 
 
 @op(public=False)
+def check_in_range(x, low, high, what="values"):
+    """``x`` unchanged, after checking that no value lies outside [low, high] (NaN passes: a non-finite value is
+    the non-finite guard's): ``ValueOutOfRangeError`` naming ``what`` and how many lie outside if one does, eagerly,
+    and inside a compiled graph from a check that runs with it."""
+
+
+@op(public=False)
 def segment_sum(data, segment_ids, num_segments):
     """A (num_segments,) tensor whose entry k is the sum of the entries of the 1-D ``data`` whose entry of the
     1-D integer ``segment_ids`` is k (``tf.math.unsorted_segment_sum``, ``jax.ops.segment_sum``): a weighted
@@ -1082,6 +1089,9 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     # gradient (p - t) / max(p (1 - p), 1e-12) is the clamped logs' own where p (1 - p) >= 1e-12 (their second
     # derivative too), and below that floor (a probability of exactly 0 or 1: a float32 sigmoid of a logit past
     # 17), where autodiff of the logs gave NaN, a term of value 0 carries it, a first derivative only
+    # PyTorch refuses probabilities outside [0, 1] (they gave NaN); NaN passes, to the non-finite guard (a float16
+    # step that overflowed is skipped, not an error)
+    probabilities = check_in_range(probabilities, 0, 1, "binary_cross_entropy probabilities")
     narrow = dtype_kinds.dtype_name(probabilities.dtype) in ("float16", "bfloat16")
     p = cast(probabilities, "float32") if narrow else probabilities
     t = cast_like(target, p)

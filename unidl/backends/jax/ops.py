@@ -22,7 +22,7 @@ from jax.experimental import checkify
 
 from unidl.backends.jax.eager import compiled_when_eager
 from unidl.backends.jax.variable import unwrap as _v
-from unidl.errors import IndexOutOfRangeError
+from unidl.errors import IndexOutOfRangeError, ValueOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
 from unidl.input_checks import float_bound
 
@@ -402,6 +402,20 @@ def checkified_trace():
 def in_checkified_trace() -> bool:
     """Whether the trace running in this thread is one that ``checkify`` transforms (``checkified_trace``)."""
     return getattr(_trace, "checkified", False)
+
+
+def check_in_range(x, low, high, what="values"):
+    x = _v(x)
+    if not x.size:
+        return x
+    outside = jnp.sum(jnp.logical_or(x < low, x > high))
+    if isinstance(outside, jax.core.Tracer):  # (checkify raises it after a compiled step, as check_index's)
+        if getattr(_trace, "checkified", False):
+            message = f"{ValueOutOfRangeError.marker}{what} must lie in [{low}, {high}]; found {{n}} value(s) outside"
+            checkify.check(outside == 0, message, n=outside)
+    elif int(outside):
+        raise ValueOutOfRangeError(f"{what} must lie in [{low}, {high}]; found {int(outside)} value(s) outside")
+    return x
 
 
 def check_index(indices, size, what="index"):

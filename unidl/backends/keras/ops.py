@@ -351,6 +351,12 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(abs(prediction - K.cast(target, prediction.dtype)), reduction)
 
 
+def check_in_range(x, low, high, what="values"):
+    if isinstance(x, keras.KerasTensor):  # (the host checks its own tensors, as check_index)
+        return x
+    return HOST.ops.check_in_range(x, low, high, what)
+
+
 def check_index(indices, size, what="index"):
     # the host checks its own tensors, eagerly and inside the graphs it compiles (a symbolic KerasTensor
     # while Keras builds a model has no values to check)

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow.python.eager import record as tape  # custom_gradient's tape, without its per-call registry
 
 from unidl import config
-from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError
+from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError, ValueOutOfRangeError
 from unidl.input_checks import check_known_shape, float_bound
 from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten_view, flattened_nhwc_source, nchw_view,
                                               nhwc_source, to_nhwc, tracing_export_graph, tracing_shape_graph,
@@ -694,6 +694,24 @@ def mse_loss(prediction, target, reduction="mean"):
 
 def l1_loss(prediction, target, reduction="mean"):
     return _reduce(tf.abs(prediction - tf.cast(target, prediction.dtype)), reduction)
+
+
+def check_in_range(x, low, high, what="values"):
+    outside = tf.reduce_sum(tf.cast(tf.logical_or(x < low, x > high), tf.int64))
+    if tf.executing_eagerly():
+        if int(outside):
+            raise ValueOutOfRangeError(f"{what} must lie in [{low}, {high}]; found {int(outside)} value(s) outside")
+        return x
+    if tracing_xla_graph():  # XLA keeps no string formatting: the range without the count
+        message = f"{ValueOutOfRangeError.marker}{what} must lie in [{low}, {high}]"
+        checks = [tf.debugging.assert_equal(outside, tf.constant(0, tf.int64), message=message)]
+    else:
+        checks = [_marked_check(tf.equal(outside, 0), ValueOutOfRangeError,
+                                f"{what} must lie in [{low}, {high}]; found {{}} value(s) outside", (outside,),
+                                tf.int64)]
+    with tf.control_dependencies(checks):
+        source = nhwc_source(x)  # keep an NCHW view recognisable (layout.py): check the NHWC tensor behind it
+        return nchw_view(tf.identity(source)) if source is not None else tf.identity(x)
 
 
 def check_index(indices, size, what="index"):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from unidl import config
 
-from unidl.errors import IndexOutOfRangeError
+from unidl.errors import IndexOutOfRangeError, ValueOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
 from unidl.input_checks import float_bound
 
@@ -223,6 +223,17 @@ def _exporting() -> bool:
     (``GuardOnDataDependentSymNode``), and the exported program runs without unidl's checks."""
     exporting = getattr(torch.compiler, "is_exporting", None)
     return bool(exporting and exporting())
+
+
+def check_in_range(x, low, high, what="values"):
+    """unidl's ``ValueOutOfRangeError`` for a value outside [low, high], by one read of the count outside (as
+    ``check_index``: a device-side assert would leave a GPU's CUDA context unusable)."""
+    if x.numel() and not x.is_meta and not _exporting():
+        values = x.detach()
+        outside = int(torch.logical_or(values < low, values > high).sum())
+        if outside:
+            raise ValueOutOfRangeError(f"{what} must lie in [{low}, {high}]; found {outside} value(s) outside")
+    return x
 
 
 def check_index(indices, size, what="index"):
