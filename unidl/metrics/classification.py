@@ -60,34 +60,39 @@ class _Classification(Metric):
         return as_float(ops.one_hot(labels, self.num_classes))
 
 
-class Accuracy(_Classification):
-    """The fraction of samples whose predicted class (argmax of the scores; score > ``threshold`` for one
-    score per sample) is the true class. Statistics: (correct, seen)."""
+class _Fraction:
+    """A metric whose statistics are (a count of hits, a count of samples), weighted or not, and whose value is
+    their ratio (0 before any sample): the accuracies, which improve upwards."""
 
     direction = "up"
-    name = "accuracy"
 
     def statistic_shapes(self):
         return ((), ())
+
+    def from_statistics(self, totals):
+        hits, seen = totals
+        return float(hits / seen) if seen else 0.0
+
+
+class Accuracy(_Fraction, _Classification):
+    """The fraction of samples whose predicted class (argmax of the scores; score > ``threshold`` for one
+    score per sample) is the true class. Statistics: (correct, seen)."""
+
+    name = "accuracy"
 
     def statistics(self, outputs, target, sample_weight=None):
         predicted, true = self._labels(outputs, target)
         hits = ops.sum(self._one_hot(predicted) * self._one_hot(true), -1)
         return ops.sum(weigh(hits, sample_weight)), count(hits, sample_weight)
 
-    def from_statistics(self, totals):
-        correct, seen = totals
-        return float(correct / seen) if seen else 0.0
 
-
-class BinaryAccuracy(Metric):
+class BinaryAccuracy(_Fraction, Metric):
     """Keras's ``BinaryAccuracy``: element by element, whether the score exceeds ``threshold`` (0.5 for
     probabilities; 0.0 for logits) as the 0/1 target says, averaged over each sample's elements and then over the
     samples. For one score per sample (N,) or (N, 1), and for multi-label scores (N, C) against multi-hot targets
     (N, C), which ``Accuracy`` reads as one class per sample (the argmax). Statistics: (the samples' fractions
     right, summed; samples)."""
 
-    direction = "up"
     name = "binary_accuracy"
 
     def __init__(self, threshold: float = 0.5, name: str | None = None):
@@ -102,27 +107,19 @@ class BinaryAccuracy(Metric):
                              f"one shape per sample ((N,), (N, 1) or (N, C) both); got {layout}")
         self._width = int(np.prod(out)) if out else 1
 
-    def statistic_shapes(self):
-        return ((), ())
-
     def statistics(self, outputs, target, sample_weight=None):
         scores = ops.reshape(as_float(outputs), (-1, self._width))
         truth = ops.reshape(ops.cast_like(target, scores), (-1, self._width))
         right = ops.mean(1.0 - ops.abs(greater(scores, self.threshold) - truth), -1)
         return ops.sum(weigh(right, sample_weight)), count(right, sample_weight)
 
-    def from_statistics(self, totals):
-        right, seen = totals
-        return float(right / seen) if seen else 0.0
 
-
-class TopKAccuracy(_Classification):
+class TopKAccuracy(_Fraction, _Classification):
     """The fraction of samples whose true class is among the ``k`` highest scores, as Keras's
     ``TopKCategoricalAccuracy`` and TensorFlow's ``in_top_k``: the true class counts when fewer than ``k``
     classes score strictly higher (a tie at the boundary counts as a hit). Named ``"top5"``, ``"top_k"`` (k=5)
     or ``"top<k>"``. Needs class scores (N, C)."""
 
-    direction = "up"
 
     def __init__(self, k: int = 5, name: str | None = None):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
@@ -135,9 +132,6 @@ class TopKAccuracy(_Classification):
         if self.kind == "binary":
             raise ValueError(f"TopKAccuracy needs class scores (N, C) with C > 1; got {layout}")
 
-    def statistic_shapes(self):
-        return ((), ())
-
     def statistics(self, outputs, target, sample_weight=None):
         scores = as_float(outputs)
         _, true = self._labels(outputs, target)
@@ -146,10 +140,6 @@ class TopKAccuracy(_Classification):
         finite = ops.sum(scores - scores, -1) == 0  # (a NaN or infinite score in a row: a miss, as TF's in_top_k)
         hits = greater(self.k - higher, 0.5) * ops.cast_like(finite, higher)
         return ops.sum(weigh(hits, sample_weight)), count(hits, sample_weight)
-
-    def from_statistics(self, totals):
-        correct, seen = totals
-        return float(correct / seen) if seen else 0.0
 
 
 class ConfusionMatrix(_Classification):
