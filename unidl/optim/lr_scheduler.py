@@ -210,17 +210,22 @@ class LinearLR(LRScheduler):
         return base_lr * (self.start_factor + (self.end_factor - self.start_factor) * done)
 
 
-class LambdaLR(LRScheduler):
+class _PerGroup(LRScheduler):
+    """A schedule whose rates are given per param group (``group_lr_at``): ``lr_at`` is the first group's."""
+
+    def lr_at(self, epoch, base_lr):
+        return self.group_lr_at(epoch, base_lr, 0)
+
+
+class LambdaLR(_PerGroup):
     """lr = base_lr * lr_lambda(epoch), as ``torch.optim.lr_scheduler.LambdaLR`` (set at once for epoch 0);
     ``lr_lambda`` a list of one function per param group as PyTorch's. The functions are not part of
     ``state_dict()``: build the schedule with the same ones to resume."""
 
     def __init__(self, optimizer, lr_lambda):
         count = len(optimizer.param_groups)
-        functions = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * count
-        if len(functions) != count:
-            raise ValueError(f"LambdaLR takes one lr_lambda, or one per param group: {count} groups, "
-                             f"{len(functions)} functions")
+        functions = _one_per_group(lr_lambda, count, lambda given: (
+            f"LambdaLR takes one lr_lambda, or one per param group: {count} groups, {given} functions"))
         for function in functions:
             if not callable(function):
                 raise TypeError(f"LambdaLR lr_lambda must be a function epoch -> factor (or a list of one per param "
@@ -228,14 +233,11 @@ class LambdaLR(LRScheduler):
         self.lr_lambda, self.lr_lambdas = lr_lambda, functions
         super().__init__(optimizer)
 
-    def lr_at(self, epoch, base_lr):
-        return self.group_lr_at(epoch, base_lr, 0)
-
     def group_lr_at(self, epoch, base_lr, group):
         return base_lr * float(self.lr_lambdas[group](epoch))
 
 
-class OneCycleLR(LRScheduler):
+class OneCycleLR(_PerGroup):
     """The 1cycle policy, as ``torch.optim.lr_scheduler.OneCycleLR`` with its defaults: from
     ``max_lr / div_factor`` up to ``max_lr`` over the first ``pct_start`` of ``total_steps``, then down to
     ``max_lr / div_factor / final_div_factor`` (``three_phase``: back to the initial rate first), along a
@@ -308,9 +310,6 @@ class OneCycleLR(LRScheduler):
             return (end - start) * fraction + start
         return end + (start - end) / 2.0 * (math.cos(math.pi * fraction) + 1)
 
-    def lr_at(self, epoch, base_lr):
-        return self.group_lr_at(epoch, base_lr, 0)
-
     def group_lr_at(self, epoch, base_lr, group):
         if epoch > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {epoch} times, past its total_steps={self.total_steps}")
@@ -325,16 +324,23 @@ class OneCycleLR(LRScheduler):
         raise AssertionError("unreachable")
 
 
-def _per_group(name: str, value, count: int) -> list[float]:
-    """``OneCycleLR``'s ``name``: one number for every param group, or a list of one per group (PyTorch's)."""
+def _one_per_group(value, count: int, refusal) -> list:
+    """``value`` for each of ``count`` param groups: one for all, or a list of one per group (PyTorch's), else a
+    ``ValueError`` of ``refusal(how many were given)``."""
     values = list(value) if isinstance(value, (list, tuple)) else [value] * count
     if len(values) != count:
-        raise ValueError(f"OneCycleLR {name} takes one number, or one per param group: {count} groups, "
-                         f"{len(values)} values {value!r}")
+        raise ValueError(refusal(len(values)))
+    return values
+
+
+def _per_group(name: str, value, count: int) -> list[float]:
+    """``OneCycleLR``'s ``name``: one number for every param group, or a list of one per group (PyTorch's)."""
+    values = _one_per_group(value, count, lambda given: (
+        f"OneCycleLR {name} takes one number, or one per param group: {count} groups, {given} values {value!r}"))
     return [check_range("OneCycleLR", name, v) for v in values]
 
 
-class _Composite(LRScheduler):
+class _Composite(_PerGroup):
     """Common machinery of ``ChainedScheduler`` and ``SequentialLR``: schedules of one optimizer, checked as
     PyTorch checks them, with their base rates shared and their states saved and loaded together."""
 
@@ -407,9 +413,6 @@ class ChainedScheduler(_Composite):
             schedule.step()
         return self.optimizer.lr
 
-    def lr_at(self, epoch, base_lr):
-        return self.group_lr_at(epoch, base_lr, 0)
-
     def group_lr_at(self, epoch, base_lr, group):
         rate = base_lr
         for schedule in self.schedulers:
@@ -453,9 +456,6 @@ class SequentialLR(_Composite):
         else:
             schedule.step()
         return self.optimizer.lr
-
-    def lr_at(self, epoch, base_lr):
-        return self.group_lr_at(epoch, base_lr, 0)
 
     def group_lr_at(self, epoch, base_lr, group):
         index = bisect.bisect_right(self.milestones, epoch)
