@@ -289,13 +289,17 @@ class Module:
                 if not is_trainable(variable):
                     backend.set_requires_grad(copied, False)
                 memo[id(variable)] = copied
-        fresh = {"_native": None, "_structure_cache": {}, "_parent": None}
+        from unidl.function import BOUND_PREFIX
+
         for name, value in self.__dict__.items():
-            if name in fresh or name.startswith("_ud_function_bound_"):  # (a method's graphs: traced anew)
-                if name in fresh:
-                    object.__setattr__(new, name, {} if name == "_structure_cache" else None)
-            elif name == "_backend" or isinstance(value, types.ModuleType) or name == "_training_modes":
-                object.__setattr__(new, name, value if name != "_training_modes" else None)
+            if name.startswith(BOUND_PREFIX):  # (a method's graphs: traced anew)
+                continue
+            if name in ("_native", "_parent", "_training_modes"):  # (built again from the copy's structure)
+                object.__setattr__(new, name, None)
+            elif name == "_structure_cache":
+                object.__setattr__(new, name, {})
+            elif name == "_backend" or isinstance(value, types.ModuleType):
+                object.__setattr__(new, name, value)
             else:
                 try:
                     object.__setattr__(new, name, copy.deepcopy(value, memo))
