@@ -64,6 +64,11 @@ def _registered_name(cls: type) -> str:
     return cls.__name__
 
 
+def _is_builtin_module(module: str) -> bool:
+    """Whether ``module`` is one of unidl's built-in models (``unidl.models`` and the modules in it)."""
+    return module == "unidl.models" or module.startswith("unidl.models.")
+
+
 def _model_class(name: str, defined_in: str | None, path: str) -> type:
     """The class registered as ``name``, else the built-in ``unidl.models.<name>``; never an import from the file.
     The module the file names (``class_module``) tells a built-in from a user's class of the same name: a file of
@@ -72,12 +77,11 @@ def _model_class(name: str, defined_in: str | None, path: str) -> type:
     from unidl import models
 
     builtin = getattr(models, name) if name in getattr(models, "__all__", ()) else None
-    saved_builtin = defined_in is None or defined_in == "unidl.models" or defined_in.startswith("unidl.models.")
+    of_builtin = defined_in is not None and _is_builtin_module(defined_in)
     registered = _registry.get(name)
-    if registered is not None and not (saved_builtin and builtin is not None and defined_in is not None
-                                       and registered is not builtin):
+    if registered is not None and not (of_builtin and builtin is not None):
         return registered
-    if builtin is not None and saved_builtin:
+    if builtin is not None and (defined_in is None or of_builtin):  # (a file of before class_module: the built-in)
         return builtin
     where = f" (defined in module {defined_in!r} when saved)" if defined_in else ""
     raise UnknownModelError(
@@ -366,7 +370,7 @@ def _check_config_describes(model, config) -> None:
     than ``model``'s (a head replaced after building, as transfer learning does): ``load`` could never rebuild the
     file (it refused it only then). A user's class is left to ``load`` (building it here would run its constructor,
     its draws and its side effects, at every save); so is a model without a config."""
-    if config is None or not type(model).__module__.startswith("unidl.models."):
+    if config is None or not _is_builtin_module(type(model).__module__):
         return
     try:
         expected = architecture_shapes(type(model), config)
