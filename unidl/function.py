@@ -73,8 +73,8 @@ class Function:
         return bound
 
     def _positional(self, args, kwargs) -> tuple:
-        """``args`` and ``kwargs`` as ``fn``'s positional arguments (defaults left to ``fn``), or a ``TypeError``
-        naming what does not bind, as a call of ``fn`` would."""
+        """``args`` and ``kwargs`` as ``fn``'s positional arguments (each one not given at its default), or a
+        ``TypeError`` naming what does not bind, as a call of ``fn`` would."""
         if self._signature is None:
             self._signature = inspect.signature(self._fn)
         try:

@@ -73,7 +73,7 @@ class Precision:
             raise ValueError(f"growth_interval must be a positive integer, got {self.growth_interval!r}")
         object.__setattr__(self, "init_scale", scale)
         object.__setattr__(self, "growth_interval", interval)
-        if name != "16-mixed" and (scale, interval) != (2.0 ** 16, 2000):
+        if name != "16-mixed" and (scale, interval) != (Precision.init_scale, Precision.growth_interval):
             raise ValueError(f"init_scale and growth_interval set the loss scaling of precision='16-mixed'; "
                              f"precision={name!r} scales no loss: leave them out, or use '16-mixed'")
 
