@@ -47,7 +47,12 @@ def resolve_mode(owner: str, monitor: str, mode: str) -> str:
         direction = metrics.get(name).direction
     except ValueError:
         return "auto"
-    return "auto" if direction is None else "max" if direction == "up" else "min"
+    return "auto" if direction is None else _mode_of(direction)
+
+
+def _mode_of(direction: str) -> str:
+    """The mode of a metric's direction: 'max' for "up", 'min' for "down"."""
+    return "max" if direction == "up" else "min"
 
 
 def _metric_name(monitor: str) -> str:
@@ -66,7 +71,7 @@ def settle_mode(callback, owner: str) -> None:
     if not directions or directions[0] is None:
         raise ValueError(f"{owner} cannot tell whether {callback.monitor!r} improves upwards or downwards (mode='auto' "
                          f"knows the loss and the direction of the run's metrics); pass mode='max' or mode='min'")
-    callback.mode = "max" if directions[0] == "up" else "min"
+    callback.mode = _mode_of(directions[0])
     if math.isinf(callback.best):
         callback.best = -math.inf if callback.mode == "max" else math.inf
 
