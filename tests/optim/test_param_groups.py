@@ -311,8 +311,9 @@ def test_changed_group_options_take_effect_at_the_next_step(backend, case):
 
 
 def test_one_cycle_cycles_momentum_and_beta1_as_torch(backend):
-    """``OneCycleLR(cycle_momentum=True)`` writes each step's momentum (SGD) or beta1 (Adam) into the param groups:
-    torch.optim's trajectory under torch's OneCycleLR, inside one compiled train step."""
+    """``OneCycleLR`` (``cycle_momentum=True``, the default as PyTorch's) writes each step's momentum (SGD) or beta1
+    (Adam) into the param groups: torch.optim's trajectory under torch's OneCycleLR, inside one compiled train
+    step."""
     for unidl_class, torch_class, options in ((ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
                                               (ud.optim.Adam, torch.optim.Adam, dict())):
         reference = torch.nn.Linear(4, 3)
@@ -322,7 +323,7 @@ def test_one_cycle_cycles_momentum_and_beta1_as_torch(backend):
         layer = ud.nn.Linear(4, 3)
         layer.load_state_dict(LAYER)
         opt = unidl_class(layer.parameters(), lr=0.1, **options)
-        schedule = ud.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=6, cycle_momentum=True, three_phase=True)
+        schedule = ud.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=6, three_phase=True)
         step = ud.train_step(layer, ud.nn.MSELoss(), opt)
         for _ in range(5):
             expected.zero_grad()

@@ -247,12 +247,13 @@ class OneCycleLR(_PerGroup):
     The optimizer's own lr is not used (``max_lr`` sets the scale). ``cycle_momentum=True`` cycles every param
     group's ``momentum`` (or Adam's beta1) the other way, between ``max_momentum`` and ``base_momentum``, as
     PyTorch does (a param group's option, bound here: compiled steps read it from a variable, so they never
-    retrace for it; each step writes that one variable); unidl's default is False (PyTorch's is True).
+    retrace for it; each step writes that one variable). That is the default, PyTorch's: an optimizer with
+    neither (``RMSprop``, ``Adagrad``) needs ``cycle_momentum=False``, as in PyTorch (an error otherwise).
     """
 
     def __init__(self, optimizer, max_lr: float, total_steps: int | None = None, epochs: int | None = None,
                  steps_per_epoch: int | None = None, pct_start: float = 0.3, anneal_strategy: str = "cos",
-                 cycle_momentum: bool = False, base_momentum: float = 0.85, max_momentum: float = 0.95,
+                 cycle_momentum: bool = True, base_momentum: float = 0.85, max_momentum: float = 0.95,
                  div_factor: float = 25.0, final_div_factor: float = 1e4, three_phase: bool = False):
         if total_steps is None:
             counts = (arguments.integer(epochs), arguments.integer(steps_per_epoch))
@@ -270,8 +271,9 @@ class OneCycleLR(_PerGroup):
             group = optimizer.param_groups[0]
             self.momentum_key = "momentum" if "momentum" in group else "betas" if "betas" in group else None
             if self.momentum_key is None:
-                raise ValueError(f"OneCycleLR cycle_momentum=True needs an optimizer with momentum or betas; "
-                                 f"{type(optimizer).__name__} has neither: pass cycle_momentum=False")
+                raise ValueError(f"OneCycleLR cycle_momentum=True (the default, PyTorch's) needs an optimizer with "
+                                 f"momentum or betas; {type(optimizer).__name__} has neither: pass "
+                                 f"cycle_momentum=False")
             for index in range(len(optimizer.param_groups)):  # before a step is compiled: no retrace for it later
                 optimizer.bind_group_option(index, self.momentum_key)
         count = len(optimizer.param_groups)
