@@ -203,15 +203,28 @@ class Scaled(TensorDataset):
         return x * 100, y
 
 
+class ScaledBatches(TensorDataset):
+    """An augmentation in a TensorDataset subclass's own ``batch`` (its fast path): x scaled, as a view where the
+    rows are consecutive (legal NumPy; the loader must not adopt it as a fresh array)."""
+
+    def batch(self, indices):
+        if np.array_equal(indices, np.arange(indices[0], indices[-1] + 1)):
+            x, y = (array[indices[0]:indices[-1] + 1] for array in self.arrays)
+        else:
+            x, y = super().batch(indices)
+        return x * 100, y[:]
+
+
 def doubled(samples):
     return np.stack([x for x, _ in samples]) * 2, np.stack([y for _, y in samples])
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_a_tensor_datasets_collate_fn_or_a_subclasss_getitem_makes_its_batches_as_in_torch(backend, num_workers):
-    """A ``collate_fn`` given with a ``TensorDataset``, or a subclass's own ``__getitem__``, makes the batches, as
-    PyTorch's loader reads them (its rows were sliced past both), and ``fit`` trains on those batches on every
-    backend (Keras's trainer slices the arrays itself where the batches are slices of them)."""
+    """A ``collate_fn`` given with a ``TensorDataset``, or a subclass's own ``__getitem__`` or ``batch``, makes the
+    batches, as PyTorch's loader reads them (its rows were sliced past both), and ``fit`` trains on those batches on
+    every backend (Keras's trainer slices the arrays itself only where the batches are plain slices of them: a
+    subclass's own ``batch`` was skipped on Keras-on-JAX and Keras-on-torch, whose ``take_arrays`` now refuses)."""
     import torch
 
     x, y = make_dataset(8).arrays
@@ -226,9 +239,11 @@ def test_a_tensor_datasets_collate_fn_or_a_subclasss_getitem_makes_its_batches_a
                                                                                            for a, b in s])),
                torch.utils.data.DataLoader(TorchScaled(torch.from_numpy(x), torch.from_numpy(y)), batch_size=4)]
     loaders = [DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=doubled, num_workers=num_workers),
-               DataLoader(Scaled(x, y), batch_size=4, num_workers=num_workers)]
+               DataLoader(Scaled(x, y), batch_size=4, num_workers=num_workers),
+               DataLoader(ScaledBatches(x, y), batch_size=4, num_workers=num_workers)]
+    oracles.append(oracles[1])
     for loader, oracle in zip(loaders, oracles):
-        assert loader.sliced_arrays() is None
+        assert loader.sliced_arrays() is None and iter(loader).take_arrays() is None
         for (bx, by), (ox, oy) in zip(loader, oracle):
             np.testing.assert_array_equal(ud.to_numpy(bx), np.asarray(ox))
             np.testing.assert_array_equal(ud.to_numpy(by), np.asarray(oy))
@@ -242,8 +257,33 @@ def test_a_tensor_datasets_collate_fn_or_a_subclasss_getitem_makes_its_batches_a
         return ud.to_numpy(model.weight)
 
     targets = np.ones((8, 1), np.float32)
-    np.testing.assert_allclose(fitted(DataLoader(Scaled(x, targets), batch_size=4)),
-                               fitted(DataLoader(TensorDataset(x * 100, targets), batch_size=4)), rtol=1e-6)
+    for kind in (Scaled, ScaledBatches):
+        np.testing.assert_allclose(fitted(DataLoader(kind(x, targets), batch_size=4)),
+                                   fitted(DataLoader(TensorDataset(x * 100, targets), batch_size=4)), rtol=1e-6)
+
+
+def test_a_subclasss_own_batch_is_what_fit_checks_and_a_view_it_returns_is_copied(backend):
+    """A ``TensorDataset`` subclass's own ``batch`` makes the batches that ``fit`` checks (labels 1..3 that it shifts
+    to 0..2 train; fit read the raw arrays and refused them), and a view of the dataset that it returns is copied,
+    so an in-place op on a batch leaves the dataset as it was."""
+
+    class ShiftedLabels(TensorDataset):
+        def batch(self, indices):
+            x, y = (array[indices[0]:indices[-1] + 1] for array in self.arrays)  # views: consecutive rows
+            return x, y - 1
+
+    x = np.arange(24, dtype=np.float32).reshape(8, 3)
+    dataset = ShiftedLabels(x, np.array([1, 2, 3, 1, 2, 3, 1, 2]))
+    ud.manual_seed(0)
+    model = ud.nn.Linear(3, 3)
+    history = ud.fit(model, DataLoader(dataset, batch_size=4), loss="cross_entropy", optimizer="sgd", epochs=1,
+                     verbose=0)
+    assert np.isfinite(history["loss"][0])
+    for batch_x, _ in DataLoader(dataset, batch_size=4):
+        native = batch_x.native if hasattr(batch_x, "native") else batch_x
+        if hasattr(native, "mul_"):  # torch: an in-place op on the batch
+            native.mul_(0)
+    np.testing.assert_array_equal(dataset.arrays[0], x)
 
 
 def test_break_with_workers_then_resume():

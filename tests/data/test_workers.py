@@ -27,8 +27,8 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, LabelledRows, NoisyRows, Rows,
-                                        SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
+from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, LabelledRows, NoisyBatches, NoisyRows,
+                                        Rows, SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
                                         failing_worker_init_fn, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -106,9 +106,13 @@ def test_same_batches_as_without_workers(worker_type):
     assert [batch[1] for batch in batches(tensor_loader)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
 
 
-def test_random_dataset_gives_the_same_batches_with_0_or_2_process_workers_and_in_every_run():
+@pytest.mark.parametrize("dataset", [NoisyRows(10), NoisyBatches(np.zeros((10, 3), np.float32), np.arange(10))],
+                         ids=["getitem", "own-batch"])
+def test_random_dataset_gives_the_same_batches_with_0_or_2_process_workers_and_in_every_run(dataset):
+    """A random ``__getitem__``, or a ``TensorDataset`` subclass's own random ``batch`` (user code too: it was run
+    unseeded without workers), gives the same batches in every run, with or without worker processes."""
     def epochs(**workers):
-        loader = DataLoader(NoisyRows(10), batch_size=3, shuffle=True, seed=1, **workers)
+        loader = DataLoader(dataset, batch_size=3, shuffle=True, seed=1, **workers)
         return [batches(loader) for _ in range(2)]
 
     np.random.seed(123)

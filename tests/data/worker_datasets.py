@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from unidl.data import Dataset
+from unidl.data import Dataset, TensorDataset
 
 #: ids that worker_init_fn saw in this process (a worker process has its own copy; threads share it)
 INIT_IDS = []
@@ -41,6 +41,14 @@ class NoisyRows(Rows):
     def __getitem__(self, index):
         features, label = super().__getitem__(index)
         return features + np.random.normal(size=3).astype(np.float32) + np.float32(random.random()), label
+
+
+class NoisyBatches(TensorDataset):
+    """A TensorDataset whose own ``batch`` adds noise from NumPy's global RNG: user code, seeded per batch."""
+
+    def batch(self, indices):
+        features, labels = super().batch(indices)
+        return features + np.random.normal(size=features.shape).astype(np.float32), labels
 
 
 class FailingRows(Rows):

@@ -19,15 +19,26 @@ def default_collate(samples: list) -> tuple[np.ndarray, ...]:
 
 def sliced_arrays(dataset, collate_fn) -> tuple[np.ndarray, ...] | None:
     """The arrays whose slices are ``dataset``'s batches as a loader with ``collate_fn`` makes them (one slice per
-    array: ``TensorDataset.batch``), or None where they are not: samples read one by one through a subclass's own
-    ``__getitem__`` (an augmentation; a subclass's own ``batch`` is its own fast path, taken), or joined by another
-    ``collate_fn`` than ``default_collate``, as PyTorch's loader reads them, as the loader then does."""
-    if not isinstance(dataset, TensorDataset) or collate_fn is not default_collate:
+    array: ``TensorDataset.batch``), or None where a batch runs code of the user's: samples read one by one through
+    a subclass's own ``__getitem__`` (an augmentation), a subclass's own ``batch``, or another ``collate_fn`` than
+    ``default_collate``. Only plain slices may be handed to a framework's trainer whole, read for labels, or
+    adopted without a copy; the user's code runs per batch, seeded, as PyTorch's loader runs it."""
+    if not batched_by_dataset(dataset, collate_fn):
         return None
     kind = type(dataset)
-    if kind.__getitem__ is not TensorDataset.__getitem__ and kind.batch is TensorDataset.batch:
+    if kind.batch is not TensorDataset.batch or kind.__getitem__ is not TensorDataset.__getitem__:
         return None
     return dataset.arrays
+
+
+def batched_by_dataset(dataset, collate_fn) -> bool:
+    """Whether the loader's batch is ``dataset.batch(indices)`` (a ``TensorDataset`` joined by ``default_collate``,
+    its ``batch`` the fast path: a subclass's own, or TensorDataset's where ``__getitem__`` is not overridden) rather
+    than ``collate_fn`` of the samples read one by one."""
+    if not isinstance(dataset, TensorDataset) or collate_fn is not default_collate:
+        return False
+    kind = type(dataset)
+    return not (kind.__getitem__ is not TensorDataset.__getitem__ and kind.batch is TensorDataset.batch)
 
 
 class Dataset:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unidl.data import shared_batches
-from unidl.data.dataset import sliced_arrays
+from unidl.data.dataset import batched_by_dataset
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
 IDLE_POLL = 0.5
@@ -57,11 +57,11 @@ def batch_rngs(batch_seed: tuple | None):
 
 
 def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None) -> tuple:
-    """The batch at ``indices`` as a tuple of arrays: one slice per array of a ``TensorDataset`` joined by
-    ``default_collate`` (``sliced_arrays``), else ``collate_fn`` of the samples. ``progress`` records the step
+    """The batch at ``indices`` as a tuple of arrays: a ``TensorDataset``'s ``batch`` where the loader joins by
+    ``default_collate`` (``batched_by_dataset``), else ``collate_fn`` of the samples. ``progress`` records the step
     ("sample" with its "index", or "collate"), so that a failure can name it."""
     progress = {} if progress is None else progress
-    if sliced_arrays(dataset, collate_fn) is not None:
+    if batched_by_dataset(dataset, collate_fn):
         progress["step"] = "collate"
         return dataset.batch(indices)
     samples = []
