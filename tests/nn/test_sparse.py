@@ -26,22 +26,29 @@ def test_embedding_index_out_of_range_eagerly_and_in_ud_function(backend):
             compiled(ud.tensor(bad))
 
 
-def test_embedding_index_out_of_range_in_train_step(backend, rng):
-    """The step that raises changes nothing (weights, optimizer state: Keras-on-JAX's applied its update)."""
+@pytest.mark.parametrize("precision, accumulate", [(None, 1), ("bf16-mixed", 2), ("16-mixed", 2)])
+def test_embedding_index_out_of_range_in_train_step(backend, rng, precision, accumulate):
+    """The step that raises changes nothing (weights, optimizer state: Keras-on-JAX's applied its update, and the
+    jax backend's compiled step for a negative index or label, which JAX's gather wraps to a finite value, not
+    caught by the non-finite guard), under mixed precision and within an accumulation window too."""
     model = ud.nn.Sequential(ud.nn.Embedding(5, 2), ud.nn.Flatten(), ud.nn.Linear(6, 2))
     optimizer = ud.optim.Adam(model.parameters(), lr=0.1)
-    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer)
+    step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer, precision=precision, accumulate=accumulate)
     labels = np.array([0, 1])
     step(GOOD, labels)
     before, slots = model.state_dict(), optimizer.state_dict()
-    with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
-        step(TOO_LARGE, labels)
-    with pytest.raises(ud.IndexOutOfRangeError, match=r"CrossEntropyLoss labels must lie in \[0, 2\)"):
-        step(GOOD, np.array([0, 2]))
+    for bad in (TOO_LARGE, NEGATIVE):
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"Embedding indices must lie in \[0, 5\)"):
+            step(bad, labels)
+    for bad in ([0, 2], [-1, 0]):
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"CrossEntropyLoss labels must lie in \[0, 2\)"):
+            step(GOOD, np.array(bad))
     after = model.state_dict()
     assert all(np.array_equal(after[key], before[key]) for key in before)
     assert str(optimizer.state_dict()) == str(slots)
-    step(GOOD, labels)  # the step still works afterwards
+    assert optimizer.last_step_finite
+    for _ in range(accumulate):
+        step(GOOD, labels)  # the step still works afterwards
     assert not np.array_equal(model.state_dict()["0.weight"], before["0.weight"])
 
 

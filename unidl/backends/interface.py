@@ -364,6 +364,14 @@ class Backend(abc.ABC):
         where it cannot or need not (its gradients are None already)."""
         return None
 
+    def after(self, values):
+        """A context manager: the state written inside it, in a graph being traced, is written only once ``values``
+        (a step's loss and gradients) have been computed, so that a value check that fails while computing them
+        (a label out of range, staged in the forward) stops those writes too, as an eager framework's error stops
+        its step before them. Nothing to do (the default) where a step's ops run in program order (eager
+        frameworks, JAX's functional steps, which select their writes by the checks: ``jax/ops.py``)."""
+        return contextlib.nullcontext()
+
     def gradient_conditions(self, params, grads, agree: bool = True) -> list:
         """Per parameter, inside a graph being traced: None where it has no gradient (``grads``) or the graph reads
         it unconditionally, else a boolean scalar, whether the control flow that alone reads it (a loop over a

@@ -390,18 +390,55 @@ _trace = threading.local()
 @contextlib.contextmanager
 def checkified_trace():
     """Marks the trace running in this thread as one that ``checkify`` transforms (``StatefulJit``: every
-    compiled step of this backend), where value checks may be ``checkify.check``s."""
-    previous = getattr(_trace, "checkified", False)
-    _trace.checkified = True
+    compiled step of this backend), where value checks may be ``checkify.check``s; each records its predicate
+    for ``checks_passed``."""
+    previous = getattr(_trace, "checkified", False), getattr(_trace, "predicates", None)
+    _trace.checkified, _trace.predicates = True, []
     try:
         yield
     finally:
-        _trace.checkified = previous
+        _trace.checkified, _trace.predicates = previous
 
 
 def in_checkified_trace() -> bool:
     """Whether the trace running in this thread is one that ``checkify`` transforms (``checkified_trace``)."""
     return getattr(_trace, "checkified", False)
+
+
+def _staged_check(passed, message: str, **values) -> None:
+    """``checkify.check`` of ``passed`` (a traced boolean scalar), which raises unidl's error after the compiled
+    call, recorded for ``checks_passed``."""
+    checkify.check(passed, message, **values)
+    _trace.predicates.append(passed)
+
+
+def checks_passed():
+    """A boolean scalar: every value check staged so far in this checkified trace, in a trace still active here,
+    passed; None where there is none (checks of a trace that has ended, a ``scan``'s body or a trace of the forward
+    made for another purpose, cannot be read here and are not counted). An update selected by it changes nothing in
+    a step whose check fails, as the error, raised after the compiled call, stops the same step before its update in
+    torch's eager code and in a TensorFlow graph."""
+    predicates = getattr(_trace, "predicates", None)
+    if not predicates:
+        return None
+    from jax._src import core  # (the active traces: no public API names them)
+
+    active = {id(trace) for trace in core.unsafe_get_trace_stack(core.unsafe_get_current_trace())}
+    predicates = [p for p in predicates if id(getattr(p, "_trace", None)) in active]
+    return functools.reduce(jnp.logical_and, predicates) if predicates else None
+
+
+@contextlib.contextmanager
+def unless_a_check_failed(variables):
+    """The block's writes to ``variables`` stand only where every value check staged before it in this trace
+    passed (``checks_passed``); a block with none staged runs as it is."""
+    passed = checks_passed()
+    before = [v._value for v in variables] if passed is not None else None  # (bookkeeping: not a recorded read)
+    yield
+    if passed is not None:
+        for variable, old in zip(variables, before):
+            if variable._value is not old:
+                variable.value = jnp.where(passed, variable._value, old)
 
 
 def check_in_range(x, low, high, what="values"):
@@ -412,7 +449,7 @@ def check_in_range(x, low, high, what="values"):
     if isinstance(outside, jax.core.Tracer):  # (checkify raises it after a compiled step, as check_index's)
         if getattr(_trace, "checkified", False):
             message = f"{ValueOutOfRangeError.marker}{what} must lie in [{low}, {high}]; found {{n}} value(s) outside"
-            checkify.check(outside == 0, message, n=outside)
+            _staged_check(outside == 0, message, n=outside)
     elif int(outside):
         raise ValueOutOfRangeError(f"{what} must lie in [{low}, {high}]; found {int(outside)} value(s) outside")
     return x
@@ -428,7 +465,7 @@ def check_index(indices, size, what="index"):
         # own trainer on JAX) cannot stage a check at all, so there is none there
         if getattr(_trace, "checkified", False):
             message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {size}); found values from {{low}} to {{high}}"
-            checkify.check((low >= 0) & (high < size), message, low=low, high=high)
+            _staged_check((low >= 0) & (high < size), message, low=low, high=high)
     elif int(low) < 0 or int(high) >= size:
         raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {int(low)} to {int(high)}")
     return indices

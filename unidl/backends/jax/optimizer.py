@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unidl.backends.jax.ops import unless_a_check_failed
 from unidl.backends.jax.variable import JaxVariable, made_beside, written_in_place
 from unidl.optim.optimizer import bound_rule, changeable_options
 from unidl.optim.param_groups import read_group_option, write_group_options
@@ -70,6 +71,13 @@ class JaxOptimizer:
         accumulation_window(self._spec, accumulate, None, create)  # (float32 steps: mixed precision keeps its own)
 
     def apply(self, grads, loss=None, accumulate: int = 1) -> None:
+        """``guarded_apply`` whose writes stand only where every value check staged before it in this trace passed
+        (a label out of range: its error, raised after the compiled step, leaves the weights and this state as they
+        were, as torch's eager step that raises before its update)."""
+        with unless_a_check_failed([*self._spec.params, *self.variables()]):
+            self.guarded_apply(grads, loss, accumulate)
+
+    def guarded_apply(self, grads, loss=None, accumulate: int = 1) -> None:
         """One guarded update: when ``loss`` or a gradient is not finite every parameter, slot and the step count
         keep their values (``jnp.where`` on one boolean scalar inside the trace, fused by XLA into each update).
         With ``accumulate`` N > 1, one micro-step: ``grads / N`` joins the accumulated gradients and every N-th

@@ -129,24 +129,28 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         (_, (loss, outputs)), found = backend._value_and_grad(loss_of, (), None, active, with_aux=True)
         found = iter(found)
         grads = [next(found) if m else None for m in mask]
-        checked, updates, has_gradient = loss, True, None
-        if window is not None:
-            grads, checked, updates, has_gradient = window.add(grads, loss)
-        if scaler is not None:
-            inverse = 1.0 / scaler.scale.value
-            grads = [None if g is None else g * inverse.astype(g.dtype) for g in grads]
-        # the step's loss, or the window's losses, and the gradients: read by the scaler and the window only
-        # (a bf16 step without a window leaves the check to ``native.apply``, one pass over the gradients)
-        finite = all_finite([checked, *grads]) if scaler is not None or window is not None else None
-        if scaler is not None:  # a non-finite loss with finite gradients moves the scale as an overflow (torch's)
-            scaler.update(finite, when=updates)
-        if window is None:
-            native.apply(grads, loss)  # skipped if not finite
-        else:  # the optimizer's guard and clipping, selected by the window's last micro-step
-            native.finite.value = jnp.where(updates, finite, True)  # inside the window nothing is skipped yet
-            native._update(native._spec.clip_gradients(grads, native._ops), updates & finite, has_gradient)
+        # a value check that failed (a label out of range) stops the step before its update, as torch's error
+        with jax_ops.unless_a_check_failed(updated):
+            checked, updates, has_gradient = loss, True, None
+            if window is not None:
+                grads, checked, updates, has_gradient = window.add(grads, loss)
+            if scaler is not None:
+                inverse = 1.0 / scaler.scale.value
+                grads = [None if g is None else g * inverse.astype(g.dtype) for g in grads]
+            # the step's loss, or the window's losses, and the gradients: read by the scaler and the window only
+            # (a bf16 step without a window leaves the check to ``native.apply``, one pass over the gradients)
+            finite = all_finite([checked, *grads]) if scaler is not None or window is not None else None
+            if scaler is not None:  # a non-finite loss with finite gradients moves the scale as an overflow (torch's)
+                scaler.update(finite, when=updates)
+            if window is None:
+                native.guarded_apply(grads, loss)  # skipped if not finite
+            else:  # the optimizer's guard and clipping, selected by the window's last micro-step
+                native.finite.value = jnp.where(updates, finite, True)  # inside the window nothing is skipped yet
+                native._update(native._spec.clip_gradients(grads, native._ops), updates & finite, has_gradient)
         return (loss, outputs) if with_outputs else loss
 
+    updated = ([*params, *native.variables()] + (scaler.variables() if scaler is not None else [])
+               + (window.variables() if window is not None else []))
     variables = (backend._model_state(model, optimizer, loss_fn) + (scaler.variables() if scaler is not None else [])
                  + (window.variables() if window is not None else []))
     run, compiled = backend.compile_step(step, variables, model, params, name, eager)

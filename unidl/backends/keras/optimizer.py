@@ -248,7 +248,7 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             grads, trainable_variables, used = own_gradients(self, grads, list(trainable_variables), used)
         if used is not None and len(used) == len(grads):  # PyTorch's rule: no gradient for what the loss skips
             grads = [g if u else None for g, u in zip(grads, used)]
-        grads = [None if g is None else _dense(g) for g in grads]
+        grads = [None if g is None else dense_gradient(g) for g in grads]
         accumulate = getattr(self, "_accumulate", 1)
         local = accumulate > 1 and keras_distributed.accumulates_locally()  # this rank's window, averaged at its end
         if not local:  # in a data-parallel job the job's gradients and loss (keras/distributed.py), before the guard
@@ -273,21 +273,22 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
                    if flags else self._clip_and_apply(grads, variables), _false)
             return
         if local:
-            with self._this_micro_step():
+            with self._this_micro_step(), HOST.after([finite]):
                 self._local_micro_step(grads, variables, indices, reads, finite, accumulate)
             return
         sums = [self._accumulated[i] for i in indices]
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
                  if g is None or read is not None}
-        for total, grad, index, read in zip(sums, grads, indices, reads):
-            if grad is not None:
-                total.assign(total + grad / K.cast(accumulate, grad.dtype))
-                flag = self._window_has_gradient[index]
-                flag.assign(K.convert_to_tensor(True) if read is None else K.logical_or(flag, read))
-        window_finite = K.logical_and(self._window_finite, finite)
-        self._window_finite.assign(window_finite)
-        count = self._micro_steps + 1
-        self._micro_steps.assign(count)
+        with HOST.after([finite]):  # (a value check failed in the forward: no write, as torch's error)
+            for total, grad, index, read in zip(sums, grads, indices, reads):
+                if grad is not None:
+                    total.assign(total + grad / K.cast(accumulate, grad.dtype))
+                    flag = self._window_has_gradient[index]
+                    flag.assign(K.convert_to_tensor(True) if read is None else K.logical_or(flag, read))
+            window_finite = K.logical_and(self._window_finite, finite)
+            self._window_finite.assign(window_finite)
+            count = self._micro_steps + 1
+            self._micro_steps.assign(count)
 
         def close_window():
             # PyTorch's rule over the window: a parameter without a gradient now updates with its sum if it had
@@ -429,7 +430,7 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         if group:
             learning_rate = K.cast(self.group_learning_rates[group - 1], variable.dtype)
         slots = self.slots_of(variable)
-        gradient = spec.regularized_gradient(variable, _dense(gradient), ops)
+        gradient = spec.regularized_gradient(variable, dense_gradient(gradient), ops)
         has_gradient = (self._gradient_flags or {}).get(index)  # (None: it has one)
         if has_gradient is None and spec.apply_fused(variable, gradient, slots, learning_rate, ops):
             return  # where Keras's framework has a kernel
@@ -466,7 +467,7 @@ def keep_train_function_current(native_model) -> None:
         native_model.make_train_function(force=True)
 
 
-def _dense(gradient):
+def dense_gradient(gradient):
     """A gather's gradient as rows (TensorFlow's IndexedSlices, for an Embedding) made dense, as PyTorch's gradient
     of an Embedding, for unidl's update rules and clipping; any other gradient as it is."""
     if hasattr(gradient, "indices") and hasattr(gradient, "dense_shape"):

@@ -12,7 +12,7 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import step_key
-from unidl.backends.keras.optimizer import (LocalWindow, assign_numpy, own_gradients, read_numpy,
+from unidl.backends.keras.optimizer import (LocalWindow, assign_numpy, dense_gradient, own_gradients, read_numpy,
                                            trainer_values_in_optimizer_order)
 from unidl.precision import autocast_modules, modules_of
 
@@ -142,29 +142,33 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
         if accumulate == 1:
             return super().apply(grads, trainable_variables)
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
+        grads = [None if g is None else dense_gradient(g) for g in grads]  # (an Embedding's rows: summed into totals)
         inner = self.inner_optimizer
         indices = [inner._get_variable_index(v) for v in variables]
         totals = [self._window[i] for i in indices]
         local = keras_distributed.accumulates_locally()  # this rank's window, reduced over the ranks at its end
         # a parameter read only by a loop or branch that did not run has no gradient (NativeOptimizer.apply)
         reads = HOST.gradient_conditions(variables, grads, agree=not local)
+        # every write of the micro-step waits for its gradients (a value check failed in the forward: none)
         if local:
-            with self._this_micro_step():
+            with self._this_micro_step(), HOST.after(grads):
                 self._local_micro_step(grads, variables, indices, totals, reads, accumulate)
             return
         self.set_window_position(None)  # (the count moves on the device)
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
                  if g is None or read is not None}
-        for total, grad, index, read in zip(totals, grads, indices, reads):
-            if grad is not None:
-                total.assign(total + keras.ops.cast(grad, total.dtype) / accumulate)
-                flag = self._window_has_gradient[index]
-                flag.assign(keras.ops.convert_to_tensor(True) if read is None else keras.ops.logical_or(flag, read))
-        count = self._window_count + 1
-        self._window_count.assign(count)
-        closes = count >= accumulate
-        finite = self._loss_finite(keras.ops.convert_to_tensor(self._window_finite))
-        self._window_finite.assign(keras.ops.logical_or(closes, finite))  # (True again once the window closes)
+        with HOST.after(grads):
+            for total, grad, index, read in zip(totals, grads, indices, reads):
+                if grad is not None:
+                    total.assign(total + keras.ops.cast(grad, total.dtype) / accumulate)
+                    flag = self._window_has_gradient[index]
+                    flag.assign(keras.ops.convert_to_tensor(True) if read is None
+                                else keras.ops.logical_or(flag, read))
+            count = self._window_count + 1
+            self._window_count.assign(count)
+            closes = count >= accumulate
+            finite = self._loss_finite(keras.ops.convert_to_tensor(self._window_finite))
+            self._window_finite.assign(keras.ops.logical_or(closes, finite))  # (True again once the window closes)
 
         def update():
             # PyTorch's rule over the window: a parameter without a gradient now updates with its sum if it had

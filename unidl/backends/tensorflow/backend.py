@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -204,6 +205,11 @@ class Backend(BackendInterface):
         from unidl.backends.tensorflow.optimizer import set_group_options
 
         set_group_options(optimizer, group, keys)
+
+    def after(self, values):
+        if tf.executing_eagerly():
+            return contextlib.nullcontext()
+        return tf.control_dependencies([value for value in values if value is not None])
 
     def gradient_conditions(self, params, grads, agree=True):
         from unidl.backends.tensorflow.control_flow import gradient_conditions

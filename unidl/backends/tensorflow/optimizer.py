@@ -104,14 +104,17 @@ class GraphOptimizer(tf.Module):
         # an earlier micro-step (its flag, read as the step runs), else keeps its value and slots; frozen ones
         # (no gradient, not trainable) are left out as without accumulation
         present = [g is not None or is_trainable(p) for g, p in zip(grads, self._spec.params)]
-        for variable, flag, grad, read in zip(self.accumulated, self.window_has_gradient, grads, reads):
-            if grad is not None:
-                variable.assign_add(grad / tf.cast(accumulate, grad.dtype))
-                flag.assign(True if read is None else tf.logical_or(flag.read_value(), read))
-        window_finite = tf.logical_and(self.window_finite.read_value(), finite)  # (a value, not a lazy read)
-        self.window_finite.assign(window_finite)
-        count = self.micro_steps.read_value() + 1
-        self.micro_steps.assign(count)
+        # every write waits for ``finite`` (the loss and the gradients): a value check that fails in the forward
+        # (a label out of range) stops them, as torch's error stops its step
+        with tf.control_dependencies([finite]):
+            for variable, flag, grad, read in zip(self.accumulated, self.window_has_gradient, grads, reads):
+                if grad is not None:
+                    variable.assign_add(grad / tf.cast(accumulate, grad.dtype))
+                    flag.assign(True if read is None else tf.logical_or(flag.read_value(), read))
+            window_finite = tf.logical_and(self.window_finite.read_value(), finite)  # (a value, not a lazy read)
+            self.window_finite.assign(window_finite)
+            count = self.micro_steps.read_value() + 1
+            self.micro_steps.assign(count)
 
         def close_window():
             sums = [a.read_value() if used else None for a, used in zip(self.accumulated, present)]
@@ -146,14 +149,16 @@ class GraphOptimizer(tf.Module):
                  for flag, g, read in zip(self.window_has_gradient, grads, reads)]
         window_finite = tf.logical_and(self.window_finite.read_value(), finite)
         if not closes:
-            for variable, flag, total, had, grad in zip(self.accumulated, self.window_has_gradient, sums, flags, grads):
-                if grad is not None:
-                    variable.assign(total)
-                    flag.assign(had)
-            self.window_finite.assign(window_finite)
-            self.micro_steps.assign_add(1)
-            self.finite.assign(True)
-            return tf.constant(True)
+            with tf.control_dependencies([finite]):  # (after a failed value check in the forward: none, as ``apply``)
+                for variable, flag, total, had, grad in zip(self.accumulated, self.window_has_gradient, sums, flags,
+                                                            grads):
+                    if grad is not None:
+                        variable.assign(total)
+                        flag.assign(had)
+                self.window_finite.assign(window_finite)
+                self.micro_steps.assign_add(1)
+                self.finite.assign(True)
+                return tf.constant(True)
         dtype = self.accumulated[0].dtype
         marker = finite_marker(window_finite, dtype)
         had_any = tf.cast(tf.stack(flags), dtype)  # averaged: above 0 where a rank had a gradient

@@ -70,13 +70,15 @@ class Window(tf.Module):
 
     def add(self, grads, loss, reads):
         """Add one micro-step (``reads``: per parameter None, or whether the control flow that alone reads it ran,
-        ``gradient_conditions``); the number of micro-steps in the window now."""
-        for total, flag, grad, read in zip(self.sums, self.has_gradient, grads, reads):
-            if grad is not None:
-                total.assign_add(grad / tf.cast(self.accumulate, grad.dtype))
-                flag.assign(True if read is None else tf.logical_or(flag.read_value(), read))
-        self.losses.scatter_nd_update([[self.count]], tf.reshape(tf.cast(loss, tf.float32), [1]))
-        return self.count.assign_add(1)
+        ``gradient_conditions``); the number of micro-steps in the window now. Every write waits for the loss and
+        the gradients: a value check that fails in the forward (a label out of range) stops them, as torch's error."""
+        with tf.control_dependencies([loss, *(g for g in grads if g is not None)]):
+            for total, flag, grad, read in zip(self.sums, self.has_gradient, grads, reads):
+                if grad is not None:
+                    total.assign_add(grad / tf.cast(self.accumulate, grad.dtype))
+                    flag.assign(True if read is None else tf.logical_or(flag.read_value(), read))
+            self.losses.scatter_nd_update([[self.count]], tf.reshape(tf.cast(loss, tf.float32), [1]))
+            return self.count.assign_add(1)
 
     def take(self, present, grads, reads):
         """The summed gradients (None where ``present`` is False), the window's losses and, per parameter, whether
