@@ -369,3 +369,33 @@ def test_a_ragged_list_is_an_error_naming_the_array():
     assert str(caught.value).startswith("TensorDataset: array 1: ud.tensor takes nested lists whose rows along each "
                                         "axis have one length (a rectangular array), got rows of several lengths")
     np.testing.assert_array_equal(TensorDataset([[1, 2], [3, 4]], (5, 6))[1][0], [3, 4])
+
+
+class Samples(Dataset):
+    """Samples given as they are: ``Samples([(x, y), ...])``."""
+
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        return self.samples[index]
+
+
+def test_nested_fields_or_samples_of_different_lengths_are_errors_not_stacked_or_dropped():
+    """A batch is a flat tuple of arrays: a sample ``(x, (y_a, y_b))`` or a collate_fn's ``((x_a, x_b), y)`` is a
+    ``TypeError`` (stacked, the inner tuple became one array, its batch axis moved; PyTorch keeps the structure),
+    samples of different numbers of fields a ``ValueError`` (the extra fields were dropped; PyTorch refuses them
+    too); a field that is a list of numbers still converts as ``ud.tensor`` converts it."""
+    x = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="the samples gave a tuple of arrays as field 1 .* flatten it"):
+        next(iter(DataLoader(Samples([(x, (x, x))] * 2), batch_size=2)))
+    with pytest.raises(ValueError, match="the batch's first sample has 2, its sample 1 3 fields"):
+        next(iter(DataLoader(Samples([(x, 0), (x, 1, 99)]), batch_size=2)))
+    pairs = Samples([(x, 0)] * 4)
+    with pytest.raises(TypeError, match=r"the collate of samples \(<lambda>\) gave a tuple of arrays as field 0"):
+        next(iter(DataLoader(pairs, batch_size=2, collate_fn=lambda s: ((np.stack([a for a, _ in s]),) * 2, [0, 1]))))
+    batch = next(iter(DataLoader(Samples([(x, [1, 2]), (x, [3, 4])]), batch_size=2)))
+    np.testing.assert_array_equal(ud.to_numpy(batch[1]), [[1, 2], [3, 4]])

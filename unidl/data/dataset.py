@@ -10,11 +10,40 @@ from unidl.tensors import as_numpy_values, to_numpy
 
 
 def default_collate(samples: list) -> tuple[np.ndarray, ...]:
-    """Stack a list of samples field by field: ``[(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))``."""
+    """Stack a list of samples field by field: ``[(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))``.
+
+    A batch is a flat tuple of arrays: samples of different numbers of fields are a ``ValueError`` (as PyTorch's
+    ``default_collate`` refuses them; the extra fields were dropped), and a field holding arrays (a nested
+    ``(x, (y_a, y_b))``) or a dict a ``TypeError`` (PyTorch keeps the structure; stacked, it became one array)."""
     if isinstance(samples[0], (tuple, list)):
-        return tuple(np.stack([to_numpy(sample[field]) for sample in samples])
-                     for field in range(len(samples[0])))
+        count = len(samples[0])
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, (tuple, list)) or len(sample) != count:
+                what = f"{len(sample)} fields" if isinstance(sample, (tuple, list)) else type(sample).__name__
+                raise ValueError(f"DataLoader: the samples of a batch must have the same number of fields, as "
+                                 f"PyTorch's default_collate asks: the batch's first sample has {count}, its sample "
+                                 f"{index} {what}")
+        for field in range(count):
+            check_flat_field(samples[0][field], field, "the samples")
+        return tuple(np.stack([to_numpy(sample[field]) for sample in samples]) for field in range(count))
     return (np.stack([to_numpy(sample) for sample in samples]),)
+
+
+def check_flat_field(value, position: int, source: str) -> None:
+    """A ``TypeError`` where field ``position`` of a batch or sample (from ``source``) is a nested structure: a dict,
+    or a tuple or list holding arrays or tensors (lists of numbers, nested too, are values and convert)."""
+    if _nested(value):
+        raise TypeError(f"a DataLoader batch is a flat tuple of arrays; {source} gave a {type(value).__name__} of "
+                        f"arrays as field {position} (a nested structure, which PyTorch's loader keeps and stacking "
+                        f"would turn into one array): flatten it into fields of their own, (x, y_a, y_b)")
+
+
+def _nested(value) -> bool:
+    """Whether ``value`` is a dict, or a tuple or list holding an array, a tensor or a dict at any depth."""
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, (tuple, list)) and any(
+        _nested(item) or (hasattr(item, "shape") and not isinstance(item, np.generic)) for item in value)
 
 
 def sliced_arrays(dataset, collate_fn) -> tuple[np.ndarray, ...] | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unidl.data import shared_batches
-from unidl.data.dataset import batched_by_dataset
+from unidl.data.dataset import batched_by_dataset, check_flat_field
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
 IDLE_POLL = 0.5
@@ -79,6 +79,7 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
             raise TypeError(f"a DataLoader batch is a tuple of arrays of numbers; the collate of samples "
                             f"({getattr(collate_fn, '__name__', 'collate_fn')}) gave {what} as field {position} (a "
                             f"dict of inputs, strings, objects): each framework refused it in words of its own")
+        check_flat_field(field, position, f"the collate of samples ({getattr(collate_fn, '__name__', 'collate_fn')})")
     return arrays
 
 
