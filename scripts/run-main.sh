@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up ./.venv if needed, then train on every installed backend (see README).
+# The main job: set up ./.venv if needed, then train on the default backend (see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh

@@ -45,9 +45,17 @@ def test_bad_dataset_is_explained(capsys):
     assert "argument --dataset: unknown dataset 'imagenet'; use digits, synthetic" in capsys.readouterr().err
 
 
-def test_missing_mnist_directory_is_explained(tmp_path):
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
-        cli.main(["train", "--dataset", f"mnist:{tmp_path}", "--verbose", "0"])
+def test_missing_mnist_files_or_an_unwritable_logdir_are_one_line_errors_with_status_2(tmp_path, capsys):
+    """A file the command cannot read or write is ``unidl: error: ...`` naming it, exit status 2 (a traceback)."""
+    assert cli.main(["train", "--dataset", f"mnist:{tmp_path}", "--verbose", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unidl: error: ") and "train-images-idx3-ubyte" in err and len(err.splitlines()) == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert cli.main(["train", "--model", "two_layer", "--dataset", "synthetic", "--epochs", "1", "--verbose", "0",
+                     "--backend", "torch", "--logdir", str(blocker / "logs")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unidl: error: ") and str(blocker / "logs") in err and len(err.splitlines()) == 1
 
 
 def test_info_lists_backends_versions_devices(capsys):
@@ -99,6 +107,8 @@ BAD_VALUES = [
                                                         "framework to run on, one of tensorflow, jax, torch"),
     (["parity", "--backends", "torch:jax", "tensorflow"], "argument --backends: 'torch:jax': only keras takes"),
     (["bench", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
+    (["train", "--dataset", "cifar10:/nonexistent"], "argument --dataset: cifar10's directory '/nonexistent' does "
+                                                      "not exist"),
 ]
 
 

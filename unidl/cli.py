@@ -108,7 +108,11 @@ def device_name(text: str) -> str:
 
 def dataset_spec(text: str) -> str:
     name, _, directory = text.partition(":")
-    if (name in ("digits", "synthetic") and not directory) or (name in ("mnist", "cifar10") and directory):
+    if name in ("digits", "synthetic") and not directory:
+        return text
+    if name in ("mnist", "cifar10") and directory:
+        if not os.path.isdir(directory):
+            raise argparse.ArgumentTypeError(f"{name}'s directory {directory!r} does not exist (or is not a directory)")
         return text
     raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; use {DATASETS}")
 
@@ -123,14 +127,15 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandLineParser(prog="unidl", description="unidl: one training loop for PyTorch, TensorFlow and Keras")
+    parser = CommandLineParser(prog="unidl",
+                               description="unidl: one training loop for PyTorch, TensorFlow, Keras and JAX")
     parser.add_argument("--version", action="version", version=f"unidl {version()}")
     commands = parser.add_subparsers(dest="command")
     train = commands.add_parser("train", help="train a model on a dataset and print its test accuracy")
     train.add_argument("--model", choices=["two_layer", "cnn"], default="cnn")
     train.add_argument("--dataset", type=dataset_spec, default="digits", help=f"{DATASETS} (default: digits)")
     train.add_argument("--backend", type=backend_name, default=None,
-                       help="torch, tensorflow or keras (default: UNIDL_BACKEND or first installed)")
+                       help="torch, tensorflow, keras or jax (default: UNIDL_BACKEND or first installed)")
     train.add_argument("--device", type=device_name, default=None,
                        help="auto, cpu, cuda, cuda:N (default: UNIDL_DEVICE or auto)")
     train.add_argument("--epochs", type=positive_int, default=15)
@@ -512,7 +517,7 @@ def main(argv=None) -> int:
             return bench(argv[1:])
         args = build_parser().parse_args(argv or ["train"])
         return run_command(args)
-    except UnidlError as error:
+    except (UnidlError, OSError) as error:  # (OSError: a file or directory it cannot read or write, named)
         message = " ".join(str(error).split())
         print(f"unidl: error: {message}", file=sys.stderr)
         return 2

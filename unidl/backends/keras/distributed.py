@@ -42,8 +42,8 @@ def engine():
         return _ForwardWrappingEngine(found)
     raise DistributedError(
         f"the keras backend trains data-parallel on Keras-on-TensorFlow (tf.distribute.MultiWorkerMirroredStrategy) "
-        f"and Keras-on-torch (DistributedDataParallel) only; Keras runs on {HOST.name} here: use unidl's "
-        f"{HOST.name} backend for a data-parallel job, or KERAS_BACKEND=tensorflow or torch")
+        f"and Keras-on-torch (DistributedDataParallel) only; Keras runs on {HOST.name} here: set "
+        f"KERAS_BACKEND=tensorflow or torch, or use unidl's torch or tensorflow backend for a data-parallel job")
 
 
 class _OneDevicePerProcess:
