@@ -96,6 +96,40 @@ def test_fit_eager_runs_python_every_step(backend):
     assert len(calls) >= 8  # every one of the 2 x 4 steps ran the Python forward
 
 
+class BranchOnValue(ud.nn.Module):
+    """Python control flow on a tensor's value: one of two layers, by the sign of the batch's sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = ud.nn.Linear(4, 1), ud.nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.a(x) if ud.ops.sum(x) > 0 else self.b(x)
+
+
+def test_eager_steps_and_gradients_take_python_control_flow_on_a_value_as_torch(backend):
+    """``eager=True`` and ``ud.value_and_grad`` run a forward that branches on a tensor's value (the jax backend's
+    check of which parameters the loss uses traced it abstractly: JAX's TracerBoolConversionError), the layer of the
+    branch not taken keeping no gradient (None) and its weights, as in plain PyTorch."""
+    ud.manual_seed(0)
+    model = BranchOnValue()
+    reference = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 1), "b": torch.nn.Linear(4, 1)})
+    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    torch_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05), eager=True)
+    for x in (X, -X, X):
+        step(x, Y)
+        torch_optimizer.zero_grad()
+        layer = reference["a"] if x.sum() > 0 else reference["b"]
+        torch.nn.functional.mse_loss(layer(torch.tensor(x)), torch.tensor(Y)).backward()
+        torch_optimizer.step()
+    for key, value in reference.state_dict().items():
+        np.testing.assert_allclose(ud.to_numpy(model.state_dict()[key]), value.numpy(), rtol=1e-5, atol=1e-6)
+    _, grads = ud.value_and_grad(lambda: ud.ops.sum(model(ud.tensor(-X))), model.parameters())()
+    taken_a = (-X).sum() > 0
+    assert [g is None for g in grads] == [not taken_a] * 2 + [taken_a] * 2  # (a.weight, a.bias, b.weight, b.bias)
+
+
 class Scaled(ud.nn.Module):
     """A linear layer times a per-step input; records the dtype each Python run of its forward computed in."""
 

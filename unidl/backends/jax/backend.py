@@ -531,9 +531,17 @@ class Backend(BackendInterface):
 def _used_inputs(fn, inputs, live, before) -> list[bool]:
     """For each of ``inputs``, whether ``fn``'s output depends on it: a backward walk over ``fn``'s jaxpr
     from the output (an equation that feeds a needed value needs all of its inputs). ``fn`` is traced
-    once more, abstractly; the variables it writes are put back."""
+    once more, abstractly; the variables it writes are put back. A forward with Python control flow on a value
+    (an eager step's: ``eager=True``, ``ud.value_and_grad``) cannot be traced abstractly: there the walk is over
+    the graph of its tangents (``jax.linearize``, which runs it on the values, its flow settled by them)."""
     try:
-        closed = jax.make_jaxpr(fn)(inputs)
+        try:
+            closed = jax.make_jaxpr(fn)(inputs)
+        except _CONCRETIZATION:
+            for v, b in zip(live, before):
+                v.value = b
+            _, linear = jax.linearize(fn, inputs)
+            closed = jax.make_jaxpr(linear)(inputs)
     finally:
         for v, b in zip(live, before):
             v.value = b

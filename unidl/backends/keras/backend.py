@@ -320,8 +320,8 @@ class Backend(BackendInterface):
                 with KeptStepState(native), swallowed_ctrl_c_raised(), scope():
                     result = native.train_on_batch(x, to_input(y))
             except Exception as error:
-                if inputs and not HOST.keras_state_in_place:
-                    _raise_if_traced_step_input(error, model)
+                if not HOST.keras_state_in_place:
+                    _raise_if_traced_value(error, model, bool(inputs))
                 raise
             if step.trace_count is not None:
                 step.trace_count += native.train_step_runs - runs
@@ -428,9 +428,14 @@ class Backend(BackendInterface):
                 # which it would wrap in tf.data.Dataset.from_generator (a py_function per batch)
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), delivered=batches.advance,
                                    totals=totals, before_batch=before_batch)
-                with KeptStepState(native), self._scope():
-                    native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size, epochs=1,
-                               shuffle=False, verbose=0, callbacks=[relay])
+                try:
+                    with KeptStepState(native), self._scope():
+                        native.fit(to_input(arrays[0]), to_input(arrays[1]), batch_size=batches.batch_size,
+                                   epochs=1, shuffle=False, verbose=0, callbacks=[relay])
+                except Exception as error:
+                    if not HOST.keras_state_in_place:
+                        _raise_if_traced_value(error, model, False)
+                    raise
             else:
                 relay = BatchRelay(on_batch, lambda logs: epoch_logs(logs, metrics), totals=totals,
                                    before_batch=before_batch)
@@ -439,8 +444,8 @@ class Backend(BackendInterface):
                         native.fit(_keras_batches(batches, to_input, step_inputs), epochs=1,
                                    steps_per_epoch=steps, shuffle=False, verbose=0, callbacks=[relay])
                 except Exception as error:
-                    if step_inputs is not None and not HOST.keras_state_in_place:
-                        _raise_if_traced_step_input(error, model)
+                    if not HOST.keras_state_in_place:
+                        _raise_if_traced_value(error, model, step_inputs is not None)
                     raise
         return relay.logs
 
@@ -492,7 +497,10 @@ class Backend(BackendInterface):
     def check_shapes(self, model, loss_fn, x, y):
         x, y = self.to_input(x), self.to_input(y)
         specs = [keras.KerasTensor(tuple(v.shape), dtype=keras.backend.standardize_dtype(v.dtype)) for v in (x, y)]
-        compute_output_spec(lambda a, b: loss_fn(model(a), b), *specs)
+        try:
+            compute_output_spec(lambda a, b: loss_fn(model(a), b), *specs)
+        except HOST.tracer_value_errors:
+            pass  # Python control flow on a value: the step reports it (GraphConstructError), or runs it eagerly
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
@@ -514,25 +522,25 @@ class Backend(BackendInterface):
         export_module(module, path, format, input_shape, input_dtype)
 
 
-def _raise_if_traced_step_input(error, model) -> None:
-    """``GraphConstructError`` in place of Keras's own error (its model build's, or its train step's) when a
-    forward given step inputs (``train_step``'s extra inputs, ``fit``'s ``step_inputs``) used a traced value in
-    Python control flow on a host whose Keras trainer traces every input (JAX: ``range(depth)`` cannot loop a
-    traced number of times, even with ``run_eagerly``: Keras builds the model by tracing it)."""
+def _raise_if_traced_value(error, model, step_inputs: bool) -> None:
+    """``GraphConstructError`` in place of Keras's own error (its model build's, or its train step's) when the
+    forward used a traced value in Python control flow (``if`` on a tensor's value; ``range(depth)`` of a step input:
+    ``train_step``'s extra inputs, ``fit``'s ``step_inputs``) on a host whose Keras trainer traces every step (JAX:
+    even with ``run_eagerly``, Keras builds the model by tracing it; its raw TracerBoolConversionError or "Unable to
+    automatically build the model" named neither the forward nor the fix)."""
     cause = error
     while cause is not None and not isinstance(cause, HOST.tracer_value_errors):
         cause = cause.__cause__ or cause.__context__
     if cause is not None:
         from unidl.errors import GraphConstructError
 
+        among = (", a step input among them (train_step's extra inputs, fit's step_inputs)" if step_inputs else "")
         raise GraphConstructError(
             f"the forward of {type(model).__name__} uses the value of a tensor in Python control flow (if/while/"
-            f"range/int on a traced value), a step input among them (train_step's extra inputs, fit's "
-            f"step_inputs): Keras's own trainer on "
-            f"Keras-on-{HOST.name} traces every input of the step, eager=True included, and cannot. Write loops "
-            f"with ud.ops.scan and branches with ud.ops.where, or train on the {HOST.name} backend (Python numbers "
-            f"among the step inputs stay Python values there) or Keras on tensorflow or torch. "
-            f"({type(cause).__name__}: {str(cause).splitlines()[0]})") from None
+            f"range/int on a traced value){among}: Keras's own trainer on Keras-on-{HOST.name} traces every step, "
+            f"eager=True included, and cannot. Write loops with ud.ops.scan and branches with ud.ops.where, or "
+            f"train on the {HOST.name} backend (eager=True runs Python per step there) or Keras on tensorflow or "
+            f"torch. ({type(cause).__name__}: {str(cause).splitlines()[0]})") from None
 
 
 def _keras_batches(batches, to_input, step_inputs):
