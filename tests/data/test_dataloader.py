@@ -172,6 +172,39 @@ def test_load_state_dict_rejects_a_different_setup():
         DataLoader(make_dataset(20), batch_size=3).load_state_dict({"epoch": 0})
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("seed", None, "seed None is not a non-negative integer .a shuffled loader needs one"),
+    ("seed", "abc", "seed 'abc'"), ("seed", -5, "seed -5"), ("seed", 1.5, "seed 1.5"),
+    ("position", 1.5, "position 1.5 is not an integer in 0..7"), ("position", True, "position True"),
+    ("position", "1", "position '1'"), ("epoch", -1, "epoch -1 is not an integer >= 0"), ("epoch", 1.0, "epoch 1.0")])
+def test_load_state_dict_checks_every_value_before_it_changes_anything(key, value, message):
+    """A bad seed, position or epoch is a ``StateDictError`` naming it, and the loader keeps its state (a bad epoch
+    was refused after the seed had been set; a bad seed broke the next iteration with NumPy's error)."""
+    loader = DataLoader(make_dataset(20), batch_size=3, shuffle=True, seed=7)
+    state = dict(loader.state_dict(), **{key: value})
+    with pytest.raises(ud.StateDictError, match=message):
+        loader.load_state_dict(state)
+    assert loader.state_dict() == DataLoader(make_dataset(20), batch_size=3, shuffle=True, seed=7).state_dict()
+    assert epoch_labels(loader) == epoch_labels(DataLoader(make_dataset(20), batch_size=3, shuffle=True, seed=7))
+
+
+def test_set_epoch_or_load_state_dict_is_not_moved_by_an_iterator_still_alive():
+    """An older iterator that goes on after ``set_epoch`` or ``load_state_dict`` does not move the position they set
+    (the next epoch skipped the batches it had yielded)."""
+    loader = DataLoader(make_dataset(8), batch_size=2)
+    old = iter(loader)
+    next(old)
+    loader.set_epoch(3)
+    next(old), next(old)
+    assert loader.next_iteration() == (3, 0)
+    assert len(epoch_labels(loader)) == 4
+    old = iter(loader)
+    start = DataLoader(make_dataset(8), batch_size=2).state_dict()
+    loader.load_state_dict(start)
+    next(old)
+    assert loader.state_dict() == start
+
+
 @pytest.mark.parametrize("shuffle", [False, True])
 @pytest.mark.parametrize("dataset", [make_dataset(37), RowDataset(37)], ids=["tensor", "generic"])
 def test_workers_give_the_same_batches(dataset, shuffle):

@@ -126,6 +126,27 @@ def test_random_dataset_gives_the_same_batches_with_0_or_2_process_workers_and_i
     assert epochs(num_workers=2, worker_type="process", persistent_workers=True) == reference
 
 
+def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_without_workers():
+    """torch's default generator is seeded per batch as NumPy's and Python's are, where the process has imported
+    torch: the same batches in every run, whatever the caller's torch state, with or without a worker process, and
+    the caller's torch state as it was (worker processes drew from an unseeded generator: other batches each run)."""
+    import torch
+
+    from tests.data.torch_rows import TorchNoisyRows
+
+    def epoch(**workers):
+        return batches(DataLoader(TorchNoisyRows(), batch_size=2, seed=3, **workers))
+
+    torch.manual_seed(1)
+    reference = epoch()
+    after = torch.rand(1)
+    torch.manual_seed(2)
+    assert epoch() == reference
+    torch.manual_seed(1)
+    assert torch.equal(torch.rand(1), after)  # (the loader's draws left the caller's generator alone)
+    assert epoch(num_workers=1, worker_type="process") == reference
+
+
 @pytest.mark.parametrize("worker_type", WORKER_TYPES)
 def test_a_raising_sample_names_the_worker_the_sample_and_keeps_the_traceback(worker_type):
     loader = DataLoader(FailingRows(12, bad_index=7), batch_size=2, num_workers=2, worker_type=worker_type)

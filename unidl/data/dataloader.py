@@ -27,8 +27,13 @@ from unidl.tensors import to_numpy
 _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "drop_last")
 
 
+def _is_count(value) -> bool:
+    """Whether ``value`` is an integer (Python's or NumPy's), not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _check_count(name: str, value, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+    if not _is_count(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -89,8 +94,8 @@ class DataLoader:
     seed) is enough to resume mid-epoch in a new process with ``load_state_dict``.
 
     Batches come in the same order and with the same content whatever ``num_workers`` and
-    ``worker_type``. A dataset that draws from NumPy's global RNG or Python's ``random`` in
-    ``__getitem__`` gets, for batch ``b`` of epoch ``e``, the global RNGs seeded from ``(seed, e, b)``: in
+    ``worker_type``. A dataset that draws from NumPy's global RNG, Python's ``random`` or (where its process has
+    imported torch) torch's default generator in ``__getitem__`` or its own ``batch`` gets, for batch ``b`` of epoch ``e``, the global RNGs seeded from ``(seed, e, b)``: in
     the main process (``num_workers=0``, which restores the RNGs' previous state after each batch) and in
     worker processes alike, so that such batches are the same with 0 or N process workers, in every run,
     and after a resume. Worker threads share one global RNG and are not seeded: random draws there
@@ -243,6 +248,7 @@ class DataLoader:
         self._epoch = _check_count("epoch", epoch, 0)
         self._position = 0
         self._started = False
+        self._active = None  # an iterator still alive no longer moves the position set here
 
     def next_iteration(self) -> tuple[int, int]:
         """``(epoch, position)`` where the next ``iter(loader)`` starts: the position last set (a fresh loader,
@@ -283,13 +289,20 @@ class DataLoader:
                 raise StateDictError(f"DataLoader.load_state_dict: the state has {key}={state[key]!r} but "
                                      f"this loader has {key}={mine[key]!r}; resuming needs the same dataset "
                                      f"length, batch_size, shuffle and drop_last")
-        if not 0 <= state["position"] <= len(self):
-            raise StateDictError(f"DataLoader.load_state_dict: position {state['position']} is outside "
+        # every value checked before any is set: a refused state leaves the loader as it was
+        position, epoch, seed = state["position"], state["epoch"], state["seed"]
+        if not _is_count(position) or not 0 <= position <= len(self):
+            raise StateDictError(f"DataLoader.load_state_dict: position {position!r} is not an integer in "
                                  f"0..{len(self)} (batches per epoch)")
-        self.batch_sampler.sampler.seed = state["seed"]
-        self._epoch = _check_count("epoch", state["epoch"], 0)
-        self._position = int(state["position"])
+        if not _is_count(epoch) or epoch < 0:
+            raise StateDictError(f"DataLoader.load_state_dict: epoch {epoch!r} is not an integer >= 0")
+        if not (seed is None and not self.shuffle) and not (_is_count(seed) and seed >= 0):
+            raise StateDictError(f"DataLoader.load_state_dict: seed {seed!r} is not a non-negative integer"
+                                 + (" (a shuffled loader needs one)" if seed is None else ""))
+        self.batch_sampler.sampler.seed = None if seed is None else int(seed)
+        self._epoch, self._position = int(epoch), int(position)
         self._started = False
+        self._active = None  # an iterator still alive no longer moves the position set here
 
     # ---- iterating -------------------------------------------------------
     def __iter__(self) -> Epoch:

@@ -14,6 +14,7 @@ import pickle
 import queue
 import random
 import signal
+import sys
 import traceback
 from dataclasses import dataclass
 
@@ -29,7 +30,9 @@ WORKER_STREAM, BATCH_STREAM = 0, 1
 
 
 def seed_global_rngs(stream: int, seed: int | None, epoch: int, key: int) -> None:
-    """Seed NumPy's global RNG and Python's ``random`` from (stream, loader seed, epoch, key).
+    """Seed NumPy's global RNG, Python's ``random`` and, where the process has imported torch (a dataset drawing
+    torchvision-style augmentations from ``torch.rand``), torch's default CPU generator from (stream, loader seed,
+    epoch, key); PyTorch's loader seeds torch's in each worker too (never NumPy's).
 
     A loader without a seed (``shuffle=False``, ``seed=None``) still seeds, from the epoch and key alone,
     so that its batches do not depend on how many workers there are either.
@@ -38,6 +41,15 @@ def seed_global_rngs(stream: int, seed: int | None, epoch: int, key: int) -> Non
     state = np.random.SeedSequence(entropy).generate_state(4)
     np.random.seed(state)
     random.seed(int.from_bytes(state.tobytes(), "little"))
+    generator = _torch_generator()
+    if generator is not None:
+        generator.manual_seed(int.from_bytes(state[:2].tobytes(), "little"))
+
+
+def _torch_generator():
+    """torch's default CPU generator where this process has imported torch, else None (never imported here)."""
+    torch = sys.modules.get("torch")
+    return getattr(torch, "default_generator", None)
 
 
 @contextlib.contextmanager
@@ -48,12 +60,16 @@ def batch_rngs(batch_seed: tuple | None):
         yield
         return
     numpy_state, python_state = np.random.get_state(), random.getstate()
+    generator = _torch_generator()
+    torch_state = generator.get_state() if generator is not None else None
     seed_global_rngs(BATCH_STREAM, *batch_seed)
     try:
         yield
     finally:
         np.random.set_state(numpy_state)
         random.setstate(python_state)
+        if torch_state is not None:
+            generator.set_state(torch_state)
 
 
 def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None) -> tuple:
