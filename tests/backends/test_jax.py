@@ -112,6 +112,26 @@ def test_native_module_is_a_pure_function_of_its_params(rng):
         np.testing.assert_allclose(np.asarray(native.apply(native.params, x)), ud.to_numpy(model(x)), rtol=1e-6)
 
 
+def test_native_apply_with_dropout_under_jit_leaks_nothing_and_draws_from_its_rng():
+    """``jax.jit(model.native.apply)`` of a model holding a Dropout in train mode leaves the backend's dropout key
+    as it was (a tracer left there made every later eager forward raise JAX's UnexpectedTracerError), a BatchNorm's
+    statistics too, and draws its masks from ``rng`` where given: a new key, new masks; the same, the same."""
+    import jax
+
+    with ud.use_backend("jax"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Linear(4, 64), ud.nn.BatchNorm1d(64), ud.nn.Dropout(0.5), ud.nn.Linear(64, 1))
+        before = model.state_dict()
+        x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+        apply, params = jax.jit(model.native.apply), model.native.params
+        first, again = (np.asarray(apply(params, x, jax.random.PRNGKey(seed))) for seed in (1, 1))
+        other = np.asarray(apply(params, x, jax.random.PRNGKey(2)))
+        np.testing.assert_array_equal(first, again)
+        assert not np.array_equal(first, other)
+        assert all(np.array_equal(value, before[key]) for key, value in model.state_dict().items())
+        assert ud.to_numpy(model(x)).shape == (2, 1)  # an eager forward afterwards
+
+
 def test_missing_jax_names_the_extra(monkeypatch):
     monkeypatch.setattr(backends, "missing_modules", lambda name: ["jax"] if name == "jax" else [])
     monkeypatch.setattr(backends, "_loaded", {k: v for k, v in backends._loaded.items() if k != "jax"})

@@ -268,7 +268,7 @@ class Backend(BackendInterface):
 
     # ---- modules and training ---------------------------------------------
     def native_module(self, module):
-        return NativeModule(module)
+        return NativeModule(module, self._generator)
 
     def optimizer(self, optimizer):
         with self.device_scope(config.resolve_device(config._requested_device(), self)):
