@@ -89,6 +89,22 @@ def test_custom_gradient_with_two_inputs(backend):
     np.testing.assert_allclose(ud.to_numpy(grad_b), [1.0, 2.0])
 
 
+def test_a_backward_of_another_float_dtype_gives_the_gradient_in_the_inputs_dtype_as_torch(backend):
+    """A backward that returns float64 for a float32 input gives a float32 gradient, as ``torch.autograd.Function``
+    casts it (TensorFlow, Keras and JAX gave float64), eagerly and inside ``ud.function``; a float64 input keeps
+    float64."""
+    @ud.custom_gradient
+    def doubled(a):
+        return a * 2, lambda dy: ud.ops.cast(dy * 2, "float64")
+
+    for dtype in ("float32", "float64"):
+        x = ud.tensor(np.array([1.0, 2.0]), dtype)
+        for gradient in (ud.grad(_sum_of(doubled)), ud.function(ud.grad(_sum_of(doubled)))):
+            result = ud.to_numpy(gradient(x))
+            assert result.dtype == np.dtype(dtype), (dtype, result.dtype)
+            np.testing.assert_array_equal(result, [2.0, 2.0])
+
+
 def _graphs_alive() -> int:
     """TensorFlow's traced graphs alive in this process (0 on the other frameworks), among the objects the garbage
     collector has not been told to leave alone (``gc.freeze``)."""

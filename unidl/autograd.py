@@ -14,7 +14,7 @@ import functools
 from typing import Callable, Sequence
 
 from unidl import config
-from unidl.dtype_kinds import dtype_name
+from unidl.dtype_kinds import dtype_name, is_floating
 
 
 def _normalize(argnums_or_params):
@@ -120,11 +120,31 @@ def custom_gradient(forward_fn: Callable) -> Callable:
     """
     compiled = {}
 
+    def in_input_dtypes(*inputs):
+        """``forward_fn`` whose backward gives each float input's gradient in that input's dtype, as
+        torch.autograd casts it (TensorFlow and JAX kept the backward's: float64 for a float32 input)."""
+        y, backward = forward_fn(*inputs)
+
+        def cast_backward(dy):
+            grads = backward(dy)
+            many = isinstance(grads, (tuple, list))
+            listed = list(grads) if many else [grads]
+            for index, (grad, x) in enumerate(zip(listed, inputs)):
+                wanted, given = getattr(x, "dtype", None), getattr(grad, "dtype", None)
+                if given is not None and wanted is not None and given != wanted and is_floating(given) \
+                        and is_floating(wanted):
+                    from unidl import ops
+
+                    listed[index] = ops.cast_like(grad, x)
+            return type(grads)(listed) if many else listed[0]  # (a wrong count: the framework's own error)
+
+        return y, cast_backward
+
     @functools.wraps(forward_fn)
     def with_custom_gradient(*args):
         backend = config.backend()
         if backend.name not in compiled:
-            compiled[backend.name] = backend.custom_gradient(forward_fn)
+            compiled[backend.name] = backend.custom_gradient(in_input_dtypes)
         return compiled[backend.name](*[a if backend.is_tensor(a) else backend.tensor(a) for a in args])
 
     return with_custom_gradient
