@@ -1482,6 +1482,42 @@ def test_leaky_relu_and_regression_losses_of_integers_are_floats(mode):
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
 
 
+def test_losses_normalizations_and_dropout_of_integers_are_floats_of_the_dtype_in_force(mode):
+    """Integer logits or log-probabilities to the cross-entropy and NLL losses (modules and ops), integers to
+    ``layer_norm``, ``group_norm``, ``batch_norm`` and to dropout in training compute in the float dtype in force, as
+    the other float math does (JAX computed them in float64, TensorFlow and torch refused them in their own words,
+    unless a path cast them already); ``batch_norm`` in training takes no running statistics, as PyTorch's
+    ``F.batch_norm``, giving None for them. Values: torch's of the same numbers as float32."""
+    values, labels = np.array([[3, -1, 2], [0, 4, -2]], np.int64), np.array([2, 0])
+    floats = torch.tensor(values, dtype=torch.float32)
+    cases = [(lambda x, t: ud.nn.CrossEntropyLoss()(x, t), F.cross_entropy(floats, torch.tensor(labels))),
+             (lambda x, t: ud.ops.cross_entropy(x, t), F.cross_entropy(floats, torch.tensor(labels))),
+             (lambda x, t: ud.nn.NLLLoss()(x, t), F.nll_loss(floats, torch.tensor(labels))),
+             (lambda x, t: ud.ops.nll_loss(x, t), F.nll_loss(floats, torch.tensor(labels))),
+             (lambda x, t: ud.ops.layer_norm(x, (3,)), F.layer_norm(floats, (3,))),
+             (lambda x, t: ud.ops.group_norm(ud.ops.reshape(x, (1, 2, 3)), 2), F.group_norm(floats[None], 2)),
+             (lambda x, t: ud.ops.batch_norm(x, None, None, training=True)[0], F.batch_norm(floats, None, None,
+                                                                                              training=True)),
+             (lambda x, t: ud.ops.dropout(x, 0.5) * 0, torch.zeros(2, 3)),
+             (lambda x, t: ud.nn.Dropout(0.5)(x) * 0, torch.zeros(2, 3))]
+    for function, expected in cases:
+        got = run(mode, function, values, labels)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+    _, mean, variance = ud.ops.batch_norm(ud.tensor(values), None, None, training=True)
+    assert mean is None and variance is None
+    with pytest.raises(ValueError, match="running_mean and running_var are needed outside training"):
+        ud.ops.batch_norm(ud.tensor(values), None, None, training=False)
+
+
+def test_the_sign_of_nan_and_of_minus_zero_is_torchs_plus_zero(mode):
+    """``sign`` of NaN and of -0.0 is +0.0, as ``torch.sign`` (TensorFlow, Keras and JAX gave NaN, and -0.0)."""
+    values = np.array([np.nan, -0.0, 0.0, -2.0, 3.0], np.float32)
+    got, expected = run(mode, ud.ops.sign, values), torch.sign(torch.tensor(values)).numpy()
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))
+
+
 def test_a_float16_mean_is_summed_past_float16s_range(mode):
     """The mean of float16 values whose sum overflows float16 (8 x 30000) is torch's 30000 (TensorFlow summed in
     float16: inf), and a bfloat16 mean torch's too."""

@@ -77,6 +77,14 @@ def test_grad_with_respect_to_integer_tensor_says_so(backend):
         ud.grad(lambda v: ud.ops.sum(v))(x)
 
 
+def test_grad_with_respect_to_a_python_number_or_list_says_so(backend):
+    """A Python number or list is no tensor to differentiate with respect to, as torch.autograd's (Keras gave the
+    gradient of the tensor it made of it)."""
+    for value, kind in ((3.0, "float"), ([1.0, 2.0], "list")):
+        with pytest.raises(TypeError, match=f"argument 0 is a {kind}, not a tensor: make one with ud.tensor"):
+            ud.grad(lambda v: ud.ops.sum(v * v))(value)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float64"])
 def test_gradients_keep_a_tensors_own_dtype_as_torch_autograd(backend, rng, dtype):
     """``ud.grad`` and ``value_and_grad`` of a float16, bfloat16 or float64 tensor: the gradient in that dtype,

@@ -93,11 +93,16 @@ def check_scalar(value, backend_name: str) -> None:
 
 
 def check_float(values: Sequence, what: str) -> None:
+    """The ``TypeError`` of every backend for a value ``grad`` cannot differentiate with respect to: integers,
+    booleans, or no tensor at all (a Python number or list, which torch.autograd refuses too)."""
     for index, value in enumerate(values):
         dtype = str(getattr(value, "dtype", ""))
+        if not dtype:
+            raise TypeError(f"grad can only differentiate with respect to floating-point tensors; {what} {index} "
+                            f"is a {type(value).__name__}, not a tensor: make one with ud.tensor")
         if "float" not in dtype:
             raise TypeError(f"grad can only differentiate with respect to floating-point tensors; {what} {index} "
-                            f"has dtype {dtype or type(value).__name__}")
+                            f"has dtype {dtype}")
 
 
 def custom_gradient(forward_fn: Callable) -> Callable:

@@ -287,6 +287,8 @@ def dropout(x, p, training=True, generator=None):
     seeded by ``ud.manual_seed``) when None, or one of the framework's generators passed explicitly."""
     p = _probability("dropout", p)
     ops = _ops()
+    if training and p:  # (integers: floats of the dtype in force, as the losses and float math take them)
+        x = input_checks.as_floating("dropout", "x", x)
     if generator is None and training and p:
         generator = config.backend().generator()
     return ops.dropout(x, p, training, generator)
@@ -301,9 +303,22 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     number or a scalar tensor of the statistics' dtype (``BatchNorm(momentum=None)``'s ``1 / n``). Eval: the
     running statistics normalise ``x`` and come back unchanged. Pure: the arguments are never
     modified; ``nn.BatchNorm*`` writes the returned statistics into its buffers. Training on one value per
-    channel is a ``ShapeMismatchError``, as in PyTorch."""
+    channel is a ``ShapeMismatchError``, as in PyTorch. Training without running statistics (None, as PyTorch's
+    ``F.batch_norm`` takes them) normalises by the batch's and gives None for them; outside training they are
+    needed (a ``ValueError``, as in PyTorch). Integer input: floats of the dtype in force."""
     momentum = arguments.plain_number("batch_norm", "momentum", momentum)
     eps = arguments.plain_number("batch_norm", "eps", eps)
+    x = input_checks.as_floating("batch_norm", "x", x)
+    if running_mean is None or running_var is None:
+        if not training:
+            raise ValueError("batch_norm: running_mean and running_var are needed outside training, which "
+                             "normalises by them (PyTorch refuses None there too)")
+        like = dtype_kinds.dtype_name(next((t for t in (running_mean, running_var, weight) if t is not None), x).dtype)
+        channels = (shape(x)[1],)
+        y, new_mean, new_var = batch_norm(
+            x, zeros(channels, like) if running_mean is None else running_mean,
+            ones(channels, like) if running_var is None else running_var, weight, bias, True, momentum, eps)
+        return y, None if running_mean is None else new_mean, None if running_var is None else new_var
     if training:
         x = input_checks.check_batch_statistics("batch_norm", x)
     if input_checks.normalization_parameters("batch_norm", x, {"running_mean": running_mean,
@@ -465,11 +480,14 @@ def square(x):
 @op(dispatch=False)
 def sign(x):
     """-1, 0 or 1 by the sign of each element. Booleans are their own sign, as in PyTorch (TensorFlow, Keras and
-    JAX refused them)."""
+    JAX refused them); NaN and -0.0 are 0 (+0.0), as in PyTorch (TensorFlow, Keras and JAX gave NaN and -0.0)."""
     dtype = getattr(x, "dtype", None)
     if dtype is not None and dtype_kinds.dtype_name(dtype) == "bool":
         return cast(input_checks.as_tensor("sign", "x", x), "bool")
-    return _ops().sign(x)
+    signs = _ops().sign(x)
+    if dtype is None or not dtype_kinds.is_floating(dtype):
+        return signs
+    return where((x > 0) | (x < 0), signs, zeros_like(signs))  # (neither: NaN or a zero of either sign)
 
 
 @op(dispatch=False, arrays=())
@@ -704,7 +722,7 @@ def l1_loss(prediction, target, reduction="mean"):
     return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
 
 
-@op(indices=("labels",), arrays=("logits",))
+@op(indices=("labels",), arrays=("logits",), floating=("logits",))
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel.
 
@@ -786,6 +804,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32, computed in
     float32 and given back in the input's dtype, as PyTorch's."""
     eps = arguments.plain_number("layer_norm", "eps", eps)
+    x = input_checks.as_floating("layer_norm", "x", x)  # (integers: floats of the dtype in force, as group_norm's)
     if input_checks.normalization_parameters("layer_norm", x, {"weight": weight, "bias": bias}):
         return cast_like(_ops().layer_norm(cast(x, "float32"), normalized_shape, weight, bias, eps), x)
     return _ops().layer_norm(x, normalized_shape, weight, bias, eps)
@@ -1180,8 +1199,8 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
 
 
 def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner):
-    log_probabilities = input_checks.float32_under_autocast(
-        input_checks.as_tensor(owner, "log_probabilities", log_probabilities))
+    log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
+        owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
     weight = input_checks.class_weight(owner, weight, log_probabilities)  # (cross_entropy_loss's checked already)
     labels = input_checks.check_integer(owner, "labels", labels)
     classes = shape(log_probabilities)[1]

@@ -405,7 +405,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's group of
     ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,). Float input of
     another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32, computed in
-    float32 and given back in the input's dtype, as PyTorch's."""
+    float32 and given back in the input's dtype, as PyTorch's. Integer input: floats of the dtype in force."""
+    x = input_checks.as_floating("group_norm", "x", x)
     if input_checks.normalization_parameters("group_norm", x, {"weight": weight, "bias": bias}):
         return ops.cast_like(group_norm(ops.cast(x, "float32"), num_groups, weight, bias, eps), x)
     sizes = ops.shape(x)

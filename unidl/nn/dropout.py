@@ -1,7 +1,7 @@
 """``Dropout`` (each element) and ``Dropout2d`` (whole channels): zero with probability p in training, scale the rest
 by 1/(1-p); identity in eval."""
 
-from unidl import arguments, ops as functional
+from unidl import arguments, input_checks, ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
 
@@ -18,6 +18,7 @@ class Dropout(Module):
     def forward(self, x):
         if not self.training or not self.p:
             return x
+        x = input_checks.as_floating(self.describe, "x", x)  # (integers: floats of the dtype in force, every backend)
         return self._ops.dropout(x, self.p, True, self._backend.generator())
 
     def extra_repr(self):

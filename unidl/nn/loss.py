@@ -271,6 +271,7 @@ class CrossEntropyLoss(_WeightedClassLoss):
         if len(_static_shape(logits)) == 1:  # one sample, (C,) against a label () or probabilities (C,)
             return self._unbatched(logits, target)
         probabilities = self._check_shapes(logits, target, probabilities_allowed=True)
+        logits = input_checks.as_floating(self.describe, "logits", logits)  # (integers: floats in force, as NLLLoss)
         if probabilities and self.ignore_index >= 0:  # (PyTorch's rule: a class index ignored means nothing there)
             raise ValueError(f"{self.describe()}: ignore_index={self.ignore_index} applies to integer labels, not to "
                              f"class probabilities (PyTorch refuses it); leave it at its default, -100")

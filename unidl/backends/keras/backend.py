@@ -19,6 +19,7 @@ from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstra
 from keras.src.utils import tracking  # noqa: E402  (Keras's DotNotTrackScope, as its compile sets attributes)
 
 from unidl import config  # noqa: E402
+from unidl.autograd import check_float
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
 from unidl.backends.keras import distributed as keras_distributed
@@ -487,6 +488,7 @@ class Backend(BackendInterface):
         if argnums is None and not HOST.keras_state_in_place:  # variables' values in, through a StatelessScope
             return keras_stateless.value_and_grad(HOST, f, args, list(params))
         if argnums is not None:
+            check_float([args[i] for i in argnums], "argument")  # (as given: a Python number is not a tensor)
             # a tensor in its own dtype (torch.autograd's), an array (or a variable's value) in unidl's
             args = [a if i not in argnums else a.value if isinstance(a, keras.Variable) else
                     a if keras.ops.is_tensor(a) else self.tensor(a) for i, a in enumerate(args)]
@@ -499,7 +501,7 @@ class Backend(BackendInterface):
         specs = [keras.KerasTensor(tuple(v.shape), dtype=keras.backend.standardize_dtype(v.dtype)) for v in (x, y)]
         try:
             compute_output_spec(lambda a, b: loss_fn(model(a), b), *specs)
-        except HOST.tracer_value_errors:
+        except getattr(HOST, "tracer_value_errors", ()):
             pass  # Python control flow on a value: the step reports it (GraphConstructError), or runs it eagerly
 
     # ---- compiled functions and custom gradients ---------------------------
