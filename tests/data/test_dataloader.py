@@ -432,3 +432,25 @@ def test_nested_fields_or_samples_of_different_lengths_are_errors_not_stacked_or
         next(iter(DataLoader(pairs, batch_size=2, collate_fn=lambda s: ((np.stack([a for a, _ in s]),) * 2, [0, 1]))))
     batch = next(iter(DataLoader(Samples([(x, [1, 2]), (x, [3, 4])]), batch_size=2)))
     np.testing.assert_array_equal(ud.to_numpy(batch[1]), [[1, 2], [3, 4]])
+
+
+def test_iterable_datasets_ragged_samples_and_bare_samplers_say_what_is_wrong():
+    """An iterable dataset or a generator is a ``TypeError`` saying the loader takes map-style datasets (Python's
+    "has no len()"), samples of different shapes a ``ValueError`` naming the field and both shapes (NumPy's named
+    neither), and ``Sampler``/``BatchSampler`` iterate epoch 0 as PyTorch's iterate theirs, refusing a length or a
+    sampler they cannot use (a float length was truncated, ``range`` an ``AttributeError``)."""
+    from unidl.data import BatchSampler, Sampler
+
+    with pytest.raises(TypeError, match="DataLoader takes a map-style dataset .* got generator"):
+        DataLoader((i for i in range(3)), batch_size=2)
+    ragged = Samples([(np.ones(2), 0), (np.ones(3), 1)])
+    with pytest.raises(ValueError, match=r"field 0 of the batch's samples have different shapes: \(2,\) in its "
+                                         r"first sample, \(3,\) in its sample 1"):
+        next(iter(DataLoader(ragged, batch_size=2)))
+    assert list(Sampler(5)) == [0, 1, 2, 3, 4] and list(BatchSampler(Sampler(5), 2)) == [[0, 1], [2, 3], [4]]
+    assert sorted(Sampler(5, shuffle=True, seed=1)) == [0, 1, 2, 3, 4]
+    for length in (2.7, -3):
+        with pytest.raises(ValueError, match="Sampler length must be a non-negative integer"):
+            Sampler(length)
+    with pytest.raises(TypeError, match="BatchSampler cuts a unidl Sampler's order per epoch, got range"):
+        BatchSampler(range(5), 2)

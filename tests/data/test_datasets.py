@@ -107,6 +107,22 @@ def test_mnist_label_count_mismatch(tmp_path):
         datasets.mnist(tmp_path, "test")
 
 
+def test_mnist_and_cifar10_labels_outside_0_to_9_name_the_file(tmp_path):
+    """A label of 200 (MNIST) or 50, 1.7 or a string (CIFAR-10) is a ``ValueError`` naming the file (the float was
+    truncated, the others trained a model indexing past its logits)."""
+    write_mnist(tmp_path, "test", 2)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes([3, 200]))
+    with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte: labels must lie in 0..9, found 3 to 200"):
+        datasets.mnist(tmp_path, "test")
+    for labels, message in (([1, 50], "labels must lie in 0..9, found 1 to 50"),
+                            ([1.7, -3], "labels must be integers 0..9, got float64 labels"),
+                            (["a", "b"], "labels must be integers 0..9, got <U1 labels")):
+        with open(tmp_path / "test_batch", "wb") as file:
+            pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, file)
+        with pytest.raises(ValueError, match=f"test_batch: {message}"):
+            datasets.cifar10(tmp_path, "test")
+
+
 def test_mnist_missing_files_are_listed(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         datasets.mnist(tmp_path / "nowhere", "train")
@@ -220,6 +236,14 @@ def test_synthetic_is_deterministic_and_learnable():
     means = np.stack([flat[:300][y[:300] == c].mean(0) for c in range(4)])
     predicted = np.argmin(((flat[300:, None, :] - means[None]) ** 2).sum(-1), axis=1)
     assert (predicted == y[300:]).mean() > 0.9
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5, "a", True])
+def test_synthetic_takes_a_seed_of_its_own(seed):
+    """The same images for the same arguments: a seed that is not a non-negative integer is a ``ValueError`` (None
+    drew other images at each call; the others gave NumPy's errors)."""
+    with pytest.raises(ValueError, match="synthetic: seed must be a non-negative integer"):
+        datasets.synthetic(5, seed=seed)
 
 
 def test_synthetic_feeds_a_loader():

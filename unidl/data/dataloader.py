@@ -174,6 +174,10 @@ class DataLoader:
                  drop_last: bool = False, num_workers: int = 0, prefetch: int = 2, collate_fn=None,
                  worker_type: str = "thread", timeout: float | None = None, persistent_workers: bool = False,
                  worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True):
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"DataLoader takes a map-style dataset (__len__ and __getitem__: a Dataset, a "
+                            f"TensorDataset, a list of samples), got {type(dataset).__name__}; an iterable dataset or "
+                            f"generator has no order to seed and resume: collect its samples into a list first")
         length = len(dataset)
         if length == 0:
             raise ValueError("DataLoader: the dataset is empty (length 0); there is nothing to load")

@@ -25,8 +25,24 @@ def default_collate(samples: list) -> tuple[np.ndarray, ...]:
                                  f"{index} {what}")
         for field in range(count):
             check_flat_field(samples[0][field], field, "the samples")
-        return tuple(np.stack([to_numpy(sample[field]) for sample in samples]) for field in range(count))
-    return (np.stack([to_numpy(sample) for sample in samples]),)
+        return tuple(_stacked([to_numpy(sample[field]) for sample in samples], f"field {field}")
+                     for field in range(count))
+    return (_stacked([to_numpy(sample) for sample in samples], "the samples"),)
+
+
+def _stacked(values: list, what: str) -> np.ndarray:
+    """``np.stack(values)``; values of different shapes a ``ValueError`` naming ``what`` and the first two shapes
+    that differ (NumPy's "all input arrays must have the same shape" named neither)."""
+    try:
+        return np.stack(values)
+    except ValueError:
+        shapes = [np.shape(value) for value in values]
+        other = next((index for index, shape in enumerate(shapes) if shape != shapes[0]), None)
+        if other is None:
+            raise
+        raise ValueError(f"DataLoader: {what} of the batch's samples have different shapes: {shapes[0]} in its first "
+                         f"sample, {shapes[other]} in its sample {other}; pad them to one shape, or join them in a "
+                         f"collate_fn of your own") from None
 
 
 def check_flat_field(value, position: int, source: str) -> None:

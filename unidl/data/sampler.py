@@ -23,6 +23,8 @@ class Sampler:
     """
 
     def __init__(self, length: int, shuffle: bool = False, seed: int | None = None):
+        if not isinstance(length, (int, np.integer)) or isinstance(length, bool) or length < 0:
+            raise ValueError(f"Sampler length must be a non-negative integer (the dataset's length), got {length!r}")
         if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
             raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
         self.length = int(length)
@@ -31,6 +33,10 @@ class Sampler:
 
     def __len__(self) -> int:
         return self.length
+
+    def __iter__(self):
+        """Epoch 0's indices, in visiting order (``order(epoch)`` for another epoch's)."""
+        return iter(self.order(0).tolist())
 
     def order(self, epoch: int) -> np.ndarray:
         """The indices of epoch ``epoch``, in visiting order."""
@@ -43,6 +49,9 @@ class BatchSampler:
     """Cuts a sampler's order into batches of ``batch_size`` indices; ``drop_last`` drops a short last batch."""
 
     def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool = False):
+        if not isinstance(sampler, Sampler):
+            raise TypeError(f"BatchSampler cuts a unidl Sampler's order per epoch, got {type(sampler).__name__}; "
+                            f"wrap it: BatchSampler(Sampler(length, shuffle, seed), batch_size)")
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r} "
                              f"of type {type(batch_size).__name__}")
@@ -57,6 +66,10 @@ class BatchSampler:
         if self.drop_last:
             return len(self.sampler) // self.batch_size
         return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self):
+        """Epoch 0's batches, each a list of indices (``batches(epoch)`` for another epoch's)."""
+        return iter([batch.tolist() for batch in self.batches(0)])
 
     def batches(self, epoch: int, start: int = 0) -> list[np.ndarray]:
         """The index arrays of epoch ``epoch``, skipping the first ``start`` batches."""

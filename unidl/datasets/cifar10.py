@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unidl.datasets._files import check_split, missing_files_error
+from unidl.datasets._files import check_labels, check_split, missing_files_error
 
 FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 SUBDIRECTORY = "cifar-10-batches-py"
@@ -75,7 +75,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"cifar10: {path}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
     if labels.shape != (len(data),):
         raise ValueError(f"cifar10: {path}: {len(data)} images but labels of shape {labels.shape}")
-    return data, labels
+    return data, check_labels("cifar10", path, labels)
 
 
 def cifar10(directory, split: str = "train") -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unidl.datasets._files import check_split, missing_files_error
+from unidl.datasets._files import check_labels, check_split, missing_files_error
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -80,4 +80,4 @@ def mnist(directory, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     if len(images) != len(labels):
         raise ValueError(f"mnist: {paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels")
     x = (images.astype(np.float32) / 255.0)[:, None, :, :]
-    return x, labels.astype(np.int64)
+    return x, check_labels("mnist", paths[1], labels)

@@ -17,6 +17,9 @@ def synthetic(n: int = 1000, num_classes: int = 10, image_size: int = 8, channel
                         ("channels", channels)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"synthetic: {name} must be a positive integer, got {value!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:  # (None: another set each call)
+        raise ValueError(f"synthetic: seed must be a non-negative integer (the same images for the same seed), got "
+                         f"{seed!r}")
     rng = np.random.default_rng(seed)
     means = rng.normal(0.0, 1.0, (num_classes, channels, image_size, image_size))
     y = rng.integers(0, num_classes, n)
