@@ -159,6 +159,9 @@ def test_a_raising_sample_names_the_worker_the_sample_and_keeps_the_traceback(wo
     assert "Traceback in the worker" in message and "worker_datasets.py" in message and "__getitem__" in message
     assert (caught.value.worker_id, caught.value.batch, caught.value.index) == (1, 3, 7)
     assert isinstance(caught.value.__cause__, ValueError)
+    # an instance of the sample's error class too: ``except ValueError`` catches it, as without workers (and as
+    # PyTorch's loader raises it again); its text is the message, not a KeyError's quoted repr
+    assert isinstance(caught.value, ValueError) and str(caught.value) == message
 
 
 @pytest.mark.parametrize("worker_type", WORKER_TYPES)

@@ -121,7 +121,8 @@ class DataLoader:
       terminated, and no shared-memory segment outlives the workers.
 
     With workers, a failure raises ``DataLoaderError`` naming the worker, the batch and sample, with the
-    worker's traceback in the message (and the original exception as ``__cause__``); so does a worker
+    worker's traceback in the message (and the original exception as ``__cause__``), an instance of the
+    original's class too where the two combine (``except KeyError`` catches it, as without workers); so does a worker
     process that dies (with its exit code) or a batch that takes longer than ``timeout``. Ctrl-C stops
     the iteration within a fraction of a second: the main process waits for batches in short polls. No
     worker outlives the iterator: workers stop when the epoch ends, on any error, on Ctrl-C, when the

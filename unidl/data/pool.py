@@ -52,6 +52,27 @@ def pickled_for_workers(dataset, collate_fn, worker_init_fn) -> bytes:
         f"(not inside a function, not as a lambda), or use worker_type='thread'") from cause
 
 
+_RAISED_AS: dict = {}
+
+
+def _raised_as(original) -> type:
+    """``DataLoaderError`` that is also an instance of ``original``'s class (a ``KeyError`` a sample raised in a
+    worker is caught by ``except KeyError``, as without workers and as PyTorch's loader raises it again), where
+    the two classes combine; else ``DataLoaderError`` alone (a class whose instances have another layout)."""
+    kind = type(original) if isinstance(original, Exception) else None
+    if kind is None or issubclass(DataLoaderError, kind):
+        return DataLoaderError
+    if kind not in _RAISED_AS:
+        try:
+            combined = type(f"DataLoaderError[{kind.__name__}]", (DataLoaderError, kind),
+                            {"__str__": BaseException.__str__, "__module__": DataLoaderError.__module__})
+            combined("a check that its instances can be made")
+        except TypeError:
+            combined = DataLoaderError
+        _RAISED_AS[kind] = combined
+    return _RAISED_AS[kind]
+
+
 def _short_repr(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -312,11 +333,12 @@ class WorkerPool:
                     "convert": "converting to tensors"}[failure.stage]
             where = (f"{step} of batch {failure.batch} of epoch {epoch} "
                      f"(samples {batches[failure.batch - start].tolist()})")
-        error = DataLoaderError(f"{who} failed {where}: {failure.summary}\n\n"
-                                f"Traceback in the worker:\n{failure.traceback}")
+        original = failure.original()
+        error = _raised_as(original)(f"{who} failed {where}: {failure.summary}\n\n"
+                                     f"Traceback in the worker:\n{failure.traceback}")
         error.worker_id, error.batch, error.index = failure.worker_id, failure.batch, failure.index
         error.worker_traceback = failure.traceback
-        error.__cause__ = failure.original()
+        error.__cause__ = original
         return error
 
     def _drain(self):
