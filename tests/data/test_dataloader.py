@@ -454,3 +454,17 @@ def test_iterable_datasets_ragged_samples_and_bare_samplers_say_what_is_wrong():
             Sampler(length)
     with pytest.raises(TypeError, match="BatchSampler cuts a unidl Sampler's order per epoch, got range"):
         BatchSampler(range(5), 2)
+
+
+def test_a_dataset_that_grows_or_shrinks_between_epochs_is_read_whole_as_in_torch():
+    """The loader reads the dataset's length at each epoch, as PyTorch's: new samples are visited, ``len`` and
+    ``state_dict`` agree with what is iterated (the length was frozen when the loader was built: new samples never
+    visited, a shrunk dataset an ``IndexError``)."""
+    samples = [(np.float32(i), i) for i in range(4)]
+    loader = DataLoader(Samples(samples), batch_size=2)
+    assert epoch_labels(loader) == [[0, 1], [2, 3]]
+    samples += [(np.float32(i), i) for i in range(4, 7)]
+    assert len(loader) == 4 and loader.state_dict()["length"] == 7
+    assert epoch_labels(loader) == [[0, 1], [2, 3], [4, 5], [6]]
+    del samples[2:]
+    assert epoch_labels(loader) == [[0, 1]]

@@ -245,8 +245,23 @@ class DataLoader:
         return self._epoch
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch, of the dataset as long as it is now."""
+        self._refresh_length()
         return len(self.batch_sampler)
+
+    def _refresh_length(self) -> None:
+        """The sampler's length from the dataset's as it is now, as PyTorch's loader reads ``len(dataset)`` at each
+        epoch (a dataset that grew between epochs had its new samples never visited, one that shrank an
+        ``IndexError``). An epoch already under way keeps the batches it began with."""
+        length, sampler = len(self.dataset), self.batch_sampler.sampler
+        if length == sampler.length:
+            return
+        if length == 0:
+            raise ValueError("DataLoader: the dataset is empty now (length 0); there is nothing to load")
+        if self.drop_last and length < self.batch_size:
+            raise ValueError(f"DataLoader: drop_last=True with batch_size={self.batch_size} larger than the "
+                             f"dataset now ({length} samples) yields no batch at all")
+        sampler.length = length
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter(loader)`` start epoch ``epoch`` from its first batch."""
@@ -326,6 +341,7 @@ class DataLoader:
             # every rank must cut the same order: rank 0's seed (drawn or given) is the job's
             self.batch_sampler.sampler.seed = process_group.broadcast_value(self.seed)
             self._seed_shared = True
+        self._refresh_length()
         epoch, start, seed = self._epoch, self._position, self.seed
         owned = self.sliced_arrays() is not None  # fresh arrays (fancy indexing): adopted, not copied
 
