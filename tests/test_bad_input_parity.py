@@ -1484,7 +1484,7 @@ def test_leaky_relu_and_regression_losses_of_integers_are_floats(mode):
 
 def test_losses_normalizations_and_dropout_of_integers_are_floats_of_the_dtype_in_force(mode):
     """Integer logits or log-probabilities to the cross-entropy and NLL losses (modules and ops), integers to
-    ``layer_norm``, ``group_norm``, ``batch_norm`` and to dropout in training compute in the float dtype in force, as
+    ``layer_norm``, ``group_norm``, ``batch_norm`` and to dropout (and ``dropout2d``) in training compute in the float dtype in force, as
     the other float math does (JAX computed them in float64, TensorFlow and torch refused them in their own words,
     unless a path cast them already); ``batch_norm`` in training takes no running statistics, as PyTorch's
     ``F.batch_norm``, giving None for them. Values: torch's of the same numbers as float32."""
@@ -1499,7 +1499,9 @@ def test_losses_normalizations_and_dropout_of_integers_are_floats_of_the_dtype_i
              (lambda x, t: ud.ops.batch_norm(x, None, None, training=True)[0], F.batch_norm(floats, None, None,
                                                                                               training=True)),
              (lambda x, t: ud.ops.dropout(x, 0.5) * 0, torch.zeros(2, 3)),
-             (lambda x, t: ud.nn.Dropout(0.5)(x) * 0, torch.zeros(2, 3))]
+             (lambda x, t: ud.nn.Dropout(0.5)(x) * 0, torch.zeros(2, 3)),
+             (lambda x, t: ud.ops.dropout2d(ud.ops.reshape(x, (1, 2, 3)), 0.5) * 0, torch.zeros(1, 2, 3)),
+             (lambda x, t: ud.nn.Dropout2d(0.5)(ud.ops.reshape(x, (1, 2, 3))) * 0, torch.zeros(1, 2, 3))]
     for function, expected in cases:
         got = run(mode, function, values, labels)
         assert got.dtype == np.float32

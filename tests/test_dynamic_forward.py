@@ -130,6 +130,27 @@ def test_eager_steps_and_gradients_take_python_control_flow_on_a_value_as_torch(
     assert [g is None for g in grads] == [not taken_a] * 2 + [taken_a] * 2  # (a.weight, a.bias, b.weight, b.bias)
 
 
+class DrawnBranch(BranchOnValue):
+    """One of two layers by a draw from Python's ``random``, then a branch on the output's value."""
+
+    def forward(self, x):
+        h = (self.a if random.random() < 0.5 else self.b)(x)
+        return h if ud.ops.sum(h) > -1e9 else -h
+
+
+def test_the_parameters_a_drawn_branch_used_get_the_gradients(backend):
+    """A forward that draws its layer from Python's ``random`` and branches on a value: the layer the draw picked
+    gets the gradient, the other None, as torch (the jax backend's check of the parameters used ran the forward
+    again from other draws: the unused layer got a gradient of zeros, the used one None)."""
+    ud.manual_seed(0)
+    model, x = DrawnBranch(), ud.tensor(X)
+    for seed in range(4):
+        random.seed(seed)
+        picked_a = random.Random(seed).random() < 0.5
+        _, grads = ud.value_and_grad(lambda: ud.ops.sum(model(x)), model.parameters())()
+        assert [g is None for g in grads] == [not picked_a] * 2 + [picked_a] * 2, seed
+
+
 class Scaled(ud.nn.Module):
     """A linear layer times a per-step input; records the dtype each Python run of its forward computed in."""
 

@@ -508,6 +508,10 @@ def run_command(args) -> int:
     return 0
 
 
+#: the OSErrors about a file or directory, named in their message even without ``filename`` (a reader's own)
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
 def main(argv=None) -> int:
     from unidl.errors import UnidlError
 
@@ -517,7 +521,9 @@ def main(argv=None) -> int:
             return bench(argv[1:])
         args = build_parser().parse_args(argv or ["train"])
         return run_command(args)
-    except (UnidlError, OSError) as error:  # (OSError: a file or directory it cannot read or write, named)
+    except (UnidlError, OSError) as error:
+        if isinstance(error, OSError) and error.filename is None and not isinstance(error, _FILE_ERRORS):
+            raise  # (a connection, a broken pipe: its traceback; a file or directory it names: one line)
         message = " ".join(str(error).split())
         print(f"unidl: error: {message}", file=sys.stderr)
         return 2

@@ -428,6 +428,7 @@ def dropout2d(x, p=0.5, training=True, generator=None):
         x = input_checks.value_as_tensor("dropout2d", "x", x)
     if not training or not p:
         return x
+    x = input_checks.as_floating("dropout2d", "x", x)  # (integers: floats of the dtype in force, as dropout's)
     one_per_channel = x[(slice(None), slice(None)) + (slice(0, 1),) * (len(x.shape) - 2)]
     return x * ops.dropout(ops.zeros_like(one_per_channel) + 1, p, True, generator)
 

@@ -418,7 +418,8 @@ class Samples(Dataset):
 
 
 def test_nested_fields_or_samples_of_different_lengths_are_errors_not_stacked_or_dropped():
-    """A batch is a flat tuple of arrays: a sample ``(x, (y_a, y_b))`` or a collate_fn's ``((x_a, x_b), y)`` is a
+    """A batch is a flat tuple of arrays: a sample ``(x, (y_a, y_b))``, a collate_fn's ``((x_a, x_b), y)`` or a
+    ``TensorDataset`` subclass's own ``batch`` giving ``(x, (y_a, y_b))`` is a
     ``TypeError`` (stacked, the inner tuple became one array, its batch axis moved; PyTorch keeps the structure),
     samples of different numbers of fields a ``ValueError`` (the extra fields were dropped; PyTorch refuses them
     too); a field that is a list of numbers still converts as ``ud.tensor`` converts it."""
@@ -427,6 +428,13 @@ def test_nested_fields_or_samples_of_different_lengths_are_errors_not_stacked_or
         next(iter(DataLoader(Samples([(x, (x, x))] * 2), batch_size=2)))
     with pytest.raises(ValueError, match="the batch's first sample has 2, its sample 1 3 fields"):
         next(iter(DataLoader(Samples([(x, 0), (x, 1, 99)]), batch_size=2)))
+    class NestedBatches(TensorDataset):
+        def batch(self, indices):
+            features, labels = super().batch(indices)
+            return features, (labels, labels)
+
+    with pytest.raises(TypeError, match=r"NestedBatches.batch gave a tuple of arrays as field 1"):
+        next(iter(DataLoader(NestedBatches(np.ones((4, 3), np.float32), np.arange(4)), batch_size=2)))
     pairs = Samples([(x, 0)] * 4)
     with pytest.raises(TypeError, match=r"the collate of samples \(<lambda>\) gave a tuple of arrays as field 0"):
         next(iter(DataLoader(pairs, batch_size=2, collate_fn=lambda s: ((np.stack([a for a, _ in s]),) * 2, [0, 1]))))

@@ -26,7 +26,7 @@ def test_embedding_index_out_of_range_eagerly_and_in_ud_function(backend):
             compiled(ud.tensor(bad))
 
 
-@pytest.mark.parametrize("precision, accumulate", [(None, 1), ("bf16-mixed", 2), ("16-mixed", 2)])
+@pytest.mark.parametrize("precision, accumulate", [(None, 1), (None, 2), ("bf16-mixed", 2), ("16-mixed", 2)])
 def test_embedding_index_out_of_range_in_train_step(backend, rng, precision, accumulate):
     """The step that raises changes nothing (weights, optimizer state: Keras-on-JAX's applied its update, and the
     jax backend's compiled step for a negative index or label, which JAX's gather wraps to a finite value, not

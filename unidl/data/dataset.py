@@ -13,8 +13,10 @@ def default_collate(samples: list) -> tuple[np.ndarray, ...]:
     """Stack a list of samples field by field: ``[(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))``.
 
     A batch is a flat tuple of arrays: samples of different numbers of fields are a ``ValueError`` (as PyTorch's
-    ``default_collate`` refuses them; the extra fields were dropped), and a field holding arrays (a nested
-    ``(x, (y_a, y_b))``) or a dict a ``TypeError`` (PyTorch keeps the structure; stacked, it became one array)."""
+    ``default_collate`` refuses them; the extra fields were dropped), and a field holding arrays or tensors (a
+    nested ``(x, (y_a, y_b))`` of arrays) or a dict a ``TypeError`` (PyTorch keeps the structure; stacked, it became
+    one array). A field that is a tuple or list of numbers is one array of them, (N, k), where PyTorch's
+    ``default_collate`` makes k tensors of N: a value, as ``ud.tensor`` reads it."""
     if isinstance(samples[0], (tuple, list)):
         count = len(samples[0])
         for index, sample in enumerate(samples):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unidl.data import shared_batches
-from unidl.data.dataset import batched_by_dataset, check_flat_field
+from unidl.data.dataset import TensorDataset, batched_by_dataset, check_flat_field
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
 IDLE_POLL = 0.5
@@ -79,7 +79,11 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
     progress = {} if progress is None else progress
     if batched_by_dataset(dataset, collate_fn):
         progress["step"] = "collate"
-        return dataset.batch(indices)
+        arrays = dataset.batch(indices)
+        if type(dataset).batch is not TensorDataset.batch:  # (a subclass's own: nested fields as the collate's)
+            for position, field in enumerate(arrays):
+                check_flat_field(field, position, f"{type(dataset).__name__}.batch")
+        return arrays
     samples = []
     progress["step"] = "sample"
     for index in indices.tolist():

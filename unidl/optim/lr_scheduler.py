@@ -248,7 +248,8 @@ class OneCycleLR(_PerGroup):
     group's ``momentum`` (or Adam's beta1) the other way, between ``max_momentum`` and ``base_momentum``, as
     PyTorch does (a param group's option, bound here: compiled steps read it from a variable, so they never
     retrace for it; each step writes that one variable). That is the default, PyTorch's: an optimizer with
-    neither (``RMSprop``, ``Adagrad``) needs ``cycle_momentum=False``, as in PyTorch (an error otherwise).
+    neither needs ``cycle_momentum=False`` (an error otherwise): ``Adagrad``, as in PyTorch, and unidl's
+    ``RMSprop``, which has no momentum option (PyTorch's has one, which its OneCycleLR cycles).
     """
 
     def __init__(self, optimizer, max_lr: float, total_steps: int | None = None, epochs: int | None = None,
@@ -272,8 +273,8 @@ class OneCycleLR(_PerGroup):
             self.momentum_key = "momentum" if "momentum" in group else "betas" if "betas" in group else None
             if self.momentum_key is None:
                 raise ValueError(f"OneCycleLR cycle_momentum=True (the default, PyTorch's) needs an optimizer with "
-                                 f"momentum or betas; {type(optimizer).__name__} has neither: pass "
-                                 f"cycle_momentum=False")
+                                 f"momentum or betas; {type(optimizer).__name__} has neither here (unidl's RMSprop "
+                                 f"has no momentum option): pass cycle_momentum=False")
             for index in range(len(optimizer.param_groups)):  # before a step is compiled: no retrace for it later
                 optimizer.bind_group_option(index, self.momentum_key)
         count = len(optimizer.param_groups)

@@ -27,6 +27,7 @@ jax.config.update("jax_enable_x64", True)  # unidl's float64 mode and int64 labe
 
 import jax.numpy as jnp  # noqa: E402
 from jax.extend.core import Literal  # noqa: E402
+import random  # noqa: E402
 import numpy as np  # noqa: E402
 
 from unidl import config  # noqa: E402
@@ -482,7 +483,7 @@ class Backend(BackendInterface):
         grads = list(grads)
         if argnums is None or none_for_unused:  # PyTorch's rule: None for what the value does not depend on
             with python_randomness_preserved(replay=randomness):
-                used = _used_inputs(lambda t: value_of(t)[0], targets, live, before)
+                used = _used_inputs(lambda t: value_of(t)[0], targets, live, before, randomness)
             grads = [g if u else None for g, u in zip(grads, used)]
         for index, new in written.items():  # after the analysis, which puts every variable back as it was
             live[index].value = new
@@ -528,18 +529,21 @@ class Backend(BackendInterface):
         export_module(module, path, format, input_shape, input_dtype)
 
 
-def _used_inputs(fn, inputs, live, before) -> list[bool]:
+def _used_inputs(fn, inputs, live, before, randomness) -> list[bool]:
     """For each of ``inputs``, whether ``fn``'s output depends on it: a backward walk over ``fn``'s jaxpr
     from the output (an equation that feeds a needed value needs all of its inputs). ``fn`` is traced
     once more, abstractly; the variables it writes are put back. A forward with Python control flow on a value
     (an eager step's: ``eager=True``, ``ud.value_and_grad``) cannot be traced abstractly: there the walk is over
-    the graph of its tangents (``jax.linearize``, which runs it on the values, its flow settled by them)."""
+    the graph of its tangents (``jax.linearize``, which runs it on the values, its flow settled by them), from the
+    Python and NumPy random states ``randomness`` the step's forward ran from, as the abstract trace's."""
     try:
         try:
             closed = jax.make_jaxpr(fn)(inputs)
         except _CONCRETIZATION:
             for v, b in zip(live, before):
                 v.value = b
+            random.setstate(randomness[0])
+            np.random.set_state(randomness[1])
             _, linear = jax.linearize(fn, inputs)
             closed = jax.make_jaxpr(linear)(inputs)
     finally:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from unidl.backends.jax import variable as jax_variable
-
 
 class NativeModule:
     """What a JAX user expects of a model: ``params`` (``{dotted name: array}``, parameters and buffers,
@@ -24,7 +22,7 @@ class NativeModule:
         eager forward after a ``jax.jit`` of it raised JAX's UnexpectedTracerError). Dropout in train mode draws
         from ``rng`` (a ``jax.random`` key; pass a new one per call, as to Flax's ``apply``), else from the
         backend's key as it is, the same masks each call."""
-        touched = jax_variable.live()
+        touched = [*self._variables.values(), self._generator.state]
         saved = [v._value for v in touched]  # (bookkeeping: not recorded as a read)
         try:
             for name, value in params.items():

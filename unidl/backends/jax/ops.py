@@ -421,8 +421,10 @@ def checks_passed():
     predicates = getattr(_trace, "predicates", None)
     if not predicates:
         return None
-    from jax._src import core  # (the active traces: no public API names them)
+    from jax._src import core  # (the active traces: no public API names them; a JAX without these: no selection)
 
+    if not hasattr(core, "unsafe_get_trace_stack") or not hasattr(core, "unsafe_get_current_trace"):
+        return None
     active = {id(trace) for trace in core.unsafe_get_trace_stack(core.unsafe_get_current_trace())}
     predicates = [p for p in predicates if id(getattr(p, "_trace", None)) in active]
     return functools.reduce(jnp.logical_and, predicates) if predicates else None
