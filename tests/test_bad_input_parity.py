@@ -1484,9 +1484,9 @@ def test_leaky_relu_and_regression_losses_of_integers_are_floats(mode):
 
 def test_losses_normalizations_and_dropout_of_integers_are_floats_of_the_dtype_in_force(mode):
     """Integer logits or log-probabilities to the cross-entropy and NLL losses (modules and ops), integers to
-    ``layer_norm``, ``group_norm``, ``batch_norm`` and to dropout (and ``dropout2d``) in training compute in the float dtype in force, as
-    the other float math does (JAX computed them in float64, TensorFlow and torch refused them in their own words,
-    unless a path cast them already); ``batch_norm`` in training takes no running statistics, as PyTorch's
+    ``layer_norm``, ``group_norm``, ``batch_norm`` and to dropout (and ``dropout2d``) in training compute in the
+    float dtype in force, as the other float math does (JAX computed them in float64, TensorFlow and torch refused
+    them in their own words, unless a path cast them already); ``batch_norm`` in training takes no running statistics, as PyTorch's
     ``F.batch_norm``, giving None for them. Values: torch's of the same numbers as float32."""
     values, labels = np.array([[3, -1, 2], [0, 4, -2]], np.int64), np.array([2, 0])
     floats = torch.tensor(values, dtype=torch.float32)
