@@ -77,6 +77,19 @@ def test_grad_with_respect_to_integer_tensor_says_so(backend):
         ud.grad(lambda v: ud.ops.sum(v))(x)
 
 
+def test_a_module_given_to_function_compiles_its_forward(backend, rng):
+    """``ud.function(model)``, as ``torch.compile(model)`` and ``tf.function(layer)`` take a module (it raised
+    ``AttributeError``: a module has no ``__name__``): the model's outputs, named after its class, in train and eval
+    mode."""
+    model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.BatchNorm1d(4))
+    compiled, x = ud.function(model), ud.tensor(rng.standard_normal((5, 3)).astype(np.float32))
+    assert compiled.__name__ == "Sequential"
+    for mode in (model.train, model.eval):
+        mode()
+        expected = ud.to_numpy(model(x))  # (train mode: the batch's statistics, whatever the running ones)
+        np.testing.assert_allclose(ud.to_numpy(compiled(x)), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_grad_with_respect_to_a_python_number_or_list_says_so(backend):
     """A Python number or list is no tensor to differentiate with respect to, as torch.autograd's (Keras gave the
     gradient of the tensor it made of it)."""

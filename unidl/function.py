@@ -44,6 +44,8 @@ class Function:
 
     def __init__(self, fn, jit_compile: bool = False):
         functools.update_wrapper(self, fn)
+        if not hasattr(self, "__name__"):  # a callable object (a module: ``ud.function(model)``, as torch.compile)
+            self.__name__ = type(fn).__name__
         self._fn = fn
         self.jit_compile = bool(jit_compile)
         self._compiled: dict = {}  # backend name -> {the modules' training flags: compiled function}

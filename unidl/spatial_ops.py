@@ -300,13 +300,13 @@ def _bins(size, bins, like):
         end = -(-(np.arange(bins) + 1) * size // bins)
         inside = (np.arange(size) >= start[:, None]) & (np.arange(size) < end[:, None])
         return _constant(inside, like) > 0, _constant((end - start)[:, None], like)
-    index = _positions(bins, like)
-    total, count = _as_float(size, like), _as_float(bins, like)  # (either a graph's int64 size: area's scale factor)
-    start = _floor(index * total / count)
-    end = _floor(((index + 1) * total + (count - 1)) / count)
-    positions = ops.unsqueeze(_positions(size, like), 0)
+    # in int64, exactly as the NumPy branch (floats rounded 5 * 7 / 7 to 4.99..: bins shifted inside graphs)
+    index, total, count = ops.arange(0, bins, 1, "int64"), _as_int64(size), _as_int64(bins)
+    start = (index * total) // count
+    end = ((index + 1) * total + (count - 1)) // count
+    positions = ops.unsqueeze(ops.arange(0, size, 1, "int64"), 0)
     inside = (positions >= ops.unsqueeze(start, 1)) & (positions < ops.unsqueeze(end, 1))
-    return inside, ops.unsqueeze(end - start, 1)
+    return inside, ops.cast_like(ops.unsqueeze(end - start, 1), like)
 
 
 def _bin_matrix(size, bins, like):
@@ -463,6 +463,22 @@ def _true_floor(value):
     return truncated - ops.cast_like(value < truncated, value)
 
 
+def _copies_equal_sizes(mode: str, axes: int) -> bool:
+    """Whether PyTorch's kernel for ``mode`` over ``axes`` spatial axes copies an axis whose output size equals its
+    input's, whatever the scale factor (``scale_factor=1.2`` on 4 positions: 4 again, but resampled by 1 / 1.2 in
+    the others): 1-d 'linear', 2-d 'nearest' and 'bilinear' do; 1-d 'nearest', 'nearest-exact' and 'bicubic' not."""
+    return (axes == 1 and mode == "linear") or (axes == 2 and mode in ("nearest", "bilinear"))
+
+
+def _identity_where_equal(matrix, size, out, like):
+    """``matrix`` (out, size), or the identity where ``out == size`` (in a graph of unknown sizes: selected)."""
+    if isinstance(size, int) and isinstance(out, int):
+        return _constant(np.eye(size), like) if size == out else matrix
+    identity = ops.cast_like(ops.unsqueeze(ops.arange(0, out, 1, "int64"), 1)
+                             == ops.unsqueeze(ops.arange(0, size, 1, "int64"), 0), like)
+    return ops.where(_as_int64(size) == _as_int64(out), identity, matrix)
+
+
 def _interpolation_matrix(size, out, mode, align_corners, scale, like):
     """(out, size): row j holds the weights of the input positions that give output position j."""
     if isinstance(size, int) and isinstance(out, int) and not hasattr(scale, "dtype"):
@@ -470,10 +486,15 @@ def _interpolation_matrix(size, out, mode, align_corners, scale, like):
     destination = _positions(out, like)
     last = _as_float(size, like) - 1
     positions = ops.unsqueeze(_positions(size, like), 0)
-    if mode in ("nearest", "nearest-exact"):
-        offset = 0.5 if mode == "nearest-exact" else 0.0
-        source = ops.minimum(_floor((destination + offset) * scale), ops.zeros_like(destination) + last)
-        return ops.cast_like(positions == ops.unsqueeze(source, 1), like)
+    if mode in ("nearest", "nearest-exact"):  # PyTorch's float32 arithmetic, as the NumPy branch's
+        scale32 = ops.cast(scale, "float32") if hasattr(scale, "dtype") else float(np.float32(scale))
+        steps = ops.arange(0, out, 1, "int64")
+        if mode == "nearest":  # floorf(j * scale)
+            source = _floor(ops.cast(steps, "float32") * scale32)
+        else:  # floorf((j + 0.5) * scale): the product in double, rounded to float
+            source = _floor(ops.cast((ops.cast(steps, "float64") + 0.5) * ops.cast(scale32, "float64"), "float32"))
+        index = ops.minimum(ops.cast(source, "int64"), ops.zeros_like(steps) + (_as_int64(size) - 1))
+        return ops.cast_like(ops.unsqueeze(ops.arange(0, size, 1, "int64"), 0) == ops.unsqueeze(index, 1), like)
     if mode == "bicubic":  # four taps, clamped to the edge; the source is not clamped at 0 (PyTorch's)
         source = destination * scale if align_corners else (destination + 0.5) * scale - 0.5
         low = _true_floor(source)
@@ -585,9 +606,16 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
                 else 0.0
         elif factor is not None and not recompute_scale_factor:
             scale = 1.0 / factor
+        elif mode in ("nearest", "nearest-exact") and not (isinstance(n, int) and isinstance(out, int)):
+            # in float64, then rounded to float32 (the NumPy branch's): a float32 quotient in an XLA graph came out
+            # one unit low (5 / 25), and a nearest pick floors it
+            scale = ops.cast(_as_int64(n), "float64") / ops.cast(_as_int64(out), "float64")
         else:
             scale = _as_float(n, like) / _as_float(out, like)
-        matrices.append(_interpolation_matrix(n, out, mode, align_corners, scale, like))
+        matrix = _interpolation_matrix(n, out, mode, align_corners, scale, like)
+        if factor is not None and _copies_equal_sizes(mode, len(sizes)):
+            matrix = _identity_where_equal(matrix, n, out, like)
+        matrices.append(matrix)
     if like is not x:
         for axis, matrix in enumerate(matrices, 2):
             x = ops.take(x, ops.argmax(matrix, 1), axis)

@@ -105,3 +105,36 @@ def test_bad_input_is_the_same_unidl_error_everywhere(backend):
     for run in _in_modes(lambda v, i: ud.ops.max_unpool2d(v, i, 2), POOLED, POOLED_AT[:, :, :1]):
         with pytest.raises(ud.ShapeMismatchError, match=mismatched):
             run()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_resampling_picks_torchs_positions_in_graphs_and_copies_an_axis_torch_copies(backend, dtype):
+    """Adaptive pooling's bins and the nearest modes' picks inside graphs of unknown sizes are PyTorch's, as
+    eagerly (TensorFlow's graphs computed them in floats: 5 * 7 / 7 floored to 4, a float32 5 / 25 one unit low
+    under XLA), and a scale factor that leaves an axis' size unchanged copies it where PyTorch's kernel does (2-d
+    'nearest' and 'bilinear', 1-d 'linear') and resamples it where PyTorch's does."""
+    with ud.use_dtype(dtype):
+        cases = [
+            (np.arange(42.0).reshape(1, 1, 6, 7), lambda v: ud.ops.adaptive_max_pool2d(v, (3, 7)),
+             lambda t: F.adaptive_max_pool2d(t, (3, 7))),
+            (np.arange(42.0).reshape(1, 1, 6, 7), lambda v: ud.ops.interpolate(v, size=(3, 7), mode="area"),
+             lambda t: F.interpolate(t, size=(3, 7), mode="area")),
+            (np.arange(98.0).reshape(1, 1, 7, 14), lambda v: ud.ops.adaptive_avg_pool2d(v, (7, 7)),
+             lambda t: F.adaptive_avg_pool2d(t, (7, 7))),
+            (np.arange(7.0).reshape(1, 1, 1, 7), lambda v: ud.ops.interpolate(v, size=(1, 7)),
+             lambda t: F.interpolate(t, size=(1, 7))),
+            (np.arange(5.0).reshape(1, 1, 1, 5), lambda v: ud.ops.interpolate(v, size=(1, 25)),
+             lambda t: F.interpolate(t, size=(1, 25))),
+            (np.arange(18.0).reshape(1, 1, 1, 18), lambda v: ud.ops.interpolate(v, size=(1, 3), mode="nearest-exact"),
+             lambda t: F.interpolate(t, size=(1, 3), mode="nearest-exact"))]
+        cases += [(np.arange(12.0).reshape(1, 1, 3, 4),
+                   lambda v, m=mode: ud.ops.interpolate(v, scale_factor=(2.0, 1.2), mode=m),
+                   lambda t, m=mode: F.interpolate(t, scale_factor=(2.0, 1.2), mode=m))
+                  for mode in ("nearest", "nearest-exact", "bilinear", "bicubic")]
+        cases += [(np.arange(4.0).reshape(1, 1, 4), lambda v, m=mode: ud.ops.interpolate(v, scale_factor=1.2, mode=m),
+                   lambda t, m=mode: F.interpolate(t, scale_factor=1.2, mode=m)) for mode in ("nearest", "linear")]
+        for index, (x, ours, theirs) in enumerate(cases):
+            expected = theirs(torch.tensor(x, dtype=getattr(torch, dtype))).numpy()
+            for run in (ours, ud.function(ours)):
+                np.testing.assert_allclose(ud.to_numpy(run(ud.tensor(x))), expected, rtol=1e-6, atol=1e-6,
+                                           err_msg=f"case {index}")

@@ -66,6 +66,9 @@ LAYERS = {
     "LeakyReLU-kinks": case(lambda: ud.nn.LeakyReLU(0.1), lambda: tnn.LeakyReLU(0.1), KINKS),
     "ELU-kinks": case(lambda: ud.nn.ELU(alpha=0.4), lambda: tnn.ELU(alpha=0.4), KINKS),
     "PReLU-kinks": case(lambda: ud.nn.PReLU(init=0.3), lambda: tnn.PReLU(init=0.3), KINKS),
+    # at beta * x == threshold the softplus branch's whole gradient (JAX's and Keras's minimum split the tie)
+    "Softplus-threshold": case(lambda: ud.nn.Softplus(beta=2.0, threshold=12.0),
+                               lambda: tnn.Softplus(beta=2.0, threshold=12.0), KINKS),
     "LayerNorm": case(lambda: ud.nn.LayerNorm(6), lambda: tnn.LayerNorm(6), SEQUENCE),
     "LayerNorm-2d-eps": case(lambda: ud.nn.LayerNorm((5, 6), eps=1e-3), lambda: tnn.LayerNorm((5, 6), eps=1e-3), SEQUENCE),
     "LayerNorm-no-affine": case(lambda: ud.nn.LayerNorm(6, elementwise_affine=False),

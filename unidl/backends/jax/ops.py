@@ -531,7 +531,8 @@ def elu(x, alpha=1.0):
 def softplus(x, beta=1.0, threshold=20.0):
     x = _v(x)
     scaled = x * beta
-    return jnp.where(scaled > threshold, x, jnp.log1p(jnp.exp(jnp.minimum(scaled, threshold))) / beta)
+    # (a select, not minimum: at scaled == threshold the whole gradient, as torch's; minimum's splits a tie)
+    return jnp.where(scaled > threshold, x, jnp.log1p(jnp.exp(jnp.where(scaled > threshold, 0, scaled))) / beta)
 
 
 @compiled_when_eager("x")

@@ -424,7 +424,9 @@ def elu(x, alpha=1.0):
 def softplus(x, beta=1.0, threshold=20.0):
     x = _tensor(x)
     scaled = x * beta
-    return K.where(scaled > threshold, x, K.log1p(K.exp(K.minimum(scaled, threshold))) / beta)
+    # (a select, not minimum: at scaled == threshold the whole gradient, as torch's; minimum's splits a tie)
+    return K.where(scaled > threshold, x, K.log1p(K.exp(K.where(scaled > threshold, K.zeros_like(scaled), scaled)))
+                   / beta)
 
 
 def hardtanh(x, min_val=-1.0, max_val=1.0):
