@@ -203,3 +203,27 @@ def test_checkpoint_resumes_on_another_backend(tmp_path, rng):
             ud.load_checkpoint(tmp_path, model, optimizer)
             resumed = [float(step(x, y)) for _ in range(3)]
         assert max_relative_difference(resumed, uninterrupted) < 1e-5, target
+
+
+def test_a_fifo_or_a_directory_named_like_the_newest_checkpoint_is_skipped(tmp_path):
+    """A FIFO named like a checkpoint is skipped with a warning, never opened (``open`` blocked for ever: a scan, a
+    ``load_checkpoint`` of the directory, a ``fit`` resume hung), and so is a directory named like one (its
+    ``IsADirectoryError`` ended the scan); the newest intact checkpoint is found behind them."""
+    import threading
+
+    model = ud.nn.Linear(2, 1)
+    path = ud.save_checkpoint(tmp_path, model, epoch=0, step=1)
+    os.mkfifo(tmp_path / "checkpoint-0005-0000050.safetensors")
+    os.mkdir(tmp_path / "checkpoint-0009-0000090.safetensors")
+    found = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        scan = threading.Thread(target=lambda: found.append(ud.latest_checkpoint(tmp_path)), daemon=True)
+        scan.start()
+        scan.join(20)
+    assert found == [path]
+    skipped = sorted(str(w.message).split("'")[1] for w in caught if issubclass(w.category, RuntimeWarning))
+    assert [os.path.basename(p) for p in skipped] == ["checkpoint-0005-0000050.safetensors",
+                                                      "checkpoint-0009-0000090.safetensors"]
+    with pytest.warns(RuntimeWarning, match="is not a regular file"):
+        assert ud.load_checkpoint(tmp_path, model)["step"] == 1

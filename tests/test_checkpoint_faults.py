@@ -141,7 +141,9 @@ BAD_OPTIMIZER_STATES = {  # each applied to a state whose step, lr and other slo
     "missing slot": (lambda state: state["slots"][-1].clear(), r"entry 3 has slots \[\], expected \['momentum_buffer"),
     "one entry short": (lambda state: state["slots"].pop(), "has 3 parameter entries, expected 4"),
     "negative lr": (lambda state: state.update(lr=-0.1), "lr"),
-    "negative step": (lambda state: state.update(step=-2), "step must be a non-negative integer"),
+    "negative step": (lambda state: state.update(step=-2), r"step must be an integer in 0..2\*\*63 - 1, got -2"),
+    # (past int64: TensorFlow and JAX failed as they wrote it, after a checkpoint's other state was restored)
+    "step past int64": (lambda state: state.update(step=2 ** 70), r"step must be an integer in 0..2\*\*63 - 1"),
     "other class": (lambda state: state.update({"class": "Adam"}), "cannot load Adam state into SGD"),
 }
 

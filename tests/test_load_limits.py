@@ -30,6 +30,14 @@ def test_crafted_config_is_refused_before_the_model_is_built(tmp_path, backend):
                                              r"\(20000, 20000\), file stores \(4, 3\)"):
         ud.load(path)
     assert ud.random.get_rng_state() == state_before  # learning the shapes draws nothing
+    # the same file with its header starting with a space (not safetensors by its first byte: the loader took the
+    # other formats' branch, which built the model from the config before comparing any shape)
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    spaced = tmp_path / "spaced.safetensors"
+    spaced.write_bytes((size + 1).to_bytes(8, "little") + b" " + raw[8:8 + size] + raw[8 + size:])
+    with pytest.raises(ud.CorruptFileError, match=r"header begins with b' \{.*not '\{'"):
+        ud.load(spaced)
 
 
 def test_load_reads_one_tensor_at_a_time(tmp_path):

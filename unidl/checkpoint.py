@@ -68,7 +68,7 @@ def latest_checkpoint(directory, verify: bool = True) -> str | None:
         try:
             _open_checkpoint(path).verify()
             return path
-        except (CorruptFileError, FileNotFoundError) as error:
+        except (CorruptFileError, FileNotFoundError, IsADirectoryError) as error:
             _warn_skipped(path, error, stacklevel=3)
     return None
 
@@ -218,7 +218,7 @@ def _open_newest(directory: str) -> SafetensorsFile:
             reader = _open_checkpoint(path)
             reader.verify()
             return reader
-        except (CorruptFileError, FileNotFoundError) as error:
+        except (CorruptFileError, FileNotFoundError, IsADirectoryError) as error:
             problems.append(f"{path}: {error}")
             _warn_skipped(path, error, stacklevel=4)
     raise CorruptFileError(f"no readable checkpoint in {directory!r}:\n  " + "\n  ".join(problems))

@@ -407,33 +407,38 @@ def load(path, *, allow_pickle: bool = False):
     if not is_safetensors(path):
         state, metadata = read_weights(path, allow_pickle=allow_pickle)
         cls, config = _class_and_config(metadata, path)
+        _check_architecture(cls, config, {key: tuple(np.shape(value)) for key, value in state.items()}, metadata,
+                            path)  # (before building: a config of a huge model beside small tensors)
         model = _build(cls, config, metadata, path)
         model.load_state_dict(state, strict=True)
         return model
     reader, metadata, names = open_weights(path)
     cls, config = _class_and_config(metadata, path)
-    try:
-        expected = architecture_shapes(cls, config)
-    except Exception:
-        # a class whose constructor needs real variables (or a config it rejects): build it for real below,
-        # where a bad config fails with its own error and the tensors are checked before any is read
-        expected = None
     entries = {key: reader.entries[name] for key, name in names.items()}
-    problems = [] if expected is None else [
-        f"{key}: config gives shape {shape}, file stores {tuple(entries[key][1])}"
-        for key, shape in expected.items() if key in entries and tuple(entries[key][1]) != shape]
-    if expected is not None:
-        problems += [f"{key} (shape {shape}) is not in the file" for key, shape in expected.items()
-                     if key not in entries]
-        problems += [f"{key} is in the file but not in the model" for key in entries if key not in expected]
-    if problems:
-        raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes does not "
-                             f"match the tensors stored in the file; nothing was built: " + "; ".join(problems))
+    _check_architecture(cls, config, {key: tuple(entry[1]) for key, entry in entries.items()}, metadata, path)
     reader.verify()
     model = _build(cls, config, metadata, path)
     check_entries(model, entries, what=repr(path))
     stream_into(model, reader, names)
     return model
+
+
+def _check_architecture(cls, config: dict, stored: dict, metadata: dict, path: str) -> None:
+    """``StateDictError`` before anything is built where the architecture that ``config`` describes (its tensors'
+    names and shapes, learned without allocating them) does not match the ``stored`` shapes of the file."""
+    try:
+        expected = architecture_shapes(cls, config)
+    except Exception:
+        # a class whose constructor needs real variables (or a config it rejects): built for real by the caller,
+        # where a bad config fails with its own error and the tensors are checked before any is read
+        return
+    problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"
+                for key, shape in expected.items() if key in stored and stored[key] != shape]
+    problems += [f"{key} (shape {shape}) is not in the file" for key, shape in expected.items() if key not in stored]
+    problems += [f"{key} is in the file but not in the model" for key in stored if key not in expected]
+    if problems:
+        raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes does not "
+                             f"match the tensors stored in the file; nothing was built: " + "; ".join(problems))
 
 
 def _class_and_config(metadata, path: str) -> tuple[type, dict]:

@@ -142,6 +142,8 @@ def check_readable_file(path) -> str:
         raise IsADirectoryError(f"{path!r} is a directory, expected a file")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path!r}")
+    if not os.path.isfile(path):  # (a FIFO or a device: reading it would block or never end)
+        raise CorruptFileError(f"{path!r} is not a regular file (a FIFO, a socket or a device), expected a file")
     return path
 
 
@@ -171,6 +173,8 @@ def read_header(handle, path: str, file_size: int) -> tuple[dict, int]:
     if 8 + header_size > file_size:
         raise corrupt(f"header length {header_size} runs past the end of the {file_size}-byte file (truncated?)")
     raw = handle.read(header_size)
+    if not raw.startswith(b"{"):  # (the format's rule; is_safetensors tells files apart by it)
+        raise corrupt(f"header begins with {raw[:8]!r}, not '{{' (the safetensors format requires it)")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:

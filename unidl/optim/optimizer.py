@@ -430,8 +430,10 @@ class Optimizer:
         if state.get("class", owner) != owner:
             raise CheckpointStateError(f"cannot load {state['class']} state into {owner}")
         step = state["step"]
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
-            raise CheckpointStateError(f"{owner} state step must be a non-negative integer, got {step!r}")
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or not 0 <= step < 2 ** 63:
+            # (an int64 counter on every backend: 2 ** 63 and above failed on TensorFlow and JAX after the
+            # checkpoint's other state had been restored)
+            raise CheckpointStateError(f"{owner} state step must be an integer in 0..2**63 - 1, got {step!r}")
         self._check_param_steps(state.get("param_steps"), step)
         try:
             check_range(owner, "lr", state["lr"])
