@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import warnings
 
 import numpy as np
@@ -338,3 +339,21 @@ def test_explicit_checkpoint_with_mismatched_model_raises_state_dict_error_befor
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         ud.load_checkpoint(path, ud.models.TwoLayerNet(3, 4, 2))
+
+
+@pytest.mark.parametrize("alias", ["03", "\u0663", "+3"])
+def test_an_optimizer_slot_named_twice_is_corrupt_not_a_silent_choice(tmp_path, alias):
+    """An optimizer tensor whose parameter index is not written as ``save_checkpoint`` writes it ('03', Arabic-Indic
+    digits) named slot 3 a second time, the later tensor winning silently: a ``CorruptFileError`` naming it, and
+    nothing restored."""
+    model = ud.nn.Sequential(ud.nn.Linear(3, 3), ud.nn.Linear(3, 1))
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.1)
+    ud.train_step(model, ud.nn.MSELoss(), optimizer)(np.ones((2, 3), np.float32), np.ones((2, 1), np.float32))
+    path = ud.save_checkpoint(tmp_path, model, optimizer, epoch=0, step=1)
+    tensors, metadata = load_file(path)
+    tensors[f"optimizer/{alias}/exp_avg"] = np.full_like(tensors["optimizer/3/exp_avg"], 1e6)
+    save_file(tensors, path, {k: v for k, v in metadata.items() if "crc32" not in k})  # (checksums made anew)
+    before = optimizer.state_dict()
+    with pytest.raises(CorruptFileError, match=re.escape(f"malformed optimizer tensor name 'optimizer/{alias}/")):
+        ud.load_checkpoint(path, model, optimizer)
+    assert str(optimizer.state_dict()) == str(before)

@@ -246,7 +246,10 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
     for key in reader.entries:
         if key.startswith(OPTIMIZER_PREFIX):
             index, _, slot_name = key[len(OPTIMIZER_PREFIX):].partition("/")
-            if not index.isdigit() or int(index) >= count or not slot_name:
+            # the index as save_checkpoint writes it: ASCII digits, no leading zero ('03' and Arabic-Indic digits
+            # named slot 3 twice, the later one winning)
+            if (not (index.isascii() and index.isdigit()) or index != str(int(index)) or int(index) >= count
+                    or not slot_name):
                 raise CorruptFileError(f"{path!r}: malformed optimizer tensor name {key!r}")
             names[int(index)][slot_name] = key
     optional = {key: saved[key] for key in _OPTIONAL_OPTIMIZER_ENTRIES if key in saved}
