@@ -123,7 +123,7 @@ def test_damaged_torch_zip_file_is_refused(tmp_path):
     a damaged one is a CorruptFileError, never an unpickling."""
     path = tmp_path / "model.pt"
     path.write_bytes(b"PK\x03\x04" + bytes(100))
-    with pytest.raises(ud.CorruptFileError, match=r"weights_only=True\) refused it"):
+    with pytest.raises(ud.CorruptFileError, match=r"model.pt' is not a readable zip archive"):
         ud.load(path)
 
 

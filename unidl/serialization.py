@@ -9,6 +9,7 @@ refused unless the caller opts in with ``allow_pickle=True``.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -228,6 +229,7 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
         raise CorruptFileError(
             f"{path!r} is a torch.save archive; reading it safely needs torch (torch.load(weights_only=True)). "
             f"Install torch, or convert the file to safetensors where torch is installed") from None
+    _check_stored_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's own refusal (e.g. a pickled object other than tensors) or a damaged archive
@@ -235,8 +237,36 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CorruptFileError(f"{path!r} does not hold a plain state dict (parameter names -> tensors); it holds "
                                f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else ""))
-    return {key: (value.float() if value.dtype == torch.bfloat16 else value).detach().numpy()
-            for key, value in state.items()}
+    converted = {}
+    for key, value in state.items():
+        if value.layout != torch.strided or value.device.type == "meta":
+            raise CorruptFileError(f"{path!r}: tensor {key!r} is {value.layout} on {value.device.type}, not a dense "
+                                   f"tensor of values; save the state dict of a dense model")
+        if value.dtype == torch.bfloat16 or "float8" in str(value.dtype):  # (NumPy has neither: float32 holds both)
+            value = value.float()
+        try:
+            converted[key] = value.detach().numpy()
+        except (TypeError, RuntimeError) as error:
+            raise CorruptFileError(f"{path!r}: tensor {key!r} of dtype {value.dtype} has no NumPy dtype ({error})")
+    return converted
+
+
+def _check_stored_archive(path) -> None:
+    """``CorruptFileError`` for a zip archive that ``torch.save`` did not write as it is: compressed entries (it
+    writes none), or entries that together inflate past the file's own size (300 KB made 300 MB in memory)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise CorruptFileError(f"{path!r} is not a readable zip archive ({error})") from None
+    compressed = [entry.filename for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CorruptFileError(f"{path!r}: compressed entries {compressed[:3]} in a torch.save archive, which "
+                               f"stores its entries uncompressed: a re-packed or hostile file")
+    if sum(entry.file_size for entry in entries) > os.path.getsize(path):
+        raise CorruptFileError(f"{path!r}: its entries hold more bytes than the file: not a torch.save archive")
 
 
 def open_weights(path) -> tuple[SafetensorsFile, dict | None, dict[str, str]]:

@@ -33,3 +33,36 @@ def test_pth_with_other_objects_is_refused(tmp_path):
     torch.save({"weight": torch.zeros(2), "extra": NotATensor()}, path)
     with ud.use_backend("torch"), pytest.raises(ud.CorruptFileError, match=r"weights_only=True\) refused it"):
         ud.load_weights(ud.nn.Linear(2, 1), str(path))
+
+
+def test_a_recompressed_archive_is_refused_before_anything_is_inflated(tmp_path):
+    """``torch.save`` stores its entries uncompressed: an archive re-packed with compression (300 KB that inflate
+    to 300 MB in torch.load) is a ``CorruptFileError`` naming its compressed entries, read from the zip directory
+    alone."""
+    import zipfile
+
+    source = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(64, 64)}, source)
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(source) as plain, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
+        for entry in plain.infolist():
+            archive.writestr(entry.filename, plain.read(entry.filename))
+    with pytest.raises(ud.CorruptFileError, match=r"packed.pt': compressed entries .* stores its entries uncompressed"):
+        ud.load_weights(ud.nn.Linear(64, 64, bias=False), str(packed))
+    ud.load_weights(ud.nn.Linear(64, 64, bias=False), str(source))  # (torch.save's own archive loads)
+
+
+def test_float8_tensors_load_as_torch_loads_them_and_sparse_ones_are_named(tmp_path):
+    """A float8 tensor loads into float32 parameters, as torch's ``load_state_dict`` copies it (NumPy has no float8:
+    ``.numpy()`` raised a raw ``TypeError``); a sparse or meta tensor is a ``CorruptFileError`` naming it."""
+    reference = torch.nn.Linear(3, 2)
+    state = {key: value.to(torch.float8_e4m3fn) for key, value in reference.state_dict().items()}
+    path = tmp_path / "fp8.pt"
+    torch.save(state, path)
+    model = ud.nn.Linear(3, 2)
+    ud.load_weights(model, str(path))
+    for key, value in state.items():
+        np.testing.assert_array_equal(ud.to_numpy(model.state_dict()[key]), value.float().numpy())
+    torch.save({"weight": reference.weight.detach().to_sparse(), "bias": reference.bias.detach()}, path)
+    with pytest.raises(ud.CorruptFileError, match=r"tensor 'weight' is torch.sparse_coo on cpu, not a dense tensor"):
+        ud.load_weights(ud.nn.Linear(3, 2), str(path))
