@@ -286,3 +286,34 @@ def test_save_runs_no_constructor_of_a_users_class(tmp_path, monkeypatch):
     model = Counted(3)
     ud.save(model, tmp_path / "counted.safetensors")
     assert built == [3]
+
+
+def test_a_file_replaced_while_it_is_read_is_read_whole_as_it_was(tmp_path, monkeypatch):
+    """Another writer's atomic save to the same path landing between the reader's steps (after the header's
+    checks, after the checksums) leaves the read whole and as it was: the reader opens the file once (it opened it
+    by path up to four times and mixed the old header with the new bytes: a spurious CorruptFileError)."""
+    import unidl.io.safetensors as safetensors
+
+    ud.manual_seed(1)
+    first = ud.models.TwoLayerNet(4, 5, 3)
+    ud.manual_seed(2)
+    second = ud.models.TwoLayerNet(4, 5, 3)
+    path = tmp_path / "w.safetensors"
+    checked, verified = safetensors.check_with_package, safetensors.SafetensorsFile.verify
+
+    def check_then_replace(*args, **kwargs):
+        ud.save(second, path)
+        return checked(*args, **kwargs)
+
+    def verify_then_replace(self):
+        verified(self)
+        ud.save(second, path)
+
+    for name, replacement in (("check_with_package", check_then_replace), ("verify", verify_then_replace)):
+        ud.save(first, path)
+        with monkeypatch.context() as patched:
+            owner = safetensors if name == "check_with_package" else safetensors.SafetensorsFile
+            patched.setattr(owner, name, replacement)
+            loaded = ud.load(path)
+        for key, value in first.state_dict().items():
+            np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=name)

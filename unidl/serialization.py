@@ -334,9 +334,8 @@ def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     outside the model. Call only after ``check_entries`` and ``reader.verify()``."""
     own = dict(model._state_variables())
     backend = model._backend
-    with open(reader.path, "rb") as handle:
-        for key in [key for key in names if key in own]:
-            backend.assign(own[key], backend.donated_tensor(reader.read(names[key], handle)))
+    for key in [key for key in names if key in own]:  # (through the reader's own handle: the file it checked)
+        backend.assign(own[key], backend.donated_tensor(reader.read(names[key])))
 
 
 class _ShapeOnlyVariable:

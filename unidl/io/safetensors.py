@@ -227,7 +227,8 @@ def read_header(handle, path: str, file_size: int) -> tuple[dict, int]:
     return header, 8 + header_size
 
 
-def check_with_package(path: str, entries: dict[str, tuple[str, tuple]], metadata: dict[str, str]) -> None:
+def check_with_package(path: str, entries: dict[str, tuple[str, tuple]], metadata: dict[str, str],
+                       shown: str | None = None) -> None:
     """Raise ``CorruptFileError`` naming ``path`` unless the safetensors package accepts the file's header and
     reads from it the tensors ``{name: (dtype name, shape)}`` and the ``metadata`` that unidl's parser read.
 
@@ -245,14 +246,14 @@ def check_with_package(path: str, entries: dict[str, tuple[str, tuple]], metadat
                 seen[name] = (view.get_dtype(), tuple(view.get_shape()))
             seen_metadata = handle.metadata() or {}
     except SafetensorError as error:
-        raise CorruptFileError(f"{path!r} is not a valid safetensors file: the safetensors package refuses "
+        raise CorruptFileError(f"{shown or path!r} is not a valid safetensors file: the safetensors package refuses "
                                f"it ({error})") from None
     differences = [name for name in sorted(set(seen) | set(entries)) if seen.get(name) != entries.get(name)]
     if seen_metadata != metadata:
         differences.append(_METADATA_KEY)
     if differences:
-        raise CorruptFileError(f"{path!r} is not a valid safetensors file: unidl's parser and the safetensors "
-                               f"package read its header differently (entries {differences[:5]})")
+        raise CorruptFileError(f"{shown or path!r} is not a valid safetensors file: unidl's parser and the "
+                               f"safetensors package read its header differently (entries {differences[:5]})")
 
 
 class SafetensorsFile:
@@ -265,21 +266,40 @@ class SafetensorsFile:
     ``read`` and ``verify`` check a tensor's bytes against its checksum, so a corrupt file gives a
     ``CorruptFileError`` naming the file and the tensor. Nothing is read before it is needed: a
     tensor is read straight into the one (64-byte aligned) array returned, and ``verify`` streams in
-    small chunks.
+    small chunks. The file is opened once and every read goes through that handle (the package's check through
+    ``/proc/self/fd`` where there is one), so a file that another process replaces meanwhile (an atomic save to
+    the same path) is read whole as it was, never half old and half new (a spurious "corrupt").
     """
 
     def __init__(self, path):
         self.path = path = check_readable_file(path)
-        self.file_size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            header, self._start = read_header(handle, path, self.file_size)
-        metadata = dict(header.pop(_METADATA_KEY))
-        self._offsets = {name: tuple(entry["data_offsets"])
-                         for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])}
-        self.entries = {name: (header[name]["dtype"], tuple(header[name]["shape"])) for name in self._offsets}
-        check_with_package(path, self.entries, metadata)
+        self._handle = open(path, "rb")
+        try:
+            self.file_size = os.fstat(self._handle.fileno()).st_size
+            header, self._start = read_header(self._handle, path, self.file_size)
+            metadata = dict(header.pop(_METADATA_KEY))
+            self._offsets = {name: tuple(entry["data_offsets"])
+                             for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])}
+            self.entries = {name: (header[name]["dtype"], tuple(header[name]["shape"])) for name in self._offsets}
+            check_with_package(self._same_file(), self.entries, metadata, shown=path)
+        except BaseException:
+            self._handle.close()
+            raise
         self.checksums = self._check_integrity(header, metadata)
         self.metadata = {k: v for k, v in metadata.items() if k not in INTEGRITY_KEYS}
+
+    def _same_file(self) -> str:
+        """A path to the very file this reader opened, even once another has been renamed over its path."""
+        own = f"/proc/self/fd/{self._handle.fileno()}"
+        return own if os.path.exists(own) else self.path
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __del__(self):
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            handle.close()
 
     def _corrupt(self, problem: str) -> CorruptFileError:
         return CorruptFileError(f"{self.path!r} is corrupt: {problem}")
@@ -328,8 +348,7 @@ class SafetensorsFile:
     def read(self, name: str, handle=None) -> np.ndarray:
         """Tensor ``name`` as a new writable NumPy array (native byte order), its checksum verified."""
         if handle is None:
-            with open(self.path, "rb") as handle:
-                return self.read(name, handle)
+            handle = self._handle
         dtype_name, shape = self.entries[name]
         buffer = self._read_bytes(handle, name)
         if dtype_name == "BF16":
@@ -344,23 +363,21 @@ class SafetensorsFile:
             return
         largest = max((end - begin for begin, end in self._offsets.values()), default=1)
         chunk = bytearray(max(1, min(_CHUNK_BYTES, largest)))
-        view = memoryview(chunk)
-        with open(self.path, "rb") as handle:
-            for name, (begin, end) in self._offsets.items():
-                handle.seek(self._start + begin)
-                crc, left = 0, end - begin
-                while left:
-                    got = handle.readinto(view[:min(left, len(chunk))])
-                    if not got:
-                        raise self._corrupt(f"tensor {name!r} was cut short while reading (file changed or truncated)")
-                    crc, left = zlib.crc32(view[:got], crc), left - got
-                self._check_tensor(name, crc)
+        view, handle = memoryview(chunk), self._handle
+        for name, (begin, end) in self._offsets.items():
+            handle.seek(self._start + begin)
+            crc, left = 0, end - begin
+            while left:
+                got = handle.readinto(view[:min(left, len(chunk))])
+                if not got:
+                    raise self._corrupt(f"tensor {name!r} was cut short while reading (file changed or truncated)")
+                crc, left = zlib.crc32(view[:got], crc), left - got
+            self._check_tensor(name, crc)
 
     def tensors(self, names=None):
         """Yield ``(name, array)`` for ``names`` (default: all, in file order), one array alive at a time."""
-        with open(self.path, "rb") as handle:
-            for name in (self.entries if names is None else names):
-                yield name, self.read(name, handle)
+        for name in (self.entries if names is None else names):
+            yield name, self.read(name, self._handle)
 
 
 def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
