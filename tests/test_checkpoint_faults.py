@@ -357,3 +357,26 @@ def test_an_optimizer_slot_named_twice_is_corrupt_not_a_silent_choice(tmp_path, 
     with pytest.raises(CorruptFileError, match=re.escape(f"malformed optimizer tensor name 'optimizer/{alias}/")):
         ud.load_checkpoint(path, model, optimizer)
     assert str(optimizer.state_dict()) == str(before)
+
+
+@pytest.mark.parametrize("where, error, message", [
+    ("epoch", CorruptFileError, r"checkpoint epoch must be an integer in 0..2\*\*63 - 1, got 1180591620717411303424"),
+    ("step", CorruptFileError, r"checkpoint step must be an integer in 0..2\*\*63 - 1"),
+    ("loader", CheckpointStateError, r"data-loader state epoch must be an integer in 0..2\*\*63 - 1")])
+def test_counters_past_int64_are_refused_before_anything_is_restored(tmp_path, where, error, message):
+    """A checkpoint's epoch or step, or its loader's epoch, of 2 ** 70 (an int64 counter on every backend; the
+    loader's failed in NumPy after the rest was restored) is refused, the loader and generator untouched."""
+    model = ud.nn.Linear(2, 1)
+    loader = ud.data.DataLoader(ud.data.TensorDataset(np.ones((4, 2), np.float32)), batch_size=2)
+    path = ud.save_checkpoint(tmp_path, model, loader=loader, epoch=1, step=2)
+    tensors, metadata = load_file(path)
+    saved = json.loads(metadata["unidl"])
+    if where == "loader":
+        saved["loader"]["epoch"] = 2 ** 70
+    else:
+        saved[where] = 2 ** 70
+    save_file(tensors, path, {"unidl": json.dumps(saved)})
+    generator = unidl_random.get_rng_state()
+    with pytest.raises(error, match=message):
+        ud.load_checkpoint(path, model, loader=loader)
+    assert loader.state_dict()["epoch"] == 0 and unidl_random.get_rng_state() == generator

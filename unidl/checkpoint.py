@@ -199,9 +199,10 @@ def _open_checkpoint(path: str) -> SafetensorsFile:
     for key in ("epoch", "step", "rng"):
         if key not in metadata:
             raise CorruptFileError(f"{path!r}: checkpoint metadata lacks {key!r}")
-    for key in ("epoch", "step"):
-        if not isinstance(metadata[key], int) or isinstance(metadata[key], bool) or metadata[key] < 0:
-            raise CorruptFileError(f"{path!r}: checkpoint {key} must be a non-negative integer, got {metadata[key]!r}")
+    for key in ("epoch", "step"):  # (counters of int64 on every backend, as the optimizer's step)
+        if not isinstance(metadata[key], int) or isinstance(metadata[key], bool) or not 0 <= metadata[key] < 2 ** 63:
+            raise CorruptFileError(f"{path!r}: checkpoint {key} must be an integer in 0..2**63 - 1, got "
+                                   f"{metadata[key]!r}")
     reader.unidl_metadata = metadata
     return reader
 
@@ -296,8 +297,9 @@ def check_loader_state(loader, state) -> None:
                                        f"{getattr(kind, '__name__', 'int or None')}, got {value!r}")
     if state["seed"] is not None and not 0 <= state["seed"] <= MAX_LOADER_SEED:
         raise CheckpointStateError(f"data-loader state seed must lie in [0, 2**64), got {state['seed']!r}")
-    if state["epoch"] < 0:
-        raise CheckpointStateError(f"data-loader state epoch must be non-negative, got {state['epoch']!r}")
+    if not 0 <= state["epoch"] < 2 ** 63:
+        raise CheckpointStateError(f"data-loader state epoch must be an integer in 0..2**63 - 1, got "
+                                   f"{state['epoch']!r}")
     for key in ("shuffle", "length", "batch_size", "drop_last"):
         if key in mine and state[key] != mine[key]:
             raise CheckpointStateError(f"the checkpoint's data loader has {key}={state[key]!r} but this loader has "
