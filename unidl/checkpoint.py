@@ -66,7 +66,8 @@ def latest_checkpoint(directory, verify: bool = True) -> str | None:
         return checkpoints[-1] if checkpoints else None
     for path in reversed(checkpoints):
         try:
-            _open_checkpoint(path).verify()
+            with _open_checkpoint(path) as reader:
+                reader.verify()
             return path
         except (CorruptFileError, FileNotFoundError, IsADirectoryError) as error:
             _warn_skipped(path, error, stacklevel=3)
@@ -193,16 +194,22 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
 
 def _open_checkpoint(path: str) -> SafetensorsFile:
     reader = SafetensorsFile(path)
-    metadata = decode_metadata(reader.metadata, path, reader.checksums is not None)
-    if metadata is None or metadata.get("kind") != "checkpoint":
-        raise CorruptFileError(f"{path!r} is not a unidl checkpoint (its metadata does not say kind 'checkpoint')")
-    for key in ("epoch", "step", "rng"):
-        if key not in metadata:
-            raise CorruptFileError(f"{path!r}: checkpoint metadata lacks {key!r}")
-    for key in ("epoch", "step"):  # (counters of int64 on every backend, as the optimizer's step)
-        if not isinstance(metadata[key], int) or isinstance(metadata[key], bool) or not 0 <= metadata[key] < 2 ** 63:
-            raise CorruptFileError(f"{path!r}: checkpoint {key} must be an integer in 0..2**63 - 1, got "
-                                   f"{metadata[key]!r}")
+    try:
+        metadata = decode_metadata(reader.metadata, path, reader.checksums is not None)
+        if metadata is None or metadata.get("kind") != "checkpoint":
+            raise CorruptFileError(f"{path!r} is not a unidl checkpoint (its metadata does not say kind "
+                                   f"'checkpoint')")
+        for key in ("epoch", "step", "rng"):
+            if key not in metadata:
+                raise CorruptFileError(f"{path!r}: checkpoint metadata lacks {key!r}")
+        for key in ("epoch", "step"):  # (counters of int64 on every backend, as the optimizer's step)
+            value = metadata[key]
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2 ** 63:
+                raise CorruptFileError(f"{path!r}: checkpoint {key} must be an integer in 0..2**63 - 1, got "
+                                       f"{metadata[key]!r}")
+    except BaseException:  # (its handle closed now, not when the reader is collected)
+        reader.close()
+        raise
     reader.unidl_metadata = metadata
     return reader
 
@@ -215,11 +222,14 @@ def _open_newest(directory: str) -> SafetensorsFile:
         raise FileNotFoundError(f"no checkpoint-*.safetensors files in directory {directory!r}")
     problems = []
     for path in reversed(candidates):
+        reader = None
         try:
             reader = _open_checkpoint(path)
             reader.verify()
             return reader
         except (CorruptFileError, FileNotFoundError, IsADirectoryError) as error:
+            if reader is not None:
+                reader.close()
             problems.append(f"{path}: {error}")
             _warn_skipped(path, error, stacklevel=4)
     raise CorruptFileError(f"no readable checkpoint in {directory!r}:\n  " + "\n  ".join(problems))

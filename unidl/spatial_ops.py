@@ -602,8 +602,10 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
     matrices = []
     for n, out, factor in zip(sizes, outs, factors):
         if mode in ALIGNABLE_MODES and align_corners:
-            scale = (_as_float(n, like) - 1) / (_as_float(out, like) - 1) if not isinstance(out, int) or out > 1 \
-                else 0.0
+            if isinstance(out, int):
+                scale = (_as_float(n, like) - 1) / (out - 1) if out > 1 else 0.0
+            else:  # (a graph's size: an output of 1 takes position 0 whatever the scale, never 0 / 0's NaN)
+                scale = (_as_float(n, like) - 1) / ops.maximum(_as_float(out, like) - 1, 1.0)
         elif factor is not None and not recompute_scale_factor:
             scale = 1.0 / factor
         elif mode in ("nearest", "nearest-exact") and not (isinstance(n, int) and isinstance(out, int)):

@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import operator
 import os
+import pickle
 import pathlib
 import random
 import signal
@@ -162,6 +163,8 @@ def test_a_raising_sample_names_the_worker_the_sample_and_keeps_the_traceback(wo
     # an instance of the sample's error class too: ``except ValueError`` catches it, as without workers (and as
     # PyTorch's loader raises it again); its text is the message, not a KeyError's quoted repr
     assert isinstance(caught.value, ValueError) and str(caught.value) == message
+    again = pickle.loads(pickle.dumps(caught.value))  # (a class of its own: pickled by the original's)
+    assert isinstance(again, DataLoaderError) and isinstance(again, ValueError) and str(again) == message
 
 
 @pytest.mark.parametrize("worker_type", WORKER_TYPES)

@@ -188,3 +188,37 @@ def test_bad_paths(tmp_path):
 
 def test_known_dtypes_are_little_endian():
     assert all(d.str[0] in "<|" for d in DTYPES.values())
+
+
+def test_one_reader_read_from_several_threads_gives_each_its_own_bytes_and_pickles(tmp_path):
+    """Reads are positioned (no shared seek on the reader's one handle): four threads reading one reader at once
+    each get their tensors, checksums intact; a reader pickles (a dataset holding one goes to worker processes)
+    and reopens its file."""
+    import pickle
+    import threading
+
+    from unidl.io.safetensors import SafetensorsFile
+
+    arrays = {f"t{i}": np.full((64, 64), i, np.float32) for i in range(16)}
+    path = tmp_path / "many.safetensors"
+    save_file(arrays, path)
+    reader, errors = SafetensorsFile(path), []
+
+    def work():
+        try:
+            for _ in range(20):
+                for name, array in arrays.items():
+                    assert np.array_equal(reader.read(name), array)
+        except Exception as error:  # noqa: BLE001 (any failure of a thread is the test's)
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    again = pickle.loads(pickle.dumps(reader))
+    assert np.array_equal(again.read("t7"), arrays["t7"])
+    again.close()
+    reader.close()

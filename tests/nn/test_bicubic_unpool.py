@@ -131,6 +131,10 @@ def test_resampling_picks_torchs_positions_in_graphs_and_copies_an_axis_torch_co
                    lambda v, m=mode: ud.ops.interpolate(v, scale_factor=(2.0, 1.2), mode=m),
                    lambda t, m=mode: F.interpolate(t, scale_factor=(2.0, 1.2), mode=m))
                   for mode in ("nearest", "nearest-exact", "bilinear", "bicubic")]
+        cases += [(np.arange(6.0).reshape(1, 1, 2, 3), lambda v, m=mode: ud.ops.interpolate(
+                       v, size=(2, 1), mode=m, align_corners=True),
+                   lambda t, m=mode: F.interpolate(t, size=(2, 1), mode=m, align_corners=True))
+                  for mode in ("bilinear", "bicubic")]  # (an output of 1: NaN in graphs of unknown sizes)
         cases += [(np.arange(4.0).reshape(1, 1, 4), lambda v, m=mode: ud.ops.interpolate(v, scale_factor=1.2, mode=m),
                    lambda t, m=mode: F.interpolate(t, scale_factor=1.2, mode=m)) for mode in ("nearest", "linear")]
         for index, (x, ours, theirs) in enumerate(cases):
@@ -138,3 +142,13 @@ def test_resampling_picks_torchs_positions_in_graphs_and_copies_an_axis_torch_co
             for run in (ours, ud.function(ours)):
                 np.testing.assert_allclose(ud.to_numpy(run(ud.tensor(x))), expected, rtol=1e-6, atol=1e-6,
                                            err_msg=f"case {index}")
+        # one function called with two heights: TensorFlow traces it again for any size, where an axis aligned to
+        # one output divided 0 by 0 (NaN)
+        for mode in ("bilinear", "bicubic"):
+            compiled = ud.function(lambda v, m=mode: ud.ops.interpolate(v, scale_factor=(1.0, 0.5), mode=m,
+                                                                        align_corners=True))
+            for height in (1, 2, 3):
+                x = np.arange(2 * height * 3.0).reshape(1, 2, height, 3)
+                expected = F.interpolate(torch.tensor(x, dtype=getattr(torch, dtype)), scale_factor=(1.0, 0.5),
+                                         mode=mode, align_corners=True).numpy()
+                np.testing.assert_allclose(ud.to_numpy(compiled(ud.tensor(x))), expected, rtol=1e-6, atol=1e-6)

@@ -65,12 +65,25 @@ def _raised_as(original) -> type:
     if kind not in _RAISED_AS:
         try:
             combined = type(f"DataLoaderError[{kind.__name__}]", (DataLoaderError, kind),
-                            {"__str__": BaseException.__str__, "__module__": DataLoaderError.__module__})
+                            {"__str__": BaseException.__str__, "__module__": DataLoaderError.__module__,
+                             "__reduce__": _reduce_raised_as, "_original_kind": kind})
             combined("a check that its instances can be made")
         except TypeError:
             combined = DataLoaderError
         _RAISED_AS[kind] = combined
     return _RAISED_AS[kind]
+
+
+def _reduce_raised_as(error):
+    """Pickle a ``_raised_as`` error by its original class (its own has no importable name: a job's rank sends
+    errors back pickled, and so does a process pool)."""
+    return _rebuilt_raised_as, (error._original_kind, error.args, dict(error.__dict__))
+
+
+def _rebuilt_raised_as(kind, args, state):
+    error = _raised_as(kind.__new__(kind))(*args)
+    error.__dict__.update(state)
+    return error
 
 
 def _short_repr(value) -> str:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import struct
+import threading
 import zlib
 from typing import Mapping
 
@@ -273,7 +274,7 @@ class SafetensorsFile:
 
     def __init__(self, path):
         self.path = path = check_readable_file(path)
-        self._handle = open(path, "rb")
+        self._handle, self._lock = open(path, "rb"), threading.Lock()
         try:
             self.file_size = os.fstat(self._handle.fileno()).st_size
             header, self._start = read_header(self._handle, path, self.file_size)
@@ -282,11 +283,27 @@ class SafetensorsFile:
                              for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])}
             self.entries = {name: (header[name]["dtype"], tuple(header[name]["shape"])) for name in self._offsets}
             check_with_package(self._same_file(), self.entries, metadata, shown=path)
+            self.checksums = self._check_integrity(header, metadata)
         except BaseException:
             self._handle.close()
             raise
-        self.checksums = self._check_integrity(header, metadata)
         self.metadata = {k: v for k, v in metadata.items() if k not in INTEGRITY_KEYS}
+
+    def __getstate__(self) -> dict:
+        """Pickled without its handle (a dataset holding a reader goes to worker processes), reopened by path."""
+        state = dict(self.__dict__)
+        del state["_handle"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._handle, self._lock = open(self.path, "rb"), threading.Lock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _same_file(self) -> str:
         """A path to the very file this reader opened, even once another has been renamed over its path."""
@@ -331,11 +348,26 @@ class SafetensorsFile:
         begin, end = self._offsets[name]
         return end - begin
 
-    def _read_bytes(self, handle, name: str) -> np.ndarray:
+    def _read_at(self, view: memoryview, offset: int) -> int:
+        """Fill ``view`` from the file at ``offset`` (from the buffer's start); the bytes read, fewer at its end. A
+        positioned read, no shared seek: threads reading one reader at once each get their own bytes."""
+        done = 0
+        while done < len(view):
+            if hasattr(os, "preadv"):
+                got = os.preadv(self._handle.fileno(), [view[done:]], self._start + offset + done)
+            else:  # (no positioned read here: the seek and the read under one lock)
+                with self._lock:
+                    self._handle.seek(self._start + offset + done)
+                    got = self._handle.readinto(view[done:])
+            if not got:
+                break
+            done += got
+        return done
+
+    def _read_bytes(self, name: str) -> np.ndarray:
         begin, end = self._offsets[name]
         buffer = aligned_empty(end - begin)
-        handle.seek(self._start + begin)
-        if handle.readinto(memoryview(buffer)) != end - begin:
+        if self._read_at(memoryview(buffer), begin) != end - begin:
             raise self._corrupt(f"tensor {name!r} was cut short while reading (file changed or truncated)")
         self._check_tensor(name, zlib.crc32(buffer) if buffer.size else 0)
         return buffer
@@ -345,12 +377,10 @@ class SafetensorsFile:
             raise self._corrupt(f"the bytes of tensor {name!r} do not match their checksum (crc32 "
                                 f"{crc:#010x}, recorded {self.checksums[name]:#010x})")
 
-    def read(self, name: str, handle=None) -> np.ndarray:
+    def read(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a new writable NumPy array (native byte order), its checksum verified."""
-        if handle is None:
-            handle = self._handle
         dtype_name, shape = self.entries[name]
-        buffer = self._read_bytes(handle, name)
+        buffer = self._read_bytes(name)
         if dtype_name == "BF16":
             upper = buffer.view("<u2").astype(np.uint32) << 16
             return upper.view(np.float32).reshape(shape)
@@ -363,21 +393,20 @@ class SafetensorsFile:
             return
         largest = max((end - begin for begin, end in self._offsets.values()), default=1)
         chunk = bytearray(max(1, min(_CHUNK_BYTES, largest)))
-        view, handle = memoryview(chunk), self._handle
+        view = memoryview(chunk)
         for name, (begin, end) in self._offsets.items():
-            handle.seek(self._start + begin)
-            crc, left = 0, end - begin
-            while left:
-                got = handle.readinto(view[:min(left, len(chunk))])
+            crc, done = 0, 0
+            while done < end - begin:
+                got = self._read_at(view[:min(end - begin - done, len(chunk))], begin + done)
                 if not got:
                     raise self._corrupt(f"tensor {name!r} was cut short while reading (file changed or truncated)")
-                crc, left = zlib.crc32(view[:got], crc), left - got
+                crc, done = zlib.crc32(view[:got], crc), done + got
             self._check_tensor(name, crc)
 
     def tensors(self, names=None):
         """Yield ``(name, array)`` for ``names`` (default: all, in file order), one array alive at a time."""
         for name in (self.entries if names is None else names):
-            yield name, self.read(name, self._handle)
+            yield name, self.read(name)
 
 
 def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -386,8 +415,8 @@ def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     Raises ``CorruptFileError`` naming the file and the problem for anything malformed or not matching
     its checksums, ``FileNotFoundError`` / ``IsADirectoryError`` for a bad path. Never unpickles.
     """
-    reader = SafetensorsFile(path)
-    return dict(reader.tensors()), dict(reader.metadata)
+    with SafetensorsFile(path) as reader:
+        return dict(reader.tensors()), dict(reader.metadata)
 
 
 def is_safetensors(path) -> bool:
