@@ -52,6 +52,8 @@ LAYERS = {
     "SiLU": case(lambda: ud.nn.SiLU(), lambda: tnn.SiLU(), ROWS),
     "ELU-alpha": case(lambda: ud.nn.ELU(alpha=0.4), lambda: tnn.ELU(alpha=0.4), ROWS),
     "Softplus-beta-threshold": case(lambda: ud.nn.Softplus(beta=2, threshold=5), lambda: tnn.Softplus(2, 5), ROWS),
+    # a negative beta is PyTorch's formula too (it was refused)
+    "Softplus-negative-beta": case(lambda: ud.nn.Softplus(beta=-2, threshold=5), lambda: tnn.Softplus(-2, 5), ROWS),
     "ReLU6": case(lambda: ud.nn.ReLU6(), lambda: tnn.ReLU6(), ROWS * 1.5),
     "Hardtanh-range": case(lambda: ud.nn.Hardtanh(-0.5, 2.0), lambda: tnn.Hardtanh(-0.5, 2.0), ROWS),
     "LogSoftmax": case(lambda: ud.nn.LogSoftmax(dim=1), lambda: tnn.LogSoftmax(dim=1), ROWS),
@@ -284,3 +286,9 @@ def test_cross_entropy_of_float32_logits_is_float32_as_torch(backend):
     for loss in (ud.ops.cross_entropy(x, y), ud.nn.CrossEntropyLoss()(x, y)):
         assert ud.to_numpy(loss).dtype == np.float32
         assert max_relative_difference(ud.to_numpy(loss), expected) < 2e-6
+
+
+def test_a_softplus_beta_of_0_is_refused():
+    """beta 0 divides by it (PyTorch gives inf); any other beta, negative too, is PyTorch's formula (above)."""
+    with pytest.raises(ValueError, match=r"Softplus beta must not be 0"):
+        ud.nn.Softplus(beta=0)

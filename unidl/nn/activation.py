@@ -142,8 +142,8 @@ class Softplus(Module):
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__()
-        if beta <= 0:
-            raise ValueError(f"Softplus beta must be positive, got {beta!r}")
+        if beta == 0:  # (a negative beta is PyTorch's formula too; 0 divides by it)
+            raise ValueError(f"Softplus beta must not be 0 (log(1 + exp(beta * x)) / beta), got {beta!r}")
         self.beta, self.threshold = float(beta), float(threshold)
 
     def forward(self, x):
