@@ -210,3 +210,7 @@ def test_from_pretrained_holds_the_table_and_is_frozen(backend):
     assert trainable.state_dict()["weight"].shape == (4, 3)
     with pytest.raises(ValueError, match=r"2-D array \(num_embeddings, embedding_dim\), got shape \(12,\)"):
         ud.nn.Embedding.from_pretrained(table.reshape(-1))
+    # PyTorch's signature: its defaults taken, the options the constructor refuses refused alike (a TypeError)
+    ud.nn.Embedding.from_pretrained(table, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False)
+    with pytest.raises(ValueError, match="Embedding max_norm=1.0 is not supported"):
+        ud.nn.Embedding.from_pretrained(table, max_norm=1.0)

@@ -55,14 +55,18 @@ class Embedding(Module):
         self.weight = self.parameter(np.asarray(weight))
 
     @classmethod
-    def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None) -> "Embedding":
+    def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None,
+                        max_norm: float | None = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                        sparse: bool = False) -> "Embedding":
         """An Embedding holding ``embeddings`` (num_embeddings, embedding_dim), frozen unless ``freeze=False``
-        (``requires_grad_``), as ``torch.nn.Embedding.from_pretrained``."""
+        (``requires_grad_``), as ``torch.nn.Embedding.from_pretrained``: its signature, the options the
+        constructor refuses refused alike (a ``TypeError`` for PyTorch's own arguments before)."""
         embeddings = np.asarray(to_numpy(embeddings))
         if embeddings.ndim != 2:
             raise ValueError(f"Embedding.from_pretrained needs a 2-D array (num_embeddings, embedding_dim), "
                              f"got shape {embeddings.shape}")
-        layer = cls(embeddings.shape[0], embeddings.shape[1], padding_idx)
+        layer = cls(embeddings.shape[0], embeddings.shape[1], padding_idx, max_norm, norm_type, scale_grad_by_freq,
+                    sparse)
         layer.load_state_dict({"weight": embeddings})  # the padding row as given, as in PyTorch
         return layer.requires_grad_(not freeze)
 
