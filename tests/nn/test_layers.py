@@ -306,7 +306,11 @@ def test_every_layer_named_as_torchs_takes_torchs_constructor_arguments():
     assert not order, order
     for build in (lambda nn: nn.ReLU(inplace=True), lambda nn: nn.Dropout(0.2, True),
                   lambda nn: nn.LeakyReLU(0.1, True), lambda nn: nn.Flatten(0, 2),
-                  lambda nn: nn.BatchNorm1d(3, affine=False, track_running_stats=False)):
+                  lambda nn: nn.BatchNorm1d(3, affine=False, track_running_stats=False),
+                  # (inplace=True dropped, LayerNorm without bias=, numbers given as ints printed as floats)
+                  lambda nn: nn.SiLU(inplace=True), lambda nn: nn.ELU(0.5, True), lambda nn: nn.ReLU6(True),
+                  lambda nn: nn.Hardtanh(-2, 3, True), lambda nn: nn.Softplus(2, 5), lambda nn: nn.LayerNorm(4),
+                  lambda nn: nn.LayerNorm(4, elementwise_affine=False)):
         assert repr(build(ud.nn)) == repr(build(torch.nn))
     for option in ({"max_norm": 1.0}, {"sparse": True}, {"scale_grad_by_freq": True}):
         with pytest.raises(ValueError, match=f"Embedding {next(iter(option))}=.* is not supported"):

@@ -118,9 +118,13 @@ class SiLU(Module):
 
     def __init__(self, inplace: bool = False):
         super().__init__()
+        self.inplace = bool(inplace)
 
     def forward(self, x):
         return self._ops.silu(_floats(self, x))
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
 
 
 class ELU(Module):
@@ -128,13 +132,13 @@ class ELU(Module):
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha, self.inplace = float(alpha), bool(inplace)
 
     def forward(self, x):
         return self._ops.elu(_floats(self, x), self.alpha)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}"
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
 
 
 class Softplus(Module):
@@ -145,12 +149,13 @@ class Softplus(Module):
         if beta == 0:  # (a negative beta is PyTorch's formula too; 0 divides by it)
             raise ValueError(f"Softplus beta must not be 0 (log(1 + exp(beta * x)) / beta), got {beta!r}")
         self.beta, self.threshold = float(beta), float(threshold)
+        self._given = (beta, threshold)  # (the repr shows them as given, as PyTorch's: beta=2, not 2.0)
 
     def forward(self, x):
         return self._ops.softplus(_floats(self, x), self.beta, self.threshold)
 
     def extra_repr(self):
-        return f"beta={self.beta}, threshold={self.threshold}"
+        return "beta={}, threshold={}".format(*self._given)
 
 
 class Hardtanh(Module):
@@ -162,6 +167,7 @@ class Hardtanh(Module):
             raise ValueError(f"{type(self).__name__} max_val must be greater than min_val, got "
                              f"min_val={min_val!r}, max_val={max_val!r}")
         self.min_val, self.max_val = float(min_val), float(max_val)
+        self.inplace, self._given = bool(inplace), (min_val, max_val)  # (the repr's, as PyTorch's)
 
     def forward(self, x):
         input_checks.check_numbers(self.describe, x)
@@ -169,17 +175,17 @@ class Hardtanh(Module):
         return self._ops.hardtanh(x, self.min_val, self.max_val)
 
     def extra_repr(self):
-        return f"min_val={self.min_val}, max_val={self.max_val}"
+        return "min_val={}, max_val={}".format(*self._given) + (", inplace=True" if self.inplace else "")
 
 
 class ReLU6(Hardtanh):
     """min(max(x, 0), 6)."""
 
     def __init__(self, inplace: bool = False):
-        super().__init__(0.0, 6.0)
+        super().__init__(0.0, 6.0, inplace)
 
     def extra_repr(self):
-        return ""
+        return "inplace=True" if self.inplace else ""
 
 
 class PReLU(Module):
