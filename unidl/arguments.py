@@ -15,6 +15,9 @@ import numbers
 
 import numpy as np
 
+#: the counters every backend keeps in int64 (an optimizer's step, a checkpoint's epoch and step) lie below it
+INT64_END = 2 ** 63
+
 
 def integer(value) -> int | None:
     """``value`` as a Python int where it is an integer: an int, a NumPy integer or a 0-d NumPy integer array;

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from typing import Callable, Sequence
 
-from unidl import config
+from unidl import config, ops
 from unidl.dtype_kinds import dtype_name, is_floating
 
 
@@ -138,8 +138,6 @@ def custom_gradient(forward_fn: Callable) -> Callable:
                 wanted, given = getattr(x, "dtype", None), getattr(grad, "dtype", None)
                 if given is not None and wanted is not None and given != wanted and is_floating(given) \
                         and is_floating(wanted):
-                    from unidl import ops
-
                     listed[index] = ops.cast_like(grad, x)
             return type(grads)(listed) if many else listed[0]  # (a wrong count: the framework's own error)
 

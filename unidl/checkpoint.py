@@ -15,6 +15,7 @@ import warnings
 
 import numpy as np
 
+from unidl.arguments import INT64_END
 from unidl.distributed import process_group
 from unidl import random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
@@ -204,7 +205,7 @@ def _open_checkpoint(path: str) -> SafetensorsFile:
                 raise CorruptFileError(f"{path!r}: checkpoint metadata lacks {key!r}")
         for key in ("epoch", "step"):  # (counters of int64 on every backend, as the optimizer's step)
             value = metadata[key]
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2 ** 63:
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < INT64_END:
                 raise CorruptFileError(f"{path!r}: checkpoint {key} must be an integer in 0..2**63 - 1, got "
                                        f"{metadata[key]!r}")
     except BaseException:  # (its handle closed now, not when the reader is collected)
@@ -307,7 +308,7 @@ def check_loader_state(loader, state) -> None:
                                        f"{getattr(kind, '__name__', 'int or None')}, got {value!r}")
     if state["seed"] is not None and not 0 <= state["seed"] <= MAX_LOADER_SEED:
         raise CheckpointStateError(f"data-loader state seed must lie in [0, 2**64), got {state['seed']!r}")
-    if not 0 <= state["epoch"] < 2 ** 63:
+    if not 0 <= state["epoch"] < INT64_END:
         raise CheckpointStateError(f"data-loader state epoch must be an integer in 0..2**63 - 1, got "
                                    f"{state['epoch']!r}")
     for key in ("shuffle", "length", "batch_size", "drop_last"):

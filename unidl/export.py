@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 
+from unidl.dtype_kinds import dtype_name
 from unidl.errors import ExportFormatError, ExportInputError
 from unidl.io.atomic import fsync_directory, fsync_tree, remove_stale_temporaries, temporary_path
 from unidl.nn.module import restore_modes
@@ -82,14 +83,14 @@ def _check_input_dtype(input_dtype) -> str | None:
     """``input_dtype`` as its NumPy name, or None for the model's own float dtype."""
     if input_dtype is None:
         return None
-    name = input_dtype if isinstance(input_dtype, str) else getattr(input_dtype, "name", None)  # tf.int64's
+    name = input_dtype
     if not isinstance(name, str):
         import numpy as np
 
         try:
-            name = np.dtype(input_dtype).name
+            name = np.dtype(input_dtype).name  # (a NumPy type: np.int64)
         except TypeError:
-            name = str(input_dtype).rsplit(".", 1)[-1]  # torch.int64
+            name = dtype_name(input_dtype)  # a framework's: tf.int64, torch.int64
     if name not in INPUT_DTYPES:
         raise ValueError(f"input_dtype must be one of {', '.join(INPUT_DTYPES)} (or None for the model's float "
                          f"dtype), got {input_dtype!r}")

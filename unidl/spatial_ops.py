@@ -78,7 +78,17 @@ def _as_float(size, like):
 
 def _positions(size, like):
     """0, 1, ..., size - 1 in ``like``'s dtype."""
-    return ops.cast_like(ops.arange(0, size, 1, "int64"), like)
+    return ops.cast_like(_indices(size), like)
+
+
+def _indices(size):
+    """0, 1, ..., size - 1 as int64 (a size: an int, or a graph's scalar tensor)."""
+    return ops.arange(0, size, 1, "int64")
+
+
+def _picks(index, size, like):
+    """(len(index), size) in ``like``'s dtype: row j is 1 at position ``index[j]`` (int64), 0 elsewhere."""
+    return ops.cast_like(ops.unsqueeze(_indices(size), 0) == ops.unsqueeze(index, 1), like)
 
 
 def _constant(array, like):
@@ -301,10 +311,10 @@ def _bins(size, bins, like):
         inside = (np.arange(size) >= start[:, None]) & (np.arange(size) < end[:, None])
         return _constant(inside, like) > 0, _constant((end - start)[:, None], like)
     # in int64, exactly as the NumPy branch (floats rounded 5 * 7 / 7 to 4.99..: bins shifted inside graphs)
-    index, total, count = ops.arange(0, bins, 1, "int64"), _as_int64(size), _as_int64(bins)
+    index, total, count = _indices(bins), _as_int64(size), _as_int64(bins)
     start = (index * total) // count
     end = ((index + 1) * total + (count - 1)) // count
-    positions = ops.unsqueeze(ops.arange(0, size, 1, "int64"), 0)
+    positions = ops.unsqueeze(_indices(size), 0)
     inside = (positions >= ops.unsqueeze(start, 1)) & (positions < ops.unsqueeze(end, 1))
     return inside, ops.cast_like(ops.unsqueeze(end - start, 1), like)
 
@@ -474,8 +484,7 @@ def _identity_where_equal(matrix, size, out, like):
     """``matrix`` (out, size), or the identity where ``out == size`` (in a graph of unknown sizes: selected)."""
     if isinstance(size, int) and isinstance(out, int):
         return _constant(np.eye(size), like) if size == out else matrix
-    identity = ops.cast_like(ops.unsqueeze(ops.arange(0, out, 1, "int64"), 1)
-                             == ops.unsqueeze(ops.arange(0, size, 1, "int64"), 0), like)
+    identity = _picks(_indices(out), size, like)
     return ops.where(_as_int64(size) == _as_int64(out), identity, matrix)
 
 
@@ -488,13 +497,13 @@ def _interpolation_matrix(size, out, mode, align_corners, scale, like):
     positions = ops.unsqueeze(_positions(size, like), 0)
     if mode in ("nearest", "nearest-exact"):  # PyTorch's float32 arithmetic, as the NumPy branch's
         scale32 = ops.cast(scale, "float32") if hasattr(scale, "dtype") else float(np.float32(scale))
-        steps = ops.arange(0, out, 1, "int64")
+        steps = _indices(out)
         if mode == "nearest":  # floorf(j * scale)
             source = _floor(ops.cast(steps, "float32") * scale32)
         else:  # floorf((j + 0.5) * scale): the product in double, rounded to float
             source = _floor(ops.cast((ops.cast(steps, "float64") + 0.5) * ops.cast(scale32, "float64"), "float32"))
         index = ops.minimum(ops.cast(source, "int64"), ops.zeros_like(steps) + (_as_int64(size) - 1))
-        return ops.cast_like(ops.unsqueeze(ops.arange(0, size, 1, "int64"), 0) == ops.unsqueeze(index, 1), like)
+        return _picks(index, size, like)
     if mode == "bicubic":  # four taps, clamped to the edge; the source is not clamped at 0 (PyTorch's)
         source = destination * scale if align_corners else (destination + 0.5) * scale - 0.5
         low = _true_floor(source)

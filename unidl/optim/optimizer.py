@@ -17,7 +17,7 @@ import copy
 import numpy as np
 
 from unidl import config
-from unidl.arguments import check_range  # noqa: F401  (the optimizers import it from here)
+from unidl.arguments import INT64_END, check_range  # noqa: F401  (the optimizers import check_range from here)
 from unidl.backends.op_registry import optional_op
 from unidl.errors import BackendMismatchError
 from unidl.optim.gradients import check_clipping, clip_gradients
@@ -430,7 +430,7 @@ class Optimizer:
         if state.get("class", owner) != owner:
             raise CheckpointStateError(f"cannot load {state['class']} state into {owner}")
         step = state["step"]
-        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or not 0 <= step < 2 ** 63:
+        if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or not 0 <= step < INT64_END:
             # (an int64 counter on every backend: 2 ** 63 and above failed on TensorFlow and JAX after the
             # checkpoint's other state had been restored)
             raise CheckpointStateError(f"{owner} state step must be an integer in 0..2**63 - 1, got {step!r}")

@@ -150,14 +150,15 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
         # a parameter read only by a loop or branch that did not run has no gradient (NativeOptimizer.apply)
         reads = HOST.gradient_conditions(variables, grads, agree=not local)
         # every write of the micro-step waits for its gradients and loss (a value check failed in the forward: none)
+        computed = [*grads, self.inner_optimizer._step_loss]
         if local:
-            with self._this_micro_step(), HOST.after([*grads, self.inner_optimizer._step_loss]):
+            with self._this_micro_step(), HOST.after(computed):
                 self._local_micro_step(grads, variables, indices, totals, reads, accumulate)
             return
         self.set_window_position(None)  # (the count moves on the device)
         flags = {i: self._window_has_gradient[i] for i, g, read in zip(indices, grads, reads)
                  if g is None or read is not None}
-        with HOST.after([*grads, self.inner_optimizer._step_loss]):
+        with HOST.after(computed):
             for total, grad, index, read in zip(totals, grads, indices, reads):
                 if grad is not None:
                     total.assign(total + keras.ops.cast(grad, total.dtype) / accumulate)
