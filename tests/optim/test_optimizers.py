@@ -24,6 +24,7 @@ CASES = {
     "AdamW": (ud.optim.AdamW, dict(lr=1e-2)),
     "RMSprop": (ud.optim.RMSprop, dict(lr=1e-2)),
     "RMSprop-wd": (ud.optim.RMSprop, dict(lr=1e-2, alpha=0.9, weight_decay=1e-3)),
+    "RMSprop-momentum-centered": (ud.optim.RMSprop, dict(lr=1e-2, alpha=0.9, momentum=0.9, centered=True)),
     "Adagrad": (ud.optim.Adagrad, dict(lr=1e-1)),
     "Adagrad-init": (ud.optim.Adagrad, dict(lr=1e-1, initial_accumulator_value=0.1, weight_decay=1e-3)),
 }
@@ -231,8 +232,8 @@ def test_invalid_hyperparameters(backend, build, message):
 
 
 @pytest.mark.parametrize("build, option, takes", [
-    (lambda p: ud.optim.RMSprop(p, momentum=0.3), "'momentum'", "lr, alpha, eps, weight_decay, l1, clip_grad_norm"),
-    (lambda p: ud.optim.RMSprop(p, centered=True), "'centered'", "lr, alpha, eps"),
+    (lambda p: ud.optim.RMSprop(p, maximize=True), "'maximize'", "lr, alpha, eps, weight_decay, momentum, centered"),
+    (lambda p: ud.optim.Adam(p, momentum=0), "'momentum'", "lr, betas, eps, weight_decay"),
     (lambda p: ud.optim.Adam(p, amsgrad=True), "'amsgrad'", "lr, betas, eps, weight_decay"),
     (lambda p: ud.optim.AdamW(p, maximize=True), "'maximize'", "lr, betas, eps, weight_decay"),
     (lambda p: ud.optim.SGD(p, lr=0.1, dampening=0.5), "'dampening'", "lr, momentum, nesterov, weight_decay"),
@@ -249,7 +250,7 @@ def test_an_option_torch_has_and_unidl_does_not_is_an_error_not_ignored(build, o
 @pytest.mark.parametrize("build, neutral", [
     (ud.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0, maximize=False, foreach=None, differentiable=False)),
     (ud.optim.Adam, dict(lr=0.01, amsgrad=False, fused=None, capturable=False, maximize=False)),
-    (ud.optim.RMSprop, dict(lr=0.01, momentum=0, centered=False, foreach=False)),
+    (ud.optim.RMSprop, dict(lr=0.01, foreach=False, capturable=False)),
     (ud.optim.Adagrad, dict(lr=0.1, lr_decay=0)),
 ])
 def test_torchs_options_at_their_defaults_build_and_train_as_without_them(backend, build, neutral):
@@ -267,6 +268,62 @@ def test_torchs_options_at_their_defaults_build_and_train_as_without_them(backen
     np.testing.assert_array_equal(runs[0], runs[1])
     with pytest.raises(TypeError, match="has no option 'dampening'"):
         build(Holder().parameters(), **{**plain, "dampening": 0.1})
+
+
+class _OwnRMSprop(ud.optim.RMSprop):
+    """RMSprop's rule as a user's class: ``update()`` on every backend, torch's ``RuleOptimizer`` included."""
+
+    def update(self, param, grad, slots, lr, step, ops):
+        return super().update(param, grad, slots, lr, step, ops)
+
+
+@pytest.mark.parametrize("cls", [ud.optim.RMSprop, _OwnRMSprop])
+def test_rmsprop_momentum_and_centered_as_torch_optim(backend, cls):
+    """``momentum`` and ``centered`` as ``torch.optim.RMSprop`` (plain PyTorch the oracle), in float64 to the last
+    bits, through torch.optim's kernel and through unidl's rule; the slots are those the options use."""
+    import torch
+
+    start = START.astype(np.float64)
+    for options in (dict(momentum=0.9), dict(centered=True), dict(momentum=0.5, centered=True, alpha=0.3,
+                                                                      weight_decay=0.1)):
+        reference = torch.nn.Parameter(torch.tensor(start))
+        expected = torch.optim.RMSprop([reference], lr=0.01, **options)
+        with ud.use_dtype("float64"):
+            holder = Holder()
+            holder.load_state_dict({"w": start})
+            optimizer = cls(holder.parameters(), lr=0.01, **options)
+            for g in GRADS:
+                reference.grad = torch.tensor(g, dtype=torch.float64)
+                expected.step()
+                optimizer.apply([ud.tensor(g.astype(np.float64))])
+        assert max_relative_difference(holder.state_dict()["w"], reference.detach().numpy()) < 1e-12, options
+        state = optimizer.state_dict()["slots"][0]
+        assert sorted(state) == sorted(set(expected.state[reference]) - {"step"})
+        for name, value in state.items():
+            assert max_relative_difference(value, expected.state[reference][name].numpy()) < 1e-12, (options, name)
+
+
+def test_rmsprop_slots_are_fixed_when_built(backend):
+    """A group built with momentum=0 keeps no momentum buffer (torch.optim's after its first step): turning its
+    momentum on, or ``centered`` at all, is one ``ValueError`` naming the way; a state of other slots does not
+    load; OneCycleLR's momentum cycling needs momentum when built."""
+    optimizer = ud.optim.RMSprop(Holder().parameters())
+    assert sorted(optimizer.state_dict()["slots"][0]) == ["square_avg"]
+    with pytest.raises(ValueError, match=r"cannot become 0.9: the group was built with momentum=0, .* build the "
+                                         r"RMSprop with momentum > 0"):
+        optimizer.param_groups[0]["momentum"] = 0.9
+    with pytest.raises(ValueError, match=r"\['centered'\] cannot change after the optimizer is built"):
+        optimizer.param_groups[0]["centered"] = True
+    with pytest.raises(ValueError, match=r"OneCycleLR cycle_momentum=True: .* built with momentum=0.* or pass "
+                                         r"cycle_momentum=False"):
+        ud.optim.lr_scheduler.OneCycleLR(optimizer, 0.1, 10)
+    other = ud.optim.RMSprop(Holder().parameters(), momentum=0.9)
+    other.apply([ud.tensor(GRADS[0])])
+    other.param_groups[0]["momentum"] = 0.0  # (and back: the buffer stays)
+    other.param_groups[0]["momentum"] = 0.5
+    with pytest.raises(ValueError, match="momentum"):
+        optimizer.load_state_dict(other.state_dict())
+    assert optimizer.state_dict()["step"] == 0 and optimizer.param_groups[0]["momentum"] == 0
 
 
 def test_setting_negative_lr_is_rejected(backend):

@@ -237,6 +237,8 @@ CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {s
               {2: [(0, "weight_decay", 0.5), (1, "betas", (0.6, 0.95))]}),
     "RMSprop": (ud.optim.RMSprop, torch.optim.RMSprop, dict(lr=0.01), dict(alpha=0.9),
                 {2: [(0, "alpha", 0.5), (1, "eps", 0.1), (1, "weight_decay", 0.3)]}),
+    "RMSprop-momentum-centered": (ud.optim.RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.9, centered=True),
+                                  dict(alpha=0.9), {1: [(0, "momentum", 0.0)], 3: [(0, "momentum", 0.5), (1, "alpha", 0.5)]}),
     "Adagrad": (ud.optim.Adagrad, torch.optim.Adagrad, dict(lr=0.1), dict(),
                 {2: [(0, "eps", 0.5), (1, "weight_decay", 0.2)]}),
 }
@@ -311,11 +313,12 @@ def test_changed_group_options_take_effect_at_the_next_step(backend, case):
 
 
 def test_one_cycle_cycles_momentum_and_beta1_as_torch(backend):
-    """``OneCycleLR`` (``cycle_momentum=True``, the default as PyTorch's) writes each step's momentum (SGD) or beta1
-    (Adam) into the param groups: torch.optim's trajectory under torch's OneCycleLR, inside one compiled train
+    """``OneCycleLR`` (``cycle_momentum=True``, the default as PyTorch's) writes each step's momentum (SGD, RMSprop) or
+    beta1 (Adam) into the param groups: torch.optim's trajectory under torch's OneCycleLR, inside one compiled train
     step."""
     for unidl_class, torch_class, options in ((ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
-                                              (ud.optim.Adam, torch.optim.Adam, dict())):
+                                              (ud.optim.Adam, torch.optim.Adam, dict()),
+                                              (ud.optim.RMSprop, torch.optim.RMSprop, dict(momentum=0.5))):
         reference = torch.nn.Linear(4, 3)
         reference.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
         expected = torch_class(reference.parameters(), lr=0.1, **options)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unidl import arguments
-from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, lerp, scalar_like
 
 
 def _check_betas(owner, betas):
@@ -49,14 +49,9 @@ class Adam(Optimizer):
         if not is_off(h["weight_decay"]) and self.decoupled:  # coupled L2 is already in grad (regularized_gradient)
             decay = (lr * scalar_like(h["weight_decay"], lr, ops)) * param  # p(1 - lr wd) - step == p - (lr wd p + step)
         # the same sequence of operations as torch.optim.Adam's, so that trajectories agree to the last bits:
-        # exp_avg.lerp_(grad, 1 - beta1) (torch's lerp formula for the weight), addcmul for exp_avg_sq, the
+        # exp_avg.lerp_(grad, 1 - beta1) (``lerp``), addcmul for exp_avg_sq, the
         # bias corrections and the step size in double precision, then rounded to the parameter's dtype
-        weight, exp_avg = 1 - beta1, slots["exp_avg"]
-        if isinstance(weight, float):
-            exp_avg = exp_avg + weight * (grad - exp_avg) if weight < 0.5 else grad - (grad - exp_avg) * (1 - weight)
-        else:
-            weight = ops.cast_like(weight, grad)
-            exp_avg = ops.where(weight < 0.5, exp_avg + weight * (grad - exp_avg), grad - (grad - exp_avg) * (1 - weight))
+        exp_avg = lerp(slots["exp_avg"], grad, 1 - beta1, ops)
         exp_avg_sq = (scalar_like(beta2, grad, ops) * slots["exp_avg_sq"]
                       + scalar_like(1 - beta2, grad, ops) * grad * grad)
         step = ops.cast(step, "float64")

@@ -247,9 +247,9 @@ class OneCycleLR(_PerGroup):
     The optimizer's own lr is not used (``max_lr`` sets the scale). ``cycle_momentum=True`` cycles every param
     group's ``momentum`` (or Adam's beta1) the other way, between ``max_momentum`` and ``base_momentum``, as
     PyTorch does (a param group's option, bound here: compiled steps read it from a variable, so they never
-    retrace for it; each step writes that one variable). That is the default, PyTorch's: an optimizer with
-    neither needs ``cycle_momentum=False`` (an error otherwise): ``Adagrad``, as in PyTorch, and unidl's
-    ``RMSprop``, which has no momentum option (PyTorch's has one, which its OneCycleLR cycles).
+    retrace for it; each step writes that one variable). That is the default, PyTorch's: ``Adagrad``, which has
+    neither, needs ``cycle_momentum=False`` (an error otherwise), as in PyTorch; an ``RMSprop`` needs momentum > 0
+    in every group when built (a ``ValueError`` otherwise: a group built with momentum=0 keeps no momentum buffer).
     """
 
     def __init__(self, optimizer, max_lr: float, total_steps: int | None = None, epochs: int | None = None,
@@ -273,13 +273,20 @@ class OneCycleLR(_PerGroup):
             self.momentum_key = "momentum" if "momentum" in group else "betas" if "betas" in group else None
             if self.momentum_key is None:
                 raise ValueError(f"OneCycleLR cycle_momentum=True (the default, PyTorch's) needs an optimizer with "
-                                 f"momentum or betas; {type(optimizer).__name__} has neither here (unidl's RMSprop "
-                                 f"has no momentum option): pass cycle_momentum=False")
-            for index in range(len(optimizer.param_groups)):  # before a step is compiled: no retrace for it later
-                optimizer.bind_group_option(index, self.momentum_key)
+                                 f"momentum or betas; {type(optimizer).__name__} has neither: pass "
+                                 f"cycle_momentum=False")
         count = len(optimizer.param_groups)
         max_lrs = _per_group("max_lr", max_lr, count)
         highs, lows = _per_group("max_momentum", max_momentum, count), _per_group("base_momentum", base_momentum, count)
+        if self.momentum_key is not None:
+            for index in range(count):  # before a step is compiled: no retrace for it later
+                if self.momentum_key == "momentum":
+                    try:
+                        optimizer.check_group_change(index, "momentum", max(highs[index], lows[index]))
+                    except ValueError as error:
+                        raise ValueError(f"OneCycleLR cycle_momentum=True: {error}; or pass cycle_momentum=False") \
+                            from None
+                optimizer.bind_group_option(index, self.momentum_key)
         self.max_lr = max_lr if isinstance(max_lr, (list, tuple)) else max_lrs[0]
         self.total_steps, self.anneal_strategy = total_steps, anneal_strategy
         rise = float(pct_start * total_steps) - 1

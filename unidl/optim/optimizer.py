@@ -25,8 +25,8 @@ from unidl.optim.param_groups import ParamGroup, check_group_options, grow_gener
 
 
 #: the class attributes that make up an optimizer's update rule (see ``Optimizer.builtin_rule``)
-_RULE_ATTRIBUTES = ("update", "regularized_gradient", "heavy_ball", "slots", "initial_slot_value", "uses_step",
-                    "decoupled")
+_RULE_ATTRIBUTES = ("update", "regularized_gradient", "heavy_ball", "slots", "slots_for", "initial_slot_value",
+                    "uses_step", "decoupled")
 
 
 def _is_unidl_class(cls) -> bool:
@@ -39,17 +39,17 @@ CLIPPING_OPTIONS = ("clip_grad_norm", "clip_grad_value", "clip_per_tensor")
 
 #: ``torch.optim``'s options of a rule unidl does not implement, at the values that leave the rule as unidl's is
 #: (their defaults; ``foreach``/``fused``/``capturable``/``differentiable`` choose kernels, not the arithmetic)
-TORCH_NEUTRAL_OPTIONS = {"dampening": (0,), "maximize": (False,), "amsgrad": (False,), "centered": (False,),
-                         "lr_decay": (0,), "momentum": (0,), "foreach": (None, False), "fused": (None, False),
-                         "capturable": (False,), "differentiable": (False,)}
+TORCH_NEUTRAL_OPTIONS = {"dampening": (0,), "maximize": (False,), "amsgrad": (False,), "lr_decay": (0,),
+                         "foreach": (None, False), "fused": (None, False), "capturable": (False,),
+                         "differentiable": (False,)}
 
 
 def clipping_options(optimizer_class, options: dict) -> dict:
     """``options`` (what a built-in optimizer's ``**clipping`` caught) when they are gradient-clipping keywords,
     and ``torch.optim``'s options at the values that leave unidl's rule as it is (``TORCH_NEUTRAL_OPTIONS``: a
     ``torch.optim`` call copied with ``dampening=0`` or ``foreach=None`` builds; they are dropped). Any other
-    (``amsgrad=True``, ``dampening=0.5``, ``maximize=True``, RMSprop's ``momentum`` and ``centered``, Adagrad's
-    ``lr_decay``: rules unidl does not implement) is a ``TypeError`` naming it and what the class takes, never a
+    (``amsgrad=True``, ``dampening=0.5``, ``maximize=True``, Adagrad's ``lr_decay``: rules unidl does not
+    implement) is a ``TypeError`` naming it and what the class takes, never a
     hyperparameter kept and silently ignored."""
     options = {key: value for key, value in options.items()
                if not (key in TORCH_NEUTRAL_OPTIONS and _neutral(value, TORCH_NEUTRAL_OPTIONS[key]))}
@@ -75,6 +75,16 @@ def scalar_like(value, like, ops):
     backend reads from a bound option's variable, see ``bound_rule``) cast to ``like``'s dtype, as PyTorch's
     kernels round a Python scalar to the tensor's dtype."""
     return value if isinstance(value, (int, float)) else ops.cast_like(value, like)
+
+
+def lerp(start, end, weight, ops):
+    """``start + weight * (end - start)`` as ``torch.lerp`` computes it (``end - (end - start) * (1 - weight)`` for
+    a weight of 0.5 or more), so that a rule's moving average (Adam's ``exp_avg``, RMSprop's ``grad_avg``) agrees
+    with torch.optim's to the last bit; ``weight`` a Python float, or a tensor (a bound option, see ``bound_rule``)."""
+    if isinstance(weight, float):
+        return start + weight * (end - start) if weight < 0.5 else end - (end - start) * (1 - weight)
+    weight = ops.cast_like(weight, end)
+    return ops.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight))
 
 
 def is_off(value) -> bool:
@@ -182,6 +192,9 @@ class Optimizer:
                 rule.hyper = hyper
             self._group_rules.append(rule)
             self._rules += [rule] * len(members)
+        self.slots = self.slots_for(self.param_groups)  # (the same on every group's rule)
+        for rule in self._group_rules:
+            rule.slots = self.slots
         self._group_of = [index for index, (members, _) in enumerate(groups) for _ in members]
         # per group, the options changed since construction, in the order of their first change: compiled steps
         # read these from variables, every other option is a constant of the graph (see ``bound_rule``)
@@ -235,6 +248,7 @@ class Optimizer:
         hyper = check_group_options(owner, index, {key: value}, current)
         if hyper[key] == group[key]:  # (a scheduler writing every step the value it wrote before)
             return
+        self.check_group_change(index, key, hyper[key])
         dict.__setitem__(group, key, hyper[key])
         rule = self._group_rules[index]
         if rule is self:  # the group's own rule object from now on (groups may have shared this one)
@@ -270,6 +284,16 @@ class Optimizer:
             changeable = ", ".join(["lr", *sorted(changeable_options(self, index))])
             raise ValueError(f"param_groups[{index}][{key!r}] of {owner} cannot change after the optimizer is built; "
                              f"a group may change: {changeable}")
+
+    def slots_for(self, groups) -> tuple[str, ...]:
+        """The slots this optimizer keeps for its param groups as built (``param_groups``): the class's ``slots``
+        unless a rule keeps some only where an option asks for them (RMSprop's momentum buffer)."""
+        return self.slots
+
+    def check_group_change(self, index: int, key: str, value) -> None:
+        """``ValueError`` unless option ``key`` of param group ``index`` may take ``value`` after construction (a
+        checked value; ``set_group_option`` and ``load_state_dict`` ask first): every value, unless a rule's slots
+        depend on it (``slots_for``)."""
 
     def bound_options(self, index: int) -> tuple[str, ...]:
         """The options of param group ``index`` that compiled steps read from variables (those changed, or bound,
@@ -560,6 +584,7 @@ class Optimizer:
             for key, value in options.items():
                 if self.param_groups[index][key] != value:
                     self._check_changeable(index, key)
+                    self.check_group_change(index, key, value)
 
     def _load_group_options(self, hyper, entries) -> None:
         """Set each group's options as saved (``_saved_group_options``)."""

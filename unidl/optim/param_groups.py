@@ -20,9 +20,9 @@ from unidl import arguments
 
 #: hyperparameters with bounds other than [0, inf): name -> (low, high, high_open)
 _BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
-#: hyperparameters fixed once the optimizer is built: unidl's L1 term (torch.optim has none) and what only
-#: the slots' first values read
-FIXED_OPTIONS = ("l1", "initial_accumulator_value")
+#: hyperparameters fixed once the optimizer is built: unidl's L1 term (torch.optim has none), what only
+#: the slots' first values read, and what decides which slots there are (RMSprop's ``centered``)
+FIXED_OPTIONS = ("l1", "initial_accumulator_value", "centered")
 
 #: how many times any optimizer's set of bound options has grown (see ``options_generation``)
 _generation = 0

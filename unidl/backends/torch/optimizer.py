@@ -13,7 +13,8 @@ _FAST_PATHS = {
     "SGD": lambda h: (torch.optim.SGD, dict(momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"])),
     "Adam": lambda h: (torch.optim.Adam, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"])),
     "AdamW": lambda h: (torch.optim.AdamW, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"])),
-    "RMSprop": lambda h: (torch.optim.RMSprop, dict(alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"])),
+    "RMSprop": lambda h: (torch.optim.RMSprop, dict(alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"],
+                                                     momentum=h["momentum"], centered=h["centered"])),
     "Adagrad": lambda h: (torch.optim.Adagrad, dict(eps=h["eps"], weight_decay=h["weight_decay"],
                                                      initial_accumulator_value=h["initial_accumulator_value"])),
 }
