@@ -273,13 +273,7 @@ def unpooled_size(owner, x, kernel_size, stride=None, padding=0, output_size=Non
     defaults = [(n - 1) * s - 2 * p + k for n, k, s, p in zip(sizes[2:], kernel, strides, pads)]
     if output_size is None:
         return tuple(defaults), x
-    given = tuple(output_size)
-    if len(given) in (2, 4) and any(size is None for size in given[-2:]):  # x.shape inside a TensorFlow graph
-        raise ValueError(f"{owner} output_size {output_size!r} holds sizes a graph leaves unknown (x.shape while "
-                         f"tracing); give ud.ops.shape(x), whose unknown sizes are tensors, or ints")
-    if len(given) not in (2, 4) or not all(_is_size(o) for o in given[-2:]):
-        raise ValueError(f"{owner} output_size must be 2 ints (H, W) or 4 (N, C, H, W), got {output_size!r}")
-    given = given[-2:]
+    given = spatial_output_size(owner, output_size)
     for axis, (size, default, s) in enumerate(zip(given, defaults, strides)):
         holds = input_checks.all_of([input_checks.holds(default - s < size), input_checks.holds(size < default + s)])
 
@@ -290,6 +284,49 @@ def unpooled_size(owner, x, kernel_size, stride=None, padding=0, output_size=Non
 
         x = input_checks.require(x, holds, template, tuple(given) + (default - s, default + s) + tuple(sizes))
     return given, x
+
+
+def spatial_output_size(owner, output_size) -> tuple:
+    """The (H, W) an ``output_size`` argument names: the last two of 2 or 4 sizes, each an int or a scalar integer
+    tensor (``ud.ops.shape(x)`` where a graph leaves a size unknown); else a ``ValueError`` naming ``owner``, and
+    the fix where a size is None (``x.shape`` while a TensorFlow graph is traced)."""
+    given = arguments.sequence(output_size)
+    if given is not None and len(given) in (2, 4) and any(size is None for size in given[-2:]):
+        raise ValueError(f"{input_checks.literal(owner)} output_size {output_size!r} holds sizes a graph leaves "
+                         f"unknown (x.shape while tracing); give ud.ops.shape(x), whose unknown sizes are tensors, "
+                         f"or ints")
+    if given is None or len(given) not in (2, 4) or not all(_is_size(o) for o in given[-2:]):
+        raise ValueError(f"{input_checks.literal(owner)} output_size must be 2 ints (H, W) or 4 (N, C, H, W), got "
+                         f"{output_size!r}")
+    return tuple(arguments.integer(size) if arguments.integer(size) is not None else size for size in given[-2:])
+
+
+def transposed_output_padding(owner, x, output_size, kernel, strides, pads, dilations):
+    """What ``ConvTranspose2d(x, output_size=)`` needs (``torch.nn.ConvTranspose2d._output_padding``): the output
+    padding, and the sizes to crop the output to (None where the padding gives them), and ``x`` carrying the check
+    that each size lies in [smallest, smallest + stride - 1], the sizes the input can give (smallest: output padding
+    0). Where a graph leaves a size unknown, the padding is the largest (stride - 1) and the output is cropped:
+    output padding only appends rows and columns, each computed as the others."""
+    given, sizes = spatial_output_size(owner, output_size), input_checks.sizes_of(x)
+    smallest = [(n - 1) * s - 2 * p + d * (k - 1) + 1
+                for n, k, s, p, d in zip(sizes[2:], kernel, strides, pads, dilations)]
+    for axis, (size, low, s) in enumerate(zip(given, smallest, strides)):
+        holds = input_checks.all_of([input_checks.holds(low <= size), input_checks.holds(size <= low + s - 1)])
+
+        def template(axis=axis):
+            return (f"{input_checks.literal(owner)}: output_size {input_checks.shape_template(len(given))} is not a "
+                    f"size the input can give: its {('height', 'width')[axis]} must lie in [{{}}, {{}}] (input shape "
+                    f"{input_checks.shape_template(len(sizes))})")
+
+        x = input_checks.require(x, holds, template, tuple(given) + (low, low + s - 1) + tuple(sizes))
+    if all(isinstance(n, int) for n in (*given, *smallest)):
+        return tuple(n - low for n, low in zip(given, smallest)), None, x
+    return tuple(s - 1 for s in strides), given, x
+
+
+def cropped(x, sizes):
+    """NCHW ``x`` cut to its first ``sizes`` (H, W) rows and columns (ints or scalar tensors)."""
+    return _crop(_crop(x, 2, None, sizes[0]), 3, None, sizes[1])
 
 
 def _is_size(value) -> bool:

@@ -97,6 +97,56 @@ def test_torch_reference_weights_load_and_give_torch_outputs(backend):
     assert ud.testing.max_relative_difference(ud.to_numpy(model(ud.tensor(x))), expected) < 2e-6
 
 
+def _up_model(nn, shape):
+    """A stride-2 conv and its transposed conv back to the input's size: odd sizes need ``output_size``."""
+
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.down, self.up = nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return self.up(self.down(x), output_size=shape(x))
+
+    return Up()
+
+
+def test_conv_transpose_output_size_as_torch(backend):
+    """``ConvTranspose2d.forward(x, output_size=)`` picks the output padding as PyTorch's (a (H, W) pair or a full
+    shape), eagerly and inside a compiled train step (``ud.ops.shape(x)``: tensors where a TensorFlow graph leaves
+    the sizes unknown); a size the input cannot give is one ``ValueError`` naming the range, as PyTorch's, eagerly
+    and in a graph."""
+    data = np.random.default_rng(2)
+    x = data.standard_normal((2, 2, 7, 6)).astype(np.float32)
+    y = data.standard_normal((2, 2, 7, 6)).astype(np.float32)
+    model, reference = _up_model(ud.nn, ud.ops.shape), _up_model(tnn, lambda x: x.shape)
+    reference.load_state_dict({key: torch.tensor(value) for key, value in model.state_dict().items()})
+    out = ud.to_numpy(model(ud.tensor(x)))
+    assert out.shape == (2, 2, 7, 6)
+    assert ud.testing.max_relative_difference(out, reference(torch.tensor(x)).detach().numpy()) < 2e-6
+    layer, small = model.up, ud.tensor(data.standard_normal((1, 3, 4, 3)).astype(np.float32))
+    for size in [(8, 6), [1, 2, 7, 5]]:
+        expected = reference.up(torch.tensor(ud.to_numpy(small)), output_size=size).detach().numpy()
+        assert ud.testing.max_relative_difference(ud.to_numpy(layer(small, output_size=size)), expected) < 2e-6
+    message = (r"ConvTranspose2d\(3, 2, .*\) at 'up': output_size \(9, 6\) is not a size the input can give: its "
+               r"height must lie in \[7, 8\] \(input shape \(1, 3, 4, 3\)\)")
+    with pytest.raises(ValueError, match=message):
+        layer(small, output_size=(9, 6))
+    with pytest.raises(ValueError, match=message):
+        ud.function(lambda z: layer(z, output_size=(9, 6)))(small)
+    with pytest.raises(ValueError, match=r"output_size must be 2 ints \(H, W\) or 4 \(N, C, H, W\), got 7"):
+        layer(small, output_size=7)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for _ in range(2):
+        step(x, y)
+        optimizer.zero_grad()
+        tnn.functional.mse_loss(reference(torch.tensor(x)), torch.tensor(y)).backward()
+        optimizer.step()
+    for name, value in reference.state_dict().items():
+        assert ud.testing.max_relative_difference(model.state_dict()[name], value.numpy()) < 1e-5, name
+
+
 def _model(nn):
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", dilation=1), nn.GroupNorm(2, 4),
                          nn.MaxPool2d(2, ceil_mode=True), nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2),

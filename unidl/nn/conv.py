@@ -3,7 +3,7 @@ initialisation and ``state_dict()`` names (``weight`` OIHW, or (in, out / groups
 
 from __future__ import annotations
 
-from unidl import arguments, input_checks, ops as functional
+from unidl import arguments, input_checks, ops as functional, spatial_ops
 from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
@@ -198,7 +198,17 @@ class ConvTranspose2d(_ConvNd):
                 raise ValueError(f"ConvTranspose2d output_padding {self.output_padding} must be smaller than stride "
                                  f"{self.stride} or dilation {self.dilation} on each axis")
 
-    def forward(self, x):
+    def forward(self, x, output_size=None):
+        """``output_size`` ((H, W), or (N, C, H, W) of which H and W are read; ints, or ``ud.ops.shape(x)``'s
+        sizes where a graph leaves them unknown), as PyTorch's: the output's spatial size, one of the ``stride``
+        sizes the input can give; it sets the output padding of this call (``output_padding`` is then not used).
+        ``ShapeMismatchError`` (a ``ValueError``) for a size out of that range."""
         x = self._check_input(x)
-        return functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding,
-                                           self.groups, self.dilation)
+        if output_size is None:
+            return functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                               self.output_padding, self.groups, self.dilation)
+        padding, crop, x = spatial_ops.transposed_output_padding(
+            self.describe, x, output_size, self.kernel_size, self.stride, self.padding, self.dilation)
+        y = functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, padding, self.groups,
+                                        self.dilation)
+        return y if crop is None else spatial_ops.cropped(y, crop)
