@@ -310,7 +310,16 @@ def test_every_layer_named_as_torchs_takes_torchs_constructor_arguments():
                   # (inplace=True dropped, LayerNorm without bias=, numbers given as ints printed as floats)
                   lambda nn: nn.SiLU(inplace=True), lambda nn: nn.ELU(0.5, True), lambda nn: nn.ReLU6(True),
                   lambda nn: nn.Hardtanh(-2, 3, True), lambda nn: nn.Softplus(2, 5), lambda nn: nn.LayerNorm(4),
-                  lambda nn: nn.LayerNorm(4, elementwise_affine=False)):
+                  lambda nn: nn.LayerNorm(4, elementwise_affine=False),
+                  # (padding and padding_mode strings unquoted, pooling arguments as given, no RNN nonlinearity,
+                  # Upsample's factor as floats)
+                  lambda nn: nn.Conv2d(3, 4, 3, padding="same", padding_mode="reflect"),
+                  lambda nn: nn.Conv1d(3, 4, 3, padding="valid", dilation=2, bias=False),
+                  lambda nn: nn.MaxPool2d(2), lambda nn: nn.MaxPool2d((3, 2), 2, 1, ceil_mode=True),
+                  lambda nn: nn.AvgPool2d(3, 2, 1, True, False, 2), lambda nn: nn.AdaptiveMaxPool2d(2),
+                  lambda nn: nn.AdaptiveAvgPool2d((None, 3)), lambda nn: nn.RNN(3, 4, 2, nonlinearity="relu"),
+                  lambda nn: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+                  lambda nn: nn.Upsample(scale_factor=(2, 3)), lambda nn: nn.Upsample(size=4)):
         assert repr(build(ud.nn)) == repr(build(torch.nn))
     for option in ({"max_norm": 1.0}, {"sparse": True}, {"scale_grad_by_freq": True}):
         with pytest.raises(ValueError, match=f"Embedding {next(iter(option))}=.* is not supported"):

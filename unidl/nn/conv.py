@@ -105,7 +105,7 @@ class _ConvNd(Module):
     def extra_repr(self):
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != (0,) * self.rank:
-            text += f", padding={self.padding!r}"
+            text += f", padding={self.padding}"  # (a string unquoted, as torch.nn's)
         if self.dilation != (1,) * self.rank:
             text += f", dilation={self.dilation}"
         if getattr(self, "output_padding", (0,) * self.rank) != (0,) * self.rank:
@@ -115,7 +115,7 @@ class _ConvNd(Module):
         if self.bias is None:
             text += ", bias=False"
         if self.padding_mode != "zeros":
-            text += f", padding_mode={self.padding_mode!r}"
+            text += f", padding_mode={self.padding_mode}"
         return text
 
 

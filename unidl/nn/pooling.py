@@ -32,6 +32,8 @@ class _Pool2d(Module):
             raise ValueError(f"{owner} padding {padding!r} must be non-negative and at most half the kernel size "
                              f"{self.kernel_size}")
         self.ceil_mode = bool(ceil_mode)
+        # the arguments as given, as torch.nn's reprs print them (stride: the kernel size where None)
+        self._given = dict(kernel_size=kernel_size, stride=kernel_size if stride is None else stride, padding=padding)
 
     def forward(self, x):
         check_nchw(self, x, None)
@@ -41,8 +43,7 @@ class _Pool2d(Module):
         return self._pool(x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):
-        text = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
-        return text + ", ceil_mode=True" if self.ceil_mode else text
+        return ", ".join(f"{key}={value}" for key, value in self._given.items())
 
 
 class MaxPool2d(_Pool2d):
@@ -56,6 +57,7 @@ class MaxPool2d(_Pool2d):
         if arguments.integers(dilation, 2) != (1, 1):
             raise ValueError(f"MaxPool2d dilation={dilation!r} is not supported; only dilation=1")
         self.return_indices = bool(return_indices)
+        self._given.update(dilation=dilation, ceil_mode=ceil_mode)
 
     def _pool(self, x, kernel, stride, padding):
         if self.return_indices:
@@ -116,17 +118,13 @@ class AvgPool2d(_Pool2d):
                                           self.divisor_override)
         return self._ops.avg_pool2d(x, kernel, stride, padding)
 
-    def extra_repr(self):
-        text = super().extra_repr()
-        if not self.count_include_pad:
-            text += ", count_include_pad=False"
-        return text + (f", divisor_override={self.divisor_override}" if self.divisor_override is not None else "")
 
 
 class _AdaptivePool2d(Module):
     def __init__(self, output_size):
         super().__init__()
         self.output_size = arguments.sizes_or_none(type(self).__name__, "output_size", output_size, 2)
+        self._given = output_size  # (as torch.nn's repr prints it)
 
     def forward(self, x):
         check_nchw(self, x, None)
@@ -134,7 +132,7 @@ class _AdaptivePool2d(Module):
         return self._pool(x, self.output_size)
 
     def extra_repr(self):
-        return f"output_size={self.output_size}"
+        return f"output_size={self._given}"
 
 
 class AdaptiveAvgPool2d(_AdaptivePool2d):

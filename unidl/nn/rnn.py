@@ -269,9 +269,6 @@ class RNN(RNNBase):
         return activation(projected + self._ops.linear(h, getattr(self, f"weight_hh_{key}"),
                                                        getattr(self, f"bias_hh_{key}")))
 
-    def extra_repr(self):
-        extra = f", nonlinearity={self.nonlinearity!r}" if self.nonlinearity != "tanh" else ""
-        return super().extra_repr() + extra
 
 
 class LSTM(RNNBase):

@@ -42,6 +42,9 @@ class Upsample(Module):
         return functional.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners,
                                       self.recompute_scale_factor)
 
-    def extra_repr(self):
-        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
-        return f"{what}, mode={self.mode!r}" + (f", align_corners={self.align_corners}" if self.align_corners else "")
+    def extra_repr(self):  # torch.nn's: the scale factor as floats, no align_corners
+        if self.scale_factor is None:
+            return f"size={self.size!r}, mode={self.mode!r}"
+        factor = self.scale_factor
+        factor = tuple(float(f) for f in factor) if isinstance(factor, (tuple, list)) else float(factor)
+        return f"scale_factor={factor!r}, mode={self.mode!r}"
