@@ -172,9 +172,10 @@ def test_weighted_metrics_match_keras_and_sklearn_sample_weight(backend, rng):
 @pytest.mark.parametrize("extremes", [[0.0, 1.0, 0.5, -2.0, 3.0], [np.inf, -np.inf, np.nan, 1e20, -1e20, 3e38]],
                          ids=["finite", "non-finite"])
 def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, extremes):
-    """The bucketed AUC counts each threshold's positives exactly as comparing every score with every threshold
-    would (float32 ``score > threshold``), scores lying on thresholds and outside [0, 1] included, infinite, huge
-    and NaN ones too (NaN above no threshold; they were an index error, and +inf fell into the third bucket)."""
+    """The bucketed AUC counts each threshold's positives exactly as comparing every score, clipped into [0, 1] as
+    Keras's ``AUC`` clips it, with every threshold would (float32 ``score > threshold``), scores lying on thresholds
+    and outside [0, 1] included, infinite, huge and NaN ones too (NaN above no threshold; they were an index error,
+    and +inf fell into the third bucket)."""
     thresholds = 11
     metric = ud.metrics.AUC(num_thresholds=thresholds)
     grid = (np.arange(thresholds, dtype=np.float32) * np.float32((1 + 2e-7) / (thresholds - 1)) - np.float32(1e-7))
@@ -182,7 +183,7 @@ def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, 
                              rng.random(40).astype(np.float32)]).reshape(-1, 1)
     positive = (rng.random(len(scores)) > 0.4).astype(np.float32).reshape(-1, 1)
     metric.update(scores, positive)
-    above = scores > grid[None, :]  # (N, T)
+    above = np.clip(scores, 0, 1) > grid[None, :]  # (N, T)
     tp, fp = (above * positive).sum(0, dtype=np.float64), (above * (1 - positive)).sum(0, dtype=np.float64)
     tpr, fpr = tp / positive.sum(), fp / (1 - positive).sum()
     dense = float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
@@ -218,6 +219,40 @@ def test_multi_label_binary_accuracy_is_keras_and_sklearns(backend, rng):
     assert history["f1"][0] == pytest.approx(sk.f1_score(multi_hot, predicted, average="macro", zero_division=0))
     with pytest.raises(ValueError, match=r"BinaryAccuracy compares each score with its 0/1 target"):
         MetricAccumulator(get_all(["binary_accuracy"]), layout_of(np.zeros((2, 3)), np.zeros(2, np.int64)))
+
+
+def test_metrics_named_beside_a_logit_loss_read_logits(backend, rng):
+    """``loss='binary_crossentropy'`` is ``BCEWithLogitsLoss`` (the model gives logits): the thresholded metrics
+    named beside it cut at 0 and 'auc' applies the sigmoid, as scikit-learn on the probabilities (they cut logits at
+    0.5 and clipped them into [0, 1]: an AUC of 0.06 for 0.97); 'auc' beside a cross-entropy loss applies the
+    softmax. A metric object keeps its options: ``AUC()`` clips scores into [0, 1] as Keras's ``AUC`` does."""
+    import keras
+
+    x = rng.standard_normal((60, 4)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * rng.standard_normal(60) > 0.4).astype(np.float32).reshape(-1, 1)
+    model = ud.nn.Linear(4, 1)
+    model.load_state_dict({"weight": np.array([[2.0, 0.5, 0.0, -0.3]], np.float32), "bias": np.array([-0.5], np.float32)})
+    logits = ud.predict(model, x)[:, 0]
+    predicted, probabilities = (logits > 0).astype(int), 1 / (1 + np.exp(-logits.astype(np.float64)))
+    got = ud.evaluate(model, (x, y), loss="binary_crossentropy", batch_size=16,
+                      metrics=["accuracy", "binary_accuracy", "precision", "recall", "f1", "auc"])
+    assert got["accuracy"] == pytest.approx(sk.accuracy_score(y[:, 0], predicted))
+    assert got["binary_accuracy"] == pytest.approx(sk.accuracy_score(y[:, 0], predicted))
+    assert got["precision"] == pytest.approx(sk.precision_score(y[:, 0], predicted))
+    assert got["recall"] == pytest.approx(sk.recall_score(y[:, 0], predicted))
+    assert got["f1"] == pytest.approx(sk.f1_score(y[:, 0], predicted))
+    assert got["auc"] == pytest.approx(sk.roc_auc_score(y[:, 0], probabilities), abs=2e-3)
+    explicit = ud.evaluate(model, (x, y), loss="binary_crossentropy", metrics=[ud.metrics.AUC()])
+    reference = keras.metrics.AUC()
+    reference.update_state(y, logits[:, None])
+    assert explicit["auc"] == pytest.approx(float(reference.result()), abs=1e-6)
+    labels = np.digitize(x[:, 0], [-0.5, 0.5])
+    three = ud.nn.Linear(4, 3)
+    scores = ud.predict(three, x).astype(np.float64)
+    softmax = np.exp(scores - scores.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    got = ud.evaluate(three, (x, labels), loss="sparse_categorical_crossentropy", metrics=["auc"])
+    assert got["auc"] == pytest.approx(sk.roc_auc_score(labels, softmax, multi_class="ovr"), abs=3e-3)
 
 
 def test_nan_scores_count_alike_on_every_backend(backend):

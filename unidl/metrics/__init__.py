@@ -51,7 +51,7 @@ def get(identifier) -> Metric:
         else:
             raise ValueError(f"unknown metric {identifier!r}; valid names: {', '.join(NAMES)}, "
                              f"or a ud.metrics.Metric object")
-        metric.name = identifier
+        metric.name, metric.by_name = identifier, True
         return metric
     raise TypeError(f"a metric must be a name ({', '.join(NAMES)}) or a ud.metrics.Metric object, "
                     f"got {type(identifier).__name__}")

@@ -27,7 +27,9 @@ class AUC(Metric):
     are counted at ``num_thresholds`` evenly spaced thresholds over [0, 1] (the end ones just outside it),
     and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
     ``roc_auc_score`` as ``num_thresholds`` grows (scores closer than 1 / (num_thresholds - 1) count as
-    ties). Scores are probabilities; ``from_logits=True`` applies a sigmoid (softmax for (N, C)) first.
+    ties). Scores are probabilities, clipped into [0, 1] as Keras clips them; ``from_logits=True`` applies a
+    sigmoid (softmax for (N, C)) first. ``metrics=["auc"]`` beside a logit loss (``CrossEntropyLoss``,
+    ``BCEWithLogitsLoss``, ``NLLLoss``) in ``fit``/``evaluate`` takes ``from_logits=True`` (``probe.for_loss``).
     The counts come from a histogram of each area's scores over the thresholds' buckets (a weighted
     bincount: O(N * areas) memory per batch, not O(N * areas * num_thresholds)), summed over batches; a
     weighted metric (``weighted_metrics``) counts each sample's weight, as Keras's ``sample_weight``.
@@ -96,10 +98,11 @@ class AUC(Metric):
         thresholds' even spacing, made exact by comparing the score with the thresholds next to the guess
         (the comparisons are float32 ``score > threshold``, as a dense (N, areas, T) comparison would be)."""
         epsilon, steps = 1e-7, self.num_thresholds - 1
-        # scores clipped into [-1, 2], where no comparison with a threshold (all in [-eps, 1 + eps]) changes, and NaN
-        # put below every threshold (NaN > t is false): the float-to-int cast below is undefined for infinite, huge
-        # and NaN scores (the CPU gave INT64_MIN, which put +inf in bucket 2 and NaN in bucket -1, an index error)
-        scores = ops.where(scores == scores, ops.clip(scores, -1.0, 2.0), -1.0)
+        # scores clipped into [0, 1] as Keras's AUC clips them (a score below 0 counts above the first threshold,
+        # -eps, one above 1 below the last, 1 + eps: the ROC curve runs from (1, 1) to (0, 0) whatever the scores),
+        # and NaN put below every threshold (NaN > t is false): the float-to-int cast below is undefined for
+        # infinite, huge and NaN scores (the CPU gave INT64_MIN: +inf in bucket 2, NaN in bucket -1, an index error)
+        scores = ops.where(scores == scores, ops.clip(scores, 0.0, 1.0), -1.0)
         guess = ops.clip(ops.cast((scores + epsilon) * (steps / (1 + 2 * epsilon)), "int64"), 0, steps)
         ends = (ops.arange(2, dtype="float32") * 2.0 - 1.0) * 3.0e38  # below and above every score
         padded = ops.concat([ends[:1], self._thresholds(), ends[1:]], 0)

@@ -35,7 +35,7 @@ class _Classification(Metric):
     """Shared by the classification metrics: the kind of outputs and targets, and predicted/true labels."""
 
     #: True: multi-label scores (N, C) against multi-hot targets (N, C), each class on its own (``fit`` sets it
-    #: beside a binary cross-entropy loss: ``probe._multi_label``)
+    #: beside a binary cross-entropy loss: ``probe.for_loss``)
     multi_label = False
 
     def __init__(self, threshold: float = 0.5, name: str | None = None):

@@ -54,6 +54,9 @@ class Metric:
     direction = None
     scalar = True  # False for a value that is not one number (a confusion matrix): not a training log
     weighted = False  # True: statistics() is given the samples' weights (a Keras weighted metric)
+    #: True for a metric made from its name (``ud.metrics.get("auc")``): ``fit``/``evaluate`` read it as the loss
+    #: reads the outputs (logits beside a logit loss: ``probe.for_loss``); an object given keeps its options
+    by_name = False
 
     def __init__(self, name: str | None = None):
         if name is not None:

@@ -160,38 +160,51 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
             return None
         if layout.output_shape in ((), (1,)):  # one score per sample: no implicit accuracy (threshold unknown)
             return None
-    chosen = [_multi_label(metric, loss, layout) for metric in chosen]
+    chosen = [for_loss(metric, loss, layout) for metric in chosen]
     return MetricAccumulator(chosen, layout, ignore_label=_ignored_label(loss, layout, data))
 
 
-def _multi_label(metric, loss, layout):
-    """Several scores per sample against targets of their shape beside a binary cross-entropy loss (multi-label,
-    multi-hot targets), for the metrics asked for by name: 'accuracy' is binary accuracy, element by element
-    (Keras's rule), and precision, recall and F1 take each class on its own (scikit-learn's multi-label counts),
-    where each took the argmax of a row as its one class, silently; the threshold is 0.0 for
-    ``BCEWithLogitsLoss``'s logits."""
-    import copy
+def for_loss(metric, loss, layout):
+    """A metric asked for by name (``Metric.by_name``), read as ``loss`` reads the outputs, where it would read
+    them otherwise, silently:
 
-    from unidl.metrics import Accuracy, BinaryAccuracy, F1Score, Precision, Recall
-    from unidl.nn.loss import BCELoss, BCEWithLogitsLoss
+    * beside a logit loss (``BCEWithLogitsLoss``, ``CrossEntropyLoss``; ``NLLLoss``'s log-probabilities, whose
+      softmax is the probabilities), ``'auc'`` takes ``from_logits=True`` (it clipped logits into [0, 1]);
+    * beside a binary cross-entropy loss, the thresholded metrics (``'accuracy'``, ``'binary_accuracy'``,
+      ``'precision'``, ``'recall'``, ``'f1'`` ...) cut at 0.0 for ``BCEWithLogitsLoss``'s logits (0.5 for
+      ``BCELoss``'s probabilities); for several scores per sample against targets of their shape (multi-label,
+      multi-hot targets) ``'accuracy'`` is binary accuracy, element by element (Keras's rule), and precision,
+      recall and F1 take each class on its own (scikit-learn's multi-label counts), where each took the argmax
+      of a row as its one class.
 
-    if not (isinstance(loss, (BCELoss, BCEWithLogitsLoss)) and layout.output_shape == layout.target_shape
-            and layout.num_outputs > 1):
+    A metric object given keeps its options (``AUC(from_logits=False)``, ``Precision(threshold=0.5)``)."""
+    from unidl.metrics import AUC, Accuracy, BinaryAccuracy, ConfusionMatrix, F1Score, Precision, Recall
+    from unidl.nn.loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss
+
+    if not metric.by_name:
+        return metric
+    if type(metric) is AUC:
+        if not isinstance(loss, (BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss)):
+            return metric
+        metric = copy.copy(metric)
+        metric.from_logits = True
+        return metric
+    if not isinstance(loss, (BCELoss, BCEWithLogitsLoss)):
         return metric
     threshold = 0.0 if isinstance(loss, BCEWithLogitsLoss) else 0.5
-    if type(metric) is Accuracy and metric.name in ("accuracy", "acc"):
+    multi_label = layout.output_shape == layout.target_shape and layout.num_outputs > 1
+    if multi_label and type(metric) is Accuracy:  # ('categorical_accuracy' stays the argmax's, as Keras's)
+        if metric.name.lower().removeprefix("weighted_") not in ("accuracy", "acc"):
+            return metric
         binary = BinaryAccuracy(threshold, name=metric.name)
-        binary.weighted = metric.weighted
+        binary.weighted, binary.by_name = metric.weighted, True
         return binary
-    if type(metric) in (Precision, Recall, F1Score) and metric.name.removeprefix("weighted_") in _BY_NAME:
+    if type(metric) in (Accuracy, BinaryAccuracy, Precision, Recall, F1Score, ConfusionMatrix):
         metric = copy.copy(metric)
-        metric.multi_label, metric.threshold = True, threshold
+        metric.threshold = threshold
+        if multi_label and type(metric) in (Precision, Recall, F1Score):
+            metric.multi_label = True
     return metric
-
-
-#: the names of the metrics ``_multi_label`` reads class by class
-_BY_NAME = ("precision", "recall", "f1", "precision_macro", "precision_micro", "recall_macro", "recall_micro",
-            "f1_macro", "f1_micro")
 
 
 def _ignored_label(loss, layout, data):
