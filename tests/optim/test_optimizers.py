@@ -231,25 +231,59 @@ def test_invalid_hyperparameters(backend, build, message):
         build(Holder().parameters())
 
 
-@pytest.mark.parametrize("build, option, takes", [
-    (lambda p: ud.optim.RMSprop(p, maximize=True), "'maximize'", "lr, alpha, eps, weight_decay, momentum, centered"),
-    (lambda p: ud.optim.Adam(p, momentum=0), "'momentum'", "lr, betas, eps, weight_decay"),
-    (lambda p: ud.optim.Adam(p, amsgrad=True), "'amsgrad'", "lr, betas, eps, weight_decay"),
-    (lambda p: ud.optim.AdamW(p, maximize=True), "'maximize'", "lr, betas, eps, weight_decay"),
-    (lambda p: ud.optim.SGD(p, lr=0.1, dampening=0.5), "'dampening'", "lr, momentum, nesterov, weight_decay"),
-    (lambda p: ud.optim.Adagrad(p, lr_decay=0.1), "'lr_decay'", "lr, eps, weight_decay, initial_accumulator_value"),
+@pytest.mark.parametrize("build, message", [
+    (lambda p: ud.optim.RMSprop(p, maximize=True), "RMSprop maximize=True: unidl's RMSprop does not implement it"),
+    (lambda p: ud.optim.Adam(p, amsgrad=True), "Adam amsgrad=True: .* takes amsgrad at PyTorch's default only, False"),
+    (lambda p: ud.optim.Adam(p, 1e-3, (0.9, 0.99), 1e-8, 0, True), "Adam amsgrad=True: .* does not implement it"),
+    (lambda p: ud.optim.Adam(p, decoupled_weight_decay=True), "decoupled_weight_decay=True: .* ud.optim.AdamW is Adam"),
+    (lambda p: ud.optim.AdamW(p, maximize=True), "AdamW maximize=True: .* does not implement it"),
+    (lambda p: ud.optim.SGD(p, 0.1, 0.9, 0.5), "SGD dampening=0.5: .* training unlike torch.optim.SGD"),
+    (lambda p: ud.optim.Adagrad(p, 0.1, 0.1), "Adagrad lr_decay=0.1: .* takes lr_decay at PyTorch's default only, 0"),
+    (lambda p: ud.optim.Adam(p, momentum=0), r"Adam has no option 'momentum': .* Adam takes lr, betas, eps, "
+                                             r"weight_decay, amsgrad, l1, clip_grad_norm"),
+    (lambda p: ud.optim.SGD(p, lr=0.1, centered=False), "SGD has no option 'centered'"),
 ])
-def test_an_option_torch_has_and_unidl_does_not_is_an_error_not_ignored(build, option, takes):
+def test_an_option_torch_has_and_unidl_does_not_is_an_error_not_ignored(build, message):
     """torch.optim's options that unidl's rule does not implement would train differently from torch if kept as
-    unused hyperparameters: each is a TypeError naming it and what the class takes."""
+    unused hyperparameters: each is a TypeError naming it (by keyword or at its torch position), and an option the
+    class's namesake does not have is one naming what the class takes (torch's TypeError too)."""
     with ud.use_backend("torch"):
-        with pytest.raises(TypeError, match=f"has no option {option}: .* does not implement it .* takes {takes}"):
+        with pytest.raises(TypeError, match=message):
             build(Holder().parameters())
+
+
+def test_positional_arguments_are_torch_optims(backend):
+    """Each optimizer reads positional arguments in ``torch.optim``'s order (Adagrad read ``eps`` where torch reads
+    ``lr_decay``, RMSprop ``l1`` where torch reads ``momentum``, silently: weights 0.97 apart, or NaN), and
+    ``named_parameters()`` as torch.optim takes it: plain PyTorch's weights after three steps, float64."""
+    import torch
+
+    start = START.astype(np.float64)
+    for build, reference in [
+            (lambda p: ud.optim.SGD(p, 0.1, 0.9, 0, 1e-2, True), lambda p: torch.optim.SGD(p, 0.1, 0.9, 0, 1e-2, True)),
+            (lambda p: ud.optim.Adam(p, 0.01, (0.8, 0.9), 1e-6, 0.1, False),
+             lambda p: torch.optim.Adam(p, 0.01, (0.8, 0.9), 1e-6, 0.1, False)),
+            (lambda p: ud.optim.AdamW(p, 0.01, (0.8, 0.9), 1e-6, 0.1), lambda p: torch.optim.AdamW(p, 0.01, (0.8, 0.9), 1e-6, 0.1)),
+            (lambda p: ud.optim.RMSprop(p, 0.01, 0.9, 1e-6, 0.1, 0.9, True),
+             lambda p: torch.optim.RMSprop(p, 0.01, 0.9, 1e-6, 0.1, 0.9, True)),
+            (lambda p: ud.optim.Adagrad(p, 0.1, 0, 0.1, 0.2, 1e-6), lambda p: torch.optim.Adagrad(p, 0.1, 0, 0.1, 0.2, 1e-6))]:
+        expected = torch.nn.Parameter(torch.tensor(start))
+        optimizer = reference([expected])
+        with ud.use_dtype("float64"):
+            holder = Holder()
+            holder.load_state_dict({"w": start})
+            ours = build(holder.named_parameters())
+            for g in GRADS[-3:]:
+                expected.grad = torch.tensor(g, dtype=torch.float64)
+                optimizer.step()
+                ours.apply([ud.tensor(g.astype(np.float64))])
+        assert max_relative_difference(holder.state_dict()["w"], expected.detach().numpy()) < 1e-12, type(ours)
 
 
 @pytest.mark.parametrize("build, neutral", [
     (ud.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0, maximize=False, foreach=None, differentiable=False)),
-    (ud.optim.Adam, dict(lr=0.01, amsgrad=False, fused=None, capturable=False, maximize=False)),
+    (ud.optim.Adam, dict(lr=0.01, amsgrad=False, fused=None, capturable=False, maximize=False,
+                         decoupled_weight_decay=False)),
     (ud.optim.RMSprop, dict(lr=0.01, foreach=False, capturable=False)),
     (ud.optim.Adagrad, dict(lr=0.1, lr_decay=0)),
 ])
@@ -266,8 +300,8 @@ def test_torchs_options_at_their_defaults_build_and_train_as_without_them(backen
             optimizer.apply([ud.tensor(grads)])
         runs.append(holder.state_dict()["w"])
     np.testing.assert_array_equal(runs[0], runs[1])
-    with pytest.raises(TypeError, match="has no option 'dampening'"):
-        build(Holder().parameters(), **{**plain, "dampening": 0.1})
+    with pytest.raises(TypeError, match="maximize=True: .* does not implement it"):
+        build(Holder().parameters(), **{**plain, "maximize": True})
 
 
 class _OwnRMSprop(ud.optim.RMSprop):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unidl import arguments
-from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, lerp, scalar_like
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, lerp, scalar_like, torch_option
 
 
 def _check_betas(owner, betas):
@@ -23,7 +23,8 @@ class Adam(Optimizer):
         p_t &= p_{t-1} - \frac{\text{lr}}{1 - \beta_1^t}\,
                \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
 
-    Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``l1`` (0);
+    Args (``torch.optim.Adam``'s positional order): ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8),
+    ``weight_decay`` (L2, 0), ``amsgrad`` (False only), keyword ``l1`` (0);
     ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
@@ -34,10 +35,13 @@ class Adam(Optimizer):
 
     slots = ("exp_avg", "exp_avg_sq")
     uses_step = True  # bias correction
+    torch_options = ("amsgrad", "foreach", "maximize", "capturable", "differentiable", "fused",
+                     "decoupled_weight_decay")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, l1: float = 0.0, **clipping):
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, l1: float = 0.0, **clipping):
         owner = type(self).__name__
+        torch_option(type(self), "amsgrad", amsgrad)
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=_check_betas(owner, betas),
                          eps=check_range(owner, "eps", eps),
                          weight_decay=check_range(owner, "weight_decay", weight_decay))
@@ -70,7 +74,8 @@ class AdamW(Adam):
     .. math::
         p' = p_{t-1}(1 - \text{lr}\,\lambda), \text{ then the Adam step of } p' \text{ with } g_t = \nabla_p L
 
-    Args: ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8), ``weight_decay`` (0.01), ``l1`` (0);
+    Args (``torch.optim.AdamW``'s positional order): ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8),
+    ``weight_decay`` (0.01), ``amsgrad`` (False only), keyword ``l1`` (0);
     ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
@@ -80,7 +85,8 @@ class AdamW(Adam):
     """
 
     decoupled = True
+    torch_options = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, l1: float = 0.0, **clipping):
-        super().__init__(params, lr, betas, eps, weight_decay, l1, **clipping)
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, l1: float = 0.0, **clipping):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1=l1, **clipping)

@@ -37,23 +37,43 @@ def _is_unidl_class(cls) -> bool:
 CLIPPING_OPTIONS = ("clip_grad_norm", "clip_grad_value", "clip_per_tensor")
 
 
-#: ``torch.optim``'s options of a rule unidl does not implement, at the values that leave the rule as unidl's is
-#: (their defaults; ``foreach``/``fused``/``capturable``/``differentiable`` choose kernels, not the arithmetic)
+#: ``torch.optim``'s options of rules unidl does not implement, at the values that leave the rule as unidl's is
+#: (their defaults; ``foreach``/``fused``/``capturable``/``differentiable`` choose kernels, not the arithmetic);
+#: each class names those its namesake in ``torch.optim`` has (``Optimizer.torch_options``)
 TORCH_NEUTRAL_OPTIONS = {"dampening": (0,), "maximize": (False,), "amsgrad": (False,), "lr_decay": (0,),
                          "foreach": (None, False), "fused": (None, False), "capturable": (False,),
-                         "differentiable": (False,)}
+                         "differentiable": (False,), "decoupled_weight_decay": (False,)}
+
+#: what to use instead of a torch option unidl does not implement, where unidl has it under another name
+_INSTEAD = {"decoupled_weight_decay": "ud.optim.AdamW is Adam with decoupled weight decay"}
+
+
+def torch_option(optimizer_class, key: str, value) -> None:
+    """``TypeError`` unless ``torch.optim``'s option ``key`` (one of ``optimizer_class.torch_options``, a rule unidl
+    does not implement) is at a value that leaves unidl's rule as it is (``TORCH_NEUTRAL_OPTIONS``): a
+    ``torch.optim`` call copied with ``dampening=0`` or ``foreach=None`` builds, ``amsgrad=True`` would be ignored."""
+    neutral = TORCH_NEUTRAL_OPTIONS[key]
+    if _neutral(value, neutral):
+        return
+    owner = optimizer_class.__name__
+    instead = f"; {_INSTEAD[key]}" if key in _INSTEAD else ""
+    raise TypeError(f"{owner} {key}={value!r}: unidl's {owner} does not implement it (it would be ignored, training "
+                    f"unlike torch.optim.{owner}); it takes {key} at PyTorch's default only, "
+                    f"{' or '.join(map(repr, neutral))}{instead}")
 
 
 def clipping_options(optimizer_class, options: dict) -> dict:
-    """``options`` (what a built-in optimizer's ``**clipping`` caught) when they are gradient-clipping keywords,
-    and ``torch.optim``'s options at the values that leave unidl's rule as it is (``TORCH_NEUTRAL_OPTIONS``: a
-    ``torch.optim`` call copied with ``dampening=0`` or ``foreach=None`` builds; they are dropped). Any other
-    (``amsgrad=True``, ``dampening=0.5``, ``maximize=True``, Adagrad's ``lr_decay``: rules unidl does not
-    implement) is a ``TypeError`` naming it and what the class takes, never a
-    hyperparameter kept and silently ignored."""
-    options = {key: value for key, value in options.items()
-               if not (key in TORCH_NEUTRAL_OPTIONS and _neutral(value, TORCH_NEUTRAL_OPTIONS[key]))}
-    unknown = [key for key in options if key not in CLIPPING_OPTIONS]
+    """``options`` (what a built-in optimizer's ``**clipping`` caught) when they are gradient-clipping keywords;
+    ``torch.optim``'s keyword options of the class's namesake (``torch_options``) at the values that leave unidl's
+    rule as it is are dropped (``torch_option``: a ``TypeError`` at any other value, never an option kept and
+    silently ignored). Any other keyword is a ``TypeError`` naming it and what the class takes."""
+    kept = {}
+    for key, value in options.items():
+        if key in CLIPPING_OPTIONS:
+            kept[key] = value
+        elif key in optimizer_class.torch_options:
+            torch_option(optimizer_class, key, value)
+    unknown = [key for key in options if key not in CLIPPING_OPTIONS and key not in optimizer_class.torch_options]
     if unknown:
         import inspect
 
@@ -62,7 +82,7 @@ def clipping_options(optimizer_class, options: dict) -> dict:
                  if name not in ("self", "params") and parameter.kind is not parameter.VAR_KEYWORD]
         raise TypeError(f"{owner} has no option {', '.join(map(repr, unknown))}: unidl's {owner} does not implement "
                         f"it (it would be ignored); {owner} takes {', '.join([*named, *CLIPPING_OPTIONS])}")
-    return options
+    return kept
 
 
 def _neutral(value, neutral: tuple) -> bool:
@@ -151,6 +171,9 @@ class Optimizer:
 
     #: names of per-parameter state tensors, each starting as ``initial_slot_value``
     slots: tuple[str, ...] = ()
+    #: ``torch.optim``'s options of this class's namesake whose rules unidl does not implement: taken at the values
+    #: that leave the rule as unidl's (``torch_option``), so that a ``torch.optim`` call copied as it is builds
+    torch_options: tuple[str, ...] = ()
     initial_slot_value = 0.0
     #: whether ``update`` reads ``step``: then every backend counts steps per parameter, as ``torch.optim`` does
     #: (``state_dict()["param_steps"]``); otherwise backends pass None and keep no such count

@@ -23,6 +23,8 @@ _BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
 #: hyperparameters fixed once the optimizer is built: unidl's L1 term (torch.optim has none), what only
 #: the slots' first values read, and what decides which slots there are (RMSprop's ``centered``)
 FIXED_OPTIONS = ("l1", "initial_accumulator_value", "centered")
+#: options one value of which holds for every group (a group of its own is refused)
+_ONE_FOR_ALL = ("initial_accumulator_value",)
 
 #: how many times any optimizer's set of bound options has grown (see ``options_generation``)
 _generation = 0
@@ -173,19 +175,27 @@ class ParamGroup(dict):
     __delitem__ = pop = popitem = clear = _removal
 
 
+def _unnamed(members: list) -> list:
+    """Parameters as given, or as ``named_parameters()`` gives them ((name, parameter) pairs, which
+    ``torch.optim`` takes too): the parameters."""
+    return [m[1] if isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str) else m for m in members]
+
+
 def split_param_groups(owner: str, params) -> list[tuple[list, dict]]:
-    """``params`` (parameters, or dicts with "params" and options) as ``[(parameters, options), ...]``."""
+    """``params`` (parameters, or dicts with "params" and options; parameters also as ``named_parameters()``'s
+    pairs) as ``[(parameters, options), ...]``."""
     params = list(params)
     if not params or not isinstance(params[0], dict):
         if any(isinstance(p, dict) for p in params):
             raise ValueError(f"{owner} params must be all parameters or all groups (dicts), not a mixture")
-        return [(params, {})]
+        return [(_unnamed(params), {})]
     groups = []
     for index, group in enumerate(params):
         if not isinstance(group, dict) or "params" not in group:
             raise ValueError(f"{owner} param group {index} must be a dict with a 'params' entry, got {group!r}")
         members = group["params"]
         members = [members] if not isinstance(members, (list, tuple)) and not hasattr(members, "__next__") else list(members)
+        members = _unnamed(members)
         if not members:
             raise ValueError(f"{owner} param group {index} has no parameters")
         groups.append((members, {k: v for k, v in group.items() if k != "params"}))
@@ -203,8 +213,11 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict) -
         if key == "lr":
             check_range(owner, f"{where} lr", value)
             continue
-        if key not in defaults or key == "initial_accumulator_value":  # (slots start alike: one value for all)
-            known = ", ".join(["lr", *sorted(defaults)])
+        known = ", ".join(["lr", *sorted(k for k in defaults if k not in _ONE_FOR_ALL)])
+        if key in _ONE_FOR_ALL:
+            raise ValueError(f"{owner} {where} sets {key!r}, which unidl's {owner} takes once for every group (its slots "
+                             f"start alike); pass it to {owner}(...) itself; a group may set: {known}")
+        if key not in defaults:
             raise ValueError(f"{owner} {where} has an unknown option {key!r}; a group may set: {known}")
         if isinstance(defaults[key], bool):
             value = arguments.flag(owner, f"{where} {key}", value)

@@ -17,8 +17,8 @@ class RMSprop(Optimizer):
         b_t &= \mu b_{t-1} + g_t / s_t \quad (\mu > 0) \\
         p_t &= p_{t-1} - \text{lr}\, b_t \text{ if } \mu > 0 \text{ else } p_{t-1} - \text{lr}\, g_t / s_t
 
-    Args: ``lr`` (1e-2), ``alpha`` (0.99), ``eps`` (1e-8), ``weight_decay`` (L2, 0), ``momentum`` (mu in [0, 1), 0),
-    ``centered`` (False), ``l1`` (0); ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping,
+    Args (``torch.optim.RMSprop``'s positional order): ``lr`` (1e-2), ``alpha`` (0.99), ``eps`` (1e-8),
+    ``weight_decay`` (L2, 0), ``momentum`` (mu in [0, 1), 0), ``centered`` (False), keyword ``l1`` (0); ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping,
     off by default; see ``Optimizer``).
 
     Slots: ``square_avg``; ``momentum_buffer`` when a param group has ``momentum > 0``; ``grad_avg`` when one is
@@ -35,9 +35,10 @@ class RMSprop(Optimizer):
     """
 
     slots = ("square_avg", "momentum_buffer", "grad_avg")  # (an instance keeps those its groups use)
+    torch_options = ("capturable", "foreach", "maximize", "differentiable")
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, l1: float = 0.0,
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *, l1: float = 0.0,
                  **clipping):
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
                          alpha=check_range("RMSprop", "alpha", alpha, 0.0, 1.0, high_open=False),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unidl import arguments
-from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like, torch_option
 
 
 class SGD(Optimizer):
@@ -19,11 +19,15 @@ class SGD(Optimizer):
         params: the parameters to update (``model.parameters()``).
         lr: learning rate, >= 0.
         momentum: mu in [0, 1) (default 0).
-        nesterov: Nesterov momentum (needs momentum > 0).
+        dampening: 0 only (PyTorch's default; unidl's rule has no dampening).
         weight_decay: L2 penalty lambda >= 0 (added to the gradient).
-        l1: L1 penalty, adds ``l1 * sign(p)`` to the gradient.
+        nesterov: Nesterov momentum (needs momentum > 0).
+        l1: L1 penalty, adds ``l1 * sign(p)`` to the gradient (keyword only).
         **clipping: ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor``: gradient clipping (see
             ``Optimizer``).
+
+    The positional order is ``torch.optim.SGD``'s; ``maximize``, ``foreach``, ``differentiable`` and ``fused``
+    are taken at PyTorch's defaults only.
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
     e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
@@ -36,9 +40,11 @@ class SGD(Optimizer):
     """
 
     slots = ("momentum_buffer",)
+    torch_options = ("dampening", "maximize", "foreach", "differentiable", "fused")
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, nesterov: bool = False,
-                 weight_decay: float = 0.0, l1: float = 0.0, **clipping):
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0,
+                 weight_decay: float = 0.0, nesterov: bool = False, *, l1: float = 0.0, **clipping):
+        torch_option(type(self), "dampening", dampening)
         momentum = check_range("SGD", "momentum", momentum, 0.0, 1.0)
         nesterov = arguments.flag("SGD", "nesterov", nesterov)
         if nesterov and momentum <= 0:
