@@ -49,9 +49,6 @@ class Adam(Optimizer):
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
         beta1, beta2 = h["betas"]  # Python floats, or float64 tensors where a graph backend lets a group change them
-        decay = None
-        if not is_off(h["weight_decay"]) and self.decoupled:  # coupled L2 is already in grad (regularized_gradient)
-            decay = (lr * scalar_like(h["weight_decay"], lr, ops)) * param  # p(1 - lr wd) - step == p - (lr wd p + step)
         # the same sequence of operations as torch.optim.Adam's, so that trajectories agree to the last bits:
         # exp_avg.lerp_(grad, 1 - beta1) (``lerp``), addcmul for exp_avg_sq, the
         # bias corrections and the step size in double precision, then rounded to the parameter's dtype
@@ -65,7 +62,20 @@ class Adam(Optimizer):
         step_size = ops.cast_like(lr_double / bias_correction1, param)
         denom = ops.sqrt(exp_avg_sq) / ops.cast_like(bias_correction2_sqrt, param) + scalar_like(h["eps"], param, ops)
         delta = step_size * (exp_avg / denom)
-        return (delta if decay is None else decay + delta), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        return delta, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+    def shrink(self, param, lr, ops):
+        """AdamW's decoupled decay: ``1 - lr * weight_decay`` in double precision, rounded to the parameter's dtype,
+        the factor ``torch.optim.AdamW`` multiplies the parameter by before its step (``p - (lr wd p + step)``, the
+        same in exact arithmetic, drifted from it in float32: 1e-5 after 1000 steps); coupled L2 is in the
+        gradient (``regularized_gradient``)."""
+        decay = self.hyper["weight_decay"]
+        if not self.decoupled or is_off(decay):
+            return None
+        if isinstance(lr, float) and isinstance(decay, float):
+            return 1 - lr * decay
+        lr, decay = (v if isinstance(v, float) else ops.cast(v, "float64") for v in (lr, decay))
+        return ops.cast_like(1 - lr * decay, param)
 
 
 class AdamW(Adam):

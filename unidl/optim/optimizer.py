@@ -25,8 +25,8 @@ from unidl.optim.param_groups import ParamGroup, check_group_options, grow_gener
 
 
 #: the class attributes that make up an optimizer's update rule (see ``Optimizer.builtin_rule``)
-_RULE_ATTRIBUTES = ("update", "regularized_gradient", "heavy_ball", "slots", "slots_for", "initial_slot_value",
-                    "uses_step", "decoupled")
+_RULE_ATTRIBUTES = ("update", "shrink", "regularized_gradient", "heavy_ball", "slots", "slots_for",
+                    "initial_slot_value", "uses_step", "decoupled")
 
 
 def _is_unidl_class(cls) -> bool:
@@ -105,6 +105,11 @@ def lerp(start, end, weight, ops):
         return start + weight * (end - start) if weight < 0.5 else end - (end - start) * (1 - weight)
     weight = ops.cast_like(weight, end)
     return ops.where(weight < 0.5, start + weight * (end - start), end - (end - start) * (1 - weight))
+
+
+def shrunk(param, factor):
+    """``param`` multiplied by a rule's ``shrink`` factor, or as it is where there is none (None)."""
+    return param if factor is None else param * factor
 
 
 def is_off(value) -> bool:
@@ -351,6 +356,12 @@ class Optimizer:
         the parameter had no gradient does not count for it (Adam's bias correction of a layer a forward skipped
         at times follows its own updates, not the optimizer's)."""
         raise NotImplementedError
+
+    def shrink(self, param, lr, ops):
+        """The factor the parameter is multiplied by before ``update``'s step is subtracted (AdamW's decoupled weight
+        decay, as ``torch.optim.AdamW``'s ``param.mul_(1 - lr * weight_decay)``): a Python float or a scalar of the
+        parameter's dtype; None (the default) for none. Backends compute ``shrunk(param, factor) - delta``."""
+        return None
 
     def regularized_gradient(self, param, grad, ops):
         """The gradient with the L1 term (``l1 * sign(p)``) and then the L2 term (``weight_decay * p``,

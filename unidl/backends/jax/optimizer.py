@@ -13,7 +13,7 @@ import numpy as np
 
 from unidl.backends.jax.ops import unless_a_check_failed
 from unidl.backends.jax.variable import JaxVariable, made_beside, written_in_place
-from unidl.optim.optimizer import bound_rule, changeable_options
+from unidl.optim.optimizer import bound_rule, changeable_options, shrunk
 from unidl.optim.param_groups import read_group_option, write_group_options
 
 
@@ -134,7 +134,7 @@ class JaxOptimizer:
                 step = count.astype(step_dtype)
             rule, lr = bound_rule(spec, index, self._read_option), self.learning_rates[spec.group_of(index)].value
             grad = rule.regularized_gradient(param, grad, ops)
-            heavy_ball = rule.heavy_ball()
+            heavy_ball, factor = rule.heavy_ball(), None
             if heavy_ball is not None:
                 delta = _heavy_ball(slots, grad, lr, applies, *heavy_ball)
             else:
@@ -142,7 +142,8 @@ class JaxOptimizer:
                 for name, value in new_slots.items():
                     if value is not slots[name]:
                         _guarded_assign(slots[name], value, applies)
-            _guarded_assign(param, param.value - delta, applies)
+                factor = rule.shrink(param.value, lr, ops)
+            _guarded_assign(param, shrunk(param.value, factor) - delta, applies)
 
 
 def gradient_flags(params) -> list[JaxVariable]:

@@ -22,7 +22,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.nn.module import is_trainable
-from unidl.optim.optimizer import bound_rule, changeable_options
+from unidl.optim.optimizer import bound_rule, changeable_options, shrunk
 from unidl.optim.param_groups import read_group_option, write_group_options
 
 
@@ -445,10 +445,14 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             if value is not slots[name]:
                 self.assign(slots[name], value if has_gradient is None else
                             K.where(has_gradient, K.cast(value, slots[name].dtype), _value(slots[name])))
-        if has_gradient is None:
+        factor = spec.shrink(variable, learning_rate, ops)
+        if has_gradient is None and factor is None:
             self.assign_sub(variable, delta)
+        elif has_gradient is None:
+            self.assign(variable, shrunk(_value(variable), factor) - delta)
         else:
-            self.assign(variable, K.where(has_gradient, variable - K.cast(delta, variable.dtype), _value(variable)))
+            self.assign(variable, K.where(has_gradient, shrunk(_value(variable), factor) - K.cast(delta, variable.dtype),
+                                          _value(variable)))
 
 
 def set_group_options(optimizer, group: int, keys) -> None:

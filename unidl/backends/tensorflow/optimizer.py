@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from unidl.backends.tensorflow.control_flow import gradient_conditions
 from unidl.backends.tensorflow import ops as tf_ops
-from unidl.optim.optimizer import bound_rule, changeable_options
+from unidl.optim.optimizer import bound_rule, changeable_options, shrunk
 from unidl.optim.param_groups import read_group_option, write_group_options
 
 
@@ -210,10 +210,13 @@ class GraphOptimizer(tf.Module):
                 if value is not slots[name]:
                     slots[name].assign(value if applies is None else
                                        tf.where(applies, tf.cast(value, slots[name].dtype), slots[name]))
-            if applies is None:
+            factor = rule.shrink(param, lr, ops)
+            if applies is None and factor is None:
                 param.assign_sub(delta)
+            elif applies is None:
+                param.assign(shrunk(param, factor) - delta)
             else:
-                param.assign(tf.where(applies, param - tf.cast(delta, param.dtype), param))
+                param.assign(tf.where(applies, shrunk(param, factor) - tf.cast(delta, param.dtype), param))
 
     def _count_step(self, index: int, applies):
         """Parameter ``index``'s step count with this update (where ``applies``, a boolean scalar or None for

@@ -55,6 +55,9 @@ class RuleOptimizer(torch.optim.Optimizer):
                 for name, value in new_slots.items():
                     if value is not state[name]:
                         state[name].copy_(value)
+                factor = rule.shrink(p, lr, torch_ops)
+                if factor is not None:
+                    p.mul_(factor)
                 p.sub_(delta)
         return loss
 
