@@ -117,6 +117,47 @@ def test_state_round_trip_continues_the_sequence(backend, case):
     np.testing.assert_allclose(rates, expected[steps // 2 - 1:], rtol=1e-12)
 
 
+def test_one_cycle_linear_takes_its_last_step_as_a_loop_does(backend):
+    """A per-batch loop steps ``OneCycleLR`` ``total_steps`` times; the last step, after the last update, is PyTorch's
+    extrapolated rate, which ``'linear'`` takes below 0 (it was a ``ValueError`` naming the optimizer, after
+    ``last_epoch`` had moved): 0 there, every earlier rate PyTorch's."""
+    for strategy in ("linear", "cos"):
+        factory = lambda o, s=strategy: lr_scheduler.OneCycleLR(o, 0.5, total_steps=12, anneal_strategy=s)
+        reference = lambda o, s=strategy: torch.optim.lr_scheduler.OneCycleLR(o, 0.5, total_steps=12,
+                                                                              anneal_strategy=s, cycle_momentum=False)
+        rates, schedule, _ = unidl_rates(factory, 13)
+        expected = torch_rates(reference, 13)
+        assert expected[-1] < 0 if strategy == "linear" else expected[-1] > 0
+        np.testing.assert_allclose(rates, [max(rate, 0.0) for rate in expected], rtol=1e-12, atol=1e-15)
+        with pytest.raises(ValueError, match="OneCycleLR stepped 13 times, past its total_steps=12"):
+            schedule.step()
+
+
+def test_a_schedule_built_after_a_load_starts_from_the_saved_initial_rates(backend):
+    """The optimizer's state holds each group's rate when its first schedule was built (PyTorch's ``initial_lr`` in
+    its param groups): a schedule built after loading it starts from those, as PyTorch's (it started from the
+    loaded, already decayed rate: every later rate a tenth of torch's)."""
+    def run(library, params):
+        optimizer = library.optim.SGD(params(), lr=0.1)
+        library.optim.lr_scheduler.StepLR(optimizer, 1, 0.1).step()
+        saved = optimizer.state_dict()
+        fresh = library.optim.SGD(params(), lr=0.5)
+        fresh.load_state_dict(saved)
+        schedule = library.optim.lr_scheduler.LambdaLR(fresh, lambda epoch: 1.0 / (epoch + 1))
+        rates = [schedule.get_last_lr()[0]]
+        for _ in range(2):
+            schedule.step()
+            rates.append(schedule.get_last_lr()[0])
+        return rates, saved
+
+    expected, _ = run(torch, lambda: [torch.nn.Parameter(torch.zeros(2))])
+    rates, saved = run(ud, lambda: Holder().parameters())
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+    assert saved["initial_lrs"] == [0.1]
+    with pytest.raises(ud.errors.CheckpointStateError, match="initial_lrs must be a list of one rate per param group"):
+        ud.optim.SGD(Holder().parameters(), lr=0.1).load_state_dict({**saved, "initial_lrs": [0.1, 0.2]})
+
+
 def test_bad_arguments():
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.2)
     for build, message in [

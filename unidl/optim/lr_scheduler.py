@@ -242,7 +242,9 @@ class OneCycleLR(_PerGroup):
     ``max_lr / div_factor`` up to ``max_lr`` over the first ``pct_start`` of ``total_steps``, then down to
     ``max_lr / div_factor / final_div_factor`` (``three_phase``: back to the initial rate first), along a
     cosine (``anneal_strategy='cos'``) or a line (``'linear'``). Step it once per batch
-    (``LearningRateScheduler(schedule, interval="batch")``); stepping past ``total_steps`` is an error.
+    (``LearningRateScheduler(schedule, interval="batch")``); stepping past ``total_steps`` is an error. The
+    ``total_steps``-th step (after the last update) sets the rate PyTorch extrapolates, but at least 0 (PyTorch's
+    ``'linear'`` gives a negative one there).
 
     The optimizer's own lr is not used (``max_lr`` sets the scale). ``cycle_momentum=True`` cycles every param
     group's ``momentum`` (or Adam's beta1) the other way, between ``max_momentum`` and ``base_momentum``, as
@@ -323,7 +325,10 @@ class OneCycleLR(_PerGroup):
     def group_lr_at(self, epoch, base_lr, group):
         if epoch > self.total_steps:
             raise ValueError(f"OneCycleLR stepped {epoch} times, past its total_steps={self.total_steps}")
-        return self._along(self.group_phases[group], epoch)
+        # the step after the last update (epoch total_steps, a loop's final scheduler.step()) extrapolates the last
+        # phase as PyTorch's; 'linear' may go below 0 there (PyTorch sets that negative rate, no update reads it):
+        # 0 here, a rate an optimizer takes
+        return max(self._along(self.group_phases[group], epoch), 0.0)
 
     def _along(self, phases, epoch):
         start_step = 0.0

@@ -454,6 +454,8 @@ class Optimizer:
         from those it was built with).
         Taken in the middle of a ``train_step(accumulate=N)`` window, ``"accumulation"`` too: the micro-steps'
         summed gradients and count (``unidl.training.AccumulationWindow``), so that a resumed run goes on with it.
+        Once a schedule was built on the optimizer, ``"initial_lrs"`` too: each group's rate when its first schedule
+        was built (PyTorch's ``initial_lr``), the base rates of a schedule built after a load.
         With a float16 train step (``precision="16-mixed"``), ``"loss_scaler": {"scale": float, "growth_tracker":
         int}`` too: its dynamic loss scale (``unidl.training.LossScaler``), so that a resumed run does not restart
         at ``init_scale``.
@@ -468,6 +470,8 @@ class Optimizer:
         groups = self._group_entries()
         if len(groups) > 1 or any(groups[0][k] != v for k, v in self.hyper.items() if k in groups[0]):
             state["param_groups"] = groups
+        if "_initial_lrs" in self.__dict__:  # (PyTorch's initial_lr, saved with its param groups)
+            state["initial_lrs"] = list(self.__dict__["_initial_lrs"])
         window = window_state(self)
         if window is not None:
             state["accumulation"] = window
@@ -508,6 +512,16 @@ class Optimizer:
                 try:
                     check_range(owner, f"param group {index} lr", group["lr"])
                     self._check_group_entry(index, group)
+                except ValueError as error:
+                    raise CheckpointStateError(f"{owner} state: {error}") from None
+        initial = state.get("initial_lrs")
+        if initial is not None:
+            if not isinstance(initial, list) or len(initial) != len(self.param_groups):
+                raise CheckpointStateError(f"{owner} state initial_lrs must be a list of one rate per param group "
+                                           f"({len(self.param_groups)}), got {initial!r}")
+            for rate in initial:
+                try:
+                    check_range(owner, "initial lr", rate)
                 except ValueError as error:
                     raise CheckpointStateError(f"{owner} state: {error}") from None
         hyper = state.get("hyper")
@@ -556,6 +570,9 @@ class Optimizer:
         else:
             self.lr = float(state["lr"])
         self._load_group_options(state.get("hyper"), state.get("param_groups"))
+        if state.get("initial_lrs") is not None:  # the base rates a schedule built from now on starts from (PyTorch's
+            # initial_lr, which its load restores); one built before keeps those it took
+            self.__dict__.setdefault("_initial_lrs", [float(rate) for rate in state["initial_lrs"]])
 
     def _check_param_steps(self, counts, step) -> None:
         """``CheckpointStateError`` unless ``counts`` (a state's ``"param_steps"``) is None or, for an optimizer
