@@ -632,7 +632,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         if len(factors) != spatial or not all(f is not None and f > 0 for f in factors):
             raise ValueError(f"interpolate scale_factor must be a positive number or {spatial} of them, "
                              f"got {scale_factor!r}")
-        outs = tuple(int(n * f) if isinstance(n, int) else ops.cast(_floor(ops.cast_like(n, like) * f), "int64")
+        # floor(n * f) in double, as PyTorch's (in x's dtype a graph's float32 30 * 2.1 gave 62, bfloat16 301 * 2 600)
+        outs = tuple(int(n * f) if isinstance(n, int) else ops.cast(_floor(ops.cast(n, "float64") * f), "int64")
                      for n, f in zip(sizes, factors))
     if mode == "area":
         if spatial == 1:
@@ -646,6 +647,11 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
     dtype; integers (``like`` is not ``x``; the nearest modes) take the input each one-hot row picks, exact in
     any width (a product went through float32 on Keras, and torch has no integer product on CUDA)."""
     matrices = []
+    # where a graph leaves sizes unknown, positions and weights are computed in float32 for float16 and bfloat16
+    # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those): the matrices are rounded to
+    # the input's dtype after, as the known sizes' constants (computed in float64)
+    target, like = like, (ops.cast(like[:1, :1], "float32") if dtype_kinds.dtype_name(like.dtype) in
+                          ("float16", "bfloat16") else like)
     for n, out, factor in zip(sizes, outs, factors):
         if mode in ALIGNABLE_MODES and align_corners:
             if isinstance(out, int):
@@ -663,8 +669,8 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
         matrix = _interpolation_matrix(n, out, mode, align_corners, scale, like)
         if factor is not None and _copies_equal_sizes(mode, len(sizes)):
             matrix = _identity_where_equal(matrix, n, out, like)
-        matrices.append(matrix)
-    if like is not x:
+        matrices.append(matrix if like is target else ops.cast_like(matrix, target))
+    if target is not x:
         for axis, matrix in enumerate(matrices, 2):
             x = ops.take(x, ops.argmax(matrix, 1), axis)
         return x

@@ -152,3 +152,18 @@ def test_resampling_picks_torchs_positions_in_graphs_and_copies_an_axis_torch_co
                 expected = F.interpolate(torch.tensor(x, dtype=getattr(torch, dtype)), scale_factor=(1.0, 0.5),
                                          mode=mode, align_corners=True).numpy()
                 np.testing.assert_allclose(ud.to_numpy(compiled(ud.tensor(x))), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_half_precision_resampling_in_a_graph_computes_positions_in_float32(backend):
+    """Inside ``ud.function`` (TensorFlow's graph leaves the sizes unknown) float16 and bfloat16 resampling computes
+    positions and weights in float32 and output sizes in double, as PyTorch's kernels: whole numbers above 256
+    (bfloat16) do not exist in the input's dtype (bilinear was off by 124%), and 30 * 2.1 in float32 floors to 62
+    where PyTorch's double gives 63."""
+    x = R.standard_normal((1, 1, 2, 300)).astype(np.float32)
+    for mode in ("bilinear", "bicubic"):
+        expected = F.interpolate(torch.tensor(x).bfloat16(), scale_factor=2, mode=mode).float().numpy()
+        resample = ud.function(lambda t, m=mode: ud.ops.interpolate(t, scale_factor=2, mode=m))
+        got = np.asarray(ud.to_numpy(resample(ud.tensor(x, "bfloat16"))), np.float64)
+        assert np.abs(got - expected).max() / np.abs(expected).max() < 2e-2, mode
+    line = ud.function(lambda t: ud.ops.interpolate(t, scale_factor=2.1))(ud.tensor(np.ones((1, 1, 30), np.float32)))
+    assert tuple(line.shape) == tuple(F.interpolate(torch.ones(1, 1, 30), scale_factor=2.1).shape) == (1, 1, 63)

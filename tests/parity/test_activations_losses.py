@@ -206,6 +206,20 @@ def _conv_chain():
                          nn.PReLU(4), nn.ReLU6(), nn.AvgPool2d(2), nn.Flatten(), nn.LayerNorm(16), nn.Linear(16, 3))
 
 
+def test_float16_loss_means_are_summed_in_float32_as_torch(backend):
+    """A float16 mean over 300000 elements (a 256 x 256 mask is 65536): summed in float32 and rounded once, as
+    PyTorch's kernels, eagerly and in a graph (TensorFlow's float16 running sum overflowed: NaN)."""
+    data = np.random.default_rng(0)
+    a, b = (data.random(300_000) + 0.5).astype(np.float16), np.zeros(300_000, np.float16)
+    for build, reference in ((ud.nn.MSELoss, torch.nn.MSELoss), (ud.nn.L1Loss, torch.nn.L1Loss),
+                             (ud.nn.BCEWithLogitsLoss, torch.nn.BCEWithLogitsLoss)):
+        expected = float(reference()(torch.tensor(a), torch.tensor(b)))
+        loss = build()
+        for run in (loss, ud.function(lambda p, q, f=loss: f(p, q))):
+            assert float(ud.to_numpy(run(ud.tensor(a, "float16"), ud.tensor(b, "float16")))) == pytest.approx(
+                expected, rel=1e-3), build
+
+
 def test_activations_between_convolutions_in_a_graph(backend):
     """On tensorflow a graph keeps conv -> activation -> pool chains in NHWC (layout.py): the new element-wise
     activations must hand back NCHW views that the next layer sees through, and give torch's numbers."""

@@ -638,6 +638,8 @@ def mean(x, axis=None, keepdims=False):
 
 
 def sum(x, axis=None, keepdims=False):
+    if x.dtype in (tf.float16, tf.bfloat16):  # summed in float32 as PyTorch sums it, then rounded
+        return tf.cast(tf.reduce_sum(tf.cast(x, tf.float32), axis, keepdims), x.dtype)
     return tf.reduce_sum(x, axis, keepdims)
 
 
@@ -683,9 +685,11 @@ def one_hot(labels, num_classes):
 
 
 def _reduce(values, reduction):
+    """A loss's reduction, in float32 for float16 and bfloat16 values as PyTorch's (``mean``, ``sum``): a float16
+    mean of 300000 values was NaN (its running sum overflowed)."""
     if reduction == "none":
         return values
-    return tf.reduce_mean(values) if reduction == "mean" else tf.reduce_sum(values)
+    return mean(values) if reduction == "mean" else sum(values)
 
 
 def mse_loss(prediction, target, reduction="mean"):
