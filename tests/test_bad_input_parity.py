@@ -80,8 +80,8 @@ def test_conv2d_layer_kernel_larger_than_the_padded_input(mode):
 
 
 def test_pool_window_larger_than_the_padded_input(mode):
-    raises_exactly(ud.ShapeMismatchError, "MaxPool2d(kernel_size=(3, 3), stride=(3, 3), padding=(0, 0)): kernel "
-                   "height 3 is larger than the padded input height 2 (input shape (1, 2, 2, 2)); use a smaller "
+    raises_exactly(ud.ShapeMismatchError, "MaxPool2d(kernel_size=3, stride=3, padding=0, dilation=1, ceil_mode=False): "
+                   "kernel height 3 is larger than the padded input height 2 (input shape (1, 2, 2, 2)); use a smaller "
                    "kernel, more padding or a larger input", lambda: run(mode, ud.nn.MaxPool2d(3), SMALL))
     raises_exactly(ud.ShapeMismatchError, "avg_pool2d: kernel height 3 is larger than the padded input height 2 "
                    "(input shape (1, 2, 2, 2)); use a smaller kernel, more padding or a larger input",
@@ -291,6 +291,36 @@ def test_an_empty_batch_is_refused_by_train_step(backend):
     with pytest.raises(ud.errors.ShapeMismatchError, match=r"train_step got an empty batch \(x of shape \(0, 1, 8, 8"):
         step(x[:0], y[:0])
     assert np.isfinite(float(ud.to_numpy(step(x, y))))
+
+
+AXES = [  # (an op given an axis past its input's, what it says)
+    (lambda x: ud.ops.transpose(x, 0, 3), "transpose dim1=3 is out of range for a tensor of 3 axes: it must lie in "
+                                          r"\[-3, 2\]"),
+    (lambda x: ud.ops.gather(x, 3, ud.ops.cast(x, "int64")), "gather dim=3 is out of range for a tensor of 3"),
+    (lambda x: ud.ops.take(x, ud.tensor(np.array([0])), 3), "take axis=3 is out of range for a tensor of 3 axes"),
+    (lambda x: ud.ops.squeeze(x, 4), "squeeze dim=4 is out of range"),
+    (lambda x: ud.ops.unsqueeze(x, 5), "unsqueeze dim=5 is out of range for a tensor of 3 axes: it must lie in "
+                                       r"\[-4, 3\]"),
+    (lambda x: ud.ops.stack([x, x], -5), "stack axis=-5 is out of range"),
+    (lambda x: ud.ops.concat([x, x], 3), "concat axis=3 is out of range"),
+    (lambda x: ud.ops.mean(x, (0, 3)), "mean axis=3 is out of range"),
+    (lambda x: ud.ops.argmax(x, -4), "argmax dim=-4 is out of range"),
+    (lambda x: ud.ops.amax(x, 3), "amax dim=3 is out of range"),
+    (lambda x: ud.ops.softmax(x, 3), "softmax dim=3 is out of range"),
+    (lambda x: ud.nn.LogSoftmax(-4)(x), r"LogSoftmax\(dim=-4\) dim=-4 is out of range"),
+]
+
+
+@pytest.mark.parametrize("index", range(len(AXES)))
+def test_an_axis_past_the_inputs_is_one_error_as_torchs(mode, index):
+    """An axis outside [-rank, rank - 1] is one ``AxisOutOfRangeError`` (an ``IndexError``, as PyTorch's "Dimension
+    out of range"), eagerly and in graphs: the frameworks wrapped some silently (``transpose(x, 0, 3)`` returned
+    ``x``, ``gather`` along axis 0) and raised their own errors for the rest."""
+    build, message = AXES[index]
+    with pytest.raises(ud.AxisOutOfRangeError, match=message):
+        run(mode, build, np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ud.ShapeMismatchError, match=r"permute dims=\(0, 1, 1\) must name each of the 3 axes"):
+        run(mode, lambda x: ud.ops.permute(x, (0, 1, 1)), np.zeros((2, 3, 4), np.float32))
 
 
 def test_integer_mean_and_clip_with_float_bounds_give_floats(mode):
@@ -1286,12 +1316,13 @@ POOLING = [  # (name in the message, the pooling over x, whether it takes floats
     ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 2), False),
     ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True), False),
     ("max_pool2d", lambda x: ud.ops.max_pool2d(x, 2, return_indices=True)[0], False),
-    ("MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))", lambda x: ud.nn.MaxPool2d(2)(x), False),
+    ("MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)", lambda x: ud.nn.MaxPool2d(2)(x),
+     False),
     ("avg_pool2d", lambda x: ud.ops.avg_pool2d(x, 2), True),
     ("avg_pool2d", lambda x: ud.ops.avg_pool2d(x, 2, count_include_pad=False, padding=1), True),
-    ("AvgPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))", lambda x: ud.nn.AvgPool2d(2)(x), True),
+    ("AvgPool2d(kernel_size=2, stride=2, padding=0)", lambda x: ud.nn.AvgPool2d(2)(x), True),
     ("adaptive_avg_pool2d", lambda x: ud.ops.adaptive_avg_pool2d(x, 3), True),
-    ("AdaptiveAvgPool2d(output_size=(2, 2))", lambda x: ud.nn.AdaptiveAvgPool2d(2)(x), True),
+    ("AdaptiveAvgPool2d(output_size=2)", lambda x: ud.nn.AdaptiveAvgPool2d(2)(x), True),
     ("AdaptiveMaxPool2d(output_size=(2, None))", lambda x: ud.nn.AdaptiveMaxPool2d((2, None))(x), True),
 ]
 

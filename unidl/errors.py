@@ -36,6 +36,12 @@ class ShapeMismatchError(UnidlError, ValueError):
     marker = "[unidl.ShapeMismatchError] "
 
 
+class AxisOutOfRangeError(ShapeMismatchError, IndexError):
+    """An axis (``dim``, ``axis``) outside the tensor's axes, from -rank to rank - 1: PyTorch's "Dimension out of
+    range" ``IndexError``, a ``ShapeMismatchError`` too (``Flatten``'s); the other frameworks wrapped some silently
+    (``% rank``) and raised errors of their own for the rest."""
+
+
 class DtypeMismatchError(UnidlError, TypeError):
     """An input whose dtype does not fit the layer or loss it is given to (integers to a float layer, float
     class labels), or a value that is not numbers at all (``ud.tensor('abc')``)."""

@@ -16,10 +16,10 @@ from numbers import Integral, Number
 
 import numpy as np
 
-from unidl import ops
+from unidl import arguments, ops
 from unidl.backends.op_registry import CONVERTED
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
-from unidl.errors import DtypeMismatchError, ShapeMismatchError
+from unidl.errors import AxisOutOfRangeError, DtypeMismatchError, ShapeMismatchError
 from unidl.precision import active_ops
 
 
@@ -630,3 +630,47 @@ def as_floating(owner, what, x):
     from unidl import config
 
     return ops.cast(x, config.get_dtype())
+
+
+def _axes_out_of_range(owner, name, value, x, added: int = 0):
+    """``AxisOutOfRangeError`` unless ``value`` (an axis, a sequence of them, or None) names axes from -rank to
+    rank - 1 of ``x`` (a tensor, or a list of them: the first's), rank counting the ``added`` axes an op inserts
+    (``unsqueeze``, ``stack``: 1) and at least 1 (PyTorch's range for a 0-d tensor, [-1, 0])."""
+    if value is None:
+        return
+    if isinstance(x, (list, tuple)):
+        x = x[0] if x else None
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        return
+    dims = len(tuple(shape))
+    rank = max(dims + added, 1)
+    for axis in (value if isinstance(value, (list, tuple)) else (value,)):
+        index = arguments.integer(axis)
+        if index is not None and not -rank <= index < rank:
+            raise AxisOutOfRangeError(f"{literal(owner)} {name}={index} is out of range for a tensor of {dims} axes: it must "
+                                      f"lie in [{-rank}, {rank - 1}]")
+
+
+def check_axes(owner, name, value, x) -> None:
+    """An op's axes (``dim``, ``axis``) of ``x``: ``_axes_out_of_range``."""
+    _axes_out_of_range(owner, name, value, x)
+
+
+def check_new_axis(owner, name, value, x) -> None:
+    """The axis an op inserts (``unsqueeze``, ``stack``): from -(rank + 1) to rank."""
+    _axes_out_of_range(owner, name, value, x, added=1)
+
+
+def check_permutation(owner, name, value, x) -> None:
+    """``permute``'s ``dims``: each axis of ``x`` once (PyTorch's rule; the frameworks raised their own errors)."""
+    _axes_out_of_range(owner, name, value, x)
+    shape = getattr(x, "shape", None)
+    given = arguments.sequence(value)
+    if shape is None or given is None:
+        return
+    rank = len(tuple(shape))
+    axes = [arguments.integer(a) for a in given]
+    if len(axes) != rank or None in axes or len({a % max(rank, 1) for a in axes}) != rank:
+        raise ShapeMismatchError(f"{literal(owner)} {name}={tuple(given)!r} must name each of the {rank} axes of the tensor "
+                                 f"once")

@@ -48,7 +48,10 @@ def op(declaration=None, **options):
     some, each in dtypes of its own), but those of ``indices`` (which check a NumPy array's dtype first); an op
     whose operands convert beside each other (``maximum``: ``input_checks.operands``) says ``arrays=()``.
     ``numeric``: the parameters that take numbers alone (booleans are a ``DtypeMismatchError``, as PyTorch has no
-    boolean kernel). ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``."""
+    boolean kernel). ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``.
+    ``dims`` (``new_dims``, ``permutation``): ``{parameter: tensor parameter}``, the parameters that take axes of
+    that tensor (the axis the op inserts; ``permute``'s order of all of them): one out of range is an
+    ``AxisOutOfRangeError`` on every backend (some wrapped it silently, ``% rank``), before the backend sees it."""
     indices = options.pop("indices", ())
     arrays = options.pop("arrays", None)
     checks = {**{p: input_checks.check_integer for p in indices},
@@ -61,6 +64,13 @@ def op(declaration=None, **options):
               **{p: input_checks.booleans_as_int64 for p in options.pop("booleans_as_int64", ())}}
     if checks:
         options["inputs"] = checks
+    # ``dims``: {parameter: tensor parameter} whose axes it names; ``new_dims``: the axis an op inserts;
+    # ``permutation``: permute's
+    dims = {**{p: (t, input_checks.check_axes) for p, t in options.pop("dims", {}).items()},
+            **{p: (t, input_checks.check_new_axis) for p, t in options.pop("new_dims", {}).items()},
+            **{p: (t, input_checks.check_permutation) for p, t in options.pop("permutation", {}).items()}}
+    if dims:
+        options["dims"] = dims
 
     def register(declaration):
         names = arrays
@@ -116,13 +126,13 @@ def tanh(x):
     """Hyperbolic tangent."""
 
 
-@op(floating=("x",), axes=("dim",), dispatch=False)
+@op(floating=("x",), axes=("dim",), dims={"dim": "x"}, dispatch=False)
 def softmax(x, dim=-1):
     """exp(x) / sum(exp(x)) along ``dim``; ``dim=None`` is PyTorch's implicit axis (``implicit_softmax_dim``)."""
     return _ops().softmax(x, implicit_softmax_dim("softmax", x) if dim is None else dim)
 
 
-@op(floating=("x",), axes=("dim",), dispatch=False)
+@op(floating=("x",), axes=("dim",), dims={"dim": "x"}, dispatch=False)
 def log_softmax(x, dim=-1):
     """log(softmax(x)) computed stably along ``dim``; ``dim=None`` is PyTorch's implicit axis."""
     return _ops().log_softmax(x, implicit_softmax_dim("log_softmax", x) if dim is None else dim)
@@ -343,14 +353,14 @@ def flatten(x, start_dim=1):
     return _ops().flatten(x, input_checks.start_axis("flatten", x, start_dim))
 
 
-@op(dispatch=False)
+@op(dims={"axis": "tensors"}, dispatch=False)
 def concat(tensors, axis=0):
     """Join tensors along an existing axis; tensors of several dtypes are promoted as ``torch.cat`` promotes them
     (TensorFlow refused them)."""
     return _ops().concat(_promoted_together("concat", tensors), axis)
 
 
-@op(dispatch=False)
+@op(new_dims={"axis": "tensors"}, dispatch=False)
 def stack(tensors, axis=0):
     """Join tensors along a new axis; tensors of several dtypes are promoted as ``torch.stack`` promotes them
     (TensorFlow refused them)."""
@@ -378,12 +388,12 @@ def _promoted_together(name, tensors):
     return [t if name == result else cast(t, result) for t, name in zip(tensors, names)]
 
 
-@op(reduced=("axis",))
+@op(reduced=("axis",), dims={"axis": "x"})
 def mean(x, axis=None, keepdims=False):
     """Mean over ``axis`` (all axes when None; ``keepdims`` keeps them as size 1 either way)."""
 
 
-@op(summable=("x",), reduced=("axis",))
+@op(summable=("x",), reduced=("axis",), dims={"axis": "x"})
 def sum(x, axis=None, keepdims=False):
     """Sum over ``axis`` (all axes when None; ``keepdims`` keeps them as size 1 either way). Booleans and integers
     are summed in int64, as ``torch.sum`` sums them."""
@@ -819,14 +829,14 @@ def embedding(indices, weight, padding_idx=None):
     would return zeros)."""
 
 
-@op(indices=("indices",))
+@op(indices=("indices",), dims={"axis": "x"})
 def take(x, indices, axis=0):
     """Slices of ``x`` along ``axis`` picked by integer ``indices`` (``torch.index_select`` for 1-D indices,
     ``numpy.take``): the result's shape is x.shape[:axis] + indices.shape + x.shape[axis+1:]. Indices
     outside [0, x.shape[axis]) raise ``IndexOutOfRangeError``."""
 
 
-@op(indices=("index",))
+@op(indices=("index",), dims={"dim": "x"})
 def gather(x, dim, index):
     """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for dim 0 (and alike for any ``dim``); ``index``
     has ``x``'s rank, and may be smaller than ``x`` on every axis. Indices out of range raise
@@ -907,23 +917,23 @@ def arange(start, end=None, step=1, dtype=None):
         return backend.ops.arange(start, end, step, _dtype_name(dtype))
 
 
-@op(numeric=("x",))
+@op(numeric=("x",), dims={"dim": "x"})
 def argmax(x, dim=None, keepdim=False):
     """Index (int64) of the largest value along ``dim`` (of the flattened tensor when None); the first one on ties.
     Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them)."""
 
 
-@op
+@op(permutation={"dims": "x"})
 def permute(x, dims):
     """``x`` with its axes reordered: axis i of the result is axis ``dims[i]`` of ``x``."""
 
 
-@op
+@op(new_dims={"dim": "x"})
 def unsqueeze(x, dim):
     """``x`` with a new axis of size 1 at position ``dim``."""
 
 
-@op
+@op(dims={"dim": "x"})
 def squeeze(x, dim=None):
     """``x`` without its axes of size 1 (only axis ``dim``, an int or a tuple, when given; a given axis of another
     size stays, as in PyTorch, except inside a graph that does not know its size, where it must be 1)."""
@@ -965,7 +975,7 @@ def minimum(a, b):
     return _ops().minimum(*_typed_as_torch("minimum", _check_broadcastable("minimum", a, b), b))
 
 
-@op(dispatch=False)
+@op(dims={"dim": "x"}, dispatch=False)
 def amax(x, dim, keepdim=False):
     """Largest value along ``dim`` (an int or a tuple of them), as ``torch.amax``. An empty axis among them has no
     largest value: ``ShapeMismatchError`` on every backend (TensorFlow gave -inf, Keras raised, JAX its own error)."""
@@ -1035,6 +1045,8 @@ def cat(tensors, dim=0):
 
 def transpose(x, dim0, dim1):
     """``x`` with axes ``dim0`` and ``dim1`` swapped (``torch.transpose``; ``permute`` for any order)."""
+    input_checks.check_axes("transpose", "dim0", dim0, x)  # (``% rank`` swapped a wrapped axis silently)
+    input_checks.check_axes("transpose", "dim1", dim1, x)
     rank = len(x.shape)
     dims = list(range(rank))
     dims[dim0 % rank], dims[dim1 % rank] = dims[dim1 % rank], dims[dim0 % rank]

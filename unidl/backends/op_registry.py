@@ -41,17 +41,19 @@ CONVERTED = (np.ndarray, np.generic, list, tuple, int, float)
 
 
 def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs: dict | None = None,
-                arrays: dict | None = None, dispatch: bool = True) -> Callable:
+                arrays: dict | None = None, dispatch: bool = True, dims: dict | None = None) -> Callable:
     """A function with ``declaration``'s exact signature whose body is ``resolve_ops().<name>(...)`` (without
     ``dispatch``: ``declaration(...)``, the front end's own body): compiled once, so a call costs what a
     hand-written forwarding function costs. ``inputs`` maps parameter names to a check
     ``check(op_name, parameter_name, value) -> value`` that the body applies to that argument first; before it,
     a NumPy array or scalar, a list, a tuple or a Python number (``CONVERTED``) given to a parameter ``arrays``
     names becomes ``arrays[name](op_name, parameter_name, value)`` (an ``isinstance`` test, tens of nanoseconds,
-    where the argument is a tensor)."""
-    inputs, arrays = inputs or {}, arrays or {}
+    where the argument is a tensor). ``dims`` maps parameter names that take axes to ``(tensor_parameter, check)``:
+    the body calls ``check(op_name, parameter_name, value, tensor)`` after the other checks (an axis in range of
+    that tensor's rank)."""
+    inputs, arrays, dims = inputs or {}, arrays or {}, dims or {}
     signature = inspect.signature(declaration)
-    unknown = (set(inputs) | set(arrays)) - set(signature.parameters)
+    unknown = (set(inputs) | set(arrays) | set(dims) | {t for t, _ in dims.values()}) - set(signature.parameters)
     if unknown:
         raise BackendInterfaceError(f"op {name!r} checks inputs {sorted(unknown)} it does not declare")
     params, forwarded, seen_star = [], [], False
@@ -74,11 +76,13 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
             forwarded.append(p.name)
     converted = "".join(f"    if isinstance({p}, _CONVERTED): {p} = _array_{p}({name!r}, {p!r}, {p})\n" for p in arrays)
     checks = "".join(f"    {p} = _check_{p}({name!r}, {p!r}, {p})\n" for p in inputs)
+    checks += "".join(f"    _dims_{p}({name!r}, {p!r}, {p}, {tensor})\n" for p, (tensor, _) in dims.items())
     target = f"_resolve_ops().{name}" if dispatch else "_declaration"
     source = f"def {name}({', '.join(params)}):\n{converted}{checks}    return {target}({', '.join(forwarded)})\n"
     namespace = {"_resolve_ops": resolve_ops, "_declaration": declaration, "_CONVERTED": CONVERTED,
                  **{f"_check_{p}": check for p, check in inputs.items()},
-                 **{f"_array_{p}": convert for p, convert in arrays.items()}}
+                 **{f"_array_{p}": convert for p, convert in arrays.items()},
+                 **{f"_dims_{p}": check for p, (_, check) in dims.items()}}
     exec(compile(source, f"<unidl.ops.{name}>", "exec"), namespace)
     function = namespace[name]
     function.__defaults__ = declaration.__defaults__
@@ -91,23 +95,23 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
 
 
 def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = False, public: bool = True,
-            dispatch: bool = True, inputs: dict | None = None, arrays: dict | None = None):
+            dispatch: bool = True, inputs: dict | None = None, arrays: dict | None = None, dims: dict | None = None):
     """Decorator for the declarations in ``unidl/ops.py``: register the op and return its dispatcher
     (or the declared function itself with ``dispatch=False``, when the front end adds behaviour of
     its own before calling the backend, e.g. drawing dropout's generator). ``inputs``: per parameter name, a
     check the dispatcher applies to that argument before the backend sees it (``unidl.input_checks``'s dtype
     rules). ``arrays``: per parameter name, the function that converts a value of ``CONVERTED`` given to it first
     (with ``dispatch=False`` too: the declared function is then called through a forwarding function that does
-    it)."""
+    it). ``dims``: the parameters that take axes of a tensor parameter, and their range checks (``_dispatcher``)."""
 
     def register(declaration: Callable) -> Callable:
         op_name = name or declaration.__name__
         if op_name in REGISTRY:
             raise BackendInterfaceError(f"op {op_name!r} is declared twice")
         REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public)
-        if not dispatch and not arrays:
+        if not dispatch and not arrays and not dims:
             return declaration
-        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch)
+        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch, dims)
 
     return register
 

@@ -73,6 +73,7 @@ class Softmax(Module):
 
     def forward(self, x):
         x = _floats(self, x)
+        input_checks.check_axes(self.describe, "dim", self.dim, x)
         return self._ops.softmax(x, self.dim if self.dim is not None else functional.implicit_softmax_dim("Softmax", x))
 
     def extra_repr(self):
@@ -89,6 +90,7 @@ class LogSoftmax(Module):
 
     def forward(self, x):
         x = _floats(self, x)
+        input_checks.check_axes(self.describe, "dim", self.dim, x)
         return self._ops.log_softmax(x, self.dim if self.dim is not None else
                                      functional.implicit_softmax_dim("LogSoftmax", x))
 
