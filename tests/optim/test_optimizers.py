@@ -378,6 +378,21 @@ def test_rmsprop_slots_are_fixed_when_built(backend):
     assert optimizer.state_dict()["step"] == 0 and optimizer.param_groups[0]["momentum"] == 0
 
 
+def test_apply_takes_numpy_gradients_as_tensors_with_every_option(backend):
+    """``apply`` of NumPy arrays (or lists) gives what it gives for ``ud.tensor`` of them, with clipping, L1 and L2
+    too (TensorFlow's value clipping raised an ``AttributeError``, Keras-on-torch's weight decay a ``TypeError``)."""
+    options = dict(lr=0.1, weight_decay=0.1, l1=0.01, clip_grad_value=0.5, clip_grad_norm=0.8)
+    runs = []
+    for convert in (np.asarray, ud.tensor, lambda g: g.tolist()):
+        holder = Holder()
+        optimizer = ud.optim.Adam(holder.parameters(), **options)
+        for g in GRADS[-2:]:
+            optimizer.apply([convert(g)])
+        runs.append(holder.state_dict()["w"])
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[2], runs[1])
+
+
 def test_setting_negative_lr_is_rejected(backend):
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="lr=-1 is invalid"):

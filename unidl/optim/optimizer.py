@@ -18,7 +18,7 @@ import numpy as np
 
 from unidl import config
 from unidl.arguments import INT64_END, check_range  # noqa: F401  (the optimizers import check_range from here)
-from unidl.backends.op_registry import optional_op
+from unidl.backends.op_registry import CONVERTED, optional_op
 from unidl.errors import BackendMismatchError
 from unidl.optim.gradients import check_clipping, clip_gradients
 from unidl.optim.param_groups import ParamGroup, check_group_options, grow_generation, options_read, split_param_groups
@@ -414,6 +414,13 @@ class Optimizer:
         grads = list(grads)
         if len(grads) != len(self.params):
             raise ValueError(f"{type(self).__name__}.apply got {len(grads)} gradients for {len(self.params)} parameters")
+        if any(isinstance(g, CONVERTED) for g in grads):  # NumPy arrays, lists: tensors of the parameters' dtypes (on
+            # some backends an option's arithmetic met the NumPy array itself: AttributeError, Keras's TypeError)
+            from unidl.dtype_kinds import dtype_name
+            from unidl.tensors import tensor
+
+            grads = [tensor(np.asarray(g), dtype_name(p.dtype)) if isinstance(g, CONVERTED) else g
+                     for p, g in zip(self.params, grads)]
         self._backend.apply_gradients(self, [g if is_trainable(p) else None for p, g in zip(self.params, grads)])
 
     @property
