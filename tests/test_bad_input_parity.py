@@ -323,6 +323,43 @@ def test_an_axis_past_the_inputs_is_one_error_as_torchs(mode, index):
         run(mode, lambda x: ud.ops.permute(x, (0, 1, 1)), np.zeros((2, 3, 4), np.float32))
 
 
+def test_class_losses_and_attention_of_mismatched_sizes_are_one_error_in_a_graph_too(mode):
+    """Logits for 2 samples and 3 labels, 2 class weights for 3 classes, and attention over features of another size:
+    the eager ``ShapeMismatchError``, word for word, also inside a graph traced for any sizes (TensorFlow's
+    slicing and matrix-size errors, and for the class weights no error: a loss)."""
+    logits, labels = np.zeros((2, 3), np.float32), np.array([0, 1, 2])
+    cases = [(ud.nn.CrossEntropyLoss(), (logits, labels), "CrossEntropyLoss needs logits of shape (N, C) and integer "
+              "labels of shape (N,) (or (N, C, d1, ...) and (N, d1, ...)); got logits (2, 3) and labels (3,)"),
+             (ud.nn.NLLLoss(), (logits, labels), "NLLLoss needs log-probabilities of shape (N, C) and integer labels "
+              "of shape (N,) (or (N, C, d1, ...) and (N, d1, ...)); got (2, 3) and labels (3,)"),
+             (ud.nn.CrossEntropyLoss(weight=[1.0, 2.0]), (logits, labels[:2]), "CrossEntropyLoss has 2 class weights "
+              "but the input has 3 classes (shape (2, 3))"),
+             (ud.nn.MultiheadAttention(4, 2), (np.zeros((3, 2, 5), np.float32),) * 3, "MultiheadAttention(embed_dim=4, "
+              "num_heads=2, batch_first=False) expected query of shape (L, N, E) (or unbatched (L, E)) with E = 4, "
+              "received (3, 2, 5)")]
+    for layer, inputs, message in cases:
+        raises_exactly(ud.ShapeMismatchError, message, lambda: run(mode, layer, *inputs))
+
+
+@pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])
+def test_dropout_after_a_checked_layer_in_the_first_graph_of_a_process(name):
+    """The backends that make their dropout generator at its first draw (as in a fresh process), that draw inside a
+    graph after a layer whose shape check is an op of it (TensorFlow: an Assert, which the generator's seed
+    followed): it traces and draws (TensorFlow could not lift the generator out of the graph: UnliftableError)."""
+    from unidl import config
+
+    with ud.use_backend(name):
+        native = config.backend()
+        kept, native._generator = native._generator, None
+        try:
+            model = ud.nn.Sequential(ud.nn.Linear(4, 4), ud.nn.Dropout(0.5))
+            out = ud.to_numpy(ud.function(lambda a: model(a))(ud.tensor(np.ones((64, 4), np.float32))))
+            assert out.shape == (64, 4) and 0 < (out == 0).mean() < 1
+        finally:
+            if kept is not None:
+                native._generator = kept
+
+
 def test_integer_mean_and_clip_with_float_bounds_give_floats(mode):
     """The mean of integers, and integers clipped to float bounds, in the float dtype in force on every backend
     (PyTorch's promotion for ``clamp``; tensorflow truncated both to integers, torch refused the mean)."""

@@ -96,13 +96,21 @@ class MultiheadAttention(Module):
                 average_attn_weights: bool = True, is_causal: bool = False):
         ops = self._ops
         batched = len(query.shape) == 3
+        layout = "(N, L, E)" if self.batch_first else "(L, N, E)"
+        checked = {}  # (one tensor given twice, self-attention's, stays one)
         for label, tensor, features in (("query", query, self.embed_dim), ("key", key, self.kdim),
                                         ("value", value, self.vdim)):
             shape = tuple(tensor.shape)
             if len(shape) != len(query.shape) or len(shape) not in (2, 3) or shape[-1] not in (features, None):
-                layout = "(N, L, E)" if self.batch_first else "(L, N, E)"
                 raise ShapeMismatchError(f"{self.describe()} expected {label} of shape {layout} (or unbatched (L, E)) "
                                          f"with E = {features}, received {shape}")
+            if id(tensor) not in checked:  # a graph traced for any sizes: the same error when it runs (TensorFlow's
+                # matrix-size error before)
+                checked[id(tensor)] = input_checks.require_sizes(
+                    self.describe, tensor, {-1: features}, lambda owner, template, role=label, size=features: (
+                        f"{owner} expected {role} of shape {layout} (or unbatched (L, E)) with E = {size}, received "
+                        f"{template}"))
+        query, key, value = (checked[id(tensor)] for tensor in (query, key, value))
         for tensor in (query, key, value):
             input_checks.check_parameters_dtype(self.describe, tensor, self.out_proj.weight)
         # a query whose every key is masked: 0 where PyTorch's module runs F.scaled_dot_product_attention, NaN

@@ -205,21 +205,39 @@ class _WeightedClassLoss(_Loss):
         if holds_floats(target) and len(a) >= 2 and len(b) == len(a) - 1:
             raise DtypeMismatchError(float_labels_message(name, target.dtype, probabilities_allowed))
         if probabilities_allowed and holds_floats(target) and len(a) >= 2:
+            message = (f"{name} needs logits of shape (N, C) and integer labels of shape (N,) or class probabilities "
+                       f"of the logits' shape; got logits {{}} and class probabilities {{}}")
             if _shapes_conflict(a, b):
-                raise ShapeMismatchError(
-                    f"{name} needs logits of shape (N, C) and integer labels of shape (N,) or class probabilities "
-                    f"of the logits' shape; got logits {a} and class probabilities {b}")
-            return True
+                raise ShapeMismatchError(message.format(a, b))
+            return True, self._checked_when_run(scores, target, message, lambda x, y: list(zip(x, y)))
+        message = (f"{name} needs logits of shape (N, C) and integer labels of shape (N,) "
+                   f"(or (N, C, d1, ...) and (N, d1, ...)); got logits {{}} and labels {{}}" if probabilities_allowed else
+                   f"{name} needs log-probabilities of shape (N, C) and integer labels of shape (N,) "
+                   f"(or (N, C, d1, ...) and (N, d1, ...)); got {{}} and labels {{}}")
         if len(a) < 2 or len(b) != len(a) - 1 or _shapes_conflict(a[:1] + a[2:], b):
-            raise ShapeMismatchError(
-                f"{name} needs logits of shape (N, C) and integer labels of shape (N,) "
-                f"(or (N, C, d1, ...) and (N, d1, ...)); got logits {a} and labels {b}" if probabilities_allowed else
-                f"{name} needs log-probabilities of shape (N, C) and integer labels of shape (N,) "
-                f"(or (N, C, d1, ...) and (N, d1, ...)); got {a} and labels {b}")
-        if self.weight is not None and a[1] is not None and a[1] != self.weight.shape[0]:
-            raise ShapeMismatchError(f"{name} has {self.weight.shape[0]} class weights but the input has {a[1]} classes "
+            raise ShapeMismatchError(message.format(a, b))
+        weights = None if self.weight is None else self.weight.shape[0]
+        if weights is not None and a[1] is not None and a[1] != weights:
+            raise ShapeMismatchError(f"{name} has {weights} class weights but the input has {a[1]} classes "
                                      f"(shape {a})")
-        return False
+        scores = self._checked_when_run(scores, target, message, lambda x, y: list(zip(x[:1] + x[2:], y)))
+        if weights is not None and a[1] is None:  # (a graph traced for any sizes: the check runs with it)
+            sizes = input_checks.sizes_of(scores)
+            scores = input_checks.require(scores, input_checks.holds(sizes[1] == weights), lambda: (
+                f"{name} has {weights} class weights but the input has {{}} classes (shape "
+                f"{input_checks.shape_template(len(sizes))})"), (sizes[1],) + tuple(sizes))
+        return False, scores
+
+    def _checked_when_run(self, scores, target, message: str, pairs):
+        """``scores``, carrying the check that its sizes and ``target``'s match as ``pairs(scores' sizes, target's)``
+        pairs them, where a graph traced for any sizes leaves some unknown: the eager ``message`` (two ``{}``: the
+        shapes) when it runs (TensorFlow's own slicing error, or none: a loss of mismatched sizes)."""
+        if None not in _static_shape(scores) + _static_shape(target):
+            return scores
+        a, b = input_checks.sizes_of(scores), input_checks.sizes_of(target)
+        holds = input_checks.all_of([input_checks.holds(x == y) for x, y in pairs(a, b)])
+        shapes = (input_checks.shape_template(len(a)), input_checks.shape_template(len(b)))
+        return input_checks.require(scores, holds, lambda: message.format(*shapes), tuple(a) + tuple(b))
 
     def mean_divisor(self, target, losses):
         """What 'mean' divides the sum of the losses (``losses``: reduction='none', of ``target``) by, PyTorch's:
@@ -270,7 +288,7 @@ class CrossEntropyLoss(_WeightedClassLoss):
     def forward(self, logits, target):
         if len(_static_shape(logits)) == 1:  # one sample, (C,) against a label () or probabilities (C,)
             return self._unbatched(logits, target)
-        probabilities = self._check_shapes(logits, target, probabilities_allowed=True)
+        probabilities, logits = self._check_shapes(logits, target, probabilities_allowed=True)
         logits = input_checks.as_floating(self.describe, "logits", logits)  # (integers: floats in force, as NLLLoss)
         if probabilities and self.ignore_index >= 0:  # (PyTorch's rule: a class index ignored means nothing there)
             raise ValueError(f"{self.describe()}: ignore_index={self.ignore_index} applies to integer labels, not to "
@@ -293,5 +311,5 @@ class NLLLoss(_WeightedClassLoss):
     def forward(self, log_probabilities, labels):
         if len(_static_shape(log_probabilities)) == 1:  # one sample, (C,) against a label ()
             return self._unbatched(log_probabilities, labels)
-        self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
+        _, log_probabilities = self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
         return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)

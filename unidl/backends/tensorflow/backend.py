@@ -123,13 +123,19 @@ class Backend(BackendInterface):
     def seed(self, seed):
         tf.random.set_seed(seed)
         if self._generator is None:
-            self._generator = tf.random.Generator.from_seed(seed)
+            with tf.init_scope():  # (see generator)
+                self._generator = tf.random.Generator.from_seed(seed)
         else:
             self._generator.reset_from_seed(seed)  # in place: compiled graphs captured its variable
 
     def generator(self):
         if self._generator is None:
-            self._generator = tf.random.Generator.from_non_deterministic_state()
+            # made eagerly (``tf.init_scope``) also when the first draw is in a trace: made there, its state's
+            # random seed followed the trace's stateful ops (automatic control dependencies), a shape check's
+            # Assert on the inputs among them, and TensorFlow could not lift it out of the graph (UnliftableError:
+            # Linear then Dropout in a ud.function of a fresh process)
+            with tf.init_scope():
+                self._generator = tf.random.Generator.from_non_deterministic_state()
         return self._generator
 
     def current_device_name(self) -> str:
