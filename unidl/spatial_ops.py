@@ -644,8 +644,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
 
 def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_factor, like):
     """``interpolate``'s products of ``x`` with one (out, in) matrix per spatial axis, in ``like``'s floating
-    dtype; integers (``like`` is not ``x``; the nearest modes) take the input each one-hot row picks, exact in
-    any width (a product went through float32 on Keras, and torch has no integer product on CUDA)."""
+    dtype; the nearest modes take the input each one-hot row picks, exact in any width and for any value (a product
+    went through float32 on Keras, torch has no integer product on CUDA, and 0 * inf is NaN)."""
     matrices = []
     # where a graph leaves sizes unknown, positions and weights are computed in float32 for float16 and bfloat16
     # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those): the matrices are rounded to
@@ -670,7 +670,9 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
         if factor is not None and _copies_equal_sizes(mode, len(sizes)):
             matrix = _identity_where_equal(matrix, n, out, like)
         matrices.append(matrix if like is target else ops.cast_like(matrix, target))
-    if target is not x:
+    if target is not x or mode in ("nearest", "nearest-exact"):  # each output an input's copy: picked, not a
+        # product (0 * inf of the other inputs made NaN rows around an infinite value, and integers went through
+        # floats)
         for axis, matrix in enumerate(matrices, 2):
             x = ops.take(x, ops.argmax(matrix, 1), axis)
         return x
