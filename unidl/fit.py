@@ -82,6 +82,12 @@ class Trainer:
         # the part of the epoch in progress that the loop's own sums do not hold (a checkpoint's totals, in a
         # data-parallel job: the job's), as float64 arrays [loss sum, samples, *statistics]; None otherwise
         self.carried_totals = None
+        self.validation_freq = None  # fit's validation_freq where it has validation data, else None
+
+    def validates(self, epoch: int) -> bool:
+        """Whether ``fit`` validates after 0-based ``epoch``: that epoch's logs hold the 'val_*' values (an epoch
+        that ``validation_freq`` skips has none)."""
+        return self.validation_freq is not None and fit_options.validates_after(epoch, self.validation_freq)
 
     @property
     def updated(self) -> bool:
@@ -414,6 +420,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     terminate_on_nan = any(isinstance(c, TerminateOnNaN) for c in callbacks)
     trainer.callbacks, trainer.carried_epoch = callbacks, None
     trainer.epochs = epochs  # for callbacks that show "epoch e/epochs" (ProgressBar)
+    trainer.validation_freq = validation_freq if validation is not None else None
     trainer.metrics = [metric for accumulator in (train_metrics, validation_metrics) if accumulator is not None
                        for metric in accumulator.metrics]  # (a callback's mode='auto' goes by their directions)
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
@@ -434,7 +441,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
 
     def end_epoch(epoch, logs):
         """What follows an epoch's last batch: validation, its History entry, the callbacks' epoch end."""
-        if validation is not None and fit_options.validates_after(epoch, validation_freq):
+        if trainer.validates(epoch):
             results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted)
             logs.update({f"val_{k}": v for k, v in results.items()})
         history.append(logs)

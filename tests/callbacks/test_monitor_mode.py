@@ -44,3 +44,27 @@ def test_auto_mode_follows_the_metrics_direction_as_keras(callback, rng):
         else:
             run()
             assert built.mode == expected and built.best > float("-inf")
+
+
+@pytest.mark.parametrize("callback", BUILDERS)
+def test_epochs_that_validation_freq_skips_are_skipped_as_keras(callback, backend, rng):
+    """With ``validation_freq=2`` the odd epochs log no 'val_loss': the callback skips them and watches the
+    validated ones, as Keras's (a ``KeyError`` ended the first epoch). A name that can never be logged is still the
+    ``KeyError`` naming the logs: no validation data at all, or a name that a validated epoch does not log."""
+    x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.integers(0, 2, 8)
+
+    def run(monitor, **options):
+        built = BUILDERS[callback](monitor)
+        built.save_best_only = True  # (ModelCheckpoint's: else it compares nothing)
+        history = ud.fit(ud.nn.Linear(3, 2), x, y, 4, 4, 0, loss="cross_entropy", optimizer="sgd", callbacks=[built],
+                         **options)
+        return built, history
+
+    built, history = run("val_loss", validation_data=(x, y), validation_freq=2)
+    assert len(history["loss"]) == 4 and len(history["val_loss"]) == 2
+    assert built.best == pytest.approx(min(history["val_loss"]))
+    with pytest.raises(KeyError, match=rf"{callback} monitors 'val_loss', but fit reports only \['accuracy', 'loss', "
+                                       r"'lr'\]; pass validation_data"):
+        run("val_loss")
+    with pytest.raises(KeyError, match=rf"{callback} monitors 'val_los', but fit reports only .*'val_loss'\]\W*$"):
+        run("val_los", validation_data=(x, y), validation_freq=2)

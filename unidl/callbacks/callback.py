@@ -76,12 +76,19 @@ def settle_mode(callback, owner: str) -> None:
         callback.best = -math.inf if callback.mode == "max" else math.inf
 
 
-def monitored(owner: str, monitor: str, logs) -> float:
-    """``logs[monitor]``, or a ``KeyError`` naming the logs ``fit`` reports."""
-    if monitor not in (logs or {}):
-        raise KeyError(f"{owner} monitors {monitor!r}, but fit reports only {sorted(logs or {})}; "
-                       f"pass validation_data for 'val_*' metrics")
-    return float(logs[monitor])
+def monitored(callback, owner: str, epoch: int, logs) -> float | None:
+    """``logs[callback.monitor]`` at the end of ``epoch``; None for a 'val_*' name in an epoch that ``fit`` does
+    not validate (``validation_freq`` skips it, validating others: the callback skips the epoch, as Keras's do);
+    else a ``KeyError`` naming the logs ``fit`` reports (no validation data, or a name no log has)."""
+    monitor, logs = callback.monitor, logs or {}
+    if monitor in logs:
+        return float(logs[monitor])
+    trainer = getattr(callback, "trainer", None)
+    if (monitor.startswith("val_") and getattr(trainer, "validation_freq", None) is not None
+            and not trainer.validates(epoch)):
+        return None
+    hint = "" if any(key.startswith("val_") for key in logs) else "; pass validation_data for 'val_*' metrics"
+    raise KeyError(f"{owner} monitors {monitor!r}, but fit reports only {sorted(logs)}{hint}")
 
 
 def as_callbacks(callbacks) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from unidl import arguments
-from unidl.callbacks.callback import Callback, resolve_mode, settle_mode
+from unidl.callbacks.callback import Callback, monitored, resolve_mode, settle_mode
 
 
 class EarlyStopping(Callback):
@@ -89,12 +89,9 @@ class EarlyStopping(Callback):
         self._resumed = False
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.monitor not in (logs or {}):
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r}, but fit reports only {sorted(logs or {})}; "
-                           f"pass validation_data for 'val_*' metrics")
-        if epoch < self.start_from_epoch:
+        value = monitored(self, "EarlyStopping", epoch, logs)
+        if value is None or epoch < self.start_from_epoch:  # (an epoch that validation_freq does not validate)
             return
-        value = logs[self.monitor]
         settle_mode(self, "EarlyStopping")
         if self.restore_best_weights and self._best_state is None:  # (Keras's: the first watched epoch's at least)
             self._best_state, self.best_epoch = self.trainer.model.state_dict(), epoch

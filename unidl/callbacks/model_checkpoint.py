@@ -64,8 +64,8 @@ class ModelCheckpoint(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_best_only:
-            value = monitored("ModelCheckpoint", self.monitor, logs)
-            if not self._improved(value):
+            value = monitored(self, "ModelCheckpoint", epoch, logs)
+            if value is None or not self._improved(value):  # (None: an epoch that validation_freq skips)
                 return
             if self.verbose:
                 print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {value:.5f}")

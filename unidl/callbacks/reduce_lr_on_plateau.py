@@ -74,7 +74,9 @@ class ReduceLROnPlateau(Callback):
         return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
 
     def on_epoch_end(self, epoch, logs=None):
-        value = monitored("ReduceLROnPlateau", self.monitor, logs)
+        value = monitored(self, "ReduceLROnPlateau", epoch, logs)
+        if value is None:  # an epoch that validation_freq does not validate: no count, no cooldown (Keras's)
+            return
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
