@@ -74,3 +74,12 @@ def test_bad_arguments():
                             (dict(baseline="low"), "baseline must be a number or None, got 'low'")]:
         with pytest.raises(ValueError, match=message):
             ud.callbacks.EarlyStopping(monitor="loss", **kwargs)
+
+
+def test_an_improvement_of_exactly_min_delta_is_none_as_keras():
+    """0.8 then 0.7 with ``min_delta=0.1``: Keras compares 0.7 + 0.1 with 0.8 in float32, equal, so it is no
+    improvement and a patience of 1 stops there (unidl's float64 ``0.7 < 0.8 - 0.1`` counted one and went on);
+    a change below float32's resolution is none either."""
+    for values, kwargs in (([0.8, 0.7, 0.6], dict(min_delta=0.1)), ([0.8, 0.8 - 1e-9, 0.5], {})):
+        assert unidl_stops(values, mode="min", patience=1, **kwargs) == (1, 0)
+        assert keras_stops(values, mode="min", patience=1, **kwargs) == (1, 0)

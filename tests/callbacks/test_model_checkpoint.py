@@ -73,3 +73,24 @@ def test_best_value_survives_a_resume(backend, problem, tmp_path):
     assert resumed.best == first.best
     with pytest.raises(ud.errors.CheckpointStateError, match="ModelCheckpoint state must be"):
         resumed.load_state_dict({"best": "low"})
+
+
+def test_improvements_are_keras_float32_comparisons(backend, tmp_path):
+    """``save_best_only`` saves where Keras's ``ModelCheckpoint`` does: a value below the best by less than
+    float32's resolution (0.8 then 0.8 - 1e-9) is no improvement there (unidl's float64 comparison saved it)."""
+    import types
+
+    keras = pytest.importorskip("keras")
+    values = [0.8, 0.8 - 1e-9, 0.7, 0.9]
+    saved = []
+    reference = keras.callbacks.ModelCheckpoint(str(tmp_path / "k-{epoch}.weights.h5"), monitor="m", mode="min",
+                                                save_best_only=True, save_weights_only=True)
+    reference.set_model(types.SimpleNamespace(save_weights=lambda path, overwrite=True: saved.append(path)))
+    callback = ud.callbacks.ModelCheckpoint(tmp_path / "u-{epoch}.safetensors", monitor="m", mode="min",
+                                            save_best_only=True, save_weights_only=True)
+    callback.trainer = types.SimpleNamespace(model=ud.nn.Linear(1, 1))
+    for epoch, value in enumerate(values):
+        reference.on_epoch_end(epoch, {"m": value})
+        callback.on_epoch_end(epoch, {"m": value})
+    assert [os.path.basename(path) for path in saved] == ["k-1.weights.h5", "k-3.weights.h5"]
+    assert sorted(os.listdir(tmp_path)) == ["u-1.safetensors", "u-3.safetensors"]

@@ -37,6 +37,13 @@ class Holder(ud.nn.Module):
 ])
 def test_rates_are_keras(backend, kwargs):
     values = list(np.random.default_rng(5).standard_normal(40).cumsum() * 0.1)
+    rates = unidl_rates(values, **kwargs)
+    np.testing.assert_allclose(rates, keras_rates(values, **kwargs), rtol=1e-12)
+    assert len(set(rates)) > 1
+
+
+def unidl_rates(values, **kwargs):
+    """The lr unidl's ReduceLROnPlateau leaves after each value, on an SGD optimizer starting at 1."""
     callback = ud.callbacks.ReduceLROnPlateau(monitor="m", **kwargs)
     optimizer = ud.optim.SGD(Holder().parameters(), lr=1.0)
     callback.trainer = types.SimpleNamespace(optimizer=optimizer)
@@ -45,8 +52,14 @@ def test_rates_are_keras(backend, kwargs):
     for epoch, value in enumerate(values):
         callback.on_epoch_end(epoch, {"m": value})
         rates.append(optimizer.lr)
-    np.testing.assert_allclose(rates, keras_rates(values, **kwargs), rtol=1e-12)
-    assert len(set(rates)) > 1
+    return rates
+
+
+def test_a_change_of_exactly_min_delta_is_no_improvement_as_keras(backend):
+    """0.8 then 0.7 with ``min_delta=0.1`` is no improvement in Keras (0.7 + 0.1 against 0.8 in float32), so a
+    patience of 1 lowers the rate there (unidl's float64 ``0.7 < 0.8 - 0.1`` counted an improvement)."""
+    values, kwargs = [0.8, 0.7, 0.6], dict(mode="min", factor=0.5, patience=1, min_delta=0.1)
+    assert unidl_rates(values, **kwargs) == keras_rates(values, **kwargs) == [1.0, 0.5, 0.5]
 
 
 def test_in_fit(backend, problem):

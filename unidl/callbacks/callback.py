@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 class Callback:
     """Override any hook. ``logs`` holds the epoch's metrics ('loss', 'accuracy', 'val_loss', ...);
@@ -74,6 +76,17 @@ def settle_mode(callback, owner: str) -> None:
     callback.mode = _mode_of(directions[0])
     if math.isinf(callback.best):
         callback.best = -math.inf if callback.mode == "max" else math.inf
+
+
+def improved(mode: str, value: float, reference: float, min_delta: float = 0.0) -> bool:
+    """Keras 3's test of an improvement (``MonitorCallback._is_improvement``): ``value + min_delta < reference``
+    in mode 'min', ``value - min_delta > reference`` in 'max', the shift in float64 and the comparison in float32,
+    as Keras's ``keras.ops.less``/``greater`` compare Python floats in its float32 floatx. So an improvement of
+    exactly ``min_delta`` (0.8 to 0.7 by 0.1) is none, nor is one below float32's resolution (a float64
+    ``value < reference - min_delta`` counted both)."""
+    if mode == "max":
+        return bool(np.float32(value - min_delta) > np.float32(reference))
+    return bool(np.float32(value + min_delta) < np.float32(reference))
 
 
 def monitored(callback, owner: str, epoch: int, logs) -> float | None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 from unidl import arguments
-from unidl.callbacks.callback import Callback, monitored, resolve_mode, settle_mode
+from unidl.callbacks.callback import Callback, improved, monitored, resolve_mode, settle_mode
 
 
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs, by Keras 3's
     rule: an epoch without an improvement counts one, and the run stops when the count reaches ``patience``
-    (at least one such epoch; never after the first epoch).
+    (at least one such epoch; never after the first epoch). An improvement is Keras's float32 comparison
+    (``callback.improved``: one of exactly ``min_delta`` is none).
 
     ``mode``: 'min', 'max' or 'auto' (the loss's and ``ud.metrics``' directions, as Keras 3: ``resolve_mode``).
     ``baseline``: an improvement resets the count only where it also beats this value. ``start_from_epoch``:
@@ -81,7 +82,7 @@ class EarlyStopping(Callback):
         self._best_state = dict(weights) if weights else None
 
     def _improved(self, value, reference) -> bool:
-        return value > reference + self.min_delta if self.mode == "max" else value < reference - self.min_delta
+        return improved(self.mode, value, reference, self.min_delta)
 
     def on_train_begin(self, logs=None):
         if not self._resumed:  # each fit starts afresh, as Keras's; a resumed one continues its own

@@ -7,7 +7,7 @@ import math
 import os
 
 from unidl.distributed import process_group
-from unidl.callbacks.callback import Callback, monitored, resolve_mode, settle_mode
+from unidl.callbacks.callback import Callback, improved, monitored, resolve_mode, settle_mode
 
 
 class ModelCheckpoint(Callback):
@@ -52,7 +52,7 @@ class ModelCheckpoint(Callback):
 
     def _improved(self, value: float) -> bool:
         settle_mode(self, "ModelCheckpoint")
-        return value > self.best if self.mode == "max" else value < self.best
+        return improved(self.mode, value, self.best)  # (Keras's float32 comparison)
 
     def path_for(self, epoch: int, logs) -> str:
         """``filepath`` formatted for ``epoch`` (0-based, written from 1) and ``logs``."""

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 
-from unidl.callbacks.callback import Callback, monitored, resolve_mode, settle_mode
+from unidl.callbacks.callback import Callback, improved, monitored, resolve_mode, settle_mode
 
 
 class ReduceLROnPlateau(Callback):
     """Multiply the optimizer's lr by ``factor`` once ``monitor`` has not improved for ``patience`` epochs,
     with ``keras.callbacks.ReduceLROnPlateau``'s rule and defaults:
 
-    - an epoch improves when ``value < best - min_delta`` (mode 'min') or ``value > best + min_delta`` ('max');
+    - an epoch improves when ``value + min_delta < best`` (mode 'min') or ``value - min_delta > best`` ('max'),
+      compared in float32 as Keras (``callback.improved``: a change of exactly ``min_delta`` is none);
       'auto' goes by the loss's and ``ud.metrics``' directions, as Keras 3 (``callback.resolve_mode``);
     - after ``patience`` epochs in a row without improvement, lr = max(lr * factor, min_lr) (if lr > min_lr);
     - then ``cooldown`` epochs pass in which the count of epochs without improvement stays at 0.
@@ -71,7 +72,7 @@ class ReduceLROnPlateau(Callback):
 
     def _improved(self, value: float) -> bool:
         settle_mode(self, "ReduceLROnPlateau")
-        return value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+        return improved(self.mode, value, self.best, self.min_delta)
 
     def on_epoch_end(self, epoch, logs=None):
         value = monitored(self, "ReduceLROnPlateau", epoch, logs)
