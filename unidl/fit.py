@@ -417,7 +417,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     history = History()
     trainer = Trainer(model, optimizer, loader, history)
     callbacks = _checkpoints_last(as_callbacks(callbacks))
-    terminate_on_nan = any(isinstance(c, TerminateOnNaN) for c in callbacks)
+    # a TerminateOnNaN that stops quietly (raise_error=True: fit's own NonFiniteLossError, before the step's update)
+    terminate_on_nan = any(isinstance(c, TerminateOnNaN) and not c.raise_error for c in callbacks)
     trainer.callbacks, trainer.carried_epoch = callbacks, None
     trainer.epochs = epochs  # for callbacks that show "epoch e/epochs" (ProgressBar)
     trainer.validation_freq = validation_freq if validation is not None else None

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from unidl import arguments
 
 class Callback:
     """Override any hook. ``logs`` holds the epoch's metrics ('loss', 'accuracy', 'val_loss', ...);
@@ -87,6 +88,25 @@ def improved(mode: str, value: float, reference: float, min_delta: float = 0.0) 
     if mode == "max":
         return bool(np.float32(value - min_delta) > np.float32(reference))
     return bool(np.float32(value + min_delta) < np.float32(reference))
+
+
+def check_verbose(owner: str, verbose) -> int:
+    """Keras's ``verbose`` of a callback: 0 silent, 1 (or more; True) a line when it acts; else a ``ValueError``."""
+    if isinstance(verbose, bool):
+        return int(verbose)
+    checked = arguments.integer(verbose)
+    if checked is None or checked < 0:
+        raise ValueError(f"{owner} verbose must be 0 (silent) or 1 (a line when it acts), got {verbose!r}")
+    return checked
+
+
+def unsupported(owner: str, given: dict, defaults: dict, why: str) -> None:
+    """A ``ValueError`` for a Keras argument given a value unidl cannot honour (its Keras default is accepted, so
+    that Keras's calls run as they are): it names the argument, its value and what is supported."""
+    for name, value in given.items():
+        if value != defaults[name]:
+            raise ValueError(f"{owner} {name}={value!r} is Keras's, which unidl does not implement ({why}); "
+                             f"leave it at {defaults[name]!r}")
 
 
 def monitored(callback, owner: str, epoch: int, logs) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from unidl import arguments
-from unidl.callbacks.callback import Callback, improved, monitored, resolve_mode, settle_mode
+from unidl.callbacks.callback import Callback, check_verbose, improved, monitored, resolve_mode, settle_mode
 
 
 class EarlyStopping(Callback):
@@ -14,6 +14,8 @@ class EarlyStopping(Callback):
     (at least one such epoch; never after the first epoch). An improvement is Keras's float32 comparison
     (``callback.improved``: one of exactly ``min_delta`` is none).
 
+    Arguments in ``keras.callbacks.EarlyStopping``'s order (``EarlyStopping("val_loss", 0, 5)``: patience 5).
+    ``verbose``: 1 prints Keras's lines at the end (the epoch it stopped at, the best epoch restored).
     ``mode``: 'min', 'max' or 'auto' (the loss's and ``ud.metrics``' directions, as Keras 3: ``resolve_mode``).
     ``baseline``: an improvement resets the count only where it also beats this value. ``start_from_epoch``:
     epochs before it are not watched (a warm-up). ``restore_best_weights`` loads the weights of the best epoch at
@@ -21,15 +23,19 @@ class EarlyStopping(Callback):
     checkpoint continues the state saved there.
     """
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0, mode: str = "auto",
-                 restore_best_weights: bool = False, baseline: float | None = None, start_from_epoch: int = 0):
+    def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0, verbose: int = 0,
+                 mode: str = "auto", baseline: float | None = None, restore_best_weights: bool = False,
+                 start_from_epoch: int = 0):
         mode = resolve_mode("EarlyStopping", monitor, mode)
+        self.verbose = check_verbose("EarlyStopping", verbose)
+        if arguments.real(min_delta) is None:
+            raise ValueError(f"EarlyStopping min_delta must be a number, got {min_delta!r}")
         for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
             if arguments.integer(value) is None or value < 0:
                 raise ValueError(f"EarlyStopping {name} must be a non-negative integer, got {value!r}")
         if baseline is not None and arguments.real(baseline) is None:
             raise ValueError(f"EarlyStopping baseline must be a number or None, got {baseline!r}")
-        self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(min_delta)
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(arguments.real(min_delta))
         self.mode = mode
         self.restore_best_weights = restore_best_weights
         self.baseline = None if baseline is None else arguments.real(baseline)
@@ -109,5 +115,9 @@ class EarlyStopping(Callback):
             self.trainer.stop()
 
     def on_train_end(self, logs=None):
+        if self.stopped_epoch is not None and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self._best_state is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             self.trainer.model.load_state_dict(self._best_state)

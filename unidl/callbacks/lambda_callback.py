@@ -10,17 +10,26 @@ class LambdaCallback(Callback):
 
     - ``on_train_begin(logs)``, ``on_train_end(logs)``
     - ``on_epoch_begin(epoch, logs)``, ``on_epoch_end(epoch, logs)`` (``logs``: the epoch's metrics)
-    - ``on_batch_end(batch, logs)`` (``logs``: the running means of the epoch so far)
+    - ``on_train_batch_end(batch, logs)`` (``logs``: the running means of the epoch so far), also named
+      ``on_batch_end`` (by keyword)
 
-    A plain function given to ``fit(callbacks=[fn])`` becomes ``LambdaCallback(on_epoch_end=fn)``.
+    Arguments in ``keras.callbacks.LambdaCallback``'s order; its ``on_train_batch_begin`` is a ``ValueError``
+    (``fit`` calls no hook before a batch). A plain function given to ``fit(callbacks=[fn])`` becomes
+    ``LambdaCallback(on_epoch_end=fn)``.
 
     Example::
 
         ud.fit(..., callbacks=[ud.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: print(logs["loss"]))])
     """
 
-    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_batch_end=None, on_train_begin=None,
-                 on_train_end=None):
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
+                 on_train_batch_begin=None, on_train_batch_end=None, *, on_batch_end=None):
+        if on_train_batch_begin is not None:
+            raise ValueError("LambdaCallback on_train_batch_begin is Keras's, which unidl does not implement (fit "
+                             "calls no hook before a batch); use on_train_batch_end or on_epoch_begin")
+        if on_train_batch_end is not None and on_batch_end is not None:
+            raise ValueError("LambdaCallback: on_train_batch_end and on_batch_end name the same hook; pass one")
+        on_batch_end = on_batch_end if on_batch_end is not None else on_train_batch_end
         functions = {"on_epoch_begin": on_epoch_begin, "on_epoch_end": on_epoch_end, "on_batch_end": on_batch_end,
                      "on_train_begin": on_train_begin, "on_train_end": on_train_end}
         for name, function in functions.items():

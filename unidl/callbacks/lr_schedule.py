@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
-from unidl.callbacks.callback import Callback
+from unidl.callbacks.callback import Callback, check_verbose
 
 
 class LearningRateScheduler(Callback):
     """``schedule`` is a ``unidl.optim.lr_scheduler`` object (stepped after every epoch, or after every update
     with ``interval="batch"``, as ``OneCycleLR`` wants: with ``fit(accumulate=N)`` after every N-th batch, as a
     PyTorch loop steps it after ``optimizer.step()``) or a function ``(epoch, lr) -> new lr`` called before every
-    epoch, for each param group's rate (Keras's, for one group). Either way no compiled step is retraced."""
+    epoch, for each param group's rate (Keras's, for one group). Either way no compiled step is retraced.
+    ``verbose``: 1 prints the rate at the start of each epoch (Keras's line); ``interval`` is by keyword only, after
+    Keras's ``(schedule, verbose)``."""
 
-    def __init__(self, schedule, interval: str = "epoch"):
+    def __init__(self, schedule, verbose: int = 0, *, interval: str = "epoch"):
         if interval not in ("epoch", "batch"):
             raise ValueError(f"LearningRateScheduler interval must be 'epoch' or 'batch', got {interval!r}")
         if interval == "batch" and not hasattr(schedule, "step"):
             raise ValueError("LearningRateScheduler interval='batch' needs a unidl.optim.lr_scheduler object; "
                              "a function (epoch, lr) -> lr is called once per epoch")
         self.schedule, self.interval = schedule, interval
+        self.verbose = check_verbose("LearningRateScheduler", verbose)
 
     def on_epoch_begin(self, epoch, logs=None):
         if callable(self.schedule) and not hasattr(self.schedule, "step"):
             optimizer = self.trainer.optimizer
             for index, rate in enumerate([group["lr"] for group in optimizer.param_groups]):
                 optimizer.set_group_lr(index, float(self.schedule(epoch, rate)))
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {self.trainer.optimizer.lr}.")
 
     def on_batch_end(self, batch, logs=None):
         if self.interval == "batch" and getattr(self.trainer, "updated", True):

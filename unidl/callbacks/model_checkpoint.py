@@ -6,8 +6,10 @@ from __future__ import annotations
 import math
 import os
 
+from unidl import arguments
 from unidl.distributed import process_group
-from unidl.callbacks.callback import Callback, improved, monitored, resolve_mode, settle_mode
+from unidl.callbacks.callback import (Callback, check_verbose, improved, monitored, resolve_mode, settle_mode,
+                                     unsupported)
 
 
 class ModelCheckpoint(Callback):
@@ -23,15 +25,28 @@ class ModelCheckpoint(Callback):
         save_weights_only: write the weights alone (``model.load_weights(path)`` reads them); otherwise
             ``ud.save``'s file, which ``ud.load(path)`` rebuilds the model from.
 
+    Arguments in ``keras.callbacks.ModelCheckpoint``'s order. ``verbose=1`` prints a line per save;
+    ``initial_value_threshold``: the value an epoch must beat to be saved first (Keras's); ``save_freq`` other than
+    'epoch' (Keras's every N batches) is a ``ValueError``.
+
     ``state_dict()`` holds the best value so far, so that a resumed ``fit`` keeps comparing against it.
     """
 
-    def __init__(self, filepath, monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
-                 save_weights_only: bool = False, verbose: int = 0):
+    def __init__(self, filepath, monitor: str = "val_loss", verbose: int = 0, save_best_only: bool = False,
+                 save_weights_only: bool = False, mode: str = "auto", save_freq="epoch",
+                 initial_value_threshold: float | None = None):
+        unsupported("ModelCheckpoint", {"save_freq": save_freq}, {"save_freq": "epoch"},
+                    "it saves at the end of epochs; ud.callbacks.Checkpoint(every_steps=N) saves every N steps")
+        if initial_value_threshold is not None and arguments.real(initial_value_threshold) is None:
+            raise ValueError(f"ModelCheckpoint initial_value_threshold must be a number or None, "
+                             f"got {initial_value_threshold!r}")
         self.filepath = os.fspath(filepath)
         self.monitor, self.mode = monitor, resolve_mode("ModelCheckpoint", monitor, mode)
-        self.save_best_only, self.save_weights_only, self.verbose = bool(save_best_only), bool(save_weights_only), verbose
-        self.best = -math.inf if self.mode == "max" else math.inf
+        self.save_best_only, self.save_weights_only = bool(save_best_only), bool(save_weights_only)
+        self.verbose = check_verbose("ModelCheckpoint", verbose)
+        self.save_freq = save_freq
+        self.best = (-math.inf if self.mode == "max" else math.inf) if initial_value_threshold is None else \
+            arguments.real(initial_value_threshold)
         self.last_saved = None  # the path of the last file written
 
     def state_dict(self) -> dict:

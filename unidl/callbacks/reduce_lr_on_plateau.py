@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 
-from unidl.callbacks.callback import Callback, improved, monitored, resolve_mode, settle_mode
+from unidl.callbacks.callback import Callback, check_verbose, improved, monitored, resolve_mode, settle_mode
 
 
 class ReduceLROnPlateau(Callback):
     """Multiply the optimizer's lr by ``factor`` once ``monitor`` has not improved for ``patience`` epochs,
-    with ``keras.callbacks.ReduceLROnPlateau``'s rule and defaults:
+    with ``keras.callbacks.ReduceLROnPlateau``'s rule, defaults and order of arguments (``verbose``: 1 prints a
+    line at each reduction):
 
     - an epoch improves when ``value + min_delta < best`` (mode 'min') or ``value - min_delta > best`` ('max'),
       compared in float32 as Keras (``callback.improved``: a change of exactly ``min_delta`` is none);
@@ -21,8 +22,8 @@ class ReduceLROnPlateau(Callback):
     ``state_dict()`` holds the best value and both counters, so that a resumed ``fit`` continues the same plateau.
     """
 
-    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, mode: str = "auto",
-                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0, verbose: int = 0):
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
+                 mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
         if not 0 <= factor < 1:
             raise ValueError(f"ReduceLROnPlateau factor must lie in [0, 1) (it multiplies the lr), got {factor!r}")
         for name, value in (("patience", patience), ("cooldown", cooldown)):
@@ -32,7 +33,7 @@ class ReduceLROnPlateau(Callback):
             raise ValueError(f"ReduceLROnPlateau min_lr must be >= 0, got {min_lr!r}")
         self.monitor, self.mode = monitor, resolve_mode("ReduceLROnPlateau", monitor, mode)
         self.factor, self.patience, self.min_delta = float(factor), patience, abs(float(min_delta))
-        self.cooldown, self.min_lr, self.verbose = cooldown, float(min_lr), verbose
+        self.cooldown, self.min_lr, self.verbose = cooldown, float(min_lr), check_verbose("ReduceLROnPlateau", verbose)
         self._resumed = False
         self._reset()
 

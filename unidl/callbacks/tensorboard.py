@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from unidl.callbacks.callback import Callback
+from unidl.callbacks.callback import Callback, unsupported
 from unidl.distributed import process_group
 from unidl.tracing import python_randomness_preserved
 
@@ -64,6 +64,10 @@ class TensorBoard(Callback):
     validation values ('val_loss', ...) to ``log_dir/validation`` under the same tags without 'val_', and
     there also as ``evaluation_<name>_vs_iterations`` at the global step.
 
+    Arguments in ``keras.callbacks.TensorBoard``'s order; Keras's ``write_images``, ``write_steps_per_second``,
+    ``profile_batch``, ``embeddings_freq`` and ``embeddings_metadata`` are accepted at their defaults only (another
+    value is a ``ValueError`` naming it).
+
     Args:
         log_dir: the run's directory (created); one directory per run, as TensorBoard expects.
         histogram_freq: every this many epochs (0: never), a histogram of each parameter, tagged by its
@@ -85,7 +89,15 @@ class TensorBoard(Callback):
             and its graph, with one input node each, is ``write_model_graph(model, x, extra)``'s.
     """
 
-    def __init__(self, log_dir="logs", histogram_freq: int = 0, update_freq="epoch", write_graph: bool = False):
+    def __init__(self, log_dir="logs", histogram_freq: int = 0, write_graph: bool = False, write_images: bool = False,
+                 write_steps_per_second: bool = False, update_freq="epoch", profile_batch=0, embeddings_freq: int = 0,
+                 embeddings_metadata=None):
+        keras_only = {"write_images": False, "write_steps_per_second": False, "profile_batch": 0,
+                      "embeddings_freq": 0, "embeddings_metadata": None}
+        unsupported("TensorBoard", {"write_images": write_images, "write_steps_per_second": write_steps_per_second,
+                                    "profile_batch": profile_batch, "embeddings_freq": embeddings_freq,
+                                    "embeddings_metadata": embeddings_metadata}, keras_only,
+                    "it writes scalars, weight histograms and the model graph")
         if not isinstance(histogram_freq, int) or isinstance(histogram_freq, bool) or histogram_freq < 0:
             raise ValueError(f"TensorBoard histogram_freq must be an integer >= 0 (0: no histograms), "
                              f"got {histogram_freq!r}")
