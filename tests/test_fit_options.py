@@ -197,6 +197,8 @@ def test_initial_epoch_and_evaluate_lists(backend, data):
     (dict(initial_epoch=5), "initial_epoch=5 is past epochs=1"),
     (dict(metrics=["confusion_matrix"]), r"\['confusion_matrix'\] are not single numbers"),
     (dict(metrics=["mae"]), "MeanAbsoluteError needs outputs and targets of the same shape"),
+    (dict(verbose=7), r"fit verbose must be 0 \(silent\), 1 .*, 2 .* or 'auto' .*; got 7"),
+    (dict(verbose="x"), r"fit verbose must be .*; got 'x'"),
 ])
 def test_bad_options_are_clear_errors(backend, rng, kwargs, message):
     model = ud.models.TwoLayerNet(4, 3, 2)
@@ -211,6 +213,18 @@ def test_bad_options_are_clear_errors(backend, rng, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ud.fit(model, x, y, **options)
     assert all(np.array_equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_verbose_auto_is_keras_default(backend, rng, capsys):
+    """Keras's ``verbose='auto'`` (its default) is 1: a line per epoch off a terminal (it was passed on as a truthy
+    string); True and False are 1 and 0."""
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), np.arange(8) % 2
+    printed = []
+    for verbose in ("auto", 1, True, False):
+        ud.fit(ud.models.TwoLayerNet(4, 3, 2), x, y, 4, 1, verbose, loss="cross_entropy", optimizer="sgd")
+        printed.append(capsys.readouterr().out)
+    assert "loss" in printed[0] and printed[0].count("\n") == printed[1].count("\n") == printed[2].count("\n")
+    assert printed[3] == ""
 
 
 def test_data_forms_that_cannot_take_an_option(backend, rng):

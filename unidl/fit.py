@@ -336,8 +336,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             unweighted metric is logged as ``weighted_<name>``.
         callbacks: ``ud.callbacks`` objects (EarlyStopping, LearningRateScheduler, Checkpoint, ModelCheckpoint,
             CSVLogger, ReduceLROnPlateau, TerminateOnNaN, ...) and plain functions, each called as
-            ``fn(epoch, logs)`` at the end of every epoch (``logs``: that epoch's 'loss', 'lr', metrics).
-        verbose: 0 silent, 1 progress bar on a terminal (a line per epoch otherwise), 2 a line per epoch.
+            ``fn(epoch, logs)`` at the end of every epoch (``logs``: that epoch's 'loss', 'lr', metrics); a list,
+            or one of them alone (Keras's).
+        verbose: 0 silent, 1 progress bar on a terminal (a line per epoch otherwise), 2 a line per epoch;
+            Keras's 'auto' is 1.
         shuffle: reshuffle ``(x, y)`` arrays every epoch (a given loader keeps its own settings).
         seed: the seed of that shuffling.
         resume_from: a checkpoint directory written by ``ud.callbacks.Checkpoint`` (or one checkpoint file):
@@ -385,6 +387,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     validation_freq = fit_options.check_validation_freq(validation_freq)
+    verbose = fit_options.check_verbose(verbose)
     start_epoch = fit_options.check_initial_epoch(initial_epoch, epochs, resume_from)
     train_data = fit_options.data_of(train_data, y)
     _fresh_first_samples(train_data, validation_data)

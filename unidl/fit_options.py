@@ -250,6 +250,17 @@ class SampleWeightedLoss(Module):
         return weighted_loss(self.loss, self.per_sample, outputs, target, weight)
 
 
+def check_verbose(verbose) -> int:
+    """``fit``'s ``verbose``: 0, 1, 2 (True and False as 1 and 0), or Keras's default 'auto', which is 1; else a
+    ``ValueError`` naming the values."""
+    if verbose == "auto":
+        return 1
+    if isinstance(verbose, bool) or (isinstance(verbose, (int, np.integer)) and verbose in (0, 1, 2)):
+        return int(verbose)
+    raise ValueError(f"fit verbose must be 0 (silent), 1 (a progress bar on a terminal, a line per epoch otherwise), "
+                     f"2 (a line per epoch) or 'auto' (Keras's default: 1); got {verbose!r}")
+
+
 def check_validation_freq(validation_freq):
     """Keras's ``validation_freq``: an int N (every N-th epoch) or a collection of 1-based epochs."""
     if isinstance(validation_freq, int) and not isinstance(validation_freq, bool):

@@ -37,6 +37,22 @@ def test_a_plain_function_is_called_at_every_epoch_end(backend, problem):
         train(problem, 1, ["log"])
 
 
+def test_one_callback_alone_and_a_callback_class(backend, problem):
+    """Keras's ``fit(callbacks=EarlyStopping(...))``, one callback not in a list, is a list of one (it was a
+    ``TypeError``: not iterable); a class where an object belongs is a ``TypeError`` naming it (it was taken as a
+    callback and failed on its hooks)."""
+    stopping = ud.callbacks.EarlyStopping(monitor="loss", min_delta=1e9)
+    _, _, history = train(problem, 4, stopping)
+    assert len(history["loss"]) == 2 and stopping.stopped_epoch == 1
+    seen = []
+    train(problem, 2, lambda epoch, logs: seen.append(epoch))
+    assert seen == [0, 1]
+    for given in (ud.callbacks.EarlyStopping, [ud.callbacks.EarlyStopping]):
+        with pytest.raises(TypeError, match=r"callbacks hold the class EarlyStopping, not a callback: pass an object "
+                                            r"of it, EarlyStopping\(...\)"):
+            train(problem, 1, given)
+
+
 def regression(rng, nan_at):
     """A TwoLayerNet 4-3-1 with SGD and MSELoss, and (x, y) whose target ``nan_at`` is NaN."""
     x = rng.standard_normal((60, 4)).astype(np.float32)

@@ -126,11 +126,18 @@ def monitored(callback, owner: str, epoch: int, logs) -> float | None:
 
 def as_callbacks(callbacks) -> list:
     """``fit``'s ``callbacks`` as objects with every hook: callbacks as they are, and a plain function
-    ``fn(epoch, logs)`` as a ``LambdaCallback`` calling it at the end of every epoch."""
+    ``fn(epoch, logs)`` as a ``LambdaCallback`` calling it at the end of every epoch. One callback (or function)
+    not in a list is a list of one, as Keras's ``fit`` takes it; a callback class is a ``TypeError`` asking for an
+    object of it."""
     from unidl.callbacks.lambda_callback import LambdaCallback
 
+    if isinstance(callbacks, type) or hasattr(callbacks, "on_epoch_end") or callable(callbacks):
+        callbacks = [callbacks]
     result = []
     for callback in callbacks or ():
+        if isinstance(callback, type):
+            raise TypeError(f"callbacks hold the class {callback.__name__}, not a callback: pass an object of it, "
+                            f"{callback.__name__}(...)")
         if isinstance(callback, Callback) or hasattr(callback, "on_epoch_end"):
             result.append(callback)
         elif callable(callback):
