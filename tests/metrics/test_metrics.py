@@ -132,6 +132,37 @@ def _weighted(names, outputs, target, weight, batch=7):
     return accumulator.results()
 
 
+def test_standalone_weighted_update_is_sklearns_sample_weight(backend, rng):
+    """``update(..., sample_weight=w)`` weights every statistic as scikit-learn's ``sample_weight``: a confusion
+    matrix holds the weighted counts as floats (they were rounded to integers: only ``weighted_metrics`` kept
+    them), the ratios are the weighted ones; a metric whose statistics take no weights says so."""
+    scores = rng.standard_normal((20, 3)).astype(np.float32)
+    labels, weight = rng.integers(0, 3, 20), rng.random(20).astype(np.float32) * 2
+    predicted = scores.argmax(1)
+    matrix, accuracy, f1 = ud.metrics.ConfusionMatrix(), ud.metrics.Accuracy(), ud.metrics.F1Score()
+    for metric in (matrix, accuracy, f1):
+        metric.update(scores[:13], labels[:13], sample_weight=weight[:13])
+        metric.update(scores[13:], labels[13:], sample_weight=weight[13:])
+    expected = sk.confusion_matrix(labels, predicted, labels=[0, 1, 2], sample_weight=weight)
+    assert matrix.compute().dtype == np.float64
+    np.testing.assert_allclose(matrix.compute(), expected, rtol=1e-5)
+    assert accuracy.compute() == pytest.approx(sk.accuracy_score(labels, predicted, sample_weight=weight), rel=1e-5)
+    assert f1.compute() == pytest.approx(sk.f1_score(labels, predicted, average="macro", sample_weight=weight),
+                                         rel=1e-5)
+    matrix.reset()
+    matrix.update(scores, labels)  # without weights: integer counts again
+    np.testing.assert_array_equal(matrix.compute(), sk.confusion_matrix(labels, predicted, labels=[0, 1, 2]))
+    assert matrix.compute().dtype == np.int64
+
+    class Unweighted(ud.metrics.Accuracy):
+        def statistics(self, outputs, target):
+            return super().statistics(outputs, target)
+
+    with pytest.raises(TypeError, match=r"Unweighted.update\(sample_weight=...\): its statistics\(\) takes no "
+                                        r"sample_weight"):
+        Unweighted().update(scores, labels, sample_weight=weight)
+
+
 def test_weighted_metrics_match_keras_and_sklearn_sample_weight(backend, rng):
     import keras
 

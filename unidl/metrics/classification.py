@@ -145,7 +145,8 @@ class TopKAccuracy(_Fraction, _Classification):
 class ConfusionMatrix(_Classification):
     """The (C, C) matrix of counts: row = true class, column = predicted class (scikit-learn's layout).
     Its value is an array, so it is not a training log: use it with ``ud.evaluate`` or standalone. Counts are
-    integers; weighted (``weighted_metrics``), each entry is the sum of its samples' weights (floats)."""
+    integers; weighted (``weighted_metrics``, or a standalone ``update(..., sample_weight=w)``), each entry is the
+    sum of its samples' weights (floats, scikit-learn's ``confusion_matrix(..., sample_weight=w)``)."""
 
     name = "confusion_matrix"
     scalar = False
@@ -158,7 +159,7 @@ class ConfusionMatrix(_Classification):
         return (ops.matmul(ops.transpose(weigh(self._one_hot(true), sample_weight), 0, 1), self._one_hot(predicted)),)
 
     def from_statistics(self, totals):
-        if self.weighted:
+        if self.weighted or self.weights_given:  # (rounding them to integers lost the weights)
             return np.asarray(totals[0], dtype=np.float64)
         return np.rint(totals[0]).astype(np.int64)
 

@@ -54,6 +54,7 @@ class Metric:
     direction = None
     scalar = True  # False for a value that is not one number (a confusion matrix): not a training log
     weighted = False  # True: statistics() is given the samples' weights (a Keras weighted metric)
+    weights_given = False  # True once a standalone update() had a sample_weight (counts are then sums of weights)
     #: True for a metric made from its name (``ud.metrics.get("auc")``): ``fit``/``evaluate`` read it as the loss
     #: reads the outputs (logits beside a logit loss: ``probe.for_loss``); an object given keeps its options
     by_name = False
@@ -86,6 +87,7 @@ class Metric:
     # ---- standalone use ------------------------------------------------------
     def reset(self) -> None:
         self._totals = None
+        self.weights_given = False
 
     def update(self, outputs, target, sample_weight=None) -> None:
         """Add one batch: ``outputs`` of the model and ``target`` (arrays or tensors of the backend in force),
@@ -103,6 +105,10 @@ class Metric:
         else:
             from unidl.fit_options import check_sample_weight
 
+            if not self.takes_weights:
+                raise TypeError(f"{type(self).__name__}.update(sample_weight=...): its statistics() takes no "
+                                f"sample_weight, so it cannot weight samples; update without it")
+            self.weights_given = True
             weight = check_sample_weight(np.asarray(to_numpy(sample_weight)), len(outputs))
             values = self.statistics(backend.tensor(outputs), backend.tensor(target),
                                      backend.tensor(weight.astype(np.float32)))
