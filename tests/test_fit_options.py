@@ -132,6 +132,33 @@ def test_sample_and_class_weights_weight_each_samples_loss_as_keras(backend, dat
                 function(target[part], outputs[part], sample_weight=weights[part]), rel=1e-5)
 
 
+def test_class_weight_reads_float_binary_targets_as_keras(backend, rng):
+    """A binary cross-entropy's float 0/1 targets (N, 1) take ``class_weight`` as Keras's ``fit``, the class of a
+    sample being round(y) (a ValueError asked for integer labels, which the loss refuses): the run is the one with
+    the same weights given as ``sample_weight``, loss and trained weights."""
+    from unidl.fit_options import class_labels
+
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    y = (x[:, :1] > 0.3).astype(np.float32)
+    runs = []
+    for weights in (dict(class_weight={0: 1.0, 1: 4.0}), dict(sample_weight=np.where(y[:, 0] == 1, 4.0, 1.0)), {}):
+        ud.manual_seed(0)
+        model = ud.nn.Linear(4, 1)
+        history = ud.fit(model, x, y, 5, 2, 0, loss="binary_crossentropy", optimizer="sgd", shuffle=False, **weights)
+        runs.append((history["loss"], model.state_dict()))
+    (by_class, trained), (by_sample, expected), (unweighted, _) = runs
+    assert by_class == pytest.approx(by_sample, rel=1e-6) and by_class != pytest.approx(unweighted, rel=1e-3)
+    for key, value in trained.items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-6)
+    # Keras's np.round: halves to even
+    np.testing.assert_array_equal(class_labels(np.array([0.2, 0.9, 1.0, 0.5, 1.5], np.float32)), [0, 1, 1, 0, 2])
+    with pytest.raises(ValueError, match=r"class_weight needs labels \(N,\) or \(N, 1\) .* got targets of shape "
+                                         r"\(3, 2, 2\)"):
+        class_labels(np.zeros((3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="targets hold NaN or infinite values"):
+        class_labels(np.array([0.0, np.nan], np.float32))
+
+
 LOSS_OPTIONS = {"sum": dict(reduction="sum"), "class weights": dict(weight=[0.5, 2.0, 1.0]),
                 "ignored labels": dict(ignore_index=1), "smoothed, class weights": dict(weight=[0.5, 2.0, 1.0],
                                                                                        label_smoothing=0.1)}

@@ -317,8 +317,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             validates instead of training, with its ``sample_weight`` (not ``class_weight``) as Keras;
             not with ``validation_data`` or a loader.
         validation_freq: validate after every N-th epoch (an int), or after the listed 1-based epochs.
-        class_weight: Keras's ``{class: weight}``, weighting each training sample's loss by its class
-            (arrays only; multiplied by ``sample_weight`` where both are given).
+        class_weight: Keras's ``{class: weight}``, weighting each training sample's loss by its class: its
+            integer label, the argmax of a one-hot target, or round(y) of a float label (N,) or (N, 1), such as a
+            binary cross-entropy's 0/1 targets, as Keras (arrays only; multiplied by ``sample_weight`` where both
+            are given).
         sample_weight: one weight per training sample (arrays only): each sample's losses
             (``reduction='none'``) times its weight, then the loss's own reduction: 'sum' sums them, 'mean'
             divides by what the loss's mean divides by (the number of losses; the summed class weights of the

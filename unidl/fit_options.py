@@ -153,8 +153,8 @@ def weighted_validation(validation_data):
 
 
 def sample_weights(data, sample_weight, class_weight):
-    """Per-sample weights (N,) from ``sample_weight`` and/or ``class_weight`` ({class: weight}, applied to
-    integer labels or one-hot targets as Keras does; multiplied when both are given), or None."""
+    """Per-sample weights (N,) from ``sample_weight`` and/or ``class_weight`` ({class: weight}, applied to the
+    classes ``class_labels`` reads, as Keras does; multiplied when both are given), or None."""
     if sample_weight is None and class_weight is None:
         return None
     arrays = arrays_of(data)
@@ -168,19 +168,31 @@ def sample_weights(data, sample_weight, class_weight):
     if class_weight is not None:
         if not isinstance(class_weight, dict):
             raise TypeError(f"class_weight must be a dict {{class index: weight}}, got {type(class_weight).__name__}")
-        if y.dtype.kind in "iu" and (y.ndim == 1 or y.shape[1:] == (1,)):
-            labels = y.reshape(len(y))
-        elif y.ndim == 2 and y.shape[1] > 1:
-            labels = y.argmax(1)
-        else:
-            raise ValueError(f"class_weight needs integer labels (N,) or one-hot targets (N, C); got targets "
-                             f"of shape {y.shape} and dtype {y.dtype}")
+        labels = class_labels(y)
         missing = sorted(set(np.unique(labels).tolist()) - set(class_weight))
         if missing:
             raise ValueError(f"class_weight has no weight for classes {missing}; give one for every class "
                              f"in the labels")
         weights = weights * np.array([float(class_weight[int(c)]) for c in labels])
     return weights
+
+
+def class_labels(y: np.ndarray) -> np.ndarray:
+    """The class of each sample, as Keras's ``class_weight`` reads it: the argmax of one-hot targets (N, C), else
+    the label (N,) or (N, 1), a float one rounded (0/1 targets of a binary cross-entropy: Keras's ``round(y)``)."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y.argmax(1)
+    if y.dtype.kind not in "biuf" or not (y.ndim == 1 or y.shape[1:] == (1,)):
+        raise ValueError(f"class_weight needs labels (N,) or (N, 1) (integers, or floats such as the 0/1 targets of "
+                         f"a binary cross-entropy, read as round(y)) or one-hot targets (N, C); got targets of "
+                         f"shape {y.shape} and dtype {y.dtype}")
+    labels = y.reshape(len(y))
+    if y.dtype.kind == "f":
+        if not np.isfinite(labels).all():
+            raise ValueError("class_weight reads each sample's class from its target, but the targets hold NaN or "
+                             "infinite values")
+        labels = np.round(labels).astype(np.int64)
+    return labels.astype(np.int64)
 
 
 def pack_targets(y: np.ndarray, weights: np.ndarray) -> np.ndarray:
