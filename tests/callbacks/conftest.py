@@ -21,6 +21,14 @@ def problem(rng):
     return (x, y), (xv, yv), build
 
 
+def keras_compares_in_float32() -> bool:
+    """Whether Keras's own callbacks compare in float32 in this process, as plain Keras does on every host: not
+    Keras on JAX once unidl's jax backend has turned on ``jax_enable_x64`` (Keras's ops then take Python floats
+    as float64), where the reference is plain Keras's result, written out."""
+    keras = pytest.importorskip("keras")
+    return keras.backend.standardize_dtype(keras.ops.convert_to_tensor(0.8).dtype) == "float32"
+
+
 def train(problem, epochs, callbacks, lr=0.5, **kwargs):
     """``ud.fit`` on ``problem`` (batches of 20, no shuffling); returns (model, optimizer, history)."""
     train_data, validation, build = problem

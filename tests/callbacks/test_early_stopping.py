@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import unidl as ud
-from tests.callbacks.conftest import train
+from tests.callbacks.conftest import keras_compares_in_float32, train
 
 
 def keras_stops(values, **kwargs):
@@ -81,5 +81,6 @@ def test_an_improvement_of_exactly_min_delta_is_none_as_keras():
     improvement and a patience of 1 stops there (unidl's float64 ``0.7 < 0.8 - 0.1`` counted one and went on);
     a change below float32's resolution is none either."""
     for values, kwargs in (([0.8, 0.7, 0.6], dict(min_delta=0.1)), ([0.8, 0.8 - 1e-9, 0.5], {})):
-        assert unidl_stops(values, mode="min", patience=1, **kwargs) == (1, 0)
-        assert keras_stops(values, mode="min", patience=1, **kwargs) == (1, 0)
+        assert unidl_stops(values, mode="min", patience=1, **kwargs) == (1, 0)  # plain Keras's, on every host
+        if keras_compares_in_float32():
+            assert keras_stops(values, mode="min", patience=1, **kwargs) == (1, 0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import unidl as ud
-from tests.callbacks.conftest import train
+from tests.callbacks.conftest import keras_compares_in_float32, train
 
 
 class Recorder(ud.callbacks.Callback):
@@ -92,5 +92,6 @@ def test_improvements_are_keras_float32_comparisons(backend, tmp_path):
     for epoch, value in enumerate(values):
         reference.on_epoch_end(epoch, {"m": value})
         callback.on_epoch_end(epoch, {"m": value})
-    assert [os.path.basename(path) for path in saved] == ["k-1.weights.h5", "k-3.weights.h5"]
-    assert sorted(os.listdir(tmp_path)) == ["u-1.safetensors", "u-3.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["u-1.safetensors", "u-3.safetensors"]  # plain Keras's, on every host
+    if keras_compares_in_float32():
+        assert [os.path.basename(path) for path in saved] == ["k-1.weights.h5", "k-3.weights.h5"]
