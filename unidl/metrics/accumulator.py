@@ -44,8 +44,9 @@ class MetricAccumulator:
     @property
     def key(self) -> tuple:
         """Equal for accumulators that compute the same statistics (a framework may reuse its compiled step)."""
+        standalone = ("layout", "_totals", "weights_given")  # (a standalone update's, not the statistics')
         return (tuple((type(m).__name__, m.name, m.weighted,
-                       tuple(sorted((k, repr(v)) for k, v in vars(m).items() if k not in ("layout", "_totals", "weights_given"))))
+                       tuple(sorted((k, repr(v)) for k, v in vars(m).items() if k not in standalone)))
                       for m in self.metrics),
                 self.layout.output_shape, self.layout.target_shape, self.layout.target_is_integer, self.unpack is None,
                 self.ignore_label)
