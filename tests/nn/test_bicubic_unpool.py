@@ -167,3 +167,15 @@ def test_half_precision_resampling_in_a_graph_computes_positions_in_float32(back
         assert np.abs(got - expected).max() / np.abs(expected).max() < 2e-2, mode
     line = ud.function(lambda t: ud.ops.interpolate(t, scale_factor=2.1))(ud.tensor(np.ones((1, 1, 30), np.float32)))
     assert tuple(line.shape) == tuple(F.interpolate(torch.ones(1, 1, 30), scale_factor=2.1).shape) == (1, 1, 63)
+
+
+def test_nearest_resampling_copies_infinite_values_alone(backend):
+    """Nearest resampling copies inputs, as PyTorch's: an infinite or NaN input is copied where it is picked and
+    nowhere else, eagerly and in a graph (a product with one-hot rows made NaN rows around it: 0 * inf)."""
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 1, 2], x[0, 0, 3, 0] = np.inf, np.nan
+    for mode in ("nearest", "nearest-exact"):
+        expected = F.interpolate(torch.tensor(x), scale_factor=(2, 1.5), mode=mode).numpy()
+        resample = lambda t, m=mode: ud.ops.interpolate(t, scale_factor=(2, 1.5), mode=m)
+        for run in (resample, ud.function(resample)):
+            np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(x))), expected)
