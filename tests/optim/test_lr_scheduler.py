@@ -19,6 +19,26 @@ CASES = {
     "LinearLR-decay": (lambda o: lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=4),
                        lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=0.1,
                                                                    total_iters=4), 7),
+    "ConstantLR": (lambda o: lr_scheduler.ConstantLR(o, 0.25, 3), lambda o: torch.optim.lr_scheduler.ConstantLR(
+        o, 0.25, 3), 7),
+    "PolynomialLR": (lambda o: lr_scheduler.PolynomialLR(o, 6, 2.0),
+                     lambda o: torch.optim.lr_scheduler.PolynomialLR(o, 6, 2.0), 9),
+    "CosineAnnealingWarmRestarts": (
+        lambda o: lr_scheduler.CosineAnnealingWarmRestarts(o, 3, 2, 0.01),
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 3, 2, 0.01), 25),
+    "MultiplicativeLR": (lambda o: lr_scheduler.MultiplicativeLR(o, lambda epoch: 0.9 ** (epoch % 3)),
+                         lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, lambda epoch: 0.9 ** (epoch % 3)), 8),
+    "ChainedScheduler-constant-polynomial": (
+        lambda o: lr_scheduler.ChainedScheduler([lr_scheduler.ConstantLR(o, 0.5, 2),
+                                                 lr_scheduler.PolynomialLR(o, 5, 1.5)]),
+        lambda o: torch.optim.lr_scheduler.ChainedScheduler([torch.optim.lr_scheduler.ConstantLR(o, 0.5, 2),
+                                                             torch.optim.lr_scheduler.PolynomialLR(o, 5, 1.5)]), 8),
+    "SequentialLR-constant-then-restarts": (
+        lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.ConstantLR(o, 0.1, 2),
+                                                lr_scheduler.CosineAnnealingWarmRestarts(o, 2)], [2]),
+        lambda o: torch.optim.lr_scheduler.SequentialLR(
+            o, [torch.optim.lr_scheduler.ConstantLR(o, 0.1, 2),
+                torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 2)], [2]), 9),
     "LambdaLR": (lambda o: lr_scheduler.LambdaLR(o, lambda epoch: 0.5 + 1 / (epoch + 2)),
                  lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda epoch: 0.5 + 1 / (epoch + 2)), 8),
     "OneCycleLR": (lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.4, total_steps=20),

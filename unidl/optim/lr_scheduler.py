@@ -17,7 +17,8 @@ from unidl.optim.optimizer import check_range
 class LRScheduler:
     """Base class: ``step()`` advances the schedule by one and sets each param group's lr, as
     ``torch.optim.lr_scheduler`` does. The chainable schedules (``StepLR``, ``MultiStepLR``, ``ExponentialLR``,
-    ``CosineAnnealingLR``, ``LinearLR``) change each group's *current* rate, PyTorch's recursive forms: two on one
+    ``CosineAnnealingLR``, ``LinearLR``, ``ConstantLR``, ``PolynomialLR``, ``MultiplicativeLR``) change each group's
+    *current* rate, PyTorch's recursive forms: two on one
     optimizer compose (a warm-up, then a decay) and a rate set by hand carries on; ``LambdaLR`` and ``OneCycleLR``
     set it from the group's base rate. Building one takes its first step (epoch 0: ``LinearLR``'s start factor, a
     milestone at 0). The base rates (``base_lrs``) are the groups' rates when the optimizer's first schedule was
@@ -42,18 +43,24 @@ class LRScheduler:
     def _update(self, initial: bool = False, closed: bool = False) -> None:
         """Write each group's rate at ``last_epoch`` (``next_lr`` of its current rate and its base rate; ``closed``:
         ``lr_at``, the closed form, as ``SequentialLR`` restarts a schedule at its milestone)."""
-        recursive = type(self).next_lr is not LRScheduler.next_lr
+        recursive = (type(self).next_lr is not LRScheduler.next_lr
+                     or type(self).group_next_lr is not LRScheduler.group_next_lr)
         for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
             if closed or not recursive:
                 rate = self.group_lr_at(self.last_epoch, base, index)
             else:
-                rate = self.next_lr(group["lr"], base, self.last_epoch, initial)
+                rate = self.group_next_lr(group["lr"], base, self.last_epoch, initial, index)
             self.optimizer.set_group_lr(index, rate)
 
     def next_lr(self, lr: float, base_lr: float, epoch: int, initial: bool) -> float:
         """A group's rate at ``epoch`` from its current ``lr`` (PyTorch's ``get_lr``); ``initial``: the step
         its building takes."""
         return self.lr_at(epoch, base_lr)
+
+    def group_next_lr(self, lr: float, base_lr: float, epoch: int, initial: bool, group: int) -> float:
+        """``next_lr`` for param group ``group``: the same for every group but where a schedule takes one function
+        per group (``MultiplicativeLR``)."""
+        return self.next_lr(lr, base_lr, epoch, initial)
 
     def lr_at(self, epoch: int, base_lr: float) -> float:
         """The rate at ``epoch`` of a group of base rate ``base_lr`` had nothing else changed it: PyTorch's closed
@@ -208,6 +215,100 @@ class LinearLR(LRScheduler):
     def lr_at(self, epoch, base_lr):
         done = min(epoch, self.total_iters) / self.total_iters
         return base_lr * (self.start_factor + (self.end_factor - self.start_factor) * done)
+
+
+class ConstantLR(LRScheduler):
+    """lr = base_lr * ``factor`` until ``total_iters`` epochs, then base_lr, as
+    ``torch.optim.lr_scheduler.ConstantLR`` (whose defaults these are), in its recursive form. ``factor`` in
+    (0, 1] (PyTorch takes 0, then divides by it at ``total_iters``)."""
+
+    def __init__(self, optimizer, factor: float = 1.0 / 3, total_iters: int = 5):
+        if arguments.real(factor) is None or not 0 < factor <= 1:
+            raise ValueError(f"ConstantLR factor must lie in (0, 1], got {factor!r}")
+        self.factor = float(factor)
+        self.total_iters = arguments.positive_int("ConstantLR", "total_iters", total_iters)
+        super().__init__(optimizer)
+
+    def next_lr(self, lr, base_lr, epoch, initial):
+        if epoch == 0:
+            return lr * self.factor
+        return lr * (1.0 / self.factor) if epoch == self.total_iters and not initial else lr
+
+    def lr_at(self, epoch, base_lr):
+        return base_lr * (self.factor + (epoch >= self.total_iters) * (1 - self.factor))
+
+
+class PolynomialLR(LRScheduler):
+    """lr = base_lr * (1 - epoch / total_iters) ** power until ``total_iters`` (then 0), as
+    ``torch.optim.lr_scheduler.PolynomialLR`` (whose defaults these are), in its recursive form."""
+
+    def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0):
+        self.total_iters = arguments.positive_int("PolynomialLR", "total_iters", total_iters)
+        self.power = check_range("PolynomialLR", "power", power)
+        super().__init__(optimizer)
+
+    def next_lr(self, lr, base_lr, epoch, initial):
+        if epoch == 0 or initial or epoch > self.total_iters:
+            return lr
+        return lr * ((1.0 - epoch / self.total_iters) / (1.0 - (epoch - 1) / self.total_iters)) ** self.power
+
+    def lr_at(self, epoch, base_lr):
+        return base_lr * (1.0 - min(self.total_iters, epoch) / self.total_iters) ** self.power
+
+
+class CosineAnnealingWarmRestarts(LRScheduler):
+    """Cosine annealing from the base rate to ``eta_min`` over ``T_0`` epochs, then restarting at the base rate,
+    each period ``T_mult`` times the one before (SGDR), as ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``:
+    eta_min + (base_lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2. ``step()`` counts epochs (PyTorch's
+    ``step(epoch)`` of a fractional epoch is not taken: step per epoch, or use ``interval="batch"`` with ``T_0`` in
+    batches)."""
+
+    def __init__(self, optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0):
+        self.T_0 = arguments.positive_int("CosineAnnealingWarmRestarts", "T_0", T_0)
+        self.T_mult = arguments.positive_int("CosineAnnealingWarmRestarts", "T_mult", T_mult)
+        self.eta_min = check_range("CosineAnnealingWarmRestarts", "eta_min", eta_min)
+        super().__init__(optimizer)
+
+    def _position(self, epoch: int) -> tuple[int, int]:
+        """(T_cur, T_i) at ``epoch``: the epochs into the current period, and its length (integers, exactly)."""
+        period = self.T_0
+        while epoch >= period:
+            epoch -= period
+            period *= self.T_mult
+        return epoch, period
+
+    def lr_at(self, epoch, base_lr):
+        current, period = self._position(epoch)
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * current / period)) / 2
+
+
+class MultiplicativeLR(LRScheduler):
+    """lr *= lr_lambda(epoch) at each step after the first, as ``torch.optim.lr_scheduler.MultiplicativeLR``
+    (``lr_lambda`` a function of the epoch, or a list of one per param group); closed form: the base rate times
+    every factor so far. The functions are not part of ``state_dict()``: build the schedule with the same ones."""
+
+    def __init__(self, optimizer, lr_lambda):
+        count = len(optimizer.param_groups)
+        functions = _one_per_group(lr_lambda, count, lambda given: (
+            f"MultiplicativeLR takes one lr_lambda, or one per param group: {count} groups, {given} functions"))
+        for function in functions:
+            if not callable(function):
+                raise TypeError(f"MultiplicativeLR lr_lambda must be a function epoch -> factor (or a list of one per "
+                                f"param group), got {type(function).__name__}")
+        self.lr_lambda, self.lr_lambdas = lr_lambda, functions
+        super().__init__(optimizer)
+
+    def group_next_lr(self, lr, base_lr, epoch, initial, group):
+        return lr * float(self.lr_lambdas[group](epoch)) if epoch > 0 and not initial else lr
+
+    def group_lr_at(self, epoch, base_lr, group):
+        rate = base_lr
+        for step in range(1, epoch + 1):
+            rate *= float(self.lr_lambdas[group](step))
+        return rate
+
+    def lr_at(self, epoch, base_lr):
+        return self.group_lr_at(epoch, base_lr, 0)
 
 
 class _PerGroup(LRScheduler):
