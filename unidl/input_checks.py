@@ -648,8 +648,8 @@ def _axes_out_of_range(owner, name, value, x, added: int = 0):
     for axis in (value if isinstance(value, (list, tuple)) else (value,)):
         index = arguments.integer(axis)
         if index is not None and not -rank <= index < rank:
-            raise AxisOutOfRangeError(f"{literal(owner)} {name}={index} is out of range for a tensor of {dims} axes: it must "
-                                      f"lie in [{-rank}, {rank - 1}]")
+            raise AxisOutOfRangeError(f"{literal(owner)} {name}={index} is out of range for a tensor of {dims} axes: "
+                                      f"it must lie in [{-rank}, {rank - 1}]")
 
 
 def check_axes(owner, name, value, x) -> None:
@@ -672,5 +672,5 @@ def check_permutation(owner, name, value, x) -> None:
     rank = len(tuple(shape))
     axes = [arguments.integer(a) for a in given]
     if len(axes) != rank or None in axes or len({a % max(rank, 1) for a in axes}) != rank:
-        raise ShapeMismatchError(f"{literal(owner)} {name}={tuple(given)!r} must name each of the {rank} axes of the tensor "
-                                 f"once")
+        raise ShapeMismatchError(f"{literal(owner)} {name}={tuple(given)!r} must name each of the {rank} axes of the "
+                                 f"tensor once")

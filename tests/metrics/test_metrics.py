@@ -262,7 +262,8 @@ def test_metrics_named_beside_a_logit_loss_read_logits(backend, rng):
     x = rng.standard_normal((60, 4)).astype(np.float32)
     y = (x[:, 0] + 0.3 * rng.standard_normal(60) > 0.4).astype(np.float32).reshape(-1, 1)
     model = ud.nn.Linear(4, 1)
-    model.load_state_dict({"weight": np.array([[2.0, 0.5, 0.0, -0.3]], np.float32), "bias": np.array([-0.5], np.float32)})
+    model.load_state_dict({"weight": np.array([[2.0, 0.5, 0.0, -0.3]], np.float32),
+                           "bias": np.array([-0.5], np.float32)})
     logits = ud.predict(model, x)[:, 0]
     predicted, probabilities = (logits > 0).astype(int), 1 / (1 + np.exp(-logits.astype(np.float64)))
     got = ud.evaluate(model, (x, y), loss="binary_crossentropy", batch_size=16,

@@ -103,7 +103,8 @@ def _up_model(nn, shape):
     class Up(nn.Module):
         def __init__(self):
             super().__init__()
-            self.down, self.up = nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)
+            self.down = nn.Conv2d(2, 3, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(3, 2, 3, stride=2, padding=1)
 
         def forward(self, x):
             return self.up(self.down(x), output_size=shape(x))

@@ -178,6 +178,29 @@ def test_a_schedule_built_after_a_load_starts_from_the_saved_initial_rates(backe
         ud.optim.SGD(Holder().parameters(), lr=0.1).load_state_dict({**saved, "initial_lrs": [0.1, 0.2]})
 
 
+def test_get_last_lr_is_what_each_schedule_set_and_last_epoch_is_refused_but_minus_one(backend):
+    """``get_last_lr()`` is the rates a schedule set at its last step, as PyTorch's: a warm-up chained with a decay on
+    one optimizer reports its own, and a rate set by hand since does not change it; ``last_epoch=-1`` (PyTorch's
+    default) builds, any other is a ``ValueError`` naming ``load_state_dict``."""
+    def run(library, params):
+        optimizer = library.optim.SGD(params(), lr=0.1)
+        warm = library.optim.lr_scheduler.LinearLR(optimizer, 0.5, 1.0, 4, last_epoch=-1)
+        decay = library.optim.lr_scheduler.StepLR(optimizer, 1, 0.5)
+        reports = []
+        for _ in range(3):
+            warm.step()
+            decay.step()
+            reports.append((warm.get_last_lr()[0], decay.get_last_lr()[0]))
+        optimizer.param_groups[0]["lr"] = 0.7
+        reports.append((warm.get_last_lr()[0], decay.get_last_lr()[0]))
+        return reports
+
+    expected = run(torch, lambda: [torch.nn.Parameter(torch.zeros(2))])
+    np.testing.assert_allclose(run(ud, lambda: Holder().parameters()), expected, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"StepLR last_epoch=4: .* load its state_dict\(\)"):
+        lr_scheduler.StepLR(ud.optim.SGD(Holder().parameters(), lr=0.1), 2, last_epoch=4)
+
+
 def test_bad_arguments():
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.2)
     for build, message in [

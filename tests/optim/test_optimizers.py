@@ -263,10 +263,12 @@ def test_positional_arguments_are_torch_optims(backend):
             (lambda p: ud.optim.SGD(p, 0.1, 0.9, 0, 1e-2, True), lambda p: torch.optim.SGD(p, 0.1, 0.9, 0, 1e-2, True)),
             (lambda p: ud.optim.Adam(p, 0.01, (0.8, 0.9), 1e-6, 0.1, False),
              lambda p: torch.optim.Adam(p, 0.01, (0.8, 0.9), 1e-6, 0.1, False)),
-            (lambda p: ud.optim.AdamW(p, 0.01, (0.8, 0.9), 1e-6, 0.1), lambda p: torch.optim.AdamW(p, 0.01, (0.8, 0.9), 1e-6, 0.1)),
+            (lambda p: ud.optim.AdamW(p, 0.01, (0.8, 0.9), 1e-6, 0.1),
+             lambda p: torch.optim.AdamW(p, 0.01, (0.8, 0.9), 1e-6, 0.1)),
             (lambda p: ud.optim.RMSprop(p, 0.01, 0.9, 1e-6, 0.1, 0.9, True),
              lambda p: torch.optim.RMSprop(p, 0.01, 0.9, 1e-6, 0.1, 0.9, True)),
-            (lambda p: ud.optim.Adagrad(p, 0.1, 0, 0.1, 0.2, 1e-6), lambda p: torch.optim.Adagrad(p, 0.1, 0, 0.1, 0.2, 1e-6))]:
+            (lambda p: ud.optim.Adagrad(p, 0.1, 0, 0.1, 0.2, 1e-6),
+             lambda p: torch.optim.Adagrad(p, 0.1, 0, 0.1, 0.2, 1e-6))]:
         expected = torch.nn.Parameter(torch.tensor(start))
         optimizer = reference([expected])
         with ud.use_dtype("float64"):
@@ -391,6 +393,39 @@ def test_apply_takes_numpy_gradients_as_tensors_with_every_option(backend):
         runs.append(holder.state_dict()["w"])
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[2], runs[1])
+
+
+def test_step_takes_torch_optims_closure(backend):
+    """``step(closure)`` calls the closure (zero_grad, forward, backward) and returns its loss, as ``torch.optim``'s:
+    plain PyTorch's weights (LBFGS-style loops copied from PyTorch run); the backends that keep no gradients on
+    the parameters explain the alternative before the closure runs."""
+    import torch
+
+    calls = []
+    holder = Holder()
+    optimizer = ud.optim.SGD(holder.parameters(), lr=0.1, momentum=0.9)
+    if backend != "torch":
+        with pytest.raises(RuntimeError, match="optimizer.apply"):
+            optimizer.step(lambda: calls.append(1))
+        assert calls == []
+        return
+    reference = torch.nn.Parameter(torch.tensor(START))
+    expected = torch.optim.SGD([reference], lr=0.1, momentum=0.9)
+
+    def closure(parameter, opt):
+        def run():
+            opt.zero_grad()
+            loss = (parameter * parameter).sum()
+            loss.backward()
+            return loss
+        return run
+
+    for _ in range(3):
+        ours, theirs = optimizer.step(closure(holder.w, optimizer)), expected.step(closure(reference, expected))
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    np.testing.assert_allclose(holder.state_dict()["w"], reference.detach().numpy(), rtol=1e-6)
+    with pytest.raises(TypeError, match="closure must be a function"):
+        optimizer.step(0.5)
 
 
 def test_setting_negative_lr_is_rejected(backend):

@@ -238,7 +238,8 @@ CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {s
     "RMSprop": (ud.optim.RMSprop, torch.optim.RMSprop, dict(lr=0.01), dict(alpha=0.9),
                 {2: [(0, "alpha", 0.5), (1, "eps", 0.1), (1, "weight_decay", 0.3)]}),
     "RMSprop-momentum-centered": (ud.optim.RMSprop, torch.optim.RMSprop, dict(lr=0.01, momentum=0.9, centered=True),
-                                  dict(alpha=0.9), {1: [(0, "momentum", 0.0)], 3: [(0, "momentum", 0.5), (1, "alpha", 0.5)]}),
+                                  dict(alpha=0.9),
+                                  {1: [(0, "momentum", 0.0)], 3: [(0, "momentum", 0.5), (1, "alpha", 0.5)]}),
     "Adagrad": (ud.optim.Adagrad, torch.optim.Adagrad, dict(lr=0.1), dict(),
                 {2: [(0, "eps", 0.5), (1, "weight_decay", 0.2)]}),
 }

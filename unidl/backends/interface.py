@@ -281,9 +281,10 @@ class Backend(abc.ABC):
     def zero_grad(self, optimizer, set_to_none: bool = True) -> None:
         """Clear gradients stored on parameters (the default: a no-op, for frameworks that store none)."""
 
-    def step(self, optimizer) -> None:
-        """Apply gradients stored on parameters by a backward pass; the default, for frameworks that return
-        gradients instead of storing them, explains the alternative."""
+    def step(self, optimizer, closure=None):
+        """Apply gradients stored on parameters by a backward pass, after calling ``closure`` (if given: it
+        computes the loss and the gradients; its loss is returned); the default, for frameworks that return
+        gradients instead of storing them, explains the alternative (before any closure runs)."""
         raise RuntimeError(
             f"optimizer.step() applies gradients stored on the parameters by backward(), which the {self.name} "
             f"backend does not keep (only the torch backend has them); on {self.name} use grads = ud.grad(...) "

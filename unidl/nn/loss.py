@@ -210,10 +210,9 @@ class _WeightedClassLoss(_Loss):
             if _shapes_conflict(a, b):
                 raise ShapeMismatchError(message.format(a, b))
             return True, self._checked_when_run(scores, target, message, lambda x, y: list(zip(x, y)))
-        message = (f"{name} needs logits of shape (N, C) and integer labels of shape (N,) "
-                   f"(or (N, C, d1, ...) and (N, d1, ...)); got logits {{}} and labels {{}}" if probabilities_allowed else
-                   f"{name} needs log-probabilities of shape (N, C) and integer labels of shape (N,) "
-                   f"(or (N, C, d1, ...) and (N, d1, ...)); got {{}} and labels {{}}")
+        what = "logits" if probabilities_allowed else "log-probabilities"
+        message = (f"{name} needs {what} of shape (N, C) and integer labels of shape (N,) (or (N, C, d1, ...) and "
+                   f"(N, d1, ...)); got {'logits ' if probabilities_allowed else ''}{{}} and labels {{}}")
         if len(a) < 2 or len(b) != len(a) - 1 or _shapes_conflict(a[:1] + a[2:], b):
             raise ShapeMismatchError(message.format(a, b))
         weights = None if self.weight is None else self.weight.shape[0]

@@ -14,6 +14,15 @@ from unidl import arguments
 from unidl.optim.optimizer import check_range
 
 
+def _check_fresh(owner: str, last_epoch) -> None:
+    """``ValueError`` unless ``last_epoch`` is -1, PyTorch's default (a schedule from its start): PyTorch's resume by
+    ``last_epoch=N`` reads the optimizer's ``initial_lr``; a unidl schedule resumes from its own ``state_dict()``."""
+    if last_epoch != -1:
+        raise ValueError(f"{owner} last_epoch={last_epoch!r}: unidl's schedules start at epoch 0 (last_epoch=-1, "
+                         f"PyTorch's default); to resume one, build it and load its state_dict() "
+                         f"(scheduler.load_state_dict(state), or ud.fit's checkpoints)")
+
+
 class LRScheduler:
     """Base class: ``step()`` advances the schedule by one and sets each param group's lr, as
     ``torch.optim.lr_scheduler`` does. The chainable schedules (``StepLR``, ``MultiStepLR``, ``ExponentialLR``,
@@ -24,7 +33,8 @@ class LRScheduler:
     milestone at 0). The base rates (``base_lrs``) are the groups' rates when the optimizer's first schedule was
     built (PyTorch's ``initial_lr``), so that a second schedule builds on the same ones."""
 
-    def __init__(self, optimizer):
+    def __init__(self, optimizer, last_epoch: int = -1):
+        _check_fresh(type(self).__name__, last_epoch)
         self.optimizer = optimizer
         initial = optimizer.__dict__.setdefault("_initial_lrs", [group["lr"] for group in optimizer.param_groups])
         self.base_lrs = list(initial)
@@ -51,6 +61,7 @@ class LRScheduler:
             else:
                 rate = self.group_next_lr(group["lr"], base, self.last_epoch, initial, index)
             self.optimizer.set_group_lr(index, rate)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def next_lr(self, lr: float, base_lr: float, epoch: int, initial: bool) -> float:
         """A group's rate at ``epoch`` from its current ``lr`` (PyTorch's ``get_lr``); ``initial``: the step
@@ -78,8 +89,11 @@ class LRScheduler:
         return self.optimizer.lr
 
     def get_last_lr(self) -> list[float]:
-        """Each param group's rate, as ``torch.optim.lr_scheduler``'s ``get_last_lr``."""
-        return [group["lr"] for group in self.optimizer.param_groups]
+        """Each param group's rate as this schedule last set it, as ``torch.optim.lr_scheduler``'s ``get_last_lr``
+        (a schedule chained after it, or a rate set by hand since, changes the groups' rates, not this); a composite
+        schedule's: the groups' rates after its step."""
+        last = self.__dict__.get("_last_lr")
+        return list(last) if last is not None else [group["lr"] for group in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
         """Where the schedule stands (epochs stepped, each group's base rate), as plain JSON-serialisable data.
@@ -122,10 +136,10 @@ class StepLR(LRScheduler):
     """lr *= gamma every ``step_size`` epochs (``base_lr * gamma ** (epoch // step_size)`` alone), as
     ``torch.optim.lr_scheduler.StepLR``."""
 
-    def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, last_epoch: int = -1):
         self.step_size = arguments.positive_int("StepLR", "step_size", step_size)
         self.gamma = check_range("StepLR", "gamma", gamma)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def next_lr(self, lr, base_lr, epoch, initial):
         return lr if epoch == 0 or epoch % self.step_size else lr * self.gamma
@@ -138,10 +152,10 @@ class CosineAnnealingLR(LRScheduler):
     """Cosine annealing from the base rate to ``eta_min`` over ``T_max`` epochs, PyTorch's recursive form (closed
     form ``eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2`` alone)."""
 
-    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
+    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1):
         self.T_max = arguments.positive_int("CosineAnnealingLR", "T_max", T_max)
         self.eta_min = check_range("CosineAnnealingLR", "eta_min", eta_min)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def next_lr(self, lr, base_lr, epoch, initial):
         if epoch == 0:
@@ -158,9 +172,9 @@ class CosineAnnealingLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """lr *= gamma every epoch (``base_lr * gamma ** epoch`` alone), as ``torch.optim.lr_scheduler.ExponentialLR``."""
 
-    def __init__(self, optimizer, gamma: float):
+    def __init__(self, optimizer, gamma: float, last_epoch: int = -1):
         self.gamma = check_range("ExponentialLR", "gamma", gamma)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def next_lr(self, lr, base_lr, epoch, initial):
         return lr if initial else lr * self.gamma
@@ -174,14 +188,14 @@ class MultiStepLR(LRScheduler):
     ``torch.optim.lr_scheduler.MultiStepLR`` (a milestone listed twice counts twice; one at 0 applies as the
     schedule is built)."""
 
-    def __init__(self, optimizer, milestones, gamma: float = 0.1):
+    def __init__(self, optimizer, milestones, gamma: float = 0.1, last_epoch: int = -1):
         given = list(milestones)
         milestones = [arguments.integer(m) for m in given]
         if not all(m is not None and m >= 0 for m in milestones):
             raise ValueError(f"MultiStepLR milestones must be non-negative integers, got {given!r}")
         self.milestones = sorted(milestones)
         self.gamma = check_range("MultiStepLR", "gamma", gamma)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def next_lr(self, lr, base_lr, epoch, initial):
         count = self.milestones.count(epoch)
@@ -196,13 +210,14 @@ class LinearLR(LRScheduler):
     ``end_factor`` at ``total_iters`` and staying there, as ``torch.optim.lr_scheduler.LinearLR`` (whose
     defaults these are), in its recursive form. The optimizer's lr is multiplied by ``start_factor`` at once."""
 
-    def __init__(self, optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5):
+    def __init__(self, optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0, total_iters: int = 5,
+                 last_epoch: int = -1):
         if not 0 < start_factor <= 1 or not 0 <= end_factor <= 1:
             raise ValueError(f"LinearLR start_factor must lie in (0, 1] and end_factor in [0, 1], got "
                              f"start_factor={start_factor!r}, end_factor={end_factor!r}")
         total_iters = arguments.positive_int("LinearLR", "total_iters", total_iters)
         self.start_factor, self.end_factor, self.total_iters = float(start_factor), float(end_factor), total_iters
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def next_lr(self, lr, base_lr, epoch, initial):
         if epoch == 0:
@@ -222,12 +237,12 @@ class ConstantLR(LRScheduler):
     ``torch.optim.lr_scheduler.ConstantLR`` (whose defaults these are), in its recursive form. ``factor`` in
     (0, 1] (PyTorch takes 0, then divides by it at ``total_iters``)."""
 
-    def __init__(self, optimizer, factor: float = 1.0 / 3, total_iters: int = 5):
+    def __init__(self, optimizer, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1):
         if arguments.real(factor) is None or not 0 < factor <= 1:
             raise ValueError(f"ConstantLR factor must lie in (0, 1], got {factor!r}")
         self.factor = float(factor)
         self.total_iters = arguments.positive_int("ConstantLR", "total_iters", total_iters)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def next_lr(self, lr, base_lr, epoch, initial):
         if epoch == 0:
@@ -242,10 +257,10 @@ class PolynomialLR(LRScheduler):
     """lr = base_lr * (1 - epoch / total_iters) ** power until ``total_iters`` (then 0), as
     ``torch.optim.lr_scheduler.PolynomialLR`` (whose defaults these are), in its recursive form."""
 
-    def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0):
+    def __init__(self, optimizer, total_iters: int = 5, power: float = 1.0, last_epoch: int = -1):
         self.total_iters = arguments.positive_int("PolynomialLR", "total_iters", total_iters)
         self.power = check_range("PolynomialLR", "power", power)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def next_lr(self, lr, base_lr, epoch, initial):
         if epoch == 0 or initial or epoch > self.total_iters:
@@ -263,11 +278,11 @@ class CosineAnnealingWarmRestarts(LRScheduler):
     ``step(epoch)`` of a fractional epoch is not taken: step per epoch, or use ``interval="batch"`` with ``T_0`` in
     batches)."""
 
-    def __init__(self, optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0):
+    def __init__(self, optimizer, T_0: int, T_mult: int = 1, eta_min: float = 0.0, last_epoch: int = -1):
         self.T_0 = arguments.positive_int("CosineAnnealingWarmRestarts", "T_0", T_0)
         self.T_mult = arguments.positive_int("CosineAnnealingWarmRestarts", "T_mult", T_mult)
         self.eta_min = check_range("CosineAnnealingWarmRestarts", "eta_min", eta_min)
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def _position(self, epoch: int) -> tuple[int, int]:
         """(T_cur, T_i) at ``epoch``: the epochs into the current period, and its length (integers, exactly)."""
@@ -287,7 +302,7 @@ class MultiplicativeLR(LRScheduler):
     (``lr_lambda`` a function of the epoch, or a list of one per param group); closed form: the base rate times
     every factor so far. The functions are not part of ``state_dict()``: build the schedule with the same ones."""
 
-    def __init__(self, optimizer, lr_lambda):
+    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
         count = len(optimizer.param_groups)
         functions = _one_per_group(lr_lambda, count, lambda given: (
             f"MultiplicativeLR takes one lr_lambda, or one per param group: {count} groups, {given} functions"))
@@ -296,7 +311,7 @@ class MultiplicativeLR(LRScheduler):
                 raise TypeError(f"MultiplicativeLR lr_lambda must be a function epoch -> factor (or a list of one per "
                                 f"param group), got {type(function).__name__}")
         self.lr_lambda, self.lr_lambdas = lr_lambda, functions
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def group_next_lr(self, lr, base_lr, epoch, initial, group):
         return lr * float(self.lr_lambdas[group](epoch)) if epoch > 0 and not initial else lr
@@ -323,7 +338,7 @@ class LambdaLR(_PerGroup):
     ``lr_lambda`` a list of one function per param group as PyTorch's. The functions are not part of
     ``state_dict()``: build the schedule with the same ones to resume."""
 
-    def __init__(self, optimizer, lr_lambda):
+    def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
         count = len(optimizer.param_groups)
         functions = _one_per_group(lr_lambda, count, lambda given: (
             f"LambdaLR takes one lr_lambda, or one per param group: {count} groups, {given} functions"))
@@ -332,7 +347,7 @@ class LambdaLR(_PerGroup):
                 raise TypeError(f"LambdaLR lr_lambda must be a function epoch -> factor (or a list of one per param "
                                 f"group), got {type(function).__name__}")
         self.lr_lambda, self.lr_lambdas = lr_lambda, functions
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def group_lr_at(self, epoch, base_lr, group):
         return base_lr * float(self.lr_lambdas[group](epoch))
@@ -358,7 +373,8 @@ class OneCycleLR(_PerGroup):
     def __init__(self, optimizer, max_lr: float, total_steps: int | None = None, epochs: int | None = None,
                  steps_per_epoch: int | None = None, pct_start: float = 0.3, anneal_strategy: str = "cos",
                  cycle_momentum: bool = True, base_momentum: float = 0.85, max_momentum: float = 0.95,
-                 div_factor: float = 25.0, final_div_factor: float = 1e4, three_phase: bool = False):
+                 div_factor: float = 25.0, final_div_factor: float = 1e4, three_phase: bool = False,
+                 last_epoch: int = -1):
         if total_steps is None:
             counts = (arguments.integer(epochs), arguments.integer(steps_per_epoch))
             if not all(n is not None and n > 0 for n in counts):
@@ -408,7 +424,7 @@ class OneCycleLR(_PerGroup):
             self.group_momentum_phases.append(momentum)
         # its initial rates are the groups' base rates, for a schedule built after it too (PyTorch's initial_lr)
         optimizer.__dict__["_initial_lrs"] = [top / div_factor for top in max_lrs]
-        super().__init__(optimizer)
+        super().__init__(optimizer, last_epoch)
 
     def _update(self, initial: bool = False, closed: bool = False) -> None:
         super()._update(initial, closed)
@@ -459,6 +475,9 @@ def _per_group(name: str, value, count: int) -> list[float]:
 class _Composite(_PerGroup):
     """Common machinery of ``ChainedScheduler`` and ``SequentialLR``: schedules of one optimizer, checked as
     PyTorch checks them, with their base rates shared and their states saved and loaded together."""
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
 
     def _take(self, schedulers, optimizer) -> None:
         owner = type(self).__name__
@@ -542,7 +561,8 @@ class SequentialLR(_Composite):
     of epoch 0 (a warm-up, then a cosine decay from the full rate). Building it puts every group back at its base
     rate and gives only the schedule of epoch 0 its first step (the others' first steps undone, as PyTorch's)."""
 
-    def __init__(self, optimizer, schedulers, milestones):
+    def __init__(self, optimizer, schedulers, milestones, last_epoch: int = -1):
+        _check_fresh("SequentialLR", last_epoch)
         self._take(schedulers, optimizer)
         given = list(milestones) if isinstance(milestones, (list, tuple)) else milestones
         counts = [arguments.integer(m) for m in given] if isinstance(given, list) else None

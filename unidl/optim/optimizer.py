@@ -442,9 +442,14 @@ class Optimizer:
         ``torch.optim``'s); a no-op elsewhere, where gradients are returned, not stored."""
         self._backend.zero_grad(self, set_to_none=bool(set_to_none))
 
-    def step(self) -> None:
-        """Apply the gradients that ``backward()`` stored on the parameters (torch backend)."""
-        self._backend.step(self)
+    def step(self, closure=None):
+        """Apply the gradients that ``backward()`` stored on the parameters (torch backend). ``closure``: as
+        ``torch.optim``'s, a function that clears the gradients, computes the loss, calls ``backward()`` and returns
+        the loss; called first, with gradients enabled, and its loss returned."""
+        if closure is not None and not callable(closure):
+            raise TypeError(f"{type(self).__name__}.step(closure): closure must be a function that computes the "
+                            f"loss and calls backward(), got {type(closure).__name__}")
+        return self._backend.step(self, closure)
 
     def state_dict(self) -> dict:
         """The optimizer's state in canonical form, the same on every backend::

@@ -215,8 +215,8 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict) -
             continue
         known = ", ".join(["lr", *sorted(k for k in defaults if k not in _ONE_FOR_ALL)])
         if key in _ONE_FOR_ALL:
-            raise ValueError(f"{owner} {where} sets {key!r}, which unidl's {owner} takes once for every group (its slots "
-                             f"start alike); pass it to {owner}(...) itself; a group may set: {known}")
+            raise ValueError(f"{owner} {where} sets {key!r}, which unidl's {owner} takes once for every group (its "
+                             f"slots start alike); pass it to {owner}(...) itself; a group may set: {known}")
         if key not in defaults:
             raise ValueError(f"{owner} {where} has an unknown option {key!r}; a group may set: {known}")
         if isinstance(defaults[key], bool):

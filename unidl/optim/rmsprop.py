@@ -18,8 +18,9 @@ class RMSprop(Optimizer):
         p_t &= p_{t-1} - \text{lr}\, b_t \text{ if } \mu > 0 \text{ else } p_{t-1} - \text{lr}\, g_t / s_t
 
     Args (``torch.optim.RMSprop``'s positional order): ``lr`` (1e-2), ``alpha`` (0.99), ``eps`` (1e-8),
-    ``weight_decay`` (L2, 0), ``momentum`` (mu in [0, 1), 0), ``centered`` (False), keyword ``l1`` (0); ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping,
-    off by default; see ``Optimizer``).
+    ``weight_decay`` (L2, 0), ``momentum`` (mu in [0, 1), 0), ``centered`` (False), keyword ``l1`` (0);
+    ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see
+    ``Optimizer``).
 
     Slots: ``square_avg``; ``momentum_buffer`` when a param group has ``momentum > 0``; ``grad_avg`` when one is
     ``centered``. They are fixed when the optimizer is built (the compiled steps of tensorflow, keras and jax hold

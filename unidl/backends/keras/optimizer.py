@@ -451,8 +451,8 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         elif has_gradient is None:
             self.assign(variable, shrunk(_value(variable), factor) - delta)
         else:
-            self.assign(variable, K.where(has_gradient, shrunk(_value(variable), factor) - K.cast(delta, variable.dtype),
-                                          _value(variable)))
+            updated = shrunk(_value(variable), factor) - K.cast(delta, variable.dtype)
+            self.assign(variable, K.where(has_gradient, updated, _value(variable)))
 
 
 def set_group_options(optimizer, group: int, keys) -> None:

@@ -266,12 +266,17 @@ class Backend(BackendInterface):
     def zero_grad(self, optimizer, set_to_none=True):
         optimizer.native.zero_grad(set_to_none=set_to_none)
 
-    def step(self, optimizer):
+    def step(self, optimizer, closure=None):
+        loss = None
+        if closure is not None:  # (torch.optim's: the closure's forward and backward with gradients enabled)
+            with torch.enable_grad():
+                loss = closure()
         if not guard_and_clip(optimizer):
-            return
+            return loss
         add_l1(optimizer)
         optimizer.native.step()
         optimizer._steps += 1
+        return loss
 
     def train_step(self, model, loss_fn, optimizer, with_outputs=False, eager=False, accumulate=1):
         # torch is always eager
