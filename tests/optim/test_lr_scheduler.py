@@ -19,6 +19,20 @@ CASES = {
     "LinearLR-decay": (lambda o: lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=0.1, total_iters=4),
                        lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=0.1,
                                                                    total_iters=4), 7),
+    "CyclicLR-triangular": (lambda o: lr_scheduler.CyclicLR(o, 0.01, 0.1, 3, cycle_momentum=False),
+                            lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 3, cycle_momentum=False), 14),
+    "CyclicLR-triangular2": (
+        lambda o: lr_scheduler.CyclicLR(o, [0.02], 0.2, 2, 4, "triangular2", cycle_momentum=False),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(o, [0.02], 0.2, 2, 4, "triangular2", cycle_momentum=False), 20),
+    "CyclicLR-exp-range": (
+        lambda o: lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, mode="exp_range", gamma=0.9, cycle_momentum=False),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, mode="exp_range", gamma=0.9,
+                                                    cycle_momentum=False), 12),
+    "CyclicLR-scale-fn-iterations": (
+        lambda o: lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, scale_fn=lambda x: 1 / (1 + x), scale_mode="iterations",
+                                        cycle_momentum=False),
+        lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, scale_fn=lambda x: 1 / (1 + x),
+                                                    scale_mode="iterations", cycle_momentum=False), 10),
     "ConstantLR": (lambda o: lr_scheduler.ConstantLR(o, 0.25, 3), lambda o: torch.optim.lr_scheduler.ConstantLR(
         o, 0.25, 3), 7),
     "PolynomialLR": (lambda o: lr_scheduler.PolynomialLR(o, 6, 2.0),

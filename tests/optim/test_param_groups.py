@@ -313,6 +313,35 @@ def test_changed_group_options_take_effect_at_the_next_step(backend, case):
             assert difference < 1e-5, f"{case} {'compiled' if compiled else 'apply'} {name}: {difference:.2e}"
 
 
+def test_cyclic_lr_cycles_momentum_and_beta1_as_torch(backend):
+    """``CyclicLR`` with ``cycle_momentum=True`` (PyTorch's default) writes each step's rate and momentum (SGD) or
+    beta1 (Adam): torch.optim's trajectory under torch's CyclicLR, inside one compiled train step."""
+    for unidl_class, torch_class, options in ((ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9)),
+                                              (ud.optim.Adam, torch.optim.Adam, dict())):
+        reference = torch.nn.Linear(4, 3)
+        reference.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
+        expected = torch_class(reference.parameters(), lr=0.1, **options)
+        torch_schedule = torch.optim.lr_scheduler.CyclicLR(expected, 0.01, 0.1, 2, mode="triangular2")
+        layer = ud.nn.Linear(4, 3)
+        layer.load_state_dict(LAYER)
+        opt = unidl_class(layer.parameters(), lr=0.1, **options)
+        schedule = ud.optim.lr_scheduler.CyclicLR(opt, 0.01, 0.1, 2, mode="triangular2")
+        step = ud.train_step(layer, ud.nn.MSELoss(), opt)
+        for _ in range(6):
+            expected.zero_grad()
+            torch.nn.functional.mse_loss(reference(torch.tensor(X)), torch.tensor(Y)).backward()
+            expected.step()
+            torch_schedule.step()
+            step(ud.tensor(X), ud.tensor(Y))
+            schedule.step()
+            key = "momentum" if "momentum" in options else "betas"
+            assert opt.param_groups[0][key] == pytest.approx(expected.param_groups[0][key], rel=1e-12)
+            assert opt.lr == pytest.approx(expected.param_groups[0]["lr"], rel=1e-12)
+        assert step.trace_count in (None, 1)
+        for name, value in reference.state_dict().items():
+            assert max_relative_difference(layer.state_dict()[name], value.numpy()) < 1e-5, (unidl_class, name)
+
+
 def test_one_cycle_cycles_momentum_and_beta1_as_torch(backend):
     """``OneCycleLR`` (``cycle_momentum=True``, the default as PyTorch's) writes each step's momentum (SGD, RMSprop) or
     beta1 (Adam) into the param groups: torch.optim's trajectory under torch's OneCycleLR, inside one compiled train

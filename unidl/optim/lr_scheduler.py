@@ -386,26 +386,11 @@ class OneCycleLR(_PerGroup):
             raise ValueError(f"OneCycleLR pct_start must lie in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(f"OneCycleLR anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}")
-        self.momentum_key = None
-        if cycle_momentum:
-            group = optimizer.param_groups[0]
-            self.momentum_key = "momentum" if "momentum" in group else "betas" if "betas" in group else None
-            if self.momentum_key is None:
-                raise ValueError(f"OneCycleLR cycle_momentum=True (the default, PyTorch's) needs an optimizer with "
-                                 f"momentum or betas; {type(optimizer).__name__} has neither: pass "
-                                 f"cycle_momentum=False")
         count = len(optimizer.param_groups)
-        max_lrs = _per_group("max_lr", max_lr, count)
-        highs, lows = _per_group("max_momentum", max_momentum, count), _per_group("base_momentum", base_momentum, count)
-        if self.momentum_key is not None:
-            for index in range(count):  # before a step is compiled: no retrace for it later
-                if self.momentum_key == "momentum":
-                    try:
-                        optimizer.check_group_change(index, "momentum", max(highs[index], lows[index]))
-                    except ValueError as error:
-                        raise ValueError(f"OneCycleLR cycle_momentum=True: {error}; or pass cycle_momentum=False") \
-                            from None
-                optimizer.bind_group_option(index, self.momentum_key)
+        max_lrs = _per_group("OneCycleLR", "max_lr", max_lr, count)
+        highs = _per_group("OneCycleLR", "max_momentum", max_momentum, count)
+        lows = _per_group("OneCycleLR", "base_momentum", base_momentum, count)
+        self.momentum_key = _cycled_momentum("OneCycleLR", optimizer, cycle_momentum, highs, lows)
         self.max_lr = max_lr if isinstance(max_lr, (list, tuple)) else max_lrs[0]
         self.total_steps, self.anneal_strategy = total_steps, anneal_strategy
         rise = float(pct_start * total_steps) - 1
@@ -428,11 +413,9 @@ class OneCycleLR(_PerGroup):
 
     def _update(self, initial: bool = False, closed: bool = False) -> None:
         super()._update(initial, closed)
-        if self.momentum_key is None:
-            return
-        for group, phases in zip(self.optimizer.param_groups, self.group_momentum_phases):
-            momentum = self._along(phases, self.last_epoch)
-            group[self.momentum_key] = momentum if self.momentum_key == "momentum" else (momentum, group["betas"][1])
+        if self.momentum_key is not None:
+            _write_momentum(self.optimizer, self.momentum_key, [self._along(phases, self.last_epoch)
+                                                                for phases in self.group_momentum_phases])
 
     def _anneal(self, start, end, fraction):
         if self.anneal_strategy == "linear":
@@ -456,6 +439,68 @@ class OneCycleLR(_PerGroup):
         raise AssertionError("unreachable")
 
 
+class CyclicLR(_PerGroup):
+    """The cyclical learning rate policy (Smith), as ``torch.optim.lr_scheduler.CyclicLR`` with its defaults: each
+    group's rate goes from ``base_lr`` up to ``max_lr`` over ``step_size_up`` steps and back over
+    ``step_size_down`` (``step_size_up`` if None); the cycle's height scaled by ``mode`` ('triangular': 1,
+    'triangular2': halved each cycle, 'exp_range': ``gamma ** step``) or by a function ``scale_fn`` of the cycle
+    (``scale_mode='cycle'``) or the step (``'iterations'``). Step it once per batch. Building it sets each group's
+    rate to ``base_lr``. ``cycle_momentum=True`` (the default, PyTorch's) cycles momentum (or Adam's beta1) the other
+    way between ``max_momentum`` and ``base_momentum``, as ``OneCycleLR``. ``scale_fn`` is not part of
+    ``state_dict()``: build the schedule with the same one to resume."""
+
+    def __init__(self, optimizer, base_lr, max_lr, step_size_up: int = 2000, step_size_down: int | None = None,
+                 mode: str = "triangular", gamma: float = 1.0, scale_fn=None, scale_mode: str = "cycle",
+                 cycle_momentum: bool = True, base_momentum: float = 0.8, max_momentum: float = 0.9,
+                 last_epoch: int = -1):
+        _check_fresh("CyclicLR", last_epoch)
+        count = len(optimizer.param_groups)
+        bases, tops = _per_group("CyclicLR", "base_lr", base_lr, count), _per_group("CyclicLR", "max_lr", max_lr, count)
+        up = arguments.positive_int("CyclicLR", "step_size_up", step_size_up)
+        down = up if step_size_down is None else arguments.positive_int("CyclicLR", "step_size_down", step_size_down)
+        self.total_size, self.step_ratio = up + down, up / (up + down)
+        if scale_fn is None:
+            if mode not in ("triangular", "triangular2", "exp_range"):
+                raise ValueError(f"CyclicLR mode must be 'triangular', 'triangular2' or 'exp_range', got {mode!r}")
+            self.gamma = check_range("CyclicLR", "gamma", gamma)
+            scale_fn = {"triangular": lambda x: 1.0, "triangular2": lambda x: 1 / (2.0 ** (x - 1)),
+                        "exp_range": lambda x: self.gamma ** x}[mode]
+            scale_mode = "iterations" if mode == "exp_range" else "cycle"
+        elif not callable(scale_fn):
+            raise TypeError(f"CyclicLR scale_fn must be a function of the cycle or step, got {type(scale_fn).__name__}")
+        if scale_mode not in ("cycle", "iterations"):
+            raise ValueError(f"CyclicLR scale_mode must be 'cycle' or 'iterations', got {scale_mode!r}")
+        self.mode, self.scale_fn, self.scale_mode, self.max_lrs = mode, scale_fn, scale_mode, tops
+        self.max_momentums = _per_group("CyclicLR", "max_momentum", max_momentum, count)
+        self.base_momentums = _per_group("CyclicLR", "base_momentum", base_momentum, count)
+        self.momentum_key = _cycled_momentum("CyclicLR", optimizer, cycle_momentum, self.max_momentums,
+                                             self.base_momentums)
+        for index, rate in enumerate(bases):  # (PyTorch's: the groups start at base_lr, their initial_lr)
+            optimizer.set_group_lr(index, rate)
+        optimizer.__dict__.setdefault("_initial_lrs", list(bases))
+        self._bases = bases
+        super().__init__(optimizer)
+
+    def _update(self, initial: bool = False, closed: bool = False) -> None:
+        if initial:
+            self.base_lrs = list(self._bases)  # its own base rates, whatever a schedule built before took
+        super()._update(initial, closed)
+        if self.momentum_key is not None:
+            scale = self._scale(self.last_epoch)
+            _write_momentum(self.optimizer, self.momentum_key, [top - (top - low) * scale for low, top in
+                                                                zip(self.base_momentums, self.max_momentums)])
+
+    def _scale(self, epoch: int) -> float:
+        """The height factor at ``epoch``: the triangle's (0 at the cycle's ends, 1 at its top) times ``scale_fn``."""
+        cycle = math.floor(1 + epoch / self.total_size)
+        x = 1.0 + epoch / self.total_size - cycle
+        factor = x / self.step_ratio if x <= self.step_ratio else (x - 1) / (self.step_ratio - 1)
+        return factor * self.scale_fn(cycle if self.scale_mode == "cycle" else epoch)
+
+    def group_lr_at(self, epoch, base_lr, group):
+        return base_lr + (self.max_lrs[group] - base_lr) * self._scale(epoch)
+
+
 def _one_per_group(value, count: int, refusal) -> list:
     """``value`` for each of ``count`` param groups: one for all, or a list of one per group (PyTorch's), else a
     ``ValueError`` of ``refusal(how many were given)``."""
@@ -465,11 +510,39 @@ def _one_per_group(value, count: int, refusal) -> list:
     return values
 
 
-def _per_group(name: str, value, count: int) -> list[float]:
-    """``OneCycleLR``'s ``name``: one number for every param group, or a list of one per group (PyTorch's)."""
+def _per_group(owner: str, name: str, value, count: int) -> list[float]:
+    """``owner``'s ``name``: one number for every param group, or a list of one per group (PyTorch's)."""
     values = _one_per_group(value, count, lambda given: (
-        f"OneCycleLR {name} takes one number, or one per param group: {count} groups, {given} values {value!r}"))
-    return [check_range("OneCycleLR", name, v) for v in values]
+        f"{owner} {name} takes one number, or one per param group: {count} groups, {given} values {value!r}"))
+    return [check_range(owner, name, v) for v in values]
+
+
+def _cycled_momentum(owner: str, optimizer, cycle_momentum: bool, highs, lows) -> str | None:
+    """The option a schedule's ``cycle_momentum=True`` cycles between each group's ``lows`` and ``highs``
+    (``"momentum"``, or Adam's ``"betas"``: beta1), bound in every group before a step is compiled (no retrace for
+    it later); None with ``cycle_momentum=False``. An optimizer with neither is a ``ValueError``, as PyTorch's, and
+    so is an RMSprop group built without momentum (it keeps no momentum buffer)."""
+    if not cycle_momentum:
+        return None
+    group = optimizer.param_groups[0]
+    key = "momentum" if "momentum" in group else "betas" if "betas" in group else None
+    if key is None:
+        raise ValueError(f"{owner} cycle_momentum=True (the default, PyTorch's) needs an optimizer with momentum or "
+                         f"betas; {type(optimizer).__name__} has neither: pass cycle_momentum=False")
+    for index in range(len(optimizer.param_groups)):
+        if key == "momentum":
+            try:
+                optimizer.check_group_change(index, "momentum", max(highs[index], lows[index]))
+            except ValueError as error:
+                raise ValueError(f"{owner} cycle_momentum=True: {error}; or pass cycle_momentum=False") from None
+        optimizer.bind_group_option(index, key)
+    return key
+
+
+def _write_momentum(optimizer, key: str, values) -> None:
+    """Each param group's momentum (``key`` "momentum") or beta1 (``key`` "betas") set to its value."""
+    for group, momentum in zip(optimizer.param_groups, values):
+        group[key] = momentum if key == "momentum" else (momentum, group["betas"][1])
 
 
 class _Composite(_PerGroup):
