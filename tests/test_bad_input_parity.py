@@ -321,6 +321,9 @@ def test_an_axis_past_the_inputs_is_one_error_as_torchs(mode, index):
         run(mode, build, np.zeros((2, 3, 4), np.float32))
     with pytest.raises(ud.ShapeMismatchError, match=r"permute dims=\(0, 1, 1\) must name each of the 3 axes"):
         run(mode, lambda x: ud.ops.permute(x, (0, 1, 1)), np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ud.AxisOutOfRangeError, match="sum axis=0: a 0-d tensor has no axes; give axis=None"):
+        run(mode, lambda x: ud.ops.sum(x, 0), np.float32(2.0))
+    assert run(mode, lambda x: ud.ops.unsqueeze(x, -1), np.float32(2.0)).shape == (1,)
 
 
 def test_class_losses_and_attention_of_mismatched_sizes_are_one_error_in_a_graph_too(mode):

@@ -139,7 +139,8 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
                 tensors[f"{OPTIMIZER_PREFIX}{index}/{slot_name}"] = np.asarray(value)
         metadata["optimizer"] = {"class": type(optimizer).__name__, "lr": float(state["lr"]),
                                  "step": int(state["step"]), "num_params": len(slots), "hyper": state.get("hyper")}
-        for key in _OPTIONAL_OPTIMIZER_ENTRIES:  # per-parameter step counts (Adam), param groups' lrs and options
+        for key in _OPTIONAL_OPTIMIZER_ENTRIES:  # per-parameter step counts (Adam), param groups' lrs and options,
+            # the rates a schedule built after a load starts from
             if key in state:
                 metadata["optimizer"][key] = state[key]
         window = window if job else state.get("accumulation")
@@ -237,7 +238,7 @@ def _open_newest(directory: str) -> SafetensorsFile:
 
 
 #: the entries of ``Optimizer.state_dict()`` that a checkpoint keeps in its metadata where the state has them
-_OPTIONAL_OPTIMIZER_ENTRIES = ("param_steps", "param_groups")
+_OPTIONAL_OPTIMIZER_ENTRIES = ("param_steps", "param_groups", "initial_lrs")
 
 
 def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:

@@ -635,7 +635,8 @@ def as_floating(owner, what, x):
 def _axes_out_of_range(owner, name, value, x, added: int = 0):
     """``AxisOutOfRangeError`` unless ``value`` (an axis, a sequence of them, or None) names axes from -rank to
     rank - 1 of ``x`` (a tensor, or a list of them: the first's), rank counting the ``added`` axes an op inserts
-    (``unsqueeze``, ``stack``: 1) and at least 1 (PyTorch's range for a 0-d tensor, [-1, 0])."""
+    (``unsqueeze``, ``stack``: 1); any axis of a 0-d tensor (PyTorch takes 0 and -1 as the scalar itself, TensorFlow
+    and JAX refused them in their own words)."""
     if value is None:
         return
     if isinstance(x, (list, tuple)):
@@ -647,6 +648,10 @@ def _axes_out_of_range(owner, name, value, x, added: int = 0):
     rank = max(dims + added, 1)
     for axis in (value if isinstance(value, (list, tuple)) else (value,)):
         index = arguments.integer(axis)
+        if index is not None and dims + added == 0:  # (PyTorch reads axis 0 or -1 of a scalar as the scalar itself;
+            # the frameworks raised their own errors: one clear error here)
+            raise AxisOutOfRangeError(f"{literal(owner)} {name}={index}: a 0-d tensor has no axes; give {name}=None, "
+                                      f"or a tensor of one axis (unsqueeze it)")
         if index is not None and not -rank <= index < rank:
             raise AxisOutOfRangeError(f"{literal(owner)} {name}={index} is out of range for a tensor of {dims} axes: "
                                       f"it must lie in [{-rank}, {rank - 1}]")

@@ -285,6 +285,10 @@ def test_metrics_named_beside_a_logit_loss_read_logits(backend, rng):
     softmax /= softmax.sum(1, keepdims=True)
     got = ud.evaluate(three, (x, labels), loss="sparse_categorical_crossentropy", metrics=["auc"])
     assert got["auc"] == pytest.approx(sk.roc_auc_score(labels, softmax, multi_class="ovr"), abs=3e-3)
+    multi_hot = (rng.random((60, 3)) < 1 / (1 + np.exp(-2 * scores))).astype(np.float32)  # multi-label: a sigmoid each
+    got = ud.evaluate(three, (x, multi_hot), loss=ud.nn.BCEWithLogitsLoss(), metrics=["auc"])
+    assert got["auc"] == pytest.approx(sk.roc_auc_score(multi_hot, 1 / (1 + np.exp(-scores)), average="macro"),
+                                       abs=3e-3)
 
 
 def test_nan_scores_count_alike_on_every_backend(backend):

@@ -167,7 +167,7 @@ def test_one_cycle_linear_takes_its_last_step_as_a_loop_does(backend):
             schedule.step()
 
 
-def test_a_schedule_built_after_a_load_starts_from_the_saved_initial_rates(backend):
+def test_a_schedule_built_after_a_load_starts_from_the_saved_initial_rates(backend, tmp_path):
     """The optimizer's state holds each group's rate when its first schedule was built (PyTorch's ``initial_lr`` in
     its param groups): a schedule built after loading it starts from those, as PyTorch's (it started from the
     loaded, already decayed rate: every later rate a tenth of torch's)."""
@@ -188,6 +188,14 @@ def test_a_schedule_built_after_a_load_starts_from_the_saved_initial_rates(backe
     rates, saved = run(ud, lambda: Holder().parameters())
     np.testing.assert_allclose(rates, expected, rtol=1e-12)
     assert saved["initial_lrs"] == [0.1]
+    # through a checkpoint file too
+    holder = Holder()
+    optimizer = ud.optim.SGD(holder.parameters(), lr=0.1)
+    lr_scheduler.StepLR(optimizer, 1, 0.1).step()
+    ud.save_checkpoint(tmp_path, holder, optimizer, epoch=1)
+    fresh = ud.optim.SGD(Holder().parameters(), lr=0.5)
+    ud.load_checkpoint(tmp_path, Holder(), fresh)
+    assert lr_scheduler.LambdaLR(fresh, lambda epoch: 1.0).get_last_lr() == [0.1]
     with pytest.raises(ud.errors.CheckpointStateError, match="initial_lrs must be a list of one rate per param group"):
         ud.optim.SGD(Holder().parameters(), lr=0.1).load_state_dict({**saved, "initial_lrs": [0.1, 0.2]})
 

@@ -28,7 +28,7 @@ class AUC(Metric):
     and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
     ``roc_auc_score`` as ``num_thresholds`` grows (scores closer than 1 / (num_thresholds - 1) count as
     ties). Scores are probabilities, clipped into [0, 1] as Keras clips them; ``from_logits=True`` applies a
-    sigmoid (softmax for (N, C)) first. ``metrics=["auc"]`` beside a logit loss (``CrossEntropyLoss``,
+    sigmoid (softmax for (N, C), but a sigmoid each for multi-label scores) first. ``metrics=["auc"]`` beside a logit loss (``CrossEntropyLoss``,
     ``BCEWithLogitsLoss``, ``NLLLoss``) in ``fit``/``evaluate`` takes ``from_logits=True`` (``probe.for_loss``).
     The counts come from a histogram of each area's scores over the thresholds' buckets (a weighted
     bincount: O(N * areas) memory per batch, not O(N * areas * num_thresholds)), summed over batches; a
@@ -37,6 +37,9 @@ class AUC(Metric):
 
     direction = "up"
     name = "auc"
+    #: True: (N, C) scores of classes each on its own against multi-hot targets (beside a binary cross-entropy:
+    #: ``probe.for_loss``), whose logits take a sigmoid each, not a softmax across them
+    multi_label = False
 
     def __init__(self, num_thresholds: int = 200, from_logits: bool = False, name: str | None = None):
         if not isinstance(num_thresholds, int) or num_thresholds < 3:
@@ -62,7 +65,8 @@ class AUC(Metric):
         if self.kind == "binary":
             scores = ops.reshape(scores, (-1, 1))
             return (ops.sigmoid(scores) if self.from_logits else scores), ops.reshape(as_float(target), (-1, 1))
-        scores = ops.softmax(scores, -1) if self.from_logits else scores
+        if self.from_logits:  # (multi-label logits, each class on its own: a sigmoid each)
+            scores = ops.sigmoid(scores) if self.multi_label else ops.softmax(scores, -1)
         if self.kind == "categorical":
             return scores, as_float(target)
         positive = as_float(ops.one_hot(ops.reshape(target, (-1,)), self.layout.num_outputs))

@@ -183,16 +183,17 @@ def for_loss(metric, loss, layout):
 
     if not metric.by_name:
         return metric
+    multi_label = layout.output_shape == layout.target_shape and layout.num_outputs > 1
     if type(metric) is AUC:
         if not isinstance(loss, (BCEWithLogitsLoss, CrossEntropyLoss, NLLLoss)):
             return metric
         metric = copy.copy(metric)
         metric.from_logits = True
+        metric.multi_label = multi_label and isinstance(loss, BCEWithLogitsLoss)  # (a sigmoid each)
         return metric
     if not isinstance(loss, (BCELoss, BCEWithLogitsLoss)):
         return metric
     threshold = 0.0 if isinstance(loss, BCEWithLogitsLoss) else 0.5
-    multi_label = layout.output_shape == layout.target_shape and layout.num_outputs > 1
     if multi_label and type(metric) is Accuracy:  # ('categorical_accuracy' stays the argmax's, as Keras's)
         if metric.name.lower().removeprefix("weighted_") not in ("accuracy", "acc"):
             return metric
