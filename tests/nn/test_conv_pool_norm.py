@@ -97,6 +97,30 @@ def test_torch_reference_weights_load_and_give_torch_outputs(backend):
     assert ud.testing.max_relative_difference(ud.to_numpy(model(ud.tensor(x))), expected) < 2e-6
 
 
+UNBATCHED = [lambda nn: nn.Conv2d(3, 4, 3, padding=1), lambda nn: nn.Conv1d(3, 4, 2),
+             lambda nn: nn.ConvTranspose2d(3, 2, 2, stride=2), lambda nn: nn.MaxPool2d(2, return_indices=True),
+             lambda nn: nn.AvgPool2d(2, ceil_mode=True), lambda nn: nn.AdaptiveAvgPool2d((2, 3)),
+             lambda nn: nn.AdaptiveMaxPool2d(2)]
+
+
+def test_convolutions_and_poolings_take_one_sample_without_its_batch_axis(backend):
+    """(C, H, W) (Conv1d: (C, L)) input, one sample as ``torch.nn``'s convolutions and poolings take it: their
+    outputs (and indices) without the batch axis, eagerly and in a graph (a ``ShapeMismatchError`` before)."""
+    sample = np.random.default_rng(5).standard_normal((3, 5, 6)).astype(np.float32)
+    for build in UNBATCHED:
+        layer, reference = build(ud.nn), build(tnn)
+        reference.load_state_dict({key: torch.tensor(value) for key, value in layer.state_dict().items()})
+        x = sample[:, 0] if isinstance(reference, tnn.Conv1d) else sample
+        expected = reference(torch.tensor(x))
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        for run in (layer, ud.function(lambda t, f=layer: f(t))):
+            got = run(ud.tensor(x))
+            got = got if isinstance(got, tuple) else (got,)
+            for ours, theirs in zip(got, expected):
+                assert tuple(ours.shape) == tuple(theirs.shape), layer
+                np.testing.assert_allclose(ud.to_numpy(ours), theirs.detach().numpy(), rtol=2e-5, atol=2e-6)
+
+
 def _up_model(nn, shape):
     """A stride-2 conv and its transposed conv back to the input's size: odd sizes need ``output_size``."""
 

@@ -3,6 +3,8 @@ initialisation and ``state_dict()`` names (``weight`` OIHW, or (in, out / groups
 
 from __future__ import annotations
 
+import functools
+
 from unidl import arguments, input_checks, ops as functional, spatial_ops
 from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
@@ -13,11 +15,27 @@ from unidl.nn.module import Module
 def check_nchw(layer: Module, x, channels: int | None) -> tuple:
     shape = tuple(x.shape)
     if len(shape) != 4:
-        raise ShapeMismatchError(f"{layer.describe()} expected NCHW input of rank 4, received shape {shape}")
+        raise ShapeMismatchError(f"{layer.describe()} expected NCHW input of rank 4 (or one sample (C, H, W)), "
+                                 f"received shape {shape}")
     if channels is not None and shape[1] is not None and shape[1] != channels:
         raise ShapeMismatchError(
             f"{layer.describe()} expected input of shape (N, {channels}, H, W), received {shape}")
     return shape
+
+
+def unbatched(forward):
+    """A layer's ``forward`` that also takes one sample without its batch axis, (C, *spatial) where the layer
+    takes (N, C, *spatial) (``rank`` spatial axes), as ``torch.nn``'s convolutions and poolings do: run as a batch
+    of one, that axis dropped from the output (each output: ``return_indices``'s too)."""
+
+    @functools.wraps(forward)
+    def run(self, x, *args, **kwargs):
+        if len(getattr(x, "shape", ())) != self.rank + 1:
+            return forward(self, x, *args, **kwargs)
+        out = forward(self, functional.unsqueeze(x, 0), *args, **kwargs)
+        return tuple(functional.squeeze(o, 0) for o in out) if isinstance(out, tuple) else functional.squeeze(out, 0)
+
+    return run
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -81,7 +99,8 @@ class _ConvNd(Module):
         layout = ("N", self.in_channels) + ("L",) if self.rank == 1 else ("N", self.in_channels, "H", "W")
 
         def mismatch(owner, received):
-            return f"{owner} expected input of shape ({', '.join(map(str, layout))}), received {received}"
+            return (f"{owner} expected input of shape ({', '.join(map(str, layout))}) (or one sample "
+                    f"({', '.join(map(str, layout[1:]))})), received {received}")
 
         if len(shape) != self.rank + 2 or (shape[1] is not None and shape[1] != self.in_channels):
             raise ShapeMismatchError(mismatch(self.describe(), shape))
@@ -143,6 +162,7 @@ class Conv2d(_ConvNd):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
 
+    @unbatched
     def forward(self, x):
         x = self._check_input(x)
         if self.padding_mode == "zeros" and self.dilation == (1, 1) and self.groups == 1:
@@ -161,6 +181,7 @@ class Conv1d(_ConvNd):
                  groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
 
+    @unbatched
     def forward(self, x):
         x = self._check_input(x)
         x, padding = self._padded(x)
@@ -198,6 +219,7 @@ class ConvTranspose2d(_ConvNd):
                 raise ValueError(f"ConvTranspose2d output_padding {self.output_padding} must be smaller than stride "
                                  f"{self.stride} or dilation {self.dilation} on each axis")
 
+    @unbatched
     def forward(self, x, output_size=None):
         """``output_size`` ((H, W), or (N, C, H, W) of which H and W are read; ints, or ``ud.ops.shape(x)``'s
         sizes where a graph leaves them unknown), as PyTorch's: the output's spatial size, one of the ``stride``

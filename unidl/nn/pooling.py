@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from unidl import arguments, input_checks, ops as functional, spatial_ops
-from unidl.nn.conv import check_nchw
+from unidl.nn.conv import check_nchw, unbatched
 from unidl.nn.module import Module
 
 
@@ -23,6 +23,7 @@ def _window(owner: str, kernel_size, stride, padding):
 
 class _Pool2d(Module):
     _averages = False  # a mean of each window (floats only), or its maximum (any numbers)
+    rank = 2  # spatial axes (one sample (C, H, W) is taken too: ``unbatched``)
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
@@ -35,6 +36,7 @@ class _Pool2d(Module):
         # the arguments as given, as torch.nn's reprs print them (stride: the kernel size where None)
         self._given = dict(kernel_size=kernel_size, stride=kernel_size if stride is None else stride, padding=padding)
 
+    @unbatched
     def forward(self, x):
         check_nchw(self, x, None)
         input_checks.check_poolable(self.describe, x, average=self._averages)
@@ -121,11 +123,14 @@ class AvgPool2d(_Pool2d):
 
 
 class _AdaptivePool2d(Module):
+    rank = 2  # spatial axes (one sample (C, H, W) is taken too: ``unbatched``)
+
     def __init__(self, output_size):
         super().__init__()
         self.output_size = arguments.sizes_or_none(type(self).__name__, "output_size", output_size, 2)
         self._given = output_size  # (as torch.nn's repr prints it)
 
+    @unbatched
     def forward(self, x):
         check_nchw(self, x, None)
         input_checks.check_floating(self.describe, x)  # PyTorch's adaptive poolings take floats only
