@@ -313,28 +313,28 @@ def test_changed_group_options_take_effect_at_the_next_step(backend, case):
             assert difference < 1e-5, f"{case} {'compiled' if compiled else 'apply'} {name}: {difference:.2e}"
 
 
-def test_cyclic_lr_cycles_momentum_and_beta1_as_torch(backend):
-    """``CyclicLR`` with ``cycle_momentum=True`` (PyTorch's default) writes each step's rate and momentum (SGD) or
-    beta1 (Adam): torch.optim's trajectory under torch's CyclicLR, inside one compiled train step."""
-    for unidl_class, torch_class, options in ((ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9)),
-                                              (ud.optim.Adam, torch.optim.Adam, dict())):
+def _cycled_momentum_as_torch(optimizers, schedule, torch_schedule, steps):
+    """A schedule that cycles momentum or beta1 (``schedule(optimizer)``, and ``torch_schedule(optimizer)`` its
+    torch namesake): each step's rate and momentum (or beta1) are torch's, and after ``steps`` steps inside one
+    compiled train step the weights are torch.optim's trajectory."""
+    for unidl_class, torch_class, options in optimizers:
         reference = torch.nn.Linear(4, 3)
         reference.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
         expected = torch_class(reference.parameters(), lr=0.1, **options)
-        torch_schedule = torch.optim.lr_scheduler.CyclicLR(expected, 0.01, 0.1, 2, mode="triangular2")
+        theirs = torch_schedule(expected)
         layer = ud.nn.Linear(4, 3)
         layer.load_state_dict(LAYER)
         opt = unidl_class(layer.parameters(), lr=0.1, **options)
-        schedule = ud.optim.lr_scheduler.CyclicLR(opt, 0.01, 0.1, 2, mode="triangular2")
+        ours = schedule(opt)
         step = ud.train_step(layer, ud.nn.MSELoss(), opt)
-        for _ in range(6):
+        key = "momentum" if "momentum" in options else "betas"
+        for _ in range(steps):
             expected.zero_grad()
             torch.nn.functional.mse_loss(reference(torch.tensor(X)), torch.tensor(Y)).backward()
             expected.step()
-            torch_schedule.step()
+            theirs.step()
             step(ud.tensor(X), ud.tensor(Y))
-            schedule.step()
-            key = "momentum" if "momentum" in options else "betas"
+            ours.step()
             assert opt.param_groups[0][key] == pytest.approx(expected.param_groups[0][key], rel=1e-12)
             assert opt.lr == pytest.approx(expected.param_groups[0]["lr"], rel=1e-12)
         assert step.trace_count in (None, 1)
@@ -342,34 +342,24 @@ def test_cyclic_lr_cycles_momentum_and_beta1_as_torch(backend):
             assert max_relative_difference(layer.state_dict()[name], value.numpy()) < 1e-5, (unidl_class, name)
 
 
+def test_cyclic_lr_cycles_momentum_and_beta1_as_torch(backend):
+    """``CyclicLR`` with ``cycle_momentum=True`` (PyTorch's default) writes each step's rate and momentum (SGD) or
+    beta1 (Adam): torch.optim's trajectory under torch's CyclicLR, inside one compiled train step."""
+    _cycled_momentum_as_torch([(ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9)),
+                               (ud.optim.Adam, torch.optim.Adam, dict())],
+                              lambda o: ud.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, mode="triangular2"),
+                              lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, mode="triangular2"), 6)
+
+
 def test_one_cycle_cycles_momentum_and_beta1_as_torch(backend):
     """``OneCycleLR`` (``cycle_momentum=True``, the default as PyTorch's) writes each step's momentum (SGD, RMSprop) or
     beta1 (Adam) into the param groups: torch.optim's trajectory under torch's OneCycleLR, inside one compiled train
     step."""
-    for unidl_class, torch_class, options in ((ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
-                                              (ud.optim.Adam, torch.optim.Adam, dict()),
-                                              (ud.optim.RMSprop, torch.optim.RMSprop, dict(momentum=0.5))):
-        reference = torch.nn.Linear(4, 3)
-        reference.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
-        expected = torch_class(reference.parameters(), lr=0.1, **options)
-        torch_schedule = torch.optim.lr_scheduler.OneCycleLR(expected, 0.1, total_steps=6, three_phase=True)
-        layer = ud.nn.Linear(4, 3)
-        layer.load_state_dict(LAYER)
-        opt = unidl_class(layer.parameters(), lr=0.1, **options)
-        schedule = ud.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=6, three_phase=True)
-        step = ud.train_step(layer, ud.nn.MSELoss(), opt)
-        for _ in range(5):
-            expected.zero_grad()
-            torch.nn.functional.mse_loss(reference(torch.tensor(X)), torch.tensor(Y)).backward()
-            expected.step()
-            torch_schedule.step()
-            step(ud.tensor(X), ud.tensor(Y))
-            schedule.step()
-            key = "momentum" if "momentum" in options else "betas"
-            assert opt.param_groups[0][key] == pytest.approx(expected.param_groups[0][key], rel=1e-12)
-        assert step.trace_count in (None, 1)
-        for name, value in reference.state_dict().items():
-            assert max_relative_difference(layer.state_dict()[name], value.numpy()) < 1e-5, (unidl_class, name)
+    _cycled_momentum_as_torch([(ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9, nesterov=True)),
+                               (ud.optim.Adam, torch.optim.Adam, dict()),
+                               (ud.optim.RMSprop, torch.optim.RMSprop, dict(momentum=0.5))],
+                              lambda o: ud.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=6, three_phase=True),
+                              lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=6, three_phase=True), 5)
 
 
 GRAPH_BACKENDS = [name for name in ("tensorflow", "jax", "keras") if name in ud.available_backends()]

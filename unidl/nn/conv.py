@@ -99,8 +99,8 @@ class _ConvNd(Module):
         layout = ("N", self.in_channels) + ("L",) if self.rank == 1 else ("N", self.in_channels, "H", "W")
 
         def mismatch(owner, received):
-            return (f"{owner} expected input of shape ({', '.join(map(str, layout))}) (or one sample "
-                    f"({', '.join(map(str, layout[1:]))})), received {received}")
+            return (f"{owner} expected input of shape ({', '.join(map(str, layout))}) or "
+                    f"({', '.join(map(str, layout[1:]))}), received {received}")
 
         if len(shape) != self.rank + 2 or (shape[1] is not None and shape[1] != self.in_channels):
             raise ShapeMismatchError(mismatch(self.describe(), shape))

@@ -303,14 +303,7 @@ class MultiplicativeLR(LRScheduler):
     every factor so far. The functions are not part of ``state_dict()``: build the schedule with the same ones."""
 
     def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
-        count = len(optimizer.param_groups)
-        functions = _one_per_group(lr_lambda, count, lambda given: (
-            f"MultiplicativeLR takes one lr_lambda, or one per param group: {count} groups, {given} functions"))
-        for function in functions:
-            if not callable(function):
-                raise TypeError(f"MultiplicativeLR lr_lambda must be a function epoch -> factor (or a list of one per "
-                                f"param group), got {type(function).__name__}")
-        self.lr_lambda, self.lr_lambdas = lr_lambda, functions
+        self.lr_lambda, self.lr_lambdas = lr_lambda, _group_functions("MultiplicativeLR", optimizer, lr_lambda)
         super().__init__(optimizer, last_epoch)
 
     def group_next_lr(self, lr, base_lr, epoch, initial, group):
@@ -339,14 +332,7 @@ class LambdaLR(_PerGroup):
     ``state_dict()``: build the schedule with the same ones to resume."""
 
     def __init__(self, optimizer, lr_lambda, last_epoch: int = -1):
-        count = len(optimizer.param_groups)
-        functions = _one_per_group(lr_lambda, count, lambda given: (
-            f"LambdaLR takes one lr_lambda, or one per param group: {count} groups, {given} functions"))
-        for function in functions:
-            if not callable(function):
-                raise TypeError(f"LambdaLR lr_lambda must be a function epoch -> factor (or a list of one per param "
-                                f"group), got {type(function).__name__}")
-        self.lr_lambda, self.lr_lambdas = lr_lambda, functions
+        self.lr_lambda, self.lr_lambdas = lr_lambda, _group_functions("LambdaLR", optimizer, lr_lambda)
         super().__init__(optimizer, last_epoch)
 
     def group_lr_at(self, epoch, base_lr, group):
@@ -499,6 +485,19 @@ class CyclicLR(_PerGroup):
 
     def group_lr_at(self, epoch, base_lr, group):
         return base_lr + (self.max_lrs[group] - base_lr) * self._scale(epoch)
+
+
+def _group_functions(owner: str, optimizer, lr_lambda) -> list:
+    """``lr_lambda`` for each param group (one function for all, or a list of one per group, PyTorch's); a clear
+    ``ValueError``/``TypeError`` naming ``owner`` otherwise."""
+    count = len(optimizer.param_groups)
+    functions = _one_per_group(lr_lambda, count, lambda given: (
+        f"{owner} takes one lr_lambda, or one per param group: {count} groups, {given} functions"))
+    for function in functions:
+        if not callable(function):
+            raise TypeError(f"{owner} lr_lambda must be a function epoch -> factor (or a list of one per param "
+                            f"group), got {type(function).__name__}")
+    return functions
 
 
 def _one_per_group(value, count: int, refusal) -> list:
