@@ -28,8 +28,9 @@ class AUC(Metric):
     and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
     ``roc_auc_score`` as ``num_thresholds`` grows (scores closer than 1 / (num_thresholds - 1) count as
     ties). Scores are probabilities, clipped into [0, 1] as Keras clips them; ``from_logits=True`` applies a
-    sigmoid first (a softmax for (N, C), but a sigmoid each for multi-label scores). ``metrics=["auc"]`` beside a logit loss (``CrossEntropyLoss``,
-    ``BCEWithLogitsLoss``, ``NLLLoss``) in ``fit``/``evaluate`` takes ``from_logits=True`` (``probe.for_loss``).
+    sigmoid first (a softmax for (N, C), but a sigmoid each for multi-label scores). ``metrics=["auc"]``
+    beside a logit loss (``CrossEntropyLoss``, ``BCEWithLogitsLoss``, ``NLLLoss``) in ``fit``/``evaluate`` takes
+    ``from_logits=True`` (``probe.for_loss``).
     The counts come from a histogram of each area's scores over the thresholds' buckets (a weighted
     bincount: O(N * areas) memory per batch, not O(N * areas * num_thresholds)), summed over batches; a
     weighted metric (``weighted_metrics``) counts each sample's weight, as Keras's ``sample_weight``.
