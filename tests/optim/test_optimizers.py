@@ -428,6 +428,24 @@ def test_step_takes_torch_optims_closure(backend):
         optimizer.step(0.5)
 
 
+def test_a_torch_format_state_is_named_as_such():
+    """``load_state_dict`` of ``torch.optim``'s or ``torch.optim.lr_scheduler``'s own state says what it is and what
+    loads (it listed the keys it missed)."""
+    import torch
+
+    from unidl.errors import CheckpointStateError
+
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    with ud.use_backend("torch"):
+        ours = ud.optim.SGD(Holder().parameters(), lr=0.1)
+        with pytest.raises(CheckpointStateError, match=r"is a torch.optim state_dict .* optimizer.native.load_state"):
+            ours.load_state_dict(optimizer.state_dict())
+        schedule = ud.optim.lr_scheduler.StepLR(ours, 2)
+        with pytest.raises(CheckpointStateError, match="is a torch.optim.lr_scheduler state_dict, not unidl's"):
+            schedule.load_state_dict(torch.optim.lr_scheduler.StepLR(optimizer, 2).state_dict())
+
+
 def test_setting_negative_lr_is_rejected(backend):
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="lr=-1 is invalid"):

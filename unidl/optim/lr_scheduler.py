@@ -106,6 +106,9 @@ class LRScheduler:
         from unidl.errors import CheckpointStateError
 
         owner = type(self).__name__
+        if isinstance(state, dict) and "_last_lr" in state:  # (torch.optim.lr_scheduler's own private attributes)
+            raise CheckpointStateError(f"{owner} state is a torch.optim.lr_scheduler state_dict, not unidl's: load "
+                                       f"unidl's own scheduler.state_dict() ('last_epoch' and 'base_lrs')")
         if not isinstance(state, dict) or set(state) not in ({"last_epoch", "base_lrs"}, {"last_epoch", "base_lr"}):
             raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'base_lrs', got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")

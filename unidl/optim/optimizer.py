@@ -498,6 +498,10 @@ class Optimizer:
         from unidl.errors import CheckpointStateError
 
         owner = type(self).__name__
+        if isinstance(state, dict) and set(state) == {"state", "param_groups"}:
+            raise CheckpointStateError(f"{owner} state is a torch.optim state_dict ('state' and 'param_groups'), not "
+                                       f"unidl's: load unidl's own optimizer.state_dict(), or on the torch backend "
+                                       f"give torch's to optimizer.native.load_state_dict(...)")
         if not isinstance(state, dict) or not {"step", "lr", "slots"} <= set(state):
             raise CheckpointStateError(f"{owner} state must be a dict with 'step', 'lr' and 'slots', got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
