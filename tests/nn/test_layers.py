@@ -325,3 +325,22 @@ def test_every_layer_named_as_torchs_takes_torchs_constructor_arguments():
     for option in ({"max_norm": 1.0}, {"sparse": True}, {"scale_grad_by_freq": True}):
         with pytest.raises(ValueError, match=f"Embedding {next(iter(option))}=.* is not supported"):
             ud.nn.Embedding(4, 2, **option)
+
+
+def test_a_layer_takes_its_input_by_torchs_keyword(backend):
+    """``layer(input=x)``, torch.nn's keyword for a layer's input (unidl's forwards name it ``x``, a loss's
+    ``prediction``): the same output as ``layer(x)`` (it was a ``TypeError``); a module of the user's keeps its own
+    parameter names."""
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    ud.manual_seed(0)
+    for layer, args, kwargs in [(ud.nn.Conv2d(3, 4, 3), (x,), {}), (ud.nn.ReLU(), (x,), {}),
+                                (ud.nn.MSELoss(), (x,), {"target": x * 2}), (ud.nn.Flatten(), (x,), {})]:
+        expected = ud.to_numpy(layer(*args, **kwargs))
+        np.testing.assert_array_equal(ud.to_numpy(layer(input=args[0], **kwargs)), expected)
+
+    class Own(ud.nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="input"):
+        Own()(input=x)

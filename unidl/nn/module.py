@@ -10,6 +10,8 @@ in the canonical layout.
 from __future__ import annotations
 
 from collections import OrderedDict
+import functools
+import inspect
 import itertools
 import re
 import weakref
@@ -172,6 +174,16 @@ def _converts_lists(module) -> bool:
 def _converted_here(module, args) -> bool:
     """Whether ``module`` converts one of ``args`` that passed as they are (see ``_converts_lists``)."""
     return any(type(a) in _CONVERTED for a in args[:module._tensor_arguments]) and _converts_lists(module)
+
+
+@functools.cache
+def _renames_input(cls) -> bool:
+    """Whether ``cls`` is one of unidl's layers whose ``forward`` names its first input otherwise than ``input``
+    (``x``, ``prediction``), which ``torch.nn``'s layers name ``input``: ``layer(input=x)`` then passes it first."""
+    if not cls.__module__.startswith("unidl.nn."):
+        return False
+    parameters = [p for p in inspect.signature(cls.forward).parameters.values() if p.name != "self"]
+    return bool(parameters) and parameters[0].name != "input" and "input" not in [p.name for p in parameters]
 
 
 def _inputs(module, args) -> tuple:
@@ -409,6 +421,8 @@ class Module:
                 f"under {current.name!r}; build it again under {current.name!r} and load_state_dict() "
                 f"from this one's state_dict()")
         module_called(self)  # for ud.function, whose graphs depend on this module's mode (unidl.tracing)
+        if "input" in kwargs and not args and _renames_input(type(self)):  # torch.nn's keyword for a layer's input
+            args = (kwargs.pop("input"),)
         for value in args:
             if type(value) not in _PASSED_AS_THEY_ARE:
                 args = _inputs(self, args)
