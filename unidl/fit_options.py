@@ -191,7 +191,7 @@ def class_labels(y: np.ndarray) -> np.ndarray:
         if not np.isfinite(labels).all():
             raise ValueError("class_weight reads each sample's class from its target, but the targets hold NaN or "
                              "infinite values")
-        labels = np.round(labels).astype(np.int64)
+        labels = np.round(labels)
     return labels.astype(np.int64)
 
 

@@ -298,7 +298,7 @@ def spatial_output_size(owner, output_size) -> tuple:
     if given is None or len(given) not in (2, 4) or not all(_is_size(o) for o in given[-2:]):
         raise ValueError(f"{input_checks.literal(owner)} output_size must be 2 ints (H, W) or 4 (N, C, H, W), got "
                          f"{output_size!r}")
-    return tuple(arguments.integer(size) if arguments.integer(size) is not None else size for size in given[-2:])
+    return tuple(size if (number := arguments.integer(size)) is None else number for size in given[-2:])
 
 
 def transposed_output_padding(owner, x, output_size, kernel, strides, pads, dilations):

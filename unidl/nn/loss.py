@@ -31,6 +31,15 @@ def _shapes_conflict(a, b) -> bool:
     return any(x is not None and y is not None and x != y for x, y in zip(a, b))
 
 
+def _checked_when_run(scores, target, message: str, expected):
+    """``target``, carrying the check that its sizes are ``expected(scores' sizes)``, where a graph traced for any
+    sizes leaves some unknown (``input_checks.require_shape``): the eager ``message`` (two ``{}``: the shapes) when it
+    runs (TensorFlow's own slicing error before, or none: a loss of mismatched sizes)."""
+    sizes = input_checks.sizes_of(scores)
+    shapes = (input_checks.shape_template(len(sizes)), input_checks.shape_template(len(tuple(target.shape))))
+    return input_checks.require_shape(target, expected(sizes), lambda: message.format(*shapes), shown=tuple(sizes))
+
+
 def float_labels_message(name: str, dtype, probabilities_allowed: bool = True) -> str:
     """What ``name`` says of float labels of shape (N,): refused, never truncated to classes (PyTorch refuses them
     too), even when every value is a whole number; ``fit`` says the same of a data set's labels. (No sizes in
@@ -209,7 +218,7 @@ class _WeightedClassLoss(_Loss):
                        f"of the logits' shape; got logits {{}} and class probabilities {{}}")
             if _shapes_conflict(a, b):
                 raise ShapeMismatchError(message.format(a, b))
-            return True, self._checked_when_run(scores, target, message, lambda x, y: list(zip(x, y)))
+            return True, scores, _checked_when_run(scores, target, message, lambda sizes: sizes)
         what = "logits" if probabilities_allowed else "log-probabilities"
         message = (f"{name} needs {what} of shape (N, C) and integer labels of shape (N,) (or (N, C, d1, ...) and "
                    f"(N, d1, ...)); got {'logits ' if probabilities_allowed else ''}{{}} and labels {{}}")
@@ -219,24 +228,13 @@ class _WeightedClassLoss(_Loss):
         if weights is not None and a[1] is not None and a[1] != weights:
             raise ShapeMismatchError(f"{name} has {weights} class weights but the input has {a[1]} classes "
                                      f"(shape {a})")
-        scores = self._checked_when_run(scores, target, message, lambda x, y: list(zip(x[:1] + x[2:], y)))
+        target = _checked_when_run(scores, target, message, lambda sizes: sizes[:1] + sizes[2:])
         if weights is not None and a[1] is None:  # (a graph traced for any sizes: the check runs with it)
             sizes = input_checks.sizes_of(scores)
             scores = input_checks.require(scores, input_checks.holds(sizes[1] == weights), lambda: (
                 f"{name} has {weights} class weights but the input has {{}} classes (shape "
                 f"{input_checks.shape_template(len(sizes))})"), (sizes[1],) + tuple(sizes))
-        return False, scores
-
-    def _checked_when_run(self, scores, target, message: str, pairs):
-        """``scores``, carrying the check that its sizes and ``target``'s match as ``pairs(scores' sizes, target's)``
-        pairs them, where a graph traced for any sizes leaves some unknown: the eager ``message`` (two ``{}``: the
-        shapes) when it runs (TensorFlow's own slicing error, or none: a loss of mismatched sizes)."""
-        if None not in _static_shape(scores) + _static_shape(target):
-            return scores
-        a, b = input_checks.sizes_of(scores), input_checks.sizes_of(target)
-        holds = input_checks.all_of([input_checks.holds(x == y) for x, y in pairs(a, b)])
-        shapes = (input_checks.shape_template(len(a)), input_checks.shape_template(len(b)))
-        return input_checks.require(scores, holds, lambda: message.format(*shapes), tuple(a) + tuple(b))
+        return False, scores, target
 
     def mean_divisor(self, target, losses):
         """What 'mean' divides the sum of the losses (``losses``: reduction='none', of ``target``) by, PyTorch's:
@@ -287,7 +285,7 @@ class CrossEntropyLoss(_WeightedClassLoss):
     def forward(self, logits, target):
         if len(_static_shape(logits)) == 1:  # one sample, (C,) against a label () or probabilities (C,)
             return self._unbatched(logits, target)
-        probabilities, logits = self._check_shapes(logits, target, probabilities_allowed=True)
+        probabilities, logits, target = self._check_shapes(logits, target, probabilities_allowed=True)
         logits = input_checks.as_floating(self.describe, "logits", logits)  # (integers: floats in force, as NLLLoss)
         if probabilities and self.ignore_index >= 0:  # (PyTorch's rule: a class index ignored means nothing there)
             raise ValueError(f"{self.describe()}: ignore_index={self.ignore_index} applies to integer labels, not to "
@@ -310,5 +308,5 @@ class NLLLoss(_WeightedClassLoss):
     def forward(self, log_probabilities, labels):
         if len(_static_shape(log_probabilities)) == 1:  # one sample, (C,) against a label ()
             return self._unbatched(log_probabilities, labels)
-        _, log_probabilities = self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
+        _, log_probabilities, labels = self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
         return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)

@@ -5,8 +5,6 @@ padding counted in an average unless ``count_include_pad=False``, padding -inf f
 
 from __future__ import annotations
 
-import numpy as np
-
 from unidl import arguments, input_checks, ops as functional, spatial_ops
 from unidl.nn.conv import check_nchw, unbatched
 from unidl.nn.module import Module
@@ -91,10 +89,7 @@ class MaxUnpool2d(Module):
         self.kernel_size, self.stride, self.padding = _window(type(self).__name__, kernel_size, stride, padding)
 
     def forward(self, x, indices, output_size=None):
-        check_nchw(self, x, None)
-        if output_size is not None:  # (N and C may be unknown: x.shape inside a graph; sizes may be tensors)
-            output_size = tuple(int(size) if isinstance(size, (int, np.integer)) and not isinstance(size, bool)
-                                else size for size in output_size)
+        check_nchw(self, x, None)  # (output_size's sizes are read by spatial_ops.spatial_output_size)
         return functional.max_unpool2d(x, indices, self.kernel_size, self.stride, self.padding, output_size)
 
     def extra_repr(self):

@@ -31,13 +31,14 @@ class LRScheduler:
     optimizer compose (a warm-up, then a decay) and a rate set by hand carries on; ``LambdaLR`` and ``OneCycleLR``
     set it from the group's base rate. Building one takes its first step (epoch 0: ``LinearLR``'s start factor, a
     milestone at 0). The base rates (``base_lrs``) are the groups' rates when the optimizer's first schedule was
-    built (PyTorch's ``initial_lr``), so that a second schedule builds on the same ones."""
+    built (PyTorch's ``initial_lr``), so that a second schedule builds on the same ones, unless a schedule gives its
+    own (``base_lrs``: ``CyclicLR``'s ``base_lr``)."""
 
-    def __init__(self, optimizer, last_epoch: int = -1):
+    def __init__(self, optimizer, last_epoch: int = -1, base_lrs=None):
         _check_fresh(type(self).__name__, last_epoch)
         self.optimizer = optimizer
         initial = optimizer.__dict__.setdefault("_initial_lrs", [group["lr"] for group in optimizer.param_groups])
-        self.base_lrs = list(initial)
+        self.base_lrs = list(initial if base_lrs is None else base_lrs)
         self.last_epoch = 0
         self._update(initial=True)
 
@@ -466,13 +467,9 @@ class CyclicLR(_PerGroup):
                                              self.base_momentums)
         for index, rate in enumerate(bases):  # (PyTorch's: the groups start at base_lr, their initial_lr)
             optimizer.set_group_lr(index, rate)
-        optimizer.__dict__.setdefault("_initial_lrs", list(bases))
-        self._bases = bases
-        super().__init__(optimizer)
+        super().__init__(optimizer, base_lrs=bases)  # (its own base rates, whatever a schedule built before took)
 
     def _update(self, initial: bool = False, closed: bool = False) -> None:
-        if initial:
-            self.base_lrs = list(self._bases)  # its own base rates, whatever a schedule built before took
         super()._update(initial, closed)
         if self.momentum_key is not None:
             scale = self._scale(self.last_epoch)

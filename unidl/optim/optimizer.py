@@ -67,13 +67,14 @@ def clipping_options(optimizer_class, options: dict) -> dict:
     ``torch.optim``'s keyword options of the class's namesake (``torch_options``) at the values that leave unidl's
     rule as it is are dropped (``torch_option``: a ``TypeError`` at any other value, never an option kept and
     silently ignored). Any other keyword is a ``TypeError`` naming it and what the class takes."""
-    kept = {}
+    kept, unknown = {}, []
     for key, value in options.items():
         if key in CLIPPING_OPTIONS:
             kept[key] = value
         elif key in optimizer_class.torch_options:
             torch_option(optimizer_class, key, value)
-    unknown = [key for key in options if key not in CLIPPING_OPTIONS and key not in optimizer_class.torch_options]
+        else:
+            unknown.append(key)
     if unknown:
         import inspect
 
