@@ -388,6 +388,13 @@ def test_drop_last_with_batch_larger_than_dataset_is_an_error():
         DataLoader(make_dataset(3), batch_size=4, drop_last=True)
 
 
+@pytest.mark.parametrize("value", ["False", None, 0])
+def test_drop_last_other_than_a_bool_is_an_error(value):
+    """As torch's BatchSampler: ``drop_last="False"`` (true) dropped the last batch."""
+    with pytest.raises(ValueError, match=f"drop_last must be True or False, got {value!r}"):
+        DataLoader(make_dataset(10), batch_size=4, drop_last=value)
+
+
 @pytest.mark.parametrize("name, value", [("num_workers", -1), ("prefetch", 0)])
 def test_bad_worker_settings(name, value):
     with pytest.raises(ValueError, match=name):

@@ -24,11 +24,12 @@ import pytest
 
 import unidl as ud
 from unidl import config
+from unidl import random as unidl_random
 from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, ExitingRows, FailingRows, LabelledRows, NoisyBatches, NoisyRows,
+from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, LabelledRows, NoisyBatches, NoisyRows,
                                         Rows, SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
                                         failing_worker_init_fn, record_worker_id)
 
@@ -125,6 +126,27 @@ def test_random_dataset_gives_the_same_batches_with_0_or_2_process_workers_and_i
     assert reference == epochs()
     assert reference[0] != reference[1]  # a new epoch, new noise
     assert epochs(num_workers=2, worker_type="process", persistent_workers=True) == reference
+
+
+def test_an_unshuffled_loaders_random_samples_follow_manual_seed_and_numpy_and_random_differ():
+    """A loader without a seed that runs the user's code draws its batch seeds from unidl's generator, shuffled
+    or not: ``manual_seed`` reproduces its augmentations and another seed changes them (every unseeded loader drew
+    the same numbers in every run, whatever the seed); with or without worker processes alike. NumPy's global RNG
+    and Python's ``random`` draw different numbers (one key made them equal)."""
+    def draws(seed, **workers):
+        ud.manual_seed(seed)
+        return np.concatenate([ud.to_numpy(batch) for batch, in DataLoader(Draws(8), batch_size=4, **workers)])
+
+    first = draws(0)
+    assert np.array_equal(first, draws(0)) and not np.array_equal(first, draws(1))
+    assert np.array_equal(first, draws(0, num_workers=2, worker_type="process"))
+    assert not np.isin(first[:, 0], first[:, 1]).any()
+    # a loader over plain arrays runs none of the user's code: nothing drawn, unidl's generator left as it was
+    ud.manual_seed(0)
+    untouched = unidl_random.generator().integers(1 << 30)
+    ud.manual_seed(0)
+    DataLoader(TensorDataset(np.zeros(4)), batch_size=2)
+    assert unidl_random.generator().integers(1 << 30) == untouched
 
 
 def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_without_workers():

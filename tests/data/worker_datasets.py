@@ -43,6 +43,13 @@ class NoisyRows(Rows):
         return features + np.random.normal(size=3).astype(np.float32) + np.float32(random.random()), label
 
 
+class Draws(Rows):
+    """Per sample, one draw of NumPy's global RNG and one of Python's ``random`` (an augmentation's coin flips)."""
+
+    def __getitem__(self, index):
+        return np.array([np.random.random(), random.random()])
+
+
 class NoisyBatches(TensorDataset):
     """A TensorDataset whose own ``batch`` adds noise from NumPy's global RNG: user code, seeded per batch."""
 

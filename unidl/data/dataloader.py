@@ -19,7 +19,7 @@ from unidl.data import worker
 from unidl.data.dataset import default_collate, sliced_arrays
 from unidl.data.epoch import Epoch
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
-from unidl.data.sampler import BatchSampler, Sampler, rank_share
+from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
 from unidl.distributed import process_group
 from unidl.errors import DataLoaderError, StateDictError
 from unidl.tensors import to_numpy
@@ -134,7 +134,8 @@ class DataLoader:
             (samples fetched one by one and joined by ``collate_fn``).
         batch_size: samples per batch, a positive integer.
         shuffle: visit the samples in a new random order each epoch.
-        seed: seed of the shuffled orders; ``None`` draws one from unidl's generator (see ``manual_seed``).
+        seed: seed of the shuffled orders and of the batches' global RNGs; ``None`` draws one from unidl's
+            generator (see ``manual_seed``) where the loader shuffles or its batches run code of the user's.
         drop_last: drop the last batch of an epoch if it is smaller than ``batch_size``.
         num_workers: workers preparing batches ahead of the training loop (0: prepare on demand, here).
         prefetch: batches in flight per worker when ``num_workers > 0``.
@@ -192,6 +193,10 @@ class DataLoader:
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"collate_fn must be callable, got {collate_fn!r}")
         self.collate_fn = collate_fn or default_collate
+        if seed is None and not self.shuffle and self.sliced_arrays() is None:
+            # batches run the user's code, seeded per batch (see the class): from unidl's generator, so that
+            # ``manual_seed`` governs an augmentation's draws (one fixed stream for every run and seed, else)
+            self.batch_sampler.sampler.seed = draw_seed()
         if worker_type not in _WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {list(_WORKER_TYPES)}, got {worker_type!r}")
         self.worker_type = worker_type

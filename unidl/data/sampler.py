@@ -60,6 +60,8 @@ class BatchSampler:
                              f"least one sample")
         self.sampler = sampler
         self.batch_size = int(batch_size)
+        if not isinstance(drop_last, (bool, np.bool_)):  # ("False" was true)
+            raise ValueError(f"drop_last must be True or False, got {drop_last!r}")
         self.drop_last = bool(drop_last)
 
     def __len__(self) -> int:

@@ -34,16 +34,19 @@ def seed_global_rngs(stream: int, seed: int | None, epoch: int, key: int) -> Non
     torchvision-style augmentations from ``torch.rand``), torch's default CPU generator from (stream, loader seed,
     epoch, key); PyTorch's loader seeds torch's in each worker too (never NumPy's).
 
-    A loader without a seed (``shuffle=False``, ``seed=None``) still seeds, from the epoch and key alone,
-    so that its batches do not depend on how many workers there are either.
+    Each generator takes words of its own from the seed sequence: NumPy's legacy ``seed`` and Python's
+    ``random.seed`` key the same Mersenne Twister alike, so one key made them draw the same numbers (a flip decided
+    by ``random.random()`` tied to ``np.random.rand()``'s noise). A loader without a seed (``seed=None`` with
+    nothing drawn: slices of arrays, or a state of before draws) seeds from the epoch and key alone, so that its
+    batches do not depend on how many workers there are either.
     """
     entropy = [stream, int(epoch), int(key)] + ([1, int(seed)] if seed is not None else [0])
-    state = np.random.SeedSequence(entropy).generate_state(4)
-    np.random.seed(state)
-    random.seed(int.from_bytes(state.tobytes(), "little"))
+    state = np.random.SeedSequence(entropy).generate_state(10)
+    np.random.seed(state[:4])
+    random.seed(int.from_bytes(state[4:8].tobytes(), "little"))
     generator = _torch_generator()
     if generator is not None:
-        generator.manual_seed(int.from_bytes(state[:2].tobytes(), "little"))
+        generator.manual_seed(int.from_bytes(state[8:].tobytes(), "little"))
 
 
 def _torch_generator():
