@@ -113,6 +113,25 @@ def _native_pipeline_of(arrays, backend_name, batched=True):
     return None
 
 
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "keras"])
+def test_predict_of_a_pipeline_of_bare_tensors_feeds_each_batch_whole(name, rng):
+    """A native pipeline over x alone yields bare tensors, not tuples (``torch.utils.data.DataLoader`` over a
+    tensor, ``tf.data`` of one array): ``predict`` feeds each batch whole, as of arrays (it took each batch's first
+    sample: (6,) of unbatched outputs for 10 samples)."""
+    x = rng.standard_normal((10, 3)).astype(np.float32)
+    if name == "torch":
+        import torch
+
+        bare = torch.utils.data.DataLoader(torch.from_numpy(x), batch_size=4)
+    else:
+        import tensorflow as tf
+
+        bare = tf.data.Dataset.from_tensor_slices(x).batch(4)
+    with ud.use_backend(name):
+        model = ud.nn.Linear(3, 2)
+        np.testing.assert_allclose(ud.predict(model, bare), ud.predict(model, x), rtol=1e-6)
+
+
 def test_batches_of_other_than_two_fields_are_one_error(backend, rng):
     """``fit`` and ``evaluate`` take batches (x, y): a third field (Keras's (x, y, sample_weight) from a pipeline)
     was dropped unread, training unweighted, and one field was an ``IndexError``; each is one ``ValueError`` naming

@@ -792,6 +792,16 @@ def _batches(data, batch_size, shard: bool = True):
     return DataLoader(TensorDataset(data), batch_size=batch_size, shard=shard)
 
 
+def _inputs(batch):
+    """What ``predict`` feeds the model from a batch: its first field, or the batch itself where a loader or
+    pipeline yields bare tensors (a ``torch.utils.data.DataLoader`` over a tensor: its first sample was taken)."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    if getattr(batch, "shape", None) is None:
+        raise TypeError(f"predict takes batches of x, or tuples whose first field is x, got a {type(batch).__name__}")
+    return batch
+
+
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """Model outputs for ``x`` (array, tensor or loader) in eval mode, as one NumPy array."""
     backend = model._backend
@@ -800,7 +810,7 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
     model.eval()
     try:
         # every output on every rank of a data-parallel job: arrays are not sharded here
-        outputs = [to_numpy(forward(batch[0])) for batch in _batches(x, batch_size, shard=False)]
+        outputs = [to_numpy(forward(_inputs(batch))) for batch in _batches(x, batch_size, shard=False)]
     finally:
         model.train(was_training)
     return np.concatenate(outputs) if outputs else np.zeros((0,))
