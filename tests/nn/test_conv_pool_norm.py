@@ -154,6 +154,10 @@ def test_conv_transpose_output_size_as_torch(backend):
     for size in [(8, 6), [1, 2, 7, 5]]:
         expected = reference.up(torch.tensor(ud.to_numpy(small)), output_size=size).detach().numpy()
         assert ud.testing.max_relative_difference(ud.to_numpy(layer(small, output_size=size)), expected) < 2e-6
+    # one unbatched sample: its (C, H, W) as torch's
+    expected = reference.up(torch.tensor(ud.to_numpy(small))[0], output_size=(2, 8, 5)).detach().numpy()
+    got = ud.to_numpy(layer(small[0], output_size=(2, 8, 5)))
+    assert got.shape == expected.shape == (2, 8, 5) and ud.testing.max_relative_difference(got, expected) < 2e-6
     message = (r"ConvTranspose2d\(3, 2, .*\) at 'up': output_size \(9, 6\) is not a size the input can give: its "
                r"height must lie in \[7, 8\] \(input shape \(1, 3, 4, 3\)\)")
     with pytest.raises(ValueError, match=message):

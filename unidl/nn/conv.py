@@ -219,12 +219,19 @@ class ConvTranspose2d(_ConvNd):
                 raise ValueError(f"ConvTranspose2d output_padding {self.output_padding} must be smaller than stride "
                                  f"{self.stride} or dilation {self.dilation} on each axis")
 
-    @unbatched
     def forward(self, x, output_size=None):
-        """``output_size`` ((H, W), or (N, C, H, W) of which H and W are read; ints, or ``ud.ops.shape(x)``'s
-        sizes where a graph leaves them unknown), as PyTorch's: the output's spatial size, one of the ``stride``
-        sizes the input can give; it sets the output padding of this call (``output_padding`` is then not used).
-        ``ShapeMismatchError`` (a ``ValueError``) for a size out of that range."""
+        """``output_size`` ((H, W), or (N, C, H, W) of which H and W are read, (C, H, W) for one unbatched sample;
+        ints, or ``ud.ops.shape(x)``'s sizes where a graph leaves them unknown), as PyTorch's: the output's spatial
+        size, one of the ``stride`` sizes the input can give; it sets the output padding of this call
+        (``output_padding`` is then not used). ``ShapeMismatchError`` (a ``ValueError``) for a size out of that
+        range."""
+        given = arguments.sequence(output_size) if len(getattr(x, "shape", ())) == self.rank + 1 else None
+        if given is not None and len(given) == self.rank + 1:  # an unbatched sample's (C, H, W)
+            output_size = tuple(given[1:])
+        return self._forward(x, output_size)
+
+    @unbatched
+    def _forward(self, x, output_size):
         x = self._check_input(x)
         if output_size is None:
             return functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
