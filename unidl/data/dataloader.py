@@ -89,6 +89,12 @@ def _to_tensors(backend, arrays: tuple, owned: bool) -> tuple:
 class DataLoader:
     """Iterates over ``dataset`` in batches of ``batch_size``, each a tuple of backend tensors.
 
+    Two differences from ``torch.utils.data.DataLoader``, the same on every backend: a batch is always a tuple,
+    one tensor per field, also where a sample is a single array (``x, = batch``; torch's yields the bare tensor
+    there); and arrays become tensors as ``ud.tensor`` makes them, floating point in the dtype in force
+    (``ud.use_dtype``; float32 unless set), integers as int64 and booleans as bool, where torch's keeps each array's
+    dtype (a uint8 image is int64 here: convert it to floats in the dataset or ``collate_fn``).
+
     Every ``iter(loader)`` is one epoch; epoch ``e`` visits the samples in the order fixed by
     ``(seed, e)`` (see ``unidl.data.sampler``), so ``state_dict()`` (epoch, batches already yielded,
     seed) is enough to resume mid-epoch in a new process with ``load_state_dict``.
