@@ -388,6 +388,24 @@ def test_drop_last_with_batch_larger_than_dataset_is_an_error():
         DataLoader(make_dataset(3), batch_size=4, drop_last=True)
 
 
+def test_a_sampler_overriding_iter_but_not_order_is_refused():
+    """BatchSampler reads ``order(epoch)`` (an epoch replayed, resumed): a subclass's own ``__iter__`` was never
+    called, its batches Sampler's order."""
+    from unidl.data import BatchSampler, Sampler
+
+    class Reversed(Sampler):
+        def __iter__(self):
+            return iter(reversed(range(self.length)))
+
+    class ReversedOrder(Sampler):
+        def order(self, epoch):
+            return np.arange(self.length)[::-1]
+
+    with pytest.raises(TypeError, match="Reversed leaves as Sampler's while overriding __iter__: override order"):
+        BatchSampler(Reversed(5), 2)
+    assert [list(b) for b in BatchSampler(ReversedOrder(5), 2)] == [[4, 3], [2, 1], [0]]
+
+
 @pytest.mark.parametrize("value", ["False", None, 0])
 def test_drop_last_other_than_a_bool_is_an_error(value):
     """As torch's BatchSampler: ``drop_last="False"`` (true) dropped the last batch."""

@@ -52,6 +52,10 @@ class BatchSampler:
         if not isinstance(sampler, Sampler):
             raise TypeError(f"BatchSampler cuts a unidl Sampler's order per epoch, got {type(sampler).__name__}; "
                             f"wrap it: BatchSampler(Sampler(length, shuffle, seed), batch_size)")
+        kind = type(sampler)
+        if kind.__iter__ is not Sampler.__iter__ and kind.order is Sampler.order:  # (it was never called)
+            raise TypeError(f"BatchSampler cuts a sampler's order(epoch), which {kind.__name__} leaves as Sampler's "
+                            f"while overriding __iter__: override order(epoch) instead, the indices of one epoch")
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r} "
                              f"of type {type(batch_size).__name__}")
