@@ -4,9 +4,8 @@
 
 Sizes may be unknown while a graph is traced (TensorFlow's ``ud.function`` leaves every dimension open):
 what depends on a spatial size is computed with ops from ``ud.ops.shape``, never from a Python int alone.
-Resampling (adaptive pooling, interpolation) reads, per axis, the inputs that PyTorch's kernels read for each
-output (its taps, positions and weights built from the sizes) and sums them in PyTorch's order: a copy for the
-nearest modes, so that an infinite or NaN input reaches the outputs PyTorch's reach and no other.
+Resampling (adaptive pooling, interpolation) is a product with a small (out, in) weight matrix per axis,
+built from the sizes: exact for nearest (a one-hot row picks the input), PyTorch's weights for bilinear.
 Each op (but ``dropout2d``, which draws from the backend's generator) runs as the backend runs a composite
 (``Backend.composite``: on JAX, called eagerly, one compiled program rather than one per op inside it).
 """
@@ -85,6 +84,11 @@ def _positions(size, like):
 def _indices(size):
     """0, 1, ..., size - 1 as int64 (a size: an int, or a graph's scalar tensor)."""
     return ops.arange(0, size, 1, "int64")
+
+
+def _picks(index, size, like):
+    """(len(index), size) in ``like``'s dtype: row j is 1 at position ``index[j]`` (int64), 0 elsewhere."""
+    return ops.cast_like(ops.unsqueeze(_indices(size), 0) == ops.unsqueeze(index, 1), like)
 
 
 def _constant(array, like):
@@ -352,28 +356,10 @@ def _bins(size, bins, like):
     return inside, ops.cast_like(ops.unsqueeze(end - start, 1), like)
 
 
-def _bin_mean(x, size, bins, axis):
-    """The mean of each adaptive-pooling bin along ``axis`` of ``x`` (size -> bins), its inputs summed in order as
-    PyTorch's kernel sums them, so that an infinite input makes inf or NaN of the bins that hold it and of no
-    other (a product with a (bins, size) matrix of 1 / length made NaN of every bin beside it: 0 * inf). Known
-    sizes read each bin's inputs as a few taps (as many as the longest bin); a graph's unknown sizes mask a
-    (..., bins, size) copy of ``x`` along its last axis, as ``_bin_maximum`` does."""
-    rank = len(x.shape)
-    if isinstance(size, int) and isinstance(bins, int):
-        start = np.arange(bins) * size // bins
-        length = -(-(np.arange(bins) + 1) * size // bins) - start
-        total = None
-        for k in range(int(length.max())):
-            term = ops.take(x, tensor(np.minimum(start + k, size - 1), "int64"), axis)
-            if not (k < length).all():  # a shorter bin: nothing read past its end (0 * inf)
-                term = ops.where(_along(tensor(k < length), axis, rank), term, ops.zeros_like(term))
-            total = term if total is None else total + term
-        return total / _along(_constant(length, x), axis, rank)
-    last = ops.transpose(x, axis, rank - 1) if axis != rank - 1 else x
-    inside, lengths = _bins(size, bins, x)
-    spread = ops.unsqueeze(last, -2)  # (..., 1, size) against the (bins, size) mask
-    means = ops.sum(ops.where(inside, spread, ops.zeros_like(spread)), -1) / ops.squeeze(lengths, 1)
-    return ops.transpose(means, axis, rank - 1) if axis != rank - 1 else means
+def _bin_matrix(size, bins, like):
+    """(bins, size): row i averages adaptive-pooling bin i."""
+    inside, lengths = _bins(size, bins, like)
+    return ops.cast_like(inside, like) / lengths
 
 
 def _bin_maximum(x, size, bins):
@@ -450,8 +436,8 @@ def _adaptive_avg_pool2d(x, output_size):
     if all(isinstance(n, int) and isinstance(o, int) and n % o == 0 for n, o in zip(sizes, out)):
         window = tuple(n // o for n, o in zip(sizes, out))  # equal bins: the plain pooling kernel
         return ops._avg_pool2d(x, window, window, 0)
-    y = x if output_size_kept(output_size, 1) else _bin_mean(x, sizes[1], out[1], 3)
-    return y if output_size_kept(output_size, 0) else _bin_mean(y, sizes[0], out[0], 2)
+    y = x if output_size_kept(output_size, 1) else ops.matmul(x, ops.transpose(_bin_matrix(sizes[1], out[1], x), 0, 1))
+    return y if output_size_kept(output_size, 0) else ops.matmul(_bin_matrix(sizes[0], out[0], x), y)
 
 
 def output_size_kept(output_size, axis) -> bool:
@@ -531,17 +517,21 @@ def _copies_equal_sizes(mode: str, axes: int) -> bool:
     return (axes == 1 and mode == "linear") or (axes == 2 and mode in ("nearest", "bilinear"))
 
 
-def _interpolation_taps(size, out, mode, align_corners, scale, like):
-    """PyTorch's taps along one axis of ``size`` inputs and ``out`` outputs: (index, weight) pairs, ``index`` the
-    input position (int64, (out,)) each output reads and ``weight`` its weight ((out,) in ``like``'s dtype; None for
-    the nearest modes' copy). Linear modes read two inputs (the source position's floor and the next, clamped to
-    the last), bicubic four (clamped to the edges), each weighted even where its weight is 0, as PyTorch's kernels
-    do: an infinite input makes NaN (0 * inf) of the outputs that read it and of no other."""
+def _identity_where_equal(matrix, size, out, like):
+    """``matrix`` (out, size), or the identity where ``out == size`` (in a graph of unknown sizes: selected)."""
+    if isinstance(size, int) and isinstance(out, int):
+        return _constant(np.eye(size), like) if size == out else matrix
+    identity = _picks(_indices(out), size, like)
+    return ops.where(_as_int64(size) == _as_int64(out), identity, matrix)
+
+
+def _interpolation_matrix(size, out, mode, align_corners, scale, like):
+    """(out, size): row j holds the weights of the input positions that give output position j."""
     if isinstance(size, int) and isinstance(out, int) and not hasattr(scale, "dtype"):
-        return [(tensor(index, "int64"), None if weight is None else _constant(weight, like))
-                for index, weight in _interpolation_tap_arrays(size, out, mode, align_corners, scale)]
+        return _constant(_interpolation_weights(size, out, mode, align_corners, scale), like)
     destination = _positions(out, like)
     last = _as_float(size, like) - 1
+    positions = ops.unsqueeze(_positions(size, like), 0)
     if mode in ("nearest", "nearest-exact"):  # PyTorch's float32 arithmetic, as the NumPy branch's
         scale32 = ops.cast(scale, "float32") if hasattr(scale, "dtype") else float(np.float32(scale))
         steps = _indices(out)
@@ -549,42 +539,53 @@ def _interpolation_taps(size, out, mode, align_corners, scale, like):
             source = _floor(ops.cast(steps, "float32") * scale32)
         else:  # floorf((j + 0.5) * scale): the product in double, rounded to float
             source = _floor(ops.cast((ops.cast(steps, "float64") + 0.5) * ops.cast(scale32, "float64"), "float32"))
-        return [(ops.minimum(ops.cast(source, "int64"), ops.zeros_like(steps) + (_as_int64(size) - 1)), None)]
+        index = ops.minimum(ops.cast(source, "int64"), ops.zeros_like(steps) + (_as_int64(size) - 1))
+        return _picks(index, size, like)
     if mode == "bicubic":  # four taps, clamped to the edge; the source is not clamped at 0 (PyTorch's)
         source = destination * scale if align_corners else (destination + 0.5) * scale - 0.5
         low = _true_floor(source)
-        zero = ops.zeros_like(low)
-        return [(ops.cast(ops.minimum(ops.maximum(low + offset, zero), zero + last), "int64"), weight)
-                for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(source - low))]
+        fraction = ops.unsqueeze(source - low, 1)
+        zero, matrix = ops.zeros_like(low), 0.0
+        for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(fraction)):
+            index = ops.minimum(ops.maximum(low + offset, zero), zero + last)
+            matrix = matrix + weight * ops.cast_like(positions == ops.unsqueeze(index, 1), like)
+        return matrix
     if align_corners:
         source = destination * scale
     else:
         source = ops.maximum((destination + 0.5) * scale - 0.5, ops.zeros_like(destination))
     low = _floor(source)
     high = ops.minimum(low + 1, ops.zeros_like(low) + last)
-    fraction = source - low
-    return [(ops.cast(low, "int64"), 1 - fraction), (ops.cast(high, "int64"), fraction)]
+    fraction = ops.unsqueeze(source - low, 1)
+    picks = [ops.cast_like(positions == ops.unsqueeze(index, 1), like) for index in (low, high)]
+    return (1 - fraction) * picks[0] + fraction * picks[1]
 
 
-def _interpolation_tap_arrays(size, out, mode, align_corners, scale) -> list:
-    """``_interpolation_taps`` in NumPy, for known sizes (weights in float64; nearest in float32, as PyTorch's
-    kernel computes it)."""
+def _interpolation_weights(size, out, mode, align_corners, scale) -> np.ndarray:
+    """``_interpolation_matrix`` in NumPy, for known sizes (nearest in float32, as PyTorch's kernel computes it)."""
     destination = np.arange(out, dtype=np.float64)
+    weights = np.zeros((out, size))
+    rows = np.arange(out)
     if mode in ("nearest", "nearest-exact"):
         if mode == "nearest":  # PyTorch: floorf(j * scale), scale a float
             source = np.floor(destination.astype(np.float32) * np.float32(scale))
         else:  # floorf((j + 0.5) * scale): the product in double, rounded to float
             source = np.floor(((destination + 0.5) * np.float64(np.float32(scale))).astype(np.float32))
-        return [(np.minimum(source.astype(np.int64), size - 1), None)]
+        weights[rows, np.minimum(source.astype(np.int64), size - 1)] = 1.0
+        return weights
     if mode == "bicubic":
         source = destination * scale if align_corners else (destination + 0.5) * scale - 0.5
         low = np.floor(source)
-        return [(np.clip(low.astype(np.int64) + offset, 0, size - 1), weight)
-                for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(source - low))]
+        for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(source - low)):
+            np.add.at(weights, (rows, np.clip(low.astype(np.int64) + offset, 0, size - 1)), weight)
+        return weights
     source = destination * scale if align_corners else np.maximum((destination + 0.5) * scale - 0.5, 0.0)
     low = np.minimum(np.floor(source).astype(np.int64), size - 1)
+    high = np.minimum(low + 1, size - 1)
     fraction = source - low
-    return [(low, 1 - fraction), (np.minimum(low + 1, size - 1), fraction)]
+    np.add.at(weights, (rows, low), 1 - fraction)
+    np.add.at(weights, (rows, high), fraction)
+    return weights
 
 
 @_composite("x")
@@ -642,57 +643,38 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
 
 
 def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_factor, like):
-    """``interpolate``'s resampling of ``x`` along one spatial axis after another, the last first (PyTorch's
-    order): each output the weighted sum of the inputs its taps read (``_interpolation_taps``), or a copy of the one
-    the nearest modes pick, exact in any width and for any value (integers never go through floats). float16 and
-    bfloat16 input is resampled in float32 with weights rounded to its dtype, as PyTorch's kernels, and rounded
-    once at the end."""
+    """``interpolate``'s products of ``x`` with one (out, in) matrix per spatial axis, in ``like``'s floating
+    dtype; the nearest modes take the input each one-hot row picks, exact in any width and for any value (a product
+    went through float32 on Keras, torch has no integer product on CUDA, and 0 * inf is NaN)."""
+    matrices = []
     # where a graph leaves sizes unknown, positions and weights are computed in float32 for float16 and bfloat16
-    # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those), as the known sizes' constants
-    # (computed in float64)
+    # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those): the matrices are rounded to
+    # the input's dtype after, as the known sizes' constants (computed in float64)
     target, like = like, (ops.cast(like[:1, :1], "float32") if dtype_kinds.dtype_name(like.dtype) in
                           ("float16", "bfloat16") else like)
-    y = x if like is target or mode in ("nearest", "nearest-exact") else ops.cast_like(x, like)
-    for axis in reversed(range(2, len(sizes) + 2)):
-        n, out, factor = sizes[axis - 2], outs[axis - 2], factors[axis - 2]
-        copies = factor is not None and _copies_equal_sizes(mode, len(sizes))
-        if copies and isinstance(n, int) and isinstance(out, int) and n == out:
-            continue
-        taps = _interpolation_taps(n, out, mode, align_corners, _scale(n, out, factor, mode, align_corners,
-                                                                      recompute_scale_factor, like), like)
-        resampled = None
-        for index, weight in taps:
-            term = ops.take(y, index, axis)
-            if weight is not None:  # rounded to the input's dtype first, as PyTorch's weights
-                weight = weight if like is target else ops.cast_like(ops.cast_like(weight, target), like)
-                term = term * _along(weight, axis, len(sizes) + 2)
-            resampled = term if resampled is None else resampled + term
-        if copies:  # a graph's sizes: the copy where they turn out equal
-            resampled = ops.where(_as_int64(n) == _as_int64(out),
-                                  ops.take(y, ops.minimum(_indices(out), _as_int64(n) - 1), axis), resampled)
-        y = resampled
-    return y if y.dtype == x.dtype else ops.cast_like(y, x)
-
-
-def _scale(n, out, factor, mode, align_corners, recompute_scale_factor, like):
-    """The step between the source positions of two outputs along an axis of ``n`` inputs and ``out`` outputs,
-    as PyTorch's kernels take it."""
-    if mode in ALIGNABLE_MODES and align_corners:
-        if isinstance(out, int):
-            return (_as_float(n, like) - 1) / (out - 1) if out > 1 else 0.0
-        # (a graph's size: an output of 1 takes position 0 whatever the scale, never 0 / 0's NaN)
-        return (_as_float(n, like) - 1) / ops.maximum(_as_float(out, like) - 1, 1.0)
-    if factor is not None and not recompute_scale_factor:
-        return 1.0 / factor
-    if mode in ("nearest", "nearest-exact") and not (isinstance(n, int) and isinstance(out, int)):
-        # in float64, then rounded to float32 (the NumPy branch's): a float32 quotient in an XLA graph came out
-        # one unit low (5 / 25), and a nearest pick floors it
-        return ops.cast(_as_int64(n), "float64") / ops.cast(_as_int64(out), "float64")
-    return _as_float(n, like) / _as_float(out, like)
-
-
-def _along(values, axis, rank):
-    """1-D ``values`` shaped to broadcast along ``axis`` of a tensor of ``rank`` axes (batch and channels before)."""
-    for _ in range(rank - 1 - axis):
-        values = ops.unsqueeze(values, -1)
-    return values
+    for n, out, factor in zip(sizes, outs, factors):
+        if mode in ALIGNABLE_MODES and align_corners:
+            if isinstance(out, int):
+                scale = (_as_float(n, like) - 1) / (out - 1) if out > 1 else 0.0
+            else:  # (a graph's size: an output of 1 takes position 0 whatever the scale, never 0 / 0's NaN)
+                scale = (_as_float(n, like) - 1) / ops.maximum(_as_float(out, like) - 1, 1.0)
+        elif factor is not None and not recompute_scale_factor:
+            scale = 1.0 / factor
+        elif mode in ("nearest", "nearest-exact") and not (isinstance(n, int) and isinstance(out, int)):
+            # in float64, then rounded to float32 (the NumPy branch's): a float32 quotient in an XLA graph came out
+            # one unit low (5 / 25), and a nearest pick floors it
+            scale = ops.cast(_as_int64(n), "float64") / ops.cast(_as_int64(out), "float64")
+        else:
+            scale = _as_float(n, like) / _as_float(out, like)
+        matrix = _interpolation_matrix(n, out, mode, align_corners, scale, like)
+        if factor is not None and _copies_equal_sizes(mode, len(sizes)):
+            matrix = _identity_where_equal(matrix, n, out, like)
+        matrices.append(matrix if like is target else ops.cast_like(matrix, target))
+    if target is not x or mode in ("nearest", "nearest-exact"):  # each output an input's copy: picked, not a
+        # product (0 * inf of the other inputs made NaN rows around an infinite value, and integers went through
+        # floats)
+        for axis, matrix in enumerate(matrices, 2):
+            x = ops.take(x, ops.argmax(matrix, 1), axis)
+        return x
+    y = ops.matmul(x, ops.transpose(matrices[-1], 0, 1))
+    return ops.matmul(matrices[0], y) if len(sizes) == 2 else y
