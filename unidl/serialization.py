@@ -16,6 +16,7 @@ import numpy as np
 
 from unidl.errors import CorruptFileError, StateDictError, UnknownModelError, UnsafeFormatError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, is_safetensors, load_file, save_file
+from unidl.nn.incompatible_keys import IncompatibleKeys
 
 #: 2: every tensor and the header carry a crc32 (version-1 files, without them, still load)
 FORMAT_VERSION = 2
@@ -510,5 +511,5 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     stream_into(model, reader, names)
     own = [name for name, _ in model._state_variables()]
     optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
-    return {"missing": [k for k in own if k not in entries and k not in optional],
-            "unexpected": [k for k in entries if k not in own]}
+    return IncompatibleKeys([k for k in own if k not in entries and k not in optional],
+                            [k for k in entries if k not in own])

@@ -42,6 +42,48 @@ def test_train_eval_propagates(backend):
     assert all(m.training for m in net.modules())
 
 
+class FrozenNormBackbone(ud.nn.Module):
+    """The frozen-BatchNorm pattern: a ``train`` that keeps the backbone's BatchNorm in eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = ud.nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn(x)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.bn.eval()
+        return self
+
+
+def test_train_calls_each_childs_own_train_and_takes_a_bool(backend):
+    """As torch.nn's: ``train()`` calls each child's ``train`` (it set every module's flag directly, so a
+    backbone's override below the top was skipped and its frozen BatchNorm updated its statistics in ``fit``), and
+    a mode other than a bool is a ``ValueError`` (``"False"`` trained)."""
+    net = ud.nn.Sequential(FrozenNormBackbone(), ud.nn.Linear(3, 2))
+    net.train()
+    assert net.training and net[0].training and net[1].training and not net[0].bn.training
+    x = ud.tensor(np.arange(12.0).reshape(4, 3))
+    ud.fit(net, (x, ud.tensor(np.zeros((4, 2)))), loss="mse", optimizer=ud.optim.SGD(net.parameters(), lr=0.1),
+           epochs=1, batch_size=4, verbose=0)
+    np.testing.assert_array_equal(net.state_dict()["0.bn.running_mean"], np.zeros(3))  # no statistics gathered
+    with pytest.raises(ValueError, match="Sequential.train: mode must be True or False, got 'False'"):
+        net.train("False")
+
+
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "jax"])  # (Keras's own Variable: TensorFlow's slice error)
+def test_iterating_a_parameter_gives_its_rows(name):
+    """``list(parameter)`` gives its rows and ends, as torch's (JAX's clamped indexing repeated the last row for
+    ever: ``ud.nn.init.normal(layer.weight, ...)`` of the parameter rather than its layer grew for ever)."""
+    with ud.use_backend(name):
+        layer = ud.nn.Linear(3, 2)
+    rows = list(layer.weight)
+    assert len(rows) == 2
+    np.testing.assert_array_equal(np.stack([ud.to_numpy(r) for r in rows]), layer.state_dict()["weight"])
+
+
 def test_same_seed_gives_bit_identical_weights_on_every_backend():
     states = {}
     for name in ud.available_backends():
@@ -114,7 +156,12 @@ def test_non_strict_load_returns_missing_and_unexpected(backend):
     del state["head.weight"]
     state["extra"] = np.zeros(1)
     result = net.load_state_dict(state, strict=False)
-    assert result == {"missing": ["head.weight"], "unexpected": ["extra"]}
+    # as torch's: a (missing_keys, unexpected_keys) pair that unpacks (the dict of before unpacked into its key
+    # names), read by name too
+    missing, unexpected = result
+    assert (missing, unexpected) == (result.missing_keys, result.unexpected_keys) == (["head.weight"], ["extra"])
+    assert (result["missing"], result["unexpected"]) == (["head.weight"], ["extra"])
+    assert repr(net.load_state_dict(net.state_dict())) == "<All keys matched successfully>"
 
 
 def test_native_objects(backend):

@@ -22,6 +22,7 @@ import numpy as np
 from unidl import config, devices
 from unidl.dtype_kinds import dtype_name, is_floating
 from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
+from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.tensors import to_numpy
 from unidl.tracing import current_recording, module_called
 
@@ -554,9 +555,14 @@ class Module:
         return self
 
     def train(self, mode: bool = True) -> "Module":
-        """Training mode (batch statistics, dropout on) for this module and all below it."""
-        for module in self.modules():
-            object.__setattr__(module, "training", bool(mode))
+        """Training mode (batch statistics, dropout on) for this module and all below it: each child's own
+        ``train`` is called, as torch.nn's (a backbone whose ``train`` keeps its BatchNorm in eval mode keeps it
+        there). ``mode`` is True or False (``"False"`` was true)."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise ValueError(f"{type(self).__name__}.train: mode must be True or False, got {mode!r}")
+        object.__setattr__(self, "training", bool(mode))
+        for child in self.children():
+            child.train(mode)
         _modes_changed()
         return self
 
@@ -583,13 +589,13 @@ class Module:
         to_numpy = self._backend.to_numpy
         return OrderedDict((name, to_numpy(variable)) for name, variable in self._state_variables())
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> dict:
+    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
         """Copy values from a ``state_dict()`` (from any backend) into this module's variables.
 
         With ``strict`` (the default) missing keys, unexpected keys and shape mismatches are all
         reported in one ``StateDictError``; without it, the matching entries load and the
-        rest are returned as ``{'missing': [...], 'unexpected': [...]}``. Shape mismatches are
-        always an error.
+        rest are returned as torch's ``load_state_dict`` returns them, ``(missing_keys, unexpected_keys)``
+        (``IncompatibleKeys``). Shape mismatches are always an error.
         """
         own = OrderedDict(self._state_variables())
         optional = self.optional_state_keys()
@@ -609,9 +615,9 @@ class Module:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         for key, value in values.items():  # (every value checked before the first is written)
             self._backend.assign(own[key], _as_loaded(value))
-        return {"missing": missing, "unexpected": unexpected}
+        return IncompatibleKeys(missing, unexpected)
 
-    def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> dict:
+    def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
         """Load weights saved by ``unidl.save`` (or a checkpoint) from ``path``; see ``unidl.load_weights``."""
         from unidl.serialization import load_weights
 

@@ -168,6 +168,11 @@ class JaxVariable:
     def __len__(self):
         return len(self.value)
 
+    def __iter__(self):
+        """The value's rows (without it, Python iterated through ``__getitem__``, which JAX clamps: a row
+        repeated for ever where torch's and TensorFlow's iteration ends)."""
+        return iter(self.value)
+
     __add__, __radd__ = _binary(lambda a, b: a + b)
     __sub__, __rsub__ = _binary(lambda a, b: a - b)
     __mul__, __rmul__ = _binary(lambda a, b: a * b)
