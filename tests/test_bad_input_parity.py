@@ -1952,3 +1952,21 @@ def test_probabilities_outside_0_and_1_are_one_error(mode):
                    "outside", run, mode, lambda p, t: ud.nn.BCELoss()(p, t), probabilities, targets)
     edges = np.array([[0.0, 1.0], [0.5, np.nan]], np.float32)
     assert np.isnan(run(mode, lambda p, t: ud.nn.BCELoss()(p, t), edges, targets))
+
+
+# ---- embedding's padding_idx and hardtanh's bounds, as torch.nn.functional's ------------------------------------
+def test_a_negative_padding_idx_counts_from_the_end_and_one_out_of_range_or_bounds_the_wrong_way_are_errors(backend):
+    """``ud.ops.embedding(..., padding_idx=-1)`` keeps the last row from training, as PyTorch's (the other
+    frameworks compared the indices with -1 itself: the last row trained), and a ``padding_idx`` outside the
+    weight's rows is a ``ValueError`` (ignored before); ``hardtanh`` with ``min_val > max_val`` is PyTorch's
+    ``ValueError`` (the others gave max_val everywhere)."""
+    weight, indices = np.arange(6.0, dtype=np.float32).reshape(3, 2), np.array([0, 2, 2])
+    reference = torch.tensor(weight, requires_grad=True)
+    F.embedding(torch.tensor(indices), reference, padding_idx=-1).sum().backward()
+    gradient = ud.grad(lambda w: ud.ops.sum(ud.ops.embedding(ud.tensor(indices), w, padding_idx=-1)))
+    np.testing.assert_array_equal(ud.to_numpy(gradient(ud.tensor(weight))), reference.grad.numpy())
+    for bad in (3, -4):
+        with pytest.raises(ValueError, match=rf"embedding padding_idx must be an int in \[-3, 3\) .*got {bad}"):
+            ud.ops.embedding(ud.tensor(indices), ud.tensor(weight), padding_idx=bad)
+    with pytest.raises(ValueError, match="hardtanh min_val 2.0 cannot be greater than max_val -1.0"):
+        ud.ops.hardtanh(ud.tensor(weight), 2.0, -1.0)

@@ -802,6 +802,8 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
     the range of integer ``x``'s dtype is a ``ValueError``."""
     min_val = arguments.plain_number("hardtanh", "min_val", min_val)
     max_val = arguments.plain_number("hardtanh", "max_val", max_val)
+    if min_val > max_val:  # (PyTorch's ValueError; the other frameworks gave max_val everywhere)
+        raise ValueError(f"hardtanh min_val {min_val!r} cannot be greater than max_val {max_val!r}")
     input_checks.check_numbers("hardtanh", x)
     input_checks.check_bounds("hardtanh", x, (min_val, max_val), floats=True)
     return _ops().hardtanh(x, min_val, max_val)
@@ -820,13 +822,23 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return _ops().layer_norm(x, normalized_shape, weight, bias, eps)
 
 
-@op(indices=("indices",))
+@op(indices=("indices",), dispatch=False)
 def embedding(indices, weight, padding_idx=None):
     """Rows of ``weight`` (num_embeddings, dim) picked by integer ``indices`` of any shape: (*indices.shape, dim).
 
-    The row ``padding_idx`` gets no gradient. An index outside [0, num_embeddings) raises
+    The row ``padding_idx`` gets no gradient; it lies in [-num_embeddings, num_embeddings), a negative one
+    counting from the end, as PyTorch's (the other backends compared the indices with -1 itself: the last row
+    trained; one out of range was ignored). An index outside [0, num_embeddings) raises
     ``IndexOutOfRangeError`` on every backend, inside compiled graphs too (where TensorFlow's CPU gather
     would return zeros)."""
+    rows = input_checks.sizes_of(weight)[0] if len(getattr(weight, "shape", ())) else None
+    if padding_idx is not None and isinstance(rows, int):
+        index = arguments.integer(padding_idx)
+        if index is None or not -rows <= index < rows:
+            raise ValueError(f"embedding padding_idx must be an int in [-{rows}, {rows}) (the weight's rows), "
+                             f"got {padding_idx!r}")
+        padding_idx = index % rows
+    return _ops().embedding(indices, weight, padding_idx)
 
 
 @op(indices=("indices",), dims={"axis": "x"})
