@@ -145,7 +145,7 @@ def test_state_dicts_saved_before_the_counter_still_load_strictly(backend, tmp_p
     strict=True, the counter left as it is, as PyTorch loads BatchNorm state dicts older than its counter."""
     layer = ud.nn.BatchNorm1d(2)
     old = {"weight": np.array([2.0, 3.0]), "bias": np.zeros(2), "running_mean": np.ones(2), "running_var": np.ones(2)}
-    assert layer.load_state_dict(old, strict=True) == {"missing": [], "unexpected": []}
+    assert layer.load_state_dict(old, strict=True) == ([], [])  # (missing_keys, unexpected_keys)
     state = layer.state_dict()
     assert np.array_equal(state["weight"], [2.0, 3.0]) and int(state["num_batches_tracked"]) == 0
     with pytest.raises(ud.StateDictError, match=r"missing keys: running_var \(expected shape \(2,\)\)"):

@@ -84,6 +84,69 @@ def test_iterating_a_parameter_gives_its_rows(name):
     np.testing.assert_array_equal(np.stack([ud.to_numpy(r) for r in rows]), layer.state_dict()["weight"])
 
 
+class Counting(ud.nn.Module):
+    """A buffer updated by assignment in the forward, torch's idiom for counters and moving averages."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("count", np.zeros(2, np.float32))
+        self.fc = ud.nn.Linear(2, 2)
+
+    def forward(self, x):
+        self.count = self.count + 1
+        return self.fc(x)
+
+
+def test_assigning_to_a_buffer_parameter_or_child_name_keeps_it_or_is_an_error(backend):
+    """As torch.nn's ``__setattr__``: a tensor assigned to a buffer's name is the buffer's new value, eagerly and
+    inside ``ud.function`` (it was dropped from the buffers, and from ``state_dict``: a checkpoint lost it), an array
+    of another shape a new buffer in its place; anything but a parameter (or None) for a parameter's name, and
+    anything but a module for a child's, is a ``TypeError`` (the parameter or child left the model silently)."""
+    model, x = Counting(), ud.tensor(np.ones((1, 2)))
+    model(x)
+    ud.function(lambda v: model(v))(x)
+    assert list(model.state_dict()) == ["count", "fc.weight", "fc.bias"]
+    np.testing.assert_array_equal(model.state_dict()["count"], [2.0, 2.0])
+    model.count = np.arange(3.0)
+    assert list(model.state_dict()) == ["count", "fc.weight", "fc.bias"]
+    np.testing.assert_array_equal(model.state_dict()["count"], [0.0, 1.0, 2.0])
+    with pytest.raises(TypeError, match="cannot assign a value of type str as buffer 'count' of Counting"):
+        model.count = "reset"
+    with pytest.raises(TypeError, match="cannot assign a value of type str as child module 'fc' of Counting"):
+        model.fc = "off"
+    with pytest.raises(TypeError, match="as parameter 'weight' of Linear: a parameter .* or None, as torch.nn"):
+        model.fc.weight = model.fc.weight * 2
+    assert [name for name, _ in model.named_parameters()] == ["fc.weight", "fc.bias"]
+    model.fc.bias = None  # None stays allowed for each
+    assert [name for name, _ in model.named_parameters()] == ["fc.weight"]
+
+
+def test_child_and_buffer_names_are_checked_and_a_child_set_to_none_keeps_its_place(backend):
+    """As torch.nn's: ``add_module``/``register_buffer`` refuse a name the module already has as another
+    attribute (``add_module("weight", ...)`` removed the parameter silently, ``"training"`` replaced the mode flag,
+    ``ModuleDict({"keys": ...})`` shadowed its method, a buffer named "weight" hid the parameter from the forward),
+    a '.' and a name that is no string; ``register_buffer(name, None)`` is a None attribute and nothing in
+    ``state_dict`` (NaN or a conversion error before); a child set to None and back keeps its place in the order
+    (of ``state_dict``, of the optimizer's parameters)."""
+    layer = ud.nn.Linear(2, 2)
+    for call in (lambda: layer.add_module("weight", ud.nn.ReLU()), lambda: layer.add_module("training", ud.nn.ReLU()),
+                 lambda: layer.register_buffer("weight", np.zeros((2, 2))),
+                 lambda: ud.nn.ModuleDict({"keys": ud.nn.ReLU()})):
+        with pytest.raises(KeyError, match="already exists"):
+            call()
+    with pytest.raises(KeyError, match="without '.', got 'a.b'"):
+        layer.register_buffer("a.b", np.zeros(1))
+    with pytest.raises(TypeError, match="the name must be a string, got int 3"):
+        layer.add_module(3, ud.nn.ReLU())
+    layer.register_buffer("mask", None)
+    assert layer.mask is None and list(layer.state_dict()) == ["weight", "bias"]
+    net = Net()
+    order = list(net.state_dict())
+    body, net.body = net.body, None
+    net.body = body
+    assert list(net.state_dict()) == order
+
+
 def test_same_seed_gives_bit_identical_weights_on_every_backend():
     states = {}
     for name in ud.available_backends():

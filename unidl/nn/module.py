@@ -251,10 +251,22 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
+        is_module, is_parameter = isinstance(value, Module), self._backend.is_parameter(value)
+        if value is not None and not is_module and not is_parameter:
+            if name in self._buffers:  # ``self.count = self.count + 1``: still the buffer, as torch.nn's
+                self._assign_buffer(name, value)
+                return
+            for kind, table, expected in (("parameter", self._parameters, "a parameter (module.parameter(value))"),
+                                          ("child module", self._modules, "a unidl.nn.Module")):
+                if name in table:  # (it was dropped from the parameters or children: from state_dict too)
+                    raise TypeError(f"cannot assign a value of type {type(value).__name__} as {kind} {name!r} of "
+                                    f"{type(self).__name__}: {expected} or None, as torch.nn; del it first to "
+                                    f"make {name!r} a plain attribute")
         # a module (or parameter) replacing one of its kind keeps its place, as in PyTorch: the order of
         # ``_modules`` is the order of a Sequential and of the state_dict keys
-        table = (self._modules if isinstance(value, Module)
-                 else self._parameters if self._backend.is_parameter(value) else None)
+        table = self._modules if is_module else self._parameters if is_parameter else None
+        if value is None and name in self._modules:  # a child set to None keeps its place, as torch.nn's (and as
+            table = self._modules                    # ``add_module(name, None)``): assigned again, it comes back there
         _forget_structure_below(self._modules.get(name))  # (an outgoing child: what was built from it goes too)
         for other in (self._parameters, self._buffers, self._modules):
             if other is not table:
@@ -265,6 +277,8 @@ class Module:
             parent = value._parent[0]() if value._parent is not None else None
             if parent is None:  # the first live owner names it in errors (a slice of a Sequential does not)
                 object.__setattr__(value, "_parent", (weakref.ref(self), name))
+        elif table is self._modules:  # (None, in the child's place)
+            self._modules[name] = None
         elif table is not None:
             self._parameters[name] = value
             devices.parameter_created(self, name, value, self._backend)
@@ -342,9 +356,7 @@ class Module:
 
     def add_module(self, name: str, module: "Module | None") -> None:
         """Register ``module`` as the child ``name`` (``setattr`` with a name that need not be an identifier)."""
-        if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"{type(self).__name__}.add_module: a child's name must be a non-empty string "
-                           f"without '.', got {name!r}")
+        self._check_new_name("add_module", name, self._modules)
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(self).__name__}.add_module({name!r}, ...) needs a unidl.nn.Module, "
                             f"got {type(module).__name__}")
@@ -366,9 +378,29 @@ class Module:
         with self._placement():
             return self._backend.parameter(np.asarray(to_numpy(value)), trainable=True)
 
+    def _check_new_name(self, method: str, name, table: dict) -> None:
+        """torch.nn's checks of a new child's or buffer's ``name``: a string (``TypeError``), non-empty, without
+        '.', and not an attribute the module already has outside ``table`` (``KeyError``: ``add_module("weight",
+        ...)`` removed the parameter silently, ``"training"`` replaced the mode flag, ``ModuleDict({"keys": ...})``
+        its method)."""
+        owner = type(self).__name__
+        if not isinstance(name, str):
+            raise TypeError(f"{owner}.{method}: the name must be a string, got {type(name).__name__} {name!r}")
+        if not name or "." in name:
+            raise KeyError(f"{owner}.{method}: the name must be a non-empty string without '.', got {name!r}")
+        if name not in table and getattr(self, name, None) is not None:  # (a None attribute may become one)
+            raise KeyError(f"{owner}.{method}: attribute {name!r} already exists; pick another name (or del it "
+                           f"first)")
+
     def register_buffer(self, name: str, value) -> None:
         """Add non-trainable state (BatchNorm's running statistics) that ``state_dict()`` saves. A float
-        ``value`` takes unidl's float dtype; an integer one keeps its own (``num_batches_tracked``, int64)."""
+        ``value`` takes unidl's float dtype; an integer one keeps its own (``num_batches_tracked``, int64). None
+        makes the attribute None and nothing in ``state_dict``, as torch.nn's."""
+        self._check_new_name("register_buffer", name, self._buffers)
+        if value is None:
+            self._buffers.pop(name, None)
+            object.__setattr__(self, name, None)
+            return
         value = np.asarray(to_numpy(value))
         dtype = value.dtype.name if value.dtype.kind in "iub" else None
         with self._placement():
@@ -376,6 +408,28 @@ class Module:
         self._buffers[name] = variable
         object.__setattr__(self, name, variable)
         devices.parameter_created(self, name, variable, self._backend, kind="buffer")
+
+    def _assign_buffer(self, name: str, value) -> None:
+        """``module.<buffer> = value``, as torch.nn's: ``value`` (a tensor, an array, a number) becomes the
+        buffer's value and the buffer stays one, saved by ``state_dict`` (it was dropped from the buffers: a
+        checkpoint lost it). A value of the buffer's shape is written into it, in the buffer's dtype, also inside a
+        compiled step (``write_buffer``); one of another shape makes a new buffer in its place (eagerly)."""
+        if getattr(value, "shape", None) is None and not isinstance(value, (int, float, np.generic, list, tuple)):
+            raise TypeError(f"cannot assign a value of type {type(value).__name__} as buffer {name!r} of "
+                            f"{type(self).__name__}: a tensor, an array or None, as torch.nn")
+        current = self._buffers[name]
+        if getattr(value, "shape", None) is None or isinstance(value, np.ndarray):
+            value = np.asarray(value)
+        if tuple(value.shape) != tuple(current.shape):
+            self.register_buffer(name, value)
+            return
+        if isinstance(value, np.ndarray):
+            from unidl.tensors import tensor
+
+            value = tensor(value, dtype_name(current.dtype))
+        from unidl import ops
+
+        self.write_buffer(name, ops.cast_like(value, current))
 
     def write_buffer(self, name: str, value) -> None:
         """Store ``value`` (a native tensor computed by the forward, e.g. new running statistics) as the
