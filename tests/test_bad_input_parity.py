@@ -1970,3 +1970,27 @@ def test_a_negative_padding_idx_counts_from_the_end_and_one_out_of_range_or_boun
             ud.ops.embedding(ud.tensor(indices), ud.tensor(weight), padding_idx=bad)
     with pytest.raises(ValueError, match="hardtanh min_val 2.0 cannot be greater than max_val -1.0"):
         ud.ops.hardtanh(ud.tensor(weight), 2.0, -1.0)
+
+
+# ---- NaN bounds, half-precision sums and layer norms, matrix products of two dtypes --------------------------------
+def test_nan_bounds_half_sums_and_layer_norms_and_two_dtype_products_as_torch(mode):
+    """``clip`` with a NaN bound is NaN everywhere, as ``torch.clamp`` (JAX's and Keras's selects skipped it);
+    a float16 ``sum`` is summed in float32 (Keras's overflowed to inf); ``layer_norm`` of float16 computes in
+    float32 without parameters too (the variance of [1, 2, 1000] overflowed on TensorFlow, JAX and Keras: zeros);
+    ``matmul`` of two dtypes or of booleans is one ``DtypeMismatchError`` (JAX and Keras promoted)."""
+    x = np.array([0.0, -5.0, 5.0], np.float32)
+    low, high = np.array([np.nan, 0.0, 0.0], np.float32), np.array([1.0, np.nan, 1.0], np.float32)
+    for ours, theirs in ((lambda t: ud.ops.clip(t, float("nan"), 1.0), lambda t: torch.clamp(t, float("nan"), 1.0)),
+                         (lambda t: ud.ops.clip(t, None, float("nan")), lambda t: torch.clamp(t, max=float("nan"))),
+                         (lambda t: ud.ops.clip(t, ud.tensor(low), ud.tensor(high)),
+                          lambda t: torch.clamp(t, torch.tensor(low), torch.tensor(high)))):
+        np.testing.assert_array_equal(run(mode, ours, x), theirs(torch.tensor(x)).numpy())
+    half = np.array([60000, 60000, -60000], np.float16)
+    assert run(mode, lambda t: ud.ops.sum(ud.ops.cast(t, "float16")), half) == np.float16(60000)
+    rows = np.array([[1, 2, 1000], [0.1, 0.2, 0.35]], np.float16)
+    np.testing.assert_array_equal(run(mode, lambda t: ud.ops.layer_norm(ud.ops.cast(t, "float16"), (3,)), rows),
+                                  F.layer_norm(torch.tensor(rows), (3,)).numpy())
+    for first, second in (("float32", "float64"), ("int32", "int64"), ("bool", "bool")):
+        with pytest.raises(ud.errors.DtypeMismatchError, match=f"matmul of {first} and {second}"):
+            run(mode, lambda a, b: ud.ops.matmul(ud.ops.cast(a, first), ud.ops.cast(b, second)), np.ones((1, 2)),
+                np.ones((2, 1)))

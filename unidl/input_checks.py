@@ -448,6 +448,22 @@ def check_same_kind(owner, a, b) -> None:
                              f"the other floating-point; convert the integers with ud.ops.cast(x, '{floating}')")
 
 
+def check_matmul_dtypes(a, b) -> None:
+    """``DtypeMismatchError`` for a matrix product of two dtypes (float32 with float64, int32 with int64) or of
+    booleans, as PyTorch's: JAX and Keras promoted them (a float64 product of a float32 model), TensorFlow refused
+    in its own words."""
+    dtype_a, dtype_b = getattr(a, "dtype", None), getattr(b, "dtype", None)
+    if dtype_a is None or dtype_b is None:
+        return
+    names = dtype_name(dtype_a), dtype_name(dtype_b)
+    if "bool" in names:
+        raise DtypeMismatchError(f"matmul of {names[0]} and {names[1]}: booleans have no matrix product (as "
+                                 f"PyTorch's); cast them with ud.ops.cast(x, 'int64') or to floats")
+    if names[0] != names[1]:
+        raise DtypeMismatchError(f"matmul of {names[0]} and {names[1]}: the operands must have one dtype, as "
+                                 f"PyTorch's; cast one with ud.ops.cast(x, '{names[0]}')")
+
+
 def as_summable(owner, what, x):
     """``x``, with booleans and integers of other dtypes converted to int64, the dtype PyTorch sums them in
     (TensorFlow summed int32 in int32 and uint8 in uint8, wrapping around, and refused booleans; JAX summed

@@ -103,6 +103,8 @@ def matmul(a, b):
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("matmul", a, b, numbers=False)
     input_checks.check_same_kind("matmul", a, b)
+    if active_ops() is None:  # (a mixed-precision scope casts floats of two widths first)
+        input_checks.check_matmul_dtypes(a, b)
     return _ops().matmul(a, b)
 
 
@@ -813,11 +815,14 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, with the mean and biased variance over the last
     ``len(normalized_shape)`` axes; ``weight`` and ``bias`` have shape ``normalized_shape``. Float input of
-    another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32, computed in
-    float32 and given back in the input's dtype, as PyTorch's."""
+    another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32. float16 and
+    bfloat16 input is computed in float32 (its parameters too) and given back in its dtype, as PyTorch's kernels
+    compute it (in float16 the variance of [1, 2, 1000] overflowed: zeros)."""
     eps = arguments.plain_number("layer_norm", "eps", eps)
     x = input_checks.as_floating("layer_norm", "x", x)  # (integers: floats of the dtype in force, as group_norm's)
-    if input_checks.normalization_parameters("layer_norm", x, {"weight": weight, "bias": bias}):
+    mixed = input_checks.normalization_parameters("layer_norm", x, {"weight": weight, "bias": bias})
+    if mixed or input_checks.dtype_name(x.dtype) in ("float16", "bfloat16"):
+        weight, bias = (None if p is None else cast(p, "float32") for p in (weight, bias))
         return cast_like(_ops().layer_norm(cast(x, "float32"), normalized_shape, weight, bias, eps), x)
     return _ops().layer_norm(x, normalized_shape, weight, bias, eps)
 

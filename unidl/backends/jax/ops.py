@@ -347,10 +347,11 @@ def _clip(x, minimum, maximum, float_dtype):
     x = _v(x)
     if not jnp.issubdtype(x.dtype, jnp.floating) and (float_bound(minimum) or float_bound(maximum)):
         x = x.astype(float_dtype)  # a float bound makes integers floats, as PyTorch's promotion
+    # a NaN bound is NaN's everywhere, as PyTorch's clamp (never below or above it, a select skipped it)
     if minimum is not None:
-        x = jnp.where(x < minimum, jnp.asarray(minimum, x.dtype), x)
+        x = jnp.where((x < minimum) | jnp.isnan(jnp.asarray(minimum, x.dtype)), jnp.asarray(minimum, x.dtype), x)
     if maximum is not None:
-        x = jnp.where(x > maximum, jnp.asarray(maximum, x.dtype), x)
+        x = jnp.where((x > maximum) | jnp.isnan(jnp.asarray(maximum, x.dtype)), jnp.asarray(maximum, x.dtype), x)
     return x
 
 

@@ -300,6 +300,8 @@ def sum(x, axis=None, keepdims=False):
     if axis is None and keepdims:  # (keras.ops.sum on torch dropped every axis: a 0-d sum)
         rank = x.shape.rank if hasattr(x.shape, "rank") else len(x.shape)  # (None: a TensorFlow graph's unknown)
         axis = None if rank is None else tuple(range(rank))
+    if K.dtype(x) in ("float16", "bfloat16"):  # summed in float32 as PyTorch sums it, then rounded (inf else)
+        return K.cast(K.sum(K.cast(x, "float32"), axis, keepdims), K.dtype(x))
     return K.sum(x, axis, keepdims)
 
 
@@ -308,10 +310,13 @@ def clip(x, minimum=None, maximum=None):
     x = _tensor(x)
     if "float" not in K.dtype(x) and (float_bound(minimum) or float_bound(maximum)):
         x = K.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
+    # a NaN bound is NaN's everywhere, as PyTorch's clamp (never below or above it, a select skipped it)
     if minimum is not None:
-        x = K.where(x < minimum, as_dtype(minimum, x.dtype), x)
+        bound = as_dtype(minimum, x.dtype)
+        x = K.where(K.logical_or(x < bound, K.isnan(bound)), bound, x)
     if maximum is not None:
-        x = K.where(x > maximum, as_dtype(maximum, x.dtype), x)
+        bound = as_dtype(maximum, x.dtype)
+        x = K.where(K.logical_or(x > bound, K.isnan(bound)), bound, x)
     return x
 
 
