@@ -1994,3 +1994,19 @@ def test_nan_bounds_half_sums_and_layer_norms_and_two_dtype_products_as_torch(mo
         with pytest.raises(ud.errors.DtypeMismatchError, match=f"matmul of {first} and {second}"):
             run(mode, lambda a, b: ud.ops.matmul(ud.ops.cast(a, first), ud.ops.cast(b, second)), np.ones((1, 2)),
                 np.ones((2, 1)))
+
+
+def test_integer_aranges_of_fractional_bounds_and_amax_of_booleans_as_torch(mode):
+    """``arange`` in an integer dtype of fractional bounds truncates start and step as PyTorch's kernel (JAX
+    counted the fractional step's values and truncated each: [0, 1, 2, 3] for 0..5 by 1.5; TensorFlow refused the
+    floats), a step that truncates to 0 is PyTorch's ``ValueError``; ``amax`` of booleans is their ``any``
+    (TensorFlow and Keras had no kernel for it)."""
+    for start, end, step, dtype in ((0, 5, 1.5, "int64"), (-1.5, 1.5, 1, "int32"), (-1.5, 1.5, 1, "int64"),
+                                    (5.5, 0, -1.5, "int32"), (0, 5.9, 2.7, "int64")):
+        expected = torch.arange(start, end, step, dtype=getattr(torch, dtype)).numpy()
+        got = run(mode, lambda t: ud.ops.arange(start, end, step, dtype) + ud.ops.cast(t, dtype), np.zeros(()))
+        np.testing.assert_array_equal(got, expected, err_msg=f"{(start, end, step, dtype)}")
+    with pytest.raises(ValueError, match="arange step must be nonzero, as PyTorch's: step 0.3 truncates to 0"):
+        run(mode, lambda t: ud.ops.arange(1, 2.2, 0.3, "int64"), np.zeros(()))
+    flags = np.array([[True, False], [False, False]])
+    np.testing.assert_array_equal(run(mode, lambda t: ud.ops.amax(t, 1), flags), [True, False])

@@ -13,6 +13,7 @@ are returned, randomness (dropout) takes an explicit generator.
 from __future__ import annotations
 
 import inspect
+import math
 import numbers
 import warnings
 
@@ -929,9 +930,30 @@ def arange(start, end=None, step=1, dtype=None):
     if dtype is None:
         integral = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end, step))
         dtype = "int64" if integral else config.get_dtype()
+    numbers_given = all(isinstance(v, numbers.Real) for v in (start, end, step))  # (a graph's sizes: tensors)
+    if numbers_given and step == 0:
+        raise ValueError("arange step must be nonzero, as PyTorch's")
+    if (numbers_given and dtype_kinds.is_integer(_dtype_name(dtype))
+            and not all(isinstance(v, numbers.Integral) for v in (start, end, step))):
+        start, end, step = _integral_range(start, end, step, _dtype_name(dtype))
     backend = config.backend()
     with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
         return backend.ops.arange(start, end, step, _dtype_name(dtype))
+
+
+def _integral_range(start, end, step, dtype: str) -> tuple:
+    """``arange``'s (start, end, step) in ints for an integer ``dtype`` given fractional bounds, as PyTorch's
+    kernel computes them: start and step truncated toward zero (a step that truncates to 0 is its ``ValueError``),
+    the length from the truncated end for int64 and from the fractional bounds for the other integer dtypes (JAX
+    counted a fractional step's values and truncated each, TensorFlow refused the floats)."""
+    first, last, stride = int(start), int(end), int(step)
+    if stride == 0:
+        raise ValueError(f"arange step must be nonzero, as PyTorch's: step {step!r} truncates to 0 in {dtype}")
+    if dtype == "int64":
+        count = len(range(first, last, stride))
+    else:
+        count = max(0, math.ceil((float(end) - float(start)) / float(step)))
+    return first, first + count * stride, stride
 
 
 @op(numeric=("x",), dims={"dim": "x"})

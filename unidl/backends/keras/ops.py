@@ -143,6 +143,8 @@ def amax(x, dim, keepdim=False):
             kept = [1 if axis in axes else size for axis, size in enumerate(shape)]
             return K.zeros(kept if keepdim else [size for axis, size in enumerate(shape) if axis not in axes],
                            dtype=x.dtype)
+    if K.dtype(x) == "bool":  # (TensorFlow's max has no boolean kernel: any, as PyTorch's amax of booleans)
+        return K.any(x, axis=dim, keepdims=keepdim)
     return K.max(x, axis=dim, keepdims=keepdim)
 
 

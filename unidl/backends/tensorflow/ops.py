@@ -221,6 +221,8 @@ def softmax(x, dim=-1):
 
 
 def amax(x, dim, keepdim=False):
+    if x.dtype == tf.bool:  # (reduce_max has no boolean kernel: any, as PyTorch's amax of booleans)
+        return tf.reduce_any(x, dim, keepdims=keepdim)
     return tf.reduce_max(x, dim, keepdims=keepdim)
 
 
