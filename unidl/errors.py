@@ -98,8 +98,9 @@ def marked_error_from(error, escaped: bool = False) -> "UnidlError | None":
 index_error_from = marked_error_from  # the name callers used when only index checks were marked
 
 
-class StateDictError(UnidlError, KeyError):
-    """A state dict with missing keys, unexpected keys or wrongly shaped values."""
+class StateDictError(UnidlError, KeyError, RuntimeError):
+    """A state dict with missing keys, unexpected keys or wrongly shaped values: a ``KeyError``, and a
+    ``RuntimeError`` as ``torch.nn.Module.load_state_dict`` raises (``except RuntimeError`` catches it too)."""
 
     def __str__(self):
         return str(self.args[0]) if self.args else ""

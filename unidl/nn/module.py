@@ -639,7 +639,10 @@ class Module:
 
     # ---- state -------------------------------------------------------------
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Parameters and buffers as NumPy arrays in the canonical layout, keyed by dotted name."""
+        """Parameters and buffers as NumPy arrays in the canonical layout, keyed by dotted name. The arrays are
+        copies on every backend, where torch's share the tensors' memory: writing into one leaves the model as it
+        is (``load_state_dict`` writes), and a state dict kept aside (the best weights so far) does not follow
+        training."""
         to_numpy = self._backend.to_numpy
         return OrderedDict((name, to_numpy(variable)) for name, variable in self._state_variables())
 
