@@ -2010,3 +2010,11 @@ def test_integer_aranges_of_fractional_bounds_and_amax_of_booleans_as_torch(mode
         run(mode, lambda t: ud.ops.arange(1, 2.2, 0.3, "int64"), np.zeros(()))
     flags = np.array([[True, False], [False, False]])
     np.testing.assert_array_equal(run(mode, lambda t: ud.ops.amax(t, 1), flags), [True, False])
+
+
+@pytest.mark.parametrize("count", [-1, 0, 2.5, True])
+def test_one_hot_of_a_class_count_other_than_a_positive_int_is_one_error(backend, count):
+    """torch's -1 (read the count from the labels, which a compiled graph cannot), 0, a float or a bool: one
+    ``ValueError`` on every backend, where each framework raised its own (or JAX took 2.5)."""
+    with pytest.raises(ValueError, match=f"one_hot num_classes must be a positive int, got {count!r}"):
+        ud.ops.one_hot(ud.tensor(np.array([0, 2])), count)

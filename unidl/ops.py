@@ -713,11 +713,19 @@ def cast_like(x, like):
     return _ops().cast_like(x, like)
 
 
-@op(indices=("labels",))
+@op(indices=("labels",), dispatch=False)
 def one_hot(labels, num_classes):
     """Integer labels (N,) -> (N, num_classes) int64 indicator matrix (any labels' shape gains a last axis). A label
     outside [0, num_classes) gives a row of zeros on every backend (``tf.one_hot``'s and ``jax.nn.one_hot``'s rule;
-    ``torch.nn.functional.one_hot`` raises, after reading the labels back to the host)."""
+    ``torch.nn.functional.one_hot`` raises, after reading the labels back to the host). ``num_classes`` is a
+    positive int: torch's -1 (the largest label plus one, read from the labels) is a ``ValueError`` on every
+    backend, since a compiled graph cannot size its output from values (each framework raised its own error)."""
+    count = arguments.integer(num_classes)
+    if count is None or count <= 0:
+        raise ValueError(f"one_hot num_classes must be a positive int, got {num_classes!r}"
+                         + ("; unidl does not read it from the labels (torch's -1): give int(labels.max()) + 1"
+                            if count == -1 else ""))
+    return _ops().one_hot(labels, count)
 
 
 @op(dispatch=False)
