@@ -131,6 +131,8 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 def softmax(x, dim=-1):
+    if K.dtype(x) in ("float16", "bfloat16"):  # in float32, rounded once, as PyTorch's kernel (a unit off else)
+        return K.cast(K.softmax(K.cast(x, "float32"), axis=dim), K.dtype(x))
     return K.softmax(x, axis=dim)
 
 

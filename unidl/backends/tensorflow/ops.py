@@ -209,7 +209,11 @@ def softmax(x, dim=-1):
     (0 in a finite row, NaN in the others) spreads the NaN and leaves finite rows as they are, bit for bit; it runs
     only when the sum of the whole output is not finite (a cond: a reduction a call, where adding to every row cost
     the forward and backward of an attention's softmax 5%). It stays out of the gradient, which is NaN over such a
-    row already (TensorFlow's softmax gradient sums the row). XLA's softmax gives such rows NaN already."""
+    row already (TensorFlow's softmax gradient sums the row). XLA's softmax gives such rows NaN already. float16
+    and bfloat16 are computed in float32 and rounded once, as PyTorch's kernel (float16's own arithmetic was a unit
+    off in half the values)."""
+    if x.dtype in (tf.float16, tf.bfloat16):
+        return tf.cast(softmax(tf.cast(x, tf.float32), dim), x.dtype)
     y = tf.nn.softmax(x, axis=dim)
     if tracing_xla_graph() or tracing_shape_graph():
         return y
