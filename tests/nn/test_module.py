@@ -147,6 +147,31 @@ def test_child_and_buffer_names_are_checked_and_a_child_set_to_none_keeps_its_pl
     assert list(net.state_dict()) == order
 
 
+def _with_options(base, fc):
+    """A module class named ``Head`` over ``base`` (``ud.nn.Module`` or ``torch.nn.Module``) with a child and a
+    two-line ``extra_repr``."""
+    def __init__(self):
+        base.__init__(self)
+        self.fc = fc()
+
+    return type("Head", (base,), {"__init__": __init__, "extra_repr": lambda self: "k=1\nj=2"})
+
+
+def test_reprs_are_torchs(backend):
+    """A two-line ``extra_repr`` beside children is indented on lines of its own (it went on the header line, its
+    second line unindented), and a ModuleList collapses runs of equal modules (``(0-2): 3 x Linear(...)``), as
+    torch.nn's."""
+    import torch
+
+    ours = _with_options(ud.nn.Module, lambda: ud.nn.Linear(2, 2))()
+    theirs = _with_options(torch.nn.Module, lambda: torch.nn.Linear(2, 2))()
+    assert repr(ours) == repr(theirs)
+    layers = ud.nn.ModuleList([ud.nn.Linear(2, 2) for _ in range(3)] + [ud.nn.ReLU(), ud.nn.ReLU()])
+    reference = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)] + [torch.nn.ReLU(), torch.nn.ReLU()])
+    assert repr(layers) == repr(reference) and "(0-2): 3 x Linear" in repr(layers)
+    assert repr(ud.nn.ModuleList()) == repr(torch.nn.ModuleList())
+
+
 def test_same_seed_gives_bit_identical_weights_on_every_backend():
     states = {}
     for name in ud.available_backends():

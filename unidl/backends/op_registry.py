@@ -109,8 +109,8 @@ def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = 
         if op_name in REGISTRY:
             raise BackendInterfaceError(f"op {op_name!r} is declared twice")
         REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public)
-        if not dispatch and not arrays and not dims:
-            return declaration
+        if not dispatch and not arrays and not dims and not inputs:
+            return declaration  # (with checks of its inputs: the dispatcher applies them, then calls it)
         return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch, dims)
 
     return register

@@ -136,6 +136,21 @@ class ModuleList(_IndexedModules):
         if modules is not None:
             self.extend(modules)
 
+    def __repr__(self):
+        """As torch.nn's: runs of equal modules collapsed, ``(0-2): 3 x Linear(...)``."""
+        runs = []  # [first index, last index, repr]
+        for index, module in enumerate(self):
+            text = repr(module)
+            if runs and runs[-1][2] == text:
+                runs[-1][1] = index
+            else:
+                runs.append([index, index, text])
+        if not runs:
+            return "ModuleList()"
+        lines = [(f"({first}): {text}" if first == last else f"({first}-{last}): {last - first + 1} x {text}")
+                 .replace("\n", "\n  ") for first, last, text in runs]
+        return "ModuleList(" + "".join(f"\n  {line}" for line in lines) + "\n)"
+
     def __getitem__(self, index):
         if isinstance(index, slice):
             return ModuleList(list(self._modules.values())[index])

@@ -697,8 +697,12 @@ class Module:
         return ""
 
     def __repr__(self):
-        lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._modules.items()]
-        body = self.extra_repr()
-        if not lines:
-            return f"{type(self).__name__}({body})"
-        return f"{type(self).__name__}({body}\n  " + "\n  ".join(lines) + "\n)"
+        """As torch.nn's: ``extra_repr`` on the header line when it is one line and there are no children, else
+        each of its lines and each child on a line of its own, indented."""
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        lines = extra_lines + [f"({name}): " + repr(child).replace("\n", "\n  ")
+                               for name, child in self._modules.items()]
+        if len(lines) == 1 and extra_lines:
+            return f"{type(self).__name__}({extra})"
+        return f"{type(self).__name__}(" + "".join(f"\n  {line}" for line in lines) + ("\n)" if lines else ")")
