@@ -845,14 +845,27 @@ def embedding(indices, weight, padding_idx=None):
     trained; one out of range was ignored). An index outside [0, num_embeddings) raises
     ``IndexOutOfRangeError`` on every backend, inside compiled graphs too (where TensorFlow's CPU gather
     would return zeros)."""
-    rows = input_checks.sizes_of(weight)[0] if len(getattr(weight, "shape", ())) else None
-    if padding_idx is not None and isinstance(rows, int):
+    if padding_idx is not None:
         index = arguments.integer(padding_idx)
-        if index is None or not -rows <= index < rows:
-            raise ValueError(f"embedding padding_idx must be an int in [-{rows}, {rows}) (the weight's rows), "
-                             f"got {padding_idx!r}")
-        padding_idx = index % rows
+        rows = _rows(weight)  # an int, a graph's scalar tensor, or None (a graph of unknown rank)
+        if index is None or (isinstance(rows, int) and not -rows <= index < rows):
+            bounds = f"in [-{rows}, {rows}) (the weight's rows)" if isinstance(rows, int) else "(a row of the weight)"
+            raise ValueError(f"embedding padding_idx must be an int {bounds}, got {padding_idx!r}")
+        if index < 0 and rows is None:
+            raise ValueError(f"embedding padding_idx {index} counts from the end of a weight whose rank this graph "
+                             f"leaves unknown; give the row's index from the start")
+        # a graph's unknown count of rows: the row from the end, a scalar the backends compare the indices with
+        padding_idx = index % rows if isinstance(rows, int) else index + rows if index < 0 else index
     return _ops().embedding(indices, weight, padding_idx)
+
+
+def _rows(weight):
+    """The size of ``weight``'s first axis: an int, a scalar tensor where a graph leaves it unknown, or None where
+    a graph leaves even the rank unknown."""
+    try:
+        return input_checks.sizes_of(weight)[0] if len(weight.shape) else None
+    except (TypeError, ValueError):  # (TensorFlow's shape of unknown rank has no length)
+        return None
 
 
 @op(indices=("indices",), dims={"axis": "x"})
@@ -954,6 +967,9 @@ def _integral_range(start, end, step, dtype: str) -> tuple:
     kernel computes them: start and step truncated toward zero (a step that truncates to 0 is its ``ValueError``),
     the length from the truncated end for int64 and from the fractional bounds for the other integer dtypes (JAX
     counted a fractional step's values and truncated each, TensorFlow refused the floats)."""
+    if not all(math.isfinite(v) for v in (start, end, step)):  # (int() raised OverflowError, or NaN's ValueError)
+        raise ValueError(f"arange in {dtype} needs finite bounds and step, as PyTorch's, got {start!r} -> {end!r} "
+                         f"by {step!r}")
     first, last, stride = int(start), int(end), int(step)
     if stride == 0:
         raise ValueError(f"arange step must be nonzero, as PyTorch's: step {step!r} truncates to 0 in {dtype}")

@@ -494,7 +494,7 @@ def _build(cls, config: dict, metadata: dict, path: str):
         raise TypeError(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: {error}") from None
 
 
-def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False) -> dict:
+def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
     """Load only the weights at ``path`` into ``model`` (see ``Module.load_state_dict`` for ``strict``).
 
     All or nothing: every tensor's name, shape, dtype and checksum is checked before the first

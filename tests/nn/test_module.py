@@ -119,6 +119,17 @@ def test_assigning_to_a_buffer_parameter_or_child_name_keeps_it_or_is_an_error(b
     assert [name for name, _ in model.named_parameters()] == ["fc.weight", "fc.bias"]
     model.fc.bias = None  # None stays allowed for each
     assert [name for name, _ in model.named_parameters()] == ["fc.weight"]
+    # a buffer registered as None (or set to None) becomes one again when a value is assigned, and two buffers
+    # swapped by assignment swap (the first written into the second made them equal)
+    model.register_buffer("mask", None)
+    assert model.mask is None and "mask" not in model.state_dict()
+    model.mask = np.ones(2, np.float32)
+    model.count = None
+    model.count = np.full(2, 5.0)
+    assert list(model.state_dict()) == ["mask", "count", "fc.weight"]  # (torch keeps count's place: None in it)
+    model.count, model.mask = model.mask, model.count
+    np.testing.assert_array_equal(model.state_dict()["count"], [1.0, 1.0])
+    np.testing.assert_array_equal(model.state_dict()["mask"], [5.0, 5.0])
 
 
 def test_child_and_buffer_names_are_checked_and_a_child_set_to_none_keeps_its_place(backend):
@@ -143,6 +154,7 @@ def test_child_and_buffer_names_are_checked_and_a_child_set_to_none_keeps_its_pl
     net = Net()
     order = list(net.state_dict())
     body, net.body = net.body, None
+    assert net.native is not None  # (torch's native module of a None child)
     net.body = body
     assert list(net.state_dict()) == order
 

@@ -256,12 +256,18 @@ class Module:
             if name in self._buffers:  # ``self.count = self.count + 1``: still the buffer, as torch.nn's
                 self._assign_buffer(name, value)
                 return
+            if name in self.__dict__.get("_none_buffers", ()):  # a buffer registered as None, filled in
+                self.register_buffer(name, value)
+                return
             for kind, table, expected in (("parameter", self._parameters, "a parameter (module.parameter(value))"),
                                           ("child module", self._modules, "a unidl.nn.Module")):
                 if name in table:  # (it was dropped from the parameters or children: from state_dict too)
                     raise TypeError(f"cannot assign a value of type {type(value).__name__} as {kind} {name!r} of "
                                     f"{type(self).__name__}: {expected} or None, as torch.nn; del it first to "
                                     f"make {name!r} a plain attribute")
+        if value is None and name in self._buffers:  # a buffer set to None stays one, to be filled in again
+            self.register_buffer(name, None)
+            return
         # a module (or parameter) replacing one of its kind keeps its place, as in PyTorch: the order of
         # ``_modules`` is the order of a Sequential and of the state_dict keys
         table = self._modules if is_module else self._parameters if is_parameter else None
@@ -325,6 +331,8 @@ class Module:
                 object.__setattr__(new, name, None)
             elif name == "_structure_cache":
                 object.__setattr__(new, name, {})
+            elif name == "_buffer_refs":  # (the copy's own buffers)
+                object.__setattr__(new, name, [weakref.ref(buffer) for buffer in new._buffers.values()])
             elif name == "_backend" or isinstance(value, types.ModuleType):
                 object.__setattr__(new, name, value)
             else:
@@ -395,18 +403,25 @@ class Module:
     def register_buffer(self, name: str, value) -> None:
         """Add non-trainable state (BatchNorm's running statistics) that ``state_dict()`` saves. A float
         ``value`` takes unidl's float dtype; an integer one keeps its own (``num_batches_tracked``, int64). None
-        makes the attribute None and nothing in ``state_dict``, as torch.nn's."""
+        makes the attribute None and nothing in ``state_dict``, until a value assigned to it makes it a buffer
+        again, as torch.nn's (code that fills a buffer in at its first forward)."""
         self._check_new_name("register_buffer", name, self._buffers)
-        if value is None:
-            self._buffers.pop(name, None)
+        none_buffers = self.__dict__.setdefault("_none_buffers", set())
+        if value is None:  # (no variable: nothing in state_dict; a value assigned later makes it one)
+            if self._buffers.pop(name, None) is not None:
+                self._structure_changed()
+            none_buffers.add(name)
             object.__setattr__(self, name, None)
             return
+        none_buffers.discard(name)
         value = np.asarray(to_numpy(value))
         dtype = value.dtype.name if value.dtype.kind in "iub" else None
         with self._placement():
             variable = self._backend.parameter(value, trainable=False, dtype=dtype)
         self._buffers[name] = variable
         object.__setattr__(self, name, variable)
+        refs = self.__dict__.setdefault("_buffer_refs", [])  # (identities: a TensorFlow variable has no hash)
+        refs[:] = [ref for ref in refs if ref() is not None] + [weakref.ref(variable)]
         devices.parameter_created(self, name, variable, self._backend, kind="buffer")
 
     def _assign_buffer(self, name: str, value) -> None:
@@ -418,6 +433,11 @@ class Module:
             raise TypeError(f"cannot assign a value of type {type(value).__name__} as buffer {name!r} of "
                             f"{type(self).__name__}: a tensor, an array or None, as torch.nn")
         current = self._buffers[name]
+        if any(ref() is value for ref in self.__dict__.get("_buffer_refs", ())):  # a buffer variable of this
+            self._buffers[name] = value  # module, as a swap assigns (a, b = b, a): that variable, as torch.nn's
+            object.__setattr__(self, name, value)
+            self._structure_changed()
+            return
         if getattr(value, "shape", None) is None or isinstance(value, np.ndarray):
             value = np.asarray(value)
         if tuple(value.shape) != tuple(current.shape):

@@ -20,7 +20,7 @@ class NativeModule(torch.nn.Module):
         for name, buffer in module._buffers.items():
             self.register_buffer(name, buffer)
         for name, child in module._modules.items():
-            self.add_module(name, NativeModule(child, root=False))
+            self.add_module(name, None if child is None else NativeModule(child, root=False))
         self.train(module.training)
 
     def forward(self, *args, **kwargs):
