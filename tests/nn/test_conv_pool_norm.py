@@ -158,6 +158,9 @@ def test_conv_transpose_output_size_as_torch(backend):
     expected = reference.up(torch.tensor(ud.to_numpy(small))[0], output_size=(2, 8, 5)).detach().numpy()
     got = ud.to_numpy(layer(small[0], output_size=(2, 8, 5)))
     assert got.shape == expected.shape == (2, 8, 5) and ud.testing.max_relative_difference(got, expected) < 2e-6
+    with pytest.raises(ValueError, match=r"for one unbatched sample of shape \(3, 4, 3\), output_size must be 2 "
+                                         r"sizes \(H, W\) or 3 \(C, H, W\), got \(1, 2, 8, 5\)"):
+        layer(small[0], output_size=(1, 2, 8, 5))  # (torch's ValueError too)
     message = (r"ConvTranspose2d\(3, 2, .*\) at 'up': output_size \(9, 6\) is not a size the input can give: its "
                r"height must lie in \[7, 8\] \(input shape \(1, 3, 4, 3\)\)")
     with pytest.raises(ValueError, match=message):

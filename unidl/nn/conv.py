@@ -228,6 +228,9 @@ class ConvTranspose2d(_ConvNd):
         given = arguments.sequence(output_size) if len(getattr(x, "shape", ())) == self.rank + 1 else None
         if given is not None and len(given) == self.rank + 1:  # an unbatched sample's (C, H, W)
             output_size = tuple(given[1:])
+        elif given is not None and len(given) != self.rank:  # (torch's rule: no (N, C, H, W) for one sample)
+            raise ValueError(f"{self.describe()}: for one unbatched sample of shape {tuple(x.shape)}, output_size "
+                             f"must be 2 sizes (H, W) or 3 (C, H, W), got {output_size!r}")
         return self._forward(x, output_size)
 
     @unbatched
