@@ -388,6 +388,19 @@ def test_drop_last_with_batch_larger_than_dataset_is_an_error():
         DataLoader(make_dataset(3), batch_size=4, drop_last=True)
 
 
+def test_iterating_a_shuffled_sampler_again_reshuffles_as_torchs():
+    """Each ``iter`` of a Sampler or BatchSampler is the next epoch, as torch's RandomSampler reshuffles at each
+    iteration (the same order came back each time)."""
+    from unidl.data import BatchSampler, Sampler
+
+    sampler = Sampler(20, shuffle=True, seed=0)
+    first, second = list(sampler), list(sampler)
+    assert first != second and sorted(first) == sorted(second) == list(range(20))
+    assert (first, second) == (sampler.order(0).tolist(), sampler.order(1).tolist())
+    batches = BatchSampler(Sampler(20, shuffle=True, seed=0), 5)
+    assert [i for b in batches for i in b] == first and [i for b in batches for i in b] == second
+
+
 def test_a_sampler_overriding_iter_but_not_order_is_refused():
     """BatchSampler reads ``order(epoch)`` (an epoch replayed, resumed): a subclass's own ``__iter__`` was never
     called, its batches Sampler's order."""

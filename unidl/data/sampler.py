@@ -35,8 +35,12 @@ class Sampler:
         return self.length
 
     def __iter__(self):
-        """Epoch 0's indices, in visiting order (``order(epoch)`` for another epoch's)."""
-        return iter(self.order(0).tolist())
+        """The next epoch's indices, in visiting order: epoch 0 at the first iteration, 1 at the second, ... (a
+        shuffled sampler reshuffles each time, as torch's RandomSampler; the same order each time before).
+        ``order(epoch)`` gives any epoch's."""
+        epoch = self.__dict__.get("_iterations", 0)
+        self._iterations = epoch + 1
+        return iter(self.order(epoch).tolist())
 
     def order(self, epoch: int) -> np.ndarray:
         """The indices of epoch ``epoch``, in visiting order."""
@@ -74,8 +78,11 @@ class BatchSampler:
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
-        """Epoch 0's batches, each a list of indices (``batches(epoch)`` for another epoch's)."""
-        return iter([batch.tolist() for batch in self.batches(0)])
+        """The next epoch's batches, each a list of indices: epoch 0 at the first iteration, 1 at the second, ...
+        (``batches(epoch)`` for any epoch's)."""
+        epoch = self.__dict__.get("_iterations", 0)
+        self._iterations = epoch + 1
+        return iter([batch.tolist() for batch in self.batches(epoch)])
 
     def batches(self, epoch: int, start: int = 0) -> list[np.ndarray]:
         """The index arrays of epoch ``epoch``, skipping the first ``start`` batches."""
