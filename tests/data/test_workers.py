@@ -29,7 +29,7 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, LabelledRows, NoisyBatches, NoisyRows,
+from tests.data.worker_datasets import (INIT_IDS, Draws, SingleArrays, ExitingRows, FailingRows, LabelledRows, NoisyBatches, NoisyRows,
                                         Rows, SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
                                         failing_worker_init_fn, record_worker_id)
 
@@ -135,7 +135,7 @@ def test_an_unshuffled_loaders_random_samples_follow_manual_seed_and_numpy_and_r
     and Python's ``random`` draw different numbers (one key made them equal)."""
     def draws(seed, **workers):
         ud.manual_seed(seed)
-        return np.concatenate([ud.to_numpy(batch) for batch, in DataLoader(Draws(8), batch_size=4, **workers)])
+        return np.concatenate([ud.to_numpy(batch) for batch in DataLoader(Draws(8), batch_size=4, **workers)])
 
     first = draws(0)
     assert np.array_equal(first, draws(0)) and not np.array_equal(first, draws(1))
@@ -147,6 +147,18 @@ def test_an_unshuffled_loaders_random_samples_follow_manual_seed_and_numpy_and_r
     ud.manual_seed(0)
     DataLoader(TensorDataset(np.zeros(4)), batch_size=2)
     assert unidl_random.generator().integers(1 << 30) == untouched
+
+
+@pytest.mark.parametrize("workers", [{}, {"num_workers": 2}, {"num_workers": 2, "worker_type": "process"}],
+                         ids=["none", "threads", "processes"])
+def test_samples_that_are_single_arrays_batch_to_one_tensor_as_torchs(workers):
+    """A loader over samples that are single arrays yields each batch as one tensor, as torch's loader does (a
+    1-tuple: ``len(batch)`` was 1, and iterating a batch gave the one tensor), with or without workers, through
+    shared memory too (batches of 1.1 MB); a TensorDataset of one array still yields 1-tuples, as torch's."""
+    batches = list(DataLoader(SingleArrays(10), batch_size=4, **workers))
+    assert [tuple(batch.shape) for batch in batches] == [(4, 70_000), (4, 70_000), (2, 70_000)]
+    np.testing.assert_array_equal(np.concatenate([ud.to_numpy(b)[:, 0] for b in batches]), np.arange(10))
+    assert [len(batch) for batch in DataLoader(TensorDataset(np.zeros((10, 2))), batch_size=4)] == [1, 1, 1]
 
 
 def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_without_workers():
@@ -569,7 +581,7 @@ def test_ctrl_c_in_the_finalizer_of_a_dropped_pool_leaves_no_worker(monkeypatch)
 def test_persistent_process_workers_keep_their_pids_and_ran_worker_init_fn_with_their_ids(children_before):
     loader = DataLoader(WorkerProbe(8), batch_size=2, num_workers=2, worker_type="process",
                         persistent_workers=True, worker_init_fn=record_worker_id)
-    epochs = [np.concatenate([ud.to_numpy(batch) for batch, in loader]) for _ in range(2)]
+    epochs = [np.concatenate([ud.to_numpy(batch) for batch in loader]) for _ in range(2)]
     for rows in epochs:
         assert rows[:, 0].tolist() == list(range(8))
         by_worker = {init_id: set(rows[rows[:, 1] == init_id, 2].tolist()) for init_id in (0, 1)}
@@ -592,7 +604,7 @@ def test_worker_threads_run_worker_init_fn_with_their_ids():
 def test_worker_processes_import_no_framework():
     pytest.importorskip("torch")
     import torch  # noqa: F401  (the parent has a framework loaded; its workers must not)
-    rows = np.concatenate([ud.to_numpy(batch) for batch, in DataLoader(
+    rows = np.concatenate([ud.to_numpy(batch) for batch in DataLoader(
         WorkerProbe(4), batch_size=2, num_workers=1, worker_type="process")])
     assert rows[:, 2].tolist() != [os.getpid()] * 4
     assert rows[:, 3:].tolist() == [[0, 0]] * 4

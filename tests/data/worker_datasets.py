@@ -50,6 +50,13 @@ class Draws(Rows):
         return np.array([np.random.random(), random.random()])
 
 
+class SingleArrays(Rows):
+    """Samples that are single arrays of 70,000 floats (a batch of 4: above 1 MiB, through shared memory)."""
+
+    def __getitem__(self, index):
+        return np.full(70_000, index, np.float32)
+
+
 class NoisyBatches(TensorDataset):
     """A TensorDataset whose own ``batch`` adds noise from NumPy's global RNG: user code, seeded per batch."""
 

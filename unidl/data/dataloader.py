@@ -16,7 +16,7 @@ import numpy as np
 
 from unidl import config
 from unidl.data import worker
-from unidl.data.dataset import default_collate, sliced_arrays
+from unidl.data.dataset import SingleField, default_collate, sliced_arrays
 from unidl.data.epoch import Epoch
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
@@ -80,20 +80,24 @@ def _check_pin_memory(backend) -> None:
                          f"(page-locked) host memory to copy batches through; leave pin_memory=False here")
 
 
-def _to_tensors(backend, arrays: tuple, owned: bool) -> tuple:
-    """Arrays -> the backend's tensors; ``owned``: fresh arrays nobody else holds, adopted without a copy."""
-    return tuple(backend.adopt(array) if owned and isinstance(array, np.ndarray) else backend.tensor(array)
-                 for array in arrays)
+def _to_tensors(backend, arrays: tuple, owned: bool):
+    """Arrays -> the backend's tensors; ``owned``: fresh arrays nobody else holds, adopted without a copy. A
+    ``SingleField`` batch (samples that are single arrays) is its one tensor, bare, as torch's loader yields it."""
+    tensors = tuple(backend.adopt(array) if owned and isinstance(array, np.ndarray) else backend.tensor(array)
+                    for array in arrays)
+    return tensors[0] if isinstance(arrays, SingleField) else tensors
 
 
 class DataLoader:
-    """Iterates over ``dataset`` in batches of ``batch_size``, each a tuple of backend tensors.
+    """Iterates over ``dataset`` in batches of ``batch_size``: tuples of backend tensors, one per field (one tensor
+    alone where the samples are single arrays, see below).
 
-    Two differences from ``torch.utils.data.DataLoader``, the same on every backend: a batch is always a tuple,
-    one tensor per field, also where a sample is a single array (``x, = batch``; torch's yields the bare tensor
-    there); and arrays become tensors as ``ud.tensor`` makes them, floating point in the dtype in force
-    (``ud.use_dtype``; float32 unless set), integers as int64 and booleans as bool, where torch's keeps each array's
-    dtype (a uint8 image is int64 here: convert it to floats in the dataset or ``collate_fn``).
+    A batch of tuple samples is a tuple of tensors, one per field; a batch of samples that are single arrays (or a
+    ``collate_fn`` that returns one array) is that tensor alone, as torch's loader yields them. One difference from
+    ``torch.utils.data.DataLoader``, the same on every backend: arrays become tensors as ``ud.tensor`` makes them,
+    floating point in the dtype in force (``ud.use_dtype``; float32 unless set), integers as int64 and booleans as
+    bool, where torch's keeps each array's dtype (a uint8 image is int64 here: convert it to floats in the dataset
+    or ``collate_fn``).
 
     Every ``iter(loader)`` is one epoch; epoch ``e`` visits the samples in the order fixed by
     ``(seed, e)`` (see ``unidl.data.sampler``), so ``state_dict()`` (epoch, batches already yielded,

@@ -9,8 +9,14 @@ import numpy as np
 from unidl.tensors import as_numpy_values, to_numpy
 
 
-def default_collate(samples: list) -> tuple[np.ndarray, ...]:
-    """Stack a list of samples field by field: ``[(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))``.
+class SingleField(tuple):
+    """A batch of samples that are single arrays (not tuples): the loader yields its one tensor bare, as
+    ``torch.utils.data.DataLoader`` does (a 1-tuple before), where a tuple sample's batch is a tuple of fields."""
+
+
+def default_collate(samples: list):
+    """Stack a list of samples field by field: ``[(x0, y0), (x1, y1)] -> (stack([x0, x1]), stack([y0, y1]))``; samples
+    that are single arrays stack into one array, ``[x0, x1] -> stack([x0, x1])``, which the loader yields bare.
 
     A batch is a flat tuple of arrays: samples of different numbers of fields are a ``ValueError`` (as PyTorch's
     ``default_collate`` refuses them; the extra fields were dropped), and a field holding arrays or tensors (a
@@ -29,7 +35,7 @@ def default_collate(samples: list) -> tuple[np.ndarray, ...]:
             check_flat_field(samples[0][field], field, "the samples")
         return tuple(_stacked([to_numpy(sample[field]) for sample in samples], f"field {field}")
                      for field in range(count))
-    return (_stacked([to_numpy(sample) for sample in samples], "the samples"),)
+    return _stacked([to_numpy(sample) for sample in samples], "the samples")
 
 
 def _stacked(values: list, what: str) -> np.ndarray:

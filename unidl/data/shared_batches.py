@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unidl.data.dataset import SingleField
 from unidl.io.owner import HOST, process_alive
 
 #: batches of at least this many bytes travel through shared memory (measured crossover: 256 KiB - 1 MiB)
@@ -55,6 +56,7 @@ class SharedBatch:
 
     name: str
     layouts: tuple
+    single: bool = False  # a SingleField batch (yielded bare)
 
 
 def _unlink(name: str) -> None:
@@ -96,7 +98,7 @@ def write(name: str, arrays: tuple) -> SharedBatch | None:
         raise
     finally:
         os.close(descriptor)
-    return SharedBatch(name, tuple(layouts))
+    return SharedBatch(name, tuple(layouts), isinstance(arrays, SingleField))
 
 
 def read(batch: SharedBatch) -> tuple:
@@ -107,8 +109,9 @@ def read(batch: SharedBatch) -> tuple:
     try:
         os.unlink(path)
         with mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ) as mapped:
-            return tuple(np.ndarray(shape, dtype, buffer=mapped, offset=offset).copy()
-                         for dtype, shape, offset in batch.layouts)
+            arrays = tuple(np.ndarray(shape, dtype, buffer=mapped, offset=offset).copy()
+                           for dtype, shape, offset in batch.layouts)
+            return SingleField(arrays) if batch.single else arrays
     finally:
         os.close(descriptor)
 

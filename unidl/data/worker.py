@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unidl.data import shared_batches
-from unidl.data.dataset import TensorDataset, batched_by_dataset, check_flat_field
+from unidl.data.dataset import SingleField, TensorDataset, batched_by_dataset, check_flat_field
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
 IDLE_POLL = 0.5
@@ -94,7 +94,8 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
         samples.append(dataset[index])
     progress["step"], progress["index"] = "collate", None
     arrays = collate_fn(samples)
-    arrays = tuple(arrays) if isinstance(arrays, (tuple, list)) else (arrays,)
+    single = not isinstance(arrays, (tuple, list))  # one array: yielded bare, as torch's loader yields it
+    arrays = (arrays,) if single else tuple(arrays)
     for position, field in enumerate(arrays):
         kind = getattr(getattr(field, "dtype", None), "kind", None)
         if isinstance(field, (dict, str, bytes)) or kind in ("O", "U", "S"):  # (a list of numbers converts)
@@ -103,7 +104,7 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
                             f"({getattr(collate_fn, '__name__', 'collate_fn')}) gave {what} as field {position} (a "
                             f"dict of inputs, strings, objects): each framework refused it in words of its own")
         check_flat_field(field, position, f"the collate of samples ({getattr(collate_fn, '__name__', 'collate_fn')})")
-    return arrays
+    return SingleField(arrays) if single else arrays
 
 
 @dataclass
@@ -142,7 +143,7 @@ class Failure:
 def _portable(arrays) -> tuple:
     """The arrays as NumPy arrays that will pickle: a message that fails to pickle in the result queue's
     background thread would be lost, and the main process would wait for it."""
-    arrays = tuple(np.asarray(array) for array in arrays)
+    arrays = type(arrays)(np.asarray(array) for array in arrays)  # (a SingleField stays one)
     for array in arrays:
         if array.dtype.hasobject:
             pickle.dumps(array)  # raises here, reported as a failure of this batch
