@@ -29,9 +29,9 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, Draws, SingleArrays, ExitingRows, FailingRows, LabelledRows, NoisyBatches, NoisyRows,
-                                        Rows, SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
-                                        failing_worker_init_fn, record_worker_id)
+from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, LabelledRows, NoisyBatches,
+                                        NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows, WideExitingRows,
+                                        WideRows, WorkerProbe, failing_worker_init_fn, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
