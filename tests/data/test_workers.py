@@ -29,9 +29,10 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, LabelledRows, NoisyBatches,
-                                        NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows, WideExitingRows,
-                                        WideRows, WorkerProbe, failing_worker_init_fn, record_worker_id)
+from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, LabelledRows, NamedBatches,
+                                        NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows,
+                                        WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn,
+                                        record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
@@ -159,6 +160,8 @@ def test_samples_that_are_single_arrays_batch_to_one_tensor_as_torchs(workers):
     assert [tuple(batch.shape) for batch in batches] == [(4, 70_000), (4, 70_000), (2, 70_000)]
     np.testing.assert_array_equal(np.concatenate([ud.to_numpy(b)[:, 0] for b in batches]), np.arange(10))
     assert [len(batch) for batch in DataLoader(TensorDataset(np.zeros((10, 2))), batch_size=4)] == [1, 1, 1]
+    named = DataLoader(NamedBatches(np.zeros((8, 3), np.float32), np.arange(8)), batch_size=4, **workers)
+    assert [len(batch) for batch in named] == [2, 2]  # (a subclass's own namedtuple batch: a tuple of fields)
 
 
 def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_without_workers():

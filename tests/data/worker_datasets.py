@@ -3,6 +3,7 @@
 Worker processes import this module: it imports NumPy and unidl.data only, never pytest or a framework.
 """
 
+import collections
 import os
 import random
 import signal
@@ -55,6 +56,16 @@ class SingleArrays(Rows):
 
     def __getitem__(self, index):
         return np.full(70_000, index, np.float32)
+
+
+class NamedBatches(TensorDataset):
+    """A TensorDataset whose own ``batch`` is a namedtuple of its fields."""
+
+    def batch(self, indices):
+        return _Fields(*super().batch(indices))
+
+
+_Fields = collections.namedtuple("_Fields", "x y")
 
 
 class NoisyBatches(TensorDataset):

@@ -123,6 +123,9 @@ def test_assigning_to_a_buffer_parameter_or_child_name_keeps_it_or_is_an_error(b
     # swapped by assignment swap (the first written into the second made them equal)
     model.register_buffer("mask", None)
     assert model.mask is None and "mask" not in model.state_dict()
+    for bad in ("abc", 0):  # (torch's TypeError: a tensor or None)
+        with pytest.raises(TypeError, match=f"cannot assign a value of type {type(bad).__name__} as buffer 'mask'"):
+            model.mask = bad
     model.mask = np.ones(2, np.float32)
     model.count = None
     model.count = np.full(2, 5.0)
@@ -182,6 +185,7 @@ def test_reprs_are_torchs(backend):
     reference = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)] + [torch.nn.ReLU(), torch.nn.ReLU()])
     assert repr(layers) == repr(reference) and "(0-2): 3 x Linear" in repr(layers)
     assert repr(ud.nn.ModuleList()) == repr(torch.nn.ModuleList())
+    assert repr(type("Blocks", (ud.nn.ModuleList,), {})([ud.nn.ReLU()])).startswith("Blocks(")
 
 
 def test_same_seed_gives_bit_identical_weights_on_every_backend():

@@ -143,7 +143,8 @@ class Failure:
 def _portable(arrays) -> tuple:
     """The arrays as NumPy arrays that will pickle: a message that fails to pickle in the result queue's
     background thread would be lost, and the main process would wait for it."""
-    arrays = type(arrays)(np.asarray(array) for array in arrays)  # (a SingleField stays one)
+    portable = tuple(np.asarray(array) for array in arrays)  # (a subclass's own batch may be a namedtuple)
+    arrays = SingleField(portable) if isinstance(arrays, SingleField) else portable
     for array in arrays:
         if array.dtype.hasobject:
             pickle.dumps(array)  # raises here, reported as a failure of this batch

@@ -146,10 +146,10 @@ class ModuleList(_IndexedModules):
             else:
                 runs.append([index, index, text])
         if not runs:
-            return "ModuleList()"
+            return f"{type(self).__name__}()"
         lines = [(f"({first}): {text}" if first == last else f"({first}-{last}): {last - first + 1} x {text}")
                  .replace("\n", "\n  ") for first, last, text in runs]
-        return "ModuleList(" + "".join(f"\n  {line}" for line in lines) + "\n)"
+        return f"{type(self).__name__}(" + "".join(f"\n  {line}" for line in lines) + "\n)"
 
     def __getitem__(self, index):
         if isinstance(index, slice):

@@ -257,6 +257,7 @@ class Module:
                 self._assign_buffer(name, value)
                 return
             if name in self.__dict__.get("_none_buffers", ()):  # a buffer registered as None, filled in
+                self._check_buffer_value(name, value)
                 self.register_buffer(name, value)
                 return
             for kind, table, expected in (("parameter", self._parameters, "a parameter (module.parameter(value))"),
@@ -295,6 +296,7 @@ class Module:
             _modes_changed()
 
     def __delattr__(self, name):
+        self.__dict__.get("_none_buffers", set()).discard(name)
         _forget_structure_below(self._modules.get(name))
         for table in (self._parameters, self._buffers, self._modules):
             table.pop(name, None)
@@ -424,21 +426,25 @@ class Module:
         refs[:] = [ref for ref in refs if ref() is not None] + [weakref.ref(variable)]
         devices.parameter_created(self, name, variable, self._backend, kind="buffer")
 
+    def _check_buffer_value(self, name: str, value) -> None:
+        """A ``TypeError`` where ``value`` assigned to buffer ``name`` is no tensor or array, as torch.nn's."""
+        if getattr(value, "shape", None) is None:
+            raise TypeError(f"cannot assign a value of type {type(value).__name__} as buffer {name!r} of "
+                            f"{type(self).__name__}: a tensor, an array or None, as torch.nn")
+
     def _assign_buffer(self, name: str, value) -> None:
         """``module.<buffer> = value``, as torch.nn's: ``value`` (a tensor, an array, a number) becomes the
         buffer's value and the buffer stays one, saved by ``state_dict`` (it was dropped from the buffers: a
         checkpoint lost it). A value of the buffer's shape is written into it, in the buffer's dtype, also inside a
         compiled step (``write_buffer``); one of another shape makes a new buffer in its place (eagerly)."""
-        if getattr(value, "shape", None) is None and not isinstance(value, (int, float, np.generic, list, tuple)):
-            raise TypeError(f"cannot assign a value of type {type(value).__name__} as buffer {name!r} of "
-                            f"{type(self).__name__}: a tensor, an array or None, as torch.nn")
+        self._check_buffer_value(name, value)
         current = self._buffers[name]
         if any(ref() is value for ref in self.__dict__.get("_buffer_refs", ())):  # a buffer variable of this
             self._buffers[name] = value  # module, as a swap assigns (a, b = b, a): that variable, as torch.nn's
             object.__setattr__(self, name, value)
             self._structure_changed()
             return
-        if getattr(value, "shape", None) is None or isinstance(value, np.ndarray):
+        if isinstance(value, (np.ndarray, np.generic)):
             value = np.asarray(value)
         if tuple(value.shape) != tuple(current.shape):
             self.register_buffer(name, value)
