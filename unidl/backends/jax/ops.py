@@ -134,7 +134,7 @@ def leaky_relu(x, negative_slope=0.01):
 @compiled_when_eager("x")
 def softmax(x, dim=-1):
     x = _v(x)
-    if x.dtype in (jnp.float16, jnp.bfloat16):  # in float32, rounded once, as PyTorch's kernel (a unit off else)
+    if x.dtype in _HALF:  # in float32, rounded once, as PyTorch's kernel (a unit off else)
         return jax.nn.softmax(x.astype(jnp.float32), axis=dim).astype(x.dtype)
     return jax.nn.softmax(x, axis=dim)
 

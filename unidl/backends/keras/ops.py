@@ -32,6 +32,10 @@ log = K.log
 sqrt = K.sqrt
 
 
+#: the half-precision dtypes, which PyTorch's kernels compute in float32 (its opmath)
+_HALF = ("float16", "bfloat16")
+
+
 def matmul(a, b):
     if is_integer(a.dtype):  # the host's own product: Keras-on-TensorFlow multiplied integers in float32 (inexact
         return HOST.ops.matmul(_tensor(a), _tensor(b))  # past 2 ** 24); the front end refuses integers by floats
@@ -106,7 +110,7 @@ def _kind(dtype) -> int:
 
 
 def linear(x, weight, bias=None):
-    if K.dtype(x) in ("float16", "bfloat16") and K.dtype(weight) == K.dtype(x):
+    if K.dtype(x) in _HALF and K.dtype(weight) == K.dtype(x):
         # PyTorch's half-precision linear: products summed in float32, the bias added, rounded once (a half matmul
         # rounds the product, then the bias rounds again); keras.ops' matmul takes no float32 accumulator type.
         # Only Keras-on-JAX runs this: the other hosts' own linear replaces it (keras_native_ops)
@@ -120,7 +124,7 @@ def _add_bias(y, bias):
     """``y + bias``; in half precision added in float32 and rounded once, so that the backward sums a loss-scaled
     bias gradient over the batch in float32 as PyTorch's does (summed in float16 its partial sums can overflow
     where torch's do not: Keras-on-JAX; jax/ops.py ``linear``)."""
-    if K.dtype(y) in ("float16", "bfloat16"):
+    if K.dtype(y) in _HALF:
         return K.cast(K.cast(y, "float32") + K.cast(bias, "float32"), K.dtype(y))
     return y + bias
 
@@ -131,7 +135,7 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 def softmax(x, dim=-1):
-    if K.dtype(x) in ("float16", "bfloat16"):  # in float32, rounded once, as PyTorch's kernel (a unit off else)
+    if K.dtype(x) in _HALF:  # in float32, rounded once, as PyTorch's kernel (a unit off else)
         return K.cast(K.softmax(K.cast(x, "float32"), axis=dim), K.dtype(x))
     return K.softmax(x, axis=dim)
 
@@ -304,7 +308,7 @@ def sum(x, axis=None, keepdims=False):
     if axis is None and keepdims:  # (keras.ops.sum on torch dropped every axis: a 0-d sum)
         rank = x.shape.rank if hasattr(x.shape, "rank") else len(x.shape)  # (None: a TensorFlow graph's unknown)
         axis = None if rank is None else tuple(range(rank))
-    if K.dtype(x) in ("float16", "bfloat16"):  # summed in float32 as PyTorch sums it, then rounded (inf else)
+    if K.dtype(x) in _HALF:  # summed in float32 as PyTorch sums it, then rounded (inf else)
         return K.cast(K.sum(K.cast(x, "float32"), axis, keepdims), K.dtype(x))
     return K.sum(x, axis, keepdims)
 

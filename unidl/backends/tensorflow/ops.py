@@ -25,6 +25,10 @@ from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten
                                               tracing_xla_graph)
 
 
+#: the half-precision dtypes, which PyTorch's kernels compute in float32 (its opmath)
+_HALF = (tf.float16, tf.bfloat16)
+
+
 def matmul(a, b):
     """``torch.matmul``: a 1-d operand is a row before the other (a column after it), its axis dropped from the
     product, two of them a dot product (``tf.linalg.matmul`` refuses 1-d operands)."""
@@ -138,7 +142,7 @@ def _tie_shares(a, b, upstream, a_loses, b_loses):
 
 
 def linear(x, weight, bias=None):
-    if x.dtype in (tf.float16, tf.bfloat16) and weight.dtype == x.dtype:
+    if x.dtype in _HALF and weight.dtype == x.dtype:
         # PyTorch's half-precision linear: products summed in float32, the bias added, rounded once to the input's
         # dtype (TensorFlow's half MatMul rounds its partial sums, then BiasAdd rounds again); and so in the
         # backward, whose bias gradient sums the batch in float32 (as jax/ops.py ``linear``)
@@ -212,7 +216,7 @@ def softmax(x, dim=-1):
     row already (TensorFlow's softmax gradient sums the row). XLA's softmax gives such rows NaN already. float16
     and bfloat16 are computed in float32 and rounded once, as PyTorch's kernel (float16's own arithmetic was a unit
     off in half the values)."""
-    if x.dtype in (tf.float16, tf.bfloat16):
+    if x.dtype in _HALF:
         return tf.cast(softmax(tf.cast(x, tf.float32), dim), x.dtype)
     y = tf.nn.softmax(x, axis=dim)
     if tracing_xla_graph() or tracing_shape_graph():
@@ -638,13 +642,13 @@ def stack(tensors, axis=0):
 def mean(x, axis=None, keepdims=False):
     if not x.dtype.is_floating:  # the mean of integers in the float dtype in force (reduce_mean would truncate)
         x = tf.cast(x, config.get_dtype())
-    elif x.dtype in (tf.float16, tf.bfloat16):  # summed in float32 as PyTorch sums it (a float16 sum overflowed)
+    elif x.dtype in _HALF:  # summed in float32 as PyTorch sums it (a float16 sum overflowed)
         return tf.cast(tf.reduce_mean(tf.cast(x, tf.float32), axis, keepdims), x.dtype)
     return tf.reduce_mean(x, axis, keepdims)
 
 
 def sum(x, axis=None, keepdims=False):
-    if x.dtype in (tf.float16, tf.bfloat16):  # summed in float32 as PyTorch sums it, then rounded
+    if x.dtype in _HALF:  # summed in float32 as PyTorch sums it, then rounded
         return tf.cast(tf.reduce_sum(tf.cast(x, tf.float32), axis, keepdims), x.dtype)
     return tf.reduce_sum(x, axis, keepdims)
 
