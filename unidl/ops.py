@@ -830,10 +830,19 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     eps = arguments.plain_number("layer_norm", "eps", eps)
     x = input_checks.as_floating("layer_norm", "x", x)  # (integers: floats of the dtype in force, as group_norm's)
     mixed = input_checks.normalization_parameters("layer_norm", x, {"weight": weight, "bias": bias})
-    if mixed or input_checks.dtype_name(x.dtype) in ("float16", "bfloat16"):
-        weight, bias = (None if p is None else cast(p, "float32") for p in (weight, bias))
-        return cast_like(_ops().layer_norm(cast(x, "float32"), normalized_shape, weight, bias, eps), x)
-    return _ops().layer_norm(x, normalized_shape, weight, bias, eps)
+    return _layer_norm_as_torch(_ops(), x, normalized_shape, weight, bias, eps, mixed)
+
+
+def _layer_norm_as_torch(backend_ops, x, normalized_shape, weight, bias, eps, mixed: bool):
+    """The layer norm of checked input ``x`` by ``backend_ops`` (an ops namespace): float16 and bfloat16 ``x`` (and,
+    ``mixed``, ``x`` beside float32 parameters) computed in float32, its parameters too, and given back in its
+    dtype, as PyTorch's kernels compute it (in float16 the variance of [1, 2, 1000] overflowed: zeros). Shared by
+    ``layer_norm`` and ``nn.LayerNorm``, which check their input each in its own words."""
+    if not mixed and input_checks.dtype_name(x.dtype) not in ("float16", "bfloat16"):
+        return backend_ops.layer_norm(x, normalized_shape, weight, bias, eps)
+    weight, bias = (None if p is None else backend_ops.cast(p, "float32") for p in (weight, bias))
+    y = backend_ops.layer_norm(backend_ops.cast(x, "float32"), normalized_shape, weight, bias, eps)
+    return backend_ops.cast_like(y, x)
 
 
 @op(indices=("indices",), dispatch=False)

@@ -51,13 +51,8 @@ class LayerNorm(Module):
         if self.weight is None:  # (no weight to compare with: PyTorch's kernels take floats only)
             input_checks.check_floating(self.describe, x)
         mixed = input_checks.check_parameters_dtype(self.describe, x, self.weight, halves=True, autocast=False)
-        if mixed or input_checks.dtype_name(x.dtype) in ("float16", "bfloat16"):
-            # in float32 (its parameters too), rounded once, as PyTorch's kernels and ``ud.ops.layer_norm``: in
-            # float16 the variance of [1, 2, 1000] overflowed (zeros)
-            weight, bias = (None if p is None else self._ops.cast(p, "float32") for p in (self.weight, self.bias))
-            return self._ops.cast_like(self._ops.layer_norm(self._ops.cast(x, "float32"), self.normalized_shape,
-                                                            weight, bias, self.eps), x)
-        return self._ops.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return functional._layer_norm_as_torch(self._ops, x, self.normalized_shape, self.weight, self.bias,
+                                               self.eps, mixed)
 
     def extra_repr(self):
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
