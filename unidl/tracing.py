@@ -84,7 +84,7 @@ class ModesReached:
         cached = self._cached
         if cached[0] == version and cached[1] is modules and current_recording() is None:
             return cached[2]
-        key = tuple(module.training for module in modules)
+        key = tuple(self._versions.graph_flags(module) for module in modules)  # (flags, and hooks if any)
         self._cached = (version, modules, key)
         return key
 

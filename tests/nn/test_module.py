@@ -456,3 +456,104 @@ def test_state_dict_order_is_pytorchs_with_buffers(backend):
     model = ud.nn.Sequential(ud.nn.Linear(3, 2), ud.nn.BatchNorm1d(2), ud.nn.Linear(2, 2))
     reference = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 2))
     assert list(model.state_dict()) == list(reference.state_dict())
+
+
+def _registered(nn, parameter, buffer):
+    """A module with a parameter, a None parameter, a persistent and a non-persistent buffer and a child,
+    registered through the methods alone (``nn``: ``ud.nn`` or ``torch.nn``)."""
+    module = nn.Module()
+    module.register_parameter("scale", parameter(np.ones(3, np.float32)))
+    module.register_parameter("unused", None)
+    module.register_buffer("mask", buffer(np.zeros(3, np.float32)), persistent=False)
+    module.register_buffer("count", buffer(np.zeros((), np.float32)))
+    module.add_module("child", nn.Linear(3, 2))
+    return module
+
+
+def test_register_parameter_non_persistent_buffers_and_state_dict_arguments_as_torch(backend):
+    import torch
+
+    model = _registered(ud.nn, lambda v: ud.nn.Module().parameter(v), lambda v: v)
+    reference = _registered(torch.nn, lambda v: torch.nn.Parameter(torch.from_numpy(v)), torch.from_numpy)
+    assert model.unused is None and reference.unused is None
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    assert [n for n, _ in model.named_buffers()] == [n for n, _ in reference.named_buffers()] == ["mask", "count"]
+    assert len(list(model.buffers())) == len(list(reference.buffers())) == 2
+    assert list(model.state_dict()) == list(reference.state_dict()) == ["scale", "count", "child.weight",
+                                                                        "child.bias"]
+    assert list(model.state_dict(prefix="enc.")) == list(reference.state_dict(prefix="enc."))
+    kept = model.state_dict(keep_vars=True)
+    assert kept["scale"] is model.scale and kept["child.weight"] is model.child.weight
+    destination = {"other": 1}
+    assert model.state_dict(destination=destination, prefix="m.") is destination
+    assert list(destination) == ["other", "m.scale", "m.count", "m.child.weight", "m.child.bias"]
+    # a non-persistent buffer set to None and filled in again stays out of the state dict, as torch's
+    for module, value in ((model, np.ones(3, np.float32)), (reference, torch.ones(3))):
+        module.mask = None
+        module.mask = value
+    assert list(model.state_dict()) == list(reference.state_dict())
+    np.testing.assert_array_equal(ud.to_numpy(model.mask), np.ones(3))
+    # its key in a state dict is unexpected, as torch's
+    state = dict(model.state_dict(), mask=np.zeros(3, np.float32))
+    with pytest.raises(ud.StateDictError, match="unexpected keys: mask"):
+        model.load_state_dict(state)
+    assert model.load_state_dict(state, strict=False).unexpected_keys == reference.load_state_dict(
+        {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=False).unexpected_keys == ["mask"]
+    np.testing.assert_array_equal(ud.to_numpy(model.mask), np.ones(3))
+    # registered again as persistent, it is saved
+    model.register_buffer("mask", np.ones(3, np.float32))
+    assert "mask" in model.state_dict()
+
+
+def test_register_parameter_and_buffer_refuse_what_torch_refuses(backend):
+    model = ud.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match=r"register_parameter\('w', \.\.\.\) needs a parameter of the .* got ndarray"):
+        model.register_parameter("w", np.ones(2))
+    with pytest.raises(KeyError, match="without '.'"):
+        model.register_parameter("a.b", model.parameter(np.ones(2)))
+    with pytest.raises(KeyError, match="attribute 'training' already exists"):
+        model.register_parameter("training", model.parameter(np.ones(2)))
+    with pytest.raises(TypeError, match="persistent must be True or False"):
+        model.register_buffer("b", np.ones(2), persistent="no")
+    with pytest.raises(TypeError, match="keep_vars must be True or False"):
+        model.state_dict(keep_vars="yes")
+
+
+def test_a_non_persistent_buffer_is_state_but_not_saved(backend, tmp_path, rng):
+    """A non-persistent buffer the forward reads: a compiled step and ``ud.function`` read its value, a deepcopy
+    keeps it and its kind, a saved file leaves it out (and loads into a model that has it)."""
+    import copy
+
+    class Shifted(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = ud.nn.Linear(3, 1)
+            self.register_buffer("shift", np.full(3, 2.0, np.float32), persistent=False)
+
+        def forward(self, x):
+            return self.linear(x + self.shift)
+
+    model = Shifted()
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    state = model.state_dict()
+    expected = (x + 2.0) @ state["linear.weight"].T + state["linear.bias"]
+    np.testing.assert_allclose(ud.to_numpy(ud.function(lambda a: model(a))(x)), expected, rtol=1e-5, atol=1e-6)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.0))
+    assert float(ud.to_numpy(step(x, np.zeros((4, 1), np.float32)))) == pytest.approx(np.mean(expected ** 2),
+                                                                                      rel=1e-5)
+    copied = copy.deepcopy(model)
+    assert list(copied.state_dict()) == ["linear.weight", "linear.bias"]
+    np.testing.assert_array_equal(ud.to_numpy(copied.shift), np.full(3, 2.0))
+    ud.save(model, tmp_path / "shifted.ud")
+    other = Shifted()
+    other.shift = np.zeros(3, np.float32)
+    other.load_weights(tmp_path / "shifted.ud")
+    np.testing.assert_array_equal(ud.to_numpy(other.shift), np.zeros(3))
+    np.testing.assert_array_equal(other.state_dict()["linear.weight"], state["linear.weight"])
+
+
+def test_the_native_model_keeps_each_modules_own_mode(backend):
+    net = Net()
+    net.body.eval()
+    net.native
+    assert net.training and not net.body.training and not net.body[0].training and net.head.training

@@ -22,6 +22,7 @@ import numpy as np
 from unidl import config, devices
 from unidl.dtype_kinds import dtype_name, is_floating
 from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
+from unidl.nn import hooks
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.tensors import to_numpy
 from unidl.tracing import current_recording, module_called
@@ -128,9 +129,10 @@ def _as_loaded(value) -> np.ndarray:
 
 
 def training_modes(module) -> tuple[bool, ...]:
-    """The ``training`` flag of every module of ``module``'s tree (``modules()`` order): what a compiled step
-    keys its graph on, since a graph bakes in each module's mode (``model.bn.eval()`` while the model trains
-    must not reuse the training graph). Cached until any flag or structure changes: a step pays one lookup."""
+    """The ``training`` flag of every module of ``module``'s tree (``modules()`` order), with its hooks where it has
+    any (``graph_flags``): what a compiled step keys its graph on, since a graph bakes in each module's mode
+    (``model.bn.eval()`` while the model trains must not reuse the training graph). Cached until any flag or
+    structure changes: a step pays one lookup."""
     cached = module.__dict__.get("_training_modes")
     if cached is not None and cached[0] == _mode_version:
         if current_recording() is not None:  # flags read from the cache are read too (a step inside ud.function)
@@ -138,7 +140,7 @@ def training_modes(module) -> tuple[bool, ...]:
                 module_called(m)
         return cached[1]
     version = _mode_version
-    modes = tuple(m.training for m in module.modules())
+    modes = tuple(graph_flags(m) for m in module.modules())
     object.__setattr__(module, "_training_modes", (version, modes))
     return modes
 
@@ -215,6 +217,28 @@ def _inputs(module, args) -> tuple:
     return tuple(converted)
 
 
+def _run_forward(module, args: tuple, kwargs: dict):
+    """``module.forward`` of ``args`` and ``kwargs``, the inputs converted as ``_inputs`` says, through the backend's
+    forward caller (``Backend.forward_caller``)."""
+    for value in args:
+        if type(value) not in _PASSED_AS_THEY_ARE:
+            args = _inputs(module, args)
+            break
+    else:  # (every argument passes as it is: a list or a number for a tensor argument of one of unidl's layers?)
+        if args and (type(args[0]) in _CONVERTED or module._tensor_arguments > 1) and _converted_here(module, args):
+            args = _inputs(module, args)
+    caller = module._forward_caller
+    if caller is None:
+        return module.forward(*args, **kwargs)
+    return caller(module, args, kwargs)
+
+
+def graph_flags(module):
+    """What a graph traced through ``module`` bakes in of it: its ``training`` flag, and its hooks where it has any
+    (``unidl.nn.hooks``). Compiled steps key on it for every module their traces reach."""
+    return (module.training, hooks.key(module)) if module._hooked else module.training
+
+
 class Module:
     """Base class for layers and models: subclass it, create sub-modules and parameters in ``__init__``,
     write ``forward``. Calling the module calls ``forward``.
@@ -231,6 +255,7 @@ class Module:
     """
 
     _optional_buffers: tuple[str, ...] = ()  # see optional_state_keys
+    _hooked = False  # whether forward hooks are registered (see register_forward_hook)
     _passes_inputs_on = False  # a container, whose forward hands its arguments to a module as they are (see _inputs)
     _tensor_arguments = 1  # how many of the first positional arguments of a unidl layer's forward take tensors
 
@@ -258,7 +283,7 @@ class Module:
                 return
             if name in self.__dict__.get("_none_buffers", ()):  # a buffer registered as None, filled in
                 self._check_buffer_value(name, value)
-                self.register_buffer(name, value)
+                self.register_buffer(name, value, self._persists(name))
                 return
             for kind, table, expected in (("parameter", self._parameters, "a parameter (module.parameter(value))"),
                                           ("child module", self._modules, "a unidl.nn.Module")):
@@ -267,7 +292,7 @@ class Module:
                                     f"{type(self).__name__}: {expected} or None, as torch.nn; del it first to "
                                     f"make {name!r} a plain attribute")
         if value is None and name in self._buffers:  # a buffer set to None stays one, to be filled in again
-            self.register_buffer(name, None)
+            self.register_buffer(name, None, self._persists(name))
             return
         # a module (or parameter) replacing one of its kind keeps its place, as in PyTorch: the order of
         # ``_modules`` is the order of a Sequential and of the state_dict keys
@@ -278,6 +303,7 @@ class Module:
         for other in (self._parameters, self._buffers, self._modules):
             if other is not table:
                 other.pop(name, None)
+        self.__dict__.get("_non_persistent", set()).discard(name)
         if isinstance(value, Module):
             self._check_backend(value._backend, f"sub-module {name!r} ({type(value).__name__})")
             self._modules[name] = value
@@ -297,6 +323,7 @@ class Module:
 
     def __delattr__(self, name):
         self.__dict__.get("_none_buffers", set()).discard(name)
+        self.__dict__.get("_non_persistent", set()).discard(name)
         _forget_structure_below(self._modules.get(name))
         for table in (self._parameters, self._buffers, self._modules):
             table.pop(name, None)
@@ -348,14 +375,16 @@ class Module:
                 object.__setattr__(child, "_parent", (weakref.ref(new), name))
         return new
 
-    def _structure_changed(self) -> None:
+    def _structure_changed(self, keep_native: bool = False) -> None:
         """Forget what was built from the structure of this module and of its owners (``native``, the
         ``structure_cache``): it holds the variables of then, so a head replaced afterwards (transfer learning)
-        would neither train nor run."""
+        would neither train nor run. ``keep_native``: the variables are the same (a hook added), only what was
+        traced goes."""
         _modes_changed()  # the tree's list of modules changed
         node = self
         while node is not None:
-            object.__setattr__(node, "_native", None)
+            if not keep_native:
+                object.__setattr__(node, "_native", None)
             node.__dict__.get("_structure_cache", {}).clear()
             node = node._parent[0]() if node._parent is not None else None
 
@@ -388,6 +417,23 @@ class Module:
         with self._placement():
             return self._backend.parameter(np.asarray(to_numpy(value)), trainable=True)
 
+    def register_parameter(self, name: str, param) -> None:
+        """Add ``param`` (a parameter of this module's backend, ``module.parameter(value)``) as the parameter
+        ``name``, as torch.nn's: the name rules of ``add_module``; None makes the attribute None and nothing in
+        ``parameters()`` or ``state_dict``. Anything else (a tensor, an array) is a ``TypeError``: make it a parameter
+        first."""
+        self._check_new_name("register_parameter", name, self._parameters)
+        if param is not None and not self._backend.is_parameter(param):
+            raise TypeError(f"{type(self).__name__}.register_parameter({name!r}, ...) needs a parameter of the "
+                            f"{self._backend.name} backend (module.parameter(value)) or None, got "
+                            f"{type(param).__name__}")
+        if param is None:
+            if self._parameters.pop(name, None) is not None:
+                self._structure_changed()
+            object.__setattr__(self, name, None)
+            return
+        setattr(self, name, param)
+
     def _check_new_name(self, method: str, name, table: dict) -> None:
         """torch.nn's checks of a new child's or buffer's ``name``: a string (``TypeError``), non-empty, without
         '.', and not an attribute the module already has outside ``table`` (``KeyError``: ``add_module("weight",
@@ -402,12 +448,22 @@ class Module:
             raise KeyError(f"{owner}.{method}: attribute {name!r} already exists; pick another name (or del it "
                            f"first)")
 
-    def register_buffer(self, name: str, value) -> None:
+    def register_buffer(self, name: str, value, persistent: bool = True) -> None:
         """Add non-trainable state (BatchNorm's running statistics) that ``state_dict()`` saves. A float
         ``value`` takes unidl's float dtype; an integer one keeps its own (``num_batches_tracked``, int64). None
         makes the attribute None and nothing in ``state_dict``, until a value assigned to it makes it a buffer
-        again, as torch.nn's (code that fills a buffer in at its first forward)."""
+        again, as torch.nn's (code that fills a buffer in at its first forward). ``persistent=False``: a buffer
+        that ``state_dict()`` leaves out (a cache, a mask derived from the configuration), as torch.nn's; it is
+        still state of the module (``named_buffers``, compiled steps, data-parallel broadcasts)."""
         self._check_new_name("register_buffer", name, self._buffers)
+        if not isinstance(persistent, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.register_buffer: persistent must be True or False, "
+                            f"got {persistent!r}")
+        non_persistent = self.__dict__.setdefault("_non_persistent", set())
+        if persistent:
+            non_persistent.discard(name)
+        else:
+            non_persistent.add(name)
         none_buffers = self.__dict__.setdefault("_none_buffers", set())
         if value is None:  # (no variable: nothing in state_dict; a value assigned later makes it one)
             if self._buffers.pop(name, None) is not None:
@@ -425,6 +481,10 @@ class Module:
         refs = self.__dict__.setdefault("_buffer_refs", [])  # (identities: a TensorFlow variable has no hash)
         refs[:] = [ref for ref in refs if ref() is not None] + [weakref.ref(variable)]
         devices.parameter_created(self, name, variable, self._backend, kind="buffer")
+
+    def _persists(self, name: str) -> bool:
+        """Whether buffer ``name`` is saved by ``state_dict`` (``register_buffer``'s ``persistent``)."""
+        return name not in self.__dict__.get("_non_persistent", ())
 
     def _check_buffer_value(self, name: str, value) -> None:
         """A ``TypeError`` where ``value`` assigned to buffer ``name`` is no tensor or array, as torch.nn's."""
@@ -447,7 +507,7 @@ class Module:
         if isinstance(value, (np.ndarray, np.generic)):
             value = np.asarray(value)
         if tuple(value.shape) != tuple(current.shape):
-            self.register_buffer(name, value)
+            self.register_buffer(name, value, self._persists(name))
             return
         if isinstance(value, np.ndarray):
             from unidl.tensors import tensor
@@ -504,17 +564,42 @@ class Module:
         module_called(self)  # for ud.function, whose graphs depend on this module's mode (unidl.tracing)
         if "input" in kwargs and not args and _renames_input(type(self)):  # torch.nn's keyword for a layer's input
             args = (kwargs.pop("input"),)
-        for value in args:
-            if type(value) not in _PASSED_AS_THEY_ARE:
-                args = _inputs(self, args)
-                break
-        else:  # (every argument passes as it is: a list or a number for a tensor argument of one of unidl's layers?)
-            if args and (type(args[0]) in _CONVERTED or self._tensor_arguments > 1) and _converted_here(self, args):
-                args = _inputs(self, args)
-        caller = self._forward_caller
-        if caller is None:
-            return self.forward(*args, **kwargs)
-        return caller(self, args, kwargs)
+        if self._hooked:
+            return hooks.call(self, args, kwargs, functools.partial(_run_forward, self))
+        return _run_forward(self, args, kwargs)
+
+    def register_forward_pre_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False):
+        """Call ``hook(module, args)`` before each ``forward``, as torch.nn's: it returns None or new positional
+        inputs (``with_kwargs=True``: ``hook(module, args, kwargs)`` returning None or ``(args, kwargs)``); hooks
+        run in registration order, ``prepend=True`` first. Returns a handle whose ``remove()`` takes it off. In a
+        compiled step (tensorflow, jax, Keras) the hook runs when the step is traced, as the forward's Python does
+        (``unidl.nn.hooks``)."""
+        return hooks.register(self, "_forward_pre_hooks", hook, prepend, {"with_kwargs": with_kwargs},
+                              "register_forward_pre_hook")
+
+    def register_forward_hook(self, hook, *, prepend: bool = False, with_kwargs: bool = False,
+                              always_call: bool = False):
+        """Call ``hook(module, args, output)`` after each ``forward``, as torch.nn's: it returns None or a new
+        output (``with_kwargs=True``: ``hook(module, args, kwargs, output)``); ``always_call=True`` calls it, with
+        the output so far, also when the forward raises. Hooks run in registration order, ``prepend=True`` first.
+        Returns a handle whose ``remove()`` takes it off. Example, the features a layer computes::
+
+            features = []
+            handle = model.conv2.register_forward_hook(lambda module, args, output: features.append(output))
+            model(x)
+            handle.remove()
+
+        In a compiled step (tensorflow, jax, Keras) the hook runs when the step is traced, as the forward's Python
+        does: collect features from ``model(x)`` (eager on every backend), not from inside ``train_step``."""
+        return hooks.register(self, "_forward_hooks", hook, prepend,
+                              {"with_kwargs": with_kwargs, "always_call": always_call}, "register_forward_hook")
+
+    def _hooks_changed(self) -> None:
+        """A hook was added or removed: compiled steps and ``ud.function``s that traced this module trace again
+        (their keys hold ``graph_flags``; the structure caches of the module and its owners are emptied)."""
+        object.__setattr__(self, "_hooked", bool(self.__dict__.get("_forward_pre_hooks")
+                                                 or self.__dict__.get("_forward_hooks")))
+        self._structure_changed(keep_native=True)
 
     # ---- traversal ---------------------------------------------------------
     def named_modules(self, memo: set | None = None, prefix: str = "",
@@ -588,13 +673,15 @@ class Module:
                     seen.add(id(value))
                 yield (f"{path}.{name}" if path else name), value
 
-    def _state_variables(self) -> Iterator[tuple[str, object]]:
-        """(name, variable) of every parameter and buffer under every name, in ``state_dict``'s order: PyTorch's,
-        each module's own parameters, then its own buffers, then its children's (every parameter came first)."""
+    def _state_variables(self, non_persistent: bool = False) -> Iterator[tuple[str, object]]:
+        """(name, variable) of every parameter and persistent buffer (every buffer with ``non_persistent``) under
+        every name, in ``state_dict``'s order: PyTorch's, each module's own parameters, then its own buffers, then
+        its children's (every parameter came first)."""
         for path, module in self.named_modules(remove_duplicate=False):
-            for table in (module._parameters, module._buffers):
-                for name, value in table.items():
-                    yield (f"{path}.{name}" if path else name), value
+            yield from ((f"{path}.{name}" if path else name, value) for name, value in module._parameters.items())
+            left_out = () if non_persistent else module.__dict__.get("_non_persistent", ())
+            yield from ((f"{path}.{name}" if path else name, value) for name, value in module._buffers.items()
+                        if name not in left_out)
 
     def parameters(self) -> list:
         """The trainable parameters as native variables (give them to an optimizer)."""
@@ -615,9 +702,14 @@ class Module:
 
     def named_buffers(self, prefix: str = "", recurse: bool = True,
                       remove_duplicate: bool = True) -> Iterator[tuple[str, object]]:
-        """(dotted name, native variable) for every buffer (BatchNorm's running statistics), as
-        ``named_parameters`` lists the parameters."""
+        """(dotted name, native variable) for every buffer (BatchNorm's running statistics; the non-persistent
+        ones too), as ``named_parameters`` lists the parameters."""
         return self._named_variables("_buffers", prefix, recurse, remove_duplicate)
+
+    def buffers(self, recurse: bool = True) -> Iterator:
+        """The buffers as native variables (see ``named_buffers``), each once."""
+        for _, buffer in self.named_buffers(recurse=recurse):
+            yield buffer
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients ``backward()`` left on this module's parameters, as ``torch.nn.Module.zero_grad`` (to
@@ -664,13 +756,23 @@ class Module:
         return self._native
 
     # ---- state -------------------------------------------------------------
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Parameters and buffers as NumPy arrays in the canonical layout, keyed by dotted name. The arrays are
-        copies on every backend, where torch's share the tensors' memory: writing into one leaves the model as it
-        is (``load_state_dict`` writes), and a state dict kept aside (the best weights so far) does not follow
-        training."""
-        to_numpy = self._backend.to_numpy
-        return OrderedDict((name, to_numpy(variable)) for name, variable in self._state_variables())
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Parameters and persistent buffers as NumPy arrays in the canonical layout, keyed by dotted name. The
+        arrays are copies on every backend, where torch's share the tensors' memory: writing into one leaves the
+        model as it is (``load_state_dict`` writes), and a state dict kept aside (the best weights so far) does
+        not follow training. As torch.nn's: ``prefix`` starts every key (``"encoder."``), ``keep_vars=True`` gives
+        the native variables themselves instead of copies, and ``destination`` (a mapping) receives the entries
+        and is returned."""
+        if not isinstance(prefix, str):
+            raise TypeError(f"{type(self).__name__}.state_dict: prefix must be a string, got {type(prefix).__name__}")
+        if not isinstance(keep_vars, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.state_dict: keep_vars must be True or False, got {keep_vars!r}")
+        to_numpy = (lambda variable: variable) if keep_vars else self._backend.to_numpy
+        entries = ((prefix + name, to_numpy(variable)) for name, variable in self._state_variables())
+        if destination is None:
+            return OrderedDict(entries)
+        destination.update(entries)
+        return destination
 
     def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
         """Copy values from a ``state_dict()`` (from any backend) into this module's variables.

@@ -10,7 +10,8 @@ class NativeModule:
 
     def __init__(self, module, generator):
         self._module, self._generator = module, generator
-        self._variables = dict(module._state_variables())  # (every state_dict name: a tied weight's too)
+        # every state_dict name (a tied weight's too), and the buffers state_dict leaves out (persistent=False)
+        self._variables = dict(module._state_variables(non_persistent=True))
 
     @property
     def params(self) -> dict:

@@ -17,7 +17,7 @@ from unidl.backends.keras.optimizer import keep_train_function_current, loss_car
 from unidl.data.pool import ctrl_c_noted
 from unidl.dtype_kinds import dtype_name, holds_floats
 from unidl.errors import GraphConstructError
-from unidl.nn.module import is_trainable, restore_modes, step_modes, trainable_mask
+from unidl.nn.module import graph_flags, is_trainable, restore_modes, step_modes, trainable_mask
 from unidl.precision import active_ops
 from unidl.tracing import (python_randomness_guard, python_randomness_preserved, python_randomness_state,
                            recording_module_calls)
@@ -348,7 +348,7 @@ def reached_modes(native) -> tuple:
     backend's compile key ends with them (``Backend.compile``) and a train step is built again when one changes, as
     ``ud.function``'s graphs are (``unidl.tracing.ModesReached``). ``()`` for most models."""
     reached = native.__dict__.get("_unidl_reached")
-    return tuple(module.training for module in reached) if reached else ()
+    return tuple(graph_flags(module) for module in reached) if reached else ()
 
 
 def _note_modules_reached(native, reached) -> None:

@@ -18,10 +18,10 @@ class NativeModule(torch.nn.Module):
         for name, parameter in module._parameters.items():
             self.register_parameter(name, parameter)
         for name, buffer in module._buffers.items():
-            self.register_buffer(name, buffer)
+            self.register_buffer(name, buffer, persistent=module._persists(name))
         for name, child in module._modules.items():
             self.add_module(name, None if child is None else NativeModule(child, root=False))
-        self.train(module.training)
+        self.training = module.training  # (each view its module's own mode: train() would set the children's)
 
     def forward(self, *args, **kwargs):
         return self._unidl_module(*args, **kwargs)

@@ -1,0 +1,145 @@
+"""Forward hooks (``register_forward_pre_hook``, ``register_forward_hook``) against plain ``torch.nn``'s, on every
+backend: the same calls in the same order with the same values, eagerly, in compiled steps and in
+``ud.function``, registered or removed after a step was compiled."""
+
+import numpy as np
+import pytest
+import torch
+
+import unidl as ud
+
+
+def _nets(seed=0):
+    """A unidl net and a plain torch.nn net with the same weights (float32)."""
+    ud.manual_seed(seed)
+    net = ud.nn.Sequential(ud.nn.Linear(4, 3), ud.nn.ReLU(), ud.nn.Linear(3, 2))
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    reference.load_state_dict({k: torch.from_numpy(v) for k, v in net.state_dict().items()})
+    return net, reference
+
+
+def _register(net, log, as_array):
+    """The same hooks on either net: pre-hooks (a plain one, a keyword one, one prepended), forward hooks (one
+    replacing the output, one only reading it, one prepended); ``log`` gets each call's name and values."""
+    handles = [
+        net[0].register_forward_pre_hook(lambda m, args: (log.append(("pre", as_array(args[0]))), args[0] * 2)[1]),
+        net[0].register_forward_pre_hook(lambda m, args: log.append(("first", as_array(args[0]))), prepend=True),
+        net[2].register_forward_pre_hook(lambda m, args, kwargs: ((args[0] + 1,), kwargs), with_kwargs=True),
+        net[1].register_forward_hook(lambda m, args, out: (log.append(("relu", as_array(out))), out - 0.5)[1]),
+        net[1].register_forward_hook(lambda m, args, out: log.append(("relu first", as_array(out))), prepend=True),
+        net[2].register_forward_hook(lambda m, args, kwargs, out: log.append(("head", as_array(args[0]))),
+                                     with_kwargs=True),
+    ]
+    return handles
+
+
+def test_forward_hooks_see_and_replace_inputs_and_outputs_as_torchs(backend, rng):
+    net, reference = _nets()
+    x = rng.standard_normal((5, 4)).astype(np.float32)
+    log, expected_log = [], []
+    handles = _register(net, log, ud.to_numpy)
+    _register(reference, expected_log, lambda t: t.detach().numpy())
+    out = ud.to_numpy(net(x))
+    expected = reference(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert [name for name, _ in log] == [name for name, _ in expected_log] == [
+        "first", "pre", "relu first", "relu", "head"]
+    for (_, value), (_, expected_value) in zip(log, expected_log):
+        np.testing.assert_allclose(value, expected_value, rtol=1e-5, atol=1e-6)
+    for handle in handles:
+        handle.remove()
+    handles[0].remove()  # (a second remove does nothing, as torch's)
+    log.clear()
+    np.testing.assert_allclose(ud.to_numpy(net(x)), _plain(net, x), rtol=1e-5, atol=1e-6)
+    assert log == []
+
+
+def _plain(net, x):
+    """``net``'s output with no hooks, from its weights in NumPy."""
+    state = net.state_dict()
+    hidden = np.maximum(x @ state["0.weight"].T + state["0.bias"], 0)
+    return hidden @ state["2.weight"].T + state["2.bias"]
+
+
+def test_a_hook_added_or_removed_after_a_step_was_compiled_takes_effect(backend, rng):
+    """A compiled train step, ``ud.function`` and ``ud.predict`` trace again when a hook comes or goes: the
+    graph baked the hooks of its trace in."""
+    net, _ = _nets()
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = np.zeros((6, 2), np.float32)
+    step = ud.train_step(net, ud.nn.MSELoss(), ud.optim.SGD(net.parameters(), lr=0.0))
+    forward = ud.function(lambda inputs: net(inputs))
+    plain = _plain(net, x)
+    assert float(ud.to_numpy(step(x, y))) == pytest.approx(np.mean(plain ** 2), rel=1e-5)
+    np.testing.assert_allclose(ud.to_numpy(forward(x)), plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ud.predict(net, x), plain, rtol=1e-5, atol=1e-6)
+    with net[2].register_forward_hook(lambda m, args, out: out * 3):
+        assert float(ud.to_numpy(step(x, y))) == pytest.approx(np.mean((3 * plain) ** 2), rel=1e-5)
+        np.testing.assert_allclose(ud.to_numpy(forward(x)), 3 * plain, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ud.predict(net, x), 3 * plain, rtol=1e-5, atol=1e-6)
+    assert float(ud.to_numpy(step(x, y))) == pytest.approx(np.mean(plain ** 2), rel=1e-5)
+    np.testing.assert_allclose(ud.to_numpy(forward(x)), plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ud.predict(net, x), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_a_hook_on_the_loss_module_takes_effect_in_a_compiled_step(backend, rng):
+    net, _ = _nets()
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    y = np.zeros((6, 2), np.float32)
+    loss = ud.nn.MSELoss()
+    step = ud.train_step(net, loss, ud.optim.SGD(net.parameters(), lr=0.0))
+    first = float(ud.to_numpy(step(x, y)))
+    handle = loss.register_forward_hook(lambda m, args, out: out * 10)
+    assert float(ud.to_numpy(step(x, y))) == pytest.approx(10 * first, rel=1e-5)
+    handle.remove()
+    assert float(ud.to_numpy(step(x, y))) == pytest.approx(first, rel=1e-5)
+
+
+class _Failing(ud.nn.Module):
+    def forward(self, x):
+        raise ValueError("the forward failed")
+
+
+class _TorchFailing(torch.nn.Module):
+    def forward(self, x):
+        raise ValueError("the forward failed")
+
+
+def test_always_call_hooks_run_when_the_forward_raises_as_torchs(backend):
+    for module in (_Failing(), _TorchFailing()):
+        seen = []
+        module.register_forward_hook(lambda m, args, out: seen.append(("always", out)), always_call=True)
+        module.register_forward_hook(lambda m, args, out: seen.append(("plain", out)))
+
+        def broken(m, args, out):
+            raise RuntimeError("the hook failed")
+
+        module.register_forward_hook(broken, always_call=True)
+        with pytest.warns(UserWarning, match="always_call=True.{0,2} raised an exception that was silenced"):
+            with pytest.raises(ValueError, match="the forward failed"):
+                module(np.ones((1, 2), np.float32) if isinstance(module, ud.nn.Module) else torch.ones(1, 2))
+        assert seen == [("always", None)], type(module)
+
+
+def test_a_keyword_pre_hook_must_give_args_and_kwargs_and_hooks_must_be_callable(backend):
+    net, reference = _nets()
+    for model, x in ((net, np.ones((1, 4), np.float32)), (reference, torch.ones(1, 4))):
+        handle = model[0].register_forward_pre_hook(lambda m, args, kwargs: args, with_kwargs=True)
+        with pytest.raises(RuntimeError, match=r"must return None or a tuple of \(new_args, new_kwargs\)"):
+            model(x)
+        handle.remove()
+    with pytest.raises(TypeError, match="the hook must be callable, got int"):
+        net.register_forward_hook(3)
+    with pytest.raises(TypeError, match="always_call must be True or False, got 'yes'"):
+        net.register_forward_hook(lambda *a: None, always_call="yes")
+
+
+def test_hooks_run_through_the_native_model_and_survive_a_deepcopy(backend, rng):
+    import copy
+
+    net, _ = _nets()
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    net[2].register_forward_hook(lambda m, args, out: out * 0)
+    assert not np.any(ud.to_numpy(net.native(ud.tensor(x))))
+    copied = copy.deepcopy(net)
+    assert not np.any(ud.to_numpy(copied(x)))
