@@ -3,8 +3,9 @@ batches as the current backend's tensors (``unidl.data.DataLoader``), the same u
 """
 
 from unidl.data.dataloader import DataLoader
-from unidl.data.dataset import Dataset, TensorDataset, default_collate
+from unidl.data.dataset import ConcatDataset, Dataset, Subset, TensorDataset, default_collate, random_split
 from unidl.data.epoch import Epoch
 from unidl.data.sampler import BatchSampler, Sampler
 
-__all__ = ["Dataset", "TensorDataset", "Sampler", "BatchSampler", "DataLoader", "Epoch", "default_collate"]
+__all__ = ["Dataset", "TensorDataset", "Subset", "ConcatDataset", "random_split", "Sampler", "BatchSampler",
+           "DataLoader", "Epoch", "default_collate"]

@@ -4,6 +4,9 @@ so that the loader can cut a batch with one slice per array.
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 
 from unidl.tensors import as_numpy_values, to_numpy
@@ -88,6 +91,8 @@ def batched_by_dataset(dataset, collate_fn) -> bool:
     """Whether the loader's batch is ``dataset.batch(indices)`` (a ``TensorDataset`` joined by ``default_collate``,
     its ``batch`` the fast path: a subclass's own, or TensorDataset's where ``__getitem__`` is not overridden) rather
     than ``collate_fn`` of the samples read one by one."""
+    if isinstance(dataset, Subset):  # (a subset's batch: the dataset's at the subset's indices)
+        return batched_by_dataset(dataset.dataset, collate_fn)
     if not isinstance(dataset, TensorDataset) or collate_fn is not default_collate:
         return False
     kind = type(dataset)
@@ -146,3 +151,109 @@ class TensorDataset(Dataset):
         """The samples at ``indices``, one array per field, cut with a single slice per array. The arrays
         are fresh copies (fancy indexing), which the loader hands to the backend without copying again."""
         return tuple(array[indices] for array in self.arrays)
+
+
+class Subset(Dataset):
+    """The samples of ``dataset`` at ``indices``, in that order, as ``torch.utils.data.Subset``: ``subset[i] ==
+    dataset[indices[i]]``. ``indices`` are integers within ``dataset``'s length (negative ones count from its end),
+    checked here (an index out of range failed only when the loader reached it). A subset of a ``TensorDataset``
+    batches with one slice per array, as the whole dataset does."""
+
+    def __init__(self, dataset, indices):
+        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(f"Subset takes a map-style dataset (__len__ and __getitem__), got {type(dataset).__name__}")
+        array = np.asarray(indices)
+        if array.size == 0:
+            array = array.astype(np.int64).reshape(0)
+        if array.ndim != 1 or array.dtype.kind not in "iu":
+            raise TypeError(f"Subset: indices must be a sequence of integers, got {_described(indices, array)}")
+        length = len(dataset)
+        outside = array[(array < -length) | (array >= length)]
+        if outside.size:
+            raise IndexError(f"Subset: index {int(outside[0])} is out of range for a dataset of {length} samples "
+                             f"(valid: -{length} to {length - 1})")
+        self.dataset, self.indices = dataset, array.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        if isinstance(index, list):  # (torch's Subset reads a list of indices through the dataset)
+            return self.dataset[[int(self.indices[i]) for i in index]]
+        return self.dataset[int(self.indices[index])]
+
+    def batch(self, indices: np.ndarray):
+        """The samples at ``indices`` of the subset, through the dataset's own ``batch`` (``batched_by_dataset``)."""
+        return self.dataset.batch(self.indices[indices])
+
+
+def _described(indices, array) -> str:
+    kind = type(indices).__name__
+    return f"a {kind} of shape {array.shape}" if array.ndim != 1 else f"a {kind} of {array.dtype} values"
+
+
+class ConcatDataset(Dataset):
+    """The samples of several datasets one after another, as ``torch.utils.data.ConcatDataset``: ``len`` is their
+    sum and ``cumulative_sizes`` the running sums; a negative index counts from the end."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+        if not self.datasets:
+            raise ValueError("ConcatDataset: datasets should not be an empty iterable")
+        for position, dataset in enumerate(self.datasets):
+            if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+                raise TypeError(f"ConcatDataset: dataset {position} is not a map-style dataset (__len__ and "
+                                f"__getitem__), got {type(dataset).__name__}")
+        self.cumulative_sizes = np.cumsum([len(dataset) for dataset in self.datasets]).tolist()
+
+    def __len__(self) -> int:
+        return self.cumulative_sizes[-1]
+
+    def __getitem__(self, index):
+        length = len(self)
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"ConcatDataset indices must be integers, got {type(index).__name__}")
+        if not -length <= index < length:
+            raise IndexError(f"ConcatDataset: index {index} is out of range for {length} samples")
+        index = int(index) + length if index < 0 else int(index)
+        which = int(np.searchsorted(self.cumulative_sizes, index, side="right"))
+        start = self.cumulative_sizes[which - 1] if which else 0
+        return self.datasets[which][index - start]
+
+
+def random_split(dataset, lengths, seed: int | None = None) -> list[Subset]:
+    """Split ``dataset`` into ``Subset``s of the given ``lengths`` over one random permutation, as
+    ``torch.utils.data.random_split``: integers summing to the dataset's length, or fractions summing to 1 (each
+    ``floor(n * fraction)``, the samples left over going one each to the first splits). The permutation is drawn
+    from NumPy's generator seeded with ``seed``; ``None`` draws the seed from unidl's generator, so that
+    ``ud.manual_seed`` fixes the split on every backend (torch's ``generator`` is a torch object: pass ``seed``).
+
+    Example: ``train, val = random_split(TensorDataset(x, y), [0.8, 0.2], seed=0)``."""
+    from unidl.data.sampler import draw_seed
+    from unidl.random import check_seed
+
+    length = len(dataset)
+    values = list(lengths)
+    if not values or not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                             for v in values):
+        raise TypeError(f"random_split: lengths must be a non-empty sequence of integers or of fractions, "
+                        f"got {lengths!r}")
+    if all(isinstance(v, (int, np.integer)) for v in values):
+        sizes = [int(v) for v in values]
+        if any(size < 0 for size in sizes):
+            raise ValueError(f"random_split: lengths must not be negative, got {sizes}")
+    else:
+        if not math.isclose(sum(values), 1) or any(not 0 <= v <= 1 for v in values):
+            raise ValueError(f"random_split: fractions must each be from 0 to 1 and sum to 1, got {values}")
+        sizes = [int(math.floor(length * v)) for v in values]
+        for i in range(length - sum(sizes)):
+            sizes[i % len(sizes)] += 1
+        for i, size in enumerate(sizes):
+            if size == 0:
+                warnings.warn(f"random_split: the split at index {i} has no samples", stacklevel=2)
+    if sum(sizes) != length:
+        raise ValueError(f"random_split: lengths {sizes} sum to {sum(sizes)}, not to the dataset's length {length}")
+    seed = draw_seed() if seed is None else check_seed(seed, "random_split seed")
+    order = np.random.default_rng(seed).permutation(length)
+    ends = np.cumsum(sizes).tolist()
+    return [Subset(dataset, order[end - size:end]) for size, end in zip(sizes, ends)]
