@@ -113,3 +113,10 @@ def test_concat_dataset_indexes_as_torchs():
         ConcatDataset([])
     labels = np.concatenate([ud.to_numpy(y) for _, y in DataLoader(ours, batch_size=4)]).tolist()
     assert labels == [0, 1, 2, 0, 1, 2, 3, 4, 5]
+
+
+def test_a_loader_over_a_subset_runs_in_process_workers():
+    train, _ = random_split(_dataset(10), [0.7, 0.3], seed=0)
+    expected = [_labels(train)[i:i + 3] for i in range(0, 7, 3)]
+    loader = DataLoader(train, batch_size=3, num_workers=2, worker_type="process")
+    assert [ud.to_numpy(y).tolist() for _, y in loader] == expected
