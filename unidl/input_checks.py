@@ -658,8 +658,8 @@ def _axes_out_of_range(owner, name, value, x, added: int = 0):
     if isinstance(x, (list, tuple)):
         x = x[0] if x else None
     shape = getattr(x, "shape", None)
-    if shape is None:
-        return
+    if shape is None or getattr(shape, "rank", 0) is None:  # (a graph's tensor of unknown rank, the result of a
+        return  # squeeze() of sizes it does not know: the op's own axis rule, checked when the graph runs)
     dims = len(tuple(shape))
     rank = max(dims + added, 1)
     for axis in (value if isinstance(value, (list, tuple)) else (value,)):

@@ -200,3 +200,37 @@ def test_function_follows_a_mode_it_reads_without_calling_the_module(backend, rn
     model.head.eval()
     check(dropout_on=True)
     assert traces in ([1, 2, 3, 3, 3], [None] * 5), traces  # (None where it runs eagerly: torch)
+
+
+_AFTER_SQUEEZE = {  # ops of a squeeze() without dim: those that read no rank, then those that need one
+    "sum": lambda a: ud.ops.sum(a, axis=-1), "mean": lambda a: ud.ops.mean(a, axis=1),
+    "softmax": lambda a: ud.ops.softmax(a, dim=-1), "log_softmax": lambda a: ud.ops.log_softmax(a, dim=-1),
+    "argmax": lambda a: ud.ops.argmax(a, dim=-1), "concat": lambda a: ud.ops.concat([a, a], axis=-1),
+    "cross_entropy": lambda a: ud.ops.cross_entropy(a, np.array([0, 2])),
+    "amax": lambda a: ud.ops.amax(a, dim=-1), "flatten": ud.ops.flatten,
+    "transpose": lambda a: ud.ops.transpose(a, 0, 1), "linear": lambda a: ud.ops.linear(a, np.ones((2, 3),
+                                                                                                   np.float32)),
+}
+_NEEDS_RANK = ("amax", "flatten", "transpose", "linear")
+
+
+@pytest.mark.parametrize("name", list(_AFTER_SQUEEZE))
+def test_an_op_after_a_squeeze_without_dim_in_a_graph_is_eagers_or_a_clear_error(backend, name):
+    """A graph traced for any size of its inputs' axes (TensorFlow's) cannot know the rank of squeeze() without
+    dim: the ops that read no rank give the eager result; one that needs it is a ``ShapeMismatchError`` telling to
+    give squeeze its dim (TensorFlow's own "Cannot iterate over a shape with unknown rank" before, and the
+    reductions' axis check failed the same way). Where the graph knows the sizes (torch, jax) every op runs."""
+    x = np.arange(6, dtype=np.float32).reshape(2, 1, 3)
+
+    def fn(a):
+        return _AFTER_SQUEEZE[name](ud.ops.squeeze(a))
+
+    eager = ud.to_numpy(fn(x))
+    try:
+        traced = ud.to_numpy(ud.function(fn)(x))
+    except ud.ShapeMismatchError as error:
+        assert name in _NEEDS_RANK and backend in ("tensorflow", "keras"), error
+        assert "unknown rank" in str(error) and "ud.ops.squeeze(x, dim=-1)" in str(error)
+        return
+    assert traced.shape == eager.shape
+    np.testing.assert_allclose(traced, eager, rtol=1e-6)

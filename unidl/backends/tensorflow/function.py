@@ -24,7 +24,7 @@ from unidl.tracing import ModesReached, python_randomness_guard
 from unidl.backends.tensorflow import autograph_lambdas, fusion
 from unidl.backends.tensorflow.layout import (export_graphs, tracing_export_graph, tracing_for_xla,
                                               tracing_kept_graph)
-from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
+from unidl.errors import GraphConstructError, RetraceWarning, ShapeMismatchError, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
 from unidl.optim.param_groups import ConstantOptions
 
 # AutoGraph converts user code only: unidl's own layers, ops and backends hold no control flow on tensor
@@ -157,6 +157,16 @@ def _unsupported_construct(error) -> str | None:
     if isinstance(error, tf.errors.OperatorNotAllowedInGraphError):
         return "an operation on a symbolic tensor that needs its value"
     return None
+
+
+def _unknown_rank(name, error) -> ShapeMismatchError:
+    """The error for an op that needs the rank of a tensor whose rank the graph does not know (TensorFlow's
+    ``ValueError`` "... with unknown rank", from inside TensorFlow or the op)."""
+    return ShapeMismatchError(
+        f"a tensor of unknown rank inside {name!r} on tensorflow: its graph is traced for any size of its inputs' "
+        f"axes, so squeeze() without dim, whose result's rank depends on which sizes are 1 when it runs, gives a "
+        f"tensor whose rank the graph does not know, and an op here needs it (reductions, softmax and elementwise ops "
+        f"do not). Give squeeze the axes to remove (ud.ops.squeeze(x, dim=-1)). ({str(error).strip()[-300:]})")
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -396,6 +406,8 @@ class GraphFunction:
         except Exception as error:  # an in-graph check of values known while tracing failed
             marked = marked_error_from(error, escaped=True)
             if marked is None:
+                if "with unknown rank" in str(error):
+                    raise _unknown_rank(self.__name__, error) from error
                 raise
             raise marked from None
         if keep:
