@@ -97,7 +97,7 @@ def _rows(model, depth: int, shapes: dict) -> list[tuple[str, str, str, str]]:
         children = [(name, child) for name, child in module._modules.items() if child is not None]
         expanded = level < depth and bool(children)
         subtree = module.parameters()
-        counted = list(module._parameters.values()) if expanded else subtree
+        counted = [p for p in module._parameters.values() if p is not None] if expanded else subtree
         count = _count(counted)
         if level == 0:
             label = type(module).__name__

@@ -129,7 +129,7 @@ def test_assigning_to_a_buffer_parameter_or_child_name_keeps_it_or_is_an_error(b
     model.mask = np.ones(2, np.float32)
     model.count = None
     model.count = np.full(2, 5.0)
-    assert list(model.state_dict()) == ["mask", "count", "fc.weight"]  # (torch keeps count's place: None in it)
+    assert list(model.state_dict()) == ["count", "mask", "fc.weight"]  # (count keeps its place, as torch's)
     model.count, model.mask = model.mask, model.count
     np.testing.assert_array_equal(model.state_dict()["count"], [1.0, 1.0])
     np.testing.assert_array_equal(model.state_dict()["mask"], [5.0, 5.0])
@@ -557,3 +557,27 @@ def test_the_native_model_keeps_each_modules_own_mode(backend):
     net.body.eval()
     net.native
     assert net.training and not net.body.training and not net.body[0].training and net.head.training
+
+
+def test_a_parameter_or_buffer_set_to_none_keeps_its_place_as_torchs(backend):
+    """Set to None, a parameter or buffer leaves ``parameters()`` and ``state_dict``; assigned again, it comes
+    back in its place, as torch.nn's (it went to the end: the state dict's order changed)."""
+    import copy
+
+    import torch
+
+    model = _registered(ud.nn, lambda v: ud.nn.Module().parameter(v), lambda v: v)
+    reference = _registered(torch.nn, lambda v: torch.nn.Parameter(torch.from_numpy(v)), torch.from_numpy)
+    model.register_buffer("mask", np.zeros(3, np.float32))
+    reference.register_buffer("mask", torch.zeros(3))
+    for module in (model, reference):
+        module.scale, module.mask = None, None
+    assert list(model.state_dict()) == list(reference.state_dict()) == ["count", "child.weight", "child.bias"]
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    assert copy.deepcopy(model).scale is None and list(copy.deepcopy(model).state_dict()) == list(model.state_dict())
+    model.scale, model.mask = model.parameter(np.full(3, 2.0)), np.ones(3, np.float32)
+    reference.scale, reference.mask = torch.nn.Parameter(torch.full((3,), 2.0)), torch.ones(3)
+    assert list(model.state_dict()) == list(reference.state_dict()) == ["scale", "mask", "count", "child.weight",
+                                                                        "child.bias"]
+    for name in ("scale", "mask", "count"):
+        np.testing.assert_array_equal(model.state_dict()[name], reference.state_dict()[name].numpy(), err_msg=name)

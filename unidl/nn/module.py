@@ -278,12 +278,12 @@ class Module:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
         is_module, is_parameter = isinstance(value, Module), self._backend.is_parameter(value)
         if value is not None and not is_module and not is_parameter:
-            if name in self._buffers:  # ``self.count = self.count + 1``: still the buffer, as torch.nn's
-                self._assign_buffer(name, value)
-                return
-            if name in self.__dict__.get("_none_buffers", ()):  # a buffer registered as None, filled in
+            if name in self._buffers and self._buffers[name] is None:  # a buffer registered as None, filled in
                 self._check_buffer_value(name, value)
                 self.register_buffer(name, value, self._persists(name))
+                return
+            if name in self._buffers:  # ``self.count = self.count + 1``: still the buffer, as torch.nn's
+                self._assign_buffer(name, value)
                 return
             for kind, table, expected in (("parameter", self._parameters, "a parameter (module.parameter(value))"),
                                           ("child module", self._modules, "a unidl.nn.Module")):
@@ -297,8 +297,9 @@ class Module:
         # a module (or parameter) replacing one of its kind keeps its place, as in PyTorch: the order of
         # ``_modules`` is the order of a Sequential and of the state_dict keys
         table = self._modules if is_module else self._parameters if is_parameter else None
-        if value is None and name in self._modules:  # a child set to None keeps its place, as torch.nn's (and as
-            table = self._modules                    # ``add_module(name, None)``): assigned again, it comes back there
+        if value is None:  # a child or parameter set to None keeps its place, as torch.nn's (and as ``add_module(name,
+            # None)``, ``register_parameter(name, None)``): assigned again, it comes back there
+            table = self._modules if name in self._modules else self._parameters if name in self._parameters else None
         _forget_structure_below(self._modules.get(name))  # (an outgoing child: what was built from it goes too)
         for other in (self._parameters, self._buffers, self._modules):
             if other is not table:
@@ -310,8 +311,8 @@ class Module:
             parent = value._parent[0]() if value._parent is not None else None
             if parent is None:  # the first live owner names it in errors (a slice of a Sequential does not)
                 object.__setattr__(value, "_parent", (weakref.ref(self), name))
-        elif table is self._modules:  # (None, in the child's place)
-            self._modules[name] = None
+        elif table is not None and value is None:  # (None, in the child's or parameter's place)
+            table[name] = None
         elif table is not None:
             self._parameters[name] = value
             devices.parameter_created(self, name, value, self._backend)
@@ -322,7 +323,6 @@ class Module:
             _modes_changed()
 
     def __delattr__(self, name):
-        self.__dict__.get("_none_buffers", set()).discard(name)
         self.__dict__.get("_non_persistent", set()).discard(name)
         _forget_structure_below(self._modules.get(name))
         for table in (self._parameters, self._buffers, self._modules):
@@ -341,7 +341,7 @@ class Module:
 
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        trainable = {id(variable) for variable in self._parameters.values()}
+        trainable = {id(variable) for variable in self._parameters.values() if variable is not None}
         backend = self._backend
         for variable in (*self._parameters.values(), *self._buffers.values()):
             if variable is not None and id(variable) not in memo:
@@ -361,7 +361,8 @@ class Module:
             elif name == "_structure_cache":
                 object.__setattr__(new, name, {})
             elif name == "_buffer_refs":  # (the copy's own buffers)
-                object.__setattr__(new, name, [weakref.ref(buffer) for buffer in new._buffers.values()])
+                object.__setattr__(new, name, [weakref.ref(buffer) for buffer in new._buffers.values()
+                                               if buffer is not None])
             elif name == "_backend" or isinstance(value, types.ModuleType):
                 object.__setattr__(new, name, value)
             else:
@@ -420,16 +421,17 @@ class Module:
     def register_parameter(self, name: str, param) -> None:
         """Add ``param`` (a parameter of this module's backend, ``module.parameter(value)``) as the parameter
         ``name``, as torch.nn's: the name rules of ``add_module``; None makes the attribute None and nothing in
-        ``parameters()`` or ``state_dict``. Anything else (a tensor, an array) is a ``TypeError``: make it a parameter
-        first."""
+        ``parameters()`` or ``state_dict``, keeping the name's place for a parameter assigned to it later. Anything
+        else (a tensor, an array) is a ``TypeError``: make it a parameter first."""
         self._check_new_name("register_parameter", name, self._parameters)
         if param is not None and not self._backend.is_parameter(param):
             raise TypeError(f"{type(self).__name__}.register_parameter({name!r}, ...) needs a parameter of the "
                             f"{self._backend.name} backend (module.parameter(value)) or None, got "
                             f"{type(param).__name__}")
         if param is None:
-            if self._parameters.pop(name, None) is not None:
+            if self._parameters.get(name) is not None:
                 self._structure_changed()
+            self._parameters[name] = None
             object.__setattr__(self, name, None)
             return
         setattr(self, name, param)
@@ -464,14 +466,14 @@ class Module:
             non_persistent.discard(name)
         else:
             non_persistent.add(name)
-        none_buffers = self.__dict__.setdefault("_none_buffers", set())
-        if value is None:  # (no variable: nothing in state_dict; a value assigned later makes it one)
-            if self._buffers.pop(name, None) is not None:
+        for table in (self._parameters, self._modules):  # (a None parameter or child of that name becomes it)
+            table.pop(name, None)
+        if value is None:  # (no variable: nothing in state_dict; a value assigned later makes it one, in this place)
+            if self._buffers.get(name) is not None:
                 self._structure_changed()
-            none_buffers.add(name)
+            self._buffers[name] = None
             object.__setattr__(self, name, None)
             return
-        none_buffers.discard(name)
         value = np.asarray(to_numpy(value))
         dtype = value.dtype.name if value.dtype.kind in "iub" else None
         with self._placement():
@@ -667,6 +669,8 @@ class Module:
                                                                                                           self)]
         for path, module in modules:
             for name, value in getattr(module, table).items():
+                if value is None:  # (a parameter or buffer set to None: its place kept, nothing to list)
+                    continue
                 if remove_duplicate:
                     if id(value) in seen:
                         continue
@@ -678,10 +682,11 @@ class Module:
         every name, in ``state_dict``'s order: PyTorch's, each module's own parameters, then its own buffers, then
         its children's (every parameter came first)."""
         for path, module in self.named_modules(remove_duplicate=False):
-            yield from ((f"{path}.{name}" if path else name, value) for name, value in module._parameters.items())
+            yield from ((f"{path}.{name}" if path else name, value) for name, value in module._parameters.items()
+                        if value is not None)
             left_out = () if non_persistent else module.__dict__.get("_non_persistent", ())
             yield from ((f"{path}.{name}" if path else name, value) for name, value in module._buffers.items()
-                        if name not in left_out)
+                        if value is not None and name not in left_out)
 
     def parameters(self) -> list:
         """The trainable parameters as native variables (give them to an optimizer)."""
