@@ -276,6 +276,25 @@ def sample_coverage(length=11, batch_size=4, epochs=2):
     return [[ud.to_numpy(batch[0]).tolist() for batch in loader] for _ in range(epochs)]
 
 
+class _Augmented(ud.data.Dataset):
+    """Samples read through code of the user's (an augmentation), so an unshuffled loader draws its seed."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return np.float32(index + np.random.rand())
+
+
+def unshuffled_drawn_seed():
+    """The seed an unshuffled loader over an augmented dataset drew, after this rank drew a different number of
+    values from unidl's generator than the other (rank-dependent set-up code): rank 0's is the job's."""
+    ud.random.generator().integers(0, 10, size=ud.distributed.rank() + 1)
+    loader = ud.data.DataLoader(_Augmented(), batch_size=2)
+    next(iter(loader))
+    return loader.seed
+
+
 def too_small_last_batch():
     """``fit`` over 9 samples in batches of 4: the last batch of 1 cannot be shared by 2 ranks."""
     x, y = cnn_data()
@@ -323,7 +342,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
                                                          collectives=mixed_collectives),
             "bf16_accumulate_collectives": mixed_collectives, "poisoned_window": poisoned_window("16-mixed"),
             "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
-            "coverage": sample_coverage(), "too_small": too_small_last_batch(), "float16": float16,
+            "coverage": sample_coverage(), "unshuffled_seed": unshuffled_drawn_seed(), "too_small": too_small_last_batch(), "float16": float16,
             "window_checkpointed": window_checkpointed_in_the_job(os.path.join(float16_directory, "window"))}
 
 

@@ -218,6 +218,14 @@ def test_every_sample_once_per_epoch_in_equal_step_counts_reshuffled_per_epoch(j
     assert rank0[0] + rank1[0] != rank0[1] + rank1[1]
 
 
+def test_an_unshuffled_loaders_drawn_seed_is_rank_0s_on_every_rank(job):
+    """The seed of a loader whose batches run the user's code (an augmentation), drawn where it is not given, is
+    the job's: each rank drew its own (a rank drawing more in its set-up got another), so a checkpoint, which
+    keeps rank 0's, resumed the other ranks' augmentations on another stream."""
+    rank0, rank1 = (rank["unshuffled_seed"] for rank in job["ranks"])
+    assert rank0 == rank1 is not None
+
+
 def test_a_last_batch_smaller_than_the_ranks_is_refused_on_every_rank(job):
     for rank in job["ranks"]:
         assert "fewer samples than ranks" in rank["too_small"] and "drop_last=True" in rank["too_small"]

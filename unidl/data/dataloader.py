@@ -352,8 +352,9 @@ class DataLoader:
             _check_pin_memory(backend)
         context = contextvars.copy_context()
         sharding = process_group.sharding() if self.shard else None
-        if sharding is not None and self.shuffle and not self._seed_shared:
-            # every rank must cut the same order: rank 0's seed (drawn or given) is the job's
+        if sharding is not None and self.seed is not None and not self._seed_shared:
+            # every rank must cut the same order and seed its batches' augmentations alike: rank 0's seed (drawn or
+            # given; an unshuffled loader's too, whose batches run the user's code) is the job's
             self.batch_sampler.sampler.seed = process_group.broadcast_value(self.seed)
             self._seed_shared = True
         self._refresh_length()
