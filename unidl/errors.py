@@ -42,6 +42,11 @@ class AxisOutOfRangeError(ShapeMismatchError, IndexError):
     (``% rank``) and raised errors of their own for the rest."""
 
 
+class ModelPlacementError(UnidlError, RuntimeError):
+    """A built module asked to move to another device or dtype (``module.to("cuda")``, ``module.double()``):
+    unidl places and types a model's variables when it builds them, on every backend."""
+
+
 class DtypeMismatchError(UnidlError, TypeError):
     """An input whose dtype does not fit the layer or loss it is given to (integers to a float layer, float
     class labels), or a value that is not numbers at all (``ud.tensor('abc')``)."""

@@ -760,6 +760,53 @@ class Module:
             object.__setattr__(self, "_native", self._backend.native_module(self))
         return self._native
 
+    # ---- placement (unidl/nn/placement.py) -----------------------------------
+    def to(self, *args, **kwargs) -> "Module":
+        """This module, where its variables already are on the device and of the floating dtype asked for, as
+        ``torch.nn.Module.to`` is called (``to(device)``, ``to(dtype)``, ``to(device, dtype)``, ``to(tensor)``):
+        ``model = model.to(device)`` runs unchanged. Anywhere else a ``ModelPlacementError``: unidl places and types
+        variables when it builds them (build the model under ``ud.use_device``/``ud.use_dtype``); a device the
+        backend does not see is a ``DeviceUnavailableError`` listing those it sees."""
+        from unidl.nn import placement
+
+        return placement.moved(self, *placement.requested(type(self).__name__, self._backend, args, kwargs), "to()")
+
+    def cpu(self) -> "Module":
+        """``to("cpu")``."""
+        from unidl.nn import placement
+
+        return placement.moved(self, "cpu", None, "cpu()")
+
+    def cuda(self, device=None) -> "Module":
+        """``to("cuda")`` (``cuda:N`` with ``device=N``)."""
+        from unidl.nn import placement
+
+        return placement.moved(self, "cuda" if device is None else f"cuda:{int(device)}", None, "cuda()")
+
+    def float(self) -> "Module":
+        """``to(float32)``."""
+        from unidl.nn import placement
+
+        return placement.moved(self, None, "float32", "float()")
+
+    def double(self) -> "Module":
+        """``to(float64)``."""
+        from unidl.nn import placement
+
+        return placement.moved(self, None, "float64", "double()")
+
+    def half(self) -> "Module":
+        """``to(float16)``: float16 compute is ``fit(..., precision='16-mixed')``'s (see ``to``)."""
+        from unidl.nn import placement
+
+        return placement.moved(self, None, "float16", "half()")
+
+    def bfloat16(self) -> "Module":
+        """``to(bfloat16)``: bfloat16 compute is ``fit(..., precision='bf16-mixed')``'s (see ``to``)."""
+        from unidl.nn import placement
+
+        return placement.moved(self, None, "bfloat16", "bfloat16()")
+
     # ---- state -------------------------------------------------------------
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
         """Parameters and persistent buffers as NumPy arrays in the canonical layout, keyed by dotted name. The
