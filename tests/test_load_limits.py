@@ -40,6 +40,35 @@ def test_crafted_config_is_refused_before_the_model_is_built(tmp_path, backend):
         ud.load(spaced)
 
 
+@pytest.mark.parametrize("name, config, match", [
+    ("ResNet", {"layers": [1, 1, 1, 1], "num_classes": 10, "in_channels": 300000, "cifar_stem": True},
+     r"conv1.weight: config gives shape \(64, 300000, 3, 3\)"),
+    ("ResNet", {"layers": [1500, 0, 0, 0], "num_classes": 10, "in_channels": 3, "cifar_stem": True},
+     r"has more than \d+ tensors, where the file stores \d+; nothing was built"),
+    ("TransformerClassifier", {"vocab_size": 20, "num_classes": 3, "num_layers": 300},
+     r"has more than \d+ tensors, where the file stores \d+; nothing was built"),
+])
+def test_crafted_configs_of_models_that_initialise_their_weights_are_refused_before_building(tmp_path, backend,
+                                                                                           name, config, match):
+    """ResNet and the Transformer write their own initial values (zeros) while built: the shape-only build raised
+    there and was skipped, and ``ud.load`` built the file's model for real (a 540-byte file: 28 s, or 2.6 GB)
+    before refusing it. A config of far more layers than the file's tensors stops the shape-only build too."""
+    small = getattr(ud.models, name)(**({"layers": [1, 1, 1, 1], "num_classes": 10, "cifar_stem": True}
+                                        if name == "ResNet" else {"vocab_size": 20, "num_classes": 3}))
+    metadata = model_metadata(small)
+    metadata["config"] = config
+    path = tmp_path / "crafted.safetensors"
+    save_file(small.state_dict(), path, encode_metadata(metadata))
+    with pytest.raises(StateDictError, match=match):
+        ud.load(path)
+    if name == "ResNet":
+        small.fc = ud.nn.Linear(512, 4)  # (a replaced head: its config no longer describes it)
+    else:
+        small.head = ud.nn.Linear(128, 4)
+    with pytest.raises(StateDictError, match="describes other weights than the model holds"):
+        ud.save(small, tmp_path / "replaced.safetensors")
+
+
 def test_load_reads_one_tensor_at_a_time(tmp_path):
     """On torch only: tracemalloc also counts the Python objects other frameworks allocate on their first
     calls; their peak is measured as resident memory in test_peak_memory_of_ud_load_is_about_the_file_size."""

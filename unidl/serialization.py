@@ -344,17 +344,31 @@ class _ShapeOnlyVariable:
         self.shape, self.dtype, self.trainable = tuple(np.shape(value)), np.asarray(value).dtype, trainable
 
 
-class _ShapeOnlyBackend:
-    """The model's backend, except that new variables record only their shape: no weight is allocated."""
+class _TooManyVariables(Exception):
+    """A shape-only build made more variables than its limit (a file's config of a model far larger than the
+    tensors the file stores)."""
 
-    def __init__(self, real):
-        self._real = real
+
+class _ShapeOnlyBackend:
+    """The model's backend, except that new variables record only their shape: no weight is allocated, and writes
+    into them (a constructor's own initialisation: ``assign`` of zeros) do nothing. More than ``limit`` variables
+    stop the build (``_TooManyVariables``): a crafted config of millions of layers is refused before it is built."""
+
+    def __init__(self, real, limit=None):
+        self._real, self._limit, self._made = real, limit, 0
 
     def __getattr__(self, name):
         return getattr(self._real, name)
 
     def parameter(self, value, trainable=True, dtype=None):
+        self._made += 1
+        if self._limit is not None and self._made > self._limit:
+            raise _TooManyVariables(self._limit)
         return _ShapeOnlyVariable(value, trainable)
+
+    def assign(self, variable, value):
+        if tuple(np.shape(value)) != variable.shape:
+            raise ValueError(f"assign of shape {tuple(np.shape(value))} to a variable of shape {variable.shape}")
 
     def is_parameter(self, value):
         return isinstance(value, _ShapeOnlyVariable) and value.trainable
@@ -363,12 +377,13 @@ class _ShapeOnlyBackend:
         return "cpu"
 
 
-def architecture_shapes(cls, config: dict) -> dict[str, tuple]:
+def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str, tuple]:
     """``{state-dict key: shape}`` of ``cls(**config)``, learned without allocating its weights: the model is
-    built against a backend whose variables hold only shapes, with weights drawn as zero-stride arrays."""
+    built against a backend whose variables hold only shapes, with weights drawn as zero-stride arrays; more than
+    ``limit`` variables raise ``_TooManyVariables``."""
     from unidl import config as unidl_config, random as unidl_random
 
-    token = unidl_config._backend_override.set(_ShapeOnlyBackend(unidl_config.backend()))
+    token = unidl_config._backend_override.set(_ShapeOnlyBackend(unidl_config.backend(), limit))
     try:
         with unidl_random.shape_only():
             model = cls(**config)
@@ -455,12 +470,23 @@ def load(path, *, allow_pickle: bool = False):
 
 def _check_architecture(cls, config: dict, stored: dict, metadata: dict, path: str) -> None:
     """``StateDictError`` before anything is built where the architecture that ``config`` describes (its tensors'
-    names and shapes, learned without allocating them) does not match the ``stored`` shapes of the file."""
+    names and shapes, learned without allocating them) does not match the ``stored`` shapes of the file, or has
+    more variables than twice the file's tensors and 16 (the build stops there: a config of millions of layers is
+    refused in the time of a few). A built-in model whose config does not build is refused here too; a user's
+    class whose constructor needs real variables is built for real by the caller, where a bad config fails with
+    its own error and the tensors are checked before any is read."""
+    limit = 2 * len(stored) + 16  # (non-persistent buffers are built and not stored)
     try:
-        expected = architecture_shapes(cls, config)
-    except Exception:
-        # a class whose constructor needs real variables (or a config it rejects): built for real by the caller,
-        # where a bad config fails with its own error and the tensors are checked before any is read
+        expected = architecture_shapes(cls, config, limit)
+    except _TooManyVariables:
+        raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes has more than "
+                             f"{limit} tensors, where the file stores {len(stored)}; nothing was built") from None
+    except Exception as error:
+        if _is_builtin_module(cls.__module__):  # (its constructor's refusal, as the real build gives it)
+            kind = TypeError if isinstance(error, TypeError) else ValueError if isinstance(error, ValueError) else \
+                StateDictError
+            raise kind(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: "
+                       f"{type(error).__name__}: {error}; nothing was built") from None
         return
     problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"
                 for key, shape in expected.items() if key in stored and stored[key] != shape]
