@@ -243,6 +243,12 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
         if value.layout != torch.strided or value.device.type == "meta":
             raise CorruptFileError(f"{path!r}: tensor {key!r} is {value.layout} on {value.device.type}, not a dense "
                                    f"tensor of values; save the state dict of a dense model")
+        stored = value.untyped_storage().nbytes()
+        if value.numel() * value.element_size() > stored:  # (a zero-stride view: widened or copied, a 1.5 KB file
+            # made a 1 GB tensor before any shape was checked)
+            raise CorruptFileError(f"{path!r}: tensor {key!r} of shape {tuple(value.shape)} holds more values than "
+                                   f"the {stored} bytes stored for it (a view with strides {value.stride()}), which "
+                                   f"no model's state dict saves: a crafted file")
         if value.dtype == torch.bfloat16 or "float8" in str(value.dtype):  # (NumPy has neither: float32 holds both)
             value = value.float()
         try:

@@ -66,3 +66,20 @@ def test_float8_tensors_load_as_torch_loads_them_and_sparse_ones_are_named(tmp_p
     torch.save({"weight": reference.weight.detach().to_sparse(), "bias": reference.bias.detach()}, path)
     with pytest.raises(ud.CorruptFileError, match=r"tensor 'weight' is torch.sparse_coo on cpu, not a dense tensor"):
         ud.load_weights(ud.nn.Linear(3, 2), str(path))
+
+
+def test_a_view_of_fewer_stored_values_than_its_shape_is_refused_before_it_is_widened(tmp_path):
+    """A 1.5 KB ``torch.save`` archive of a bfloat16 zero-stride view (one stored value, a 16000 x 16000 shape) was
+    widened to float32 before any shape check: 1 GB from the file. Such a view is no model's weights."""
+    path = tmp_path / "view.pt"
+    torch.save({"linear1.weight": torch.zeros(1, dtype=torch.bfloat16).expand(16000, 16000)}, path)
+    assert path.stat().st_size < 4096
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    with pytest.raises(ud.CorruptFileError, match=r"tensor 'linear1.weight' of shape \(16000, 16000\) holds more "
+                                                  r"values than the 2 bytes stored for it"):
+        model.load_weights(path)
+    tied = torch.nn.Linear(4, 8)  # (two names of one storage, and a slice of a larger one, are fine)
+    torch.save({"linear1.weight": tied.weight, "linear1.bias": torch.zeros(10)[2:], "linear2.weight": torch.zeros(
+        3, 8), "linear2.bias": torch.zeros(3)}, tmp_path / "fine.pt")
+    model.load_weights(tmp_path / "fine.pt")
+    np.testing.assert_array_equal(model.state_dict()["linear1.weight"], tied.weight.detach().numpy())
