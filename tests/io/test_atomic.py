@@ -62,3 +62,22 @@ def test_bad_targets(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
         atomic_write_bytes(tmp_path / "no_such_dir" / "out.bin", b"x")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_replaced_file_keeps_its_permissions_and_a_symlink_stays_one(tmp_path):
+    """As ``open(path, "wb")`` (and ``torch.save``) write: a private 0600 file stayed 0600 (the temporary renamed
+    over it made it 0644), and a link to a file stays a link whose target holds the new content (the link was
+    replaced by a plain file)."""
+    private = tmp_path / "private.bin"
+    private.write_bytes(b"old")
+    os.chmod(private, 0o600)
+    atomic_write_bytes(private, b"new")
+    assert stat.S_IMODE(os.stat(private).st_mode) == 0o600 and private.read_bytes() == b"new"
+    target, link = tmp_path / "store" / "weights.bin", tmp_path / "weights.bin"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    link.symlink_to(target)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private.bin", "store", "weights.bin"]
+    assert [p.name for p in target.parent.iterdir()] == ["weights.bin"]

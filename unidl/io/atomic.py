@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 from typing import BinaryIO, Iterator
@@ -180,9 +181,12 @@ def atomic_open(path) -> Iterator[BinaryIO]:
             f.write(body)
 
     If the block raises, the temporary file is removed and ``path`` keeps its previous content
-    (or stays absent).
+    (or stays absent). A file replaced keeps its permissions (and owner, where allowed); a symbolic link stays one
+    and its target gets the content, as a plain ``open(path, "wb")`` behaves.
     """
     path = _check_target(path)
+    if os.path.islink(path):  # the link's target gets the new content and the link stays, as open() writes
+        path = _check_target(os.path.realpath(path))
     directory = os.path.dirname(os.path.abspath(path))
     remove_stale_temporaries(directory)
     existed = os.path.exists(path)
@@ -192,6 +196,8 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         raise _with_path(error, path, existed) from error
     try:
         try:
+            if existed:  # the file keeps its permissions (a private 0600 file stayed private when open() wrote it)
+                _keep_owner_and_mode(descriptor, path)
             with os.fdopen(descriptor, "wb") as handle:
                 yield handle
                 handle.flush()
@@ -207,6 +213,17 @@ def atomic_open(path) -> Iterator[BinaryIO]:
         with _in_progress_lock:
             _in_progress.discard(temporary)
     fsync_directory(directory)
+
+
+def _keep_owner_and_mode(descriptor: int, path: str) -> None:
+    """Give the temporary file at ``descriptor`` the permission bits (and, where allowed, the owner and group) of
+    the file it replaces."""
+    info = os.stat(path)
+    if hasattr(os, "fchmod"):
+        os.fchmod(descriptor, stat.S_IMODE(info.st_mode))
+    if hasattr(os, "fchown"):
+        with contextlib.suppress(OSError):  # (another owner needs privileges: the writer's own, as open() keeps)
+            os.fchown(descriptor, info.st_uid, info.st_gid)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
