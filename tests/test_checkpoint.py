@@ -4,6 +4,7 @@ import os
 import warnings
 
 import numpy as np
+import torch
 import pytest
 
 import unidl as ud
@@ -160,7 +161,21 @@ def test_bad_paths(tmp_path):
         ud.latest_checkpoint(tmp_path / "file")
     with pytest.raises(TypeError, match="extra"):
         ud.save_checkpoint(tmp_path / "new", model, extra={"f": object()})
-    assert not os.listdir(tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # (refused before the directory is made)
+    for arguments, match in (((torch.nn.Linear(2, 2),), "model must be a unidl.nn.Module, got Linear"),
+                             ((model, "adam"), "optimizer must be a unidl.optim optimizer, got str"),
+                             ((model, None, torch.utils.data.DataLoader([1.0])), "loader must be a unidl.data.DataLoader, "
+                                                                                "got DataLoader .a framework's own")):
+        with pytest.raises(TypeError, match=match):
+            ud.save_checkpoint(tmp_path / "other", arguments[0], *arguments[1:2],
+                               **({"loader": arguments[2]} if len(arguments) > 2 else {}))
+        with pytest.raises(TypeError, match=match):
+            ud.load_checkpoint(tmp_path, *arguments)
+    assert not (tmp_path / "other").exists()
+    with pytest.raises(TypeError, match="ud.load_weights expects a unidl.nn.Module, got Linear"):
+        ud.load_weights(torch.nn.Linear(2, 2), tmp_path / "file")
+    path = ud.save_checkpoint(tmp_path / "one", model, callbacks=ud.callbacks.EarlyStopping())  # (one, as fit's)
+    assert ud.load_checkpoint(path, model, callbacks=ud.callbacks.EarlyStopping())["path"] == path
 
 
 def _training_setup(seed, optimizer_name):

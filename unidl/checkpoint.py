@@ -92,12 +92,32 @@ def _stateful(callbacks) -> list[tuple[str, object]]:
     at resume does not move any state to another callback."""
     seen: dict[str, int] = {}
     keyed = []
+    if callbacks is not None and not isinstance(callbacks, (list, tuple)):  # one callback, as fit takes it
+        callbacks = [callbacks]
     for callback in callbacks or ():
         if callable(getattr(callback, "state_dict", None)):
             name = type(callback).__name__
             keyed.append((f"{name}#{seen.get(name, 0)}", callback))
             seen[name] = seen.get(name, 0) + 1
     return keyed
+
+
+def _check_arguments(function: str, model, optimizer, loader, scheduler, method: str) -> None:
+    """A ``TypeError`` naming the argument where ``model`` is not a unidl module, or ``optimizer``, ``loader`` or
+    ``scheduler`` (each optional) lacks the ``method`` a checkpoint calls (``state_dict`` to save, ``load_state_dict``
+    to load; an optimizer its ``params`` too): a string, or a framework's own object, gave an ``AttributeError``
+    deep inside, after the checkpoint's directory was made."""
+    from unidl.nn.module import Module
+
+    if not isinstance(model, Module):
+        raise TypeError(f"{function}: model must be a unidl.nn.Module, got {type(model).__name__}")
+    for name, value, needs, what in (("optimizer", optimizer, ("params", method), "a unidl.optim optimizer"),
+                                     ("loader", loader, (method,), "a unidl.data.DataLoader"),
+                                     ("scheduler", scheduler, (method,), "a unidl.optim.lr_scheduler scheduler")):
+        if value is not None and not all(hasattr(value, attribute) for attribute in needs):
+            native = type(value).__module__.split(".")[0] in ("torch", "tensorflow", "keras", "jax", "optax")
+            raise TypeError(f"{function}: {name} must be {what}, got {type(value).__name__}"
+                            + (" (a framework's own object, whose state unidl does not keep)" if native else ""))
 
 
 def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: int = 0, loader=None,
@@ -112,6 +132,7 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     An OS error while writing (full disk, file-size limit) names the file and leaves the previous
     checkpoints as they were.
     """
+    _check_arguments("save_checkpoint", model, optimizer, loader, scheduler, "state_dict")
     epoch, step = _check_count("epoch", epoch), _check_count("step", step)
     if keep is not None and (_check_count("keep", keep) < 1):
         raise ValueError(f"keep must be a positive integer or None, got {keep!r}")
@@ -125,7 +146,6 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
         return os.path.join(directory, checkpoint_name(epoch, step))
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory!r} is a file, expected a checkpoint directory")
-    os.makedirs(directory, exist_ok=True)
 
     tensors = {MODEL_PREFIX + name: value for name, value in model.state_dict().items()}
     metadata = model_metadata(model)
@@ -168,6 +188,7 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     to_json(metadata["scheduler"], "scheduler.state_dict()")
     to_json(metadata["callbacks"], "callbacks' state_dict()")
 
+    os.makedirs(directory, exist_ok=True)  # (once everything is known to be saveable: a refusal leaves no directory)
     path = os.path.join(directory, checkpoint_name(epoch, step))
     previous = list_checkpoints(directory)
     try:
@@ -347,6 +368,7 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     before the first object changes; any failure raises (``CorruptFileError``, ``StateDictError``) with
     the model, optimizer, loader and generators untouched.
     """
+    _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
     target = os.fspath(path_or_directory)
     if os.path.isdir(target):
         reader = _open_newest(target)

@@ -532,6 +532,10 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     All or nothing: every tensor's name, shape, dtype and checksum is checked before the first
     variable changes; then the tensors are read into the model one at a time.
     """
+    from unidl.nn.module import Module
+
+    if not isinstance(model, Module):
+        raise TypeError(f"ud.load_weights expects a unidl.nn.Module, got {type(model).__name__}")
     path = check_readable_file(path)
     if not is_safetensors(path):
         state, _ = read_weights(path, allow_pickle=allow_pickle)
