@@ -71,10 +71,10 @@ class TransformerEncoderLayer(Module):
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
         x = src
         if self.norm_first:
-            x = x + self._self_attention(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
-            return x + self._feed_forward(self.norm2(x))
-        x = self.norm1(x + self._self_attention(x, src_mask, src_key_padding_mask, is_causal))
-        return self.norm2(x + self._feed_forward(x))
+            x = _residual(x, self._self_attention(self.norm1(x), src_mask, src_key_padding_mask, is_causal))
+            return _residual(x, self._feed_forward(self.norm2(x)))
+        x = self.norm1(_residual(x, self._self_attention(x, src_mask, src_key_padding_mask, is_causal)))
+        return self.norm2(_residual(x, self._feed_forward(x)))
 
     def _self_attention(self, x, mask, padding_mask, is_causal):
         x = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding_mask, need_weights=False,
@@ -86,6 +86,14 @@ class TransformerEncoderLayer(Module):
 
     def extra_repr(self):
         return f"norm_first={self.norm_first}, batch_first={self.batch_first}"
+
+
+def _residual(x, branch):
+    """``x + branch``, two float dtypes promoted as torch promotes them: under mixed precision a float32 residual
+    stream (an embedding's, a LayerNorm's) beside a bfloat16 or float16 branch is float32, as in ``torch.autocast``
+    (TensorFlow refused the sum)."""
+    x, branch = functional._promoted_together("TransformerEncoderLayer", (x, branch))
+    return x + branch
 
 
 class TransformerEncoder(Module):
