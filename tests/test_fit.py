@@ -368,3 +368,32 @@ def test_fit_takes_the_labels_its_loss_ignores_and_its_metrics_skip_them(backend
     predicted = ud.to_numpy(model(ud.tensor(x))).argmax(1)
     results = ud.evaluate(model, (x, y), loss=loss, metrics=["accuracy"], return_dict=True)
     assert results["accuracy"] == pytest.approx(float((predicted[kept] == y[kept]).mean()))
+
+
+class _TwoHeads(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = ud.nn.Linear(4, 3), ud.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.a(x), {"q": self.b(x) * 2}
+
+
+def test_predict_joins_structured_outputs_and_takes_a_list_of_rows(backend, rng):
+    """A forward returning a tuple (or dict) of tensors gives that structure of arrays joined over the batches, as
+    Keras's ``predict`` (two outputs of one shape were stacked batch by batch into a (4, 5, 3) array, others a NumPy
+    error); a list is the input's rows (``predict(model, x.tolist())`` predicted the first row alone)."""
+    model = _TwoHeads()
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    first, second = ud.predict(model, x, batch_size=4)
+    direct_first, direct_second = model(x)
+    np.testing.assert_allclose(first, ud.to_numpy(direct_first), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second["q"], ud.to_numpy(direct_second["q"]), rtol=1e-5, atol=1e-6)
+    assert first.shape == (10, 3) and second["q"].shape == (10, 2)
+    layer = ud.nn.Linear(4, 3)
+    expected = ud.predict(layer, x)
+    assert expected.shape == (10, 3)
+    np.testing.assert_allclose(ud.predict(layer, x.tolist(), batch_size=4), expected, rtol=1e-6)
+    np.testing.assert_allclose(ud.predict(layer, list(x)), expected, rtol=1e-6)
+    with pytest.raises(TypeError, match="predict: x given as a list is taken as rows of the input"):
+        ud.predict(layer, [[1.0, 2.0], [3.0]])

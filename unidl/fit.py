@@ -802,18 +802,52 @@ def _inputs(batch):
     return batch
 
 
-def predict(model, x, batch_size: int = 256) -> np.ndarray:
-    """Model outputs for ``x`` (array, tensor or loader) in eval mode, as one NumPy array."""
+def predict(model, x, batch_size: int = 256):
+    """Model outputs for ``x`` (an array, a tensor, a list of rows, or a loader) in eval mode, as one NumPy array;
+    a model whose forward returns a tuple, list or dict of tensors gives that structure of arrays, each joined over
+    the batches, as Keras's ``predict``. A list is rows of the input (nested lists of numbers, or arrays of one
+    shape), converted as ``ud.tensor`` converts them (it was taken as fields, and the first row alone predicted)."""
+    if isinstance(x, list):
+        from unidl.tensors import as_numpy_values
+
+        try:
+            x = as_numpy_values(x)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"predict: x given as a list is taken as rows of the input, but {error}") from None
     backend = model._backend
     forward = backend.predict_function(model)
     was_training = model.training
     model.eval()
     try:
         # every output on every rank of a data-parallel job: arrays are not sharded here
-        outputs = [to_numpy(forward(_inputs(batch))) for batch in _batches(x, batch_size, shard=False)]
+        outputs = [_as_arrays(forward(_inputs(batch))) for batch in _batches(x, batch_size, shard=False)]
     finally:
         model.train(was_training)
-    return np.concatenate(outputs) if outputs else np.zeros((0,))
+    return _joined(outputs) if outputs else np.zeros((0,))
+
+
+def _as_arrays(output):
+    """A forward's output as NumPy: a tensor's array, a tuple, list or dict of them the same structure of arrays."""
+    if isinstance(output, dict):
+        return {key: _as_arrays(value) for key, value in output.items()}
+    if isinstance(output, (tuple, list)):
+        return type(output)(_as_arrays(value) for value in output) if not hasattr(output, "_fields") else \
+            type(output)(*(_as_arrays(value) for value in output))
+    return to_numpy(output)
+
+
+def _joined(outputs: list):
+    """The batches' outputs (``_as_arrays``) joined along the batch axis, structure by structure."""
+    first = outputs[0]
+    if isinstance(first, dict):
+        return {key: _joined([output[key] for output in outputs]) for key in first}
+    if isinstance(first, (tuple, list)):
+        joined = [_joined([output[i] for output in outputs]) for i in range(len(first))]
+        return type(first)(*joined) if hasattr(first, "_fields") else type(first)(joined)
+    if np.ndim(first) == 0:
+        raise TypeError("predict: the model's forward returned a scalar for a batch; predict joins per-sample "
+                        "outputs along the batch axis")
+    return np.concatenate(outputs)
 
 
 def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metrics=None, return_dict: bool = True,
