@@ -480,7 +480,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         def on_batch(index, logs, epoch=epoch):
             if ctrl_c:  # one that code between the signal and fit swallowed (Keras's own trainer can): raised again
                 raise KeyboardInterrupt
-            if not terminate_on_nan:  # a step the float16 loss scaler skipped is its business (GradScaler's rule)
+            # a step the float16 loss scaler skipped is its business (GradScaler's rule); with accumulate=N a
+            # micro-step marks its window and the window's update raises, as train_step's (on every rank of a job
+            # at once: a rank that raised at its own micro-step left the others waiting in the next all-reduce)
+            if not terminate_on_nan and (trainer.micro_steps + 1) % trainer.accumulate == 0:
                 _check_finite(logs["loss"], epoch, index, precision.scales_loss or optimizer.last_step_finite)
             trainer.global_step += 1
             trainer._trained_in_epoch += 1

@@ -182,6 +182,26 @@ def test_a_non_finite_micro_step_skips_its_window_at_the_update(backend):
         step(*batches[2])
 
 
+def test_fit_raises_a_non_finite_micro_step_at_its_windows_update_as_train_step(backend):
+    """``fit(accumulate=N)`` follows ``train_step``'s rule: a NaN batch at a window's first micro-step raises at
+    the window's update (step 3 here), with the window emptied, so another ``fit`` of the optimizer runs (it raised
+    at the micro-step itself, leaving a half-full poisoned window that the next ``fit`` refused; in a data-parallel
+    job the other ranks waited in the next all-reduce)."""
+    batches = _batches()[:ACCUMULATE]
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    x[1] = np.nan  # (in the first batch of 4)
+    model, optimizer, _ = _training(accumulate=None)
+    start = _weights(model)
+    with pytest.raises(ud.NonFiniteLossError, match=f"at epoch 1, step {ACCUMULATE};"):
+        ud.fit(model, x, y, batch_size=4, epochs=1, shuffle=False, loss="mse", optimizer=optimizer,
+               accumulate=ACCUMULATE, verbose=0)
+    assert optimizer.state_dict().get("accumulation") is None and optimizer.state_dict()["step"] == 0
+    assert all(np.array_equal(v, start[k]) for k, v in _weights(model).items())
+    ud.fit(model, *_batches()[0], batch_size=4, epochs=1, loss="mse", optimizer=optimizer, verbose=0)
+    assert optimizer.state_dict()["step"] == 1
+
+
 def test_fit_resumes_a_window_from_its_checkpoint_callback(backend, tmp_path):
     """``fit(accumulate=3)`` with a ``Checkpoint`` every 4 batches (1 micro-step into the second window; Keras's
     own trainer on keras): resumed from it, the weights of the uninterrupted fit; with accumulate=2, refused before
