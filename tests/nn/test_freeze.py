@@ -386,3 +386,19 @@ def test_an_optimizer_over_a_layer_the_forward_does_not_use_counts_its_steps_and
         step(x, Y)
         seen.append((optimizer.state_dict()["step"], optimizer.last_step_finite))
     assert seen == [(1, True), (1, False), (2, True)]
+
+
+def test_requires_grad_reads_as_torchs_before_any_freeze(backend):
+    """``p.requires_grad`` is True for every parameter and False for buffers from the start, as torch's: the
+    fine-tuning idiom ``Adam(p for p in model.parameters() if p.requires_grad)`` raised an AttributeError on
+    tensorflow and keras until a parameter had been frozen."""
+    import torch
+
+    model = ud.nn.Sequential(ud.nn.Linear(3, 2), ud.nn.BatchNorm1d(2))
+    reference = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in reference.parameters()]
+    assert [b.requires_grad for _, b in model.named_buffers()] == [b.requires_grad for b in reference.buffers()]
+    model[0].requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert len(trained) == 2 and all(p is q for p, q in zip(trained, model[1].parameters()))
+    ud.optim.Adam(trained, lr=0.1)

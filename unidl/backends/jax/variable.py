@@ -119,7 +119,7 @@ class JaxVariable:
     def __init__(self, value, trainable: bool = True):
         self.value = value
         self.trainable = bool(trainable)  # a parameter (True) or a buffer
-        self.requires_grad = True  # False: frozen (Module.requires_grad_)
+        self.requires_grad = bool(trainable)  # False: a buffer, or frozen (Module.requires_grad_), as torch's
         self.serial = next(_serials)
         _live[self.serial] = self
 

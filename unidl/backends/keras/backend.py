@@ -178,6 +178,7 @@ class Backend(BackendInterface):
             variable = keras.Variable(value if keras.ops.is_tensor(value) else np.asarray(value, dtype=dtype),
                                       dtype=dtype, trainable=trainable)
         variable.unidl_buffer = not trainable  # a frozen parameter (trainable=False) is still a parameter
+        variable.requires_grad = bool(trainable)  # (torch's flag, readable from the start: a buffer's is False)
         return variable
 
     def is_parameter(self, value):

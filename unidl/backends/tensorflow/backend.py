@@ -171,7 +171,9 @@ class Backend(BackendInterface):
             # allocator's cache keeps no first buffer per variable once the file's tensors replace them
             value = self.donated_tensor(aligned_zeros(value.shape, native_dtype.as_numpy_dtype))
         with tf.device(self.current_device_name()):
-            return tf.Variable(value, dtype=native_dtype, trainable=trainable)
+            variable = tf.Variable(value, dtype=native_dtype, trainable=trainable)
+        variable.requires_grad = bool(trainable)  # (torch's flag, readable from the start: a buffer's is False)
+        return variable
 
     def is_parameter(self, value):
         return isinstance(value, tf.Variable) and value.trainable
