@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from unidl.callbacks.callback import Callback, check_verbose
 
 
@@ -14,6 +18,10 @@ class LearningRateScheduler(Callback):
     Keras's ``(schedule, verbose)``."""
 
     def __init__(self, schedule, verbose: int = 0, *, interval: str = "epoch"):
+        if not callable(schedule) and not hasattr(schedule, "step"):  # (a number or a name did nothing at all)
+            raise TypeError(f"LearningRateScheduler takes a unidl.optim.lr_scheduler object or a function (epoch, "
+                            f"lr) -> new lr, got {type(schedule).__name__} {schedule!r}; for a constant rate give "
+                            f"the optimizer that lr")
         if interval not in ("epoch", "batch"):
             raise ValueError(f"LearningRateScheduler interval must be 'epoch' or 'batch', got {interval!r}")
         if interval == "batch" and not hasattr(schedule, "step"):
@@ -22,11 +30,25 @@ class LearningRateScheduler(Callback):
         self.schedule, self.interval = schedule, interval
         self.verbose = check_verbose("LearningRateScheduler", verbose)
 
+    def on_train_begin(self, logs=None):
+        scheduled = getattr(self.schedule, "optimizer", None)
+        if hasattr(self.schedule, "step") and scheduled is not None and scheduled is not self.trainer.optimizer:
+            raise ValueError(f"LearningRateScheduler: its {type(self.schedule).__name__} schedules another optimizer "
+                             f"than the one fit trains with, so it would change no rate fit uses; build the "
+                             f"schedule on fit's optimizer (an optimizer given to fit by name is made by fit: "
+                             f"make it yourself and pass it)")
+
     def on_epoch_begin(self, epoch, logs=None):
         if callable(self.schedule) and not hasattr(self.schedule, "step"):
             optimizer = self.trainer.optimizer
             for index, rate in enumerate([group["lr"] for group in optimizer.param_groups]):
-                optimizer.set_group_lr(index, float(self.schedule(epoch, rate)))
+                new = self.schedule(epoch, rate)
+                if isinstance(new, bool) or not isinstance(new, (int, float, np.integer, np.floating)) or \
+                        not math.isfinite(float(new)) or float(new) < 0:
+                    raise ValueError(f"LearningRateScheduler: the schedule's return value should be a float, a "
+                                     f"finite rate of at least 0 (Keras's check); at epoch {epoch} it gave "
+                                     f"{type(new).__name__} {new!r}")
+                optimizer.set_group_lr(index, float(new))
         if self.verbose:
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {self.trainer.optimizer.lr}.")
 

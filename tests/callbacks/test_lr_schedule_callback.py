@@ -1,0 +1,26 @@
+"""``LearningRateScheduler``: what it cannot apply is an error, never a run at the unscheduled rate."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+
+
+def test_a_schedule_it_cannot_apply_is_an_error(backend, problem):
+    (x, y), _, build = problem
+    model, optimizer, loss = build()
+    for schedule in (0.01, "cosine"):  # (accepted, and no rate changed)
+        with pytest.raises(TypeError, match="takes a unidl.optim.lr_scheduler object or a function"):
+            ud.callbacks.LearningRateScheduler(schedule)
+    other = ud.optim.SGD(model.parameters(), lr=0.5)  # (a StepLR of another optimizer left fit's rate at 0.5)
+    callback = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(other, 1, gamma=0.5))
+    with pytest.raises(ValueError, match="schedules another optimizer than the one fit trains with"):
+        ud.fit(model, x, y, batch_size=20, epochs=2, loss=loss, optimizer=optimizer, callbacks=[callback], verbose=0)
+    for bad in ("0.05", float("nan"), None):  # (Keras: "should be a float"; the string was taken)
+        callback = ud.callbacks.LearningRateScheduler(lambda epoch, lr, bad=bad: bad)
+        with pytest.raises(ValueError, match="the schedule's return value should be a float"):
+            ud.fit(model, x, y, batch_size=20, epochs=1, loss=loss, optimizer=optimizer, callbacks=[callback], verbose=0)
+    assert optimizer.lr == 0.5
+    history = ud.fit(model, x, y, batch_size=20, epochs=2, loss=loss, optimizer=optimizer, verbose=0, callbacks=[
+        ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5))])
+    np.testing.assert_allclose(history.history["lr"], [0.5, 0.25])
