@@ -307,3 +307,14 @@ def test_a_binary_average_of_several_classes_is_refused():
         MetricAccumulator([ud.metrics.Precision("binary")], layout_of(np.zeros((2, 4)), np.zeros(2, np.int64)))
     two = _accumulated([ud.metrics.Recall("binary")], np.array([[0.2, 0.8], [0.9, 0.1]], np.float32), np.array([1, 1]))
     assert two["recall"] == 0.5
+
+
+def test_a_metric_named_as_fits_own_log_entries_is_an_error(backend, rng):
+    """A metric named 'loss' replaced the training loss in History (and in what callbacks and the NaN check read);
+    one named 'lr' was dropped."""
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((8, 1)).astype(np.float32)
+    for name in ("loss", "lr", "val_mae"):
+        model = ud.nn.Linear(4, 1)
+        with pytest.raises(ValueError, match=rf"metric names \['{name}'\] are fit's own log entries"):
+            ud.fit(model, x, y, batch_size=4, loss="mse", optimizer="sgd", verbose=0,
+                   metrics=[ud.metrics.MeanAbsoluteError(name=name)])

@@ -66,6 +66,10 @@ def get_all(identifiers) -> list:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"two metrics are named {duplicates}: give one of them another name (name=...)")
+    reserved = [name for name in names if name in ("loss", "lr") or name.startswith("val_")]
+    if reserved:  # (a metric named 'loss' replaced the loss in the logs, which callbacks and the NaN check read)
+        raise ValueError(f"metric names {reserved} are fit's own log entries ('loss', 'lr', and 'val_' before a "
+                         f"validation value): give the metric another name (name=...)")
     return metrics
 
 
