@@ -296,7 +296,7 @@ def test_label_check_follows_a_replaced_output_layer(backend, rng):
     ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
            batch_size=5, verbose=0)
     model.linear2 = ud.nn.Linear(3, 2)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\) for a model with 2 outputs"):
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"labels must lie in \[0, 2\) for a model with 2 outputs"):
         ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
                batch_size=5, verbose=0)
 
@@ -306,8 +306,8 @@ def test_bad_data_is_rejected_before_training(backend, rng):
     before = model.state_dict()
     optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
     x = rng.standard_normal((20, 4)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\) for a model with 2 outputs, or equal the loss's "
-                       r"ignore_index -100; found labels from 0 to 5"):
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"labels must lie in \[0, 2\) for a model with 2 outputs, or "
+                                                     r"equal the loss's ignore_index -100; found labels from 0 to 5"):
         ud.fit(model, (x, np.arange(20) % 6), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, batch_size=5, verbose=0)
     with pytest.raises(ValueError, match="same length"):
         ud.fit(model, (x, np.zeros(19, np.int64)), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, batch_size=5,

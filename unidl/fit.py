@@ -20,7 +20,8 @@ from unidl.data import DataLoader, Epoch, TensorDataset
 from unidl.data.epoch import xy
 from unidl.data.pool import ctrl_c_noted
 from unidl.distributed import process_group
-from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
+from unidl.errors import (CheckpointStateError, DtypeMismatchError, IndexOutOfRangeError, NonFiniteLossError,
+                          ShapeMismatchError)
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
 from unidl.nn.module import require_trainable
 from unidl.metrics.probe import accumulator_for, first_sample, output_shape
@@ -188,7 +189,8 @@ def _arrays_of(loader):
 
 def check_labels(model, loss_fn, loader) -> None:
     """Before training: integer labels for ``CrossEntropyLoss`` must lie in [0, number of model outputs), or equal
-    its ``ignore_index`` (those samples count for neither the loss nor the metrics, as in ``train_step``)."""
+    its ``ignore_index`` (those samples count for neither the loss nor the metrics, as in ``train_step``): else the
+    ``IndexOutOfRangeError`` (an ``IndexError`` and a ``ValueError``) that ``train_step`` raises for them."""
     arrays = _arrays_of(loader)
     if not isinstance(loss_fn, CrossEntropyLoss) or arrays is None or len(arrays) < 2:
         return
@@ -206,8 +208,8 @@ def check_labels(model, loss_fn, loader) -> None:
         return
     low, high = int(counted.min()), int(counted.max())
     if low < 0 or high >= classes:
-        raise ValueError(f"labels must lie in [0, {classes}) for a model with {classes} outputs, or equal the loss's "
-                         f"ignore_index {loss_fn.ignore_index}; found labels from {low} to {high}")
+        raise IndexOutOfRangeError(f"labels must lie in [0, {classes}) for a model with {classes} outputs, or equal "
+                                   f"the loss's ignore_index {loss_fn.ignore_index}; found labels from {low} to {high}")
 
 
 def _fresh_first_samples(*data) -> None:
