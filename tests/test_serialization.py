@@ -317,3 +317,19 @@ def test_a_file_replaced_while_it_is_read_is_read_whole_as_it_was(tmp_path, monk
             loaded = ud.load(path)
         for key, value in first.state_dict().items():
             np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=name)
+
+
+def test_a_float64_model_loads_in_float64_whatever_dtype_is_in_force(backend, tmp_path, rng):
+    """``ud.load`` builds the model in the dtype it was saved in, as Keras's ``load_model`` keeps a dtype policy (a
+    float64 model came back float32, its weights rounded)."""
+    with ud.use_dtype("float64"):
+        model = ud.models.TwoLayerNet(3, 4, 2)
+    ud.save(model, tmp_path / "m.safetensors")
+    loaded = ud.load(tmp_path / "m.safetensors")
+    for key, value in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == np.float64
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    x = rng.standard_normal((2, 3))
+    with ud.use_dtype("float64"):
+        np.testing.assert_array_equal(ud.to_numpy(loaded(ud.tensor(x))), ud.to_numpy(model(ud.tensor(x))))
+    assert ud.get_dtype() == "float32"

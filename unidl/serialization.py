@@ -8,6 +8,7 @@ refused unless the caller opts in with ``allow_pickle=True``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -124,10 +125,20 @@ def model_metadata(model) -> dict:
         "class": _registered_name(type(model)),
         "class_module": type(model).__module__,
         "config": config,
+        "dtype": _float_dtype(model),
         "backend": model._backend.name,
         "versions": dict(model._backend.versions()),
         "unidl_version": __version__,
     }
+
+
+def _float_dtype(model) -> str | None:
+    """The one float dtype of ``model``'s parameters and buffers ('float32', 'float64'), which ``load`` builds the
+    model in; None where it has none or several."""
+    from unidl.dtype_kinds import dtype_name, is_floating
+
+    names = {dtype_name(v.dtype) for _, v in model._state_variables() if is_floating(v.dtype)}
+    return names.pop() if len(names) == 1 else None
 
 
 def encode_metadata(metadata: dict) -> dict[str, str]:
@@ -516,11 +527,15 @@ def _class_and_config(metadata, path: str) -> tuple[type, dict]:
 
 def _build(cls, config: dict, metadata: dict, path: str):
     """``cls(**config)`` with its initial weights left undrawn (zero-stride zeros): the file's weights replace
-    them, so drawing would only cost memory (a float64 copy of each weight) and move unidl's generator."""
-    from unidl import random as unidl_random
+    them, so drawing would only cost memory (a float64 copy of each weight) and move unidl's generator. Built in
+    the float dtype the saved model had (the metadata's ``dtype``; files written before it: the dtype in force), as
+    Keras's ``load_model`` keeps a model's dtype policy (a float64 model came back float32, rounded)."""
+    from unidl import config as unidl_config, random as unidl_random
 
+    dtype = metadata.get("dtype")
+    scope = unidl_config.use_dtype(dtype) if dtype in unidl_config.DTYPES else contextlib.nullcontext()
     try:
-        with unidl_random.shape_only():
+        with unidl_random.shape_only(), scope:
             return cls(**config)
     except TypeError as error:
         raise TypeError(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: {error}") from None
