@@ -323,3 +323,44 @@ def test_best_weights_of_early_stopping_survive_a_resume(tmp_path, backend):
     assert stopping.best_epoch == straight_stopping.best_epoch == 1
     for key, value in straight.state_dict().items():
         np.testing.assert_allclose(resumed.state_dict()[key], value, rtol=1e-6, atol=1e-7)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_resume_mid_epoch_on_a_frameworks_pipeline_says_the_rest_of_the_epoch_is_skipped(tmp_path):
+    """A framework's own pipeline cannot be moved to a checkpoint's position: resumed from a checkpoint written
+    part-way through an epoch, training goes on from the next epoch, now with a warning saying so (it skipped the
+    rest of the epoch silently); one written at an epoch's end resumes without one."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 3)).astype(np.float32), rng.integers(0, 2, 40)
+    pipeline = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+                                           batch_size=8)
+
+    class StopAt(ud.callbacks.Callback):
+        def __init__(self, step):
+            self.step = step
+
+        def on_batch_end(self, batch, logs=None):
+            if self.trainer.global_step == self.step:
+                raise _Stop
+
+    with ud.use_backend("torch"):
+        for directory, every_steps, expect_warning in (("mid", 1, True), ("end", None, False)):
+            for resume in (False, True):
+                ud.manual_seed(0)
+                model = ud.models.TwoLayerNet(3, 8, 2)
+                callbacks = [ud.callbacks.Checkpoint(tmp_path / directory, every_steps=every_steps)]
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        ud.fit(model, pipeline, loss="cross_entropy", optimizer="sgd", epochs=3, verbose=0,
+                               callbacks=callbacks + ([] if resume else [StopAt(7)]),
+                               resume_from=tmp_path / directory if resume else None)
+                    except _Stop:
+                        continue
+                said = [w for w in caught if "cannot be moved to that position" in str(w.message)]
+                assert bool(said) == expect_warning, [str(w.message) for w in caught]

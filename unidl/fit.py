@@ -729,6 +729,14 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
     history.history = History(extra.get("history")).history
     start_epoch = loader.next_iteration()[0] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
     progress = extra.get("epoch_progress")
+    if not isinstance(loader, DataLoader) and history.epochs == int(info["epoch"]):  # (written before its epoch
+        # ended, in a pipeline's position the checkpoint does not hold: said, not hidden)
+        warnings.warn(f"resuming {info['path']!r}, written during epoch {int(info['epoch']) + 1} (at step "
+                      f"{int(info['step'])}), on a {type(loader).__name__}, which cannot be moved to that position: "
+                      f"training goes on from epoch {start_epoch + 1}, and the rest of epoch {int(info['epoch']) + 1} "
+                      f"is not trained (nor logged in History). For a resume that continues at the next batch, feed "
+                      f"fit a ud.data.DataLoader (its position is in the checkpoint), or resume from a checkpoint "
+                      f"written at an epoch's end", RuntimeWarning, stacklevel=3)
     if progress and progress["samples"]:
         if progress["epoch"] == start_epoch:
             trainer.carried_epoch = progress
