@@ -445,6 +445,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     for callback in callbacks:
         callback.trainer = trainer
         callback.on_train_begin()
+    if trainer.stopped:  # (a callback ended the run before its first epoch: a resumed run that had been stopped)
+        start_epoch = epochs
     progress = Progress(verbose if process_group.rank_from_environment() == 0 else 0, epochs)  # rank 0 prints
 
     def end_epoch(epoch, logs):

@@ -84,3 +84,23 @@ def test_an_improvement_of_exactly_min_delta_is_none_as_keras():
         assert unidl_stops(values, mode="min", patience=1, **kwargs) == (1, 0)  # plain Keras's, on every host
         if keras_compares_in_float32():
             assert keras_stops(values, mode="min", patience=1, **kwargs) == (1, 0)
+
+
+def test_a_run_it_ended_stays_ended_when_resumed(backend, problem, tmp_path):
+    """A run that EarlyStopping had ended, resumed from its last checkpoint (a restarted job), ends at once with
+    the uninterrupted run's weights and History: it trained another epoch, from the last epoch's weights."""
+    (x, y), _, build = problem
+    runs = []
+    for resume in (False, True):
+        model, optimizer, loss = build()
+        stopping = ud.callbacks.EarlyStopping("loss", patience=0, min_delta=10.0, restore_best_weights=True)
+        history = ud.fit(model, x, y, batch_size=20, epochs=6, loss=loss, optimizer=optimizer, verbose=0,
+                         callbacks=[ud.callbacks.Checkpoint(tmp_path), stopping],
+                         resume_from=tmp_path if resume else None)
+        runs.append((model.state_dict(), history.history["loss"], optimizer.state_dict()["step"],
+                     stopping.stopped_epoch))
+    (weights, losses, steps, stopped), (resumed_weights, resumed_losses, resumed_steps, resumed_stopped) = runs
+    assert stopped == resumed_stopped == 1 and steps == resumed_steps == 6
+    assert resumed_losses == losses
+    for key, value in weights.items():
+        np.testing.assert_array_equal(resumed_weights[key], value)

@@ -93,6 +93,8 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs=None):
         if not self._resumed:  # each fit starts afresh, as Keras's; a resumed one continues its own
             self._reset()
+        elif self.stopped_epoch is not None:  # a run it had ended, resumed (a restarted job): it stays ended
+            self.trainer.stop()
         self._resumed = False
 
     def on_epoch_end(self, epoch, logs=None):
