@@ -142,11 +142,12 @@ def test_state_round_trip_continues_the_sequence(backend, case):
     _, schedule, saved = unidl_rates(factory, steps // 2)
     state = schedule.state_dict()
     assert set(state) == ({"last_epoch", "schedulers"} if "Sequential" in case or "Chained" in case
-                          else {"last_epoch", "base_lrs"})
+                          else {"last_epoch", "base_lrs", "last_lr"})
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.2)
     resumed = factory(optimizer)
     optimizer.load_state_dict(saved.state_dict())
     resumed.load_state_dict(state)
+    assert resumed.get_last_lr() == schedule.get_last_lr()  # (torch's: the saved ``_last_lr``; it was the new one's)
     rates = [optimizer.lr] + [resumed.step() for _ in range(steps - steps // 2)]
     np.testing.assert_allclose(rates, expected[steps // 2 - 1:], rtol=1e-12)
 
@@ -445,3 +446,16 @@ def test_one_cycle_momentum_per_group_as_torchs():
             schedule.step()
         sides.append(rows)
     np.testing.assert_allclose(sides[1], sides[0], rtol=1e-12)
+
+
+def test_a_one_cycle_state_past_its_total_steps_is_refused_on_load(backend):
+    """A ``OneCycleLR`` state at step 12 loaded into a schedule of ``total_steps=10`` is a ``CheckpointStateError``
+    (it loaded, and the next ``step()`` raised), and nothing changes."""
+    optimizer = ud.optim.SGD(Holder().parameters(), lr=0.2)
+    long = lr_scheduler.OneCycleLR(optimizer, 0.5, total_steps=20)
+    for _ in range(12):
+        long.step()
+    short = lr_scheduler.OneCycleLR(ud.optim.SGD(Holder().parameters(), lr=0.2), 0.5, total_steps=10)
+    with pytest.raises(ud.errors.CheckpointStateError, match="last_epoch 12 is past this schedule's total_steps=10"):
+        short.load_state_dict(long.state_dict())
+    assert short.last_epoch == 0

@@ -99,7 +99,7 @@ class LRScheduler:
     def state_dict(self) -> dict:
         """Where the schedule stands (epochs stepped, each group's base rate), as plain JSON-serialisable data.
         The rates themselves are the optimizer's state (PyTorch's split): load both to resume."""
-        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs), "last_lr": self.get_last_lr()}
 
     def check_state_dict(self, state) -> None:
         """Raise ``CheckpointStateError`` unless ``load_state_dict(state)`` would succeed; changes nothing. An older
@@ -110,8 +110,10 @@ class LRScheduler:
         if isinstance(state, dict) and "_last_lr" in state:  # (torch.optim.lr_scheduler's own private attributes)
             raise CheckpointStateError(f"{owner} state is a torch.optim.lr_scheduler state_dict, not unidl's: load "
                                        f"unidl's own scheduler.state_dict() ('last_epoch' and 'base_lrs')")
-        if not isinstance(state, dict) or set(state) not in ({"last_epoch", "base_lrs"}, {"last_epoch", "base_lr"}):
-            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'base_lrs', got "
+        if not isinstance(state, dict) or set(state) - {"last_lr"} not in ({"last_epoch", "base_lrs"},
+                                                                             {"last_epoch", "base_lr"}):
+            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch', 'base_lrs' and "
+                                       f"'last_lr', got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         epoch = state["last_epoch"]
         lowest = -1 if getattr(self, "_in_sequence", False) else 0  # (-1: a SequentialLR's not started yet)
@@ -121,11 +123,19 @@ class LRScheduler:
         if not isinstance(rates, list) or len(rates) != len(self.base_lrs) and "base_lrs" in state:
             raise CheckpointStateError(f"{owner} state holds base rates {rates!r}; its optimizer has "
                                        f"{len(self.base_lrs)} param groups")
+        last = state.get("last_lr", [])  # (states written before it have none)
+        if not isinstance(last, list) or last and len(last) != len(self.base_lrs):
+            raise CheckpointStateError(f"{owner} state holds last rates {last!r}; its optimizer has "
+                                       f"{len(self.base_lrs)} param groups")
         try:
-            for rate in rates:
+            for rate in (*rates, *last):
                 check_range(owner, "base_lr", rate)
         except ValueError as error:
             raise CheckpointStateError(str(error)) from None
+        total = getattr(self, "total_steps", None)
+        if total is not None and epoch > total:  # (OneCycleLR: its next step() would raise)
+            raise CheckpointStateError(f"{owner} state last_epoch {epoch} is past this schedule's "
+                                       f"total_steps={total}")
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the schedule from ``state`` (checked first): its position and base rates. The optimizer's
@@ -134,6 +144,10 @@ class LRScheduler:
         self.last_epoch = int(state["last_epoch"])
         rates = state.get("base_lrs", [state.get("base_lr")])
         self.base_lrs = [float(rate) for rate in rates] + self.base_lrs[len(rates):]
+        # get_last_lr() as the saved schedule last set them, as torch's load restores ``_last_lr`` (it gave the
+        # rates of this object's building)
+        self._last_lr = [float(rate) for rate in state["last_lr"]] if state.get("last_lr") else [
+            group["lr"] for group in self.optimizer.param_groups]
 
 
 class StepLR(LRScheduler):
