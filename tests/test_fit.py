@@ -397,3 +397,36 @@ def test_predict_joins_structured_outputs_and_takes_a_list_of_rows(backend, rng)
     np.testing.assert_allclose(ud.predict(layer, list(x)), expected, rtol=1e-6)
     with pytest.raises(TypeError, match="predict: x given as a list is taken as rows of the input"):
         ud.predict(layer, [[1.0, 2.0], [3.0]])
+
+
+def test_fit_takes_pipelines_of_unknown_length_as_keras(backend, rng):
+    """A ``tf.data`` pipeline from a generator and a torch loader over an ``IterableDataset`` know no length: fit
+    runs each epoch to the pipeline's end, as Keras's (``TypeError: The dataset length is unknown`` / ``no len()``),
+    and takes them as validation data (torch's: ``NotImplementedError`` reading its sample 0), with the losses of
+    the same data given as arrays."""
+    import tensorflow as tf
+    import torch
+
+    x, y = rng.standard_normal((20, 4)).astype(np.float32), rng.standard_normal((20, 3)).astype(np.float32)
+
+    class Rows(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter([(torch.tensor(x[i]), torch.tensor(y[i])) for i in range(20)])
+
+    pipelines = {
+        "tf.data": lambda: tf.data.Dataset.from_generator(
+            lambda: ((x[i:i + 8], y[i:i + 8]) for i in range(0, 20, 8)),
+            output_signature=(tf.TensorSpec((None, 4), tf.float32), tf.TensorSpec((None, 3), tf.float32))),
+        "torch": lambda: torch.utils.data.DataLoader(Rows(), batch_size=8)}
+    ud.manual_seed(0)
+    reference = ud.models.TwoLayerNet(4, 5, 3)
+    initial = reference.state_dict()
+    expected = ud.fit(reference, (x, y), batch_size=8, epochs=2, shuffle=False, loss="mse", verbose=0,
+                      optimizer=ud.optim.SGD(reference.parameters(), lr=0.1), validation_data=(x, y)).history
+    for name, make in pipelines.items():
+        model = ud.models.TwoLayerNet(4, 5, 3)
+        model.load_state_dict(initial)
+        history = ud.fit(model, make(), epochs=2, loss="mse", optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+                         validation_data=make(), verbose=0).history
+        for key in ("loss", "val_loss"):
+            np.testing.assert_allclose(history[key], expected[key], rtol=1e-5, err_msg=name)

@@ -228,6 +228,16 @@ def _check_validation_input(model, validation) -> None:
     output_shape(model, first_sample(validation)[0])
 
 
+def _length(loader) -> int | None:
+    """The batches of an epoch of ``loader``, or None where it does not know them (a ``tf.data`` pipeline from a
+    generator or filtered, a torch loader over an ``IterableDataset``: their ``len`` raises ``TypeError``), as
+    Keras's ``fit`` takes such a pipeline: each epoch runs until it ends."""
+    try:
+        return len(loader) if hasattr(loader, "__len__") else None
+    except TypeError:
+        return None
+
+
 def _check_finite(value: float, epoch: int, step: int, step_finite: bool = True) -> None:
     """``NonFiniteLossError`` naming the epoch and step when the step's loss or a gradient was not finite (the
     backend then skipped its update: the weights are those before the step)."""
@@ -473,7 +483,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             steps = len(loader) - first
             trainer._epoch_start = (epoch, first)
         else:
-            steps = len(loader) if hasattr(loader, "__len__") else None
+            steps = _length(loader)
         for callback in callbacks:
             callback.on_epoch_begin(epoch)
         progress.begin_epoch(epoch, steps)

@@ -9,6 +9,7 @@ A loader with workers makes that sample in one of them: the dataset's code never
 from __future__ import annotations
 
 import copy
+import sys
 import weakref
 
 import numpy as np
@@ -58,10 +59,16 @@ def first_sample(data) -> tuple:
     if type(data).__module__.startswith("tensorflow"):
         batch = next(iter(data.take(1)))
         return tuple(np.asarray(to_numpy(v))[:1] for v in batch[:2])
-    if hasattr(data, "dataset"):  # torch.utils.data.DataLoader
-        return _torch_first_sample(data)
+    if hasattr(data, "dataset") and not _iterable_dataset(data.dataset):  # a torch map-style loader (an
+        return _torch_first_sample(data)  # IterableDataset's has no sample 0 to read apart: its first batch)
     batch = next(iter(data))
     return tuple(np.asarray(to_numpy(v))[:1] for v in batch[:2])
+
+
+def _iterable_dataset(dataset) -> bool:
+    """Whether ``dataset`` is a ``torch.utils.data.IterableDataset`` (torch imported already: its loader is here)."""
+    torch_data = sys.modules.get("torch.utils.data")
+    return torch_data is not None and isinstance(dataset, torch_data.IterableDataset)
 
 
 def _torch_first_sample(data) -> tuple:
