@@ -210,3 +210,20 @@ def test_a_forward_returning_a_tuple_trains_as_torch_or_is_one_clear_error(backe
         history = ud.fit(model, (x, labels), loss=FirstHeadCrossEntropy(), epochs=1, batch_size=3, verbose=0,
                          optimizer=ud.optim.SGD(model.parameters(), lr=0.1))
         assert list(history.history) == ["loss", "lr"] and np.isfinite(history["loss"][0])
+
+
+def test_an_optimizer_of_another_model_is_an_error(backend, rng):
+    """An optimizer none of whose parameters is the model's (or the loss's): every step changed nothing, and fit
+    reported a normal History."""
+    import copy
+
+    model = ud.models.TwoLayerNet(4, 5, 3)
+    other = copy.deepcopy(model)
+    optimizer = ud.optim.SGD(other.parameters(), lr=0.1)
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="train_step: none of the optimizer's 4 parameters belongs to the model "
+                                         "TwoLayerNet"):
+        ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    with pytest.raises(ValueError, match="fit: none of the optimizer's 4 parameters belongs to the model"):
+        ud.fit(model, x, y, batch_size=4, loss="mse", optimizer=optimizer, verbose=0)
+    ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD([*model.parameters()[:1], *other.parameters()], lr=0.1))

@@ -27,8 +27,8 @@ from unidl.nn.module import require_trainable
 from unidl.metrics.probe import accumulator_for, first_sample, output_shape
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
-from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_same_backend,
-                            claim_window, expect_accumulate, expect_precision, resuming_with,
+from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_optimizer_trains,
+                            check_same_backend, claim_window, expect_accumulate, expect_precision, resuming_with,
                             window_micro_steps)
 from unidl.precision import precision_policy
 
@@ -393,6 +393,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     fit_options.check_reduced_loss(loss, "fit")
     optimizer = fit_options.resolve_optimizer(optimizer, model)
     backend = check_same_backend(model, loss, optimizer)
+    check_optimizer_trains(model, loss, optimizer, "fit")
     precision = precision_policy(precision)
     check_loss_scale_settings(optimizer, precision)  # the optimizer's one float16 loss scale, before any change
     accumulate = check_accumulate(accumulate)

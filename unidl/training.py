@@ -33,6 +33,20 @@ def check_same_backend(model, *others) -> object:
     return backend
 
 
+def check_optimizer_trains(model, loss_fn, optimizer, where: str) -> None:
+    """A ``ValueError`` where none of ``optimizer``'s parameters is the model's or the loss module's (an optimizer
+    of another model, or of a copy of this one): every step would change nothing, silently (Keras's ``compile``
+    cannot get there)."""
+    params = getattr(optimizer, "params", None)
+    if not params:
+        return
+    owned = {id(p) for module in (model, loss_fn) if hasattr(module, "parameters") for p in module.parameters()}
+    if not any(id(p) in owned for p in params):
+        raise ValueError(f"{where}: none of the optimizer's {len(params)} parameters belongs to the model "
+                         f"{type(model).__name__} (or to the loss), so training would change nothing; build the "
+                         f"optimizer over model.parameters() of this model (after any deepcopy or rebuild)")
+
+
 def check_accumulate(accumulate) -> int:
     """``accumulate`` (micro-steps per optimizer update) as an int, or ``ValueError`` saying what is valid."""
     if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
@@ -602,6 +616,7 @@ class TrainStep:
         self.eager, self.check_finite, self.check_trainable, self.calls = bool(eager), check_finite, check_trainable, 0
         self.precision = precision_policy(precision)
         self._backend = check_same_backend(model, loss_fn, optimizer)
+        check_optimizer_trains(model, loss_fn, optimizer, "train_step")
         # a window loaded into the optimizer before this step must fit its accumulate (checked before anything is
         # built); the backend registers its own window next, where accumulate > 1
         _WINDOW.check_pending(optimizer, self.accumulate)
