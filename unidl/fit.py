@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from unidl import config, fit_options
+from unidl import arguments, config, fit_options
 from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
@@ -399,8 +399,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     accumulate = check_accumulate(accumulate)
     step_inputs = fit_options.StepInputs(step_inputs, backend) if step_inputs is not None else None
     claim_window(optimizer, accumulate, precision)  # the optimizer's one window, not in progress for another
-    if not isinstance(epochs, int) or epochs < 0:
+    if arguments.integer(epochs) is None or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    epochs = int(epochs)
+    shuffle = arguments.flag("fit", "shuffle", shuffle)  # (Keras's 'batch' and None were taken as True and False)
     validation_freq = fit_options.check_validation_freq(validation_freq)
     verbose = fit_options.check_verbose(verbose)
     start_epoch = fit_options.check_initial_epoch(initial_epoch, epochs, resume_from)

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from unidl import ops
+from unidl import arguments, ops
 from unidl.nn.module import Module
 
 # PyTorch's logit-taking losses under their PyTorch and Keras names: a unidl model outputs logits (no final
@@ -107,8 +107,10 @@ def arrays_of(data):
 def split_validation(data, validation_split: float, sample_weight=None):
     """Keras's ``validation_split``: the last ``validation_split`` of the arrays, taken before shuffling,
     validate; the rest (and its sample weights) train. Returns (train data, weights, validation data)."""
-    if not isinstance(validation_split, (int, float)) or not 0.0 <= validation_split < 1.0:
+    fraction = arguments.real(validation_split)  # (a NumPy float too: it was refused as not a fraction)
+    if fraction is None or not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation_split must be a fraction in [0, 1), got {validation_split!r}")
+    validation_split = fraction
     if not validation_split:
         return data, sample_weight, None
     arrays = arrays_of(data)

@@ -104,3 +104,28 @@ def test_a_run_it_ended_stays_ended_when_resumed(backend, problem, tmp_path):
     assert resumed_losses == losses
     for key, value in weights.items():
         np.testing.assert_array_equal(resumed_weights[key], value)
+
+
+def test_bad_callback_and_fit_options_are_clear_errors_and_numpy_numbers_are_taken(backend, problem):
+    """Options that were raw Python errors (comparisons of strings), accepted silently (NaN, a string for a flag,
+    fit's shuffle='batch'), or refused in NumPy form (np.int64 epochs and patience, an np.float32 split)."""
+    (x, y), _, build = problem
+    for make, error, match in (
+            (lambda: ud.callbacks.ReduceLROnPlateau(factor="0.5"), ValueError, "factor must be a number in"),
+            (lambda: ud.callbacks.ReduceLROnPlateau(min_lr="a"), ValueError, "min_lr must be a number"),
+            (lambda: ud.callbacks.ReduceLROnPlateau(min_delta=None), ValueError, "min_delta must be a number"),
+            (lambda: ud.callbacks.ReduceLROnPlateau(min_lr=float("nan")), ValueError, "min_lr must be a number"),
+            (lambda: ud.callbacks.EarlyStopping(monitor=3), TypeError, "monitor must be the name of a logged value"),
+            (lambda: ud.callbacks.EarlyStopping(min_delta=float("nan")), ValueError, "min_delta must be a number"),
+            (lambda: ud.callbacks.EarlyStopping(restore_best_weights="no"), ValueError,
+             "restore_best_weights must be True or False")):
+        with pytest.raises(error, match=match):
+            make()
+    ud.callbacks.ReduceLROnPlateau(patience=np.int64(2), cooldown=np.int64(1), factor=np.float32(0.5))
+    model, optimizer, loss = build()
+    for shuffle in ("batch", None):
+        with pytest.raises(ValueError, match="fit shuffle must be True or False"):
+            ud.fit(model, x, y, batch_size=20, loss=loss, optimizer=optimizer, shuffle=shuffle, verbose=0)
+    history = ud.fit(model, x, y, batch_size=20, epochs=np.int64(2), loss=loss, optimizer=optimizer, verbose=0,
+                     validation_split=np.float32(0.25))
+    assert len(history.history["val_loss"]) == 2

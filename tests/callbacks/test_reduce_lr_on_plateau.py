@@ -88,8 +88,8 @@ def test_state_continues_on_resume(backend, problem, tmp_path):
 
 
 def test_bad_arguments():
-    for kwargs, message in [(dict(factor=1.0), "factor must lie in"), (dict(patience=-1), "patience must be"),
-                            (dict(cooldown=1.5), "cooldown must be"), (dict(min_lr=-1), "min_lr must be"),
+    for kwargs, message in [(dict(factor=1.0), "factor must be a number in"), (dict(patience=-1), "patience must be"),
+                            (dict(cooldown=1.5), "cooldown must be"), (dict(min_lr=-1), "min_lr=-1 is invalid"),
                             (dict(mode="up"), "mode must be")]:
         with pytest.raises(ValueError, match=message):
             ud.callbacks.ReduceLROnPlateau(**kwargs)

@@ -37,6 +37,9 @@ def resolve_mode(owner: str, monitor: str, mode: str) -> str:
     AUC, down for MAE and MSE; 'val_' and 'weighted_' prefixes aside). A name ``ud.metrics`` does not know stays
     'auto' until the first comparison (``settle_mode``: the run's metric of that name decides, or it is an error;
     any name but one holding 'acc' was taken as 'min': F1 and AUC were minimized)."""
+    if not isinstance(monitor, str) or not monitor:
+        raise TypeError(f"{owner} monitor must be the name of a logged value ('val_loss', 'accuracy', ...), got "
+                        f"{type(monitor).__name__} {monitor!r}")
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"{owner} mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode != "auto":

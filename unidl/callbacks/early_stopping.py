@@ -28,16 +28,16 @@ class EarlyStopping(Callback):
                  start_from_epoch: int = 0):
         mode = resolve_mode("EarlyStopping", monitor, mode)
         self.verbose = check_verbose("EarlyStopping", verbose)
-        if arguments.real(min_delta) is None:
+        if arguments.real(min_delta) is None or math.isnan(arguments.real(min_delta)):
             raise ValueError(f"EarlyStopping min_delta must be a number, got {min_delta!r}")
         for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
             if arguments.integer(value) is None or value < 0:
                 raise ValueError(f"EarlyStopping {name} must be a non-negative integer, got {value!r}")
-        if baseline is not None and arguments.real(baseline) is None:
+        if baseline is not None and (arguments.real(baseline) is None or math.isnan(arguments.real(baseline))):
             raise ValueError(f"EarlyStopping baseline must be a number or None, got {baseline!r}")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(arguments.real(min_delta))
         self.mode = mode
-        self.restore_best_weights = restore_best_weights
+        self.restore_best_weights = arguments.flag("EarlyStopping", "restore_best_weights", restore_best_weights)
         self.baseline = None if baseline is None else arguments.real(baseline)
         self.start_from_epoch = int(start_from_epoch)
         self._resumed = False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from unidl import arguments
+
 from unidl.callbacks.callback import Callback, check_verbose, improved, monitored, resolve_mode, settle_mode
 
 
@@ -24,13 +26,16 @@ class ReduceLROnPlateau(Callback):
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
                  mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
-        if not 0 <= factor < 1:
-            raise ValueError(f"ReduceLROnPlateau factor must lie in [0, 1) (it multiplies the lr), got {factor!r}")
+        factor = arguments.real(factor)
+        if factor is None or not 0 <= factor < 1:  # (NaN and strings too: Python's own comparison errors)
+            raise ValueError(f"ReduceLROnPlateau factor must be a number in [0, 1) (it multiplies the lr), got "
+                             f"{factor!r}")
         for name, value in (("patience", patience), ("cooldown", cooldown)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if arguments.integer(value) is None or value < 0:
                 raise ValueError(f"ReduceLROnPlateau {name} must be a non-negative integer, got {value!r}")
-        if min_lr < 0:
-            raise ValueError(f"ReduceLROnPlateau min_lr must be >= 0, got {min_lr!r}")
+        min_lr = arguments.check_range("ReduceLROnPlateau", "min_lr", min_lr)
+        min_delta = arguments.check_range("ReduceLROnPlateau", "min_delta", min_delta, -math.inf)
+        patience, cooldown = int(patience), int(cooldown)
         self.monitor, self.mode = monitor, resolve_mode("ReduceLROnPlateau", monitor, mode)
         self.factor, self.patience, self.min_delta = float(factor), patience, abs(float(min_delta))
         self.cooldown, self.min_lr, self.verbose = cooldown, float(min_lr), check_verbose("ReduceLROnPlateau", verbose)
