@@ -364,3 +364,33 @@ def test_a_resume_mid_epoch_on_a_frameworks_pipeline_says_the_rest_of_the_epoch_
                         continue
                 said = [w for w in caught if "cannot be moved to that position" in str(w.message)]
                 assert bool(said) == expect_warning, [str(w.message) for w in caught]
+
+
+def test_the_lr_history_logs_for_an_epoch_resumed_part_way_is_the_rate_it_began_with(tmp_path, backend):
+    """A schedule stepped per batch moves the rate within an epoch: History's lr of an epoch resumed part-way is
+    the rate that epoch began with, as in the uninterrupted run (it was the rate at the resume)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((40, 3)).astype(np.float32), rng.integers(0, 2, 40)
+
+    class StopAt(ud.callbacks.Callback):
+        def on_batch_end(self, batch, logs=None):
+            if self.trainer.global_step == 7:
+                raise _Stop
+
+    histories = []
+    for directory, stops in (("straight", False), ("resumed", True), ("resumed", False)):
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(3, 8, 2)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        schedule = ud.optim.lr_scheduler.OneCycleLR(optimizer, 0.5, total_steps=15)
+        callbacks = [ud.callbacks.LearningRateScheduler(schedule, interval="batch"),
+                     ud.callbacks.Checkpoint(tmp_path / directory, every_steps=1)] + ([StopAt()] if stops else [])
+        try:
+            histories.append(ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8), epochs=3,
+                                    loss="cross_entropy", optimizer=optimizer, callbacks=callbacks, verbose=0,
+                                    resume_from=tmp_path / directory if directory == "resumed" and not stops
+                                    else None).history)
+        except _Stop:
+            continue
+    straight, resumed = histories
+    assert resumed["lr"] == straight["lr"] and len(set(straight["lr"])) == 3

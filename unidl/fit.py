@@ -490,7 +490,11 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         for callback in callbacks:
             callback.on_epoch_begin(epoch)
         progress.begin_epoch(epoch, steps)
-        epoch_lr = optimizer.lr
+        # the rate the epoch began with, which its History logs (an epoch resumed part-way: the checkpoint's, as a
+        # schedule stepped per batch has moved the rate since)
+        resumed_part = getattr(trainer, "carried_epoch", None)
+        epoch_lr = trainer.epoch_lr = (resumed_part["lr"] if resumed_part and resumed_part["epoch"] == epoch
+                                       and isinstance(resumed_part.get("lr"), float) else optimizer.lr)
         trainer._trained_in_epoch = 0
         ctrl_c = []  # the KeyboardInterrupts Ctrl-C raised during the epoch's training (pool.ctrl_c_noted)
 

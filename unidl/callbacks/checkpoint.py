@@ -57,7 +57,7 @@ def epoch_progress(trainer, logs) -> dict | None:
     for key, value in numeric.items():
         sums[key] = sums.get(key, 0.0) + value * (carried["samples"] + trained if continued else trained)
     progress = {"epoch": trainer.epoch, "samples": carried["samples"] + trained, "sums": sums,
-                "lr": float(trainer.optimizer.lr)}
+                "lr": float(getattr(trainer, "epoch_lr", trainer.optimizer.lr))}  # (the rate the epoch began with)
     totals = trainer.job_totals() if hasattr(trainer, "job_totals") else None
     if totals is not None:
         progress["totals"] = totals
