@@ -242,3 +242,18 @@ def test_a_fifo_or_a_directory_named_like_the_newest_checkpoint_is_skipped(tmp_p
                                                       "checkpoint-0009-0000090.safetensors"]
     with pytest.warns(RuntimeWarning, match="is not a regular file"):
         assert ud.load_checkpoint(tmp_path, model)["step"] == 1
+
+
+def test_saving_below_checkpoints_already_in_the_directory_warns_once(tmp_path):
+    """A directory holding later checkpoints (another run's, or a run rolled back to an earlier one): the newest
+    by name, not this run's, is what a resume takes and rotation keeps. Said once per directory (it was silent)."""
+    model = _model(0)
+    ud.save_checkpoint(tmp_path, model, epoch=7, step=70)
+    with pytest.warns(RuntimeWarning, match=r"already holds checkpoints past the one written now "
+                                            r"\(checkpoint-0000-0000001.safetensors\), the newest "
+                                            r"'checkpoint-0007-0000070.safetensors'"):
+        ud.save_checkpoint(tmp_path, model, epoch=0, step=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ud.save_checkpoint(tmp_path, model, epoch=0, step=2)
+        ud.save_checkpoint(tmp_path / "fresh", model, epoch=0, step=1)

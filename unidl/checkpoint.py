@@ -102,6 +102,10 @@ def _stateful(callbacks) -> list[tuple[str, object]]:
     return keyed
 
 
+#: directories save_checkpoint warned about for holding checkpoints past the one it wrote (see there)
+_warned_newer: set[str] = set()
+
+
 def _check_arguments(function: str, model, optimizer, loader, scheduler, method: str) -> None:
     """A ``TypeError`` naming the argument where ``model`` is not a unidl module, or ``optimizer``, ``loader`` or
     ``scheduler`` (each optional) lacks the ``method`` a checkpoint calls (``state_dict`` to save, ``load_state_dict``
@@ -191,6 +195,14 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     os.makedirs(directory, exist_ok=True)  # (once everything is known to be saveable: a refusal leaves no directory)
     path = os.path.join(directory, checkpoint_name(epoch, step))
     previous = list_checkpoints(directory)
+    newer = [old for old in previous if os.path.basename(old) > os.path.basename(path)]
+    if newer and os.path.abspath(directory) not in _warned_newer:  # (once per directory: every save would repeat it)
+        _warned_newer.add(os.path.abspath(directory))
+        warnings.warn(f"{directory!r} already holds checkpoints past the one written now ({os.path.basename(path)}), "
+                      f"the newest {os.path.basename(newer[-1])!r}: another run's, or a run rolled back to an earlier "
+                      f"checkpoint. load_checkpoint(directory), latest_checkpoint and resume_from='auto' take the "
+                      f"newest by name, that one, and rotation (keep) deletes this run's first; give this run a "
+                      f"directory of its own, or remove those files", RuntimeWarning, stacklevel=2)
     try:
         save_file(tensors, path, encode_metadata(metadata))
     except OSError as error:
