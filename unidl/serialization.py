@@ -175,6 +175,8 @@ def decode_metadata(file_metadata: dict[str, str], path: str, checksummed: bool 
 # ---- reading weights -----------------------------------------------------
 
 _PICKLE_PREFIXES = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6))
+#: what a legacy (non-zip) torch.save file begins with: a pickled magic number, 0x1950a86a20f9469cfc6c
+_TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _ZIP_PREFIX = b"PK\x03\x04"
 
 
@@ -212,9 +214,15 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
     path = check_readable_file(path)
     if not is_safetensors(path):
         with open(path, "rb") as handle:
-            head = handle.read(4)
+            head = handle.read(len(_TORCH_LEGACY_PREFIX))
         if head.startswith(_ZIP_PREFIX):
             return read_torch_state_dict(path), None
+        if head == _TORCH_LEGACY_PREFIX:  # (its storages' sizes, read before any check, are the file's to choose)
+            raise UnsafeFormatError(
+                f"{path!r} is a torch.save file in PyTorch's legacy format (before 1.6, or "
+                f"_use_new_zipfile_serialization=False), which unidl does not read: re-save it in the zip format "
+                f"where torch is installed, torch.save(torch.load(path, weights_only=True), new_path), or as "
+                f"safetensors")
         if head.startswith(_PICKLE_PREFIXES) and not allow_pickle:
             raise _refuse_pickle(path, "a pickle")
         if allow_pickle:

@@ -83,3 +83,14 @@ def test_a_view_of_fewer_stored_values_than_its_shape_is_refused_before_it_is_wi
         3, 8), "linear2.bias": torch.zeros(3)}, tmp_path / "fine.pt")
     model.load_weights(tmp_path / "fine.pt")
     np.testing.assert_array_equal(model.state_dict()["linear1.weight"], tied.weight.detach().numpy())
+
+
+def test_a_legacy_torch_file_is_refused_naming_its_format(tmp_path):
+    """A ``torch.save(..., _use_new_zipfile_serialization=False)`` file was refused as a plain unsafe pickle (and with
+    ``allow_pickle=True`` read as the format's magic number): the error names the format and how to re-save it."""
+    path = tmp_path / "legacy.pt"
+    torch.save({"linear1.weight": torch.zeros(8, 4)}, path, _use_new_zipfile_serialization=False)
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    for allow_pickle in (False, True):
+        with pytest.raises(ud.UnsafeFormatError, match="PyTorch's legacy format .* re-save it in the zip format"):
+            model.load_weights(path, allow_pickle=allow_pickle)
