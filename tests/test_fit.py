@@ -430,3 +430,14 @@ def test_fit_takes_pipelines_of_unknown_length_as_keras(backend, rng):
                          validation_data=make(), verbose=0).history
         for key in ("loss", "val_loss"):
             np.testing.assert_allclose(history[key], expected[key], rtol=1e-5, err_msg=name)
+
+
+def test_evaluate_without_a_loss_gives_no_accuracy_for_regression_targets(backend, rng):
+    """Float targets that are no class probabilities (a regression's) get no implicit accuracy from ``evaluate``
+    without a loss (it gave {'accuracy': 0.5}: the argmax agreement of two real vectors); one-hot rows still do."""
+    model = ud.nn.Linear(4, 3)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    assert ud.evaluate(model, x, rng.standard_normal((10, 3)).astype(np.float32)) == {}
+    one_hot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 10)]
+    expected = float(np.mean(np.argmax(ud.predict(model, x), -1) == np.argmax(one_hot, -1)))
+    assert ud.evaluate(model, x, one_hot) == {"accuracy": pytest.approx(expected)}

@@ -167,8 +167,18 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
             return None
         if layout.output_shape in ((), (1,)):  # one score per sample: no implicit accuracy (threshold unknown)
             return None
+        if loss is None and not layout.target_is_integer and not _probabilities(first_sample(data)[1]):
+            return None  # (float targets that are no class probabilities: a regression's, whose "accuracy" was
+            # the argmax agreement of two real vectors)
     chosen = [for_loss(metric, loss, layout) for metric in chosen]
     return MetricAccumulator(chosen, layout, ignore_label=_ignored_label(loss, layout, data))
+
+
+def _probabilities(target) -> bool:
+    """Whether a sample's float target reads as class probabilities (one-hot rows): values in [0, 1] summing to 1
+    over the classes."""
+    target = np.asarray(target, dtype=np.float64)
+    return bool(np.all((target >= 0) & (target <= 1)) and np.allclose(target.sum(axis=-1), 1.0, atol=1e-3))
 
 
 def for_loss(metric, loss, layout):
