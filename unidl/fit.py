@@ -366,7 +366,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     ``eager=True``: no compiled step on any backend; Python runs the forward at every step (Keras's
     ``run_eagerly``), for models whose forward needs Python per step (docs/dynamic-forward.md).
     ``precision``: "32" (the default), "bf16-mixed" or "16-mixed" (or a ``ud.Precision``): float32 weights,
-    bfloat16/float16 compute, dynamic loss scaling for float16 (see ``ud.train_step``, ``unidl.precision``).
+    bfloat16/float16 compute, dynamic loss scaling for float16 (see ``ud.train_step``, ``unidl.precision``), for the
+    training steps; validation (and ``ud.evaluate``, ``ud.predict``) computes in float32, the weights' own dtype, on
+    every backend (Lightning validates under autocast: its 'val_loss' differs by the lower precision's rounding).
 
     A NaN or infinite training loss or gradient stops training with ``NonFiniteLossError`` naming the epoch
     and step, before that step updates the weights (with a ``TerminateOnNaN`` callback: after that batch,
