@@ -785,7 +785,29 @@ with ud.use_backend("torch"):
     reference = {k: np.asarray(v) for k, v in net().state_dict().items()}
 ours, torch = run("keras"), run("torch")
 import keras
+def copied_in():
+    # load_state_dict, register_buffer and ud.tensor of NumPy arrays that JAX would share (64-byte aligned, as
+    # every torch tensor's .numpy() is): the caller editing them after leaves the model as it is
+    import torch
+
+    with ud.use_backend("keras"):
+        source = {k: v.detach().numpy() for k, v in torch.nn.Linear(64, 64).state_dict().items()}
+        model = ud.nn.Linear(64, 64)
+        model.load_state_dict(source)
+        loaded = np.array(ud.to_numpy(model.weight))
+        buffer, values = torch.zeros(64).numpy(), torch.ones(64).numpy()
+        model.register_buffer("kept", buffer)
+        tensor = ud.tensor(values)
+        source["weight"][:] = 7.0
+        buffer[:] = 3.0
+        values[:] = 5.0
+        return {"weight": bool(np.array_equal(ud.to_numpy(model.weight), loaded)),
+                "buffer": bool(not ud.to_numpy(model.kept).any()),
+                "tensor": bool((ud.to_numpy(tensor) == 1.0).all())}
+
+
 print(json.dumps({
+    "copied_in": copied_in(),
     "framework": keras.backend.backend(),
     "value": abs(ours["value"] - torch["value"]) / abs(torch["value"]),
     "grads": max(max_relative_difference(a, b) for a, b in zip(ours["grads"], torch["grads"])),
@@ -823,6 +845,12 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def result():
     return last_json_line(run_python(_SCRIPT, env={"KERAS_BACKEND": "jax"}).stdout)
+
+
+def test_arrays_given_to_a_model_are_copied_in_on_jax(result):
+    """JAX on the CPU takes an aligned NumPy array without a copy: a torch state dict's .numpy() arrays loaded into
+    a Keras-on-JAX model stayed shared, and one SGD step of the torch model changed the unidl one."""
+    assert result["copied_in"] == {"weight": True, "buffer": True, "tensor": True}
 
 
 def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):

@@ -53,6 +53,16 @@ def _jit_compile(requested: bool, eager: bool) -> bool:
     return requested or (not eager and not HOST.keras_state_in_place)
 
 
+def _owned(value, dtype) -> np.ndarray:
+    """``value`` as a NumPy array (of ``dtype`` where given) that the framework may keep as it is: a copy of the
+    caller's own array where the host shares NumPy memory (JAX on the CPU takes an aligned array without a copy,
+    so editing a state dict's ``tensor.numpy()`` after ``load_state_dict`` changed the model), else no copy."""
+    array = np.asarray(value, dtype=dtype)
+    if getattr(HOST, "shares_numpy_memory", False) and np.shares_memory(array, np.asarray(value)):
+        return array.copy()
+    return array
+
+
 def keras_device_name(device: str) -> str:
     return "cpu" if device == "cpu" else f"gpu:{device.split(':')[1]}"
 
@@ -153,8 +163,10 @@ class Backend(BackendInterface):
     def tensor(self, value, dtype=None):
         with self._scope():
             if dtype is not None:
-                return keras.ops.convert_to_tensor(np.asarray(value), dtype)
-            return keras.ops.convert_to_tensor(self.to_input(value))
+                return keras.ops.convert_to_tensor(_owned(value, None), dtype)
+            converted = self.to_input(value)
+            return keras.ops.convert_to_tensor(_owned(converted, None) if isinstance(converted, np.ndarray)
+                                               else converted)
 
     def to_numpy(self, tensor):
         if isinstance(tensor, np.ndarray):
@@ -175,7 +187,7 @@ class Backend(BackendInterface):
         if is_undrawn_zeros(value):  # ud.load's build: fresh zero pages, shared with the framework where it can
             value = self.donated_tensor(aligned_zeros(value.shape, dtype))
         with self._scope():
-            variable = keras.Variable(value if keras.ops.is_tensor(value) else np.asarray(value, dtype=dtype),
+            variable = keras.Variable(value if keras.ops.is_tensor(value) else _owned(value, dtype),
                                       dtype=dtype, trainable=trainable)
         variable.unidl_buffer = not trainable  # a frozen parameter (trainable=False) is still a parameter
         variable.requires_grad = bool(trainable)  # (torch's flag, readable from the start: a buffer's is False)
@@ -188,7 +200,7 @@ class Backend(BackendInterface):
         if keras.ops.is_tensor(value):  # from donated_tensor: the variable may adopt its buffer
             variable.assign(value)
         else:
-            variable.assign(np.asarray(value, dtype=variable.dtype))  # no copy when the dtype already matches
+            variable.assign(_owned(value, variable.dtype))
 
     def donated_tensor(self, array):
         return HOST.donated_tensor(array)
