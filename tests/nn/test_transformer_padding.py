@@ -82,3 +82,42 @@ def test_where_torch_takes_its_ordinary_path_so_does_unidl(backend):
     forward = ud.function(lambda x, mask: encoder.eval()(x, src_key_padding_mask=mask))
     found = ud.to_numpy(forward(ud.tensor(X), ud.tensor(IN_THE_MIDDLE)))
     assert (found[1, 1] == 0).all() and not (found[~IN_THE_MIDDLE] == 0).all(-1).any()
+
+
+def _torch_eval(module, *args, **kwargs):
+    module.eval()
+    with torch.no_grad():
+        return module(*args, **kwargs)
+
+
+def test_a_fully_masked_query_in_evaluation_gets_torchs_path_by_mask_dtype_activation_and_hooks(backend):
+    """Which of PyTorch's paths a query whose every key is masked takes in evaluation (fused: NaN; plain: finite)
+    depends on the masks' dtype for ``MultiheadAttention`` (float masks: plain), and for a ``TransformerEncoderLayer``
+    on its activation and hooks (not relu or gelu, or a hook attached: plain): unidl gave the fused path's NaN."""
+    padding = np.zeros((2, 4), bool)
+    padding[1] = True  # (row 1: no key left)
+    x = X[:2, :4]
+    attention, reference = ud.nn.MultiheadAttention(8, 2, batch_first=True), tnn.MultiheadAttention(
+        8, 2, batch_first=True)
+    reference.load_state_dict({k: torch.tensor(v) for k, v in attention.state_dict().items()})
+    attention.eval()
+    for mask in (padding, np.where(padding, -np.inf, 0.0).astype(np.float32)):
+        found = ud.to_numpy(attention(x, x, x, key_padding_mask=mask, need_weights=False)[0])
+        expected = _torch_eval(reference, *(torch.tensor(x),) * 3, key_padding_mask=torch.tensor(mask),
+                               need_weights=False)[0].numpy()
+        assert np.array_equal(np.isnan(found), np.isnan(expected))
+        _assert_same(np.nan_to_num(found), np.nan_to_num(expected))
+    for activation, hooked in (("relu", False), ("prelu", False), ("relu", True)):
+        layers = [nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True,
+                                             activation=nn.PReLU() if activation == "prelu" else activation)
+                  for nn in (ud.nn, tnn)]
+        layer, torch_layer = layers
+        torch_layer.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
+        if hooked:
+            for module in layers:
+                module.linear2.register_forward_hook(lambda m, args, out: out)
+        layer.eval()
+        found = ud.to_numpy(layer(x, src_key_padding_mask=padding))
+        expected = _torch_eval(torch_layer, torch.tensor(x), src_key_padding_mask=torch.tensor(padding)).numpy()
+        assert np.array_equal(np.isnan(found), np.isnan(expected)), (activation, hooked)
+        _assert_same(np.nan_to_num(found), np.nan_to_num(expected))

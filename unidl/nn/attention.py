@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from unidl import arguments, input_checks, ops as functional
+from unidl.dtype_kinds import is_floating
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.arguments import positive_int
@@ -93,7 +96,9 @@ class MultiheadAttention(Module):
         return weights, biases
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
-                average_attn_weights: bool = True, is_causal: bool = False):
+                average_attn_weights: bool = True, is_causal: bool = False, *, _fused_layer=None):
+        # (``_fused_layer``: from a ``TransformerEncoderLayer``, whether it is on PyTorch's fused layer path, which
+        # takes float masks too; off it, the layer hands its attention float masks: the module's plain path)
         ops = self._ops
         batched = len(query.shape) == 3
         layout = "(N, L, E)" if self.batch_first else "(L, N, E)"
@@ -115,7 +120,8 @@ class MultiheadAttention(Module):
             input_checks.check_parameters_dtype(self.describe, tensor, self.out_proj.weight)
         # a query whose every key is masked: 0 where PyTorch's module runs F.scaled_dot_product_attention, NaN
         # where it runs a plain softmax (for the weights it returns, and on its fused inference path)
-        safe_softmax = not need_weights and not self._torchs_inference_path(query, key, value, batched)
+        safe_softmax = not need_weights and not (_fused_layer is not False and self._torchs_inference_path(
+            query, key, value, batched, (key_padding_mask, attn_mask) if _fused_layer is None else ()))
         if not (query is key and key is value):  # (self-attention pairs up; a check would copy the tensors)
             key, value = self._paired(query, key, value, batched)
         if batched and not self.batch_first:
@@ -174,12 +180,15 @@ class MultiheadAttention(Module):
             f"{input_checks.shape_template(len(axes))}, received {name} of shape "
             f"{input_checks.shape_template(len(sizes))}"), tuple(others[a] for a in axes) + tuple(sizes))
 
-    def _torchs_inference_path(self, query, key, value, batched) -> bool:
+    def _torchs_inference_path(self, query, key, value, batched, masks=()) -> bool:
         """Whether ``torch.nn.MultiheadAttention`` would run its fused inference path here (its evaluation under
         ``torch.no_grad()``, which unidl's ``eval()`` stands for, as ``TransformerEncoder`` does): batched
-        self-attention, batch first, one packed projection with biases, an even number of heads."""
+        self-attention, batch first, one packed projection with biases, an even number of heads, and no float
+        mask (PyTorch: "floating-point masks are not supported for fast path")."""
         return (not self.training and batched and self.batch_first and query is key and key is value
-                and self._qkv_same_embed_dim and self.in_proj_bias is not None and self.num_heads % 2 == 0)
+                and self._qkv_same_embed_dim and self.in_proj_bias is not None and self.num_heads % 2 == 0
+                and not any(mask is not None and is_floating(getattr(mask, "dtype", None) or np.asarray(mask).dtype)
+                            for mask in masks))
 
     def _padding_mask(self, mask, batched, query, key):
         """(N, S) in MultiheadAttention's convention (True = ignore) -> (N, 1, 1, S), True = attend, or additive."""

@@ -196,12 +196,13 @@ def _inputs(module, args) -> tuple:
     tensor arguments as ``ud.tensor`` makes them (as their ops do; it was an ``AttributeError``:
     ``_converts_lists``), and refuse a first argument that is neither (a string, an object) with a ``TypeError``
     naming the layer; a user's module passes it on to its ``forward``."""
-    converted = list(args)
+    converted, seen = list(args), {}
     for index, value in enumerate(args):
         if isinstance(value, (np.ndarray, np.generic)):
             from unidl.tensors import tensor  # (on the module's backend: __call__ checked that it is the current one)
 
-            converted[index] = tensor(value)
+            # one array given twice is one tensor (self-attention's ``attention(x, x, x)``, as with a tensor)
+            converted[index] = seen[id(value)] if id(value) in seen else seen.setdefault(id(value), tensor(value))
         elif type(value) in _CONVERTED:
             from unidl import input_checks
 

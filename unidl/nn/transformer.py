@@ -78,7 +78,7 @@ class TransformerEncoderLayer(Module):
 
     def _self_attention(self, x, mask, padding_mask, is_causal):
         x = self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding_mask, need_weights=False,
-                           is_causal=is_causal)[0]
+                           is_causal=is_causal, _fused_layer=_fused_layer_path(self))[0]
         return self.dropout1(x)
 
     def _feed_forward(self, x):
@@ -150,14 +150,21 @@ class TransformerEncoder(Module):
         return f"num_layers={self.num_layers}"
 
 
-def _nested_path_allowed(layer: TransformerEncoderLayer) -> bool:
-    """PyTorch's conditions on the layer for ``TransformerEncoder(enable_nested_tensor=True)`` to run padded input
-    as nested tensors in evaluation (``use_nested_tensor``)."""
+def _fused_layer_path(layer: TransformerEncoderLayer) -> bool:
+    """PyTorch's conditions on the layer for its fused evaluation path (``_transformer_encoder_layer_fwd``): relu or
+    gelu, equal norm epsilons, and no forward hook on any of its modules. Off it, PyTorch hands its attention float
+    masks, so that a query whose every key is masked gets the plain path's values, not the fused path's NaN."""
     activation = layer._config["activation"]
     relu_or_gelu = (isinstance(activation, (str, ReLU, GELU))
                     or any(activation is function for function in _ACTIVATIONS.values()))
+    return relu_or_gelu and layer.norm1.eps == layer.norm2.eps and not any(m._hooked for m in layer.modules())
+
+
+def _nested_path_allowed(layer: TransformerEncoderLayer) -> bool:
+    """PyTorch's conditions on the layer for ``TransformerEncoder(enable_nested_tensor=True)`` to run padded input
+    as nested tensors in evaluation (``use_nested_tensor``)."""
     return (not layer.norm_first and layer.batch_first and layer.self_attn._qkv_same_embed_dim
-            and layer.self_attn.in_proj_bias is not None and relu_or_gelu and layer.norm1.eps == layer.norm2.eps
+            and layer.self_attn.in_proj_bias is not None and _fused_layer_path(layer)
             and layer.self_attn.num_heads % 2 == 0)
 
 
