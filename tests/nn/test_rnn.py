@@ -257,3 +257,17 @@ def test_bad_lengths_and_states_are_clear_errors(backend):
         ud.nn.LSTM(2, 3)(x, ud.tensor(np.zeros((1, 3, 3), np.float32)))
     with pytest.raises(ValueError, match="proj_size"):
         ud.nn.LSTM(2, 3, proj_size=2)
+
+
+def test_one_layers_dropout_warns_and_flags_are_checked_as_torch(backend):
+    """``dropout`` with ``num_layers=1`` does nothing: torch's warning, word for word (it was silent); a string for
+    ``bias`` or ``bidirectional`` is an error (it was taken as True)."""
+    import torch
+
+    for nn in (ud.nn, torch.nn):
+        with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1, but got "
+                                             "dropout=0.5 and num_layers=1"):
+            nn.LSTM(3, 4, dropout=0.5)
+    for option in ("bias", "bidirectional"):
+        with pytest.raises(ValueError, match=f"GRU {option} must be True or False"):
+            ud.nn.GRU(3, 4, **{option: "yes"})

@@ -8,6 +8,8 @@ Variable-length batches (``lengths=``) are a mask inside the same scan, so new l
 
 from __future__ import annotations
 
+import warnings
+
 import math
 
 import numpy as np
@@ -37,9 +39,15 @@ class RNNBase(Module):
         hidden_size = positive_int(name, "hidden_size", hidden_size)
         num_layers = positive_int(name, "num_layers", num_layers)
         dropout = arguments.probability(name, "dropout", dropout)
+        if dropout > 0 and num_layers == 1:  # (torch's warning: a dropout that does nothing, said)
+            warnings.warn(f"dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                          f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                          UserWarning, stacklevel=3)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
-        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), dropout
-        self.bidirectional = bool(bidirectional)
+        self.bias = arguments.flag(name, "bias", bias)
+        self.batch_first = arguments.flag(name, "batch_first", batch_first)
+        self.dropout = dropout
+        self.bidirectional = arguments.flag(name, "bidirectional", bidirectional)
         self.num_directions = 2 if bidirectional else 1
         bound = 1.0 / math.sqrt(hidden_size)
         rows = self.gates * hidden_size
