@@ -333,3 +333,13 @@ def test_a_float64_model_loads_in_float64_whatever_dtype_is_in_force(backend, tm
     with ud.use_dtype("float64"):
         np.testing.assert_array_equal(ud.to_numpy(loaded(ud.tensor(x))), ud.to_numpy(model(ud.tensor(x))))
     assert ud.get_dtype() == "float32"
+
+
+def test_a_model_whose_constructor_copies_a_layer_saves_and_loads(backend, tmp_path, rng):
+    """``TransformerClassifier`` (its ``TransformerEncoder`` deep-copies its layer while built): the shape-only
+    build that checks a file's config gave the copies no shape, and ``ud.save`` refused the model."""
+    model = ud.models.TransformerClassifier(20, 3, d_model=8, nhead=2, num_layers=2)
+    ud.save(model, tmp_path / "m.safetensors")
+    loaded = ud.load(tmp_path / "m.safetensors")
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)

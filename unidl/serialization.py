@@ -368,6 +368,11 @@ class _ShapeOnlyVariable:
     def __init__(self, value, trainable):
         self.shape, self.dtype, self.trainable = tuple(np.shape(value)), np.asarray(value).dtype, trainable
 
+    def __array__(self, dtype=None, copy=None):
+        """Zeros of its shape that take no memory (a zero-stride view): what a constructor that copies a layer
+        (``copy.deepcopy``, as ``TransformerEncoder`` does) reads, so that the copies keep the shapes."""
+        return np.broadcast_to(np.zeros((), dtype or self.dtype), self.shape)
+
 
 class _TooManyVariables(Exception):
     """A shape-only build made more variables than its limit (a file's config of a model far larger than the
