@@ -73,13 +73,16 @@ def test_a_hook_added_or_removed_after_a_step_was_compiled_takes_effect(backend,
     assert float(ud.to_numpy(step(x, y))) == pytest.approx(np.mean(plain ** 2), rel=1e-5)
     np.testing.assert_allclose(ud.to_numpy(forward(x)), plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ud.predict(net, x), plain, rtol=1e-5, atol=1e-6)
-    with net[2].register_forward_hook(lambda m, args, out: out * 3):
+    assert ud.evaluate(net, x, y, loss="mse")["loss"] == pytest.approx(np.mean(plain ** 2), rel=1e-5)
+    with net[2].register_forward_hook(lambda m, args, out: out * 3):  # (predict and evaluate first: each its own)
+        np.testing.assert_allclose(ud.predict(net, x), 3 * plain, rtol=1e-5, atol=1e-6)
+        assert ud.evaluate(net, x, y, loss="mse")["loss"] == pytest.approx(np.mean((3 * plain) ** 2), rel=1e-5)
         assert float(ud.to_numpy(step(x, y))) == pytest.approx(np.mean((3 * plain) ** 2), rel=1e-5)
         np.testing.assert_allclose(ud.to_numpy(forward(x)), 3 * plain, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(ud.predict(net, x), 3 * plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ud.predict(net, x), plain, rtol=1e-5, atol=1e-6)
+    assert ud.evaluate(net, x, y, loss="mse")["loss"] == pytest.approx(np.mean(plain ** 2), rel=1e-5)
     assert float(ud.to_numpy(step(x, y))) == pytest.approx(np.mean(plain ** 2), rel=1e-5)
     np.testing.assert_allclose(ud.to_numpy(forward(x)), plain, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ud.predict(net, x), plain, rtol=1e-5, atol=1e-6)
 
 
 def test_a_hook_on_the_loss_module_takes_effect_in_a_compiled_step(backend, rng):

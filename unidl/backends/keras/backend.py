@@ -39,7 +39,7 @@ from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_
 from unidl.optim.param_groups import ConstantOptions
 from unidl.data.epoch import xy
 from unidl.errors import marked_error_from
-from unidl.nn.module import step_modes
+from unidl.nn.module import step_modes, training_modes
 from unidl.backends.keras.export import export_formats, export_module
 
 keras_dtypes.keep_float64_in_type_promotion()  # float64 stays float64 in Keras's ops on torch and JAX too
@@ -585,14 +585,16 @@ def _predict_function_for_rank(native, rank: int) -> None:
     for an unknown rank, which no layer can check or reshape (a sample (in,) after batches (N, in): Keras's
     ``ValueError``, where the forward runs eagerly and on the other backends). The functions belong to the compile
     (``_Compilations`` keeps its ``predict_function``); a dict lookup a call."""
-    compiled = getattr(native, "_unidl_compiled", None)
+    # the compile in force, and the modes and hooks of the model's modules, which the predict graph bakes in (a hook
+    # added or removed since: the graph is made again)
+    compiled = (getattr(native, "_unidl_compiled", None), training_modes(native._unidl_module))
     kept = native.__dict__.get("_unidl_predict_by_rank")
     if kept is None or kept[0] != compiled or (kept[1] and native.predict_function not in kept[1].values()):
         kept = (compiled, {})  # (another compile, or Keras made its predict function again)
         object.__setattr__(native, "_unidl_predict_by_rank", kept)
     functions = kept[1]
-    if rank not in functions:
-        native.make_predict_function(force=bool(functions))
+    if rank not in functions:  # (made anew: Keras's own may be one traced before a hook came or went)
+        native.make_predict_function(force=True)
         functions[rank] = native.predict_function
     native.predict_function = functions[rank]
 
