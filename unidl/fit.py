@@ -567,9 +567,32 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         progress.end_epoch(logs, steps if steps is not None else 0)
         if trainer.stopped:
             break
+    if accumulate > 1 and not terminate_on_nan and window_micro_steps(optimizer):
+        _check_open_window(optimizer, trainer)
     for callback in callbacks:
         callback.on_train_end()
     return history
+
+
+def _check_open_window(optimizer, trainer) -> None:
+    """At the end of a ``fit(accumulate=N)`` whose last window is still open: a ``NonFiniteLossError`` where one of
+    its micro-steps was not finite, the window emptied (its update skipped), as the window's update would have
+    raised (the run ended silently, and the next ``fit`` raised at its own first step). In a data-parallel job the
+    flag is the job's, so every rank raises alike."""
+    from unidl.training import _WINDOW, job_window_state, window_state
+
+    group = process_group.current()
+    state = job_window_state(optimizer) if group is not None and group.world_size > 1 else window_state(optimizer)
+    if state is None or state["finite"]:
+        return
+    holder = _WINDOW.holder(optimizer)
+    if holder is not None:
+        holder.load(None)
+    raise NonFiniteLossError(f"the training loss or a gradient became NaN or infinite in the run's last "
+                             f"accumulation window ({state['micro_steps']} of {state['accumulate']} micro-steps, "
+                             f"ending at epoch {trainer.epoch + 1}, step {trainer.global_step}); its update was "
+                             f"skipped and the window emptied (weights are those before it); lower the learning "
+                             f"rate or check the data for NaN/inf")
 
 
 def _stop_workers(batches) -> None:

@@ -284,3 +284,18 @@ def test_a_window_with_a_non_finite_micro_step_resumes_to_its_skipped_update(bac
     assert resumed.loss_scale == step.loss_scale == (1.0 if precision == "32" else 2.0 ** 15)
     for name, value in start.items():
         np.testing.assert_array_equal(_weights(model)[name], value, err_msg=name)
+
+
+def test_fit_raises_a_non_finite_micro_step_of_its_last_open_window_at_its_end(backend):
+    """A NaN in the run's last window, which ``fit`` ends before its update: the window is emptied and ``fit``
+    raises (it returned normally with a NaN History, and the next ``fit`` raised at its own first step)."""
+    x, y = np.ones((6, 5), np.float32), np.zeros((6, 3), np.float32)
+    x[4:] = np.nan  # (the third batch of 2: the first micro-step of a window of 2 the run does not finish)
+    model, optimizer, _ = _training(accumulate=None)
+    with pytest.raises(ud.NonFiniteLossError, match="in the run's last accumulation window .1 of 2 micro-steps"):
+        ud.fit(model, x, y, batch_size=2, epochs=1, shuffle=False, loss="mse", optimizer=optimizer, accumulate=2,
+               verbose=0)
+    assert optimizer.state_dict().get("accumulation") is None and optimizer.state_dict()["step"] == 1
+    history = ud.fit(model, x[:4], y[:4], batch_size=2, epochs=1, loss="mse", optimizer=optimizer, accumulate=2,
+                     verbose=0)
+    assert np.isfinite(history.history["loss"]).all() and optimizer.state_dict()["step"] == 2
