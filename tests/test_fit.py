@@ -430,6 +430,8 @@ def test_fit_takes_pipelines_of_unknown_length_as_keras(backend, rng):
                          validation_data=make(), verbose=0).history
         for key in ("loss", "val_loss"):
             np.testing.assert_allclose(history[key], expected[key], rtol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="is infinite .a .repeat.. with no count., so an epoch would never end"):
+        ud.fit(model, pipelines["tf.data"]().repeat(), epochs=1, loss="mse", optimizer="sgd", verbose=0)
 
 
 def test_evaluate_without_a_loss_gives_no_accuracy_for_regression_targets(backend, rng):

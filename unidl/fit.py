@@ -235,6 +235,11 @@ def _length(loader) -> int | None:
     try:
         return len(loader) if hasattr(loader, "__len__") else None
     except TypeError:
+        cardinality = getattr(loader, "cardinality", None)  # (tf.data: -1 is infinite, -2 unknown)
+        if callable(cardinality) and int(cardinality()) == -1:
+            raise ValueError(f"fit: the {type(loader).__name__} is infinite (a .repeat() with no count), so an epoch "
+                             f"would never end; fit takes finite pipelines: .take(n) the batches of an epoch, or "
+                             f"leave out .repeat() (each epoch iterates the pipeline anew)") from None
         return None
 
 
