@@ -778,8 +778,9 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
     history.history = History(extra.get("history")).history
     start_epoch = loader.next_iteration()[0] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
     progress = extra.get("epoch_progress")
-    if not isinstance(loader, DataLoader) and history.epochs == int(info["epoch"]):  # (written before its epoch
-        # ended, in a pipeline's position the checkpoint does not hold: said, not hidden)
+    ended = extra.get("epoch_ended")  # (checkpoints written before it: whether History holds the epoch yet)
+    if not isinstance(loader, DataLoader) and (ended is False or ended is None and history.epochs == int(
+            info["epoch"])):  # (written before its epoch ended, in a pipeline's position it does not hold: said)
         warnings.warn(f"resuming {info['path']!r}, written during epoch {int(info['epoch']) + 1} (at step "
                       f"{int(info['step'])}), on a {type(loader).__name__}, which cannot be moved to that position: "
                       f"training goes on from epoch {start_epoch + 1}, and the rest of epoch {int(info['epoch']) + 1} "

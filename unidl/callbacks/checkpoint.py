@@ -108,7 +108,7 @@ class Checkpoint(Callback):
         self.check_state_dict(state)
         self.saved = list(state["saved"])
 
-    def _save(self, progress=None):
+    def _save(self, progress=None, epoch_ended: bool = False):
         from unidl.checkpoint import save_checkpoint
 
         trainer = self.trainer
@@ -122,7 +122,7 @@ class Checkpoint(Callback):
         state = trainer.loader_state()
         position = _LoaderPosition(state) if state is not None else None
         extra = {"history": trainer.history.as_dict(), "epoch_progress": progress,
-                 "fit": getattr(trainer, "fit_settings", None)}
+                 "fit": getattr(trainer, "fit_settings", None), "epoch_ended": epoch_ended}
         path = save_checkpoint(self.directory, trainer.model, trainer.optimizer, epoch=trainer.epoch,
                                step=trainer.global_step, loader=position, keep=self.keep,
                                callbacks=getattr(trainer, "callbacks", None), extra=extra)
@@ -133,4 +133,4 @@ class Checkpoint(Callback):
             self._save(epoch_progress(self.trainer, logs))
 
     def on_epoch_end(self, epoch, logs=None):
-        self._save()
+        self._save(epoch_ended=True)
