@@ -257,3 +257,5 @@ def test_saving_below_checkpoints_already_in_the_directory_warns_once(tmp_path):
         warnings.simplefilter("error", RuntimeWarning)
         ud.save_checkpoint(tmp_path, model, epoch=0, step=2)
         ud.save_checkpoint(tmp_path / "fresh", model, epoch=0, step=1)
+        ud.save_checkpoint(tmp_path / "long", model, epoch=3, step=9_999_999)  # (numbers, not names, compared)
+        ud.save_checkpoint(tmp_path / "long", model, epoch=3, step=10_000_000)

@@ -48,12 +48,14 @@ def list_checkpoints(directory) -> list[str]:
         return []
     if not os.path.isdir(directory):
         raise NotADirectoryError(f"{directory!r} is a file, expected a checkpoint directory")
-    found = []
-    for name in os.listdir(directory):
-        match = _FILE_PATTERN.match(name)
-        if match:
-            found.append((int(match.group(1)), int(match.group(2)), os.path.join(directory, name)))
-    return [path for _, _, path in sorted(found)]
+    found = [os.path.join(directory, name) for name in os.listdir(directory) if _FILE_PATTERN.match(name)]
+    return sorted(found, key=lambda path: (_position(path), path))
+
+
+def _position(path: str) -> tuple[int, int]:
+    """(epoch, step) of a checkpoint file of ``list_checkpoints``, as it orders them (numbers, not names)."""
+    match = _FILE_PATTERN.match(os.path.basename(path))
+    return int(match.group(1)), int(match.group(2))
 
 
 def latest_checkpoint(directory, verify: bool = True) -> str | None:
@@ -195,7 +197,7 @@ def save_checkpoint(directory, model, optimizer=None, *, epoch: int = 0, step: i
     os.makedirs(directory, exist_ok=True)  # (once everything is known to be saveable: a refusal leaves no directory)
     path = os.path.join(directory, checkpoint_name(epoch, step))
     previous = list_checkpoints(directory)
-    newer = [old for old in previous if os.path.basename(old) > os.path.basename(path)]
+    newer = [old for old in previous if _position(old) > (epoch, step)]
     if newer and os.path.abspath(directory) not in _warned_newer:  # (once per directory: every save would repeat it)
         _warned_newer.add(os.path.abspath(directory))
         warnings.warn(f"{directory!r} already holds checkpoints past the one written now ({os.path.basename(path)}), "
