@@ -18,6 +18,7 @@ def test_to_where_the_model_already_is_returns_it_as_torchs(backend):
                  lambda: module.to(memory_format=torch.preserve_format))
         assert all(call() is module for call in calls)
     assert model.to(np.float32) is model and model.to("float32") is model
+    assert model.to("cpu:0") is model and model.to(torch.device("cpu", 0)) is model  # (torch's forms of the CPU)
 
 
 def test_to_another_dtype_or_device_is_a_clear_error(backend):
@@ -32,8 +33,13 @@ def test_to_another_dtype_or_device_is_a_clear_error(backend):
         model.to("cuda:7")
     with pytest.raises(ud.DeviceUnavailableError, match="invalid device 'tpu'; valid devices are"):
         model.to("tpu")
-    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
-        model.to(dtype=torch.int32)
+    for call in (lambda: model.to(dtype=torch.int32), lambda: model.to(torch.int64), lambda: model.to(int)):
+        with pytest.raises(TypeError, match="dtype must be a floating dtype"):  # (positional: taken as a device)
+            call()
+    with pytest.raises(ud.ModelPlacementError, match="asks for dtype float64"):
+        model.to(float)  # (Python's float: float64, as torch's)
+    with pytest.raises(ud.DeviceUnavailableError, match="device 'cuda:7' is not visible"):
+        model.cuda(torch.device("cuda:7"))
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['copy'\]"):
         model.to("cpu", copy=True)
     with pytest.raises(ValueError, match="memory_format=torch.channels_last is not supported"):

@@ -782,7 +782,8 @@ class Module:
         """``to("cuda")`` (``cuda:N`` with ``device=N``)."""
         from unidl.nn import placement
 
-        return placement.moved(self, "cuda" if device is None else f"cuda:{int(device)}", None, "cuda()")
+        device = "cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else str(device)
+        return placement.moved(self, device, None, "cuda()")
 
     def float(self) -> "Module":
         """``to(float32)``."""

@@ -19,13 +19,23 @@ from unidl.errors import ModelPlacementError
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
+def _is_dtype(value) -> bool:
+    """Whether ``value`` names a dtype at all (a NumPy dtype or scalar type, Python's ``float``/``int``/``bool``, a
+    framework's dtype object), floating or not, rather than a device."""
+    if isinstance(value, np.dtype):
+        return True
+    if isinstance(value, type):
+        return issubclass(value, (np.generic, float, int, bool, complex))
+    return type(value).__name__ in ("dtype", "DType") or (isinstance(value, str) and value in _FLOATS)
+
+
 def _dtype_named(value) -> str | None:
     """``value`` as a floating dtype's name where it is one (a string, a NumPy, torch or other framework dtype),
     else None."""
     if isinstance(value, str):
         return value if value in _FLOATS else None
-    if isinstance(value, type):  # (NumPy's scalar types name their dtype; Python's float does not)
-        name = np.dtype(value).name if issubclass(value, np.generic) else None
+    if isinstance(value, type):  # (NumPy's scalar types name their dtype; Python's float is float64, as torch's)
+        name = np.dtype(value).name if issubclass(value, (np.generic, float)) else None
         return name if name in _FLOATS else None
     if hasattr(value, "shape") and not isinstance(value, np.dtype):  # (a tensor: read apart)
         return None
@@ -52,7 +62,7 @@ def requested(owner: str, backend, args: tuple, kwargs: dict) -> tuple[str | Non
     for value in args:
         if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, type):  # a tensor
             device, dtype = backend.device_of(value), value.dtype
-        elif _dtype_named(value) is not None:
+        elif _is_dtype(value):
             dtype = value
         elif value is not None:
             device = value
@@ -64,6 +74,8 @@ def requested(owner: str, backend, args: tuple, kwargs: dict) -> tuple[str | Non
         dtype = name
     if device is not None:
         device = f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else str(device)
+        if device.startswith("cpu:"):  # (torch.device("cpu", 0): the one CPU)
+            device = "cpu"
     return device, dtype
 
 
