@@ -382,7 +382,8 @@ class _TwoHeads(ud.nn.Module):
 def test_predict_joins_structured_outputs_and_takes_a_list_of_rows(backend, rng):
     """A forward returning a tuple (or dict) of tensors gives that structure of arrays joined over the batches, as
     Keras's ``predict`` (two outputs of one shape were stacked batch by batch into a (4, 5, 3) array, others a NumPy
-    error); a list is the input's rows (``predict(model, x.tolist())`` predicted the first row alone)."""
+    error); nested lists of numbers are the input's rows (``predict(model, x.tolist())`` predicted the first row
+    alone), a list of arrays fields, as ``evaluate`` takes it."""
     model = _TwoHeads()
     x = rng.standard_normal((10, 4)).astype(np.float32)
     first, second = ud.predict(model, x, batch_size=4)
@@ -394,7 +395,7 @@ def test_predict_joins_structured_outputs_and_takes_a_list_of_rows(backend, rng)
     expected = ud.predict(layer, x)
     assert expected.shape == (10, 3)
     np.testing.assert_allclose(ud.predict(layer, x.tolist(), batch_size=4), expected, rtol=1e-6)
-    np.testing.assert_allclose(ud.predict(layer, list(x)), expected, rtol=1e-6)
+    np.testing.assert_allclose(ud.predict(layer, [x, np.zeros(10)]), expected, rtol=1e-6)  # (fields, as evaluate)
     with pytest.raises(TypeError, match="predict: x given as a list is taken as rows of the input"):
         ud.predict(layer, [[1.0, 2.0], [3.0]])
 

@@ -866,11 +866,12 @@ def _inputs(batch):
 
 
 def predict(model, x, batch_size: int = 256):
-    """Model outputs for ``x`` (an array, a tensor, a list of rows, or a loader) in eval mode, as one NumPy array;
-    a model whose forward returns a tuple, list or dict of tensors gives that structure of arrays, each joined over
-    the batches, as Keras's ``predict``. A list is rows of the input (nested lists of numbers, or arrays of one
-    shape), converted as ``ud.tensor`` converts them (it was taken as fields, and the first row alone predicted)."""
-    if isinstance(x, list):
+    """Model outputs for ``x`` (an array, a tensor, nested lists of numbers, or a loader) in eval mode, as one NumPy
+    array; a model whose forward returns a tuple, list or dict of tensors gives that structure of arrays, each joined
+    over the batches, as Keras's ``predict``. Nested lists of numbers are rows of the input, converted as
+    ``ud.tensor`` converts them (they were taken as fields, and the first row alone predicted); a tuple or list of
+    arrays or tensors is fields, the first of them the input (``predict(model, (x, y))``), as ``evaluate`` takes it."""
+    if isinstance(x, list) and not any(hasattr(item, "shape") for item in x):
         from unidl.tensors import as_numpy_values
 
         try:
