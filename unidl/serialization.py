@@ -262,12 +262,14 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
         if value.layout != torch.strided or value.device.type == "meta":
             raise CorruptFileError(f"{path!r}: tensor {key!r} is {value.layout} on {value.device.type}, not a dense "
                                    f"tensor of values; save the state dict of a dense model")
-        stored = value.untyped_storage().nbytes()
-        if value.numel() * value.element_size() > stored:  # (a zero-stride view: widened or copied, a 1.5 KB file
-            # made a 1 GB tensor before any shape was checked)
-            raise CorruptFileError(f"{path!r}: tensor {key!r} of shape {tuple(value.shape)} holds more values than "
-                                   f"the {stored} bytes stored for it (a view with strides {value.stride()}), which "
-                                   f"no model's state dict saves: a crafted file")
+        stored, needed = value.untyped_storage().nbytes(), value.numel() * max(value.element_size(), 4)
+        if needed > stored and needed > max(2 ** 26, 16 * os.path.getsize(path)):  # (a zero-stride view of a few
+            # stored values: widened or copied, a 1.5 KB file made a 1 GB tensor before any shape was checked; a
+            # small broadcast buffer, torch.ones(1).expand(4), loads)
+            raise CorruptFileError(f"{path!r}: tensor {key!r} of shape {tuple(value.shape)} holds far more values "
+                                   f"than the {stored} bytes stored for it (a view with strides {value.stride()}): "
+                                   f"{needed} bytes from a file of {os.path.getsize(path)}, which no model's state "
+                                   f"dict needs: a crafted file")
         if value.dtype == torch.bfloat16 or "float8" in str(value.dtype):  # (NumPy has neither: float32 holds both)
             value = value.float()
         try:
