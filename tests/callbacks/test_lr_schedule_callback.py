@@ -21,6 +21,11 @@ def test_a_schedule_it_cannot_apply_is_an_error(backend, problem):
         with pytest.raises(ValueError, match="the schedule's return value should be a float"):
             ud.fit(model, x, y, batch_size=20, epochs=1, loss=loss, optimizer=optimizer, callbacks=[callback], verbose=0)
     assert optimizer.lr == 0.5
+    for zero_d in (np.array(0.25), ud.tensor(0.25)):  # (a 0-d array or tensor: its value, as before)
+        history = ud.fit(model, x, y, batch_size=20, epochs=1, loss=loss, optimizer=optimizer, verbose=0,
+                         callbacks=[ud.callbacks.LearningRateScheduler(lambda epoch, lr, v=zero_d: v)])
+        assert history.history["lr"] == [0.25]
+    optimizer.lr = 0.5
     history = ud.fit(model, x, y, batch_size=20, epochs=2, loss=loss, optimizer=optimizer, verbose=0, callbacks=[
         ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5))])
     np.testing.assert_allclose(history.history["lr"], [0.5, 0.25])

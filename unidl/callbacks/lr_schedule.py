@@ -43,11 +43,15 @@ class LearningRateScheduler(Callback):
             optimizer = self.trainer.optimizer
             for index, rate in enumerate([group["lr"] for group in optimizer.param_groups]):
                 new = self.schedule(epoch, rate)
-                if isinstance(new, bool) or not isinstance(new, (int, float, np.integer, np.floating)) or \
-                        not math.isfinite(float(new)) or float(new) < 0:
+                if getattr(new, "shape", None) == () and hasattr(new, "dtype"):  # (a 0-d array or tensor: its value)
+                    from unidl.tensors import to_numpy
+
+                    new = np.asarray(to_numpy(new))[()]
+                if isinstance(new, (bool, np.bool_)) or not isinstance(new, (int, float, np.integer, np.floating)) \
+                        or not math.isfinite(float(new)) or float(new) < 0:
                     raise ValueError(f"LearningRateScheduler: the schedule's return value should be a float, a "
-                                     f"finite rate of at least 0 (Keras's check); at epoch {epoch} it gave "
-                                     f"{type(new).__name__} {new!r}")
+                                     f"finite rate of at least 0 (a number, or a 0-d array or tensor of one); at "
+                                     f"epoch {epoch} it gave {type(new).__name__} {new!r}")
                 optimizer.set_group_lr(index, float(new))
         if self.verbose:
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {self.trainer.optimizer.lr}.")

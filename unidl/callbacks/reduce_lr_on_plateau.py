@@ -26,10 +26,11 @@ class ReduceLROnPlateau(Callback):
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 0,
                  mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0):
-        factor = arguments.real(factor)
-        if factor is None or not 0 <= factor < 1:  # (NaN and strings too: Python's own comparison errors)
+        number = arguments.real(factor)
+        if number is None or not 0 <= number < 1:  # (NaN and strings too: Python's own comparison errors)
             raise ValueError(f"ReduceLROnPlateau factor must be a number in [0, 1) (it multiplies the lr), got "
                              f"{factor!r}")
+        factor = number
         for name, value in (("patience", patience), ("cooldown", cooldown)):
             if arguments.integer(value) is None or value < 0:
                 raise ValueError(f"ReduceLROnPlateau {name} must be a non-negative integer, got {value!r}")
