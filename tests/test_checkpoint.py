@@ -164,8 +164,8 @@ def test_bad_paths(tmp_path):
     assert not (tmp_path / "new").exists()  # (refused before the directory is made)
     for arguments, match in (((torch.nn.Linear(2, 2),), "model must be a unidl.nn.Module, got Linear"),
                              ((model, "adam"), "optimizer must be a unidl.optim optimizer, got str"),
-                             ((model, None, torch.utils.data.DataLoader([1.0])), "loader must be a unidl.data.DataLoader, "
-                                                                                "got DataLoader .a framework's own")):
+                             ((model, None, torch.utils.data.DataLoader([1.0])),
+                              "loader must be a unidl.data.DataLoader, got DataLoader .a framework's own")):
         with pytest.raises(TypeError, match=match):
             ud.save_checkpoint(tmp_path / "other", arguments[0], *arguments[1:2],
                                **({"loader": arguments[2]} if len(arguments) > 2 else {}))

@@ -19,7 +19,8 @@ def test_a_schedule_it_cannot_apply_is_an_error(backend, problem):
     for bad in ("0.05", float("nan"), None):  # (Keras: "should be a float"; the string was taken)
         callback = ud.callbacks.LearningRateScheduler(lambda epoch, lr, bad=bad: bad)
         with pytest.raises(ValueError, match="the schedule's return value should be a float"):
-            ud.fit(model, x, y, batch_size=20, epochs=1, loss=loss, optimizer=optimizer, callbacks=[callback], verbose=0)
+            ud.fit(model, x, y, batch_size=20, epochs=1, loss=loss, optimizer=optimizer, callbacks=[callback],
+                   verbose=0)
     assert optimizer.lr == 0.5
     for zero_d in (np.array(0.25), ud.tensor(0.25)):  # (a 0-d array or tensor: its value, as before)
         history = ud.fit(model, x, y, batch_size=20, epochs=1, loss=loss, optimizer=optimizer, verbose=0,

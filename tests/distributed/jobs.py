@@ -342,7 +342,8 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
                                                          collectives=mixed_collectives),
             "bf16_accumulate_collectives": mixed_collectives, "poisoned_window": poisoned_window("16-mixed"),
             "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
-            "coverage": sample_coverage(), "unshuffled_seed": unshuffled_drawn_seed(), "too_small": too_small_last_batch(), "float16": float16,
+            "coverage": sample_coverage(), "unshuffled_seed": unshuffled_drawn_seed(),
+            "too_small": too_small_last_batch(), "float16": float16,
             "window_checkpointed": window_checkpointed_in_the_job(os.path.join(float16_directory, "window"))}
 
 

@@ -24,7 +24,8 @@ from unidl.tracing import ModesReached, python_randomness_guard
 from unidl.backends.tensorflow import autograph_lambdas, fusion
 from unidl.backends.tensorflow.layout import (export_graphs, tracing_export_graph, tracing_for_xla,
                                               tracing_kept_graph)
-from unidl.errors import GraphConstructError, RetraceWarning, ShapeMismatchError, marked_error_from  # noqa: F401  (RetraceWarning re-exported)
+from unidl.errors import (GraphConstructError, RetraceWarning,  # noqa: F401  (RetraceWarning re-exported)
+                          ShapeMismatchError, marked_error_from)
 from unidl.optim.param_groups import ConstantOptions
 
 # AutoGraph converts user code only: unidl's own layers, ops and backends hold no control flow on tensor
