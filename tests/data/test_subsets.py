@@ -65,6 +65,8 @@ def test_subset_reads_the_datasets_samples_at_its_indices_as_torchs():
     for i in range(4):
         for ours, theirs in zip(subset[i], expected[i]):
             np.testing.assert_array_equal(ours, theirs)
+    for ours, theirs in zip(subset[1:3], expected[1:3]):  # (a slice, as torch's)
+        np.testing.assert_array_equal(ours, theirs)
     nested = Subset(subset, [3, 1])
     assert _labels(nested) == [4, 0]
     with pytest.raises(IndexError, match="index 10 is out of range for a dataset of 10 samples"):

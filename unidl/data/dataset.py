@@ -180,6 +180,8 @@ class Subset(Dataset):
     def __getitem__(self, index):
         if isinstance(index, list):  # (torch's Subset reads a list of indices through the dataset)
             return self.dataset[[int(self.indices[i]) for i in index]]
+        if isinstance(index, slice):  # (as torch's: the dataset read at the subset's indices in that slice)
+            return self.dataset[self.indices[index]]
         return self.dataset[int(self.indices[index])]
 
     def batch(self, indices: np.ndarray):
