@@ -146,14 +146,3 @@ def test_hooks_run_through_the_native_model_and_survive_a_deepcopy(backend, rng)
     assert not np.any(ud.to_numpy(net.native(ud.tensor(x))))
     copied = copy.deepcopy(net)
     assert not np.any(ud.to_numpy(copied(x)))
-
-
-def test_hooks_see_the_forwards_of_fit_and_not_its_probe_of_the_output_shape(backend, rng):
-    """``fit`` runs one forward of one sample before training (the output's shape, for the metrics): a hook that
-    collects activations saw it as an extra call of a batch of one, on every backend."""
-    net, _ = _nets()
-    seen = []
-    net[0].register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
-    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 2, 8)
-    ud.fit(net, x, y, batch_size=4, epochs=1, loss="cross_entropy", optimizer="sgd", verbose=0, eager=True)
-    assert seen and (1, 3) not in seen

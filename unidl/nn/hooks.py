@@ -10,32 +10,11 @@ that collects tensors gets symbolic ones inside a trace. Registering or removing
 from __future__ import annotations
 
 from collections import OrderedDict
-import contextlib
-import contextvars
 import itertools
 import warnings
 import weakref
 
 _handle_ids = itertools.count()
-#: True inside ``suppressed()``: a forward unidl runs for itself (fit's probe of the output shape), not the user's
-_suppressed = contextvars.ContextVar("unidl_hooks_suppressed", default=False)
-
-
-@contextlib.contextmanager
-def suppressed():
-    """Run forwards without the modules' hooks: a forward of one sample that unidl makes for itself before training
-    (``fit`` learning the output's shape for the metrics) is no call of the user's, which a hook collecting
-    activations would count."""
-    token = _suppressed.set(True)
-    try:
-        yield
-    finally:
-        _suppressed.reset(token)
-
-
-def active() -> bool:
-    """Whether hooks run here (not inside ``suppressed()``)."""
-    return not _suppressed.get()
 
 
 class RemovableHandle:

@@ -567,7 +567,7 @@ class Module:
         module_called(self)  # for ud.function, whose graphs depend on this module's mode (unidl.tracing)
         if "input" in kwargs and not args and _renames_input(type(self)):  # torch.nn's keyword for a layer's input
             args = (kwargs.pop("input"),)
-        if self._hooked and hooks.active():
+        if self._hooked:
             return hooks.call(self, args, kwargs, functools.partial(_run_forward, self))
         return _run_forward(self, args, kwargs)
 
