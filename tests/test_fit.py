@@ -395,6 +395,7 @@ def test_predict_joins_structured_outputs_and_takes_a_list_of_rows(backend, rng)
     expected = ud.predict(layer, x)
     assert expected.shape == (10, 3)
     np.testing.assert_allclose(ud.predict(layer, x.tolist(), batch_size=4), expected, rtol=1e-6)
+    np.testing.assert_allclose(ud.predict(layer, list(x)), expected, rtol=1e-6)  # (rows of one shape)
     np.testing.assert_allclose(ud.predict(layer, [x, np.zeros(10)]), expected, rtol=1e-6)  # (fields, as evaluate)
     with pytest.raises(TypeError, match="predict: x given as a list is taken as rows of the input"):
         ud.predict(layer, [[1.0, 2.0], [3.0]])

@@ -868,10 +868,12 @@ def _inputs(batch):
 def predict(model, x, batch_size: int = 256):
     """Model outputs for ``x`` (an array, a tensor, nested lists of numbers, or a loader) in eval mode, as one NumPy
     array; a model whose forward returns a tuple, list or dict of tensors gives that structure of arrays, each joined
-    over the batches, as Keras's ``predict``. Nested lists of numbers are rows of the input, converted as
-    ``ud.tensor`` converts them (they were taken as fields, and the first row alone predicted); a tuple or list of
-    arrays or tensors is fields, the first of them the input (``predict(model, (x, y))``), as ``evaluate`` takes it."""
-    if isinstance(x, list) and not any(hasattr(item, "shape") for item in x):
+    over the batches, as Keras's ``predict``. A list of rows (nested lists of numbers, or arrays of one shape:
+    ``list(x)``) is the input's rows, converted as ``ud.tensor`` converts them (they were taken as fields, and the
+    first row alone predicted); a tuple, or a list of arrays of several shapes, is fields, the first of them the
+    input (``predict(model, (x, y))``), as ``evaluate`` takes it."""
+    shapes = {tuple(item.shape) for item in x if hasattr(item, "shape")} if isinstance(x, list) else set()
+    if isinstance(x, list) and len(shapes) <= 1:
         from unidl.tensors import as_numpy_values
 
         try:

@@ -257,13 +257,14 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise CorruptFileError(f"{path!r} does not hold a plain state dict (parameter names -> tensors); it holds "
                                f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else ""))
-    converted = {}
+    converted, widened = {}, 0
     for key, value in state.items():
         if value.layout != torch.strided or value.device.type == "meta":
             raise CorruptFileError(f"{path!r}: tensor {key!r} is {value.layout} on {value.device.type}, not a dense "
                                    f"tensor of values; save the state dict of a dense model")
         stored, needed = value.untyped_storage().nbytes(), value.numel() * max(value.element_size(), 4)
-        if needed > stored and needed > max(2 ** 26, 16 * os.path.getsize(path)):  # (a zero-stride view of a few
+        widened += max(needed - stored, 0)  # (summed over the file's views: many keys of 64 MiB each add up)
+        if needed > stored and widened > max(2 ** 26, 16 * os.path.getsize(path)):  # (a zero-stride view of a few
             # stored values: widened or copied, a 1.5 KB file made a 1 GB tensor before any shape was checked; a
             # small broadcast buffer, torch.ones(1).expand(4), loads)
             raise CorruptFileError(f"{path!r}: tensor {key!r} of shape {tuple(value.shape)} holds far more values "

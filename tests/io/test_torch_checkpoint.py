@@ -78,6 +78,10 @@ def test_a_view_of_fewer_stored_values_than_its_shape_is_refused_before_it_is_wi
     with pytest.raises(ud.CorruptFileError, match=r"tensor 'linear1.weight' of shape \(16000, 16000\) holds far "
                                                   r"more values than the 2 bytes stored for it"):
         model.load_weights(path)
+    many = tmp_path / "many.pt"  # (views of 64 MiB each, under the bound one by one: their sum counts)
+    torch.save({f"view{i}": torch.zeros(1).expand(2 ** 24) for i in range(24)}, many)
+    with pytest.raises(ud.CorruptFileError, match="holds far more values than the"):
+        model.load_weights(many, strict=False)
     tied = torch.nn.Linear(4, 8)  # (two names of one storage, a slice of a larger one, a small broadcast: fine)
     torch.save({"linear1.weight": tied.weight, "linear1.bias": torch.zeros(10)[2:], "linear2.weight": torch.zeros(
         3, 8), "linear2.bias": torch.ones(1).expand(3)}, tmp_path / "fine.pt")

@@ -146,3 +146,15 @@ def test_hooks_run_through_the_native_model_and_survive_a_deepcopy(backend, rng)
     assert not np.any(ud.to_numpy(net.native(ud.tensor(x))))
     copied = copy.deepcopy(net)
     assert not np.any(ud.to_numpy(copied(x)))
+
+
+def test_a_hook_that_changes_the_output_shape_holds_for_fits_metrics(backend, rng):
+    """fit's forward of one sample before training (the output's shape, for the metrics) runs the hooks: a hook
+    that keeps one output column makes a binary model whose accuracy fit computes (without the hooks the shape read
+    was the layer's, and fit refused the metrics)."""
+    model = ud.nn.Linear(4, 6)
+    model.register_forward_hook(lambda m, args, out: out[:, :1])
+    x, y = rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 2, (8, 1)).astype(np.float32)
+    history = ud.fit(model, x, y, batch_size=4, loss="bce_with_logits", optimizer="sgd", metrics=["accuracy"],
+                     verbose=0)
+    assert 0.0 <= history.history["accuracy"][0] <= 1.0

@@ -38,8 +38,11 @@ def test_to_another_dtype_or_device_is_a_clear_error(backend):
             call()
     with pytest.raises(ud.ModelPlacementError, match="asks for dtype float64"):
         model.to(float)  # (Python's float: float64, as torch's)
-    with pytest.raises(ud.DeviceUnavailableError, match="device 'cuda:7' is not visible"):
-        model.cuda(torch.device("cuda:7"))
+    for device in (torch.device("cuda:7"), np.int64(7), 7):
+        with pytest.raises(ud.DeviceUnavailableError, match="device 'cuda:7' is not visible"):
+            model.cuda(device)
+    with pytest.raises(TypeError, match="dtype must be a floating dtype"):
+        model.to("int64")  # (a dtype's name, not a device's)
     with pytest.raises(TypeError, match=r"unexpected keyword arguments \['copy'\]"):
         model.to("cpu", copy=True)
     with pytest.raises(ValueError, match="memory_format=torch.channels_last is not supported"):

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from unidl import config, devices
+from unidl import arguments, config, devices
 from unidl.dtype_kinds import dtype_name, is_floating
 from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
 from unidl.nn import hooks
@@ -782,7 +782,8 @@ class Module:
         """``to("cuda")`` (``cuda:N`` with ``device=N``)."""
         from unidl.nn import placement
 
-        device = "cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else str(device)
+        index = arguments.integer(device)  # (a NumPy integer too; a device object or string as it is)
+        device = "cuda" if device is None else f"cuda:{index}" if index is not None else str(device)
         return placement.moved(self, device, None, "cuda()")
 
     def float(self) -> "Module":

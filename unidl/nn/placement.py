@@ -26,7 +26,13 @@ def _is_dtype(value) -> bool:
         return True
     if isinstance(value, type):
         return issubclass(value, (np.generic, float, int, bool, complex))
-    return type(value).__name__ in ("dtype", "DType") or (isinstance(value, str) and value in _FLOATS)
+    if isinstance(value, str):  # (a dtype's name: 'float64', 'int64'; a device's is no NumPy dtype)
+        try:
+            np.dtype(value)
+        except TypeError:
+            return value == "bfloat16"
+        return True
+    return type(value).__name__ in ("dtype", "DType")
 
 
 def _dtype_named(value) -> str | None:
