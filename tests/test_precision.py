@@ -154,11 +154,7 @@ def test_a_prelu_or_a_normalization_trains_in_bf16_as_a_torch_autocast_loop(back
     net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
     step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), precision="bf16-mixed")
 
-    def loss_of(net):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs = net(torch.tensor(x))
-        return torch.nn.functional.mse_loss(outputs.float(), torch.tensor(y))
-
+    loss_of = _bf16_autocast_mse(x, y)
     _trains_as_a_torch_autocast_loop(step, model, net, loss_of, x, y, lr=0.1, loss_bound=1e-2)
 
 
@@ -192,11 +188,7 @@ def test_a_transformer_layer_on_a_float32_stream_trains_in_bf16_as_a_torch_autoc
     net.load_state_dict({k: torch.tensor(np.array(v)) for k, v in model.state_dict().items()})
     step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), precision="bf16-mixed")
 
-    def loss_of(net):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs = net(torch.tensor(x))
-        return torch.nn.functional.mse_loss(outputs.float(), torch.tensor(y))
-
+    loss_of = _bf16_autocast_mse(x, y)
     initial = model.state_dict()
     _trains_as_a_torch_autocast_loop(step, model, net, loss_of, x, y, lr=0.1, loss_bound=2e-2, weight_bound=None)
     # the updates of all the weights together (a bias from zero moves by 1e-3 in three steps, and bfloat16's rounding
@@ -204,6 +196,19 @@ def test_a_transformer_layer_on_a_float32_stream_trains_in_bf16_as_a_torch_autoc
     moved = np.concatenate([(model.state_dict()[k] - v).ravel() for k, v in initial.items()])
     expected = np.concatenate([(net.state_dict()[k].numpy() - v).ravel() for k, v in initial.items()])
     assert max_relative_difference(moved, expected) < 5e-2
+
+
+def _bf16_autocast_mse(x, y):
+    """``loss_of(net)`` for ``_trains_as_a_torch_autocast_loop``: the MSE of ``net``'s outputs on ``x`` (forward
+    under bfloat16 autocast) against ``y``, in float32."""
+    import torch
+
+    def loss_of(net):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = net(torch.tensor(x))
+        return torch.nn.functional.mse_loss(outputs.float(), torch.tensor(y))
+
+    return loss_of
 
 
 def _trains_as_a_torch_autocast_loop(step, model, net, loss_of, x, y, lr, loss_bound, weight_bound=1e-2):
