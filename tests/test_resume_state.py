@@ -325,10 +325,6 @@ def test_best_weights_of_early_stopping_survive_a_resume(tmp_path, backend):
         np.testing.assert_allclose(resumed.state_dict()[key], value, rtol=1e-6, atol=1e-7)
 
 
-class _Stop(Exception):
-    pass
-
-
 def test_a_resume_mid_epoch_on_a_frameworks_pipeline_says_the_rest_of_the_epoch_is_skipped(tmp_path):
     """A framework's own pipeline cannot be moved to a checkpoint's position: resumed from a checkpoint written
     part-way through an epoch, training goes on from the next epoch, now with a warning saying so (it skipped the
@@ -340,14 +336,6 @@ def test_a_resume_mid_epoch_on_a_frameworks_pipeline_says_the_rest_of_the_epoch_
     pipeline = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
                                            batch_size=8)
 
-    class StopAt(ud.callbacks.Callback):
-        def __init__(self, step):
-            self.step = step
-
-        def on_batch_end(self, batch, logs=None):
-            if self.trainer.global_step == self.step:
-                raise _Stop
-
     with ud.use_backend("torch"):
         for directory, every_steps, expect_warning in (("mid", 1, True), ("end", None, False)):
             for resume in (False, True):
@@ -358,9 +346,9 @@ def test_a_resume_mid_epoch_on_a_frameworks_pipeline_says_the_rest_of_the_epoch_
                     warnings.simplefilter("always")
                     try:
                         ud.fit(model, pipeline, loss="cross_entropy", optimizer="sgd", epochs=3, verbose=0,
-                               callbacks=callbacks + ([] if resume else [StopAt(7)]),
+                               callbacks=callbacks + ([] if resume else [CrashAt(7)]),
                                resume_from=tmp_path / directory if resume else None)
-                    except _Stop:
+                    except Crash:
                         continue
                 said = [w for w in caught if "cannot be moved to that position" in str(w.message)]
                 assert bool(said) == expect_warning, [str(w.message) for w in caught]
@@ -372,11 +360,6 @@ def test_the_lr_history_logs_for_an_epoch_resumed_part_way_is_the_rate_it_began_
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((40, 3)).astype(np.float32), rng.integers(0, 2, 40)
 
-    class StopAt(ud.callbacks.Callback):
-        def on_batch_end(self, batch, logs=None):
-            if self.trainer.global_step == 7:
-                raise _Stop
-
     histories = []
     for directory, stops in (("straight", False), ("resumed", True), ("resumed", False)):
         ud.manual_seed(0)
@@ -384,13 +367,13 @@ def test_the_lr_history_logs_for_an_epoch_resumed_part_way_is_the_rate_it_began_
         optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
         schedule = ud.optim.lr_scheduler.OneCycleLR(optimizer, 0.5, total_steps=15)
         callbacks = [ud.callbacks.LearningRateScheduler(schedule, interval="batch"),
-                     ud.callbacks.Checkpoint(tmp_path / directory, every_steps=1)] + ([StopAt()] if stops else [])
+                     ud.callbacks.Checkpoint(tmp_path / directory, every_steps=1)] + ([CrashAt(7)] if stops else [])
         try:
             histories.append(ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8), epochs=3,
                                     loss="cross_entropy", optimizer=optimizer, callbacks=callbacks, verbose=0,
                                     resume_from=tmp_path / directory if directory == "resumed" and not stops
                                     else None).history)
-        except _Stop:
+        except Crash:
             continue
     straight, resumed = histories
     assert resumed["lr"] == straight["lr"] and len(set(straight["lr"])) == 3
