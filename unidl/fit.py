@@ -25,6 +25,7 @@ from unidl.errors import (CheckpointStateError, DtypeMismatchError, IndexOutOfRa
 from unidl.nn.loss import CrossEntropyLoss, float_labels_message
 from unidl.nn.module import require_trainable
 from unidl.metrics.probe import accumulator_for, first_sample, output_shape
+from unidl.nested import tree_map
 from unidl.progress import Progress
 from unidl.tensors import to_numpy
 from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settings, check_optimizer_trains,
@@ -886,34 +887,18 @@ def predict(model, x, batch_size: int = 256):
     model.eval()
     try:
         # every output on every rank of a data-parallel job: arrays are not sharded here
-        outputs = [_as_arrays(forward(_inputs(batch))) for batch in _batches(x, batch_size, shard=False)]
+        outputs = [tree_map(to_numpy, forward(_inputs(batch))) for batch in _batches(x, batch_size, shard=False)]
     finally:
         model.train(was_training)
-    return _joined(outputs) if outputs else np.zeros((0,))
+    return tree_map(_joined, *outputs) if outputs else np.zeros((0,))
 
 
-def _as_arrays(output):
-    """A forward's output as NumPy: a tensor's array, a tuple, list or dict of them the same structure of arrays."""
-    if isinstance(output, dict):
-        return {key: _as_arrays(value) for key, value in output.items()}
-    if isinstance(output, (tuple, list)):
-        return type(output)(_as_arrays(value) for value in output) if not hasattr(output, "_fields") else \
-            type(output)(*(_as_arrays(value) for value in output))
-    return to_numpy(output)
-
-
-def _joined(outputs: list):
-    """The batches' outputs (``_as_arrays``) joined along the batch axis, structure by structure."""
-    first = outputs[0]
-    if isinstance(first, dict):
-        return {key: _joined([output[key] for output in outputs]) for key in first}
-    if isinstance(first, (tuple, list)):
-        joined = [_joined([output[i] for output in outputs]) for i in range(len(first))]
-        return type(first)(*joined) if hasattr(first, "_fields") else type(first)(joined)
-    if np.ndim(first) == 0:
+def _joined(*parts) -> np.ndarray:
+    """One output's arrays of the batches (``predict``), joined along the batch axis."""
+    if np.ndim(parts[0]) == 0:
         raise TypeError("predict: the model's forward returned a scalar for a batch; predict joins per-sample "
                         "outputs along the batch axis")
-    return np.concatenate(outputs)
+    return np.concatenate(parts)
 
 
 def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metrics=None, return_dict: bool = True,

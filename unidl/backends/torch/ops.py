@@ -10,6 +10,7 @@ from unidl import config
 from unidl.errors import IndexOutOfRangeError, ValueOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
 from unidl.input_checks import float_bound
+from unidl.nested import tree_leaves, tree_map
 
 linear = F.linear
 matmul = torch.matmul
@@ -268,31 +269,12 @@ def bce_with_logits(logits, targets, reduction="mean"):
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction=reduction)
 
 
-def _tree_map(fn, *trees):
-    """``fn`` over the tensors of equally nested tuples, lists and dicts (scan's carries, slices and outputs)."""
-    first = trees[0]
-    if isinstance(first, dict):
-        return {key: _tree_map(fn, *(t[key] for t in trees)) for key in first}
-    if isinstance(first, (tuple, list)):
-        parts = [_tree_map(fn, *parts) for parts in zip(*trees)]
-        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)  # (a NamedTuple by field)
-    return fn(*trees)
-
-
-def _tree_leaves(tree):
-    if isinstance(tree, dict):
-        return [leaf for key in tree for leaf in _tree_leaves(tree[key])]
-    if isinstance(tree, (tuple, list)):
-        return [leaf for part in tree for leaf in _tree_leaves(part)]
-    return [tree]
-
-
 def scan(fn, init, xs, axis=0, reverse=False):
-    length = _tree_leaves(xs)[0].shape[axis]
+    length = tree_leaves(xs)[0].shape[axis]
     carry, ys = init, [None] * length
     for t in (reversed(range(length)) if reverse else range(length)):
-        carry, ys[t] = fn(carry, _tree_map(lambda x: x.select(axis, t), xs))
-    return carry, _tree_map(lambda *y: torch.stack(y, axis), *ys)
+        carry, ys[t] = fn(carry, tree_map(lambda x: x.select(axis, t), xs))
+    return carry, tree_map(lambda *y: torch.stack(y, axis), *ys)
 
 
 def gelu(x, approximate="none"):

@@ -8,7 +8,7 @@ import torch
 
 from unidl.backends.torch.distributed import backward, data_parallel, gradient_sync, update_losses
 from unidl.backends.torch.nesting import differentiated
-from unidl.backends.torch.ops import _tree_map
+from unidl.nested import tree_map
 from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, torch_window
 from unidl.precision import BACKOFF_FACTOR, FLOAT32_MAX, GROWTH_FACTOR
 from unidl.training import loss_scale_storage
@@ -60,7 +60,7 @@ def _float32(value):
 def detached(outputs):
     """A step's outputs (a tensor, or tuples, lists, NamedTuples and dicts of them; other leaves as they are)
     detached from the autograd graph."""
-    return _tree_map(lambda value: value.detach() if isinstance(value, torch.Tensor) else value, outputs)
+    return tree_map(lambda value: value.detach() if isinstance(value, torch.Tensor) else value, outputs)
 
 
 def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accumulate=1):
@@ -92,7 +92,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
         with gradient_sync(forward, updates), differentiated():
             with torch.autocast(device_type=x.device.type, dtype=dtype):
                 outputs = forward(x, *inputs)
-            outputs = _tree_map(_float32, outputs)  # (a tensor, or tuples, lists and dicts of them)
+            outputs = tree_map(_float32, outputs)  # (a tensor, or tuples, lists and dicts of them)
             loss = loss_fn(outputs, y)  # the loss in float32, as autocast computes losses
             scaled = loss / accumulate if accumulate > 1 else loss
             # the window's losses, which the guard checks (under DDP: with the job's marker, from the gradients'
