@@ -22,7 +22,7 @@ import numpy as np
 from unidl import arguments, config, devices
 from unidl.dtype_kinds import dtype_name, is_floating
 from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
-from unidl.nn import hooks
+from unidl.nn import hooks, placement
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.tensors import to_numpy
 from unidl.tracing import current_recording, module_called
@@ -201,8 +201,9 @@ def _inputs(module, args) -> tuple:
         if isinstance(value, (np.ndarray, np.generic)):
             from unidl.tensors import tensor  # (on the module's backend: __call__ checked that it is the current one)
 
-            # one array given twice is one tensor (self-attention's ``attention(x, x, x)``, as with a tensor)
-            converted[index] = seen[id(value)] if id(value) in seen else seen.setdefault(id(value), tensor(value))
+            if id(value) not in seen:  # (one array given twice is one tensor: self-attention's attention(x, x, x))
+                seen[id(value)] = tensor(value)
+            converted[index] = seen[id(value)]
         elif type(value) in _CONVERTED:
             from unidl import input_checks
 
@@ -768,46 +769,32 @@ class Module:
         ``model = model.to(device)`` runs unchanged. Anywhere else a ``ModelPlacementError``: unidl places and types
         variables when it builds them (build the model under ``ud.use_device``/``ud.use_dtype``); a device the
         backend does not see is a ``DeviceUnavailableError`` listing those it sees."""
-        from unidl.nn import placement
-
         return placement.moved(self, *placement.requested(type(self).__name__, self._backend, args, kwargs), "to()")
 
     def cpu(self) -> "Module":
         """``to("cpu")``."""
-        from unidl.nn import placement
-
         return placement.moved(self, "cpu", None, "cpu()")
 
     def cuda(self, device=None) -> "Module":
         """``to("cuda")`` (``cuda:N`` with ``device=N``)."""
-        from unidl.nn import placement
-
         index = arguments.integer(device)  # (a NumPy integer too; a device object or string as it is)
         device = "cuda" if device is None else f"cuda:{index}" if index is not None else str(device)
         return placement.moved(self, device, None, "cuda()")
 
     def float(self) -> "Module":
         """``to(float32)``."""
-        from unidl.nn import placement
-
         return placement.moved(self, None, "float32", "float()")
 
     def double(self) -> "Module":
         """``to(float64)``."""
-        from unidl.nn import placement
-
         return placement.moved(self, None, "float64", "double()")
 
     def half(self) -> "Module":
         """``to(float16)``: float16 compute is ``fit(..., precision='16-mixed')``'s (see ``to``)."""
-        from unidl.nn import placement
-
         return placement.moved(self, None, "float16", "half()")
 
     def bfloat16(self) -> "Module":
         """``to(bfloat16)``: bfloat16 compute is ``fit(..., precision='bf16-mixed')``'s (see ``to``)."""
-        from unidl.nn import placement
-
         return placement.moved(self, None, "bfloat16", "bfloat16()")
 
     # ---- state -------------------------------------------------------------
