@@ -585,15 +585,13 @@ def _check_open_window(optimizer, trainer) -> None:
     its micro-steps was not finite, the window emptied (its update skipped), as the window's update would have
     raised (the run ended silently, and the next ``fit`` raised at its own first step). In a data-parallel job the
     flag is the job's, so every rank raises alike."""
-    from unidl.training import _WINDOW, job_window_state, window_state
+    from unidl.training import job_window_state, load_window_state, window_state
 
     group = process_group.current()
     state = job_window_state(optimizer) if group is not None and group.world_size > 1 else window_state(optimizer)
     if state is None or state["finite"]:
         return
-    holder = _WINDOW.holder(optimizer)
-    if holder is not None:
-        holder.load(None)
+    load_window_state(optimizer, None)
     raise NonFiniteLossError(f"the training loss or a gradient became NaN or infinite in the run's last "
                              f"accumulation window ({state['micro_steps']} of {state['accumulate']} micro-steps, "
                              f"ending at epoch {trainer.epoch + 1}, step {trainer.global_step}); its update was "
