@@ -16,7 +16,7 @@ import numpy as np
 
 from unidl import config
 from unidl.data import worker
-from unidl.data.dataset import SingleField, default_collate, sliced_arrays
+from unidl.data.dataset import SingleField, default_collate, is_map_style, sliced_arrays
 from unidl.data.epoch import Epoch
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
@@ -186,7 +186,7 @@ class DataLoader:
                  drop_last: bool = False, num_workers: int = 0, prefetch: int = 2, collate_fn=None,
                  worker_type: str = "thread", timeout: float | None = None, persistent_workers: bool = False,
                  worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True):
-        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        if not is_map_style(dataset):
             raise TypeError(f"DataLoader takes a map-style dataset (__len__ and __getitem__: a Dataset, a "
                             f"TensorDataset, a list of samples), got {type(dataset).__name__}; an iterable dataset or "
                             f"generator has no order to seed and resume: collect its samples into a list first")

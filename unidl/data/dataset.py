@@ -99,6 +99,12 @@ def batched_by_dataset(dataset, collate_fn) -> bool:
     return not (kind.__getitem__ is not TensorDataset.__getitem__ and kind.batch is TensorDataset.batch)
 
 
+def is_map_style(dataset) -> bool:
+    """Whether ``dataset`` is map-style, as a loader, ``Subset`` and ``ConcatDataset`` take it: ``__len__`` and
+    ``__getitem__`` (a ``Dataset``, a ``TensorDataset``, a list of samples)."""
+    return hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+
+
 class Dataset:
     """A sized collection of samples; ``dataset[i]`` is one sample (an array, or a tuple of arrays)."""
 
@@ -160,7 +166,7 @@ class Subset(Dataset):
     batches with one slice per array, as the whole dataset does."""
 
     def __init__(self, dataset, indices):
-        if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        if not is_map_style(dataset):
             raise TypeError(f"Subset takes a map-style dataset (__len__ and __getitem__), got {type(dataset).__name__}")
         array = np.asarray(indices)
         if array.size == 0:
@@ -203,7 +209,7 @@ class ConcatDataset(Dataset):
         if not self.datasets:
             raise ValueError("ConcatDataset: datasets should not be an empty iterable")
         for position, dataset in enumerate(self.datasets):
-            if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            if not is_map_style(dataset):
                 raise TypeError(f"ConcatDataset: dataset {position} is not a map-style dataset (__len__ and "
                                 f"__getitem__), got {type(dataset).__name__}")
         self.cumulative_sizes = np.cumsum([len(dataset) for dataset in self.datasets]).tolist()
