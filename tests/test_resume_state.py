@@ -39,7 +39,8 @@ class CrashAtEpochEnd(ud.callbacks.Callback):
 
 
 def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=None, every_steps=None,
-         optimizer="SGD", betas=(0.9, 0.999), eager=False, metrics=None, built=None, crash_at_end=None, model=None):
+         optimizer="SGD", betas=(0.9, 0.999), eager=False, metrics=None, built=None, crash_at_end=None, model=None,
+         step_size=1):
     """``model``: a function building the model (default: ``TwoLayerNet(3, 8, 1)``). ``built`` gets the model
     and the optimizer before ``fit`` runs."""
     ud.manual_seed(0)
@@ -52,7 +53,8 @@ def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=Non
     x = rng.standard_normal((40, 3)).astype(np.float32)
     y = (x.sum(axis=1, keepdims=True) * 0.1).astype(np.float32)
     loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8, shuffle=True, seed=1)
-    schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5))
+    schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, step_size=step_size,
+                                                                                 gamma=0.5))
     stopping = ud.callbacks.EarlyStopping(monitor="loss", patience=10)
     callbacks = [ud.callbacks.Checkpoint(directory, every_steps=every_steps, keep=2), schedule, stopping]
     if crash_at is not None:
@@ -187,6 +189,16 @@ def test_a_new_lr_wins_with_a_warning_and_new_betas_too(tmp_path, backend):
         _, optimizer, _, _ = _run(tmp_path / "run", 3, optimizer="Adam", lr=0.02, betas=(0.8, 0.9),
                                   resume_from="auto")
     assert optimizer.param_groups[0]["betas"] == (0.8, 0.9)  # (the load restored the saved ones first)
+
+
+def test_a_schedule_built_with_new_settings_wins_with_a_warning(tmp_path, backend):
+    """``fit``'s resume rule for a schedule's settings, as for the optimizer's: a ``StepLR`` of ``step_size=2`` given
+    to a run saved with ``step_size=1`` keeps its own from the resumed epoch on, with a warning naming both (the
+    settings were not saved: the new ones were taken silently), where a plain ``load_state_dict`` refuses them."""
+    _run(tmp_path / "run", 2)
+    with pytest.warns(UserWarning, match=r"StepLR built with changed settings step_size: 1 -> 2: the new values win"):
+        _, _, history, _ = _run(tmp_path / "run", 4, resume_from="auto", step_size=2)
+    assert history.history["lr"] == [0.8, 0.4, 0.2, 0.2]  # (0.1 in the last epoch with step_size=1)
 
 
 def test_a_new_lr_scales_every_groups_rate_and_chained_schedules_as_a_run_started_with_it(tmp_path, backend):

@@ -366,8 +366,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             continue exactly where it stopped (weights, optimizer, RNG, position in the epoch, schedules and
             other callback state, History). It must exist; ``"auto"`` resumes from the ``Checkpoint``
             callback's directory if it holds a checkpoint and starts afresh otherwise. A corrupt newest
-            checkpoint is skipped with a warning. A new lr or optimizer hyperparameter wins over the
-            checkpoint's, with a warning; a different model, loss or optimizer class is an error.
+            checkpoint is skipped with a warning. A new lr, optimizer hyperparameter or schedule setting wins
+            over the checkpoint's, with a warning; a different model, loss or optimizer class is an error.
 
     ``eager=True``: no compiled step on any backend; Python runs the forward at every step (Keras's
     ``run_eagerly``), for models whose forward needs Python per step (docs/dynamic-forward.md).
@@ -737,13 +737,15 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
     naming both (the options the run changed since, a schedule's cycled momentum, are restored). A new learning
     rate scales every param group's rate and every schedule's base rates by new / old: the rates a run started
     with the new rate would have there, for the schedules proportional to their base rate (all but
-    ``OneCycleLR``, whose rates are its ``max_lr``'s), chained ones and groups of their own rates too.
-    A different model, loss or optimizer class is an error, raised before anything changes.
+    ``OneCycleLR``, whose rates are its ``max_lr``'s), chained ones and groups of their own rates too. A schedule
+    built with other settings than the saved run's (``step_size``, ``T_max``, ...) keeps them from here on, with a
+    warning naming them. A different model, loss or optimizer class is an error, raised before anything changes.
     """
     import json
     import warnings
 
     from unidl.checkpoint import load_checkpoint
+    from unidl.optim.lr_scheduler import given_settings_win
     from unidl.serialization import to_json
 
     target = _resume_target(resume_from, callbacks)
@@ -754,10 +756,11 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
 
     optimizer.__dict__["_given_options_win"] = True  # (its load keeps the options that differ from the saved run's)
     try:
-        info = load_checkpoint(target, model, optimizer, loader=loader if isinstance(loader, DataLoader) else None,
-                               callbacks=callbacks,
-                               check=lambda metadata, path: _check_resumable(metadata, path, trainer, backend,
-                                                                             metrics))
+        with given_settings_win():  # (and each schedule's load keeps its settings given anew)
+            info = load_checkpoint(target, model, optimizer,
+                                   loader=loader if isinstance(loader, DataLoader) else None, callbacks=callbacks,
+                                   check=lambda metadata, path: _check_resumable(metadata, path, trainer, backend,
+                                                                                 metrics))
     finally:
         optimizer.__dict__.pop("_given_options_win", None)
     extra = info.get("extra") or {}

@@ -141,8 +141,8 @@ def test_state_round_trip_continues_the_sequence(backend, case):
     expected, _, _ = unidl_rates(factory, steps)
     _, schedule, saved = unidl_rates(factory, steps // 2)
     state = schedule.state_dict()
-    assert set(state) == ({"last_epoch", "schedulers"} if "Sequential" in case or "Chained" in case
-                          else {"last_epoch", "base_lrs", "last_lr"})
+    assert set(state) == ({"last_epoch", "schedulers", "settings"} if "Sequential" in case or "Chained" in case
+                          else {"last_epoch", "base_lrs", "last_lr", "settings"})
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.2)
     resumed = factory(optimizer)
     optimizer.load_state_dict(saved.state_dict())
@@ -459,3 +459,40 @@ def test_a_one_cycle_state_past_its_total_steps_is_refused_on_load(backend):
     with pytest.raises(ud.errors.CheckpointStateError, match="last_epoch 12 is past this schedule's total_steps=10"):
         short.load_state_dict(long.state_dict())
     assert short.last_epoch == 0
+
+
+def test_a_state_saved_with_other_settings_is_refused_before_anything_changes(backend):
+    """A schedule's state holds its settings (the constructor's arguments but functions): loading a ``StepLR`` state
+    of ``step_size=2`` into one of ``step_size=3`` is a ``CheckpointStateError`` naming both (it loaded, and the
+    resumed run followed another schedule than the saved one, where PyTorch's load takes the saved settings), also
+    for a schedule inside a ``SequentialLR`` and for the sequence's own milestones; the same settings load."""
+    def stepped(step_size, milestone=2):
+        optimizer = ud.optim.SGD(Holder().parameters(), lr=0.8)
+        schedule = lr_scheduler.SequentialLR(optimizer, [lr_scheduler.ConstantLR(optimizer, 0.5, 2),
+                                                         lr_scheduler.StepLR(optimizer, step_size, 0.5)], [milestone])
+        for _ in range(3):
+            schedule.step()
+        return schedule
+
+    state = stepped(2).state_dict()
+    assert state["schedulers"][1]["settings"] == {"step_size": 2, "gamma": 0.5}
+    assert state["settings"] == {"milestones": [2]}
+    for other, message in ((stepped(3), "StepLR state was saved by a schedule built with other settings: "
+                                        "step_size=2 there, 3 here"),
+                           (stepped(2, milestone=1), r"SequentialLR state .* milestones=\[2\] there, \[1\] here")):
+        before = other.state_dict()
+        with pytest.raises(ud.errors.CheckpointStateError, match=message):
+            other.load_state_dict(state)
+        assert other.state_dict() == before
+    same = stepped(2)
+    same.load_state_dict(state)
+    assert same.state_dict() == state
+    lambdas = lr_scheduler.LambdaLR(ud.optim.SGD(Holder().parameters(), lr=0.8), lambda epoch: 0.5)
+    assert lambdas.state_dict()["settings"] == {}  # (functions are the caller's to give again)
+
+
+def test_a_state_saved_before_settings_were_saved_loads(backend):
+    optimizer = ud.optim.SGD(Holder().parameters(), lr=0.8)
+    schedule = lr_scheduler.StepLR(optimizer, 3, 0.5)
+    schedule.load_state_dict({"last_epoch": 4, "base_lrs": [0.7], "last_lr": [0.4]})
+    assert (schedule.last_epoch, schedule.base_lrs, schedule.get_last_lr()) == (4, [0.7], [0.4])

@@ -8,10 +8,67 @@ param groups on torch), so a new rate never retraces a compiled step.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import contextvars
+import functools
+import inspect
 import math
+import warnings
+
+import numpy as np
 
 from unidl import arguments
 from unidl.optim.optimizer import check_range
+
+# not a schedule's settings: what it is built on, and its position (its state's own entries)
+_NOT_SETTINGS = ("self", "optimizer", "schedulers", "last_epoch")
+_UNSAVED = object()
+# set while fit resumes a run: settings given anew win over the checkpoint's, with a warning (fit's rule)
+_given_settings_win = contextvars.ContextVar("unidl_given_settings_win", default=False)
+
+
+@contextlib.contextmanager
+def given_settings_win():
+    """Within it, loading a schedule's state whose settings differ from the schedule's own keeps the schedule's,
+    with a warning naming them (``fit``'s resume rule: what is given anew wins), where it is an error elsewhere."""
+    token = _given_settings_win.set(True)
+    try:
+        yield
+    finally:
+        _given_settings_win.reset(token)
+
+
+def _setting(value):
+    """A constructor argument as a schedule's state saves it (plain JSON data), or ``_UNSAVED`` for what JSON cannot
+    hold (an ``lr_lambda``, a ``scale_fn``): those are the caller's to give again."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, (list, tuple)):
+        items = [_setting(item) for item in value]
+        return _UNSAVED if any(item is _UNSAVED for item in items) else items
+    return _UNSAVED
+
+
+def _recorded(init):
+    """``init`` that first records the arguments it was called with as the schedule's ``_settings`` (those of the
+    most derived class's constructor: a ``super().__init__`` records nothing more)."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording(self, *args, **kwargs):
+        if "_settings" not in self.__dict__:
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError:
+                return init(self, *args, **kwargs)  # (the constructor's own error for arguments that do not fit)
+            bound.apply_defaults()
+            settings = {name: _setting(value) for name, value in bound.arguments.items() if name not in _NOT_SETTINGS}
+            self.__dict__["_settings"] = {name: value for name, value in settings.items() if value is not _UNSAVED}
+        return init(self, *args, **kwargs)
+
+    return recording
 
 
 def _check_fresh(owner: str, last_epoch) -> None:
@@ -32,7 +89,18 @@ class LRScheduler:
     set it from the group's base rate. Building one takes its first step (epoch 0: ``LinearLR``'s start factor, a
     milestone at 0). The base rates (``base_lrs``) are the groups' rates when the optimizer's first schedule was
     built (PyTorch's ``initial_lr``), so that a second schedule builds on the same ones, unless a schedule gives its
-    own (``base_lrs``: ``CyclicLR``'s ``base_lr``)."""
+    own (``base_lrs``: ``CyclicLR``'s ``base_lr``).
+
+    ``state_dict()`` holds the schedule's settings too (its constructor's arguments but functions: ``step_size``,
+    ``T_max``, ``milestones`` ...). Loading a state saved with other settings is a ``CheckpointStateError`` naming
+    them, raised before anything changes (PyTorch's ``load_state_dict`` silently takes the saved ones, so that a
+    resumed run follows another schedule than the one its code builds); ``fit``'s resume keeps the ones given anew,
+    with a warning, its rule for every hyperparameter."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recorded(cls.__dict__["__init__"])
 
     def __init__(self, optimizer, last_epoch: int = -1, base_lrs=None):
         _check_fresh(type(self).__name__, last_epoch)
@@ -99,7 +167,40 @@ class LRScheduler:
     def state_dict(self) -> dict:
         """Where the schedule stands (epochs stepped, each group's base rate), as plain JSON-serialisable data.
         The rates themselves are the optimizer's state (PyTorch's split): load both to resume."""
-        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs), "last_lr": self.get_last_lr()}
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs), "last_lr": self.get_last_lr(),
+                "settings": self.settings()}
+
+    def settings(self) -> dict:
+        """The arguments this schedule was built with, as its ``state_dict()`` saves them (functions left out)."""
+        return dict(self.__dict__.get("_settings", {}))
+
+    def _check_settings(self, state) -> None:
+        """``CheckpointStateError`` where ``state`` was saved with other settings than this schedule's (unless
+        ``given_settings_win``, fit's resume); a state saved before settings were saved has none to compare."""
+        from unidl.errors import CheckpointStateError
+
+        changed = self._changed_settings(state)
+        if changed and not _given_settings_win.get():
+            raise CheckpointStateError(
+                f"{type(self).__name__} state was saved by a schedule built with other settings: "
+                + ", ".join(f"{name}={old!r} there, {new!r} here" for name, (old, new) in changed.items())
+                + "; build the schedule with the saved settings to resume it (or resume through ud.fit, where "
+                  "the settings given anew win, with a warning)")
+
+    def _changed_settings(self, state) -> dict:
+        """{name: (saved, this schedule's)} for each setting that differs; {} where ``state`` holds none."""
+        saved, mine = state.get("settings"), self.settings()
+        if saved is None:
+            return {}
+        return {name: (saved.get(name), mine.get(name)) for name in sorted(set(saved) | set(mine))
+                if saved.get(name) != mine.get(name)}
+
+    def _warn_given_settings(self, state) -> None:
+        changed = self._changed_settings(state)
+        if changed:
+            warnings.warn(f"resuming a {type(self).__name__} built with changed settings "
+                          + ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changed.items())
+                          + ": the new values win", UserWarning, stacklevel=2)
 
     def check_state_dict(self, state) -> None:
         """Raise ``CheckpointStateError`` unless ``load_state_dict(state)`` would succeed; changes nothing. An older
@@ -110,10 +211,11 @@ class LRScheduler:
         if isinstance(state, dict) and "_last_lr" in state:  # (torch.optim.lr_scheduler's own private attributes)
             raise CheckpointStateError(f"{owner} state is a torch.optim.lr_scheduler state_dict, not unidl's: load "
                                        f"unidl's own scheduler.state_dict() ('last_epoch' and 'base_lrs')")
-        if not isinstance(state, dict) or set(state) - {"last_lr"} not in ({"last_epoch", "base_lrs"},
-                                                                             {"last_epoch", "base_lr"}):
-            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch', 'base_lrs' and "
-                                       f"'last_lr', got "
+        if not isinstance(state, dict) or set(state) - {"last_lr", "settings"} not in (
+                {"last_epoch", "base_lrs"}, {"last_epoch", "base_lr"}) or not isinstance(state.get("settings", {}),
+                                                                                      dict):
+            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch', 'base_lrs', "
+                                       f"'last_lr' and 'settings' (a dict), got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         epoch = state["last_epoch"]
         lowest = -1 if getattr(self, "_in_sequence", False) else 0  # (-1: a SequentialLR's not started yet)
@@ -136,11 +238,13 @@ class LRScheduler:
         if total is not None and epoch > total:  # (OneCycleLR: its next step() would raise)
             raise CheckpointStateError(f"{owner} state last_epoch {epoch} is past this schedule's "
                                        f"total_steps={total}")
+        self._check_settings(state)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the schedule from ``state`` (checked first): its position and base rates. The optimizer's
         rates are its own state, as in PyTorch (``load_checkpoint`` restores both)."""
         self.check_state_dict(state)
+        self._warn_given_settings(state)
         self.last_epoch = int(state["last_epoch"])
         rates = state.get("base_lrs", [state.get("base_lr")])
         self.base_lrs = [float(rate) for rate in rates] + self.base_lrs[len(rates):]
@@ -594,15 +698,18 @@ class _Composite(_PerGroup):
 
     def state_dict(self) -> dict:
         """Where the composite stands and each schedule's own state, as plain JSON-serialisable data."""
-        return {"last_epoch": self.last_epoch, "schedulers": [s.state_dict() for s in self.schedulers]}
+        return {"last_epoch": self.last_epoch, "schedulers": [s.state_dict() for s in self.schedulers],
+                "settings": self.settings()}
 
     def check_state_dict(self, state) -> None:
         from unidl.errors import CheckpointStateError
 
         owner = type(self).__name__
-        if not isinstance(state, dict) or set(state) != {"last_epoch", "schedulers"}:
-            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch' and 'schedulers', "
-                                       f"got {sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        if not isinstance(state, dict) or set(state) - {"settings"} != {"last_epoch", "schedulers"} \
+                or not isinstance(state.get("settings", {}), dict):
+            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch', 'schedulers' and "
+                                       f"'settings' (a dict), got "
+                                       f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         epoch, states = state["last_epoch"], state["schedulers"]
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise CheckpointStateError(f"{owner} state last_epoch must be a non-negative integer, got {epoch!r}")
@@ -611,10 +718,12 @@ class _Composite(_PerGroup):
                                        f" schedule states; this {owner} has {len(self.schedulers)} schedules")
         for schedule, saved in zip(self.schedulers, states):
             schedule.check_state_dict(saved)
+        self._check_settings(state)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (checked first): the composite's position and every schedule's."""
         self.check_state_dict(state)
+        self._warn_given_settings(state)
         self.last_epoch = int(state["last_epoch"])
         for schedule, saved in zip(self.schedulers, state["schedulers"]):
             schedule.load_state_dict(saved)
