@@ -1,6 +1,7 @@
 """A train step follows the train/eval mode of every module, as torch does: ``model.bn.eval()`` between steps
 (freezing a BatchNorm's statistics while the rest trains) makes the next steps normalise with the running
-statistics and leave them unchanged, on every backend, even where the step is a compiled graph."""
+statistics and leave them unchanged, on every backend, even where the step is a compiled graph; so does a head
+replaced or a bias removed after the step was compiled."""
 
 import numpy as np
 import torch
@@ -177,3 +178,30 @@ def test_a_loss_module_of_one_step_reached_by_another_steps_loss_keys_that_step(
     inner.eval()
     expected = float(inner(model(ud.tensor(X)), ud.tensor(Y)))
     assert abs(float(second(X, Y)) - expected) < 1e-5 * expected
+
+
+def test_a_train_step_follows_a_head_replaced_and_a_bias_removed_after_it_was_compiled(backend):
+    """A compiled step bakes in the modules and parameters its forward reached: a head replaced and ``fc.bias`` set
+    to None after the step ran are followed by the next steps, as a torch loop follows them (tensorflow, jax and keras
+    ran the old head and bias, silently: a loss of 0.01 where torch's was 0.08)."""
+    ud.manual_seed(0)
+    model = Net()
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    oracle = _oracle({k: np.asarray(ud.to_numpy(v)) for k, v in model.state_dict().items()})
+    torch_optimizer = torch.optim.SGD(oracle.parameters(), lr=0.1)
+    losses = [float(ud.to_numpy(step(X, Y)))]
+    expected = [_torch_step(oracle, torch_optimizer)]
+    ud.manual_seed(1)
+    model.head = ud.nn.Linear(3, 2)
+    model.fc.bias = None
+    oracle.head = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        oracle.head.weight.copy_(torch.tensor(np.asarray(ud.to_numpy(model.head.weight))))
+        oracle.head.bias.copy_(torch.tensor(np.asarray(ud.to_numpy(model.head.bias))))
+    oracle.fc.bias = None
+    for _ in range(2):
+        losses.append(float(ud.to_numpy(step(X, Y))))
+        expected.append(_torch_step(oracle, torch_optimizer))
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    _assert_states_close({k: np.asarray(ud.to_numpy(v)) for k, v in model.state_dict().items()}, oracle)

@@ -130,9 +130,10 @@ def _as_loaded(value) -> np.ndarray:
 
 def training_modes(module) -> tuple[bool, ...]:
     """The ``training`` flag of every module of ``module``'s tree (``modules()`` order), with its hooks where it has
-    any (``graph_flags``): what a compiled step keys its graph on, since a graph bakes in each module's mode
-    (``model.bn.eval()`` while the model trains must not reuse the training graph). Cached until any flag or
-    structure changes: a step pays one lookup."""
+    any (``graph_flags``), and last the count of changes to the tree's structure: what a compiled step keys its
+    graph on, since a graph bakes in each module's mode (``model.bn.eval()`` while the model trains must not reuse
+    the training graph) and the modules and parameters it reached. Cached until any flag or structure changes: a
+    step pays one lookup."""
     cached = module.__dict__.get("_training_modes")
     if cached is not None and cached[0] == _mode_version:
         if current_recording() is not None:  # flags read from the cache are read too (a step inside ud.function)
@@ -140,7 +141,9 @@ def training_modes(module) -> tuple[bool, ...]:
                 module_called(m)
         return cached[1]
     version = _mode_version
-    modes = tuple(graph_flags(m) for m in module.modules())
+    # and how often the tree's structure changed: a graph bakes in the modules and parameters its forward reached
+    # (a head replaced, a bias set to None after a step was compiled ran the old ones on tensorflow, jax and keras)
+    modes = (*(graph_flags(m) for m in module.modules()), ("structure", module.__dict__.get("_structure_version", 0)))
     object.__setattr__(module, "_training_modes", (version, modes))
     return modes
 
@@ -386,6 +389,7 @@ class Module:
         _modes_changed()  # the tree's list of modules changed
         node = self
         while node is not None:
+            node.__dict__["_structure_version"] = node.__dict__.get("_structure_version", 0) + 1  # (training_modes)
             if not keep_native:
                 object.__setattr__(node, "_native", None)
             node.__dict__.get("_structure_cache", {}).clear()
