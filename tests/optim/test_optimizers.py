@@ -205,6 +205,29 @@ def test_l1_matches_hand_written_penalty(backend):
     assert max_relative_difference(holder.state_dict()["w"], expected) < 1e-6
 
 
+@pytest.mark.parametrize("groups, options, penalty", [
+    ([{"l1": 0.05}], {}, 0.05),  # a group's own l1 (it was ignored on torch)
+    ([{"l1": 0.05}, {"l1": 0.05}], {}, 0.05),
+    ([{"l1": 0.0}], {"l1": 0.05}, 0.0),  # (torch added the constructor's)
+])
+def test_l1_of_the_param_groups_is_the_penalty_applied(backend, groups, options, penalty):
+    """Every group's own ``l1`` is its penalty, also where torch.optim runs the rule (on torch, which added the
+    constructor's ``l1`` to the gradients: a group's ``l1=0.05`` trained without penalty)."""
+    holder = Holder()
+    starts = np.array_split(np.arange(START.size), len(groups))
+    parts = [holder.parameter(START.reshape(-1)[part]) for part in starts]
+    optimizer = ud.optim.SGD([{"params": [p], **g} for p, g in zip(parts, groups)], lr=0.1, momentum=0.9, **options)
+    grads = GRADS[-1].reshape(-1)
+    for _ in range(2):
+        optimizer.apply([ud.tensor(grads[part]) for part in starts])
+    for part, parameter in zip(starts, parts):
+        start = START.reshape(-1)[part]
+        velocity = grads[part] + penalty * np.sign(start)
+        first = start - 0.1 * velocity
+        velocity = 0.9 * velocity + grads[part] + penalty * np.sign(first)
+        assert max_relative_difference(ud.to_numpy(parameter), first - 0.1 * velocity) < 1e-6
+
+
 def test_pytorch_defaults():
     with ud.use_backend("torch"):
         params = Holder().parameters()

@@ -239,11 +239,7 @@ class Backend(BackendInterface):
                 p.grad = g.clone() if clips or l1 or g.requires_grad else g  # the caller's gradient is never modified
         if not guard_and_clip(optimizer):
             return
-        if l1:
-            with torch.no_grad():
-                for p in optimizer.params:
-                    if p.grad is not None:
-                        p.grad.add_(torch.sign(p), alpha=l1)
+        add_l1(optimizer)
         optimizer.native.step()
         optimizer._steps += 1
 

@@ -127,8 +127,10 @@ def _clip(optimizer) -> None:
 
 def l1_outside_rule(optimizer) -> float:
     """The L1 coefficient the backend must add to the gradients itself: torch.optim knows no L1 penalty,
-    while a ``RuleOptimizer`` adds it in ``regularized_gradient``."""
-    return 0.0 if isinstance(optimizer.native, RuleOptimizer) else optimizer.hyper["l1"]
+    while a ``RuleOptimizer`` adds it in ``regularized_gradient``. torch.optim runs the rule only where every param
+    group has the same ``l1`` (a fixed option), which is then that one: the groups', not the constructor's (a group's
+    own ``l1`` was ignored, or the constructor's added to groups of ``l1=0``)."""
+    return 0.0 if isinstance(optimizer.native, RuleOptimizer) else optimizer.param_groups[0]["l1"]
 
 
 def add_l1(optimizer) -> None:
