@@ -228,6 +228,40 @@ def test_l1_of_the_param_groups_is_the_penalty_applied(backend, groups, options,
         assert max_relative_difference(ud.to_numpy(parameter), first - 0.1 * velocity) < 1e-6
 
 
+def test_a_gradient_of_another_shape_or_not_of_floats_is_refused_before_anything_changes(backend):
+    """``apply`` checks each gradient against its parameter, eagerly and inside ``ud.function`` (where a graph knows
+    the sizes only when it runs): another shape is a ``ShapeMismatchError`` naming both (jax broadcast a (1, 10)
+    gradient into the parameter, tensorflow and keras did too in a graph, and eagerly raised after updating the
+    parameters before it; a gradient of another rank in a graph traced for any sizes shows them as None),
+    integers a ``DtypeMismatchError``; nothing changes. A float64 gradient of a float32
+    parameter is cast to it, on every backend (tensorflow's kernels raised)."""
+    model = ud.nn.Linear(10, 20)
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.1)
+    before = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+    good = [np.asarray(GRADS[0]), np.ones(20, np.float32)]
+    in_graph = ud.function(lambda a, b: optimizer.apply([a, b]))
+    for bad in ([good[0], np.ones((1, 20), np.float32)], [good[0][:1], good[1]]):
+        for run in (optimizer.apply, lambda grads: in_graph(*map(ud.tensor, grads))):
+            with pytest.raises(ud.errors.ShapeMismatchError,
+                               match=r"Adam.apply: parameter \d of 2 \(in params order\) has shape \(20(, 10)?,?\), "
+                                     r"its gradient \((1, (20|10)|None, None)\); each gradient must have its "
+                                     r"parameter's shape"):
+                run(bad)
+    with pytest.raises(ud.errors.DtypeMismatchError, match="Adam.apply: gradient 1 holds int64 values; its "
+                                                           "parameter is float32, and a gradient must hold floats"):
+        optimizer.apply([good[0], ud.tensor(np.ones(20, np.int64))])
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(ud.to_numpy(value), before[key])
+    assert optimizer.state_dict()["step"] == 0
+    optimizer.apply([ud.tensor(good[0], "float64"), ud.tensor(good[1], "float64")])
+    twin = ud.nn.Linear(10, 20)
+    twin.load_state_dict(before)
+    ud.optim.Adam(twin.parameters(), lr=0.1).apply([ud.tensor(g) for g in good])
+    for key, value in twin.state_dict().items():
+        assert ud.to_numpy(model.state_dict()[key]).dtype == np.float32
+        np.testing.assert_array_equal(ud.to_numpy(model.state_dict()[key]), ud.to_numpy(value))
+
+
 def test_pytorch_defaults():
     with ud.use_backend("torch"):
         params = Holder().parameters()

@@ -152,6 +152,14 @@ def bound_rule(optimizer, index: int, read):
     return bound
 
 
+def _known_shape(value) -> tuple | None:
+    """``value``'s shape as a tuple (None for an axis a graph does not know), or None where its rank is unknown."""
+    try:
+        return tuple(value.shape)
+    except (TypeError, ValueError):
+        return None
+
+
 class Optimizer:
     """Common machinery: parameter binding, learning rate, L1 penalty, ``apply`` and state.
 
@@ -415,14 +423,47 @@ class Optimizer:
         grads = list(grads)
         if len(grads) != len(self.params):
             raise ValueError(f"{type(self).__name__}.apply got {len(grads)} gradients for {len(self.params)} parameters")
-        if any(isinstance(g, CONVERTED) for g in grads):  # NumPy arrays, lists: tensors of the parameters' dtypes (on
-            # some backends an option's arithmetic met the NumPy array itself: AttributeError, Keras's TypeError)
-            from unidl.dtype_kinds import dtype_name
+        grads = [self._checked_gradient(index, p, g) for index, (p, g) in enumerate(zip(self.params, grads))]
+        self._backend.apply_gradients(self, [g if is_trainable(p) else None for p, g in zip(self.params, grads)])
+
+    def _checked_gradient(self, index: int, param, grad):
+        """``grad`` as ``apply`` hands it to the backend: a NumPy array or list as a tensor of the parameter's dtype
+        (on some backends an option's arithmetic met the array itself: AttributeError, Keras's TypeError), a tensor of
+        another float width cast to it (TensorFlow's kernels raised, torch and jax cast); a gradient of another shape
+        than its parameter's, or not of floats, a clear error before any parameter changes (jax broadcast it into the
+        parameter, reshaping the model; tensorflow and keras raised after updating the parameters before it)."""
+        from unidl import input_checks
+        from unidl.dtype_kinds import dtype_name, is_floating
+        from unidl.errors import DtypeMismatchError, ShapeMismatchError
+
+        if grad is None:
+            return None
+        wanted = dtype_name(param.dtype)
+        if isinstance(grad, CONVERTED):
             from unidl.tensors import tensor
 
-            grads = [tensor(np.asarray(g), dtype_name(p.dtype)) if isinstance(g, CONVERTED) else g
-                     for p, g in zip(self.params, grads)]
-        self._backend.apply_gradients(self, [g if is_trainable(p) else None for p, g in zip(self.params, grads)])
+            grad = tensor(np.asarray(grad), wanted)
+        shape, expected = _known_shape(grad), _known_shape(param)
+        if shape is not None and expected is not None:
+            def template(rank=len(shape)):
+                return (f"{type(self).__name__}.apply: parameter {index} of {len(self.params)} (in params order) has "
+                        f"shape {input_checks.shape_template(len(expected))}, its gradient "
+                        f"{input_checks.shape_template(rank)}; each gradient must have its parameter's shape")
+
+            if len(shape) != len(expected) or any(a is not None and b is not None and a != b
+                                                  for a, b in zip(shape, expected)):
+                raise ShapeMismatchError(template().format(*expected, *shape))
+            if None in shape:  # (a graph's gradient of sizes it knows only when it runs: checked then)
+                grad = input_checks.require_shape(grad, expected, template)
+        given = dtype_name(grad.dtype)
+        if given != wanted:
+            if not is_floating(grad.dtype):
+                raise DtypeMismatchError(f"{type(self).__name__}.apply: gradient {index} holds {given} values; its "
+                                         f"parameter is {wanted}, and a gradient must hold floats")
+            from unidl import ops
+
+            grad = ops.cast_like(grad, param)
+        return grad
 
     @property
     def defaults(self) -> dict:
