@@ -175,6 +175,35 @@ def test_every_way_to_write_a_group_goes_through_the_optimizer(backend):
     assert opt.param_groups[0]["momentum"] == 0.5 and opt.state_dict()["param_groups"][0]["momentum"] == 0.5
 
 
+def test_hyper_and_the_lists_of_groups_and_parameters_cannot_be_changed_past_the_optimizer(backend):
+    """``optimizer.hyper``, ``param_groups`` and a group's ``"params"`` are read-only: a write to ``hyper`` changed
+    training on some backends only (torch.optim never read it, compiled steps baked in their trace's value), and a
+    parameter or group appended was accepted and never trained; each is a ``TypeError`` saying what to do. They read,
+    copy, pickle and serialise as a dict and lists."""
+    import copy
+    import json
+    import pickle
+
+    holder = _Params()
+    opt = ud.optim.SGD([{"params": [holder.a]}, {"params": [holder.b]}], lr=0.1)
+    before = opt.state_dict()
+    writes = [lambda: opt.hyper.__setitem__("weight_decay", 5.0), lambda: opt.hyper.update(momentum=0.5),
+              lambda: opt.param_groups[0]["params"].append(holder.c),
+              lambda: opt.param_groups[0]["params"].extend([holder.c]),
+              lambda: opt.param_groups.append({"params": [holder.c]}),
+              lambda: opt.param_groups.__setitem__(1, {"params": [holder.c]}),
+              lambda: opt.param_groups.__delitem__(1)]
+    for write in writes:
+        with pytest.raises(TypeError, match=r"(read-only|cannot change once the optimizer is built)"):
+            write()
+    assert json.loads(json.dumps(opt.hyper)) == dict(opt.hyper) and {**opt.hyper}["weight_decay"] == 0.0
+    assert pickle.loads(pickle.dumps(opt.hyper)) == opt.hyper and copy.deepcopy(opt.hyper) == opt.hyper
+    assert [len(group["params"]) for group in opt.param_groups] == [1, 1]
+    opt.apply([ud.tensor(np.ones(s, np.float32)) for s in SHAPES[:2]])
+    assert opt.state_dict()["hyper"] == before["hyper"]
+    np.testing.assert_allclose(ud.to_numpy(holder.a), START[0] - 0.1)
+
+
 def test_a_checkpoint_keeps_param_groups_and_per_parameter_steps(backend, tmp_path):
     """``save_checkpoint``/``load_checkpoint`` carry every param group's lr and changed options and Adam's
     per-parameter step counts (a checkpoint of a two-group optimizer used to be refused on load, and the counts are

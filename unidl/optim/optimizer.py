@@ -21,7 +21,8 @@ from unidl.arguments import INT64_END, check_range  # noqa: F401  (the optimizer
 from unidl.backends.op_registry import CONVERTED, optional_op
 from unidl.errors import BackendMismatchError
 from unidl.optim.gradients import check_clipping, clip_gradients
-from unidl.optim.param_groups import ParamGroup, check_group_options, grow_generation, options_read, split_param_groups
+from unidl.optim.param_groups import (FixedList, ParamGroup, check_group_options, grow_generation, options_read,
+                                      split_param_groups)
 
 
 #: the class attributes that make up an optimizer's update rule (see ``Optimizer.builtin_rule``)
@@ -152,6 +153,29 @@ def bound_rule(optimizer, index: int, read):
     return bound
 
 
+class Hyperparameters(dict):
+    """An optimizer's or param group rule's options (``optimizer.hyper``), read-only: a write changed training on
+    some backends only (torch's ``torch.optim`` never read it, a compiled step baked in the value of its trace, a rule
+    run eagerly read it at every step). Options change through ``param_groups[i][key] = value``, checked and followed
+    by every backend's compiled steps. A dict otherwise (reads, ``{**hyper}``, JSON, copies)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("optimizer.hyper is read-only (a write reached the update on some backends only); change an "
+                        "option through optimizer.param_groups[i][key] = value, which is checked and followed by "
+                        "compiled steps on every backend, or build the optimizer with it")
+
+    __setitem__ = __delitem__ = update = pop = popitem = setdefault = clear = __ior__ = _refuse
+
+    def __reduce__(self):
+        return Hyperparameters, (dict(self),)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 def _known_shape(value) -> tuple | None:
     """``value``'s shape as a tuple (None for an axis a graph does not know), or None where its rank is unknown."""
     try:
@@ -213,8 +237,7 @@ class Optimizer:
                     f"parameter of backend {self._backend.name!r}; pass model.parameters() of a model "
                     f"built under {self._backend.name!r}")
         self.params = params
-        self.hyper = dict(hyper)
-        self.hyper["l1"] = check_range(owner, "l1", l1)
+        self.hyper = Hyperparameters(hyper, l1=check_range(owner, "l1", l1))
         self._lr = check_range(owner, "lr", lr)
         self._default_lr = self._lr
         self.clipping = check_clipping(owner, clip_grad_norm, clip_grad_value, clip_per_tensor)
@@ -222,13 +245,16 @@ class Optimizer:
         for index, (members, options) in enumerate(groups):
             hyper = check_group_options(owner, index, options, self.hyper)
             lr_of_group = check_range(owner, f"param group {index} lr", options.get("lr", self._lr))
-            self.param_groups.append(ParamGroup(self, index, {"params": members, "lr": lr_of_group, **hyper}))
+            self.param_groups.append(ParamGroup(self, index, {"params": FixedList(members, f"param_groups[{index}]"
+                                                                                  f"['params']", owner),
+                                                              "lr": lr_of_group, **hyper}))
             rule = self
             if hyper != self.hyper:  # the same rule with the group's hyperparameters
                 rule = copy.copy(self)
-                rule.hyper = hyper
+                rule.hyper = Hyperparameters(hyper)
             self._group_rules.append(rule)
             self._rules += [rule] * len(members)
+        self.param_groups = FixedList(self.param_groups, "param_groups", owner)
         self.slots = self.slots_for(self.param_groups)  # (the same on every group's rule)
         for rule in self._group_rules:
             rule.slots = self.slots
@@ -291,7 +317,7 @@ class Optimizer:
         if rule is self:  # the group's own rule object from now on (groups may have shared this one)
             rule = self._group_rules[index] = copy.copy(self)
             self._rules = [rule if self._group_of[i] == index else r for i, r in enumerate(self._rules)]
-        rule.hyper = hyper
+        rule.hyper = Hyperparameters(hyper)
         if key in self._bound[index]:
             self._backend.set_group_options(self, index, (key,))
         else:

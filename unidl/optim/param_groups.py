@@ -135,6 +135,33 @@ def read_group_option(optimizer, group: int, key: str, read):
     return values if isinstance(optimizer.param_groups[group][key], tuple) else values[0]
 
 
+class FixedList(list):
+    """``optimizer.param_groups`` and each group's ``"params"``: a list that cannot change once the optimizer is built
+    (a parameter appended to a group, or a group appended, was accepted and never trained: the backends hold the
+    slots and compiled steps of the parameters as built), read as any list."""
+
+    def __init__(self, items, what: str, owner: str):
+        super().__init__(items)
+        self._what, self._owner = what, owner
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError(f"{self._owner}.{self._what} cannot change once the optimizer is built (the backends hold the "
+                        f"slots and compiled steps of its parameters as built, and would never train another); build "
+                        f"a new {self._owner} over every group instead, e.g. {self._owner}([{{'params': old}}, "
+                        f"{{'params': new, 'lr': 1e-4}}], lr=...)")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+    __delitem__ = __iadd__ = __imul__ = _refuse
+
+    def __setitem__(self, index, value):
+        if not isinstance(index, slice) and self[index] is value:  # (``param_groups[0] |= {...}`` stores the group back)
+            return
+        self._refuse()
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+
 class ParamGroup(dict):
     """One group of ``optimizer.param_groups``: a dict whose ``"lr"`` and hyperparameters (those of
     ``torch.optim``: not ``l1``, ``initial_accumulator_value`` or ``params``) may be set; the backend uses the
