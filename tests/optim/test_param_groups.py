@@ -89,8 +89,9 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
 
     with pytest.raises(ValueError, match=r"OwnRule cannot change .* has its own update rule"):
         OwnRule(holder.parameters(), lr=0.1, momentum=0.9).param_groups[0]["momentum"] = 0.5
-    with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
-        ud.optim.SGD(holder.parameters(), lr=0.1).param_groups[0]["nesterov"] = True
+    plain = ud.optim.SGD(holder.parameters(), lr=0.1)
+    plain.param_groups[0]["nesterov"] = True  # (torch.optim checks it only when built, and runs plain SGD, as here)
+    assert plain.param_groups[0]["nesterov"] is True
     # torch.optim's nesterov=1, taken alike by the constructor and a group (a group refused it); a float neither
     opt = ud.optim.SGD(holder.parameters(), lr=0.1, momentum=0.9, nesterov=1)
     opt.param_groups[0]["nesterov"] = 0
@@ -378,6 +379,14 @@ def test_cyclic_lr_cycles_momentum_and_beta1_as_torch(backend):
                                (ud.optim.Adam, torch.optim.Adam, dict())],
                               lambda o: ud.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, mode="triangular2"),
                               lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, mode="triangular2"), 6)
+
+
+def test_a_nesterov_momentum_cycled_down_to_0_runs_on_as_torch(backend):
+    """A Nesterov SGD's momentum cycled to 0 (``base_momentum=0``) runs on as torch.optim's, which checks nesterov
+    against momentum only when built (it raised in the schedule's second step, its rate already written)."""
+    _cycled_momentum_as_torch([(ud.optim.SGD, torch.optim.SGD, dict(momentum=0.9, nesterov=True))],
+                              lambda o: ud.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, base_momentum=0.0),
+                              lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.1, 2, base_momentum=0.0), 6)
 
 
 def test_one_cycle_cycles_momentum_and_beta1_as_torch(backend):

@@ -243,7 +243,7 @@ class Optimizer:
         self.clipping = check_clipping(owner, clip_grad_norm, clip_grad_value, clip_per_tensor)
         self.param_groups, self._rules, self._group_rules = [], [], []
         for index, (members, options) in enumerate(groups):
-            hyper = check_group_options(owner, index, options, self.hyper)
+            hyper = check_group_options(owner, index, options, self.hyper, constructing=True)
             lr_of_group = check_range(owner, f"param group {index} lr", options.get("lr", self._lr))
             self.param_groups.append(ParamGroup(self, index, {"params": FixedList(members, f"param_groups[{index}]"
                                                                                   f"['params']", owner),

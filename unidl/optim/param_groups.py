@@ -229,9 +229,12 @@ def split_param_groups(owner: str, params) -> list[tuple[list, dict]]:
     return groups
 
 
-def check_group_options(owner: str, index: int, options: dict, defaults: dict) -> dict:
+def check_group_options(owner: str, index: int, options: dict, defaults: dict, constructing: bool = False) -> dict:
     """A group's own options checked against the optimizer's hyperparameters: ``ValueError`` naming an unknown
-    or invalid one. Returns the group's full hyperparameters (``defaults`` with the group's values)."""
+    or invalid one. Returns the group's full hyperparameters (``defaults`` with the group's values). ``nesterov``
+    without momentum is refused only while ``constructing``, as torch.optim checks it only then: a schedule cycling
+    a Nesterov SGD's momentum down to 0 runs on (it raised mid-step, half the schedule's step taken), and a state
+    saved there loads."""
     from unidl.optim.optimizer import check_range
 
     merged = dict(defaults)
@@ -259,6 +262,6 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict) -
             low, high, high_open = _BOUNDS.get(key, (0.0, math.inf, True))
             value = check_range(owner, f"{where} {key}", value, low, high, high_open=high_open)
         merged[key] = value
-    if merged.get("nesterov") and not merged.get("momentum"):
+    if constructing and merged.get("nesterov") and not merged.get("momentum"):
         raise ValueError(f"{owner} param group {index}: nesterov=True needs momentum > 0")
     return merged
