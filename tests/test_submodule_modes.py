@@ -205,3 +205,35 @@ def test_a_train_step_follows_a_head_replaced_and_a_bias_removed_after_it_was_co
         expected.append(_torch_step(oracle, torch_optimizer))
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     _assert_states_close({k: np.asarray(ud.to_numpy(v)) for k, v in model.state_dict().items()}, oracle)
+
+
+class _Scaled(ud.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = ud.nn.Linear(3, 2)
+        self.register_buffer("s", np.ones(2))
+
+    def forward(self, x):
+        return self.lin(x) * self.s
+
+
+def test_a_buffer_given_a_new_variable_after_a_step_was_compiled_is_read_by_the_next_call(backend):
+    """A buffer registered again, filled in after being None, or given a value of another shape gets a new variable:
+    compiled steps and ``ud.function`` read that one from their next call, as eager code does (tensorflow, jax and
+    keras read the old one: a loss of 1.0 where it was 25.0)."""
+    model = _Scaled()
+    model.load_state_dict({"lin.weight": np.zeros((2, 3)), "lin.bias": np.ones(2), "s": np.ones(2)})
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.0))
+    forward = ud.function(lambda t: model(t))
+    x, y = np.ones((2, 3), np.float32), np.zeros((2, 2), np.float32)
+    assert float(ud.to_numpy(step(x, y))) == 1.0 and ud.to_numpy(forward(ud.tensor(x)))[0, 0] == 1.0
+
+    def refill():
+        model.s = None
+        model.s = np.full(2, 3.0)
+
+    for change, scale in ((lambda: model.register_buffer("s", np.full(2, 5.0)), 5.0), (refill, 3.0),
+                          (lambda: setattr(model, "s", np.full(1, 2.0)), 2.0)):
+        change()
+        assert float(ud.to_numpy(step(x, y))) == scale ** 2
+        np.testing.assert_array_equal(ud.to_numpy(forward(ud.tensor(x))), np.full((2, 2), scale))

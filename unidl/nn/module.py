@@ -486,6 +486,9 @@ class Module:
             variable = self._backend.parameter(value, trainable=False, dtype=dtype)
         self._buffers[name] = variable
         object.__setattr__(self, name, variable)
+        # a new variable: what was built or traced from the old one goes (a buffer registered again, filled in or
+        # given another shape after a step was compiled: tensorflow, jax and keras read the old one, silently)
+        self._structure_changed()
         refs = self.__dict__.setdefault("_buffer_refs", [])  # (identities: a TensorFlow variable has no hash)
         refs[:] = [ref for ref in refs if ref() is not None] + [weakref.ref(variable)]
         devices.parameter_created(self, name, variable, self._backend, kind="buffer")
