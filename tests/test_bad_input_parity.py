@@ -149,6 +149,27 @@ def test_out_of_range_labels_name_the_range(mode):
                    run, mode, lambda x, y: ud.ops.cross_entropy(x, y), X[0, 0], np.array([0, 5, 1, 2, 3]))
 
 
+def test_cross_entropy_takes_the_classes_on_axis_1_as_torch(mode):
+    """``ud.ops.cross_entropy`` of (N, C, d1) logits against (N, d1) labels takes the classes on axis 1, and one
+    sample's (C,) logits a label (), as ``torch.nn.functional.cross_entropy`` (TensorFlow and Keras took the last
+    axis for the classes and raised their own errors, JAX gave another number); labels of another shape are one
+    ``ShapeMismatchError`` (JAX and TensorFlow raised their own errors)."""
+    logits, labels = RNG.standard_normal((2, 3, 4)).astype(np.float32), np.array([[0, 1, 2, 0], [2, 2, 1, 0]])
+    for reduction in ("mean", "none"):
+        expected = F.cross_entropy(torch.tensor(logits), torch.tensor(labels), reduction=reduction).numpy()
+        got = run(mode, lambda x, y: ud.ops.cross_entropy(x, y, reduction), logits, labels)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    expected = F.cross_entropy(torch.tensor(logits[0, :, 0]), torch.tensor(1)).numpy()
+    np.testing.assert_allclose(run(mode, lambda x, y: ud.ops.cross_entropy(x, y), logits[0, :, 0], np.array(1)),
+                               expected, rtol=1e-5)
+    raises_exactly(ud.ShapeMismatchError, "cross_entropy needs logits of shape (N, C) and integer labels of shape "
+                   "(N,) (or (N, C, d1, ...) and (N, d1, ...)); got logits (3, 4) and labels (2,)",
+                   run, mode, lambda x, y: ud.ops.cross_entropy(x, y), logits[0], np.array([0, 1]))
+    raises_exactly(ud.ShapeMismatchError, "cross_entropy needs logits of shape (N, C) and integer labels of shape "
+                   "(N,) (or (N, C, d1, ...) and (N, d1, ...)); got logits (2, 3, 4) and labels (2, 3)",
+                   run, mode, lambda x, y: ud.ops.cross_entropy(x, y), logits, labels[:, :3])
+
+
 # ---- h, i. float labels and integer inputs: refused, never truncated or left to the framework ------------------
 
 def test_float_labels_and_integer_inputs_are_refused_by_train_step_and_fit(mode):

@@ -743,14 +743,21 @@ def l1_loss(prediction, target, reduction="mean"):
     return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
 
 
-@op(indices=("labels",), arrays=("logits",), floating=("logits",))
+@op(dispatch=False, indices=("labels",), arrays=("logits",), floating=("logits",))
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
-    """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel.
+    """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel. Logits
+    (N, C, d1, ...) against labels (N, d1, ...), the classes on axis 1, and one sample's (C,) against a label ()
+    are ``torch.nn.functional.cross_entropy``'s too (``cross_entropy_loss``'s arithmetic: TensorFlow and Keras took
+    the last axis for the classes, JAX gave another number); labels of another shape are a ``ShapeMismatchError``.
 
     Labels equal to ``ignore_index`` add nothing and do not count in the mean; any other label outside
     [0, C) raises ``IndexOutOfRangeError`` (in a compiled graph too). ``reduction``: 'mean', 'sum' or
-    'none' (per sample, 0 where ignored). Class weights, label smoothing, class probabilities as targets
-    and (N, C, d1, ...) logits: ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
+    'none' (per sample, 0 where ignored). Class weights, label smoothing and class probabilities as targets:
+    ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
+    if len(logits.shape) != 2:
+        return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
+    _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
+    return _ops().cross_entropy(logits, labels, reduction, ignore_index)
 
 
 @op(dispatch=False, arrays=("logits", "targets"))
@@ -1304,10 +1311,21 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
     (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
     (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
-    logits, target = (input_checks.as_tensor("cross_entropy_loss", what, x) for what, x in (("logits", logits),
-                                                                                           ("target", target)))
+    return _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, "cross_entropy_loss")
+
+
+def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, owner):
+    """``cross_entropy_loss``, its errors naming ``owner`` (the op called)."""
+    logits, target = (input_checks.as_tensor(owner, what, x) for what, x in (("logits", logits), ("target", target)))
+    if len(logits.shape) == 1 and (len(target.shape) == 0 or dtype_kinds.holds_floats(target)):
+        # one sample, (C,) against a label () or probabilities (C,): PyTorch's unbatched input
+        loss = _cross_entropy_loss(unsqueeze(logits, 0), unsqueeze(target, 0), weight, ignore_index, reduction,
+                                   label_smoothing, owner)
+        return squeeze(loss, 0) if reduction == "none" else loss
+    log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(owner, "logits", logits))
+    weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
+    _, logits, target = input_checks.class_loss_shapes(owner, logits, target, True, weight)
     log_probabilities = log_softmax(input_checks.float32_under_autocast(logits), 1)
-    weight = input_checks.as_tensor("cross_entropy_loss", "weight", weight, like=log_probabilities)
     per_class = (1, -1) + (1,) * (len(logits.shape) - 2)  # a class weight's shape beside the log-probabilities
     if len(target.shape) == len(logits.shape):  # class probabilities: PyTorch promotes the three dtypes
         if ignore_index >= 0:
