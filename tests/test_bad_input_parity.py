@@ -365,6 +365,37 @@ def test_class_losses_and_attention_of_mismatched_sizes_are_one_error_in_a_graph
         raises_exactly(ud.ShapeMismatchError, message, lambda: run(mode, layer, *inputs))
 
 
+def test_class_loss_ops_check_the_labels_and_weights_shapes_as_the_modules(mode):
+    """``ud.ops.cross_entropy_loss`` and ``ud.ops.nll_loss`` check their labels, class probabilities and class weights
+    as ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` do (``input_checks.class_loss_shapes``), word for word eagerly and
+    in a graph: 3 labels for 5 rows were used as far as they went, (5, 1) labels and probabilities broadcast, 5 class
+    weights for 4 classes were taken; one sample's (C,) against a label () is torch's unbatched loss."""
+    rows = RNG.standard_normal((5, 4)).astype(np.float32)
+    labels = "integer labels of shape (N,) (or (N, C, d1, ...) and (N, d1, ...)); got"
+    cases = [(lambda x, y: ud.ops.cross_entropy_loss(x, y), (rows, np.array([0, 1, 2])), "cross_entropy_loss needs "
+              f"logits of shape (N, C) and {labels} logits (5, 4) and labels (3,)"),
+             (lambda x, y: ud.ops.cross_entropy_loss(x, y), (rows, np.zeros((5, 1), np.int64)), "cross_entropy_loss "
+              f"needs logits of shape (N, C) and {labels} logits (5, 4) and labels (5, 1)"),
+             (lambda x, y: ud.ops.cross_entropy_loss(x, y), (rows, np.full((5, 1), 0.25, np.float32)),
+              "cross_entropy_loss needs logits of shape (N, C) and integer labels of shape (N,) or class probabilities "
+              "of the logits' shape; got logits (5, 4) and class probabilities (5, 1)"),
+             (lambda x, y: ud.ops.cross_entropy_loss(x, y, [2.0]), (rows, np.array([0, 1, 2, 3, 0])),
+              "cross_entropy_loss has 1 class weights but the input has 4 classes (shape (5, 4))"),
+             (lambda x, y: ud.ops.nll_loss(x, y), (rows, np.array([0, 1, 2])), "nll_loss needs log-probabilities of "
+              f"shape (N, C) and {labels} (5, 4) and labels (3,)"),
+             (lambda x, y: ud.ops.nll_loss(x, y, [1.0] * 5), (rows, np.array([0, 1, 2, 3, 0])),
+              "nll_loss has 5 class weights but the input has 4 classes (shape (5, 4))")]
+    for fn, inputs, message in cases:
+        raises_exactly(ud.ShapeMismatchError, message, run, mode, fn, *inputs)
+    for reduction in ("mean", "none"):
+        expected = F.nll_loss(torch.tensor(rows[0]), torch.tensor(2), reduction=reduction).numpy()
+        got = run(mode, lambda x, y: ud.ops.nll_loss(x, y, reduction=reduction), rows[0], np.array(2))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        expected = F.cross_entropy(torch.tensor(rows[0]), torch.tensor(2), reduction=reduction).numpy()
+        got = run(mode, lambda x, y: ud.ops.cross_entropy_loss(x, y, reduction=reduction), rows[0], np.array(2))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])
 def test_dropout_after_a_checked_layer_in_the_first_graph_of_a_process(name):
     """The backends that make their dropout generator at its first draw (as in a fresh process), that draw inside a

@@ -1285,7 +1285,18 @@ def _class_axis_last(x):
 def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reduction="mean"):
     """-log_probabilities[n, labels[n]] * weight[labels[n]] for (N, C) or (N, C, d1, ...) input and integer
     labels (N,) or (N, d1, ...); labels equal to ``ignore_index`` count for nothing. 'mean' divides by
-    the summed weights of the counted labels (PyTorch's); 'none' keeps the labels' shape."""
+    the summed weights of the counted labels (PyTorch's); 'none' keeps the labels' shape. One sample's (C,) takes
+    a label (). Labels of another shape, or a ``weight`` of another number of classes, are a
+    ``ShapeMismatchError``, as ``nn.NLLLoss``'s (they were used as far as they went, or broadcast)."""
+    owner = "nll_loss"
+    log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
+        owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
+    labels = input_checks.check_integer("NLLLoss", "labels", labels)
+    if len(log_probabilities.shape) == 1 and len(labels.shape) == 0:  # one sample: PyTorch's unbatched input
+        loss = nll_loss(unsqueeze(log_probabilities, 0), unsqueeze(labels, 0), weight, ignore_index, reduction)
+        return squeeze(loss, 0) if reduction == "none" else loss
+    weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
+    _, log_probabilities, labels = input_checks.class_loss_shapes(owner, log_probabilities, labels, False, weight)
     return _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, "NLLLoss")
 
 
