@@ -396,6 +396,21 @@ def test_class_loss_ops_check_the_labels_and_weights_shapes_as_the_modules(mode)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("loss", ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "bce_with_logits",
+                                  "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
+                                  "cross_entropy_loss", "nll_loss"])
+def test_functional_losses_refuse_an_unknown_reduction(mode, loss):
+    """An unknown ``reduction`` ('meen'; 'batchmean' but for ``kl_div``) is a ``ValueError`` naming the valid values, as
+    torch.nn.functional's losses and unidl's loss modules raise (the ops took it for 'none', or some backends for
+    'sum')."""
+    rows, labels = np.full((2, 3), 0.25, np.float32), np.array([0, 2])
+    target = labels if loss in ("cross_entropy", "cross_entropy_loss", "nll_loss") else rows
+    valid = ("mean", "sum", "none") + (("batchmean",) if loss == "kl_div" else ())
+    for reduction in ("meen",) + (() if loss == "kl_div" else ("batchmean",)):
+        raises_exactly(ValueError, f"{loss} reduction must be one of {valid}, got {reduction!r}",
+                       run, mode, lambda x, y: getattr(ud.ops, loss)(x, y, reduction=reduction), rows, target)
+
+
 @pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])
 def test_dropout_after_a_checked_layer_in_the_first_graph_of_a_process(name):
     """The backends that make their dropout generator at its first draw (as in a fresh process), that draw inside a

@@ -15,6 +15,9 @@ import numbers
 
 import numpy as np
 
+# a loss's reductions, PyTorch's (``KLDivLoss`` and ``kl_div`` add 'batchmean')
+REDUCTIONS = ("mean", "sum", "none")
+
 #: the counters every backend keeps in int64 (an optimizer's step, a checkpoint's epoch and step) lie below it
 INT64_END = 2 ** 63
 

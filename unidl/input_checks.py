@@ -199,6 +199,17 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
     return require(prediction, same, template, a + b)
 
 
+REDUCTIONS = arguments.REDUCTIONS
+
+
+def check_reduction(owner, reduction, reductions: tuple = arguments.REDUCTIONS) -> str:
+    """``reduction``, after checking that it is one of ``reductions``: any other value is a ``ValueError`` naming the
+    valid ones, as PyTorch's (the functional losses took an unknown one for 'none', or some backends for 'sum')."""
+    if not isinstance(reduction, str) or reduction not in reductions:
+        raise ValueError(f"{literal(owner)} reduction must be one of {reductions}, got {reduction!r}")
+    return reduction
+
+
 def float_labels_message(name: str, dtype, probabilities_allowed: bool = True) -> str:
     """What ``name`` says of float labels of shape (N,): refused, never truncated to classes (PyTorch refuses them
     too), even when every value is a whole number; ``fit`` says the same of a data set's labels. (No sizes in

@@ -733,6 +733,7 @@ def mse_loss(prediction, target, reduction="mean"):
     """Squared differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise). Integers are floats
     of the dtype in force, and two float dtypes promote as ``torch.nn.functional.mse_loss`` promotes them
     (``input_checks.loss_operands``)."""
+    reduction = input_checks.check_reduction("mse_loss", reduction)
     return _ops().mse_loss(*input_checks.loss_operands("mse_loss", prediction, target), reduction)
 
 
@@ -740,6 +741,7 @@ def mse_loss(prediction, target, reduction="mean"):
 def l1_loss(prediction, target, reduction="mean"):
     """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise); dtypes as
     ``mse_loss``'s."""
+    reduction = input_checks.check_reduction("l1_loss", reduction)
     return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
 
 
@@ -754,6 +756,7 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     [0, C) raises ``IndexOutOfRangeError`` (in a compiled graph too). ``reduction``: 'mean', 'sum' or
     'none' (per sample, 0 where ignored). Class weights, label smoothing and class probabilities as targets:
     ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
+    reduction = input_checks.check_reduction("cross_entropy", reduction)
     if len(logits.shape) != 2:
         return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
     _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
@@ -765,6 +768,7 @@ def bce_with_logits(logits, targets, reduction="mean"):
     """Binary cross-entropy on logits, numerically stable; ``reduction`` 'mean', 'sum' or 'none'. ``targets`` of
     another shape than ``logits`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it (JAX and
     Keras broadcast them)."""
+    reduction = input_checks.check_reduction("bce_with_logits", reduction)
     logits = input_checks.check_same_shape("bce_with_logits", logits, targets, names=("logits", "targets"))
     return _ops().bce_with_logits(logits, targets, reduction)
 
@@ -1152,7 +1156,7 @@ def prelu(x, weight):
     return where(x > 0, x, x * weight)  # (at 0 the gradient ``weight``, as torch's)
 
 
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = arguments.REDUCTIONS
 
 
 def _reduced(values, reduction):
@@ -1166,6 +1170,7 @@ def _reduced(values, reduction):
 def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     """0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta, with d = prediction - target (L1 when beta is 0);
     dtypes as ``mse_loss``'s."""
+    reduction = input_checks.check_reduction("smooth_l1_loss", reduction)
     prediction, target = input_checks.loss_operands("smooth_l1_loss", prediction, target)
     prediction, target = input_checks.float32_under_autocast(prediction), input_checks.float32_under_autocast(target)
     difference = abs(prediction - target)
@@ -1177,6 +1182,7 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
 def huber_loss(prediction, target, reduction="mean", delta=1.0):
     """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target, in the
     prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force)."""
+    reduction = input_checks.check_reduction("huber_loss", reduction)
     prediction = input_checks.float32_under_autocast(input_checks.as_floating(
         "huber_loss", "prediction", input_checks.as_tensor("huber_loss", "prediction", prediction)))
     difference = abs(prediction - cast_like(target, prediction))
@@ -1188,6 +1194,7 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1;
     below the floor a first derivative only). ``target`` of another shape than
     ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it."""
+    reduction = input_checks.check_reduction("binary_cross_entropy", reduction)
     probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities))
     target = cast_like(target, probabilities)
@@ -1224,6 +1231,7 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
     broadcast) and ``pos_weight`` (the positive term's weight, broadcast from the last axis: one per class), as
     PyTorch computes them: ((1 - t) * x + (1 + (pos_weight - 1) * t) * softplus(-x)) * weight. Either of another
     shape than broadcasts to the logits' is a ``ShapeMismatchError``, as ``target`` of another shape than theirs."""
+    reduction = input_checks.check_reduction("binary_cross_entropy_with_logits", reduction)
     owner = "binary_cross_entropy_with_logits"
     logits = input_checks.as_tensor(owner, "logits", logits)
     target = cast_like(target, logits)
@@ -1246,6 +1254,7 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
 
     ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
     mathematical KL divergence), 'sum' or 'none'."""
+    reduction = input_checks.check_reduction("kl_div", reduction, REDUCTIONS + ("batchmean",))
     log_probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities))
     target = cast_like(target, log_probabilities)
@@ -1288,6 +1297,7 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
     the summed weights of the counted labels (PyTorch's); 'none' keeps the labels' shape. One sample's (C,) takes
     a label (). Labels of another shape, or a ``weight`` of another number of classes, are a
     ``ShapeMismatchError``, as ``nn.NLLLoss``'s (they were used as far as they went, or broadcast)."""
+    reduction = input_checks.check_reduction("nll_loss", reduction)
     owner = "nll_loss"
     log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
         owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
@@ -1322,6 +1332,7 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
     (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
     (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
+    reduction = input_checks.check_reduction("cross_entropy_loss", reduction)
     return _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, "cross_entropy_loss")
 
 

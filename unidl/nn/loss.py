@@ -18,7 +18,7 @@ from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
 from unidl.tensors import to_numpy
 
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = input_checks.REDUCTIONS
 
 
 def _static_shape(tensor):
@@ -34,9 +34,7 @@ class _Loss(Module):
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        if reduction not in self.reductions:
-            raise ValueError(f"{type(self).__name__} reduction must be one of {self.reductions}, got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = input_checks.check_reduction(type(self).__name__, reduction, self.reductions)
 
     def _check_same_shape(self, prediction, target):
         """``prediction``, after checking that ``target`` has its shape (inside graphs too, where the sizes are
