@@ -411,6 +411,15 @@ def test_functional_losses_refuse_an_unknown_reduction(mode, loss):
                        run, mode, lambda x, y: getattr(ud.ops, loss)(x, y, reduction=reduction), rows, target)
 
 
+def test_gelu_refuses_an_unknown_approximation(mode):
+    """``ud.ops.gelu(x, approximate='tan')`` is a ``ValueError`` naming the valid values, as torch's (TensorFlow, JAX and
+    Keras gave the exact GELU)."""
+    raises_exactly(ValueError, "gelu approximate must be 'none' or 'tanh', got 'tan'",
+                   run, mode, lambda x: ud.ops.gelu(x, approximate="tan"), X)
+    np.testing.assert_allclose(run(mode, lambda x: ud.ops.gelu(x, approximate="tanh"), X),
+                               F.gelu(torch.tensor(X), approximate="tanh").numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])
 def test_dropout_after_a_checked_layer_in_the_first_graph_of_a_process(name):
     """The backends that make their dropout generator at its first draw (as in a fresh process), that draw inside a

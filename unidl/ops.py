@@ -797,10 +797,14 @@ def scan(fn, init, xs, axis=0, reverse=False):
     return _ops().scan(fn, init, xs, axis, reverse)
 
 
-@op(floating=("x",))
+@op(dispatch=False, floating=("x",))
 def gelu(x, approximate="none"):
     """x * Phi(x) with Phi the standard normal CDF (``approximate='none'``), or PyTorch's tanh approximation
-    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) with ``approximate='tanh'``."""
+    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) with ``approximate='tanh'``. Any other ``approximate`` is
+    a ``ValueError``, as PyTorch's (TensorFlow, JAX and Keras gave the exact GELU)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _ops().gelu(x, approximate)
 
 
 @op(floating=("x",))
