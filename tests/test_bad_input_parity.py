@@ -420,6 +420,19 @@ def test_gelu_refuses_an_unknown_approximation(mode):
                                F.gelu(torch.tensor(X), approximate="tanh").numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_same_padding_of_a_strided_convolution_is_refused(mode):
+    """``conv1d``/``conv2d(padding='same', stride=2)`` is a ``ValueError``, as torch's ("padding='same' is not supported
+    for strided convolutions") and the layers' (TensorFlow, JAX and Keras padded as TensorFlow's SAME)."""
+    weight = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    raises_exactly(ValueError, "conv2d padding='same' needs stride=1, got stride=(2, 1)",
+                   run, mode, lambda x, w: ud.ops.conv2d(x, w, None, (2, 1), "same"), X, weight)
+    raises_exactly(ValueError, "conv1d padding='same' needs stride=1, got stride=2",
+                   run, mode, lambda x, w: ud.ops.conv1d(x, w, None, 2, "same"), X[:, :, 0], weight[:, :, 0])
+    got = run(mode, lambda x, w: ud.ops.conv2d(x, w, None, 1, "same", 2), X, weight)
+    np.testing.assert_allclose(got, F.conv2d(torch.tensor(X), torch.tensor(weight), None, 1, "same", 2).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])
 def test_dropout_after_a_checked_layer_in_the_first_graph_of_a_process(name):
     """The backends that make their dropout generator at its first draw (as in a fresh process), that draw inside a

@@ -109,6 +109,14 @@ def ints(owner: str, name: str, value, rank: int, minimum: int = 1) -> tuple:
     return (checked,) * rank if type(checked) is int else checked
 
 
+def check_same_padding(owner: str, padding, stride) -> None:
+    """``ValueError`` for ``padding='same'`` with a stride other than 1 (an int or a tuple of ints), as PyTorch's
+    convolutions refuse it (TensorFlow's SAME padding of a strided convolution gives another output size)."""
+    if isinstance(padding, str) and padding == "same" and any(s != 1 for s in (
+            stride if isinstance(stride, (tuple, list)) else (stride,))):
+        raise ValueError(f"{owner} padding='same' needs stride=1, got stride={stride!r}")
+
+
 def sizes_or_none(owner: str, name: str, value, rank: int) -> tuple:
     """An adaptive pooling's ``output_size``: one positive integer or None (repeated), or a ``sequence`` of
     ``rank`` of them, as a tuple of Python ints and Nones (None keeps that axis' size); else a ``ValueError``

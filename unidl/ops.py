@@ -191,12 +191,13 @@ def _pair(value) -> tuple:
 
 def _conv_arguments(name, stride, dilation, padding, groups, rank=2):
     """A convolution's size arguments as Python ints (or tuples of them) the backends take as they are, checked
-    once here: NumPy integers become ints; floats, bools and sizes below 1 (below 0 for padding) are
-    ``ValueError``s naming the op, as the layers' constructors raise them."""
+    once here: NumPy integers become ints; floats, bools, sizes below 1 (below 0 for padding) and 'same' padding
+    of a stride other than 1 are ``ValueError``s naming the op, as the layers' constructors raise them."""
     stride = arguments.int_or_ints(name, "stride", stride, rank)
     dilation = arguments.int_or_ints(name, "dilation", dilation, rank)
     if not (isinstance(padding, str) and padding in ("same", "valid")):
         padding = arguments.int_or_ints(name, "padding", padding, rank, minimum=0)
+    arguments.check_same_padding(name, padding, stride)  # (TensorFlow, JAX and Keras padded as TensorFlow's SAME)
     return stride, dilation, padding, arguments.positive_int(name, "groups", groups)
 
 

@@ -68,8 +68,7 @@ class _ConvNd(Module):
         self.dilation = arguments.ints(owner, "dilation", dilation, self.rank)
         self.padding_mode = padding_mode
         if isinstance(padding, str) and padding in ("same", "valid") and not self.transposed:
-            if padding == "same" and any(s != 1 for s in self.stride):
-                raise ValueError(f"{owner} padding='same' needs stride=1, got stride={stride!r}")
+            arguments.check_same_padding(owner, padding, stride)
             self.padding = padding
         else:
             self.padding = arguments.ints(owner, "padding", padding, self.rank, minimum=0)
