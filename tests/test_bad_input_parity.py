@@ -433,6 +433,19 @@ def test_same_padding_of_a_strided_convolution_is_refused(mode):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_conv_transpose2d_refuses_an_output_padding_not_smaller_than_stride_or_dilation(mode):
+    """``ud.ops.conv_transpose2d`` with ``output_padding`` >= max(stride, dilation) on an axis is a ``ValueError``, as
+    torch's and ``nn.ConvTranspose2d``'s (the ops gave an output of that size)."""
+    weight = RNG.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    raises_exactly(ValueError, "conv_transpose2d output_padding (2, 0) must be smaller than stride (2, 2) or dilation "
+                   "(1, 1) on each axis", run, mode, lambda x, w: ud.ops.conv_transpose2d(x, w, None, 2, 0, (2, 0)),
+                   SMALL, weight)
+    kernel = ud.tensor(weight)  # (a weight of known shape: a parameter's, in a graph too)
+    got = run(mode, lambda x: ud.ops.conv_transpose2d(x, kernel, None, 1, 0, 1, 1, 2), SMALL)
+    expected = F.conv_transpose2d(torch.tensor(SMALL), torch.tensor(weight), None, 1, 0, 1, 1, 2).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])
 def test_dropout_after_a_checked_layer_in_the_first_graph_of_a_process(name):
     """The backends that make their dropout generator at its first draw (as in a fresh process), that draw inside a

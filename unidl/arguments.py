@@ -117,6 +117,14 @@ def check_same_padding(owner: str, padding, stride) -> None:
         raise ValueError(f"{owner} padding='same' needs stride=1, got stride={stride!r}")
 
 
+def check_output_padding(owner: str, output_padding: tuple, stride: tuple, dilation: tuple) -> None:
+    """``ValueError`` for a transposed convolution's ``output_padding`` (tuples of ints, one per axis, as the
+    stride and the dilation) not smaller than the stride or the dilation along each axis, as PyTorch refuses it."""
+    if any(extra >= max(s, d) for extra, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"{owner} output_padding {output_padding} must be smaller than stride {stride} or "
+                         f"dilation {dilation} on each axis")
+
+
 def sizes_or_none(owner: str, name: str, value, rank: int) -> tuple:
     """An adaptive pooling's ``output_size``: one positive integer or None (repeated), or a ``sequence`` of
     ``rank`` of them, as a tuple of Python ints and Nones (None keeps that axis' size); else a ``ValueError``
