@@ -446,6 +446,21 @@ def test_conv_transpose2d_refuses_an_output_padding_not_smaller_than_stride_or_d
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_functional_losses_refuse_arguments_out_of_their_domain(mode):
+    """``cross_entropy_loss`` ``label_smoothing`` outside [0, 1], ``huber_loss`` ``delta`` <= 0 and ``smooth_l1_loss``
+    ``beta`` < 0 are ``ValueError``s, as torch's (above 1, <= 0, < 0) and the loss modules' (the ops computed them)."""
+    rows, labels = np.full((2, 3), 0.25, np.float32), np.array([0, 2])
+    cases = [(lambda x, y: ud.ops.cross_entropy_loss(x, y, label_smoothing=1.5), labels,
+              "cross_entropy_loss label_smoothing must lie in [0, 1], got 1.5"),
+             (lambda x, y: ud.ops.cross_entropy_loss(x, y, label_smoothing=-0.1), labels,
+              "cross_entropy_loss label_smoothing must lie in [0, 1], got -0.1"),
+             (lambda x, y: ud.ops.huber_loss(x, y, delta=0.0), rows, "huber_loss delta must be positive, got 0.0"),
+             (lambda x, y: ud.ops.smooth_l1_loss(x, y, beta=-1.0), rows,
+              "smooth_l1_loss beta must be non-negative, got -1.0")]
+    for fn, target, message in cases:
+        raises_exactly(ValueError, message, run, mode, fn, rows, target)
+
+
 @pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])
 def test_dropout_after_a_checked_layer_in_the_first_graph_of_a_process(name):
     """The backends that make their dropout generator at its first draw (as in a fresh process), that draw inside a

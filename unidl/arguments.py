@@ -208,6 +208,32 @@ def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=F
     return number
 
 
+def label_smoothing(owner: str, value) -> float:
+    """A cross-entropy's ``label_smoothing`` as a Python float, checked to lie in [0, 1] (``ValueError`` otherwise, as
+    PyTorch's above 1; a negative one, which PyTorch takes, unidl refuses too: it is no mixture with the uniform
+    distribution)."""
+    number = real(value)
+    if number is None or not 0.0 <= number <= 1.0:
+        raise ValueError(f"{owner} label_smoothing must lie in [0, 1], got {value!r}")
+    return number
+
+
+def huber_delta(owner: str, value) -> float:
+    """A Huber loss's ``delta`` as a Python float, checked to be positive, as PyTorch's."""
+    number = real(value)
+    if number is None or not number > 0:
+        raise ValueError(f"{owner} delta must be positive, got {value!r}")
+    return number
+
+
+def smooth_l1_beta(owner: str, value) -> float:
+    """A smooth L1 loss's ``beta`` as a Python float, checked to be non-negative, as PyTorch's."""
+    number = real(value)
+    if number is None or not number >= 0:
+        raise ValueError(f"{owner} beta must be non-negative, got {value!r}")
+    return number
+
+
 def probability(owner: str, name: str, value) -> float:
     """A dropout rate as a Python float (a NumPy scalar or 0-d array too), checked to lie in [0, 1]."""
     if type(value) is float and 0 <= value <= 1:

@@ -1174,8 +1174,9 @@ def _reduced(values, reduction):
 
 def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     """0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta, with d = prediction - target (L1 when beta is 0);
-    dtypes as ``mse_loss``'s."""
+    dtypes as ``mse_loss``'s. A negative ``beta`` is a ``ValueError``, as PyTorch's."""
     reduction = input_checks.check_reduction("smooth_l1_loss", reduction)
+    beta = arguments.smooth_l1_beta("smooth_l1_loss", beta)
     prediction, target = input_checks.loss_operands("smooth_l1_loss", prediction, target)
     prediction, target = input_checks.float32_under_autocast(prediction), input_checks.float32_under_autocast(target)
     difference = abs(prediction - target)
@@ -1186,8 +1187,10 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
 
 def huber_loss(prediction, target, reduction="mean", delta=1.0):
     """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target, in the
-    prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force)."""
+    prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force). ``delta`` must
+    be positive (a ``ValueError``, as PyTorch's)."""
     reduction = input_checks.check_reduction("huber_loss", reduction)
+    delta = arguments.huber_delta("huber_loss", delta)
     prediction = input_checks.float32_under_autocast(input_checks.as_floating(
         "huber_loss", "prediction", input_checks.as_tensor("huber_loss", "prediction", prediction)))
     difference = abs(prediction - cast_like(target, prediction))
@@ -1336,8 +1339,10 @@ def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner)
 def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
     (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
-    (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
+    (labels only) and ``label_smoothing`` in [0, 1] (the target mixed with the uniform distribution; outside it a
+    ``ValueError``)."""
     reduction = input_checks.check_reduction("cross_entropy_loss", reduction)
+    label_smoothing = arguments.label_smoothing("cross_entropy_loss", label_smoothing)
     return _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, "cross_entropy_loss")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import input_checks, ops as functional
+from unidl import arguments, input_checks, ops as functional
 from unidl.errors import DtypeMismatchError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
@@ -119,9 +119,7 @@ class SmoothL1Loss(_Loss):
 
     def __init__(self, reduction: str = "mean", beta: float = 1.0):
         super().__init__(reduction)
-        if beta < 0:
-            raise ValueError(f"SmoothL1Loss beta must be non-negative, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = arguments.smooth_l1_beta("SmoothL1Loss", beta)
 
     def forward(self, prediction, target):
         prediction = self._check_same_shape(prediction, target)
@@ -136,9 +134,7 @@ class HuberLoss(_Loss):
 
     def __init__(self, reduction: str = "mean", delta: float = 1.0):
         super().__init__(reduction)
-        if delta <= 0:
-            raise ValueError(f"HuberLoss delta must be positive, got {delta!r}")
-        self.delta = float(delta)
+        self.delta = arguments.huber_delta("HuberLoss", delta)
 
     def forward(self, prediction, target):
         prediction = self._check_same_shape(prediction, target)
@@ -231,9 +227,7 @@ class CrossEntropyLoss(_WeightedClassLoss):
 
     def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__(weight, ignore_index, reduction)
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"CrossEntropyLoss label_smoothing must lie in [0, 1], got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = arguments.label_smoothing("CrossEntropyLoss", label_smoothing)
 
     def forward(self, logits, target):
         if len(_static_shape(logits)) == 1:  # one sample, (C,) against a label () or probabilities (C,)
