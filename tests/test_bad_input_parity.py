@@ -461,6 +461,14 @@ def test_functional_losses_refuse_arguments_out_of_their_domain(mode):
         raises_exactly(ValueError, message, run, mode, fn, rows, target)
 
 
+def test_interpolate_to_an_output_of_size_0_is_refused(mode):
+    """``interpolate`` whose ``scale_factor`` gives an output size of 0 is a ``ShapeMismatchError`` (a ``ValueError``)
+    eagerly and in a graph, as torch refuses it (the frameworks gave an empty tensor)."""
+    raises_exactly(ud.ShapeMismatchError, "interpolate scale_factor=0.1 gives an output of size (0, 0) from the "
+                   "input's spatial size (5, 5): every size must be at least 1; give a larger scale_factor, or size",
+                   run, mode, lambda x: ud.ops.interpolate(x, scale_factor=0.1), X)
+
+
 @pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])
 def test_dropout_after_a_checked_layer_in_the_first_graph_of_a_process(name):
     """The backends that make their dropout generator at its first draw (as in a fresh process), that draw inside a

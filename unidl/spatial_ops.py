@@ -637,6 +637,12 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         # floor(n * f) in double, as PyTorch's (in x's dtype a graph's float32 30 * 2.1 gave 62, bfloat16 301 * 2 600)
         outs = tuple(int(n * f) if isinstance(n, int) else ops.cast(_floor(ops.cast(n, "float64") * f), "int64")
                      for n, f in zip(sizes, factors))
+        # an output of size 0: PyTorch's error (the frameworks gave an empty tensor), when a graph runs for sizes it
+        # leaves unknown
+        x = input_checks.require(x, input_checks.all_of([input_checks.holds(o > 0) for o in outs]), lambda: (
+            f"interpolate scale_factor={scale_factor!r} gives an output of size {input_checks.shape_template(spatial)}"
+            f" from the input's spatial size {input_checks.shape_template(spatial)}: every size must be at least 1; "
+            f"give a larger scale_factor, or size"), tuple(outs) + tuple(sizes))
     if mode == "area":
         if spatial == 1:
             return ops.squeeze(_adaptive_avg_pool2d(ops.unsqueeze(x, 2), (1, outs[0])), 2)
