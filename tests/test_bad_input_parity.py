@@ -412,8 +412,8 @@ def test_functional_losses_refuse_an_unknown_reduction(mode, loss):
 
 
 def test_gelu_refuses_an_unknown_approximation(mode):
-    """``ud.ops.gelu(x, approximate='tan')`` is a ``ValueError`` naming the valid values, as torch's (TensorFlow, JAX and
-    Keras gave the exact GELU)."""
+    """``ud.ops.gelu(x, approximate='tan')`` is a ``ValueError`` naming the valid values, as torch's (TensorFlow, JAX
+    and Keras gave the exact GELU)."""
     raises_exactly(ValueError, "gelu approximate must be 'none' or 'tanh', got 'tan'",
                    run, mode, lambda x: ud.ops.gelu(x, approximate="tan"), X)
     np.testing.assert_allclose(run(mode, lambda x: ud.ops.gelu(x, approximate="tanh"), X),
