@@ -149,6 +149,27 @@ def test_out_of_range_labels_name_the_range(mode):
                    run, mode, lambda x, y: ud.ops.cross_entropy(x, y), X[0, 0], np.array([0, 5, 1, 2, 3]))
 
 
+def test_cross_entropy_takes_the_classes_on_axis_1_as_torch(mode):
+    """``ud.ops.cross_entropy`` of (N, C, d1) logits against (N, d1) labels takes the classes on axis 1, and one
+    sample's (C,) logits a label (), as ``torch.nn.functional.cross_entropy`` (TensorFlow and Keras took the last
+    axis for the classes and raised their own errors, JAX gave another number); labels of another shape are one
+    ``ShapeMismatchError`` (JAX and TensorFlow raised their own errors)."""
+    logits, labels = RNG.standard_normal((2, 3, 4)).astype(np.float32), np.array([[0, 1, 2, 0], [2, 2, 1, 0]])
+    for reduction in ("mean", "none"):
+        expected = F.cross_entropy(torch.tensor(logits), torch.tensor(labels), reduction=reduction).numpy()
+        got = run(mode, lambda x, y: ud.ops.cross_entropy(x, y, reduction), logits, labels)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    expected = F.cross_entropy(torch.tensor(logits[0, :, 0]), torch.tensor(1)).numpy()
+    np.testing.assert_allclose(run(mode, lambda x, y: ud.ops.cross_entropy(x, y), logits[0, :, 0], np.array(1)),
+                               expected, rtol=1e-5)
+    raises_exactly(ud.ShapeMismatchError, "cross_entropy needs logits of shape (N, C) and integer labels of shape "
+                   "(N,) (or (N, C, d1, ...) and (N, d1, ...)); got logits (3, 4) and labels (2,)",
+                   run, mode, lambda x, y: ud.ops.cross_entropy(x, y), logits[0], np.array([0, 1]))
+    raises_exactly(ud.ShapeMismatchError, "cross_entropy needs logits of shape (N, C) and integer labels of shape "
+                   "(N,) (or (N, C, d1, ...) and (N, d1, ...)); got logits (2, 3, 4) and labels (2, 3)",
+                   run, mode, lambda x, y: ud.ops.cross_entropy(x, y), logits, labels[:, :3])
+
+
 # ---- h, i. float labels and integer inputs: refused, never truncated or left to the framework ------------------
 
 def test_float_labels_and_integer_inputs_are_refused_by_train_step_and_fit(mode):
@@ -342,6 +363,110 @@ def test_class_losses_and_attention_of_mismatched_sizes_are_one_error_in_a_graph
               "received (3, 2, 5)")]
     for layer, inputs, message in cases:
         raises_exactly(ud.ShapeMismatchError, message, lambda: run(mode, layer, *inputs))
+
+
+def test_class_loss_ops_check_the_labels_and_weights_shapes_as_the_modules(mode):
+    """``ud.ops.cross_entropy_loss`` and ``ud.ops.nll_loss`` check their labels, class probabilities and class weights
+    as ``nn.CrossEntropyLoss`` and ``nn.NLLLoss`` do (``input_checks.class_loss_shapes``), word for word eagerly and
+    in a graph: 3 labels for 5 rows were used as far as they went, (5, 1) labels and probabilities broadcast, 5 class
+    weights for 4 classes were taken; one sample's (C,) against a label () is torch's unbatched loss."""
+    rows = RNG.standard_normal((5, 4)).astype(np.float32)
+    labels = "integer labels of shape (N,) (or (N, C, d1, ...) and (N, d1, ...)); got"
+    cases = [(lambda x, y: ud.ops.cross_entropy_loss(x, y), (rows, np.array([0, 1, 2])), "cross_entropy_loss needs "
+              f"logits of shape (N, C) and {labels} logits (5, 4) and labels (3,)"),
+             (lambda x, y: ud.ops.cross_entropy_loss(x, y), (rows, np.zeros((5, 1), np.int64)), "cross_entropy_loss "
+              f"needs logits of shape (N, C) and {labels} logits (5, 4) and labels (5, 1)"),
+             (lambda x, y: ud.ops.cross_entropy_loss(x, y), (rows, np.full((5, 1), 0.25, np.float32)),
+              "cross_entropy_loss needs logits of shape (N, C) and integer labels of shape (N,) or class probabilities "
+              "of the logits' shape; got logits (5, 4) and class probabilities (5, 1)"),
+             (lambda x, y: ud.ops.cross_entropy_loss(x, y, [2.0]), (rows, np.array([0, 1, 2, 3, 0])),
+              "cross_entropy_loss has 1 class weights but the input has 4 classes (shape (5, 4))"),
+             (lambda x, y: ud.ops.nll_loss(x, y), (rows, np.array([0, 1, 2])), "nll_loss needs log-probabilities of "
+              f"shape (N, C) and {labels} (5, 4) and labels (3,)"),
+             (lambda x, y: ud.ops.nll_loss(x, y, [1.0] * 5), (rows, np.array([0, 1, 2, 3, 0])),
+              "nll_loss has 5 class weights but the input has 4 classes (shape (5, 4))")]
+    for fn, inputs, message in cases:
+        raises_exactly(ud.ShapeMismatchError, message, run, mode, fn, *inputs)
+    for reduction in ("mean", "none"):
+        expected = F.nll_loss(torch.tensor(rows[0]), torch.tensor(2), reduction=reduction).numpy()
+        got = run(mode, lambda x, y: ud.ops.nll_loss(x, y, reduction=reduction), rows[0], np.array(2))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        expected = F.cross_entropy(torch.tensor(rows[0]), torch.tensor(2), reduction=reduction).numpy()
+        got = run(mode, lambda x, y: ud.ops.cross_entropy_loss(x, y, reduction=reduction), rows[0], np.array(2))
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "bce_with_logits",
+                                  "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
+                                  "cross_entropy_loss", "nll_loss"])
+def test_functional_losses_refuse_an_unknown_reduction(mode, loss):
+    """An unknown ``reduction`` ('meen'; 'batchmean' but for ``kl_div``) is a ``ValueError`` naming the valid values, as
+    torch.nn.functional's losses and unidl's loss modules raise (the ops took it for 'none', or some backends for
+    'sum')."""
+    rows, labels = np.full((2, 3), 0.25, np.float32), np.array([0, 2])
+    target = labels if loss in ("cross_entropy", "cross_entropy_loss", "nll_loss") else rows
+    valid = ("mean", "sum", "none") + (("batchmean",) if loss == "kl_div" else ())
+    for reduction in ("meen",) + (() if loss == "kl_div" else ("batchmean",)):
+        raises_exactly(ValueError, f"{loss} reduction must be one of {valid}, got {reduction!r}",
+                       run, mode, lambda x, y: getattr(ud.ops, loss)(x, y, reduction=reduction), rows, target)
+
+
+def test_gelu_refuses_an_unknown_approximation(mode):
+    """``ud.ops.gelu(x, approximate='tan')`` is a ``ValueError`` naming the valid values, as torch's (TensorFlow, JAX
+    and Keras gave the exact GELU)."""
+    raises_exactly(ValueError, "gelu approximate must be 'none' or 'tanh', got 'tan'",
+                   run, mode, lambda x: ud.ops.gelu(x, approximate="tan"), X)
+    np.testing.assert_allclose(run(mode, lambda x: ud.ops.gelu(x, approximate="tanh"), X),
+                               F.gelu(torch.tensor(X), approximate="tanh").numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_same_padding_of_a_strided_convolution_is_refused(mode):
+    """``conv1d``/``conv2d(padding='same', stride=2)`` is a ``ValueError``, as torch's ("padding='same' is not supported
+    for strided convolutions") and the layers' (TensorFlow, JAX and Keras padded as TensorFlow's SAME)."""
+    weight = RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    raises_exactly(ValueError, "conv2d padding='same' needs stride=1, got stride=(2, 1)",
+                   run, mode, lambda x, w: ud.ops.conv2d(x, w, None, (2, 1), "same"), X, weight)
+    raises_exactly(ValueError, "conv1d padding='same' needs stride=1, got stride=2",
+                   run, mode, lambda x, w: ud.ops.conv1d(x, w, None, 2, "same"), X[:, :, 0], weight[:, :, 0])
+    got = run(mode, lambda x, w: ud.ops.conv2d(x, w, None, 1, "same", 2), X, weight)
+    np.testing.assert_allclose(got, F.conv2d(torch.tensor(X), torch.tensor(weight), None, 1, "same", 2).numpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose2d_refuses_an_output_padding_not_smaller_than_stride_or_dilation(mode):
+    """``ud.ops.conv_transpose2d`` with ``output_padding`` >= max(stride, dilation) on an axis is a ``ValueError``, as
+    torch's and ``nn.ConvTranspose2d``'s (the ops gave an output of that size)."""
+    weight = RNG.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    raises_exactly(ValueError, "conv_transpose2d output_padding (2, 0) must be smaller than stride (2, 2) or dilation "
+                   "(1, 1) on each axis", run, mode, lambda x, w: ud.ops.conv_transpose2d(x, w, None, 2, 0, (2, 0)),
+                   SMALL, weight)
+    kernel = ud.tensor(weight)  # (a weight of known shape: a parameter's, in a graph too)
+    got = run(mode, lambda x: ud.ops.conv_transpose2d(x, kernel, None, 1, 0, 1, 1, 2), SMALL)
+    expected = F.conv_transpose2d(torch.tensor(SMALL), torch.tensor(weight), None, 1, 0, 1, 1, 2).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_functional_losses_refuse_arguments_out_of_their_domain(mode):
+    """``cross_entropy_loss`` ``label_smoothing`` outside [0, 1], ``huber_loss`` ``delta`` <= 0 and ``smooth_l1_loss``
+    ``beta`` < 0 are ``ValueError``s, as torch's (above 1, <= 0, < 0) and the loss modules' (the ops computed them)."""
+    rows, labels = np.full((2, 3), 0.25, np.float32), np.array([0, 2])
+    cases = [(lambda x, y: ud.ops.cross_entropy_loss(x, y, label_smoothing=1.5), labels,
+              "cross_entropy_loss label_smoothing must lie in [0, 1], got 1.5"),
+             (lambda x, y: ud.ops.cross_entropy_loss(x, y, label_smoothing=-0.1), labels,
+              "cross_entropy_loss label_smoothing must lie in [0, 1], got -0.1"),
+             (lambda x, y: ud.ops.huber_loss(x, y, delta=0.0), rows, "huber_loss delta must be positive, got 0.0"),
+             (lambda x, y: ud.ops.smooth_l1_loss(x, y, beta=-1.0), rows,
+              "smooth_l1_loss beta must be non-negative, got -1.0")]
+    for fn, target, message in cases:
+        raises_exactly(ValueError, message, run, mode, fn, rows, target)
+
+
+def test_interpolate_to_an_output_of_size_0_is_refused(mode):
+    """``interpolate`` whose ``scale_factor`` gives an output size of 0 is a ``ShapeMismatchError`` (a ``ValueError``)
+    eagerly and in a graph, as torch refuses it (the frameworks gave an empty tensor)."""
+    raises_exactly(ud.ShapeMismatchError, "interpolate scale_factor=0.1 gives an output of size (0, 0) from the "
+                   "input's spatial size (5, 5): every size must be at least 1; give a larger scale_factor, or size",
+                   run, mode, lambda x: ud.ops.interpolate(x, scale_factor=0.1), X)
 
 
 @pytest.mark.parametrize("name", [n for n in ("tensorflow", "keras") if n in backends_under_test()])

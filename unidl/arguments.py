@@ -15,6 +15,9 @@ import numbers
 
 import numpy as np
 
+# a loss's reductions, PyTorch's (``KLDivLoss`` and ``kl_div`` add 'batchmean')
+REDUCTIONS = ("mean", "sum", "none")
+
 #: the counters every backend keeps in int64 (an optimizer's step, a checkpoint's epoch and step) lie below it
 INT64_END = 2 ** 63
 
@@ -106,6 +109,22 @@ def ints(owner: str, name: str, value, rank: int, minimum: int = 1) -> tuple:
     return (checked,) * rank if type(checked) is int else checked
 
 
+def check_same_padding(owner: str, padding, stride) -> None:
+    """``ValueError`` for ``padding='same'`` with a stride other than 1 (an int or a tuple of ints), as PyTorch's
+    convolutions refuse it (TensorFlow's SAME padding of a strided convolution gives another output size)."""
+    if isinstance(padding, str) and padding == "same" and any(s != 1 for s in (
+            stride if isinstance(stride, (tuple, list)) else (stride,))):
+        raise ValueError(f"{owner} padding='same' needs stride=1, got stride={stride!r}")
+
+
+def check_output_padding(owner: str, output_padding: tuple, stride: tuple, dilation: tuple) -> None:
+    """``ValueError`` for a transposed convolution's ``output_padding`` (tuples of ints, one per axis, as the
+    stride and the dilation) not smaller than the stride or the dilation along each axis, as PyTorch refuses it."""
+    if any(extra >= max(s, d) for extra, s, d in zip(output_padding, stride, dilation)):
+        raise ValueError(f"{owner} output_padding {output_padding} must be smaller than stride {stride} or "
+                         f"dilation {dilation} on each axis")
+
+
 def sizes_or_none(owner: str, name: str, value, rank: int) -> tuple:
     """An adaptive pooling's ``output_size``: one positive integer or None (repeated), or a ``sequence`` of
     ``rank`` of them, as a tuple of Python ints and Nones (None keeps that axis' size); else a ``ValueError``
@@ -186,6 +205,32 @@ def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=F
         left = "(" if low_open else "["
         right = ")" if high_open else "]"
         raise ValueError(f"{owner} {name}={value!r} is invalid: it must lie in {left}{low}, {high}{right}")
+    return number
+
+
+def label_smoothing(owner: str, value) -> float:
+    """A cross-entropy's ``label_smoothing`` as a Python float, checked to lie in [0, 1] (``ValueError`` otherwise, as
+    PyTorch's above 1; a negative one, which PyTorch takes, unidl refuses too: it is no mixture with the uniform
+    distribution)."""
+    number = real(value)
+    if number is None or not 0.0 <= number <= 1.0:
+        raise ValueError(f"{owner} label_smoothing must lie in [0, 1], got {value!r}")
+    return number
+
+
+def huber_delta(owner: str, value) -> float:
+    """A Huber loss's ``delta`` as a Python float, checked to be positive, as PyTorch's."""
+    number = real(value)
+    if number is None or not number > 0:
+        raise ValueError(f"{owner} delta must be positive, got {value!r}")
+    return number
+
+
+def smooth_l1_beta(owner: str, value) -> float:
+    """A smooth L1 loss's ``beta`` as a Python float, checked to be non-negative, as PyTorch's."""
+    number = real(value)
+    if number is None or not number >= 0:
+        raise ValueError(f"{owner} beta must be non-negative, got {value!r}")
     return number
 
 

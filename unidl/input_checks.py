@@ -18,7 +18,7 @@ import numpy as np
 
 from unidl import arguments, ops
 from unidl.backends.op_registry import CONVERTED
-from unidl.dtype_kinds import dtype_name, is_floating, is_integer
+from unidl.dtype_kinds import dtype_name, holds_floats, is_floating, is_integer
 from unidl.errors import AxisOutOfRangeError, DtypeMismatchError, ShapeMismatchError
 from unidl.precision import active_ops
 
@@ -197,6 +197,87 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
 
     same = len(a) == len(b) and all_of(holds(m == n) for m, n in zip(a, b))
     return require(prediction, same, template, a + b)
+
+
+REDUCTIONS = arguments.REDUCTIONS
+
+
+def check_reduction(owner, reduction, reductions: tuple = arguments.REDUCTIONS) -> str:
+    """``reduction``, after checking that it is one of ``reductions``: any other value is a ``ValueError`` naming the
+    valid ones, as PyTorch's (the functional losses took an unknown one for 'none', or some backends for 'sum')."""
+    if not isinstance(reduction, str) or reduction not in reductions:
+        raise ValueError(f"{literal(owner)} reduction must be one of {reductions}, got {reduction!r}")
+    return reduction
+
+
+def float_labels_message(name: str, dtype, probabilities_allowed: bool = True) -> str:
+    """What ``name`` says of float labels of shape (N,): refused, never truncated to classes (PyTorch refuses them
+    too), even when every value is a whole number; ``fit`` says the same of a data set's labels. (No sizes in
+    the message: a graph may not know them while it is traced, and the message is the same everywhere.)"""
+    alternative = " or class probabilities of the logits' shape (N, C)" if probabilities_allowed else ""
+    return (f"{name} needs integer class labels of shape (N,){alternative}, got {dtype_name(dtype)} labels of "
+            f"shape (N,); convert them with labels.astype('int64')")
+
+
+def class_loss_shapes(name, scores, target, probabilities_allowed: bool, weight=None, what: str | None = None):
+    """``(probabilities, scores, target)`` of a loss over classes (``CrossEntropyLoss``, ``NLLLoss`` and their ops),
+    after PyTorch's shape rules: scores (N, C) or (N, C, d1, ...) against integer labels (N,) or (N, d1, ...), or,
+    with ``probabilities_allowed``, class probabilities of the scores' shape (``probabilities``: True then), and a
+    class ``weight`` (or None) of one value per class, C. Anything else is a ``ShapeMismatchError`` naming both
+    shapes, now or, for sizes a graph knows only when it runs, then (use the returned tensors after it): labels of
+    another length were used as far as they went, or broadcast, or the framework raised its own error. ``what``:
+    what the scores are, for the message ('logits' with ``probabilities_allowed``, else 'log-probabilities')."""
+    what = what or ("logits" if probabilities_allowed else "log-probabilities")
+    a, b = tuple(scores.shape), tuple(target.shape)
+    if holds_floats(target) and len(a) >= 2 and len(b) == len(a) - 1:
+        raise DtypeMismatchError(float_labels_message(name, target.dtype, probabilities_allowed))
+    probabilities = probabilities_allowed and holds_floats(target) and len(a) >= 2
+    if probabilities:
+        message = (f"{name} needs logits of shape (N, C) and integer labels of shape (N,) or class probabilities "
+                   f"of the logits' shape; got logits {{}} and class probabilities {{}}")
+        expected = lambda sizes: sizes  # noqa: E731
+    else:
+        message = (f"{name} needs {what} of shape (N, C) and integer labels of shape (N,) (or (N, C, d1, ...) and "
+                   f"(N, d1, ...)); got {'logits ' if what == 'logits' else ''}{{}} and labels {{}}")
+        expected = lambda sizes: sizes[:1] + sizes[2:]  # noqa: E731
+    if len(a) < 2 or len(b) != len(expected(a)) or _shapes_conflict(expected(a), b):
+        sizes, labels = sizes_of(scores), sizes_of(target)  # (the message as the graph prints it when it runs)
+        shapes = (shape_template(len(sizes)), shape_template(len(labels)))
+        target = require(target, False, lambda: message.format(*shapes), sizes + labels)
+    else:
+        target = _checked_when_run(scores, target, message, expected)
+    return probabilities, class_weight_count(name, weight, scores), target
+
+
+def class_weight_count(name, weight, scores):
+    """``scores`` (N, C, ...), after checking that a class ``weight`` (or None) holds one value per class, C: a
+    ``ShapeMismatchError`` naming both, now or when a graph runs (PyTorch refuses it; the frameworks broadcast one
+    value, or raised their own errors)."""
+    if weight is None:
+        return scores
+    counts, sizes = sizes_of(weight), sizes_of(scores)
+    if len(counts) != 1:
+        raise ShapeMismatchError(f"{literal(name)} needs a class weight of shape (C,), one value per class, got "
+                                 f"shape {tuple(weight.shape)}")
+    template = lambda: (f"{literal(name)} has {{}} class weights but the input has {{}} classes (shape "  # noqa: E731
+                        f"{shape_template(len(sizes))})")
+    return require(scores, holds(counts[0] == sizes[1]), template, (counts[0], sizes[1]) + tuple(sizes))
+
+
+def _shapes_conflict(a, b) -> bool:
+    """Whether shapes ``a`` and ``b`` (None for a size a graph does not know) differ in rank or in a known size."""
+    if len(a) != len(b):
+        return True
+    return any(x is not None and y is not None and x != y for x, y in zip(a, b))
+
+
+def _checked_when_run(scores, target, message: str, expected):
+    """``target``, carrying the check that its sizes are ``expected(scores' sizes)``, where a graph traced for any
+    sizes leaves some unknown (``require_shape``): the eager ``message`` (two ``{}``: the shapes) when it runs
+    (TensorFlow's own slicing error before, or none: a loss of mismatched sizes)."""
+    sizes = sizes_of(scores)
+    shapes = (shape_template(len(sizes)), shape_template(len(tuple(target.shape))))
+    return require_shape(target, expected(sizes), lambda: message.format(*shapes), shown=tuple(sizes))
 
 
 def check_broadcasts_to(owner, what, weight, x):

@@ -191,12 +191,13 @@ def _pair(value) -> tuple:
 
 def _conv_arguments(name, stride, dilation, padding, groups, rank=2):
     """A convolution's size arguments as Python ints (or tuples of them) the backends take as they are, checked
-    once here: NumPy integers become ints; floats, bools and sizes below 1 (below 0 for padding) are
-    ``ValueError``s naming the op, as the layers' constructors raise them."""
+    once here: NumPy integers become ints; floats, bools, sizes below 1 (below 0 for padding) and 'same' padding
+    of a stride other than 1 are ``ValueError``s naming the op, as the layers' constructors raise them."""
     stride = arguments.int_or_ints(name, "stride", stride, rank)
     dilation = arguments.int_or_ints(name, "dilation", dilation, rank)
     if not (isinstance(padding, str) and padding in ("same", "valid")):
         padding = arguments.int_or_ints(name, "padding", padding, rank, minimum=0)
+    arguments.check_same_padding(name, padding, stride)  # (TensorFlow, JAX and Keras padded as TensorFlow's SAME)
     return stride, dilation, padding, arguments.positive_int(name, "groups", groups)
 
 
@@ -733,6 +734,7 @@ def mse_loss(prediction, target, reduction="mean"):
     """Squared differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise). Integers are floats
     of the dtype in force, and two float dtypes promote as ``torch.nn.functional.mse_loss`` promotes them
     (``input_checks.loss_operands``)."""
+    reduction = input_checks.check_reduction("mse_loss", reduction)
     return _ops().mse_loss(*input_checks.loss_operands("mse_loss", prediction, target), reduction)
 
 
@@ -740,17 +742,26 @@ def mse_loss(prediction, target, reduction="mean"):
 def l1_loss(prediction, target, reduction="mean"):
     """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise); dtypes as
     ``mse_loss``'s."""
+    reduction = input_checks.check_reduction("l1_loss", reduction)
     return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
 
 
-@op(indices=("labels",), arrays=("logits",), floating=("logits",))
+@op(dispatch=False, indices=("labels",), arrays=("logits",), floating=("logits",))
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
-    """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel.
+    """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel. Logits
+    (N, C, d1, ...) against labels (N, d1, ...), the classes on axis 1, and one sample's (C,) against a label ()
+    are ``torch.nn.functional.cross_entropy``'s too (``cross_entropy_loss``'s arithmetic: TensorFlow and Keras took
+    the last axis for the classes, JAX gave another number); labels of another shape are a ``ShapeMismatchError``.
 
     Labels equal to ``ignore_index`` add nothing and do not count in the mean; any other label outside
     [0, C) raises ``IndexOutOfRangeError`` (in a compiled graph too). ``reduction``: 'mean', 'sum' or
-    'none' (per sample, 0 where ignored). Class weights, label smoothing, class probabilities as targets
-    and (N, C, d1, ...) logits: ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
+    'none' (per sample, 0 where ignored). Class weights, label smoothing and class probabilities as targets:
+    ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
+    reduction = input_checks.check_reduction("cross_entropy", reduction)
+    if len(logits.shape) != 2:
+        return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
+    _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
+    return _ops().cross_entropy(logits, labels, reduction, ignore_index)
 
 
 @op(dispatch=False, arrays=("logits", "targets"))
@@ -758,6 +769,7 @@ def bce_with_logits(logits, targets, reduction="mean"):
     """Binary cross-entropy on logits, numerically stable; ``reduction`` 'mean', 'sum' or 'none'. ``targets`` of
     another shape than ``logits`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it (JAX and
     Keras broadcast them)."""
+    reduction = input_checks.check_reduction("bce_with_logits", reduction)
     logits = input_checks.check_same_shape("bce_with_logits", logits, targets, names=("logits", "targets"))
     return _ops().bce_with_logits(logits, targets, reduction)
 
@@ -786,10 +798,14 @@ def scan(fn, init, xs, axis=0, reverse=False):
     return _ops().scan(fn, init, xs, axis, reverse)
 
 
-@op(floating=("x",))
+@op(dispatch=False, floating=("x",))
 def gelu(x, approximate="none"):
     """x * Phi(x) with Phi the standard normal CDF (``approximate='none'``), or PyTorch's tanh approximation
-    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) with ``approximate='tanh'``."""
+    0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))) with ``approximate='tanh'``. Any other ``approximate`` is
+    a ``ValueError``, as PyTorch's (TensorFlow, JAX and Keras gave the exact GELU)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _ops().gelu(x, approximate)
 
 
 @op(floating=("x",))
@@ -1145,7 +1161,7 @@ def prelu(x, weight):
     return where(x > 0, x, x * weight)  # (at 0 the gradient ``weight``, as torch's)
 
 
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = arguments.REDUCTIONS
 
 
 def _reduced(values, reduction):
@@ -1158,7 +1174,9 @@ def _reduced(values, reduction):
 
 def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     """0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta, with d = prediction - target (L1 when beta is 0);
-    dtypes as ``mse_loss``'s."""
+    dtypes as ``mse_loss``'s. A negative ``beta`` is a ``ValueError``, as PyTorch's."""
+    reduction = input_checks.check_reduction("smooth_l1_loss", reduction)
+    beta = arguments.smooth_l1_beta("smooth_l1_loss", beta)
     prediction, target = input_checks.loss_operands("smooth_l1_loss", prediction, target)
     prediction, target = input_checks.float32_under_autocast(prediction), input_checks.float32_under_autocast(target)
     difference = abs(prediction - target)
@@ -1169,7 +1187,10 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
 
 def huber_loss(prediction, target, reduction="mean", delta=1.0):
     """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target, in the
-    prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force)."""
+    prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force). ``delta`` must
+    be positive (a ``ValueError``, as PyTorch's)."""
+    reduction = input_checks.check_reduction("huber_loss", reduction)
+    delta = arguments.huber_delta("huber_loss", delta)
     prediction = input_checks.float32_under_autocast(input_checks.as_floating(
         "huber_loss", "prediction", input_checks.as_tensor("huber_loss", "prediction", prediction)))
     difference = abs(prediction - cast_like(target, prediction))
@@ -1181,6 +1202,7 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1;
     below the floor a first derivative only). ``target`` of another shape than
     ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it."""
+    reduction = input_checks.check_reduction("binary_cross_entropy", reduction)
     probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities))
     target = cast_like(target, probabilities)
@@ -1217,6 +1239,7 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
     broadcast) and ``pos_weight`` (the positive term's weight, broadcast from the last axis: one per class), as
     PyTorch computes them: ((1 - t) * x + (1 + (pos_weight - 1) * t) * softplus(-x)) * weight. Either of another
     shape than broadcasts to the logits' is a ``ShapeMismatchError``, as ``target`` of another shape than theirs."""
+    reduction = input_checks.check_reduction("binary_cross_entropy_with_logits", reduction)
     owner = "binary_cross_entropy_with_logits"
     logits = input_checks.as_tensor(owner, "logits", logits)
     target = cast_like(target, logits)
@@ -1239,6 +1262,7 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
 
     ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
     mathematical KL divergence), 'sum' or 'none'."""
+    reduction = input_checks.check_reduction("kl_div", reduction, REDUCTIONS + ("batchmean",))
     log_probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities))
     target = cast_like(target, log_probabilities)
@@ -1278,7 +1302,19 @@ def _class_axis_last(x):
 def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reduction="mean"):
     """-log_probabilities[n, labels[n]] * weight[labels[n]] for (N, C) or (N, C, d1, ...) input and integer
     labels (N,) or (N, d1, ...); labels equal to ``ignore_index`` count for nothing. 'mean' divides by
-    the summed weights of the counted labels (PyTorch's); 'none' keeps the labels' shape."""
+    the summed weights of the counted labels (PyTorch's); 'none' keeps the labels' shape. One sample's (C,) takes
+    a label (). Labels of another shape, or a ``weight`` of another number of classes, are a
+    ``ShapeMismatchError``, as ``nn.NLLLoss``'s (they were used as far as they went, or broadcast)."""
+    reduction = input_checks.check_reduction("nll_loss", reduction)
+    owner = "nll_loss"
+    log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
+        owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
+    labels = input_checks.check_integer("NLLLoss", "labels", labels)
+    if len(log_probabilities.shape) == 1 and len(labels.shape) == 0:  # one sample: PyTorch's unbatched input
+        loss = nll_loss(unsqueeze(log_probabilities, 0), unsqueeze(labels, 0), weight, ignore_index, reduction)
+        return squeeze(loss, 0) if reduction == "none" else loss
+    weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
+    _, log_probabilities, labels = input_checks.class_loss_shapes(owner, log_probabilities, labels, False, weight)
     return _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, "NLLLoss")
 
 
@@ -1303,11 +1339,25 @@ def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner)
 def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
     (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
-    (labels only) and ``label_smoothing`` (the target mixed with the uniform distribution)."""
-    logits, target = (input_checks.as_tensor("cross_entropy_loss", what, x) for what, x in (("logits", logits),
-                                                                                           ("target", target)))
+    (labels only) and ``label_smoothing`` in [0, 1] (the target mixed with the uniform distribution; outside it a
+    ``ValueError``)."""
+    reduction = input_checks.check_reduction("cross_entropy_loss", reduction)
+    label_smoothing = arguments.label_smoothing("cross_entropy_loss", label_smoothing)
+    return _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, "cross_entropy_loss")
+
+
+def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, owner):
+    """``cross_entropy_loss``, its errors naming ``owner`` (the op called)."""
+    logits, target = (input_checks.as_tensor(owner, what, x) for what, x in (("logits", logits), ("target", target)))
+    if len(logits.shape) == 1 and (len(target.shape) == 0 or dtype_kinds.holds_floats(target)):
+        # one sample, (C,) against a label () or probabilities (C,): PyTorch's unbatched input
+        loss = _cross_entropy_loss(unsqueeze(logits, 0), unsqueeze(target, 0), weight, ignore_index, reduction,
+                                   label_smoothing, owner)
+        return squeeze(loss, 0) if reduction == "none" else loss
+    log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(owner, "logits", logits))
+    weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
+    _, logits, target = input_checks.class_loss_shapes(owner, logits, target, True, weight)
     log_probabilities = log_softmax(input_checks.float32_under_autocast(logits), 1)
-    weight = input_checks.as_tensor("cross_entropy_loss", "weight", weight, like=log_probabilities)
     per_class = (1, -1) + (1,) * (len(logits.shape) - 2)  # a class weight's shape beside the log-probabilities
     if len(target.shape) == len(logits.shape):  # class probabilities: PyTorch promotes the three dtypes
         if ignore_index >= 0:

@@ -142,13 +142,15 @@ def _pad_amounts_for(rank, axis, before, after):
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """The transposed 2-D convolution of NCHW ``x`` with an (in, out / groups, kh, kw) ``weight``, as
     ``torch.nn.functional.conv_transpose2d``: output size (H - 1) * stride - 2 * padding + dilation * (k - 1)
-    + output_padding + 1. Computed as the plain convolution of ``x`` spread out by ``stride`` (zeros between
+    + output_padding + 1, ``output_padding`` smaller than the stride or the dilation on each axis (a ``ValueError``
+    otherwise, as PyTorch's). Computed as the plain convolution of ``x`` spread out by ``stride`` (zeros between
     its elements) and padded by dilation * (k - 1) - padding, with the kernel flipped and its in/out swapped."""
-    stride, dilation, padding, groups = ops._conv_arguments("conv_transpose2d", stride, dilation, padding, groups)
-    input_checks.check_parameters_dtype("conv_transpose2d", x, weight)
     if isinstance(padding, str):
         raise ValueError(f"conv_transpose2d padding must be an int or a pair of ints, got {padding!r}")
+    stride, dilation, padding, groups = ops._conv_arguments("conv_transpose2d", stride, dilation, padding, groups)
+    input_checks.check_parameters_dtype("conv_transpose2d", x, weight)
     output_padding = arguments.int_or_ints("conv_transpose2d", "output_padding", output_padding, 2, minimum=0)
+    arguments.check_output_padding("conv_transpose2d", _pair(output_padding), _pair(stride), _pair(dilation))
     if len(weight.shape) != 4 or None in tuple(weight.shape):
         raise ValueError(f"conv_transpose2d needs a weight of known shape (in, out / groups, kh, kw), got "
                          f"{tuple(weight.shape)}: a parameter, or a tensor whose shape a traced graph knows")
@@ -635,6 +637,12 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
         # floor(n * f) in double, as PyTorch's (in x's dtype a graph's float32 30 * 2.1 gave 62, bfloat16 301 * 2 600)
         outs = tuple(int(n * f) if isinstance(n, int) else ops.cast(_floor(ops.cast(n, "float64") * f), "int64")
                      for n, f in zip(sizes, factors))
+        # an output of size 0: PyTorch's error (the frameworks gave an empty tensor), when a graph runs for sizes it
+        # leaves unknown
+        x = input_checks.require(x, input_checks.all_of([input_checks.holds(o > 0) for o in outs]), lambda: (
+            f"interpolate scale_factor={scale_factor!r} gives an output of size {input_checks.shape_template(spatial)}"
+            f" from the input's spatial size {input_checks.shape_template(spatial)}: every size must be at least 1; "
+            f"give a larger scale_factor, or size"), tuple(outs) + tuple(sizes))
     if mode == "area":
         if spatial == 1:
             return ops.squeeze(_adaptive_avg_pool2d(ops.unsqueeze(x, 2), (1, outs[0])), 2)

@@ -68,8 +68,7 @@ class _ConvNd(Module):
         self.dilation = arguments.ints(owner, "dilation", dilation, self.rank)
         self.padding_mode = padding_mode
         if isinstance(padding, str) and padding in ("same", "valid") and not self.transposed:
-            if padding == "same" and any(s != 1 for s in self.stride):
-                raise ValueError(f"{owner} padding='same' needs stride=1, got stride={stride!r}")
+            arguments.check_same_padding(owner, padding, stride)
             self.padding = padding
         else:
             self.padding = arguments.ints(owner, "padding", padding, self.rank, minimum=0)
@@ -214,10 +213,7 @@ class ConvTranspose2d(_ConvNd):
             raise ValueError(f"ConvTranspose2d padding must be an int or a pair of ints, got {padding!r}")
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
         self.output_padding = arguments.ints("ConvTranspose2d", "output_padding", output_padding, 2, minimum=0)
-        for extra, s, d in zip(self.output_padding, self.stride, self.dilation):
-            if extra >= max(s, d):
-                raise ValueError(f"ConvTranspose2d output_padding {self.output_padding} must be smaller than stride "
-                                 f"{self.stride} or dilation {self.dilation} on each axis")
+        arguments.check_output_padding("ConvTranspose2d", self.output_padding, self.stride, self.dilation)
 
     def forward(self, x, output_size=None):
         """``output_size`` ((H, W), or (N, C, H, W) of which H and W are read, (C, H, W) for one unbatched sample;

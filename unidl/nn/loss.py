@@ -12,41 +12,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import input_checks, ops as functional
-from unidl.errors import DtypeMismatchError, ShapeMismatchError
+from unidl import arguments, input_checks, ops as functional
+from unidl.errors import DtypeMismatchError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
 from unidl.tensors import to_numpy
 
-REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = input_checks.REDUCTIONS
 
 
 def _static_shape(tensor):
     return tuple(tensor.shape)
 
 
-def _shapes_conflict(a, b) -> bool:
-    if len(a) != len(b):
-        return True
-    return any(x is not None and y is not None and x != y for x, y in zip(a, b))
-
-
-def _checked_when_run(scores, target, message: str, expected):
-    """``target``, carrying the check that its sizes are ``expected(scores' sizes)``, where a graph traced for any
-    sizes leaves some unknown (``input_checks.require_shape``): the eager ``message`` (two ``{}``: the shapes) when it
-    runs (TensorFlow's own slicing error before, or none: a loss of mismatched sizes)."""
-    sizes = input_checks.sizes_of(scores)
-    shapes = (input_checks.shape_template(len(sizes)), input_checks.shape_template(len(tuple(target.shape))))
-    return input_checks.require_shape(target, expected(sizes), lambda: message.format(*shapes), shown=tuple(sizes))
-
-
-def float_labels_message(name: str, dtype, probabilities_allowed: bool = True) -> str:
-    """What ``name`` says of float labels of shape (N,): refused, never truncated to classes (PyTorch refuses them
-    too), even when every value is a whole number; ``fit`` says the same of a data set's labels. (No sizes in
-    the message: a graph may not know them while it is traced, and the message is the same everywhere.)"""
-    alternative = " or class probabilities of the logits' shape (N, C)" if probabilities_allowed else ""
-    return (f"{name} needs integer class labels of shape (N,){alternative}, got {dtype_name(dtype)} labels of "
-            f"shape (N,); convert them with labels.astype('int64')")
+float_labels_message = input_checks.float_labels_message  # (``fit`` says the same of a data set's labels)
 
 
 class _Loss(Module):
@@ -55,9 +34,7 @@ class _Loss(Module):
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        if reduction not in self.reductions:
-            raise ValueError(f"{type(self).__name__} reduction must be one of {self.reductions}, got {reduction!r}")
-        self.reduction = reduction
+        self.reduction = input_checks.check_reduction(type(self).__name__, reduction, self.reductions)
 
     def _check_same_shape(self, prediction, target):
         """``prediction``, after checking that ``target`` has its shape (inside graphs too, where the sizes are
@@ -142,9 +119,7 @@ class SmoothL1Loss(_Loss):
 
     def __init__(self, reduction: str = "mean", beta: float = 1.0):
         super().__init__(reduction)
-        if beta < 0:
-            raise ValueError(f"SmoothL1Loss beta must be non-negative, got {beta!r}")
-        self.beta = float(beta)
+        self.beta = arguments.smooth_l1_beta("SmoothL1Loss", beta)
 
     def forward(self, prediction, target):
         prediction = self._check_same_shape(prediction, target)
@@ -159,9 +134,7 @@ class HuberLoss(_Loss):
 
     def __init__(self, reduction: str = "mean", delta: float = 1.0):
         super().__init__(reduction)
-        if delta <= 0:
-            raise ValueError(f"HuberLoss delta must be positive, got {delta!r}")
-        self.delta = float(delta)
+        self.delta = arguments.huber_delta("HuberLoss", delta)
 
     def forward(self, prediction, target):
         prediction = self._check_same_shape(prediction, target)
@@ -209,32 +182,8 @@ class _WeightedClassLoss(_Loss):
         self.ignore_index = int(ignore_index)
 
     def _check_shapes(self, scores, target, probabilities_allowed: bool):
-        a, b = _static_shape(scores), _static_shape(target)
-        name = type(self).__name__
-        if holds_floats(target) and len(a) >= 2 and len(b) == len(a) - 1:
-            raise DtypeMismatchError(float_labels_message(name, target.dtype, probabilities_allowed))
-        if probabilities_allowed and holds_floats(target) and len(a) >= 2:
-            message = (f"{name} needs logits of shape (N, C) and integer labels of shape (N,) or class probabilities "
-                       f"of the logits' shape; got logits {{}} and class probabilities {{}}")
-            if _shapes_conflict(a, b):
-                raise ShapeMismatchError(message.format(a, b))
-            return True, scores, _checked_when_run(scores, target, message, lambda sizes: sizes)
-        what = "logits" if probabilities_allowed else "log-probabilities"
-        message = (f"{name} needs {what} of shape (N, C) and integer labels of shape (N,) (or (N, C, d1, ...) and "
-                   f"(N, d1, ...)); got {'logits ' if probabilities_allowed else ''}{{}} and labels {{}}")
-        if len(a) < 2 or len(b) != len(a) - 1 or _shapes_conflict(a[:1] + a[2:], b):
-            raise ShapeMismatchError(message.format(a, b))
-        weights = None if self.weight is None else self.weight.shape[0]
-        if weights is not None and a[1] is not None and a[1] != weights:
-            raise ShapeMismatchError(f"{name} has {weights} class weights but the input has {a[1]} classes "
-                                     f"(shape {a})")
-        target = _checked_when_run(scores, target, message, lambda sizes: sizes[:1] + sizes[2:])
-        if weights is not None and a[1] is None:  # (a graph traced for any sizes: the check runs with it)
-            sizes = input_checks.sizes_of(scores)
-            scores = input_checks.require(scores, input_checks.holds(sizes[1] == weights), lambda: (
-                f"{name} has {weights} class weights but the input has {{}} classes (shape "
-                f"{input_checks.shape_template(len(sizes))})"), (sizes[1],) + tuple(sizes))
-        return False, scores, target
+        """``(probabilities, scores, target)`` after PyTorch's shape rules (``input_checks.class_loss_shapes``)."""
+        return input_checks.class_loss_shapes(type(self).__name__, scores, target, probabilities_allowed, self.weight)
 
     def mean_divisor(self, target, losses):
         """What 'mean' divides the sum of the losses (``losses``: reduction='none', of ``target``) by, PyTorch's:
@@ -278,9 +227,7 @@ class CrossEntropyLoss(_WeightedClassLoss):
 
     def __init__(self, weight=None, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
         super().__init__(weight, ignore_index, reduction)
-        if not 0.0 <= label_smoothing <= 1.0:
-            raise ValueError(f"CrossEntropyLoss label_smoothing must lie in [0, 1], got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = arguments.label_smoothing("CrossEntropyLoss", label_smoothing)
 
     def forward(self, logits, target):
         if len(_static_shape(logits)) == 1:  # one sample, (C,) against a label () or probabilities (C,)
