@@ -97,6 +97,16 @@ def test_input_dtype_takes_names_and_dtype_objects_and_refuses_others(backend, t
     assert sorted(os.listdir(tmp_path)) == [f"a{SUFFIXES[format]}", f"b{SUFFIXES[format]}"]
 
 
+def test_a_float64_input_to_a_float32_model_is_refused_in_every_format(backend, tmp_path):
+    """``input_dtype="float64"`` for a float32 model is the forward's ``DtypeMismatchError`` in every format of every
+    backend, as the live model refuses it (jax's ONNX took it: jax2onnx narrowed the input, a Cast before it)."""
+    model = ud.nn.Sequential(ud.nn.Linear(4, 2))
+    for format in model._backend.export_formats():
+        with pytest.raises(ud.errors.DtypeMismatchError):
+            ud.export(model, tmp_path / f"m{SUFFIXES[format]}", format=format, input_shape=(4,), input_dtype="float64")
+    assert os.listdir(tmp_path) == []
+
+
 # ---- nested outputs ----------------------------------------------------------------------------------------
 
 class NestedHeads(ud.nn.Module):

@@ -23,7 +23,8 @@ FORMATS = {
     "saved_model": "a SavedModel directory: tf.saved_model.load(path).serve(x)",
     "torch_export": "a .pt2 file: torch.export.load(path).module()(x)",
     "onnx": "an .onnx file: onnxruntime.InferenceSession(path).run(None, {'x': x})",
-    "stablehlo": "a serialized jax.export.Exported: jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x)",
+    "stablehlo": "a serialized jax.export.Exported: jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x) "
+                 "(int64 or float64 inputs: after jax.config.update('jax_enable_x64', True))",
 }
 #: formats that write a directory rather than a single file
 DIRECTORY_FORMATS = ("saved_model",)
@@ -186,7 +187,10 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
       ``tensor(double)`` program; onnxruntime's CPU provider has no float64 ``Conv`` kernel, so it runs such a
       program only where it holds no convolution.
     - ``'stablehlo'`` (jax): a serialized ``jax.export.Exported``, StableHLO with the weights inside, lowered for
-      CPU and CUDA; ``jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x)``.
+      CPU and CUDA; ``jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x)``. A program of int64 or
+      float64 input (token ids, a float64 model) runs where the caller's JAX has 64-bit types on
+      (``jax.config.update("jax_enable_x64", True)`` first, as unidl's jax backend does): JAX narrows 64-bit
+      arrays to 32 bits otherwise, and the program refuses them ("Dtype mismatch for args[0]").
 
     Args:
         model: a ``unidl.nn.Module``; exported on its own backend, with its current weights.

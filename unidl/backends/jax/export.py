@@ -96,6 +96,9 @@ def _export_onnx(module, path: str, input_shape, dtype: str) -> None:
     params = native.params
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"{ONNX_BATCH}, {', '.join(map(str, input_shape))}"),
                                 np.dtype(dtype))
+    # the forward traced with the input as asked first: jax2onnx narrows a float64 input to float32 outside double
+    # precision, so that a float32 model took one (and a Cast) where every other format raises the forward's error
+    jax.eval_shape(lambda x: native.apply(params, x), jax.ShapeDtypeStruct((1, *input_shape), np.dtype(dtype)))
     with _jax_plugins_only():
         model = to_onnx(lambda x: flat_outputs(native.apply(params, x)), [spec], model_name=type(module).__name__,
                         input_names=["x"], enable_double_precision=_dtype(module) == "float64")
