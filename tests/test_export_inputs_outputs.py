@@ -240,3 +240,31 @@ def test_a_forward_of_two_inputs_is_refused_before_tracing(backend, tmp_path):
     format = model._backend.export_formats()[0]
     ud.export(OptionallyScaled(calls), tmp_path / f"optional{SUFFIXES[format]}", format=format, input_shape=(4,))
     assert calls and os.listdir(tmp_path) == [f"optional{SUFFIXES[format]}"]
+
+
+class Counting(ud.nn.Module):
+    """A forward that counts its calls in a buffer, in eval mode too."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = ud.nn.Linear(4, 2)
+        self.register_buffer("calls", np.zeros(2, np.float32))
+
+    def forward(self, x):
+        self.calls = self.calls + 1.0
+        return self.lin(x) + self.calls
+
+
+def test_a_forward_that_writes_its_state_is_refused_in_every_format(backend, tmp_path):
+    """A program is a function of its input: a forward writing a buffer in eval mode was exported as a program that
+    went on counting at every call (torch_export, SavedModels but jax's), one frozen at export (jax's formats), or
+    torch's ONNX exporter's opaque ConversionError. ``ExportInputError`` names the buffer in every format; the model
+    and the directory are as they were."""
+    model = Counting().eval()
+    model(ud.tensor(np.ones((1, 4), np.float32)))
+    for format in model._backend.export_formats():
+        with pytest.raises(ud.ExportInputError, match=r"the forward of Counting\(\) writes its buffer 'calls' in eval "
+                                                      r"mode"):
+            ud.export(model, tmp_path / f"counting{SUFFIXES[format]}", format=format, input_shape=(4,))
+    np.testing.assert_array_equal(ud.to_numpy(model.calls), [1.0, 1.0])
+    assert os.listdir(tmp_path) == [] and not model.training

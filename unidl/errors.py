@@ -142,8 +142,8 @@ class ExportFormatError(UnidlError, ValueError):
 
 
 class ExportInputError(UnidlError, TypeError):
-    """A model whose forward needs more inputs than the one (``x``) an exported program takes; a ``TypeError`` as
-    Python's for a call that lacks an argument."""
+    """A model whose forward an exported program cannot be: one that needs more inputs than the one (``x``) a program
+    takes (a ``TypeError`` as Python's for a call that lacks an argument), or writes its state in eval mode."""
 
 
 class GraphConstructError(UnidlError, TypeError):

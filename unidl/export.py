@@ -16,7 +16,7 @@ import shutil
 from unidl.dtype_kinds import dtype_name
 from unidl.errors import ExportFormatError, ExportInputError
 from unidl.io.atomic import fsync_directory, fsync_tree, remove_stale_temporaries, temporary_path
-from unidl.nn.module import restore_modes
+from unidl.nn.module import exporting, restore_modes
 
 #: every export format unidl knows -> what it writes and how to load it without unidl
 FORMATS = {
@@ -235,7 +235,7 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
     # keep the extension: some writers (ONNX, .pt2) look at it
     with temporary_path(path, "" if format in DIRECTORY_FORMATS else os.path.splitext(path)[1]) as temporary:
         try:
-            with _eval_mode(model):
+            with _eval_mode(model), exporting():  # (a forward that writes a buffer: refused, see exporting)
                 backend.export(model, temporary, format, shape, dtype)
             if format == "onnx":
                 _name_onnx_outputs(temporary)

@@ -10,6 +10,8 @@ in the canonical layout.
 from __future__ import annotations
 
 from collections import OrderedDict
+import contextlib
+import contextvars
 import functools
 import inspect
 import itertools
@@ -236,6 +238,33 @@ def _run_forward(module, args: tuple, kwargs: dict):
     if caller is None:
         return module.forward(*args, **kwargs)
     return caller(module, args, kwargs)
+
+
+#: set while ``ud.export`` traces a forward (``exporting``): a buffer written then is refused (``_refuse_in_export``)
+_exporting: contextvars.ContextVar = contextvars.ContextVar("unidl_exporting", default=False)
+
+
+@contextlib.contextmanager
+def exporting():
+    """Within it, a forward that writes a buffer raises ``ExportInputError`` (see ``_refuse_in_export``)."""
+    token = _exporting.set(True)
+    try:
+        yield
+    finally:
+        _exporting.reset(token)
+
+
+def _refuse_in_export(module, name: str) -> None:
+    """``ExportInputError`` where ``ud.export`` traces a forward that writes ``module``'s buffer ``name``: an exported
+    program is a function of its input, whose state torch's and TensorFlow's programs went on updating at every call
+    while jax's froze it at export (and torch's ONNX exporter failed on it)."""
+    if _exporting.get():
+        from unidl.errors import ExportInputError
+
+        raise ExportInputError(f"ud.export: the forward of {module.describe()} writes its buffer {name!r} in eval "
+                               f"mode, which an exported program cannot do alike in every format (some would update "
+                               f"it at every call, others keep its value at export); export a forward that leaves "
+                               f"its state as it is (keep such a counter outside forward)")
 
 
 def graph_flags(module):
@@ -509,6 +538,7 @@ class Module:
         checkpoint lost it). A value of the buffer's shape is written into it, in the buffer's dtype, also inside a
         compiled step (``write_buffer``); one of another shape makes a new buffer in its place (eagerly)."""
         self._check_buffer_value(name, value)
+        _refuse_in_export(self, name)
         current = self._buffers[name]
         if any(ref() is value for ref in self.__dict__.get("_buffer_refs", ())):  # a buffer variable of this
             self._buffers[name] = value  # module, as a swap assigns (a, b = b, a): that variable, as torch.nn's
@@ -532,6 +562,7 @@ class Module:
         """Store ``value`` (a native tensor computed by the forward, e.g. new running statistics) as the
         buffer ``name``: in place where the framework allows, as the new state object where it does not
         (``Backend.write_state``)."""
+        _refuse_in_export(self, name)
         holder = self._backend.write_state(self._buffers[name], value)
         if holder is not self._buffers[name]:
             self._buffers[name] = holder
