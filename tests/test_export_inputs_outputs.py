@@ -268,3 +268,18 @@ def test_a_forward_that_writes_its_state_is_refused_in_every_format(backend, tmp
             ud.export(model, tmp_path / f"counting{SUFFIXES[format]}", format=format, input_shape=(4,))
     np.testing.assert_array_equal(ud.to_numpy(model.calls), [1.0, 1.0])
     assert os.listdir(tmp_path) == [] and not model.training
+
+
+def test_an_export_through_a_symlink_writes_the_links_target(backend, tmp_path):
+    """``path`` a symlink to an earlier program: ``overwrite=True`` writes the new program at the link's target and
+    the link stays, as ``ud.save`` writes through one (a SavedModel raised NotADirectoryError naming a temporary; a
+    file replaced the link and its target kept the old program)."""
+    format = ud.nn.Linear(4, 2)._backend.export_formats()[0]
+    target, link = tmp_path / f"target{SUFFIXES[format]}", tmp_path / f"link{SUFFIXES[format]}"
+    ud.export(ud.nn.Linear(4, 2), target, format=format, input_shape=(4,))
+    os.symlink(target, link)
+    model = ud.nn.Linear(4, 2)
+    ud.export(model, link, format=format, input_shape=(4,), overwrite=True)
+    assert os.path.islink(link) and sorted(os.listdir(tmp_path)) == sorted([target.name, link.name])
+    x = np.ones((1, 4), np.float32)
+    np.testing.assert_allclose(run_program(str(target), format, x)[0], ud.to_numpy(model(ud.tensor(x))), rtol=1e-5)

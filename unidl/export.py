@@ -228,6 +228,9 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
     dtype = _check_input_dtype(input_dtype)
     _check_one_input(model)
     path = os.fspath(path)
+    if os.path.islink(path):  # the link's target gets the program and the link stays, as ud.save writes through one
+        # (a SavedModel raised NotADirectoryError naming a temporary; a file replaced the link, its target kept the old)
+        path = os.path.realpath(path)
     _check_target(path, format, overwrite)
 
     directory = os.path.dirname(os.path.abspath(path))
