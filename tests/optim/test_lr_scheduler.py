@@ -496,3 +496,25 @@ def test_a_state_saved_before_settings_were_saved_loads(backend):
     schedule = lr_scheduler.StepLR(optimizer, 3, 0.5)
     schedule.load_state_dict({"last_epoch": 4, "base_lrs": [0.7], "last_lr": [0.4]})
     assert (schedule.last_epoch, schedule.base_lrs, schedule.get_last_lr()) == (4, [0.7], [0.4])
+
+
+def test_a_schedule_written_as_torchs_with_get_lr_gives_torchs_rates(backend):
+    """A subclass defining torch's ``get_lr()`` (one rate per group from ``last_epoch`` and ``base_lrs``) runs as its
+    torch namesake (it raised a bare ``NotImplementedError`` from ``lr_at``); one defining no rule says what to
+    define."""
+    class Warm(torch.optim.lr_scheduler.LRScheduler):
+        def get_lr(self):
+            return [base * min(1.0, (self.last_epoch + 1) / 4) for base in self.base_lrs]
+
+    class OwnWarm(lr_scheduler.LRScheduler):
+        def get_lr(self):
+            return [base * min(1.0, (self.last_epoch + 1) / 4) for base in self.base_lrs]
+
+    rates, _, _ = unidl_rates(OwnWarm, 7)
+    np.testing.assert_allclose(rates, torch_rates(Warm, 7), rtol=1e-12)
+
+    class NoRule(lr_scheduler.LRScheduler):
+        pass
+
+    with pytest.raises(NotImplementedError, match=r"NoRule defines none of lr_at\(epoch, base_lr\) .* or get_lr\(\)"):
+        NoRule(ud.optim.SGD(Holder().parameters(), lr=0.2))

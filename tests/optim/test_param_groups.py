@@ -255,6 +255,9 @@ def test_bad_param_groups_are_clear_errors(backend):
     for groups, message in cases:
         with pytest.raises(ValueError, match=message):
             ud.optim.SGD(groups, lr=0.1)
+    # a single parameter: torch.optim's TypeError (torch's backend called it no parameter, keras raised a raw error)
+    with pytest.raises(TypeError, match=r"SGD params should be an iterable of parameters or dicts .* got a single"):
+        ud.optim.SGD(holder.a, lr=0.1)
 
 
 CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {step: [(group, option, value)]})

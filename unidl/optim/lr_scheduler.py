@@ -124,6 +124,15 @@ class LRScheduler:
         ``lr_at``, the closed form, as ``SequentialLR`` restarts a schedule at its milestone)."""
         recursive = (type(self).next_lr is not LRScheduler.next_lr
                      or type(self).group_next_lr is not LRScheduler.group_next_lr)
+        if callable(getattr(self, "get_lr", None)) and not closed:  # a schedule written as torch's: its own rates
+            rates = list(self.get_lr())
+            if len(rates) != len(self.optimizer.param_groups):
+                raise ValueError(f"{type(self).__name__}.get_lr() gave {len(rates)} rates for "
+                                 f"{len(self.optimizer.param_groups)} param groups; it must give one per group")
+            for index, rate in enumerate(rates):
+                self.optimizer.set_group_lr(index, rate)
+            self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+            return
         for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
             if closed or not recursive:
                 rate = self.group_lr_at(self.last_epoch, base, index)
@@ -145,7 +154,10 @@ class LRScheduler:
     def lr_at(self, epoch: int, base_lr: float) -> float:
         """The rate at ``epoch`` of a group of base rate ``base_lr`` had nothing else changed it: PyTorch's closed
         form (``fit``'s resume from a run at lr 0 takes each schedule's factor from it)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} defines none of lr_at(epoch, base_lr) (a closed form), "
+                                  f"next_lr(lr, base_lr, epoch, initial) (a recursive one) or get_lr() (torch's: one "
+                                  f"rate per param group, read from self.last_epoch, self.base_lrs and "
+                                  f"self.optimizer.param_groups); a schedule must define one")
 
     def group_lr_at(self, epoch: int, base_lr: float, group: int) -> float:
         """``lr_at`` for param group ``group``: the same for every group but where a schedule takes one value per

@@ -210,7 +210,11 @@ def _unnamed(members: list) -> list:
 
 def split_param_groups(owner: str, params) -> list[tuple[list, dict]]:
     """``params`` (parameters, or dicts with "params" and options; parameters also as ``named_parameters()``'s
-    pairs) as ``[(parameters, options), ...]``."""
+    pairs) as ``[(parameters, options), ...]``. A single parameter is a ``TypeError`` as torch.optim's (the torch
+    backend said it was no parameter of torch's, keras raised a raw StridedSlice error)."""
+    if hasattr(params, "shape") and hasattr(params, "dtype"):
+        raise TypeError(f"{owner} params should be an iterable of parameters or dicts (param groups), as torch.optim "
+                        f"takes them, but got a single {type(params).__name__}: pass [param] or model.parameters()")
     params = list(params)
     if not params or not isinstance(params[0], dict):
         if any(isinstance(p, dict) for p in params):
