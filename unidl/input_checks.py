@@ -228,6 +228,9 @@ def class_loss_shapes(name, scores, target, probabilities_allowed: bool, weight=
     another length were used as far as they went, or broadcast, or the framework raised its own error. ``what``:
     what the scores are, for the message ('logits' with ``probabilities_allowed``, else 'log-probabilities')."""
     what = what or ("logits" if probabilities_allowed else "log-probabilities")
+    if getattr(scores.shape, "rank", 0) is None or getattr(target.shape, "rank", 0) is None:
+        # a graph's tensor of unknown rank (squeeze() without dim): nothing to check it by, as ``check_same_shape``
+        return probabilities_allowed and holds_floats(target), scores, target
     a, b = tuple(scores.shape), tuple(target.shape)
     if holds_floats(target) and len(a) >= 2 and len(b) == len(a) - 1:
         raise DtypeMismatchError(float_labels_message(name, target.dtype, probabilities_allowed))

@@ -746,6 +746,14 @@ def l1_loss(prediction, target, reduction="mean"):
     return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
 
 
+def _rank(x) -> int | None:
+    """``x``'s number of axes, or None where a graph does not know it (``squeeze()`` without dim)."""
+    try:
+        return len(x.shape)
+    except (TypeError, ValueError):
+        return None
+
+
 @op(dispatch=False, indices=("labels",), arrays=("logits",), floating=("logits",))
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel. Logits
@@ -758,7 +766,7 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     'none' (per sample, 0 where ignored). Class weights, label smoothing and class probabilities as targets:
     ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
     reduction = input_checks.check_reduction("cross_entropy", reduction)
-    if len(logits.shape) != 2:
+    if _rank(logits) not in (2, None):  # (None: a graph's tensor of unknown rank, taken as (N, C) as before)
         return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
     _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
     return _ops().cross_entropy(logits, labels, reduction, ignore_index)
