@@ -518,3 +518,55 @@ def test_a_schedule_written_as_torchs_with_get_lr_gives_torchs_rates(backend):
 
     with pytest.raises(NotImplementedError, match=r"NoRule defines none of lr_at\(epoch, base_lr\) .* or get_lr\(\)"):
         NoRule(ud.optim.SGD(Holder().parameters(), lr=0.2))
+
+
+PLATEAU_METRICS = [1.0, 0.9, 0.95, 0.97, 0.96, 0.99, 0.89, 0.9, 0.91, 0.92, 0.93, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+@pytest.mark.parametrize("options", [dict(patience=1), dict(patience=2, cooldown=1, factor=0.5, min_lr=[0.02, 0.0]),
+                                     dict(mode="max", threshold_mode="abs", threshold=0.01, patience=0, eps=1e-3)])
+def test_reduce_lr_on_plateau_gives_torchs_rates_and_resumes_from_its_state(backend, options):
+    """``lr_scheduler.ReduceLROnPlateau`` (it did not exist: only the Keras-rule callback) steps on the metric it is
+    given as torch's namesake, per param group; its state resumes the plateau, and ``fit``'s
+    ``LearningRateScheduler``, which cannot give it the metric, refuses it."""
+    def rates(schedule, optimizer, metrics):
+        return [[schedule.step(metric), [group["lr"] for group in optimizer.param_groups]][1] for metric in metrics]
+
+    reference = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.ones(2))]},
+                                 {"params": [torch.nn.Parameter(torch.ones(1))], "lr": 0.05}], lr=0.1)
+    expected = rates(torch.optim.lr_scheduler.ReduceLROnPlateau(reference, **options), reference, PLATEAU_METRICS)
+
+    def build():
+        optimizer = ud.optim.SGD([{"params": [Holder().w]}, {"params": [Holder().w], "lr": 0.05}], lr=0.1)
+        return optimizer, lr_scheduler.ReduceLROnPlateau(optimizer, **options)
+
+    optimizer, schedule = build()
+    np.testing.assert_allclose(rates(schedule, optimizer, [ud.tensor(np.float32(m)) if i % 2 else m
+                                                           for i, m in enumerate(PLATEAU_METRICS)]), expected,
+                               rtol=1e-6)
+    optimizer, schedule = build()
+    half = len(PLATEAU_METRICS) // 2
+    rates(schedule, optimizer, PLATEAU_METRICS[:half])
+    state, optimizer_state = schedule.state_dict(), optimizer.state_dict()
+    optimizer, schedule = build()
+    optimizer.load_state_dict(optimizer_state)
+    schedule.load_state_dict(state)
+    np.testing.assert_allclose(rates(schedule, optimizer, PLATEAU_METRICS[half:]), expected[half:], rtol=1e-12)
+    with pytest.raises(TypeError, match="its step\\(metrics\\) needs the epoch's metric; in fit use "
+                                        "ud.callbacks.ReduceLROnPlateau"):
+        ud.callbacks.LearningRateScheduler(schedule)
+
+
+def test_reduce_lr_on_plateau_refuses_bad_settings_and_states(backend):
+    optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
+    for options, message in ((dict(factor=1.0), "factor"), (dict(mode="lowest"), "mode must be 'min' or 'max'"),
+                             (dict(threshold_mode="pct"), "threshold_mode"), (dict(patience=-1), "patience"),
+                             (dict(min_lr=[0.1, 0.2]), "expected 1 min_lrs")):
+        with pytest.raises(ValueError, match=message):
+            lr_scheduler.ReduceLROnPlateau(optimizer, **options)
+    schedule = lr_scheduler.ReduceLROnPlateau(optimizer, patience=3)
+    with pytest.raises(TypeError, match=r"step\(metrics\) takes one number"):
+        schedule.step(np.ones(3))
+    state = lr_scheduler.ReduceLROnPlateau(optimizer, patience=4).state_dict()
+    with pytest.raises(ud.errors.CheckpointStateError, match="patience=4 there, 3 here"):
+        schedule.load_state_dict(state)

@@ -22,6 +22,11 @@ class LearningRateScheduler(Callback):
             raise TypeError(f"LearningRateScheduler takes a unidl.optim.lr_scheduler object or a function (epoch, "
                             f"lr) -> new lr, got {type(schedule).__name__} {schedule!r}; for a constant rate give "
                             f"the optimizer that lr")
+        from unidl.optim.plateau import ReduceLROnPlateau
+
+        if isinstance(schedule, ReduceLROnPlateau):
+            raise TypeError(f"LearningRateScheduler cannot step a {type(schedule).__name__}: its step(metrics) needs "
+                            f"the epoch's metric; in fit use ud.callbacks.ReduceLROnPlateau(monitor='val_loss', ...)")
         if interval not in ("epoch", "batch"):
             raise ValueError(f"LearningRateScheduler interval must be 'epoch' or 'batch', got {interval!r}")
         if interval == "batch" and not hasattr(schedule, "step"):

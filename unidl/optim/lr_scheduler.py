@@ -803,3 +803,6 @@ class SequentialLR(_Composite):
     def group_lr_at(self, epoch, base_lr, group):
         index = bisect.bisect_right(self.milestones, epoch)
         return self.schedulers[index].group_lr_at(epoch - (self.milestones[index - 1] if index else 0), base_lr, group)
+
+
+from unidl.optim.plateau import ReduceLROnPlateau  # noqa: E402  (torch's namesake here; it builds on LRScheduler)
