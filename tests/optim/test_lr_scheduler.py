@@ -570,3 +570,15 @@ def test_reduce_lr_on_plateau_refuses_bad_settings_and_states(backend):
     state = lr_scheduler.ReduceLROnPlateau(optimizer, patience=4).state_dict()
     with pytest.raises(ud.errors.CheckpointStateError, match="patience=4 there, 3 here"):
         schedule.load_state_dict(state)
+
+
+def test_a_schedule_giving_a_negative_rate_names_itself_and_stays_where_it_was(backend):
+    """A ``LambdaLR`` whose function gives -0.1 at epoch 2: a ``ValueError`` naming the schedule, the group and the
+    epoch (it named the optimizer's lr), raised before any group's rate is written and with the schedule's position
+    unmoved (its epoch had advanced)."""
+    optimizer = ud.optim.SGD([{"params": [Holder().w]}, {"params": [Holder().w]}], lr=0.1)
+    schedule = lr_scheduler.LambdaLR(optimizer, [lambda epoch: 1.0, lambda epoch: 1 - epoch])
+    schedule.step()
+    with pytest.raises(ValueError, match=r"LambdaLR gave param group 1 the rate -0\.1\d* at epoch 2; a rate must be"):
+        schedule.step()
+    assert schedule.last_epoch == 1 and [group["lr"] for group in optimizer.param_groups] == [0.1, 0.0]

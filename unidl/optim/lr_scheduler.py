@@ -124,22 +124,25 @@ class LRScheduler:
         ``lr_at``, the closed form, as ``SequentialLR`` restarts a schedule at its milestone)."""
         recursive = (type(self).next_lr is not LRScheduler.next_lr
                      or type(self).group_next_lr is not LRScheduler.group_next_lr)
+        groups = self.optimizer.param_groups
         if callable(getattr(self, "get_lr", None)) and not closed:  # a schedule written as torch's: its own rates
             rates = list(self.get_lr())
-            if len(rates) != len(self.optimizer.param_groups):
-                raise ValueError(f"{type(self).__name__}.get_lr() gave {len(rates)} rates for "
-                                 f"{len(self.optimizer.param_groups)} param groups; it must give one per group")
-            for index, rate in enumerate(rates):
-                self.optimizer.set_group_lr(index, rate)
-            self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-            return
-        for index, (group, base) in enumerate(zip(self.optimizer.param_groups, self.base_lrs)):
-            if closed or not recursive:
-                rate = self.group_lr_at(self.last_epoch, base, index)
-            else:
-                rate = self.group_next_lr(group["lr"], base, self.last_epoch, initial, index)
+            if len(rates) != len(groups):
+                raise ValueError(f"{type(self).__name__}.get_lr() gave {len(rates)} rates for {len(groups)} param "
+                                 f"groups; it must give one per group")
+        else:
+            rates = [self.group_lr_at(self.last_epoch, base, index) if closed or not recursive else
+                     self.group_next_lr(group["lr"], base, self.last_epoch, initial, index)
+                     for index, (group, base) in enumerate(zip(groups, self.base_lrs))]
+        for index, rate in enumerate(rates):  # every rate checked before any is written, naming the schedule
+            number = arguments.real(rate if getattr(rate, "shape", ()) == () else None)
+            if number is None or not number >= 0 or math.isinf(number):
+                raise ValueError(f"{type(self).__name__} gave param group {index} the rate {rate!r} at epoch "
+                                 f"{self.last_epoch}; a rate must be a finite number >= 0 (check the schedule's "
+                                 f"function or settings)")
+        for index, rate in enumerate(rates):
             self.optimizer.set_group_lr(index, rate)
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._last_lr = [group["lr"] for group in groups]
 
     def next_lr(self, lr: float, base_lr: float, epoch: int, initial: bool) -> float:
         """A group's rate at ``epoch`` from its current ``lr`` (PyTorch's ``get_lr``); ``initial``: the step
@@ -166,7 +169,11 @@ class LRScheduler:
 
     def step(self) -> float:
         self.last_epoch += 1
-        self._update()
+        try:
+            self._update()
+        except ValueError:  # (a rate refused: the schedule stays where it was, as every rate does)
+            self.last_epoch -= 1
+            raise
         return self.optimizer.lr
 
     def get_last_lr(self) -> list[float]:
