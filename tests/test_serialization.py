@@ -343,3 +343,19 @@ def test_a_model_whose_constructor_copies_a_layer_saves_and_loads(backend, tmp_p
     loaded = ud.load(tmp_path / "m.safetensors")
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[key], value)
+
+
+def test_loading_an_exported_program_as_weights_says_what_it_is(tmp_path):
+    """``ud.load_weights`` of a ``torch_export`` program: a ``CorruptFileError`` saying it is an exported program and
+    how to run it (torch.load's "internal miniz error" before); an ONNX program's error says such programs hold no
+    weights to load (it hinted at pickles only)."""
+    with ud.use_backend("torch"):
+        model = ud.nn.Linear(2, 1)
+        ud.export(model, tmp_path / "m.pt2", format="torch_export", input_shape=(2,))
+        with pytest.raises(ud.errors.CorruptFileError, match=r"is a torch.export program .* not a weights file: run "
+                                                             r"it with torch.export.load\(path\).module\(\)\(x\)"):
+            model.load_weights(tmp_path / "m.pt2")
+        (tmp_path / "m.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(64))
+        with pytest.raises(ud.errors.CorruptFileError, match="A program that ud.export wrote, ONNX or StableHLO, "
+                                                             "holds no weights to load"):
+            model.load_weights(tmp_path / "m.onnx")

@@ -232,7 +232,9 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
             load_file(path)
         except CorruptFileError as error:
             raise CorruptFileError(f"{error} (if it is a pickle from an older protocol: unpickling can run "
-                                   f"arbitrary code; pass allow_pickle=True only if you trust the file)") from None
+                                   f"arbitrary code; pass allow_pickle=True only if you trust the file. A program "
+                                   f"that ud.export wrote, ONNX or StableHLO, holds no weights to load: run it with "
+                                   f"its runtime)") from None
     reader, metadata, names = open_weights(path)
     return {key: array for key, (_, array) in zip(names, reader.tensors(list(names.values())))}, metadata
 
@@ -290,6 +292,11 @@ def _check_stored_archive(path) -> None:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError) as error:
         raise CorruptFileError(f"{path!r} is not a readable zip archive ({error})") from None
+    inside = {entry.filename.split("/", 1)[-1] for entry in entries}  # (the paths under the archive's root folder)
+    if {"archive_format", "models/model.json"} <= inside:  # (torch.load said "internal miniz error")
+        raise CorruptFileError(f"{path!r} is a torch.export program (a .pt2 archive, as ud.export's 'torch_export' "
+                               f"writes), not a weights file: run it with torch.export.load(path).module()(x); load "
+                               f"weights from a file that ud.save, save_weights or torch.save wrote")
     compressed = [entry.filename for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
     if compressed:
         raise CorruptFileError(f"{path!r}: compressed entries {compressed[:3]} in a torch.save archive, which "
