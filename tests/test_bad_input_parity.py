@@ -2162,3 +2162,23 @@ def test_half_precision_softmax_computes_in_float32_as_torch(mode, dtype):
     # (the input made in its dtype outside the graph: XLA's excess precision skips a rounding inside one)
     got = np.asarray(ud.to_numpy(softmax(ud.tensor(x, dtype))), np.float32)
     assert (got != expected).mean() < 1e-3, int((got != expected).sum())
+
+
+def test_attention_mask_that_does_not_broadcast_to_the_scores_is_refused(mode):
+    """``scaled_dot_product_attention`` with an ``attn_mask`` that does not broadcast to the scores' (..., L, S) (the
+    query's and key's batch broadcast together) is a ``ShapeMismatchError`` naming both shapes, as torch refuses it
+    (the frameworks broadcast the output to the mask's batch); masks that broadcast give torch's values."""
+    query, key = RNG.standard_normal((1, 5, 3)).astype(np.float32), RNG.standard_normal((1, 2, 3)).astype(np.float32)
+    attend = lambda q, k, m: ud.ops.scaled_dot_product_attention(q, k, k, attn_mask=m)  # noqa: E731
+    raises_exactly(ud.ShapeMismatchError, "scaled_dot_product_attention: attn_mask of shape (3, 5, 2) does not "
+                   "broadcast to the attention scores' shape (..., L, S) = (1, 5, 2) of the query and the key",
+                   run, mode, attend, query, key, RNG.standard_normal((3, 5, 2)).astype(np.float32))
+    heads, keys = RNG.standard_normal((2, 1, 5, 3)).astype(np.float32), RNG.standard_normal((1, 4, 2, 3))
+    raises_exactly(ud.ShapeMismatchError, "scaled_dot_product_attention: attn_mask of shape (3, 4, 5, 2) does not "
+                   "broadcast to the attention scores' shape (..., L, S) = (2, 4, 5, 2) of the query and the key",
+                   run, mode, attend, heads, keys.astype(np.float32), np.zeros((3, 4, 5, 2), bool))
+    for q, k, mask in [(query, key, RNG.standard_normal((5, 1))), (query, key, RNG.standard_normal((2,))),
+                       (heads, keys, RNG.standard_normal((2, 4, 5, 2)))]:
+        q, k, mask = (a.astype(np.float32) for a in (q, k, mask))
+        expected = F.scaled_dot_product_attention(*(torch.tensor(a) for a in (q, k, k)), attn_mask=torch.tensor(mask))
+        np.testing.assert_allclose(run(mode, attend, q, k, mask), expected.numpy(), rtol=1e-5, atol=1e-5)

@@ -426,6 +426,42 @@ def check_mask(owner, what, mask, query=None, float32: bool = False) -> None:
                                  f"ud.ops.cast({what}, '{wanted}')")
 
 
+def check_mask_broadcasts(owner, what, mask, query, key):
+    """``mask``, after checking that it broadcasts to the attention scores' shape (..., L, S): the query's and the
+    key's batch axes broadcast together, the query's length L, the key's S. Anything else is a
+    ``ShapeMismatchError`` naming both shapes, now or, for sizes a graph knows only when it runs, then, as PyTorch
+    refuses it (the frameworks broadcast the scores to the mask's batch: a (3, 5, 2) mask gave a (1, 5, 3) query
+    three outputs)."""
+    if mask is None or any(getattr(t.shape, "rank", 0) is None for t in (mask, query, key)):
+        return mask  # (a graph traced for any rank: as check_same_shape)
+    known = [tuple(t.shape) for t in (mask, query, key)]
+    sizes, queries, keys = (shape if None not in shape else sizes_of(t) for shape, t in zip(known, (mask, query, key)))
+    rank = max(len(queries), len(keys))
+    padded_queries, padded_keys = (1,) * (rank - len(queries)) + queries, (1,) * (rank - len(keys)) + keys
+    scores = tuple(_broadcast_size(a, b) for a, b in zip(padded_queries[:-2], padded_keys[:-2]))
+    scores += (queries[-2], keys[-2])
+
+    def template():
+        return (f"{literal(owner)}: {what} of shape {shape_template(len(sizes))} does not broadcast to the attention "
+                f"scores' shape (..., L, S) = {shape_template(len(scores))} of the query and the key")
+
+    if len(sizes) > len(scores):
+        return require(mask, False, template, sizes + scores)
+    fits = all_of(_either(holds(size == 1), holds(size == axis))
+                  for size, axis in zip(sizes, scores[len(scores) - len(sizes):]))
+    return require(mask, fits, template, sizes + scores)
+
+
+def _broadcast_size(a, b):
+    """The size that sizes ``a`` and ``b`` (ints, or scalar tensors where a graph leaves them unknown) broadcast to,
+    where they do (each 1 or the other's)."""
+    if isinstance(a, Integral):
+        return b if a == 1 else a
+    if isinstance(b, Integral):
+        return a if b == 1 else b
+    return ops.where(a == 1, b, a)
+
+
 def normalization_parameters(owner, x, parameters: dict) -> bool:
     """The dtype check of a functional normalization (``layer_norm``, ``batch_norm``, ``group_norm``) of ``x`` with
     ``parameters`` (name: tensor or None), under autocast too, whose CPU kernels PyTorch leaves these to: two
