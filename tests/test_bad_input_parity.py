@@ -2182,3 +2182,17 @@ def test_attention_mask_that_does_not_broadcast_to_the_scores_is_refused(mode):
         q, k, mask = (a.astype(np.float32) for a in (q, k, mask))
         expected = F.scaled_dot_product_attention(*(torch.tensor(a) for a in (q, k, k)), attn_mask=torch.tensor(mask))
         np.testing.assert_allclose(run(mode, attend, q, k, mask), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_bias_of_another_float_dtype_is_refused(mode):
+    """``conv1d``, ``conv2d`` and ``conv_transpose2d`` with a bias of another float dtype than the input's and weight's
+    are the ``DtypeMismatchError`` ``linear`` raises, as torch refuses them (jax promoted the three, tensorflow and
+    keras raised in their own words)."""
+    weights = {"conv1d": (3, 2, 2), "conv2d": (3, 2, 2, 2), "conv_transpose2d": (2, 3, 2, 2)}
+    for name, weight_shape in weights.items():
+        data = X[:, :, 0] if name == "conv1d" else X
+        function = getattr(ud.ops, name)
+        wide = lambda t: ud.ops.cast(t, "float64")  # noqa: E731
+        raises_exactly(ud.DtypeMismatchError, f"{name} has float64 parameters and got float32 bias; cast the bias with "
+                       "ud.ops.cast(x, 'float64'), or call it under ud.use_dtype('float64'), which converts arrays to it",
+                       run, mode, lambda x, w, b: function(wide(x), wide(w), b), data, np.ones(weight_shape), np.ones(3))
