@@ -2196,3 +2196,27 @@ def test_conv_bias_of_another_float_dtype_is_refused(mode):
         raises_exactly(ud.DtypeMismatchError, f"{name} has float64 parameters and got float32 bias; cast the bias with "
                        "ud.ops.cast(x, 'float64'), or call it under ud.use_dtype('float64'), which converts arrays to it",
                        run, mode, lambda x, w, b: function(wide(x), wide(w), b), data, np.ones(weight_shape), np.ones(3))
+
+
+def test_normalization_parameters_of_another_shape_are_refused(mode):
+    """``layer_norm``'s input whose last axes are not ``normalized_shape``, and a ``weight``, ``bias`` or running
+    statistic of another shape than ``normalized_shape`` (layer_norm) or (C,) (group_norm, batch_norm): one
+    ``ShapeMismatchError`` naming it, as torch refuses them (the frameworks normalized the last axes, or broadcast
+    a (1,) parameter). An int ``normalized_shape`` is a shape of one axis, as ``nn.LayerNorm`` takes it."""
+    data, one, four = RNG.standard_normal((2, 3, 4)).astype(np.float32), np.ones(1), np.ones(4)
+    per_channel = "expected (3,) (one value per channel of the input)"
+    cases = [(lambda x, w: ud.ops.layer_norm(x, (2,)), one,
+              "layer_norm expected input whose last axes are (2,), received shape (2, 3, 4)"),
+             (lambda x, w: ud.ops.layer_norm(x, (3, 4), w), one,
+              "layer_norm: weight has shape (1,), expected (3, 4) (normalized_shape)"),
+             (lambda x, w: ud.ops.layer_norm(x, (3, 4), None, w), four,
+              "layer_norm: bias has shape (4,), expected (3, 4) (normalized_shape)"),
+             (lambda x, w: ud.ops.group_norm(x, 3, w), one, f"group_norm: weight has shape (1,), {per_channel}"),
+             (lambda x, w: ud.ops.batch_norm(x, w, w)[0], one,
+              f"batch_norm: running_mean has shape (1,), {per_channel}"),
+             (lambda x, w: ud.ops.batch_norm(x, None, None, None, w, True)[0], one,
+              f"batch_norm: bias has shape (1,), {per_channel}")]
+    for fn, parameter, message in cases:
+        raises_exactly(ud.ShapeMismatchError, message, run, mode, fn, data, parameter)
+    expected = F.layer_norm(torch.tensor(data), (4,), torch.tensor(four, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(run(mode, lambda x, w: ud.ops.layer_norm(x, 4, w), data, four), expected, atol=1e-5)

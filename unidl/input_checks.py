@@ -462,6 +462,53 @@ def _broadcast_size(a, b):
     return ops.where(a == 1, b, a)
 
 
+def check_normalized_input(owner, x, normalized_shape: tuple):
+    """``x``, after checking that its last axes are ``normalized_shape`` (a layer norm's: ``nn.LayerNorm``'s and
+    ``ud.ops.layer_norm``'s): a ``ShapeMismatchError`` naming both, now or, for sizes a graph knows only when it runs,
+    then, as PyTorch refuses other input (the frameworks normalized the last ``len(normalized_shape)`` axes)."""
+    def mismatch(name, received):
+        return f"{name} expected input whose last axes are {normalized_shape}, received shape {received}"
+
+    shape = tuple(x.shape)
+    tail = shape[-len(normalized_shape):]
+    if len(tail) != len(normalized_shape) or any(a is not None and a != b for a, b in zip(tail, normalized_shape)):
+        raise ShapeMismatchError(mismatch(literal(owner), shape))
+    if None not in tail:
+        return x
+    axes = {axis - len(normalized_shape): size for axis, size in enumerate(normalized_shape)}
+    return require_sizes(owner, x, axes, mismatch)  # (a graph traced for any sizes: checked when it runs)
+
+
+def check_channels_input(owner, x, ranks: str = "(N, C, *)"):
+    """``x``, after checking that it has a channel axis (rank 2 or more: (N, C, *)), as ``group_norm`` and
+    ``batch_norm`` need one (PyTorch's error; the frameworks raised an ``IndexError`` of their own)."""
+    if len(tuple(x.shape)) < 2:
+        raise ShapeMismatchError(f"{literal(owner)} expected input of shape {ranks}, received {tuple(x.shape)}")
+    return x
+
+
+def check_parameter_shapes(owner, x, parameters: dict, expected: tuple, what: str):
+    """``x``, after checking that each of ``parameters`` (name: tensor or None) has the shape ``expected`` (ints, or
+    scalar tensors where a graph leaves the input's sizes unknown), ``what`` saying what that shape is (for the
+    message): a ``ShapeMismatchError`` naming the parameter, its shape and the one expected, now or when the graph
+    runs, as PyTorch refuses one (the frameworks broadcast a weight of shape (1,), or raised in their own words)."""
+    known = all(isinstance(size, Integral) for size in expected)
+    for name, parameter in parameters.items():
+        if parameter is None or getattr(parameter.shape, "rank", 0) is None:
+            continue
+        if known and tuple(parameter.shape) == expected:  # the common case, decided at once
+            continue
+        sizes = sizes_of(parameter)
+
+        def template(name=name, sizes=sizes):
+            return (f"{literal(owner)}: {name} has shape {shape_template(len(sizes))}, expected "
+                    f"{shape_template(len(expected))} ({what})")
+
+        fits = len(sizes) == len(expected) and all_of([holds(a == b) for a, b in zip(sizes, expected)])
+        x = require(x, fits, template, tuple(sizes) + tuple(expected))
+    return x
+
+
 def normalization_parameters(owner, x, parameters: dict) -> bool:
     """The dtype check of a functional normalization (``layer_norm``, ``batch_norm``, ``group_norm``) of ``x`` with
     ``parameters`` (name: tensor or None), under autocast too, whose CPU kernels PyTorch leaves these to: two

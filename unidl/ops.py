@@ -321,10 +321,15 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     modified; ``nn.BatchNorm*`` writes the returned statistics into its buffers. Training on one value per
     channel is a ``ShapeMismatchError``, as in PyTorch. Training without running statistics (None, as PyTorch's
     ``F.batch_norm`` takes them) normalises by the batch's and gives None for them; outside training they are
-    needed (a ``ValueError``, as in PyTorch). Integer input: floats of the dtype in force."""
+    needed (a ``ValueError``, as in PyTorch). Integer input: floats of the dtype in force. The running statistics,
+    ``weight`` and ``bias`` have shape (C,): another is a ``ShapeMismatchError`` naming it, as PyTorch's (never
+    broadcast)."""
     momentum = arguments.plain_number("batch_norm", "momentum", momentum)
     eps = arguments.plain_number("batch_norm", "eps", eps)
-    x = input_checks.as_floating("batch_norm", "x", x)
+    x = input_checks.check_channels_input("batch_norm", input_checks.as_floating("batch_norm", "x", x))
+    x = input_checks.check_parameter_shapes("batch_norm", x, {"running_mean": running_mean, "running_var": running_var,
+                                                              "weight": weight, "bias": bias},
+                                            (input_checks.sizes_of(x)[1],), "one value per channel of the input")
     if running_mean is None or running_var is None:
         if not training:
             raise ValueError("batch_norm: running_mean and running_var are needed outside training, which "
@@ -841,12 +846,18 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
 @op(dispatch=False)
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, with the mean and biased variance over the last
-    ``len(normalized_shape)`` axes; ``weight`` and ``bias`` have shape ``normalized_shape``. Float input of
+    ``len(normalized_shape)`` axes (an int or a tuple of ints, the shape of those axes: other input is a
+    ``ShapeMismatchError``, as PyTorch's); ``weight`` and ``bias`` have shape ``normalized_shape`` (a
+    ``ShapeMismatchError`` naming them otherwise, never broadcast). Float input of
     another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32. float16 and
     bfloat16 input is computed in float32 (its parameters too) and given back in its dtype, as PyTorch's kernels
     compute it (in float16 the variance of [1, 2, 1000] overflowed: zeros)."""
     eps = arguments.plain_number("layer_norm", "eps", eps)
+    normalized_shape = arguments.normalized_shape("layer_norm", normalized_shape)
     x = input_checks.as_floating("layer_norm", "x", x)  # (integers: floats of the dtype in force, as group_norm's)
+    x = input_checks.check_parameter_shapes("layer_norm", x, {"weight": weight, "bias": bias}, normalized_shape,
+                                            "normalized_shape")
+    x = input_checks.check_normalized_input("layer_norm", x, normalized_shape)
     mixed = input_checks.normalization_parameters("layer_norm", x, {"weight": weight, "bias": bias})
     return _layer_norm_as_torch(_ops(), x, normalized_shape, weight, bias, eps, mixed)
 

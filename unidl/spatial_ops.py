@@ -458,8 +458,12 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's group of
     ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,). Float input of
     another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32, computed in
-    float32 and given back in the input's dtype, as PyTorch's. Integer input: floats of the dtype in force."""
-    x = input_checks.as_floating("group_norm", "x", x)
+    float32 and given back in the input's dtype, as PyTorch's. Integer input: floats of the dtype in force. A
+    ``weight`` or ``bias`` of another shape than (C,) is a ``ShapeMismatchError`` naming it, as PyTorch's (never
+    broadcast)."""
+    x = input_checks.check_channels_input("group_norm", input_checks.as_floating("group_norm", "x", x))
+    x = input_checks.check_parameter_shapes("group_norm", x, {"weight": weight, "bias": bias},
+                                            (input_checks.sizes_of(x)[1],), "one value per channel of the input")
     if input_checks.normalization_parameters("group_norm", x, {"weight": weight, "bias": bias}):
         return ops.cast_like(group_norm(ops.cast(x, "float32"), num_groups, weight, bias, eps), x)
     sizes = ops.shape(x)
