@@ -2221,3 +2221,15 @@ def test_normalization_parameters_of_another_shape_are_refused(mode):
         raises_exactly(ud.ShapeMismatchError, message, run, mode, fn, data, parameter)
     expected = F.layer_norm(torch.tensor(data), (4,), torch.tensor(four, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(run(mode, lambda x, w: ud.ops.layer_norm(x, 4, w), data, four), expected, atol=1e-5)
+
+
+def test_clip_of_integers_to_a_tensor_bound_inside_graphs(mode):
+    """``clip`` of integers to an integer tensor bound (one side None) gives torch's values inside ``ud.function`` as
+    eagerly (keras on tensorflow asked its NaN test of integers for a shape the graph did not know)."""
+    values, bound = np.array([1, 5, -3]), np.array([0, 0, 0])
+    for fn, expected in [(lambda a, b: ud.ops.clip(a, b, None), torch.clamp(torch.tensor(values), torch.tensor(bound))),
+                         (lambda a, b: ud.ops.clip(a, None, b), torch.clamp(torch.tensor(values), None,
+                                                                            torch.tensor(bound)))]:
+        got = run(mode, fn, values, bound)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, expected.numpy())
