@@ -2233,3 +2233,15 @@ def test_clip_of_integers_to_a_tensor_bound_inside_graphs(mode):
         got = run(mode, fn, values, bound)
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, expected.numpy())
+
+
+def test_leaky_relu_takes_a_0d_tensor_slope_as_torch(mode):
+    """``leaky_relu`` with a 0-d tensor ``negative_slope`` gives torch's values eagerly and inside ``ud.function``
+    (TensorFlow's and Keras's kernel refused a tensor); a slope of more axes is a ``TypeError``, as torch's."""
+    values = np.array([1.0, -2.0, 0.0, -0.5], np.float32)
+    expected = F.leaky_relu(torch.tensor(values), torch.tensor(0.2)).numpy()
+    got = run(mode, lambda x, s: ud.ops.leaky_relu(x, s), values, np.array(0.2, np.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    raises_exactly(TypeError, "leaky_relu negative_slope must be a number or a 0-d tensor, got a tensor of rank 1; "
+                   "use prelu for a slope per channel", run, mode, lambda x, s: ud.ops.leaky_relu(x, s), values,
+                   np.array([0.2], np.float32))

@@ -114,9 +114,17 @@ def relu(x):
     """max(x, 0). Booleans are a ``DtypeMismatchError``, as in PyTorch."""
 
 
-@op(numbers=("negative_slope",), floating=("x",))
+@op(numbers=("negative_slope",), floating=("x",), dispatch=False)
 def leaky_relu(x, negative_slope=0.01):
-    """x if x > 0 else negative_slope * x."""
+    """x if x > 0 else negative_slope * x. ``negative_slope``: a number, or a 0-d tensor taken as the number it
+    holds (no gradient reaches it), eagerly and inside graphs, as ``torch.nn.functional.leaky_relu`` takes them
+    (TensorFlow's kernel refused a tensor); a tensor of more axes is a ``TypeError``, as PyTorch's."""
+    if config.backend().is_tensor(negative_slope):
+        if len(tuple(negative_slope.shape)) != 0:
+            raise TypeError(f"leaky_relu negative_slope must be a number or a 0-d tensor, got a tensor of rank "
+                            f"{len(tuple(negative_slope.shape))}; use prelu for a slope per channel")
+        negative_slope = stop_gradient(negative_slope)
+    return _ops().leaky_relu(x, negative_slope)
 
 
 @op(floating=("x",))
