@@ -2194,9 +2194,9 @@ def test_conv_bias_of_another_float_dtype_is_refused(mode):
         function = getattr(ud.ops, name)
         wide = lambda t: ud.ops.cast(t, "float64")  # noqa: E731
         raises_exactly(ud.DtypeMismatchError, f"{name} has float64 parameters and got float32 bias; cast the bias "
-                       "with ud.ops.cast(x, 'float64'), or call it under ud.use_dtype('float64'), which converts arrays "
-                       "to it", run, mode, lambda x, w, b: function(wide(x), wide(w), b), data, np.ones(weight_shape),
-                       np.ones(3))
+                       "with ud.ops.cast(x, 'float64'), or call it under ud.use_dtype('float64'), which converts "
+                       "arrays to it", run, mode, lambda x, w, b: function(wide(x), wide(w), b), data,
+                       np.ones(weight_shape), np.ones(3))
 
 
 def test_normalization_parameters_of_another_shape_are_refused(mode):
