@@ -2245,3 +2245,18 @@ def test_leaky_relu_takes_a_0d_tensor_slope_as_torch(mode):
     raises_exactly(TypeError, "leaky_relu negative_slope must be a number or a 0-d tensor, got a tensor of rank 1; "
                    "use prelu for a slope per channel", run, mode, lambda x, s: ud.ops.leaky_relu(x, s), values,
                    np.array([0.2], np.float32))
+
+
+def test_embedding_padding_idx_out_of_range_inside_graphs(mode):
+    """``embedding`` with a ``padding_idx`` outside the weight's rows is one ``ShapeMismatchError`` (a ``ValueError``)
+    eagerly and inside ``ud.function``, where tensorflow and keras leave the weight's rows unknown while they trace
+    (it was ignored there); one in range gives torch's rows and gradient."""
+    indices, weight = np.array([0, 4, 2]), RNG.standard_normal((5, 2)).astype(np.float32)
+    for bad in (7, -6):
+        raises_exactly(ud.ShapeMismatchError, f"embedding padding_idx must be an int in [-5, 5) (the weight's rows), "
+                       f"got {bad}", run, mode, lambda i, w: ud.ops.embedding(i, w, padding_idx=bad), indices, weight)
+    reference = torch.tensor(weight, requires_grad=True)
+    F.embedding(torch.tensor(indices), reference, padding_idx=-1).sum().backward()
+    got = run(mode, lambda i, w: ud.grad(lambda v: ud.ops.sum(ud.ops.embedding(i, v, padding_idx=-1)))(w), indices,
+              weight)
+    np.testing.assert_array_equal(got, reference.grad.numpy())

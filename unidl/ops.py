@@ -888,15 +888,20 @@ def embedding(indices, weight, padding_idx=None):
 
     The row ``padding_idx`` gets no gradient; it lies in [-num_embeddings, num_embeddings), a negative one
     counting from the end, as PyTorch's (the other backends compared the indices with -1 itself: the last row
-    trained; one out of range was ignored). An index outside [0, num_embeddings) raises
+    trained); one out of range is a ``ShapeMismatchError``, eagerly and when a graph that leaves the weight's rows
+    unknown runs (it was ignored there). An index outside [0, num_embeddings) raises
     ``IndexOutOfRangeError`` on every backend, inside compiled graphs too (where TensorFlow's CPU gather
     would return zeros)."""
     if padding_idx is not None:
         index = arguments.integer(padding_idx)
         rows = _rows(weight)  # an int, a graph's scalar tensor, or None (a graph of unknown rank)
-        if index is None or (isinstance(rows, int) and not -rows <= index < rows):
+        if index is None:
             bounds = f"in [-{rows}, {rows}) (the weight's rows)" if isinstance(rows, int) else "(a row of the weight)"
             raise ValueError(f"embedding padding_idx must be an int {bounds}, got {padding_idx!r}")
+        if rows is not None:  # out of range: now, or when a graph that leaves the rows unknown runs (it was ignored)
+            weight = input_checks.require(weight, input_checks.all_of(
+                [input_checks.holds(-rows <= index), input_checks.holds(index < rows)]), lambda: (
+                f"embedding padding_idx must be an int in [-{{}}, {{}}) (the weight's rows), got {index}"), (rows, rows))
         if index < 0 and rows is None:
             raise ValueError(f"embedding padding_idx {index} counts from the end of a weight whose rank this graph "
                              f"leaves unknown; give the row's index from the start")
