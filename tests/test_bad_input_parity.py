@@ -2260,3 +2260,11 @@ def test_embedding_padding_idx_out_of_range_inside_graphs(mode):
     got = run(mode, lambda i, w: ud.grad(lambda v: ud.ops.sum(ud.ops.embedding(i, v, padding_idx=-1)))(w), indices,
               weight)
     np.testing.assert_array_equal(got, reference.grad.numpy())
+
+
+def test_group_norm_of_channels_that_num_groups_does_not_divide_is_refused(mode):
+    """``group_norm`` of input whose channels ``num_groups`` does not divide is one ``ShapeMismatchError``, as torch
+    refuses it (each framework's reshape raised its own error)."""
+    raises_exactly(ud.ShapeMismatchError, "group_norm expected the input's channels to be divisible by num_groups=2, "
+                   "got 3 channels (input shape (2, 3, 4))", run, mode, lambda x: ud.ops.group_norm(x, 2),
+                   RNG.standard_normal((2, 3, 4)).astype(np.float32))

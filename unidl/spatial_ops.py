@@ -462,6 +462,12 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     ``weight`` or ``bias`` of another shape than (C,) is a ``ShapeMismatchError`` naming it, as PyTorch's (never
     broadcast)."""
     x = input_checks.check_channels_input("group_norm", input_checks.as_floating("group_norm", "x", x))
+    num_groups, sizes = arguments.positive_int("group_norm", "num_groups", num_groups), input_checks.sizes_of(x)
+    # channels that num_groups does not divide: PyTorch's error (the frameworks' reshape raised its own), now or
+    # when a graph that leaves them unknown runs
+    x = input_checks.require(x, input_checks.holds(sizes[1] % num_groups == 0), lambda: (
+        f"group_norm expected the input's channels to be divisible by num_groups={num_groups}, got {{}} channels "
+        f"(input shape {input_checks.shape_template(len(sizes))})"), (sizes[1],) + tuple(sizes))
     x = input_checks.check_parameter_shapes("group_norm", x, {"weight": weight, "bias": bias},
                                             (input_checks.sizes_of(x)[1],), "one value per channel of the input")
     if input_checks.normalization_parameters("group_norm", x, {"weight": weight, "bias": bias}):
