@@ -2268,3 +2268,13 @@ def test_group_norm_of_channels_that_num_groups_does_not_divide_is_refused(mode)
     raises_exactly(ud.ShapeMismatchError, "group_norm expected the input's channels to be divisible by num_groups=2, "
                    "got 3 channels (input shape (2, 3, 4))", run, mode, lambda x: ud.ops.group_norm(x, 2),
                    RNG.standard_normal((2, 3, 4)).astype(np.float32))
+
+
+def test_argmax_of_a_tuple_of_axes_is_refused(mode):
+    """``argmax`` with a tuple ``dim`` is one ``ValueError`` naming it, as torch takes one axis only (each framework
+    raised its own ``TypeError``); an int ``dim`` (a NumPy one too) gives torch's indices."""
+    values = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    raises_exactly(ValueError, "argmax dim must be an int (an axis), got (0, 1)", run, mode,
+                   lambda x: ud.ops.argmax(x, dim=(0, 1)), values)
+    np.testing.assert_array_equal(run(mode, lambda x: ud.ops.argmax(x, dim=np.int64(1)), values),
+                                  torch.argmax(torch.tensor(values), dim=1).numpy())

@@ -1031,10 +1031,11 @@ def _integral_range(start, end, step, dtype: str) -> tuple:
     return first, first + count * stride, stride
 
 
-@op(numeric=("x",), dims={"dim": "x"})
+@op(numeric=("x",), axes=("dim",), dims={"dim": "x"})
 def argmax(x, dim=None, keepdim=False):
     """Index (int64) of the largest value along ``dim`` (of the flattened tensor when None); the first one on ties.
-    Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them)."""
+    Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them). ``dim`` is one axis: a
+    tuple of them is a ``ValueError``, as PyTorch takes none (the frameworks raised errors of their own)."""
 
 
 @op(permutation={"dims": "x"})
