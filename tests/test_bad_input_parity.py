@@ -2278,3 +2278,15 @@ def test_argmax_of_a_tuple_of_axes_is_refused(mode):
                    lambda x: ud.ops.argmax(x, dim=(0, 1)), values)
     np.testing.assert_array_equal(run(mode, lambda x: ud.ops.argmax(x, dim=np.int64(1)), values),
                                   torch.argmax(torch.tensor(values), dim=1).numpy())
+
+
+def test_prelu_of_a_weight_count_other_than_one_or_the_channels_is_refused(mode):
+    """``prelu`` with neither one weight nor one per channel is one ``ShapeMismatchError`` naming both counts, as
+    torch refuses it (each framework raised its own broadcasting error); one or one per channel give torch's."""
+    raises_exactly(ud.ShapeMismatchError, "prelu has 3 weights but the input has 2 channels (shape (1, 2, 5, 5)); give "
+                   "one weight, or one per channel (axis 1)", run, mode, ud.ops.prelu, X, np.ones(3, np.float32))
+    raises_exactly(ud.ShapeMismatchError, "prelu has 2 weights but the input has 1 channels (shape (4,)); give one "
+                   "weight, or one per channel (axis 1)", run, mode, ud.ops.prelu, X[0, 0, 0, :4], np.ones(2))
+    for weight in (np.full(1, 0.25, np.float32), np.array([0.25, -0.5], np.float32)):
+        expected = F.prelu(torch.tensor(X), torch.tensor(weight)).numpy()
+        np.testing.assert_allclose(run(mode, ud.ops.prelu, X, weight), expected, rtol=1e-6)

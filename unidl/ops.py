@@ -1174,10 +1174,18 @@ def relu6(x):
 
 
 def prelu(x, weight):
-    """x if x >= 0 else weight * x, with one ``weight`` for all channels or one per channel (axis 1)."""
+    """x if x >= 0 else weight * x, with one ``weight`` for all channels or one per channel (axis 1; an input of
+    fewer than 2 axes has one channel). Another count of weights is a ``ShapeMismatchError`` naming both counts, as
+    PyTorch refuses it (the frameworks raised their own broadcasting errors)."""
     if isinstance(x, CONVERTED) or isinstance(weight, CONVERTED):
         x, weight = input_checks.operands("prelu", x, weight, numbers=False)
     rank = len(x.shape)
+    counts, sizes = input_checks.sizes_of(weight), input_checks.sizes_of(x)
+    count, channels = math.prod(counts), sizes[1] if rank >= 2 else 1
+    x = input_checks.require(x, input_checks._either(input_checks.holds(count == 1), input_checks.holds(
+        count == channels)), lambda: (f"prelu has {{}} weights but the input has {{}} channels (shape "
+                                      f"{input_checks.shape_template(len(sizes))}); give one weight, or one per "
+                                      f"channel (axis 1)"), (count, channels) + tuple(sizes))
     if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
         weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
     if not dtype_kinds.is_floating(x.dtype):  # integers: floats of the dtype in force, as the other float math
