@@ -2290,3 +2290,23 @@ def test_prelu_of_a_weight_count_other_than_one_or_the_channels_is_refused(mode)
     for weight in (np.full(1, 0.25, np.float32), np.array([0.25, -0.5], np.float32)):
         expected = F.prelu(torch.tensor(X), torch.tensor(weight)).numpy()
         np.testing.assert_allclose(run(mode, ud.ops.prelu, X, weight), expected, rtol=1e-6)
+
+
+def test_conv_channels_that_do_not_fit_the_weight_and_groups_are_refused(mode):
+    """``conv2d``, ``conv1d`` and ``conv_transpose2d`` with ``groups`` that do not divide the weight's first axis, or
+    input channels other than the weight and ``groups`` need: one ``ShapeMismatchError`` naming the sizes, eagerly
+    and in graphs, as torch refuses them (each framework raised its own error, tensorflow's a split's)."""
+    raises_exactly(ud.ShapeMismatchError, "conv2d expected input with 2 channels (weight shape (2, 1, 3, 3), "
+                   "groups=2), got input of shape (1, 3, 5, 5)", run, mode, lambda x, w: ud.ops.conv2d(x, w, groups=2),
+                   np.ones((1, 3, 5, 5)), np.ones((2, 1, 3, 3)))
+    raises_exactly(ud.ShapeMismatchError, "conv2d expected input with 3 channels (weight shape (3, 3, 3, 3), "
+                   "groups=1), got input of shape (1, 2, 5, 5)", run, mode, ud.ops.conv2d, X, np.ones((3, 3, 3, 3)))
+    raises_exactly(ud.ShapeMismatchError, "conv1d: groups=2 must divide the weight's output channels, 3 (weight shape "
+                   "(3, 1, 3))", run, mode, lambda x, w: ud.ops.conv1d(x, w, groups=2), X[:, :, 0], np.ones((3, 1, 3)))
+    weight = ud.tensor(np.ones((3, 1, 2, 2)))  # (conv_transpose2d needs a weight whose shape a graph knows)
+    raises_exactly(ud.ShapeMismatchError, "conv_transpose2d: groups=2 must divide the weight's input channels, 3 "
+                   "(weight shape (3, 1, 2, 2))", run, mode, lambda x: ud.ops.conv_transpose2d(x, weight, groups=2),
+                   np.ones((1, 3, 4, 4)))
+    raises_exactly(ud.ShapeMismatchError, "conv_transpose2d expected input with 3 channels (weight shape (3, 1, 2, 2), "
+                   "groups=1), got input of shape (1, 2, 5, 5)", run, mode,
+                   lambda x: ud.ops.conv_transpose2d(x, weight), X)

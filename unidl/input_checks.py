@@ -137,6 +137,30 @@ def check_window_fits(owner, x, spans, paddings, advice: str):
     return x
 
 
+def check_conv_channels(owner, x, weight, groups: int, transposed: bool = False):
+    """``(x, weight)``, after checking a convolution's channels against its ``weight`` ((out, in / groups, ...), or
+    for a ``transposed`` one (in, out / groups, ...)) and ``groups``: ``groups`` must divide the weight's first axis
+    and the input must have ``in`` channels, as PyTorch's; else a ``ShapeMismatchError`` naming the sizes, now or
+    when a graph that leaves them unknown runs (the frameworks raised errors of their own, TensorFlow's a split's or
+    a reshape's).
+    Input of another rank than the weight's is left to the caller. (The groups' check is the weight's, which a
+    graph splits by groups before it reads ``x``.)"""
+    if getattr(x.shape, "rank", 0) is None or getattr(weight.shape, "rank", 0) is None:
+        return x, weight
+    if len(tuple(x.shape)) != len(tuple(weight.shape)):
+        return x, weight
+    sizes, kernel = sizes_of(x), sizes_of(weight)
+    what = "input" if transposed else "output"
+    weight = require(weight, holds(kernel[0] % groups == 0), lambda: (
+        f"{literal(owner)}: groups={groups} must divide the weight's {what} channels, {{}} (weight shape "
+        f"{shape_template(len(kernel))})"), (kernel[0],) + tuple(kernel))
+    expected = kernel[0] if transposed else kernel[1] * groups
+    x = require(x, holds(sizes[1] == expected), lambda: (
+        f"{literal(owner)} expected input with {{}} channels (weight shape {shape_template(len(kernel))}, "
+        f"groups={groups}), got input of shape {shape_template(len(sizes))}"), (expected, *kernel, *sizes))
+    return x, weight
+
+
 def check_batch_statistics(owner, x):
     """``ShapeMismatchError`` for batch statistics of one value per channel (PyTorch's rule for batch norm in
     training: a variance of one value is 0, the output all zeros). Returns ``x`` (see ``require``)."""

@@ -167,6 +167,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     Sizes may be NumPy integers (taken as ints, as PyTorch takes them); a float or a bool is a ``ValueError``."""
     stride, dilation, padding, groups = _conv_arguments("conv2d", stride, dilation, padding, groups)
     input_checks.check_parameters_dtype("conv2d", x, weight)
+    x, weight = input_checks.check_conv_channels("conv2d", x, weight, groups)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv2d", bias, weight, what="bias")
     return _conv2d(x, weight, bias, stride, padding, dilation, groups)

@@ -112,6 +112,7 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1."""
     stride, dilation, padding, groups = ops._conv_arguments("conv1d", stride, dilation, padding, groups, rank=1)
     input_checks.check_parameters_dtype("conv1d", x, weight)
+    x, weight = input_checks.check_conv_channels("conv1d", x, weight, groups)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv1d", bias, weight, what="bias")
     if padding != "same" and len(x.shape) == 3 and len(weight.shape) == 3:  # a kernel larger than the padded input
@@ -151,6 +152,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         raise ValueError(f"conv_transpose2d padding must be an int or a pair of ints, got {padding!r}")
     stride, dilation, padding, groups = ops._conv_arguments("conv_transpose2d", stride, dilation, padding, groups)
     input_checks.check_parameters_dtype("conv_transpose2d", x, weight)
+    x, weight = input_checks.check_conv_channels("conv_transpose2d", x, weight, groups, transposed=True)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv_transpose2d", bias, weight, what="bias")
     output_padding = arguments.int_or_ints("conv_transpose2d", "output_padding", output_padding, 2, minimum=0)
