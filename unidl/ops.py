@@ -902,7 +902,8 @@ def embedding(indices, weight, padding_idx=None):
         if rows is not None:  # out of range: now, or when a graph that leaves the rows unknown runs (it was ignored)
             inside = input_checks.all_of([input_checks.holds(-rows <= index), input_checks.holds(index < rows)])
             weight = input_checks.require(weight, inside, lambda: (
-                f"embedding padding_idx must be an int in [-{{}}, {{}}) (the weight's rows), got {index}"), (rows, rows))
+                f"embedding padding_idx must be an int in [-{{}}, {{}}) (the weight's rows), got {index}"),
+                (rows, rows))
         if index < 0 and rows is None:
             raise ValueError(f"embedding padding_idx {index} counts from the end of a weight whose rank this graph "
                              f"leaves unknown; give the row's index from the start")
