@@ -2310,3 +2310,21 @@ def test_conv_channels_that_do_not_fit_the_weight_and_groups_are_refused(mode):
     raises_exactly(ud.ShapeMismatchError, "conv_transpose2d expected input with 3 channels (weight shape (3, 1, 2, 2), "
                    "groups=1), got input of shape (1, 2, 5, 5)", run, mode,
                    lambda x: ud.ops.conv_transpose2d(x, weight), X)
+
+
+def test_pooling_of_one_sample_without_its_batch_axis_as_torch(mode):
+    """``max_pool2d`` (with its indices too) and ``avg_pool2d`` of one sample (C, H, W) give torch's values, as
+    torch.nn.functional takes it (every backend raised an ``IndexError``); another rank is one
+    ``ShapeMismatchError``."""
+    sample = torch.tensor(X[0])
+    cases = [(lambda x: ud.ops.max_pool2d(x, 2), F.max_pool2d(sample, 2)),
+             (lambda x: ud.ops.max_pool2d(x, 2, return_indices=True)[1],
+              F.max_pool2d(sample, 2, return_indices=True)[1]),
+             (lambda x: ud.ops.avg_pool2d(x, 3, 1, 1, ceil_mode=True), F.avg_pool2d(sample, 3, 1, 1, ceil_mode=True))]
+    for fn, expected in cases:
+        got = run(mode, fn, X[0])
+        assert got.shape == tuple(expected.shape)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=1e-6)
+    for name in ("max_pool2d", "avg_pool2d"):
+        raises_exactly(ud.ShapeMismatchError, f"{name} expected input of shape (N, C, H, W) or (C, H, W), received "
+                       "input of 2 axes", run, mode, lambda x: getattr(ud.ops, name)(x, 2), X[0, 0])

@@ -234,14 +234,36 @@ def _checked_pool(name, x, kernel_size, padding):
 
 @op(dispatch=False)
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, return_indices=False):
-    """Maximum over windows of NCHW ``x`` (stride defaults to the kernel size; padding counts as -inf).
+    """Maximum over windows of NCHW ``x``, or of one sample (C, H, W) as PyTorch takes it (stride defaults to the
+    kernel size; padding counts as -inf).
     ``ceil_mode``: a last, partial window where PyTorch has one (it starts inside the input or its left padding).
     ``return_indices``: ``(output, indices)``, each index (int64) the position of the window's maximum in the
     flattened H * W plane of its sample and channel, as PyTorch gives it (the input of ``max_unpool2d``).
     A window that holds NaN pools to NaN, its gradient and index going to its last NaN in row-major order, as
     PyTorch's kernels do, on every backend (TensorFlow's own skip NaN)."""
     kernel_size, stride, padding = _pool_arguments("max_pool2d", kernel_size, stride, padding)
-    return _max_pool2d(x, kernel_size, stride, padding, ceil_mode, return_indices)
+    x = _check_pool_rank("max_pool2d", x)
+    return _one_sample_as_batch(x, 2, lambda batch: _max_pool2d(batch, kernel_size, stride, padding, ceil_mode,
+                                                               return_indices))
+
+
+def _check_pool_rank(name, x):
+    """``x``, after checking that it is NCHW or one sample (C, H, W), as PyTorch's 2-D poolings take them: another
+    rank is a ``ShapeMismatchError`` (the frameworks raised an ``IndexError``)."""
+    if len(tuple(x.shape)) not in (3, 4):
+        raise ShapeMismatchError(f"{name} expected input of shape (N, C, H, W) or (C, H, W), received input of "
+                                 f"{len(tuple(x.shape))} axes")  # (no sizes: a graph may not know them yet)
+    return x
+
+
+def _one_sample_as_batch(x, spatial: int, compute):
+    """``compute(x)`` for ``x`` of shape (N, C, *spatial) (``spatial`` axes); for one sample (C, *spatial), computed
+    as a batch of one and that axis dropped from each output (a tuple's too), as ``torch.nn.functional``'s
+    poolings and ``torch.nn``'s convolutions and poolings take one (the layers' ``unbatched``)."""
+    if len(getattr(x, "shape", ())) != spatial + 1:
+        return compute(x)
+    out = compute(unsqueeze(x, 0))
+    return tuple(squeeze(o, 0) for o in out) if isinstance(out, tuple) else squeeze(out, 0)
 
 
 def _max_pool2d(x, kernel_size, stride, padding, ceil_mode=False, return_indices=False):
@@ -284,13 +306,16 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
 @op(dispatch=False)
 def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
-    """Mean over windows of NCHW ``x``, as ``torch.nn.functional.avg_pool2d``: zero padding counts in the divisor
+    """Mean over windows of NCHW ``x`` (or of one sample (C, H, W)), as ``torch.nn.functional.avg_pool2d``: zero
+    padding counts in the divisor
     unless ``count_include_pad=False``; ``ceil_mode`` adds PyTorch's last, partial windows (their divisor never
     counts what lies past the padding); ``divisor_override`` divides every window's sum by that number."""
     kernel_size, stride, padding = _pool_arguments("avg_pool2d", kernel_size, stride, padding)
     if divisor_override is not None:
         divisor_override = arguments.positive_int("avg_pool2d", "divisor_override", divisor_override)
-    return _avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    x = _check_pool_rank("avg_pool2d", x)
+    return _one_sample_as_batch(x, 2, lambda batch: _avg_pool2d(batch, kernel_size, stride, padding, ceil_mode,
+                                                               count_include_pad, divisor_override))
 
 
 def _avg_pool2d(x, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True, divisor_override=None):
