@@ -2328,3 +2328,17 @@ def test_pooling_of_one_sample_without_its_batch_axis_as_torch(mode):
     for name in ("max_pool2d", "avg_pool2d"):
         raises_exactly(ud.ShapeMismatchError, f"{name} expected input of shape (N, C, H, W) or (C, H, W), received "
                        "input of 2 axes", run, mode, lambda x: getattr(ud.ops, name)(x, 2), X[0, 0])
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "bilinear", "bicubic"])
+def test_interpolate_by_a_scale_factor_inside_graphs_matches_torch(mode, interpolation):
+    """``interpolate`` by a ``scale_factor`` in the weighted modes gives torch's values inside ``ud.function`` as
+    eagerly: the check of the output's size made the input another tensor in a tensorflow graph, which then took the
+    nearest modes' picks (values off by more than 1)."""
+    data = X[:, :, 0] if interpolation == "linear" else X
+    for recompute in (None, True):
+        expected = F.interpolate(torch.tensor(data), scale_factor=1.7, mode=interpolation,
+                                 recompute_scale_factor=recompute).numpy()
+        got = run(mode, lambda x: ud.ops.interpolate(x, scale_factor=1.7, mode=interpolation,
+                                                     recompute_scale_factor=recompute), data)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

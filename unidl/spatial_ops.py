@@ -694,9 +694,9 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
         if factor is not None and _copies_equal_sizes(mode, len(sizes)):
             matrix = _identity_where_equal(matrix, n, out, like)
         matrices.append(matrix if like is target else ops.cast_like(matrix, target))
-    if target is not x or mode in ("nearest", "nearest-exact"):  # each output an input's copy: picked, not a
-        # product (0 * inf of the other inputs made NaN rows around an infinite value, and integers went through
-        # floats)
+    if not dtype_kinds.is_floating(x.dtype) or mode in ("nearest", "nearest-exact"):  # each output an input's
+        # copy: picked, not a product (0 * inf of the other inputs made NaN rows around an infinite value, and
+        # integers went through floats). (Not ``like is not x``: inside a graph a checked x is another tensor.)
         for axis, matrix in enumerate(matrices, 2):
             x = ops.take(x, ops.argmax(matrix, 1), axis)
         return x
