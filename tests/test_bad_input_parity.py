@@ -2162,3 +2162,183 @@ def test_half_precision_softmax_computes_in_float32_as_torch(mode, dtype):
     # (the input made in its dtype outside the graph: XLA's excess precision skips a rounding inside one)
     got = np.asarray(ud.to_numpy(softmax(ud.tensor(x, dtype))), np.float32)
     assert (got != expected).mean() < 1e-3, int((got != expected).sum())
+
+
+def test_attention_mask_that_does_not_broadcast_to_the_scores_is_refused(mode):
+    """``scaled_dot_product_attention`` with an ``attn_mask`` that does not broadcast to the scores' (..., L, S) (the
+    query's and key's batch broadcast together) is a ``ShapeMismatchError`` naming both shapes, as torch refuses it
+    (the frameworks broadcast the output to the mask's batch); masks that broadcast give torch's values."""
+    query, key = RNG.standard_normal((1, 5, 3)).astype(np.float32), RNG.standard_normal((1, 2, 3)).astype(np.float32)
+    attend = lambda q, k, m: ud.ops.scaled_dot_product_attention(q, k, k, attn_mask=m)  # noqa: E731
+    raises_exactly(ud.ShapeMismatchError, "scaled_dot_product_attention: attn_mask of shape (3, 5, 2) does not "
+                   "broadcast to the attention scores' shape (..., L, S) = (1, 5, 2) of the query and the key",
+                   run, mode, attend, query, key, RNG.standard_normal((3, 5, 2)).astype(np.float32))
+    heads, keys = RNG.standard_normal((2, 1, 5, 3)).astype(np.float32), RNG.standard_normal((1, 4, 2, 3))
+    raises_exactly(ud.ShapeMismatchError, "scaled_dot_product_attention: attn_mask of shape (3, 4, 5, 2) does not "
+                   "broadcast to the attention scores' shape (..., L, S) = (2, 4, 5, 2) of the query and the key",
+                   run, mode, attend, heads, keys.astype(np.float32), np.zeros((3, 4, 5, 2), bool))
+    for q, k, mask in [(query, key, RNG.standard_normal((5, 1))), (query, key, RNG.standard_normal((2,))),
+                       (heads, keys, RNG.standard_normal((2, 4, 5, 2)))]:
+        q, k, mask = (a.astype(np.float32) for a in (q, k, mask))
+        expected = F.scaled_dot_product_attention(*(torch.tensor(a) for a in (q, k, k)), attn_mask=torch.tensor(mask))
+        np.testing.assert_allclose(run(mode, attend, q, k, mask), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_bias_of_another_float_dtype_is_refused(mode):
+    """``conv1d``, ``conv2d`` and ``conv_transpose2d`` with a bias of another float dtype than the input's and weight's
+    are the ``DtypeMismatchError`` ``linear`` raises, as torch refuses them (jax promoted the three, tensorflow and
+    keras raised in their own words)."""
+    weights = {"conv1d": (3, 2, 2), "conv2d": (3, 2, 2, 2), "conv_transpose2d": (2, 3, 2, 2)}
+    for name, weight_shape in weights.items():
+        data = X[:, :, 0] if name == "conv1d" else X
+        function = getattr(ud.ops, name)
+        wide = lambda t: ud.ops.cast(t, "float64")  # noqa: E731
+        raises_exactly(ud.DtypeMismatchError, f"{name} has float64 parameters and got float32 bias; cast the bias "
+                       "with ud.ops.cast(x, 'float64'), or call it under ud.use_dtype('float64'), which converts "
+                       "arrays to it", run, mode, lambda x, w, b: function(wide(x), wide(w), b), data,
+                       np.ones(weight_shape), np.ones(3))
+
+
+def test_normalization_parameters_of_another_shape_are_refused(mode):
+    """``layer_norm``'s input whose last axes are not ``normalized_shape``, and a ``weight``, ``bias`` or running
+    statistic of another shape than ``normalized_shape`` (layer_norm) or (C,) (group_norm, batch_norm): one
+    ``ShapeMismatchError`` naming it, as torch refuses them (the frameworks normalized the last axes, or broadcast
+    a (1,) parameter). An int ``normalized_shape`` is a shape of one axis, as ``nn.LayerNorm`` takes it."""
+    data, one, four = RNG.standard_normal((2, 3, 4)).astype(np.float32), np.ones(1), np.ones(4)
+    per_channel = "expected (3,) (one value per channel of the input)"
+    cases = [(lambda x, w: ud.ops.layer_norm(x, (2,)), one,
+              "layer_norm expected input whose last axes are (2,), received shape (2, 3, 4)"),
+             (lambda x, w: ud.ops.layer_norm(x, (3, 4), w), one,
+              "layer_norm: weight has shape (1,), expected (3, 4) (normalized_shape)"),
+             (lambda x, w: ud.ops.layer_norm(x, (3, 4), None, w), four,
+              "layer_norm: bias has shape (4,), expected (3, 4) (normalized_shape)"),
+             (lambda x, w: ud.ops.group_norm(x, 3, w), one, f"group_norm: weight has shape (1,), {per_channel}"),
+             (lambda x, w: ud.ops.batch_norm(x, w, w)[0], one,
+              f"batch_norm: running_mean has shape (1,), {per_channel}"),
+             (lambda x, w: ud.ops.batch_norm(x, None, None, None, w, True)[0], one,
+              f"batch_norm: bias has shape (1,), {per_channel}")]
+    for fn, parameter, message in cases:
+        raises_exactly(ud.ShapeMismatchError, message, run, mode, fn, data, parameter)
+    expected = F.layer_norm(torch.tensor(data), (4,), torch.tensor(four, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(run(mode, lambda x, w: ud.ops.layer_norm(x, 4, w), data, four), expected, atol=1e-5)
+
+
+def test_clip_of_integers_to_a_tensor_bound_inside_graphs(mode):
+    """``clip`` of integers to an integer tensor bound (one side None) gives torch's values inside ``ud.function`` as
+    eagerly (keras on tensorflow asked its NaN test of integers for a shape the graph did not know)."""
+    values, bound = np.array([1, 5, -3]), np.array([0, 0, 0])
+    for fn, expected in [(lambda a, b: ud.ops.clip(a, b, None), torch.clamp(torch.tensor(values), torch.tensor(bound))),
+                         (lambda a, b: ud.ops.clip(a, None, b), torch.clamp(torch.tensor(values), None,
+                                                                            torch.tensor(bound)))]:
+        got = run(mode, fn, values, bound)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, expected.numpy())
+
+
+def test_leaky_relu_takes_a_0d_tensor_slope_as_torch(mode):
+    """``leaky_relu`` with a 0-d tensor ``negative_slope`` gives torch's values eagerly and inside ``ud.function``
+    (TensorFlow's and Keras's kernel refused a tensor); a slope of more axes is a ``TypeError``, as torch's."""
+    values = np.array([1.0, -2.0, 0.0, -0.5], np.float32)
+    expected = F.leaky_relu(torch.tensor(values), torch.tensor(0.2)).numpy()
+    got = run(mode, lambda x, s: ud.ops.leaky_relu(x, s), values, np.array(0.2, np.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    raises_exactly(TypeError, "leaky_relu negative_slope must be a number or a 0-d tensor, got a tensor of rank 1; "
+                   "use prelu for a slope per channel", run, mode, lambda x, s: ud.ops.leaky_relu(x, s), values,
+                   np.array([0.2], np.float32))
+
+
+def test_embedding_padding_idx_out_of_range_inside_graphs(mode):
+    """``embedding`` with a ``padding_idx`` outside the weight's rows is one ``ShapeMismatchError`` (a ``ValueError``)
+    eagerly and inside ``ud.function``, where tensorflow and keras leave the weight's rows unknown while they trace
+    (it was ignored there); one in range gives torch's rows and gradient."""
+    indices, weight = np.array([0, 4, 2]), RNG.standard_normal((5, 2)).astype(np.float32)
+    for bad in (7, -6):
+        raises_exactly(ud.ShapeMismatchError, f"embedding padding_idx must be an int in [-5, 5) (the weight's rows), "
+                       f"got {bad}", run, mode, lambda i, w: ud.ops.embedding(i, w, padding_idx=bad), indices, weight)
+    reference = torch.tensor(weight, requires_grad=True)
+    F.embedding(torch.tensor(indices), reference, padding_idx=-1).sum().backward()
+    got = run(mode, lambda i, w: ud.grad(lambda v: ud.ops.sum(ud.ops.embedding(i, v, padding_idx=-1)))(w), indices,
+              weight)
+    np.testing.assert_array_equal(got, reference.grad.numpy())
+
+
+def test_group_norm_of_channels_that_num_groups_does_not_divide_is_refused(mode):
+    """``group_norm`` of input whose channels ``num_groups`` does not divide is one ``ShapeMismatchError``, as torch
+    refuses it (each framework's reshape raised its own error)."""
+    raises_exactly(ud.ShapeMismatchError, "group_norm expected the input's channels to be divisible by num_groups=2, "
+                   "got 3 channels (input shape (2, 3, 4))", run, mode, lambda x: ud.ops.group_norm(x, 2),
+                   RNG.standard_normal((2, 3, 4)).astype(np.float32))
+
+
+def test_argmax_of_a_tuple_of_axes_is_refused(mode):
+    """``argmax`` with a tuple ``dim`` is one ``ValueError`` naming it, as torch takes one axis only (each framework
+    raised its own ``TypeError``); an int ``dim`` (a NumPy one too) gives torch's indices."""
+    values = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    raises_exactly(ValueError, "argmax dim must be an int (an axis), got (0, 1)", run, mode,
+                   lambda x: ud.ops.argmax(x, dim=(0, 1)), values)
+    np.testing.assert_array_equal(run(mode, lambda x: ud.ops.argmax(x, dim=np.int64(1)), values),
+                                  torch.argmax(torch.tensor(values), dim=1).numpy())
+
+
+def test_prelu_of_a_weight_count_other_than_one_or_the_channels_is_refused(mode):
+    """``prelu`` with neither one weight nor one per channel is one ``ShapeMismatchError`` naming both counts, as
+    torch refuses it (each framework raised its own broadcasting error); one or one per channel give torch's."""
+    raises_exactly(ud.ShapeMismatchError, "prelu has 3 weights but the input has 2 channels (shape (1, 2, 5, 5)); give "
+                   "one weight, or one per channel (axis 1)", run, mode, ud.ops.prelu, X, np.ones(3, np.float32))
+    raises_exactly(ud.ShapeMismatchError, "prelu has 2 weights but the input has 1 channels (shape (4,)); give one "
+                   "weight, or one per channel (axis 1)", run, mode, ud.ops.prelu, X[0, 0, 0, :4], np.ones(2))
+    for weight in (np.full(1, 0.25, np.float32), np.array([0.25, -0.5], np.float32)):
+        expected = F.prelu(torch.tensor(X), torch.tensor(weight)).numpy()
+        np.testing.assert_allclose(run(mode, ud.ops.prelu, X, weight), expected, rtol=1e-6)
+
+
+def test_conv_channels_that_do_not_fit_the_weight_and_groups_are_refused(mode):
+    """``conv2d``, ``conv1d`` and ``conv_transpose2d`` with ``groups`` that do not divide the weight's first axis, or
+    input channels other than the weight and ``groups`` need: one ``ShapeMismatchError`` naming the sizes, eagerly
+    and in graphs, as torch refuses them (each framework raised its own error, tensorflow's a split's)."""
+    raises_exactly(ud.ShapeMismatchError, "conv2d expected input with 2 channels (weight shape (2, 1, 3, 3), "
+                   "groups=2), got input of shape (1, 3, 5, 5)", run, mode, lambda x, w: ud.ops.conv2d(x, w, groups=2),
+                   np.ones((1, 3, 5, 5)), np.ones((2, 1, 3, 3)))
+    raises_exactly(ud.ShapeMismatchError, "conv2d expected input with 3 channels (weight shape (3, 3, 3, 3), "
+                   "groups=1), got input of shape (1, 2, 5, 5)", run, mode, ud.ops.conv2d, X, np.ones((3, 3, 3, 3)))
+    raises_exactly(ud.ShapeMismatchError, "conv1d: groups=2 must divide the weight's output channels, 3 (weight shape "
+                   "(3, 1, 3))", run, mode, lambda x, w: ud.ops.conv1d(x, w, groups=2), X[:, :, 0], np.ones((3, 1, 3)))
+    weight = ud.tensor(np.ones((3, 1, 2, 2)))  # (conv_transpose2d needs a weight whose shape a graph knows)
+    raises_exactly(ud.ShapeMismatchError, "conv_transpose2d: groups=2 must divide the weight's input channels, 3 "
+                   "(weight shape (3, 1, 2, 2))", run, mode, lambda x: ud.ops.conv_transpose2d(x, weight, groups=2),
+                   np.ones((1, 3, 4, 4)))
+    raises_exactly(ud.ShapeMismatchError, "conv_transpose2d expected input with 3 channels (weight shape (3, 1, 2, 2), "
+                   "groups=1), got input of shape (1, 2, 5, 5)", run, mode,
+                   lambda x: ud.ops.conv_transpose2d(x, weight), X)
+
+
+def test_pooling_of_one_sample_without_its_batch_axis_as_torch(mode):
+    """``max_pool2d`` (with its indices too) and ``avg_pool2d`` of one sample (C, H, W) give torch's values, as
+    torch.nn.functional takes it (every backend raised an ``IndexError``); another rank is one
+    ``ShapeMismatchError``."""
+    sample = torch.tensor(X[0])
+    cases = [(lambda x: ud.ops.max_pool2d(x, 2), F.max_pool2d(sample, 2)),
+             (lambda x: ud.ops.max_pool2d(x, 2, return_indices=True)[1],
+              F.max_pool2d(sample, 2, return_indices=True)[1]),
+             (lambda x: ud.ops.avg_pool2d(x, 3, 1, 1, ceil_mode=True), F.avg_pool2d(sample, 3, 1, 1, ceil_mode=True))]
+    for fn, expected in cases:
+        got = run(mode, fn, X[0])
+        assert got.shape == tuple(expected.shape)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=1e-6)
+    for name in ("max_pool2d", "avg_pool2d"):
+        raises_exactly(ud.ShapeMismatchError, f"{name} expected input of shape (N, C, H, W) or (C, H, W), received "
+                       "input of 2 axes", run, mode, lambda x: getattr(ud.ops, name)(x, 2), X[0, 0])
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "bilinear", "bicubic"])
+def test_interpolate_by_a_scale_factor_inside_graphs_matches_torch(mode, interpolation):
+    """``interpolate`` by a ``scale_factor`` in the weighted modes gives torch's values inside ``ud.function`` as
+    eagerly: the check of the output's size made the input another tensor in a tensorflow graph, which then took the
+    nearest modes' picks (values off by more than 1)."""
+    data = X[:, :, 0] if interpolation == "linear" else X
+    for recompute in (None, True):
+        expected = F.interpolate(torch.tensor(data), scale_factor=1.7, mode=interpolation,
+                                 recompute_scale_factor=recompute).numpy()
+        got = run(mode, lambda x: ud.ops.interpolate(x, scale_factor=1.7, mode=interpolation,
+                                                     recompute_scale_factor=recompute), data)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

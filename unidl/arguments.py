@@ -70,6 +70,18 @@ def positive_int(owner: str, name: str, value) -> int:
     return checked
 
 
+def normalized_shape(owner: str, value) -> tuple:
+    """A layer norm's ``normalized_shape`` (``nn.LayerNorm``'s and ``ud.ops.layer_norm``'s) as a tuple of positive
+    Python ints: one int is a shape of one axis, as ``nn.LayerNorm`` takes it; anything else (an empty shape, a size
+    below 1, a float) is a ``ValueError``."""
+    single = integer(value)
+    shape = (single,) if single is not None else sequence(value) or ()
+    shape = tuple(integer(s) for s in shape)
+    if not shape or not all(s is not None and s > 0 for s in shape):
+        raise ValueError(f"{owner} normalized_shape must be a positive int or a tuple of them, got {value!r}")
+    return shape
+
+
 def integers(value, rank: int) -> tuple | None:
     """``value`` as a tuple of ``rank`` Python ints: one integer (repeated), or a ``sequence`` of ``rank``
     integers; None for anything else. Bounds are the caller's to check."""

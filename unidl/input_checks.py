@@ -137,6 +137,30 @@ def check_window_fits(owner, x, spans, paddings, advice: str):
     return x
 
 
+def check_conv_channels(owner, x, weight, groups: int, transposed: bool = False):
+    """``(x, weight)``, after checking a convolution's channels against its ``weight`` ((out, in / groups, ...), or
+    for a ``transposed`` one (in, out / groups, ...)) and ``groups``: ``groups`` must divide the weight's first axis
+    and the input must have ``in`` channels, as PyTorch's; else a ``ShapeMismatchError`` naming the sizes, now or
+    when a graph that leaves them unknown runs (the frameworks raised errors of their own, TensorFlow's a split's or
+    a reshape's).
+    Input of another rank than the weight's is left to the caller. (The groups' check is the weight's, which a
+    graph splits by groups before it reads ``x``.)"""
+    if getattr(x.shape, "rank", 0) is None or getattr(weight.shape, "rank", 0) is None:
+        return x, weight
+    if len(tuple(x.shape)) != len(tuple(weight.shape)):
+        return x, weight
+    sizes, kernel = sizes_of(x), sizes_of(weight)
+    what = "input" if transposed else "output"
+    weight = require(weight, holds(kernel[0] % groups == 0), lambda: (
+        f"{literal(owner)}: groups={groups} must divide the weight's {what} channels, {{}} (weight shape "
+        f"{shape_template(len(kernel))})"), (kernel[0],) + tuple(kernel))
+    expected = kernel[0] if transposed else kernel[1] * groups
+    x = require(x, holds(sizes[1] == expected), lambda: (
+        f"{literal(owner)} expected input with {{}} channels (weight shape {shape_template(len(kernel))}, "
+        f"groups={groups}), got input of shape {shape_template(len(sizes))}"), (expected, *kernel, *sizes))
+    return x, weight
+
+
 def check_batch_statistics(owner, x):
     """``ShapeMismatchError`` for batch statistics of one value per channel (PyTorch's rule for batch norm in
     training: a variance of one value is 0, the output all zeros). Returns ``x`` (see ``require``)."""
@@ -427,6 +451,89 @@ def check_mask(owner, what, mask, query=None, float32: bool = False) -> None:
         allowed = f"the query's {wanted}" + (" or float32" if float32 and wanted != "float32" else "")
         raise DtypeMismatchError(f"{literal(owner)}: a float {what} must be {allowed}, got {given}; cast it with "
                                  f"ud.ops.cast({what}, '{wanted}')")
+
+
+def check_mask_broadcasts(owner, what, mask, query, key):
+    """``mask``, after checking that it broadcasts to the attention scores' shape (..., L, S): the query's and the
+    key's batch axes broadcast together, the query's length L, the key's S. Anything else is a
+    ``ShapeMismatchError`` naming both shapes, now or, for sizes a graph knows only when it runs, then, as PyTorch
+    refuses it (the frameworks broadcast the scores to the mask's batch: a (3, 5, 2) mask gave a (1, 5, 3) query
+    three outputs)."""
+    if mask is None or any(getattr(t.shape, "rank", 0) is None for t in (mask, query, key)):
+        return mask  # (a graph traced for any rank: as check_same_shape)
+    known = [tuple(t.shape) for t in (mask, query, key)]
+    sizes, queries, keys = (shape if None not in shape else sizes_of(t) for shape, t in zip(known, (mask, query, key)))
+    rank = max(len(queries), len(keys))
+    padded_queries, padded_keys = (1,) * (rank - len(queries)) + queries, (1,) * (rank - len(keys)) + keys
+    scores = tuple(_broadcast_size(a, b) for a, b in zip(padded_queries[:-2], padded_keys[:-2]))
+    scores += (queries[-2], keys[-2])
+
+    def template():
+        return (f"{literal(owner)}: {what} of shape {shape_template(len(sizes))} does not broadcast to the attention "
+                f"scores' shape (..., L, S) = {shape_template(len(scores))} of the query and the key")
+
+    if len(sizes) > len(scores):
+        return require(mask, False, template, sizes + scores)
+    fits = all_of(_either(holds(size == 1), holds(size == axis))
+                  for size, axis in zip(sizes, scores[len(scores) - len(sizes):]))
+    return require(mask, fits, template, sizes + scores)
+
+
+def _broadcast_size(a, b):
+    """The size that sizes ``a`` and ``b`` (ints, or scalar tensors where a graph leaves them unknown) broadcast to,
+    where they do (each 1 or the other's)."""
+    if isinstance(a, Integral):
+        return b if a == 1 else a
+    if isinstance(b, Integral):
+        return a if b == 1 else b
+    return ops.where(a == 1, b, a)
+
+
+def check_normalized_input(owner, x, normalized_shape: tuple):
+    """``x``, after checking that its last axes are ``normalized_shape`` (a layer norm's: ``nn.LayerNorm``'s and
+    ``ud.ops.layer_norm``'s): a ``ShapeMismatchError`` naming both, now or, for sizes a graph knows only when it runs,
+    then, as PyTorch refuses other input (the frameworks normalized the last ``len(normalized_shape)`` axes)."""
+    def mismatch(name, received):
+        return f"{name} expected input whose last axes are {normalized_shape}, received shape {received}"
+
+    shape = tuple(x.shape)
+    tail = shape[-len(normalized_shape):]
+    if len(tail) != len(normalized_shape) or any(a is not None and a != b for a, b in zip(tail, normalized_shape)):
+        raise ShapeMismatchError(mismatch(literal(owner), shape))
+    if None not in tail:
+        return x
+    axes = {axis - len(normalized_shape): size for axis, size in enumerate(normalized_shape)}
+    return require_sizes(owner, x, axes, mismatch)  # (a graph traced for any sizes: checked when it runs)
+
+
+def check_channels_input(owner, x, ranks: str = "(N, C, *)"):
+    """``x``, after checking that it has a channel axis (rank 2 or more: (N, C, *)), as ``group_norm`` and
+    ``batch_norm`` need one (PyTorch's error; the frameworks raised an ``IndexError`` of their own)."""
+    if len(tuple(x.shape)) < 2:
+        raise ShapeMismatchError(f"{literal(owner)} expected input of shape {ranks}, received {tuple(x.shape)}")
+    return x
+
+
+def check_parameter_shapes(owner, x, parameters: dict, expected: tuple, what: str):
+    """``x``, after checking that each of ``parameters`` (name: tensor or None) has the shape ``expected`` (ints, or
+    scalar tensors where a graph leaves the input's sizes unknown), ``what`` saying what that shape is (for the
+    message): a ``ShapeMismatchError`` naming the parameter, its shape and the one expected, now or when the graph
+    runs, as PyTorch refuses one (the frameworks broadcast a weight of shape (1,), or raised in their own words)."""
+    known = all(isinstance(size, Integral) for size in expected)
+    for name, parameter in parameters.items():
+        if parameter is None or getattr(parameter.shape, "rank", 0) is None:
+            continue
+        if known and tuple(parameter.shape) == expected:  # the common case, decided at once
+            continue
+        sizes = sizes_of(parameter)
+
+        def template(name=name, sizes=sizes):
+            return (f"{literal(owner)}: {name} has shape {shape_template(len(sizes))}, expected "
+                    f"{shape_template(len(expected))} ({what})")
+
+        fits = len(sizes) == len(expected) and all_of([holds(a == b) for a, b in zip(sizes, expected)])
+        x = require(x, fits, template, tuple(sizes) + tuple(expected))
+    return x
 
 
 def normalization_parameters(owner, x, parameters: dict) -> bool:

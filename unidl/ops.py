@@ -114,9 +114,17 @@ def relu(x):
     """max(x, 0). Booleans are a ``DtypeMismatchError``, as in PyTorch."""
 
 
-@op(numbers=("negative_slope",), floating=("x",))
+@op(numbers=("negative_slope",), floating=("x",), dispatch=False)
 def leaky_relu(x, negative_slope=0.01):
-    """x if x > 0 else negative_slope * x."""
+    """x if x > 0 else negative_slope * x. ``negative_slope``: a number, or a 0-d tensor taken as the number it
+    holds (no gradient reaches it), eagerly and inside graphs, as ``torch.nn.functional.leaky_relu`` takes them
+    (TensorFlow's kernel refused a tensor); a tensor of more axes is a ``TypeError``, as PyTorch's."""
+    if config.backend().is_tensor(negative_slope):
+        if len(tuple(negative_slope.shape)) != 0:
+            raise TypeError(f"leaky_relu negative_slope must be a number or a 0-d tensor, got a tensor of rank "
+                            f"{len(tuple(negative_slope.shape))}; use prelu for a slope per channel")
+        negative_slope = stop_gradient(negative_slope)
+    return _ops().leaky_relu(x, negative_slope)
 
 
 @op(floating=("x",))
@@ -159,6 +167,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     Sizes may be NumPy integers (taken as ints, as PyTorch takes them); a float or a bool is a ``ValueError``."""
     stride, dilation, padding, groups = _conv_arguments("conv2d", stride, dilation, padding, groups)
     input_checks.check_parameters_dtype("conv2d", x, weight)
+    x, weight = input_checks.check_conv_channels("conv2d", x, weight, groups)
+    if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
+        input_checks.check_parameters_dtype("conv2d", bias, weight, what="bias")
     return _conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
@@ -223,14 +234,36 @@ def _checked_pool(name, x, kernel_size, padding):
 
 @op(dispatch=False)
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, return_indices=False):
-    """Maximum over windows of NCHW ``x`` (stride defaults to the kernel size; padding counts as -inf).
+    """Maximum over windows of NCHW ``x``, or of one sample (C, H, W) as PyTorch takes it (stride defaults to the
+    kernel size; padding counts as -inf).
     ``ceil_mode``: a last, partial window where PyTorch has one (it starts inside the input or its left padding).
     ``return_indices``: ``(output, indices)``, each index (int64) the position of the window's maximum in the
     flattened H * W plane of its sample and channel, as PyTorch gives it (the input of ``max_unpool2d``).
     A window that holds NaN pools to NaN, its gradient and index going to its last NaN in row-major order, as
     PyTorch's kernels do, on every backend (TensorFlow's own skip NaN)."""
     kernel_size, stride, padding = _pool_arguments("max_pool2d", kernel_size, stride, padding)
-    return _max_pool2d(x, kernel_size, stride, padding, ceil_mode, return_indices)
+    x = _check_pool_rank("max_pool2d", x)
+    return _one_sample_as_batch(x, 2, lambda batch: _max_pool2d(batch, kernel_size, stride, padding, ceil_mode,
+                                                               return_indices))
+
+
+def _check_pool_rank(name, x):
+    """``x``, after checking that it is NCHW or one sample (C, H, W), as PyTorch's 2-D poolings take them: another
+    rank is a ``ShapeMismatchError`` (the frameworks raised an ``IndexError``)."""
+    if len(tuple(x.shape)) not in (3, 4):
+        raise ShapeMismatchError(f"{name} expected input of shape (N, C, H, W) or (C, H, W), received input of "
+                                 f"{len(tuple(x.shape))} axes")  # (no sizes: a graph may not know them yet)
+    return x
+
+
+def _one_sample_as_batch(x, spatial: int, compute):
+    """``compute(x)`` for ``x`` of shape (N, C, *spatial) (``spatial`` axes); for one sample (C, *spatial), computed
+    as a batch of one and that axis dropped from each output (a tuple's too), as ``torch.nn.functional``'s
+    poolings and ``torch.nn``'s convolutions and poolings take one (the layers' ``unbatched``)."""
+    if len(getattr(x, "shape", ())) != spatial + 1:
+        return compute(x)
+    out = compute(unsqueeze(x, 0))
+    return tuple(squeeze(o, 0) for o in out) if isinstance(out, tuple) else squeeze(out, 0)
 
 
 def _max_pool2d(x, kernel_size, stride, padding, ceil_mode=False, return_indices=False):
@@ -273,13 +306,16 @@ def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=No
 @op(dispatch=False)
 def avg_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
-    """Mean over windows of NCHW ``x``, as ``torch.nn.functional.avg_pool2d``: zero padding counts in the divisor
+    """Mean over windows of NCHW ``x`` (or of one sample (C, H, W)), as ``torch.nn.functional.avg_pool2d``: zero
+    padding counts in the divisor
     unless ``count_include_pad=False``; ``ceil_mode`` adds PyTorch's last, partial windows (their divisor never
     counts what lies past the padding); ``divisor_override`` divides every window's sum by that number."""
     kernel_size, stride, padding = _pool_arguments("avg_pool2d", kernel_size, stride, padding)
     if divisor_override is not None:
         divisor_override = arguments.positive_int("avg_pool2d", "divisor_override", divisor_override)
-    return _avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    x = _check_pool_rank("avg_pool2d", x)
+    return _one_sample_as_batch(x, 2, lambda batch: _avg_pool2d(batch, kernel_size, stride, padding, ceil_mode,
+                                                               count_include_pad, divisor_override))
 
 
 def _avg_pool2d(x, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True, divisor_override=None):
@@ -319,10 +355,15 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     modified; ``nn.BatchNorm*`` writes the returned statistics into its buffers. Training on one value per
     channel is a ``ShapeMismatchError``, as in PyTorch. Training without running statistics (None, as PyTorch's
     ``F.batch_norm`` takes them) normalises by the batch's and gives None for them; outside training they are
-    needed (a ``ValueError``, as in PyTorch). Integer input: floats of the dtype in force."""
+    needed (a ``ValueError``, as in PyTorch). Integer input: floats of the dtype in force. The running statistics,
+    ``weight`` and ``bias`` have shape (C,): another is a ``ShapeMismatchError`` naming it, as PyTorch's (never
+    broadcast)."""
     momentum = arguments.plain_number("batch_norm", "momentum", momentum)
     eps = arguments.plain_number("batch_norm", "eps", eps)
-    x = input_checks.as_floating("batch_norm", "x", x)
+    x = input_checks.check_channels_input("batch_norm", input_checks.as_floating("batch_norm", "x", x))
+    x = input_checks.check_parameter_shapes("batch_norm", x, {"running_mean": running_mean, "running_var": running_var,
+                                                              "weight": weight, "bias": bias},
+                                            (input_checks.sizes_of(x)[1],), "one value per channel of the input")
     if running_mean is None or running_var is None:
         if not training:
             raise ValueError("batch_norm: running_mean and running_var are needed outside training, which "
@@ -847,12 +888,18 @@ def hardtanh(x, min_val=-1.0, max_val=1.0):
 @op(dispatch=False)
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, with the mean and biased variance over the last
-    ``len(normalized_shape)`` axes; ``weight`` and ``bias`` have shape ``normalized_shape``. Float input of
+    ``len(normalized_shape)`` axes (an int or a tuple of ints, the shape of those axes: other input is a
+    ``ShapeMismatchError``, as PyTorch's); ``weight`` and ``bias`` have shape ``normalized_shape`` (a
+    ``ShapeMismatchError`` naming them otherwise, never broadcast). Float input of
     another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32. float16 and
     bfloat16 input is computed in float32 (its parameters too) and given back in its dtype, as PyTorch's kernels
     compute it (in float16 the variance of [1, 2, 1000] overflowed: zeros)."""
     eps = arguments.plain_number("layer_norm", "eps", eps)
+    normalized_shape = arguments.normalized_shape("layer_norm", normalized_shape)
     x = input_checks.as_floating("layer_norm", "x", x)  # (integers: floats of the dtype in force, as group_norm's)
+    x = input_checks.check_parameter_shapes("layer_norm", x, {"weight": weight, "bias": bias}, normalized_shape,
+                                            "normalized_shape")
+    x = input_checks.check_normalized_input("layer_norm", x, normalized_shape)
     mixed = input_checks.normalization_parameters("layer_norm", x, {"weight": weight, "bias": bias})
     return _layer_norm_as_torch(_ops(), x, normalized_shape, weight, bias, eps, mixed)
 
@@ -875,15 +922,21 @@ def embedding(indices, weight, padding_idx=None):
 
     The row ``padding_idx`` gets no gradient; it lies in [-num_embeddings, num_embeddings), a negative one
     counting from the end, as PyTorch's (the other backends compared the indices with -1 itself: the last row
-    trained; one out of range was ignored). An index outside [0, num_embeddings) raises
+    trained); one out of range is a ``ShapeMismatchError``, eagerly and when a graph that leaves the weight's rows
+    unknown runs (it was ignored there). An index outside [0, num_embeddings) raises
     ``IndexOutOfRangeError`` on every backend, inside compiled graphs too (where TensorFlow's CPU gather
     would return zeros)."""
     if padding_idx is not None:
         index = arguments.integer(padding_idx)
         rows = _rows(weight)  # an int, a graph's scalar tensor, or None (a graph of unknown rank)
-        if index is None or (isinstance(rows, int) and not -rows <= index < rows):
+        if index is None:
             bounds = f"in [-{rows}, {rows}) (the weight's rows)" if isinstance(rows, int) else "(a row of the weight)"
             raise ValueError(f"embedding padding_idx must be an int {bounds}, got {padding_idx!r}")
+        if rows is not None:  # out of range: now, or when a graph that leaves the rows unknown runs (it was ignored)
+            inside = input_checks.all_of([input_checks.holds(-rows <= index), input_checks.holds(index < rows)])
+            weight = input_checks.require(weight, inside, lambda: (
+                f"embedding padding_idx must be an int in [-{{}}, {{}}) (the weight's rows), got {index}"),
+                (rows, rows))
         if index < 0 and rows is None:
             raise ValueError(f"embedding padding_idx {index} counts from the end of a weight whose rank this graph "
                              f"leaves unknown; give the row's index from the start")
@@ -1013,10 +1066,11 @@ def _integral_range(start, end, step, dtype: str) -> tuple:
     return first, first + count * stride, stride
 
 
-@op(numeric=("x",), dims={"dim": "x"})
+@op(numeric=("x",), axes=("dim",), dims={"dim": "x"})
 def argmax(x, dim=None, keepdim=False):
     """Index (int64) of the largest value along ``dim`` (of the flattened tensor when None); the first one on ties.
-    Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them)."""
+    Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them). ``dim`` is one axis: a
+    tuple of them is a ``ValueError``, as PyTorch takes none (the frameworks raised errors of their own)."""
 
 
 @op(permutation={"dims": "x"})
@@ -1155,10 +1209,18 @@ def relu6(x):
 
 
 def prelu(x, weight):
-    """x if x >= 0 else weight * x, with one ``weight`` for all channels or one per channel (axis 1)."""
+    """x if x >= 0 else weight * x, with one ``weight`` for all channels or one per channel (axis 1; an input of
+    fewer than 2 axes has one channel). Another count of weights is a ``ShapeMismatchError`` naming both counts, as
+    PyTorch refuses it (the frameworks raised their own broadcasting errors)."""
     if isinstance(x, CONVERTED) or isinstance(weight, CONVERTED):
         x, weight = input_checks.operands("prelu", x, weight, numbers=False)
     rank = len(x.shape)
+    counts, sizes = input_checks.sizes_of(weight), input_checks.sizes_of(x)
+    count, channels = math.prod(counts), sizes[1] if rank >= 2 else 1
+    x = input_checks.require(x, input_checks._either(input_checks.holds(count == 1), input_checks.holds(
+        count == channels)), lambda: (f"prelu has {{}} weights but the input has {{}} channels (shape "
+                                      f"{input_checks.shape_template(len(sizes))}); give one weight, or one per "
+                                      f"channel (axis 1)"), (count, channels) + tuple(sizes))
     if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
         weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
     if not dtype_kinds.is_floating(x.dtype):  # integers: floats of the dtype in force, as the other float math
@@ -1420,6 +1482,8 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                                                                   (query, key, value)))
     attn_mask = input_checks.as_tensor("scaled_dot_product_attention", "attn_mask", attn_mask)
     input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask, query, float32=True)
+    attn_mask = input_checks.check_mask_broadcasts("scaled_dot_product_attention", "attn_mask", attn_mask, query,
+                                                   key)
     if is_causal and attn_mask is not None:
         raise ValueError("scaled_dot_product_attention: give either attn_mask or is_causal=True, not both "
                          "(as torch.nn.functional.scaled_dot_product_attention)")

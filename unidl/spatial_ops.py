@@ -112,6 +112,9 @@ def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1."""
     stride, dilation, padding, groups = ops._conv_arguments("conv1d", stride, dilation, padding, groups, rank=1)
     input_checks.check_parameters_dtype("conv1d", x, weight)
+    x, weight = input_checks.check_conv_channels("conv1d", x, weight, groups)
+    if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
+        input_checks.check_parameters_dtype("conv1d", bias, weight, what="bias")
     if padding != "same" and len(x.shape) == 3 and len(weight.shape) == 3:  # a kernel larger than the padded input
         span = _single(dilation) * (input_checks.sizes_of(weight)[2] - 1) + 1
         x = input_checks.check_window_fits("conv1d", x, (span,), ("valid",) if padding == "valid" else
@@ -149,6 +152,9 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
         raise ValueError(f"conv_transpose2d padding must be an int or a pair of ints, got {padding!r}")
     stride, dilation, padding, groups = ops._conv_arguments("conv_transpose2d", stride, dilation, padding, groups)
     input_checks.check_parameters_dtype("conv_transpose2d", x, weight)
+    x, weight = input_checks.check_conv_channels("conv_transpose2d", x, weight, groups, transposed=True)
+    if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
+        input_checks.check_parameters_dtype("conv_transpose2d", bias, weight, what="bias")
     output_padding = arguments.int_or_ints("conv_transpose2d", "output_padding", output_padding, 2, minimum=0)
     arguments.check_output_padding("conv_transpose2d", _pair(output_padding), _pair(stride), _pair(dilation))
     if len(weight.shape) != 4 or None in tuple(weight.shape):
@@ -454,8 +460,18 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's group of
     ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,). Float input of
     another dtype than theirs is a ``DtypeMismatchError`` but float16 or bfloat16 beside float32, computed in
-    float32 and given back in the input's dtype, as PyTorch's. Integer input: floats of the dtype in force."""
-    x = input_checks.as_floating("group_norm", "x", x)
+    float32 and given back in the input's dtype, as PyTorch's. Integer input: floats of the dtype in force. A
+    ``weight`` or ``bias`` of another shape than (C,) is a ``ShapeMismatchError`` naming it, as PyTorch's (never
+    broadcast)."""
+    x = input_checks.check_channels_input("group_norm", input_checks.as_floating("group_norm", "x", x))
+    num_groups, sizes = arguments.positive_int("group_norm", "num_groups", num_groups), input_checks.sizes_of(x)
+    # channels that num_groups does not divide: PyTorch's error (the frameworks' reshape raised its own), now or
+    # when a graph that leaves them unknown runs
+    x = input_checks.require(x, input_checks.holds(sizes[1] % num_groups == 0), lambda: (
+        f"group_norm expected the input's channels to be divisible by num_groups={num_groups}, got {{}} channels "
+        f"(input shape {input_checks.shape_template(len(sizes))})"), (sizes[1],) + tuple(sizes))
+    x = input_checks.check_parameter_shapes("group_norm", x, {"weight": weight, "bias": bias},
+                                            (input_checks.sizes_of(x)[1],), "one value per channel of the input")
     if input_checks.normalization_parameters("group_norm", x, {"weight": weight, "bias": bias}):
         return ops.cast_like(group_norm(ops.cast(x, "float32"), num_groups, weight, bias, eps), x)
     sizes = ops.shape(x)
@@ -678,9 +694,9 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
         if factor is not None and _copies_equal_sizes(mode, len(sizes)):
             matrix = _identity_where_equal(matrix, n, out, like)
         matrices.append(matrix if like is target else ops.cast_like(matrix, target))
-    if target is not x or mode in ("nearest", "nearest-exact"):  # each output an input's copy: picked, not a
-        # product (0 * inf of the other inputs made NaN rows around an infinite value, and integers went through
-        # floats)
+    if not dtype_kinds.is_floating(x.dtype) or mode in ("nearest", "nearest-exact"):  # each output an input's
+        # copy: picked, not a product (0 * inf of the other inputs made NaN rows around an infinite value, and
+        # integers went through floats). (Not ``like is not x``: inside a graph a checked x is another tensor.)
         for axis, matrix in enumerate(matrices, 2):
             x = ops.take(x, ops.argmax(matrix, 1), axis)
         return x

@@ -30,10 +30,7 @@ def unbatched(forward):
 
     @functools.wraps(forward)
     def run(self, x, *args, **kwargs):
-        if len(getattr(x, "shape", ())) != self.rank + 1:
-            return forward(self, x, *args, **kwargs)
-        out = forward(self, functional.unsqueeze(x, 0), *args, **kwargs)
-        return tuple(functional.squeeze(o, 0) for o in out) if isinstance(out, tuple) else functional.squeeze(out, 0)
+        return functional._one_sample_as_batch(x, self.rank, lambda batch: forward(self, batch, *args, **kwargs))
 
     return run
 

@@ -27,27 +27,14 @@ class LayerNorm(Module):
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
         super().__init__()
-        single = arguments.integer(normalized_shape)
-        shape = (single,) if single is not None else arguments.sequence(normalized_shape) or ()
-        shape = tuple(arguments.integer(s) for s in shape)
-        if not shape or not all(s is not None and s > 0 for s in shape):
-            raise ValueError(f"LayerNorm normalized_shape must be a positive int or a tuple of them, got {normalized_shape!r}")
+        shape = arguments.normalized_shape("LayerNorm", normalized_shape)
         self.normalized_shape, self.elementwise_affine = shape, bool(elementwise_affine)
         self.eps = arguments.check_range("LayerNorm", "eps", eps, low_open=True)
         self.weight = self.parameter(init.ones(shape)) if elementwise_affine else None
         self.bias = self.parameter(init.zeros(shape)) if elementwise_affine and bias else None
 
-    def _mismatch(self, owner, received) -> str:
-        return f"{owner} expected input whose last axes are {self.normalized_shape}, received shape {received}"
-
     def forward(self, x):
-        shape = tuple(x.shape)
-        tail = shape[-len(self.normalized_shape):]
-        if len(tail) != len(self.normalized_shape) or any(a is not None and a != b for a, b in zip(tail, self.normalized_shape)):
-            raise ShapeMismatchError(self._mismatch(self.describe(), shape))
-        if None in tail:  # (a graph traced for any sizes: checked when it runs)
-            axes = {axis - len(self.normalized_shape): size for axis, size in enumerate(self.normalized_shape)}
-            x = input_checks.require_sizes(self.describe, x, axes, self._mismatch)
+        x = input_checks.check_normalized_input(self.describe, x, self.normalized_shape)
         if self.weight is None:  # (no weight to compare with: PyTorch's kernels take floats only)
             input_checks.check_floating(self.describe, x)
         mixed = input_checks.check_parameters_dtype(self.describe, x, self.weight, halves=True, autocast=False)

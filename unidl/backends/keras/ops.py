@@ -318,13 +318,15 @@ def clip(x, minimum=None, maximum=None):
     x = _tensor(x)
     if "float" not in K.dtype(x) and (float_bound(minimum) or float_bound(maximum)):
         x = K.cast(x, config.get_dtype())  # a float bound makes integers floats, as PyTorch's promotion
-    # a NaN bound is NaN's everywhere, as PyTorch's clamp (never below or above it, a select skipped it)
+    # a NaN bound is NaN's everywhere, as PyTorch's clamp (never below or above it, a select skipped it); integers
+    # hold no NaN (Keras's isnan of integers needs their shape, which a TensorFlow graph may leave unknown)
+    floating = "float" in K.dtype(x)
     if minimum is not None:
         bound = as_dtype(minimum, x.dtype)
-        x = K.where(K.logical_or(x < bound, K.isnan(bound)), bound, x)
+        x = K.where(K.logical_or(x < bound, K.isnan(bound)) if floating else x < bound, bound, x)
     if maximum is not None:
         bound = as_dtype(maximum, x.dtype)
-        x = K.where(K.logical_or(x > bound, K.isnan(bound)), bound, x)
+        x = K.where(K.logical_or(x > bound, K.isnan(bound)) if floating else x > bound, bound, x)
     return x
 
 

@@ -202,6 +202,8 @@ def apply_momentum(param, buffer, lr, grad, momentum, nesterov):
 
 @elementwise
 def leaky_relu(x, negative_slope=0.01):
+    if tf.is_tensor(negative_slope):  # (a 0-d tensor, which TensorFlow's kernel refuses: alpha is an attribute)
+        return tf.where(x > 0, x, x * tf.cast(negative_slope, x.dtype))
     if x.dtype == tf.float64:  # TensorFlow's kernel holds alpha as a float32: slope rounded, errors near 1e-9
         return tf.where(x > 0, x, x * tf.constant(negative_slope, tf.float64))
     return tf.nn.leaky_relu(x, alpha=negative_slope)
