@@ -656,8 +656,8 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
             f"interpolate scale_factor={scale_factor!r} gives an output of size {input_checks.shape_template(spatial)}"
             f" from the input's spatial size {input_checks.shape_template(spatial)}: every size must be at least 1; "
             f"give a larger scale_factor, or size"), tuple(outs) + tuple(sizes))
-    # sizes and positions are computed in a floating dtype: x's own (the checked x: ``_resample`` tells a product's
-    # path from a pick's by it), or float32 for integers (nearest modes), as PyTorch's uint8 kernel computes them
+    # sizes and positions are computed in a floating dtype: x's own (the checked x's), or float32 for integers
+    # (nearest modes), as PyTorch's uint8 kernel computes them
     like = x if dtype_kinds.is_floating(x.dtype) else ops.cast(x[:1, :1], "float32")
     if mode == "area":
         if spatial == 1:
