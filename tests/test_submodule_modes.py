@@ -237,3 +237,52 @@ def test_a_buffer_given_a_new_variable_after_a_step_was_compiled_is_read_by_the_
         change()
         assert float(ud.to_numpy(step(x, y))) == scale ** 2
         np.testing.assert_array_equal(ud.to_numpy(forward(ud.tensor(x))), np.full((2, 2), scale))
+
+
+def test_a_change_to_a_shared_or_loss_module_is_followed_and_hooks_or_ties_add_no_traces(backend):
+    """The structure key is each module's own: a bias removed from an encoder shared by two models is followed by
+    both models' steps (the second kept the old bias), a loss module's buffer registered again by the step that
+    reaches it (the old one was read); a hook added and removed around eager calls, or weights tied again in every
+    forward, trace no new graph (every such change traced one more)."""
+    encoder = ud.nn.Linear(2, 2)
+    encoder.load_state_dict({"weight": np.zeros((2, 2)), "bias": np.ones(2)})
+    owners = [ud.nn.Sequential(encoder), ud.nn.Sequential(encoder)]
+    x, y = np.ones((2, 2), np.float32), np.zeros((2, 2), np.float32)
+    steps = [ud.train_step(owner, ud.nn.MSELoss(), ud.optim.SGD(owner.parameters(), lr=0.0)) for owner in owners]
+    assert [float(ud.to_numpy(step(x, y))) for step in steps] == [1.0, 1.0]
+    encoder.bias = None
+    assert [float(ud.to_numpy(step(x, y))) for step in steps] == [0.0, 0.0]
+
+    class Scaled(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("scale", np.ones(1))
+
+        def forward(self, output, target):
+            return ud.ops.mean((output - target) ** 2) * ud.ops.sum(self.scale)
+
+    loss = Scaled()
+    step = ud.train_step(owners[0], loss, ud.optim.SGD(owners[0].parameters(), lr=0.0))
+    assert float(ud.to_numpy(step(x, y + 1))) == 1.0
+    loss.register_buffer("scale", np.full(1, 4.5))
+    assert float(ud.to_numpy(step(x, y + 1))) == 4.5
+
+    class Tied(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = ud.nn.Linear(2, 2), ud.nn.Linear(2, 2)
+
+        def forward(self, x):
+            self.b.weight = self.a.weight
+            return self.b(self.a(x))
+
+    model = Tied()
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    for _ in range(3):
+        step(x, y)
+        model(ud.tensor(x))
+        handle = model.register_forward_hook(lambda module, inputs, output: None)
+        model(ud.tensor(x))
+        handle.remove()
+    if step.trace_count is not None:  # (None: eager torch, Keras-on-torch)
+        assert step.trace_count == 1

@@ -132,10 +132,9 @@ def _as_loaded(value) -> np.ndarray:
 
 def training_modes(module) -> tuple[bool, ...]:
     """The ``training`` flag of every module of ``module``'s tree (``modules()`` order), with its hooks where it has
-    any (``graph_flags``), and last the count of changes to the tree's structure: what a compiled step keys its
-    graph on, since a graph bakes in each module's mode (``model.bn.eval()`` while the model trains must not reuse
-    the training graph) and the modules and parameters it reached. Cached until any flag or structure changes: a
-    step pays one lookup."""
+    any, and the count of changes to its structure (``graph_flags``): what a compiled step keys its graph on, since a
+    graph bakes in each module's mode (``model.bn.eval()`` while the model trains must not reuse the training graph)
+    and the modules and parameters it reached. Cached until any flag or structure changes: a step pays one lookup."""
     cached = module.__dict__.get("_training_modes")
     if cached is not None and cached[0] == _mode_version:
         if current_recording() is not None:  # flags read from the cache are read too (a step inside ud.function)
@@ -145,7 +144,7 @@ def training_modes(module) -> tuple[bool, ...]:
     version = _mode_version
     # and how often the tree's structure changed: a graph bakes in the modules and parameters its forward reached
     # (a head replaced, a bias set to None after a step was compiled ran the old ones on tensorflow, jax and keras)
-    modes = (*(graph_flags(m) for m in module.modules()), ("structure", module.__dict__.get("_structure_version", 0)))
+    modes = tuple(graph_flags(m) for m in module.modules())
     object.__setattr__(module, "_training_modes", (version, modes))
     return modes
 
@@ -268,9 +267,13 @@ def _refuse_in_export(module, name: str) -> None:
 
 
 def graph_flags(module):
-    """What a graph traced through ``module`` bakes in of it: its ``training`` flag, and its hooks where it has any
-    (``unidl.nn.hooks``). Compiled steps key on it for every module their traces reach."""
-    return (module.training, hooks.key(module)) if module._hooked else module.training
+    """What a graph traced through ``module`` bakes in of it: its ``training`` flag, its hooks where it has any
+    (``unidl.nn.hooks``), and how often its own parameters, buffers or children were replaced where they ever were
+    (``_structure_changed``: a graph holds the variables it reached). Compiled steps key on it for every module their
+    traces reach: a module shared by two models, or a loss module, counts in each step that reaches it."""
+    flags = (module.training, hooks.key(module)) if module._hooked else module.training
+    version = module.__dict__.get("_structure_version")
+    return (flags, version) if version else flags
 
 
 class Module:
@@ -331,6 +334,8 @@ class Module:
         # a module (or parameter) replacing one of its kind keeps its place, as in PyTorch: the order of
         # ``_modules`` is the order of a Sequential and of the state_dict keys
         table = self._modules if is_module else self._parameters if is_parameter else None
+        if table is not None and table.get(name) is value:  # the same one again (weights tied in every forward):
+            return  # nothing changes, and no compiled step retraces for it
         if value is None:  # a child or parameter set to None keeps its place, as torch.nn's (and as ``add_module(name,
             # None)``, ``register_parameter(name, None)``): assigned again, it comes back there
             table = self._modules if name in self._modules else self._parameters if name in self._parameters else None
@@ -416,9 +421,10 @@ class Module:
         would neither train nor run. ``keep_native``: the variables are the same (a hook added), only what was
         traced goes."""
         _modes_changed()  # the tree's list of modules changed
+        if not keep_native:  # (graph_flags: a hook changed is keyed by its own flags, and may come and go often)
+            self.__dict__["_structure_version"] = self.__dict__.get("_structure_version", 0) + 1
         node = self
         while node is not None:
-            node.__dict__["_structure_version"] = node.__dict__.get("_structure_version", 0) + 1  # (training_modes)
             if not keep_native:
                 object.__setattr__(node, "_native", None)
             node.__dict__.get("_structure_cache", {}).clear()
