@@ -491,6 +491,25 @@ def test_a_state_saved_with_other_settings_is_refused_before_anything_changes(ba
     assert lambdas.state_dict()["settings"] == {}  # (functions are the caller's to give again)
 
 
+def test_settings_compare_to_float32_precision_and_a_subclasss_keyword_arguments_count(backend):
+    """A ``gamma`` of ``np.float32(0.1)`` is the schedule of ``0.1`` (refused, 1e-9 apart); a subclass taking
+    ``**kwargs`` records each by its name, so that another ``gamma`` is refused (it recorded none: loaded)."""
+    def optimizer():
+        return ud.optim.SGD(Holder().parameters(), lr=0.2)
+
+    lr_scheduler.StepLR(optimizer(), 2, gamma=0.1).load_state_dict(
+        lr_scheduler.StepLR(optimizer(), 2, gamma=np.float32(0.1)).state_dict())
+
+    class Stepped(lr_scheduler.StepLR):
+        def __init__(self, optimizer, **kwargs):
+            super().__init__(optimizer, **kwargs)
+
+    state = Stepped(optimizer(), step_size=2, gamma=0.5).state_dict()
+    assert state["settings"] == {"step_size": 2, "gamma": 0.5}
+    with pytest.raises(ud.errors.CheckpointStateError, match="gamma=0.5 there, 0.3 here"):
+        Stepped(optimizer(), step_size=2, gamma=0.3).load_state_dict(state)
+
+
 def test_a_state_saved_before_settings_were_saved_loads(backend):
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.8)
     schedule = lr_scheduler.StepLR(optimizer, 3, 0.5)
@@ -512,6 +531,12 @@ def test_a_schedule_written_as_torchs_with_get_lr_gives_torchs_rates(backend):
 
     rates, _, _ = unidl_rates(OwnWarm, 7)
     np.testing.assert_allclose(rates, torch_rates(Warm, 7), rtol=1e-12)
+    # restarted by a SequentialLR at its milestone, from its get_lr (it asked for a closed form it has not)
+    rates, _, _ = unidl_rates(lambda o: lr_scheduler.SequentialLR(o, [lr_scheduler.ConstantLR(o, 0.5, 2), OwnWarm(o)],
+                                                                  [2]), 7)
+    expected = torch_rates(lambda o: torch.optim.lr_scheduler.SequentialLR(
+        o, [torch.optim.lr_scheduler.ConstantLR(o, 0.5, 2), Warm(o)], [2]), 7)
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
 
     class NoRule(lr_scheduler.LRScheduler):
         pass

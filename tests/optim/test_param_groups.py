@@ -179,8 +179,8 @@ def test_every_way_to_write_a_group_goes_through_the_optimizer(backend):
 def test_hyper_and_the_lists_of_groups_and_parameters_cannot_be_changed_past_the_optimizer(backend):
     """``optimizer.hyper``, ``param_groups`` and a group's ``"params"`` are read-only: a write to ``hyper`` changed
     training on some backends only (torch.optim never read it, compiled steps baked in their trace's value), and a
-    parameter or group appended was accepted and never trained; each is a ``TypeError`` saying what to do. They read,
-    copy, pickle and serialise as a dict and lists."""
+    parameter or group appended was accepted and never trained; each is a ``TypeError`` saying what to do. ``hyper``
+    reads, pickles and serialises as a dict, and a shallow copy of the optimizer works."""
     import copy
     import json
     import pickle
@@ -198,7 +198,9 @@ def test_hyper_and_the_lists_of_groups_and_parameters_cannot_be_changed_past_the
         with pytest.raises(TypeError, match=r"(read-only|cannot change once the optimizer is built)"):
             write()
     assert json.loads(json.dumps(opt.hyper)) == dict(opt.hyper) and {**opt.hyper}["weight_decay"] == 0.0
-    assert pickle.loads(pickle.dumps(opt.hyper)) == opt.hyper and copy.deepcopy(opt.hyper) == opt.hyper
+    assert pickle.loads(pickle.dumps(opt.hyper)) == opt.hyper and type(pickle.loads(pickle.dumps(opt.hyper))) is \
+        type(opt.hyper)
+    assert copy.copy(opt).hyper == opt.hyper
     assert [len(group["params"]) for group in opt.param_groups] == [1, 1]
     opt.apply([ud.tensor(np.ones(s, np.float32)) for s in SHAPES[:2]])
     assert opt.state_dict()["hyper"] == before["hyper"]

@@ -51,6 +51,17 @@ def _setting(value):
     return _UNSAVED
 
 
+def _same_setting(a, b) -> bool:
+    """Whether two settings are the same, numbers to float32's precision (a ``gamma`` given as ``np.float32(0.1)``
+    is the schedule of ``0.1``); lists item by item."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_setting(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
+    return a == b
+
+
 def _recorded(init):
     """``init`` that first records the arguments it was called with as the schedule's ``_settings`` (those of the
     most derived class's constructor: a ``super().__init__`` records nothing more)."""
@@ -64,7 +75,11 @@ def _recorded(init):
             except TypeError:
                 return init(self, *args, **kwargs)  # (the constructor's own error for arguments that do not fit)
             bound.apply_defaults()
-            settings = {name: _setting(value) for name, value in bound.arguments.items() if name not in _NOT_SETTINGS}
+            arguments_given = dict(bound.arguments)
+            for name, parameter in signature.parameters.items():  # (a subclass's **kwargs: each by its own name)
+                if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments_given.update(arguments_given.pop(name, {}))
+            settings = {name: _setting(value) for name, value in arguments_given.items() if name not in _NOT_SETTINGS}
             self.__dict__["_settings"] = {name: value for name, value in settings.items() if value is not _UNSAVED}
         return init(self, *args, **kwargs)
 
@@ -125,7 +140,8 @@ class LRScheduler:
         recursive = (type(self).next_lr is not LRScheduler.next_lr
                      or type(self).group_next_lr is not LRScheduler.group_next_lr)
         groups = self.optimizer.param_groups
-        if callable(getattr(self, "get_lr", None)) and not closed:  # a schedule written as torch's: its own rates
+        if callable(getattr(self, "get_lr", None)):  # a schedule written as torch's: its own rates (also where a
+            # SequentialLR restarts it at last_epoch 0, as torch's calls its get_lr there)
             rates = list(self.get_lr())
             if len(rates) != len(groups):
                 raise ValueError(f"{type(self).__name__}.get_lr() gave {len(rates)} rates for {len(groups)} param "
@@ -157,6 +173,10 @@ class LRScheduler:
     def lr_at(self, epoch: int, base_lr: float) -> float:
         """The rate at ``epoch`` of a group of base rate ``base_lr`` had nothing else changed it: PyTorch's closed
         form (``fit``'s resume from a run at lr 0 takes each schedule's factor from it)."""
+        if callable(getattr(self, "get_lr", None)):
+            raise NotImplementedError(f"{type(self).__name__} is written as torch's (get_lr()), with no closed form "
+                                      f"lr_at(epoch, base_lr) of its rate at any epoch, which this needs; define "
+                                      f"lr_at too")
         raise NotImplementedError(f"{type(self).__name__} defines none of lr_at(epoch, base_lr) (a closed form), "
                                   f"next_lr(lr, base_lr, epoch, initial) (a recursive one) or get_lr() (torch's: one "
                                   f"rate per param group, read from self.last_epoch, self.base_lrs and "
@@ -212,7 +232,7 @@ class LRScheduler:
         if saved is None:
             return {}
         return {name: (saved.get(name), mine.get(name)) for name in sorted(set(saved) | set(mine))
-                if saved.get(name) != mine.get(name)}
+                if not _same_setting(saved.get(name), mine.get(name))}
 
     def _warn_given_settings(self, state) -> None:
         changed = self._changed_settings(state)
@@ -233,8 +253,8 @@ class LRScheduler:
         if not isinstance(state, dict) or set(state) - {"last_lr", "settings"} not in (
                 {"last_epoch", "base_lrs"}, {"last_epoch", "base_lr"}) or not isinstance(state.get("settings", {}),
                                                                                       dict):
-            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch', 'base_lrs', "
-                                       f"'last_lr' and 'settings' (a dict), got "
+            raise CheckpointStateError(f"{owner} state must have the keys 'last_epoch' and 'base_lrs' (and, where "
+                                       f"saved, 'last_lr' and 'settings', a dict), got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         epoch = state["last_epoch"]
         lowest = -1 if getattr(self, "_in_sequence", False) else 0  # (-1: a SequentialLR's not started yet)
@@ -726,8 +746,8 @@ class _Composite(_PerGroup):
         owner = type(self).__name__
         if not isinstance(state, dict) or set(state) - {"settings"} != {"last_epoch", "schedulers"} \
                 or not isinstance(state.get("settings", {}), dict):
-            raise CheckpointStateError(f"{owner} state must have exactly the keys 'last_epoch', 'schedulers' and "
-                                       f"'settings' (a dict), got "
+            raise CheckpointStateError(f"{owner} state must have the keys 'last_epoch' and 'schedulers' (and, where "
+                                       f"saved, 'settings', a dict), got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
         epoch, states = state["last_epoch"], state["schedulers"]
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:

@@ -457,13 +457,17 @@ class Optimizer:
         (on some backends an option's arithmetic met the array itself: AttributeError, Keras's TypeError), a tensor of
         another float width cast to it (TensorFlow's kernels raised, torch and jax cast); a gradient of another shape
         than its parameter's, or not of floats, a clear error before any parameter changes (jax broadcast it into the
-        parameter, reshaping the model; tensorflow and keras raised after updating the parameters before it)."""
+        parameter, reshaping the model; tensorflow and keras raised after updating the parameters before it). In a
+        TensorFlow graph whose sizes are known only when it runs, a gradient of another size may meet TensorFlow's
+        own error first (its variable update does not wait for the check there)."""
+        if grad is None:
+            return None
+        if not isinstance(grad, CONVERTED) and grad.dtype == param.dtype and grad.shape == param.shape:
+            return grad  # (the common case, decided at once: apply runs at every step of a hand-written loop)
         from unidl import input_checks
         from unidl.dtype_kinds import dtype_name, is_floating
         from unidl.errors import DtypeMismatchError, ShapeMismatchError
 
-        if grad is None:
-            return None
         wanted = dtype_name(param.dtype)
         if isinstance(grad, CONVERTED):
             from unidl.tensors import tensor
