@@ -320,11 +320,17 @@ def check_broadcasts_to(owner, what, weight, x):
         return (f"{literal(owner)}: {what} of shape {shape_template(len(sizes))} does not broadcast to the input's "
                 f"shape {shape_template(len(inputs))}")
 
-    if len(sizes) > len(inputs):
-        return require(x, False, template, sizes + inputs)
+    return _require_broadcast(x, sizes, inputs, template)
+
+
+def _require_broadcast(x, sizes: tuple, target: tuple, template):
+    """``x``, after checking that ``sizes`` broadcast to ``target`` (ints, or scalar tensors a graph knows when it
+    runs): each trailing size 1 or the target's, and no more axes than it has; ``template()`` the error otherwise."""
+    if len(sizes) > len(target):
+        return require(x, False, template, sizes + target)
     fits = all_of(_either(holds(size == 1), holds(size == axis))
-                  for size, axis in zip(sizes, inputs[len(inputs) - len(sizes):]))
-    return require(x, fits, template, sizes + inputs)
+                  for size, axis in zip(sizes, target[len(target) - len(sizes):]))
+    return require(x, fits, template, sizes + target)
 
 
 def _either(a, b):
@@ -472,11 +478,7 @@ def check_mask_broadcasts(owner, what, mask, query, key):
         return (f"{literal(owner)}: {what} of shape {shape_template(len(sizes))} does not broadcast to the attention "
                 f"scores' shape (..., L, S) = {shape_template(len(scores))} of the query and the key")
 
-    if len(sizes) > len(scores):
-        return require(mask, False, template, sizes + scores)
-    fits = all_of(_either(holds(size == 1), holds(size == axis))
-                  for size, axis in zip(sizes, scores[len(scores) - len(sizes):]))
-    return require(mask, fits, template, sizes + scores)
+    return _require_broadcast(mask, sizes, scores, template)
 
 
 def _broadcast_size(a, b):
