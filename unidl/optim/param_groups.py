@@ -154,7 +154,7 @@ class FixedList(list):
     __delitem__ = __iadd__ = __imul__ = _refuse
 
     def __setitem__(self, index, value):
-        if not isinstance(index, slice) and self[index] is value:  # (``param_groups[0] |= {...}`` stores the group back)
+        if not isinstance(index, slice) and self[index] is value:  # (``param_groups[0] |= {...}`` stores it back)
             return
         self._refuse()
 
