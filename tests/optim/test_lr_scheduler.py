@@ -492,8 +492,9 @@ def test_a_state_saved_with_other_settings_is_refused_before_anything_changes(ba
 
 
 def test_settings_compare_to_float32_precision_and_a_subclasss_keyword_arguments_count(backend):
-    """A ``gamma`` of ``np.float32(0.1)`` is the schedule of ``0.1`` (refused, 1e-9 apart); a subclass taking
-    ``**kwargs`` records each by its name, so that another ``gamma`` is refused (it recorded none: loaded)."""
+    """A ``gamma`` of ``np.float32(0.1)`` is the schedule of ``0.1`` (refused, 1e-9 apart), a ``OneCycleLR`` of
+    ``epochs=2, steps_per_epoch=5`` that of ``total_steps=10``; a subclass taking ``**kwargs`` records each by its
+    name, so that another ``gamma`` is refused (it recorded none: loaded)."""
     def optimizer():
         return ud.optim.SGD(Holder().parameters(), lr=0.2)
 
@@ -503,6 +504,13 @@ def test_settings_compare_to_float32_precision_and_a_subclasss_keyword_arguments
     class Stepped(lr_scheduler.StepLR):
         def __init__(self, optimizer, **kwargs):
             super().__init__(optimizer, **kwargs)
+
+    # OneCycleLR's length is its total_steps however it was given (the two forms refused each other's state)
+    by_epochs = lr_scheduler.OneCycleLR(optimizer(), 0.5, epochs=2, steps_per_epoch=5, cycle_momentum=False)
+    by_epochs.step()
+    by_steps = lr_scheduler.OneCycleLR(optimizer(), 0.5, total_steps=10, cycle_momentum=False)
+    by_steps.load_state_dict(by_epochs.state_dict())
+    assert by_steps.last_epoch == 1
 
     state = Stepped(optimizer(), step_size=2, gamma=0.5).state_dict()
     assert state["settings"] == {"step_size": 2, "gamma": 0.5}

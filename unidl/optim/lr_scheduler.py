@@ -529,6 +529,10 @@ class OneCycleLR(_PerGroup):
                                  f"got total_steps=None, epochs={epochs!r}, steps_per_epoch={steps_per_epoch!r}")
             total_steps = counts[0] * counts[1]
         total_steps = arguments.positive_int("OneCycleLR", "total_steps", total_steps)
+        settings = self.__dict__.get("_settings")
+        if settings is not None and type(self) is OneCycleLR:  # its length as total_steps, however it was given: the
+            # same schedule's state loads whether built from epochs and steps_per_epoch or from total_steps
+            settings.update(total_steps=total_steps, epochs=None, steps_per_epoch=None)
         if not 0 <= pct_start <= 1:
             raise ValueError(f"OneCycleLR pct_start must lie in [0, 1], got {pct_start!r}")
         if anneal_strategy not in ("cos", "linear"):
