@@ -283,3 +283,16 @@ def test_an_export_through_a_symlink_writes_the_links_target(backend, tmp_path):
     assert os.path.islink(link) and sorted(os.listdir(tmp_path)) == sorted([target.name, link.name])
     x = np.ones((1, 4), np.float32)
     np.testing.assert_allclose(run_program(str(target), format, x)[0], ud.to_numpy(model(ud.tensor(x))), rtol=1e-5)
+
+
+def test_a_torch_export_archive_names_no_temporary(tmp_path):
+    """A ``.pt2`` archive's entries lie under torch's neutral root folder, ``archive/`` (the export's temporary name,
+    ``.m.pt2.unidl-<host>-<pid>-<random>.tmp/``, was the root: written under it, the program carried that name)."""
+    import zipfile
+
+    with ud.use_backend("torch"):
+        ud.export(ud.nn.Linear(2, 1), tmp_path / "m.pt2", format="torch_export", input_shape=(2,))
+    roots = {entry.filename.split("/", 1)[0] for entry in zipfile.ZipFile(tmp_path / "m.pt2").infolist()}
+    assert roots == {"archive"}
+    x = np.ones((1, 2), np.float32)
+    assert run_program(str(tmp_path / "m.pt2"), "torch_export", x)[0].shape == (1, 1)

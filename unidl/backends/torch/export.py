@@ -43,7 +43,9 @@ def _exported_program(module, input_shape, input_dtype, flat: bool):
 def export_module(module, path: str, format: str, input_shape, input_dtype=None) -> None:
     """Write ``module`` as a ``torch.export`` program (``format='torch_export'``) or an ONNX model."""
     if format == "torch_export":
-        torch.export.save(_exported_program(module, input_shape, input_dtype, flat=False), path)
+        program = _exported_program(module, input_shape, input_dtype, flat=False)
+        with open(path, "wb") as file:  # (a path named the archive's root folder after the export's temporary name)
+            torch.export.save(program, file)
         return
     try:
         import onnx  # noqa: F401
