@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from unidl import arguments, config, fit_options
+from unidl import arguments, config, fit_options, input_checks
 from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
@@ -22,7 +22,7 @@ from unidl.data.pool import ctrl_c_noted
 from unidl.distributed import process_group
 from unidl.errors import (CheckpointStateError, DtypeMismatchError, IndexOutOfRangeError, NonFiniteLossError,
                           ShapeMismatchError)
-from unidl.nn.loss import CrossEntropyLoss, float_labels_message
+from unidl.nn.loss import CrossEntropyLoss
 from unidl.nn.module import require_trainable
 from unidl.metrics.probe import accumulator_for, first_sample, output_shape
 from unidl.nested import tree_map
@@ -199,7 +199,7 @@ def check_labels(model, loss_fn, loader) -> None:
     if y.dtype.kind not in "iu":
         if y.ndim >= 2:  # class probabilities or one-hot targets, which CrossEntropyLoss checks itself
             return
-        raise DtypeMismatchError(float_labels_message("CrossEntropyLoss", y.dtype))  # the loss's own words
+        raise DtypeMismatchError(input_checks.float_labels_message("CrossEntropyLoss", y.dtype))  # the loss's own words
     shape = output_shape(model, x)  # one remembered eval-mode forward of one sample, shared with the metrics
     if shape is None:  # several outputs (a tuple, a dict): a loss of the user's, which checks its own labels
         return

@@ -223,9 +223,6 @@ def check_same_shape(owner, prediction, target, names=("prediction", "target")):
     return require(prediction, same, template, a + b)
 
 
-REDUCTIONS = arguments.REDUCTIONS
-
-
 def check_reduction(owner, reduction, reductions: tuple = arguments.REDUCTIONS) -> str:
     """``reduction``, after checking that it is one of ``reductions``: any other value is a ``ValueError`` naming the
     valid ones, as PyTorch's (the functional losses took an unknown one for 'none', or some backends for 'sum')."""

@@ -1231,9 +1231,6 @@ def prelu(x, weight):
     return where(x > 0, x, x * weight)  # (at 0 the gradient ``weight``, as torch's)
 
 
-REDUCTIONS = arguments.REDUCTIONS
-
-
 def _reduced(values, reduction):
     if reduction == "mean":
         return mean(values)
@@ -1332,7 +1329,7 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
 
     ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
     mathematical KL divergence), 'sum' or 'none'."""
-    reduction = input_checks.check_reduction("kl_div", reduction, REDUCTIONS + ("batchmean",))
+    reduction = input_checks.check_reduction("kl_div", reduction, arguments.REDUCTIONS + ("batchmean",))
     log_probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities))
     target = cast_like(target, log_probabilities)

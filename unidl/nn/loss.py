@@ -18,18 +18,13 @@ from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
 from unidl.tensors import to_numpy
 
-REDUCTIONS = input_checks.REDUCTIONS
-
 
 def _static_shape(tensor):
     return tuple(tensor.shape)
 
 
-float_labels_message = input_checks.float_labels_message  # (``fit`` says the same of a data set's labels)
-
-
 class _Loss(Module):
-    reductions = REDUCTIONS
+    reductions = arguments.REDUCTIONS
     _tensor_arguments = 2  # (prediction, target: a list or a number converted as ud.tensor makes it)
 
     def __init__(self, reduction: str = "mean"):
@@ -151,7 +146,7 @@ class KLDivLoss(_Loss):
     ``reduction='batchmean'`` (sum over the batch size) is the mathematical KL divergence; 'mean', the
     default as in PyTorch, averages over every element."""
 
-    reductions = REDUCTIONS + ("batchmean",)
+    reductions = arguments.REDUCTIONS + ("batchmean",)
 
     def __init__(self, reduction: str = "mean", log_target: bool = False):
         super().__init__(reduction)
