@@ -264,7 +264,7 @@ def class_loss_shapes(name, scores, target, probabilities_allowed: bool, weight=
         message = (f"{name} needs {what} of shape (N, C) and integer labels of shape (N,) (or (N, C, d1, ...) and "
                    f"(N, d1, ...)); got {'logits ' if what == 'logits' else ''}{{}} and labels {{}}")
         expected = lambda sizes: sizes[:1] + sizes[2:]  # noqa: E731
-    if len(a) < 2 or len(b) != len(expected(a)) or _shapes_conflict(expected(a), b):
+    if len(a) < 2 or len(b) != len(expected(a)) or shapes_conflict(expected(a), b):
         sizes, labels = sizes_of(scores), sizes_of(target)  # (the message as the graph prints it when it runs)
         shapes = (shape_template(len(sizes)), shape_template(len(labels)))
         target = require(target, False, lambda: message.format(*shapes), sizes + labels)
@@ -288,7 +288,7 @@ def class_weight_count(name, weight, scores):
     return require(scores, holds(counts[0] == sizes[1]), template, (counts[0], sizes[1]) + tuple(sizes))
 
 
-def _shapes_conflict(a, b) -> bool:
+def shapes_conflict(a, b) -> bool:
     """Whether shapes ``a`` and ``b`` (None for a size a graph does not know) differ in rank or in a known size."""
     if len(a) != len(b):
         return True

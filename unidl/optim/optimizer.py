@@ -480,8 +480,7 @@ class Optimizer:
                         f"shape {input_checks.shape_template(len(expected))}, its gradient "
                         f"{input_checks.shape_template(rank)}; each gradient must have its parameter's shape")
 
-            if len(shape) != len(expected) or any(a is not None and b is not None and a != b
-                                                  for a, b in zip(shape, expected)):
+            if input_checks.shapes_conflict(shape, expected):
                 raise ShapeMismatchError(template().format(*expected, *shape))
             if None in shape:  # (a graph's gradient of sizes it knows only when it runs: checked then)
                 grad = input_checks.require_shape(grad, expected, template)
