@@ -142,8 +142,6 @@ def training_modes(module) -> tuple[bool, ...]:
                 module_called(m)
         return cached[1]
     version = _mode_version
-    # and how often the tree's structure changed: a graph bakes in the modules and parameters its forward reached
-    # (a head replaced, a bias set to None after a step was compiled ran the old ones on tensorflow, jax and keras)
     modes = tuple(graph_flags(m) for m in module.modules())
     object.__setattr__(module, "_training_modes", (version, modes))
     return modes
