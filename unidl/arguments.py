@@ -70,6 +70,15 @@ def positive_int(owner: str, name: str, value) -> int:
     return checked
 
 
+def non_negative_int(owner: str, name: str, value) -> int:
+    """``value`` as a Python int (a NumPy integer or 0-d integer array too), checked to be at least 0 (a patience, a
+    cooldown); a bool, a float or a negative number is a ``ValueError`` naming ``owner`` and ``name``."""
+    checked = integer(value)
+    if checked is None or checked < 0:
+        raise ValueError(f"{owner} {name} must be a non-negative integer, got {value!r}")
+    return checked
+
+
 def normalized_shape(owner: str, value) -> tuple:
     """A layer norm's ``normalized_shape`` (``nn.LayerNorm``'s and ``ud.ops.layer_norm``'s) as a tuple of positive
     Python ints: one int is a shape of one axis, as ``nn.LayerNorm`` takes it; anything else (an empty shape, a size

@@ -31,8 +31,7 @@ class EarlyStopping(Callback):
         if arguments.real(min_delta) is None or math.isnan(arguments.real(min_delta)):
             raise ValueError(f"EarlyStopping min_delta must be a number, got {min_delta!r}")
         for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
-            if arguments.integer(value) is None or value < 0:
-                raise ValueError(f"EarlyStopping {name} must be a non-negative integer, got {value!r}")
+            arguments.non_negative_int("EarlyStopping", name, value)
         if baseline is not None and (arguments.real(baseline) is None or math.isnan(arguments.real(baseline))):
             raise ValueError(f"EarlyStopping baseline must be a number or None, got {baseline!r}")
         self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(arguments.real(min_delta))

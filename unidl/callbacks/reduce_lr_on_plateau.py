@@ -32,8 +32,7 @@ class ReduceLROnPlateau(Callback):
                              f"{factor!r}")
         factor = number
         for name, value in (("patience", patience), ("cooldown", cooldown)):
-            if arguments.integer(value) is None or value < 0:
-                raise ValueError(f"ReduceLROnPlateau {name} must be a non-negative integer, got {value!r}")
+            arguments.non_negative_int("ReduceLROnPlateau", name, value)
         min_lr = arguments.check_range("ReduceLROnPlateau", "min_lr", min_lr)
         min_delta = arguments.check_range("ReduceLROnPlateau", "min_delta", min_delta, -math.inf)
         patience, cooldown = int(patience), int(cooldown)

@@ -34,8 +34,8 @@ class ReduceLROnPlateau(LRScheduler):
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"{owner} threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
         self.factor = arguments.check_range(owner, "factor", factor, 0.0, 1.0)  # (torch: "Factor should be < 1.0")
-        self.patience = _count(owner, "patience", patience)
-        self.cooldown = _count(owner, "cooldown", cooldown)
+        self.patience = arguments.non_negative_int(owner, "patience", patience)
+        self.cooldown = arguments.non_negative_int(owner, "cooldown", cooldown)
         self.threshold = arguments.check_range(owner, "threshold", threshold)
         self.eps = arguments.check_range(owner, "eps", eps)
         count = len(optimizer.param_groups)
@@ -118,13 +118,6 @@ class ReduceLROnPlateau(LRScheduler):
         self.last_epoch, self.best = int(state["last_epoch"]), float(state["best"])
         self.num_bad_epochs, self.cooldown_counter = int(state["num_bad_epochs"]), int(state["cooldown_counter"])
         self._last_lr = [float(rate) for rate in state["last_lr"]]
-
-
-def _count(owner: str, name: str, value) -> int:
-    number = arguments.integer(value)
-    if number is None or number < 0:
-        raise ValueError(f"{owner} {name} must be an integer >= 0, got {value!r}")
-    return number
 
 
 def _number(metrics) -> float:
