@@ -207,6 +207,25 @@ def test_hyper_and_the_lists_of_groups_and_parameters_cannot_be_changed_past_the
     np.testing.assert_allclose(ud.to_numpy(holder.a), START[0] - 0.1)
 
 
+def test_param_groups_copy_as_torch_optims_plain_dicts(backend):
+    """``copy.deepcopy(optimizer.param_groups)`` is a list of plain dicts holding copies of the parameters, as
+    torch.optim's (it raised: dict's copy wrote "params" through the group, or carried the optimizer along); a
+    shallow copy of a group shares its parameters; the optimizer is untouched."""
+    import copy
+
+    holder = _Params()
+    opt = ud.optim.SGD([{"params": [holder.a]}, {"params": [holder.b], "lr": 0.5}], lr=0.1, momentum=0.9)
+    groups = copy.deepcopy(opt.param_groups)
+    assert type(groups) is list and [type(group) for group in groups] == [dict, dict]
+    assert [group["lr"] for group in groups] == [0.1, 0.5] and groups[1]["momentum"] == 0.9
+    assert groups[0]["params"][0] is not holder.a
+    np.testing.assert_array_equal(ud.to_numpy(groups[0]["params"][0]), START[0])
+    shallow = copy.copy(opt.param_groups[1])
+    assert type(shallow) is dict and shallow["params"][0] is holder.b
+    opt.apply([ud.tensor(np.ones(s, np.float32)) for s in SHAPES[:2]])
+    np.testing.assert_allclose(ud.to_numpy(holder.a), START[0] - 0.1)
+
+
 def test_a_checkpoint_keeps_param_groups_and_per_parameter_steps(backend, tmp_path):
     """``save_checkpoint``/``load_checkpoint`` carry every param group's lr and changed options and Adam's
     per-parameter step counts (a checkpoint of a two-group optimizer used to be refused on load, and the counts are

@@ -201,6 +201,12 @@ class ParamGroup(dict):
 
     __delitem__ = pop = popitem = clear = _removal
 
+    def __reduce__(self):
+        # A copy (``copy.deepcopy(optimizer.param_groups)``, pickle) is a plain dict, as torch.optim's groups are:
+        # dict's own copy wrote each entry through ``__setitem__`` (a ValueError on "params") or carried the
+        # optimizer along (its backend's modules cannot be copied).
+        return dict, (dict(self),)
+
 
 def _unnamed(members: list) -> list:
     """Parameters as given, or as ``named_parameters()`` gives them ((name, parameter) pairs, which
