@@ -224,6 +224,28 @@ def test_get_last_lr_is_what_each_schedule_set_and_last_epoch_is_refused_but_min
         lr_scheduler.StepLR(ud.optim.SGD(Holder().parameters(), lr=0.1), 2, last_epoch=4)
 
 
+def test_step_with_an_epoch_is_refused_by_every_schedule_before_it_moves(backend):
+    """``step(epoch)``, PyTorch's deprecated jump, is a ``TypeError`` naming the schedule and what to do instead
+    (it was Python's own "takes 1 positional argument"), the schedule where it was; ``step(None)`` steps."""
+    optimizer = ud.optim.SGD(Holder().parameters(), lr=0.1)
+    step = lr_scheduler.StepLR(optimizer, 1, 0.5)
+    schedules = [step, lr_scheduler.ChainedScheduler([step]),
+                 lr_scheduler.SequentialLR(optimizer, [step, lr_scheduler.ConstantLR(optimizer)], milestones=[2])]
+    for schedule in schedules:
+        before = schedule.last_epoch, optimizer.lr
+        with pytest.raises(TypeError, match=rf"{type(schedule).__name__}.step\(\) takes no epoch \(got 3\).*"
+                                            rf"load_state_dict"):
+            schedule.step(3)
+        assert (schedule.last_epoch, optimizer.lr) == before
+    plateau = lr_scheduler.ReduceLROnPlateau(optimizer)
+    with pytest.raises(TypeError, match=r"ReduceLROnPlateau.step\(\) takes no epoch"):
+        plateau.step(1.0, 3)
+    assert plateau.last_epoch == 0 and plateau.num_bad_epochs == 0
+    before = step.last_epoch
+    step.step(None)
+    assert step.last_epoch == before + 1
+
+
 def test_bad_arguments():
     optimizer = ud.optim.SGD(Holder().parameters(), lr=0.2)
     for build, message in [

@@ -95,6 +95,15 @@ def _check_fresh(owner: str, last_epoch) -> None:
                          f"(scheduler.load_state_dict(state), or ud.fit's checkpoints)")
 
 
+def refuse_epoch(owner: str, epoch) -> None:
+    """``TypeError`` for ``step(epoch)`` (PyTorch's deprecated form, which jumps to ``epoch`` and takes the closed
+    form where a schedule has one, else its recursive rule from the wrong rate), given anything but None."""
+    if epoch is not None:
+        raise TypeError(f"{owner}.step() takes no epoch (got {epoch!r}): PyTorch deprecated step(epoch), and unidl's "
+                        f"schedules count their own steps; call step() once per epoch (or per batch), and resume a "
+                        f"schedule with load_state_dict(state)")
+
+
 class LRScheduler:
     """Base class: ``step()`` advances the schedule by one and sets each param group's lr, as
     ``torch.optim.lr_scheduler`` does. The chainable schedules (``StepLR``, ``MultiStepLR``, ``ExponentialLR``,
@@ -187,7 +196,8 @@ class LRScheduler:
         group (``LambdaLR``'s functions, ``OneCycleLR``'s ``max_lr``)."""
         return self.lr_at(epoch, base_lr)
 
-    def step(self) -> float:
+    def step(self, epoch=None) -> float:
+        refuse_epoch(type(self).__name__, epoch)
         self.last_epoch += 1
         try:
             self._update()
@@ -780,7 +790,8 @@ class ChainedScheduler(_Composite):
     def __init__(self, schedulers, optimizer=None):
         self._take(schedulers, optimizer)
 
-    def step(self) -> float:
+    def step(self, epoch=None) -> float:
+        refuse_epoch(type(self).__name__, epoch)
         self.last_epoch += 1
         for schedule in self.schedulers:
             schedule.step()
@@ -820,7 +831,8 @@ class SequentialLR(_Composite):
             schedule._in_sequence = True  # (its state may then hold last_epoch -1)
         first._update(initial=True)
 
-    def step(self) -> float:
+    def step(self, epoch=None) -> float:
+        refuse_epoch(type(self).__name__, epoch)
         self.last_epoch += 1
         index = bisect.bisect_right(self.milestones, self.last_epoch)
         schedule = self.schedulers[index]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from unidl import arguments
-from unidl.optim.lr_scheduler import LRScheduler
+from unidl.optim.lr_scheduler import LRScheduler, refuse_epoch
 
 _STATE_KEYS = {"last_epoch", "best", "num_bad_epochs", "cooldown_counter", "last_lr", "settings"}
 
@@ -60,9 +60,10 @@ class ReduceLROnPlateau(LRScheduler):
         return value > (self.best * (self.threshold + 1.0) if self.threshold_mode == "rel"
                         else self.best + self.threshold)
 
-    def step(self, metrics) -> float:
+    def step(self, metrics, epoch=None) -> float:
         """One epoch's ``metrics`` (a number, or a 0-d tensor or array): count it, and reduce the rates after more than
         ``patience`` bad ones; returns the first group's rate."""
+        refuse_epoch(type(self).__name__, epoch)
         current = _number(metrics)
         self.last_epoch += 1
         if self._is_better(current):
