@@ -462,22 +462,31 @@ def test_functional_losses_refuse_arguments_out_of_their_domain(mode):
 
 
 def test_loss_arguments_given_as_0d_tensors_are_taken_as_torch(mode):
-    """A ``delta``, ``beta`` or ``label_smoothing`` given as a 0-d tensor (a scheduled value, a graph's input) is taken
-    as its number (the checks of their numbers refused tensors, which ran before): eagerly, and ``delta`` in a graph
-    too (``beta`` and ``label_smoothing`` are branched on in Python, as before: a graph's are not taken)."""
+    """A ``delta``, ``beta`` or ``label_smoothing`` given as a 0-d tensor (a scheduled value, a graph's input), of
+    float32 or float64, is taken as its number eagerly and in a graph, 0 included (``beta`` and ``label_smoothing``
+    were branched on in Python: a graph's were a ``GraphConstructError``); ``beta`` 0 is L1, with L1's gradient."""
     import torch
 
     rows, targets, labels = np.array([[0.1, 2.0, -1.0]], np.float32), np.zeros((1, 3), np.float32), np.array([1])
+    probabilities = np.array([[0.2, 0.5, 0.3]], np.float32)
     F = torch.nn.functional
-    cases = [(lambda x, y, v: ud.ops.huber_loss(x, y, delta=v), targets,
-              F.huber_loss(torch.tensor(rows), torch.tensor(targets), delta=0.5)),
-             (lambda x, y, v: ud.ops.smooth_l1_loss(x, y, beta=v), targets,
-              F.smooth_l1_loss(torch.tensor(rows), torch.tensor(targets), beta=0.5)),
-             (lambda x, y, v: ud.ops.cross_entropy_loss(x, y, label_smoothing=v), labels,
-              F.cross_entropy(torch.tensor(rows), torch.tensor(labels), label_smoothing=0.5))]
-    for index, (fn, target, expected) in enumerate(cases):
-        if index == 0 or mode == "eager":
-            np.testing.assert_allclose(run(mode, fn, rows, target, np.float32(0.5)), expected.item(), rtol=1e-6)
+    for value in (0.5, 0.0):
+        cases = [(lambda x, y, v: ud.ops.smooth_l1_loss(x, y, beta=v), targets,
+                  F.smooth_l1_loss(torch.tensor(rows), torch.tensor(targets), beta=value)),
+                 (lambda x, y, v: ud.ops.cross_entropy_loss(x, y, label_smoothing=v), labels,
+                  F.cross_entropy(torch.tensor(rows), torch.tensor(labels), label_smoothing=value)),
+                 (lambda x, y, v: ud.ops.cross_entropy_loss(x, y, label_smoothing=v), probabilities,
+                  F.cross_entropy(torch.tensor(rows), torch.tensor(probabilities), label_smoothing=value))]
+        if value:
+            cases.append((lambda x, y, v: ud.ops.huber_loss(x, y, delta=v), targets,
+                          F.huber_loss(torch.tensor(rows), torch.tensor(targets), delta=value)))
+        for fn, target, expected in cases:
+            for dtype in (np.float32, np.float64):
+                np.testing.assert_allclose(run(mode, fn, rows, target, dtype(value)), expected.item(), rtol=1e-6)
+    beta = ud.tensor(np.float32(0.0))
+    gradient = ud.grad(lambda x: ud.ops.smooth_l1_loss(x, ud.tensor(targets), beta=beta))
+    gradient = ud.function(gradient) if mode == "graph" else gradient
+    np.testing.assert_array_equal(ud.to_numpy(gradient(ud.tensor(rows))), np.sign(rows) / 3)
 
 
 def test_interpolate_to_an_output_of_size_0_is_refused(mode):

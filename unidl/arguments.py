@@ -229,7 +229,7 @@ def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=F
     return number
 
 
-def _tensor_argument(value) -> bool:
+def tensor_argument(value) -> bool:
     """Whether ``value`` is a framework's 0-d tensor (a scheduled value, a graph's input): a loss takes it as it is,
     unchecked (its value may be known only when a graph runs), as it did before its numbers were checked."""
     return (hasattr(value, "shape") and not isinstance(value, (np.ndarray, np.generic)) and hasattr(value, "dtype")
@@ -239,8 +239,8 @@ def _tensor_argument(value) -> bool:
 def label_smoothing(owner: str, value) -> float:
     """A cross-entropy's ``label_smoothing`` as a Python float, checked to lie in [0, 1] (``ValueError`` otherwise, as
     PyTorch's above 1; a negative one, which PyTorch takes, unidl refuses too: it is no mixture with the uniform
-    distribution); a 0-d tensor as it is (``_tensor_argument``)."""
-    if _tensor_argument(value):
+    distribution); a 0-d tensor as it is (``tensor_argument``)."""
+    if tensor_argument(value):
         return value
     number = real(value)
     if number is None or not 0.0 <= number <= 1.0:
@@ -250,7 +250,7 @@ def label_smoothing(owner: str, value) -> float:
 
 def huber_delta(owner: str, value) -> float:
     """A Huber loss's ``delta`` as a Python float, checked to be positive, as PyTorch's; a 0-d tensor as it is."""
-    if _tensor_argument(value):
+    if tensor_argument(value):
         return value
     number = real(value)
     if number is None or not number > 0:
@@ -261,7 +261,7 @@ def huber_delta(owner: str, value) -> float:
 def smooth_l1_beta(owner: str, value) -> float:
     """A smooth L1 loss's ``beta`` as a Python float, checked to be non-negative, as PyTorch's; a 0-d tensor as it
     is."""
-    if _tensor_argument(value):
+    if tensor_argument(value):
         return value
     number = real(value)
     if number is None or not number >= 0:

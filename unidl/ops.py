@@ -1247,6 +1247,11 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     prediction, target = input_checks.loss_operands("smooth_l1_loss", prediction, target)
     prediction, target = input_checks.float32_under_autocast(prediction), input_checks.float32_under_autocast(target)
     difference = abs(prediction - target)
+    if arguments.tensor_argument(beta):  # (a graph's input: no Python branch on its value; 0 is L1 here too)
+        beta = cast_like(beta, difference)
+        divisor = where(beta > 0, beta, zeros_like(beta) + 1)  # (no 0 / 0 in the branch not taken, nor its gradient)
+        return _reduced(where(difference < beta, 0.5 * square(difference) / divisor, difference - 0.5 * beta),
+                        reduction)
     if beta == 0:
         return _reduced(difference, reduction)
     return _reduced(where(difference < beta, 0.5 * square(difference) / beta, difference - 0.5 * beta), reduction)
@@ -1413,6 +1418,12 @@ def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction
     return _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, "cross_entropy_loss")
 
 
+def _smoothing(label_smoothing) -> bool:
+    """Whether a cross-entropy mixes in the uniform distribution: a number other than 0, or a tensor (whose value a
+    graph knows only when it runs)."""
+    return arguments.tensor_argument(label_smoothing) or label_smoothing != 0
+
+
 def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, owner):
     """``cross_entropy_loss``, its errors naming ``owner`` (the op called)."""
     logits, target = (input_checks.as_tensor(owner, what, x) for what, x in (("logits", logits), ("target", target)))
@@ -1425,6 +1436,8 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
     weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
     _, logits, target = input_checks.class_loss_shapes(owner, logits, target, True, weight)
     log_probabilities = log_softmax(input_checks.float32_under_autocast(logits), 1)
+    if arguments.tensor_argument(label_smoothing):  # (a graph's input: taken whatever its value, no Python branch)
+        label_smoothing = cast_like(label_smoothing, log_probabilities)
     per_class = (1, -1) + (1,) * (len(logits.shape) - 2)  # a class weight's shape beside the log-probabilities
     if len(target.shape) == len(logits.shape):  # class probabilities: PyTorch promotes the three dtypes
         if ignore_index >= 0:
@@ -1436,7 +1449,7 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
         if broadcast is not None:
             log_probabilities, broadcast = _promoted_as_torch(log_probabilities, broadcast, broadcast=True)
             target = cast_like(target, log_probabilities)
-        if label_smoothing:
+        if _smoothing(label_smoothing):
             target = target * (1 - label_smoothing) + label_smoothing / _count(shape(logits)[1:2], target)
         weighted = log_probabilities * target if broadcast is None else log_probabilities * target * broadcast
         losses = -sum(weighted, 1)
@@ -1445,7 +1458,7 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
         return _reduced(losses, reduction)
     weight = input_checks.class_weight("CrossEntropyLoss", weight, log_probabilities, "logits")
     loss = _nll_loss(log_probabilities, target, weight, ignore_index, reduction, "CrossEntropyLoss")
-    if not label_smoothing:
+    if not _smoothing(label_smoothing):
         return loss
     broadcast = None if weight is None else reshape(weight, per_class)
     classes = _count(shape(logits)[1:2], log_probabilities)
