@@ -27,6 +27,11 @@ CASES = {
     "RMSprop-momentum-centered": (ud.optim.RMSprop, dict(lr=1e-2, alpha=0.9, momentum=0.9, centered=True)),
     "Adagrad": (ud.optim.Adagrad, dict(lr=1e-1)),
     "Adagrad-init": (ud.optim.Adagrad, dict(lr=1e-1, initial_accumulator_value=0.1, weight_decay=1e-3)),
+    "Adam-amsgrad-maximize": (ud.optim.Adam, dict(lr=1e-2, amsgrad=True, maximize=True, weight_decay=1e-2)),
+    "AdamW-amsgrad": (ud.optim.AdamW, dict(lr=1e-2, amsgrad=True)),
+    "SGD-momentum-maximize": (ud.optim.SGD, dict(lr=0.1, momentum=0.9, maximize=True, weight_decay=1e-2)),
+    "RMSprop-maximize": (ud.optim.RMSprop, dict(lr=1e-2, maximize=True, momentum=0.5)),
+    "Adagrad-lr_decay-maximize": (ud.optim.Adagrad, dict(lr=1e-1, lr_decay=0.1, maximize=True)),
 }
 
 
@@ -289,15 +294,14 @@ def test_invalid_hyperparameters(backend, build, message):
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda p: ud.optim.RMSprop(p, maximize=True), "RMSprop maximize=True: unidl's RMSprop does not implement it"),
-    (lambda p: ud.optim.Adam(p, amsgrad=True), "Adam amsgrad=True: .* takes amsgrad at PyTorch's default only, False"),
-    (lambda p: ud.optim.Adam(p, 1e-3, (0.9, 0.99), 1e-8, 0, True), "Adam amsgrad=True: .* does not implement it"),
+    (lambda p: ud.optim.RMSprop(p, foreach=True), "RMSprop foreach=True: unidl's RMSprop does not implement it"),
+    (lambda p: ud.optim.Adam(p, fused=True), "Adam fused=True: .* takes fused at PyTorch's default only, None or False"),
     (lambda p: ud.optim.Adam(p, decoupled_weight_decay=True), "decoupled_weight_decay=True: .* ud.optim.AdamW is Adam"),
-    (lambda p: ud.optim.AdamW(p, maximize=True), "AdamW maximize=True: .* does not implement it"),
+    (lambda p: ud.optim.AdamW(p, capturable=True), "AdamW capturable=True: .* does not implement it"),
     (lambda p: ud.optim.SGD(p, 0.1, 0.9, 0.5), "SGD dampening=0.5: .* training unlike torch.optim.SGD"),
-    (lambda p: ud.optim.Adagrad(p, 0.1, 0.1), "Adagrad lr_decay=0.1: .* takes lr_decay at PyTorch's default only, 0"),
+    (lambda p: ud.optim.Adagrad(p, 0.1, 0.1, differentiable=True), "Adagrad differentiable=True: .* does not "),
     (lambda p: ud.optim.Adam(p, momentum=0), r"Adam has no option 'momentum': .* Adam takes lr, betas, eps, "
-                                             r"weight_decay, amsgrad, l1, clip_grad_norm"),
+                                             r"weight_decay, amsgrad, maximize, l1, clip_grad_norm"),
     (lambda p: ud.optim.SGD(p, lr=0.1, centered=False), "SGD has no option 'centered'"),
 ])
 def test_an_option_torch_has_and_unidl_does_not_is_an_error_not_ignored(build, message):
@@ -344,7 +348,7 @@ def test_positional_arguments_are_torch_optims(backend):
     (ud.optim.Adam, dict(lr=0.01, amsgrad=False, fused=None, capturable=False, maximize=False,
                          decoupled_weight_decay=False)),
     (ud.optim.RMSprop, dict(lr=0.01, foreach=False, capturable=False)),
-    (ud.optim.Adagrad, dict(lr=0.1, lr_decay=0)),
+    (ud.optim.Adagrad, dict(lr=0.1, lr_decay=0, fused=None)),
 ])
 def test_torchs_options_at_their_defaults_build_and_train_as_without_them(backend, build, neutral):
     """A ``torch.optim`` call copied as it is, with the options whose defaults are unidl's rule (``dampening=0``,
@@ -359,8 +363,8 @@ def test_torchs_options_at_their_defaults_build_and_train_as_without_them(backen
             optimizer.apply([ud.tensor(grads)])
         runs.append(holder.state_dict()["w"])
     np.testing.assert_array_equal(runs[0], runs[1])
-    with pytest.raises(TypeError, match="maximize=True: .* does not implement it"):
-        build(Holder().parameters(), **{**plain, "maximize": True})
+    with pytest.raises(TypeError, match="differentiable=True: .* does not implement it"):
+        build(Holder().parameters(), **{**plain, "differentiable": True})
 
 
 class _OwnRMSprop(ud.optim.RMSprop):
@@ -602,7 +606,7 @@ def test_defaults_as_torch_optim_and_add_param_group_refused(name):
         first, rest = model.parameters()[:1], model.parameters()[1:]
         optimizer = ud.optim.Adam([{"params": first, "lr": 0.1}, {"params": rest}], lr=1e-3, weight_decay=0.01)
         assert optimizer.defaults == {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01,
-                                      "l1": 0.0}
+                                      "amsgrad": False, "maximize": False, "l1": 0.0}
         optimizer.zero_grad(set_to_none=False)  # (nothing stored off torch: a no-op, as zero_grad())
         model.zero_grad()
         with pytest.raises(NotImplementedError, match=r"keeps the parameter groups it was built with; build a new "

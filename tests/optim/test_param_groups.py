@@ -65,7 +65,7 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
     after = holder.state_dict()
     assert np.array_equal(before["b"], after["b"]) and not np.array_equal(before["a"], after["a"])
     state = opt.state_dict()
-    options = {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0}  # every group's, as torch.optim's
+    options = {"momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "maximize": False}  # every group's, as torch's
     assert state["param_groups"] == [{"lr": 0.1, "size": 1, **options}, {"lr": 0.0, "size": 2, **options}]
     other = ud.optim.SGD([{"params": [holder.a]}, {"params": [holder.b, holder.c], "lr": 0.5}], lr=0.1, momentum=0.9)
     other.load_state_dict(state)
@@ -79,10 +79,14 @@ def test_group_lr_can_be_set_and_the_state_round_trips(backend):
     assert [g["momentum"] for g in other.param_groups] == [0.9, 0.5]
     with pytest.raises(ud.errors.CheckpointStateError, match=r"param group 1 holds options \['alpha'\]"):
         other.load_state_dict({**state, "param_groups": [state["param_groups"][0], {**state["param_groups"][1], "alpha": 1}]})
-    with pytest.raises(ValueError, match=r"\['l1'\] cannot change .* a group may change: lr, momentum, nesterov"):
+    with pytest.raises(ValueError, match=r"\['l1'\] cannot change .* a group may change: lr, maximize, momentum, nesterov"):
         opt.param_groups[0]["l1"] = 0.5
     with pytest.raises(ValueError, match="param group 1 momentum=1.5 is invalid"):
         opt.param_groups[1]["momentum"] = 1.5
+    adam = ud.optim.Adam([{"params": [holder.a], "amsgrad": True}, {"params": [holder.b]}])
+    assert adam.slots == ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # (the slot kept where a group is amsgrad)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['amsgrad'\] cannot change after the optimizer is built"):
+        adam.param_groups[1]["amsgrad"] = True
     class OwnRule(ud.optim.SGD):
         def update(self, param, grad, slots, lr, step, ops):
             return lr * grad, slots
@@ -284,9 +288,10 @@ def test_bad_param_groups_are_clear_errors(backend):
 CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {step: [(group, option, value)]})
     "SGD": (ud.optim.SGD, torch.optim.SGD, dict(lr=0.1), dict(momentum=0.9),
             {1: [(0, "momentum", 0.8), (1, "nesterov", True), (1, "weight_decay", 0.1)],
-             3: [(0, "momentum", 0.0), (1, "momentum", 0.5)]}),
-    "Adam": (ud.optim.Adam, torch.optim.Adam, dict(lr=0.01), dict(weight_decay=0.01),
-             {1: [(0, "betas", (0.5, 0.9)), (1, "eps", 1e-3)], 3: [(0, "weight_decay", 0.2), (1, "betas", (0.8, 0.99))]}),
+             3: [(0, "momentum", 0.0), (1, "momentum", 0.5), (1, "maximize", True)]}),
+    "Adam": (ud.optim.Adam, torch.optim.Adam, dict(lr=0.01), dict(weight_decay=0.01, amsgrad=True),
+             {1: [(0, "betas", (0.5, 0.9)), (1, "eps", 1e-3)],
+              3: [(0, "weight_decay", 0.2), (1, "betas", (0.8, 0.99)), (0, "maximize", True)]}),
     "AdamW": (ud.optim.AdamW, torch.optim.AdamW, dict(lr=0.01), dict(),
               {2: [(0, "weight_decay", 0.5), (1, "betas", (0.6, 0.95))]}),
     "RMSprop": (ud.optim.RMSprop, torch.optim.RMSprop, dict(lr=0.01), dict(alpha=0.9),
@@ -295,7 +300,7 @@ CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {s
                                   dict(alpha=0.9),
                                   {1: [(0, "momentum", 0.0)], 3: [(0, "momentum", 0.5), (1, "alpha", 0.5)]}),
     "Adagrad": (ud.optim.Adagrad, torch.optim.Adagrad, dict(lr=0.1), dict(),
-                {2: [(0, "eps", 0.5), (1, "weight_decay", 0.2)]}),
+                {2: [(0, "eps", 0.5), (1, "weight_decay", 0.2), (1, "lr_decay", 0.3)]}),
 }
 X = R.standard_normal((6, 4)).astype(np.float32)
 Y = R.standard_normal((6, 3)).astype(np.float32)

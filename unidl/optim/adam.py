@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unidl import arguments
-from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, lerp, scalar_like, torch_option
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, lerp, scalar_like
 
 
 def _check_betas(owner, betas):
@@ -20,11 +20,14 @@ class Adam(Optimizer):
         g_t &= \nabla_p L + \lambda p_{t-1} \\
         m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
         v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        \hat v_t &= \max(\hat v_{t-1}, v_t) \text{ if amsgrad else } v_t \\
         p_t &= p_{t-1} - \frac{\text{lr}}{1 - \beta_1^t}\,
-               \frac{m_t}{\sqrt{v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+               \frac{m_t}{\sqrt{\hat v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
 
     Args (``torch.optim.Adam``'s positional order): ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8),
-    ``weight_decay`` (L2, 0), ``amsgrad`` (False only), keyword ``l1`` (0);
+    ``weight_decay`` (L2, 0), ``amsgrad`` (False; the slot ``max_exp_avg_sq`` where a group sets it, fixed once the
+    optimizer is built, as RMSprop's ``centered``), keywords ``maximize`` (False: the gradient negated first, as
+    torch.optim's) and ``l1`` (0);
     ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
@@ -33,18 +36,23 @@ class Adam(Optimizer):
     live on the parameters; elsewhere ``zero_grad()`` is a no-op and ``step()`` explains the alternative.
     """
 
-    slots = ("exp_avg", "exp_avg_sq")
+    slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # (an instance keeps the last where a group is amsgrad)
     uses_step = True  # bias correction
-    torch_options = ("amsgrad", "foreach", "maximize", "capturable", "differentiable", "fused",
-                     "decoupled_weight_decay")
+    torch_options = ("foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *, l1: float = 0.0, **clipping):
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False, l1: float = 0.0,
+                 **clipping):
         owner = type(self).__name__
-        torch_option(type(self), "amsgrad", amsgrad)
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=_check_betas(owner, betas),
                          eps=check_range(owner, "eps", eps),
-                         weight_decay=check_range(owner, "weight_decay", weight_decay))
+                         weight_decay=check_range(owner, "weight_decay", weight_decay),
+                         amsgrad=arguments.flag(owner, "amsgrad", amsgrad),
+                         maximize=arguments.flag(owner, "maximize", maximize))
+
+    def slots_for(self, groups) -> tuple[str, ...]:
+        """``exp_avg`` and ``exp_avg_sq``, and ``max_exp_avg_sq`` where a group is ``amsgrad``."""
+        return ("exp_avg", "exp_avg_sq", *(("max_exp_avg_sq",) if any(g["amsgrad"] for g in groups) else ()))
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
@@ -60,9 +68,12 @@ class Adam(Optimizer):
         bias_correction2_sqrt = ops.sqrt(1 - beta2 ** step)
         lr_double = lr if isinstance(lr, float) else ops.cast(lr, "float64")
         step_size = ops.cast_like(lr_double / bias_correction1, param)
+        new_slots = {**slots, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        if h["amsgrad"]:  # (a fixed option: a Python bool; torch.maximum into max_exp_avg_sq, then its root)
+            exp_avg_sq = new_slots["max_exp_avg_sq"] = ops.maximum(slots["max_exp_avg_sq"], exp_avg_sq)
         denom = ops.sqrt(exp_avg_sq) / ops.cast_like(bias_correction2_sqrt, param) + scalar_like(h["eps"], param, ops)
         delta = step_size * (exp_avg / denom)
-        return delta, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        return delta, new_slots
 
     def shrink(self, param, lr, ops):
         """AdamW's decoupled decay: ``1 - lr * weight_decay`` in double precision, rounded to the parameter's dtype,
@@ -85,7 +96,7 @@ class AdamW(Adam):
         p' = p_{t-1}(1 - \text{lr}\,\lambda), \text{ then the Adam step of } p' \text{ with } g_t = \nabla_p L
 
     Args (``torch.optim.AdamW``'s positional order): ``lr`` (1e-3), ``betas`` ((0.9, 0.999)), ``eps`` (1e-8),
-    ``weight_decay`` (0.01), ``amsgrad`` (False only), keyword ``l1`` (0);
+    ``weight_decay`` (0.01), ``amsgrad`` (False), keywords ``maximize`` (False) and ``l1`` (0), as ``Adam``'s;
     ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see ``Optimizer``).
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
@@ -95,8 +106,9 @@ class AdamW(Adam):
     """
 
     decoupled = True
-    torch_options = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused")
+    torch_options = ("foreach", "capturable", "differentiable", "fused")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, l1: float = 0.0, **clipping):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, l1=l1, **clipping)
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False, l1: float = 0.0,
+                 **clipping):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, l1=l1, **clipping)

@@ -41,8 +41,7 @@ CLIPPING_OPTIONS = ("clip_grad_norm", "clip_grad_value", "clip_per_tensor")
 #: ``torch.optim``'s options of rules unidl does not implement, at the values that leave the rule as unidl's is
 #: (their defaults; ``foreach``/``fused``/``capturable``/``differentiable`` choose kernels, not the arithmetic);
 #: each class names those its namesake in ``torch.optim`` has (``Optimizer.torch_options``)
-TORCH_NEUTRAL_OPTIONS = {"dampening": (0,), "maximize": (False,), "amsgrad": (False,), "lr_decay": (0,),
-                         "foreach": (None, False), "fused": (None, False), "capturable": (False,),
+TORCH_NEUTRAL_OPTIONS = {"dampening": (0,), "foreach": (None, False), "fused": (None, False), "capturable": (False,),
                          "differentiable": (False,), "decoupled_weight_decay": (False,)}
 
 #: what to use instead of a torch option unidl does not implement, where unidl has it under another name
@@ -399,9 +398,14 @@ class Optimizer:
         return None
 
     def regularized_gradient(self, param, grad, ops):
-        """The gradient with the L1 term (``l1 * sign(p)``) and then the L2 term (``weight_decay * p``,
-        unless ``decoupled``) added, where they are set; backends call this before ``update``."""
-        l1, decay = self.hyper["l1"], self.hyper.get("weight_decay", 0.0)
+        """The gradient, negated where ``maximize`` is set (torch.optim's first operation), with the L1 term
+        (``l1 * sign(p)``) and then the L2 term (``weight_decay * p``, unless ``decoupled``) added, where they are
+        set; backends call this before ``update``."""
+        l1, decay, maximize = self.hyper["l1"], self.hyper.get("weight_decay", 0.0), self.hyper.get("maximize", False)
+        if isinstance(maximize, bool):
+            grad = -grad if maximize else grad
+        else:  # (a bound option: a boolean tensor a graph reads at each step)
+            grad = ops.where(maximize, -grad, grad)
         if l1:
             grad = grad + l1 * ops.sign(param)
         if not is_off(decay) and not self.decoupled:

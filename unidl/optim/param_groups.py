@@ -21,8 +21,8 @@ from unidl import arguments
 #: hyperparameters with bounds other than [0, inf): name -> (low, high, high_open)
 _BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
 #: hyperparameters fixed once the optimizer is built: unidl's L1 term (torch.optim has none), what only
-#: the slots' first values read, and what decides which slots there are (RMSprop's ``centered``)
-FIXED_OPTIONS = ("l1", "initial_accumulator_value", "centered")
+#: the slots' first values read, and what decides which slots there are (RMSprop's ``centered``, Adam's ``amsgrad``)
+FIXED_OPTIONS = ("l1", "initial_accumulator_value", "centered", "amsgrad")
 #: options one value of which holds for every group (a group of its own is refused)
 _ONE_FOR_ALL = ("initial_accumulator_value",)
 

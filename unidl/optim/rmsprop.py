@@ -18,7 +18,8 @@ class RMSprop(Optimizer):
         p_t &= p_{t-1} - \text{lr}\, b_t \text{ if } \mu > 0 \text{ else } p_{t-1} - \text{lr}\, g_t / s_t
 
     Args (``torch.optim.RMSprop``'s positional order): ``lr`` (1e-2), ``alpha`` (0.99), ``eps`` (1e-8),
-    ``weight_decay`` (L2, 0), ``momentum`` (mu in [0, 1), 0), ``centered`` (False), keyword ``l1`` (0);
+    ``weight_decay`` (L2, 0), ``momentum`` (mu in [0, 1), 0), ``centered`` (False), keywords ``maximize`` (False:
+    the gradient negated first, as torch.optim's) and ``l1`` (0);
     ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, off by default; see
     ``Optimizer``).
 
@@ -36,17 +37,18 @@ class RMSprop(Optimizer):
     """
 
     slots = ("square_avg", "momentum_buffer", "grad_avg")  # (an instance keeps those its groups use)
-    torch_options = ("capturable", "foreach", "maximize", "differentiable")
+    torch_options = ("capturable", "foreach", "differentiable")
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
-                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *, l1: float = 0.0,
-                 **clipping):
+                 weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,
+                 maximize: bool = False, l1: float = 0.0, **clipping):
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
                          alpha=check_range("RMSprop", "alpha", alpha, 0.0, 1.0, high_open=False),
                          eps=check_range("RMSprop", "eps", eps),
                          weight_decay=check_range("RMSprop", "weight_decay", weight_decay),
                          momentum=check_range("RMSprop", "momentum", momentum, 0.0, 1.0),
-                         centered=arguments.flag("RMSprop", "centered", centered))
+                         centered=arguments.flag("RMSprop", "centered", centered),
+                         maximize=arguments.flag("RMSprop", "maximize", maximize))
 
     def slots_for(self, groups) -> tuple[str, ...]:
         """``square_avg``, and the buffers of momentum and centering where a group uses them."""

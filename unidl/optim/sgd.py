@@ -22,12 +22,13 @@ class SGD(Optimizer):
         dampening: 0 only (PyTorch's default; unidl's rule has no dampening).
         weight_decay: L2 penalty lambda >= 0 (added to the gradient).
         nesterov: Nesterov momentum (needs momentum > 0).
+        maximize: ascend the objective (the gradient negated first, as torch.optim's; keyword only).
         l1: L1 penalty, adds ``l1 * sign(p)`` to the gradient (keyword only).
         **clipping: ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor``: gradient clipping (see
             ``Optimizer``).
 
-    The positional order is ``torch.optim.SGD``'s; ``maximize``, ``foreach``, ``differentiable`` and ``fused``
-    are taken at PyTorch's defaults only.
+    The positional order is ``torch.optim.SGD``'s; ``foreach``, ``differentiable`` and ``fused`` are taken at
+    PyTorch's defaults only.
 
     Steps: ``optimizer.apply(grads)`` performs one update on every backend (grads in ``params`` order,
     e.g. from ``ud.value_and_grad``); ``ud.train_step``/``ud.fit`` call it for you. PyTorch-style
@@ -40,17 +41,19 @@ class SGD(Optimizer):
     """
 
     slots = ("momentum_buffer",)
-    torch_options = ("dampening", "maximize", "foreach", "differentiable", "fused")
+    torch_options = ("dampening", "foreach", "differentiable", "fused")
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0,
-                 weight_decay: float = 0.0, nesterov: bool = False, *, l1: float = 0.0, **clipping):
+                 weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False, l1: float = 0.0,
+                 **clipping):
         torch_option(type(self), "dampening", dampening)
         momentum = check_range("SGD", "momentum", momentum, 0.0, 1.0)
         nesterov = arguments.flag("SGD", "nesterov", nesterov)
         if nesterov and momentum <= 0:
             raise ValueError("SGD nesterov=True needs momentum > 0, got momentum=0")
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), momentum=momentum,
-                         nesterov=nesterov, weight_decay=check_range("SGD", "weight_decay", weight_decay))
+                         nesterov=nesterov, weight_decay=check_range("SGD", "weight_decay", weight_decay),
+                         maximize=arguments.flag("SGD", "maximize", maximize))
 
     def heavy_ball(self):
         # a fused kernel for constant options only: a bound momentum (a tensor, see bound_rule) may be 0 at a

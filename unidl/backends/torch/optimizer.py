@@ -10,13 +10,18 @@ from unidl.backends.torch import ops as torch_ops
 
 #: torch.optim classes implementing unidl's built-in rules exactly, keyed by ``Optimizer.builtin_rule()``
 _FAST_PATHS = {
-    "SGD": lambda h: (torch.optim.SGD, dict(momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"])),
-    "Adam": lambda h: (torch.optim.Adam, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"])),
-    "AdamW": lambda h: (torch.optim.AdamW, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"])),
+    "SGD": lambda h: (torch.optim.SGD, dict(momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"],
+                                            maximize=h["maximize"])),
+    "Adam": lambda h: (torch.optim.Adam, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
+                                              amsgrad=h["amsgrad"], maximize=h["maximize"])),
+    "AdamW": lambda h: (torch.optim.AdamW, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
+                                                amsgrad=h["amsgrad"], maximize=h["maximize"])),
     "RMSprop": lambda h: (torch.optim.RMSprop, dict(alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"],
-                                                     momentum=h["momentum"], centered=h["centered"])),
+                                                     momentum=h["momentum"], centered=h["centered"],
+                                                     maximize=h["maximize"])),
     "Adagrad": lambda h: (torch.optim.Adagrad, dict(eps=h["eps"], weight_decay=h["weight_decay"],
-                                                     initial_accumulator_value=h["initial_accumulator_value"])),
+                                                     initial_accumulator_value=h["initial_accumulator_value"],
+                                                     lr_decay=h["lr_decay"], maximize=h["maximize"])),
 }
 
 
