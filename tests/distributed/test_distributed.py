@@ -8,6 +8,7 @@ properties (on torch's, the accumulation and guard checks too), and then a rank 
 launched job (``jobs.data_parallel_job_then_failure``).
 """
 
+import json
 import multiprocessing
 import os
 import pickle
@@ -579,6 +580,31 @@ def test_launcher_variables_are_read_and_checked():
         rendezvous({"RANK": "2", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
     with pytest.raises(DistributedError, match="needs UNIDL_MASTER_PORT"):
         rendezvous({"UNIDL_RANK": "0", "UNIDL_WORLD_SIZE": "2"})
+
+
+def test_tf_config_of_workers_only_each_with_a_port_or_a_clear_error():
+    """A TF_CONFIG with a 'chief' task (TensorFlow's replica beside the workers) gave the chief and worker 0 both
+    rank 0 in a world that left the chief out: refused, saying to list every process as a worker; a worker address
+    without a port raised int()'s bare ValueError: a ``DistributedError`` naming the entry and the form expected."""
+    from unidl.distributed.environment import rendezvous
+
+    def tf_config(cluster, task_type="worker", index=0):
+        return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
+
+    workers = ["127.0.0.1:2000", "127.0.0.1:2001"]
+    for task_type in ("chief", "worker"):
+        with pytest.raises(DistributedError, match=r"^TF_CONFIG's cluster names task types \['chief'\] besides "
+                                                   r"'worker'; .*list every process under cluster.worker"):
+            rendezvous(tf_config({"chief": ["127.0.0.1:1999"], "worker": workers}, task_type))
+    with pytest.raises(DistributedError, match=r"^TF_CONFIG's task is of type 'chief'; unidl's data-parallel jobs "
+                                               r"run workers only"):
+        rendezvous(tf_config({"worker": workers}, "chief"))
+    for entry in ("127.0.0.1", "127.0.0.1:", ":2000", "127.0.0.1:port", "127.0.0.1:70000"):
+        with pytest.raises(DistributedError, match=rf"^TF_CONFIG cluster.worker\[1\] is '{entry}', not an address "
+                                                   rf"with a port: expected 'host:port' \(such as '127.0.0.1:2000'"):
+            rendezvous(tf_config({"worker": [workers[0], entry]}))
+    place = rendezvous(tf_config({"worker": ["[::1]:2000", "[::1]:2001"]}, index=1))
+    assert (place.rank, place.world_size, place.address, place.port) == (1, 2, "[::1]", 2000)
 
 
 @pytest.mark.skipif("tensorflow" not in ud.available_backends(), reason="the tensorflow backend is not installed")

@@ -4,6 +4,8 @@ Three launchers are understood, checked in this order: unidl's own variables (``
 ``UNIDL_WORLD_SIZE``, ``UNIDL_LOCAL_RANK``, ``UNIDL_MASTER_ADDR``, ``UNIDL_MASTER_PORT``), torchrun's
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and TensorFlow's
 ``TF_CONFIG`` (``cluster.worker`` addresses and ``task.index``). None of them: one process, rank 0 of 1.
+``TF_CONFIG`` must name workers only, each as ``host:port``: worker 0 is rank 0, so a separate 'chief' task,
+which TensorFlow counts beside the workers, is refused rather than left a second rank 0.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def local_rank_of(rank: int) -> int:
         return rank
 
 
+MAX_PORT = 65535
+
+
 def _integer(environ, name: str, minimum: int) -> int:
     text = environ[name]
     try:
@@ -68,20 +73,40 @@ def _from_variables(environ, prefix: str, source: str) -> Rendezvous:
     return Rendezvous(rank, world_size, local_rank, environ.get(names["MASTER_ADDR"], LOOPBACK), port, source)
 
 
-def _from_tf_config(text: str) -> Rendezvous:
+def tf_config_workers(text: str) -> tuple[list[str], int]:
+    """The ``host:port`` addresses of ``cluster.worker`` in ``TF_CONFIG`` (``text``) and this process's index among
+    them, checked: a multi-worker configuration of workers only (a 'chief' would be a second process claiming rank
+    0: unidl's rank 0 is worker 0, which TensorFlow's strategy makes its chief when none is named), and every
+    address a host and a port."""
     try:
         config = json.loads(text)
-        workers = list(config["cluster"]["worker"])
-        rank = int(config["task"]["index"])
-        kind = config["task"].get("type", "worker")
-    except (ValueError, KeyError, TypeError) as error:
+        workers, task = list(config["cluster"]["worker"]), config["task"]
+        rank, kind = int(task["index"]), task.get("type", "worker")
+        others = sorted(set(config["cluster"]) - {"worker"})
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise DistributedError(f"TF_CONFIG is not a multi-worker configuration ({error!r}); expected "
                                f'{{"cluster": {{"worker": ["host:port", ...]}}, "task": {{"type": "worker", '
                                f'"index": N}}}}') from None
-    if kind not in ("worker", "chief") or not 0 <= rank < len(workers):
-        raise DistributedError(f"TF_CONFIG task {config['task']!r} is not one of the {len(workers)} workers")
+    fix = ("unidl's data-parallel jobs run workers only, worker 0 being rank 0 (TensorFlow's chief where none is "
+           "named): list every process under cluster.worker, the chief's address first, each task of type 'worker'")
+    if others:
+        raise DistributedError(f"TF_CONFIG's cluster names task types {others} besides 'worker'; {fix}")
+    if kind != "worker":
+        raise DistributedError(f"TF_CONFIG's task is of type {kind!r}; {fix}")
+    if not 0 <= rank < len(workers):
+        raise DistributedError(f"TF_CONFIG task {task!r} is not one of the {len(workers)} workers")
+    for index, worker in enumerate(workers):
+        host, _, port = str(worker).rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+            raise DistributedError(f"TF_CONFIG cluster.worker[{index}] is {worker!r}, not an address with a port: "
+                                   f"expected 'host:port' (such as '127.0.0.1:2000', a port in 1..{MAX_PORT})")
+    return [str(worker) for worker in workers], rank
+
+
+def _from_tf_config(text: str) -> Rendezvous:
+    workers, rank = tf_config_workers(text)
     address, _, port = workers[0].rpartition(":")
-    return Rendezvous(rank, len(workers), rank, address or LOOPBACK, int(port), "TF_CONFIG")
+    return Rendezvous(rank, len(workers), rank, address, int(port), "TF_CONFIG")
 
 
 def rendezvous(environ=None) -> Rendezvous:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import os
 
 import tensorflow as tf
@@ -76,6 +75,8 @@ def _logical_devices() -> dict:
 
 def _cluster(rank: int, world_size: int) -> list[str]:
     """The workers' ``host:port`` addresses from ``TF_CONFIG``, checked against this process's place."""
+    from unidl.distributed.environment import tf_config_workers
+
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise DistributedError(
@@ -83,13 +84,7 @@ def _cluster(rank: int, world_size: int) -> list[str]:
             "named in TF_CONFIG, which is not set: start the job with unidl.distributed.launch(..., "
             "backend='tensorflow') or `unidl train --nproc N` (they set it), or set TF_CONFIG yourself; "
             "torchrun's variables name only rank 0's address")
-    try:
-        config = json.loads(text)
-        workers, index = list(config["cluster"]["worker"]), int(config["task"]["index"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise DistributedError(f"TF_CONFIG is not a multi-worker configuration ({error!r}); expected "
-                               f'{{"cluster": {{"worker": ["host:port", ...]}}, "task": {{"type": "worker", '
-                               f'"index": N}}}}') from None
+    workers, index = tf_config_workers(text)  # (workers only: a chief would be TensorFlow's replica beside them)
     if (index, len(workers)) != (rank, world_size):
         raise DistributedError(f"TF_CONFIG places this process as worker {index} of {len(workers)}, but the "
                                f"launcher's variables say rank {rank} of {world_size}; make them agree")
