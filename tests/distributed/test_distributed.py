@@ -582,6 +582,30 @@ def test_launcher_variables_are_read_and_checked():
         rendezvous({"UNIDL_RANK": "0", "UNIDL_WORLD_SIZE": "2"})
 
 
+def test_launcher_variables_that_would_split_or_misplace_a_job_are_clear_errors():
+    """A world size without a rank (each process trained alone), torchrun's variables without MASTER_ADDR (torch's
+    env:// refuses them; unidl took 127.0.0.1, where the ranks of several machines would each wait alone), a port
+    past 65535: a ``DistributedError`` naming the variable, before anything starts. unidl's own variables (what
+    ``launch`` sets, always with the address) keep 127.0.0.1 for a missing address."""
+    from unidl.distributed.environment import rendezvous
+
+    for prefix in ("", "UNIDL_"):
+        with pytest.raises(DistributedError, match=rf"^{prefix}WORLD_SIZE=2 is set but {prefix}RANK is not .*set "
+                                                   rf"{prefix}RANK \(0 \.\. 1\) in each"):
+            rendezvous({f"{prefix}WORLD_SIZE": "2", f"{prefix}MASTER_ADDR": "127.0.0.1",
+                        f"{prefix}MASTER_PORT": "2000"})
+        with pytest.raises(DistributedError, match=rf"^{prefix}MASTER_PORT=70000 must be in 1\.\.65535"):
+            rendezvous({f"{prefix}RANK": "0", f"{prefix}WORLD_SIZE": "2", f"{prefix}MASTER_ADDR": "127.0.0.1",
+                        f"{prefix}MASTER_PORT": "70000"})
+        assert rendezvous({f"{prefix}WORLD_SIZE": "1"}).world_size == 1  # a world of one needs no rank
+    with pytest.raises(DistributedError, match=r"WORLD_SIZE=2 needs MASTER_ADDR, the address rank 0 listens on "
+                                               r"\(torchrun's variables, as torch's env:// requires it\)"):
+        rendezvous({"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "2000"})
+    assert rendezvous({"RANK": "0", "WORLD_SIZE": "1"}).address == "127.0.0.1"  # one process: no address needed
+    place = rendezvous({"UNIDL_RANK": "1", "UNIDL_WORLD_SIZE": "2", "UNIDL_MASTER_PORT": "65535"})
+    assert (place.address, place.port) == ("127.0.0.1", 65535)
+
+
 def test_tf_config_of_workers_only_each_with_a_port_or_a_clear_error():
     """A TF_CONFIG with a 'chief' task (TensorFlow's replica beside the workers) gave the chief and worker 0 both
     rank 0 in a world that left the chief out: refused, saying to list every process as a worker; a worker address
