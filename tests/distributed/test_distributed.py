@@ -227,6 +227,21 @@ def test_an_unshuffled_loaders_drawn_seed_is_rank_0s_on_every_rank(job):
     assert rank0 == rank1 is not None
 
 
+def test_a_batch_norm_model_trains_from_rank_0s_weights_and_buffers(job):
+    """``jobs.batch_norm_from_rank_0``: the ranks start from different weights and buffers, and end with the same
+    ones, bit for bit (the int64 ``num_batches_tracked`` broadcast exactly: 2 steps after rank 0's 0). TensorFlow
+    and Keras-on-TensorFlow raised a ``TypeError`` at the start: one collective of int64 and float32 tensors."""
+    (start0, end0), (start1, end1) = (rank["batch_norm"] for rank in job["ranks"])
+    assert not np.array_equal(start0["0.weight"], start1["0.weight"])
+    assert (start0["1.num_batches_tracked"], start1["1.num_batches_tracked"]) == (0, 5)
+    assert end0.keys() == start0.keys()
+    for name, value in end0.items():
+        np.testing.assert_array_equal(value, end1[name], err_msg=name)
+    assert end0["1.num_batches_tracked"] == 2 and end0["1.num_batches_tracked"].dtype == np.int64
+    for name in ("0.weight", "1.weight", "1.running_mean", "3.bias"):  # trained from rank 0's start
+        assert not np.array_equal(end0[name], start0[name]), name
+
+
 def test_a_last_batch_smaller_than_the_ranks_is_refused_on_every_rank(job):
     for rank in job["ranks"]:
         assert "fewer samples than ranks" in rank["too_small"] and "drop_last=True" in rank["too_small"]
