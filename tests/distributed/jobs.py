@@ -319,6 +319,26 @@ def batch_norm_from_rank_0():
     return start, {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
 
 
+def uneven_batches_warning():
+    """The warning of ``fit`` over 11 samples in batches of 4 (the last batch of 3 splits 1 and 2 over 2 ranks),
+    raised as an error so that nothing trains; None if none came."""
+    import warnings
+
+    from unidl.distributed import process_group
+
+    process_group._warned_uneven.clear()  # (once per loader's settings in a process: this job's other backends)
+    x = np.zeros((11, 5), np.float32)
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, x[:, :3]), batch_size=4), loss=ud.nn.MSELoss(),
+                   optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0)
+        except UserWarning as warning:
+            return str(warning)
+    return None
+
+
 def too_small_last_batch():
     """``fit`` over 9 samples in batches of 4: the last batch of 1 cannot be shared by 2 ranks."""
     x, y = cnn_data()
@@ -367,7 +387,8 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
             "bf16_accumulate_collectives": mixed_collectives, "poisoned_window": poisoned_window("16-mixed"),
             "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
             "coverage": sample_coverage(), "unshuffled_seed": unshuffled_drawn_seed(),
-            "too_small": too_small_last_batch(), "batch_norm": batch_norm_from_rank_0(), "float16": float16,
+            "too_small": too_small_last_batch(), "uneven": uneven_batches_warning(),
+            "batch_norm": batch_norm_from_rank_0(), "float16": float16,
             "window_checkpointed": window_checkpointed_in_the_job(os.path.join(float16_directory, "window"))}
 
 
