@@ -88,6 +88,19 @@ def test_fit_in_fp16_goes_on_past_steps_the_loss_scaler_skips(backend, rng):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+def test_lightnings_aliases_name_the_same_precisions():
+    """Lightning's accepted spellings (its names, the string aliases "16" and "bf16", the integers), matched as
+    written as Lightning matches them: "16" and "bf16" were refused here though the integer 16 was taken."""
+    for given, name in (("32", "32"), ("32-true", "32"), (32, "32"), ("bf16-mixed", "bf16-mixed"),
+                        ("bf16", "bf16-mixed"), ("16-mixed", "16-mixed"), ("16", "16-mixed"), (16, "16-mixed")):
+        assert ud.Precision(given).name == name, given
+    assert ud.Precision("16", init_scale=8.0).init_scale == 8.0  # the float16 loss scaling's settings are taken
+    # (Lightning's "-true" names and 64 keep float16, bfloat16 or float64 weights: not unidl's precisions)
+    for refused in ("BF16", "bf16-true", "16-true", "64", 64, True):
+        with pytest.raises(ValueError, match=r"precision must be one of .*aliases"):
+            ud.Precision(refused)
+
+
 def test_precision_refuses_bad_values_before_training(backend, rng):
     x, y = _regression(rng)
     model = ud.models.TwoLayerNet(8, 16, 3)

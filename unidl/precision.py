@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from unidl import arguments, config
 from unidl.dtype_kinds import dtype_name, holds_floats
 
-#: accepted spellings of each precision, Lightning's names first
-_NAMES = {"32": "32", "32-true": "32", 32: "32", "bf16-mixed": "bf16-mixed", "16-mixed": "16-mixed", 16: "16-mixed"}
+#: accepted spellings of each precision: Lightning's names first, then its aliases (its
+#: ``_PRECISION_INPUT_STR_ALIAS_CONVERSION``: "16" and "bf16" for the mixed ones; the integers 32 and 16), which it
+#: matches as written (no case folding, so neither does unidl: "BF16" is refused by both)
+_NAMES = {"32": "32", "32-true": "32", 32: "32", "bf16-mixed": "bf16-mixed", "bf16": "bf16-mixed",
+          "16-mixed": "16-mixed", "16": "16-mixed", 16: "16-mixed"}
 VALID = ("32", "bf16-mixed", "16-mixed")
 GROWTH_FACTOR, BACKOFF_FACTOR = 2.0, 0.5
 #: the largest float32: a loss scale never grows past it (GradScaler keeps a scale that would overflow)
@@ -43,11 +46,12 @@ NORMALIZATION_OPS = ("batch_norm", "layer_norm", "group_norm")
 
 @dataclass(frozen=True)
 class Precision:
-    """A precision policy. ``name``: "32", "bf16-mixed" or "16-mixed"; the loss-scaling settings (used by
-    "16-mixed" only) default to ``torch.amp.GradScaler``'s: the first scale ``init_scale``, doubled after
-    ``growth_interval`` finite steps in a row (``GROWTH_FACTOR``) unless that would overflow float32 (as
-    GradScaler's), halved by a step whose gradients overflow (``BACKOFF_FACTOR``; both fixed, as Keras's
-    ``LossScaleOptimizer`` fixes them). NumPy numbers are taken as numbers.
+    """A precision policy. ``name``: "32", "bf16-mixed" or "16-mixed" (or Lightning's aliases of them: "32-true",
+    32; "bf16"; "16", 16); the loss-scaling settings (used by "16-mixed" only) default to ``torch.amp.GradScaler``'s:
+    the first scale ``init_scale``, doubled after ``growth_interval`` finite steps in a row (``GROWTH_FACTOR``)
+    unless that would overflow float32 (as GradScaler's), halved by a step whose gradients overflow
+    (``BACKOFF_FACTOR``; both fixed, as Keras's ``LossScaleOptimizer`` fixes them). NumPy numbers are taken as
+    numbers.
 
     Example::
 
@@ -63,7 +67,8 @@ class Precision:
         name = _NAMES.get(self.name) if isinstance(self.name, (str, int)) and not isinstance(self.name, bool) else None
         if name is None:
             raise ValueError(f"precision must be one of {', '.join(repr(v) for v in VALID)} (float32; bfloat16 or "
-                             f"float16 compute over float32 weights), got {self.name!r}")
+                             f"float16 compute over float32 weights; Lightning's aliases '32-true', 'bf16', '16', "
+                             f"32 and 16 too), got {self.name!r}")
         object.__setattr__(self, "name", name)
         scale, interval = arguments.real(self.init_scale), arguments.integer(self.growth_interval)
         if scale is None or not 0 < scale <= FLOAT32_MAX:  # (the scale is a float32 on every backend, as torch's)

@@ -295,6 +295,50 @@ def unshuffled_drawn_seed():
     return loader.seed
 
 
+def batch_norm_from_rank_0():
+    """A net with a ``BatchNorm1d`` trained by ``fit`` (2 steps of global batch 4) from weights and buffers that
+    differ per rank (seeded by the rank; rank 1's running mean moved and its ``num_batches_tracked`` 5), each rank's
+    share of every batch holding the same samples: each rank's ``(start, end)`` state. Rank 0's parameters and
+    buffers are broadcast as training starts (the int64 ``num_batches_tracked`` beside float32 tensors: TensorFlow's
+    single collective of them raised a ``TypeError``), the averaged gradients then move both ranks alike, and the
+    running statistics, each rank's own as in DDP, stay alike too, since the shares are."""
+    rank = ud.distributed.rank()
+    ud.manual_seed(rank)
+    rng = np.random.default_rng(3)
+    pairs_x, pairs_y = rng.standard_normal((2, 2, 5)), rng.standard_normal((2, 2, 3))
+    # batches [a, b, a, b]: both ranks' halves are [a, b]
+    x, y = (np.concatenate([pairs, pairs], axis=1).reshape(8, -1).astype(np.float32) for pairs in (pairs_x, pairs_y))
+    model = ud.nn.Sequential(ud.nn.Linear(5, 4), ud.nn.BatchNorm1d(4), ud.nn.ReLU(), ud.nn.Linear(4, 3))
+    start = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+    if rank == 1:
+        start["1.running_mean"] += 1.0
+        start["1.num_batches_tracked"] += 5
+        model.load_state_dict(start)
+    ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4), loss=ud.nn.MSELoss(),
+           optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0)
+    return start, {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+
+
+def uneven_batches_warning():
+    """The warning of ``fit`` over 11 samples in batches of 4 (the last batch of 3 splits 1 and 2 over 2 ranks),
+    raised as an error so that nothing trains; None if none came."""
+    import warnings
+
+    from unidl.distributed import process_group
+
+    process_group._warned_uneven.clear()  # (once per loader's settings in a process: this job's other backends)
+    x = np.zeros((11, 5), np.float32)
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        try:
+            ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, x[:, :3]), batch_size=4), loss=ud.nn.MSELoss(),
+                   optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0)
+        except UserWarning as warning:
+            return str(warning)
+    return None
+
+
 def too_small_last_batch():
     """``fit`` over 9 samples in batches of 4: the last batch of 1 cannot be shared by 2 ranks."""
     x, y = cnn_data()
@@ -343,7 +387,8 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
             "bf16_accumulate_collectives": mixed_collectives, "poisoned_window": poisoned_window("16-mixed"),
             "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
             "coverage": sample_coverage(), "unshuffled_seed": unshuffled_drawn_seed(),
-            "too_small": too_small_last_batch(), "float16": float16,
+            "too_small": too_small_last_batch(), "uneven": uneven_batches_warning(),
+            "batch_norm": batch_norm_from_rank_0(), "float16": float16,
             "window_checkpointed": window_checkpointed_in_the_job(os.path.join(float16_directory, "window"))}
 
 

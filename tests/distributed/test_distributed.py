@@ -8,6 +8,7 @@ properties (on torch's, the accumulation and guard checks too), and then a rank 
 launched job (``jobs.data_parallel_job_then_failure``).
 """
 
+import json
 import multiprocessing
 import os
 import pickle
@@ -226,9 +227,28 @@ def test_an_unshuffled_loaders_drawn_seed_is_rank_0s_on_every_rank(job):
     assert rank0 == rank1 is not None
 
 
+def test_a_batch_norm_model_trains_from_rank_0s_weights_and_buffers(job):
+    """``jobs.batch_norm_from_rank_0``: the ranks start from different weights and buffers, and end with the same
+    ones, bit for bit (the int64 ``num_batches_tracked`` broadcast exactly: 2 steps after rank 0's 0). TensorFlow
+    and Keras-on-TensorFlow raised a ``TypeError`` at the start: one collective of int64 and float32 tensors."""
+    (start0, end0), (start1, end1) = (rank["batch_norm"] for rank in job["ranks"])
+    assert not np.array_equal(start0["0.weight"], start1["0.weight"])
+    assert (start0["1.num_batches_tracked"], start1["1.num_batches_tracked"]) == (0, 5)
+    assert end0.keys() == start0.keys()
+    for name, value in end0.items():
+        np.testing.assert_array_equal(value, end1[name], err_msg=name)
+    assert end0["1.num_batches_tracked"] == 2 and end0["1.num_batches_tracked"].dtype == np.int64
+    for name in ("0.weight", "1.weight", "1.running_mean", "3.bias"):  # trained from rank 0's start
+        assert not np.array_equal(end0[name], start0[name]), name
+
+
 def test_a_last_batch_smaller_than_the_ranks_is_refused_on_every_rank(job):
     for rank in job["ranks"]:
         assert "fewer samples than ranks" in rank["too_small"] and "drop_last=True" in rank["too_small"]
+    for rank in job["ranks"]:  # one split unevenly is warned of (test_a_loader_whose_batches_split_unevenly_...)
+        assert rank["uneven"] is not None and rank["uneven"].startswith("with 2 ranks, a batch of 3 samples of the "
+                                                                        "loader (11 samples, batch_size=4) splits "
+                                                                        "unevenly"), rank["uneven"]
 
 
 def test_only_rank_0_writes_checkpoints_and_every_rank_sees_them_afterwards(job):
@@ -504,6 +524,40 @@ def test_a_loader_leaving_a_replica_without_a_sample_is_refused_per_rank_or_per_
         process_group.check_training_loader(dropping)
 
 
+def test_a_loader_whose_batches_split_unevenly_is_warned_of_once_per_loader(monkeypatch):
+    """The engines average each replica's mean gradient with equal weight (DDP's rule), so a batch split unevenly
+    trains other weights than one process (11 samples in batches of 4 on 2 ranks: 0.035 away after an epoch), which
+    the docstring promised silently: ``fit``'s loader check warns, once per loader's settings, naming the batch
+    and the remedies; batches that split evenly, or no job, are not warned of. (The group's place only, no
+    engine: the launched jobs warn through ``fit``, ``jobs.uneven_batches_warning``.)"""
+    import warnings
+
+    from unidl.distributed import process_group
+
+    def loader(length, batch_size, drop_last=False):
+        x = np.zeros((length, 2), np.float32)
+        return ud.data.DataLoader(ud.data.TensorDataset(x, x), batch_size=batch_size, drop_last=drop_last)
+
+    monkeypatch.setattr(process_group, "_warned_uneven", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        process_group.check_training_loader(loader(11, 4))  # no job
+        monkeypatch.setattr(process_group, "_group", process_group.ProcessGroup(
+            rank=0, world_size=2, local_rank=0, backend=None, engine=None))
+        for even in (loader(12, 4), loader(11, 4, drop_last=True), loader(6, 8), loader(10, 4)):
+            process_group.check_training_loader(even)
+    for uneven, size in ((loader(11, 4), 3), (loader(12, 3), 3), (loader(5, 8), 5)):
+        with pytest.warns(UserWarning) as warned:
+            process_group.check_training_loader(uneven)
+            process_group.check_training_loader(uneven)  # once
+        assert len(warned) == 1
+        assert str(warned[0].message) == (
+            f"with 2 ranks, a batch of {size} samples of the loader ({len(uneven.dataset)} samples, "
+            f"batch_size={uneven.batch_size}) splits unevenly, and each share's mean gradient counts equally in the "
+            f"average (as in PyTorch DDP), so that step trains other weights than one process with the same batch; "
+            f"use drop_last=True, or a batch_size and dataset length divisible by 2, for the weights of one process")
+
+
 def test_one_process_without_a_launcher_is_a_group_of_one(backend, monkeypatch):
     for name in ("UNIDL_RANK", "RANK", "TF_CONFIG"):
         monkeypatch.delenv(name, raising=False)
@@ -579,6 +633,55 @@ def test_launcher_variables_are_read_and_checked():
         rendezvous({"RANK": "2", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
     with pytest.raises(DistributedError, match="needs UNIDL_MASTER_PORT"):
         rendezvous({"UNIDL_RANK": "0", "UNIDL_WORLD_SIZE": "2"})
+
+
+def test_launcher_variables_that_would_split_or_misplace_a_job_are_clear_errors():
+    """A world size without a rank (each process trained alone), torchrun's variables without MASTER_ADDR (torch's
+    env:// refuses them; unidl took 127.0.0.1, where the ranks of several machines would each wait alone), a port
+    past 65535: a ``DistributedError`` naming the variable, before anything starts. unidl's own variables (what
+    ``launch`` sets, always with the address) keep 127.0.0.1 for a missing address."""
+    from unidl.distributed.environment import rendezvous
+
+    for prefix in ("", "UNIDL_"):
+        with pytest.raises(DistributedError, match=rf"^{prefix}WORLD_SIZE=2 is set but {prefix}RANK is not .*set "
+                                                   rf"{prefix}RANK \(0 \.\. 1\) in each"):
+            rendezvous({f"{prefix}WORLD_SIZE": "2", f"{prefix}MASTER_ADDR": "127.0.0.1",
+                        f"{prefix}MASTER_PORT": "2000"})
+        with pytest.raises(DistributedError, match=rf"^{prefix}MASTER_PORT=70000 must be in 1\.\.65535"):
+            rendezvous({f"{prefix}RANK": "0", f"{prefix}WORLD_SIZE": "2", f"{prefix}MASTER_ADDR": "127.0.0.1",
+                        f"{prefix}MASTER_PORT": "70000"})
+        assert rendezvous({f"{prefix}WORLD_SIZE": "1"}).world_size == 1  # a world of one needs no rank
+    with pytest.raises(DistributedError, match=r"WORLD_SIZE=2 needs MASTER_ADDR, the address rank 0 listens on "
+                                               r"\(torchrun's variables, as torch's env:// requires it\)"):
+        rendezvous({"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "2000"})
+    assert rendezvous({"RANK": "0", "WORLD_SIZE": "1"}).address == "127.0.0.1"  # one process: no address needed
+    place = rendezvous({"UNIDL_RANK": "1", "UNIDL_WORLD_SIZE": "2", "UNIDL_MASTER_PORT": "65535"})
+    assert (place.address, place.port) == ("127.0.0.1", 65535)
+
+
+def test_tf_config_of_workers_only_each_with_a_port_or_a_clear_error():
+    """A TF_CONFIG with a 'chief' task (TensorFlow's replica beside the workers) gave the chief and worker 0 both
+    rank 0 in a world that left the chief out: refused, saying to list every process as a worker; a worker address
+    without a port raised int()'s bare ValueError: a ``DistributedError`` naming the entry and the form expected."""
+    from unidl.distributed.environment import rendezvous
+
+    def tf_config(cluster, task_type="worker", index=0):
+        return {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": index}})}
+
+    workers = ["127.0.0.1:2000", "127.0.0.1:2001"]
+    for task_type in ("chief", "worker"):
+        with pytest.raises(DistributedError, match=r"^TF_CONFIG's cluster names task types \['chief'\] besides "
+                                                   r"'worker'; .*list every process under cluster.worker"):
+            rendezvous(tf_config({"chief": ["127.0.0.1:1999"], "worker": workers}, task_type))
+    with pytest.raises(DistributedError, match=r"^TF_CONFIG's task is of type 'chief'; unidl's data-parallel jobs "
+                                               r"run workers only"):
+        rendezvous(tf_config({"worker": workers}, "chief"))
+    for entry in ("127.0.0.1", "127.0.0.1:", ":2000", "127.0.0.1:port", "127.0.0.1:70000"):
+        with pytest.raises(DistributedError, match=rf"^TF_CONFIG cluster.worker\[1\] is '{entry}', not an address "
+                                                   rf"with a port: expected 'host:port' \(such as '127.0.0.1:2000'"):
+            rendezvous(tf_config({"worker": [workers[0], entry]}))
+    place = rendezvous(tf_config({"worker": ["[::1]:2000", "[::1]:2001"]}, index=1))
+    assert (place.rank, place.world_size, place.address, place.port) == (1, 2, "[::1]", 2000)
 
 
 @pytest.mark.skipif("tensorflow" not in ud.available_backends(), reason="the tensorflow backend is not installed")

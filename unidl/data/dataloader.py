@@ -379,6 +379,14 @@ class DataLoader:
         its samples its rows), or None where samples are read one by one and joined by ``collate_fn``."""
         return sliced_arrays(self.dataset, self.collate_fn)
 
+    def uneven_batch(self, world_size: int) -> int | None:
+        """The size of a batch that ``world_size`` ranks cannot share equally (a full batch's, else the last's), or
+        None where every batch splits evenly."""
+        length = len(self.dataset)
+        full = self.batch_size if length >= self.batch_size else 0
+        last = 0 if self.drop_last else length % self.batch_size
+        return next((size for size in (full, last) if size % world_size), None)
+
     def smallest_share(self, world_size: int) -> int:
         """The fewest samples a rank gets from one batch when ``world_size`` ranks share each batch."""
         length = len(self.dataset)

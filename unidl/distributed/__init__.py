@@ -7,8 +7,11 @@ loader's seed, which rank 0's value fixes); the backend's engine averages the gr
 ``DistributedDataParallel``, gloo on CPU, also around Keras-on-torch's model; tensorflow and
 Keras-on-TensorFlow: ``MultiWorkerMirroredStrategy``'s all-reduce inside the compiled step); ``fit``'s logs
 are reduced over the ranks; only rank 0 writes checkpoints and prints progress. So 2 ranks with global
-batch B train the weights 1 process with batch B trains. ``init(devices=["cpu:0", "cpu:1"])``: one process trains one replica per device, each batch split
-over them inside the step (tensorflow backend: ``tf.distribute.MirroredStrategy``). See docs/distributed.md.
+batch B train the weights 1 process with batch B trains, where every batch splits equally over the ranks (B and
+the last batch divisible by their number, or ``drop_last=True``): a batch split unevenly averages the shares' mean
+gradients with equal weight, as PyTorch DDP does, and ``fit`` warns of such a loader once.
+``init(devices=["cpu:0", "cpu:1"])``: one process trains one replica per device, each batch split over them
+inside the step (tensorflow backend: ``tf.distribute.MirroredStrategy``). See docs/distributed.md.
 """
 
 from unidl.distributed.launch import launch

@@ -4,6 +4,10 @@ Three launchers are understood, checked in this order: unidl's own variables (``
 ``UNIDL_WORLD_SIZE``, ``UNIDL_LOCAL_RANK``, ``UNIDL_MASTER_ADDR``, ``UNIDL_MASTER_PORT``), torchrun's
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and TensorFlow's
 ``TF_CONFIG`` (``cluster.worker`` addresses and ``task.index``). None of them: one process, rank 0 of 1.
+A world size above 1 needs a rank and a port (1..65535); torchrun's variables need ``MASTER_ADDR`` too, as
+torch's ``env://`` does, where unidl's take 127.0.0.1 for a missing ``UNIDL_MASTER_ADDR`` (``launch`` always sets
+it). ``TF_CONFIG`` must name workers only, each as ``host:port``: worker 0 is rank 0, so a separate 'chief' task,
+which TensorFlow counts beside the workers, is refused rather than left a second rank 0.
 """
 
 from __future__ import annotations
@@ -39,12 +43,17 @@ def local_rank_of(rank: int) -> int:
         return rank
 
 
-def _integer(environ, name: str, minimum: int) -> int:
+MAX_PORT = 65535
+
+
+def _integer(environ, name: str, minimum: int, maximum: int | None = None) -> int:
     text = environ[name]
     try:
         value = int(text)
     except ValueError:
         raise DistributedError(f"{name}={text!r} is not an integer") from None
+    if maximum is not None and not minimum <= value <= maximum:
+        raise DistributedError(f"{name}={value} must be in {minimum}..{maximum}")
     if value < minimum:
         raise DistributedError(f"{name}={value} must be >= {minimum}")
     return value
@@ -61,36 +70,68 @@ def _from_variables(environ, prefix: str, source: str) -> Rendezvous:
     if rank >= world_size:
         raise DistributedError(f"{names['RANK']}={rank} must be below {names['WORLD_SIZE']}={world_size}")
     local_rank = _integer(environ, names["LOCAL_RANK"], 0) if names["LOCAL_RANK"] in environ else rank
-    port = _integer(environ, names["MASTER_PORT"], 1) if names["MASTER_PORT"] in environ else None
+    port = _integer(environ, names["MASTER_PORT"], 1, MAX_PORT) if names["MASTER_PORT"] in environ else None
     if world_size > 1 and port is None:
         raise DistributedError(f"{names['WORLD_SIZE']}={world_size} needs {names['MASTER_PORT']}, the port rank 0 "
                                f"listens on ({source})")
-    return Rendezvous(rank, world_size, local_rank, environ.get(names["MASTER_ADDR"], LOOPBACK), port, source)
+    address = environ.get(names["MASTER_ADDR"]) or None
+    if world_size > 1 and address is None and not prefix:
+        # (torch's env:// requires it; a default address would send each rank of a job of several machines to its
+        # own loopback, to wait there until the timeout)
+        raise DistributedError(f"{names['WORLD_SIZE']}={world_size} needs {names['MASTER_ADDR']}, the address rank 0 "
+                               f"listens on ({source}, as torch's env:// requires it); set MASTER_ADDR=127.0.0.1 "
+                               f"for a job on this machine")
+    return Rendezvous(rank, world_size, local_rank, address or LOOPBACK, port, source)
 
 
-def _from_tf_config(text: str) -> Rendezvous:
+def tf_config_workers(text: str) -> tuple[list[str], int]:
+    """The ``host:port`` addresses of ``cluster.worker`` in ``TF_CONFIG`` (``text``) and this process's index among
+    them, checked: a multi-worker configuration of workers only (a 'chief' would be a second process claiming rank
+    0: unidl's rank 0 is worker 0, which TensorFlow's strategy makes its chief when none is named), and every
+    address a host and a port."""
     try:
         config = json.loads(text)
-        workers = list(config["cluster"]["worker"])
-        rank = int(config["task"]["index"])
-        kind = config["task"].get("type", "worker")
-    except (ValueError, KeyError, TypeError) as error:
+        workers, task = list(config["cluster"]["worker"]), config["task"]
+        rank, kind = int(task["index"]), task.get("type", "worker")
+        others = sorted(set(config["cluster"]) - {"worker"})
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise DistributedError(f"TF_CONFIG is not a multi-worker configuration ({error!r}); expected "
                                f'{{"cluster": {{"worker": ["host:port", ...]}}, "task": {{"type": "worker", '
                                f'"index": N}}}}') from None
-    if kind not in ("worker", "chief") or not 0 <= rank < len(workers):
-        raise DistributedError(f"TF_CONFIG task {config['task']!r} is not one of the {len(workers)} workers")
+    fix = ("unidl's data-parallel jobs run workers only, worker 0 being rank 0 (TensorFlow's chief where none is "
+           "named): list every process under cluster.worker, the chief's address first, each task of type 'worker'")
+    if others:
+        raise DistributedError(f"TF_CONFIG's cluster names task types {others} besides 'worker'; {fix}")
+    if kind != "worker":
+        raise DistributedError(f"TF_CONFIG's task is of type {kind!r}; {fix}")
+    if not 0 <= rank < len(workers):
+        raise DistributedError(f"TF_CONFIG task {task!r} is not one of the {len(workers)} workers")
+    for index, worker in enumerate(workers):
+        host, _, port = str(worker).rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+            raise DistributedError(f"TF_CONFIG cluster.worker[{index}] is {worker!r}, not an address with a port: "
+                                   f"expected 'host:port' (such as '127.0.0.1:2000', a port in 1..{MAX_PORT})")
+    return [str(worker) for worker in workers], rank
+
+
+def _from_tf_config(text: str) -> Rendezvous:
+    workers, rank = tf_config_workers(text)
     address, _, port = workers[0].rpartition(":")
-    return Rendezvous(rank, len(workers), rank, address or LOOPBACK, int(port), "TF_CONFIG")
+    return Rendezvous(rank, len(workers), rank, address, int(port), "TF_CONFIG")
 
 
 def rendezvous(environ=None) -> Rendezvous:
     """This process's place in the job, from the first launcher whose variables are set (module docstring)."""
     environ = os.environ if environ is None else environ
-    if "UNIDL_RANK" in environ:
-        return _from_variables(environ, "UNIDL_", "unidl's variables")
-    if "RANK" in environ:
-        return _from_variables(environ, "", "torchrun's variables")
+    for prefix, source in (("UNIDL_", "unidl's variables"), ("", "torchrun's variables")):
+        if prefix + "RANK" in environ:
+            return _from_variables(environ, prefix, source)
+        if prefix + "WORLD_SIZE" in environ and _integer(environ, prefix + "WORLD_SIZE", 1) > 1:
+            # (without its rank a process of the job would train alone, its peers waiting for it)
+            size = environ[prefix + "WORLD_SIZE"]
+            raise DistributedError(f"{prefix}WORLD_SIZE={size} is set but {prefix}RANK is not ({source}): each "
+                                   f"process of the job needs its rank; set {prefix}RANK (0 .. {int(size) - 1}) in "
+                                   f"each, or unset {prefix}WORLD_SIZE for a process that trains alone")
     if environ.get("TF_CONFIG"):
         return _from_tf_config(environ["TF_CONFIG"])
     return Rendezvous(0, 1, 0, LOOPBACK, None, "no launcher (one process)")

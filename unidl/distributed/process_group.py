@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -246,11 +247,18 @@ def sum_over_ranks(*values: float) -> tuple:
     return tuple(type(value)(total) for value, total in zip(values, reduced))
 
 
+_warned_uneven: set = set()  # the loaders' (length, batch_size, drop_last, replicas) warned of in this process
+
+
 def check_training_loader(loader) -> None:
     """In a data-parallel job (several ranks, or several devices in this process), refuse a loader whose last
-    batch leaves a replica without a sample (its step would average nothing), before any rank trains."""
+    batch leaves a replica without a sample (its step would average nothing), before any rank trains; warn once
+    of one whose batches do not split equally (``warn_uneven_batches``)."""
     replicas = num_replicas() if _group is not None else 1
-    if replicas < 2 or not hasattr(loader, "smallest_share") or loader.smallest_share(replicas) >= 1:
+    if replicas < 2 or not hasattr(loader, "smallest_share"):
+        return
+    if loader.smallest_share(replicas) >= 1:
+        warn_uneven_batches(loader, replicas)
         return
     if _group.devices:  # (one process: a job of several refuses devices)
         sharers, per, one = f"{len(_group.devices)} devices in this process", "replicas", "a device"
@@ -262,6 +270,25 @@ def check_training_loader(loader) -> None:
     raise ValueError(f"with {sharers}, a batch of the loader ({length} samples, batch_size={batch_size}, last batch "
                      f"{length % batch_size or batch_size}) has fewer samples than {per}, so {one} would train on "
                      f"none; use drop_last=True, or a batch_size that {fix}")
+
+
+def warn_uneven_batches(loader, replicas: int) -> None:
+    """A ``UserWarning``, once per loader's settings in this process, where a batch of ``loader`` splits unevenly
+    over ``replicas``: the engines average each replica's mean gradient with equal weight (PyTorch DDP's rule), so
+    a step over shares of unequal sizes weighs the samples of the smaller share more than one process does. Not
+    corrected: each share's weight would be its size over the batch's only for a loss that is a plain mean over the
+    samples, which a step cannot know (a sum, a class-weighted or ``ignore_index`` mean, ``sample_weight``)."""
+    size = loader.uneven_batch(replicas)
+    key = (len(loader.dataset), loader.batch_size, loader.drop_last, replicas)
+    if size is None or key in _warned_uneven:
+        return
+    _warned_uneven.add(key)
+    sharers = f"{len(_group.devices)} devices in this process" if _group.devices else f"{replicas} ranks"
+    warnings.warn(f"with {sharers}, a batch of {size} samples of the loader ({key[0]} samples, "
+                  f"batch_size={key[1]}) splits unevenly, and each share's mean gradient counts equally in the "
+                  f"average (as in PyTorch DDP), so that step trains other weights than one process with the same "
+                  f"batch; use drop_last=True, or a batch_size and dataset length divisible by {replicas}, for the "
+                  f"weights of one process", UserWarning, stacklevel=4)
 
 
 def is_writer() -> bool:

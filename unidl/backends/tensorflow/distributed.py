@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import json
 import os
 
 import tensorflow as tf
@@ -76,6 +75,8 @@ def _logical_devices() -> dict:
 
 def _cluster(rank: int, world_size: int) -> list[str]:
     """The workers' ``host:port`` addresses from ``TF_CONFIG``, checked against this process's place."""
+    from unidl.distributed.environment import tf_config_workers
+
     text = os.environ.get("TF_CONFIG")
     if not text:
         raise DistributedError(
@@ -83,13 +84,7 @@ def _cluster(rank: int, world_size: int) -> list[str]:
             "named in TF_CONFIG, which is not set: start the job with unidl.distributed.launch(..., "
             "backend='tensorflow') or `unidl train --nproc N` (they set it), or set TF_CONFIG yourself; "
             "torchrun's variables name only rank 0's address")
-    try:
-        config = json.loads(text)
-        workers, index = list(config["cluster"]["worker"]), int(config["task"]["index"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise DistributedError(f"TF_CONFIG is not a multi-worker configuration ({error!r}); expected "
-                               f'{{"cluster": {{"worker": ["host:port", ...]}}, "task": {{"type": "worker", '
-                               f'"index": N}}}}') from None
+    workers, index = tf_config_workers(text)  # (workers only: a chief would be TensorFlow's replica beside them)
     if (index, len(workers)) != (rank, world_size):
         raise DistributedError(f"TF_CONFIG places this process as worker {index} of {len(workers)}, but the "
                                f"launcher's variables say rank {rank} of {world_size}; make them agree")
@@ -301,8 +296,21 @@ def reduce_in_step(values, op="mean"):
     values = [tf.convert_to_tensor(v) if isinstance(v, tf.IndexedSlices) else v for v in values]
     present = [v for v in values if v is not None]
     reduce_op = tf.distribute.ReduceOp.SUM if op == "sum" else tf.distribute.ReduceOp.MEAN
-    reduced = iter(tf.distribute.get_replica_context().all_reduce(reduce_op, present) if present else [])
+    reduced = iter(_all_reduce_per_dtype(reduce_op, present))
     return [None if v is None else next(reduced) for v in values]
+
+
+def _all_reduce_per_dtype(reduce_op, values):
+    """``values`` reduced over the replicas with ``reduce_op``, in the current replica context: one batched
+    all-reduce per dtype among them (TensorFlow packs a batched all-reduce's tensors into one concat, which takes
+    a single dtype: an int64 buffer beside float32 weights, as BatchNorm's ``num_batches_tracked``, raised its
+    ``TypeError``), in their order."""
+    context, reduced = tf.distribute.get_replica_context(), list(values)
+    for dtype in dict.fromkeys(value.dtype for value in values):
+        where = [index for index, value in enumerate(values) if value.dtype == dtype]
+        for index, value in zip(where, context.all_reduce(reduce_op, [values[index] for index in where])):
+            reduced[index] = value
+    return reduced
 
 
 def average_gradients(grads, loss):
@@ -315,7 +323,7 @@ def average_gradients(grads, loss):
 
 
 def _broadcast(variables):
-    """Rank 0's value of each variable on every rank (a sum in which only rank 0 contributes)."""
+    """Rank 0's value of each variable on every rank (a sum in which only rank 0 contributes; one per dtype)."""
     if variables:
         values = _broadcaster(len(variables))(*[tf.convert_to_tensor(v) for v in variables])
         for variable, value in zip(variables, values if isinstance(values, (list, tuple)) else [values]):
@@ -331,7 +339,7 @@ def _broadcaster(count: int):
 
     def share(*values):
         kept = [tf.identity(v) if rank == 0 else tf.zeros_like(v) for v in values]  # (placed, see _reduce)
-        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, kept)
+        return _all_reduce_per_dtype(tf.distribute.ReduceOp.SUM, kept)  # (an integer's sum is exact)
 
     return tf.function(lambda *values: _strategy.run(share, args=values), reduce_retracing=True)
 
