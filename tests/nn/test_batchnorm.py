@@ -277,3 +277,29 @@ def test_a_layer_held_outside_the_model_is_read_as_it_is_at_each_step_as_in_torc
         expected = oracle(torch.tensor(x)).numpy()
     assert first is None or max_relative_difference(first, expected) > 1e-2  # (the change shows in the outputs)
     assert max_relative_difference(ud.predict(model, x), expected) < 1e-5
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_the_running_statistics_carry_no_gradient_as_torchs(backend, momentum):
+    """A train forward then an eval forward inside one differentiated function: the eval forward reads the running
+    statistics the train forward wrote, which carry no gradient, as torch updates them under no_grad (on jax, and
+    Keras on jax, the input had a second path through them: gradients 0.11 off), eagerly and in ``ud.function``."""
+    x = _batches(1, (4, 3))[0]
+    reference = tnn.BatchNorm1d(3, momentum=momentum)
+    inputs = torch.tensor(x, requires_grad=True)
+    reference.train()
+    reference(inputs)
+    reference.eval()
+    expected = torch.autograd.grad(reference(inputs).sum(), inputs)[0].numpy()
+    for compiled in (False, True):
+        layer = ud.nn.BatchNorm1d(3, momentum=momentum)
+
+        def objective(a):
+            layer.train()
+            layer(a)
+            layer.eval()
+            return ud.ops.sum(layer(a))
+
+        gradient = ud.function(ud.grad(objective)) if compiled else ud.grad(objective)
+        np.testing.assert_allclose(ud.to_numpy(gradient(ud.tensor(x))), expected, atol=1e-5)
+        np.testing.assert_allclose(layer.state_dict()["running_var"], reference.running_var.numpy(), rtol=1e-6)

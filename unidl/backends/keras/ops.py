@@ -244,8 +244,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         unbiased = var * count / K.maximum(count - 1, 1)
         # the statistics read as tensors: a Python float times a Keras variable is Keras's op, which on torch
         # rounds the float to Keras's default float type first (float32); times a tensor it is the tensor's dtype
-        new_mean = (1 - momentum) * K.convert_to_tensor(running_mean) + momentum * mean
-        new_var = (1 - momentum) * K.convert_to_tensor(running_var) + momentum * unbiased
+        # (no gradient through the running statistics, as torch's no_grad update: on jax an eval forward reading
+        # them in the same differentiated function gave the input a second path)
+        new_mean = (1 - momentum) * K.convert_to_tensor(running_mean) + momentum * K.stop_gradient(mean)
+        new_var = (1 - momentum) * K.convert_to_tensor(running_var) + momentum * K.stop_gradient(unbiased)
     else:
         mean, var = K.convert_to_tensor(running_mean), K.convert_to_tensor(running_var)
         new_mean, new_var = running_mean, running_var
