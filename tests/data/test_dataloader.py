@@ -1,6 +1,7 @@
 """DataLoader: every sample once per epoch, seeded orders, mid-epoch resume, worker threads, backend tensors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -514,3 +515,37 @@ def test_a_dataset_that_grows_or_shrinks_between_epochs_is_read_whole_as_in_torc
     assert epoch_labels(loader) == [[0, 1], [2, 3], [4, 5], [6]]
     del samples[2:]
     assert epoch_labels(loader) == [[0, 1]]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_batches_pass_ud_tensors_check_of_their_numbers_alike_on_every_backend(backend, num_workers):
+    """Each field of each batch is checked as ``ud.tensor`` checks its value (``number_array``): uint64 values beyond
+    int64 are its ``ValueError`` (they wrapped around to negative numbers), complex numbers, strings and dates its
+    ``DtypeMismatchError`` (TensorFlow made complex and string tensors, the others raised errors of their own), and
+    bfloat16 and long doubles become the float dtype in force (torch and jax refused them, TensorFlow kept
+    bfloat16): through the TensorDataset's slices, a collate of samples, and arrays handed over whole alike."""
+    import ml_dtypes
+
+    def first(arrays, **options):
+        return next(iter(DataLoader(arrays, batch_size=2, num_workers=num_workers, **options)))
+
+    big = np.array([2**63 + 5, 7], np.uint64)
+    for data in (TensorDataset(big), list(big)):
+        with pytest.raises(ValueError, match=r"DataLoader: values from 7 to 9223372036854775813 do not fit int64 in "
+                                             r"field 0 of a batch"):
+            first(data)
+    for values in (np.ones(2, np.complex64), np.array(["a", "b"]), np.array(["2020-01-01"] * 2, "datetime64[D]")):
+        for data in (TensorDataset(values), Samples([(np.float32(0), value) for value in values])):
+            field = 0 if isinstance(data, TensorDataset) else 1
+            expected = rf"DataLoader takes numbers .*dtype {re.escape(str(values.dtype))} in field {field}"
+            with pytest.raises(ud.errors.DtypeMismatchError, match=expected):
+                first(data)
+    for dtype in (ml_dtypes.bfloat16, np.longdouble):
+        (batch,) = first(TensorDataset(np.ones(2, dtype)))
+        assert ud.to_numpy(batch).dtype == np.float32
+        with ud.use_dtype("float64"):
+            assert ud.to_numpy(first([np.ones(1, dtype)] * 2)).dtype == np.float64
+    epoch = iter(DataLoader(TensorDataset(big), batch_size=2))
+    with pytest.raises(ValueError, match="do not fit int64 in field 0"):  # (arrays handed over whole: take_arrays)
+        epoch.take_arrays()
+    assert ud.tensor(np.ones(2, np.longdouble)).dtype == ud.tensor(np.ones(2, np.float64)).dtype

@@ -22,7 +22,7 @@ from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
 from unidl.distributed import process_group
 from unidl.errors import DataLoaderError, StateDictError
-from unidl.tensors import to_numpy
+from unidl.tensors import as_numpy_values, number_array, to_numpy
 
 _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "drop_last")
 
@@ -82,10 +82,22 @@ def _check_pin_memory(backend) -> None:
 
 def _to_tensors(backend, arrays: tuple, owned: bool):
     """Arrays -> the backend's tensors; ``owned``: fresh arrays nobody else holds, adopted without a copy. A
-    ``SingleField`` batch (samples that are single arrays) is its one tensor, bare, as torch's loader yields it."""
-    tensors = tuple(backend.adopt(array) if owned and isinstance(array, np.ndarray) else backend.tensor(array)
-                    for array in arrays)
+    ``SingleField`` batch (samples that are single arrays) is its one tensor, bare, as torch's loader yields it.
+    Each field passes ``ud.tensor``'s check of its numbers (``number_array``), so that every backend makes the same
+    tensor of it or raises the same error."""
+    tensors = tuple(_to_tensor(backend, array, owned, field) for field, array in enumerate(arrays))
     return tensors[0] if isinstance(arrays, SingleField) else tensors
+
+
+def _to_tensor(backend, value, owned: bool, field: int):
+    if backend.is_tensor(value):
+        return backend.tensor(value)
+    array = (value if isinstance(value, np.ndarray) else np.asarray(to_numpy(value)) if hasattr(value, "dtype")
+             else as_numpy_values(value))  # (a collate_fn's lists and scalars, ragged lists refused as ud.tensor does)
+    checked = number_array(array, owner="DataLoader", where=f" in field {field} of a batch")
+    if owned and checked is value or checked is not array:  # (a fresh array: the check's conversion)
+        return backend.adopt(checked)
+    return backend.tensor(checked)
 
 
 class DataLoader:

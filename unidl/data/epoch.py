@@ -15,6 +15,7 @@ import operator
 import numpy as np
 
 from unidl.data.pool import GRACE_ON_FAILURE
+from unidl.tensors import number_array
 
 
 def xy(batch) -> tuple:
@@ -139,5 +140,9 @@ class Epoch:
         state.ended = True
         order = np.concatenate(state.batches)
         if np.array_equal(order, np.arange(order[0], order[0] + len(order))):  # unshuffled: views, no copy
-            return tuple(array[order[0]:order[0] + len(order)] for array in arrays)
-        return tuple(array[order] for array in arrays)
+            taken = tuple(array[order[0]:order[0] + len(order)] for array in arrays)
+        else:
+            taken = tuple(array[order] for array in arrays)
+        # (the numbers of the batches' fields, as the loader checks them: number_array)
+        return tuple(number_array(array, owner="DataLoader", where=f" in field {field} of a batch")
+                     for field, array in enumerate(taken))

@@ -96,13 +96,7 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
     arrays = collate_fn(samples)
     single = not isinstance(arrays, (tuple, list))  # one array: yielded bare, as torch's loader yields it
     arrays = (arrays,) if single else tuple(arrays)
-    for position, field in enumerate(arrays):
-        kind = getattr(getattr(field, "dtype", None), "kind", None)
-        if isinstance(field, (dict, str, bytes)) or kind in ("O", "U", "S"):  # (a list of numbers converts)
-            what = type(field).__name__ if kind is None else f"an array of dtype {field.dtype}"
-            raise TypeError(f"a DataLoader batch is a tuple of arrays of numbers; the collate of samples "
-                            f"({getattr(collate_fn, '__name__', 'collate_fn')}) gave {what} as field {position} (a "
-                            f"dict of inputs, strings, objects): each framework refused it in words of its own")
+    for position, field in enumerate(arrays):  # (their numbers are checked as they become tensors: number_array)
         check_flat_field(field, position, f"the collate of samples ({getattr(collate_fn, '__name__', 'collate_fn')})")
     return SingleField(arrays) if single else arrays
 
