@@ -964,3 +964,27 @@ def test_the_layout_fit_learns_is_that_of_the_batches_with_or_without_workers(wo
     x, y = first_sample(torch_loader)
     np.testing.assert_array_equal(x, [[0.0, 1.0, 2.0]])
     assert y.shape == (1,)
+
+
+class _StoppingRows(Rows):
+    """Raises StopIteration at sample 3."""
+
+    def __getitem__(self, index):
+        if index == 3:
+            raise StopIteration("no more rows")
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("workers", [{}, {"num_workers": 2}], ids=["none", "threads"])
+def test_a_sample_raising_stop_iteration_is_the_loaders_error_naming_it_not_a_runtime_error(workers):
+    """StopIteration from a sample is a ``DataLoaderError`` naming the sample, without workers as with them (Python
+    turned it into ``RuntimeError: generator raised StopIteration`` in every mode: the error raised from a worker
+    was a StopIteration too, and the loader's generators raise it, PEP 479); process workers' errors are made by
+    the same ``_raised_as``."""
+    from unidl.data.pool import _raised_as
+
+    expected = r"sample 3 of batch 1 of epoch 0 \(samples \[2, 3\]\).*no more rows"
+    with pytest.raises(DataLoaderError, match=expected) as caught:
+        batches(DataLoader(_StoppingRows(6), batch_size=2, **workers))
+    assert not isinstance(caught.value, StopIteration) and isinstance(caught.value.__cause__, StopIteration)
+    assert _raised_as(StopAsyncIteration()) is DataLoaderError and _raised_as(KeyError()) is not DataLoaderError

@@ -402,7 +402,7 @@ class DataLoader:
 
         def produce(indices, batch):
             with worker.batch_rngs((seed, epoch, batch) if seeded else None):
-                arrays = worker.fetch(self.dataset, self.collate_fn, indices)
+                arrays = _fetched(self.dataset, self.collate_fn, indices, batch, epoch)
             return convert(arrays)
 
         for offset, indices in enumerate(batches):
@@ -491,7 +491,7 @@ class DataLoader:
         """``first_sample``'s read of the sample at ``indices`` (batch ``batch`` of ``epoch``), without its cache."""
         if not self.num_workers:
             with worker.batch_rngs(None if self.sliced_arrays() is not None else (seed, epoch, batch)):
-                arrays = worker.fetch(self.dataset, self.collate_fn, indices)
+                arrays = _fetched(self.dataset, self.collate_fn, indices, batch, epoch)
             return tuple(np.asarray(to_numpy(array)) for array in arrays)
         running = self._pool is not None and not self._pool.closed
         in_progress = running and self._started and self._position < len(self)  # that iteration owns them
@@ -517,6 +517,20 @@ class DataLoader:
         if not persistent:
             pool.shutdown(GRACE)
         return tuple(np.asarray(array) for array in arrays)
+
+
+def _fetched(dataset, collate_fn, indices, batch: int, epoch: int) -> tuple:
+    """``worker.fetch`` in this process (``num_workers=0``), a ``StopIteration`` that a sample or the collate raises
+    a ``DataLoaderError`` naming it, as a worker's failure is named: let through, it would end the loader's
+    generators, which Python turns into ``RuntimeError: generator raised StopIteration`` (PEP 479)."""
+    progress = {}
+    try:
+        return worker.fetch(dataset, collate_fn, indices, progress)
+    except StopIteration as error:
+        step = f"sample {progress['index']}" if progress.get("step") == "sample" else "the collate of samples"
+        raise DataLoaderError(f"DataLoader: {step} of batch {batch} of epoch {epoch} (samples {indices.tolist()}) "
+                              f"raised {error!r}; a dataset signals a missing sample with IndexError or an error of "
+                              f"its own, since StopIteration would end the loader's iteration") from error
 
 
 def _numpy_arrays(arrays) -> tuple:

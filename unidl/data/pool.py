@@ -58,9 +58,11 @@ _RAISED_AS: dict = {}
 def _raised_as(original) -> type:
     """``DataLoaderError`` that is also an instance of ``original``'s class (a ``KeyError`` a sample raised in a
     worker is caught by ``except KeyError``, as without workers and as PyTorch's loader raises it again), where
-    the two classes combine; else ``DataLoaderError`` alone (a class whose instances have another layout)."""
+    the two classes combine; else ``DataLoaderError`` alone (a class whose instances have another layout, and
+    ``StopIteration`` and ``StopAsyncIteration``, which end iterations: raised in the loader's generators, Python
+    made them ``RuntimeError: generator raised StopIteration``, PEP 479)."""
     kind = type(original) if isinstance(original, Exception) else None
-    if kind is None or issubclass(DataLoaderError, kind):
+    if kind is None or issubclass(DataLoaderError, kind) or issubclass(kind, (StopIteration, StopAsyncIteration)):
         return DataLoaderError
     if kind not in _RAISED_AS:
         try:
