@@ -549,3 +549,27 @@ def test_batches_pass_ud_tensors_check_of_their_numbers_alike_on_every_backend(b
     with pytest.raises(ValueError, match="do not fit int64 in field 0"):  # (arrays handed over whole: take_arrays)
         epoch.take_arrays()
     assert ud.tensor(np.ones(2, np.longdouble)).dtype == ud.tensor(np.ones(2, np.float64)).dtype
+
+
+def test_a_sharded_loader_leaving_a_rank_an_empty_batch_is_refused_as_its_iteration_begins(backend, monkeypatch):
+    """A rank's share of a batch too small to split (9 samples, batch_size=4, 2 ranks: rank 0 got [[0, 1], [4, 5],
+    []], a NaN mean loss all-reduced to every rank in a loop of the user's own) is ``fit``'s error as each iteration
+    begins, on every rank; drop_last=True, or shard=False, iterates, and ``evaluate`` takes it (it skips an empty
+    share and sums the ranks' counts)."""
+    from unidl.distributed import process_group
+
+    x = np.arange(9, dtype=np.float32)
+    for rank in (0, 1):
+        group = process_group.ProcessGroup(rank=rank, world_size=2, local_rank=rank, backend=None, engine=None)
+        monkeypatch.setattr(process_group, "_group", group)
+        loader = DataLoader(TensorDataset(x), batch_size=4)
+        with pytest.raises(ValueError, match=r"with 2 ranks, a batch of the loader \(9 samples, batch_size=4, last "
+                                             r"batch 1\) has fewer samples than ranks.* use drop_last=True"):
+            iter(loader)
+        shares = [ud.to_numpy(b[0]).tolist() for b in DataLoader(TensorDataset(x), batch_size=4, drop_last=True)]
+        assert shares == [[0, 1], [4, 5]] if rank == 0 else [[2, 3], [6, 7]]
+        assert len(list(DataLoader(TensorDataset(x), batch_size=4, shard=False))) == 3
+        # evaluate skips an empty share and sums every rank's counts
+        evaluated = ud.evaluate(ud.nn.Linear(1, 1), DataLoader(TensorDataset(x[:, None], x[:, None]), batch_size=4),
+                                loss="mse", metrics=[])
+        assert np.isfinite(evaluated["loss"])

@@ -7,6 +7,7 @@ them ahead of time (``pool.py`` runs them, ``worker.py`` is what runs inside the
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import multiprocessing
 import numbers
@@ -98,6 +99,21 @@ def _to_tensor(backend, value, owned: bool, field: int):
     if owned and checked is value or checked is not array:  # (a fresh array: the check's conversion)
         return backend.adopt(checked)
     return backend.tensor(checked)
+
+
+_EMPTY_SHARES = contextvars.ContextVar("unidl_empty_shares", default=False)
+
+
+@contextlib.contextmanager
+def empty_shares_allowed():
+    """Let the iterations of sharded loaders begun in the block hand a rank an empty share of a short batch:
+    ``evaluate`` skips such a share and sums every rank's counts. Elsewhere a rank's empty batch is refused
+    (``process_group.check_shares``): the mean loss of a loop of the user's own would be NaN on every rank."""
+    token = _EMPTY_SHARES.set(True)
+    try:
+        yield
+    finally:
+        _EMPTY_SHARES.reset(token)
 
 
 class DataLoader:
@@ -370,6 +386,8 @@ class DataLoader:
             self.batch_sampler.sampler.seed = process_group.broadcast_value(self.seed)
             self._seed_shared = True
         self._refresh_length()
+        if sharding is not None and not _EMPTY_SHARES.get():  # (an empty share: a NaN loss all-reduced everywhere)
+            process_group.check_shares(self, sharding[1])
         epoch, start, seed = self._epoch, self._position, self.seed
         owned = self.sliced_arrays() is not None  # fresh arrays (fancy indexing): adopted, not copied
 
