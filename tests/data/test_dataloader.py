@@ -573,3 +573,14 @@ def test_a_sharded_loader_leaving_a_rank_an_empty_batch_is_refused_as_its_iterat
         evaluated = ud.evaluate(ud.nn.Linear(1, 1), DataLoader(TensorDataset(x[:, None], x[:, None]), batch_size=4),
                                 loss="mse", metrics=[])
         assert np.isfinite(evaluated["loss"])
+
+
+@pytest.mark.parametrize("name", ["shuffle", "shard", "persistent_workers", "pin_memory"])
+@pytest.mark.parametrize("value", ["False", "no", None, 0.5])
+def test_a_true_or_false_option_other_than_a_bool_is_an_error(name, value):
+    """As drop_last: a string was taken as True (shard="False" sharded, persistent_workers="no" kept the workers,
+    shuffle="False" shuffled, pin_memory="False" said nothing could pin), whatever it said."""
+    with pytest.raises(ValueError, match=f"DataLoader {name} must be True or False, got {re.escape(repr(value))}"):
+        DataLoader(make_dataset(10), batch_size=4, num_workers=1, **{name: value})
+    with pytest.raises(ValueError, match="Sampler shuffle must be True or False, got 'False'"):
+        ud.data.Sampler(10, shuffle="False")

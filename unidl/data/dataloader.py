@@ -15,7 +15,7 @@ import weakref
 
 import numpy as np
 
-from unidl import config
+from unidl import arguments, config
 from unidl.data import worker
 from unidl.data.dataset import SingleField, default_collate, is_map_style, sliced_arrays
 from unidl.data.epoch import Epoch
@@ -222,6 +222,7 @@ class DataLoader:
         if length == 0:
             raise ValueError("DataLoader: the dataset is empty (length 0); there is nothing to load")
         self.dataset = dataset
+        shuffle = arguments.flag("DataLoader", "shuffle", shuffle)  # ("False" shuffled)
         self.batch_sampler = BatchSampler(Sampler(length, shuffle, seed), batch_size, drop_last)
         if len(self.batch_sampler) == 0:
             raise ValueError(f"DataLoader: drop_last=True with batch_size={batch_size} larger than the "
@@ -239,7 +240,7 @@ class DataLoader:
             raise ValueError(f"worker_type must be one of {list(_WORKER_TYPES)}, got {worker_type!r}")
         self.worker_type = worker_type
         self.timeout = _check_timeout(timeout)
-        self.persistent_workers = bool(persistent_workers)
+        self.persistent_workers = arguments.flag("DataLoader", "persistent_workers", persistent_workers)
         if worker_init_fn is not None and not callable(worker_init_fn):
             raise ValueError(f"worker_init_fn must be callable, got {worker_init_fn!r}")
         self.worker_init_fn = worker_init_fn
@@ -251,7 +252,7 @@ class DataLoader:
             if given:
                 raise ValueError(f"DataLoader: {', '.join(given)} need(s) num_workers > 0; with "
                                  f"num_workers=0 nothing would honour them")
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory = arguments.flag("DataLoader", "pin_memory", pin_memory)
         if self.pin_memory:
             _check_pin_memory(config.backend())
         self._epoch = 0          # epoch of the iteration in progress, or of the next one
@@ -261,7 +262,7 @@ class DataLoader:
         self._pool = None        # persistent workers, once started
         self._seed_shared = False  # in a data-parallel job: whether the ranks agreed on rank 0's seed
         self._first_sample = None  # the last first_sample(): (makers, how, arrays), see there
-        self.shard = bool(shard)
+        self.shard = arguments.flag("DataLoader", "shard", shard)
 
     # ---- sizes and settings ----------------------------------------------
     @property
