@@ -675,6 +675,8 @@ def test_pin_memory_is_refused_where_nothing_can_pin(backend):
     ({"worker_init_fn": record_worker_id}, "worker_init_fn need"),
     ({"timeout": 5}, "timeout need"),
     ({"multiprocessing_context": "spawn"}, "multiprocessing_context"),
+    ({"prefetch": 3}, r"prefetch need\(s\) num_workers > 0"),  # (they were ignored)
+    ({"worker_type": "process"}, r"worker_type need\(s\) num_workers > 0"),
     ({"num_workers": 1, "worker_type": "fork"}, "worker_type must be one of"),
     ({"num_workers": 1, "timeout": -1}, "timeout must be"),
     ({"num_workers": 1, "multiprocessing_context": "spawn"}, "needs worker_type='process'"),
@@ -949,8 +951,8 @@ def test_the_layout_fit_learns_is_that_of_the_batches_with_or_without_workers(wo
     from unidl.metrics.probe import first_sample
 
     for worker_type in WORKER_TYPES:
-        loader = DataLoader(Rows(8), batch_size=4, num_workers=workers, worker_type=worker_type,
-                            collate_fn=_one_hot_labels)
+        loader = DataLoader(Rows(8), batch_size=4, collate_fn=_one_hot_labels,
+                            **({"num_workers": workers, "worker_type": worker_type} if workers else {}))
         x, y = first_sample(loader)
         assert x.shape == (1, 3) and y.shape == (1, 8) and y.dtype == np.float32, (worker_type, y)
     if workers:

@@ -176,9 +176,9 @@ class DataLoader:
             generator (see ``manual_seed``) where the loader shuffles or its batches run code of the user's.
         drop_last: drop the last batch of an epoch if it is smaller than ``batch_size``.
         num_workers: workers preparing batches ahead of the training loop (0: prepare on demand, here).
-        prefetch: batches in flight per worker when ``num_workers > 0``.
+        prefetch: batches in flight per worker when ``num_workers > 0`` (default 2).
         collate_fn: joins a list of samples into a tuple of arrays (default: ``default_collate``).
-        worker_type: ``"thread"`` (default) or ``"process"``, see above.
+        worker_type: ``"thread"`` (the default) or ``"process"``, see above.
         timeout: seconds to wait for one batch from a worker before raising ``DataLoaderError``
             (``None`` or 0: wait for ever). A worker process's own start (interpreter, imports,
             unpickling) is not counted; ``worker_init_fn`` is.
@@ -195,8 +195,9 @@ class DataLoader:
             rank iterates its share of every batch (the default); ``False``: every rank gets every batch
             whole. Outside a job it changes nothing. See docs/distributed.md.
 
-    ``persistent_workers``, ``worker_init_fn``, ``timeout`` and ``multiprocessing_context`` need
-    ``num_workers > 0``: given without workers they are a ``ValueError``, since nothing would honour them.
+    ``persistent_workers``, ``worker_init_fn``, ``timeout``, ``multiprocessing_context``, ``prefetch`` and
+    ``worker_type`` need ``num_workers > 0``: given without workers they are a ``ValueError``, since nothing would
+    honour them (as PyTorch refuses ``prefetch_factor`` without workers).
 
     Example::
 
@@ -211,8 +212,8 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
-                 drop_last: bool = False, num_workers: int = 0, prefetch: int = 2, collate_fn=None,
-                 worker_type: str = "thread", timeout: float | None = None, persistent_workers: bool = False,
+                 drop_last: bool = False, num_workers: int = 0, prefetch: int | None = None, collate_fn=None,
+                 worker_type: str | None = None, timeout: float | None = None, persistent_workers: bool = False,
                  worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True):
         if not is_map_style(dataset):
             raise TypeError(f"DataLoader takes a map-style dataset (__len__ and __getitem__: a Dataset, a "
@@ -228,7 +229,7 @@ class DataLoader:
             raise ValueError(f"DataLoader: drop_last=True with batch_size={batch_size} larger than the "
                              f"dataset ({length} samples) yields no batch at all")
         self.num_workers = _check_count("num_workers", num_workers, 0)
-        self.prefetch = _check_count("prefetch", prefetch, 1)
+        self.prefetch = 2 if prefetch is None else _check_count("prefetch", prefetch, 1)
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"collate_fn must be callable, got {collate_fn!r}")
         self.collate_fn = collate_fn or default_collate
@@ -236,18 +237,19 @@ class DataLoader:
             # batches run the user's code, seeded per batch (see the class): from unidl's generator, so that
             # ``manual_seed`` governs an augmentation's draws (one fixed stream for every run and seed, else)
             self.batch_sampler.sampler.seed = draw_seed()
-        if worker_type not in _WORKER_TYPES:
+        if worker_type is not None and worker_type not in _WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {list(_WORKER_TYPES)}, got {worker_type!r}")
-        self.worker_type = worker_type
+        self.worker_type = worker_type or "thread"
         self.timeout = _check_timeout(timeout)
         self.persistent_workers = arguments.flag("DataLoader", "persistent_workers", persistent_workers)
         if worker_init_fn is not None and not callable(worker_init_fn):
             raise ValueError(f"worker_init_fn must be callable, got {worker_init_fn!r}")
         self.worker_init_fn = worker_init_fn
-        self.multiprocessing_context = _multiprocessing_context(multiprocessing_context, worker_type)
+        self.multiprocessing_context = _multiprocessing_context(multiprocessing_context, self.worker_type)
         if self.num_workers == 0:
             given = {"persistent_workers": self.persistent_workers, "worker_init_fn": worker_init_fn,
-                     "timeout": self.timeout, "multiprocessing_context": multiprocessing_context}
+                     "timeout": self.timeout, "multiprocessing_context": multiprocessing_context,
+                     "prefetch": prefetch is not None, "worker_type": worker_type is not None}
             given = [name for name, value in given.items() if value]
             if given:
                 raise ValueError(f"DataLoader: {', '.join(given)} need(s) num_workers > 0; with "
