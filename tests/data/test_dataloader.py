@@ -584,3 +584,31 @@ def test_a_true_or_false_option_other_than_a_bool_is_an_error(name, value):
         DataLoader(make_dataset(10), batch_size=4, num_workers=1, **{name: value})
     with pytest.raises(ValueError, match="Sampler shuffle must be True or False, got 'False'"):
         ud.data.Sampler(10, shuffle="False")
+
+
+def test_an_iterable_dataset_with_a_len_is_refused_as_the_loader_is_built():
+    """A torch ``IterableDataset`` with a ``__len__``, or a ``Dataset`` subclass defining ``__iter__`` but no
+    ``__getitem__``, has only its base class's ``__getitem__``, which raises: they passed the map-style check and
+    the first batch raised ``NotImplementedError``."""
+    torch_data = pytest.importorskip("torch.utils.data")
+
+    class TorchIterable(torch_data.IterableDataset):
+        def __iter__(self):
+            return iter(np.arange(5, dtype=np.float32))
+
+        def __len__(self):
+            return 5
+
+    class Iterable(Dataset):
+        def __iter__(self):
+            return iter(np.arange(5, dtype=np.float32))
+
+        def __len__(self):
+            return 5
+
+    for dataset in (TorchIterable(), Iterable()):
+        with pytest.raises(TypeError, match=f"DataLoader takes a map-style dataset .* got {type(dataset).__name__}"):
+            DataLoader(dataset, batch_size=2)
+        with pytest.raises(TypeError, match="Subset takes a map-style dataset"):
+            ud.data.Subset(dataset, [0])
+    assert len(list(DataLoader(torch_data.TensorDataset(torch_data.default_collate([1.0, 2.0])), batch_size=2))) == 1

@@ -101,8 +101,17 @@ def batched_by_dataset(dataset, collate_fn) -> bool:
 
 def is_map_style(dataset) -> bool:
     """Whether ``dataset`` is map-style, as a loader, ``Subset`` and ``ConcatDataset`` take it: ``__len__`` and
-    ``__getitem__`` (a ``Dataset``, a ``TensorDataset``, a list of samples)."""
-    return hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+    ``__getitem__`` (a ``Dataset``, a ``TensorDataset``, a list of samples), a ``__getitem__`` of its own rather
+    than the placeholder of unidl's or torch's ``Dataset`` (a torch ``IterableDataset`` with a ``__len__``, or a
+    ``Dataset`` subclass defining ``__iter__`` alone, passed, and its first batch raised ``NotImplementedError``)."""
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        return False
+    owner = next((kind for kind in type(dataset).__mro__ if "__getitem__" in vars(kind)), None)
+    return owner is None or (owner.__module__, owner.__qualname__) not in _PLACEHOLDERS
+
+
+#: the base classes whose ``__getitem__`` only raises ``NotImplementedError``, named (torch is never imported here)
+_PLACEHOLDERS = (("unidl.data.dataset", "Dataset"), ("torch.utils.data.dataset", "Dataset"))
 
 
 class Dataset:
