@@ -31,7 +31,7 @@ from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, LabelledRows, NamedBatches,
                                         NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows,
-                                        WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn,
+                                        WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
                                         record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -161,7 +161,11 @@ def test_samples_that_are_single_arrays_batch_to_one_tensor_as_torchs(workers):
     np.testing.assert_array_equal(np.concatenate([ud.to_numpy(b)[:, 0] for b in batches]), np.arange(10))
     assert [len(batch) for batch in DataLoader(TensorDataset(np.zeros((10, 2))), batch_size=4)] == [1, 1, 1]
     named = DataLoader(NamedBatches(np.zeros((8, 3), np.float32), np.arange(8)), batch_size=4, **workers)
-    assert [len(batch) for batch in named] == [2, 2]  # (a subclass's own namedtuple batch: a tuple of fields)
+    # a namedtuple batch of a subclass's own, or of namedtuple samples, is that namedtuple, as PyTorch's
+    # default_collate keeps it (a plain tuple of fields before)
+    assert [type(batch).__name__ for batch in named] == ["_Fields", "_Fields"]
+    samples = DataLoader([named_sample(np.float32(i), i) for i in range(6)], batch_size=4, **workers)
+    assert [ud.to_numpy(batch.y).tolist() for batch in samples] == [[0, 1, 2, 3], [4, 5]]
 
 
 def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_without_workers():

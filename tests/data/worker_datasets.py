@@ -65,7 +65,7 @@ class NamedBatches(TensorDataset):
         return _Fields(*super().batch(indices))
 
 
-_Fields = collections.namedtuple("_Fields", "x y")
+_Fields = named_sample = collections.namedtuple("_Fields", "x y")
 
 
 class NoisyBatches(TensorDataset):

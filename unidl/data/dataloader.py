@@ -17,7 +17,7 @@ import numpy as np
 
 from unidl import arguments, config
 from unidl.data import worker
-from unidl.data.dataset import SingleField, default_collate, is_map_style, sliced_arrays
+from unidl.data.dataset import Fields, default_collate, is_map_style, sliced_arrays
 from unidl.data.epoch import Epoch
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
@@ -83,11 +83,12 @@ def _check_pin_memory(backend) -> None:
 
 def _to_tensors(backend, arrays: tuple, owned: bool):
     """Arrays -> the backend's tensors; ``owned``: fresh arrays nobody else holds, adopted without a copy. A
-    ``SingleField`` batch (samples that are single arrays) is its one tensor, bare, as torch's loader yields it.
+    ``Fields`` batch is its tensors in its layout (samples that are single arrays: the one tensor, bare, as torch's
+    loader yields it; namedtuples: that namedtuple).
     Each field passes ``ud.tensor``'s check of its numbers (``number_array``), so that every backend makes the same
     tensor of it or raises the same error."""
     tensors = tuple(_to_tensor(backend, array, owned, field) for field, array in enumerate(arrays))
-    return tensors[0] if isinstance(arrays, SingleField) else tensors
+    return arrays.rebuilt(tensors) if isinstance(arrays, Fields) else tensors
 
 
 def _to_tensor(backend, value, owned: bool, field: int):

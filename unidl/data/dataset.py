@@ -12,9 +12,41 @@ import numpy as np
 from unidl.tensors import as_numpy_values, to_numpy
 
 
-class SingleField(tuple):
-    """A batch of samples that are single arrays (not tuples): the loader yields its one tensor bare, as
-    ``torch.utils.data.DataLoader`` does (a 1-tuple before), where a tuple sample's batch is a tuple of fields."""
+class Fields(tuple):
+    """A batch's fields, flat, with the ``layout`` the loader hands them out in (a plain tuple batch is a plain
+    tuple): ``SINGLE``, the one tensor bare (samples that are single arrays, as ``torch.utils.data.DataLoader``
+    yields them), or a namedtuple class, the fields as that namedtuple (as PyTorch's ``default_collate`` keeps it;
+    a plain tuple before). It crosses from a worker process pickled, or its layout beside a shared batch."""
+
+    def __new__(cls, values, layout):
+        fields = super().__new__(cls, values)
+        fields.layout = layout
+        return fields
+
+    def __reduce__(self):
+        return Fields, (tuple(self), self.layout)
+
+    def like(self, values) -> Fields:
+        """``values`` (one per field) in this batch's layout."""
+        return Fields(values, self.layout)
+
+    def rebuilt(self, values):
+        """``values`` (one per field: the batch's tensors) as the loader yields them."""
+        return values[0] if self.layout == SINGLE else self.layout(*values)  # (== : SINGLE comes back pickled)
+
+
+#: ``Fields``' layout of a batch of samples that are single arrays
+SINGLE = "single"
+
+
+def flat_fields(batch):
+    """A collated batch as the loader carries it: a tuple or list as a tuple, a namedtuple as ``Fields`` of its
+    class, anything else (one array) as ``Fields`` of it alone (``SINGLE``)."""
+    if isinstance(batch, tuple) and hasattr(type(batch), "_fields"):
+        return Fields(batch, type(batch))
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch)
+    return Fields((batch,), SINGLE)
 
 
 def default_collate(samples: list):
@@ -36,8 +68,10 @@ def default_collate(samples: list):
                                  f"{index} {what}")
         for field in range(count):
             check_flat_field(samples[0][field], field, "the samples")
-        return tuple(_stacked([to_numpy(sample[field]) for sample in samples], f"field {field}")
-                     for field in range(count))
+        fields = tuple(_stacked([to_numpy(sample[field]) for sample in samples], f"field {field}")
+                       for field in range(count))
+        kind = type(samples[0])  # (a namedtuple stays one, as in PyTorch's default_collate)
+        return kind(*fields) if isinstance(samples[0], tuple) and hasattr(kind, "_fields") else fields
     return _stacked([to_numpy(sample) for sample in samples], "the samples")
 
 
