@@ -612,3 +612,21 @@ def test_an_iterable_dataset_with_a_len_is_refused_as_the_loader_is_built():
         with pytest.raises(TypeError, match="Subset takes a map-style dataset"):
             ud.data.Subset(dataset, [0])
     assert len(list(DataLoader(torch_data.TensorDataset(torch_data.default_collate([1.0, 2.0])), batch_size=2))) == 1
+
+
+def test_dict_samples_batch_to_a_dict_of_tensors_and_fit_says_it_takes_x_y(backend):
+    """Dict samples stack key by key into a dict of tensors, as PyTorch's default_collate (refused with a message of
+    "field 0 ... dtype object" before); samples with other keys, or a value that is a structure, are errors naming
+    them; ``fit`` refuses a loader of dict batches with its (x, y) message, before reading any as x and y."""
+    x = np.ones(3, np.float32)
+    batch = next(iter(DataLoader(Samples([{"x": x, "y": i} for i in range(4)]), batch_size=4)))
+    assert sorted(batch) == ["x", "y"] and tuple(batch["x"].shape) == (4, 3)
+    assert ud.to_numpy(batch["y"]).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"the batch's first sample has keys \['x', 'y'\], its sample 1 keys \['x'\]"):
+        next(iter(DataLoader(Samples([{"x": x, "y": 0}, {"x": x}]), batch_size=2)))
+    with pytest.raises(TypeError, match="the samples gave a dict of arrays as field 'x'"):
+        next(iter(DataLoader(Samples([{"x": {"a": x}}] * 2), batch_size=2)))
+    model = ud.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"take batches of two fields \(x, y\); the data gave a dict of \['x', 'y'\]"):
+        ud.fit(model, DataLoader(Samples([{"x": x, "y": 0}] * 4), batch_size=2), loss="cross_entropy",
+               optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0, metrics=[])

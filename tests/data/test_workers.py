@@ -29,10 +29,10 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, LabelledRows, NamedBatches,
-                                        NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows,
-                                        WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
-                                        record_worker_id)
+from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, KeyedArrays, LabelledRows,
+                                        NamedBatches, NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows,
+                                        UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
+                                        failing_worker_init_fn, named_sample, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
@@ -166,6 +166,11 @@ def test_samples_that_are_single_arrays_batch_to_one_tensor_as_torchs(workers):
     assert [type(batch).__name__ for batch in named] == ["_Fields", "_Fields"]
     samples = DataLoader([named_sample(np.float32(i), i) for i in range(6)], batch_size=4, **workers)
     assert [ud.to_numpy(batch.y).tolist() for batch in samples] == [[0, 1, 2, 3], [4, 5]]
+    # dict samples: a dict of tensors by key, as PyTorch's default_collate makes it
+    keyed = list(DataLoader(KeyedArrays(6), batch_size=4, **workers))
+    assert [sorted(batch) for batch in keyed] == [["x", "y"]] * 2
+    assert [ud.to_numpy(batch["y"]).tolist() for batch in keyed] == [[0, 1, 2, 3], [4, 5]]
+    assert tuple(keyed[0]["x"].shape) == (4, 70_000) and ud.to_numpy(keyed[1]["x"])[1, 0] == 5
 
 
 def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_without_workers():

@@ -58,6 +58,13 @@ class SingleArrays(Rows):
         return np.full(70_000, index, np.float32)
 
 
+class KeyedArrays(Rows):
+    """Dict samples: {"x": 70,000 floats, "y": the index} (a batch of 4: above 1 MiB, through shared memory)."""
+
+    def __getitem__(self, index):
+        return {"x": np.full(70_000, index, np.float32), "y": index}
+
+
 class NamedBatches(TensorDataset):
     """A TensorDataset whose own ``batch`` is a namedtuple of its fields."""
 

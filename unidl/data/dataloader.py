@@ -18,7 +18,7 @@ import numpy as np
 from unidl import arguments, config
 from unidl.data import worker
 from unidl.data.dataset import Fields, default_collate, is_map_style, sliced_arrays
-from unidl.data.epoch import Epoch
+from unidl.data.epoch import Epoch, xy
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
 from unidl.distributed import process_group
@@ -84,7 +84,7 @@ def _check_pin_memory(backend) -> None:
 def _to_tensors(backend, arrays: tuple, owned: bool):
     """Arrays -> the backend's tensors; ``owned``: fresh arrays nobody else holds, adopted without a copy. A
     ``Fields`` batch is its tensors in its layout (samples that are single arrays: the one tensor, bare, as torch's
-    loader yields it; namedtuples: that namedtuple).
+    loader yields it; namedtuples: that namedtuple; dicts: a dict).
     Each field passes ``ud.tensor``'s check of its numbers (``number_array``), so that every backend makes the same
     tensor of it or raises the same error."""
     tensors = tuple(_to_tensor(backend, array, owned, field) for field, array in enumerate(arrays))
@@ -122,7 +122,8 @@ class DataLoader:
     alone where the samples are single arrays, see below).
 
     A batch of tuple samples is a tuple of tensors, one per field; a batch of samples that are single arrays (or a
-    ``collate_fn`` that returns one array) is that tensor alone, as torch's loader yields them. One difference from
+    ``collate_fn`` that returns one array) is that tensor alone, of namedtuple samples that namedtuple, of dict
+    samples a dict of tensors by key, as torch's loader yields them (``fit`` and ``evaluate`` take (x, y) tuples). One difference from
     ``torch.utils.data.DataLoader``, the same on every backend: arrays become tensors as ``ud.tensor`` makes them,
     floating point in the dtype in force (``ud.use_dtype``; float32 unless set), integers as int64 and booleans as
     bool, where torch's keeps each array's dtype (a uint8 image is int64 here: convert it to floats in the dataset
@@ -513,7 +514,7 @@ class DataLoader:
         """``first_sample``'s read of the sample at ``indices`` (batch ``batch`` of ``epoch``), without its cache."""
         if not self.num_workers:
             with worker.batch_rngs(None if self.sliced_arrays() is not None else (seed, epoch, batch)):
-                arrays = _fetched(self.dataset, self.collate_fn, indices, batch, epoch)
+                arrays = _checked_pairs(_fetched(self.dataset, self.collate_fn, indices, batch, epoch))
             return tuple(np.asarray(to_numpy(array)) for array in arrays)
         running = self._pool is not None and not self._pool.closed
         in_progress = running and self._started and self._position < len(self)  # that iteration owns them
@@ -538,7 +539,7 @@ class DataLoader:
             raise
         if not persistent:
             pool.shutdown(GRACE)
-        return tuple(np.asarray(array) for array in arrays)
+        return tuple(np.asarray(array) for array in _checked_pairs(arrays))
 
 
 def _fetched(dataset, collate_fn, indices, batch: int, epoch: int) -> tuple:
@@ -556,5 +557,14 @@ def _fetched(dataset, collate_fn, indices, batch: int, epoch: int) -> tuple:
 
 
 def _numpy_arrays(arrays) -> tuple:
-    """``arrays`` (a collated batch: NumPy arrays or a framework's tensors) as NumPy arrays."""
-    return tuple(np.asarray(to_numpy(array)) for array in arrays)
+    """``arrays`` (a collated batch: NumPy arrays or a framework's tensors) as NumPy arrays, in its layout."""
+    values = tuple(np.asarray(to_numpy(array)) for array in arrays)
+    return arrays.like(values) if isinstance(arrays, Fields) else values
+
+
+def _checked_pairs(arrays):
+    """``first_sample``'s batch, which ``fit`` and ``evaluate`` read as (x, y): a batch of dict samples is their
+    error (``xy``'s), not its first two values taken as x and y."""
+    if isinstance(arrays, Fields) and isinstance(arrays.layout, tuple):
+        xy(arrays.rebuilt(arrays))
+    return arrays

@@ -15,8 +15,8 @@ from unidl.tensors import as_numpy_values, to_numpy
 class Fields(tuple):
     """A batch's fields, flat, with the ``layout`` the loader hands them out in (a plain tuple batch is a plain
     tuple): ``SINGLE``, the one tensor bare (samples that are single arrays, as ``torch.utils.data.DataLoader``
-    yields them), or a namedtuple class, the fields as that namedtuple (as PyTorch's ``default_collate`` keeps it;
-    a plain tuple before). It crosses from a worker process pickled, or its layout beside a shared batch."""
+    yields them), a namedtuple class, the fields as that namedtuple (as PyTorch's ``default_collate`` keeps it;
+    a plain tuple before), or a tuple of keys, the fields as a dict of them (dict samples). It crosses from a worker process pickled, or its layout beside a shared batch."""
 
     def __new__(cls, values, layout):
         fields = super().__new__(cls, values)
@@ -32,6 +32,8 @@ class Fields(tuple):
 
     def rebuilt(self, values):
         """``values`` (one per field: the batch's tensors) as the loader yields them."""
+        if isinstance(self.layout, tuple):
+            return dict(zip(self.layout, values))
         return values[0] if self.layout == SINGLE else self.layout(*values)  # (== : SINGLE comes back pickled)
 
 
@@ -41,7 +43,10 @@ SINGLE = "single"
 
 def flat_fields(batch):
     """A collated batch as the loader carries it: a tuple or list as a tuple, a namedtuple as ``Fields`` of its
-    class, anything else (one array) as ``Fields`` of it alone (``SINGLE``)."""
+    class, a dict as ``Fields`` of its values by its keys, anything else (one array) as ``Fields`` of it alone
+    (``SINGLE``)."""
+    if isinstance(batch, dict):
+        return Fields(tuple(batch.values()), tuple(batch))
     if isinstance(batch, tuple) and hasattr(type(batch), "_fields"):
         return Fields(batch, type(batch))
     if isinstance(batch, (tuple, list)):
@@ -57,7 +62,21 @@ def default_collate(samples: list):
     ``default_collate`` refuses them; the extra fields were dropped), and a field holding arrays or tensors (a
     nested ``(x, (y_a, y_b))`` of arrays) or a dict a ``TypeError`` (PyTorch keeps the structure; stacked, it became
     one array). A field that is a tuple or list of numbers is one array of them, (N, k), where PyTorch's
-    ``default_collate`` makes k tensors of N: a value, as ``ud.tensor`` reads it."""
+    ``default_collate`` makes k tensors of N: a value, as ``ud.tensor`` reads it.
+
+    Dict samples stack key by key into a dict, as PyTorch's ``default_collate`` stacks them (the loader yields a dict
+    of tensors): every sample needs the first sample's keys, and a value that is itself a structure (a dict, a tuple
+    of arrays) is a ``TypeError``, as a nested field is."""
+    if isinstance(samples[0], dict):
+        keys = list(samples[0])
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, dict) or list(sample) != keys and set(sample) != set(keys):
+                what = f"keys {list(sample)}" if isinstance(sample, dict) else f"a {type(sample).__name__}"
+                raise ValueError(f"DataLoader: the dict samples of a batch must have the same keys: the batch's first "
+                                 f"sample has keys {keys}, its sample {index} {what}")
+        for key in keys:
+            check_flat_field(samples[0][key], repr(key), "the samples")
+        return {key: _stacked([to_numpy(sample[key]) for sample in samples], f"field {key!r}") for key in keys}
     if isinstance(samples[0], (tuple, list)):
         count = len(samples[0])
         for index, sample in enumerate(samples):
@@ -90,7 +109,7 @@ def _stacked(values: list, what: str) -> np.ndarray:
                          f"collate_fn of your own") from None
 
 
-def check_flat_field(value, position: int, source: str) -> None:
+def check_flat_field(value, position, source: str) -> None:
     """A ``TypeError`` where field ``position`` of a batch or sample (from ``source``) is a nested structure: a dict,
     or a tuple or list holding arrays or tensors (lists of numbers, nested too, are values and convert)."""
     if _nested(value):

@@ -95,8 +95,10 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
         samples.append(dataset[index])
     progress["step"], progress["index"] = "collate", None
     arrays = flat_fields(collate_fn(samples))
+    names = arrays.layout if isinstance(arrays, Fields) and isinstance(arrays.layout, tuple) else None
     for position, field in enumerate(arrays):  # (their numbers are checked as they become tensors: number_array)
-        check_flat_field(field, position, f"the collate of samples ({getattr(collate_fn, '__name__', 'collate_fn')})")
+        check_flat_field(field, position if names is None else repr(names[position]),
+                         f"the collate of samples ({getattr(collate_fn, '__name__', 'collate_fn')})")
     return arrays
 
 
