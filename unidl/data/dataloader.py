@@ -123,11 +123,11 @@ class DataLoader:
 
     A batch of tuple samples is a tuple of tensors, one per field; a batch of samples that are single arrays (or a
     ``collate_fn`` that returns one array) is that tensor alone, of namedtuple samples that namedtuple, of dict
-    samples a dict of tensors by key, as torch's loader yields them (``fit`` and ``evaluate`` take (x, y) tuples). One difference from
-    ``torch.utils.data.DataLoader``, the same on every backend: arrays become tensors as ``ud.tensor`` makes them,
-    floating point in the dtype in force (``ud.use_dtype``; float32 unless set), integers as int64 and booleans as
-    bool, where torch's keeps each array's dtype (a uint8 image is int64 here: convert it to floats in the dataset
-    or ``collate_fn``).
+    samples a dict of tensors by key, as torch's loader yields them (``fit`` and ``evaluate`` take (x, y) tuples).
+    One difference from ``torch.utils.data.DataLoader``, the same on every backend: arrays become tensors as
+    ``ud.tensor`` makes them, floating point in the dtype in force (``ud.use_dtype``; float32 unless set), integers as
+    int64 and booleans as bool, where torch's keeps each array's dtype (a uint8 image is int64 here: convert it to
+    floats in the dataset or ``collate_fn``).
 
     Every ``iter(loader)`` is one epoch; epoch ``e`` visits the samples in the order fixed by
     ``(seed, e)`` (see ``unidl.data.sampler``), so ``state_dict()`` (epoch, batches already yielded,

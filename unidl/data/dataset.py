@@ -16,7 +16,8 @@ class Fields(tuple):
     """A batch's fields, flat, with the ``layout`` the loader hands them out in (a plain tuple batch is a plain
     tuple): ``SINGLE``, the one tensor bare (samples that are single arrays, as ``torch.utils.data.DataLoader``
     yields them), a namedtuple class, the fields as that namedtuple (as PyTorch's ``default_collate`` keeps it;
-    a plain tuple before), or a tuple of keys, the fields as a dict of them (dict samples). It crosses from a worker process pickled, or its layout beside a shared batch."""
+    a plain tuple before), or a tuple of keys, the fields as a dict of them (dict samples). It crosses from a worker
+    process pickled, or its layout beside a shared batch."""
 
     def __new__(cls, values, layout):
         fields = super().__new__(cls, values)
