@@ -29,9 +29,9 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, KeyedArrays, LabelledRows,
-                                        NamedBatches, NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows,
-                                        UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
+from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingOnArrival, ExitingRows, FailingRows, KeyedArrays,
+                                        LabelledRows, NamedBatches, NoisyBatches, NoisyRows, Rows, SingleArrays,
+                                        SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
                                         failing_worker_init_fn, named_sample, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -238,7 +238,9 @@ def test_a_dying_worker_process_is_named_with_its_exit_code(code, expected):
 @pytest.mark.parametrize("dataset, worker_init_fn, expected", [
     (UnrestorableRows(4), None, "failed while starting .*RuntimeError: this dataset cannot be restored"),
     (Rows(4), failing_worker_init_fn, r"failed in worker_init_fn\(0\): RuntimeError: worker 0 cannot initialise"),
-], ids=["unpickling", "worker_init_fn"])
+    (ExitingOnArrival(4), None, r"exited unexpectedly with exit code 1 while starting, before it could report ready; "
+                                r"its stderr above holds the cause; .*if __name__ == \"__main__\":"),
+], ids=["unpickling", "worker_init_fn", "dying"])
 def test_a_worker_process_that_cannot_start_says_why(dataset, worker_init_fn, expected):
     loader = DataLoader(dataset, batch_size=2, num_workers=1, worker_type="process", worker_init_fn=worker_init_fn)
     with pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) " + expected):

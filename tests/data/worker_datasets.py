@@ -148,6 +148,14 @@ class UnrestorableRows(Rows):
         raise RuntimeError("this dataset cannot be restored in a worker")
 
 
+class ExitingOnArrival(Rows):
+    """Ends its worker process as it is unpickled there (as a script without the main guard can), before the worker
+    reports ready."""
+
+    def __setstate__(self, state):
+        os._exit(1)
+
+
 def failing_worker_init_fn(worker_id):
     raise RuntimeError(f"worker {worker_id} cannot initialise")
 
