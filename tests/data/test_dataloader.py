@@ -630,3 +630,19 @@ def test_dict_samples_batch_to_a_dict_of_tensors_and_fit_says_it_takes_x_y(backe
     with pytest.raises(ValueError, match=r"take batches of two fields \(x, y\); the data gave a dict of \['x', 'y'\]"):
         ud.fit(model, DataLoader(Samples([{"x": x, "y": 0}] * 4), batch_size=2), loss="cross_entropy",
                optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0, metrics=[])
+
+
+def test_prefetch_factor_dataset_addition_and_len_of_an_iteration_as_in_torch():
+    """PyTorch's ``prefetch_factor`` is ``prefetch`` (a ``TypeError`` before), ``dataset + dataset`` a
+    ``ConcatDataset``, and ``len(iter(loader))`` the batches the iteration yields (both ``TypeError``s before)."""
+    assert DataLoader(make_dataset(10), batch_size=4, num_workers=1, prefetch_factor=3).prefetch == 3
+    with pytest.raises(ValueError, match="prefetch_factor is PyTorch's name for prefetch"):
+        DataLoader(make_dataset(10), batch_size=4, num_workers=1, prefetch=2, prefetch_factor=3)
+    with pytest.raises(ValueError, match="prefetch need"):
+        DataLoader(make_dataset(10), batch_size=4, prefetch_factor=3)
+    both = make_dataset(3) + RowDataset(2)
+    assert isinstance(both, ud.data.ConcatDataset) and len(both) == 5 and both[4][1] == 1
+    loader = DataLoader(make_dataset(10), batch_size=4)
+    assert len(iter(loader)) == 3
+    loader.load_state_dict(dict(loader.state_dict(), position=1))
+    assert len(iter(loader)) == 2

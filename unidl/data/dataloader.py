@@ -178,7 +178,8 @@ class DataLoader:
             generator (see ``manual_seed``) where the loader shuffles or its batches run code of the user's.
         drop_last: drop the last batch of an epoch if it is smaller than ``batch_size``.
         num_workers: workers preparing batches ahead of the training loop (0: prepare on demand, here).
-        prefetch: batches in flight per worker when ``num_workers > 0`` (default 2).
+        prefetch: batches in flight per worker when ``num_workers > 0`` (default 2); ``prefetch_factor``, PyTorch's
+            name, is taken for it.
         collate_fn: joins a list of samples into a tuple of arrays (default: ``default_collate``).
         worker_type: ``"thread"`` (the default) or ``"process"``, see above.
         timeout: seconds to wait for one batch from a worker before raising ``DataLoaderError``
@@ -216,7 +217,8 @@ class DataLoader:
     def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
                  drop_last: bool = False, num_workers: int = 0, prefetch: int | None = None, collate_fn=None,
                  worker_type: str | None = None, timeout: float | None = None, persistent_workers: bool = False,
-                 worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True):
+                 worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True,
+                 prefetch_factor: int | None = None):
         if not is_map_style(dataset):
             raise TypeError(f"DataLoader takes a map-style dataset (__len__ and __getitem__: a Dataset, a "
                             f"TensorDataset, a list of samples), got {type(dataset).__name__}; an iterable dataset or "
@@ -231,6 +233,11 @@ class DataLoader:
             raise ValueError(f"DataLoader: drop_last=True with batch_size={batch_size} larger than the "
                              f"dataset ({length} samples) yields no batch at all")
         self.num_workers = _check_count("num_workers", num_workers, 0)
+        if prefetch_factor is not None:  # (PyTorch's name)
+            if prefetch is not None:
+                raise ValueError(f"DataLoader: prefetch={prefetch!r} and prefetch_factor={prefetch_factor!r} are "
+                                 f"one option (prefetch_factor is PyTorch's name for prefetch); give one")
+            prefetch = prefetch_factor
         self.prefetch = 2 if prefetch is None else _check_count("prefetch", prefetch, 1)
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"collate_fn must be callable, got {collate_fn!r}")

@@ -177,6 +177,10 @@ class Dataset:
     def __getitem__(self, index):
         raise NotImplementedError(f"{type(self).__name__} must implement __getitem__")
 
+    def __add__(self, other) -> ConcatDataset:
+        """``self`` then ``other``, as ``torch.utils.data.Dataset``'s ``+``."""
+        return ConcatDataset([self, other])
+
 
 def _as_array(position, array) -> np.ndarray:
     """A TensorDataset's array as NumPy: a tensor's values, nested lists as ``ud.tensor`` reads them (ragged ones a

@@ -101,6 +101,7 @@ class Epoch:
     def __init__(self, loader, token, batches: list, make_source, sharded: bool = False):
         self._state = _EpochState(loader, token, batches, make_source)
         self._sharded = sharded  # a rank's shares of global batches: not slices of batch_size
+        self._length = len(batches)
         self._batches = _delivered(self._state)
 
     @property
@@ -109,6 +110,11 @@ class Epoch:
 
     def __iter__(self):
         return self
+
+    def __len__(self) -> int:
+        """The batches this iteration yields from where it began: ``len(loader)`` for a whole epoch, as PyTorch's
+        ``len(iter(loader))``, fewer for one resumed mid-epoch."""
+        return self._length
 
     # ``next(epoch)`` resumes the generator ``_delivered`` with no Python frame of its own (a property whose getter
     # is C code returns the generator's own ``__next__``): a Python ``__next__`` would start with a bytecode at which
