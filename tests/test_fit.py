@@ -158,8 +158,8 @@ def test_batches_of_other_than_two_fields_are_one_error(backend, rng):
     assert history["loss"] == [0.0]
     dict_x = DataLoader(TensorDataset(x, y), batch_size=4, collate_fn=lambda s: ({"x": ud.data.default_collate(s)[0]},
                                                                                 ud.data.default_collate(s)[1]))
-    with pytest.raises(TypeError, match=r"a DataLoader batch is a tuple of arrays of numbers; the collate of "
-                                        r"samples \(<lambda>\) gave dict as field 0"):
+    with pytest.raises(TypeError, match=r"a DataLoader batch is a flat tuple of arrays; the collate of "
+                                        r"samples \(<lambda>\) gave a dict of arrays as field 0"):
         ud.fit(model, dict_x, loss="cross_entropy", optimizer=optimizer, verbose=0, metrics=[])
     if ud.get_backend() == "torch":  # a pipeline of the framework's own giving a dict of inputs: train_step's rule
         import torch

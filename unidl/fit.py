@@ -17,6 +17,7 @@ from unidl import arguments, config, fit_options, input_checks
 from unidl.callbacks.callback import as_callbacks
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
+from unidl.data.dataloader import empty_shares_allowed
 from unidl.data.epoch import xy
 from unidl.data.pool import ctrl_c_noted
 from unidl.distributed import process_group
@@ -951,7 +952,9 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
     if metrics is not None:
         metrics.reset()
     try:
-        for batch in batches:
+        with empty_shares_allowed():  # (a rank's empty share is skipped below, the counts summed over ranks)
+            iterator = iter(batches)
+        for batch in iterator:
             x, y = (batch[0], batch[1]) if weighted else xy(batch)  # (weights: a third field of unidl's own)
             if not int(tuple(x.shape)[0]):  # a data-parallel rank's empty share of a short last batch
                 continue

@@ -25,14 +25,9 @@ def tensor(value, dtype: str | None = None):
         if array is not None and array.dtype == object and array.size and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in array.flat):
             array = value = _python_numbers(array, dtype)  # ints beyond uint64, which NumPy holds as objects
-        if array is not None and array.dtype.name == "bfloat16":  # ml_dtypes' (what ``to_numpy`` gives back)
-            array = value = array.astype(np.float32)
-        if array is None or array.dtype.kind not in _NUMBER_KINDS:
-            what = f"{type(value).__name__} {value!r}" if array is None else f"an array of dtype {array.dtype}"
-            raise DtypeMismatchError(f"ud.tensor takes numbers (floats, ints or bools: a NumPy array, nested lists or "
-                                     f"a scalar), got {what}")
-        if dtype is None and array.dtype == np.uint64:  # to int64, which 2 ** 63 and above do not fit (they wrapped
-            _check_fits(array, "int64")                  # around to negative numbers; torch's raised a TypeError)
+        if array is None:
+            raise DtypeMismatchError(f"ud.tensor {_NUMBERS}, got {type(value).__name__} {value!r}")
+        array = value = number_array(array, dtype)
     if dtype is not None and (type(dtype) is not str or dtype not in _BACKEND_DTYPES):
         from unidl import ops
 
@@ -45,6 +40,30 @@ def tensor(value, dtype: str | None = None):
         dtype = name
     with backend.device_scope(config.get_device()):
         return backend.tensor(value, dtype)
+
+
+_NUMBERS = "takes numbers (floats, ints or bools: a NumPy array, nested lists or a scalar)"
+
+
+def number_array(array: np.ndarray, dtype=None, owner: str = "ud.tensor", where: str = "") -> np.ndarray:
+    """``array`` as numbers that every backend's ``tensor`` takes alike, the one check of ``ud.tensor`` and of the
+    DataLoader's batches (each field of each batch, never each element: the loader's zero-copy path stays fast).
+
+    bfloat16 (ml_dtypes', what ``to_numpy`` gives back) and long doubles become float32 and float64, floats that a
+    backend then makes the float dtype in force (torch and jax refused them, TensorFlow kept bfloat16); anything
+    that is not numbers (complex, strings, objects, dates) is a ``DtypeMismatchError`` (TensorFlow made complex
+    and string tensors, the others failed in words of their own); uint64 values beyond int64 without a ``dtype``
+    a ``ValueError`` (they wrapped around to negative numbers; torch's raised a ``TypeError``). ``owner`` and
+    ``where`` name the caller and the value in the messages."""
+    if array.dtype.name == "bfloat16":
+        return array.astype(np.float32)
+    if array.dtype.kind == "f" and array.dtype.itemsize > 8:
+        return array.astype(np.float64)
+    if array.dtype.kind not in _NUMBER_KINDS:
+        raise DtypeMismatchError(f"{owner} {_NUMBERS}, got an array of dtype {array.dtype}{where}")
+    if dtype is None and array.dtype == np.uint64:  # (to int64, which 2 ** 63 and above do not fit)
+        _check_fits(array, "int64", owner, where)
+    return array
 
 
 def as_numpy_values(value) -> np.ndarray:
@@ -74,7 +93,7 @@ def _python_numbers(array: np.ndarray, dtype) -> np.ndarray:
 _BACKEND_DTYPES = ("float32", "float64")  # the dtypes every backend's ``tensor`` makes itself
 
 
-def _check_fits(array: np.ndarray, name: str) -> None:
+def _check_fits(array: np.ndarray, name: str, owner: str = "ud.tensor", where: str = "") -> None:
     """``ValueError`` for values an integer dtype cannot hold, as ``torch.tensor`` raises (the frameworks' casts
     wrapped them around: ``ud.tensor([-1, 300], 'uint8')`` gave [255, 44]); NaN and infinities too."""
     if not array.size or array.dtype.kind == "b":
@@ -82,8 +101,8 @@ def _check_fits(array: np.ndarray, name: str) -> None:
     info = np.iinfo(name)
     finite = np.isfinite(array).all() if array.dtype.kind == "f" else True
     if not finite or array.min() < info.min or array.max() > info.max:
-        raise ValueError(f"ud.tensor: values from {array.min()} to {array.max()} do not fit {name}, whose range is "
-                         f"[{info.min}, {info.max}]; pass values within it, or a wider dtype")
+        raise ValueError(f"{owner}: values from {array.min()} to {array.max()} do not fit {name}{where}, whose range "
+                         f"is [{info.min}, {info.max}]; pass values within it, or a wider dtype")
 
 
 def _holds_floats(value) -> bool:

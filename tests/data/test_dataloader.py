@@ -1,6 +1,7 @@
 """DataLoader: every sample once per epoch, seeded orders, mid-epoch resume, worker threads, backend tensors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -210,7 +211,7 @@ def test_set_epoch_or_load_state_dict_is_not_moved_by_an_iterator_still_alive():
 def test_workers_give_the_same_batches(dataset, shuffle):
     def run(num_workers):
         loader = DataLoader(dataset, batch_size=5, shuffle=shuffle, seed=4, num_workers=num_workers,
-                            prefetch=2)
+                            **({"prefetch": 2} if num_workers else {}))
         return [[(ud.to_numpy(x).tolist(), ud.to_numpy(y).tolist()) for x, y in loader] for _ in range(2)]
 
     reference = run(0)
@@ -514,3 +515,134 @@ def test_a_dataset_that_grows_or_shrinks_between_epochs_is_read_whole_as_in_torc
     assert epoch_labels(loader) == [[0, 1], [2, 3], [4, 5], [6]]
     del samples[2:]
     assert epoch_labels(loader) == [[0, 1]]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_batches_pass_ud_tensors_check_of_their_numbers_alike_on_every_backend(backend, num_workers):
+    """Each field of each batch is checked as ``ud.tensor`` checks its value (``number_array``): uint64 values beyond
+    int64 are its ``ValueError`` (they wrapped around to negative numbers), complex numbers, strings and dates its
+    ``DtypeMismatchError`` (TensorFlow made complex and string tensors, the others raised errors of their own), and
+    bfloat16 and long doubles become the float dtype in force (torch and jax refused them, TensorFlow kept
+    bfloat16): through the TensorDataset's slices, a collate of samples, and arrays handed over whole alike."""
+    import ml_dtypes
+
+    def first(arrays, **options):
+        return next(iter(DataLoader(arrays, batch_size=2, num_workers=num_workers, **options)))
+
+    big = np.array([2**63 + 5, 7], np.uint64)
+    for data in (TensorDataset(big), list(big)):
+        with pytest.raises(ValueError, match=r"DataLoader: values from 7 to 9223372036854775813 do not fit int64 in "
+                                             r"field 0 of a batch"):
+            first(data)
+    for values in (np.ones(2, np.complex64), np.array(["a", "b"]), np.array(["2020-01-01"] * 2, "datetime64[D]")):
+        for data in (TensorDataset(values), Samples([(np.float32(0), value) for value in values])):
+            field = 0 if isinstance(data, TensorDataset) else 1
+            expected = rf"DataLoader takes numbers .*dtype {re.escape(str(values.dtype))} in field {field}"
+            with pytest.raises(ud.errors.DtypeMismatchError, match=expected):
+                first(data)
+    for dtype in (ml_dtypes.bfloat16, np.longdouble):
+        (batch,) = first(TensorDataset(np.ones(2, dtype)))
+        assert ud.to_numpy(batch).dtype == np.float32
+        with ud.use_dtype("float64"):
+            assert ud.to_numpy(first([np.ones(1, dtype)] * 2)).dtype == np.float64
+    epoch = iter(DataLoader(TensorDataset(big), batch_size=2))
+    with pytest.raises(ValueError, match="do not fit int64 in field 0"):  # (arrays handed over whole: take_arrays)
+        epoch.take_arrays()
+    assert ud.tensor(np.ones(2, np.longdouble)).dtype == ud.tensor(np.ones(2, np.float64)).dtype
+
+
+def test_a_sharded_loader_leaving_a_rank_an_empty_batch_is_refused_as_its_iteration_begins(backend, monkeypatch):
+    """A rank's share of a batch too small to split (9 samples, batch_size=4, 2 ranks: rank 0 got [[0, 1], [4, 5],
+    []], a NaN mean loss all-reduced to every rank in a loop of the user's own) is ``fit``'s error as each iteration
+    begins, on every rank; drop_last=True, or shard=False, iterates, and ``evaluate`` takes it (it skips an empty
+    share and sums the ranks' counts)."""
+    from unidl.distributed import process_group
+
+    x = np.arange(9, dtype=np.float32)
+    for rank in (0, 1):
+        group = process_group.ProcessGroup(rank=rank, world_size=2, local_rank=rank, backend=None, engine=None)
+        monkeypatch.setattr(process_group, "_group", group)
+        loader = DataLoader(TensorDataset(x), batch_size=4)
+        with pytest.raises(ValueError, match=r"with 2 ranks, a batch of the loader \(9 samples, batch_size=4, last "
+                                             r"batch 1\) has fewer samples than ranks.* use drop_last=True"):
+            iter(loader)
+        shares = [ud.to_numpy(b[0]).tolist() for b in DataLoader(TensorDataset(x), batch_size=4, drop_last=True)]
+        assert shares == [[0, 1], [4, 5]] if rank == 0 else [[2, 3], [6, 7]]
+        assert len(list(DataLoader(TensorDataset(x), batch_size=4, shard=False))) == 3
+        # evaluate skips an empty share and sums every rank's counts
+        evaluated = ud.evaluate(ud.nn.Linear(1, 1), DataLoader(TensorDataset(x[:, None], x[:, None]), batch_size=4),
+                                loss="mse", metrics=[])
+        assert np.isfinite(evaluated["loss"])
+
+
+@pytest.mark.parametrize("name", ["shuffle", "shard", "persistent_workers", "pin_memory"])
+@pytest.mark.parametrize("value", ["False", "no", None, 0.5])
+def test_a_true_or_false_option_other_than_a_bool_is_an_error(name, value):
+    """As drop_last: a string was taken as True (shard="False" sharded, persistent_workers="no" kept the workers,
+    shuffle="False" shuffled, pin_memory="False" said nothing could pin), whatever it said."""
+    with pytest.raises(ValueError, match=f"DataLoader {name} must be True or False, got {re.escape(repr(value))}"):
+        DataLoader(make_dataset(10), batch_size=4, num_workers=1, **{name: value})
+    with pytest.raises(ValueError, match="Sampler shuffle must be True or False, got 'False'"):
+        ud.data.Sampler(10, shuffle="False")
+
+
+def test_an_iterable_dataset_with_a_len_is_refused_as_the_loader_is_built():
+    """A torch ``IterableDataset`` with a ``__len__``, or a ``Dataset`` subclass defining ``__iter__`` but no
+    ``__getitem__``, has only its base class's ``__getitem__``, which raises: they passed the map-style check and
+    the first batch raised ``NotImplementedError``."""
+    torch_data = pytest.importorskip("torch.utils.data")
+
+    class TorchIterable(torch_data.IterableDataset):
+        def __iter__(self):
+            return iter(np.arange(5, dtype=np.float32))
+
+        def __len__(self):
+            return 5
+
+    class Iterable(Dataset):
+        def __iter__(self):
+            return iter(np.arange(5, dtype=np.float32))
+
+        def __len__(self):
+            return 5
+
+    for dataset in (TorchIterable(), Iterable()):
+        with pytest.raises(TypeError, match=f"DataLoader takes a map-style dataset .* got {type(dataset).__name__}"):
+            DataLoader(dataset, batch_size=2)
+        with pytest.raises(TypeError, match="Subset takes a map-style dataset"):
+            ud.data.Subset(dataset, [0])
+    assert len(list(DataLoader(torch_data.TensorDataset(torch_data.default_collate([1.0, 2.0])), batch_size=2))) == 1
+
+
+def test_dict_samples_batch_to_a_dict_of_tensors_and_fit_says_it_takes_x_y(backend):
+    """Dict samples stack key by key into a dict of tensors, as PyTorch's default_collate (refused with a message of
+    "field 0 ... dtype object" before); samples with other keys, or a value that is a structure, are errors naming
+    them; ``fit`` refuses a loader of dict batches with its (x, y) message, before reading any as x and y."""
+    x = np.ones(3, np.float32)
+    batch = next(iter(DataLoader(Samples([{"x": x, "y": i} for i in range(4)]), batch_size=4)))
+    assert sorted(batch) == ["x", "y"] and tuple(batch["x"].shape) == (4, 3)
+    assert ud.to_numpy(batch["y"]).tolist() == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"the batch's first sample has keys \['x', 'y'\], its sample 1 keys \['x'\]"):
+        next(iter(DataLoader(Samples([{"x": x, "y": 0}, {"x": x}]), batch_size=2)))
+    with pytest.raises(TypeError, match="the samples gave a dict of arrays as field 'x'"):
+        next(iter(DataLoader(Samples([{"x": {"a": x}}] * 2), batch_size=2)))
+    model = ud.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"take batches of two fields \(x, y\); the data gave a dict of \['x', 'y'\]"):
+        ud.fit(model, DataLoader(Samples([{"x": x, "y": 0}] * 4), batch_size=2), loss="cross_entropy",
+               optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0, metrics=[])
+
+
+def test_prefetch_factor_dataset_addition_and_len_of_an_iteration_as_in_torch():
+    """PyTorch's ``prefetch_factor`` is ``prefetch`` (a ``TypeError`` before), ``dataset + dataset`` a
+    ``ConcatDataset``, and ``len(iter(loader))`` the batches the iteration yields (both ``TypeError``s before)."""
+    assert DataLoader(make_dataset(10), batch_size=4, num_workers=1, prefetch_factor=3).prefetch == 3
+    with pytest.raises(ValueError, match="prefetch_factor is PyTorch's name for prefetch"):
+        DataLoader(make_dataset(10), batch_size=4, num_workers=1, prefetch=2, prefetch_factor=3)
+    with pytest.raises(ValueError, match="prefetch need"):
+        DataLoader(make_dataset(10), batch_size=4, prefetch_factor=3)
+    both = make_dataset(3) + RowDataset(2)
+    assert isinstance(both, ud.data.ConcatDataset) and len(both) == 5 and both[4][1] == 1
+    loader = DataLoader(make_dataset(10), batch_size=4)
+    assert len(iter(loader)) == 3
+    loader.load_state_dict(dict(loader.state_dict(), position=1))
+    assert len(iter(loader)) == 2

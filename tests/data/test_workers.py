@@ -29,10 +29,10 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingRows, FailingRows, LabelledRows, NamedBatches,
-                                        NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows,
-                                        WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn,
-                                        record_worker_id)
+from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingOnArrival, ExitingRows, FailingRows, KeyedArrays,
+                                        LabelledRows, NamedBatches, NoisyBatches, NoisyRows, Rows, SingleArrays,
+                                        SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
+                                        failing_worker_init_fn, named_sample, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
@@ -161,7 +161,16 @@ def test_samples_that_are_single_arrays_batch_to_one_tensor_as_torchs(workers):
     np.testing.assert_array_equal(np.concatenate([ud.to_numpy(b)[:, 0] for b in batches]), np.arange(10))
     assert [len(batch) for batch in DataLoader(TensorDataset(np.zeros((10, 2))), batch_size=4)] == [1, 1, 1]
     named = DataLoader(NamedBatches(np.zeros((8, 3), np.float32), np.arange(8)), batch_size=4, **workers)
-    assert [len(batch) for batch in named] == [2, 2]  # (a subclass's own namedtuple batch: a tuple of fields)
+    # a namedtuple batch of a subclass's own, or of namedtuple samples, is that namedtuple, as PyTorch's
+    # default_collate keeps it (a plain tuple of fields before)
+    assert [type(batch).__name__ for batch in named] == ["_Fields", "_Fields"]
+    samples = DataLoader([named_sample(np.float32(i), i) for i in range(6)], batch_size=4, **workers)
+    assert [ud.to_numpy(batch.y).tolist() for batch in samples] == [[0, 1, 2, 3], [4, 5]]
+    # dict samples: a dict of tensors by key, as PyTorch's default_collate makes it
+    keyed = list(DataLoader(KeyedArrays(6), batch_size=4, **workers))
+    assert [sorted(batch) for batch in keyed] == [["x", "y"]] * 2
+    assert [ud.to_numpy(batch["y"]).tolist() for batch in keyed] == [[0, 1, 2, 3], [4, 5]]
+    assert tuple(keyed[0]["x"].shape) == (4, 70_000) and ud.to_numpy(keyed[1]["x"])[1, 0] == 5
 
 
 def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_without_workers():
@@ -229,7 +238,9 @@ def test_a_dying_worker_process_is_named_with_its_exit_code(code, expected):
 @pytest.mark.parametrize("dataset, worker_init_fn, expected", [
     (UnrestorableRows(4), None, "failed while starting .*RuntimeError: this dataset cannot be restored"),
     (Rows(4), failing_worker_init_fn, r"failed in worker_init_fn\(0\): RuntimeError: worker 0 cannot initialise"),
-], ids=["unpickling", "worker_init_fn"])
+    (ExitingOnArrival(4), None, r"exited unexpectedly with exit code 1 while starting, before it could report ready; "
+                                r"its stderr above holds the cause; .*if __name__ == \"__main__\":"),
+], ids=["unpickling", "worker_init_fn", "dying"])
 def test_a_worker_process_that_cannot_start_says_why(dataset, worker_init_fn, expected):
     loader = DataLoader(dataset, batch_size=2, num_workers=1, worker_type="process", worker_init_fn=worker_init_fn)
     with pytest.raises(DataLoaderError, match=r"DataLoader worker 0 \(process \d+\) " + expected):
@@ -675,6 +686,8 @@ def test_pin_memory_is_refused_where_nothing_can_pin(backend):
     ({"worker_init_fn": record_worker_id}, "worker_init_fn need"),
     ({"timeout": 5}, "timeout need"),
     ({"multiprocessing_context": "spawn"}, "multiprocessing_context"),
+    ({"prefetch": 3}, r"prefetch need\(s\) num_workers > 0"),  # (they were ignored)
+    ({"worker_type": "process"}, r"worker_type need\(s\) num_workers > 0"),
     ({"num_workers": 1, "worker_type": "fork"}, "worker_type must be one of"),
     ({"num_workers": 1, "timeout": -1}, "timeout must be"),
     ({"num_workers": 1, "multiprocessing_context": "spawn"}, "needs worker_type='process'"),
@@ -949,8 +962,8 @@ def test_the_layout_fit_learns_is_that_of_the_batches_with_or_without_workers(wo
     from unidl.metrics.probe import first_sample
 
     for worker_type in WORKER_TYPES:
-        loader = DataLoader(Rows(8), batch_size=4, num_workers=workers, worker_type=worker_type,
-                            collate_fn=_one_hot_labels)
+        loader = DataLoader(Rows(8), batch_size=4, collate_fn=_one_hot_labels,
+                            **({"num_workers": workers, "worker_type": worker_type} if workers else {}))
         x, y = first_sample(loader)
         assert x.shape == (1, 3) and y.shape == (1, 8) and y.dtype == np.float32, (worker_type, y)
     if workers:
@@ -964,3 +977,27 @@ def test_the_layout_fit_learns_is_that_of_the_batches_with_or_without_workers(wo
     x, y = first_sample(torch_loader)
     np.testing.assert_array_equal(x, [[0.0, 1.0, 2.0]])
     assert y.shape == (1,)
+
+
+class _StoppingRows(Rows):
+    """Raises StopIteration at sample 3."""
+
+    def __getitem__(self, index):
+        if index == 3:
+            raise StopIteration("no more rows")
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("workers", [{}, {"num_workers": 2}], ids=["none", "threads"])
+def test_a_sample_raising_stop_iteration_is_the_loaders_error_naming_it_not_a_runtime_error(workers):
+    """StopIteration from a sample is a ``DataLoaderError`` naming the sample, without workers as with them (Python
+    turned it into ``RuntimeError: generator raised StopIteration`` in every mode: the error raised from a worker
+    was a StopIteration too, and the loader's generators raise it, PEP 479); process workers' errors are made by
+    the same ``_raised_as``."""
+    from unidl.data.pool import _raised_as
+
+    expected = r"sample 3 of batch 1 of epoch 0 \(samples \[2, 3\]\).*no more rows"
+    with pytest.raises(DataLoaderError, match=expected) as caught:
+        batches(DataLoader(_StoppingRows(6), batch_size=2, **workers))
+    assert not isinstance(caught.value, StopIteration) and isinstance(caught.value.__cause__, StopIteration)
+    assert _raised_as(StopAsyncIteration()) is DataLoaderError and _raised_as(KeyError()) is not DataLoaderError

@@ -58,6 +58,13 @@ class SingleArrays(Rows):
         return np.full(70_000, index, np.float32)
 
 
+class KeyedArrays(Rows):
+    """Dict samples: {"x": 70,000 floats, "y": the index} (a batch of 4: above 1 MiB, through shared memory)."""
+
+    def __getitem__(self, index):
+        return {"x": np.full(70_000, index, np.float32), "y": index}
+
+
 class NamedBatches(TensorDataset):
     """A TensorDataset whose own ``batch`` is a namedtuple of its fields."""
 
@@ -65,7 +72,7 @@ class NamedBatches(TensorDataset):
         return _Fields(*super().batch(indices))
 
 
-_Fields = collections.namedtuple("_Fields", "x y")
+_Fields = named_sample = collections.namedtuple("_Fields", "x y")
 
 
 class NoisyBatches(TensorDataset):
@@ -139,6 +146,14 @@ class UnrestorableRows(Rows):
 
     def __setstate__(self, state):
         raise RuntimeError("this dataset cannot be restored in a worker")
+
+
+class ExitingOnArrival(Rows):
+    """Ends its worker process as it is unpickled there (as a script without the main guard can), before the worker
+    reports ready."""
+
+    def __setstate__(self, state):
+        os._exit(1)
 
 
 def failing_worker_init_fn(worker_id):

@@ -7,6 +7,7 @@ them ahead of time (``pool.py`` runs them, ``worker.py`` is what runs inside the
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import multiprocessing
 import numbers
@@ -14,15 +15,15 @@ import weakref
 
 import numpy as np
 
-from unidl import config
+from unidl import arguments, config
 from unidl.data import worker
-from unidl.data.dataset import SingleField, default_collate, is_map_style, sliced_arrays
-from unidl.data.epoch import Epoch
+from unidl.data.dataset import Fields, default_collate, is_map_style, sliced_arrays
+from unidl.data.epoch import Epoch, xy
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
 from unidl.distributed import process_group
 from unidl.errors import DataLoaderError, StateDictError
-from unidl.tensors import to_numpy
+from unidl.tensors import as_numpy_values, number_array, to_numpy
 
 _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "drop_last")
 
@@ -82,10 +83,38 @@ def _check_pin_memory(backend) -> None:
 
 def _to_tensors(backend, arrays: tuple, owned: bool):
     """Arrays -> the backend's tensors; ``owned``: fresh arrays nobody else holds, adopted without a copy. A
-    ``SingleField`` batch (samples that are single arrays) is its one tensor, bare, as torch's loader yields it."""
-    tensors = tuple(backend.adopt(array) if owned and isinstance(array, np.ndarray) else backend.tensor(array)
-                    for array in arrays)
-    return tensors[0] if isinstance(arrays, SingleField) else tensors
+    ``Fields`` batch is its tensors in its layout (samples that are single arrays: the one tensor, bare, as torch's
+    loader yields it; namedtuples: that namedtuple; dicts: a dict).
+    Each field passes ``ud.tensor``'s check of its numbers (``number_array``), so that every backend makes the same
+    tensor of it or raises the same error."""
+    tensors = tuple(_to_tensor(backend, array, owned, field) for field, array in enumerate(arrays))
+    return arrays.rebuilt(tensors) if isinstance(arrays, Fields) else tensors
+
+
+def _to_tensor(backend, value, owned: bool, field: int):
+    if backend.is_tensor(value):
+        return backend.tensor(value)
+    array = (value if isinstance(value, np.ndarray) else np.asarray(to_numpy(value)) if hasattr(value, "dtype")
+             else as_numpy_values(value))  # (a collate_fn's lists and scalars, ragged lists refused as ud.tensor does)
+    checked = number_array(array, owner="DataLoader", where=f" in field {field} of a batch")
+    if owned and checked is value or checked is not array:  # (a fresh array: the check's conversion)
+        return backend.adopt(checked)
+    return backend.tensor(checked)
+
+
+_EMPTY_SHARES = contextvars.ContextVar("unidl_empty_shares", default=False)
+
+
+@contextlib.contextmanager
+def empty_shares_allowed():
+    """Let the iterations of sharded loaders begun in the block hand a rank an empty share of a short batch:
+    ``evaluate`` skips such a share and sums every rank's counts. Elsewhere a rank's empty batch is refused
+    (``process_group.check_shares``): the mean loss of a loop of the user's own would be NaN on every rank."""
+    token = _EMPTY_SHARES.set(True)
+    try:
+        yield
+    finally:
+        _EMPTY_SHARES.reset(token)
 
 
 class DataLoader:
@@ -93,11 +122,12 @@ class DataLoader:
     alone where the samples are single arrays, see below).
 
     A batch of tuple samples is a tuple of tensors, one per field; a batch of samples that are single arrays (or a
-    ``collate_fn`` that returns one array) is that tensor alone, as torch's loader yields them. One difference from
-    ``torch.utils.data.DataLoader``, the same on every backend: arrays become tensors as ``ud.tensor`` makes them,
-    floating point in the dtype in force (``ud.use_dtype``; float32 unless set), integers as int64 and booleans as
-    bool, where torch's keeps each array's dtype (a uint8 image is int64 here: convert it to floats in the dataset
-    or ``collate_fn``).
+    ``collate_fn`` that returns one array) is that tensor alone, of namedtuple samples that namedtuple, of dict
+    samples a dict of tensors by key, as torch's loader yields them (``fit`` and ``evaluate`` take (x, y) tuples).
+    One difference from ``torch.utils.data.DataLoader``, the same on every backend: arrays become tensors as
+    ``ud.tensor`` makes them, floating point in the dtype in force (``ud.use_dtype``; float32 unless set), integers as
+    int64 and booleans as bool, where torch's keeps each array's dtype (a uint8 image is int64 here: convert it to
+    floats in the dataset or ``collate_fn``).
 
     Every ``iter(loader)`` is one epoch; epoch ``e`` visits the samples in the order fixed by
     ``(seed, e)`` (see ``unidl.data.sampler``), so ``state_dict()`` (epoch, batches already yielded,
@@ -148,9 +178,10 @@ class DataLoader:
             generator (see ``manual_seed``) where the loader shuffles or its batches run code of the user's.
         drop_last: drop the last batch of an epoch if it is smaller than ``batch_size``.
         num_workers: workers preparing batches ahead of the training loop (0: prepare on demand, here).
-        prefetch: batches in flight per worker when ``num_workers > 0``.
+        prefetch: batches in flight per worker when ``num_workers > 0`` (default 2); ``prefetch_factor``, PyTorch's
+            name, is taken for it.
         collate_fn: joins a list of samples into a tuple of arrays (default: ``default_collate``).
-        worker_type: ``"thread"`` (default) or ``"process"``, see above.
+        worker_type: ``"thread"`` (the default) or ``"process"``, see above.
         timeout: seconds to wait for one batch from a worker before raising ``DataLoaderError``
             (``None`` or 0: wait for ever). A worker process's own start (interpreter, imports,
             unpickling) is not counted; ``worker_init_fn`` is.
@@ -167,8 +198,9 @@ class DataLoader:
             rank iterates its share of every batch (the default); ``False``: every rank gets every batch
             whole. Outside a job it changes nothing. See docs/distributed.md.
 
-    ``persistent_workers``, ``worker_init_fn``, ``timeout`` and ``multiprocessing_context`` need
-    ``num_workers > 0``: given without workers they are a ``ValueError``, since nothing would honour them.
+    ``persistent_workers``, ``worker_init_fn``, ``timeout``, ``multiprocessing_context``, ``prefetch`` and
+    ``worker_type`` need ``num_workers > 0``: given without workers they are a ``ValueError``, since nothing would
+    honour them (as PyTorch refuses ``prefetch_factor`` without workers).
 
     Example::
 
@@ -183,9 +215,10 @@ class DataLoader:
     """
 
     def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
-                 drop_last: bool = False, num_workers: int = 0, prefetch: int = 2, collate_fn=None,
-                 worker_type: str = "thread", timeout: float | None = None, persistent_workers: bool = False,
-                 worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True):
+                 drop_last: bool = False, num_workers: int = 0, prefetch: int | None = None, collate_fn=None,
+                 worker_type: str | None = None, timeout: float | None = None, persistent_workers: bool = False,
+                 worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True,
+                 prefetch_factor: int | None = None):
         if not is_map_style(dataset):
             raise TypeError(f"DataLoader takes a map-style dataset (__len__ and __getitem__: a Dataset, a "
                             f"TensorDataset, a list of samples), got {type(dataset).__name__}; an iterable dataset or "
@@ -194,12 +227,18 @@ class DataLoader:
         if length == 0:
             raise ValueError("DataLoader: the dataset is empty (length 0); there is nothing to load")
         self.dataset = dataset
+        shuffle = arguments.flag("DataLoader", "shuffle", shuffle)  # ("False" shuffled)
         self.batch_sampler = BatchSampler(Sampler(length, shuffle, seed), batch_size, drop_last)
         if len(self.batch_sampler) == 0:
             raise ValueError(f"DataLoader: drop_last=True with batch_size={batch_size} larger than the "
                              f"dataset ({length} samples) yields no batch at all")
         self.num_workers = _check_count("num_workers", num_workers, 0)
-        self.prefetch = _check_count("prefetch", prefetch, 1)
+        if prefetch_factor is not None:  # (PyTorch's name)
+            if prefetch is not None:
+                raise ValueError(f"DataLoader: prefetch={prefetch!r} and prefetch_factor={prefetch_factor!r} are "
+                                 f"one option (prefetch_factor is PyTorch's name for prefetch); give one")
+            prefetch = prefetch_factor
+        self.prefetch = 2 if prefetch is None else _check_count("prefetch", prefetch, 1)
         if collate_fn is not None and not callable(collate_fn):
             raise ValueError(f"collate_fn must be callable, got {collate_fn!r}")
         self.collate_fn = collate_fn or default_collate
@@ -207,23 +246,24 @@ class DataLoader:
             # batches run the user's code, seeded per batch (see the class): from unidl's generator, so that
             # ``manual_seed`` governs an augmentation's draws (one fixed stream for every run and seed, else)
             self.batch_sampler.sampler.seed = draw_seed()
-        if worker_type not in _WORKER_TYPES:
+        if worker_type is not None and worker_type not in _WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {list(_WORKER_TYPES)}, got {worker_type!r}")
-        self.worker_type = worker_type
+        self.worker_type = worker_type or "thread"
         self.timeout = _check_timeout(timeout)
-        self.persistent_workers = bool(persistent_workers)
+        self.persistent_workers = arguments.flag("DataLoader", "persistent_workers", persistent_workers)
         if worker_init_fn is not None and not callable(worker_init_fn):
             raise ValueError(f"worker_init_fn must be callable, got {worker_init_fn!r}")
         self.worker_init_fn = worker_init_fn
-        self.multiprocessing_context = _multiprocessing_context(multiprocessing_context, worker_type)
+        self.multiprocessing_context = _multiprocessing_context(multiprocessing_context, self.worker_type)
         if self.num_workers == 0:
             given = {"persistent_workers": self.persistent_workers, "worker_init_fn": worker_init_fn,
-                     "timeout": self.timeout, "multiprocessing_context": multiprocessing_context}
+                     "timeout": self.timeout, "multiprocessing_context": multiprocessing_context,
+                     "prefetch": prefetch is not None, "worker_type": worker_type is not None}
             given = [name for name, value in given.items() if value]
             if given:
                 raise ValueError(f"DataLoader: {', '.join(given)} need(s) num_workers > 0; with "
                                  f"num_workers=0 nothing would honour them")
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory = arguments.flag("DataLoader", "pin_memory", pin_memory)
         if self.pin_memory:
             _check_pin_memory(config.backend())
         self._epoch = 0          # epoch of the iteration in progress, or of the next one
@@ -233,7 +273,7 @@ class DataLoader:
         self._pool = None        # persistent workers, once started
         self._seed_shared = False  # in a data-parallel job: whether the ranks agreed on rank 0's seed
         self._first_sample = None  # the last first_sample(): (makers, how, arrays), see there
-        self.shard = bool(shard)
+        self.shard = arguments.flag("DataLoader", "shard", shard)
 
     # ---- sizes and settings ----------------------------------------------
     @property
@@ -358,6 +398,8 @@ class DataLoader:
             self.batch_sampler.sampler.seed = process_group.broadcast_value(self.seed)
             self._seed_shared = True
         self._refresh_length()
+        if sharding is not None and not _EMPTY_SHARES.get():  # (an empty share: a NaN loss all-reduced everywhere)
+            process_group.check_shares(self, sharding[1])
         epoch, start, seed = self._epoch, self._position, self.seed
         owned = self.sliced_arrays() is not None  # fresh arrays (fancy indexing): adopted, not copied
 
@@ -398,7 +440,7 @@ class DataLoader:
 
         def produce(indices, batch):
             with worker.batch_rngs((seed, epoch, batch) if seeded else None):
-                arrays = worker.fetch(self.dataset, self.collate_fn, indices)
+                arrays = _fetched(self.dataset, self.collate_fn, indices, batch, epoch)
             return convert(arrays)
 
         for offset, indices in enumerate(batches):
@@ -487,7 +529,7 @@ class DataLoader:
         """``first_sample``'s read of the sample at ``indices`` (batch ``batch`` of ``epoch``), without its cache."""
         if not self.num_workers:
             with worker.batch_rngs(None if self.sliced_arrays() is not None else (seed, epoch, batch)):
-                arrays = worker.fetch(self.dataset, self.collate_fn, indices)
+                arrays = _checked_pairs(_fetched(self.dataset, self.collate_fn, indices, batch, epoch))
             return tuple(np.asarray(to_numpy(array)) for array in arrays)
         running = self._pool is not None and not self._pool.closed
         in_progress = running and self._started and self._position < len(self)  # that iteration owns them
@@ -512,9 +554,32 @@ class DataLoader:
             raise
         if not persistent:
             pool.shutdown(GRACE)
-        return tuple(np.asarray(array) for array in arrays)
+        return tuple(np.asarray(array) for array in _checked_pairs(arrays))
+
+
+def _fetched(dataset, collate_fn, indices, batch: int, epoch: int) -> tuple:
+    """``worker.fetch`` in this process (``num_workers=0``), a ``StopIteration`` that a sample or the collate raises
+    a ``DataLoaderError`` naming it, as a worker's failure is named: let through, it would end the loader's
+    generators, which Python turns into ``RuntimeError: generator raised StopIteration`` (PEP 479)."""
+    progress = {}
+    try:
+        return worker.fetch(dataset, collate_fn, indices, progress)
+    except StopIteration as error:
+        step = f"sample {progress['index']}" if progress.get("step") == "sample" else "the collate of samples"
+        raise DataLoaderError(f"DataLoader: {step} of batch {batch} of epoch {epoch} (samples {indices.tolist()}) "
+                              f"raised {error!r}; a dataset signals a missing sample with IndexError or an error of "
+                              f"its own, since StopIteration would end the loader's iteration") from error
 
 
 def _numpy_arrays(arrays) -> tuple:
-    """``arrays`` (a collated batch: NumPy arrays or a framework's tensors) as NumPy arrays."""
-    return tuple(np.asarray(to_numpy(array)) for array in arrays)
+    """``arrays`` (a collated batch: NumPy arrays or a framework's tensors) as NumPy arrays, in its layout."""
+    values = tuple(np.asarray(to_numpy(array)) for array in arrays)
+    return arrays.like(values) if isinstance(arrays, Fields) else values
+
+
+def _checked_pairs(arrays):
+    """``first_sample``'s batch, which ``fit`` and ``evaluate`` read as (x, y): a batch of dict samples is their
+    error (``xy``'s), not its first two values taken as x and y."""
+    if isinstance(arrays, Fields) and isinstance(arrays.layout, tuple):
+        xy(arrays.rebuilt(arrays))
+    return arrays

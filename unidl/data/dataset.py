@@ -12,9 +12,47 @@ import numpy as np
 from unidl.tensors import as_numpy_values, to_numpy
 
 
-class SingleField(tuple):
-    """A batch of samples that are single arrays (not tuples): the loader yields its one tensor bare, as
-    ``torch.utils.data.DataLoader`` does (a 1-tuple before), where a tuple sample's batch is a tuple of fields."""
+class Fields(tuple):
+    """A batch's fields, flat, with the ``layout`` the loader hands them out in (a plain tuple batch is a plain
+    tuple): ``SINGLE``, the one tensor bare (samples that are single arrays, as ``torch.utils.data.DataLoader``
+    yields them), a namedtuple class, the fields as that namedtuple (as PyTorch's ``default_collate`` keeps it;
+    a plain tuple before), or a tuple of keys, the fields as a dict of them (dict samples). It crosses from a worker
+    process pickled, or its layout beside a shared batch."""
+
+    def __new__(cls, values, layout):
+        fields = super().__new__(cls, values)
+        fields.layout = layout
+        return fields
+
+    def __reduce__(self):
+        return Fields, (tuple(self), self.layout)
+
+    def like(self, values) -> Fields:
+        """``values`` (one per field) in this batch's layout."""
+        return Fields(values, self.layout)
+
+    def rebuilt(self, values):
+        """``values`` (one per field: the batch's tensors) as the loader yields them."""
+        if isinstance(self.layout, tuple):
+            return dict(zip(self.layout, values))
+        return values[0] if self.layout == SINGLE else self.layout(*values)  # (== : SINGLE comes back pickled)
+
+
+#: ``Fields``' layout of a batch of samples that are single arrays
+SINGLE = "single"
+
+
+def flat_fields(batch):
+    """A collated batch as the loader carries it: a tuple or list as a tuple, a namedtuple as ``Fields`` of its
+    class, a dict as ``Fields`` of its values by its keys, anything else (one array) as ``Fields`` of it alone
+    (``SINGLE``)."""
+    if isinstance(batch, dict):
+        return Fields(tuple(batch.values()), tuple(batch))
+    if isinstance(batch, tuple) and hasattr(type(batch), "_fields"):
+        return Fields(batch, type(batch))
+    if isinstance(batch, (tuple, list)):
+        return tuple(batch)
+    return Fields((batch,), SINGLE)
 
 
 def default_collate(samples: list):
@@ -25,7 +63,21 @@ def default_collate(samples: list):
     ``default_collate`` refuses them; the extra fields were dropped), and a field holding arrays or tensors (a
     nested ``(x, (y_a, y_b))`` of arrays) or a dict a ``TypeError`` (PyTorch keeps the structure; stacked, it became
     one array). A field that is a tuple or list of numbers is one array of them, (N, k), where PyTorch's
-    ``default_collate`` makes k tensors of N: a value, as ``ud.tensor`` reads it."""
+    ``default_collate`` makes k tensors of N: a value, as ``ud.tensor`` reads it.
+
+    Dict samples stack key by key into a dict, as PyTorch's ``default_collate`` stacks them (the loader yields a dict
+    of tensors): every sample needs the first sample's keys, and a value that is itself a structure (a dict, a tuple
+    of arrays) is a ``TypeError``, as a nested field is."""
+    if isinstance(samples[0], dict):
+        keys = list(samples[0])
+        for index, sample in enumerate(samples):
+            if not isinstance(sample, dict) or list(sample) != keys and set(sample) != set(keys):
+                what = f"keys {list(sample)}" if isinstance(sample, dict) else f"a {type(sample).__name__}"
+                raise ValueError(f"DataLoader: the dict samples of a batch must have the same keys: the batch's first "
+                                 f"sample has keys {keys}, its sample {index} {what}")
+        for key in keys:
+            check_flat_field(samples[0][key], repr(key), "the samples")
+        return {key: _stacked([to_numpy(sample[key]) for sample in samples], f"field {key!r}") for key in keys}
     if isinstance(samples[0], (tuple, list)):
         count = len(samples[0])
         for index, sample in enumerate(samples):
@@ -36,8 +88,10 @@ def default_collate(samples: list):
                                  f"{index} {what}")
         for field in range(count):
             check_flat_field(samples[0][field], field, "the samples")
-        return tuple(_stacked([to_numpy(sample[field]) for sample in samples], f"field {field}")
-                     for field in range(count))
+        fields = tuple(_stacked([to_numpy(sample[field]) for sample in samples], f"field {field}")
+                       for field in range(count))
+        kind = type(samples[0])  # (a namedtuple stays one, as in PyTorch's default_collate)
+        return kind(*fields) if isinstance(samples[0], tuple) and hasattr(kind, "_fields") else fields
     return _stacked([to_numpy(sample) for sample in samples], "the samples")
 
 
@@ -56,7 +110,7 @@ def _stacked(values: list, what: str) -> np.ndarray:
                          f"collate_fn of your own") from None
 
 
-def check_flat_field(value, position: int, source: str) -> None:
+def check_flat_field(value, position, source: str) -> None:
     """A ``TypeError`` where field ``position`` of a batch or sample (from ``source``) is a nested structure: a dict,
     or a tuple or list holding arrays or tensors (lists of numbers, nested too, are values and convert)."""
     if _nested(value):
@@ -101,8 +155,17 @@ def batched_by_dataset(dataset, collate_fn) -> bool:
 
 def is_map_style(dataset) -> bool:
     """Whether ``dataset`` is map-style, as a loader, ``Subset`` and ``ConcatDataset`` take it: ``__len__`` and
-    ``__getitem__`` (a ``Dataset``, a ``TensorDataset``, a list of samples)."""
-    return hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")
+    ``__getitem__`` (a ``Dataset``, a ``TensorDataset``, a list of samples), a ``__getitem__`` of its own rather
+    than the placeholder of unidl's or torch's ``Dataset`` (a torch ``IterableDataset`` with a ``__len__``, or a
+    ``Dataset`` subclass defining ``__iter__`` alone, passed, and its first batch raised ``NotImplementedError``)."""
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        return False
+    owner = next((kind for kind in type(dataset).__mro__ if "__getitem__" in vars(kind)), None)
+    return owner is None or (owner.__module__, owner.__qualname__) not in _PLACEHOLDERS
+
+
+#: the base classes whose ``__getitem__`` only raises ``NotImplementedError``, named (torch is never imported here)
+_PLACEHOLDERS = (("unidl.data.dataset", "Dataset"), ("torch.utils.data.dataset", "Dataset"))
 
 
 class Dataset:
@@ -113,6 +176,10 @@ class Dataset:
 
     def __getitem__(self, index):
         raise NotImplementedError(f"{type(self).__name__} must implement __getitem__")
+
+    def __add__(self, other) -> ConcatDataset:
+        """``self`` then ``other``, as ``torch.utils.data.Dataset``'s ``+``."""
+        return ConcatDataset([self, other])
 
 
 def _as_array(position, array) -> np.ndarray:

@@ -15,6 +15,7 @@ import operator
 import numpy as np
 
 from unidl.data.pool import GRACE_ON_FAILURE
+from unidl.tensors import number_array
 
 
 def xy(batch) -> tuple:
@@ -100,6 +101,7 @@ class Epoch:
     def __init__(self, loader, token, batches: list, make_source, sharded: bool = False):
         self._state = _EpochState(loader, token, batches, make_source)
         self._sharded = sharded  # a rank's shares of global batches: not slices of batch_size
+        self._length = len(batches)
         self._batches = _delivered(self._state)
 
     @property
@@ -108,6 +110,11 @@ class Epoch:
 
     def __iter__(self):
         return self
+
+    def __len__(self) -> int:
+        """The batches this iteration yields from where it began: ``len(loader)`` for a whole epoch, as PyTorch's
+        ``len(iter(loader))``, fewer for one resumed mid-epoch."""
+        return self._length
 
     # ``next(epoch)`` resumes the generator ``_delivered`` with no Python frame of its own (a property whose getter
     # is C code returns the generator's own ``__next__``): a Python ``__next__`` would start with a bytecode at which
@@ -139,5 +146,9 @@ class Epoch:
         state.ended = True
         order = np.concatenate(state.batches)
         if np.array_equal(order, np.arange(order[0], order[0] + len(order))):  # unshuffled: views, no copy
-            return tuple(array[order[0]:order[0] + len(order)] for array in arrays)
-        return tuple(array[order] for array in arrays)
+            taken = tuple(array[order[0]:order[0] + len(order)] for array in arrays)
+        else:
+            taken = tuple(array[order] for array in arrays)
+        # (the numbers of the batches' fields, as the loader checks them: number_array)
+        return tuple(number_array(array, owner="DataLoader", where=f" in field {field} of a batch")
+                     for field, array in enumerate(taken))

@@ -58,9 +58,11 @@ _RAISED_AS: dict = {}
 def _raised_as(original) -> type:
     """``DataLoaderError`` that is also an instance of ``original``'s class (a ``KeyError`` a sample raised in a
     worker is caught by ``except KeyError``, as without workers and as PyTorch's loader raises it again), where
-    the two classes combine; else ``DataLoaderError`` alone (a class whose instances have another layout)."""
+    the two classes combine; else ``DataLoaderError`` alone (a class whose instances have another layout, and
+    ``StopIteration`` and ``StopAsyncIteration``, which end iterations: raised in the loader's generators, Python
+    made them ``RuntimeError: generator raised StopIteration``, PEP 479)."""
     kind = type(original) if isinstance(original, Exception) else None
-    if kind is None or issubclass(DataLoaderError, kind):
+    if kind is None or issubclass(DataLoaderError, kind) or issubclass(kind, (StopIteration, StopAsyncIteration)):
         return DataLoaderError
     if kind not in _RAISED_AS:
         try:
@@ -370,14 +372,19 @@ class WorkerPool:
             generation, batch = self._current[worker_id]
             if batch < 0 or generation != self.generation:
                 batch = None
+            fine = "the main process and the other workers are fine, but this iteration cannot go on"
             if batch is not None:
                 doing = (f"while preparing batch {batch} of epoch {epoch} "
                          f"(samples {batches[batch - start].tolist()})")
+            elif self.kind == "process" and self._ready_at[worker_id] is None:  # (it never said it was ready)
+                doing = "while starting, before it could report ready"
+                fine = ("its stderr above holds the cause; a script that starts process workers (start method "
+                        "'spawn' or 'forkserver', which run the script's module again in each worker) needs its "
+                        "loop under `if __name__ == \"__main__\":`")
             else:
                 doing = "between batches"
             what = _exit_description(exitcode) if self.kind == "process" else "ended unexpectedly"
-            error = DataLoaderError(f"{self.describe(worker_id)} {what} {doing}; the main process and the "
-                                    f"other workers are fine, but this iteration cannot go on")
+            error = DataLoaderError(f"{self.describe(worker_id)} {what} {doing}; {fine}")
             error.worker_id, error.exitcode, error.batch = worker_id, exitcode, batch
             return error
         return None

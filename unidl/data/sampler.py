@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from unidl import arguments
 from unidl import random as unidl_random
 
 
@@ -28,7 +29,7 @@ class Sampler:
         if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
             raise ValueError(f"seed must be None or a non-negative integer, got {seed!r}")
         self.length = int(length)
-        self.shuffle = bool(shuffle)
+        self.shuffle = arguments.flag("Sampler", "shuffle", shuffle)
         self.seed = int(seed) if seed is not None else (draw_seed() if self.shuffle else None)
 
     def __len__(self) -> int:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unidl.data.dataset import SingleField
+from unidl.data.dataset import Fields
 from unidl.io.owner import HOST, process_alive
 
 #: batches of at least this many bytes travel through shared memory (measured crossover: 256 KiB - 1 MiB)
@@ -56,7 +56,7 @@ class SharedBatch:
 
     name: str
     layouts: tuple
-    single: bool = False  # a SingleField batch (yielded bare)
+    layout: object = None  # a ``Fields`` batch's layout (None: a plain tuple)
 
 
 def _unlink(name: str) -> None:
@@ -98,7 +98,7 @@ def write(name: str, arrays: tuple) -> SharedBatch | None:
         raise
     finally:
         os.close(descriptor)
-    return SharedBatch(name, tuple(layouts), isinstance(arrays, SingleField))
+    return SharedBatch(name, tuple(layouts), arrays.layout if isinstance(arrays, Fields) else None)
 
 
 def read(batch: SharedBatch) -> tuple:
@@ -111,7 +111,7 @@ def read(batch: SharedBatch) -> tuple:
         with mmap.mmap(descriptor, 0, access=mmap.ACCESS_READ) as mapped:
             arrays = tuple(np.ndarray(shape, dtype, buffer=mapped, offset=offset).copy()
                            for dtype, shape, offset in batch.layouts)
-            return SingleField(arrays) if batch.single else arrays
+            return arrays if batch.layout is None else Fields(arrays, batch.layout)
     finally:
         os.close(descriptor)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unidl.data import shared_batches
-from unidl.data.dataset import SingleField, TensorDataset, batched_by_dataset, check_flat_field
+from unidl.data.dataset import Fields, TensorDataset, batched_by_dataset, check_flat_field, flat_fields
 
 #: seconds an idle worker process waits for a task before checking that the main process still lives
 IDLE_POLL = 0.5
@@ -84,6 +84,7 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
         progress["step"] = "collate"
         arrays = dataset.batch(indices)
         if type(dataset).batch is not TensorDataset.batch:  # (a subclass's own: nested fields as the collate's)
+            arrays = flat_fields(arrays)
             for position, field in enumerate(arrays):
                 check_flat_field(field, position, f"{type(dataset).__name__}.batch")
         return arrays
@@ -93,18 +94,12 @@ def fetch(dataset, collate_fn, indices: np.ndarray, progress: dict | None = None
         progress["index"] = index
         samples.append(dataset[index])
     progress["step"], progress["index"] = "collate", None
-    arrays = collate_fn(samples)
-    single = not isinstance(arrays, (tuple, list))  # one array: yielded bare, as torch's loader yields it
-    arrays = (arrays,) if single else tuple(arrays)
-    for position, field in enumerate(arrays):
-        kind = getattr(getattr(field, "dtype", None), "kind", None)
-        if isinstance(field, (dict, str, bytes)) or kind in ("O", "U", "S"):  # (a list of numbers converts)
-            what = type(field).__name__ if kind is None else f"an array of dtype {field.dtype}"
-            raise TypeError(f"a DataLoader batch is a tuple of arrays of numbers; the collate of samples "
-                            f"({getattr(collate_fn, '__name__', 'collate_fn')}) gave {what} as field {position} (a "
-                            f"dict of inputs, strings, objects): each framework refused it in words of its own")
-        check_flat_field(field, position, f"the collate of samples ({getattr(collate_fn, '__name__', 'collate_fn')})")
-    return SingleField(arrays) if single else arrays
+    arrays = flat_fields(collate_fn(samples))
+    names = arrays.layout if isinstance(arrays, Fields) and isinstance(arrays.layout, tuple) else None
+    for position, field in enumerate(arrays):  # (their numbers are checked as they become tensors: number_array)
+        check_flat_field(field, position if names is None else repr(names[position]),
+                         f"the collate of samples ({getattr(collate_fn, '__name__', 'collate_fn')})")
+    return arrays
 
 
 @dataclass
@@ -143,8 +138,8 @@ class Failure:
 def _portable(arrays) -> tuple:
     """The arrays as NumPy arrays that will pickle: a message that fails to pickle in the result queue's
     background thread would be lost, and the main process would wait for it."""
-    portable = tuple(np.asarray(array) for array in arrays)  # (a subclass's own batch may be a namedtuple)
-    arrays = SingleField(portable) if isinstance(arrays, SingleField) else portable
+    portable = tuple(np.asarray(array) for array in arrays)
+    arrays = arrays.like(portable) if isinstance(arrays, Fields) else portable
     for array in arrays:
         if array.dtype.hasobject:
             pickle.dumps(array)  # raises here, reported as a failure of this batch

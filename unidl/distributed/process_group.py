@@ -255,10 +255,17 @@ def check_training_loader(loader) -> None:
     batch leaves a replica without a sample (its step would average nothing), before any rank trains; warn once
     of one whose batches do not split equally (``warn_uneven_batches``)."""
     replicas = num_replicas() if _group is not None else 1
-    if replicas < 2 or not hasattr(loader, "smallest_share"):
-        return
-    if loader.smallest_share(replicas) >= 1:
+    if replicas >= 2 and hasattr(loader, "smallest_share"):
+        check_shares(loader, replicas)
         warn_uneven_batches(loader, replicas)
+
+
+def check_shares(loader, replicas: int) -> None:
+    """A ``ValueError`` where a batch of ``loader`` leaves one of ``replicas`` (the ranks of this job, or the devices
+    of this process) without a sample, whose step would average nothing (a NaN loss, all-reduced to every rank):
+    ``fit`` checks before any rank trains, a sharded ``DataLoader`` as each of its iterations begins (a loop of
+    the user's own)."""
+    if loader.smallest_share(replicas) >= 1:
         return
     if _group.devices:  # (one process: a job of several refuses devices)
         sharers, per, one = f"{len(_group.devices)} devices in this process", "replicas", "a device"
