@@ -318,3 +318,21 @@ def test_a_metric_named_as_fits_own_log_entries_is_an_error(backend, rng):
         with pytest.raises(ValueError, match=rf"metric names \['{name}'\] are fit's own log entries"):
             ud.fit(model, x, y, batch_size=4, loss="mse", optimizer="sgd", verbose=0,
                    metrics=[ud.metrics.MeanAbsoluteError(name=name)])
+
+
+def test_metric_objects_serve_training_and_validation_apart(backend, rng):
+    """Metric objects given to ``fit`` with one-hot validation targets beside integer training labels: validation
+    bound the one object anew, so training's accuracy read its labels as one-hot rows (0.425 for 0.2)."""
+    x, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    xv, yv = rng.standard_normal((20, 4)).astype(np.float32), rng.integers(0, 3, 20)
+    ud.manual_seed(0)
+    model = ud.nn.Linear(4, 3)
+    given = [ud.metrics.Accuracy(), ud.metrics.F1Score()]
+    history = ud.fit(model, x, y, batch_size=10, verbose=0, shuffle=False, loss="cross_entropy",
+                     optimizer=ud.optim.SGD(model.parameters(), lr=0.0), metrics=given,
+                     validation_data=(xv, np.eye(3, dtype=np.float32)[yv]))
+    predicted, predicted_validation = ud.predict(model, x).argmax(1), ud.predict(model, xv).argmax(1)
+    assert history["accuracy"][0] == pytest.approx(sk.accuracy_score(y, predicted))
+    assert history["f1"][0] == pytest.approx(sk.f1_score(y, predicted, average="macro", labels=[0, 1, 2]))
+    assert history["val_accuracy"][0] == pytest.approx(sk.accuracy_score(yv, predicted_validation))
+    assert all(metric.layout is None for metric in given)  # (the objects given stay unbound)

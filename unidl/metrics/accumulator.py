@@ -8,6 +8,7 @@ hands their running totals to ``results_from``.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -23,10 +24,13 @@ class MetricAccumulator:
     """Running totals of the statistics of ``metrics`` (bound to ``layout``). ``ignore_label``: the class label
     that the loss ignores (``CrossEntropyLoss``'s ``ignore_index``); samples with it count for no metric, as
     Keras's metrics skip the samples that its loss's ``ignore_class`` masks (they are given weight 0; a metric
-    whose ``statistics`` takes no ``sample_weight`` still sees them)."""
+    whose ``statistics`` takes no ``sample_weight`` still sees them). Each metric is copied before it is bound, so
+    that the objects given stay unbound and one object may serve several accumulators (training's, validation's)."""
 
     def __init__(self, metrics, layout, ignore_label: int | None = None):
-        self.metrics = list(metrics)
+        # a copy of each, bound here: one metric object serves fit's training and validation accumulators, whose
+        # layouts differ (integer labels, one-hot validation targets), and the later bind set the counts of both
+        self.metrics = [copy.copy(metric) for metric in metrics]
         self.layout = layout
         self.ignore_label = ignore_label
         for metric in self.metrics:
