@@ -336,3 +336,51 @@ def test_metric_objects_serve_training_and_validation_apart(backend, rng):
     assert history["f1"][0] == pytest.approx(sk.f1_score(y, predicted, average="macro", labels=[0, 1, 2]))
     assert history["val_accuracy"][0] == pytest.approx(sk.accuracy_score(yv, predicted_validation))
     assert all(metric.layout is None for metric in given)  # (the objects given stay unbound)
+
+
+def _in_graph(names, outputs, target):
+    """The metrics' values from their statistics alone, as a framework's graph computes them (no target check)."""
+    accumulator = MetricAccumulator(get_all(names), layout_of(outputs, target))
+    return accumulator.results_from([np.asarray(ud.tensors.to_numpy(v), dtype=np.float64)
+                                     for v in accumulator._function(outputs, target)])
+
+
+def test_labels_outside_the_classes_are_an_error_or_a_miss(backend, rng):
+    """A label outside [0, C) is the losses' ``IndexOutOfRangeError`` where the values are known (top-k counted it as
+    a hit, the confusion matrix dropped it, precision, recall and AUC gave 0.0); in a graph a miss for every
+    metric, as Keras's ``SparseTopKCategoricalAccuracy``."""
+    keras = pytest.importorskip("keras")
+    scores = np.array([[-1, -2, -3, -4, -5], [1, 2, 3, 4, 5], [0.1, 0.2, -3, -4, -5], [5, 4, 3, 2, 1]], np.float32)
+    labels = np.array([7, 7, -1, 0])
+    for name in ("accuracy", "top2", "confusion_matrix", "precision", "recall", "auc"):
+        with pytest.raises(ud.errors.IndexOutOfRangeError, match=r"labels must lie in \[0, 5\) .* from -1 to 7"):
+            _accumulated([name], scores, labels)
+    model = ud.nn.Linear(3, 5)
+    with pytest.raises(ud.errors.IndexOutOfRangeError, match=r"Accuracy labels must lie in \[0, 5\)"):
+        ud.evaluate(model, np.zeros((4, 3), np.float32), labels, metrics=["accuracy", "top2"])
+    graph = _in_graph(["accuracy", "top2", "recall"], scores, labels)
+    top2 = keras.metrics.SparseTopKCategoricalAccuracy(k=2)
+    top2.update_state(labels, scores)
+    assert graph["top2"] == pytest.approx(float(top2.result())) == 0.25
+    assert graph["accuracy"] == 0.25 and graph["recall"] == pytest.approx(0.2)  # (class 0's 1 of 1, the others 0)
+
+
+@pytest.mark.parametrize("targets", [[2.0, 2.0, 0.0, 1.0], [0.7, 0.7, 0.0, 1.0], [-1.0, -1.0, 0.0, 1.0]],
+                         ids=["two", "soft", "negative"])
+def test_binary_targets_other_than_0_or_1_are_an_error_or_a_miss(backend, targets):
+    """Binary metrics read each target as positive or not: another value is a ``ValueError`` naming it where the
+    values are known (binary accuracy was -0.25 and AUC 1.2 for targets of 2; 0.7 was cast to class 0); in a graph
+    binary accuracy is Keras's ``equal(y_true, score > threshold)``, a miss, and AUC's targets stay in [0, 1]."""
+    keras = pytest.importorskip("keras")
+    scores = np.array([[0.1], [0.2], [0.9], [0.8]], np.float32)
+    target = np.array(targets, np.float32).reshape(-1, 1)
+    for name in ("binary_accuracy", "accuracy", "precision", "recall", "f1", "auc"):
+        with pytest.raises(ValueError, match=rf"needs targets of 0 or 1 .*; found {targets[0]:g}\. Soft targets"):
+            _accumulated([name], scores, target)
+    with pytest.raises(ValueError, match=r"AUC needs targets of 0 or 1"):
+        ud.metrics.AUC().update(scores, target)
+    graph = _in_graph(["binary_accuracy", "accuracy", "auc"], scores, target)
+    reference = keras.metrics.BinaryAccuracy()
+    reference.update_state(target, scores)
+    assert graph["binary_accuracy"] == pytest.approx(float(reference.result())) == graph["accuracy"] == 0.25
+    assert 0.0 <= graph["auc"] <= 1.0

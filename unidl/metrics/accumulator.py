@@ -77,9 +77,19 @@ class MetricAccumulator:
     def reset(self) -> None:
         self.totals = [np.zeros(shape) for shape in self.shapes]
 
+    def check_targets(self, target) -> None:
+        """Each metric's ``check_target`` of ``target`` (an array or tensor of targets, not packed with weights)."""
+        target = np.asarray(to_numpy(target))
+        for metric in self.metrics:
+            metric.check_target(target, self.ignore_label)
+
     def add(self, outputs, target, sample_weight=None) -> None:
         """Add one batch: its statistics as one compiled call, then one small transfer each. ``sample_weight``
-        (one per sample) weights the weighted metrics. (``ud.function`` makes arrays the backend's tensors.)"""
+        (one per sample) weights the weighted metrics. (``ud.function`` makes arrays the backend's tensors.) The
+        targets are checked first (``check_targets``), where they are not packed with weights (those are arrays,
+        which ``probe.accumulator_for`` checked whole)."""
+        if self.unpack is None:
+            self.check_targets(target)
         inputs = (outputs, target) if sample_weight is None else (
             outputs, target, np.asarray(to_numpy(sample_weight), dtype=np.float32))
         with warnings.catch_warnings():  # a short last batch is one bounded retrace where graphs are per shape

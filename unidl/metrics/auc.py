@@ -10,7 +10,7 @@ import numpy as np
 
 from unidl import ops
 from unidl.metrics.classification import classification_kind
-from unidl.metrics.metric import Metric, as_float, greater
+from unidl.metrics.metric import Metric, as_float, check_binary_targets, check_class_labels, greater
 
 
 class AUC(Metric):
@@ -60,34 +60,43 @@ class AUC(Metric):
         # thresholds cut [0, 1] into: a histogram, whose reverse cumulative sums are the counts per threshold
         return ((self.num_areas, self.num_thresholds + 1), (self.num_areas, self.num_thresholds + 1))
 
+    def check_target(self, target, ignore_label=None) -> None:
+        if self.kind == "sparse":
+            check_class_labels("AUC", target, self.layout.num_outputs, ignore_label)
+        else:  # (a target of 2 counted as two positives and -1 negatives: an area of 1.2)
+            check_binary_targets("AUC", target)
+
     def _scores_and_positives(self, outputs, target) -> tuple:
-        """Scores (N, areas) in [0, 1] and 0/1 float targets (N, areas) of "positive" for each area."""
+        """Scores (N, areas) and the weights (N, areas) of each sample as a positive and as a negative of each
+        area: 0/1, and 0 for both where the target is no class (inside a graph, where no check runs: a label
+        outside [0, C) counts for no area; a binary target outside [0, 1] is clipped into it)."""
         scores = as_float(outputs)
         if self.kind == "binary":
             scores = ops.reshape(scores, (-1, 1))
-            return (ops.sigmoid(scores) if self.from_logits else scores), ops.reshape(as_float(target), (-1, 1))
+            positive = ops.clip(ops.reshape(as_float(target), (-1, 1)), 0.0, 1.0)
+            return (ops.sigmoid(scores) if self.from_logits else scores), positive, 1.0 - positive
         if self.from_logits:  # (multi-label logits, each class on its own: a sigmoid each)
             scores = ops.sigmoid(scores) if self.multi_label else ops.softmax(scores, -1)
         if self.kind == "categorical":
-            return scores, as_float(target)
+            positive = ops.clip(as_float(target), 0.0, 1.0)
+            return scores, positive, 1.0 - positive
         positive = as_float(ops.one_hot(ops.reshape(target, (-1,)), self.layout.num_outputs))
+        negative = ops.sum(positive, -1, keepdims=True) - positive  # (a row of zeros for a label of no class)
         if self.num_areas == 1:  # two scores against labels: class 1 is the positive class
-            return scores[:, 1:], positive[:, 1:]
-        return scores, positive
+            return scores[:, 1:], positive[:, 1:], negative[:, 1:]
+        return scores, positive, negative
 
     def statistics(self, outputs, target, sample_weight=None):
         """Histograms of the positives' and the negatives' scores over the thresholds' buckets, in O(N * areas)
         memory (a weighted bincount): a score's bucket is the number of thresholds strictly below it, so the
         true positives at threshold j are the positives in buckets above j."""
-        scores, positive = self._scores_and_positives(outputs, target)
+        scores, positive, negative = self._scores_and_positives(outputs, target)
         buckets = self._buckets(scores)  # (N, areas) int64 in [0, num_thresholds]
         width = self.num_thresholds + 1
         ids = ops.reshape(buckets + ops.reshape(ops.arange(self.num_areas, dtype="int64") * width, (1, -1)), (-1,))
         if sample_weight is not None:
             weight = ops.reshape(as_float(sample_weight), (-1, 1))
-            positive, negative = positive * weight, (1.0 - positive) * weight
-        else:
-            negative = 1.0 - positive
+            positive, negative = positive * weight, negative * weight
         size = self.num_areas * width
         return tuple(ops.reshape(ops.segment_sum(ops.reshape(values, (-1,)), ids, size), (self.num_areas, width))
                      for values in (positive, negative))
