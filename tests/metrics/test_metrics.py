@@ -204,17 +204,19 @@ def test_weighted_metrics_match_keras_and_sklearn_sample_weight(backend, rng):
                          ids=["finite", "non-finite"])
 def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, extremes):
     """The bucketed AUC counts each threshold's positives exactly as comparing every score, clipped into [0, 1] as
-    Keras's ``AUC`` clips it, with every threshold would (float32 ``score > threshold``), scores lying on thresholds
-    and outside [0, 1] included, infinite, huge and NaN ones too (NaN above no threshold; they were an index error,
-    and +inf fell into the third bucket)."""
+    Keras's ``AUC`` clips it, with each of Keras's thresholds would (-eps, i / (T - 1) by Keras's float32 test
+    ``score * (T - 1) > i``, 1 + eps), scores on and beside the thresholds and outside [0, 1] included, infinite,
+    huge and NaN ones too (NaN above no threshold; they were an index error, and +inf fell into the third bucket)."""
     thresholds = 11
     metric = ud.metrics.AUC(num_thresholds=thresholds)
-    grid = (np.arange(thresholds, dtype=np.float32) * np.float32((1 + 2e-7) / (thresholds - 1)) - np.float32(1e-7))
-    scores = np.concatenate([grid, grid + np.float32(1e-7), np.float32(extremes),
-                             rng.random(40).astype(np.float32)]).reshape(-1, 1)
+    grid = np.arange(thresholds, dtype=np.float32) / np.float32(thresholds - 1)
+    scores = np.concatenate([grid, np.nextafter(grid, np.float32(2)), np.nextafter(grid, np.float32(-1)),
+                             np.float32(extremes), rng.random(40).astype(np.float32)]).reshape(-1, 1)
     positive = (rng.random(len(scores)) > 0.4).astype(np.float32).reshape(-1, 1)
     metric.update(scores, positive)
-    above = np.clip(scores, 0, 1) > grid[None, :]  # (N, T)
+    scaled = np.clip(scores, 0, 1) * np.float32(thresholds - 1)  # (N, 1) float32, NaN kept
+    above = scaled > np.arange(thresholds, dtype=np.float32)[None, :]  # (N, T): interior thresholds i
+    above[:, 0], above[:, -1] = ~np.isnan(scores[:, 0]), False  # -eps: every score but NaN; 1 + eps: none
     tp, fp = (above * positive).sum(0, dtype=np.float64), (above * (1 - positive)).sum(0, dtype=np.float64)
     tpr, fpr = tp / positive.sum(), fp / (1 - positive).sum()
     dense = float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
@@ -222,6 +224,24 @@ def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, 
     np.testing.assert_array_equal(np.cumsum(buckets_positive[0, ::-1])[::-1][1:], tp)
     np.testing.assert_array_equal(np.cumsum(buckets_negative[0, ::-1])[::-1][1:], fp)
     assert metric.compute() == dense
+
+
+@pytest.mark.parametrize("thresholds", [5, 11, 200])
+def test_auc_is_keras_on_its_threshold_grid(backend, rng, thresholds):
+    """Scores on Keras's thresholds i / (T - 1) and random ones give Keras's ``AUC`` (and scikit-learn's where the
+    scores are the grid): unidl's thresholds j (1 + 2 eps) / (T - 1) - eps moved every interior one below the grid,
+    so 0.25, 0.25, 0.5, 0.75 against 0, 1, 0, 1 gave 0.75 for Keras's and scikit-learn's 0.625 at T = 5."""
+    keras = pytest.importorskip("keras")
+    grid = np.arange(thresholds, dtype=np.float32) / np.float32(thresholds - 1)
+    for scores in (np.float32([0.25, 0.25, 0.5, 0.75]), np.concatenate([grid, grid[::-1]]),
+                   rng.random(300).astype(np.float32)):
+        target = (rng.random(len(scores)) > 0.5).astype(np.float32) if len(scores) > 4 else np.float32([0, 1, 0, 1])
+        metric, reference = ud.metrics.AUC(num_thresholds=thresholds), keras.metrics.AUC(num_thresholds=thresholds)
+        metric.update(scores.reshape(-1, 1), target.reshape(-1, 1))
+        reference.update_state(target, scores)
+        assert metric.compute() == pytest.approx(float(reference.result()), abs=1e-6)
+        if len(scores) == 4 and thresholds in (5, 11):  # (scores on the grid: no two thresholds between ties)
+            assert metric.compute() == pytest.approx(sk.roc_auc_score(target, scores))
 
 
 def test_multi_label_binary_accuracy_is_keras_and_sklearns(backend, rng):

@@ -24,8 +24,8 @@ class AUC(Metric):
     no area and is left out of the mean; with none left the value is 0).
 
     Each area is Keras's ``AUC(curve='ROC', summation_method='interpolation')``: true and false positives
-    are counted at ``num_thresholds`` evenly spaced thresholds over [0, 1] (the end ones just outside it),
-    and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
+    are counted at Keras's ``num_thresholds`` thresholds, i / (num_thresholds - 1) inside [0, 1] and -eps, 1 + eps
+    at its ends, and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
     ``roc_auc_score`` as ``num_thresholds`` grows (scores closer than 1 / (num_thresholds - 1) count as
     ties). Scores are probabilities, clipped into [0, 1] as Keras clips them; ``from_logits=True`` applies a
     sigmoid first (a softmax for (N, C), but a sigmoid each for multi-label scores). ``metrics=["auc"]``
@@ -101,30 +101,20 @@ class AUC(Metric):
         return tuple(ops.reshape(ops.segment_sum(ops.reshape(values, (-1,)), ids, size), (self.num_areas, width))
                      for values in (positive, negative))
 
-    def _thresholds(self):
-        """The thresholds, float32: j * (1 + 2 eps) / (T - 1) - eps (the end ones just outside [0, 1])."""
-        epsilon = 1e-7
-        return (ops.arange(self.num_thresholds, dtype="float32") * ((1 + 2 * epsilon) / (self.num_thresholds - 1))
-                - epsilon)
-
     def _buckets(self, scores):
-        """The number of thresholds strictly below each score, (N, areas) int64: a first guess from the
-        thresholds' even spacing, made exact by comparing the score with the thresholds next to the guess
-        (the comparisons are float32 ``score > threshold``, as a dense (N, areas, T) comparison would be)."""
-        epsilon, steps = 1e-7, self.num_thresholds - 1
-        # scores clipped into [0, 1] as Keras's AUC clips them (a score below 0 counts above the first threshold,
-        # -eps, one above 1 below the last, 1 + eps: the ROC curve runs from (1, 1) to (0, 0) whatever the scores),
-        # and NaN put below every threshold (NaN > t is false): the float-to-int cast below is undefined for
-        # infinite, huge and NaN scores (the CPU gave INT64_MIN: +inf in bucket 2, NaN in bucket -1, an index error)
-        scores = ops.where(scores == scores, ops.clip(scores, 0.0, 1.0), -1.0)
-        guess = ops.clip(ops.cast((scores + epsilon) * (steps / (1 + 2 * epsilon)), "int64"), 0, steps)
-        ends = (ops.arange(2, dtype="float32") * 2.0 - 1.0) * 3.0e38  # below and above every score
-        padded = ops.concat([ends[:1], self._thresholds(), ends[1:]], 0)
-        # thresholds guess - 1, guess, guess + 1 (padded: at index + 1), each below the score or not
-        below = [greater(scores, ops.reshape(ops.take(padded, ops.reshape(guess + offset, (-1,)), 0),
-                                             (-1, self.num_areas)))
-                 for offset in (0, 1, 2)]
-        return guess - 1 + ops.cast(below[0] + below[1] + below[2], "int64")
+        """The number of thresholds strictly below each score, (N, areas) int64 in [0, T], for Keras's thresholds:
+        -eps, i / (T - 1) for i = 1 .. T - 2, 1 + eps. A score is clipped into [0, 1] as Keras's ``AUC`` clips it
+        (above the first threshold, below the last), and lies above the interior threshold i when ``score * (T - 1)
+        > i`` in float32, Keras's own test (``ceil(score * (T - 1)) - 1``, its bucket); NaN lies below every
+        threshold. (The thresholds were j (1 + 2 eps) / (T - 1) - eps, which moved every interior one: a score on the
+        grid, 0.25 of T = 5, counted above it, and the area differed from Keras's and scikit-learn's.)"""
+        steps = self.num_thresholds - 1
+        clipped = ops.where(scores == scores, ops.clip(scores, 0.0, 1.0), ops.zeros_like(scores))
+        scaled = clipped * float(steps)
+        whole = ops.cast(scaled, "int64")  # (floor: scaled >= 0)
+        above = whole - 1 + ops.cast(greater(scaled, ops.cast(whole, "float32")), "int64")  # interior ones: ceil - 1
+        buckets = ops.clip(above, 0, steps - 1) + 1
+        return ops.where(scores == scores, buckets, ops.zeros_like(buckets))
 
     def from_statistics(self, totals):
         positives, negatives = (np.asarray(t, dtype=np.float64) for t in totals)
