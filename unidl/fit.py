@@ -15,6 +15,7 @@ import numpy as np
 
 from unidl import arguments, config, fit_options, input_checks
 from unidl.callbacks.callback import as_callbacks
+from unidl.callbacks.checkpoint import Checkpoint
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
 from unidl.data.epoch import xy
@@ -471,12 +472,18 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     progress = Progress(verbose if process_group.rank_from_environment() == 0 else 0, epochs)  # rank 0 prints
 
     def end_epoch(epoch, logs):
-        """What follows an epoch's last batch: validation, its History entry, the callbacks' epoch end."""
+        """What follows an epoch's last batch: validation, the callbacks' epoch end, its History entry. History
+        records the logs after the other callbacks, as Keras's History runs last (a key one of them adds to the logs
+        is kept: it was dropped), and before the ``Checkpoint`` callbacks (last of all), whose checkpoint holds it."""
         if trainer.validates(epoch):
             results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted)
             logs.update({f"val_{k}": v for k, v in results.items()})
-        history.append(logs)
+        checkpoints = [c for c in callbacks if isinstance(c, Checkpoint)]
         for callback in callbacks:
+            if callback not in checkpoints:
+                callback.on_epoch_end(epoch, logs)
+        history.append(logs)
+        for callback in checkpoints:
             callback.on_epoch_end(epoch, logs)
 
     finished = getattr(trainer, "finished_epoch", None)

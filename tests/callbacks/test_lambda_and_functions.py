@@ -53,6 +53,21 @@ def test_one_callback_alone_and_a_callback_class(backend, problem):
             train(problem, 1, given)
 
 
+def test_a_key_a_callback_adds_to_the_logs_reaches_history(backend, problem, tmp_path):
+    """History records an epoch's logs after the other callbacks, as Keras's History runs last (a key one of them
+    added was dropped), before a ``Checkpoint`` (whose checkpoint holds the epoch), and also for the epoch in which
+    a callback stops training."""
+    def add(epoch, logs):
+        logs["my_metric"] = 1.0 + epoch
+
+    stopping = ud.callbacks.EarlyStopping(monitor="my_metric", mode="min", patience=0)
+    checkpoint = ud.callbacks.Checkpoint(tmp_path)
+    _, _, history = train(problem, 4, [checkpoint, add, stopping], validation_data=None)
+    assert history["my_metric"] == [1.0, 2.0] and history.epochs == 2 and stopping.stopped_epoch == 1
+    saved = ud.checkpoint.load_checkpoint(tmp_path, *problem[2]()[:2])["extra"]["history"]
+    assert saved["my_metric"] == [1.0, 2.0]
+
+
 def regression(rng, nan_at):
     """A TwoLayerNet 4-3-1 with SGD and MSELoss, and (x, y) whose target ``nan_at`` is NaN."""
     x = rng.standard_normal((60, 4)).astype(np.float32)
