@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from unidl import arguments, config, fit_options, input_checks
-from unidl.callbacks.callback import as_callbacks
+from unidl.callbacks.callback import as_callbacks, hook
 from unidl.callbacks.checkpoint import Checkpoint
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
@@ -40,9 +40,12 @@ class History:
     def __init__(self, history: dict | None = None):
         self.history = {k: list(v) for k, v in (history or {}).items()}
 
+    last_logs = None  # the logs of the last epoch appended (fit's on_train_end hands them to the callbacks)
+
     def append(self, logs: dict) -> None:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+        self.last_logs = dict(logs)
 
     @property
     def epochs(self) -> int:
@@ -466,7 +469,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         step_inputs.prepare(start_epoch, _first_step(loader, start_epoch))
     for callback in callbacks:
         callback.trainer = trainer
-        callback.on_train_begin()
+        hook(callback, "on_train_begin")({})  # (Keras's logs: {} at a begin hook)
     if trainer.stopped:  # (a callback ended the run before its first epoch: a resumed run that had been stopped)
         start_epoch = epochs
     progress = Progress(verbose if process_group.rank_from_environment() == 0 else 0, epochs)  # rank 0 prints
@@ -476,7 +479,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         records the logs after the other callbacks, as Keras's History runs last (a key one of them adds to the logs
         is kept: it was dropped), and before the ``Checkpoint`` callbacks (last of all), whose checkpoint holds it."""
         if trainer.validates(epoch):
-            results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted)
+            results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted, callbacks)
             logs.update({f"val_{k}": v for k, v in results.items()})
         checkpoints = [c for c in callbacks if isinstance(c, Checkpoint)]
         for callback in callbacks:
@@ -503,7 +506,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         else:
             steps = _length(loader)
         for callback in callbacks:
-            callback.on_epoch_begin(epoch)
+            hook(callback, "on_epoch_begin")(epoch, {})
         progress.begin_epoch(epoch, steps)
         # the rate the epoch began with, which its History logs (an epoch resumed part-way: the checkpoint's, as a
         # schedule stepped per batch has moved the rate since)
@@ -526,13 +529,15 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             trainer.micro_steps = (trainer.micro_steps + 1) % trainer.accumulate
             progress.batch(index, logs)
             for callback in callbacks:
-                callback.on_batch_end(index, logs)
+                hook(callback, "on_train_batch_end")(index, logs)
             if ctrl_c:  # one that a callback caught
                 raise KeyboardInterrupt
             if trainer.end_epoch:
                 raise _EndEpoch(logs)
 
         def before_batch(index, epoch=epoch):  # (a callback may have frozen the model after the last batch)
+            for callback in callbacks:
+                hook(callback, "on_train_batch_begin")(index, {})
             require_trainable(optimizer.params, lambda: f"fit at epoch {epoch + 1}, step {index + 1}", model, loss)
 
         batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
@@ -582,8 +587,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             break
     if accumulate > 1 and not terminate_on_nan and window_micro_steps(optimizer):
         _check_open_window(optimizer, trainer)
-    for callback in callbacks:
-        callback.on_train_end()
+    for callback in callbacks:  # (Keras's logs: the last epoch's)
+        hook(callback, "on_train_end")(dict(history.last_logs) if history.last_logs is not None else {})
     return history
 
 
@@ -945,10 +950,13 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     return values[0] if len(values) == 1 else values
 
 
-def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dict:
+def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callbacks=()) -> dict:
     """``evaluate``'s loop over ``batches`` with a ``MetricAccumulator`` (or None) already bound to them;
     ``weighted``: each batch's third field is its samples' weights, which weight the loss and the weighted
-    metrics (Keras's rule)."""
+    metrics (Keras's rule). ``callbacks`` (``fit``'s validation): their ``on_test_begin``, ``on_test_batch_begin``
+    and ``on_test_batch_end`` (with the running values) and ``on_test_end`` (with the results), as Keras's."""
+    for callback in callbacks:
+        hook(callback, "on_test_begin")({})
     backend = model._backend
     per_sample = fit_options.per_sample_loss(loss) if weighted and loss is not None else None
     forward = backend.predict_function(model)
@@ -958,10 +966,12 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
     if metrics is not None:
         metrics.reset()
     try:
-        for batch in batches:
+        for index, batch in enumerate(batches):
             x, y = (batch[0], batch[1]) if weighted else xy(batch)  # (weights: a third field of unidl's own)
             if not int(tuple(x.shape)[0]):  # a data-parallel rank's empty share of a short last batch
                 continue
+            for callback in callbacks:
+                hook(callback, "on_test_batch_begin")(index, {})
             outputs = forward(x)
             count = int(tuple(x.shape)[0])
             if int(tuple(y.shape)[0]) != count:
@@ -974,6 +984,11 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
             if metrics is not None:
                 metrics.add(outputs, y, batch[2] if weighted else None)
             seen += count
+            if callbacks:  # (the running values of this rank's batches so far)
+                running = dict({"loss": total / seen} if loss is not None else {},
+                               **(metrics.results() if metrics is not None else {}))
+                for callback in callbacks:
+                    hook(callback, "on_test_batch_end")(index, running)
     finally:
         model.train(was_training)
     total, seen = process_group.sum_over_ranks(total, seen)  # every rank's shard
@@ -985,4 +1000,6 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
     if metrics is not None:
         flat = np.concatenate([t.reshape(-1) for t in metrics.totals])
         results.update(metrics.results_from_flat(process_group.sum_over_ranks(*flat.tolist())))  # every rank's
+    for callback in callbacks:
+        hook(callback, "on_test_end")(dict(results))
     return results
