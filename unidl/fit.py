@@ -35,16 +35,21 @@ from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settin
 from unidl.precision import precision_policy
 
 class History:
-    """Per-epoch logs of a ``fit`` run: ``history.history['loss']`` is the list of epoch losses."""
+    """Per-epoch logs of a ``fit`` run: ``history.history['loss']`` is the list of epoch losses. As Keras's History,
+    ``epoch`` lists the 0-based index of each epoch logged, ``params`` holds fit's ``{"verbose", "epochs",
+    "steps"}`` (steps: batches per epoch, None where the data does not know them) and ``model`` the model trained."""
 
-    def __init__(self, history: dict | None = None):
+    def __init__(self, history: dict | None = None, epoch: list | None = None):
         self.history = {k: list(v) for k, v in (history or {}).items()}
+        self.epoch = list(epoch) if epoch is not None else list(range(self.epochs))
+        self.params, self.model = {}, None
 
     last_logs = None  # the logs of the last epoch appended (fit's on_train_end hands them to the callbacks)
 
-    def append(self, logs: dict) -> None:
+    def append(self, logs: dict, epoch: int | None = None) -> None:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+        self.epoch.append(len(self.epoch) if epoch is None else epoch)
         self.last_logs = dict(logs)
 
     @property
@@ -447,6 +452,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             train_metrics.unpack = packing.unpack
     process_group.check_training_loader(loader)
     history = History()
+    history.params, history.model = {"verbose": verbose, "epochs": epochs, "steps": _length(loader)}, model
     trainer = Trainer(model, optimizer, loader, history)
     callbacks = _checkpoints_last(as_callbacks(callbacks))
     # a TerminateOnNaN that stops quietly (raise_error=True: fit's own NonFiniteLossError, before the step's update)
@@ -485,7 +491,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         for callback in callbacks:
             if callback not in checkpoints:
                 callback.on_epoch_end(epoch, logs)
-        history.append(logs)
+        history.append(logs, epoch)
         for callback in checkpoints:
             callback.on_epoch_end(epoch, logs)
 
@@ -789,7 +795,8 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
                       + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
                       + ": the new values win", UserWarning, stacklevel=3)
     trainer.global_step = int(info["step"])
-    history.history = History(extra.get("history")).history
+    restored = History(extra.get("history"))
+    history.history, history.epoch = restored.history, restored.epoch
     start_epoch = loader.next_iteration()[0] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
     progress = extra.get("epoch_progress")
     ended = extra.get("epoch_ended")  # (checkpoints written before it: whether History holds the epoch yet)

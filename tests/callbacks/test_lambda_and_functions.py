@@ -64,6 +64,9 @@ def test_a_key_a_callback_adds_to_the_logs_reaches_history(backend, problem, tmp
     checkpoint = ud.callbacks.Checkpoint(tmp_path)
     _, _, history = train(problem, 4, [checkpoint, add, stopping], validation_data=None)
     assert history["my_metric"] == [1.0, 2.0] and history.epochs == 2 and stopping.stopped_epoch == 1
+    # Keras's History attributes: the epochs logged, fit's settings, the model (missing before)
+    assert history.epoch == [0, 1] and history.params == {"verbose": 0, "epochs": 4, "steps": 3}
+    assert history.model is checkpoint.trainer.model
     saved = ud.checkpoint.load_checkpoint(tmp_path, *problem[2]()[:2])["extra"]["history"]
     assert saved["my_metric"] == [1.0, 2.0]
 
