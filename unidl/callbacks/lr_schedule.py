@@ -105,7 +105,7 @@ class LearningRateScheduler(Callback):
 def _takes_rate(schedule) -> bool:
     """Whether a schedule function is called ``(epoch, lr)`` (True) or ``(epoch)``, Keras's older form (False), from
     its signature, read once (a one-argument schedule raised Python's arity error at the first epoch); a signature
-    that takes neither is a ``TypeError`` naming it. A function whose signature Python cannot read is called with both."""
+    that takes neither is a ``TypeError`` naming it. A function whose signature Python cannot read gets both."""
     try:
         signature = inspect.signature(schedule)
     except (TypeError, ValueError):

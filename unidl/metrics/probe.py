@@ -172,8 +172,8 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
             # the argmax agreement of two real vectors)
     chosen = [for_loss(metric, loss, layout) for metric in chosen]
     accumulator = MetricAccumulator(chosen, layout, ignore_label=_ignored_label(loss, layout, data))
-    sliced = getattr(data, "sliced_arrays", None)  # arrays: their targets checked whole, before any batch (a framework's
-    arrays = sliced() if callable(sliced) else None  # graph computes the training metrics, where no check can run)
+    sliced = getattr(data, "sliced_arrays", None)  # arrays: their targets checked whole, before any batch (a
+    arrays = sliced() if callable(sliced) else None  # framework's graph computes training's metrics: no check there)
     if arrays is not None and len(arrays) >= 2:
         accumulator.check_targets(arrays[1])
     return accumulator
