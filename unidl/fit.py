@@ -95,6 +95,21 @@ class Trainer:
         self.carried_totals = None
         self.validation_freq = None  # fit's validation_freq where it has validation data, else None
 
+    def logged_names_for(self, callback) -> set | None:
+        """The names an epoch's logs will hold when they reach ``callback``'s ``on_epoch_end`` (``log_names``, set by
+        ``fit``: the loss, 'lr', the metrics, and 'val_' ones with validation data); None where they are not known
+        before the first epoch: a callback before it that is not one of unidl's (a function, a ``LambdaCallback``,
+        a user's class) may add its own."""
+        from unidl.callbacks.lambda_callback import LambdaCallback
+
+        names = getattr(self, "log_names", None)
+        for other in getattr(self, "callbacks", ()):
+            if other is callback:
+                return names
+            if isinstance(other, LambdaCallback) or not type(other).__module__.startswith("unidl.callbacks."):
+                return None
+        return names
+
     def validates(self, epoch: int) -> bool:
         """Whether ``fit`` validates after 0-based ``epoch``: that epoch's logs hold the 'val_*' values (an epoch
         that ``validation_freq`` skips has none)."""
@@ -462,6 +477,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     trainer.validation_freq = validation_freq if validation is not None else None
     trainer.metrics = [metric for accumulator in (train_metrics, validation_metrics) if accumulator is not None
                        for metric in accumulator.metrics]  # (a callback's mode='auto' goes by their directions)
+    trainer.log_names = {"loss", "lr"} | {m.name for m in (train_metrics.metrics if train_metrics else ())}
+    if validation is not None:  # (a monitored name none of these is refused before training: check_monitor)
+        trainer.log_names |= {"val_loss"} | {f"val_{m.name}" for m in (validation_metrics.metrics
+                                                                       if validation_metrics else ())}
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
     if resume_from is not None:

@@ -167,6 +167,18 @@ def monitored(callback, owner: str, epoch: int, logs) -> float | None:
     raise KeyError(f"{owner} monitors {monitor!r}, but fit reports only {sorted(logs)}{hint}")
 
 
+def check_monitor(callback, owner: str) -> None:
+    """At ``on_train_begin``: a ``KeyError`` naming the logs ``fit`` will report where ``callback.monitor`` is none of
+    them ('val_acc', or 'val_loss' without validation data), before any training (it was raised after the first
+    epoch trained). No check where the names are not known before the first epoch: the trainer does not say them
+    (``trainer.logged_names_for``), or a callback before this one, not one of unidl's, may add its own."""
+    names = getattr(getattr(callback, "trainer", None), "logged_names_for", lambda callback: None)(callback)
+    if names is None or callback.monitor in names:
+        return
+    hint = "" if any(name.startswith("val_") for name in names) else "; pass validation_data for 'val_*' metrics"
+    raise KeyError(f"{owner} monitors {callback.monitor!r}, but fit reports only {sorted(names)}{hint}")
+
+
 def as_callbacks(callbacks) -> list:
     """``fit``'s ``callbacks`` as objects with every hook: callbacks as they are, and a plain function
     ``fn(epoch, logs)`` as a ``LambdaCallback`` calling it at the end of every epoch. One callback (or function)
