@@ -14,7 +14,8 @@ import math
 import numpy as np
 
 from unidl import arguments, config, fit_options, input_checks
-from unidl.callbacks.callback import as_callbacks
+from unidl.callbacks.callback import as_callbacks, hook
+from unidl.callbacks.checkpoint import Checkpoint
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
 from unidl.data.dataloader import empty_shares_allowed
@@ -35,14 +36,22 @@ from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settin
 from unidl.precision import precision_policy
 
 class History:
-    """Per-epoch logs of a ``fit`` run: ``history.history['loss']`` is the list of epoch losses."""
+    """Per-epoch logs of a ``fit`` run: ``history.history['loss']`` is the list of epoch losses. As Keras's History,
+    ``epoch`` lists the 0-based index of each epoch logged, ``params`` holds fit's ``{"verbose", "epochs",
+    "steps"}`` (steps: batches per epoch, None where the data does not know them) and ``model`` the model trained."""
 
-    def __init__(self, history: dict | None = None):
+    def __init__(self, history: dict | None = None, epoch: list | None = None):
         self.history = {k: list(v) for k, v in (history or {}).items()}
+        self.epoch = list(epoch) if epoch is not None else list(range(self.epochs))
+        self.params, self.model = {}, None
 
-    def append(self, logs: dict) -> None:
+    last_logs = None  # the logs of the last epoch appended (fit's on_train_end hands them to the callbacks)
+
+    def append(self, logs: dict, epoch: int | None = None) -> None:
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
+        self.epoch.append(len(self.epoch) if epoch is None else epoch)
+        self.last_logs = dict(logs)
 
     @property
     def epochs(self) -> int:
@@ -86,6 +95,21 @@ class Trainer:
         # data-parallel job: the job's), as float64 arrays [loss sum, samples, *statistics]; None otherwise
         self.carried_totals = None
         self.validation_freq = None  # fit's validation_freq where it has validation data, else None
+
+    def logged_names_for(self, callback) -> set | None:
+        """The names an epoch's logs will hold when they reach ``callback``'s ``on_epoch_end`` (``log_names``, set by
+        ``fit``: the loss, 'lr', the metrics, and 'val_' ones with validation data); None where they are not known
+        before the first epoch: a callback before it that is not one of unidl's (a function, a ``LambdaCallback``,
+        a user's class) may add its own."""
+        from unidl.callbacks.lambda_callback import LambdaCallback
+
+        names = getattr(self, "log_names", None)
+        for other in getattr(self, "callbacks", ()):
+            if other is callback:
+                return names
+            if isinstance(other, LambdaCallback) or not type(other).__module__.startswith("unidl.callbacks."):
+                return None
+        return names
 
     def validates(self, epoch: int) -> bool:
         """Whether ``fit`` validates after 0-based ``epoch``: that epoch's logs hold the 'val_*' values (an epoch
@@ -444,6 +468,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             train_metrics.unpack = packing.unpack
     process_group.check_training_loader(loader)
     history = History()
+    history.params, history.model = {"verbose": verbose, "epochs": epochs, "steps": _length(loader)}, model
     trainer = Trainer(model, optimizer, loader, history)
     callbacks = _checkpoints_last(as_callbacks(callbacks))
     # a TerminateOnNaN that stops quietly (raise_error=True: fit's own NonFiniteLossError, before the step's update)
@@ -453,6 +478,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     trainer.validation_freq = validation_freq if validation is not None else None
     trainer.metrics = [metric for accumulator in (train_metrics, validation_metrics) if accumulator is not None
                        for metric in accumulator.metrics]  # (a callback's mode='auto' goes by their directions)
+    trainer.log_names = {"loss", "lr"} | {m.name for m in (train_metrics.metrics if train_metrics else ())}
+    if validation is not None:  # (a monitored name none of these is refused before training: check_monitor)
+        trainer.log_names |= {"val_loss"} | {f"val_{m.name}" for m in (validation_metrics.metrics
+                                                                       if validation_metrics else ())}
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
     if resume_from is not None:
@@ -466,18 +495,24 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         step_inputs.prepare(start_epoch, _first_step(loader, start_epoch))
     for callback in callbacks:
         callback.trainer = trainer
-        callback.on_train_begin()
+        hook(callback, "on_train_begin")({})  # (Keras's logs: {} at a begin hook)
     if trainer.stopped:  # (a callback ended the run before its first epoch: a resumed run that had been stopped)
         start_epoch = epochs
     progress = Progress(verbose if process_group.rank_from_environment() == 0 else 0, epochs)  # rank 0 prints
 
     def end_epoch(epoch, logs):
-        """What follows an epoch's last batch: validation, its History entry, the callbacks' epoch end."""
+        """What follows an epoch's last batch: validation, the callbacks' epoch end, its History entry. History
+        records the logs after the other callbacks, as Keras's History runs last (a key one of them adds to the logs
+        is kept: it was dropped), and before the ``Checkpoint`` callbacks (last of all), whose checkpoint holds it."""
         if trainer.validates(epoch):
-            results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted)
+            results = _evaluate_with(model, validation, plain_loss, validation_metrics, validation_weighted, callbacks)
             logs.update({f"val_{k}": v for k, v in results.items()})
-        history.append(logs)
+        checkpoints = [c for c in callbacks if isinstance(c, Checkpoint)]
         for callback in callbacks:
+            if callback not in checkpoints:
+                callback.on_epoch_end(epoch, logs)
+        history.append(logs, epoch)
+        for callback in checkpoints:
             callback.on_epoch_end(epoch, logs)
 
     finished = getattr(trainer, "finished_epoch", None)
@@ -497,7 +532,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         else:
             steps = _length(loader)
         for callback in callbacks:
-            callback.on_epoch_begin(epoch)
+            hook(callback, "on_epoch_begin")(epoch, {})
         progress.begin_epoch(epoch, steps)
         # the rate the epoch began with, which its History logs (an epoch resumed part-way: the checkpoint's, as a
         # schedule stepped per batch has moved the rate since)
@@ -520,13 +555,15 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             trainer.micro_steps = (trainer.micro_steps + 1) % trainer.accumulate
             progress.batch(index, logs)
             for callback in callbacks:
-                callback.on_batch_end(index, logs)
+                hook(callback, "on_train_batch_end")(index, logs)
             if ctrl_c:  # one that a callback caught
                 raise KeyboardInterrupt
             if trainer.end_epoch:
                 raise _EndEpoch(logs)
 
         def before_batch(index, epoch=epoch):  # (a callback may have frozen the model after the last batch)
+            for callback in callbacks:
+                hook(callback, "on_train_batch_begin")(index, {})
             require_trainable(optimizer.params, lambda: f"fit at epoch {epoch + 1}, step {index + 1}", model, loss)
 
         batches = iter(loader)  # one iterator per epoch: a second iter() would start the next epoch
@@ -576,8 +613,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             break
     if accumulate > 1 and not terminate_on_nan and window_micro_steps(optimizer):
         _check_open_window(optimizer, trainer)
-    for callback in callbacks:
-        callback.on_train_end()
+    for callback in callbacks:  # (Keras's logs: the last epoch's)
+        hook(callback, "on_train_end")(dict(history.last_logs) if history.last_logs is not None else {})
     return history
 
 
@@ -778,7 +815,8 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
                       + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
                       + ": the new values win", UserWarning, stacklevel=3)
     trainer.global_step = int(info["step"])
-    history.history = History(extra.get("history")).history
+    restored = History(extra.get("history"))
+    history.history, history.epoch = restored.history, restored.epoch
     start_epoch = loader.next_iteration()[0] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
     progress = extra.get("epoch_progress")
     ended = extra.get("epoch_ended")  # (checkpoints written before it: whether History holds the epoch yet)
@@ -939,10 +977,13 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     return values[0] if len(values) == 1 else values
 
 
-def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dict:
+def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callbacks=()) -> dict:
     """``evaluate``'s loop over ``batches`` with a ``MetricAccumulator`` (or None) already bound to them;
     ``weighted``: each batch's third field is its samples' weights, which weight the loss and the weighted
-    metrics (Keras's rule)."""
+    metrics (Keras's rule). ``callbacks`` (``fit``'s validation): their ``on_test_begin``, ``on_test_batch_begin``
+    and ``on_test_batch_end`` (with the running values) and ``on_test_end`` (with the results), as Keras's."""
+    for callback in callbacks:
+        hook(callback, "on_test_begin")({})
     backend = model._backend
     per_sample = fit_options.per_sample_loss(loss) if weighted and loss is not None else None
     forward = backend.predict_function(model)
@@ -954,10 +995,12 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
     try:
         with empty_shares_allowed():  # (a rank's empty share is skipped below, the counts summed over ranks)
             iterator = iter(batches)
-        for batch in iterator:
+        for index, batch in enumerate(iterator):
             x, y = (batch[0], batch[1]) if weighted else xy(batch)  # (weights: a third field of unidl's own)
             if not int(tuple(x.shape)[0]):  # a data-parallel rank's empty share of a short last batch
                 continue
+            for callback in callbacks:
+                hook(callback, "on_test_batch_begin")(index, {})
             outputs = forward(x)
             count = int(tuple(x.shape)[0])
             if int(tuple(y.shape)[0]) != count:
@@ -970,6 +1013,11 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
             if metrics is not None:
                 metrics.add(outputs, y, batch[2] if weighted else None)
             seen += count
+            if callbacks:  # (the running values of this rank's batches so far)
+                running = dict({"loss": total / seen} if loss is not None else {},
+                               **(metrics.results() if metrics is not None else {}))
+                for callback in callbacks:
+                    hook(callback, "on_test_batch_end")(index, running)
     finally:
         model.train(was_training)
     total, seen = process_group.sum_over_ranks(total, seen)  # every rank's shard
@@ -981,4 +1029,6 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False) -> dic
     if metrics is not None:
         flat = np.concatenate([t.reshape(-1) for t in metrics.totals])
         results.update(metrics.results_from_flat(process_group.sum_over_ranks(*flat.tolist())))  # every rank's
+    for callback in callbacks:
+        hook(callback, "on_test_end")(dict(results))
     return results

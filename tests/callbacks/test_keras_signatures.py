@@ -40,7 +40,7 @@ def test_positional_order_and_defaults_are_keras(name):
                                                               "does not implement .*Checkpoint\\(every_steps=N\\)"),
     (lambda: ud.callbacks.TensorBoard("logs", write_images=True), "TensorBoard write_images=True is Keras's"),
     (lambda: ud.callbacks.TensorBoard("logs", profile_batch=(2, 4)), r"TensorBoard profile_batch=\(2, 4\) is Keras's"),
-    (lambda: ud.callbacks.LambdaCallback(on_train_batch_begin=print), "on_train_batch_begin is Keras's"),
+    (lambda: ud.callbacks.LambdaCallback(on_train_batch_begin=print, on_batch_begin=print), "name the same hook"),
     (lambda: ud.callbacks.LambdaCallback(on_train_batch_end=print, on_batch_end=print), "name the same hook"),
     (lambda: ud.callbacks.EarlyStopping(verbose="loud"), "EarlyStopping verbose must be 0 .* got 'loud'"),
     (lambda: ud.callbacks.ReduceLROnPlateau(verbose=-1), "ReduceLROnPlateau verbose must be 0"),

@@ -53,6 +53,75 @@ def test_one_callback_alone_and_a_callback_class(backend, problem):
             train(problem, 1, given)
 
 
+def test_a_key_a_callback_adds_to_the_logs_reaches_history(backend, problem, tmp_path):
+    """History records an epoch's logs after the other callbacks, as Keras's History runs last (a key one of them
+    added was dropped), before a ``Checkpoint`` (whose checkpoint holds the epoch), and also for the epoch in which
+    a callback stops training."""
+    def add(epoch, logs):
+        logs["my_metric"] = 1.0 + epoch
+
+    stopping = ud.callbacks.EarlyStopping(monitor="my_metric", mode="min", patience=0)
+    checkpoint = ud.callbacks.Checkpoint(tmp_path)
+    _, _, history = train(problem, 4, [checkpoint, add, stopping], validation_data=None)
+    assert history["my_metric"] == [1.0, 2.0] and history.epochs == 2 and stopping.stopped_epoch == 1
+    # Keras's History attributes: the epochs logged, fit's settings, the model (missing before)
+    assert history.epoch == [0, 1] and history.params == {"verbose": 0, "epochs": 4, "steps": 3}
+    assert history.model is checkpoint.trainer.model
+    saved = ud.checkpoint.load_checkpoint(tmp_path, *problem[2]()[:2])["extra"]["history"]
+    assert saved["my_metric"] == [1.0, 2.0]
+
+
+def test_keras_hooks_are_called_with_keras_logs(backend, problem):
+    """A callback of Keras's hooks gets every call: ``on_train_batch_begin``/``_end`` around each training batch,
+    ``on_test_*`` around validation, ``{}`` at a begin hook and the last epoch's logs at ``on_train_end`` (Keras's
+    names got no call, and ``def on_train_begin(self, logs)`` a ``TypeError``: fit passed no logs); a predict hook,
+    which fit never calls, is a ``TypeError`` before training."""
+    calls = []
+
+    class KerasStyle(ud.callbacks.Callback):
+        def on_train_begin(self, logs):
+            calls.append(("train_begin", logs))
+
+        def on_epoch_begin(self, epoch, logs):
+            calls.append(("epoch_begin", logs))
+
+        def on_train_batch_begin(self, batch, logs=None):
+            calls.append(("train_batch_begin", batch, logs))
+
+        def on_train_batch_end(self, batch, logs=None):
+            calls.append(("train_batch_end", batch, sorted(logs)))
+
+        def on_test_begin(self, logs=None):
+            calls.append(("test_begin", logs))
+
+        def on_test_batch_end(self, batch, logs=None):
+            calls.append(("test_batch_end", batch, sorted(logs)))
+
+        def on_test_end(self, logs=None):
+            calls.append(("test_end", sorted(logs)))
+
+        def on_train_end(self, logs):
+            calls.append(("train_end", sorted(logs)))
+
+    train(problem, 1, [KerasStyle()])
+    batches = [call for index in range(3) for call in (("train_batch_begin", index, {}),
+                                                        ("train_batch_end", index, ["accuracy", "loss"]))]
+    assert calls == [("train_begin", {}), ("epoch_begin", {}), *batches, ("test_begin", {}),
+                     ("test_batch_end", 0, ["accuracy", "loss"]), ("test_end", ["accuracy", "loss"]),
+                     ("train_end", ["accuracy", "loss", "lr", "val_accuracy", "val_loss"])]
+    begun = []
+    train(problem, 1, [ud.callbacks.LambdaCallback(on_train_batch_begin=lambda batch, logs: begun.append(batch))])
+    assert begun == [0, 1, 2]
+
+    class Predicting(ud.callbacks.Callback):
+        def on_predict_batch_end(self, batch, logs=None):
+            pass
+
+    with pytest.raises(TypeError, match="callback Predicting defines on_predict_batch_end: Keras's hooks of predict, "
+                                        "which ud.fit never calls"):
+        train(problem, 1, [Predicting()])
+
+
 def regression(rng, nan_at):
     """A TwoLayerNet 4-3-1 with SGD and MSELoss, and (x, y) whose target ``nan_at`` is NaN."""
     x = rng.standard_normal((60, 4)).astype(np.float32)

@@ -30,3 +30,16 @@ def test_a_schedule_it_cannot_apply_is_an_error(backend, problem):
     history = ud.fit(model, x, y, batch_size=20, epochs=2, loss=loss, optimizer=optimizer, verbose=0, callbacks=[
         ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5))])
     np.testing.assert_allclose(history.history["lr"], [0.5, 0.25])
+
+
+def test_a_one_argument_schedule_is_kerass_older_form(backend, problem):
+    """``lambda epoch: ...`` is called with the epoch alone, as Keras 3 falls back to it (a raw ``TypeError`` at the
+    first epoch before); a function of another arity is a ``TypeError`` naming its signature."""
+    (x, y), _, build = problem
+    model, optimizer, loss = build()
+    history = ud.fit(model, x, y, batch_size=20, epochs=2, loss=loss, optimizer=optimizer, verbose=0,
+                     callbacks=[ud.callbacks.LearningRateScheduler(lambda epoch: 0.1 * 0.5 ** epoch)])
+    np.testing.assert_allclose(history.history["lr"], [0.1, 0.05])
+    for bad in (lambda: 0.1, lambda epoch, lr, step: 0.1):
+        with pytest.raises(TypeError, match=r"schedule function must take \(epoch, lr\) or \(epoch\).*takes \("):
+            ud.callbacks.LearningRateScheduler(bad)

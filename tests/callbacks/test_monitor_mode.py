@@ -50,14 +50,16 @@ def test_auto_mode_follows_the_metrics_direction_as_keras(callback, rng):
 def test_epochs_that_validation_freq_skips_are_skipped_as_keras(callback, backend, rng):
     """With ``validation_freq=2`` the odd epochs log no 'val_loss': the callback skips them and watches the
     validated ones, as Keras's (a ``KeyError`` ended the first epoch). A name that can never be logged is still the
-    ``KeyError`` naming the logs: no validation data at all, or a name that a validated epoch does not log."""
+    ``KeyError`` naming the logs: no validation data at all, or a name that a validated epoch does not log, raised
+    before any epoch trains (it came after the first); a function before the callback may add the name itself."""
     x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.integers(0, 2, 8)
+    trained = []
 
-    def run(monitor, **options):
+    def run(monitor, before=(), **options):
         built = BUILDERS[callback](monitor)
         built.save_best_only = True  # (ModelCheckpoint's: else it compares nothing)
-        history = ud.fit(ud.nn.Linear(3, 2), x, y, 4, 4, 0, loss="cross_entropy", optimizer="sgd", callbacks=[built],
-                         **options)
+        history = ud.fit(ud.nn.Linear(3, 2), x, y, 4, 4, 0, loss="cross_entropy", optimizer="sgd",
+                         callbacks=[*before, built, lambda epoch, logs: trained.append(epoch)], **options)
         return built, history
 
     built, history = run("val_loss", validation_data=(x, y), validation_freq=2)
@@ -68,3 +70,9 @@ def test_epochs_that_validation_freq_skips_are_skipped_as_keras(callback, backen
         run("val_loss")
     with pytest.raises(KeyError, match=rf"{callback} monitors 'val_los', but fit reports only .*'val_loss'\]\W*$"):
         run("val_los", validation_data=(x, y), validation_freq=2)
+    assert trained == [0, 1, 2, 3]  # (the first run's epochs alone: the others raised before training)
+
+    def add(epoch, logs):
+        logs["val_mae"] = 1.0
+
+    assert run("val_mae", [add], validation_data=(x, y))[0].best == 1.0

@@ -204,17 +204,19 @@ def test_weighted_metrics_match_keras_and_sklearn_sample_weight(backend, rng):
                          ids=["finite", "non-finite"])
 def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, extremes):
     """The bucketed AUC counts each threshold's positives exactly as comparing every score, clipped into [0, 1] as
-    Keras's ``AUC`` clips it, with every threshold would (float32 ``score > threshold``), scores lying on thresholds
-    and outside [0, 1] included, infinite, huge and NaN ones too (NaN above no threshold; they were an index error,
-    and +inf fell into the third bucket)."""
+    Keras's ``AUC`` clips it, with each of Keras's thresholds would (-eps, i / (T - 1) by Keras's float32 test
+    ``score * (T - 1) > i``, 1 + eps), scores on and beside the thresholds and outside [0, 1] included, infinite,
+    huge and NaN ones too (NaN above no threshold; they were an index error, and +inf fell into the third bucket)."""
     thresholds = 11
     metric = ud.metrics.AUC(num_thresholds=thresholds)
-    grid = (np.arange(thresholds, dtype=np.float32) * np.float32((1 + 2e-7) / (thresholds - 1)) - np.float32(1e-7))
-    scores = np.concatenate([grid, grid + np.float32(1e-7), np.float32(extremes),
-                             rng.random(40).astype(np.float32)]).reshape(-1, 1)
+    grid = np.arange(thresholds, dtype=np.float32) / np.float32(thresholds - 1)
+    scores = np.concatenate([grid, np.nextafter(grid, np.float32(2)), np.nextafter(grid, np.float32(-1)),
+                             np.float32(extremes), rng.random(40).astype(np.float32)]).reshape(-1, 1)
     positive = (rng.random(len(scores)) > 0.4).astype(np.float32).reshape(-1, 1)
     metric.update(scores, positive)
-    above = np.clip(scores, 0, 1) > grid[None, :]  # (N, T)
+    scaled = np.clip(scores, 0, 1) * np.float32(thresholds - 1)  # (N, 1) float32, NaN kept
+    above = scaled > np.arange(thresholds, dtype=np.float32)[None, :]  # (N, T): interior thresholds i
+    above[:, 0], above[:, -1] = ~np.isnan(scores[:, 0]), False  # -eps: every score but NaN; 1 + eps: none
     tp, fp = (above * positive).sum(0, dtype=np.float64), (above * (1 - positive)).sum(0, dtype=np.float64)
     tpr, fpr = tp / positive.sum(), fp / (1 - positive).sum()
     dense = float(np.sum((fpr[:-1] - fpr[1:]) * (tpr[:-1] + tpr[1:]) / 2))
@@ -222,6 +224,24 @@ def test_auc_histogram_counts_are_the_dense_threshold_comparisons(backend, rng, 
     np.testing.assert_array_equal(np.cumsum(buckets_positive[0, ::-1])[::-1][1:], tp)
     np.testing.assert_array_equal(np.cumsum(buckets_negative[0, ::-1])[::-1][1:], fp)
     assert metric.compute() == dense
+
+
+@pytest.mark.parametrize("thresholds", [5, 11, 200])
+def test_auc_is_keras_on_its_threshold_grid(backend, rng, thresholds):
+    """Scores on Keras's thresholds i / (T - 1) and random ones give Keras's ``AUC`` (and scikit-learn's where the
+    scores are the grid): unidl's thresholds j (1 + 2 eps) / (T - 1) - eps moved every interior one below the grid,
+    so 0.25, 0.25, 0.5, 0.75 against 0, 1, 0, 1 gave 0.75 for Keras's and scikit-learn's 0.625 at T = 5."""
+    keras = pytest.importorskip("keras")
+    grid = np.arange(thresholds, dtype=np.float32) / np.float32(thresholds - 1)
+    for scores in (np.float32([0.25, 0.25, 0.5, 0.75]), np.concatenate([grid, grid[::-1]]),
+                   rng.random(300).astype(np.float32)):
+        target = (rng.random(len(scores)) > 0.5).astype(np.float32) if len(scores) > 4 else np.float32([0, 1, 0, 1])
+        metric, reference = ud.metrics.AUC(num_thresholds=thresholds), keras.metrics.AUC(num_thresholds=thresholds)
+        metric.update(scores.reshape(-1, 1), target.reshape(-1, 1))
+        reference.update_state(target, scores)
+        assert metric.compute() == pytest.approx(float(reference.result()), abs=1e-6)
+        if len(scores) == 4 and thresholds in (5, 11):  # (scores on the grid: no two thresholds between ties)
+            assert metric.compute() == pytest.approx(sk.roc_auc_score(target, scores))
 
 
 def test_multi_label_binary_accuracy_is_keras_and_sklearns(backend, rng):
@@ -318,3 +338,69 @@ def test_a_metric_named_as_fits_own_log_entries_is_an_error(backend, rng):
         with pytest.raises(ValueError, match=rf"metric names \['{name}'\] are fit's own log entries"):
             ud.fit(model, x, y, batch_size=4, loss="mse", optimizer="sgd", verbose=0,
                    metrics=[ud.metrics.MeanAbsoluteError(name=name)])
+
+
+def test_metric_objects_serve_training_and_validation_apart(backend, rng):
+    """Metric objects given to ``fit`` with one-hot validation targets beside integer training labels: validation
+    bound the one object anew, so training's accuracy read its labels as one-hot rows (0.425 for 0.2)."""
+    x, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    xv, yv = rng.standard_normal((20, 4)).astype(np.float32), rng.integers(0, 3, 20)
+    ud.manual_seed(0)
+    model = ud.nn.Linear(4, 3)
+    given = [ud.metrics.Accuracy(), ud.metrics.F1Score()]
+    history = ud.fit(model, x, y, batch_size=10, verbose=0, shuffle=False, loss="cross_entropy",
+                     optimizer=ud.optim.SGD(model.parameters(), lr=0.0), metrics=given,
+                     validation_data=(xv, np.eye(3, dtype=np.float32)[yv]))
+    predicted, predicted_validation = ud.predict(model, x).argmax(1), ud.predict(model, xv).argmax(1)
+    assert history["accuracy"][0] == pytest.approx(sk.accuracy_score(y, predicted))
+    assert history["f1"][0] == pytest.approx(sk.f1_score(y, predicted, average="macro", labels=[0, 1, 2]))
+    assert history["val_accuracy"][0] == pytest.approx(sk.accuracy_score(yv, predicted_validation))
+    assert all(metric.layout is None for metric in given)  # (the objects given stay unbound)
+
+
+def _in_graph(names, outputs, target):
+    """The metrics' values from their statistics alone, as a framework's graph computes them (no target check)."""
+    accumulator = MetricAccumulator(get_all(names), layout_of(outputs, target))
+    return accumulator.results_from([np.asarray(ud.tensors.to_numpy(v), dtype=np.float64)
+                                     for v in accumulator._function(outputs, target)])
+
+
+def test_labels_outside_the_classes_are_an_error_or_a_miss(backend, rng):
+    """A label outside [0, C) is the losses' ``IndexOutOfRangeError`` where the values are known (top-k counted it as
+    a hit, the confusion matrix dropped it, precision, recall and AUC gave 0.0); in a graph a miss for every
+    metric, as Keras's ``SparseTopKCategoricalAccuracy``."""
+    keras = pytest.importorskip("keras")
+    scores = np.array([[-1, -2, -3, -4, -5], [1, 2, 3, 4, 5], [0.1, 0.2, -3, -4, -5], [5, 4, 3, 2, 1]], np.float32)
+    labels = np.array([7, 7, -1, 0])
+    for name in ("accuracy", "top2", "confusion_matrix", "precision", "recall", "auc"):
+        with pytest.raises(ud.errors.IndexOutOfRangeError, match=r"labels must lie in \[0, 5\) .* from -1 to 7"):
+            _accumulated([name], scores, labels)
+    model = ud.nn.Linear(3, 5)
+    with pytest.raises(ud.errors.IndexOutOfRangeError, match=r"Accuracy labels must lie in \[0, 5\)"):
+        ud.evaluate(model, np.zeros((4, 3), np.float32), labels, metrics=["accuracy", "top2"])
+    graph = _in_graph(["accuracy", "top2", "recall"], scores, labels)
+    top2 = keras.metrics.SparseTopKCategoricalAccuracy(k=2)
+    top2.update_state(labels, scores)
+    assert graph["top2"] == pytest.approx(float(top2.result())) == 0.25
+    assert graph["accuracy"] == 0.25 and graph["recall"] == pytest.approx(0.2)  # (class 0's 1 of 1, the others 0)
+
+
+@pytest.mark.parametrize("targets", [[2.0, 2.0, 0.0, 1.0], [0.7, 0.7, 0.0, 1.0], [-1.0, -1.0, 0.0, 1.0]],
+                         ids=["two", "soft", "negative"])
+def test_binary_targets_other_than_0_or_1_are_an_error_or_a_miss(backend, targets):
+    """Binary metrics read each target as positive or not: another value is a ``ValueError`` naming it where the
+    values are known (binary accuracy was -0.25 and AUC 1.2 for targets of 2; 0.7 was cast to class 0); in a graph
+    binary accuracy is Keras's ``equal(y_true, score > threshold)``, a miss, and AUC's targets stay in [0, 1]."""
+    keras = pytest.importorskip("keras")
+    scores = np.array([[0.1], [0.2], [0.9], [0.8]], np.float32)
+    target = np.array(targets, np.float32).reshape(-1, 1)
+    for name in ("binary_accuracy", "accuracy", "precision", "recall", "f1", "auc"):
+        with pytest.raises(ValueError, match=rf"needs targets of 0 or 1 .*; found {targets[0]:g}\. Soft targets"):
+            _accumulated([name], scores, target)
+    with pytest.raises(ValueError, match=r"AUC needs targets of 0 or 1"):
+        ud.metrics.AUC().update(scores, target)
+    graph = _in_graph(["binary_accuracy", "accuracy", "auc"], scores, target)
+    reference = keras.metrics.BinaryAccuracy()
+    reference.update_state(target, scores)
+    assert graph["binary_accuracy"] == pytest.approx(float(reference.result())) == graph["accuracy"] == 0.25
+    assert 0.0 <= graph["auc"] <= 1.0

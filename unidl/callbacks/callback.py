@@ -9,7 +9,13 @@ import numpy as np
 from unidl import arguments
 
 class Callback:
-    """Override any hook. ``logs`` holds the epoch's metrics ('loss', 'accuracy', 'val_loss', ...);
+    """Override any hook; ``fit`` calls them with Keras's arguments. ``logs`` holds the epoch's metrics ('loss',
+    'accuracy', 'val_loss', ...) at an epoch's end, the running means of the epoch so far after a batch, the last
+    epoch's logs at ``on_train_end``, and ``{}`` at a begin hook. ``on_train_batch_begin``/``on_train_batch_end``
+    (Keras's names, which call ``on_batch_begin``/``on_batch_end``) run around every training batch, and
+    ``on_test_begin``/``on_test_end``/``on_test_batch_begin``/``on_test_batch_end`` around ``fit``'s validation
+    (``on_test_end`` gets its logs without the 'val_' prefix, as Keras's). Keras's ``on_predict_*`` hooks are never
+    called (``fit`` does not predict): a callback defining one is a ``TypeError`` as ``fit`` starts.
     ``self.trainer`` (set by ``fit``) gives access to ``model``, ``optimizer``, ``loader`` and ``stop()``
     (``stop(after_batch=True)`` in ``on_batch_end`` ends the epoch after that batch)."""
 
@@ -21,14 +27,48 @@ class Callback:
     def on_epoch_begin(self, epoch, logs=None):
         pass
 
+    def on_batch_begin(self, batch, logs=None):
+        pass
+
     def on_batch_end(self, batch, logs=None):
         pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
         pass
 
+    def on_test_begin(self, logs=None):
+        pass
+
+    def on_test_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_test_batch_end(self, batch, logs=None):
+        pass
+
+    def on_test_end(self, logs=None):
+        pass
+
     def on_train_end(self, logs=None):
         pass
+
+
+#: Keras's hooks that ``fit`` never calls (it does not predict): a callback defining one is refused, not ignored
+NEVER_CALLED = ("on_predict_begin", "on_predict_end", "on_predict_batch_begin", "on_predict_batch_end")
+#: the older name of a hook, which a callback not derived from ``Callback`` may define instead (Keras's aliases)
+_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
+def hook(callback, name: str):
+    """``callback``'s hook ``name``: its method, else (an object not derived from ``Callback``, which ``fit`` takes
+    with ``on_epoch_end`` alone) the method of Keras's older name for it, else one that does nothing."""
+    method = getattr(callback, name, None) or getattr(callback, _ALIASES.get(name, ""), None)
+    return method if method is not None else (lambda *args, **kwargs: None)
 
 
 def resolve_mode(owner: str, monitor: str, mode: str) -> str:
@@ -127,6 +167,18 @@ def monitored(callback, owner: str, epoch: int, logs) -> float | None:
     raise KeyError(f"{owner} monitors {monitor!r}, but fit reports only {sorted(logs)}{hint}")
 
 
+def check_monitor(callback, owner: str) -> None:
+    """At ``on_train_begin``: a ``KeyError`` naming the logs ``fit`` will report where ``callback.monitor`` is none of
+    them ('val_acc', or 'val_loss' without validation data), before any training (it was raised after the first
+    epoch trained). No check where the names are not known before the first epoch: the trainer does not say them
+    (``trainer.logged_names_for``), or a callback before this one, not one of unidl's, may add its own."""
+    names = getattr(getattr(callback, "trainer", None), "logged_names_for", lambda callback: None)(callback)
+    if names is None or callback.monitor in names:
+        return
+    hint = "" if any(name.startswith("val_") for name in names) else "; pass validation_data for 'val_*' metrics"
+    raise KeyError(f"{owner} monitors {callback.monitor!r}, but fit reports only {sorted(names)}{hint}")
+
+
 def as_callbacks(callbacks) -> list:
     """``fit``'s ``callbacks`` as objects with every hook: callbacks as they are, and a plain function
     ``fn(epoch, logs)`` as a ``LambdaCallback`` calling it at the end of every epoch. One callback (or function)
@@ -142,6 +194,11 @@ def as_callbacks(callbacks) -> list:
             raise TypeError(f"callbacks hold the class {callback.__name__}, not a callback: pass an object of it, "
                             f"{callback.__name__}(...)")
         if isinstance(callback, Callback) or hasattr(callback, "on_epoch_end"):
+            defined = [name for name in NEVER_CALLED if hasattr(callback, name)]
+            if defined:
+                raise TypeError(f"callback {type(callback).__name__} defines {', '.join(defined)}: Keras's hooks of "
+                                f"predict, which ud.fit never calls (it does not predict); fit calls on_train_*, "
+                                f"on_epoch_*, on_train_batch_* (on_batch_*) and on_test_* (around validation)")
             result.append(callback)
         elif callable(callback):
             result.append(LambdaCallback(on_epoch_end=callback))

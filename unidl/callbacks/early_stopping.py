@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from unidl import arguments
-from unidl.callbacks.callback import Callback, check_verbose, improved, monitored, resolve_mode, settle_mode
+from unidl.callbacks.callback import (Callback, check_monitor, check_verbose, improved, monitored, resolve_mode,
+                                      settle_mode)
 
 
 class EarlyStopping(Callback):
@@ -90,6 +91,7 @@ class EarlyStopping(Callback):
         return improved(self.mode, value, reference, self.min_delta)
 
     def on_train_begin(self, logs=None):
+        check_monitor(self, "EarlyStopping")
         if not self._resumed:  # each fit starts afresh, as Keras's; a resumed one continues its own
             self._reset()
         elif self.stopped_epoch is not None:  # a run it had ended, resumed (a restarted job): it stays ended

@@ -10,12 +10,12 @@ class LambdaCallback(Callback):
 
     - ``on_train_begin(logs)``, ``on_train_end(logs)``
     - ``on_epoch_begin(epoch, logs)``, ``on_epoch_end(epoch, logs)`` (``logs``: the epoch's metrics)
+    - ``on_train_batch_begin(batch, logs)`` (``logs``: ``{}``), also named ``on_batch_begin`` (by keyword)
     - ``on_train_batch_end(batch, logs)`` (``logs``: the running means of the epoch so far), also named
       ``on_batch_end`` (by keyword)
 
-    Arguments in ``keras.callbacks.LambdaCallback``'s order; its ``on_train_batch_begin`` is a ``ValueError``
-    (``fit`` calls no hook before a batch). A plain function given to ``fit(callbacks=[fn])`` becomes
-    ``LambdaCallback(on_epoch_end=fn)``.
+    Arguments in ``keras.callbacks.LambdaCallback``'s order. A plain function given to ``fit(callbacks=[fn])``
+    becomes ``LambdaCallback(on_epoch_end=fn)``.
 
     Example::
 
@@ -23,15 +23,16 @@ class LambdaCallback(Callback):
     """
 
     def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None, on_train_end=None,
-                 on_train_batch_begin=None, on_train_batch_end=None, *, on_batch_end=None):
-        if on_train_batch_begin is not None:
-            raise ValueError("LambdaCallback on_train_batch_begin is Keras's, which unidl does not implement (fit "
-                             "calls no hook before a batch); use on_train_batch_end or on_epoch_begin")
-        if on_train_batch_end is not None and on_batch_end is not None:
-            raise ValueError("LambdaCallback: on_train_batch_end and on_batch_end name the same hook; pass one")
+                 on_train_batch_begin=None, on_train_batch_end=None, *, on_batch_begin=None, on_batch_end=None):
+        for when, train_name, name in (("begin", on_train_batch_begin, on_batch_begin),
+                                       ("end", on_train_batch_end, on_batch_end)):
+            if train_name is not None and name is not None:
+                raise ValueError(f"LambdaCallback: on_train_batch_{when} and on_batch_{when} name the same hook; "
+                                 f"pass one")
+        on_batch_begin = on_batch_begin if on_batch_begin is not None else on_train_batch_begin
         on_batch_end = on_batch_end if on_batch_end is not None else on_train_batch_end
-        functions = {"on_epoch_begin": on_epoch_begin, "on_epoch_end": on_epoch_end, "on_batch_end": on_batch_end,
-                     "on_train_begin": on_train_begin, "on_train_end": on_train_end}
+        functions = {"on_epoch_begin": on_epoch_begin, "on_epoch_end": on_epoch_end, "on_batch_begin": on_batch_begin,
+                     "on_batch_end": on_batch_end, "on_train_begin": on_train_begin, "on_train_end": on_train_end}
         for name, function in functions.items():
             if function is not None and not callable(function):
                 raise TypeError(f"LambdaCallback {name} must be a function, got {type(function).__name__}")
@@ -44,6 +45,10 @@ class LambdaCallback(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self.functions["on_epoch_begin"] is not None:
             self.functions["on_epoch_begin"](epoch, logs)
+
+    def on_batch_begin(self, batch, logs=None):
+        if self.functions["on_batch_begin"] is not None:
+            self.functions["on_batch_begin"](batch, logs)
 
     def on_batch_end(self, batch, logs=None):
         if self.functions["on_batch_end"] is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -13,7 +14,8 @@ class LearningRateScheduler(Callback):
     """``schedule`` is a ``unidl.optim.lr_scheduler`` object (stepped after every epoch, or after every update
     with ``interval="batch"``, as ``OneCycleLR`` wants: with ``fit(accumulate=N)`` after every N-th batch, as a
     PyTorch loop steps it after ``optimizer.step()``) or a function ``(epoch, lr) -> new lr`` called before every
-    epoch, for each param group's rate (Keras's, for one group). Either way no compiled step is retraced.
+    epoch, for each param group's rate (Keras's, for one group), or ``(epoch) -> new lr`` (Keras's older form, which
+    Keras 3 still takes). Either way no compiled step is retraced.
     ``verbose``: 1 prints the rate at the start of each epoch (Keras's line); ``interval`` is by keyword only, after
     Keras's ``(schedule, verbose)``."""
 
@@ -33,6 +35,7 @@ class LearningRateScheduler(Callback):
             raise ValueError("LearningRateScheduler interval='batch' needs a unidl.optim.lr_scheduler object; "
                              "a function (epoch, lr) -> lr is called once per epoch")
         self.schedule, self.interval = schedule, interval
+        self._takes_rate = True if hasattr(schedule, "step") else _takes_rate(schedule)
         self.verbose = check_verbose("LearningRateScheduler", verbose)
 
     def on_train_begin(self, logs=None):
@@ -47,7 +50,7 @@ class LearningRateScheduler(Callback):
         if callable(self.schedule) and not hasattr(self.schedule, "step"):
             optimizer = self.trainer.optimizer
             for index, rate in enumerate([group["lr"] for group in optimizer.param_groups]):
-                new = self.schedule(epoch, rate)
+                new = self.schedule(epoch, rate) if self._takes_rate else self.schedule(epoch)
                 if getattr(new, "shape", None) == () and hasattr(new, "dtype"):  # (a 0-d array or tensor: its value)
                     from unidl.tensors import to_numpy
 
@@ -97,3 +100,21 @@ class LearningRateScheduler(Callback):
         self.check_state_dict(state)
         if state is not None:
             self.schedule.load_state_dict(state["state"])
+
+
+def _takes_rate(schedule) -> bool:
+    """Whether a schedule function is called ``(epoch, lr)`` (True) or ``(epoch)``, Keras's older form (False), from
+    its signature, read once (a one-argument schedule raised Python's arity error at the first epoch); a signature
+    that takes neither is a ``TypeError`` naming it. A function whose signature Python cannot read gets both."""
+    try:
+        signature = inspect.signature(schedule)
+    except (TypeError, ValueError):
+        return True
+    for arguments, takes_rate in (((0, 0.1), True), ((0,), False)):
+        try:
+            signature.bind(*arguments)
+        except TypeError:
+            continue
+        return takes_rate
+    raise TypeError(f"LearningRateScheduler's schedule function must take (epoch, lr) or (epoch) and return the new "
+                    f"rate; {getattr(schedule, '__name__', type(schedule).__name__)} takes {signature}")

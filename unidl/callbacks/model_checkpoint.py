@@ -8,8 +8,8 @@ import os
 
 from unidl import arguments
 from unidl.distributed import process_group
-from unidl.callbacks.callback import (Callback, check_verbose, improved, monitored, resolve_mode, settle_mode,
-                                     unsupported)
+from unidl.callbacks.callback import (Callback, check_monitor, check_verbose, improved, monitored, resolve_mode,
+                                     settle_mode, unsupported)
 
 
 class ModelCheckpoint(Callback):
@@ -76,6 +76,10 @@ class ModelCheckpoint(Callback):
         except KeyError as error:
             raise KeyError(f"ModelCheckpoint filepath {self.filepath!r} names {error.args[0]!r}, which is not "
                            f"among the epoch's logs {sorted(logs or {})}") from None
+
+    def on_train_begin(self, logs=None):
+        if self.save_best_only:
+            check_monitor(self, "ModelCheckpoint")
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_best_only:

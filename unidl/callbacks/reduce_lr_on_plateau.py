@@ -6,7 +6,8 @@ import math
 
 from unidl import arguments
 
-from unidl.callbacks.callback import Callback, check_verbose, improved, monitored, resolve_mode, settle_mode
+from unidl.callbacks.callback import (Callback, check_monitor, check_verbose, improved, monitored, resolve_mode,
+                                      settle_mode)
 
 
 class ReduceLROnPlateau(Callback):
@@ -72,6 +73,7 @@ class ReduceLROnPlateau(Callback):
         self._resumed = True
 
     def on_train_begin(self, logs=None):
+        check_monitor(self, "ReduceLROnPlateau")
         if not self._resumed:  # each fit starts a new plateau, as in Keras; a resumed one continues its own
             self._reset()
         self._resumed = False

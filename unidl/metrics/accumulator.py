@@ -8,6 +8,7 @@ hands their running totals to ``results_from``.
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -23,10 +24,13 @@ class MetricAccumulator:
     """Running totals of the statistics of ``metrics`` (bound to ``layout``). ``ignore_label``: the class label
     that the loss ignores (``CrossEntropyLoss``'s ``ignore_index``); samples with it count for no metric, as
     Keras's metrics skip the samples that its loss's ``ignore_class`` masks (they are given weight 0; a metric
-    whose ``statistics`` takes no ``sample_weight`` still sees them)."""
+    whose ``statistics`` takes no ``sample_weight`` still sees them). Each metric is copied before it is bound, so
+    that the objects given stay unbound and one object may serve several accumulators (training's, validation's)."""
 
     def __init__(self, metrics, layout, ignore_label: int | None = None):
-        self.metrics = list(metrics)
+        # a copy of each, bound here: one metric object serves fit's training and validation accumulators, whose
+        # layouts differ (integer labels, one-hot validation targets), and the later bind set the counts of both
+        self.metrics = [copy.copy(metric) for metric in metrics]
         self.layout = layout
         self.ignore_label = ignore_label
         for metric in self.metrics:
@@ -73,9 +77,19 @@ class MetricAccumulator:
     def reset(self) -> None:
         self.totals = [np.zeros(shape) for shape in self.shapes]
 
+    def check_targets(self, target) -> None:
+        """Each metric's ``check_target`` of ``target`` (an array or tensor of targets, not packed with weights)."""
+        target = np.asarray(to_numpy(target))
+        for metric in self.metrics:
+            metric.check_target(target, self.ignore_label)
+
     def add(self, outputs, target, sample_weight=None) -> None:
         """Add one batch: its statistics as one compiled call, then one small transfer each. ``sample_weight``
-        (one per sample) weights the weighted metrics. (``ud.function`` makes arrays the backend's tensors.)"""
+        (one per sample) weights the weighted metrics. (``ud.function`` makes arrays the backend's tensors.) The
+        targets are checked first (``check_targets``), where they are not packed with weights (those are arrays,
+        which ``probe.accumulator_for`` checked whole)."""
+        if self.unpack is None:
+            self.check_targets(target)
         inputs = (outputs, target) if sample_weight is None else (
             outputs, target, np.asarray(to_numpy(sample_weight), dtype=np.float32))
         with warnings.catch_warnings():  # a short last batch is one bounded retrace where graphs are per shape

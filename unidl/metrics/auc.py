@@ -10,7 +10,7 @@ import numpy as np
 
 from unidl import ops
 from unidl.metrics.classification import classification_kind
-from unidl.metrics.metric import Metric, as_float, greater
+from unidl.metrics.metric import Metric, as_float, check_binary_targets, check_class_labels, greater
 
 
 class AUC(Metric):
@@ -24,8 +24,8 @@ class AUC(Metric):
     no area and is left out of the mean; with none left the value is 0).
 
     Each area is Keras's ``AUC(curve='ROC', summation_method='interpolation')``: true and false positives
-    are counted at ``num_thresholds`` evenly spaced thresholds over [0, 1] (the end ones just outside it),
-    and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
+    are counted at Keras's ``num_thresholds`` thresholds, i / (num_thresholds - 1) inside [0, 1] and -eps, 1 + eps
+    at its ends, and the area is the trapezoidal sum over the resulting ROC points. It approaches scikit-learn's exact
     ``roc_auc_score`` as ``num_thresholds`` grows (scores closer than 1 / (num_thresholds - 1) count as
     ties). Scores are probabilities, clipped into [0, 1] as Keras clips them; ``from_logits=True`` applies a
     sigmoid first (a softmax for (N, C), but a sigmoid each for multi-label scores). ``metrics=["auc"]``
@@ -60,62 +60,61 @@ class AUC(Metric):
         # thresholds cut [0, 1] into: a histogram, whose reverse cumulative sums are the counts per threshold
         return ((self.num_areas, self.num_thresholds + 1), (self.num_areas, self.num_thresholds + 1))
 
+    def check_target(self, target, ignore_label=None) -> None:
+        if self.kind == "sparse":
+            check_class_labels("AUC", target, self.layout.num_outputs, ignore_label)
+        else:  # (a target of 2 counted as two positives and -1 negatives: an area of 1.2)
+            check_binary_targets("AUC", target)
+
     def _scores_and_positives(self, outputs, target) -> tuple:
-        """Scores (N, areas) in [0, 1] and 0/1 float targets (N, areas) of "positive" for each area."""
+        """Scores (N, areas) and the weights (N, areas) of each sample as a positive and as a negative of each
+        area: 0/1, and 0 for both where the target is no class (inside a graph, where no check runs: a label
+        outside [0, C) counts for no area; a binary target outside [0, 1] is clipped into it)."""
         scores = as_float(outputs)
         if self.kind == "binary":
             scores = ops.reshape(scores, (-1, 1))
-            return (ops.sigmoid(scores) if self.from_logits else scores), ops.reshape(as_float(target), (-1, 1))
+            positive = ops.clip(ops.reshape(as_float(target), (-1, 1)), 0.0, 1.0)
+            return (ops.sigmoid(scores) if self.from_logits else scores), positive, 1.0 - positive
         if self.from_logits:  # (multi-label logits, each class on its own: a sigmoid each)
             scores = ops.sigmoid(scores) if self.multi_label else ops.softmax(scores, -1)
         if self.kind == "categorical":
-            return scores, as_float(target)
+            positive = ops.clip(as_float(target), 0.0, 1.0)
+            return scores, positive, 1.0 - positive
         positive = as_float(ops.one_hot(ops.reshape(target, (-1,)), self.layout.num_outputs))
+        negative = ops.sum(positive, -1, keepdims=True) - positive  # (a row of zeros for a label of no class)
         if self.num_areas == 1:  # two scores against labels: class 1 is the positive class
-            return scores[:, 1:], positive[:, 1:]
-        return scores, positive
+            return scores[:, 1:], positive[:, 1:], negative[:, 1:]
+        return scores, positive, negative
 
     def statistics(self, outputs, target, sample_weight=None):
         """Histograms of the positives' and the negatives' scores over the thresholds' buckets, in O(N * areas)
         memory (a weighted bincount): a score's bucket is the number of thresholds strictly below it, so the
         true positives at threshold j are the positives in buckets above j."""
-        scores, positive = self._scores_and_positives(outputs, target)
+        scores, positive, negative = self._scores_and_positives(outputs, target)
         buckets = self._buckets(scores)  # (N, areas) int64 in [0, num_thresholds]
         width = self.num_thresholds + 1
         ids = ops.reshape(buckets + ops.reshape(ops.arange(self.num_areas, dtype="int64") * width, (1, -1)), (-1,))
         if sample_weight is not None:
             weight = ops.reshape(as_float(sample_weight), (-1, 1))
-            positive, negative = positive * weight, (1.0 - positive) * weight
-        else:
-            negative = 1.0 - positive
+            positive, negative = positive * weight, negative * weight
         size = self.num_areas * width
         return tuple(ops.reshape(ops.segment_sum(ops.reshape(values, (-1,)), ids, size), (self.num_areas, width))
                      for values in (positive, negative))
 
-    def _thresholds(self):
-        """The thresholds, float32: j * (1 + 2 eps) / (T - 1) - eps (the end ones just outside [0, 1])."""
-        epsilon = 1e-7
-        return (ops.arange(self.num_thresholds, dtype="float32") * ((1 + 2 * epsilon) / (self.num_thresholds - 1))
-                - epsilon)
-
     def _buckets(self, scores):
-        """The number of thresholds strictly below each score, (N, areas) int64: a first guess from the
-        thresholds' even spacing, made exact by comparing the score with the thresholds next to the guess
-        (the comparisons are float32 ``score > threshold``, as a dense (N, areas, T) comparison would be)."""
-        epsilon, steps = 1e-7, self.num_thresholds - 1
-        # scores clipped into [0, 1] as Keras's AUC clips them (a score below 0 counts above the first threshold,
-        # -eps, one above 1 below the last, 1 + eps: the ROC curve runs from (1, 1) to (0, 0) whatever the scores),
-        # and NaN put below every threshold (NaN > t is false): the float-to-int cast below is undefined for
-        # infinite, huge and NaN scores (the CPU gave INT64_MIN: +inf in bucket 2, NaN in bucket -1, an index error)
-        scores = ops.where(scores == scores, ops.clip(scores, 0.0, 1.0), -1.0)
-        guess = ops.clip(ops.cast((scores + epsilon) * (steps / (1 + 2 * epsilon)), "int64"), 0, steps)
-        ends = (ops.arange(2, dtype="float32") * 2.0 - 1.0) * 3.0e38  # below and above every score
-        padded = ops.concat([ends[:1], self._thresholds(), ends[1:]], 0)
-        # thresholds guess - 1, guess, guess + 1 (padded: at index + 1), each below the score or not
-        below = [greater(scores, ops.reshape(ops.take(padded, ops.reshape(guess + offset, (-1,)), 0),
-                                             (-1, self.num_areas)))
-                 for offset in (0, 1, 2)]
-        return guess - 1 + ops.cast(below[0] + below[1] + below[2], "int64")
+        """The number of thresholds strictly below each score, (N, areas) int64 in [0, T], for Keras's thresholds:
+        -eps, i / (T - 1) for i = 1 .. T - 2, 1 + eps. A score is clipped into [0, 1] as Keras's ``AUC`` clips it
+        (above the first threshold, below the last), and lies above the interior threshold i when ``score * (T - 1)
+        > i`` in float32, Keras's own test (``ceil(score * (T - 1)) - 1``, its bucket); NaN lies below every
+        threshold. (The thresholds were j (1 + 2 eps) / (T - 1) - eps, which moved every interior one: a score on the
+        grid, 0.25 of T = 5, counted above it, and the area differed from Keras's and scikit-learn's.)"""
+        steps = self.num_thresholds - 1
+        clipped = ops.where(scores == scores, ops.clip(scores, 0.0, 1.0), ops.zeros_like(scores))
+        scaled = clipped * float(steps)
+        whole = ops.cast(scaled, "int64")  # (floor: scaled >= 0)
+        above = whole - 1 + ops.cast(greater(scaled, ops.cast(whole, "float32")), "int64")  # interior ones: ceil - 1
+        buckets = ops.clip(above, 0, steps - 1) + 1
+        return ops.where(scores == scores, buckets, ops.zeros_like(buckets))
 
     def from_statistics(self, totals):
         positives, negatives = (np.asarray(t, dtype=np.float64) for t in totals)

@@ -5,6 +5,11 @@ against one-hot or probability targets (N, C), or one score per sample (N,) / (N
 (binary: a sample is predicted positive when its score exceeds ``threshold``, 0.5 as in Keras, which
 suits probabilities; pass ``threshold=0.0`` for logits). Statistics are counts, summed over batches, so
 an epoch's value is exact, never a mean of batch values.
+
+A label outside [0, C) is an ``IndexOutOfRangeError``, and a binary or multi-hot target other than 0 or 1 (a
+soft target such as 0.7 too) a ``ValueError``, wherever the values are known (arrays before training, each batch
+of ``evaluate``, validation and unidl's own epoch loop); inside a framework's graph (Keras's trainer) such a
+sample is a miss for every metric.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from unidl import ops
-from unidl.metrics.metric import Metric, as_float, count, greater, weigh
+from unidl.metrics.metric import Metric, as_float, check_binary_targets, check_class_labels, count, greater, weigh
 
 AVERAGES = ("macro", "micro", "weighted", "binary")
 
@@ -47,11 +52,20 @@ class _Classification(Metric):
         self.kind = "multi_label" if self.multi_label else classification_kind(layout, type(self).__name__)
         self.num_classes = 2 if self.kind == "binary" else layout.num_outputs
 
+    def check_target(self, target, ignore_label=None) -> None:
+        if self.kind == "sparse":
+            check_class_labels(type(self).__name__, target, self.num_classes, ignore_label)
+        elif self.kind in ("binary", "multi_label"):
+            check_binary_targets(type(self).__name__, target)
+
     def _labels(self, outputs, target) -> tuple:
-        """(predicted, true) class indices, (N,) int64 tensors."""
+        """(predicted, true) class indices, (N,) int64 tensors; a true class outside [0, C) (a binary target other
+        than 0 or 1: class 2) is no class, whose one-hot row is zeros: a miss in every count."""
         if self.kind == "binary":
             predicted = greater(ops.reshape(as_float(outputs), (-1,)), self.threshold)
-            return ops.cast(predicted, "int64"), ops.cast(ops.reshape(target, (-1,)), "int64")
+            truth = ops.reshape(as_float(target), (-1,))  # (a cast to int64 read 0.7 as class 0)
+            true = ops.where(truth == 0.0, truth, ops.where(truth == 1.0, truth, ops.zeros_like(truth) + 2.0))
+            return ops.cast(predicted, "int64"), ops.cast(true, "int64")
         predicted = ops.argmax(outputs, -1)
         true = ops.reshape(target, (-1,)) if self.kind == "sparse" else ops.argmax(target, -1)
         return predicted, true
@@ -107,10 +121,14 @@ class BinaryAccuracy(_Fraction, Metric):
                              f"one shape per sample ((N,), (N, 1) or (N, C) both); got {layout}")
         self._width = int(np.prod(out)) if out else 1
 
+    def check_target(self, target, ignore_label=None) -> None:
+        check_binary_targets(type(self).__name__, target)
+
     def statistics(self, outputs, target, sample_weight=None):
         scores = ops.reshape(as_float(outputs), (-1, self._width))
         truth = ops.reshape(ops.cast_like(target, scores), (-1, self._width))
-        right = ops.mean(1.0 - ops.abs(greater(scores, self.threshold) - truth), -1)
+        # Keras's equal(y_true, score > threshold): a target other than 0 or 1 is a miss (1 - |p - t| gave -1 for 2)
+        right = ops.mean(as_float(greater(scores, self.threshold) == truth), -1)
         return ops.sum(weigh(right, sample_weight)), count(right, sample_weight)
 
 
@@ -138,7 +156,8 @@ class TopKAccuracy(_Fraction, _Classification):
         true_score = ops.sum(scores * self._one_hot(true), -1, keepdims=True)
         higher = ops.sum(greater(scores, true_score), -1)  # classes scoring strictly above the true one
         finite = ops.sum(scores - scores, -1) == 0  # (a NaN or infinite score in a row: a miss, as TF's in_top_k)
-        hits = greater(self.k - higher, 0.5) * ops.cast_like(finite, higher)
+        known = ops.sum(self._one_hot(true), -1)  # (0 for a label outside [0, C): a miss, not a true score of 0)
+        hits = greater(self.k - higher, 0.5) * ops.cast_like(finite, higher) * known
         return ops.sum(weigh(hits, sample_weight)), count(hits, sample_weight)
 
 
@@ -197,7 +216,7 @@ class _FromConfusion(_Classification):
     def statistics(self, outputs, target, sample_weight=None):
         if self.kind == "multi_label":  # each class on its own: score > threshold against its 0/1 target
             predicted = greater(as_float(outputs), self.threshold)
-            predicted, true = weigh(predicted, sample_weight), ops.cast_like(target, predicted)
+            predicted, true = weigh(predicted, sample_weight), as_float(target == 1)  # (0/1 whatever the target)
         else:
             predicted, true = self._labels(outputs, target)
             predicted, true = weigh(self._one_hot(predicted), sample_weight), self._one_hot(true)

@@ -68,6 +68,13 @@ class Metric:
     def bind(self, layout: Layout) -> None:
         self.layout = layout
 
+    def check_target(self, target: np.ndarray, ignore_label: int | None = None) -> None:
+        """Raise a clear error for target values the metric cannot count (a class label outside the outputs' classes,
+        a binary target other than 0 or 1), where the values are known: arrays before training, each batch outside
+        a compiled graph (``MetricAccumulator.add``, ``update``). ``ignore_label``: a label the loss ignores, which
+        counts for no metric and is not checked. Nothing by default; inside a graph a metric counts such a value as
+        a miss (no check can run there on every backend)."""
+
     @property
     def takes_weights(self) -> bool:
         """Whether ``statistics`` takes a ``sample_weight`` (required of a weighted metric; fit also weights the
@@ -97,6 +104,7 @@ class Metric:
         outputs, target = np.asarray(to_numpy(outputs)), np.asarray(to_numpy(target))
         if self.layout is None:
             self.bind(layout_of(outputs, target))
+        self.check_target(target)
         from unidl import config
 
         backend = config.backend()  # the statistics run on the backend in force
@@ -131,6 +139,32 @@ def layout_of(outputs: np.ndarray, target: np.ndarray) -> Layout:
 
 def as_float(x):
     return ops.cast(x, "float32")
+
+
+def check_class_labels(owner: str, labels: np.ndarray, classes: int, ignore_label: int | None = None) -> None:
+    """``IndexOutOfRangeError`` (the losses' error for such labels) for integer labels outside [0, ``classes``),
+    ``ignore_label`` aside: such a label is no class, and the metrics counted it as a hit (top-k), dropped it (the
+    confusion matrix) or gave 0.0 silently (precision, recall, AUC)."""
+    from unidl.errors import IndexOutOfRangeError
+
+    labels = np.asarray(labels).reshape(-1)
+    if ignore_label is not None:
+        labels = labels[labels != ignore_label]
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise IndexOutOfRangeError(f"{owner} labels must lie in [0, {classes}) for outputs of {classes} classes; "
+                                   f"found labels from {labels.min()} to {labels.max()}")
+
+
+def check_binary_targets(owner: str, target: np.ndarray) -> None:
+    """A ``ValueError`` naming the target values that are neither 0 nor 1, for a metric that reads each target as
+    positive or negative. (Keras's ``BinaryAccuracy`` counts a soft target such as 0.7 as a miss, its ``AUC`` and
+    ``Precision`` count it as a positive; unidl gave -0.25 accuracy and 1.2 AUC for targets of 2: none is taken.)"""
+    values = np.asarray(target)
+    wrong = np.unique(values[(values != 0) & (values != 1)])
+    if wrong.size:
+        shown = ", ".join(f"{v:g}" for v in wrong[:5].tolist()) + (", ..." if wrong.size > 5 else "")
+        raise ValueError(f"{owner} needs targets of 0 or 1 (each sample or class positive or not); found {shown}. "
+                         f"Soft targets (probabilities such as 0.7) are not taken: threshold them (y > 0.5) first")
 
 
 def greater(a, b):

@@ -171,7 +171,12 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
             return None  # (float targets that are no class probabilities: a regression's, whose "accuracy" was
             # the argmax agreement of two real vectors)
     chosen = [for_loss(metric, loss, layout) for metric in chosen]
-    return MetricAccumulator(chosen, layout, ignore_label=_ignored_label(loss, layout, data))
+    accumulator = MetricAccumulator(chosen, layout, ignore_label=_ignored_label(loss, layout, data))
+    sliced = getattr(data, "sliced_arrays", None)  # arrays: their targets checked whole, before any batch (a
+    arrays = sliced() if callable(sliced) else None  # framework's graph computes training's metrics: no check there)
+    if arrays is not None and len(arrays) >= 2:
+        accumulator.check_targets(arrays[1])
+    return accumulator
 
 
 def _probabilities(target) -> bool:
