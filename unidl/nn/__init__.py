@@ -13,7 +13,8 @@ from unidl.nn.linear import Identity, Linear
 from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss,
                            SmoothL1Loss)
 from unidl.nn.module import Module
-from unidl.nn.normalization import GroupNorm, LayerNorm
+from unidl.nn.instancenorm import InstanceNorm1d, InstanceNorm2d
+from unidl.nn.normalization import GroupNorm, LayerNorm, RMSNorm
 from unidl.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from unidl.nn.rnn import GRU, LSTM, RNN
 from unidl.nn.rnn_cell import GRUCell, LSTMCell, RNNCell
@@ -30,4 +31,5 @@ __all__ = [
     "PReLU", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss", "SmoothL1Loss",
     "HuberLoss", "KLDivLoss", "init",
     "Conv1d", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GroupNorm", "Dropout2d", "Upsample",
+    "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
 ]
