@@ -308,7 +308,8 @@ class LSTM(RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
 
     def cell(self, carry, projected, key):
-        return lstm_step(self._ops, carry, projected, getattr(self, f"weight_hh_{key}"), getattr(self, f"bias_hh_{key}"))
+        return lstm_step(self._ops, carry, projected, getattr(self, f"weight_hh_{key}"),
+                         getattr(self, f"bias_hh_{key}"))
 
     def _state_parts(self, hx):
         if hx is None:
