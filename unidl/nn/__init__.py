@@ -13,19 +13,24 @@ from unidl.nn.linear import Identity, Linear
 from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLoss, KLDivLoss, L1Loss, MSELoss, NLLLoss,
                            SmoothL1Loss)
 from unidl.nn.module import Module
-from unidl.nn.normalization import GroupNorm, LayerNorm
+from unidl.nn.instancenorm import InstanceNorm1d, InstanceNorm2d
+from unidl.nn.normalization import GroupNorm, LayerNorm, RMSNorm
 from unidl.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from unidl.nn.rnn import GRU, LSTM, RNN
+from unidl.nn.rnn_cell import GRUCell, LSTMCell, RNNCell
 from unidl.nn.sparse import Embedding
-from unidl.nn.transformer import TransformerEncoder, TransformerEncoderLayer
+from unidl.nn.transformer import (Transformer, TransformerDecoder, TransformerDecoderLayer, TransformerEncoder,
+                                  TransformerEncoderLayer)
 from unidl.nn.upsample import Upsample
 
 __all__ = [
     "Module", "Linear", "Conv2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
-    "LayerNorm", "Embedding", "Sequential", "ModuleList", "ModuleDict", "Identity", "Unflatten", "RNN", "LSTM", "GRU", "MultiheadAttention",
-    "TransformerEncoderLayer", "TransformerEncoder",
+    "LayerNorm", "Embedding", "Sequential", "ModuleList", "ModuleDict", "Identity", "Unflatten", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
+    "MultiheadAttention",
+    "TransformerEncoderLayer", "TransformerEncoder", "TransformerDecoderLayer", "TransformerDecoder", "Transformer",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "GELU", "SiLU", "ELU", "Softplus", "Hardtanh", "ReLU6",
     "PReLU", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss", "SmoothL1Loss",
     "HuberLoss", "KLDivLoss", "init",
     "Conv1d", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GroupNorm", "Dropout2d", "Upsample",
+    "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
 ]

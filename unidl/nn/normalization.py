@@ -1,7 +1,9 @@
-"""``LayerNorm`` (over each sample's last axes) and ``GroupNorm`` (over groups of channels), with PyTorch's
-arguments, parameters and defaults."""
+"""``LayerNorm`` and ``RMSNorm`` (over each sample's last axes) and ``GroupNorm`` (over groups of channels), with
+PyTorch's arguments, parameters and defaults."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from unidl import arguments, input_checks, ops as functional
 from unidl.arguments import positive_int
@@ -44,6 +46,49 @@ class LayerNorm(Module):
     def extra_repr(self):
         return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
                 f"bias={self.bias is not None}")
+
+
+class RMSNorm(Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight, the mean taken over the last ``len(normalized_shape)`` axes of each
+    sample, as ``torch.nn.RMSNorm`` (no centring, no bias).
+
+    Args:
+        normalized_shape: int or tuple, the shape of those last axes.
+        eps: added to the mean square; None (default) is the machine epsilon of the dtype computed in, as PyTorch's:
+            float64's for float64 input, float32's otherwise (float16 and bfloat16 input is computed in float32).
+        elementwise_affine: learn ``weight`` (starting at 1) of shape ``normalized_shape``.
+
+    Example::
+
+        norm = ud.nn.RMSNorm(64)            # x: (batch, time, 64)
+    """
+
+    def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True):
+        super().__init__()
+        shape = arguments.normalized_shape("RMSNorm", normalized_shape)
+        self.normalized_shape, self.elementwise_affine = shape, bool(elementwise_affine)
+        self.eps = None if eps is None else arguments.check_range("RMSNorm", "eps", eps)
+        self.weight = self.parameter(init.ones(shape)) if elementwise_affine else None
+
+    def forward(self, x):
+        ops = self._ops
+        x = input_checks.check_normalized_input(self.describe, x, self.normalized_shape)
+        if self.weight is None:  # (no weight to compare with: PyTorch's kernels take floats only)
+            input_checks.check_floating(self.describe, x)
+        mixed = input_checks.check_parameters_dtype(self.describe, x, self.weight, halves=True, autocast=False)
+        given, weight = x, self.weight
+        if mixed or input_checks.dtype_name(x.dtype) in ("float16", "bfloat16"):  # (PyTorch's opmath: float32)
+            x = ops.cast(x, "float32")
+            weight = None if weight is None else ops.cast(weight, "float32")
+        eps = self.eps if self.eps is not None else float(np.finfo(input_checks.dtype_name(x.dtype)).eps)
+        axes = tuple(range(-len(self.normalized_shape), 0))
+        y = x / ops.sqrt(functional.mean(ops.square(x), axes, keepdims=True) + eps)
+        if weight is not None:
+            y = y * weight
+        return y if x is given else ops.cast_like(y, given)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
 
 class GroupNorm(Module):

@@ -273,10 +273,8 @@ class RNN(RNNBase):
         self.nonlinearity = nonlinearity
 
     def cell(self, h, projected, key):
-        activation = self._ops.tanh if self.nonlinearity == "tanh" else self._ops.relu
-        return activation(projected + self._ops.linear(h, getattr(self, f"weight_hh_{key}"),
-                                                       getattr(self, f"bias_hh_{key}")))
-
+        return rnn_step(self._ops, h, projected, getattr(self, f"weight_hh_{key}"), getattr(self, f"bias_hh_{key}"),
+                        self.nonlinearity)
 
 
 class LSTM(RNNBase):
@@ -310,13 +308,8 @@ class LSTM(RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
 
     def cell(self, carry, projected, key):
-        ops, size = self._ops, self.hidden_size
-        h, c = carry
-        gates = projected + ops.linear(h, getattr(self, f"weight_hh_{key}"), getattr(self, f"bias_hh_{key}"))
-        i, f = ops.sigmoid(gates[:, :size]), ops.sigmoid(gates[:, size:2 * size])
-        g, o = ops.tanh(gates[:, 2 * size:3 * size]), ops.sigmoid(gates[:, 3 * size:])
-        c = f * c + i * g
-        return o * ops.tanh(c), c
+        return lstm_step(self._ops, carry, projected, getattr(self, f"weight_hh_{key}"),
+                         getattr(self, f"bias_hh_{key}"))
 
     def _state_parts(self, hx):
         if hx is None:
@@ -360,9 +353,35 @@ class GRU(RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
 
     def cell(self, h, projected, key):
-        ops, size = self._ops, self.hidden_size
-        hidden = ops.linear(h, getattr(self, f"weight_hh_{key}"), getattr(self, f"bias_hh_{key}"))
-        r = ops.sigmoid(projected[:, :size] + hidden[:, :size])
-        z = ops.sigmoid(projected[:, size:2 * size] + hidden[:, size:2 * size])
-        n = ops.tanh(projected[:, 2 * size:] + r * hidden[:, 2 * size:])
-        return (1 - z) * n + z * h
+        return gru_step(self._ops, h, projected, getattr(self, f"weight_hh_{key}"), getattr(self, f"bias_hh_{key}"))
+
+
+# ---- one time step of each recurrence, shared by the sequence layers above and the cells of rnn_cell.py --------
+# (``projected`` is the step's input through weight_ih and bias_ih, (N, gates * H): the sequence layers project a
+# whole sequence at once, a cell one step)
+
+def rnn_step(ops, h, projected, weight_hh, bias_hh, nonlinearity):
+    """Elman's step: ``activation(projected + h W_hh^T + b_hh)``, activation tanh or relu."""
+    activation = ops.tanh if nonlinearity == "tanh" else ops.relu
+    return activation(projected + ops.linear(h, weight_hh, bias_hh))
+
+
+def lstm_step(ops, carry, projected, weight_hh, bias_hh):
+    """The LSTM's step from ``(h, c)`` to the new ``(h, c)``, gates in PyTorch's order (input, forget, cell, output)."""
+    h, c = carry
+    size = weight_hh.shape[1]
+    gates = projected + ops.linear(h, weight_hh, bias_hh)
+    i, f = ops.sigmoid(gates[:, :size]), ops.sigmoid(gates[:, size:2 * size])
+    g, o = ops.tanh(gates[:, 2 * size:3 * size]), ops.sigmoid(gates[:, 3 * size:])
+    c = f * c + i * g
+    return o * ops.tanh(c), c
+
+
+def gru_step(ops, h, projected, weight_hh, bias_hh):
+    """The GRU's step, gates in PyTorch's order (reset, update, new); the reset gate scales ``h W_hn^T + b_hn``."""
+    size = weight_hh.shape[1]
+    hidden = ops.linear(h, weight_hh, bias_hh)
+    r = ops.sigmoid(projected[:, :size] + hidden[:, :size])
+    z = ops.sigmoid(projected[:, size:2 * size] + hidden[:, size:2 * size])
+    n = ops.tanh(projected[:, 2 * size:] + r * hidden[:, 2 * size:])
+    return (1 - z) * n + z * h

@@ -1,11 +1,18 @@
-"""``TransformerEncoderLayer`` and ``TransformerEncoder``, with PyTorch's arguments, defaults and ``state_dict``
-(``self_attn.in_proj_weight``, ``linear1``, ``norm1``, ``layers.0. ...``), written once over ``nn`` layers."""
+"""``TransformerEncoderLayer``, ``TransformerEncoder``, ``TransformerDecoderLayer``, ``TransformerDecoder`` and
+``Transformer``, with PyTorch's arguments, defaults and ``state_dict`` (``self_attn.in_proj_weight``, ``linear1``,
+``norm1``, ``layers.0. ...``, ``encoder.norm``, ``decoder.layers.0.multihead_attn. ...``), written once over ``nn``
+layers."""
 
 from __future__ import annotations
 
 import copy
+import math
 
-from unidl import ops as functional
+import numpy as np
+
+from unidl import ops as functional, tensors
+from unidl.errors import ShapeMismatchError
+from unidl.nn import init
 from unidl.nn.activation import GELU, ReLU
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.container import ModuleList
@@ -49,10 +56,7 @@ class TransformerEncoderLayer(Module):
                  activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False, norm_first: bool = False,
                  bias: bool = True):
         super().__init__()
-        if isinstance(activation, str) and activation not in _ACTIVATIONS:
-            raise ValueError(f"TransformerEncoderLayer activation must be 'relu', 'gelu' or a callable, got {activation!r}")
-        if not isinstance(activation, str) and not callable(activation):
-            raise ValueError(f"TransformerEncoderLayer activation must be 'relu', 'gelu' or a callable, got {activation!r}")
+        _check_activation("TransformerEncoderLayer", activation)
         object.__setattr__(self, "_config", dict(
             d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout, activation=activation,
             layer_norm_eps=layer_norm_eps, batch_first=batch_first, norm_first=norm_first, bias=bias))
@@ -86,6 +90,11 @@ class TransformerEncoderLayer(Module):
 
     def extra_repr(self):
         return f"norm_first={self.norm_first}, batch_first={self.batch_first}"
+
+
+def _check_activation(owner: str, activation) -> None:
+    if not (activation in _ACTIVATIONS if isinstance(activation, str) else callable(activation)):
+        raise ValueError(f"{owner} activation must be 'relu', 'gelu' or a callable, got {activation!r}")
 
 
 def _residual(x, branch):
@@ -173,3 +182,181 @@ def _copy(layer: TransformerEncoderLayer) -> TransformerEncoderLayer:
     (an activation module was shared by every copy, its weights tied, and loading a checkpoint left them all at
     the last layer's)."""
     return copy.deepcopy(layer)
+
+
+class TransformerDecoderLayer(Module):
+    """Self-attention, attention to the encoder's output (``memory``), then a feed-forward block, each with a residual
+    connection and LayerNorm, as ``torch.nn.TransformerDecoderLayer``.
+
+    Post-norm (default): ``x = norm1(x + sa(x)); x = norm2(x + mha(x, memory)); x = norm3(x + ff(x))``.
+    Pre-norm (``norm_first=True``): ``x = x + sa(norm1(x)); x = x + mha(norm2(x), memory); x = x + ff(norm3(x))``,
+    with ``sa`` = dropout1(self_attn(x, x, x)), ``mha`` = dropout2(multihead_attn(x, memory, memory)) and ``ff`` =
+    dropout3(linear2(dropout(activation(linear1(x))))).
+
+    Args: as ``TransformerEncoderLayer``'s.
+
+    ``layer(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None, memory_key_padding_mask=None,
+    tgt_is_causal=False, memory_is_causal=False)``: the masks of the self-attention (``tgt_*``) and of the attention to
+    the memory (``memory_*``), as ``MultiheadAttention``'s ``attn_mask`` and ``key_padding_mask``; ``*_is_causal``
+    without its mask applies the causal mask.
+
+    Example::
+
+        layer = ud.nn.TransformerDecoderLayer(d_model=128, nhead=4, dim_feedforward=256, batch_first=True)
+        y = layer(tgt, memory, tgt_mask=ud.nn.Transformer.generate_square_subsequent_mask(tgt.shape[1]))
+    """
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 activation="relu", layer_norm_eps: float = 1e-5, batch_first: bool = False, norm_first: bool = False,
+                 bias: bool = True):
+        super().__init__()
+        _check_activation("TransformerDecoderLayer", activation)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
+        self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
+        self.dropout = Dropout(dropout)
+        self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
+        self.norm_first = bool(norm_first)
+        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.dropout1, self.dropout2, self.dropout3 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
+        self.activation = _ACTIVATIONS[activation] if isinstance(activation, str) else activation
+        self.batch_first = bool(batch_first)
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal: bool = False, memory_is_causal: bool = False):
+        x = tgt
+        if self.norm_first:
+            x = _residual(x, self._self_attention(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+            x = _residual(x, self._memory_attention(self.norm2(x), memory, memory_mask, memory_key_padding_mask,
+                                                    memory_is_causal))
+            return _residual(x, self._feed_forward(self.norm3(x)))
+        x = self.norm1(_residual(x, self._self_attention(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+        x = self.norm2(_residual(x, self._memory_attention(x, memory, memory_mask, memory_key_padding_mask,
+                                                           memory_is_causal)))
+        return self.norm3(_residual(x, self._feed_forward(x)))
+
+    def _self_attention(self, x, mask, padding_mask, is_causal):
+        return self.dropout1(self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding_mask,
+                                            need_weights=False, is_causal=bool(is_causal))[0])
+
+    def _memory_attention(self, x, memory, mask, padding_mask, is_causal):
+        return self.dropout2(self.multihead_attn(x, memory, memory, attn_mask=mask, key_padding_mask=padding_mask,
+                                                 need_weights=False, is_causal=bool(is_causal))[0])
+
+    def _feed_forward(self, x):
+        return self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def extra_repr(self):
+        return f"norm_first={self.norm_first}, batch_first={self.batch_first}"
+
+
+class TransformerDecoder(Module):
+    """A stack of ``num_layers`` copies of ``decoder_layer`` (``layers.0``, ``layers.1``, ...), then ``norm`` if
+    given, as ``torch.nn.TransformerDecoder``. Every copy starts with ``decoder_layer``'s weights.
+
+    ``decoder(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None, memory_key_padding_mask=None,
+    tgt_is_causal=None, memory_is_causal=False)`` passes the masks to every layer.
+    """
+
+    def __init__(self, decoder_layer: TransformerDecoderLayer, num_layers: int, norm: Module | None = None):
+        super().__init__()
+        if not isinstance(decoder_layer, TransformerDecoderLayer):
+            raise TypeError(f"TransformerDecoder needs a TransformerDecoderLayer, got {type(decoder_layer).__name__}")
+        num_layers = positive_int("TransformerDecoder", "num_layers", num_layers)
+        self.layers = ModuleList([_copy(decoder_layer) for _ in range(num_layers)])
+        self.num_layers = num_layers
+        self.norm = norm
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal: bool = False):
+        x = tgt
+        for layer in self.layers:
+            x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                      memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=bool(tgt_is_causal),
+                      memory_is_causal=memory_is_causal)
+        return self.norm(x) if self.norm is not None else x
+
+    def extra_repr(self):
+        return f"num_layers={self.num_layers}"
+
+
+class Transformer(Module):
+    """The encoder-decoder transformer of "Attention Is All You Need", as ``torch.nn.Transformer``:
+    ``decoder(tgt, encoder(src))``, ``encoder`` a ``TransformerEncoder`` of ``num_encoder_layers`` layers and a final
+    LayerNorm (``encoder.norm``), ``decoder`` a ``TransformerDecoder`` of ``num_decoder_layers`` layers and one
+    (``decoder.norm``). Every parameter of more than one axis starts Xavier-uniform, as PyTorch's
+    ``_reset_parameters`` draws it (a custom encoder's and decoder's too).
+
+    Args:
+        d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias: as
+            ``TransformerEncoderLayer``'s, for every layer (defaults 512, 8, 2048, 0.1, 'relu', 1e-5, False, False,
+            True, as PyTorch's).
+        num_encoder_layers, num_decoder_layers: the depth of each stack (6 each by default).
+        custom_encoder, custom_decoder: modules used instead of the built stacks, called as they are.
+
+    ``transformer(src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+    tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
+    memory_is_causal=False)``: (T, N, E) out (or (N, T, E)), T the target's length. The encoder's padded positions
+    in evaluation are PyTorch's (see ``TransformerEncoder``).
+
+    Example::
+
+        model = ud.nn.Transformer(d_model=64, nhead=4, num_encoder_layers=2, num_decoder_layers=2, batch_first=True)
+        mask = ud.nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        y = model(src, tgt, tgt_mask=mask, src_key_padding_mask=src_tokens == 0)
+    """
+
+    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
+                 dim_feedforward: int = 2048, dropout: float = 0.1, activation="relu", custom_encoder=None,
+                 custom_decoder=None, layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 norm_first: bool = False, bias: bool = True):
+        super().__init__()
+        layer_options = dict(d_model=d_model, nhead=nhead, dim_feedforward=dim_feedforward, dropout=dropout,
+                             activation=activation, layer_norm_eps=layer_norm_eps, batch_first=batch_first,
+                             norm_first=norm_first, bias=bias)
+        if custom_encoder is not None:
+            self.encoder = custom_encoder
+        else:
+            self.encoder = TransformerEncoder(TransformerEncoderLayer(**layer_options), num_encoder_layers,
+                                              LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        if custom_decoder is not None:
+            self.decoder = custom_decoder
+        else:
+            self.decoder = TransformerDecoder(TransformerDecoderLayer(**layer_options), num_decoder_layers,
+                                              LayerNorm(d_model, eps=layer_norm_eps, bias=bias))
+        for parameter in self.parameters():  # (PyTorch's _reset_parameters: xavier_uniform_ on each matrix)
+            shape = tuple(parameter.shape)
+            if len(shape) > 1:
+                receptive = int(np.prod(shape[2:]))
+                bound = math.sqrt(6.0 / ((shape[0] + shape[1]) * receptive))
+                self._backend.assign(parameter, init.uniform(shape, bound))
+        self.d_model, self.nhead, self.batch_first = d_model, nhead, bool(batch_first)
+
+    def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
+                memory_is_causal: bool = False):
+        source, target = tuple(src.shape), tuple(tgt.shape)
+        batch_axis = 0 if self.batch_first else 1
+        if len(source) == 3 and len(target) == 3 and None not in (source[batch_axis], target[batch_axis]) and (
+                source[batch_axis] != target[batch_axis]):  # (sizes a graph leaves unknown: the attention checks)
+            raise ShapeMismatchError(f"{self.describe()} expected src and tgt of one batch size, received src of "
+                                     f"shape {source} and tgt of shape {target}")
+        if any(shape[-1] not in (self.d_model, None) for shape in (source, target)):
+            raise ShapeMismatchError(f"{self.describe()} expected src and tgt of d_model = {self.d_model} features, "
+                                     f"received src of shape {source} and tgt of shape {target}")
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                            tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                            tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+    @staticmethod
+    def generate_square_subsequent_mask(sz: int, device=None, dtype=None):
+        """A float (sz, sz) mask for causal attention: -inf above the diagonal (a position may not attend to the
+        later ones), 0 elsewhere; of ``dtype`` (the dtype in force by default) on the device in force."""
+        if device is not None:
+            raise ValueError(f"Transformer.generate_square_subsequent_mask device={device!r} is not supported by "
+                             f"unidl: the mask is made on the device in force (ud.use_device)")
+        sz = positive_int("Transformer.generate_square_subsequent_mask", "sz", sz)
+        return tensors.tensor(np.triu(np.full((sz, sz), -np.inf), 1), dtype)
