@@ -120,6 +120,11 @@ def test_keras_hooks_are_called_with_keras_logs(backend, problem):
     with pytest.raises(TypeError, match="callback Predicting defines on_predict_batch_end: Keras's hooks of predict, "
                                         "which ud.fit never calls"):
         train(problem, 1, [Predicting()])
+    import keras  # a Keras callback object: its base class's predict hooks are no-ops, not the user's (refused once)
+
+    ends = []
+    train(problem, 1, [keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(epoch))])
+    assert ends == [0]
 
 
 def regression(rng, nan_at):

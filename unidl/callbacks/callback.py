@@ -179,6 +179,16 @@ def check_monitor(callback, owner: str) -> None:
     raise KeyError(f"{owner} monitors {callback.monitor!r}, but fit reports only {sorted(names)}{hint}")
 
 
+def _defines(callback, name: str) -> bool:
+    """Whether ``callback`` has a hook ``name`` of its own (its object, or a class of the user's): not a base
+    class's placeholder, Keras's ``keras.callbacks.Callback`` defining every hook as a no-op (a Keras callback
+    object was refused for hooks its user never wrote)."""
+    if name in getattr(callback, "__dict__", {}):
+        return True
+    owner = next((k for k in type(callback).__mro__ if name in vars(k)), None)
+    return owner is not None and not owner.__module__.split(".")[0] in ("keras", "unidl")
+
+
 def as_callbacks(callbacks) -> list:
     """``fit``'s ``callbacks`` as objects with every hook: callbacks as they are, and a plain function
     ``fn(epoch, logs)`` as a ``LambdaCallback`` calling it at the end of every epoch. One callback (or function)
@@ -194,7 +204,7 @@ def as_callbacks(callbacks) -> list:
             raise TypeError(f"callbacks hold the class {callback.__name__}, not a callback: pass an object of it, "
                             f"{callback.__name__}(...)")
         if isinstance(callback, Callback) or hasattr(callback, "on_epoch_end"):
-            defined = [name for name in NEVER_CALLED if hasattr(callback, name)]
+            defined = [name for name in NEVER_CALLED if _defines(callback, name)]
             if defined:
                 raise TypeError(f"callback {type(callback).__name__} defines {', '.join(defined)}: Keras's hooks of "
                                 f"predict, which ud.fit never calls (it does not predict); fit calls on_train_*, "
