@@ -30,9 +30,9 @@ from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingOnArrival, ExitingRows, FailingRows, KeyedArrays,
-                                        LabelledRows, NamedBatches, NoisyBatches, NoisyRows, Rows, SingleArrays,
-                                        SleepingRows, UnrestorableRows, WideExitingRows, WideRows, WorkerProbe,
-                                        failing_worker_init_fn, named_sample, record_worker_id)
+                                        LabelledRows, LocalNamedRows, NamedBatches, NoisyBatches, NoisyRows, Rows,
+                                        SingleArrays, SleepingRows, UnrestorableRows, WideExitingRows, WideRows,
+                                        WorkerProbe, failing_worker_init_fn, named_sample, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
@@ -171,6 +171,14 @@ def test_samples_that_are_single_arrays_batch_to_one_tensor_as_torchs(workers):
     assert [sorted(batch) for batch in keyed] == [["x", "y"]] * 2
     assert [ud.to_numpy(batch["y"]).tolist() for batch in keyed] == [[0, 1, 2, 3], [4, 5]]
     assert tuple(keyed[0]["x"].shape) == (4, 70_000) and ud.to_numpy(keyed[1]["x"])[1, 0] == 5
+    # a namedtuple class that cannot be pickled: a process worker's error naming it (its lost message hung the loop)
+    local = DataLoader(LocalNamedRows(4), batch_size=2, **workers)
+    if workers.get("worker_type") != "process":
+        assert [ud.to_numpy(batch.y).tolist() for batch in local] == [[0, 1], [2, 3]]
+    else:
+        with pytest.raises(DataLoaderError, match=r"cannot be pickled to reach the main process .* define the "
+                                                  r"namedtuple at a module's top level, or use worker_type='thread'"):
+            list(local)
 
 
 def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_without_workers():

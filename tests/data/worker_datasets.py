@@ -75,6 +75,13 @@ class NamedBatches(TensorDataset):
 _Fields = named_sample = collections.namedtuple("_Fields", "x y")
 
 
+class LocalNamedRows(Rows):
+    """Samples of a namedtuple class made inside ``__getitem__``, which cannot be pickled."""
+
+    def __getitem__(self, index):
+        return collections.namedtuple("Local", "x y")(np.float32(index), index)
+
+
 class NoisyBatches(TensorDataset):
     """A TensorDataset whose own ``batch`` adds noise from NumPy's global RNG: user code, seeded per batch."""
 

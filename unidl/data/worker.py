@@ -135,11 +135,28 @@ class Failure:
         return self.exception
 
 
+#: the batch layouts (namedtuple classes, dicts' keys) this worker found to pickle
+_pickled_layouts: set = set()
+
+
 def _portable(arrays) -> tuple:
-    """The arrays as NumPy arrays that will pickle: a message that fails to pickle in the result queue's
-    background thread would be lost, and the main process would wait for it."""
+    """The arrays as NumPy arrays that will pickle, and their layout too (a namedtuple class made inside a function
+    does not): a message that fails to pickle in the result queue's background thread would be lost, and the main
+    process would wait for it."""
     portable = tuple(np.asarray(array) for array in arrays)
-    arrays = arrays.like(portable) if isinstance(arrays, Fields) else portable
+    if isinstance(arrays, Fields):
+        layout = arrays.layout
+        if layout not in _pickled_layouts:
+            try:
+                pickle.dumps(layout)
+            except Exception as error:  # (pickle's errors vary: PicklingError, AttributeError, TypeError)
+                raise TypeError(f"the batch's layout {layout!r} (a namedtuple class, or a dict's keys) cannot be "
+                                f"pickled to reach the main process from a process worker ({error}); define the "
+                                f"namedtuple at a module's top level, or use worker_type='thread'") from None
+            _pickled_layouts.add(layout)
+        arrays = arrays.like(portable)
+    else:
+        arrays = portable
     for array in arrays:
         if array.dtype.hasobject:
             pickle.dumps(array)  # raises here, reported as a failure of this batch
