@@ -16,7 +16,7 @@ import numpy as np
 from unidl import ops
 from unidl.errors import RetraceWarning
 from unidl.function import Function
-from unidl.metrics.metric import as_float
+from unidl.metrics.metric import Metric, as_float
 from unidl.tensors import to_numpy
 
 
@@ -41,6 +41,9 @@ class MetricAccumulator:
         self._takes_weights = [metric.takes_weights for metric in self.metrics]
         self.shapes = [shape for metric in self.metrics for shape in metric.statistic_shapes()]
         self.unpack = None  # set by fit when targets travel packed with sample weights: packed -> (target, weight)
+        # whether ``add`` checks each batch's targets: not where no metric checks any (regression's), nor once every
+        # target was checked whole (``check_targets`` of the arrays the batches are sliced from)
+        self.check_batches = any(type(m).check_target is not Metric.check_target for m in self.metrics)
         self._function = Function(self.statistics)
         self._function.__name__ = "metric statistics"
         self.reset()
@@ -77,18 +80,22 @@ class MetricAccumulator:
     def reset(self) -> None:
         self.totals = [np.zeros(shape) for shape in self.shapes]
 
-    def check_targets(self, target) -> None:
-        """Each metric's ``check_target`` of ``target`` (an array or tensor of targets, not packed with weights)."""
+    def check_targets(self, target, whole: bool = False) -> None:
+        """Each metric's ``check_target`` of ``target`` (an array or tensor of targets, not packed with weights);
+        ``whole``: every target the batches will hold (then ``add`` checks none again: no host copy per batch)."""
+        if not self.check_batches:
+            return
         target = np.asarray(to_numpy(target))
         for metric in self.metrics:
             metric.check_target(target, self.ignore_label)
+        self.check_batches = not whole
 
     def add(self, outputs, target, sample_weight=None) -> None:
         """Add one batch: its statistics as one compiled call, then one small transfer each. ``sample_weight``
         (one per sample) weights the weighted metrics. (``ud.function`` makes arrays the backend's tensors.) The
-        targets are checked first (``check_targets``), where they are not packed with weights (those are arrays,
-        which ``probe.accumulator_for`` checked whole)."""
-        if self.unpack is None:
+        targets are checked first (``check_targets``) where some metric checks them and they were not checked whole
+        (``probe.accumulator_for`` checks arrays so, packed ones too)."""
+        if self.unpack is None and self.check_batches:
             self.check_targets(target)
         inputs = (outputs, target) if sample_weight is None else (
             outputs, target, np.asarray(to_numpy(sample_weight), dtype=np.float32))

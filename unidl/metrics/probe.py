@@ -175,7 +175,7 @@ def accumulator_for(metrics, model, data, loss=None, *, for_training: bool = Fal
     sliced = getattr(data, "sliced_arrays", None)  # arrays: their targets checked whole, before any batch (a
     arrays = sliced() if callable(sliced) else None  # framework's graph computes training's metrics: no check there)
     if arrays is not None and len(arrays) >= 2:
-        accumulator.check_targets(arrays[1])
+        accumulator.check_targets(arrays[1], whole=True)
     return accumulator
 
 
