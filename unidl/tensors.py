@@ -26,7 +26,7 @@ def tensor(value, dtype: str | None = None):
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in array.flat):
             array = value = _python_numbers(array, dtype)  # ints beyond uint64, which NumPy holds as objects
         if array is None:
-            raise DtypeMismatchError(f"ud.tensor {_NUMBERS}, got {type(value).__name__} {value!r}")
+            raise DtypeMismatchError(f"ud.tensor {NUMBERS}, got {type(value).__name__} {value!r}")
         array = value = number_array(array, dtype)
     if dtype is not None and (type(dtype) is not str or dtype not in _BACKEND_DTYPES):
         from unidl import ops
@@ -42,7 +42,8 @@ def tensor(value, dtype: str | None = None):
         return backend.tensor(value, dtype)
 
 
-_NUMBERS = "takes numbers (floats, ints or bools: a NumPy array, nested lists or a scalar)"
+#: what ud.tensor and the DataLoader take, in their messages
+NUMBERS = "takes numbers (floats, ints or bools: a NumPy array, nested lists or a scalar)"
 
 
 def number_array(array: np.ndarray, dtype=None, owner: str = "ud.tensor", where: str = "") -> np.ndarray:
@@ -60,7 +61,7 @@ def number_array(array: np.ndarray, dtype=None, owner: str = "ud.tensor", where:
     if array.dtype.kind == "f" and array.dtype.itemsize > 8:
         return array.astype(np.float64)
     if array.dtype.kind not in _NUMBER_KINDS:
-        raise DtypeMismatchError(f"{owner} {_NUMBERS}, got an array of dtype {array.dtype}{where}")
+        raise DtypeMismatchError(f"{owner} {NUMBERS}, got an array of dtype {array.dtype}{where}")
     if dtype is None and array.dtype == np.uint64:  # (to int64, which 2 ** 63 and above do not fit)
         _check_fits(array, "int64", owner, where)
     return array

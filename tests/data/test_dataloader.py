@@ -549,6 +549,12 @@ def test_batches_pass_ud_tensors_check_of_their_numbers_alike_on_every_backend(b
     with pytest.raises(ValueError, match="do not fit int64 in field 0"):  # (arrays handed over whole: take_arrays)
         epoch.take_arrays()
     assert ud.tensor(np.ones(2, np.longdouble)).dtype == ud.tensor(np.ones(2, np.float64)).dtype
+    # a collate_fn's own tensors: the dtypes its NumPy arrays would become (an int32 tensor stayed int32 where the
+    # same values as arrays were int64), floats and bools as they are
+    native = first(list(range(4)), collate_fn=lambda samples: (ud.ops.cast(ud.tensor(np.array(samples)), "int32"),
+                                                                ud.tensor(np.array(samples) > 1)))
+    assert [ud.to_numpy(t).dtype for t in native] == [np.int64, np.bool_]
+    assert native[0].dtype == first(list(range(4)), collate_fn=lambda samples: (np.int32(samples),))[0].dtype
 
 
 def test_a_sharded_loader_leaving_a_rank_an_empty_batch_is_refused_as_its_iteration_begins(backend, monkeypatch):

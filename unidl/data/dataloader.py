@@ -15,15 +15,15 @@ import weakref
 
 import numpy as np
 
-from unidl import arguments, config
+from unidl import arguments, config, dtype_kinds
 from unidl.data import worker
 from unidl.data.dataset import Fields, default_collate, is_map_style, sliced_arrays
 from unidl.data.epoch import Epoch, xy
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
 from unidl.distributed import process_group
-from unidl.errors import DataLoaderError, StateDictError
-from unidl.tensors import as_numpy_values, number_array, to_numpy
+from unidl.errors import DataLoaderError, DtypeMismatchError, StateDictError
+from unidl.tensors import NUMBERS, as_numpy_values, number_array, to_numpy
 
 _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "drop_last")
 
@@ -92,8 +92,16 @@ def _to_tensors(backend, arrays: tuple, owned: bool):
 
 
 def _to_tensor(backend, value, owned: bool, field: int):
-    if backend.is_tensor(value):
-        return backend.tensor(value)
+    if backend.is_tensor(value):  # (a collate_fn's own tensors: the dtypes a NumPy field becomes, no copy to host)
+        tensor = backend.tensor(value)
+        if dtype_kinds.is_floating(tensor.dtype) or dtype_kinds.dtype_name(tensor.dtype) in ("int64", "bool"):
+            return tensor
+        if dtype_kinds.is_integer(tensor.dtype):  # (uint8, int32: int64, as a NumPy field's)
+            from unidl import ops
+
+            return ops.cast(tensor, "int64")
+        raise DtypeMismatchError(f"DataLoader {NUMBERS}, got a tensor of dtype "
+                                 f"{dtype_kinds.dtype_name(tensor.dtype)} in field {field} of a batch")
     array = (value if isinstance(value, np.ndarray) else np.asarray(to_numpy(value)) if hasattr(value, "dtype")
              else as_numpy_values(value))  # (a collate_fn's lists and scalars, ragged lists refused as ud.tensor does)
     checked = number_array(array, owner="DataLoader", where=f" in field {field} of a batch")
