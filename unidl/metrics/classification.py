@@ -216,7 +216,7 @@ class _FromConfusion(_Classification):
     def statistics(self, outputs, target, sample_weight=None):
         if self.kind == "multi_label":  # each class on its own: score > threshold against its 0/1 target
             predicted = greater(as_float(outputs), self.threshold)
-            predicted, true = weigh(predicted, sample_weight), as_float(target == 1)  # (0/1 whatever the target)
+            predicted, true = weigh(predicted, sample_weight), as_float(as_float(target) == 1)  # (bools too)
         else:
             predicted, true = self._labels(outputs, target)
             predicted, true = weigh(self._one_hot(predicted), sample_weight), self._one_hot(true)
