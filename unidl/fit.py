@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from unidl import arguments, config, fit_options, input_checks
-from unidl.callbacks.callback import as_callbacks, hook
+from unidl.callbacks.callback import as_callbacks, hook, overrides
 from unidl.callbacks.checkpoint import Checkpoint
 from unidl.callbacks.terminate_on_nan import TerminateOnNaN
 from unidl.data import DataLoader, Epoch, TensorDataset
@@ -984,6 +984,7 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callba
     and ``on_test_batch_end`` (with the running values) and ``on_test_end`` (with the results), as Keras's."""
     for callback in callbacks:
         hook(callback, "on_test_begin")({})
+    listeners = [callback for callback in callbacks if overrides(callback, "on_test_batch_end")]
     backend = model._backend
     per_sample = fit_options.per_sample_loss(loss) if weighted and loss is not None else None
     forward = backend.predict_function(model)
@@ -1013,11 +1014,11 @@ def _evaluate_with(model, batches, loss, metrics, weighted: bool = False, callba
             if metrics is not None:
                 metrics.add(outputs, y, batch[2] if weighted else None)
             seen += count
-            if callbacks:  # (the running values of this rank's batches so far)
+            if listeners:  # (the running values of this rank's batches so far: metrics' results cost, AUC's most)
                 running = dict({"loss": total / seen} if loss is not None else {},
                                **(metrics.results() if metrics is not None else {}))
-                for callback in callbacks:
-                    hook(callback, "on_test_batch_end")(index, running)
+                for callback in listeners:
+                    callback.on_test_batch_end(index, running)
     finally:
         model.train(was_training)
     total, seen = process_group.sum_over_ranks(total, seen)  # every rank's shard

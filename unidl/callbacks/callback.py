@@ -179,14 +179,15 @@ def check_monitor(callback, owner: str) -> None:
     raise KeyError(f"{owner} monitors {callback.monitor!r}, but fit reports only {sorted(names)}{hint}")
 
 
-def _defines(callback, name: str) -> bool:
-    """Whether ``callback`` has a hook ``name`` of its own (its object, or a class of the user's): not a base
-    class's placeholder, Keras's ``keras.callbacks.Callback`` defining every hook as a no-op (a Keras callback
-    object was refused for hooks its user never wrote)."""
+def overrides(callback, name: str) -> bool:
+    """Whether ``callback`` has a hook ``name`` of its own (set on its object, or a class's method): not a base
+    class's no-op placeholder, unidl's ``Callback``'s or Keras's ``keras.callbacks.Callback``'s (a Keras callback
+    object was refused for predict hooks its user never wrote)."""
     if name in getattr(callback, "__dict__", {}):
         return True
     owner = next((k for k in type(callback).__mro__ if name in vars(k)), None)
-    return owner is not None and not owner.__module__.split(".")[0] in ("keras", "unidl")
+    return owner is not None and owner is not Callback and not (
+        owner.__name__ == "Callback" and owner.__module__.split(".")[0] == "keras")
 
 
 def as_callbacks(callbacks) -> list:
@@ -204,7 +205,7 @@ def as_callbacks(callbacks) -> list:
             raise TypeError(f"callbacks hold the class {callback.__name__}, not a callback: pass an object of it, "
                             f"{callback.__name__}(...)")
         if isinstance(callback, Callback) or hasattr(callback, "on_epoch_end"):
-            defined = [name for name in NEVER_CALLED if _defines(callback, name)]
+            defined = [name for name in NEVER_CALLED if overrides(callback, name)]
             if defined:
                 raise TypeError(f"callback {type(callback).__name__} defines {', '.join(defined)}: Keras's hooks of "
                                 f"predict, which ud.fit never calls (it does not predict); fit calls on_train_*, "
