@@ -483,6 +483,12 @@ def test_loss_arguments_given_as_0d_tensors_are_taken_as_torch(mode):
         for fn, target, expected in cases:
             for dtype in (np.float32, np.float64):
                 np.testing.assert_allclose(run(mode, fn, rows, target, dtype(value)), expected.item(), rtol=1e-6)
+    smoothed = ud.function(lambda x, p, v: ud.ops.cross_entropy_loss(x, p, label_smoothing=v)) if mode == "graph" \
+        else (lambda x, p, v: ud.ops.cross_entropy_loss(x, p, label_smoothing=v))
+    double = smoothed(ud.tensor(rows), ud.tensor(probabilities, dtype="float64"), ud.tensor(np.float32(0.5)))
+    assert ud.to_numpy(double).dtype == np.float64  # (float64 probabilities beside a float32 smoothing: promoted)
+    np.testing.assert_allclose(ud.to_numpy(double), F.cross_entropy(
+        torch.tensor(rows), torch.tensor(probabilities, dtype=torch.float64), label_smoothing=0.5).item(), rtol=1e-6)
     beta = ud.tensor(np.float32(0.0))
     gradient = ud.grad(lambda x: ud.ops.smooth_l1_loss(x, ud.tensor(targets), beta=beta))
     gradient = ud.function(gradient) if mode == "graph" else gradient

@@ -1449,8 +1449,10 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
         if broadcast is not None:
             log_probabilities, broadcast = _promoted_as_torch(log_probabilities, broadcast, broadcast=True)
             target = cast_like(target, log_probabilities)
-        if _smoothing(label_smoothing):
-            target = target * (1 - label_smoothing) + label_smoothing / _count(shape(logits)[1:2], target)
+        if _smoothing(label_smoothing):  # (a tensor's in the promoted dtype: float64 probabilities keep theirs)
+            smoothing = cast_like(label_smoothing, target) if arguments.tensor_argument(label_smoothing) else \
+                label_smoothing
+            target = target * (1 - smoothing) + smoothing / _count(shape(logits)[1:2], target)
         weighted = log_probabilities * target if broadcast is None else log_probabilities * target * broadcast
         losses = -sum(weighted, 1)
         if reduction == "mean":
