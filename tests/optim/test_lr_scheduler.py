@@ -237,6 +237,8 @@ def test_step_with_an_epoch_is_refused_by_every_schedule_before_it_moves(backend
                                             rf"load_state_dict"):
             schedule.step(3)
         assert (schedule.last_epoch, optimizer.lr) == before
+    with pytest.raises(TypeError, match=r"fractional step\(epoch \+ i / iters\): step per batch, with T_0 in batches"):
+        lr_scheduler.CosineAnnealingWarmRestarts(optimizer, 10).step(0.5)
     plateau = lr_scheduler.ReduceLROnPlateau(optimizer)
     with pytest.raises(TypeError, match=r"ReduceLROnPlateau.step\(\) takes no epoch"):
         plateau.step(1.0, 3)

@@ -99,9 +99,12 @@ def refuse_epoch(owner: str, epoch) -> None:
     """``TypeError`` for ``step(epoch)`` (PyTorch's deprecated form, which jumps to ``epoch`` and takes the closed
     form where a schedule has one, else its recursive rule from the wrong rate), given anything but None."""
     if epoch is not None:
-        raise TypeError(f"{owner}.step() takes no epoch (got {epoch!r}): PyTorch deprecated step(epoch), and unidl's "
-                        f"schedules count their own steps; call step() once per epoch (or per batch), and resume a "
-                        f"schedule with load_state_dict(state)")
+        fractional = (" (CosineAnnealingWarmRestarts' fractional step(epoch + i / iters): step per batch, with T_0 "
+                      "in batches, e.g. LearningRateScheduler(schedule, interval='batch'))"
+                      if owner == "CosineAnnealingWarmRestarts" else "")
+        raise TypeError(f"{owner}.step() takes no epoch (got {epoch!r}): unidl's schedules count their own steps "
+                        f"(PyTorch deprecated step(epoch) but for a warm restart's fraction); call step() once per "
+                        f"epoch (or per batch{fractional}), and resume a schedule with load_state_dict(state)")
 
 
 class LRScheduler:
