@@ -546,7 +546,9 @@ def test_a_loader_whose_batches_split_unevenly_is_warned_of_once_per_loader(monk
             rank=0, world_size=2, local_rank=0, backend=None, engine=None))
         for even in (loader(12, 4), loader(11, 4, drop_last=True), loader(6, 8), loader(10, 4)):
             process_group.check_training_loader(even)
-    for uneven, size in ((loader(11, 4), 3), (loader(12, 3), 3), (loader(5, 8), 5)):
+    last_only = "use drop_last=True, or a dataset length divisible by 2"  # (drop_last helps: the last batch's split)
+    every = "use a batch_size divisible by 2 (and drop_last=True, or a dataset length divisible by it)"
+    for uneven, size, fix in ((loader(11, 4), 3, last_only), (loader(12, 3), 3, every), (loader(5, 8), 5, last_only)):
         with pytest.warns(UserWarning) as warned:
             process_group.check_training_loader(uneven)
             process_group.check_training_loader(uneven)  # once
@@ -555,7 +557,7 @@ def test_a_loader_whose_batches_split_unevenly_is_warned_of_once_per_loader(monk
             f"with 2 ranks, a batch of {size} samples of the loader ({len(uneven.dataset)} samples, "
             f"batch_size={uneven.batch_size}) splits unevenly, and each share's mean gradient counts equally in the "
             f"average (as in PyTorch DDP), so that step trains other weights than one process with the same batch; "
-            f"use drop_last=True, or a batch_size and dataset length divisible by 2, for the weights of one process")
+            f"{fix}, for the weights of one process")
 
 
 def test_one_process_without_a_launcher_is_a_group_of_one(backend, monkeypatch):
@@ -651,6 +653,8 @@ def test_launcher_variables_that_would_split_or_misplace_a_job_are_clear_errors(
             rendezvous({f"{prefix}RANK": "0", f"{prefix}WORLD_SIZE": "2", f"{prefix}MASTER_ADDR": "127.0.0.1",
                         f"{prefix}MASTER_PORT": "70000"})
         assert rendezvous({f"{prefix}WORLD_SIZE": "1"}).world_size == 1  # a world of one needs no rank
+        for value in ("0", "all"):  # (no job, as before: only a world of several needs the rank)
+            assert rendezvous({f"{prefix}WORLD_SIZE": value}).world_size == 1
     with pytest.raises(DistributedError, match=r"WORLD_SIZE=2 needs MASTER_ADDR, the address rank 0 listens on "
                                                r"\(torchrun's variables, as torch's env:// requires it\)"):
         rendezvous({"RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "2000"})

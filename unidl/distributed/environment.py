@@ -126,7 +126,7 @@ def rendezvous(environ=None) -> Rendezvous:
     for prefix, source in (("UNIDL_", "unidl's variables"), ("", "torchrun's variables")):
         if prefix + "RANK" in environ:
             return _from_variables(environ, prefix, source)
-        if prefix + "WORLD_SIZE" in environ and _integer(environ, prefix + "WORLD_SIZE", 1) > 1:
+        if environ.get(prefix + "WORLD_SIZE", "").strip().isdigit() and int(environ[prefix + "WORLD_SIZE"]) > 1:
             # (without its rank a process of the job would train alone, its peers waiting for it)
             size = environ[prefix + "WORLD_SIZE"]
             raise DistributedError(f"{prefix}WORLD_SIZE={size} is set but {prefix}RANK is not ({source}): each "

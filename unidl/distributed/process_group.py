@@ -291,11 +291,13 @@ def warn_uneven_batches(loader, replicas: int) -> None:
         return
     _warned_uneven.add(key)
     sharers = f"{len(_group.devices)} devices in this process" if _group.devices else f"{replicas} ranks"
+    # (drop_last helps only where the last batch alone splits unevenly)
+    fix = (f"use drop_last=True, or a dataset length divisible by {replicas}" if key[1] % replicas == 0 else
+           f"use a batch_size divisible by {replicas} (and drop_last=True, or a dataset length divisible by it)")
     warnings.warn(f"with {sharers}, a batch of {size} samples of the loader ({key[0]} samples, "
                   f"batch_size={key[1]}) splits unevenly, and each share's mean gradient counts equally in the "
                   f"average (as in PyTorch DDP), so that step trains other weights than one process with the same "
-                  f"batch; use drop_last=True, or a batch_size and dataset length divisible by {replicas}, for the "
-                  f"weights of one process", UserWarning, stacklevel=4)
+                  f"batch; {fix}, for the weights of one process", UserWarning, stacklevel=4)
 
 
 def is_writer() -> bool:
