@@ -69,3 +69,16 @@ def test_norms_refuse_what_torch_refuses(backend):
         ud.nn.InstanceNorm1d(4)(x)
     with pytest.raises(ValueError, match="expected more than 1 spatial element when training"):
         ud.nn.InstanceNorm1d(3)(x[:, :, :1])
+
+
+def test_true_or_false_options_of_the_layers_are_bools():
+    """A norm's or transformer layer's True/False option given a string or a float is a ``ValueError`` naming it
+    (``bool()`` took ``affine='False'`` as True); 0 and 1 are taken, as torch takes them."""
+    for build in (lambda: ud.nn.InstanceNorm2d(3, affine="False"), lambda: ud.nn.RMSNorm(4, elementwise_affine="no"),
+                  lambda: ud.nn.LayerNorm(4, elementwise_affine=0.5), lambda: ud.nn.GroupNorm(2, 4, affine="yes"),
+                  lambda: ud.nn.TransformerEncoderLayer(4, 2, norm_first="False"),
+                  lambda: ud.nn.MultiheadAttention(4, 2, batch_first="True"),
+                  lambda: ud.nn.Transformer(4, 2, 1, 1, 8, norm_first="x")):
+        with pytest.raises(ValueError, match=r"(affine|norm_first|batch_first) must be True or False, got ('|0.5)"):
+            build()
+    assert ud.nn.InstanceNorm2d(3, affine=1).affine is True and ud.nn.LayerNorm(4, elementwise_affine=0).weight is None

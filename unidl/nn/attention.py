@@ -72,7 +72,7 @@ class MultiheadAttention(Module):
                              "leave them False")
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
-        self.dropout, self.batch_first = dropout, bool(batch_first)
+        self.dropout, self.batch_first = dropout, arguments.flag("MultiheadAttention", "batch_first", batch_first)
         self._qkv_same_embed_dim = self.kdim == embed_dim and self.vdim == embed_dim
         if self._qkv_same_embed_dim:
             self.in_proj_weight = self.parameter(_xavier_uniform((3 * embed_dim, embed_dim)))

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from unidl import input_checks
-from unidl.arguments import check_range, positive_int
+from unidl.arguments import check_range, flag, positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
@@ -42,7 +42,8 @@ class _InstanceNorm(Module):
         self.eps = check_range(owner, "eps", eps, low_open=True)
         self.momentum = None if momentum is None else check_range(owner, "momentum", momentum, 0.0, 1.0,
                                                                    high_open=False)
-        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        self.affine = affine = flag(owner, "affine", affine)
+        self.track_running_stats = track_running_stats = flag(owner, "track_running_stats", track_running_stats)
         self.weight = self.parameter(init.ones((num_features,))) if affine else None
         self.bias = self.parameter(init.zeros((num_features,))) if affine and bias else None
         if not self.track_running_stats:

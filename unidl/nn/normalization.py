@@ -30,7 +30,9 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True):
         super().__init__()
         shape = arguments.normalized_shape("LayerNorm", normalized_shape)
-        self.normalized_shape, self.elementwise_affine = shape, bool(elementwise_affine)
+        self.normalized_shape = shape
+        self.elementwise_affine = elementwise_affine = arguments.flag("LayerNorm", "elementwise_affine",
+                                                                      elementwise_affine)
         self.eps = arguments.check_range("LayerNorm", "eps", eps, low_open=True)
         self.weight = self.parameter(init.ones(shape)) if elementwise_affine else None
         self.bias = self.parameter(init.zeros(shape)) if elementwise_affine and bias else None
@@ -66,7 +68,9 @@ class RMSNorm(Module):
     def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True):
         super().__init__()
         shape = arguments.normalized_shape("RMSNorm", normalized_shape)
-        self.normalized_shape, self.elementwise_affine = shape, bool(elementwise_affine)
+        self.normalized_shape = shape
+        self.elementwise_affine = elementwise_affine = arguments.flag("RMSNorm", "elementwise_affine",
+                                                                      elementwise_affine)
         self.eps = None if eps is None else arguments.check_range("RMSNorm", "eps", eps)
         self.weight = self.parameter(init.ones(shape)) if elementwise_affine else None
 
@@ -110,7 +114,8 @@ class GroupNorm(Module):
         num_channels = positive_int("GroupNorm", "num_channels", num_channels)
         if num_channels % num_groups:
             raise ValueError(f"GroupNorm num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
-        self.num_groups, self.num_channels, self.affine = num_groups, num_channels, bool(affine)
+        self.num_groups, self.num_channels = num_groups, num_channels
+        self.affine = affine = arguments.flag("GroupNorm", "affine", affine)
         self.eps = arguments.check_range("GroupNorm", "eps", eps, low_open=True)
         self.weight = self.parameter(init.ones((num_channels,))) if affine else None
         self.bias = self.parameter(init.zeros((num_channels,))) if affine and bias else None

@@ -16,7 +16,7 @@ from unidl.nn import init
 from unidl.nn.activation import GELU, ReLU
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.container import ModuleList
-from unidl.arguments import positive_int
+from unidl.arguments import flag, positive_int
 from unidl.nn.dropout import Dropout
 from unidl.nn.linear import Linear
 from unidl.nn.module import Module
@@ -64,13 +64,13 @@ class TransformerEncoderLayer(Module):
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
-        self.norm_first = bool(norm_first)
+        self.norm_first = flag("TransformerEncoderLayer", "norm_first", norm_first)
         self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
         self.activation = _ACTIVATIONS[activation] if isinstance(activation, str) else activation
-        self.batch_first = bool(batch_first)
+        self.batch_first = flag("TransformerEncoderLayer", "batch_first", batch_first)
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
         x = src
@@ -132,7 +132,8 @@ class TransformerEncoder(Module):
         self.layers = ModuleList([_copy(encoder_layer) for _ in range(num_layers)])
         self.num_layers = num_layers
         self.norm = norm
-        self.enable_nested_tensor, self.mask_check = bool(enable_nested_tensor), bool(mask_check)
+        self.enable_nested_tensor = flag("TransformerEncoder", "enable_nested_tensor", enable_nested_tensor)
+        self.mask_check = flag("TransformerEncoder", "mask_check", mask_check)
         self.use_nested_tensor = self.enable_nested_tensor and _nested_path_allowed(encoder_layer)
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
@@ -216,13 +217,13 @@ class TransformerDecoderLayer(Module):
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
-        self.norm_first = bool(norm_first)
+        self.norm_first = flag("TransformerDecoderLayer", "norm_first", norm_first)
         self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
         self.dropout1, self.dropout2, self.dropout3 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
         self.activation = _ACTIVATIONS[activation] if isinstance(activation, str) else activation
-        self.batch_first = bool(batch_first)
+        self.batch_first = flag("TransformerDecoderLayer", "batch_first", batch_first)
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, memory_is_causal: bool = False):
@@ -332,7 +333,7 @@ class Transformer(Module):
                 receptive = int(np.prod(shape[2:]))
                 bound = math.sqrt(6.0 / ((shape[0] + shape[1]) * receptive))
                 self._backend.assign(parameter, init.uniform(shape, bound))
-        self.d_model, self.nhead, self.batch_first = d_model, nhead, bool(batch_first)
+        self.d_model, self.nhead, self.batch_first = d_model, nhead, flag("Transformer", "batch_first", batch_first)
 
     def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
                 tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
