@@ -670,8 +670,6 @@ def _first_step(loader, epoch: int) -> int:
 def _checkpoints_last(callbacks) -> list:
     """``callbacks`` with the ``Checkpoint`` callbacks moved last (order otherwise kept), so that a checkpoint
     taken at the end of an epoch holds the state the other callbacks reach in that epoch (a stepped schedule)."""
-    from unidl.callbacks.checkpoint import Checkpoint
-
     callbacks = list(callbacks)
     return [c for c in callbacks if not isinstance(c, Checkpoint)] + [c for c in callbacks if isinstance(c, Checkpoint)]
 
@@ -680,7 +678,6 @@ def _resume_target(resume_from, callbacks) -> str | None:
     """The checkpoint file or directory to resume from, or None to start afresh (``"auto"`` with no checkpoint yet)."""
     import os
 
-    from unidl.callbacks.checkpoint import Checkpoint
     from unidl.checkpoint import list_checkpoints
 
     if isinstance(resume_from, str) and resume_from == "auto":

@@ -24,11 +24,12 @@ from unidl.nn.transformer import (Transformer, TransformerDecoder, TransformerDe
 from unidl.nn.upsample import Upsample
 
 __all__ = [
-    "Module", "Linear", "Conv2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
-    "LayerNorm", "Embedding", "Sequential", "ModuleList", "ModuleDict", "Identity", "Unflatten", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
-    "MultiheadAttention",
+    "Module", "Linear", "Conv2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "Flatten", "Dropout", "BatchNorm1d",
+    "BatchNorm2d", "LayerNorm", "Embedding", "Sequential", "ModuleList", "ModuleDict", "Identity", "Unflatten",
+    "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "MultiheadAttention",
     "TransformerEncoderLayer", "TransformerEncoder", "TransformerDecoderLayer", "TransformerDecoder", "Transformer",
-    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "GELU", "SiLU", "ELU", "Softplus", "Hardtanh", "ReLU6",
+    "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "GELU", "SiLU", "ELU", "Softplus", "Hardtanh",
+    "ReLU6",
     "PReLU", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss", "SmoothL1Loss",
     "HuberLoss", "KLDivLoss", "init",
     "Conv1d", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GroupNorm", "Dropout2d", "Upsample",

@@ -97,11 +97,11 @@ def _check_activation(owner: str, activation) -> None:
         raise ValueError(f"{owner} activation must be 'relu', 'gelu' or a callable, got {activation!r}")
 
 
-def _residual(x, branch):
+def _residual(x, branch, owner: str = "TransformerEncoderLayer"):
     """``x + branch``, two float dtypes promoted as torch promotes them: under mixed precision a float32 residual
     stream (an embedding's, a LayerNorm's) beside a bfloat16 or float16 branch is float32, as in ``torch.autocast``
-    (TensorFlow refused the sum)."""
-    x, branch = functional._promoted_together("TransformerEncoderLayer", (x, branch))
+    (TensorFlow refused the sum); ``owner`` names the layer in an error."""
+    x, branch = functional._promoted_together(owner, (x, branch))
     return x + branch
 
 
@@ -228,15 +228,19 @@ class TransformerDecoderLayer(Module):
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, memory_is_causal: bool = False):
         x = tgt
+
+        def add(stream, branch):  # (the residual sum, its error naming this layer)
+            return _residual(stream, branch, "TransformerDecoderLayer")
+
         if self.norm_first:
-            x = _residual(x, self._self_attention(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal))
-            x = _residual(x, self._memory_attention(self.norm2(x), memory, memory_mask, memory_key_padding_mask,
-                                                    memory_is_causal))
-            return _residual(x, self._feed_forward(self.norm3(x)))
-        x = self.norm1(_residual(x, self._self_attention(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
-        x = self.norm2(_residual(x, self._memory_attention(x, memory, memory_mask, memory_key_padding_mask,
-                                                           memory_is_causal)))
-        return self.norm3(_residual(x, self._feed_forward(x)))
+            x = add(x, self._self_attention(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+            x = add(x, self._memory_attention(self.norm2(x), memory, memory_mask, memory_key_padding_mask,
+                                              memory_is_causal))
+            return add(x, self._feed_forward(self.norm3(x)))
+        x = self.norm1(add(x, self._self_attention(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+        x = self.norm2(add(x, self._memory_attention(x, memory, memory_mask, memory_key_padding_mask,
+                                                     memory_is_causal)))
+        return self.norm3(add(x, self._feed_forward(x)))
 
     def _self_attention(self, x, mask, padding_mask, is_causal):
         return self.dropout1(self.self_attn(x, x, x, attn_mask=mask, key_padding_mask=padding_mask,
@@ -290,12 +294,11 @@ class Transformer(Module):
     (``decoder.norm``). Every parameter of more than one axis starts Xavier-uniform, as PyTorch's
     ``_reset_parameters`` draws it (a custom encoder's and decoder's too).
 
-    Args:
-        d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias: as
-            ``TransformerEncoderLayer``'s, for every layer (defaults 512, 8, 2048, 0.1, 'relu', 1e-5, False, False,
-            True, as PyTorch's).
-        num_encoder_layers, num_decoder_layers: the depth of each stack (6 each by default).
-        custom_encoder, custom_decoder: modules used instead of the built stacks, called as they are.
+    ``d_model``, ``nhead``, ``dim_feedforward``, ``dropout``, ``activation``, ``layer_norm_eps``, ``batch_first``,
+    ``norm_first`` and ``bias`` are ``TransformerEncoderLayer``'s, for every layer (defaults 512, 8, 2048, 0.1,
+    'relu', 1e-5, False, False, True, as PyTorch's); ``num_encoder_layers`` and ``num_decoder_layers`` the depth of
+    each stack (6 each by default); ``custom_encoder`` and ``custom_decoder`` modules used instead of the built
+    stacks, called as they are.
 
     ``transformer(src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
     tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,

@@ -534,7 +534,7 @@ class Optimizer:
 
         ``"step"`` counts the updates applied (skipped non-finite steps not included). Slots not yet created
         (before the first step) are reported at their initial value. An optimizer whose rule reads the step
-        (``uses_step``: Adam, AdamW) has ``"param_steps": [int, ...]`` too, each parameter's own count of updates
+        (``uses_step``: Adam, AdamW, Adagrad) has ``"param_steps": [int, ...]`` too, each parameter's own count of updates
         (torch.optim's per-parameter ``state["step"]``: a step without a gradient for it does not count). With more than
         one param group, or options changed through ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float,
         "size": int, **changed}, ...]`` too ("lr" is the first group's; ``changed``: the group's options that differ
