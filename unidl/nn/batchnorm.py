@@ -7,8 +7,29 @@ import numpy as np
 from unidl import input_checks, ops as functional
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
-from unidl.arguments import check_range, positive_int
+from unidl.arguments import check_range, flag, positive_int
 from unidl.nn.module import Module
+
+
+def build_norm_state(module, num_features, eps, momentum, affine, track_running_stats, bias) -> None:
+    """A batch or instance norm's settings, checked, and its state as torch's: ``weight`` (ones) and ``bias``
+    (zeros, unless ``bias`` is False) where ``affine``, and the buffers ``running_mean``, ``running_var`` and
+    ``num_batches_tracked`` where it tracks running statistics (each None otherwise)."""
+    owner = type(module).__name__
+    module.num_features = num_features = positive_int(owner, "num_features", num_features)
+    module.eps = check_range(owner, "eps", eps, low_open=True)
+    module.momentum = None if momentum is None else check_range(owner, "momentum", momentum, 0.0, 1.0,
+                                                                 high_open=False)
+    module.affine = affine = flag(owner, "affine", affine)
+    module.track_running_stats = flag(owner, "track_running_stats", track_running_stats)
+    module.weight = module.parameter(init.ones((num_features,))) if affine else None
+    module.bias = module.parameter(init.zeros((num_features,))) if affine and flag(owner, "bias", bias) else None
+    if not module.track_running_stats:
+        module.running_mean = module.running_var = module.num_batches_tracked = None
+        return
+    module.register_buffer("running_mean", init.zeros((num_features,)))
+    module.register_buffer("running_var", init.ones((num_features,)))
+    module.register_buffer("num_batches_tracked", np.zeros((), np.int64))
 
 
 class _BatchNorm(Module):
@@ -29,21 +50,7 @@ class _BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, bias: bool = True):
         super().__init__()
-        owner = type(self).__name__
-        num_features = positive_int(owner, "num_features", num_features)
-        self.num_features = num_features
-        self.eps = check_range(owner, "eps", eps, low_open=True)
-        self.momentum = None if momentum is None else check_range(owner, "momentum", momentum, 0.0, 1.0,
-                                                                   high_open=False)
-        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
-        self.weight = self.parameter(init.ones((num_features,))) if affine else None
-        self.bias = self.parameter(init.zeros((num_features,))) if affine and bias else None
-        if not self.track_running_stats:
-            self.running_mean = self.running_var = self.num_batches_tracked = None
-            return
-        self.register_buffer("running_mean", init.zeros((num_features,)))
-        self.register_buffer("running_var", init.ones((num_features,)))
-        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        build_norm_state(self, num_features, eps, momentum, affine, track_running_stats, bias)
 
     def _mismatch(self, owner, received) -> str:
         expected = " or ".join(str((("N", self.num_features) + ("L",) * (r - 2))) for r in self.ranks)

@@ -8,9 +8,8 @@ import warnings
 import numpy as np
 
 from unidl import input_checks
-from unidl.arguments import check_range, flag, positive_int
 from unidl.errors import ShapeMismatchError
-from unidl.nn import init
+from unidl.nn.batchnorm import build_norm_state
 from unidl.nn.module import Module
 
 
@@ -37,21 +36,7 @@ class _InstanceNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,
                  track_running_stats: bool = False, *, bias: bool = True):
         super().__init__()
-        owner = type(self).__name__
-        self.num_features = positive_int(owner, "num_features", num_features)
-        self.eps = check_range(owner, "eps", eps, low_open=True)
-        self.momentum = None if momentum is None else check_range(owner, "momentum", momentum, 0.0, 1.0,
-                                                                   high_open=False)
-        self.affine = affine = flag(owner, "affine", affine)
-        self.track_running_stats = track_running_stats = flag(owner, "track_running_stats", track_running_stats)
-        self.weight = self.parameter(init.ones((num_features,))) if affine else None
-        self.bias = self.parameter(init.zeros((num_features,))) if affine and bias else None
-        if not self.track_running_stats:
-            self.running_mean = self.running_var = self.num_batches_tracked = None
-            return
-        self.register_buffer("running_mean", init.zeros((num_features,)))
-        self.register_buffer("running_var", init.ones((num_features,)))
-        self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        build_norm_state(self, num_features, eps, momentum, affine, track_running_stats, bias)
 
     def _mismatch(self, owner, received) -> str:
         positions = ("L",) if self.spatial == 1 else ("H", "W")
