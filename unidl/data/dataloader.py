@@ -110,6 +110,21 @@ def _to_tensor(backend, value, owned: bool, field: int):
     return backend.tensor(checked)
 
 
+def _refuse_torch_sampling(sampler, batch_sampler, generator) -> None:
+    """``TypeError`` for torch.utils.data's ``sampler``, ``batch_sampler`` or ``generator`` given (not None): unidl's
+    loader draws its order itself, from ``shuffle`` and ``seed``, the same on every backend and worker and resumable
+    mid-epoch (Python's "unexpected keyword argument" said nothing of what to use)."""
+    for name, value in (("sampler", sampler), ("batch_sampler", batch_sampler)):
+        if value is not None:
+            raise TypeError(f"DataLoader {name}={type(value).__name__}(...): unidl's loader draws its order from "
+                            f"shuffle and seed (the same on every backend and worker, resumable mid-epoch) and takes "
+                            f"no sampler of its own; pass shuffle=True and seed=N, or a ud.data.Subset (or a reordered "
+                            f"dataset) for an order or selection of your own")
+    if generator is not None:
+        raise TypeError(f"DataLoader generator={type(generator).__name__}(...): unidl seeds the loader's order with "
+                        f"seed=N (one framework's generator cannot drive every backend); pass seed=...")
+
+
 _EMPTY_SHARES = contextvars.ContextVar("unidl_empty_shares", default=False)
 
 
@@ -226,7 +241,8 @@ class DataLoader:
                  drop_last: bool = False, num_workers: int = 0, prefetch: int | None = None, collate_fn=None,
                  worker_type: str | None = None, timeout: float | None = None, persistent_workers: bool = False,
                  worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True,
-                 prefetch_factor: int | None = None):
+                 prefetch_factor: int | None = None, *, sampler=None, batch_sampler=None, generator=None):
+        _refuse_torch_sampling(sampler, batch_sampler, generator)
         if not is_map_style(dataset):
             raise TypeError(f"DataLoader takes a map-style dataset (__len__ and __getitem__: a Dataset, a "
                             f"TensorDataset, a list of samples), got {type(dataset).__name__}; an iterable dataset or "
