@@ -341,7 +341,7 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
     optional = model.optional_state_keys()
     missing = [k for k in own if k not in entries and k not in optional]
     unexpected = [k for k in entries if k not in own]
-    mismatched = []
+    mismatched, wrong_kind = [], []
     for key, variable in own.items():
         if key in entries:
             dtype_name, shape = entries[key]
@@ -350,11 +350,13 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
                 mismatched.append(f"{key}: expected shape {expected}, found {tuple(shape)}")
             kind, file_kind = _dtype_kind(variable), _FILE_KINDS.get(dtype_name, dtype_name[:1].lower())
             if (kind == "f") != (file_kind == "f"):
-                mismatched.append(f"{key}: expected a {'floating-point' if kind == 'f' else 'integer'} tensor, "
+                wrong_kind.append(f"{key}: expected {'a floating-point' if kind == 'f' else 'an integer'} tensor, "
                                   f"found dtype {dtype_name}")
     problems = []
     if mismatched:
         problems.append("shape mismatches: " + "; ".join(mismatched))
+    if wrong_kind:
+        problems.append("dtype mismatches: " + "; ".join(wrong_kind))
     if strict and missing:
         problems.append("missing keys: " + ", ".join(f"{k} (expected shape {tuple(own[k].shape)})" for k in missing))
     if strict and unexpected:

@@ -303,3 +303,27 @@ def test_the_running_statistics_carry_no_gradient_as_torchs(backend, momentum):
         gradient = ud.function(ud.grad(objective)) if compiled else ud.grad(objective)
         np.testing.assert_allclose(ud.to_numpy(gradient(ud.tensor(x))), expected, atol=1e-5)
         np.testing.assert_allclose(layer.state_dict()["running_var"], reference.running_var.numpy(), rtol=1e-6)
+
+
+def test_a_float_or_a_count_beyond_int64_for_num_batches_tracked_is_refused_in_every_format(backend, tmp_path):
+    """Floats for the integer counter are a ``StateDictError`` naming a dtype mismatch from a state dict and a .pth
+    file as from a safetensors file (they were truncated: 2.7 loaded as 2), and uint64 counts beyond int64 too (one
+    wrapped to a negative count); nothing is written."""
+    layer = ud.nn.BatchNorm1d(3)
+    for value, expected in ((np.array(2.7, np.float32), r"dtype mismatches: num_batches_tracked: expected an integer "
+                                                         r"tensor, found dtype float32"),
+                            (np.array(2**63 + 5, np.uint64), r"num_batches_tracked: values beyond int64")):
+        state = {**layer.state_dict(), "num_batches_tracked": value}
+        with pytest.raises(ud.errors.StateDictError, match=expected):
+            layer.load_state_dict(state)
+        if value.dtype == np.float32:
+            torch.save({k: torch.tensor(v) for k, v in state.items()}, tmp_path / "f.pth")
+            with pytest.raises(ud.errors.StateDictError, match="expected an integer tensor, found dtype float32"):
+                ud.load_weights(layer, tmp_path / "f.pth")
+            save_file(state, tmp_path / "f.safetensors")
+            with pytest.raises(ud.errors.StateDictError, match="dtype mismatches: num_batches_tracked: expected an "
+                                                                 "integer tensor, found dtype F32"):
+                ud.load_weights(layer, tmp_path / "f.safetensors")
+        assert int(layer.state_dict()["num_batches_tracked"]) == 0
+    layer.load_state_dict({**layer.state_dict(), "num_batches_tracked": np.array(7, np.uint64)})
+    assert int(layer.state_dict()["num_batches_tracked"]) == 7

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from unidl import arguments, config, devices
-from unidl.dtype_kinds import dtype_name, is_floating
+from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
 from unidl.nn import hooks, placement
 from unidl.nn.incompatible_keys import IncompatibleKeys
@@ -98,12 +98,13 @@ def _forget_structure_below(module) -> None:
 _REAL = re.compile(r"(float|bfloat|int|uint)\d*(_\w+)?|bool")
 
 
-def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list]:
+def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list, list]:
     """The entries of ``state_dict`` for the variables ``own``, as they are (read one at a time by
     ``_as_loaded`` while they are written: a state dict of GPU tensors is never on the host whole), with the entries
-    of another shape and those that are no real numbers (strings, objects, complex numbers, None) described:
-    ``load_state_dict`` refuses them before writing anything (it wrote the entries before the first bad one)."""
-    values, mismatched, unreadable = {}, [], []
+    of another shape, those that are no real numbers (strings, objects, complex numbers, None), and floats for an
+    integer variable or integers beyond int64 (a buffer's count: truncated or wrapped negative, where a safetensors
+    file's floats were refused) described: ``load_state_dict`` refuses them before writing anything."""
+    values, mismatched, unreadable, wrong_kind = {}, [], [], []
     for key, variable in own.items():
         if key not in state_dict:
             continue
@@ -119,8 +120,12 @@ def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list]:
             unreadable.append(f"{key}: found dtype {np.dtype(value.dtype) if isinstance(value, np.ndarray) else dtype}")
         elif tuple(variable.shape) != tuple(value.shape):
             mismatched.append(f"{key}: expected shape {tuple(variable.shape)}, found {tuple(value.shape)}")
+        elif is_integer(variable.dtype) and not (is_integer(value.dtype) or dtype == "bool"):
+            wrong_kind.append(f"{key}: expected an integer tensor, found dtype {dtype}")
+        elif dtype == "uint64" and is_integer(variable.dtype) and np.asarray(to_numpy(value)).max(initial=0) >> 63:
+            wrong_kind.append(f"{key}: values beyond int64 (up to {np.asarray(to_numpy(value)).max()})")
         values[key] = value
-    return values, mismatched, unreadable
+    return values, mismatched, unreadable, wrong_kind
 
 
 def _as_loaded(value) -> np.ndarray:
@@ -870,12 +875,14 @@ class Module:
         optional = self.optional_state_keys()
         missing = [k for k in own if k not in state_dict and k not in optional]
         unexpected = [k for k in state_dict if k not in own]
-        values, mismatched, unreadable = _loadable_values(own, state_dict)
+        values, mismatched, unreadable, wrong_kind = _loadable_values(own, state_dict)
         problems = []
         if unreadable:
             problems.append("values that are not real numbers: " + "; ".join(unreadable))
         if mismatched:
             problems.append("shape mismatches: " + "; ".join(mismatched))
+        if wrong_kind:
+            problems.append("dtype mismatches: " + "; ".join(wrong_kind))
         if strict and missing:
             problems.append("missing keys: " + ", ".join(f"{k} (expected shape {tuple(own[k].shape)})" for k in missing))
         if strict and unexpected:
