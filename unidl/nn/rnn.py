@@ -94,11 +94,7 @@ class RNNBase(Module):
             return (f"{owner} expected input of shape {layout} (or unbatched (T, input_size)) with input_size "
                     f"{self.input_size}, received {received}")
 
-        if len(shape) not in (2, 3) or shape[-1] not in (self.input_size, None):
-            raise ShapeMismatchError(mismatch(self.describe(), shape))
-        if shape[-1] is None:  # (a graph traced for any sizes: checked when it runs)
-            input = input_checks.require_sizes(self.describe, input, {-1: self.input_size}, mismatch)
-        input_checks.check_parameters_dtype(self.describe, input, self.weight_ih_l0)
+        input = checked_features(self, input, (2, 3), mismatch, self.weight_ih_l0)
         batched = len(shape) == 3
         time_axis = 1 if batched and self.batch_first else 0
         if shape[time_axis] is None or shape[time_axis] == 0:  # PyTorch's rule: frameworks fail on different ops
@@ -359,6 +355,19 @@ class GRU(RNNBase):
 # ---- one time step of each recurrence, shared by the sequence layers above and the cells of rnn_cell.py --------
 # (``projected`` is the step's input through weight_ih and bias_ih, (N, gates * H): the sequence layers project a
 # whole sequence at once, a cell one step)
+
+def checked_features(module, input, ranks, mismatch, weight):
+    """``input`` of a recurrent layer or cell ``module``, checked: a rank in ``ranks`` and ``module.input_size``
+    features on its last axis (``ShapeMismatchError`` of ``mismatch(owner, received)``; where a graph leaves that
+    size unknown, when it runs), in ``weight``'s dtype (``check_parameters_dtype``)."""
+    shape = tuple(input.shape)
+    if len(shape) not in ranks or shape[-1] not in (module.input_size, None):
+        raise ShapeMismatchError(mismatch(module.describe(), shape))
+    if shape[-1] is None:  # (a graph traced for any sizes: checked when it runs)
+        input = input_checks.require_sizes(module.describe, input, {-1: module.input_size}, mismatch)
+    input_checks.check_parameters_dtype(module.describe, input, weight)
+    return input
+
 
 def rnn_step(ops, h, projected, weight_hh, bias_hh, nonlinearity):
     """Elman's step: ``activation(projected + h W_hh^T + b_hh)``, activation tanh or relu."""

@@ -15,7 +15,7 @@ from unidl.backends.op_registry import CONVERTED
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.module import Module
-from unidl.nn.rnn import gru_step, lstm_step, rnn_step
+from unidl.nn.rnn import checked_features, gru_step, lstm_step, rnn_step
 
 
 class RNNCellBase(Module):
@@ -51,11 +51,7 @@ class RNNCellBase(Module):
             return (f"{owner} expected input of shape (N, {self.input_size}) or unbatched ({self.input_size},), "
                     f"received {received}")
 
-        if len(shape) not in (1, 2) or shape[-1] not in (self.input_size, None):
-            raise ShapeMismatchError(mismatch(self.describe(), shape))
-        if shape[-1] is None:  # (a graph traced for any sizes: checked when it runs)
-            input = input_checks.require_sizes(self.describe, input, {-1: self.input_size}, mismatch)
-        input_checks.check_parameters_dtype(self.describe, input, self.weight_ih)
+        input = checked_features(self, input, (1, 2), mismatch, self.weight_ih)
         batched = len(shape) == 2
         x = input if batched else ops.unsqueeze(input, 0)
         projected = ops.linear(x, self.weight_ih, self.bias_ih)
