@@ -32,6 +32,8 @@ CASES = {
     "SGD-momentum-maximize": (ud.optim.SGD, dict(lr=0.1, momentum=0.9, maximize=True, weight_decay=1e-2)),
     "RMSprop-maximize": (ud.optim.RMSprop, dict(lr=1e-2, maximize=True, momentum=0.5)),
     "Adagrad-lr_decay-maximize": (ud.optim.Adagrad, dict(lr=1e-1, lr_decay=0.1, maximize=True)),
+    "SGD-dampening": (ud.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=1e-2)),
+    "Adam-decoupled": (ud.optim.Adam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
 }
 
 
@@ -296,12 +298,11 @@ def test_invalid_hyperparameters(backend, build, message):
 @pytest.mark.parametrize("build, message", [
     (lambda p: ud.optim.RMSprop(p, foreach=True), "RMSprop foreach=True: unidl's RMSprop does not implement it"),
     (lambda p: ud.optim.Adam(p, fused=True), "Adam fused=True: .* takes fused at PyTorch's default only, None or False"),
-    (lambda p: ud.optim.Adam(p, decoupled_weight_decay=True), "decoupled_weight_decay=True: .* ud.optim.AdamW is Adam"),
     (lambda p: ud.optim.AdamW(p, capturable=True), "AdamW capturable=True: .* does not implement it"),
-    (lambda p: ud.optim.SGD(p, 0.1, 0.9, 0.5), "SGD dampening=0.5: .* training unlike torch.optim.SGD"),
+    (lambda p: ud.optim.SGD(p, 0.1, 0.9, foreach=True), "SGD foreach=True: .* training unlike torch.optim.SGD"),
     (lambda p: ud.optim.Adagrad(p, 0.1, 0.1, differentiable=True), "Adagrad differentiable=True: .* does not "),
     (lambda p: ud.optim.Adam(p, momentum=0), r"Adam has no option 'momentum': .* Adam takes lr, betas, eps, "
-                                             r"weight_decay, amsgrad, maximize, l1, clip_grad_norm"),
+                                             r"weight_decay, amsgrad, maximize, decoupled_weight_decay, l1, clip_grad_norm"),
     (lambda p: ud.optim.SGD(p, lr=0.1, centered=False), "SGD has no option 'centered'"),
 ])
 def test_an_option_torch_has_and_unidl_does_not_is_an_error_not_ignored(build, message):
@@ -606,7 +607,7 @@ def test_defaults_as_torch_optim_and_add_param_group_refused(name):
         first, rest = model.parameters()[:1], model.parameters()[1:]
         optimizer = ud.optim.Adam([{"params": first, "lr": 0.1}, {"params": rest}], lr=1e-3, weight_decay=0.01)
         assert optimizer.defaults == {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01,
-                                      "amsgrad": False, "maximize": False, "l1": 0.0}
+                                      "amsgrad": False, "maximize": False, "decoupled_weight_decay": False, "l1": 0.0}
         optimizer.zero_grad(set_to_none=False)  # (nothing stored off torch: a no-op, as zero_grad())
         model.zero_grad()
         with pytest.raises(NotImplementedError, match=r"keeps the parameter groups it was built with; build a new "

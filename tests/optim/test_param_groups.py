@@ -172,8 +172,11 @@ def test_every_way_to_write_a_group_goes_through_the_optimizer(backend):
         oracle.step()
     for name, value in zip("abc", params):
         assert max_relative_difference(holder.state_dict()[name], value.detach().numpy()) < 1e-6, name
+    with pytest.raises(ValueError, match=r"\['centered'\] cannot change after the optimizer is built"):
+        opt.param_groups[0].setdefault("centered", False)  # (not SGD's option)
     with pytest.raises(ValueError, match=r"\['dampening'\] cannot change after the optimizer is built"):
-        opt.param_groups[0].setdefault("dampening", 0.0)
+        opt.param_groups[0] |= {"dampening": 0.5}
+    assert opt.param_groups[0].setdefault("dampening", 0.5) == 0  # (dict's rule: an entry there is kept)
     for remove in (lambda g: g.pop("momentum"), lambda g: g.__delitem__("lr"), lambda g: g.clear()):
         with pytest.raises(ValueError, match=r"param_groups\[0\] entries cannot be removed"):
             remove(opt.param_groups[0])

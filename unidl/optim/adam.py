@@ -38,17 +38,25 @@ class Adam(Optimizer):
 
     slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # (an instance keeps the last where a group is amsgrad)
     uses_step = True  # bias correction
-    torch_options = ("foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
+    torch_options = ("foreach", "capturable", "differentiable", "fused")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False, l1: float = 0.0,
-                 **clipping):
+                 weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
+                 decoupled_weight_decay: bool = False, l1: float = 0.0, **clipping):
         owner = type(self).__name__
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=_check_betas(owner, betas),
                          eps=check_range(owner, "eps", eps),
                          weight_decay=check_range(owner, "weight_decay", weight_decay),
                          amsgrad=arguments.flag(owner, "amsgrad", amsgrad),
-                         maximize=arguments.flag(owner, "maximize", maximize))
+                         maximize=arguments.flag(owner, "maximize", maximize),
+                         decoupled_weight_decay=arguments.flag(owner, "decoupled_weight_decay",
+                                                               decoupled_weight_decay))
+
+    @property
+    def decoupled(self) -> bool:
+        """Whether this rule's (a param group's) ``weight_decay`` is AdamW's decoupled decay (``shrink``) rather than
+        the L2 term added to the gradient: ``decoupled_weight_decay``, a Python bool (fixed once built)."""
+        return self.hyper["decoupled_weight_decay"]
 
     def slots_for(self, groups) -> tuple[str, ...]:
         """``exp_avg`` and ``exp_avg_sq``, and ``max_exp_avg_sq`` where a group is ``amsgrad``."""
@@ -105,10 +113,11 @@ class AdamW(Adam):
     live on the parameters; elsewhere ``zero_grad()`` is a no-op and ``step()`` explains the alternative.
     """
 
-    decoupled = True
-    torch_options = ("foreach", "capturable", "differentiable", "fused")
-
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False, l1: float = 0.0,
                  **clipping):
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, l1=l1, **clipping)
+        if "decoupled_weight_decay" in clipping:  # (torch.optim.AdamW has no such option either: it is AdamW's rule)
+            raise TypeError(f"AdamW has no option 'decoupled_weight_decay': AdamW's weight decay is decoupled; "
+                            f"ud.optim.Adam(..., decoupled_weight_decay=...) chooses")
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize, decoupled_weight_decay=True,
+                         l1=l1, **clipping)

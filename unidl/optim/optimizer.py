@@ -41,25 +41,21 @@ CLIPPING_OPTIONS = ("clip_grad_norm", "clip_grad_value", "clip_per_tensor")
 #: ``torch.optim``'s options of rules unidl does not implement, at the values that leave the rule as unidl's is
 #: (their defaults; ``foreach``/``fused``/``capturable``/``differentiable`` choose kernels, not the arithmetic);
 #: each class names those its namesake in ``torch.optim`` has (``Optimizer.torch_options``)
-TORCH_NEUTRAL_OPTIONS = {"dampening": (0,), "foreach": (None, False), "fused": (None, False), "capturable": (False,),
-                         "differentiable": (False,), "decoupled_weight_decay": (False,)}
-
-#: what to use instead of a torch option unidl does not implement, where unidl has it under another name
-_INSTEAD = {"decoupled_weight_decay": "ud.optim.AdamW is Adam with decoupled weight decay"}
+TORCH_NEUTRAL_OPTIONS = {"foreach": (None, False), "fused": (None, False), "capturable": (False,),
+                         "differentiable": (False,)}
 
 
 def torch_option(optimizer_class, key: str, value) -> None:
     """``TypeError`` unless ``torch.optim``'s option ``key`` (one of ``optimizer_class.torch_options``, a rule unidl
     does not implement) is at a value that leaves unidl's rule as it is (``TORCH_NEUTRAL_OPTIONS``): a
-    ``torch.optim`` call copied with ``dampening=0`` or ``foreach=None`` builds, ``amsgrad=True`` would be ignored."""
+    ``torch.optim`` call copied with ``foreach=None`` or ``fused=False`` builds, ``amsgrad=True`` would be ignored."""
     neutral = TORCH_NEUTRAL_OPTIONS[key]
     if _neutral(value, neutral):
         return
     owner = optimizer_class.__name__
-    instead = f"; {_INSTEAD[key]}" if key in _INSTEAD else ""
     raise TypeError(f"{owner} {key}={value!r}: unidl's {owner} does not implement it (it would be ignored, training "
                     f"unlike torch.optim.{owner}); it takes {key} at PyTorch's default only, "
-                    f"{' or '.join(map(repr, neutral))}{instead}")
+                    f"{' or '.join(map(repr, neutral))}")
 
 
 def clipping_options(optimizer_class, options: dict) -> dict:

@@ -21,8 +21,10 @@ from unidl import arguments
 #: hyperparameters with bounds other than [0, inf): name -> (low, high, high_open)
 _BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
 #: hyperparameters fixed once the optimizer is built: unidl's L1 term (torch.optim has none), what only
-#: the slots' first values read, and what decides which slots there are (RMSprop's ``centered``, Adam's ``amsgrad``)
-FIXED_OPTIONS = ("l1", "initial_accumulator_value", "centered", "amsgrad")
+#: the slots' first values read, what decides which slots there are (RMSprop's ``centered``, Adam's ``amsgrad``) and
+#: which term a rule computes (Adam's ``decoupled_weight_decay``: the gradient's L2 term or AdamW's shrink; SGD's
+#: ``dampening``: whether it counts each parameter's updates)
+FIXED_OPTIONS = ("l1", "initial_accumulator_value", "centered", "amsgrad", "decoupled_weight_decay", "dampening")
 #: options one value of which holds for every group (a group of its own is refused)
 _ONE_FOR_ALL = ("initial_accumulator_value",)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unidl import arguments
-from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like, torch_option
+from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like
 
 
 class SGD(Optimizer):
@@ -11,7 +11,7 @@ class SGD(Optimizer):
 
     .. math::
         g_t &= \nabla_p L + \lambda p_{t-1} \quad (\lambda = \text{weight\_decay}) \\
-        b_t &= \mu b_{t-1} + g_t \quad (b_0 = 0) \\
+        b_t &= \mu b_{t-1} + (1 - \tau) g_t \quad (b_1 = g_1;\ \tau = \text{dampening}) \\
         d_t &= g_t + \mu b_t \text{ if nesterov else } b_t \text{ (or } g_t \text{ if } \mu = 0) \\
         p_t &= p_{t-1} - \text{lr}\, d_t
 
@@ -19,7 +19,9 @@ class SGD(Optimizer):
         params: the parameters to update (``model.parameters()``).
         lr: learning rate, >= 0.
         momentum: mu in [0, 1) (default 0).
-        dampening: 0 only (PyTorch's default; unidl's rule has no dampening).
+        dampening: tau >= 0 (default 0): the buffer takes ``(1 - tau)`` of each gradient after the parameter's first
+            update, whose gradient it starts as (torch.optim's rule); fixed once built (it decides whether the rule
+            counts each parameter's updates, ``uses_step``), per group too; not with ``nesterov``.
         weight_decay: L2 penalty lambda >= 0 (added to the gradient).
         nesterov: Nesterov momentum (needs momentum > 0).
         maximize: ascend the objective (the gradient negated first, as torch.optim's; keyword only).
@@ -41,28 +43,52 @@ class SGD(Optimizer):
     """
 
     slots = ("momentum_buffer",)
-    torch_options = ("dampening", "foreach", "differentiable", "fused")
+    torch_options = ("foreach", "differentiable", "fused")
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False, l1: float = 0.0,
                  **clipping):
-        torch_option(type(self), "dampening", dampening)
         momentum = check_range("SGD", "momentum", momentum, 0.0, 1.0)
         nesterov = arguments.flag("SGD", "nesterov", nesterov)
         if nesterov and momentum <= 0:
             raise ValueError("SGD nesterov=True needs momentum > 0, got momentum=0")
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), momentum=momentum,
+                         dampening=check_range("SGD", "dampening", dampening),
                          nesterov=nesterov, weight_decay=check_range("SGD", "weight_decay", weight_decay),
                          maximize=arguments.flag("SGD", "maximize", maximize))
+        for index, group in enumerate(self.param_groups):
+            if group["nesterov"] and not is_off(group["dampening"]):  # (torch.optim.SGD's check)
+                raise ValueError(f"SGD param group {index}: nesterov=True needs zero dampening, got dampening="
+                                 f"{group['dampening']}")
+
+    @property
+    def uses_step(self) -> bool:
+        """Whether a param group has ``dampening``: then each parameter's updates are counted (``update``'s
+        ``step``), as the buffer starts as the gradient at a parameter's first update (torch.optim's ``None``
+        buffer) and is dampened from the second on; without dampening both are ``b = mu * 0 + g``."""
+        return any(not is_off(group["dampening"]) for group in getattr(self, "param_groups", ()))
 
     def heavy_ball(self):
         # a fused kernel for constant options only: a bound momentum (a tensor, see bound_rule) may be 0 at a
-        # step, which must leave the buffer as it is (``update``)
+        # step, which must leave the buffer as it is (``update``); dampening is not the kernel's rule
         h = self.hyper
         if (not isinstance(h["momentum"], float) or is_off(h["momentum"]) or not isinstance(h["nesterov"], bool)
-                or type(self).update is not SGD.update):  # a subclass's own rule is not the kernel's
+                or not is_off(h["dampening"]) or type(self).update is not SGD.update):  # (a subclass's own rule)
             return None
         return ("momentum_buffer", h["momentum"], h["nesterov"])
+
+    def check_group_change(self, index: int, key: str, value) -> None:
+        """A dampened group's momentum may not rise from 0 once its parameters were updated: torch.optim would start
+        the buffer anew there (its first step with momentum), this rule only at a parameter's first update."""
+        group = self.param_groups[index]
+        if key != "momentum" or not value or not is_off(group["momentum"]) or is_off(group["dampening"]):
+            return
+        counts = self._backend.optimizer_state(self)[2]
+        members = [i for i in range(len(self.params)) if self.group_of(i) == index]
+        if any(counts[i] for i in members):
+            raise ValueError(f"param_groups[{index}]['momentum'] of SGD cannot rise from 0 to {value} after updates "
+                             f"while the group has dampening={group['dampening']} (torch.optim would restart its "
+                             f"momentum buffer there); build the SGD with momentum > 0")
 
     def update(self, param, grad, slots, lr, step, ops):
         # momentum and nesterov are Python values, or tensors where a graph backend reads a group's bound option
@@ -70,7 +96,11 @@ class SGD(Optimizer):
         if is_off(h["momentum"]):
             return lr * grad, slots
         momentum, nesterov = scalar_like(h["momentum"], grad, ops), h["nesterov"]
-        buffer = momentum * slots["momentum_buffer"] + grad
+        if is_off(h["dampening"]):
+            buffer = momentum * slots["momentum_buffer"] + grad
+        else:  # torch.optim: the buffer starts as the gradient, then buf * momentum + grad * (1 - dampening)
+            dampened = momentum * slots["momentum_buffer"] + (1 - h["dampening"]) * grad
+            buffer = ops.where(ops.cast(step, "float64") == 1.0, grad, dampened)
         if isinstance(nesterov, bool):
             direction = grad + momentum * buffer if nesterov else buffer
         else:

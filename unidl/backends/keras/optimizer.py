@@ -432,14 +432,15 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         slots = self.slots_of(variable)
         gradient = spec.regularized_gradient(variable, dense_gradient(gradient), ops)
         has_gradient = (self._gradient_flags or {}).get(index)  # (None: it has one)
-        if has_gradient is None and spec.apply_fused(variable, gradient, slots, learning_rate, ops):
-            return  # where Keras's framework has a kernel
         step = None
-        if spec.uses_step:  # this parameter's own count, as torch.optim's (a window's parameter: if it had a gradient)
+        if spec.uses_step:  # this parameter's own count, as torch.optim's (a window's parameter: if it had a gradient;
+            # counted where a kernel steps it too: a dampened SGD's other groups)
             counter = self.param_steps[index]
             count = counter + 1
             self.assign(counter, count if has_gradient is None else K.where(has_gradient, count, _value(counter)))
             step = K.cast(count, variable.dtype)
+        if has_gradient is None and spec.apply_fused(variable, gradient, slots, learning_rate, ops):
+            return  # where Keras's framework has a kernel
         delta, new_slots = spec.update(variable, gradient, slots, learning_rate, step, ops)
         for name, value in new_slots.items():  # (a flagged parameter: only if it had a gradient)
             if value is not slots[name]:

@@ -8,12 +8,14 @@ import torch
 
 from unidl.backends.torch import ops as torch_ops
 
-#: torch.optim classes implementing unidl's built-in rules exactly, keyed by ``Optimizer.builtin_rule()``
+#: torch.optim classes implementing unidl's built-in rules exactly, keyed by ``Optimizer.builtin_rule()``; None for
+#: a group that needs unidl's rule (a dampened SGD: torch.optim.SGD keeps no step count, which its state records)
 _FAST_PATHS = {
-    "SGD": lambda h: (torch.optim.SGD, dict(momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"],
+    "SGD": lambda h: None if h["dampening"] else (torch.optim.SGD, dict(momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"],
                                             maximize=h["maximize"])),
     "Adam": lambda h: (torch.optim.Adam, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
-                                              amsgrad=h["amsgrad"], maximize=h["maximize"])),
+                                              amsgrad=h["amsgrad"], maximize=h["maximize"],
+                                              decoupled_weight_decay=h["decoupled_weight_decay"])),
     "AdamW": lambda h: (torch.optim.AdamW, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
                                                 amsgrad=h["amsgrad"], maximize=h["maximize"])),
     "RMSprop": lambda h: (torch.optim.RMSprop, dict(alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"],
@@ -70,7 +72,8 @@ class RuleOptimizer(torch.optim.Optimizer):
 def native_optimizer(optimizer) -> torch.optim.Optimizer:
     """``torch.optim``'s optimizer for a built-in rule, else a ``RuleOptimizer`` running ``optimizer.update``."""
     fast_path = _FAST_PATHS.get(optimizer.builtin_rule())
-    if fast_path is None or len({group["l1"] for group in optimizer.param_groups}) > 1:  # torch.optim knows no L1
+    if (fast_path is None or any(fast_path(group) is None for group in optimizer.param_groups)
+            or len({group["l1"] for group in optimizer.param_groups}) > 1):  # torch.optim knows no L1
         return RuleOptimizer(optimizer)
     torch_class, defaults = fast_path(optimizer.hyper)  # (Adagrad reads initial_accumulator_value from these)
     return torch_class([{"params": group["params"], "lr": group["lr"], **fast_path(group)[1]}
