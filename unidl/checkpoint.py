@@ -21,8 +21,8 @@ from unidl import random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
 from unidl.training import job_window_state
-from unidl.serialization import (MODEL_PREFIX, check_entries, decode_metadata, encode_metadata, model_metadata,
-                                 stream_into, to_json)
+from unidl.serialization import (MODEL_PREFIX, check_entries, check_values, decode_metadata, encode_metadata,
+                                 model_metadata, stream_into, to_json)
 
 OPTIMIZER_PREFIX = "optimizer/"
 #: prefix of the summed gradients of an accumulation window in progress (``optimizer_window/<param index>``)
@@ -394,6 +394,7 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     # ---- check everything ----
     names = {key[len(MODEL_PREFIX):]: key for key in reader.entries if key.startswith(MODEL_PREFIX)}
     check_entries(model, {key: reader.entries[name] for key, name in names.items()}, what=repr(path))
+    check_values(model, reader, names, what=repr(path))
     optimizer_state = None
     if optimizer is not None:
         if not metadata.get("optimizer"):

@@ -365,11 +365,26 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
         raise StateDictError(f"cannot load {what or 'state dict'} into {type(model).__name__}: " + " | ".join(problems))
 
 
+def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: str | None = None) -> None:
+    """Raise ``StateDictError`` where the file's uint64 tensor for an integer variable holds counts past int64 (they
+    would wrap negative), as ``load_state_dict`` refuses them: those tensors are read (a buffer's count: small),
+    nothing is written. Call beside ``check_entries``, before the first variable changes."""
+    own = dict(model._state_variables())
+    beyond = []
+    for key in [key for key in names if key in own and reader.entries[names[key]][0] == "U64"]:
+        top = reader.read(names[key]).max(initial=0)
+        if top >> 63:
+            beyond.append(f"{key}: values beyond int64 (up to {top})")
+    if beyond:
+        raise StateDictError(f"cannot load {what or repr(reader.path)} into {type(model).__name__}: dtype "
+                             f"mismatches: " + "; ".join(beyond))
+
+
 def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     """Read the file's tensors straight into ``model``'s variables, one at a time: each is read once into a
     buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
     variable's memory) and released before the next is read, so at most one tensor's bytes are held
-    outside the model. Call only after ``check_entries`` and ``reader.verify()``."""
+    outside the model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``."""
     own = dict(model._state_variables())
     backend = model._backend
     for key in [key for key in names if key in own]:  # (through the reader's own handle: the file it checked)
@@ -506,6 +521,7 @@ def load(path, *, allow_pickle: bool = False):
     reader.verify()
     model = _build(cls, config, metadata, path)
     check_entries(model, entries, what=repr(path))
+    check_values(model, reader, names, what=repr(path))
     stream_into(model, reader, names)
     return model
 
@@ -584,6 +600,7 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     entries = {key: reader.entries[name] for key, name in names.items()}
     check_entries(model, entries, strict=strict)
     reader.verify()
+    check_values(model, reader, names)
     stream_into(model, reader, names)
     own = [name for name, _ in model._state_variables()]
     optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
