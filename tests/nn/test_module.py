@@ -581,3 +581,28 @@ def test_a_parameter_or_buffer_set_to_none_keeps_its_place_as_torchs(backend):
                                                                         "child.bias"]
     for name in ("scale", "mask", "count"):
         np.testing.assert_array_equal(model.state_dict()[name], reference.state_dict()[name].numpy(), err_msg=name)
+
+
+def test_a_module_over_a_parameter_or_a_non_bool_requires_grad_is_torchs_type_error(backend):
+    """As torch.nn's: a module assigned over a parameter is a ``TypeError`` (the weight left ``parameters()`` and
+    ``state_dict`` silently), a module over a buffer replaces it; ``requires_grad_`` takes True or False only
+    (``None`` froze every parameter, ``"False"`` unfroze them). Nothing changes where it raises."""
+    import torch
+
+    from unidl.nn.module import is_trainable
+
+    for nn in (ud.nn, torch.nn):
+        layer = nn.Linear(2, 2)
+        with pytest.raises(TypeError, match="as parameter 'weight'"):
+            layer.weight = nn.ReLU()
+        assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+        assert list(layer.children()) == []
+        layer.register_buffer("mask", np.ones(2, np.float32) if nn is ud.nn else torch.ones(2))
+        layer.mask = nn.ReLU()
+        assert [name for name, _ in layer.named_children()] == ["mask"] and list(layer.named_buffers()) == []
+        layer.requires_grad_(False)
+        for value in (None, "False", 1):
+            with pytest.raises(TypeError, match="requires_grad"):
+                layer.requires_grad_(value)
+        assert not any(is_trainable(p) if nn is ud.nn else p.requires_grad for p in layer.parameters())
+    ud.nn.Linear(2, 2).requires_grad_(np.bool_(True))

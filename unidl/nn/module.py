@@ -317,7 +317,8 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
         is_module, is_parameter = isinstance(value, Module), self._backend.is_parameter(value)
-        if value is not None and not is_module and not is_parameter:
+        # (a module over a parameter too, as torch.nn: it silently took the parameter out of the state dict)
+        if value is not None and not is_parameter and (not is_module or name in self._parameters):
             if name in self._buffers and self._buffers[name] is None:  # a buffer registered as None, filled in
                 self._check_buffer_value(name, value)
                 self.register_buffer(name, value, self._persists(name))
@@ -775,7 +776,11 @@ class Module:
         """Freeze (False) or unfreeze every parameter of this module and those below it, as PyTorch's
         ``Module.requires_grad_``: ``train_step``, ``fit``, ``value_and_grad`` and every optimizer leave a
         frozen parameter (and its optimizer state) exactly as it is, on every backend. Setting
-        ``param.requires_grad = False`` on one parameter does the same."""
+        ``param.requires_grad = False`` on one parameter does the same. ``requires_grad`` is True or False, as
+        torch's (``None`` froze, ``"False"`` unfroze)."""
+        if not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.requires_grad_: requires_grad must be True or False, as "
+                            f"torch.nn's, got {type(requires_grad).__name__} {requires_grad!r}")
         for parameter in self.parameters():
             self._backend.set_requires_grad(parameter, bool(requires_grad))
         return self
