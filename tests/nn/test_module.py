@@ -606,3 +606,30 @@ def test_a_module_over_a_parameter_or_a_non_bool_requires_grad_is_torchs_type_er
                 layer.requires_grad_(value)
         assert not any(is_trainable(p) if nn is ud.nn else p.requires_grad for p in layer.parameters())
     ud.nn.Linear(2, 2).requires_grad_(np.bool_(True))
+
+
+def test_register_buffer_refuses_what_torch_refuses_and_complex_numbers_on_every_backend(backend):
+    """``register_buffer`` of a Python number, a list or a string is torch.nn's ``TypeError`` (it was a 0-d or 1-d
+    buffer; a string raised a ``TypeError`` on torch and a ``ValueError`` elsewhere), as assigning one over a
+    buffer is; complex numbers, strings or objects in an array are one ``DtypeMismatchError`` (a complex buffer
+    lost its imaginary part, with a framework's warning only; ``load_state_dict`` refuses them), as
+    ``module.parameter`` of them. Nothing is registered where it raises."""
+    import torch
+
+    layer, reference = ud.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    for value in (3, 1.5, [1.0, 2.0], "abc", object()):
+        with pytest.raises(TypeError, match=f"cannot assign a value of type {type(value).__name__} as buffer 'z'"):
+            layer.register_buffer("z", value)
+        with pytest.raises(TypeError, match="cannot assign"):
+            reference.register_buffer("z", value)
+    for value in (np.array([1 + 2j], np.complex64), np.array(["a"]), np.array([object()])):
+        with pytest.raises(ud.DtypeMismatchError, match=f"buffer 'z' of Linear must hold real numbers .* dtype "
+                                                        f"{value.dtype}"):
+            layer.register_buffer("z", value)
+        with pytest.raises(ud.DtypeMismatchError, match="must hold real numbers"):
+            layer.parameter(value)
+    assert list(layer.state_dict()) == ["weight", "bias"] and not hasattr(layer, "z")
+    layer.register_buffer("z", np.zeros(1, np.float32))
+    with pytest.raises(ud.DtypeMismatchError, match="buffer 'z' of Linear must hold real numbers"):
+        layer.z = np.array([1 + 2j], np.complex64)
+    np.testing.assert_array_equal(layer.state_dict()["z"], [0.0])

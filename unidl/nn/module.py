@@ -23,7 +23,7 @@ import numpy as np
 
 from unidl import arguments, config, devices
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
-from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
+from unidl.errors import BackendMismatchError, DtypeMismatchError, NothingToTrainError, StateDictError
 from unidl.nn import hooks, placement
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.tensors import to_numpy
@@ -126,6 +126,19 @@ def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list, list]:
             wrong_kind.append(f"{key}: values beyond int64 (up to {np.asarray(to_numpy(value)).max()})")
         values[key] = value
     return values, mismatched, unreadable, wrong_kind
+
+
+def _real_array(what: str, value) -> np.ndarray:
+    """``value`` as a NumPy array for a new variable (``what``: a parameter, a buffer); strings, objects and complex
+    numbers are one ``DtypeMismatchError`` naming ``what`` on every backend (a complex value lost its imaginary part
+    with only a framework's warning, which ``load_state_dict`` refuses; a string was a ``TypeError`` on torch and a
+    ``ValueError`` elsewhere)."""
+    array = np.asarray(to_numpy(value))
+    if not _REAL.fullmatch(dtype_name(array.dtype)):
+        raise DtypeMismatchError(f"{what} must hold real numbers (floats, integers or bools), as load_state_dict "
+                                 f"takes them, got dtype {array.dtype}"
+                                 + ("; keep the real and imaginary parts apart" if array.dtype.kind == "c" else ""))
+    return array
 
 
 def _as_loaded(value) -> np.ndarray:
@@ -320,7 +333,6 @@ class Module:
         # (a module over a parameter too, as torch.nn: it silently took the parameter out of the state dict)
         if value is not None and not is_parameter and (not is_module or name in self._parameters):
             if name in self._buffers and self._buffers[name] is None:  # a buffer registered as None, filled in
-                self._check_buffer_value(name, value)
                 self.register_buffer(name, value, self._persists(name))
                 return
             if name in self._buffers:  # ``self.count = self.count + 1``: still the buffer, as torch.nn's
@@ -460,8 +472,9 @@ class Module:
 
     def parameter(self, value) -> object:
         """A new trainable variable of this module's backend, holding ``value`` (cast to the current dtype)."""
+        value = _real_array(f"{type(self).__name__}.parameter: the value", value)
         with self._placement():
-            return self._backend.parameter(np.asarray(to_numpy(value)), trainable=True)
+            return self._backend.parameter(value, trainable=True)
 
     def register_parameter(self, name: str, param) -> None:
         """Add ``param`` (a parameter of this module's backend, ``module.parameter(value)``) as the parameter
@@ -501,11 +514,17 @@ class Module:
         makes the attribute None and nothing in ``state_dict``, until a value assigned to it makes it a buffer
         again, as torch.nn's (code that fills a buffer in at its first forward). ``persistent=False``: a buffer
         that ``state_dict()`` leaves out (a cache, a mask derived from the configuration), as torch.nn's; it is
-        still state of the module (``named_buffers``, compiled steps, data-parallel broadcasts)."""
+        still state of the module (``named_buffers``, compiled steps, data-parallel broadcasts). ``value`` is a
+        tensor or an array of real numbers: a Python number, a list or a string is a ``TypeError``, as torch.nn's,
+        and strings, objects or complex numbers in an array a ``DtypeMismatchError``, on every backend (a complex
+        value lost its imaginary part; ``load_state_dict`` refuses them)."""
         self._check_new_name("register_buffer", name, self._buffers)
         if not isinstance(persistent, (bool, np.bool_)):
             raise TypeError(f"{type(self).__name__}.register_buffer: persistent must be True or False, "
                             f"got {persistent!r}")
+        if value is not None:  # (checked before anything changes)
+            self._check_buffer_value(name, value)
+            value = _real_array(f"buffer {name!r} of {type(self).__name__}", value)
         non_persistent = self.__dict__.setdefault("_non_persistent", set())
         if persistent:
             non_persistent.discard(name)
@@ -519,7 +538,6 @@ class Module:
             self._buffers[name] = None
             object.__setattr__(self, name, None)
             return
-        value = np.asarray(to_numpy(value))
         dtype = value.dtype.name if value.dtype.kind in "iub" else None
         with self._placement():
             variable = self._backend.parameter(value, trainable=False, dtype=dtype)
@@ -556,7 +574,7 @@ class Module:
             self._structure_changed()
             return
         if isinstance(value, (np.ndarray, np.generic)):
-            value = np.asarray(value)
+            value = _real_array(f"buffer {name!r} of {type(self).__name__}", value)
         if tuple(value.shape) != tuple(current.shape):
             self.register_buffer(name, value, self._persists(name))
             return
