@@ -633,3 +633,23 @@ def test_register_buffer_refuses_what_torch_refuses_and_complex_numbers_on_every
     with pytest.raises(ud.DtypeMismatchError, match="buffer 'z' of Linear must hold real numbers"):
         layer.z = np.array([1 + 2j], np.complex64)
     np.testing.assert_array_equal(layer.state_dict()["z"], [0.0])
+
+
+def test_load_state_dict_of_a_non_mapping_or_with_assign_is_one_type_error(backend):
+    """As torch.nn's, a state dict that is not a mapping is a ``TypeError`` naming its type (it was a raw
+    ``unhashable type`` or ``not iterable``); ``assign=False`` (torch's default) loads as without it, and
+    ``assign=True`` is a ``TypeError`` naming it on every backend. The weights are unchanged where it raises."""
+    import torch
+
+    layer, reference = ud.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    before = layer.state_dict()
+    for value in ([("weight", np.zeros((1, 1), np.float32))], None):
+        with pytest.raises(TypeError, match=f"Expected state_dict to be dict-like, got {type(value)}"):
+            layer.load_state_dict(value)
+        with pytest.raises(TypeError, match=f"Expected state_dict to be dict-like, got {type(value)}"):
+            reference.load_state_dict(value)
+    with pytest.raises(TypeError, match="assign=True is not supported, only assign=False"):
+        layer.load_state_dict({key: value + 1 for key, value in before.items()}, assign=True)
+    np.testing.assert_array_equal(layer.state_dict()["weight"], before["weight"])
+    assert layer.load_state_dict({key: value + 1 for key, value in before.items()}, False, False).missing_keys == []
+    np.testing.assert_array_equal(layer.state_dict()["weight"], before["weight"] + 1)

@@ -10,6 +10,7 @@ in the canonical layout.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 import contextlib
 import contextvars
 import functools
@@ -886,14 +887,26 @@ class Module:
         destination.update(entries)
         return destination
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
         """Copy values from a ``state_dict()`` (from any backend) into this module's variables.
 
         With ``strict`` (the default) missing keys, unexpected keys and shape mismatches are all
         reported in one ``StateDictError``; without it, the matching entries load and the
         rest are returned as torch's ``load_state_dict`` returns them, ``(missing_keys, unexpected_keys)``
-        (``IncompatibleKeys``). Shape mismatches are always an error.
+        (``IncompatibleKeys``). Shape mismatches are always an error. ``state_dict`` is a mapping (anything else
+        is torch's ``TypeError``). ``assign`` is torch's default, False, only: the values are written into the
+        module's own variables, which an optimizer made before the load goes on training; ``assign=True``
+        (torch puts the state dict's tensors in their place) is a ``TypeError`` on every backend.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}: "
+                            f"{type(self).__name__}.load_state_dict takes a mapping of names to arrays or tensors, "
+                            f"as state_dict() gives")
+        if assign is not False and assign is not np.False_:
+            raise TypeError(f"{type(self).__name__}.load_state_dict: assign={assign!r} is not supported, only "
+                            f"assign=False (torch's default): unidl writes the values into the module's own "
+                            f"variables on every backend; to load another dtype, build the model under "
+                            f"ud.use_dtype and load into it")
         own = OrderedDict(self._state_variables())
         optional = self.optional_state_keys()
         missing = [k for k in own if k not in state_dict and k not in optional]
