@@ -653,3 +653,35 @@ def test_load_state_dict_of_a_non_mapping_or_with_assign_is_one_type_error(backe
     np.testing.assert_array_equal(layer.state_dict()["weight"], before["weight"])
     assert layer.load_state_dict({key: value + 1 for key, value in before.items()}, False, False).missing_keys == []
     np.testing.assert_array_equal(layer.state_dict()["weight"], before["weight"] + 1)
+
+
+def test_parameters_recurse_and_get_parameter_and_get_buffer_are_torchs(backend):
+    """``parameters(recurse=False)`` lists a module's own parameters, and ``get_parameter``/``get_buffer`` find one
+    by dotted path, with an ``AttributeError`` where there is none, as torch.nn's."""
+    import torch
+
+    def build(nn):
+        class Outer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.scale = nn.Linear(1, 1).weight if nn is torch.nn else self.parameter(np.ones(1, np.float32))
+                self.body = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+
+        return Outer()
+
+    ours, theirs = build(ud.nn), build(torch.nn)
+    assert len(ours.parameters(recurse=False)) == len(list(theirs.parameters(recurse=False))) == 1
+    assert ours.parameters(recurse=False)[0] is ours.scale
+    assert len(ours.parameters()) == len(list(theirs.parameters())) == 5
+    assert ours.get_parameter("body.0.weight") is ours.body[0].weight and ours.get_parameter("scale") is ours.scale
+    assert ours.get_buffer("body.1.running_mean") is ours.body[1].running_mean
+    assert tuple(theirs.get_buffer("body.1.running_mean").shape) == (3,)
+    for target in ("body.0.bias2", "body.1.running_mean", "body.9.weight", "training"):
+        with pytest.raises(AttributeError):
+            ours.get_parameter(target)
+        with pytest.raises(AttributeError):
+            theirs.get_parameter(target)
+    with pytest.raises(AttributeError, match="Linear has no buffer 'weight'"):
+        ours.get_buffer("body.0.weight")
+    with pytest.raises(AttributeError):
+        theirs.get_buffer("body.0.weight")

@@ -716,6 +716,24 @@ class Module:
             module = child
         return module
 
+    def get_parameter(self, target: str):
+        """The parameter at dotted path ``target`` (``"0.weight"``), as torch.nn's: an ``AttributeError`` naming
+        what the module there has where it has no such parameter."""
+        return self._get_variable(target, "_parameters", "parameter")
+
+    def get_buffer(self, target: str):
+        """The buffer at dotted path ``target`` (``"bn.running_mean"``), as ``get_parameter`` finds a parameter."""
+        return self._get_variable(target, "_buffers", "buffer")
+
+    def _get_variable(self, target: str, table: str, kind: str):
+        path, _, name = target.rpartition(".")
+        module = self.get_submodule(path)
+        variable = getattr(module, table).get(name)
+        if variable is None:
+            raise AttributeError(f"{type(module).__name__} has no {kind} {name!r} (path {target!r}); its {kind}s: "
+                                 f"{[key for key, value in getattr(module, table).items() if value is not None]}")
+        return variable
+
     def apply(self, fn) -> "Module":
         """Call ``fn(module)`` on every child (recursively, children first) and then on this module;
         returns this module. Example: ``model.apply(init_weights)``."""
@@ -757,9 +775,11 @@ class Module:
             yield from ((f"{path}.{name}" if path else name, value) for name, value in module._buffers.items()
                         if value is not None and name not in left_out)
 
-    def parameters(self) -> list:
-        """The trainable parameters as native variables (give them to an optimizer)."""
-        return [p for _, p in self.named_parameters()]
+    def parameters(self, recurse: bool = True) -> list:
+        """The parameters as native variables, each once (give them to an optimizer); ``recurse=False``: this
+        module's own, as torch.nn's. A list, where torch's is a generator: ``ud.value_and_grad`` takes it as the
+        list of variables to differentiate (``next(iter(model.parameters()))`` reads the first on both)."""
+        return [p for _, p in self.named_parameters(recurse=recurse)]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of scalars in the parameters, or (``trainable_only``) in those not frozen by
