@@ -685,3 +685,24 @@ def test_parameters_recurse_and_get_parameter_and_get_buffer_are_torchs(backend)
         ours.get_buffer("body.0.weight")
     with pytest.raises(AttributeError):
         theirs.get_buffer("body.0.weight")
+
+
+def test_pickling_a_model_or_deep_copying_an_optimizer_is_one_type_error_naming_the_way(backend):
+    """A model does not pickle, nor does an optimizer deep-copy or pickle, on any backend: one ``TypeError`` naming
+    ``ud.save``/``state_dict`` (the errors were each backend's own: pickling failed on a Python module or a local
+    function, and an optimizer deep-copied on torch only). ``copy.copy`` still makes shallow copies, and
+    ``copy.deepcopy(model)`` a model of its own."""
+    import copy
+    import pickle
+
+    model = ud.nn.Sequential(ud.nn.Linear(2, 3))
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"cannot pickle Sequential\(\).*ud.save\(model, path\) or model.state_dict"):
+        pickle.dumps(model)
+    for copied in (copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot copy.deepcopy or pickle SGD.*load_state_dict"):
+            copied(optimizer)
+    shallow = copy.copy(model)
+    assert type(shallow) is ud.nn.Sequential and shallow[0] is model[0]
+    assert copy.copy(optimizer).params[0] is optimizer.params[0]
+    assert copy.deepcopy(model)[0].weight is not model[0].weight

@@ -432,6 +432,22 @@ class Module:
                 object.__setattr__(child, "_parent", (weakref.ref(new), name))
         return new
 
+    def __copy__(self):
+        """``copy.copy(module)``: a module of the same class sharing this one's attributes (its variables and
+        children too), as Python's default shallow copy makes it (pickling is refused: ``__reduce_ex__``)."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __reduce_ex__(self, protocol):
+        """Pickling a module is one ``TypeError`` on every backend, naming the portable ways: it holds its
+        backend's variables and functions, which pickled on none of them alike (a ``TypeError`` about a Python
+        module on torch, TensorFlow and JAX, an ``AttributeError`` about a local function on Keras)."""
+        raise TypeError(f"cannot pickle {self.describe()}: a unidl module holds its backend's variables and "
+                        f"functions; save its weights with ud.save(model, path) or model.state_dict() (NumPy arrays, "
+                        f"which pickle) and load them into the model built again (copy.deepcopy(model) copies it "
+                        f"in memory)")
+
     def _structure_changed(self, keep_native: bool = False) -> None:
         """Forget what was built from the structure of this module and of its owners (``native``, the
         ``structure_cache``): it holds the variables of then, so a head replaced afterwards (transfer learning)
