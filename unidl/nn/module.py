@@ -242,7 +242,12 @@ def _inputs(module, args) -> tuple:
 
 def _run_forward(module, args: tuple, kwargs: dict):
     """``module.forward`` of ``args`` and ``kwargs``, the inputs converted as ``_inputs`` says, through the backend's
-    forward caller (``Backend.forward_caller``)."""
+    forward caller (``Backend.forward_caller``). ``input=`` (torch.nn's keyword for a layer's input) is passed first
+    to one of unidl's layers whose ``forward`` names it otherwise, here, after the pre-hooks: they see the call as
+    written, as torch's."""
+    if "input" in kwargs and not args and _renames_input(type(module)):
+        kwargs = dict(kwargs)
+        args = (kwargs.pop("input"),)
     for value in args:
         if type(value) not in _PASSED_AS_THEY_ARE:
             args = _inputs(module, args)
@@ -649,8 +654,6 @@ class Module:
                 f"under {current.name!r}; build it again under {current.name!r} and load_state_dict() "
                 f"from this one's state_dict()")
         module_called(self)  # for ud.function, whose graphs depend on this module's mode (unidl.tracing)
-        if "input" in kwargs and not args and _renames_input(type(self)):  # torch.nn's keyword for a layer's input
-            args = (kwargs.pop("input"),)
         if self._hooked:
             return hooks.call(self, args, kwargs, functools.partial(_run_forward, self))
         return _run_forward(self, args, kwargs)
