@@ -266,6 +266,7 @@ def test_non_strict_load_returns_missing_and_unexpected(backend):
     assert (missing, unexpected) == (result.missing_keys, result.unexpected_keys) == (["head.weight"], ["extra"])
     assert (result["missing"], result["unexpected"]) == (["head.weight"], ["extra"])
     assert repr(net.load_state_dict(net.state_dict())) == "<All keys matched successfully>"
+    assert repr(result) == "_IncompatibleKeys(missing_keys=['head.weight'], unexpected_keys=['extra'])"  # torch's
     with pytest.raises(RuntimeError, match="missing keys: head.weight"):  # torch's class of error, and KeyError
         net.load_state_dict(state)
 
