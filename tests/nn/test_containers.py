@@ -90,8 +90,8 @@ def test_sequential_indexing_slicing_and_iteration():
             seq.append(lambda x: x)
         assert seq.pop(1) is layers[1]
         assert list(seq.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias"]  # renumbered
-        seq[0:2] = [ud.nn.Identity()]
-        assert len(seq) == 2 and isinstance(seq[0], ud.nn.Identity) and seq[1] is layers[3]
+        del seq[0:1]
+        assert len(seq) == 2 and seq[0] is layers[2] and seq[1] is layers[3]
         named = ud.nn.Sequential(OrderedDict([("conv", ud.nn.Linear(2, 2)), ("act", ud.nn.ReLU())]))
         assert list(named.state_dict()) == ["conv.weight", "conv.bias"]
         assert list(named[:1]._modules) == ["conv"] and named[1] is named.act
@@ -195,3 +195,70 @@ def test_unflatten_bad_sizes():
             ud.nn.Unflatten(1, (5, 2))(ud.tensor(np.zeros((2, 12))))
         with pytest.raises(ValueError, match="at most one -1"):
             ud.nn.Unflatten(1, (-1, -1))
+
+
+@pytest.mark.parametrize("container", ["Sequential", "ModuleList"])
+def test_a_slice_assignment_or_a_bad_extend_is_torchs_type_error_and_changes_nothing(backend, container):
+    """torch.nn's containers have no slice assignment (a ``TypeError``, the container unchanged); unidl's replaced
+    the slice one module at a time after emptying the container, so that a bad item left a ModuleList empty and a
+    Sequential cut short, its trained layers gone. ``extend`` with a bad item adds none of them."""
+    def build(nn):
+        layers = [nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1)]
+        return getattr(nn, container)(*layers) if container == "Sequential" else nn.ModuleList(layers)
+
+    ours, theirs = build(ud.nn), build(torch.nn)
+    before = {key: value.copy() for key, value in ours.state_dict().items()}
+    for items in ([ud.nn.Tanh(), "x"], [ud.nn.Tanh()]):
+        with pytest.raises(TypeError, match="not slice"):
+            ours[1:2] = items
+        with pytest.raises(TypeError):
+            theirs[1:2] = [torch.nn.Tanh()]
+    with pytest.raises(TypeError, match=f"{container} item 4 must be a unidl.nn.Module, got str"):
+        ours.extend([ud.nn.Tanh(), "x"])
+    assert len(ours) == len(theirs) == 3 and list(ours.state_dict()) == list(theirs.state_dict())
+    for key, value in ours.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_sequential_and_module_list_operators_and_insert_are_torchs(backend):
+    """``+``, ``+=``, ``*`` (and ``2 * seq``, ``*=``) of Sequentials and ``+`` of ModuleLists give torch.nn's
+    containers: the same modules, numbered from 0; ``Sequential.insert`` returns the Sequential (``ModuleList``'s
+    None), and the errors are torch's types."""
+    def build(nn):
+        return nn.Sequential(nn.Linear(2, 3), nn.ReLU()), nn.Sequential(nn.Linear(3, 1))
+
+    (a, b), (ta, tb) = build(ud.nn), build(torch.nn)
+
+    def same(ours, theirs):
+        assert type(ours).__name__ == type(theirs).__name__ and len(ours) == len(theirs)
+        assert list(ours.state_dict()) == list(theirs.state_dict())
+        assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in theirs]
+
+    total = a + b
+    same(total, ta + tb)
+    assert list(total) == [*a, *b]  # the same modules, as torch's
+    same(a * 2, ta * 2)
+    same(2 * a, 2 * ta)
+    assert (a * 2)[2] is a[0]
+    for operation, error in ((lambda s: s * 0, ValueError), (lambda s: s * 1.5, TypeError),
+                             (lambda s: s + [s[0]], ValueError)):
+        with pytest.raises(error):
+            operation(a)
+        with pytest.raises(error):
+            operation(ta)
+    with pytest.raises(ValueError, match="supports only objects of Sequential class"):
+        a + ud.nn.ModuleList([ud.nn.ReLU()])
+    repeated, torch_repeated = build(ud.nn)[0], build(torch.nn)[0]
+    repeated *= 3
+    torch_repeated *= 3
+    same(repeated, torch_repeated)
+    grown, torch_grown = build(ud.nn)[0], build(torch.nn)[0]
+    grown += b
+    torch_grown += tb
+    same(grown, torch_grown)
+    assert a.insert(1, ud.nn.Tanh()) is a and ta.insert(1, torch.nn.Tanh()) is ta
+    same(a, ta)
+    listed, torch_listed = ud.nn.ModuleList([ud.nn.Linear(2, 2)]), torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+    same(listed + listed, torch_listed + torch_listed)
+    same(listed + [ud.nn.ReLU()], torch_listed + [torch.nn.ReLU()])
+    assert listed.insert(0, ud.nn.ReLU()) is None and torch_listed.insert(0, torch.nn.ReLU()) is None

@@ -266,6 +266,7 @@ def test_non_strict_load_returns_missing_and_unexpected(backend):
     assert (missing, unexpected) == (result.missing_keys, result.unexpected_keys) == (["head.weight"], ["extra"])
     assert (result["missing"], result["unexpected"]) == (["head.weight"], ["extra"])
     assert repr(net.load_state_dict(net.state_dict())) == "<All keys matched successfully>"
+    assert repr(result) == "_IncompatibleKeys(missing_keys=['head.weight'], unexpected_keys=['extra'])"  # torch's
     with pytest.raises(RuntimeError, match="missing keys: head.weight"):  # torch's class of error, and KeyError
         net.load_state_dict(state)
 
@@ -581,3 +582,128 @@ def test_a_parameter_or_buffer_set_to_none_keeps_its_place_as_torchs(backend):
                                                                         "child.bias"]
     for name in ("scale", "mask", "count"):
         np.testing.assert_array_equal(model.state_dict()[name], reference.state_dict()[name].numpy(), err_msg=name)
+
+
+def test_a_module_over_a_parameter_or_a_non_bool_requires_grad_is_torchs_type_error(backend):
+    """As torch.nn's: a module assigned over a parameter is a ``TypeError`` (the weight left ``parameters()`` and
+    ``state_dict`` silently), a module over a buffer replaces it; ``requires_grad_`` takes True or False only
+    (``None`` froze every parameter, ``"False"`` unfroze them). Nothing changes where it raises."""
+    import torch
+
+    from unidl.nn.module import is_trainable
+
+    for nn in (ud.nn, torch.nn):
+        layer = nn.Linear(2, 2)
+        with pytest.raises(TypeError, match="as parameter 'weight'"):
+            layer.weight = nn.ReLU()
+        assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+        assert list(layer.children()) == []
+        layer.register_buffer("mask", np.ones(2, np.float32) if nn is ud.nn else torch.ones(2))
+        layer.mask = nn.ReLU()
+        assert [name for name, _ in layer.named_children()] == ["mask"] and list(layer.named_buffers()) == []
+        layer.requires_grad_(False)
+        for value in (None, "False", 1):
+            with pytest.raises(TypeError, match="requires_grad"):
+                layer.requires_grad_(value)
+        assert not any(is_trainable(p) if nn is ud.nn else p.requires_grad for p in layer.parameters())
+    ud.nn.Linear(2, 2).requires_grad_(np.bool_(True))
+
+
+def test_register_buffer_refuses_what_torch_refuses_and_complex_numbers_on_every_backend(backend):
+    """``register_buffer`` of a Python number, a list or a string is torch.nn's ``TypeError`` (it was a 0-d or 1-d
+    buffer; a string raised a ``TypeError`` on torch and a ``ValueError`` elsewhere), as assigning one over a
+    buffer is; complex numbers, strings or objects in an array are one ``DtypeMismatchError`` (a complex buffer
+    lost its imaginary part, with a framework's warning only; ``load_state_dict`` refuses them), as
+    ``module.parameter`` of them. Nothing is registered where it raises."""
+    import torch
+
+    layer, reference = ud.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    for value in (3, 1.5, [1.0, 2.0], "abc", object()):
+        with pytest.raises(TypeError, match=f"cannot assign a value of type {type(value).__name__} as buffer 'z'"):
+            layer.register_buffer("z", value)
+        with pytest.raises(TypeError, match="cannot assign"):
+            reference.register_buffer("z", value)
+    for value in (np.array([1 + 2j], np.complex64), np.array(["a"]), np.array([object()])):
+        with pytest.raises(ud.DtypeMismatchError, match=f"buffer 'z' of Linear must hold real numbers .* dtype "
+                                                        f"{value.dtype}"):
+            layer.register_buffer("z", value)
+        with pytest.raises(ud.DtypeMismatchError, match="must hold real numbers"):
+            layer.parameter(value)
+    assert list(layer.state_dict()) == ["weight", "bias"] and not hasattr(layer, "z")
+    layer.register_buffer("z", np.zeros(1, np.float32))
+    with pytest.raises(ud.DtypeMismatchError, match="buffer 'z' of Linear must hold real numbers"):
+        layer.z = np.array([1 + 2j], np.complex64)
+    np.testing.assert_array_equal(layer.state_dict()["z"], [0.0])
+
+
+def test_load_state_dict_of_a_non_mapping_or_with_assign_is_one_type_error(backend):
+    """As torch.nn's, a state dict that is not a mapping is a ``TypeError`` naming its type (it was a raw
+    ``unhashable type`` or ``not iterable``); ``assign=False`` (torch's default) loads as without it, and
+    ``assign=True`` is a ``TypeError`` naming it on every backend. The weights are unchanged where it raises."""
+    import torch
+
+    layer, reference = ud.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    before = layer.state_dict()
+    for value in ([("weight", np.zeros((1, 1), np.float32))], None):
+        with pytest.raises(TypeError, match=f"Expected state_dict to be dict-like, got {type(value)}"):
+            layer.load_state_dict(value)
+        with pytest.raises(TypeError, match=f"Expected state_dict to be dict-like, got {type(value)}"):
+            reference.load_state_dict(value)
+    with pytest.raises(TypeError, match="assign=True is not supported, only assign=False"):
+        layer.load_state_dict({key: value + 1 for key, value in before.items()}, assign=True)
+    np.testing.assert_array_equal(layer.state_dict()["weight"], before["weight"])
+    assert layer.load_state_dict({key: value + 1 for key, value in before.items()}, False, False).missing_keys == []
+    np.testing.assert_array_equal(layer.state_dict()["weight"], before["weight"] + 1)
+
+
+def test_parameters_recurse_and_get_parameter_and_get_buffer_are_torchs(backend):
+    """``parameters(recurse=False)`` lists a module's own parameters, and ``get_parameter``/``get_buffer`` find one
+    by dotted path, with an ``AttributeError`` where there is none, as torch.nn's."""
+    import torch
+
+    def build(nn):
+        class Outer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.scale = nn.Linear(1, 1).weight if nn is torch.nn else self.parameter(np.ones(1, np.float32))
+                self.body = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+
+        return Outer()
+
+    ours, theirs = build(ud.nn), build(torch.nn)
+    assert len(ours.parameters(recurse=False)) == len(list(theirs.parameters(recurse=False))) == 1
+    assert ours.parameters(recurse=False)[0] is ours.scale
+    assert len(ours.parameters()) == len(list(theirs.parameters())) == 5
+    assert ours.get_parameter("body.0.weight") is ours.body[0].weight and ours.get_parameter("scale") is ours.scale
+    assert ours.get_buffer("body.1.running_mean") is ours.body[1].running_mean
+    assert tuple(theirs.get_buffer("body.1.running_mean").shape) == (3,)
+    for target in ("body.0.bias2", "body.1.running_mean", "body.9.weight", "training"):
+        with pytest.raises(AttributeError):
+            ours.get_parameter(target)
+        with pytest.raises(AttributeError):
+            theirs.get_parameter(target)
+    with pytest.raises(AttributeError, match="Linear has no buffer 'weight'"):
+        ours.get_buffer("body.0.weight")
+    with pytest.raises(AttributeError):
+        theirs.get_buffer("body.0.weight")
+
+
+def test_pickling_a_model_or_deep_copying_an_optimizer_is_one_type_error_naming_the_way(backend):
+    """A model does not pickle, nor does an optimizer deep-copy or pickle, on any backend: one ``TypeError`` naming
+    ``ud.save``/``state_dict`` (the errors were each backend's own: pickling failed on a Python module or a local
+    function, and an optimizer deep-copied on torch only). ``copy.copy`` still makes shallow copies, and
+    ``copy.deepcopy(model)`` a model of its own."""
+    import copy
+    import pickle
+
+    model = ud.nn.Sequential(ud.nn.Linear(2, 3))
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=r"cannot pickle Sequential\(\).*ud.save\(model, path\) or model.state_dict"):
+        pickle.dumps(model)
+    for copied in (copy.deepcopy, pickle.dumps):
+        with pytest.raises(TypeError, match="cannot copy.deepcopy or pickle SGD.*load_state_dict"):
+            copied(optimizer)
+    shallow = copy.copy(model)
+    assert type(shallow) is ud.nn.Sequential and shallow[0] is model[0]
+    assert copy.copy(optimizer).params[0] is optimizer.params[0]
+    assert copy.deepcopy(model)[0].weight is not model[0].weight

@@ -158,3 +158,23 @@ def test_a_hook_that_changes_the_output_shape_holds_for_fits_metrics(backend, rn
     history = ud.fit(model, x, y, batch_size=4, loss="bce_with_logits", optimizer="sgd", metrics=["accuracy"],
                      verbose=0)
     assert 0.0 <= history.history["accuracy"][0] <= 1.0
+
+
+def test_hooks_see_a_keyword_input_as_written_as_torchs(backend):
+    """``layer(input=x)`` reaches a pre-hook and a hook as a keyword, as torch.nn's (it was moved to the positional
+    arguments before the hooks: a torch hook reading ``kwargs["input"]`` failed); a pre-hook may replace it, and the
+    forward gets it as its first input."""
+    net, reference = _nets()
+    x = np.ones((2, 4), np.float32)
+    outputs = []
+    for layer, value in ((net[0], ud.tensor(x)), (reference[0], torch.from_numpy(x))):
+        seen = []
+        layer.register_forward_pre_hook(
+            lambda module, args, kwargs: seen.append(("pre", len(args), sorted(kwargs))) or (args, {
+                "input": kwargs["input"] * 2}), with_kwargs=True)
+        layer.register_forward_hook(lambda module, args, kwargs, output: seen.append(("post", len(args),
+                                                                                        sorted(kwargs))),
+                                    with_kwargs=True)
+        outputs.append(np.asarray(ud.to_numpy(layer(input=value)) if layer is net[0] else layer(input=value).detach()))
+        assert seen == [("pre", 0, ["input"]), ("post", 0, ["input"])]
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)

@@ -29,11 +29,13 @@ class _IndexedModules(Module):
         return index % size
 
     def _renumber(self, modules: list[Module]) -> None:
-        """Hold exactly ``modules``, named '0', '1', ... in order."""
+        """Hold exactly ``modules``, named '0', '1', ... in order; each is checked before anything changes."""
+        for index, module in enumerate(modules):
+            _check_module(type(self).__name__, index, module)
         for name in list(self._modules):
             delattr(self, name)
         for index, module in enumerate(modules):
-            self.add_module(str(index), _check_module(type(self).__name__, index, module))
+            self.add_module(str(index), module)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -41,11 +43,10 @@ class _IndexedModules(Module):
         return list(self._modules.values())[self._index(index)]
 
     def __setitem__(self, index, module) -> None:
-        if isinstance(index, slice):
-            modules = list(self._modules.values())
-            modules[index] = list(module)
-            self._renumber(modules)
-            return
+        if isinstance(index, slice):  # (a bad item emptied a ModuleList, or cut a Sequential short, then raised)
+            raise TypeError(f"{type(self).__name__} indices must be integers, not slice: torch.nn's containers "
+                            f"have no slice assignment; assign one module at a time (seq[i] = module), or del "
+                            f"seq[a:b] and insert")
         name = list(self._modules)[self._index(index)]
         setattr(self, name, _check_module(type(self).__name__, index, module))
 
@@ -66,13 +67,16 @@ class _IndexedModules(Module):
         return self
 
     def extend(self, modules: Iterable[Module]):
-        """Add each of ``modules`` at the end; returns the container."""
+        """Add each of ``modules`` at the end; returns the container. Each is checked before the first is added."""
+        modules = list(modules)
+        for index, module in enumerate(modules, len(self._modules)):
+            _check_module(type(self).__name__, index, module)
         for module in modules:
             self.append(module)
         return self
 
     def insert(self, index: int, module: Module) -> None:
-        """Put ``module`` before position ``index``."""
+        """Put ``module`` before position ``index``, as a list's ``insert``."""
         modules = list(self._modules.values())
         modules.insert(index, _check_module(type(self).__name__, index, module))
         self._renumber(modules)
@@ -112,6 +116,46 @@ class Sequential(_IndexedModules):
         if isinstance(index, slice):  # keeps the names (an OrderedDict's keys too)
             return Sequential(OrderedDict(list(self._modules.items())[index]))
         return super().__getitem__(index)
+
+    def insert(self, index: int, module: Module) -> "Sequential":
+        """Put ``module`` before position ``index``; returns the Sequential, as torch.nn's (a ModuleList's
+        ``insert`` returns None, as a list's)."""
+        super().insert(index, module)
+        return self
+
+    def _repeats(self, times) -> int:
+        """``times`` checked as torch.nn's ``Sequential * times``: an int (``TypeError``), positive (``ValueError``)."""
+        if not isinstance(times, int) or isinstance(times, bool):
+            raise TypeError(f"unsupported operand type(s) for *: Sequential and {type(times).__name__} "
+                            f"(a positive int repeats it)")
+        if times <= 0:
+            raise ValueError(f"Non-positive multiplication factor {times} for Sequential")
+        return times
+
+    def _checked_sequential(self, other) -> "Sequential":
+        if not isinstance(other, Sequential):
+            raise ValueError(f"add operator supports only objects of Sequential class, but {type(other).__name__} "
+                             f"is given")
+        return other
+
+    def __add__(self, other: "Sequential") -> "Sequential":
+        """A new Sequential of this one's modules and then ``other``'s (the same modules), numbered from 0, as
+        torch.nn's."""
+        return Sequential(*self, *self._checked_sequential(other))
+
+    def __iadd__(self, other: "Sequential") -> "Sequential":
+        """``other``'s modules appended, as torch.nn's."""
+        return self.extend(list(self._checked_sequential(other)))
+
+    def __mul__(self, times: int) -> "Sequential":
+        """A new Sequential of this one's modules ``times`` over (the same modules), as torch.nn's."""
+        return Sequential(*list(self) * self._repeats(times))
+
+    __rmul__ = __mul__
+
+    def __imul__(self, times: int) -> "Sequential":
+        """This one's modules repeated ``times`` over in place, as torch.nn's."""
+        return self.extend(list(self) * (self._repeats(times) - 1))
 
     def forward(self, x):
         for layer in self._modules.values():
@@ -158,6 +202,10 @@ class ModuleList(_IndexedModules):
 
     def __iadd__(self, modules: Iterable[Module]):
         return self.extend(modules)
+
+    def __add__(self, modules: Iterable[Module]) -> "ModuleList":
+        """A new ModuleList of this one's modules and then those of ``modules`` (the same modules), as torch.nn's."""
+        return ModuleList([*self, *modules])
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError("ModuleList has no forward: call its modules from the owner's forward")

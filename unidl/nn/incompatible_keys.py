@@ -23,6 +23,7 @@ class IncompatibleKeys(NamedTuple):
         return tuple.__getitem__(self, key)
 
     def __repr__(self) -> str:
+        """torch's: ``<All keys matched successfully>``, or ``_IncompatibleKeys(missing_keys=[...], ...)``."""
         if not self.missing_keys and not self.unexpected_keys:
             return "<All keys matched successfully>"
-        return f"<IncompatibleKeys missing_keys={self.missing_keys!r} unexpected_keys={self.unexpected_keys!r}>"
+        return f"_IncompatibleKeys(missing_keys={self.missing_keys!r}, unexpected_keys={self.unexpected_keys!r})"

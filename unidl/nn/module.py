@@ -10,6 +10,7 @@ in the canonical layout.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 import contextlib
 import contextvars
 import functools
@@ -23,7 +24,7 @@ import numpy as np
 
 from unidl import arguments, config, devices
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
-from unidl.errors import BackendMismatchError, NothingToTrainError, StateDictError
+from unidl.errors import BackendMismatchError, DtypeMismatchError, NothingToTrainError, StateDictError
 from unidl.nn import hooks, placement
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.tensors import to_numpy
@@ -128,6 +129,19 @@ def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list, list]:
     return values, mismatched, unreadable, wrong_kind
 
 
+def _real_array(what: str, value) -> np.ndarray:
+    """``value`` as a NumPy array for a new variable (``what``: a parameter, a buffer); strings, objects and complex
+    numbers are one ``DtypeMismatchError`` naming ``what`` on every backend (a complex value lost its imaginary part
+    with only a framework's warning, which ``load_state_dict`` refuses; a string was a ``TypeError`` on torch and a
+    ``ValueError`` elsewhere)."""
+    array = np.asarray(to_numpy(value))
+    if not _REAL.fullmatch(dtype_name(array.dtype)):
+        raise DtypeMismatchError(f"{what} must hold real numbers (floats, integers or bools), as load_state_dict "
+                                 f"takes them, got dtype {array.dtype}"
+                                 + ("; keep the real and imaginary parts apart" if array.dtype.kind == "c" else ""))
+    return array
+
+
 def _as_loaded(value) -> np.ndarray:
     """A checked state-dict value as a NumPy array every backend assigns: a bfloat16 or float8 array of
     ``ml_dtypes`` in float32, whose values it holds exactly (torch's backend could not take them)."""
@@ -228,7 +242,12 @@ def _inputs(module, args) -> tuple:
 
 def _run_forward(module, args: tuple, kwargs: dict):
     """``module.forward`` of ``args`` and ``kwargs``, the inputs converted as ``_inputs`` says, through the backend's
-    forward caller (``Backend.forward_caller``)."""
+    forward caller (``Backend.forward_caller``). ``input=`` (torch.nn's keyword for a layer's input) is passed first
+    to one of unidl's layers whose ``forward`` names it otherwise, here, after the pre-hooks: they see the call as
+    written, as torch's."""
+    if "input" in kwargs and not args and _renames_input(type(module)):
+        kwargs = dict(kwargs)
+        args = (kwargs.pop("input"),)
     for value in args:
         if type(value) not in _PASSED_AS_THEY_ARE:
             args = _inputs(module, args)
@@ -317,9 +336,9 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
         is_module, is_parameter = isinstance(value, Module), self._backend.is_parameter(value)
-        if value is not None and not is_module and not is_parameter:
+        # (a module over a parameter too, as torch.nn: it silently took the parameter out of the state dict)
+        if value is not None and not is_parameter and (not is_module or name in self._parameters):
             if name in self._buffers and self._buffers[name] is None:  # a buffer registered as None, filled in
-                self._check_buffer_value(name, value)
                 self.register_buffer(name, value, self._persists(name))
                 return
             if name in self._buffers:  # ``self.count = self.count + 1``: still the buffer, as torch.nn's
@@ -418,6 +437,22 @@ class Module:
                 object.__setattr__(child, "_parent", (weakref.ref(new), name))
         return new
 
+    def __copy__(self):
+        """``copy.copy(module)``: a module of the same class sharing this one's attributes (its variables and
+        children too), as Python's default shallow copy makes it (pickling is refused: ``__reduce_ex__``)."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __reduce_ex__(self, protocol):
+        """Pickling a module is one ``TypeError`` on every backend, naming the portable ways: it holds its
+        backend's variables and functions, which pickled on none of them alike (a ``TypeError`` about a Python
+        module on torch, TensorFlow and JAX, an ``AttributeError`` about a local function on Keras)."""
+        raise TypeError(f"cannot pickle {self.describe()}: a unidl module holds its backend's variables and "
+                        f"functions; save its weights with ud.save(model, path) or model.state_dict() (NumPy arrays, "
+                        f"which pickle) and load them into the model built again (copy.deepcopy(model) copies it "
+                        f"in memory)")
+
     def _structure_changed(self, keep_native: bool = False) -> None:
         """Forget what was built from the structure of this module and of its owners (``native``, the
         ``structure_cache``): it holds the variables of then, so a head replaced afterwards (transfer learning)
@@ -459,8 +494,9 @@ class Module:
 
     def parameter(self, value) -> object:
         """A new trainable variable of this module's backend, holding ``value`` (cast to the current dtype)."""
+        value = _real_array(f"{type(self).__name__}.parameter: the value", value)
         with self._placement():
-            return self._backend.parameter(np.asarray(to_numpy(value)), trainable=True)
+            return self._backend.parameter(value, trainable=True)
 
     def register_parameter(self, name: str, param) -> None:
         """Add ``param`` (a parameter of this module's backend, ``module.parameter(value)``) as the parameter
@@ -500,11 +536,17 @@ class Module:
         makes the attribute None and nothing in ``state_dict``, until a value assigned to it makes it a buffer
         again, as torch.nn's (code that fills a buffer in at its first forward). ``persistent=False``: a buffer
         that ``state_dict()`` leaves out (a cache, a mask derived from the configuration), as torch.nn's; it is
-        still state of the module (``named_buffers``, compiled steps, data-parallel broadcasts)."""
+        still state of the module (``named_buffers``, compiled steps, data-parallel broadcasts). ``value`` is a
+        tensor or an array of real numbers: a Python number, a list or a string is a ``TypeError``, as torch.nn's,
+        and strings, objects or complex numbers in an array a ``DtypeMismatchError``, on every backend (a complex
+        value lost its imaginary part; ``load_state_dict`` refuses them)."""
         self._check_new_name("register_buffer", name, self._buffers)
         if not isinstance(persistent, (bool, np.bool_)):
             raise TypeError(f"{type(self).__name__}.register_buffer: persistent must be True or False, "
                             f"got {persistent!r}")
+        if value is not None:  # (checked before anything changes)
+            self._check_buffer_value(name, value)
+            value = _real_array(f"buffer {name!r} of {type(self).__name__}", value)
         non_persistent = self.__dict__.setdefault("_non_persistent", set())
         if persistent:
             non_persistent.discard(name)
@@ -518,7 +560,6 @@ class Module:
             self._buffers[name] = None
             object.__setattr__(self, name, None)
             return
-        value = np.asarray(to_numpy(value))
         dtype = value.dtype.name if value.dtype.kind in "iub" else None
         with self._placement():
             variable = self._backend.parameter(value, trainable=False, dtype=dtype)
@@ -555,7 +596,7 @@ class Module:
             self._structure_changed()
             return
         if isinstance(value, (np.ndarray, np.generic)):
-            value = np.asarray(value)
+            value = _real_array(f"buffer {name!r} of {type(self).__name__}", value)
         if tuple(value.shape) != tuple(current.shape):
             self.register_buffer(name, value, self._persists(name))
             return
@@ -613,8 +654,6 @@ class Module:
                 f"under {current.name!r}; build it again under {current.name!r} and load_state_dict() "
                 f"from this one's state_dict()")
         module_called(self)  # for ud.function, whose graphs depend on this module's mode (unidl.tracing)
-        if "input" in kwargs and not args and _renames_input(type(self)):  # torch.nn's keyword for a layer's input
-            args = (kwargs.pop("input"),)
         if self._hooked:
             return hooks.call(self, args, kwargs, functools.partial(_run_forward, self))
         return _run_forward(self, args, kwargs)
@@ -696,6 +735,24 @@ class Module:
             module = child
         return module
 
+    def get_parameter(self, target: str):
+        """The parameter at dotted path ``target`` (``"0.weight"``), as torch.nn's: an ``AttributeError`` naming
+        what the module there has where it has no such parameter."""
+        return self._get_variable(target, "_parameters", "parameter")
+
+    def get_buffer(self, target: str):
+        """The buffer at dotted path ``target`` (``"bn.running_mean"``), as ``get_parameter`` finds a parameter."""
+        return self._get_variable(target, "_buffers", "buffer")
+
+    def _get_variable(self, target: str, table: str, kind: str):
+        path, _, name = target.rpartition(".")
+        module = self.get_submodule(path)
+        variable = getattr(module, table).get(name)
+        if variable is None:
+            raise AttributeError(f"{type(module).__name__} has no {kind} {name!r} (path {target!r}); its {kind}s: "
+                                 f"{[key for key, value in getattr(module, table).items() if value is not None]}")
+        return variable
+
     def apply(self, fn) -> "Module":
         """Call ``fn(module)`` on every child (recursively, children first) and then on this module;
         returns this module. Example: ``model.apply(init_weights)``."""
@@ -737,9 +794,11 @@ class Module:
             yield from ((f"{path}.{name}" if path else name, value) for name, value in module._buffers.items()
                         if value is not None and name not in left_out)
 
-    def parameters(self) -> list:
-        """The trainable parameters as native variables (give them to an optimizer)."""
-        return [p for _, p in self.named_parameters()]
+    def parameters(self, recurse: bool = True) -> list:
+        """The parameters as native variables, each once (give them to an optimizer); ``recurse=False``: this
+        module's own, as torch.nn's. A list, where torch's is a generator: ``ud.value_and_grad`` takes it as the
+        list of variables to differentiate (``next(iter(model.parameters()))`` reads the first on both)."""
+        return [p for _, p in self.named_parameters(recurse=recurse)]
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of scalars in the parameters, or (``trainable_only``) in those not frozen by
@@ -775,7 +834,11 @@ class Module:
         """Freeze (False) or unfreeze every parameter of this module and those below it, as PyTorch's
         ``Module.requires_grad_``: ``train_step``, ``fit``, ``value_and_grad`` and every optimizer leave a
         frozen parameter (and its optimizer state) exactly as it is, on every backend. Setting
-        ``param.requires_grad = False`` on one parameter does the same."""
+        ``param.requires_grad = False`` on one parameter does the same. ``requires_grad`` is True or False, as
+        torch's (``None`` froze, ``"False"`` unfroze)."""
+        if not isinstance(requires_grad, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.requires_grad_: requires_grad must be True or False, as "
+                            f"torch.nn's, got {type(requires_grad).__name__} {requires_grad!r}")
         for parameter in self.parameters():
             self._backend.set_requires_grad(parameter, bool(requires_grad))
         return self
@@ -863,14 +926,26 @@ class Module:
         destination.update(entries)
         return destination
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
         """Copy values from a ``state_dict()`` (from any backend) into this module's variables.
 
         With ``strict`` (the default) missing keys, unexpected keys and shape mismatches are all
         reported in one ``StateDictError``; without it, the matching entries load and the
         rest are returned as torch's ``load_state_dict`` returns them, ``(missing_keys, unexpected_keys)``
-        (``IncompatibleKeys``). Shape mismatches are always an error.
+        (``IncompatibleKeys``). Shape mismatches are always an error. ``state_dict`` is a mapping (anything else
+        is torch's ``TypeError``). ``assign`` is torch's default, False, only: the values are written into the
+        module's own variables, which an optimizer made before the load goes on training; ``assign=True``
+        (torch puts the state dict's tensors in their place) is a ``TypeError`` on every backend.
         """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}: "
+                            f"{type(self).__name__}.load_state_dict takes a mapping of names to arrays or tensors, "
+                            f"as state_dict() gives")
+        if assign is not False and assign is not np.False_:
+            raise TypeError(f"{type(self).__name__}.load_state_dict: assign={assign!r} is not supported, only "
+                            f"assign=False (torch's default): unidl writes the values into the module's own "
+                            f"variables on every backend; to load another dtype, build the model under "
+                            f"ud.use_dtype and load into it")
         own = OrderedDict(self._state_variables())
         optional = self.optional_state_keys()
         missing = [k for k in own if k not in state_dict and k not in optional]

@@ -215,6 +215,24 @@ class Optimizer:
     #: PyTorch's L2 term, added to the gradient by ``regularized_gradient``
     decoupled = False
 
+    def __copy__(self):
+        """``copy.copy``: the same rule over the same parameters and state (a param group's rule is one); only
+        deep copies and pickles are refused (``__reduce_ex__``)."""
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __reduce_ex__(self, protocol):
+        """``copy.deepcopy`` and pickling are one ``TypeError`` on every backend, naming the portable way: the
+        state lives in the backend's variables (the deep copy ran on torch only; TensorFlow, JAX and Keras raised
+        each their own error)."""
+        raise TypeError(f"cannot copy.deepcopy or pickle {type(self).__name__}: its state lives in its backend's "
+                        f"variables; build a new optimizer over the (copied) model's parameters and give it this "
+                        f"one's state with new.load_state_dict(optimizer.state_dict()) (ud.save_checkpoint saves it)")
+
+    def __deepcopy__(self, memo):
+        return self.__reduce_ex__(4)
+
     def __init__(self, params, lr: float, l1: float = 0.0, *, clip_grad_norm: float | None = None,
                  clip_grad_value: float | None = None, clip_per_tensor: bool = False, **hyper):
         self._backend = config.backend()
