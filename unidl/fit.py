@@ -22,10 +22,10 @@ from unidl.data.dataloader import empty_shares_allowed
 from unidl.data.epoch import xy
 from unidl.data.pool import ctrl_c_noted
 from unidl.distributed import process_group
-from unidl.errors import (CheckpointStateError, DtypeMismatchError, IndexOutOfRangeError, NonFiniteLossError,
-                          ShapeMismatchError)
+from unidl.errors import CheckpointStateError, DtypeMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.nn.loss import CrossEntropyLoss
 from unidl.nn.module import require_trainable
+from unidl.metrics.metric import check_class_labels
 from unidl.metrics.probe import accumulator_for, first_sample, output_shape
 from unidl.nested import tree_map
 from unidl.progress import Progress
@@ -229,13 +229,8 @@ def check_labels(model, loss_fn, loader) -> None:
     if shape is None:  # several outputs (a tuple, a dict): a loss of the user's, which checks its own labels
         return
     classes = shape[-1] if shape else 1  # a model with (N,) outputs: one output per sample
-    counted = y[y != loss_fn.ignore_index]
-    if not counted.size:
-        return
-    low, high = int(counted.min()), int(counted.max())
-    if low < 0 or high >= classes:
-        raise IndexOutOfRangeError(f"labels must lie in [0, {classes}) for a model with {classes} outputs, or equal "
-                                   f"the loss's ignore_index {loss_fn.ignore_index}; found labels from {low} to {high}")
+    check_class_labels(type(loss_fn).__name__, y, classes, loss_fn.ignore_index,
+                       f"for a model with {classes} outputs, or equal the loss's ignore_index {loss_fn.ignore_index}")
 
 
 def _fresh_first_samples(*data) -> None:

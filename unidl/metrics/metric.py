@@ -141,17 +141,20 @@ def as_float(x):
     return ops.cast(x, "float32")
 
 
-def check_class_labels(owner: str, labels: np.ndarray, classes: int, ignore_label: int | None = None) -> None:
+def check_class_labels(owner: str, labels: np.ndarray, classes: int, ignore_label: int | None = None,
+                       context: str | None = None) -> None:
     """``IndexOutOfRangeError`` (the losses' error for such labels) for integer labels outside [0, ``classes``),
     ``ignore_label`` aside: such a label is no class, and the metrics counted it as a hit (top-k), dropped it (the
-    confusion matrix) or gave 0.0 silently (precision, recall, AUC)."""
+    confusion matrix) or gave 0.0 silently (precision, recall, AUC). ``context`` says what the classes are (fit's
+    check before training: the model's outputs and the loss's ``ignore_index``)."""
     from unidl.errors import IndexOutOfRangeError
 
     labels = np.asarray(labels).reshape(-1)
     if ignore_label is not None:
         labels = labels[labels != ignore_label]
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise IndexOutOfRangeError(f"{owner} labels must lie in [0, {classes}) for outputs of {classes} classes; "
+        raise IndexOutOfRangeError(f"{owner} labels must lie in [0, {classes}) "
+                                   f"{context or f'for outputs of {classes} classes'}; "
                                    f"found labels from {labels.min()} to {labels.max()}")
 
 
