@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+from keras.src.backend.common.stateless_scope import in_stateless_scope  # noqa: E402  (not re-exported by Keras)
 import numpy as np  # noqa: E402
 from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstract evaluation, not re-exported)
 from keras.src.utils import tracking  # noqa: E402  (Keras's DotNotTrackScope, as its compile sets attributes)
@@ -187,9 +188,16 @@ class Backend(BackendInterface):
         value = np.asarray(value)
         if is_undrawn_zeros(value):  # ud.load's build: fresh zero pages, shared with the framework where it can
             value = self.donated_tensor(aligned_zeros(value.shape, dtype))
+        initial = value if keras.ops.is_tensor(value) else _owned(value, dtype)
         with self._scope():
-            variable = keras.Variable(value if keras.ops.is_tensor(value) else _owned(value, dtype),
-                                      dtype=dtype, trainable=trainable)
+            if in_stateless_scope():
+                # a module built inside ud.grad or ud.function on Keras-on-JAX (a class-weighted loss in the loss
+                # function, torch's idiom): Keras refuses a value there, so it is its initializer, run once the
+                # host's trace is over (``stateless._initialize_created``); read inside, it is that constant
+                variable = keras.Variable(lambda shape, dtype=None: initial, shape=tuple(initial.shape), dtype=dtype,
+                                          trainable=trainable)
+            else:
+                variable = keras.Variable(initial, dtype=dtype, trainable=trainable)
         variable.unidl_buffer = not trainable  # a frozen parameter (trainable=False) is still a parameter
         variable.requires_grad = bool(trainable)  # (torch's flag, readable from the start: a buffer's is False)
         return variable
