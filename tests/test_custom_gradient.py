@@ -190,3 +190,35 @@ def test_a_gradient_of_a_gradient_is_torchs_on_every_backend(backend):
         model.linear.load_state_dict({"weight": weight, "bias": bias})
         ud.train_step(model, PenalizedLoss(), ud.optim.SGD(model.parameters(), lr=0.1))(x, y)
         np.testing.assert_allclose(ud.to_numpy(model.linear.weight), expected, rtol=1e-10)
+
+
+def test_a_backward_of_the_wrong_count_or_shape_is_one_error_naming_the_input(backend):
+    """A custom backward returning too few gradients or one of another shape than its input is one unidl error on
+    every backend (torch's and JAX's own errors differed); a gradient the input broadcasts to is summed to the
+    input's shape, as torch.autograd sums it."""
+    x = ud.tensor(np.ones((4, 3), np.float32))
+
+    @ud.custom_gradient
+    def sliced(a):
+        return a * 2, (lambda dy: dy[:1])
+
+    @ud.custom_gradient
+    def product(a, b):
+        return a * b, (lambda dy: dy)
+
+    @ud.custom_gradient
+    def stacked(a):
+        return a * 2, (lambda dy: ud.ops.stack([dy, dy]))
+
+    with pytest.raises(ud.errors.ShapeMismatchError, match=r"'sliced' .*\(1, 3\) for input 0, of shape \(4, 3\)"):
+        ud.grad(lambda a: ud.ops.sum(sliced(a)))(x)
+    with pytest.raises(TypeError, match="'product' returned 1 gradient for 2 inputs"):
+        ud.grad(lambda a: ud.ops.sum(product(a, a)))(x)
+    np.testing.assert_allclose(ud.to_numpy(ud.grad(lambda a: ud.ops.sum(stacked(a)))(x)), np.full((4, 3), 2.0))
+
+
+def test_a_function_returning_a_tuple_is_the_documented_type_error(backend):
+    """``value_and_grad`` of a function returning ``(value, extra)`` (jax's ``has_aux`` habit) is the TypeError its
+    docstring promises on every backend (an AttributeError about ``shape`` before)."""
+    with pytest.raises(TypeError, match="returns one scalar tensor, but it returned a tuple"):
+        ud.value_and_grad(lambda a: (ud.ops.sum(a ** 2), a))(ud.tensor(np.ones(3, np.float32)))

@@ -2,6 +2,7 @@
 become graph inputs, eager=True runs Python every step, and Python randomness frozen by a trace is reported
 (docs/dynamic-forward.md)."""
 
+import os
 import random
 import warnings
 
@@ -544,3 +545,135 @@ def test_float16_steps_take_torchs_loss_scale_decisions(backend):
     expected_decisions, expected = _float16_run("torch")
     assert decisions == expected_decisions
     assert all(max_relative_difference(weights[k], expected[k]) < 1e-3 for k in expected), backend
+
+
+def _keras_trainer_traces(backend) -> bool:
+    """Whether ``backend`` trains through Keras's trainer on JAX, which traces every step, eager=True included (a
+    forward reading a traced value there is GraphConstructError, docs/dynamic-forward.md)."""
+    return backend == "keras" and os.environ.get("KERAS_BACKEND") == "jax"
+
+
+class MaskedRows(ud.nn.Module):
+    """Keeps the rows of its output whose sum is positive: a boolean mask as an index (a data-dependent shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 3)
+
+    def forward(self, x):
+        out = self.fc(x)
+        return out[ud.ops.sum(out, 1) > 0]
+
+
+class MeanSquare(ud.nn.Module):
+    def forward(self, outputs, target):
+        return ud.ops.mean(outputs ** 2)
+
+
+def _masked_rows_reference():
+    ud.manual_seed(0)
+    model = MaskedRows()
+    reference = torch.nn.Linear(4, 3)
+    reference.load_state_dict({k[3:]: torch.tensor(v) for k, v in model.state_dict().items()})  # (fc.)
+    out = reference(torch.tensor(X))
+    return model, reference, out[out.sum(1) > 0]
+
+
+def test_a_boolean_mask_index_runs_eagerly_and_in_functions_as_torch(backend):
+    """``out[mask]`` (a shape known only from the values) in an eager step, ``ud.grad``, ``ud.function`` and
+    ``ud.predict`` gives torch's values on every backend: on jax the function and the prediction run eagerly with
+    the one warning (JAX's raw NonConcreteBooleanIndexError before, from every path)."""
+    model, reference, expected = _masked_rows_reference()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RetraceWarning)
+        np.testing.assert_allclose(ud.to_numpy(ud.function(lambda x: model(x))(ud.tensor(X))),
+                                   expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ud.predict(model, X), expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    grads = ud.grad(lambda: ud.ops.mean(model(ud.tensor(X)) ** 2), model.parameters())()
+    torch.autograd.backward((expected ** 2).mean())
+    for grad, parameter in zip(grads, reference.parameters()):
+        np.testing.assert_allclose(ud.to_numpy(grad), parameter.grad.numpy(), rtol=1e-5, atol=1e-6)
+    step = ud.train_step(model, MeanSquare(), ud.optim.SGD(model.parameters(), lr=0.1), eager=True)
+    if _keras_trainer_traces(backend):
+        with pytest.raises(ud.errors.GraphConstructError, match=r"MaskedRows.*boolean mask"):
+            step(X, Y)
+        return
+    loss = step(X, Y)
+    assert abs(float(ud.to_numpy(loss)) - float((expected ** 2).mean())) < 1e-5
+
+
+def test_a_boolean_mask_index_in_a_compiled_jax_step_is_the_graph_construct_error():
+    """On jax a compiled ``train_step`` cannot trace a boolean mask's shape: unidl's GraphConstructError naming the
+    forward, the mask and the fix (eager=True), as for Python control flow on a value (docs/dynamic-forward.md)."""
+    with ud.use_backend("jax"):
+        model, _, _ = _masked_rows_reference()
+        step = ud.train_step(model, MeanSquare(), ud.optim.SGD(model.parameters(), lr=0.1))
+        with pytest.raises(ud.errors.GraphConstructError, match=r"MaskedRows.*boolean mask.*eager=True"):
+            step(X, Y)
+
+
+class BranchOnMean(ud.nn.Module):
+    """Doubles its output where the input's mean, read as a Python float, is positive."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.fc(x) * 2 if float(ud.ops.mean(x)) > 0 else self.fc(x)
+
+
+def test_predict_evaluate_and_an_eager_fits_validation_take_python_control_flow_as_torch(backend):
+    """``ud.predict``, ``ud.evaluate`` and the validation of ``fit(eager=True)`` run a forward that reads a value in
+    Python as torch does on every backend (jax's compiled prediction raised JAX's ConcretizationTypeError, fit's
+    validation after its eager epoch too): on jax they run it eagerly, with the one warning."""
+    ud.manual_seed(0)
+    model = BranchOnMean()
+    reference = torch.nn.Linear(4, 1)
+    reference.load_state_dict({k[3:]: torch.tensor(v) for k, v in model.state_dict().items()})  # (fc.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RetraceWarning)
+        for x in (X, -X):
+            expected = reference(torch.tensor(x)).detach().numpy() * (2 if x.mean() > 0 else 1)
+            np.testing.assert_allclose(ud.predict(model, x, batch_size=16), expected, rtol=1e-5, atol=1e-6)
+        expected = reference(torch.tensor(X)).detach().numpy() * (2 if X.mean() > 0 else 1)
+        loss = ud.evaluate(model, X, Y, batch_size=16, loss="mse")["loss"]
+        assert abs(loss - float(((expected - Y) ** 2).mean())) < 1e-5
+        if _keras_trainer_traces(backend):  # (its training steps are the documented error; predict ran eagerly)
+            return
+        history = ud.fit(model, X, Y, batch_size=4, loss="mse", optimizer=ud.optim.SGD(model.parameters(), lr=0.05),
+                         eager=True, validation_split=0.25, verbose=0)
+    assert np.isfinite(history["val_loss"][0])
+
+
+class BranchOnActivation(ud.nn.Module):
+    """Doubles its output where the output's mean, read as a Python float, is positive: a value that depends on
+    the parameters being differentiated."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return h * 2 if float(ud.ops.mean(h)) > 0 else h
+
+
+def test_a_python_number_of_a_differentiated_value_is_torchs_or_one_clear_error_on_jax(backend):
+    """``float()`` of an activation in an eager step or under ``ud.grad``: torch's result where the framework
+    differentiates eagerly (torch, TensorFlow, Keras on either); on jax, which differentiates by tracing even
+    eagerly, one GraphConstructError naming the forward and the fix (JAX's raw ConcretizationTypeError before)."""
+    ud.manual_seed(0)
+    model = BranchOnActivation()
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05), eager=True)
+    if backend == "jax" or _keras_trainer_traces(backend):
+        with pytest.raises(ud.errors.GraphConstructError, match=r"BranchOnActivation.*(ud.ops.where|Keras's own)"):
+            step(X, Y)
+        with pytest.raises(ud.errors.GraphConstructError, match=r"depends on what is differentiated.*Python number"):
+            ud.grad(lambda: ud.ops.sum(model(ud.tensor(X))), model.parameters())()
+        return
+    reference = torch.nn.Linear(4, 1)
+    reference.load_state_dict({k[3:]: torch.tensor(v) for k, v in model.state_dict().items()})  # (fc.)
+    h = reference(torch.tensor(X))
+    expected = torch.nn.functional.mse_loss(h * 2 if float(h.mean()) > 0 else h, torch.tensor(Y))
+    assert abs(float(ud.to_numpy(step(X, Y))) - float(expected)) < 1e-5

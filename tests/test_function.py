@@ -2,10 +2,12 @@
 
 import collections
 import dataclasses
+import os
 import warnings
 
 import numpy as np
 import pytest
+import torch
 
 import unidl as ud
 from unidl.testing import max_relative_difference
@@ -550,3 +552,33 @@ def test_methods_and_keyword_arguments(backend):
 
     with pytest.raises(TypeError, match=r"passes its arguments by position: keyword-only arguments \['scale'\]"):
         keyword_only(x, scale=2.0)
+
+
+def test_a_module_built_inside_grad_computes_as_torch(backend):
+    """A loss with a class ``weight`` built inside the differentiated function (torch's idiom) and a layer built
+    inside ``ud.grad`` give torch's values on every backend (Keras-on-JAX refused to create their variables in its
+    stateless scope, in Keras's words)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    labels, weight = np.array([0, 3, 1, 2, 2, 1]), np.array([1.0, 2.0, 0.5, 3.0], np.float32)
+    grad = ud.grad(lambda z: ud.nn.CrossEntropyLoss(weight=ud.tensor(weight))(z, ud.tensor(labels)))(ud.tensor(x))
+    reference = torch.tensor(x, requires_grad=True)
+    torch.nn.CrossEntropyLoss(weight=torch.tensor(weight))(reference, torch.tensor(labels)).backward()
+    np.testing.assert_allclose(ud.to_numpy(grad), reference.grad.numpy(), rtol=1e-5, atol=1e-6)
+    scale = ud.tensor(np.full((1, 4), 2.0, np.float32))
+    grad = ud.grad(lambda s: ud.ops.sum(ud.nn.LayerNorm(4)(ud.tensor(x) * s) ** 3))(scale)
+    reference = torch.full((1, 4), 2.0, requires_grad=True)
+    (torch.nn.functional.layer_norm(torch.tensor(x) * reference, (4,)) ** 3).sum().backward()
+    np.testing.assert_allclose(ud.to_numpy(grad), reference.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_module_built_inside_a_function_computes_as_torch(backend):
+    """A layer built inside ``ud.function`` gives torch's values where the function is compiled by JAX (the jax
+    backend, Keras-on-JAX: Keras refused to create its variables in its stateless scope) or runs eagerly.
+    (Not covered: TensorFlow's graphs, whose ``tf.function`` refuses variables created after its first trace.)"""
+    if "tensorflow" in (backend, backend == "keras" and os.environ.get("KERAS_BACKEND", "tensorflow")):
+        pytest.skip("tf.function refuses variables created after its first trace")
+    x = np.random.default_rng(3).standard_normal((6, 4)).astype(np.float32)
+    normalized = ud.function(lambda z: ud.nn.LayerNorm(4)(z))(ud.tensor(x))
+    expected = torch.nn.functional.layer_norm(torch.tensor(x), (4,))
+    np.testing.assert_allclose(ud.to_numpy(normalized), expected.numpy(), rtol=1e-5, atol=1e-5)

@@ -78,3 +78,27 @@ def test_scan_takes_numpy_arrays_as_ud_tensor_makes_them(backend):
     for function in (sum_from_zero, ud.function(sum_from_zero)):
         final = ud.to_numpy(function(ud.tensor(xs[:, 0], "float64")))
         assert final.dtype == np.float64 and final == xs[:, 0].sum()
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "function"])
+def test_bad_scan_arguments_are_one_error_naming_the_leaf(backend, graph):
+    """A length of 0, ``xs`` leaves of unequal lengths, a carry that changes shape or dtype and a None output are one
+    unidl error naming the leaf on every backend, eagerly and in ``ud.function`` (torch indexed past the end or took
+    the growing carry, JAX returned ``init`` for length 0 and raised its own TypeError and ValueError)."""
+    zeros, xs = ud.tensor(np.zeros(3, np.float32)), ud.tensor(np.ones((4, 3), np.float32))
+
+    def run(fn, init, sequence):
+        scan = lambda init, sequence: ud.ops.scan(fn, init, sequence)[0]  # noqa: E731
+        return (ud.function(scan) if graph else scan)(init, sequence)
+
+    with pytest.raises(ud.errors.ShapeMismatchError, match=r"at least one slice of xs along axis 0, but xs has"):
+        run(lambda c, x: (c + x, c), zeros, ud.tensor(np.zeros((0, 3), np.float32)))
+    with pytest.raises(ud.errors.ShapeMismatchError, match=r"length there, at least 1; got xs\['a'\]: 4, xs\['b'\]: 3"):
+        run(lambda c, x: (c + x["a"], c), zeros, {"a": xs, "b": xs[:3]})
+    with pytest.raises(ud.errors.ShapeMismatchError, match=r"carry\[1\]: \(3,\) (in init|before a step), \(6,\)"):
+        run(lambda c, x: ((c[0], ud.ops.concat([c[1], x], 0)), x), (zeros, zeros), xs)
+    with pytest.raises(ud.errors.DtypeMismatchError, match=r"dtype of the carry: float32 in init, int64 returned"):
+        run(lambda c, x: (ud.ops.cast(c + x, "int64"), x), zeros, xs)
+    with pytest.raises(TypeError, match=r"returned None for y\[1\]"):
+        run(lambda c, x: (c + x, (c, None)), zeros, xs)
+    np.testing.assert_allclose(ud.to_numpy(run(lambda c, x: (c + x, c), zeros, xs)), np.full(3, 4.0))

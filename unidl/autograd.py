@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from unidl import config, ops
 from unidl.dtype_kinds import dtype_name, is_floating
+from unidl.errors import ShapeMismatchError
 
 
 def _normalize(argnums_or_params):
@@ -81,7 +82,12 @@ def grad(f: Callable, argnums=0) -> Callable:
 
 
 def check_scalar(value, backend_name: str) -> None:
-    """The error ``grad`` raises for a function that does not return a floating-point scalar."""
+    """The error ``grad`` raises for a function that does not return a floating-point scalar tensor (a tuple of a
+    value and extra outputs, as ``jax.value_and_grad(has_aux=True)`` takes, included: unidl has no ``has_aux``)."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"grad needs a function that returns one scalar tensor, but it returned a "
+                        f"{type(value).__name__} (on {backend_name}); return the scalar alone: reduce or drop the "
+                        f"extra outputs (compute them outside the differentiated function)")
     shape = tuple(value.shape)
     if any(d != 1 for d in shape if d is not None) or None in shape:
         raise ValueError(f"grad needs a function that returns a scalar, but it returned a tensor of shape {shape} "
@@ -134,12 +140,14 @@ def custom_gradient(forward_fn: Callable) -> Callable:
             grads = backward(dy)
             many = isinstance(grads, (tuple, list))
             listed = list(grads) if many else [grads]
+            _check_backward_count(forward_fn, len(listed), len(inputs))
             for index, (grad, x) in enumerate(zip(listed, inputs)):
+                listed[index] = grad = _gradient_shaped_as_input(forward_fn, index, grad, x)
                 wanted, given = getattr(x, "dtype", None), getattr(grad, "dtype", None)
                 if given is not None and wanted is not None and given != wanted and is_floating(given) \
                         and is_floating(wanted):
                     listed[index] = ops.cast_like(grad, x)
-            return type(grads)(listed) if many else listed[0]  # (a wrong count: the framework's own error)
+            return type(grads)(listed) if many else listed[0]
 
         return y, cast_backward
 
@@ -151,6 +159,36 @@ def custom_gradient(forward_fn: Callable) -> Callable:
         return compiled[backend.name](*[a if backend.is_tensor(a) else backend.tensor(a) for a in args])
 
     return with_custom_gradient
+
+
+def _check_backward_count(forward_fn, found: int, expected: int) -> None:
+    """The ``TypeError`` of every backend for a custom backward that returns another number of gradients than its
+    function has inputs (torch's "incorrect number of gradients", JAX's pytree structure error before)."""
+    if found != expected:
+        raise TypeError(f"the backward of custom_gradient {getattr(forward_fn, '__name__', forward_fn)!r} returned "
+                        f"{found} gradient{'s' if found != 1 else ''} for {expected} input"
+                        f"{'s' if expected != 1 else ''}: return one gradient per input, in order (None for an input "
+                        f"without one)")
+
+
+def _gradient_shaped_as_input(forward_fn, index: int, grad, x):
+    """``grad``, the custom backward's gradient of input ``index``, in ``x``'s shape: equal, or summed over the axes
+    along which ``x`` broadcasts to it (torch.autograd's rule); any other shape is a ``ShapeMismatchError`` naming
+    the input and both shapes (torch's and JAX's own errors differed). Sizes unknown in a graph are not compared."""
+    if grad is None or not hasattr(grad, "shape") or not hasattr(x, "shape"):
+        return grad
+    found, expected = tuple(grad.shape), tuple(x.shape)
+    known = all(isinstance(d, int) for d in found + expected)
+    if not known or found == expected:
+        return grad
+    lead = len(found) - len(expected)
+    if lead >= 0 and all(e in (1, f) for e, f in zip(expected, found[lead:])):
+        grad = ops.sum(grad, axis=tuple(range(lead))) if lead else grad
+        ones = tuple(i for i, (e, f) in enumerate(zip(expected, found[lead:])) if e == 1 and f != 1)
+        return ops.sum(grad, axis=ones, keepdims=True) if ones else grad
+    raise ShapeMismatchError(f"the backward of custom_gradient {getattr(forward_fn, '__name__', forward_fn)!r} "
+                             f"returned a gradient of shape {found} for input {index}, of shape {expected}: return "
+                             f"each input's gradient in that input's shape")
 
 
 class FunctionContext:
@@ -200,5 +238,6 @@ class Function:
                 ctx = FunctionContext()
                 return cls.forward(ctx, *inputs), lambda dy: cls.backward(ctx, dy)
 
+            forward_fn.__name__ = cls.__name__  # (what an error about its backward names)
             cls._with_custom_gradient = custom_gradient(forward_fn)
         return cls._with_custom_gradient(*args)

@@ -838,13 +838,16 @@ def scan(fn, init, xs, axis=0, reverse=False):
     shape and dtype, not necessarily the carry's), as ``jax.lax.scan``. ``reverse`` runs from the last slice
     to the first, ``ys[t]`` still the output of slice t. It is the plain Python loop on torch, a
     ``tf.while_loop`` on tensorflow (so the length may be unknown inside a graph, and a new length never
-    retraces), ``jax.lax.scan`` on jax and ``keras.ops.scan`` on keras. The length must be at least 1.
+    retraces), ``jax.lax.scan`` on jax and ``keras.ops.scan`` on keras. The length must be at least 1, the same for
+    every leaf of ``xs``, and ``fn``'s carry must keep ``init``'s structure, shapes and dtypes, with no None in ``y``:
+    otherwise one ``ShapeMismatchError``, ``DtypeMismatchError`` or ``TypeError`` naming the leaf, on every backend.
     NumPy arrays and scalars among the leaves of ``init`` and ``xs`` become tensors as ``ud.tensor`` makes them
     (torch's and TensorFlow's backends refused them; JAX and Keras took NumPy floats in float64).
     """
     init = input_checks.leaves_as_tensors("scan", "init", init)
     xs = input_checks.leaves_as_tensors("scan", "xs", xs)
-    return _ops().scan(fn, init, xs, axis, reverse)
+    xs = input_checks.check_scan_lengths(xs, axis)
+    return _ops().scan(input_checks.checked_scan_body(fn, init), init, xs, axis, reverse)
 
 
 @op(dispatch=False, floating=("x",))

@@ -145,11 +145,13 @@ def python_randomness_preserved(replay=None):
         np.random.set_state(numpy_state)
 
 
-def warn_running_eagerly(name: str, where: str, compiler: str, error: BaseException) -> None:
-    """The one warning of a ``ud.function`` that falls back to running eagerly because its Python control flow
-    needs a traced value (``where``: the backend as users name it; ``compiler``: what could not compile it)."""
+def warn_running_eagerly(name: str, where: str, compiler: str, error: BaseException, what: str = "ud.function") -> None:
+    """The one warning of a ``ud.function`` (or ``what``: ``ud.predict``'s forward) that falls back to running
+    eagerly because its Python control flow, or a boolean-mask index, needs a traced value (``where``: the backend
+    as users name it; ``compiler``: what could not compile it)."""
     warnings.warn(
-        f"ud.function {name!r} on {where} uses the value of a tensor in Python control flow (if/while/bool/int "
-        f"on a traced value), which {compiler} cannot compile; it now runs eagerly, op by op. To compile it, "
-        f"write branches with ud.ops.where and loops with ud.ops.scan. ({type(error).__name__})",
+        f"{what} {name!r} on {where} uses the value of a tensor in Python control flow (if/while/bool/int "
+        f"on a traced value) or as a boolean mask (x[mask]), which {compiler} cannot compile; it now runs eagerly, "
+        f"op by op. To compile it, write branches with ud.ops.where and loops with ud.ops.scan. "
+        f"({type(error).__name__})",
         RetraceWarning, stacklevel=3)

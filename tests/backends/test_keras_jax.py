@@ -1014,10 +1014,10 @@ def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
     ``GraphConstructError`` (docs/dynamic-forward.md), and so do both, eager or not, for a forward branching on a
     tensor's value."""
     expected = ["GraphConstructError", "the forward of DynamicNet uses the value of a tensor in Python control flow "
-                "(if/while/range/int on a traced value), a step input among them (train_step's extra inputs, fit's "
-                "step_inputs)"]
+                "(if/while/range/int on a traced value) or as a boolean mask (x[mask]), a step input among them "
+                "(train_step's extra inputs, fit's step_inputs)"]
     branch = ["GraphConstructError", "the forward of BranchOnValue uses the value of a tensor in Python control flow "
-              "(if/while/range/int on a traced value)"]
+              "(if/while/range/int on a traced value) or as a boolean mask (x[mask])"]
     assert result["traced_step_inputs"] == [expected, expected] + [branch] * 4, result["traced_step_inputs"]
 
 

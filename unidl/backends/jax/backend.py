@@ -1,6 +1,10 @@
 """The JAX backend: parameters are ``JaxVariable``s holding JAX arrays; a training step is one ``jax.jit``
 function over (parameters, buffers, optimizer state, random key, batch), whose results are written
-back into the variables after each step (so ``state_dict``, checkpoints and export see them)."""
+back into the variables after each step (so ``state_dict``, checkpoints and export see them).
+
+Loading it turns on ``jax_enable_x64`` for the whole process (unidl's float64 mode and int64 labels need it):
+unidl's tensors keep their dtypes, but the user's own ``jnp.arange``/``jnp.linspace``/``jnp.array(0.5)`` give
+int64 and float64 from then on (docs/guide.md, "Backends and devices"; docs/guarantees.md, "Known differences")."""
 
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ if unidl_threads.requested() is not None and xla_thread_flags(unidl_threads.requ
 
 import jax  # noqa: E402
 
-jax.config.update("jax_enable_x64", True)  # unidl's float64 mode and int64 labels need it; float32 stays float32
+# unidl's float64 mode and int64 labels need it; float32 stays float32. Process-wide (the module doc): JAX reads the
+# flag when it traces and creates arrays, which unidl's compiled steps and their results outlive any one call
+jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 from jax.extend.core import Literal  # noqa: E402
@@ -47,7 +53,8 @@ from unidl.backends.jax.module import NativeModule  # noqa: E402
 from unidl.backends.jax.optimizer import JaxOptimizer  # noqa: E402
 from unidl.backends.jax.variable import JaxVariable  # noqa: E402
 from unidl.nn.module import trainable_mask, training_modes  # noqa: E402
-from unidl.tracing import python_randomness_guard, python_randomness_preserved, python_randomness_state  # noqa: E402
+from unidl.tracing import (python_randomness_guard, python_randomness_preserved, python_randomness_state,  # noqa: E402
+                           warn_running_eagerly)
 
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
 _JAX_DEVICES: dict = {}  # unidl's device name ('cpu', 'cuda:N') -> the jax device
@@ -341,6 +348,7 @@ class Backend(BackendInterface):
         if accumulate > 1:
             optimizer.native.prepare_accumulation(accumulate)  # before the state list below is taken
         name = f"train_step of {type(model).__name__}"
+        forward_name = f"the forward of {type(model).__name__} in ud.train_step"
 
         def step(x, y, *inputs):
             def loss_of():
@@ -349,7 +357,7 @@ class Backend(BackendInterface):
 
             mask = trainable_mask(params)  # at trace time (the static key): frozen parameters are constants
             active = [p for p, m in zip(params, mask) if m]
-            (loss, outputs), found = self._value_and_grad(loss_of, (), None, active, with_aux=True)
+            (loss, outputs), found = self._value_and_grad(loss_of, (), None, active, with_aux=True, name=forward_name)
             found = iter(found)
             # skipped if not finite; one micro-step of ``accumulate``
             optimizer.native.apply([next(found) if m else None for m in mask], loss, accumulate)
@@ -400,11 +408,12 @@ class Backend(BackendInterface):
             compiled = StatefulJit(lambda x: model(x), lambda: variables, f"forward of {type(model).__name__}",
                                    static_key=lambda: training_modes(model), warn_retrace=False,
                                    keyed_modules=model.modules)
-            cache["predict"] = lambda x: compiled(self.to_input(x))
+            cache["predict"] = _EagerFallback(compiled, model, self.to_input, f"the forward of {type(model).__name__}")
         return cache["predict"]
 
     def value_and_grad(self, f, args, argnums, params):
-        return self._value_and_grad(f, args, argnums, params)
+        return self._value_and_grad(f, args, argnums, params,
+                                    name=f"the function {getattr(f, '__name__', type(f).__name__)!r} given to ud.grad")
 
     def value_and_grad_of_values(self, f, values):
         """``((value, aux), grads)`` of ``f(*values) -> (value, aux)`` with respect to every one of ``values``
@@ -443,10 +452,15 @@ class Backend(BackendInterface):
         signature: what ``ud.function`` compiles on Keras-on-JAX, with Keras's variables' values as ``values``."""
         return _NamedJit(f, name)
 
-    def _value_and_grad(self, f, args, argnums, params, with_aux=False, none_for_unused=False):
+    def _value_and_grad(self, f, args, argnums, params, with_aux=False, none_for_unused=False, name=None):
         """``value_and_grad``; with ``with_aux``, ``f`` returns ``(value, aux)`` and the result is
         ``((value, aux), grads)``. Variables ``f`` writes (batch norm statistics, the dropout key)
-        come out as auxiliary results and are written after the transformation, so no tracer leaks."""
+        come out as auxiliary results and are written after the transformation, so no tracer leaks.
+
+        JAX differentiates by tracing, even outside ``jax.jit``: a value read in Python (``if``, ``float``) that
+        depends on what is differentiated cannot be had there. Called eagerly (``ud.grad``, ``eager=True``), that is
+        unidl's ``GraphConstructError`` naming ``f`` (``name``) and the fix (JAX's ConcretizationTypeError before);
+        inside another trace JAX's error goes on to the compiled function's own handling."""
         args = list(args)
         if argnums is not None:
             check_float([args[i] for i in argnums], "argument")
@@ -480,7 +494,12 @@ class Backend(BackendInterface):
                     v.value = b
             return jnp.reshape(value, ()), (value, aux, written)
 
-        (_, (value, aux, written)), grads = jax.value_and_grad(value_of, has_aux=True)(targets)
+        try:
+            (_, (value, aux, written)), grads = jax.value_and_grad(value_of, has_aux=True)(targets)
+        except _CONCRETIZATION as error:
+            if inside_a_trace((targets, args)) or jax_variable.recording():
+                raise
+            raise _differentiated_value_error(error, name or "the differentiated function") from None
         grads = list(grads)
         if argnums is None or none_for_unused:  # PyTorch's rule: None for what the value does not depend on
             with python_randomness_preserved(replay=randomness):
@@ -528,6 +547,21 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape, input_dtype):
         export_module(module, path, format, input_shape, input_dtype)
+
+
+def _differentiated_value_error(error, name: str):
+    """unidl's error for an eager gradient whose function reads a differentiated value in Python (see
+    ``_value_and_grad``)."""
+    from unidl.errors import GraphConstructError
+
+    return GraphConstructError(
+        f"{name} converts a tensor that depends on what is differentiated (a parameter, a differentiated input, or "
+        f"an activation computed from them) to a Python number (float/int/.item()/np.asarray). On JAX (the jax "
+        f"backend, Keras-on-JAX) gradients are taken by tracing, eager=True and ud.grad included, so such a number "
+        f"cannot be had there (torch and TensorFlow give it): compare the tensor itself (if ud.ops.mean(h) > 0:, a "
+        f"comparison has no gradient and JAX gives its value), write the branch with ud.ops.where, or convert values "
+        f"that are not differentiated (the input x of a train step). ({type(error).__name__}: "
+        f"{str(error).splitlines()[0]})")
 
 
 def _used_inputs(fn, inputs, live, before, randomness) -> list[bool]:
@@ -649,6 +683,27 @@ def _with_static_arguments(args):
         return jax.tree_util.tree_unflatten(treedef, merged)
 
     return key, arrays, rebuild
+
+
+class _EagerFallback:
+    """``predict_function``'s forward (``ud.predict``, ``ud.evaluate``, ``fit``'s validation): ``compiled``, or,
+    once a trace needed a tensor's value (Python control flow on it, a boolean-mask index), ``model(x)`` run eagerly
+    from then on, with ``ud.function``'s one warning, as torch and TensorFlow (AutoGraph) run such a forward (JAX's
+    raw ConcretizationTypeError before, ``fit(eager=True)``'s validation too)."""
+
+    def __init__(self, compiled, model, to_input, name: str):
+        self._compiled, self._model, self._to_input, self._name = compiled, model, to_input, name
+        self._eager = False
+
+    def __call__(self, x):
+        x = self._to_input(x)
+        if not self._eager:
+            try:
+                return self._compiled(x)
+            except _CONCRETIZATION as error:
+                self._eager = True
+                warn_running_eagerly(self._name, "jax", "jax.jit", error, what="ud.predict/ud.evaluate")
+        return self._model(x)
 
 
 class _Counted:

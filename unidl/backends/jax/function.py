@@ -34,8 +34,12 @@ from unidl.backends.jax import ops as jax_ops, variable as jax_variable
 from unidl.errors import GraphConstructError, RetraceWarning, marked_error_from
 from unidl.optim.param_groups import ConstantOptions
 
+#: what tracing raises where a function needs a traced tensor's value: Python control flow on it, and a boolean mask
+#: as an index (``o[o > 0]``: a shape known only from the values, a ``JAXIndexError`` rather than a concretization
+#: error, which the eager fallback and the GraphConstructError missed)
 _CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError,
-                   jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError)
+                   jax.errors.TracerIntegerConversionError, jax.errors.TracerArrayConversionError,
+                   jax.errors.NonConcreteBooleanIndexError)
 
 
 _ARRAY_TYPES = (jax.Array, type(jax.numpy.zeros(())))
@@ -485,9 +489,10 @@ def inside_a_trace(args) -> bool:
 def traced_forward_error(error, name: str) -> GraphConstructError:
     """unidl's error for a forward that needs tensor values while a training step is compiled."""
     return GraphConstructError(
-        f"{name} uses the value of a tensor in Python control flow (if/while/bool/int on a traced value) while "
-        f"the jax backend compiles it with jax.jit, which cannot: write branches with ud.ops.where and loops with "
-        f"ud.ops.scan, or pass eager=True where the step offers it. ({type(error).__name__}: "
+        f"{name} uses the value of a tensor in Python control flow (if/while/bool/int on a traced value) or as a "
+        f"boolean mask (x[mask], whose shape depends on the values) while the jax backend compiles it with jax.jit, "
+        f"which cannot: write branches with ud.ops.where and loops with ud.ops.scan, or pass eager=True where the "
+        f"step offers it. ({type(error).__name__}: "
         f"{str(error).splitlines()[0]})")
 
 

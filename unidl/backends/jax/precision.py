@@ -126,7 +126,8 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
 
         mask = trainable_mask(params)  # at trace time (the static key): frozen parameters are constants
         active = [p for p, m in zip(params, mask) if m]
-        (_, (loss, outputs)), found = backend._value_and_grad(loss_of, (), None, active, with_aux=True)
+        (_, (loss, outputs)), found = backend._value_and_grad(
+            loss_of, (), None, active, with_aux=True, name=f"the forward of {type(model).__name__} in ud.train_step")
         found = iter(found)
         grads = [next(found) if m else None for m in mask]
         # a value check that failed (a label out of range) stops the step before its update, as torch's error

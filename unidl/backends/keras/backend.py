@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+from keras.src.backend.common.stateless_scope import in_stateless_scope  # noqa: E402  (not re-exported by Keras)
 import numpy as np  # noqa: E402
 from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstract evaluation, not re-exported)
 from keras.src.utils import tracking  # noqa: E402  (Keras's DotNotTrackScope, as its compile sets attributes)
@@ -40,6 +41,7 @@ from unidl.optim.param_groups import ConstantOptions
 from unidl.data.epoch import xy
 from unidl.errors import marked_error_from
 from unidl.nn.module import step_modes, training_modes
+from unidl.tracing import warn_running_eagerly
 from unidl.backends.keras.export import export_formats, export_module
 
 keras_dtypes.keep_float64_in_type_promotion()  # float64 stays float64 in Keras's ops on torch and JAX too
@@ -186,9 +188,16 @@ class Backend(BackendInterface):
         value = np.asarray(value)
         if is_undrawn_zeros(value):  # ud.load's build: fresh zero pages, shared with the framework where it can
             value = self.donated_tensor(aligned_zeros(value.shape, dtype))
+        initial = value if keras.ops.is_tensor(value) else _owned(value, dtype)
         with self._scope():
-            variable = keras.Variable(value if keras.ops.is_tensor(value) else _owned(value, dtype),
-                                      dtype=dtype, trainable=trainable)
+            if in_stateless_scope():
+                # a module built inside ud.grad or ud.function on Keras-on-JAX (a class-weighted loss in the loss
+                # function, torch's idiom): Keras refuses a value there, so it is its initializer, run once the
+                # host's trace is over (``stateless._initialize_created``); read inside, it is that constant
+                variable = keras.Variable(lambda shape, dtype=None: initial, shape=tuple(initial.shape), dtype=dtype,
+                                          trainable=trainable)
+            else:
+                variable = keras.Variable(initial, dtype=dtype, trainable=trainable)
         variable.unidl_buffer = not trainable  # a frozen parameter (trainable=False) is still a parameter
         variable.requires_grad = bool(trainable)  # (torch's flag, readable from the start: a buffer's is False)
         return variable
@@ -481,8 +490,12 @@ class Backend(BackendInterface):
     def predict_function(self, model):
         native = model.native
         to_input, scope = self.to_input, self._scope
+        eager = []  # set once Keras's jitted predict met Python control flow on a value (Keras-on-JAX)
 
         def forward(x):
+            if eager:  # (model(x), op by op, as torch and TensorFlow's AutoGraph run such a forward)
+                with scope():
+                    return model(to_input(x))
             with KeptStepState(native):
                 inputs = to_input(x)
                 _predict_function_for_rank(native, len(tuple(inputs.shape)))
@@ -491,9 +504,15 @@ class Backend(BackendInterface):
                         return native.predict_on_batch(inputs)
                 except Exception as error:  # an in-graph check of unidl's (Keras's graph left the sizes unknown)
                     marked = marked_error_from(error, escaped=True)
-                    if marked is None:
+                    if marked is not None:
+                        raise marked from None
+                    traced = _traced_value_error(error)
+                    if traced is None:
                         raise
-                    raise marked from None
+            eager.append(True)
+            warn_running_eagerly(f"the forward of {type(model).__name__}", f"Keras-on-{HOST.name}",
+                                 "Keras's jitted predict", traced, what="ud.predict/ud.evaluate")
+            return forward(x)
 
         return forward
 
@@ -537,22 +556,30 @@ class Backend(BackendInterface):
         export_module(module, path, format, input_shape, input_dtype)
 
 
+def _traced_value_error(error):
+    """The host's error for a traced value used in Python (``tracer_value_errors``) that ``error`` is or was raised
+    from (Keras wraps it), or None."""
+    cause = error
+    while cause is not None and not isinstance(cause, getattr(HOST, "tracer_value_errors", ())):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
 def _raise_if_traced_value(error, model, step_inputs: bool) -> None:
     """``GraphConstructError`` in place of Keras's own error (its model build's, or its train step's) when the
     forward used a traced value in Python control flow (``if`` on a tensor's value; ``range(depth)`` of a step input:
     ``train_step``'s extra inputs, ``fit``'s ``step_inputs``) on a host whose Keras trainer traces every step (JAX:
     even with ``run_eagerly``, Keras builds the model by tracing it; its raw TracerBoolConversionError or "Unable to
     automatically build the model" named neither the forward nor the fix)."""
-    cause = error
-    while cause is not None and not isinstance(cause, HOST.tracer_value_errors):
-        cause = cause.__cause__ or cause.__context__
+    cause = _traced_value_error(error)
     if cause is not None:
         from unidl.errors import GraphConstructError
 
         among = (", a step input among them (train_step's extra inputs, fit's step_inputs)" if step_inputs else "")
         raise GraphConstructError(
             f"the forward of {type(model).__name__} uses the value of a tensor in Python control flow (if/while/"
-            f"range/int on a traced value){among}: Keras's own trainer on Keras-on-{HOST.name} traces every step, "
+            f"range/int on a traced value) or as a boolean mask (x[mask]){among}: Keras's own trainer on "
+            f"Keras-on-{HOST.name} traces every step, "
             f"eager=True included, and cannot. Write loops with ud.ops.scan and branches with ud.ops.where, or "
             f"train on the {HOST.name} backend (eager=True runs Python per step there) or Keras on tensorflow or "
             f"torch. ({type(cause).__name__}: {str(cause).splitlines()[0]})") from None

@@ -52,6 +52,12 @@ def _initialize_created() -> None:
         initialize_all_variables()
 
 
+def _created_in_trace(variable) -> bool:
+    """Whether ``variable`` was created inside the trace in progress: Keras leaves a variable created in a
+    ``StatelessScope`` without a value until ``_initialize_created`` gives it one."""
+    return getattr(variable, "_value", True) is None
+
+
 def _values_of_variables(result):
     """``result`` with each Keras variable in it replaced by its value in the scope in force: a compiled function
     returns arrays, as torch's returns a parameter as the tensor it is (the host's transformations take no
@@ -150,7 +156,10 @@ class StatelessFunction:
         with _RecordingScope(self._variables, values) as scope, self._options.recording():
             result = _values_of_variables(self._fn(*args))
         known = {id(variable) for variable in self._variables}
-        missed = [variable for key, variable in {**scope.read, **scope.assigned}.items() if key not in known]
+        # (a variable created in this trace, a module built inside the function, has no value until the trace is
+        # over: its initial value is a constant of the trace, as a module built at each call is in torch)
+        missed = [variable for key, variable in {**scope.read, **scope.assigned}.items()
+                  if key not in known and not _created_in_trace(variable)]
         if missed:
             raise _UnmappedVariables(missed)
         updates = {index: keras.StatelessScope.get_current_value(scope, variable)
