@@ -409,6 +409,11 @@ class GraphFunction:
             if marked is None:
                 if "with unknown rank" in str(error):
                     raise _unknown_rank(self.__name__, error) from error
+                if "only supports singleton tf.Variables" in str(error):  # (tf.function's ValueError)
+                    raise GraphConstructError(
+                        f"a module built (its variables created) inside ud.function {self.__name__!r} on tensorflow: "
+                        f"a TensorFlow graph cannot create variables at each call. Build the module once outside "
+                        f"the function and call it inside") from None
                 raise
             raise marked from None
         if keep:
