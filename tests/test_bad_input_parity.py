@@ -34,6 +34,11 @@ def run(mode, fn, *arrays):
     return ud.to_numpy(result)
 
 
+def run_tensors(mode, fn, *tensors):
+    """``fn`` over ``tensors`` (their dtypes kept), eagerly or compiled by ``ud.function``; the result as NumPy."""
+    return ud.to_numpy(ud.function(lambda *inputs: fn(*inputs))(*tensors) if mode == "graph" else fn(*tensors))
+
+
 def raises_exactly(error, message, fn, *args):
     """``fn(*args)`` raises exactly ``error`` (not a framework's subclass or wrapper) with exactly ``message``.
     (One lambda a line: AutoGraph may take another lambda of the same line for the one it converts.)"""
@@ -1965,7 +1970,7 @@ def test_a_float_attention_mask_of_another_dtype_than_the_query_is_one_error(mod
                                                                     ud.ops.cast(m, "float16")), query, mask)
     wide = torch.tensor(query.astype(np.float32), dtype=torch.float64)  # (run makes the query float32 first)
     expected = F.scaled_dot_product_attention(wide, wide, wide, torch.tensor(mask, dtype=torch.float32)).numpy()
-    got = run(mode, lambda q, m: ud.ops.scaled_dot_product_attention(*[ud.ops.cast(q, "float64")] * 3, m), query,
+    got = run(mode, lambda q, m: ud.ops.scaled_dot_product_attention(ud.ops.cast(q, "float64"), q, q, m), query,
               mask)
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
@@ -2337,7 +2342,7 @@ def test_conv_channels_that_do_not_fit_the_weight_and_groups_are_refused(mode):
                    "groups=1), got input of shape (1, 2, 5, 5)", run, mode, ud.ops.conv2d, X, np.ones((3, 3, 3, 3)))
     raises_exactly(ud.ShapeMismatchError, "conv1d: groups=2 must divide the weight's output channels, 3 (weight shape "
                    "(3, 1, 3))", run, mode, lambda x, w: ud.ops.conv1d(x, w, groups=2), X[:, :, 0], np.ones((3, 1, 3)))
-    weight = ud.tensor(np.ones((3, 1, 2, 2)))  # (conv_transpose2d needs a weight whose shape a graph knows)
+    weight = ud.tensor(np.ones((3, 1, 2, 2)))
     raises_exactly(ud.ShapeMismatchError, "conv_transpose2d: groups=2 must divide the weight's input channels, 3 "
                    "(weight shape (3, 1, 2, 2))", run, mode, lambda x: ud.ops.conv_transpose2d(x, weight, groups=2),
                    np.ones((1, 3, 4, 4)))
@@ -2376,3 +2381,70 @@ def test_interpolate_by_a_scale_factor_inside_graphs_matches_torch(mode, interpo
         got = run(mode, lambda x: ud.ops.interpolate(x, scale_factor=1.7, mode=interpolation,
                                                      recompute_scale_factor=recompute), data)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- functional ops' weights, dtypes, sizes and axes off the usual path (audit of ud.ops) ---------------------------
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_integer_convolutions_as_torch(mode, dtype):
+    """``conv2d``, ``conv1d`` and ``conv_transpose2d`` of integers give torch's CPU values in the input's dtype on
+    every backend (TensorFlow has no integer kernel: it raised its own error), wrapping as torch's uint8 does."""
+    data = RNG.integers(0, 9, (1, 2, 5, 5)).astype(dtype)
+    weight = RNG.integers(0, 9, (3, 2, 3, 3)).astype(dtype)
+    x, w = torch.tensor(data), torch.tensor(weight)
+    cases = [(lambda a, b: ud.ops.conv2d(a, b, padding=1), data, weight, F.conv2d(x, w, padding=1)),
+             (lambda a, b: ud.ops.conv1d(a, b), data[:, :, 0], weight[:, :, 0], F.conv1d(x[:, :, 0], w[:, :, 0]))]
+    if dtype is np.int64:  # (torch's transposed kernel has no other integer dtype)
+        transposed = weight.transpose(1, 0, 2, 3)
+        cases.append((lambda a, b: ud.ops.conv_transpose2d(a, b, stride=2), data[:, :, :3, :3], transposed,
+                      F.conv_transpose2d(x[:, :, :3, :3], torch.tensor(transposed), stride=2)))
+    for fn, a, b, expected in cases:
+        got = run_tensors(mode, fn, ud.tensor(a, np.dtype(dtype).name), ud.tensor(b, np.dtype(dtype).name))
+        assert got.dtype == expected.numpy().dtype
+        np.testing.assert_array_equal(got, expected.numpy())
+
+
+@pytest.mark.parametrize("stride, padding, output_padding, groups, dilation", [
+    (2, 0, 0, 1, 1), (2, 1, 1, 1, 1), (1, 2, 0, 1, 1), (3, 1, 2, 2, 1), (2, 3, 1, 1, 2)])
+def test_conv_transpose2d_of_a_weight_given_to_the_graph_matches_torch(mode, stride, padding, output_padding, groups,
+                                                                       dilation):
+    """``conv_transpose2d`` of a weight given to ``ud.function`` (whose sizes a TensorFlow graph leaves unknown: it
+    refused them) gives torch's values and weight gradients, as eagerly."""
+    data = RNG.standard_normal((2, 4, 5, 4)).astype(np.float32)
+    weight = RNG.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    bias = RNG.standard_normal(3 * groups).astype(np.float32)
+    arguments = (stride, padding, output_padding, groups, dilation)
+    tensor = torch.tensor(weight, requires_grad=True)
+    expected = F.conv_transpose2d(torch.tensor(data), tensor, torch.tensor(bias), *arguments)
+    expected.sum().backward()
+    got = run(mode, lambda x, w, b: ud.ops.conv_transpose2d(x, w, b, *arguments), data, weight, bias)
+    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    x, b = ud.tensor(data), ud.tensor(bias)
+    gradient = run(mode, ud.grad(lambda w: ud.ops.sum(ud.ops.conv_transpose2d(x, w, b, *arguments))), weight)
+    np.testing.assert_allclose(gradient, tensor.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_convolutions_of_one_sample_without_its_batch_axis_as_torch(mode):
+    """``conv1d`` of (C, L), ``conv2d`` and ``conv_transpose2d`` of (C, H, W) give torch's unbatched results (each
+    backend raised its own error, torch's backend a wrong one); input or weights of another rank are one
+    ``ShapeMismatchError``."""
+    sample, weight = X[0], RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    x, w = torch.tensor(sample), torch.tensor(weight)
+    cases = [(lambda a, b: ud.ops.conv1d(a, b, padding=1), sample[:, 0], weight[:, :, 0],
+              F.conv1d(x[:, 0], w[:, :, 0], padding=1)),
+             (lambda a, b: ud.ops.conv2d(a, b, stride=2), sample, weight, F.conv2d(x, w, stride=2)),
+             (lambda a, b: ud.ops.conv_transpose2d(a, b, stride=2, padding=1), sample, weight.transpose(1, 0, 2, 3),
+              F.conv_transpose2d(x, w.transpose(0, 1), stride=2, padding=1))]
+    for fn, a, b, expected in cases:
+        got = run(mode, fn, a, b)
+        assert got.shape == tuple(expected.shape)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
+    raises_exactly(ud.ShapeMismatchError, "conv1d expected input of shape (N, C, L) or (C, L), received input of 4 "
+                   "axes", run, mode, lambda a, b: ud.ops.conv1d(a, b), X, weight[:, :, 0])
+    raises_exactly(ud.ShapeMismatchError, "conv2d expected input of shape (N, C, H, W) or (C, H, W), received input "
+                   "of 2 axes", run, mode, lambda a, b: ud.ops.conv2d(a, b), X[0, 0], weight)
+    raises_exactly(ud.ShapeMismatchError, "conv2d expected a weight of shape (out, in / groups, kh, kw), received a "
+                   "weight of 3 axes", run, mode, lambda a, b: ud.ops.conv2d(a, b), X, weight[:, :, 0])
+    raises_exactly(ud.ShapeMismatchError, "conv_transpose2d expected a weight of shape (in, out / groups, kh, kw), "
+                   "received a weight of 5 axes", run, mode, lambda a, b: ud.ops.conv_transpose2d(a, b), X,
+                   weight[None])

@@ -164,18 +164,23 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ``torch.nn.functional.conv2d``: padding int, pair, 'same' or 'valid'; ``dilation`` spaces the kernel's
     taps; ``groups`` splits the channels into that many independent convolutions. A kernel larger than the
     padded input is a ``ShapeMismatchError`` (inside graphs too, where the sizes are known only when it runs).
-    Sizes may be NumPy integers (taken as ints, as PyTorch takes them); a float or a bool is a ``ValueError``."""
+    Sizes may be NumPy integers (taken as ints, as PyTorch takes them); a float or a bool is a ``ValueError``.
+    One sample (C, H, W) gives its (out, H', W'), as PyTorch's; input of another rank, or a weight of another rank
+    than 4, is a ``ShapeMismatchError``. Integers give integers, as PyTorch's CPU kernel (``_integer_conv2d``)."""
     stride, dilation, padding, groups = _conv_arguments("conv2d", stride, dilation, padding, groups)
     input_checks.check_parameters_dtype("conv2d", x, weight)
-    x, weight = input_checks.check_conv_channels("conv2d", x, weight, groups)
+    x = _check_conv_ranks("conv2d", x, weight, 2)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv2d", bias, weight, what="bias")
-    return _conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return _one_sample_as_batch(x, 2, lambda batch: _conv2d(*input_checks.check_conv_channels(
+        "conv2d", batch, weight, groups), bias, stride, padding, dilation, groups))
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups):
     """``conv2d`` over size arguments already checked (the layers' and ``spatial_ops``' own calls, which would
     otherwise check them again on every forward)."""
+    if dtype_kinds.is_integer(x.dtype) and dtype_kinds.is_integer(weight.dtype):
+        return _integer_conv2d(x, weight, bias, stride, padding, dilation, groups)
     if padding != "same" and len(x.shape) == 4 and len(weight.shape) == 4:
         kernel = input_checks.sizes_of(weight)[2:]
         spans = [d * (k - 1) + 1 for k, d in zip(kernel, _pair(dilation))]
@@ -183,6 +188,14 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups):
         x = input_checks.check_window_fits("conv2d", x, spans, paddings, "use a smaller kernel or dilation, more "
                                                                           "padding or a larger input")
     return _ops().conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _integer_conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """The convolution of integers, as PyTorch's CPU kernel computes it (TensorFlow has no integer kernel, torch none
+    on CUDA): in float64, exact while every sum stays within 2 ** 53, then through int64 back to ``x``'s dtype
+    (wrapping as integer arithmetic wraps)."""
+    wide = [None if t is None else cast(t, "float64") for t in (x, weight, bias)]
+    return cast(cast(_conv2d(*wide, stride, padding, dilation, groups), "int64"), dtype_kinds.dtype_name(x.dtype))
 
 
 def _probability(name, p):
@@ -247,20 +260,38 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, retur
                                                                return_indices))
 
 
-def _check_pool_rank(name, x):
-    """``x``, after checking that it is NCHW or one sample (C, H, W), as PyTorch's 2-D poolings take them: another
-    rank is a ``ShapeMismatchError`` (the frameworks raised an ``IndexError``)."""
-    if len(tuple(x.shape)) not in (3, 4):
-        raise ShapeMismatchError(f"{name} expected input of shape (N, C, H, W) or (C, H, W), received input of "
-                                 f"{len(tuple(x.shape))} axes")  # (no sizes: a graph may not know them yet)
+_LAYOUTS = {1: ("(N, C, L)", "(C, L)", "k"), 2: ("(N, C, H, W)", "(C, H, W)", "kh, kw")}
+
+
+def _check_pool_rank(name, x, spatial: int = 2):
+    """``x``, after checking that it is a batch (N, C, *spatial) or one sample (C, *spatial) of ``spatial`` axes, as
+    PyTorch's poolings and convolutions take them: another rank is a ``ShapeMismatchError`` (the frameworks raised
+    an ``IndexError`` or errors of their own). A graph's tensor of unknown rank is left as it is."""
+    rank = _rank(x)
+    if rank is not None and rank not in (spatial + 1, spatial + 2):
+        batched, one, _ = _LAYOUTS[spatial]
+        raise ShapeMismatchError(f"{name} expected input of shape {batched} or {one}, received input of "
+                                 f"{rank} axes")  # (no sizes: a graph may not know them yet)
     return x
+
+
+def _check_conv_ranks(name, x, weight, spatial: int, transposed: bool = False):
+    """``x``, after ``_check_pool_rank`` and checking that ``weight`` has ``spatial + 2`` axes, (out, in / groups,
+    *kernel) (``transposed``: (in, out / groups, *kernel)), as PyTorch's convolutions: another is a
+    ``ShapeMismatchError`` (the frameworks raised errors of their own, torch's naming another op)."""
+    rank = _rank(weight)
+    if rank is not None and rank != spatial + 2:
+        channels = "in, out / groups" if transposed else "out, in / groups"
+        raise ShapeMismatchError(f"{name} expected a weight of shape ({channels}, {_LAYOUTS[spatial][2]}), received "
+                                 f"a weight of {rank} axes")
+    return _check_pool_rank(name, x, spatial)
 
 
 def _one_sample_as_batch(x, spatial: int, compute):
     """``compute(x)`` for ``x`` of shape (N, C, *spatial) (``spatial`` axes); for one sample (C, *spatial), computed
     as a batch of one and that axis dropped from each output (a tuple's too), as ``torch.nn.functional``'s
     poolings and ``torch.nn``'s convolutions and poolings take one (the layers' ``unbatched``)."""
-    if len(getattr(x, "shape", ())) != spatial + 1:
+    if _rank(x) != spatial + 1:  # (None: a graph's tensor of unknown rank, taken as a batch)
         return compute(x)
     out = compute(unsqueeze(x, 0))
     return tuple(squeeze(o, 0) for o in out) if isinstance(out, tuple) else squeeze(out, 0)
