@@ -2448,3 +2448,59 @@ def test_convolutions_of_one_sample_without_its_batch_axis_as_torch(mode):
     raises_exactly(ud.ShapeMismatchError, "conv_transpose2d expected a weight of shape (in, out / groups, kh, kw), "
                    "received a weight of 5 axes", run, mode, lambda a, b: ud.ops.conv_transpose2d(a, b), X,
                    weight[None])
+
+
+def test_embedding_weight_of_another_rank_than_2(mode):
+    """``embedding`` of a weight that is not (num_embeddings, dim) is one ``ShapeMismatchError``, as torch refuses it
+    (TensorFlow and JAX gathered rows of a 1-D or 3-D weight)."""
+    indices = np.array([0, 2])
+    for weight in (np.arange(5.0, dtype=np.float32), np.ones((5, 2, 3), np.float32)):
+        with pytest.raises(RuntimeError, match="must be 2-D"):
+            F.embedding(torch.tensor(indices), torch.tensor(weight))
+        raises_exactly(ud.ShapeMismatchError, f"embedding weight must be 2-D (num_embeddings, dim), got a weight of "
+                       f"rank {weight.ndim}", run, mode, lambda i, w: ud.ops.embedding(i, w), indices, weight)
+
+
+def test_permute_by_negative_axes_has_torch_gradient(mode):
+    """The gradient through ``permute`` by negative axes is torch's (TensorFlow's gradient refused them)."""
+    data = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    weights = RNG.standard_normal((2, 4, 3)).astype(np.float32)
+    tensor = torch.tensor(data, requires_grad=True)
+    (torch.permute(tensor, (0, -1, -2)) * torch.tensor(weights)).sum().backward()
+    r = ud.tensor(weights)
+    got = run(mode, ud.grad(lambda t: ud.ops.sum(ud.ops.permute(t, (0, -1, -2)) * r)), data)
+    np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=1e-6)
+
+
+def test_zeros_and_ones_of_negative_or_float_sizes(mode):
+    """``zeros``/``ones`` of a negative size are a ``ValueError``, of a float size a ``TypeError``, as torch refuses
+    them (a TensorFlow graph took 2.0 as 2); NumPy integers are sizes."""
+    with pytest.raises(TypeError):
+        torch.ones((2.0, 3))
+    raises_exactly(ValueError, "zeros sizes must be non-negative, got -3", run, mode, lambda: ud.ops.zeros((2, -3)))
+    raises_exactly(TypeError, "ones sizes must be ints, got 2.0 (float)", run, mode, lambda: ud.ops.ones((2.0, 3)))
+    raises_exactly(TypeError, "ones sizes must be ints, got True (bool)", run, mode, lambda: ud.ops.ones((True, 3)))
+    assert run(mode, lambda: ud.ops.ones((np.int64(2), 3))).shape == (2, 3)
+
+
+def test_arange_whose_step_points_away_from_the_end(mode):
+    """``arange(0, 5, -1)`` is one ``ValueError``, as torch refuses it (JAX gave an empty range)."""
+    with pytest.raises(RuntimeError, match="inconsistent with step sign"):
+        torch.arange(0, 5, -1)
+    raises_exactly(ValueError, "arange from 0 to 5 cannot step by -1: the step's sign must be the sign of end - start,"
+                   " as PyTorch's", run, mode, lambda: ud.ops.arange(0, 5, -1))
+    np.testing.assert_array_equal(run(mode, lambda: ud.ops.arange(5, 0, -2)), torch.arange(5, 0, -2).numpy())
+    assert run(mode, lambda: ud.ops.arange(3, 3, -1)).shape == (0,)
+
+
+def test_argmax_over_an_empty_axis(mode):
+    """``argmax`` over an empty axis (or of an empty tensor, ``dim=None``) is one ``ShapeMismatchError``, as
+    ``amax``'s (torch raised an ``IndexError``, the frameworks errors of their own)."""
+    empty = np.ones((3, 0), np.float32)
+    with pytest.raises(IndexError):
+        torch.argmax(torch.tensor(empty), 1)
+    raises_exactly(ud.ShapeMismatchError, "argmax over axis 1, which is empty (input shape (3, 0))", run, mode,
+                   lambda x: ud.ops.argmax(x, 1), empty)
+    raises_exactly(ud.ShapeMismatchError, "argmax of an empty tensor (input shape (3, 0))", run, mode,
+                   lambda x: ud.ops.argmax(x), empty)
+    np.testing.assert_array_equal(run(mode, lambda x: ud.ops.argmax(x, 0), empty), np.zeros((0,), np.int64))

@@ -956,7 +956,11 @@ def embedding(indices, weight, padding_idx=None):
     trained); one out of range is a ``ShapeMismatchError``, eagerly and when a graph that leaves the weight's rows
     unknown runs (it was ignored there). An index outside [0, num_embeddings) raises
     ``IndexOutOfRangeError`` on every backend, inside compiled graphs too (where TensorFlow's CPU gather
-    would return zeros)."""
+    would return zeros). A ``weight`` of another rank than 2 is a ``ShapeMismatchError``, as PyTorch's (TensorFlow
+    and JAX gathered rows of any rank)."""
+    rank = _rank(weight)
+    if rank not in (2, None):
+        raise ShapeMismatchError(f"embedding weight must be 2-D (num_embeddings, dim), got a weight of rank {rank}")
     if padding_idx is not None:
         index = arguments.integer(padding_idx)
         rows = _rows(weight)  # an int, a graph's scalar tensor, or None (a graph of unknown rank)
@@ -1071,6 +1075,9 @@ def arange(start, end=None, step=1, dtype=None):
     numbers_given = all(isinstance(v, numbers.Real) for v in (start, end, step))  # (a graph's sizes: tensors)
     if numbers_given and step == 0:
         raise ValueError("arange step must be nonzero, as PyTorch's")
+    if numbers_given and (end - start) * step < 0:  # (JAX gave an empty range, torch and TensorFlow raised)
+        raise ValueError(f"arange from {start!r} to {end!r} cannot step by {step!r}: the step's sign must be the "
+                         f"sign of end - start, as PyTorch's")
     if (numbers_given and dtype_kinds.is_integer(_dtype_name(dtype))
             and not all(isinstance(v, numbers.Integral) for v in (start, end, step))):
         start, end, step = _integral_range(start, end, step, _dtype_name(dtype))
@@ -1097,16 +1104,23 @@ def _integral_range(start, end, step, dtype: str) -> tuple:
     return first, first + count * stride, stride
 
 
-@op(numeric=("x",), axes=("dim",), dims={"dim": "x"})
+@op(numeric=("x",), axes=("dim",), dims={"dim": "x"}, dispatch=False)
 def argmax(x, dim=None, keepdim=False):
     """Index (int64) of the largest value along ``dim`` (of the flattened tensor when None); the first one on ties.
     Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them). ``dim`` is one axis: a
-    tuple of them is a ``ValueError``, as PyTorch takes none (the frameworks raised errors of their own)."""
+    tuple of them is a ``ValueError``, as PyTorch takes none (the frameworks raised errors of their own). An empty
+    axis (``dim=None``: an empty tensor) has no largest value: ``ShapeMismatchError``, as ``amax``'s."""
+    return _ops().argmax(_check_not_empty("argmax", x, dim), dim, keepdim)
 
 
-@op(permutation={"dims": "x"})
+@op(permutation={"dims": "x"}, dispatch=False)
 def permute(x, dims):
-    """``x`` with its axes reordered: axis i of the result is axis ``dims[i]`` of ``x``."""
+    """``x`` with its axes reordered: axis i of the result is axis ``dims[i]`` of ``x``. Negative axes count from
+    the end; the backend gets them as non-negative ones (TensorFlow's gradient of a transpose refused them)."""
+    rank = _rank(x)
+    if rank and isinstance(dims, (list, tuple)) and any(d < 0 for d in dims):
+        dims = tuple(d % rank for d in dims)
+    return _ops().permute(x, dims)
 
 
 @op(new_dims={"dim": "x"})
@@ -1160,16 +1174,25 @@ def minimum(a, b):
 def amax(x, dim, keepdim=False):
     """Largest value along ``dim`` (an int or a tuple of them), as ``torch.amax``. An empty axis among them has no
     largest value: ``ShapeMismatchError`` on every backend (TensorFlow gave -inf, Keras raised, JAX its own error)."""
+    return _ops().amax(_check_not_empty("amax", x, dim), dim, keepdim)
+
+
+def _check_not_empty(name, x, dim):
+    """``x``, after checking that no axis of ``dim`` (an int, a tuple of them, or None for every axis) is empty:
+    a reduction to one element of it (``amax``, ``argmax``) has none to give. ``ShapeMismatchError`` naming the
+    axis, now or when a graph that leaves its size unknown runs (the frameworks gave -inf or errors of their own)."""
     sizes = tuple(x.shape)
-    dims = (dim,) if isinstance(dim, int) else tuple(arguments.reduced_axes("amax", "dim", dim))
+    dims = range(len(sizes)) if dim is None else (dim,) if isinstance(dim, int) else \
+        tuple(arguments.reduced_axes(name, "dim", dim))
     if any(sizes[d] is None or sizes[d] == 0 for d in dims):
         sizes = input_checks.sizes_of(x)
         for d in dims:
             def template(d=d):
-                return f"amax over axis {d}, which is empty (input shape {input_checks.shape_template(len(sizes))})"
+                where = f"over axis {d}, which is empty" if dim is not None else "of an empty tensor"
+                return f"{name} {where} (input shape {input_checks.shape_template(len(sizes))})"
 
             x = input_checks.require(x, input_checks.holds(sizes[d] > 0), template, tuple(sizes))
-    return _ops().amax(x, dim, keepdim)
+    return x
 
 
 def _amax(x, dim, keepdim=False):
@@ -1215,8 +1238,25 @@ def _dtype_name(dtype) -> str:
 
 def _created(kind, shape, dtype):
     backend = config.backend()
+    shape = tuple(_size(kind, size, backend) for size in shape)
     with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
         return getattr(backend.ops, kind)(shape, _dtype_name(dtype or config.get_dtype()))
+
+
+def _size(owner, size, backend):
+    """One size of a tensor ``zeros``/``ones`` creates: a Python int (from a NumPy integer too), or a graph's scalar
+    tensor as it is; a float or a bool is a ``TypeError`` and a negative int a ``ValueError``, as PyTorch's (a
+    TensorFlow graph took 2.0 as 2, and each framework raised an error of its own)."""
+    if type(size) is int and size >= 0:
+        return size
+    if backend.is_tensor(size):
+        return size
+    checked = arguments.integer(size)
+    if checked is None:
+        raise TypeError(f"{owner} sizes must be ints, got {size!r} ({type(size).__name__})")
+    if checked < 0:
+        raise ValueError(f"{owner} sizes must be non-negative, got {checked}")
+    return checked
 
 
 def cat(tensors, dim=0):
