@@ -100,10 +100,13 @@ def matmul(a, b):
     """Matrix product with broadcasting over leading axes, as ``torch.matmul``: a 1-d operand is a row before the
     other (a column after it), its axis dropped, two of them a dot product. Integers times floats is a
     ``DtypeMismatchError`` on every backend (PyTorch and TensorFlow refuse it in their own words, JAX and Keras
-    promoted the integers). A NumPy array or list beside a tensor converts as ``maximum``'s operands do."""
+    promoted the integers). A NumPy array or list beside a tensor converts as ``maximum``'s operands do. A 0-d
+    operand, a contraction of two sizes or batch axes that do not broadcast are a ``ShapeMismatchError`` naming both
+    shapes, as ``maximum``'s (known sizes)."""
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("matmul", a, b, numbers=False)
     input_checks.check_same_kind("matmul", a, b)
+    input_checks.check_matmul_shapes(a, b)
     if active_ops() is None:  # (a mixed-precision scope casts floats of two widths first)
         input_checks.check_matmul_dtypes(a, b)
     return _ops().matmul(a, b)
@@ -432,15 +435,20 @@ def flatten(x, start_dim=1):
 @op(dims={"axis": "tensors"}, dispatch=False)
 def concat(tensors, axis=0):
     """Join tensors along an existing axis; tensors of several dtypes are promoted as ``torch.cat`` promotes them
-    (TensorFlow refused them)."""
-    return _ops().concat(_promoted_together("concat", tensors), axis)
+    (TensorFlow refused them). Tensors of two ranks, or of two sizes off ``axis``, are a ``ShapeMismatchError``
+    naming their shapes (known sizes), as PyTorch refuses them."""
+    tensors = _promoted_together("concat", tensors)
+    input_checks.check_joined("concat", tensors, axis)
+    return _ops().concat(tensors, axis)
 
 
 @op(new_dims={"axis": "tensors"}, dispatch=False)
 def stack(tensors, axis=0):
     """Join tensors along a new axis; tensors of several dtypes are promoted as ``torch.stack`` promotes them
-    (TensorFlow refused them)."""
-    return _ops().stack(_promoted_together("stack", tensors), axis)
+    (TensorFlow refused them). Tensors of two shapes are a ``ShapeMismatchError`` naming them (known sizes)."""
+    tensors = _promoted_together("stack", tensors)
+    input_checks.check_joined("stack", tensors, None)
+    return _ops().stack(tensors, axis)
 
 
 def _promoted_together(name, tensors):
@@ -675,24 +683,27 @@ def _dtype_bits(name) -> int:
     return int(name[len(name.rstrip("0123456789")):] or 8)
 
 
-def _check_broadcastable(name, a, b):
-    """``a``, after checking that the shapes of ``a`` and ``b`` (tensors, arrays or numbers) broadcast: aligned
-    from the last axis, each pair of known sizes equal or one of them 1 (PyTorch's rule), else a
-    ``ShapeMismatchError`` naming both shapes (the frameworks raised four errors of their own). Sizes a
-    TensorFlow graph leaves unknown until it runs are left to TensorFlow's own error: a check in the graph would
-    cost a branch per call, and ``maximum`` is an activation's op."""
-    shape_a, shape_b = getattr(a, "shape", ()), getattr(b, "shape", ())
-    if getattr(shape_a, "rank", 0) is None or getattr(shape_b, "rank", 0) is None:
+def _check_broadcastable(name, a, b, **more):
+    """``a``, after checking that the shapes of ``a``, ``b`` and the tensors of ``more`` (``{name: tensor}``, placed
+    before them in the message; tensors, arrays or numbers) broadcast: aligned from the last axis, each pair of
+    known sizes equal or one of them 1 (PyTorch's rule), else a ``ShapeMismatchError`` naming every shape (the
+    frameworks raised four errors of their own). Sizes a TensorFlow graph leaves unknown until it runs are left to
+    TensorFlow's own error: a check in the graph would cost a branch per call, and ``maximum`` is an activation's
+    op."""
+    named = {**more, "a": a, "b": b}
+    shapes = [getattr(x, "shape", ()) for x in named.values()]
+    if any(getattr(shape, "rank", 0) is None for shape in shapes):
         return a  # a TensorFlow graph's tensor of unknown rank: nothing known to check
-    shape_a, shape_b = tuple(shape_a), tuple(shape_b)
-    if shape_a == shape_b:  # the common case, decided at once
+    shapes = [tuple(shape) for shape in shapes]
+    if all(shape == shapes[-1] for shape in shapes):  # the common case, decided at once
         return a
-    rank = min(len(shape_a), len(shape_b))
-    for m, n in zip(shape_a[len(shape_a) - rank:], shape_b[len(shape_b) - rank:]):
-        if m != n and m != 1 and n != 1 and m is not None and n is not None:
-            shapes = [tuple(int(size) if size is not None else None for size in shape) for shape in (shape_a, shape_b)]
+    rank = min(len(shape) for shape in shapes)
+    for sizes in zip(*(shape[len(shape) - rank:] for shape in shapes)):
+        if input_checks.broadcast_conflict(sizes):
+            shown = ", ".join(f"{what} has shape {input_checks.known_shape(shape)}"
+                              for what, shape in zip(named, shapes))
             raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
-                                     f"sizes equal or one of them 1); a has shape {shapes[0]}, b has shape {shapes[1]}")
+                                     f"sizes equal or one of them 1); {shown}")
     return a
 
 
@@ -700,7 +711,8 @@ def _check_broadcastable(name, a, b):
 def where(condition, a, b):
     """a where condition holds, else b. ``condition``: booleans (a ``DtypeMismatchError`` else, as PyTorch's;
     TensorFlow refused them too, JAX and Keras took non-zero as true); ``a`` and ``b`` tensors of two dtypes
-    promote as ``torch.where`` promotes them (TensorFlow refused them)."""
+    promote as ``torch.where`` promotes them (TensorFlow refused them). The three broadcast together, or it is
+    ``maximum``'s ``ShapeMismatchError`` naming the three shapes."""
     if not config.backend().is_tensor(condition):  # a Python bool or a NumPy array (torch's where refused them)
         from unidl.tensors import tensor
 
@@ -708,6 +720,7 @@ def where(condition, a, b):
     input_checks.check_condition("where", condition)
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("where", a, b)
+    a = _check_broadcastable("where", a, b, condition=condition)
     if _is_number(a) or _is_number(b):
         return _ops().where(condition, *_numbers_as_torch("where", a, b, as_tensor=True))
     return _ops().where(condition, *_promoted_as_torch(a, b))
@@ -996,11 +1009,13 @@ def take(x, indices, axis=0):
     outside [0, x.shape[axis]) raise ``IndexOutOfRangeError``."""
 
 
-@op(indices=("index",), dims={"dim": "x"})
+@op(indices=("index",), dims={"dim": "x"}, dispatch=False)
 def gather(x, dim, index):
     """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for dim 0 (and alike for any ``dim``); ``index``
     has ``x``'s rank, and may be smaller than ``x`` on every axis. Indices out of range raise
-    ``IndexOutOfRangeError``."""
+    ``IndexOutOfRangeError``; an ``index`` of another rank, or larger than ``x`` on an axis other than ``dim``, a
+    ``ShapeMismatchError`` naming both shapes, as PyTorch's (TensorFlow's named a slice), in graphs too."""
+    return _ops().gather(x, dim, input_checks.check_gather_index(x, dim, index))
 
 
 @op(public=False)
@@ -1558,11 +1573,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     may attend to (True takes part, as PyTorch's function; ``nn.MultiheadAttention``'s masks say the opposite), a
     float mask is added to the scores. ``is_causal`` lets query i attend to keys 0..i only (then ``attn_mask``
     must be None). ``dropout_p`` drops attention weights (from the backend's generator). A query whose every key
-    is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN)."""
+    is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN). Query, key and
+    value of two dtypes are a ``DtypeMismatchError`` outside autocast, as PyTorch's (JAX promoted them); of
+    shapes that do not fit (fewer than 2 axes, two E or S, batch axes that do not broadcast) a ``ShapeMismatchError``
+    naming the three, in graphs too."""
     if isinstance(query, CONVERTED) or isinstance(key, CONVERTED) or isinstance(value, CONVERTED):
         query, key, value = (input_checks.value_as_tensor("scaled_dot_product_attention", what, t)
                              if isinstance(t, CONVERTED) else t for what, t in zip(("query", "key", "value"),
                                                                                   (query, key, value)))
+    input_checks.check_attention_dtypes("scaled_dot_product_attention", query, key, value)
+    query = input_checks.check_attention_shapes("scaled_dot_product_attention", query, key, value)
     attn_mask = input_checks.as_tensor("scaled_dot_product_attention", "attn_mask", attn_mask)
     input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask, query, float32=True)
     attn_mask = input_checks.check_mask_broadcasts("scaled_dot_product_attention", "attn_mask", attn_mask, query,
