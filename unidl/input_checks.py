@@ -983,8 +983,8 @@ def check_axes(owner, name, value, x) -> None:
     own errors)."""
     _axes_out_of_range(owner, name, value, x)
     if isinstance(value, (list, tuple)) and len(value) > 1:
-        rank = getattr(getattr(x, "shape", None), "rank", 0)
-        rank = len(x.shape) if rank is not None and hasattr(x, "shape") else None
+        shape = getattr(x, "shape", None)  # (None for concat's list of tensors, whose axis is one int)
+        rank = None if shape is None or getattr(shape, "rank", 0) is None else len(tuple(shape))
         axes = [arguments.integer(a) for a in value]
         if rank and None not in axes and len({a % rank for a in axes}) < len(axes):
             raise ShapeMismatchError(f"{literal(owner)} {name}={tuple(value)!r} names an axis more than once (a tensor "

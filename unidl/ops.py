@@ -690,13 +690,15 @@ def _check_broadcastable(name, a, b, **more):
     frameworks raised four errors of their own). Sizes a TensorFlow graph leaves unknown until it runs are left to
     TensorFlow's own error: a check in the graph would cost a branch per call, and ``maximum`` is an activation's
     op."""
-    named = {**more, "a": a, "b": b}
-    shapes = [getattr(x, "shape", ()) for x in named.values()]
-    if any(getattr(shape, "rank", 0) is None for shape in shapes):
+    shape = getattr(a, "shape", ())
+    if shape == getattr(b, "shape", ()) and (not more or all(getattr(x, "shape", ()) == shape
+                                                              for x in more.values())):
+        return a  # the common case, decided at once
+    try:
+        shapes = [tuple(getattr(x, "shape", ())) for x in (*more.values(), a, b)]
+    except ValueError:
         return a  # a TensorFlow graph's tensor of unknown rank: nothing known to check
-    shapes = [tuple(shape) for shape in shapes]
-    if all(shape == shapes[-1] for shape in shapes):  # the common case, decided at once
-        return a
+    named = {**more, "a": a, "b": b}
     rank = min(len(shape) for shape in shapes)
     for sizes in zip(*(shape[len(shape) - rank:] for shape in shapes)):
         if input_checks.broadcast_conflict(sizes):
@@ -1484,7 +1486,7 @@ def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner)
     classes = shape(log_probabilities)[1]
     kept = labels != ignore_index
     safe = check_index(where(kept, labels, zeros_like(labels)), classes, f"{owner} labels")
-    picked = squeeze(gather(log_probabilities, 1, unsqueeze(safe, 1)), 1)
+    picked = squeeze(_ops().gather(log_probabilities, 1, unsqueeze(safe, 1)), 1)  # (its shape fits: no check)
     mask = cast_like(kept, picked)
     weights = mask if weight is None else take(weight, safe) * mask
     losses = where(kept, -picked * weights, zeros_like(picked))  # a select: an ignored label's gradient is 0, never
