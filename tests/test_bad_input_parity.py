@@ -34,6 +34,11 @@ def run(mode, fn, *arrays):
     return ud.to_numpy(result)
 
 
+def run_tensors(mode, fn, *tensors):
+    """``fn`` over ``tensors`` (their dtypes kept), eagerly or compiled by ``ud.function``; the result as NumPy."""
+    return ud.to_numpy(ud.function(lambda *inputs: fn(*inputs))(*tensors) if mode == "graph" else fn(*tensors))
+
+
 def raises_exactly(error, message, fn, *args):
     """``fn(*args)`` raises exactly ``error`` (not a framework's subclass or wrapper) with exactly ``message``.
     (One lambda a line: AutoGraph may take another lambda of the same line for the one it converts.)"""
@@ -1961,7 +1966,7 @@ def test_a_float_attention_mask_of_another_dtype_than_the_query_is_one_error(mod
                        lambda q, m: ud.ops.scaled_dot_product_attention(q, q, q, ud.ops.cast(m, dtype)), query, mask)
     raises_exactly(ud.DtypeMismatchError, "scaled_dot_product_attention: a float attn_mask must be the query's "
                    "float64 or float32, got float16; cast it with ud.ops.cast(attn_mask, 'float64')", run, mode,
-                   lambda q, m: ud.ops.scaled_dot_product_attention(ud.ops.cast(q, "float64"), q, q,
+                   lambda q, m: ud.ops.scaled_dot_product_attention(*[ud.ops.cast(q, "float64")] * 3,
                                                                     ud.ops.cast(m, "float16")), query, mask)
     wide = torch.tensor(query.astype(np.float32), dtype=torch.float64)  # (run makes the query float32 first)
     expected = F.scaled_dot_product_attention(wide, wide, wide, torch.tensor(mask, dtype=torch.float32)).numpy()
@@ -2337,7 +2342,7 @@ def test_conv_channels_that_do_not_fit_the_weight_and_groups_are_refused(mode):
                    "groups=1), got input of shape (1, 2, 5, 5)", run, mode, ud.ops.conv2d, X, np.ones((3, 3, 3, 3)))
     raises_exactly(ud.ShapeMismatchError, "conv1d: groups=2 must divide the weight's output channels, 3 (weight shape "
                    "(3, 1, 3))", run, mode, lambda x, w: ud.ops.conv1d(x, w, groups=2), X[:, :, 0], np.ones((3, 1, 3)))
-    weight = ud.tensor(np.ones((3, 1, 2, 2)))  # (conv_transpose2d needs a weight whose shape a graph knows)
+    weight = ud.tensor(np.ones((3, 1, 2, 2)))
     raises_exactly(ud.ShapeMismatchError, "conv_transpose2d: groups=2 must divide the weight's input channels, 3 "
                    "(weight shape (3, 1, 2, 2))", run, mode, lambda x: ud.ops.conv_transpose2d(x, weight, groups=2),
                    np.ones((1, 3, 4, 4)))
@@ -2376,3 +2381,243 @@ def test_interpolate_by_a_scale_factor_inside_graphs_matches_torch(mode, interpo
         got = run(mode, lambda x: ud.ops.interpolate(x, scale_factor=1.7, mode=interpolation,
                                                      recompute_scale_factor=recompute), data)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# ---- functional ops' weights, dtypes, sizes and axes off the usual path (audit of ud.ops) ---------------------------
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_integer_convolutions_as_torch(mode, dtype):
+    """``conv2d``, ``conv1d`` and ``conv_transpose2d`` of integers give torch's CPU values in the input's dtype on
+    every backend (TensorFlow has no integer kernel: it raised its own error), wrapping as torch's uint8 does."""
+    data = RNG.integers(0, 9, (1, 2, 5, 5)).astype(dtype)
+    weight = RNG.integers(0, 9, (3, 2, 3, 3)).astype(dtype)
+    x, w = torch.tensor(data), torch.tensor(weight)
+    cases = [(lambda a, b: ud.ops.conv2d(a, b, padding=1), data, weight, F.conv2d(x, w, padding=1)),
+             (lambda a, b: ud.ops.conv1d(a, b), data[:, :, 0], weight[:, :, 0], F.conv1d(x[:, :, 0], w[:, :, 0]))]
+    if dtype is np.int64:  # (torch's transposed kernel has no other integer dtype)
+        transposed = weight.transpose(1, 0, 2, 3)
+        cases.append((lambda a, b: ud.ops.conv_transpose2d(a, b, stride=2), data[:, :, :3, :3], transposed,
+                      F.conv_transpose2d(x[:, :, :3, :3], torch.tensor(transposed), stride=2)))
+    for fn, a, b, expected in cases:
+        got = run_tensors(mode, fn, ud.tensor(a, np.dtype(dtype).name), ud.tensor(b, np.dtype(dtype).name))
+        assert got.dtype == expected.numpy().dtype
+        np.testing.assert_array_equal(got, expected.numpy())
+
+
+@pytest.mark.parametrize("stride, padding, output_padding, groups, dilation", [
+    (2, 0, 0, 1, 1), (2, 1, 1, 1, 1), (1, 2, 0, 1, 1), (3, 1, 2, 2, 1), (2, 3, 1, 1, 2)])
+def test_conv_transpose2d_of_a_weight_given_to_the_graph_matches_torch(mode, stride, padding, output_padding, groups,
+                                                                       dilation):
+    """``conv_transpose2d`` of a weight given to ``ud.function`` (whose sizes a TensorFlow graph leaves unknown: it
+    refused them) gives torch's values and weight gradients, as eagerly."""
+    data = RNG.standard_normal((2, 4, 5, 4)).astype(np.float32)
+    weight = RNG.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    bias = RNG.standard_normal(3 * groups).astype(np.float32)
+    arguments = (stride, padding, output_padding, groups, dilation)
+    tensor = torch.tensor(weight, requires_grad=True)
+    expected = F.conv_transpose2d(torch.tensor(data), tensor, torch.tensor(bias), *arguments)
+    expected.sum().backward()
+    got = run(mode, lambda x, w, b: ud.ops.conv_transpose2d(x, w, b, *arguments), data, weight, bias)
+    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+    x, b = ud.tensor(data), ud.tensor(bias)
+    gradient = run(mode, ud.grad(lambda w: ud.ops.sum(ud.ops.conv_transpose2d(x, w, b, *arguments))), weight)
+    np.testing.assert_allclose(gradient, tensor.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_convolutions_of_one_sample_without_its_batch_axis_as_torch(mode):
+    """``conv1d`` of (C, L), ``conv2d`` and ``conv_transpose2d`` of (C, H, W) give torch's unbatched results (each
+    backend raised its own error, torch's backend a wrong one); input or weights of another rank are one
+    ``ShapeMismatchError``."""
+    sample, weight = X[0], RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    x, w = torch.tensor(sample), torch.tensor(weight)
+    cases = [(lambda a, b: ud.ops.conv1d(a, b, padding=1), sample[:, 0], weight[:, :, 0],
+              F.conv1d(x[:, 0], w[:, :, 0], padding=1)),
+             (lambda a, b: ud.ops.conv2d(a, b, stride=2), sample, weight, F.conv2d(x, w, stride=2)),
+             (lambda a, b: ud.ops.conv_transpose2d(a, b, stride=2, padding=1), sample, weight.transpose(1, 0, 2, 3),
+              F.conv_transpose2d(x, w.transpose(0, 1), stride=2, padding=1))]
+    for fn, a, b, expected in cases:
+        got = run(mode, fn, a, b)
+        assert got.shape == tuple(expected.shape)
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-5)
+    raises_exactly(ud.ShapeMismatchError, "conv1d expected input of shape (N, C, L) or (C, L), received input of 4 "
+                   "axes", run, mode, lambda a, b: ud.ops.conv1d(a, b), X, weight[:, :, 0])
+    raises_exactly(ud.ShapeMismatchError, "conv2d expected input of shape (N, C, H, W) or (C, H, W), received input "
+                   "of 2 axes", run, mode, lambda a, b: ud.ops.conv2d(a, b), X[0, 0], weight)
+    raises_exactly(ud.ShapeMismatchError, "conv2d expected a weight of shape (out, in / groups, kh, kw), received a "
+                   "weight of 3 axes", run, mode, lambda a, b: ud.ops.conv2d(a, b), X, weight[:, :, 0])
+    raises_exactly(ud.ShapeMismatchError, "conv_transpose2d expected a weight of shape (in, out / groups, kh, kw), "
+                   "received a weight of 5 axes", run, mode, lambda a, b: ud.ops.conv_transpose2d(a, b), X,
+                   weight[None])
+
+
+def test_embedding_weight_of_another_rank_than_2(mode):
+    """``embedding`` of a weight that is not (num_embeddings, dim) is one ``ShapeMismatchError``, as torch refuses it
+    (TensorFlow and JAX gathered rows of a 1-D or 3-D weight)."""
+    indices = np.array([0, 2])
+    for weight in (np.arange(5.0, dtype=np.float32), np.ones((5, 2, 3), np.float32)):
+        with pytest.raises(RuntimeError, match="must be 2-D"):
+            F.embedding(torch.tensor(indices), torch.tensor(weight))
+        raises_exactly(ud.ShapeMismatchError, f"embedding weight must be 2-D (num_embeddings, dim), got a weight of "
+                       f"rank {weight.ndim}", run, mode, lambda i, w: ud.ops.embedding(i, w), indices, weight)
+
+
+def test_permute_by_negative_axes_has_torch_gradient(mode):
+    """The gradient through ``permute`` by negative axes is torch's (TensorFlow's gradient refused them)."""
+    data = RNG.standard_normal((2, 3, 4)).astype(np.float32)
+    weights = RNG.standard_normal((2, 4, 3)).astype(np.float32)
+    tensor = torch.tensor(data, requires_grad=True)
+    (torch.permute(tensor, (0, -1, -2)) * torch.tensor(weights)).sum().backward()
+    r = ud.tensor(weights)
+    got = run(mode, ud.grad(lambda t: ud.ops.sum(ud.ops.permute(t, (0, -1, -2)) * r)), data)
+    np.testing.assert_allclose(got, tensor.grad.numpy(), rtol=1e-6)
+
+
+def test_zeros_and_ones_of_negative_or_float_sizes(mode):
+    """``zeros``/``ones`` of a negative size are a ``ValueError``, of a float size a ``TypeError``, as torch refuses
+    them (a TensorFlow graph took 2.0 as 2); NumPy integers are sizes."""
+    with pytest.raises(TypeError):
+        torch.ones((2.0, 3))
+    raises_exactly(ValueError, "zeros sizes must be non-negative, got -3", run, mode, lambda: ud.ops.zeros((2, -3)))
+    raises_exactly(TypeError, "ones sizes must be ints, got 2.0 (float)", run, mode, lambda: ud.ops.ones((2.0, 3)))
+    raises_exactly(TypeError, "ones sizes must be ints, got True (bool)", run, mode, lambda: ud.ops.ones((True, 3)))
+    assert run(mode, lambda: ud.ops.ones((np.int64(2), 3))).shape == (2, 3)
+
+
+def test_arange_whose_step_points_away_from_the_end(mode):
+    """``arange(0, 5, -1)`` is one ``ValueError``, as torch refuses it (JAX gave an empty range)."""
+    with pytest.raises(RuntimeError, match="inconsistent with step sign"):
+        torch.arange(0, 5, -1)
+    raises_exactly(ValueError, "arange from 0 to 5 cannot step by -1: the step's sign must be the sign of end - start,"
+                   " as PyTorch's", run, mode, lambda: ud.ops.arange(0, 5, -1))
+    np.testing.assert_array_equal(run(mode, lambda: ud.ops.arange(5, 0, -2)), torch.arange(5, 0, -2).numpy())
+    assert run(mode, lambda: ud.ops.arange(3, 3, -1)).shape == (0,)
+
+
+def test_argmax_over_an_empty_axis(mode):
+    """``argmax`` over an empty axis (or of an empty tensor, ``dim=None``) is one ``ShapeMismatchError``, as
+    ``amax``'s (torch raised an ``IndexError``, the frameworks errors of their own)."""
+    empty = np.ones((3, 0), np.float32)
+    with pytest.raises(IndexError):
+        torch.argmax(torch.tensor(empty), 1)
+    raises_exactly(ud.ShapeMismatchError, "argmax over axis 1, which is empty (input shape (3, 0))", run, mode,
+                   lambda x: ud.ops.argmax(x, 1), empty)
+    raises_exactly(ud.ShapeMismatchError, "argmax of an empty tensor (input shape (3, 0))", run, mode,
+                   lambda x: ud.ops.argmax(x), empty)
+    np.testing.assert_array_equal(run(mode, lambda x: ud.ops.argmax(x, 0), empty), np.zeros((0,), np.int64))
+
+
+@pytest.mark.parametrize("options", [{}, {"is_causal": True}, {"dropout_p": 0.1}])
+def test_attention_of_query_key_and_value_of_two_dtypes(mode, options):
+    """``scaled_dot_product_attention`` of a float32 query and a float64 key is one ``DtypeMismatchError`` on every
+    path (JAX promoted them, torch raised its own error, TensorFlow a matmul's)."""
+    q, v = np.ones((1, 2, 4), np.float32), np.ones((1, 3, 4), np.float32)
+    with pytest.raises(RuntimeError, match="same dtype"):
+        F.scaled_dot_product_attention(torch.tensor(q), torch.tensor(v, dtype=torch.float64), torch.tensor(v))
+    raises_exactly(ud.DtypeMismatchError, "scaled_dot_product_attention needs query, key and value of one dtype, got "
+                   "float32, float64 and float32; cast them with ud.ops.cast(t, 'float32')", run_tensors, mode,
+                   lambda q, k, v: ud.ops.scaled_dot_product_attention(q, k, v, **options), ud.tensor(q),
+                   ud.tensor(v, "float64"), ud.tensor(v))
+
+
+def sizes_unknown_in_graphs(mode) -> bool:
+    """Whether ``ud.function`` here leaves every size unknown while it traces (a TensorFlow graph: tensorflow, and
+    keras on it), where a shape error of known sizes only (``matmul``, ``where``, ``concat``, ``stack``, as
+    ``maximum``'s) is the framework's own (docs/guarantees.md, "Known differences left")."""
+    if mode != "graph":
+        return False
+    import keras
+
+    return ud.get_backend() == "tensorflow" or (ud.get_backend() == "keras" and keras.backend.backend() == "tensorflow")
+
+
+@pytest.mark.parametrize("case", [
+    ("matmul", lambda a, b: ud.ops.matmul(a, b), ((2, 3), (4, 2)), torch.matmul,
+     "matmul of shapes (2, 3) and (4, 2): a's last axis (3) must equal b's second to last axis (4)"),
+    ("matmul", lambda a, b: ud.ops.matmul(a, b), ((2, 3, 4), (3, 4, 2)), torch.matmul,
+     "matmul of shapes (2, 3, 4) and (3, 4, 2): their batch axes (all but the last two) must broadcast"),
+    ("matmul", lambda a, b: ud.ops.matmul(a, b), ((), (2,)), torch.matmul,
+     "matmul needs operands of at least 1 axis, got operands of 0 and 1 axes"),
+    ("where", lambda a, b: ud.ops.where(a > 0, a, b), ((2, 3), (2, 4)), lambda a, b: torch.where(a > 0, a, b),
+     "where needs shapes that broadcast (aligned from the last axis, each pair of sizes equal or one of them 1); "
+     "condition has shape (2, 3), a has shape (2, 3), b has shape (2, 4)"),
+    ("cat", lambda a, b: ud.ops.cat([a, b], 1), ((2, 3), (3, 3)), lambda a, b: torch.cat([a, b], 1),
+     "concat needs tensors of equal sizes on every axis but 1, got shapes (2, 3), (3, 3)"),
+    ("cat", lambda a, b: ud.ops.cat([a, b], 0), ((2, 3), (3,)), lambda a, b: torch.cat([a, b], 0),
+     "concat needs tensors of one rank, got shapes (2, 3), (3,)"),
+    ("stack", lambda a, b: ud.ops.stack([a, b]), ((2, 3), (2, 4)), lambda a, b: torch.stack([a, b]),
+     "stack needs tensors of one shape, got shapes (2, 3), (2, 4)"),
+], ids=lambda case: case[0] if isinstance(case, tuple) else None)
+def test_joins_and_products_of_shapes_that_do_not_fit(mode, case):
+    """``matmul``, ``where``, ``cat`` and ``stack`` of shapes torch refuses are one ``ShapeMismatchError`` naming
+    every shape (each framework raised its own error), wherever the sizes are known."""
+    _, fn, shapes, oracle, message = case
+    arrays = [np.ones(shape, np.float32) for shape in shapes]
+    with pytest.raises(RuntimeError):
+        oracle(*(torch.tensor(a) for a in arrays))
+    if sizes_unknown_in_graphs(mode) and shapes[0]:
+        with pytest.raises(Exception):
+            run(mode, fn, *arrays)
+        return
+    raises_exactly(ud.ShapeMismatchError, message, run, mode, fn, *arrays)
+
+
+def test_joins_and_products_of_shapes_that_fit_as_torch(mode):
+    """The checks leave what torch takes as it was: broadcast batch axes, 1-D operands, a 1-D empty tensor in
+    ``cat`` (PyTorch skips it)."""
+    a, b = RNG.standard_normal((2, 1, 3, 4)).astype(np.float32), RNG.standard_normal((5, 4, 2)).astype(np.float32)
+    np.testing.assert_allclose(run(mode, lambda a, b: ud.ops.matmul(a, b), a, b),
+                               torch.matmul(torch.tensor(a), torch.tensor(b)).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(mode, lambda a, v: ud.ops.matmul(a, v), a, b[0, :, 0]),
+                               torch.matmul(torch.tensor(a), torch.tensor(b[0, :, 0])).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(mode, lambda c, a, b: ud.ops.where(c > 0, a, b), a[:, :, :1], a, b[0, :, 0]),
+                               np.where(a[:, :, :1] > 0, a, b[0, :, 0]))
+    assert run(mode, lambda a: ud.ops.stack([a, a], 1), a).shape == (2, 2, 1, 3, 4)
+
+
+def test_gather_of_an_index_that_does_not_fit(mode):
+    """``gather`` of an index of another rank, or larger than the input off ``dim``, is one ``ShapeMismatchError``
+    naming both shapes, in graphs of unknown sizes too (TensorFlow's error named a slice); smaller is torch's."""
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    for index in (np.zeros(3, np.int64), np.zeros((4, 2), np.int64)):
+        with pytest.raises(RuntimeError):
+            torch.gather(torch.tensor(x), 1, torch.tensor(index))
+    raises_exactly(ud.ShapeMismatchError, "gather needs an index of the input's rank, 2 axes, got an index of 1", run,
+                   mode, lambda x, i: ud.ops.gather(x, 1, i), x, np.zeros(3, np.int64))
+    raises_exactly(ud.ShapeMismatchError, "gather needs an index no larger than the input on every axis but dim=1, got "
+                   "an index of shape (4, 2) for an input of shape (3, 4)", run, mode,
+                   lambda x, i: ud.ops.gather(x, 1, i), x, np.zeros((4, 2), np.int64))
+    index = np.array([[3, 0, 1, 2, 2, 1], [0, 0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(run(mode, lambda x, i: ud.ops.gather(x, 1, i), x, index),
+                                  torch.gather(torch.tensor(x), 1, torch.tensor(index)).numpy())
+
+
+@pytest.mark.parametrize("shapes, message", [
+    (((1, 2, 4), (1, 3, 4), (1, 5, 4)), "query (1, 2, 4), key (1, 3, 4) and value (1, 5, 4)"),
+    (((1, 2, 4), (1, 3, 5), (1, 3, 4)), "query (1, 2, 4), key (1, 3, 5) and value (1, 3, 4)"),
+    (((2, 2, 4), (3, 3, 4), (3, 3, 4)), "query (2, 2, 4), key (3, 3, 4) and value (3, 3, 4)"),
+])
+def test_attention_of_shapes_that_do_not_fit(mode, shapes, message):
+    """``scaled_dot_product_attention`` of two S, two E or batch axes that do not broadcast is one
+    ``ShapeMismatchError`` naming the three shapes, in graphs of unknown sizes too; 1-D operands one naming their
+    ranks."""
+    arrays = [np.ones(shape, np.float32) for shape in shapes]
+    with pytest.raises(RuntimeError):
+        F.scaled_dot_product_attention(*(torch.tensor(a) for a in arrays))
+    raises_exactly(ud.ShapeMismatchError, f"scaled_dot_product_attention: {message} do not fit (..., L, E), (..., S, "
+                   f"E) and (..., S, Ev) with batch axes that broadcast", run, mode,
+                   lambda q, k, v: ud.ops.scaled_dot_product_attention(q, k, v), *arrays)
+    raises_exactly(ud.ShapeMismatchError, "scaled_dot_product_attention needs query, key and value of at least 2 axes "
+                   "((..., L, E), (..., S, E), (..., S, Ev)), got 1, 1 and 1 axes", run, mode,
+                   lambda q, k, v: ud.ops.scaled_dot_product_attention(q, k, v), *(np.ones(4, np.float32),) * 3)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "amax"])
+def test_reductions_over_an_axis_named_twice(mode, reduction):
+    """A reduction over (1, -2) of a 3-D tensor names axis 1 twice: one ``ShapeMismatchError``, as torch refuses it
+    (each framework raised its own error)."""
+    x = np.ones((2, 3, 4), np.float32)
+    with pytest.raises(RuntimeError):
+        getattr(torch, reduction)(torch.tensor(x), (1, -2))
+    name = "dim" if reduction == "amax" else "axis"
+    raises_exactly(ud.ShapeMismatchError, f"{reduction} {name}=(1, -2) names an axis more than once (a tensor of 3 "
+                   f"axes); give each axis once", run, mode, lambda x: getattr(ud.ops, reduction)(x, (1, -2)), x)

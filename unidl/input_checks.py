@@ -339,6 +339,109 @@ def _either(a, b):
     return a | b
 
 
+def known_shape(shape) -> tuple:
+    """A shape as a tuple of ints, None where a graph leaves a size unknown (for messages of known sizes)."""
+    return tuple(int(size) if size is not None else None for size in shape)
+
+
+def broadcast_conflict(sizes) -> bool:
+    """Whether known ``sizes`` (of one axis, aligned) fail to broadcast: two of them other than 1 differ."""
+    return len({size for size in sizes if size != 1 and size is not None}) > 1
+
+
+def check_matmul_shapes(a, b) -> None:
+    """``ShapeMismatchError`` for ``matmul`` operands PyTorch refuses: a 0-d one, a contraction of two sizes (a's
+    last axis against b's second to last, or its only one), or batch axes that do not broadcast, naming both shapes
+    (the frameworks raised errors of their own). Sizes a TensorFlow graph leaves unknown are left to TensorFlow, as
+    ``maximum``'s: ``matmul`` is a layer's op."""
+    shape_a, shape_b = getattr(a, "shape", None), getattr(b, "shape", None)
+    if shape_a is None or shape_b is None or getattr(shape_a, "rank", 0) is None or \
+            getattr(shape_b, "rank", 0) is None:
+        return
+    shape_a, shape_b = tuple(shape_a), tuple(shape_b)
+    if not shape_a or not shape_b:
+        raise ShapeMismatchError(f"matmul needs operands of at least 1 axis, got operands of {len(shape_a)} and "
+                                 f"{len(shape_b)} axes")
+    inner, where = (shape_b[0], "only") if len(shape_b) == 1 else (shape_b[-2], "second to last")
+    problem = None
+    if shape_a[-1] != inner and shape_a[-1] is not None and inner is not None:
+        problem = f"a's last axis ({shape_a[-1]}) must equal b's {where} axis ({inner})"
+    else:
+        batch_a, batch_b = shape_a[:-2], shape_b[:-2]
+        rank = min(len(batch_a), len(batch_b))
+        if any(broadcast_conflict(pair) for pair in zip(batch_a[len(batch_a) - rank:], batch_b[len(batch_b) - rank:])):
+            problem = "their batch axes (all but the last two) must broadcast"
+    if problem:
+        raise ShapeMismatchError(f"matmul of shapes {known_shape(shape_a)} and {known_shape(shape_b)}: {problem}")
+
+
+def check_joined(owner, tensors, axis) -> None:
+    """``ShapeMismatchError`` for tensors that ``concat`` (along ``axis``) or ``stack`` (``axis`` None) cannot join,
+    as PyTorch refuses them: two ranks, or two known sizes off ``axis`` (every axis for ``stack``), naming every
+    shape (the frameworks raised errors of their own). A 1-D empty tensor joins anything in ``concat``, as in
+    PyTorch. Sizes a TensorFlow graph leaves unknown are left to TensorFlow, as ``maximum``'s."""
+    shapes = [getattr(t, "shape", None) for t in tensors]
+    if len(shapes) < 2 or any(shape is None or getattr(shape, "rank", 0) is None for shape in shapes):
+        return
+    shapes = [tuple(shape) for shape in shapes]
+    if all(shape == shapes[0] for shape in shapes):  # the common case, decided at once
+        return
+    joined = [shape for shape in shapes if axis is None or shape != (0,)]
+    ranks = {len(shape) for shape in joined}
+    shown = ", ".join(str(known_shape(shape)) for shape in shapes)
+    if len(ranks) > 1:
+        raise ShapeMismatchError(f"{literal(owner)} needs tensors of one rank, got shapes {shown}")
+    rank = ranks.pop() if ranks else 0
+    skipped = None if axis is None or not rank else arguments.integer(axis) % rank
+    for position, sizes in enumerate(zip(*joined)):
+        if position != skipped and len({size for size in sizes if size is not None}) > 1:
+            wanted = "one shape" if axis is None else f"equal sizes on every axis but {axis}"
+            raise ShapeMismatchError(f"{literal(owner)} needs tensors of {wanted}, got shapes {shown}")
+
+
+def check_gather_index(x, dim, index):
+    """``index``, after checking it against ``gather``'s input ``x``: the same rank, and no larger than ``x`` on
+    any axis but ``dim``, as PyTorch's; else a ``ShapeMismatchError`` naming both shapes, now or when a graph that
+    leaves the sizes unknown runs (TensorFlow's own error named a slice)."""
+    if getattr(x.shape, "rank", 0) is None or getattr(index.shape, "rank", 0) is None:
+        return index
+    rank, ranks = len(x.shape), len(index.shape)
+    if rank != ranks:
+        raise ShapeMismatchError(f"gather needs an index of the input's rank, {rank} axes, got an index of {ranks}")
+    inputs, indices = sizes_of(x), sizes_of(index)
+    axis = dim % rank if rank else 0
+    fits = all_of([holds(i <= n) for position, (i, n) in enumerate(zip(indices, inputs)) if position != axis])
+    return require(index, fits, lambda: (
+        f"gather needs an index no larger than the input on every axis but dim={dim}, got an index of shape "
+        f"{shape_template(rank)} for an input of shape {shape_template(rank)}"), tuple(indices) + tuple(inputs))
+
+
+def check_attention_shapes(owner, query, key, value):
+    """``query``, after checking attention's shapes as PyTorch's: query (..., L, E), key (..., S, E) and value
+    (..., S, Ev) of at least 2 axes each, the query's and key's E equal, the key's and value's S equal, their batch
+    axes broadcasting; a ``ShapeMismatchError`` naming the three shapes otherwise, now or when a graph that leaves
+    the sizes unknown runs (the frameworks raised errors of their own, TensorFlow's naming a transpose)."""
+    if any(getattr(t.shape, "rank", 0) is None for t in (query, key, value)):
+        return query
+    ranks = [len(t.shape) for t in (query, key, value)]
+    if min(ranks) < 2:
+        raise ShapeMismatchError(f"{literal(owner)} needs query, key and value of at least 2 axes ((..., L, E), (..., "
+                                 f"S, E), (..., S, Ev)), got {ranks[0]}, {ranks[1]} and {ranks[2]} axes")
+    shapes = [sizes_of(t) for t in (query, key, value)]
+    queries, keys, values = shapes
+    batch = max(ranks) - 2
+    padded = [(1,) * (batch - len(shape) + 2) + tuple(shape[:-2]) for shape in shapes]
+    conditions = [holds(queries[-1] == keys[-1]), holds(keys[-2] == values[-2])]
+    for sizes in zip(*padded):
+        for first, second in ((0, 1), (0, 2), (1, 2)):
+            a, b = sizes[first], sizes[second]
+            conditions.append(_either(holds(a == b), _either(holds(a == 1), holds(b == 1))))
+    return require(query, all_of(conditions), lambda: (
+        f"{literal(owner)}: query {shape_template(ranks[0])}, key {shape_template(ranks[1])} and value "
+        f"{shape_template(ranks[2])} do not fit (..., L, E), (..., S, E) and (..., S, Ev) with batch axes that "
+        f"broadcast"), tuple(queries) + tuple(keys) + tuple(values))
+
+
 def check_floating(owner, x) -> None:
     """``DtypeMismatchError`` for integer (or boolean) input to a layer whose weights are floats: every
     framework refuses it in its own words (or, on jax, silently promotes it); unidl converts NumPy floats to
@@ -454,6 +557,17 @@ def check_mask(owner, what, mask, query=None, float32: bool = False) -> None:
         allowed = f"the query's {wanted}" + (" or float32" if float32 and wanted != "float32" else "")
         raise DtypeMismatchError(f"{literal(owner)}: a float {what} must be {allowed}, got {given}; cast it with "
                                  f"ud.ops.cast({what}, '{wanted}')")
+
+
+def check_attention_dtypes(owner, query, key, value) -> None:
+    """``DtypeMismatchError`` for query, key and value of more than one dtype outside autocast, as PyTorch's
+    attention refuses them (JAX promoted them, TensorFlow refused them in a matmul's words)."""
+    if query.dtype == key.dtype == value.dtype:
+        return
+    names = [dtype_name(t.dtype) for t in (query, key, value)]
+    if len(set(names)) > 1 and not _autocast_in_force():
+        raise DtypeMismatchError(f"{literal(owner)} needs query, key and value of one dtype, got {names[0]}, "
+                                 f"{names[1]} and {names[2]}; cast them with ud.ops.cast(t, '{names[0]}')")
 
 
 def check_mask_broadcasts(owner, what, mask, query, key):
@@ -864,8 +978,17 @@ def _axes_out_of_range(owner, name, value, x, added: int = 0):
 
 
 def check_axes(owner, name, value, x) -> None:
-    """An op's axes (``dim``, ``axis``) of ``x``: ``_axes_out_of_range``."""
+    """An op's axes (``dim``, ``axis``) of ``x``: ``_axes_out_of_range``; a sequence naming one axis twice (1 and
+    -2 of a 3-D tensor) is a ``ShapeMismatchError``, as PyTorch's reductions refuse it (the frameworks raised their
+    own errors)."""
     _axes_out_of_range(owner, name, value, x)
+    if isinstance(value, (list, tuple)) and len(value) > 1:
+        shape = getattr(x, "shape", None)  # (None for concat's list of tensors, whose axis is one int)
+        rank = None if shape is None or getattr(shape, "rank", 0) is None else len(tuple(shape))
+        axes = [arguments.integer(a) for a in value]
+        if rank and None not in axes and len({a % rank for a in axes}) < len(axes):
+            raise ShapeMismatchError(f"{literal(owner)} {name}={tuple(value)!r} names an axis more than once (a tensor "
+                                     f"of {rank} axes); give each axis once")
 
 
 def check_new_axis(owner, name, value, x) -> None:

@@ -100,10 +100,13 @@ def matmul(a, b):
     """Matrix product with broadcasting over leading axes, as ``torch.matmul``: a 1-d operand is a row before the
     other (a column after it), its axis dropped, two of them a dot product. Integers times floats is a
     ``DtypeMismatchError`` on every backend (PyTorch and TensorFlow refuse it in their own words, JAX and Keras
-    promoted the integers). A NumPy array or list beside a tensor converts as ``maximum``'s operands do."""
+    promoted the integers). A NumPy array or list beside a tensor converts as ``maximum``'s operands do. A 0-d
+    operand, a contraction of two sizes or batch axes that do not broadcast are a ``ShapeMismatchError`` naming both
+    shapes, as ``maximum``'s (known sizes)."""
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("matmul", a, b, numbers=False)
     input_checks.check_same_kind("matmul", a, b)
+    input_checks.check_matmul_shapes(a, b)
     if active_ops() is None:  # (a mixed-precision scope casts floats of two widths first)
         input_checks.check_matmul_dtypes(a, b)
     return _ops().matmul(a, b)
@@ -164,18 +167,23 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     ``torch.nn.functional.conv2d``: padding int, pair, 'same' or 'valid'; ``dilation`` spaces the kernel's
     taps; ``groups`` splits the channels into that many independent convolutions. A kernel larger than the
     padded input is a ``ShapeMismatchError`` (inside graphs too, where the sizes are known only when it runs).
-    Sizes may be NumPy integers (taken as ints, as PyTorch takes them); a float or a bool is a ``ValueError``."""
+    Sizes may be NumPy integers (taken as ints, as PyTorch takes them); a float or a bool is a ``ValueError``.
+    One sample (C, H, W) gives its (out, H', W'), as PyTorch's; input of another rank, or a weight of another rank
+    than 4, is a ``ShapeMismatchError``. Integers give integers, as PyTorch's CPU kernel (``_integer_conv2d``)."""
     stride, dilation, padding, groups = _conv_arguments("conv2d", stride, dilation, padding, groups)
     input_checks.check_parameters_dtype("conv2d", x, weight)
-    x, weight = input_checks.check_conv_channels("conv2d", x, weight, groups)
+    x = _check_conv_ranks("conv2d", x, weight, 2)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv2d", bias, weight, what="bias")
-    return _conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return _one_sample_as_batch(x, 2, lambda batch: _conv2d(*input_checks.check_conv_channels(
+        "conv2d", batch, weight, groups), bias, stride, padding, dilation, groups))
 
 
 def _conv2d(x, weight, bias, stride, padding, dilation, groups):
     """``conv2d`` over size arguments already checked (the layers' and ``spatial_ops``' own calls, which would
     otherwise check them again on every forward)."""
+    if dtype_kinds.is_integer(x.dtype) and dtype_kinds.is_integer(weight.dtype):
+        return _integer_conv2d(x, weight, bias, stride, padding, dilation, groups)
     if padding != "same" and len(x.shape) == 4 and len(weight.shape) == 4:
         kernel = input_checks.sizes_of(weight)[2:]
         spans = [d * (k - 1) + 1 for k, d in zip(kernel, _pair(dilation))]
@@ -183,6 +191,14 @@ def _conv2d(x, weight, bias, stride, padding, dilation, groups):
         x = input_checks.check_window_fits("conv2d", x, spans, paddings, "use a smaller kernel or dilation, more "
                                                                           "padding or a larger input")
     return _ops().conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _integer_conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """The convolution of integers, as PyTorch's CPU kernel computes it (TensorFlow has no integer kernel, torch none
+    on CUDA): in float64, exact while every sum stays within 2 ** 53, then through int64 back to ``x``'s dtype
+    (wrapping as integer arithmetic wraps)."""
+    wide = [None if t is None else cast(t, "float64") for t in (x, weight, bias)]
+    return cast(cast(_conv2d(*wide, stride, padding, dilation, groups), "int64"), dtype_kinds.dtype_name(x.dtype))
 
 
 def _probability(name, p):
@@ -247,20 +263,38 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, retur
                                                                return_indices))
 
 
-def _check_pool_rank(name, x):
-    """``x``, after checking that it is NCHW or one sample (C, H, W), as PyTorch's 2-D poolings take them: another
-    rank is a ``ShapeMismatchError`` (the frameworks raised an ``IndexError``)."""
-    if len(tuple(x.shape)) not in (3, 4):
-        raise ShapeMismatchError(f"{name} expected input of shape (N, C, H, W) or (C, H, W), received input of "
-                                 f"{len(tuple(x.shape))} axes")  # (no sizes: a graph may not know them yet)
+_LAYOUTS = {1: ("(N, C, L)", "(C, L)", "k"), 2: ("(N, C, H, W)", "(C, H, W)", "kh, kw")}
+
+
+def _check_pool_rank(name, x, spatial: int = 2):
+    """``x``, after checking that it is a batch (N, C, *spatial) or one sample (C, *spatial) of ``spatial`` axes, as
+    PyTorch's poolings and convolutions take them: another rank is a ``ShapeMismatchError`` (the frameworks raised
+    an ``IndexError`` or errors of their own). A graph's tensor of unknown rank is left as it is."""
+    rank = _rank(x)
+    if rank is not None and rank not in (spatial + 1, spatial + 2):
+        batched, one, _ = _LAYOUTS[spatial]
+        raise ShapeMismatchError(f"{name} expected input of shape {batched} or {one}, received input of "
+                                 f"{rank} axes")  # (no sizes: a graph may not know them yet)
     return x
+
+
+def _check_conv_ranks(name, x, weight, spatial: int, transposed: bool = False):
+    """``x``, after ``_check_pool_rank`` and checking that ``weight`` has ``spatial + 2`` axes, (out, in / groups,
+    *kernel) (``transposed``: (in, out / groups, *kernel)), as PyTorch's convolutions: another is a
+    ``ShapeMismatchError`` (the frameworks raised errors of their own, torch's naming another op)."""
+    rank = _rank(weight)
+    if rank is not None and rank != spatial + 2:
+        channels = "in, out / groups" if transposed else "out, in / groups"
+        raise ShapeMismatchError(f"{name} expected a weight of shape ({channels}, {_LAYOUTS[spatial][2]}), received "
+                                 f"a weight of {rank} axes")
+    return _check_pool_rank(name, x, spatial)
 
 
 def _one_sample_as_batch(x, spatial: int, compute):
     """``compute(x)`` for ``x`` of shape (N, C, *spatial) (``spatial`` axes); for one sample (C, *spatial), computed
     as a batch of one and that axis dropped from each output (a tuple's too), as ``torch.nn.functional``'s
     poolings and ``torch.nn``'s convolutions and poolings take one (the layers' ``unbatched``)."""
-    if len(getattr(x, "shape", ())) != spatial + 1:
+    if _rank(x) != spatial + 1:  # (None: a graph's tensor of unknown rank, taken as a batch)
         return compute(x)
     out = compute(unsqueeze(x, 0))
     return tuple(squeeze(o, 0) for o in out) if isinstance(out, tuple) else squeeze(out, 0)
@@ -401,15 +435,20 @@ def flatten(x, start_dim=1):
 @op(dims={"axis": "tensors"}, dispatch=False)
 def concat(tensors, axis=0):
     """Join tensors along an existing axis; tensors of several dtypes are promoted as ``torch.cat`` promotes them
-    (TensorFlow refused them)."""
-    return _ops().concat(_promoted_together("concat", tensors), axis)
+    (TensorFlow refused them). Tensors of two ranks, or of two sizes off ``axis``, are a ``ShapeMismatchError``
+    naming their shapes (known sizes), as PyTorch refuses them."""
+    tensors = _promoted_together("concat", tensors)
+    input_checks.check_joined("concat", tensors, axis)
+    return _ops().concat(tensors, axis)
 
 
 @op(new_dims={"axis": "tensors"}, dispatch=False)
 def stack(tensors, axis=0):
     """Join tensors along a new axis; tensors of several dtypes are promoted as ``torch.stack`` promotes them
-    (TensorFlow refused them)."""
-    return _ops().stack(_promoted_together("stack", tensors), axis)
+    (TensorFlow refused them). Tensors of two shapes are a ``ShapeMismatchError`` naming them (known sizes)."""
+    tensors = _promoted_together("stack", tensors)
+    input_checks.check_joined("stack", tensors, None)
+    return _ops().stack(tensors, axis)
 
 
 def _promoted_together(name, tensors):
@@ -644,24 +683,29 @@ def _dtype_bits(name) -> int:
     return int(name[len(name.rstrip("0123456789")):] or 8)
 
 
-def _check_broadcastable(name, a, b):
-    """``a``, after checking that the shapes of ``a`` and ``b`` (tensors, arrays or numbers) broadcast: aligned
-    from the last axis, each pair of known sizes equal or one of them 1 (PyTorch's rule), else a
-    ``ShapeMismatchError`` naming both shapes (the frameworks raised four errors of their own). Sizes a
-    TensorFlow graph leaves unknown until it runs are left to TensorFlow's own error: a check in the graph would
-    cost a branch per call, and ``maximum`` is an activation's op."""
-    shape_a, shape_b = getattr(a, "shape", ()), getattr(b, "shape", ())
-    if getattr(shape_a, "rank", 0) is None or getattr(shape_b, "rank", 0) is None:
+def _check_broadcastable(name, a, b, **more):
+    """``a``, after checking that the shapes of ``a``, ``b`` and the tensors of ``more`` (``{name: tensor}``, placed
+    before them in the message; tensors, arrays or numbers) broadcast: aligned from the last axis, each pair of
+    known sizes equal or one of them 1 (PyTorch's rule), else a ``ShapeMismatchError`` naming every shape (the
+    frameworks raised four errors of their own). Sizes a TensorFlow graph leaves unknown until it runs are left to
+    TensorFlow's own error: a check in the graph would cost a branch per call, and ``maximum`` is an activation's
+    op."""
+    shape = getattr(a, "shape", ())
+    if shape == getattr(b, "shape", ()) and (not more or all(getattr(x, "shape", ()) == shape
+                                                              for x in more.values())):
+        return a  # the common case, decided at once
+    try:
+        shapes = [tuple(getattr(x, "shape", ())) for x in (*more.values(), a, b)]
+    except ValueError:
         return a  # a TensorFlow graph's tensor of unknown rank: nothing known to check
-    shape_a, shape_b = tuple(shape_a), tuple(shape_b)
-    if shape_a == shape_b:  # the common case, decided at once
-        return a
-    rank = min(len(shape_a), len(shape_b))
-    for m, n in zip(shape_a[len(shape_a) - rank:], shape_b[len(shape_b) - rank:]):
-        if m != n and m != 1 and n != 1 and m is not None and n is not None:
-            shapes = [tuple(int(size) if size is not None else None for size in shape) for shape in (shape_a, shape_b)]
+    named = {**more, "a": a, "b": b}
+    rank = min(len(shape) for shape in shapes)
+    for sizes in zip(*(shape[len(shape) - rank:] for shape in shapes)):
+        if input_checks.broadcast_conflict(sizes):
+            shown = ", ".join(f"{what} has shape {input_checks.known_shape(shape)}"
+                              for what, shape in zip(named, shapes))
             raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
-                                     f"sizes equal or one of them 1); a has shape {shapes[0]}, b has shape {shapes[1]}")
+                                     f"sizes equal or one of them 1); {shown}")
     return a
 
 
@@ -669,7 +713,8 @@ def _check_broadcastable(name, a, b):
 def where(condition, a, b):
     """a where condition holds, else b. ``condition``: booleans (a ``DtypeMismatchError`` else, as PyTorch's;
     TensorFlow refused them too, JAX and Keras took non-zero as true); ``a`` and ``b`` tensors of two dtypes
-    promote as ``torch.where`` promotes them (TensorFlow refused them)."""
+    promote as ``torch.where`` promotes them (TensorFlow refused them). The three broadcast together, or it is
+    ``maximum``'s ``ShapeMismatchError`` naming the three shapes."""
     if not config.backend().is_tensor(condition):  # a Python bool or a NumPy array (torch's where refused them)
         from unidl.tensors import tensor
 
@@ -677,6 +722,7 @@ def where(condition, a, b):
     input_checks.check_condition("where", condition)
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("where", a, b)
+    a = _check_broadcastable("where", a, b, condition=condition)
     if _is_number(a) or _is_number(b):
         return _ops().where(condition, *_numbers_as_torch("where", a, b, as_tensor=True))
     return _ops().where(condition, *_promoted_as_torch(a, b))
@@ -928,7 +974,11 @@ def embedding(indices, weight, padding_idx=None):
     trained); one out of range is a ``ShapeMismatchError``, eagerly and when a graph that leaves the weight's rows
     unknown runs (it was ignored there). An index outside [0, num_embeddings) raises
     ``IndexOutOfRangeError`` on every backend, inside compiled graphs too (where TensorFlow's CPU gather
-    would return zeros)."""
+    would return zeros). A ``weight`` of another rank than 2 is a ``ShapeMismatchError``, as PyTorch's (TensorFlow
+    and JAX gathered rows of any rank)."""
+    rank = _rank(weight)
+    if rank not in (2, None):
+        raise ShapeMismatchError(f"embedding weight must be 2-D (num_embeddings, dim), got a weight of rank {rank}")
     if padding_idx is not None:
         index = arguments.integer(padding_idx)
         rows = _rows(weight)  # an int, a graph's scalar tensor, or None (a graph of unknown rank)
@@ -964,11 +1014,13 @@ def take(x, indices, axis=0):
     outside [0, x.shape[axis]) raise ``IndexOutOfRangeError``."""
 
 
-@op(indices=("index",), dims={"dim": "x"})
+@op(indices=("index",), dims={"dim": "x"}, dispatch=False)
 def gather(x, dim, index):
     """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for dim 0 (and alike for any ``dim``); ``index``
     has ``x``'s rank, and may be smaller than ``x`` on every axis. Indices out of range raise
-    ``IndexOutOfRangeError``."""
+    ``IndexOutOfRangeError``; an ``index`` of another rank, or larger than ``x`` on an axis other than ``dim``, a
+    ``ShapeMismatchError`` naming both shapes, as PyTorch's (TensorFlow's named a slice), in graphs too."""
+    return _ops().gather(x, dim, input_checks.check_gather_index(x, dim, index))
 
 
 @op(public=False)
@@ -1043,6 +1095,9 @@ def arange(start, end=None, step=1, dtype=None):
     numbers_given = all(isinstance(v, numbers.Real) for v in (start, end, step))  # (a graph's sizes: tensors)
     if numbers_given and step == 0:
         raise ValueError("arange step must be nonzero, as PyTorch's")
+    if numbers_given and (end - start) * step < 0:  # (JAX gave an empty range, torch and TensorFlow raised)
+        raise ValueError(f"arange from {start!r} to {end!r} cannot step by {step!r}: the step's sign must be the "
+                         f"sign of end - start, as PyTorch's")
     if (numbers_given and dtype_kinds.is_integer(_dtype_name(dtype))
             and not all(isinstance(v, numbers.Integral) for v in (start, end, step))):
         start, end, step = _integral_range(start, end, step, _dtype_name(dtype))
@@ -1069,16 +1124,23 @@ def _integral_range(start, end, step, dtype: str) -> tuple:
     return first, first + count * stride, stride
 
 
-@op(numeric=("x",), axes=("dim",), dims={"dim": "x"})
+@op(numeric=("x",), axes=("dim",), dims={"dim": "x"}, dispatch=False)
 def argmax(x, dim=None, keepdim=False):
     """Index (int64) of the largest value along ``dim`` (of the flattened tensor when None); the first one on ties.
     Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them). ``dim`` is one axis: a
-    tuple of them is a ``ValueError``, as PyTorch takes none (the frameworks raised errors of their own)."""
+    tuple of them is a ``ValueError``, as PyTorch takes none (the frameworks raised errors of their own). An empty
+    axis (``dim=None``: an empty tensor) has no largest value: ``ShapeMismatchError``, as ``amax``'s."""
+    return _ops().argmax(_check_not_empty("argmax", x, dim), dim, keepdim)
 
 
-@op(permutation={"dims": "x"})
+@op(permutation={"dims": "x"}, dispatch=False)
 def permute(x, dims):
-    """``x`` with its axes reordered: axis i of the result is axis ``dims[i]`` of ``x``."""
+    """``x`` with its axes reordered: axis i of the result is axis ``dims[i]`` of ``x``. Negative axes count from
+    the end; the backend gets them as non-negative ones (TensorFlow's gradient of a transpose refused them)."""
+    rank = _rank(x)
+    if rank and isinstance(dims, (list, tuple)) and any(d < 0 for d in dims):
+        dims = tuple(d % rank for d in dims)
+    return _ops().permute(x, dims)
 
 
 @op(new_dims={"dim": "x"})
@@ -1132,16 +1194,25 @@ def minimum(a, b):
 def amax(x, dim, keepdim=False):
     """Largest value along ``dim`` (an int or a tuple of them), as ``torch.amax``. An empty axis among them has no
     largest value: ``ShapeMismatchError`` on every backend (TensorFlow gave -inf, Keras raised, JAX its own error)."""
+    return _ops().amax(_check_not_empty("amax", x, dim), dim, keepdim)
+
+
+def _check_not_empty(name, x, dim):
+    """``x``, after checking that no axis of ``dim`` (an int, a tuple of them, or None for every axis) is empty:
+    a reduction to one element of it (``amax``, ``argmax``) has none to give. ``ShapeMismatchError`` naming the
+    axis, now or when a graph that leaves its size unknown runs (the frameworks gave -inf or errors of their own)."""
     sizes = tuple(x.shape)
-    dims = (dim,) if isinstance(dim, int) else tuple(arguments.reduced_axes("amax", "dim", dim))
+    dims = range(len(sizes)) if dim is None else (dim,) if isinstance(dim, int) else \
+        tuple(arguments.reduced_axes(name, "dim", dim))
     if any(sizes[d] is None or sizes[d] == 0 for d in dims):
         sizes = input_checks.sizes_of(x)
         for d in dims:
             def template(d=d):
-                return f"amax over axis {d}, which is empty (input shape {input_checks.shape_template(len(sizes))})"
+                where = f"over axis {d}, which is empty" if dim is not None else "of an empty tensor"
+                return f"{name} {where} (input shape {input_checks.shape_template(len(sizes))})"
 
             x = input_checks.require(x, input_checks.holds(sizes[d] > 0), template, tuple(sizes))
-    return _ops().amax(x, dim, keepdim)
+    return x
 
 
 def _amax(x, dim, keepdim=False):
@@ -1187,8 +1258,25 @@ def _dtype_name(dtype) -> str:
 
 def _created(kind, shape, dtype):
     backend = config.backend()
+    shape = tuple(_size(kind, size, backend) for size in shape)
     with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
         return getattr(backend.ops, kind)(shape, _dtype_name(dtype or config.get_dtype()))
+
+
+def _size(owner, size, backend):
+    """One size of a tensor ``zeros``/``ones`` creates: a Python int (from a NumPy integer too), or a graph's scalar
+    tensor as it is; a float or a bool is a ``TypeError`` and a negative int a ``ValueError``, as PyTorch's (a
+    TensorFlow graph took 2.0 as 2, and each framework raised an error of its own)."""
+    if type(size) is int and size >= 0:
+        return size
+    if backend.is_tensor(size):
+        return size
+    checked = arguments.integer(size)
+    if checked is None:
+        raise TypeError(f"{owner} sizes must be ints, got {size!r} ({type(size).__name__})")
+    if checked < 0:
+        raise ValueError(f"{owner} sizes must be non-negative, got {checked}")
+    return checked
 
 
 def cat(tensors, dim=0):
@@ -1401,7 +1489,7 @@ def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner)
     classes = shape(log_probabilities)[1]
     kept = labels != ignore_index
     safe = check_index(where(kept, labels, zeros_like(labels)), classes, f"{owner} labels")
-    picked = squeeze(gather(log_probabilities, 1, unsqueeze(safe, 1)), 1)
+    picked = squeeze(_ops().gather(log_probabilities, 1, unsqueeze(safe, 1)), 1)  # (its shape fits: no check)
     mask = cast_like(kept, picked)
     weights = mask if weight is None else take(weight, safe) * mask
     losses = where(kept, -picked * weights, zeros_like(picked))  # a select: an ignored label's gradient is 0, never
@@ -1490,11 +1578,16 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     may attend to (True takes part, as PyTorch's function; ``nn.MultiheadAttention``'s masks say the opposite), a
     float mask is added to the scores. ``is_causal`` lets query i attend to keys 0..i only (then ``attn_mask``
     must be None). ``dropout_p`` drops attention weights (from the backend's generator). A query whose every key
-    is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN)."""
+    is masked attends to nothing: its weights and output are 0, as PyTorch's function (not NaN). Query, key and
+    value of two dtypes are a ``DtypeMismatchError`` outside autocast, as PyTorch's (JAX promoted them); of
+    shapes that do not fit (fewer than 2 axes, two E or S, batch axes that do not broadcast) a ``ShapeMismatchError``
+    naming the three, in graphs too."""
     if isinstance(query, CONVERTED) or isinstance(key, CONVERTED) or isinstance(value, CONVERTED):
         query, key, value = (input_checks.value_as_tensor("scaled_dot_product_attention", what, t)
                              if isinstance(t, CONVERTED) else t for what, t in zip(("query", "key", "value"),
                                                                                   (query, key, value)))
+    input_checks.check_attention_dtypes("scaled_dot_product_attention", query, key, value)
+    query = input_checks.check_attention_shapes("scaled_dot_product_attention", query, key, value)
     attn_mask = input_checks.as_tensor("scaled_dot_product_attention", "attn_mask", attn_mask)
     input_checks.check_mask("scaled_dot_product_attention", "attn_mask", attn_mask, query, float32=True)
     attn_mask = input_checks.check_mask_broadcasts("scaled_dot_product_attention", "attn_mask", attn_mask, query,

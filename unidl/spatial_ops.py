@@ -109,12 +109,20 @@ def _crop(x, axis, start, stop):
 @_composite("x", "weight", "bias")
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """1-D cross-correlation of (N, C, L) ``x`` with an (out, in / groups, k) ``weight``, as
-    ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1."""
+    ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1. One
+    sample (C, L) gives its (out, L'), as PyTorch's; another rank is a ``ShapeMismatchError``."""
     stride, dilation, padding, groups = ops._conv_arguments("conv1d", stride, dilation, padding, groups, rank=1)
     input_checks.check_parameters_dtype("conv1d", x, weight)
-    x, weight = input_checks.check_conv_channels("conv1d", x, weight, groups)
+    x = ops._check_conv_ranks("conv1d", x, weight, 1)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv1d", bias, weight, what="bias")
+    return ops._one_sample_as_batch(x, 1, lambda batch: _conv1d(batch, weight, bias, stride, padding, dilation,
+                                                                groups))
+
+
+def _conv1d(x, weight, bias, stride, padding, dilation, groups):
+    """``conv1d`` of a batch (N, C, L), its arguments checked."""
+    x, weight = input_checks.check_conv_channels("conv1d", x, weight, groups)
     if padding != "same" and len(x.shape) == 3 and len(weight.shape) == 3:  # a kernel larger than the padded input
         span = _single(dilation) * (input_checks.sizes_of(weight)[2] - 1) + 1
         x = input_checks.check_window_fits("conv1d", x, (span,), ("valid",) if padding == "valid" else
@@ -147,34 +155,67 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     ``torch.nn.functional.conv_transpose2d``: output size (H - 1) * stride - 2 * padding + dilation * (k - 1)
     + output_padding + 1, ``output_padding`` smaller than the stride or the dilation on each axis (a ``ValueError``
     otherwise, as PyTorch's). Computed as the plain convolution of ``x`` spread out by ``stride`` (zeros between
-    its elements) and padded by dilation * (k - 1) - padding, with the kernel flipped and its in/out swapped."""
+    its elements) and padded by dilation * (k - 1) - padding, with the kernel flipped and its in/out swapped. One
+    sample (C, H, W) gives its (out, H', W'), as PyTorch's; another rank is a ``ShapeMismatchError``."""
     if isinstance(padding, str):
         raise ValueError(f"conv_transpose2d padding must be an int or a pair of ints, got {padding!r}")
     stride, dilation, padding, groups = ops._conv_arguments("conv_transpose2d", stride, dilation, padding, groups)
     input_checks.check_parameters_dtype("conv_transpose2d", x, weight)
-    x, weight = input_checks.check_conv_channels("conv_transpose2d", x, weight, groups, transposed=True)
+    x = ops._check_conv_ranks("conv_transpose2d", x, weight, 2, transposed=True)
     if bias is not None:  # (jax promoted the two; tensorflow and keras raised in their own words)
         input_checks.check_parameters_dtype("conv_transpose2d", bias, weight, what="bias")
     output_padding = arguments.int_or_ints("conv_transpose2d", "output_padding", output_padding, 2, minimum=0)
     arguments.check_output_padding("conv_transpose2d", _pair(output_padding), _pair(stride), _pair(dilation))
-    if len(weight.shape) != 4 or None in tuple(weight.shape):
-        raise ValueError(f"conv_transpose2d needs a weight of known shape (in, out / groups, kh, kw), got "
-                         f"{tuple(weight.shape)}: a parameter, or a tensor whose shape a traced graph knows")
-    in_channels, out_per_group, kh, kw = (int(d) for d in weight.shape)
+    return ops._one_sample_as_batch(x, 2, lambda batch: _conv_transpose2d(batch, weight, bias, stride, padding,
+                                                                          output_padding, groups, dilation))
+
+
+def _conv_transpose2d(x, weight, bias, stride, padding, output_padding, groups, dilation):
+    """``conv_transpose2d`` of a batch (N, C, H, W), its arguments checked."""
+    x, weight = input_checks.check_conv_channels("conv_transpose2d", x, weight, groups, transposed=True)
+    # sizes: ints, or scalar tensors where a graph leaves them unknown (a TensorFlow ud.function's argument)
+    in_channels, out_per_group, kh, kw = input_checks.sizes_of(weight)
     kernel = ops.reshape(weight, (groups, in_channels // groups, out_per_group, kh, kw))
     kernel = ops.reshape(ops.permute(kernel, (0, 2, 1, 3, 4)), (groups * out_per_group, in_channels // groups, kh, kw))
-    # flipped by products with the exchange matrix: two constants and two exact products, in graphs and eagerly
-    kernel = ops.matmul(ops.matmul(_constant(np.eye(kh)[::-1], kernel), kernel), _constant(np.eye(kw)[::-1], kernel))
+    # flipped by products with the exchange matrix: two exact products, in graphs and eagerly
+    kernel = ops.matmul(ops.matmul(_exchange(kh, kernel), kernel), _exchange(kw, kernel))
     strides, pads, extras, dilations = _pair(stride), _pair(padding), _pair(output_padding), _pair(dilation)
     for axis, k in ((2, kh), (3, kw)):
         s, p, extra, d = strides[axis - 2], pads[axis - 2], extras[axis - 2], dilations[axis - 2]
         if s > 1:
             x = _spread(x, axis, s)
-        before, after = d * (k - 1) - p, d * (k - 1) - p + extra - (s - 1)  # _spread left s - 1 zeros at the end
-        x = ops.pad(x, _pad_amounts_for(4, axis, max(before, 0), max(after, 0))) if before > 0 or after > 0 else x
+        before = d * (k - 1) - p
+        x = _pad_or_crop(x, axis, before, before + extra - (s - 1))  # _spread left s - 1 zeros at the end
+    return ops._conv2d(x, kernel, bias, 1, 0, dilations, groups)
+
+
+def _exchange(size, like):
+    """The (size, size) exchange matrix (ones on the anti-diagonal) in ``like``'s dtype: a constant for a known
+    size, built from the graph's scalar for one a graph leaves unknown."""
+    if isinstance(size, int):
+        return _constant(np.eye(size)[::-1], like)
+    return _picks((_as_int64(size) - 1) - _indices(size), size, like)
+
+
+def _pad_or_crop(x, axis, before, after):
+    """``x`` padded with zeros along ``axis`` by ``before`` and ``after`` (ints, or scalar tensors where a graph
+    leaves the kernel's size unknown), a negative amount cropping instead."""
+    if isinstance(before, int) and isinstance(after, int):
+        if before > 0 or after > 0:
+            x = ops.pad(x, _pad_amounts_for(4, axis, max(before, 0), max(after, 0)))
         if before < 0 or after < 0:
             x = _crop(x, axis, -before if before < 0 else None, after if after < 0 else None)
-    return ops._conv2d(x, kernel, bias, 1, 0, dilations, groups)
+        return x
+    before, after = _as_int64(before), _as_int64(after)
+    sizes = [_as_int64(size) for size in ops.shape(x)]
+    length = sizes[axis]
+
+    def zeros(amount):  # zeros of x's shape but ``amount`` (none where it is negative) along ``axis``
+        sizes[axis] = ops.maximum(amount, 0)
+        return ops.zeros(tuple(sizes), dtype_kinds.dtype_name(x.dtype))
+
+    x = ops.concat([zeros(before), x, zeros(after)], axis)
+    return _crop(x, axis, ops.maximum(-before, 0), ops.maximum(before, 0) + length + after)
 
 
 # ---- pooling --------------------------------------------------------------------------------------------------
