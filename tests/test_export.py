@@ -21,6 +21,11 @@ BATCH_SIZES = (5, 1)
 MODELS = {
     "TwoLayerNet": (lambda: ud.models.TwoLayerNet(64, 100, 10), (64,)),
     "CNN": (lambda: ud.models.CNN(in_channels=1, num_classes=10, image_size=8), (1, 8, 8)),
+    # layers that build constants while traced (bins, interpolation weights: the torch backend's export of
+    # them raised), non-global adaptive pooling with bins of unequal sizes
+    "Decoder": (lambda: ud.nn.Sequential(
+        ud.nn.ConvTranspose2d(1, 2, 3, stride=2), ud.nn.Upsample(scale_factor=2, mode="bilinear"),
+        ud.nn.AdaptiveMaxPool2d((5, 4)), ud.nn.Upsample(scale_factor=2), ud.nn.AdaptiveAvgPool2d(3)), (1, 4, 4)),
 }
 
 #: format -> code that loads ``path`` and defines ``run(x) -> [outputs]``, one per way of calling the program
@@ -100,7 +105,7 @@ def export_every_format(backends, directory) -> dict:
                     expected.append(ud.to_numpy(model(ud.tensor(x))))
                 for format in model._backend.export_formats():
                     path = directory / f"{backend}_{model_name}_{format}{SUFFIXES[format]}"
-                    ud.export(model, path, format=format)
+                    ud.export(model, path, format=format, input_shape=input_shape)
                     written.setdefault(format, []).append(
                         {"path": str(path), "inputs": inputs, "expected": expected, "name": path.name})
     return written
