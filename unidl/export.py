@@ -20,7 +20,8 @@ from unidl.nn.module import exporting, restore_modes
 
 #: every export format unidl knows -> what it writes and how to load it without unidl
 FORMATS = {
-    "saved_model": "a SavedModel directory: tf.saved_model.load(path).serve(x)",
+    # (not tf.saved_model.load(path).serve(x): the loaded object owns the variables, and serve fails once it is gone)
+    "saved_model": "a SavedModel directory: loaded = tf.saved_model.load(path); loaded.serve(x)",
     "torch_export": "a .pt2 file: torch.export.load(path).module()(x)",
     "onnx": "an .onnx file: onnxruntime.InferenceSession(path).run(None, {'x': x})",
     "stablehlo": "a serialized jax.export.Exported: jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x) "
@@ -179,7 +180,9 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
     Formats (each backend writes some; an unsupported one raises ``ExportFormatError`` listing them):
 
     - ``'saved_model'`` (tensorflow, keras; jax where TensorFlow is installed): a SavedModel directory;
-      ``tf.saved_model.load(path)`` gives ``loaded.serve(x)`` and ``loaded.signatures['serving_default']``.
+      ``loaded = tf.saved_model.load(path)`` gives ``loaded.serve(x)`` and ``loaded.signatures['serving_default']``
+      (keep ``loaded`` while they run: it owns the variables, and a call after it is gone fails, "Called a
+      function referencing variables which have been deleted").
     - ``'torch_export'`` (torch): a ``.pt2`` file of ``torch.export``; ``torch.export.load(path).module()(x)``.
     - ``'onnx'`` (torch, jax): an ONNX file with input ``'x'`` and output ``'y'`` (several outputs: ``'y'``,
       ``'y_1'``, ``'y_2'``, ... in ``flat_outputs`` order, on every backend), the weights inside; needs
