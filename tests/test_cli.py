@@ -66,6 +66,21 @@ def test_info_lists_backends_versions_devices(capsys):
         assert text in out
 
 
+def test_a_bad_thread_count_in_the_environment_is_one_line_and_info_reports_it(monkeypatch, capsys):
+    """``UNIDL_NUM_THREADS=abc``: a command ends with ``unidl: error:`` naming it, status 2, as a bad
+    ``UNIDL_DEVICE`` does (it was a traceback, status 1); ``unidl info`` lists the rest and reports it."""
+    from unidl import threads
+
+    monkeypatch.setattr(threads, "_requested", None)
+    monkeypatch.setenv("UNIDL_NUM_THREADS", "abc")
+    assert cli.main(["train", "--model", "two_layer", "--dataset", "synthetic", "--verbose", "0"]) == 2
+    assert capsys.readouterr().err == "unidl: error: UNIDL_NUM_THREADS must be a positive integer, got 'abc'\n"
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2.13" in out
+    assert "threads: UNIDL_NUM_THREADS must be a positive integer, got 'abc' (ignored for this listing)" in out
+
+
 def unidl_command(*arguments, env=None):
     """``python -m unidl ARGUMENTS`` from the repo root, as a user runs it (no TF_CPP_MIN_LOG_LEVEL of ours)."""
     environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

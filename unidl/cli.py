@@ -364,7 +364,26 @@ def plot_run(run: str, output: str | None) -> str:
     return plot_history(source, output, title=os.path.basename(os.path.normpath(run)))
 
 
-def info() -> None:
+def set_aside_unusable_threads() -> str | None:
+    """For ``unidl info``, which reports a bad environment instead of failing: an unusable ``UNIDL_NUM_THREADS``'s
+    error, the variable removed from this process so that the backends still load (None where it is usable)."""
+    from unidl import threads
+    from unidl.errors import ConfigurationError
+
+    try:
+        threads.requested()
+    except ConfigurationError as error:
+        del os.environ["UNIDL_NUM_THREADS"]
+        return f"{error} (ignored for this listing)"
+    return None
+
+
+def info(unusable_threads: str | None = None) -> None:
+    """Print the installed backends, their capabilities and GPUs, and the defaults in force.
+
+    Args:
+        unusable_threads: the error of an unusable ``UNIDL_NUM_THREADS``, reported after the defaults.
+    """
     from unidl import backends, config
     from unidl.compare import display_name
 
@@ -387,6 +406,8 @@ def info() -> None:
         print(f"default backend: {config.get_backend()}, device: {config.get_device()}, dtype: {config.get_dtype()}")
     except Exception as error:  # report a bad UNIDL_BACKEND/UNIDL_DEVICE instead of failing the listing
         print(f"default backend/device: {error}")
+    if unusable_threads:
+        print(f"threads: {unusable_threads}")
 
 
 def gpu_report() -> str:
@@ -480,6 +501,7 @@ def run_command(args) -> int:
         except (OSError, ValueError, TypeError, ImportError) as error:
             build_parser().exit(2, f"unidl plot: error: {error}\n")
         return 0
+    unusable = set_aside_unusable_threads() if args.command == "info" else None
     if getattr(args, "verbose", 1) != 2:
         silence_framework_logs()
         with framework_import_logs_dropped():
@@ -487,7 +509,7 @@ def run_command(args) -> int:
     if args.command == "train":
         train(args)
     elif args.command == "info":
-        info()
+        info(unusable)
     elif args.command == "parity":
         from unidl.testing.cases import run_parity_command
 
