@@ -336,7 +336,9 @@ _FILE_KINDS = {"BOOL": "b", "BF16": "f", "F16": "f", "F32": "f", "F64": "f"}
 
 def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = True, what: str | None = None) -> None:
     """Raise ``StateDictError`` unless tensors ``{key: (safetensors dtype, shape)}`` load into ``model``:
-    every name, shape and dtype (floating tensors into floating variables, integers into integers)."""
+    every name, shape and dtype. The dtype rule is ``load_state_dict``'s (``nn.module._loadable_values``), torch's:
+    any number into a floating-point variable (cast, as an in-memory dict or a ``.pth`` file loads), integers or
+    booleans into an integer variable, never floats (they would be truncated)."""
     own = dict(model._state_variables())
     optional = model.optional_state_keys()
     missing = [k for k in own if k not in entries and k not in optional]
@@ -349,9 +351,8 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
             if expected != tuple(shape):
                 mismatched.append(f"{key}: expected shape {expected}, found {tuple(shape)}")
             kind, file_kind = _dtype_kind(variable), _FILE_KINDS.get(dtype_name, dtype_name[:1].lower())
-            if (kind == "f") != (file_kind == "f"):
-                wrong_kind.append(f"{key}: expected {'a floating-point' if kind == 'f' else 'an integer'} tensor, "
-                                  f"found dtype {dtype_name}")
+            if kind in "iu" and file_kind not in "iub":
+                wrong_kind.append(f"{key}: expected an integer tensor, found dtype {dtype_name}")
     problems = []
     if mismatched:
         problems.append("shape mismatches: " + "; ".join(mismatched))
