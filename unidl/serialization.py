@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 
@@ -178,6 +179,8 @@ _PICKLE_PREFIXES = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6)
 #: what a legacy (non-zip) torch.save file begins with: a pickled magic number, 0x1950a86a20f9469cfc6c
 _TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _ZIP_PREFIX = b"PK\x03\x04"
+#: a terminal's escape codes (torch puts bold text in its weights_only refusal), left out of unidl's messages
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _refuse_pickle(path: str, kind: str) -> UnsafeFormatError:
@@ -255,10 +258,24 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's own refusal (e.g. a pickled object other than tensors) or a damaged archive
-        raise CorruptFileError(f"{path!r}: torch.load(weights_only=True) refused it: {error}") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        # (torch's text, without the terminal's bold codes it puts in it)
+        raise CorruptFileError(f"{path!r}: torch.load(weights_only=True) refused it: {_ANSI_CODES.sub('', str(error))}"
+                               f" (a whole module saved with torch.save(model)? save model.state_dict() instead)"
+                               ) from None
+
+    def is_state_dict(value):
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in value.items())
+
+    if isinstance(state, dict) and is_state_dict(state.get("state_dict")):
+        state = state["state_dict"]  # a training checkpoint ({"state_dict": ..., "epoch": n}), as a pickle's is read
+    if not is_state_dict(state):
+        nested = [key for key, value in state.items() if is_state_dict(value)] if isinstance(state, dict) else []
+        hint = (f"; pass the one it holds, model.load_state_dict(torch.load(path, weights_only=True)[{nested[0]!r}])"
+                if nested else "")
         raise CorruptFileError(f"{path!r} does not hold a plain state dict (parameter names -> tensors); it holds "
-                               f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else ""))
+                               f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict)
+                                                            else "") + hint)
     converted, widened = {}, 0
     for key, value in state.items():
         if value.layout != torch.strided or value.device.type == "meta":

@@ -58,6 +58,29 @@ def test_the_same_state_dict_loads_the_same_from_memory_pth_and_safetensors(back
         assert int(ud.to_numpy(norm.num_batches_tracked)) == 0
 
 
+def test_a_training_checkpoints_state_dict_loads_and_other_layouts_say_what_to_pass(tmp_path):
+    """``torch.save({"state_dict": ..., "epoch": n})`` (Lightning's layout) loads its state dict, as the same pickle
+    does with ``allow_pickle=True`` (``torch.load(weights_only=True)`` reads it safely: no opt-in); a state dict
+    under another key is an error naming the key to pass; torch's refusal of a whole module comes without the
+    terminal's escape codes it holds."""
+    reference = torch.nn.Linear(4, 3)
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, tmp_path / "c.pth")
+    with ud.use_backend("torch"):
+        for allow_pickle in (False, True):
+            model = ud.nn.Linear(4, 3)
+            ud.load_weights(model, tmp_path / "c.pth", allow_pickle=allow_pickle)
+            assert np.array_equal(ud.to_numpy(model.weight), reference.weight.detach().numpy())
+        torch.save({"model": reference.state_dict(), "optimizer": {"lr": 0.1}}, tmp_path / "m.pth")
+        with pytest.raises(ud.CorruptFileError, match=r"pass the one it holds, model.load_state_dict\(torch.load\("
+                                                      r"path, weights_only=True\)\['model'\]\)"):
+            ud.load_weights(model, tmp_path / "m.pth")
+        torch.save(reference, tmp_path / "whole.pth")
+        with pytest.raises(ud.CorruptFileError, match=r"(?s)refused it: .*save model.state_dict\(\) instead") as \
+                refused:
+            ud.load_weights(model, tmp_path / "whole.pth")
+        assert "\x1b" not in str(refused.value)
+
+
 def test_pth_with_other_objects_is_refused(tmp_path):
     path = tmp_path / "object.pth"
     torch.save({"weight": torch.zeros(2), "extra": NotATensor()}, path)
