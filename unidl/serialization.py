@@ -219,6 +219,7 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
         with open(path, "rb") as handle:
             head = handle.read(len(_TORCH_LEGACY_PREFIX))
         if head.startswith(_ZIP_PREFIX):
+            _refuse_npz(path)
             return read_torch_state_dict(path), None
         if head == _TORCH_LEGACY_PREFIX:  # (its storages' sizes, read before any check, are the file's to choose)
             raise UnsafeFormatError(
@@ -240,6 +241,24 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
                                    f"its runtime)") from None
     reader, metadata, names = open_weights(path)
     return {key: array for key, (_, array) in zip(names, reader.tensors(list(names.values())))}, metadata
+
+
+def _refuse_npz(path: str) -> None:
+    """``CorruptFileError`` naming the format of a NumPy ``.npz`` archive (``np.savez`` of a state dict: ``.npy``
+    entries at the archive's root), which shares the zip signature of a ``torch.save`` file and got torch's error
+    about a missing subdirectory; it says how to load one and how to save weights unidl reads."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # (read_torch_state_dict names what is wrong with it)
+    if names and all(name.endswith(".npy") and "/" not in name for name in names):
+        raise CorruptFileError(
+            f"{path!r} is a NumPy .npz archive ({len(names)} arrays), not a weights file that ud.load_weights reads: "
+            f"load it with model.load_state_dict(dict(np.load(path, allow_pickle=False))), or save weights with "
+            f"ud.save(model, path) (safetensors)")
 
 
 def read_torch_state_dict(path) -> dict[str, np.ndarray]:
