@@ -46,16 +46,22 @@ def test_bad_dataset_is_explained(capsys):
 
 
 def test_missing_mnist_files_or_an_unwritable_logdir_are_one_line_errors_with_status_2(tmp_path, capsys):
-    """A file the command cannot read or write is ``unidl: error: ...`` naming it, exit status 2 (a traceback)."""
+    """A file the command cannot read is ``unidl: error: ...`` naming it, exit status 2 (a traceback); a ``--logdir``
+    it cannot make is an argument error, before any data loads."""
     assert cli.main(["train", "--dataset", f"mnist:{tmp_path}", "--verbose", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("unidl: error: ") and "train-images-idx3-ubyte" in err and len(err.splitlines()) == 1
+    # a --logdir that is a file, or below one: refused with the other arguments, before the data loads
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert cli.main(["train", "--model", "two_layer", "--dataset", "synthetic", "--epochs", "1", "--verbose", "0",
-                     "--backend", "torch", "--logdir", str(blocker / "logs")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("unidl: error: ") and str(blocker / "logs") in err and len(err.splitlines()) == 1
+    for logdir, message in [(blocker, f"'{blocker}' exists and is not a directory"),
+                            (blocker / "logs", f"cannot make directory '{blocker / 'logs'}': '{blocker}' is a file")]:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["train", "--model", "two_layer", "--dataset", "synthetic", "--epochs", "1", "--verbose", "0",
+                      "--backend", "torch", "--logdir", str(logdir)])
+        assert exited.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"unidl train: error: argument --logdir: {message}\n" and "model=" not in captured.out
 
 
 def test_info_lists_backends_versions_devices(capsys):

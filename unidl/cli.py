@@ -117,6 +117,20 @@ def dataset_spec(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; use {DATASETS}")
 
 
+def directory_path(text: str) -> str:
+    """A directory, or a path where one can be made: not an existing file, nor below one (found before the data
+    loads, where the log's ``os.makedirs`` said only "File exists")."""
+    path = os.path.abspath(text)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise argparse.ArgumentTypeError(f"cannot make directory {text!r}: {ancestor!r} is a file")
+    return text
+
+
 def version() -> str:
     from importlib import metadata
 
@@ -148,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=positive_int, default=1,
                        help="processes training data-parallel on this machine, --batch-size being the global "
                             "batch (default: 1)")
-    train.add_argument("--logdir", default=None, metavar="DIR",
+    train.add_argument("--logdir", type=directory_path, default=None, metavar="DIR",
                        help="write the run's CSV log (history.csv), TensorBoard events and plot (history.png) to DIR, "
                             "validating on the test set every epoch")
     train.add_argument("--threads", type=positive_int, default=None,
