@@ -344,7 +344,9 @@ def test_input_shape_from_config_or_argument(backend, tmp_path):
         ud.export(model, path, format=format)
     with pytest.raises(ValueError, match="positive ints"):
         ud.export(model, path, format=format, input_shape=(0, 4))
-    ud.export(model, path, format=format, input_shape=(4,))
+    with pytest.raises(ValueError, match="positive ints"):
+        ud.export(model, path, format=format, input_shape=(True, 4.0))
+    ud.export(model, path, format=format, input_shape=np.array([4]))  # NumPy integers, as the layers take sizes
     assert path.exists()
 
 

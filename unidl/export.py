@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 
+from unidl import arguments
 from unidl.dtype_kinds import dtype_name
 from unidl.errors import ExportFormatError, ExportInputError
 from unidl.io.atomic import fsync_directory, fsync_tree, remove_stale_temporaries, temporary_path
@@ -71,11 +72,11 @@ def default_input_shape(model) -> tuple[int, ...]:
 
 
 def _check_input_shape(input_shape) -> tuple[int, ...]:
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        shape = None
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+    """``input_shape`` as a tuple of Python ints, read by unidl's argument rule as the layers read sizes (a tuple or
+    list, a 1-d NumPy array, a tensor's shape; NumPy integers taken, a bool or a float refused)."""
+    shape = arguments.sequence(input_shape)
+    shape = None if shape is None else tuple(arguments.integer(d) for d in shape)
+    if not shape or not all(d is not None and d > 0 for d in shape):
         raise ValueError(f"input_shape must be a non-empty sequence of positive ints without the batch "
                          f"dimension (e.g. (1, 8, 8)), got {input_shape!r}")
     return shape
@@ -199,8 +200,9 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
         model: a ``unidl.nn.Module``; exported on its own backend, with its current weights.
         path: the file (or, for saved_model, directory) to create; its parent directory must exist.
         format: one of the formats above.
-        input_shape: one sample's shape without the batch dimension, e.g. ``(1, 8, 8)``; by default
-            taken from ``model.config`` (CNN: in_channels and image_size; TwoLayerNet: D_in).
+        input_shape: one sample's shape without the batch dimension, e.g. ``(1, 8, 8)`` (a list, a 1-d NumPy
+            array or NumPy integers too); by default taken from ``model.config`` (CNN: in_channels and image_size;
+            TwoLayerNet: D_in).
         overwrite: replace an existing ``path`` (otherwise ``FileExistsError``).
         input_dtype: the dtype of the program's input, one of ``INPUT_DTYPES`` (a name, or a NumPy or framework
             dtype); by default the model's float dtype. Models that take integers need theirs: token ids of
