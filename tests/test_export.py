@@ -196,6 +196,20 @@ def test_jax_onnx_pools_keep_padding_and_strides(tmp_path):
     assert np.isnan(expected_nan[1]).all() and max_relative_difference(output[::2], expected_nan[::2]) <= TOLERANCE
 
 
+def test_an_exporters_missing_conversion_is_an_export_format_error_naming_the_layer(tmp_path):
+    """jax2onnx has no ONNX for a reverse scan: a bidirectional GRU on jax is an ``ExportFormatError`` naming the
+    layer, the format and the formats that write it (it was jax2onnx's ``NotImplementedError``); nothing written."""
+    if "jax" not in backends_under_test():
+        pytest.skip("jax is not under test")
+    pytest.importorskip("jax2onnx")
+    with ud.use_backend("jax"):
+        model = ud.nn.GRU(4, 5, batch_first=True, bidirectional=True)
+        with pytest.raises(ud.ExportFormatError, match=r"the jax backend's 'onnx' exporter cannot convert GRU's "
+                                                       r"forward: NotImplementedError: .*'stablehlo'"):
+            ud.export(model, tmp_path / "gru.onnx", format="onnx", input_shape=(6, 4))
+    assert os.listdir(tmp_path) == []
+
+
 def test_every_backend_exports_something():
     for backend in backends_under_test():
         with ud.use_backend(backend):

@@ -244,7 +244,7 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
     with temporary_path(path, "" if format in DIRECTORY_FORMATS else os.path.splitext(path)[1]) as temporary:
         try:
             with _eval_mode(model), exporting():  # (a forward that writes a buffer: refused, see exporting)
-                backend.export(model, temporary, format, shape, dtype)
+                _run_exporter(backend, model, temporary, format, shape, dtype)
             if format == "onnx":
                 _name_onnx_outputs(temporary)
             fsync_tree(temporary)
@@ -253,6 +253,23 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
             _remove(temporary)
             raise
     fsync_directory(directory)
+
+
+def _run_exporter(backend, model, temporary, format, shape, dtype) -> None:
+    """``backend.export``, an exporter's own "not implemented" (jax2onnx has no ONNX for a reverse scan: a
+    bidirectional RNN on jax) made an ``ExportFormatError`` naming the model, the format and the formats left."""
+    from unidl.errors import UnidlError
+
+    try:
+        backend.export(model, temporary, format, shape, dtype)
+    except NotImplementedError as error:
+        if isinstance(error, UnidlError):
+            raise
+        others = ", ".join(repr(f) for f in backend.export_formats() if f != format) or "none"
+        raise ExportFormatError(
+            f"the {backend.name} backend's {format!r} exporter cannot convert {type(model).__name__}'s forward: "
+            f"{type(error).__name__}: {error} (docs/guarantees.md lists such limits); other formats on "
+            f"{backend.name}: {others}") from error
 
 
 def _place(temporary: str, path: str) -> None:
