@@ -3,7 +3,7 @@
 Every comparison runs its pair in one process, alternating blocks of steps (A, B, B, A, ...),
 and reports medians and the ratio unidl/native; the peers a user would otherwise pick (Keras 3
 on torch and on TensorFlow) and the data loaders are compared the same way. The result is a
-Markdown report (``benchmarks/RESULTS.md`` by default). ``python benchmarks/bench.py [--quick]``
+Markdown report (``benchmarks/RESULTS.md`` of this checkout by default). ``python benchmarks/bench.py [--quick]``
 is the same command as ``unidl bench [--quick]``.
 """
 
@@ -31,7 +31,14 @@ from benchmarks.native_tf import bench_tensorflow
 from benchmarks.native_torch import bench_torch
 from benchmarks.report import ANALYSIS_HEADING, format_row, load_average, previous_analysis, report
 from unidl.cli import positive_int
-from unidl.errors import DeviceUnavailableError
+from unidl.errors import ConfigurationError, DeviceUnavailableError
+
+#: every group ``run`` may hold, in its order (which of them a run holds depends on the frameworks installed,
+#: the device and ``--quick``)
+GROUPS = ("torch", "tensorflow", "keras", "jax", "peer keras torch", "peer keras tensorflow", "peer keras jax",
+          "models", "models peer keras torch", "models peer keras tensorflow", "loader", "first step")
+#: the report's default path: the committed results beside this harness, wherever the command runs from
+DEFAULT_REPORT = str(Path(__file__).resolve().parent / "RESULTS.md")
 
 
 def _installed(backend: str) -> bool:
@@ -79,6 +86,9 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
     groups += [("loader", lambda: bench_loaders(settings, device, with_tf))]
     if device == "cpu":
         groups += [("first step", lambda: bench_first_step(settings, device))]
+    if only and not any(only in name for name, _ in groups):
+        raise ConfigurationError(f"--only {only!r}: no group of this run matches it (its groups here: "
+                                 f"{', '.join(name for name, _ in groups)}); nothing was run")
     rows = []
     for name, group in groups:
         if only and only not in name:
@@ -98,20 +108,52 @@ def run(settings: Settings, device: str = "cpu", only: str | None = None, log=pr
     return rows
 
 
+def group_filter(text: str) -> str:
+    """``--only``: a part of some group's name (a typo would run nothing and write an empty report)."""
+    if not any(text in name for name in GROUPS):
+        raise argparse.ArgumentTypeError(f"{text!r} matches no group; groups: {', '.join(GROUPS)}")
+    return text
+
+
+def readable_file(text: str) -> str:
+    """``--findings``: a file that can be read, checked before the benchmark runs (not after, losing it)."""
+    try:
+        with open(text):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}: {error.strerror}") from None
+    return text
+
+
+def report_path(text: str) -> str:
+    """``--out``: a file path whose directory exists or can be made, checked before the benchmark runs."""
+    path = os.path.abspath(text)
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory; expected the report's file path")
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text!r}: {ancestor!r} is not a writable directory")
+    return text
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="unidl bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny configuration (a few steps), for tests")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (default) or cuda (the first GPU)")
     parser.add_argument("--steps", type=positive_int, default=None, help="timed steps per side (default 300; quick 4)")
-    parser.add_argument("--out", default=os.path.join("benchmarks", "RESULTS.md"), help="the Markdown report")
-    parser.add_argument("--only", default=None, help="run only the groups whose name contains this "
-                        "(torch, tensorflow, keras, jax, peer, models, loader, first step)")
+    parser.add_argument("--out", type=report_path, default=DEFAULT_REPORT,
+                        help="the Markdown report (default: RESULTS.md beside this harness)")
+    parser.add_argument("--only", type=group_filter, default=None, help="run only the groups whose name contains "
+                        "this (torch, tensorflow, keras, jax, peer, models, loader, first step)")
     parser.add_argument("--no-subprocess", action="store_true",
                         help="skip the Keras-on-torch peer, which needs a process of its own")
     parser.add_argument("--keep-going", action="store_true",
                         help="a group that fails is a row saying so, and the other groups still run")
-    parser.add_argument("--findings", default=None, help=f"a Markdown file appended to the report (its analysis); "
-                        f"by default the '{ANALYSIS_HEADING}' section of the existing report is kept")
+    parser.add_argument("--findings", type=readable_file, default=None,
+                        help=f"a Markdown file appended to the report (its analysis); by default the "
+                        f"'{ANALYSIS_HEADING}' section of the existing report is kept")
     return parser
 
 

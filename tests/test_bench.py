@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import harness, keras_peer
 from unidl import cli
+from unidl import errors as ud_errors
 
 pytest.importorskip("torch")
 pytest.importorskip("tensorflow")
@@ -116,3 +117,28 @@ def test_keep_going_reports_a_failed_group_as_a_row_and_runs_the_next(monkeypatc
     assert any(r.comparison == "peer: keras on torch" and r.ratio for r in rows)  # the group after it ran
     with pytest.raises(RuntimeError, match="index is on cpu"):
         bench.run(settings, only="torch", log=lambda *a: None, quick=True)
+
+
+def test_an_only_that_matches_no_group_or_a_missing_findings_file_is_refused_before_anything_runs(
+        tmp_path, capsys, monkeypatch):
+    """``--only torhc`` ran nothing, exited 0 and wrote an empty report over the old one; a ``--findings`` path
+    that cannot be read was opened after the whole benchmark had run, losing it. Both are one-line errors, status 2,
+    before any group runs and with nothing written; a group name this run lacks (JAX not installed) is one too."""
+    from benchmarks import bench
+
+    monkeypatch.setattr(bench, "run", lambda *args, **kwargs: pytest.fail("the benchmark ran"))
+    out = tmp_path / "R.md"
+    for arguments, message in [
+            (["--only", "torhc"], "argument --only: 'torhc' matches no group; groups: torch, tensorflow, keras, jax"),
+            (["--findings", str(tmp_path / "nope.md")], f"argument --findings: cannot read '{tmp_path / 'nope.md'}'"),
+            (["--out", str(tmp_path)], f"argument --out: '{tmp_path}' is a directory")]:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["bench", "--quick", "--out", str(out), *arguments])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"unidl bench: error: {message}") and len(err.splitlines()) == 1, err
+        assert not out.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(bench, "_installed", lambda backend: backend != "jax")
+    with pytest.raises(ud_errors.ConfigurationError, match="--only 'jax': no group of this run matches it"):
+        bench.run(harness.Settings.quick(2), only="jax", log=lambda *a: None, quick=True)

@@ -220,6 +220,17 @@ def test_checkpoint_resumes_on_another_backend(tmp_path, rng):
         assert max_relative_difference(resumed, uninterrupted) < 1e-5, target
 
 
+@pytest.mark.parametrize("name, value", [("keep", 0), ("keep", -1), ("keep", 1.5), ("keep", "3"), ("keep", True),
+                                         ("every_steps", True), ("every_steps", 0), ("every_steps", 2.0)])
+def test_checkpoint_arguments_are_checked_when_it_is_made(tmp_path, name, value):
+    """A bad ``keep`` or ``every_steps`` is refused by the constructor (``keep`` was refused at the first save, after
+    an epoch of training); NumPy integers are taken, a bool is not a count (unidl's argument rule)."""
+    with pytest.raises(ValueError, match=f"Checkpoint {name} must be a positive integer or None, got "):
+        ud.callbacks.Checkpoint(tmp_path, **{name: value})
+    checkpoint = ud.callbacks.Checkpoint(tmp_path, every_steps=np.int64(5), keep=np.int32(2))
+    assert (checkpoint.every_steps, checkpoint.keep) == (5, 2) and type(checkpoint.every_steps) is int
+
+
 def test_a_fifo_or_a_directory_named_like_the_newest_checkpoint_is_skipped(tmp_path):
     """A FIFO named like a checkpoint is skipped with a warning, never opened (``open`` blocked for ever: a scan, a
     ``load_checkpoint`` of the directory, a ``fit`` resume hung), and so is a directory named like one (its

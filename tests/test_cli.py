@@ -46,16 +46,22 @@ def test_bad_dataset_is_explained(capsys):
 
 
 def test_missing_mnist_files_or_an_unwritable_logdir_are_one_line_errors_with_status_2(tmp_path, capsys):
-    """A file the command cannot read or write is ``unidl: error: ...`` naming it, exit status 2 (a traceback)."""
+    """A file the command cannot read is ``unidl: error: ...`` naming it, exit status 2 (a traceback); a ``--logdir``
+    it cannot make is an argument error, before any data loads."""
     assert cli.main(["train", "--dataset", f"mnist:{tmp_path}", "--verbose", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("unidl: error: ") and "train-images-idx3-ubyte" in err and len(err.splitlines()) == 1
+    # a --logdir that is a file, or below one: refused with the other arguments, before the data loads
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert cli.main(["train", "--model", "two_layer", "--dataset", "synthetic", "--epochs", "1", "--verbose", "0",
-                     "--backend", "torch", "--logdir", str(blocker / "logs")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("unidl: error: ") and str(blocker / "logs") in err and len(err.splitlines()) == 1
+    for logdir, message in [(blocker, f"'{blocker}' exists and is not a directory"),
+                            (blocker / "logs", f"cannot make directory '{blocker / 'logs'}': '{blocker}' is a file")]:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["train", "--model", "two_layer", "--dataset", "synthetic", "--epochs", "1", "--verbose", "0",
+                      "--backend", "torch", "--logdir", str(logdir)])
+        assert exited.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"unidl train: error: argument --logdir: {message}\n" and "model=" not in captured.out
 
 
 def test_info_lists_backends_versions_devices(capsys):
@@ -64,6 +70,21 @@ def test_info_lists_backends_versions_devices(capsys):
     for text in ("torch 2.13", "tensorflow 2.21", "keras 3.15", "devices: cpu", "capabilities:", "torch_export, onnx",
                  "framework's own trainer"):
         assert text in out
+
+
+def test_a_bad_thread_count_in_the_environment_is_one_line_and_info_reports_it(monkeypatch, capsys):
+    """``UNIDL_NUM_THREADS=abc``: a command ends with ``unidl: error:`` naming it, status 2, as a bad
+    ``UNIDL_DEVICE`` does (it was a traceback, status 1); ``unidl info`` lists the rest and reports it."""
+    from unidl import threads
+
+    monkeypatch.setattr(threads, "_requested", None)
+    monkeypatch.setenv("UNIDL_NUM_THREADS", "abc")
+    assert cli.main(["train", "--model", "two_layer", "--dataset", "synthetic", "--verbose", "0"]) == 2
+    assert capsys.readouterr().err == "unidl: error: UNIDL_NUM_THREADS must be a positive integer, got 'abc'\n"
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2.13" in out
+    assert "threads: UNIDL_NUM_THREADS must be a positive integer, got 'abc' (ignored for this listing)" in out
 
 
 def unidl_command(*arguments, env=None):

@@ -21,6 +21,11 @@ BATCH_SIZES = (5, 1)
 MODELS = {
     "TwoLayerNet": (lambda: ud.models.TwoLayerNet(64, 100, 10), (64,)),
     "CNN": (lambda: ud.models.CNN(in_channels=1, num_classes=10, image_size=8), (1, 8, 8)),
+    # layers that build constants while traced (bins, interpolation weights: the torch backend's export of
+    # them raised), non-global adaptive pooling with bins of unequal sizes
+    "Decoder": (lambda: ud.nn.Sequential(
+        ud.nn.ConvTranspose2d(1, 2, 3, stride=2), ud.nn.Upsample(scale_factor=2, mode="bilinear"),
+        ud.nn.AdaptiveMaxPool2d((5, 4)), ud.nn.Upsample(scale_factor=2), ud.nn.AdaptiveAvgPool2d(3)), (1, 4, 4)),
 }
 
 #: format -> code that loads ``path`` and defines ``run(x) -> [outputs]``, one per way of calling the program
@@ -100,7 +105,7 @@ def export_every_format(backends, directory) -> dict:
                     expected.append(ud.to_numpy(model(ud.tensor(x))))
                 for format in model._backend.export_formats():
                     path = directory / f"{backend}_{model_name}_{format}{SUFFIXES[format]}"
-                    ud.export(model, path, format=format)
+                    ud.export(model, path, format=format, input_shape=input_shape)
                     written.setdefault(format, []).append(
                         {"path": str(path), "inputs": inputs, "expected": expected, "name": path.name})
     return written
@@ -189,6 +194,20 @@ def test_jax_onnx_pools_keep_padding_and_strides(tmp_path):
     # the samples without NaN as unidl's (onnxruntime's MaxPool skips NaN: sample 1's is its own)
     (output,) = session.run(None, {"x": with_nan})
     assert np.isnan(expected_nan[1]).all() and max_relative_difference(output[::2], expected_nan[::2]) <= TOLERANCE
+
+
+def test_an_exporters_missing_conversion_is_an_export_format_error_naming_the_layer(tmp_path):
+    """jax2onnx has no ONNX for a reverse scan: a bidirectional GRU on jax is an ``ExportFormatError`` naming the
+    layer, the format and the formats that write it (it was jax2onnx's ``NotImplementedError``); nothing written."""
+    if "jax" not in backends_under_test():
+        pytest.skip("jax is not under test")
+    pytest.importorskip("jax2onnx")
+    with ud.use_backend("jax"):
+        model = ud.nn.GRU(4, 5, batch_first=True, bidirectional=True)
+        with pytest.raises(ud.ExportFormatError, match=r"the jax backend's 'onnx' exporter cannot convert GRU's "
+                                                       r"forward: NotImplementedError: .*'stablehlo'"):
+            ud.export(model, tmp_path / "gru.onnx", format="onnx", input_shape=(6, 4))
+    assert os.listdir(tmp_path) == []
 
 
 def test_every_backend_exports_something():
@@ -339,7 +358,9 @@ def test_input_shape_from_config_or_argument(backend, tmp_path):
         ud.export(model, path, format=format)
     with pytest.raises(ValueError, match="positive ints"):
         ud.export(model, path, format=format, input_shape=(0, 4))
-    ud.export(model, path, format=format, input_shape=(4,))
+    with pytest.raises(ValueError, match="positive ints"):
+        ud.export(model, path, format=format, input_shape=(True, 4.0))
+    ud.export(model, path, format=format, input_shape=np.array([4]))  # NumPy integers, as the layers take sizes
     assert path.exists()
 
 

@@ -345,6 +345,16 @@ def test_a_model_whose_constructor_copies_a_layer_saves_and_loads(backend, tmp_p
         np.testing.assert_array_equal(loaded.state_dict()[key], value)
 
 
+def test_a_numpy_npz_state_dict_is_named_with_how_to_load_it(tmp_path):
+    """``np.savez`` of a state dict shares the zip signature of ``torch.save`` files and got torch's error about an
+    archive without a subdirectory: the error names the format and how to load it."""
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    np.savez(tmp_path / "sd.npz", **{key: ud.to_numpy(value) for key, value in model.state_dict().items()})
+    with pytest.raises(ud.CorruptFileError, match=r"is a NumPy .npz archive \(4 arrays\), not a weights file .*"
+                                                  r"model.load_state_dict\(dict\(np.load\(path, allow_pickle=False"):
+        ud.load_weights(model, tmp_path / "sd.npz")
+
+
 def test_loading_an_exported_program_as_weights_says_what_it_is(tmp_path):
     """``ud.load_weights`` of a ``torch_export`` program: a ``CorruptFileError`` saying it is an exported program and
     how to run it (torch.load's "internal miniz error" before); an ONNX program's error says such programs hold no

@@ -4,6 +4,7 @@ import pytest
 
 import unidl as ud
 from unidl import backends, threads
+from unidl.errors import ConfigurationError
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_a_bad_thread_count_is_a_clear_error(value):
 def test_a_bad_environment_variable_is_named(monkeypatch):
     monkeypatch.setattr(threads, "_requested", None)
     monkeypatch.setenv("UNIDL_NUM_THREADS", "many")
-    with pytest.raises(ValueError, match="UNIDL_NUM_THREADS must be a positive integer, got 'many'"):
+    with pytest.raises(ConfigurationError, match="UNIDL_NUM_THREADS must be a positive integer, got 'many'"):
         threads.requested()
     monkeypatch.setenv("UNIDL_NUM_THREADS", "3")
     assert threads.requested() == 3

@@ -117,6 +117,20 @@ def dataset_spec(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; use {DATASETS}")
 
 
+def directory_path(text: str) -> str:
+    """A directory, or a path where one can be made: not an existing file, nor below one (found before the data
+    loads, where the log's ``os.makedirs`` said only "File exists")."""
+    path = os.path.abspath(text)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise argparse.ArgumentTypeError(f"cannot make directory {text!r}: {ancestor!r} is a file")
+    return text
+
+
 def version() -> str:
     from importlib import metadata
 
@@ -148,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=positive_int, default=1,
                        help="processes training data-parallel on this machine, --batch-size being the global "
                             "batch (default: 1)")
-    train.add_argument("--logdir", default=None, metavar="DIR",
+    train.add_argument("--logdir", type=directory_path, default=None, metavar="DIR",
                        help="write the run's CSV log (history.csv), TensorBoard events and plot (history.png) to DIR, "
                             "validating on the test set every epoch")
     train.add_argument("--threads", type=positive_int, default=None,
@@ -364,7 +378,26 @@ def plot_run(run: str, output: str | None) -> str:
     return plot_history(source, output, title=os.path.basename(os.path.normpath(run)))
 
 
-def info() -> None:
+def set_aside_unusable_threads() -> str | None:
+    """For ``unidl info``, which reports a bad environment instead of failing: an unusable ``UNIDL_NUM_THREADS``'s
+    error, the variable removed from this process so that the backends still load (None where it is usable)."""
+    from unidl import threads
+    from unidl.errors import ConfigurationError
+
+    try:
+        threads.requested()
+    except ConfigurationError as error:
+        del os.environ["UNIDL_NUM_THREADS"]
+        return f"{error} (ignored for this listing)"
+    return None
+
+
+def info(unusable_threads: str | None = None) -> None:
+    """Print the installed backends, their capabilities and GPUs, and the defaults in force.
+
+    Args:
+        unusable_threads: the error of an unusable ``UNIDL_NUM_THREADS``, reported after the defaults.
+    """
     from unidl import backends, config
     from unidl.compare import display_name
 
@@ -387,6 +420,8 @@ def info() -> None:
         print(f"default backend: {config.get_backend()}, device: {config.get_device()}, dtype: {config.get_dtype()}")
     except Exception as error:  # report a bad UNIDL_BACKEND/UNIDL_DEVICE instead of failing the listing
         print(f"default backend/device: {error}")
+    if unusable_threads:
+        print(f"threads: {unusable_threads}")
 
 
 def gpu_report() -> str:
@@ -480,6 +515,7 @@ def run_command(args) -> int:
         except (OSError, ValueError, TypeError, ImportError) as error:
             build_parser().exit(2, f"unidl plot: error: {error}\n")
         return 0
+    unusable = set_aside_unusable_threads() if args.command == "info" else None
     if getattr(args, "verbose", 1) != 2:
         silence_framework_logs()
         with framework_import_logs_dropped():
@@ -487,7 +523,7 @@ def run_command(args) -> int:
     if args.command == "train":
         train(args)
     elif args.command == "info":
-        info()
+        info(unusable)
     elif args.command == "parity":
         from unidl.testing.cases import run_parity_command
 

@@ -12,6 +12,11 @@ class UnidlError(Exception):
     """Base class of the errors that unidl raises itself."""
 
 
+class ConfigurationError(UnidlError, ValueError):
+    """A setting that holds a value unidl cannot use: an environment variable (``UNIDL_NUM_THREADS=abc``), or a
+    command's option that fits nothing on this machine; the message names the setting and what would be valid."""
+
+
 class UnknownBackendError(UnidlError, ValueError):
     """A backend name that unidl does not know."""
 

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 
+from unidl import arguments
 from unidl.dtype_kinds import dtype_name
 from unidl.errors import ExportFormatError, ExportInputError
 from unidl.io.atomic import fsync_directory, fsync_tree, remove_stale_temporaries, temporary_path
@@ -20,7 +21,8 @@ from unidl.nn.module import exporting, restore_modes
 
 #: every export format unidl knows -> what it writes and how to load it without unidl
 FORMATS = {
-    "saved_model": "a SavedModel directory: tf.saved_model.load(path).serve(x)",
+    # (not tf.saved_model.load(path).serve(x): the loaded object owns the variables, and serve fails once it is gone)
+    "saved_model": "a SavedModel directory: loaded = tf.saved_model.load(path); loaded.serve(x)",
     "torch_export": "a .pt2 file: torch.export.load(path).module()(x)",
     "onnx": "an .onnx file: onnxruntime.InferenceSession(path).run(None, {'x': x})",
     "stablehlo": "a serialized jax.export.Exported: jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x) "
@@ -70,11 +72,11 @@ def default_input_shape(model) -> tuple[int, ...]:
 
 
 def _check_input_shape(input_shape) -> tuple[int, ...]:
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        shape = None
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+    """``input_shape`` as a tuple of Python ints, read by unidl's argument rule as the layers read sizes (a tuple or
+    list, a 1-d NumPy array, a tensor's shape; NumPy integers taken, a bool or a float refused)."""
+    shape = arguments.sequence(input_shape)
+    shape = None if shape is None else tuple(arguments.integer(d) for d in shape)
+    if not shape or not all(d is not None and d > 0 for d in shape):
         raise ValueError(f"input_shape must be a non-empty sequence of positive ints without the batch "
                          f"dimension (e.g. (1, 8, 8)), got {input_shape!r}")
     return shape
@@ -179,7 +181,9 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
     Formats (each backend writes some; an unsupported one raises ``ExportFormatError`` listing them):
 
     - ``'saved_model'`` (tensorflow, keras; jax where TensorFlow is installed): a SavedModel directory;
-      ``tf.saved_model.load(path)`` gives ``loaded.serve(x)`` and ``loaded.signatures['serving_default']``.
+      ``loaded = tf.saved_model.load(path)`` gives ``loaded.serve(x)`` and ``loaded.signatures['serving_default']``
+      (keep ``loaded`` while they run: it owns the variables, and a call after it is gone fails, "Called a
+      function referencing variables which have been deleted").
     - ``'torch_export'`` (torch): a ``.pt2`` file of ``torch.export``; ``torch.export.load(path).module()(x)``.
     - ``'onnx'`` (torch, jax): an ONNX file with input ``'x'`` and output ``'y'`` (several outputs: ``'y'``,
       ``'y_1'``, ``'y_2'``, ... in ``flat_outputs`` order, on every backend), the weights inside; needs
@@ -196,8 +200,9 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
         model: a ``unidl.nn.Module``; exported on its own backend, with its current weights.
         path: the file (or, for saved_model, directory) to create; its parent directory must exist.
         format: one of the formats above.
-        input_shape: one sample's shape without the batch dimension, e.g. ``(1, 8, 8)``; by default
-            taken from ``model.config`` (CNN: in_channels and image_size; TwoLayerNet: D_in).
+        input_shape: one sample's shape without the batch dimension, e.g. ``(1, 8, 8)`` (a list, a 1-d NumPy
+            array or NumPy integers too); by default taken from ``model.config`` (CNN: in_channels and image_size;
+            TwoLayerNet: D_in).
         overwrite: replace an existing ``path`` (otherwise ``FileExistsError``).
         input_dtype: the dtype of the program's input, one of ``INPUT_DTYPES`` (a name, or a NumPy or framework
             dtype); by default the model's float dtype. Models that take integers need theirs: token ids of
@@ -239,7 +244,7 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
     with temporary_path(path, "" if format in DIRECTORY_FORMATS else os.path.splitext(path)[1]) as temporary:
         try:
             with _eval_mode(model), exporting():  # (a forward that writes a buffer: refused, see exporting)
-                backend.export(model, temporary, format, shape, dtype)
+                _run_exporter(backend, model, temporary, format, shape, dtype)
             if format == "onnx":
                 _name_onnx_outputs(temporary)
             fsync_tree(temporary)
@@ -248,6 +253,23 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
             _remove(temporary)
             raise
     fsync_directory(directory)
+
+
+def _run_exporter(backend, model, temporary, format, shape, dtype) -> None:
+    """``backend.export``, an exporter's own "not implemented" (jax2onnx has no ONNX for a reverse scan: a
+    bidirectional RNN on jax) made an ``ExportFormatError`` naming the model, the format and the formats left."""
+    from unidl.errors import UnidlError
+
+    try:
+        backend.export(model, temporary, format, shape, dtype)
+    except NotImplementedError as error:
+        if isinstance(error, UnidlError):
+            raise
+        others = ", ".join(repr(f) for f in backend.export_formats() if f != format) or "none"
+        raise ExportFormatError(
+            f"the {backend.name} backend's {format!r} exporter cannot convert {type(model).__name__}'s forward: "
+            f"{type(error).__name__}: {error} (docs/guarantees.md lists such limits); other formats on "
+            f"{backend.name}: {others}") from error
 
 
 def _place(temporary: str, path: str) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 
 import numpy as np
 
@@ -178,6 +179,8 @@ _PICKLE_PREFIXES = tuple(b"\x80" + bytes([protocol]) for protocol in range(2, 6)
 #: what a legacy (non-zip) torch.save file begins with: a pickled magic number, 0x1950a86a20f9469cfc6c
 _TORCH_LEGACY_PREFIX = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
 _ZIP_PREFIX = b"PK\x03\x04"
+#: a terminal's escape codes (torch puts bold text in its weights_only refusal), left out of unidl's messages
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _refuse_pickle(path: str, kind: str) -> UnsafeFormatError:
@@ -216,6 +219,7 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
         with open(path, "rb") as handle:
             head = handle.read(len(_TORCH_LEGACY_PREFIX))
         if head.startswith(_ZIP_PREFIX):
+            _refuse_npz(path)
             return read_torch_state_dict(path), None
         if head == _TORCH_LEGACY_PREFIX:  # (its storages' sizes, read before any check, are the file's to choose)
             raise UnsafeFormatError(
@@ -239,6 +243,24 @@ def read_weights(path, *, allow_pickle: bool = False) -> tuple[dict[str, np.ndar
     return {key: array for key, (_, array) in zip(names, reader.tensors(list(names.values())))}, metadata
 
 
+def _refuse_npz(path: str) -> None:
+    """``CorruptFileError`` naming the format of a NumPy ``.npz`` archive (``np.savez`` of a state dict: ``.npy``
+    entries at the archive's root), which shares the zip signature of a ``torch.save`` file and got torch's error
+    about a missing subdirectory; it says how to load one and how to save weights unidl reads."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return  # (read_torch_state_dict names what is wrong with it)
+    if names and all(name.endswith(".npy") and "/" not in name for name in names):
+        raise CorruptFileError(
+            f"{path!r} is a NumPy .npz archive ({len(names)} arrays), not a weights file that ud.load_weights reads: "
+            f"load it with model.load_state_dict(dict(np.load(path, allow_pickle=False))), or save weights with "
+            f"ud.save(model, path) (safetensors)")
+
+
 def read_torch_state_dict(path) -> dict[str, np.ndarray]:
     """A PyTorch state dict written by ``torch.save`` (a ``.pth``/``.pt`` zip archive), as NumPy arrays.
 
@@ -255,10 +277,24 @@ def read_torch_state_dict(path) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch's own refusal (e.g. a pickled object other than tensors) or a damaged archive
-        raise CorruptFileError(f"{path!r}: torch.load(weights_only=True) refused it: {error}") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        # (torch's text, without the terminal's bold codes it puts in it)
+        raise CorruptFileError(f"{path!r}: torch.load(weights_only=True) refused it: {_ANSI_CODES.sub('', str(error))}"
+                               f" (a whole module saved with torch.save(model)? save model.state_dict() instead)"
+                               ) from None
+
+    def is_state_dict(value):
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in value.items())
+
+    if isinstance(state, dict) and is_state_dict(state.get("state_dict")):
+        state = state["state_dict"]  # a training checkpoint ({"state_dict": ..., "epoch": n}), as a pickle's is read
+    if not is_state_dict(state):
+        nested = [key for key, value in state.items() if is_state_dict(value)] if isinstance(state, dict) else []
+        hint = (f"; pass the one it holds, model.load_state_dict(torch.load(path, weights_only=True)[{nested[0]!r}])"
+                if nested else "")
         raise CorruptFileError(f"{path!r} does not hold a plain state dict (parameter names -> tensors); it holds "
-                               f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict) else ""))
+                               f"{type(state).__name__}" + (f" with keys {list(state)[:5]}" if isinstance(state, dict)
+                                                            else "") + hint)
     converted, widened = {}, 0
     for key, value in state.items():
         if value.layout != torch.strided or value.device.type == "meta":
@@ -336,7 +372,9 @@ _FILE_KINDS = {"BOOL": "b", "BF16": "f", "F16": "f", "F32": "f", "F64": "f"}
 
 def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = True, what: str | None = None) -> None:
     """Raise ``StateDictError`` unless tensors ``{key: (safetensors dtype, shape)}`` load into ``model``:
-    every name, shape and dtype (floating tensors into floating variables, integers into integers)."""
+    every name, shape and dtype. The dtype rule is ``load_state_dict``'s (``nn.module._loadable_values``), torch's:
+    any number into a floating-point variable (cast, as an in-memory dict or a ``.pth`` file loads), integers or
+    booleans into an integer variable, never floats (they would be truncated)."""
     own = dict(model._state_variables())
     optional = model.optional_state_keys()
     missing = [k for k in own if k not in entries and k not in optional]
@@ -349,9 +387,8 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
             if expected != tuple(shape):
                 mismatched.append(f"{key}: expected shape {expected}, found {tuple(shape)}")
             kind, file_kind = _dtype_kind(variable), _FILE_KINDS.get(dtype_name, dtype_name[:1].lower())
-            if (kind == "f") != (file_kind == "f"):
-                wrong_kind.append(f"{key}: expected {'a floating-point' if kind == 'f' else 'an integer'} tensor, "
-                                  f"found dtype {dtype_name}")
+            if kind in "iu" and file_kind not in "iub":
+                wrong_kind.append(f"{key}: expected an integer tensor, found dtype {dtype_name}")
     problems = []
     if mismatched:
         problems.append("shape mismatches: " + "; ".join(mismatched))

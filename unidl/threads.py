@@ -15,13 +15,17 @@ _requested: int | None = None
 
 
 def _check(value, what: str) -> int:
+    """``value`` as a thread count; else a ``ConfigurationError`` (a ``ValueError``) naming ``what``, which the
+    command line reports in one line, as it does a bad ``UNIDL_DEVICE``."""
+    from unidl.errors import ConfigurationError
+
     if isinstance(value, str):
         try:
             value = int(value.strip())
         except ValueError:
-            raise ValueError(f"{what} must be a positive integer, got {value!r}") from None
+            raise ConfigurationError(f"{what} must be a positive integer, got {value!r}") from None
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{what} must be a positive integer (threads per framework pool), got {value!r}")
+        raise ConfigurationError(f"{what} must be a positive integer (threads per framework pool), got {value!r}")
     return int(value)
 
 

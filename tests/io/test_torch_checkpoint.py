@@ -28,6 +28,59 @@ def test_pth_state_dict_loads_on_every_backend(backend, tmp_path):
         ud.load_weights(ud.nn.LSTM(3, 5, num_layers=2, batch_first=True, bidirectional=True), str(path))
 
 
+def test_the_same_state_dict_loads_the_same_from_memory_pth_and_safetensors(backend, tmp_path):
+    """An int64 tensor into a float variable is cast, as ``torch.nn``'s ``load_state_dict`` casts it, whichever the
+    source: a dict, a ``.pth`` file or a safetensors file (which refused it); a float tensor into an integer
+    variable is refused from each, nothing changed."""
+    from unidl.io.safetensors import save_file
+
+    state = {"weight": torch.arange(12).reshape(3, 4), "bias": torch.zeros(3)}
+    torch.save(state, tmp_path / "w.pth")
+    save_file({key: value.numpy() for key, value in state.items()}, tmp_path / "w.safetensors")
+    for source in (state, tmp_path / "w.pth", tmp_path / "w.safetensors"):
+        model = ud.nn.Linear(4, 3)
+        if isinstance(source, dict):
+            model.load_state_dict({key: value.numpy() for key, value in source.items()})
+        else:
+            ud.load_weights(model, source)
+        weight = ud.to_numpy(model.weight)
+        assert weight.dtype == np.float32 and np.array_equal(weight, np.arange(12).reshape(3, 4)), source
+
+    norm = ud.nn.BatchNorm1d(3)
+    state = {key: ud.to_numpy(value) for key, value in norm.state_dict().items()}
+    state["num_batches_tracked"] = np.float32(state["num_batches_tracked"] + 2.5)
+    torch.save({key: torch.from_numpy(np.asarray(value)) for key, value in state.items()}, tmp_path / "n.pth")
+    save_file(state, tmp_path / "n.safetensors")
+    for load in (lambda: norm.load_state_dict(state), lambda: ud.load_weights(norm, tmp_path / "n.pth"),
+                 lambda: ud.load_weights(norm, tmp_path / "n.safetensors")):
+        with pytest.raises(ud.StateDictError, match="num_batches_tracked: expected an integer tensor, found dtype"):
+            load()
+        assert int(ud.to_numpy(norm.num_batches_tracked)) == 0
+
+
+def test_a_training_checkpoints_state_dict_loads_and_other_layouts_say_what_to_pass(tmp_path):
+    """``torch.save({"state_dict": ..., "epoch": n})`` (Lightning's layout) loads its state dict, as the same pickle
+    does with ``allow_pickle=True`` (``torch.load(weights_only=True)`` reads it safely: no opt-in); a state dict
+    under another key is an error naming the key to pass; torch's refusal of a whole module comes without the
+    terminal's escape codes it holds."""
+    reference = torch.nn.Linear(4, 3)
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, tmp_path / "c.pth")
+    with ud.use_backend("torch"):
+        for allow_pickle in (False, True):
+            model = ud.nn.Linear(4, 3)
+            ud.load_weights(model, tmp_path / "c.pth", allow_pickle=allow_pickle)
+            assert np.array_equal(ud.to_numpy(model.weight), reference.weight.detach().numpy())
+        torch.save({"model": reference.state_dict(), "optimizer": {"lr": 0.1}}, tmp_path / "m.pth")
+        with pytest.raises(ud.CorruptFileError, match=r"pass the one it holds, model.load_state_dict\(torch.load\("
+                                                      r"path, weights_only=True\)\['model'\]\)"):
+            ud.load_weights(model, tmp_path / "m.pth")
+        torch.save(reference, tmp_path / "whole.pth")
+        with pytest.raises(ud.CorruptFileError, match=r"(?s)refused it: .*save model.state_dict\(\) instead") as \
+                refused:
+            ud.load_weights(model, tmp_path / "whole.pth")
+        assert "\x1b" not in str(refused.value)
+
+
 def test_pth_with_other_objects_is_refused(tmp_path):
     path = tmp_path / "object.pth"
     torch.save({"weight": torch.zeros(2), "extra": NotATensor()}, path)

@@ -73,6 +73,17 @@ def _weights_finite(model) -> bool:
     return all(np.isfinite(to_numpy(p)).all() for p in model.parameters())
 
 
+def _count_or_none(name: str, value) -> int | None:
+    """``value`` as a positive Python int (a NumPy integer too, unidl's argument rule), or None; else a ``ValueError``
+    naming ``Checkpoint``'s argument ``name``."""
+    from unidl import arguments
+
+    checked = None if value is None else arguments.integer(value)
+    if value is not None and (checked is None or checked < 1):
+        raise ValueError(f"Checkpoint {name} must be a positive integer or None, got {value!r}")
+    return checked
+
+
 class Checkpoint(Callback):
     """Write a checkpoint every ``every_steps`` training steps (if given) and at the end of every epoch.
 
@@ -87,10 +98,10 @@ class Checkpoint(Callback):
     checkpoint in favour of a non-finite one.
     """
 
-    def __init__(self, directory, every_steps: int | None = None, keep: int = 3):
-        if every_steps is not None and (not isinstance(every_steps, int) or every_steps <= 0):
-            raise ValueError(f"Checkpoint every_steps must be a positive integer or None, got {every_steps!r}")
-        self.directory, self.every_steps, self.keep = directory, every_steps, keep
+    def __init__(self, directory, every_steps: int | None = None, keep: int | None = 3):
+        # checked here, not at the first save after an epoch of training; NumPy integers are taken, a bool refused
+        self.directory = directory
+        self.every_steps, self.keep = _count_or_none("every_steps", every_steps), _count_or_none("keep", keep)
         self.saved = []
 
     def state_dict(self) -> dict:

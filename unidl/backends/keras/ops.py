@@ -568,7 +568,7 @@ def _input_read(op):
 
 #: the host kernels below whose first argument is an input that may be a Keras variable the host's kernel refuses
 #: (the others take it as it is, or write it: the momentum update's first argument is the parameter it updates)
-_INPUT_READ = ("max_pool2d",)
+_INPUT_READ = ("gather", "max_pool2d", "take")
 
 # the host's own kernels where they take Keras's tensors as they are (faster than keras.ops' spellings)
 globals().update({name: _input_read(getattr(HOST.ops, name)) if name in _INPUT_READ else getattr(HOST.ops, name)

@@ -37,7 +37,9 @@ class Backend(BackendInterface):
     # F.layer_norm's and F.scaled_dot_product_attention's kernels, where keras.ops composes them; F.max_pool2d's
     # padding, which no window's gradient or value is taken from (Keras pads with -inf, which a window of -inf
     # alone gave its gradient to, and cannot pad integers with it)
-    keras_native_ops = ("fused_attention", "layer_norm", "linear", "max_pool2d")
+    # (gather: keras.ops.take_along_axis is torch.take_along_dim, whose torch.export trace fixes the batch size;
+    # take: keras.ops.take squeezes an axis of any size, which torch's ONNX export writes as an invalid Squeeze)
+    keras_native_ops = ("fused_attention", "gather", "layer_norm", "linear", "max_pool2d", "take")
 
     def __init__(self):
         self.check_ops()
@@ -144,12 +146,10 @@ class Backend(BackendInterface):
         if device.type == "cuda":
             tensor = tensor.pin_memory()
             return tensor.to(device=device, dtype=target, non_blocking=True)
-        converted = tensor.to(dtype=target)
-        if not _owned and converted.data_ptr() == tensor.data_ptr() and isinstance(value, np.ndarray):
-            # from_numpy shares the caller's memory: copy, as torch.tensor and the other backends do, so
-            # that a later change to the array never shows in the tensor
-            converted = converted.clone()
-        return converted
+        # from_numpy shares the caller's memory: copy (once, with any cast), as torch.tensor and the other backends
+        # do, so that a later change to the array never shows in the tensor. (Comparing data pointers to skip the
+        # copy raised under torch.export, where the tensor is a FakeTensor without one.)
+        return tensor.to(dtype=target, copy=not _owned and isinstance(value, np.ndarray))
 
     def adopt(self, array):
         return self.tensor(array, _owned=True)
