@@ -18,7 +18,23 @@ TOLERANCE = 2e-6
 #: batch sizes other than the one traced with (2), to show that the batch dimension is dynamic
 BATCH_SIZES = (5, 1)
 
+class Joins(ud.nn.Module):
+    """Ops whose shape checks meet the exporters' symbolic batch size (torch.export refused a check that hashed or
+    compared it): a size taken from the input, a concatenation, a batched matmul and a broadcasting where."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = ud.nn.Linear(6, 4)
+        self.mix = ud.nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = ud.ops.cat([self.linear(x), ud.ops.zeros((ud.ops.shape(x)[0], 2))], 1)
+        h = ud.ops.matmul(ud.ops.reshape(h, (-1, 2, 3)), ud.ops.reshape(self.mix.weight, (1, 3, 12))[:, :, :3])
+        return ud.ops.where(h > 0.1, h, 0.0)
+
+
 MODELS = {
+    "Joins": (Joins, (6,)),
     "TwoLayerNet": (lambda: ud.models.TwoLayerNet(64, 100, 10), (64,)),
     "CNN": (lambda: ud.models.CNN(in_channels=1, num_classes=10, image_size=8), (1, 8, 8)),
     # layers that build constants while traced (bins, interpolation weights: the torch backend's export of

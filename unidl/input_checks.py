@@ -340,13 +340,22 @@ def _either(a, b):
 
 
 def known_shape(shape) -> tuple:
-    """A shape as a tuple of ints, None where a graph leaves a size unknown (for messages of known sizes)."""
-    return tuple(int(size) if size is not None else None for size in shape)
+    """A shape as a tuple of ints, None where a size is not a known integer: a TensorFlow graph's unknown size, or
+    a symbolic one (``torch.export``'s ``SymInt``: never compared or hashed here, which would specialise it or
+    fail). Raises ``ValueError`` for a TensorFlow shape of unknown rank."""
+    return tuple(size if isinstance(size, Integral) else None for size in shape)
 
 
 def broadcast_conflict(sizes) -> bool:
     """Whether known ``sizes`` (of one axis, aligned) fail to broadcast: two of them other than 1 differ."""
-    return len({size for size in sizes if size != 1 and size is not None}) > 1
+    first = None
+    for size in sizes:
+        if size is not None and size != 1:
+            if first is None:
+                first = size
+            elif size != first:
+                return True
+    return False
 
 
 def check_matmul_shapes(a, b) -> None:
@@ -354,11 +363,12 @@ def check_matmul_shapes(a, b) -> None:
     last axis against b's second to last, or its only one), or batch axes that do not broadcast, naming both shapes
     (the frameworks raised errors of their own). Sizes a TensorFlow graph leaves unknown are left to TensorFlow, as
     ``maximum``'s: ``matmul`` is a layer's op."""
-    shape_a, shape_b = getattr(a, "shape", None), getattr(b, "shape", None)
-    if shape_a is None or shape_b is None or getattr(shape_a, "rank", 0) is None or \
-            getattr(shape_b, "rank", 0) is None:
+    try:
+        shape_a, shape_b = known_shape(a.shape), known_shape(b.shape)
+    except (AttributeError, ValueError):  # no shape, or a TensorFlow graph's tensor of unknown rank
         return
-    shape_a, shape_b = tuple(shape_a), tuple(shape_b)
+    if len(shape_b) == 2 and len(shape_a) >= 1 and shape_a[-1] == shape_b[0] and shape_a[-1] is not None:
+        return  # the common case (a layer's input times its weight), decided at once
     if not shape_a or not shape_b:
         raise ShapeMismatchError(f"matmul needs operands of at least 1 axis, got operands of {len(shape_a)} and "
                                  f"{len(shape_b)} axes")
@@ -366,37 +376,46 @@ def check_matmul_shapes(a, b) -> None:
     problem = None
     if shape_a[-1] != inner and shape_a[-1] is not None and inner is not None:
         problem = f"a's last axis ({shape_a[-1]}) must equal b's {where} axis ({inner})"
-    else:
-        batch_a, batch_b = shape_a[:-2], shape_b[:-2]
-        rank = min(len(batch_a), len(batch_b))
-        if any(broadcast_conflict(pair) for pair in zip(batch_a[len(batch_a) - rank:], batch_b[len(batch_b) - rank:])):
-            problem = "their batch axes (all but the last two) must broadcast"
+    elif any(broadcast_conflict(pair) for pair in aligned(shape_a[:-2], shape_b[:-2])):
+        problem = "their batch axes (all but the last two) must broadcast"
     if problem:
-        raise ShapeMismatchError(f"matmul of shapes {known_shape(shape_a)} and {known_shape(shape_b)}: {problem}")
+        raise ShapeMismatchError(f"matmul of shapes {shape_a} and {shape_b}: {problem}")
 
 
-def check_joined(owner, tensors, axis) -> None:
-    """``ShapeMismatchError`` for tensors that ``concat`` (along ``axis``) or ``stack`` (``axis`` None) cannot join,
-    as PyTorch refuses them: two ranks, or two known sizes off ``axis`` (every axis for ``stack``), naming every
-    shape (the frameworks raised errors of their own). A 1-D empty tensor joins anything in ``concat``, as in
-    PyTorch. Sizes a TensorFlow graph leaves unknown are left to TensorFlow, as ``maximum``'s."""
-    shapes = [getattr(t, "shape", None) for t in tensors]
-    if len(shapes) < 2 or any(shape is None or getattr(shape, "rank", 0) is None for shape in shapes):
-        return
-    shapes = [tuple(shape) for shape in shapes]
-    if all(shape == shapes[0] for shape in shapes):  # the common case, decided at once
-        return
-    joined = [shape for shape in shapes if axis is None or shape != (0,)]
-    ranks = {len(shape) for shape in joined}
-    shown = ", ".join(str(known_shape(shape)) for shape in shapes)
+def aligned(*shapes) -> zip:
+    """The sizes of ``shapes`` axis by axis, aligned from the last axis as broadcasting aligns them: a shorter shape
+    reads as 1 on the leading axes it lacks."""
+    rank = max(len(shape) for shape in shapes)
+    return zip(*((1,) * (rank - len(shape)) + tuple(shape) for shape in shapes))
+
+
+def joined(owner, tensors, axis) -> list:
+    """``tensors``, after checking that ``concat`` (along ``axis``) or ``stack`` (``axis`` None) can join them, as
+    PyTorch refuses them: two ranks, or two known sizes off ``axis`` (every axis for ``stack``), a
+    ``ShapeMismatchError`` naming every shape (the frameworks raised errors of their own). ``concat`` leaves out a
+    1-D empty tensor beside others, as ``torch.cat`` takes it (TensorFlow and JAX refused its rank). Sizes a
+    TensorFlow graph leaves unknown are left to TensorFlow, as ``maximum``'s."""
+    try:
+        shapes = [known_shape(t.shape) for t in tensors]
+    except (AttributeError, ValueError):  # no shape, or a TensorFlow graph's tensor of unknown rank
+        return tensors
+    if len(shapes) < 2 or all(shape == shapes[0] for shape in shapes):  # the common case, decided at once
+        return tensors
+    if axis is not None and any(shape == (0,) for shape in shapes) and any(shape != (0,) for shape in shapes):
+        kept = [(t, shape) for t, shape in zip(tensors, shapes) if shape != (0,)]
+        tensors, shapes = [t for t, _ in kept], [shape for _, shape in kept]
+    ranks = {len(shape) for shape in shapes}
+    shown = ", ".join(map(str, shapes))
     if len(ranks) > 1:
-        raise ShapeMismatchError(f"{literal(owner)} needs tensors of one rank, got shapes {shown}")
-    rank = ranks.pop() if ranks else 0
+        raise ShapeMismatchError(f"{literal(owner)} needs tensors of one rank, got tensors of "
+                                 f"{', '.join(str(len(shape)) for shape in shapes)} axes")
+    rank = ranks.pop()
     skipped = None if axis is None or not rank else arguments.integer(axis) % rank
-    for position, sizes in enumerate(zip(*joined)):
+    for position, sizes in enumerate(zip(*shapes)):
         if position != skipped and len({size for size in sizes if size is not None}) > 1:
             wanted = "one shape" if axis is None else f"equal sizes on every axis but {axis}"
             raise ShapeMismatchError(f"{literal(owner)} needs tensors of {wanted}, got shapes {shown}")
+    return tensors
 
 
 def check_gather_index(x, dim, index):
@@ -427,6 +446,14 @@ def check_attention_shapes(owner, query, key, value):
     if min(ranks) < 2:
         raise ShapeMismatchError(f"{literal(owner)} needs query, key and value of at least 2 axes ((..., L, E), (..., "
                                  f"S, E), (..., S, Ev)), got {ranks[0]}, {ranks[1]} and {ranks[2]} axes")
+    raw = [tuple(t.shape) for t in (query, key, value)]
+    known = [known_shape(shape) for shape in raw]
+    queries, keys, values = known
+    if queries[-1] == keys[-1] is not None and keys[-2] == values[-2] is not None and \
+            queries[:-2] == keys[:-2] == values[:-2] and None not in queries[:-2]:
+        return query  # the common case (one batch shape, every size known), decided at once
+    if any(None in shape and None not in sizes for shape, sizes in zip(known, raw)):
+        return query  # symbolic sizes (torch.export's): left to the exported program, never specialised here
     shapes = [sizes_of(t) for t in (query, key, value)]
     queries, keys, values = shapes
     batch = max(ranks) - 2
@@ -1028,11 +1055,6 @@ def _structure(tree):
     return None
 
 
-def _known_shape(x) -> tuple:
-    """``x``'s sizes, None where a traced graph leaves one unknown."""
-    return tuple(size if isinstance(size, Integral) else None for size in tuple(x.shape))
-
-
 def check_scan_lengths(xs, axis: int):
     """``ud.ops.scan``'s ``xs``, after checking that every tensor leaf has the same size along ``axis``, at least 1:
     ``ShapeMismatchError`` naming the leaves otherwise, on every backend, at once where the sizes are known, else
@@ -1042,14 +1064,14 @@ def check_scan_lengths(xs, axis: int):
     paths, leaves = [], []
     for path, leaf in _paths_and_leaves(xs):
         if hasattr(leaf, "shape"):
-            shape = _known_shape(leaf)
+            shape = known_shape(leaf.shape)
             if not -len(shape) <= axis < len(shape):
                 raise AxisOutOfRangeError(f"scan axis {axis} is out of range for xs{path} of shape {shape}")
             paths.append(path)
             leaves.append(leaf)
     if not leaves:
         return xs
-    known = [_known_shape(leaf)[axis] for leaf in leaves]
+    known = [known_shape(leaf.shape)[axis] for leaf in leaves]
     if None not in known:
         if 0 in known:
             raise ShapeMismatchError(f"scan needs at least one slice of xs along axis {axis}, but "
@@ -1074,7 +1096,7 @@ def checked_scan_body(fn, init):
     structure and each tensor leaf's shape and dtype (sizes a graph leaves unknown are not compared), and no None
     among ``y``'s leaves. ``ShapeMismatchError``, ``DtypeMismatchError`` or ``TypeError`` naming the leaf, the
     expected and the found, on every backend (torch's loop took a growing carry, JAX raised its own TypeError)."""
-    expected = [(path, _known_shape(leaf), dtype_name(leaf.dtype))
+    expected = [(path, known_shape(leaf.shape), dtype_name(leaf.dtype))
                 for path, leaf in _paths_and_leaves(init) if hasattr(leaf, "shape") and hasattr(leaf, "dtype")]
     checked = []
 
@@ -1095,7 +1117,7 @@ def checked_scan_body(fn, init):
             if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
                 raise TypeError(f"scan's fn returned a {type(leaf).__name__} for the carry{path}, a tensor of shape "
                                 f"{shape} and dtype {dtype} in init")
-            new_shape = _known_shape(leaf)
+            new_shape = known_shape(leaf.shape)
             if len(new_shape) != len(shape) or any(a is not None and b is not None and a != b
                                                     for a, b in zip(shape, new_shape)):
                 raise ShapeMismatchError(f"scan's fn changed the shape of the carry{path}: {shape} in init, "

@@ -437,8 +437,7 @@ def concat(tensors, axis=0):
     """Join tensors along an existing axis; tensors of several dtypes are promoted as ``torch.cat`` promotes them
     (TensorFlow refused them). Tensors of two ranks, or of two sizes off ``axis``, are a ``ShapeMismatchError``
     naming their shapes (known sizes), as PyTorch refuses them."""
-    tensors = _promoted_together("concat", tensors)
-    input_checks.check_joined("concat", tensors, axis)
+    tensors = input_checks.joined("concat", _promoted_together("concat", tensors), axis)
     return _ops().concat(tensors, axis)
 
 
@@ -446,8 +445,7 @@ def concat(tensors, axis=0):
 def stack(tensors, axis=0):
     """Join tensors along a new axis; tensors of several dtypes are promoted as ``torch.stack`` promotes them
     (TensorFlow refused them). Tensors of two shapes are a ``ShapeMismatchError`` naming them (known sizes)."""
-    tensors = _promoted_together("stack", tensors)
-    input_checks.check_joined("stack", tensors, None)
+    tensors = input_checks.joined("stack", _promoted_together("stack", tensors), None)
     return _ops().stack(tensors, axis)
 
 
@@ -690,22 +688,16 @@ def _check_broadcastable(name, a, b, **more):
     frameworks raised four errors of their own). Sizes a TensorFlow graph leaves unknown until it runs are left to
     TensorFlow's own error: a check in the graph would cost a branch per call, and ``maximum`` is an activation's
     op."""
-    shape = getattr(a, "shape", ())
-    if shape == getattr(b, "shape", ()) and (not more or all(getattr(x, "shape", ()) == shape
-                                                              for x in more.values())):
-        return a  # the common case, decided at once
-    try:
-        shapes = [tuple(getattr(x, "shape", ())) for x in (*more.values(), a, b)]
+    try:  # (known sizes only: an exporter's symbolic size compared with an int would be specialised)
+        shapes = [input_checks.known_shape(getattr(x, "shape", ())) for x in (*more.values(), a, b)]
     except ValueError:
         return a  # a TensorFlow graph's tensor of unknown rank: nothing known to check
-    named = {**more, "a": a, "b": b}
-    rank = min(len(shape) for shape in shapes)
-    for sizes in zip(*(shape[len(shape) - rank:] for shape in shapes)):
-        if input_checks.broadcast_conflict(sizes):
-            shown = ", ".join(f"{what} has shape {input_checks.known_shape(shape)}"
-                              for what, shape in zip(named, shapes))
-            raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
-                                     f"sizes equal or one of them 1); {shown}")
+    if shapes.count(shapes[0]) == len(shapes):
+        return a  # the common case, decided at once
+    if any(input_checks.broadcast_conflict(sizes) for sizes in input_checks.aligned(*shapes)):
+        shown = ", ".join(f"{what} has shape {shape}" for what, shape in zip({**more, "a": a, "b": b}, shapes))
+        raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
+                                 f"sizes equal or one of them 1); {shown}")
     return a
 
 
@@ -1130,7 +1122,9 @@ def argmax(x, dim=None, keepdim=False):
     Booleans are a ``DtypeMismatchError``, as in PyTorch (the other frameworks took them). ``dim`` is one axis: a
     tuple of them is a ``ValueError``, as PyTorch takes none (the frameworks raised errors of their own). An empty
     axis (``dim=None``: an empty tensor) has no largest value: ``ShapeMismatchError``, as ``amax``'s."""
-    return _ops().argmax(_check_not_empty("argmax", x, dim), dim, keepdim)
+    if getattr(x.shape, "rank", 0) is not None:  # (a graph's tensor of unknown rank: argmax reads none, as before)
+        x = _check_not_empty("argmax", x, dim)
+    return _ops().argmax(x, dim, keepdim)
 
 
 @op(permutation={"dims": "x"}, dispatch=False)
@@ -1269,7 +1263,7 @@ def _size(owner, size, backend):
     TensorFlow graph took 2.0 as 2, and each framework raised an error of its own)."""
     if type(size) is int and size >= 0:
         return size
-    if backend.is_tensor(size):
+    if backend.is_tensor(size) or backend.is_symbolic_size(size):
         return size
     checked = arguments.integer(size)
     if checked is None:

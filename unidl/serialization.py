@@ -408,7 +408,8 @@ def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: st
     nothing is written. Call beside ``check_entries``, before the first variable changes."""
     own = dict(model._state_variables())
     beyond = []
-    for key in [key for key in names if key in own and reader.entries[names[key]][0] == "U64"]:
+    for key in [key for key in names if key in own and reader.entries[names[key]][0] == "U64"
+                and _dtype_kind(own[key]) in "iu"]:  # (into a float variable they are cast, as from memory)
         top = reader.read(names[key]).max(initial=0)
         if top >> 63:
             beyond.append(f"{key}: values beyond int64 (up to {top})")

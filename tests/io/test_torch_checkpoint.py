@@ -45,6 +45,14 @@ def test_the_same_state_dict_loads_the_same_from_memory_pth_and_safetensors(back
             ud.load_weights(model, source)
         weight = ud.to_numpy(model.weight)
         assert weight.dtype == np.float32 and np.array_equal(weight, np.arange(12).reshape(3, 4)), source
+    # uint64 values past int64 into a float variable: cast from either source (the check of counts past int64
+    # is for integer variables, which they would wrap negative)
+    big = {"weight": np.full((3, 4), 2**63 + 2048, np.uint64), "bias": np.zeros(3, np.float32)}
+    save_file(big, tmp_path / "u.safetensors")
+    from_memory, from_file = ud.nn.Linear(4, 3), ud.nn.Linear(4, 3)
+    from_memory.load_state_dict(big)
+    ud.load_weights(from_file, tmp_path / "u.safetensors")
+    np.testing.assert_array_equal(ud.to_numpy(from_file.weight), ud.to_numpy(from_memory.weight))
 
     norm = ud.nn.BatchNorm1d(3)
     state = {key: ud.to_numpy(value) for key, value in norm.state_dict().items()}

@@ -123,6 +123,13 @@ class Backend(abc.ABC):
         traced (so value checks must run inside the graph, or not at all)."""
         return True
 
+    def is_symbolic_size(self, size) -> bool:
+        """True for a size a tracing exporter leaves symbolic (``torch.export``'s ``SymInt``, a shape-polymorphic
+        JAX export's dimension): passed through as it is where a size is taken
+        (``ud.ops.zeros((ud.ops.shape(x)[0], n))``), never compared or hashed by a check. None by default
+        (TensorFlow's graphs give unknown sizes as tensors)."""
+        return False
+
     @abc.abstractmethod
     def versions(self) -> dict[str, str]:
         """Framework name -> version string for everything this backend runs on."""

@@ -19,9 +19,9 @@ class SGD(Optimizer):
         params: the parameters to update (``model.parameters()``).
         lr: learning rate, >= 0.
         momentum: mu in [0, 1) (default 0).
-        dampening: tau >= 0 (default 0): the buffer takes ``(1 - tau)`` of each gradient after the parameter's first
-            update, whose gradient it starts as (torch.optim's rule); fixed once built (it decides whether the rule
-            counts each parameter's updates, ``uses_step``), per group too; not with ``nesterov``.
+        dampening: tau >= 0 (default 0): the buffer takes ``(1 - tau)`` of each gradient, after the parameter's
+            first update with momentum, whose gradient it starts as (torch.optim's rule: the slot
+            ``momentum_started`` marks it); fixed once built, per group too; not with ``nesterov``.
         weight_decay: L2 penalty lambda >= 0 (added to the gradient).
         nesterov: Nesterov momentum (needs momentum > 0).
         maximize: ascend the objective (the gradient negated first, as torch.optim's; keyword only).
@@ -61,12 +61,10 @@ class SGD(Optimizer):
                 raise ValueError(f"SGD param group {index}: nesterov=True needs zero dampening, got dampening="
                                  f"{group['dampening']}")
 
-    @property
-    def uses_step(self) -> bool:
-        """Whether a param group has ``dampening``: then each parameter's updates are counted (``update``'s
-        ``step``), as the buffer starts as the gradient at a parameter's first update (torch.optim's ``None``
-        buffer) and is dampened from the second on; without dampening both are ``b = mu * 0 + g``."""
-        return any(not is_off(group["dampening"]) for group in getattr(self, "param_groups", ()))
+    def slots_for(self, groups) -> tuple[str, ...]:
+        """``momentum_buffer``, and ``momentum_started`` where a group has ``dampening``: 1 once the parameter was
+        updated with momentum (torch.optim's buffer is None before that: it starts as the gradient, undampened)."""
+        return ("momentum_buffer", *(("momentum_started",) if any(not is_off(g["dampening"]) for g in groups) else ()))
 
     def heavy_ball(self):
         # a fused kernel for constant options only: a bound momentum (a tensor, see bound_rule) may be 0 at a
@@ -77,35 +75,29 @@ class SGD(Optimizer):
             return None
         return ("momentum_buffer", h["momentum"], h["nesterov"])
 
-    def check_group_change(self, index: int, key: str, value) -> None:
-        """A dampened group's momentum may not rise from 0 once its parameters were updated: torch.optim would start
-        the buffer anew there (its first step with momentum), this rule only at a parameter's first update."""
-        group = self.param_groups[index]
-        if key != "momentum" or not value or not is_off(group["momentum"]) or is_off(group["dampening"]):
-            return
-        counts = self._backend.optimizer_state(self)[2]
-        members = [i for i in range(len(self.params)) if self.group_of(i) == index]
-        if any(counts[i] for i in members):
-            raise ValueError(f"param_groups[{index}]['momentum'] of SGD cannot rise from 0 to {value} after updates "
-                             f"while the group has dampening={group['dampening']} (torch.optim would restart its "
-                             f"momentum buffer there); build the SGD with momentum > 0")
-
     def update(self, param, grad, slots, lr, step, ops):
         # momentum and nesterov are Python values, or tensors where a graph backend reads a group's bound option
         h = self.hyper
         if is_off(h["momentum"]):
             return lr * grad, slots
         momentum, nesterov = scalar_like(h["momentum"], grad, ops), h["nesterov"]
+        new_slots = {**slots}
         if is_off(h["dampening"]):
             buffer = momentum * slots["momentum_buffer"] + grad
         else:  # torch.optim: the buffer starts as the gradient, then buf * momentum + grad * (1 - dampening)
             dampened = momentum * slots["momentum_buffer"] + (1 - h["dampening"]) * grad
-            buffer = ops.where(ops.cast(step, "float64") == 1.0, grad, dampened)
+            buffer = ops.where(slots["momentum_started"] > 0, dampened, grad)
+            started = ops.zeros_like(grad) + 1
+            new_slots["momentum_started"] = started if isinstance(h["momentum"], float) else \
+                ops.where(h["momentum"] != 0, started, slots["momentum_started"] * 1.0)
         if isinstance(nesterov, bool):
             direction = grad + momentum * buffer if nesterov else buffer
         else:
             direction = ops.where(nesterov, grad + momentum * buffer, buffer)
         if not isinstance(h["momentum"], float):  # a momentum set to 0 gives buffer = grad, direction = grad (plain
             # SGD's step, exactly) and, as torch.optim, leaves the buffer as it is for when momentum returns
+            if not is_off(h["dampening"]):  # (a started dampened buffer would give (1 - dampening) * grad)
+                direction = ops.where(h["momentum"] != 0, direction, grad)
             buffer = ops.where(h["momentum"] != 0, buffer, slots["momentum_buffer"] * 1.0)  # (a variable as a tensor)
-        return lr * direction, {"momentum_buffer": buffer}
+        new_slots["momentum_buffer"] = buffer
+        return lr * direction, new_slots

@@ -238,6 +238,11 @@ class Backend(BackendInterface):
     def is_tensor(self, value):
         return isinstance(value, (jax.Array, JaxVariable))
 
+    def is_symbolic_size(self, size):
+        from jax import export  # (a shape-polymorphic export's batch size)
+
+        return export.is_symbolic_dim(size)
+
     def to_input(self, value):
         """Step inputs: JAX arrays of unidl's float dtype pass through; everything else is converted. (One on
         another device than the parameters' moves to theirs when ``jax.jit`` refuses it, ``StatefulJit``: no test

@@ -178,6 +178,9 @@ class Backend(BackendInterface):
     def is_tensor(self, value):
         return isinstance(value, keras.Variable) or keras.ops.is_tensor(value)
 
+    def is_symbolic_size(self, size):
+        return HOST.is_symbolic_size(size)
+
     def function_argument(self, value):
         # the host's compiled function where it runs ud.function, else the host's tensor (through Keras, on JAX)
         return HOST.function_argument(value) if HOST.keras_state_in_place else self.tensor(value)

@@ -162,6 +162,9 @@ class Backend(BackendInterface):
     def is_tensor(self, value):
         return isinstance(value, torch.Tensor)
 
+    def is_symbolic_size(self, size):
+        return isinstance(size, torch.SymInt)
+
     # ---- parameters ------------------------------------------------------
     def parameter(self, value, trainable=True, dtype=None):
         native_dtype = _DTYPES[config.get_dtype()] if dtype is None else getattr(torch, np.dtype(dtype).name)

@@ -4,18 +4,34 @@ every other rule, such as a user's subclass."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from unidl.backends.torch import ops as torch_ops
 
+#: whether this torch's Adam takes ``decoupled_weight_decay`` (AdamW's rule; torch 2.7 on): else unidl's rule runs it
+_ADAM_DECOUPLES = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam.__init__).parameters
+
+
+def _adam(h):
+    """torch.optim.Adam's options for a param group's hyperparameters ``h``; None where this torch's Adam cannot run
+    its rule (decoupled weight decay before torch 2.7)."""
+    if h["decoupled_weight_decay"] and not _ADAM_DECOUPLES:
+        return None
+    # (given to each group as it is: a group without it would take the constructor's)
+    decoupled = {"decoupled_weight_decay": h["decoupled_weight_decay"]} if _ADAM_DECOUPLES else {}
+    return torch.optim.Adam, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
+                                  amsgrad=h["amsgrad"], maximize=h["maximize"], **decoupled)
+
+
 #: torch.optim classes implementing unidl's built-in rules exactly, keyed by ``Optimizer.builtin_rule()``; None for
-#: a group that needs unidl's rule (a dampened SGD: torch.optim.SGD keeps no step count, which its state records)
+#: a group that needs unidl's rule (a dampened SGD: its slot ``momentum_started`` is unidl's, torch.optim.SGD's
+#: buffer is None before)
 _FAST_PATHS = {
-    "SGD": lambda h: None if h["dampening"] else (torch.optim.SGD, dict(momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"],
-                                            maximize=h["maximize"])),
-    "Adam": lambda h: (torch.optim.Adam, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
-                                              amsgrad=h["amsgrad"], maximize=h["maximize"],
-                                              decoupled_weight_decay=h["decoupled_weight_decay"])),
+    "SGD": lambda h: None if h["dampening"] else (torch.optim.SGD, dict(
+        momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"], maximize=h["maximize"])),
+    "Adam": _adam,
     "AdamW": lambda h: (torch.optim.AdamW, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
                                                 amsgrad=h["amsgrad"], maximize=h["maximize"])),
     "RMSprop": lambda h: (torch.optim.RMSprop, dict(alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"],
