@@ -262,3 +262,13 @@ def test_train_nproc_2_runs_two_ranks_and_writes_its_outputs_once(tmp_path, capf
     assert len(rows) == 1 + 2 and rows[0].startswith("epoch"), rows  # a header and one row per epoch: rank 0's
     events = sorted(str(path.relative_to(tmp_path).parent) for path in tmp_path.rglob("events.out.tfevents*"))
     assert events == sorted(set(events)) and events, events  # one event file per run directory, not one per rank
+
+
+@pytest.mark.parametrize("steps, rows", [(21, [0, 20]), (1, [0]), (45, [0, 20, 40, 44])])
+def test_compare_prints_each_step_once(steps, rows, monkeypatch, capsys):
+    from unidl import compare
+
+    monkeypatch.setattr(compare, "two_layer_losses", lambda name, steps: [float(t) for t in range(steps)])
+    compare.print_side_by_side(steps)
+    printed = [int(line.split()[0]) for line in capsys.readouterr().out.splitlines()[2:]]
+    assert printed == rows  # (the last step was printed twice when every 20th step was it)

@@ -57,3 +57,17 @@ def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"pip install 'unidl\[viz\]'"):
         ud.plot_history({"loss": [1.0]}, tmp_path / "x.png")
+
+
+def test_validation_every_other_epoch_is_drawn_at_its_epochs(backend, rng, tmp_path):
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    y = rng.standard_normal((20, 1)).astype(np.float32)
+    model = ud.nn.Linear(4, 1)
+    history = ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+                     epochs=4, batch_size=10, validation_data=(x, y), validation_freq=2, verbose=0,
+                     callbacks=[ud.callbacks.CSVLogger(tmp_path / "run.csv")])
+    assert len(history["val_loss"]) == 2 and history.logged_epochs["val_loss"] == [1, 3]  # as Keras's History
+    epochs, logs = read_history(history)
+    assert epochs == [1, 2, 3, 4]  # (val_loss was drawn at epochs 1 and 2)
+    np.testing.assert_equal(logs["val_loss"], [np.nan, history["val_loss"][0], np.nan, history["val_loss"][1]])
+    np.testing.assert_equal(logs["val_loss"], read_history(tmp_path / "run.csv")[1]["val_loss"])

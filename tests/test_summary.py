@@ -142,3 +142,32 @@ def test_input_dtype(backend):
     assert probe.kind == "i"
     ud.summary(probe, input_shape=(5,))
     assert probe.kind == "f"
+
+
+class SharedLayer(ud.nn.Module):
+    """One Linear called twice under two names, as torch's ``self.b = self.a``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = ud.nn.Linear(6, 6)
+        self.b = self.a
+        self.head = ud.nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x)))
+
+
+def test_a_module_listed_twice_is_counted_once(backend):
+    torch = pytest.importorskip("torch")
+    shared = torch.nn.Linear(6, 6)
+    reference = torch.nn.ModuleDict({"a": shared, "b": shared, "head": torch.nn.Linear(6, 2)})
+    text = ud.summary(SharedLayer(), input_shape=(6,))
+    rows = [cells(line) for line in text.splitlines()[4:7]]
+    assert [row[2] for row in rows] == ["42", "(recursive)", "14"]  # the rows add up to the total (42 twice before)
+    assert totals(text)["Total params"][0] == sum(p.numel() for p in reference.parameters()) == 56
+
+
+@pytest.mark.parametrize("input_shape", [4, (-4,), (4.0,), "4"])
+def test_an_input_shape_that_is_not_sizes_is_a_clear_error(input_shape):
+    with pytest.raises(ValueError, match=r"input_shape must be one sample's shape .* such as \(1, 28, 28\)"):
+        ud.summary(ud.nn.Linear(4, 3), input_shape=input_shape)

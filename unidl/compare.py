@@ -41,6 +41,6 @@ def print_side_by_side(steps: int = 200, every: int = 20) -> dict[str, list[floa
     width = max([14] + [len(heading) + 2 for heading in headings])
     print("two-layer net, N=64 D_in=1000 H=100 D_out=10, SGD lr=1e-2 momentum=0.9, seed 0")
     print("step  " + "".join(f"{heading:>{width}}" for heading in headings))
-    for t in list(range(0, steps, every)) + [steps - 1]:
+    for t in sorted(set(range(0, steps, every)) | {steps - 1}):  # the last step once, whatever ``every``
         print(f"{t:4d}  " + "".join(f"{losses[name][t]:{width}.6f}" for name in names))
     return losses

@@ -38,19 +38,25 @@ from unidl.precision import precision_policy
 class History:
     """Per-epoch logs of a ``fit`` run: ``history.history['loss']`` is the list of epoch losses. As Keras's History,
     ``epoch`` lists the 0-based index of each epoch logged, ``params`` holds fit's ``{"verbose", "epochs",
-    "steps"}`` (steps: batches per epoch, None where the data does not know them) and ``model`` the model trained."""
+    "steps"}`` (steps: batches per epoch, None where the data does not know them) and ``model`` the model trained.
+    ``logged_epochs[key]`` lists the epochs whose logs held ``key`` (the validated ones for 'val_loss' under
+    ``validation_freq``), so that a plot puts each value at its epoch."""
 
     def __init__(self, history: dict | None = None, epoch: list | None = None):
         self.history = {k: list(v) for k, v in (history or {}).items()}
         self.epoch = list(epoch) if epoch is not None else list(range(self.epochs))
         self.params, self.model = {}, None
+        self.logged_epochs = {key: list(self.epoch) for key, values in self.history.items()
+                              if len(values) == len(self.epoch)}
 
     last_logs = None  # the logs of the last epoch appended (fit's on_train_end hands them to the callbacks)
 
     def append(self, logs: dict, epoch: int | None = None) -> None:
+        epoch = len(self.epoch) if epoch is None else epoch
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
-        self.epoch.append(len(self.epoch) if epoch is None else epoch)
+            self.logged_epochs.setdefault(key, []).append(epoch)
+        self.epoch.append(epoch)
         self.last_logs = dict(logs)
 
     @property

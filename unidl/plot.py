@@ -30,7 +30,8 @@ def _number(value) -> float:
 
 def read_history(history_or_csv) -> tuple[list, dict]:
     """(epoch numbers from 1, {log name: values}) from a ``History``, its ``.history`` dict, or a CSV file
-    written by ``CSVLogger`` (any separator among ',', ';' and tab)."""
+    written by ``CSVLogger`` (any separator among ',', ';' and tab). An epoch a log was not written at (a CSV's
+    'NA'; a History's ``logged_epochs``, under ``validation_freq``) is NaN there, so each value keeps its epoch."""
     if isinstance(history_or_csv, (str, os.PathLike)):
         with open(history_or_csv, newline="") as handle:
             text = handle.read()
@@ -47,7 +48,17 @@ def read_history(history_or_csv) -> tuple[list, dict]:
         raise TypeError(f"plot_history needs a History, a dict of per-epoch lists or a CSV path; "
                         f"got {type(history_or_csv).__name__}")
     length = max((len(v) for v in logs.values()), default=0)
-    return list(range(1, length + 1)), {key: [_number(v) for v in values] for key, values in logs.items()}
+    aligned = {key: [_number(v) for v in values] for key, values in logs.items()}
+    epochs = list(getattr(history_or_csv, "epoch", []))
+    if len(epochs) == length:  # a key logged at some epochs only (val_* under validation_freq): NaN at the others
+        position = {epoch: index for index, epoch in enumerate(epochs)}
+        for key, logged in getattr(history_or_csv, "logged_epochs", {}).items():
+            if key in aligned and len(aligned[key]) < length and len(logged) == len(aligned[key]):
+                row = [math.nan] * length
+                for epoch, value in zip(logged, aligned[key]):
+                    row[position[epoch]] = value
+                aligned[key] = row
+    return list(range(1, length + 1)), aligned
 
 
 def plot_history(history_or_csv, path, title: str | None = None) -> str:
@@ -72,9 +83,10 @@ def plot_history(history_or_csv, path, title: str | None = None) -> str:
     for index, name in enumerate(names):
         axes = figure.add_subplot(1, len(names), index + 1)
         for key, label in ((name, "train"), (f"val_{name}", "validation")):
-            if key in logs:
-                values = logs[key]
-                axes.plot(epochs[:len(values)], values, marker="o" if len(values) < 30 else None, label=label)
+            if key in logs:  # the epochs it was logged at, joined by one line (NaN would break it into dots)
+                points = [(epoch, value) for epoch, value in zip(epochs, logs[key]) if not math.isnan(value)]
+                axes.plot([epoch for epoch, _ in points], [value for _, value in points],
+                          marker="o" if len(points) < 30 else None, label=label)
         if name == "lr":
             if all(v > 0 for v in logs.get("lr", []) if not math.isnan(v)):
                 axes.set_yscale("log")

@@ -83,9 +83,11 @@ def output_shapes(model, input_shape, dtype=None) -> dict:
 
 def _rows(model, depth: int, shapes: dict) -> list[tuple[str, str, str, str]]:
     """One row per module down to ``depth``: tree-drawn name with torchinfo's depth-index, output shape,
-    parameter count (its own where its children are listed, its whole subtree where they are not), trainable."""
+    parameter count (its own where its children are listed, its whole subtree where they are not, "(recursive)"
+    where the same module was listed before: the rows add up to the total), trainable."""
     rows = []
     index_at_depth: dict[int, int] = {}
+    listed: set[int] = set()  # a module listed again (one instance under two names) is torchinfo's "(recursive)"
 
     def trainable_text(parameters) -> str:
         if not parameters:
@@ -95,7 +97,9 @@ def _rows(model, depth: int, shapes: dict) -> list[tuple[str, str, str, str]]:
 
     def visit(module, name, level, prefix, last):
         children = [(name, child) for name, child in module._modules.items() if child is not None]
-        expanded = level < depth and bool(children)
+        again = id(module) in listed
+        listed.add(id(module))
+        expanded = level < depth and bool(children) and not again
         subtree = module.parameters()
         counted = [p for p in module._parameters.values() if p is not None] if expanded else subtree
         count = _count(counted)
@@ -104,7 +108,8 @@ def _rows(model, depth: int, shapes: dict) -> list[tuple[str, str, str, str]]:
         else:
             index_at_depth[level] = index_at_depth.get(level, 0) + 1
             label = f"{prefix}{'└─' if last else '├─'}{name} ({type(module).__name__}): {level}-{index_at_depth[level]}"
-        rows.append((label, shapes.get(id(module), "--"), f"{count:,}" if count else "--", trainable_text(subtree)))
+        count_text = "(recursive)" if again and count else f"{count:,}" if count else "--"
+        rows.append((label, shapes.get(id(module), "--"), count_text, trainable_text(subtree)))
         if expanded:
             below = "" if level == 0 else prefix + ("     " if last else "│    ")
             for position, (child_name, child) in enumerate(children):
@@ -121,7 +126,8 @@ def summary(model, input_shape=None, depth: int = 3, dtype=None) -> str:
         model: a ``ud.nn.Module``.
         input_shape: one sample's shape without the batch dimension (``(1, 28, 28)``); when given, the
             "Output Shape" column is filled from one eval-mode forward of zeros of shape ``(1, *input_shape)``
-            that changes no state (training mode, random generators and variables are as they were).
+            that changes no state (training mode, random generators and variables are as they were); anything
+            but a tuple or list of sizes >= 0 is a ``ValueError``.
         depth: how many levels of sub-modules to list (torchinfo's ``depth``); a module at the last level
             shows the parameters of its whole subtree.
         dtype: the dtype of the zeros (unidl's float dtype by default; ``"int64"`` for token ids).
@@ -136,6 +142,12 @@ def summary(model, input_shape=None, depth: int = 3, dtype=None) -> str:
     """
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
         raise ValueError(f"summary depth must be a non-negative integer, got {depth!r}")
+    if input_shape is not None:
+        sizes = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+        if sizes is None or not all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0
+                                    for size in sizes):
+            raise ValueError(f"summary input_shape must be one sample's shape without the batch dimension, a tuple "
+                             f"of sizes >= 0 such as (1, 28, 28) or (784,), got {input_shape!r}")
     shapes = output_shapes(model, input_shape, dtype) if input_shape is not None else {}
     rows = [_HEADERS] + _rows(model, depth, shapes)
     widths = [max(len(row[column]) for row in rows) + 4 for column in range(len(_HEADERS) - 1)]

@@ -134,3 +134,65 @@ def test_report_says_where_runs_first_diverged():
     with pytest.raises(AssertionError, match="first diverged from torch at training step 2"):
         ud.testing.assert_parity(LateDivergence, x, y, loss=ud.nn.MSELoss, optimizer=optimizer, steps=5,
                                  backends=["torch", "tensorflow"])
+
+
+class TwoHeads(ud.nn.Module):
+    """A forward of two inputs giving a tuple and a dict of outputs, and a layer it never uses (no gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.left, self.right, self.unused = ud.nn.Linear(6, 3), ud.nn.Linear(4, 3), ud.nn.Linear(3, 3)
+
+    def forward(self, x, extra):
+        left, right = self.left(x), self.right(extra)
+        return left + right, {"left": ud.ops.tanh(left), "right": right}
+
+
+def test_several_inputs_and_outputs_are_compared_one_by_one():
+    rng = np.random.default_rng(0)
+    x, extra = rng.standard_normal((5, 6)), rng.standard_normal((5, 4))
+    report = ud.testing.assert_parity(TwoHeads, (x, extra))  # every installed backend against torch
+    outputs = {row.name for row in report.rows if row.kind == "output"}
+    assert outputs == {"output[0]", "output[1]['left']", "output[1]['right']"}
+    gradients = {row.name for row in report.rows if row.kind == "gradient"}
+    assert gradients == {"left.weight", "left.bias", "right.weight", "right.bias"}  # none for the unused layer
+    with pytest.raises(TypeError, match="positional argument") as caught:  # one input: the forward's own error
+        ud.testing.compare_backends(TwoHeads, x)
+    assert "in the parity run of backend 'torch'" in str(caught.value.__notes__)
+
+
+def test_the_gradient_of_a_bias_before_a_batch_norm_is_zero_at_the_gradients_scale():
+    # analytically 0, so its own max is rounding: compared against it, the run failed with a max rel of ~1
+    class NormedNet(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.norm = ud.nn.Linear(6, 3), ud.nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.norm(self.hidden(x))
+
+    x = np.random.default_rng(0).standard_normal((8, 6))
+    report = ud.testing.assert_parity(lambda: NormedNet(), x, backends=["torch", "tensorflow", "jax"])
+    assert max(row.max_rel for row in report.rows if row.name == "hidden.bias" and row.kind == "gradient") < 1e-5
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"tolerances": {"outputs": 1.0}}, "no kind 'outputs'; the kinds are 'weights', 'output'"),
+    ({"tolerances": {"output": -1.0}}, r"tolerances\['output'\] must be a number >= 0"),
+    ({"tolerances": {"gradient": float("nan")}}, r"tolerances\['gradient'\] must be a number >= 0"),
+    ({"dtype": "float16"}, "dtype must be one of 'float32', 'float64', got 'float16'"),
+    ({"steps": 3}, "steps=3 trains the model, which needs targets, loss and optimizer; missing: targets, loss, "
+                   "optimizer"),
+    ({"steps": -1}, "steps must be an integer >= 0"),
+    ({"loss": ud.nn.MSELoss}, "a loss but no targets"),
+    ({"backends": ["torch", "pytorch"]}, "'torch' and 'pytorch', the same backend twice"),
+])
+def test_arguments_that_would_be_ignored_or_misread_are_refused_before_any_run(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        ud.testing.compare_backends(Planted, np.zeros((2, 6)), **{"backends": ["torch", "tensorflow"], **arguments})
+
+
+def test_an_unknown_backend_is_refused_before_any_run(monkeypatch):
+    monkeypatch.setattr(parity, "_in_process_run", None)  # never reached
+    with pytest.raises(ud.errors.UnknownBackendError, match="unknown backend 'mxnet'"):
+        ud.testing.compare_backends(Planted, np.zeros((2, 6)), backends=["torch", "mxnet"])

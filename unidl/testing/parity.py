@@ -11,6 +11,7 @@ an importable class plus constructor arguments.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import subprocess
 import sys
@@ -91,8 +92,24 @@ class ParityReport:
         return "\n".join(lines)
 
 
+def _named_outputs(output, name: str = "output") -> dict:
+    """A forward's output as ``{name: tensor}``: one entry for a tensor, ``output[0]``, ``output['key']``, ... for
+    the tensors of a tuple, list or dict (nested too), so that each is compared on its own."""
+    if isinstance(output, dict):
+        items = [(f"{name}[{key!r}]", value) for key, value in output.items()]
+    elif isinstance(output, (tuple, list)):
+        items = [(f"{name}[{index}]", value) for index, value in enumerate(output)]
+    else:
+        return {name: output}
+    flat = {}
+    for item_name, value in items:
+        flat.update(_named_outputs(value, item_name))
+    return flat
+
+
 def _in_process_run(backend, build, state, inputs, targets, loss, optimizer, steps, seed):
-    """Everything the harness compares, as NumPy, for one backend of this process."""
+    """Everything the harness compares, as NumPy, for one backend of this process; ``inputs`` is the tuple of
+    the forward's positional inputs."""
     import unidl as ud
 
     with ud.use_backend(backend):
@@ -101,21 +118,32 @@ def _in_process_run(backend, build, state, inputs, targets, loss, optimizer, ste
         if state is not None:
             model.load_state_dict(state)
         results = {"weights": model.state_dict()}
-        x = ud.tensor(inputs)
-        results["output"] = {"output": ud.to_numpy(model(x))}
-        if loss is not None and targets is not None:
+        xs = tuple(ud.tensor(value) for value in inputs)
+        outputs = {name: ud.to_numpy(value) for name, value in _named_outputs(model(*xs)).items()}
+        results["output"] = outputs
+        if loss is not None:
             loss_fn = loss()
             y = ud.tensor(targets)
-            objective = lambda: loss_fn(model(x), y)  # noqa: E731
-        else:
-            probe = ud.tensor(np.random.default_rng(seed).standard_normal(results["output"]["output"].shape))
-            objective = lambda: ud.ops.sum(model(x) * probe)  # noqa: E731
+            objective = lambda: loss_fn(model(*xs), y)  # noqa: E731
+        else:  # sum(output * r) over every float output, a fixed random r each
+            data = np.random.default_rng(seed)
+            probes = {name: ud.tensor(data.standard_normal(value.shape)) for name, value in outputs.items()
+                      if np.issubdtype(value.dtype, np.floating)}
+            if not probes:
+                raise TypeError("the model's forward gives no floating-point output to take gradients of "
+                                f"(outputs: {', '.join(f'{n} {v.dtype}' for n, v in outputs.items())})")
+
+            def objective():
+                found = _named_outputs(model(*xs))
+                return sum(ud.ops.sum(found[name] * probe) for name, probe in probes.items())
         names = [n for n, _ in model.named_parameters()]
         _, grads = ud.value_and_grad(objective, model.parameters())()
-        results["gradient"] = {n: ud.to_numpy(g) for n, g in zip(names, grads)}
-        if steps and loss is not None and optimizer is not None:
+        # a parameter the objective does not reach has no gradient (None, as torch's .grad), and no row
+        results["gradient"] = {n: ud.to_numpy(g) for n, g in zip(names, grads) if g is not None}
+        if steps:
             step = ud.train_step(model, loss(), optimizer(model.parameters()))
-            results["loss"] = {"trajectory": np.array([float(step(inputs, targets)) for _ in range(steps)])}
+            results["loss"] = {"trajectory": np.array([float(step(inputs[0], targets, *xs[1:]))
+                                                       for _ in range(steps)])}
             results["trained"] = model.state_dict()
         return results
 
@@ -131,7 +159,7 @@ def _run_in_subprocess(backend, model_class, model_kwargs, state, inputs, target
             "optimizer": (f"{optimizer.__module__}:{optimizer.__qualname__}" if optimizer is not None else None),
             "steps": steps, "seed": seed, "dtype": dtype, "backend": name}
     with tempfile.TemporaryDirectory() as folder:
-        np.savez(os.path.join(folder, "in.npz"), inputs=inputs,
+        np.savez(os.path.join(folder, "in.npz"), **{f"inputs/{index}": value for index, value in enumerate(inputs)},
                  **({"targets": targets} if targets is not None else {}),
                  **{f"state/{k}": v for k, v in (state or {}).items()})
         with open(os.path.join(folder, "spec.json"), "w") as handle:
@@ -171,11 +199,74 @@ def _subprocess_main(folder):
     model_class = _resolve(spec["class"])
     loss = _resolve(spec["loss"]) if spec["loss"] else None
     optimizer = _resolve(spec["optimizer"]) if spec["optimizer"] else None
-    results = _in_process_run(spec["backend"], lambda: model_class(**spec["kwargs"]), state, data["inputs"],
+    inputs = tuple(data[f"inputs/{index}"] for index in range(sum(k.startswith("inputs/") for k in data.files)))
+    results = _in_process_run(spec["backend"], lambda: model_class(**spec["kwargs"]), state, inputs,
                               data["targets"] if "targets" in data.files else None, loss, optimizer,
                               spec["steps"], spec["seed"])
     flat = {f"{kind}/{name}": value for kind, tensors in results.items() for name, value in tensors.items()}
     np.savez(os.path.join(folder, "out.npz"), **flat)
+
+
+KINDS = ("weights", "output", "gradient", "loss", "trained")
+"""What the harness compares, in the order it runs them: the keys of ``TOLERANCES[dtype]`` and of ``tolerances``."""
+
+
+def _limits(dtype, tolerances) -> dict:
+    """``TOLERANCES[dtype]`` with the caller's overrides, each checked: a typo or a negative or NaN bound would
+    otherwise leave the default in force, or fail every row, without saying why."""
+    if dtype not in TOLERANCES:
+        raise ValueError(f"compare_backends dtype must be one of {', '.join(map(repr, TOLERANCES))}, got {dtype!r}")
+    tolerances = dict(tolerances or {})
+    for kind, value in tolerances.items():
+        if kind not in KINDS:
+            raise ValueError(f"compare_backends tolerances has no kind {kind!r}; the kinds are "
+                             f"{', '.join(map(repr, KINDS))}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:  # (NaN is not >= 0)
+            raise ValueError(f"compare_backends tolerances[{kind!r}] must be a number >= 0 (the largest relative "
+                             f"difference accepted), got {value!r}")
+    return dict(TOLERANCES[dtype], **{kind: float(value) for kind, value in tolerances.items()})
+
+
+def _checked_backends(backends) -> list:
+    """The names to compare, each known and none twice (an alias of another counts as the same backend)."""
+    from unidl.backends import canonical_name
+
+    backends = list(backends or config.available_backends())
+    if len(backends) < 2:
+        raise ValueError(f"parity needs at least two backends, got {backends}")
+    seen = {}
+    for name in backends:
+        backend, _, framework = str(name).partition(":")
+        key = (canonical_name(backend), framework.strip().lower())  # UnknownBackendError before any run
+        if key in seen:
+            raise ValueError(f"compare_backends got {seen[key]!r} and {name!r}, the same backend twice; "
+                             f"name each backend once")
+        seen[key] = name
+    return backends
+
+
+def _checked_inputs(inputs) -> tuple:
+    """The forward's positional inputs as a tuple of arrays: a tuple of arrays is ``model(*inputs)``."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    if not inputs:
+        raise ValueError("compare_backends needs the model's input: an array, or a tuple of arrays for a "
+                         "forward of several inputs")
+    return tuple(np.asarray(value) for value in inputs)
+
+
+def _check_training(steps, targets, loss, optimizer) -> None:
+    """``steps`` trains with ``targets``, ``loss`` and ``optimizer``; a missing one would skip the training (or the
+    loss) that the caller asked for, and the report would pass without it."""
+    if not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"compare_backends steps must be an integer >= 0 (0: no training), got {steps!r}")
+    if loss is not None and targets is None:
+        raise ValueError("compare_backends got a loss but no targets: pass targets to compare the loss's "
+                         "gradients, or no loss for those of sum(output * r)")
+    missing = [name for name, value in (("targets", targets), ("loss", loss), ("optimizer", optimizer))
+               if value is None]
+    if steps and missing:
+        raise ValueError(f"compare_backends steps={steps} trains the model, which needs targets, loss and "
+                         f"optimizer; missing: {', '.join(missing)}")
 
 
 def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=None, optimizer=None, steps: int = 0,
@@ -186,8 +277,10 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
     Args:
         model: a zero-argument builder returning a ``ud.nn.Module``, or a Module class (then
             ``model_kwargs`` are its constructor arguments; required for subprocess backends).
-        inputs: NumPy array of the model's input.
+        inputs: NumPy array of the model's input, or a tuple of arrays for a forward of several inputs
+            (``model(*inputs)``; training calls ``train_step``'s ``step(inputs[0], targets, *inputs[1:])``).
         targets: NumPy array of targets (needed for a loss and for training).
+        model_kwargs: the constructor arguments of ``model`` when it is a class.
         loss: a loss class or zero-argument builder (e.g. ``ud.nn.MSELoss``); without it the gradient
             is that of ``sum(output * r)`` for a fixed random ``r``.
         optimizer: ``params -> optimizer`` (e.g. ``lambda p: ud.optim.SGD(p, lr=0.1)``); with ``steps``
@@ -195,16 +288,27 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
         backends: names to compare (default: every installed backend); ``'keras:torch'`` runs Keras
             on torch in a subprocess.
         dtype: 'float32' or 'float64' (default: unidl's current dtype).
-        tolerances: overrides of ``TOLERANCES[dtype]`` by kind ('output', 'gradient', 'loss', 'trained').
+        seed: the seed of the first backend's initial weights (the others load them) and of ``r``.
+        tolerances: overrides of ``TOLERANCES[dtype]`` by kind (one of ``KINDS``), each a number >= 0.
+
+    The model runs in the mode it is built in (training by default: BatchNorm's batch statistics); a Dropout's
+    masks come from each framework's own generator, so build a model with Dropout in eval mode to compare it.
+    A tensor that is zero to its tolerance at the scale of the largest tensor of its kind (the gradient of a
+    bias before a BatchNorm: 0 but for rounding) is measured against that scale rather than its own.
+    A forward's tuple, list or dict of outputs is compared output by output (``output[0]``, ``output['key']``).
+    A parameter the objective does not reach has no gradient (None, as torch's ``.grad``) and no row; one
+    backend giving a gradient where the other gives none is a failed row. An unknown kind, dtype or backend, a
+    negative or NaN tolerance, a backend named twice, and ``steps`` without targets, loss or optimizer are a
+    ``ValueError`` (``UnknownBackendError`` for a backend) before any run. An error in one backend's run says
+    which backend it was.
     """
     dtype = dtype or config.get_dtype()
-    limits = dict(TOLERANCES[dtype], **(tolerances or {}))
-    backends = list(backends or config.available_backends())
-    if len(backends) < 2:
-        raise ValueError(f"parity needs at least two backends, got {backends}")
+    limits = _limits(dtype, tolerances)
+    backends = _checked_backends(backends)
+    inputs = _checked_inputs(inputs)
+    _check_training(steps, targets, loss, optimizer)
     model_class = model if isinstance(model, type) else None
     build = (lambda: model_class(**(model_kwargs or {}))) if model_class is not None else model
-    inputs = np.asarray(inputs)
     targets = None if targets is None else np.asarray(targets)
     report = ParityReport(dtype, backends)
     previous = config.get_dtype()
@@ -212,31 +316,56 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
     try:
         runs, state = {}, None
         for backend in backends:
-            if ":" in backend:
-                if model_class is None:
-                    raise ValueError(f"backend {backend!r} runs in a subprocess: pass the model as a class "
-                                     f"with model_kwargs, not a builder function")
-                runs[backend] = _run_in_subprocess(backend, model_class, model_kwargs or {}, state, inputs, targets,
-                                                   loss, optimizer, steps, seed, dtype)
-            else:
-                runs[backend] = _in_process_run(backend, build, state, inputs, targets, loss, optimizer, steps, seed)
+            if ":" in backend and model_class is None:
+                raise ValueError(f"backend {backend!r} runs in a subprocess: pass the model as a class "
+                                 f"with model_kwargs, not a builder function")
+            try:
+                if ":" in backend:
+                    runs[backend] = _run_in_subprocess(backend, model_class, model_kwargs or {}, state, inputs,
+                                                       targets, loss, optimizer, steps, seed, dtype)
+                else:
+                    runs[backend] = _in_process_run(backend, build, state, inputs, targets, loss, optimizer, steps,
+                                                    seed)
+            except Exception as error:
+                if hasattr(error, "add_note"):  # (Python 3.11+)
+                    error.add_note(f"(in the parity run of backend {backend!r}, compared with {backends[0]!r})")
+                raise
             if state is None:
                 state = runs[backend]["weights"]
     finally:
         config.set_dtype(previous)
     reference = backends[0]
     for other in backends[1:]:
-        for kind in ("weights", "output", "gradient", "loss", "trained"):
-            for name, expected in runs[reference].get(kind, {}).items():
-                found = runs[other].get(kind, {}).get(name)
-                if found is None or np.shape(found) != np.shape(expected):
+        for kind in KINDS:
+            expected_tensors, found_tensors = runs[reference].get(kind, {}), runs[other].get(kind, {})
+            kind_scale = max((_magnitude(value) for value in expected_tensors.values()), default=0.0)
+            for name in [*expected_tensors, *(n for n in found_tensors if n not in expected_tensors)]:
+                expected, found = expected_tensors.get(name), found_tensors.get(name)
+                if expected is None or found is None or np.shape(found) != np.shape(expected):
                     report.rows.append(Row(reference, other, kind, name, float("inf"), float("inf"), limits[kind]))
                     continue
                 max_abs = float(np.max(np.abs(np.asarray(found, np.float64) - expected))) if np.size(expected) else 0.0
                 report.rows.append(Row(reference, other, kind, name, max_abs,
-                                       max_relative_difference(found, expected), limits[kind],
+                                       _relative_difference(found, expected, max_abs, kind_scale, limits[kind]),
+                                       limits[kind],
                                        _first_step(found, expected, limits[kind]) if kind == "loss" else None))
     return report
+
+
+def _magnitude(values) -> float:
+    """The largest finite |value| of ``values`` (0 for none)."""
+    values = np.asarray(values, np.float64)
+    return float(np.max(np.abs(values), initial=0.0, where=np.isfinite(values)))
+
+
+def _relative_difference(found, expected, max_abs, kind_scale, tolerance) -> float:
+    """``max_relative_difference``, but a tensor that is zero to ``tolerance`` at the scale of the largest tensor
+    of its kind is measured against that scale: the gradient of a bias that a BatchNorm follows is 0 but for
+    rounding, which comes from terms of the other gradients' size (against its own max it gave ~1, a failure)."""
+    own_scale = _magnitude(expected) if np.all(np.isfinite(np.asarray(expected, np.float64))) else float("nan")
+    if 0 < kind_scale and own_scale <= tolerance * kind_scale:
+        return max_abs / kind_scale
+    return max_relative_difference(found, expected)
 
 
 def _first_step(found, expected, tolerance) -> int | None:
