@@ -1,9 +1,9 @@
 """Which backend, device and dtype unidl uses now: process defaults plus context-local overrides.
 
 ``set_backend`` / ``set_device`` / ``set_dtype`` change the process default;
-``use_backend`` / ``use_device`` scope a choice to a ``with`` block and to the
+``use_backend`` / ``use_device`` / ``use_dtype`` scope a choice to a ``with`` block and to the
 current thread or task only (``contextvars``), so that two threads never flip
-each other's backend. Unset defaults come from ``UNIDL_BACKEND`` and
+each other's backend, device or dtype. Unset defaults come from ``UNIDL_BACKEND`` and
 ``UNIDL_DEVICE``, read and checked at the first call that needs them.
 """
 
@@ -19,6 +19,7 @@ from unidl.errors import DeviceUnavailableError, UnknownBackendError
 
 _backend_override: contextvars.ContextVar = contextvars.ContextVar("unidl_backend", default=None)
 _device_override: contextvars.ContextVar = contextvars.ContextVar("unidl_device", default=None)
+_dtype_override: contextvars.ContextVar = contextvars.ContextVar("unidl_dtype", default=None)
 _default_backend = None
 _default_device: str | None = None
 _default_dtype = "float32"
@@ -159,9 +160,9 @@ def set_device(device: str) -> None:
     """Make ``device`` the process-wide default ('auto', 'cpu', 'cuda', 'cuda:N', 'gpu', 'gpu:N')."""
     global _default_device
     parse_device(device)
-    _default_device = device
     if _backend_override.get() is not None or _default_backend is not None:
-        get_device()  # report an unseen GPU now, not at the first tensor
+        resolve_device(device, backend())  # an unseen GPU is reported now and leaves the default as it was
+    _default_device = device
 
 
 @contextlib.contextmanager
@@ -177,26 +178,50 @@ def use_device(device: str):
 
 # ---- dtype ---------------------------------------------------------------
 
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def _dtype_name(dtype) -> str:
+    """``dtype`` (a name, or a NumPy, torch, TensorFlow or JAX float dtype) as 'float32' or 'float64', else a
+    ``ValueError`` naming the valid dtypes (and, for float16/bfloat16, the mixed precision that trains in them)."""
+    # np.float64 and jnp.float64 (types), np.dtype('float64') and tf.float64 (.name), torch.float64 ('torch.float64')
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "__name__", None) or getattr(dtype, "name", None)
+    if not isinstance(name, str):
+        name = str(dtype).rsplit(".", 1)[-1]
+    if name in DTYPES:
+        return name
+    half = (f"; {name} parameters would lose their updates to rounding: keep float32 weights and train in "
+            f"{name} with precision='{'bf16' if name == 'bfloat16' else '16'}-mixed' (ud.fit, ud.train_step)"
+            if name in _HALF_DTYPES else "")
+    raise ValueError(f"unsupported dtype {dtype!r}; valid dtypes are {', '.join(DTYPES)}{half}")
+
+
 def get_dtype() -> str:
-    """The floating dtype new parameters and tensors get: 'float32' (default) or 'float64'."""
-    return _default_dtype
+    """The floating dtype new parameters and tensors get here: 'float32' (default) or 'float64'."""
+    return _dtype_override.get() or _default_dtype
 
 
 def set_dtype(dtype: str) -> None:
-    """Switch parameters and computation created from now on to ``dtype`` on every backend."""
+    """Switch parameters and computation created from now on to ``dtype`` on every backend (process-wide).
+
+    Args:
+        dtype: 'float32' or 'float64', or that dtype as NumPy, torch, TensorFlow or JAX names it
+            (``torch.float64``); float16 and bfloat16 are a ``ValueError`` pointing to mixed precision.
+    """
     global _default_dtype
-    name = getattr(dtype, "__name__", None) or str(dtype)
-    if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; valid dtypes are {', '.join(DTYPES)}")
-    _default_dtype = name
+    _default_dtype = _dtype_name(dtype)
 
 
 @contextlib.contextmanager
 def use_dtype(dtype: str):
-    """Use ``dtype`` for everything created inside the ``with`` block (process-wide)."""
-    previous = _default_dtype
-    set_dtype(dtype)
+    """Use ``dtype`` for everything created inside the ``with`` block, in this thread/context only.
+
+    As ``use_backend``: another thread building a model meanwhile keeps its own dtype, and two threads' blocks
+    ending in any order leave the process default as it was (a process-wide switch left it at the dtype of
+    whichever block ended last). Takes the dtypes ``set_dtype`` takes.
+    """
+    token = _dtype_override.set(_dtype_name(dtype))
     try:
         yield
     finally:
-        set_dtype(previous)
+        _dtype_override.reset(token)
