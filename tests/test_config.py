@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import pytest
 
 import unidl as ud
@@ -227,3 +228,24 @@ def test_set_dtype_takes_each_frameworks_dtype_and_points_half_precision_to_mixe
         with pytest.raises(ValueError, match=f"valid dtypes are float32, float64.*precision={precision}"):
             ud.set_dtype(ud.tensor([1.0], dtype=half).dtype)
     assert ud.get_dtype() == "float64"
+
+
+def test_a_layer_given_another_frameworks_tensor_is_one_clear_error(backend):
+    """torch's and JAX's own TypeErrors, TensorFlow's AttributeError on a ``torch.Size`` before; a torch tensor
+    once seen by a torch model passed unchecked into the models of every other backend."""
+    with ud.use_backend("torch"):
+        ud.nn.ReLU()(ud.tensor([1.0]))  # a torch tensor seen first by a torch layer
+    others = {}
+    for name in set(ud.available_backends()) & {"torch", "tensorflow", "jax"}:  # (keras's are its host's tensors)
+        with ud.use_backend(name):
+            others[name] = ud.tensor(np.ones((2, 3), np.float32))
+    layer = ud.nn.Linear(3, 2)
+    own = backends.specs()[backend].required_modules()
+    for framework, value in others.items():
+        if framework in own:
+            assert tuple(layer(value).shape) == (2, 2)
+            continue
+        with pytest.raises(ud.BackendMismatchError, match=rf"Linear\(in_features=3.*runs on backend '{backend}' but "
+                                                          rf"argument 0 is a {framework} .*ud.tensor\(x\).*"
+                                                          rf"ud.use_backend\('{framework}'\)"):
+            layer(value)
