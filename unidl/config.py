@@ -21,6 +21,7 @@ _backend_override: contextvars.ContextVar = contextvars.ContextVar("unidl_backen
 _device_override: contextvars.ContextVar = contextvars.ContextVar("unidl_device", default=None)
 _dtype_override: contextvars.ContextVar = contextvars.ContextVar("unidl_dtype", default=None)
 _default_backend = None
+_default_backend_name: str | None = None  # a default to load at first use (a DataLoader worker's: adopt_settings)
 _default_device: str | None = None
 _default_dtype = "float32"
 _resolved_devices: dict[tuple[str, str], str] = {}
@@ -38,7 +39,7 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|gpu)(?::(\d+))?$")
 def _default_backend_object():
     global _default_backend
     if _default_backend is None:
-        requested = os.environ.get("UNIDL_BACKEND", "").strip()
+        requested = _default_backend_name or os.environ.get("UNIDL_BACKEND", "").strip()
         if requested:
             try:
                 _default_backend = backends.load(requested)
@@ -83,6 +84,23 @@ def use_backend(name: str):
 def available_backends() -> list[str]:
     """Names of the installed backends, in the order the default is picked from."""
     return backends.available_backends()
+
+
+def settings() -> dict:
+    """The backend, device and dtype chosen in this context (scoped or process-wide; None where nothing was chosen
+    and the environment variables decide), for a process that works for this one to take (``adopt_settings``)."""
+    chosen = _backend_override.get() or _default_backend
+    return {"backend": None if chosen is None else chosen.name,
+            "device": _device_override.get() or _default_device, "dtype": get_dtype()}
+
+
+def adopt_settings(chosen: dict) -> None:
+    """Make ``chosen`` (``settings()`` of the process this one works for: a DataLoader's worker process) this
+    process's defaults, so that a sample computed here is the one the caller's own process would compute (a
+    spawned worker took ``UNIDL_BACKEND``'s backend and float32 instead). The backend loads at its first use, as
+    ``UNIDL_BACKEND``'s does: a worker that computes nothing imports no framework."""
+    global _default_backend_name, _default_device, _default_dtype
+    _default_backend_name, _default_device, _default_dtype = chosen["backend"], chosen["device"], chosen["dtype"]
 
 
 # ---- device --------------------------------------------------------------

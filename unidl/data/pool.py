@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 
+from unidl import config
 from unidl.data import shared_batches, worker
 from unidl.errors import DataLoaderError
 
@@ -209,7 +210,7 @@ class WorkerPool:
             self._current = [mp_context.RawArray("q", [-1, -1]) for _ in range(num_workers)]
             self._workers = [mp_context.Process(target=worker.process_main, name=f"unidl-data-worker-{w}",
                                                 args=(w, payload, self._tasks[w], self._results, self._current[w],
-                                                      seed, epoch),
+                                                      seed, epoch, config.settings()),
                                                 daemon=True)
                              for w in range(num_workers)]
         else:
