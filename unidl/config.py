@@ -99,7 +99,9 @@ def adopt_settings(chosen: dict) -> None:
     process's defaults, so that a sample computed here is the one the caller's own process would compute (a
     spawned worker took ``UNIDL_BACKEND``'s backend and float32 instead). The backend loads at its first use, as
     ``UNIDL_BACKEND``'s does: a worker that computes nothing imports no framework."""
-    global _default_backend_name, _default_device, _default_dtype
+    global _default_backend, _default_backend_name, _default_device, _default_dtype
+    if _default_backend is not None and _default_backend.name != chosen["backend"]:
+        _default_backend = None  # (a persistent worker's next epoch under another backend)
     _default_backend_name, _default_device, _default_dtype = chosen["backend"], chosen["device"], chosen["dtype"]
 
 

@@ -209,10 +209,16 @@ def test_worker_processes_compute_under_the_callers_backend_and_dtype():
     float64, a torch tensor under jax)."""
     if "jax" not in ud.available_backends():
         pytest.skip("needs the jax backend, whose framework a worker imports in about a second")
+    persistent = DataLoader(ComputedRows(2), batch_size=2, num_workers=1, worker_type="process",
+                            persistent_workers=True)
     with ud.use_backend("jax"), ud.use_dtype("float64"):
         reference = batches(DataLoader(ComputedRows(2), batch_size=2))
         assert reference == [([[0.1], [0.2]], [3, 3])]
         assert batches(DataLoader(ComputedRows(2), batch_size=2, num_workers=1, worker_type="process")) == reference
+        assert batches(persistent) == reference
+    with ud.use_backend("torch"):  # persistent workers take each epoch's
+        assert batches(persistent) == batches(DataLoader(ComputedRows(2), batch_size=2)) != reference
+    del persistent  # (its workers stop)
 
 
 @pytest.mark.parametrize("worker_type", WORKER_TYPES)

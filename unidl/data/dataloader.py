@@ -492,7 +492,7 @@ class DataLoader:
             else:
                 pool = self._pool
                 workers.append(pool)
-                pool.new_epoch(seed, epoch)
+                context.copy().run(pool.new_epoch, seed, epoch)
             for payload in pool.deliver(batches, start, seed, epoch, self.timeout, self.prefetch,
                                         None if in_processes else context, None if in_processes else convert):
                 yield context.copy().run(convert, payload, True) if in_processes else payload

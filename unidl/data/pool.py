@@ -251,9 +251,11 @@ class WorkerPool:
         return f"DataLoader worker {worker_id} (thread {self._workers[worker_id].name})"
 
     def new_epoch(self, seed, epoch) -> None:
-        """Re-seed persistent workers for a new epoch (worker w from (seed, epoch, w))."""
+        """Re-seed persistent workers for a new epoch (worker w from (seed, epoch, w)); worker processes take the
+        backend, device and dtype of the context this is called in, as a new pool's do."""
+        settings = config.settings() if self.kind == "process" else None
         for tasks in self._tasks:
-            tasks.put(("epoch", seed, epoch))
+            tasks.put(("epoch", seed, epoch, settings))
 
     # ---- one iteration ------------------------------------------------------
     def deliver(self, batches: list, start: int, seed, epoch: int, timeout: float | None, prefetch: int,

@@ -219,7 +219,11 @@ def serve(worker_id: int, dataset, collate_fn, worker_init_fn, tasks, results, c
         if task is None:
             return
         if task[0] == "epoch":
-            _, seed, epoch = task
+            _, seed, epoch, settings = task
+            if settings is not None:  # (a process's: the caller's backend, device and dtype for this epoch)
+                from unidl import config
+
+                config.adopt_settings(settings)
             if seeding:
                 seed_global_rngs(WORKER_STREAM, seed, epoch, worker_id)
             continue
