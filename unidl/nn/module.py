@@ -186,10 +186,13 @@ _PLAIN_TYPES = (type(None), bool, int, float, tuple, list, dict)
 
 
 def _passed_as_they_are(backend) -> set:
+    """The types ``backend``'s modules take as they are, made on the first call of one of them."""
     passed = _PASSED_AS_THEY_ARE.get(backend)
     if passed is None:
         passed = _PASSED_AS_THEY_ARE[backend] = set(_PLAIN_TYPES)
     return passed
+
+
 #: those of them that one of unidl's layers takes as a tensor when given for a tensor argument (``_converts_lists``)
 _CONVERTED = (list, tuple, int, float, bool)
 
