@@ -214,7 +214,8 @@ def test_use_dtype_is_thread_local_and_restored_whatever_order_blocks_end(monkey
             return [float(ud.get_dtype() == "float64")]
 
     with ud.use_backend("torch"), ud.use_dtype("float64"):
-        batches = [ud.to_numpy(batch[0]).tolist() for batch in ud.data.DataLoader(Dtypes(), batch_size=1, num_workers=2)]
+        loader = ud.data.DataLoader(Dtypes(), batch_size=1, num_workers=2)
+        batches = [ud.to_numpy(batch[0]).tolist() for batch in loader]
     assert batches == [[1.0], [1.0]]
 
 
