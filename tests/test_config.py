@@ -2,6 +2,7 @@
 
 import threading
 
+import numpy as np
 import pytest
 
 import unidl as ud
@@ -162,3 +163,90 @@ def test_env_gpu_without_gpu_errors_at_first_tensor():
 def test_set_dtype_validates():
     with pytest.raises(ValueError, match="float16.*float32, float64"):
         ud.set_dtype("float16")
+
+
+def test_a_device_the_backend_does_not_see_leaves_the_default_as_it_was(monkeypatch):
+    """``set_device`` of an unseen GPU raised but kept it as the default, so every later op raised too."""
+    monkeypatch.setattr(config, "_default_device", None)
+    with ud.use_backend("torch"):
+        ud.set_device("cpu")
+        with pytest.raises(ud.DeviceUnavailableError, match="'cuda:99' is not visible.*it sees: cpu"):
+            ud.set_device("cuda:99")
+        assert ud.get_device() == "cpu"
+        assert ud.to_numpy(ud.tensor([1.0]) + 1.0).tolist() == [2.0]
+
+
+def test_use_dtype_is_thread_local_and_restored_whatever_order_blocks_end(monkeypatch):
+    """Two threads' ``use_dtype`` blocks ending in the other order left the process in float64 (the dtype was
+    process-wide), and a thread building a model meanwhile got the other thread's dtype; a DataLoader's worker
+    threads take the caller's, as they take its backend."""
+    monkeypatch.setattr(config, "_default_dtype", "float32")
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with ud.use_dtype("float64"):
+            a_in.set()
+            b_in.wait()
+            seen["a"] = ud.get_dtype()
+        a_out.set()
+
+    def b():
+        a_in.wait()
+        seen["b_outside"] = ud.get_dtype()
+        with ud.use_dtype("float32"):
+            b_in.set()
+            a_out.wait()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"a": "float64", "b_outside": "float32"}
+    assert ud.get_dtype() == "float32"
+
+    class Dtypes:
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return [float(ud.get_dtype() == "float64")]
+
+    with ud.use_backend("torch"), ud.use_dtype("float64"):
+        loader = ud.data.DataLoader(Dtypes(), batch_size=1, num_workers=2)
+        batches = [ud.to_numpy(batch[0]).tolist() for batch in loader]
+    assert batches == [[1.0], [1.0]]
+
+
+def test_set_dtype_takes_each_frameworks_dtype_and_points_half_precision_to_mixed_precision(backend, monkeypatch):
+    monkeypatch.setattr(config, "_default_dtype", "float32")
+    ud.set_dtype(ud.tensor([1.0], dtype="float64").dtype)  # torch.float64, tf.float64, a JAX dtype
+    assert ud.get_dtype() == "float64"
+    with ud.use_dtype(ud.tensor([1.0], dtype="float32").dtype):
+        assert ud.get_dtype() == "float32"
+    for half, precision in (("float16", "'16-mixed'"), ("bfloat16", "'bf16-mixed'")):
+        with pytest.raises(ValueError, match=f"valid dtypes are float32, float64.*precision={precision}"):
+            ud.set_dtype(ud.tensor([1.0], dtype=half).dtype)
+    assert ud.get_dtype() == "float64"
+
+
+def test_a_layer_given_another_frameworks_tensor_is_one_clear_error(backend):
+    """torch's and JAX's own TypeErrors, TensorFlow's AttributeError on a ``torch.Size`` before; a torch tensor
+    once seen by a torch model passed unchecked into the models of every other backend."""
+    with ud.use_backend("torch"):
+        ud.nn.ReLU()(ud.tensor([1.0]))  # a torch tensor seen first by a torch layer
+    others = {}
+    for name in set(ud.available_backends()) & {"torch", "tensorflow", "jax"}:  # (keras's are its host's tensors)
+        with ud.use_backend(name):
+            others[name] = ud.tensor(np.ones((2, 3), np.float32))
+    layer = ud.nn.Linear(3, 2)
+    own = backends.specs()[backend].required_modules()
+    for framework, value in others.items():
+        if framework in own:
+            assert tuple(layer(value).shape) == (2, 2)
+            continue
+        with pytest.raises(ud.BackendMismatchError, match=rf"Linear\(in_features=3.*runs on backend '{backend}' but "
+                                                          rf"argument 0 is a {framework} .*ud.tensor\(x\).*"
+                                                          rf"ud.use_backend\('{framework}'\)"):
+            layer(value)

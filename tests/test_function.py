@@ -586,3 +586,15 @@ def test_a_module_built_inside_a_function_computes_as_torch(backend):
         return
     expected = torch.nn.functional.layer_norm(torch.tensor(x), (4,))
     np.testing.assert_allclose(ud.to_numpy(normalize(ud.tensor(x))), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_function_traced_under_one_dtype_is_traced_again_under_another(backend):
+    """The dtype in force is read when the function is traced (``ud.ops.zeros``, ``ud.tensor``): a graph traced
+    in float32 and called again under ``ud.use_dtype('float64')`` gave float32 on tensorflow, keras and jax, where
+    torch, which runs the Python each call, gives float64."""
+    make = ud.function(lambda x: ud.ops.zeros((2,)) + ud.ops.cast(ud.ops.sum(x), ud.get_dtype()))
+    labels = ud.tensor(np.array([1, 2]), dtype="int64")
+    assert ud.to_numpy(make(labels)).dtype == np.float32
+    with ud.use_dtype("float64"):
+        assert ud.to_numpy(make(labels)).dtype == np.float64
+    assert ud.to_numpy(make(labels)).dtype == np.float32

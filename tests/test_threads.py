@@ -29,16 +29,23 @@ def test_set_num_threads_sizes_torchs_pool_now_and_for_backends_loaded_later(res
     assert torch.get_num_threads() == 1
 
 
-@pytest.mark.parametrize("value", [0, -1, 1.5, True, "two", None])
-def test_a_bad_thread_count_is_a_clear_error(value):
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "two", None, 2**31])
+def test_a_bad_thread_count_is_a_clear_error(value, monkeypatch):
+    """Refused before any pool or the count kept for backends loaded later changes (2**31 was torch's "Overflow when
+    unpacking long", kept for every backend loaded after)."""
+    monkeypatch.setattr(threads, "_requested", None)
     with pytest.raises(ValueError, match=r"set_num_threads\(n\) must be a positive integer"):
         ud.set_num_threads(value)
+    assert threads._requested is None
 
 
 def test_a_bad_environment_variable_is_named(monkeypatch):
     monkeypatch.setattr(threads, "_requested", None)
     monkeypatch.setenv("UNIDL_NUM_THREADS", "many")
     with pytest.raises(ConfigurationError, match="UNIDL_NUM_THREADS must be a positive integer, got 'many'"):
+        threads.requested()
+    monkeypatch.setenv("UNIDL_NUM_THREADS", "100000000000")  # (torch's own "Overflow when unpacking long" before)
+    with pytest.raises(ConfigurationError, match=r"UNIDL_NUM_THREADS must be a positive integer up to 2\*\*31 - 1"):
         threads.requested()
     monkeypatch.setenv("UNIDL_NUM_THREADS", "3")
     assert threads.requested() == 3

@@ -1,9 +1,9 @@
 """Which backend, device and dtype unidl uses now: process defaults plus context-local overrides.
 
 ``set_backend`` / ``set_device`` / ``set_dtype`` change the process default;
-``use_backend`` / ``use_device`` scope a choice to a ``with`` block and to the
+``use_backend`` / ``use_device`` / ``use_dtype`` scope a choice to a ``with`` block and to the
 current thread or task only (``contextvars``), so that two threads never flip
-each other's backend. Unset defaults come from ``UNIDL_BACKEND`` and
+each other's backend, device or dtype. Unset defaults come from ``UNIDL_BACKEND`` and
 ``UNIDL_DEVICE``, read and checked at the first call that needs them.
 """
 
@@ -19,7 +19,9 @@ from unidl.errors import DeviceUnavailableError, UnknownBackendError
 
 _backend_override: contextvars.ContextVar = contextvars.ContextVar("unidl_backend", default=None)
 _device_override: contextvars.ContextVar = contextvars.ContextVar("unidl_device", default=None)
+_dtype_override: contextvars.ContextVar = contextvars.ContextVar("unidl_dtype", default=None)
 _default_backend = None
+_default_backend_name: str | None = None  # a default to load at first use (a DataLoader worker's: adopt_settings)
 _default_device: str | None = None
 _default_dtype = "float32"
 _resolved_devices: dict[tuple[str, str], str] = {}
@@ -37,7 +39,7 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|gpu)(?::(\d+))?$")
 def _default_backend_object():
     global _default_backend
     if _default_backend is None:
-        requested = os.environ.get("UNIDL_BACKEND", "").strip()
+        requested = _default_backend_name or os.environ.get("UNIDL_BACKEND", "").strip()
         if requested:
             try:
                 _default_backend = backends.load(requested)
@@ -82,6 +84,25 @@ def use_backend(name: str):
 def available_backends() -> list[str]:
     """Names of the installed backends, in the order the default is picked from."""
     return backends.available_backends()
+
+
+def settings() -> dict:
+    """The backend, device and dtype chosen in this context (scoped or process-wide; None where nothing was chosen
+    and the environment variables decide), for a process that works for this one to take (``adopt_settings``)."""
+    chosen = _backend_override.get() or _default_backend
+    return {"backend": None if chosen is None else chosen.name,
+            "device": _device_override.get() or _default_device, "dtype": get_dtype()}
+
+
+def adopt_settings(chosen: dict) -> None:
+    """Make ``chosen`` (``settings()`` of the process this one works for: a DataLoader's worker process) this
+    process's defaults, so that a sample computed here is the one the caller's own process would compute (a
+    spawned worker took ``UNIDL_BACKEND``'s backend and float32 instead). The backend loads at its first use, as
+    ``UNIDL_BACKEND``'s does: a worker that computes nothing imports no framework."""
+    global _default_backend, _default_backend_name, _default_device, _default_dtype
+    if _default_backend is not None and _default_backend.name != chosen["backend"]:
+        _default_backend = None  # (a persistent worker's next epoch under another backend)
+    _default_backend_name, _default_device, _default_dtype = chosen["backend"], chosen["device"], chosen["dtype"]
 
 
 # ---- device --------------------------------------------------------------
@@ -159,9 +180,9 @@ def set_device(device: str) -> None:
     """Make ``device`` the process-wide default ('auto', 'cpu', 'cuda', 'cuda:N', 'gpu', 'gpu:N')."""
     global _default_device
     parse_device(device)
-    _default_device = device
     if _backend_override.get() is not None or _default_backend is not None:
-        get_device()  # report an unseen GPU now, not at the first tensor
+        resolve_device(device, backend())  # an unseen GPU is reported now and leaves the default as it was
+    _default_device = device
 
 
 @contextlib.contextmanager
@@ -177,26 +198,50 @@ def use_device(device: str):
 
 # ---- dtype ---------------------------------------------------------------
 
+_HALF_DTYPES = ("float16", "bfloat16")
+
+
+def _dtype_name(dtype) -> str:
+    """``dtype`` (a name, or a NumPy, torch, TensorFlow or JAX float dtype) as 'float32' or 'float64', else a
+    ``ValueError`` naming the valid dtypes (and, for float16/bfloat16, the mixed precision that trains in them)."""
+    # np.float64 and jnp.float64 (types), np.dtype('float64') and tf.float64 (.name), torch.float64 ('torch.float64')
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "__name__", None) or getattr(dtype, "name", None)
+    if not isinstance(name, str):
+        name = str(dtype).rsplit(".", 1)[-1]
+    if name in DTYPES:
+        return name
+    half = (f"; {name} parameters would lose their updates to rounding: keep float32 weights and train in "
+            f"{name} with precision='{'bf16' if name == 'bfloat16' else '16'}-mixed' (ud.fit, ud.train_step)"
+            if name in _HALF_DTYPES else "")
+    raise ValueError(f"unsupported dtype {dtype!r}; valid dtypes are {', '.join(DTYPES)}{half}")
+
+
 def get_dtype() -> str:
-    """The floating dtype new parameters and tensors get: 'float32' (default) or 'float64'."""
-    return _default_dtype
+    """The floating dtype new parameters and tensors get here: 'float32' (default) or 'float64'."""
+    return _dtype_override.get() or _default_dtype
 
 
 def set_dtype(dtype: str) -> None:
-    """Switch parameters and computation created from now on to ``dtype`` on every backend."""
+    """Switch parameters and computation created from now on to ``dtype`` on every backend (process-wide).
+
+    Args:
+        dtype: 'float32' or 'float64', or that dtype as NumPy, torch, TensorFlow or JAX names it
+            (``torch.float64``); float16 and bfloat16 are a ``ValueError`` pointing to mixed precision.
+    """
     global _default_dtype
-    name = getattr(dtype, "__name__", None) or str(dtype)
-    if name not in DTYPES:
-        raise ValueError(f"unsupported dtype {dtype!r}; valid dtypes are {', '.join(DTYPES)}")
-    _default_dtype = name
+    _default_dtype = _dtype_name(dtype)
 
 
 @contextlib.contextmanager
 def use_dtype(dtype: str):
-    """Use ``dtype`` for everything created inside the ``with`` block (process-wide)."""
-    previous = _default_dtype
-    set_dtype(dtype)
+    """Use ``dtype`` for everything created inside the ``with`` block, in this thread/context only.
+
+    As ``use_backend``: another thread building a model meanwhile keeps its own dtype, and two threads' blocks
+    ending in any order leave the process default as it was (a process-wide switch left it at the dtype of
+    whichever block ended last). Takes the dtypes ``set_dtype`` takes.
+    """
+    token = _dtype_override.set(_dtype_name(dtype))
     try:
         yield
     finally:
-        set_dtype(previous)
+        _dtype_override.reset(token)

@@ -48,7 +48,7 @@ class Function:
             self.__name__ = type(fn).__name__
         self._fn = fn
         self.jit_compile = bool(jit_compile)
-        self._compiled: dict = {}  # backend name -> {the modules' training flags: compiled function}
+        self._compiled: dict = {}  # backend name -> {((dtype, device), the modules' training flags): compiled}
         self._modules: dict = {}  # backend name -> the modules its calls called, in call order
         self._known: dict = {}  # backend name -> their ids
         # a mark each called module keeps in its structure cache, which a change of structure below it empties
@@ -105,11 +105,11 @@ class Function:
         for table in (self._compiled, self._modules, self._known):
             table.pop(name, None)
 
-    def _compiled_for(self, backend, modes):
-        compiled = self._compiled.setdefault(backend.name, {}).get(modes)
+    def _compiled_for(self, backend, key):
+        compiled = self._compiled.setdefault(backend.name, {}).get(key)
         if compiled is None:
             compiled = backend.function(self._fn, self.jit_compile, self.__name__)
-            self._compiled[backend.name][modes] = compiled
+            self._compiled[backend.name][key] = compiled
             devices.compiled_placed(f"ud.function {self.__name__!r}", "first call",
                                     config.resolve_device(config._requested_device(), backend),
                                     f"{backend.name}, jit_compile={self.jit_compile}")
@@ -121,8 +121,10 @@ class Function:
         backend = config.backend()
         self._drop_if_restructured(backend.name)
         modules = self._modules.get(backend.name, ())
-        modes = tuple(module.training for module in modules)
-        compiled = self._compiled_for(backend, modes)
+        # the dtype and device in force are read where the function is traced (``ud.tensor``, ``ud.ops.zeros``):
+        # a graph traced under another is not this call's (float32 constants under ud.use_dtype('float64'))
+        placed = (config.get_dtype(), config.get_device())
+        compiled = self._compiled_for(backend, (placed, tuple(module.training for module in modules)))
         args = [_as_argument(backend, a) for a in args]
         with tracing.recording_module_calls() as called:
             result = compiled(*args)
@@ -134,7 +136,7 @@ class Function:
                 module.structure_cache()[self._mark] = True
             # the call traced (or ran) modules not keyed before: its function is the one for their modes now;
             # functions keyed on fewer modules are dropped (traced again if those modes come back)
-            self._compiled[backend.name] = {tuple(module.training for module in modules): compiled}
+            self._compiled[backend.name] = {(placed, tuple(module.training for module in modules)): compiled}
         return result
 
     @property
@@ -155,6 +157,8 @@ def function(fn=None, *, jit_compile: bool = False):
     batch size or sequence length never retraces; a new input rank or dtype traces again
     with a ``RetraceWarning`` (an input with no elements, e.g. a batch of 0 samples, gets a graph
     of its own exact shapes, silently: TensorFlow's kernels fail on an empty batch in the others).
+    A call under another dtype or device in force (``ud.use_dtype``, ``ud.use_device``) than earlier
+    calls runs a function traced for it, as torch runs the Python under them each call.
     A Python number, bool, None or string argument reaches ``fn`` as itself on every backend, baked
     into the graph where the backend traces: a new value traces again (pass ``ud.tensor(value)`` for
     a value that changes every call; a NumPy scalar is a tensor too).

@@ -12,6 +12,8 @@ import numbers
 import os
 
 _requested: int | None = None
+#: the most threads every framework takes (a C int: torch raised "Overflow when unpacking long" past it)
+MAX_THREADS = 2**31 - 1
 
 
 def _check(value, what: str) -> int:
@@ -24,8 +26,9 @@ def _check(value, what: str) -> int:
             value = int(value.strip())
         except ValueError:
             raise ConfigurationError(f"{what} must be a positive integer, got {value!r}") from None
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ConfigurationError(f"{what} must be a positive integer (threads per framework pool), got {value!r}")
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or not 1 <= value <= MAX_THREADS:
+        raise ConfigurationError(f"{what} must be a positive integer up to 2**31 - 1 (threads per framework pool), "
+                                 f"got {value!r}")
     return int(value)
 
 

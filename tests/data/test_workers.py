@@ -29,8 +29,9 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, Draws, ExitingOnArrival, ExitingRows, FailingRows, KeyedArrays,
-                                        LabelledRows, LocalNamedRows, NamedBatches, NoisyBatches, NoisyRows, Rows,
+from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
+                                        KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches, NoisyBatches,
+                                        NoisyRows, Rows,
                                         SingleArrays, SleepingRows, UnrestorableRows, WideExitingRows, WideRows,
                                         WorkerProbe, failing_worker_init_fn, named_sample, record_worker_id)
 
@@ -200,6 +201,24 @@ def test_a_dataset_drawing_from_torchs_generator_gives_the_same_batches_with_or_
     torch.manual_seed(1)
     assert torch.equal(torch.rand(1), after)  # (the loader's draws left the caller's generator alone)
     assert epoch(num_workers=1, worker_type="process") == reference
+
+
+def test_worker_processes_compute_under_the_callers_backend_and_dtype():
+    """A spawned worker process took UNIDL_BACKEND's backend (else the first installed) and float32, whatever the
+    caller had chosen: a sample computed with unidl was not the one ``num_workers=0`` gives (float32's 0.1 under
+    float64, a torch tensor under jax)."""
+    if "jax" not in ud.available_backends():
+        pytest.skip("needs the jax backend, whose framework a worker imports in about a second")
+    persistent = DataLoader(ComputedRows(2), batch_size=2, num_workers=1, worker_type="process",
+                            persistent_workers=True)
+    with ud.use_backend("jax"), ud.use_dtype("float64"):
+        reference = batches(DataLoader(ComputedRows(2), batch_size=2))
+        assert reference == [([[0.1], [0.2]], [3, 3])]
+        assert batches(DataLoader(ComputedRows(2), batch_size=2, num_workers=1, worker_type="process")) == reference
+        assert batches(persistent) == reference
+    with ud.use_backend("torch"):  # persistent workers take each epoch's
+        assert batches(persistent) == batches(DataLoader(ComputedRows(2), batch_size=2)) != reference
+    del persistent  # (its workers stop)
 
 
 @pytest.mark.parametrize("worker_type", WORKER_TYPES)

@@ -211,3 +211,13 @@ class LabelledRows(Rows):
             open(os.path.join(self.pid_dir, str(os.getpid())), "w").close()
         features = np.array([np.sin(index), np.cos(index), (index % 4) / 4], dtype=np.float32)
         return features, np.int64(index % 4)
+
+
+class ComputedRows(Rows):
+    """Sample i computed with unidl under the backend and dtype in force: (0.1 * (i + 1) as ``ud.tensor`` holds it,
+    the length of the backend's name). unidl is imported when a sample is read, not by this module."""
+
+    def __getitem__(self, index):
+        import unidl as ud
+
+        return ud.to_numpy(ud.tensor([0.1 * (index + 1)])).astype(np.float64), np.int64(len(ud.get_backend()))

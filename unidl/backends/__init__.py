@@ -143,6 +143,23 @@ def _converters(kind: type) -> list:
     return found
 
 
+_foreign_cache: dict[tuple[type, str], str | None] = {}
+
+
+def foreign_framework(kind: type, name: str) -> str | None:
+    """The framework (top-level module: 'torch', 'tensorflow', 'jax', 'keras') whose class ``kind`` is or derives
+    from, where it is one that some backend computes with but backend ``name`` does not (a torch tensor given to a
+    TensorFlow model); None for this backend's own frameworks' types and for types of no framework. Cached per type:
+    a module's call asks it once for each type it has not seen."""
+    key = (kind, name)
+    if key not in _foreign_cache:
+        frameworks = {c.__module__.split(".")[0] for c in kind.__mro__ if isinstance(c.__module__, str)}
+        known = {module for spec in specs().values() for module in spec.required_modules()}
+        foreign = sorted(frameworks & known - set(specs()[name].required_modules()))
+        _foreign_cache[key] = foreign[0] if foreign else None
+    return _foreign_cache[key]
+
+
 def loaded_backends() -> dict[str, object]:
     """The backends already imported in this process (no framework import happens here)."""
     return dict(_loaded)

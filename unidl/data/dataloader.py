@@ -480,8 +480,10 @@ class DataLoader:
         pool = None
         try:  # from before the first worker starts: Ctrl-C at any point stops the workers already started
             if self._pool is None or self._pool.closed:
-                pool = WorkerPool(self.worker_type, self.num_workers, self.dataset, self.collate_fn,
-                                  self.worker_init_fn, self.multiprocessing_context, seed, epoch)
+                # made in the caller's context: its worker processes take its backend, device and dtype
+                pool = context.copy().run(WorkerPool, self.worker_type, self.num_workers, self.dataset,
+                                          self.collate_fn, self.worker_init_fn, self.multiprocessing_context, seed,
+                                          epoch)
                 workers.append(pool)
                 pool.start()
                 if self.persistent_workers:
@@ -490,7 +492,7 @@ class DataLoader:
             else:
                 pool = self._pool
                 workers.append(pool)
-                pool.new_epoch(seed, epoch)
+                context.copy().run(pool.new_epoch, seed, epoch)
             for payload in pool.deliver(batches, start, seed, epoch, self.timeout, self.prefetch,
                                         None if in_processes else context, None if in_processes else convert):
                 yield context.copy().run(convert, payload, True) if in_processes else payload

@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 
+from unidl import config
 from unidl.data import shared_batches, worker
 from unidl.errors import DataLoaderError
 
@@ -209,7 +210,7 @@ class WorkerPool:
             self._current = [mp_context.RawArray("q", [-1, -1]) for _ in range(num_workers)]
             self._workers = [mp_context.Process(target=worker.process_main, name=f"unidl-data-worker-{w}",
                                                 args=(w, payload, self._tasks[w], self._results, self._current[w],
-                                                      seed, epoch),
+                                                      seed, epoch, config.settings()),
                                                 daemon=True)
                              for w in range(num_workers)]
         else:
@@ -250,9 +251,11 @@ class WorkerPool:
         return f"DataLoader worker {worker_id} (thread {self._workers[worker_id].name})"
 
     def new_epoch(self, seed, epoch) -> None:
-        """Re-seed persistent workers for a new epoch (worker w from (seed, epoch, w))."""
+        """Re-seed persistent workers for a new epoch (worker w from (seed, epoch, w)); worker processes take the
+        backend, device and dtype of the context this is called in, as a new pool's do."""
+        settings = config.settings() if self.kind == "process" else None
         for tasks in self._tasks:
-            tasks.put(("epoch", seed, epoch))
+            tasks.put(("epoch", seed, epoch, settings))
 
     # ---- one iteration ------------------------------------------------------
     def deliver(self, batches: list, start: int, seed, epoch: int, timeout: float | None, prefetch: int,

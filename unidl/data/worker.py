@@ -219,17 +219,26 @@ def serve(worker_id: int, dataset, collate_fn, worker_init_fn, tasks, results, c
         if task is None:
             return
         if task[0] == "epoch":
-            _, seed, epoch = task
+            _, seed, epoch, settings = task
+            if settings is not None:  # (a process's: the caller's backend, device and dtype for this epoch)
+                from unidl import config
+
+                config.adopt_settings(settings)
             if seeding:
                 seed_global_rngs(WORKER_STREAM, seed, epoch, worker_id)
             continue
         results.put(_run_batch(worker_id, dataset, collate_fn, task, portable, current))
 
 
-def process_main(worker_id: int, payload: bytes, tasks, results, current, seed, epoch) -> None:
-    """Entry point of a worker process: unpickle (dataset, collate_fn, worker_init_fn), report ready, serve."""
+def process_main(worker_id: int, payload: bytes, tasks, results, current, seed, epoch, settings=None) -> None:
+    """Entry point of a worker process: take the caller's backend, device and dtype (``settings``:
+    ``config.settings()``), unpickle (dataset, collate_fn, worker_init_fn), report ready, serve."""
     # Ctrl-C reaches the whole process group; the main process handles it and stops the workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings is not None:
+        from unidl import config
+
+        config.adopt_settings(settings)
     try:
         dataset, collate_fn, worker_init_fn = pickle.loads(payload)
     except BaseException as error:

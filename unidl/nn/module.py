@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-from unidl import arguments, config, devices
+from unidl import arguments, backends, config, devices
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import BackendMismatchError, DtypeMismatchError, NothingToTrainError, StateDictError
 from unidl.nn import hooks, placement
@@ -179,8 +179,20 @@ def restore_modes(saved) -> None:
     _modes_changed()
 
 
-#: argument types a module takes as they are (tensor types join on first sight; see ``_inputs``)
-_PASSED_AS_THEY_ARE = {type(None), bool, int, float, tuple, list, dict}
+#: per backend object, the argument types its modules take as they are (its tensor types join on first sight; see
+#: ``_inputs``): one set for all backends let a torch tensor, once seen, pass unchecked into a TensorFlow model
+_PASSED_AS_THEY_ARE: dict = {}
+_PLAIN_TYPES = (type(None), bool, int, float, tuple, list, dict)
+
+
+def _passed_as_they_are(backend) -> set:
+    """The types ``backend``'s modules take as they are, made on the first call of one of them."""
+    passed = _PASSED_AS_THEY_ARE.get(backend)
+    if passed is None:
+        passed = _PASSED_AS_THEY_ARE[backend] = set(_PLAIN_TYPES)
+    return passed
+
+
 #: those of them that one of unidl's layers takes as a tensor when given for a tensor argument (``_converts_lists``)
 _CONVERTED = (list, tuple, int, float, bool)
 
@@ -234,7 +246,15 @@ def _inputs(module, args) -> tuple:
                 # a number or nested lists of numbers into one of unidl's layers, as its op takes them
                 converted[index] = input_checks.value_as_tensor(module.describe, "input", value)
         elif module._backend.is_tensor(value) or (hasattr(value, "shape") and hasattr(value, "dtype")):
-            _PASSED_AS_THEY_ARE.add(type(value))
+            foreign = backends.foreign_framework(type(value), module._backend.name)
+            if foreign is not None:  # (each framework raised its own error, or TensorFlow converted some silently)
+                hosts = " or ".join(f"ud.use_backend({name!r})" for name, spec in backends.specs().items()
+                                    if foreign in spec.required_modules())
+                raise BackendMismatchError(
+                    f"{module.describe()} runs on backend {module._backend.name!r} but argument {index} is a {foreign} "
+                    f"{type(value).__name__}; convert it with ud.tensor(x) (a copy, outside the gradient of what made "
+                    f"it), or build the module under {hosts}")
+            _passed_as_they_are(module._backend).add(type(value))
         elif index == 0 and type(module).__module__.startswith("unidl."):
             raise TypeError(f"{module.describe()} takes a tensor or a NumPy array, got {type(value).__name__}")
     return tuple(converted)
@@ -248,8 +268,9 @@ def _run_forward(module, args: tuple, kwargs: dict):
     if "input" in kwargs and not args and _renames_input(type(module)):
         kwargs = dict(kwargs)
         args = (kwargs.pop("input"),)
+    passed = _PASSED_AS_THEY_ARE.get(module._backend) or _passed_as_they_are(module._backend)
     for value in args:
-        if type(value) not in _PASSED_AS_THEY_ARE:
+        if type(value) not in passed:
             args = _inputs(module, args)
             break
     else:  # (every argument passes as it is: a list or a number for a tensor argument of one of unidl's layers?)
