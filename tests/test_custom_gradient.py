@@ -222,3 +222,5 @@ def test_a_function_returning_a_tuple_is_the_documented_type_error(backend):
     docstring promises on every backend (an AttributeError about ``shape`` before)."""
     with pytest.raises(TypeError, match="returns one scalar tensor, but it returned a tuple"):
         ud.value_and_grad(lambda a: (ud.ops.sum(a ** 2), a))(ud.tensor(np.ones(3, np.float32)))
+    with pytest.raises(TypeError, match="returned the Python float 2.0 .* no gradient reaches a number computed"):
+        ud.grad(lambda a: 2.0)(ud.tensor(np.ones(3, np.float32)))

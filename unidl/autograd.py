@@ -84,6 +84,10 @@ def grad(f: Callable, argnums=0) -> Callable:
 def check_scalar(value, backend_name: str) -> None:
     """The error ``grad`` raises for a function that does not return a floating-point scalar tensor (a tuple of a
     value and extra outputs, as ``jax.value_and_grad(has_aux=True)`` takes, included: unidl has no ``has_aux``)."""
+    if isinstance(value, (int, float)):  # (no tensor: computed outside the framework, nothing to differentiate)
+        raise TypeError(f"grad needs a function that returns one scalar tensor, but it returned the Python "
+                        f"{type(value).__name__} {value!r} (on {backend_name}): no gradient reaches a number computed "
+                        f"outside the framework; compute the value with ud.ops on the tensors")
     if not hasattr(value, "shape") or not hasattr(value, "dtype"):
         raise TypeError(f"grad needs a function that returns one scalar tensor, but it returned a "
                         f"{type(value).__name__} (on {backend_name}); return the scalar alone: reduce or drop the "

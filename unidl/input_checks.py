@@ -343,7 +343,11 @@ def known_shape(shape) -> tuple:
     """A shape as a tuple of ints, None where a size is not a known integer: a TensorFlow graph's unknown size, or
     a symbolic one (``torch.export``'s ``SymInt``: never compared or hashed here, which would specialise it or
     fail). Raises ``ValueError`` for a TensorFlow shape of unknown rank."""
-    return tuple(size if isinstance(size, Integral) else None for size in shape)
+    sizes = tuple(shape)
+    for size in sizes:
+        if type(size) is not int:  # (the common case, all Python ints, without an ABC check per size)
+            return tuple(size if isinstance(size, Integral) else None for size in sizes)
+    return sizes
 
 
 def broadcast_conflict(sizes) -> bool:
@@ -367,8 +371,9 @@ def check_matmul_shapes(a, b) -> None:
         shape_a, shape_b = known_shape(a.shape), known_shape(b.shape)
     except (AttributeError, ValueError):  # no shape, or a TensorFlow graph's tensor of unknown rank
         return
-    if len(shape_b) == 2 and len(shape_a) >= 1 and shape_a[-1] == shape_b[0] and shape_a[-1] is not None:
-        return  # the common case (a layer's input times its weight), decided at once
+    if len(shape_b) >= 2 and len(shape_a) >= 1 and shape_a[-1] == shape_b[-2] is not None and \
+            (len(shape_b) == 2 or shape_a[:-2] == shape_b[:-2] and None not in shape_a[:-2]):
+        return  # the common cases (an input times a weight, batches of one shape), decided at once
     if not shape_a or not shape_b:
         raise ShapeMismatchError(f"matmul needs operands of at least 1 axis, got operands of {len(shape_a)} and "
                                  f"{len(shape_b)} axes")
@@ -1035,113 +1040,3 @@ def check_permutation(owner, name, value, x) -> None:
     if len(axes) != rank or None in axes or len({a % max(rank, 1) for a in axes}) != rank:
         raise ShapeMismatchError(f"{literal(owner)} {name}={tuple(given)!r} must name each of the {rank} axes of the "
                                  f"tensor once")
-
-
-def _paths_and_leaves(tree, path: str = ""):
-    """``(path, leaf)`` for each leaf of a nested structure, depth first (``[0]['a']``: where a message points)."""
-    if isinstance(tree, dict):
-        return [pair for key in tree for pair in _paths_and_leaves(tree[key], f"{path}[{key!r}]")]
-    if isinstance(tree, (tuple, list)):
-        return [pair for index, part in enumerate(tree) for pair in _paths_and_leaves(part, f"{path}[{index}]")]
-    return [(path, tree)]
-
-
-def _structure(tree):
-    """The containers of a nested structure (types, keys, lengths) without its leaves, to compare two by."""
-    if isinstance(tree, dict):
-        return (type(tree).__name__, tuple((key, _structure(tree[key])) for key in tree))
-    if isinstance(tree, (tuple, list)):
-        return (type(tree).__name__, tuple(_structure(part) for part in tree))
-    return None
-
-
-def check_scan_lengths(xs, axis: int):
-    """``ud.ops.scan``'s ``xs``, after checking that every tensor leaf has the same size along ``axis``, at least 1:
-    ``ShapeMismatchError`` naming the leaves otherwise, on every backend, at once where the sizes are known, else
-    when a graph that leaves them unknown runs (a TensorFlow ``ud.function``; its ``while_loop`` ran the first
-    leaf's length, torch indexed past the end, JAX returned ``init`` for length 0 and raised its own ``ValueError``
-    for unequal sizes)."""
-    paths, leaves = [], []
-    for path, leaf in _paths_and_leaves(xs):
-        if hasattr(leaf, "shape"):
-            shape = known_shape(leaf.shape)
-            if not -len(shape) <= axis < len(shape):
-                raise AxisOutOfRangeError(f"scan axis {axis} is out of range for xs{path} of shape {shape}")
-            paths.append(path)
-            leaves.append(leaf)
-    if not leaves:
-        return xs
-    known = [known_shape(leaf.shape)[axis] for leaf in leaves]
-    if None not in known:
-        if 0 in known:
-            raise ShapeMismatchError(f"scan needs at least one slice of xs along axis {axis}, but "
-                                     f"xs{paths[known.index(0)]} has none: skip the scan for empty input (its carry "
-                                     f"is init, its ys empty)")
-        if len(set(known)) > 1:
-            listed = ", ".join(f"xs{path}: {length}" for path, length in zip(paths, known))
-            raise ShapeMismatchError(f"scan slices every leaf of xs along axis {axis} together, so they need one "
-                                     f"length there, at least 1; got {listed}")
-        return xs
-    sizes = [sizes_of(leaf)[axis] for leaf in leaves]
-    condition = all_of([holds(sizes[0] > 0)] + [holds(size == sizes[0]) for size in sizes[1:]])
-    listed = ", ".join(f"xs{literal(path)}: {{}}" for path in paths)
-    checked = require(leaves[0], condition, lambda: f"scan slices every leaf of xs along axis {axis} together, so "
-                      f"they need one length there, at least 1; got {listed}", tuple(sizes))
-    return nested.tree_map(lambda leaf: checked if leaf is leaves[0] else leaf, xs)
-
-
-def checked_scan_body(fn, init):
-    """``ud.ops.scan``'s ``fn``, whose first call is checked (the body is traced once on tensorflow, jax and keras,
-    and later calls of torch's loop take what the first gave): it returns ``(carry, y)``, the carry with ``init``'s
-    structure and each tensor leaf's shape and dtype (sizes a graph leaves unknown are not compared), and no None
-    among ``y``'s leaves. ``ShapeMismatchError``, ``DtypeMismatchError`` or ``TypeError`` naming the leaf, the
-    expected and the found, on every backend (torch's loop took a growing carry, JAX raised its own TypeError)."""
-    expected = [(path, known_shape(leaf.shape), dtype_name(leaf.dtype))
-                for path, leaf in _paths_and_leaves(init) if hasattr(leaf, "shape") and hasattr(leaf, "dtype")]
-    checked = []
-
-    def body(carry, x):
-        result = fn(carry, x)
-        if checked:
-            return result
-        if not isinstance(result, (tuple, list)) or len(result) != 2:
-            raise TypeError(f"scan's fn must return a pair (new carry, y), got a {type(result).__name__}")
-        new_carry, y = result
-        if _structure(new_carry) != _structure(init):
-            raise TypeError(f"scan's fn must return a carry of init's structure {_structure(init)}, got "
-                            f"{_structure(new_carry)}")
-        found, given = dict(_paths_and_leaves(new_carry)), dict(_paths_and_leaves(carry))
-        replaced = {}
-        for path, shape, dtype in expected:
-            leaf = found[path]
-            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-                raise TypeError(f"scan's fn returned a {type(leaf).__name__} for the carry{path}, a tensor of shape "
-                                f"{shape} and dtype {dtype} in init")
-            new_shape = known_shape(leaf.shape)
-            if len(new_shape) != len(shape) or any(a is not None and b is not None and a != b
-                                                    for a, b in zip(shape, new_shape)):
-                raise ShapeMismatchError(f"scan's fn changed the shape of the carry{path}: {shape} in init, "
-                                         f"{new_shape} returned; a carry keeps its shape at every step (stack "
-                                         f"growing results in y instead)")
-            if None in shape + new_shape:  # (a graph of unknown sizes: compared when it runs, at every step)
-                before, after = sizes_of(given[path]), sizes_of(leaf)
-                template = shape_template(len(shape))
-                replaced[id(leaf)] = require(
-                    leaf, all_of([holds(a == b) for a, b in zip(before, after)]),
-                    lambda: f"scan's fn changed the shape of the carry{literal(path)}: {template} before a step, "
-                            f"{template} after; a carry keeps its shape at every step (stack growing results in y "
-                            f"instead)", before + after)
-            if dtype_name(leaf.dtype) != dtype:
-                raise DtypeMismatchError(f"scan's fn changed the dtype of the carry{path}: {dtype} in init, "
-                                         f"{dtype_name(leaf.dtype)} returned; give init the carry's dtype or cast "
-                                         f"it back (ud.ops.cast)")
-        for path, leaf in _paths_and_leaves(y):
-            if leaf is None:
-                raise TypeError(f"scan's fn returned None for y{path}: every output is stacked over the steps, so "
-                                f"return a tensor there (or leave that output out)")
-        checked.append(True)
-        if replaced:
-            return nested.tree_map(lambda leaf: replaced.get(id(leaf), leaf), new_carry), y
-        return result
-
-    return body

@@ -884,8 +884,10 @@ def scan(fn, init, xs, axis=0, reverse=False):
     """
     init = input_checks.leaves_as_tensors("scan", "init", init)
     xs = input_checks.leaves_as_tensors("scan", "xs", xs)
-    xs = input_checks.check_scan_lengths(xs, axis)
-    return _ops().scan(input_checks.checked_scan_body(fn, init), init, xs, axis, reverse)
+    from unidl import scan_checks
+
+    xs = scan_checks.check_scan_lengths(xs, axis)
+    return _ops().scan(scan_checks.checked_scan_body(fn, init), init, xs, axis, reverse)
 
 
 @op(dispatch=False, floating=("x",))

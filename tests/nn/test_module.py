@@ -652,7 +652,7 @@ def test_load_state_dict_of_a_non_mapping_or_with_assign_is_one_type_error(backe
     with pytest.raises(TypeError, match="assign=True is not supported, only assign=False"):
         layer.load_state_dict({key: value + 1 for key, value in before.items()}, assign=True)
     np.testing.assert_array_equal(layer.state_dict()["weight"], before["weight"])
-    assert layer.load_state_dict({key: value + 1 for key, value in before.items()}, False, False).missing_keys == []
+    assert layer.load_state_dict({key: value + 1 for key, value in before.items()}, False, 0).missing_keys == []
     np.testing.assert_array_equal(layer.state_dict()["weight"], before["weight"] + 1)
 
 
