@@ -231,6 +231,13 @@ def test_set_dtype_takes_each_frameworks_dtype_and_points_half_precision_to_mixe
     assert ud.get_dtype() == "float64"
 
 
+class _Masked(ud.nn.Module):
+    """A user's module with a keyword tensor argument."""
+
+    def forward(self, x, mask=None):
+        return x
+
+
 def test_a_layer_given_another_frameworks_tensor_is_one_clear_error(backend):
     """torch's and JAX's own TypeErrors, TensorFlow's AttributeError on a ``torch.Size`` before; a torch tensor
     once seen by a torch model passed unchecked into the models of every other backend."""
@@ -250,3 +257,5 @@ def test_a_layer_given_another_frameworks_tensor_is_one_clear_error(backend):
                                                           rf"argument 0 is a {framework} .*ud.tensor\(x\).*"
                                                           rf"ud.use_backend\('{framework}'\)"):
             layer(value)
+        with pytest.raises(ud.BackendMismatchError, match=rf"argument mask= is a {framework} "):
+            _Masked()(np.ones((2, 3), np.float32), mask=value)  # (a keyword's tensor too: it was taken silently)

@@ -123,7 +123,7 @@ class Function:
         modules = self._modules.get(backend.name, ())
         # the dtype and device in force are read where the function is traced (``ud.tensor``, ``ud.ops.zeros``):
         # a graph traced under another is not this call's (float32 constants under ud.use_dtype('float64'))
-        placed = (config.get_dtype(), config.get_device())
+        placed = (config.get_dtype(), config._requested_device())  # (as requested: resolving it cost a microsecond)
         compiled = self._compiled_for(backend, (placed, tuple(module.training for module in modules)))
         args = [_as_argument(backend, a) for a in args]
         with tracing.recording_module_calls() as called:

@@ -176,7 +176,37 @@ def test_the_gradient_of_a_bias_before_a_batch_norm_is_zero_at_the_gradients_sca
     assert max(row.max_rel for row in report.rows if row.name == "hidden.bias" and row.kind == "gradient") < 1e-5
 
 
+class SmallFlippedOnJax(ud.nn.Module):
+    """Two outputs, the second a million times smaller than the first and of the other sign on jax: a wrong result
+    at its own scale, which the gradients' rule (a near-zero tensor measured at its kind's largest) let pass."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = ud.nn.Linear(6, 3)
+
+    def forward(self, x):
+        small = ud.ops.tanh(self.layer(x)) * 1e-6
+        return self.layer(x), -small if self.backend == "jax" else small
+
+
+def test_a_small_output_is_compared_at_its_own_scale():
+    x = np.random.default_rng(0).standard_normal((8, 6))
+    report = ud.testing.compare_backends(SmallFlippedOnJax, x, backends=["torch", "jax"])
+    assert ("jax", "output", "output[1]") in {(row.other, row.kind, row.name) for row in report.failures}
+
+
+def test_the_dtype_asked_for_is_the_one_run_inside_a_use_dtype_block():
+    # the harness switched with set_dtype, which a caller's use_dtype block overrides: float64 ran, float32 reported
+    x = np.random.default_rng(0).standard_normal((8, 6))
+    with ud.use_dtype("float64"):
+        report = ud.testing.compare_backends(Planted, x, backends=["torch", "jax"], dtype="float32")
+        assert ud.get_dtype() == "float64"
+    assert report.dtype == "float32"
+    assert max(row.max_rel for row in report.rows if row.kind == "output") > 1e-12  # float32 rounding, not float64's
+
+
 @pytest.mark.parametrize("arguments, message", [
+    ({"inputs": [np.zeros((2, 6)), np.zeros((2, 6))]}, "a list of arrays as inputs: pass a tuple of arrays"),
     ({"tolerances": {"outputs": 1.0}}, "no kind 'outputs'; the kinds are 'weights', 'output'"),
     ({"tolerances": {"output": -1.0}}, r"tolerances\['output'\] must be a number >= 0"),
     ({"tolerances": {"gradient": float("nan")}}, r"tolerances\['gradient'\] must be a number >= 0"),
@@ -189,7 +219,8 @@ def test_the_gradient_of_a_bias_before_a_batch_norm_is_zero_at_the_gradients_sca
 ])
 def test_arguments_that_would_be_ignored_or_misread_are_refused_before_any_run(arguments, message):
     with pytest.raises(ValueError, match=message):
-        ud.testing.compare_backends(Planted, np.zeros((2, 6)), **{"backends": ["torch", "tensorflow"], **arguments})
+        arguments = {"inputs": np.zeros((2, 6)), "backends": ["torch", "tensorflow"], **arguments}
+        ud.testing.compare_backends(Planted, arguments.pop("inputs"), **arguments)
 
 
 def test_an_unknown_backend_is_refused_before_any_run(monkeypatch):

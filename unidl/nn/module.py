@@ -246,18 +246,25 @@ def _inputs(module, args) -> tuple:
                 # a number or nested lists of numbers into one of unidl's layers, as its op takes them
                 converted[index] = input_checks.value_as_tensor(module.describe, "input", value)
         elif module._backend.is_tensor(value) or (hasattr(value, "shape") and hasattr(value, "dtype")):
-            foreign = backends.foreign_framework(type(value), module._backend.name)
-            if foreign is not None:  # (each framework raised its own error, or TensorFlow converted some silently)
-                hosts = " or ".join(f"ud.use_backend({name!r})" for name, spec in backends.specs().items()
-                                    if foreign in spec.required_modules())
-                raise BackendMismatchError(
-                    f"{module.describe()} runs on backend {module._backend.name!r} but argument {index} is a {foreign} "
-                    f"{type(value).__name__}; convert it with ud.tensor(x) (a copy, outside the gradient of what made "
-                    f"it), or build the module under {hosts}")
-            _passed_as_they_are(module._backend).add(type(value))
+            _refuse_foreign(module, f"argument {index}", value)
         elif index == 0 and type(module).__module__.startswith("unidl."):
             raise TypeError(f"{module.describe()} takes a tensor or a NumPy array, got {type(value).__name__}")
     return tuple(converted)
+
+
+def _refuse_foreign(module, what: str, value) -> None:
+    """``BackendMismatchError`` where ``value`` (a tensor-like argument, ``what`` naming it) is another framework's
+    tensor (each framework raised its own error, or TensorFlow converted some silently, without their gradients);
+    else its type passes as it is from now on (``_passed_as_they_are``)."""
+    foreign = backends.foreign_framework(type(value), module._backend.name)
+    if foreign is not None:
+        hosts = " or ".join(f"ud.use_backend({name!r})" for name, spec in backends.specs().items()
+                            if foreign in spec.required_modules())
+        raise BackendMismatchError(
+            f"{module.describe()} runs on backend {module._backend.name!r} but {what} is a {foreign} "
+            f"{type(value).__name__}; convert it with ud.tensor(x) (a copy, outside the gradient of what made "
+            f"it), or build the module under {hosts}")
+    _passed_as_they_are(module._backend).add(type(value))
 
 
 def _run_forward(module, args: tuple, kwargs: dict):
@@ -276,6 +283,10 @@ def _run_forward(module, args: tuple, kwargs: dict):
     else:  # (every argument passes as it is: a list or a number for a tensor argument of one of unidl's layers?)
         if args and (type(args[0]) in _CONVERTED or module._tensor_arguments > 1) and _converted_here(module, args):
             args = _inputs(module, args)
+    for key, value in kwargs.items():  # (a keyword's tensor: another framework's too, a mask=, key_padding_mask=)
+        if type(value) not in passed and hasattr(value, "shape") and hasattr(value, "dtype") and \
+                not isinstance(value, (np.ndarray, np.generic)):
+            _refuse_foreign(module, f"argument {key}=", value)
     caller = module._forward_caller
     if caller is None:
         return module.forward(*args, **kwargs)

@@ -247,6 +247,9 @@ def _checked_backends(backends) -> list:
 
 def _checked_inputs(inputs) -> tuple:
     """The forward's positional inputs as a tuple of arrays: a tuple of arrays is ``model(*inputs)``."""
+    if isinstance(inputs, list) and inputs and all(isinstance(value, np.ndarray) for value in inputs):
+        raise ValueError("compare_backends got a list of arrays as inputs: pass a tuple of arrays for a forward of "
+                         "several inputs (model(*inputs)), or one array (np.stack the list) for one input")
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     if not inputs:
         raise ValueError("compare_backends needs the model's input: an array, or a tuple of arrays for a "
@@ -311,9 +314,7 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
     build = (lambda: model_class(**(model_kwargs or {}))) if model_class is not None else model
     targets = None if targets is None else np.asarray(targets)
     report = ParityReport(dtype, backends)
-    previous = config.get_dtype()
-    config.set_dtype(dtype)
-    try:
+    with config.use_dtype(dtype):  # (scoped: a caller's use_dtype block would win over set_dtype)
         runs, state = {}, None
         for backend in backends:
             if ":" in backend and model_class is None:
@@ -332,13 +333,12 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
                 raise
             if state is None:
                 state = runs[backend]["weights"]
-    finally:
-        config.set_dtype(previous)
     reference = backends[0]
     for other in backends[1:]:
         for kind in KINDS:
             expected_tensors, found_tensors = runs[reference].get(kind, {}), runs[other].get(kind, {})
-            kind_scale = max((_magnitude(value) for value in expected_tensors.values()), default=0.0)
+            kind_scale = max((_magnitude(value) for value in expected_tensors.values()), default=0.0) \
+                if kind == "gradient" else 0.0  # (outputs and losses on their own scale: a small one is no noise)
             for name in [*expected_tensors, *(n for n in found_tensors if n not in expected_tensors)]:
                 expected, found = expected_tensors.get(name), found_tensors.get(name)
                 if expected is None or found is None or np.shape(found) != np.shape(expected):
@@ -359,8 +359,8 @@ def _magnitude(values) -> float:
 
 
 def _relative_difference(found, expected, max_abs, kind_scale, tolerance) -> float:
-    """``max_relative_difference``, but a tensor that is zero to ``tolerance`` at the scale of the largest tensor
-    of its kind is measured against that scale: the gradient of a bias that a BatchNorm follows is 0 but for
+    """``max_relative_difference``, but a gradient that is zero to ``tolerance`` at the scale of the largest
+    gradient (``kind_scale``; 0 for the other kinds) is measured against that scale: the gradient of a bias that a BatchNorm follows is 0 but for
     rounding, which comes from terms of the other gradients' size (against its own max it gave ~1, a failure)."""
     own_scale = _magnitude(expected) if np.all(np.isfinite(np.asarray(expected, np.float64))) else float("nan")
     if 0 < kind_scale and own_scale <= tolerance * kind_scale:
