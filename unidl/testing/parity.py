@@ -360,8 +360,9 @@ def _magnitude(values) -> float:
 
 def _relative_difference(found, expected, max_abs, kind_scale, tolerance) -> float:
     """``max_relative_difference``, but a gradient that is zero to ``tolerance`` at the scale of the largest
-    gradient (``kind_scale``; 0 for the other kinds) is measured against that scale: the gradient of a bias that a BatchNorm follows is 0 but for
-    rounding, which comes from terms of the other gradients' size (against its own max it gave ~1, a failure)."""
+    gradient (``kind_scale``; 0 for the other kinds) is measured against that scale: the gradient of a bias that a
+    BatchNorm follows is 0 but for rounding, which comes from terms of the other gradients' size (against its own
+    max it gave ~1, a failure)."""
     own_scale = _magnitude(expected) if np.all(np.isfinite(np.asarray(expected, np.float64))) else float("nan")
     if 0 < kind_scale and own_scale <= tolerance * kind_scale:
         return max_abs / kind_scale
