@@ -194,6 +194,15 @@ def flag(owner: str, name: str, value) -> bool:
     raise ValueError(f"{owner} {name} must be True or False, got {value!r}")
 
 
+def boolean(owner: str, name: str, value) -> bool:
+    """A True/False argument that PyTorch takes as a bool only (a Python or NumPy bool) as a Python bool; anything
+    else (None, which ``bool()`` would take as False, a string, an int) is a ``TypeError``, as torch's. ``flag``
+    is the looser rule of options torch takes as 0 or 1."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{owner}: {name} must be True or False, got {value!r}")
+
+
 def plain_number(owner: str, name: str, value):
     """A functional op's number argument (a slope, an epsilon, a bound) with a NumPy scalar or 0-d array taken as
     the Python int or float it holds, which every framework takes alike (torch refused a 0-d array, the others took

@@ -573,9 +573,7 @@ class Module:
         and strings, objects or complex numbers in an array a ``DtypeMismatchError``, on every backend (a complex
         value lost its imaginary part; ``load_state_dict`` refuses them)."""
         self._check_new_name("register_buffer", name, self._buffers)
-        if not isinstance(persistent, (bool, np.bool_)):
-            raise TypeError(f"{type(self).__name__}.register_buffer: persistent must be True or False, "
-                            f"got {persistent!r}")
+        persistent = arguments.boolean(f"{type(self).__name__}.register_buffer", "persistent", persistent)
         if value is not None:  # (checked before anything changes)
             self._check_buffer_value(name, value)
             value = _real_array(f"buffer {name!r} of {type(self).__name__}", value)
@@ -868,11 +866,9 @@ class Module:
         frozen parameter (and its optimizer state) exactly as it is, on every backend. Setting
         ``param.requires_grad = False`` on one parameter does the same. ``requires_grad`` is True or False, as
         torch's (``None`` froze, ``"False"`` unfroze)."""
-        if not isinstance(requires_grad, (bool, np.bool_)):
-            raise TypeError(f"{type(self).__name__}.requires_grad_: requires_grad must be True or False, as "
-                            f"torch.nn's, got {type(requires_grad).__name__} {requires_grad!r}")
+        requires_grad = arguments.boolean(f"{type(self).__name__}.requires_grad_", "requires_grad", requires_grad)
         for parameter in self.parameters():
-            self._backend.set_requires_grad(parameter, bool(requires_grad))
+            self._backend.set_requires_grad(parameter, requires_grad)
         return self
 
     def train(self, mode: bool = True) -> "Module":
@@ -949,8 +945,7 @@ class Module:
         and is returned."""
         if not isinstance(prefix, str):
             raise TypeError(f"{type(self).__name__}.state_dict: prefix must be a string, got {type(prefix).__name__}")
-        if not isinstance(keep_vars, (bool, np.bool_)):
-            raise TypeError(f"{type(self).__name__}.state_dict: keep_vars must be True or False, got {keep_vars!r}")
+        keep_vars = arguments.boolean(f"{type(self).__name__}.state_dict", "keep_vars", keep_vars)
         to_numpy = (lambda variable: variable) if keep_vars else self._backend.to_numpy
         entries = ((prefix + name, to_numpy(variable)) for name, variable in self._state_variables())
         if destination is None:
