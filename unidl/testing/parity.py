@@ -296,8 +296,9 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
 
     The model runs in the mode it is built in (training by default: BatchNorm's batch statistics); a Dropout's
     masks come from each framework's own generator, so build a model with Dropout in eval mode to compare it.
-    A tensor that is zero to its tolerance at the scale of the largest tensor of its kind (the gradient of a
-    bias before a BatchNorm: 0 but for rounding) is measured against that scale rather than its own.
+    A gradient that is zero to its tolerance at the scale of the largest gradient (that of a bias before a
+    BatchNorm: 0 but for rounding) is measured against that scale rather than its own; outputs, losses and
+    weights at their own (a small output of the wrong sign is a failure).
     A forward's tuple, list or dict of outputs is compared output by output (``output[0]``, ``output['key']``).
     A parameter the objective does not reach has no gradient (None, as torch's ``.grad``) and no row; one
     backend giving a gradient where the other gives none is a failed row. An unknown kind, dtype or backend, a
