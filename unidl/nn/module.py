@@ -142,6 +142,14 @@ def _real_array(what: str, value) -> np.ndarray:
     return array
 
 
+def new_parameter(backend, what: str, value):
+    """A new trainable variable of ``backend`` holding ``value`` (``_real_array``'s checks, ``what`` naming it), in
+    the dtype and on the device in force: ``Module.parameter``'s and ``ud.nn.Parameter``'s."""
+    value = _real_array(what, value)
+    with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
+        return backend.parameter(value, trainable=True)
+
+
 def _as_loaded(value) -> np.ndarray:
     """A checked state-dict value as a NumPy array every backend assigns: a bfloat16 or float8 array of
     ``ml_dtypes`` in float32, whose values it holds exactly (torch's backend could not take them)."""
@@ -526,9 +534,7 @@ class Module:
 
     def parameter(self, value) -> object:
         """A new trainable variable of this module's backend, holding ``value`` (cast to the current dtype)."""
-        value = _real_array(f"{type(self).__name__}.parameter: the value", value)
-        with self._placement():
-            return self._backend.parameter(value, trainable=True)
+        return new_parameter(self._backend, f"{type(self).__name__}.parameter: the value", value)
 
     def register_parameter(self, name: str, param) -> None:
         """Add ``param`` (a parameter of this module's backend, ``module.parameter(value)``) as the parameter
