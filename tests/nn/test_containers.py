@@ -153,6 +153,35 @@ def test_children_named_children_apply_get_submodule_match_torch():
             net.get_submodule("body.x")
 
 
+def test_set_submodule_is_torchs(backend):
+    """``set_submodule`` replaces a child in its place or adds one under an existing parent, as torch.nn's (same
+    ``state_dict`` keys and order, same outputs, also from a ``ud.function`` traced before the edit); its errors
+    are torch's types: an empty target or a non-module ``ValueError``, a missing parent, a missing child under
+    ``strict=True`` or an attribute that is no module ``AttributeError``."""
+    torch.manual_seed(0)
+    torch_net, net = _torch_net(torch.nn), _torch_net(ud.nn)
+    compiled = ud.function(lambda x: net(x))
+    compiled(ud.tensor(X))
+    for model, nn in ((torch_net, torch.nn), (net, ud.nn)):
+        model.set_submodule("body.2", nn.Linear(6, 6, bias=False))
+        model.set_submodule("layers.1", nn.Tanh(), strict=True)
+        model.set_submodule("heads.extra", nn.Linear(5, 3))
+        model.heads.set_submodule("cls", nn.Linear(5, 1))
+    assert list(net.state_dict()) == list(torch_net.state_dict())
+    assert [n for n, _ in net.named_modules()] == [n for n, _ in torch_net.named_modules()]
+    net.load_state_dict(torch_net.state_dict())
+    expected = torch_net(torch.tensor(X)).detach().numpy()
+    for out in (net(ud.tensor(X)), compiled(ud.tensor(X))):
+        np.testing.assert_allclose(ud.to_numpy(out), expected, rtol=1e-5, atol=1e-6)
+    for arguments, error in ((("", "Linear"), ValueError), (("body.0", None), ValueError),
+                             (("body.9", "Linear", True), AttributeError), (("body.0.weight", "Linear"), AttributeError),
+                             (("nothing.here", "Linear"), AttributeError)):
+        for model, nn in ((net, ud.nn), (torch_net, torch.nn)):
+            target, module, *strict = arguments
+            with pytest.raises(error):
+                model.set_submodule(target, nn.Linear(2, 2) if module else "x", *strict)
+
+
 def test_apply_initialises_weights_on_every_backend(backend):
     net = _torch_net(ud.nn)
 

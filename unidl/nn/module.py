@@ -771,6 +771,37 @@ class Module:
             module = child
         return module
 
+    def set_submodule(self, target: str, module: "Module", strict: bool = False) -> None:
+        """Put ``module`` at dotted path ``target`` (``"net_b.net_c.conv"``), as torch.nn's: it replaces the child
+        there in its place (its parameters take the old one's ``state_dict`` keys and order) or, unless ``strict``,
+        becomes a new child of the module at the path's parent.
+
+        Args:
+            target: the dotted path of the child to set; its parent must exist (``get_submodule``'s
+                ``AttributeError`` where it does not).
+            module: the new child, a ``unidl.nn.Module`` of this module's backend (anything else: torch's
+                ``ValueError``; another backend's: ``BackendMismatchError``).
+            strict: True replaces an existing child only: a missing one is an ``AttributeError``, as torch's. An
+                existing attribute that is no module (a parameter) is one either way.
+        """
+        strict = arguments.boolean(f"{type(self).__name__}.set_submodule", "strict", strict)
+        if not isinstance(target, str) or target == "":
+            raise ValueError(f"{type(self).__name__}.set_submodule: cannot set the submodule without a target name "
+                             f"(a dotted path such as 'encoder.0'), got {target!r}")
+        if not isinstance(module, Module):
+            raise ValueError(f"{type(self).__name__}.set_submodule({target!r}, ...): `module` is not a "
+                             f"unidl.nn.Module, found {type(module).__name__}")
+        path, _, name = target.rpartition(".")
+        parent = self.get_submodule(path)
+        if strict and not hasattr(parent, name):
+            raise AttributeError(f"{type(parent).__name__} has no attribute `{name}` (path {target!r}); with "
+                                 f"strict=True set_submodule replaces an existing child only: its children: "
+                                 f"{list(parent._modules)}")
+        if hasattr(parent, name) and not isinstance(getattr(parent, name), Module):
+            raise AttributeError(f"`{name}` is not a unidl.nn.Module (path {target!r}: a "
+                                 f"{type(getattr(parent, name)).__name__}); set_submodule replaces a child module")
+        setattr(parent, name, module)
+
     def get_parameter(self, target: str):
         """The parameter at dotted path ``target`` (``"0.weight"``), as torch.nn's: an ``AttributeError`` naming
         what the module there has where it has no such parameter."""
