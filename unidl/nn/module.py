@@ -157,6 +157,23 @@ def _as_loaded(value) -> np.ndarray:
     return value.astype(np.float32) if value.dtype.kind == "V" and is_floating(value.dtype) else value
 
 
+#: the ``state_dict`` key (after a module's path) of what its ``get_extra_state`` returns, torch's
+EXTRA_STATE_KEY = "_extra_state"
+
+
+class ExtraState:
+    """A module's extra state as ``Module._state_variables`` lists it (``get_extra_state``): no variable, so
+    each place that reads variables tells it apart."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @staticmethod
+    def expected(entry) -> str:
+        """What a state dict's missing ``entry`` should have held, as a load's error names it."""
+        return "extra state" if isinstance(entry, ExtraState) else f"expected shape {tuple(entry.shape)}"
+
+
 def training_modes(module) -> tuple[bool, ...]:
     """The ``training`` flag of every module of ``module``'s tree (``modules()`` order), with its hooks where it has
     any, and the count of changes to its structure (``graph_flags``): what a compiled step keys its graph on, since a
@@ -850,16 +867,42 @@ class Module:
                     seen.add(id(value))
                 yield (f"{path}.{name}" if path else name), value
 
-    def _state_variables(self, non_persistent: bool = False) -> Iterator[tuple[str, object]]:
+    def _state_variables(self, non_persistent: bool = False,
+                         extra_state: str | None = None) -> Iterator[tuple[str, object]]:
         """(name, variable) of every parameter and persistent buffer (every buffer with ``non_persistent``) under
         every name, in ``state_dict``'s order: PyTorch's, each module's own parameters, then its own buffers, then
-        its children's (every parameter came first)."""
+        its children's (every parameter came first). ``extra_state`` (``"get_extra_state"`` to save,
+        ``"set_extra_state"`` to load): also ``(name, ExtraState(module))`` after the buffers of each module whose
+        class defines that method (``<path>._extra_state``, torch's key)."""
         for path, module in self.named_modules(remove_duplicate=False):
             yield from ((f"{path}.{name}" if path else name, value) for name, value in module._parameters.items()
                         if value is not None)
             left_out = () if non_persistent else module.__dict__.get("_non_persistent", ())
             yield from ((f"{path}.{name}" if path else name, value) for name, value in module._buffers.items()
                         if value is not None and name not in left_out)
+            if extra_state is not None and getattr(type(module), extra_state) is not getattr(Module, extra_state):
+                yield (f"{path}.{EXTRA_STATE_KEY}" if path else EXTRA_STATE_KEY), ExtraState(module)
+
+    def get_extra_state(self):
+        """State of this module that is no parameter or buffer (a configuration, a step count kept in Python), for
+        ``state_dict()`` to hold under ``<path>._extra_state``, as torch.nn's: define it, and ``set_extra_state``,
+        in a subclass. ``state_dict()`` holds what it returns as it is; a file (``ud.save``, checkpoints) holds
+        arrays only, so return an array (or a tensor) for a model saved to one (anything else: a ``TypeError``
+        naming the key when the file is written). Not defined here: a module without it has no such key."""
+        raise RuntimeError(f"{type(self).__name__}.get_extra_state is not defined: a subclass that keeps extra "
+                           f"state defines get_extra_state and set_extra_state")
+
+    def set_extra_state(self, state) -> None:
+        """Restore what ``get_extra_state`` returned, called by ``load_state_dict`` (and ``ud.load_weights``, with
+        the array a file holds) with the value under ``<path>._extra_state``, after the module's variables are
+        written, as torch.nn's. A module whose class defines it expects that key (missing: a missing key);
+        an ``_extra_state`` key for one that does not is an unexpected key.
+
+        Args:
+            state: the value ``get_extra_state`` returned when the state dict was made.
+        """
+        raise RuntimeError(f"{type(self).__name__}.set_extra_state is not defined: a subclass that keeps extra "
+                           f"state defines get_extra_state and set_extra_state")
 
     def parameters(self, recurse: bool = True) -> list:
         """The parameters as native variables, each once (give them to an optimizer); ``recurse=False``: this
@@ -979,12 +1022,14 @@ class Module:
         model as it is (``load_state_dict`` writes), and a state dict kept aside (the best weights so far) does
         not follow training. As torch.nn's: ``prefix`` starts every key (``"encoder."``), ``keep_vars=True`` gives
         the native variables themselves instead of copies, and ``destination`` (a mapping) receives the entries
-        and is returned."""
+        and is returned. A module that defines ``get_extra_state`` adds what it returns under
+        ``<path>._extra_state``, after its own parameters and buffers, as torch.nn's."""
         if not isinstance(prefix, str):
             raise TypeError(f"{type(self).__name__}.state_dict: prefix must be a string, got {type(prefix).__name__}")
         keep_vars = arguments.boolean(f"{type(self).__name__}.state_dict", "keep_vars", keep_vars)
         to_numpy = (lambda variable: variable) if keep_vars else self._backend.to_numpy
-        entries = ((prefix + name, to_numpy(variable)) for name, variable in self._state_variables())
+        entries = ((prefix + name, value.module.get_extra_state() if isinstance(value, ExtraState) else
+                    to_numpy(value)) for name, value in self._state_variables(extra_state="get_extra_state"))
         if destination is None:
             return OrderedDict(entries)
         destination.update(entries)
@@ -1010,10 +1055,11 @@ class Module:
                             f"assign=False (torch's default): unidl writes the values into the module's own "
                             f"variables on every backend; to load another dtype, build the model under "
                             f"ud.use_dtype and load into it")
-        own = OrderedDict(self._state_variables())
+        entries = OrderedDict(self._state_variables(extra_state="set_extra_state"))
+        own = OrderedDict((key, value) for key, value in entries.items() if not isinstance(value, ExtraState))
         optional = self.optional_state_keys()
-        missing = [k for k in own if k not in state_dict and k not in optional]
-        unexpected = [k for k in state_dict if k not in own]
+        missing = [k for k in entries if k not in state_dict and k not in optional]
+        unexpected = [k for k in state_dict if k not in entries]
         values, mismatched, unreadable, wrong_kind = _loadable_values(own, state_dict)
         problems = []
         if unreadable:
@@ -1023,13 +1069,16 @@ class Module:
         if wrong_kind:
             problems.append("dtype mismatches: " + "; ".join(wrong_kind))
         if strict and missing:
-            problems.append("missing keys: " + ", ".join(f"{k} (expected shape {tuple(own[k].shape)})" for k in missing))
+            problems.append("missing keys: " + ", ".join(f"{k} ({ExtraState.expected(entries[k])})" for k in missing))
         if strict and unexpected:
             problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(np.shape(state_dict[k]))})" for k in unexpected))
         if problems:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         for key, value in values.items():  # (every value checked before the first is written)
             self._backend.assign(own[key], _as_loaded(value))
+        for key, entry in entries.items():
+            if isinstance(entry, ExtraState) and key in state_dict:
+                entry.module.set_extra_state(state_dict[key])
         return IncompatibleKeys(missing, unexpected)
 
     def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
