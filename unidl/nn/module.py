@@ -737,6 +737,18 @@ class Module:
         return hooks.register(self, "_forward_hooks", hook, prepend,
                               {"with_kwargs": with_kwargs, "always_call": always_call}, "register_forward_hook")
 
+    def register_state_dict_pre_hook(self, hook):
+        """Call ``hook(module, prefix, keep_vars)`` when ``state_dict()`` is called on this module or on one above
+        it, before any state is read, as torch.nn's (``prefix``: this module's keys' start, ``"encoder.0."``), so
+        that it may prepare what is saved. Hooks run in registration order, a module's before those below it; a
+        file writer (``ud.save``, checkpoints) calls ``state_dict()``, so they run there too. Returns a handle
+        whose ``remove()`` takes it off.
+
+        Args:
+            hook: the function to call; what it returns is ignored, as torch's.
+        """
+        return hooks.register(self, "_state_dict_pre_hooks", hook, False, {}, "register_state_dict_pre_hook")
+
     def _hooks_changed(self) -> None:
         """A hook was added or removed: compiled steps and ``ud.function``s that traced this module trace again
         (their keys hold ``graph_flags``; the structure caches of the module and its owners are emptied)."""
@@ -1023,10 +1035,14 @@ class Module:
         not follow training. As torch.nn's: ``prefix`` starts every key (``"encoder."``), ``keep_vars=True`` gives
         the native variables themselves instead of copies, and ``destination`` (a mapping) receives the entries
         and is returned. A module that defines ``get_extra_state`` adds what it returns under
-        ``<path>._extra_state``, after its own parameters and buffers, as torch.nn's."""
+        ``<path>._extra_state``, after its own parameters and buffers, as torch.nn's. Every module's state-dict
+        pre-hooks (``register_state_dict_pre_hook``) run first."""
         if not isinstance(prefix, str):
             raise TypeError(f"{type(self).__name__}.state_dict: prefix must be a string, got {type(prefix).__name__}")
         keep_vars = arguments.boolean(f"{type(self).__name__}.state_dict", "keep_vars", keep_vars)
+        for path, module in self.named_modules(remove_duplicate=False):
+            for hook, _ in tuple(module.__dict__.get("_state_dict_pre_hooks", {}).values()):
+                hook(module, f"{prefix}{path}." if path else prefix, keep_vars)
         to_numpy = (lambda variable: variable) if keep_vars else self._backend.to_numpy
         entries = ((prefix + name, value.module.get_extra_state() if isinstance(value, ExtraState) else
                     to_numpy(value)) for name, value in self._state_variables(extra_state="get_extra_state"))
