@@ -29,11 +29,6 @@ class Parameter(metaclass=_ParameterType):
     torch's ``Parameter(tensor)`` shares the tensor's memory and keeps its dtype. ``data=None`` is an empty
     parameter (shape ``(0,)``), as torch's. Strings, objects and complex numbers are a ``DtypeMismatchError``.
 
-    Args:
-        data: the parameter's initial value.
-        requires_grad: False makes a frozen parameter (``requires_grad_(False)``): optimizers and train steps
-            leave it as it is. True or False, as torch's.
-
     Example::
 
         self.scale = ud.nn.Parameter(np.ones(8, np.float32))
@@ -41,6 +36,13 @@ class Parameter(metaclass=_ParameterType):
     """
 
     def __new__(cls, data=None, requires_grad: bool = True):
+        """The new parameter (the framework's own variable, not an instance of this class).
+
+        Args:
+            data: the parameter's initial value.
+            requires_grad: False makes a frozen parameter (``requires_grad_(False)``): optimizers and train steps
+                leave it as it is. True or False, as torch's.
+        """
         requires_grad = arguments.boolean("ud.nn.Parameter", "requires_grad", requires_grad)
         backend = config.backend()
         parameter = new_parameter(backend, "ud.nn.Parameter: the data",
