@@ -2,7 +2,9 @@
 
 A module is bound to the backend in force when it was created. Its
 parameters are that framework's own variables (``torch.nn.Parameter``,
-``tf.Variable``, ``keras.Variable``), so the forward pass runs on native
+``tf.Variable``, ``keras.Variable``; made by ``module.parameter(value)``, or
+``ud.nn.Parameter(value)`` outside a module, and held by attributes or by a
+``ParameterList``/``ParameterDict``), so the forward pass runs on native
 tensors with no wrapper in between; only ``state_dict()`` crosses into NumPy,
 in the canonical layout.
 """
