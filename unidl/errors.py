@@ -128,6 +128,11 @@ class UnsafeFormatError(UnidlError, ValueError):
     """A file whose format can run code when read (a pickle), refused unless the caller opts in."""
 
 
+class MissingKeyError(UnidlError, KeyError, AttributeError):
+    """A key a ``ParameterDict`` does not hold: a ``KeyError``, as a dict's, and the ``AttributeError`` that
+    torch.nn's ``ParameterDict`` raises (it looks the key up as an attribute), so that code catching either works."""
+
+
 class UnknownModelError(UnidlError, LookupError):
     """A saved model whose class is not registered with ``unidl.register_model``."""
 

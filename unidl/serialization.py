@@ -374,14 +374,17 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
     """Raise ``StateDictError`` unless tensors ``{key: (safetensors dtype, shape)}`` load into ``model``:
     every name, shape and dtype. The dtype rule is ``load_state_dict``'s (``nn.module._loadable_values``), torch's:
     any number into a floating-point variable (cast, as an in-memory dict or a ``.pth`` file loads), integers or
-    booleans into an integer variable, never floats (they would be truncated)."""
-    own = dict(model._state_variables())
+    booleans into an integer variable, never floats (they would be truncated). A module's extra state
+    (``set_extra_state``) takes the tensor under its key as it is."""
+    from unidl.nn.module import ExtraState
+
+    own = dict(model._state_variables(extra_state="set_extra_state"))
     optional = model.optional_state_keys()
     missing = [k for k in own if k not in entries and k not in optional]
     unexpected = [k for k in entries if k not in own]
     mismatched, wrong_kind = [], []
     for key, variable in own.items():
-        if key in entries:
+        if key in entries and not isinstance(variable, ExtraState):
             dtype_name, shape = entries[key]
             expected = tuple(variable.shape)
             if expected != tuple(shape):
@@ -395,7 +398,7 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
     if wrong_kind:
         problems.append("dtype mismatches: " + "; ".join(wrong_kind))
     if strict and missing:
-        problems.append("missing keys: " + ", ".join(f"{k} (expected shape {tuple(own[k].shape)})" for k in missing))
+        problems.append("missing keys: " + ", ".join(f"{k} ({ExtraState.expected(own[k])})" for k in missing))
     if strict and unexpected:
         problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(entries[k][1])})" for k in unexpected))
     if problems:
@@ -422,11 +425,18 @@ def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     """Read the file's tensors straight into ``model``'s variables, one at a time: each is read once into a
     buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
     variable's memory) and released before the next is read, so at most one tensor's bytes are held
-    outside the model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``."""
-    own = dict(model._state_variables())
+    outside the model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``. A module's
+    extra state is given its array (``set_extra_state``) after every variable is written, as ``load_state_dict``
+    does."""
+    from unidl.nn.module import ExtraState
+
+    own = dict(model._state_variables(extra_state="set_extra_state"))
     backend = model._backend
-    for key in [key for key in names if key in own]:  # (through the reader's own handle: the file it checked)
+    for key in [key for key in names if key in own and not isinstance(own[key], ExtraState)]:
+        # (through the reader's own handle: the file it checked)
         backend.assign(own[key], backend.donated_tensor(reader.read(names[key])))
+    for key in [key for key in names if isinstance(own.get(key), ExtraState)]:
+        own[key].module.set_extra_state(reader.read(names[key]))
 
 
 class _ShapeOnlyVariable:
@@ -640,7 +650,7 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     reader.verify()
     check_values(model, reader, names)
     stream_into(model, reader, names)
-    own = [name for name, _ in model._state_variables()]
+    own = [name for name, _ in model._state_variables(extra_state="set_extra_state")]
     optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
     return IncompatibleKeys([k for k in own if k not in entries and k not in optional],
                             [k for k in entries if k not in own])

@@ -1,6 +1,7 @@
 """Containers (``Sequential``, ``ModuleList``, ``ModuleDict``), ``Identity``, ``Unflatten`` and the module tree
 (``children``, ``named_children``, ``named_modules``, ``apply``), against plain ``torch.nn`` as the oracle."""
 
+import operator
 from collections import OrderedDict
 
 import numpy as np
@@ -152,6 +153,35 @@ def test_children_named_children_apply_get_submodule_match_torch():
             net.get_submodule("body.x")
 
 
+def test_set_submodule_is_torchs(backend):
+    """``set_submodule`` replaces a child in its place or adds one under an existing parent, as torch.nn's (same
+    ``state_dict`` keys and order, same outputs, also from a ``ud.function`` traced before the edit); its errors
+    are torch's types: an empty target or a non-module ``ValueError``, a missing parent, a missing child under
+    ``strict=True`` or an attribute that is no module ``AttributeError``."""
+    torch.manual_seed(0)
+    torch_net, net = _torch_net(torch.nn), _torch_net(ud.nn)
+    compiled = ud.function(lambda x: net(x))
+    compiled(ud.tensor(X))
+    for model, nn in ((torch_net, torch.nn), (net, ud.nn)):
+        model.set_submodule("body.2", nn.Linear(6, 6, bias=False))
+        model.set_submodule("layers.1", nn.Tanh(), strict=True)
+        model.set_submodule("heads.extra", nn.Linear(5, 3))
+        model.heads.set_submodule("cls", nn.Linear(5, 1))
+    assert list(net.state_dict()) == list(torch_net.state_dict())
+    assert [n for n, _ in net.named_modules()] == [n for n, _ in torch_net.named_modules()]
+    net.load_state_dict(torch_net.state_dict())
+    expected = torch_net(torch.tensor(X)).detach().numpy()
+    for out in (net(ud.tensor(X)), compiled(ud.tensor(X))):
+        np.testing.assert_allclose(ud.to_numpy(out), expected, rtol=1e-5, atol=1e-6)
+    for arguments, error in ((("", "Linear"), ValueError), (("body.0", None), ValueError),
+                             (("body.9", "Linear", True), AttributeError), (("body.0.weight", "Linear"), AttributeError),
+                             (("nothing.here", "Linear"), AttributeError)):
+        for model, nn in ((net, ud.nn), (torch_net, torch.nn)):
+            target, module, *strict = arguments
+            with pytest.raises(error):
+                model.set_submodule(target, nn.Linear(2, 2) if module else "x", *strict)
+
+
 def test_apply_initialises_weights_on_every_backend(backend):
     net = _torch_net(ud.nn)
 
@@ -262,3 +292,143 @@ def test_sequential_and_module_list_operators_and_insert_are_torchs(backend):
     same(listed + listed, torch_listed + torch_listed)
     same(listed + [ud.nn.ReLU()], torch_listed + [torch.nn.ReLU()])
     assert listed.insert(0, ud.nn.ReLU()) is None and torch_listed.insert(0, torch.nn.ReLU()) is None
+
+
+def _parameter_net(nn, parameter):
+    """The same net in ``torch.nn`` or ``ud.nn`` (``parameter``: its ``Parameter``) with its weights in a
+    ParameterList and a ParameterDict, whose plain dict's keys torch adds in sorted order."""
+    rng = np.random.default_rng(3)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ParameterList(parameter(rng.standard_normal(shape).astype(np.float32))
+                                           for shape in ((4, 5), (5,)))
+            self.layers.append(parameter(rng.standard_normal((5, 3)).astype(np.float32)))
+            self.heads = nn.ParameterDict({"scale": parameter(rng.standard_normal(3).astype(np.float32)),
+                                           "bias": parameter(rng.standard_normal(3).astype(np.float32))})
+
+        def forward(self, x):
+            first, shift, last = self.layers
+            tanh = torch.tanh if nn is torch.nn else ud.ops.tanh
+            return tanh(x @ first + shift) @ last * self.heads["scale"] + self.heads["bias"]
+
+    return Net()
+
+
+def test_parameter_list_and_dict_names_load_and_training_are_torchs(backend):
+    """Parameters held by a ``ParameterList``/``ParameterDict`` are the owner's under torch's names (``layers.0``,
+    ``heads.bias``), a torch state dict of the same architecture loads into them, and a compiled ``train_step`` and
+    ``fit`` train them as ``torch.optim`` does."""
+    torch.manual_seed(0)
+    reference = _parameter_net(torch.nn, lambda array: torch.nn.Parameter(torch.tensor(array)))
+    model = _parameter_net(ud.nn, lambda array: ud.nn.Parameter(array * 0))
+    assert list(model.state_dict()) == list(reference.state_dict()) == [
+        "layers.0", "layers.1", "layers.2", "heads.bias", "heads.scale"]
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    assert len(model.parameters()) == 5 and all(isinstance(p, ud.nn.Parameter) for p in model.parameters())
+    model.load_state_dict(reference.state_dict())  # (torch's own tensors)
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((6, 4)).astype(np.float32), rng.standard_normal((6, 3)).astype(np.float32)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+
+    def torch_step():
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(reference(torch.tensor(x)), torch.tensor(y)).backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step(x, y)
+        torch_step()
+    ud.fit(model, (x, y), loss="mse", optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=6,
+           verbose=0, shuffle=False)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    torch_step()
+    for name, value in reference.state_dict().items():
+        np.testing.assert_allclose(model.state_dict()[name], value.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_parameter_list_is_torchs_list(backend):
+    """``ParameterList``'s list API and errors are torch's: a tensor or a NumPy array becomes a parameter, a
+    parameter is held as it is, another object is kept as one; a bad ``extend``, an index out of range, deleting
+    an item, a non-parameter over a parameter and calling the list raise torch's exception types."""
+    ours, theirs = ud.nn.ParameterList(), torch.nn.ParameterList()
+    kept = ud.nn.Parameter(np.ones(2, np.float32))
+    assert ours.append(kept) is ours and theirs.append(torch.nn.Parameter(torch.ones(2))) is theirs
+    ours.extend([np.zeros((2, 3), np.float32), ud.tensor(np.ones(3, np.float32))])
+    theirs.extend([torch.zeros(2, 3), torch.ones(3)])
+    ours += [7]
+    theirs += [7]
+    assert len(ours) == len(theirs) == 4 and ours[0] is kept and ours[-4] is kept and ours[3] == theirs[3] == 7
+    assert all(isinstance(p, ud.nn.Parameter) for p in list(ours)[:3]) and not isinstance(7, ud.nn.Parameter)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["0", "1", "2"]
+    np.testing.assert_array_equal(ours.state_dict()["1"], np.zeros((2, 3), np.float32))
+    head = ours[1:3]
+    assert isinstance(head, ud.nn.ParameterList) and list(head.state_dict()) == ["0", "1"] and head[0] is ours[1]
+    ours[0] = np.full(2, 5.0, np.float32)
+    assert ours[0] is not kept and isinstance(ours[0], ud.nn.Parameter) and ours.state_dict()["0"][0] == 5.0
+    assert repr(ours).splitlines()[1].strip() == "(0): Parameter containing: [float32 of size 2]"
+    for operation, error in ((lambda pl: pl.extend(3), TypeError), (lambda pl: pl.extend(pl[1]), TypeError),
+                             (lambda pl: pl[4], IndexError), (lambda pl: pl.__setitem__(-5, pl[0]), IndexError),
+                             (lambda pl: operator.delitem(pl, 0), AttributeError),
+                             (lambda pl: pl.__setitem__(0, 3), TypeError),
+                             (lambda pl: pl(1), RuntimeError)):
+        with pytest.raises(error):
+            operation(ours)
+        with pytest.raises(error):
+            operation(theirs)
+    assert len(ours) == 4 and list(ours.state_dict()) == ["0", "1", "2"]
+
+
+def test_parameter_dict_is_torchs_dict(backend):
+    """``ParameterDict``'s dict API, order and errors are torch's: ``update`` of a plain dict adds its keys sorted,
+    of pairs in their order; a key that is no string, holds '.', or names an attribute, a missing key (torch's
+    ``AttributeError``, a ``KeyError`` too), a bad ``update`` and calling the dict raise torch's exception types."""
+    def build(nn, parameter):
+        built = nn.ParameterDict({"b": parameter(np.ones(2, np.float32)), "a": parameter(np.zeros(3, np.float32))})
+        built.update([("d", parameter(np.ones(1, np.float32))), ("c", 2)])
+        built["e"] = np.ones((2, 2), np.float32) if nn is ud.nn else torch.ones(2, 2)
+        return built
+
+    ours, theirs = build(ud.nn, ud.nn.Parameter), build(torch.nn, lambda array: torch.nn.Parameter(torch.tensor(array)))
+    assert list(ours) == list(theirs) == ["a", "b", "d", "c", "e"] and list(ours.keys()) == list(theirs.keys())
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["a", "b", "d", "e"]  # (torch's 2 is no tensor)
+    assert [k for k, _ in ours.items()] == list(ours) and len(list(ours.values())) == len(ours) == 5
+    with pytest.raises(KeyError, match="ParameterDict has no key 'z'; it holds"):
+        ours["z"]
+    assert "a" in ours and "z" not in ours and ours.get("z", 1) == 1 and ours.get("a") is ours["a"]
+    assert ours.setdefault("a") is ours["a"] and list(reversed(ours))[0] == "e"
+    assert ours.popitem()[0] == theirs.popitem()[0] == "e" and ours.pop("d") is not None
+    theirs.pop("d")
+    merged = ours | ud.nn.ParameterDict({"x": np.ones(1, np.float32)})
+    assert list(merged) == ["a", "b", "c", "x"] and merged["a"] is ours["a"] and list(ours.copy()) == list(ours)
+    assert list(ours.fromkeys(["p", "q"], np.ones(1, np.float32)).state_dict()) == ["p", "q"]
+    for operation, error in ((lambda pd: pd.__setitem__(1, pd["a"]), TypeError),
+                             (lambda pd: pd.__setitem__("a.b", pd["a"]), KeyError),
+                             (lambda pd: pd.__setitem__("keys", pd["a"]), KeyError),
+                             (lambda pd: pd["z"], AttributeError), (lambda pd: pd.pop("z"), AttributeError),
+                             (lambda pd: operator.delitem(pd, "z"), KeyError),
+                             (lambda pd: pd.update(3), TypeError), (lambda pd: pd.update([1]), TypeError),
+                             (lambda pd: pd.update([("k", 1, 2)]), ValueError), (lambda pd: pd(1), RuntimeError)):
+        with pytest.raises(error):
+            operation(ours)
+        with pytest.raises(error):
+            operation(theirs)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["a", "b"]
+    ours.clear()
+    assert len(ours) == 0 and not ours.parameters()
+
+
+def test_parameter_is_a_free_standing_parameter_of_the_backend(backend):
+    """``ud.nn.Parameter(data)`` is a parameter of the backend in force (``isinstance`` says so), registered when
+    assigned to a module; ``requires_grad=False`` makes it frozen, ``Parameter()`` is empty, as torch's."""
+    module = ud.nn.Module()
+    module.scale = ud.nn.Parameter([1.0, 2.0])
+    module.frozen = ud.nn.Parameter(np.ones(2), requires_grad=False)
+    assert [name for name, _ in module.named_parameters()] == ["scale", "frozen"]
+    assert ud.nn.Parameter().shape == torch.nn.Parameter().shape == (0,)
+    assert module.state_dict()["scale"].dtype == np.float32 and not isinstance(ud.tensor([1.0]), ud.nn.Parameter)
+    assert module.scale.requires_grad and not module.frozen.requires_grad
+    with pytest.raises(TypeError, match="requires_grad must be True or False"):
+        ud.nn.Parameter(np.ones(2), requires_grad=None)

@@ -707,3 +707,65 @@ def test_pickling_a_model_or_deep_copying_an_optimizer_is_one_type_error_naming_
     assert type(shallow) is ud.nn.Sequential and shallow[0] is model[0]
     assert copy.copy(optimizer).params[0] is optimizer.params[0]
     assert copy.deepcopy(model)[0].weight is not model[0].weight
+
+
+def _counted(nn):
+    """A module (of ``nn``: ``ud.nn`` or ``torch.nn``) with a parameter of its own, a child and extra state: how
+    many times it ran, kept in Python and saved as an array."""
+    import torch
+
+    class Counted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(2) if nn is torch.nn else np.ones(2, np.float32))
+            self.fc = nn.Linear(2, 2)
+            self.calls = 0
+
+        def get_extra_state(self):
+            return np.array([self.calls])
+
+        def set_extra_state(self, state):
+            self.calls = int(np.asarray(state)[0])
+
+    return nn.Sequential(nn.Linear(2, 2), Counted())
+
+
+def test_extra_state_is_saved_and_loaded_as_torchs(backend, tmp_path):
+    """A module defining ``get_extra_state``/``set_extra_state`` has ``<path>._extra_state`` in ``state_dict()`` at
+    torch's place (after its own parameters, before its children's), set back by ``load_state_dict`` both ways with
+    torch, by ``ud.load_weights`` and by ``load_checkpoint`` (an array from a file); a missing one is a missing key,
+    one for a module without ``set_extra_state`` an unexpected key, as torch's; a value no file can hold is a
+    ``TypeError`` naming its key when the file is written."""
+    import torch
+
+    ours, theirs = _counted(ud.nn), _counted(torch.nn)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == [
+        "0.weight", "0.bias", "1.scale", "1._extra_state", "1.fc.weight", "1.fc.bias"]
+    theirs[1].calls = 3
+    ours.load_state_dict(theirs.state_dict())
+    assert ours[1].calls == 3
+    ours[1].calls = 5
+    theirs.load_state_dict({key: value if key.endswith("_extra_state") else torch.tensor(value)
+                            for key, value in ours.state_dict().items()})
+    assert theirs[1].calls == 5
+    for model in (ours, theirs):
+        partial = {key: value for key, value in model.state_dict().items() if key != "1._extra_state"}
+        assert model.load_state_dict(partial, strict=False).missing_keys == ["1._extra_state"]
+        with pytest.raises(RuntimeError, match="1._extra_state"):
+            model.load_state_dict(partial)
+    plain = {"weight": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32), "_extra_state": np.ones(1)}
+    assert ud.nn.Linear(2, 2).load_state_dict(plain, strict=False).unexpected_keys == ["_extra_state"]
+    assert torch.nn.Linear(2, 2).load_state_dict({k: torch.tensor(v) for k, v in plain.items()},
+                                                 strict=False).unexpected_keys == ["_extra_state"]
+    ud.save(ours, tmp_path / "counted.safetensors")
+    ud.save_checkpoint(tmp_path, ours)
+    for load in (lambda model: model.load_weights(tmp_path / "counted.safetensors"),
+                 lambda model: ud.load_checkpoint(tmp_path, model)):
+        loaded = _counted(ud.nn)
+        load(loaded)
+        assert loaded[1].calls == 5
+        for key, value in ours.state_dict().items():
+            np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    ours[1].get_extra_state = lambda: {"calls": 5}
+    with pytest.raises(TypeError, match="'1._extra_state' has dtype object.*get_extra_state"):
+        ud.save(ours, tmp_path / "object.safetensors")

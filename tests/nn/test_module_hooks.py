@@ -1,6 +1,6 @@
 """Forward hooks (``register_forward_pre_hook``, ``register_forward_hook``) against plain ``torch.nn``'s, on every
 backend: the same calls in the same order with the same values, eagerly, in compiled steps and in
-``ud.function``, registered or removed after a step was compiled."""
+``ud.function``, registered or removed after a step was compiled; and ``state_dict``'s pre-hooks."""
 
 import numpy as np
 import pytest
@@ -178,3 +178,25 @@ def test_hooks_see_a_keyword_input_as_written_as_torchs(backend):
         outputs.append(np.asarray(ud.to_numpy(layer(input=value)) if layer is net[0] else layer(input=value).detach()))
         assert seen == [("pre", 0, ["input"]), ("post", 0, ["input"])]
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_state_dict_pre_hooks_are_torchs(backend):
+    """``register_state_dict_pre_hook``: ``hook(module, prefix, keep_vars)`` runs for a module and those below it
+    before ``state_dict`` reads anything (a value it writes is saved), with torch's arguments and order, and
+    ``remove()`` takes it off."""
+    calls = {}
+    for nn in (ud.nn, torch.nn):
+        model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 1)))
+        seen = calls[nn] = []
+        for module in (model, model[1], model[1][1]):
+            module.register_state_dict_pre_hook(lambda m, prefix, keep: seen.append((type(m).__name__, prefix, keep)))
+        zeros = {"weight": np.zeros((2, 2), np.float32), "bias": np.zeros(2, np.float32)}
+        handle = model[0].register_state_dict_pre_hook(lambda m, prefix, keep: m.load_state_dict(
+            zeros if nn is ud.nn else {key: torch.tensor(value) for key, value in zeros.items()}))
+        weight = model.state_dict(prefix="net.", keep_vars=True)["net.0.weight"]
+        assert not (ud.to_numpy(weight) if nn is ud.nn else weight.detach().numpy()).any()
+        handle.remove()
+        model.state_dict()
+    assert calls[ud.nn] == calls[torch.nn] == [("Sequential", "net.", True), ("Sequential", "net.1.", True),
+                                               ("Linear", "net.1.1.", True), ("Sequential", "", False),
+                                               ("Sequential", "1.", False), ("Linear", "1.1.", False)]

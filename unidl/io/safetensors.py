@@ -77,7 +77,9 @@ def header_checksum(header: dict) -> int:
 def _dtype_name(name: str, array: np.ndarray) -> str:
     dtype_name = _NAMES_BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
     if dtype_name is None:
-        raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store; "
+        hint = (" (a module's get_extra_state: return an array or a tensor to save it in a file)"
+                if name.endswith("_extra_state") else "")
+        raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store{hint}; "
                         f"valid dtypes are {', '.join(str(d) for d in DTYPES.values())}")
     return dtype_name
 

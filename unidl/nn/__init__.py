@@ -5,7 +5,7 @@ from unidl.nn.activation import (ELU, GELU, Hardtanh, LeakyReLU, LogSoftmax, PRe
                                  Softplus, Tanh)
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.batchnorm import BatchNorm1d, BatchNorm2d
-from unidl.nn.container import ModuleDict, ModuleList, Sequential
+from unidl.nn.container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
 from unidl.nn.conv import Conv1d, Conv2d, ConvTranspose2d
 from unidl.nn.dropout import Dropout, Dropout2d
 from unidl.nn.flatten import Flatten, Unflatten
@@ -15,6 +15,7 @@ from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLo
 from unidl.nn.module import Module
 from unidl.nn.instancenorm import InstanceNorm1d, InstanceNorm2d
 from unidl.nn.normalization import GroupNorm, LayerNorm, RMSNorm
+from unidl.nn.parameter import Parameter
 from unidl.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
 from unidl.nn.rnn import GRU, LSTM, RNN
 from unidl.nn.rnn_cell import GRUCell, LSTMCell, RNNCell
@@ -25,7 +26,8 @@ from unidl.nn.upsample import Upsample
 
 __all__ = [
     "Module", "Linear", "Conv2d", "MaxPool2d", "MaxUnpool2d", "AvgPool2d", "Flatten", "Dropout", "BatchNorm1d",
-    "BatchNorm2d", "LayerNorm", "Embedding", "Sequential", "ModuleList", "ModuleDict", "Identity", "Unflatten",
+    "BatchNorm2d", "LayerNorm", "Embedding", "Sequential", "ModuleList", "ModuleDict", "Parameter", "ParameterList",
+    "ParameterDict", "Identity", "Unflatten",
     "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "MultiheadAttention",
     "TransformerEncoderLayer", "TransformerEncoder", "TransformerDecoderLayer", "TransformerDecoder", "Transformer",
     "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "GELU", "SiLU", "ELU", "Softplus", "Hardtanh",

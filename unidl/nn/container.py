@@ -1,5 +1,6 @@
 """Containers: ``Sequential`` (modules applied in turn), ``ModuleList`` and ``ModuleDict`` (modules held
-and registered, called by the user's own ``forward``), with PyTorch's indexing, names and ``state_dict`` keys."""
+and registered, called by the user's own ``forward``), ``ParameterList`` and ``ParameterDict`` (parameters held and
+registered), with PyTorch's indexing, names and ``state_dict`` keys."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import operator
 from collections import OrderedDict
 from typing import Iterable, Iterator, Mapping
 
+from unidl.dtype_kinds import dtype_name
+from unidl.errors import MissingKeyError
 from unidl.nn.module import Module
 
 
@@ -271,3 +274,247 @@ class ModuleDict(Module):
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError("ModuleDict has no forward: call its modules from the owner's forward")
+
+
+def _held(owner: Module, value):
+    """``value`` as a ``ParameterList``/``ParameterDict`` holds it, torch's rule: a tensor that is not a parameter of
+    the owner's backend becomes one (``owner.parameter``: a copy, in unidl's float dtype; a NumPy array and another
+    framework's tensor too), a parameter is held as it is, and anything else (a number, a module) as an attribute."""
+    if owner._backend.is_parameter(value) or isinstance(value, type) or not (hasattr(value, "shape")
+                                                                             and hasattr(value, "dtype")):
+        return value
+    return owner.parameter(value)
+
+
+def _describe_held(module: Module, entries) -> str:
+    """torch's ``extra_repr`` of a ``ParameterList``/``ParameterDict``: a line per (key, value) of ``entries``."""
+    lines = []
+    for key, value in entries:
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            kind = "Parameter" if module._backend.is_parameter(value) else "Tensor"
+            device = module._backend.device_of(value)
+            lines.append(f"  ({key}): {kind} containing: [{dtype_name(value.dtype)} of size "
+                         f"{'x'.join(str(size) for size in value.shape)}{'' if device == 'cpu' else f' ({device})'}]")
+        else:
+            lines.append(f"  ({key}): Object of type: {type(value).__name__}")
+    return "\n".join(lines)
+
+
+class ParameterList(Module):
+    """A list of parameters, registered so that they belong to the owner (``params.0``, ``params.1`` in
+    ``parameters()``, ``named_parameters()`` and ``state_dict()``, as torch.nn's): optimizers, ``train_step`` and
+    ``fit`` train them, and a ``torch.nn.ParameterList``'s state dict loads into it.
+
+    As torch.nn's, an item that is a tensor but not a parameter becomes one: a tensor of this backend, a NumPy array
+    or another framework's tensor is copied into a new parameter (``ud.nn.Parameter``'s rule: unidl's float dtype,
+    the device in force; torch's shares the tensor's memory). A parameter (``ud.nn.Parameter(...)``,
+    ``module.parameter(...)``) is held as it is; anything else (a number, a module) is kept as torch keeps it.
+    Indexing (negative too), slicing (a new ParameterList over the same parameters), assignment, ``append``,
+    ``extend``, ``+=``, ``len`` and iteration work as for a Python list; as torch's, items cannot be deleted and the
+    list cannot be called.
+
+    Args:
+        values: the first items, an iterable (None: empty).
+
+    Example::
+
+        self.weights = ud.nn.ParameterList(ud.nn.Parameter(np.ones((4, 4), np.float32)) for _ in range(3))
+    """
+
+    def __init__(self, values: Iterable | None = None):
+        super().__init__()
+        self._size = 0
+        if values is not None:
+            self.extend(values)
+
+    def _name(self, index) -> str:
+        index = operator.index(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} is out of range")
+        return str(index % len(self))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return type(self)(self[i] for i in range(*index.indices(len(self))))
+        return getattr(self, self._name(index))
+
+    def __setitem__(self, index, value) -> None:
+        setattr(self, self._name(index), _held(self, value))
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator:
+        return iter([self[i] for i in range(len(self))])
+
+    def __iadd__(self, values: Iterable) -> "ParameterList":
+        return self.extend(values)
+
+    def append(self, value) -> "ParameterList":
+        """Add ``value`` at the end (a tensor made a parameter, as the class says); returns the list."""
+        value = _held(self, value)  # (checked before the list grows)
+        self._size += 1
+        self[len(self) - 1] = value
+        return self
+
+    def extend(self, values: Iterable) -> "ParameterList":
+        """Add each of ``values`` at the end; returns the list. A tensor or a non-iterable is torch's
+        ``TypeError`` (a tensor is one item: ``append`` it)."""
+        if not isinstance(values, Iterable) or hasattr(values, "shape"):
+            raise TypeError(f"ParameterList.extend should be called with an iterable, but got "
+                            f"{type(values).__name__}; append a single tensor or parameter")
+        for value in values:
+            self.append(value)
+        return self
+
+    def extra_repr(self) -> str:
+        return _describe_held(self, enumerate(self))
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("ParameterList should not be called.")
+
+
+class ParameterDict(Module):
+    """A dict of parameters by name, registered so that they belong to the owner (``params.left`` in
+    ``parameters()``, ``named_parameters()`` and ``state_dict()``, as torch.nn's), in insertion order: optimizers,
+    ``train_step`` and ``fit`` train them, and a ``torch.nn.ParameterDict``'s state dict loads into it.
+
+    Values are made parameters as ``ParameterList``'s items are. Keys are strings, without '.' and not the name of
+    an attribute of the dict (``"keys"``), as torch's; ``pd[key]``, ``pd[key] = value``, ``del pd[key]``, ``in``,
+    ``len``, iteration over the keys, ``keys()``, ``values()``, ``items()``, ``get``, ``setdefault``, ``pop``,
+    ``popitem``, ``clear``, ``copy``, ``fromkeys``, ``update`` and ``|`` work as torch's (``update`` of a plain
+    dict adds its keys in sorted order, as torch's; an ``OrderedDict``, a ``ParameterDict`` or pairs keep theirs).
+    A missing key is a ``MissingKeyError``: a ``KeyError``, as a dict's, and torch's ``AttributeError``.
+
+    Args:
+        parameters: the first entries, a mapping or an iterable of (key, value) pairs (None: empty).
+
+    Example::
+
+        self.heads = ud.nn.ParameterDict({"left": np.zeros((5, 10), np.float32), "right": np.ones((5, 10), np.float32)})
+    """
+
+    def __init__(self, parameters=None):
+        super().__init__()
+        self._keys = {}
+        if parameters is not None:
+            self.update(parameters)
+
+    def _checked_key(self, key) -> str:
+        if not isinstance(key, str):
+            raise TypeError(f"Index given to ParameterDict cannot be used as a key as it is not a string (type is "
+                            f"'{type(key).__name__}')")
+        return key
+
+    def __getitem__(self, key: str):
+        if self._checked_key(key) not in self._keys:
+            raise MissingKeyError(f"ParameterDict has no key {key!r}; it holds {list(self._keys)}")
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value) -> None:
+        if self._checked_key(key) not in self._keys:
+            self._check_new_name("ParameterDict[key] = value", key, self._parameters)
+        value = _held(self, value)
+        self._keys[key] = None
+        setattr(self, key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self[key]  # noqa: B018  (the KeyError naming what there is)
+        del self._keys[key]
+        delattr(self, key)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._keys))
+
+    def __reversed__(self) -> Iterator[str]:
+        return reversed(list(self._keys))
+
+    def __contains__(self, key) -> bool:
+        return key in self._keys
+
+    def keys(self):
+        return self._keys.keys()
+
+    def items(self):
+        return ((key, self[key]) for key in list(self._keys))
+
+    def values(self):
+        return (self[key] for key in list(self._keys))
+
+    def get(self, key: str, default=None):
+        return self[key] if key in self else default
+
+    def setdefault(self, key: str, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def pop(self, key: str):
+        value = self[key]
+        del self[key]
+        return value
+
+    def popitem(self) -> tuple:
+        """Remove and return the last (key, value) added."""
+        if not self._keys:
+            raise KeyError("popitem(): ParameterDict is empty")
+        key = next(reversed(self._keys))
+        return key, self.pop(key)
+
+    def clear(self) -> None:
+        for key in list(self._keys):
+            del self[key]
+
+    def copy(self) -> "ParameterDict":
+        """A new ParameterDict over the same parameters, in the same order."""
+        return ParameterDict(OrderedDict(self.items()))
+
+    def fromkeys(self, keys: Iterable[str], default=None) -> "ParameterDict":
+        """A new ParameterDict with ``keys``, each holding ``default`` (made a parameter where it is a tensor)."""
+        return ParameterDict((key, default) for key in keys)
+
+    def update(self, parameters) -> None:
+        """Add or replace entries from a mapping or from (key, value) pairs: torch's order (a plain dict's keys
+        sorted) and torch's errors (a non-iterable, or an item that is no pair: ``TypeError``, a sequence of
+        another length: ``ValueError``)."""
+        if not isinstance(parameters, Iterable):
+            raise TypeError(f"ParametersDict.update should be called with an iterable of key/value pairs, but got "
+                            f"{type(parameters).__name__}")
+        if isinstance(parameters, (OrderedDict, ParameterDict)):
+            pairs = list(parameters.items())
+        elif isinstance(parameters, Mapping):
+            pairs = sorted(parameters.items())
+        else:
+            pairs = list(parameters)
+            for index, pair in enumerate(pairs):
+                if not isinstance(pair, Iterable):
+                    raise TypeError(f"ParameterDict update sequence element #{index} should be Iterable; is "
+                                    f"{type(pair).__name__}")
+                if len(pair) != 2:
+                    raise ValueError(f"ParameterDict update sequence element #{index} has length {len(pair)}; 2 is "
+                                     f"required")
+        for key, value in pairs:
+            self[key] = value
+
+    def __or__(self, other: "ParameterDict") -> "ParameterDict":
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
+    def __ror__(self, other: "ParameterDict") -> "ParameterDict":
+        merged = other.copy()
+        merged.update(self)
+        return merged
+
+    def __ior__(self, other: "ParameterDict") -> "ParameterDict":
+        self.update(other)
+        return self
+
+    def extra_repr(self) -> str:
+        return _describe_held(self, self.items())
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("ParameterDict should not be called.")

@@ -1,5 +1,6 @@
 """Forward hooks on modules, as ``torch.nn.Module``'s: functions called before and after a module's ``forward``
-that may read or replace its inputs and output (feature extraction, activation statistics, input checks).
+that may read or replace its inputs and output (feature extraction, activation statistics, input checks); and the
+tables of ``state_dict``'s pre-hooks, which no forward reads.
 
 A hook is Python: it runs at every call where the forward runs in Python (torch, eager calls, ``model(x)``) and at
 trace time where a compiled step or ``ud.function`` traces the forward (tensorflow, jax, Keras), exactly as the
@@ -16,10 +17,14 @@ import weakref
 
 _handle_ids = itertools.count()
 
+#: the tables of hooks that a forward runs: a change to one traces compiled steps again
+FORWARD_TABLES = ("_forward_pre_hooks", "_forward_hooks")
+
 
 class RemovableHandle:
-    """What ``register_forward_hook`` and ``register_forward_pre_hook`` return, as torch's: ``remove()`` takes the
-    hook off (a second ``remove()`` does nothing); a ``with`` block removes it at its end."""
+    """What ``register_forward_hook``, ``register_forward_pre_hook`` and ``register_state_dict_pre_hook`` return,
+    as torch's: ``remove()`` takes the hook off (a second ``remove()`` does nothing); a ``with`` block removes it at
+    its end."""
 
     def __init__(self, module, table_name: str):
         self.id = next(_handle_ids)
@@ -28,7 +33,7 @@ class RemovableHandle:
     def remove(self) -> None:
         module = self._module()
         table = None if module is None else module.__dict__.get(self._table_name)
-        if table is not None and table.pop(self.id, None) is not None:
+        if table is not None and table.pop(self.id, None) is not None and self._table_name in FORWARD_TABLES:
             module._hooks_changed()
 
     def __enter__(self) -> "RemovableHandle":
@@ -39,8 +44,9 @@ class RemovableHandle:
 
 
 def register(module, table_name: str, hook, prepend: bool, flags: dict, method: str) -> RemovableHandle:
-    """File ``hook`` in ``module``'s table ``table_name`` (``_forward_pre_hooks`` or ``_forward_hooks``) with its
-    ``flags`` (``with_kwargs``, ``always_call``), first with ``prepend``; the table is made on first use."""
+    """File ``hook`` in ``module``'s table ``table_name`` (``_forward_pre_hooks``, ``_forward_hooks`` or
+    ``_state_dict_pre_hooks``) with its ``flags`` (``with_kwargs``, ``always_call``), first with ``prepend``; the
+    table is made on first use."""
     if not callable(hook):
         raise TypeError(f"{type(module).__name__}.{method}: the hook must be callable, got {type(hook).__name__}")
     for name, value in (("prepend", prepend), *flags.items()):
@@ -54,7 +60,8 @@ def register(module, table_name: str, hook, prepend: bool, flags: dict, method: 
     table[handle.id] = (hook, flags)
     if prepend:
         table.move_to_end(handle.id, last=False)
-    module._hooks_changed()
+    if table_name in FORWARD_TABLES:
+        module._hooks_changed()
     return handle
 
 

@@ -2,7 +2,9 @@
 
 A module is bound to the backend in force when it was created. Its
 parameters are that framework's own variables (``torch.nn.Parameter``,
-``tf.Variable``, ``keras.Variable``), so the forward pass runs on native
+``tf.Variable``, ``keras.Variable``; made by ``module.parameter(value)``, or
+``ud.nn.Parameter(value)`` outside a module, and held by attributes or by a
+``ParameterList``/``ParameterDict``), so the forward pass runs on native
 tensors with no wrapper in between; only ``state_dict()`` crosses into NumPy,
 in the canonical layout.
 """
@@ -142,11 +144,36 @@ def _real_array(what: str, value) -> np.ndarray:
     return array
 
 
+def new_parameter(backend, what: str, value):
+    """A new trainable variable of ``backend`` holding ``value`` (``_real_array``'s checks, ``what`` naming it), in
+    the dtype and on the device in force: ``Module.parameter``'s and ``ud.nn.Parameter``'s."""
+    value = _real_array(what, value)
+    with backend.device_scope(config.resolve_device(config._requested_device(), backend)):
+        return backend.parameter(value, trainable=True)
+
+
 def _as_loaded(value) -> np.ndarray:
     """A checked state-dict value as a NumPy array every backend assigns: a bfloat16 or float8 array of
     ``ml_dtypes`` in float32, whose values it holds exactly (torch's backend could not take them)."""
     value = np.asarray(to_numpy(value))
     return value.astype(np.float32) if value.dtype.kind == "V" and is_floating(value.dtype) else value
+
+
+#: the ``state_dict`` key (after a module's path) of what its ``get_extra_state`` returns, torch's
+EXTRA_STATE_KEY = "_extra_state"
+
+
+class ExtraState:
+    """A module's extra state as ``Module._state_variables`` lists it (``get_extra_state``): no variable, so
+    each place that reads variables tells it apart."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @staticmethod
+    def expected(entry) -> str:
+        """What a state dict's missing ``entry`` should have held, as a load's error names it."""
+        return "extra state" if isinstance(entry, ExtraState) else f"expected shape {tuple(entry.shape)}"
 
 
 def training_modes(module) -> tuple[bool, ...]:
@@ -526,9 +553,7 @@ class Module:
 
     def parameter(self, value) -> object:
         """A new trainable variable of this module's backend, holding ``value`` (cast to the current dtype)."""
-        value = _real_array(f"{type(self).__name__}.parameter: the value", value)
-        with self._placement():
-            return self._backend.parameter(value, trainable=True)
+        return new_parameter(self._backend, f"{type(self).__name__}.parameter: the value", value)
 
     def register_parameter(self, name: str, param) -> None:
         """Add ``param`` (a parameter of this module's backend, ``module.parameter(value)``) as the parameter
@@ -714,6 +739,18 @@ class Module:
         return hooks.register(self, "_forward_hooks", hook, prepend,
                               {"with_kwargs": with_kwargs, "always_call": always_call}, "register_forward_hook")
 
+    def register_state_dict_pre_hook(self, hook):
+        """Call ``hook(module, prefix, keep_vars)`` when ``state_dict()`` is called on this module or on one above
+        it, before any state is read, as torch.nn's (``prefix``: this module's keys' start, ``"encoder.0."``), so
+        that it may prepare what is saved. Hooks run in registration order, a module's before those below it; a
+        file writer (``ud.save``, checkpoints) calls ``state_dict()``, so they run there too. Returns a handle
+        whose ``remove()`` takes it off.
+
+        Args:
+            hook: the function to call; what it returns is ignored, as torch's.
+        """
+        return hooks.register(self, "_state_dict_pre_hooks", hook, False, {}, "register_state_dict_pre_hook")
+
     def _hooks_changed(self) -> None:
         """A hook was added or removed: compiled steps and ``ud.function``s that traced this module trace again
         (their keys hold ``graph_flags``; the structure caches of the module and its owners are emptied)."""
@@ -765,6 +802,37 @@ class Module:
             module = child
         return module
 
+    def set_submodule(self, target: str, module: "Module", strict: bool = False) -> None:
+        """Put ``module`` at dotted path ``target`` (``"net_b.net_c.conv"``), as torch.nn's: it replaces the child
+        there in its place (its parameters take the old one's ``state_dict`` keys and order) or, unless ``strict``,
+        becomes a new child of the module at the path's parent.
+
+        Args:
+            target: the dotted path of the child to set; its parent must exist (``get_submodule``'s
+                ``AttributeError`` where it does not).
+            module: the new child, a ``unidl.nn.Module`` of this module's backend (anything else: torch's
+                ``ValueError``; another backend's: ``BackendMismatchError``).
+            strict: True replaces an existing child only: a missing one is an ``AttributeError``, as torch's. An
+                existing attribute that is no module (a parameter) is one either way.
+        """
+        strict = arguments.boolean(f"{type(self).__name__}.set_submodule", "strict", strict)
+        if not isinstance(target, str) or target == "":
+            raise ValueError(f"{type(self).__name__}.set_submodule: cannot set the submodule without a target name "
+                             f"(a dotted path such as 'encoder.0'), got {target!r}")
+        if not isinstance(module, Module):
+            raise ValueError(f"{type(self).__name__}.set_submodule({target!r}, ...): `module` is not a "
+                             f"unidl.nn.Module, found {type(module).__name__}")
+        path, _, name = target.rpartition(".")
+        parent = self.get_submodule(path)
+        if strict and not hasattr(parent, name):
+            raise AttributeError(f"{type(parent).__name__} has no attribute `{name}` (path {target!r}); with "
+                                 f"strict=True set_submodule replaces an existing child only: its children: "
+                                 f"{list(parent._modules)}")
+        if hasattr(parent, name) and not isinstance(getattr(parent, name), Module):
+            raise AttributeError(f"`{name}` is not a unidl.nn.Module (path {target!r}: a "
+                                 f"{type(getattr(parent, name)).__name__}); set_submodule replaces a child module")
+        setattr(parent, name, module)
+
     def get_parameter(self, target: str):
         """The parameter at dotted path ``target`` (``"0.weight"``), as torch.nn's: an ``AttributeError`` naming
         what the module there has where it has no such parameter."""
@@ -813,16 +881,42 @@ class Module:
                     seen.add(id(value))
                 yield (f"{path}.{name}" if path else name), value
 
-    def _state_variables(self, non_persistent: bool = False) -> Iterator[tuple[str, object]]:
+    def _state_variables(self, non_persistent: bool = False,
+                         extra_state: str | None = None) -> Iterator[tuple[str, object]]:
         """(name, variable) of every parameter and persistent buffer (every buffer with ``non_persistent``) under
         every name, in ``state_dict``'s order: PyTorch's, each module's own parameters, then its own buffers, then
-        its children's (every parameter came first)."""
+        its children's (every parameter came first). ``extra_state`` (``"get_extra_state"`` to save,
+        ``"set_extra_state"`` to load): also ``(name, ExtraState(module))`` after the buffers of each module whose
+        class defines that method (``<path>._extra_state``, torch's key)."""
         for path, module in self.named_modules(remove_duplicate=False):
             yield from ((f"{path}.{name}" if path else name, value) for name, value in module._parameters.items()
                         if value is not None)
             left_out = () if non_persistent else module.__dict__.get("_non_persistent", ())
             yield from ((f"{path}.{name}" if path else name, value) for name, value in module._buffers.items()
                         if value is not None and name not in left_out)
+            if extra_state is not None and getattr(type(module), extra_state) is not getattr(Module, extra_state):
+                yield (f"{path}.{EXTRA_STATE_KEY}" if path else EXTRA_STATE_KEY), ExtraState(module)
+
+    def get_extra_state(self):
+        """State of this module that is no parameter or buffer (a configuration, a step count kept in Python), for
+        ``state_dict()`` to hold under ``<path>._extra_state``, as torch.nn's: define it, and ``set_extra_state``,
+        in a subclass. ``state_dict()`` holds what it returns as it is; a file (``ud.save``, checkpoints) holds
+        arrays only, so return an array (or a tensor) for a model saved to one (anything else: a ``TypeError``
+        naming the key when the file is written). Not defined here: a module without it has no such key."""
+        raise RuntimeError(f"{type(self).__name__}.get_extra_state is not defined: a subclass that keeps extra "
+                           f"state defines get_extra_state and set_extra_state")
+
+    def set_extra_state(self, state) -> None:
+        """Restore what ``get_extra_state`` returned, called by ``load_state_dict`` (and ``ud.load_weights``, with
+        the array a file holds) with the value under ``<path>._extra_state``, after the module's variables are
+        written, as torch.nn's. A module whose class defines it expects that key (missing: a missing key);
+        an ``_extra_state`` key for one that does not is an unexpected key.
+
+        Args:
+            state: the value ``get_extra_state`` returned when the state dict was made.
+        """
+        raise RuntimeError(f"{type(self).__name__}.set_extra_state is not defined: a subclass that keeps extra "
+                           f"state defines get_extra_state and set_extra_state")
 
     def parameters(self, recurse: bool = True) -> list:
         """The parameters as native variables, each once (give them to an optimizer); ``recurse=False``: this
@@ -942,12 +1036,18 @@ class Module:
         model as it is (``load_state_dict`` writes), and a state dict kept aside (the best weights so far) does
         not follow training. As torch.nn's: ``prefix`` starts every key (``"encoder."``), ``keep_vars=True`` gives
         the native variables themselves instead of copies, and ``destination`` (a mapping) receives the entries
-        and is returned."""
+        and is returned. A module that defines ``get_extra_state`` adds what it returns under
+        ``<path>._extra_state``, after its own parameters and buffers, as torch.nn's. Every module's state-dict
+        pre-hooks (``register_state_dict_pre_hook``) run first."""
         if not isinstance(prefix, str):
             raise TypeError(f"{type(self).__name__}.state_dict: prefix must be a string, got {type(prefix).__name__}")
         keep_vars = arguments.boolean(f"{type(self).__name__}.state_dict", "keep_vars", keep_vars)
+        for path, module in self.named_modules(remove_duplicate=False):
+            for hook, _ in tuple(module.__dict__.get("_state_dict_pre_hooks", {}).values()):
+                hook(module, f"{prefix}{path}." if path else prefix, keep_vars)
         to_numpy = (lambda variable: variable) if keep_vars else self._backend.to_numpy
-        entries = ((prefix + name, to_numpy(variable)) for name, variable in self._state_variables())
+        entries = ((prefix + name, value.module.get_extra_state() if isinstance(value, ExtraState) else
+                    to_numpy(value)) for name, value in self._state_variables(extra_state="get_extra_state"))
         if destination is None:
             return OrderedDict(entries)
         destination.update(entries)
@@ -973,10 +1073,11 @@ class Module:
                             f"assign=False (torch's default): unidl writes the values into the module's own "
                             f"variables on every backend; to load another dtype, build the model under "
                             f"ud.use_dtype and load into it")
-        own = OrderedDict(self._state_variables())
+        entries = OrderedDict(self._state_variables(extra_state="set_extra_state"))
+        own = OrderedDict((key, value) for key, value in entries.items() if not isinstance(value, ExtraState))
         optional = self.optional_state_keys()
-        missing = [k for k in own if k not in state_dict and k not in optional]
-        unexpected = [k for k in state_dict if k not in own]
+        missing = [k for k in entries if k not in state_dict and k not in optional]
+        unexpected = [k for k in state_dict if k not in entries]
         values, mismatched, unreadable, wrong_kind = _loadable_values(own, state_dict)
         problems = []
         if unreadable:
@@ -986,13 +1087,16 @@ class Module:
         if wrong_kind:
             problems.append("dtype mismatches: " + "; ".join(wrong_kind))
         if strict and missing:
-            problems.append("missing keys: " + ", ".join(f"{k} (expected shape {tuple(own[k].shape)})" for k in missing))
+            problems.append("missing keys: " + ", ".join(f"{k} ({ExtraState.expected(entries[k])})" for k in missing))
         if strict and unexpected:
             problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(np.shape(state_dict[k]))})" for k in unexpected))
         if problems:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         for key, value in values.items():  # (every value checked before the first is written)
             self._backend.assign(own[key], _as_loaded(value))
+        for key, entry in entries.items():
+            if isinstance(entry, ExtraState) and key in state_dict:
+                entry.module.set_extra_state(state_dict[key])
         return IncompatibleKeys(missing, unexpected)
 
     def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
