@@ -652,18 +652,3 @@ def test_prefetch_factor_dataset_addition_and_len_of_an_iteration_as_in_torch():
     assert len(iter(loader)) == 3
     loader.load_state_dict(dict(loader.state_dict(), position=1))
     assert len(iter(loader)) == 2
-
-
-def test_torchs_sampler_batch_sampler_and_generator_are_errors_saying_what_to_use():
-    """``sampler=``, ``batch_sampler=`` and ``generator=`` of torch's loader are ``TypeError``s naming shuffle, seed
-    and Subset (Python's "unexpected keyword argument" before); None, torch's default, is taken."""
-    import torch
-
-    for options, expected in (({"sampler": torch.utils.data.RandomSampler(range(10))}, "sampler=RandomSampler"),
-                              ({"batch_sampler": [[0, 1]]}, "batch_sampler=list"),
-                              ({"generator": torch.Generator()}, "generator=Generator.*pass seed=")):
-        with pytest.raises(TypeError, match=rf"DataLoader {expected}.*"):
-            DataLoader(make_dataset(10), batch_size=4, **options)
-    with pytest.raises(TypeError, match="pass shuffle=True and seed=N, or a ud.data.Subset"):
-        DataLoader(make_dataset(10), batch_size=4, sampler=[0, 1])
-    assert len(DataLoader(make_dataset(10), batch_size=4, sampler=None, batch_sampler=None, generator=None)) == 3

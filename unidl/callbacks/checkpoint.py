@@ -22,7 +22,7 @@ class _LoaderPosition:
 def samples_up_to(loader, position: int) -> int:
     """Samples in the first ``position`` batches of an epoch of ``loader`` (a unidl ``DataLoader``)."""
     if position >= len(loader):
-        return len(loader) * loader.batch_size if loader.drop_last else len(loader.dataset)
+        return len(loader) * loader.batch_size if loader.drop_last else loader.samples_per_epoch
     return position * loader.batch_size
 
 
