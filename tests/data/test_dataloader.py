@@ -652,3 +652,15 @@ def test_prefetch_factor_dataset_addition_and_len_of_an_iteration_as_in_torch():
     assert len(iter(loader)) == 3
     loader.load_state_dict(dict(loader.state_dict(), position=1))
     assert len(iter(loader)) == 2
+
+
+def test_in_order_is_taken_as_torchs_default_and_refused_when_false():
+    """torch's ``in_order=True`` (its default) is what unidl's loader does; ``False`` would let workers hand batches
+    out of order, which the loader never does: a ``ValueError`` (an unexpected keyword argument before)."""
+    import torch
+
+    dataset, torch_dataset = TensorDataset(np.arange(10)), torch.utils.data.TensorDataset(torch.arange(10))
+    assert len(DataLoader(dataset, batch_size=4, in_order=True)) == len(
+        torch.utils.data.DataLoader(torch_dataset, batch_size=4, in_order=True)) == 3
+    with pytest.raises(ValueError, match="in_order=False is not honoured"):
+        DataLoader(dataset, batch_size=4, num_workers=2, in_order=False)

@@ -247,6 +247,7 @@ class DataLoader:
         batch_sampler: a ``ud.data.BatchSampler``, in place of ``batch_size``, ``shuffle``, ``sampler`` and
             ``drop_last`` (given with any of them: a ``ValueError``, as torch's).
         generator: torch's; only None (a generator is a ``TypeError`` naming ``seed``).
+        in_order: torch's; only True, what the loader does (``False`` is a ``ValueError``).
         num_workers: workers preparing batches ahead of the training loop (0: prepare on demand, here).
         prefetch: batches in flight per worker when ``num_workers > 0`` (default 2); ``prefetch_factor``, PyTorch's
             name, is taken for it.
@@ -288,8 +289,13 @@ class DataLoader:
                  drop_last: bool = False, num_workers: int = 0, prefetch: int | None = None, collate_fn=None,
                  worker_type: str | None = None, timeout: float | None = None, persistent_workers: bool = False,
                  worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True,
-                 prefetch_factor: int | None = None, *, sampler=None, batch_sampler=None, generator=None):
+                 prefetch_factor: int | None = None, *, sampler=None, batch_sampler=None, generator=None,
+                 in_order: bool = True):
         _refuse_generator(generator)
+        if not arguments.flag("DataLoader", "in_order", in_order):
+            raise ValueError("DataLoader: in_order=False is not honoured: unidl's loader hands batches out in order "
+                             "(its resume position counts the batches delivered, and batches are the same with 0 or N "
+                             "workers); leave in_order=True")
         if not is_map_style(dataset):
             raise TypeError(f"DataLoader takes a map-style dataset (__len__ and __getitem__: a Dataset, a "
                             f"TensorDataset, a list of samples), got {type(dataset).__name__}; an iterable dataset or "
