@@ -1,6 +1,7 @@
 """Complete resume: schedules, callbacks and History continue as if the run had never stopped; changed
 settings are applied with a warning or refused before anything changes."""
 
+import json
 import os
 import warnings
 
@@ -389,3 +390,32 @@ def test_the_lr_history_logs_for_an_epoch_resumed_part_way_is_the_rate_it_began_
             continue
     straight, resumed = histories
     assert resumed["lr"] == straight["lr"] and len(set(straight["lr"])) == 3
+
+
+def test_a_resumed_history_keeps_each_logs_epochs_and_so_does_its_json(tmp_path, backend):
+    """A resumed History's ``logged_epochs`` are the uninterrupted run's: 'val_loss' under ``validation_freq=2`` at
+    epochs 1 and 3 (it listed only the epochs trained after the resume, 'loss' at 2 and 3), so that a plot puts each
+    value at its epoch; ``state_dict()`` carries them through JSON, which ``plot_history`` reads back."""
+    from unidl.plot import read_history
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 3)).astype(np.float32), rng.standard_normal((20, 1)).astype(np.float32)
+
+    def run(epochs, resume_from=None):
+        ud.manual_seed(0)
+        model = ud.nn.Linear(3, 1)
+        return ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+                      epochs=epochs, batch_size=10, validation_data=(x, y), validation_freq=2, verbose=0,
+                      callbacks=[ud.callbacks.Checkpoint(tmp_path)], resume_from=resume_from)
+
+    run(2)
+    resumed = run(4, resume_from=tmp_path)
+    assert resumed.epoch == [0, 1, 2, 3] and len(resumed["val_loss"]) == 2
+    assert resumed.logged_epochs == {"loss": [0, 1, 2, 3], "lr": [0, 1, 2, 3], "val_loss": [1, 3]}
+    epochs, logs = read_history(resumed)
+    np.testing.assert_equal(logs["val_loss"], [np.nan, resumed["val_loss"][0], np.nan, resumed["val_loss"][1]])
+    saved = json.loads(json.dumps(resumed.state_dict()))
+    assert ud.History.from_state_dict(saved).logged_epochs == resumed.logged_epochs
+    np.testing.assert_equal(read_history(saved), (epochs, logs))
+    with pytest.raises(ValueError, match=r"logged_epochs\['val_loss'\] must list one epoch"):
+        ud.History.from_state_dict(dict(saved, logged_epochs={"val_loss": [1]}))

@@ -35,19 +35,54 @@ from unidl.training import (TrainStep, check_accumulate, check_loss_scale_settin
                             window_micro_steps)
 from unidl.precision import precision_policy
 
+#: the keys of ``History.state_dict()``
+_HISTORY_STATE_KEYS = ("history", "epoch", "logged_epochs")
+
+
 class History:
     """Per-epoch logs of a ``fit`` run: ``history.history['loss']`` is the list of epoch losses. As Keras's History,
     ``epoch`` lists the 0-based index of each epoch logged, ``params`` holds fit's ``{"verbose", "epochs",
     "steps"}`` (steps: batches per epoch, None where the data does not know them) and ``model`` the model trained.
     ``logged_epochs[key]`` lists the epochs whose logs held ``key`` (the validated ones for 'val_loss' under
-    ``validation_freq``), so that a plot puts each value at its epoch."""
+    ``validation_freq``), so that a plot puts each value at its epoch. ``state_dict()`` is all three as JSON data,
+    which ``History.from_state_dict``, ``ud.plot_history`` and ``unidl plot`` read back; a checkpoint holds them too.
 
-    def __init__(self, history: dict | None = None, epoch: list | None = None):
+    Args:
+        history: the logs, ``{name: [value per epoch it was logged at]}``.
+        epoch: the epochs logged; default ``0 .. len(history['loss']) - 1``.
+        logged_epochs: ``{name: [epoch of each value]}``; default: every epoch for a name with a value per epoch,
+            nothing for the others (a plain dict of logs does not say where a shorter list's values belong).
+    """
+
+    def __init__(self, history: dict | None = None, epoch: list | None = None, logged_epochs: dict | None = None):
         self.history = {k: list(v) for k, v in (history or {}).items()}
         self.epoch = list(epoch) if epoch is not None else list(range(self.epochs))
         self.params, self.model = {}, None
-        self.logged_epochs = {key: list(self.epoch) for key, values in self.history.items()
-                              if len(values) == len(self.epoch)}
+        if logged_epochs is not None and not isinstance(logged_epochs, dict):
+            raise TypeError(f"History: logged_epochs must map names to lists of epochs, got {logged_epochs!r}")
+        if logged_epochs is None:
+            logged_epochs = {key: self.epoch for key, values in self.history.items() if len(values) == len(self.epoch)}
+        self.logged_epochs = {key: list(epochs) for key, epochs in logged_epochs.items()}
+        for key, epochs in self.logged_epochs.items():
+            if len(epochs) != len(self.history.get(key, ())) or not set(epochs) <= set(self.epoch):
+                raise ValueError(f"History: logged_epochs[{key!r}] must list one epoch of History.epoch per value "
+                                 f"of history[{key!r}]; got {epochs!r} for {len(self.history.get(key, ()))} values "
+                                 f"and epochs {self.epoch!r}")
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> History:
+        """The History that ``state_dict()`` gave (read back from JSON, say)."""
+        if not isinstance(state, dict) or set(state) != set(_HISTORY_STATE_KEYS):
+            raise ValueError(f"History.from_state_dict takes History.state_dict()'s dict of "
+                             f"{list(_HISTORY_STATE_KEYS)}, got {state!r:.200}")
+        return cls(state["history"], state["epoch"], state["logged_epochs"])
+
+    def state_dict(self) -> dict:
+        """The logs, the epochs logged and each log's epochs, as plain JSON-serialisable data:
+        ``json.dump(history.state_dict(), file)`` keeps where each value belongs, which ``.history`` alone does not
+        (a 'val_loss' under ``validation_freq`` has fewer values than epochs)."""
+        return {"history": self.as_dict(), "epoch": list(self.epoch),
+                "logged_epochs": {key: list(epochs) for key, epochs in self.logged_epochs.items()}}
 
     last_logs = None  # the logs of the last epoch appended (fit's on_train_end hands them to the callbacks)
 
@@ -713,6 +748,10 @@ def _check_resumable(metadata: dict, path: str, trainer, backend=None, metrics=N
     history = extra.get("history") or {}
     if not (isinstance(history, dict) and all(isinstance(v, list) for v in history.values())):
         raise CorruptFileError(f"{path}: checkpoint history must map names to lists, got {history!r}")
+    try:
+        _restored_history(extra)
+    except (TypeError, ValueError) as error:
+        raise CorruptFileError(f"{path}: checkpoint history's epochs do not fit its logs: {error}") from None
     settings = extra.get("fit") or {}
     mine = trainer.fit_settings
     for key in ("loss", "optimizer"):
@@ -813,8 +852,8 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
                       + ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
                       + ": the new values win", UserWarning, stacklevel=3)
     trainer.global_step = int(info["step"])
-    restored = History(extra.get("history"))
-    history.history, history.epoch = restored.history, restored.epoch
+    restored = _restored_history(extra)
+    history.history, history.epoch, history.logged_epochs = restored.history, restored.epoch, restored.logged_epochs
     start_epoch = loader.next_iteration()[0] if isinstance(loader, DataLoader) else int(info["epoch"]) + 1
     progress = extra.get("epoch_progress")
     ended = extra.get("epoch_ended")  # (checkpoints written before it: whether History holds the epoch yet)
@@ -835,6 +874,12 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
             trainer.finished_epoch = (progress["epoch"], dict(_finished_epoch_logs(progress, metrics),
                                                               lr=progress.get("lr", optimizer.lr)))
     return start_epoch
+
+
+def _restored_history(extra: dict) -> History:
+    """The History a checkpoint's ``extra`` holds: its logs, the epochs logged and each log's epochs (a checkpoint
+    written before these were saved: its logs, each of a value per epoch at every epoch)."""
+    return History(extra.get("history"), extra.get("history_epoch"), extra.get("logged_epochs"))
 
 
 def _scale_rates(optimizer, callbacks, new: float, old: float) -> None:

@@ -29,9 +29,10 @@ def _number(value) -> float:
 
 
 def read_history(history_or_csv) -> tuple[list, dict]:
-    """(epoch numbers from 1, {log name: values}) from a ``History``, its ``.history`` dict, or a CSV file
-    written by ``CSVLogger`` (any separator among ',', ';' and tab). An epoch a log was not written at (a CSV's
-    'NA'; a History's ``logged_epochs``, under ``validation_freq``) is NaN there, so each value keeps its epoch."""
+    """(epoch numbers from 1, {log name: values}) from a ``History``, its ``state_dict()`` or ``.history`` dict,
+    or a CSV file written by ``CSVLogger`` (any separator among ',', ';' and tab). An epoch a log was not written at
+    (a CSV's 'NA'; a History's ``logged_epochs``, under ``validation_freq``) is NaN there, so each value keeps its
+    epoch."""
     if isinstance(history_or_csv, (str, os.PathLike)):
         with open(history_or_csv, newline="") as handle:
             text = handle.read()
@@ -43,6 +44,10 @@ def read_history(history_or_csv) -> tuple[list, dict]:
         epochs = [int(float(row["epoch"])) + 1 for row in rows]
         logs = {key: [_number(row[key]) for row in rows] for key in rows[0] if key != "epoch"}
         return epochs, logs
+    if isinstance(history_or_csv, dict) and set(history_or_csv) == {"history", "epoch", "logged_epochs"}:
+        from unidl.fit import History  # (History.state_dict(), read back from JSON: each value at its epoch)
+
+        history_or_csv = History.from_state_dict(history_or_csv)
     logs = getattr(history_or_csv, "history", history_or_csv)
     if not isinstance(logs, dict):
         raise TypeError(f"plot_history needs a History, a dict of per-epoch lists or a CSV path; "
@@ -68,8 +73,8 @@ def plot_history(history_or_csv, path, title: str | None = None) -> str:
     'val_accuracy', ...), and the learning rate ('lr') in a panel of its own on a log scale.
 
     Args:
-        history_or_csv: the ``History`` returned by ``ud.fit`` (or its ``.history`` dict), or the path of a
-            ``CSVLogger`` file.
+        history_or_csv: the ``History`` returned by ``ud.fit`` (or its ``state_dict()``, which keeps the epochs
+            of a log written at some epochs only, or its ``.history`` dict), or the path of a ``CSVLogger`` file.
         path: the PNG to write (its directory is created).
         title: a title over the panels.
     """

@@ -654,16 +654,13 @@ def test_prefetch_factor_dataset_addition_and_len_of_an_iteration_as_in_torch():
     assert len(iter(loader)) == 2
 
 
-def test_torchs_sampler_batch_sampler_and_generator_are_errors_saying_what_to_use():
-    """``sampler=``, ``batch_sampler=`` and ``generator=`` of torch's loader are ``TypeError``s naming shuffle, seed
-    and Subset (Python's "unexpected keyword argument" before); None, torch's default, is taken."""
+def test_in_order_is_taken_as_torchs_default_and_refused_when_false():
+    """torch's ``in_order=True`` (its default) is what unidl's loader does; ``False`` would let workers hand batches
+    out of order, which the loader never does: a ``ValueError`` (an unexpected keyword argument before)."""
     import torch
 
-    for options, expected in (({"sampler": torch.utils.data.RandomSampler(range(10))}, "sampler=RandomSampler"),
-                              ({"batch_sampler": [[0, 1]]}, "batch_sampler=list"),
-                              ({"generator": torch.Generator()}, "generator=Generator.*pass seed=")):
-        with pytest.raises(TypeError, match=rf"DataLoader {expected}.*"):
-            DataLoader(make_dataset(10), batch_size=4, **options)
-    with pytest.raises(TypeError, match="pass shuffle=True and seed=N, or a ud.data.Subset"):
-        DataLoader(make_dataset(10), batch_size=4, sampler=[0, 1])
-    assert len(DataLoader(make_dataset(10), batch_size=4, sampler=None, batch_sampler=None, generator=None)) == 3
+    dataset, torch_dataset = TensorDataset(np.arange(10)), torch.utils.data.TensorDataset(torch.arange(10))
+    assert len(DataLoader(dataset, batch_size=4, in_order=True)) == len(
+        torch.utils.data.DataLoader(torch_dataset, batch_size=4, in_order=True)) == 3
+    with pytest.raises(ValueError, match="in_order=False is not honoured"):
+        DataLoader(dataset, batch_size=4, num_workers=2, in_order=False)

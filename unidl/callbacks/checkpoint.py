@@ -22,7 +22,7 @@ class _LoaderPosition:
 def samples_up_to(loader, position: int) -> int:
     """Samples in the first ``position`` batches of an epoch of ``loader`` (a unidl ``DataLoader``)."""
     if position >= len(loader):
-        return len(loader) * loader.batch_size if loader.drop_last else len(loader.dataset)
+        return len(loader) * loader.batch_size if loader.drop_last else loader.samples_per_epoch
     return position * loader.batch_size
 
 
@@ -132,7 +132,9 @@ class Checkpoint(Callback):
             return
         state = trainer.loader_state()
         position = _LoaderPosition(state) if state is not None else None
-        extra = {"history": trainer.history.as_dict(), "epoch_progress": progress,
+        history = trainer.history.state_dict()  # (its logs under "history", as before they had their epochs)
+        extra = {"history": history["history"], "history_epoch": history["epoch"],
+                 "logged_epochs": history["logged_epochs"], "epoch_progress": progress,
                  "fit": getattr(trainer, "fit_settings", None), "epoch_ended": epoch_ended}
         path = save_checkpoint(self.directory, trainer.model, trainer.optimizer, epoch=trainer.epoch,
                                step=trainer.global_step, loader=position, keep=self.keep,

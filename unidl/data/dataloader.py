@@ -20,7 +20,7 @@ from unidl.data import worker
 from unidl.data.dataset import Fields, default_collate, is_map_style, sliced_arrays
 from unidl.data.epoch import Epoch, xy
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
-from unidl.data.sampler import BatchSampler, Sampler, draw_seed, rank_share
+from unidl.data.sampler import OWN_SAMPLERS, BatchSampler, Sampler, draw_seed, rank_share
 from unidl.distributed import process_group
 from unidl.errors import DataLoaderError, DtypeMismatchError, StateDictError
 from unidl.tensors import NUMBERS, as_numpy_values, number_array, to_numpy
@@ -110,19 +110,57 @@ def _to_tensor(backend, value, owned: bool, field: int):
     return backend.tensor(checked)
 
 
-def _refuse_torch_sampling(sampler, batch_sampler, generator) -> None:
-    """``TypeError`` for torch.utils.data's ``sampler``, ``batch_sampler`` or ``generator`` given (not None): unidl's
-    loader draws its order itself, from ``shuffle`` and ``seed``, the same on every backend and worker and resumable
-    mid-epoch (Python's "unexpected keyword argument" said nothing of what to use)."""
-    for name, value in (("sampler", sampler), ("batch_sampler", batch_sampler)):
-        if value is not None:
-            raise TypeError(f"DataLoader {name}={type(value).__name__}(...): unidl's loader draws its order from "
-                            f"shuffle and seed (the same on every backend and worker, resumable mid-epoch) and takes "
-                            f"no sampler of its own; pass shuffle=True and seed=N, or a ud.data.Subset (or a reordered "
-                            f"dataset) for an order or selection of your own")
+def _batch_sampler(length: int, batch_size, shuffle: bool, seed, drop_last, sampler, batch_sampler) -> BatchSampler:
+    """The loader's batches: its own over the ``length`` samples of the dataset (``shuffle``, ``seed``), those of a
+    ``sampler``'s order, or a ``batch_sampler``, refused together as torch's loader refuses them: a sampler with
+    ``shuffle``, a batch sampler with ``batch_size`` (other than 1, the default), ``shuffle``, ``sampler`` or
+    ``drop_last``. A sampler's order must be a function of (seed, epoch) (a unidl ``Sampler``), for the same batches
+    on every backend, worker and rank and a resume mid-epoch: torch's samplers and plain iterables are a
+    ``TypeError`` naming what to use."""
+    if batch_sampler is not None:
+        given = {"batch_size": batch_size != 1, "shuffle": shuffle, "sampler": sampler is not None,
+                 "drop_last": drop_last}
+        if any(given.values()):
+            raise ValueError(f"DataLoader: batch_sampler option is mutually exclusive with batch_size, shuffle, "
+                             f"sampler, and drop_last (as in torch's loader; the batch sampler sets them), got "
+                             f"{', '.join(name for name, value in given.items() if value)}")
+        if not isinstance(batch_sampler, BatchSampler):
+            raise TypeError(f"DataLoader batch_sampler={type(batch_sampler).__name__}(...): unidl's loader takes a "
+                            f"ud.data.BatchSampler, whose batches are a function of (seed, epoch) (the same on every "
+                            f"backend, worker and rank, resumable mid-epoch); wrap a ud.data sampler: "
+                            f"BatchSampler(RandomSampler(dataset, seed=N), batch_size, drop_last)")
+        sampler = batch_sampler.sampler
+    elif sampler is not None:
+        if shuffle:
+            raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle (as in torch's loader; "
+                             "the sampler sets the order: ud.data.RandomSampler(dataset, seed=N) shuffles)")
+        _check_sampler(sampler)
+    if sampler is not None:
+        if seed is not None and sampler.shuffle:
+            raise ValueError(f"DataLoader: seed={seed!r} with a {type(sampler).__name__}, which draws its order from "
+                             f"a seed of its own ({sampler.seed}); give the seed to the sampler")
+        if seed is not None:  # (an unshuffled order: the seed of the batches' global RNGs, see the class)
+            sampler.seed = arguments.non_negative_int("DataLoader", "seed", seed)
+        return batch_sampler if batch_sampler is not None else BatchSampler(sampler, batch_size, drop_last)
+    return BatchSampler(Sampler(length, shuffle, seed), batch_size, drop_last)
+
+
+def _check_sampler(sampler) -> None:
+    """``TypeError`` for a ``sampler`` that is no unidl ``Sampler`` (torch's, a list of indices)."""
+    if not isinstance(sampler, Sampler):
+        raise TypeError(f"DataLoader sampler={type(sampler).__name__}(...): unidl's loader takes a ud.data sampler "
+                        f"(SequentialSampler, RandomSampler, SubsetRandomSampler, WeightedRandomSampler, or a Sampler "
+                        f"overriding order(epoch)), whose order is a function of (seed, epoch): the same on every "
+                        f"backend, worker and rank, and resumable mid-epoch; or a ud.data.Subset for a selection of "
+                        f"your own")
+
+
+def _refuse_generator(generator) -> None:
+    """``TypeError`` for torch.utils.data's ``generator`` given (not None): unidl seeds the order with ``seed``."""
     if generator is not None:
         raise TypeError(f"DataLoader generator={type(generator).__name__}(...): unidl seeds the loader's order with "
-                        f"seed=N (one framework's generator cannot drive every backend); pass seed=...")
+                        f"seed=N (one framework's generator cannot drive every backend); pass seed=..., or a "
+                        f"sampler's seed=...")
 
 
 _EMPTY_SHARES = contextvars.ContextVar("unidl_empty_shares", default=False)
@@ -195,11 +233,21 @@ class DataLoader:
     Args:
         dataset: a ``TensorDataset`` (batches cut with one slice per array) or any ``Dataset``
             (samples fetched one by one and joined by ``collate_fn``).
-        batch_size: samples per batch, a positive integer.
+        batch_size: samples per batch, a positive integer (1 by default, as torch's).
         shuffle: visit the samples in a new random order each epoch.
         seed: seed of the shuffled orders and of the batches' global RNGs; ``None`` draws one from unidl's
-            generator (see ``manual_seed``) where the loader shuffles or its batches run code of the user's.
+            generator (see ``manual_seed``) where the loader shuffles or its batches run code of the user's. With a
+            ``sampler`` that draws its order, the sampler's seed is the loader's (``seed`` here is an error).
         drop_last: drop the last batch of an epoch if it is smaller than ``batch_size``.
+        sampler: the order of each epoch, in place of ``shuffle``: a ``ud.data`` sampler (``SequentialSampler``,
+            ``RandomSampler``, ``SubsetRandomSampler``, ``WeightedRandomSampler``, or a ``Sampler`` overriding
+            ``order(epoch)``), whose order is a function of (seed, epoch), so that workers, ranks and a resume
+            mid-epoch see the same batches; torch's samplers and lists of indices are a ``TypeError``. In a
+            data-parallel job only ``ud.data``'s own samplers can be sharded (a subclass is a ``ValueError``).
+        batch_sampler: a ``ud.data.BatchSampler``, in place of ``batch_size``, ``shuffle``, ``sampler`` and
+            ``drop_last`` (given with any of them: a ``ValueError``, as torch's).
+        generator: torch's; only None (a generator is a ``TypeError`` naming ``seed``).
+        in_order: torch's; only True, what the loader does (``False`` is a ``ValueError``).
         num_workers: workers preparing batches ahead of the training loop (0: prepare on demand, here).
         prefetch: batches in flight per worker when ``num_workers > 0`` (default 2); ``prefetch_factor``, PyTorch's
             name, is taken for it.
@@ -237,12 +285,17 @@ class DataLoader:
                             persistent_workers=True, timeout=30)
     """
 
-    def __init__(self, dataset, batch_size: int, shuffle: bool = False, seed: int | None = None,
+    def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False, seed: int | None = None,
                  drop_last: bool = False, num_workers: int = 0, prefetch: int | None = None, collate_fn=None,
                  worker_type: str | None = None, timeout: float | None = None, persistent_workers: bool = False,
                  worker_init_fn=None, pin_memory: bool = False, multiprocessing_context=None, shard: bool = True,
-                 prefetch_factor: int | None = None, *, sampler=None, batch_sampler=None, generator=None):
-        _refuse_torch_sampling(sampler, batch_sampler, generator)
+                 prefetch_factor: int | None = None, *, sampler=None, batch_sampler=None, generator=None,
+                 in_order: bool = True):
+        _refuse_generator(generator)
+        if not arguments.flag("DataLoader", "in_order", in_order):
+            raise ValueError("DataLoader: in_order=False is not honoured: unidl's loader hands batches out in order "
+                             "(its resume position counts the batches delivered, and batches are the same with 0 or N "
+                             "workers); leave in_order=True")
         if not is_map_style(dataset):
             raise TypeError(f"DataLoader takes a map-style dataset (__len__ and __getitem__: a Dataset, a "
                             f"TensorDataset, a list of samples), got {type(dataset).__name__}; an iterable dataset or "
@@ -252,10 +305,11 @@ class DataLoader:
             raise ValueError("DataLoader: the dataset is empty (length 0); there is nothing to load")
         self.dataset = dataset
         shuffle = arguments.flag("DataLoader", "shuffle", shuffle)  # ("False" shuffled)
-        self.batch_sampler = BatchSampler(Sampler(length, shuffle, seed), batch_size, drop_last)
+        self.batch_sampler = _batch_sampler(length, batch_size, shuffle, seed, drop_last, sampler, batch_sampler)
+        self._sized_by_dataset = sampler is None and batch_sampler is None  # (else the sampler's length is its own)
         if len(self.batch_sampler) == 0:
-            raise ValueError(f"DataLoader: drop_last=True with batch_size={batch_size} larger than the "
-                             f"dataset ({length} samples) yields no batch at all")
+            raise ValueError(f"DataLoader: drop_last=True with batch_size={self.batch_size} larger than the "
+                             f"{len(self.batch_sampler.sampler)} samples of an epoch yields no batch at all")
         self.num_workers = _check_count("num_workers", num_workers, 0)
         if prefetch_factor is not None:  # (PyTorch's name)
             if prefetch is not None:
@@ -317,6 +371,12 @@ class DataLoader:
         return self.batch_sampler.sampler.seed
 
     @property
+    def samples_per_epoch(self) -> int:
+        """The indices an epoch visits: the dataset's length (as it is now), or the ``sampler``'s."""
+        self._refresh_length()
+        return len(self.batch_sampler.sampler)
+
+    @property
     def epoch(self) -> int:
         """The epoch of the iteration under way or last begun (before any, or after ``set_epoch`` or
         ``load_state_dict``: the one the next ``iter(loader)`` starts; ``next_iteration()`` says where in every
@@ -333,7 +393,7 @@ class DataLoader:
         epoch (a dataset that grew between epochs had its new samples never visited, one that shrank an
         ``IndexError``). An epoch already under way keeps the batches it began with."""
         length, sampler = len(self.dataset), self.batch_sampler.sampler
-        if length == sampler.length:
+        if length == sampler.length or not self._sized_by_dataset:
             return
         if length == 0:
             raise ValueError("DataLoader: the dataset is empty now (length 0); there is nothing to load")
@@ -373,7 +433,7 @@ class DataLoader:
         if self._started and position >= len(self):
             epoch, position = epoch + 1, 0
         return {"epoch": epoch, "position": position, "seed": self.seed, "shuffle": self.shuffle,
-                "length": len(self.dataset), "batch_size": self.batch_size, "drop_last": self.drop_last}
+                "length": self.samples_per_epoch, "batch_size": self.batch_size, "drop_last": self.drop_last}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` was taken: the rest of its epoch, then the following epochs."""
@@ -416,6 +476,11 @@ class DataLoader:
             _check_pin_memory(backend)
         context = contextvars.copy_context()
         sharding = process_group.sharding() if self.shard else None
+        if sharding is not None and type(self.batch_sampler.sampler) not in OWN_SAMPLERS:
+            raise ValueError(f"DataLoader: a sampler of your own ({type(self.batch_sampler.sampler).__name__}) in a "
+                             f"data-parallel job: every rank cuts its share of the same global batches, which only "
+                             f"ud.data's samplers guarantee (their order is a function of a seed shared from rank 0 "
+                             f"and the epoch); use one of them, or shard=False for every rank to get every batch")
         if sharding is not None and self.seed is not None and not self._seed_shared:
             # every rank must cut the same order and seed its batches' augmentations alike: rank 0's seed (drawn or
             # given; an unshuffled loader's too, whose batches run the user's code) is the job's
@@ -448,14 +513,14 @@ class DataLoader:
     def uneven_batch(self, world_size: int) -> int | None:
         """The size of a batch that ``world_size`` ranks cannot share equally (a full batch's, else the last's), or
         None where every batch splits evenly."""
-        length = len(self.dataset)
+        length = self.samples_per_epoch
         full = self.batch_size if length >= self.batch_size else 0
         last = 0 if self.drop_last else length % self.batch_size
         return next((size for size in (full, last) if size % world_size), None)
 
     def smallest_share(self, world_size: int) -> int:
         """The fewest samples a rank gets from one batch when ``world_size`` ranks share each batch."""
-        length = len(self.dataset)
+        length = self.samples_per_epoch
         last = length % self.batch_size if not self.drop_last and length % self.batch_size else self.batch_size
         return min(last, self.batch_size) // world_size
 

@@ -1,7 +1,9 @@
 """The order in which a loader visits a dataset: fixed by (seed, epoch) alone, so that an epoch can be
 replayed or resumed mid-way in a new process.
 
-Shuffled order of epoch ``e`` with seed ``s`` is ``np.random.default_rng([s, e]).permutation(n)``.
+Shuffled order of epoch ``e`` with seed ``s`` is ``np.random.default_rng([s, e]).permutation(n)``. torch's samplers
+(``SequentialSampler``, ``RandomSampler``, ``SubsetRandomSampler``, ``WeightedRandomSampler``) are here under their
+names and arguments, with ``seed`` for torch's ``generator``, their orders drawn from ``(seed, epoch)`` alike.
 """
 
 from __future__ import annotations
@@ -48,6 +50,110 @@ class Sampler:
         if not self.shuffle:
             return np.arange(self.length)
         return np.random.default_rng([self.seed, int(epoch)]).permutation(self.length)
+
+
+def _data_length(owner: str, data_source) -> int:
+    """``len(data_source)``: a sampler over a dataset takes the dataset (or anything with a length), as torch's."""
+    if not hasattr(data_source, "__len__"):
+        raise TypeError(f"{owner} takes the dataset it samples (anything with a length), got "
+                        f"{type(data_source).__name__}")
+    return len(data_source)
+
+
+class SequentialSampler(Sampler):
+    """``0 .. len(data_source) - 1`` in order, every epoch, as ``torch.utils.data.SequentialSampler``."""
+
+    def __init__(self, data_source):
+        super().__init__(_data_length("SequentialSampler", data_source))
+
+
+class RandomSampler(Sampler):
+    """A random order of ``data_source``'s indices each epoch, as ``torch.utils.data.RandomSampler``: without
+    ``replacement`` a permutation (``num_samples`` beyond the dataset's length: whole permutations one after another,
+    then part of one, as torch's), with it ``num_samples`` independent draws. The order of epoch ``e`` is drawn from
+    ``(seed, e)`` (torch's ``generator`` is a torch object: pass ``seed``).
+
+    Args:
+        data_source: the dataset sampled (anything with a length).
+        replacement: draw with replacement.
+        num_samples: indices per epoch; default the dataset's length.
+        seed: seed of the orders; ``None`` draws one from unidl's generator (see ``manual_seed``).
+    """
+
+    def __init__(self, data_source, replacement: bool = False, num_samples: int | None = None,
+                 seed: int | None = None):
+        self.data_length = _data_length("RandomSampler", data_source)
+        self.replacement = arguments.boolean("RandomSampler", "replacement", replacement)
+        count = self.data_length if num_samples is None else arguments.integer(num_samples)
+        if count is None or count <= 0:
+            raise ValueError(f"RandomSampler num_samples should be a positive integer value, but got "
+                             f"num_samples={num_samples!r}")
+        super().__init__(count, shuffle=True, seed=seed)
+
+    def order(self, epoch: int) -> np.ndarray:
+        generator = np.random.default_rng([self.seed, int(epoch)])
+        if self.replacement:
+            return generator.integers(0, self.data_length, self.length)
+        whole, rest = divmod(self.length, self.data_length)
+        return np.concatenate([generator.permutation(self.data_length) for _ in range(whole)]
+                              + [generator.permutation(self.data_length)[:rest]]).astype(np.int64)
+
+
+class SubsetRandomSampler(Sampler):
+    """The given ``indices`` in a random order each epoch, as ``torch.utils.data.SubsetRandomSampler``, drawn from
+    ``(seed, epoch)``.
+
+    Args:
+        indices: the dataset indices to visit, each once per epoch.
+        seed: seed of the orders; ``None`` draws one from unidl's generator (see ``manual_seed``).
+    """
+
+    def __init__(self, indices, seed: int | None = None):
+        self.indices = np.asarray(indices)
+        if self.indices.ndim != 1 or self.indices.size and self.indices.dtype.kind not in "iu":
+            raise TypeError(f"SubsetRandomSampler takes a sequence of integer indices, got {indices!r:.100}")
+        self.indices = self.indices.astype(np.int64)
+        super().__init__(len(self.indices), shuffle=True, seed=seed)
+
+    def order(self, epoch: int) -> np.ndarray:
+        return self.indices[super().order(epoch)]
+
+
+class WeightedRandomSampler(Sampler):
+    """``num_samples`` indices of ``weights`` drawn with probabilities proportional to them each epoch, as
+    ``torch.utils.data.WeightedRandomSampler``, from ``(seed, epoch)``; without ``replacement`` no index twice.
+
+    Args:
+        weights: one non-negative weight per dataset index, not all zero (they need not sum to 1).
+        num_samples: indices per epoch.
+        replacement: draw with replacement (the default, as torch's).
+        seed: seed of the draws; ``None`` draws one from unidl's generator (see ``manual_seed``).
+    """
+
+    def __init__(self, weights, num_samples: int, replacement: bool = True, seed: int | None = None):
+        count = arguments.integer(num_samples)
+        if count is None or count <= 0:
+            raise ValueError(f"WeightedRandomSampler num_samples should be a positive integer value, but got "
+                             f"num_samples={num_samples!r}")
+        self.replacement = arguments.boolean("WeightedRandomSampler", "replacement", replacement)
+        self.weights = np.asarray(weights, dtype=np.float64)
+        if (self.weights.ndim != 1 or not np.all(np.isfinite(self.weights)) or np.any(self.weights < 0)
+                or not self.weights.sum() > 0):
+            raise ValueError(f"WeightedRandomSampler weights must be a sequence of finite, non-negative numbers, not "
+                             f"all zero; got {weights!r:.100}")
+        if not self.replacement and count > np.count_nonzero(self.weights):
+            raise ValueError(f"WeightedRandomSampler: num_samples={count} without replacement exceeds the "
+                             f"{np.count_nonzero(self.weights)} indices of non-zero weight")
+        super().__init__(count, shuffle=True, seed=seed)
+
+    def order(self, epoch: int) -> np.ndarray:
+        generator = np.random.default_rng([self.seed, int(epoch)])
+        return generator.choice(len(self.weights), size=self.length, replace=self.replacement,
+                                p=self.weights / self.weights.sum())
+
+
+#: unidl's samplers, whose orders are functions of (seed, epoch) alone, the same on every rank of a job
+OWN_SAMPLERS = (Sampler, SequentialSampler, RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
 
 
 class BatchSampler:

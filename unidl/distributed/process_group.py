@@ -273,7 +273,7 @@ def check_shares(loader, replicas: int) -> None:
     else:
         sharers, per, one = f"{replicas} ranks", "ranks", "a rank"
         fix = "is at least the number of ranks and leaves a last batch of at least that many"
-    length, batch_size = len(loader.dataset), loader.batch_size
+    length, batch_size = loader.samples_per_epoch, loader.batch_size
     raise ValueError(f"with {sharers}, a batch of the loader ({length} samples, batch_size={batch_size}, last batch "
                      f"{length % batch_size or batch_size}) has fewer samples than {per}, so {one} would train on "
                      f"none; use drop_last=True, or a batch_size that {fix}")
@@ -286,7 +286,7 @@ def warn_uneven_batches(loader, replicas: int) -> None:
     corrected: each share's weight would be its size over the batch's only for a loss that is a plain mean over the
     samples, which a step cannot know (a sum, a class-weighted or ``ignore_index`` mean, ``sample_weight``)."""
     size = loader.uneven_batch(replicas)
-    key = (len(loader.dataset), loader.batch_size, loader.drop_last, replicas)
+    key = (loader.samples_per_epoch, loader.batch_size, loader.drop_last, replicas)
     if size is None or key in _warned_uneven:
         return
     _warned_uneven.add(key)
