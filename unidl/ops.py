@@ -1379,18 +1379,31 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     narrow = dtype_kinds.dtype_name(probabilities.dtype) in ("float16", "bfloat16")
     p = cast(probabilities, "float32") if narrow else probabilities
     t = cast_like(target, p)
-    def clamped_logs(q):
+
+    def clamped_logs(q, t):
         return -(t * clip(log(q), -100.0) + (1 - t) * clip(log(1 - q), -100.0))
 
     floored = p * (1 - p) < 1e-12
-    held = stop_gradient(p)
-    logs = clamped_logs(where(floored, zeros_like(p) + 0.5, p))  # (never differentiated at 0 or 1)
-    losses = where(floored, clamped_logs(held) + (p - held) * stop_gradient((p - t) / 1e-12), logs)
+    held, fixed = stop_gradient(p), stop_gradient(t)
+    logs = clamped_logs(where(floored, zeros_like(p) + 0.5, p), t)  # (never differentiated at 0 or 1)
+    losses = where(floored, clamped_logs(held, fixed) + (p - held) * stop_gradient((p - t) / 1e-12)
+                   + _unclamped_target_slope(held, t, fixed), logs)
     if narrow:
         losses = cast_like(losses, probabilities)
     if weight is not None:
         losses = losses * weight
     return _reduced(losses, reduction)
+
+
+def _unclamped_target_slope(p, t, fixed):
+    """0, whose gradient with respect to the target ``t`` (``fixed``: its ``stop_gradient``) is PyTorch's for a binary
+    cross-entropy of probabilities ``p`` (held): -logit(p), not clamped as the logs are (the clamped logs gave +-100
+    at p of 0 or 1, where PyTorch's is +-inf, and less than PyTorch's below p = exp(-100))."""
+    saturated = p * (1 - p) == 0
+    ones = zeros_like(p) + 1
+    inner = where(saturated, ones * 0.5, p)
+    slope = (t - fixed) * stop_gradient(log1p(-inner) - log(inner))
+    return slope + where(saturated, (1 - 2 * p) * _steep_zero(where(saturated, t - fixed, ones)), zeros_like(p))
 
 
 def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mean", pos_weight=None):
@@ -1417,7 +1430,7 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
 
 def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     """Pointwise target * (log(target) - input) (``log_target``: exp(t) * (t - input)), as PyTorch's: 0 * log(0) is
-    0, a negative target's term NaN.
+    0, a negative target's term NaN, and the target's gradient at 0 or below NaN.
 
     ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
     mathematical KL divergence), 'sum' or 'none'."""
@@ -1428,15 +1441,27 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     if log_target:
         losses = exp(target) * (target - log_probabilities)
     else:  # PyTorch's xlogy(t, t) - t * input: 0 * log(0) is 0, a negative target's term NaN, and so is
-        # 0 * -inf (a target of 0 where the input is -inf), as in PyTorch (both were 0)
+        # 0 * -inf (a target of 0 where the input is -inf), as in PyTorch (both were 0); the target's gradient there
+        # is PyTorch's NaN (it was -input)
         positive = target > 0
-        safe = where(positive, target, zeros_like(target) + 1)  # log(0) never evaluated: no NaN in the gradient
-        entropy = where(positive, target * log(safe), where(target == 0, zeros_like(target),
-                                                            zeros_like(target) + float("nan")))
+        ones = zeros_like(target) + 1
+        safe = where(positive, target, ones)  # log(0) never evaluated: no NaN in the input's gradient
+        other = where(positive, ones, target)  # (0 or negative: 0 or NaN, of NaN gradient)
+        entropy = where(positive, target * log(safe), _steep_zero(other) - _steep_zero(other))
         losses = entropy - target * log_probabilities
     if reduction == "batchmean":
         return sum(losses) / _count(shape(log_probabilities)[:1], losses) if len(log_probabilities.shape) else sum(losses)
     return _reduced(losses, reduction)
+
+
+def _steep_zero(zeros):
+    """``zeros`` ** 0.5: 0 where ``zeros`` is 0, with an infinite gradient there (NaN for a negative value): the
+    gradients of a loss's target that PyTorch's kernels give and autodiff of unidl's finite arithmetic cannot, +-inf
+    (``binary_cross_entropy``'s -logit(p) at p of 0 or 1) and NaN (``kl_div``'s, xlogy(t, t)'s t / t at t = 0:
+    inf - inf). A power, not ``sqrt``: TensorFlow's sqrt gradient is 0 where the gradient it receives is 0, PyTorch's
+    0 * inf is NaN. Callers select it with ``where`` and hand it 1 where it is not selected (a finite gradient, which
+    ``where`` drops)."""
+    return zeros ** 0.5
 
 
 def _count(sizes, like):
