@@ -401,6 +401,22 @@ def test_class_loss_ops_check_the_labels_and_weights_shapes_as_the_modules(mode)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+def test_labels_of_another_rank_are_one_error_in_a_graph_too(mode):
+    """(N, 1) labels to the fused cross-entropy (``ud.ops.cross_entropy``, ``CrossEntropyLoss`` without options) are
+    the ``ShapeMismatchError`` naming both shapes inside a TensorFlow graph too (TensorFlow's kernel raised its own
+    ``ValueError`` while it traced), and float (N, C) labels to ``NLLLoss`` the ``DtypeMismatchError`` of
+    ``ud.ops.nll_loss``, eagerly too (eagerly a ``ShapeMismatchError``, in a graph this one)."""
+    rows = RNG.standard_normal((5, 4)).astype(np.float32)
+    column = np.zeros((5, 1), np.int64)
+    shapes = "integer labels of shape (N,) (or (N, C, d1, ...) and (N, d1, ...)); got logits (5, 4) and labels (5, 1)"
+    raises_exactly(ud.ShapeMismatchError, f"cross_entropy needs logits of shape (N, C) and {shapes}",
+                   run, mode, ud.ops.cross_entropy, rows, column)
+    raises_exactly(ud.ShapeMismatchError, f"CrossEntropyLoss needs logits of shape (N, C) and {shapes}",
+                   run, mode, ud.nn.CrossEntropyLoss(), rows, column)
+    raises_exactly(ud.DtypeMismatchError, "NLLLoss: labels must be integers, got float32 labels; convert them with "
+                   "ud.ops.cast(labels, 'int64')", run, mode, ud.nn.NLLLoss(), rows, np.zeros((5, 4), np.float32))
+
+
 @pytest.mark.parametrize("loss", ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "bce_with_logits",
                                   "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
                                   "cross_entropy_loss", "nll_loss"])

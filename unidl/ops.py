@@ -845,7 +845,9 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     'none' (per sample, 0 where ignored). Class weights, label smoothing and class probabilities as targets:
     ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
     reduction = input_checks.check_reduction("cross_entropy", reduction)
-    if _rank(logits) not in (2, None):  # (None: a graph's tensor of unknown rank, taken as (N, C) as before)
+    if _rank(logits) not in (2, None) or _rank(logits) == 2 and _rank(labels) not in (1, None):  # (None: a graph's
+        # tensor of unknown rank, taken as (N, C) as before; labels (N, 1): the check a graph runs, before TensorFlow's
+        # fused kernel raised its own error while it traced)
         return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
     _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
     return _ops().cross_entropy(logits, labels, reduction, ignore_index)

@@ -232,8 +232,9 @@ class CrossEntropyLoss(_WeightedClassLoss):
         if probabilities and self.ignore_index >= 0:  # (PyTorch's rule: a class index ignored means nothing there)
             raise ValueError(f"{self.describe()}: ignore_index={self.ignore_index} applies to integer labels, not to "
                              f"class probabilities (PyTorch refuses it); leave it at its default, -100")
-        if (not probabilities and self.weight is None and not self.label_smoothing
-                and len(_static_shape(logits)) == 2):  # the fused kernel of each framework
+        if (not probabilities and self.weight is None and not self.label_smoothing and len(_static_shape(logits)) == 2
+                and len(_static_shape(target)) == 1):  # the fused kernel of each framework (labels of another rank:
+            # the check of their shape that a graph runs, before TensorFlow's kernel raised its own while it traced)
             return self._ops.cross_entropy(logits, target, self.reduction, self.ignore_index)
         return functional.cross_entropy_loss(logits, target, self.weight, self.ignore_index, self.reduction,
                                              self.label_smoothing)
@@ -250,5 +251,7 @@ class NLLLoss(_WeightedClassLoss):
     def forward(self, log_probabilities, labels):
         if len(_static_shape(log_probabilities)) == 1:  # one sample, (C,) against a label ()
             return self._unbatched(log_probabilities, labels)
+        labels = input_checks.check_integer(type(self).__name__, "labels", labels)  # (first, as ud.ops.nll_loss: a
+        # graph checks the sizes only when it runs, so float (N, C) labels were a ShapeMismatchError eagerly only)
         _, log_probabilities, labels = self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
         return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)
