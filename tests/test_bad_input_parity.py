@@ -143,6 +143,15 @@ def test_mse_of_different_shapes_names_both(mode):
                    "shape (5, 1), target has shape (5,)", lambda: run(mode, ud.nn.L1Loss(), X[0, 0, :, :1], X[0, 0, 0]))
 
 
+
+def test_the_elementwise_loss_ops_of_different_shapes_name_both(mode):
+    """The ops refuse what their modules refuse (they broadcast (5, 1) against (5, 5) silently; PyTorch's functional
+    losses warn), as the binary cross-entropy ops do."""
+    for loss in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div"):
+        first = "log_probabilities" if loss == "kl_div" else "prediction"
+        raises_exactly(ud.ShapeMismatchError, f"{loss} needs {first} and target of the same shape; {first} has shape "
+                       "(5, 1), target has shape (5, 5)", run, mode, getattr(ud.ops, loss), X[0, 0, :, :1], X[0, 0])
+
 # ---- g. labels outside [0, C) ----------------------------------------------------------------------------------
 
 def test_out_of_range_labels_name_the_range(mode):

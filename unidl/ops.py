@@ -814,7 +814,7 @@ def mse_loss(prediction, target, reduction="mean"):
     of the dtype in force, and two float dtypes promote as ``torch.nn.functional.mse_loss`` promotes them
     (``input_checks.loss_operands``)."""
     reduction = input_checks.check_reduction("mse_loss", reduction)
-    return _ops().mse_loss(*input_checks.loss_operands("mse_loss", prediction, target), reduction)
+    return _ops().mse_loss(*_same_shape_operands("mse_loss", prediction, target), reduction)
 
 
 @op(dispatch=False)
@@ -822,7 +822,14 @@ def l1_loss(prediction, target, reduction="mean"):
     """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise); dtypes as
     ``mse_loss``'s."""
     reduction = input_checks.check_reduction("l1_loss", reduction)
-    return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
+    return _ops().l1_loss(*_same_shape_operands("l1_loss", prediction, target), reduction)
+
+
+def _same_shape_operands(owner, prediction, target):
+    """``input_checks.loss_operands``, after checking that the two have one shape: a ``ShapeMismatchError`` naming both,
+    as the loss modules' (PyTorch's functional losses broadcast them with a warning; these broadcast silently)."""
+    prediction, target = input_checks.loss_operands(owner, prediction, target)
+    return input_checks.check_same_shape(owner, prediction, target), target
 
 
 def _rank(x) -> int | None:
@@ -1333,7 +1340,7 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     dtypes as ``mse_loss``'s. A negative ``beta`` is a ``ValueError``, as PyTorch's."""
     reduction = input_checks.check_reduction("smooth_l1_loss", reduction)
     beta = arguments.smooth_l1_beta("smooth_l1_loss", beta)
-    prediction, target = input_checks.loss_operands("smooth_l1_loss", prediction, target)
+    prediction, target = _same_shape_operands("smooth_l1_loss", prediction, target)
     prediction, target = input_checks.float32_under_autocast(prediction), input_checks.float32_under_autocast(target)
     difference = abs(prediction - target)
     if arguments.tensor_argument(beta):  # (a graph's input: no Python branch on its value; 0 is L1 here too)
@@ -1354,7 +1361,9 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
     delta = arguments.huber_delta("huber_loss", delta)
     prediction = input_checks.float32_under_autocast(input_checks.as_floating(
         "huber_loss", "prediction", input_checks.as_tensor("huber_loss", "prediction", prediction)))
-    difference = abs(prediction - cast_like(target, prediction))
+    target = cast_like(target, prediction)
+    prediction = input_checks.check_same_shape("huber_loss", prediction, target)
+    difference = abs(prediction - target)
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
 
@@ -1440,6 +1449,8 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     log_probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities))
     target = cast_like(target, log_probabilities)
+    log_probabilities = input_checks.check_same_shape("kl_div", log_probabilities, target,
+                                                      names=("log_probabilities", "target"))
     if log_target:
         losses = exp(target) * (target - log_probabilities)
     else:  # PyTorch's xlogy(t, t) - t * input: 0 * log(0) is 0, a negative target's term NaN, and so is
