@@ -2041,6 +2041,23 @@ def test_regression_losses_of_two_float_dtypes_take_torchs_dtype(mode):
             np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{name} {first} {second}")
 
 
+
+def test_kl_div_of_two_float_dtypes_takes_torchs_dtype(mode):
+    """``kl_div`` and ``KLDivLoss`` of float32 beside a float64 target (either way round, and float16 beside float32)
+    compute in the dtype ``torch.result_type`` gives them, as ``torch.nn.functional.kl_div`` (a float32 input gave a
+    float32 loss, the target rounded to it)."""
+    log_probabilities, target = np.log([[0.2, 0.3, 0.5]]), np.array([[0.1, 0.6, 0.3]])
+    for (first, second), log_target in itertools.product(
+            [("float32", "float64"), ("float64", "float32"), ("float16", "float32")], (False, True)):
+        want = F.kl_div(torch.tensor(log_probabilities).to(getattr(torch, first)),
+                        torch.tensor(np.log(target) if log_target else target).to(getattr(torch, second)),
+                        reduction="sum", log_target=log_target).numpy()
+        for loss in (lambda p, t: ud.ops.kl_div(p, t, "sum", log_target), ud.nn.KLDivLoss("sum", log_target)):
+            got = run(mode, lambda p, t: loss(ud.ops.cast(p, first), ud.ops.cast(t, second)), log_probabilities,
+                      np.log(target) if log_target else target)
+            assert got.dtype == want.dtype, (first, second, log_target, got.dtype, want.dtype)
+            np.testing.assert_allclose(got, want, rtol=1e-3 if "float16" in (first, second) else 1e-6)
+
 # ---- masks, initial states and lengths of the wrong shape inside a graph ------------------------------------------
 SEQ = RNG.standard_normal((3, 2, 4)).astype(np.float32)  # (L, N, E)
 WRONG_SHAPES = {  # name: (layer, its call, inputs (arrays), the one message eagerly and in a graph)

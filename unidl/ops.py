@@ -1448,7 +1448,10 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     reduction = input_checks.check_reduction("kl_div", reduction, arguments.REDUCTIONS + ("batchmean",))
     log_probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities))
-    target = cast_like(target, log_probabilities)
+    # a target of another float dtype: both in the one torch.result_type gives them, as PyTorch's (float32 beside a
+    # float64 target was float32); a NumPy array or a list in the input's dtype, rounded once
+    target = input_checks.as_tensor("kl_div", "target", target, like=log_probabilities)
+    log_probabilities, target = _promoted_as_torch(log_probabilities, target, broadcast=True)
     log_probabilities = input_checks.check_same_shape("kl_div", log_probabilities, target,
                                                       names=("log_probabilities", "target"))
     if log_target:
