@@ -2047,16 +2047,47 @@ def test_kl_div_of_two_float_dtypes_takes_torchs_dtype(mode):
     compute in the dtype ``torch.result_type`` gives them, as ``torch.nn.functional.kl_div`` (a float32 input gave a
     float32 loss, the target rounded to it)."""
     log_probabilities, target = np.log([[0.2, 0.3, 0.5]]), np.array([[0.1, 0.6, 0.3]])
-    for (first, second), log_target in itertools.product(
-            [("float32", "float64"), ("float64", "float32"), ("float16", "float32")], (False, True)):
+    cases = list(itertools.product([("float32", "float64"), ("float64", "float32"), ("float16", "float32")],
+                                   (False, True)))
+    losses = [lambda p, t, log_target: ud.ops.kl_div(p, t, "sum", log_target),
+              lambda p, t, log_target: ud.nn.KLDivLoss("sum", log_target)(p, t)]
+
+    def all_losses(p, t):
+        return tuple(loss(ud.ops.cast(p, first), ud.ops.cast(ud.ops.log(t) if log_target else t, second), log_target)
+                     for (first, second), log_target in cases for loss in losses)
+
+    got = all_losses(ud.tensor(log_probabilities), ud.tensor(target)) if mode == "eager" else ud.function(
+        all_losses)(ud.tensor(log_probabilities), ud.tensor(target))
+    for index, ((first, second), log_target) in enumerate(cases):
         want = F.kl_div(torch.tensor(log_probabilities).to(getattr(torch, first)),
                         torch.tensor(np.log(target) if log_target else target).to(getattr(torch, second)),
                         reduction="sum", log_target=log_target).numpy()
-        for loss in (lambda p, t: ud.ops.kl_div(p, t, "sum", log_target), ud.nn.KLDivLoss("sum", log_target)):
-            got = run(mode, lambda p, t: loss(ud.ops.cast(p, first), ud.ops.cast(t, second)), log_probabilities,
-                      np.log(target) if log_target else target)
-            assert got.dtype == want.dtype, (first, second, log_target, got.dtype, want.dtype)
-            np.testing.assert_allclose(got, want, rtol=1e-3 if "float16" in (first, second) else 1e-6)
+        for value in got[index * len(losses):(index + 1) * len(losses)]:
+            value = ud.to_numpy(value)
+            assert value.dtype == want.dtype, (first, second, log_target, value.dtype, want.dtype)
+            np.testing.assert_allclose(value, want, rtol=1e-3 if "float16" in (first, second) else 1e-5)
+
+
+def test_bce_with_logits_of_two_float_dtypes_gives_torchs_dtype(mode):
+    """``BCEWithLogitsLoss`` and its ops of logits and a float target of two dtypes: the loss in the target's dtype,
+    as PyTorch's kernel gives it (it multiplies into 1 - target in place), computed in the wider (float16 logits beside
+    a float32 target gave float16, float64 logits beside float32 float64)."""
+    logits, target = np.array([[0.5, -1.5, 2.0]]), np.array([[1.0, 0.25, 0.0]])
+    pairs = [("float16", "float32"), ("float64", "float32")]
+    losses = (ud.ops.bce_with_logits, ud.ops.binary_cross_entropy_with_logits, ud.nn.BCEWithLogitsLoss())
+
+    def all_losses(p, t):
+        return tuple(loss(ud.ops.cast(p, first), ud.ops.cast(t, second)) for first, second in pairs for loss in losses)
+
+    got = all_losses(ud.tensor(logits), ud.tensor(target)) if mode == "eager" else ud.function(all_losses)(
+        ud.tensor(logits), ud.tensor(target))
+    for index, (first, second) in enumerate(pairs):
+        want = F.binary_cross_entropy_with_logits(torch.tensor(logits).to(getattr(torch, first)),
+                                                  torch.tensor(target).to(getattr(torch, second))).numpy()
+        for value in got[index * len(losses):(index + 1) * len(losses)]:
+            value = ud.to_numpy(value)
+            assert value.dtype == want.dtype, (first, second, value.dtype, want.dtype)
+            np.testing.assert_allclose(value, want, rtol=1e-3 if "float16" in (first, second) else 1e-6)
 
 # ---- masks, initial states and lengths of the wrong shape inside a graph ------------------------------------------
 SEQ = RNG.standard_normal((3, 2, 4)).astype(np.float32)  # (L, N, E)

@@ -867,7 +867,8 @@ def bce_with_logits(logits, targets, reduction="mean"):
     Keras broadcast them)."""
     reduction = input_checks.check_reduction("bce_with_logits", reduction)
     logits = input_checks.check_same_shape("bce_with_logits", logits, targets, names=("logits", "targets"))
-    return _ops().bce_with_logits(logits, targets, reduction)
+    logits, targets, returned = _bce_with_logits_operands("bce_with_logits", logits, targets)
+    return _in_dtype(_ops().bce_with_logits(logits, targets, reduction), returned)
 
 
 @op
@@ -1424,8 +1425,7 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
     shape than broadcasts to the logits' is a ``ShapeMismatchError``, as ``target`` of another shape than theirs."""
     reduction = input_checks.check_reduction("binary_cross_entropy_with_logits", reduction)
     owner = "binary_cross_entropy_with_logits"
-    logits = input_checks.as_tensor(owner, "logits", logits)
-    target = cast_like(target, logits)
+    logits, target, returned = _bce_with_logits_operands(owner, input_checks.as_tensor(owner, "logits", logits), target)
     logits = input_checks.check_same_shape(owner, logits, target, names=("logits", "target"))
     weight = input_checks.weight_like(owner, "weight", weight, logits)
     pos_weight = input_checks.weight_like(owner, "pos_weight", pos_weight, logits)
@@ -1436,7 +1436,27 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
         losses = losses + (pos_weight - 1) * target * (maximum(-logits, 0.0) + log1p(exp(-abs(logits))))
     if weight is not None:
         losses = losses * weight
-    return _reduced(losses, reduction)
+    return _in_dtype(_reduced(losses, reduction), returned)
+
+
+def _bce_with_logits_operands(owner, logits, target):
+    """``(logits, target, returned)``: a float target of another dtype than the logits and the logits in the one
+    ``torch.result_type`` gives them, and ``returned``, the dtype of the loss PyTorch's
+    ``binary_cross_entropy_with_logits`` gives then, the target's (its kernel multiplies into 1 - target in place:
+    float32 logits beside a float64 target gave a float32 loss, float16 logits beside float32 one in float16);
+    otherwise the target in the logits' dtype (integers too, as the ops take them) and ``returned`` None."""
+    target = input_checks.as_tensor(owner, "target", target, like=logits)
+    dtype = getattr(target, "dtype", None)
+    dtype = None if dtype is None else dtype_kinds.dtype_name(dtype)
+    if dtype is None or not dtype_kinds.is_floating(dtype) or dtype == dtype_kinds.dtype_name(logits.dtype):
+        return logits, cast_like(target, logits), None
+    logits, target = _promoted_as_torch(logits, target, broadcast=True)
+    return logits, target, dtype
+
+
+def _in_dtype(x, dtype):
+    """``x`` cast to ``dtype`` (a name), or as it is for None."""
+    return x if dtype is None or dtype_kinds.dtype_name(x.dtype) == dtype else cast(x, dtype)
 
 
 def kl_div(log_probabilities, target, reduction="mean", log_target=False):

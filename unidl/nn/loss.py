@@ -75,8 +75,8 @@ class BCEWithLogitsLoss(_Loss):
     def forward(self, logits, targets):
         logits = self._check_same_shape(logits, targets)
         _check_float_targets(self, targets)
-        if self.weight is None and self.pos_weight is None:
-            return self._ops.bce_with_logits(logits, targets, self.reduction)
+        if self.weight is None and self.pos_weight is None and logits.dtype == targets.dtype:
+            return self._ops.bce_with_logits(logits, targets, self.reduction)  # (two dtypes: PyTorch's, below)
         return functional.binary_cross_entropy_with_logits(logits, targets, self.weight, self.reduction,
                                                            self.pos_weight)
 
