@@ -144,7 +144,9 @@ class KLDivLoss(_Loss):
     pointwise target * (log(target) - input) (exp(t) * (t - input) with ``log_target``).
 
     ``reduction='batchmean'`` (sum over the batch size) is the mathematical KL divergence; 'mean', the
-    default as in PyTorch, averages over every element."""
+    default as in PyTorch, averages over every element. The gradient with respect to a target of 0 is NaN, as
+    PyTorch's: hold a target computed from parameters (a teacher's softmax, which may underflow to 0) with
+    ``ud.ops.stop_gradient``, or give ``log_target=True`` and log-probabilities."""
 
     reductions = arguments.REDUCTIONS + ("batchmean",)
 
