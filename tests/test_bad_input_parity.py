@@ -143,6 +143,15 @@ def test_mse_of_different_shapes_names_both(mode):
                    "shape (5, 1), target has shape (5,)", lambda: run(mode, ud.nn.L1Loss(), X[0, 0, :, :1], X[0, 0, 0]))
 
 
+
+def test_the_elementwise_loss_ops_of_different_shapes_name_both(mode):
+    """The ops refuse what their modules refuse (they broadcast (5, 1) against (5, 5) silently; PyTorch's functional
+    losses warn), as the binary cross-entropy ops do."""
+    for loss in ("mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div"):
+        first = "log_probabilities" if loss == "kl_div" else "prediction"
+        raises_exactly(ud.ShapeMismatchError, f"{loss} needs {first} and target of the same shape; {first} has shape "
+                       "(5, 1), target has shape (5, 5)", run, mode, getattr(ud.ops, loss), X[0, 0, :, :1], X[0, 0])
+
 # ---- g. labels outside [0, C) ----------------------------------------------------------------------------------
 
 def test_out_of_range_labels_name_the_range(mode):
@@ -399,6 +408,22 @@ def test_class_loss_ops_check_the_labels_and_weights_shapes_as_the_modules(mode)
         expected = F.cross_entropy(torch.tensor(rows[0]), torch.tensor(2), reduction=reduction).numpy()
         got = run(mode, lambda x, y: ud.ops.cross_entropy_loss(x, y, reduction=reduction), rows[0], np.array(2))
         np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_labels_of_another_rank_are_one_error_in_a_graph_too(mode):
+    """(N, 1) labels to the fused cross-entropy (``ud.ops.cross_entropy``, ``CrossEntropyLoss`` without options) are
+    the ``ShapeMismatchError`` naming both shapes inside a TensorFlow graph too (TensorFlow's kernel raised its own
+    ``ValueError`` while it traced), and float (N, C) labels to ``NLLLoss`` the ``DtypeMismatchError`` of
+    ``ud.ops.nll_loss``, eagerly too (eagerly a ``ShapeMismatchError``, in a graph this one)."""
+    rows = RNG.standard_normal((5, 4)).astype(np.float32)
+    column = np.zeros((5, 1), np.int64)
+    shapes = "integer labels of shape (N,) (or (N, C, d1, ...) and (N, d1, ...)); got logits (5, 4) and labels (5, 1)"
+    raises_exactly(ud.ShapeMismatchError, f"cross_entropy needs logits of shape (N, C) and {shapes}",
+                   run, mode, ud.ops.cross_entropy, rows, column)
+    raises_exactly(ud.ShapeMismatchError, f"CrossEntropyLoss needs logits of shape (N, C) and {shapes}",
+                   run, mode, ud.nn.CrossEntropyLoss(), rows, column)
+    raises_exactly(ud.DtypeMismatchError, "NLLLoss: labels must be integers, got float32 labels; convert them with "
+                   "ud.ops.cast(labels, 'int64')", run, mode, ud.nn.NLLLoss(), rows, np.zeros((5, 4), np.float32))
 
 
 @pytest.mark.parametrize("loss", ["mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "kl_div", "bce_with_logits",
@@ -2015,6 +2040,54 @@ def test_regression_losses_of_two_float_dtypes_take_torchs_dtype(mode):
             assert got.dtype == want.dtype, (name, first, second, got.dtype, want.dtype)
             np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{name} {first} {second}")
 
+
+
+def test_kl_div_of_two_float_dtypes_takes_torchs_dtype(mode):
+    """``kl_div`` and ``KLDivLoss`` of float32 beside a float64 target (either way round, and float16 beside float32)
+    compute in the dtype ``torch.result_type`` gives them, as ``torch.nn.functional.kl_div`` (a float32 input gave a
+    float32 loss, the target rounded to it)."""
+    log_probabilities, target = np.log([[0.2, 0.3, 0.5]]), np.array([[0.1, 0.6, 0.3]])
+    cases = list(itertools.product([("float32", "float64"), ("float64", "float32"), ("float16", "float32")],
+                                   (False, True)))
+    losses = [lambda p, t, log_target: ud.ops.kl_div(p, t, "sum", log_target),
+              lambda p, t, log_target: ud.nn.KLDivLoss("sum", log_target)(p, t)]
+
+    def all_losses(p, t):
+        return tuple(loss(ud.ops.cast(p, first), ud.ops.cast(ud.ops.log(t) if log_target else t, second), log_target)
+                     for (first, second), log_target in cases for loss in losses)
+
+    got = all_losses(ud.tensor(log_probabilities), ud.tensor(target)) if mode == "eager" else ud.function(
+        all_losses)(ud.tensor(log_probabilities), ud.tensor(target))
+    for index, ((first, second), log_target) in enumerate(cases):
+        want = F.kl_div(torch.tensor(log_probabilities).to(getattr(torch, first)),
+                        torch.tensor(np.log(target) if log_target else target).to(getattr(torch, second)),
+                        reduction="sum", log_target=log_target).numpy()
+        for value in got[index * len(losses):(index + 1) * len(losses)]:
+            value = ud.to_numpy(value)
+            assert value.dtype == want.dtype, (first, second, log_target, value.dtype, want.dtype)
+            np.testing.assert_allclose(value, want, rtol=1e-3 if "float16" in (first, second) else 1e-5)
+
+
+def test_bce_with_logits_of_two_float_dtypes_gives_torchs_dtype(mode):
+    """``BCEWithLogitsLoss`` and its ops of logits and a float target of two dtypes: the loss in the target's dtype,
+    as PyTorch's kernel gives it (it multiplies into 1 - target in place), computed in the wider (float16 logits beside
+    a float32 target gave float16, float64 logits beside float32 float64)."""
+    logits, target = np.array([[0.5, -1.5, 2.0]]), np.array([[1.0, 0.25, 0.0]])
+    pairs = [("float16", "float32"), ("float64", "float32")]
+    losses = (ud.ops.bce_with_logits, ud.ops.binary_cross_entropy_with_logits, ud.nn.BCEWithLogitsLoss())
+
+    def all_losses(p, t):
+        return tuple(loss(ud.ops.cast(p, first), ud.ops.cast(t, second)) for first, second in pairs for loss in losses)
+
+    got = all_losses(ud.tensor(logits), ud.tensor(target)) if mode == "eager" else ud.function(all_losses)(
+        ud.tensor(logits), ud.tensor(target))
+    for index, (first, second) in enumerate(pairs):
+        want = F.binary_cross_entropy_with_logits(torch.tensor(logits).to(getattr(torch, first)),
+                                                  torch.tensor(target).to(getattr(torch, second))).numpy()
+        for value in got[index * len(losses):(index + 1) * len(losses)]:
+            value = ud.to_numpy(value)
+            assert value.dtype == want.dtype, (first, second, value.dtype, want.dtype)
+            np.testing.assert_allclose(value, want, rtol=1e-3 if "float16" in (first, second) else 1e-6)
 
 # ---- masks, initial states and lengths of the wrong shape inside a graph ------------------------------------------
 SEQ = RNG.standard_normal((3, 2, 4)).astype(np.float32)  # (L, N, E)

@@ -709,7 +709,10 @@ class _LossesInside(ud.nn.Module):
         zeros, p = ud.ops.zeros_like(h), ud.ops.sigmoid(h)
         losses = {"smooth_l1_loss": ud.ops.smooth_l1_loss(h, zeros, reduction="sum"),
                   "huber_loss": ud.ops.huber_loss(h, zeros, reduction="sum"),
-                  "kl_div": ud.ops.kl_div(ud.ops.log_softmax(h, 1), ud.ops.softmax(h, 1), reduction="sum"),
+                  # (the target held, as a distillation's: where softmax underflows to 0 its gradient is NaN, as
+                  # PyTorch's, and every step would be skipped)
+                  "kl_div": ud.ops.kl_div(ud.ops.log_softmax(h, 1), ud.ops.stop_gradient(ud.ops.softmax(h, 1)),
+                                          reduction="sum"),
                   "binary_cross_entropy": ud.ops.binary_cross_entropy(p, ud.ops.zeros_like(p), reduction="sum")}
         self.seen.update({name: str(loss.dtype) for name, loss in losses.items()})
         return ud.ops.reshape(sum(losses.values()), (1,))

@@ -814,7 +814,7 @@ def mse_loss(prediction, target, reduction="mean"):
     of the dtype in force, and two float dtypes promote as ``torch.nn.functional.mse_loss`` promotes them
     (``input_checks.loss_operands``)."""
     reduction = input_checks.check_reduction("mse_loss", reduction)
-    return _ops().mse_loss(*input_checks.loss_operands("mse_loss", prediction, target), reduction)
+    return _ops().mse_loss(*_same_shape_operands("mse_loss", prediction, target), reduction)
 
 
 @op(dispatch=False)
@@ -822,7 +822,14 @@ def l1_loss(prediction, target, reduction="mean"):
     """Absolute differences, reduced by ``reduction``: 'mean', 'sum' or 'none' (element-wise); dtypes as
     ``mse_loss``'s."""
     reduction = input_checks.check_reduction("l1_loss", reduction)
-    return _ops().l1_loss(*input_checks.loss_operands("l1_loss", prediction, target), reduction)
+    return _ops().l1_loss(*_same_shape_operands("l1_loss", prediction, target), reduction)
+
+
+def _same_shape_operands(owner, prediction, target):
+    """``input_checks.loss_operands``, after checking that the two have one shape: a ``ShapeMismatchError`` naming both,
+    as the loss modules' (PyTorch's functional losses broadcast them with a warning; these broadcast silently)."""
+    prediction, target = input_checks.loss_operands(owner, prediction, target)
+    return input_checks.check_same_shape(owner, prediction, target), target
 
 
 def _rank(x) -> int | None:
@@ -845,7 +852,9 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     'none' (per sample, 0 where ignored). Class weights, label smoothing and class probabilities as targets:
     ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
     reduction = input_checks.check_reduction("cross_entropy", reduction)
-    if _rank(logits) not in (2, None):  # (None: a graph's tensor of unknown rank, taken as (N, C) as before)
+    if _rank(logits) not in (2, None) or _rank(logits) == 2 and _rank(labels) not in (1, None):  # (None: a graph's
+        # tensor of unknown rank, taken as (N, C) as before; labels (N, 1): the check a graph runs, before TensorFlow's
+        # fused kernel raised its own error while it traced)
         return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
     _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
     return _ops().cross_entropy(logits, labels, reduction, ignore_index)
@@ -858,7 +867,8 @@ def bce_with_logits(logits, targets, reduction="mean"):
     Keras broadcast them)."""
     reduction = input_checks.check_reduction("bce_with_logits", reduction)
     logits = input_checks.check_same_shape("bce_with_logits", logits, targets, names=("logits", "targets"))
-    return _ops().bce_with_logits(logits, targets, reduction)
+    logits, targets, returned = _bce_with_logits_operands("bce_with_logits", logits, targets)
+    return _in_dtype(_ops().bce_with_logits(logits, targets, reduction), returned)
 
 
 @op
@@ -1331,7 +1341,7 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     dtypes as ``mse_loss``'s. A negative ``beta`` is a ``ValueError``, as PyTorch's."""
     reduction = input_checks.check_reduction("smooth_l1_loss", reduction)
     beta = arguments.smooth_l1_beta("smooth_l1_loss", beta)
-    prediction, target = input_checks.loss_operands("smooth_l1_loss", prediction, target)
+    prediction, target = _same_shape_operands("smooth_l1_loss", prediction, target)
     prediction, target = input_checks.float32_under_autocast(prediction), input_checks.float32_under_autocast(target)
     difference = abs(prediction - target)
     if arguments.tensor_argument(beta):  # (a graph's input: no Python branch on its value; 0 is L1 here too)
@@ -1352,7 +1362,9 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
     delta = arguments.huber_delta("huber_loss", delta)
     prediction = input_checks.float32_under_autocast(input_checks.as_floating(
         "huber_loss", "prediction", input_checks.as_tensor("huber_loss", "prediction", prediction)))
-    difference = abs(prediction - cast_like(target, prediction))
+    target = cast_like(target, prediction)
+    prediction = input_checks.check_same_shape("huber_loss", prediction, target)
+    difference = abs(prediction - target)
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
 
@@ -1379,18 +1391,31 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     narrow = dtype_kinds.dtype_name(probabilities.dtype) in ("float16", "bfloat16")
     p = cast(probabilities, "float32") if narrow else probabilities
     t = cast_like(target, p)
-    def clamped_logs(q):
+
+    def clamped_logs(q, t):
         return -(t * clip(log(q), -100.0) + (1 - t) * clip(log(1 - q), -100.0))
 
     floored = p * (1 - p) < 1e-12
-    held = stop_gradient(p)
-    logs = clamped_logs(where(floored, zeros_like(p) + 0.5, p))  # (never differentiated at 0 or 1)
-    losses = where(floored, clamped_logs(held) + (p - held) * stop_gradient((p - t) / 1e-12), logs)
+    held, fixed = stop_gradient(p), stop_gradient(t)
+    logs = clamped_logs(where(floored, zeros_like(p) + 0.5, p), t)  # (never differentiated at 0 or 1)
+    losses = where(floored, clamped_logs(held, fixed) + (p - held) * stop_gradient((p - t) / 1e-12)
+                   + _unclamped_target_slope(held, t, fixed), logs)
     if narrow:
         losses = cast_like(losses, probabilities)
     if weight is not None:
         losses = losses * weight
     return _reduced(losses, reduction)
+
+
+def _unclamped_target_slope(p, t, fixed):
+    """0, whose gradient with respect to the target ``t`` (``fixed``: its ``stop_gradient``) is PyTorch's for a binary
+    cross-entropy of probabilities ``p`` (held): -logit(p), not clamped as the logs are (the clamped logs gave +-100
+    at p of 0 or 1, where PyTorch's is +-inf, and less than PyTorch's below p = exp(-100))."""
+    saturated = p * (1 - p) == 0
+    ones = zeros_like(p) + 1
+    inner = where(saturated, ones * 0.5, p)
+    slope = (t - fixed) * stop_gradient(log1p(-inner) - log(inner))
+    return slope + where(saturated, (1 - 2 * p) * _steep_zero(where(saturated, t - fixed, ones)), zeros_like(p))
 
 
 def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mean", pos_weight=None):
@@ -1400,8 +1425,7 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
     shape than broadcasts to the logits' is a ``ShapeMismatchError``, as ``target`` of another shape than theirs."""
     reduction = input_checks.check_reduction("binary_cross_entropy_with_logits", reduction)
     owner = "binary_cross_entropy_with_logits"
-    logits = input_checks.as_tensor(owner, "logits", logits)
-    target = cast_like(target, logits)
+    logits, target, returned = _bce_with_logits_operands(owner, input_checks.as_tensor(owner, "logits", logits), target)
     logits = input_checks.check_same_shape(owner, logits, target, names=("logits", "target"))
     weight = input_checks.weight_like(owner, "weight", weight, logits)
     pos_weight = input_checks.weight_like(owner, "pos_weight", pos_weight, logits)
@@ -1412,31 +1436,68 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
         losses = losses + (pos_weight - 1) * target * (maximum(-logits, 0.0) + log1p(exp(-abs(logits))))
     if weight is not None:
         losses = losses * weight
-    return _reduced(losses, reduction)
+    return _in_dtype(_reduced(losses, reduction), returned)
+
+
+def _bce_with_logits_operands(owner, logits, target):
+    """``(logits, target, returned)``: a float target of another dtype than the logits and the logits in the one
+    ``torch.result_type`` gives them, and ``returned``, the dtype of the loss PyTorch's
+    ``binary_cross_entropy_with_logits`` gives then, the target's (its kernel multiplies into 1 - target in place:
+    float32 logits beside a float64 target gave a float32 loss, float16 logits beside float32 one in float16);
+    otherwise the target in the logits' dtype (integers too, as the ops take them) and ``returned`` None."""
+    target = input_checks.as_tensor(owner, "target", target, like=logits)
+    dtype = getattr(target, "dtype", None)
+    dtype = None if dtype is None else dtype_kinds.dtype_name(dtype)
+    if dtype is None or not dtype_kinds.is_floating(dtype) or dtype == dtype_kinds.dtype_name(logits.dtype):
+        return logits, cast_like(target, logits), None
+    logits, target = _promoted_as_torch(logits, target, broadcast=True)
+    return logits, target, dtype
+
+
+def _in_dtype(x, dtype):
+    """``x`` cast to ``dtype`` (a name), or as it is for None."""
+    return x if dtype is None or dtype_kinds.dtype_name(x.dtype) == dtype else cast(x, dtype)
 
 
 def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     """Pointwise target * (log(target) - input) (``log_target``: exp(t) * (t - input)), as PyTorch's: 0 * log(0) is
-    0, a negative target's term NaN.
+    0, a negative target's term NaN, and the target's gradient at 0 or below NaN.
 
     ``reduction``: 'mean' over every element (as PyTorch), 'batchmean' (the sum over the batch size: the
     mathematical KL divergence), 'sum' or 'none'."""
     reduction = input_checks.check_reduction("kl_div", reduction, arguments.REDUCTIONS + ("batchmean",))
     log_probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("kl_div", "log_probabilities", log_probabilities))
-    target = cast_like(target, log_probabilities)
+    # a target of another float dtype: both in the one torch.result_type gives them, as PyTorch's (float32 beside a
+    # float64 target was float32); a NumPy array or a list in the input's dtype, rounded once
+    target = input_checks.as_tensor("kl_div", "target", target, like=log_probabilities)
+    log_probabilities, target = _promoted_as_torch(log_probabilities, target, broadcast=True)
+    log_probabilities = input_checks.check_same_shape("kl_div", log_probabilities, target,
+                                                      names=("log_probabilities", "target"))
     if log_target:
         losses = exp(target) * (target - log_probabilities)
     else:  # PyTorch's xlogy(t, t) - t * input: 0 * log(0) is 0, a negative target's term NaN, and so is
-        # 0 * -inf (a target of 0 where the input is -inf), as in PyTorch (both were 0)
+        # 0 * -inf (a target of 0 where the input is -inf), as in PyTorch (both were 0); the target's gradient there
+        # is PyTorch's NaN (it was -input)
         positive = target > 0
-        safe = where(positive, target, zeros_like(target) + 1)  # log(0) never evaluated: no NaN in the gradient
-        entropy = where(positive, target * log(safe), where(target == 0, zeros_like(target),
-                                                            zeros_like(target) + float("nan")))
+        ones = zeros_like(target) + 1
+        safe = where(positive, target, ones)  # log(0) never evaluated: no NaN in the input's gradient
+        other = where(positive, ones, target)  # (0 or negative: 0 or NaN, of NaN gradient)
+        entropy = where(positive, target * log(safe), _steep_zero(other) - _steep_zero(other))
         losses = entropy - target * log_probabilities
     if reduction == "batchmean":
         return sum(losses) / _count(shape(log_probabilities)[:1], losses) if len(log_probabilities.shape) else sum(losses)
     return _reduced(losses, reduction)
+
+
+def _steep_zero(zeros):
+    """``zeros`` ** 0.5: 0 where ``zeros`` is 0, with an infinite gradient there (NaN for a negative value): the
+    gradients of a loss's target that PyTorch's kernels give and autodiff of unidl's finite arithmetic cannot, +-inf
+    (``binary_cross_entropy``'s -logit(p) at p of 0 or 1) and NaN (``kl_div``'s, xlogy(t, t)'s t / t at t = 0:
+    inf - inf). A power, not ``sqrt``: TensorFlow's sqrt gradient is 0 where the gradient it receives is 0, PyTorch's
+    0 * inf is NaN. Callers select it with ``where`` and hand it 1 where it is not selected (a finite gradient, which
+    ``where`` drops)."""
+    return zeros ** 0.5
 
 
 def _count(sizes, like):

@@ -171,27 +171,32 @@ def test_saturated_probabilities_and_zero_or_negative_targets_as_torch(backend):
     gradient, (p - t) / max(p (1 - p), 1e-12), where autodiff of the clamped logs gave NaN (and a step raised
     ``NonFiniteLossError`` where PyTorch trains on); ``KLDivLoss`` of a target of 0 is 0, NaN where the input is
     -inf there, and NaN for a negative target, as PyTorch's xlogy (both were 0), with PyTorch's input gradient,
-    -target. Eagerly and inside ``ud.function``."""
+    -target. The targets' gradients are PyTorch's too: BCELoss's -logit(p), +-inf at p of 0 or 1 (it was the clamped
+    logs' +-100, over the mean's count), KLDivLoss's NaN at a target of 0 (it was -input), also where the gradient
+    reaching it is 0 (TensorFlow's sqrt gradient gave 0 there). Eagerly and inside ``ud.function``."""
     expected = []
+    scale = np.where(np.arange(24).reshape(4, 6) % 5 == 0, 0.0, 1.0)  # (a gradient of 0 reaching some elements)
     for loss, p, t in ((tnn.BCELoss(), SATURATED, BINARY), (tnn.KLDivLoss(reduction="none"), LOG_WITH_MINUS_INF,
                                                             ZERO_TARGETS)):
         x = torch.tensor(p, dtype=torch.float32, requires_grad=True)
-        value = loss(x, torch.tensor(t, dtype=torch.float32))
-        value.sum().backward()
-        expected += [value.detach().numpy(), x.grad.numpy()]
+        y = torch.tensor(t, dtype=torch.float32, requires_grad=True)
+        value = loss(x, y)
+        (value * torch.tensor(scale, dtype=torch.float32)).sum().backward()
+        expected += [value.detach().numpy(), x.grad.numpy(), y.grad.numpy()]
 
-    def run_all(p, t, log_p, zero_t):
+    def run_all(p, t, log_p, zero_t, scaled):
         results = []
         for loss, a, b in ((ud.nn.BCELoss(), p, t), (ud.nn.KLDivLoss(reduction="none"), log_p, zero_t)):
-            results += [loss(a, b), ud.value_and_grad(lambda a, b=b, loss=loss: ud.ops.sum(loss(a, b)))(a)[1]]
+            objective = lambda a, b, loss=loss: ud.ops.sum(loss(a, b) * scaled)  # noqa: E731
+            results += [loss(a, b), *ud.value_and_grad(objective, (0, 1))(a, b)[1]]
         return tuple(results)
 
     half = [np.array([1.0, 0.0, 0.3], np.float16), np.array([1.0, 0.0, 1.0], np.float16)]  # (a floor of 1e-12 is
     # 0 in float16: computed in float32, as PyTorch's kernel, and rounded once)
     expected_half = float(tnn.BCELoss()(*map(torch.from_numpy, half)))
     assert float(ud.to_numpy(ud.nn.BCELoss()(*[ud.tensor(a, "float16") for a in half]))) == expected_half
-    inputs = [ud.tensor(a.astype(np.float32)) for a in (SATURATED, BINARY, LOG_WITH_MINUS_INF, ZERO_TARGETS)]
-    names = ["BCELoss value", "BCELoss gradient", "KLDivLoss values", "KLDivLoss gradient"]
+    inputs = [ud.tensor(a.astype(np.float32)) for a in (SATURATED, BINARY, LOG_WITH_MINUS_INF, ZERO_TARGETS, scale)]
+    names = [f"{loss} {what}" for loss in ("BCELoss", "KLDivLoss") for what in ("value", "gradient", "target gradient")]
     for mode, function in [("eager", run_all), ("ud.function", ud.function(run_all))]:
         for name, got, want in zip(names, function(*inputs), expected):
             got = ud.to_numpy(got)

@@ -75,8 +75,8 @@ class BCEWithLogitsLoss(_Loss):
     def forward(self, logits, targets):
         logits = self._check_same_shape(logits, targets)
         _check_float_targets(self, targets)
-        if self.weight is None and self.pos_weight is None:
-            return self._ops.bce_with_logits(logits, targets, self.reduction)
+        if self.weight is None and self.pos_weight is None and logits.dtype == targets.dtype:
+            return self._ops.bce_with_logits(logits, targets, self.reduction)  # (two dtypes: PyTorch's, below)
         return functional.binary_cross_entropy_with_logits(logits, targets, self.weight, self.reduction,
                                                            self.pos_weight)
 
@@ -144,7 +144,9 @@ class KLDivLoss(_Loss):
     pointwise target * (log(target) - input) (exp(t) * (t - input) with ``log_target``).
 
     ``reduction='batchmean'`` (sum over the batch size) is the mathematical KL divergence; 'mean', the
-    default as in PyTorch, averages over every element."""
+    default as in PyTorch, averages over every element. The gradient with respect to a target of 0 is NaN, as
+    PyTorch's: hold a target computed from parameters (a teacher's softmax, which may underflow to 0) with
+    ``ud.ops.stop_gradient``, or give ``log_target=True`` and log-probabilities."""
 
     reductions = arguments.REDUCTIONS + ("batchmean",)
 
@@ -232,8 +234,9 @@ class CrossEntropyLoss(_WeightedClassLoss):
         if probabilities and self.ignore_index >= 0:  # (PyTorch's rule: a class index ignored means nothing there)
             raise ValueError(f"{self.describe()}: ignore_index={self.ignore_index} applies to integer labels, not to "
                              f"class probabilities (PyTorch refuses it); leave it at its default, -100")
-        if (not probabilities and self.weight is None and not self.label_smoothing
-                and len(_static_shape(logits)) == 2):  # the fused kernel of each framework
+        if (not probabilities and self.weight is None and not self.label_smoothing and len(_static_shape(logits)) == 2
+                and len(_static_shape(target)) == 1):  # the fused kernel of each framework (labels of another rank:
+            # the check of their shape that a graph runs, before TensorFlow's kernel raised its own while it traced)
             return self._ops.cross_entropy(logits, target, self.reduction, self.ignore_index)
         return functional.cross_entropy_loss(logits, target, self.weight, self.ignore_index, self.reduction,
                                              self.label_smoothing)
@@ -250,5 +253,7 @@ class NLLLoss(_WeightedClassLoss):
     def forward(self, log_probabilities, labels):
         if len(_static_shape(log_probabilities)) == 1:  # one sample, (C,) against a label ()
             return self._unbatched(log_probabilities, labels)
+        labels = input_checks.check_integer(type(self).__name__, "labels", labels)  # (first, as ud.ops.nll_loss: a
+        # graph checks the sizes only when it runs, so float (N, C) labels were a ShapeMismatchError eagerly only)
         _, log_probabilities, labels = self._check_shapes(log_probabilities, labels, probabilities_allowed=False)
         return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)
