@@ -99,3 +99,21 @@ def test_site_builds_strict_and_shows_every_public_name(site):
     # a docstring's Args section rendered as a parameter table, and a signature with its defaults
     assert "in_channels" in nn and "Parameters:" in nn and "padding_mode" in nn
     assert "TensorBoard" in (site / "reference" / "callbacks" / "index.html").read_text()
+
+
+def test_every_test_the_docs_name_exists():
+    # guarantees.md maps each claim to its test: `tests/x.py::test_a`, and `::test_b` after it for another test of
+    # that file; a test renamed, moved or named under the wrong file leaves a claim pointing at nothing
+    missing = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        path = None
+        for span in re.findall(r"`([^`\n]+)`", doc.read_text()):
+            named = re.fullmatch(r"(tests/[\w/]+\.py)?(?:::(\w+))?(?:\[[^\]]*\])?", span)
+            if not named or not any(named.groups()) or (named.group(1) is None and path is None):
+                continue
+            path = ROOT / named.group(1) if named.group(1) else path
+            if not path.is_file():
+                missing.append(f"{doc.name}: {span}")
+            elif named.group(2) and not re.search(rf"^def {named.group(2)}\(", path.read_text(), flags=re.M):
+                missing.append(f"{doc.name}: {path.relative_to(ROOT)}::{named.group(2)}")
+    assert missing == []

@@ -325,6 +325,31 @@ def test_fit_refuses_bad_step_inputs_before_training(backend, step_inputs, given
     assert all(np.array_equal(model.state_dict()[k], before[k]) for k in before)
 
 
+
+class _ScaledNet(ud.nn.Module):
+    """A forward whose step input has no default: trained by step_inputs, it cannot run as model(x) alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = ud.nn.Linear(4, 3)
+
+    def forward(self, x, scale):
+        return self.fc(x) * scale
+
+
+@pytest.mark.parametrize("options", [dict(loss="cross_entropy"), dict(loss="mse", metrics=["mae"])],
+                         ids=["label check", "metrics"])
+def test_fits_probe_of_a_forward_whose_step_input_has_no_default_is_one_clear_type_error(backend, options):
+    # fit reads the output's shape from model(x) of one sample before training: Python's bare "missing 1 required
+    # positional argument" did not say why fit called the forward without its step inputs, nor what to change
+    model = _ScaledNet()
+    targets = np.arange(16) % 3 if options["loss"] == "cross_entropy" else np.zeros((16, 3), np.float32)
+    with pytest.raises(TypeError, match=r"_ScaledNet.forward\(x, scale\) cannot be called on x alone: missing a "
+                                        r"required argument: 'scale'.*give the forward's extra inputs defaults"):
+        ud.fit(model, (X, targets), batch_size=8, optimizer="sgd", verbose=0, step_inputs=lambda epoch, step: 2.0,
+               **options)
+
+
 class _TorchDynamicNet(torch.nn.Module):
     """DynamicNet in plain PyTorch (the oracle of the accumulation test)."""
 

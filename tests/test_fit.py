@@ -277,7 +277,6 @@ def test_progress_bar_on_a_terminal():
 
 @pytest.mark.parametrize("kwargs, error, message", [
     (dict(batch_size=0), ValueError, "batch_size must be a positive integer, got 0"),
-    (dict(batch_size=None), ValueError, "pass batch_size"),
     (dict(batch_size=8, epochs=-1), ValueError, "epochs must be a non-negative integer"),
     (dict(batch_size=8, metrics=("f2",)), ValueError, r"unknown metric 'f2'; valid names: accuracy"),
 ])

@@ -266,3 +266,12 @@ def test_data_forms_that_cannot_take_an_option(backend, rng):
         ud.fit(model, x, loss="cross_entropy", optimizer="sgd", verbose=0)
     with pytest.raises(TypeError, match="loss must be a ud.nn loss module or a name"):
         ud.fit(model, x, y, 5, loss=3, optimizer="sgd", verbose=0)
+
+
+
+def test_arrays_without_a_batch_size_train_in_batches_of_32_as_keras(backend, rng):
+    # the Precision docstring's ud.fit(model, (x, y), loss=..., optimizer=...) was a ValueError asking for one
+    x, y = rng.standard_normal((70, 4)).astype(np.float32), rng.standard_normal((70, 2)).astype(np.float32)
+    model = ud.models.TwoLayerNet(4, 8, 2)
+    history = ud.fit(model, (x, y), epochs=1, verbose=0, loss="mse", optimizer="sgd")
+    assert history.params["steps"] == 3  # 32 + 32 + 6

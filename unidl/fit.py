@@ -37,6 +37,7 @@ from unidl.precision import precision_policy
 
 #: the keys of ``History.state_dict()``
 _HISTORY_STATE_KEYS = ("history", "epoch", "logged_epochs")
+KERAS_BATCH_SIZE = 32  # Model.fit's batch size for arrays given without one
 
 
 class History:
@@ -230,12 +231,11 @@ def _is_native_pipeline(data) -> bool:
 
 def as_loader(data, batch_size=None, shuffle=False, seed=None, what="train_data"):
     """A loader for ``data``: a unidl ``DataLoader``, a native pipeline (``torch.utils.data.DataLoader``,
-    ``tf.data.Dataset``), or an ``(x, y)`` pair of arrays batched by ``batch_size``."""
+    ``tf.data.Dataset``), or an ``(x, y)`` pair of arrays batched by ``batch_size`` (None: Keras's 32)."""
     if isinstance(data, DataLoader) or _is_native_pipeline(data):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        if batch_size is None:
-            raise ValueError(f"{what} was given as arrays (x, y): pass batch_size as well")
+        batch_size = KERAS_BATCH_SIZE if batch_size is None else batch_size
         return DataLoader(TensorDataset(*data), batch_size=batch_size, shuffle=shuffle, seed=seed)
     raise TypeError(f"{what} must be a unidl DataLoader, a torch DataLoader, a tf.data.Dataset or a pair "
                     f"(x, y) of arrays; got {type(data).__name__}")
@@ -381,6 +381,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             the array ``x`` with ``y`` given next. A ``DataLoader`` is positioned as ``fit`` starts, before its
             checks: each epoch from its first batch, unless ``load_state_dict`` (a resume) set a position in
             that epoch; an iteration broken off mid-epoch (a ``break``, Ctrl-C) is not continued.
+        batch_size: samples per batch of arrays (``(x, y)``, ``x`` and ``y``); Keras's 32 when not given, as
+            ``Model.fit``'s. A loader or pipeline batches itself.
         loss: a unidl loss module, or its name: ``"cross_entropy"``, ``"sparse_categorical_crossentropy"``,
             ``"categorical_crossentropy"`` (all ``CrossEntropyLoss`` of logits: unidl models end without a
             softmax), ``"mse"``, ``"mae"``, ``"binary_crossentropy"`` (of logits), ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import random
 import warnings
 
@@ -155,3 +156,19 @@ def warn_running_eagerly(name: str, where: str, compiler: str, error: BaseExcept
         f"op by op. To compile it, write branches with ud.ops.where and loops with ud.ops.scan. "
         f"({type(error).__name__})",
         RetraceWarning, stacklevel=3)
+
+
+def forward_binding_error(model, inputs: tuple) -> tuple[str, TypeError] | None:
+    """``(the forward's name and signature, Python's binding error)`` where ``model.forward`` cannot be called on
+    ``inputs``, checked before any framework runs or traces it (each would fail its own way); None where it can, or
+    where Python cannot describe the forward (the call itself then says)."""
+    forward = getattr(model, "forward", None)
+    try:
+        signature = inspect.signature(forward)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*inputs)
+    except TypeError as error:
+        return f"{getattr(forward, '__qualname__', type(model).__name__ + '.forward')}{signature}", error
+    return None

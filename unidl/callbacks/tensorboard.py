@@ -15,7 +15,7 @@ import numpy as np
 
 from unidl.callbacks.callback import Callback, unsupported
 from unidl.distributed import process_group
-from unidl.tracing import python_randomness_preserved
+from unidl.tracing import forward_binding_error, python_randomness_preserved
 
 
 def _import_tensorboard():
@@ -243,21 +243,12 @@ class TensorBoard(Callback):
 def _check_forward_takes(model, inputs: tuple, source: str) -> None:
     """A ``GraphConstructError`` naming the forward's parameters where it cannot be called on ``inputs``, before
     any framework traces it (each would fail its own way, deep in its tracer), the same on every backend."""
-    import inspect
-
     from unidl.errors import GraphConstructError
 
-    forward = getattr(model, "forward", None)
-    try:
-        signature = inspect.signature(forward)
-    except (TypeError, ValueError):  # no Python signature to check: the trace itself says
-        return
-    try:
-        signature.bind(*inputs)
-    except TypeError as error:
-        name = getattr(forward, "__qualname__", type(model).__name__ + ".forward")
+    mismatch = forward_binding_error(model, inputs)
+    if mismatch is not None:
         raise GraphConstructError(
-            f"TensorBoard model graph: {name}{signature} cannot be called on {len(inputs)} input"
-            f"{'s' if len(inputs) != 1 else ''} ({source}): {error}. Give the forward's extra inputs defaults, "
+            f"TensorBoard model graph: {mismatch[0]} cannot be called on {len(inputs)} input"
+            f"{'s' if len(inputs) != 1 else ''} ({source}): {mismatch[1]}. Give the forward's extra inputs defaults, "
             f"or write its graph on all of them with TensorBoard.write_model_graph(model, x, extra, ...) (or pass "
             f"write_graph=False)") from None

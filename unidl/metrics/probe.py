@@ -16,7 +16,7 @@ import numpy as np
 
 from unidl.metrics.classification import classification_kind
 from unidl.metrics.metric import Layout
-from unidl.tracing import python_randomness_preserved
+from unidl.tracing import forward_binding_error, python_randomness_preserved
 
 _OUTPUT_SHAPES = weakref.WeakKeyDictionary()  # model -> (what the answer depends on, per-sample output shape)
 
@@ -30,6 +30,13 @@ def output_shape(model, x: np.ndarray) -> tuple | None:
     known = _OUTPUT_SHAPES.get(model)
     if known is not None and known[0] == key:
         return known[1]
+    mismatch = forward_binding_error(model, (x[:1],))
+    if mismatch is not None:  # a forward of extra inputs without defaults (a step input, fit's step_inputs)
+        raise TypeError(f"{mismatch[0]} cannot be called on x alone: {mismatch[1]}. fit and evaluate read the "
+                        f"model's output shape from model(x) of one sample before the first batch (for a "
+                        f"classification loss's label check and for the metrics), as validation and ud.evaluate "
+                        f"call model(x): give the forward's extra inputs defaults, their values for evaluation"
+                        ) from None
     was_training = model.training
     model.eval()
     try:
