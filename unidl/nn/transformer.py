@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from unidl import ops as functional, tensors
+from unidl import input_checks, ops as functional, tensors
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.activation import GELU, ReLU
@@ -357,19 +357,38 @@ class Transformer(Module):
     def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
                 tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
                 memory_is_causal: bool = False):
-        source, target = tuple(src.shape), tuple(tgt.shape)
-        batch_axis = 0 if self.batch_first else 1
-        if len(source) == 3 and len(target) == 3 and None not in (source[batch_axis], target[batch_axis]) and (
-                source[batch_axis] != target[batch_axis]):  # (sizes a graph leaves unknown: the attention checks)
-            raise ShapeMismatchError(f"{self.describe()} expected src and tgt of one batch size, received src of "
-                                     f"shape {source} and tgt of shape {target}")
-        if any(shape[-1] not in (self.d_model, None) for shape in (source, target)):
-            raise ShapeMismatchError(f"{self.describe()} expected src and tgt of d_model = {self.d_model} features, "
-                                     f"received src of shape {source} and tgt of shape {target}")
+        src = self._checked_pair(src, tgt)
         memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
         return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
                             tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
                             tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+    def _checked_pair(self, src, tgt):
+        """``src``, after checking that it and ``tgt`` are both batched (3-D) or both unbatched (2-D), of one batch
+        size and of ``d_model`` features: one ``ShapeMismatchError`` naming both shapes, eagerly and, for sizes a
+        graph leaves unknown, when it runs (the decoder's attention raised its own words there)."""
+        source, target = tuple(src.shape), tuple(tgt.shape)
+        if len(source) not in (2, 3) or len(source) != len(target):
+            raise ShapeMismatchError(f"{self.describe()} expected src and tgt both batched (3-D) or both unbatched "
+                                     f"(2-D), received src of shape {source} and tgt of shape {target}")
+        batch_axis = 0 if self.batch_first else 1
+        rules = [(lambda a, b: (a[-1] == self.d_model, b[-1] == self.d_model), f"of d_model = {self.d_model} features")]
+        if len(source) == 3:
+            rules.insert(0, (lambda a, b: (a[batch_axis] == b[batch_axis],), "of one batch size"))
+        for rule, what in rules:
+            def message(first, second, what=what):
+                return f"expected src and tgt {what}, received src of shape {first} and tgt of shape {second}"
+
+            if None not in source + target:
+                if not all(rule(source, target)):
+                    raise ShapeMismatchError(f"{self.describe()} {message(source, target)}")
+                continue
+            sizes = (input_checks.sizes_of(src), input_checks.sizes_of(tgt))
+            template = input_checks.shape_template(len(source))
+            condition = input_checks.all_of([input_checks.holds(c) for c in rule(*sizes)])
+            src = input_checks.require(src, condition, lambda message=message: (
+                f"{input_checks.literal(self.describe)} {message(template, template)}"), sizes[0] + sizes[1])
+        return src
 
     @staticmethod
     def generate_square_subsequent_mask(sz: int, device=None, dtype=None):
