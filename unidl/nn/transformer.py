@@ -170,6 +170,8 @@ class TransformerEncoder(Module):
         if not self.mask_check:
             return nested, padded
         taken = ops.sum(ops.cast_like(padded[:, :-1] & ~padded[:, 1:], src)) == 0  # no real position after padding
+        if is_bool:  # (ONNX Runtime has no Where of booleans)
+            return (nested & taken) | (padding_mask & ~taken), padded & taken
         return ops.where(taken, nested, padding_mask), padded & taken
 
     def extra_repr(self):
