@@ -86,6 +86,10 @@ TEXT_MODELS = {
     "LSTMClassifier": lambda: ud.models.LSTMClassifier(20, 3, embedding_dim=4, hidden_size=5),
     "TransformerClassifier": lambda: ud.models.TransformerClassifier(20, 3, d_model=8, nhead=2, num_layers=1,
                                                                      dim_feedforward=16),
+    # (post-norm: its evaluation takes PyTorch's nested-tensor path, whose masks must export: ONNX Runtime has no
+    # Where of booleans)
+    "TransformerClassifier-post-norm": lambda: ud.models.TransformerClassifier(20, 3, d_model=8, nhead=2, num_layers=1,
+                                                                               dim_feedforward=16, norm_first=False),
 }
 
 

@@ -36,6 +36,13 @@ def shape_template(rank: int) -> str:
     return "(" + ", ".join(["{}"] * rank) + ("," if rank == 1 else "") + ")"
 
 
+def shape_text(sizes: tuple, names: tuple) -> str:
+    """A shape as a message shows it: each size, or its name where a traced graph leaves it unknown (None):
+    ``shape_text((2, None), ("N", "S"))`` is ``(2, S)``."""
+    shown = [name if size is None else str(size) for size, name in zip(sizes, names)]
+    return "(" + ", ".join(shown) + ("," if len(shown) == 1 else "") + ")"
+
+
 def sizes_of(x) -> tuple:
     """``x``'s sizes: ints where known, scalar tensors where a graph leaves them unknown (``ud.ops.shape``)."""
     shape = tuple(x.shape)

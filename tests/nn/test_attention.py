@@ -283,3 +283,29 @@ def test_encoder_layers_own_their_activation_module(backend):
     x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
     expected = reference(torch.tensor(x)).detach().numpy()
     assert max_relative_difference(ud.to_numpy(encoder(ud.tensor(x))), expected) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::unidl.errors.RetraceWarning")
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_mask_or_state_of_the_wrong_rank_names_the_shape_it_needs(backend, traced):
+    """The expected shape reads as sizes, or as their names where a graph leaves them unknown (a graph's message
+    read ``('N', 'N')`` and ``(L, S) = (None, None)``; a cell's eager one ``('N', 6)`` beside a batch of 2; an
+    unbatched GRU's 2-D state was described by the three names of a batched one)."""
+    def call(layer, *tensors, **options):
+        run = ud.function(lambda *t: layer(*t, **options)) if traced else (lambda *t: layer(*t, **options))
+        return run(*[ud.tensor(t) for t in tensors])
+
+    attention = ud.nn.MultiheadAttention(6, 2, batch_first=True)
+    x = BATCH_FIRST.astype(np.float32)
+    for name, mask, expected in (
+            ("key_padding_mask", PADDING[:, None], r"key_padding_mask of shape \((2, 4|N, S)\) \(batch, source "),
+            ("attn_mask", BLOCKED[None, None], r"attn_mask of shape \(L, S\)( = \(4, 4\))? or \(N \* num_heads, L, "
+                                               r"S\)( = \(4, 4, 4\))?, received \(")):
+        with pytest.raises(ud.ShapeMismatchError, match=expected):
+            call(lambda x, mask: attention(x, x, x, **{name: mask}), x, mask)
+    with pytest.raises(ud.ShapeMismatchError, match=r"initial state of shape \(1, 6\) \(num_layers \* num_directions, "
+                                                    r"hidden_size\), received"):
+        call(ud.nn.GRU(3, 6), np.zeros((5, 3), np.float32), np.zeros((1, 1, 6), np.float32))
+    with pytest.raises(ud.ShapeMismatchError, match=r"state of shape \(2, 6\) \(batch, hidden_size\) as its input's, "
+                                                    r"received \(2, 5\)"):
+        call(ud.nn.GRUCell(3, 6), np.zeros((2, 3), np.float32), np.zeros((2, 5), np.float32))

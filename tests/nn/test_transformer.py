@@ -108,9 +108,15 @@ def test_decoders_refuse_what_torch_refuses(backend):
     with pytest.raises(TypeError, match="TransformerDecoder needs a TransformerDecoderLayer"):
         ud.nn.TransformerDecoder(ud.nn.TransformerEncoderLayer(6, 2), 1)
     model = ud.nn.Transformer(6, 2, 1, 1, 8, batch_first=True)
-    with pytest.raises(ud.errors.ShapeMismatchError, match="expected src and tgt of one batch size"):
-        model(MEMORY.astype(np.float32), TARGET[:1].astype(np.float32))
-    with pytest.raises(ud.errors.ShapeMismatchError, match="expected src and tgt of d_model = 6 features"):
-        model(MEMORY.astype(np.float32), TARGET[..., :4].astype(np.float32))
+    # eagerly and inside a graph that knows the sizes only when it runs, one error naming both shapes (the graph's
+    # came from the decoder's attention, in its words); a batched src beside an unbatched tgt too
+    for call in (model, ud.function(lambda src, tgt: model(src, tgt))):
+        for tgt, message in ((TARGET[:1], r"of one batch size, received src of shape \(2, 3, 6\) and tgt of shape "
+                                          r"\(1, 4, 6\)"),
+                             (TARGET[..., :4], r"of d_model = 6 features, received src of shape \(2, 3, 6\) and tgt "
+                                               r"of shape \(2, 4, 4\)"),
+                             (TARGET[0], r"both batched \(3-D\) or both unbatched \(2-D\)")):
+            with pytest.raises(ud.errors.ShapeMismatchError, match=r"Transformer\(\) expected src and tgt " + message):
+                call(ud.tensor(MEMORY.astype(np.float32)), ud.tensor(tgt.astype(np.float32)))
     with pytest.raises(ValueError, match="device='cpu' is not supported"):
         ud.nn.Transformer.generate_square_subsequent_mask(3, device="cpu")

@@ -121,3 +121,25 @@ def test_a_fully_masked_query_in_evaluation_gets_torchs_path_by_mask_dtype_activ
         expected = _torch_eval(torch_layer, torch.tensor(x), src_key_padding_mask=torch.tensor(padding)).numpy()
         assert np.array_equal(np.isnan(found), np.isnan(expected)), (activation, hooked)
         _assert_same(np.nan_to_num(found), np.nan_to_num(expected))
+
+
+def test_evaluation_on_the_nested_path_has_finite_gradients_and_reads_a_float_mask_as_torch(backend):
+    """On PyTorch's nested-tensor path, a float mask's non-zero entries are padding and the layers run without it
+    (a real position attends to real positions only: unidl added finite entries to the scores, and the valid
+    positions differed by 0.3), and a row without a real token is dropped (unidl's softmax over its masked keys
+    was NaN: the output, zeroed, was torch's, but the gradients of the input and of nearly every weight were NaN)."""
+    encoder, reference = _pair()
+    encoder.eval()
+    finite = np.where(AT_THE_END, 0.7, 0.0).astype(np.float32)
+    finite[1, 4] = -2.0
+
+    def outputs_and_gradients(x, finite, padding):
+        def loss(x):
+            return ud.ops.sum(encoder(x, src_key_padding_mask=padding))
+        return ((encoder(x, src_key_padding_mask=finite),) + ud.grad(loss, (0,))(x)
+                + tuple(ud.value_and_grad(lambda: loss(x), encoder.parameters())()[1]))
+
+    found, *gradients = ud.function(outputs_and_gradients)(*map(ud.tensor, (X, finite, AT_THE_END)))
+    _assert_same(ud.to_numpy(found), _expected(reference, finite))
+    assert all(np.isfinite(ud.to_numpy(g)).all() for g in gradients)
+    assert not ud.to_numpy(gradients[0])[AT_THE_END].any()  # (no gradient reaches a padded position)

@@ -201,8 +201,8 @@ class MultiheadAttention(Module):
         if len(shape) != 2 or any(a is not None and b is not None and a != b
                                   for a, b in zip(shape, (key.shape[0], key.shape[1]))):
             raise ShapeMismatchError(f"{self.describe()} expected key_padding_mask of shape "
-                                     f"{tuple('N' if e is None else e for e in expected)} (batch, source length), "
-                                     f"received {given}")
+                                     f"{input_checks.shape_text(expected, ('N', 'S')[-len(expected):])} (batch, "
+                                     f"source length), received {given}")
         wanted = input_checks.sizes_of(key)[:2][-len(given):]  # (sizes a graph leaves unknown: when it runs)
         mask = input_checks.require_shape(mask, wanted, lambda: (
             f"{input_checks.literal(self.describe)} expected key_padding_mask of shape "
@@ -223,8 +223,14 @@ class MultiheadAttention(Module):
         fits = (len(shape) == 2 and all(a is None or b is None or a == b for a, b in zip(shape, lengths))) or (
             len(shape) == 3 and all(a is None or b is None or a == b for a, b in zip(shape, (heads,) + lengths)))
         if not fits:
-            raise ShapeMismatchError(f"{self.describe()} expected attn_mask of shape (L, S) = {lengths} or "
-                                     f"(N * num_heads, L, S) = {(heads,) + lengths}, received {shape}")
+            def named(sizes, names):  # "(L, S) = (4, 4)"; the names alone where a graph leaves every size unknown
+                text = input_checks.shape_text(names, names)
+                if all(size is None for size in sizes):
+                    return text
+                return f"{text} = {input_checks.shape_text(sizes, names)}"
+
+            raise ShapeMismatchError(f"{self.describe()} expected attn_mask of shape {named(lengths, ('L', 'S'))} or "
+                                     f"{named((heads,) + lengths, ('N * num_heads', 'L', 'S'))}, received {shape}")
         lengths = (target, source)  # (sizes a graph leaves unknown: checked when it runs, in the same words)
         expected = lengths if len(shape) == 2 else (batch * self.num_heads,) + lengths
         mask = input_checks.require_shape(mask, expected, lambda: (

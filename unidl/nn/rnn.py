@@ -202,9 +202,10 @@ class RNNBase(Module):
         expected = (layers, batch, self.hidden_size) if batched else (layers, self.hidden_size)
         if len(shape) != expected_rank or any(a is not None and b is not None and a != b
                                               for a, b in zip(shape, expected)):
-            shown = tuple("N" if e is None else e for e in expected)
-            raise ShapeMismatchError(f"{self.describe()} expected an initial state of shape {shown} "
-                                     f"(num_layers * num_directions, batch, hidden_size), received {shape}")
+            names = ("num_layers * num_directions",) + (("batch",) if batched else ()) + ("hidden_size",)
+            raise ShapeMismatchError(f"{self.describe()} expected an initial state of shape "
+                                     f"{input_checks.shape_text(expected, names)} ({', '.join(names)}), "
+                                     f"received {shape}")
         if batched:  # (sizes a graph leaves unknown: checked when it runs, in the same words)
             expected = (layers, input_checks.sizes_of(input)[batch_axis], self.hidden_size)
         state = input_checks.require_shape(state, expected, lambda: (

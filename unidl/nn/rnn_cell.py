@@ -79,9 +79,10 @@ class RNNCellBase(Module):
         expected = (input.shape[0], self.hidden_size) if batched else (self.hidden_size,)
         if len(shape) != len(expected) or any(a is not None and b is not None and a != b
                                               for a, b in zip(shape, expected)):
-            shown = ("N", self.hidden_size) if batched else (self.hidden_size,)
-            raise ShapeMismatchError(f"{self.describe()} expected a state of shape {shown} (batch, hidden_size) "
-                                     f"as its input's, received {shape}")
+            names = ("batch", "hidden_size") if batched else ("hidden_size",)
+            raise ShapeMismatchError(f"{self.describe()} expected a state of shape "
+                                     f"{input_checks.shape_text(expected, names)} ({', '.join(names)}) as its "
+                                     f"input's, received {shape}")
         if batched:  # (sizes a graph leaves unknown: checked when it runs, in the same words)
             state = input_checks.require_shape(state, (input_checks.sizes_of(input)[0], self.hidden_size), lambda: (
                 f"{input_checks.literal(self.describe)} expected a state of shape ({{}}, {{}}) (batch, hidden_size) "

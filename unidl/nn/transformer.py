@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from unidl import ops as functional, tensors
+from unidl import input_checks, ops as functional, tensors
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
 from unidl.nn.activation import GELU, ReLU
@@ -115,7 +115,9 @@ class TransformerEncoder(Module):
     computed there (mask them out when pooling). In evaluation, PyTorch runs batched input with a
     ``src_key_padding_mask`` and no ``mask`` as nested tensors when ``enable_nested_tensor`` and the layer allows
     it (post-norm, ``batch_first``, biases, relu or gelu, an even ``nhead``): its output is 0 at every padded
-    position (``norm(0)`` after the final ``norm``), and a sequence with no real token gives zeros, not NaN.
+    position (``norm(0)`` after the final ``norm``), and a sequence with no real token gives zeros, not NaN (and
+    finite gradients). A float mask's non-zero entries are the padding there, and the real positions attend to the
+    real ones without the mask's values added, as PyTorch's packed sequences do.
     unidl does the same under the same conditions, including PyTorch's ``mask_check`` (padding that is not all at
     the end of each row falls back to computed values; with ``mask_check=False``, where PyTorch assumes it is and
     packs the wrong positions, unidl zeroes the padded ones). The valid positions are the same either way. PyTorch
@@ -137,24 +139,40 @@ class TransformerEncoder(Module):
         self.use_nested_tensor = self.enable_nested_tensor and _nested_path_allowed(encoder_layer)
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
-        x = src
-        for layer in self.layers:
-            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=bool(is_causal))
+        x, padding_mask, padded = src, src_key_padding_mask, None
         if (self.use_nested_tensor and not self.layers[0].training and len(src.shape) == 3
                 and src_key_padding_mask is not None and mask is None):
-            x = self._zero_padded_positions(x, src_key_padding_mask)
+            padding_mask, padded = self._nested_padding(src, src_key_padding_mask)
+        for layer in self.layers:
+            x = layer(x, src_mask=mask, src_key_padding_mask=padding_mask, is_causal=bool(is_causal))
+        if padded is not None:  # 0 at the padded positions, as PyTorch's nested tensors give them back
+            x = self._ops.where(self._ops.unsqueeze(padded, 2), self._ops.zeros_like(x), x)
         return self.norm(x) if self.norm is not None else x
 
-    def _zero_padded_positions(self, x, padding_mask):
-        """0 at the padded positions, as PyTorch's nested-tensor path gives them; with ``mask_check``, only when
-        every row's padding is at its end (PyTorch's test for taking that path), a test made inside the graph."""
+    def _nested_padding(self, src, padding_mask):
+        """The layers' padding mask and the positions to zero after them, as PyTorch's nested-tensor path has them.
+
+        That path packs the real positions (a float mask's non-zero entries are padding, as its ``logical_not``
+        reads them) and runs the layers without a mask: a real position attends to its row's real positions only,
+        with no additive bias. With ``mask_check``, only when every row's padding is at its end (PyTorch's test for
+        taking the path, a test made inside the graph; otherwise the layers get the mask as given and nothing is
+        zeroed). A row without a real token attends to all of its positions, which are zeroed: PyTorch drops that
+        row, and a softmax over keys all masked would be NaN and make every gradient NaN."""
         ops = self._ops
         padding_mask = self.layers[0].self_attn._as_tensor(padding_mask)
-        padded = padding_mask if "bool" in str(padding_mask.dtype) else padding_mask != 0  # float: -inf marks it
-        if self.mask_check:  # a padded position followed by a real one anywhere: PyTorch keeps the computed values
-            misplaced = ops.sum(ops.cast_like(padded[:, :-1] & ~padded[:, 1:], x))
-            padded = padded & (misplaced == 0)
-        return ops.where(ops.unsqueeze(padded, 2), ops.zeros_like(x), x)
+        is_bool = "bool" in str(padding_mask.dtype)
+        padded = padding_mask if is_bool else padding_mask != 0
+        empty_row = ops.sum(ops.cast_like(~padded, src), 1, keepdims=True) == 0
+        nested = padded & ~empty_row
+        if not is_bool:
+            blocked = ops.zeros_like(padding_mask) - math.inf
+            nested = ops.where(nested, blocked, ops.zeros_like(padding_mask))
+        if not self.mask_check:
+            return nested, padded
+        taken = ops.sum(ops.cast_like(padded[:, :-1] & ~padded[:, 1:], src)) == 0  # no real position after padding
+        if is_bool:  # (ONNX Runtime has no Where of booleans)
+            return (nested & taken) | (padding_mask & ~taken), padded & taken
+        return ops.where(taken, nested, padding_mask), padded & taken
 
     def extra_repr(self):
         return f"num_layers={self.num_layers}"
@@ -341,19 +359,38 @@ class Transformer(Module):
     def forward(self, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
                 tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
                 memory_is_causal: bool = False):
-        source, target = tuple(src.shape), tuple(tgt.shape)
-        batch_axis = 0 if self.batch_first else 1
-        if len(source) == 3 and len(target) == 3 and None not in (source[batch_axis], target[batch_axis]) and (
-                source[batch_axis] != target[batch_axis]):  # (sizes a graph leaves unknown: the attention checks)
-            raise ShapeMismatchError(f"{self.describe()} expected src and tgt of one batch size, received src of "
-                                     f"shape {source} and tgt of shape {target}")
-        if any(shape[-1] not in (self.d_model, None) for shape in (source, target)):
-            raise ShapeMismatchError(f"{self.describe()} expected src and tgt of d_model = {self.d_model} features, "
-                                     f"received src of shape {source} and tgt of shape {target}")
+        src = self._checked_pair(src, tgt)
         memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
         return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
                             tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
                             tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+    def _checked_pair(self, src, tgt):
+        """``src``, after checking that it and ``tgt`` are both batched (3-D) or both unbatched (2-D), of one batch
+        size and of ``d_model`` features: one ``ShapeMismatchError`` naming both shapes, eagerly and, for sizes a
+        graph leaves unknown, when it runs (the decoder's attention raised its own words there)."""
+        source, target = tuple(src.shape), tuple(tgt.shape)
+        if len(source) not in (2, 3) or len(source) != len(target):
+            raise ShapeMismatchError(f"{self.describe()} expected src and tgt both batched (3-D) or both unbatched "
+                                     f"(2-D), received src of shape {source} and tgt of shape {target}")
+        batch_axis = 0 if self.batch_first else 1
+        rules = [(lambda a, b: (a[-1] == self.d_model, b[-1] == self.d_model), f"of d_model = {self.d_model} features")]
+        if len(source) == 3:
+            rules.insert(0, (lambda a, b: (a[batch_axis] == b[batch_axis],), "of one batch size"))
+        for rule, what in rules:
+            def message(first, second, what=what):
+                return f"expected src and tgt {what}, received src of shape {first} and tgt of shape {second}"
+
+            if None not in source + target:
+                if not all(rule(source, target)):
+                    raise ShapeMismatchError(f"{self.describe()} {message(source, target)}")
+                continue
+            sizes = (input_checks.sizes_of(src), input_checks.sizes_of(tgt))
+            template = input_checks.shape_template(len(source))
+            condition = input_checks.all_of([input_checks.holds(c) for c in rule(*sizes)])
+            src = input_checks.require(src, condition, lambda message=message: (
+                f"{input_checks.literal(self.describe)} {message(template, template)}"), sizes[0] + sizes[1])
+        return src
 
     @staticmethod
     def generate_square_subsequent_mask(sz: int, device=None, dtype=None):
