@@ -2031,14 +2031,22 @@ def test_regression_losses_of_two_float_dtypes_take_torchs_dtype(mode):
     prediction, target = np.array([[0.5, 1.5, -2.0]]), np.array([[1.0, 0.75, -0.25]])
     pairs = [("float16", "float32"), ("float32", "float16"), ("float64", "float32"), ("float32", "float64"),
              ("float16", "int64")]
-    for (name, module, oracle), (first, second), reduction in itertools.product(
-            REGRESSION_LOSSES, pairs, ("mean", "none")):
+    cases = list(itertools.product(REGRESSION_LOSSES, pairs, ("mean", "none")))
+    losses = [(lambda p, t, name=name, reduction=reduction: getattr(ud.ops, name)(p, t, reduction),
+               module(reduction=reduction)) for (name, module, _), _, reduction in cases]
+
+    def all_losses(p, t):  # (one graph for every case: a graph a case took seconds in all)
+        return tuple(loss(ud.ops.cast(p, first), ud.ops.cast(t, second))
+                     for (_, (first, second), _), pair in zip(cases, losses) for loss in pair)
+
+    inputs = ud.tensor(prediction), ud.tensor(target)
+    got = [ud.to_numpy(value) for value in (ud.function(all_losses) if mode == "graph" else all_losses)(*inputs)]
+    for index, ((name, _, oracle), (first, second), reduction) in enumerate(cases):
         want = oracle(torch.tensor(prediction).to(getattr(torch, first)),
                       torch.tensor(target).to(getattr(torch, second)), reduction=reduction).numpy()
-        for loss in (lambda p, t: getattr(ud.ops, name)(p, t, reduction), module(reduction=reduction)):
-            got = run(mode, lambda p, t: loss(ud.ops.cast(p, first), ud.ops.cast(t, second)), prediction, target)
-            assert got.dtype == want.dtype, (name, first, second, got.dtype, want.dtype)
-            np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=f"{name} {first} {second}")
+        for value in got[2 * index:2 * index + 2]:
+            assert value.dtype == want.dtype, (name, first, second, value.dtype, want.dtype)
+            np.testing.assert_allclose(value, want, rtol=1e-6, err_msg=f"{name} {first} {second}")
 
 
 
