@@ -588,6 +588,20 @@ def test_a_module_built_inside_a_function_computes_as_torch(backend):
     np.testing.assert_allclose(ud.to_numpy(normalize(ud.tensor(x))), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_a_call_that_raised_after_building_a_module_leaves_later_functions_working(backend):
+    """A compiled call whose function built a module (a loss with a class ``weight``) and then raised (a label out
+    of range, found as it ran) leaves the functions called after it working: on jax the error's traceback kept
+    the module, whose buffer held the ended trace's value, and every later ``ud.function``, which threads every
+    live variable, failed with JAX's UnexpectedTracerError. (On TensorFlow graphs the first call is the
+    GraphConstructError of a module built inside; torch runs eagerly.)"""
+    logits = np.zeros((2, 3), np.float32)
+    weighted = ud.function(lambda x, y: ud.nn.CrossEntropyLoss(weight=np.ones(3, np.float32))(x, y))
+    with pytest.raises((ud.IndexOutOfRangeError, ud.GraphConstructError)):
+        weighted(ud.tensor(logits), ud.tensor(np.array([0, 5]), dtype="int64"))
+    doubled = ud.function(lambda x: x * 2.0)
+    np.testing.assert_array_equal(ud.to_numpy(doubled(ud.tensor(logits + 1.0))), np.full((2, 3), 2.0, np.float32))
+
+
 def test_a_function_traced_under_one_dtype_is_traced_again_under_another(backend):
     """The dtype in force is read when the function is traced (``ud.ops.zeros``, ``ud.tensor``): a graph traced
     in float32 and called again under ``ud.use_dtype('float64')`` gave float32 on tensorflow, keras and jax, where

@@ -221,6 +221,7 @@ class StatefulJit:
 
         def pure(donated_values, kept_values, dynamic_leaves):
             self.trace_count += 1
+            floor = jax_variable.serial_floor()
             saved = [v._value for v in variables]  # (bookkeeping: ``_value``, not recorded as a read)
             threaded = {v.serial for v in variables}
             # (a write there, or a read: _StateOutside; bookkeeping reads ``_value``, which is not recorded)
@@ -251,6 +252,7 @@ class StatefulJit:
             finally:
                 for v, value in zip((*variables, *others), (*saved, *others_saved)):
                     v.value = value
+                jax_variable.forget_traced(floor)
             if outside or read:
                 raise _StateOutside(outside + read, {v.serial for v in read})
             return result, written

@@ -22,6 +22,23 @@ _serials = itertools.count()
 _live: "weakref.WeakValueDictionary[int, JaxVariable]" = weakref.WeakValueDictionary()
 
 
+def serial_floor() -> int:
+    """A serial below that of every variable created after this call (it spends one serial): where a trace
+    began, for ``forget_traced``."""
+    return next(_serials)
+
+
+def forget_traced(floor: int) -> None:
+    """Take out of ``live()`` the variables created since ``floor`` (``serial_floor``) that hold a tracer: made
+    inside a trace that has ended (a module built inside a compiled function, a loss with a class ``weight``), their
+    values are that trace's and can never be read again. A trace that raised can leave such a module referenced (its
+    error's traceback holds the frames that built it); left listed, every later ``ud.function``, which threads
+    every live variable, read the dead tracer and failed with JAX's ``UnexpectedTracerError``."""
+    for serial, variable in list(_live.items()):
+        if serial > floor and isinstance(variable._value, jax.core.Tracer):
+            del _live[serial]
+
+
 def live() -> list["JaxVariable"]:
     """Every ``JaxVariable`` still referenced, in creation order. (``items()`` holds each one while it is listed: a
     key listed first and looked up after could be gone by then, freed by a garbage collection in between.)"""
