@@ -482,10 +482,19 @@ class _ShapeOnlyBackend:
         return "cpu"
 
 
-def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str, tuple]:
-    """``{state-dict key: shape}`` of ``cls(**config)``, learned without allocating its weights: the model is
-    built against a backend whose variables hold only shapes, with weights drawn as zero-stride arrays; more than
-    ``limit`` variables raise ``_TooManyVariables``."""
+def state_shapes(model) -> dict[str, tuple | None]:
+    """``{state-dict key: shape}`` of what ``model`` loads: its variables' shapes, and ``None`` for a module's extra
+    state (``set_extra_state``), whose value has no shape fixed by the model."""
+    from unidl.nn.module import ExtraState
+
+    return {name: None if isinstance(variable, ExtraState) else tuple(variable.shape)
+            for name, variable in model._state_variables(extra_state="set_extra_state")}
+
+
+def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str, tuple | None]:
+    """``{state-dict key: shape}`` of ``cls(**config)`` (``state_shapes``: ``None`` for extra state), learned without
+    allocating its weights: the model is built against a backend whose variables hold only shapes, with weights drawn
+    as zero-stride arrays; more than ``limit`` variables raise ``_TooManyVariables``."""
     from unidl import config as unidl_config, random as unidl_random
 
     token = unidl_config._backend_override.set(_ShapeOnlyBackend(unidl_config.backend(), limit))
@@ -494,8 +503,7 @@ def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str
             model = cls(**config)
     finally:
         unidl_config._backend_override.reset(token)
-    shapes = {name: tuple(variable.shape) for name, variable in model._state_variables()}
-    return shapes
+    return state_shapes(model)
 
 
 # ---- public API ----------------------------------------------------------
@@ -526,7 +534,7 @@ def _check_config_describes(model, config) -> None:
         expected = architecture_shapes(type(model), config)
     except Exception:  # (not its constructor's arguments: ud.load_weights into a model built by hand still works)
         return
-    found = {name: tuple(variable.shape) for name, variable in model._state_variables()}
+    found = state_shapes(model)
     if expected == found:
         return
     differences = [f"{k}: the config builds {expected[k]}, the model holds {found[k]}" for k in found
@@ -594,9 +602,10 @@ def _check_architecture(cls, config: dict, stored: dict, metadata: dict, path: s
             raise kind(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: "
                        f"{type(error).__name__}: {error}; nothing was built") from None
         return
-    problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"
-                for key, shape in expected.items() if key in stored and stored[key] != shape]
-    problems += [f"{key} (shape {shape}) is not in the file" for key, shape in expected.items() if key not in stored]
+    problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"  # (extra state: any shape)
+                for key, shape in expected.items() if key in stored and shape is not None and stored[key] != shape]
+    problems += [f"{key} ({'extra state' if shape is None else f'shape {shape}'}) is not in the file"
+                 for key, shape in expected.items() if key not in stored]
     problems += [f"{key} is in the file but not in the model" for key in stored if key not in expected]
     if problems:
         raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes does not "
