@@ -421,13 +421,36 @@ def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: st
                              f"mismatches: " + "; ".join(beyond))
 
 
+def load_extra_states(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
+    """Give each module of ``model`` that defines ``set_extra_state`` the file's array under its ``_extra_state``
+    key. A file loader calls it before anything else changes (torch's ``load_state_dict`` calls it after the
+    module's variables are written): ``set_extra_state`` is the user's code and may refuse what it is given (a
+    version check), and then the modules it already set get back what their ``get_extra_state`` returned, so the
+    refusal leaves the model, and a checkpoint's run, as they were. Call after the file's checks."""
+    from unidl.nn.module import ExtraState, Module
+
+    modules = [(own.module, reader.read(names[key])) for key, own in model._state_variables(
+        extra_state="set_extra_state") if isinstance(own, ExtraState) and key in names]
+    before = [module.get_extra_state() if type(module).get_extra_state is not Module.get_extra_state else None
+              for module, _ in modules]
+    done = 0
+    try:
+        for module, state in modules:
+            module.set_extra_state(state)
+            done += 1
+    except BaseException:
+        for (module, _), state in reversed(list(zip(modules[:done], before))):
+            if state is not None:
+                module.set_extra_state(state)
+        raise
+
+
 def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     """Read the file's tensors straight into ``model``'s variables, one at a time: each is read once into a
     buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
     variable's memory) and released before the next is read, so at most one tensor's bytes are held
-    outside the model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``. A module's
-    extra state is given its array (``set_extra_state``) after every variable is written, as ``load_state_dict``
-    does."""
+    outside the model. Call only after ``check_entries``, ``reader.verify()``, ``check_values`` and
+    ``load_extra_states``."""
     from unidl.nn.module import ExtraState
 
     own = dict(model._state_variables(extra_state="set_extra_state"))
@@ -435,8 +458,6 @@ def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     for key in [key for key in names if key in own and not isinstance(own[key], ExtraState)]:
         # (through the reader's own handle: the file it checked)
         backend.assign(own[key], backend.donated_tensor(reader.read(names[key])))
-    for key in [key for key in names if isinstance(own.get(key), ExtraState)]:
-        own[key].module.set_extra_state(reader.read(names[key]))
 
 
 class _ShapeOnlyVariable:
@@ -578,6 +599,7 @@ def load(path, *, allow_pickle: bool = False):
     model = _build(cls, config, metadata, path)
     check_entries(model, entries, what=repr(path))
     check_values(model, reader, names, what=repr(path))
+    load_extra_states(model, reader, names)
     stream_into(model, reader, names)
     return model
 
@@ -658,6 +680,7 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     check_entries(model, entries, strict=strict)
     reader.verify()
     check_values(model, reader, names)
+    load_extra_states(model, reader, names)
     stream_into(model, reader, names)
     own = [name for name, _ in model._state_variables(extra_state="set_extra_state")]
     optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)

@@ -907,10 +907,12 @@ class Module:
                            f"state defines get_extra_state and set_extra_state")
 
     def set_extra_state(self, state) -> None:
-        """Restore what ``get_extra_state`` returned, called by ``load_state_dict`` (and ``ud.load_weights``, with
-        the array a file holds) with the value under ``<path>._extra_state``, after the module's variables are
-        written, as torch.nn's. A module whose class defines it expects that key (missing: a missing key);
-        an ``_extra_state`` key for one that does not is an unexpected key.
+        """Restore what ``get_extra_state`` returned, called by ``load_state_dict`` with the value under
+        ``<path>._extra_state``, after the module's variables are written, as torch.nn's. A module whose class
+        defines it expects that key (missing: a missing key); an ``_extra_state`` key for one that does not is an
+        unexpected key. From a file (``ud.load_weights``, ``ud.load``, ``load_checkpoint``) it gets the array the
+        file holds, before any variable is written: an exception it raises (a version check) leaves the model, and
+        a checkpoint's optimizer, loader and generators, unchanged.
 
         Args:
             state: the value ``get_extra_state`` returned when the state dict was made.
