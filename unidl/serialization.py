@@ -432,7 +432,7 @@ def load_extra_states(model, reader: SafetensorsFile, names: dict[str, str]) -> 
     modules = [(own.module, reader.read(names[key])) for key, own in model._state_variables(
         extra_state="set_extra_state") if isinstance(own, ExtraState) and key in names]
     before = [module.get_extra_state() if type(module).get_extra_state is not Module.get_extra_state else None
-              for module, _ in modules]
+              for module, _ in modules[:-1]]  # (the last one is never rolled back)
     done = 0
     try:
         for module, state in modules:
