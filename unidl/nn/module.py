@@ -901,8 +901,9 @@ class Module:
         """State of this module that is no parameter or buffer (a configuration, a step count kept in Python), for
         ``state_dict()`` to hold under ``<path>._extra_state``, as torch.nn's: define it, and ``set_extra_state``,
         in a subclass. ``state_dict()`` holds what it returns as it is; a file (``ud.save``, checkpoints) holds
-        arrays only, so return an array (or a tensor) for a model saved to one (anything else: a ``TypeError``
-        naming the key when the file is written). Not defined here: a module without it has no such key."""
+        arrays only, so return an array (or a tensor of any framework: written as its values, also from a GPU or
+        one that requires a gradient) for a model saved to one (anything else: a ``TypeError`` naming the key when
+        the file is written). Not defined here: a module without it has no such key."""
         raise RuntimeError(f"{type(self).__name__}.get_extra_state is not defined: a subclass that keeps extra "
                            f"state defines get_extra_state and set_extra_state")
 
