@@ -352,9 +352,8 @@ class ParameterList(Module):
 
     def append(self, value) -> "ParameterList":
         """Add ``value`` at the end (a tensor made a parameter, as the class says); returns the list."""
-        value = _held(self, value)  # (checked before the list grows)
-        self._size += 1
-        self[len(self) - 1] = value
+        setattr(self, str(len(self)), _held(self, value))
+        self._size += 1  # (after the registration: one that raises leaves the list as it was)
         return self
 
     def extend(self, values: Iterable) -> "ParameterList":
@@ -414,9 +413,8 @@ class ParameterDict(Module):
     def __setitem__(self, key: str, value) -> None:
         if self._checked_key(key) not in self._keys:
             self._check_new_name("ParameterDict[key] = value", key, self._parameters)
-        value = _held(self, value)
-        self._keys[key] = None
-        setattr(self, key, value)
+        setattr(self, key, _held(self, value))
+        self._keys[key] = None  # (after the registration: one that raises leaves the dict as it was)
 
     def __delitem__(self, key: str) -> None:
         self[key]  # noqa: B018  (the KeyError naming what there is)
