@@ -270,3 +270,46 @@ def test_saving_below_checkpoints_already_in_the_directory_warns_once(tmp_path):
         ud.save_checkpoint(tmp_path / "fresh", model, epoch=0, step=1)
         ud.save_checkpoint(tmp_path / "long", model, epoch=3, step=9_999_999)  # (numbers, not names, compared)
         ud.save_checkpoint(tmp_path / "long", model, epoch=3, step=10_000_000)
+
+
+class _Versioned(ud.nn.Linear):
+    """A layer whose extra state is a format version, which ``set_extra_state`` takes as it is."""
+
+    version = 2
+
+    def get_extra_state(self):
+        return np.array([self.version])
+
+    def set_extra_state(self, state):
+        self.version = int(np.asarray(state)[0])
+
+
+class _Newer(_Versioned):
+    """A later version of ``_Versioned`` that refuses another version's state, as torch code often does."""
+
+    def set_extra_state(self, state):
+        if int(np.asarray(state)[0]) != 3:
+            raise ValueError(f"incompatible version {int(np.asarray(state)[0])}")
+        super().set_extra_state(state)
+
+
+def test_a_refusing_set_extra_state_leaves_the_whole_run_unchanged(backend, tmp_path):
+    """``load_checkpoint`` (and ``ud.load_weights``) stay all or nothing when a module's ``set_extra_state`` raises:
+    it ran last, after the generators, the optimizer and every weight were replaced; now it runs first, and a module
+    it already set gets its own extra state back."""
+    model = ud.nn.Sequential(_Versioned(2, 2), _Versioned(2, 2))
+    ud.save_checkpoint(tmp_path, model, ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), epoch=1)
+    ud.save(model, tmp_path / "model.safetensors")
+    ud.manual_seed(7)
+    other = ud.nn.Sequential(_Versioned(2, 2), _Newer(2, 2))
+    other[0].version = 5
+    optimizer = ud.optim.SGD(other.parameters(), lr=0.5, momentum=0.9)
+    weights, rng = other.state_dict(), unidl_random.get_rng_state()
+    for load in (lambda: ud.load_checkpoint(tmp_path, other, optimizer),
+                 lambda: ud.load_weights(other, tmp_path / "model.safetensors")):
+        with pytest.raises(ValueError, match="incompatible version 2"):
+            load()
+        assert other.state_dict().keys() == weights.keys() and other[0].version == 5
+        for key, value in weights.items():
+            np.testing.assert_array_equal(other.state_dict()[key], value)
+        assert optimizer.state_dict()["lr"] == 0.5 and unidl_random.get_rng_state() == rng

@@ -11,7 +11,7 @@ import pytest
 
 import unidl as ud
 from unidl.io.safetensors import load_file, save_file
-from unidl.serialization import CANONICAL_LAYOUT, _registry
+from unidl.serialization import CANONICAL_LAYOUT, _registry, encode_metadata, model_metadata
 from unidl.testing import max_relative_difference
 
 BACKENDS = ud.available_backends()
@@ -343,6 +343,39 @@ def test_a_model_whose_constructor_copies_a_layer_saves_and_loads(backend, tmp_p
     loaded = ud.load(tmp_path / "m.safetensors")
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[key], value)
+
+
+def test_a_registered_model_with_extra_state_loads_with_it(backend, tmp_path, monkeypatch):
+    """``ud.load`` of a registered model whose module defines ``get_extra_state``/``set_extra_state`` rebuilds it
+    with its extra state, from the safetensors file ``ud.save`` writes and from a pickle (the file's
+    ``_extra_state`` key was refused as not in the model, so ``ud.save`` wrote files ``ud.load`` never read); a
+    file without that key is the error naming it as missing extra state, as ``load_state_dict``'s missing key."""
+    monkeypatch.setattr("unidl.serialization._registry", dict(_registry))
+
+    @ud.register_model
+    class Counted(ud.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.config, self.fc, self.calls = {"n": n}, ud.nn.Linear(n, n), 0
+
+        def get_extra_state(self):
+            return np.array([self.calls])
+
+        def set_extra_state(self, state):
+            self.calls = int(state[0])
+
+    model = Counted(2)
+    model.calls = 5
+    ud.save(model, tmp_path / "counted.safetensors")
+    with open(tmp_path / "counted.pkl", "wb") as handle:
+        pickle.dump({"state_dict": model.state_dict(), "unidl": model_metadata(model)}, handle)
+    for loaded in (ud.load(tmp_path / "counted.safetensors"), ud.load(tmp_path / "counted.pkl", allow_pickle=True)):
+        assert type(loaded) is Counted and loaded.calls == 5
+        np.testing.assert_array_equal(loaded.state_dict()["fc.weight"], model.state_dict()["fc.weight"])
+    without = {key: value for key, value in model.state_dict().items() if key != "_extra_state"}
+    save_file(without, tmp_path / "without.safetensors", encode_metadata(model_metadata(model)))
+    with pytest.raises(ud.StateDictError, match=r"_extra_state \(extra state\) is not in the file"):
+        ud.load(tmp_path / "without.safetensors")
 
 
 def test_a_numpy_npz_state_dict_is_named_with_how_to_load_it(tmp_path):

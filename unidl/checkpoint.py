@@ -22,7 +22,7 @@ from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
 from unidl.training import job_window_state
 from unidl.serialization import (MODEL_PREFIX, check_entries, check_values, decode_metadata, encode_metadata,
-                                 model_metadata, stream_into, to_json)
+                                 load_extra_states, model_metadata, stream_into, to_json)
 
 OPTIMIZER_PREFIX = "optimizer/"
 #: prefix of the summed gradients of an accumulation window in progress (``optimizer_window/<param index>``)
@@ -380,7 +380,9 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     All or nothing: the checksums, every model tensor's name, shape and dtype, the optimizer's slots,
     the RNG, loader, scheduler and callback states (and ``check(metadata, path)``, if given) are all checked
     before the first object changes; any failure raises (``CorruptFileError``, ``StateDictError``) with
-    the model, optimizer, loader and generators untouched.
+    the model, optimizer, loader and generators untouched. A module's ``set_extra_state`` (the user's code, which
+    may refuse the state it is given) runs first of all changes, and the modules it already set are given back
+    their own ``get_extra_state``, so its exception, too, leaves everything as it was.
     """
     _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
     target = os.fspath(path_or_directory)
@@ -434,7 +436,9 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     if check is not None:
         check(metadata, path)
 
-    # ---- then change: the generators first (a refused state is rolled back), the model last ----
+    # ---- then change: the model's extra state first (the user's set_extra_state may refuse it: rolled back), the
+    # generators next (a refused state is rolled back), the model's variables last ----
+    load_extra_states(model, reader, names)
     unidl_random.set_rng_state(metadata["rng"])
     if loader is not None:
         loader.load_state_dict(metadata["loader"])

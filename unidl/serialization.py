@@ -421,13 +421,36 @@ def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: st
                              f"mismatches: " + "; ".join(beyond))
 
 
+def load_extra_states(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
+    """Give each module of ``model`` that defines ``set_extra_state`` the file's array under its ``_extra_state``
+    key. A file loader calls it before anything else changes (torch's ``load_state_dict`` calls it after the
+    module's variables are written): ``set_extra_state`` is the user's code and may refuse what it is given (a
+    version check), and then the modules it already set get back what their ``get_extra_state`` returned, so the
+    refusal leaves the model, and a checkpoint's run, as they were. Call after the file's checks."""
+    from unidl.nn.module import ExtraState, Module
+
+    modules = [(own.module, reader.read(names[key])) for key, own in model._state_variables(
+        extra_state="set_extra_state") if isinstance(own, ExtraState) and key in names]
+    before = [module.get_extra_state() if type(module).get_extra_state is not Module.get_extra_state else None
+              for module, _ in modules[:-1]]  # (the last one is never rolled back)
+    done = 0
+    try:
+        for module, state in modules:
+            module.set_extra_state(state)
+            done += 1
+    except BaseException:
+        for (module, _), state in reversed(list(zip(modules[:done], before))):
+            if state is not None:
+                module.set_extra_state(state)
+        raise
+
+
 def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     """Read the file's tensors straight into ``model``'s variables, one at a time: each is read once into a
     buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
     variable's memory) and released before the next is read, so at most one tensor's bytes are held
-    outside the model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``. A module's
-    extra state is given its array (``set_extra_state``) after every variable is written, as ``load_state_dict``
-    does."""
+    outside the model. Call only after ``check_entries``, ``reader.verify()``, ``check_values`` and
+    ``load_extra_states``."""
     from unidl.nn.module import ExtraState
 
     own = dict(model._state_variables(extra_state="set_extra_state"))
@@ -435,8 +458,6 @@ def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     for key in [key for key in names if key in own and not isinstance(own[key], ExtraState)]:
         # (through the reader's own handle: the file it checked)
         backend.assign(own[key], backend.donated_tensor(reader.read(names[key])))
-    for key in [key for key in names if isinstance(own.get(key), ExtraState)]:
-        own[key].module.set_extra_state(reader.read(names[key]))
 
 
 class _ShapeOnlyVariable:
@@ -482,10 +503,19 @@ class _ShapeOnlyBackend:
         return "cpu"
 
 
-def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str, tuple]:
-    """``{state-dict key: shape}`` of ``cls(**config)``, learned without allocating its weights: the model is
-    built against a backend whose variables hold only shapes, with weights drawn as zero-stride arrays; more than
-    ``limit`` variables raise ``_TooManyVariables``."""
+def state_shapes(model) -> dict[str, tuple | None]:
+    """``{state-dict key: shape}`` of what ``model`` loads: its variables' shapes, and ``None`` for a module's extra
+    state (``set_extra_state``), whose value has no shape fixed by the model."""
+    from unidl.nn.module import ExtraState
+
+    return {name: None if isinstance(variable, ExtraState) else tuple(variable.shape)
+            for name, variable in model._state_variables(extra_state="set_extra_state")}
+
+
+def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str, tuple | None]:
+    """``{state-dict key: shape}`` of ``cls(**config)`` (``state_shapes``: ``None`` for extra state), learned without
+    allocating its weights: the model is built against a backend whose variables hold only shapes, with weights drawn
+    as zero-stride arrays; more than ``limit`` variables raise ``_TooManyVariables``."""
     from unidl import config as unidl_config, random as unidl_random
 
     token = unidl_config._backend_override.set(_ShapeOnlyBackend(unidl_config.backend(), limit))
@@ -494,8 +524,7 @@ def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str
             model = cls(**config)
     finally:
         unidl_config._backend_override.reset(token)
-    shapes = {name: tuple(variable.shape) for name, variable in model._state_variables()}
-    return shapes
+    return state_shapes(model)
 
 
 # ---- public API ----------------------------------------------------------
@@ -526,7 +555,7 @@ def _check_config_describes(model, config) -> None:
         expected = architecture_shapes(type(model), config)
     except Exception:  # (not its constructor's arguments: ud.load_weights into a model built by hand still works)
         return
-    found = {name: tuple(variable.shape) for name, variable in model._state_variables()}
+    found = state_shapes(model)
     if expected == found:
         return
     differences = [f"{k}: the config builds {expected[k]}, the model holds {found[k]}" for k in found
@@ -570,6 +599,7 @@ def load(path, *, allow_pickle: bool = False):
     model = _build(cls, config, metadata, path)
     check_entries(model, entries, what=repr(path))
     check_values(model, reader, names, what=repr(path))
+    load_extra_states(model, reader, names)
     stream_into(model, reader, names)
     return model
 
@@ -594,9 +624,10 @@ def _check_architecture(cls, config: dict, stored: dict, metadata: dict, path: s
             raise kind(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: "
                        f"{type(error).__name__}: {error}; nothing was built") from None
         return
-    problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"
-                for key, shape in expected.items() if key in stored and stored[key] != shape]
-    problems += [f"{key} (shape {shape}) is not in the file" for key, shape in expected.items() if key not in stored]
+    problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"  # (extra state: any shape)
+                for key, shape in expected.items() if key in stored and shape is not None and stored[key] != shape]
+    problems += [f"{key} ({'extra state' if shape is None else f'shape {shape}'}) is not in the file"
+                 for key, shape in expected.items() if key not in stored]
     problems += [f"{key} is in the file but not in the model" for key in stored if key not in expected]
     if problems:
         raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes does not "
@@ -649,6 +680,7 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     check_entries(model, entries, strict=strict)
     reader.verify()
     check_values(model, reader, names)
+    load_extra_states(model, reader, names)
     stream_into(model, reader, names)
     own = [name for name, _ in model._state_variables(extra_state="set_extra_state")]
     optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)

@@ -420,6 +420,22 @@ def test_parameter_dict_is_torchs_dict(backend):
     assert len(ours) == 0 and not ours.parameters()
 
 
+def test_a_refused_item_leaves_a_parameter_list_or_dict_as_it_was(backend):
+    """An item whose registration raises (a module of another backend: ``BackendMismatchError``) leaves
+    ``ParameterList.append`` and a new key of ``ParameterDict`` unchanged: the length counted the item, and
+    iterating or ``items()`` raised ``AttributeError``; the next item takes the free place."""
+    with ud.use_backend("jax" if backend != "jax" else "torch"):
+        foreign = ud.nn.Linear(2, 2)
+    ours_list, ours_dict = ud.nn.ParameterList([np.ones(2, np.float32)]), ud.nn.ParameterDict()
+    for add in (ours_list.append, lambda value: ours_dict.__setitem__("a", value)):
+        with pytest.raises(ud.BackendMismatchError):
+            add(foreign)
+    assert len(ours_list) == 1 and len(list(ours_list)) == 1 and len(ours_dict) == 0 and not list(ours_dict.items())
+    ours_list.append(np.zeros(3, np.float32))
+    ours_dict["a"] = np.zeros(3, np.float32)
+    assert list(ours_list.state_dict()) == ["0", "1"] and list(ours_dict.state_dict()) == ["a"]
+
+
 def test_parameter_is_a_free_standing_parameter_of_the_backend(backend):
     """``ud.nn.Parameter(data)`` is a parameter of the backend in force (``isinstance`` says so), registered when
     assigned to a module; ``requires_grad=False`` makes it frozen, ``Parameter()`` is empty, as torch's."""

@@ -769,3 +769,35 @@ def test_extra_state_is_saved_and_loaded_as_torchs(backend, tmp_path):
     ours[1].get_extra_state = lambda: {"calls": 5}
     with pytest.raises(TypeError, match="'1._extra_state' has dtype object.*get_extra_state"):
         ud.save(ours, tmp_path / "object.safetensors")
+
+
+def test_extra_state_of_tensors_is_written_to_files_as_arrays(backend, tmp_path):
+    """A ``get_extra_state`` that returns a tensor (the backend's own parameter; a torch tensor that requires a
+    gradient, under any backend) is written by ``ud.save`` and ``save_checkpoint`` as its array (``np.asarray``
+    refused the torch tensor: torch's RuntimeError, naming no key); a value that is no array is the ``TypeError``
+    naming its key."""
+    import torch
+
+    class Tensors(ud.nn.Linear):
+        own_weight = True
+
+        def get_extra_state(self):
+            return self.weight if self.own_weight else torch.tensor([[1.5, 2.5]], requires_grad=True) * 2
+
+        def set_extra_state(self, state):
+            self.got = state
+
+    for own_weight in (True, False):
+        model = Tensors(2, 1)
+        model.own_weight = own_weight
+        expected = model.state_dict()["weight"] if own_weight else np.array([[3.0, 5.0]], np.float32)
+        ud.save(model, tmp_path / "tensors.safetensors")
+        ud.save_checkpoint(tmp_path / str(own_weight), model)
+        for load in (lambda m: m.load_weights(tmp_path / "tensors.safetensors"),
+                     lambda m: ud.load_checkpoint(tmp_path / str(own_weight), m)):
+            loaded = Tensors(2, 1)
+            load(loaded)
+            np.testing.assert_array_equal(loaded.got, expected)
+    model.get_extra_state = lambda: [[1.0], [2.0, 3.0]]
+    with pytest.raises(TypeError, match=r"tensor '_extra_state' is a list, which is no array .*get_extra_state"):
+        ud.save(model, tmp_path / "ragged.safetensors")

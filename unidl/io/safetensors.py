@@ -74,13 +74,29 @@ def header_checksum(header: dict) -> int:
 
 # ---- writing -------------------------------------------------------------
 
+def _extra_state_hint(name: str) -> str:
+    return (" (a module's get_extra_state: return an array or a tensor to save it in a file)"
+            if name.endswith("_extra_state") else "")
+
+
+def _host_array(name: str, value) -> np.ndarray:
+    """``value`` as a NumPy array: a tensor of any framework through ``unidl.tensors.to_numpy`` (a module's extra
+    state may be a GPU tensor, or one that requires a gradient, which ``np.asarray`` refuses with the framework's
+    words); what is no array at all is a ``TypeError`` naming its key."""
+    from unidl.tensors import to_numpy
+
+    try:
+        return np.asarray(to_numpy(value))
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"tensor {name!r} is a {type(value).__name__}, which is no array ({error})"
+                        f"{_extra_state_hint(name)}") from None
+
+
 def _dtype_name(name: str, array: np.ndarray) -> str:
     dtype_name = _NAMES_BY_KIND.get((array.dtype.kind, array.dtype.itemsize))
     if dtype_name is None:
-        hint = (" (a module's get_extra_state: return an array or a tensor to save it in a file)"
-                if name.endswith("_extra_state") else "")
-        raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store{hint}; "
-                        f"valid dtypes are {', '.join(str(d) for d in DTYPES.values())}")
+        raise TypeError(f"tensor {name!r} has dtype {array.dtype}, which safetensors cannot store"
+                        f"{_extra_state_hint(name)}; valid dtypes are {', '.join(str(d) for d in DTYPES.values())}")
     return dtype_name
 
 
@@ -99,7 +115,7 @@ def _layout(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | Non
             raise TypeError(f"tensor names must be str, got {name!r}")
         if name == _METADATA_KEY:
             raise ValueError(f"{_METADATA_KEY!r} is reserved for metadata and cannot name a tensor")
-        array = np.asarray(value)
+        array = value if isinstance(value, np.ndarray) else _host_array(name, value)
         dtype_name = _dtype_name(name, array)
         array = np.asarray(array, dtype=DTYPES[dtype_name], order="C")  # no copy when already so; 0-d stays 0-d
         header[name] = {"dtype": dtype_name, "shape": list(array.shape),

@@ -351,15 +351,22 @@ class ParameterList(Module):
         return self.extend(values)
 
     def append(self, value) -> "ParameterList":
-        """Add ``value`` at the end (a tensor made a parameter, as the class says); returns the list."""
-        value = _held(self, value)  # (checked before the list grows)
-        self._size += 1
-        self[len(self) - 1] = value
+        """Add ``value`` at the end (a tensor made a parameter, as the class says); returns the list.
+
+        Args:
+            value: a parameter, a tensor or array (made a parameter), or any other object (kept as it is).
+        """
+        setattr(self, str(len(self)), _held(self, value))
+        self._size += 1  # (after the registration: one that raises leaves the list as it was)
         return self
 
     def extend(self, values: Iterable) -> "ParameterList":
         """Add each of ``values`` at the end; returns the list. A tensor or a non-iterable is torch's
-        ``TypeError`` (a tensor is one item: ``append`` it)."""
+        ``TypeError`` (a tensor is one item: ``append`` it).
+
+        Args:
+            values: an iterable of items, each as ``append`` takes it.
+        """
         if not isinstance(values, Iterable) or hasattr(values, "shape"):
             raise TypeError(f"ParameterList.extend should be called with an iterable, but got "
                             f"{type(values).__name__}; append a single tensor or parameter")
@@ -414,9 +421,8 @@ class ParameterDict(Module):
     def __setitem__(self, key: str, value) -> None:
         if self._checked_key(key) not in self._keys:
             self._check_new_name("ParameterDict[key] = value", key, self._parameters)
-        value = _held(self, value)
-        self._keys[key] = None
-        setattr(self, key, value)
+        setattr(self, key, _held(self, value))
+        self._keys[key] = None  # (after the registration: one that raises leaves the dict as it was)
 
     def __delitem__(self, key: str) -> None:
         self[key]  # noqa: B018  (the KeyError naming what there is)
@@ -445,14 +451,32 @@ class ParameterDict(Module):
         return (self[key] for key in list(self._keys))
 
     def get(self, key: str, default=None):
+        """The value under ``key``, or ``default`` where there is none, as a dict's.
+
+        Args:
+            key: the name to look up.
+            default: what to return where ``key`` is missing.
+        """
         return self[key] if key in self else default
 
     def setdefault(self, key: str, default=None):
+        """The value under ``key``, after adding ``default`` there (made a parameter where it is a tensor) where
+        the key is missing, as a dict's.
+
+        Args:
+            key: the name to look up or add.
+            default: the value to add where ``key`` is missing.
+        """
         if key not in self:
             self[key] = default
         return self[key]
 
     def pop(self, key: str):
+        """Remove ``key`` and return its value; a missing key is a ``MissingKeyError``, as torch's.
+
+        Args:
+            key: the name to remove.
+        """
         value = self[key]
         del self[key]
         return value
@@ -473,13 +497,23 @@ class ParameterDict(Module):
         return ParameterDict(OrderedDict(self.items()))
 
     def fromkeys(self, keys: Iterable[str], default=None) -> "ParameterDict":
-        """A new ParameterDict with ``keys``, each holding ``default`` (made a parameter where it is a tensor)."""
+        """A new ParameterDict with ``keys``, each holding ``default`` (made a parameter where it is a tensor).
+
+        Args:
+            keys: the names of the new dict, in order.
+            default: the value each key holds: a parameter is shared by every key, a tensor or array is made a
+                parameter of its own for each.
+        """
         return ParameterDict((key, default) for key in keys)
 
     def update(self, parameters) -> None:
         """Add or replace entries from a mapping or from (key, value) pairs: torch's order (a plain dict's keys
         sorted) and torch's errors (a non-iterable, or an item that is no pair: ``TypeError``, a sequence of
-        another length: ``ValueError``)."""
+        another length: ``ValueError``).
+
+        Args:
+            parameters: a mapping of names to values, or an iterable of (name, value) pairs.
+        """
         if not isinstance(parameters, Iterable):
             raise TypeError(f"ParametersDict.update should be called with an iterable of key/value pairs, but got "
                             f"{type(parameters).__name__}")

@@ -901,16 +901,19 @@ class Module:
         """State of this module that is no parameter or buffer (a configuration, a step count kept in Python), for
         ``state_dict()`` to hold under ``<path>._extra_state``, as torch.nn's: define it, and ``set_extra_state``,
         in a subclass. ``state_dict()`` holds what it returns as it is; a file (``ud.save``, checkpoints) holds
-        arrays only, so return an array (or a tensor) for a model saved to one (anything else: a ``TypeError``
-        naming the key when the file is written). Not defined here: a module without it has no such key."""
+        arrays only, so return an array (or a tensor of any framework: written as its values, also from a GPU or
+        one that requires a gradient) for a model saved to one (anything else: a ``TypeError`` naming the key when
+        the file is written). Not defined here: a module without it has no such key."""
         raise RuntimeError(f"{type(self).__name__}.get_extra_state is not defined: a subclass that keeps extra "
                            f"state defines get_extra_state and set_extra_state")
 
     def set_extra_state(self, state) -> None:
-        """Restore what ``get_extra_state`` returned, called by ``load_state_dict`` (and ``ud.load_weights``, with
-        the array a file holds) with the value under ``<path>._extra_state``, after the module's variables are
-        written, as torch.nn's. A module whose class defines it expects that key (missing: a missing key);
-        an ``_extra_state`` key for one that does not is an unexpected key.
+        """Restore what ``get_extra_state`` returned, called by ``load_state_dict`` with the value under
+        ``<path>._extra_state``, after the module's variables are written, as torch.nn's. A module whose class
+        defines it expects that key (missing: a missing key); an ``_extra_state`` key for one that does not is an
+        unexpected key. From a file (``ud.load_weights``, ``ud.load``, ``load_checkpoint``) it gets the array the
+        file holds, before any variable is written: an exception it raises (a version check) leaves the model, and
+        a checkpoint's optimizer, loader and generators, unchanged.
 
         Args:
             state: the value ``get_extra_state`` returned when the state dict was made.
