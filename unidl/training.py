@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 
-from unidl import config, devices
+from unidl import arguments, config, devices
 from unidl.errors import BackendMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.precision import precision_policy
 from unidl.tracing import python_randomness_preserved
@@ -598,10 +598,8 @@ class TrainStep:
 
     def __init__(self, model, loss_fn, optimizer, with_outputs: bool = False, eager: bool = False, precision=None,
                  check_finite: bool = True, accumulate: int = 1, check_trainable: bool = True):
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"train_step check_finite must be True or False, got {check_finite!r}")
-        if not isinstance(check_trainable, bool):
-            raise TypeError(f"train_step check_trainable must be True or False, got {check_trainable!r}")
+        check_finite = arguments.boolean("train_step", "check_finite", check_finite)
+        check_trainable = arguments.boolean("train_step", "check_trainable", check_trainable)
         self.accumulate = check_accumulate(accumulate)
         from unidl.fit_options import check_reduced_loss
         from unidl.nn.module import Module

@@ -135,6 +135,8 @@ def test_a_keyword_pre_hook_must_give_args_and_kwargs_and_hooks_must_be_callable
         net.register_forward_hook(3)
     with pytest.raises(TypeError, match="always_call must be True or False, got 'yes'"):
         net.register_forward_hook(lambda *a: None, always_call="yes")
+    # NumPy's booleans are booleans, as for unidl's other True/False arguments (they were refused here alone)
+    net.register_forward_hook(lambda *a: None, prepend=np.True_, always_call=np.False_).remove()
 
 
 def test_hooks_run_through_the_native_model_and_survive_a_deepcopy(backend, rng):

@@ -80,6 +80,7 @@ def test_check_finite_false_skips_the_step_silently_and_training_goes_on(backend
     assert not _same(_weights(model), before)
     with pytest.raises(TypeError, match="check_finite"):
         ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite="no")
+    assert ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite=np.False_).check_finite is False
 
 
 def test_apply_skips_non_finite_gradients_in_the_manual_loop(backend):

@@ -15,6 +15,8 @@ import itertools
 import warnings
 import weakref
 
+from unidl import arguments
+
 _handle_ids = itertools.count()
 
 #: the tables of hooks that a forward runs: a change to one traces compiled steps again
@@ -49,9 +51,9 @@ def register(module, table_name: str, hook, prepend: bool, flags: dict, method: 
     table is made on first use."""
     if not callable(hook):
         raise TypeError(f"{type(module).__name__}.{method}: the hook must be callable, got {type(hook).__name__}")
-    for name, value in (("prepend", prepend), *flags.items()):
-        if not isinstance(value, bool):
-            raise TypeError(f"{type(module).__name__}.{method}: {name} must be True or False, got {value!r}")
+    owner = f"{type(module).__name__}.{method}"
+    prepend = arguments.boolean(owner, "prepend", prepend)
+    flags = {name: arguments.boolean(owner, name, value) for name, value in flags.items()}
     table = module.__dict__.get(table_name)
     if table is None:
         table = OrderedDict()
