@@ -414,9 +414,16 @@ def test_labels_of_another_rank_are_one_error_in_a_graph_too(mode):
     """(N, 1) labels to the fused cross-entropy (``ud.ops.cross_entropy``, ``CrossEntropyLoss`` without options) are
     the ``ShapeMismatchError`` naming both shapes inside a TensorFlow graph too (TensorFlow's kernel raised its own
     ``ValueError`` while it traced), and float (N, C) labels to ``NLLLoss`` the ``DtypeMismatchError`` of
-    ``ud.ops.nll_loss``, eagerly too (eagerly a ``ShapeMismatchError``, in a graph this one)."""
+    ``ud.ops.nll_loss``, eagerly too (eagerly a ``ShapeMismatchError``, in a graph this one). Labels or logits of a
+    rank the graph does not know (``squeeze()`` without dim) are no error there: both give PyTorch's loss (the module
+    raised TensorFlow's ``ValueError`` while it traced, the op did not)."""
     rows = RNG.standard_normal((5, 4)).astype(np.float32)
-    column = np.zeros((5, 1), np.int64)
+    column = np.array([[0], [3], [1], [2], [0]])
+    expected = F.cross_entropy(torch.tensor(rows), torch.tensor(column[:, 0])).numpy()
+    for loss in (ud.ops.cross_entropy, ud.nn.CrossEntropyLoss()):
+        np.testing.assert_allclose(run(mode, lambda z, y: loss(z, ud.ops.squeeze(y)), rows, column), expected, 1e-6)
+        np.testing.assert_allclose(run(mode, lambda z, y: loss(ud.ops.squeeze(z), y), rows, column[:, 0]), expected,
+                                   1e-6)
     shapes = "integer labels of shape (N,) (or (N, C, d1, ...) and (N, d1, ...)); got logits (5, 4) and labels (5, 1)"
     raises_exactly(ud.ShapeMismatchError, f"cross_entropy needs logits of shape (N, C) and {shapes}",
                    run, mode, ud.ops.cross_entropy, rows, column)

@@ -840,6 +840,15 @@ def _rank(x) -> int | None:
         return None
 
 
+def _fused_cross_entropy_ranks(logits, labels) -> bool:
+    """Whether ``logits`` and ``labels`` go to the frameworks' fused cross-entropy kernel (``cross_entropy`` and
+    ``nn.CrossEntropyLoss`` without options): (N, C) and (N,). A graph's tensor of unknown rank (``squeeze()`` without
+    dim) counts as that rank, as before the labels' rank was checked; labels of another known rank, (N, 1), take
+    ``cross_entropy_loss``, whose check of their shape a graph runs (TensorFlow's kernel raised its own error while it
+    traced)."""
+    return _rank(logits) is None or _rank(logits) == 2 and _rank(labels) in (1, None)
+
+
 @op(dispatch=False, indices=("labels",), arrays=("logits",), floating=("logits",))
 def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     """Softmax cross-entropy of (N, C) logits against integer labels (N,) in [0, C): the fused kernel. Logits
@@ -852,9 +861,7 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     'none' (per sample, 0 where ignored). Class weights, label smoothing and class probabilities as targets:
     ``nn.CrossEntropyLoss`` or ``ud.ops.cross_entropy_loss``."""
     reduction = input_checks.check_reduction("cross_entropy", reduction)
-    if _rank(logits) not in (2, None) or _rank(logits) == 2 and _rank(labels) not in (1, None):  # (None: a graph's
-        # tensor of unknown rank, taken as (N, C) as before; labels (N, 1): the check a graph runs, before TensorFlow's
-        # fused kernel raised its own error while it traced)
+    if not _fused_cross_entropy_ranks(logits, labels):
         return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
     _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
     return _ops().cross_entropy(logits, labels, reduction, ignore_index)

@@ -118,5 +118,15 @@ def test_decoders_refuse_what_torch_refuses(backend):
                              (TARGET[0], r"both batched \(3-D\) or both unbatched \(2-D\)")):
             with pytest.raises(ud.errors.ShapeMismatchError, match=r"Transformer\(\) expected src and tgt " + message):
                 call(ud.tensor(MEMORY.astype(np.float32)), ud.tensor(tgt.astype(np.float32)))
+    # a graph that knows the sizes a rule compares but not the others (the batch, the lengths): the error while it
+    # traces, its unknown sizes None (the decoder's attention raised its own error in its words)
+    features = ud.function(lambda src, tgt: model(ud.ops.reshape(src, (-1, 3, 6)), ud.ops.reshape(tgt, (-1, 4, 4))))
+    batches = ud.function(lambda src, tgt: model(ud.ops.reshape(src, (2, -1, 6)), ud.ops.reshape(tgt, (1, -1, 6))))
+    for call, tgt, message in ((features, TARGET[..., :4], r"of d_model = 6 features, received src of shape "
+                                r"\((None|2), 3, 6\) and tgt of shape \((None|2), 4, 4\)"),
+                               (batches, TARGET[:1], r"of one batch size, received src of shape \(2, (None|3), 6\) "
+                                r"and tgt of shape \(1, (None|4), 6\)")):
+        with pytest.raises(ud.errors.ShapeMismatchError, match=r"Transformer\(\) expected src and tgt " + message):
+            call(ud.tensor(MEMORY.astype(np.float32)), ud.tensor(tgt.astype(np.float32)))
     with pytest.raises(ValueError, match="device='cpu' is not supported"):
         ud.nn.Transformer.generate_square_subsequent_mask(3, device="cpu")

@@ -19,10 +19,6 @@ from unidl.nn.module import Module
 from unidl.tensors import to_numpy
 
 
-def _static_shape(tensor):
-    return tuple(tensor.shape)
-
-
 class _Loss(Module):
     reductions = arguments.REDUCTIONS
     _tensor_arguments = 2  # (prediction, target: a list or a number converted as ud.tensor makes it)
@@ -227,16 +223,15 @@ class CrossEntropyLoss(_WeightedClassLoss):
         self.label_smoothing = arguments.label_smoothing("CrossEntropyLoss", label_smoothing)
 
     def forward(self, logits, target):
-        if len(_static_shape(logits)) == 1:  # one sample, (C,) against a label () or probabilities (C,)
+        if functional._rank(logits) == 1:  # one sample, (C,) against a label () or probabilities (C,)
             return self._unbatched(logits, target)
         probabilities, logits, target = self._check_shapes(logits, target, probabilities_allowed=True)
         logits = input_checks.as_floating(self.describe, "logits", logits)  # (integers: floats in force, as NLLLoss)
         if probabilities and self.ignore_index >= 0:  # (PyTorch's rule: a class index ignored means nothing there)
             raise ValueError(f"{self.describe()}: ignore_index={self.ignore_index} applies to integer labels, not to "
                              f"class probabilities (PyTorch refuses it); leave it at its default, -100")
-        if (not probabilities and self.weight is None and not self.label_smoothing and len(_static_shape(logits)) == 2
-                and len(_static_shape(target)) == 1):  # the fused kernel of each framework (labels of another rank:
-            # the check of their shape that a graph runs, before TensorFlow's kernel raised its own while it traced)
+        if (not probabilities and self.weight is None and not self.label_smoothing
+                and functional._fused_cross_entropy_ranks(logits, target)):  # the fused kernel, as ud.ops.cross_entropy
             return self._ops.cross_entropy(logits, target, self.reduction, self.ignore_index)
         return functional.cross_entropy_loss(logits, target, self.weight, self.ignore_index, self.reduction,
                                              self.label_smoothing)
@@ -251,7 +246,7 @@ class NLLLoss(_WeightedClassLoss):
     ``weight``, ``ignore_index`` and the reductions as in ``CrossEntropyLoss``."""
 
     def forward(self, log_probabilities, labels):
-        if len(_static_shape(log_probabilities)) == 1:  # one sample, (C,) against a label ()
+        if functional._rank(log_probabilities) == 1:  # one sample, (C,) against a label ()
             return self._unbatched(log_probabilities, labels)
         labels = input_checks.check_integer(type(self).__name__, "labels", labels)  # (first, as ud.ops.nll_loss: a
         # graph checks the sizes only when it runs, so float (N, C) labels were a ShapeMismatchError eagerly only)

@@ -367,30 +367,39 @@ class Transformer(Module):
 
     def _checked_pair(self, src, tgt):
         """``src``, after checking that it and ``tgt`` are both batched (3-D) or both unbatched (2-D), of one batch
-        size and of ``d_model`` features: one ``ShapeMismatchError`` naming both shapes, eagerly and, for sizes a
-        graph leaves unknown, when it runs (the decoder's attention raised its own words there)."""
+        size and of ``d_model`` features: one ``ShapeMismatchError`` naming both shapes, at once where the sizes a
+        rule compares are known (a graph's unknown batch beside known features too) and, for sizes a graph leaves
+        unknown, when it runs (the decoder's attention raised its own words there)."""
         source, target = tuple(src.shape), tuple(tgt.shape)
         if len(source) not in (2, 3) or len(source) != len(target):
             raise ShapeMismatchError(f"{self.describe()} expected src and tgt both batched (3-D) or both unbatched "
                                      f"(2-D), received src of shape {source} and tgt of shape {target}")
-        batch_axis = 0 if self.batch_first else 1
-        rules = [(lambda a, b: (a[-1] == self.d_model, b[-1] == self.d_model), f"of d_model = {self.d_model} features")]
-        if len(source) == 3:
-            rules.insert(0, (lambda a, b: (a[batch_axis] == b[batch_axis],), "of one batch size"))
-        for rule, what in rules:
-            def message(first, second, what=what):
-                return f"expected src and tgt {what}, received src of shape {first} and tgt of shape {second}"
-
-            if None not in source + target:
-                if not all(rule(source, target)):
-                    raise ShapeMismatchError(f"{self.describe()} {message(source, target)}")
-                continue
-            sizes = (input_checks.sizes_of(src), input_checks.sizes_of(tgt))
-            template = input_checks.shape_template(len(source))
-            condition = input_checks.all_of([input_checks.holds(c) for c in rule(*sizes)])
-            src = input_checks.require(src, condition, lambda message=message: (
-                f"{input_checks.literal(self.describe)} {message(template, template)}"), sizes[0] + sizes[1])
+        for pairs, what in self._pair_rules(source, target):
+            if any(a is not None and b is not None and a != b for a, b in pairs):
+                raise ShapeMismatchError(f"{self.describe()} {self._pair_message(what, source, target)}")
+        if None not in source + target:
+            return src
+        sizes = (input_checks.sizes_of(src), input_checks.sizes_of(tgt))
+        template = input_checks.shape_template(len(source))
+        for pairs, what in self._pair_rules(*sizes):  # (the unknown sizes: checked when the graph runs)
+            condition = input_checks.all_of([input_checks.holds(a == b) for a, b in pairs])
+            src = input_checks.require(src, condition, lambda what=what: (
+                f"{input_checks.literal(self.describe)} {self._pair_message(what, template, template)}"),
+                sizes[0] + sizes[1])
         return src
+
+    def _pair_rules(self, source, target):
+        """``[(the pairs of sizes that must be equal, what the rule asks for)]`` of src's and tgt's ``source`` and
+        ``target`` sizes: one batch size (batched input) and ``d_model`` features."""
+        rules = [([(source[-1], self.d_model), (target[-1], self.d_model)], f"of d_model = {self.d_model} features")]
+        if len(source) == 3:
+            batch_axis = 0 if self.batch_first else 1
+            rules.insert(0, ([(source[batch_axis], target[batch_axis])], "of one batch size"))
+        return rules
+
+    @staticmethod
+    def _pair_message(what, source, target):
+        return f"expected src and tgt {what}, received src of shape {source} and tgt of shape {target}"
 
     @staticmethod
     def generate_square_subsequent_mask(sz: int, device=None, dtype=None):
