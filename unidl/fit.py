@@ -53,6 +53,10 @@ class History:
         epoch: the epochs logged; default ``0 .. len(history['loss']) - 1``.
         logged_epochs: ``{name: [epoch of each value]}``; default: every epoch for a name with a value per epoch,
             nothing for the others (a plain dict of logs does not say where a shorter list's values belong).
+
+    A name without ``logged_epochs`` (its epochs unknown: a checkpoint written before they were saved, a plain dict
+    of logs) stays without them as values are appended, so that the History stays one that ``from_state_dict`` and a
+    resume read back; ``plot_history`` then draws its values at the first epochs.
     """
 
     def __init__(self, history: dict | None = None, epoch: list | None = None, logged_epochs: dict | None = None):
@@ -72,7 +76,11 @@ class History:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> History:
-        """The History that ``state_dict()`` gave (read back from JSON, say)."""
+        """The History that ``state_dict()`` gave (read back from JSON, say).
+
+        Args:
+            state: ``History.state_dict()``'s dict of 'history', 'epoch' and 'logged_epochs'.
+        """
         if not isinstance(state, dict) or set(state) != set(_HISTORY_STATE_KEYS):
             raise ValueError(f"History.from_state_dict takes History.state_dict()'s dict of "
                              f"{list(_HISTORY_STATE_KEYS)}, got {state!r:.200}")
@@ -90,8 +98,10 @@ class History:
     def append(self, logs: dict, epoch: int | None = None) -> None:
         epoch = len(self.epoch) if epoch is None else epoch
         for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-            self.logged_epochs.setdefault(key, []).append(epoch)
+            values = self.history.setdefault(key, [])
+            if key in self.logged_epochs or not values:  # (a log whose earlier epochs are unknown keeps them unknown)
+                self.logged_epochs.setdefault(key, []).append(epoch)
+            values.append(value)
         self.epoch.append(epoch)
         self.last_logs = dict(logs)
 
@@ -880,7 +890,8 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
 
 def _restored_history(extra: dict) -> History:
     """The History a checkpoint's ``extra`` holds: its logs, the epochs logged and each log's epochs (a checkpoint
-    written before these were saved: its logs, each of a value per epoch at every epoch)."""
+    written before these were saved: its logs, those of a value per epoch at every epoch, the others' epochs
+    unknown)."""
     return History(extra.get("history"), extra.get("history_epoch"), extra.get("logged_epochs"))
 
 
