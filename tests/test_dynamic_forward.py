@@ -350,6 +350,20 @@ def test_fits_probe_of_a_forward_whose_step_input_has_no_default_is_one_clear_ty
                **options)
 
 
+def test_fits_probe_calls_a_forward_whose_missing_input_a_forward_pre_hook_gives(backend):
+    # the probe checked the forward's signature against model(x) alone and refused what the pre-hook completes;
+    # validation's loss is the hook's forward of the trained weights: torch's cross entropy of 2 * (x W^T + b)
+    model = _ScaledNet()
+    model.register_forward_pre_hook(lambda module, args: (args[0], 2.0))
+    targets = np.arange(16) % 3
+    history = ud.fit(model, (X, targets), batch_size=8, loss="cross_entropy", optimizer="sgd", verbose=0,
+                     validation_data=(X, targets))
+    weights = {key: torch.tensor(np.asarray(value)) for key, value in model.state_dict().items()}
+    logits = 2.0 * torch.nn.functional.linear(torch.tensor(X), weights["fc.weight"], weights["fc.bias"])
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor(targets)).item()
+    assert abs(history["val_loss"][0] - expected) < 1e-5 * max(1.0, abs(expected))
+
+
 class _TorchDynamicNet(torch.nn.Module):
     """DynamicNet in plain PyTorch (the oracle of the accumulation test)."""
 

@@ -275,3 +275,34 @@ def test_arrays_without_a_batch_size_train_in_batches_of_32_as_keras(backend, rn
     model = ud.models.TwoLayerNet(4, 8, 2)
     history = ud.fit(model, (x, y), epochs=1, verbose=0, loss="mse", optimizer="sgd")
     assert history.params["steps"] == 3  # 32 + 32 + 6
+
+
+class _ValidationBatches(ud.callbacks.Callback):
+    """How many validation batches ``fit`` ran (``on_test_batch_end`` calls)."""
+
+    def __init__(self):
+        self.batches = 0
+
+    def on_test_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def test_validation_arrays_come_in_batches_of_validation_batch_size_else_batch_size_as_keras(rng):
+    # validation arrays came in batches of 256 whatever batch_size, where Keras's validation_batch_size defaults to it
+    x, y = rng.standard_normal((70, 4)).astype(np.float32), rng.standard_normal((70, 2)).astype(np.float32)
+    weights = np.ones(70, np.float32)
+    model = ud.nn.Linear(4, 2)
+    for options, validation_data, batches in (({}, (x, y), 3), ({"batch_size": 10}, (x, y), 7),
+                                              ({"batch_size": 10}, (x, y, weights), 7),
+                                              ({"batch_size": 10, "validation_batch_size": 35}, (x, y), 2),
+                                              ({"validation_batch_size": 35}, (x, y, weights), 2)):
+        counter = _ValidationBatches()
+        ud.fit(model, (x, y), epochs=1, verbose=0, loss="mse", optimizer="sgd", validation_data=validation_data,
+               callbacks=[counter], **options)
+        assert counter.batches == batches, options
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=10)
+    with pytest.raises(ValueError, match="validation_batch_size=35 batches validation arrays, but validation_data "
+                                         "is a DataLoader, which batches itself"):
+        ud.fit(model, (x, y), loss="mse", optimizer="sgd", verbose=0, validation_data=loader, validation_batch_size=35)
+    with pytest.raises(ValueError, match="validation_batch_size=35 without validation_data or validation_split"):
+        ud.fit(model, (x, y), loss="mse", optimizer="sgd", verbose=0, validation_batch_size=35)

@@ -392,24 +392,26 @@ def test_the_lr_history_logs_for_an_epoch_resumed_part_way_is_the_rate_it_began_
     assert resumed["lr"] == straight["lr"] and len(set(straight["lr"])) == 3
 
 
+def _fit_validating_every_second_epoch(directory, epochs, resume_from=None):
+    """A linear model on 20 samples, validated after every second epoch (``validation_freq=2``), checkpointed into
+    ``directory`` at each epoch's end."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 3)).astype(np.float32), rng.standard_normal((20, 1)).astype(np.float32)
+    ud.manual_seed(0)
+    model = ud.nn.Linear(3, 1)
+    return ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
+                  epochs=epochs, batch_size=10, validation_data=(x, y), validation_freq=2, verbose=0,
+                  callbacks=[ud.callbacks.Checkpoint(directory)], resume_from=resume_from)
+
+
 def test_a_resumed_history_keeps_each_logs_epochs_and_so_does_its_json(tmp_path, backend):
     """A resumed History's ``logged_epochs`` are the uninterrupted run's: 'val_loss' under ``validation_freq=2`` at
     epochs 1 and 3 (it listed only the epochs trained after the resume, 'loss' at 2 and 3), so that a plot puts each
     value at its epoch; ``state_dict()`` carries them through JSON, which ``plot_history`` reads back."""
     from unidl.plot import read_history
 
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((20, 3)).astype(np.float32), rng.standard_normal((20, 1)).astype(np.float32)
-
-    def run(epochs, resume_from=None):
-        ud.manual_seed(0)
-        model = ud.nn.Linear(3, 1)
-        return ud.fit(model, (x, y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1),
-                      epochs=epochs, batch_size=10, validation_data=(x, y), validation_freq=2, verbose=0,
-                      callbacks=[ud.callbacks.Checkpoint(tmp_path)], resume_from=resume_from)
-
-    run(2)
-    resumed = run(4, resume_from=tmp_path)
+    _fit_validating_every_second_epoch(tmp_path, 2)
+    resumed = _fit_validating_every_second_epoch(tmp_path, 4, resume_from=tmp_path)
     assert resumed.epoch == [0, 1, 2, 3] and len(resumed["val_loss"]) == 2
     assert resumed.logged_epochs == {"loss": [0, 1, 2, 3], "lr": [0, 1, 2, 3], "val_loss": [1, 3]}
     epochs, logs = read_history(resumed)
@@ -419,3 +421,26 @@ def test_a_resumed_history_keeps_each_logs_epochs_and_so_does_its_json(tmp_path,
     np.testing.assert_equal(read_history(saved), (epochs, logs))
     with pytest.raises(ValueError, match=r"logged_epochs\['val_loss'\] must list one epoch"):
         ud.History.from_state_dict(dict(saved, logged_epochs={"val_loss": [1]}))
+
+
+def test_a_run_resumed_from_a_checkpoint_without_logged_epochs_resumes_again(tmp_path, monkeypatch):
+    """A checkpoint written before History's epochs were saved (no 'history_epoch', no 'logged_epochs'): 'val_loss'
+    under ``validation_freq=2`` keeps unknown epochs as the resumed run appends to it (it got the new epoch alone, one
+    epoch for two values: the checkpoints this run wrote were refused as corrupt by the next resume, and its
+    ``state_dict()`` by ``from_state_dict``)."""
+    import unidl.checkpoint
+
+    save = unidl.checkpoint.save_checkpoint
+
+    def save_as_before(*args, extra, **options):  # (the Checkpoint callback's extra before the epochs were in it)
+        old = {key: value for key, value in extra.items() if key not in ("history_epoch", "logged_epochs")}
+        return save(*args, extra=old, **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(unidl.checkpoint, "save_checkpoint", save_as_before)
+        _fit_validating_every_second_epoch(tmp_path, 2)
+    resumed = _fit_validating_every_second_epoch(tmp_path, 4, resume_from=tmp_path)
+    assert len(resumed["val_loss"]) == 2 and resumed.logged_epochs == {"loss": [0, 1, 2, 3], "lr": [0, 1, 2, 3]}
+    assert ud.History.from_state_dict(resumed.state_dict()).logged_epochs == resumed.logged_epochs
+    again = _fit_validating_every_second_epoch(tmp_path, 6, resume_from=tmp_path)
+    assert again.epoch == list(range(6)) and len(again["val_loss"]) == 3 and "val_loss" not in again.logged_epochs

@@ -32,7 +32,7 @@ CALLBACK_PREFIX = "callbacks/"
 _FILE_PATTERN = re.compile(r"^checkpoint-(\d{4,})-(\d{7,})\.safetensors$")
 #: the type of each field of a data loader's state (``unidl.data.DataLoader.state_dict``, whose keys it must have)
 _LOADER_FIELDS = {"epoch": int, "position": int, "seed": (int, type(None)), "shuffle": bool, "length": int,
-                  "batch_size": int, "drop_last": bool}
+                  "batch_size": int, "drop_last": bool, "sampler": dict}
 MAX_LOADER_SEED = 2**64 - 1
 
 
@@ -327,12 +327,13 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
 def check_loader_state(loader, state) -> None:
     """Raise ``CheckpointStateError`` unless ``loader.load_state_dict(state)`` would succeed; changes nothing."""
     from unidl.data import DataLoader
+    from unidl.data.dataloader import sampler_mismatch
 
     _check_state(loader, state, "data-loader state")
     if not isinstance(loader, DataLoader):
         return
     mine = loader.state_dict()
-    if not isinstance(state, dict) or set(state) != set(mine):
+    if not isinstance(state, dict) or set(state) - {"sampler"} != set(mine) - {"sampler"}:
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
         raise CheckpointStateError(f"data-loader state must have exactly the keys {sorted(mine)}, found {found}")
     for key, kind in _LOADER_FIELDS.items():
@@ -352,6 +353,9 @@ def check_loader_state(loader, state) -> None:
             raise CheckpointStateError(f"the checkpoint's data loader has {key}={state[key]!r} but this loader has "
                                        f"{key}={mine[key]!r}; resuming needs the same dataset length, batch_size, "
                                        f"shuffle and drop_last")
+    mismatch = sampler_mismatch(state, mine)
+    if mismatch is not None:
+        raise CheckpointStateError(f"the checkpoint's data loader: {mismatch}")
     if not 0 <= state["position"] <= len(loader):
         raise CheckpointStateError(f"data-loader state position {state['position']} is outside 0..{len(loader)} "
                                    f"(batches per epoch)")

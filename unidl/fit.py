@@ -53,6 +53,10 @@ class History:
         epoch: the epochs logged; default ``0 .. len(history['loss']) - 1``.
         logged_epochs: ``{name: [epoch of each value]}``; default: every epoch for a name with a value per epoch,
             nothing for the others (a plain dict of logs does not say where a shorter list's values belong).
+
+    A name without ``logged_epochs`` (its epochs unknown: a checkpoint written before they were saved, a plain dict
+    of logs) stays without them as values are appended, so that the History stays one that ``from_state_dict`` and a
+    resume read back; ``plot_history`` then draws its values at the first epochs.
     """
 
     def __init__(self, history: dict | None = None, epoch: list | None = None, logged_epochs: dict | None = None):
@@ -72,7 +76,11 @@ class History:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> History:
-        """The History that ``state_dict()`` gave (read back from JSON, say)."""
+        """The History that ``state_dict()`` gave (read back from JSON, say).
+
+        Args:
+            state: ``History.state_dict()``'s dict of 'history', 'epoch' and 'logged_epochs'.
+        """
         if not isinstance(state, dict) or set(state) != set(_HISTORY_STATE_KEYS):
             raise ValueError(f"History.from_state_dict takes History.state_dict()'s dict of "
                              f"{list(_HISTORY_STATE_KEYS)}, got {state!r:.200}")
@@ -90,8 +98,10 @@ class History:
     def append(self, logs: dict, epoch: int | None = None) -> None:
         epoch = len(self.epoch) if epoch is None else epoch
         for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-            self.logged_epochs.setdefault(key, []).append(epoch)
+            values = self.history.setdefault(key, [])
+            if key in self.logged_epochs or not values:  # (a log whose earlier epochs are unknown keeps them unknown)
+                self.logged_epochs.setdefault(key, []).append(epoch)
+            values.append(value)
         self.epoch.append(epoch)
         self.last_logs = dict(logs)
 
@@ -241,10 +251,17 @@ def as_loader(data, batch_size=None, shuffle=False, seed=None, what="train_data"
                     f"(x, y) of arrays; got {type(data).__name__}")
 
 
-def _validation_loader(validation_data, batch_size: int) -> tuple:
+def _validation_loader(validation_data, validation_batch_size: int | None, batch_size: int | None) -> tuple:
     """The loader of ``validation_data`` and whether its batches carry sample weights as a third field
-    (Keras's ``(x, y, sample_weight)``)."""
+    (Keras's ``(x, y, sample_weight)``). Arrays come in batches of ``validation_batch_size``, default ``batch_size``,
+    default Keras's 32, as Keras's ``Model.fit``; a loader or pipeline batches itself (``validation_batch_size``
+    beside one: a ``ValueError``)."""
     data, weights = fit_options.weighted_validation(validation_data)
+    if validation_batch_size is not None and (isinstance(data, DataLoader) or _is_native_pipeline(data)):
+        raise ValueError(f"fit: validation_batch_size={validation_batch_size!r} batches validation arrays, but "
+                         f"validation_data is a {type(data).__name__}, which batches itself: leave "
+                         f"validation_batch_size out")
+    batch_size = next(size for size in (validation_batch_size, batch_size, KERAS_BATCH_SIZE) if size is not None)
     if weights is None:
         return as_loader(data, batch_size, False, None, "validation_data"), False
     return DataLoader(TensorDataset(*fit_options.arrays_of(data), weights), batch_size=batch_size), True
@@ -369,7 +386,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         callbacks=(), validation_split: float = 0.0, validation_data=None, shuffle: bool = True, class_weight=None,
         sample_weight=None, initial_epoch: int = 0, *, loss, optimizer, metrics=None, weighted_metrics=None,
         validation_freq=1, seed: int | None = None, resume_from=None, eager: bool = False, precision=None,
-        accumulate: int = 1, step_inputs=None) -> History:
+        accumulate: int = 1, step_inputs=None, validation_batch_size: int | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs and return the per-epoch ``History``.
 
     ``fit(model, (x, y), ...)`` or, in Keras's order, ``fit(model, x, y, batch_size, epochs, verbose, callbacks,
@@ -398,6 +415,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             validates instead of training, with its ``sample_weight`` (not ``class_weight``) as Keras;
             not with ``validation_data`` or a loader.
         validation_freq: validate after every N-th epoch (an int), or after the listed 1-based epochs.
+        validation_batch_size: samples per validation batch of arrays (``validation_data`` or
+            ``validation_split``); ``batch_size`` when not given (so Keras's 32 when neither is), as Keras's. A
+            validation loader or pipeline batches itself (given beside one, or without validation, a ``ValueError``).
         class_weight: Keras's ``{class: weight}``, weighting each training sample's loss by its class: its
             integer label, the argmax of a one-hot target, or round(y) of a float label (N,) or (N, 1), such as a
             binary cross-entropy's 0/1 targets, as Keras (arrays only; multiplied by ``sample_weight`` where both
@@ -488,7 +508,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     loader = as_loader(train_data, batch_size, shuffle if weights is None else False, seed)
     if isinstance(loader, DataLoader) and start_epoch < epochs:
         _position_loader(loader, start_epoch)  # as the epoch loop will: the probes read the first batch trained
-    validation, validation_weighted = (_validation_loader(validation_data, batch_size or 256)
+    if validation_batch_size is not None and validation_data is None:
+        raise ValueError(f"fit: validation_batch_size={validation_batch_size!r} without validation_data or "
+                         f"validation_split: there is nothing to validate")
+    validation, validation_weighted = (_validation_loader(validation_data, validation_batch_size, batch_size)
                                        if validation_data is not None else (None, False))
     check_labels(model, loss, loader)
     train_metrics = accumulator_for(metrics, model, loader, loss, for_training=True, weighted_metrics=weighted_metrics)
@@ -880,7 +903,8 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
 
 def _restored_history(extra: dict) -> History:
     """The History a checkpoint's ``extra`` holds: its logs, the epochs logged and each log's epochs (a checkpoint
-    written before these were saved: its logs, each of a value per epoch at every epoch)."""
+    written before these were saved: its logs, those of a value per epoch at every epoch, the others' epochs
+    unknown)."""
     return History(extra.get("history"), extra.get("history_epoch"), extra.get("logged_epochs"))
 
 
@@ -994,6 +1018,9 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     ``sample_weight``: one weight per sample (arrays only): each sample's losses times its weight under the loss's
     own reduction, as in ``fit`` (Keras's ``sum_i w_i * loss_i / n`` for a 'mean' loss of one value a sample), and
     ``weighted_metrics`` (as in ``fit``) are weighted by them; ``metrics`` are not.
+
+    ``batch_size``: samples per batch of arrays, 256 by default (Keras's ``evaluate`` takes 32; the results are the
+    same but for the rounding of the sums, as each is exact over all samples); a loader batches itself.
 
     ``metrics``: names or ``ud.metrics`` objects, as in ``fit`` (default: accuracy where the outputs are class
     scores and the loss, if any, is a classification loss). Returns a dict, or with ``return_dict=False``

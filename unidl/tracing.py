@@ -161,7 +161,10 @@ def warn_running_eagerly(name: str, where: str, compiler: str, error: BaseExcept
 def forward_binding_error(model, inputs: tuple) -> tuple[str, TypeError] | None:
     """``(the forward's name and signature, Python's binding error)`` where ``model.forward`` cannot be called on
     ``inputs``, checked before any framework runs or traces it (each would fail its own way); None where it can, or
-    where Python cannot describe the forward (the call itself then says)."""
+    where Python cannot describe the forward, or where a forward pre-hook of ``model`` may give it other inputs (as
+    ``register_forward_pre_hook(lambda module, args: (args[0], 1.0))`` completes them): the call itself then says."""
+    if model.__dict__.get("_forward_pre_hooks"):
+        return None
     forward = getattr(model, "forward", None)
     try:
         signature = inspect.signature(forward)

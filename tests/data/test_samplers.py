@@ -93,6 +93,57 @@ def test_a_loader_with_a_sampler_resumes_mid_epoch_and_keeps_the_samplers_length
     assert labels(resumed) + labels(resumed) == whole[2:]
 
 
+def test_a_loader_state_loads_only_into_a_loader_of_the_same_sampler():
+    """The state names its sampler's kind and options: a resume into another order is a ``StateDictError`` naming
+    both (every random sampler reported shuffle=True alone, and a state of the same length loaded silently), in
+    ``load_state_dict`` and ``check_loader_state`` (a checkpoint's, checked before anything is restored)."""
+    from unidl.checkpoint import check_loader_state
+    from unidl.errors import CheckpointStateError, StateDictError
+
+    dataset = TensorDataset(np.arange(10))
+    taken = DataLoader(dataset, 3, sampler=RandomSampler(dataset, replacement=True, seed=1))
+    next(iter(taken))
+    state = taken.state_dict()
+    for other in (WeightedRandomSampler(np.ones(10), 10, seed=0), RandomSampler(dataset, seed=1),
+                  SubsetRandomSampler(np.arange(10), seed=1), Sampler(10, shuffle=True, seed=1)):
+        loader = DataLoader(dataset, 3, sampler=other)
+        pattern = rf"taken with a RandomSampler\(replacement=True, data_length=10\) but this loader has a " \
+                  rf"{type(other).__name__}\("
+        with pytest.raises(StateDictError, match=pattern):
+            loader.load_state_dict(state)
+        with pytest.raises(CheckpointStateError, match=pattern):
+            check_loader_state(loader, state)
+    weighted = DataLoader(dataset, 3, sampler=WeightedRandomSampler(np.arange(10.0) + 1, 10))
+    with pytest.raises(StateDictError, match=r"WeightedRandomSampler\(replacement=True, weights='sha256:"):
+        weighted.load_state_dict(DataLoader(dataset, 3, sampler=WeightedRandomSampler(np.ones(10), 10)).state_dict())
+    same = DataLoader(dataset, 3, sampler=RandomSampler(dataset, replacement=True, seed=5))
+    same.load_state_dict(state)
+    assert labels(same) == labels(DataLoader(dataset, 3, sampler=RandomSampler(dataset, replacement=True, seed=1)))[1:]
+    own = DataLoader(dataset, 3, shuffle=True, seed=1).state_dict()  # (the loader's own order: no 'sampler', as before)
+    assert "sampler" not in own
+    DataLoader(dataset, 3, shuffle=True).load_state_dict(own)
+
+
+def test_an_empty_sampler_is_refused_by_its_name():
+    # (it was "drop_last=True with batch_size=2 larger than the 0 samples", with drop_last False)
+    with pytest.raises(ValueError, match="the SubsetRandomSampler visits no sample"):
+        DataLoader(TensorDataset(np.arange(4)), 2, sampler=SubsetRandomSampler([]))
+
+
+def test_a_loader_leaves_the_sampler_it_was_given_as_it_was():
+    """A loader's ``seed`` (given, loaded) goes to its own copy of a sampler, as torch's loader never changes its
+    sampler: another loader sharing it keeps its seed and batches (the second loader's seed replaced the first's)."""
+    dataset = TensorDataset(np.arange(10))
+    shared = SequentialSampler(dataset)
+    first = DataLoader(dataset, 3, sampler=shared, seed=1)
+    second = DataLoader(dataset, 3, sampler=shared, seed=2)
+    second.load_state_dict(dict(second.state_dict(), seed=3))
+    batches = BatchSampler(RandomSampler(dataset, seed=4), 3)
+    batched = DataLoader(dataset, batch_sampler=batches)
+    batched.load_state_dict(dict(batched.state_dict(), seed=5))
+    assert (shared.seed, first.seed, second.seed, batches.sampler.seed) == (None, 1, 3, 4)
+
+
 def test_torchs_samplers_and_generator_are_type_errors_saying_what_to_use():
     dataset = TensorDataset(np.arange(10))
     for options, expected in (({"sampler": torch.utils.data.RandomSampler(range(10))}, "sampler=RandomSampler"),

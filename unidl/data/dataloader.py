@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import multiprocessing
 import numbers
 import weakref
@@ -20,12 +21,25 @@ from unidl.data import worker
 from unidl.data.dataset import Fields, default_collate, is_map_style, sliced_arrays
 from unidl.data.epoch import Epoch, xy
 from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
-from unidl.data.sampler import OWN_SAMPLERS, BatchSampler, Sampler, draw_seed, rank_share
+from unidl.data.sampler import OWN_SAMPLERS, BatchSampler, Sampler, described, draw_seed, rank_share
 from unidl.distributed import process_group
 from unidl.errors import DataLoaderError, DtypeMismatchError, StateDictError
 from unidl.tensors import NUMBERS, as_numpy_values, number_array, to_numpy
 
 _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "drop_last")
+#: the settings of the loader's own order (``Sampler.settings()``), which a state without a 'sampler' was taken with
+_OWN_ORDER = {"class": "Sampler"}
+
+
+def sampler_mismatch(state: dict, mine: dict) -> str | None:
+    """What differs where the loader state ``state`` was taken with another sampler than the one of ``mine`` (this
+    loader's ``state_dict()``): both samplers' settings; None where they agree. A state without a 'sampler' (a
+    loader's own order, or written before samplers) was taken with the plain ``Sampler``."""
+    theirs, ours = state.get("sampler", _OWN_ORDER), mine.get("sampler", _OWN_ORDER)
+    if theirs == ours:
+        return None
+    return (f"the state was taken with a {described(theirs)} but this loader has a {described(ours)}; resuming needs "
+            f"the same sampler (its order is another's)")
 
 
 def _is_count(value) -> bool:
@@ -116,7 +130,8 @@ def _batch_sampler(length: int, batch_size, shuffle: bool, seed, drop_last, samp
     ``shuffle``, a batch sampler with ``batch_size`` (other than 1, the default), ``shuffle``, ``sampler`` or
     ``drop_last``. A sampler's order must be a function of (seed, epoch) (a unidl ``Sampler``), for the same batches
     on every backend, worker and rank and a resume mid-epoch: torch's samplers and plain iterables are a
-    ``TypeError`` naming what to use."""
+    ``TypeError`` naming what to use. The loader's batches are drawn from shallow copies of the samplers given, as
+    torch's loader never changes its sampler."""
     if batch_sampler is not None:
         given = {"batch_size": batch_size != 1, "shuffle": shuffle, "sampler": sampler is not None,
                  "drop_last": drop_last}
@@ -129,12 +144,14 @@ def _batch_sampler(length: int, batch_size, shuffle: bool, seed, drop_last, samp
                             f"ud.data.BatchSampler, whose batches are a function of (seed, epoch) (the same on every "
                             f"backend, worker and rank, resumable mid-epoch); wrap a ud.data sampler: "
                             f"BatchSampler(RandomSampler(dataset, seed=N), batch_size, drop_last)")
-        sampler = batch_sampler.sampler
+        batch_sampler = copy.copy(batch_sampler)
+        sampler = batch_sampler.sampler = copy.copy(batch_sampler.sampler)  # (the loader's seed goes to its own)
     elif sampler is not None:
         if shuffle:
             raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle (as in torch's loader; "
                              "the sampler sets the order: ud.data.RandomSampler(dataset, seed=N) shuffles)")
         _check_sampler(sampler)
+        sampler = copy.copy(sampler)  # (the loader sets its seed: the user's, which another loader may share, keeps it)
     if sampler is not None:
         if seed is not None and sampler.shuffle:
             raise ValueError(f"DataLoader: seed={seed!r} with a {type(sampler).__name__}, which draws its order from "
@@ -243,7 +260,10 @@ class DataLoader:
             ``RandomSampler``, ``SubsetRandomSampler``, ``WeightedRandomSampler``, or a ``Sampler`` overriding
             ``order(epoch)``), whose order is a function of (seed, epoch), so that workers, ranks and a resume
             mid-epoch see the same batches; torch's samplers and lists of indices are a ``TypeError``. In a
-            data-parallel job only ``ud.data``'s own samplers can be sharded (a subclass is a ``ValueError``).
+            data-parallel job only ``ud.data``'s own samplers can be sharded (a subclass is a ``ValueError``). The
+            loader draws from a shallow copy of it (of ``batch_sampler`` and its sampler alike): the seed it sets
+            (``seed``, one drawn, a job's, ``load_state_dict``'s) never changes the object given, which another
+            loader may share, as torch's loader never changes its sampler.
         batch_sampler: a ``ud.data.BatchSampler``, in place of ``batch_size``, ``shuffle``, ``sampler`` and
             ``drop_last`` (given with any of them: a ``ValueError``, as torch's).
         generator: torch's; only None (a generator is a ``TypeError`` naming ``seed``).
@@ -307,6 +327,9 @@ class DataLoader:
         shuffle = arguments.flag("DataLoader", "shuffle", shuffle)  # ("False" shuffled)
         self.batch_sampler = _batch_sampler(length, batch_size, shuffle, seed, drop_last, sampler, batch_sampler)
         self._sized_by_dataset = sampler is None and batch_sampler is None  # (else the sampler's length is its own)
+        if len(self.batch_sampler.sampler) == 0:  # (a SubsetRandomSampler([]), say: torch's loader yields nothing)
+            raise ValueError(f"DataLoader: the {type(self.batch_sampler.sampler).__name__} visits no sample (0 "
+                             f"indices an epoch); there is nothing to load: give it at least one index")
         if len(self.batch_sampler) == 0:
             raise ValueError(f"DataLoader: drop_last=True with batch_size={self.batch_size} larger than the "
                              f"{len(self.batch_sampler.sampler)} samples of an epoch yields no batch at all")
@@ -428,26 +451,32 @@ class DataLoader:
         After that iteration ends mid-epoch (a ``break``, Ctrl-C) the state still names that batch, but a new
         ``iter(loader)`` on this same loader starts the next epoch at its first batch: ``next_iteration()`` says
         where. The two agree whenever no iteration is alive or broken off (a fresh loader, after ``set_epoch``,
-        ``load_state_dict`` or a finished epoch)."""
+        ``load_state_dict`` or a finished epoch). A loader with a ``sampler`` adds its ``settings()`` (its class and
+        options), so that the state loads only into a loader of the same sampler."""
         epoch, position = self._epoch, self._position
         if self._started and position >= len(self):
             epoch, position = epoch + 1, 0
-        return {"epoch": epoch, "position": position, "seed": self.seed, "shuffle": self.shuffle,
-                "length": self.samples_per_epoch, "batch_size": self.batch_size, "drop_last": self.drop_last}
+        state = {"epoch": epoch, "position": position, "seed": self.seed, "shuffle": self.shuffle,
+                 "length": self.samples_per_epoch, "batch_size": self.batch_size, "drop_last": self.drop_last}
+        settings = self.batch_sampler.sampler.settings()
+        return state if settings == _OWN_ORDER else dict(state, sampler=settings)  # (a state without it: as before)
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` was taken: the rest of its epoch, then the following epochs."""
         missing = [key for key in _STATE_KEYS if key not in state]
-        unexpected = [key for key in state if key not in _STATE_KEYS]
+        unexpected = [key for key in state if key not in _STATE_KEYS + ("sampler",)]
         if missing or unexpected:
             raise StateDictError(f"DataLoader.load_state_dict: missing keys {missing}, unexpected keys "
-                                 f"{unexpected}; expected exactly {list(_STATE_KEYS)}")
+                                 f"{unexpected}; expected exactly {list(_STATE_KEYS)} and, for a sampler, 'sampler'")
         mine = self.state_dict()
         for key in ("shuffle", "length", "batch_size", "drop_last"):
             if state[key] != mine[key]:
                 raise StateDictError(f"DataLoader.load_state_dict: the state has {key}={state[key]!r} but "
                                      f"this loader has {key}={mine[key]!r}; resuming needs the same dataset "
                                      f"length, batch_size, shuffle and drop_last")
+        mismatch = sampler_mismatch(state, mine)
+        if mismatch is not None:
+            raise StateDictError(f"DataLoader.load_state_dict: {mismatch}")
         # every value checked before any is set: a refused state leaves the loader as it was
         position, epoch, seed = state["position"], state["epoch"], state["seed"]
         if not _is_count(position) or not 0 <= position <= len(self):

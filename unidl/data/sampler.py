@@ -8,6 +8,8 @@ names and arguments, with ``seed`` for torch's ``generator``, their orders drawn
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from unidl import arguments
@@ -51,6 +53,22 @@ class Sampler:
             return np.arange(self.length)
         return np.random.default_rng([self.seed, int(epoch)]).permutation(self.length)
 
+    def settings(self) -> dict:
+        """What fixes this sampler's orders besides its seed, length and ``shuffle``, as JSON data: its class and
+        options (a loader's ``state_dict()`` holds it, so that a resume into another kind of sampler is refused)."""
+        return {"class": type(self).__name__}
+
+
+def _digest(array: np.ndarray) -> str:
+    """A short fingerprint of ``array``'s values (a sampler's weights or indices in its settings)."""
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def described(settings: dict) -> str:
+    """A sampler's ``settings()`` as a call: ``RandomSampler(replacement=True, data_length=10)``."""
+    options = ", ".join(f"{key}={value!r}" for key, value in settings.items() if key != "class")
+    return f"{settings.get('class')}({options})"
+
 
 def _data_length(owner: str, data_source) -> int:
     """``len(data_source)``: a sampler over a dataset takes the dataset (or anything with a length), as torch's."""
@@ -61,7 +79,11 @@ def _data_length(owner: str, data_source) -> int:
 
 
 class SequentialSampler(Sampler):
-    """``0 .. len(data_source) - 1`` in order, every epoch, as ``torch.utils.data.SequentialSampler``."""
+    """``0 .. len(data_source) - 1`` in order, every epoch, as ``torch.utils.data.SequentialSampler``.
+
+    Args:
+        data_source: the dataset sampled (anything with a length).
+    """
 
     def __init__(self, data_source):
         super().__init__(_data_length("SequentialSampler", data_source))
@@ -98,6 +120,9 @@ class RandomSampler(Sampler):
         return np.concatenate([generator.permutation(self.data_length) for _ in range(whole)]
                               + [generator.permutation(self.data_length)[:rest]]).astype(np.int64)
 
+    def settings(self) -> dict:
+        return dict(super().settings(), replacement=self.replacement, data_length=self.data_length)
+
 
 class SubsetRandomSampler(Sampler):
     """The given ``indices`` in a random order each epoch, as ``torch.utils.data.SubsetRandomSampler``, drawn from
@@ -117,6 +142,9 @@ class SubsetRandomSampler(Sampler):
 
     def order(self, epoch: int) -> np.ndarray:
         return self.indices[super().order(epoch)]
+
+    def settings(self) -> dict:
+        return dict(super().settings(), indices=_digest(self.indices))
 
 
 class WeightedRandomSampler(Sampler):
@@ -150,6 +178,9 @@ class WeightedRandomSampler(Sampler):
         generator = np.random.default_rng([self.seed, int(epoch)])
         return generator.choice(len(self.weights), size=self.length, replace=self.replacement,
                                 p=self.weights / self.weights.sum())
+
+    def settings(self) -> dict:
+        return dict(super().settings(), replacement=self.replacement, weights=_digest(self.weights))
 
 
 #: unidl's samplers, whose orders are functions of (seed, epoch) alone, the same on every rank of a job
