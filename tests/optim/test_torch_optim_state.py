@@ -158,3 +158,29 @@ def test_the_torch_optim_state_of_another_class_is_told_by_its_slots(backend):
     state = _torch_state(torch.optim.RMSprop)
     state["state"][0] = {"step": torch.tensor(1.0), "sum": torch.ones(3, 4)}
     _refused(lambda p: ud.optim.RMSprop(p), state, r"parameter 0 \(param group 0\) holds \['step', 'sum'\]")
+
+
+def test_a_scheduled_torch_optim_states_initial_lr_is_the_base_rate_of_later_schedules(backend):
+    """A group's ``initial_lr`` (a ``torch.optim.lr_scheduler``'s) loads as PyTorch's load restores it: the base rate
+    of a schedule built afterwards, while the group's ``lr`` is the decayed one."""
+    state = _torch_state(torch.optim.SGD)
+    for group in state["param_groups"]:
+        group["initial_lr"], group["lr"] = group["lr"], group["lr"] / 10
+    model = ud.nn.Sequential(ud.nn.Linear(4, 3, bias=False), ud.nn.Linear(3, 2, bias=False))
+    optimizer = ud.optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters()}], lr=1.0)
+    optimizer.load_state_dict(state)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.05, 0.05]
+    assert ud.optim.lr_scheduler.StepLR(optimizer, 1).base_lrs == [0.5, 0.5]
+
+
+def test_a_momentum_buffer_torch_has_not_yet_starts_as_torchs_would(backend):
+    """A ``momentum_buffer`` None (or no state: a parameter not yet updated) loads as zeros, and a dampened SGD's
+    ``momentum_started`` is 0 there (torch's buffer starts as the gradient), 1 where torch's buffer exists."""
+    state = _torch_state(torch.optim.SGD, momentum=0.9, dampening=0.3)
+    state["state"][1] = {"momentum_buffer": None}
+    model = ud.nn.Sequential(ud.nn.Linear(4, 3, bias=False), ud.nn.Linear(3, 2, bias=False))
+    optimizer = ud.optim.SGD([{"params": model[0].parameters()}, {"params": model[1].parameters()}], dampening=0.3)
+    optimizer.load_state_dict(state)
+    slots = optimizer.state_dict()["slots"]
+    assert [float(s["momentum_started"].mean()) for s in slots] == [1.0, 0.0]
+    assert np.array_equal(slots[0]["momentum_buffer"], np.ones((3, 4))) and not slots[1]["momentum_buffer"].any()
