@@ -39,9 +39,9 @@ def _group_entry(optimizer, index: int, group: dict) -> dict:
     owner, ours = type(optimizer).__name__, optimizer.param_groups[index]
     entry = {"size": len(group["params"])}
     for key, value in group.items():
-        value = _number(value)
         if key in ("params", "initial_lr"):
             continue
+        value = _number(value)
         if key == "lr":
             entry["lr"] = value
         elif key in type(optimizer).torch_options:
