@@ -154,10 +154,13 @@ def test_a_torch_optim_state_that_does_not_fit_is_refused_before_anything_change
 
 
 def test_the_torch_optim_state_of_another_class_is_told_by_its_slots(backend):
-    """Per-parameter state of another class (Adagrad's ``sum`` into RMSprop) is refused, naming what it holds."""
+    """Per-parameter state of another class (Adagrad's ``sum`` into RMSprop) is refused, naming what it holds; so is
+    state under keys no group lists (a JSON copy's strings), which would have been left out."""
     state = _torch_state(torch.optim.RMSprop)
     state["state"][0] = {"step": torch.tensor(1.0), "sum": torch.ones(3, 4)}
     _refused(lambda p: ud.optim.RMSprop(p), state, r"parameter 0 \(param group 0\) holds \['step', 'sum'\]")
+    state["state"] = {str(key): value for key, value in _torch_state(torch.optim.RMSprop)["state"].items()}
+    _refused(lambda p: ud.optim.RMSprop(p), state, r"state for parameters \[\"'0'\", \"'1'\"\], which no param group")
 
 
 def test_a_scheduled_torch_optim_states_initial_lr_is_the_base_rate_of_later_schedules(backend):

@@ -103,6 +103,11 @@ def unidl_state(optimizer, state: dict) -> dict:
     if len(groups) != len(optimizer.param_groups):
         raise CheckpointStateError(f"{owner}: the torch.optim state has {len(groups)} param groups, this optimizer "
                                    f"{len(optimizer.param_groups)}")
+    indices = [key for group in groups for key in group["params"]]
+    if set(per_parameter) - set(indices):  # (keys of a JSON copy are strings: their state would be left out)
+        raise CheckpointStateError(f"{owner}: the torch.optim state holds state for parameters "
+                                   f"{sorted(map(repr, set(per_parameter) - set(indices)))}, which no param group "
+                                   f"lists (its groups list {indices})")
     known = {*type(optimizer).slots, "step"}
     entries, slots, counts = [], [], []
     for index, (group, ours) in enumerate(zip(groups, optimizer.param_groups)):
