@@ -583,14 +583,15 @@ class Optimizer:
 
     def check_state_dict(self, state) -> None:
         """Raise ``CheckpointStateError`` (a ``ValueError``) unless ``load_state_dict(state)`` would succeed;
-        changes nothing. Checks the class, step, per-parameter steps, lr and every slot's name, shape and dtype."""
+        changes nothing. Checks the class, step, per-parameter steps, lr and every slot's name, shape and dtype
+        (of a ``torch.optim`` state too, once converted: see ``load_state_dict``)."""
         from unidl.errors import CheckpointStateError
 
+        from unidl.optim.torch_state import is_torch_state, unidl_state
+
         owner = type(self).__name__
-        if isinstance(state, dict) and set(state) == {"state", "param_groups"}:
-            raise CheckpointStateError(f"{owner} state is a torch.optim state_dict ('state' and 'param_groups'), not "
-                                       f"unidl's: load unidl's own optimizer.state_dict(), or on the torch backend "
-                                       f"give torch's to optimizer.native.load_state_dict(...)")
+        if is_torch_state(state):
+            state = unidl_state(self, state)
         if not isinstance(state, dict) or not {"step", "lr", "slots"} <= set(state):
             raise CheckpointStateError(f"{owner} state must be a dict with 'step', 'lr' and 'slots', got "
                                        f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
@@ -657,8 +658,29 @@ class Optimizer:
         check_scaler_state(self, state.get("loss_scaler"))  # a float16 step's scale: below its growth_interval
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a ``state_dict()`` written by this optimizer class on any backend (checked first:
-        ``check_state_dict``; nothing changes if it does not fit)."""
+        """Restore a ``state_dict()`` written by this optimizer class on any backend, or the ``state_dict()`` of its
+        namesake in ``torch.optim`` (checked first: ``check_state_dict``; nothing changes if it does not fit).
+
+        A ``torch.optim`` state (``{'state': {index: {...}}, 'param_groups': [{..., 'params': [indices]}]}``,
+        tensors as torch tensors or NumPy arrays) resumes a PyTorch run on any backend: its group ``i`` is this
+        optimizer's group ``i`` (the same number of parameters, of the same shapes, in order), whose ``lr`` and
+        options it sets; each parameter's ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``,
+        ``square_avg``, ``grad_avg`` or ``sum`` becomes the slot of that name (one not yet there, a
+        ``momentum_buffer`` None, its initial value), its ``step`` its own count (``param_steps``), the largest
+        this optimizer's ``step`` (0 for SGD, which torch counts nowhere); a group's ``initial_lr`` (a schedule's)
+        the base rates of schedules built after. A ``CheckpointStateError`` names what does not fit: another
+        number of groups or of parameters in one, another shape (group, index, both shapes), state or an option of
+        another optimizer class, an option unidl does not implement (``foreach`` and the like other than at their
+        defaults) or one fixed when built at another value (``amsgrad``, ``centered``, ``dampening``,
+        ``initial_accumulator_value``): build the optimizer with it.
+
+        Args:
+            state: unidl's ``state_dict()``, or ``torch.optim``'s.
+        """
+        from unidl.optim.torch_state import is_torch_state, unidl_state
+
+        if is_torch_state(state):
+            state = unidl_state(self, state)
         self.check_state_dict(state)
         slots, step = state["slots"], int(state["step"])
         param_steps = state.get("param_steps")
