@@ -602,6 +602,31 @@ def test_a_call_that_raised_after_building_a_module_leaves_later_functions_worki
     np.testing.assert_array_equal(ud.to_numpy(doubled(ud.tensor(logits + 1.0))), np.full((2, 3), 2.0, np.float32))
 
 
+def test_a_module_kept_from_a_call_that_raised_is_threaded_once_given_values(backend):
+    """A module built inside a compiled call that raised, kept by the user and loaded with values afterwards, is
+    read by later functions at each call (its new values seen), as any module: on jax the variables of an ended
+    trace leave the live list (previous test) and come back to it when given a value."""
+    logits, labels = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32), np.array([0, 1, 2, 1])
+    kept = []
+
+    def weighted(x, y):
+        kept.append(ud.nn.CrossEntropyLoss(weight=np.ones(3, np.float32)))
+        return kept[-1](x, y)
+
+    with pytest.raises((ud.IndexOutOfRangeError, ud.GraphConstructError)):
+        ud.function(weighted)(ud.tensor(logits), ud.tensor(np.array([0, 5, 1, 1]), dtype="int64"))
+    if not kept:  # (a TensorFlow graph refuses the module as it is built: nothing to keep)
+        return
+    loss = kept[-1]
+    compiled = ud.function(lambda x, y: loss(x, y))
+    for weight in ([1.0, 2.0, 3.0], [3.0, 0.5, 1.0]):
+        loss.load_state_dict({"weight": np.array(weight, np.float32)})
+        expected = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(labels),
+                                                     weight=torch.tensor(weight))
+        got = compiled(ud.tensor(logits), ud.tensor(labels, dtype="int64"))
+        np.testing.assert_allclose(ud.to_numpy(got), expected.numpy(), rtol=1e-5)
+
+
 def test_a_function_traced_under_one_dtype_is_traced_again_under_another(backend):
     """The dtype in force is read when the function is traced (``ud.ops.zeros``, ``ud.tensor``): a graph traced
     in float32 and called again under ``ud.use_dtype('float64')`` gave float32 on tensorflow, keras and jax, where

@@ -264,7 +264,9 @@ class Backend(BackendInterface):
         return isinstance(value, JaxVariable) and value.trainable  # trainable: a parameter, not a buffer
 
     def assign(self, variable, value):
-        device = next(iter(variable.value.devices()))
+        # (a variable of an ended trace holds its tracer, which has no device: the device in force)
+        current = variable.value
+        device = self.current_device() if isinstance(current, jax.core.Tracer) else next(iter(current.devices()))
         if isinstance(value, jax.Array) and value.dtype == variable.dtype:  # immutable: sharing it is safe
             variable.value = jax.device_put(value, device)
         else:

@@ -37,6 +37,12 @@ def forget_traced(floor: int) -> None:
     for serial, variable in list(_live.items()):
         if serial > floor and isinstance(variable._value, jax.core.Tracer):
             del _live[serial]
+            _forgotten.add(serial)
+
+
+#: the serials ``forget_traced`` took out of ``live()``: such a variable given a value again (``load_state_dict``, an
+#: assignment) is listed again, so that compiled functions thread it rather than bake its value in as a constant
+_forgotten: set[int] = set()
 
 
 def live() -> list["JaxVariable"]:
@@ -134,10 +140,10 @@ class JaxVariable:
     __slots__ = ("_value", "trainable", "requires_grad", "serial", "__weakref__")
 
     def __init__(self, value, trainable: bool = True):
+        self.serial = next(_serials)
         self.value = value
         self.trainable = bool(trainable)  # a parameter (True) or a buffer
         self.requires_grad = bool(trainable)  # False: a buffer, or frozen (Module.requires_grad_), as torch's
-        self.serial = next(_serials)
         _live[self.serial] = self
 
     @property
@@ -150,6 +156,9 @@ class JaxVariable:
     @value.setter
     def value(self, value):
         self._value = committed(value)
+        if _forgotten and self.serial in _forgotten and not isinstance(value, jax.core.Tracer):
+            _forgotten.discard(self.serial)
+            _live[self.serial] = self
 
     @property
     def shape(self):
