@@ -1,6 +1,7 @@
 """Checkpoints: model, optimizer, RNG and loader state saved atomically, rotated, and restored past a corrupt file."""
 
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 import unidl as ud
 from unidl import random as unidl_random
+from unidl.serialization import _registry
 from unidl.testing import max_relative_difference
 
 
@@ -293,23 +295,101 @@ class _Newer(_Versioned):
         super().set_extra_state(state)
 
 
-def test_a_refusing_set_extra_state_leaves_the_whole_run_unchanged(backend, tmp_path):
-    """``load_checkpoint`` (and ``ud.load_weights``) stay all or nothing when a module's ``set_extra_state`` raises:
-    it ran last, after the generators, the optimizer and every weight were replaced; now it runs first, and a module
-    it already set gets its own extra state back."""
-    model = ud.nn.Sequential(_Versioned(2, 2), _Versioned(2, 2))
+class _Counting(ud.nn.Linear):
+    """A layer whose ``get_extra_state`` returns its own array, which ``set_extra_state`` writes into (as much torch
+    code does), refusing negative counts."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features)
+        self.config, self.counts = {"in_features": in_features, "out_features": out_features}, np.zeros(3)
+
+    def get_extra_state(self):
+        return self.counts
+
+    def set_extra_state(self, state):
+        if np.asarray(state).min() < 0:
+            raise ValueError("negative counts")
+        self.counts[:] = state
+
+
+def test_a_refusing_set_extra_state_leaves_the_whole_run_unchanged(backend, tmp_path, monkeypatch):
+    """Every load stays all or nothing when a module's ``set_extra_state`` raises after the weights were written
+    (torch's order): ``load_checkpoint`` leaves the generators and the optimizer unchanged too, and the model's
+    weights and extra state are put back bit for bit, also a module's extra state that ``get_extra_state`` returns
+    as its own array (the rollback kept that array, which the load then wrote into), and through
+    ``load_state_dict`` (a pickle's ``load_weights``), which left the model half loaded; ``ud.load`` of a
+    registered model raises the refusal."""
+    monkeypatch.setattr("unidl.serialization._registry", dict(_registry))
+    model = ud.nn.Sequential(_Counting(2, 2), _Versioned(2, 2))
+    model[0].counts[:] = [1, 2, 3]
     ud.save_checkpoint(tmp_path, model, ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), epoch=1)
     ud.save(model, tmp_path / "model.safetensors")
+    with open(tmp_path / "model.pkl", "wb") as handle:
+        pickle.dump({"state_dict": model.state_dict()}, handle)
     ud.manual_seed(7)
-    other = ud.nn.Sequential(_Versioned(2, 2), _Newer(2, 2))
-    other[0].version = 5
+    other = ud.nn.Sequential(_Counting(2, 2), _Newer(2, 2))
+    other[0].counts[:] = [7, 8, 9]
     optimizer = ud.optim.SGD(other.parameters(), lr=0.5, momentum=0.9)
-    weights, rng = other.state_dict(), unidl_random.get_rng_state()
+    weights, rng = {k: np.array(v) for k, v in other.state_dict().items()}, unidl_random.get_rng_state()
     for load in (lambda: ud.load_checkpoint(tmp_path, other, optimizer),
-                 lambda: ud.load_weights(other, tmp_path / "model.safetensors")):
+                 lambda: ud.load_weights(other, tmp_path / "model.safetensors"),
+                 lambda: ud.load_weights(other, tmp_path / "model.pkl", allow_pickle=True),
+                 lambda: other.load_state_dict(model.state_dict())):
         with pytest.raises(ValueError, match="incompatible version 2"):
             load()
-        assert other.state_dict().keys() == weights.keys() and other[0].version == 5
+        assert other.state_dict().keys() == weights.keys() and other[1].version == 2
         for key, value in weights.items():
-            np.testing.assert_array_equal(other.state_dict()[key], value)
+            np.testing.assert_array_equal(other.state_dict()[key], value, err_msg=key)
         assert optimizer.state_dict()["lr"] == 0.5 and unidl_random.get_rng_state() == rng
+    ud.register_model(_Counting)
+    model[0].counts[:] = -1
+    ud.save(model[0], tmp_path / "negative.safetensors")
+    with pytest.raises(ValueError, match="negative counts"):
+        ud.load(tmp_path / "negative.safetensors")
+
+
+class _Reading(ud.nn.Linear):
+    """A layer whose ``set_extra_state`` reads its weight (a derived copy, as torch code rebuilds one)."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features)
+        self.config = {"in_features": in_features, "out_features": out_features}
+
+    def get_extra_state(self):
+        return np.array([1])
+
+    def set_extra_state(self, state):
+        self.seen = ud.to_numpy(self.weight).copy()
+
+
+class _TorchReading(torch.nn.Linear):
+    def get_extra_state(self):
+        return np.array([1])
+
+    def set_extra_state(self, state):
+        self.seen = self.weight.detach().numpy().copy()
+
+
+def test_a_set_extra_state_that_reads_a_weight_sees_the_loaded_one_from_every_load_as_torchs(backend, tmp_path,
+                                                                                               monkeypatch):
+    """torch.nn's ``load_state_dict`` writes a module's weights before its ``set_extra_state``; the file loads
+    (``ud.load_weights``, ``ud.load``, ``load_checkpoint`` of safetensors) called it first, so it saw the weights
+    the model had before (``ud.load``: zeros), unlike ``load_state_dict`` and a pickle's load."""
+    monkeypatch.setattr("unidl.serialization._registry", dict(_registry))
+    ud.register_model(_Reading)
+    source = _Reading(3, 2)
+    ud.save(source, tmp_path / "m.safetensors")
+    ud.save_checkpoint(tmp_path / "checkpoints", source)
+    with open(tmp_path / "m.pkl", "wb") as handle:
+        pickle.dump({"state_dict": source.state_dict()}, handle)
+    oracle = _TorchReading(3, 2)
+    oracle.load_state_dict({k: v if k == "_extra_state" else torch.tensor(v) for k, v in source.state_dict().items()})
+    loads = {"load_state_dict": lambda m: m.load_state_dict(source.state_dict()),
+             "load_weights": lambda m: ud.load_weights(m, tmp_path / "m.safetensors"),
+             "pickle": lambda m: ud.load_weights(m, tmp_path / "m.pkl", allow_pickle=True),
+             "load_checkpoint": lambda m: ud.load_checkpoint(tmp_path / "checkpoints", m)}
+    for name, load in loads.items():
+        model = _Reading(3, 2)
+        load(model)
+        np.testing.assert_array_equal(model.seen, oracle.seen, err_msg=name)
+    np.testing.assert_array_equal(ud.load(tmp_path / "m.safetensors").seen, oracle.seen, err_msg="ud.load")

@@ -20,6 +20,7 @@ from unidl.distributed import process_group
 from unidl import random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
+from unidl.nn.rollback import restored_on_failure
 from unidl.training import job_window_state
 from unidl.serialization import (MODEL_PREFIX, check_entries, check_values, decode_metadata, encode_metadata,
                                  load_extra_states, model_metadata, stream_into, to_json)
@@ -384,9 +385,11 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     All or nothing: the checksums, every model tensor's name, shape and dtype, the optimizer's slots,
     the RNG, loader, scheduler and callback states (and ``check(metadata, path)``, if given) are all checked
     before the first object changes; any failure raises (``CorruptFileError``, ``StateDictError``) with
-    the model, optimizer, loader and generators untouched. A module's ``set_extra_state`` (the user's code, which
-    may refuse the state it is given) runs first of all changes, and the modules it already set are given back
-    their own ``get_extra_state``, so its exception, too, leaves everything as it was.
+    the model, optimizer, loader and generators untouched. The model changes first: its variables, then each
+    module's ``set_extra_state``, as ``load_state_dict`` orders them (torch's order), then the generators. Where
+    ``set_extra_state`` (the user's code, which may refuse the state it is given) or the generators raise, the
+    model's variables and extra state are put back as they were, bit for bit (a model with extra state is copied
+    to the host first), before anything else changed, so that exception, too, leaves everything as it was.
     """
     _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
     target = os.fspath(path_or_directory)
@@ -440,10 +443,13 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     if check is not None:
         check(metadata, path)
 
-    # ---- then change: the model's extra state first (the user's set_extra_state may refuse it: rolled back), the
-    # generators next (a refused state is rolled back), the model's variables last ----
-    load_extra_states(model, reader, names)
-    unidl_random.set_rng_state(metadata["rng"])
+    # ---- then change: the model first, its variables then its extra state as torch orders them, and the
+    # generators (the two steps that can still refuse: the user's set_extra_state, a framework's RNG, which rolls
+    # itself back) inside the model's rollback; the rest was checked and takes its state as it is ----
+    with restored_on_failure(model):
+        stream_into(model, reader, names)
+        load_extra_states(model, reader, names)
+        unidl_random.set_rng_state(metadata["rng"])
     if loader is not None:
         loader.load_state_dict(metadata["loader"])
     if optimizer_state is not None:
@@ -454,6 +460,5 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
         callback.load_state_dict(state)
         if callable(getattr(callback, "load_state_weights", None)):
             callback.load_state_weights({k: reader.read(name) for k, name in weight_names.items()} or None)
-    stream_into(model, reader, names)
     return {"epoch": metadata["epoch"], "step": metadata["step"], "extra": metadata.get("extra"), "path": path,
             "optimizer": metadata.get("optimizer"), "loader": metadata.get("loader"), "metadata": metadata}

@@ -19,6 +19,7 @@ import numpy as np
 from unidl.errors import CorruptFileError, StateDictError, UnknownModelError, UnsafeFormatError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, is_safetensors, load_file, save_file
 from unidl.nn.incompatible_keys import IncompatibleKeys
+from unidl.nn.rollback import restored_on_failure
 
 #: 2: every tensor and the header carry a crc32 (version-1 files, without them, still load)
 FORMAT_VERSION = 2
@@ -423,33 +424,21 @@ def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: st
 
 def load_extra_states(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     """Give each module of ``model`` that defines ``set_extra_state`` the file's array under its ``_extra_state``
-    key. A file loader calls it before anything else changes (torch's ``load_state_dict`` calls it after the
-    module's variables are written): ``set_extra_state`` is the user's code and may refuse what it is given (a
-    version check), and then the modules it already set get back what their ``get_extra_state`` returned, so the
-    refusal leaves the model, and a checkpoint's run, as they were. Call after the file's checks."""
-    from unidl.nn.module import ExtraState, Module
+    key, as ``load_state_dict`` does: after ``stream_into`` wrote the variables (torch's order, so a
+    ``set_extra_state`` that reads a weight sees the loaded one). It is the user's code and may refuse what it is
+    given (a version check): a loader into an existing model calls both inside ``restored_on_failure``."""
+    from unidl.nn.module import ExtraState
 
-    modules = [(own.module, reader.read(names[key])) for key, own in model._state_variables(
-        extra_state="set_extra_state") if isinstance(own, ExtraState) and key in names]
-    before = [module.get_extra_state() if type(module).get_extra_state is not Module.get_extra_state else None
-              for module, _ in modules[:-1]]  # (the last one is never rolled back)
-    done = 0
-    try:
-        for module, state in modules:
-            module.set_extra_state(state)
-            done += 1
-    except BaseException:
-        for (module, _), state in reversed(list(zip(modules[:done], before))):
-            if state is not None:
-                module.set_extra_state(state)
-        raise
+    for key, own in model._state_variables(extra_state="set_extra_state"):
+        if isinstance(own, ExtraState) and key in names:
+            own.module.set_extra_state(reader.read(names[key]))
 
 
 def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
     """Read the file's tensors straight into ``model``'s variables, one at a time: each is read once into a
     buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
     variable's memory) and released before the next is read, so at most one tensor's bytes are held
-    outside the model. Call only after ``check_entries``, ``reader.verify()``, ``check_values`` and
+    outside the model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``, then
     ``load_extra_states``."""
     from unidl.nn.module import ExtraState
 
@@ -599,8 +588,8 @@ def load(path, *, allow_pickle: bool = False):
     model = _build(cls, config, metadata, path)
     check_entries(model, entries, what=repr(path))
     check_values(model, reader, names, what=repr(path))
-    load_extra_states(model, reader, names)
     stream_into(model, reader, names)
+    load_extra_states(model, reader, names)  # (a refusal: the new model is dropped, nothing to restore)
     return model
 
 
@@ -665,7 +654,10 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     """Load only the weights at ``path`` into ``model`` (see ``Module.load_state_dict`` for ``strict``).
 
     All or nothing: every tensor's name, shape, dtype and checksum is checked before the first
-    variable changes; then the tensors are read into the model one at a time.
+    variable changes; then the tensors are read into the model one at a time, and each module's
+    ``set_extra_state`` is called after them, as ``load_state_dict`` does (torch's order). Where it
+    refuses its state, the model is put back as it was (a model with extra state is copied to the
+    host first; see ``Module.load_state_dict``).
     """
     from unidl.nn.module import Module
 
@@ -680,8 +672,9 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     check_entries(model, entries, strict=strict)
     reader.verify()
     check_values(model, reader, names)
-    load_extra_states(model, reader, names)
-    stream_into(model, reader, names)
+    with restored_on_failure(model):
+        stream_into(model, reader, names)
+        load_extra_states(model, reader, names)
     own = [name for name, _ in model._state_variables(extra_state="set_extra_state")]
     optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
     return IncompatibleKeys([k for k in own if k not in entries and k not in optional],

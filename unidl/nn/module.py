@@ -29,6 +29,7 @@ from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import BackendMismatchError, DtypeMismatchError, NothingToTrainError, StateDictError
 from unidl.nn import hooks, placement
 from unidl.nn.incompatible_keys import IncompatibleKeys
+from unidl.nn.rollback import restored_on_failure
 from unidl.tensors import to_numpy
 from unidl.tracing import current_recording, module_called
 
@@ -1066,6 +1067,12 @@ class Module:
         is torch's ``TypeError``). ``assign`` is torch's default, False, only: the values are written into the
         module's own variables, which an optimizer made before the load goes on training; ``assign=True``
         (torch puts the state dict's tensors in their place) is a ``TypeError`` on every backend.
+
+        Every value is checked before the first is written. A module's ``set_extra_state`` is called after the
+        variables are written, as torch's (one that reads a weight sees the loaded one); where it raises (the
+        user's version check), every variable and extra state is put back as it was before the load, bit for bit,
+        and the error is re-raised (torch leaves the model half loaded). To allow that, a model with extra state
+        is copied to the host before the load; a model without pays nothing.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}: "
@@ -1095,11 +1102,12 @@ class Module:
             problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(np.shape(state_dict[k]))})" for k in unexpected))
         if problems:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
-        for key, value in values.items():  # (every value checked before the first is written)
-            self._backend.assign(own[key], _as_loaded(value))
-        for key, entry in entries.items():
-            if isinstance(entry, ExtraState) and key in state_dict:
-                entry.module.set_extra_state(state_dict[key])
+        with restored_on_failure(self):  # (a set_extra_state may refuse its state)
+            for key, value in values.items():  # (every value checked before the first is written)
+                self._backend.assign(own[key], _as_loaded(value))
+            for key, entry in entries.items():
+                if isinstance(entry, ExtraState) and key in state_dict:
+                    entry.module.set_extra_state(state_dict[key])
         return IncompatibleKeys(missing, unexpected)
 
     def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
