@@ -161,6 +161,34 @@ def test_a_sampler_changed_between_epochs_orders_the_next_epoch_as_torchs_loader
     assert loader.first_sample()[0].tolist() == [3]
 
 
+def test_loaders_of_the_same_order_take_each_others_states():
+    """A plain loader's state and that of a ``SequentialSampler`` (unshuffled), or of a ``RandomSampler`` over the
+    whole dataset without replacement (shuffled, the same permutation of (seed, epoch)), load into each other and go
+    on in the same order (they were refused as other samplers)."""
+    from unidl.errors import StateDictError
+
+    dataset = TensorDataset(np.arange(10))
+    for plain, sampled in ((DataLoader(dataset, 3), DataLoader(dataset, 3, sampler=SequentialSampler(dataset))),
+                           (DataLoader(dataset, 3, shuffle=True, seed=2),
+                            DataLoader(dataset, 3, sampler=RandomSampler(dataset, seed=2)))):
+        assert labels(plain) == labels(sampled)
+        sampled.load_state_dict(plain.state_dict())
+        plain.load_state_dict(sampled.state_dict())
+        assert labels(plain) == labels(sampled)
+    longer = DataLoader(dataset, 3, sampler=RandomSampler(dataset, num_samples=10, replacement=True, seed=2))
+    with pytest.raises(StateDictError, match="taken with a Sampler"):
+        longer.load_state_dict(plain.state_dict())
+
+
+def test_a_state_whose_sampler_is_no_samplers_settings_is_a_state_dict_error():
+    # (an AttributeError: 'str' object has no attribute 'items')
+    from unidl.errors import StateDictError
+
+    loader = DataLoader(TensorDataset(np.arange(10)), 3)
+    with pytest.raises(StateDictError, match="the state's 'sampler' is 'RandomSampler', not a sampler's settings"):
+        loader.load_state_dict(dict(loader.state_dict(), sampler="RandomSampler"))
+
+
 def test_torchs_samplers_and_generator_are_type_errors_saying_what_to_use():
     dataset = TensorDataset(np.arange(10))
     for options, expected in (({"sampler": torch.utils.data.RandomSampler(range(10))}, "sampler=RandomSampler"),

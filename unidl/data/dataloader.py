@@ -30,12 +30,26 @@ _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "
 _OWN_ORDER = {"class": "Sampler"}
 
 
+def _same_order_as(settings: dict, length) -> dict:
+    """``settings`` (a sampler's) as the plain ``Sampler``'s where that sampler's orders are the plain ``Sampler``'s of
+    the same ``length``, ``shuffle`` and seed (a state's other entries): ``SequentialSampler``'s, and
+    ``RandomSampler``'s without replacement over its whole dataset (one permutation drawn from ``(seed, epoch)``)."""
+    kind = settings.get("class")
+    if kind == "SequentialSampler" or (kind == "RandomSampler" and settings.get("replacement") is False
+                                       and settings.get("data_length") == length):
+        return _OWN_ORDER
+    return settings
+
+
 def sampler_mismatch(state: dict, mine: dict) -> str | None:
     """What differs where the loader state ``state`` was taken with another sampler than the one of ``mine`` (this
-    loader's ``state_dict()``): both samplers' settings; None where they agree. A state without a 'sampler' (a
-    loader's own order, or written before samplers) was taken with the plain ``Sampler``."""
+    loader's ``state_dict()``): both samplers' settings; None where they agree or their orders are the same (a
+    ``SequentialSampler``'s and an unshuffled loader's own, say). A state without a 'sampler' (a loader's own order,
+    or written before samplers) was taken with the plain ``Sampler``."""
     theirs, ours = state.get("sampler", _OWN_ORDER), mine.get("sampler", _OWN_ORDER)
-    if theirs == ours:
+    if not isinstance(theirs, dict):
+        return f"the state's 'sampler' is {theirs!r:.100}, not a sampler's settings (a dict such as {ours!r:.100})"
+    if _same_order_as(theirs, state.get("length")) == _same_order_as(ours, mine.get("length")):
         return None
     return (f"the state was taken with a {described(theirs)} but this loader has a {described(ours)}; resuming needs "
             f"the same sampler (its order is another's)")
