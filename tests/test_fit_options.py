@@ -306,3 +306,8 @@ def test_validation_arrays_come_in_batches_of_validation_batch_size_else_batch_s
         ud.fit(model, (x, y), loss="mse", optimizer="sgd", verbose=0, validation_data=loader, validation_batch_size=35)
     with pytest.raises(ValueError, match="validation_batch_size=35 without validation_data or validation_split"):
         ud.fit(model, (x, y), loss="mse", optimizer="sgd", verbose=0, validation_batch_size=35)
+    for wrong in (0, -1, 16.0, True):  # (they reached the loader, whose error named batch_size)
+        with pytest.raises(ValueError, match=rf"fit: validation_batch_size must be None or a positive integer "
+                                             rf"\(samples per validation batch\), got {wrong!r}"):
+            ud.fit(model, (x, y), loss="mse", optimizer="sgd", verbose=0, validation_data=(x, y),
+                   validation_batch_size=wrong)

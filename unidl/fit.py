@@ -416,8 +416,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             not with ``validation_data`` or a loader.
         validation_freq: validate after every N-th epoch (an int), or after the listed 1-based epochs.
         validation_batch_size: samples per validation batch of arrays (``validation_data`` or
-            ``validation_split``); ``batch_size`` when not given (so Keras's 32 when neither is), as Keras's. A
-            validation loader or pipeline batches itself (given beside one, or without validation, a ``ValueError``).
+            ``validation_split``), a positive integer; ``batch_size`` when not given (so Keras's 32 when neither is),
+            as Keras's. A validation loader or pipeline batches itself (given beside one, or without validation, a
+            ``ValueError``). 'val_loss' depends on it only where the loss is no per-sample mean (a 'sum' reduction,
+            class weights, ``ignore_index``: see ``evaluate``), as in Keras.
         class_weight: Keras's ``{class: weight}``, weighting each training sample's loss by its class: its
             integer label, the argmax of a one-hot target, or round(y) of a float label (N,) or (N, 1), such as a
             binary cross-entropy's 0/1 targets, as Keras (arrays only; multiplied by ``sample_weight`` where both
@@ -493,6 +495,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     if arguments.integer(epochs) is None or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     epochs = int(epochs)
+    if validation_batch_size is not None and not (arguments.integer(validation_batch_size) or 0) > 0:
+        raise ValueError(f"fit: validation_batch_size must be None or a positive integer (samples per validation "
+                         f"batch), got {validation_batch_size!r}")
     shuffle = arguments.flag("fit", "shuffle", shuffle)  # (Keras's 'batch' and None were taken as True and False)
     validation_freq = fit_options.check_validation_freq(validation_freq)
     verbose = fit_options.check_verbose(verbose)
@@ -1019,8 +1024,13 @@ def evaluate(model, data=None, y=None, batch_size: int = 256, *, loss=None, metr
     own reduction, as in ``fit`` (Keras's ``sum_i w_i * loss_i / n`` for a 'mean' loss of one value a sample), and
     ``weighted_metrics`` (as in ``fit``) are weighted by them; ``metrics`` are not.
 
-    ``batch_size``: samples per batch of arrays, 256 by default (Keras's ``evaluate`` takes 32; the results are the
-    same but for the rounding of the sums, as each is exact over all samples); a loader batches itself.
+    ``batch_size``: samples per batch of arrays, 256 by default (Keras's ``evaluate`` takes 32); a loader batches
+    itself. The metrics are exact over all samples whatever the batches. The loss is each batch's loss weighted by
+    its sample count, so that it is the same for every ``batch_size`` (but for the rounding of the sums) only for a
+    per-sample mean loss: a 'mean' reduction in which every sample counts alike. It changes with ``batch_size`` (as
+    Keras's does) for a ``reduction='sum'`` loss (a batch's sum, not a sample's loss), a class-weighted loss
+    (``CrossEntropyLoss(weight=...)``) and one with ``ignore_index``, whose batch means divide by the batch's class
+    weights or kept targets, not by its sample count.
 
     ``metrics``: names or ``ud.metrics`` objects, as in ``fit`` (default: accuracy where the outputs are class
     scores and the loss, if any, is a classification loss). Returns a dict, or with ``return_dict=False``

@@ -131,8 +131,8 @@ def test_an_empty_sampler_is_refused_by_its_name():
 
 
 def test_a_loader_leaves_the_sampler_it_was_given_as_it_was():
-    """A loader's ``seed`` (given, loaded) goes to its own copy of a sampler, as torch's loader never changes its
-    sampler: another loader sharing it keeps its seed and batches (the second loader's seed replaced the first's)."""
+    """A loader's ``seed`` (given, loaded) is the loader's own, as torch's loader never changes its sampler: another
+    loader sharing it keeps its seed and batches (the second loader's seed replaced the first's)."""
     dataset = TensorDataset(np.arange(10))
     shared = SequentialSampler(dataset)
     first = DataLoader(dataset, 3, sampler=shared, seed=1)
@@ -142,6 +142,51 @@ def test_a_loader_leaves_the_sampler_it_was_given_as_it_was():
     batched = DataLoader(dataset, batch_sampler=batches)
     batched.load_state_dict(dict(batched.state_dict(), seed=5))
     assert (shared.seed, first.seed, second.seed, batches.sampler.seed) == (None, 1, 3, 4)
+
+
+def test_a_sampler_changed_between_epochs_orders_the_next_epoch_as_torchs_loader():
+    """The loader holds the sampler given as ``loader.sampler`` (``batch_sampler`` alike), as torch's: new weights
+    bound to it after construction draw the next epoch, and the first sample read anew (the loader drew from a
+    copy, which kept the old weights, and had no ``sampler`` attribute)."""
+    dataset = TensorDataset(np.arange(10))
+    sampler = WeightedRandomSampler(np.ones(10), 10, seed=0)
+    loader = DataLoader(dataset, 5, sampler=sampler)
+    batches = BatchSampler(SequentialSampler(dataset), 5)
+    assert loader.sampler is sampler and DataLoader(dataset, batch_sampler=batches).batch_sampler is batches
+    loader.first_sample()
+    oracle = torch.utils.data.WeightedRandomSampler(torch.ones(10), 10)
+    torch_loader = torch.utils.data.DataLoader(torch.arange(10), 5, sampler=oracle)
+    sampler.weights, oracle.weights = np.eye(10)[3], torch.eye(10, dtype=torch.float64)[3]
+    assert labels(loader) == [batch.tolist() for batch in torch_loader] == [[3] * 5] * 2
+    assert loader.first_sample()[0].tolist() == [3]
+
+
+def test_loaders_of_the_same_order_take_each_others_states():
+    """A plain loader's state and that of a ``SequentialSampler`` (unshuffled), or of a ``RandomSampler`` over the
+    whole dataset without replacement (shuffled, the same permutation of (seed, epoch)), load into each other and go
+    on in the same order (they were refused as other samplers)."""
+    from unidl.errors import StateDictError
+
+    dataset = TensorDataset(np.arange(10))
+    for plain, sampled in ((DataLoader(dataset, 3), DataLoader(dataset, 3, sampler=SequentialSampler(dataset))),
+                           (DataLoader(dataset, 3, shuffle=True, seed=2),
+                            DataLoader(dataset, 3, sampler=RandomSampler(dataset, seed=2)))):
+        assert labels(plain) == labels(sampled)
+        sampled.load_state_dict(plain.state_dict())
+        plain.load_state_dict(sampled.state_dict())
+        assert labels(plain) == labels(sampled)
+    longer = DataLoader(dataset, 3, sampler=RandomSampler(dataset, num_samples=10, replacement=True, seed=2))
+    with pytest.raises(StateDictError, match="taken with a Sampler"):
+        longer.load_state_dict(plain.state_dict())
+
+
+def test_a_state_whose_sampler_is_no_samplers_settings_is_a_state_dict_error():
+    # (an AttributeError: 'str' object has no attribute 'items')
+    from unidl.errors import StateDictError
+
+    loader = DataLoader(TensorDataset(np.arange(10)), 3)
+    with pytest.raises(StateDictError, match="the state's 'sampler' is 'RandomSampler', not a sampler's settings"):
+        loader.load_state_dict(dict(loader.state_dict(), sampler="RandomSampler"))
 
 
 def test_torchs_samplers_and_generator_are_type_errors_saying_what_to_use():

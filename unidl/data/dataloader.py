@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
 import multiprocessing
 import numbers
 import weakref
@@ -31,12 +30,26 @@ _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "
 _OWN_ORDER = {"class": "Sampler"}
 
 
+def _same_order_as(settings: dict, length) -> dict:
+    """``settings`` (a sampler's) as the plain ``Sampler``'s where that sampler's orders are the plain ``Sampler``'s of
+    the same ``length``, ``shuffle`` and seed (a state's other entries): ``SequentialSampler``'s, and
+    ``RandomSampler``'s without replacement over its whole dataset (one permutation drawn from ``(seed, epoch)``)."""
+    kind = settings.get("class")
+    if kind == "SequentialSampler" or (kind == "RandomSampler" and settings.get("replacement") is False
+                                       and settings.get("data_length") == length):
+        return _OWN_ORDER
+    return settings
+
+
 def sampler_mismatch(state: dict, mine: dict) -> str | None:
     """What differs where the loader state ``state`` was taken with another sampler than the one of ``mine`` (this
-    loader's ``state_dict()``): both samplers' settings; None where they agree. A state without a 'sampler' (a
-    loader's own order, or written before samplers) was taken with the plain ``Sampler``."""
+    loader's ``state_dict()``): both samplers' settings; None where they agree or their orders are the same (a
+    ``SequentialSampler``'s and an unshuffled loader's own, say). A state without a 'sampler' (a loader's own order,
+    or written before samplers) was taken with the plain ``Sampler``."""
     theirs, ours = state.get("sampler", _OWN_ORDER), mine.get("sampler", _OWN_ORDER)
-    if theirs == ours:
+    if not isinstance(theirs, dict):
+        return f"the state's 'sampler' is {theirs!r:.100}, not a sampler's settings (a dict such as {ours!r:.100})"
+    if _same_order_as(theirs, state.get("length")) == _same_order_as(ours, mine.get("length")):
         return None
     return (f"the state was taken with a {described(theirs)} but this loader has a {described(ours)}; resuming needs "
             f"the same sampler (its order is another's)")
@@ -124,14 +137,15 @@ def _to_tensor(backend, value, owned: bool, field: int):
     return backend.tensor(checked)
 
 
-def _batch_sampler(length: int, batch_size, shuffle: bool, seed, drop_last, sampler, batch_sampler) -> BatchSampler:
+def _batch_sampler(length: int, batch_size, shuffle: bool, seed, drop_last, sampler,
+                   batch_sampler) -> tuple[BatchSampler, int | None]:
     """The loader's batches: its own over the ``length`` samples of the dataset (``shuffle``, ``seed``), those of a
     ``sampler``'s order, or a ``batch_sampler``, refused together as torch's loader refuses them: a sampler with
     ``shuffle``, a batch sampler with ``batch_size`` (other than 1, the default), ``shuffle``, ``sampler`` or
     ``drop_last``. A sampler's order must be a function of (seed, epoch) (a unidl ``Sampler``), for the same batches
     on every backend, worker and rank and a resume mid-epoch: torch's samplers and plain iterables are a
-    ``TypeError`` naming what to use. The loader's batches are drawn from shallow copies of the samplers given, as
-    torch's loader never changes its sampler."""
+    ``TypeError`` naming what to use. With the loader's seed for an unshuffled sampler's batches (``seed``, else
+    None): the loader keeps it, as torch's loader never changes its sampler (``seeded_order``)."""
     if batch_sampler is not None:
         given = {"batch_size": batch_size != 1, "shuffle": shuffle, "sampler": sampler is not None,
                  "drop_last": drop_last}
@@ -144,22 +158,20 @@ def _batch_sampler(length: int, batch_size, shuffle: bool, seed, drop_last, samp
                             f"ud.data.BatchSampler, whose batches are a function of (seed, epoch) (the same on every "
                             f"backend, worker and rank, resumable mid-epoch); wrap a ud.data sampler: "
                             f"BatchSampler(RandomSampler(dataset, seed=N), batch_size, drop_last)")
-        batch_sampler = copy.copy(batch_sampler)
-        sampler = batch_sampler.sampler = copy.copy(batch_sampler.sampler)  # (the loader's seed goes to its own)
+        sampler = batch_sampler.sampler
     elif sampler is not None:
         if shuffle:
             raise ValueError("DataLoader: sampler option is mutually exclusive with shuffle (as in torch's loader; "
                              "the sampler sets the order: ud.data.RandomSampler(dataset, seed=N) shuffles)")
         _check_sampler(sampler)
-        sampler = copy.copy(sampler)  # (the loader sets its seed: the user's, which another loader may share, keeps it)
     if sampler is not None:
         if seed is not None and sampler.shuffle:
             raise ValueError(f"DataLoader: seed={seed!r} with a {type(sampler).__name__}, which draws its order from "
                              f"a seed of its own ({sampler.seed}); give the seed to the sampler")
         if seed is not None:  # (an unshuffled order: the seed of the batches' global RNGs, see the class)
-            sampler.seed = arguments.non_negative_int("DataLoader", "seed", seed)
-        return batch_sampler if batch_sampler is not None else BatchSampler(sampler, batch_size, drop_last)
-    return BatchSampler(Sampler(length, shuffle, seed), batch_size, drop_last)
+            seed = arguments.non_negative_int("DataLoader", "seed", seed)
+        return (batch_sampler if batch_sampler is not None else BatchSampler(sampler, batch_size, drop_last)), seed
+    return BatchSampler(Sampler(length, shuffle, seed), batch_size, drop_last), None
 
 
 def _check_sampler(sampler) -> None:
@@ -261,9 +273,10 @@ class DataLoader:
             ``order(epoch)``), whose order is a function of (seed, epoch), so that workers, ranks and a resume
             mid-epoch see the same batches; torch's samplers and lists of indices are a ``TypeError``. In a
             data-parallel job only ``ud.data``'s own samplers can be sharded (a subclass is a ``ValueError``). The
-            loader draws from a shallow copy of it (of ``batch_sampler`` and its sampler alike): the seed it sets
-            (``seed``, one drawn, a job's, ``load_state_dict``'s) never changes the object given, which another
-            loader may share, as torch's loader never changes its sampler.
+            loader holds it as ``loader.sampler`` (``batch_sampler`` alike), as torch's: a change to it between
+            epochs (``sampler.weights = w``) holds from the next epoch on. The seed the loader sets (``seed``, one
+            drawn, a job's, ``load_state_dict``'s) is the loader's own and never changes the object given, which
+            another loader may share, as torch's loader never changes its sampler.
         batch_sampler: a ``ud.data.BatchSampler``, in place of ``batch_size``, ``shuffle``, ``sampler`` and
             ``drop_last`` (given with any of them: a ``ValueError``, as torch's).
         generator: torch's; only None (a generator is a ``TypeError`` naming ``seed``).
@@ -325,7 +338,8 @@ class DataLoader:
             raise ValueError("DataLoader: the dataset is empty (length 0); there is nothing to load")
         self.dataset = dataset
         shuffle = arguments.flag("DataLoader", "shuffle", shuffle)  # ("False" shuffled)
-        self.batch_sampler = _batch_sampler(length, batch_size, shuffle, seed, drop_last, sampler, batch_sampler)
+        self.batch_sampler, self._seed = _batch_sampler(length, batch_size, shuffle, seed, drop_last, sampler,
+                                                        batch_sampler)
         self._sized_by_dataset = sampler is None and batch_sampler is None  # (else the sampler's length is its own)
         if len(self.batch_sampler.sampler) == 0:  # (a SubsetRandomSampler([]), say: torch's loader yields nothing)
             raise ValueError(f"DataLoader: the {type(self.batch_sampler.sampler).__name__} visits no sample (0 "
@@ -346,7 +360,7 @@ class DataLoader:
         if seed is None and not self.shuffle and self.sliced_arrays() is None:
             # batches run the user's code, seeded per batch (see the class): from unidl's generator, so that
             # ``manual_seed`` governs an augmentation's draws (one fixed stream for every run and seed, else)
-            self.batch_sampler.sampler.seed = draw_seed()
+            self._seed = draw_seed()
         if worker_type is not None and worker_type not in _WORKER_TYPES:
             raise ValueError(f"worker_type must be one of {list(_WORKER_TYPES)}, got {worker_type!r}")
         self.worker_type = worker_type or "thread"
@@ -390,8 +404,15 @@ class DataLoader:
         return self.batch_sampler.sampler.shuffle
 
     @property
+    def sampler(self) -> Sampler:
+        """The order of each epoch: the ``sampler`` given (the one of ``batch_sampler``), else the loader's own."""
+        return self.batch_sampler.sampler
+
+    @property
     def seed(self) -> int | None:
-        return self.batch_sampler.sampler.seed
+        """The seed of the orders and of the batches' global RNGs: the loader's (given, drawn, a job's, a resumed
+        state's), else its sampler's."""
+        return self._seed if self._seed is not None else self.sampler.seed
 
     @property
     def samples_per_epoch(self) -> int:
@@ -487,7 +508,7 @@ class DataLoader:
         if not (seed is None and not self.shuffle) and not (_is_count(seed) and seed >= 0):
             raise StateDictError(f"DataLoader.load_state_dict: seed {seed!r} is not a non-negative integer"
                                  + (" (a shuffled loader needs one)" if seed is None else ""))
-        self.batch_sampler.sampler.seed = None if seed is None else int(seed)
+        self._seed = None if seed is None else int(seed)
         self._epoch, self._position = int(epoch), int(position)
         self._started = False
         self._active = None  # an iterator still alive no longer moves the position set here
@@ -513,7 +534,7 @@ class DataLoader:
         if sharding is not None and self.seed is not None and not self._seed_shared:
             # every rank must cut the same order and seed its batches' augmentations alike: rank 0's seed (drawn or
             # given; an unshuffled loader's too, whose batches run the user's code) is the job's
-            self.batch_sampler.sampler.seed = process_group.broadcast_value(self.seed)
+            self._seed = process_group.broadcast_value(self.seed)
             self._seed_shared = True
         self._refresh_length()
         if sharding is not None and not _EMPTY_SHARES.get():  # (an empty share: a NaN loss all-reduced everywhere)
@@ -529,7 +550,7 @@ class DataLoader:
                 return self._from_workers(batches, start, seed, epoch, context, convert, workers)
             return self._in_process(batches, start, seed, epoch, context, convert)
 
-        batches = self.batch_sampler.batches(epoch, start)
+        batches = self.batch_sampler.batches(epoch, start, self.seed)
         if sharding is not None:  # this rank's share of each global batch; positions count global batches
             batches = [rank_share(indices, *sharding) for indices in batches]
         return Epoch(self, token, batches, source, sharded=sharding is not None)
@@ -631,11 +652,11 @@ class DataLoader:
         seed, sampler = self.seed, self.batch_sampler.sampler
         makers = (self.dataset, self.collate_fn, self.worker_init_fn, self.batch_sampler, sampler)  # by identity
         how = (self.worker_type if self.num_workers else None, sampler.shuffle, seed, len(sampler), self.batch_size,
-               epoch, batch)
+               epoch, batch, sampler.settings())
         kept = self._first_sample
         if kept is not None and kept[1] == how and all(a is b for a, b in zip(kept[0], makers)):
             return tuple(array.copy() for array in kept[2])
-        indices = self.batch_sampler.batches(epoch, batch)[0][:1]
+        indices = self.batch_sampler.batches(epoch, batch, seed)[0][:1]
         arrays = self._read_first_sample(indices, seed, epoch, batch)
         self._first_sample = (makers, how, arrays)
         return tuple(array.copy() for array in arrays)

@@ -8,6 +8,7 @@ names and arguments, with ``seed`` for torch's ``generator``, their orders drawn
 
 from __future__ import annotations
 
+import copy
 import hashlib
 
 import numpy as np
@@ -222,10 +223,22 @@ class BatchSampler:
         self._iterations = epoch + 1
         return iter([batch.tolist() for batch in self.batches(epoch)])
 
-    def batches(self, epoch: int, start: int = 0) -> list[np.ndarray]:
-        """The index arrays of epoch ``epoch``, skipping the first ``start`` batches."""
-        order = self.sampler.order(epoch)
+    def batches(self, epoch: int, start: int = 0, seed: int | None = None) -> list[np.ndarray]:
+        """The index arrays of epoch ``epoch``, skipping the first ``start`` batches; ``seed``: see ``seeded_order``."""
+        order = seeded_order(self.sampler, epoch, seed)
         return [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start, len(self))]
+
+
+def seeded_order(sampler: Sampler, epoch: int, seed: int | None) -> np.ndarray:
+    """``sampler.order(epoch)`` drawn with ``seed`` in place of the sampler's own (None: its own), from a copy made
+    for this call: a loader's seed (given, drawn, a job's, a resumed state's) never changes the sampler it was given,
+    which the user holds and another loader may share, while the sampler's other attributes, changed between epochs
+    (new weights, say), are read as they are now, as torch's loader reads its sampler."""
+    if seed is None or seed == sampler.seed:
+        return sampler.order(epoch)
+    twin = copy.copy(sampler)
+    twin.seed = seed
+    return twin.order(epoch)
 
 
 def rank_share(indices: np.ndarray, rank: int, world_size: int) -> np.ndarray:
