@@ -1306,6 +1306,7 @@ def off_path_results() -> dict:
         # (Keras-on-torch refused the max of any empty tensor)
         empty = run(which, lambda t: ud.ops.adaptive_max_pool2d(t, (2, 2)), np.ones((0, 2, 5, 5), np.float32))
         results[f"adaptive-max-empty-{which}"] = [str(empty.dtype), list(empty.shape)]
+        results[f"foreign-{which}"] = foreign_tensor_outcomes(which)
     state = ud.random.get_rng_state()
     try:  # (Keras-on-torch's dropout generator, an int32 state, overflowed from 2**31)
         ud.manual_seed(2**32 - 1)
@@ -1326,6 +1327,7 @@ OFF_PATH_EXPECTED = {
     **{f"clip-true-{m}": ["int8", [1, 1, 3]] for m in MODES},
     **{f"pad-error-{m}": "ValueError" for m in MODES},
     **{f"adaptive-max-empty-{m}": ["float32", [0, 2, 2, 2]] for m in MODES},
+    **{f"foreign-{m}": ["as expected", "as expected"] for m in MODES},
     "largest-seed": None,
 }
 
@@ -2732,6 +2734,22 @@ def foreign_tensor(shape) -> tuple:
     import jax.numpy as jnp
 
     return "jax", jnp.ones(shape)
+
+
+def foreign_tensor_outcomes(which) -> list:
+    """For a torch tensor and a JAX array given to ``ud.ops.relu`` in ``which`` mode: "as expected" where it is refused
+    (a ``BackendMismatchError``) and the backend in force does not compute with its framework, or computed and the
+    backend does (Keras's host framework's: Keras-on-torch takes torch's, Keras-on-JAX JAX's); else what happened."""
+    import jax.numpy as jnp
+
+    own, outcomes = backends.specs()[ud.get_backend()].required_modules(), []
+    for framework, value in (("torch", torch.ones(2)), ("jax", jnp.ones(2))):
+        try:
+            got = run_tensors(which, lambda x: ud.ops.relu(value) + x, ud.tensor(np.zeros(2, np.float32))).tolist()
+        except ud.BackendMismatchError as error:
+            got = "refused" if framework not in own else f"{framework}'s refused: {error}"
+        outcomes.append("as expected" if got == ("refused" if framework not in own else [1.0, 1.0]) else got)
+    return outcomes
 
 
 def test_another_frameworks_tensor_given_to_an_op_is_one_clear_error(mode):
