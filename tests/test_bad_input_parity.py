@@ -5,6 +5,7 @@ inputs that are valid off the usual path (conv with 'same' or int padding in a g
 sample) give PyTorch's values. See docs/guarantees.md, "Behaviour that is the same everywhere"."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import unidl as ud
+from unidl import backends
 from unidl.precision import autocast_modules
 from unidl.testing.pytest_plugin import backends_under_test
 
@@ -1304,6 +1306,7 @@ def off_path_results() -> dict:
         # (Keras-on-torch refused the max of any empty tensor)
         empty = run(which, lambda t: ud.ops.adaptive_max_pool2d(t, (2, 2)), np.ones((0, 2, 5, 5), np.float32))
         results[f"adaptive-max-empty-{which}"] = [str(empty.dtype), list(empty.shape)]
+        results[f"foreign-{which}"] = foreign_tensor_outcomes(which)
     state = ud.random.get_rng_state()
     try:  # (Keras-on-torch's dropout generator, an int32 state, overflowed from 2**31)
         ud.manual_seed(2**32 - 1)
@@ -1324,6 +1327,7 @@ OFF_PATH_EXPECTED = {
     **{f"clip-true-{m}": ["int8", [1, 1, 3]] for m in MODES},
     **{f"pad-error-{m}": "ValueError" for m in MODES},
     **{f"adaptive-max-empty-{m}": ["float32", [0, 2, 2, 2]] for m in MODES},
+    **{f"foreign-{m}": ["as expected", "as expected"] for m in MODES},
     "largest-seed": None,
 }
 
@@ -2719,3 +2723,60 @@ def test_reductions_over_an_axis_named_twice(mode, reduction):
     name = "dim" if reduction == "amax" else "axis"
     raises_exactly(ud.ShapeMismatchError, f"{reduction} {name}=(1, -2) names an axis more than once (a tensor of 3 "
                    f"axes); give each axis once", run, mode, lambda x: getattr(ud.ops, reduction)(x, (1, -2)), x)
+
+
+def foreign_tensor(shape) -> tuple:
+    """``(framework, tensor)``: ones of ``shape`` made by a framework the backend in force does not compute with, by
+    that framework itself (no NumPy array, no unidl backend): torch's, or JAX's where torch is native (torch,
+    Keras-on-torch)."""
+    if "torch" not in backends.specs()[ud.get_backend()].required_modules():
+        return "torch", torch.ones(shape)
+    import jax.numpy as jnp
+
+    return "jax", jnp.ones(shape)
+
+
+def foreign_tensor_outcomes(which) -> list:
+    """For a torch tensor and a JAX array given to ``ud.ops.relu`` in ``which`` mode: "as expected" where it is refused
+    (a ``BackendMismatchError``) and the backend in force does not compute with its framework, or computed and the
+    backend does (Keras's host framework's: Keras-on-torch takes torch's, Keras-on-JAX JAX's); else what happened."""
+    import jax.numpy as jnp
+
+    own, outcomes = backends.specs()[ud.get_backend()].required_modules(), []
+    for framework, value in (("torch", torch.ones(2)), ("jax", jnp.ones(2))):
+        try:
+            got = run_tensors(which, lambda x: ud.ops.relu(value) + x, ud.tensor(np.zeros(2, np.float32))).tolist()
+        except ud.BackendMismatchError as error:
+            got = "refused" if framework not in own else f"{framework}'s refused: {error}"
+        outcomes.append("as expected" if got == ("refused" if framework not in own else [1.0, 1.0]) else got)
+    return outcomes
+
+
+def test_another_frameworks_tensor_given_to_an_op_is_one_clear_error(mode):
+    """A torch tensor given to an op of TensorFlow, Keras or JAX, a JAX array to torch's: one ``BackendMismatchError``
+    naming the op, the argument, the framework, the backend and the fixes, eagerly and in ``ud.function``
+    (TensorFlow and Keras converted it through ``__array__``, its gradient lost; torch and JAX raised TypeErrors of
+    their own). A unary op, a binary one, a loss, an optional argument (a bias), a list's item (``concat``) and a
+    loss composed of ops; the backend's own parameters, and its tracers in a graph, pass."""
+    backend = ud.get_backend()
+    framework, foreign = foreign_tensor((2, 3))
+    bias = foreign_tensor((2,))[1]
+    cases = {
+        ("relu", "x"): lambda x, labels, weight: ud.ops.relu(foreign),
+        ("maximum", "b"): lambda x, labels, weight: ud.ops.maximum(x, foreign),
+        ("matmul", "a"): lambda x, labels, weight: ud.ops.matmul(foreign, ud.ops.permute(x, (1, 0))),
+        ("cross_entropy", "logits"): lambda x, labels, weight: ud.ops.cross_entropy(foreign, labels),
+        ("linear", "bias"): lambda x, labels, weight: ud.ops.linear(x, weight, bias),
+        ("concat", "tensors[1]"): lambda x, labels, weight: ud.ops.concat([x, foreign]),
+        ("smooth_l1_loss", "target"): lambda x, labels, weight: ud.ops.smooth_l1_loss(x, foreign),
+    }
+    inputs = ud.tensor(np.ones((2, 3), np.float32)), ud.tensor(np.array([0, 2])), ud.tensor(np.ones((2, 3), np.float32))
+    for (op, argument), fn in cases.items():
+        with pytest.raises(ud.BackendMismatchError, match=(
+                rf"^ud\.ops\.{op} runs on backend '{backend}' but argument {re.escape(argument)} is a {framework} \w+; "
+                rf"convert it with ud\.tensor\(ud\.to_numpy\({re.escape(argument)}\)\) \(a copy, outside the gradient "
+                rf"of what made it\), or switch backends with .*ud\.use_backend\('{framework}'\)")):
+            run_tensors(mode, fn, *inputs)
+    layer = ud.nn.Linear(3, 2)
+    np.testing.assert_allclose(run_tensors(mode, lambda x: ud.ops.linear(x, layer.weight, layer.bias), inputs[0]),
+                               ud.to_numpy(layer(inputs[0])), rtol=1e-6)

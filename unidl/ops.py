@@ -21,6 +21,7 @@ import numpy as np
 
 from unidl import arguments, config, dtype_kinds, input_checks
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
+from unidl.backends import op_registry
 from unidl.backends.op_registry import CONVERTED, declare, optional_op
 from unidl.precision import active_ops
 
@@ -33,6 +34,11 @@ def _ops():
 # the parameters that take tensors, whose NumPy arrays, lists and numbers every public op converts as ``ud.tensor`` does
 _TENSOR_PARAMETERS = frozenset({"x", "a", "b", "weight", "bias", "prediction", "target", "logits", "targets",
                                 "running_mean", "running_var"})
+# the parameters that take tensors (tuples of them: ``tensors``, ``masks``), where another framework's tensor is a
+# ``BackendMismatchError`` in every public op (``unidl.native_tensors``)
+_TENSOR_ARGUMENTS = _TENSOR_PARAMETERS | {"labels", "indices", "index", "condition", "like", "tensors", "minimum",
+                                          "maximum", "probabilities", "log_probabilities", "pos_weight", "query",
+                                          "key", "value", "attn_mask", "masks"}
 
 
 def op(declaration=None, **options):
@@ -52,7 +58,9 @@ def op(declaration=None, **options):
     boolean kernel). ``booleans_as_int64``: the parameters whose booleans become int64, as PyTorch's ``square``.
     ``dims`` (``new_dims``, ``permutation``): ``{parameter: tensor parameter}``, the parameters that take axes of
     that tensor (the axis the op inserts; ``permute``'s order of all of them): one out of range is an
-    ``AxisOutOfRangeError`` on every backend (some wrapped it silently, ``% rank``), before the backend sees it."""
+    ``AxisOutOfRangeError`` on every backend (some wrapped it silently, ``% rank``), before the backend sees it.
+    Another framework's tensor given to a public op's parameter named in ``_TENSOR_ARGUMENTS`` is a
+    ``BackendMismatchError`` (``declare``'s ``tensors``)."""
     indices = options.pop("indices", ())
     arrays = options.pop("arrays", None)
     checks = {**{p: input_checks.check_integer for p in indices},
@@ -74,15 +82,27 @@ def op(declaration=None, **options):
         options["dims"] = dims
 
     def register(declaration):
+        public = options.get("public", True) and not options.get("optional")
         names = arrays
         if names is None:
-            exempt = options.get("optional") or not options.get("public", True)
-            names = () if exempt else [p for p in inspect.signature(declaration).parameters
-                                       if p in _TENSOR_PARAMETERS and p not in indices]
+            names = () if not public else [p for p in inspect.signature(declaration).parameters
+                                           if p in _TENSOR_PARAMETERS and p not in indices]
         converters = {p: input_checks.value_as_tensor for p in names}
-        return declare(_ops, arrays=converters, **options)(declaration)
+        return declare(_ops, arrays=converters, tensors=_tensor_arguments(declaration) if public else (),
+                       **options)(declaration)
 
     return register if declaration is None else register(declaration)
+
+
+def _tensor_arguments(function) -> tuple:
+    """The parameters of ``function`` that take tensors (``_TENSOR_ARGUMENTS``)."""
+    return tuple(p for p in inspect.signature(function).parameters if p in _TENSOR_ARGUMENTS)
+
+
+def _composed(function):
+    """A public function of ``ud.ops`` composed of declared ops (a loss, ``prelu``), taking another framework's tensor
+    as the ops do: a ``BackendMismatchError`` naming it (``declare``'s ``tensors``; not an op a backend provides)."""
+    return op_registry.composed(_ops, function, _tensor_arguments(function))
 
 
 @op(dispatch=False)
@@ -1312,6 +1332,7 @@ def relu6(x):
     return hardtanh(x, 0.0, 6.0)
 
 
+@_composed
 def prelu(x, weight):
     """x if x >= 0 else weight * x, with one ``weight`` for all channels or one per channel (axis 1; an input of
     fewer than 2 axes has one channel). Another count of weights is a ``ShapeMismatchError`` naming both counts, as
@@ -1343,6 +1364,7 @@ def _reduced(values, reduction):
     return values
 
 
+@_composed
 def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     """0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta, with d = prediction - target (L1 when beta is 0);
     dtypes as ``mse_loss``'s. A negative ``beta`` is a ``ValueError``, as PyTorch's."""
@@ -1361,6 +1383,7 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     return _reduced(where(difference < beta, 0.5 * square(difference) / beta, difference - 0.5 * beta), reduction)
 
 
+@_composed
 def huber_loss(prediction, target, reduction="mean", delta=1.0):
     """0.5 * d^2 where |d| < delta, else delta * (|d| - 0.5 * delta), with d = prediction - target, in the
     prediction's dtype, as ``torch.nn.functional.huber_loss`` (integers: floats of the dtype in force). ``delta`` must
@@ -1375,6 +1398,7 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
 
+@_composed
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
     broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1;
@@ -1425,6 +1449,7 @@ def _unclamped_target_slope(p, t, fixed):
     return slope + where(saturated, (1 - 2 * p) * _steep_zero(where(saturated, t - fixed, ones)), zeros_like(p))
 
 
+@_composed
 def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mean", pos_weight=None):
     """``torch.nn.functional.binary_cross_entropy_with_logits``: ``bce_with_logits`` with ``weight`` (each element's,
     broadcast) and ``pos_weight`` (the positive term's weight, broadcast from the last axis: one per class), as
@@ -1466,6 +1491,7 @@ def _in_dtype(x, dtype):
     return x if dtype is None or dtype_kinds.dtype_name(x.dtype) == dtype else cast(x, dtype)
 
 
+@_composed
 def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     """Pointwise target * (log(target) - input) (``log_target``: exp(t) * (t - input)), as PyTorch's: 0 * log(0) is
     0, a negative target's term NaN, and the target's gradient at 0 or below NaN.
@@ -1526,6 +1552,7 @@ def _class_axis_last(x):
     return x if rank <= 2 else permute(x, [0] + list(range(2, rank)) + [1])
 
 
+@_composed
 def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reduction="mean"):
     """-log_probabilities[n, labels[n]] * weight[labels[n]] for (N, C) or (N, C, d1, ...) input and integer
     labels (N,) or (N, d1, ...); labels equal to ``ignore_index`` count for nothing. 'mean' divides by
@@ -1563,6 +1590,7 @@ def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner)
     return _reduced(losses, reduction)
 
 
+@_composed
 def cross_entropy_loss(logits, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """``torch.nn.functional.cross_entropy``: logits (N, C) or (N, C, d1, ...) against integer class labels
     (N,)/(N, d1, ...) or class probabilities of the logits' shape, with class ``weight``, ``ignore_index``
@@ -1634,6 +1662,7 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
 
 
 
+@_composed
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None):
     """``torch.nn.functional.scaled_dot_product_attention``: softmax(query @ key^T * scale + mask) @ value over the
     last two axes ((..., L, E) queries, (..., S, E) keys, (..., S, Ev) values -> (..., L, Ev)).
@@ -1668,6 +1697,7 @@ def causal_mask(query_length, key_length):
     return rows >= unsqueeze(arange(0, key_length, dtype="int64"), 0)
 
 
+@_composed
 def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, masks=(),
               safe_softmax=True, need_weights=True):
     """``scaled_dot_product_attention`` returning ``(output, weights)``, weights (..., L, S) after softmax and

@@ -41,7 +41,8 @@ CONVERTED = (np.ndarray, np.generic, list, tuple, int, float)
 
 
 def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs: dict | None = None,
-                arrays: dict | None = None, dispatch: bool = True, dims: dict | None = None) -> Callable:
+                arrays: dict | None = None, dispatch: bool = True, dims: dict | None = None,
+                tensors: tuple = ()) -> Callable:
     """A function with ``declaration``'s exact signature whose body is ``resolve_ops().<name>(...)`` (without
     ``dispatch``: ``declaration(...)``, the front end's own body): compiled once, so a call costs what a
     hand-written forwarding function costs. ``inputs`` maps parameter names to a check
@@ -50,10 +51,14 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
     names becomes ``arrays[name](op_name, parameter_name, value)`` (an ``isinstance`` test, tens of nanoseconds,
     where the argument is a tensor). ``dims`` maps parameter names that take axes to ``(tensor_parameter, check)``:
     the body calls ``check(op_name, parameter_name, value, tensor)`` after the other checks (an axis in range of
-    that tensor's rank)."""
+    that tensor's rank). ``tensors``: the parameters that take tensors, whose values of a type not yet seen to pass
+    on the backend in force (``unidl.native_tensors``: a set lookup, tens of nanoseconds) go through
+    ``native_tensors.admitted`` first, which refuses another framework's tensor and converts a ``CONVERTED`` value
+    as ``arrays`` says, in place of ``arrays``' own test."""
     inputs, arrays, dims = inputs or {}, arrays or {}, dims or {}
     signature = inspect.signature(declaration)
-    unknown = (set(inputs) | set(arrays) | set(dims) | {t for t, _ in dims.values()}) - set(signature.parameters)
+    unknown = (set(inputs) | set(arrays) | set(dims) | {t for t, _ in dims.values()} | set(tensors)) - \
+        set(signature.parameters)
     if unknown:
         raise BackendInterfaceError(f"op {name!r} checks inputs {sorted(unknown)} it does not declare")
     params, forwarded, seen_star = [], [], False
@@ -74,7 +79,12 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
         else:
             params.append(p.name)
             forwarded.append(p.name)
-    converted = "".join(f"    if isinstance({p}, _CONVERTED): {p} = _array_{p}({name!r}, {p!r}, {p})\n" for p in arrays)
+    converted = "".join(f"    if isinstance({p}, _CONVERTED): {p} = _array_{p}({name!r}, {p!r}, {p})\n"
+                        for p in arrays if p not in tensors)
+    if tensors:  # (the backend's set read once a call: the backend in force, else the default, else found anew)
+        converted = "    _passing = _PASSING.get(_override.get() or _config._default_backend) or _passing_types()\n" + \
+            "".join(f"    if type({p}) not in _passing: {p} = _admitted({name!r}, {p!r}, {p}"
+                    f"{f', _array_{p}' if p in arrays else ''})\n" for p in tensors) + converted
     checks = "".join(f"    {p} = _check_{p}({name!r}, {p!r}, {p})\n" for p in inputs)
     checks += "".join(f"    _dims_{p}({name!r}, {p!r}, {p}, {tensor})\n" for p, (tensor, _) in dims.items())
     target = f"_resolve_ops().{name}" if dispatch else "_declaration"
@@ -83,6 +93,11 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
                  **{f"_check_{p}": check for p, check in inputs.items()},
                  **{f"_array_{p}": convert for p, convert in arrays.items()},
                  **{f"_dims_{p}": check for p, (_, check) in dims.items()}}
+    if tensors:
+        from unidl import config, native_tensors  # (imported when ``unidl.ops`` declares its ops: they import this)
+
+        namespace.update(_PASSING=native_tensors.PASSING, _override=config._backend_override, _config=config,
+                         _passing_types=native_tensors.passing_types, _admitted=native_tensors.admitted)
     exec(compile(source, f"<unidl.ops.{name}>", "exec"), namespace)
     function = namespace[name]
     function.__defaults__ = declaration.__defaults__
@@ -95,25 +110,34 @@ def _dispatcher(name: str, declaration: Callable, resolve_ops: Callable, inputs:
 
 
 def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = False, public: bool = True,
-            dispatch: bool = True, inputs: dict | None = None, arrays: dict | None = None, dims: dict | None = None):
+            dispatch: bool = True, inputs: dict | None = None, arrays: dict | None = None, dims: dict | None = None,
+            tensors: tuple = ()):
     """Decorator for the declarations in ``unidl/ops.py``: register the op and return its dispatcher
     (or the declared function itself with ``dispatch=False``, when the front end adds behaviour of
     its own before calling the backend, e.g. drawing dropout's generator). ``inputs``: per parameter name, a
     check the dispatcher applies to that argument before the backend sees it (``unidl.input_checks``'s dtype
     rules). ``arrays``: per parameter name, the function that converts a value of ``CONVERTED`` given to it first
     (with ``dispatch=False`` too: the declared function is then called through a forwarding function that does
-    it). ``dims``: the parameters that take axes of a tensor parameter, and their range checks (``_dispatcher``)."""
+    it). ``dims``: the parameters that take axes of a tensor parameter, and their range checks (``_dispatcher``).
+    ``tensors``: the parameters that take tensors, where another framework's tensor is a ``BackendMismatchError``
+    (``_dispatcher``)."""
 
     def register(declaration: Callable) -> Callable:
         op_name = name or declaration.__name__
         if op_name in REGISTRY:
             raise BackendInterfaceError(f"op {op_name!r} is declared twice")
         REGISTRY[op_name] = OpSpec(op_name, declaration, optional, public)
-        if not dispatch and not arrays and not dims and not inputs:
+        if not dispatch and not arrays and not dims and not inputs and not tensors:
             return declaration  # (with checks of its inputs: the dispatcher applies them, then calls it)
-        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch, dims)
+        return _dispatcher(op_name, declaration, resolve_ops, inputs, arrays, dispatch, dims, tensors)
 
     return register
+
+
+def composed(resolve_ops: Callable, function: Callable, tensors: tuple) -> Callable:
+    """``function``, a public function composed of declared ops (not one a backend provides, so not registered),
+    called through a dispatcher that checks its ``tensors`` parameters as a declared op's (``_dispatcher``)."""
+    return _dispatcher(function.__name__, function, resolve_ops, dispatch=False, tensors=tensors)
 
 
 def _load_declarations() -> None:

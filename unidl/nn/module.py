@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from unidl import arguments, backends, config, devices
+from unidl import arguments, config, devices, native_tensors
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import BackendMismatchError, DtypeMismatchError, NothingToTrainError, StateDictError
 from unidl.nn import hooks, placement
@@ -284,14 +284,9 @@ def _refuse_foreign(module, what: str, value) -> None:
     """``BackendMismatchError`` where ``value`` (a tensor-like argument, ``what`` naming it) is another framework's
     tensor (each framework raised its own error, or TensorFlow converted some silently, without their gradients);
     else its type passes as it is from now on (``_passed_as_they_are``)."""
-    foreign = backends.foreign_framework(type(value), module._backend.name)
-    if foreign is not None:
-        hosts = " or ".join(f"ud.use_backend({name!r})" for name, spec in backends.specs().items()
-                            if foreign in spec.required_modules())
-        raise BackendMismatchError(
-            f"{module.describe()} runs on backend {module._backend.name!r} but {what} is a {foreign} "
-            f"{type(value).__name__}; convert it with ud.tensor(x) (a copy, outside the gradient of what made "
-            f"it), or build the module under {hosts}")
+    native_tensors.refuse_foreign(module.describe(), what, value, module._backend,
+                                  "convert it with ud.tensor(x) (a copy, outside the gradient of what made it)",
+                                  "build the module under")
     _passed_as_they_are(module._backend).add(type(value))
 
 
