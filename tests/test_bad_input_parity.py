@@ -2780,3 +2780,15 @@ def test_another_frameworks_tensor_given_to_an_op_is_one_clear_error(mode):
     layer = ud.nn.Linear(3, 2)
     np.testing.assert_allclose(run_tensors(mode, lambda x: ud.ops.linear(x, layer.weight, layer.bias), inputs[0]),
                                ud.to_numpy(layer(inputs[0])), rtol=1e-6)
+
+
+def test_a_jax_layers_parameter_given_to_another_backends_op_is_the_same_error():
+    """A jax layer's parameter (unidl's own ``JaxVariable`` wrapping a JAX array) is a jax tensor to the other
+    backends' ops: the same ``BackendMismatchError`` as a JAX array (its class, defined in unidl, passed as no
+    framework's, and TensorFlow converted it through NumPy, without its gradient)."""
+    with ud.use_backend("jax"):
+        weight = ud.nn.Linear(2, 2).weight
+        assert ud.to_numpy(ud.ops.relu(weight)).shape == (2, 2)
+    for name in ("torch", "tensorflow"):
+        with ud.use_backend(name), pytest.raises(ud.BackendMismatchError, match=r"argument x is a jax JaxVariable"):
+            ud.ops.relu(weight)

@@ -1,5 +1,6 @@
 """Checkpoints: model, optimizer, RNG and loader state saved atomically, rotated, and restored past a corrupt file."""
 
+import collections
 import os
 import pickle
 import warnings
@@ -393,3 +394,38 @@ def test_a_set_extra_state_that_reads_a_weight_sees_the_loaded_one_from_every_lo
         load(model)
         np.testing.assert_array_equal(model.seen, oracle.seen, err_msg=name)
     np.testing.assert_array_equal(ud.load(tmp_path / "m.safetensors").seen, oracle.seen, err_msg="ud.load")
+
+
+class _Tallies(ud.nn.Linear):
+    """Extra state kept as a ``defaultdict`` (torch code's habit for counters)."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+        self.tallies = collections.defaultdict(int)
+
+    def get_extra_state(self):
+        return self.tallies
+
+    def set_extra_state(self, state):
+        self.tallies = state
+
+
+def test_an_extra_state_of_a_defaultdict_loads_and_a_failed_restore_keeps_the_loads_own_error(backend):
+    """The rollback's copy of extra state keeps a ``defaultdict`` (its factory too: copying it as ``type(d)(pairs)``
+    was a TypeError that broke every load of such a module), and where putting the model back fails as well, the
+    load's own error is raised with that failure noted beside it."""
+    source, target = _Tallies(), _Tallies()
+    source.tallies["seen"] = 3
+    target.load_state_dict(source.state_dict())
+    assert target.tallies["seen"] == 3 and target.tallies["never"] == 0
+    calls = []
+
+    def refuse_then_fail(state):
+        calls.append(state)
+        raise ValueError("refused") if len(calls) == 1 else RuntimeError("cannot restore")
+
+    target.set_extra_state = refuse_then_fail
+    with pytest.raises(ValueError, match="refused") as caught:
+        target.load_state_dict(source.state_dict())
+    assert "putting the model back after this failed load failed too: RuntimeError: cannot restore" in \
+        "\n".join(getattr(caught.value, "__notes__", []))

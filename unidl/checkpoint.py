@@ -443,13 +443,19 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     if check is not None:
         check(metadata, path)
 
-    # ---- then change: the model first, its variables then its extra state as torch orders them, and the
-    # generators (the two steps that can still refuse: the user's set_extra_state, a framework's RNG, which rolls
-    # itself back) inside the model's rollback; the rest was checked and takes its state as it is ----
-    with restored_on_failure(model):
-        stream_into(model, reader, names)
-        load_extra_states(model, reader, names)
-        unidl_random.set_rng_state(metadata["rng"])
+    # ---- then change: the generators first (a framework's RNG can still refuse its state, and then rolls itself
+    # back, before anything else changed), then the model, its variables then its extra state as torch orders them
+    # (the user's set_extra_state can still refuse: the model's rollback and the generators' previous state undo
+    # the load); the rest was checked and takes its state as it is ----
+    previous_rng = unidl_random.get_rng_state()
+    unidl_random.set_rng_state(metadata["rng"])
+    try:
+        with restored_on_failure(model):
+            stream_into(model, reader, names)
+            load_extra_states(model, reader, names)
+    except BaseException:
+        unidl_random.set_rng_state(previous_rng)
+        raise
     if loader is not None:
         loader.load_state_dict(metadata["loader"])
     if optimizer_state is not None:

@@ -34,14 +34,16 @@ def admitted(owner: str, what: str, value, convert=None):
     and its type then passes at once (``passing_types``)."""
     if isinstance(value, CONVERTED):
         if isinstance(value, (list, tuple)):
-            for index, item in enumerate(value):
-                if not isinstance(item, CONVERTED):
+            passing = passing_types()
+            for index, item in enumerate(value):  # (a list of this backend's tensors: a set lookup an item)
+                if type(item) not in passing and not isinstance(item, CONVERTED):
                     admitted(owner, f"{what}[{index}]", item)
         return value if convert is None else convert(owner, what, value)
     backend = config.backend()
-    refuse_foreign(f"ud.ops.{owner}", f"argument {what}", value, backend,
-                   f"convert it with ud.tensor(ud.to_numpy({what})) (a copy, outside the gradient of what made it)",
-                   "switch backends with")
+    if backends.foreign_framework(type(value), backend.name) is not None:  # (the message made only then)
+        refuse_foreign(f"ud.ops.{owner}", f"argument {what}", value, backend,
+                       f"convert it with ud.tensor(ud.to_numpy({what})) (a copy, outside the gradient of what made "
+                       f"it)", "switch backends with")
     passing_types(backend).add(type(value))
     return value
 

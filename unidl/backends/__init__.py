@@ -147,13 +147,21 @@ _foreign_cache: dict[tuple[type, str], str | None] = {}
 
 
 def foreign_framework(kind: type, name: str) -> str | None:
-    """The framework (top-level module: 'torch', 'tensorflow', 'jax', 'keras') whose class ``kind`` is or derives
+    """The framework (top-level module: 'torch', 'tensorflow', 'jax', 'keras'; a backend's own wrapper type, jax's
+    ``JaxVariable``, counts as its framework's) whose class ``kind`` is or derives
     from, where it is one that some backend computes with but backend ``name`` does not (a torch tensor given to a
     TensorFlow model); None for this backend's own frameworks' types and for types of no framework. Cached per type:
     a module's call asks it once for each type it has not seen."""
     key = (kind, name)
     if key not in _foreign_cache:
-        frameworks = {c.__module__.split(".")[0] for c in kind.__mro__ if isinstance(c.__module__, str)}
+        frameworks = set()
+        for c in kind.__mro__:
+            parts = c.__module__.split(".") if isinstance(c.__module__, str) else [""]
+            if parts[:2] == ["unidl", "backends"] and len(parts) > 2 and parts[2] in specs():
+                # a backend's own wrapper of its framework's arrays (jax's JaxVariable): that backend's frameworks
+                frameworks.update(specs()[parts[2]].required_modules())
+            else:
+                frameworks.add(parts[0])
         known = {module for spec in specs().values() for module in spec.required_modules()}
         foreign = sorted(frameworks & known - set(specs()[name].required_modules()))
         _foreign_cache[key] = foreign[0] if foreign else None

@@ -25,11 +25,15 @@ def restored_on_failure(model):
              if isinstance(entry, ExtraState) and type(entry.module).get_extra_state is not Module.get_extra_state]
     try:
         yield
-    except BaseException:
-        for variable, value in variables:
-            backend.assign(variable, _as_loaded(value))
-        for module, state in extra:
-            module.set_extra_state(state)
+    except BaseException as error:
+        try:
+            for variable, value in variables:
+                backend.assign(variable, _as_loaded(value))
+            for module, state in extra:
+                module.set_extra_state(state)
+        except Exception as failed:  # (the load's own error is the one to see; this one is told beside it)
+            error.add_note(f"putting the model back after this failed load failed too: "
+                           f"{type(failed).__name__}: {failed}")
         raise
 
 
@@ -40,8 +44,11 @@ def _host_copy(value):
 
     if any(backend.is_tensor(value) for backend in backends.loaded_backends().values()):
         return to_numpy(value).copy()
-    if isinstance(value, dict):
-        return type(value)((key, _host_copy(item)) for key, item in value.items())
+    if isinstance(value, dict):  # (a copy of its own type first: a defaultdict keeps its factory)
+        copied = copy.copy(value)
+        for key, item in value.items():
+            copied[key] = _host_copy(item)
+        return copied
     if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
         return type(value)(_host_copy(item) for item in value)
     return copy.deepcopy(value)
