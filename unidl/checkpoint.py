@@ -385,11 +385,12 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     All or nothing: the checksums, every model tensor's name, shape and dtype, the optimizer's slots,
     the RNG, loader, scheduler and callback states (and ``check(metadata, path)``, if given) are all checked
     before the first object changes; any failure raises (``CorruptFileError``, ``StateDictError``) with
-    the model, optimizer, loader and generators untouched. The model changes first: its variables, then each
-    module's ``set_extra_state``, as ``load_state_dict`` orders them (torch's order), then the generators. Where
-    ``set_extra_state`` (the user's code, which may refuse the state it is given) or the generators raise, the
-    model's variables and extra state are put back as they were, bit for bit (a model with extra state is copied
-    to the host first), before anything else changed, so that exception, too, leaves everything as it was.
+    the model, optimizer, loader and generators untouched. The generators change first (a framework that still
+    refuses its state puts every generator back itself, before anything else changed), then the model: its
+    variables, then each module's ``set_extra_state``, as ``load_state_dict`` orders them (torch's order). Where
+    ``set_extra_state`` (the user's code, which may refuse the state it is given) raises, the model's variables and
+    extra state are put back as they were, bit for bit (a model with extra state is copied to the host first), and
+    the generators too, before anything else changed, so that exception, too, leaves everything as it was.
     """
     _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
     target = os.fspath(path_or_directory)
