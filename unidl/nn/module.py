@@ -908,8 +908,8 @@ class Module:
         ``<path>._extra_state``, after the module's variables are written, as torch.nn's. A module whose class
         defines it expects that key (missing: a missing key); an ``_extra_state`` key for one that does not is an
         unexpected key. From a file (``ud.load_weights``, ``ud.load``, ``load_checkpoint``) it gets the array the
-        file holds, before any variable is written: an exception it raises (a version check) leaves the model, and
-        a checkpoint's optimizer, loader and generators, unchanged.
+        file holds, also after the variables are written; an exception it raises (a version check) puts the model
+        back as it was and leaves a checkpoint's optimizer, loader and generators unchanged.
 
         Args:
             state: the value ``get_extra_state`` returned when the state dict was made.
