@@ -79,6 +79,14 @@ def _data_length(owner: str, data_source) -> int:
     return len(data_source)
 
 
+def _num_samples(owner: str, value) -> int:
+    """A sampler's ``num_samples``, a positive integer, with torch's ``ValueError`` otherwise."""
+    count = arguments.integer(value)
+    if count is None or count <= 0:
+        raise ValueError(f"{owner} num_samples should be a positive integer value, but got num_samples={value!r}")
+    return count
+
+
 class SequentialSampler(Sampler):
     """``0 .. len(data_source) - 1`` in order, every epoch, as ``torch.utils.data.SequentialSampler``.
 
@@ -107,10 +115,7 @@ class RandomSampler(Sampler):
                  seed: int | None = None):
         self.data_length = _data_length("RandomSampler", data_source)
         self.replacement = arguments.boolean("RandomSampler", "replacement", replacement)
-        count = self.data_length if num_samples is None else arguments.integer(num_samples)
-        if count is None or count <= 0:
-            raise ValueError(f"RandomSampler num_samples should be a positive integer value, but got "
-                             f"num_samples={num_samples!r}")
+        count = self.data_length if num_samples is None else _num_samples("RandomSampler", num_samples)
         super().__init__(count, shuffle=True, seed=seed)
 
     def order(self, epoch: int) -> np.ndarray:
@@ -160,10 +165,7 @@ class WeightedRandomSampler(Sampler):
     """
 
     def __init__(self, weights, num_samples: int, replacement: bool = True, seed: int | None = None):
-        count = arguments.integer(num_samples)
-        if count is None or count <= 0:
-            raise ValueError(f"WeightedRandomSampler num_samples should be a positive integer value, but got "
-                             f"num_samples={num_samples!r}")
+        count = _num_samples("WeightedRandomSampler", num_samples)
         self.replacement = arguments.boolean("WeightedRandomSampler", "replacement", replacement)
         self.weights = np.asarray(weights, dtype=np.float64)
         if (self.weights.ndim != 1 or not np.all(np.isfinite(self.weights)) or np.any(self.weights < 0)
