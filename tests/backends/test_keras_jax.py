@@ -566,7 +566,8 @@ def arm(value):
 
 
 class Stalled(ud.nn.Module):
-    # a linear layer whose forward keeps XLA busy for tens of ms after arm's callback, or sends SIGINT from the
+    # a linear layer whose forward keeps XLA busy for tens of ms after arm's callback (two 1200x1200 products: two
+    # of 600x600 took under 5 ms on an idle machine, so every SIGINT came after the step), or sends SIGINT from the
     # trace of Keras's train step after its kill_in_trace-th (a Ctrl-C while the step compiles)
     kill_in_trace = None
 
@@ -581,7 +582,7 @@ class Stalled(ud.nn.Module):
             Stalled.kill_in_trace = None
             os.kill(os.getpid(), signal.SIGINT)
         start = jax.pure_callback(arm, jax.ShapeDtypeStruct((), a.dtype), jax.lax.stop_gradient(a[0, 0]))
-        square = jnp.full((600, 600), start)
+        square = jnp.full((1200, 1200), start)
         return self.linear(a) + 0.0 * jnp.sum(square @ square @ square)
 
 
