@@ -171,3 +171,37 @@ def test_a_module_listed_twice_is_counted_once(backend):
 def test_an_input_shape_that_is_not_sizes_is_a_clear_error(input_shape):
     with pytest.raises(ValueError, match=r"input_shape must be one sample's shape .* such as \(1, 28, 28\)"):
         ud.summary(ud.nn.Linear(4, 3), input_shape=input_shape)
+
+
+class TwoInputs(ud.nn.Module):
+    """Token ids through an embedding beside float features: a forward of two inputs of two dtypes."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = ud.nn.Embedding(20, 4)
+        self.dense = ud.nn.Linear(3, 4)
+
+    def forward(self, ids, features):
+        return ud.ops.sum(self.embed(ids), axis=1) + self.dense(features)
+
+
+def test_several_inputs_each_with_its_shape_and_dtype(backend):
+    torch = pytest.importorskip("torch")
+    text = ud.summary(TwoInputs(), input_shape=[(5,), (3,)], dtype=["int64", None])
+    rows = {cells(line)[0].split("─")[-1]: cells(line)[1:] for line in text.splitlines()[3:6]}
+    assert rows["embed (Embedding): 1-1"][0] == "[1, 5, 4]" and rows["dense (Linear): 1-2"][0] == "[1, 4]"
+    assert rows["TwoInputs"][0] == "[1, 4]"
+    reference = torch.nn.ModuleDict({"embed": torch.nn.Embedding(20, 4), "dense": torch.nn.Linear(3, 4)})
+    assert totals(text)["Total params"][0] == sum(p.numel() for p in reference.parameters())
+    assert ud.summary(TwoInputs(), input_shape=([5], [3]), dtype=("int64", "float32")).count("[1, 4]") == 2
+
+
+@pytest.mark.parametrize("input_shape, dtype, message", [
+    ([(5,), 3], None, r"or one such shape per input .* such as \[\(10, 8\), \(7, 8\)\]; got \[\(5,\), 3\]"),
+    ([(5,), (-3,)], None, r"one such shape per input"),
+    ([(5,), (3,)], ["int64"], r"one per input: 2 input shape\(s\) were given and 1 dtypes \['int64'\]"),
+])
+def test_bad_shapes_or_dtypes_of_several_inputs_are_clear_errors(input_shape, dtype, message):
+    model = TwoInputs()
+    with pytest.raises(ValueError, match=message):
+        ud.summary(model, input_shape=input_shape, dtype=dtype)

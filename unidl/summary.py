@@ -40,12 +40,44 @@ def _shape_text(output) -> str:
     return "--" if shape is None else "[" + ", ".join(str(int(d)) for d in tuple(shape)) + "]"
 
 
+def _is_size(size) -> bool:
+    return isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0
+
+
+def input_shapes(input_shape) -> list[tuple]:
+    """``input_shape`` as a list of one sample's shapes, one per positional input of the forward: one shape
+    (``(1, 28, 28)``) is one input, a list or tuple of shapes (``[(10, 8), (7, 8)]``) several; anything else is a
+    ``ValueError`` showing both forms."""
+    if isinstance(input_shape, (tuple, list)):
+        if all(_is_size(size) for size in input_shape):
+            return [tuple(int(size) for size in input_shape)]
+        if all(isinstance(shape, (tuple, list)) and all(_is_size(size) for size in shape) for shape in input_shape):
+            return [tuple(int(size) for size in shape) for shape in input_shape]
+    raise ValueError(f"summary input_shape must be one sample's shape without the batch dimension, a tuple of "
+                     f"sizes >= 0 such as (1, 28, 28) or (784,), or one such shape per input of a forward that "
+                     f"takes several, such as [(10, 8), (7, 8)]; got {input_shape!r}")
+
+
+def input_dtypes(dtype, count: int) -> list:
+    """``dtype`` as one dtype per input: None (unidl's float dtype) or one dtype for all, or a list or tuple of
+    ``count`` dtypes; another length is a ``ValueError`` naming both counts."""
+    if not isinstance(dtype, (tuple, list)):
+        return [dtype or config.get_dtype()] * count
+    if len(dtype) != count:
+        raise ValueError(f"summary dtype must be one dtype, or one per input: {count} input shape(s) were given "
+                         f"and {len(dtype)} dtypes {list(dtype)!r}")
+    return [item or config.get_dtype() for item in dtype]
+
+
 def output_shapes(model, input_shape, dtype=None) -> dict:
-    """Output shape text of every module the forward of zeros of shape ``(1, *input_shape)`` calls, keyed by
-    ``id(module)``. Runs in eval mode and puts back the training mode, the random generators and every
-    variable holder, so that nothing a training run depends on changes (the jax backend included)."""
+    """Output shape text of every module the forward of zeros of shape ``(1, *shape)`` (one per shape of
+    ``input_shape``, in ``dtype``: see ``input_shapes`` and ``input_dtypes``) calls, keyed by ``id(module)``.
+    Runs in eval mode and puts back the training mode, the random generators and every variable holder, so that
+    nothing a training run depends on changes (the jax backend included)."""
     from unidl.random import get_rng_state, set_rng_state
 
+    shapes_in = input_shapes(input_shape)
+    dtypes = input_dtypes(dtype, len(shapes_in))
     backend = model._backend
     modules = model.modules()
     shapes = {}
@@ -66,7 +98,7 @@ def output_shapes(model, input_shape, dtype=None) -> dict:
             object.__setattr__(module, "_forward_caller", recording(module, caller))
         model.eval()
         with config.use_backend(backend.name):
-            model(backend.tensor(np.zeros((1, *tuple(input_shape)), dtype=dtype or config.get_dtype())))
+            model(*(backend.tensor(np.zeros((1, *shape), dtype=kind)) for shape, kind in zip(shapes_in, dtypes)))
     finally:
         for module, caller in saved_callers:
             object.__setattr__(module, "_forward_caller", caller)
@@ -124,13 +156,16 @@ def summary(model, input_shape=None, depth: int = 3, dtype=None) -> str:
 
     Args:
         model: a ``ud.nn.Module``.
-        input_shape: one sample's shape without the batch dimension (``(1, 28, 28)``); when given, the
-            "Output Shape" column is filled from one eval-mode forward of zeros of shape ``(1, *input_shape)``
-            that changes no state (training mode, random generators and variables are as they were); anything
-            but a tuple or list of sizes >= 0 is a ``ValueError``.
+        input_shape: one sample's shape without the batch dimension (``(1, 28, 28)``), or a list of such shapes,
+            one per positional input of a forward that takes several (``[(10, 8), (7, 8)]`` for a
+            ``Transformer``'s source and target, as torchinfo's ``input_size``); when given, the "Output Shape"
+            column is filled from one eval-mode forward of zeros of shape ``(1, *shape)`` per input that changes
+            no state (training mode, random generators and variables are as they were); anything else is a
+            ``ValueError``.
         depth: how many levels of sub-modules to list (torchinfo's ``depth``); a module at the last level
             shows the parameters of its whole subtree.
-        dtype: the dtype of the zeros (unidl's float dtype by default; ``"int64"`` for token ids).
+        dtype: the dtype of the zeros (unidl's float dtype by default; ``"int64"`` for token ids), one for every
+            input or a list of one per input shape.
 
     The totals: parameters (all, trainable, non-trainable: frozen by the framework), buffers (BatchNorm's
     running statistics) and parameters plus buffers, each with its size in bytes. The text is identical on
@@ -143,11 +178,7 @@ def summary(model, input_shape=None, depth: int = 3, dtype=None) -> str:
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 0:
         raise ValueError(f"summary depth must be a non-negative integer, got {depth!r}")
     if input_shape is not None:
-        sizes = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
-        if sizes is None or not all(isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size >= 0
-                                    for size in sizes):
-            raise ValueError(f"summary input_shape must be one sample's shape without the batch dimension, a tuple "
-                             f"of sizes >= 0 such as (1, 28, 28) or (784,), got {input_shape!r}")
+        input_dtypes(dtype, len(input_shapes(input_shape)))  # bad input is refused before any forward
     shapes = output_shapes(model, input_shape, dtype) if input_shape is not None else {}
     rows = [_HEADERS] + _rows(model, depth, shapes)
     widths = [max(len(row[column]) for row in rows) + 4 for column in range(len(_HEADERS) - 1)]
