@@ -66,7 +66,8 @@ def test_each_sampler_visits_what_torchs_does_in_an_order_of_its_seed_and_epoch(
     assert sorted(unique.tolist()) == [1, 2, 9]
     for make, message in ((lambda: WeightedRandomSampler(weights, 4, replacement=False), "exceeds the 3 indices"),
                           (lambda: WeightedRandomSampler([1, -1], 2), "non-negative"),
-                          (lambda: RandomSampler(dataset, num_samples=0), "positive integer")):
+                          (lambda: RandomSampler(dataset, num_samples=0), "positive integer"),
+                          (lambda: WeightedRandomSampler(weights, 2, replacement=1), "must be True or False")):
         with pytest.raises(ValueError, match=message):  # (torch: the ValueError of its num_samples and weights)
             make()
 

@@ -166,7 +166,10 @@ class WeightedRandomSampler(Sampler):
 
     def __init__(self, weights, num_samples: int, replacement: bool = True, seed: int | None = None):
         count = _num_samples("WeightedRandomSampler", num_samples)
-        self.replacement = arguments.boolean("WeightedRandomSampler", "replacement", replacement)
+        try:
+            self.replacement = arguments.boolean("WeightedRandomSampler", "replacement", replacement)
+        except TypeError as error:  # torch's WeightedRandomSampler raises ValueError here (RandomSampler TypeError)
+            raise ValueError(str(error)) from None
         self.weights = np.asarray(weights, dtype=np.float64)
         if (self.weights.ndim != 1 or not np.all(np.isfinite(self.weights)) or np.any(self.weights < 0)
                 or not self.weights.sum() > 0):
