@@ -30,7 +30,7 @@ from benchmarks.native_models import bench_workloads
 from benchmarks.native_tf import bench_tensorflow
 from benchmarks.native_torch import bench_torch
 from benchmarks.report import ANALYSIS_HEADING, format_row, load_average, previous_analysis, report
-from unidl.cli import positive_int
+from unidl.cli import nearest_existing_ancestor, positive_int
 from unidl.errors import ConfigurationError, DeviceUnavailableError
 
 #: every group ``run`` may hold, in its order (which of them a run holds depends on the frameworks installed,
@@ -130,9 +130,7 @@ def report_path(text: str) -> str:
     path = os.path.abspath(text)
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory; expected the report's file path")
-    ancestor = os.path.dirname(path)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
+    ancestor = nearest_existing_ancestor(path)
     if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text!r}: {ancestor!r} is not a writable directory")
     return text

@@ -117,15 +117,22 @@ def dataset_spec(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; use {DATASETS}")
 
 
+def nearest_existing_ancestor(path: str) -> str:
+    """The closest folder above absolute ``path`` that exists (where ``os.makedirs`` would start making it), or
+    a file there, which no folder can be made below."""
+    ancestor = os.path.dirname(path)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    return ancestor
+
+
 def directory_path(text: str) -> str:
     """A directory, or a path where one can be made: not an existing file, nor below one (found before the data
     loads, where the log's ``os.makedirs`` said only "File exists")."""
     path = os.path.abspath(text)
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{text!r} exists and is not a directory")
-    ancestor = os.path.dirname(path)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
+    ancestor = nearest_existing_ancestor(path)
     if not os.path.isdir(ancestor):
         raise argparse.ArgumentTypeError(f"cannot make directory {text!r}: {ancestor!r} is a file")
     return text
