@@ -6,17 +6,19 @@ import copy
 
 
 @contextlib.contextmanager
-def restored_on_failure(model):
+def restored_on_failure(model, whole: bool = False):
     """Run the block (a load into ``model``); if it raises, put back every parameter, persistent buffer and extra
     state it could have changed, bit for bit, and re-raise. Only a model with extra state (a module that overrides
-    ``set_extra_state``) is copied first, to the host: without it a load's checks come before the first write, so
-    nothing can fail after it, and the load keeps its bound of one tensor held outside the model. Extra state is
+    ``set_extra_state``), or one whose load may still be refused after the writes (``whole``: load post-hooks,
+    whose keys a strict load checks after them), is copied first, to the host: without it a load's checks come
+    before the first write, so nothing can fail after it, and the load keeps its bound of one tensor held outside
+    the model. Extra state is
     deep-copied (tensors as NumPy arrays): what ``get_extra_state`` returns is often the module's own array, which a
     ``set_extra_state`` then writes into."""
     from unidl.nn.module import ExtraState, Module, _as_loaded
 
     entries = list(model._state_variables(extra_state="set_extra_state"))
-    if not any(isinstance(entry, ExtraState) for _, entry in entries):
+    if not whole and not any(isinstance(entry, ExtraState) for _, entry in entries):
         yield
         return
     backend = model._backend
