@@ -538,3 +538,31 @@ def test_modules_load_one_after_another_as_torchs_so_a_parents_extra_state_sees_
         np.testing.assert_array_equal(model.seen, oracle.seen, err_msg=name)
         np.testing.assert_array_equal(model.seen, before, err_msg=name)
 
+
+class _TensorState(ud.nn.Linear):
+    """Extra state kept as a tensor of the model's framework, refusing negative steps."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+        self.steps = ud.tensor(np.array([5]), "int32")
+
+    def get_extra_state(self):
+        return {"steps": self.steps}
+
+    def set_extra_state(self, state):
+        if np.asarray(ud.to_numpy(state["steps"])).min() < 0:
+            raise ValueError("negative steps")
+        self.steps = state["steps"]
+
+
+def test_a_refused_load_puts_a_tensor_extra_state_back_as_a_tensor(backend):
+    """The rollback of a refused load gives ``set_extra_state`` back a tensor extra state as the tensor it was (of
+    its framework, dtype and device), where it gave a NumPy array."""
+    model = _TensorState()
+    kept = model.steps
+    state = model.state_dict()
+    state["_extra_state"] = {"steps": np.array([-1])}
+    with pytest.raises(ValueError, match="negative steps"):
+        model.load_state_dict(state)
+    assert type(model.steps) is type(kept) and ud.to_numpy(model.steps).dtype == ud.to_numpy(kept).dtype
+    np.testing.assert_array_equal(ud.to_numpy(model.steps), [5])
