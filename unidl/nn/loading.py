@@ -31,11 +31,12 @@ def has_hooks(model, table: str) -> bool:
     return any(module.__dict__.get(table) for module in model.modules())
 
 
-def walk(model, state_dict, strict: bool) -> Walk:
+def walk(model, state_dict) -> Walk:
     """Walk ``model`` as torch's ``load_state_dict`` does, writing nothing: ``hook(module, state_dict, prefix,
     local_metadata, strict, missing_keys, unexpected_keys, error_msgs)`` of each module's load pre-hooks on a copy
     of the state dict (a child's: its parent's after the parent's hooks, its own keys only, so that a hook may rename
-    or drop them), then its parameters, persistent buffers and extra state, then its children. A key is unexpected
+    or drop them), then its parameters, persistent buffers and extra state, then its children. ``strict`` is True
+    whatever the load's, as torch passes it (the keys are collected either way; the load decides). A key is unexpected
     where the module it names (torch's rule: the first part after the prefix a child, else its own) has no such
     entry."""
     from unidl.nn.module import EXTRA_STATE_KEY, ExtraState, Module
@@ -46,7 +47,7 @@ def walk(model, state_dict, strict: bool) -> Walk:
     def visit(module, local, prefix):
         local_metadata = {} if metadata is None else metadata.get(prefix[:-1], {})
         for hook, _ in tuple(module.__dict__.get("_load_state_dict_pre_hooks", {}).values()):
-            hook(module, local, prefix, local_metadata, strict, result.missing, result.unexpected, result.errors)
+            hook(module, local, prefix, local_metadata, True, result.missing, result.unexpected, result.errors)
         left_out = module.__dict__.get("_non_persistent", ())
         own = [(name, value) for name, value in module._parameters.items() if value is not None]
         own += [(name, value) for name, value in module._buffers.items() if value is not None and name not in left_out]

@@ -782,7 +782,8 @@ class Module:
         error_msgs)`` when ``load_state_dict`` reaches this module, before it takes its entries, as torch.nn's:
         ``state_dict`` is the load's copy, holding this module's keys (those under ``prefix``; the whole one at the
         top), which the hook may change in place (rename an old checkpoint's keys: this module and those below it
-        load the new ones); a message appended to ``error_msgs`` makes the load fail (a ``StateDictError``, a
+        load the new ones); ``strict`` is True, whatever the load's, as torch passes it; a message appended to
+        ``error_msgs`` makes the load fail (a ``StateDictError``, a
         ``RuntimeError`` as torch's), keys appended to the lists are reported as missing or unexpected.
         ``local_metadata`` is what the state dict's ``_metadata`` holds for this module (torch's state dicts carry
         it; unidl's do not: ``{}``). The hooks of every module run before anything is written (torch runs a
@@ -1165,7 +1166,7 @@ class Module:
                             f"assign=False (torch's default): unidl writes the values into the module's own "
                             f"variables on every backend; to load another dtype, build the model under "
                             f"ud.use_dtype and load into it")
-        found = loading.walk(self, state_dict, bool(strict))
+        found = loading.walk(self, state_dict)
         own = OrderedDict((key, value) for key, value in found.entries.items() if not isinstance(value, ExtraState))
         values, mismatched, unreadable, wrong_kind = _loadable_values(own, found.found)
         problems = []
