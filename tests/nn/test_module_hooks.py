@@ -267,6 +267,9 @@ def test_a_load_pre_hook_renames_an_old_checkpoints_keys_as_torchs(backend):
         loaded[nn] = {key: np.asarray(ud.to_numpy(value) if nn is ud.nn else value.detach())
                       for key, value in model.state_dict().items()}
         assert list(state) == list(old)  # (the caller's dict as it was)
+        if nn is ud.nn:  # (a key that is no string is an unexpected key, where torch's walk fails on it)
+            with pytest.raises(ud.errors.StateDictError, match="unexpected keys: 3 "):
+                _pair(nn).load_state_dict({**state, 3: np.zeros(1)})
         failing = model.register_load_state_dict_pre_hook(lambda m, local, prefix, md, strict, missing, unexpected,
                                                           errors: errors.append("too old"))
         with pytest.raises(RuntimeError, match="too old"):

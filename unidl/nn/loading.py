@@ -62,14 +62,17 @@ def walk(model, state_dict) -> Walk:
                 result.missing.append(key)
         names = {name for name, _ in own}
         for key in local:
-            if key.startswith(prefix):
+            if not isinstance(key, str):  # (the top's only: no child's copy holds one)
+                result.unexpected.append(key)
+            elif key.startswith(prefix):
                 head = key[len(prefix):].split(".", 1)
                 if (head[0] not in module._modules) if len(head) > 1 else (head[0] not in names):
                     result.unexpected.append(key)
         for name, child in module._modules.items():
             if child is not None:
                 child_prefix = f"{prefix}{name}."
-                visit(child, {key: value for key, value in local.items() if key.startswith(child_prefix)},
+                visit(child, {key: value for key, value in local.items()
+                              if isinstance(key, str) and key.startswith(child_prefix)},
                       child_prefix)
         result.ends.append((module, len(result.missing), len(result.unexpected)))
 
