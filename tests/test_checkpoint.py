@@ -429,3 +429,140 @@ def test_an_extra_state_of_a_defaultdict_loads_and_a_failed_restore_keeps_the_lo
         target.load_state_dict(source.state_dict())
     assert "putting the model back after this failed load failed too: RuntimeError: cannot restore" in \
         "\n".join(getattr(caught.value, "__notes__", []))
+
+
+class _OldNames(ud.nn.Module):
+    """A model as an old release saved it: its layer's weight and bias under ``w`` and ``b``."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {}
+        self.w, self.b = self.parameter(np.full((1, 2), 3.0)), self.parameter(np.full(1, 4.0))
+
+
+def _renamed(module, state, prefix, metadata, strict, missing, unexpected, errors):
+    for old, new in (("w", "fc.weight"), ("b", "fc.bias")):
+        if prefix + old in state:
+            state[prefix + new] = state.pop(prefix + old)
+
+
+class _NewNames(ud.nn.Module):
+    """The same model in a later release (a ``Linear`` under ``fc``), whose load pre-hook renames an old file's
+    keys, as torch code keeps old checkpoints loading."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {}
+        self.fc = ud.nn.Linear(2, 1)
+        self.register_load_state_dict_pre_hook(_renamed)
+
+
+def test_a_load_pre_hook_maps_an_old_files_keys_in_every_load_and_a_refused_load_changes_nothing(
+        backend, tmp_path, monkeypatch):
+    """A model's load pre-hooks rename an old file's keys in ``ud.load_weights`` (safetensors and a pickle),
+    ``ud.load`` and ``load_checkpoint``, as they do in ``load_state_dict`` (the file loads compared the file's keys
+    with the model's and refused it); a load post-hook that adds a missing key fails a strict load from a file too,
+    and the model is then as it was."""
+    monkeypatch.setattr("unidl.serialization._registry", {})
+    ud.register_model(_OldNames, name="Net")
+    ud.save(_OldNames(), tmp_path / "old.safetensors")
+    ud.save_checkpoint(tmp_path / "checkpoints", _OldNames())
+    with open(tmp_path / "old.pkl", "wb") as handle:
+        pickle.dump({"state_dict": _OldNames().state_dict()}, handle)
+    monkeypatch.setattr("unidl.serialization._registry", {})
+    ud.register_model(_NewNames, name="Net")
+    loads = {"load_weights": lambda m: ud.load_weights(m, tmp_path / "old.safetensors"),
+             "pickle": lambda m: ud.load_weights(m, tmp_path / "old.pkl", allow_pickle=True),
+             "load_checkpoint": lambda m: ud.load_checkpoint(tmp_path / "checkpoints", m),
+             "load_state_dict": lambda m: m.load_state_dict(_OldNames().state_dict())}
+    for name, load in loads.items():
+        model = _NewNames()
+        load(model)
+        assert model.state_dict().keys() == {"fc.weight", "fc.bias"}, name
+        assert (model.state_dict()["fc.weight"] == 3).all() and (model.state_dict()["fc.bias"] == 4).all(), name
+        before = model.state_dict()
+        handle = model.register_load_state_dict_post_hook(lambda m, keys: keys.missing_keys.append("fc.scale"))
+        with pytest.raises(ud.errors.StateDictError, match="missing keys: fc.scale"):
+            load(model)
+        handle.remove()
+        assert all((model.state_dict()[key] == value).all() for key, value in before.items()), name
+    loaded = ud.load(tmp_path / "old.safetensors")
+    assert isinstance(loaded, _NewNames) and (loaded.state_dict()["fc.bias"] == 4).all()
+
+
+class _ParentReading(ud.nn.Module):
+    """A module whose ``set_extra_state`` reads its child's weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.config, self.child = {}, ud.nn.Linear(2, 1)
+
+    def get_extra_state(self):
+        return np.array([1])
+
+    def set_extra_state(self, state):
+        self.seen = np.array(ud.to_numpy(self.child.weight))
+
+
+class _TorchParentReading(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.child = torch.nn.Linear(2, 1)
+
+    def get_extra_state(self):
+        return np.array([1])
+
+    def set_extra_state(self, state):
+        self.seen = self.child.weight.detach().numpy().copy()
+
+
+def test_modules_load_one_after_another_as_torchs_so_a_parents_extra_state_sees_its_childs_weight_before(
+        backend, tmp_path):
+    """torch loads module by module (a module's own variables and extra state, then its children's): a parent's
+    ``set_extra_state`` that reads a child's weight sees the weight before the load. unidl wrote every variable
+    before the first ``set_extra_state``, from memory and from files."""
+    source = _ParentReading()
+    ud.save(source, tmp_path / "m.safetensors")
+    ud.save_checkpoint(tmp_path / "checkpoints", source)
+    loads = {"load_state_dict": lambda m: m.load_state_dict(source.state_dict()),
+             "load_weights": lambda m: ud.load_weights(m, tmp_path / "m.safetensors"),
+             "load_checkpoint": lambda m: ud.load_checkpoint(tmp_path / "checkpoints", m)}
+    for name, load in loads.items():
+        model, oracle = _ParentReading(), _TorchParentReading()
+        oracle.load_state_dict({k: v if k == "_extra_state" else torch.tensor(v)
+                                for k, v in model.state_dict().items()})
+        before = np.array(ud.to_numpy(model.child.weight))
+        oracle.load_state_dict({k: v if k == "_extra_state" else torch.tensor(v)
+                                for k, v in source.state_dict().items()})
+        load(model)
+        np.testing.assert_array_equal(model.seen, oracle.seen, err_msg=name)
+        np.testing.assert_array_equal(model.seen, before, err_msg=name)
+
+
+class _TensorState(ud.nn.Linear):
+    """Extra state kept as a tensor of the model's framework, refusing negative steps."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+        self.steps = ud.tensor(np.array([5]), "int32")
+
+    def get_extra_state(self):
+        return {"steps": self.steps}
+
+    def set_extra_state(self, state):
+        if np.asarray(ud.to_numpy(state["steps"])).min() < 0:
+            raise ValueError("negative steps")
+        self.steps = state["steps"]
+
+
+def test_a_refused_load_puts_a_tensor_extra_state_back_as_a_tensor(backend):
+    """The rollback of a refused load gives ``set_extra_state`` back a tensor extra state as the tensor it was (of
+    its framework, dtype and device), where it gave a NumPy array."""
+    model = _TensorState()
+    kept = model.steps
+    state = model.state_dict()
+    state["_extra_state"] = {"steps": np.array([-1])}
+    with pytest.raises(ValueError, match="negative steps"):
+        model.load_state_dict(state)
+    assert type(model.steps) is type(kept) and ud.to_numpy(model.steps).dtype == ud.to_numpy(kept).dtype
+    np.testing.assert_array_equal(ud.to_numpy(model.steps), [5])

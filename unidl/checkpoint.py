@@ -23,7 +23,7 @@ from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
 from unidl.nn.rollback import restored_on_failure
 from unidl.training import job_window_state
 from unidl.serialization import (MODEL_PREFIX, check_entries, check_values, decode_metadata, encode_metadata,
-                                 load_extra_states, model_metadata, stream_into, to_json)
+                                 has_load_hooks, load_whole, model_metadata, stream_into, to_json)
 
 OPTIMIZER_PREFIX = "optimizer/"
 #: prefix of the summed gradients of an accumulation window in progress (``optimizer_window/<param index>``)
@@ -403,8 +403,10 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
 
     # ---- check everything ----
     names = {key[len(MODEL_PREFIX):]: key for key in reader.entries if key.startswith(MODEL_PREFIX)}
-    check_entries(model, {key: reader.entries[name] for key, name in names.items()}, what=repr(path))
-    check_values(model, reader, names, what=repr(path))
+    hooked = has_load_hooks(model)  # (its hooks take the state dict: load_state_dict checks it after them)
+    if not hooked:
+        check_entries(model, {key: reader.entries[name] for key, name in names.items()}, what=repr(path))
+        check_values(model, reader, names, what=repr(path))
     optimizer_state = None
     if optimizer is not None:
         if not metadata.get("optimizer"):
@@ -445,15 +447,17 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
         check(metadata, path)
 
     # ---- then change: the generators first (a framework's RNG can still refuse its state, and then rolls itself
-    # back, before anything else changed), then the model, its variables then its extra state as torch orders them
-    # (the user's set_extra_state can still refuse: the model's rollback and the generators' previous state undo
-    # the load); the rest was checked and takes its state as it is ----
+    # back, before anything else changed), then the model, module by module as torch orders them (the user's
+    # set_extra_state, or a load post-hook's keys, can still refuse it: the model's rollback and the generators'
+    # previous state undo the load); the rest was checked and takes its state as it is ----
     previous_rng = unidl_random.get_rng_state()
     unidl_random.set_rng_state(metadata["rng"])
     try:
-        with restored_on_failure(model):
-            stream_into(model, reader, names)
-            load_extra_states(model, reader, names)
+        if hooked:
+            load_whole(model, reader, names)
+        else:
+            with restored_on_failure(model):
+                stream_into(model, reader, names)
     except BaseException:
         unidl_random.set_rng_state(previous_rng)
         raise

@@ -422,31 +422,40 @@ def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: st
                              f"mismatches: " + "; ".join(beyond))
 
 
-def load_extra_states(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
-    """Give each module of ``model`` that defines ``set_extra_state`` the file's array under its ``_extra_state``
-    key, as ``load_state_dict`` does: after ``stream_into`` wrote the variables (torch's order, so a
-    ``set_extra_state`` that reads a weight sees the loaded one). It is the user's code and may refuse what it is
-    given (a version check): a loader into an existing model calls both inside ``restored_on_failure``."""
-    from unidl.nn.module import ExtraState
-
-    for key, own in model._state_variables(extra_state="set_extra_state"):
-        if isinstance(own, ExtraState) and key in names:
-            own.module.set_extra_state(reader.read(names[key]))
-
-
 def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
-    """Read the file's tensors straight into ``model``'s variables, one at a time: each is read once into a
-    buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
-    variable's memory) and released before the next is read, so at most one tensor's bytes are held
-    outside the model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``, then
-    ``load_extra_states``."""
+    """Read the file's tensors straight into ``model``, module by module in torch's order (a module's parameters,
+    buffers and extra state, then its children's: a ``set_extra_state`` that reads its own weight sees the loaded
+    one, a parent's reading a child's the one before, as ``load_state_dict``'s), one at a time: each is read once
+    into a buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
+    variable's memory) and released before the next is read, so at most one tensor's bytes are held outside the
+    model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``; ``set_extra_state`` is the
+    user's code and may refuse what it is given (a version check): a loader into an existing model calls this
+    inside ``restored_on_failure``."""
     from unidl.nn.module import ExtraState
 
-    own = dict(model._state_variables(extra_state="set_extra_state"))
     backend = model._backend
-    for key in [key for key in names if key in own and not isinstance(own[key], ExtraState)]:
-        # (through the reader's own handle: the file it checked)
-        backend.assign(own[key], backend.donated_tensor(reader.read(names[key])))
+    for key, own in model._state_variables(extra_state="set_extra_state"):
+        if key not in names:
+            continue
+        if isinstance(own, ExtraState):
+            own.module.set_extra_state(reader.read(names[key]))
+        else:  # (through the reader's own handle: the file it checked)
+            backend.assign(own, backend.donated_tensor(reader.read(names[key])))
+
+
+def load_whole(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True) -> IncompatibleKeys:
+    """``model.load_state_dict`` of the file's tensors, read whole: the load of a model with load hooks
+    (``has_load_hooks``), which take the state dict, as torch's; the others stream the file in (``check_entries``,
+    ``stream_into``). Call after ``reader.verify()``."""
+    return model.load_state_dict({key: reader.read(name) for key, name in names.items()}, strict=strict)
+
+
+def has_load_hooks(model) -> bool:
+    """Whether a module of ``model`` has load pre- or post-hooks: its load goes through ``load_state_dict``."""
+    from unidl.nn import loading
+
+    return loading.has_hooks(model, "_load_state_dict_pre_hooks") or \
+        loading.has_hooks(model, "_load_state_dict_post_hooks")
 
 
 class _ShapeOnlyVariable:
@@ -503,8 +512,13 @@ def state_shapes(model) -> dict[str, tuple | None]:
 
 def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str, tuple | None]:
     """``{state-dict key: shape}`` of ``cls(**config)`` (``state_shapes``: ``None`` for extra state), learned without
-    allocating its weights: the model is built against a backend whose variables hold only shapes, with weights drawn
-    as zero-stride arrays; more than ``limit`` variables raise ``_TooManyVariables``."""
+    allocating its weights (``shape_only_model``)."""
+    return state_shapes(shape_only_model(cls, config, limit))
+
+
+def shape_only_model(cls, config: dict, limit: int | None = None):
+    """``cls(**config)`` built against a backend whose variables hold only shapes, with weights drawn as zero-stride
+    arrays; more than ``limit`` variables raise ``_TooManyVariables``."""
     from unidl import config as unidl_config, random as unidl_random
 
     token = unidl_config._backend_override.set(_ShapeOnlyBackend(unidl_config.backend(), limit))
@@ -513,7 +527,7 @@ def architecture_shapes(cls, config: dict, limit: int | None = None) -> dict[str
             model = cls(**config)
     finally:
         unidl_config._backend_override.reset(token)
-    return state_shapes(model)
+    return model
 
 
 # ---- public API ----------------------------------------------------------
@@ -586,10 +600,12 @@ def load(path, *, allow_pickle: bool = False):
     _check_architecture(cls, config, {key: tuple(entry[1]) for key, entry in entries.items()}, metadata, path)
     reader.verify()
     model = _build(cls, config, metadata, path)
-    check_entries(model, entries, what=repr(path))
-    check_values(model, reader, names, what=repr(path))
-    stream_into(model, reader, names)
-    load_extra_states(model, reader, names)  # (a refusal: the new model is dropped, nothing to restore)
+    if has_load_hooks(model):
+        load_whole(model, reader, names)
+    else:
+        check_entries(model, entries, what=repr(path))
+        check_values(model, reader, names, what=repr(path))
+        stream_into(model, reader, names)  # (set_extra_state's refusal: the new model is dropped, nothing to restore)
     return model
 
 
@@ -602,7 +618,7 @@ def _check_architecture(cls, config: dict, stored: dict, metadata: dict, path: s
     its own error and the tensors are checked before any is read."""
     limit = 2 * len(stored) + 16  # (non-persistent buffers are built and not stored)
     try:
-        expected = architecture_shapes(cls, config, limit)
+        model = shape_only_model(cls, config, limit)
     except _TooManyVariables:
         raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes has more than "
                              f"{limit} tensors, where the file stores {len(stored)}; nothing was built") from None
@@ -613,6 +629,9 @@ def _check_architecture(cls, config: dict, stored: dict, metadata: dict, path: s
             raise kind(f"cannot rebuild {metadata['class']} from {path!r} with config {config!r}: "
                        f"{type(error).__name__}: {error}; nothing was built") from None
         return
+    if has_load_hooks(model):  # (a load pre-hook may map the file's keys to others: an old checkpoint's names)
+        return
+    expected = state_shapes(model)
     problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"  # (extra state: any shape)
                 for key, shape in expected.items() if key in stored and shape is not None and stored[key] != shape]
     problems += [f"{key} ({'extra state' if shape is None else f'shape {shape}'}) is not in the file"
@@ -654,10 +673,12 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     """Load only the weights at ``path`` into ``model`` (see ``Module.load_state_dict`` for ``strict``).
 
     All or nothing: every tensor's name, shape, dtype and checksum is checked before the first
-    variable changes; then the tensors are read into the model one at a time, and each module's
-    ``set_extra_state`` is called after them, as ``load_state_dict`` does (torch's order). Where it
-    refuses its state, the model is put back as it was (a model with extra state is copied to the
-    host first; see ``Module.load_state_dict``).
+    variable changes; then the tensors are read into the model one at a time, module by module as
+    ``load_state_dict`` loads them (torch's order: a module's variables and ``set_extra_state``, then its
+    children's). Where ``set_extra_state`` refuses its state, the model is put back as it was (a model with
+    extra state is copied to the host first; see ``Module.load_state_dict``). A model with load hooks
+    (``register_load_state_dict_pre_hook``/``post_hook``) has the file read whole and given to its
+    ``load_state_dict``, whose hooks may map the file's keys.
     """
     from unidl.nn.module import Module
 
@@ -669,12 +690,14 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
         return model.load_state_dict(state, strict=strict)
     reader, _, names = open_weights(path)
     entries = {key: reader.entries[name] for key, name in names.items()}
+    if has_load_hooks(model):
+        reader.verify()
+        return load_whole(model, reader, names, strict)
     check_entries(model, entries, strict=strict)
     reader.verify()
     check_values(model, reader, names)
     with restored_on_failure(model):
         stream_into(model, reader, names)
-        load_extra_states(model, reader, names)
     own = [name for name, _ in model._state_variables(extra_state="set_extra_state")]
     optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
     return IncompatibleKeys([k for k in own if k not in entries and k not in optional],

@@ -202,3 +202,115 @@ def test_state_dict_pre_hooks_are_torchs(backend):
     assert calls[ud.nn] == calls[torch.nn] == [("Sequential", "net.", True), ("Sequential", "net.1.", True),
                                                ("Linear", "net.1.1.", True), ("Sequential", "", False),
                                                ("Sequential", "1.", False), ("Linear", "1.1.", False)]
+
+
+def _pair(nn):
+    """The same two-layer tree in ``nn`` (unidl's or torch's), with the same weights."""
+    ud.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 1)))
+    return model
+
+
+def _torch_like(state):
+    return {key: torch.tensor(np.asarray(value)) for key, value in state.items()}
+
+
+def test_state_dict_post_hooks_are_torchs(backend):
+    """``register_state_dict_post_hook``: ``hook(module, state_dict, prefix, local_metadata)`` after the module and
+    those below it are saved (a child's first), changing the state dict in place; a hook that returns something is
+    torch's ``RuntimeError``; ``remove()`` takes it off."""
+    calls = {}
+    for nn in (ud.nn, torch.nn):
+        model = _pair(nn)
+        seen = calls[nn] = []
+        for module in (model, model[1], model[1][0]):
+            module.register_state_dict_post_hook(lambda m, state, prefix, metadata: seen.append(
+                (type(m).__name__, prefix, list(state), metadata)))
+        handle = model[1].register_state_dict_post_hook(
+            lambda m, state, prefix, metadata: (state.pop(prefix + "0.bias"), None)[1])
+        assert "1.0.bias" not in model.state_dict() and "net.1.0.bias" not in model.state_dict(prefix="net.")
+        handle.remove()
+        assert "1.0.bias" in model.state_dict()
+        returning = model[0].register_state_dict_post_hook(lambda m, state, prefix, metadata: state)
+        with pytest.raises(RuntimeError, match="state_dict post-hook must return None"):
+            model.state_dict()
+        returning.remove()
+    assert calls[ud.nn] == calls[torch.nn]
+    assert calls[ud.nn][:3] == [("Linear", "1.0.", ["0.weight", "0.bias", "1.0.weight", "1.0.bias"], {"version": 1}),
+                                ("Sequential", "1.", ["0.weight", "0.bias", "1.0.weight", "1.0.bias"], {"version": 1}),
+                                ("Sequential", "", ["0.weight", "0.bias", "1.0.weight"], {"version": 1})]
+
+
+def test_a_load_pre_hook_renames_an_old_checkpoints_keys_as_torchs(backend):
+    """``register_load_state_dict_pre_hook``: each module's hook gets the load's copy of its part of the state dict
+    (the whole one at the top), with torch's arguments, before it takes its entries, and may rename keys there (an
+    old checkpoint's); a message it appends to ``error_msgs`` fails the load (a ``RuntimeError`` as torch's)."""
+    old = {"0.weight": np.full((2, 2), 1.0, np.float32), "0.bias": np.zeros(2, np.float32),
+           "1.0.w": np.full((1, 2), 3.0, np.float32), "1.0.b": np.full(1, 4.0, np.float32)}
+
+    def rename(module, state, prefix, metadata, strict, missing, unexpected, errors):
+        for old_name, name in (("w", "weight"), ("b", "bias")):
+            if prefix + old_name in state:
+                state[prefix + name] = state.pop(prefix + old_name)
+
+    calls, loaded = {}, {}
+    for nn, state in ((ud.nn, old), (torch.nn, _torch_like(old))):
+        model = _pair(nn)
+        seen = calls[nn] = []
+        for module in (model, model[1], model[1][0]):
+            module.register_load_state_dict_pre_hook(lambda m, local, prefix, *rest: seen.append(
+                (type(m).__name__, prefix, sorted(local), rest[1:])))
+        model[1][0].register_load_state_dict_pre_hook(rename)
+        keys = model.load_state_dict(state)
+        assert (keys.missing_keys, keys.unexpected_keys) == ([], [])
+        model.load_state_dict(state, strict=False)  # (the hooks' strict is True all the same, as torch's)
+        loaded[nn] = {key: np.asarray(ud.to_numpy(value) if nn is ud.nn else value.detach())
+                      for key, value in model.state_dict().items()}
+        assert list(state) == list(old)  # (the caller's dict as it was)
+        if nn is ud.nn:  # (a key that is no string is an unexpected key, where torch's walk fails on it)
+            with pytest.raises(ud.errors.StateDictError, match="unexpected keys: 3 "):
+                _pair(nn).load_state_dict({**state, 3: np.zeros(1)})
+        failing = model.register_load_state_dict_pre_hook(lambda m, local, prefix, md, strict, missing, unexpected,
+                                                          errors: errors.append("too old"))
+        with pytest.raises(RuntimeError, match="too old"):
+            model.load_state_dict(state)
+        failing.remove()
+    assert calls[ud.nn] == calls[torch.nn]
+    assert calls[ud.nn][2] == ("Linear", "1.0.", ["1.0.b", "1.0.w"], (True, [], [], []))
+    assert loaded[ud.nn].keys() == loaded[torch.nn].keys()
+    for key, value in loaded[torch.nn].items():
+        np.testing.assert_array_equal(loaded[ud.nn][key], value, err_msg=key)
+
+
+def test_load_post_hooks_see_and_may_clear_the_incompatible_keys_as_torchs(backend):
+    """``register_load_state_dict_post_hook``: ``hook(module, incompatible_keys)`` once the module and those below
+    it are loaded, with the keys torch's lists hold then; clearing them lets a strict load pass; a hook that returns
+    something is torch's ``AssertionError``; a strict load whose keys are still wrong after the hooks raises, and
+    unidl's model is then as it was, bit for bit (torch's is half loaded)."""
+    state = {"0.weight": np.full((2, 2), 5.0, np.float32), "1.0.weight": np.full((1, 2), 6.0, np.float32),
+             "1.0.bias": np.ones(1, np.float32), "1.0.scale": np.ones(1, np.float32)}
+    calls = {}
+    for nn, given in ((ud.nn, state), (torch.nn, _torch_like(state))):
+        model = _pair(nn)
+        seen = calls[nn] = []
+        for module in (model[1], model):
+            module.register_load_state_dict_post_hook(lambda m, keys: seen.append(
+                (type(m).__name__, list(keys.missing_keys), list(keys.unexpected_keys))))
+        with pytest.raises(RuntimeError, match="0.bias"):
+            model.load_state_dict(given)
+        before = {key: np.array(ud.to_numpy(value)) for key, value in model.state_dict().items()} \
+            if nn is ud.nn else None
+        clearing = model.register_load_state_dict_post_hook(lambda m, keys: (keys.missing_keys.clear(),
+                                                                            keys.unexpected_keys.clear()) and None)
+        if nn is ud.nn:  # (all or nothing: the refused load left every weight as it was)
+            for key, value in model.state_dict().items():
+                np.testing.assert_array_equal(ud.to_numpy(value), before[key], err_msg=key)
+        assert tuple(model.load_state_dict(given)) == ([], [])
+        weight = model.state_dict()["1.0.weight"]
+        assert (np.asarray(ud.to_numpy(weight) if nn is ud.nn else weight) == 6.0).all()
+        clearing.remove()
+        model[1].register_load_state_dict_post_hook(lambda m, keys: keys)
+        with pytest.raises(AssertionError, match="not expected to return new values"):
+            model.load_state_dict(given, strict=False)
+    assert calls[ud.nn] == calls[torch.nn]
+    assert calls[ud.nn][:2] == [("Sequential", ["0.bias"], ["1.0.scale"]), ("Sequential", ["0.bias"], ["1.0.scale"])]

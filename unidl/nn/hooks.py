@@ -1,6 +1,7 @@
 """Forward hooks on modules, as ``torch.nn.Module``'s: functions called before and after a module's ``forward``
 that may read or replace its inputs and output (feature extraction, activation statistics, input checks); and the
-tables of ``state_dict``'s pre-hooks, which no forward reads.
+tables of ``state_dict``'s and ``load_state_dict``'s pre- and post-hooks, which no forward reads (they run in
+``Module.state_dict`` and ``unidl.nn.loading``).
 
 A hook is Python: it runs at every call where the forward runs in Python (torch, eager calls, ``model(x)``) and at
 trace time where a compiled step or ``ud.function`` traces the forward (tensorflow, jax, Keras), exactly as the
@@ -24,8 +25,8 @@ FORWARD_TABLES = ("_forward_pre_hooks", "_forward_hooks")
 
 
 class RemovableHandle:
-    """What ``register_forward_hook``, ``register_forward_pre_hook`` and ``register_state_dict_pre_hook`` return,
-    as torch's: ``remove()`` takes the hook off (a second ``remove()`` does nothing); a ``with`` block removes it at
+    """What ``register_forward_hook``, ``register_forward_pre_hook`` and the state-dict hooks' registrations
+    (``register_state_dict_pre_hook``, ``register_load_state_dict_post_hook``, ...) return, as torch's: ``remove()`` takes the hook off (a second ``remove()`` does nothing); a ``with`` block removes it at
     its end."""
 
     def __init__(self, module, table_name: str):
@@ -46,8 +47,8 @@ class RemovableHandle:
 
 
 def register(module, table_name: str, hook, prepend: bool, flags: dict, method: str) -> RemovableHandle:
-    """File ``hook`` in ``module``'s table ``table_name`` (``_forward_pre_hooks``, ``_forward_hooks`` or
-    ``_state_dict_pre_hooks``) with its ``flags`` (``with_kwargs``, ``always_call``), first with ``prepend``; the
+    """File ``hook`` in ``module``'s table ``table_name`` (``_forward_pre_hooks``, ``_forward_hooks``,
+    ``_state_dict_pre_hooks``, ``_load_state_dict_post_hooks``, ...) with its ``flags`` (``with_kwargs``, ``always_call``), first with ``prepend``; the
     table is made on first use."""
     if not callable(hook):
         raise TypeError(f"{type(module).__name__}.{method}: the hook must be callable, got {type(hook).__name__}")

@@ -27,7 +27,7 @@ import numpy as np
 from unidl import arguments, config, devices, native_tensors
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import BackendMismatchError, DtypeMismatchError, NothingToTrainError, StateDictError
-from unidl.nn import hooks, placement
+from unidl.nn import hooks, loading, placement
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.nn.rollback import restored_on_failure
 from unidl.tensors import to_numpy
@@ -130,6 +130,21 @@ def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list, list]:
             wrong_kind.append(f"{key}: values beyond int64 (up to {np.asarray(to_numpy(value)).max()})")
         values[key] = value
     return values, mismatched, unreadable, wrong_kind
+
+
+def _key_problems(strict: bool, missing: list, unexpected: list, entries: dict, state_dict) -> list[str]:
+    """A strict load's complaints about ``missing`` and ``unexpected`` keys, each with what it should hold or
+    holds (a key a hook added may be in neither ``entries`` nor ``state_dict``)."""
+    if not strict:
+        return []
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(
+            f"{k} ({ExtraState.expected(entries[k])})" if k in entries else k for k in missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(
+            f"{k} (shape {tuple(np.shape(state_dict[k]))})" if k in state_dict else k for k in unexpected))
+    return problems
 
 
 def _real_array(what: str, value) -> np.ndarray:
@@ -747,6 +762,62 @@ class Module:
         """
         return hooks.register(self, "_state_dict_pre_hooks", hook, False, {}, "register_state_dict_pre_hook")
 
+    def register_state_dict_post_hook(self, hook):
+        """Call ``hook(module, state_dict, prefix, local_metadata)`` when ``state_dict()`` has saved this module and
+        those below it, as torch.nn's: it may change ``state_dict`` in place (drop a key, add one, convert a value);
+        it must return None (anything else is torch's ``RuntimeError``). A module's post-hooks run after those
+        below it; ``local_metadata`` is ``{"version": 1}``, torch's for a module without a version of its own. A
+        file writer (``ud.save``, checkpoints) calls ``state_dict()``, so they run there too.
+
+        Args:
+            hook: the function to call.
+
+        Returns:
+            A handle whose ``remove()`` takes the hook off.
+        """
+        return hooks.register(self, "_state_dict_post_hooks", hook, False, {}, "register_state_dict_post_hook")
+
+    def register_load_state_dict_pre_hook(self, hook):
+        """Call ``hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+        error_msgs)`` when ``load_state_dict`` reaches this module, before it takes its entries, as torch.nn's:
+        ``state_dict`` is the load's copy, holding this module's keys (those under ``prefix``; the whole one at the
+        top), which the hook may change in place (rename an old checkpoint's keys: this module and those below it
+        load the new ones); ``strict`` is True, whatever the load's, as torch passes it; a message appended to
+        ``error_msgs`` makes the load fail (a ``StateDictError``, a
+        ``RuntimeError`` as torch's), keys appended to the lists are reported as missing or unexpected.
+        ``local_metadata`` is what the state dict's ``_metadata`` holds for this module (torch's state dicts carry
+        it; unidl's do not: ``{}``). The hooks of every module run before anything is written (torch runs a
+        child's after its parent's weights are written: only a hook that reads the model itself sees that
+        difference), and ``ud.load_weights``, ``ud.load`` and ``load_checkpoint`` of a model with load hooks read
+        the file whole and go through ``load_state_dict`` (without hooks they read one tensor at a time).
+
+        Args:
+            hook: the function to call; what it returns is ignored, as torch's.
+
+        Returns:
+            A handle whose ``remove()`` takes the hook off.
+        """
+        return hooks.register(self, "_load_state_dict_pre_hooks", hook, False, {},
+                              "register_load_state_dict_pre_hook")
+
+    def register_load_state_dict_post_hook(self, hook):
+        """Call ``hook(module, incompatible_keys)`` when ``load_state_dict`` has loaded this module and those below
+        it, as torch.nn's: ``incompatible_keys`` holds the ``missing_keys`` and ``unexpected_keys`` found so far,
+        lists the hook may change in place (clearing both: a strict load does not raise; adding one: it does). It
+        must return None (anything else is torch's ``AssertionError``). A module's post-hooks run after those below
+        it. The load stays all or nothing: a strict load that still finds missing or unexpected keys after the
+        hooks puts every variable and extra state back as it was and raises (so a model with load post-hooks is
+        copied to the host before each load).
+
+        Args:
+            hook: the function to call.
+
+        Returns:
+            A handle whose ``remove()`` takes the hook off.
+        """
+        return hooks.register(self, "_load_state_dict_post_hooks", hook, False, {},
+                              "register_load_state_dict_post_hook")
+
     def _hooks_changed(self) -> None:
         """A hook was added or removed: compiled steps and ``ud.function``s that traced this module trace again
         (their keys hold ``graph_flags``; the structure caches of the module and its owners are emptied)."""
@@ -905,10 +976,10 @@ class Module:
 
     def set_extra_state(self, state) -> None:
         """Restore what ``get_extra_state`` returned, called by ``load_state_dict`` with the value under
-        ``<path>._extra_state``, after the module's variables are written, as torch.nn's. A module whose class
-        defines it expects that key (missing: a missing key); an ``_extra_state`` key for one that does not is an
-        unexpected key. From a file (``ud.load_weights``, ``ud.load``, ``load_checkpoint``) it gets the array the
-        file holds, also after the variables are written; an exception it raises (a version check) puts the model
+        ``<path>._extra_state``, after the module's own variables are written and before its children's, as
+        torch.nn's. A module whose class defines it expects that key (missing: a missing key); an ``_extra_state``
+        key for one that does not is an unexpected key. From a file (``ud.load_weights``, ``ud.load``,
+        ``load_checkpoint``) it gets the array the file holds, in the same order; an exception it raises (a version check) puts the model
         back as it was and leaves a checkpoint's optimizer, loader and generators unchanged.
 
         Args:
@@ -1036,21 +1107,34 @@ class Module:
         not follow training. As torch.nn's: ``prefix`` starts every key (``"encoder."``), ``keep_vars=True`` gives
         the native variables themselves instead of copies, and ``destination`` (a mapping) receives the entries
         and is returned. A module that defines ``get_extra_state`` adds what it returns under
-        ``<path>._extra_state``, after its own parameters and buffers, as torch.nn's. Every module's state-dict
-        pre-hooks (``register_state_dict_pre_hook``) run first."""
+        ``<path>._extra_state``, after its own parameters and buffers, as torch.nn's. Each module's state-dict
+        pre-hooks (``register_state_dict_pre_hook``) run before it saves anything, and its post-hooks
+        (``register_state_dict_post_hook``) once it and its children are saved, as torch's."""
         if not isinstance(prefix, str):
             raise TypeError(f"{type(self).__name__}.state_dict: prefix must be a string, got {type(prefix).__name__}")
         keep_vars = arguments.boolean(f"{type(self).__name__}.state_dict", "keep_vars", keep_vars)
-        for path, module in self.named_modules(remove_duplicate=False):
-            for hook, _ in tuple(module.__dict__.get("_state_dict_pre_hooks", {}).values()):
-                hook(module, f"{prefix}{path}." if path else prefix, keep_vars)
-        to_numpy = (lambda variable: variable) if keep_vars else self._backend.to_numpy
-        entries = ((prefix + name, value.module.get_extra_state() if isinstance(value, ExtraState) else
-                    to_numpy(value)) for name, value in self._state_variables(extra_state="get_extra_state"))
-        if destination is None:
-            return OrderedDict(entries)
-        destination.update(entries)
+        destination = OrderedDict() if destination is None else destination
+        self._save_state(destination, prefix, keep_vars, (lambda variable: variable) if keep_vars else
+                         self._backend.to_numpy)
         return destination
+
+    def _save_state(self, destination, prefix: str, keep_vars: bool, to_numpy) -> None:
+        """``state_dict``'s walk, torch's: this module's pre-hooks, its parameters, persistent buffers and extra
+        state, its children's (each module under every name), then its post-hooks."""
+        for hook, _ in tuple(self.__dict__.get("_state_dict_pre_hooks", {}).values()):
+            hook(self, prefix, keep_vars)
+        left_out = self.__dict__.get("_non_persistent", ())
+        for name, value in itertools.chain(self._parameters.items(), self._buffers.items()):
+            if value is not None and name not in left_out:
+                destination[prefix + name] = to_numpy(value)
+        if type(self).get_extra_state is not Module.get_extra_state:
+            destination[prefix + EXTRA_STATE_KEY] = self.get_extra_state()
+        for name, child in self._modules.items():
+            if child is not None:
+                child._save_state(destination, f"{prefix}{name}.", keep_vars, to_numpy)
+        for hook, _ in tuple(self.__dict__.get("_state_dict_post_hooks", {}).values()):
+            if hook(self, destination, prefix, {"version": 1}) is not None:  # (torch's: a module's version 1)
+                raise RuntimeError("state_dict post-hook must return None")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
         """Copy values from a ``state_dict()`` (from any backend) into this module's variables.
@@ -1063,11 +1147,15 @@ class Module:
         module's own variables, which an optimizer made before the load goes on training; ``assign=True``
         (torch puts the state dict's tensors in their place) is a ``TypeError`` on every backend.
 
-        Every value is checked before the first is written. A module's ``set_extra_state`` is called after the
-        variables are written, as torch's (one that reads a weight sees the loaded one); where it raises (the
-        user's version check), every variable and extra state is put back as it was before the load, bit for bit,
-        and the error is re-raised (torch leaves the model half loaded). To allow that, a model with extra state
-        is copied to the host before the load; a model without pays nothing.
+        Every value is checked before the first is written (after the load pre-hooks, which may change the state
+        dict: ``register_load_state_dict_pre_hook``). The modules load in torch's order, each its own parameters,
+        buffers and extra state (``set_extra_state``), then its children: a ``set_extra_state`` that reads its own
+        weight sees the loaded one, one that reads a child's weight the weight before the load. Then the load
+        post-hooks run (``register_load_state_dict_post_hook``), and a strict load checks the keys they left. Where
+        ``set_extra_state`` raises (the user's version check) or that check fails, every variable and extra state
+        is put back as it was before the load, bit for bit, and the error is re-raised (torch leaves the model half
+        loaded). To allow that, a model with extra state or load post-hooks is copied to the host before the load;
+        a model without pays nothing.
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"Expected state_dict to be dict-like, got {type(state_dict)}: "
@@ -1078,12 +1166,9 @@ class Module:
                             f"assign=False (torch's default): unidl writes the values into the module's own "
                             f"variables on every backend; to load another dtype, build the model under "
                             f"ud.use_dtype and load into it")
-        entries = OrderedDict(self._state_variables(extra_state="set_extra_state"))
-        own = OrderedDict((key, value) for key, value in entries.items() if not isinstance(value, ExtraState))
-        optional = self.optional_state_keys()
-        missing = [k for k in entries if k not in state_dict and k not in optional]
-        unexpected = [k for k in state_dict if k not in entries]
-        values, mismatched, unreadable, wrong_kind = _loadable_values(own, state_dict)
+        found = loading.walk(self, state_dict)
+        own = OrderedDict((key, value) for key, value in found.entries.items() if not isinstance(value, ExtraState))
+        values, mismatched, unreadable, wrong_kind = _loadable_values(own, found.found)
         problems = []
         if unreadable:
             problems.append("values that are not real numbers: " + "; ".join(unreadable))
@@ -1091,19 +1176,28 @@ class Module:
             problems.append("shape mismatches: " + "; ".join(mismatched))
         if wrong_kind:
             problems.append("dtype mismatches: " + "; ".join(wrong_kind))
-        if strict and missing:
-            problems.append("missing keys: " + ", ".join(f"{k} ({ExtraState.expected(entries[k])})" for k in missing))
-        if strict and unexpected:
-            problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(np.shape(state_dict[k]))})" for k in unexpected))
+        if found.errors:
+            problems.append("errors of load_state_dict pre-hooks: " + "; ".join(map(str, found.errors)))
+        post_hooks = loading.has_hooks(self, "_load_state_dict_post_hooks")
+        if problems or not post_hooks:  # (post-hooks may clear the keys: those are checked after them)
+            problems += _key_problems(strict, found.missing, found.unexpected, found.entries, state_dict)
         if problems:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
-        with restored_on_failure(self):  # (a set_extra_state may refuse its state)
-            for key, value in values.items():  # (every value checked before the first is written)
-                self._backend.assign(own[key], _as_loaded(value))
-            for key, entry in entries.items():
-                if isinstance(entry, ExtraState) and key in state_dict:
-                    entry.module.set_extra_state(state_dict[key])
-        return IncompatibleKeys(missing, unexpected)
+        with restored_on_failure(self, whole=post_hooks):  # (set_extra_state, or a post-hook, may refuse the load)
+            for key, entry in found.entries.items():  # (torch's order: a module's own entries, then its children's)
+                if key not in found.found:
+                    continue
+                if isinstance(entry, ExtraState):
+                    entry.module.set_extra_state(found.found[key])
+                else:
+                    self._backend.assign(entry, _as_loaded(values[key]))
+            if not post_hooks:
+                return IncompatibleKeys(found.missing, found.unexpected)
+            keys = loading.run_post_hooks(found)
+            problems = _key_problems(strict, keys.missing_keys, keys.unexpected_keys, found.entries, state_dict)
+            if problems:
+                raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
+        return keys
 
     def load_weights(self, path, strict: bool = True, *, allow_pickle: bool = False) -> IncompatibleKeys:
         """Load weights saved by ``unidl.save`` (or a checkpoint) from ``path``; see ``unidl.load_weights``."""
