@@ -94,6 +94,13 @@ def scalar_like(value, like, ops):
     return value if isinstance(value, (int, float)) else ops.cast_like(value, like)
 
 
+def as_float64(value, ops):
+    """A rule's scalar (the learning rate, an option, the step count) in double precision, where ``torch.optim``
+    computes its bias corrections and step sizes: a Python number as it is, a tensor (a graph's learning rate, a
+    bound option, the step count) cast to float64."""
+    return value if isinstance(value, (int, float)) else ops.cast(value, "float64")
+
+
 def lerp(start, end, weight, ops):
     """``start + weight * (end - start)`` as ``torch.lerp`` computes it (``end - (end - start) * (1 - weight)`` for
     a weight of 0.5 or more), so that a rule's moving average (Adam's ``exp_avg``, RMSprop's ``grad_avg``) agrees
@@ -211,6 +218,9 @@ class Optimizer:
     #: whether ``update`` reads ``step``: then every backend counts steps per parameter, as ``torch.optim`` does
     #: (``state_dict()["param_steps"]``); otherwise backends pass None and keep no such count
     uses_step = False
+    #: slots ``torch.optim`` keeps as one number per parameter (NAdam's ``mu_product``): unidl keeps them in the
+    #: parameter's shape, as every slot, and a ``torch.optim`` state's 0-d value fills it (``torch_state``)
+    scalar_slots: tuple[str, ...] = ()
     #: True when ``weight_decay`` shrinks the parameter inside ``update`` (AdamW); otherwise it is
     #: PyTorch's L2 term, added to the gradient by ``regularized_gradient``
     decoupled = False

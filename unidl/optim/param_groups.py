@@ -19,7 +19,7 @@ import math
 from unidl import arguments
 
 #: hyperparameters with bounds other than [0, inf): name -> (low, high, high_open)
-_BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
+_BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False), "rho": (0.0, 1.0, False)}
 #: hyperparameters fixed once the optimizer is built: unidl's L1 term (torch.optim has none), what only
 #: the slots' first values read, what decides which slots there are (RMSprop's ``centered``, Adam's ``amsgrad``) and
 #: which term a rule computes (Adam's ``decoupled_weight_decay``: the gradient's L2 term or AdamW's shrink; SGD's
