@@ -38,6 +38,7 @@ CASES = {
     "RAdam-decoupled": (ud.optim.RAdam, dict(lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)),
     "Adamax": (ud.optim.Adamax, dict(lr=1e-2, weight_decay=1e-2)),
     "Adadelta": (ud.optim.Adadelta, dict(lr=1.0, rho=0.8, maximize=True)),
+    "Rprop": (ud.optim.Rprop, dict(lr=1e-2, etas=(0.3, 1.5), step_sizes=(1e-3, 2e-2))),
 }
 
 
@@ -301,6 +302,10 @@ def test_pytorch_defaults():
     (lambda p: ud.optim.Adamax(p, eps=-1e-8), "Adamax eps=-1e-08 is invalid"),
     (lambda p: ud.optim.Adadelta(p, rho=1.5), r"Adadelta rho=1.5 is invalid: it must lie in \[0.0, 1.0\]"),
     (lambda p: ud.optim.Adadelta(p, lr=-1), "Adadelta lr=-1 is invalid"),
+    (lambda p: ud.optim.Rprop(p, etas=(0.5, 0.9)), r"Rprop etas must be a pair \(etaminus, etaplus\) with 0 < "
+                                                    r"etaminus < 1 < etaplus, got \(0.5, 0.9\)"),
+    (lambda p: ud.optim.Rprop(p, step_sizes=(-1, 50)), r"Rprop step_sizes must be a pair \(min_step, max_step\)"),
+    (lambda p: ud.optim.Rprop([{"params": p, "etas": (0, 2)}]), r"Rprop param group 0 etas must be a pair"),
 ])
 def test_invalid_hyperparameters(backend, build, message):
     with pytest.raises(ValueError, match=message):
@@ -321,6 +326,8 @@ def test_invalid_hyperparameters(backend, build, message):
     (lambda p: ud.optim.Adamax(p, 0.1, (0.9, 0.99), 1e-8, 0, True), "Adamax foreach=True: .* torch.optim.Adamax"),
     (lambda p: ud.optim.Adadelta(p, 1.0, 0.9, 1e-6, 0, True), "Adadelta foreach=True: .* does not implement it"),
     (lambda p: ud.optim.RAdam(p, amsgrad=True), "RAdam has no option 'amsgrad'"),
+    (lambda p: ud.optim.Rprop(p, differentiable=True), "Rprop differentiable=True: .* does not implement it"),
+    (lambda p: ud.optim.Rprop(p, weight_decay=0.1), "Rprop has no option 'weight_decay'"),
 ])
 def test_an_option_torch_has_and_unidl_does_not_is_an_error_not_ignored(build, message):
     """torch.optim's options that unidl's rule does not implement would train differently from torch if kept as
@@ -355,7 +362,9 @@ def test_positional_arguments_are_torch_optims(backend):
             (lambda p: ud.optim.Adamax(p, 0.01, (0.8, 0.9), 1e-6, 0.1, None),
              lambda p: torch.optim.Adamax(p, 0.01, (0.8, 0.9), 1e-6, 0.1, None)),
             (lambda p: ud.optim.Adadelta(p, 0.5, 0.8, 1e-4, 0.1, None),
-             lambda p: torch.optim.Adadelta(p, 0.5, 0.8, 1e-4, 0.1, None))]:
+             lambda p: torch.optim.Adadelta(p, 0.5, 0.8, 1e-4, 0.1, None)),
+            (lambda p: ud.optim.Rprop(p, 0.01, (0.4, 1.5), (1e-3, 0.02)),
+             lambda p: torch.optim.Rprop(p, 0.01, (0.4, 1.5), (1e-3, 0.02)))]:
         expected = torch.nn.Parameter(torch.tensor(start))
         optimizer = reference([expected])
         with ud.use_dtype("float64"):
@@ -583,7 +592,8 @@ def test_changing_lr_never_retraces_tensorflow(rng):
         assert not np.array_equal(before, model.state_dict()["linear2.bias"])
 
 
-@pytest.mark.parametrize("cls", [ud.optim.Adam, ud.optim.NAdam, ud.optim.RAdam, ud.optim.Adamax, ud.optim.Adadelta])
+@pytest.mark.parametrize("cls", [ud.optim.Adam, ud.optim.NAdam, ud.optim.RAdam, ud.optim.Adamax, ud.optim.Adadelta,
+                                 ud.optim.Rprop])
 def test_state_round_trip_across_backends(cls):
     weights, state = _steps("torch", cls, dict(lr=1e-2), 5)
     finals = {}

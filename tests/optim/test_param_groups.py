@@ -24,6 +24,8 @@ CASES = {  # (unidl class, torch class, constructor options, options of the seco
                                                                       decoupled_weight_decay=True)),
     "Adamax": (ud.optim.Adamax, torch.optim.Adamax, dict(lr=0.01), dict(lr=0.05, betas=(0.5, 0.9), maximize=True)),
     "Adadelta": (ud.optim.Adadelta, torch.optim.Adadelta, dict(lr=1.0), dict(lr=0.5, rho=0.5, weight_decay=0.1)),
+    "Rprop": (ud.optim.Rprop, torch.optim.Rprop, dict(lr=0.01, etas=(0.3, 1.5)),
+              dict(lr=0.05, step_sizes=(1e-3, 0.06), maximize=True)),
 }
 
 
@@ -315,6 +317,8 @@ CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {s
                3: [(0, "weight_decay", 0.2), (1, "maximize", True)]}),
     "Adadelta": (ud.optim.Adadelta, torch.optim.Adadelta, dict(lr=1.0), dict(),
                  {2: [(0, "rho", 0.5), (1, "eps", 1e-3), (1, "weight_decay", 0.1)]}),
+    "Rprop": (ud.optim.Rprop, torch.optim.Rprop, dict(lr=0.01), dict(etas=(0.3, 1.5)),
+              {2: [(0, "etas", (0.2, 2.0)), (1, "step_sizes", (1e-3, 0.02)), (1, "maximize", True)]}),
 }
 X = R.standard_normal((6, 4)).astype(np.float32)
 Y = R.standard_normal((6, 3)).astype(np.float32)
@@ -561,7 +565,7 @@ def test_fit_follows_an_options_first_change_mid_epoch(backend):
         assert max_relative_difference(layer.state_dict()[key], value.detach().numpy()) < 1e-5, key
 
 
-@pytest.mark.parametrize("case", ["NAdam", "RAdam", "Adamax", "Adadelta"])
+@pytest.mark.parametrize("case", ["NAdam", "RAdam", "Adamax", "Adadelta", "Rprop"])
 def test_fit_with_a_schedule_stepped_per_batch_follows_torch_optim(backend, case):
     """``fit`` (a compiled step: unidl's, or Keras's own trainer) over two param groups of their own options, with a
     ``StepLR`` stepped after every batch: torch.optim's trajectory under torch's StepLR (six steps: RAdam's

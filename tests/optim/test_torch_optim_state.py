@@ -36,6 +36,7 @@ CASES = {
     "RAdam": (torch.optim.RAdam, dict(lr=1e-2, weight_decay=1e-2), {}),  # (rectified from step 6, the last)
     "Adamax": (torch.optim.Adamax, dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=1e-2), {}),
     "Adadelta": (torch.optim.Adadelta, dict(lr=0.5, rho=0.8, weight_decay=1e-2, maximize=True), {}),
+    "Rprop": (torch.optim.Rprop, dict(lr=1e-2, etas=(0.4, 1.5), step_sizes=(1e-4, 0.02)), {}),
 }
 
 

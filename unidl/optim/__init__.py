@@ -9,7 +9,8 @@ from unidl.optim.nadam import NAdam
 from unidl.optim.optimizer import Optimizer
 from unidl.optim.radam import RAdam
 from unidl.optim.rmsprop import RMSprop
+from unidl.optim.rprop import Rprop
 from unidl.optim.sgd import SGD
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "NAdam", "RAdam", "Adamax", "RMSprop", "Adagrad", "Adadelta",
-           "lr_scheduler"]
+           "Rprop", "lr_scheduler"]

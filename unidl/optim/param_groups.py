@@ -241,6 +241,32 @@ def split_param_groups(owner: str, params) -> list[tuple[list, dict]]:
     return groups
 
 
+def _pair(owner: str, name: str, value, wanted: str, valid) -> tuple[float, float]:
+    """``value`` as a pair of Python floats for which ``valid(low, high)`` holds; ``ValueError`` naming ``wanted``."""
+    given = arguments.sequence(value)  # (a tuple, a list, a 1-d array; NumPy scalars as floats)
+    numbers = () if given is None or len(given) != 2 else tuple(arguments.real(v) for v in given)
+    if not numbers or any(v is None or math.isnan(v) for v in numbers) or not valid(*numbers):
+        raise ValueError(f"{owner} {name} must be {wanted}, got {value!r}")
+    return numbers
+
+
+def check_etas(owner: str, name: str, value) -> tuple[float, float]:
+    """Rprop's ``etas``: ``(etaminus, etaplus)`` with 0 < etaminus < 1 < etaplus (``torch.optim.Rprop``'s check)."""
+    return _pair(owner, name, value, "a pair (etaminus, etaplus) with 0 < etaminus < 1 < etaplus",
+                 lambda minus, plus: 0.0 < minus < 1.0 < plus)
+
+
+def check_step_sizes(owner: str, name: str, value) -> tuple[float, float]:
+    """Rprop's ``step_sizes``: ``(min_step, max_step)`` with 0 <= min_step <= max_step (torch.optim.Rprop checks
+    nothing: a negative step would step uphill, and its clamp with min_step above max_step gives max_step)."""
+    return _pair(owner, name, value, "a pair (min_step, max_step) with 0 <= min_step <= max_step",
+                 lambda low, high: 0.0 <= low <= high)
+
+
+#: pair options with checks of their own (the others, ``betas``, hold numbers in [0, 1))
+PAIR_CHECKS = {"etas": check_etas, "step_sizes": check_step_sizes}
+
+
 def check_group_options(owner: str, index: int, options: dict, defaults: dict, constructing: bool = False) -> dict:
     """A group's own options checked against the optimizer's hyperparameters: ``ValueError`` naming an unknown
     or invalid one. Returns the group's full hyperparameters (``defaults`` with the group's values). ``nesterov``
@@ -263,6 +289,8 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict, c
             raise ValueError(f"{owner} {where} has an unknown option {key!r}; a group may set: {known}")
         if isinstance(defaults[key], bool):
             value = arguments.flag(owner, f"{where} {key}", value)
+        elif key in PAIR_CHECKS:
+            value = PAIR_CHECKS[key](owner, f"{where} {key}", value)
         elif isinstance(defaults[key], tuple):
             given = arguments.sequence(value)  # NumPy scalars and 0-d arrays as floats, as the constructors take them
             numbers = () if given is None or len(given) != len(defaults[key]) else \
