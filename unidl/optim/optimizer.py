@@ -558,10 +558,10 @@ class Optimizer:
 
         ``"step"`` counts the updates applied (skipped non-finite steps not included). Slots not yet created
         (before the first step) are reported at their initial value. An optimizer whose rule reads the step
-        (``uses_step``: Adam, AdamW, Adagrad) has ``"param_steps": [int, ...]`` too, each parameter's own count of updates
-        (torch.optim's per-parameter ``state["step"]``: a step without a gradient for it does not count). With more than
-        one param group, or options changed through ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float,
-        "size": int, **changed}, ...]`` too ("lr" is the first group's; ``changed``: the group's options that differ
+        (``uses_step``: Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, Rprop) has ``"param_steps": [int, ...]`` too,
+        each parameter's own count of updates (torch.optim's per-parameter ``state["step"]``: a step without a
+        gradient for it does not count). With more than one param group, or options changed through
+        ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float, "size": int, **changed}, ...]`` too ("lr" is the first group's; ``changed``: the group's options that differ
         from those it was built with).
         Taken in the middle of a ``train_step(accumulate=N)`` window, ``"accumulation"`` too: the micro-steps'
         summed gradients and count (``unidl.training.AccumulationWindow``), so that a resumed run goes on with it.
@@ -675,7 +675,8 @@ class Optimizer:
         tensors as torch tensors or NumPy arrays) resumes a PyTorch run on any backend: its group ``i`` is this
         optimizer's group ``i`` (the same number of parameters, of the same shapes, in order), whose ``lr`` and
         options it sets; each parameter's ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``,
-        ``square_avg``, ``grad_avg`` or ``sum`` becomes the slot of that name (one not yet there, a
+        ``square_avg``, ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``, ``prev``, ``step_size`` or ``mu_product``
+        (NAdam's one number, filling the parameter's shape) becomes the slot of that name (one not yet there, a
         ``momentum_buffer`` None, its initial value), its ``step`` its own count (``param_steps``), the largest
         this optimizer's ``step`` (0 for SGD, which torch counts nowhere); a group's ``initial_lr`` (a schedule's)
         the base rates of schedules built after. A ``CheckpointStateError`` names what does not fit: another

@@ -4,11 +4,12 @@ An optimizer keeps one flat ``params`` list (what backends index their state by)
 ``ParamGroup`` dict per group holding its parameters, its learning rate and its hyperparameters (the
 constructor's values unless the group names its own). Setting a group's ``"lr"`` or any hyperparameter that
 ``torch.optim`` lets a group change (``momentum``, ``nesterov``, ``weight_decay``, ``betas``, ``eps``,
-``alpha``) takes effect at the next step, on every backend, so ``for g in opt.param_groups: g["momentum"] = ...``
-works as in PyTorch. Until an option is first changed, compiled steps hold it as a constant (a zero term left
-out: default SGD computes no momentum buffer); its first change binds it (``Optimizer.bound_options``): every
-compiled step and ``ud.function`` whose traces ran that optimizer's rule retraces once (``ConstantOptions``) and
-reads it from a variable from then on, so later changes never retrace; those that never ran it do not retrace.
+``alpha``, ``momentum_decay``, ``rho``, ``etas``, ``step_sizes`` ...) takes effect at the next step, on every
+backend, so ``for g in opt.param_groups: g["momentum"] = ...`` works as in PyTorch. Until an option is first
+changed, compiled steps hold it as a constant (a zero term left out: default SGD computes no momentum buffer);
+its first change binds it (``Optimizer.bound_options``): every compiled step and ``ud.function`` whose traces ran
+that optimizer's rule retraces once (``ConstantOptions``) and reads it from a variable from then on, so later
+changes never retrace; those that never ran it do not retrace.
 """
 
 from __future__ import annotations
