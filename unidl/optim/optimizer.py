@@ -561,8 +561,8 @@ class Optimizer:
         (``uses_step``: Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, Rprop) has ``"param_steps": [int, ...]`` too,
         each parameter's own count of updates (torch.optim's per-parameter ``state["step"]``: a step without a
         gradient for it does not count). With more than one param group, or options changed through
-        ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float, "size": int, **changed}, ...]`` too ("lr" is the first group's; ``changed``: the group's options that differ
-        from those it was built with).
+        ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float, "size": int, **changed}, ...]`` too ("lr"
+        is the first group's; ``changed``: the group's options that differ from those it was built with).
         Taken in the middle of a ``train_step(accumulate=N)`` window, ``"accumulation"`` too: the micro-steps'
         summed gradients and count (``unidl.training.AccumulationWindow``), so that a resumed run goes on with it.
         Once a schedule was built on the optimizer, ``"initial_lrs"`` too: each group's rate when its first schedule
