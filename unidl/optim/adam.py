@@ -15,6 +15,24 @@ def check_betas(owner, betas):
     return (check_range(owner, "betas[0]", pair[0], 0.0, 1.0), check_range(owner, "betas[1]", pair[1], 0.0, 1.0))
 
 
+def adam_options(owner, betas, eps, weight_decay, maximize, decoupled_weight_decay) -> dict:
+    """The options NAdam and RAdam share with Adam, checked as the constructors check them."""
+    return dict(betas=check_betas(owner, betas), eps=check_range(owner, "eps", eps),
+                weight_decay=check_range(owner, "weight_decay", weight_decay),
+                maximize=arguments.flag(owner, "maximize", maximize),
+                decoupled_weight_decay=arguments.flag(owner, "decoupled_weight_decay", decoupled_weight_decay))
+
+
+def moments(slots, grad, betas, ops):
+    """Adam's moments ``(exp_avg, exp_avg_sq)`` as torch.optim updates them, so that trajectories agree to the last
+    bits: ``exp_avg.lerp_(grad, 1 - beta1)`` (``lerp``), ``exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)``;
+    ``betas`` Python floats, or tensors where a graph backend reads a group's bound option."""
+    beta1, beta2 = betas
+    exp_avg = lerp(slots["exp_avg"], grad, 1 - beta1, ops)
+    exp_avg_sq = scalar_like(beta2, grad, ops) * slots["exp_avg_sq"] + scalar_like(1 - beta2, grad, ops) * grad * grad
+    return exp_avg, exp_avg_sq
+
+
 class DecoupledWeightDecay:
     """``decoupled_weight_decay`` of Adam, NAdam and RAdam: their ``weight_decay`` is AdamW's decoupled decay
     (``shrink``) where a group sets it, else the L2 term added to the gradient (``regularized_gradient``)."""
@@ -85,12 +103,10 @@ class Adam(DecoupledWeightDecay, Optimizer):
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
         beta1, beta2 = h["betas"]  # Python floats, or float64 tensors where a graph backend lets a group change them
-        # the same sequence of operations as torch.optim.Adam's, so that trajectories agree to the last bits:
-        # exp_avg.lerp_(grad, 1 - beta1) (``lerp``), addcmul for exp_avg_sq, the
-        # bias corrections and the step size in double precision, then rounded to the parameter's dtype
-        exp_avg = lerp(slots["exp_avg"], grad, 1 - beta1, ops)
-        exp_avg_sq = (scalar_like(beta2, grad, ops) * slots["exp_avg_sq"]
-                      + scalar_like(1 - beta2, grad, ops) * grad * grad)
+        # the same sequence of operations as torch.optim.Adam's, so that trajectories agree to the last bits: the
+        # moments (``moments``), the bias corrections and the step size in double precision, then rounded to the
+        # parameter's dtype
+        exp_avg, exp_avg_sq = moments(slots, grad, h["betas"], ops)
         step = ops.cast(step, "float64")
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = ops.sqrt(1 - beta2 ** step)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from unidl import arguments
-from unidl.optim.adam import DecoupledWeightDecay, check_betas
-from unidl.optim.optimizer import Optimizer, as_float64, check_range, clipping_options, lerp, scalar_like
+from unidl.optim.adam import DecoupledWeightDecay, adam_options, moments
+from unidl.optim.optimizer import Optimizer, as_float64, check_range, clipping_options, scalar_like
 
 
 class NAdam(DecoupledWeightDecay, Optimizer):
@@ -39,22 +38,16 @@ class NAdam(DecoupledWeightDecay, Optimizer):
                  momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *, maximize: bool = False,
                  l1: float = 0.0, **clipping):
         owner = type(self).__name__
-        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=check_betas(owner, betas),
-                         eps=check_range(owner, "eps", eps),
-                         weight_decay=check_range(owner, "weight_decay", weight_decay),
-                         momentum_decay=check_range(owner, "momentum_decay", momentum_decay),
-                         maximize=arguments.flag(owner, "maximize", maximize),
-                         decoupled_weight_decay=arguments.flag(owner, "decoupled_weight_decay",
-                                                               decoupled_weight_decay))
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
+                         **adam_options(owner, betas, eps, weight_decay, maximize, decoupled_weight_decay),
+                         momentum_decay=check_range(owner, "momentum_decay", momentum_decay))
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
         beta1, beta2 = (as_float64(beta, ops) for beta in h["betas"])
         step, decay = ops.cast(step, "float64"), as_float64(h["momentum_decay"], ops)
-        # torch.optim's order: the moments (lerp, then addcmul), the scalars in double precision
-        exp_avg = lerp(slots["exp_avg"], grad, 1 - h["betas"][0], ops)
-        exp_avg_sq = (scalar_like(h["betas"][1], grad, ops) * slots["exp_avg_sq"]
-                      + scalar_like(1 - h["betas"][1], grad, ops) * grad * grad)
+        # torch.optim's order: the moments, then the scalars in double precision
+        exp_avg, exp_avg_sq = moments(slots, grad, h["betas"], ops)
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * decay))
         # the product so far (1 before the parameter's first update, whose slot holds its initial 0)

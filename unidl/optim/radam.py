@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from unidl import arguments
-from unidl.optim.adam import DecoupledWeightDecay, check_betas
-from unidl.optim.optimizer import Optimizer, as_float64, check_range, clipping_options, lerp, scalar_like
+from unidl.optim.adam import DecoupledWeightDecay, adam_options, moments
+from unidl.optim.optimizer import Optimizer, as_float64, clipping_options, scalar_like
 
 
 class RAdam(DecoupledWeightDecay, Optimizer):
@@ -36,20 +35,14 @@ class RAdam(DecoupledWeightDecay, Optimizer):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  decoupled_weight_decay: bool = False, *, maximize: bool = False, l1: float = 0.0, **clipping):
         owner = type(self).__name__
-        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=check_betas(owner, betas),
-                         eps=check_range(owner, "eps", eps),
-                         weight_decay=check_range(owner, "weight_decay", weight_decay),
-                         maximize=arguments.flag(owner, "maximize", maximize),
-                         decoupled_weight_decay=arguments.flag(owner, "decoupled_weight_decay",
-                                                               decoupled_weight_decay))
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
+                         **adam_options(owner, betas, eps, weight_decay, maximize, decoupled_weight_decay))
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
         beta1, beta2 = (as_float64(beta, ops) for beta in h["betas"])
         step = ops.cast(step, "float64")
-        exp_avg = lerp(slots["exp_avg"], grad, 1 - h["betas"][0], ops)
-        exp_avg_sq = (scalar_like(h["betas"][1], grad, ops) * slots["exp_avg_sq"]
-                      + scalar_like(1 - h["betas"][1], grad, ops) * grad * grad)
+        exp_avg, exp_avg_sq = moments(slots, grad, h["betas"], ops)
         bias_correction1, bias_correction2 = 1 - beta1 ** step, 1 - beta2 ** step
         rho_inf = 2 / (1 - beta2) - 1
         rho_t = rho_inf - 2 * step * beta2 ** step / bias_correction2
