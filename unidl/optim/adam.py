@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unidl import arguments
-from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, lerp, scalar_like
+from unidl.optim.optimizer import Optimizer, as_float64, clipping_options, check_range, is_off, lerp, scalar_like
 
 
 def check_betas(owner, betas):
@@ -53,7 +53,7 @@ class DecoupledWeightDecay:
             return None
         if isinstance(lr, float) and isinstance(decay, float):
             return 1 - lr * decay
-        lr, decay = (v if isinstance(v, float) else ops.cast(v, "float64") for v in (lr, decay))
+        lr, decay = as_float64(lr, ops), as_float64(decay, ops)
         return ops.cast_like(1 - lr * decay, param)
 
 
@@ -110,7 +110,7 @@ class Adam(DecoupledWeightDecay, Optimizer):
         step = ops.cast(step, "float64")
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = ops.sqrt(1 - beta2 ** step)
-        lr_double = lr if isinstance(lr, float) else ops.cast(lr, "float64")
+        lr_double = as_float64(lr, ops)
         step_size = ops.cast_like(lr_double / bias_correction1, param)
         new_slots = {**slots, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
         if h["amsgrad"]:  # (a fixed option: a Python bool; torch.maximum into max_exp_avg_sq, then its root)
