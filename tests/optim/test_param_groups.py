@@ -304,6 +304,11 @@ CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {s
                                   {1: [(0, "momentum", 0.0)], 3: [(0, "momentum", 0.5), (1, "alpha", 0.5)]}),
     "Adagrad": (ud.optim.Adagrad, torch.optim.Adagrad, dict(lr=0.1), dict(),
                 {2: [(0, "eps", 0.5), (1, "weight_decay", 0.2), (1, "lr_decay", 0.3)]}),
+    "NAdam": (ud.optim.NAdam, torch.optim.NAdam, dict(lr=0.01), dict(weight_decay=0.1, decoupled_weight_decay=True),
+              {1: [(0, "momentum_decay", 0.05), (1, "betas", (0.8, 0.9))],
+               3: [(0, "weight_decay", 0.2), (1, "maximize", True)]}),
+    "Rprop": (ud.optim.Rprop, torch.optim.Rprop, dict(lr=0.01), dict(etas=(0.3, 1.5)),
+              {2: [(0, "etas", (0.2, 2.0)), (1, "step_sizes", (1e-3, 0.02)), (1, "maximize", True)]}),
 }
 X = R.standard_normal((6, 4)).astype(np.float32)
 Y = R.standard_normal((6, 3)).astype(np.float32)
@@ -546,5 +551,42 @@ def test_fit_follows_an_options_first_change_mid_epoch(backend):
         expected.step()
         if batch == 0:
             expected.param_groups[0]["momentum"] = 0.9
+    for key, value in reference.state_dict().items():
+        assert max_relative_difference(layer.state_dict()[key], value.detach().numpy()) < 1e-5, key
+
+
+FIT_CASES = {  # (unidl class, torch class, constructor options, options of the second group)
+    "NAdam": (ud.optim.NAdam, torch.optim.NAdam, dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+              dict(lr=0.05, momentum_decay=0.01, decoupled_weight_decay=False)),
+    "RAdam": (ud.optim.RAdam, torch.optim.RAdam, dict(lr=0.01), dict(lr=0.05, weight_decay=0.1,
+                                                                      decoupled_weight_decay=True)),
+    "Adamax": (ud.optim.Adamax, torch.optim.Adamax, dict(lr=0.01), dict(lr=0.05, betas=(0.5, 0.9), maximize=True)),
+    "Adadelta": (ud.optim.Adadelta, torch.optim.Adadelta, dict(lr=1.0), dict(lr=0.5, rho=0.5, weight_decay=0.1)),
+    "Rprop": (ud.optim.Rprop, torch.optim.Rprop, dict(lr=0.01, etas=(0.3, 1.5)),
+              dict(lr=0.05, step_sizes=(1e-3, 0.06), maximize=True)),
+}
+
+
+@pytest.mark.parametrize("case", list(FIT_CASES))
+def test_fit_with_a_schedule_stepped_per_batch_follows_torch_optim(backend, case):
+    """``fit`` (a compiled step: unidl's, or Keras's own trainer) over two param groups of their own options, with a
+    ``StepLR`` stepped after every batch: torch.optim's trajectory under torch's StepLR (six steps: RAdam's
+    rectification is on at the sixth)."""
+    unidl_class, torch_class, options, second = FIT_CASES[case]
+    layer = ud.nn.Linear(4, 3)
+    layer.load_state_dict(LAYER)
+    opt = unidl_class([{"params": [layer.weight]}, {"params": [layer.bias], **second}], **options)
+    schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(opt, 2, 0.5), interval="batch")
+    ud.fit(layer, (X, Y), batch_size=1, epochs=1, shuffle=False, verbose=0, loss=ud.nn.MSELoss(), optimizer=opt,
+           callbacks=[schedule])
+    reference = torch.nn.Linear(4, 3)
+    reference.load_state_dict({k: torch.tensor(v) for k, v in LAYER.items()})
+    expected = torch_class([{"params": [reference.weight]}, {"params": [reference.bias], **second}], **options)
+    theirs = torch.optim.lr_scheduler.StepLR(expected, 2, 0.5)
+    for row in range(len(X)):
+        expected.zero_grad()
+        torch.nn.functional.mse_loss(reference(torch.tensor(X[row:row + 1])), torch.tensor(Y[row:row + 1])).backward()
+        expected.step()
+        theirs.step()
     for key, value in reference.state_dict().items():
         assert max_relative_difference(layer.state_dict()[key], value.detach().numpy()) < 1e-5, key

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unidl import arguments
-from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, scalar_like
+from unidl.optim.optimizer import Optimizer, as_float64, clipping_options, check_range, is_off, scalar_like
 
 
 class Adagrad(Optimizer):
@@ -43,7 +43,6 @@ class Adagrad(Optimizer):
         h = self.hyper
         total = slots["sum"] + grad * grad
         if not is_off(h["lr_decay"]):  # torch's clr = lr / (1 + (step - 1) * lr_decay), in double precision
-            decay, lr = h["lr_decay"], lr if isinstance(lr, float) else ops.cast(lr, "float64")
-            decay = decay if isinstance(decay, float) else ops.cast(decay, "float64")
+            decay, lr = as_float64(h["lr_decay"], ops), as_float64(lr, ops)
             lr = ops.cast_like(lr / (1 + (ops.cast(step, "float64") - 1) * decay), param)
         return lr * (grad / (ops.sqrt(total) + scalar_like(h["eps"], grad, ops))), {"sum": total}

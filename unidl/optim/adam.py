@@ -3,17 +3,61 @@
 from __future__ import annotations
 
 from unidl import arguments
-from unidl.optim.optimizer import Optimizer, clipping_options, check_range, is_off, lerp, scalar_like
+from unidl.optim.optimizer import Optimizer, as_float64, clipping_options, check_range, is_off, lerp, scalar_like
 
 
-def _check_betas(owner, betas):
+def check_betas(owner, betas):
+    """``betas`` as a pair of Python floats in [0, 1) (a tuple, a list, a 1-d array), ``ValueError`` otherwise: the
+    check of every Adam-like rule (Adam, NAdam, RAdam, Adamax)."""
     pair = arguments.sequence(betas)  # a tuple, a list, a 1-d array: as a param group's betas
     if pair is None or len(pair) != 2:
         raise ValueError(f"{owner} betas must be a pair (beta1, beta2), got {betas!r}")
     return (check_range(owner, "betas[0]", pair[0], 0.0, 1.0), check_range(owner, "betas[1]", pair[1], 0.0, 1.0))
 
 
-class Adam(Optimizer):
+def adam_options(owner, betas, eps, weight_decay, maximize, decoupled_weight_decay) -> dict:
+    """The options NAdam and RAdam share with Adam, checked as the constructors check them."""
+    return dict(betas=check_betas(owner, betas), eps=check_range(owner, "eps", eps),
+                weight_decay=check_range(owner, "weight_decay", weight_decay),
+                maximize=arguments.flag(owner, "maximize", maximize),
+                decoupled_weight_decay=arguments.flag(owner, "decoupled_weight_decay", decoupled_weight_decay))
+
+
+def moments(slots, grad, betas, ops):
+    """Adam's moments ``(exp_avg, exp_avg_sq)`` as torch.optim updates them, so that trajectories agree to the last
+    bits: ``exp_avg.lerp_(grad, 1 - beta1)`` (``lerp``), ``exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)``;
+    ``betas`` Python floats, or tensors where a graph backend reads a group's bound option."""
+    beta1, beta2 = betas
+    exp_avg = lerp(slots["exp_avg"], grad, 1 - beta1, ops)
+    exp_avg_sq = scalar_like(beta2, grad, ops) * slots["exp_avg_sq"] + scalar_like(1 - beta2, grad, ops) * grad * grad
+    return exp_avg, exp_avg_sq
+
+
+class DecoupledWeightDecay:
+    """``decoupled_weight_decay`` of Adam, NAdam and RAdam: their ``weight_decay`` is AdamW's decoupled decay
+    (``shrink``) where a group sets it, else the L2 term added to the gradient (``regularized_gradient``)."""
+
+    @property
+    def decoupled(self) -> bool:
+        """Whether this rule's (a param group's) ``weight_decay`` is AdamW's decoupled decay (``shrink``) rather than
+        the L2 term added to the gradient: ``decoupled_weight_decay``, a Python bool (fixed once built)."""
+        return self.hyper["decoupled_weight_decay"]
+
+    def shrink(self, param, lr, ops):
+        """AdamW's decoupled decay: ``1 - lr * weight_decay`` in double precision, rounded to the parameter's dtype,
+        the factor ``torch.optim.AdamW`` multiplies the parameter by before its step (``p - (lr wd p + step)``, the
+        same in exact arithmetic, drifted from it in float32: 1e-5 after 1000 steps); coupled L2 is in the
+        gradient (``regularized_gradient``)."""
+        decay = self.hyper["weight_decay"]
+        if not self.decoupled or is_off(decay):
+            return None
+        if isinstance(lr, float) and isinstance(decay, float):
+            return 1 - lr * decay
+        lr, decay = as_float64(lr, ops), as_float64(decay, ops)
+        return ops.cast_like(1 - lr * decay, param)
+
+
+class Adam(DecoupledWeightDecay, Optimizer):
     r"""Adam (Kingma & Ba), as ``torch.optim.Adam``.
 
     .. math::
@@ -44,19 +88,13 @@ class Adam(Optimizer):
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
                  decoupled_weight_decay: bool = False, l1: float = 0.0, **clipping):
         owner = type(self).__name__
-        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=_check_betas(owner, betas),
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=check_betas(owner, betas),
                          eps=check_range(owner, "eps", eps),
                          weight_decay=check_range(owner, "weight_decay", weight_decay),
                          amsgrad=arguments.flag(owner, "amsgrad", amsgrad),
                          maximize=arguments.flag(owner, "maximize", maximize),
                          decoupled_weight_decay=arguments.flag(owner, "decoupled_weight_decay",
                                                                decoupled_weight_decay))
-
-    @property
-    def decoupled(self) -> bool:
-        """Whether this rule's (a param group's) ``weight_decay`` is AdamW's decoupled decay (``shrink``) rather than
-        the L2 term added to the gradient: ``decoupled_weight_decay``, a Python bool (fixed once built)."""
-        return self.hyper["decoupled_weight_decay"]
 
     def slots_for(self, groups) -> tuple[str, ...]:
         """``exp_avg`` and ``exp_avg_sq``, and ``max_exp_avg_sq`` where a group is ``amsgrad``."""
@@ -65,16 +103,14 @@ class Adam(Optimizer):
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
         beta1, beta2 = h["betas"]  # Python floats, or float64 tensors where a graph backend lets a group change them
-        # the same sequence of operations as torch.optim.Adam's, so that trajectories agree to the last bits:
-        # exp_avg.lerp_(grad, 1 - beta1) (``lerp``), addcmul for exp_avg_sq, the
-        # bias corrections and the step size in double precision, then rounded to the parameter's dtype
-        exp_avg = lerp(slots["exp_avg"], grad, 1 - beta1, ops)
-        exp_avg_sq = (scalar_like(beta2, grad, ops) * slots["exp_avg_sq"]
-                      + scalar_like(1 - beta2, grad, ops) * grad * grad)
+        # the same sequence of operations as torch.optim.Adam's, so that trajectories agree to the last bits: the
+        # moments (``moments``), the bias corrections and the step size in double precision, then rounded to the
+        # parameter's dtype
+        exp_avg, exp_avg_sq = moments(slots, grad, h["betas"], ops)
         step = ops.cast(step, "float64")
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = ops.sqrt(1 - beta2 ** step)
-        lr_double = lr if isinstance(lr, float) else ops.cast(lr, "float64")
+        lr_double = as_float64(lr, ops)
         step_size = ops.cast_like(lr_double / bias_correction1, param)
         new_slots = {**slots, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
         if h["amsgrad"]:  # (a fixed option: a Python bool; torch.maximum into max_exp_avg_sq, then its root)
@@ -83,18 +119,6 @@ class Adam(Optimizer):
         delta = step_size * (exp_avg / denom)
         return delta, new_slots
 
-    def shrink(self, param, lr, ops):
-        """AdamW's decoupled decay: ``1 - lr * weight_decay`` in double precision, rounded to the parameter's dtype,
-        the factor ``torch.optim.AdamW`` multiplies the parameter by before its step (``p - (lr wd p + step)``, the
-        same in exact arithmetic, drifted from it in float32: 1e-5 after 1000 steps); coupled L2 is in the
-        gradient (``regularized_gradient``)."""
-        decay = self.hyper["weight_decay"]
-        if not self.decoupled or is_off(decay):
-            return None
-        if isinstance(lr, float) and isinstance(decay, float):
-            return 1 - lr * decay
-        lr, decay = (v if isinstance(v, float) else ops.cast(v, "float64") for v in (lr, decay))
-        return ops.cast_like(1 - lr * decay, param)
 
 
 class AdamW(Adam):

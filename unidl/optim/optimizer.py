@@ -94,6 +94,13 @@ def scalar_like(value, like, ops):
     return value if isinstance(value, (int, float)) else ops.cast_like(value, like)
 
 
+def as_float64(value, ops):
+    """A rule's scalar (the learning rate, an option, the step count) in double precision, where ``torch.optim``
+    computes its bias corrections and step sizes: a Python number as it is, a tensor (a graph's learning rate, a
+    bound option, the step count) cast to float64."""
+    return value if isinstance(value, (int, float)) else ops.cast(value, "float64")
+
+
 def lerp(start, end, weight, ops):
     """``start + weight * (end - start)`` as ``torch.lerp`` computes it (``end - (end - start) * (1 - weight)`` for
     a weight of 0.5 or more), so that a rule's moving average (Adam's ``exp_avg``, RMSprop's ``grad_avg``) agrees
@@ -211,6 +218,9 @@ class Optimizer:
     #: whether ``update`` reads ``step``: then every backend counts steps per parameter, as ``torch.optim`` does
     #: (``state_dict()["param_steps"]``); otherwise backends pass None and keep no such count
     uses_step = False
+    #: slots ``torch.optim`` keeps as one number per parameter (NAdam's ``mu_product``): unidl keeps them in the
+    #: parameter's shape, as every slot, and a ``torch.optim`` state's 0-d value fills it (``torch_state``)
+    scalar_slots: tuple[str, ...] = ()
     #: True when ``weight_decay`` shrinks the parameter inside ``update`` (AdamW); otherwise it is
     #: PyTorch's L2 term, added to the gradient by ``regularized_gradient``
     decoupled = False
@@ -548,11 +558,11 @@ class Optimizer:
 
         ``"step"`` counts the updates applied (skipped non-finite steps not included). Slots not yet created
         (before the first step) are reported at their initial value. An optimizer whose rule reads the step
-        (``uses_step``: Adam, AdamW, Adagrad) has ``"param_steps": [int, ...]`` too, each parameter's own count of updates
-        (torch.optim's per-parameter ``state["step"]``: a step without a gradient for it does not count). With more than
-        one param group, or options changed through ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float,
-        "size": int, **changed}, ...]`` too ("lr" is the first group's; ``changed``: the group's options that differ
-        from those it was built with).
+        (``uses_step``: Adam, AdamW, NAdam, RAdam, Adamax, Adagrad, Rprop) has ``"param_steps": [int, ...]`` too,
+        each parameter's own count of updates (torch.optim's per-parameter ``state["step"]``: a step without a
+        gradient for it does not count). With more than one param group, or options changed through
+        ``param_groups[i][key] = ...``, ``"param_groups": [{"lr": float, "size": int, **changed}, ...]`` too ("lr"
+        is the first group's; ``changed``: the group's options that differ from those it was built with).
         Taken in the middle of a ``train_step(accumulate=N)`` window, ``"accumulation"`` too: the micro-steps'
         summed gradients and count (``unidl.training.AccumulationWindow``), so that a resumed run goes on with it.
         Once a schedule was built on the optimizer, ``"initial_lrs"`` too: each group's rate when its first schedule
@@ -665,7 +675,8 @@ class Optimizer:
         tensors as torch tensors or NumPy arrays) resumes a PyTorch run on any backend: its group ``i`` is this
         optimizer's group ``i`` (the same number of parameters, of the same shapes, in order), whose ``lr`` and
         options it sets; each parameter's ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``,
-        ``square_avg``, ``grad_avg`` or ``sum`` becomes the slot of that name (one not yet there, a
+        ``square_avg``, ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``, ``prev``, ``step_size`` or ``mu_product``
+        (NAdam's one number, filling the parameter's shape) becomes the slot of that name (one not yet there, a
         ``momentum_buffer`` None, its initial value), its ``step`` its own count (``param_steps``), the largest
         this optimizer's ``step`` (0 for SGD, which torch counts nowhere); a group's ``initial_lr`` (a schedule's)
         the base rates of schedules built after. A ``CheckpointStateError`` names what does not fit: another

@@ -4,11 +4,12 @@ An optimizer keeps one flat ``params`` list (what backends index their state by)
 ``ParamGroup`` dict per group holding its parameters, its learning rate and its hyperparameters (the
 constructor's values unless the group names its own). Setting a group's ``"lr"`` or any hyperparameter that
 ``torch.optim`` lets a group change (``momentum``, ``nesterov``, ``weight_decay``, ``betas``, ``eps``,
-``alpha``) takes effect at the next step, on every backend, so ``for g in opt.param_groups: g["momentum"] = ...``
-works as in PyTorch. Until an option is first changed, compiled steps hold it as a constant (a zero term left
-out: default SGD computes no momentum buffer); its first change binds it (``Optimizer.bound_options``): every
-compiled step and ``ud.function`` whose traces ran that optimizer's rule retraces once (``ConstantOptions``) and
-reads it from a variable from then on, so later changes never retrace; those that never ran it do not retrace.
+``alpha``, ``momentum_decay``, ``rho``, ``etas``, ``step_sizes`` ...) takes effect at the next step, on every
+backend, so ``for g in opt.param_groups: g["momentum"] = ...`` works as in PyTorch. Until an option is first
+changed, compiled steps hold it as a constant (a zero term left out: default SGD computes no momentum buffer);
+its first change binds it (``Optimizer.bound_options``): every compiled step and ``ud.function`` whose traces ran
+that optimizer's rule retraces once (``ConstantOptions``) and reads it from a variable from then on, so later
+changes never retrace; those that never ran it do not retrace.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import math
 from unidl import arguments
 
 #: hyperparameters with bounds other than [0, inf): name -> (low, high, high_open)
-_BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
+_BOUNDS = {"momentum": (0.0, 1.0, True), "alpha": (0.0, 1.0, False), "rho": (0.0, 1.0, False)}
 #: hyperparameters fixed once the optimizer is built: unidl's L1 term (torch.optim has none), what only
 #: the slots' first values read, what decides which slots there are (RMSprop's ``centered``, Adam's ``amsgrad``) and
 #: which term a rule computes (Adam's ``decoupled_weight_decay``: the gradient's L2 term or AdamW's shrink; SGD's
@@ -241,6 +242,32 @@ def split_param_groups(owner: str, params) -> list[tuple[list, dict]]:
     return groups
 
 
+def _pair(owner: str, name: str, value, wanted: str, valid) -> tuple[float, float]:
+    """``value`` as a pair of Python floats for which ``valid(low, high)`` holds; ``ValueError`` naming ``wanted``."""
+    given = arguments.sequence(value)  # (a tuple, a list, a 1-d array; NumPy scalars as floats)
+    numbers = () if given is None or len(given) != 2 else tuple(arguments.real(v) for v in given)
+    if not numbers or any(v is None or math.isnan(v) for v in numbers) or not valid(*numbers):
+        raise ValueError(f"{owner} {name} must be {wanted}, got {value!r}")
+    return numbers
+
+
+def check_etas(owner: str, name: str, value) -> tuple[float, float]:
+    """Rprop's ``etas``: ``(etaminus, etaplus)`` with 0 < etaminus < 1 < etaplus (``torch.optim.Rprop``'s check)."""
+    return _pair(owner, name, value, "a pair (etaminus, etaplus) with 0 < etaminus < 1 < etaplus",
+                 lambda minus, plus: 0.0 < minus < 1.0 < plus)
+
+
+def check_step_sizes(owner: str, name: str, value) -> tuple[float, float]:
+    """Rprop's ``step_sizes``: ``(min_step, max_step)`` with 0 <= min_step <= max_step (torch.optim.Rprop checks
+    nothing: a negative step would step uphill, and its clamp with min_step above max_step gives max_step)."""
+    return _pair(owner, name, value, "a pair (min_step, max_step) with 0 <= min_step <= max_step",
+                 lambda low, high: 0.0 <= low <= high)
+
+
+#: pair options with checks of their own (the others, ``betas``, hold numbers in [0, 1))
+PAIR_CHECKS = {"etas": check_etas, "step_sizes": check_step_sizes}
+
+
 def check_group_options(owner: str, index: int, options: dict, defaults: dict, constructing: bool = False) -> dict:
     """A group's own options checked against the optimizer's hyperparameters: ``ValueError`` naming an unknown
     or invalid one. Returns the group's full hyperparameters (``defaults`` with the group's values). ``nesterov``
@@ -263,6 +290,8 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict, c
             raise ValueError(f"{owner} {where} has an unknown option {key!r}; a group may set: {known}")
         if isinstance(defaults[key], bool):
             value = arguments.flag(owner, f"{where} {key}", value)
+        elif key in PAIR_CHECKS:
+            value = PAIR_CHECKS[key](owner, f"{where} {key}", value)
         elif isinstance(defaults[key], tuple):
             given = arguments.sequence(value)  # NumPy scalars and 0-d arrays as floats, as the constructors take them
             numbers = () if given is None or len(given) != len(defaults[key]) else \

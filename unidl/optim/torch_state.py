@@ -65,7 +65,8 @@ def _group_entry(optimizer, index: int, group: dict) -> dict:
 
 def _slot_values(optimizer, group: int, position: int, key, saved: dict, shape: tuple) -> dict:
     """One parameter's unidl slots from its torch.optim state ``saved`` (``{}`` before its first step): each slot
-    torch holds as it is, one torch has not (yet: a ``momentum_buffer`` None) at its initial value, and SGD's
+    torch holds as it is (one it keeps as a number, ``scalar_slots``, filling the parameter's shape), one torch has
+    not (yet: a ``momentum_buffer`` None) at its initial value, and SGD's
     ``momentum_started`` 1 where torch's buffer exists (torch's dampened buffer starts as the gradient)."""
     from unidl import config
     from unidl.tensors import to_numpy
@@ -78,6 +79,8 @@ def _slot_values(optimizer, group: int, position: int, key, saved: dict, shape: 
             values[name] = np.full(shape, optimizer.initial_slot_value, config.get_dtype())
         else:
             values[name] = to_numpy(saved[name])
+            if name in optimizer.scalar_slots and values[name].ndim == 0:  # (NAdam's mu_product: one number)
+                values[name] = np.full(shape, values[name], values[name].dtype)
             if tuple(values[name].shape) != shape:
                 raise CheckpointStateError(f"torch.optim param group {group}, parameter {position} (index {key}): "
                                            f"its {name!r} has shape {tuple(values[name].shape)}, this "
