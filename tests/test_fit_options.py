@@ -41,6 +41,16 @@ def test_keras_positional_form_and_names_train_as_the_objects_do(backend, data):
         torch.from_numpy(ud.predict(model, x)), torch.from_numpy(y))), rel=1e-5)
 
 
+def test_keras_optimizer_names_build_unidls_optimizers_at_keras_rates(backend):
+    from unidl.fit_options import resolve_optimizer
+
+    model = ud.models.TwoLayerNet(4, 8, 3)
+    for name, (kind, lr) in {"nadam": (ud.optim.NAdam, 1e-3), "adamax": (ud.optim.Adamax, 1e-3),
+                             "adadelta": (ud.optim.Adadelta, 1e-3), "RMSprop": (ud.optim.RMSprop, 1e-3)}.items():
+        optimizer = resolve_optimizer(name, model)
+        assert type(optimizer) is kind and optimizer.param_groups[0]["lr"] == lr  # Keras's default rate
+
+
 def test_metrics_are_exact_over_the_epoch_not_means_of_batches(backend, data):
     x, y = data
     model = ud.models.TwoLayerNet(4, 8, 3)
@@ -213,7 +223,7 @@ def test_initial_epoch_and_evaluate_lists(backend, data):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(loss="hinge"), r"unknown loss 'hinge'; valid names: .*cross_entropy"),
-    (dict(optimizer="lbfgs"), r"unknown optimizer 'lbfgs'; valid names: adagrad, adam, adamw, rmsprop, sgd"),
+    (dict(optimizer="lbfgs"), r"unknown optimizer 'lbfgs'; valid names: adadelta, adagrad, adam, adamax, adamw, nadam, rmsprop, sgd"),
     (dict(validation_split=1.5), r"validation_split must be a fraction in \[0, 1\)"),
     (dict(validation_split=0.2, validation_data="given"), "validation_split or validation_data, not both"),
     (dict(validation_freq=0), "validation_freq must be a positive integer"),

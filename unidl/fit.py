@@ -404,8 +404,9 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             ``"categorical_crossentropy"`` (all ``CrossEntropyLoss`` of logits: unidl models end without a
             softmax), ``"mse"``, ``"mae"``, ``"binary_crossentropy"`` (of logits), ...
             (``unidl.fit_options.LOSS_NAMES``).
-        optimizer: a unidl optimizer built for ``model``, or its name: ``"adam"``, ``"sgd"``, ``"rmsprop"``,
-            ``"adagrad"``, ``"adamw"``, with Keras's default learning rates.
+        optimizer: a unidl optimizer built for ``model``, or its Keras name: ``"adam"``, ``"sgd"``, ``"rmsprop"``,
+            ``"adagrad"``, ``"adamw"``, ``"nadam"``, ``"adamax"``, ``"adadelta"``, with Keras's default learning
+            rates (and torch.optim's update rules, as every unidl optimizer).
         validation_data: same forms as ``train_data``, or Keras's ``(x, y, sample_weight)`` arrays; adds
             'val_loss' and ``val_<metric>`` each epoch. With weights, 'val_loss' weights the loss as
             ``sample_weight`` does in training (Keras's ``sum_i w_i * loss_i / n`` over the ``n`` validation

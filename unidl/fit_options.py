@@ -29,8 +29,10 @@ LOSS_NAMES = {
     "bce": "BCELoss", "huber": "HuberLoss", "smooth_l1": "SmoothL1Loss", "kl_div": "KLDivLoss",
 }
 # Keras's default learning rates, which a user naming an optimizer as in Keras expects
+# (the optimizer is unidl's, with torch.optim's rule: Keras's name and rate, not Keras's arithmetic)
 OPTIMIZER_NAMES = {"sgd": ("SGD", 0.01), "adam": ("Adam", 1e-3), "adamw": ("AdamW", 1e-3),
-                   "rmsprop": ("RMSprop", 1e-3), "adagrad": ("Adagrad", 1e-3)}
+                   "rmsprop": ("RMSprop", 1e-3), "adagrad": ("Adagrad", 1e-3), "nadam": ("NAdam", 1e-3),
+                   "adamax": ("Adamax", 1e-3), "adadelta": ("Adadelta", 1e-3)}
 
 
 def resolve_loss(loss):
