@@ -172,20 +172,20 @@ LOSSES = {
                                ROWS, SIGNS.astype(np.int64)),
     "CosineEmbeddingLoss-none": case(lambda: ud.nn.CosineEmbeddingLoss(0.2, "none"),
                                      lambda: tnn.CosineEmbeddingLoss(0.2, reduction="none"), ROWS, TARGET, PAIR_SIGNS),
-    "CosineEmbeddingLoss-unbatched": case(lambda: ud.nn.CosineEmbeddingLoss(-0.5), lambda: tnn.CosineEmbeddingLoss(-0.5),
-                                          ROWS[0], TARGET[0], np.array(-1.0)),
+    "CosineEmbeddingLoss-unbatched": case(lambda: ud.nn.CosineEmbeddingLoss(-0.5),
+                                          lambda: tnn.CosineEmbeddingLoss(-0.5), ROWS[0], TARGET[0], np.array(-1.0)),
     **{f"TripletMarginLoss-p{p}-swap{swap}-{r}": case(
         lambda p=p, swap=swap, r=r: ud.nn.TripletMarginLoss(2.0, p, 1e-3, swap, r),
         lambda p=p, swap=swap, r=r: tnn.TripletMarginLoss(2.0, p, 1e-3, swap, reduction=r), *inputs)
        for p, swap, r, inputs in ((2, False, "none", (ROWS, TARGET, SOFT_TARGET)),
                                   (1, True, "mean", (ROWS, TARGET, SOFT_TARGET)), (3, True, "none", (ROWS[0], TARGET[0],
                                                                                                      ROWS[1])))},
-    "MultiLabelSoftMarginLoss-weight": case(lambda: ud.nn.MultiLabelSoftMarginLoss(WEIGHT, "none"),
-                                            lambda: tnn.MultiLabelSoftMarginLoss(torch.tensor(WEIGHT), reduction="none"),
-                                            ROWS, SOFT_TARGET),
-    "MultiMarginLoss-p2-weight-kinks": case(lambda: ud.nn.MultiMarginLoss(2, weight=WEIGHT, reduction="none"),
-                                            lambda: tnn.MultiMarginLoss(2, weight=torch.tensor(WEIGHT), reduction="none"),
-                                            KINK_ROWS, LABELS),
+    "MultiLabelSoftMarginLoss-weight": case(
+        lambda: ud.nn.MultiLabelSoftMarginLoss(WEIGHT, "none"),
+        lambda: tnn.MultiLabelSoftMarginLoss(torch.tensor(WEIGHT), reduction="none"), ROWS, SOFT_TARGET),
+    "MultiMarginLoss-p2-weight-kinks": case(
+        lambda: ud.nn.MultiMarginLoss(2, weight=WEIGHT, reduction="none"),
+        lambda: tnn.MultiMarginLoss(2, weight=torch.tensor(WEIGHT), reduction="none"), KINK_ROWS, LABELS),
     "MultiMarginLoss-unbatched": case(lambda: ud.nn.MultiMarginLoss(margin=2.5, reduction="none"),
                                       lambda: tnn.MultiMarginLoss(margin=2.5, reduction="none"), ROWS[1], LABELS[1]),
     "MultiLabelMarginLoss-kinks": case(lambda: ud.nn.MultiLabelMarginLoss("none"),
@@ -200,7 +200,8 @@ LOSSES = {
     **{f"GaussianNLLLoss-{name}": case(lambda full=full, r=r: ud.nn.GaussianNLLLoss(full, 1e-4, r),
                                       lambda full=full, r=r: tnn.GaussianNLLLoss(full=full, eps=1e-4, reduction=r),
                                       ROWS, TARGET, var)
-       for name, full, r, var in (("same-shape", False, "none", VARIANCES), ("last-axis", True, "mean", VARIANCES[:, 0]),
+       for name, full, r, var in (("same-shape", False, "none", VARIANCES),
+                                  ("last-axis", True, "mean", VARIANCES[:, 0]),
                                   ("axis-of-one", False, "sum", VARIANCES[:1]))},
     "KLDivLoss-log-target": case(lambda: ud.nn.KLDivLoss(reduction="batchmean", log_target=True),
                                  lambda: tnn.KLDivLoss(reduction="batchmean", log_target=True),

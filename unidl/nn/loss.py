@@ -276,7 +276,7 @@ def _same_shape_operands(loss, names: tuple, *tensors):
 
 def _require_shapes(loss, wanted: str, tensors: dict, condition, x):
     """``x``, after checking ``condition`` (a bool, or a boolean scalar tensor where a graph knows the sizes only when
-    it runs): otherwise a ``ShapeMismatchError`` '<loss> needs ``wanted``; got <name> <shape>, ...', now or then."""
+    it runs): otherwise a ``ShapeMismatchError`` '``<loss> needs <wanted>; got <name> <shape>, ...``', now or then."""
     sizes = {name: input_checks.sizes_of(tensor) for name, tensor in tensors.items()}
 
     def template():
@@ -486,7 +486,8 @@ def _class_scores(loss, scores, labels, labels_wanted: str):
     scores = _require_shapes(loss, wanted, {"input": scores, "target": labels}, fits, scores)
     one = len(a) == 1
     if one:
-        scores, labels = functional.unsqueeze(scores, 0), functional.reshape(labels, (1, -1) if not per_sample else (1,))
+        scores = functional.unsqueeze(scores, 0)
+        labels = functional.reshape(labels, (1,) if per_sample else (1, -1))
     return scores, labels, one
 
 
