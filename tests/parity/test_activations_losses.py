@@ -203,6 +203,8 @@ LOSSES = {
        for name, full, r, var in (("same-shape", False, "none", VARIANCES),
                                   ("last-axis", True, "mean", VARIANCES[:, 0]),
                                   ("axis-of-one", False, "sum", VARIANCES[:1]))},
+    "GaussianNLLLoss-number": case(lambda: lambda x, t: ud.nn.GaussianNLLLoss()(x, t, 0.5),
+                                   lambda: lambda x, t: tnn.GaussianNLLLoss()(x, t, 0.5), ROWS, TARGET),
     "KLDivLoss-log-target": case(lambda: ud.nn.KLDivLoss(reduction="batchmean", log_target=True),
                                  lambda: tnn.KLDivLoss(reduction="batchmean", log_target=True),
                                  LOG_PROBABILITIES, np.log(SOFT_TARGET)),

@@ -612,7 +612,7 @@ class GaussianNLLLoss(_Loss):
     ``ValueError``), and a negative variance a ``ValueOutOfRangeError`` (PyTorch's ``ValueError``), eagerly and in
     graphs. Input and target have one shape (PyTorch also broadcasts a target with an axis of size 1)."""
 
-    _tensor_arguments = 3
+    _tensor_arguments = 2  # (a number for var stays one: a 0-d tensor is not a variance of every element, in PyTorch)
 
     def __init__(self, full: bool = False, eps: float = 1e-6, reduction: str = "mean"):
         super().__init__(reduction)
