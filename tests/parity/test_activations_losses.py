@@ -369,3 +369,28 @@ def test_a_softplus_beta_of_0_is_refused():
     """beta 0 divides by it (PyTorch gives inf); any other beta, negative too, is PyTorch's formula (above)."""
     with pytest.raises(ValueError, match=r"Softplus beta must not be 0"):
         ud.nn.Softplus(beta=0)
+
+
+def test_a_train_step_on_a_new_loss_follows_torch_and_refuses_a_label_out_of_range(backend):
+    """``ud.train_step`` on ``MultiMarginLoss`` (one of the losses composed of ``ud.ops``, a class weight buffer
+    beside float32 parameters): torch's losses over three SGD steps, and a label out of range the error an eager
+    call gives, from inside the compiled step."""
+    x = np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4, 0, 1, 2])
+    ud.manual_seed(0)
+    model = ud.nn.Linear(5, 5)
+    reference = tnn.Linear(5, 5)
+    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    loss = tnn.MultiMarginLoss(2, weight=torch.arange(1.0, 6.0))
+    step = ud.train_step(model, ud.nn.MultiMarginLoss(2, weight=np.arange(1.0, 6.0)),
+                         ud.optim.SGD(model.parameters(), lr=0.1))
+    for _ in range(3):
+        optimizer.zero_grad()
+        expected = loss(reference(torch.tensor(x)), torch.tensor(labels))
+        expected.backward()
+        optimizer.step()
+        assert abs(float(step(x, labels)) - expected.item()) < 1e-5
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"^MultiMarginLoss target must lie in \[0, 5\); found values "
+                                                      r"from 0 to 5$"):
+        step(x, np.where(labels == 4, 5, labels))
