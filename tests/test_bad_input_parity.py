@@ -2210,6 +2210,43 @@ def test_probabilities_outside_0_and_1_are_one_error(mode):
     assert np.isnan(run(mode, lambda p, t: ud.nn.BCELoss()(p, t), edges, targets))
 
 
+# ---- the margin, embedding and likelihood losses: torch's refusals, one error each, eagerly and in graphs ---------
+
+def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
+    """Shapes that do not fit (named, both of them), class indices out of range, float labels and negative
+    variances are each one unidl error on every backend, eagerly and inside ``ud.function``, where PyTorch raises
+    its own (its broadcasting of element-wise operands aside: refused as the other element-wise losses' are);
+    options PyTorch refuses are refused when the loss is built."""
+    rows, labels = np.ones((2, 3), np.float32), np.array([0, 3])
+    raises_exactly(ud.ShapeMismatchError, "MarginRankingLoss needs input1 and target of the same shape; input1 has "
+                   "shape (2, 3), target has shape (2, 1)", run, mode, ud.nn.MarginRankingLoss(), rows, rows,
+                   rows[:, :1])
+    raises_exactly(ud.ShapeMismatchError, "CosineEmbeddingLoss needs input1 and input2 of shape (N, D) and a target of "
+                   "shape (N,), or (D,), (D,) and (); got input1 (2, 3), input2 (2, 3), target (3,)",
+                   run, mode, ud.nn.CosineEmbeddingLoss(), rows, rows, rows[0])
+    raises_exactly(ud.ShapeMismatchError, "MultiMarginLoss needs input of shape (N, C) and integer target of shape "
+                   "(N,), or (C,) and (); got input (2, 3), target (1,)", run, mode, ud.nn.MultiMarginLoss(), rows,
+                   labels[:1])
+    raises_exactly(ud.IndexOutOfRangeError, "MultiMarginLoss target must lie in [0, 3); found values from 0 to 3",
+                   run, mode, ud.nn.MultiMarginLoss(), rows, labels)
+    raises_exactly(ud.DtypeMismatchError, "MultiMarginLoss: target must be integers, got float32 target; convert them "
+                   "with ud.ops.cast(target, 'int64')", run, mode, ud.nn.MultiMarginLoss(), rows, labels * rows[0, :2])
+    raises_exactly(ud.IndexOutOfRangeError, "MultiLabelMarginLoss target (class indices, -1 after the last) must lie "
+                   "in [0, 3); found values from 0 to 7", run, mode, ud.nn.MultiLabelMarginLoss(), rows,
+                   np.array([[0, -1, 7], [1, 2, -1]]))
+    raises_exactly(ud.ShapeMismatchError, "GaussianNLLLoss needs var of the input's shape, or of it without its last "
+                   "axis or with one axis of size 1; got input (2, 3), var (3,)", run, mode, ud.nn.GaussianNLLLoss(),
+                   rows, rows, rows[0])
+    raises_exactly(ud.ValueOutOfRangeError, "GaussianNLLLoss var must lie in [0, inf]; found 1 value(s) outside",
+                   run, mode, ud.nn.GaussianNLLLoss(), rows, rows, -rows[:, :1] * np.array([[1.0], [0.0]], np.float32))
+    for build, message in ((lambda: ud.nn.TripletMarginLoss(margin=0.0), "expected margin to be greater than 0"),
+                           (lambda: ud.nn.MultiMarginLoss(p=3), "only p == 1 and p == 2 supported"),
+                           (lambda: ud.nn.MultiMarginLoss(weight=np.ones((2, 3))), "one value per class"),
+                           (lambda: ud.nn.HingeEmbeddingLoss(reduction="batchmean"), "reduction must be one of")):
+        with pytest.raises(ValueError, match=message):
+            build()
+
+
 # ---- embedding's padding_idx and hardtanh's bounds, as torch.nn.functional's ------------------------------------
 def test_a_negative_padding_idx_counts_from_the_end_and_one_out_of_range_or_bounds_the_wrong_way_are_errors(backend):
     """``ud.ops.embedding(..., padding_idx=-1)`` keeps the last row from training, as PyTorch's (the other

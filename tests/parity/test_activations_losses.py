@@ -40,6 +40,18 @@ POS_WEIGHT = [3.0, 0.5, 1.0, 2.0, 1.5, 4.0]
 # values on the kinks (0, the bounds of ReLU6 and Hardtanh): PyTorch's gradient there (ReLU6 and Hardtanh 0 at a
 # bound, LeakyReLU/PReLU/ELU the left side's at 0, L1Loss 0 where prediction equals target)
 KINKS = np.array([[-1.0, 0.0, 6.0, 1.0, -0.5, 2.0], [0.0, 6.0, -1.0, 1.0, 7.0, -2.0]])
+SIGNS = np.where(R.random((4, 6)) > 0.5, 1.0, -1.0)
+SIGNS[0, 0] = 0.5  # (a value neither 1 nor -1: PyTorch does not check, and adds both hinge terms or none)
+PAIR_SIGNS = np.array([1.0, -1.0, -1.0, 1.0])
+MULTI_LABELS = np.array([[0, -1, 2, 4, 1, 0], [5, 1, 3, 0, 2, 4], [-1, 3, 0, 0, 0, 0], [1, 1, -1, 5, 5, 5]])
+KINK_ROWS = ROWS.copy()
+KINK_ROWS[0, :3] = 1.0, 0.0, 2.0  # label 0 (target [0, -1, ...]): a hinge term of exactly 0 at class 1
+RANKED, RANKED_BELOW = ROWS.copy(), TARGET.copy()
+RANKED[0, 1:3], RANKED_BELOW[0, 1:3], SIGNS[0, 1:3] = 0.75, 0.25, 1.0  # y * (x1 - x2) exactly the margin, 0.5
+VARIANCES = R.random((4, 6)) + 0.05
+VARIANCES[0, :2] = 1e-9, 0.0  # below eps: clamped, its gradient passed whole
+RATES = R.random((4, 6)) * 3 + 0.1
+COUNTS = R.random((4, 6)) * 4 + 0.01  # (a count of 0 has PyTorch's NaN target gradient under full=True)
 
 
 def case(build, oracle, *inputs):
@@ -147,6 +159,52 @@ LOSSES = {
        for r, d in (("mean", 1.0), ("none", 2.5))},
     **{f"KLDivLoss-{r}": case(lambda r=r: ud.nn.KLDivLoss(reduction=r), lambda r=r: tnn.KLDivLoss(reduction=r),
                               LOG_PROBABILITIES, SOFT_TARGET) for r in ("mean", "batchmean", "none")},
+    # the losses added with the margin, embedding and likelihood ones: one case each option and shape path, kinks
+    # (a hinge of exactly 0) in the first row (MarginRankingLoss passes the gradient there, as torch's clamp_min;
+    # MultiMarginLoss and MultiLabelMarginLoss do not, as torch's kernels)
+    "MarginRankingLoss-kinks": case(lambda: ud.nn.MarginRankingLoss(0.5, "none"),
+                                    lambda: tnn.MarginRankingLoss(0.5, reduction="none"), RANKED, RANKED_BELOW, SIGNS),
+    "HingeEmbeddingLoss-none": case(lambda: ud.nn.HingeEmbeddingLoss(2.0, "none"),
+                                    lambda: tnn.HingeEmbeddingLoss(2.0, reduction="none"), ROWS, SIGNS),
+    # (integer targets, of a 0 too: PyTorch's soft_margin_loss has no gradient for the target, and refuses one that
+    # requires it)
+    "SoftMarginLoss-sum": case(lambda: ud.nn.SoftMarginLoss("sum"), lambda: tnn.SoftMarginLoss(reduction="sum"),
+                               ROWS, SIGNS.astype(np.int64)),
+    "CosineEmbeddingLoss-none": case(lambda: ud.nn.CosineEmbeddingLoss(0.2, "none"),
+                                     lambda: tnn.CosineEmbeddingLoss(0.2, reduction="none"), ROWS, TARGET, PAIR_SIGNS),
+    "CosineEmbeddingLoss-unbatched": case(lambda: ud.nn.CosineEmbeddingLoss(-0.5),
+                                          lambda: tnn.CosineEmbeddingLoss(-0.5), ROWS[0], TARGET[0], np.array(-1.0)),
+    **{f"TripletMarginLoss-p{p}-swap{swap}-{r}": case(
+        lambda p=p, swap=swap, r=r: ud.nn.TripletMarginLoss(2.0, p, 1e-3, swap, r),
+        lambda p=p, swap=swap, r=r: tnn.TripletMarginLoss(2.0, p, 1e-3, swap, reduction=r), *inputs)
+       for p, swap, r, inputs in ((2, False, "none", (ROWS, TARGET, SOFT_TARGET)),
+                                  (1, True, "mean", (ROWS, TARGET, SOFT_TARGET)), (3, True, "none", (ROWS[0], TARGET[0],
+                                                                                                     ROWS[1])))},
+    "MultiLabelSoftMarginLoss-weight": case(
+        lambda: ud.nn.MultiLabelSoftMarginLoss(WEIGHT, "none"),
+        lambda: tnn.MultiLabelSoftMarginLoss(torch.tensor(WEIGHT), reduction="none"), ROWS, SOFT_TARGET),
+    "MultiMarginLoss-p2-weight-kinks": case(
+        lambda: ud.nn.MultiMarginLoss(2, weight=WEIGHT, reduction="none"),
+        lambda: tnn.MultiMarginLoss(2, weight=torch.tensor(WEIGHT), reduction="none"), KINK_ROWS, LABELS),
+    "MultiMarginLoss-unbatched": case(lambda: ud.nn.MultiMarginLoss(margin=2.5, reduction="none"),
+                                      lambda: tnn.MultiMarginLoss(margin=2.5, reduction="none"), ROWS[1], LABELS[1]),
+    "MultiLabelMarginLoss-kinks": case(lambda: ud.nn.MultiLabelMarginLoss("none"),
+                                       lambda: tnn.MultiLabelMarginLoss(reduction="none"), KINK_ROWS, MULTI_LABELS),
+    "MultiLabelMarginLoss-unbatched": case(lambda: ud.nn.MultiLabelMarginLoss(), lambda: tnn.MultiLabelMarginLoss(),
+                                           ROWS[1], MULTI_LABELS[1]),
+    **{f"PoissonNLLLoss-log{log}-full{full}": case(
+        lambda log=log, full=full: ud.nn.PoissonNLLLoss(log, full, 1e-3, "none"),
+        lambda log=log, full=full: tnn.PoissonNLLLoss(log, full, eps=1e-3, reduction="none"),
+        ROWS / 3 if log else RATES, COUNTS) for log, full in ((True, False), (False, True))},
+    # var of the input's shape, without its last axis, and with an axis of size 1 (torch's rules)
+    **{f"GaussianNLLLoss-{name}": case(lambda full=full, r=r: ud.nn.GaussianNLLLoss(full, 1e-4, r),
+                                      lambda full=full, r=r: tnn.GaussianNLLLoss(full=full, eps=1e-4, reduction=r),
+                                      ROWS, TARGET, var)
+       for name, full, r, var in (("same-shape", False, "none", VARIANCES),
+                                  ("last-axis", True, "mean", VARIANCES[:, 0]),
+                                  ("axis-of-one", False, "sum", VARIANCES[:1]))},
+    "GaussianNLLLoss-number": case(lambda: lambda x, t: ud.nn.GaussianNLLLoss()(x, t, 0.5),
+                                   lambda: lambda x, t: tnn.GaussianNLLLoss()(x, t, 0.5), ROWS, TARGET),
     "KLDivLoss-log-target": case(lambda: ud.nn.KLDivLoss(reduction="batchmean", log_target=True),
                                  lambda: tnn.KLDivLoss(reduction="batchmean", log_target=True),
                                  LOG_PROBABILITIES, np.log(SOFT_TARGET)),
@@ -311,3 +369,28 @@ def test_a_softplus_beta_of_0_is_refused():
     """beta 0 divides by it (PyTorch gives inf); any other beta, negative too, is PyTorch's formula (above)."""
     with pytest.raises(ValueError, match=r"Softplus beta must not be 0"):
         ud.nn.Softplus(beta=0)
+
+
+def test_a_train_step_on_a_new_loss_follows_torch_and_refuses_a_label_out_of_range(backend):
+    """``ud.train_step`` on ``MultiMarginLoss`` (one of the losses composed of ``ud.ops``, a class weight buffer
+    beside float32 parameters): torch's losses over three SGD steps, and a label out of range the error an eager
+    call gives, from inside the compiled step."""
+    x = np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4, 0, 1, 2])
+    ud.manual_seed(0)
+    model = ud.nn.Linear(5, 5)
+    reference = tnn.Linear(5, 5)
+    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    loss = tnn.MultiMarginLoss(2, weight=torch.arange(1.0, 6.0))
+    step = ud.train_step(model, ud.nn.MultiMarginLoss(2, weight=np.arange(1.0, 6.0)),
+                         ud.optim.SGD(model.parameters(), lr=0.1))
+    for _ in range(3):
+        optimizer.zero_grad()
+        expected = loss(reference(torch.tensor(x)), torch.tensor(labels))
+        expected.backward()
+        optimizer.step()
+        assert abs(float(step(x, labels)) - expected.item()) < 1e-5
+    with pytest.raises(ud.IndexOutOfRangeError, match=r"^MultiMarginLoss target must lie in \[0, 5\); found values "
+                                                      r"from 0 to 5$"):
+        step(x, np.where(labels == 4, 5, labels))

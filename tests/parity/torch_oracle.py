@@ -61,7 +61,9 @@ def oracle_results(case: Case, state: dict, dtype: str):
     r = np.random.default_rng(99).standard_normal(tuple(output.shape)).astype(dtype)
     if output.requires_grad:
         (output * torch.tensor(r)).sum().backward()
-        grads = {f"input{i}": t.grad.numpy() for i, t in enumerate(tensors) if t.is_floating_point()}
+        # (an input the output depends on only through comparisons, a hinge loss's +-1 target, has no torch gradient: 0)
+        grads = {f"input{i}": torch.zeros_like(t).numpy() if t.grad is None else t.grad.numpy()
+                 for i, t in enumerate(tensors) if t.is_floating_point()}
         if isinstance(layer, torch.nn.Module):
             grads.update({n: p.grad.numpy() for n, p in layer.named_parameters()})
     return output.detach().numpy(), grads, r
