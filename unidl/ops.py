@@ -1765,3 +1765,7 @@ def _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe
 from unidl import input_checks  # noqa: E402  (front-end checks of bad input, over the ops above)
 from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d, conv_transpose2d,  # noqa: E402
                                dropout2d, group_norm, interpolate)
+# activations and distances composed over the registry's ops (their own module: unidl/activation_ops.py)
+from unidl.activation_ops import (celu, cosine_similarity, glu, hardshrink, hardsigmoid, hardswish,  # noqa: E402
+                                  logsigmoid, mish, pairwise_distance, selu, softmin, softshrink, softsign, tanhshrink,
+                                  threshold)

@@ -5,6 +5,7 @@ on every backend (see ``torch_oracle``)."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn as tnn
 
 import unidl as ud
@@ -83,6 +84,38 @@ LAYERS = {
                                        lambda: tnn.Embedding(10, 3, padding_idx=-1), TOKENS),
 }
 
+# the kinks of the activations added after PyTorch's first dozen: hardswish's and hardsigmoid's -3 and 3, the
+# shrinks' +-0.5, Threshold(0.5, ...)'s 0.5, 0 (SELU, CELU, Softsign, LogSigmoid): PyTorch's gradient at each
+MORE_KINKS = np.concatenate([ROWS, [[-3.0, 3.0, 0.5, -0.5, 0.0, 1.0], [-4.0, 2.5, -2.5, 4.0, 0.25, -1.0]]])
+TINY = ROWS * np.where(np.arange(4) == 0, 1e-10, 1.0)[:, None]  # (a first row of norm < CosineSimilarity's eps)
+SAME_FIRST_ROW = np.where(np.arange(4)[:, None] == 0, TARGET, ROWS)  # (a difference of norm 0: PyTorch's gradient 0)
+MORE_LAYERS = {
+    **{name: case(lambda name=name: getattr(ud.nn, name)(), lambda name=name: getattr(tnn, name)(), MORE_KINKS)
+       for name in ("Mish", "Hardswish", "Hardsigmoid", "SELU", "CELU", "Softsign", "LogSigmoid", "Tanhshrink",
+                    "Softshrink", "Hardshrink")},
+    # (an alpha float32 holds: PyTorch's CELU backward rounds alpha to float32, a float64 difference of 1e-8)
+    "CELU-alpha": case(lambda: ud.nn.CELU(0.75), lambda: tnn.CELU(0.75), ROWS),
+    "Softshrink-lambd": case(lambda: ud.nn.Softshrink(1.5), lambda: tnn.Softshrink(1.5), ROWS),
+    "Hardshrink-lambd": case(lambda: ud.nn.Hardshrink(1.5), lambda: tnn.Hardshrink(1.5), ROWS),
+    "Threshold-kinks": case(lambda: ud.nn.Threshold(0.5, -2.0), lambda: tnn.Threshold(0.5, -2.0), MORE_KINKS),
+    "Softmin": case(lambda: ud.nn.Softmin(dim=1), lambda: tnn.Softmin(dim=1), ROWS),
+    "GLU": case(lambda: ud.nn.GLU(), lambda: tnn.GLU(), ROWS),
+    "GLU-dim": case(lambda: ud.nn.GLU(dim=2), lambda: tnn.GLU(dim=2), IMAGES),
+    "CosineSimilarity": case(lambda: ud.nn.CosineSimilarity(), lambda: tnn.CosineSimilarity(), TINY, TARGET),
+    "CosineSimilarity-broadcast": case(lambda: ud.nn.CosineSimilarity(dim=-1, eps=1e-3),
+                                       lambda: tnn.CosineSimilarity(dim=-1, eps=1e-3), SEQUENCE, ROWS[:1]),
+    "PairwiseDistance": case(lambda: ud.nn.PairwiseDistance(), lambda: tnn.PairwiseDistance(), ROWS, TARGET),
+    "PairwiseDistance-zero": case(lambda: ud.nn.PairwiseDistance(eps=0.0), lambda: tnn.PairwiseDistance(eps=0.0),
+                                  SAME_FIRST_ROW, TARGET),
+    **{f"PairwiseDistance-p{p}": case(lambda p=p: ud.nn.PairwiseDistance(p, keepdim=True),
+                                      lambda p=p: tnn.PairwiseDistance(p, keepdim=True), SEQUENCE, ROWS[0])
+       for p in (0.5, float("inf"))},
+    # the functional forms, with their arguments
+    "celu": case(lambda: lambda x: ud.ops.celu(x, 2.0), lambda: lambda t: F.celu(t, 2.0), MORE_KINKS),
+    "pairwise_distance": case(lambda: lambda a, b: ud.ops.pairwise_distance(a, b, 2.0, 1e-3, True),
+                              lambda: lambda a, b: F.pairwise_distance(a, b, 2.0, 1e-3, True), ROWS, TARGET),
+}
+
 LOSSES = {
     "MSELoss-none": case(lambda: ud.nn.MSELoss("none"), lambda: tnn.MSELoss(reduction="none"), ROWS, TARGET),
     "L1Loss-kinks": case(lambda: ud.nn.L1Loss(), lambda: tnn.L1Loss(), KINKS, np.where(KINKS > 0, KINKS, 0.5)),
@@ -156,6 +189,15 @@ LOSSES = {
 @pytest.mark.parametrize("dtype, modes", RUNS)
 def test_layers_match_torch(backend, dtype, modes):
     failures = compare_table(LAYERS, backend, dtype, modes)
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_more_activations_and_distances_match_torch(backend, dtype, modes):
+    """Mish, Hardswish, Hardsigmoid, SELU, CELU, Softsign, LogSigmoid, Softmin, GLU, Tanhshrink, Softshrink,
+    Hardshrink, Threshold, CosineSimilarity and PairwiseDistance (and their ``ud.ops`` forms) against ``torch.nn``:
+    outputs and input gradients, PyTorch's at the kinks, a norm below CosineSimilarity's eps and a distance of 0."""
+    failures = compare_table(MORE_LAYERS, backend, dtype, modes)
     assert not failures, "\n".join(failures)
 
 
