@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn as tnn
 
 import unidl as ud
+from unidl.errors import ShapeMismatchError
 from tests.parity.torch_oracle import RUNS, Case, compare_table
 from unidl.testing import max_relative_difference
 
@@ -199,6 +200,45 @@ def test_more_activations_and_distances_match_torch(backend, dtype, modes):
     outputs and input gradients, PyTorch's at the kinks, a norm below CosineSimilarity's eps and a distance of 0."""
     failures = compare_table(MORE_LAYERS, backend, dtype, modes)
     assert not failures, "\n".join(failures)
+
+
+def test_more_activations_refuse_torchs_bad_arguments(backend):
+    """PyTorch's refusals, each one error naming what was given: CELU's alpha of 0 (which divides), Softshrink's
+    negative lambd, GLU of an odd size along dim (named, eagerly and inside ``ud.function``, where a TensorFlow
+    graph knows it only when it runs) or of a 0-d input, and a PairwiseDistance p unidl does not compute."""
+    for build, error, message in [(lambda: ud.nn.CELU(0.0), ValueError, "CELU alpha cannot be 0"),
+                                  (lambda: ud.ops.celu(ud.tensor([1.0]), 0), ValueError, "celu alpha cannot be 0"),
+                                  (lambda: ud.nn.Softshrink(-1), ValueError, "Softshrink lambd must be >= 0 .*got -1"),
+                                  (lambda: ud.ops.glu(ud.tensor(1.0)), ShapeMismatchError, "0-d"),
+                                  (lambda: ud.nn.PairwiseDistance(0), ValueError, "p must be a number > 0")]:
+        with pytest.raises(error, match=message):
+            build()
+    glu = ud.nn.GLU(1)
+    for run in (glu, ud.function(lambda x: glu(x))):
+        with pytest.raises(ShapeMismatchError, match="dimension 1, whose size must be even, but it is size 5"):
+            ud.to_numpy(run(ud.tensor(np.ones((2, 5), np.float32))))
+
+
+def test_a_train_step_through_the_new_layers_matches_torch(backend):
+    """One compiled ``train_step`` (SGD) through Linear layers joined by the new activations gives PyTorch's loss
+    and updated weights."""
+    build = lambda nn: nn.Sequential(nn.Linear(6, 8), nn.Mish(), nn.Hardswish(), nn.SELU(), nn.Linear(8, 8),  # noqa
+                                     nn.LogSigmoid(), nn.Softshrink(0.1), nn.Threshold(-1.0, 0.5), nn.GLU(),
+                                     nn.Linear(4, 3))
+    ud.manual_seed(0)
+    model = build(ud.nn)
+    reference = build(tnn)
+    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    x, y = ROWS.astype(np.float32), TARGET[:, :3].astype(np.float32)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.5))
+    loss = float(step(x, y))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
+    expected = tnn.MSELoss()(reference(torch.tensor(x)), torch.tensor(y))
+    expected.backward()
+    optimizer.step()
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-6)
+    for key, value in reference.state_dict().items():
+        assert max_relative_difference(model.state_dict()[key], value.numpy()) < 1e-5, key
 
 
 @pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss:UserWarning")  # torch's, on KLDivLoss
