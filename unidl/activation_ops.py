@@ -17,7 +17,7 @@ import numpy as np
 
 from unidl import arguments, dtype_kinds, input_checks, ops
 from unidl.errors import ShapeMismatchError
-from unidl.spatial_ops import _composite
+from unidl.spatial_ops import composite
 
 SELU_ALPHA = 1.6732632423543772848170429916717  # (torch's constants, ATen's Activation.cpp)
 SELU_SCALE = 1.0507009873554804934193349852946
@@ -28,14 +28,14 @@ def _floats(owner, x):
     return input_checks.as_floating(owner, "x", x)
 
 
-@_composite("x")
+@composite("x")
 def mish(x):
     """x * tanh(softplus(x)). Integers are floats of the dtype in force, as the other float math."""
     x = _floats("mish", x)
     return x * ops.tanh(ops.softplus(x))
 
 
-@_composite("x")
+@composite("x")
 def hardswish(x):
     """x * relu6(x + 3) / 6, with PyTorch's gradient: 0 up to -3, x / 3 + 1/2 strictly between -3 and 3, 1 from 3
     on."""
@@ -43,7 +43,7 @@ def hardswish(x):
     return ops.where(x <= -3.0, ops.zeros_like(x), ops.where(x < 3.0, x * (x + 3.0) / 6.0, x))
 
 
-@_composite("x")
+@composite("x")
 def hardsigmoid(x):
     """relu6(x + 3) / 6; the gradient is 1/6 strictly inside (-3, 3), 0 elsewhere (PyTorch's: its 1/6 rounded to
     float32 in every dtype, which the value's exact division keeps apart from)."""
@@ -51,7 +51,7 @@ def hardsigmoid(x):
     return clipped * _SIXTH + ops.stop_gradient(clipped / 6.0 - clipped * _SIXTH)
 
 
-@_composite("x")
+@composite("x")
 def selu(x):
     """scale * elu(x, alpha) with PyTorch's constants alpha = 1.6732632..., scale = 1.0507009... (the left side's
     gradient at 0, as ``elu``'s)."""
@@ -66,21 +66,21 @@ def celu_alpha(owner, alpha):
     return alpha
 
 
-@_composite("x")
+@composite("x")
 def celu(x, alpha=1.0):
     """x if x > 0 else alpha * (exp(x / alpha) - 1); ``alpha=0`` is a ``ValueError`` (PyTorch's error)."""
     alpha, x = celu_alpha("celu", alpha), _floats("celu", x)
     return ops.where(x > 0, x, alpha * ops.elu(x / alpha, 1.0))
 
 
-@_composite("x")
+@composite("x")
 def softsign(x):
     """x / (1 + |x|)."""
     x = _floats("softsign", x)
     return x / (ops.abs(x) + 1.0)
 
 
-@_composite("x")
+@composite("x")
 def logsigmoid(x):
     """log(sigmoid(x)), computed stably as PyTorch's kernel: min(x, 0) - log1p(exp(-|x|)) (gradient 1/2 at 0)."""
     x = _floats("logsigmoid", x)
@@ -117,7 +117,7 @@ def glu(x, dim=-1):
     return x[tuple(first)] * ops.sigmoid(x[tuple(second)])
 
 
-@_composite("x")
+@composite("x")
 def tanhshrink(x):
     """x - tanh(x)."""
     x = _floats("tanhshrink", x)
@@ -132,7 +132,7 @@ def shrink_lambd(owner, lambd):
     return lambd
 
 
-@_composite("x")
+@composite("x")
 def softshrink(x, lambd=0.5):
     """x - lambd above lambd, x + lambd below -lambd, 0 on [-lambd, lambd] (gradient 0 there, its ends included, as
     PyTorch's). A negative ``lambd`` is a ``ValueError``, as PyTorch's."""
@@ -141,7 +141,7 @@ def softshrink(x, lambd=0.5):
     return ops.where(inside, ops.zeros_like(x), ops.where(x > lambd, x - lambd, x + lambd))
 
 
-@_composite("x")
+@composite("x")
 def hardshrink(x, lambd=0.5):
     """x outside [-lambd, lambd], 0 on it (gradient 0 there, its ends included, as PyTorch's; a negative ``lambd``
     keeps every x, as PyTorch's)."""
@@ -149,7 +149,7 @@ def hardshrink(x, lambd=0.5):
     return ops.where(ops.abs(x) <= lambd, ops.zeros_like(x), x)
 
 
-@_composite("x")
+@composite("x")
 def threshold(x, threshold, value):
     """x where x > threshold, else ``value`` (the gradient 0 at and below the threshold; NaN stays NaN), as
     ``torch.nn.functional.threshold``. Integers stay integers, ``value`` truncated toward zero as PyTorch casts it
@@ -167,16 +167,17 @@ def _operands(owner, x1, x2):
     """``x1`` and ``x2`` as tensors in the one float dtype ``torch.result_type`` gives them (integers: floats of
     the dtype in force), after checking that they broadcast (a ``ShapeMismatchError`` naming both shapes)."""
     x1, x2 = input_checks.as_tensor(owner, "x1", x1), input_checks.as_tensor(owner, "x2", x2)
-    ops._check_broadcastable(owner, x1, x2)
+    ops._check_broadcastable(owner, x1, x2, names=("x1", "x2"))
     x1, x2 = ops._promoted_as_torch(x1, x2, broadcast=True)
     return input_checks.as_floating(owner, "x1", x1), input_checks.as_floating(owner, "x2", x2)
 
 
-def _norm_of_squares(squares):
-    """sqrt(squares), with gradient 0 (PyTorch's norm's) rather than NaN where ``squares`` is 0."""
-    positive = squares > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, squares, ops.zeros_like(squares) + 1.0)),
-                     ops.zeros_like(squares))
+def _power_of_positive(values, exponent):
+    """values ** exponent (sqrt for 1/2) where ``values`` > 0, else 0, with gradient 0 there rather than a NaN or an
+    infinity: PyTorch's norm masks the gradient of a norm of 0 (and of an element of 0 for p < 1)."""
+    positive = values > 0
+    safe = ops.where(positive, values, ops.zeros_like(values) + 1.0)
+    return ops.where(positive, ops.sqrt(safe) if exponent == 0.5 else safe ** exponent, ops.zeros_like(values))
 
 
 def _clamped_below(norm, eps):
@@ -193,7 +194,7 @@ def cosine_similarity(x1, x2, dim=1, eps=1e-8):
     if tuple(x1.shape) != tuple(x2.shape):  # (broadcast first: dim is an axis of their common shape)
         x1, x2 = x1 + ops.zeros_like(x2), x2 + ops.zeros_like(x1)
     input_checks.check_axes("cosine_similarity", "dim", dim, x1)
-    n1, n2 = (_clamped_below(_norm_of_squares(ops.sum(x * x, dim, True)), eps) for x in (x1, x2))
+    n1, n2 = (_clamped_below(_power_of_positive(ops.sum(x * x, dim, True), 0.5), eps) for x in (x1, x2))
     return ops.sum((x1 / n1) * (x2 / n2), dim)
 
 
@@ -213,13 +214,8 @@ def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
     if p == math.inf:
         return ops.amax(magnitude, -1, bool(keepdim))
     if p == 2:
-        return _norm_of_squares(ops.sum(difference * difference, -1, bool(keepdim)))
-    zero = magnitude == 0  # (|0| ** p's gradient is 0, not NaN, as PyTorch masks it)
-    powers = ops.where(zero, ops.zeros_like(magnitude), ops.where(zero, ops.zeros_like(magnitude) + 1.0, magnitude) ** p)
-    total = ops.sum(powers, -1, bool(keepdim))
-    positive = total > 0
-    return ops.where(positive, ops.where(positive, total, ops.zeros_like(total) + 1.0) ** (1.0 / p),
-                     ops.zeros_like(total))
+        return _power_of_positive(ops.sum(difference * difference, -1, bool(keepdim)), 0.5)
+    return _power_of_positive(ops.sum(_power_of_positive(magnitude, p), -1, bool(keepdim)), 1.0 / p)
 
 
 def pairwise_p(owner, p) -> float:

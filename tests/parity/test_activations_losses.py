@@ -205,12 +205,15 @@ def test_more_activations_and_distances_match_torch(backend, dtype, modes):
 def test_more_activations_refuse_torchs_bad_arguments(backend):
     """PyTorch's refusals, each one error naming what was given: CELU's alpha of 0 (which divides), Softshrink's
     negative lambd, GLU of an odd size along dim (named, eagerly and inside ``ud.function``, where a TensorFlow
-    graph knows it only when it runs) or of a 0-d input, and a PairwiseDistance p unidl does not compute."""
+    graph knows it only when it runs) or of a 0-d input, a PairwiseDistance p unidl does not compute, and
+    CosineSimilarity's inputs that do not broadcast (named)."""
     for build, error, message in [(lambda: ud.nn.CELU(0.0), ValueError, "CELU alpha cannot be 0"),
                                   (lambda: ud.ops.celu(ud.tensor([1.0]), 0), ValueError, "celu alpha cannot be 0"),
                                   (lambda: ud.nn.Softshrink(-1), ValueError, "Softshrink lambd must be >= 0 .*got -1"),
                                   (lambda: ud.ops.glu(ud.tensor(1.0)), ShapeMismatchError, "0-d"),
-                                  (lambda: ud.nn.PairwiseDistance(0), ValueError, "p must be a number > 0")]:
+                                  (lambda: ud.nn.PairwiseDistance(0), ValueError, "p must be a number > 0"),
+                                  (lambda: ud.nn.CosineSimilarity()(np.ones((2, 3)), np.ones((2, 4))),
+                                   ShapeMismatchError, r"x1 has shape \(2, 3\), x2 has shape \(2, 4\)")]:
         with pytest.raises(error, match=message):
             build()
     glu = ud.nn.GLU(1)
