@@ -98,6 +98,7 @@ def softmin(x, dim=None):
     return ops.softmax(-x, ops.implicit_softmax_dim("softmin", x) if dim is None else dim)
 
 
+@composite("x")
 def glu(x, dim=-1):
     """a * sigmoid(b), ``a`` the first half of ``x`` along ``dim`` and ``b`` the second. A 0-d input, or an odd size
     along ``dim``, is a ``ShapeMismatchError`` naming the size (inside graphs, where it is known only when the
@@ -185,6 +186,7 @@ def _clamped_below(norm, eps):
     return norm + ops.stop_gradient(ops.maximum(norm, eps) - norm)
 
 
+@composite("x1", "x2")
 def cosine_similarity(x1, x2, dim=1, eps=1e-8):
     """sum(x1 / max(||x1||, eps) * x2 / max(||x2||, eps)) along ``dim`` of the two broadcast together, as PyTorch
     computes it (each norm clamped on its own, the clamp passing the gradient to the norm whole; a zero vector's
@@ -198,6 +200,7 @@ def cosine_similarity(x1, x2, dim=1, eps=1e-8):
     return ops.sum((x1 / n1) * (x2 / n2), dim)
 
 
+@composite("x1", "x2")
 def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
     """The p-norm of x1 - x2 + eps (``eps`` added to each difference, not to the norm) along the last axis of
     the two broadcast together, as ``torch.nn.functional.pairwise_distance``; ``p`` is a number > 0 or ``inf``
