@@ -203,28 +203,28 @@ def cosine_similarity(x1, x2, dim=1, eps=1e-8):
 @composite("x1", "x2")
 def pairwise_distance(x1, x2, p=2.0, eps=1e-6, keepdim=False):
     """The p-norm of x1 - x2 + eps (``eps`` added to each difference, not to the norm) along the last axis of
-    the two broadcast together, as ``torch.nn.functional.pairwise_distance``; ``p`` is a number > 0 or ``inf``
-    (``p=0``, a count without a gradient, and negative ``p`` are a ``ValueError``). A norm of 0 has gradient 0,
-    as PyTorch's."""
-    p = pairwise_p("pairwise_distance", p)
-    eps = arguments.plain_number("pairwise_distance", "eps", eps)
+    the two broadcast together, as ``torch.nn.functional.pairwise_distance``: sum(|d| ** p) ** (1 / p) for any
+    other ``p`` than 0 (the count of non-zero differences, without a gradient) and +-inf (the largest and smallest
+    |d|). A norm of 0, and an element of 0 for p < 1, have gradient 0, as PyTorch's."""
+    p = arguments.plain_number("pairwise_distance", "p", p)
+    eps, keepdim = arguments.plain_number("pairwise_distance", "eps", eps), bool(keepdim)
     x1, x2 = _operands("pairwise_distance", x1, x2)
     difference = x1 - x2 + eps
     if len(difference.shape) == 0:  # (PyTorch's norm of a 0-d difference: its absolute value)
-        difference = ops.reshape(difference, (1,))
-        keepdim = False
+        difference, keepdim = ops.reshape(difference, (1,)), False
     magnitude = ops.abs(difference)
+    if p == 0:
+        return ops.sum(ops.cast_like(ops.stop_gradient(magnitude) != 0, magnitude), -1, keepdim)
     if p == math.inf:
-        return ops.amax(magnitude, -1, bool(keepdim))
+        return ops.amax(magnitude, -1, keepdim)
+    if p == -math.inf:
+        return -ops.amax(-magnitude, -1, keepdim)
     if p == 2:
-        return _power_of_positive(ops.sum(difference * difference, -1, bool(keepdim)), 0.5)
-    return _power_of_positive(ops.sum(_power_of_positive(magnitude, p), -1, bool(keepdim)), 1.0 / p)
-
-
-def pairwise_p(owner, p) -> float:
-    """``pairwise_distance``'s ``p``: a number > 0, or ``inf``."""
-    p = arguments.plain_number(owner, "p", p)
-    if not p > 0:
-        raise ValueError(f"{owner} p must be a number > 0 or inf (the p-norm of the difference), got {p!r}; unidl "
-                         f"computes no p=0 count or negative norms")
-    return float(p)
+        return _power_of_positive(ops.sum(difference * difference, -1, keepdim), 0.5)
+    if p > 0:
+        return _power_of_positive(ops.sum(_power_of_positive(magnitude, p), -1, keepdim), 1.0 / p)
+    # (p < 0: an element of 0 is an infinite power, and the norm 0, with gradient 0 throughout, as PyTorch's)
+    zero = magnitude == 0
+    powers = ops.where(zero, ops.zeros_like(magnitude) + math.inf,
+                       ops.where(zero, ops.zeros_like(magnitude) + 1.0, magnitude) ** p)
+    return ops.sum(powers, -1, keepdim) ** (1.0 / p)

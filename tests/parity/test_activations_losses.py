@@ -110,7 +110,10 @@ MORE_LAYERS = {
                                   SAME_FIRST_ROW, TARGET),
     **{f"PairwiseDistance-p{p}": case(lambda p=p: ud.nn.PairwiseDistance(p, keepdim=True),
                                       lambda p=p: tnn.PairwiseDistance(p, keepdim=True), SEQUENCE, ROWS[0])
-       for p in (0.5, float("inf"))},
+       for p in (0.5, float("inf"), -1.5, -float("inf"))},
+    # (a difference of 0 under a negative p: a norm of 0, and gradient 0 throughout)
+    "PairwiseDistance-negative-p-zero": case(lambda: ud.nn.PairwiseDistance(-1.0, eps=0.0),
+                                             lambda: tnn.PairwiseDistance(-1.0, eps=0.0), SAME_FIRST_ROW, TARGET),
     # the functional forms, with their arguments
     "celu": case(lambda: lambda x: ud.ops.celu(x, 2.0), lambda: lambda t: F.celu(t, 2.0), MORE_KINKS),
     "pairwise_distance": case(lambda: lambda a, b: ud.ops.pairwise_distance(a, b, 2.0, 1e-3, True),
@@ -205,13 +208,11 @@ def test_more_activations_and_distances_match_torch(backend, dtype, modes):
 def test_more_activations_refuse_torchs_bad_arguments(backend):
     """PyTorch's refusals, each one error naming what was given: CELU's alpha of 0 (which divides), Softshrink's
     negative lambd, GLU of an odd size along dim (named, eagerly and inside ``ud.function``, where a TensorFlow
-    graph knows it only when it runs) or of a 0-d input, a PairwiseDistance p unidl does not compute, and
-    CosineSimilarity's inputs that do not broadcast (named)."""
+    graph knows it only when it runs) or of a 0-d input, and CosineSimilarity's inputs that do not broadcast (named)."""
     for build, error, message in [(lambda: ud.nn.CELU(0.0), ValueError, "CELU alpha cannot be 0"),
                                   (lambda: ud.ops.celu(ud.tensor([1.0]), 0), ValueError, "celu alpha cannot be 0"),
                                   (lambda: ud.nn.Softshrink(-1), ValueError, "Softshrink lambd must be >= 0 .*got -1"),
                                   (lambda: ud.ops.glu(ud.tensor(1.0)), ShapeMismatchError, "0-d"),
-                                  (lambda: ud.nn.PairwiseDistance(0), ValueError, "p must be a number > 0"),
                                   (lambda: ud.nn.CosineSimilarity()(np.ones((2, 3)), np.ones((2, 4))),
                                    ShapeMismatchError, r"x1 has shape \(2, 3\), x2 has shape \(2, 4\)")]:
         with pytest.raises(error, match=message):
@@ -220,6 +221,16 @@ def test_more_activations_refuse_torchs_bad_arguments(backend):
     for run in (glu, ud.function(lambda x: glu(x))):
         with pytest.raises(ShapeMismatchError, match="dimension 1, whose size must be even, but it is size 5"):
             ud.to_numpy(run(ud.tensor(np.ones((2, 5), np.float32))))
+
+
+def test_pairwise_distance_of_p_0_counts_the_non_zero_differences(backend):
+    """``p=0``: the count of non-zero differences, eagerly and inside ``ud.function``, as PyTorch's norm."""
+    x1, x2 = SAME_FIRST_ROW.astype(np.float32), TARGET.astype(np.float32)
+    x1[1, :3] = x2[1, :3]
+    expected = tnn.PairwiseDistance(0, eps=0.0)(torch.tensor(x1), torch.tensor(x2)).numpy()
+    layer = ud.nn.PairwiseDistance(0, eps=0.0)
+    for run in (layer, ud.function(lambda a, b: layer(a, b))):
+        np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(x1), ud.tensor(x2))), expected)
 
 
 def test_a_train_step_through_the_new_layers_matches_torch(backend):

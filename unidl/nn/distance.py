@@ -22,12 +22,13 @@ class CosineSimilarity(Module):
 
 
 class PairwiseDistance(Module):
-    """The p-norm of x1 - x2 + eps along the last axis of the two inputs broadcast together (``p`` > 0 or inf;
-    ``eps`` added to each difference). PyTorch names the attribute holding ``p`` ``norm``."""
+    """The p-norm of x1 - x2 + eps along the last axis of the two inputs broadcast together (``eps`` added to each
+    difference; ``p`` 0 counts the non-zero ones, +-inf takes the largest or smallest). PyTorch names the attribute
+    holding ``p`` ``norm``."""
 
     def __init__(self, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False):
         super().__init__()
-        self.norm = activation_ops.pairwise_p("PairwiseDistance", p)
+        self.norm = arguments.plain_number("PairwiseDistance", "p", p)
         self.eps = arguments.plain_number("PairwiseDistance", "eps", eps)
         self.keepdim = bool(keepdim)
 
