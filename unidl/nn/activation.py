@@ -233,12 +233,16 @@ class _Elementwise(Module):
         return type(self).function(x, *self.arguments())
 
 
-class _InplaceShown(_Elementwise):
-    """``inplace`` accepted for PyTorch's signature and shown by the repr, as PyTorch's."""
+class _Inplace(_Elementwise):
+    """``inplace`` accepted for PyTorch's signature (not shown by the repr: PyTorch's Hardswish and Hardsigmoid)."""
 
     def __init__(self, inplace: bool = False):
         super().__init__()
         self.inplace = bool(inplace)
+
+
+class _InplaceShown(_Inplace):
+    """``inplace`` accepted for PyTorch's signature and shown by the repr, as PyTorch's."""
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
@@ -250,17 +254,13 @@ class Mish(_InplaceShown):
     function = staticmethod(activation_ops.mish)
 
 
-class Hardswish(_Elementwise):
+class Hardswish(_Inplace):
     """x * relu6(x + 3) / 6 (gradient 0 at -3 and 1 at 3, as PyTorch's)."""
 
     function = staticmethod(activation_ops.hardswish)
 
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = bool(inplace)  # (not in PyTorch's repr)
 
-
-class Hardsigmoid(Hardswish):
+class Hardsigmoid(_Inplace):
     """relu6(x + 3) / 6 (gradient 1/6 strictly inside (-3, 3), 0 elsewhere)."""
 
     function = staticmethod(activation_ops.hardsigmoid)
@@ -336,19 +336,16 @@ class GLU(Module):
         return f"dim={self.dim}"
 
 
-class Softshrink(_Elementwise):
-    """x - lambd above lambd, x + lambd below -lambd, 0 between (``lambd`` >= 0, else a ``ValueError``)."""
-
-    function = staticmethod(activation_ops.softshrink)
+class _Shrink(_Elementwise):
+    """A shrink of the input toward 0 by ``lambd``, shown by the repr as given, as PyTorch's (``Softshrink(1)``)."""
 
     def __init__(self, lambd: float = 0.5):
         super().__init__()
-        self.lambd = self._checked(lambd)
-        self._given = lambd  # (the repr shows it as given, as PyTorch's: Softshrink(1))
+        self.lambd, self._given = self._checked(lambd), lambd
 
     @staticmethod
     def _checked(lambd):
-        return activation_ops.shrink_lambd("Softshrink", lambd)
+        raise NotImplementedError
 
     def arguments(self):
         return (self.lambd,)
@@ -357,7 +354,17 @@ class Softshrink(_Elementwise):
         return f"{self._given}"
 
 
-class Hardshrink(Softshrink):
+class Softshrink(_Shrink):
+    """x - lambd above lambd, x + lambd below -lambd, 0 between (``lambd`` >= 0, else a ``ValueError``)."""
+
+    function = staticmethod(activation_ops.softshrink)
+
+    @staticmethod
+    def _checked(lambd):
+        return activation_ops.shrink_lambd("Softshrink", lambd)
+
+
+class Hardshrink(_Shrink):
     """x outside [-lambd, lambd], 0 on it."""
 
     function = staticmethod(activation_ops.hardshrink)
