@@ -828,7 +828,9 @@ FLOAT_MATH_LAYERS = [(ud.nn.Sigmoid, torch.sigmoid), (ud.nn.Tanh, torch.tanh),
                      (lambda: ud.nn.Softmax(-1), lambda t: torch.softmax(t, -1)),
                      (lambda: ud.nn.LogSoftmax(-1), lambda t: torch.log_softmax(t, -1)), (ud.nn.GELU, F.gelu),
                      (ud.nn.SiLU, F.silu), (ud.nn.ELU, F.elu), (ud.nn.Softplus, F.softplus),
-                     (lambda: ud.nn.LeakyReLU(0.1), lambda t: F.leaky_relu(t, 0.1))]
+                     (lambda: ud.nn.LeakyReLU(0.1), lambda t: F.leaky_relu(t, 0.1)), (ud.nn.Mish, F.mish),
+                     (ud.nn.Hardswish, F.hardswish), (ud.nn.SELU, F.selu), (ud.nn.LogSigmoid, F.logsigmoid),
+                     (ud.nn.Softshrink, F.softshrink)]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -845,6 +847,19 @@ def test_activation_layers_take_integers_and_booleans_as_their_functional_op(mod
                 expected = oracle(torch.tensor(inputs, dtype=getattr(torch, dtype))).numpy()
                 assert got.dtype == np.dtype(dtype), (layer, inputs.dtype)
                 np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=repr(layer))
+
+
+def test_threshold_of_integers_keeps_them_as_torch(mode):
+    """``Threshold`` and ``ud.ops.threshold`` of integers give integers, the value truncated toward zero and a float
+    threshold compared exactly, as ``torch.nn.functional.threshold`` (the other activations give floats); booleans
+    are a ``DtypeMismatchError``, as every op torch has no boolean kernel for."""
+    values = np.array([[1, -2, 4], [0, 3, -9]], np.int64)
+    expected = F.threshold(torch.tensor(values), 1.5, -7.7).numpy()
+    for function in (ud.nn.Threshold(1.5, -7.7), lambda x: ud.ops.threshold(x, 1.5, -7.7)):
+        got = run(mode, function, values)
+        assert got.dtype == np.int64 and np.array_equal(got, expected), got
+    with pytest.raises(ud.DtypeMismatchError, match="threshold needs numbers, got bool input"):
+        run(mode, lambda x: ud.ops.threshold(x, 0.5, 1.0), values > 0)
 
 
 def _shuffled(x):

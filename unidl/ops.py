@@ -701,9 +701,9 @@ def _dtype_bits(name) -> int:
     return int(name[len(name.rstrip("0123456789")):] or 8)
 
 
-def _check_broadcastable(name, a, b, **more):
-    """``a``, after checking that the shapes of ``a``, ``b`` and the tensors of ``more`` (``{name: tensor}``, placed
-    before them in the message; tensors, arrays or numbers) broadcast: aligned from the last axis, each pair of
+def _check_broadcastable(name, a, b, *, names=("a", "b"), **more):
+    """``a``, after checking that the shapes of ``a``, ``b`` (called ``names`` in the message) and the tensors of
+    ``more`` (``{name: tensor}``, placed before them in the message; tensors, arrays or numbers) broadcast: aligned from the last axis, each pair of
     known sizes equal or one of them 1 (PyTorch's rule), else a ``ShapeMismatchError`` naming every shape (the
     frameworks raised four errors of their own). Sizes a TensorFlow graph leaves unknown until it runs are left to
     TensorFlow's own error: a check in the graph would cost a branch per call, and ``maximum`` is an activation's
@@ -715,7 +715,7 @@ def _check_broadcastable(name, a, b, **more):
     if shapes.count(shapes[0]) == len(shapes):
         return a  # the common case, decided at once
     if any(input_checks.broadcast_conflict(sizes) for sizes in input_checks.aligned(*shapes)):
-        shown = ", ".join(f"{what} has shape {shape}" for what, shape in zip({**more, "a": a, "b": b}, shapes))
+        shown = ", ".join(f"{what} has shape {shape}" for what, shape in zip({**more, names[0]: a, names[1]: b}, shapes))
         raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
                                  f"sizes equal or one of them 1); {shown}")
     return a
@@ -1765,3 +1765,7 @@ def _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe
 from unidl import input_checks  # noqa: E402  (front-end checks of bad input, over the ops above)
 from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d, conv_transpose2d,  # noqa: E402
                                dropout2d, group_norm, interpolate)
+# activations and distances composed over the registry's ops (their own module: unidl/activation_ops.py)
+from unidl.activation_ops import (celu, cosine_similarity, glu, hardshrink, hardsigmoid, hardswish,  # noqa: E402
+                                  logsigmoid, mish, pairwise_distance, selu, softmin, softshrink, softsign, tanhshrink,
+                                  threshold)

@@ -24,7 +24,7 @@ from unidl.precision import active_ops
 from unidl.tensors import tensor
 
 
-def _composite(*arrays: str):
+def composite(*arrays: str):
     """Decorates a composite op whose parameters named in ``arrays`` take tensors: each call runs the version that
     the backend in force gives (``Backend.composite``). The op must read no state but its arguments (a compiled
     version caches its trace); inside a mixed-precision scope, whose cast-inserting ops it would read, it runs as
@@ -106,7 +106,7 @@ def _crop(x, axis, start, stop):
 
 # ---- convolutions --------------------------------------------------------------------------------------------
 
-@_composite("x", "weight", "bias")
+@composite("x", "weight", "bias")
 def conv1d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """1-D cross-correlation of (N, C, L) ``x`` with an (out, in / groups, k) ``weight``, as
     ``torch.nn.functional.conv1d`` (padding an int, 'same' or 'valid'): the 2-D kernel over a height of 1. One
@@ -149,7 +149,7 @@ def _pad_amounts_for(rank, axis, before, after):
     return tuple(amounts)
 
 
-@_composite("x", "weight", "bias")
+@composite("x", "weight", "bias")
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """The transposed 2-D convolution of NCHW ``x`` with an (in, out / groups, kh, kw) ``weight``, as
     ``torch.nn.functional.conv_transpose2d``: output size (H - 1) * stride - 2 * padding + dilation * (k - 1)
@@ -231,7 +231,7 @@ def _pooled_size(size, kernel, stride, padding, ceil_mode):
     return out - ops.cast_like(last_starts_past_input, out)
 
 
-@_composite("x")
+@composite("x")
 def pool2d_with_options(kind, x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                         divisor_override=None):
     """``max_pool2d``/``avg_pool2d`` with PyTorch's ``ceil_mode``, ``count_include_pad`` and ``divisor_override``,
@@ -273,7 +273,7 @@ def _as_int64(size):
     return size if isinstance(size, int) else ops.cast(size, "int64")
 
 
-@_composite("x")
+@composite("x")
 def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=False):
     """``max_pool2d`` and, for each window, the position of its maximum as ``torch.nn.functional.max_pool2d(...,
     return_indices=True)`` gives it: an int64 index into the flattened (H * W) plane of the sample's channel, the
@@ -449,7 +449,7 @@ def _last_nan_first(values, choice, order, axis):
     return ops.where(last > 0, last - 1, choice)
 
 
-@_composite("x")
+@composite("x")
 def adaptive_max_pool2d(x, output_size):
     """Maximum over PyTorch's adaptive bins of NCHW ``x`` to ``output_size`` (int or (oh, ow); None keeps that
     axis' size), the bins of ``adaptive_avg_pool2d``. Floating-point input only: PyTorch has no integer adaptive
@@ -467,7 +467,7 @@ def adaptive_max_pool2d(x, output_size):
     return ops.transpose(_bin_maximum(ops.transpose(y, 2, 3), sizes[0], out[0]), 2, 3)
 
 
-@_composite("x")
+@composite("x")
 def adaptive_avg_pool2d(x, output_size):
     """Mean over PyTorch's adaptive bins of NCHW ``x`` to ``output_size`` (int or (oh, ow); None keeps that
     axis' size): bin i of an axis of size n spans [floor(i * n / out), ceil((i + 1) * n / out))."""
@@ -496,7 +496,7 @@ def output_size_kept(output_size, axis) -> bool:
 
 # ---- normalization and dropout --------------------------------------------------------------------------------
 
-@_composite("x", "weight", "bias")
+@composite("x", "weight", "bias")
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias, the mean and biased variance taken over each sample's group of
     ``C / num_groups`` channels (and every position); ``weight`` and ``bias`` have shape (C,). Float input of
@@ -647,7 +647,7 @@ def _interpolation_weights(size, out, mode, align_corners, scale) -> np.ndarray:
     return weights
 
 
-@_composite("x")
+@composite("x")
 def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=None, recompute_scale_factor=None):
     """``torch.nn.functional.interpolate`` for (N, C, L) and (N, C, H, W) ``x``: resize to ``size`` or by
     ``scale_factor`` (an int/float or one per spatial axis; the output size is floor(in * scale_factor)).

@@ -320,7 +320,13 @@ def test_every_layer_named_as_torchs_takes_torchs_constructor_arguments():
                   lambda nn: nn.AvgPool2d(3, 2, 1, True, False, 2), lambda nn: nn.AdaptiveMaxPool2d(2),
                   lambda nn: nn.AdaptiveAvgPool2d((None, 3)), lambda nn: nn.RNN(3, 4, 2, nonlinearity="relu"),
                   lambda nn: nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
-                  lambda nn: nn.Upsample(scale_factor=(2, 3)), lambda nn: nn.Upsample(size=4)):
+                  lambda nn: nn.Upsample(scale_factor=(2, 3)), lambda nn: nn.Upsample(size=4),
+                  # (Hardswish's and Hardsigmoid's inplace not shown; Softshrink's lambd and Threshold's as given)
+                  lambda nn: nn.Mish(True), lambda nn: nn.Hardswish(True), lambda nn: nn.Hardsigmoid(True),
+                  lambda nn: nn.SELU(True), lambda nn: nn.CELU(2, True), lambda nn: nn.Softmin(), lambda nn: nn.GLU(1),
+                  lambda nn: nn.Softshrink(1), lambda nn: nn.Hardshrink(), lambda nn: nn.Threshold(0.1, 20, True),
+                  lambda nn: nn.Softsign(), lambda nn: nn.LogSigmoid(), lambda nn: nn.Tanhshrink(),
+                  lambda nn: nn.CosineSimilarity(0, 1e-3), lambda nn: nn.PairwiseDistance(1, keepdim=True)):
         assert repr(build(ud.nn)) == repr(build(torch.nn))
     for option in ({"max_norm": 1.0}, {"sparse": True}, {"scale_grad_by_freq": True}):
         with pytest.raises(ValueError, match=f"Embedding {next(iter(option))}=.* is not supported"):

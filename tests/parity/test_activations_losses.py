@@ -5,9 +5,11 @@ on every backend (see ``torch_oracle``)."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn as tnn
 
 import unidl as ud
+from unidl.errors import ShapeMismatchError
 from tests.parity.torch_oracle import RUNS, Case, compare_table
 from unidl.testing import max_relative_difference
 
@@ -93,6 +95,41 @@ LAYERS = {
                               TOKENS),
     "Embedding-padding-negative": case(lambda: ud.nn.Embedding(10, 3, padding_idx=-1),
                                        lambda: tnn.Embedding(10, 3, padding_idx=-1), TOKENS),
+}
+
+# the kinks of the activations added after PyTorch's first dozen: hardswish's and hardsigmoid's -3 and 3, the
+# shrinks' +-0.5, Threshold(0.5, ...)'s 0.5, 0 (SELU, CELU, Softsign, LogSigmoid): PyTorch's gradient at each
+MORE_KINKS = np.concatenate([ROWS, [[-3.0, 3.0, 0.5, -0.5, 0.0, 1.0], [-4.0, 2.5, -2.5, 4.0, 0.25, -1.0]]])
+TINY = ROWS * np.where(np.arange(4) == 0, 1e-10, 1.0)[:, None]  # (a first row of norm < CosineSimilarity's eps)
+SAME_FIRST_ROW = np.where(np.arange(4)[:, None] == 0, TARGET, ROWS)  # (a difference of norm 0: PyTorch's gradient 0)
+MORE_LAYERS = {
+    **{name: case(lambda name=name: getattr(ud.nn, name)(), lambda name=name: getattr(tnn, name)(), MORE_KINKS)
+       for name in ("Mish", "Hardswish", "Hardsigmoid", "SELU", "CELU", "Softsign", "LogSigmoid", "Tanhshrink",
+                    "Softshrink", "Hardshrink")},
+    # (an alpha float32 holds: PyTorch's CELU backward rounds alpha to float32, a float64 difference of 1e-8)
+    "CELU-alpha": case(lambda: ud.nn.CELU(0.75), lambda: tnn.CELU(0.75), ROWS),
+    "Softshrink-lambd": case(lambda: ud.nn.Softshrink(1.5), lambda: tnn.Softshrink(1.5), ROWS),
+    "Hardshrink-lambd": case(lambda: ud.nn.Hardshrink(1.5), lambda: tnn.Hardshrink(1.5), ROWS),
+    "Threshold-kinks": case(lambda: ud.nn.Threshold(0.5, -2.0), lambda: tnn.Threshold(0.5, -2.0), MORE_KINKS),
+    "Softmin": case(lambda: ud.nn.Softmin(dim=1), lambda: tnn.Softmin(dim=1), ROWS),
+    "GLU": case(lambda: ud.nn.GLU(), lambda: tnn.GLU(), ROWS),
+    "GLU-dim": case(lambda: ud.nn.GLU(dim=2), lambda: tnn.GLU(dim=2), IMAGES),
+    "CosineSimilarity": case(lambda: ud.nn.CosineSimilarity(), lambda: tnn.CosineSimilarity(), TINY, TARGET),
+    "CosineSimilarity-broadcast": case(lambda: ud.nn.CosineSimilarity(dim=-1, eps=1e-3),
+                                       lambda: tnn.CosineSimilarity(dim=-1, eps=1e-3), SEQUENCE, ROWS[:1]),
+    "PairwiseDistance": case(lambda: ud.nn.PairwiseDistance(), lambda: tnn.PairwiseDistance(), ROWS, TARGET),
+    "PairwiseDistance-zero": case(lambda: ud.nn.PairwiseDistance(eps=0.0), lambda: tnn.PairwiseDistance(eps=0.0),
+                                  SAME_FIRST_ROW, TARGET),
+    **{f"PairwiseDistance-p{p}": case(lambda p=p: ud.nn.PairwiseDistance(p, keepdim=True),
+                                      lambda p=p: tnn.PairwiseDistance(p, keepdim=True), SEQUENCE, ROWS[0])
+       for p in (0.5, float("inf"), -1.5, -float("inf"))},
+    # (a difference of 0 under a negative p: a norm of 0, and gradient 0 throughout)
+    "PairwiseDistance-negative-p-zero": case(lambda: ud.nn.PairwiseDistance(-1.0, eps=0.0),
+                                             lambda: tnn.PairwiseDistance(-1.0, eps=0.0), SAME_FIRST_ROW, TARGET),
+    # the functional forms, with their arguments
+    "celu": case(lambda: lambda x: ud.ops.celu(x, 2.0), lambda: lambda t: F.celu(t, 2.0), MORE_KINKS),
+    "pairwise_distance": case(lambda: lambda a, b: ud.ops.pairwise_distance(a, b, 2.0, 1e-3, True),
+                              lambda: lambda a, b: F.pairwise_distance(a, b, 2.0, 1e-3, True), ROWS, TARGET),
 }
 
 LOSSES = {
@@ -215,6 +252,65 @@ LOSSES = {
 def test_layers_match_torch(backend, dtype, modes):
     failures = compare_table(LAYERS, backend, dtype, modes)
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_more_activations_and_distances_match_torch(backend, dtype, modes):
+    """Mish, Hardswish, Hardsigmoid, SELU, CELU, Softsign, LogSigmoid, Softmin, GLU, Tanhshrink, Softshrink,
+    Hardshrink, Threshold, CosineSimilarity and PairwiseDistance (and their ``ud.ops`` forms) against ``torch.nn``:
+    outputs and input gradients, PyTorch's at the kinks, a norm below CosineSimilarity's eps and a distance of 0."""
+    failures = compare_table(MORE_LAYERS, backend, dtype, modes)
+    assert not failures, "\n".join(failures)
+
+
+def test_more_activations_refuse_torchs_bad_arguments(backend):
+    """PyTorch's refusals, each one error naming what was given: CELU's alpha of 0 (which divides), Softshrink's
+    negative lambd, GLU of an odd size along dim (named, eagerly and inside ``ud.function``, where a TensorFlow
+    graph knows it only when it runs) or of a 0-d input, and CosineSimilarity's inputs that do not broadcast (named)."""
+    for build, error, message in [(lambda: ud.nn.CELU(0.0), ValueError, "CELU alpha cannot be 0"),
+                                  (lambda: ud.ops.celu(ud.tensor([1.0]), 0), ValueError, "celu alpha cannot be 0"),
+                                  (lambda: ud.nn.Softshrink(-1), ValueError, "Softshrink lambd must be >= 0 .*got -1"),
+                                  (lambda: ud.ops.glu(ud.tensor(1.0)), ShapeMismatchError, "0-d"),
+                                  (lambda: ud.nn.CosineSimilarity()(np.ones((2, 3)), np.ones((2, 4))),
+                                   ShapeMismatchError, r"x1 has shape \(2, 3\), x2 has shape \(2, 4\)")]:
+        with pytest.raises(error, match=message):
+            build()
+    glu = ud.nn.GLU(1)
+    for run in (glu, ud.function(lambda x: glu(x))):
+        with pytest.raises(ShapeMismatchError, match="dimension 1, whose size must be even, but it is size 5"):
+            ud.to_numpy(run(ud.tensor(np.ones((2, 5), np.float32))))
+
+
+def test_pairwise_distance_of_p_0_counts_the_non_zero_differences(backend):
+    """``p=0``: the count of non-zero differences, eagerly and inside ``ud.function``, as PyTorch's norm."""
+    x1, x2 = SAME_FIRST_ROW.astype(np.float32), TARGET.astype(np.float32)
+    x1[1, :3] = x2[1, :3]
+    expected = tnn.PairwiseDistance(0, eps=0.0)(torch.tensor(x1), torch.tensor(x2)).numpy()
+    layer = ud.nn.PairwiseDistance(0, eps=0.0)
+    for run in (layer, ud.function(lambda a, b: layer(a, b))):
+        np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(x1), ud.tensor(x2))), expected)
+
+
+def test_a_train_step_through_the_new_layers_matches_torch(backend):
+    """One compiled ``train_step`` (SGD) through Linear layers joined by the new activations gives PyTorch's loss
+    and updated weights."""
+    build = lambda nn: nn.Sequential(nn.Linear(6, 8), nn.Mish(), nn.Hardswish(), nn.SELU(), nn.Linear(8, 8),  # noqa
+                                     nn.LogSigmoid(), nn.Softshrink(0.1), nn.Threshold(-1.0, 0.5), nn.GLU(),
+                                     nn.Linear(4, 3))
+    ud.manual_seed(0)
+    model = build(ud.nn)
+    reference = build(tnn)
+    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    x, y = ROWS.astype(np.float32), TARGET[:, :3].astype(np.float32)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.5))
+    loss = float(step(x, y))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
+    expected = tnn.MSELoss()(reference(torch.tensor(x)), torch.tensor(y))
+    expected.backward()
+    optimizer.step()
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-6)
+    for key, value in reference.state_dict().items():
+        assert max_relative_difference(model.state_dict()[key], value.numpy()) < 1e-5, key
 
 
 @pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss:UserWarning")  # torch's, on KLDivLoss

@@ -1,11 +1,13 @@
 """Layers, losses and the ``Module`` base class, written once and run by every backend."""
 
 from unidl.nn import init
-from unidl.nn.activation import (ELU, GELU, Hardtanh, LeakyReLU, LogSoftmax, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax,
-                                 Softplus, Tanh)
+from unidl.nn.activation import (CELU, ELU, GELU, GLU, SELU, Hardshrink, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU,
+                                 LogSigmoid, LogSoftmax, Mish, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softmin,
+                                 Softplus, Softshrink, Softsign, Tanh, Tanhshrink, Threshold)
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from unidl.nn.container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
+from unidl.nn.distance import CosineSimilarity, PairwiseDistance
 from unidl.nn.conv import Conv1d, Conv2d, ConvTranspose2d
 from unidl.nn.dropout import Dropout, Dropout2d
 from unidl.nn.flatten import Flatten, Unflatten
@@ -40,4 +42,6 @@ __all__ = [
     "GaussianNLLLoss", "init",
     "Conv1d", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GroupNorm", "Dropout2d", "Upsample",
     "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
+    "Mish", "Hardswish", "Hardsigmoid", "SELU", "CELU", "Softsign", "LogSigmoid", "Softmin", "GLU", "Tanhshrink",
+    "Softshrink", "Hardshrink", "Threshold", "CosineSimilarity", "PairwiseDistance",
 ]

@@ -1,12 +1,15 @@
 """Activations as layers, with PyTorch's constructor arguments and defaults: ``ReLU``, ``LeakyReLU``, ``Sigmoid``,
-``Tanh``, ``Softmax``, ``LogSoftmax``, ``GELU``, ``SiLU``, ``ELU``, ``Softplus``, ``Hardtanh``, ``ReLU6``, ``PReLU``."""
+``Tanh``, ``Softmax``, ``LogSoftmax``, ``GELU``, ``SiLU``, ``ELU``, ``Softplus``, ``Hardtanh``, ``ReLU6``, ``PReLU``,
+``Mish``, ``Hardswish``, ``Hardsigmoid``, ``SELU``, ``CELU``, ``Softsign``, ``LogSigmoid``, ``Softmin``, ``GLU``,
+``Tanhshrink``, ``Softshrink``, ``Hardshrink``, ``Threshold``. ``inplace`` is accepted for PyTorch's signature
+where PyTorch takes it; unidl's ops never modify their input."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from unidl import arguments, ops as functional
-from unidl import input_checks  # (after ops, which imports it first: the two import each other)
+from unidl import activation_ops, input_checks  # (after ops, which imports them first: they import each other)
 from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn.module import Module
@@ -216,3 +219,174 @@ class PReLU(Module):
 
     def extra_repr(self):
         return f"num_parameters={self.num_parameters}"
+
+
+class _Elementwise(Module):
+    """An activation that is its functional op of the input alone (``function``, called with ``arguments()``)."""
+
+    function = None
+
+    def arguments(self) -> tuple:
+        return ()
+
+    def forward(self, x):
+        return type(self).function(x, *self.arguments())
+
+
+class _Inplace(_Elementwise):
+    """``inplace`` accepted for PyTorch's signature (not shown by the repr: PyTorch's Hardswish and Hardsigmoid)."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+
+class _InplaceShown(_Inplace):
+    """``inplace`` accepted for PyTorch's signature and shown by the repr, as PyTorch's."""
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
+class Mish(_InplaceShown):
+    """x * tanh(softplus(x))."""
+
+    function = staticmethod(activation_ops.mish)
+
+
+class Hardswish(_Inplace):
+    """x * relu6(x + 3) / 6 (gradient 0 at -3 and 1 at 3, as PyTorch's)."""
+
+    function = staticmethod(activation_ops.hardswish)
+
+
+class Hardsigmoid(_Inplace):
+    """relu6(x + 3) / 6 (gradient 1/6 strictly inside (-3, 3), 0 elsewhere)."""
+
+    function = staticmethod(activation_ops.hardsigmoid)
+
+
+class SELU(_InplaceShown):
+    """scale * elu(x, alpha), alpha = 1.6732632..., scale = 1.0507009... (PyTorch's constants)."""
+
+    function = staticmethod(activation_ops.selu)
+
+
+class CELU(_Elementwise):
+    """x if x > 0 else alpha * (exp(x / alpha) - 1); ``alpha=0`` is a ``ValueError`` (PyTorch's error)."""
+
+    function = staticmethod(activation_ops.celu)
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False):
+        super().__init__()
+        self.alpha, self.inplace = activation_ops.celu_alpha("CELU", alpha), bool(inplace)  # (as given: the repr)
+
+    def arguments(self):
+        return (self.alpha,)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class Softsign(_Elementwise):
+    """x / (1 + |x|)."""
+
+    function = staticmethod(activation_ops.softsign)
+
+
+class LogSigmoid(_Elementwise):
+    """log(sigmoid(x)), computed stably."""
+
+    function = staticmethod(activation_ops.logsigmoid)
+
+
+class Tanhshrink(_Elementwise):
+    """x - tanh(x)."""
+
+    function = staticmethod(activation_ops.tanhshrink)
+
+
+class Softmin(Module):
+    """softmax(-x) along ``dim``. ``dim=None`` (``torch.nn.Softmin``'s default) picks PyTorch's implicit axis
+    (0 for inputs of rank 0, 1 or 3, else 1), with its warning; give ``dim`` explicitly."""
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.dim = arguments.axis("Softmin", "dim", dim)
+
+    def forward(self, x):
+        return activation_ops.softmin(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class GLU(Module):
+    """a * sigmoid(b), ``a`` and ``b`` the two halves of the input along ``dim`` (an odd size there is a
+    ``ShapeMismatchError`` naming it)."""
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        self.dim = arguments.axis("GLU", "dim", dim, optional=False)
+
+    def forward(self, x):
+        return activation_ops.glu(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class _Shrink(_Elementwise):
+    """A shrink of the input toward 0 by ``lambd``, shown by the repr as given, as PyTorch's (``Softshrink(1)``)."""
+
+    def __init__(self, lambd: float = 0.5):
+        super().__init__()
+        self.lambd, self._given = self._checked(lambd), lambd
+
+    @staticmethod
+    def _checked(lambd):
+        raise NotImplementedError
+
+    def arguments(self):
+        return (self.lambd,)
+
+    def extra_repr(self):
+        return f"{self._given}"
+
+
+class Softshrink(_Shrink):
+    """x - lambd above lambd, x + lambd below -lambd, 0 between (``lambd`` >= 0, else a ``ValueError``)."""
+
+    function = staticmethod(activation_ops.softshrink)
+
+    @staticmethod
+    def _checked(lambd):
+        return activation_ops.shrink_lambd("Softshrink", lambd)
+
+
+class Hardshrink(_Shrink):
+    """x outside [-lambd, lambd], 0 on it."""
+
+    function = staticmethod(activation_ops.hardshrink)
+
+    @staticmethod
+    def _checked(lambd):
+        return arguments.plain_number("Hardshrink", "lambd", lambd)
+
+
+class Threshold(_Elementwise):
+    """x where x > threshold, else ``value`` (integers stay integers, as PyTorch's)."""
+
+    function = staticmethod(activation_ops.threshold)
+
+    def __init__(self, threshold: float, value: float, inplace: bool = False):
+        super().__init__()
+        self.threshold = arguments.plain_number("Threshold", "threshold", threshold)
+        self.value = arguments.plain_number("Threshold", "value", value)
+        self.inplace = bool(inplace)
+
+    def arguments(self):
+        return (self.threshold, self.value)
+
+    def extra_repr(self):
+        return f"threshold={self.threshold}, value={self.value}" + (", inplace=True" if self.inplace else "")
