@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.skipif("torch" not in ud.available_backends(), reason=
 
 ENGINES = ["torch"] + [pytest.param(name, marks=pytest.mark.skipif(
     name not in ud.available_backends(), reason=f"the {name} backend is not installed"))
-    for name in ("tensorflow", "keras")]  # keras: Keras-on-TensorFlow (KERAS_BACKEND unset), on tf.distribute
+    for name in ("tensorflow", "keras", "jax")]  # keras: Keras-on-TensorFlow (KERAS_BACKEND unset), on tf.distribute
 
 
 def _agree(weights, expected, bound):
@@ -44,7 +44,8 @@ FLOAT16_BOUND = 5e-3
 # One launch serves the backends of one engine: its ranks join TensorFlow's strategy once and train on the
 # tensorflow backend, then on Keras-on-TensorFlow, which carries Keras's step on the same strategy.
 FAILURE_BOUND = 300  # seconds: the launcher's timeout, and the ranks' collective timeout (see _launch)
-LAUNCHES = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "keras": ("tensorflow", "keras")}
+LAUNCHES = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "keras": ("tensorflow", "keras"),
+            "jax": ("jax",)}
 # and the torch launch also runs the accumulation and guard checks of DDP (below): a launch of their own would start
 # 2 more interpreters that import torch
 EXTRA_JOBS = {"torch": jobs.accumulation_and_guard_job}
@@ -608,7 +609,8 @@ def test_a_backend_without_an_engine_says_so_and_a_port_in_use_is_named(backend,
         monkeypatch.setenv("UNIDL_RANK", "0")
         monkeypatch.setenv("UNIDL_WORLD_SIZE", "2")
         monkeypatch.setenv("UNIDL_MASTER_PORT", str(port))
-        if backend in ("torch", "tensorflow") or (backend == "keras" and jobs._framework() in ("tensorflow", "torch")):
+        if backend in ("torch", "tensorflow", "jax") or (backend == "keras" and
+                                                          jobs._framework() in ("tensorflow", "torch")):
             expected = f"port {port} on 127.0.0.1 is in use"
         elif backend == "keras":  # Keras on JAX
             expected = "the keras backend trains data-parallel on Keras-on-TensorFlow .* and Keras-on-torch"
