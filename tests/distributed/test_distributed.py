@@ -1,5 +1,6 @@
 """Data-parallel training with 2 real local processes on each engine (torch's gloo; TensorFlow's
-MultiWorkerMirroredStrategy, on the tensorflow backend and on Keras-on-TensorFlow), against the same training
+MultiWorkerMirroredStrategy, on the tensorflow backend and on Keras-on-TensorFlow; jax.distributed with XLA's gloo
+CPU collectives), against the same training
 in one process; gradient accumulation and the non-finite guard under torch's DistributedDataParallel; and the
 clear errors of ``unidl.distributed`` on every backend.
 

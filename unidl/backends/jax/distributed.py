@@ -80,12 +80,6 @@ class Engine:
         sigterm_back_to_python()
         _job = _Job(world_size)
 
-    def start_devices(self, devices, timeout):
-        raise DistributedError(
-            f"the jax backend trains one device per process (jax.distributed), not devices={list(devices)} in one "
-            f"process: start one process per device with unidl.distributed.launch(fn, nprocs={len(devices)}), "
-            f"and leave devices out")
-
     def barrier(self):
         _job.reduce(np.zeros(1, np.int32), "sum")  # a collective returns once every rank joined it
 
