@@ -711,3 +711,19 @@ def test_the_tensorflow_engine_needs_tf_config_and_must_start_before_any_tensorf
     with pytest.raises(DistributedError, match=r"must start before any TensorFlow op .* call unidl.distributed.init"):
         ud.distributed.init(backend="tensorflow")
     assert not ud.distributed.is_initialized()
+
+
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_the_jax_engine_must_start_before_xla(monkeypatch):
+    """``jax.distributed.initialize`` joins a job only before XLA starts: in this process, which made a jax array
+    already, ``init`` says to call it first (a backend without an engine was the error before)."""
+    from unidl.distributed.environment import free_port
+
+    for name, value in (("UNIDL_RANK", "0"), ("UNIDL_WORLD_SIZE", "2"), ("UNIDL_MASTER_PORT", str(free_port()))):
+        monkeypatch.setenv(name, value)
+    with ud.use_backend("jax"):
+        ud.tensor([1.0])
+    with pytest.raises(DistributedError, match=r"the jax engine must start before JAX's first array .* call "
+                                               r"unidl.distributed.init\(\) at the top of the script"):
+        ud.distributed.init(backend="jax")
+    assert not ud.distributed.is_initialized()

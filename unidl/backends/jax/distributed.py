@@ -75,8 +75,12 @@ class Engine:
         seconds = max(1, math.ceil(timeout))
         # the coordination service ends a process whose peer stopped answering for ``timeout`` seconds (its own
         # fatal error, not a hang), and a rank that leaves waits as long for the others at the shutdown barrier
-        jax.distributed.initialize(f"{address}:{port}", world_size, rank, initialization_timeout=seconds,
-                                   heartbeat_timeout_seconds=seconds, shutdown_timeout_seconds=seconds)
+        try:
+            jax.distributed.initialize(f"{address}:{port}", world_size, rank, initialization_timeout=seconds,
+                                       heartbeat_timeout_seconds=seconds, shutdown_timeout_seconds=seconds)
+        except RuntimeError as error:  # (JaxRuntimeError too)
+            raise DistributedError(f"rank {rank} of {world_size} could not join the job through jax.distributed "
+                                   f"at {address}:{port} within {seconds} s: {error}") from error
         sigterm_back_to_python()
         _job = _Job(world_size)
 
