@@ -1,7 +1,7 @@
 """JAX's data-parallel engine for unidl: ``jax.distributed`` joins the job (its coordination service on rank 0's
 address and port), and XLA's CPU collectives (gloo) average the gradients of the jax backend's training step.
 
-One device per process: a ``Mesh`` over every process's first device, named ``"ranks"``. A reduction
+One device per process: a ``Mesh`` over every process's first CPU device, named ``"ranks"``. A reduction
 (``reduce_on_host``) makes each rank's NumPy values one global array sharded over that mesh, one row per rank, and
 runs a compiled ``shard_map`` of ``psum``/``pmax``/``pmin`` over it: one collective per dtype of the values. The
 training step stays one compiled program (state in, state out): ``average_in_step`` is an ``io_callback`` inside
@@ -31,12 +31,14 @@ _COLLECTIVES = {"sum": jax.lax.psum, "mean": jax.lax.psum, "max": jax.lax.pmax, 
 
 
 class _Job:
-    """This process's place in the job: the mesh of one device per rank, and its own device there."""
+    """This process's place in the job: the mesh of one CPU device per rank, and its own device there."""
 
     def __init__(self, world_size: int):
         self.world_size = world_size
-        self.devices = [jax.local_devices(process_index=index)[0] for index in range(world_size)]
-        self.own = jax.local_devices()[0]
+        # (CPU devices on a GPU machine too: the reduction's values are NumPy arrays on the host, and gloo is
+        # JAX's CPU collectives)
+        self.devices = [jax.local_devices(process_index=index, backend="cpu")[0] for index in range(world_size)]
+        self.own = jax.local_devices(backend="cpu")[0]
         mesh = Mesh(np.array(self.devices), (_AXIS,))
         self.rows = NamedSharding(mesh, PartitionSpec(_AXIS))
         self.reducers = {op: jax.jit(jax.shard_map(functools.partial(collective, axis_name=_AXIS), mesh=mesh,
@@ -51,7 +53,7 @@ class _Job:
         result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(flat.shape)
         if op != "mean":
             return result
-        return result / self.world_size if np.issubdtype(result.dtype, np.inexact) else result // self.world_size
+        return result / self.world_size if jnp.issubdtype(result.dtype, jnp.inexact) else result // self.world_size
 
 
 class Engine:
