@@ -1,5 +1,6 @@
 """Data-parallel training with 2 real local processes on each engine (torch's gloo; TensorFlow's
-MultiWorkerMirroredStrategy, on the tensorflow backend and on Keras-on-TensorFlow), against the same training
+MultiWorkerMirroredStrategy, on the tensorflow backend and on Keras-on-TensorFlow; jax.distributed with XLA's gloo
+CPU collectives), against the same training
 in one process; gradient accumulation and the non-finite guard under torch's DistributedDataParallel; and the
 clear errors of ``unidl.distributed`` on every backend.
 
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.skipif("torch" not in ud.available_backends(), reason=
 
 ENGINES = ["torch"] + [pytest.param(name, marks=pytest.mark.skipif(
     name not in ud.available_backends(), reason=f"the {name} backend is not installed"))
-    for name in ("tensorflow", "keras")]  # keras: Keras-on-TensorFlow (KERAS_BACKEND unset), on tf.distribute
+    for name in ("tensorflow", "keras", "jax")]  # keras: Keras-on-TensorFlow (KERAS_BACKEND unset), on tf.distribute
 
 
 def _agree(weights, expected, bound):
@@ -44,7 +45,8 @@ FLOAT16_BOUND = 5e-3
 # One launch serves the backends of one engine: its ranks join TensorFlow's strategy once and train on the
 # tensorflow backend, then on Keras-on-TensorFlow, which carries Keras's step on the same strategy.
 FAILURE_BOUND = 300  # seconds: the launcher's timeout, and the ranks' collective timeout (see _launch)
-LAUNCHES = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "keras": ("tensorflow", "keras")}
+LAUNCHES = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "keras": ("tensorflow", "keras"),
+            "jax": ("jax",)}
 # and the torch launch also runs the accumulation and guard checks of DDP (below): a launch of their own would start
 # 2 more interpreters that import torch
 EXTRA_JOBS = {"torch": jobs.accumulation_and_guard_job}
@@ -608,7 +610,8 @@ def test_a_backend_without_an_engine_says_so_and_a_port_in_use_is_named(backend,
         monkeypatch.setenv("UNIDL_RANK", "0")
         monkeypatch.setenv("UNIDL_WORLD_SIZE", "2")
         monkeypatch.setenv("UNIDL_MASTER_PORT", str(port))
-        if backend in ("torch", "tensorflow") or (backend == "keras" and jobs._framework() in ("tensorflow", "torch")):
+        if backend in ("torch", "tensorflow", "jax") or (backend == "keras" and
+                                                          jobs._framework() in ("tensorflow", "torch")):
             expected = f"port {port} on 127.0.0.1 is in use"
         elif backend == "keras":  # Keras on JAX
             expected = "the keras backend trains data-parallel on Keras-on-TensorFlow .* and Keras-on-torch"
@@ -707,4 +710,20 @@ def test_the_tensorflow_engine_needs_tf_config_and_must_start_before_any_tensorf
     monkeypatch.setenv("TF_CONFIG", tf_config(workers, 0))
     with pytest.raises(DistributedError, match=r"must start before any TensorFlow op .* call unidl.distributed.init"):
         ud.distributed.init(backend="tensorflow")
+    assert not ud.distributed.is_initialized()
+
+
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_the_jax_engine_must_start_before_xla(monkeypatch):
+    """``jax.distributed.initialize`` joins a job only before XLA starts: in this process, which made a jax array
+    already, ``init`` says to call it first (a backend without an engine was the error before)."""
+    from unidl.distributed.environment import free_port
+
+    for name, value in (("UNIDL_RANK", "0"), ("UNIDL_WORLD_SIZE", "2"), ("UNIDL_MASTER_PORT", str(free_port()))):
+        monkeypatch.setenv(name, value)
+    with ud.use_backend("jax"):
+        ud.tensor([1.0])
+    with pytest.raises(DistributedError, match=r"the jax engine must start before JAX's first array .* call "
+                                               r"unidl.distributed.init\(\) at the top of the script"):
+        ud.distributed.init(backend="jax")
     assert not ud.distributed.is_initialized()

@@ -177,3 +177,18 @@ def loopback_interface() -> str | None:
     except (OSError, AttributeError):
         return None
     return next((name for name in ("lo", "lo0") if name in names), None)
+
+
+def sigterm_back_to_python() -> None:
+    """Give SIGTERM back the handler Python holds for it (the default action, ending the process, or the user's
+    own), after an engine started. The coordination service of TensorFlow's strategy and of JAX's
+    ``jax.distributed`` installs a C++ SIGTERM handler (its preemption notifier) that only records the signal: a
+    rank told to stop, by ``unidl.distributed.launch`` when another rank failed, by a job scheduler or by ``kill``,
+    ran on (in a collective, until its timeout) and had to be killed. Python can install a handler in the main
+    thread only; an engine started elsewhere keeps its framework's."""
+    import signal
+    import threading
+
+    handler = signal.getsignal(signal.SIGTERM)  # (None: one installed outside Python, by an embedding program)
+    if handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)

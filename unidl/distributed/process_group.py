@@ -1,5 +1,5 @@
 """The process group of a data-parallel job: ``init`` joins it through the backend's own engine (torch's
-``torch.distributed``, TensorFlow's ``MultiWorkerMirroredStrategy``), and ``rank``, ``world_size``,
+``torch.distributed``, TensorFlow's ``MultiWorkerMirroredStrategy``, JAX's ``jax.distributed``), and ``rank``, ``world_size``,
 ``barrier`` and ``all_reduce`` ask that engine.
 
 The front end never talks to a framework here: ``Backend.distributed_engine()`` returns the engine, which
@@ -91,8 +91,8 @@ def init(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT, devices=N
         engine = backend_object.distributed_engine()
         if engine is None:
             raise DistributedError(f"the {backend_object.name} backend has no distributed engine in unidl; "
-                                   f"data-parallel training runs on the torch and tensorflow backends and on "
-                                   f"Keras-on-TensorFlow and Keras-on-torch")
+                                   f"data-parallel training runs on the torch, tensorflow and jax backends and "
+                                   f"on Keras-on-TensorFlow and Keras-on-torch")
         # (torchrun's own agent already listens on MASTER_PORT, and the engine joins through it)
         if place.rank == 0 and place.source == "unidl's variables" and place.address in (environment.LOOPBACK,
                                                                                        "localhost"):

@@ -41,6 +41,7 @@ from unidl import random as unidl_random  # noqa: E402
 from unidl.autograd import check_float, check_scalar  # noqa: E402
 from unidl.backends.interface import Backend as BackendInterface  # noqa: E402
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros  # noqa: E402
+from unidl.backends.jax import distributed as jax_distributed  # noqa: E402
 from unidl.backends.jax import ops as jax_ops  # noqa: E402
 from unidl.backends.jax import precision as jax_precision  # noqa: E402
 from unidl.backends.jax import variable as jax_variable  # noqa: E402
@@ -68,8 +69,16 @@ class KeyStream:
     compiled steps thread it as state and every step draws new masks."""
 
     def __init__(self, seed, device):
-        self.state = JaxVariable(self._key(seed), trainable=False)
+        self._seed, self._state = seed, None
         self._device = device  # () -> the jax device unidl trains on now
+
+    @property
+    def state(self) -> JaxVariable:
+        """The key's variable, made at its first use rather than when the backend loads: a key made then started
+        XLA, after which ``jax.distributed.initialize`` (the jax engine's ``start``) can no longer join a job."""
+        if self._state is None:
+            self._state = JaxVariable(self._key(self._seed), trainable=False)
+        return self._state
 
     @staticmethod
     def _key(seed):
@@ -153,9 +162,12 @@ class Backend(BackendInterface):
     def versions(self):
         return {"jax": jax.__version__}
 
+    def distributed_engine(self):
+        return jax_distributed.Engine(self)
+
     def _gpus(self):
-        try:
-            return jax.devices("gpu")
+        try:  # (this process's: in a job of several, jax.devices lists every process's, the others' out of reach)
+            return jax.local_devices(backend="gpu")
         except RuntimeError:
             return []
 
@@ -175,7 +187,7 @@ class Backend(BackendInterface):
     def _jax_device(self, device: str):
         found = _JAX_DEVICES.get(device)
         if found is None:  # (one lookup per name: a step's inputs compare against it)
-            found = _JAX_DEVICES[device] = (jax.devices("cpu")[0] if device == "cpu"
+            found = _JAX_DEVICES[device] = (jax.local_devices(backend="cpu")[0] if device == "cpu"
                                             else self._gpus()[int(device.split(":")[1])])
         return found
 
@@ -366,13 +378,24 @@ class Backend(BackendInterface):
             active = [p for p, m in zip(params, mask) if m]
             (loss, outputs), found = self._value_and_grad(loss_of, (), None, active, with_aux=True, name=forward_name)
             found = iter(found)
+            # in a data-parallel job: the job's gradients, and its loss for the guard (``average_in_step``)
+            checked, grads, present = jax_distributed.average_in_step(
+                loss, [next(found) if m else None for m in mask], params)
             # skipped if not finite; one micro-step of ``accumulate``
-            optimizer.native.apply([next(found) if m else None for m in mask], loss, accumulate)
+            optimizer.native.apply(grads, checked, accumulate, present)
             return (loss, outputs) if with_outputs else loss
 
         variables = self._model_state(model, optimizer, loss_fn)
+        jax_distributed.broadcast_from_rank_0(self.module_state(model))  # (in a job: rank 0's start on every rank)
         run, compiled = self.compile_step(step, variables, model, params, name, eager)
         return run if eager else _Counted(run, compiled)
+
+    @staticmethod
+    def module_state(model) -> list:
+        """The parameters and buffers of a unidl module (none for another callable)."""
+        if not hasattr(model, "named_parameters"):
+            return []
+        return [value for _, value in (*model.named_parameters(), *model.named_buffers())]
 
     def compile_step(self, step, variables, model, params, name, eager):
         """``(run, compiled)``: ``step(x, y, *inputs)`` as one ``StatefulJit`` over ``variables`` (state in, state

@@ -25,6 +25,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax._src.array import ArrayImpl
 from jax.experimental import checkify
 
 from unidl import devices
@@ -42,7 +43,7 @@ _CONCRETIZATION = (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConv
                    jax.errors.NonConcreteBooleanIndexError)
 
 
-_ARRAY_TYPES = (jax.Array, type(jax.numpy.zeros(())))
+_ARRAY_TYPES = (jax.Array, ArrayImpl)  # (not ``type(jnp.zeros(()))``: that starts XLA, see KeyStream)
 
 
 def _is_array(value) -> bool:

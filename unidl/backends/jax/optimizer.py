@@ -70,14 +70,14 @@ class JaxOptimizer:
 
         accumulation_window(self._spec, accumulate, None, create)  # (float32 steps: mixed precision keeps its own)
 
-    def apply(self, grads, loss=None, accumulate: int = 1) -> None:
+    def apply(self, grads, loss=None, accumulate: int = 1, present=None) -> None:
         """``guarded_apply`` whose writes stand only where every value check staged before it in this trace passed
         (a label out of range: its error, raised after the compiled step, leaves the weights and this state as they
         were, as torch's eager step that raises before its update)."""
         with unless_a_check_failed([*self._spec.params, *self.variables()]):
-            self.guarded_apply(grads, loss, accumulate)
+            self.guarded_apply(grads, loss, accumulate, present)
 
-    def guarded_apply(self, grads, loss=None, accumulate: int = 1) -> None:
+    def guarded_apply(self, grads, loss=None, accumulate: int = 1, present=None) -> None:
         """One guarded update: when ``loss`` or a gradient is not finite every parameter, slot and the step count
         keep their values (``jnp.where`` on one boolean scalar inside the trace, fused by XLA into each update).
         With ``accumulate`` N > 1, one micro-step: ``grads / N`` joins the accumulated gradients and every N-th
@@ -85,13 +85,14 @@ class JaxOptimizer:
         skipped and discarded at its N-th micro-step (``finite`` False there; inside the window it is True).
         PyTorch's rule over a window (``.grad`` summed over the micro-steps, ``step()``, ``zero_grad()``): a
         parameter updates with its sum if it had a gradient in any micro-step of the window, not at all if in
-        none (``window_micro_step``)."""
+        none (``window_micro_step``). ``present``: per parameter, None or a boolean scalar, whether its gradient
+        (zeros otherwise) is one (a data-parallel job's, ``average_in_step``)."""
         finite = all_finite([loss, *grads])
         self.finite.value = finite
-        update, has_gradient = finite, None
+        update, has_gradient = finite, present
         if accumulate > 1:
             sums, has_gradient = window_micro_step(self.accumulated, self.window_has_gradient, grads, accumulate,
-                                                   self._spec.params)
+                                                   self._spec.params, present)
             count = self.micro_steps.value + 1
             window_finite = self.window_finite.value & finite
             closes = count >= accumulate
@@ -152,20 +153,21 @@ def gradient_flags(params) -> list[JaxVariable]:
     return [JaxVariable(jnp.asarray(False), trainable=False) for _ in params]
 
 
-def window_micro_step(totals, flags, grads, accumulate, params):
+def window_micro_step(totals, flags, grads, accumulate, params, present=None):
     """``(sums, has_gradient)`` of an accumulation window with this micro-step's ``grads`` added (``grads / N``
     joins ``totals``). A parameter without a gradient now keeps its sum, and ``has_gradient`` is its flag (whether
     an earlier micro-step of the window gave it one: a boolean scalar known only when the step runs); None where
     it has one now (then it has one in the window) or is frozen (sum None: not updated, as before accumulation).
     The window's update then follows PyTorch's rule: a parameter with a gradient in any of its micro-steps moves
-    with the window's sum, one with none in all of them keeps its value and its slots."""
+    with the window's sum, one with none in all of them keeps its value and its slots. ``present``: per parameter,
+    None or a boolean scalar, whether its gradient (zeros otherwise) is one (``guarded_apply``)."""
     from unidl.nn.module import is_trainable
 
     sums, has_gradient = [], []
-    for total, flag, grad, param in zip(totals, flags, grads, params):
+    for index, (total, flag, grad, param) in enumerate(zip(totals, flags, grads, params)):
         if grad is not None:
             sums.append(total.value + grad / jnp.asarray(accumulate, grad.dtype))
-            has_gradient.append(None)
+            has_gradient.append(None if present is None or present[index] is None else flag.value | present[index])
         elif is_trainable(param):  # (the trace's frozen set is static: trainable_mask is part of its key)
             sums.append(total.value)
             has_gradient.append(flag.value)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unidl.backends.jax import ops as jax_ops
+from unidl.backends.jax import distributed as jax_distributed, ops as jax_ops
 from unidl.backends.jax.optimizer import (all_finite, assign_numpy, gradient_flags, keep_window,
                                           read_numpy, window_micro_step)
 from unidl.backends.jax.variable import JaxVariable, made_beside
@@ -61,13 +61,13 @@ class Window:
     def variables(self) -> list:
         return [*self.sums, *self.has_gradient, self.losses, self.count]
 
-    def add(self, grads, loss):
+    def add(self, grads, loss, present=None):
         """``(sums, losses, updates, has_gradient)`` with this micro-step added; ``updates``: it is the window's
         last; ``has_gradient``: per parameter, None or whether it had a gradient in the window
         (``unidl.backends.jax.optimizer.window_micro_step``, PyTorch's rule). The window keeps them, or restarts
         after its last micro-step."""
         n = self.accumulate
-        sums, has_gradient = window_micro_step(self.sums, self.has_gradient, grads, n, self.params)
+        sums, has_gradient = window_micro_step(self.sums, self.has_gradient, grads, n, self.params, present)
         losses = self.losses.value.at[self.count.value].set(loss.astype(jnp.float32))
         count = self.count.value + 1
         updates = count >= n
@@ -129,12 +129,14 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         (_, (loss, outputs)), found = backend._value_and_grad(
             loss_of, (), None, active, with_aux=True, name=f"the forward of {type(model).__name__} in ud.train_step")
         found = iter(found)
-        grads = [next(found) if m else None for m in mask]
+        # in a data-parallel job: the job's gradients, and its loss for the checks (``average_in_step``)
+        checked, grads, present = jax_distributed.average_in_step(loss, [next(found) if m else None for m in mask],
+                                                                  params)
         # a value check that failed (a label out of range) stops the step before its update, as torch's error
         with jax_ops.unless_a_check_failed(updated):
-            checked, updates, has_gradient = loss, True, None
+            updates, has_gradient = True, present
             if window is not None:
-                grads, checked, updates, has_gradient = window.add(grads, loss)
+                grads, checked, updates, has_gradient = window.add(grads, checked, present)
             if scaler is not None:
                 inverse = 1.0 / scaler.scale.value
                 grads = [None if g is None else g * inverse.astype(g.dtype) for g in grads]
@@ -144,7 +146,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
             if scaler is not None:  # a non-finite loss with finite gradients moves the scale as an overflow (torch's)
                 scaler.update(finite, when=updates)
             if window is None:
-                native.guarded_apply(grads, loss)  # skipped if not finite
+                native.guarded_apply(grads, checked, present=present)  # skipped if not finite
             else:  # the optimizer's guard and clipping, selected by the window's last micro-step
                 native.finite.value = jnp.where(updates, finite, True)  # inside the window nothing is skipped yet
                 native._update(native._spec.clip_gradients(grads, native._ops), updates & finite, has_gradient)
@@ -154,6 +156,7 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                + (window.variables() if window is not None else []))
     variables = (backend._model_state(model, optimizer, loss_fn) + (scaler.variables() if scaler is not None else [])
                  + (window.variables() if window is not None else []))
+    jax_distributed.broadcast_from_rank_0(backend.module_state(model))  # (in a job: rank 0's start on every rank)
     run, compiled = backend.compile_step(step, variables, model, params, name, eager)
     return _WithScale(run, compiled, scaler)
 

@@ -43,7 +43,8 @@ def engine():
     raise DistributedError(
         f"the keras backend trains data-parallel on Keras-on-TensorFlow (tf.distribute.MultiWorkerMirroredStrategy) "
         f"and Keras-on-torch (DistributedDataParallel) only; Keras runs on {HOST.name} here: set "
-        f"KERAS_BACKEND=tensorflow or torch, or use unidl's torch or tensorflow backend for a data-parallel job")
+        f"KERAS_BACKEND=tensorflow or torch, or use unidl's torch, tensorflow or jax backend for a data-parallel "
+        f"job")
 
 
 class _OneDevicePerProcess:

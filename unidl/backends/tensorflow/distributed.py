@@ -97,7 +97,7 @@ class Engine:
 
     def start(self, rank, world_size, address, port, timeout):
         global _strategy
-        from unidl.distributed.environment import check_port_free, local_rank_of
+        from unidl.distributed.environment import check_port_free, local_rank_of, sigterm_back_to_python
 
         workers = _cluster(rank, world_size)
         if context.context()._context_handle is not None:  # noqa: SLF001 - TensorFlow has no public query
@@ -121,7 +121,7 @@ class Engine:
             replicas, _strategy = _strategy.num_replicas_in_sync, None
             raise DistributedError(f"MultiWorkerMirroredStrategy made {replicas} replicas for {world_size} "
                                    f"processes; unidl runs one replica per process")
-        _sigterm_back_to_python()
+        sigterm_back_to_python()
         self._reducers = {}
 
     def start_devices(self, devices, timeout):
@@ -159,20 +159,6 @@ class Engine:
             _strategy.extended._stop_check_health_thread()  # noqa: SLF001 - its peer pings would outlive the job
         _strategy = None  # TensorFlow keeps its collective runtime until the process ends
         _broadcaster.cache_clear()
-
-
-def _sigterm_back_to_python() -> None:
-    """Give SIGTERM back the handler Python holds for it (the default action, ending the process, or the user's
-    own). The strategy's coordination service installs a C++ SIGTERM handler (its preemption notifier) that only
-    records the signal: a rank told to stop, by ``unidl.distributed.launch`` when another rank failed, by a job
-    scheduler or by ``kill``, ran on (in a collective, until its timeout) and had to be killed. Python can install
-    a handler in the main thread only; a strategy started elsewhere keeps TensorFlow's."""
-    import signal
-    import threading
-
-    handler = signal.getsignal(signal.SIGTERM)  # (None: one installed outside Python, by an embedding program)
-    if handler is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
 
 
 def _reduce(tensor, op):

@@ -1,0 +1,150 @@
+"""JAX's data-parallel engine for unidl: ``jax.distributed`` joins the job (its coordination service on rank 0's
+address and port), and XLA's CPU collectives (gloo) average the gradients of the jax backend's training step.
+
+One device per process: a ``Mesh`` over every process's first CPU device, named ``"ranks"``. A reduction
+(``reduce_on_host``) makes each rank's NumPy values one global array sharded over that mesh, one row per rank, and
+runs a compiled ``shard_map`` of ``psum``/``pmax``/``pmin`` over it: one collective per dtype of the values. The
+training step stays one compiled program (state in, state out): ``average_in_step`` is an ``io_callback`` inside
+it that runs that reduction between the backward and the update, one all-reduce per micro-step, as TensorFlow's
+engine does with several replicas in a process. ``jax.distributed.initialize`` must run before XLA starts
+(the first array or device query of the process): ``unidl.distributed.init`` at the top of a script, as
+``unidl.distributed.launch`` calls it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from unidl.errors import DistributedError
+
+_AXIS = "ranks"
+_job = None  # the running ``_Job``, None outside a job of several processes
+
+_COLLECTIVES = {"sum": jax.lax.psum, "mean": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}
+
+
+class _Job:
+    """This process's place in the job: the mesh of one CPU device per rank, and its own device there."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        # (CPU devices on a GPU machine too: the reduction's values are NumPy arrays on the host, and gloo is
+        # JAX's CPU collectives)
+        self.devices = [jax.local_devices(process_index=index, backend="cpu")[0] for index in range(world_size)]
+        self.own = jax.local_devices(backend="cpu")[0]
+        mesh = Mesh(np.array(self.devices), (_AXIS,))
+        self.rows = NamedSharding(mesh, PartitionSpec(_AXIS))
+        self.reducers = {op: jax.jit(jax.shard_map(functools.partial(collective, axis_name=_AXIS), mesh=mesh,
+                                                   in_specs=PartitionSpec(_AXIS), out_specs=PartitionSpec(),
+                                                   check_vma=False))
+                         for op, collective in _COLLECTIVES.items()}
+
+    def reduce(self, flat: np.ndarray, op: str) -> np.ndarray:
+        """``flat`` (a 1-D NumPy array) reduced over the ranks with ``op``: every rank gets the same values."""
+        row = jax.device_put(flat[None], self.own)
+        rows = jax.make_array_from_single_device_arrays((self.world_size, flat.size), self.rows, [row])
+        result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(flat.shape)
+        if op != "mean":
+            return result
+        return result / self.world_size if jnp.issubdtype(result.dtype, jnp.inexact) else result // self.world_size
+
+
+class Engine:
+    """``jax.distributed`` and XLA's CPU collectives (see ``unidl.distributed.process_group``)."""
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def start(self, rank, world_size, address, port, timeout):
+        global _job
+        from jax._src import xla_bridge  # whether XLA started (no public query)
+
+        from unidl.distributed.environment import sigterm_back_to_python
+
+        if xla_bridge.backends_are_initialized():
+            raise DistributedError(
+                "the jax engine must start before JAX's first array or device query in this process "
+                "(jax.distributed.initialize joins the job before XLA starts): call unidl.distributed.init() at the "
+                "top of the script, before building a model or a tensor")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        seconds = max(1, math.ceil(timeout))
+        # the coordination service ends a process whose peer stopped answering for ``timeout`` seconds (its own
+        # fatal error, not a hang), and a rank that leaves waits as long for the others at the shutdown barrier
+        try:
+            jax.distributed.initialize(f"{address}:{port}", world_size, rank, initialization_timeout=seconds,
+                                       heartbeat_timeout_seconds=seconds, shutdown_timeout_seconds=seconds)
+        except RuntimeError as error:  # (JaxRuntimeError too)
+            raise DistributedError(f"rank {rank} of {world_size} could not join the job through jax.distributed "
+                                   f"at {address}:{port} within {seconds} s: {error}") from error
+        sigterm_back_to_python()
+        _job = _Job(world_size)
+
+    def barrier(self):
+        _job.reduce(np.zeros(1, np.int32), "sum")  # a collective returns once every rank joined it
+
+    def all_reduce(self, tensor, op):
+        value = np.asarray(tensor)
+        return self._backend.tensor(_job.reduce(value.reshape(-1), op).reshape(value.shape))
+
+    def stop(self):
+        global _job
+        _job = None
+        jax.distributed.shutdown()
+
+
+def reduce_on_host(values: list, op: str = "mean") -> list:
+    """``values`` (NumPy arrays) reduced over the ranks with ``op``, one collective per dtype among them, in
+    their order and shapes."""
+    reduced = list(values)
+    for dtype in dict.fromkeys(np.asarray(value).dtype for value in values):
+        where = [index for index, value in enumerate(values) if np.asarray(value).dtype == dtype]
+        flat = _job.reduce(np.concatenate([np.asarray(values[index]).reshape(-1) for index in where]), op)
+        for index, part in zip(where, np.split(flat, np.cumsum([np.size(values[i]) for i in where])[:-1])):
+            reduced[index] = part.reshape(np.shape(values[index])).astype(dtype)
+    return reduced
+
+
+def average_in_step(loss, grads, params):
+    """``(loss, grads, present)``: in a job, this micro-step's loss and gradients averaged over the ranks (inside a
+    trace: an ``io_callback``, one all-reduce); outside one, the values themselves and ``present`` None.
+
+    A trainable parameter this rank's loss did not reach (a dynamic net's skipped layer: None here, where another
+    rank's may have one) counts zeros, as with DDP, and ``present`` gives it a boolean scalar: whether any rank had
+    a gradient for it (PyTorch's rule: a parameter no rank's loss reached is not updated). ``present`` is None for
+    the others. A non-finite loss or gradient of any rank makes the averages non-finite on every rank, so that the
+    guard skips the update everywhere alike."""
+    if _job is None:
+        return loss, grads, None
+    from unidl.nn.module import is_trainable
+
+    missing = [g is None and is_trainable(p) for g, p in zip(grads, params)]
+    filled = [jnp.zeros(p.shape, p.dtype) if miss else g for g, p, miss in zip(grads, params, missing)]
+    sent = [loss, jnp.asarray([0.0 if miss else 1.0 for miss in missing], loss.dtype),
+            *[g for g in filled if g is not None]]
+    received = io_callback(lambda *values: reduce_on_host(list(values), "mean"),
+                           [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in sent], *sent)
+    loss, had, *found = received
+    found = iter(found)
+    grads = [None if g is None else next(found) for g in filled]
+    present = [had[index] > 0 if miss else None for index, miss in enumerate(missing)]
+    return loss, grads, present
+
+
+def broadcast_from_rank_0(variables) -> None:
+    """Rank 0's value of each of ``variables`` (``JaxVariable``s: the model's parameters and buffers) on every rank,
+    as torch's DDP does when it wraps a model: a sum to which only rank 0 contributes (an integer's exactly); nothing
+    outside a job."""
+    from unidl.backends.jax.variable import written_in_place
+
+    if _job is None or not variables:
+        return
+    own = [np.asarray(v.value) if jax.process_index() == 0 else np.zeros(v.shape, v.dtype) for v in variables]
+    for variable, value in zip(variables, reduce_on_host(own, "sum")):
+        written_in_place(variable, value)
