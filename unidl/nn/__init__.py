@@ -15,8 +15,12 @@ from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, HuberLo
 from unidl.nn.module import Module
 from unidl.nn.instancenorm import InstanceNorm1d, InstanceNorm2d
 from unidl.nn.normalization import GroupNorm, LayerNorm, RMSNorm
+from unidl.nn.padding import (CircularPad1d, CircularPad2d, ConstantPad1d, ConstantPad2d, ReflectionPad1d,
+                               ReflectionPad2d, ReplicationPad1d, ReplicationPad2d, ZeroPad1d, ZeroPad2d)
 from unidl.nn.parameter import Parameter
-from unidl.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
+from unidl.nn.pixelshuffle import PixelShuffle, PixelUnshuffle
+from unidl.nn.pooling import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveMaxPool1d, AdaptiveMaxPool2d, AvgPool1d,
+                              AvgPool2d, MaxPool1d, MaxPool2d, MaxUnpool2d)
 from unidl.nn.rnn import GRU, LSTM, RNN
 from unidl.nn.rnn_cell import GRUCell, LSTMCell, RNNCell
 from unidl.nn.sparse import Embedding
@@ -36,4 +40,7 @@ __all__ = [
     "HuberLoss", "KLDivLoss", "init",
     "Conv1d", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GroupNorm", "Dropout2d", "Upsample",
     "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
+    "ZeroPad1d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d", "ReflectionPad2d",
+    "ReplicationPad1d", "ReplicationPad2d", "CircularPad1d", "CircularPad2d", "PixelShuffle", "PixelUnshuffle",
+    "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d",
 ]
