@@ -24,13 +24,16 @@ def both(spelling, *inputs):
 SPELLINGS = [
     ("ZeroPad1d((2, -1))", SEQUENCE), ("ZeroPad2d((1, 2, -1, 0))", IMAGES), ("ConstantPad1d(2, 3.5)", SEQUENCE[0]),
     ("ConstantPad2d((1, 0, 2, -2), -1.0)", IMAGES), ("ReflectionPad1d((3, 1))", SEQUENCE),
-    ("ReflectionPad2d((2, 1, 0, 4))", IMAGES), ("ReflectionPad2d(1)", IMAGES[0]), ("ReplicationPad1d((2, -1))", SEQUENCE),
+    ("ReflectionPad2d((2, 1, 0, 4))", IMAGES), ("ReflectionPad2d(1)", IMAGES[0]),
+    ("ReplicationPad1d((2, -1))", SEQUENCE),
     ("ReplicationPad2d((1, 2, 3, 0))", IMAGES), ("CircularPad1d((3, 2))", SEQUENCE[0]),
     ("CircularPad2d((1, 2, 5, 0))", IMAGES), ("PixelShuffle(2)", IMAGES.reshape(2, 1, 4, 5, 6)[:, :, :, :2]),
     ("PixelShuffle(2)", IMAGES[0]), ("PixelUnshuffle(2)", IMAGES[:, :, :4]),
     ("MaxPool1d(3, 2, 1, ceil_mode=True)", SEQUENCE), ("MaxPool1d(2)", SEQUENCE[0]),
     ("AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False)", SEQUENCE), ("AvgPool1d(2, 1, 1)", SEQUENCE),
     ("AdaptiveAvgPool1d(3)", SEQUENCE), ("AdaptiveMaxPool1d(3)", SEQUENCE), ("AdaptiveMaxPool1d((2,))", SEQUENCE[0]),
+    ("ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2)", SEQUENCE),
+    ("ConvTranspose1d(4, 3, 2, bias=False)", SEQUENCE[0]),
 ]
 LAYERS = {f"{spelling} of {x.shape}": both(spelling, x) for spelling, x in SPELLINGS}
 
@@ -46,7 +49,8 @@ def test_padding_shuffle_and_1d_pooling_layers_match_torch(backend):
 def _model(nn):
     """(N, 3, 8) -> (N, 2) through every new layer, 1-d then 2-d."""
     return nn.Sequential(
-        nn.ReflectionPad1d(2), nn.Conv1d(3, 8, 3), nn.MaxPool1d(2, ceil_mode=True),
+        nn.ReflectionPad1d(2), nn.Conv1d(3, 8, 3), nn.ConvTranspose1d(8, 8, 3, stride=2, padding=1, output_padding=1),
+        nn.MaxPool1d(2, ceil_mode=True),
         nn.AvgPool1d(2, 1, 1, count_include_pad=False), nn.CircularPad1d(1), nn.ReplicationPad1d((2, 0)),
         nn.ZeroPad1d((1, -1)), nn.ConstantPad1d((0, 2), 0.25), nn.AdaptiveMaxPool1d(6), nn.AdaptiveAvgPool1d(4),
         nn.Unflatten(2, (2, 2)), nn.PixelShuffle(2), nn.ZeroPad2d((1, 0, -1, 1)), nn.ReflectionPad2d(1),
@@ -73,14 +77,22 @@ def test_the_layers_train_in_a_compiled_step_as_in_torch(backend):
         assert ud.testing.max_relative_difference(state[key], value.numpy()) < 1e-5, key
 
 
-def test_max_pool1d_indices_and_reprs_match_torch(backend):
-    """``MaxPool1d(return_indices=True)`` gives torch's indices along L (and its values), and every new layer's
-    repr is torch.nn's."""
-    ours = ud.nn.MaxPool1d(3, 2, 1, return_indices=True)(ud.tensor(SEQUENCE.astype(np.float32)))
-    theirs = tnn.MaxPool1d(3, 2, 1, return_indices=True)(torch.tensor(SEQUENCE.astype(np.float32)))
+def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend):
+    """``MaxPool1d(return_indices=True)`` gives torch's indices along L (and its values), ``ConvTranspose1d``'s
+    ``output_size`` (batched and unbatched) torch's output, and every new layer's repr is torch.nn's."""
+    x = SEQUENCE.astype(np.float32)
+    ours = ud.nn.MaxPool1d(3, 2, 1, return_indices=True)(ud.tensor(x))
+    theirs = tnn.MaxPool1d(3, 2, 1, return_indices=True)(torch.tensor(x))
     for got, want in zip(ours, theirs, strict=True):
         np.testing.assert_array_equal(ud.to_numpy(got), want.numpy())
-    for spelling in [spelling for spelling, _ in SPELLINGS] + ["AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)"]:
+    layer, reference = ud.nn.ConvTranspose1d(4, 2, 3, stride=3), tnn.ConvTranspose1d(4, 2, 3, stride=3)
+    reference.load_state_dict({key: torch.tensor(value) for key, value in layer.state_dict().items()})
+    for sample, size in ((x, (2, 2, 22)), (x, (23,)), (x[0], (2, 21))):
+        want = reference(torch.tensor(sample), output_size=size).detach().numpy()
+        got = ud.function(lambda t, size=size: layer(t, output_size=size))(ud.tensor(sample))
+        assert ud.testing.max_relative_difference(ud.to_numpy(got), want) < 2e-6, size
+    more = ["AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)", "ConvTranspose1d(2, 3, 3)"]
+    for spelling in [spelling for spelling, _ in SPELLINGS] + more:
         assert repr(eval(f"ud.nn.{spelling}")) == repr(eval(f"tnn.{spelling}")), spelling
 
 
@@ -119,14 +131,18 @@ TOO_SMALL = [  # (layer, input shape, the error's message)
                                 "smaller kernel, more padding or a larger input"),
     ("AvgPool1d(2)", (1, 2, 2, 2), "AvgPool1d(kernel_size=(2,), stride=(2,), padding=(0,)) expected NCL input of rank "
                                    "3 (or one sample (C, L)), received shape (1, 2, 2, 2)"),
+    ("ConvTranspose1d(2, 2, 3, stride=2)", (1, 2, 4), "ConvTranspose1d(2, 2, kernel_size=(3,), stride=(2,)): "
+                                                      "output_size (12,) is not a size the input can give: its length "
+                                                      "must lie in [9, 10] (input shape (1, 2, 4))", (12,)),
 ]
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "ud.function"])
 def test_too_small_inputs_are_one_error_naming_the_layer(backend, graph):
-    for spelling, shape, message in TOO_SMALL:
+    for spelling, shape, message, *output_size in TOO_SMALL:
         layer = eval(f"ud.nn.{spelling}")
-        run = ud.function(lambda t, layer=layer: layer(t)) if graph else layer
+        call = (lambda t, layer=layer, size=output_size[0]: layer(t, output_size=size)) if output_size else layer
+        run = ud.function(lambda t, call=call: call(t)) if graph else call
         with pytest.raises(ud.ShapeMismatchError) as caught:
             run(ud.tensor(np.ones(shape, np.float32)))
         # (a wrong rank is found while a graph is traced, where TensorFlow's graph leaves every size unknown)

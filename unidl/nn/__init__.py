@@ -6,7 +6,7 @@ from unidl.nn.activation import (ELU, GELU, Hardtanh, LeakyReLU, LogSoftmax, PRe
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from unidl.nn.container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
-from unidl.nn.conv import Conv1d, Conv2d, ConvTranspose2d
+from unidl.nn.conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from unidl.nn.dropout import Dropout, Dropout2d
 from unidl.nn.flatten import Flatten, Unflatten
 from unidl.nn.linear import Identity, Linear
@@ -42,5 +42,5 @@ __all__ = [
     "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
     "ZeroPad1d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d", "ReflectionPad2d",
     "ReplicationPad1d", "ReplicationPad2d", "CircularPad1d", "CircularPad2d", "PixelShuffle", "PixelUnshuffle",
-    "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d",
+    "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "ConvTranspose1d",
 ]
