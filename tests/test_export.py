@@ -212,6 +212,25 @@ def test_jax_onnx_pools_keep_padding_and_strides(tmp_path):
     assert np.isnan(expected_nan[1]).all() and max_relative_difference(output[::2], expected_nan[::2]) <= TOLERANCE
 
 
+def test_jax_onnx_replication_padding_runs(tmp_path):
+    """A replicate pad on the jax backend (``ReplicationPad2d``, ``Conv2d(padding_mode='replicate')``) exports to an
+    ONNX program that onnxruntime runs, with unidl's outputs (jnp.pad's 'edge' mode became a Concat whose declared
+    shape onnxruntime refused; the backend gathers the edge positions instead)."""
+    import onnxruntime
+
+    with ud.use_backend("jax"):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.ReplicationPad2d((1, 2, 0, 3)),
+                                 ud.nn.Conv2d(2, 2, 3, padding=(1, 2), padding_mode="replicate")).eval()
+        ud.export(model, tmp_path / "pads.onnx", format="onnx", input_shape=(2, 4, 5))
+        x = np.random.default_rng(0).standard_normal((3, 2, 4, 5)).astype(np.float32)
+        expected = ud.to_numpy(model(ud.tensor(x)))
+    session = onnxruntime.InferenceSession(str(tmp_path / "pads.onnx"), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"x": x})
+    assert output.shape == expected.shape == (3, 2, 7, 10)
+    assert max_relative_difference(output, expected) <= TOLERANCE
+
+
 def test_an_exporters_missing_conversion_is_an_export_format_error_naming_the_layer(tmp_path):
     """jax2onnx has no ONNX for a reverse scan: a bidirectional GRU on jax is an ``ExportFormatError`` naming the
     layer, the format and the formats that write it (it was jax2onnx's ``NotImplementedError``); nothing written."""

@@ -81,11 +81,12 @@ def _tensor_value(x, value):
         return ops.cast(value, dtype_kinds.dtype_name(x.dtype))
 
 
-def check_sizes(x, amounts, mode):
+def check_sizes(x, amounts, mode, owner=None):
     """``x`` after PyTorch's checks of the sizes against the amounts: a constant pad crops (its negative amounts
     first) no more than an axis holds; the other modes leave at least one entry; reflect and replicate take no empty
     axis but the batch axis (padded or not), a reflect pad is shorter than its axis, a circular one no longer.
-    ``ShapeMismatchError`` now, or when a graph runs for sizes it leaves unknown."""
+    ``ShapeMismatchError`` now, or when a graph runs for sizes it leaves unknown, its message starting with
+    ``owner`` (a layer's name, or a callable giving it: ``unidl.nn``'s padding layers) or else the pad's mode."""
     sizes = input_checks.sizes_of(x)
     rank, axes = len(sizes), len(amounts) // 2
     shape = input_checks.shape_template(rank)
@@ -109,7 +110,8 @@ def check_sizes(x, amounts, mode):
             checks.append((size > 0, axis, f"{pair} pads an empty axis"))
     for holds, axis, problem in checks:
         def template(problem=problem):
-            return f"pad mode {mode!r}: {problem} (axis size {{}}, input shape {shape})"
+            named = f"pad mode {mode!r}" if owner is None else input_checks.literal(owner)
+            return f"{named}: {problem} (axis size {{}}, input shape {shape})"
 
         x = input_checks.require(x, input_checks.holds(holds), template, (sizes[axis],) + tuple(sizes))
     return x

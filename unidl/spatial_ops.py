@@ -335,19 +335,20 @@ def unpooled_size(owner, x, kernel_size, stride=None, padding=0, output_size=Non
     return given, x
 
 
-def spatial_output_size(owner, output_size) -> tuple:
-    """The (H, W) an ``output_size`` argument names: the last two of 2 or 4 sizes, each an int or a scalar integer
-    tensor (``ud.ops.shape(x)`` where a graph leaves a size unknown); else a ``ValueError`` naming ``owner``, and
-    the fix where a size is None (``x.shape`` while a TensorFlow graph is traced)."""
+def spatial_output_size(owner, output_size, rank: int = 2) -> tuple:
+    """The (H, W) an ``output_size`` argument names: the last two of 2 or 4 sizes (``rank`` 1: the (L,) of 1 or 3),
+    each an int or a scalar integer tensor (``ud.ops.shape(x)`` where a graph leaves a size unknown); else a
+    ``ValueError`` naming ``owner``, and the fix where a size is None (``x.shape`` while a TensorFlow graph is
+    traced)."""
     given = arguments.sequence(output_size)
-    if given is not None and len(given) in (2, 4) and any(size is None for size in given[-2:]):
+    if given is not None and len(given) in (rank, rank + 2) and any(size is None for size in given[-rank:]):
         raise ValueError(f"{input_checks.literal(owner)} output_size {output_size!r} holds sizes a graph leaves "
                          f"unknown (x.shape while tracing); give ud.ops.shape(x), whose unknown sizes are tensors, "
                          f"or ints")
-    if given is None or len(given) not in (2, 4) or not all(_is_size(o) for o in given[-2:]):
-        raise ValueError(f"{input_checks.literal(owner)} output_size must be 2 ints (H, W) or 4 (N, C, H, W), got "
-                         f"{output_size!r}")
-    return tuple(size if (number := arguments.integer(size)) is None else number for size in given[-2:])
+    if given is None or len(given) not in (rank, rank + 2) or not all(_is_size(o) for o in given[-rank:]):
+        forms = "2 ints (H, W) or 4 (N, C, H, W)" if rank == 2 else "1 int (L,) or 3 (N, C, L)"
+        raise ValueError(f"{input_checks.literal(owner)} output_size must be {forms}, got {output_size!r}")
+    return tuple(size if (number := arguments.integer(size)) is None else number for size in given[-rank:])
 
 
 def transposed_output_padding(owner, x, output_size, kernel, strides, pads, dilations):
@@ -356,7 +357,8 @@ def transposed_output_padding(owner, x, output_size, kernel, strides, pads, dila
     that each size lies in [smallest, smallest + stride - 1], the sizes the input can give (smallest: output padding
     0). Where a graph leaves a size unknown, the padding is the largest (stride - 1) and the output is cropped:
     output padding only appends rows and columns, each computed as the others."""
-    given, sizes = spatial_output_size(owner, output_size), input_checks.sizes_of(x)
+    given, sizes = spatial_output_size(owner, output_size, len(kernel)), input_checks.sizes_of(x)
+    labels = ("length",) if len(kernel) == 1 else ("height", "width")
     smallest = [(n - 1) * s - 2 * p + d * (k - 1) + 1
                 for n, k, s, p, d in zip(sizes[2:], kernel, strides, pads, dilations)]
     for axis, (size, low, s) in enumerate(zip(given, smallest, strides)):
@@ -364,7 +366,7 @@ def transposed_output_padding(owner, x, output_size, kernel, strides, pads, dila
 
         def template(axis=axis):
             return (f"{input_checks.literal(owner)}: output_size {input_checks.shape_template(len(given))} is not a "
-                    f"size the input can give: its {('height', 'width')[axis]} must lie in [{{}}, {{}}] (input shape "
+                    f"size the input can give: its {labels[axis]} must lie in [{{}}, {{}}] (input shape "
                     f"{input_checks.shape_template(len(sizes))})")
 
         x = input_checks.require(x, holds, template, tuple(given) + (low, low + s - 1) + tuple(sizes))
@@ -374,8 +376,11 @@ def transposed_output_padding(owner, x, output_size, kernel, strides, pads, dila
 
 
 def cropped(x, sizes):
-    """NCHW ``x`` cut to its first ``sizes`` (H, W) rows and columns (ints or scalar tensors)."""
-    return _crop(_crop(x, 2, None, sizes[0]), 3, None, sizes[1])
+    """NCHW ``x`` cut to its first ``sizes`` (H, W) rows and columns (ints or scalar tensors); NCL ``x`` to its
+    first ``sizes`` (L,)."""
+    for axis, size in enumerate(sizes, 2):
+        x = _crop(x, axis, None, size)
+    return x
 
 
 def _is_size(value) -> bool:

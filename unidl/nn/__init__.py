@@ -7,8 +7,8 @@ from unidl.nn.activation import (CELU, ELU, GELU, GLU, SELU, Hardshrink, Hardsig
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from unidl.nn.container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
+from unidl.nn.conv import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from unidl.nn.distance import CosineSimilarity, PairwiseDistance
-from unidl.nn.conv import Conv1d, Conv2d, ConvTranspose2d
 from unidl.nn.dropout import Dropout, Dropout2d
 from unidl.nn.flatten import Flatten, Unflatten
 from unidl.nn.linear import Identity, Linear
@@ -19,8 +19,12 @@ from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CosineEmbeddingLoss, Cros
 from unidl.nn.module import Module
 from unidl.nn.instancenorm import InstanceNorm1d, InstanceNorm2d
 from unidl.nn.normalization import GroupNorm, LayerNorm, RMSNorm
+from unidl.nn.padding import (CircularPad1d, CircularPad2d, ConstantPad1d, ConstantPad2d, ReflectionPad1d,
+                               ReflectionPad2d, ReplicationPad1d, ReplicationPad2d, ZeroPad1d, ZeroPad2d)
 from unidl.nn.parameter import Parameter
-from unidl.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d, MaxUnpool2d
+from unidl.nn.pixelshuffle import PixelShuffle, PixelUnshuffle
+from unidl.nn.pooling import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveMaxPool1d, AdaptiveMaxPool2d, AvgPool1d,
+                              AvgPool2d, MaxPool1d, MaxPool2d, MaxUnpool2d)
 from unidl.nn.rnn import GRU, LSTM, RNN
 from unidl.nn.rnn_cell import GRUCell, LSTMCell, RNNCell
 from unidl.nn.sparse import Embedding
@@ -44,4 +48,7 @@ __all__ = [
     "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
     "Mish", "Hardswish", "Hardsigmoid", "SELU", "CELU", "Softsign", "LogSigmoid", "Softmin", "GLU", "Tanhshrink",
     "Softshrink", "Hardshrink", "Threshold", "CosineSimilarity", "PairwiseDistance",
+    "ZeroPad1d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d", "ReflectionPad2d",
+    "ReplicationPad1d", "ReplicationPad2d", "CircularPad1d", "CircularPad2d", "PixelShuffle", "PixelUnshuffle",
+    "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "ConvTranspose1d",
 ]

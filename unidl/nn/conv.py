@@ -1,5 +1,5 @@
-"""``Conv1d``, ``Conv2d`` and ``ConvTranspose2d`` over NCL/NCHW input, with PyTorch's arguments, defaults,
-initialisation and ``state_dict()`` names (``weight`` OIHW, or (in, out / groups, kh, kw) when transposed)."""
+"""``Conv1d``, ``Conv2d``, ``ConvTranspose1d`` and ``ConvTranspose2d`` over NCL/NCHW input, with PyTorch's arguments,
+defaults, initialisation and ``state_dict()`` names (``weight`` OIHW, or (in, out / groups, kh, kw) when transposed)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 class _ConvNd(Module):
-    """What ``Conv1d``, ``Conv2d`` and ``ConvTranspose2d`` share: argument checks, weights and the padding modes.
+    """What ``Conv1d``, ``Conv2d`` and the transposed ones share: argument checks, weights and the padding modes.
 
     Weights are drawn as PyTorch draws them (Kaiming-uniform with a=sqrt(5), bias U(-1/sqrt(fan_in),
     1/sqrt(fan_in))), fan_in being the weight's second axis times the kernel's size."""
@@ -189,7 +189,57 @@ def _single(value) -> int:
     return value if isinstance(value, int) else value[0]
 
 
-class ConvTranspose2d(_ConvNd):
+class _ConvTransposeNd(_ConvNd):
+    """What ``ConvTranspose1d`` and ``ConvTranspose2d`` share: a 1-d one runs as the 2-d one over (N, C, 1, L) with
+    a kernel of height 1."""
+
+    transposed = True
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias, dilation,
+                 padding_mode):
+        owner = type(self).__name__
+        if padding_mode != "zeros":
+            raise ValueError(f"{owner} supports padding_mode='zeros' only (as PyTorch), got {padding_mode!r}")
+        if isinstance(padding, str):
+            raise ValueError(f"{owner} padding must be an int or {'a pair of ints' if self.rank == 2 else 'one int'}, "
+                             f"got {padding!r}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
+        self.output_padding = arguments.ints(owner, "output_padding", output_padding, self.rank, minimum=0)
+        arguments.check_output_padding(owner, self.output_padding, self.stride, self.dilation)
+
+    def forward(self, x, output_size=None):
+        """``output_size`` (the spatial sizes, or (N, C, *spatial) of which those are read, (C, *spatial) for one
+        unbatched sample; ints, or ``ud.ops.shape(x)``'s sizes where a graph leaves them unknown), as PyTorch's: the
+        output's spatial size, one of the ``stride`` sizes the input can give; it sets the output padding of this
+        call (``output_padding`` is then not used). ``ShapeMismatchError`` (a ``ValueError``) for a size out of that
+        range."""
+        given = arguments.sequence(output_size) if len(getattr(x, "shape", ())) == self.rank + 1 else None
+        if given is not None and len(given) == self.rank + 1:  # an unbatched sample's (C, *spatial)
+            output_size = tuple(given[1:])
+        elif given is not None and len(given) != self.rank:  # (torch's rule: no (N, C, *spatial) for one sample)
+            forms = "2 sizes (H, W) or 3 (C, H, W)" if self.rank == 2 else "1 size (L,) or 2 (C, L)"
+            raise ValueError(f"{self.describe()}: for one unbatched sample of shape {tuple(x.shape)}, output_size "
+                             f"must be {forms}, got {output_size!r}")
+        return self._forward(x, output_size)
+
+    @unbatched
+    def _forward(self, x, output_size):
+        x = self._check_input(x)
+        padding, crop = self.output_padding, None
+        if output_size is not None:
+            padding, crop, x = spatial_ops.transposed_output_padding(
+                self.describe, x, output_size, self.kernel_size, self.stride, self.padding, self.dilation)
+        if self.rank == 2:
+            y = functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, padding, self.groups,
+                                            self.dilation)
+        else:
+            y = functional.squeeze(functional.conv_transpose2d(
+                functional.unsqueeze(x, 2), functional.unsqueeze(self.weight, 2), self.bias, (1,) + self.stride,
+                (0,) + self.padding, (0,) + tuple(padding), self.groups, (1,) + self.dilation), 2)
+        return y if crop is None else spatial_ops.cropped(y, crop)
+
+
+class ConvTranspose2d(_ConvTransposeNd):
     """The transposed 2-D convolution (the gradient of ``Conv2d`` with respect to its input), as
     ``torch.nn.ConvTranspose2d``: output size (H - 1) * stride - 2 * padding + dilation * (k - 1) +
     output_padding + 1.
@@ -200,40 +250,23 @@ class ConvTranspose2d(_ConvNd):
     """
 
     rank = 2
-    transposed = True
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
                  groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros"):
-        if padding_mode != "zeros":
-            raise ValueError(f"ConvTranspose2d supports padding_mode='zeros' only (as PyTorch), got {padding_mode!r}")
-        if isinstance(padding, str):
-            raise ValueError(f"ConvTranspose2d padding must be an int or a pair of ints, got {padding!r}")
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode)
-        self.output_padding = arguments.ints("ConvTranspose2d", "output_padding", output_padding, 2, minimum=0)
-        arguments.check_output_padding("ConvTranspose2d", self.output_padding, self.stride, self.dilation)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+                         dilation, padding_mode)
 
-    def forward(self, x, output_size=None):
-        """``output_size`` ((H, W), or (N, C, H, W) of which H and W are read, (C, H, W) for one unbatched sample;
-        ints, or ``ud.ops.shape(x)``'s sizes where a graph leaves them unknown), as PyTorch's: the output's spatial
-        size, one of the ``stride`` sizes the input can give; it sets the output padding of this call
-        (``output_padding`` is then not used). ``ShapeMismatchError`` (a ``ValueError``) for a size out of that
-        range."""
-        given = arguments.sequence(output_size) if len(getattr(x, "shape", ())) == self.rank + 1 else None
-        if given is not None and len(given) == self.rank + 1:  # an unbatched sample's (C, H, W)
-            output_size = tuple(given[1:])
-        elif given is not None and len(given) != self.rank:  # (torch's rule: no (N, C, H, W) for one sample)
-            raise ValueError(f"{self.describe()}: for one unbatched sample of shape {tuple(x.shape)}, output_size "
-                             f"must be 2 sizes (H, W) or 3 (C, H, W), got {output_size!r}")
-        return self._forward(x, output_size)
 
-    @unbatched
-    def _forward(self, x, output_size):
-        x = self._check_input(x)
-        if output_size is None:
-            return functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
-                                               self.output_padding, self.groups, self.dilation)
-        padding, crop, x = spatial_ops.transposed_output_padding(
-            self.describe, x, output_size, self.kernel_size, self.stride, self.padding, self.dilation)
-        y = functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, padding, self.groups,
-                                        self.dilation)
-        return y if crop is None else spatial_ops.cropped(y, crop)
+class ConvTranspose1d(_ConvTransposeNd):
+    """The transposed 1-D convolution over (N, in_channels, L) or (in_channels, L) input, as
+    ``torch.nn.ConvTranspose1d``: output length (L - 1) * stride - 2 * padding + dilation * (k - 1) +
+    output_padding + 1; the arguments of ``ConvTranspose2d``, each one int. Weight (in_channels,
+    out_channels / groups, k); ``forward(x, output_size=)`` takes (L,), (N, C, L) or, for one sample, (C, L).
+    """
+
+    rank = 1
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, padding_mode: str = "zeros"):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+                         dilation, padding_mode)

