@@ -28,8 +28,9 @@ class _Loss(Module):
     reductions = arguments.REDUCTIONS
     _tensor_arguments = 2  # (prediction, target: a list or a number converted as ud.tensor makes it)
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", *, size_average=None, reduce=None):
         super().__init__()
+        _refuse_legacy_reduction(type(self).__name__, size_average, reduce)
         self.reduction = input_checks.check_reduction(type(self).__name__, reduction, self.reductions)
 
     def _check_same_shape(self, prediction, target):
@@ -39,6 +40,16 @@ class _Loss(Module):
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
+
+
+def _refuse_legacy_reduction(owner: str, size_average, reduce) -> None:
+    """A ``ValueError`` for PyTorch's deprecated ``size_average`` and ``reduce`` (given by keyword, or positionally
+    where PyTorch's signature has them), naming the ``reduction=`` to give instead: read as PyTorch reads them, a
+    ported call would silently reduce another way."""
+    if size_average is not None or reduce is not None:
+        raise ValueError(f"{owner} does not take PyTorch's deprecated size_average and reduce (got size_average="
+                         f"{size_average!r}, reduce={reduce!r}); give reduction= instead: reduction='mean' "
+                         f"(size_average=True), 'sum' (size_average=False) or 'none' (reduce=False)")
 
 
 class MSELoss(_Loss):
@@ -274,6 +285,15 @@ def _same_shape_operands(loss, names: tuple, *tensors):
     return (first, *others)
 
 
+def _operands_in_input_dtype(loss, x, target):
+    """``x`` (integers: floats of the dtype in force) and ``target`` cast to its dtype, after checking that they
+    have one shape: PyTorch's hinge and soft-margin kernels compute in the input's dtype, whatever the target's."""
+    x = input_checks.as_floating(loss.describe, "input", input_checks.as_tensor(loss.describe, "input", x))
+    target = input_checks.as_tensor(loss.describe, "target", target)
+    x = input_checks.check_same_shape(type(loss).__name__, x, target, names=("input", "target"))
+    return x, functional.cast_like(target, x)
+
+
 def _require_shapes(loss, wanted: str, tensors: dict, condition, x):
     """``x``, after checking ``condition`` (a bool, or a boolean scalar tensor where a graph knows the sizes only when
     it runs): otherwise a ``ShapeMismatchError`` '``<loss> needs <wanted>; got <name> <shape>, ...``', now or then."""
@@ -311,8 +331,8 @@ class MarginRankingLoss(_Loss):
 
     _tensor_arguments = 3
 
-    def __init__(self, margin: float = 0.0, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, margin: float = 0.0, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.margin = float(margin)
 
     def forward(self, input1, input2, target):
@@ -327,12 +347,12 @@ class HingeEmbeddingLoss(_Loss):
     """reduce(l), l = x where y = 1, max(0, margin - x) where y = -1, as ``torch.nn.HingeEmbeddingLoss`` (x: a
     distance). PyTorch does not check y's values: any other value adds both terms, here too."""
 
-    def __init__(self, margin: float = 1.0, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, margin: float = 1.0, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.margin = float(margin)
 
     def forward(self, x, target):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
+        x, target = _operands_in_input_dtype(self, x, target)
         zeros = functional.zeros_like(x)
         losses = (functional.where(target != 1, _hinge(self.margin - x), zeros)
                   + functional.where(target != -1, x, zeros))
@@ -342,14 +362,26 @@ class HingeEmbeddingLoss(_Loss):
         return f"margin={self.margin}, reduction={self.reduction!r}"
 
 
-class SoftMarginLoss(_Loss):
+class _UnparameterizedLoss(_Loss):
+    """A loss whose only option is its reduction, with PyTorch's positional slots before it (refused if given)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
+
+
+class SoftMarginLoss(_UnparameterizedLoss):
     """reduce(log(1 + exp(-y * x))), the logistic loss of targets y in {1, -1}, as ``torch.nn.SoftMarginLoss``
-    (y's values are not checked, as in PyTorch). Computed as softplus(-y * x): finite where PyTorch's
-    log1p(exp(-y * x)) overflows (past 88 in float32: inf, and a NaN gradient)."""
+    (y's values are not checked, as in PyTorch), in the input's dtype. Computed as max(z, 0) + log1p(exp(-|z|)),
+    z = -y * x: PyTorch's value and gradient wherever its log1p(exp(z)) is finite, and finite where that overflows
+    (past 88 in float32: inf, and a NaN gradient)."""
 
     def forward(self, x, target):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
-        return functional._reduced(functional.softplus(-target * x), self.reduction)
+        x, target = _operands_in_input_dtype(self, x, target)
+        z = -target * x
+        positive = z > 0
+        below = functional.where(positive, -z, z)  # -|z|, whose gradient at z = 0 is +1: sigmoid(0) in all
+        losses = functional.where(positive, z, functional.zeros_like(z)) + functional.log1p(functional.exp(below))
+        return functional._reduced(losses, self.reduction)
 
 
 class CosineEmbeddingLoss(_Loss):
@@ -359,8 +391,8 @@ class CosineEmbeddingLoss(_Loss):
 
     _tensor_arguments = 3
 
-    def __init__(self, margin: float = 0.0, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, margin: float = 0.0, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.margin = float(margin)
 
     def forward(self, input1, input2, target):
@@ -389,42 +421,30 @@ class TripletMarginLoss(_Loss):
 
     Args:
         margin: positive (PyTorch refuses 0 and below, a ``ValueError`` here too).
-        p: the norm's degree, a positive number.
+        p: the norm's degree, any number PyTorch's ``pairwise_distance`` takes (inf: the largest |difference|).
         eps: added to the differences, as PyTorch's ``pairwise_distance``.
         swap: take the positive's distance to the negative where it is smaller.
         reduction: 'mean', 'sum' or 'none' (one loss per triplet).
 
-    Anchor, positive and negative have one shape, (N, D) or one triplet's (D,) (a ``ShapeMismatchError``
-    otherwise; PyTorch checks their ranks and broadcasts)."""
+    Anchor, positive and negative have one shape, (N, D), one triplet's (D,), or any other (a distance along the
+    last axis, as PyTorch's); shapes that differ are a ``ShapeMismatchError`` (PyTorch checks their ranks and
+    broadcasts)."""
 
     _tensor_arguments = 3
 
     def __init__(self, margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
-                 reduction: str = "mean"):
-        super().__init__(reduction)
+                 size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         if not margin > 0:
             raise ValueError(f"TripletMarginLoss: expected margin to be greater than 0, got {margin} instead")
-        if not (isinstance(p, (int, float)) and 0 < p < float("inf")):
-            raise ValueError(f"TripletMarginLoss p must be a positive finite number (the norm's degree), got {p!r}")
         self.margin, self.p, self.eps, self.swap = float(margin), float(p), float(eps), bool(swap)
 
     def _distance(self, x, y):
-        difference = functional.abs(x - y + self.eps)
-        powers = difference if self.p == 1 else difference ** self.p
-        total = functional.sum(powers, -1)
-        if self.p == 1:
-            return total
-        positive = total > 0  # (PyTorch's norm has gradient 0 at 0, the root's is infinite)
-        safe = functional.where(positive, total, functional.zeros_like(total) + 1)
-        root = functional.sqrt(safe) if self.p == 2 else safe ** (1 / self.p)
-        return functional.where(positive, root, functional.zeros_like(total))
+        return functional.pairwise_distance(x, y, self.p, self.eps)  # (torch's, with its gradients at 0)
 
     def forward(self, anchor, positive, negative):
         anchor, positive, negative = _same_shape_operands(self, ("anchor", "positive", "negative"), anchor, positive,
                                                           negative)
-        sizes = input_checks.sizes_of(anchor)
-        anchor = _require_shapes(self, "anchor, positive and negative of shape (N, D) or (D,)", {"anchor": anchor},
-                                 len(sizes) in (1, 2), anchor)
         closest = self._distance(anchor, negative)
         if self.swap:
             closest = functional.minimum(closest, self._distance(positive, negative))
@@ -450,10 +470,10 @@ class MultiLabelSoftMarginLoss(_Loss):
     one sample's (C,)) and 0/1 targets y of their shape, l_n = -mean_c(w_c (y log sigmoid(x) + (1 - y)
     log sigmoid(-x))), then reduced over the samples. ``weight``: one value per class (a buffer), or None."""
 
-    def __init__(self, weight=None, reduction: str = "mean"):
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
         if isinstance(weight, str):  # MultiLabelSoftMarginLoss('sum'): the reduction, positionally
             weight, reduction = None, weight
-        super().__init__(reduction)
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         _class_weight_buffer(self, weight)
 
     def forward(self, x, target):
@@ -471,24 +491,27 @@ class MultiLabelSoftMarginLoss(_Loss):
 
 def _class_scores(loss, scores, labels, labels_wanted: str):
     """``(scores, labels, one)``: scores (C,) or (N, C) as floats and integer ``labels`` of the shape
-    ``labels_wanted`` describes ('(N,)': one label a sample, else the scores' shape), as (N, C) and their labels
-    (``one``: the sample was unbatched); a ``ShapeMismatchError`` naming both shapes otherwise."""
+    ``labels_wanted`` describes ('(N,)': one label a sample, () or (1,) for scores (C,), else the scores' shape), as
+    (N, C) and their labels (``one``: the sample was unbatched with a label (), whose loss has no batch axis); a
+    ``ShapeMismatchError`` naming both shapes otherwise."""
     labels = input_checks.check_integer(type(loss).__name__, "target", labels)
     scores = input_checks.as_floating(loss.describe, "input", input_checks.as_tensor(loss.describe, "input", scores))
     a, t = input_checks.sizes_of(scores), input_checks.sizes_of(labels)
     per_sample = labels_wanted == "(N,)"
     if per_sample:
-        fits = len(a) in (1, 2) and len(t) == len(a) - 1 and (len(t) == 0 or input_checks.holds(a[0] == t[0]))
-        wanted = "input of shape (N, C) and integer target of shape (N,), or (C,) and ()"
+        if len(a) == 2:
+            fits = len(t) == 1 and input_checks.holds(a[0] == t[0])
+        else:
+            fits = len(a) == 1 and (len(t) == 0 or (len(t) == 1 and input_checks.holds(t[0] == 1)))
+        wanted = "input of shape (N, C) and integer target of shape (N,), or (C,) and () or (1,)"
     else:
         fits = len(a) in (1, 2) and _equal_sizes(a, t)
         wanted = "input of shape (N, C) or (C,) and an integer target of its shape"
     scores = _require_shapes(loss, wanted, {"input": scores, "target": labels}, fits, scores)
-    one = len(a) == 1
-    if one:
+    if len(a) == 1:
         scores = functional.unsqueeze(scores, 0)
         labels = functional.reshape(labels, (1,) if per_sample else (1, -1))
-    return scores, labels, one
+    return scores, labels, len(a) == 1 and not (per_sample and len(t) == 1)
 
 
 def _class_loss_reduced(losses, reduction: str, one: bool):
@@ -510,8 +533,8 @@ class MultiMarginLoss(_Loss):
     A label outside [0, C) is an ``IndexOutOfRangeError`` (PyTorch: 'target out of range'), eagerly and in graphs;
     a term counts only where it is positive (no gradient at 0), as PyTorch's kernel."""
 
-    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         if p not in (1, 2) or isinstance(p, bool):
             raise ValueError(f"MultiMarginLoss: only p == 1 and p == 2 supported (PyTorch's), got p={p!r}")
         self.p, self.margin = int(p), float(margin)
@@ -537,7 +560,7 @@ class MultiMarginLoss(_Loss):
         return f"p={self.p}, margin={self.margin}, reduction={self.reduction!r}, weight={self.weight is not None}"
 
 
-class MultiLabelMarginLoss(_Loss):
+class MultiLabelMarginLoss(_UnparameterizedLoss):
     """Multi-label hinge loss, as ``torch.nn.MultiLabelMarginLoss``: for scores x (N, C) (or (C,)) and an integer
     target of their shape holding each sample's class indices, then -1 after the last (the entries after the first
     -1 are not read), l_n = sum over its classes j and the classes i not among them of max(0, 1 - (x[j] - x[i])) / C.
@@ -551,19 +574,40 @@ class MultiLabelMarginLoss(_Loss):
         ends = labels == -1
         labels = functional.check_index(functional.where(ends, functional.zeros_like(labels), labels), classes,
                                         f"{name} target (class indices, -1 after the last)")
-        positions = _positions(classes)
-        at_or_before = functional.unsqueeze(positions, 1) <= functional.unsqueeze(positions, 0)  # [k, j]: k <= j
-        ended = functional.unsqueeze(ends, 2) & functional.unsqueeze(at_or_before, 0)  # [n, k, j]
-        read = functional.sum(functional.cast_like(ended, scores), 1) == 0  # [n, j]: no -1 at or before j
-        chosen = functional.unsqueeze(read, 2) & (functional.unsqueeze(labels, 2) == functional.reshape(positions,
-                                                                                                         (1, 1, -1)))
-        others = functional.sum(functional.cast_like(chosen, scores), 1) == 0  # [n, i]: class i not a target
-        picked = functional.gather(scores, 1, labels)  # [n, j]
-        terms = _hinge(1 - functional.unsqueeze(picked, 2) + functional.unsqueeze(scores, 1), strict=True)
-        counted = functional.unsqueeze(read, 2) & functional.unsqueeze(others, 1)  # [n, j, i]
-        terms = functional.where(counted, terms, functional.zeros_like(terms))
-        losses = functional.sum(functional.sum(terms, 2), 1) / functional._count(functional.shape(scores)[1:2], terms)
+        positions = functional.unsqueeze(_positions(classes), 0)
+        width = classes if isinstance(classes, int) else functional.cast(classes, "int64")
+        first_end = -functional.amax(functional.where(ends, -positions, functional.zeros_like(labels) - width), 1)
+        read = positions < functional.unsqueeze(first_end, 1)  # [n, j]: no -1 at or before j
+        rows = functional.shape(scores)[0]
+        slots = functional.reshape(functional.unsqueeze(_positions(rows), 1) * width + labels, (-1,))
+        chosen = functional.segment_sum(functional.reshape(functional.cast_like(read, scores), (-1,)), slots,
+                                        functional.shape(slots)[0])
+        others = functional.reshape(chosen, functional.shape(scores)) == 0  # [n, i]: class i not a target
+        losses = _multilabel_hinge_sums(scores, functional.gather(scores, 1, labels), read, others)
+        losses = losses / functional._count(functional.shape(scores)[1:2], losses)
         return _class_loss_reduced(losses, self.reduction, one)
+
+
+def _multilabel_hinge_sums(scores, picked, read, others):
+    """Per sample, the sum over its targets j (``picked`` [n, j], where ``read``) and the classes i that are not
+    (``others`` [n, i]) of max(0, 1 - x[j] + x[i]), a term counted only where positive, in O(N C) memory: one
+    target slot at a time, in a scan, not an [n, j, i] tensor (N C^2: 500 MB for a batch of 32 over 1000
+    classes). The gradient is each term's, +1 for x[i] and -1 for x[j], attached as g * (x - stop_gradient(x)),
+    which adds exactly 0 to the value."""
+    fixed = functional.stop_gradient(scores)
+
+    def one_slot(counts, slot):
+        target, counted = slot
+        z = 1 - functional.unsqueeze(target, 1) + fixed
+        kept = (z > 0) & others & functional.unsqueeze(counted, 1)
+        terms = functional.cast_like(kept, z)
+        return counts + terms, (functional.sum(functional.where(kept, z, functional.zeros_like(z)), 1),
+                                functional.sum(terms, 1))
+
+    counts, (sums, passes) = functional.scan(one_slot, functional.zeros_like(fixed),
+                                             (functional.stop_gradient(picked), read), axis=1)
+    return (functional.sum(sums, 1) + functional.sum(counts * (scores - fixed), 1)
+            - functional.sum(passes * (picked - functional.stop_gradient(picked)), 1))
 
 
 class PoissonNLLLoss(_Loss):
@@ -572,8 +616,9 @@ class PoissonNLLLoss(_Loss):
     y log(y) - y + log(2 pi y) / 2, where y > 1. Input and target have one shape (a ``ShapeMismatchError``
     otherwise). The target's gradient at y = 0 under ``full`` is 0 (PyTorch's is NaN: 0 times log(0))."""
 
-    def __init__(self, log_input: bool = True, full: bool = False, eps: float = 1e-8, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, log_input: bool = True, full: bool = False, size_average=None, eps: float = 1e-8,
+                 reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.log_input, self.full, self.eps = bool(log_input), bool(full), float(eps)
 
     def forward(self, x, target):
@@ -602,6 +647,16 @@ def _at_most_one_false(conditions):
     return failed <= 1
 
 
+def _same_or_one_axis_of_one(a: tuple, b: tuple):
+    """Whether sizes ``b`` are ``a`` but for at most one axis, of size 1 in ``b`` (PyTorch's rule for a variance or a
+    target shared along one axis); ints, or scalar tensors a graph knows when it runs."""
+    if len(a) != len(b):
+        return False
+    same = [input_checks.holds(m == n) for m, n in zip(a, b)]
+    ones = [input_checks.holds(n == 1) for n in b]
+    return input_checks.all_of([_at_most_one_false(same)] + [input_checks._either(s, o) for s, o in zip(same, ones)])
+
+
 class GaussianNLLLoss(_Loss):
     """Negative log-likelihood of a Gaussian, as ``torch.nn.GaussianNLLLoss``: reduce((log(max(var, eps)) +
     (x - y)^2 / max(var, eps)) / 2), plus log(2 pi) / 2 with ``full``; the clamp passes var's gradient whole, as
@@ -610,16 +665,20 @@ class GaussianNLLLoss(_Loss):
     ``var``: the input's shape (one variance each), the input's shape without its last axis or with one axis of
     size 1 (one variance shared along it), or a number; anything else is a ``ShapeMismatchError`` (PyTorch's
     ``ValueError``), and a negative variance a ``ValueOutOfRangeError`` (PyTorch's ``ValueError``), eagerly and in
-    graphs. Input and target have one shape (PyTorch also broadcasts a target with an axis of size 1)."""
+    graphs. The target has the input's shape, or it with one axis of size 1 (shared along it, as PyTorch documents);
+    any other is a ``ShapeMismatchError`` (PyTorch broadcasts it)."""
 
     _tensor_arguments = 2  # (a number for var stays one: a 0-d tensor is not a variance of every element, in PyTorch)
 
-    def __init__(self, full: bool = False, eps: float = 1e-6, reduction: str = "mean"):
+    def __init__(self, *, full: bool = False, eps: float = 1e-6, reduction: str = "mean"):
         super().__init__(reduction)
         self.full, self.eps = bool(full), float(eps)
 
     def forward(self, x, target, var):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
+        x, target = input_checks.loss_operands(self.describe, x, target)
+        x = _require_shapes(self, "target of the input's shape, or of it with one axis of size 1",
+                            {"input": x, "target": target},
+                            _same_or_one_axis_of_one(input_checks.sizes_of(x), input_checks.sizes_of(target)), x)
         if isinstance(var, (int, float)) and not isinstance(var, bool):
             var = functional.zeros_like(x) + float(var)
         x, var = input_checks.loss_operands(self.describe, x, var)
@@ -629,15 +688,12 @@ class GaussianNLLLoss(_Loss):
             x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, _equal_sizes(a[:-1], v), x)
             var = functional.unsqueeze(var, -1)
         elif len(v) == len(a):
-            same = [input_checks.holds(m == n) for m, n in zip(a, v)]
-            ones = [input_checks.holds(n == 1) for n in v]
-            differing = _at_most_one_false(same)
-            fits = input_checks.all_of([differing] + [input_checks._either(s, o) for s, o in zip(same, ones)])
-            x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, fits, x)
+            x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, _same_or_one_axis_of_one(a, v), x)
         else:
             x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, False, x)
         var = functional.check_in_range(var, 0, float("inf"), f"{type(self).__name__} var")
-        var = var + functional.stop_gradient(functional.maximum(var, self.eps) - var)
+        var = functional.stop_gradient(functional.maximum(var, self.eps)) + (var - functional.stop_gradient(var))
+        # (exact: var - var is 0, where var + (max(var, eps) - var) rounds; the gradient passes whole)
         losses = 0.5 * (functional.log(var) + functional.square(x - target) / var)
         if self.full:
             losses = losses + 0.5 * math.log(2 * math.pi)
