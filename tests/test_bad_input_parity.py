@@ -2240,8 +2240,8 @@ def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
                    "shape (N,), or (D,), (D,) and (); got input1 (2, 3), input2 (2, 3), target (3,)",
                    run, mode, ud.nn.CosineEmbeddingLoss(), rows, rows, rows[0])
     raises_exactly(ud.ShapeMismatchError, "MultiMarginLoss needs input of shape (N, C) and integer target of shape "
-                   "(N,), or (C,) and (); got input (2, 3), target (1,)", run, mode, ud.nn.MultiMarginLoss(), rows,
-                   labels[:1])
+                   "(N,), or (C,) and () or (1,); got input (2, 3), target (1,)", run, mode, ud.nn.MultiMarginLoss(),
+                   rows, labels[:1])
     raises_exactly(ud.IndexOutOfRangeError, "MultiMarginLoss target must lie in [0, 3); found values from 0 to 3",
                    run, mode, ud.nn.MultiMarginLoss(), rows, labels)
     raises_exactly(ud.DtypeMismatchError, "MultiMarginLoss: target must be integers, got float32 target; convert them "

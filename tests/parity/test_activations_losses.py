@@ -245,7 +245,8 @@ LOSSES = {
                                       lambda full=full, r=r: tnn.GaussianNLLLoss(full=full, eps=1e-4, reduction=r),
                                       ROWS, target, var)
        for name, full, r, target, var in (("same-shape", False, "none", TARGET, VARIANCES),
-                                          ("last-axis-target-axis-of-one", True, "mean", TARGET[:, :1], VARIANCES[:, 0]))},
+                                          ("last-axis-target-axis-of-one", True, "mean", TARGET[:, :1],
+                                           VARIANCES[:, 0]))},
     "KLDivLoss-log-target": case(lambda: ud.nn.KLDivLoss(reduction="batchmean", log_target=True),
                                  lambda: tnn.KLDivLoss(reduction="batchmean", log_target=True),
                                  LOG_PROBABILITIES, np.log(SOFT_TARGET)),

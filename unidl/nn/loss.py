@@ -533,7 +533,8 @@ class MultiMarginLoss(_Loss):
     A label outside [0, C) is an ``IndexOutOfRangeError`` (PyTorch: 'target out of range'), eagerly and in graphs;
     a term counts only where it is positive (no gradient at 0), as PyTorch's kernel."""
 
-    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
+    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, size_average=None, reduce=None,
+                 reduction: str = "mean"):
         super().__init__(reduction, size_average=size_average, reduce=reduce)
         if p not in (1, 2) or isinstance(p, bool):
             raise ValueError(f"MultiMarginLoss: only p == 1 and p == 2 supported (PyTorch's), got p={p!r}")
@@ -614,7 +615,17 @@ class PoissonNLLLoss(_Loss):
     """Negative log-likelihood of a Poisson distribution, as ``torch.nn.PoissonNLLLoss``: reduce(exp(x) - y x) for
     log-rates x (``log_input``), else reduce(x - y log(x + eps)); ``full`` adds Stirling's approximation of log(y!),
     y log(y) - y + log(2 pi y) / 2, where y > 1. Input and target have one shape (a ``ShapeMismatchError``
-    otherwise). The target's gradient at y = 0 under ``full`` is 0 (PyTorch's is NaN: 0 times log(0))."""
+    otherwise). The Stirling term adds 0 to the target's gradient at y <= 1 (PyTorch's is NaN at y = 0: 0 times
+    log(0)); the rest of it is the ordinary -x (-log(x + eps)).
+
+    Args:
+        log_input: the input holds log-rates (else rates).
+        full: add Stirling's term.
+        size_average: PyTorch's deprecated slot, kept for its position; anything but None is a ``ValueError``.
+        eps: added to the rates under the log, without ``log_input``.
+        reduce: as ``size_average``.
+        reduction: 'mean', 'sum' or 'none'.
+    """
 
     def __init__(self, log_input: bool = True, full: bool = False, size_average=None, eps: float = 1e-8,
                  reduce=None, reduction: str = "mean"):
