@@ -2228,7 +2228,8 @@ def test_probabilities_outside_0_and_1_are_one_error(mode):
 # ---- the margin, embedding and likelihood losses: torch's refusals, one error each, eagerly and in graphs ---------
 
 def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
-    """Shapes that do not fit (named, both of them), class indices out of range, float labels and negative
+    """Shapes that do not fit (named, both of them; a Gaussian target that is not the input's shape with at most one
+    axis of size 1 too), class indices out of range, float labels and negative
     variances are each one unidl error on every backend, eagerly and inside ``ud.function``, where PyTorch raises
     its own (its broadcasting of element-wise operands aside: refused as the other element-wise losses' are);
     options PyTorch refuses are refused when the loss is built."""
@@ -2252,6 +2253,8 @@ def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
     raises_exactly(ud.ShapeMismatchError, "GaussianNLLLoss needs var of the input's shape, or of it without its last "
                    "axis or with one axis of size 1; got input (2, 3), var (3,)", run, mode, ud.nn.GaussianNLLLoss(),
                    rows, rows, rows[0])
+    raises_exactly(ud.ShapeMismatchError, "GaussianNLLLoss needs target of the input's shape, or of it with one axis "
+                   "of size 1; got input (2, 3), target (3,)", run, mode, ud.nn.GaussianNLLLoss(), rows, rows[0], rows)
     raises_exactly(ud.ValueOutOfRangeError, "GaussianNLLLoss var must lie in [0, inf]; found 1 value(s) outside",
                    run, mode, ud.nn.GaussianNLLLoss(), rows, rows, -rows[:, :1] * np.array([[1.0], [0.0]], np.float32))
     for build, message in ((lambda: ud.nn.TripletMarginLoss(margin=0.0), "expected margin to be greater than 0"),
