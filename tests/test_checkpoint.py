@@ -539,12 +539,13 @@ def test_modules_load_one_after_another_as_torchs_so_a_parents_extra_state_sees_
         np.testing.assert_array_equal(model.seen, before, err_msg=name)
 
 
-class _TensorState(ud.nn.Linear):
-    """Extra state kept as a tensor of the model's framework, refusing negative steps."""
+class _TensorState(ud.nn.Module):
+    """Extra state kept as a tensor of the model's framework (of ``dtype``), refusing negative steps."""
 
-    def __init__(self):
-        super().__init__(2, 2)
-        self.steps = ud.tensor(np.array([5]), "int32")
+    def __init__(self, dtype):
+        super().__init__()
+        self.fc = ud.nn.Linear(2, 2)
+        self.steps = ud.tensor(np.array([5, 0.375, 2.5])[: 2 if dtype == "bool" else 3], dtype)
 
     def get_extra_state(self):
         return {"steps": self.steps}
@@ -555,14 +556,19 @@ class _TensorState(ud.nn.Linear):
         self.steps = state["steps"]
 
 
-def test_a_refused_load_puts_a_tensor_extra_state_back_as_a_tensor(backend):
-    """The rollback of a refused load gives ``set_extra_state`` back a tensor extra state as the tensor it was (of
-    its framework, dtype and device), where it gave a NumPy array."""
-    model = _TensorState()
-    kept = model.steps
-    state = model.state_dict()
-    state["_extra_state"] = {"steps": np.array([-1])}
-    with pytest.raises(ValueError, match="negative steps"):
-        model.load_state_dict(state)
-    assert type(model.steps) is type(kept) and ud.to_numpy(model.steps).dtype == ud.to_numpy(kept).dtype
-    np.testing.assert_array_equal(ud.to_numpy(model.steps), [5])
+def test_a_refused_load_puts_a_tensor_extra_state_back_as_the_tensor_it_was(backend):
+    """A module (``a``) takes its new extra state, a later one (``b``) refuses its own: the rollback gives ``a``
+    back its tensor of the same framework, dtype, values and bits, for every dtype (an int32 counter: torch,
+    TensorFlow and Keras could remake only float32 and float64 tensors, so the rollback stopped with a note and
+    ``a`` kept the refused load's state)."""
+    for dtype in ("int32", "int64", "bool", "float16"):
+        model = ud.nn.Sequential(collections.OrderedDict(a=_TensorState(dtype), b=_TensorState(dtype)))
+        kept = np.array(ud.to_numpy(model.a.steps))
+        state = model.state_dict()
+        state["a._extra_state"] = {"steps": np.array([9])}
+        state["b._extra_state"] = {"steps": np.array([-1])}
+        with pytest.raises(ValueError, match="negative steps") as refused:
+            model.load_state_dict(state)
+        assert not getattr(refused.value, "__notes__", None), dtype
+        assert type(model.a.steps) is type(model.b.steps) and ud.to_numpy(model.a.steps).dtype == kept.dtype, dtype
+        np.testing.assert_array_equal(ud.to_numpy(model.a.steps).view(np.uint8), kept.view(np.uint8), err_msg=dtype)
