@@ -480,7 +480,8 @@ def test_a_load_pre_hook_maps_an_old_files_keys_in_every_load_and_a_refused_load
         load(model)
         assert model.state_dict().keys() == {"fc.weight", "fc.bias"}, name
         assert (model.state_dict()["fc.weight"] == 3).all() and (model.state_dict()["fc.bias"] == 4).all(), name
-        before = model.state_dict()
+        model.load_state_dict({"fc.weight": np.full((1, 2), 5.0), "fc.bias": np.full(1, 6.0)})
+        before = model.state_dict()  # (5s and 6s: the refused load of the file's 3s and 4s would change them)
         handle = model.register_load_state_dict_post_hook(lambda m, keys: keys.missing_keys.append("fc.scale"))
         with pytest.raises(ud.errors.StateDictError, match="missing keys: fc.scale"):
             load(model)
