@@ -491,6 +491,49 @@ def test_a_load_pre_hook_maps_an_old_files_keys_in_every_load_and_a_refused_load
     assert isinstance(loaded, _NewNames) and (loaded.state_dict()["fc.bias"] == 4).all()
 
 
+class _NoHead(ud.nn.Module):
+    """A model whose ``head`` is set to None (``add_module("head", None)``), as a headless copy of a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.config, self.fc = {}, ud.nn.Linear(2, 2)
+        self.add_module("head", None)
+
+
+class _TorchNoHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+        self.add_module("head", None)
+
+
+def test_every_load_takes_the_keys_of_a_child_set_to_none_as_torchs(backend, tmp_path, monkeypatch):
+    """A child set to None takes the keys under its name (torch's rule: they are not unexpected) in every load:
+    ``load_state_dict`` did, the file loads (``ud.load_weights``, ``ud.load``, ``load_checkpoint``) called them
+    unexpected, so the same state loaded or not by its file's format."""
+    monkeypatch.setattr("unidl.serialization._registry", {})
+    ud.register_model(_NoHead, name="NoHead")
+    source = _NoHead()
+    source.head = ud.nn.Linear(2, 1)
+    ud.save(source, tmp_path / "m.safetensors")
+    ud.save_checkpoint(tmp_path / "checkpoints", source)
+    oracle = _TorchNoHead().load_state_dict({k: torch.tensor(v) for k, v in source.state_dict().items()})
+    assert tuple(oracle) == ([], [])
+    loads = {"load_state_dict": lambda m: m.load_state_dict(source.state_dict()),
+             "load_weights": lambda m: ud.load_weights(m, tmp_path / "m.safetensors"),
+             "not strict": lambda m: ud.load_weights(m, tmp_path / "m.safetensors", strict=False),
+             "load_checkpoint": lambda m: ud.load_checkpoint(tmp_path / "checkpoints", m)}
+    for name, load in loads.items():
+        model = _NoHead()
+        keys = load(model)
+        if name != "load_checkpoint":
+            assert tuple(keys) == ([], []), name
+        np.testing.assert_array_equal(ud.to_numpy(model.fc.weight), ud.to_numpy(source.fc.weight), err_msg=name)
+    monkeypatch.setattr("unidl.serialization._registry", {})
+    ud.register_model(_NoHead, name="NoHead")
+    assert ud.load(tmp_path / "m.safetensors").head is None
+
+
 class _ParentReading(ud.nn.Module):
     """A module whose ``set_extra_state`` reads its child's weight."""
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from unidl.errors import CorruptFileError, StateDictError, UnknownModelError, UnsafeFormatError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, is_safetensors, load_file, save_file
+from unidl.nn import loading
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.nn.rollback import restored_on_failure
 
@@ -371,20 +372,20 @@ def _dtype_kind(variable) -> str:
 _FILE_KINDS = {"BOOL": "b", "BF16": "f", "F16": "f", "F32": "f", "F64": "f"}
 
 
-def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = True, what: str | None = None) -> None:
+def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = True,
+                  what: str | None = None) -> IncompatibleKeys:
     """Raise ``StateDictError`` unless tensors ``{key: (safetensors dtype, shape)}`` load into ``model``:
-    every name, shape and dtype. The dtype rule is ``load_state_dict``'s (``nn.module._loadable_values``), torch's:
+    every name, shape and dtype. The key rule is ``load_state_dict``'s (``loading.walk``: a key under a child set to
+    None is no unexpected key), and so is the dtype rule (``nn.module._loadable_values``), torch's:
     any number into a floating-point variable (cast, as an in-memory dict or a ``.pth`` file loads), integers or
     booleans into an integer variable, never floats (they would be truncated). A module's extra state
-    (``set_extra_state``) takes the tensor under its key as it is."""
+    (``set_extra_state``) takes the tensor under its key as it is. Returns the missing and unexpected keys (those a
+    load that is not strict leaves)."""
     from unidl.nn.module import ExtraState
 
-    own = dict(model._state_variables(extra_state="set_extra_state"))
-    optional = model.optional_state_keys()
-    missing = [k for k in own if k not in entries and k not in optional]
-    unexpected = [k for k in entries if k not in own]
+    found = loading.walk(model, entries)
     mismatched, wrong_kind = [], []
-    for key, variable in own.items():
+    for key, variable in found.entries.items():
         if key in entries and not isinstance(variable, ExtraState):
             dtype_name, shape = entries[key]
             expected = tuple(variable.shape)
@@ -398,12 +399,11 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
         problems.append("shape mismatches: " + "; ".join(mismatched))
     if wrong_kind:
         problems.append("dtype mismatches: " + "; ".join(wrong_kind))
-    if strict and missing:
-        problems.append("missing keys: " + ", ".join(f"{k} ({ExtraState.expected(own[k])})" for k in missing))
-    if strict and unexpected:
-        problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(entries[k][1])})" for k in unexpected))
+    problems += loading.key_problems(strict, found.missing, found.unexpected, found.entries,
+                                     {key: entries[key][1] for key in found.unexpected if key in entries})
     if problems:
         raise StateDictError(f"cannot load {what or 'state dict'} into {type(model).__name__}: " + " | ".join(problems))
+    return IncompatibleKeys(found.missing, found.unexpected)
 
 
 def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: str | None = None) -> None:
@@ -452,8 +452,6 @@ def load_whole(model, reader: SafetensorsFile, names: dict[str, str], strict: bo
 
 def has_load_hooks(model) -> bool:
     """Whether a module of ``model`` has load pre- or post-hooks: its load goes through ``load_state_dict``."""
-    from unidl.nn import loading
-
     return loading.has_hooks(model, "_load_state_dict_pre_hooks") or \
         loading.has_hooks(model, "_load_state_dict_post_hooks")
 
@@ -631,12 +629,12 @@ def _check_architecture(cls, config: dict, stored: dict, metadata: dict, path: s
         return
     if has_load_hooks(model):  # (a load pre-hook may map the file's keys to others: an old checkpoint's names)
         return
-    expected = state_shapes(model)
+    expected, keys = state_shapes(model), loading.walk(model, stored)  # (the key rule of load_state_dict)
     problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"  # (extra state: any shape)
                 for key, shape in expected.items() if key in stored and shape is not None and stored[key] != shape]
-    problems += [f"{key} ({'extra state' if shape is None else f'shape {shape}'}) is not in the file"
-                 for key, shape in expected.items() if key not in stored]
-    problems += [f"{key} is in the file but not in the model" for key in stored if key not in expected]
+    problems += [f"{key} ({'extra state' if expected[key] is None else f'shape {expected[key]}'}) is not in the file"
+                 for key in keys.missing]
+    problems += [f"{key} is in the file but not in the model" for key in keys.unexpected]
     if problems:
         raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes does not "
                              f"match the tensors stored in the file; nothing was built: " + "; ".join(problems))
@@ -693,12 +691,9 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
     if has_load_hooks(model):
         reader.verify()
         return load_whole(model, reader, names, strict)
-    check_entries(model, entries, strict=strict)
+    keys = check_entries(model, entries, strict=strict)
     reader.verify()
     check_values(model, reader, names)
     with restored_on_failure(model):
         stream_into(model, reader, names)
-    own = [name for name, _ in model._state_variables(extra_state="set_extra_state")]
-    optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
-    return IncompatibleKeys([k for k in own if k not in entries and k not in optional],
-                            [k for k in entries if k not in own])
+    return keys

@@ -93,6 +93,24 @@ def _take_own(module, prefix: str, source, result: Walk) -> set:
     return {name for name, _ in own}
 
 
+def key_problems(strict: bool, missing: list, unexpected: list, entries: dict, shapes: dict) -> list[str]:
+    """A strict load's complaints about ``missing`` and ``unexpected`` keys (``walk``'s, or its post-hooks'), each
+    with what it should hold (``entries``: ``Walk.entries``) or holds (``shapes``: an unexpected key's shape; a key a
+    hook added may be in neither). One wording for ``load_state_dict`` and the file loads."""
+    from unidl.nn.module import ExtraState
+
+    if not strict:
+        return []
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(
+            f"{k} ({ExtraState.expected(entries[k])})" if k in entries else k for k in missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(
+            f"{k} (shape {tuple(shapes[k])})" if k in shapes else k for k in unexpected))
+    return problems
+
+
 def run_post_hooks(found: Walk) -> IncompatibleKeys:
     """Call each module's load post-hooks, ``hook(module, incompatible_keys)``, where torch's walk would (a module
     after its children), with the keys torch's lists hold there; a hook may change the lists in place (clear them:

@@ -132,19 +132,10 @@ def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list, list]:
     return values, mismatched, unreadable, wrong_kind
 
 
-def _key_problems(strict: bool, missing: list, unexpected: list, entries: dict, state_dict) -> list[str]:
-    """A strict load's complaints about ``missing`` and ``unexpected`` keys, each with what it should hold or
-    holds (a key a hook added may be in neither ``entries`` nor ``state_dict``)."""
-    if not strict:
-        return []
-    problems = []
-    if missing:
-        problems.append("missing keys: " + ", ".join(
-            f"{k} ({ExtraState.expected(entries[k])})" if k in entries else k for k in missing))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(
-            f"{k} (shape {tuple(np.shape(state_dict[k]))})" if k in state_dict else k for k in unexpected))
-    return problems
+def _key_problems(strict: bool, missing: list, unexpected: list, found, state_dict) -> list[str]:
+    """``loading.key_problems`` of a state dict in memory (an unexpected key's shape: its value's)."""
+    shapes = {key: np.shape(state_dict[key]) for key in unexpected if key in state_dict}
+    return loading.key_problems(strict, missing, unexpected, found.entries, shapes)
 
 
 def _real_array(what: str, value) -> np.ndarray:
@@ -1180,7 +1171,7 @@ class Module:
             problems.append("errors of load_state_dict pre-hooks: " + "; ".join(map(str, found.errors)))
         post_hooks = loading.has_hooks(self, "_load_state_dict_post_hooks")
         if problems or not post_hooks:  # (post-hooks may clear the keys: those are checked after them)
-            problems += _key_problems(strict, found.missing, found.unexpected, found.entries, state_dict)
+            problems += _key_problems(strict, found.missing, found.unexpected, found, state_dict)
         if problems:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         with restored_on_failure(self, whole=post_hooks):  # (set_extra_state, or a post-hook, may refuse the load)
@@ -1194,7 +1185,7 @@ class Module:
             if not post_hooks:
                 return IncompatibleKeys(found.missing, found.unexpected)
             keys = loading.run_post_hooks(found)
-            problems = _key_problems(strict, keys.missing_keys, keys.unexpected_keys, found.entries, state_dict)
+            problems = _key_problems(strict, keys.missing_keys, keys.unexpected_keys, found, state_dict)
             if problems:
                 raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         return keys
