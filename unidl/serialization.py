@@ -443,11 +443,28 @@ def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
             backend.assign(own, backend.donated_tensor(reader.read(names[key])))
 
 
-def load_whole(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True) -> IncompatibleKeys:
-    """``model.load_state_dict`` of the file's tensors, read whole: the load of a model with load hooks
-    (``has_load_hooks``), which take the state dict, as torch's; the others stream the file in (``check_entries``,
-    ``stream_into``). Call after ``reader.verify()``."""
-    return model.load_state_dict({key: reader.read(name) for key, name in names.items()}, strict=strict)
+def checked_load(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True,
+                 what: str | None = None):
+    """Check the file's tensors (``{state-dict key: name in the file}``) against ``model`` and return the load to run
+    once everything else is checked too (``load()`` gives the missing and unexpected keys). A model with load hooks
+    (``has_load_hooks``) has the file read whole and given to its ``load_state_dict``, whose hooks take the state
+    dict, as torch's (and which checks it after them); the others have every name, shape, dtype, checksum and uint64
+    count checked here (``check_entries``, ``reader.verify()``, ``check_values``), then the tensors streamed in
+    (``stream_into``), the model put back as it was where a ``set_extra_state`` refuses its state. The one way
+    ``ud.load``, ``ud.load_weights`` and ``load_checkpoint`` load a file into a model."""
+    if has_load_hooks(model):
+        reader.verify()
+        return lambda: model.load_state_dict({key: reader.read(name) for key, name in names.items()}, strict=strict)
+    keys = check_entries(model, {key: reader.entries[name] for key, name in names.items()}, strict, what)
+    reader.verify()
+    check_values(model, reader, names, what)
+
+    def load():
+        with restored_on_failure(model):
+            stream_into(model, reader, names)
+        return keys
+
+    return load
 
 
 def has_load_hooks(model) -> bool:
@@ -598,12 +615,7 @@ def load(path, *, allow_pickle: bool = False):
     _check_architecture(cls, config, {key: tuple(entry[1]) for key, entry in entries.items()}, metadata, path)
     reader.verify()
     model = _build(cls, config, metadata, path)
-    if has_load_hooks(model):
-        load_whole(model, reader, names)
-    else:
-        check_entries(model, entries, what=repr(path))
-        check_values(model, reader, names, what=repr(path))
-        stream_into(model, reader, names)  # (set_extra_state's refusal: the new model is dropped, nothing to restore)
+    checked_load(model, reader, names, what=repr(path))()
     return model
 
 
@@ -687,13 +699,4 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
         state, _ = read_weights(path, allow_pickle=allow_pickle)
         return model.load_state_dict(state, strict=strict)
     reader, _, names = open_weights(path)
-    entries = {key: reader.entries[name] for key, name in names.items()}
-    if has_load_hooks(model):
-        reader.verify()
-        return load_whole(model, reader, names, strict)
-    keys = check_entries(model, entries, strict=strict)
-    reader.verify()
-    check_values(model, reader, names)
-    with restored_on_failure(model):
-        stream_into(model, reader, names)
-    return keys
+    return checked_load(model, reader, names, strict)()
