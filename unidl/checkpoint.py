@@ -383,8 +383,9 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
 
     All or nothing: the checksums, every model tensor's name, shape and dtype, the optimizer's slots,
     the RNG, loader, scheduler and callback states (and ``check(metadata, path)``, if given) are all checked
-    before the first object changes; any failure raises (``CorruptFileError``, ``StateDictError``) with
-    the model, optimizer, loader and generators untouched. The generators change first (a framework that still
+    before the first object changes (a model with load hooks, whose hooks take the state dict, has its tensors
+    checked by its ``load_state_dict``, after the generators were set: a refusal puts them back); any failure
+    raises (``CorruptFileError``, ``StateDictError``) with the model, optimizer, loader and generators untouched. The generators change first (a framework that still
     refuses its state puts every generator back itself, before anything else changed), then the model: its
     variables, then each module's ``set_extra_state``, as ``load_state_dict`` orders them (torch's order). Where
     ``set_extra_state`` (the user's code, which may refuse the state it is given) raises, the model's variables and

@@ -598,7 +598,10 @@ def load(path, *, allow_pickle: bool = False):
     variables that hold only shapes), and every tensor's checksum is verified; then the model is
     built without drawing initial weights (the generator is not advanced; a constructor that uses
     drawn values for anything but its parameters and buffers sees zeros) and the tensors are read
-    into it one at a time, so loading takes little memory beyond the model itself.
+    into it one at a time, so loading takes little memory beyond the model itself. A class with load hooks
+    (``register_load_state_dict_pre_hook``/``post_hook``, which may map the file's keys) is the exception: the
+    shapes are not compared before the build, the model is built (its weights allocated) and the file read whole
+    into its ``load_state_dict``, which then finds any mismatch.
     """
     path = check_readable_file(path)
     if not is_safetensors(path):
