@@ -385,9 +385,10 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     the RNG, loader, scheduler and callback states (and ``check(metadata, path)``, if given) are all checked
     before the first object changes (a model with load hooks, whose hooks take the state dict, has its tensors
     checked by its ``load_state_dict``, after the generators were set: a refusal puts them back); any failure
-    raises (``CorruptFileError``, ``StateDictError``) with the model, optimizer, loader and generators untouched. The generators change first (a framework that still
-    refuses its state puts every generator back itself, before anything else changed), then the model: its
-    variables, then each module's ``set_extra_state``, as ``load_state_dict`` orders them (torch's order). Where
+    raises (``CorruptFileError``, ``StateDictError``) with the model, optimizer, loader and generators untouched.
+    The generators change first (a framework that still refuses its state puts every generator back itself, before
+    anything else changed), then the model: its variables, then each module's ``set_extra_state``, as
+    ``load_state_dict`` orders them (torch's order). Where
     ``set_extra_state`` (the user's code, which may refuse the state it is given) raises, the model's variables and
     extra state are put back as they were, bit for bit (a model with extra state is copied to the host first), and
     the generators too, before anything else changed, so that exception, too, leaves everything as it was.
