@@ -444,14 +444,15 @@ def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
 
 
 def checked_load(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True,
-                 what: str | None = None):
+                 what: str | None = None, restore: bool = True):
     """Check the file's tensors (``{state-dict key: name in the file}``) against ``model`` and return the load to run
     once everything else is checked too (``load()`` gives the missing and unexpected keys). A model with load hooks
     (``has_load_hooks``) has the file read whole and given to its ``load_state_dict``, whose hooks take the state
     dict, as torch's (and which checks it after them); the others have every name, shape, dtype, checksum and uint64
     count checked here (``check_entries``, ``reader.verify()``, ``check_values``), then the tensors streamed in
-    (``stream_into``), the model put back as it was where a ``set_extra_state`` refuses its state. The one way
-    ``ud.load``, ``ud.load_weights`` and ``load_checkpoint`` load a file into a model."""
+    (``stream_into``), the model put back as it was where a ``set_extra_state`` refuses its state (``restore``;
+    ``ud.load``'s new model is dropped instead: no copy of it is made). The one way ``ud.load``,
+    ``ud.load_weights`` and ``load_checkpoint`` load a file into a model."""
     if has_load_hooks(model):
         reader.verify()
         return lambda: model.load_state_dict({key: reader.read(name) for key, name in names.items()}, strict=strict)
@@ -460,7 +461,7 @@ def checked_load(model, reader: SafetensorsFile, names: dict[str, str], strict: 
     check_values(model, reader, names, what)
 
     def load():
-        with restored_on_failure(model):
+        with restored_on_failure(model) if restore else contextlib.nullcontext():
             stream_into(model, reader, names)
         return keys
 
@@ -618,7 +619,7 @@ def load(path, *, allow_pickle: bool = False):
     _check_architecture(cls, config, {key: tuple(entry[1]) for key, entry in entries.items()}, metadata, path)
     reader.verify()
     model = _build(cls, config, metadata, path)
-    checked_load(model, reader, names, what=repr(path))()
+    checked_load(model, reader, names, what=repr(path), restore=False)()
     return model
 
 
