@@ -2254,8 +2254,20 @@ def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
                    rows, rows, rows[0])
     raises_exactly(ud.ValueOutOfRangeError, "GaussianNLLLoss var must lie in [0, inf]; found 1 value(s) outside",
                    run, mode, ud.nn.GaussianNLLLoss(), rows, rows, -rows[:, :1] * np.array([[1.0], [0.0]], np.float32))
+    # their ``ud.ops`` forms, the same body, name themselves
+    raises_exactly(ud.ShapeMismatchError, "margin_ranking_loss needs input1 and target of the same shape; input1 has "
+                   "shape (2, 3), target has shape (2, 1)", run, mode,
+                   lambda a, b, y: ud.ops.margin_ranking_loss(a, b, y), rows, rows, rows[:, :1])
+    raises_exactly(ud.IndexOutOfRangeError, "multi_margin_loss target must lie in [0, 3); found values from 0 to 3",
+                   run, mode, lambda x, y: ud.ops.multi_margin_loss(x, y), rows, labels)
+    raises_exactly(ud.ValueOutOfRangeError, "gaussian_nll_loss var must lie in [0, inf]; found 1 value(s) outside",
+                   run, mode, lambda x, y, v: ud.ops.gaussian_nll_loss(x, y, v), rows, rows,
+                   -rows[:, :1] * np.array([[1.0], [0.0]], np.float32))
     for build, message in ((lambda: ud.nn.TripletMarginLoss(margin=0.0), "expected margin to be greater than 0"),
+                           (lambda: ud.ops.triplet_margin_loss(rows, rows, rows, 0.0), "expected margin to be greater"),
                            (lambda: ud.nn.MultiMarginLoss(p=3), "only p == 1 and p == 2 supported"),
+                           (lambda: ud.ops.multi_margin_loss(rows, labels, p=3), "only p == 1 and p == 2 supported"),
+                           (lambda: ud.ops.soft_margin_loss(rows, rows, "batchmean"), "reduction must be one of"),
                            (lambda: ud.nn.MultiMarginLoss(weight=np.ones((2, 3))), "one value per class"),
                            (lambda: ud.nn.HingeEmbeddingLoss(reduction="batchmean"), "reduction must be one of")):
         with pytest.raises(ValueError, match=message):

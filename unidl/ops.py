@@ -1769,3 +1769,7 @@ from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d,
 from unidl.activation_ops import (celu, cosine_similarity, glu, hardshrink, hardsigmoid, hardswish,  # noqa: E402
                                   logsigmoid, mish, pairwise_distance, selu, softmin, softshrink, softsign, tanhshrink,
                                   threshold)
+# the margin, embedding, multi-label and likelihood losses composed over the registry's ops (unidl/loss_ops.py)
+from unidl.loss_ops import (cosine_embedding_loss, gaussian_nll_loss, hinge_embedding_loss,  # noqa: E402
+                            margin_ranking_loss, multi_margin_loss, multilabel_margin_loss, multilabel_soft_margin_loss,
+                            poisson_nll_loss, soft_margin_loss, triplet_margin_loss)

@@ -60,6 +60,18 @@ def case(build, oracle, *inputs):
     return Case(build, oracle, list(inputs))
 
 
+def plus(loss, function, inputs=None):
+    """A loss module of the first ``inputs`` inputs (all by default) plus a functional loss of all of them: one case
+    proving a module and a function (``loss``: built once, as a graph creates no variables; torch's in the inputs'
+    dtype, as the oracle casts a module)."""
+
+    def both(*tensors):
+        module = loss.to(tensors[0].dtype) if isinstance(loss, torch.nn.Module) else loss
+        return module(*tensors[:inputs]) + function(*tensors)
+
+    return both
+
+
 LAYERS = {
     "GELU": case(lambda: ud.nn.GELU(), lambda: tnn.GELU(), ROWS),
     "GELU-tanh": case(lambda: ud.nn.GELU("tanh"), lambda: tnn.GELU("tanh"), ROWS),
@@ -158,13 +170,12 @@ LOSSES = {
                                     lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT)), ROWS, IGNORED),
     "CrossEntropyLoss-smoothing": case(lambda: ud.nn.CrossEntropyLoss(label_smoothing=0.2),
                                        lambda: tnn.CrossEntropyLoss(label_smoothing=0.2), ROWS, IGNORED),
-    **{f"CrossEntropyLoss-weight-smoothing-{r}": case(
-        lambda r=r: ud.nn.CrossEntropyLoss(weight=WEIGHT, label_smoothing=0.1, reduction=r),
-        lambda r=r: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT), label_smoothing=0.1, reduction=r), ROWS, IGNORED)
-       for r in ("sum", "none")},
-    **{f"CrossEntropyLoss-probabilities-{r}": case(
-        lambda r=r: ud.nn.CrossEntropyLoss(reduction=r), lambda r=r: tnn.CrossEntropyLoss(reduction=r), ROWS, SOFT_TARGET)
-       for r in ("mean", "none")},
+    "CrossEntropyLoss-weight-smoothing-none": case(
+        lambda: ud.nn.CrossEntropyLoss(weight=WEIGHT, label_smoothing=0.1, reduction="none"),
+        lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT), label_smoothing=0.1, reduction="none"), ROWS,
+        IGNORED),
+    "CrossEntropyLoss-probabilities-none": case(lambda: ud.nn.CrossEntropyLoss(reduction="none"),
+                                                lambda: tnn.CrossEntropyLoss(reduction="none"), ROWS, SOFT_TARGET),
     "CrossEntropyLoss-probabilities-weight-smoothing": case(
         lambda: ud.nn.CrossEntropyLoss(weight=WEIGHT, label_smoothing=0.3),
         lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT), label_smoothing=0.3), ROWS, SOFT_TARGET),
@@ -177,71 +188,92 @@ LOSSES = {
                                                  lambda: tnn.CrossEntropyLoss(label_smoothing=0.2), ROWS[0], LABELS[1]),
     "NLLLoss-unbatched-none": case(lambda: ud.nn.NLLLoss(reduction="none"), lambda: tnn.NLLLoss(reduction="none"),
                                    LOG_PROBABILITIES[2], LABELS[2]),
-    **{f"NLLLoss-{r}": case(lambda r=r: ud.nn.NLLLoss(reduction=r), lambda r=r: tnn.NLLLoss(reduction=r),
-                            LOG_PROBABILITIES, IGNORED) for r in ("mean", "none")},
+    "NLLLoss-none": case(lambda: ud.nn.NLLLoss(reduction="none"), lambda: tnn.NLLLoss(reduction="none"),
+                         LOG_PROBABILITIES, IGNORED),
     "NLLLoss-weight-ignore": case(lambda: ud.nn.NLLLoss(weight=WEIGHT, ignore_index=5),
                                   lambda: tnn.NLLLoss(weight=torch.tensor(WEIGHT), ignore_index=5), LOG_PROBABILITIES, LABELS),
     "NLLLoss-3d": case(lambda: ud.nn.NLLLoss(weight=WEIGHT[:4]), lambda: tnn.NLLLoss(weight=torch.tensor(WEIGHT[:4])),
                        LOGITS_3D, LABELS_3D),
-    **{f"BCELoss-{r}": case(lambda r=r: ud.nn.BCELoss(reduction=r), lambda r=r: tnn.BCELoss(reduction=r), SIGMOID, SOFT_TARGET)
-       for r in ("mean", "none")},
+    "BCELoss-none": case(lambda: ud.nn.BCELoss(reduction="none"), lambda: tnn.BCELoss(reduction="none"), SIGMOID,
+                         SOFT_TARGET),
     "BCELoss-weight": case(lambda: ud.nn.BCELoss(weight=WEIGHT), lambda: tnn.BCELoss(weight=torch.tensor(WEIGHT)),
                            SIGMOID, BINARY),
 
     **{f"SmoothL1Loss-{r}-{b}": case(lambda r=r, b=b: ud.nn.SmoothL1Loss(reduction=r, beta=b),
                                      lambda r=r, b=b: tnn.SmoothL1Loss(reduction=r, beta=b), ROWS, TARGET)
        for r, b in (("none", 2.5), ("sum", 0.0))},
-    **{f"HuberLoss-{r}-{d}": case(lambda r=r, d=d: ud.nn.HuberLoss(reduction=r, delta=d),
-                                  lambda r=r, d=d: tnn.HuberLoss(reduction=r, delta=d), ROWS, TARGET)
-       for r, d in (("mean", 1.0), ("none", 2.5))},
+    "HuberLoss-none-2.5": case(lambda: ud.nn.HuberLoss(reduction="none", delta=2.5),
+                               lambda: tnn.HuberLoss(reduction="none", delta=2.5), ROWS, TARGET),
     **{f"KLDivLoss-{r}": case(lambda r=r: ud.nn.KLDivLoss(reduction=r), lambda r=r: tnn.KLDivLoss(reduction=r),
-                              LOG_PROBABILITIES, SOFT_TARGET) for r in ("mean", "batchmean", "none")},
+                              LOG_PROBABILITIES, SOFT_TARGET) for r in ("batchmean", "none")},
     # the losses added with the margin, embedding and likelihood ones: one case each option and shape path, kinks
     # (a hinge of exactly 0) in the first row (MarginRankingLoss passes the gradient there, as torch's clamp_min;
-    # MultiMarginLoss and MultiLabelMarginLoss do not, as torch's kernels)
-    "MarginRankingLoss-kinks": case(lambda: ud.nn.MarginRankingLoss(0.5, "none"),
-                                    lambda: tnn.MarginRankingLoss(0.5, reduction="none"), RANKED, RANKED_BELOW, SIGNS),
-    "HingeEmbeddingLoss-none": case(lambda: ud.nn.HingeEmbeddingLoss(2.0, "none"),
-                                    lambda: tnn.HingeEmbeddingLoss(2.0, reduction="none"), ROWS, SIGNS),
+    # MultiMarginLoss and MultiLabelMarginLoss do not, as torch's kernels). Each module calls its ``ud.ops`` function:
+    # some cases call the function (positionally, through torch's size_average and reduce), and a loss of one case
+    # adds its function with other options to the module (both proved by one case, at no cost of another)
+    "MarginRankingLoss-kinks+margin_ranking_loss": case(
+        lambda: plus(ud.nn.MarginRankingLoss(0.5, "none"), lambda a, b, y: ud.ops.margin_ranking_loss(a, b, y, -0.25)),
+        lambda: plus(tnn.MarginRankingLoss(0.5, reduction="none"),
+                     lambda a, b, y: F.margin_ranking_loss(a, b, y, -0.25)),
+        RANKED, RANKED_BELOW, SIGNS),
+    "HingeEmbeddingLoss-none+hinge_embedding_loss": case(
+        lambda: plus(ud.nn.HingeEmbeddingLoss(2.0, "none"), lambda x, y: ud.ops.hinge_embedding_loss(x, y, 0.5)),
+        lambda: plus(tnn.HingeEmbeddingLoss(2.0, reduction="none"), lambda x, y: F.hinge_embedding_loss(x, y, 0.5)),
+        ROWS, SIGNS),
     # (integer targets, of a 0 too: PyTorch's soft_margin_loss has no gradient for the target, and refuses one that
     # requires it)
-    "SoftMarginLoss-sum": case(lambda: ud.nn.SoftMarginLoss("sum"), lambda: tnn.SoftMarginLoss(reduction="sum"),
-                               ROWS, SIGNS.astype(np.int64)),
+    "SoftMarginLoss-sum+soft_margin_loss": case(
+        lambda: plus(ud.nn.SoftMarginLoss("sum"), lambda x, y: ud.ops.soft_margin_loss(x, y, reduction="none")),
+        lambda: plus(tnn.SoftMarginLoss(reduction="sum"), lambda x, y: F.soft_margin_loss(x, y, reduction="none")),
+        ROWS, SIGNS.astype(np.int64)),
     "CosineEmbeddingLoss-none": case(lambda: ud.nn.CosineEmbeddingLoss(0.2, "none"),
                                      lambda: tnn.CosineEmbeddingLoss(0.2, reduction="none"), ROWS, TARGET, PAIR_SIGNS),
-    "CosineEmbeddingLoss-unbatched": case(lambda: ud.nn.CosineEmbeddingLoss(-0.5),
-                                          lambda: tnn.CosineEmbeddingLoss(-0.5), ROWS[0], TARGET[0], np.array(-1.0)),
+    "cosine_embedding_loss-unbatched": case(lambda: lambda a, b, y: ud.ops.cosine_embedding_loss(a, b, y, -0.5),
+                                            lambda: lambda a, b, y: F.cosine_embedding_loss(a, b, y, -0.5),
+                                            ROWS[0], TARGET[0], np.array(-1.0)),
     **{f"TripletMarginLoss-p{p}-swap{swap}-{r}": case(
         lambda p=p, swap=swap, r=r: ud.nn.TripletMarginLoss(2.0, p, 1e-3, swap, r),
         lambda p=p, swap=swap, r=r: tnn.TripletMarginLoss(2.0, p, 1e-3, swap, reduction=r), *inputs)
        for p, swap, r, inputs in ((2, False, "none", (ROWS, TARGET, SOFT_TARGET)),
-                                  (1, True, "mean", (ROWS, TARGET, SOFT_TARGET)), (3, True, "none", (ROWS[0], TARGET[0],
-                                                                                                     ROWS[1])))},
-    "MultiLabelSoftMarginLoss-weight": case(
-        lambda: ud.nn.MultiLabelSoftMarginLoss(WEIGHT, "none"),
-        lambda: tnn.MultiLabelSoftMarginLoss(torch.tensor(WEIGHT), reduction="none"), ROWS, SOFT_TARGET),
+                                  (1, True, "mean", (ROWS, TARGET, SOFT_TARGET)))},
+    "triplet_margin_loss-p3-swap-unbatched": case(
+        lambda: lambda a, p, n: ud.ops.triplet_margin_loss(a, p, n, 2.0, 3, 1e-3, True, reduction="none"),
+        lambda: lambda a, p, n: F.triplet_margin_loss(a, p, n, 2.0, 3, 1e-3, True, reduction="none"),
+        ROWS[0], TARGET[0], ROWS[1]),
+    # (the function's weight an input: its gradient too)
+    "MultiLabelSoftMarginLoss-weight+multilabel_soft_margin_loss": case(
+        lambda: plus(ud.nn.MultiLabelSoftMarginLoss(WEIGHT, "none"),
+                     lambda x, y, w: ud.ops.multilabel_soft_margin_loss(x, y, w, reduction="sum"), inputs=2),
+        lambda: plus(tnn.MultiLabelSoftMarginLoss(torch.tensor(WEIGHT, dtype=torch.float64), reduction="none"),
+                     lambda x, y, w: F.multilabel_soft_margin_loss(x, y, w, reduction="sum"), inputs=2),
+        ROWS, SOFT_TARGET, np.array(POS_WEIGHT)),
     "MultiMarginLoss-p2-weight-kinks": case(
         lambda: ud.nn.MultiMarginLoss(2, weight=WEIGHT, reduction="none"),
         lambda: tnn.MultiMarginLoss(2, weight=torch.tensor(WEIGHT), reduction="none"), KINK_ROWS, LABELS),
-    "MultiMarginLoss-unbatched": case(lambda: ud.nn.MultiMarginLoss(margin=2.5, reduction="none"),
-                                      lambda: tnn.MultiMarginLoss(margin=2.5, reduction="none"), ROWS[1], LABELS[1]),
+    "multi_margin_loss-unbatched": case(
+        lambda: lambda x, y: ud.ops.multi_margin_loss(x, y, 1, 2.5, None, reduction="none"),
+        lambda: lambda x, y: F.multi_margin_loss(x, y, 1, 2.5, None, reduction="none"), ROWS[1], LABELS[1]),
     "MultiLabelMarginLoss-kinks": case(lambda: ud.nn.MultiLabelMarginLoss("none"),
                                        lambda: tnn.MultiLabelMarginLoss(reduction="none"), KINK_ROWS, MULTI_LABELS),
-    "MultiLabelMarginLoss-unbatched": case(lambda: ud.nn.MultiLabelMarginLoss(), lambda: tnn.MultiLabelMarginLoss(),
-                                           ROWS[1], MULTI_LABELS[1]),
-    **{f"PoissonNLLLoss-log{log}-full{full}": case(
-        lambda log=log, full=full: ud.nn.PoissonNLLLoss(log, full, 1e-3, "none"),
-        lambda log=log, full=full: tnn.PoissonNLLLoss(log, full, eps=1e-3, reduction="none"),
-        ROWS / 3 if log else RATES, COUNTS) for log, full in ((True, False), (False, True))},
+    "multilabel_margin_loss-unbatched": case(lambda: ud.ops.multilabel_margin_loss, lambda: F.multilabel_margin_loss,
+                                             ROWS[1], MULTI_LABELS[1]),
+    "PoissonNLLLoss-log-input": case(lambda: ud.nn.PoissonNLLLoss(True, False, 1e-3, "none"),
+                                     lambda: tnn.PoissonNLLLoss(True, False, eps=1e-3, reduction="none"), ROWS / 3,
+                                     COUNTS),
+    "poisson_nll_loss-rates-full": case(
+        lambda: lambda x, y: ud.ops.poisson_nll_loss(x, y, False, True, 1e-3, "none"),
+        lambda: lambda x, y: F.poisson_nll_loss(x, y, False, True, eps=1e-3, reduction="none"), RATES, COUNTS),
     # var of the input's shape, without its last axis, and with an axis of size 1 (torch's rules)
     **{f"GaussianNLLLoss-{name}": case(lambda full=full, r=r: ud.nn.GaussianNLLLoss(full, 1e-4, r),
                                       lambda full=full, r=r: tnn.GaussianNLLLoss(full=full, eps=1e-4, reduction=r),
                                       ROWS, TARGET, var)
        for name, full, r, var in (("same-shape", False, "none", VARIANCES),
-                                  ("last-axis", True, "mean", VARIANCES[:, 0]),
-                                  ("axis-of-one", False, "sum", VARIANCES[:1]))},
-    "GaussianNLLLoss-number": case(lambda: lambda x, t: ud.nn.GaussianNLLLoss()(x, t, 0.5),
-                                   lambda: lambda x, t: tnn.GaussianNLLLoss()(x, t, 0.5), ROWS, TARGET),
+                                  ("last-axis", True, "mean", VARIANCES[:, 0]))},
+    "gaussian_nll_loss-axis-of-one": case(
+        lambda: lambda x, t, v: ud.ops.gaussian_nll_loss(x, t, v, False, 1e-4, "sum"),
+        lambda: lambda x, t, v: F.gaussian_nll_loss(x, t, v, False, 1e-4, "sum"), ROWS, TARGET, VARIANCES[:1]),
+    "gaussian_nll_loss-number": case(lambda: lambda x, t: ud.ops.gaussian_nll_loss(x, t, 0.5),
+                                     lambda: lambda x, t: F.gaussian_nll_loss(x, t, 0.5), ROWS, TARGET),
     "KLDivLoss-log-target": case(lambda: ud.nn.KLDivLoss(reduction="batchmean", log_target=True),
                                  lambda: tnn.KLDivLoss(reduction="batchmean", log_target=True),
                                  LOG_PROBABILITIES, np.log(SOFT_TARGET)),
@@ -313,7 +345,23 @@ def test_a_train_step_through_the_new_layers_matches_torch(backend):
         assert max_relative_difference(model.state_dict()[key], value.numpy()) < 1e-5, key
 
 
-@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss:UserWarning")  # torch's, on KLDivLoss
+NEW_LOSS_FUNCTIONS = ("margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss", "cosine_embedding_loss",
+                      "triplet_margin_loss", "multilabel_soft_margin_loss", "multi_margin_loss",
+                      "multilabel_margin_loss", "poisson_nll_loss", "gaussian_nll_loss")
+
+
+def test_the_loss_functions_take_torchs_arguments():
+    """Each ``ud.ops`` form of a margin, embedding or likelihood loss takes ``torch.nn.functional``'s parameters by
+    name, in its order and with its defaults, but for the deprecated ``size_average`` and ``reduce`` (which the other
+    functional losses and the modules do not take either)."""
+    import inspect
+
+    for name in NEW_LOSS_FUNCTIONS:
+        theirs = [(p.name, p.default) for p in inspect.signature(getattr(F, name)).parameters.values()
+                  if p.name not in ("size_average", "reduce")]
+        assert [(p.name, p.default) for p in inspect.signature(getattr(ud.ops, name)).parameters.values()] == theirs
+
+
 @pytest.mark.parametrize("dtype, modes", RUNS)
 def test_losses_match_torch(backend, dtype, modes):
     failures = compare_table(LOSSES, backend, dtype, modes)

@@ -13,11 +13,9 @@ A class ``weight`` is a buffer named ``weight``, as in PyTorch's ``state_dict()`
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from unidl import arguments, input_checks, ops as functional
+from unidl import arguments, input_checks, loss_ops, ops as functional
 from unidl.errors import DtypeMismatchError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
@@ -259,55 +257,13 @@ class NLLLoss(_WeightedClassLoss):
         return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)
 
 
-# ---- margin, embedding, multi-label and likelihood losses: composed of ud.ops, as torch.nn defines them ----------
-
-def _same_shape_operands(loss, names: tuple, *tensors):
-    """``tensors`` in the one dtype ``torch.result_type`` gives them (integers: floats of the dtype in force), after
-    checking that each has the first's shape: a ``ShapeMismatchError`` naming both, eagerly and in graphs."""
-    first, others = tensors[0], []
-    for other in tensors[1:]:
-        first, other = input_checks.loss_operands(loss.describe, first, other)
-        others.append(other)
-    others = [functional.cast_like(other, first) for other in others]
-    for name, other in zip(names[1:], others):
-        first = input_checks.check_same_shape(type(loss).__name__, first, other, names=(names[0], name))
-    return (first, *others)
-
-
-def _require_shapes(loss, wanted: str, tensors: dict, condition, x):
-    """``x``, after checking ``condition`` (a bool, or a boolean scalar tensor where a graph knows the sizes only when
-    it runs): otherwise a ``ShapeMismatchError`` '``<loss> needs <wanted>; got <name> <shape>, ...``', now or then."""
-    sizes = {name: input_checks.sizes_of(tensor) for name, tensor in tensors.items()}
-
-    def template():
-        got = ", ".join(f"{name} {input_checks.shape_template(len(s))}" for name, s in sizes.items())
-        return f"{type(loss).__name__} needs {wanted}; got {got}"
-
-    return input_checks.require(x, condition, template, tuple(size for s in sizes.values() for size in s))
-
-
-def _equal_sizes(a: tuple, b: tuple):
-    """Whether sizes ``a`` and ``b`` (ints, or scalar tensors a graph knows when it runs) are the same shape."""
-    return len(a) == len(b) and input_checks.all_of([input_checks.holds(m == n) for m, n in zip(a, b)])
-
-
-def _hinge(x, strict: bool = False):
-    """max(x, 0). PyTorch's ``clamp_min`` passes the gradient at 0 (``strict`` False); its multi-class margin kernels
-    count a term only where it is positive (``strict``: no gradient at 0)."""
-    if strict:
-        return functional.where(x > 0, x, functional.zeros_like(x))
-    return functional.clip(x, 0.0)
-
-
-def _positions(size):
-    """0, 1, ..., size - 1 as int64 (``size``: an int, or a graph's scalar tensor)."""
-    return functional.arange(0, size if isinstance(size, int) else functional.cast(size, "int64"), 1, "int64")
-
+# ---- margin, embedding, multi-label and likelihood losses: each calls its function of ``ud.ops`` (loss_ops.py) ------
 
 class MarginRankingLoss(_Loss):
     """reduce(max(0, -y * (x1 - x2) + margin)): ``target`` y is 1 where ``input1`` should rank higher, -1 where
     ``input2`` should, as ``torch.nn.MarginRankingLoss``. The three have one shape (a ``ShapeMismatchError``
-    otherwise; PyTorch checks their ranks and broadcasts); y's values are not checked, as in PyTorch."""
+    otherwise; PyTorch checks their ranks and broadcasts); y's values are not checked, as in PyTorch
+    (``ud.ops.margin_ranking_loss``)."""
 
     _tensor_arguments = 3
 
@@ -316,8 +272,7 @@ class MarginRankingLoss(_Loss):
         self.margin = float(margin)
 
     def forward(self, input1, input2, target):
-        input1, input2, target = _same_shape_operands(self, ("input1", "input2", "target"), input1, input2, target)
-        return functional._reduced(_hinge(self.margin - target * (input1 - input2)), self.reduction)
+        return loss_ops._margin_ranking_loss(type(self).__name__, input1, input2, target, self.margin, self.reduction)
 
     def extra_repr(self):
         return f"margin={self.margin}, reduction={self.reduction!r}"
@@ -325,18 +280,15 @@ class MarginRankingLoss(_Loss):
 
 class HingeEmbeddingLoss(_Loss):
     """reduce(l), l = x where y = 1, max(0, margin - x) where y = -1, as ``torch.nn.HingeEmbeddingLoss`` (x: a
-    distance). PyTorch does not check y's values: any other value adds both terms, here too."""
+    distance). PyTorch does not check y's values: any other value adds both terms, here too
+    (``ud.ops.hinge_embedding_loss``)."""
 
     def __init__(self, margin: float = 1.0, reduction: str = "mean"):
         super().__init__(reduction)
         self.margin = float(margin)
 
     def forward(self, x, target):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
-        zeros = functional.zeros_like(x)
-        losses = (functional.where(target != 1, _hinge(self.margin - x), zeros)
-                  + functional.where(target != -1, x, zeros))
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._hinge_embedding_loss(type(self).__name__, x, target, self.margin, self.reduction)
 
     def extra_repr(self):
         return f"margin={self.margin}, reduction={self.reduction!r}"
@@ -345,17 +297,17 @@ class HingeEmbeddingLoss(_Loss):
 class SoftMarginLoss(_Loss):
     """reduce(log(1 + exp(-y * x))), the logistic loss of targets y in {1, -1}, as ``torch.nn.SoftMarginLoss``
     (y's values are not checked, as in PyTorch). Computed as softplus(-y * x): finite where PyTorch's
-    log1p(exp(-y * x)) overflows (past 88 in float32: inf, and a NaN gradient)."""
+    log1p(exp(-y * x)) overflows (past 88 in float32: inf, and a NaN gradient) (``ud.ops.soft_margin_loss``)."""
 
     def forward(self, x, target):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
-        return functional._reduced(functional.softplus(-target * x), self.reduction)
+        return loss_ops._soft_margin_loss(type(self).__name__, x, target, self.reduction)
 
 
 class CosineEmbeddingLoss(_Loss):
     """reduce(l), l = 1 - cos(x1, x2) where y = 1, max(0, cos(x1, x2) - margin) where y = -1 (0 for any other y),
     as ``torch.nn.CosineEmbeddingLoss``; cos = x1 . x2 / sqrt((|x1|^2 + 1e-12) (|x2|^2 + 1e-12)), PyTorch's.
-    Inputs (N, D) with a target (N,), or one pair (D,) with a target (); anything else is a ``ShapeMismatchError``."""
+    Inputs (N, D) with a target (N,), or one pair (D,) with a target (); anything else is a ``ShapeMismatchError``
+    (``ud.ops.cosine_embedding_loss``)."""
 
     _tensor_arguments = 3
 
@@ -364,20 +316,8 @@ class CosineEmbeddingLoss(_Loss):
         self.margin = float(margin)
 
     def forward(self, input1, input2, target):
-        input1, input2 = input_checks.loss_operands(self.describe, input1, input2)
-        target = input_checks.as_tensor(self.describe, "target", target)
-        a, b, t = (input_checks.sizes_of(x) for x in (input1, input2, target))
-        fits = len(t) in (0, 1) and len(a) == len(t) + 1 and input_checks.all_of(
-            [_equal_sizes(a, b)] + ([input_checks.holds(a[0] == t[0])] if t else []))
-        input1 = _require_shapes(self, "input1 and input2 of shape (N, D) and a target of shape (N,), or (D,), (D,) "
-                                 "and ()", {"input1": input1, "input2": input2, "target": target}, fits, input1)
-        products = functional.sum(input1 * input2, -1)
-        squares = [functional.sum(x * x, -1) + 1e-12 for x in (input1, input2)]
-        cosine = products / functional.sqrt(squares[0] * squares[1])
-        zeros = functional.zeros_like(cosine)
-        losses = (functional.where(target == 1, 1 - cosine, zeros)
-                  + functional.where(target == -1, _hinge(cosine - self.margin), zeros))
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._cosine_embedding_loss(type(self).__name__, input1, input2, target, self.margin,
+                                               self.reduction)
 
     def extra_repr(self):
         return f"margin={self.margin}, reduction={self.reduction!r}"
@@ -385,7 +325,8 @@ class CosineEmbeddingLoss(_Loss):
 
 class TripletMarginLoss(_Loss):
     """reduce(max(0, margin + d(a, p) - d(a, n))), d(x, y) = ||x - y + eps||_p along the last axis, as
-    ``torch.nn.TripletMarginLoss``; with ``swap``, d(a, n) is min(d(a, n), d(p, n)) (the distance swap).
+    ``torch.nn.TripletMarginLoss``; with ``swap``, d(a, n) is min(d(a, n), d(p, n)) (the distance swap;
+    ``ud.ops.triplet_margin_loss``).
 
     Args:
         margin: positive (PyTorch refuses 0 and below, a ``ValueError`` here too).
@@ -402,33 +343,12 @@ class TripletMarginLoss(_Loss):
     def __init__(self, margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
                  reduction: str = "mean"):
         super().__init__(reduction)
-        if not margin > 0:
-            raise ValueError(f"TripletMarginLoss: expected margin to be greater than 0, got {margin} instead")
-        if not (isinstance(p, (int, float)) and 0 < p < float("inf")):
-            raise ValueError(f"TripletMarginLoss p must be a positive finite number (the norm's degree), got {p!r}")
-        self.margin, self.p, self.eps, self.swap = float(margin), float(p), float(eps), bool(swap)
-
-    def _distance(self, x, y):
-        difference = functional.abs(x - y + self.eps)
-        powers = difference if self.p == 1 else difference ** self.p
-        total = functional.sum(powers, -1)
-        if self.p == 1:
-            return total
-        positive = total > 0  # (PyTorch's norm has gradient 0 at 0, the root's is infinite)
-        safe = functional.where(positive, total, functional.zeros_like(total) + 1)
-        root = functional.sqrt(safe) if self.p == 2 else safe ** (1 / self.p)
-        return functional.where(positive, root, functional.zeros_like(total))
+        self.margin, self.p = loss_ops.triplet_margin_options("TripletMarginLoss", margin, p)
+        self.eps, self.swap = float(eps), bool(swap)
 
     def forward(self, anchor, positive, negative):
-        anchor, positive, negative = _same_shape_operands(self, ("anchor", "positive", "negative"), anchor, positive,
-                                                          negative)
-        sizes = input_checks.sizes_of(anchor)
-        anchor = _require_shapes(self, "anchor, positive and negative of shape (N, D) or (D,)", {"anchor": anchor},
-                                 len(sizes) in (1, 2), anchor)
-        closest = self._distance(anchor, negative)
-        if self.swap:
-            closest = functional.minimum(closest, self._distance(positive, negative))
-        return functional._reduced(_hinge(self.margin + self._distance(anchor, positive) - closest), self.reduction)
+        return loss_ops._triplet_margin_loss(type(self).__name__, anchor, positive, negative, self.margin, self.p,
+                                             self.eps, self.swap, self.reduction)
 
     def extra_repr(self):
         return f"margin={self.margin}, p={self.p}, eps={self.eps}, swap={self.swap}, reduction={self.reduction!r}"
@@ -448,7 +368,8 @@ def _class_weight_buffer(loss, weight) -> None:
 class MultiLabelSoftMarginLoss(_Loss):
     """Multi-label one-versus-all logistic loss, as ``torch.nn.MultiLabelSoftMarginLoss``: for scores x (N, C) (or
     one sample's (C,)) and 0/1 targets y of their shape, l_n = -mean_c(w_c (y log sigmoid(x) + (1 - y)
-    log sigmoid(-x))), then reduced over the samples. ``weight``: one value per class (a buffer), or None."""
+    log sigmoid(-x))), then reduced over the samples. ``weight``: one value per class (a buffer), or None
+    (``ud.ops.multilabel_soft_margin_loss``)."""
 
     def __init__(self, weight=None, reduction: str = "mean"):
         if isinstance(weight, str):  # MultiLabelSoftMarginLoss('sum'): the reduction, positionally
@@ -457,49 +378,16 @@ class MultiLabelSoftMarginLoss(_Loss):
         _class_weight_buffer(self, weight)
 
     def forward(self, x, target):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
-        losses = target * functional.softplus(-x) + (1 - target) * functional.softplus(x)
-        if self.weight is not None:
-            weight = input_checks.weight_like(type(self).__name__, "weight", self.weight, losses)
-            losses = input_checks.check_broadcasts_to(type(self).__name__, "weight", weight, losses) * weight
-        losses = functional.sum(losses, -1) / functional._count(functional.shape(x)[-1:], losses)
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._multilabel_soft_margin_loss(type(self).__name__, x, target, self.weight, self.reduction)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}, weight={self.weight is not None}"
 
 
-def _class_scores(loss, scores, labels, labels_wanted: str):
-    """``(scores, labels, one)``: scores (C,) or (N, C) as floats and integer ``labels`` of the shape
-    ``labels_wanted`` describes ('(N,)': one label a sample, else the scores' shape), as (N, C) and their labels
-    (``one``: the sample was unbatched); a ``ShapeMismatchError`` naming both shapes otherwise."""
-    labels = input_checks.check_integer(type(loss).__name__, "target", labels)
-    scores = input_checks.as_floating(loss.describe, "input", input_checks.as_tensor(loss.describe, "input", scores))
-    a, t = input_checks.sizes_of(scores), input_checks.sizes_of(labels)
-    per_sample = labels_wanted == "(N,)"
-    if per_sample:
-        fits = len(a) in (1, 2) and len(t) == len(a) - 1 and (len(t) == 0 or input_checks.holds(a[0] == t[0]))
-        wanted = "input of shape (N, C) and integer target of shape (N,), or (C,) and ()"
-    else:
-        fits = len(a) in (1, 2) and _equal_sizes(a, t)
-        wanted = "input of shape (N, C) or (C,) and an integer target of its shape"
-    scores = _require_shapes(loss, wanted, {"input": scores, "target": labels}, fits, scores)
-    one = len(a) == 1
-    if one:
-        scores = functional.unsqueeze(scores, 0)
-        labels = functional.reshape(labels, (1,) if per_sample else (1, -1))
-    return scores, labels, one
-
-
-def _class_loss_reduced(losses, reduction: str, one: bool):
-    """Per-sample ``losses`` reduced; one unbatched sample's loss without its batch axis under 'none', as PyTorch."""
-    reduced = functional._reduced(losses, reduction)
-    return functional.squeeze(reduced, 0) if one and reduction == "none" else reduced
-
-
 class MultiMarginLoss(_Loss):
     """Multi-class hinge loss, as ``torch.nn.MultiMarginLoss``: for scores x (N, C) (or one sample's (C,)) and
-    integer labels y (N,) (or ()), l_n = sum over classes i != y of w_y max(0, margin - x[y] + x[i])^p / C.
+    integer labels y (N,) (or ()), l_n = sum over classes i != y of w_y max(0, margin - x[y] + x[i])^p / C
+    (``ud.ops.multi_margin_loss``).
 
     Args:
         p: 1 or 2 (any other is a ``ValueError``, as PyTorch's).
@@ -512,26 +400,12 @@ class MultiMarginLoss(_Loss):
 
     def __init__(self, p: int = 1, margin: float = 1.0, weight=None, reduction: str = "mean"):
         super().__init__(reduction)
-        if p not in (1, 2) or isinstance(p, bool):
-            raise ValueError(f"MultiMarginLoss: only p == 1 and p == 2 supported (PyTorch's), got p={p!r}")
-        self.p, self.margin = int(p), float(margin)
+        self.p, self.margin = loss_ops.multi_margin_p("MultiMarginLoss", p), float(margin)
         _class_weight_buffer(self, weight)
 
     def forward(self, x, target):
-        scores, labels, one = _class_scores(self, x, target, "(N,)")
-        name = type(self).__name__
-        weight = input_checks.class_weight(name, self.weight, scores, "input")
-        scores = input_checks.class_weight_count(name, weight, scores)
-        classes = functional.shape(scores)[1]
-        labels = functional.unsqueeze(functional.check_index(labels, classes, f"{name} target"), 1)
-        picked = functional.gather(scores, 1, labels)
-        others = functional.unsqueeze(_positions(classes), 0) != labels
-        terms = _hinge(self.margin - picked + scores, strict=True)
-        terms = functional.where(others, terms if self.p == 1 else terms * terms, functional.zeros_like(terms))
-        if weight is not None:
-            terms = terms * functional.take(weight, labels)
-        losses = functional.sum(terms, 1) / functional._count(functional.shape(scores)[1:2], terms)
-        return _class_loss_reduced(losses, self.reduction, one)
+        return loss_ops._multi_margin_loss(type(self).__name__, x, target, self.p, self.margin, self.weight,
+                                           self.reduction)
 
     def extra_repr(self):
         return f"p={self.p}, margin={self.margin}, reduction={self.reduction!r}, weight={self.weight is not None}"
@@ -542,70 +416,36 @@ class MultiLabelMarginLoss(_Loss):
     target of their shape holding each sample's class indices, then -1 after the last (the entries after the first
     -1 are not read), l_n = sum over its classes j and the classes i not among them of max(0, 1 - (x[j] - x[i])) / C.
     A target value outside [-1, C) is an ``IndexOutOfRangeError``, as PyTorch refuses it, eagerly and in graphs; a
-    term counts only where it is positive (no gradient at 0), as PyTorch's kernel."""
+    term counts only where it is positive (no gradient at 0), as PyTorch's kernel
+    (``ud.ops.multilabel_margin_loss``)."""
 
     def forward(self, x, target):
-        scores, labels, one = _class_scores(self, x, target, "the input's shape")
-        classes = functional.shape(scores)[1]
-        name = type(self).__name__
-        ends = labels == -1
-        labels = functional.check_index(functional.where(ends, functional.zeros_like(labels), labels), classes,
-                                        f"{name} target (class indices, -1 after the last)")
-        positions = _positions(classes)
-        at_or_before = functional.unsqueeze(positions, 1) <= functional.unsqueeze(positions, 0)  # [k, j]: k <= j
-        ended = functional.unsqueeze(ends, 2) & functional.unsqueeze(at_or_before, 0)  # [n, k, j]
-        read = functional.sum(functional.cast_like(ended, scores), 1) == 0  # [n, j]: no -1 at or before j
-        chosen = functional.unsqueeze(read, 2) & (functional.unsqueeze(labels, 2) == functional.reshape(positions,
-                                                                                                         (1, 1, -1)))
-        others = functional.sum(functional.cast_like(chosen, scores), 1) == 0  # [n, i]: class i not a target
-        picked = functional.gather(scores, 1, labels)  # [n, j]
-        terms = _hinge(1 - functional.unsqueeze(picked, 2) + functional.unsqueeze(scores, 1), strict=True)
-        counted = functional.unsqueeze(read, 2) & functional.unsqueeze(others, 1)  # [n, j, i]
-        terms = functional.where(counted, terms, functional.zeros_like(terms))
-        losses = functional.sum(functional.sum(terms, 2), 1) / functional._count(functional.shape(scores)[1:2], terms)
-        return _class_loss_reduced(losses, self.reduction, one)
+        return loss_ops._multilabel_margin_loss(type(self).__name__, x, target, self.reduction)
 
 
 class PoissonNLLLoss(_Loss):
     """Negative log-likelihood of a Poisson distribution, as ``torch.nn.PoissonNLLLoss``: reduce(exp(x) - y x) for
     log-rates x (``log_input``), else reduce(x - y log(x + eps)); ``full`` adds Stirling's approximation of log(y!),
     y log(y) - y + log(2 pi y) / 2, where y > 1. Input and target have one shape (a ``ShapeMismatchError``
-    otherwise). The target's gradient at y = 0 under ``full`` is 0 (PyTorch's is NaN: 0 times log(0))."""
+    otherwise). The target's gradient at y = 0 under ``full`` is 0 (PyTorch's is NaN: 0 times log(0))
+    (``ud.ops.poisson_nll_loss``)."""
 
     def __init__(self, log_input: bool = True, full: bool = False, eps: float = 1e-8, reduction: str = "mean"):
         super().__init__(reduction)
         self.log_input, self.full, self.eps = bool(log_input), bool(full), float(eps)
 
     def forward(self, x, target):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
-        if self.log_input:
-            losses = functional.exp(x) - target * x
-        else:
-            losses = x - target * functional.log(x + self.eps)
-        if self.full:
-            counted = target > 1
-            safe = functional.where(counted, target, functional.zeros_like(target) + 1)
-            stirling = safe * functional.log(safe) - safe + 0.5 * functional.log(2 * math.pi * safe)
-            losses = losses + functional.where(counted, stirling, functional.zeros_like(stirling))
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._poisson_nll_loss(type(self).__name__, x, target, self.log_input, self.full, self.eps,
+                                          self.reduction)
 
     def extra_repr(self):
         return f"log_input={self.log_input}, full={self.full}, eps={self.eps}, reduction={self.reduction!r}"
 
 
-def _at_most_one_false(conditions):
-    """Whether at most one of ``conditions`` (bools, or boolean scalar tensors a graph decides when it runs) fails."""
-    failed = sum(1 for c in conditions if c is False)
-    pending = [c for c in conditions if c is not True and c is not False]
-    for condition in pending:
-        failed = failed + (1 - functional.cast(condition, "int64"))
-    return failed <= 1
-
-
 class GaussianNLLLoss(_Loss):
     """Negative log-likelihood of a Gaussian, as ``torch.nn.GaussianNLLLoss``: reduce((log(max(var, eps)) +
     (x - y)^2 / max(var, eps)) / 2), plus log(2 pi) / 2 with ``full``; the clamp passes var's gradient whole, as
-    PyTorch's (which clamps without recording it).
+    PyTorch's (which clamps without recording it; ``ud.ops.gaussian_nll_loss``).
 
     ``var``: the input's shape (one variance each), the input's shape without its last axis or with one axis of
     size 1 (one variance shared along it), or a number; anything else is a ``ShapeMismatchError`` (PyTorch's
@@ -619,31 +459,7 @@ class GaussianNLLLoss(_Loss):
         self.full, self.eps = bool(full), float(eps)
 
     def forward(self, x, target, var):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
-        if isinstance(var, (int, float)) and not isinstance(var, bool):
-            var = functional.zeros_like(x) + float(var)
-        x, var = input_checks.loss_operands(self.describe, x, var)
-        target = functional.cast_like(target, x)
-        a, v = input_checks.sizes_of(x), input_checks.sizes_of(var)
-        if len(v) == len(a) - 1 and len(a):
-            x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, _equal_sizes(a[:-1], v), x)
-            var = functional.unsqueeze(var, -1)
-        elif len(v) == len(a):
-            same = [input_checks.holds(m == n) for m, n in zip(a, v)]
-            ones = [input_checks.holds(n == 1) for n in v]
-            differing = _at_most_one_false(same)
-            fits = input_checks.all_of([differing] + [input_checks._either(s, o) for s, o in zip(same, ones)])
-            x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, fits, x)
-        else:
-            x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, False, x)
-        var = functional.check_in_range(var, 0, float("inf"), f"{type(self).__name__} var")
-        var = var + functional.stop_gradient(functional.maximum(var, self.eps) - var)
-        losses = 0.5 * (functional.log(var) + functional.square(x - target) / var)
-        if self.full:
-            losses = losses + 0.5 * math.log(2 * math.pi)
-        return functional._reduced(losses, self.reduction)
-
-    _var_shapes = "var of the input's shape, or of it without its last axis or with one axis of size 1"
+        return loss_ops._gaussian_nll_loss(type(self).__name__, x, target, var, self.full, self.eps, self.reduction)
 
     def extra_repr(self):
         return f"full={self.full}, eps={self.eps}, reduction={self.reduction!r}"
