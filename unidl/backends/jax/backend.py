@@ -378,9 +378,10 @@ class Backend(BackendInterface):
             active = [p for p, m in zip(params, mask) if m]
             (loss, outputs), found = self._value_and_grad(loss_of, (), None, active, with_aux=True, name=forward_name)
             found = iter(found)
-            # in a data-parallel job: the job's gradients, and its loss for the guard (``average_in_step``)
+            # in a data-parallel job: the job's gradients, and its loss for the guard (``average_in_step``; a
+            # window's micro-step: this rank's, the window averaged when it closes)
             checked, grads, present = jax_distributed.average_in_step(
-                loss, [next(found) if m else None for m in mask], params)
+                loss, [next(found) if m else None for m in mask], params, accumulate)
             # skipped if not finite; one micro-step of ``accumulate``
             optimizer.native.apply(grads, checked, accumulate, present)
             return (loss, outputs) if with_outputs else loss
