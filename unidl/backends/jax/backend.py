@@ -194,6 +194,9 @@ class Backend(BackendInterface):
     def device_scope(self, device):
         return jax.default_device(self._jax_device(device))
 
+    def keras_device(self, device):
+        return self._jax_device(device)  # (this process's own: in a job Keras's "cpu" is rank 0's device)
+
     def current_device(self):
         return self._jax_device(config.resolve_device(config._requested_device(), self))
 

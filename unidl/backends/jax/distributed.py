@@ -61,7 +61,13 @@ class _Job:
 
 
 class Engine:
-    """``jax.distributed`` and XLA's CPU collectives (see ``unidl.distributed.process_group``)."""
+    """``jax.distributed`` and XLA's CPU collectives (see ``unidl.distributed.process_group``); on Keras-on-JAX
+    the keras backend's engine too (``unidl/backends/keras/distributed.py``)."""
+
+    #: Keras's train step on this engine (Keras-on-JAX, one compiled program) averages its loss and gradients over
+    #: the ranks inside the step (``reduce_in_step``), Keras scaling no loss per replica here (TensorFlow's strategy
+    #: does, so that its sum is the mean)
+    averages_in_step = True
 
     def __init__(self, backend):
         self._backend = backend
@@ -96,6 +102,21 @@ class Engine:
     def all_reduce(self, tensor, op):
         value = np.asarray(tensor)
         return self._backend.tensor(_job.reduce(value.reshape(-1), op).reshape(value.shape))
+
+    @staticmethod
+    def reduce_in_step(values, op="mean") -> list:
+        """``values`` (arrays, inside a trace or not; None kept) reduced over the ranks with ``op``: one
+        ``io_callback`` (``reduce_on_host``: one collective per dtype among them)."""
+        present = [v for v in values if v is not None]
+        reduced = iter(_reduced_in_step(present, op) if present else [])
+        return [None if v is None else next(reduced) for v in values]
+
+    @staticmethod
+    def from_rank_0(values) -> list:
+        """``values`` (NumPy arrays: a model's weights) as rank 0 has them, on every rank (``broadcast_from_rank_0``'s
+        sum to which only rank 0 contributes)."""
+        own = [np.asarray(v) if jax.process_index() == 0 else np.zeros(v.shape, v.dtype) for v in values]
+        return reduce_on_host(own, "sum")
 
     def stop(self):
         global _job
@@ -140,7 +161,7 @@ def average_in_step(loss, grads, params, accumulate: int = 1):
     filled = [jnp.zeros(p.shape, p.dtype) if miss else g for g, p, miss in zip(grads, params, missing)]
     sent = [loss, jnp.asarray([0.0 if miss else 1.0 for miss in missing], loss.dtype),
             *[g for g in filled if g is not None]]
-    loss, had, *found = _mean_in_step(sent)
+    loss, had, *found = _reduced_in_step(sent)
     found = iter(found)
     grads = [None if g is None else next(found) for g in filled]
     present = [had[index] > 0 if miss else None for index, miss in enumerate(missing)]
@@ -163,7 +184,7 @@ def window_in_step(sums, has_gradient, finite, closes):
     dtype = sums[kept[0]].dtype
     flags = jnp.stack([jnp.asarray(True) if has_gradient[i] is None else has_gradient[i] for i in kept])
     sent = (jnp.where(finite, 0, 1).astype(dtype), flags.astype(dtype), *[sums[i] for i in kept])
-    not_finite, had, *averaged = jax.lax.cond(closes, lambda values: tuple(_mean_in_step(values)),
+    not_finite, had, *averaged = jax.lax.cond(closes, lambda values: tuple(_reduced_in_step(values)),
                                               lambda values: values, sent)
     sums, has_gradient = list(sums), list(has_gradient)
     for position, index in enumerate(kept):
@@ -173,9 +194,10 @@ def window_in_step(sums, has_gradient, finite, closes):
     return sums, has_gradient, not_finite == 0
 
 
-def _mean_in_step(values):
-    """``values`` (arrays of a trace) averaged over the ranks by an ``io_callback`` (``reduce_on_host``)."""
-    return io_callback(lambda *host: reduce_on_host(list(host), "mean"),
+def _reduced_in_step(values, op: str = "mean"):
+    """``values`` (arrays of a trace, or concrete) reduced over the ranks with ``op`` by an ``io_callback``
+    (``reduce_on_host``)."""
+    return io_callback(lambda *host: reduce_on_host(list(host), op),
                        [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values], *values)
 
 
@@ -187,6 +209,5 @@ def broadcast_from_rank_0(variables) -> None:
 
     if _job is None or not variables:
         return
-    own = [np.asarray(v.value) if jax.process_index() == 0 else np.zeros(v.shape, v.dtype) for v in variables]
-    for variable, value in zip(variables, reduce_on_host(own, "sum")):
+    for variable, value in zip(variables, Engine.from_rank_0([v.value for v in variables])):
         written_in_place(variable, value)
