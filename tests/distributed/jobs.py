@@ -70,15 +70,14 @@ def poisoned_window(precision):
             "weights": {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}}
 
 
-def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectives=None, all_reduces=None,
-                    eager=False):
+def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectives=None, all_reduces=None):
     """The two-layer net after two epochs of ``train_step`` calls over a shuffled loader with global batch 4:
     Adam, or with a mixed ``precision`` SGD with momentum (whose step, unlike Adam's, grows with the gradient,
     so that a sum over the ranks where their mean belongs shows; ``lr_scale`` scales its learning rate).
     ``accumulate``: micro-steps per update (on tensorflow's engine a window kept on each rank, averaged once
     per update); ``collectives``: a list that gets the number of collective ops in each graph the step traced;
     ``all_reduces`` (torch's engine): a list that gets the number of all-reduces each call ran
-    (``counting_all_reduces``); ``eager``: ``train_step``'s."""
+    (``counting_all_reduces``)."""
     with ud.use_dtype(dtype):
         ud.manual_seed(1)
         rng = np.random.default_rng(1)
@@ -87,8 +86,7 @@ def train_two_layer(dtype, precision=None, lr_scale=1.0, accumulate=1, collectiv
         optimizer = (ud.optim.Adam(model.parameters(), lr=0.01) if precision is None
                      else ud.optim.SGD(model.parameters(), lr=0.05 * lr_scale, momentum=0.9))
         with keras_step_graphs() as made:
-            step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate,
-                                 eager=eager)
+            step = ud.train_step(model, ud.nn.MSELoss(), optimizer, precision=precision, accumulate=accumulate)
             loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=4, shuffle=True, seed=5)
             for _ in range(2):
                 for xb, yb in loader:
@@ -663,17 +661,14 @@ def keras_on_torch_job(directory):
 def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
-    two-layer net in float64, with its collectives counted, and float32, bf16-mixed, and ``accumulate=2`` in
-    float64 and bf16-mixed, and eagerly: Keras's trainer run op by op) and ``fit`` (``batch_norm_from_rank_0``: rank
-    0's weights broadcast)."""
+    two-layer net in float64, with its collectives counted, and float32, bf16-mixed, and ``accumulate=2``) and
+    ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast)."""
     counts = {}
     with ud.use_backend("keras"):
         return {"framework": _framework(), "all_reduces": counts,
                 "two_layer64": engine_all_reduces(counts, "two_layer64", lambda: train_two_layer("float64")),
                 "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
-                "two_layer_accumulate": train_two_layer("float64", accumulate=2),
-                "two_layer_bf16_accumulate": train_two_layer("float32", "bf16-mixed", accumulate=2),
-                "two_layer_eager": train_two_layer("float64", eager=True), "batch_norm": batch_norm_from_rank_0()}
+                "two_layer_accumulate": train_two_layer("float64", accumulate=2), "batch_norm": batch_norm_from_rank_0()}
 
 
 def eager_fit_refusal():
