@@ -192,6 +192,9 @@ class Backend(BackendInterface):
     def device_scope(self, device):
         return jax.default_device(self._jax_device(device))
 
+    def keras_device(self, device):
+        return self._jax_device(device)  # (this process's own: in a job Keras's "cpu" is rank 0's device)
+
     def current_device(self):
         return self._jax_device(config.resolve_device(config._requested_device(), self))
 
@@ -376,9 +379,10 @@ class Backend(BackendInterface):
             active = [p for p, m in zip(params, mask) if m]
             (loss, outputs), found = self._value_and_grad(loss_of, (), None, active, with_aux=True, name=forward_name)
             found = iter(found)
-            # in a data-parallel job: the job's gradients, and its loss for the guard (``average_in_step``)
+            # in a data-parallel job: the job's gradients, and its loss for the guard (``average_in_step``; a
+            # window's micro-step: this rank's, the window averaged when it closes)
             checked, grads, present = jax_distributed.average_in_step(
-                loss, [next(found) if m else None for m in mask], params)
+                loss, [next(found) if m else None for m in mask], params, accumulate)
             # skipped if not finite; one micro-step of ``accumulate``
             optimizer.native.apply(grads, checked, accumulate, present)
             return (loss, outputs) if with_outputs else loss
