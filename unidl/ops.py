@@ -1769,3 +1769,5 @@ from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d,
 from unidl.activation_ops import (celu, cosine_similarity, glu, hardshrink, hardsigmoid, hardswish,  # noqa: E402
                                   logsigmoid, mish, pairwise_distance, selu, softmin, softshrink, softsign, tanhshrink,
                                   threshold)
+# the CTC loss, its alpha recursion a scan over the registry's ops (its own module: unidl/ctc.py)
+from unidl.ctc import ctc_loss  # noqa: E402

@@ -2,7 +2,7 @@
 ``BCELoss``, ``SmoothL1Loss``, ``HuberLoss``, ``KLDivLoss``; the margin and embedding losses ``MarginRankingLoss``,
 ``HingeEmbeddingLoss``, ``SoftMarginLoss``, ``CosineEmbeddingLoss``, ``TripletMarginLoss``; the multi-class and
 multi-label ones ``MultiLabelSoftMarginLoss``, ``MultiMarginLoss``, ``MultiLabelMarginLoss``; and the likelihoods
-``PoissonNLLLoss``, ``GaussianNLLLoss`` (PyTorch's ``CTCLoss`` is not here).
+``PoissonNLLLoss``, ``GaussianNLLLoss``; and the sequence loss ``CTCLoss``.
 
 Each takes ``reduction`` in {'mean', 'sum', 'none'} (``KLDivLoss`` also 'batchmean') and follows PyTorch's
 definition, which every backend implements with the same arithmetic. Element-wise losses need prediction and
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from unidl import arguments, input_checks, ops as functional
+from unidl import arguments, ctc, input_checks, ops as functional
 from unidl.errors import DtypeMismatchError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
@@ -275,15 +275,8 @@ def _same_shape_operands(loss, names: tuple, *tensors):
 
 
 def _require_shapes(loss, wanted: str, tensors: dict, condition, x):
-    """``x``, after checking ``condition`` (a bool, or a boolean scalar tensor where a graph knows the sizes only when
-    it runs): otherwise a ``ShapeMismatchError`` '``<loss> needs <wanted>; got <name> <shape>, ...``', now or then."""
-    sizes = {name: input_checks.sizes_of(tensor) for name, tensor in tensors.items()}
-
-    def template():
-        got = ", ".join(f"{name} {input_checks.shape_template(len(s))}" for name, s in sizes.items())
-        return f"{type(loss).__name__} needs {wanted}; got {got}"
-
-    return input_checks.require(x, condition, template, tuple(size for s in sizes.values() for size in s))
+    """``input_checks.require_shapes`` naming ``loss``'s class."""
+    return input_checks.require_shapes(type(loss).__name__, wanted, tensors, condition, x)
 
 
 def _equal_sizes(a: tuple, b: tuple):
@@ -647,3 +640,34 @@ class GaussianNLLLoss(_Loss):
 
     def extra_repr(self):
         return f"full={self.full}, eps={self.eps}, reduction={self.reduction!r}"
+
+
+class CTCLoss(_Loss):
+    """The connectionist temporal classification loss, as ``torch.nn.CTCLoss``: -log of the probability of each
+    target summed over its alignments to the input's frames (``ud.ops.ctc_loss``, the alpha recursion in log space).
+
+    ``forward(log_probs, targets, input_lengths, target_lengths)``: log-probabilities (T, N, C) (one sample's
+    (T, C)), integer targets (N, S) padded or concatenated (sum(target_lengths),), and the lengths (N,). 'mean'
+    divides each sample's loss by its target length, then averages over the batch. A target that no alignment fits
+    (longer than its frames allow) has an infinite loss (gradient NaN, as PyTorch's), 0 with ``zero_infinity``.
+
+    Args:
+        blank: the blank's class, in [0, C) (checked against the input's C).
+        reduction: 'mean', 'sum' or 'none'.
+        zero_infinity: make infinite losses and their gradients 0.
+    """
+
+    _tensor_arguments = 4
+
+    def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False):
+        super().__init__(reduction)
+        if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)):
+            raise TypeError(f"CTCLoss blank must be an int (a class index), got {type(blank).__name__}")
+        self.blank, self.zero_infinity = int(blank), bool(zero_infinity)
+
+    def forward(self, log_probs, targets, input_lengths, target_lengths):
+        return ctc.connectionist_loss(log_probs, targets, input_lengths, target_lengths, self.blank, self.reduction,
+                                      self.zero_infinity, type(self).__name__)
+
+    def extra_repr(self):
+        return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}"
