@@ -5,10 +5,8 @@ that each framework's autodiff differentiates. ``ud.ops.ctc_loss`` and ``ud.nn.C
 
 from __future__ import annotations
 
-from numbers import Integral
-
 from unidl import input_checks, ops
-from unidl.errors import IndexOutOfRangeError
+from unidl.errors import ShapeMismatchError
 from unidl.spatial_ops import composite
 
 _NEG_INF = float("-inf")
@@ -45,11 +43,17 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
                               bool(zero_infinity), "ctc_loss")
 
 
-@composite("log_probs", "targets", "input_lengths", "target_lengths")
 def connectionist_loss(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, owner):
     """``ctc_loss`` with its ``reduction`` checked; errors name ``owner``."""
-    log_probs, labels, input_lengths, target_lengths, unbatched = _checked(owner, log_probs, targets, input_lengths,
-                                                                         target_lengths, blank)
+    log_probs, labels, input_lengths, target_lengths, blank, unbatched = _checked(
+        owner, log_probs, targets, input_lengths, target_lengths, blank)
+    return _checked_loss(log_probs, labels, input_lengths, target_lengths, blank, reduction, zero_infinity, unbatched)
+
+
+@composite("log_probs", "labels", "input_lengths", "target_lengths", "blank")
+def _checked_loss(log_probs, labels, input_lengths, target_lengths, blank, reduction, zero_infinity, unbatched):
+    """The loss of inputs ``_checked`` gives (one compiled program where a backend compiles composites: the value
+    checks stay outside it, where a backend stages them)."""
     likelihood = _log_likelihood(log_probs, _extended(labels, blank), input_lengths, target_lengths)
     infinite = likelihood == _NEG_INF
     frames = _frames_read(log_probs, input_lengths)
@@ -67,8 +71,9 @@ def connectionist_loss(log_probs, targets, input_lengths, target_lengths, blank,
 
 
 def _checked(owner, log_probs, targets, input_lengths, target_lengths, blank):
-    """``(log_probs (T, N, C), labels (N, S), input_lengths, target_lengths, unbatched)`` after PyTorch's checks (in
-    unidl's errors, before any kernel's): ranks and sizes, lengths in range, labels in [0, C) where they are read."""
+    """``(log_probs (T, N, C), labels (N, S), input_lengths, target_lengths, blank (1,), unbatched)`` after PyTorch's
+    checks (in unidl's errors, before any kernel's): ranks and sizes, lengths in range, the blank and the labels read
+    in [0, C). Each check runs inside graphs too: what it returns is what the loss reads."""
     log_probs = input_checks.as_floating(owner, "log_probs", input_checks.as_tensor(owner, "log_probs", log_probs))
     targets = input_checks.check_integer(owner, "targets", targets)
     input_lengths = input_checks.check_integer(owner, "input_lengths", input_lengths)
@@ -84,42 +89,47 @@ def _checked(owner, log_probs, targets, input_lengths, target_lengths, blank):
     fits = (ranks["log_probs"] in (2, 3) and ranks["targets"] in (1, 2)
             and all(ranks[name] == 1 or (unbatched and ranks[name] == 0) for name in ("input_lengths",
                                                                                         "target_lengths")))
-    log_probs = input_checks.require_shapes(owner, wanted, tensors, fits, log_probs)
+    if not fits:  # (ranks are known, in graphs too)
+        got = ", ".join(f"{name} {input_checks.shape_text(tuple(x.shape), ('?',) * len(x.shape))}"
+                        for name, x in tensors.items())
+        raise ShapeMismatchError(f"{owner} needs {wanted}; got {got}")
     if unbatched:
         log_probs = ops.unsqueeze(log_probs, 1)
         input_lengths, target_lengths = ops.reshape(input_lengths, (-1,)), ops.reshape(target_lengths, (-1,))
-    time, batch, classes = input_checks.sizes_of(log_probs)
+    time, batch, classes = (_int64(size) for size in input_checks.sizes_of(log_probs))
     padded = ranks["targets"] == 2
-    conditions = [input_checks.holds(batch == n) for n in (sizes["input_lengths"][:1] or (1,))
+    conditions = [input_checks.holds(batch == _int64(n)) for n in (sizes["input_lengths"][:1] or (1,))
                   + (sizes["target_lengths"][:1] or (1,)) + (sizes["targets"][:1] if padded else ())]
     conditions += [input_checks.holds(time > 0), input_checks.holds(classes > 0)]
     log_probs = input_checks.require_shapes(owner, wanted + " with the same N, T and C at least 1", tensors,
                                             input_checks.all_of(conditions), log_probs)
-    if isinstance(classes, Integral) and not 0 <= blank < classes:
-        raise IndexOutOfRangeError(f"{owner} blank must lie in [0, {classes}) (log_probs' classes C), "
-                                                f"got {blank}")
+    blank = ops.check_index(ops.zeros((1,), "int64") + blank, classes, f"{owner} blank (a class of log_probs)")
     input_lengths = ops.check_index(input_lengths, time + 1, f"{owner} input_lengths (at most T, log_probs' length)")
     if padded:
-        target_lengths = ops.check_index(target_lengths, sizes["targets"][1] + 1,
+        target_lengths = ops.check_index(target_lengths, _int64(sizes["targets"][1]) + 1,
                                          f"{owner} target_lengths (at most S, targets' length)")
         labels = targets
     else:
-        count = sizes["targets"][0]
+        count = _int64(sizes["targets"][0])
         target_lengths = ops.check_index(target_lengths, count + 1, f"{owner} target_lengths")
-        total = ops.sum(target_lengths)
-        targets = input_checks.require_shapes(
-            owner, "concatenated targets of sum(target_lengths) labels", {"targets": targets},
-            input_checks.holds(total == count), targets)
+        surplus = ops.check_in_range(ops.sum(target_lengths) - count, 0, 0,
+                                     f"{owner} sum(target_lengths) - len(targets) (one concatenated label each)")
+        target_lengths = target_lengths + 0 * surplus  # (the check runs first in a graph)
         labels = _padded(targets, target_lengths, count)
     read = _positions(ops.shape(labels)[1]) < ops.unsqueeze(target_lengths, 1)
     labels = ops.where(read, labels, ops.zeros_like(labels))
     labels = ops.check_index(labels, classes, f"{owner} targets (class indices of log_probs)")
-    return log_probs, labels, input_lengths, target_lengths, unbatched
+    return log_probs, labels, input_lengths, target_lengths, blank, unbatched
+
+
+def _int64(size):
+    """A size: an int, or a graph's scalar tensor as int64 (TensorFlow's shapes are int32), as the lengths are."""
+    return size if isinstance(size, int) else ops.cast(size, "int64")
 
 
 def _positions(size):
     """0, 1, ..., size - 1 as int64 (``size``: an int, or a graph's scalar tensor)."""
-    return ops.arange(0, size if isinstance(size, int) else ops.cast(size, "int64"), 1, "int64")
+    return ops.arange(0, _int64(size), 1, "int64")
 
 
 def _padded(targets, target_lengths, count):
