@@ -22,13 +22,11 @@ TARGETS = np.array([[1, 1, 2, 0], [1, 2, 3, 4], [2, -1, -1, -1], [3, 3, 3, -1]])
 INPUT_LENGTHS = np.array([6, 5, 4, 5])
 TARGET_LENGTHS = np.array([3, 4, 1, 3])
 EMPTY_TARGET = np.array([3, 4, 0, 3])
+IMPOSSIBLE = np.array([6, 3, 4, 4])  # sample 1: 4 labels in 3 frames; sample 3: 3, 3, 3 needs 5 frames
 
 
 def _concatenated(lengths):
     return np.concatenate([row[:n] for row, n in zip(TARGETS, lengths)])
-
-
-IMPOSSIBLE = np.array([6, 3, 4, 4])  # sample 1: 4 labels in 3 frames; sample 3: 3, 3, 3 needs 5 frames
 
 
 def ctc_case(options, *inputs):
@@ -39,7 +37,7 @@ LOSSES = {  # few cases, each covering several things: a graph of the recursion 
     "padded-none": ctc_case({"reduction": "none"}, LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS),
     "concatenated-sum-with-an-empty-target": ctc_case({"reduction": "sum"}, LOG_PROBS, _concatenated(EMPTY_TARGET),
                                                       INPUT_LENGTHS, EMPTY_TARGET),
-    # an impossible alignment (sample 3: 3, 3, 3 in 4 frames) made 0, an empty target (divided by 1), blank 4
+    # impossible alignments (samples 1 and 3) made 0, an empty target (its loss divided by 1), blank 4
     "blank-4-zero-infinity-mean": ctc_case({"blank": 4, "zero_infinity": True}, LOG_PROBS, TARGETS % 4, IMPOSSIBLE,
                                            EMPTY_TARGET),
     "functional-unbatched": Case(lambda: lambda *a: ud.ops.ctc_loss(*a, reduction="none"),
