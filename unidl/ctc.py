@@ -186,17 +186,19 @@ def _log_likelihood(log_probs, extended, input_lengths, target_lengths):
     time = ops.shape(log_probs)[0]
     index = ops.unsqueeze(extended, 0) + ops.cast_like(ops.zeros_like(log_probs[:, :, :1]), extended)
     emissions = ops.gather(log_probs, 2, index)  # (T, N, 2S + 1): y_t(l'_s)
-    repeated = extended == _shifted(extended, 2, -1)  # l'_s == l'_{s-2} (s < 2: no such position)
+    # log of whether a path may skip the blank before position s: l'_s != l'_{s-2} (s < 2: no such position)
+    skippable = ops.log(ops.cast_like(extended != _shifted(extended, 2, -1), emissions))  # 0 or -inf
     first = ops.unsqueeze(_positions(ops.shape(extended)[1]), 0) == 0
     start = ops.zeros_like(emissions[0]) + ops.log(ops.cast_like(first, emissions))  # 0 at position 0, else -inf
+    within = ops.unsqueeze(ops.unsqueeze(_positions(time), 1) < ops.unsqueeze(input_lengths, 0), 2)  # (T, N, 1)
 
     def step(alphas, frame):
-        emission, t = frame
-        skipped = ops.where(repeated, ops.zeros_like(alphas) + _NEG_INF, _shifted(alphas, 2, _NEG_INF))
-        advanced = _log_sum_exp(alphas, _shifted(alphas, 1, _NEG_INF), skipped) + emission
-        return ops.where(ops.unsqueeze(t < input_lengths, 1), advanced, alphas), t
+        emission, read = frame
+        moved = _shifted(alphas, 1, _NEG_INF)
+        advanced = _log_sum_exp(alphas, moved, _shifted(moved, 1, _NEG_INF) + skippable) + emission
+        return ops.where(read, advanced, alphas), read
 
-    alphas, _ = ops.scan(step, start, (emissions, _positions(time)))
+    alphas, _ = ops.scan(step, start, (emissions, within))
     last = ops.gather(alphas, 1, ops.unsqueeze(2 * target_lengths, 1))
     before_last = ops.gather(alphas, 1, ops.unsqueeze(ops.maximum(2 * target_lengths - 1, 0), 1))
     before_last = ops.where(ops.unsqueeze(target_lengths > 0, 1), before_last, ops.zeros_like(last) + _NEG_INF)
