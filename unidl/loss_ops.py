@@ -39,15 +39,8 @@ def _same_shape_operands(owner: str, names: tuple, *tensors):
 
 
 def _require_shapes(owner: str, wanted: str, tensors: dict, condition, x):
-    """``x``, after checking ``condition`` (a bool, or a boolean scalar tensor where a graph knows the sizes only when
-    it runs): otherwise a ``ShapeMismatchError`` '``<owner> needs <wanted>; got <name> <shape>, ...``', now or then."""
-    sizes = {name: input_checks.sizes_of(tensor) for name, tensor in tensors.items()}
-
-    def template():
-        got = ", ".join(f"{name} {input_checks.shape_template(len(s))}" for name, s in sizes.items())
-        return f"{owner} needs {wanted}; got {got}"
-
-    return input_checks.require(x, condition, template, tuple(size for s in sizes.values() for size in s))
+    """``input_checks.require_shapes``: ``x`` after ``condition``, else a ``ShapeMismatchError`` naming ``owner``."""
+    return input_checks.require_shapes(owner, wanted, tensors, condition, x)
 
 
 def _equal_sizes(a: tuple, b: tuple):

@@ -12,7 +12,7 @@ from unidl.nn.distance import CosineSimilarity, PairwiseDistance
 from unidl.nn.dropout import Dropout, Dropout2d
 from unidl.nn.flatten import Flatten, Unflatten
 from unidl.nn.linear import Identity, Linear
-from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CosineEmbeddingLoss, CrossEntropyLoss, GaussianNLLLoss,
+from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CosineEmbeddingLoss, CTCLoss, CrossEntropyLoss, GaussianNLLLoss,
                            HingeEmbeddingLoss, HuberLoss, KLDivLoss, L1Loss, MarginRankingLoss, MSELoss,
                            MultiLabelMarginLoss, MultiLabelSoftMarginLoss, MultiMarginLoss, NLLLoss, PoissonNLLLoss,
                            SmoothL1Loss, SoftMarginLoss, TripletMarginLoss)
@@ -43,7 +43,7 @@ __all__ = [
     "PReLU", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss", "SmoothL1Loss",
     "HuberLoss", "KLDivLoss", "MarginRankingLoss", "HingeEmbeddingLoss", "SoftMarginLoss", "CosineEmbeddingLoss",
     "TripletMarginLoss", "MultiLabelSoftMarginLoss", "MultiMarginLoss", "MultiLabelMarginLoss", "PoissonNLLLoss",
-    "GaussianNLLLoss", "init",
+    "GaussianNLLLoss", "CTCLoss", "init",
     "Conv1d", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GroupNorm", "Dropout2d", "Upsample",
     "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
     "Mish", "Hardswish", "Hardsigmoid", "SELU", "CELU", "Softsign", "LogSigmoid", "Softmin", "GLU", "Tanhshrink",

@@ -2,7 +2,7 @@
 ``BCELoss``, ``SmoothL1Loss``, ``HuberLoss``, ``KLDivLoss``; the margin and embedding losses ``MarginRankingLoss``,
 ``HingeEmbeddingLoss``, ``SoftMarginLoss``, ``CosineEmbeddingLoss``, ``TripletMarginLoss``; the multi-class and
 multi-label ones ``MultiLabelSoftMarginLoss``, ``MultiMarginLoss``, ``MultiLabelMarginLoss``; and the likelihoods
-``PoissonNLLLoss``, ``GaussianNLLLoss`` (PyTorch's ``CTCLoss`` is not here).
+``PoissonNLLLoss``, ``GaussianNLLLoss``; and the sequence loss ``CTCLoss``.
 
 Each takes ``reduction`` in {'mean', 'sum', 'none'} (``KLDivLoss`` also 'batchmean') and follows PyTorch's
 definition, which every backend implements with the same arithmetic. Element-wise losses need prediction and
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import arguments, input_checks, loss_ops, ops as functional
+from unidl import arguments, ctc, input_checks, loss_ops, ops as functional
 from unidl.errors import DtypeMismatchError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
@@ -463,3 +463,34 @@ class GaussianNLLLoss(_Loss):
 
     def extra_repr(self):
         return f"full={self.full}, eps={self.eps}, reduction={self.reduction!r}"
+
+
+class CTCLoss(_Loss):
+    """The connectionist temporal classification loss, as ``torch.nn.CTCLoss``: -log of the probability of each
+    target summed over its alignments to the input's frames (``ud.ops.ctc_loss``, the alpha recursion in log space).
+
+    ``forward(log_probs, targets, input_lengths, target_lengths)``: log-probabilities (T, N, C) (one sample's
+    (T, C)), integer targets (N, S) padded or concatenated (sum(target_lengths),), and the lengths (N,). 'mean'
+    divides each sample's loss by its target length, then averages over the batch. A target that no alignment fits
+    (longer than its frames allow) has an infinite loss (gradient NaN, as PyTorch's), 0 with ``zero_infinity``.
+
+    Args:
+        blank: the blank's class, in [0, C) (checked against the input's C).
+        reduction: 'mean', 'sum' or 'none'.
+        zero_infinity: make infinite losses and their gradients 0.
+    """
+
+    _tensor_arguments = 4
+
+    def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False):
+        super().__init__(reduction)
+        if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)):
+            raise TypeError(f"CTCLoss blank must be an int (a class index), got {type(blank).__name__}")
+        self.blank, self.zero_infinity = int(blank), bool(zero_infinity)
+
+    def forward(self, log_probs, targets, input_lengths, target_lengths):
+        return ctc.connectionist_loss(log_probs, targets, input_lengths, target_lengths, self.blank, self.reduction,
+                                      self.zero_infinity, type(self).__name__)
+
+    def extra_repr(self):
+        return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}"
