@@ -244,8 +244,12 @@ class _Inplace(_Elementwise):
 class _InplaceShown(_Inplace):
     """``inplace`` accepted for PyTorch's signature and shown by the repr, as PyTorch's."""
 
+    def _with_inplace(self, shown: str) -> str:
+        """The repr's ``shown`` arguments followed by ``inplace=True`` where it was given, as PyTorch's."""
+        return ", ".join(part for part in (shown, "inplace=True" if self.inplace else "") if part)
+
     def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
+        return self._with_inplace("")
 
 
 class Mish(_InplaceShown):
@@ -272,20 +276,21 @@ class SELU(_InplaceShown):
     function = staticmethod(activation_ops.selu)
 
 
-class CELU(_Elementwise):
-    """x if x > 0 else alpha * (exp(x / alpha) - 1); ``alpha=0`` is a ``ValueError`` (PyTorch's error)."""
+class CELU(_InplaceShown):
+    """x if x > 0 else alpha * (exp(x / alpha) - 1), for any non-zero ``alpha``; ``alpha=0``, which PyTorch refuses
+    when it runs (a RuntimeError), is a ``ValueError`` when the layer is built."""
 
     function = staticmethod(activation_ops.celu)
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
-        super().__init__()
-        self.alpha, self.inplace = activation_ops.celu_alpha("CELU", alpha), bool(inplace)  # (as given: the repr)
+        super().__init__(inplace)
+        self.alpha = activation_ops.celu_alpha("CELU", alpha)  # (as given: the repr's, as PyTorch's)
 
     def arguments(self):
         return (self.alpha,)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"alpha={self.alpha}")
 
 
 class Softsign(_Elementwise):
@@ -341,7 +346,7 @@ class _Shrink(_Elementwise):
 
     def __init__(self, lambd: float = 0.5):
         super().__init__()
-        self.lambd, self._given = self._checked(lambd), lambd
+        self.lambd = self._checked(lambd)
 
     @staticmethod
     def _checked(lambd):
@@ -351,11 +356,12 @@ class _Shrink(_Elementwise):
         return (self.lambd,)
 
     def extra_repr(self):
-        return f"{self._given}"
+        return f"{self.lambd}"
 
 
 class Softshrink(_Shrink):
-    """x - lambd above lambd, x + lambd below -lambd, 0 between (``lambd`` >= 0, else a ``ValueError``)."""
+    """x - lambd above lambd, x + lambd below -lambd, 0 between. A negative ``lambd``, which PyTorch refuses when it
+    runs (a RuntimeError), is a ``ValueError`` when the layer is built."""
 
     function = staticmethod(activation_ops.softshrink)
 
@@ -371,22 +377,21 @@ class Hardshrink(_Shrink):
 
     @staticmethod
     def _checked(lambd):
-        return arguments.plain_number("Hardshrink", "lambd", lambd)
+        return activation_ops.number("Hardshrink", "lambd", lambd)
 
 
-class Threshold(_Elementwise):
+class Threshold(_InplaceShown):
     """x where x > threshold, else ``value`` (integers stay integers, as PyTorch's)."""
 
     function = staticmethod(activation_ops.threshold)
 
     def __init__(self, threshold: float, value: float, inplace: bool = False):
-        super().__init__()
-        self.threshold = arguments.plain_number("Threshold", "threshold", threshold)
-        self.value = arguments.plain_number("Threshold", "value", value)
-        self.inplace = bool(inplace)
+        super().__init__(inplace)
+        self.threshold = activation_ops.number("Threshold", "threshold", threshold)
+        self.value = activation_ops.number("Threshold", "value", value)
 
     def arguments(self):
         return (self.threshold, self.value)
 
     def extra_repr(self):
-        return f"threshold={self.threshold}, value={self.value}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"threshold={self.threshold}, value={self.value}")
