@@ -357,6 +357,17 @@ def test_half_precision_activations_and_distances_match_torch(backend):
                 np.testing.assert_allclose(got, want, **tolerance, err_msg=f"{dtype} {i} {run}")
 
 
+def test_hardswish_gradient_at_infinities_and_nan_is_torchs(backend):
+    """Hardswish's gradient at +-inf and NaN is PyTorch's 1, 0, 1, eagerly and inside ``ud.function`` (the middle
+    piece's infinite derivative there, times its zero cotangent, was NaN)."""
+    values = np.array([np.inf, -np.inf, np.nan, 1.0], np.float32)
+    t = torch.tensor(values, requires_grad=True)
+    F.hardswish(t).sum().backward()
+    gradient = ud.grad(lambda x: ud.ops.sum(ud.ops.hardswish(x)))
+    for run in (gradient, ud.function(gradient)):
+        np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(values))), t.grad.numpy())
+
+
 def test_pairwise_distance_of_p_0_counts_the_non_zero_differences(backend):
     """``p=0``: the count of non-zero differences, eagerly and inside ``ud.function``, as PyTorch's norm."""
     x1, x2 = SAME_FIRST_ROW.astype(np.float32), TARGET.astype(np.float32)
