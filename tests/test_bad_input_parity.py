@@ -850,14 +850,21 @@ def test_activation_layers_take_integers_and_booleans_as_their_functional_op(mod
 
 
 def test_threshold_of_integers_keeps_them_as_torch(mode):
-    """``Threshold`` and ``ud.ops.threshold`` of integers give integers, the value truncated toward zero and a float
-    threshold compared exactly, as ``torch.nn.functional.threshold`` (the other activations give floats); booleans
-    are a ``DtypeMismatchError``, as every op torch has no boolean kernel for."""
-    values = np.array([[1, -2, 4], [0, 3, -9]], np.int64)
-    expected = F.threshold(torch.tensor(values), 1.5, -7.7).numpy()
-    for function in (ud.nn.Threshold(1.5, -7.7), lambda x: ud.ops.threshold(x, 1.5, -7.7)):
-        got = run(mode, function, values)
-        assert got.dtype == np.int64 and np.array_equal(got, expected), got
+    """``Threshold`` and ``ud.ops.threshold`` of integers give integers, the threshold and the value truncated toward
+    zero, as ``torch.nn.functional.threshold`` casts them (-1.5 is -1, not floor's -2; the other activations give
+    floats); either outside the dtype's range or not finite is a ``ValueError`` naming it (torch's RuntimeError;
+    they wrapped around); booleans are a ``DtypeMismatchError``, as every op torch has no boolean kernel for."""
+    values = np.array([[1, -2, 4], [0, 3, -9], [-1, 2, -3]], np.int64)
+    for threshold, value in ((1.5, -7.7), (-1.5, 9), (-0.5, 5)):
+        expected = F.threshold(torch.tensor(values), threshold, value).numpy()
+        for function in (ud.nn.Threshold(threshold, value), lambda x: ud.ops.threshold(x, threshold, value)):
+            got = run(mode, function, values)
+            assert got.dtype == np.int64 and np.array_equal(got, expected), (threshold, value, got)
+    for threshold, value, message in ((1e10, 0, "threshold threshold 10000000000.0 lies outside the range of its int8"),
+                                      (float("inf"), 0, "threshold threshold inf cannot be converted"),
+                                      (0, float("nan"), "threshold value nan cannot be converted")):
+        with pytest.raises(ValueError, match=message):
+            run_tensors(mode, lambda x: ud.ops.threshold(x, threshold, value), ud.tensor(values, "int8"))
     with pytest.raises(ud.DtypeMismatchError, match="threshold needs numbers, got bool input"):
         run(mode, lambda x: ud.ops.threshold(x, 0.5, 1.0), values > 0)
 

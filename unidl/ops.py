@@ -703,11 +703,11 @@ def _dtype_bits(name) -> int:
 
 def _check_broadcastable(name, a, b, *, names=("a", "b"), **more):
     """``a``, after checking that the shapes of ``a``, ``b`` (called ``names`` in the message) and the tensors of
-    ``more`` (``{name: tensor}``, placed before them in the message; tensors, arrays or numbers) broadcast: aligned from the last axis, each pair of
-    known sizes equal or one of them 1 (PyTorch's rule), else a ``ShapeMismatchError`` naming every shape (the
-    frameworks raised four errors of their own). Sizes a TensorFlow graph leaves unknown until it runs are left to
-    TensorFlow's own error: a check in the graph would cost a branch per call, and ``maximum`` is an activation's
-    op."""
+    ``more`` (``{name: tensor}``, placed before them in the message; tensors, arrays or numbers) broadcast: aligned
+    from the last axis, each pair of known sizes equal or one of them 1 (PyTorch's rule), else a
+    ``ShapeMismatchError`` naming every shape (the frameworks raised four errors of their own). Sizes a TensorFlow
+    graph leaves unknown until it runs are left to TensorFlow's own error: a check in the graph would cost a branch
+    per call, and ``maximum`` is an activation's op."""
     try:  # (known sizes only: an exporter's symbolic size compared with an int would be specialised)
         shapes = [input_checks.known_shape(getattr(x, "shape", ())) for x in (*more.values(), a, b)]
     except ValueError:
@@ -715,7 +715,8 @@ def _check_broadcastable(name, a, b, *, names=("a", "b"), **more):
     if shapes.count(shapes[0]) == len(shapes):
         return a  # the common case, decided at once
     if any(input_checks.broadcast_conflict(sizes) for sizes in input_checks.aligned(*shapes)):
-        shown = ", ".join(f"{what} has shape {shape}" for what, shape in zip({**more, names[0]: a, names[1]: b}, shapes))
+        named = {**more, names[0]: a, names[1]: b}
+        shown = ", ".join(f"{what} has shape {shape}" for what, shape in zip(named, shapes))
         raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
                                  f"sizes equal or one of them 1); {shown}")
     return a

@@ -113,6 +113,7 @@ LAYERS = {
 # shrinks' +-0.5, Threshold(0.5, ...)'s 0.5, 0 (SELU, CELU, Softsign, LogSigmoid): PyTorch's gradient at each
 MORE_KINKS = np.concatenate([ROWS, [[-3.0, 3.0, 0.5, -0.5, 0.0, 1.0], [-4.0, 2.5, -2.5, 4.0, 0.25, -1.0]]])
 TINY = ROWS * np.where(np.arange(4) == 0, 1e-10, 1.0)[:, None]  # (a first row of norm < CosineSimilarity's eps)
+COLUMN = np.array([[0.2], [-0.5], [2.0], [-3.0]])
 SAME_FIRST_ROW = np.where(np.arange(4)[:, None] == 0, TARGET, ROWS)  # (a difference of norm 0: PyTorch's gradient 0)
 MORE_LAYERS = {
     **{name: case(lambda name=name: getattr(ud.nn, name)(), lambda name=name: getattr(tnn, name)(), MORE_KINKS)
@@ -120,6 +121,7 @@ MORE_LAYERS = {
                     "Softshrink", "Hardshrink")},
     # (an alpha float32 holds: PyTorch's CELU backward rounds alpha to float32, a float64 difference of 1e-8)
     "CELU-alpha": case(lambda: ud.nn.CELU(0.75), lambda: tnn.CELU(0.75), ROWS),
+    "CELU-negative-alpha": case(lambda: ud.nn.CELU(-0.5), lambda: tnn.CELU(-0.5), MORE_KINKS),
     "Softshrink-lambd": case(lambda: ud.nn.Softshrink(1.5), lambda: tnn.Softshrink(1.5), ROWS),
     "Hardshrink-lambd": case(lambda: ud.nn.Hardshrink(1.5), lambda: tnn.Hardshrink(1.5), ROWS),
     "Threshold-kinks": case(lambda: ud.nn.Threshold(0.5, -2.0), lambda: tnn.Threshold(0.5, -2.0), MORE_KINKS),
@@ -129,6 +131,10 @@ MORE_LAYERS = {
     "CosineSimilarity": case(lambda: ud.nn.CosineSimilarity(), lambda: tnn.CosineSimilarity(), TINY, TARGET),
     "CosineSimilarity-broadcast": case(lambda: ud.nn.CosineSimilarity(dim=-1, eps=1e-3),
                                        lambda: tnn.CosineSimilarity(dim=-1, eps=1e-3), SEQUENCE, ROWS[:1]),
+    # (size 1 along dim: broadcast before the norms, in a graph of unknown sizes too; an eps that clamps the
+    # norms of the first two rows, where the gradient is not 0)
+    "CosineSimilarity-broadcast-dim": case(lambda: ud.nn.CosineSimilarity(eps=2.0),
+                                           lambda: tnn.CosineSimilarity(eps=2.0), COLUMN, TARGET),
     "PairwiseDistance": case(lambda: ud.nn.PairwiseDistance(), lambda: tnn.PairwiseDistance(), ROWS, TARGET),
     "PairwiseDistance-zero": case(lambda: ud.nn.PairwiseDistance(eps=0.0), lambda: tnn.PairwiseDistance(eps=0.0),
                                   SAME_FIRST_ROW, TARGET),
@@ -295,22 +301,103 @@ def test_more_activations_and_distances_match_torch(backend, dtype, modes):
     assert not failures, "\n".join(failures)
 
 
+BAD_ARGUMENT_TYPES = [  # (each refused when built, or by the op, with one TypeError naming it on every backend)
+    (lambda: ud.nn.CELU(None), "CELU alpha must be a number"),
+    (lambda: ud.nn.Hardshrink("a"), "Hardshrink lambd must be a number"),
+    (lambda: ud.nn.Softshrink(True), "Softshrink lambd must be a number"),
+    (lambda: ud.nn.Threshold(0.5, None), "Threshold value must be a number"),
+    (lambda: ud.nn.PairwiseDistance("fro"), "PairwiseDistance p must be a number"),
+    (lambda: ud.nn.PairwiseDistance(keepdim="no"), "PairwiseDistance: keepdim must be True or False"),
+    (lambda: ud.ops.cosine_similarity(ud.tensor([[1.0]]), ud.tensor([[1.0]]), eps=None),
+     "cosine_similarity eps must be a number"),
+]
+
+
 def test_more_activations_refuse_torchs_bad_arguments(backend):
     """PyTorch's refusals, each one error naming what was given: CELU's alpha of 0 (which divides), Softshrink's
-    negative lambd, GLU of an odd size along dim (named, eagerly and inside ``ud.function``, where a TensorFlow
-    graph knows it only when it runs) or of a 0-d input, and CosineSimilarity's inputs that do not broadcast (named)."""
+    negative lambd and CosineSimilarity's negative eps (torch's RuntimeError when it runs; a ValueError when built),
+    GLU of an odd size along dim (named, eagerly and inside ``ud.function``, where a TensorFlow graph knows it only
+    when it runs) or of a 0-d input, CosineSimilarity's inputs that do not broadcast (named), and arguments of the
+    wrong type (a bool, None, a string: each backend failed in its own words when the layer ran)."""
     for build, error, message in [(lambda: ud.nn.CELU(0.0), ValueError, "CELU alpha cannot be 0"),
                                   (lambda: ud.ops.celu(ud.tensor([1.0]), 0), ValueError, "celu alpha cannot be 0"),
                                   (lambda: ud.nn.Softshrink(-1), ValueError, "Softshrink lambd must be >= 0 .*got -1"),
                                   (lambda: ud.ops.glu(ud.tensor(1.0)), ShapeMismatchError, "0-d"),
                                   (lambda: ud.nn.CosineSimilarity()(np.ones((2, 3)), np.ones((2, 4))),
-                                   ShapeMismatchError, r"x1 has shape \(2, 3\), x2 has shape \(2, 4\)")]:
+                                   ShapeMismatchError, r"x1 has shape \(2, 3\), x2 has shape \(2, 4\)"),
+                                  (lambda: ud.nn.CosineSimilarity(eps=-1), ValueError, "eps must be >= 0"),
+                                  (lambda: ud.ops.cosine_similarity(ud.tensor([[1.0]]), ud.tensor([[1.0]]), eps=-1.0),
+                                   ValueError, "cosine_similarity eps must be >= 0"),
+                                  *[(build, TypeError, message) for build, message in BAD_ARGUMENT_TYPES]]:
         with pytest.raises(error, match=message):
             build()
     glu = ud.nn.GLU(1)
     for run in (glu, ud.function(lambda x: glu(x))):
         with pytest.raises(ShapeMismatchError, match="dimension 1, whose size must be even, but it is size 5"):
             ud.to_numpy(run(ud.tensor(np.ones((2, 5), np.float32))))
+
+
+# (values around the kinks, 0.3 and the float16 and bfloat16 numbers next to it: softshrink's and threshold's
+# decisions against a float32 0.3; an even count, for glu)
+HALF_INPUTS = np.concatenate([np.random.default_rng(5).normal(0, 3, 116),
+                              [-3, 3, 0, 0.3, -0.3, 0.30004883, 0.30078125, -0.30078125, 0.5, -20, 20, 88]])
+HALF_ACTIVATIONS = [  # (the op of x, torch's; one lambda a line)
+    (ud.ops.mish, F.mish), (ud.ops.hardswish, F.hardswish), (ud.ops.hardsigmoid, F.hardsigmoid),
+    (ud.ops.selu, F.selu), (ud.ops.logsigmoid, F.logsigmoid), (ud.ops.softsign, F.softsign),
+    (ud.ops.tanhshrink, F.tanhshrink),
+    (lambda x: ud.ops.celu(x, -2.0), lambda t: F.celu(t, -2.0)),
+    (lambda x: ud.ops.glu(x, 0), lambda t: F.glu(t, 0)),
+    (lambda x: ud.ops.softshrink(x, 0.3), lambda t: F.softshrink(t, 0.3)),
+    (lambda x: ud.ops.hardshrink(x, 0.3), lambda t: F.hardshrink(t, 0.3)),
+    (lambda x: ud.ops.threshold(x, 0.3, -1.0), lambda t: F.threshold(t, 0.3, -1.0)),
+]
+FAR = np.array([[300.0, 400.0], [3.0, 4.0]])  # (past float16's range squared: 300 ** 2 is inf in float16)
+NEAR = np.array([[1.0, 1.0], [2.0, -1.0]])
+HALF_DISTANCES = [
+    (lambda a, b: ud.ops.cosine_similarity(a, b), F.cosine_similarity),
+    (lambda a, b: ud.ops.pairwise_distance(a, b), F.pairwise_distance),
+    (lambda a, b: ud.ops.pairwise_distance(a, b, 3.0), lambda a, b: F.pairwise_distance(a, b, 3.0)),
+]
+
+
+def test_half_precision_activations_and_distances_match_torch(backend):
+    """float16 and bfloat16 computed in float32 and rounded once, as PyTorch's CPU kernels (softshrink and
+    threshold comparing with a float32 lambd and threshold; softsign and tanhshrink, which PyTorch composes, step by
+    step; hardshrink with lambd in the input's dtype), eagerly and inside ``ud.function``: bit for bit on torch's
+    backend, within one unit in the last place on the others (their float32 exp and tanh differ in the last bit);
+    the distances' norms past float16's range finite (they were inf and NaN), and float32 rows of 1e20, whose norms
+    overflow in torch too, cosine 0 (it was NaN)."""
+    def everything(x, a, b, huge):
+        return ([ud.ops.cast(op(x), "float32") for op, _ in HALF_ACTIVATIONS]
+                + [ud.ops.cast(op(a, b), "float32") for op, _ in HALF_DISTANCES]
+                + [ud.ops.cosine_similarity(huge, huge)])
+
+    huge = ROWS[:3].astype(np.float32) * 1e20
+    for dtype, ulp in (("float16", 2.0 ** -10), ("bfloat16", 2.0 ** -7)):
+        arrays = (HALF_INPUTS, FAR, NEAR)
+        tensors = [torch.tensor(a, dtype=getattr(torch, dtype)) for a in arrays]
+        expected = ([oracle(tensors[0]).float().numpy() for _, oracle in HALF_ACTIVATIONS]  # (float32, rounded once:
+                    # PyTorch's own bfloat16 cosine rounds its quotients, 3 units in the last place off [3, 4]·[2, -1])
+                    + [oracle(*[t.float() for t in tensors[1:]]).to(tensors[0].dtype).float().numpy()
+                       for _, oracle in HALF_DISTANCES]
+                    + [F.cosine_similarity(torch.tensor(huge), torch.tensor(huge)).numpy()])
+        inputs = [ud.ops.cast(ud.tensor(a.astype(np.float32)), dtype) for a in arrays] + [ud.tensor(huge)]
+        for run in (everything, ud.function(everything)):
+            for i, (got, want) in enumerate(zip(run(*inputs), expected)):
+                got, exact = ud.to_numpy(got), backend == "torch" and i < len(HALF_ACTIVATIONS)
+                tolerance = {"rtol": 0, "atol": 0} if exact else {"rtol": ulp, "atol": 1e-30}
+                np.testing.assert_allclose(got, want, **tolerance, err_msg=f"{dtype} {i} {run}")
+
+
+def test_hardswish_gradient_at_infinities_and_nan_is_torchs(backend):
+    """Hardswish's gradient at +-inf and NaN is PyTorch's 1, 0, 1, eagerly and inside ``ud.function`` (the middle
+    piece's infinite derivative there, times its zero cotangent, was NaN)."""
+    values = np.array([np.inf, -np.inf, np.nan, 1.0], np.float32)
+    t = torch.tensor(values, requires_grad=True)
+    F.hardswish(t).sum().backward()
+    gradient = ud.grad(lambda x: ud.ops.sum(ud.ops.hardswish(x)))
+    for run in (gradient, ud.function(gradient)):
+        np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(values))), t.grad.numpy())
 
 
 def test_pairwise_distance_of_p_0_counts_the_non_zero_differences(backend):

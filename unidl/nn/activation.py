@@ -21,34 +21,59 @@ def _floats(layer, x):
     return input_checks.as_floating(layer.describe, "input", x)
 
 
-class ReLU(Module):
-    """max(x, 0). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
+class _Inplace(Module):
+    """``inplace`` accepted for PyTorch's signature (not shown by the repr: PyTorch's Hardswish and Hardsigmoid);
+    unidl's ops never modify their input."""
 
     def __init__(self, inplace: bool = False):
         super().__init__()
         self.inplace = bool(inplace)
 
+
+class _InplaceShown(_Inplace):
+    """``inplace`` accepted for PyTorch's signature and shown by the repr, as PyTorch's."""
+
+    def _with_inplace(self, shown: str) -> str:
+        """The repr's ``shown`` arguments followed by ``inplace=True`` where it was given, as PyTorch's."""
+        return ", ".join(part for part in (shown, "inplace=True" if self.inplace else "") if part)
+
+    def extra_repr(self):
+        return self._with_inplace("")
+
+
+class _Elementwise(Module):
+    """An activation that is its functional op of the input alone (``function``, called with ``arguments()``)."""
+
+    function = None
+
+    def arguments(self) -> tuple:
+        return ()
+
+    def forward(self, x):
+        return type(self).function(x, *self.arguments())
+
+
+class ReLU(_InplaceShown):
+    """max(x, 0). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
+
     def forward(self, x):
         input_checks.check_numbers(self.describe, x)
         return self._ops.relu(x)
 
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
 
-
-class LeakyReLU(Module):
+class LeakyReLU(_InplaceShown):
     """x if x > 0 else negative_slope * x (PyTorch's default slope 0.01). ``inplace`` is accepted for PyTorch's
     signature; unidl's ops never modify their input."""
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
-        super().__init__()
-        self.negative_slope, self.inplace = float(negative_slope), bool(inplace)
+        super().__init__(inplace)
+        self.negative_slope = float(negative_slope)
 
     def forward(self, x):
         return self._ops.leaky_relu(_floats(self, x), self.negative_slope)
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"negative_slope={self.negative_slope}")
 
 
 class Sigmoid(Module):
@@ -118,32 +143,25 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
-class SiLU(Module):
+class SiLU(_InplaceShown):
     """x * sigmoid(x). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
-
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = bool(inplace)
 
     def forward(self, x):
         return self._ops.silu(_floats(self, x))
 
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
 
-
-class ELU(Module):
+class ELU(_InplaceShown):
     """x if x > 0 else alpha * (exp(x) - 1)."""
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
-        super().__init__()
-        self.alpha, self.inplace = float(alpha), bool(inplace)
+        super().__init__(inplace)
+        self.alpha = float(alpha)
 
     def forward(self, x):
         return self._ops.elu(_floats(self, x), self.alpha)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"alpha={self.alpha}")
 
 
 class Softplus(Module):
@@ -163,16 +181,16 @@ class Softplus(Module):
         return "beta={}, threshold={}".format(*self._given)
 
 
-class Hardtanh(Module):
+class Hardtanh(_InplaceShown):
     """x limited to [min_val, max_val] (gradient 1 strictly inside, 0 outside)."""
 
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
-        super().__init__()
+        super().__init__(inplace)
         if not max_val > min_val:
             raise ValueError(f"{type(self).__name__} max_val must be greater than min_val, got "
                              f"min_val={min_val!r}, max_val={max_val!r}")
         self.min_val, self.max_val = float(min_val), float(max_val)
-        self.inplace, self._given = bool(inplace), (min_val, max_val)  # (the repr's, as PyTorch's)
+        self._given = (min_val, max_val)  # (the repr's, as PyTorch's)
 
     def forward(self, x):
         input_checks.check_numbers(self.describe, x)
@@ -180,7 +198,7 @@ class Hardtanh(Module):
         return self._ops.hardtanh(x, self.min_val, self.max_val)
 
     def extra_repr(self):
-        return "min_val={}, max_val={}".format(*self._given) + (", inplace=True" if self.inplace else "")
+        return self._with_inplace("min_val={}, max_val={}".format(*self._given))
 
 
 class ReLU6(Hardtanh):
@@ -190,7 +208,7 @@ class ReLU6(Hardtanh):
         super().__init__(0.0, 6.0, inplace)
 
     def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
+        return self._with_inplace("")
 
 
 class PReLU(Module):
@@ -221,71 +239,45 @@ class PReLU(Module):
         return f"num_parameters={self.num_parameters}"
 
 
-class _Elementwise(Module):
-    """An activation that is its functional op of the input alone (``function``, called with ``arguments()``)."""
-
-    function = None
-
-    def arguments(self) -> tuple:
-        return ()
-
-    def forward(self, x):
-        return type(self).function(x, *self.arguments())
-
-
-class _Inplace(_Elementwise):
-    """``inplace`` accepted for PyTorch's signature (not shown by the repr: PyTorch's Hardswish and Hardsigmoid)."""
-
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = bool(inplace)
-
-
-class _InplaceShown(_Inplace):
-    """``inplace`` accepted for PyTorch's signature and shown by the repr, as PyTorch's."""
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
-
-class Mish(_InplaceShown):
+class Mish(_InplaceShown, _Elementwise):
     """x * tanh(softplus(x))."""
 
     function = staticmethod(activation_ops.mish)
 
 
-class Hardswish(_Inplace):
+class Hardswish(_Inplace, _Elementwise):
     """x * relu6(x + 3) / 6 (gradient 0 at -3 and 1 at 3, as PyTorch's)."""
 
     function = staticmethod(activation_ops.hardswish)
 
 
-class Hardsigmoid(_Inplace):
+class Hardsigmoid(_Inplace, _Elementwise):
     """relu6(x + 3) / 6 (gradient 1/6 strictly inside (-3, 3), 0 elsewhere)."""
 
     function = staticmethod(activation_ops.hardsigmoid)
 
 
-class SELU(_InplaceShown):
+class SELU(_InplaceShown, _Elementwise):
     """scale * elu(x, alpha), alpha = 1.6732632..., scale = 1.0507009... (PyTorch's constants)."""
 
     function = staticmethod(activation_ops.selu)
 
 
-class CELU(_Elementwise):
-    """x if x > 0 else alpha * (exp(x / alpha) - 1); ``alpha=0`` is a ``ValueError`` (PyTorch's error)."""
+class CELU(_InplaceShown, _Elementwise):
+    """x if x > 0 else alpha * (exp(x / alpha) - 1), for any non-zero ``alpha``; ``alpha=0``, which PyTorch refuses
+    when it runs (a RuntimeError), is a ``ValueError`` when the layer is built."""
 
     function = staticmethod(activation_ops.celu)
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
-        super().__init__()
-        self.alpha, self.inplace = activation_ops.celu_alpha("CELU", alpha), bool(inplace)  # (as given: the repr)
+        super().__init__(inplace)
+        self.alpha = activation_ops.celu_alpha("CELU", alpha)  # (as given: the repr's, as PyTorch's)
 
     def arguments(self):
         return (self.alpha,)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"alpha={self.alpha}")
 
 
 class Softsign(_Elementwise):
@@ -341,7 +333,7 @@ class _Shrink(_Elementwise):
 
     def __init__(self, lambd: float = 0.5):
         super().__init__()
-        self.lambd, self._given = self._checked(lambd), lambd
+        self.lambd = self._checked(lambd)
 
     @staticmethod
     def _checked(lambd):
@@ -351,11 +343,12 @@ class _Shrink(_Elementwise):
         return (self.lambd,)
 
     def extra_repr(self):
-        return f"{self._given}"
+        return f"{self.lambd}"
 
 
 class Softshrink(_Shrink):
-    """x - lambd above lambd, x + lambd below -lambd, 0 between (``lambd`` >= 0, else a ``ValueError``)."""
+    """x - lambd above lambd, x + lambd below -lambd, 0 between. A negative ``lambd``, which PyTorch refuses when it
+    runs (a RuntimeError), is a ``ValueError`` when the layer is built."""
 
     function = staticmethod(activation_ops.softshrink)
 
@@ -371,22 +364,21 @@ class Hardshrink(_Shrink):
 
     @staticmethod
     def _checked(lambd):
-        return arguments.plain_number("Hardshrink", "lambd", lambd)
+        return activation_ops.number("Hardshrink", "lambd", lambd)
 
 
-class Threshold(_Elementwise):
+class Threshold(_InplaceShown, _Elementwise):
     """x where x > threshold, else ``value`` (integers stay integers, as PyTorch's)."""
 
     function = staticmethod(activation_ops.threshold)
 
     def __init__(self, threshold: float, value: float, inplace: bool = False):
-        super().__init__()
-        self.threshold = arguments.plain_number("Threshold", "threshold", threshold)
-        self.value = arguments.plain_number("Threshold", "value", value)
-        self.inplace = bool(inplace)
+        super().__init__(inplace)
+        self.threshold = activation_ops.number("Threshold", "threshold", threshold)
+        self.value = activation_ops.number("Threshold", "value", value)
 
     def arguments(self):
         return (self.threshold, self.value)
 
     def extra_repr(self):
-        return f"threshold={self.threshold}, value={self.value}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"threshold={self.threshold}, value={self.value}")
