@@ -144,7 +144,7 @@ def _torch_state(torch_class, shapes=((3, 4), (2, 3)), **options):
     (lambda p: ud.optim.Adam(p), lambda: _torch_state(torch.optim.Adam, ((3, 4),)),
      "the torch.optim state has 1 param groups, this optimizer 2"),
     (lambda p: ud.optim.Adam(p), lambda: _torch_state(torch.optim.SGD, momentum=0.9),
-     "option 'momentum', which unidl's Adam has not .* another optimizer class than Adam"),
+     r"no 'betas', 'eps', 'amsgrad', which torch.optim.Adam writes .* than Adam \(.* torch.optim.SGD's\)"),
     (lambda p: ud.optim.AdamW(p), lambda: _torch_state(torch.optim.Adam),
      r"decoupled_weight_decay=False; this AdamW's group 0 was built with decoupled_weight_decay=True"),
     (lambda p: ud.optim.Adam(p), lambda: _torch_state(torch.optim.Adam, amsgrad=True),
@@ -163,12 +163,25 @@ def test_a_torch_optim_state_that_does_not_fit_is_refused_before_anything_change
 
 def test_the_torch_optim_state_of_another_class_is_told_by_its_slots(backend):
     """Per-parameter state of another class (Adagrad's ``sum`` into RMSprop) is refused, naming what it holds; so is
-    state under keys no group lists (a JSON copy's strings), which would have been left out."""
+    state under keys no group lists (a JSON copy's strings), which would have been left out. A state whose group
+    lacks a key the class's torch namesake always writes (RAdam's into Adam or NAdam, Adamax's before its first
+    step into Adam), or whose updated parameter lacks a slot it always keeps (NAdam's ``mu_product``), is another
+    class's too, named with both classes."""
     state = _torch_state(torch.optim.RMSprop)
     state["state"][0] = {"step": torch.tensor(1.0), "sum": torch.ones(3, 4)}
     _refused(lambda p: ud.optim.RMSprop(p), state, r"parameter 0 \(param group 0\) holds \['step', 'sum'\]")
     state["state"] = {str(key): value for key, value in _torch_state(torch.optim.RMSprop)["state"].items()}
     _refused(lambda p: ud.optim.RMSprop(p), state, r"state for parameters \[\"'0'\", \"'1'\"\], which no param group")
+    radam = _torch_state(torch.optim.RAdam)
+    _refused(lambda p: ud.optim.Adam(p), radam, r"group 0 has no 'amsgrad', which torch.optim.Adam writes in every "
+             r"group: a state of another optimizer class than Adam \(its group's keys are torch.optim.RAdam's\)")
+    _refused(lambda p: ud.optim.NAdam(p), radam, r"no 'momentum_decay', .* than NAdam .*torch.optim.RAdam's")
+    fresh = torch.optim.Adamax([{"params": [torch.nn.Parameter(torch.ones(3, 4))]},
+                                {"params": [torch.nn.Parameter(torch.ones(2, 3))]}]).state_dict()
+    _refused(lambda p: ud.optim.Adam(p), fresh, r"no 'amsgrad', .* than Adam \(.*torch.optim.Adamax's\)")
+    nadam = _torch_state(torch.optim.NAdam)
+    del nadam["state"][1]["mu_product"]
+    _refused(lambda p: ud.optim.NAdam(p), nadam, r"parameter 1 \(param group 1\) has step 1 but no 'mu_product'")
 
 
 def test_a_scheduled_torch_optim_states_initial_lr_is_the_base_rate_of_later_schedules(backend):

@@ -83,6 +83,7 @@ class Adam(DecoupledWeightDecay, Optimizer):
     slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # (an instance keeps the last where a group is amsgrad)
     uses_step = True  # bias correction
     torch_options = ("foreach", "capturable", "differentiable", "fused")
+    torch_group_keys = ("betas", "eps", "weight_decay", "amsgrad")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,

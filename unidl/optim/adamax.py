@@ -28,6 +28,7 @@ class Adamax(Optimizer):
     slots = ("exp_avg", "exp_inf")
     uses_step = True  # bias correction
     torch_options = ("foreach", "capturable", "differentiable")
+    torch_group_keys = ("betas", "eps", "weight_decay")
 
     def __init__(self, params, lr: float = 2e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  foreach: bool | None = None, *, maximize: bool = False, l1: float = 0.0, **clipping):

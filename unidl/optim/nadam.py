@@ -33,6 +33,7 @@ class NAdam(DecoupledWeightDecay, Optimizer):
     scalar_slots = ("mu_product",)
     uses_step = True  # bias correction and the momentum schedule
     torch_options = ("foreach", "capturable", "differentiable")
+    torch_group_keys = ("betas", "eps", "weight_decay", "momentum_decay")
 
     def __init__(self, params, lr: float = 2e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *, maximize: bool = False,

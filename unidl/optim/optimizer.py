@@ -214,6 +214,10 @@ class Optimizer:
     #: ``torch.optim``'s options of this class's namesake whose rules unidl does not implement: taken at the values
     #: that leave the rule as unidl's (``torch_option``), so that a ``torch.optim`` call copied as it is builds
     torch_options: tuple[str, ...] = ()
+    #: the param-group keys ``torch.optim``'s namesake writes in every ``state_dict()`` (those of every torch 2
+    #: release; a key a later release added, such as Adam's ``decoupled_weight_decay``, is not required): a
+    #: ``torch.optim`` state whose group lacks one is another class's (``torch_state``)
+    torch_group_keys: tuple[str, ...] = ()
     initial_slot_value = 0.0
     #: whether ``update`` reads ``step``: then every backend counts steps per parameter, as ``torch.optim`` does
     #: (``state_dict()["param_steps"]``); otherwise backends pass None and keep no such count
@@ -406,6 +410,14 @@ class Optimizer:
             if not _is_unidl_class(owner):
                 return None
         return next(k.__name__ for k in cls.__mro__ if _is_unidl_class(k))
+
+    def torch_slots(self, group: int) -> tuple[str, ...]:
+        """The slots ``torch.optim``'s namesake keeps for every parameter of param group ``group`` once the parameter
+        has been updated: the slots that group alone needs (``slots_for``: Adam's ``max_exp_avg_sq`` where it is
+        amsgrad) but a momentum buffer (torch's SGD and RMSprop create one only with momentum). A ``torch.optim``
+        state of a parameter updated at least once that lacks one is another class's."""
+        return tuple(name for name in self.slots_for([self.param_groups[group]])
+                     if name not in ("momentum_buffer", "momentum_started"))
 
     def update(self, param, grad, slots: dict, lr, step, ops):
         """Return ``(delta, new_slots)`` for one step: the new parameter is ``param - delta`` (backends

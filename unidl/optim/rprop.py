@@ -31,6 +31,7 @@ class Rprop(Optimizer):
     slots = ("prev", "step_size")
     uses_step = True  # the first update starts the step sizes at lr
     torch_options = ("capturable", "foreach", "differentiable")
+    torch_group_keys = ("etas", "step_sizes")
 
     def __init__(self, params, lr: float = 1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), *,
                  maximize: bool = False, l1: float = 0.0, **clipping):
