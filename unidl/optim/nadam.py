@@ -24,9 +24,10 @@ class NAdam(DecoupledWeightDecay, Optimizer):
     ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, see ``Optimizer``).
     ``foreach``, ``capturable`` and ``differentiable`` are taken at PyTorch's defaults only.
 
-    Slots: ``exp_avg``, ``exp_avg_sq`` and ``mu_product`` (the product of the mu_t, one number per parameter in
-    torch.optim, kept in the parameter's shape here; it starts at 1 with the parameter's first update). Steps as
-    every optimizer's (``Optimizer``).
+    Slots: ``exp_avg``, ``exp_avg_sq`` and ``mu_product`` (the product of the mu_t: one float32 number per
+    parameter, 0-d, as torch.optim's, in a float64 run too; it starts at 1 with the parameter's first update). The
+    step is subtracted in its two terms in turn, as torch.optim's two ``addcdiv_``, so that float32 trajectories
+    agree with torch.optim's as the other rules' do. Steps as every optimizer's (``Optimizer``).
     """
 
     slots = ("exp_avg", "exp_avg_sq", "mu_product")
@@ -51,11 +52,13 @@ class NAdam(DecoupledWeightDecay, Optimizer):
         exp_avg, exp_avg_sq = moments(slots, grad, h["betas"], ops)
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * decay))
-        # the product so far (1 before the parameter's first update, whose slot holds its initial 0)
-        before = ops.where(step > 1, slots["mu_product"], ops.zeros_like(param) + 1)
-        mu_product = before * ops.cast_like(mu, param)
+        # the product so far, a float32 number (1 before the parameter's first update, whose slot holds its initial 0)
+        before = ops.where(step > 1, slots["mu_product"], ops.zeros_like(slots["mu_product"]) + 1)
+        mu_product = before * ops.cast_like(mu, before)
         denom = ops.sqrt(exp_avg_sq / ops.cast_like(1 - beta2 ** step, param)) + scalar_like(h["eps"], param, ops)
-        lr, mu, mu_next = scalar_like(lr, param, ops), ops.cast_like(mu, param), ops.cast_like(mu_next, param)
-        delta = (lr * (1 - mu) / (1 - mu_product)) * (grad / denom) \
-            + (lr * mu_next / (1 - mu_product * mu_next)) * (exp_avg / denom)
-        return delta, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "mu_product": mu_product}
+        # torch.optim's two addcdiv_, their factors in double precision from the float32 product
+        lr, product = as_float64(lr, ops), ops.cast(mu_product, "float64")
+        first = ops.cast_like(lr * (1 - mu) / (1 - product), param)
+        second = ops.cast_like(lr * mu_next / (1 - product * mu_next), param)
+        return ((first * (grad / denom), second * (exp_avg / denom)),
+                {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "mu_product": mu_product})

@@ -86,7 +86,7 @@ def _group_entry(optimizer, index: int, group: dict) -> dict:
 
 def _slot_values(optimizer, group: int, position: int, key, saved: dict, shape: tuple) -> dict:
     """One parameter's unidl slots from its torch.optim state ``saved`` (``{}`` before its first step): each slot
-    torch holds as it is (one it keeps as a number, ``scalar_slots``, filling the parameter's shape), one torch has
+    torch holds as it is (one it keeps as a number, ``scalar_slots``, 0-d as unidl keeps it), one torch has
     not (yet: a ``momentum_buffer`` None) at its initial value, and SGD's
     ``momentum_started`` 1 where torch's buffer exists (torch's dampened buffer starts as the gradient)."""
     from unidl import config
@@ -97,15 +97,15 @@ def _slot_values(optimizer, group: int, position: int, key, saved: dict, shape: 
         if name == "momentum_started":
             values[name] = np.full(shape, float(saved.get("momentum_buffer") is not None), config.get_dtype())
         elif saved.get(name) is None:
-            values[name] = np.full(shape, optimizer.initial_slot_value, config.get_dtype())
+            values[name] = np.full(optimizer.slot_shape(name, shape), optimizer.initial_slot_value,
+                                   optimizer.slot_dtype(name, config.get_dtype()))
         else:
             values[name] = to_numpy(saved[name])
-            if name in optimizer.scalar_slots and values[name].ndim == 0:  # (NAdam's mu_product: one number)
-                values[name] = np.full(shape, values[name], values[name].dtype)
-            if tuple(values[name].shape) != shape:
+            if tuple(values[name].shape) != optimizer.slot_shape(name, shape):
                 raise CheckpointStateError(f"torch.optim param group {group}, parameter {position} (index {key}): "
                                            f"its {name!r} has shape {tuple(values[name].shape)}, this "
-                                           f"{type(optimizer).__name__}'s parameter has shape {shape}")
+                                           f"{type(optimizer).__name__}'s parameter has shape {shape} "
+                                           f"(its {name!r} {optimizer.slot_shape(name, shape)})")
     return values
 
 

@@ -220,8 +220,9 @@ class Backend(BackendInterface):
         optimizer._steps = step
         for index, (p, entry) in enumerate(zip(optimizer.params, slots)):
             state = native.state[p]
-            for name, value in entry.items():
-                state[name] = torch.as_tensor(np.asarray(value), dtype=p.dtype, device=p.device).clone()
+            for name, value in entry.items():  # (a slot of one number, ``scalar_slots``: float32, as torch.optim's)
+                dtype = torch.float32 if name in optimizer.scalar_slots else p.dtype
+                state[name] = torch.as_tensor(np.asarray(value), dtype=dtype, device=p.device).clone()
             if not isinstance(native, torch.optim.SGD):  # the others count steps per parameter
                 count = param_steps[index] if param_steps is not None else step
                 state["step"] = torch.tensor(float(count), dtype=torch.float32)

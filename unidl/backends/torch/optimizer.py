@@ -9,6 +9,7 @@ import inspect
 import torch
 
 from unidl.backends.torch import ops as torch_ops
+from unidl.optim.optimizer import deltas
 
 #: whether this torch's Adam takes ``decoupled_weight_decay`` (AdamW's rule; torch 2.7 on): else unidl's rule runs it
 _ADAM_DECOUPLES = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam.__init__).parameters
@@ -69,7 +70,9 @@ class RuleOptimizer(torch.optim.Optimizer):
                 if not state:
                     state["step"] = torch.tensor(0.0)
                     for name in spec.slots:
-                        state[name] = torch.full_like(p, spec.initial_slot_value, memory_format=torch.preserve_format)
+                        state[name] = (torch.full_like(p, spec.initial_slot_value, memory_format=torch.preserve_format)
+                                       if name not in spec.scalar_slots else
+                                       torch.tensor(spec.initial_slot_value, dtype=torch.float32, device=p.device))
                 state["step"] += 1
                 step = state["step"].to(p.dtype) if spec.uses_step else None
                 rule = spec.rule_for(self._index[id(p)])  # (read at each step: a group's options may change)
@@ -81,7 +84,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 factor = rule.shrink(p, lr, torch_ops)
                 if factor is not None:
                     p.mul_(factor)
-                p.sub_(delta)
+                for part in deltas(delta):
+                    p.sub_(part)
         return loss
 
 
