@@ -258,10 +258,11 @@ def check_etas(owner: str, name: str, value) -> tuple[float, float]:
 
 
 def check_step_sizes(owner: str, name: str, value) -> tuple[float, float]:
-    """Rprop's ``step_sizes``: ``(min_step, max_step)`` with 0 <= min_step <= max_step (torch.optim.Rprop checks
-    nothing: a negative step would step uphill, and its clamp with min_step above max_step gives max_step)."""
-    return _pair(owner, name, value, "a pair (min_step, max_step) with 0 <= min_step <= max_step",
-                 lambda low, high: 0.0 <= low <= high)
+    """Rprop's ``step_sizes``: a pair of numbers ``(min_step, max_step)``, any that ``torch.optim.Rprop`` takes (it
+    checks none; only NaN is refused here): each step size is clamped as torch's ``clamp_(min_step, max_step)``, which
+    gives max_step where min_step is above it; a negative min_step acts as 0 (step sizes start at lr and change by
+    positive factors), a negative max_step steps uphill as torch's does."""
+    return _pair(owner, name, value, "a pair of numbers (min_step, max_step)", lambda low, high: True)
 
 
 #: pair options with checks of their own (the others, ``betas``, hold numbers in [0, 1))
