@@ -265,8 +265,14 @@ def check_step_sizes(owner: str, name: str, value) -> tuple[float, float]:
     return _pair(owner, name, value, "a pair of numbers (min_step, max_step)", lambda low, high: True)
 
 
-#: pair options with checks of their own (the others, ``betas``, hold numbers in [0, 1))
-PAIR_CHECKS = {"etas": check_etas, "step_sizes": check_step_sizes}
+def check_betas_pair(owner: str, name: str, value) -> tuple[float, float]:
+    """A group's ``betas``: a pair of numbers in [0, 1)."""
+    return _pair(owner, name, value, "a pair of numbers in [0, 1)",
+                 lambda beta1, beta2: 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0)
+
+
+#: the pair options of param groups, each with its check
+PAIR_CHECKS = {"betas": check_betas_pair, "etas": check_etas, "step_sizes": check_step_sizes}
 
 
 def check_group_options(owner: str, index: int, options: dict, defaults: dict, constructing: bool = False) -> dict:
@@ -293,13 +299,6 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict, c
             value = arguments.flag(owner, f"{where} {key}", value)
         elif key in PAIR_CHECKS:
             value = PAIR_CHECKS[key](owner, f"{where} {key}", value)
-        elif isinstance(defaults[key], tuple):
-            given = arguments.sequence(value)  # NumPy scalars and 0-d arrays as floats, as the constructors take them
-            numbers = () if given is None or len(given) != len(defaults[key]) else \
-                tuple(arguments.real(v) for v in given)
-            if not numbers or not all(v is not None and not math.isnan(v) and 0 <= v < 1 for v in numbers):
-                raise ValueError(f"{owner} {where} {key} must be a pair of numbers in [0, 1), got {value!r}")
-            value = numbers
         else:
             low, high, high_open = _BOUNDS.get(key, (0.0, math.inf, True))
             value = check_range(owner, f"{where} {key}", value, low, high, high_open=high_open)

@@ -37,7 +37,8 @@ class RAdam(DecoupledWeightDecay, Optimizer):
                  decoupled_weight_decay: bool = False, *, maximize: bool = False, l1: float = 0.0, **clipping):
         owner = type(self).__name__
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
-                         **adam_options(owner, betas, eps, weight_decay, maximize, decoupled_weight_decay))
+                         **adam_options(owner, betas, eps, weight_decay, maximize,
+                                        decoupled_weight_decay=decoupled_weight_decay))
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper
