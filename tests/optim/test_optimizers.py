@@ -403,6 +403,11 @@ def test_positional_arguments_are_torch_optims(backend):
                          decoupled_weight_decay=False)),
     (ud.optim.RMSprop, dict(lr=0.01, foreach=False, capturable=False)),
     (ud.optim.Adagrad, dict(lr=0.1, lr_decay=0, fused=None)),
+    (ud.optim.NAdam, dict(lr=0.01, foreach=None, capturable=False, decoupled_weight_decay=False)),
+    (ud.optim.RAdam, dict(lr=0.01, differentiable=False, decoupled_weight_decay=False, maximize=False)),
+    (ud.optim.Adamax, dict(lr=0.01, foreach=None, capturable=False)),
+    (ud.optim.Adadelta, dict(lr=1.0, foreach=False, differentiable=False)),
+    (ud.optim.Rprop, dict(lr=0.01, foreach=None, capturable=False, maximize=False)),
 ])
 def test_torchs_options_at_their_defaults_build_and_train_as_without_them(backend, build, neutral):
     """A ``torch.optim`` call copied as it is, with the options whose defaults are unidl's rule (``dampening=0``,
