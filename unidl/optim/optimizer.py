@@ -719,7 +719,7 @@ class Optimizer:
         optimizer's group ``i`` (the same number of parameters, of the same shapes, in order), whose ``lr`` and
         options it sets; each parameter's ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``,
         ``square_avg``, ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``, ``prev``, ``step_size`` or ``mu_product``
-        (NAdam's one number, filling the parameter's shape) becomes the slot of that name (one not yet there, a
+        (NAdam's one float32 number, a 0-d slot) becomes the slot of that name (one not yet there, a
         ``momentum_buffer`` None, its initial value), its ``step`` its own count (``param_steps``), the largest
         this optimizer's ``step`` (0 for SGD, which torch counts nowhere); a group's ``initial_lr`` (a schedule's)
         the base rates of schedules built after. A ``CheckpointStateError`` names what does not fit: another
