@@ -14,7 +14,7 @@ import numpy as np
 from unidl.backends.jax.distributed import window_in_step
 from unidl.backends.jax.ops import unless_a_check_failed
 from unidl.backends.jax.variable import JaxVariable, made_beside, written_in_place
-from unidl.optim.optimizer import bound_rule, changeable_options, shrunk
+from unidl.optim.optimizer import bound_rule, changeable_options, stepped
 from unidl.optim.param_groups import read_group_option, write_group_options
 
 
@@ -39,7 +39,8 @@ class JaxOptimizer:
                             if optimizer.uses_step else None)
         self.finite = JaxVariable(jnp.asarray(True), trainable=False)
         self.slot_variables = [
-            {name: JaxVariable(jnp.full(p.shape, optimizer.initial_slot_value, p.dtype), trainable=False)
+            {name: JaxVariable(jnp.full(optimizer.slot_shape(name, p.shape), optimizer.initial_slot_value,
+                                        optimizer.slot_dtype(name, p.dtype)), trainable=False)
              for name in optimizer.slots}
             for p in optimizer.params]
 
@@ -149,7 +150,7 @@ class JaxOptimizer:
                     if value is not slots[name]:
                         _guarded_assign(slots[name], value, applies)
                 factor = rule.shrink(param.value, lr, ops)
-            _guarded_assign(param, shrunk(param.value, factor) - delta, applies)
+            _guarded_assign(param, stepped(param.value, factor, delta), applies)
 
 
 def gradient_flags(params) -> list[JaxVariable]:
