@@ -33,6 +33,9 @@ SPELLINGS = [
     ("AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False)", SEQUENCE),
     ("AdaptiveAvgPool1d(3)", SEQUENCE), ("AdaptiveMaxPool1d(3)", SEQUENCE),
     ("ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2)", SEQUENCE),
+    # torch's other lengths of padding: a 2-d layer's pair pads the last axis alone, a 1-d one's 4 the last two
+    ("ZeroPad2d((1, 2))", IMAGES), ("ReflectionPad2d([2, 1])", SEQUENCE), ("ConstantPad1d((1, 0, 2, 1), 0.5)", IMAGES),
+    ("ReplicationPad1d((1, 2, 0, 3))", IMAGES[0]), ("CircularPad1d((1, 2, 2, 0))", IMAGES[0]),
 ]
 LAYERS = {f"{spelling} of {x.shape}": both(spelling, x) for spelling, x in SPELLINGS}
 
@@ -96,8 +99,15 @@ def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend
 
 
 @pytest.mark.parametrize("spelling, message", [
-    ("ZeroPad2d((1, 2))", "ZeroPad2d padding must be an int or 4 ints (left, right, top, bottom), got (1, 2)"),
-    ("ReflectionPad1d((1, 2, 3))", "ReflectionPad1d padding must be an int or 2 ints (left, right), got (1, 2, 3)"),
+    ("ZeroPad2d((1, 2, 3))", "ZeroPad2d padding must be an int or (left, right), (left, right, top, bottom), or an "
+                             "even number of ints (before, after) per axis, last axis first; got (1, 2, 3)"),
+    ("ReflectionPad1d((1,) * 8)", "ReflectionPad1d padding must be an int or (left, right), or 2, 4 or 6 ints "
+                                  "(before, after) per axis, last axis first; got (1, 1, 1, 1, 1, 1, 1, 1)"),
+    ("CircularPad1d((1,) * 6)", "CircularPad1d padding must be an int or (left, right), or 2 or 4 ints"),
+    ("ReplicationPad2d(())", "ReplicationPad2d padding must be an int or (left, right), (left, right, top, bottom), "
+                             "or 2, 4 or 6 ints"),
+    ("ConstantPad2d((1.0, 2.0), 0)", "ConstantPad2d padding must be an int or (left, right), (left, right, top, "
+                                     "bottom), or an even number of ints"),
     ("CircularPad1d(-1)", "CircularPad1d: pad mode 'circular' takes no negative amounts, got (-1, -1)"),
     ("PixelShuffle(0)", "PixelShuffle upscale_factor must be a positive integer, got 0"),
     ("AdaptiveAvgPool1d(None)", "AdaptiveAvgPool1d output_size must be a positive int or 1 of them, got None"),
@@ -105,9 +115,16 @@ def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend
     ("MaxPool1d(3, padding=2)", "MaxPool1d padding 2 must be non-negative and at most half the kernel size (3,)"),
 ])
 def test_bad_arguments_are_one_error(spelling, message):
-    with pytest.raises(ValueError) as caught:
+    """Each a ``ValueError``; a padding torch refuses (when called) is its error: a ``PaddingLengthError`` for a
+    length (torch's ``RuntimeError`` too), a ``TypeError`` for amounts that are not ints."""
+    padding = "padding must" in message
+    error = (TypeError if "1.0" in spelling else ud.PaddingLengthError) if padding else ValueError
+    with pytest.raises(error) as caught:
         eval(f"ud.nn.{spelling}")
     assert str(caught.value).startswith(message), str(caught.value)
+    if padding:
+        with pytest.raises(TypeError if error is TypeError else RuntimeError):
+            eval(f"tnn.{spelling}")(torch.ones(2, 3, 4, 5) if "2d" in spelling else torch.ones(2, 3, 4))
 
 
 TOO_SMALL = [  # (layer, input shape, the error's message)
