@@ -402,6 +402,13 @@ def dropout(x, p, training=True, generator=None):
     return ops.dropout(x, p, training, generator)
 
 
+@op(public=False)
+def uniform_like(x, low, high, generator):
+    """A tensor of ``x``'s shape and float dtype of values drawn uniformly from [low, high) (``low`` and ``high``
+    Python floats) from ``generator``, the backend's own (``Backend.generator``), as ``dropout`` draws its mask: a
+    fresh draw at every call, inside compiled steps too (``RReLU``'s slopes)."""
+
+
 @op(dispatch=False)
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
     """Normalise NCHW (or (N, C), (N, C, L)) ``x`` per channel; returns ``(y, new_running_mean, new_running_var)``.
@@ -1774,5 +1781,5 @@ from unidl.spatial1d_ops import (adaptive_avg_pool1d, adaptive_max_pool1d, avg_p
 from unidl.pixel_shuffle_ops import pixel_shuffle, pixel_unshuffle  # noqa: E402
 # activations and distances composed over the registry's ops (their own module: unidl/activation_ops.py)
 from unidl.activation_ops import (celu, cosine_similarity, glu, hardshrink, hardsigmoid, hardswish,  # noqa: E402
-                                  logsigmoid, mish, pairwise_distance, selu, softmin, softshrink, softsign, tanhshrink,
-                                  threshold)
+                                  logsigmoid, mish, pairwise_distance, rrelu, selu, softmin, softshrink, softsign,
+                                  tanhshrink, threshold)

@@ -37,6 +37,7 @@ SPELLINGS = [
     # torch's other lengths of padding: a 2-d layer's pair pads the last axis alone, a 1-d one's 4 the last two (the
     # arithmetic of the cases above: on JAX, no new shapes to compile)
     ("ZeroPad2d((2, -1))", SEQUENCE), ("ReflectionPad1d([2, 1, 0, 4])", IMAGES),
+    ("Softmax2d()", IMAGES), ("RReLU(0.1, 0.3).eval()", SEQUENCE),
 ]
 LAYERS = {f"{spelling} of {x.shape}": both(spelling, x) for spelling, x in SPELLINGS}
 
@@ -53,6 +54,7 @@ FUNCTIONAL = [  # (the layers call them: these, the cases of the layers above, w
     ("avg_pool1d(t[0], 3, 2, 1, True, False)", SEQUENCE), ("adaptive_avg_pool1d(t[0], (3,))", SEQUENCE),
     ("adaptive_max_pool1d(t[0], 3)", SEQUENCE),
     ("conv_transpose1d(t[0], t[1], t[2], 2, 1, 1, 2, 2)", SEQUENCE, R.standard_normal((4, 3, 3)), R.standard_normal(6)),
+    ("rrelu(t[0], 0.1, 0.3)", SEQUENCE),
 ]
 LAYERS.update({f"F.{spelling} of {inputs[0].shape}": functional(spelling, *inputs) for spelling, *inputs in FUNCTIONAL})
 
@@ -110,7 +112,7 @@ def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend
         want = reference(torch.tensor(sample), output_size=size).detach().numpy()
         got = ud.function(lambda t, size=size: layer(t, output_size=size))(ud.tensor(sample))
         assert ud.testing.max_relative_difference(ud.to_numpy(got), want) < 2e-6, size
-    more = ["AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)", "ConvTranspose1d(2, 3, 3)",
+    more = ["RReLU()", "RReLU(0.1, 0.3, True)", "Softmax2d()", "AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)", "ConvTranspose1d(2, 3, 3)",
             "AdaptiveMaxPool1d((2,))"]
     for spelling in [spelling for spelling, _ in SPELLINGS] + more:
         assert repr(eval(f"ud.nn.{spelling}")) == repr(eval(f"tnn.{spelling}")), spelling
@@ -143,6 +145,39 @@ def test_bad_arguments_are_one_error(spelling, message):
     if padding:
         with pytest.raises(TypeError if error is TypeError else RuntimeError):
             eval(f"tnn.{spelling}")(torch.ones(2, 3, 4, 5) if "2d" in spelling else torch.ones(2, 3, 4))
+
+
+def test_rrelu_in_training_draws_a_slope_per_negative_element_from_the_seeded_generator(backend):
+    """In training each element below 0 gets its own slope in [lower, upper] (its gradient, as torch's noise), drawn
+    again at every call, eagerly and in ``ud.function``; the same seed gives the same slopes. (Eval mode: the table
+    above, against ``torch.nn.RReLU``.) A compiled ``train_step`` through it trains."""
+    x = np.concatenate([SEQUENCE[0].ravel(), [0.0]]).astype(np.float32)
+    negative, positive = x < 0, x > 0
+    layer = ud.nn.RReLU(0.1, 0.3)
+    ud.manual_seed(5)
+    y = ud.to_numpy(layer(ud.tensor(x)))
+    ud.manual_seed(5)
+    gradient = ud.to_numpy(ud.grad(lambda t: ud.ops.sum(layer(t)))(ud.tensor(x)))
+    slopes = y[negative] / x[negative]
+    assert 0.1 <= slopes.min() and slopes.max() <= 0.3 and len(np.unique(slopes)) > len(slopes) // 2
+    np.testing.assert_allclose(gradient[negative], slopes, rtol=1e-6)
+    assert np.array_equal(y[positive], x[positive]) and np.all(gradient[positive] == 1) and y[-1] == 0
+    assert 0.1 <= gradient[-1] <= 0.3  # (at 0: a drawn slope, as torch's)
+    compiled = ud.function(lambda t: layer(t))
+    first, second = (ud.to_numpy(compiled(ud.tensor(x))) for _ in range(2))
+    for drawn in (first, second):
+        assert np.array_equal(drawn[positive], x[positive])
+        assert 0.1 - 1e-7 <= (drawn[negative] / x[negative]).min() and (drawn[negative] / x[negative]).max() <= 0.3 + 1e-7
+    assert not np.array_equal(first, second) and not np.array_equal(first, y)
+    model = ud.nn.Sequential(ud.nn.Linear(7, 7), ud.nn.RReLU())
+    before = ud.to_numpy(model[0].weight)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    losses = [float(step(SEQUENCE[0].astype(np.float32), SEQUENCE[1].astype(np.float32))) for _ in range(2)]
+    assert np.all(np.isfinite(losses)) and not np.array_equal(ud.to_numpy(model[0].weight), before)
+    with pytest.raises(ValueError, match=r"RReLU lower \(0.5\) must be at most upper \(0.1\)"):
+        ud.nn.RReLU(0.5, 0.1)
+    with pytest.raises(ud.ShapeMismatchError, match="Softmax2d\\(\\): expected input to be 3D or 4D"):
+        ud.nn.Softmax2d()(ud.tensor(SEQUENCE[0]))
 
 
 def test_the_functional_forms_name_themselves_in_their_errors():
