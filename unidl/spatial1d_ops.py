@@ -34,7 +34,8 @@ def pool1d(owner, x, kernel, stride, padding, ceil_mode=False, return_indices=Fa
     padded input (a ``ShapeMismatchError`` naming ``owner``, when a graph runs where it leaves sizes unknown)."""
     average = count_include_pad is not None
     input_checks.check_poolable(owner, x, average=average)
-    x = input_checks.check_window_fits(owner, x, kernel, padding, "use a smaller kernel, more padding or a larger input")
+    x = input_checks.check_window_fits(owner, x, kernel, padding,
+                                       "use a smaller kernel, more padding or a larger input")
     planes = (1,) + kernel, (1,) + stride, (0,) + padding
     if average:
         return _as_planes(x, lambda y: ops._avg_pool2d(y, *planes, ceil_mode, count_include_pad))

@@ -98,7 +98,8 @@ def test_the_layers_train_in_a_compiled_step_as_in_torch(backend):
 
 
 def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend):
-    """``MaxPool1d(return_indices=True)`` (and ``ud.ops.max_pool1d``) gives torch's indices along L (and its values), ``ConvTranspose1d``'s
+    """``MaxPool1d(return_indices=True)`` (and ``ud.ops.max_pool1d``) gives torch's indices along L (and its values),
+    ``ConvTranspose1d``'s
     ``output_size`` (batched and unbatched) torch's output, and every new layer's repr is torch.nn's."""
     x = SEQUENCE.astype(np.float32)
     theirs = tnn.MaxPool1d(3, 2, 1, return_indices=True)(torch.tensor(x))
@@ -112,7 +113,8 @@ def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend
         want = reference(torch.tensor(sample), output_size=size).detach().numpy()
         got = ud.function(lambda t, size=size: layer(t, output_size=size))(ud.tensor(sample))
         assert ud.testing.max_relative_difference(ud.to_numpy(got), want) < 2e-6, size
-    more = ["RReLU()", "RReLU(0.1, 0.3, True)", "Softmax2d()", "AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)", "ConvTranspose1d(2, 3, 3)",
+    more = ["RReLU()", "RReLU(0.1, 0.3, True)", "Softmax2d()",
+            "AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)", "ConvTranspose1d(2, 3, 3)",
             "AdaptiveMaxPool1d((2,))"]
     for spelling in [spelling for spelling, _ in SPELLINGS] + more:
         assert repr(eval(f"ud.nn.{spelling}")) == repr(eval(f"tnn.{spelling}")), spelling
@@ -167,7 +169,8 @@ def test_rrelu_in_training_draws_a_slope_per_negative_element_from_the_seeded_ge
     first, second = (ud.to_numpy(compiled(ud.tensor(x))) for _ in range(2))
     for drawn in (first, second):
         assert np.array_equal(drawn[positive], x[positive])
-        assert 0.1 - 1e-7 <= (drawn[negative] / x[negative]).min() and (drawn[negative] / x[negative]).max() <= 0.3 + 1e-7
+        slopes = drawn[negative] / x[negative]
+        assert 0.1 - 1e-7 <= slopes.min() and slopes.max() <= 0.3 + 1e-7
     assert not np.array_equal(first, second) and not np.array_equal(first, y)
     model = ud.nn.Sequential(ud.nn.Linear(7, 7), ud.nn.RReLU())
     before = ud.to_numpy(model[0].weight)

@@ -1,8 +1,9 @@
 """``MaxPool2d``, ``MaxUnpool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` over NCHW input, and
-``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d`` and ``AdaptiveMaxPool1d`` over NCL input (pooled as (N, C, 1, L)
-by the 2-d ones' arithmetic: ``ud.ops.max_pool1d``, ...), with PyTorch's arguments and semantics: floor mode by default (``ceil_mode`` adds
-PyTorch's last, partial windows), zero padding counted in an average unless ``count_include_pad=False``, padding
--inf for a maximum; ``MaxPool2d``'s ``return_indices`` gives the positions that ``MaxUnpool2d`` writes back to."""
+``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d`` and ``AdaptiveMaxPool1d`` over NCL input (``ud.ops.max_pool1d``,
+...: pooled as (N, C, 1, L) by the 2-d ones' arithmetic), with PyTorch's arguments and semantics: floor mode by
+default (``ceil_mode`` adds PyTorch's last, partial windows), zero padding counted in an average unless
+``count_include_pad=False``, padding -inf for a maximum; ``MaxPool2d``'s ``return_indices`` gives the positions
+that ``MaxUnpool2d`` writes back to."""
 
 from __future__ import annotations
 
