@@ -758,8 +758,11 @@ PAD_ERRORS = [  # (input shape, pad, mode, value, error, message); torch refuses
      "pad mode 'replicate': the pad (1, 1) of axis 2 pads an empty axis (axis size 0, input shape (1, 2, 0))"),
     ((1, 2, 5), (1, 1) * 4, "constant", 0, ValueError,
      "pad (1, 1, 1, 1, 1, 1, 1, 1) pads 4 axes, but the input has 3"),
-    ((1, 2, 5), (1,), "constant", 0, ValueError,
+    ((1, 2, 5), (1,), "constant", 0, ud.PaddingLengthError,
      "pad (1,) has an odd length: it lists (before, after) pairs, last axis first"),
+    ((1, 1, 1, 1, 2, 5), (1, 1) * 4, "replicate", 0, ud.PaddingLengthError,
+     "pad mode 'replicate' pads the last 1, 2 or 3 axes (a pad of length 2, 4 or 6), as in PyTorch; got a pad of "
+     "length 8"),
     ((1, 2, 5), (1, 1), "mirror", 0, ValueError,
      "pad mode 'mirror' is not one of 'constant', 'reflect', 'replicate', 'circular'"),
     ((1, 2, 5), (1, 1), "reflect", 1.0, ValueError,

@@ -1,7 +1,7 @@
 """Activations and distances composed once over the registry's ops, so every backend runs the same arithmetic:
 ``mish``, ``hardswish``, ``hardsigmoid``, ``selu``, ``celu``, ``softsign``, ``logsigmoid``, ``softmin``, ``glu``,
-``tanhshrink``, ``softshrink``, ``hardshrink``, ``threshold``, ``cosine_similarity`` and ``pairwise_distance``,
-exported as ``ud.ops.<name>`` with ``torch.nn.functional``'s arguments.
+``tanhshrink``, ``softshrink``, ``hardshrink``, ``threshold``, ``rrelu``, ``cosine_similarity`` and
+``pairwise_distance``, exported as ``ud.ops.<name>`` with ``torch.nn.functional``'s arguments.
 
 Each is written so that autodiff gives PyTorch's gradient, at the kinks too: a ``where`` picks the branch whose
 derivative PyTorch's backward kernel takes there (``hardswish``'s outer pieces at -3 and 3, 0 on
@@ -218,6 +218,34 @@ def threshold(x, threshold, value):
             input_checks.check_bounds("threshold", x, (given,), floats=True, what=name)
         threshold, value = int(threshold), int(value)
     return ops.where(x <= threshold, ops.zeros_like(x) + value, x)
+
+
+def rrelu_bounds(owner, lower, upper) -> tuple:
+    """``(lower, upper)`` as Python floats; a ``ValueError`` naming ``owner`` for one that is not a real number or
+    for ``lower > upper`` (PyTorch's "Lower bound should be less than or equal to the upper bound")."""
+    lower, upper = arguments.plain_number(owner, "lower", lower), arguments.plain_number(owner, "upper", upper)
+    if not lower <= upper:
+        raise ValueError(f"{owner} lower ({lower}) must be at most upper ({upper}): the negative slopes are drawn "
+                         f"from [lower, upper]")
+    return float(lower), float(upper)
+
+
+@ops._composed(arrays=("x",))
+def rrelu(x, lower=1.0 / 8, upper=1.0 / 3, training=False, inplace=False, generator=None):
+    """The randomized leaky ReLU, as ``torch.nn.functional.rrelu``: x if x > 0 else a * x. In training each element
+    of x <= 0 draws its own slope a uniformly from [lower, upper] (``generator``: the backend's own, seeded by
+    ``ud.manual_seed``, when None; a fresh draw at every call, inside compiled steps too), its gradient a; out of
+    training a = (lower + upper) / 2 (``leaky_relu``, its gradient at 0 the slope, as PyTorch's). ``inplace``:
+    PyTorch's signature (unidl never writes its input). Not a composite: it draws from the generator."""
+    lower, upper = rrelu_bounds("rrelu", lower, upper)
+    x = _floats("rrelu", x)
+    if not training:
+        return ops.leaky_relu(x, (lower + upper) / 2)
+    from unidl import config
+
+    slopes = ops._ops().uniform_like(x, lower, upper, generator if generator is not None else
+                                     config.backend().generator())
+    return ops.where(x > 0, x, x * ops.stop_gradient(slopes))
 
 
 def _operands(owner, x1, x2):

@@ -99,10 +99,14 @@ def _tensor_arguments(function) -> tuple:
     return tuple(p for p in inspect.signature(function).parameters if p in _TENSOR_ARGUMENTS)
 
 
-def _composed(function):
+def _composed(function=None, *, arrays=()):
     """A public function of ``ud.ops`` composed of declared ops (a loss, ``prelu``), taking another framework's tensor
-    as the ops do: a ``BackendMismatchError`` naming it (``declare``'s ``tensors``; not an op a backend provides)."""
-    return op_registry.composed(_ops, function, _tensor_arguments(function))
+    as the ops do: a ``BackendMismatchError`` naming it (``declare``'s ``tensors``; not an op a backend provides).
+    ``arrays``: the parameters whose NumPy arrays, lists and numbers become tensors first, as an op's do."""
+    if function is None:
+        return lambda function: _composed(function, arrays=arrays)
+    converters = {p: input_checks.value_as_tensor for p in arrays} or None
+    return op_registry.composed(_ops, function, _tensor_arguments(function), converters)
 
 
 @op(dispatch=False)
@@ -396,6 +400,13 @@ def dropout(x, p, training=True, generator=None):
     if generator is None and training and p:
         generator = config.backend().generator()
     return ops.dropout(x, p, training, generator)
+
+
+@op(public=False)
+def uniform_like(x, low, high, generator):
+    """A tensor of ``x``'s shape and float dtype of values drawn uniformly from [low, high) (``low`` and ``high``
+    Python floats) from ``generator``, the backend's own (``Backend.generator``), as ``dropout`` draws its mask: a
+    fresh draw at every call, inside compiled steps too (``RReLU``'s slopes)."""
 
 
 @op(dispatch=False)
@@ -1766,10 +1777,13 @@ def _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe
 from unidl import input_checks  # noqa: E402  (front-end checks of bad input, over the ops above)
 from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d, conv_transpose2d,  # noqa: E402
                                dropout2d, group_norm, interpolate)
+from unidl.spatial1d_ops import (adaptive_avg_pool1d, adaptive_max_pool1d, avg_pool1d, conv_transpose1d,  # noqa: E402
+                                 max_pool1d)
+from unidl.pixel_shuffle_ops import pixel_shuffle, pixel_unshuffle  # noqa: E402
 # activations and distances composed over the registry's ops (their own module: unidl/activation_ops.py)
 from unidl.activation_ops import (celu, cosine_similarity, glu, hardshrink, hardsigmoid, hardswish,  # noqa: E402
-                                  logsigmoid, mish, pairwise_distance, selu, softmin, softshrink, softsign, tanhshrink,
-                                  threshold)
+                                  logsigmoid, mish, pairwise_distance, rrelu, selu, softmin, softshrink, softsign,
+                                  tanhshrink, threshold)
 # the margin, embedding, multi-label and likelihood losses composed over the registry's ops (unidl/loss_ops.py)
 from unidl.loss_ops import (cosine_embedding_loss, gaussian_nll_loss, hinge_embedding_loss,  # noqa: E402
                             margin_ranking_loss, multi_margin_loss, multilabel_margin_loss, multilabel_soft_margin_loss,

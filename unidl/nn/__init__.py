@@ -2,8 +2,8 @@
 
 from unidl.nn import init
 from unidl.nn.activation import (CELU, ELU, GELU, GLU, SELU, Hardshrink, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU,
-                                 LogSigmoid, LogSoftmax, Mish, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softmin,
-                                 Softplus, Softshrink, Softsign, Tanh, Tanhshrink, Threshold)
+                                 LogSigmoid, LogSoftmax, Mish, PReLU, ReLU, ReLU6, RReLU, Sigmoid, SiLU, Softmax,
+                                 Softmax2d, Softmin, Softplus, Softshrink, Softsign, Tanh, Tanhshrink, Threshold)
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from unidl.nn.container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
@@ -50,5 +50,5 @@ __all__ = [
     "Softshrink", "Hardshrink", "Threshold", "CosineSimilarity", "PairwiseDistance",
     "ZeroPad1d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d", "ReflectionPad2d",
     "ReplicationPad1d", "ReplicationPad2d", "CircularPad1d", "CircularPad2d", "PixelShuffle", "PixelUnshuffle",
-    "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "ConvTranspose1d",
+    "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "ConvTranspose1d", "RReLU", "Softmax2d",
 ]

@@ -76,6 +76,34 @@ class LeakyReLU(_InplaceShown):
         return self._with_inplace(f"negative_slope={self.negative_slope}")
 
 
+class RReLU(Module):
+    """The randomized leaky ReLU, as ``torch.nn.RReLU``: x if x > 0 else a * x. In training every element of
+    x <= 0 draws its own slope a uniformly from [lower, upper], its gradient a; in eval a = (lower + upper) / 2.
+    The slopes come from the backend's generator (``Backend.generator``, seeded by ``ud.manual_seed``), as
+    ``Dropout``'s masks: a fresh draw at every call, inside a compiled ``train_step`` too, and, as those masks,
+    differing across backends. ``lower > upper`` is a ``ValueError``; ``inplace`` is PyTorch's signature (never in
+    place).
+
+    Args:
+        lower: the smallest slope (1/8).
+        upper: the largest slope (1/3).
+        inplace: accepted, and shown by the repr, as PyTorch's.
+    """
+
+    def __init__(self, lower: float = 1.0 / 8, upper: float = 1.0 / 3, inplace: bool = False):
+        super().__init__()
+        self.lower, self.upper = activation_ops.rrelu_bounds("RReLU", lower, upper)
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        x = _floats(self, x)
+        return activation_ops.rrelu(x, self.lower, self.upper, self.training,
+                                    generator=self._backend.generator() if self.training else None)
+
+    def extra_repr(self):
+        return f"lower={self.lower}, upper={self.upper}" + (", inplace=True" if self.inplace else "")
+
+
 class Sigmoid(Module):
     """1 / (1 + exp(-x))."""
 
@@ -106,6 +134,18 @@ class Softmax(Module):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class Softmax2d(Module):
+    """Softmax over the channels of each position of (N, C, H, W) or (C, H, W) input (axis -3), as
+    ``torch.nn.Softmax2d``; another rank is a ``ShapeMismatchError`` (PyTorch's ``ValueError``)."""
+
+    def forward(self, x):
+        rank = len(tuple(x.shape))
+        if rank not in (3, 4):
+            raise ShapeMismatchError(f"{self.describe()}: expected input to be 3D or 4D, (N, C, H, W) or (C, H, W), "
+                                     f"got {rank}D instead")
+        return self._ops.softmax(_floats(self, x), -3)
 
 
 class LogSoftmax(Module):

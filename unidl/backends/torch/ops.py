@@ -165,6 +165,11 @@ def dropout(x, p, training=True, generator=None):
     return x * keep / (1 - p)
 
 
+def uniform_like(x, low, high, generator):
+    # (the default generator: None, which draws on x's own device as F.dropout's fused kernel does)
+    return torch.empty_like(x).uniform_(low, high, generator=None if _is_default_generator(generator) else generator)
+
+
 def reshape(x, shape):
     return torch.reshape(x, tuple(shape))
 
