@@ -40,6 +40,8 @@ LOSSES = {  # few cases, each covering several things: a graph of the recursion 
     # impossible alignments (samples 1 and 3) made 0, an empty target (its loss divided by 1), blank 4
     "blank-4-zero-infinity-mean": ctc_case({"blank": 4, "zero_infinity": True}, LOG_PROBS, TARGETS % 4, IMPOSSIBLE,
                                            EMPTY_TARGET),
+    # every target empty (pad_sequence of empty label lists gives (N, 0)): each loss is the blanks' path
+    "all-empty-padded-mean": ctc_case({}, LOG_PROBS, np.zeros((N, 0), np.int64), INPUT_LENGTHS, np.zeros(N, np.int64)),
     "functional-unbatched": Case(lambda: lambda *a: ud.ops.ctc_loss(*a, reduction="none"),
                                  lambda: lambda *a: F.ctc_loss(*a, reduction="none"),
                                  [LOG_PROBS[:, 0], TARGETS[0, :3].copy(), np.array(6), np.array(3)]),
@@ -56,25 +58,25 @@ def test_ctc_loss_matches_torch(backend, dtype, modes):
 
 def _torch_losses_and_gradient(log_probs, targets, input_lengths, target_lengths, reduction):
     log_probs = torch.tensor(log_probs, requires_grad=True)
-    losses = F.ctc_loss(log_probs, torch.tensor(targets), torch.tensor(input_lengths), torch.tensor(target_lengths),
-                        reduction=reduction)
+    losses = F.ctc_loss(log_probs, torch.tensor(targets), input_lengths, target_lengths, reduction=reduction)
     losses.sum().backward()
     return losses.detach().numpy(), log_probs.grad.numpy()
 
 
 def test_an_impossible_alignment_is_infinite_with_torchs_nan_gradient(backend):
-    """A target longer than its frames allow (with its repeats' blanks) has loss inf, and PyTorch's gradient: NaN
-    at that sample's frames read, 0 after them, the others' finite and equal to torch's, eagerly and inside
-    ``ud.function``."""
+    """A target longer than its frames allow (with its repeats' blanks), or one of whose labels has log-probability
+    -inf (a masked logit), has loss inf, and PyTorch's gradient: NaN at that sample's frames read, 0 after them, the
+    others' finite and equal to torch's, eagerly and inside ``ud.function``; lengths given as Python lists."""
     log_probs = LOG_PROBS.astype(np.float32)
-    expected, expected_gradient = _torch_losses_and_gradient(log_probs, TARGETS, IMPOSSIBLE, TARGET_LENGTHS, "none")
+    log_probs[:, 0, 2] = -np.inf  # sample 0's last label (1, 1, 2) masked everywhere
+    lengths = IMPOSSIBLE.tolist(), TARGET_LENGTHS.tolist()
+    expected, expected_gradient = _torch_losses_and_gradient(log_probs, TARGETS, *lengths, "none")
     loss = ud.nn.CTCLoss(reduction="none")
 
     def losses_and_gradient(x):
-        return ud.value_and_grad(lambda a: ud.ops.sum(loss(a, TARGETS, IMPOSSIBLE, TARGET_LENGTHS)), (0,))(x)[1][0]
+        return loss(x, TARGETS, *lengths), ud.grad(lambda a: ud.ops.sum(loss(a, TARGETS, *lengths)))(x)
 
-    for run in (lambda x: (loss(x, TARGETS, IMPOSSIBLE, TARGET_LENGTHS), losses_and_gradient(x)),
-                ud.function(lambda x: (loss(x, TARGETS, IMPOSSIBLE, TARGET_LENGTHS), losses_and_gradient(x)))):
+    for run in (losses_and_gradient, ud.function(losses_and_gradient)):
         losses, gradient = (ud.to_numpy(t) for t in run(ud.tensor(log_probs)))
         np.testing.assert_allclose(losses, expected, rtol=1e-5)
         assert np.isnan(expected_gradient).any()
@@ -104,8 +106,8 @@ def test_a_train_step_on_ctc_loss_follows_torch(backend):
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
     for _ in range(3):
         optimizer.zero_grad()
-        expected = reference_ctc(reference(torch.tensor(x)).permute(1, 0, 2), torch.tensor(TARGETS), torch.tensor(INPUT_LENGTHS),
-                                 torch.tensor(TARGET_LENGTHS))
+        expected = reference_ctc(reference(torch.tensor(x)).permute(1, 0, 2), torch.tensor(TARGETS),
+                                 torch.tensor(INPUT_LENGTHS), torch.tensor(TARGET_LENGTHS))
         expected.backward()
         optimizer.step()
         assert abs(float(step(x, y)) - expected.item()) < 1e-5
@@ -132,6 +134,9 @@ BAD_INPUTS = [  # (inputs, error, message): torch refuses each (labels out of ra
     (_bad(targets=np.where(TARGETS == 4, 5, TARGETS)), IndexOutOfRangeError,
      r"^CTCLoss targets \(class indices of log_probs\) must lie in \[0, 5\); found values from 0 to 5"),
     (_bad(blank=5), IndexOutOfRangeError, r"^CTCLoss blank \(a class of log_probs\) must lie in \[0, 5\)"),
+    (_bad(log_probs=LOG_PROBS[:, :0], targets=TARGETS[:0], input_lengths=INPUT_LENGTHS[:0],
+          target_lengths=TARGET_LENGTHS[:0]), ShapeMismatchError, r"T, N and C at least 1; got log_probs \((6|\?), "
+                                                                  r"(0|\?), (5|\?)\)"),
     (_bad(targets=TARGETS.astype(np.float32)), DtypeMismatchError, r"^CTCLoss: targets must be integers"),
     (_bad(input_lengths=INPUT_LENGTHS.astype(np.float32)), DtypeMismatchError,
      r"^CTCLoss: input_lengths must be integers"),
@@ -141,9 +146,9 @@ BAD_INPUTS = [  # (inputs, error, message): torch refuses each (labels out of ra
 def test_ctc_loss_refuses_what_torch_refuses(backend):
     """Each bad input is one unidl error naming the tensors (and their shapes), eagerly and inside ``ud.function``
     (a TensorFlow graph, traced for any sizes, knows them only when it runs); bad options when built."""
-    loss, graphs = ud.nn.CTCLoss(), {}  # (one graph a set of shapes and dtypes, as a step would have it)
+    loss, graphs = ud.nn.CTCLoss(), {}  # (one graph a set of ranks and dtypes: TensorFlow's is for any sizes)
     for (log_probs, targets, input_lengths, target_lengths, blank), error, message in BAD_INPUTS:
-        key = tuple((np.shape(a), np.asarray(a).dtype.kind) for a in (log_probs, targets, input_lengths, target_lengths))
+        key = tuple((np.ndim(a), np.asarray(a).dtype.kind) for a in (log_probs, targets, input_lengths, target_lengths))
         graph = graphs.setdefault(key, ud.function(lambda *a: loss(*a)))
         for run in (ud.nn.CTCLoss(blank=blank), graph if blank == loss.blank else None):
             if run is not None:
@@ -154,3 +159,6 @@ def test_ctc_loss_refuses_what_torch_refuses(backend):
         ud.nn.CTCLoss(reduction="batchmean")
     with pytest.raises(TypeError, match="CTCLoss blank must be an int"):
         ud.nn.CTCLoss(blank=1.0)
+    for blank in (1.5, True):  # (torch's TypeError, the function's too)
+        with pytest.raises(TypeError, match=r"^ctc_loss blank must be an int \(a class index\), got (float|bool)"):
+            ud.ops.ctc_loss(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS, blank=blank)
