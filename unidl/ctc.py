@@ -1,11 +1,16 @@
 """The connectionist temporal classification (CTC) loss, ``torch.nn.functional.ctc_loss``, written once over the
 registry's ops: the alpha (forward) recursion of Graves et al. (2006) in log space, a ``ud.ops.scan`` over time
-that each framework's autodiff differentiates. ``ud.ops.ctc_loss`` and ``ud.nn.CTCLoss`` are this function.
+that each framework's autodiff differentiates. ``ud.ops.ctc_loss`` and ``ud.nn.CTCLoss`` are this function. A
+backend with the framework's own kernel (the optional op ``fused_ctc_loss``: torch's) runs that instead, behind
+the same checks.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from unidl import input_checks, ops
+from unidl.backends.op_registry import optional_op
 from unidl.errors import ShapeMismatchError
 from unidl.spatial_ops import composite
 
@@ -19,35 +24,55 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     For sample n with extended labels l' (its ``target_lengths[n]`` = L labels with ``blank`` before, between and
     after them, 2L + 1 in all), alpha_t(s) = (alpha_{t-1}(s) + alpha_{t-1}(s-1) + [l'_s != l'_{s-2}]
     alpha_{t-1}(s-2)) y_t(l'_s), in log space, and loss_n = -log(alpha_{T_n - 1}(2L) + alpha_{T_n - 1}(2L - 1)):
-    infinite where no alignment exists (a target longer than its frames allow). 'mean' divides each loss by its
-    target length (at least 1), then averages over the batch; 'sum' adds them; 'none' keeps one a sample.
-    ``zero_infinity`` makes an infinite loss 0, with gradient 0. The gradient of ``log_probs`` is PyTorch's: its
-    kernel's exp(log_probs) - (the alignments' posterior) over the first ``input_lengths[n]`` frames (the gradient
-    of the logits of a ``log_softmax`` gives the same either way), NaN there for an infinite loss.
+    infinite where no alignment exists (a target longer than its frames allow, or a label of log-probability -inf
+    where it must be read). Every target may be empty (S = 0): the loss is then the blanks' path. 'mean' divides
+    each loss by its target length (at least 1), then averages over the batch; 'sum' adds them; 'none' keeps one a
+    sample. ``zero_infinity`` makes an infinite loss 0, with gradient 0. The gradient of ``log_probs`` is
+    PyTorch's: its kernel's exp(log_probs) - (the alignments' posterior) over the first ``input_lengths[n]`` frames
+    (the gradient of the logits of a ``log_softmax`` gives the same either way), NaN there for an infinite loss. On
+    the torch backend it is torch's kernel itself; on the others, two differences: at a -inf entry of ``log_probs``
+    within the frames read of a sample whose loss is finite, the gradient is 0 (PyTorch's CPU kernel gives NaN
+    there, exp(-inf - -inf)); and for targets holding the blank (which PyTorch documents as not allowed but does not
+    check) it is the gradient of the loss computed, where PyTorch's kernel's disagrees with its own loss.
 
     Args:
         log_probs: (T, N, C) log-probabilities (``log_softmax`` over C), or one sample's (T, C).
         targets: integer labels in [0, C), (N, S) padded (the entries past a target's length are not read), or
             the N targets concatenated, (sum(target_lengths),); one sample's (S,) or (1, S).
-        input_lengths: (N,) integers in [0, T], the frames of each sample (one sample: () or (1,)).
+        input_lengths: (N,) integers in [0, T], the frames of each sample (one sample: () or (1,), or an int,
+            which PyTorch refuses); a tensor, an array or a list.
         target_lengths: (N,) integers, the labels of each target (at most S when padded).
-        blank: the blank's class, in [0, C).
+        blank: the blank's class, an int in [0, C) (a float or a bool is a ``TypeError``, as in PyTorch).
         reduction: 'mean', 'sum' or 'none'.
         zero_infinity: make infinite losses (and their gradients) 0.
 
-    Shapes that do not fit are a ``ShapeMismatchError`` naming them, lengths out of range and labels outside
-    [0, C) an ``IndexOutOfRangeError``, float labels or lengths a ``DtypeMismatchError``, eagerly and in graphs.
+    Shapes that do not fit (N = 0 too: PyTorch refuses empty log_probs) are a ``ShapeMismatchError`` naming them,
+    lengths out of range and labels outside [0, C) an ``IndexOutOfRangeError``, float labels or lengths a
+    ``DtypeMismatchError``, eagerly and in graphs.
     """
     reduction = input_checks.check_reduction("ctc_loss", reduction)
+    blank = checked_blank("ctc_loss", blank)
     return connectionist_loss(log_probs, targets, input_lengths, target_lengths, blank, reduction,
                               bool(zero_infinity), "ctc_loss")
 
 
+def checked_blank(owner, blank):
+    """``blank`` as an int, after PyTorch's check: a ``TypeError`` for anything else (a bool or a float too)."""
+    if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)):
+        raise TypeError(f"{owner} blank must be an int (a class index), got {type(blank).__name__}")
+    return int(blank)
+
+
 def connectionist_loss(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, owner):
-    """``ctc_loss`` with its ``reduction`` checked; errors name ``owner``."""
-    log_probs, labels, input_lengths, target_lengths, blank, unbatched = _checked(
+    """``ctc_loss`` with its ``reduction`` and ``blank`` (an int: ``checked_blank``) checked; errors name ``owner``."""
+    log_probs, labels, input_lengths, target_lengths, checked, unbatched = _checked(
         owner, log_probs, targets, input_lengths, target_lengths, blank)
-    return _checked_loss(log_probs, labels, input_lengths, target_lengths, blank, reduction, zero_infinity, unbatched)
+    kernel = optional_op(ops._ops(), "fused_ctc_loss")  # (torch's own: 10-20x the scan's speed there)
+    if kernel is None:
+        return _checked_loss(log_probs, labels, input_lengths, target_lengths, checked, reduction, zero_infinity,
+                             unbatched)
+    return _reduced(kernel(log_probs, labels, input_lengths, target_lengths, blank, zero_infinity), target_lengths,
+                    reduction, unbatched)
 
 
 @composite("log_probs", "labels", "input_lengths", "target_lengths", "blank")
@@ -63,6 +88,11 @@ def _checked_loss(log_probs, labels, input_lengths, target_lengths, blank, reduc
         losses = ops.where(infinite, ops.zeros_like(losses), losses)
     else:  # PyTorch's gradient of an infinite loss: NaN over the frames read
         losses = losses + _nan_gradient(log_probs, frames, infinite)
+    return _reduced(losses, target_lengths, reduction, unbatched)
+
+
+def _reduced(losses, target_lengths, reduction, unbatched):
+    """The (N,) ``losses`` reduced as ``reduction`` says ('mean': each divided by its target length, at least 1)."""
     if reduction == "mean":
         return ops.mean(losses / ops.cast_like(ops.maximum(target_lengths, 1), losses))
     if reduction == "sum":
@@ -100,8 +130,8 @@ def _checked(owner, log_probs, targets, input_lengths, target_lengths, blank):
     padded = ranks["targets"] == 2
     conditions = [input_checks.holds(batch == _int64(n)) for n in (sizes["input_lengths"][:1] or (1,))
                   + (sizes["target_lengths"][:1] or (1,)) + (sizes["targets"][:1] if padded else ())]
-    conditions += [input_checks.holds(time > 0), input_checks.holds(classes > 0)]
-    log_probs = input_checks.require_shapes(owner, wanted + " with the same N, T and C at least 1", tensors,
+    conditions += [input_checks.holds(size > 0) for size in (time, batch, classes)]
+    log_probs = input_checks.require_shapes(owner, wanted + " with the same N, and T, N and C at least 1", tensors,
                                             input_checks.all_of(conditions), log_probs)
     blank = ops.check_index(ops.zeros((1,), "int64") + blank, classes, f"{owner} blank (a class of log_probs)")
     input_lengths = ops.check_index(input_lengths, time + 1, f"{owner} input_lengths (at most T, log_probs' length)")
@@ -150,7 +180,8 @@ def _padded(targets, target_lengths, count):
 def _extended(labels, blank):
     """(N, 2S + 1): blank, label 1, blank, label 2, ..., blank (the labels past a target's length read as well)."""
     width = ops.shape(labels)[1]
-    labels = ops.concat([labels, ops.zeros_like(labels[:, :1]) + blank], 1)  # (N, S + 1): s // 2 <= S
+    column = ops.unsqueeze(ops.zeros_like(ops.sum(labels, 1)), 1) + blank  # (N, 1), S = 0 too
+    labels = ops.concat([labels, column], 1)  # (N, S + 1): s // 2 <= S
     positions = _positions(2 * width + 1)
     label_index = ops.unsqueeze(positions // 2, 0) + ops.zeros_like(labels[:, :1])
     odd = ops.unsqueeze(positions % 2 == 1, 0)
@@ -216,5 +247,6 @@ def _nan_gradient(log_probs, frames, infinite):
     computes exp(-inf + inf) there), and 0 elsewhere: ``ops._steep_zero``'s infinite slopes, one minus the other."""
     chosen = (frames * ops.cast_like(ops.unsqueeze(ops.unsqueeze(infinite, 0), 2), frames)
               + ops.zeros_like(log_probs)) > 0
-    held = ops.where(chosen, log_probs - ops.stop_gradient(log_probs), ops.zeros_like(log_probs) + 1)
+    probabilities = ops.exp(log_probs)  # (finite where log_probs are -inf: log_probs - log_probs would be NaN there)
+    held = ops.where(chosen, probabilities - ops.stop_gradient(probabilities), ops.zeros_like(log_probs) + 1)
     return ops.sum(ops.sum(ops._steep_zero(held) - ops._steep_zero(held), 2), 0)

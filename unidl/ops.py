@@ -1281,6 +1281,14 @@ def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
     ``attention`` as a fast path where a backend has it."""
 
 
+@op(optional=True, public=False)
+def fused_ctc_loss(log_probs, labels, input_lengths, target_lengths, blank=0, zero_infinity=False):
+    """A framework's CTC kernel (torch's ``ctc_loss``): the (N,) losses of inputs ``ud.ops.ctc_loss`` has checked,
+    log_probs (T, N, C), padded int64 labels (N, S) (0 past each length), int64 lengths (N,) and ``blank`` an int,
+    with that kernel's values and gradients (``zero_infinity`` too). Used by ``ctc_loss`` as a fast path where a
+    backend has it; the others run its scan."""
+
+
 # ---- composed ops: written once over the registry's ops above, so every backend runs them -----------------
 # (a backend may not replace them; what a framework has a kernel for is declared with @op instead)
 

@@ -40,16 +40,18 @@ LOSSES = {  # few cases, each covering several things: a graph of the recursion 
     # impossible alignments (samples 1 and 3) made 0, an empty target (its loss divided by 1), blank 4
     "blank-4-zero-infinity-mean": ctc_case({"blank": 4, "zero_infinity": True}, LOG_PROBS, TARGETS % 4, IMPOSSIBLE,
                                            EMPTY_TARGET),
-    "functional-unbatched": Case(lambda: lambda *a: ud.ops.ctc_loss(*a, reduction="none"),
-                                 lambda: lambda *a: F.ctc_loss(*a, reduction="none"),
-                                 [LOG_PROBS[:, 0], TARGETS[0, :3].copy(), np.array(6), np.array(3)]),
+    # an empty target with no labels at all (S = 0: every target empty, as pad_sequence of empty label lists gives)
+    "functional-unbatched-empty": Case(lambda: lambda *a: ud.ops.ctc_loss(*a, reduction="none"),
+                                       lambda: lambda *a: F.ctc_loss(*a, reduction="none"),
+                                       [LOG_PROBS[:, 0], np.zeros(0, np.int64), np.array(6), np.array(0)]),
 }
 
 
 @pytest.mark.parametrize("dtype, modes", RUNS)
 def test_ctc_loss_matches_torch(backend, dtype, modes):
     """Padded and concatenated targets, variable input and target lengths (0 too), repeated labels, another blank,
-    each reduction, unbatched input and ``zero_infinity`` (an impossible alignment's loss and gradient 0)."""
+    each reduction, unbatched input with no labels at all (S = 0), and ``zero_infinity`` (an impossible alignment's
+    loss and gradient 0)."""
     failures = compare_table(LOSSES, backend, dtype, modes)
     assert not failures, "\n".join(failures)
 
@@ -63,18 +65,19 @@ def _torch_losses_and_gradient(log_probs, targets, input_lengths, target_lengths
 
 
 def test_an_impossible_alignment_is_infinite_with_torchs_nan_gradient(backend):
-    """A target longer than its frames allow (with its repeats' blanks) has loss inf, and PyTorch's gradient: NaN
-    at that sample's frames read, 0 after them, the others' finite and equal to torch's, eagerly and inside
-    ``ud.function``."""
+    """A target longer than its frames allow (with its repeats' blanks), or one of whose labels has log-probability
+    -inf (a masked logit), has loss inf, and PyTorch's gradient: NaN at that sample's frames read, 0 after them, the
+    others' finite and equal to torch's, eagerly and inside ``ud.function``; lengths given as Python lists."""
     log_probs = LOG_PROBS.astype(np.float32)
-    expected, expected_gradient = _torch_losses_and_gradient(log_probs, TARGETS, IMPOSSIBLE, TARGET_LENGTHS, "none")
+    log_probs[:, 0, 2] = -np.inf  # sample 0's last label (1, 1, 2) masked everywhere
+    lengths = IMPOSSIBLE.tolist(), TARGET_LENGTHS.tolist()
+    expected, expected_gradient = _torch_losses_and_gradient(log_probs, TARGETS, *lengths, "none")
     loss = ud.nn.CTCLoss(reduction="none")
 
     def losses_and_gradient(x):
-        return ud.value_and_grad(lambda a: ud.ops.sum(loss(a, TARGETS, IMPOSSIBLE, TARGET_LENGTHS)), (0,))(x)[1][0]
+        return loss(x, TARGETS, *lengths), ud.grad(lambda a: ud.ops.sum(loss(a, TARGETS, *lengths)))(x)
 
-    for run in (lambda x: (loss(x, TARGETS, IMPOSSIBLE, TARGET_LENGTHS), losses_and_gradient(x)),
-                ud.function(lambda x: (loss(x, TARGETS, IMPOSSIBLE, TARGET_LENGTHS), losses_and_gradient(x)))):
+    for run in (losses_and_gradient, ud.function(losses_and_gradient)):
         losses, gradient = (ud.to_numpy(t) for t in run(ud.tensor(log_probs)))
         np.testing.assert_allclose(losses, expected, rtol=1e-5)
         assert np.isnan(expected_gradient).any()
@@ -104,8 +107,8 @@ def test_a_train_step_on_ctc_loss_follows_torch(backend):
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
     for _ in range(3):
         optimizer.zero_grad()
-        expected = reference_ctc(reference(torch.tensor(x)).permute(1, 0, 2), torch.tensor(TARGETS), torch.tensor(INPUT_LENGTHS),
-                                 torch.tensor(TARGET_LENGTHS))
+        expected = reference_ctc(reference(torch.tensor(x)).permute(1, 0, 2), torch.tensor(TARGETS),
+                                 torch.tensor(INPUT_LENGTHS), torch.tensor(TARGET_LENGTHS))
         expected.backward()
         optimizer.step()
         assert abs(float(step(x, y)) - expected.item()) < 1e-5
@@ -132,6 +135,9 @@ BAD_INPUTS = [  # (inputs, error, message): torch refuses each (labels out of ra
     (_bad(targets=np.where(TARGETS == 4, 5, TARGETS)), IndexOutOfRangeError,
      r"^CTCLoss targets \(class indices of log_probs\) must lie in \[0, 5\); found values from 0 to 5"),
     (_bad(blank=5), IndexOutOfRangeError, r"^CTCLoss blank \(a class of log_probs\) must lie in \[0, 5\)"),
+    (_bad(log_probs=LOG_PROBS[:, :0], targets=TARGETS[:0], input_lengths=INPUT_LENGTHS[:0],
+          target_lengths=TARGET_LENGTHS[:0]), ShapeMismatchError, r"T, N and C at least 1; got log_probs \((6|\?), "
+                                                                  r"(0|\?), (5|\?)\)"),
     (_bad(targets=TARGETS.astype(np.float32)), DtypeMismatchError, r"^CTCLoss: targets must be integers"),
     (_bad(input_lengths=INPUT_LENGTHS.astype(np.float32)), DtypeMismatchError,
      r"^CTCLoss: input_lengths must be integers"),
@@ -141,9 +147,9 @@ BAD_INPUTS = [  # (inputs, error, message): torch refuses each (labels out of ra
 def test_ctc_loss_refuses_what_torch_refuses(backend):
     """Each bad input is one unidl error naming the tensors (and their shapes), eagerly and inside ``ud.function``
     (a TensorFlow graph, traced for any sizes, knows them only when it runs); bad options when built."""
-    loss, graphs = ud.nn.CTCLoss(), {}  # (one graph a set of shapes and dtypes, as a step would have it)
+    loss, graphs = ud.nn.CTCLoss(), {}  # (one graph a set of ranks and dtypes: TensorFlow's is for any sizes)
     for (log_probs, targets, input_lengths, target_lengths, blank), error, message in BAD_INPUTS:
-        key = tuple((np.shape(a), np.asarray(a).dtype.kind) for a in (log_probs, targets, input_lengths, target_lengths))
+        key = tuple((np.ndim(a), np.asarray(a).dtype.kind) for a in (log_probs, targets, input_lengths, target_lengths))
         graph = graphs.setdefault(key, ud.function(lambda *a: loss(*a)))
         for run in (ud.nn.CTCLoss(blank=blank), graph if blank == loss.blank else None):
             if run is not None:
@@ -154,3 +160,30 @@ def test_ctc_loss_refuses_what_torch_refuses(backend):
         ud.nn.CTCLoss(reduction="batchmean")
     with pytest.raises(TypeError, match="CTCLoss blank must be an int"):
         ud.nn.CTCLoss(blank=1.0)
+    for blank in (1.5, True):  # (torch's TypeError, the function's too)
+        with pytest.raises(TypeError, match=r"^ctc_loss blank must be an int \(a class index\), got (float|bool)"):
+            ud.ops.ctc_loss(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS, blank=blank)
+
+
+def test_a_backend_with_a_ctc_kernel_gives_torchs_exact_values_and_gradient():
+    """Where a backend has the framework's CTC kernel (torch's ``F.ctc_loss``: ~20x its scan's speed) it runs it
+    behind the same checks: torch's losses and gradient bit for bit, its NaN gradient at -inf log-probabilities of
+    a finite loss included (the scan gives 0 there, as the other backends do), for each reduction."""
+    from unidl import backends
+    from unidl.backends.op_registry import optional_op
+
+    kernel_on = [name for name in ud.available_backends() if optional_op(backends.load(name).ops, "fused_ctc_loss")]
+    assert kernel_on == ["torch"]
+    log_probs = LOG_PROBS.copy()
+    log_probs[:, 1, 0] = -np.inf  # sample 1's blank masked: its target (1, 2, 3, 4) fits its 5 frames without any
+    for reduction in ("none", "mean"):
+        expected = _torch_losses_and_gradient(log_probs, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS, reduction)
+        with ud.use_backend("torch"), ud.use_dtype("float64"):
+            def loss(x):
+                return ud.ops.ctc_loss(x, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS, reduction=reduction)
+
+            got = ud.to_numpy(loss(ud.tensor(log_probs))), ud.to_numpy(ud.grad(lambda x: ud.ops.sum(loss(x)))(
+                ud.tensor(log_probs)))
+        assert np.isnan(expected[1]).any()
+        for value, torch_value in zip(got, expected):
+            np.testing.assert_array_equal(value, torch_value)

@@ -472,10 +472,12 @@ class CTCLoss(_Loss):
     ``forward(log_probs, targets, input_lengths, target_lengths)``: log-probabilities (T, N, C) (one sample's
     (T, C)), integer targets (N, S) padded or concatenated (sum(target_lengths),), and the lengths (N,). 'mean'
     divides each sample's loss by its target length, then averages over the batch. A target that no alignment fits
-    (longer than its frames allow) has an infinite loss (gradient NaN, as PyTorch's), 0 with ``zero_infinity``.
+    (longer than its frames allow, or a label of log-probability -inf) has an infinite loss (gradient NaN, as
+    PyTorch's), 0 with ``zero_infinity``. Where PyTorch's gradient differs (a -inf log-probability, a target holding
+    the blank) see ``ud.ops.ctc_loss``.
 
     Args:
-        blank: the blank's class, in [0, C) (checked against the input's C).
+        blank: the blank's class, an int in [0, C) (checked against the input's C; a float or bool a ``TypeError``).
         reduction: 'mean', 'sum' or 'none'.
         zero_infinity: make infinite losses and their gradients 0.
     """
@@ -484,9 +486,7 @@ class CTCLoss(_Loss):
 
     def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False):
         super().__init__(reduction)
-        if isinstance(blank, bool) or not isinstance(blank, (int, np.integer)):
-            raise TypeError(f"CTCLoss blank must be an int (a class index), got {type(blank).__name__}")
-        self.blank, self.zero_infinity = int(blank), bool(zero_infinity)
+        self.blank, self.zero_infinity = ctc.checked_blank(type(self).__name__, blank), bool(zero_infinity)
 
     def forward(self, log_probs, targets, input_lengths, target_lengths):
         return ctc.connectionist_loss(log_probs, targets, input_lengths, target_lengths, self.blank, self.reduction,

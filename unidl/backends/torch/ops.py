@@ -274,6 +274,10 @@ def bce_with_logits(logits, targets, reduction="mean"):
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction=reduction)
 
 
+def fused_ctc_loss(log_probs, labels, input_lengths, target_lengths, blank=0, zero_infinity=False):
+    return F.ctc_loss(log_probs, labels, input_lengths, target_lengths, blank, "none", zero_infinity)
+
+
 def scan(fn, init, xs, axis=0, reverse=False):
     length = tree_leaves(xs)[0].shape[axis]
     carry, ys = init, [None] * length
