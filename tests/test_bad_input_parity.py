@@ -758,8 +758,11 @@ PAD_ERRORS = [  # (input shape, pad, mode, value, error, message); torch refuses
      "pad mode 'replicate': the pad (1, 1) of axis 2 pads an empty axis (axis size 0, input shape (1, 2, 0))"),
     ((1, 2, 5), (1, 1) * 4, "constant", 0, ValueError,
      "pad (1, 1, 1, 1, 1, 1, 1, 1) pads 4 axes, but the input has 3"),
-    ((1, 2, 5), (1,), "constant", 0, ValueError,
+    ((1, 2, 5), (1,), "constant", 0, ud.PaddingLengthError,
      "pad (1,) has an odd length: it lists (before, after) pairs, last axis first"),
+    ((1, 1, 1, 1, 2, 5), (1, 1) * 4, "replicate", 0, ud.PaddingLengthError,
+     "pad mode 'replicate' pads the last 1, 2 or 3 axes (a pad of length 2, 4 or 6), as in PyTorch; got a pad of "
+     "length 8"),
     ((1, 2, 5), (1, 1), "mirror", 0, ValueError,
      "pad mode 'mirror' is not one of 'constant', 'reflect', 'replicate', 'circular'"),
     ((1, 2, 5), (1, 1), "reflect", 1.0, ValueError,
@@ -850,14 +853,21 @@ def test_activation_layers_take_integers_and_booleans_as_their_functional_op(mod
 
 
 def test_threshold_of_integers_keeps_them_as_torch(mode):
-    """``Threshold`` and ``ud.ops.threshold`` of integers give integers, the value truncated toward zero and a float
-    threshold compared exactly, as ``torch.nn.functional.threshold`` (the other activations give floats); booleans
-    are a ``DtypeMismatchError``, as every op torch has no boolean kernel for."""
-    values = np.array([[1, -2, 4], [0, 3, -9]], np.int64)
-    expected = F.threshold(torch.tensor(values), 1.5, -7.7).numpy()
-    for function in (ud.nn.Threshold(1.5, -7.7), lambda x: ud.ops.threshold(x, 1.5, -7.7)):
-        got = run(mode, function, values)
-        assert got.dtype == np.int64 and np.array_equal(got, expected), got
+    """``Threshold`` and ``ud.ops.threshold`` of integers give integers, the threshold and the value truncated toward
+    zero, as ``torch.nn.functional.threshold`` casts them (-1.5 is -1, not floor's -2; the other activations give
+    floats); either outside the dtype's range or not finite is a ``ValueError`` naming it (torch's RuntimeError;
+    they wrapped around); booleans are a ``DtypeMismatchError``, as every op torch has no boolean kernel for."""
+    values = np.array([[1, -2, 4], [0, 3, -9], [-1, 2, -3]], np.int64)
+    for threshold, value in ((1.5, -7.7), (-1.5, 9), (-0.5, 5)):
+        expected = F.threshold(torch.tensor(values), threshold, value).numpy()
+        for function in (ud.nn.Threshold(threshold, value), lambda x: ud.ops.threshold(x, threshold, value)):
+            got = run(mode, function, values)
+            assert got.dtype == np.int64 and np.array_equal(got, expected), (threshold, value, got)
+    for threshold, value, message in ((1e10, 0, "threshold threshold 10000000000.0 lies outside the range of its int8"),
+                                      (float("inf"), 0, "threshold threshold inf cannot be converted"),
+                                      (0, float("nan"), "threshold value nan cannot be converted")):
+        with pytest.raises(ValueError, match=message):
+            run_tensors(mode, lambda x: ud.ops.threshold(x, threshold, value), ud.tensor(values, "int8"))
     with pytest.raises(ud.DtypeMismatchError, match="threshold needs numbers, got bool input"):
         run(mode, lambda x: ud.ops.threshold(x, 0.5, 1.0), values > 0)
 
@@ -2257,8 +2267,21 @@ def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
                    "of size 1; got input (2, 3), target (3,)", run, mode, ud.nn.GaussianNLLLoss(), rows, rows[0], rows)
     raises_exactly(ud.ValueOutOfRangeError, "GaussianNLLLoss var must lie in [0, inf]; found 1 value(s) outside",
                    run, mode, ud.nn.GaussianNLLLoss(), rows, rows, -rows[:, :1] * np.array([[1.0], [0.0]], np.float32))
+    # their ``ud.ops`` forms, the same body, name themselves
+    raises_exactly(ud.ShapeMismatchError, "margin_ranking_loss needs input1 and target of the same shape; input1 has "
+                   "shape (2, 3), target has shape (2, 1)", run, mode,
+                   lambda a, b, y: ud.ops.margin_ranking_loss(a, b, y), rows, rows, rows[:, :1])
+    raises_exactly(ud.IndexOutOfRangeError, "multi_margin_loss target must lie in [0, 3); found values from 0 to 3",
+                   run, mode, lambda x, y: ud.ops.multi_margin_loss(x, y), rows, labels)
+    raises_exactly(ud.ValueOutOfRangeError, "gaussian_nll_loss var must lie in [0, inf]; found 1 value(s) outside",
+                   run, mode, lambda x, y, v: ud.ops.gaussian_nll_loss(x, y, v), rows, rows,
+                   -rows[:, :1] * np.array([[1.0], [0.0]], np.float32))
     for build, message in ((lambda: ud.nn.TripletMarginLoss(margin=0.0), "expected margin to be greater than 0"),
+                           (lambda: ud.ops.triplet_margin_loss(rows, rows, rows, 0.0), "expected margin to be greater"),
                            (lambda: ud.nn.MultiMarginLoss(p=3), "only p == 1 and p == 2 supported"),
+                           (lambda: ud.ops.multi_margin_loss(rows, labels, p=3), "only p == 1 and p == 2 supported"),
+                           (lambda: ud.ops.soft_margin_loss(rows, rows, reduction="batchmean"),
+                            "reduction must be one of"),
                            (lambda: ud.nn.MultiMarginLoss(weight=np.ones((2, 3))), "one value per class"),
                            (lambda: ud.nn.HingeEmbeddingLoss(reduction="batchmean"), "reduction must be one of")):
         with pytest.raises(ValueError, match=message):

@@ -480,7 +480,8 @@ def test_a_load_pre_hook_maps_an_old_files_keys_in_every_load_and_a_refused_load
         load(model)
         assert model.state_dict().keys() == {"fc.weight", "fc.bias"}, name
         assert (model.state_dict()["fc.weight"] == 3).all() and (model.state_dict()["fc.bias"] == 4).all(), name
-        before = model.state_dict()
+        model.load_state_dict({"fc.weight": np.full((1, 2), 5.0), "fc.bias": np.full(1, 6.0)})
+        before = model.state_dict()  # (5s and 6s: the refused load of the file's 3s and 4s would change them)
         handle = model.register_load_state_dict_post_hook(lambda m, keys: keys.missing_keys.append("fc.scale"))
         with pytest.raises(ud.errors.StateDictError, match="missing keys: fc.scale"):
             load(model)
@@ -488,6 +489,49 @@ def test_a_load_pre_hook_maps_an_old_files_keys_in_every_load_and_a_refused_load
         assert all((model.state_dict()[key] == value).all() for key, value in before.items()), name
     loaded = ud.load(tmp_path / "old.safetensors")
     assert isinstance(loaded, _NewNames) and (loaded.state_dict()["fc.bias"] == 4).all()
+
+
+class _NoHead(ud.nn.Module):
+    """A model whose ``head`` is set to None (``add_module("head", None)``), as a headless copy of a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.config, self.fc = {}, ud.nn.Linear(2, 2)
+        self.add_module("head", None)
+
+
+class _TorchNoHead(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(2, 2)
+        self.add_module("head", None)
+
+
+def test_every_load_takes_the_keys_of_a_child_set_to_none_as_torchs(backend, tmp_path, monkeypatch):
+    """A child set to None takes the keys under its name (torch's rule: they are not unexpected) in every load:
+    ``load_state_dict`` did, the file loads (``ud.load_weights``, ``ud.load``, ``load_checkpoint``) called them
+    unexpected, so the same state loaded or not by its file's format."""
+    monkeypatch.setattr("unidl.serialization._registry", {})
+    ud.register_model(_NoHead, name="NoHead")
+    source = _NoHead()
+    source.head = ud.nn.Linear(2, 1)
+    ud.save(source, tmp_path / "m.safetensors")
+    ud.save_checkpoint(tmp_path / "checkpoints", source)
+    oracle = _TorchNoHead().load_state_dict({k: torch.tensor(v) for k, v in source.state_dict().items()})
+    assert tuple(oracle) == ([], [])
+    loads = {"load_state_dict": lambda m: m.load_state_dict(source.state_dict()),
+             "load_weights": lambda m: ud.load_weights(m, tmp_path / "m.safetensors"),
+             "not strict": lambda m: ud.load_weights(m, tmp_path / "m.safetensors", strict=False),
+             "load_checkpoint": lambda m: ud.load_checkpoint(tmp_path / "checkpoints", m)}
+    for name, load in loads.items():
+        model = _NoHead()
+        keys = load(model)
+        if name != "load_checkpoint":
+            assert tuple(keys) == ([], []), name
+        np.testing.assert_array_equal(ud.to_numpy(model.fc.weight), ud.to_numpy(source.fc.weight), err_msg=name)
+    monkeypatch.setattr("unidl.serialization._registry", {})
+    ud.register_model(_NoHead, name="NoHead")
+    assert ud.load(tmp_path / "m.safetensors").head is None
 
 
 class _ParentReading(ud.nn.Module):
@@ -539,12 +583,13 @@ def test_modules_load_one_after_another_as_torchs_so_a_parents_extra_state_sees_
         np.testing.assert_array_equal(model.seen, before, err_msg=name)
 
 
-class _TensorState(ud.nn.Linear):
-    """Extra state kept as a tensor of the model's framework, refusing negative steps."""
+class _TensorState(ud.nn.Module):
+    """Extra state kept as a tensor of the model's framework (of ``dtype``), refusing negative steps."""
 
-    def __init__(self):
-        super().__init__(2, 2)
-        self.steps = ud.tensor(np.array([5]), "int32")
+    def __init__(self, dtype):
+        super().__init__()
+        self.fc = ud.nn.Linear(2, 2)
+        self.steps = ud.tensor(np.array([5, 0.375, 2.5])[: 2 if dtype == "bool" else 3], dtype)
 
     def get_extra_state(self):
         return {"steps": self.steps}
@@ -555,14 +600,19 @@ class _TensorState(ud.nn.Linear):
         self.steps = state["steps"]
 
 
-def test_a_refused_load_puts_a_tensor_extra_state_back_as_a_tensor(backend):
-    """The rollback of a refused load gives ``set_extra_state`` back a tensor extra state as the tensor it was (of
-    its framework, dtype and device), where it gave a NumPy array."""
-    model = _TensorState()
-    kept = model.steps
-    state = model.state_dict()
-    state["_extra_state"] = {"steps": np.array([-1])}
-    with pytest.raises(ValueError, match="negative steps"):
-        model.load_state_dict(state)
-    assert type(model.steps) is type(kept) and ud.to_numpy(model.steps).dtype == ud.to_numpy(kept).dtype
-    np.testing.assert_array_equal(ud.to_numpy(model.steps), [5])
+def test_a_refused_load_puts_a_tensor_extra_state_back_as_the_tensor_it_was(backend):
+    """A module (``a``) takes its new extra state, a later one (``b``) refuses its own: the rollback gives ``a``
+    back its tensor of the same framework, dtype, values and bits, for every dtype (an int32 counter: torch,
+    TensorFlow and Keras could remake only float32 and float64 tensors, so the rollback stopped with a note and
+    ``a`` kept the refused load's state)."""
+    for dtype in ("int32", "int64", "bool", "float16"):
+        model = ud.nn.Sequential(collections.OrderedDict(a=_TensorState(dtype), b=_TensorState(dtype)))
+        kept = np.array(ud.to_numpy(model.a.steps))
+        state = model.state_dict()
+        state["a._extra_state"] = {"steps": np.array([9])}
+        state["b._extra_state"] = {"steps": np.array([-1])}
+        with pytest.raises(ValueError, match="negative steps") as refused:
+            model.load_state_dict(state)
+        assert not getattr(refused.value, "__notes__", None), dtype
+        assert type(model.a.steps) is type(model.b.steps) and ud.to_numpy(model.a.steps).dtype == kept.dtype, dtype
+        np.testing.assert_array_equal(ud.to_numpy(model.a.steps).view(np.uint8), kept.view(np.uint8), err_msg=dtype)

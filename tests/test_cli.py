@@ -38,6 +38,17 @@ def test_train_two_layer_with_options(capsys):
     assert float(out.split("test accuracy:")[1].split()[0]) > 0.5
 
 
+@pytest.mark.parametrize("name", ["nadam", "radam", "adamax", "adadelta", "rprop"])
+def test_train_offers_every_optimizer_with_a_default_rate(name, capsys):
+    """``--optimizer`` offers unidl's optimizers (NAdam, RAdam, Adamax, Adadelta and Rprop too), each with a default
+    rate that trains the two-layer net on the synthetic data."""
+    cli.main(["train", "--model", "two_layer", "--dataset", "synthetic", "--backend", "torch", "--epochs", "2",
+              "--optimizer", name, "--batch-size", "64", "--verbose", "0"])
+    out = capsys.readouterr().out
+    assert f"optimizer={name} lr={cli.DEFAULT_LR[name]}" in out
+    assert float(out.split("test accuracy:")[1].split()[0]) > 0.5
+
+
 def test_bad_dataset_is_explained(capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(["train", "--dataset", "imagenet", "--verbose", "0"])

@@ -20,10 +20,9 @@ from unidl.distributed import process_group
 from unidl import random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
-from unidl.nn.rollback import restored_on_failure
 from unidl.training import job_window_state
-from unidl.serialization import (MODEL_PREFIX, check_entries, check_values, decode_metadata, encode_metadata,
-                                 has_load_hooks, load_whole, model_metadata, stream_into, to_json)
+from unidl.serialization import (MODEL_PREFIX, check_entries, checked_load, decode_metadata, encode_metadata,
+                                 model_metadata, to_json)
 
 OPTIMIZER_PREFIX = "optimizer/"
 #: prefix of the summed gradients of an accumulation window in progress (``optimizer_window/<param index>``)
@@ -384,10 +383,12 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
 
     All or nothing: the checksums, every model tensor's name, shape and dtype, the optimizer's slots,
     the RNG, loader, scheduler and callback states (and ``check(metadata, path)``, if given) are all checked
-    before the first object changes; any failure raises (``CorruptFileError``, ``StateDictError``) with
-    the model, optimizer, loader and generators untouched. The generators change first (a framework that still
-    refuses its state puts every generator back itself, before anything else changed), then the model: its
-    variables, then each module's ``set_extra_state``, as ``load_state_dict`` orders them (torch's order). Where
+    before the first object changes (a model with load hooks, whose hooks take the state dict, has its tensors
+    checked by its ``load_state_dict``, after the generators were set: a refusal puts them back); any failure
+    raises (``CorruptFileError``, ``StateDictError``) with the model, optimizer, loader and generators untouched.
+    The generators change first (a framework that still refuses its state puts every generator back itself, before
+    anything else changed), then the model: its variables, then each module's ``set_extra_state``, as
+    ``load_state_dict`` orders them (torch's order). Where
     ``set_extra_state`` (the user's code, which may refuse the state it is given) raises, the model's variables and
     extra state are put back as they were, bit for bit (a model with extra state is copied to the host first), and
     the generators too, before anything else changed, so that exception, too, leaves everything as it was.
@@ -403,10 +404,7 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
 
     # ---- check everything ----
     names = {key[len(MODEL_PREFIX):]: key for key in reader.entries if key.startswith(MODEL_PREFIX)}
-    hooked = has_load_hooks(model)  # (its hooks take the state dict: load_state_dict checks it after them)
-    if not hooked:
-        check_entries(model, {key: reader.entries[name] for key, name in names.items()}, what=repr(path))
-        check_values(model, reader, names, what=repr(path))
+    load_model = checked_load(model, reader, names, what=repr(path))
     optimizer_state = None
     if optimizer is not None:
         if not metadata.get("optimizer"):
@@ -453,11 +451,7 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     previous_rng = unidl_random.get_rng_state()
     unidl_random.set_rng_state(metadata["rng"])
     try:
-        if hooked:
-            load_whole(model, reader, names)
-        else:
-            with restored_on_failure(model):
-                stream_into(model, reader, names)
+        load_model()
     except BaseException:
         unidl_random.set_rng_state(previous_rng)
         raise

@@ -21,8 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
-DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3, "adagrad": 0.05}
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad",
+              "nadam": "NAdam", "radam": "RAdam", "adamax": "Adamax", "adadelta": "Adadelta", "rprop": "Rprop"}
+# (Adadelta's rate scales a step already of the parameters' size: torch.optim's 1.0; Rprop's is its first step size)
+DEFAULT_LR = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "rmsprop": 1e-3, "adagrad": 0.05, "nadam": 3e-3,
+              "radam": 3e-3, "adamax": 3e-3, "adadelta": 1.0, "rprop": 1e-3}
 DATASETS = "digits, synthetic, mnist:DIR or cifar10:DIR"
 # threads per process of `unidl train`: the tutorial CNN's ops are too small for a pool to pay (docs/distributed.md)
 DEFAULT_TRAIN_THREADS = 1

@@ -47,6 +47,12 @@ class AxisOutOfRangeError(ShapeMismatchError, IndexError):
     (``% rank``) and raised errors of their own for the rest."""
 
 
+class PaddingLengthError(UnidlError, ValueError, RuntimeError):
+    """A pad of a length PyTorch refuses: odd (its amounts are (before, after) pairs), or, for modes other than
+    'constant', not 2, 4 or 6; PyTorch's ``RuntimeError`` (``NotImplementedError`` for the second), a
+    ``ValueError`` too, as unidl's other argument errors."""
+
+
 class ModelPlacementError(UnidlError, RuntimeError):
     """A built module asked to move to another device or dtype (``module.to("cuda")``, ``module.double()``):
     unidl places and types a model's variables when it builds them, on every backend."""

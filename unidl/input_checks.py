@@ -61,6 +61,19 @@ def require(x, holds, template, sizes: tuple):
     return ops.check_shape(x, holds, template(), tuple(sizes))  # (False too: the sizes are known only later)
 
 
+def require_shapes(owner, wanted: str, tensors: dict, condition, x):
+    """``x``, after checking ``condition`` (a bool, or a boolean scalar tensor where a graph knows the sizes only when
+    it runs): otherwise a ``ShapeMismatchError`` '``<owner> needs <wanted>; got <name> <shape>, ...``' naming each
+    of ``tensors`` (``{name: tensor}``) and its shape, now or then."""
+    sizes = {name: sizes_of(tensor) for name, tensor in tensors.items()}
+
+    def template():
+        got = ", ".join(f"{name} {shape_template(len(s))}" for name, s in sizes.items())
+        return f"{literal(owner)} needs {wanted}; got {got}"
+
+    return require(x, condition, template, tuple(size for s in sizes.values() for size in s))
+
+
 def require_sizes(owner, x, wanted: dict, message):
     """``x``, after checking its sizes along the axes of ``wanted`` (``{axis: size}``) that a traced graph leaves
     unknown (a TensorFlow ``ud.function`` is traced for any sizes of a rank): ``ShapeMismatchError`` when the graph

@@ -99,10 +99,14 @@ def _tensor_arguments(function) -> tuple:
     return tuple(p for p in inspect.signature(function).parameters if p in _TENSOR_ARGUMENTS)
 
 
-def _composed(function):
+def _composed(function=None, *, arrays=()):
     """A public function of ``ud.ops`` composed of declared ops (a loss, ``prelu``), taking another framework's tensor
-    as the ops do: a ``BackendMismatchError`` naming it (``declare``'s ``tensors``; not an op a backend provides)."""
-    return op_registry.composed(_ops, function, _tensor_arguments(function))
+    as the ops do: a ``BackendMismatchError`` naming it (``declare``'s ``tensors``; not an op a backend provides).
+    ``arrays``: the parameters whose NumPy arrays, lists and numbers become tensors first, as an op's do."""
+    if function is None:
+        return lambda function: _composed(function, arrays=arrays)
+    converters = {p: input_checks.value_as_tensor for p in arrays} or None
+    return op_registry.composed(_ops, function, _tensor_arguments(function), converters)
 
 
 @op(dispatch=False)
@@ -396,6 +400,13 @@ def dropout(x, p, training=True, generator=None):
     if generator is None and training and p:
         generator = config.backend().generator()
     return ops.dropout(x, p, training, generator)
+
+
+@op(public=False)
+def uniform_like(x, low, high, generator):
+    """A tensor of ``x``'s shape and float dtype of values drawn uniformly from [low, high) (``low`` and ``high``
+    Python floats) from ``generator``, the backend's own (``Backend.generator``), as ``dropout`` draws its mask: a
+    fresh draw at every call, inside compiled steps too (``RReLU``'s slopes)."""
 
 
 @op(dispatch=False)
@@ -703,11 +714,11 @@ def _dtype_bits(name) -> int:
 
 def _check_broadcastable(name, a, b, *, names=("a", "b"), **more):
     """``a``, after checking that the shapes of ``a``, ``b`` (called ``names`` in the message) and the tensors of
-    ``more`` (``{name: tensor}``, placed before them in the message; tensors, arrays or numbers) broadcast: aligned from the last axis, each pair of
-    known sizes equal or one of them 1 (PyTorch's rule), else a ``ShapeMismatchError`` naming every shape (the
-    frameworks raised four errors of their own). Sizes a TensorFlow graph leaves unknown until it runs are left to
-    TensorFlow's own error: a check in the graph would cost a branch per call, and ``maximum`` is an activation's
-    op."""
+    ``more`` (``{name: tensor}``, placed before them in the message; tensors, arrays or numbers) broadcast: aligned
+    from the last axis, each pair of known sizes equal or one of them 1 (PyTorch's rule), else a
+    ``ShapeMismatchError`` naming every shape (the frameworks raised four errors of their own). Sizes a TensorFlow
+    graph leaves unknown until it runs are left to TensorFlow's own error: a check in the graph would cost a branch
+    per call, and ``maximum`` is an activation's op."""
     try:  # (known sizes only: an exporter's symbolic size compared with an int would be specialised)
         shapes = [input_checks.known_shape(getattr(x, "shape", ())) for x in (*more.values(), a, b)]
     except ValueError:
@@ -715,7 +726,8 @@ def _check_broadcastable(name, a, b, *, names=("a", "b"), **more):
     if shapes.count(shapes[0]) == len(shapes):
         return a  # the common case, decided at once
     if any(input_checks.broadcast_conflict(sizes) for sizes in input_checks.aligned(*shapes)):
-        shown = ", ".join(f"{what} has shape {shape}" for what, shape in zip({**more, names[0]: a, names[1]: b}, shapes))
+        named = {**more, names[0]: a, names[1]: b}
+        shown = ", ".join(f"{what} has shape {shape}" for what, shape in zip(named, shapes))
         raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
                                  f"sizes equal or one of them 1); {shown}")
     return a
@@ -1269,6 +1281,14 @@ def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
     ``attention`` as a fast path where a backend has it."""
 
 
+@op(optional=True, public=False)
+def fused_ctc_loss(log_probs, labels, input_lengths, target_lengths, blank=0, zero_infinity=False):
+    """A framework's CTC kernel (torch's ``ctc_loss``): the (N,) losses of inputs ``ud.ops.ctc_loss`` has checked,
+    log_probs (T, N, C), padded int64 labels (N, S) (0 past each length), int64 lengths (N,) and ``blank`` an int,
+    with that kernel's values and gradients (``zero_infinity`` too). Used by ``ctc_loss`` as a fast path where a
+    backend has it; the others run its scan."""
+
+
 # ---- composed ops: written once over the registry's ops above, so every backend runs them -----------------
 # (a backend may not replace them; what a framework has a kernel for is declared with @op instead)
 
@@ -1765,7 +1785,16 @@ def _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe
 from unidl import input_checks  # noqa: E402  (front-end checks of bad input, over the ops above)
 from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d, conv_transpose2d,  # noqa: E402
                                dropout2d, group_norm, interpolate)
+from unidl.spatial1d_ops import (adaptive_avg_pool1d, adaptive_max_pool1d, avg_pool1d, conv_transpose1d,  # noqa: E402
+                                 max_pool1d)
+from unidl.pixel_shuffle_ops import pixel_shuffle, pixel_unshuffle  # noqa: E402
 # activations and distances composed over the registry's ops (their own module: unidl/activation_ops.py)
 from unidl.activation_ops import (celu, cosine_similarity, glu, hardshrink, hardsigmoid, hardswish,  # noqa: E402
-                                  logsigmoid, mish, pairwise_distance, selu, softmin, softshrink, softsign, tanhshrink,
-                                  threshold)
+                                  logsigmoid, mish, pairwise_distance, rrelu, selu, softmin, softshrink, softsign,
+                                  tanhshrink, threshold)
+# the margin, embedding, multi-label and likelihood losses composed over the registry's ops (unidl/loss_ops.py)
+from unidl.loss_ops import (cosine_embedding_loss, gaussian_nll_loss, hinge_embedding_loss,  # noqa: E402
+                            margin_ranking_loss, multi_margin_loss, multilabel_margin_loss, multilabel_soft_margin_loss,
+                            poisson_nll_loss, soft_margin_loss, triplet_margin_loss)
+# the CTC loss, its alpha recursion a scan over the registry's ops (its own module: unidl/ctc.py)
+from unidl.ctc import ctc_loss  # noqa: E402

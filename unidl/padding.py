@@ -12,6 +12,7 @@ circular pad with a negative amount reads memory it does not own (its values are
 from __future__ import annotations
 
 from unidl import arguments, config, dtype_kinds, input_checks, ops
+from unidl.errors import PaddingLengthError
 
 MODES = ("constant", "reflect", "replicate", "circular")
 
@@ -26,7 +27,7 @@ def checked_amounts(x, pad, mode, value) -> tuple:
         raise TypeError(f"pad amounts must be ints, got {pad!r}")
     rank = len(x.shape)
     if len(amounts) % 2:
-        raise ValueError(f"pad {amounts} has an odd length: it lists (before, after) pairs, last axis first")
+        raise PaddingLengthError(f"pad {amounts} has an odd length: it lists (before, after) pairs, last axis first")
     axes = len(amounts) // 2
     if axes > rank:
         raise ValueError(f"pad {amounts} pads {axes} axes, but the input has {rank}")
@@ -34,7 +35,10 @@ def checked_amounts(x, pad, mode, value) -> tuple:
         return amounts
     if value != 0:
         raise ValueError(f"pad mode {mode!r} takes no value (got value={value!r}); the value is for mode 'constant'")
-    if axes not in (1, 2, 3) or rank not in (axes + 1, axes + 2):
+    if axes not in (1, 2, 3):
+        raise PaddingLengthError(f"pad mode {mode!r} pads the last 1, 2 or 3 axes (a pad of length 2, 4 or 6), as "
+                                 f"in PyTorch; got a pad of length {len(amounts)}")
+    if rank not in (axes + 1, axes + 2):
         raise ValueError(f"pad mode {mode!r} pads the last 1, 2 or 3 axes of an input with one or two more axes (a "
                          f"pad of length 2 takes a 2-D or 3-D input, 4 a 3-D or 4-D one, 6 a 4-D or 5-D one), as in "
                          f"PyTorch; got a pad of length {len(amounts)} for a {rank}-D input")

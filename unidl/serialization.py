@@ -18,6 +18,7 @@ import numpy as np
 
 from unidl.errors import CorruptFileError, StateDictError, UnknownModelError, UnsafeFormatError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, is_safetensors, load_file, save_file
+from unidl.nn import loading
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.nn.rollback import restored_on_failure
 
@@ -371,20 +372,20 @@ def _dtype_kind(variable) -> str:
 _FILE_KINDS = {"BOOL": "b", "BF16": "f", "F16": "f", "F32": "f", "F64": "f"}
 
 
-def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = True, what: str | None = None) -> None:
+def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = True,
+                  what: str | None = None) -> IncompatibleKeys:
     """Raise ``StateDictError`` unless tensors ``{key: (safetensors dtype, shape)}`` load into ``model``:
-    every name, shape and dtype. The dtype rule is ``load_state_dict``'s (``nn.module._loadable_values``), torch's:
+    every name, shape and dtype. The key rule is ``load_state_dict``'s (``loading.walk``: a key under a child set to
+    None is no unexpected key), and so is the dtype rule (``nn.module._loadable_values``), torch's:
     any number into a floating-point variable (cast, as an in-memory dict or a ``.pth`` file loads), integers or
     booleans into an integer variable, never floats (they would be truncated). A module's extra state
-    (``set_extra_state``) takes the tensor under its key as it is."""
+    (``set_extra_state``) takes the tensor under its key as it is. Returns the missing and unexpected keys (those a
+    load that is not strict leaves)."""
     from unidl.nn.module import ExtraState
 
-    own = dict(model._state_variables(extra_state="set_extra_state"))
-    optional = model.optional_state_keys()
-    missing = [k for k in own if k not in entries and k not in optional]
-    unexpected = [k for k in entries if k not in own]
+    found = loading.walk(model, entries)
     mismatched, wrong_kind = [], []
-    for key, variable in own.items():
+    for key, variable in found.entries.items():
         if key in entries and not isinstance(variable, ExtraState):
             dtype_name, shape = entries[key]
             expected = tuple(variable.shape)
@@ -398,12 +399,11 @@ def check_entries(model, entries: dict[str, tuple[str, tuple]], strict: bool = T
         problems.append("shape mismatches: " + "; ".join(mismatched))
     if wrong_kind:
         problems.append("dtype mismatches: " + "; ".join(wrong_kind))
-    if strict and missing:
-        problems.append("missing keys: " + ", ".join(f"{k} ({ExtraState.expected(own[k])})" for k in missing))
-    if strict and unexpected:
-        problems.append("unexpected keys: " + ", ".join(f"{k} (shape {tuple(entries[k][1])})" for k in unexpected))
+    problems += loading.key_problems(strict, found.missing, found.unexpected, found.entries,
+                                     {key: entries[key][1] for key in found.unexpected if key in entries})
     if problems:
         raise StateDictError(f"cannot load {what or 'state dict'} into {type(model).__name__}: " + " | ".join(problems))
+    return IncompatibleKeys(found.missing, found.unexpected)
 
 
 def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: str | None = None) -> None:
@@ -443,17 +443,33 @@ def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
             backend.assign(own, backend.donated_tensor(reader.read(names[key])))
 
 
-def load_whole(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True) -> IncompatibleKeys:
-    """``model.load_state_dict`` of the file's tensors, read whole: the load of a model with load hooks
-    (``has_load_hooks``), which take the state dict, as torch's; the others stream the file in (``check_entries``,
-    ``stream_into``). Call after ``reader.verify()``."""
-    return model.load_state_dict({key: reader.read(name) for key, name in names.items()}, strict=strict)
+def checked_load(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True,
+                 what: str | None = None, restore: bool = True):
+    """Check the file's tensors (``{state-dict key: name in the file}``) against ``model`` and return the load to run
+    once everything else is checked too (``load()`` gives the missing and unexpected keys). A model with load hooks
+    (``has_load_hooks``) has the file read whole and given to its ``load_state_dict``, whose hooks take the state
+    dict, as torch's (and which checks it after them); the others have every name, shape, dtype, checksum and uint64
+    count checked here (``check_entries``, ``reader.verify()``, ``check_values``), then the tensors streamed in
+    (``stream_into``), the model put back as it was where a ``set_extra_state`` refuses its state (``restore``;
+    ``ud.load``'s new model is dropped instead: no copy of it is made). The one way ``ud.load``,
+    ``ud.load_weights`` and ``load_checkpoint`` load a file into a model."""
+    if has_load_hooks(model):
+        reader.verify()
+        return lambda: model.load_state_dict({key: reader.read(name) for key, name in names.items()}, strict=strict)
+    keys = check_entries(model, {key: reader.entries[name] for key, name in names.items()}, strict, what)
+    reader.verify()
+    check_values(model, reader, names, what)
+
+    def load():
+        with restored_on_failure(model) if restore else contextlib.nullcontext():
+            stream_into(model, reader, names)
+        return keys
+
+    return load
 
 
 def has_load_hooks(model) -> bool:
     """Whether a module of ``model`` has load pre- or post-hooks: its load goes through ``load_state_dict``."""
-    from unidl.nn import loading
-
     return loading.has_hooks(model, "_load_state_dict_pre_hooks") or \
         loading.has_hooks(model, "_load_state_dict_post_hooks")
 
@@ -583,7 +599,10 @@ def load(path, *, allow_pickle: bool = False):
     variables that hold only shapes), and every tensor's checksum is verified; then the model is
     built without drawing initial weights (the generator is not advanced; a constructor that uses
     drawn values for anything but its parameters and buffers sees zeros) and the tensors are read
-    into it one at a time, so loading takes little memory beyond the model itself.
+    into it one at a time, so loading takes little memory beyond the model itself. A class with load hooks
+    (``register_load_state_dict_pre_hook``/``post_hook``, which may map the file's keys) is the exception: the
+    shapes are not compared before the build, the model is built (its weights allocated) and the file read whole
+    into its ``load_state_dict``, which then finds any mismatch.
     """
     path = check_readable_file(path)
     if not is_safetensors(path):
@@ -600,12 +619,7 @@ def load(path, *, allow_pickle: bool = False):
     _check_architecture(cls, config, {key: tuple(entry[1]) for key, entry in entries.items()}, metadata, path)
     reader.verify()
     model = _build(cls, config, metadata, path)
-    if has_load_hooks(model):
-        load_whole(model, reader, names)
-    else:
-        check_entries(model, entries, what=repr(path))
-        check_values(model, reader, names, what=repr(path))
-        stream_into(model, reader, names)  # (set_extra_state's refusal: the new model is dropped, nothing to restore)
+    checked_load(model, reader, names, what=repr(path), restore=False)()
     return model
 
 
@@ -631,12 +645,12 @@ def _check_architecture(cls, config: dict, stored: dict, metadata: dict, path: s
         return
     if has_load_hooks(model):  # (a load pre-hook may map the file's keys to others: an old checkpoint's names)
         return
-    expected = state_shapes(model)
+    expected, keys = state_shapes(model), loading.walk(model, stored)  # (the key rule of load_state_dict)
     problems = [f"{key}: config gives shape {shape}, file stores {stored[key]}"  # (extra state: any shape)
                 for key, shape in expected.items() if key in stored and shape is not None and stored[key] != shape]
-    problems += [f"{key} ({'extra state' if shape is None else f'shape {shape}'}) is not in the file"
-                 for key, shape in expected.items() if key not in stored]
-    problems += [f"{key} is in the file but not in the model" for key in stored if key not in expected]
+    problems += [f"{key} ({'extra state' if expected[key] is None else f'shape {expected[key]}'}) is not in the file"
+                 for key in keys.missing]
+    problems += [f"{key} is in the file but not in the model" for key in keys.unexpected]
     if problems:
         raise StateDictError(f"{path!r}: the {metadata['class']} that its config {config!r} describes does not "
                              f"match the tensors stored in the file; nothing was built: " + "; ".join(problems))
@@ -689,16 +703,4 @@ def load_weights(model, path, strict: bool = True, *, allow_pickle: bool = False
         state, _ = read_weights(path, allow_pickle=allow_pickle)
         return model.load_state_dict(state, strict=strict)
     reader, _, names = open_weights(path)
-    entries = {key: reader.entries[name] for key, name in names.items()}
-    if has_load_hooks(model):
-        reader.verify()
-        return load_whole(model, reader, names, strict)
-    check_entries(model, entries, strict=strict)
-    reader.verify()
-    check_values(model, reader, names)
-    with restored_on_failure(model):
-        stream_into(model, reader, names)
-    own = [name for name, _ in model._state_variables(extra_state="set_extra_state")]
-    optional = model.optional_state_keys()  # (BatchNorm's num_batches_tracked: missing for neither load)
-    return IncompatibleKeys([k for k in own if k not in entries and k not in optional],
-                            [k for k in entries if k not in own])
+    return checked_load(model, reader, names, strict)()

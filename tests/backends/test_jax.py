@@ -430,3 +430,31 @@ def test_state_made_on_jaxs_default_device_follows_the_parameters():
     (split_losses, split_devices), (losses, devices) = last_json_line(out.stdout)
     assert split_devices == devices == ["cpu:0"], (split_devices, devices)
     assert split_losses == losses and all(np.isfinite(losses)), (split_losses, losses)
+
+
+def test_a_first_draw_inside_ud_function_gets_new_masks_and_seeding_starts_no_xla():
+    """The dropout key exists from the backend's load (as a NumPy key: XLA not started, so ``ud.manual_seed``
+    before ``ud.distributed.init`` still lets the jax engine join): a first draw inside ``ud.function`` threads it
+    (a key made in the trace gave one mask for ever and the next eager draw raised). A fresh interpreter: in this
+    one an earlier test drew already."""
+    from tests.helpers import run_python
+
+    code = """
+import json, numpy as np, unidl as ud
+ud.set_backend("jax")
+ud.manual_seed(5)
+from jax._src import xla_bridge
+started = xla_bridge.backends_are_initialized()
+import jax
+from unidl.backends.jax.backend import KeyStream
+same = all(np.array_equal(KeyStream._key(s), np.asarray(jax.random.PRNGKey(s))) for s in (0, 5, 2**40 + 7, -3))
+m = ud.nn.Dropout(0.5)
+f = ud.function(lambda x: m(x) * 2)
+x = ud.tensor(np.ones((4, 8), np.float32))
+masks = [ud.to_numpy(f(x)).tolist() for _ in range(2)] + [ud.to_numpy(m(x)).tolist()]
+print(json.dumps({"started": started, "same": same, "masks": masks}))
+"""
+    found = __import__("json").loads(run_python(code).stdout.strip().splitlines()[-1])
+    assert found["started"] is False and found["same"] is True
+    first, second, eager = (np.array(mask) for mask in found["masks"])
+    assert not np.array_equal(first, second) and set(np.unique(eager)) <= {0.0, 2.0}

@@ -362,7 +362,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
         written.append(os.path.basename(path))
         return save_file(tensors, path, *args, **kwargs)
 
-    collectives, mixed_collectives = [], []
+    collectives, mixed_collectives, all_reduces = [], [], {}
     checkpoint.save_file = counting_save_file  # the writer itself still runs: this only counts its calls
     try:
         weights, history = train_cnn(directory)
@@ -378,18 +378,40 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
             "all_reduce": ud.to_numpy(ud.distributed.all_reduce(np.array([1.0, ud.distributed.rank()]), "sum")),
             "cnn": weights, "history": history, "files_seen": files_seen, "written": written,
             "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"),
-            "two_layer64": train_two_layer("float64"),
-            "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
-            "two_layer_accumulate": train_two_layer("float64", accumulate=2, collectives=collectives),
+            "two_layer64": engine_all_reduces(all_reduces, "two_layer64", lambda: train_two_layer("float64")),
+            "two_layer_bf16": engine_all_reduces(all_reduces, "two_layer_bf16",
+                                                 lambda: train_two_layer("float32", "bf16-mixed")),
+            "two_layer_accumulate": engine_all_reduces(all_reduces, "two_layer_accumulate", lambda: train_two_layer(
+                "float64", accumulate=2, collectives=collectives)),
             "accumulate_collectives": collectives, "dynamic_accumulate": train_dynamic_accumulating(),
-            "two_layer_bf16_accumulate": train_two_layer("float32", "bf16-mixed", accumulate=2,
-                                                         collectives=mixed_collectives),
+            "two_layer_bf16_accumulate": engine_all_reduces(all_reduces, "two_layer_bf16_accumulate", lambda: (
+                train_two_layer("float32", "bf16-mixed", accumulate=2, collectives=mixed_collectives))),
+            "all_reduces": all_reduces,
             "bf16_accumulate_collectives": mixed_collectives, "poisoned_window": poisoned_window("16-mixed"),
             "dynamic_per_rank": train_dynamic_accumulating(1, depth_of_rank=True),
             "coverage": sample_coverage(), "unshuffled_seed": unshuffled_drawn_seed(),
             "too_small": too_small_last_batch(), "uneven": uneven_batches_warning(),
             "batch_norm": batch_norm_from_rank_0(), "float16": float16,
             "window_checkpointed": window_checkpointed_in_the_job(os.path.join(float16_directory, "window"))}
+
+
+def engine_all_reduces(counts, name, train):
+    """``train()``; on the jax engine, which counts the collectives it runs, ``counts[name]`` gets how many ``train``
+    ran (a compiled step's among them once it has run: ``train`` reads the weights its last step left)."""
+    before = _jax_all_reduces()
+    result = train()
+    if before is not None:
+        counts[name] = _jax_all_reduces() - before
+    return result
+
+
+def _jax_all_reduces():
+    """The jax engine's count of its collectives so far (the jax backend's, Keras-on-JAX's); None on another."""
+    if _framework() != "jax":
+        return None
+    from unidl.backends.jax.distributed import all_reduces_run
+
+    return all_reduces_run()
 
 
 def window_checkpointed_in_the_job(directory):
@@ -634,6 +656,19 @@ def keras_on_torch_job(directory):
                                      float16_checkpointed=checkpointed_loss_scaler(first),
                                      float16_two_to_one=train_float16(os.path.join(float16, "two_to_one"), first))
     return result
+
+
+def keras_on_jax_job():
+    """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
+    jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
+    two-layer net in float64, with its collectives counted, and float32, bf16-mixed, and ``accumulate=2``) and
+    ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast)."""
+    counts = {}
+    with ud.use_backend("keras"):
+        return {"framework": _framework(), "all_reduces": counts,
+                "two_layer64": engine_all_reduces(counts, "two_layer64", lambda: train_two_layer("float64")),
+                "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
+                "two_layer_accumulate": train_two_layer("float64", accumulate=2), "batch_norm": batch_norm_from_rank_0()}
 
 
 def eager_fit_refusal():

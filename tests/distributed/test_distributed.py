@@ -48,8 +48,9 @@ FAILURE_BOUND = 300  # seconds: the launcher's timeout, and the ranks' collectiv
 LAUNCHES = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "keras": ("tensorflow", "keras"),
             "jax": ("jax",)}
 # and the torch launch also runs the accumulation and guard checks of DDP (below): a launch of their own would start
-# 2 more interpreters that import torch
-EXTRA_JOBS = {"torch": jobs.accumulation_and_guard_job}
+# 2 more interpreters that import torch; the jax launch trains Keras-on-JAX too, its ranks' Keras on JAX
+EXTRA_JOBS = {"torch": jobs.accumulation_and_guard_job, "jax": jobs.keras_on_jax_job}
+RANK_ENVIRONMENT = {"jax": {"KERAS_BACKEND": "jax"}}
 
 
 def _keras_on_tensorflow() -> bool:
@@ -80,6 +81,8 @@ def _launch(backends, directory):
     results = directory / "results"
     results.mkdir()
     failure = None
+    environment = {name: os.environ.get(name) for name in RANK_ENVIRONMENT.get(backends[0], {})}
+    os.environ.update(RANK_ENVIRONMENT.get(backends[0], {}))  # (the ranks' own: this process's Keras is imported)
     try:
         # a collective waits as long as the whole job may take: rank 0, left in a barrier by the failing rank, can
         # then only end before the launcher's own timeout if the launcher stops it
@@ -88,6 +91,12 @@ def _launch(backends, directory):
                               args=(str(results), 1, job_args, EXTRA_JOBS.get(backends[0])))
     except DistributedError as error:
         failure = str(error)
+    finally:
+        for name, value in environment.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     children = multiprocessing.active_children()
     written = sorted(os.listdir(results))
     assert written == ["rank0.pickle", "rank1.pickle"], f"the job failed before its planted failure: {failure}"
@@ -130,6 +139,26 @@ def test_eager_keras_training_in_a_job_is_refused_rather_than_left_unaveraged(la
         window = rank["eager_window"]
         assert window is not None and "outside the replica context" in window["error"]
         assert window["unchanged"] and window["state"]["step"] == 0 and "accumulation" not in window["state"]
+
+
+@pytest.mark.skipif(not {"keras", "jax"} <= set(ud.available_backends()), reason="keras or jax is not installed")
+def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_factory):
+    """``jobs.keras_on_jax_job``: Keras's jitted train step on JAX, its loss and gradients averaged inside it, gives
+    the weights of one process (the jax backend's: Keras-on-JAX's one-process training of this net gives them bit
+    for bit), on both ranks alike; a sum over the ranks where their mean belongs would be a step twice as long."""
+    job = _job("jax", launches, tmp_path_factory)
+    rank0, rank1 = job["extra"]
+    assert rank0["framework"] == rank1["framework"] == "jax"
+    for name, reference, bound in (("two_layer64", "float64", 1e-12), ("two_layer32", "float32", 1e-6),
+                                   ("two_layer_accumulate", "accumulate", 1e-12), ("two_layer_bf16", "bf16-mixed", 2e-2)):
+        assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
+        _agree(rank0[name], job["two_layer"][reference], bound)
+    # one collective per step (10), rank 0's weights broadcast at the compile and the loader's seed
+    assert rank0["all_reduces"] == rank1["all_reduces"] == {"two_layer64": 12}
+    (start0, end0), (start1, end1) = rank0["batch_norm"], rank1["batch_norm"]  # from rank 0's weights, alike
+    assert not np.array_equal(start0["0.weight"], start1["0.weight"])
+    for name, value in end0.items():
+        np.testing.assert_array_equal(value, end1[name], err_msg=name)
 
 
 @pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
@@ -187,6 +216,13 @@ def test_two_ranks_with_global_batch_b_train_the_weights_of_one_process_with_bat
         for name in ("accumulate_collectives", "bf16_accumulate_collectives"):
             counts = sorted(rank0[name])
             assert len(counts) == 2 and counts[0] == 0 and counts[1] > 0, (name, counts)
+    # on the jax engine, which counts its collectives: one per call of the step (10), plus rank 0's weights
+    # broadcast when the step is built and the loader's seed; with accumulate=2 one all-reduce per update (5), with
+    # the window's finite flag, none at the micro-steps between (as DDP's no_sync())
+    if job["engine"] == "jax":
+        for rank in job["ranks"]:
+            assert rank["all_reduces"] == {"two_layer64": 12, "two_layer_bf16": 12, "two_layer_accumulate": 7,
+                                           "two_layer_bf16_accumulate": 7}, rank["all_reduces"]
     with ud.use_backend(job["engine"]):
         metrics, predictions = jobs.evaluate_cnn(job["reference"])
     for rank in job["ranks"]:  # evaluate sums over the ranks' shares; predict gives every rank every output
@@ -610,11 +646,8 @@ def test_a_backend_without_an_engine_says_so_and_a_port_in_use_is_named(backend,
         monkeypatch.setenv("UNIDL_RANK", "0")
         monkeypatch.setenv("UNIDL_WORLD_SIZE", "2")
         monkeypatch.setenv("UNIDL_MASTER_PORT", str(port))
-        if backend in ("torch", "tensorflow", "jax") or (backend == "keras" and
-                                                          jobs._framework() in ("tensorflow", "torch")):
+        if backend in ("torch", "tensorflow", "jax", "keras"):  # (keras: on each host's engine)
             expected = f"port {port} on 127.0.0.1 is in use"
-        elif backend == "keras":  # Keras on JAX
-            expected = "the keras backend trains data-parallel on Keras-on-TensorFlow .* and Keras-on-torch"
         else:
             expected = f"the {backend} backend has no distributed engine"
         with pytest.raises(DistributedError, match=expected):

@@ -241,6 +241,25 @@ def test_state_dict_post_hooks_are_torchs(backend):
                                 ("Sequential", "", ["0.weight", "0.bias", "1.0.weight"], {"version": 1})]
 
 
+def test_state_dict_metadata_gives_each_modules_version_as_torchs(backend):
+    """``state_dict()`` holds torch's ``_metadata`` (each module's version: 2 for BatchNorm and InstanceNorm, 1 for
+    the others), given to state-dict post-hooks and, from that state dict, to load pre-hooks (a torch-style hook that
+    migrates an older layout reads it). unidl gave every module version 1, and load pre-hooks ``{}``."""
+    seen, metadata = {}, {}
+    for nn in (ud.nn, torch.nn):
+        model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.BatchNorm1d(2), nn.InstanceNorm1d(2)))
+        calls = seen[nn] = []
+        for module in model.modules():
+            module.register_state_dict_post_hook(lambda m, state, prefix, md: calls.append((prefix, md)))
+            module.register_load_state_dict_pre_hook(lambda m, state, prefix, md, *rest: calls.append((prefix, md)))
+        state = model.state_dict()
+        metadata[nn] = state._metadata
+        model.load_state_dict(state)
+    assert seen[ud.nn] == seen[torch.nn]
+    assert metadata[ud.nn] == metadata[torch.nn] == {"": {"version": 1}, "0": {"version": 1}, "1": {"version": 1},
+                                                     "1.0": {"version": 2}, "1.1": {"version": 2}}
+
+
 def test_a_load_pre_hook_renames_an_old_checkpoints_keys_as_torchs(backend):
     """``register_load_state_dict_pre_hook``: each module's hook gets the load's copy of its part of the state dict
     (the whole one at the top), with torch's arguments, before it takes its entries, and may rename keys there (an
@@ -296,15 +315,15 @@ def test_load_post_hooks_see_and_may_clear_the_incompatible_keys_as_torchs(backe
         for module in (model[1], model):
             module.register_load_state_dict_post_hook(lambda m, keys: seen.append(
                 (type(m).__name__, list(keys.missing_keys), list(keys.unexpected_keys))))
-        with pytest.raises(RuntimeError, match="0.bias"):
-            model.load_state_dict(given)
         before = {key: np.array(ud.to_numpy(value)) for key, value in model.state_dict().items()} \
             if nn is ud.nn else None
-        clearing = model.register_load_state_dict_post_hook(lambda m, keys: (keys.missing_keys.clear(),
-                                                                            keys.unexpected_keys.clear()) and None)
-        if nn is ud.nn:  # (all or nothing: the refused load left every weight as it was)
+        with pytest.raises(RuntimeError, match="0.bias"):
+            model.load_state_dict(given)
+        if nn is ud.nn:  # (all or nothing: the refused load, of 5s and 6s, left every weight as it was)
             for key, value in model.state_dict().items():
                 np.testing.assert_array_equal(ud.to_numpy(value), before[key], err_msg=key)
+        clearing = model.register_load_state_dict_post_hook(lambda m, keys: (keys.missing_keys.clear(),
+                                                                            keys.unexpected_keys.clear()) and None)
         assert tuple(model.load_state_dict(given)) == ([], [])
         weight = model.state_dict()["1.0.weight"]
         assert (np.asarray(ud.to_numpy(weight) if nn is ud.nn else weight) == 6.0).all()

@@ -309,6 +309,13 @@ CHANGES = {  # (unidl class, torch class, constructor options, group 1's own, {s
                3: [(0, "weight_decay", 0.2), (1, "maximize", True)]}),
     "Rprop": (ud.optim.Rprop, torch.optim.Rprop, dict(lr=0.01), dict(etas=(0.3, 1.5)),
               {2: [(0, "etas", (0.2, 2.0)), (1, "step_sizes", (1e-3, 0.02)), (1, "maximize", True)]}),
+    # (RAdam's rho_t, which decides its rectification (off in these 5 steps), reads the bound betas)
+    "RAdam": (ud.optim.RAdam, torch.optim.RAdam, dict(lr=0.01, betas=(0.9, 0.9)), dict(weight_decay=0.1),
+              {2: [(0, "betas", (0.5, 0.8)), (1, "eps", 1e-3), (1, "weight_decay", 0.2)]}),
+    "Adamax": (ud.optim.Adamax, torch.optim.Adamax, dict(lr=0.01), dict(),
+               {2: [(0, "betas", (0.5, 0.9)), (1, "eps", 1e-3), (0, "maximize", True)]}),
+    "Adadelta": (ud.optim.Adadelta, torch.optim.Adadelta, dict(lr=1.0), dict(),
+                 {2: [(0, "rho", 0.5), (1, "eps", 1e-3), (1, "weight_decay", 0.2), (0, "maximize", True)]}),
 }
 X = R.standard_normal((6, 4)).astype(np.float32)
 Y = R.standard_normal((6, 3)).astype(np.float32)

@@ -82,17 +82,18 @@ def test_a_torch_optim_state_resumes_as_torch_optim_on_every_backend(backend, ca
             _, grads = ud.value_and_grad(lambda: loss(ours(ud.tensor(x)), ud.tensor(y)), ours.parameters())()
             unidl_optimizer.apply(grads)
     assert [group["lr"] for group in unidl_optimizer.param_groups] == [options["lr"], options["lr"] / 2]
-    # (torch.optim.NAdam keeps mu_product in torch's default dtype, float32, in a float64 run: 4e-9 apart)
-    rtol = 1e-8 if torch_class is torch.optim.NAdam else 1e-10
+    # (NAdam too: its mu_product a float32 number, as torch.optim's in a float64 run; 4e-9 apart as a float64)
     for name, value in model.state_dict().items():
-        np.testing.assert_allclose(ours.state_dict()[name], value.numpy(), rtol=rtol, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(ours.state_dict()[name], value.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
 
 
-def test_a_torch_optim_state_resumes_a_compiled_train_step(backend):
-    """The same through ``ud.train_step`` (compiled where the backend compiles), Adam with one group."""
+@pytest.mark.parametrize("name", ["Adam", "NAdam"])
+def test_a_torch_optim_state_resumes_a_compiled_train_step(backend, name):
+    """The same through ``ud.train_step`` (compiled where the backend compiles), with one group: Adam, and NAdam
+    (its ``mu_product`` a float32 number per parameter, as torch's)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2).double()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-2)
+    optimizer = getattr(torch.optim, name)(model.parameters(), lr=1e-2, weight_decay=1e-2)
     for index, (x, y) in enumerate(zip(X, Y)):
         if index == 3:  # (torch's state_dict holds its live tensors)
             state = copy.deepcopy(optimizer.state_dict())
@@ -103,7 +104,7 @@ def test_a_torch_optim_state_resumes_a_compiled_train_step(backend):
     with ud.use_dtype("float64"):
         ours = ud.nn.Linear(4, 2)
         ours.load_state_dict(weights)
-        unidl_optimizer = ud.optim.Adam(ours.parameters())
+        unidl_optimizer = getattr(ud.optim, name)(ours.parameters())
         unidl_optimizer.load_state_dict(state)
         step = ud.train_step(ours, ud.nn.MSELoss(), unidl_optimizer)
         for x, y in zip(X[3:], Y[3:]):
@@ -144,7 +145,7 @@ def _torch_state(torch_class, shapes=((3, 4), (2, 3)), **options):
     (lambda p: ud.optim.Adam(p), lambda: _torch_state(torch.optim.Adam, ((3, 4),)),
      "the torch.optim state has 1 param groups, this optimizer 2"),
     (lambda p: ud.optim.Adam(p), lambda: _torch_state(torch.optim.SGD, momentum=0.9),
-     "option 'momentum', which unidl's Adam has not .* another optimizer class than Adam"),
+     r"no 'betas', 'eps', 'amsgrad', which torch.optim.Adam writes .* than Adam \(.* torch.optim.SGD's\)"),
     (lambda p: ud.optim.AdamW(p), lambda: _torch_state(torch.optim.Adam),
      r"decoupled_weight_decay=False; this AdamW's group 0 was built with decoupled_weight_decay=True"),
     (lambda p: ud.optim.Adam(p), lambda: _torch_state(torch.optim.Adam, amsgrad=True),
@@ -163,12 +164,25 @@ def test_a_torch_optim_state_that_does_not_fit_is_refused_before_anything_change
 
 def test_the_torch_optim_state_of_another_class_is_told_by_its_slots(backend):
     """Per-parameter state of another class (Adagrad's ``sum`` into RMSprop) is refused, naming what it holds; so is
-    state under keys no group lists (a JSON copy's strings), which would have been left out."""
+    state under keys no group lists (a JSON copy's strings), which would have been left out. A state whose group
+    lacks a key the class's torch namesake always writes (RAdam's into Adam or NAdam, Adamax's before its first
+    step into Adam), or whose updated parameter lacks a slot it always keeps (NAdam's ``mu_product``), is another
+    class's too, named with both classes."""
     state = _torch_state(torch.optim.RMSprop)
     state["state"][0] = {"step": torch.tensor(1.0), "sum": torch.ones(3, 4)}
     _refused(lambda p: ud.optim.RMSprop(p), state, r"parameter 0 \(param group 0\) holds \['step', 'sum'\]")
     state["state"] = {str(key): value for key, value in _torch_state(torch.optim.RMSprop)["state"].items()}
     _refused(lambda p: ud.optim.RMSprop(p), state, r"state for parameters \[\"'0'\", \"'1'\"\], which no param group")
+    radam = _torch_state(torch.optim.RAdam)
+    _refused(lambda p: ud.optim.Adam(p), radam, r"group 0 has no 'amsgrad', which torch.optim.Adam writes in every "
+             r"group: a state of another optimizer class than Adam \(its group's keys are torch.optim.RAdam's\)")
+    _refused(lambda p: ud.optim.NAdam(p), radam, r"no 'momentum_decay', .* than NAdam .*torch.optim.RAdam's")
+    fresh = torch.optim.Adamax([{"params": [torch.nn.Parameter(torch.ones(3, 4))]},
+                                {"params": [torch.nn.Parameter(torch.ones(2, 3))]}]).state_dict()
+    _refused(lambda p: ud.optim.Adam(p), fresh, r"no 'amsgrad', .* than Adam \(.*torch.optim.Adamax's\)")
+    nadam = _torch_state(torch.optim.NAdam)
+    del nadam["state"][1]["mu_product"]
+    _refused(lambda p: ud.optim.NAdam(p), nadam, r"parameter 1 \(param group 1\) has step 1 but no 'mu_product'")
 
 
 def test_a_scheduled_torch_optim_states_initial_lr_is_the_base_rate_of_later_schedules(backend):

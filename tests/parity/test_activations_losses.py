@@ -63,6 +63,18 @@ def case(build, oracle, *inputs, no_grad=()):
     return Case(build, oracle, list(inputs), no_grad)
 
 
+def plus(loss, function, inputs=None):
+    """A loss module of the first ``inputs`` inputs (all by default) plus a functional loss of all of them: one case
+    proving a module and a function (``loss``: built once, as a graph creates no variables; torch's in the inputs'
+    dtype, as the oracle casts a module)."""
+
+    def both(*tensors):
+        module = loss.to(tensors[0].dtype) if isinstance(loss, torch.nn.Module) else loss
+        return module(*tensors[:inputs]) + function(*tensors)
+
+    return both
+
+
 LAYERS = {
     "GELU": case(lambda: ud.nn.GELU(), lambda: tnn.GELU(), ROWS),
     "GELU-tanh": case(lambda: ud.nn.GELU("tanh"), lambda: tnn.GELU("tanh"), ROWS),
@@ -104,6 +116,7 @@ LAYERS = {
 # shrinks' +-0.5, Threshold(0.5, ...)'s 0.5, 0 (SELU, CELU, Softsign, LogSigmoid): PyTorch's gradient at each
 MORE_KINKS = np.concatenate([ROWS, [[-3.0, 3.0, 0.5, -0.5, 0.0, 1.0], [-4.0, 2.5, -2.5, 4.0, 0.25, -1.0]]])
 TINY = ROWS * np.where(np.arange(4) == 0, 1e-10, 1.0)[:, None]  # (a first row of norm < CosineSimilarity's eps)
+COLUMN = np.array([[0.2], [-0.5], [2.0], [-3.0]])
 SAME_FIRST_ROW = np.where(np.arange(4)[:, None] == 0, TARGET, ROWS)  # (a difference of norm 0: PyTorch's gradient 0)
 MORE_LAYERS = {
     **{name: case(lambda name=name: getattr(ud.nn, name)(), lambda name=name: getattr(tnn, name)(), MORE_KINKS)
@@ -111,6 +124,7 @@ MORE_LAYERS = {
                     "Softshrink", "Hardshrink")},
     # (an alpha float32 holds: PyTorch's CELU backward rounds alpha to float32, a float64 difference of 1e-8)
     "CELU-alpha": case(lambda: ud.nn.CELU(0.75), lambda: tnn.CELU(0.75), ROWS),
+    "CELU-negative-alpha": case(lambda: ud.nn.CELU(-0.5), lambda: tnn.CELU(-0.5), MORE_KINKS),
     "Softshrink-lambd": case(lambda: ud.nn.Softshrink(1.5), lambda: tnn.Softshrink(1.5), ROWS),
     "Hardshrink-lambd": case(lambda: ud.nn.Hardshrink(1.5), lambda: tnn.Hardshrink(1.5), ROWS),
     "Threshold-kinks": case(lambda: ud.nn.Threshold(0.5, -2.0), lambda: tnn.Threshold(0.5, -2.0), MORE_KINKS),
@@ -120,6 +134,10 @@ MORE_LAYERS = {
     "CosineSimilarity": case(lambda: ud.nn.CosineSimilarity(), lambda: tnn.CosineSimilarity(), TINY, TARGET),
     "CosineSimilarity-broadcast": case(lambda: ud.nn.CosineSimilarity(dim=-1, eps=1e-3),
                                        lambda: tnn.CosineSimilarity(dim=-1, eps=1e-3), SEQUENCE, ROWS[:1]),
+    # (size 1 along dim: broadcast before the norms, in a graph of unknown sizes too; an eps that clamps the
+    # norms of the first two rows, where the gradient is not 0)
+    "CosineSimilarity-broadcast-dim": case(lambda: ud.nn.CosineSimilarity(eps=2.0),
+                                           lambda: tnn.CosineSimilarity(eps=2.0), COLUMN, TARGET),
     "PairwiseDistance": case(lambda: ud.nn.PairwiseDistance(), lambda: tnn.PairwiseDistance(), ROWS, TARGET),
     "PairwiseDistance-zero": case(lambda: ud.nn.PairwiseDistance(eps=0.0), lambda: tnn.PairwiseDistance(eps=0.0),
                                   SAME_FIRST_ROW, TARGET),
@@ -161,13 +179,12 @@ LOSSES = {
                                     lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT)), ROWS, IGNORED),
     "CrossEntropyLoss-smoothing": case(lambda: ud.nn.CrossEntropyLoss(label_smoothing=0.2),
                                        lambda: tnn.CrossEntropyLoss(label_smoothing=0.2), ROWS, IGNORED),
-    **{f"CrossEntropyLoss-weight-smoothing-{r}": case(
-        lambda r=r: ud.nn.CrossEntropyLoss(weight=WEIGHT, label_smoothing=0.1, reduction=r),
-        lambda r=r: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT), label_smoothing=0.1, reduction=r), ROWS, IGNORED)
-       for r in ("sum", "none")},
-    **{f"CrossEntropyLoss-probabilities-{r}": case(
-        lambda r=r: ud.nn.CrossEntropyLoss(reduction=r), lambda r=r: tnn.CrossEntropyLoss(reduction=r), ROWS, SOFT_TARGET)
-       for r in ("mean", "none")},
+    "CrossEntropyLoss-weight-smoothing-none": case(
+        lambda: ud.nn.CrossEntropyLoss(weight=WEIGHT, label_smoothing=0.1, reduction="none"),
+        lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT), label_smoothing=0.1, reduction="none"), ROWS,
+        IGNORED),
+    "CrossEntropyLoss-probabilities-none": case(lambda: ud.nn.CrossEntropyLoss(reduction="none"),
+                                                lambda: tnn.CrossEntropyLoss(reduction="none"), ROWS, SOFT_TARGET),
     "CrossEntropyLoss-probabilities-weight-smoothing": case(
         lambda: ud.nn.CrossEntropyLoss(weight=WEIGHT, label_smoothing=0.3),
         lambda: tnn.CrossEntropyLoss(weight=torch.tensor(WEIGHT), label_smoothing=0.3), ROWS, SOFT_TARGET),
@@ -180,73 +197,107 @@ LOSSES = {
                                                  lambda: tnn.CrossEntropyLoss(label_smoothing=0.2), ROWS[0], LABELS[1]),
     "NLLLoss-unbatched-none": case(lambda: ud.nn.NLLLoss(reduction="none"), lambda: tnn.NLLLoss(reduction="none"),
                                    LOG_PROBABILITIES[2], LABELS[2]),
-    **{f"NLLLoss-{r}": case(lambda r=r: ud.nn.NLLLoss(reduction=r), lambda r=r: tnn.NLLLoss(reduction=r),
-                            LOG_PROBABILITIES, IGNORED) for r in ("mean", "none")},
+    "NLLLoss-none": case(lambda: ud.nn.NLLLoss(reduction="none"), lambda: tnn.NLLLoss(reduction="none"),
+                         LOG_PROBABILITIES, IGNORED),
     "NLLLoss-weight-ignore": case(lambda: ud.nn.NLLLoss(weight=WEIGHT, ignore_index=5),
                                   lambda: tnn.NLLLoss(weight=torch.tensor(WEIGHT), ignore_index=5), LOG_PROBABILITIES, LABELS),
     "NLLLoss-3d": case(lambda: ud.nn.NLLLoss(weight=WEIGHT[:4]), lambda: tnn.NLLLoss(weight=torch.tensor(WEIGHT[:4])),
                        LOGITS_3D, LABELS_3D),
-    **{f"BCELoss-{r}": case(lambda r=r: ud.nn.BCELoss(reduction=r), lambda r=r: tnn.BCELoss(reduction=r), SIGMOID, SOFT_TARGET)
-       for r in ("mean", "none")},
+    "BCELoss-none": case(lambda: ud.nn.BCELoss(reduction="none"), lambda: tnn.BCELoss(reduction="none"), SIGMOID,
+                         SOFT_TARGET),
     "BCELoss-weight": case(lambda: ud.nn.BCELoss(weight=WEIGHT), lambda: tnn.BCELoss(weight=torch.tensor(WEIGHT)),
                            SIGMOID, BINARY),
 
     **{f"SmoothL1Loss-{r}-{b}": case(lambda r=r, b=b: ud.nn.SmoothL1Loss(reduction=r, beta=b),
                                      lambda r=r, b=b: tnn.SmoothL1Loss(reduction=r, beta=b), ROWS, TARGET)
        for r, b in (("none", 2.5), ("sum", 0.0))},
-    **{f"HuberLoss-{r}-{d}": case(lambda r=r, d=d: ud.nn.HuberLoss(reduction=r, delta=d),
-                                  lambda r=r, d=d: tnn.HuberLoss(reduction=r, delta=d), ROWS, TARGET)
-       for r, d in (("mean", 1.0), ("none", 2.5))},
+    "HuberLoss-none-2.5": case(lambda: ud.nn.HuberLoss(reduction="none", delta=2.5),
+                               lambda: tnn.HuberLoss(reduction="none", delta=2.5), ROWS, TARGET),
     **{f"KLDivLoss-{r}": case(lambda r=r: ud.nn.KLDivLoss(reduction=r), lambda r=r: tnn.KLDivLoss(reduction=r),
-                              LOG_PROBABILITIES, SOFT_TARGET) for r in ("mean", "batchmean", "none")},
+                              LOG_PROBABILITIES, SOFT_TARGET) for r in ("batchmean", "none")},
     # the losses added with the margin, embedding and likelihood ones: one case each option and shape path, kinks
     # (a hinge of exactly 0) in the first row (MarginRankingLoss passes the gradient there, as torch's clamp_min;
-    # MultiMarginLoss and MultiLabelMarginLoss do not, as torch's kernels)
-    "MarginRankingLoss-kinks": case(lambda: ud.nn.MarginRankingLoss(0.5, reduction="none"),
-                                    lambda: tnn.MarginRankingLoss(0.5, reduction="none"), RANKED, RANKED_BELOW, SIGNS),
-    "HingeEmbeddingLoss-none": case(lambda: ud.nn.HingeEmbeddingLoss(2.0, reduction="none"),
-                                    lambda: tnn.HingeEmbeddingLoss(2.0, reduction="none"), ROWS, SIGNS, no_grad=(1,)),
+    # MultiMarginLoss and MultiLabelMarginLoss do not, as torch's kernels). Each module calls its ``ud.ops`` function:
+    # some cases call the function (positionally, through torch's size_average and reduce), and a loss of one case
+    # adds its function with other options to the module (both proved by one case, at no cost of another)
+    "MarginRankingLoss-kinks+margin_ranking_loss": case(
+        lambda: plus(ud.nn.MarginRankingLoss(0.5, reduction="none"),
+                     lambda a, b, y: ud.ops.margin_ranking_loss(a, b, y, -0.25)),
+        lambda: plus(tnn.MarginRankingLoss(0.5, reduction="none"),
+                     lambda a, b, y: F.margin_ranking_loss(a, b, y, -0.25)),
+        RANKED, RANKED_BELOW, SIGNS),
+    "HingeEmbeddingLoss-none+hinge_embedding_loss": case(
+        lambda: plus(ud.nn.HingeEmbeddingLoss(2.0, reduction="none"),
+                     lambda x, y: ud.ops.hinge_embedding_loss(x, y, 0.5)),
+        lambda: plus(tnn.HingeEmbeddingLoss(2.0, reduction="none"), lambda x, y: F.hinge_embedding_loss(x, y, 0.5)),
+        ROWS, SIGNS, no_grad=(1,)),
     # (integer targets, of a 0 too: PyTorch's soft_margin_loss has no gradient for the target, and refuses one that
     # requires it)
-    "SoftMarginLoss-sum": case(lambda: ud.nn.SoftMarginLoss(reduction="sum"),
-                               lambda: tnn.SoftMarginLoss(reduction="sum"), ROWS, SIGNS.astype(np.int64)),
+    "SoftMarginLoss-sum+soft_margin_loss": case(
+        lambda: plus(ud.nn.SoftMarginLoss(reduction="sum"),
+                     lambda x, y: ud.ops.soft_margin_loss(x, y, None, None, "none")),
+        lambda: plus(tnn.SoftMarginLoss(reduction="sum"), lambda x, y: F.soft_margin_loss(x, y, None, None, "none")),
+        ROWS, SIGNS.astype(np.int64)),
     "CosineEmbeddingLoss-none": case(lambda: ud.nn.CosineEmbeddingLoss(0.2, reduction="none"),
                                      lambda: tnn.CosineEmbeddingLoss(0.2, reduction="none"), ROWS, TARGET, PAIR_SIGNS,
                                      no_grad=(2,)),
-    "TripletMarginLoss-p2-none": case(lambda: ud.nn.TripletMarginLoss(2.0, 2, 1e-3, reduction="none"),
-                                      lambda: tnn.TripletMarginLoss(2.0, 2, 1e-3, reduction="none"),
-                                      ROWS, TARGET, SOFT_TARGET),
-    "TripletMarginLoss-p3-swap-unbatched": case(lambda: ud.nn.TripletMarginLoss(2.0, 3, 1e-3, True, reduction="none"),
-                                                lambda: tnn.TripletMarginLoss(2.0, 3, 1e-3, True, reduction="none"),
-                                                ROWS[0], TARGET[0], ROWS[1]),
+    "cosine_embedding_loss-unbatched": case(lambda: lambda a, b, y: ud.ops.cosine_embedding_loss(a, b, y, -0.5),
+                                            lambda: lambda a, b, y: F.cosine_embedding_loss(a, b, y, -0.5),
+                                            ROWS[0], TARGET[0], np.array(-1.0), no_grad=(2,)),
+    **{f"TripletMarginLoss-p{p}-swap{swap}-{r}": case(
+        lambda p=p, swap=swap, r=r: ud.nn.TripletMarginLoss(2.0, p, 1e-3, swap, reduction=r),
+        lambda p=p, swap=swap, r=r: tnn.TripletMarginLoss(2.0, p, 1e-3, swap, reduction=r), *inputs)
+       for p, swap, r, inputs in ((2, False, "none", (ROWS, TARGET, SOFT_TARGET)),
+                                  (1, True, "mean", (ROWS, TARGET, SOFT_TARGET)))},
+    "triplet_margin_loss-p3-swap-unbatched": case(
+        lambda: lambda a, p, n: ud.ops.triplet_margin_loss(a, p, n, 2.0, 3, 1e-3, True, reduction="none"),
+        lambda: lambda a, p, n: F.triplet_margin_loss(a, p, n, 2.0, 3, 1e-3, True, reduction="none"),
+        ROWS[0], TARGET[0], ROWS[1]),
     # p < 1 with a difference of exactly 0 (PyTorch's gradient 0 there, not NaN), and p = inf on rank-3 inputs
     # whose first triplet has a hinge of exactly 0 (clamp_min passes the gradient there)
     "TripletMarginLoss-p0.5-zero-difference": case(lambda: ud.nn.TripletMarginLoss(50.0, 0.5, 0.0),
                                                    lambda: tnn.TripletMarginLoss(50.0, 0.5, 0.0),
                                                    ROWS, SAME_FIRST_COLUMN, SOFT_TARGET),
-    "TripletMarginLoss-inf-rank3-kink": case(lambda: ud.nn.TripletMarginLoss(2.0, float("inf"), 0.0, reduction="none"),
-                                             lambda: tnn.TripletMarginLoss(2.0, float("inf"), 0.0, reduction="none"),
-                                             *TRIPLETS_3D),
-    "MultiLabelSoftMarginLoss-weight": case(
-        lambda: ud.nn.MultiLabelSoftMarginLoss(WEIGHT, reduction="none"),
-        lambda: tnn.MultiLabelSoftMarginLoss(torch.tensor(WEIGHT), reduction="none"), ROWS, SOFT_TARGET),
+    "triplet_margin_loss-inf-rank3-kink": case(
+        lambda: lambda a, p, n: ud.ops.triplet_margin_loss(a, p, n, 2.0, float("inf"), 0.0, reduction="none"),
+        lambda: lambda a, p, n: F.triplet_margin_loss(a, p, n, 2.0, float("inf"), 0.0, reduction="none"),
+        *TRIPLETS_3D),
+    # (the function's weight an input: its gradient too)
+    "MultiLabelSoftMarginLoss-weight+multilabel_soft_margin_loss": case(
+        lambda: plus(ud.nn.MultiLabelSoftMarginLoss(WEIGHT, reduction="none"),
+                     lambda x, y, w: ud.ops.multilabel_soft_margin_loss(x, y, w, reduction="sum"), inputs=2),
+        lambda: plus(tnn.MultiLabelSoftMarginLoss(torch.tensor(WEIGHT, dtype=torch.float64), reduction="none"),
+                     lambda x, y, w: F.multilabel_soft_margin_loss(x, y, w, reduction="sum"), inputs=2),
+        ROWS, SOFT_TARGET, np.array(POS_WEIGHT)),
     "MultiMarginLoss-p2-weight-kinks": case(
         lambda: ud.nn.MultiMarginLoss(2, weight=WEIGHT, reduction="none"),
         lambda: tnn.MultiMarginLoss(2, weight=torch.tensor(WEIGHT), reduction="none"), KINK_ROWS, LABELS),
+    "multi_margin_loss-unbatched": case(
+        lambda: lambda x, y: ud.ops.multi_margin_loss(x, y, 1, 2.5, None, reduction="none"),
+        lambda: lambda x, y: F.multi_margin_loss(x, y, 1, 2.5, None, reduction="none"), ROWS[1], LABELS[1]),
     "MultiLabelMarginLoss-kinks": case(lambda: ud.nn.MultiLabelMarginLoss(reduction="none"),
                                        lambda: tnn.MultiLabelMarginLoss(reduction="none"), KINK_ROWS, MULTI_LABELS),
-    **{f"PoissonNLLLoss-log{log}-full{full}": case(
-        lambda log=log, full=full: ud.nn.PoissonNLLLoss(log, full, eps=1e-3, reduction="none"),
-        lambda log=log, full=full: tnn.PoissonNLLLoss(log, full, eps=1e-3, reduction="none"),
-        ROWS / 3 if log else RATES, COUNTS) for log, full in ((True, False), (False, True))},
-    # var of the input's shape, and without its last axis beside a target with an axis of size 1 (torch's rules;
-    # the other accepted shapes by value in test_the_new_losses_accept_torchs_shapes)
+    "multilabel_margin_loss-unbatched": case(lambda: ud.ops.multilabel_margin_loss, lambda: F.multilabel_margin_loss,
+                                             ROWS[1], MULTI_LABELS[1]),
+    "PoissonNLLLoss-log-input": case(lambda: ud.nn.PoissonNLLLoss(True, False, eps=1e-3, reduction="none"),
+                                     lambda: tnn.PoissonNLLLoss(True, False, eps=1e-3, reduction="none"), ROWS / 3,
+                                     COUNTS),
+    "poisson_nll_loss-rates-full": case(
+        lambda: lambda x, y: ud.ops.poisson_nll_loss(x, y, False, True, None, 1e-3, None, "none"),
+        lambda: lambda x, y: F.poisson_nll_loss(x, y, False, True, None, 1e-3, None, "none"), RATES, COUNTS),
+    # var of the input's shape, without its last axis beside a target with an axis of size 1, and with an axis of
+    # size 1 (torch's rules; the other accepted shapes by value in test_the_new_losses_accept_torchs_shapes)
     **{f"GaussianNLLLoss-{name}": case(lambda full=full, r=r: ud.nn.GaussianNLLLoss(full=full, eps=1e-4, reduction=r),
                                       lambda full=full, r=r: tnn.GaussianNLLLoss(full=full, eps=1e-4, reduction=r),
                                       ROWS, target, var)
        for name, full, r, target, var in (("same-shape", False, "none", TARGET, VARIANCES),
                                           ("last-axis-target-axis-of-one", True, "mean", TARGET[:, :1],
                                            VARIANCES[:, 0]))},
+    "gaussian_nll_loss-axis-of-one": case(
+        lambda: lambda x, t, v: ud.ops.gaussian_nll_loss(x, t, v, False, 1e-4, "sum"),
+        lambda: lambda x, t, v: F.gaussian_nll_loss(x, t, v, False, 1e-4, "sum"), ROWS, TARGET, VARIANCES[:1]),
+    "gaussian_nll_loss-number": case(lambda: lambda x, t: ud.ops.gaussian_nll_loss(x, t, 0.5),
+                                     lambda: lambda x, t: F.gaussian_nll_loss(x, t, 0.5), ROWS, TARGET),
     "KLDivLoss-log-target": case(lambda: ud.nn.KLDivLoss(reduction="batchmean", log_target=True),
                                  lambda: tnn.KLDivLoss(reduction="batchmean", log_target=True),
                                  LOG_PROBABILITIES, np.log(SOFT_TARGET)),
@@ -268,22 +319,103 @@ def test_more_activations_and_distances_match_torch(backend, dtype, modes):
     assert not failures, "\n".join(failures)
 
 
+BAD_ARGUMENT_TYPES = [  # (each refused when built, or by the op, with one TypeError naming it on every backend)
+    (lambda: ud.nn.CELU(None), "CELU alpha must be a number"),
+    (lambda: ud.nn.Hardshrink("a"), "Hardshrink lambd must be a number"),
+    (lambda: ud.nn.Softshrink(True), "Softshrink lambd must be a number"),
+    (lambda: ud.nn.Threshold(0.5, None), "Threshold value must be a number"),
+    (lambda: ud.nn.PairwiseDistance("fro"), "PairwiseDistance p must be a number"),
+    (lambda: ud.nn.PairwiseDistance(keepdim="no"), "PairwiseDistance: keepdim must be True or False"),
+    (lambda: ud.ops.cosine_similarity(ud.tensor([[1.0]]), ud.tensor([[1.0]]), eps=None),
+     "cosine_similarity eps must be a number"),
+]
+
+
 def test_more_activations_refuse_torchs_bad_arguments(backend):
     """PyTorch's refusals, each one error naming what was given: CELU's alpha of 0 (which divides), Softshrink's
-    negative lambd, GLU of an odd size along dim (named, eagerly and inside ``ud.function``, where a TensorFlow
-    graph knows it only when it runs) or of a 0-d input, and CosineSimilarity's inputs that do not broadcast (named)."""
+    negative lambd and CosineSimilarity's negative eps (torch's RuntimeError when it runs; a ValueError when built),
+    GLU of an odd size along dim (named, eagerly and inside ``ud.function``, where a TensorFlow graph knows it only
+    when it runs) or of a 0-d input, CosineSimilarity's inputs that do not broadcast (named), and arguments of the
+    wrong type (a bool, None, a string: each backend failed in its own words when the layer ran)."""
     for build, error, message in [(lambda: ud.nn.CELU(0.0), ValueError, "CELU alpha cannot be 0"),
                                   (lambda: ud.ops.celu(ud.tensor([1.0]), 0), ValueError, "celu alpha cannot be 0"),
                                   (lambda: ud.nn.Softshrink(-1), ValueError, "Softshrink lambd must be >= 0 .*got -1"),
                                   (lambda: ud.ops.glu(ud.tensor(1.0)), ShapeMismatchError, "0-d"),
                                   (lambda: ud.nn.CosineSimilarity()(np.ones((2, 3)), np.ones((2, 4))),
-                                   ShapeMismatchError, r"x1 has shape \(2, 3\), x2 has shape \(2, 4\)")]:
+                                   ShapeMismatchError, r"x1 has shape \(2, 3\), x2 has shape \(2, 4\)"),
+                                  (lambda: ud.nn.CosineSimilarity(eps=-1), ValueError, "eps must be >= 0"),
+                                  (lambda: ud.ops.cosine_similarity(ud.tensor([[1.0]]), ud.tensor([[1.0]]), eps=-1.0),
+                                   ValueError, "cosine_similarity eps must be >= 0"),
+                                  *[(build, TypeError, message) for build, message in BAD_ARGUMENT_TYPES]]:
         with pytest.raises(error, match=message):
             build()
     glu = ud.nn.GLU(1)
     for run in (glu, ud.function(lambda x: glu(x))):
         with pytest.raises(ShapeMismatchError, match="dimension 1, whose size must be even, but it is size 5"):
             ud.to_numpy(run(ud.tensor(np.ones((2, 5), np.float32))))
+
+
+# (values around the kinks, 0.3 and the float16 and bfloat16 numbers next to it: softshrink's and threshold's
+# decisions against a float32 0.3; an even count, for glu)
+HALF_INPUTS = np.concatenate([np.random.default_rng(5).normal(0, 3, 116),
+                              [-3, 3, 0, 0.3, -0.3, 0.30004883, 0.30078125, -0.30078125, 0.5, -20, 20, 88]])
+HALF_ACTIVATIONS = [  # (the op of x, torch's; one lambda a line)
+    (ud.ops.mish, F.mish), (ud.ops.hardswish, F.hardswish), (ud.ops.hardsigmoid, F.hardsigmoid),
+    (ud.ops.selu, F.selu), (ud.ops.logsigmoid, F.logsigmoid), (ud.ops.softsign, F.softsign),
+    (ud.ops.tanhshrink, F.tanhshrink),
+    (lambda x: ud.ops.celu(x, -2.0), lambda t: F.celu(t, -2.0)),
+    (lambda x: ud.ops.glu(x, 0), lambda t: F.glu(t, 0)),
+    (lambda x: ud.ops.softshrink(x, 0.3), lambda t: F.softshrink(t, 0.3)),
+    (lambda x: ud.ops.hardshrink(x, 0.3), lambda t: F.hardshrink(t, 0.3)),
+    (lambda x: ud.ops.threshold(x, 0.3, -1.0), lambda t: F.threshold(t, 0.3, -1.0)),
+]
+FAR = np.array([[300.0, 400.0], [3.0, 4.0]])  # (past float16's range squared: 300 ** 2 is inf in float16)
+NEAR = np.array([[1.0, 1.0], [2.0, -1.0]])
+HALF_DISTANCES = [
+    (lambda a, b: ud.ops.cosine_similarity(a, b), F.cosine_similarity),
+    (lambda a, b: ud.ops.pairwise_distance(a, b), F.pairwise_distance),
+    (lambda a, b: ud.ops.pairwise_distance(a, b, 3.0), lambda a, b: F.pairwise_distance(a, b, 3.0)),
+]
+
+
+def test_half_precision_activations_and_distances_match_torch(backend):
+    """float16 and bfloat16 computed in float32 and rounded once, as PyTorch's CPU kernels (softshrink and
+    threshold comparing with a float32 lambd and threshold; softsign and tanhshrink, which PyTorch composes, step by
+    step; hardshrink with lambd in the input's dtype), eagerly and inside ``ud.function``: bit for bit on torch's
+    backend, within one unit in the last place on the others (their float32 exp and tanh differ in the last bit);
+    the distances' norms past float16's range finite (they were inf and NaN), and float32 rows of 1e20, whose norms
+    overflow in torch too, cosine 0 (it was NaN)."""
+    def everything(x, a, b, huge):
+        return ([ud.ops.cast(op(x), "float32") for op, _ in HALF_ACTIVATIONS]
+                + [ud.ops.cast(op(a, b), "float32") for op, _ in HALF_DISTANCES]
+                + [ud.ops.cosine_similarity(huge, huge)])
+
+    huge = ROWS[:3].astype(np.float32) * 1e20
+    for dtype, ulp in (("float16", 2.0 ** -10), ("bfloat16", 2.0 ** -7)):
+        arrays = (HALF_INPUTS, FAR, NEAR)
+        tensors = [torch.tensor(a, dtype=getattr(torch, dtype)) for a in arrays]
+        expected = ([oracle(tensors[0]).float().numpy() for _, oracle in HALF_ACTIVATIONS]  # (float32, rounded once:
+                    # PyTorch's own bfloat16 cosine rounds its quotients, 3 units in the last place off [3, 4]·[2, -1])
+                    + [oracle(*[t.float() for t in tensors[1:]]).to(tensors[0].dtype).float().numpy()
+                       for _, oracle in HALF_DISTANCES]
+                    + [F.cosine_similarity(torch.tensor(huge), torch.tensor(huge)).numpy()])
+        inputs = [ud.ops.cast(ud.tensor(a.astype(np.float32)), dtype) for a in arrays] + [ud.tensor(huge)]
+        for run in (everything, ud.function(everything)):
+            for i, (got, want) in enumerate(zip(run(*inputs), expected)):
+                got, exact = ud.to_numpy(got), backend == "torch" and i < len(HALF_ACTIVATIONS)
+                tolerance = {"rtol": 0, "atol": 0} if exact else {"rtol": ulp, "atol": 1e-30}
+                np.testing.assert_allclose(got, want, **tolerance, err_msg=f"{dtype} {i} {run}")
+
+
+def test_hardswish_gradient_at_infinities_and_nan_is_torchs(backend):
+    """Hardswish's gradient at +-inf and NaN is PyTorch's 1, 0, 1, eagerly and inside ``ud.function`` (the middle
+    piece's infinite derivative there, times its zero cotangent, was NaN)."""
+    values = np.array([np.inf, -np.inf, np.nan, 1.0], np.float32)
+    t = torch.tensor(values, requires_grad=True)
+    F.hardswish(t).sum().backward()
+    gradient = ud.grad(lambda x: ud.ops.sum(ud.ops.hardswish(x)))
+    for run in (gradient, ud.function(gradient)):
+        np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(values))), t.grad.numpy())
 
 
 def test_pairwise_distance_of_p_0_counts_the_non_zero_differences(backend):
@@ -318,7 +450,22 @@ def test_a_train_step_through_the_new_layers_matches_torch(backend):
         assert max_relative_difference(model.state_dict()[key], value.numpy()) < 1e-5, key
 
 
-@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss:UserWarning")  # torch's, on KLDivLoss
+NEW_LOSS_FUNCTIONS = ("margin_ranking_loss", "hinge_embedding_loss", "soft_margin_loss", "cosine_embedding_loss",
+                      "triplet_margin_loss", "multilabel_soft_margin_loss", "multi_margin_loss",
+                      "multilabel_margin_loss", "poisson_nll_loss", "gaussian_nll_loss")
+
+
+def test_the_loss_functions_take_torchs_arguments():
+    """Each ``ud.ops`` form of a margin, embedding or likelihood loss takes ``torch.nn.functional``'s parameters by
+    name, in its order and with its defaults, the deprecated ``size_average`` and ``reduce`` slots included (refused
+    if given: ``test_the_new_losses_take_torchs_positional_arguments_and_refuse_size_average_and_reduce``)."""
+    import inspect
+
+    for name in NEW_LOSS_FUNCTIONS:
+        theirs = [(p.name, p.default) for p in inspect.signature(getattr(F, name)).parameters.values()]
+        assert [(p.name, p.default) for p in inspect.signature(getattr(ud.ops, name)).parameters.values()] == theirs
+
+
 @pytest.mark.parametrize("dtype, modes", RUNS)
 def test_losses_match_torch(backend, dtype, modes):
     failures = compare_table(LOSSES, backend, dtype, modes)
@@ -516,12 +663,15 @@ def test_the_new_losses_take_torchs_positional_arguments_and_refuse_size_average
     """Positional arguments land where PyTorch's signature puts them (its deprecated size_average and reduce
     slots included, refused with the ``reduction=`` to give), ``GaussianNLLLoss``'s are keyword-only as PyTorch's,
     and ``size_average``/``reduce`` by keyword are the same ``ValueError`` on the older losses that share the
-    constructor (``MSELoss``, ``L1Loss``)."""
+    constructor (``MSELoss``, ``L1Loss``); the ``ud.ops`` functions refuse them as the modules do."""
     assert ud.nn.PoissonNLLLoss(True, False, None, 1e-3).eps == 1e-3
     assert ud.nn.TripletMarginLoss(1.0, 2, 1e-6, False, None, None, "sum").reduction == "sum"
     assert ud.nn.MultiMarginLoss(1, 1.0, None, None, None, "none").reduction == "none"
     for build in (lambda: ud.nn.PoissonNLLLoss(False, True, False), lambda: ud.nn.MSELoss(size_average=False),
-                  lambda: ud.nn.SoftMarginLoss(reduce=False), lambda: ud.nn.MarginRankingLoss(0.0, "none")):
+                  lambda: ud.nn.SoftMarginLoss(reduce=False), lambda: ud.nn.MarginRankingLoss(0.0, "none"),
+                  lambda: ud.ops.poisson_nll_loss(ROWS, COUNTS, True, False, False),
+                  lambda: ud.ops.multilabel_margin_loss(ROWS, MULTI_LABELS, reduce=False),
+                  lambda: ud.ops.hinge_embedding_loss(ROWS, SIGNS, 1.0, "none")):
         with pytest.raises(ValueError, match=r"does not take PyTorch's deprecated size_average and reduce .*give "
                                              r"reduction= instead: reduction='mean' \(size_average=True\), 'sum'"):
             build()
@@ -539,7 +689,8 @@ def test_hinge_and_soft_margin_losses_keep_the_input_dtype_and_torchs_values(bac
         assert ud.to_numpy(loss(ud.tensor(x), ud.tensor(y, "float64"))).dtype == np.float32, loss
     z = np.array([20.5, 25.0, -30.0, 0.0, 3.0])
     expected = tnn.SoftMarginLoss(reduction="none")(torch.tensor(z), -torch.ones(5, dtype=torch.float64)).numpy()
-    got = ud.to_numpy(ud.nn.SoftMarginLoss(reduction="none")(ud.tensor(z, "float64"), ud.tensor(-np.ones(5), "float64")))
+    got = ud.to_numpy(ud.nn.SoftMarginLoss(reduction="none")(ud.tensor(z, "float64"),
+                                                             ud.tensor(-np.ones(5), "float64")))
     assert max_relative_difference(got, expected) < 1e-15
     soft = ud.nn.SoftMarginLoss(reduction="sum")
     far = [np.array([200.0, -1.0, 3.0], np.float32), np.array([-1.0, 1.0, 1.0], np.float32)]

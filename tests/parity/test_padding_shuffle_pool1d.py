@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn as tnn
+from torch.nn import functional as F
 
 import unidl as ud
 from tests.parity.torch_oracle import Case, compare_table
@@ -33,8 +34,29 @@ SPELLINGS = [
     ("AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False)", SEQUENCE),
     ("AdaptiveAvgPool1d(3)", SEQUENCE), ("AdaptiveMaxPool1d(3)", SEQUENCE),
     ("ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2)", SEQUENCE),
+    # torch's other lengths of padding: a 2-d layer's pair pads the last axis alone, a 1-d one's 4 the last two (the
+    # arithmetic of the cases above: on JAX, no new shapes to compile)
+    ("ZeroPad2d((2, -1))", SEQUENCE), ("ReflectionPad1d([2, 1, 0, 4])", IMAGES),
+    ("Softmax2d()", IMAGES), ("RReLU(0.1, 0.3).eval()", SEQUENCE),
 ]
 LAYERS = {f"{spelling} of {x.shape}": both(spelling, x) for spelling, x in SPELLINGS}
+
+
+def functional(spelling, *inputs):
+    """The case of ``ud.ops.<spelling>`` against ``torch.nn.functional.<spelling>``, the inputs ``t[0]``, ..."""
+    return Case(lambda: eval(f"lambda *t: ud.ops.{spelling}"), lambda: eval(f"lambda *t: F.{spelling}"), list(inputs))
+
+
+FUNCTIONAL = [  # (the layers call them: these, the cases of the layers above, with torch.nn.functional's arguments)
+    ("pixel_shuffle(t[0], 2)", IMAGES.reshape(2, 1, 4, 5, 6)[:, :, :, :2]),
+    ("pixel_unshuffle(t[0], downscale_factor=2)", IMAGES[:, :, :4]),
+    ("max_pool1d(t[0], 3, 2, 1, 1, True)", SEQUENCE), ("max_pool1d(t[0], 2)", SEQUENCE[0]),
+    ("avg_pool1d(t[0], 3, 2, 1, True, False)", SEQUENCE), ("adaptive_avg_pool1d(t[0], (3,))", SEQUENCE),
+    ("adaptive_max_pool1d(t[0], 3)", SEQUENCE),
+    ("conv_transpose1d(t[0], t[1], t[2], 2, 1, 1, 2, 2)", SEQUENCE, R.standard_normal((4, 3, 3)), R.standard_normal(6)),
+    ("rrelu(t[0], 0.1, 0.3)", SEQUENCE),
+]
+LAYERS.update({f"F.{spelling} of {inputs[0].shape}": functional(spelling, *inputs) for spelling, *inputs in FUNCTIONAL})
 
 
 MODES = ("eager",)
@@ -76,28 +98,38 @@ def test_the_layers_train_in_a_compiled_step_as_in_torch(backend):
 
 
 def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend):
-    """``MaxPool1d(return_indices=True)`` gives torch's indices along L (and its values), ``ConvTranspose1d``'s
+    """``MaxPool1d(return_indices=True)`` (and ``ud.ops.max_pool1d``) gives torch's indices along L (and its values),
+    ``ConvTranspose1d``'s
     ``output_size`` (batched and unbatched) torch's output, and every new layer's repr is torch.nn's."""
     x = SEQUENCE.astype(np.float32)
-    ours = ud.nn.MaxPool1d(3, 2, 1, return_indices=True)(ud.tensor(x))
     theirs = tnn.MaxPool1d(3, 2, 1, return_indices=True)(torch.tensor(x))
-    for got, want in zip(ours, theirs, strict=True):
-        np.testing.assert_array_equal(ud.to_numpy(got), want.numpy())
+    for ours in (ud.nn.MaxPool1d(3, 2, 1, return_indices=True)(ud.tensor(x)),
+                 ud.ops.max_pool1d(ud.tensor(x), 3, 2, 1, return_indices=True)):
+        for got, want in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(ud.to_numpy(got), want.numpy())
     layer, reference = ud.nn.ConvTranspose1d(4, 2, 3, stride=3), tnn.ConvTranspose1d(4, 2, 3, stride=3)
     reference.load_state_dict({key: torch.tensor(value) for key, value in layer.state_dict().items()})
     for sample, size in ((x, (2, 2, 22)), (x, (23,)), (x[0], (2, 21))):
         want = reference(torch.tensor(sample), output_size=size).detach().numpy()
         got = ud.function(lambda t, size=size: layer(t, output_size=size))(ud.tensor(sample))
         assert ud.testing.max_relative_difference(ud.to_numpy(got), want) < 2e-6, size
-    more = ["AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)", "ConvTranspose1d(2, 3, 3)",
+    more = ["RReLU()", "RReLU(0.1, 0.3, True)", "Softmax2d()",
+            "AvgPool1d((3,))", "MaxPool1d(2, return_indices=True)", "ConstantPad2d(2, 1)", "ConvTranspose1d(2, 3, 3)",
             "AdaptiveMaxPool1d((2,))"]
     for spelling in [spelling for spelling, _ in SPELLINGS] + more:
         assert repr(eval(f"ud.nn.{spelling}")) == repr(eval(f"tnn.{spelling}")), spelling
 
 
 @pytest.mark.parametrize("spelling, message", [
-    ("ZeroPad2d((1, 2))", "ZeroPad2d padding must be an int or 4 ints (left, right, top, bottom), got (1, 2)"),
-    ("ReflectionPad1d((1, 2, 3))", "ReflectionPad1d padding must be an int or 2 ints (left, right), got (1, 2, 3)"),
+    ("ZeroPad2d((1, 2, 3))", "ZeroPad2d padding must be an int or (left, right), (left, right, top, bottom), or an "
+                             "even number of ints (before, after) per axis, last axis first; got (1, 2, 3)"),
+    ("ReflectionPad1d((1,) * 8)", "ReflectionPad1d padding must be an int or (left, right), or 2, 4 or 6 ints "
+                                  "(before, after) per axis, last axis first; got (1, 1, 1, 1, 1, 1, 1, 1)"),
+    ("CircularPad1d((1,) * 6)", "CircularPad1d padding must be an int or (left, right), or 2 or 4 ints"),
+    ("ReplicationPad2d(())", "ReplicationPad2d padding must be an int or (left, right), (left, right, top, bottom), "
+                             "or 2, 4 or 6 ints"),
+    ("ConstantPad2d((1.0, 2.0), 0)", "ConstantPad2d padding must be an int or (left, right), (left, right, top, "
+                                     "bottom), or an even number of ints"),
     ("CircularPad1d(-1)", "CircularPad1d: pad mode 'circular' takes no negative amounts, got (-1, -1)"),
     ("PixelShuffle(0)", "PixelShuffle upscale_factor must be a positive integer, got 0"),
     ("AdaptiveAvgPool1d(None)", "AdaptiveAvgPool1d output_size must be a positive int or 1 of them, got None"),
@@ -105,9 +137,74 @@ def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend
     ("MaxPool1d(3, padding=2)", "MaxPool1d padding 2 must be non-negative and at most half the kernel size (3,)"),
 ])
 def test_bad_arguments_are_one_error(spelling, message):
-    with pytest.raises(ValueError) as caught:
+    """Each a ``ValueError``; a padding torch refuses (when called) is its error: a ``PaddingLengthError`` for a
+    length (torch's ``RuntimeError`` too), a ``TypeError`` for amounts that are not ints."""
+    padding = "padding must" in message
+    error = (TypeError if "1.0" in spelling else ud.PaddingLengthError) if padding else ValueError
+    with pytest.raises(error) as caught:
         eval(f"ud.nn.{spelling}")
     assert str(caught.value).startswith(message), str(caught.value)
+    if padding:
+        with pytest.raises(TypeError if error is TypeError else RuntimeError):
+            eval(f"tnn.{spelling}")(torch.ones(2, 3, 4, 5) if "2d" in spelling else torch.ones(2, 3, 4))
+
+
+def test_rrelu_in_training_draws_a_slope_per_negative_element_from_the_seeded_generator(backend):
+    """In training each element below 0 gets its own slope in [lower, upper] (its gradient, as torch's noise), drawn
+    again at every call, eagerly and in ``ud.function``; the same seed gives the same slopes. (Eval mode: the table
+    above, against ``torch.nn.RReLU``.) A compiled ``train_step`` through it trains."""
+    x = np.concatenate([SEQUENCE[0].ravel(), [0.0]]).astype(np.float32)
+    negative, positive = x < 0, x > 0
+    layer = ud.nn.RReLU(0.1, 0.3)
+    ud.manual_seed(5)
+    y = ud.to_numpy(layer(ud.tensor(x)))
+    ud.manual_seed(5)
+    gradient = ud.to_numpy(ud.grad(lambda t: ud.ops.sum(layer(t)))(ud.tensor(x)))
+    slopes = y[negative] / x[negative]
+    assert 0.1 <= slopes.min() and slopes.max() <= 0.3 and len(np.unique(slopes)) > len(slopes) // 2
+    np.testing.assert_allclose(gradient[negative], slopes, rtol=1e-6)
+    assert np.array_equal(y[positive], x[positive]) and np.all(gradient[positive] == 1) and y[-1] == 0
+    assert 0.1 <= gradient[-1] <= 0.3  # (at 0: a drawn slope, as torch's)
+    compiled = ud.function(lambda t: layer(t))
+    first, second = (ud.to_numpy(compiled(ud.tensor(x))) for _ in range(2))
+    for drawn in (first, second):
+        assert np.array_equal(drawn[positive], x[positive])
+        slopes = drawn[negative] / x[negative]
+        assert 0.1 - 1e-7 <= slopes.min() and slopes.max() <= 0.3 + 1e-7
+    assert not np.array_equal(first, second) and not np.array_equal(first, y)
+    model = ud.nn.Sequential(ud.nn.Linear(7, 7), ud.nn.RReLU())
+    before = ud.to_numpy(model[0].weight)
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+    losses = [float(step(SEQUENCE[0].astype(np.float32), SEQUENCE[1].astype(np.float32))) for _ in range(2)]
+    assert np.all(np.isfinite(losses)) and not np.array_equal(ud.to_numpy(model[0].weight), before)
+    with pytest.raises(ValueError, match=r"RReLU lower \(0.5\) must be at most upper \(0.1\)"):
+        ud.nn.RReLU(0.5, 0.1)
+    with pytest.raises(ud.ShapeMismatchError, match="Softmax2d\\(\\): expected input to be 3D or 4D"):
+        ud.nn.Softmax2d()(ud.tensor(SEQUENCE[0]))
+
+
+def test_the_functional_forms_name_themselves_in_their_errors():
+    """The errors of ``ud.ops``' forms name the op (the layers' name the layer: ``test_too_small_inputs_...``)."""
+    x = ud.tensor(np.ones((1, 3, 4, 3), np.float32))
+    for call, error, message in [
+        (lambda: ud.ops.pixel_shuffle(x, 2), ud.ShapeMismatchError, "pixel_shuffle: the channels (axis -3) 3 of the "
+                                                                    "input is not divisible by 4 (input shape (1, 3, "
+                                                                    "4, 3))"),
+        (lambda: ud.ops.pixel_unshuffle(x, 2), ud.ShapeMismatchError, "pixel_unshuffle: the width (axis -1) 3 of the "
+                                                                      "input is not divisible by 2"),
+        (lambda: ud.ops.max_pool1d(x, 2), ud.ShapeMismatchError, "max_pool1d expected input of shape (N, C, L) or "
+                                                                 "(C, L), received input of 4 axes"),
+        (lambda: ud.ops.avg_pool1d(x[0], 5), ud.ShapeMismatchError, "avg_pool1d: kernel length 5 is larger than the "
+                                                                    "padded input length 3"),
+        (lambda: ud.ops.max_pool1d(x[0], 2, dilation=2), ValueError, "max_pool1d dilation=2 is not supported"),
+        (lambda: ud.ops.adaptive_max_pool1d(x[0], 2, True), ValueError, "adaptive_max_pool1d return_indices=True is "
+                                                                        "not supported"),
+        (lambda: ud.ops.conv_transpose1d(x[0], x[0], output_padding=1), ValueError, "conv_transpose1d output_padding "
+                                                                                    "(1,) must be smaller than"),
+    ]:
+        with pytest.raises(error) as caught:
+            call()
+        assert str(caught.value).startswith(message), str(caught.value)
 
 
 TOO_SMALL = [  # (layer, input shape, the error's message)

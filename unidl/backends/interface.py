@@ -415,6 +415,12 @@ class Backend(abc.ABC):
         traces, or None where nothing is traced. Python code a graph cannot express raises
         ``GraphConstructError`` naming it."""
 
+    def keras_device(self, device: str) -> Any:
+        """What ``keras.device`` takes for unidl device ``device`` ('cpu', 'cuda:N') on this host: Keras's name
+        ('cpu', 'gpu:N'). A host whose framework lists every process's devices in a data-parallel job gives its
+        own device of this process instead (JAX, where Keras's "cpu" is the job's first device: rank 0's)."""
+        return "cpu" if device == "cpu" else f"gpu:{device.split(':')[1]}"
+
     def keras_train_step_function(self, step: Callable, name: str) -> Callable:
         """Keras's ``Model.train_step`` wrapped as ``step(x, y, *inputs)``, compiled as ``function`` compiles,
         on a backend with ``compiles_keras_train_step``; its step inputs (Python numbers too) are graph inputs

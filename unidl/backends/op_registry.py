@@ -134,10 +134,11 @@ def declare(resolve_ops: Callable, *, name: str | None = None, optional: bool = 
     return register
 
 
-def composed(resolve_ops: Callable, function: Callable, tensors: tuple) -> Callable:
+def composed(resolve_ops: Callable, function: Callable, tensors: tuple, arrays: dict | None = None) -> Callable:
     """``function``, a public function composed of declared ops (not one a backend provides, so not registered),
-    called through a dispatcher that checks its ``tensors`` parameters as a declared op's (``_dispatcher``)."""
-    return _dispatcher(function.__name__, function, resolve_ops, dispatch=False, tensors=tensors)
+    called through a dispatcher that checks its ``tensors`` parameters, and converts its ``arrays`` ones, as a
+    declared op's (``_dispatcher``)."""
+    return _dispatcher(function.__name__, function, resolve_ops, arrays=arrays, dispatch=False, tensors=tensors)
 
 
 def _load_declarations() -> None:

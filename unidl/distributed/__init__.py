@@ -6,8 +6,8 @@ In a job of N processes (``unidl.distributed.launch``, ``unidl train --nproc N``
 loader's seed, which rank 0's value fixes); the backend's engine averages the gradients (torch:
 ``DistributedDataParallel``, gloo on CPU, also around Keras-on-torch's model; tensorflow and
 Keras-on-TensorFlow: ``MultiWorkerMirroredStrategy``'s all-reduce inside the compiled step; jax:
-``jax.distributed`` and XLA's gloo CPU collectives, inside the compiled step too); ``fit``'s logs
-are reduced over the ranks; only rank 0 writes checkpoints and prints progress. So 2 ranks with global
+``jax.distributed`` and XLA's gloo CPU collectives, inside the compiled step too, Keras-on-JAX's as well);
+``fit``'s logs are reduced over the ranks; only rank 0 writes checkpoints and prints progress. So 2 ranks with global
 batch B train the weights 1 process with batch B trains, where every batch splits equally over the ranks (B and
 the last batch divisible by their number, or ``drop_last=True``): a batch split unevenly averages the shares' mean
 gradients with equal weight, as PyTorch DDP does, and ``fit`` warns of such a loader once.

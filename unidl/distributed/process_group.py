@@ -92,7 +92,7 @@ def init(backend: str | None = None, timeout: float = DEFAULT_TIMEOUT, devices=N
         if engine is None:
             raise DistributedError(f"the {backend_object.name} backend has no distributed engine in unidl; "
                                    f"data-parallel training runs on the torch, tensorflow and jax backends and "
-                                   f"on Keras-on-TensorFlow and Keras-on-torch")
+                                   f"on Keras-on-TensorFlow, Keras-on-torch and Keras-on-JAX")
         # (torchrun's own agent already listens on MASTER_PORT, and the engine joins through it)
         if place.rank == 0 and place.source == "unidl's variables" and place.address in (environment.LOOPBACK,
                                                                                        "localhost"):

@@ -406,8 +406,9 @@ class SafetensorsFile:
         return array.astype(array.dtype.newbyteorder("="), copy=False)
 
     def verify(self) -> None:
-        """Check every tensor's bytes against its checksum, in small chunks (no-op without checksums)."""
-        if self.checksums is None:
+        """Check every tensor's bytes against its checksum, in small chunks (no-op without checksums), once: a load
+        whose steps each ask for it (``serialization.checked_load``) reads the file once."""
+        if self.checksums is None or self.__dict__.get("_verified"):
             return
         largest = max((end - begin for begin, end in self._offsets.values()), default=1)
         chunk = bytearray(max(1, min(_CHUNK_BYTES, largest)))
@@ -420,6 +421,7 @@ class SafetensorsFile:
                     raise self._corrupt(f"tensor {name!r} was cut short while reading (file changed or truncated)")
                 crc, done = zlib.crc32(view[:got], crc), done + got
             self._check_tensor(name, crc)
+        self._verified = True
 
     def tensors(self, names=None):
         """Yield ``(name, array)`` for ``names`` (default: all, in file order), one array alive at a time."""

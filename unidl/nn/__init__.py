@@ -2,8 +2,8 @@
 
 from unidl.nn import init
 from unidl.nn.activation import (CELU, ELU, GELU, GLU, SELU, Hardshrink, Hardsigmoid, Hardswish, Hardtanh, LeakyReLU,
-                                 LogSigmoid, LogSoftmax, Mish, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Softmin,
-                                 Softplus, Softshrink, Softsign, Tanh, Tanhshrink, Threshold)
+                                 LogSigmoid, LogSoftmax, Mish, PReLU, ReLU, ReLU6, RReLU, Sigmoid, SiLU, Softmax,
+                                 Softmax2d, Softmin, Softplus, Softshrink, Softsign, Tanh, Tanhshrink, Threshold)
 from unidl.nn.attention import MultiheadAttention
 from unidl.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from unidl.nn.container import ModuleDict, ModuleList, ParameterDict, ParameterList, Sequential
@@ -12,7 +12,7 @@ from unidl.nn.distance import CosineSimilarity, PairwiseDistance
 from unidl.nn.dropout import Dropout, Dropout2d
 from unidl.nn.flatten import Flatten, Unflatten
 from unidl.nn.linear import Identity, Linear
-from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CosineEmbeddingLoss, CrossEntropyLoss, GaussianNLLLoss,
+from unidl.nn.loss import (BCELoss, BCEWithLogitsLoss, CosineEmbeddingLoss, CTCLoss, CrossEntropyLoss, GaussianNLLLoss,
                            HingeEmbeddingLoss, HuberLoss, KLDivLoss, L1Loss, MarginRankingLoss, MSELoss,
                            MultiLabelMarginLoss, MultiLabelSoftMarginLoss, MultiMarginLoss, NLLLoss, PoissonNLLLoss,
                            SmoothL1Loss, SoftMarginLoss, TripletMarginLoss)
@@ -43,12 +43,12 @@ __all__ = [
     "PReLU", "MSELoss", "L1Loss", "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss", "BCELoss", "SmoothL1Loss",
     "HuberLoss", "KLDivLoss", "MarginRankingLoss", "HingeEmbeddingLoss", "SoftMarginLoss", "CosineEmbeddingLoss",
     "TripletMarginLoss", "MultiLabelSoftMarginLoss", "MultiMarginLoss", "MultiLabelMarginLoss", "PoissonNLLLoss",
-    "GaussianNLLLoss", "init",
+    "GaussianNLLLoss", "CTCLoss", "init",
     "Conv1d", "ConvTranspose2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "GroupNorm", "Dropout2d", "Upsample",
     "RMSNorm", "InstanceNorm1d", "InstanceNorm2d",
     "Mish", "Hardswish", "Hardsigmoid", "SELU", "CELU", "Softsign", "LogSigmoid", "Softmin", "GLU", "Tanhshrink",
     "Softshrink", "Hardshrink", "Threshold", "CosineSimilarity", "PairwiseDistance",
     "ZeroPad1d", "ZeroPad2d", "ConstantPad1d", "ConstantPad2d", "ReflectionPad1d", "ReflectionPad2d",
     "ReplicationPad1d", "ReplicationPad2d", "CircularPad1d", "CircularPad2d", "PixelShuffle", "PixelUnshuffle",
-    "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "ConvTranspose1d",
+    "MaxPool1d", "AvgPool1d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d", "ConvTranspose1d", "RReLU", "Softmax2d",
 ]

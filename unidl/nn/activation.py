@@ -21,34 +21,87 @@ def _floats(layer, x):
     return input_checks.as_floating(layer.describe, "input", x)
 
 
-class ReLU(Module):
-    """max(x, 0). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
+class _Inplace(Module):
+    """``inplace`` accepted for PyTorch's signature (not shown by the repr: PyTorch's Hardswish and Hardsigmoid);
+    unidl's ops never modify their input."""
 
     def __init__(self, inplace: bool = False):
         super().__init__()
         self.inplace = bool(inplace)
 
+
+class _InplaceShown(_Inplace):
+    """``inplace`` accepted for PyTorch's signature and shown by the repr, as PyTorch's."""
+
+    def _with_inplace(self, shown: str) -> str:
+        """The repr's ``shown`` arguments followed by ``inplace=True`` where it was given, as PyTorch's."""
+        return ", ".join(part for part in (shown, "inplace=True" if self.inplace else "") if part)
+
+    def extra_repr(self):
+        return self._with_inplace("")
+
+
+class _Elementwise(Module):
+    """An activation that is its functional op of the input alone (``function``, called with ``arguments()``)."""
+
+    function = None
+
+    def arguments(self) -> tuple:
+        return ()
+
+    def forward(self, x):
+        return type(self).function(x, *self.arguments())
+
+
+class ReLU(_InplaceShown):
+    """max(x, 0). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
+
     def forward(self, x):
         input_checks.check_numbers(self.describe, x)
         return self._ops.relu(x)
 
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
 
-
-class LeakyReLU(Module):
+class LeakyReLU(_InplaceShown):
     """x if x > 0 else negative_slope * x (PyTorch's default slope 0.01). ``inplace`` is accepted for PyTorch's
     signature; unidl's ops never modify their input."""
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
-        super().__init__()
-        self.negative_slope, self.inplace = float(negative_slope), bool(inplace)
+        super().__init__(inplace)
+        self.negative_slope = float(negative_slope)
 
     def forward(self, x):
         return self._ops.leaky_relu(_floats(self, x), self.negative_slope)
 
     def extra_repr(self):
-        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"negative_slope={self.negative_slope}")
+
+
+class RReLU(Module):
+    """The randomized leaky ReLU, as ``torch.nn.RReLU``: x if x > 0 else a * x. In training every element of
+    x <= 0 draws its own slope a uniformly from [lower, upper], its gradient a; in eval a = (lower + upper) / 2.
+    The slopes come from the backend's generator (``Backend.generator``, seeded by ``ud.manual_seed``), as
+    ``Dropout``'s masks: a fresh draw at every call, inside a compiled ``train_step`` too, and, as those masks,
+    differing across backends. ``lower > upper`` is a ``ValueError``; ``inplace`` is PyTorch's signature (never in
+    place).
+
+    Args:
+        lower: the smallest slope (1/8).
+        upper: the largest slope (1/3).
+        inplace: accepted, and shown by the repr, as PyTorch's.
+    """
+
+    def __init__(self, lower: float = 1.0 / 8, upper: float = 1.0 / 3, inplace: bool = False):
+        super().__init__()
+        self.lower, self.upper = activation_ops.rrelu_bounds("RReLU", lower, upper)
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        x = _floats(self, x)
+        return activation_ops.rrelu(x, self.lower, self.upper, self.training,
+                                    generator=self._backend.generator() if self.training else None)
+
+    def extra_repr(self):
+        return f"lower={self.lower}, upper={self.upper}" + (", inplace=True" if self.inplace else "")
 
 
 class Sigmoid(Module):
@@ -81,6 +134,18 @@ class Softmax(Module):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class Softmax2d(Module):
+    """Softmax over the channels of each position of (N, C, H, W) or (C, H, W) input (axis -3), as
+    ``torch.nn.Softmax2d``; another rank is a ``ShapeMismatchError`` (PyTorch's ``ValueError``)."""
+
+    def forward(self, x):
+        rank = len(tuple(x.shape))
+        if rank not in (3, 4):
+            raise ShapeMismatchError(f"{self.describe()}: expected input to be 3D or 4D, (N, C, H, W) or (C, H, W), "
+                                     f"got {rank}D instead")
+        return self._ops.softmax(_floats(self, x), -3)
 
 
 class LogSoftmax(Module):
@@ -118,32 +183,25 @@ class GELU(Module):
         return f"approximate={self.approximate!r}"
 
 
-class SiLU(Module):
+class SiLU(_InplaceShown):
     """x * sigmoid(x). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
-
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = bool(inplace)
 
     def forward(self, x):
         return self._ops.silu(_floats(self, x))
 
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
 
-
-class ELU(Module):
+class ELU(_InplaceShown):
     """x if x > 0 else alpha * (exp(x) - 1)."""
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
-        super().__init__()
-        self.alpha, self.inplace = float(alpha), bool(inplace)
+        super().__init__(inplace)
+        self.alpha = float(alpha)
 
     def forward(self, x):
         return self._ops.elu(_floats(self, x), self.alpha)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"alpha={self.alpha}")
 
 
 class Softplus(Module):
@@ -163,16 +221,16 @@ class Softplus(Module):
         return "beta={}, threshold={}".format(*self._given)
 
 
-class Hardtanh(Module):
+class Hardtanh(_InplaceShown):
     """x limited to [min_val, max_val] (gradient 1 strictly inside, 0 outside)."""
 
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False):
-        super().__init__()
+        super().__init__(inplace)
         if not max_val > min_val:
             raise ValueError(f"{type(self).__name__} max_val must be greater than min_val, got "
                              f"min_val={min_val!r}, max_val={max_val!r}")
         self.min_val, self.max_val = float(min_val), float(max_val)
-        self.inplace, self._given = bool(inplace), (min_val, max_val)  # (the repr's, as PyTorch's)
+        self._given = (min_val, max_val)  # (the repr's, as PyTorch's)
 
     def forward(self, x):
         input_checks.check_numbers(self.describe, x)
@@ -180,7 +238,7 @@ class Hardtanh(Module):
         return self._ops.hardtanh(x, self.min_val, self.max_val)
 
     def extra_repr(self):
-        return "min_val={}, max_val={}".format(*self._given) + (", inplace=True" if self.inplace else "")
+        return self._with_inplace("min_val={}, max_val={}".format(*self._given))
 
 
 class ReLU6(Hardtanh):
@@ -190,7 +248,7 @@ class ReLU6(Hardtanh):
         super().__init__(0.0, 6.0, inplace)
 
     def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
+        return self._with_inplace("")
 
 
 class PReLU(Module):
@@ -221,71 +279,45 @@ class PReLU(Module):
         return f"num_parameters={self.num_parameters}"
 
 
-class _Elementwise(Module):
-    """An activation that is its functional op of the input alone (``function``, called with ``arguments()``)."""
-
-    function = None
-
-    def arguments(self) -> tuple:
-        return ()
-
-    def forward(self, x):
-        return type(self).function(x, *self.arguments())
-
-
-class _Inplace(_Elementwise):
-    """``inplace`` accepted for PyTorch's signature (not shown by the repr: PyTorch's Hardswish and Hardsigmoid)."""
-
-    def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = bool(inplace)
-
-
-class _InplaceShown(_Inplace):
-    """``inplace`` accepted for PyTorch's signature and shown by the repr, as PyTorch's."""
-
-    def extra_repr(self):
-        return "inplace=True" if self.inplace else ""
-
-
-class Mish(_InplaceShown):
+class Mish(_InplaceShown, _Elementwise):
     """x * tanh(softplus(x))."""
 
     function = staticmethod(activation_ops.mish)
 
 
-class Hardswish(_Inplace):
+class Hardswish(_Inplace, _Elementwise):
     """x * relu6(x + 3) / 6 (gradient 0 at -3 and 1 at 3, as PyTorch's)."""
 
     function = staticmethod(activation_ops.hardswish)
 
 
-class Hardsigmoid(_Inplace):
+class Hardsigmoid(_Inplace, _Elementwise):
     """relu6(x + 3) / 6 (gradient 1/6 strictly inside (-3, 3), 0 elsewhere)."""
 
     function = staticmethod(activation_ops.hardsigmoid)
 
 
-class SELU(_InplaceShown):
+class SELU(_InplaceShown, _Elementwise):
     """scale * elu(x, alpha), alpha = 1.6732632..., scale = 1.0507009... (PyTorch's constants)."""
 
     function = staticmethod(activation_ops.selu)
 
 
-class CELU(_Elementwise):
-    """x if x > 0 else alpha * (exp(x / alpha) - 1); ``alpha=0`` is a ``ValueError`` (PyTorch's error)."""
+class CELU(_InplaceShown, _Elementwise):
+    """x if x > 0 else alpha * (exp(x / alpha) - 1), for any non-zero ``alpha``; ``alpha=0``, which PyTorch refuses
+    when it runs (a RuntimeError), is a ``ValueError`` when the layer is built."""
 
     function = staticmethod(activation_ops.celu)
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
-        super().__init__()
-        self.alpha, self.inplace = activation_ops.celu_alpha("CELU", alpha), bool(inplace)  # (as given: the repr)
+        super().__init__(inplace)
+        self.alpha = activation_ops.celu_alpha("CELU", alpha)  # (as given: the repr's, as PyTorch's)
 
     def arguments(self):
         return (self.alpha,)
 
     def extra_repr(self):
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"alpha={self.alpha}")
 
 
 class Softsign(_Elementwise):
@@ -341,7 +373,7 @@ class _Shrink(_Elementwise):
 
     def __init__(self, lambd: float = 0.5):
         super().__init__()
-        self.lambd, self._given = self._checked(lambd), lambd
+        self.lambd = self._checked(lambd)
 
     @staticmethod
     def _checked(lambd):
@@ -351,11 +383,12 @@ class _Shrink(_Elementwise):
         return (self.lambd,)
 
     def extra_repr(self):
-        return f"{self._given}"
+        return f"{self.lambd}"
 
 
 class Softshrink(_Shrink):
-    """x - lambd above lambd, x + lambd below -lambd, 0 between (``lambd`` >= 0, else a ``ValueError``)."""
+    """x - lambd above lambd, x + lambd below -lambd, 0 between. A negative ``lambd``, which PyTorch refuses when it
+    runs (a RuntimeError), is a ``ValueError`` when the layer is built."""
 
     function = staticmethod(activation_ops.softshrink)
 
@@ -371,22 +404,21 @@ class Hardshrink(_Shrink):
 
     @staticmethod
     def _checked(lambd):
-        return arguments.plain_number("Hardshrink", "lambd", lambd)
+        return activation_ops.number("Hardshrink", "lambd", lambd)
 
 
-class Threshold(_Elementwise):
+class Threshold(_InplaceShown, _Elementwise):
     """x where x > threshold, else ``value`` (integers stay integers, as PyTorch's)."""
 
     function = staticmethod(activation_ops.threshold)
 
     def __init__(self, threshold: float, value: float, inplace: bool = False):
-        super().__init__()
-        self.threshold = arguments.plain_number("Threshold", "threshold", threshold)
-        self.value = arguments.plain_number("Threshold", "value", value)
-        self.inplace = bool(inplace)
+        super().__init__(inplace)
+        self.threshold = activation_ops.number("Threshold", "threshold", threshold)
+        self.value = activation_ops.number("Threshold", "value", value)
 
     def arguments(self):
         return (self.threshold, self.value)
 
     def extra_repr(self):
-        return f"threshold={self.threshold}, value={self.value}" + (", inplace=True" if self.inplace else "")
+        return self._with_inplace(f"threshold={self.threshold}, value={self.value}")

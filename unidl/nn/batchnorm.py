@@ -46,6 +46,7 @@ class _BatchNorm(Module):
 
     ranks: tuple[int, ...] = ()
     _optional_buffers = ("num_batches_tracked",)  # files saved before unidl kept the counter load as they did
+    _version = 2  # torch's _NormBase's (with num_batches_tracked): its state dicts' metadata, which hooks read
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, *, bias: bool = True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from unidl import arguments, input_checks, ops as functional, spatial_ops
+from unidl import arguments, input_checks, ops as functional, spatial1d_ops, spatial_ops
 from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
@@ -233,9 +233,8 @@ class _ConvTransposeNd(_ConvNd):
             y = functional.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, padding, self.groups,
                                             self.dilation)
         else:
-            y = functional.squeeze(functional.conv_transpose2d(
-                functional.unsqueeze(x, 2), functional.unsqueeze(self.weight, 2), self.bias, (1,) + self.stride,
-                (0,) + self.padding, (0,) + tuple(padding), self.groups, (1,) + self.dilation), 2)
+            y = spatial1d_ops.transposed1d(x, self.weight, self.bias, self.stride, self.padding, tuple(padding),
+                                           self.groups, self.dilation)
         return y if crop is None else spatial_ops.cropped(y, crop)
 
 

@@ -10,12 +10,13 @@ from unidl.nn.module import Module
 
 class CosineSimilarity(Module):
     """sum(x1 / max(||x1||, eps) * x2 / max(||x2||, eps)) along ``dim`` of the two inputs broadcast together,
-    each norm clamped on its own, as PyTorch computes it."""
+    each norm clamped on its own, as PyTorch computes it. A negative ``eps``, which PyTorch refuses when it runs (a
+    RuntimeError), is a ``ValueError`` when the layer is built."""
 
     def __init__(self, dim: int = 1, eps: float = 1e-8):
         super().__init__()
         self.dim = arguments.axis("CosineSimilarity", "dim", dim, optional=False)
-        self.eps = arguments.plain_number("CosineSimilarity", "eps", eps)
+        self.eps = activation_ops.cosine_eps("CosineSimilarity", eps)
 
     def forward(self, x1, x2):
         return activation_ops.cosine_similarity(x1, x2, self.dim, self.eps)
@@ -28,9 +29,9 @@ class PairwiseDistance(Module):
 
     def __init__(self, p: float = 2.0, eps: float = 1e-6, keepdim: bool = False):
         super().__init__()
-        self.norm = arguments.plain_number("PairwiseDistance", "p", p)
-        self.eps = arguments.plain_number("PairwiseDistance", "eps", eps)
-        self.keepdim = bool(keepdim)
+        self.norm = activation_ops.number("PairwiseDistance", "p", p)
+        self.eps = activation_ops.number("PairwiseDistance", "eps", eps)
+        self.keepdim = arguments.boolean("PairwiseDistance", "keepdim", keepdim)
 
     def forward(self, x1, x2):
         return activation_ops.pairwise_distance(x1, x2, self.norm, self.eps, self.keepdim)

@@ -26,8 +26,8 @@ FORWARD_TABLES = ("_forward_pre_hooks", "_forward_hooks")
 
 class RemovableHandle:
     """What ``register_forward_hook``, ``register_forward_pre_hook`` and the state-dict hooks' registrations
-    (``register_state_dict_pre_hook``, ``register_load_state_dict_post_hook``, ...) return, as torch's: ``remove()`` takes the hook off (a second ``remove()`` does nothing); a ``with`` block removes it at
-    its end."""
+    (``register_state_dict_pre_hook``, ``register_load_state_dict_post_hook``, ...) return, as torch's:
+    ``remove()`` takes the hook off (a second ``remove()`` does nothing); a ``with`` block removes it at its end."""
 
     def __init__(self, module, table_name: str):
         self.id = next(_handle_ids)
@@ -48,8 +48,8 @@ class RemovableHandle:
 
 def register(module, table_name: str, hook, prepend: bool, flags: dict, method: str) -> RemovableHandle:
     """File ``hook`` in ``module``'s table ``table_name`` (``_forward_pre_hooks``, ``_forward_hooks``,
-    ``_state_dict_pre_hooks``, ``_load_state_dict_post_hooks``, ...) with its ``flags`` (``with_kwargs``, ``always_call``), first with ``prepend``; the
-    table is made on first use."""
+    ``_state_dict_pre_hooks``, ``_load_state_dict_post_hooks``, ...) with its ``flags`` (``with_kwargs``,
+    ``always_call``), first with ``prepend``; the table is made on first use."""
     if not callable(hook):
         raise TypeError(f"{type(module).__name__}.{method}: the hook must be callable, got {type(hook).__name__}")
     owner = f"{type(module).__name__}.{method}"

@@ -38,5 +38,8 @@ def ones(shape) -> np.ndarray:
 
 
 def normal(shape, mean: float = 0.0, std: float = 1.0) -> np.ndarray:
-    """Samples of N(mean, std^2) (``Embedding``'s default weights, as PyTorch's ``normal_``)."""
-    return mean + std * _random.generator().standard_normal(size=tuple(shape))
+    """Samples of N(mean, std^2) (``Embedding``'s default weights, as PyTorch's ``normal_``). The generator scales
+    and shifts its draws itself (the same values as ``mean + std * standard_normal``): inside
+    ``unidl.random.shape_only`` that arithmetic made a full array of the zero-stride draw, so ``ud.load`` of a
+    file whose config claims a huge ResNet spent seconds and gigabytes before refusing it."""
+    return _random.generator().normal(mean, std, size=tuple(shape))

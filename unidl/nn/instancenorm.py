@@ -31,6 +31,8 @@ class _InstanceNorm(Module):
     parameters would not fit it), and PyTorch's warning without (``num_features`` is then unused).
     """
 
+    _version = 2  # torch's _NormBase's: its state dicts' metadata, which hooks read
+
     spatial = 1  # positions' axes of a batched input: (N, C, L) or (N, C, H, W)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = False,

@@ -34,50 +34,81 @@ def has_hooks(model, table: str) -> bool:
 def walk(model, state_dict) -> Walk:
     """Walk ``model`` as torch's ``load_state_dict`` does, writing nothing: ``hook(module, state_dict, prefix,
     local_metadata, strict, missing_keys, unexpected_keys, error_msgs)`` of each module's load pre-hooks on a copy
-    of the state dict (a child's: its parent's after the parent's hooks, its own keys only, so that a hook may rename
-    or drop them), then its parameters, persistent buffers and extra state, then its children. ``strict`` is True
-    whatever the load's, as torch passes it (the keys are collected either way; the load decides). A key is unexpected
-    where the module it names (torch's rule: the first part after the prefix a child, else its own) has no such
-    entry."""
-    from unidl.nn.module import EXTRA_STATE_KEY, ExtraState, Module
-
+    of the state dict (a child's: its parent's after the parent's hooks, its own keys only, so that a hook may
+    rename or drop them), then its parameters, persistent buffers and extra state, then its children. ``strict`` is
+    True whatever the load's, as torch passes it (the keys are collected either way; the load decides). A key is
+    unexpected where the module it names (torch's rule: the first part after the prefix a child, else its own) has
+    no such entry; a child set to None takes every key under its name, as torch's. Each module reads only the keys
+    under its prefix (its parent hands them on, sorted by child), and a copy is made only for a module with
+    pre-hooks: a model without them costs one pass per level of depth, not a copy of the dict per module."""
     metadata = getattr(state_dict, "_metadata", None)
     result = Walk()
 
-    def visit(module, local, prefix):
-        local_metadata = {} if metadata is None else metadata.get(prefix[:-1], {})
-        for hook, _ in tuple(module.__dict__.get("_load_state_dict_pre_hooks", {}).values()):
-            hook(module, local, prefix, local_metadata, True, result.missing, result.unexpected, result.errors)
-        left_out = module.__dict__.get("_non_persistent", ())
-        own = [(name, value) for name, value in module._parameters.items() if value is not None]
-        own += [(name, value) for name, value in module._buffers.items() if value is not None and name not in left_out]
-        if type(module).set_extra_state is not Module.set_extra_state:
-            own.append((EXTRA_STATE_KEY, ExtraState(module)))
-        for name, entry in own:
-            key = prefix + name
-            result.entries[key] = entry
-            if key in local:
-                result.found[key] = local[key]
-            elif name not in type(module)._optional_buffers:
-                result.missing.append(key)
-        names = {name for name, _ in own}
-        for key in local:
-            if not isinstance(key, str):  # (the top's only: no child's copy holds one)
+    def visit(module, keys, source, prefix):
+        hooks = module.__dict__.get("_load_state_dict_pre_hooks")
+        if hooks:  # (the hooks' own copy, which they may change: a rename is seen from here down)
+            source = OrderedDict((key, source[key]) for key in keys)
+            local_metadata = {} if metadata is None else metadata.get(prefix[:-1], {})
+            for hook, _ in tuple(hooks.values()):
+                hook(module, source, prefix, local_metadata, True, result.missing, result.unexpected, result.errors)
+            keys = list(source)
+        names = _take_own(module, prefix, source, result)
+        children = {}
+        for key in keys:
+            if not isinstance(key, str):  # (the top's only: no child is handed one)
                 result.unexpected.append(key)
-            elif key.startswith(prefix):
-                head = key[len(prefix):].split(".", 1)
-                if (head[0] not in module._modules) if len(head) > 1 else (head[0] not in names):
-                    result.unexpected.append(key)
+                continue
+            head, dot, _ = key[len(prefix):].partition(".")
+            if dot and head in module._modules:
+                children.setdefault(head, []).append(key)
+            elif dot or head not in names:
+                result.unexpected.append(key)
         for name, child in module._modules.items():
             if child is not None:
-                child_prefix = f"{prefix}{name}."
-                visit(child, {key: value for key, value in local.items()
-                              if isinstance(key, str) and key.startswith(child_prefix)},
-                      child_prefix)
+                visit(child, children.get(name, ()), source, f"{prefix}{name}.")
         result.ends.append((module, len(result.missing), len(result.unexpected)))
 
-    visit(model, OrderedDict(state_dict), "")
+    state_dict = OrderedDict(state_dict)
+    visit(model, list(state_dict), state_dict, "")
     return result
+
+
+def _take_own(module, prefix: str, source, result: Walk) -> set:
+    """Note ``module``'s parameters, persistent buffers and extra state (torch's order) in ``result``: each an
+    entry, found in ``source`` or missing (unless optional). Returns their names."""
+    from unidl.nn.module import EXTRA_STATE_KEY, ExtraState, Module
+
+    left_out = module.__dict__.get("_non_persistent", ())
+    own = [(name, value) for name, value in module._parameters.items() if value is not None]
+    own += [(name, value) for name, value in module._buffers.items() if value is not None and name not in left_out]
+    if type(module).set_extra_state is not Module.set_extra_state:
+        own.append((EXTRA_STATE_KEY, ExtraState(module)))
+    for name, entry in own:
+        key = prefix + name
+        result.entries[key] = entry
+        if key in source:
+            result.found[key] = source[key]
+        elif name not in type(module)._optional_buffers:
+            result.missing.append(key)
+    return {name for name, _ in own}
+
+
+def key_problems(strict: bool, missing: list, unexpected: list, entries: dict, shapes: dict) -> list[str]:
+    """A strict load's complaints about ``missing`` and ``unexpected`` keys (``walk``'s, or its post-hooks'), each
+    with what it should hold (``entries``: ``Walk.entries``) or holds (``shapes``: an unexpected key's shape; a key a
+    hook added may be in neither). One wording for ``load_state_dict`` and the file loads."""
+    from unidl.nn.module import ExtraState
+
+    if not strict:
+        return []
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(
+            f"{k} ({ExtraState.expected(entries[k])})" if k in entries else k for k in missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(
+            f"{k} (shape {tuple(shapes[k])})" if k in shapes else k for k in unexpected))
+    return problems
 
 
 def run_post_hooks(found: Walk) -> IncompatibleKeys:

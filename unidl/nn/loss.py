@@ -2,7 +2,7 @@
 ``BCELoss``, ``SmoothL1Loss``, ``HuberLoss``, ``KLDivLoss``; the margin and embedding losses ``MarginRankingLoss``,
 ``HingeEmbeddingLoss``, ``SoftMarginLoss``, ``CosineEmbeddingLoss``, ``TripletMarginLoss``; the multi-class and
 multi-label ones ``MultiLabelSoftMarginLoss``, ``MultiMarginLoss``, ``MultiLabelMarginLoss``; and the likelihoods
-``PoissonNLLLoss``, ``GaussianNLLLoss`` (PyTorch's ``CTCLoss`` is not here).
+``PoissonNLLLoss``, ``GaussianNLLLoss``; and the sequence loss ``CTCLoss``.
 
 Each takes ``reduction`` in {'mean', 'sum', 'none'} (``KLDivLoss`` also 'batchmean') and follows PyTorch's
 definition, which every backend implements with the same arithmetic. Element-wise losses need prediction and
@@ -13,11 +13,9 @@ A class ``weight`` is a buffer named ``weight``, as in PyTorch's ``state_dict()`
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from unidl import arguments, input_checks, ops as functional
+from unidl import arguments, ctc, input_checks, loss_ops, ops as functional
 from unidl.errors import DtypeMismatchError
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating
 from unidl.nn.module import Module
@@ -30,7 +28,7 @@ class _Loss(Module):
 
     def __init__(self, reduction: str = "mean", *, size_average=None, reduce=None):
         super().__init__()
-        _refuse_legacy_reduction(type(self).__name__, size_average, reduce)
+        loss_ops.refuse_legacy_reduction(type(self).__name__, size_average, reduce)
         self.reduction = input_checks.check_reduction(type(self).__name__, reduction, self.reductions)
 
     def _check_same_shape(self, prediction, target):
@@ -40,16 +38,6 @@ class _Loss(Module):
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
-
-
-def _refuse_legacy_reduction(owner: str, size_average, reduce) -> None:
-    """A ``ValueError`` for PyTorch's deprecated ``size_average`` and ``reduce`` (given by keyword, or positionally
-    where PyTorch's signature has them), naming the ``reduction=`` to give instead: read as PyTorch reads them, a
-    ported call would silently reduce another way."""
-    if size_average is not None or reduce is not None:
-        raise ValueError(f"{owner} does not take PyTorch's deprecated size_average and reduce (got size_average="
-                         f"{size_average!r}, reduce={reduce!r}); give reduction= instead: reduction='mean' "
-                         f"(size_average=True), 'sum' (size_average=False) or 'none' (reduce=False)")
 
 
 class MSELoss(_Loss):
@@ -270,64 +258,13 @@ class NLLLoss(_WeightedClassLoss):
         return functional.nll_loss(log_probabilities, labels, self.weight, self.ignore_index, self.reduction)
 
 
-# ---- margin, embedding, multi-label and likelihood losses: composed of ud.ops, as torch.nn defines them ----------
-
-def _same_shape_operands(loss, names: tuple, *tensors):
-    """``tensors`` in the one dtype ``torch.result_type`` gives them (integers: floats of the dtype in force), after
-    checking that each has the first's shape: a ``ShapeMismatchError`` naming both, eagerly and in graphs."""
-    first, others = tensors[0], []
-    for other in tensors[1:]:
-        first, other = input_checks.loss_operands(loss.describe, first, other)
-        others.append(other)
-    others = [functional.cast_like(other, first) for other in others]
-    for name, other in zip(names[1:], others):
-        first = input_checks.check_same_shape(type(loss).__name__, first, other, names=(names[0], name))
-    return (first, *others)
-
-
-def _operands_in_input_dtype(loss, x, target):
-    """``x`` (integers: floats of the dtype in force) and ``target`` cast to its dtype, after checking that they
-    have one shape: PyTorch's hinge and soft-margin kernels compute in the input's dtype, whatever the target's."""
-    x = input_checks.as_floating(loss.describe, "input", input_checks.as_tensor(loss.describe, "input", x))
-    target = input_checks.as_tensor(loss.describe, "target", target)
-    x = input_checks.check_same_shape(type(loss).__name__, x, target, names=("input", "target"))
-    return x, functional.cast_like(target, x)
-
-
-def _require_shapes(loss, wanted: str, tensors: dict, condition, x):
-    """``x``, after checking ``condition`` (a bool, or a boolean scalar tensor where a graph knows the sizes only when
-    it runs): otherwise a ``ShapeMismatchError`` '``<loss> needs <wanted>; got <name> <shape>, ...``', now or then."""
-    sizes = {name: input_checks.sizes_of(tensor) for name, tensor in tensors.items()}
-
-    def template():
-        got = ", ".join(f"{name} {input_checks.shape_template(len(s))}" for name, s in sizes.items())
-        return f"{type(loss).__name__} needs {wanted}; got {got}"
-
-    return input_checks.require(x, condition, template, tuple(size for s in sizes.values() for size in s))
-
-
-def _equal_sizes(a: tuple, b: tuple):
-    """Whether sizes ``a`` and ``b`` (ints, or scalar tensors a graph knows when it runs) are the same shape."""
-    return len(a) == len(b) and input_checks.all_of([input_checks.holds(m == n) for m, n in zip(a, b)])
-
-
-def _hinge(x, strict: bool = False):
-    """max(x, 0). PyTorch's ``clamp_min`` passes the gradient at 0 (``strict`` False); its multi-class margin kernels
-    count a term only where it is positive (``strict``: no gradient at 0)."""
-    if strict:
-        return functional.where(x > 0, x, functional.zeros_like(x))
-    return functional.clip(x, 0.0)
-
-
-def _positions(size):
-    """0, 1, ..., size - 1 as int64 (``size``: an int, or a graph's scalar tensor)."""
-    return functional.arange(0, size if isinstance(size, int) else functional.cast(size, "int64"), 1, "int64")
-
+# ---- margin, embedding, multi-label and likelihood losses: each calls its function of ``ud.ops`` (loss_ops.py) ------
 
 class MarginRankingLoss(_Loss):
     """reduce(max(0, -y * (x1 - x2) + margin)): ``target`` y is 1 where ``input1`` should rank higher, -1 where
     ``input2`` should, as ``torch.nn.MarginRankingLoss``. The three have one shape (a ``ShapeMismatchError``
-    otherwise; PyTorch checks their ranks and broadcasts); y's values are not checked, as in PyTorch."""
+    otherwise; PyTorch checks their ranks and broadcasts); y's values are not checked, as in PyTorch
+    (``ud.ops.margin_ranking_loss``)."""
 
     _tensor_arguments = 3
 
@@ -336,8 +273,7 @@ class MarginRankingLoss(_Loss):
         self.margin = float(margin)
 
     def forward(self, input1, input2, target):
-        input1, input2, target = _same_shape_operands(self, ("input1", "input2", "target"), input1, input2, target)
-        return functional._reduced(_hinge(self.margin - target * (input1 - input2)), self.reduction)
+        return loss_ops._margin_ranking_loss(type(self).__name__, input1, input2, target, self.margin, self.reduction)
 
     def extra_repr(self):
         return f"margin={self.margin}, reduction={self.reduction!r}"
@@ -345,18 +281,15 @@ class MarginRankingLoss(_Loss):
 
 class HingeEmbeddingLoss(_Loss):
     """reduce(l), l = x where y = 1, max(0, margin - x) where y = -1, as ``torch.nn.HingeEmbeddingLoss`` (x: a
-    distance). PyTorch does not check y's values: any other value adds both terms, here too."""
+    distance). PyTorch does not check y's values: any other value adds both terms, here too
+    (``ud.ops.hinge_embedding_loss``)."""
 
     def __init__(self, margin: float = 1.0, size_average=None, reduce=None, reduction: str = "mean"):
         super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.margin = float(margin)
 
     def forward(self, x, target):
-        x, target = _operands_in_input_dtype(self, x, target)
-        zeros = functional.zeros_like(x)
-        losses = (functional.where(target != 1, _hinge(self.margin - x), zeros)
-                  + functional.where(target != -1, x, zeros))
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._hinge_embedding_loss(type(self).__name__, x, target, self.margin, self.reduction)
 
     def extra_repr(self):
         return f"margin={self.margin}, reduction={self.reduction!r}"
@@ -373,21 +306,17 @@ class SoftMarginLoss(_UnparameterizedLoss):
     """reduce(log(1 + exp(-y * x))), the logistic loss of targets y in {1, -1}, as ``torch.nn.SoftMarginLoss``
     (y's values are not checked, as in PyTorch), in the input's dtype. Computed as max(z, 0) + log1p(exp(-|z|)),
     z = -y * x: PyTorch's value and gradient wherever its log1p(exp(z)) is finite, and finite where that overflows
-    (past 88 in float32: inf, and a NaN gradient)."""
+    (past 88 in float32: inf, and a NaN gradient) (``ud.ops.soft_margin_loss``)."""
 
     def forward(self, x, target):
-        x, target = _operands_in_input_dtype(self, x, target)
-        z = -target * x
-        positive = z > 0
-        below = functional.where(positive, -z, z)  # -|z|, whose gradient at z = 0 is +1: sigmoid(0) in all
-        losses = functional.where(positive, z, functional.zeros_like(z)) + functional.log1p(functional.exp(below))
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._soft_margin_loss(type(self).__name__, x, target, self.reduction)
 
 
 class CosineEmbeddingLoss(_Loss):
     """reduce(l), l = 1 - cos(x1, x2) where y = 1, max(0, cos(x1, x2) - margin) where y = -1 (0 for any other y),
     as ``torch.nn.CosineEmbeddingLoss``; cos = x1 . x2 / sqrt((|x1|^2 + 1e-12) (|x2|^2 + 1e-12)), PyTorch's.
-    Inputs (N, D) with a target (N,), or one pair (D,) with a target (); anything else is a ``ShapeMismatchError``."""
+    Inputs (N, D) with a target (N,), or one pair (D,) with a target (); anything else is a ``ShapeMismatchError``
+    (``ud.ops.cosine_embedding_loss``)."""
 
     _tensor_arguments = 3
 
@@ -396,20 +325,8 @@ class CosineEmbeddingLoss(_Loss):
         self.margin = float(margin)
 
     def forward(self, input1, input2, target):
-        input1, input2 = input_checks.loss_operands(self.describe, input1, input2)
-        target = input_checks.as_tensor(self.describe, "target", target)
-        a, b, t = (input_checks.sizes_of(x) for x in (input1, input2, target))
-        fits = len(t) in (0, 1) and len(a) == len(t) + 1 and input_checks.all_of(
-            [_equal_sizes(a, b)] + ([input_checks.holds(a[0] == t[0])] if t else []))
-        input1 = _require_shapes(self, "input1 and input2 of shape (N, D) and a target of shape (N,), or (D,), (D,) "
-                                 "and ()", {"input1": input1, "input2": input2, "target": target}, fits, input1)
-        products = functional.sum(input1 * input2, -1)
-        squares = [functional.sum(x * x, -1) + 1e-12 for x in (input1, input2)]
-        cosine = products / functional.sqrt(squares[0] * squares[1])
-        zeros = functional.zeros_like(cosine)
-        losses = (functional.where(target == 1, 1 - cosine, zeros)
-                  + functional.where(target == -1, _hinge(cosine - self.margin), zeros))
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._cosine_embedding_loss(type(self).__name__, input1, input2, target, self.margin,
+                                               self.reduction)
 
     def extra_repr(self):
         return f"margin={self.margin}, reduction={self.reduction!r}"
@@ -417,7 +334,8 @@ class CosineEmbeddingLoss(_Loss):
 
 class TripletMarginLoss(_Loss):
     """reduce(max(0, margin + d(a, p) - d(a, n))), d(x, y) = ||x - y + eps||_p along the last axis, as
-    ``torch.nn.TripletMarginLoss``; with ``swap``, d(a, n) is min(d(a, n), d(p, n)) (the distance swap).
+    ``torch.nn.TripletMarginLoss``; with ``swap``, d(a, n) is min(d(a, n), d(p, n)) (the distance swap;
+    ``ud.ops.triplet_margin_loss``).
 
     Args:
         margin: positive (PyTorch refuses 0 and below, a ``ValueError`` here too).
@@ -435,20 +353,12 @@ class TripletMarginLoss(_Loss):
     def __init__(self, margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
                  size_average=None, reduce=None, reduction: str = "mean"):
         super().__init__(reduction, size_average=size_average, reduce=reduce)
-        if not margin > 0:
-            raise ValueError(f"TripletMarginLoss: expected margin to be greater than 0, got {margin} instead")
-        self.margin, self.p, self.eps, self.swap = float(margin), float(p), float(eps), bool(swap)
-
-    def _distance(self, x, y):
-        return functional.pairwise_distance(x, y, self.p, self.eps)  # (torch's, with its gradients at 0)
+        self.margin, self.p = loss_ops.triplet_margin_options("TripletMarginLoss", margin, p)
+        self.eps, self.swap = float(eps), bool(swap)
 
     def forward(self, anchor, positive, negative):
-        anchor, positive, negative = _same_shape_operands(self, ("anchor", "positive", "negative"), anchor, positive,
-                                                          negative)
-        closest = self._distance(anchor, negative)
-        if self.swap:
-            closest = functional.minimum(closest, self._distance(positive, negative))
-        return functional._reduced(_hinge(self.margin + self._distance(anchor, positive) - closest), self.reduction)
+        return loss_ops._triplet_margin_loss(type(self).__name__, anchor, positive, negative, self.margin, self.p,
+                                             self.eps, self.swap, self.reduction)
 
     def extra_repr(self):
         return f"margin={self.margin}, p={self.p}, eps={self.eps}, swap={self.swap}, reduction={self.reduction!r}"
@@ -468,7 +378,8 @@ def _class_weight_buffer(loss, weight) -> None:
 class MultiLabelSoftMarginLoss(_Loss):
     """Multi-label one-versus-all logistic loss, as ``torch.nn.MultiLabelSoftMarginLoss``: for scores x (N, C) (or
     one sample's (C,)) and 0/1 targets y of their shape, l_n = -mean_c(w_c (y log sigmoid(x) + (1 - y)
-    log sigmoid(-x))), then reduced over the samples. ``weight``: one value per class (a buffer), or None."""
+    log sigmoid(-x))), then reduced over the samples. ``weight``: one value per class (a buffer), or None
+    (``ud.ops.multilabel_soft_margin_loss``)."""
 
     def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
         if isinstance(weight, str):  # MultiLabelSoftMarginLoss('sum'): the reduction, positionally
@@ -477,52 +388,16 @@ class MultiLabelSoftMarginLoss(_Loss):
         _class_weight_buffer(self, weight)
 
     def forward(self, x, target):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
-        losses = target * functional.softplus(-x) + (1 - target) * functional.softplus(x)
-        if self.weight is not None:
-            weight = input_checks.weight_like(type(self).__name__, "weight", self.weight, losses)
-            losses = input_checks.check_broadcasts_to(type(self).__name__, "weight", weight, losses) * weight
-        losses = functional.sum(losses, -1) / functional._count(functional.shape(x)[-1:], losses)
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._multilabel_soft_margin_loss(type(self).__name__, x, target, self.weight, self.reduction)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}, weight={self.weight is not None}"
 
 
-def _class_scores(loss, scores, labels, labels_wanted: str):
-    """``(scores, labels, one)``: scores (C,) or (N, C) as floats and integer ``labels`` of the shape
-    ``labels_wanted`` describes ('(N,)': one label a sample, () or (1,) for scores (C,), else the scores' shape), as
-    (N, C) and their labels (``one``: the sample was unbatched with a label (), whose loss has no batch axis); a
-    ``ShapeMismatchError`` naming both shapes otherwise."""
-    labels = input_checks.check_integer(type(loss).__name__, "target", labels)
-    scores = input_checks.as_floating(loss.describe, "input", input_checks.as_tensor(loss.describe, "input", scores))
-    a, t = input_checks.sizes_of(scores), input_checks.sizes_of(labels)
-    per_sample = labels_wanted == "(N,)"
-    if per_sample:
-        if len(a) == 2:
-            fits = len(t) == 1 and input_checks.holds(a[0] == t[0])
-        else:
-            fits = len(a) == 1 and (len(t) == 0 or (len(t) == 1 and input_checks.holds(t[0] == 1)))
-        wanted = "input of shape (N, C) and integer target of shape (N,), or (C,) and () or (1,)"
-    else:
-        fits = len(a) in (1, 2) and _equal_sizes(a, t)
-        wanted = "input of shape (N, C) or (C,) and an integer target of its shape"
-    scores = _require_shapes(loss, wanted, {"input": scores, "target": labels}, fits, scores)
-    if len(a) == 1:
-        scores = functional.unsqueeze(scores, 0)
-        labels = functional.reshape(labels, (1,) if per_sample else (1, -1))
-    return scores, labels, len(a) == 1 and not (per_sample and len(t) == 1)
-
-
-def _class_loss_reduced(losses, reduction: str, one: bool):
-    """Per-sample ``losses`` reduced; one unbatched sample's loss without its batch axis under 'none', as PyTorch."""
-    reduced = functional._reduced(losses, reduction)
-    return functional.squeeze(reduced, 0) if one and reduction == "none" else reduced
-
-
 class MultiMarginLoss(_Loss):
     """Multi-class hinge loss, as ``torch.nn.MultiMarginLoss``: for scores x (N, C) (or one sample's (C,)) and
-    integer labels y (N,) (or ()), l_n = sum over classes i != y of w_y max(0, margin - x[y] + x[i])^p / C.
+    integer labels y (N,) (or ()), l_n = sum over classes i != y of w_y max(0, margin - x[y] + x[i])^p / C
+    (``ud.ops.multi_margin_loss``).
 
     Args:
         p: 1 or 2 (any other is a ``ValueError``, as PyTorch's).
@@ -536,26 +411,12 @@ class MultiMarginLoss(_Loss):
     def __init__(self, p: int = 1, margin: float = 1.0, weight=None, size_average=None, reduce=None,
                  reduction: str = "mean"):
         super().__init__(reduction, size_average=size_average, reduce=reduce)
-        if p not in (1, 2) or isinstance(p, bool):
-            raise ValueError(f"MultiMarginLoss: only p == 1 and p == 2 supported (PyTorch's), got p={p!r}")
-        self.p, self.margin = int(p), float(margin)
+        self.p, self.margin = loss_ops.multi_margin_p("MultiMarginLoss", p), float(margin)
         _class_weight_buffer(self, weight)
 
     def forward(self, x, target):
-        scores, labels, one = _class_scores(self, x, target, "(N,)")
-        name = type(self).__name__
-        weight = input_checks.class_weight(name, self.weight, scores, "input")
-        scores = input_checks.class_weight_count(name, weight, scores)
-        classes = functional.shape(scores)[1]
-        labels = functional.unsqueeze(functional.check_index(labels, classes, f"{name} target"), 1)
-        picked = functional.gather(scores, 1, labels)
-        others = functional.unsqueeze(_positions(classes), 0) != labels
-        terms = _hinge(self.margin - picked + scores, strict=True)
-        terms = functional.where(others, terms if self.p == 1 else terms * terms, functional.zeros_like(terms))
-        if weight is not None:
-            terms = terms * functional.take(weight, labels)
-        losses = functional.sum(terms, 1) / functional._count(functional.shape(scores)[1:2], terms)
-        return _class_loss_reduced(losses, self.reduction, one)
+        return loss_ops._multi_margin_loss(type(self).__name__, x, target, self.p, self.margin, self.weight,
+                                           self.reduction)
 
     def extra_repr(self):
         return f"p={self.p}, margin={self.margin}, reduction={self.reduction!r}, weight={self.weight is not None}"
@@ -566,54 +427,11 @@ class MultiLabelMarginLoss(_UnparameterizedLoss):
     target of their shape holding each sample's class indices, then -1 after the last (the entries after the first
     -1 are not read), l_n = sum over its classes j and the classes i not among them of max(0, 1 - (x[j] - x[i])) / C.
     A target value outside [-1, C) is an ``IndexOutOfRangeError``, as PyTorch refuses it, eagerly and in graphs; a
-    term counts only where it is positive (no gradient at 0), as PyTorch's kernel."""
+    term counts only where it is positive (no gradient at 0), as PyTorch's kernel
+    (``ud.ops.multilabel_margin_loss``)."""
 
     def forward(self, x, target):
-        scores, labels, one = _class_scores(self, x, target, "the input's shape")
-        classes = functional.shape(scores)[1]
-        name = type(self).__name__
-        ends = labels == -1
-        labels = functional.check_index(functional.where(ends, functional.zeros_like(labels), labels), classes,
-                                        f"{name} target (class indices, -1 after the last)")
-        positions = functional.unsqueeze(_positions(classes), 0)
-        width = classes if isinstance(classes, int) else functional.cast(classes, "int64")
-        first_end = -functional.amax(functional.where(ends, -positions, functional.zeros_like(labels) - width), 1)
-        read = positions < functional.unsqueeze(first_end, 1)  # [n, j]: no -1 at or before j
-        rows = functional.shape(scores)[0]
-        slots = functional.reshape(functional.unsqueeze(_positions(rows), 1) * width + labels, (-1,))
-        chosen = functional.segment_sum(functional.reshape(functional.cast_like(read, scores), (-1,)), slots,
-                                        functional.shape(slots)[0])
-        others = functional.reshape(chosen, functional.shape(scores)) == 0  # [n, i]: class i not a target
-        losses = _multilabel_hinge_sums(scores, labels, read, others)
-        losses = losses / functional._count(functional.shape(scores)[1:2], losses)
-        return _class_loss_reduced(losses, self.reduction, one)
-
-
-def _multilabel_hinge_sums(scores, labels, read, others):
-    """Per sample, the sum over its targets j (``labels`` [n, j], where ``read``) and the classes i that are not
-    (``others`` [n, i]) of max(0, 1 - x[j] + x[i]), a term counted only where positive, in O(N C) memory: one
-    target slot at a time, in a scan whose carry holds every result (no [n, j, i] tensor: N C^2, 500 MB for a batch
-    of 32 over 1000 classes; no small result a step, which pins the allocator's heap). The gradient is each term's,
-    +1 for x[i] and -1 for x[j], attached as g * (x - stop_gradient(x)), which adds exactly 0 to the value."""
-    fixed = functional.stop_gradient(scores)
-    positions = functional.unsqueeze(_positions(functional.shape(scores)[1]), 0)
-
-    def one_slot(carry, slot):
-        counts, drawn, total = carry
-        label, counted = slot
-        target = functional.gather(fixed, 1, functional.unsqueeze(label, 1))
-        z = 1 - target + fixed
-        kept = (z > 0) & others & functional.unsqueeze(counted, 1)
-        terms = functional.cast_like(kept, z)
-        passes = functional.sum(terms, 1, keepdims=True)
-        drawn = drawn + passes * functional.cast_like(positions == functional.unsqueeze(label, 1), z)
-        total = total + functional.sum(functional.where(kept, z, functional.zeros_like(z)), 1)
-        return (counts + terms, drawn, total), ()
-
-    zeros = functional.zeros_like(fixed)
-    (counts, drawn, total), _ = functional.scan(one_slot, (zeros, zeros, functional.sum(zeros, 1)), (labels, read),
-                                                axis=1)
-    return total + functional.sum((counts - drawn) * (scores - fixed), 1)
+        return loss_ops._multilabel_margin_loss(type(self).__name__, x, target, self.reduction)
 
 
 class PoissonNLLLoss(_Loss):
@@ -621,7 +439,7 @@ class PoissonNLLLoss(_Loss):
     log-rates x (``log_input``), else reduce(x - y log(x + eps)); ``full`` adds Stirling's approximation of log(y!),
     y log(y) - y + log(2 pi y) / 2, where y > 1. Input and target have one shape (a ``ShapeMismatchError``
     otherwise). The Stirling term adds 0 to the target's gradient at y <= 1 (PyTorch's is NaN at y = 0: 0 times
-    log(0)); the rest of it is the ordinary -x (-log(x + eps)).
+    log(0)); the rest of it is the ordinary -x (-log(x + eps)) (``ud.ops.poisson_nll_loss``).
 
     Args:
         log_input: the input holds log-rates (else rates).
@@ -638,45 +456,17 @@ class PoissonNLLLoss(_Loss):
         self.log_input, self.full, self.eps = bool(log_input), bool(full), float(eps)
 
     def forward(self, x, target):
-        x, target = _same_shape_operands(self, ("input", "target"), x, target)
-        if self.log_input:
-            losses = functional.exp(x) - target * x
-        else:
-            losses = x - target * functional.log(x + self.eps)
-        if self.full:
-            counted = target > 1
-            safe = functional.where(counted, target, functional.zeros_like(target) + 1)
-            stirling = safe * functional.log(safe) - safe + 0.5 * functional.log(2 * math.pi * safe)
-            losses = losses + functional.where(counted, stirling, functional.zeros_like(stirling))
-        return functional._reduced(losses, self.reduction)
+        return loss_ops._poisson_nll_loss(type(self).__name__, x, target, self.log_input, self.full, self.eps,
+                                          self.reduction)
 
     def extra_repr(self):
         return f"log_input={self.log_input}, full={self.full}, eps={self.eps}, reduction={self.reduction!r}"
 
 
-def _at_most_one_false(conditions):
-    """Whether at most one of ``conditions`` (bools, or boolean scalar tensors a graph decides when it runs) fails."""
-    failed = sum(1 for c in conditions if c is False)
-    pending = [c for c in conditions if c is not True and c is not False]
-    for condition in pending:
-        failed = failed + (1 - functional.cast(condition, "int64"))
-    return failed <= 1
-
-
-def _same_or_one_axis_of_one(a: tuple, b: tuple):
-    """Whether sizes ``b`` are ``a`` but for at most one axis, of size 1 in ``b`` (PyTorch's rule for a variance or a
-    target shared along one axis); ints, or scalar tensors a graph knows when it runs."""
-    if len(a) != len(b):
-        return False
-    same = [input_checks.holds(m == n) for m, n in zip(a, b)]
-    ones = [input_checks.holds(n == 1) for n in b]
-    return input_checks.all_of([_at_most_one_false(same)] + [input_checks._either(s, o) for s, o in zip(same, ones)])
-
-
 class GaussianNLLLoss(_Loss):
     """Negative log-likelihood of a Gaussian, as ``torch.nn.GaussianNLLLoss``: reduce((log(max(var, eps)) +
     (x - y)^2 / max(var, eps)) / 2), plus log(2 pi) / 2 with ``full``; the clamp passes var's gradient whole, as
-    PyTorch's (which clamps without recording it).
+    PyTorch's (which clamps without recording it; ``ud.ops.gaussian_nll_loss``).
 
     ``var``: the input's shape (one variance each), the input's shape without its last axis or with one axis of
     size 1 (one variance shared along it), or a number; anything else is a ``ShapeMismatchError`` (PyTorch's
@@ -691,31 +481,38 @@ class GaussianNLLLoss(_Loss):
         self.full, self.eps = bool(full), float(eps)
 
     def forward(self, x, target, var):
-        x, target = input_checks.loss_operands(self.describe, x, target)
-        x = _require_shapes(self, "target of the input's shape, or of it with one axis of size 1",
-                            {"input": x, "target": target},
-                            _same_or_one_axis_of_one(input_checks.sizes_of(x), input_checks.sizes_of(target)), x)
-        if isinstance(var, (int, float)) and not isinstance(var, bool):
-            var = functional.zeros_like(x) + float(var)
-        x, var = input_checks.loss_operands(self.describe, x, var)
-        target = functional.cast_like(target, x)
-        a, v = input_checks.sizes_of(x), input_checks.sizes_of(var)
-        if len(v) == len(a) - 1 and len(a):
-            x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, _equal_sizes(a[:-1], v), x)
-            var = functional.unsqueeze(var, -1)
-        elif len(v) == len(a):
-            x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, _same_or_one_axis_of_one(a, v), x)
-        else:
-            x = _require_shapes(self, self._var_shapes, {"input": x, "var": var}, False, x)
-        var = functional.check_in_range(var, 0, float("inf"), f"{type(self).__name__} var")
-        var = functional.stop_gradient(functional.maximum(var, self.eps)) + (var - functional.stop_gradient(var))
-        # (exact: var - var is 0, where var + (max(var, eps) - var) rounds; the gradient passes whole)
-        losses = 0.5 * (functional.log(var) + functional.square(x - target) / var)
-        if self.full:
-            losses = losses + 0.5 * math.log(2 * math.pi)
-        return functional._reduced(losses, self.reduction)
-
-    _var_shapes = "var of the input's shape, or of it without its last axis or with one axis of size 1"
+        return loss_ops._gaussian_nll_loss(type(self).__name__, x, target, var, self.full, self.eps, self.reduction)
 
     def extra_repr(self):
         return f"full={self.full}, eps={self.eps}, reduction={self.reduction!r}"
+
+
+class CTCLoss(_Loss):
+    """The connectionist temporal classification loss, as ``torch.nn.CTCLoss``: -log of the probability of each
+    target summed over its alignments to the input's frames (``ud.ops.ctc_loss``, the alpha recursion in log space).
+
+    ``forward(log_probs, targets, input_lengths, target_lengths)``: log-probabilities (T, N, C) (one sample's
+    (T, C)), integer targets (N, S) padded or concatenated (sum(target_lengths),), and the lengths (N,). 'mean'
+    divides each sample's loss by its target length, then averages over the batch. A target that no alignment fits
+    (longer than its frames allow, or a label of log-probability -inf) has an infinite loss (gradient NaN, as
+    PyTorch's), 0 with ``zero_infinity``. Where PyTorch's gradient differs (a -inf log-probability, a target holding
+    the blank) see ``ud.ops.ctc_loss``.
+
+    Args:
+        blank: the blank's class, an int in [0, C) (checked against the input's C; a float or bool a ``TypeError``).
+        reduction: 'mean', 'sum' or 'none'.
+        zero_infinity: make infinite losses and their gradients 0.
+    """
+
+    _tensor_arguments = 4
+
+    def __init__(self, blank: int = 0, reduction: str = "mean", zero_infinity: bool = False):
+        super().__init__(reduction)
+        self.blank, self.zero_infinity = ctc.checked_blank(type(self).__name__, blank), bool(zero_infinity)
+
+    def forward(self, log_probs, targets, input_lengths, target_lengths):
+        return ctc.connectionist_loss(log_probs, targets, input_lengths, target_lengths, self.blank, self.reduction,
+                                      self.zero_infinity, type(self).__name__)
+
+    def extra_repr(self):
+        return f"blank={self.blank}, reduction={self.reduction!r}, zero_infinity={self.zero_infinity}"

@@ -132,19 +132,10 @@ def _loadable_values(own: dict, state_dict) -> tuple[dict, list, list, list]:
     return values, mismatched, unreadable, wrong_kind
 
 
-def _key_problems(strict: bool, missing: list, unexpected: list, entries: dict, state_dict) -> list[str]:
-    """A strict load's complaints about ``missing`` and ``unexpected`` keys, each with what it should hold or
-    holds (a key a hook added may be in neither ``entries`` nor ``state_dict``)."""
-    if not strict:
-        return []
-    problems = []
-    if missing:
-        problems.append("missing keys: " + ", ".join(
-            f"{k} ({ExtraState.expected(entries[k])})" if k in entries else k for k in missing))
-    if unexpected:
-        problems.append("unexpected keys: " + ", ".join(
-            f"{k} (shape {tuple(np.shape(state_dict[k]))})" if k in state_dict else k for k in unexpected))
-    return problems
+def _key_problems(strict: bool, missing: list, unexpected: list, found, state_dict) -> list[str]:
+    """``loading.key_problems`` of a state dict in memory (an unexpected key's shape: its value's)."""
+    shapes = {key: np.shape(state_dict[key]) for key in unexpected if key in state_dict}
+    return loading.key_problems(strict, missing, unexpected, found.entries, shapes)
 
 
 def _real_array(what: str, value) -> np.ndarray:
@@ -384,6 +375,7 @@ class Module:
     """
 
     _optional_buffers: tuple[str, ...] = ()  # see optional_state_keys
+    _version = 1  # torch's: a state dict's metadata (state_dict()._metadata) gives each module its class's
     _hooked = False  # whether forward hooks are registered (see register_forward_hook)
     _passes_inputs_on = False  # a container, whose forward hands its arguments to a module as they are (see _inputs)
     _tensor_arguments = 1  # how many of the first positional arguments of a unidl layer's forward take tensors
@@ -766,8 +758,9 @@ class Module:
         """Call ``hook(module, state_dict, prefix, local_metadata)`` when ``state_dict()`` has saved this module and
         those below it, as torch.nn's: it may change ``state_dict`` in place (drop a key, add one, convert a value);
         it must return None (anything else is torch's ``RuntimeError``). A module's post-hooks run after those
-        below it; ``local_metadata`` is ``{"version": 1}``, torch's for a module without a version of its own. A
-        file writer (``ud.save``, checkpoints) calls ``state_dict()``, so they run there too.
+        below it; ``local_metadata`` is ``{"version": ...}``, the module's version as torch's (2 for BatchNorm and
+        InstanceNorm, 1 for the others), which ``state_dict()``'s ``_metadata`` holds too. A file writer
+        (``ud.save``, checkpoints) calls ``state_dict()``, so they run there too.
 
         Args:
             hook: the function to call.
@@ -783,13 +776,15 @@ class Module:
         ``state_dict`` is the load's copy, holding this module's keys (those under ``prefix``; the whole one at the
         top), which the hook may change in place (rename an old checkpoint's keys: this module and those below it
         load the new ones); ``strict`` is True, whatever the load's, as torch passes it; a message appended to
-        ``error_msgs`` makes the load fail (a ``StateDictError``, a
-        ``RuntimeError`` as torch's), keys appended to the lists are reported as missing or unexpected.
-        ``local_metadata`` is what the state dict's ``_metadata`` holds for this module (torch's state dicts carry
-        it; unidl's do not: ``{}``). The hooks of every module run before anything is written (torch runs a
-        child's after its parent's weights are written: only a hook that reads the model itself sees that
-        difference), and ``ud.load_weights``, ``ud.load`` and ``load_checkpoint`` of a model with load hooks read
-        the file whole and go through ``load_state_dict`` (without hooks they read one tensor at a time).
+        ``error_msgs`` makes the load fail (a ``StateDictError``, a ``RuntimeError`` as torch's), keys appended to
+        the lists are reported as missing or unexpected. ``local_metadata`` is what the state dict's ``_metadata``
+        holds for this module, as torch's (a ``state_dict()`` of unidl or torch carries it: ``{"version": ...}``; a
+        dict without it, and the file loads, whose files keep only tensors: ``{}``). The hooks of every module run
+        before anything is written (torch runs a child's after its parent's weights are written: only a hook that
+        reads the model itself sees that difference), and ``ud.load_weights``, ``ud.load`` and ``load_checkpoint``
+        of a model with load hooks read the file whole and go through ``load_state_dict`` (without hooks they read
+        one tensor at a time). A hook that changes the model itself (makes a parameter anew) does so before the
+        load's snapshot: a load refused later puts back the variables the hook left, not those it replaced.
 
         Args:
             hook: the function to call; what it returns is ignored, as torch's.
@@ -979,8 +974,8 @@ class Module:
         ``<path>._extra_state``, after the module's own variables are written and before its children's, as
         torch.nn's. A module whose class defines it expects that key (missing: a missing key); an ``_extra_state``
         key for one that does not is an unexpected key. From a file (``ud.load_weights``, ``ud.load``,
-        ``load_checkpoint``) it gets the array the file holds, in the same order; an exception it raises (a version check) puts the model
-        back as it was and leaves a checkpoint's optimizer, loader and generators unchanged.
+        ``load_checkpoint``) it gets the array the file holds, in the same order; an exception it raises (a version
+        check) puts the model back as it was and leaves a checkpoint's optimizer, loader and generators unchanged.
 
         Args:
             state: the value ``get_extra_state`` returned when the state dict was made.
@@ -1113,7 +1108,9 @@ class Module:
         if not isinstance(prefix, str):
             raise TypeError(f"{type(self).__name__}.state_dict: prefix must be a string, got {type(prefix).__name__}")
         keep_vars = arguments.boolean(f"{type(self).__name__}.state_dict", "keep_vars", keep_vars)
-        destination = OrderedDict() if destination is None else destination
+        if destination is None:
+            destination = OrderedDict()
+            destination._metadata = OrderedDict()
         self._save_state(destination, prefix, keep_vars, (lambda variable: variable) if keep_vars else
                          self._backend.to_numpy)
         return destination
@@ -1121,6 +1118,9 @@ class Module:
     def _save_state(self, destination, prefix: str, keep_vars: bool, to_numpy) -> None:
         """``state_dict``'s walk, torch's: this module's pre-hooks, its parameters, persistent buffers and extra
         state, its children's (each module under every name), then its post-hooks."""
+        local_metadata = {"version": self._version}
+        if hasattr(destination, "_metadata"):
+            destination._metadata[prefix[:-1]] = local_metadata
         for hook, _ in tuple(self.__dict__.get("_state_dict_pre_hooks", {}).values()):
             hook(self, prefix, keep_vars)
         left_out = self.__dict__.get("_non_persistent", ())
@@ -1133,7 +1133,7 @@ class Module:
             if child is not None:
                 child._save_state(destination, f"{prefix}{name}.", keep_vars, to_numpy)
         for hook, _ in tuple(self.__dict__.get("_state_dict_post_hooks", {}).values()):
-            if hook(self, destination, prefix, {"version": 1}) is not None:  # (torch's: a module's version 1)
+            if hook(self, destination, prefix, local_metadata) is not None:
                 raise RuntimeError("state_dict post-hook must return None")
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
@@ -1180,7 +1180,7 @@ class Module:
             problems.append("errors of load_state_dict pre-hooks: " + "; ".join(map(str, found.errors)))
         post_hooks = loading.has_hooks(self, "_load_state_dict_post_hooks")
         if problems or not post_hooks:  # (post-hooks may clear the keys: those are checked after them)
-            problems += _key_problems(strict, found.missing, found.unexpected, found.entries, state_dict)
+            problems += _key_problems(strict, found.missing, found.unexpected, found, state_dict)
         if problems:
             raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         with restored_on_failure(self, whole=post_hooks):  # (set_extra_state, or a post-hook, may refuse the load)
@@ -1194,7 +1194,7 @@ class Module:
             if not post_hooks:
                 return IncompatibleKeys(found.missing, found.unexpected)
             keys = loading.run_post_hooks(found)
-            problems = _key_problems(strict, keys.missing_keys, keys.unexpected_keys, found.entries, state_dict)
+            problems = _key_problems(strict, keys.missing_keys, keys.unexpected_keys, found, state_dict)
             if problems:
                 raise StateDictError(f"cannot load state dict into {type(self).__name__}: " + " | ".join(problems))
         return keys

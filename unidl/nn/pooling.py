@@ -1,12 +1,13 @@
 """``MaxPool2d``, ``MaxUnpool2d``, ``AvgPool2d``, ``AdaptiveAvgPool2d`` and ``AdaptiveMaxPool2d`` over NCHW input, and
-``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d`` and ``AdaptiveMaxPool1d`` over NCL input (pooled as (N, C, 1, L)
-by the 2-d ones' arithmetic), with PyTorch's arguments and semantics: floor mode by default (``ceil_mode`` adds
-PyTorch's last, partial windows), zero padding counted in an average unless ``count_include_pad=False``, padding
--inf for a maximum; ``MaxPool2d``'s ``return_indices`` gives the positions that ``MaxUnpool2d`` writes back to."""
+``MaxPool1d``, ``AvgPool1d``, ``AdaptiveAvgPool1d`` and ``AdaptiveMaxPool1d`` over NCL input (``ud.ops.max_pool1d``,
+...: pooled as (N, C, 1, L) by the 2-d ones' arithmetic), with PyTorch's arguments and semantics: floor mode by
+default (``ceil_mode`` adds PyTorch's last, partial windows), zero padding counted in an average unless
+``count_include_pad=False``, padding -inf for a maximum; ``MaxPool2d``'s ``return_indices`` gives the positions
+that ``MaxUnpool2d`` writes back to."""
 
 from __future__ import annotations
 
-from unidl import arguments, input_checks, ops as functional, spatial_ops
+from unidl import arguments, input_checks, ops as functional, spatial1d_ops, spatial_ops
 from unidl.errors import ShapeMismatchError
 from unidl.nn.conv import check_nchw, unbatched
 from unidl.nn.module import Module
@@ -31,15 +32,6 @@ def _check_spatial(layer: Module, x) -> None:
                                  f"shape {tuple(x.shape)}")
 
 
-def _as_planes(layer: Module, x, pool):
-    """``pool(x)`` of NCHW ``x``; a 1-d layer's (N, C, L) ``x`` pooled as (N, C, 1, L), that axis dropped from
-    each output (``return_indices``' too: an index into a plane of one row is the index along L)."""
-    if layer.rank == 2:
-        return pool(x)
-    out = pool(functional.unsqueeze(x, 2))
-    return tuple(functional.squeeze(o, 2) for o in out) if isinstance(out, tuple) else functional.squeeze(out, 2)
-
-
 class _Pool2d(Module):
     _averages = False  # a mean of each window (floats only), or its maximum (any numbers)
     rank = 2  # spatial axes (one sample (C, H, W) is taken too: ``unbatched``)
@@ -58,13 +50,13 @@ class _Pool2d(Module):
     @unbatched
     def forward(self, x):
         _check_spatial(self, x)
+        if self.rank == 1:
+            return spatial1d_ops.pool1d(self.describe, x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                                        **self._options())
         input_checks.check_poolable(self.describe, x, average=self._averages)
         x = input_checks.check_window_fits(self.describe, x, self.kernel_size, self.padding,
                                            "use a smaller kernel, more padding or a larger input")
-        if self.rank == 2:
-            return self._pool(x, self.kernel_size, self.stride, self.padding)
-        return _as_planes(self, x, lambda planes: self._pool(planes, (1,) + self.kernel_size, (1,) + self.stride,
-                                                             (0,) + self.padding))
+        return self._pool(x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):
         return ", ".join(f"{key}={value}" for key, value in self._given.items())
@@ -79,6 +71,9 @@ class _MaxPool(_Pool2d):
             raise ValueError(f"{type(self).__name__} dilation={dilation!r} is not supported; only dilation=1")
         self.return_indices = bool(return_indices)
         self._given.update(dilation=dilation, ceil_mode=ceil_mode)
+
+    def _options(self):
+        return {"return_indices": self.return_indices}
 
     def _pool(self, x, kernel, stride, padding):
         if self.return_indices:
@@ -144,6 +139,9 @@ class _AvgPool(_Pool2d):
             divisor_override = arguments.positive_int(type(self).__name__, "divisor_override", divisor_override)
         self.count_include_pad, self.divisor_override = bool(count_include_pad), divisor_override
 
+    def _options(self):
+        return {"count_include_pad": self.count_include_pad}  # (no divisor_override in 1-d)
+
     def _pool(self, x, kernel, stride, padding):
         if self.ceil_mode or not self.count_include_pad or self.divisor_override is not None:
             return functional._avg_pool2d(x, kernel, stride, padding, self.ceil_mode, self.count_include_pad,
@@ -181,14 +179,17 @@ class _AdaptivePool2d(Module):
     @unbatched
     def forward(self, x):
         _check_spatial(self, x)
+        if self.rank == 1:
+            return spatial1d_ops.adaptive_pool1d(self.describe, x, self.output_size, self._kind)
         input_checks.check_floating(self.describe, x)  # PyTorch's adaptive poolings take floats only
-        return _as_planes(self, x, lambda planes: self._pool(planes, (1,) * (2 - self.rank) + self.output_size))
+        return self._pool(x, self.output_size)
 
     def extra_repr(self):
         return f"output_size={self._given}"
 
 
 class _AdaptiveAvgPool(_AdaptivePool2d):
+    _kind = "avg"
     _pool = staticmethod(spatial_ops._adaptive_avg_pool2d)  # (output_size checked once, in the constructor)
 
 
@@ -199,6 +200,8 @@ class AdaptiveAvgPool2d(_AdaptiveAvgPool):
 
 
 class _AdaptiveMaxPool(_AdaptivePool2d):
+    _kind = "max"
+
     def __init__(self, output_size, return_indices=False):
         super().__init__(output_size)
         if return_indices:

@@ -4,7 +4,10 @@ the variables are written, and it may refuse what it is given (a version check).
 import contextlib
 import copy
 
-from unidl.dtype_kinds import dtype_name
+import numpy as np
+
+from unidl import config
+from unidl.dtype_kinds import dtype_name, is_floating
 
 
 @contextlib.contextmanager
@@ -42,15 +45,22 @@ def restored_on_failure(model, whole: bool = False):
 
 class _HostTensor:
     """A framework's tensor of an extra state, kept as its values on the host: ``rebuilt`` makes it again, of its
-    framework, dtype and device (a refused load put it back as a NumPy array)."""
+    framework, dtype and device, bit for bit (a refused load put it back as a NumPy array)."""
 
     def __init__(self, backend, value):
         self.backend, self.array = backend, backend.to_numpy(value).copy()
         self.dtype, self.device = dtype_name(value.dtype), backend.device_of(value)
 
     def rebuilt(self):
-        with self.backend.device_scope(self.device):
-            return self.backend.tensor(self.array, self.dtype)
+        """The tensor again: made on its own device (``tensor()`` places on unidl's device in force, which
+        ``use_device`` sets; a framework's own device scope it overrides) from float64, int64 or bool values, the
+        kinds every backend's ``tensor()`` makes, then cast to its dtype (float16 from float64: exact, as each
+        value came from float16; an int32 or uint8 from int64 likewise)."""
+        floating = is_floating(self.dtype)
+        with config.use_device(self.device), self.backend.device_scope(self.device):
+            tensor = self.backend.tensor(self.array.astype(np.float64) if floating else self.array,
+                                         "float64" if floating else None)
+            return tensor if dtype_name(tensor.dtype) == self.dtype else self.backend.ops.cast(tensor, self.dtype)
 
 
 def _host_copy(value):

@@ -50,8 +50,8 @@ class Embedding(Module):
             padding_idx = index % num_embeddings
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         weight = init.normal((num_embeddings, embedding_dim))
-        if padding_idx is not None:
-            weight[padding_idx] = 0.0
+        if padding_idx is not None:  # (a new array: the draws are read-only while unidl.load learns shapes)
+            weight = np.where(np.arange(num_embeddings)[:, None] == padding_idx, 0.0, weight)
         self.weight = self.parameter(np.asarray(weight))
 
     @classmethod

@@ -27,6 +27,7 @@ class Adadelta(Optimizer):
 
     slots = ("square_avg", "acc_delta")
     torch_options = ("foreach", "capturable", "differentiable")
+    torch_group_keys = ("rho", "eps", "weight_decay")
 
     def __init__(self, params, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
                  foreach: bool | None = None, *, maximize: bool = False, l1: float = 0.0, **clipping):

@@ -28,6 +28,7 @@ class Adagrad(Optimizer):
     slots = ("sum",)
     uses_step = True  # lr_decay (torch.optim.Adagrad counts each parameter's steps)
     torch_options = ("foreach", "differentiable", "fused")
+    torch_group_keys = ("lr_decay", "eps", "weight_decay", "initial_accumulator_value")
 
     def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10, *, maximize: bool = False,

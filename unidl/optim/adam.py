@@ -15,12 +15,13 @@ def check_betas(owner, betas):
     return (check_range(owner, "betas[0]", pair[0], 0.0, 1.0), check_range(owner, "betas[1]", pair[1], 0.0, 1.0))
 
 
-def adam_options(owner, betas, eps, weight_decay, maximize, decoupled_weight_decay) -> dict:
-    """The options NAdam and RAdam share with Adam, checked as the constructors check them."""
+def adam_options(owner, betas, eps, weight_decay, maximize, **flags) -> dict:
+    """The options every Adam-like rule (Adam, NAdam, RAdam, Adamax) has, checked as the constructors check them,
+    and its own bool ``flags`` (``amsgrad``, ``decoupled_weight_decay``), each checked as a bool."""
     return dict(betas=check_betas(owner, betas), eps=check_range(owner, "eps", eps),
                 weight_decay=check_range(owner, "weight_decay", weight_decay),
                 maximize=arguments.flag(owner, "maximize", maximize),
-                decoupled_weight_decay=arguments.flag(owner, "decoupled_weight_decay", decoupled_weight_decay))
+                **{name: arguments.flag(owner, name, value) for name, value in flags.items()})
 
 
 def moments(slots, grad, betas, ops):
@@ -83,18 +84,14 @@ class Adam(DecoupledWeightDecay, Optimizer):
     slots = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")  # (an instance keeps the last where a group is amsgrad)
     uses_step = True  # bias correction
     torch_options = ("foreach", "capturable", "differentiable", "fused")
+    torch_group_keys = ("betas", "eps", "weight_decay", "amsgrad")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, *, maximize: bool = False,
                  decoupled_weight_decay: bool = False, l1: float = 0.0, **clipping):
-        owner = type(self).__name__
-        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=check_betas(owner, betas),
-                         eps=check_range(owner, "eps", eps),
-                         weight_decay=check_range(owner, "weight_decay", weight_decay),
-                         amsgrad=arguments.flag(owner, "amsgrad", amsgrad),
-                         maximize=arguments.flag(owner, "maximize", maximize),
-                         decoupled_weight_decay=arguments.flag(owner, "decoupled_weight_decay",
-                                                               decoupled_weight_decay))
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
+                         **adam_options(type(self).__name__, betas, eps, weight_decay, maximize, amsgrad=amsgrad,
+                                        decoupled_weight_decay=decoupled_weight_decay))
 
     def slots_for(self, groups) -> tuple[str, ...]:
         """``exp_avg`` and ``exp_avg_sq``, and ``max_exp_avg_sq`` where a group is ``amsgrad``."""
@@ -118,7 +115,6 @@ class Adam(DecoupledWeightDecay, Optimizer):
         denom = ops.sqrt(exp_avg_sq) / ops.cast_like(bias_correction2_sqrt, param) + scalar_like(h["eps"], param, ops)
         delta = step_size * (exp_avg / denom)
         return delta, new_slots
-
 
 
 class AdamW(Adam):

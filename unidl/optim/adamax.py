@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from unidl import arguments
-from unidl.optim.adam import check_betas
-from unidl.optim.optimizer import (Optimizer, as_float64, check_range, clipping_options, lerp, scalar_like,
-                                   torch_option)
+from unidl.optim.adam import adam_options
+from unidl.optim.optimizer import Optimizer, as_float64, clipping_options, lerp, scalar_like, torch_option
 
 
 class Adamax(Optimizer):
@@ -28,15 +26,13 @@ class Adamax(Optimizer):
     slots = ("exp_avg", "exp_inf")
     uses_step = True  # bias correction
     torch_options = ("foreach", "capturable", "differentiable")
+    torch_group_keys = ("betas", "eps", "weight_decay")
 
     def __init__(self, params, lr: float = 2e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  foreach: bool | None = None, *, maximize: bool = False, l1: float = 0.0, **clipping):
-        owner = type(self).__name__
         torch_option(type(self), "foreach", foreach)
-        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping), betas=check_betas(owner, betas),
-                         eps=check_range(owner, "eps", eps),
-                         weight_decay=check_range(owner, "weight_decay", weight_decay),
-                         maximize=arguments.flag(owner, "maximize", maximize))
+        super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
+                         **adam_options(type(self).__name__, betas, eps, weight_decay, maximize))
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper

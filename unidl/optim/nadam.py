@@ -24,22 +24,25 @@ class NAdam(DecoupledWeightDecay, Optimizer):
     ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, see ``Optimizer``).
     ``foreach``, ``capturable`` and ``differentiable`` are taken at PyTorch's defaults only.
 
-    Slots: ``exp_avg``, ``exp_avg_sq`` and ``mu_product`` (the product of the mu_t, one number per parameter in
-    torch.optim, kept in the parameter's shape here; it starts at 1 with the parameter's first update). Steps as
-    every optimizer's (``Optimizer``).
+    Slots: ``exp_avg``, ``exp_avg_sq`` and ``mu_product`` (the product of the mu_t: one float32 number per
+    parameter, 0-d, as torch.optim's, in a float64 run too; it starts at 1 with the parameter's first update). The
+    step is subtracted in its two terms in turn, as torch.optim's two ``addcdiv_``, so that float32 trajectories
+    agree with torch.optim's as the other rules' do. Steps as every optimizer's (``Optimizer``).
     """
 
     slots = ("exp_avg", "exp_avg_sq", "mu_product")
     scalar_slots = ("mu_product",)
     uses_step = True  # bias correction and the momentum schedule
     torch_options = ("foreach", "capturable", "differentiable")
+    torch_group_keys = ("betas", "eps", "weight_decay", "momentum_decay")
 
     def __init__(self, params, lr: float = 2e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum_decay: float = 4e-3, decoupled_weight_decay: bool = False, *, maximize: bool = False,
                  l1: float = 0.0, **clipping):
         owner = type(self).__name__
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
-                         **adam_options(owner, betas, eps, weight_decay, maximize, decoupled_weight_decay),
+                         **adam_options(owner, betas, eps, weight_decay, maximize,
+                                        decoupled_weight_decay=decoupled_weight_decay),
                          momentum_decay=check_range(owner, "momentum_decay", momentum_decay))
 
     def update(self, param, grad, slots, lr, step, ops):
@@ -50,11 +53,13 @@ class NAdam(DecoupledWeightDecay, Optimizer):
         exp_avg, exp_avg_sq = moments(slots, grad, h["betas"], ops)
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * decay))
-        # the product so far (1 before the parameter's first update, whose slot holds its initial 0)
-        before = ops.where(step > 1, slots["mu_product"], ops.zeros_like(param) + 1)
-        mu_product = before * ops.cast_like(mu, param)
+        # the product so far, a float32 number (1 before the parameter's first update, whose slot holds its initial 0)
+        before = ops.where(step > 1, slots["mu_product"], ops.zeros_like(slots["mu_product"]) + 1)
+        mu_product = before * ops.cast_like(mu, before)
         denom = ops.sqrt(exp_avg_sq / ops.cast_like(1 - beta2 ** step, param)) + scalar_like(h["eps"], param, ops)
-        lr, mu, mu_next = scalar_like(lr, param, ops), ops.cast_like(mu, param), ops.cast_like(mu_next, param)
-        delta = (lr * (1 - mu) / (1 - mu_product)) * (grad / denom) \
-            + (lr * mu_next / (1 - mu_product * mu_next)) * (exp_avg / denom)
-        return delta, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "mu_product": mu_product}
+        # torch.optim's two addcdiv_, their factors in double precision from the float32 product
+        lr, product = as_float64(lr, ops), ops.cast(mu_product, "float64")
+        first = ops.cast_like(lr * (1 - mu) / (1 - product), param)
+        second = ops.cast_like(lr * mu_next / (1 - product * mu_next), param)
+        return ((first * (grad / denom), second * (exp_avg / denom)),
+                {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "mu_product": mu_product})

@@ -116,6 +116,21 @@ def shrunk(param, factor):
     return param if factor is None else param * factor
 
 
+def deltas(delta) -> tuple:
+    """``update``'s step as the parts a backend subtracts in turn: ``delta`` itself, or each of a tuple (NAdam's
+    two terms, which torch.optim subtracts with two ``addcdiv_``: ``(p - a) - b`` rounds unlike ``p - (a + b)``)."""
+    return delta if isinstance(delta, tuple) else (delta,)
+
+
+def stepped(param, factor, delta, cast=lambda part: part):
+    """The new parameter: ``param`` shrunk by ``factor`` (``shrunk``), minus each part of ``delta`` (``deltas``) in
+    turn, each first through ``cast`` (a backend's cast to the parameter's dtype)."""
+    value = shrunk(param, factor)
+    for part in deltas(delta):
+        value = value - cast(part)
+    return value
+
+
 def is_off(value) -> bool:
     """Whether a hyperparameter is a Python 0 / False (a term a rule may leave out); a tensor (a bound option,
     see ``bound_rule``) never is: its value may change between steps without a retrace, so the rule computes
@@ -178,6 +193,11 @@ class Hyperparameters(dict):
         return self
 
 
+#: the dtype of a slot of one number per parameter (``Optimizer.scalar_slots``): torch.optim's, float32 in a
+#: float64 run too
+SCALAR_SLOT_DTYPE = "float32"
+
+
 def _known_shape(value) -> tuple | None:
     """``value``'s shape as a tuple (None for an axis a graph does not know), or None where its rank is unknown."""
     try:
@@ -214,12 +234,16 @@ class Optimizer:
     #: ``torch.optim``'s options of this class's namesake whose rules unidl does not implement: taken at the values
     #: that leave the rule as unidl's (``torch_option``), so that a ``torch.optim`` call copied as it is builds
     torch_options: tuple[str, ...] = ()
+    #: the param-group keys ``torch.optim``'s namesake writes in every ``state_dict()`` (those of every torch 2
+    #: release; a key a later release added, such as Adam's ``decoupled_weight_decay``, is not required): a
+    #: ``torch.optim`` state whose group lacks one is another class's (``torch_state``)
+    torch_group_keys: tuple[str, ...] = ()
     initial_slot_value = 0.0
     #: whether ``update`` reads ``step``: then every backend counts steps per parameter, as ``torch.optim`` does
     #: (``state_dict()["param_steps"]``); otherwise backends pass None and keep no such count
     uses_step = False
-    #: slots ``torch.optim`` keeps as one number per parameter (NAdam's ``mu_product``): unidl keeps them in the
-    #: parameter's shape, as every slot, and a ``torch.optim`` state's 0-d value fills it (``torch_state``)
+    #: slots ``torch.optim`` keeps as one float32 number per parameter (NAdam's ``mu_product``), and so does unidl
+    #: on every backend: 0-d, of dtype ``SCALAR_SLOT_DTYPE`` (``slot_shape``, ``slot_dtype``)
     scalar_slots: tuple[str, ...] = ()
     #: True when ``weight_decay`` shrinks the parameter inside ``update`` (AdamW); otherwise it is
     #: PyTorch's L2 term, added to the gradient by ``regularized_gradient``
@@ -407,9 +431,28 @@ class Optimizer:
                 return None
         return next(k.__name__ for k in cls.__mro__ if _is_unidl_class(k))
 
+    def slot_shape(self, name: str, shape) -> tuple:
+        """Slot ``name``'s shape for a parameter of ``shape``: the parameter's, or ``()`` for one number
+        (``scalar_slots``)."""
+        return () if name in self.scalar_slots else tuple(shape)
+
+    def slot_dtype(self, name: str, dtype):
+        """Slot ``name``'s dtype for a parameter of ``dtype``: the parameter's, or ``SCALAR_SLOT_DTYPE`` for one
+        number (``scalar_slots``)."""
+        return SCALAR_SLOT_DTYPE if name in self.scalar_slots else dtype
+
+    def torch_slots(self, group: int) -> tuple[str, ...]:
+        """The slots ``torch.optim``'s namesake keeps for every parameter of param group ``group`` once the parameter
+        has been updated: the slots that group alone needs (``slots_for``: Adam's ``max_exp_avg_sq`` where it is
+        amsgrad) but a momentum buffer (torch's SGD and RMSprop create one only with momentum). A ``torch.optim``
+        state of a parameter updated at least once that lacks one is another class's."""
+        return tuple(name for name in self.slots_for([self.param_groups[group]])
+                     if name not in ("momentum_buffer", "momentum_started"))
+
     def update(self, param, grad, slots: dict, lr, step, ops):
         """Return ``(delta, new_slots)`` for one step: the new parameter is ``param - delta`` (backends
-        subtract in place, one fused op). ``step`` (None unless ``uses_step``) is this parameter's own count of
+        subtract in place, one fused op), or ``param - delta[0] - delta[1] ...`` in that order for a tuple
+        (``deltas``). ``step`` (None unless ``uses_step``) is this parameter's own count of
         updates, this one included (from 1): as ``torch.optim``'s per-parameter ``state["step"]``, a step in which
         the parameter had no gradient does not count for it (Adam's bias correction of a layer a forward skipped
         at times follows its own updates, not the optimizer's)."""
@@ -656,9 +699,9 @@ class Optimizer:
                 found = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
                 raise CheckpointStateError(f"{owner} state entry {index} has slots {found}, expected {sorted(self.slots)}")
             for name, value in entry.items():
-                if tuple(np.shape(value)) != tuple(param.shape):
+                if tuple(np.shape(value)) != self.slot_shape(name, param.shape):
                     raise CheckpointStateError(f"{owner} slot {name!r} of parameter {index}: expected shape "
-                                               f"{tuple(param.shape)}, found {tuple(np.shape(value))}")
+                                               f"{self.slot_shape(name, param.shape)}, found {tuple(np.shape(value))}")
                 if np.asarray(value).dtype.kind not in "fiu":
                     raise CheckpointStateError(f"{owner} slot {name!r} of parameter {index}: expected numbers, "
                                                f"found dtype {np.asarray(value).dtype}")
@@ -676,7 +719,7 @@ class Optimizer:
         optimizer's group ``i`` (the same number of parameters, of the same shapes, in order), whose ``lr`` and
         options it sets; each parameter's ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, ``momentum_buffer``,
         ``square_avg``, ``grad_avg``, ``sum``, ``exp_inf``, ``acc_delta``, ``prev``, ``step_size`` or ``mu_product``
-        (NAdam's one number, filling the parameter's shape) becomes the slot of that name (one not yet there, a
+        (NAdam's one float32 number, a 0-d slot) becomes the slot of that name (one not yet there, a
         ``momentum_buffer`` None, its initial value), its ``step`` its own count (``param_steps``), the largest
         this optimizer's ``step`` (0 for SGD, which torch counts nowhere); a group's ``initial_lr`` (a schedule's)
         the base rates of schedules built after. A ``CheckpointStateError`` names what does not fit: another
@@ -784,8 +827,9 @@ class Optimizer:
 
     def initial_slots(self) -> list[dict]:
         """Slot values before the first step (what ``state_dict`` reports for unbuilt slots)."""
-        return [{name: np.full(tuple(p.shape), self.initial_slot_value, dtype=config.get_dtype())
-                 for name in self.slots} for p in self.params]
+        return [{name: np.full(self.slot_shape(name, p.shape), self.initial_slot_value,
+                               dtype=self.slot_dtype(name, config.get_dtype())) for name in self.slots}
+                for p in self.params]
 
     def __repr__(self):
         fields = ", ".join(f"{k}={v}" for k, v in self.hyper.items())

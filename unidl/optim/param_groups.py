@@ -258,14 +258,21 @@ def check_etas(owner: str, name: str, value) -> tuple[float, float]:
 
 
 def check_step_sizes(owner: str, name: str, value) -> tuple[float, float]:
-    """Rprop's ``step_sizes``: ``(min_step, max_step)`` with 0 <= min_step <= max_step (torch.optim.Rprop checks
-    nothing: a negative step would step uphill, and its clamp with min_step above max_step gives max_step)."""
-    return _pair(owner, name, value, "a pair (min_step, max_step) with 0 <= min_step <= max_step",
-                 lambda low, high: 0.0 <= low <= high)
+    """Rprop's ``step_sizes``: a pair of numbers ``(min_step, max_step)``, any that ``torch.optim.Rprop`` takes (it
+    checks none; only NaN is refused here): each step size is clamped as torch's ``clamp_(min_step, max_step)``, which
+    gives max_step where min_step is above it; a negative min_step acts as 0 (step sizes start at lr and change by
+    positive factors), a negative max_step steps uphill as torch's does."""
+    return _pair(owner, name, value, "a pair of numbers (min_step, max_step)", lambda low, high: True)
 
 
-#: pair options with checks of their own (the others, ``betas``, hold numbers in [0, 1))
-PAIR_CHECKS = {"etas": check_etas, "step_sizes": check_step_sizes}
+def check_betas_pair(owner: str, name: str, value) -> tuple[float, float]:
+    """A group's ``betas``: a pair of numbers in [0, 1)."""
+    return _pair(owner, name, value, "a pair of numbers in [0, 1)",
+                 lambda beta1, beta2: 0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0)
+
+
+#: the pair options of param groups, each with its check
+PAIR_CHECKS = {"betas": check_betas_pair, "etas": check_etas, "step_sizes": check_step_sizes}
 
 
 def check_group_options(owner: str, index: int, options: dict, defaults: dict, constructing: bool = False) -> dict:
@@ -292,13 +299,6 @@ def check_group_options(owner: str, index: int, options: dict, defaults: dict, c
             value = arguments.flag(owner, f"{where} {key}", value)
         elif key in PAIR_CHECKS:
             value = PAIR_CHECKS[key](owner, f"{where} {key}", value)
-        elif isinstance(defaults[key], tuple):
-            given = arguments.sequence(value)  # NumPy scalars and 0-d arrays as floats, as the constructors take them
-            numbers = () if given is None or len(given) != len(defaults[key]) else \
-                tuple(arguments.real(v) for v in given)
-            if not numbers or not all(v is not None and not math.isnan(v) and 0 <= v < 1 for v in numbers):
-                raise ValueError(f"{owner} {where} {key} must be a pair of numbers in [0, 1), got {value!r}")
-            value = numbers
         else:
             low, high, high_open = _BOUNDS.get(key, (0.0, math.inf, True))
             value = check_range(owner, f"{where} {key}", value, low, high, high_open=high_open)

@@ -31,12 +31,14 @@ class RAdam(DecoupledWeightDecay, Optimizer):
     slots = ("exp_avg", "exp_avg_sq")
     uses_step = True  # bias corrections and rho_t
     torch_options = ("foreach", "capturable", "differentiable")
+    torch_group_keys = ("betas", "eps", "weight_decay", "decoupled_weight_decay")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  decoupled_weight_decay: bool = False, *, maximize: bool = False, l1: float = 0.0, **clipping):
         owner = type(self).__name__
         super().__init__(params, lr, l1=l1, **clipping_options(type(self), clipping),
-                         **adam_options(owner, betas, eps, weight_decay, maximize, decoupled_weight_decay))
+                         **adam_options(owner, betas, eps, weight_decay, maximize,
+                                        decoupled_weight_decay=decoupled_weight_decay))
 
     def update(self, param, grad, slots, lr, step, ops):
         h = self.hyper

@@ -38,6 +38,7 @@ class RMSprop(Optimizer):
 
     slots = ("square_avg", "momentum_buffer", "grad_avg")  # (an instance keeps those its groups use)
     torch_options = ("capturable", "foreach", "differentiable")
+    torch_group_keys = ("alpha", "eps", "weight_decay", "momentum", "centered")
 
     def __init__(self, params, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False, *,

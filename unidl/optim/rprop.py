@@ -19,10 +19,12 @@ class Rprop(Optimizer):
 
     Args (``torch.optim.Rprop``'s positional order): ``lr`` (1e-2: each element's first step size, read at the
     parameter's first update only, as torch.optim's), ``etas`` ((0.5, 1.2): (etaminus, etaplus) with
-    0 < etaminus < 1 < etaplus), ``step_sizes`` ((1e-6, 50): the least and largest step size), keywords
-    ``maximize`` (False) and ``l1`` (0); ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient
-    clipping, see ``Optimizer``). ``foreach``, ``capturable`` and ``differentiable`` are taken at PyTorch's
-    defaults only. There is no weight decay, as in torch.optim.
+    0 < etaminus < 1 < etaplus), ``step_sizes`` ((1e-6, 50): the least and largest step size; any pair of numbers
+    but NaN, as torch.optim takes them, each step size clamped as torch's ``clamp_(min, max)``: max_step where
+    min_step is above it, a negative min_step as 0), keywords ``maximize`` (False) and ``l1`` (0);
+    ``clip_grad_norm``, ``clip_grad_value``, ``clip_per_tensor`` (gradient clipping, see ``Optimizer``). ``foreach``,
+    ``capturable`` and ``differentiable`` are taken at PyTorch's defaults only. There is no weight decay, as in
+    torch.optim.
 
     Slots: ``prev`` (g', the last gradient, 0 where its sign flipped) and ``step_size`` (Delta; the group's lr from
     the parameter's first update on). Steps as every optimizer's (``Optimizer``).
@@ -31,6 +33,7 @@ class Rprop(Optimizer):
     slots = ("prev", "step_size")
     uses_step = True  # the first update starts the step sizes at lr
     torch_options = ("capturable", "foreach", "differentiable")
+    torch_group_keys = ("etas", "step_sizes")
 
     def __init__(self, params, lr: float = 1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0), *,
                  maximize: bool = False, l1: float = 0.0, **clipping):

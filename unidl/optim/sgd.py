@@ -44,6 +44,7 @@ class SGD(Optimizer):
 
     slots = ("momentum_buffer",)
     torch_options = ("foreach", "differentiable", "fused")
+    torch_group_keys = ("momentum", "dampening", "nesterov", "weight_decay")
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False, l1: float = 0.0,

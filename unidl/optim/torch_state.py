@@ -29,6 +29,23 @@ def _number(value):
     return array.item() if array.ndim == 0 else value
 
 
+def another_class(owner: str, group) -> str:
+    """The end of an error for a ``torch.optim`` state that is not ``owner``'s: which of torch.optim's classes unidl
+    has wrote a group with ``group``'s keys (the one whose ``torch_group_keys`` it holds the most of: RAdam's
+    group holds Adamax's keys too), as far as the keys tell."""
+    import unidl.optim
+
+    keys = set(group) if isinstance(group, dict) else set()
+    classes = [getattr(unidl.optim, name) for name in unidl.optim.__all__ if name not in ("Optimizer", "lr_scheduler")]
+    fits = {cls.__name__: len(cls.torch_group_keys) for cls in classes
+            if cls.__name__ != owner and set(cls.torch_group_keys) <= keys
+            and keys <= {"params", "lr", "initial_lr", *cls.torch_options, *cls.torch_group_keys, "maximize",
+                         "decoupled_weight_decay"}}
+    best = [name for name, count in fits.items() if count == max(fits.values())]
+    guess = f" (its group's keys are torch.optim.{' or torch.optim.'.join(best)}'s)" if best else ""
+    return f"a state of another optimizer class than {owner}{guess}?"
+
+
 def _group_entry(optimizer, index: int, group: dict) -> dict:
     """Param group ``index``'s entry of unidl's state (``{"lr", "size", **options}``) from torch's group ``group``:
     its options unidl's class has; torch's kernel choices (``foreach``, ``fused`` ...) at their neutral values
@@ -37,6 +54,10 @@ def _group_entry(optimizer, index: int, group: dict) -> dict:
     from unidl.optim.param_groups import FIXED_OPTIONS
 
     owner, ours = type(optimizer).__name__, optimizer.param_groups[index]
+    missing = [key for key in type(optimizer).torch_group_keys if key not in group]
+    if missing:
+        raise CheckpointStateError(f"torch.optim param group {index} has no {', '.join(map(repr, missing))}, which "
+                                   f"torch.optim.{owner} writes in every group: {another_class(owner, group)}")
     entry = {"size": len(group["params"])}
     for key, value in group.items():
         if key in ("params", "initial_lr"):
@@ -52,7 +73,7 @@ def _group_entry(optimizer, index: int, group: dict) -> dict:
         elif key not in ours:
             options = ", ".join(k for k in ours if k != "params")
             raise CheckpointStateError(f"torch.optim param group {index} has option {key!r}, which unidl's {owner} "
-                                       f"has not ({options}): a state of another optimizer class than {owner}?")
+                                       f"has not ({options}): {another_class(owner, group)}")
         elif key in FIXED_OPTIONS:
             if value != ours[key]:
                 raise CheckpointStateError(f"torch.optim param group {index} has {key}={value!r}; this {owner}'s "
@@ -65,7 +86,7 @@ def _group_entry(optimizer, index: int, group: dict) -> dict:
 
 def _slot_values(optimizer, group: int, position: int, key, saved: dict, shape: tuple) -> dict:
     """One parameter's unidl slots from its torch.optim state ``saved`` (``{}`` before its first step): each slot
-    torch holds as it is (one it keeps as a number, ``scalar_slots``, filling the parameter's shape), one torch has
+    torch holds as it is (one it keeps as a number, ``scalar_slots``, 0-d as unidl keeps it), one torch has
     not (yet: a ``momentum_buffer`` None) at its initial value, and SGD's
     ``momentum_started`` 1 where torch's buffer exists (torch's dampened buffer starts as the gradient)."""
     from unidl import config
@@ -76,15 +97,15 @@ def _slot_values(optimizer, group: int, position: int, key, saved: dict, shape: 
         if name == "momentum_started":
             values[name] = np.full(shape, float(saved.get("momentum_buffer") is not None), config.get_dtype())
         elif saved.get(name) is None:
-            values[name] = np.full(shape, optimizer.initial_slot_value, config.get_dtype())
+            values[name] = np.full(optimizer.slot_shape(name, shape), optimizer.initial_slot_value,
+                                   optimizer.slot_dtype(name, config.get_dtype()))
         else:
             values[name] = to_numpy(saved[name])
-            if name in optimizer.scalar_slots and values[name].ndim == 0:  # (NAdam's mu_product: one number)
-                values[name] = np.full(shape, values[name], values[name].dtype)
-            if tuple(values[name].shape) != shape:
+            if tuple(values[name].shape) != optimizer.slot_shape(name, shape):
                 raise CheckpointStateError(f"torch.optim param group {group}, parameter {position} (index {key}): "
                                            f"its {name!r} has shape {tuple(values[name].shape)}, this "
-                                           f"{type(optimizer).__name__}'s parameter has shape {shape}")
+                                           f"{type(optimizer).__name__}'s parameter has shape {shape} "
+                                           f"(its {name!r} {optimizer.slot_shape(name, shape)})")
     return values
 
 
@@ -123,10 +144,16 @@ def unidl_state(optimizer, state: dict) -> dict:
             if not isinstance(saved, dict) or set(saved) - known:
                 found = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
                 raise CheckpointStateError(f"{owner}: torch.optim state of parameter {key} (param group {index}) "
-                                           f"holds {found}; torch.optim.{owner}'s holds some of {sorted(known)}: a "
-                                           f"state of another optimizer class?")
+                                           f"holds {found}; torch.optim.{owner}'s holds some of {sorted(known)}: "
+                                           f"{another_class(owner, group)}")
             slots.append(_slot_values(optimizer, index, position, key, saved, tuple(param.shape)))
             counts.append(int(round(float(_number(saved.get("step", 0))))))
+            lacking = [name for name in optimizer.torch_slots(index) if saved.get(name) is None]
+            if counts[-1] > 0 and lacking:
+                raise CheckpointStateError(f"{owner}: torch.optim state of parameter {key} (param group {index}) "
+                                           f"has step {counts[-1]} but no {', '.join(map(repr, lacking))}, which "
+                                           f"torch.optim.{owner} keeps for every parameter it updated: "
+                                           f"{another_class(owner, group)}")
     converted = {"class": owner, "lr": entries[0].get("lr"), "step": max(counts), "slots": slots,
                  "param_groups": entries}
     if optimizer.uses_step:

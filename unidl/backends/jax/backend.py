@@ -69,22 +69,20 @@ class KeyStream:
     compiled steps thread it as state and every step draws new masks."""
 
     def __init__(self, seed, device):
-        self._seed, self._state = seed, None
+        # made when the backend loads, so that a first draw inside a trace (``ud.function``) finds a variable to
+        # thread (a variable made in the trace held a tracer: the same mask at every call, and the next eager
+        # draw raised); a NumPy key, which does not start XLA: ``jax.distributed.initialize`` (the jax engine's
+        # ``start``) cannot join a job after XLA started, also after ``ud.manual_seed``
+        self.state = JaxVariable(self._key(seed), trainable=False)
         self._device = device  # () -> the jax device unidl trains on now
 
-    @property
-    def state(self) -> JaxVariable:
-        """The key's variable, made at its first use rather than when the backend loads: a key made then started
-        XLA, after which ``jax.distributed.initialize`` (the jax engine's ``start``) can no longer join a job."""
-        if self._state is None:
-            self._state = JaxVariable(self._key(self._seed), trainable=False)
-        return self._state
-
     @staticmethod
-    def _key(seed):
+    def _key(seed) -> np.ndarray:
+        """``jax.random.PRNGKey(seed)`` (threefry's two uint32 words) made by NumPy, without starting XLA."""
         if seed is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
-        return jax.random.PRNGKey(seed)
+        seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+        return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
 
     def reset(self, seed) -> None:
         self.state.value = self._key(seed)
@@ -193,6 +191,9 @@ class Backend(BackendInterface):
 
     def device_scope(self, device):
         return jax.default_device(self._jax_device(device))
+
+    def keras_device(self, device):
+        return self._jax_device(device)  # (this process's own: in a job Keras's "cpu" is rank 0's device)
 
     def current_device(self):
         return self._jax_device(config.resolve_device(config._requested_device(), self))
@@ -378,9 +379,10 @@ class Backend(BackendInterface):
             active = [p for p, m in zip(params, mask) if m]
             (loss, outputs), found = self._value_and_grad(loss_of, (), None, active, with_aux=True, name=forward_name)
             found = iter(found)
-            # in a data-parallel job: the job's gradients, and its loss for the guard (``average_in_step``)
+            # in a data-parallel job: the job's gradients, and its loss for the guard (``average_in_step``; a
+            # window's micro-step: this rank's, the window averaged when it closes)
             checked, grads, present = jax_distributed.average_in_step(
-                loss, [next(found) if m else None for m in mask], params)
+                loss, [next(found) if m else None for m in mask], params, accumulate)
             # skipped if not finite; one micro-step of ``accumulate``
             optimizer.native.apply(grads, checked, accumulate, present)
             return (loss, outputs) if with_outputs else loss

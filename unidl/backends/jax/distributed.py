@@ -5,8 +5,10 @@ One device per process: a ``Mesh`` over every process's first CPU device, named 
 (``reduce_on_host``) makes each rank's NumPy values one global array sharded over that mesh, one row per rank, and
 runs a compiled ``shard_map`` of ``psum``/``pmax``/``pmin`` over it: one collective per dtype of the values. The
 training step stays one compiled program (state in, state out): ``average_in_step`` is an ``io_callback`` inside
-it that runs that reduction between the backward and the update, one all-reduce per micro-step, as TensorFlow's
-engine does with several replicas in a process. ``jax.distributed.initialize`` must run before XLA starts
+it that runs that reduction between the backward and the update, one all-reduce per step. With ``accumulate``
+N > 1 each rank keeps its own window and reduces it, with its finite flag, in one all-reduce at the window's last
+micro-step (``window_in_step``: the callback inside a ``lax.cond`` on that place), as torch's ``no_sync()``
+accumulation and TensorFlow's engine do. ``jax.distributed.initialize`` must run before XLA starts
 (the first array or device query of the process): ``unidl.distributed.init`` at the top of a script, as
 ``unidl.distributed.launch`` calls it.
 """
@@ -35,6 +37,7 @@ class _Job:
 
     def __init__(self, world_size: int):
         self.world_size = world_size
+        self.all_reduces = 0  # the collectives run so far (``all_reduces_run``)
         # (CPU devices on a GPU machine too: the reduction's values are NumPy arrays on the host, and gloo is
         # JAX's CPU collectives)
         self.devices = [jax.local_devices(process_index=index, backend="cpu")[0] for index in range(world_size)]
@@ -48,6 +51,7 @@ class _Job:
 
     def reduce(self, flat: np.ndarray, op: str) -> np.ndarray:
         """``flat`` (a 1-D NumPy array) reduced over the ranks with ``op``: every rank gets the same values."""
+        self.all_reduces += 1
         row = jax.device_put(flat[None], self.own)
         rows = jax.make_array_from_single_device_arrays((self.world_size, flat.size), self.rows, [row])
         result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(flat.shape)
@@ -57,7 +61,13 @@ class _Job:
 
 
 class Engine:
-    """``jax.distributed`` and XLA's CPU collectives (see ``unidl.distributed.process_group``)."""
+    """``jax.distributed`` and XLA's CPU collectives (see ``unidl.distributed.process_group``); on Keras-on-JAX
+    the keras backend's engine too (``unidl/backends/keras/distributed.py``)."""
+
+    #: Keras's train step on this engine (Keras-on-JAX, one compiled program) averages its loss and gradients over
+    #: the ranks inside the step (``reduce_in_step``), Keras scaling no loss per replica here (TensorFlow's strategy
+    #: does, so that its sum is the mean)
+    averages_in_step = True
 
     def __init__(self, backend):
         self._backend = backend
@@ -93,6 +103,21 @@ class Engine:
         value = np.asarray(tensor)
         return self._backend.tensor(_job.reduce(value.reshape(-1), op).reshape(value.shape))
 
+    @staticmethod
+    def reduce_in_step(values, op="mean") -> list:
+        """``values`` (arrays, inside a trace or not; None kept) reduced over the ranks with ``op``: one
+        ``io_callback`` (``reduce_on_host``: one collective per dtype among them)."""
+        present = [v for v in values if v is not None]
+        reduced = iter(_reduced_in_step(present, op) if present else [])
+        return [None if v is None else next(reduced) for v in values]
+
+    @staticmethod
+    def from_rank_0(values) -> list:
+        """``values`` (NumPy arrays: a model's weights) as rank 0 has them, on every rank (``broadcast_from_rank_0``'s
+        sum to which only rank 0 contributes)."""
+        own = [np.asarray(v) if jax.process_index() == 0 else np.zeros(v.shape, v.dtype) for v in values]
+        return reduce_on_host(own, "sum")
+
     def stop(self):
         global _job
         _job = None
@@ -111,16 +136,24 @@ def reduce_on_host(values: list, op: str = "mean") -> list:
     return reduced
 
 
-def average_in_step(loss, grads, params):
-    """``(loss, grads, present)``: in a job, this micro-step's loss and gradients averaged over the ranks (inside a
-    trace: an ``io_callback``, one all-reduce); outside one, the values themselves and ``present`` None.
+def all_reduces_run() -> int:
+    """How many collectives this process has run in its job so far (0 outside one): one per dtype of each
+    reduction, a train step's included once it has run."""
+    return 0 if _job is None else _job.all_reduces
+
+
+def average_in_step(loss, grads, params, accumulate: int = 1):
+    """``(loss, grads, present)``: in a job, this step's loss and gradients averaged over the ranks (inside a
+    trace: an ``io_callback``, one all-reduce); outside one, and for a micro-step of a window of ``accumulate``
+    N > 1 (kept on this rank and reduced when it closes, ``window_in_step``), the values themselves and
+    ``present`` None.
 
     A trainable parameter this rank's loss did not reach (a dynamic net's skipped layer: None here, where another
     rank's may have one) counts zeros, as with DDP, and ``present`` gives it a boolean scalar: whether any rank had
     a gradient for it (PyTorch's rule: a parameter no rank's loss reached is not updated). ``present`` is None for
     the others. A non-finite loss or gradient of any rank makes the averages non-finite on every rank, so that the
     guard skips the update everywhere alike."""
-    if _job is None:
+    if _job is None or accumulate > 1:
         return loss, grads, None
     from unidl.nn.module import is_trainable
 
@@ -128,13 +161,44 @@ def average_in_step(loss, grads, params):
     filled = [jnp.zeros(p.shape, p.dtype) if miss else g for g, p, miss in zip(grads, params, missing)]
     sent = [loss, jnp.asarray([0.0 if miss else 1.0 for miss in missing], loss.dtype),
             *[g for g in filled if g is not None]]
-    received = io_callback(lambda *values: reduce_on_host(list(values), "mean"),
-                           [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in sent], *sent)
-    loss, had, *found = received
+    loss, had, *found = _reduced_in_step(sent)
     found = iter(found)
     grads = [None if g is None else next(found) for g in filled]
     present = [had[index] > 0 if miss else None for index, miss in enumerate(missing)]
     return loss, grads, present
+
+
+def window_in_step(sums, has_gradient, finite, closes):
+    """``(sums, has_gradient, finite)`` of a window of micro-steps kept on this rank (``window_micro_step``'s sums
+    and gradient flags, None kept, and ``finite``, a boolean scalar: its losses and gradients so far are) as the
+    job's where ``closes`` (a boolean scalar, the same on every rank: the window's last micro-step): the sums and
+    flags averaged and the finite flags agreed in one all-reduce inside a ``lax.cond`` (no collective at the
+    other micro-steps), as torch's ``no_sync()`` accumulation. A parameter with a gradient on any rank in the
+    window has one (PyTorch's rule); ``finite`` is False on every rank where it is on any. As they are outside a
+    job."""
+    if _job is None:
+        return sums, has_gradient, finite
+    kept = [index for index, total in enumerate(sums) if total is not None]
+    if not kept:
+        return sums, has_gradient, finite
+    dtype = sums[kept[0]].dtype
+    flags = jnp.stack([jnp.asarray(True) if has_gradient[i] is None else has_gradient[i] for i in kept])
+    sent = (jnp.where(finite, 0, 1).astype(dtype), flags.astype(dtype), *[sums[i] for i in kept])
+    not_finite, had, *averaged = jax.lax.cond(closes, lambda values: tuple(_reduced_in_step(values)),
+                                              lambda values: values, sent)
+    sums, has_gradient = list(sums), list(has_gradient)
+    for position, index in enumerate(kept):
+        sums[index] = averaged[position]
+        if has_gradient[index] is not None:  # (None: this rank had one now, so the job had one)
+            has_gradient[index] = had[position] > 0
+    return sums, has_gradient, not_finite == 0
+
+
+def _reduced_in_step(values, op: str = "mean"):
+    """``values`` (arrays of a trace, or concrete) reduced over the ranks with ``op`` by an ``io_callback``
+    (``reduce_on_host``)."""
+    return io_callback(lambda *host: reduce_on_host(list(host), op),
+                       [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in values], *values)
 
 
 def broadcast_from_rank_0(variables) -> None:
@@ -145,6 +209,5 @@ def broadcast_from_rank_0(variables) -> None:
 
     if _job is None or not variables:
         return
-    own = [np.asarray(v.value) if jax.process_index() == 0 else np.zeros(v.shape, v.dtype) for v in variables]
-    for variable, value in zip(variables, reduce_on_host(own, "sum")):
+    for variable, value in zip(variables, Engine.from_rank_0([v.value for v in variables])):
         written_in_place(variable, value)

@@ -314,6 +314,12 @@ def dropout(x, p, training=True, generator=None):
     return jnp.where(keep, x / (1 - p), jnp.zeros_like(x))
 
 
+def uniform_like(x, low, high, generator):
+    """``generator``: the backend's ``KeyStream`` (``Backend.generator``): each call takes a fresh key."""
+    x = _v(x)
+    return jax.random.uniform(generator.next_key(), x.shape, x.dtype, low, high)
+
+
 def reshape(x, shape):
     return jnp.reshape(_v(x), tuple(shape))
 

@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unidl.backends.jax.distributed import window_in_step
 from unidl.backends.jax.ops import unless_a_check_failed
 from unidl.backends.jax.variable import JaxVariable, made_beside, written_in_place
-from unidl.optim.optimizer import bound_rule, changeable_options, shrunk
+from unidl.optim.optimizer import bound_rule, changeable_options, stepped
 from unidl.optim.param_groups import read_group_option, write_group_options
 
 
@@ -38,7 +39,8 @@ class JaxOptimizer:
                             if optimizer.uses_step else None)
         self.finite = JaxVariable(jnp.asarray(True), trainable=False)
         self.slot_variables = [
-            {name: JaxVariable(jnp.full(p.shape, optimizer.initial_slot_value, p.dtype), trainable=False)
+            {name: JaxVariable(jnp.full(optimizer.slot_shape(name, p.shape), optimizer.initial_slot_value,
+                                        optimizer.slot_dtype(name, p.dtype)), trainable=False)
              for name in optimizer.slots}
             for p in optimizer.params]
 
@@ -82,7 +84,9 @@ class JaxOptimizer:
         keep their values (``jnp.where`` on one boolean scalar inside the trace, fused by XLA into each update).
         With ``accumulate`` N > 1, one micro-step: ``grads / N`` joins the accumulated gradients and every N-th
         updates with their sum, unless a micro-step of the window was not finite: then the whole window is
-        skipped and discarded at its N-th micro-step (``finite`` False there; inside the window it is True).
+        skipped and discarded at its N-th micro-step (``finite`` False there; inside the window it is True). In a
+        data-parallel job the window is this rank's until its N-th micro-step, which averages it over the ranks
+        (``window_in_step``), the window skipped on every rank where any rank's was not finite.
         PyTorch's rule over a window (``.grad`` summed over the micro-steps, ``step()``, ``zero_grad()``): a
         parameter updates with its sum if it had a gradient in any micro-step of the window, not at all if in
         none (``window_micro_step``). ``present``: per parameter, None or a boolean scalar, whether its gradient
@@ -96,6 +100,8 @@ class JaxOptimizer:
             count = self.micro_steps.value + 1
             window_finite = self.window_finite.value & finite
             closes = count >= accumulate
+            # in a data-parallel job: the job's window at its last micro-step (one all-reduce per update)
+            sums, has_gradient, window_finite = window_in_step(sums, has_gradient, window_finite, closes)
             update = closes & window_finite
             self.finite.value = jnp.where(closes, window_finite, True)
             grads = sums
@@ -144,7 +150,7 @@ class JaxOptimizer:
                     if value is not slots[name]:
                         _guarded_assign(slots[name], value, applies)
                 factor = rule.shrink(param.value, lr, ops)
-            _guarded_assign(param, shrunk(param.value, factor) - delta, applies)
+            _guarded_assign(param, stepped(param.value, factor, delta), applies)
 
 
 def gradient_flags(params) -> list[JaxVariable]:

@@ -129,20 +129,25 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
         (_, (loss, outputs)), found = backend._value_and_grad(
             loss_of, (), None, active, with_aux=True, name=f"the forward of {type(model).__name__} in ud.train_step")
         found = iter(found)
-        # in a data-parallel job: the job's gradients, and its loss for the checks (``average_in_step``)
+        # in a data-parallel job: the job's gradients, and its loss for the checks (``average_in_step``; a
+        # window's micro-step: this rank's, the window averaged when it closes)
         checked, grads, present = jax_distributed.average_in_step(loss, [next(found) if m else None for m in mask],
-                                                                  params)
+                                                                  params, accumulate)
         # a value check that failed (a label out of range) stops the step before its update, as torch's error
         with jax_ops.unless_a_check_failed(updated):
-            updates, has_gradient = True, present
+            updates, has_gradient, agreed = True, present, True
             if window is not None:
                 grads, checked, updates, has_gradient = window.add(grads, checked, present)
+                # in a data-parallel job: the job's window at its last micro-step (one all-reduce per update), not
+                # finite on every rank where any rank's losses are not
+                grads, has_gradient, agreed = jax_distributed.window_in_step(grads, has_gradient,
+                                                                             all_finite([checked]), updates)
             if scaler is not None:
                 inverse = 1.0 / scaler.scale.value
                 grads = [None if g is None else g * inverse.astype(g.dtype) for g in grads]
             # the step's loss, or the window's losses, and the gradients: read by the scaler and the window only
             # (a bf16 step without a window leaves the check to ``native.apply``, one pass over the gradients)
-            finite = all_finite([checked, *grads]) if scaler is not None or window is not None else None
+            finite = all_finite([checked, *grads]) & agreed if scaler is not None or window is not None else None
             if scaler is not None:  # a non-finite loss with finite gradients moves the scale as an overflow (torch's)
                 scaler.update(finite, when=updates)
             if window is None:

@@ -65,10 +65,6 @@ def _owned(value, dtype) -> np.ndarray:
     return array
 
 
-def keras_device_name(device: str) -> str:
-    return "cpu" if device == "cpu" else f"gpu:{device.split(':')[1]}"
-
-
 class Backend(BackendInterface):
     name = "keras"
     ops = keras_ops
@@ -105,7 +101,7 @@ class Backend(BackendInterface):
         return dict(HOST.gpu_support(), host=HOST.name)  # Keras computes with its host framework's build
 
     def device_scope(self, device):
-        return keras.device(keras_device_name(device))
+        return keras.device(HOST.keras_device(device))
 
     def device_of(self, tensor):
         return HOST.device_of(tensor.value if isinstance(tensor, keras.Variable) else tensor)
@@ -146,7 +142,7 @@ class Backend(BackendInterface):
         """Keras's device scope of unidl's device: variables and tensors are made there, and Keras's trainer runs
         in it (``train_on_batch``, ``fit``, ``predict_on_batch``), whose batches otherwise go to Keras's default
         device (Keras-on-torch: "cuda" wherever a GPU exists, also with ``UNIDL_DEVICE=cpu``)."""
-        return keras.device(keras_device_name(self._device()))
+        return keras.device(HOST.keras_device(self._device()))
 
     # ---- tensors ---------------------------------------------------------
     def to_input(self, value):
@@ -308,6 +304,7 @@ class Backend(BackendInterface):
                     native.compile(optimizer=keras_optimizer, loss=NativeLoss(loss_fn),
                                    metrics=[statistics] if statistics is not None else [],
                                    jit_compile=_jit_compile(jit_compile, eager), run_eagerly=eager)
+                    keras_distributed.from_rank_0(native)  # (in a job on JAX's engine: rank 0's weights)
                     object.__setattr__(native, "_unidl_compiled", key)
                     object.__setattr__(native, "_unidl_statistics", statistics)  # its totals, for epoch_totals
                     object.__setattr__(native, "_unidl_fit_graph", None)  # graphs over this compile's trackers

@@ -13,6 +13,13 @@ On Keras-on-torch, Keras's trainer runs eagerly and calls ``loss.backward()`` it
 ``DistributedDataParallel`` (``forward_through_engine``) and DDP's reducer averages the gradients in that
 backward, the step's loss riding in that all-reduce for the guard (``mark_loss``).
 
+On Keras-on-JAX, Keras's train step is one compiled program, as the jax backend's: the jax engine averages its
+loss and gradients over the ranks inside it (``averages_in_step``: an ``io_callback``, ``sum_in_step``) before
+unidl's guard, clipping and update, Keras's own update then running as in one process, and rank 0's weights are
+broadcast when a model is compiled for a step (``from_rank_0``). There a window of ``accumulate`` N > 1 is
+averaged at every micro-step (Keras's functional trainer keeps the optimizer's window in its state, not on this
+rank: one all-reduce per micro-step).
+
 With ``accumulate`` N > 1 in a job, on either host, the optimizer keeps this rank's window and reduces it over the
 ranks with its finite flag in one all-reduce when the window closes (``accumulates_locally``, ``reduce_window``):
 one collective per update, as torch's ``no_sync()`` accumulation (Keras-on-torch: every micro-step's backward
@@ -36,15 +43,15 @@ def engine():
     (``wrap_forward``: torch's DistributedDataParallel, see ``forward_through_engine``); else a
     ``DistributedError`` naming what works."""
     found = HOST.distributed_engine()
-    if found is not None and hasattr(found, "reduce_in_step"):
+    if found is not None and hasattr(found, "reduce_in_step"):  # (TensorFlow's strategy, or JAX's in-step average)
         return _OneDevicePerProcess(found)
     if found is not None and hasattr(found, "wrap_forward"):
         return _ForwardWrappingEngine(found)
     raise DistributedError(
-        f"the keras backend trains data-parallel on Keras-on-TensorFlow (tf.distribute.MultiWorkerMirroredStrategy) "
-        f"and Keras-on-torch (DistributedDataParallel) only; Keras runs on {HOST.name} here: set "
-        f"KERAS_BACKEND=tensorflow or torch, or use unidl's torch, tensorflow or jax backend for a data-parallel "
-        f"job")
+        f"the keras backend trains data-parallel on Keras-on-TensorFlow (tf.distribute.MultiWorkerMirroredStrategy), "
+        f"Keras-on-torch (DistributedDataParallel) and Keras-on-JAX (jax.distributed) only; Keras runs on "
+        f"{HOST.name} here: set KERAS_BACKEND=tensorflow, torch or jax, or use unidl's torch, tensorflow or jax "
+        f"backend for a data-parallel job")
 
 
 class _OneDevicePerProcess:
@@ -109,9 +116,16 @@ def in_group() -> bool:
     """True while this process trains with others on an engine that carries Keras's step in its replica
     context (TensorFlow's strategy: the gradients are summed by ``sum_in_step``, and Keras's own update must
     not sum them again); False outside a group and where the engine averaged them in the backward (torch's
-    DDP), where Keras's own update runs as in one process."""
+    DDP) or averages them in a compiled step without a replica context (JAX's ``averages_in_step``), where
+    Keras's own update runs as in one process."""
     running = _running()
-    return running is not None and not getattr(running, "gradients_averaged_in_backward", False)
+    return running is not None and not _averages(running)
+
+
+def _averages(running) -> bool:
+    """Whether the engine ``running`` gives each rank the job's mean gradient (in the backward: torch's DDP;
+    inside the step: JAX's), not a sum that Keras's per-replica loss scaling makes the mean (TensorFlow's)."""
+    return getattr(running, "gradients_averaged_in_backward", False) or getattr(running, "averages_in_step", False)
 
 
 def refuse_eager_step() -> None:
@@ -120,7 +134,8 @@ def refuse_eager_step() -> None:
     (``in_group``: TensorFlow's strategy), the engine's own ``DistributedError``, before anything changes. An
     eager step runs outside that context, where its gradients could not be summed over the ranks, nor (with
     ``accumulate`` N > 1) its window at the window's last micro-step, after the first ones had changed it. The
-    compiled step (``eager=False``) trains; elsewhere (torch's DDP, one process) nothing."""
+    compiled step (``eager=False``) trains; elsewhere (torch's DDP, JAX's engine, whose ``io_callback`` averages an
+    eager step's gradients too, one process) nothing."""
     if in_group():
         _running().require_replica_context()
 
@@ -133,14 +148,15 @@ def data_parallel(step, variables=()):
 
 def sum_in_step(values):
     """``values`` (the step's loss, then its gradients) summed over the ranks inside a ``data_parallel`` step
-    (None entries kept); as they are outside a group. Where the engine averaged the gradients in the backward
+    (None entries kept), averaged on JAX's engine (``averages_in_step``: Keras scales no loss per replica there);
+    as they are outside a group. Where the engine averaged the gradients in the backward
     already (``forward_through_engine``), they stay as they are: a rank's non-finite loss reached every rank's
     averaged gradients in that all-reduce (``mark_loss``), so that the non-finite guard, which checks this rank's
     loss and those gradients, decides alike on every rank without a collective of its own."""
     running = _running()
     if running is None or getattr(running, "gradients_averaged_in_backward", False):
         return list(values)
-    return running.reduce_in_step(values, "sum")
+    return running.reduce_in_step(values, "mean" if _averages(running) else "sum")
 
 
 def accumulates_locally() -> bool:
@@ -150,8 +166,11 @@ def accumulates_locally() -> bool:
     ``no_sync()`` (``forward_through_engine``): Keras's trainer zeroes ``.grad`` before every backward, so the
     window cannot wait in ``.grad`` for the last backward's all-reduce as in torch's own idiom, and is the
     optimizer's. On TensorFlow's strategy the step has a graph without a collective for the micro-steps that do
-    not close the window, and one with it for those that do (``graph_per_window_place``)."""
-    return _running() is not None
+    not close the window, and one with it for those that do (``graph_per_window_place``). Not on JAX's engine
+    (``averages_in_step``): Keras's functional trainer runs the optimizer's window as it does in one process, every
+    micro-step averaged (``sum_in_step``)."""
+    running = _running()
+    return running is not None and not getattr(running, "averages_in_step", False)
 
 
 def reduce_window(values):
@@ -159,8 +178,7 @@ def reduce_window(values):
     in one collective (per dtype): summed where Keras scaled each rank's loss by ``1 / ranks`` (a ``tf.distribute``
     replica context: the sum is the mean, as ``sum_in_step``'s), else averaged (``accumulates_locally``)."""
     running = _running()
-    return running.reduce_in_step(values, "mean" if getattr(running, "gradients_averaged_in_backward", False)
-                                  else "sum")
+    return running.reduce_in_step(values, "mean" if _averages(running) else "sum")
 
 
 def graph_per_window_place(native, make):
@@ -197,6 +215,20 @@ class _WindowGraphs:
     @property
     def concrete_functions(self):
         return [f for graph in self._graphs.values() for f in getattr(graph, "concrete_functions", [])]
+
+
+def from_rank_0(native) -> None:
+    """Rank 0's weights of ``native`` (a ``keras.Model`` being compiled for a step) on every rank, where the engine
+    averages Keras's step inside it (JAX's ``averages_in_step``: its step has no ``data_parallel`` wrapper, which
+    broadcasts them on TensorFlow's strategy; DDP broadcasts them when it wraps the model); nothing elsewhere."""
+    running = _running()
+    if running is None or not getattr(running, "averages_in_step", False):
+        return
+    import keras
+
+    for variable, value in zip(native.weights, running.from_rank_0([keras.ops.convert_to_numpy(v.value)
+                                                                     for v in native.weights])):
+        variable.assign(value)
 
 
 def mark_loss(loss) -> None:

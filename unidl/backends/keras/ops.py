@@ -277,6 +277,15 @@ def dropout(x, p, training=True, generator=None):
     return keras.random.dropout(x, p, seed=generator)
 
 
+def uniform_like(x, low, high, generator):
+    """``generator``: a ``keras.random.SeedGenerator`` (the backend's), whose state the draw writes (see
+    ``dropout``)."""
+    x = _tensor(x)
+    if hasattr(generator, "state"):
+        note_state_written(generator.state)
+    return keras.random.uniform(K.shape(x), low, high, dtype=keras.backend.standardize_dtype(x.dtype), seed=generator)
+
+
 def reshape(x, shape):
     return K.reshape(x, shape)
 

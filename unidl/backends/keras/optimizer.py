@@ -22,7 +22,7 @@ from unidl.backends.keras import distributed as keras_distributed
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.nn.module import is_trainable
-from unidl.optim.optimizer import bound_rule, changeable_options, shrunk
+from unidl.optim.optimizer import bound_rule, changeable_options, stepped
 from unidl.optim.param_groups import read_group_option, write_group_options
 
 
@@ -158,10 +158,13 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         value = self._spec.initial_slot_value  # NumPy's, in the variable's dtype (Keras's Constant rounds a Python
         # float to float32 first on TensorFlow: Adagrad's 0.1 in float64 was 0.10000000149011612)
         initializer = lambda shape, dtype: np.full(shape, value, keras.backend.standardize_dtype(dtype))  # noqa: E731
-        for variable in variables:
+        spec = self._spec
+        for variable in variables:  # (one number per parameter, ``scalar_slots``: 0-d, float32 as torch.optim's)
             self._slot_table.append({
-                name: self.add_variable_from_reference(variable, name, initializer=initializer)
-                for name in self._spec.slots})
+                name: self.add_variable((), initializer=initializer, dtype=spec.slot_dtype(name, None), name=name)
+                if name in spec.scalar_slots else self.add_variable_from_reference(variable, name,
+                                                                                    initializer=initializer)
+                for name in spec.slots})
         # a rule that reads the step reads each parameter's own count (torch.optim's per-parameter state["step"]),
         # not Keras's ``iterations`` (which counts every update, with or without a gradient for the parameter)
         object.__setattr__(self, "param_steps", [
@@ -447,12 +450,12 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
                 self.assign(slots[name], value if has_gradient is None else
                             K.where(has_gradient, K.cast(value, slots[name].dtype), _value(slots[name])))
         factor = spec.shrink(variable, learning_rate, ops)
-        if has_gradient is None and factor is None:
+        if has_gradient is None and factor is None and not isinstance(delta, tuple):
             self.assign_sub(variable, delta)
         elif has_gradient is None:
-            self.assign(variable, shrunk(_value(variable), factor) - delta)
+            self.assign(variable, stepped(_value(variable), factor, delta))
         else:
-            updated = shrunk(_value(variable), factor) - K.cast(delta, variable.dtype)
+            updated = stepped(_value(variable), factor, delta, lambda d: K.cast(d, variable.dtype))
             self.assign(variable, K.where(has_gradient, updated, _value(variable)))
 
 

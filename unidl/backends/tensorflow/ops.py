@@ -613,6 +613,11 @@ def dropout(x, p, training=True, generator=None):
     return tf.where(keep, x / (1 - p), tf.zeros_like(x))
 
 
+def uniform_like(x, low, high, generator):
+    """``generator``: a ``tf.random.Generator`` (the backend's, see ``Backend.generator``)."""
+    return generator.uniform(tf.shape(x), low, high, dtype=x.dtype)
+
+
 def reshape(x, shape):
     return tf.reshape(x, shape)
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from unidl.backends.tensorflow.control_flow import gradient_conditions
 from unidl.backends.tensorflow import ops as tf_ops
-from unidl.optim.optimizer import bound_rule, changeable_options, shrunk
+from unidl.optim.optimizer import bound_rule, changeable_options, stepped
 from unidl.optim.param_groups import read_group_option, write_group_options
 
 
@@ -39,7 +39,8 @@ class GraphOptimizer(tf.Module):
         self.finite = tf.Variable(True, trainable=False, name="last_step_finite")
         self.last_flag = None  # the flag a compiled train step last returned (see Backend.last_step_finite)
         self.slot_variables = [
-            {name: tf.Variable(tf.fill(tf.shape(p), tf_ops.as_dtype(optimizer.initial_slot_value, p.dtype)),
+            {name: tf.Variable(tf.fill(optimizer.slot_shape(name, p.shape), tf_ops.as_dtype(
+                optimizer.initial_slot_value, tf.as_dtype(optimizer.slot_dtype(name, p.dtype)))),
                                trainable=False, name=name) for name in optimizer.slots}
             for p in optimizer.params
         ]
@@ -211,12 +212,13 @@ class GraphOptimizer(tf.Module):
                     slots[name].assign(value if applies is None else
                                        tf.where(applies, tf.cast(value, slots[name].dtype), slots[name]))
             factor = rule.shrink(param, lr, ops)
-            if applies is None and factor is None:
+            if applies is None and factor is None and not isinstance(delta, tuple):
                 param.assign_sub(delta)
             elif applies is None:
-                param.assign(shrunk(param, factor) - delta)
+                param.assign(stepped(param, factor, delta))
             else:
-                param.assign(tf.where(applies, shrunk(param, factor) - tf.cast(delta, param.dtype), param))
+                param.assign(tf.where(applies, stepped(param, factor, delta, lambda d: tf.cast(d, param.dtype)),
+                                      param))
 
     def _count_step(self, index: int, applies):
         """Parameter ``index``'s step count with this update (where ``applies``, a boolean scalar or None for

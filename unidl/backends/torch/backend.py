@@ -18,7 +18,8 @@ from unidl.backends.torch import distributed as torch_distributed
 from unidl.backends.torch import graph as torch_graph
 from unidl.backends.torch import nesting
 from unidl.backends.torch.module import NativeModule
-from unidl.backends.torch.optimizer import add_l1, guard_and_clip, l1_outside_rule, native_optimizer, torch_window
+from unidl.backends.torch.optimizer import (RuleOptimizer, add_l1, guard_and_clip, l1_outside_rule, native_optimizer,
+                                           torch_window)
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
 from unidl.training import accumulation_window
 
@@ -219,11 +220,18 @@ class Backend(BackendInterface):
         native = optimizer.native
         optimizer._steps = step
         for index, (p, entry) in enumerate(zip(optimizer.params, slots)):
+            count = param_steps[index] if param_steps is not None else step
+            if not count and not isinstance(native, (RuleOptimizer, torch.optim.SGD, torch.optim.Adagrad)):
+                # not updated yet: no state, which torch.optim fills at its first update (Rprop's step sizes from the
+                # lr then, NAdam's mu_product 1: initial slots would be taken as saved); SGD's state marks its
+                # buffer, Adagrad's is filled when built, unidl's rules read the step count
+                native.state.pop(p, None)
+                continue
             state = native.state[p]
-            for name, value in entry.items():
-                state[name] = torch.as_tensor(np.asarray(value), dtype=p.dtype, device=p.device).clone()
+            for name, value in entry.items():  # (a slot of one number, ``scalar_slots``: float32, as torch.optim's)
+                dtype = torch.float32 if name in optimizer.scalar_slots else p.dtype
+                state[name] = torch.as_tensor(np.asarray(value), dtype=dtype, device=p.device).clone()
             if not isinstance(native, torch.optim.SGD):  # the others count steps per parameter
-                count = param_steps[index] if param_steps is not None else step
                 state["step"] = torch.tensor(float(count), dtype=torch.float32)
 
     def apply_gradients(self, optimizer, grads):

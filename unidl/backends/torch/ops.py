@@ -165,6 +165,11 @@ def dropout(x, p, training=True, generator=None):
     return x * keep / (1 - p)
 
 
+def uniform_like(x, low, high, generator):
+    # (the default generator: None, which draws on x's own device as F.dropout's fused kernel does)
+    return torch.empty_like(x).uniform_(low, high, generator=None if _is_default_generator(generator) else generator)
+
+
 def reshape(x, shape):
     return torch.reshape(x, tuple(shape))
 
@@ -267,6 +272,10 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
 def bce_with_logits(logits, targets, reduction="mean"):
     # targets in the logits' dtype, as the other backends' ops take them (the loss modules refuse integer targets)
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction=reduction)
+
+
+def fused_ctc_loss(log_probs, labels, input_lengths, target_lengths, blank=0, zero_infinity=False):
+    return F.ctc_loss(log_probs, labels, input_lengths, target_lengths, blank, "none", zero_infinity)
 
 
 def scan(fn, init, xs, axis=0, reverse=False):

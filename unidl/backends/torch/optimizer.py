@@ -9,20 +9,30 @@ import inspect
 import torch
 
 from unidl.backends.torch import ops as torch_ops
+from unidl.optim.optimizer import deltas
 
-#: whether this torch's Adam takes ``decoupled_weight_decay`` (AdamW's rule; torch 2.7 on): else unidl's rule runs it
-_ADAM_DECOUPLES = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam.__init__).parameters
+def _decoupling(torch_class):
+    """A fast path's options for ``torch_class`` (Adam, NAdam, RAdam): ``options(h)`` those of a param group's
+    hyperparameters ``h`` named by ``keys``, with ``decoupled_weight_decay`` where this torch's class takes it (Adam
+    from torch 2.7, NAdam and RAdam from 2.1); None where it cannot run the rule (decoupled decay before that)."""
+    decouples = "decoupled_weight_decay" in inspect.signature(torch_class.__init__).parameters
+
+    def fast_path(keys):
+        def options(h):
+            if h["decoupled_weight_decay"] and not decouples:
+                return None
+            # (given to each group as it is: a group without it would take the constructor's)
+            decoupled = {"decoupled_weight_decay": h["decoupled_weight_decay"]} if decouples else {}
+            return torch_class, {**{key: h[key] for key in keys}, **decoupled}
+
+        return options
+
+    return fast_path
 
 
-def _adam(h):
-    """torch.optim.Adam's options for a param group's hyperparameters ``h``; None where this torch's Adam cannot run
-    its rule (decoupled weight decay before torch 2.7)."""
-    if h["decoupled_weight_decay"] and not _ADAM_DECOUPLES:
-        return None
-    # (given to each group as it is: a group without it would take the constructor's)
-    decoupled = {"decoupled_weight_decay": h["decoupled_weight_decay"]} if _ADAM_DECOUPLES else {}
-    return torch.optim.Adam, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
-                                  amsgrad=h["amsgrad"], maximize=h["maximize"], **decoupled)
+def _options(torch_class, *keys):
+    """A fast path running ``torch_class`` with a param group's options ``keys``, named as unidl's (torch's names)."""
+    return lambda h: (torch_class, {key: h[key] for key in keys})
 
 
 #: torch.optim classes implementing unidl's built-in rules exactly, keyed by ``Optimizer.builtin_rule()``; None for
@@ -31,7 +41,7 @@ def _adam(h):
 _FAST_PATHS = {
     "SGD": lambda h: None if h["dampening"] else (torch.optim.SGD, dict(
         momentum=h["momentum"], nesterov=h["nesterov"], weight_decay=h["weight_decay"], maximize=h["maximize"])),
-    "Adam": _adam,
+    "Adam": _decoupling(torch.optim.Adam)(("betas", "eps", "weight_decay", "amsgrad", "maximize")),
     "AdamW": lambda h: (torch.optim.AdamW, dict(betas=h["betas"], eps=h["eps"], weight_decay=h["weight_decay"],
                                                 amsgrad=h["amsgrad"], maximize=h["maximize"])),
     "RMSprop": lambda h: (torch.optim.RMSprop, dict(alpha=h["alpha"], eps=h["eps"], weight_decay=h["weight_decay"],
@@ -40,6 +50,12 @@ _FAST_PATHS = {
     "Adagrad": lambda h: (torch.optim.Adagrad, dict(eps=h["eps"], weight_decay=h["weight_decay"],
                                                      initial_accumulator_value=h["initial_accumulator_value"],
                                                      lr_decay=h["lr_decay"], maximize=h["maximize"])),
+    # (their slots, mu_product a float32 number included, and per-parameter steps are torch.optim's)
+    "NAdam": _decoupling(torch.optim.NAdam)(("betas", "eps", "weight_decay", "momentum_decay", "maximize")),
+    "RAdam": _decoupling(torch.optim.RAdam)(("betas", "eps", "weight_decay", "maximize")),
+    "Adamax": _options(torch.optim.Adamax, "betas", "eps", "weight_decay", "maximize"),
+    "Adadelta": _options(torch.optim.Adadelta, "rho", "eps", "weight_decay", "maximize"),
+    "Rprop": _options(torch.optim.Rprop, "etas", "step_sizes", "maximize"),
 }
 
 
@@ -69,7 +85,9 @@ class RuleOptimizer(torch.optim.Optimizer):
                 if not state:
                     state["step"] = torch.tensor(0.0)
                     for name in spec.slots:
-                        state[name] = torch.full_like(p, spec.initial_slot_value, memory_format=torch.preserve_format)
+                        state[name] = (torch.full_like(p, spec.initial_slot_value, memory_format=torch.preserve_format)
+                                       if name not in spec.scalar_slots else
+                                       torch.tensor(spec.initial_slot_value, dtype=torch.float32, device=p.device))
                 state["step"] += 1
                 step = state["step"].to(p.dtype) if spec.uses_step else None
                 rule = spec.rule_for(self._index[id(p)])  # (read at each step: a group's options may change)
@@ -81,7 +99,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                 factor = rule.shrink(p, lr, torch_ops)
                 if factor is not None:
                     p.mul_(factor)
-                p.sub_(delta)
+                for part in deltas(delta):
+                    p.sub_(part)
         return loss
 
 
