@@ -2238,7 +2238,8 @@ def test_probabilities_outside_0_and_1_are_one_error(mode):
 # ---- the margin, embedding and likelihood losses: torch's refusals, one error each, eagerly and in graphs ---------
 
 def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
-    """Shapes that do not fit (named, both of them), class indices out of range, float labels and negative
+    """Shapes that do not fit (named, both of them; a Gaussian target that is not the input's shape with at most one
+    axis of size 1 too), class indices out of range, float labels and negative
     variances are each one unidl error on every backend, eagerly and inside ``ud.function``, where PyTorch raises
     its own (its broadcasting of element-wise operands aside: refused as the other element-wise losses' are);
     options PyTorch refuses are refused when the loss is built."""
@@ -2250,8 +2251,8 @@ def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
                    "shape (N,), or (D,), (D,) and (); got input1 (2, 3), input2 (2, 3), target (3,)",
                    run, mode, ud.nn.CosineEmbeddingLoss(), rows, rows, rows[0])
     raises_exactly(ud.ShapeMismatchError, "MultiMarginLoss needs input of shape (N, C) and integer target of shape "
-                   "(N,), or (C,) and (); got input (2, 3), target (1,)", run, mode, ud.nn.MultiMarginLoss(), rows,
-                   labels[:1])
+                   "(N,), or (C,) and () or (1,); got input (2, 3), target (1,)", run, mode, ud.nn.MultiMarginLoss(),
+                   rows, labels[:1])
     raises_exactly(ud.IndexOutOfRangeError, "MultiMarginLoss target must lie in [0, 3); found values from 0 to 3",
                    run, mode, ud.nn.MultiMarginLoss(), rows, labels)
     raises_exactly(ud.DtypeMismatchError, "MultiMarginLoss: target must be integers, got float32 target; convert them "
@@ -2262,6 +2263,8 @@ def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
     raises_exactly(ud.ShapeMismatchError, "GaussianNLLLoss needs var of the input's shape, or of it without its last "
                    "axis or with one axis of size 1; got input (2, 3), var (3,)", run, mode, ud.nn.GaussianNLLLoss(),
                    rows, rows, rows[0])
+    raises_exactly(ud.ShapeMismatchError, "GaussianNLLLoss needs target of the input's shape, or of it with one axis "
+                   "of size 1; got input (2, 3), target (3,)", run, mode, ud.nn.GaussianNLLLoss(), rows, rows[0], rows)
     raises_exactly(ud.ValueOutOfRangeError, "GaussianNLLLoss var must lie in [0, inf]; found 1 value(s) outside",
                    run, mode, ud.nn.GaussianNLLLoss(), rows, rows, -rows[:, :1] * np.array([[1.0], [0.0]], np.float32))
     # their ``ud.ops`` forms, the same body, name themselves
@@ -2277,7 +2280,8 @@ def test_margin_and_likelihood_losses_refuse_what_torch_refuses(mode):
                            (lambda: ud.ops.triplet_margin_loss(rows, rows, rows, 0.0), "expected margin to be greater"),
                            (lambda: ud.nn.MultiMarginLoss(p=3), "only p == 1 and p == 2 supported"),
                            (lambda: ud.ops.multi_margin_loss(rows, labels, p=3), "only p == 1 and p == 2 supported"),
-                           (lambda: ud.ops.soft_margin_loss(rows, rows, "batchmean"), "reduction must be one of"),
+                           (lambda: ud.ops.soft_margin_loss(rows, rows, reduction="batchmean"),
+                            "reduction must be one of"),
                            (lambda: ud.nn.MultiMarginLoss(weight=np.ones((2, 3))), "one value per class"),
                            (lambda: ud.nn.HingeEmbeddingLoss(reduction="batchmean"), "reduction must be one of")):
         with pytest.raises(ValueError, match=message):

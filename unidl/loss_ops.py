@@ -6,7 +6,9 @@
 Each public function checks its options and calls the loss's one body (``_<name>(owner, ...)``), which the module of
 ``unidl/nn/loss.py`` calls too, naming itself in the errors: shapes that do not fit are a ``ShapeMismatchError``
 naming them, class indices out of range an ``IndexOutOfRangeError``, eagerly and in graphs. PyTorch's deprecated
-``size_average`` and ``reduce`` are not taken, as by the other functional losses and the modules: ``reduction`` says it.
+``size_average`` and ``reduce`` keep their positional slots where ``torch.nn.functional``'s have them, and anything but
+None there is a ``ValueError`` naming the ``reduction=`` to give (read as PyTorch reads them, a ported call would
+silently reduce another way), as in the modules.
 """
 
 from __future__ import annotations
@@ -23,6 +25,21 @@ def _loss(*tensors: str):
     return lambda function: op_registry.composed(ops._ops, function, tensors)
 
 
+def refuse_legacy_reduction(owner: str, size_average, reduce) -> None:
+    """A ``ValueError`` for PyTorch's deprecated ``size_average`` and ``reduce`` (given by keyword, or positionally
+    where PyTorch's signature has them), naming the ``reduction=`` to give instead."""
+    if size_average is not None or reduce is not None:
+        raise ValueError(f"{owner} does not take PyTorch's deprecated size_average and reduce (got size_average="
+                         f"{size_average!r}, reduce={reduce!r}); give reduction= instead: reduction='mean' "
+                         f"(size_average=True), 'sum' (size_average=False) or 'none' (reduce=False)")
+
+
+def _reduction(owner: str, size_average, reduce, reduction) -> str:
+    """A function's ``reduction``, checked, after refusing ``size_average`` and ``reduce``."""
+    refuse_legacy_reduction(owner, size_average, reduce)
+    return input_checks.check_reduction(owner, reduction)
+
+
 # ---- shape checks shared by the losses --------------------------------------------------------------------------
 
 def _same_shape_operands(owner: str, names: tuple, *tensors):
@@ -36,6 +53,15 @@ def _same_shape_operands(owner: str, names: tuple, *tensors):
     for name, other in zip(names[1:], others):
         first = input_checks.check_same_shape(owner, first, other, names=(names[0], name))
     return (first, *others)
+
+
+def _operands_in_input_dtype(owner: str, x, target):
+    """``x`` (integers: floats of the dtype in force) and ``target`` cast to its dtype, after checking that they
+    have one shape: PyTorch's hinge and soft-margin kernels compute in the input's dtype, whatever the target's."""
+    x = input_checks.as_floating(owner, "input", input_checks.as_tensor(owner, "input", x))
+    target = input_checks.as_tensor(owner, "target", target)
+    x = input_checks.check_same_shape(owner, x, target, names=("input", "target"))
+    return x, ops.cast_like(target, x)
 
 
 def _require_shapes(owner: str, wanted: str, tensors: dict, condition, x):
@@ -69,38 +95,43 @@ def _margin_ranking_loss(owner, input1, input2, target, margin: float, reduction
 
 
 @_loss("input1", "input2", "target")
-def margin_ranking_loss(input1, input2, target, margin=0.0, reduction="mean"):
+def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None, reduction="mean"):
     """reduce(max(0, -y * (x1 - x2) + margin)), y = ``target`` (1 where ``input1`` should rank higher, -1 where
     ``input2`` should), as ``torch.nn.functional.margin_ranking_loss``; the three have one shape."""
-    reduction = input_checks.check_reduction("margin_ranking_loss", reduction)
+    reduction = _reduction("margin_ranking_loss", size_average, reduce, reduction)
     return _margin_ranking_loss("margin_ranking_loss", input1, input2, target, float(margin), reduction)
 
 
 def _hinge_embedding_loss(owner, x, target, margin: float, reduction: str):
-    x, target = _same_shape_operands(owner, ("input", "target"), x, target)
+    x, target = _operands_in_input_dtype(owner, x, target)
     zeros = ops.zeros_like(x)
     losses = ops.where(target != 1, _hinge(margin - x), zeros) + ops.where(target != -1, x, zeros)
     return ops._reduced(losses, reduction)
 
 
 @_loss("input", "target")
-def hinge_embedding_loss(input, target, margin=1.0, reduction="mean"):  # noqa: A002
+def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=None,  # noqa: A002
+                         reduction="mean"):
     """reduce(l), l = x where y = 1, max(0, margin - x) where y = -1 (x a distance), as
-    ``torch.nn.functional.hinge_embedding_loss`` (any other y adds both terms, as PyTorch's)."""
-    reduction = input_checks.check_reduction("hinge_embedding_loss", reduction)
+    ``torch.nn.functional.hinge_embedding_loss``, in the input's dtype (any other y adds both terms, as PyTorch's)."""
+    reduction = _reduction("hinge_embedding_loss", size_average, reduce, reduction)
     return _hinge_embedding_loss("hinge_embedding_loss", input, target, float(margin), reduction)
 
 
 def _soft_margin_loss(owner, x, target, reduction: str):
-    x, target = _same_shape_operands(owner, ("input", "target"), x, target)
-    return ops._reduced(ops.softplus(-target * x), reduction)
+    x, target = _operands_in_input_dtype(owner, x, target)
+    z = -target * x
+    positive = z > 0
+    below = ops.where(positive, -z, z)  # -|z|, whose gradient at z = 0 is +1: sigmoid(0) in all
+    return ops._reduced(ops.where(positive, z, ops.zeros_like(z)) + ops.log1p(ops.exp(below)), reduction)
 
 
 @_loss("input", "target")
-def soft_margin_loss(input, target, reduction="mean"):  # noqa: A002
-    """reduce(log(1 + exp(-y * x))) for targets y in {1, -1}, as ``torch.nn.functional.soft_margin_loss``, computed
-    as softplus(-y * x): finite where PyTorch's log1p(exp(-y * x)) overflows."""
-    reduction = input_checks.check_reduction("soft_margin_loss", reduction)
+def soft_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):  # noqa: A002
+    """reduce(log(1 + exp(-y * x))) for targets y in {1, -1}, as ``torch.nn.functional.soft_margin_loss``, in the
+    input's dtype, computed as max(z, 0) + log1p(exp(-|z|)), z = -y * x: PyTorch's value and gradient wherever its
+    log1p(exp(z)) is finite, and finite where that overflows."""
+    reduction = _reduction("soft_margin_loss", size_average, reduce, reduction)
     return _soft_margin_loss("soft_margin_loss", input, target, reduction)
 
 
@@ -121,53 +152,39 @@ def _cosine_embedding_loss(owner, input1, input2, target, margin: float, reducti
 
 
 @_loss("input1", "input2", "target")
-def cosine_embedding_loss(input1, input2, target, margin=0.0, reduction="mean"):
+def cosine_embedding_loss(input1, input2, target, margin=0.0, size_average=None, reduce=None, reduction="mean"):
     """reduce(l), l = 1 - cos(x1, x2) where y = 1, max(0, cos(x1, x2) - margin) where y = -1 (0 for any other y), as
     ``torch.nn.functional.cosine_embedding_loss``: inputs (N, D) with a target (N,), or (D,) with a target ()."""
-    reduction = input_checks.check_reduction("cosine_embedding_loss", reduction)
+    reduction = _reduction("cosine_embedding_loss", size_average, reduce, reduction)
     return _cosine_embedding_loss("cosine_embedding_loss", input1, input2, target, float(margin), reduction)
 
 
 def triplet_margin_options(owner: str, margin, p) -> tuple:
-    """``(margin, p)`` as floats, after PyTorch's checks: a margin above 0, and (unidl's) a positive finite ``p``."""
+    """``(margin, p)`` as floats, after PyTorch's check of a margin above 0 (``p``: any number ``pairwise_distance``
+    takes, inf too)."""
     if not margin > 0:
         raise ValueError(f"{owner}: expected margin to be greater than 0, got {margin} instead")
-    if isinstance(p, bool) or not (isinstance(p, (int, float)) and 0 < p < float("inf")):
-        raise ValueError(f"{owner} p must be a positive finite number (the norm's degree), got {p!r}")
     return float(margin), float(p)
-
-
-def _distance(x, y, p: float, eps: float):
-    """||x - y + eps||_p along the last axis, whose gradient at a distance of 0 is 0, as PyTorch's norm (the root's is
-    infinite)."""
-    difference = ops.abs(x - y + eps)
-    total = ops.sum(difference if p == 1 else difference ** p, -1)
-    if p == 1:
-        return total
-    positive = total > 0
-    safe = ops.where(positive, total, ops.zeros_like(total) + 1)
-    return ops.where(positive, ops.sqrt(safe) if p == 2 else safe ** (1 / p), ops.zeros_like(total))
 
 
 def _triplet_margin_loss(owner, anchor, positive, negative, margin: float, p: float, eps: float, swap: bool,
                          reduction: str):
     anchor, positive, negative = _same_shape_operands(owner, ("anchor", "positive", "negative"), anchor, positive,
                                                       negative)
-    anchor = _require_shapes(owner, "anchor, positive and negative of shape (N, D) or (D,)", {"anchor": anchor},
-                             len(input_checks.sizes_of(anchor)) in (1, 2), anchor)
-    closest = _distance(anchor, negative, p, eps)
+    closest = ops.pairwise_distance(anchor, negative, p, eps)  # (torch's, with its gradients at 0)
     if swap:
-        closest = ops.minimum(closest, _distance(positive, negative, p, eps))
-    return ops._reduced(_hinge(margin + _distance(anchor, positive, p, eps) - closest), reduction)
+        closest = ops.minimum(closest, ops.pairwise_distance(positive, negative, p, eps))
+    return ops._reduced(_hinge(margin + ops.pairwise_distance(anchor, positive, p, eps) - closest), reduction)
 
 
 @_loss("anchor", "positive", "negative")
-def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False, reduction="mean"):
+def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, swap=False, size_average=None,
+                        reduce=None, reduction="mean"):
     """reduce(max(0, margin + d(a, p) - d(a, n))), d(x, y) = ||x - y + eps||_p along the last axis, as
     ``torch.nn.functional.triplet_margin_loss``; with ``swap``, d(a, n) is min(d(a, n), d(p, n)). Anchor, positive
-    and negative have one shape, (N, D) or (D,); ``margin`` must be positive and ``p`` positive and finite (a
-    ``ValueError``)."""
-    reduction = input_checks.check_reduction("triplet_margin_loss", reduction)
+    and negative have one shape, of any rank (a distance along the last axis); ``margin`` must be positive (a
+    ``ValueError``), ``p`` any number ``pairwise_distance`` takes (inf: the largest |difference|)."""
+    reduction = _reduction("triplet_margin_loss", size_average, reduce, reduction)
     margin, p = triplet_margin_options("triplet_margin_loss", margin, p)
     return _triplet_margin_loss("triplet_margin_loss", anchor, positive, negative, margin, p, float(eps), bool(swap),
                                 reduction)
@@ -186,34 +203,38 @@ def _multilabel_soft_margin_loss(owner, x, target, weight, reduction: str):
 
 
 @_loss("input", "target", "weight")
-def multilabel_soft_margin_loss(input, target, weight=None, reduction="mean"):  # noqa: A002
+def multilabel_soft_margin_loss(input, target, weight=None, size_average=None, reduce=None,  # noqa: A002
+                                reduction="mean"):
     """Multi-label one-versus-all logistic loss, as ``torch.nn.functional.multilabel_soft_margin_loss``: for scores
     x (N, C) (or (C,)) and 0/1 targets y of their shape, l_n = -mean_c(w_c (y log sigmoid(x) + (1 - y)
     log sigmoid(-x))), reduced over the samples; ``weight`` broadcasts against the input."""
-    reduction = input_checks.check_reduction("multilabel_soft_margin_loss", reduction)
+    reduction = _reduction("multilabel_soft_margin_loss", size_average, reduce, reduction)
     return _multilabel_soft_margin_loss("multilabel_soft_margin_loss", input, target, weight, reduction)
 
 
 def _class_scores(owner, scores, labels, labels_wanted: str):
     """``(scores, labels, one)``: scores (C,) or (N, C) as floats and integer ``labels`` of the shape
-    ``labels_wanted`` describes ('(N,)': one label a sample, else the scores' shape), as (N, C) and their labels
-    (``one``: the sample was unbatched); a ``ShapeMismatchError`` naming both shapes otherwise."""
+    ``labels_wanted`` describes ('(N,)': one label a sample, () or (1,) for scores (C,), else the scores' shape), as
+    (N, C) and their labels (``one``: the sample was unbatched with a label (), whose loss has no batch axis); a
+    ``ShapeMismatchError`` naming both shapes otherwise."""
     labels = input_checks.check_integer(owner, "target", labels)
     scores = input_checks.as_floating(owner, "input", input_checks.as_tensor(owner, "input", scores))
     a, t = input_checks.sizes_of(scores), input_checks.sizes_of(labels)
     per_sample = labels_wanted == "(N,)"
     if per_sample:
-        fits = len(a) in (1, 2) and len(t) == len(a) - 1 and (len(t) == 0 or input_checks.holds(a[0] == t[0]))
-        wanted = "input of shape (N, C) and integer target of shape (N,), or (C,) and ()"
+        if len(a) == 2:
+            fits = len(t) == 1 and input_checks.holds(a[0] == t[0])
+        else:
+            fits = len(a) == 1 and (len(t) == 0 or (len(t) == 1 and input_checks.holds(t[0] == 1)))
+        wanted = "input of shape (N, C) and integer target of shape (N,), or (C,) and () or (1,)"
     else:
         fits = len(a) in (1, 2) and _equal_sizes(a, t)
         wanted = "input of shape (N, C) or (C,) and an integer target of its shape"
     scores = _require_shapes(owner, wanted, {"input": scores, "target": labels}, fits, scores)
-    one = len(a) == 1
-    if one:
+    if len(a) == 1:
         scores = ops.unsqueeze(scores, 0)
         labels = ops.reshape(labels, (1,) if per_sample else (1, -1))
-    return scores, labels, one
+    return scores, labels, len(a) == 1 and not (per_sample and len(t) == 1)
 
 
 def _class_loss_reduced(losses, reduction: str, one: bool):
@@ -246,11 +267,12 @@ def _multi_margin_loss(owner, x, target, p: int, margin: float, weight, reductio
 
 
 @_loss("input", "target", "weight")
-def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, reduction="mean"):  # noqa: A002
+def multi_margin_loss(input, target, p=1, margin=1.0, weight=None, size_average=None, reduce=None,  # noqa: A002
+                      reduction="mean"):
     """Multi-class hinge loss, as ``torch.nn.functional.multi_margin_loss``: for scores x (N, C) (or (C,)) and
     integer labels y (N,) (or ()), l_n = sum over classes i != y of w_y max(0, margin - x[y] + x[i])^p / C, ``p`` 1
     or 2, ``weight`` one value per class (C,) or None; a label outside [0, C) is an ``IndexOutOfRangeError``."""
-    reduction = input_checks.check_reduction("multi_margin_loss", reduction)
+    reduction = _reduction("multi_margin_loss", size_average, reduce, reduction)
     p = multi_margin_p("multi_margin_loss", p)
     return _multi_margin_loss("multi_margin_loss", input, target, p, float(margin), weight, reduction)
 
@@ -261,27 +283,53 @@ def _multilabel_margin_loss(owner, x, target, reduction: str):
     ends = labels == -1
     labels = ops.check_index(ops.where(ends, ops.zeros_like(labels), labels), classes,
                              f"{owner} target (class indices, -1 after the last)")
-    positions = _positions(classes)
-    at_or_before = ops.unsqueeze(positions, 1) <= ops.unsqueeze(positions, 0)  # [k, j]: k <= j
-    ended = ops.unsqueeze(ends, 2) & ops.unsqueeze(at_or_before, 0)  # [n, k, j]
-    read = ops.sum(ops.cast_like(ended, scores), 1) == 0  # [n, j]: no -1 at or before j
-    chosen = ops.unsqueeze(read, 2) & (ops.unsqueeze(labels, 2) == ops.reshape(positions, (1, 1, -1)))
-    others = ops.sum(ops.cast_like(chosen, scores), 1) == 0  # [n, i]: class i not a target
-    picked = ops.gather(scores, 1, labels)  # [n, j]
-    terms = _hinge(1 - ops.unsqueeze(picked, 2) + ops.unsqueeze(scores, 1), strict=True)
-    counted = ops.unsqueeze(read, 2) & ops.unsqueeze(others, 1)  # [n, j, i]
-    terms = ops.where(counted, terms, ops.zeros_like(terms))
-    losses = ops.sum(ops.sum(terms, 2), 1) / ops._count(ops.shape(scores)[1:2], terms)
+    positions = ops.unsqueeze(_positions(classes), 0)
+    width = classes if isinstance(classes, int) else ops.cast(classes, "int64")
+    first_end = -ops.amax(ops.where(ends, -positions, ops.zeros_like(labels) - width), 1)
+    read = positions < ops.unsqueeze(first_end, 1)  # [n, j]: no -1 at or before j
+    rows = ops.shape(scores)[0]
+    slots = ops.reshape(ops.unsqueeze(_positions(rows), 1) * width + labels, (-1,))
+    chosen = ops.segment_sum(ops.reshape(ops.cast_like(read, scores), (-1,)), slots, ops.shape(slots)[0])
+    others = ops.reshape(chosen, ops.shape(scores)) == 0  # [n, i]: class i not a target
+    losses = _multilabel_hinge_sums(scores, labels, read, others)
+    losses = losses / ops._count(ops.shape(scores)[1:2], losses)
     return _class_loss_reduced(losses, reduction, one)
 
 
+def _multilabel_hinge_sums(scores, labels, read, others):
+    """Per sample, the sum over its targets j (``labels`` [n, j], where ``read``) and the classes i that are not
+    (``others`` [n, i]) of max(0, 1 - x[j] + x[i]), a term counted only where positive, in O(N C) memory: one
+    target slot at a time, in a scan whose carry holds every result (no [n, j, i] tensor: N C^2, 500 MB for a batch
+    of 32 over 1000 classes; no small result a step, which pins the allocator's heap). The gradient is each term's,
+    +1 for x[i] and -1 for x[j], attached as g * (x - stop_gradient(x)), which adds exactly 0 to the value."""
+    fixed = ops.stop_gradient(scores)
+    positions = ops.unsqueeze(_positions(ops.shape(scores)[1]), 0)
+
+    def one_slot(carry, slot):
+        counts, drawn, total = carry
+        label, counted = slot
+        target = ops.gather(fixed, 1, ops.unsqueeze(label, 1))
+        z = 1 - target + fixed
+        kept = (z > 0) & others & ops.unsqueeze(counted, 1)
+        terms = ops.cast_like(kept, z)
+        passes = ops.sum(terms, 1, keepdims=True)
+        drawn = drawn + passes * ops.cast_like(positions == ops.unsqueeze(label, 1), z)
+        total = total + ops.sum(ops.where(kept, z, ops.zeros_like(z)), 1)
+        return (counts + terms, drawn, total), ()
+
+    zeros = ops.zeros_like(fixed)
+    (counts, drawn, total), _ = ops.scan(one_slot, (zeros, zeros, ops.sum(zeros, 1)), (labels, read), axis=1)
+    return total + ops.sum((counts - drawn) * (scores - fixed), 1)
+
+
 @_loss("input", "target")
-def multilabel_margin_loss(input, target, reduction="mean"):  # noqa: A002
+def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduction="mean"):  # noqa: A002
     """Multi-label hinge loss, as ``torch.nn.functional.multilabel_margin_loss``: for scores x (N, C) (or (C,)) and
     an integer target of their shape holding each sample's class indices, then -1 after the last, l_n = sum over
     its classes j and the classes i not among them of max(0, 1 - (x[j] - x[i])) / C; a target value outside
-    [-1, C) is an ``IndexOutOfRangeError``."""
-    reduction = input_checks.check_reduction("multilabel_margin_loss", reduction)
+    [-1, C) is an ``IndexOutOfRangeError``. It holds no tensor larger than the (N, C) scores (a scan over the target
+    slots)."""
+    reduction = _reduction("multilabel_margin_loss", size_average, reduce, reduction)
     return _multilabel_margin_loss("multilabel_margin_loss", input, target, reduction)
 
 
@@ -299,11 +347,12 @@ def _poisson_nll_loss(owner, x, target, log_input: bool, full: bool, eps: float,
 
 
 @_loss("input", "target")
-def poisson_nll_loss(input, target, log_input=True, full=False, eps=1e-8, reduction="mean"):  # noqa: A002
+def poisson_nll_loss(input, target, log_input=True, full=False, size_average=None, eps=1e-8,  # noqa: A002
+                     reduce=None, reduction="mean"):
     """Negative log-likelihood of a Poisson distribution, as ``torch.nn.functional.poisson_nll_loss``:
     reduce(exp(x) - y x) for log-rates x (``log_input``), else reduce(x - y log(x + eps)); ``full`` adds Stirling's
-    approximation of log(y!) where y > 1 (whose target gradient at y = 0 is 0, PyTorch's NaN)."""
-    reduction = input_checks.check_reduction("poisson_nll_loss", reduction)
+    approximation of log(y!) where y > 1 (which adds 0 to the target's gradient at y <= 1: PyTorch's is NaN at 0)."""
+    reduction = _reduction("poisson_nll_loss", size_average, reduce, reduction)
     return _poisson_nll_loss("poisson_nll_loss", input, target, bool(log_input), bool(full), float(eps), reduction)
 
 
@@ -316,11 +365,24 @@ def _at_most_one_false(conditions):
     return failed <= 1
 
 
+def _same_or_one_axis_of_one(a: tuple, b: tuple):
+    """Whether sizes ``b`` are ``a`` but for at most one axis, of size 1 in ``b`` (PyTorch's rule for a variance or a
+    target shared along one axis); ints, or scalar tensors a graph knows when it runs."""
+    if len(a) != len(b):
+        return False
+    same = [input_checks.holds(m == n) for m, n in zip(a, b)]
+    ones = [input_checks.holds(n == 1) for n in b]
+    return input_checks.all_of([_at_most_one_false(same)] + [input_checks._either(s, o) for s, o in zip(same, ones)])
+
+
 _VAR_SHAPES = "var of the input's shape, or of it without its last axis or with one axis of size 1"
 
 
 def _gaussian_nll_loss(owner, x, target, var, full: bool, eps: float, reduction: str):
-    x, target = _same_shape_operands(owner, ("input", "target"), x, target)
+    x, target = input_checks.loss_operands(owner, x, target)
+    x = _require_shapes(owner, "target of the input's shape, or of it with one axis of size 1",
+                        {"input": x, "target": target},
+                        _same_or_one_axis_of_one(input_checks.sizes_of(x), input_checks.sizes_of(target)), x)
     if isinstance(var, (int, float)) and not isinstance(var, bool):  # (a number: a 0-d tensor is not one, in PyTorch)
         var = ops.zeros_like(x) + float(var)
     x, var = input_checks.loss_operands(owner, x, var)
@@ -330,15 +392,13 @@ def _gaussian_nll_loss(owner, x, target, var, full: bool, eps: float, reduction:
         x = _require_shapes(owner, _VAR_SHAPES, {"input": x, "var": var}, _equal_sizes(a[:-1], v), x)
         var = ops.unsqueeze(var, -1)
     elif len(v) == len(a):
-        same = [input_checks.holds(m == n) for m, n in zip(a, v)]
-        ones = [input_checks.holds(n == 1) for n in v]
-        each = [input_checks._either(s, o) for s, o in zip(same, ones)]  # (each axis the input's or of size 1)
-        fits = input_checks.all_of([_at_most_one_false(same)] + each)
-        x = _require_shapes(owner, _VAR_SHAPES, {"input": x, "var": var}, fits, x)
+        x = _require_shapes(owner, _VAR_SHAPES, {"input": x, "var": var}, _same_or_one_axis_of_one(a, v), x)
     else:
         x = _require_shapes(owner, _VAR_SHAPES, {"input": x, "var": var}, False, x)
     var = ops.check_in_range(var, 0, float("inf"), f"{owner} var")
-    var = var + ops.stop_gradient(ops.maximum(var, eps) - var)  # (the clamp passes var's gradient whole, as PyTorch's)
+    var = ops.stop_gradient(ops.maximum(var, eps)) + (var - ops.stop_gradient(var))
+    # (the clamp passes var's gradient whole, as PyTorch's; exact: var - var is 0, where var + (max(var, eps) - var)
+    # rounds)
     losses = 0.5 * (ops.log(var) + ops.square(x - target) / var)
     if full:
         losses = losses + 0.5 * math.log(2 * math.pi)
@@ -349,7 +409,7 @@ def _gaussian_nll_loss(owner, x, target, var, full: bool, eps: float, reduction:
 def gaussian_nll_loss(input, target, var, full=False, eps=1e-6, reduction="mean"):  # noqa: A002
     """Negative log-likelihood of a Gaussian, as ``torch.nn.functional.gaussian_nll_loss``: reduce((log(max(var,
     eps)) + (x - y)^2 / max(var, eps)) / 2), plus log(2 pi) / 2 with ``full``. ``var``: the input's shape, it without
-    its last axis or with one axis of size 1, or a number (a ``ShapeMismatchError`` otherwise); a negative variance is
-    a ``ValueOutOfRangeError``, eagerly and in graphs."""
+    its last axis or with one axis of size 1, or a number; the target the input's shape or it with one axis of size 1
+    (a ``ShapeMismatchError`` otherwise); a negative variance is a ``ValueOutOfRangeError``, eagerly and in graphs."""
     reduction = input_checks.check_reduction("gaussian_nll_loss", reduction)
     return _gaussian_nll_loss("gaussian_nll_loss", input, target, var, bool(full), float(eps), reduction)

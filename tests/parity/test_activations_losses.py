@@ -54,10 +54,13 @@ VARIANCES = R.random((4, 6)) + 0.05
 VARIANCES[0, :2] = 1e-9, 0.0  # below eps: clamped, its gradient passed whole
 RATES = R.random((4, 6)) * 3 + 0.1
 COUNTS = R.random((4, 6)) * 4 + 0.01  # (a count of 0 has PyTorch's NaN target gradient under full=True)
+SAME_FIRST_COLUMN = np.where(np.arange(6) == 0, ROWS, TARGET)  # (an anchor-positive difference of exactly 0)
+TRIPLETS_3D = [R.standard_normal((2, 3, 4)) for _ in range(3)]
+TRIPLETS_3D[0][0, 0], TRIPLETS_3D[1][0, 0], TRIPLETS_3D[2][0, 0] = 0.0, [1.0, 0.5, 0, 0], [0, -3.0, 1, 2]
 
 
-def case(build, oracle, *inputs):
-    return Case(build, oracle, list(inputs))
+def case(build, oracle, *inputs, no_grad=()):
+    return Case(build, oracle, list(inputs), no_grad)
 
 
 def plus(loss, function, inputs=None):
@@ -218,27 +221,31 @@ LOSSES = {
     # some cases call the function (positionally, through torch's size_average and reduce), and a loss of one case
     # adds its function with other options to the module (both proved by one case, at no cost of another)
     "MarginRankingLoss-kinks+margin_ranking_loss": case(
-        lambda: plus(ud.nn.MarginRankingLoss(0.5, "none"), lambda a, b, y: ud.ops.margin_ranking_loss(a, b, y, -0.25)),
+        lambda: plus(ud.nn.MarginRankingLoss(0.5, reduction="none"),
+                     lambda a, b, y: ud.ops.margin_ranking_loss(a, b, y, -0.25)),
         lambda: plus(tnn.MarginRankingLoss(0.5, reduction="none"),
                      lambda a, b, y: F.margin_ranking_loss(a, b, y, -0.25)),
         RANKED, RANKED_BELOW, SIGNS),
     "HingeEmbeddingLoss-none+hinge_embedding_loss": case(
-        lambda: plus(ud.nn.HingeEmbeddingLoss(2.0, "none"), lambda x, y: ud.ops.hinge_embedding_loss(x, y, 0.5)),
+        lambda: plus(ud.nn.HingeEmbeddingLoss(2.0, reduction="none"),
+                     lambda x, y: ud.ops.hinge_embedding_loss(x, y, 0.5)),
         lambda: plus(tnn.HingeEmbeddingLoss(2.0, reduction="none"), lambda x, y: F.hinge_embedding_loss(x, y, 0.5)),
-        ROWS, SIGNS),
+        ROWS, SIGNS, no_grad=(1,)),
     # (integer targets, of a 0 too: PyTorch's soft_margin_loss has no gradient for the target, and refuses one that
     # requires it)
     "SoftMarginLoss-sum+soft_margin_loss": case(
-        lambda: plus(ud.nn.SoftMarginLoss("sum"), lambda x, y: ud.ops.soft_margin_loss(x, y, reduction="none")),
-        lambda: plus(tnn.SoftMarginLoss(reduction="sum"), lambda x, y: F.soft_margin_loss(x, y, reduction="none")),
+        lambda: plus(ud.nn.SoftMarginLoss(reduction="sum"),
+                     lambda x, y: ud.ops.soft_margin_loss(x, y, None, None, "none")),
+        lambda: plus(tnn.SoftMarginLoss(reduction="sum"), lambda x, y: F.soft_margin_loss(x, y, None, None, "none")),
         ROWS, SIGNS.astype(np.int64)),
-    "CosineEmbeddingLoss-none": case(lambda: ud.nn.CosineEmbeddingLoss(0.2, "none"),
-                                     lambda: tnn.CosineEmbeddingLoss(0.2, reduction="none"), ROWS, TARGET, PAIR_SIGNS),
+    "CosineEmbeddingLoss-none": case(lambda: ud.nn.CosineEmbeddingLoss(0.2, reduction="none"),
+                                     lambda: tnn.CosineEmbeddingLoss(0.2, reduction="none"), ROWS, TARGET, PAIR_SIGNS,
+                                     no_grad=(2,)),
     "cosine_embedding_loss-unbatched": case(lambda: lambda a, b, y: ud.ops.cosine_embedding_loss(a, b, y, -0.5),
                                             lambda: lambda a, b, y: F.cosine_embedding_loss(a, b, y, -0.5),
-                                            ROWS[0], TARGET[0], np.array(-1.0)),
+                                            ROWS[0], TARGET[0], np.array(-1.0), no_grad=(2,)),
     **{f"TripletMarginLoss-p{p}-swap{swap}-{r}": case(
-        lambda p=p, swap=swap, r=r: ud.nn.TripletMarginLoss(2.0, p, 1e-3, swap, r),
+        lambda p=p, swap=swap, r=r: ud.nn.TripletMarginLoss(2.0, p, 1e-3, swap, reduction=r),
         lambda p=p, swap=swap, r=r: tnn.TripletMarginLoss(2.0, p, 1e-3, swap, reduction=r), *inputs)
        for p, swap, r, inputs in ((2, False, "none", (ROWS, TARGET, SOFT_TARGET)),
                                   (1, True, "mean", (ROWS, TARGET, SOFT_TARGET)))},
@@ -246,9 +253,18 @@ LOSSES = {
         lambda: lambda a, p, n: ud.ops.triplet_margin_loss(a, p, n, 2.0, 3, 1e-3, True, reduction="none"),
         lambda: lambda a, p, n: F.triplet_margin_loss(a, p, n, 2.0, 3, 1e-3, True, reduction="none"),
         ROWS[0], TARGET[0], ROWS[1]),
+    # p < 1 with a difference of exactly 0 (PyTorch's gradient 0 there, not NaN), and p = inf on rank-3 inputs
+    # whose first triplet has a hinge of exactly 0 (clamp_min passes the gradient there)
+    "TripletMarginLoss-p0.5-zero-difference": case(lambda: ud.nn.TripletMarginLoss(50.0, 0.5, 0.0),
+                                                   lambda: tnn.TripletMarginLoss(50.0, 0.5, 0.0),
+                                                   ROWS, SAME_FIRST_COLUMN, SOFT_TARGET),
+    "triplet_margin_loss-inf-rank3-kink": case(
+        lambda: lambda a, p, n: ud.ops.triplet_margin_loss(a, p, n, 2.0, float("inf"), 0.0, reduction="none"),
+        lambda: lambda a, p, n: F.triplet_margin_loss(a, p, n, 2.0, float("inf"), 0.0, reduction="none"),
+        *TRIPLETS_3D),
     # (the function's weight an input: its gradient too)
     "MultiLabelSoftMarginLoss-weight+multilabel_soft_margin_loss": case(
-        lambda: plus(ud.nn.MultiLabelSoftMarginLoss(WEIGHT, "none"),
+        lambda: plus(ud.nn.MultiLabelSoftMarginLoss(WEIGHT, reduction="none"),
                      lambda x, y, w: ud.ops.multilabel_soft_margin_loss(x, y, w, reduction="sum"), inputs=2),
         lambda: plus(tnn.MultiLabelSoftMarginLoss(torch.tensor(WEIGHT, dtype=torch.float64), reduction="none"),
                      lambda x, y, w: F.multilabel_soft_margin_loss(x, y, w, reduction="sum"), inputs=2),
@@ -259,22 +275,24 @@ LOSSES = {
     "multi_margin_loss-unbatched": case(
         lambda: lambda x, y: ud.ops.multi_margin_loss(x, y, 1, 2.5, None, reduction="none"),
         lambda: lambda x, y: F.multi_margin_loss(x, y, 1, 2.5, None, reduction="none"), ROWS[1], LABELS[1]),
-    "MultiLabelMarginLoss-kinks": case(lambda: ud.nn.MultiLabelMarginLoss("none"),
+    "MultiLabelMarginLoss-kinks": case(lambda: ud.nn.MultiLabelMarginLoss(reduction="none"),
                                        lambda: tnn.MultiLabelMarginLoss(reduction="none"), KINK_ROWS, MULTI_LABELS),
     "multilabel_margin_loss-unbatched": case(lambda: ud.ops.multilabel_margin_loss, lambda: F.multilabel_margin_loss,
                                              ROWS[1], MULTI_LABELS[1]),
-    "PoissonNLLLoss-log-input": case(lambda: ud.nn.PoissonNLLLoss(True, False, 1e-3, "none"),
+    "PoissonNLLLoss-log-input": case(lambda: ud.nn.PoissonNLLLoss(True, False, eps=1e-3, reduction="none"),
                                      lambda: tnn.PoissonNLLLoss(True, False, eps=1e-3, reduction="none"), ROWS / 3,
                                      COUNTS),
     "poisson_nll_loss-rates-full": case(
-        lambda: lambda x, y: ud.ops.poisson_nll_loss(x, y, False, True, 1e-3, "none"),
-        lambda: lambda x, y: F.poisson_nll_loss(x, y, False, True, eps=1e-3, reduction="none"), RATES, COUNTS),
-    # var of the input's shape, without its last axis, and with an axis of size 1 (torch's rules)
-    **{f"GaussianNLLLoss-{name}": case(lambda full=full, r=r: ud.nn.GaussianNLLLoss(full, 1e-4, r),
+        lambda: lambda x, y: ud.ops.poisson_nll_loss(x, y, False, True, None, 1e-3, None, "none"),
+        lambda: lambda x, y: F.poisson_nll_loss(x, y, False, True, None, 1e-3, None, "none"), RATES, COUNTS),
+    # var of the input's shape, without its last axis beside a target with an axis of size 1, and with an axis of
+    # size 1 (torch's rules; the other accepted shapes by value in test_the_new_losses_accept_torchs_shapes)
+    **{f"GaussianNLLLoss-{name}": case(lambda full=full, r=r: ud.nn.GaussianNLLLoss(full=full, eps=1e-4, reduction=r),
                                       lambda full=full, r=r: tnn.GaussianNLLLoss(full=full, eps=1e-4, reduction=r),
-                                      ROWS, TARGET, var)
-       for name, full, r, var in (("same-shape", False, "none", VARIANCES),
-                                  ("last-axis", True, "mean", VARIANCES[:, 0]))},
+                                      ROWS, target, var)
+       for name, full, r, target, var in (("same-shape", False, "none", TARGET, VARIANCES),
+                                          ("last-axis-target-axis-of-one", True, "mean", TARGET[:, :1],
+                                           VARIANCES[:, 0]))},
     "gaussian_nll_loss-axis-of-one": case(
         lambda: lambda x, t, v: ud.ops.gaussian_nll_loss(x, t, v, False, 1e-4, "sum"),
         lambda: lambda x, t, v: F.gaussian_nll_loss(x, t, v, False, 1e-4, "sum"), ROWS, TARGET, VARIANCES[:1]),
@@ -439,13 +457,12 @@ NEW_LOSS_FUNCTIONS = ("margin_ranking_loss", "hinge_embedding_loss", "soft_margi
 
 def test_the_loss_functions_take_torchs_arguments():
     """Each ``ud.ops`` form of a margin, embedding or likelihood loss takes ``torch.nn.functional``'s parameters by
-    name, in its order and with its defaults, but for the deprecated ``size_average`` and ``reduce`` (which the other
-    functional losses and the modules do not take either)."""
+    name, in its order and with its defaults, the deprecated ``size_average`` and ``reduce`` slots included (refused
+    if given: ``test_the_new_losses_take_torchs_positional_arguments_and_refuse_size_average_and_reduce``)."""
     import inspect
 
     for name in NEW_LOSS_FUNCTIONS:
-        theirs = [(p.name, p.default) for p in inspect.signature(getattr(F, name)).parameters.values()
-                  if p.name not in ("size_average", "reduce")]
+        theirs = [(p.name, p.default) for p in inspect.signature(getattr(F, name)).parameters.values()]
         assert [(p.name, p.default) for p in inspect.signature(getattr(ud.ops, name)).parameters.values()] == theirs
 
 
@@ -625,3 +642,122 @@ def test_a_train_step_on_a_new_loss_follows_torch_and_refuses_a_label_out_of_ran
     with pytest.raises(ud.IndexOutOfRangeError, match=r"^MultiMarginLoss target must lie in \[0, 5\); found values "
                                                       r"from 0 to 5$"):
         step(x, np.where(labels == 4, 5, labels))
+
+
+def test_the_oracle_refuses_a_torch_gradient_missing_from_an_input_not_declared():
+    """A float input torch leaves without a gradient fails the case unless it is among ``no_grad_inputs`` (a
+    disconnected oracle must not pass against a unidl gradient of 0), and a declared one must have none."""
+    from tests.parity.torch_oracle import oracle_results
+
+    disconnected = Case(lambda: None, lambda: lambda a, b: a * 2, [ROWS, TARGET])
+    with pytest.raises(AssertionError, match="gradient of input1 is missing"):
+        oracle_results(disconnected, {}, "float64")
+    declared = Case(lambda: None, lambda: lambda a, b: a * b, [ROWS, TARGET], (1,))
+    with pytest.raises(AssertionError, match="gradient of input1 is there"):
+        oracle_results(declared, {}, "float64")
+    assert not oracle_results(Case(declared.build, disconnected.oracle, [ROWS, TARGET], (1,)), {}, "float64")[1][
+        "input1"].any()
+
+
+def test_the_new_losses_take_torchs_positional_arguments_and_refuse_size_average_and_reduce():
+    """Positional arguments land where PyTorch's signature puts them (its deprecated size_average and reduce
+    slots included, refused with the ``reduction=`` to give), ``GaussianNLLLoss``'s are keyword-only as PyTorch's,
+    and ``size_average``/``reduce`` by keyword are the same ``ValueError`` on the older losses that share the
+    constructor (``MSELoss``, ``L1Loss``); the ``ud.ops`` functions refuse them as the modules do."""
+    assert ud.nn.PoissonNLLLoss(True, False, None, 1e-3).eps == 1e-3
+    assert ud.nn.TripletMarginLoss(1.0, 2, 1e-6, False, None, None, "sum").reduction == "sum"
+    assert ud.nn.MultiMarginLoss(1, 1.0, None, None, None, "none").reduction == "none"
+    for build in (lambda: ud.nn.PoissonNLLLoss(False, True, False), lambda: ud.nn.MSELoss(size_average=False),
+                  lambda: ud.nn.SoftMarginLoss(reduce=False), lambda: ud.nn.MarginRankingLoss(0.0, "none"),
+                  lambda: ud.ops.poisson_nll_loss(ROWS, COUNTS, True, False, False),
+                  lambda: ud.ops.multilabel_margin_loss(ROWS, MULTI_LABELS, reduce=False),
+                  lambda: ud.ops.hinge_embedding_loss(ROWS, SIGNS, 1.0, "none")):
+        with pytest.raises(ValueError, match=r"does not take PyTorch's deprecated size_average and reduce .*give "
+                                             r"reduction= instead: reduction='mean' \(size_average=True\), 'sum'"):
+            build()
+    with pytest.raises(TypeError):
+        ud.nn.GaussianNLLLoss(True)
+
+
+def test_hinge_and_soft_margin_losses_keep_the_input_dtype_and_torchs_values(backend):
+    """``HingeEmbeddingLoss`` and ``SoftMarginLoss`` of a float32 input and a float64 target are float32, as
+    PyTorch's (they took the target's float64); ``SoftMarginLoss`` is PyTorch's log1p(exp(z)) to 1e-15 in float64
+    where softplus's threshold of 20 gave z alone (z = 20.5: 6e-11 off), and stays finite past 88 in float32, with
+    the gradients 1 and -y, where PyTorch's overflows (a documented difference), eagerly and in ``ud.function``."""
+    x, y = ROWS[0].astype(np.float32), SIGNS[1]
+    for loss in (ud.nn.HingeEmbeddingLoss(reduction="none"), ud.nn.SoftMarginLoss(reduction="none")):
+        assert ud.to_numpy(loss(ud.tensor(x), ud.tensor(y, "float64"))).dtype == np.float32, loss
+    z = np.array([20.5, 25.0, -30.0, 0.0, 3.0])
+    expected = tnn.SoftMarginLoss(reduction="none")(torch.tensor(z), -torch.ones(5, dtype=torch.float64)).numpy()
+    got = ud.to_numpy(ud.nn.SoftMarginLoss(reduction="none")(ud.tensor(z, "float64"),
+                                                             ud.tensor(-np.ones(5), "float64")))
+    assert max_relative_difference(got, expected) < 1e-15
+    soft = ud.nn.SoftMarginLoss(reduction="sum")
+    far = [np.array([200.0, -1.0, 3.0], np.float32), np.array([-1.0, 1.0, 1.0], np.float32)]
+    for gradient in (ud.value_and_grad(soft, (0, 1)), ud.function(ud.value_and_grad(soft, (0, 1)))):
+        value, (dx, dy) = gradient(*map(ud.tensor, far))
+        assert float(ud.to_numpy(value)) == pytest.approx(200.0 + np.log1p(np.exp(1.0)) + np.log1p(np.exp(-3.0)))
+        assert ud.to_numpy(dx)[0] == 1.0 and ud.to_numpy(dy)[0] == -200.0
+
+
+def test_poisson_target_gradient_at_a_count_of_0_and_the_gaussian_clamp_are_exact(backend):
+    """``PoissonNLLLoss(full=True)``: the Stirling term adds 0 to the target's gradient at y <= 1, so a count of 0
+    has the ordinary -x (PyTorch: NaN); ``GaussianNLLLoss``'s clamp gives exactly eps to every float32 variance
+    below it (var + (max(var, eps) - var) rounded one in a thousand 1 ulp away)."""
+    poisson = ud.nn.PoissonNLLLoss(full=True, reduction="sum")
+    gradient = ud.grad(lambda y: poisson(ud.tensor(np.full(2, 0.3), "float64"), y))
+    assert np.array_equal(ud.to_numpy(gradient(ud.tensor(np.array([0.0, 0.5]), "float64"))), [-0.3, -0.3])
+    small = np.random.default_rng(3).uniform(0, 1e-6, 20_000).astype(np.float32)
+    gaussian = ud.nn.GaussianNLLLoss(reduction="none")
+    zeros = np.zeros(20_001, np.float32)
+    got = ud.to_numpy(gaussian(zeros + 1, zeros, np.append(small, np.float32(1e-6))))  # (1 / var: each ulp shows)
+    assert np.array_equal(got, np.full_like(got, got[-1]))
+
+
+def test_the_new_losses_accept_torchs_shapes(backend):
+    """What PyTorch accepts, unidl gives PyTorch's values for: an unbatched sample is the loss of a batch of one
+    (``CosineEmbeddingLoss``, ``MultiMarginLoss``, ``MultiLabelMarginLoss``), ``MultiMarginLoss`` of (C,) with a
+    target (1,) keeps that axis under 'none', and ``GaussianNLLLoss`` takes a var with an axis of size 1 and a
+    number, eagerly and inside ``ud.function``."""
+    rows = ROWS.astype(np.float32)
+    cases = [  # (unidl loss, torch loss, inputs)
+        (ud.nn.MultiMarginLoss(margin=2.5, reduction="none"), tnn.MultiMarginLoss(margin=2.5, reduction="none"),
+         [rows[1], LABELS[1:2]]),
+        (ud.nn.GaussianNLLLoss(reduction="sum"), tnn.GaussianNLLLoss(reduction="sum"),
+         [rows, TARGET.astype(np.float32), VARIANCES[:1].astype(np.float32)]),
+        (lambda x, t: ud.nn.GaussianNLLLoss()(x, t, 0.5), lambda x, t: tnn.GaussianNLLLoss()(x, t, 0.5),
+         [rows, TARGET.astype(np.float32)])]
+    for loss, reference, inputs in cases:
+        expected = reference(*map(torch.tensor, inputs)).numpy()
+        for run in (loss, ud.function(lambda *a, loss=loss: loss(*a))):
+            got = ud.to_numpy(run(*map(ud.tensor, inputs)))
+            assert got.shape == expected.shape and max_relative_difference(got, expected) < 2e-6, loss
+    for loss, first, second in ((ud.nn.CosineEmbeddingLoss(-0.5, reduction="none"), TARGET, PAIR_SIGNS),
+                                (ud.nn.MultiMarginLoss(reduction="none"), LABELS, None),
+                                (ud.nn.MultiLabelMarginLoss(reduction="none"), MULTI_LABELS, None)):
+        arrays = [rows, first.astype(np.float32) if second is not None else first] + ([second] if second is not None
+                                                                                       else [])
+        batch = ud.to_numpy(loss(*[ud.tensor(a[1:2]) for a in arrays]))
+        assert np.array_equal(ud.to_numpy(loss(*[ud.tensor(a[1]) for a in arrays])), batch[0]), loss
+
+
+def test_multilabel_margin_loss_holds_no_tensor_larger_than_its_scores():
+    """``MultiLabelMarginLoss`` of (N, C) scores makes no tensor of more than N C elements, value and gradient (it
+    built [N, C, C] ones: 500 MB for a batch of 32 over 1000 classes), seen on every op torch runs for it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        size = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                Largest.size = max(Largest.size, t.numel() if isinstance(t, torch.Tensor) else 0)
+            return out
+
+    scores = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+    labels = np.full((3, 40), -1)
+    labels[:, :3] = [[1, 7, 30], [0, 2, 39], [5, 5, 6]]
+    with ud.use_backend("torch"), Largest():
+        ud.to_numpy(ud.grad(lambda x: ud.nn.MultiLabelMarginLoss()(x, ud.tensor(labels)))(ud.tensor(scores)))
+    assert Largest.size <= scores.size

@@ -26,11 +26,15 @@ _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 @dataclass
 class Case:
     """``build()`` a ``ud.nn.Module`` or a function of tensors; ``oracle()`` the same in plain torch; ``inputs``
-    NumPy arrays (float ones in float64, cast to the dtype under test; integer ones as they are)."""
+    NumPy arrays (float ones in float64, cast to the dtype under test; integer ones as they are).
+    ``no_grad_inputs``: the positions of float inputs torch does not differentiate (a hinge loss's +-1 target,
+    reached only through comparisons), whose gradient must be 0; any other float input torch leaves without a
+    gradient is a failure of the case (an oracle disconnected by mistake)."""
 
     build: Callable
     oracle: Callable
     inputs: list
+    no_grad_inputs: tuple = ()
 
 
 def _cast(array, dtype):
@@ -61,7 +65,10 @@ def oracle_results(case: Case, state: dict, dtype: str):
     r = np.random.default_rng(99).standard_normal(tuple(output.shape)).astype(dtype)
     if output.requires_grad:
         (output * torch.tensor(r)).sum().backward()
-        # (an input the output depends on only through comparisons, a hinge loss's +-1 target, has no torch gradient: 0)
+        for i, t in enumerate(tensors):
+            if t.is_floating_point() and (t.grad is None) != (i in case.no_grad_inputs):
+                raise AssertionError(f"torch's gradient of input{i} is {'missing' if t.grad is None else 'there'}, "
+                                     f"and the case's no_grad_inputs are {case.no_grad_inputs}")
         grads = {f"input{i}": torch.zeros_like(t).numpy() if t.grad is None else t.grad.numpy()
                  for i, t in enumerate(tensors) if t.is_floating_point()}
         if isinstance(layer, torch.nn.Module):

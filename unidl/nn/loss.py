@@ -26,8 +26,9 @@ class _Loss(Module):
     reductions = arguments.REDUCTIONS
     _tensor_arguments = 2  # (prediction, target: a list or a number converted as ud.tensor makes it)
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean", *, size_average=None, reduce=None):
         super().__init__()
+        loss_ops.refuse_legacy_reduction(type(self).__name__, size_average, reduce)
         self.reduction = input_checks.check_reduction(type(self).__name__, reduction, self.reductions)
 
     def _check_same_shape(self, prediction, target):
@@ -267,8 +268,8 @@ class MarginRankingLoss(_Loss):
 
     _tensor_arguments = 3
 
-    def __init__(self, margin: float = 0.0, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, margin: float = 0.0, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.margin = float(margin)
 
     def forward(self, input1, input2, target):
@@ -283,8 +284,8 @@ class HingeEmbeddingLoss(_Loss):
     distance). PyTorch does not check y's values: any other value adds both terms, here too
     (``ud.ops.hinge_embedding_loss``)."""
 
-    def __init__(self, margin: float = 1.0, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, margin: float = 1.0, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.margin = float(margin)
 
     def forward(self, x, target):
@@ -294,10 +295,18 @@ class HingeEmbeddingLoss(_Loss):
         return f"margin={self.margin}, reduction={self.reduction!r}"
 
 
-class SoftMarginLoss(_Loss):
+class _UnparameterizedLoss(_Loss):
+    """A loss whose only option is its reduction, with PyTorch's positional slots before it (refused if given)."""
+
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
+
+
+class SoftMarginLoss(_UnparameterizedLoss):
     """reduce(log(1 + exp(-y * x))), the logistic loss of targets y in {1, -1}, as ``torch.nn.SoftMarginLoss``
-    (y's values are not checked, as in PyTorch). Computed as softplus(-y * x): finite where PyTorch's
-    log1p(exp(-y * x)) overflows (past 88 in float32: inf, and a NaN gradient) (``ud.ops.soft_margin_loss``)."""
+    (y's values are not checked, as in PyTorch), in the input's dtype. Computed as max(z, 0) + log1p(exp(-|z|)),
+    z = -y * x: PyTorch's value and gradient wherever its log1p(exp(z)) is finite, and finite where that overflows
+    (past 88 in float32: inf, and a NaN gradient) (``ud.ops.soft_margin_loss``)."""
 
     def forward(self, x, target):
         return loss_ops._soft_margin_loss(type(self).__name__, x, target, self.reduction)
@@ -311,8 +320,8 @@ class CosineEmbeddingLoss(_Loss):
 
     _tensor_arguments = 3
 
-    def __init__(self, margin: float = 0.0, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, margin: float = 0.0, size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.margin = float(margin)
 
     def forward(self, input1, input2, target):
@@ -330,19 +339,20 @@ class TripletMarginLoss(_Loss):
 
     Args:
         margin: positive (PyTorch refuses 0 and below, a ``ValueError`` here too).
-        p: the norm's degree, a positive number.
+        p: the norm's degree, any number PyTorch's ``pairwise_distance`` takes (inf: the largest |difference|).
         eps: added to the differences, as PyTorch's ``pairwise_distance``.
         swap: take the positive's distance to the negative where it is smaller.
         reduction: 'mean', 'sum' or 'none' (one loss per triplet).
 
-    Anchor, positive and negative have one shape, (N, D) or one triplet's (D,) (a ``ShapeMismatchError``
-    otherwise; PyTorch checks their ranks and broadcasts)."""
+    Anchor, positive and negative have one shape, (N, D), one triplet's (D,), or any other (a distance along the
+    last axis, as PyTorch's); shapes that differ are a ``ShapeMismatchError`` (PyTorch checks their ranks and
+    broadcasts)."""
 
     _tensor_arguments = 3
 
     def __init__(self, margin: float = 1.0, p: float = 2.0, eps: float = 1e-6, swap: bool = False,
-                 reduction: str = "mean"):
-        super().__init__(reduction)
+                 size_average=None, reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.margin, self.p = loss_ops.triplet_margin_options("TripletMarginLoss", margin, p)
         self.eps, self.swap = float(eps), bool(swap)
 
@@ -371,10 +381,10 @@ class MultiLabelSoftMarginLoss(_Loss):
     log sigmoid(-x))), then reduced over the samples. ``weight``: one value per class (a buffer), or None
     (``ud.ops.multilabel_soft_margin_loss``)."""
 
-    def __init__(self, weight=None, reduction: str = "mean"):
+    def __init__(self, weight=None, size_average=None, reduce=None, reduction: str = "mean"):
         if isinstance(weight, str):  # MultiLabelSoftMarginLoss('sum'): the reduction, positionally
             weight, reduction = None, weight
-        super().__init__(reduction)
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         _class_weight_buffer(self, weight)
 
     def forward(self, x, target):
@@ -398,8 +408,9 @@ class MultiMarginLoss(_Loss):
     A label outside [0, C) is an ``IndexOutOfRangeError`` (PyTorch: 'target out of range'), eagerly and in graphs;
     a term counts only where it is positive (no gradient at 0), as PyTorch's kernel."""
 
-    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, reduction: str = "mean"):
-        super().__init__(reduction)
+    def __init__(self, p: int = 1, margin: float = 1.0, weight=None, size_average=None, reduce=None,
+                 reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.p, self.margin = loss_ops.multi_margin_p("MultiMarginLoss", p), float(margin)
         _class_weight_buffer(self, weight)
 
@@ -411,7 +422,7 @@ class MultiMarginLoss(_Loss):
         return f"p={self.p}, margin={self.margin}, reduction={self.reduction!r}, weight={self.weight is not None}"
 
 
-class MultiLabelMarginLoss(_Loss):
+class MultiLabelMarginLoss(_UnparameterizedLoss):
     """Multi-label hinge loss, as ``torch.nn.MultiLabelMarginLoss``: for scores x (N, C) (or (C,)) and an integer
     target of their shape holding each sample's class indices, then -1 after the last (the entries after the first
     -1 are not read), l_n = sum over its classes j and the classes i not among them of max(0, 1 - (x[j] - x[i])) / C.
@@ -427,11 +438,21 @@ class PoissonNLLLoss(_Loss):
     """Negative log-likelihood of a Poisson distribution, as ``torch.nn.PoissonNLLLoss``: reduce(exp(x) - y x) for
     log-rates x (``log_input``), else reduce(x - y log(x + eps)); ``full`` adds Stirling's approximation of log(y!),
     y log(y) - y + log(2 pi y) / 2, where y > 1. Input and target have one shape (a ``ShapeMismatchError``
-    otherwise). The target's gradient at y = 0 under ``full`` is 0 (PyTorch's is NaN: 0 times log(0))
-    (``ud.ops.poisson_nll_loss``)."""
+    otherwise). The Stirling term adds 0 to the target's gradient at y <= 1 (PyTorch's is NaN at y = 0: 0 times
+    log(0)); the rest of it is the ordinary -x (-log(x + eps)) (``ud.ops.poisson_nll_loss``).
 
-    def __init__(self, log_input: bool = True, full: bool = False, eps: float = 1e-8, reduction: str = "mean"):
-        super().__init__(reduction)
+    Args:
+        log_input: the input holds log-rates (else rates).
+        full: add Stirling's term.
+        size_average: PyTorch's deprecated slot, kept for its position; anything but None is a ``ValueError``.
+        eps: added to the rates under the log, without ``log_input``.
+        reduce: as ``size_average``.
+        reduction: 'mean', 'sum' or 'none'.
+    """
+
+    def __init__(self, log_input: bool = True, full: bool = False, size_average=None, eps: float = 1e-8,
+                 reduce=None, reduction: str = "mean"):
+        super().__init__(reduction, size_average=size_average, reduce=reduce)
         self.log_input, self.full, self.eps = bool(log_input), bool(full), float(eps)
 
     def forward(self, x, target):
@@ -450,11 +471,12 @@ class GaussianNLLLoss(_Loss):
     ``var``: the input's shape (one variance each), the input's shape without its last axis or with one axis of
     size 1 (one variance shared along it), or a number; anything else is a ``ShapeMismatchError`` (PyTorch's
     ``ValueError``), and a negative variance a ``ValueOutOfRangeError`` (PyTorch's ``ValueError``), eagerly and in
-    graphs. Input and target have one shape (PyTorch also broadcasts a target with an axis of size 1)."""
+    graphs. The target has the input's shape, or it with one axis of size 1 (shared along it, as PyTorch documents);
+    any other is a ``ShapeMismatchError`` (PyTorch broadcasts it)."""
 
     _tensor_arguments = 2  # (a number for var stays one: a 0-d tensor is not a variance of every element, in PyTorch)
 
-    def __init__(self, full: bool = False, eps: float = 1e-6, reduction: str = "mean"):
+    def __init__(self, *, full: bool = False, eps: float = 1e-6, reduction: str = "mean"):
         super().__init__(reduction)
         self.full, self.eps = bool(full), float(eps)
 
