@@ -192,3 +192,27 @@ def sigterm_back_to_python() -> None:
     handler = signal.getsignal(signal.SIGTERM)  # (None: one installed outside Python, by an embedding program)
     if handler is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+
+
+#: Called with the message of ``end_process`` before the process ends: ``launch``'s rank reports it to the parent
+#: as that rank's error (None: nobody to tell)
+on_end_process = None
+
+
+def end_process(message: str) -> None:
+    """End this process at once with exit status 1, after writing ``message`` to stderr (and handing it to
+    ``on_end_process``): for an engine whose wait inside the framework (a collective that runs in XLA) no Python
+    exception can interrupt, as JAX's coordination service ends a process whose peer died. Callable from any
+    thread; ``os._exit``: no cleanup runs, since the main thread is still inside that wait."""
+    import sys
+    import threading
+    import traceback
+
+    main = sys._current_frames().get(threading.main_thread().ident)  # where the rank was left waiting
+    where = "".join(traceback.format_stack(main)) if main is not None else ""
+    try:
+        print(f"unidl: {message}\nWhere the main thread waited:\n{where}", file=sys.stderr, flush=True)
+        if on_end_process is not None:
+            on_end_process(message, where)
+    finally:
+        os._exit(1)
