@@ -43,6 +43,17 @@ def local_rank_of(rank: int) -> int:
         return rank
 
 
+def no_own_gpu(local_rank: int, gpus: int, how: str = "CUDA_VISIBLE_DEVICES"):
+    """The ``DeviceUnavailableError`` of a rank of local rank ``local_rank`` on a machine that shows each process
+    ``gpus`` GPUs, one per process, where it has none of its own (two ranks would share one GPU); ``how``: the
+    setting that gives each process its own."""
+    from unidl.errors import DeviceUnavailableError
+
+    return DeviceUnavailableError(f"local rank {local_rank} of a data-parallel job has no GPU of its own: this "
+                                  f"machine shows it {gpus} GPUs, one per process; start at most {gpus} processes "
+                                  f"per machine, or give each its own with {how}, or train on 'cpu'")
+
+
 MAX_PORT = 65535
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from jax.experimental import io_callback
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from unidl.errors import DeviceUnavailableError, DistributedError
+from unidl.errors import DistributedError
 
 _AXIS = "ranks"
 _job = None  # the running ``_Job``, None outside a job of several processes
@@ -218,10 +218,9 @@ def local_device_ids(local_rank: int, gpus: int, device: str, environ=None) -> l
         return [local_rank]
     if device.strip().lower().startswith("cpu"):
         return [local_rank % gpus]
-    raise DeviceUnavailableError(f"local rank {local_rank} of a data-parallel job has no GPU of its own: this machine "
-                                 f"shows it {gpus} GPUs, one per process; start at most {gpus} processes per machine, "
-                                 f"or give each its own with CUDA_VISIBLE_DEVICES (or JAX_LOCAL_DEVICE_IDS), or "
-                                 f"train on 'cpu'")
+    from unidl.distributed.environment import no_own_gpu
+
+    raise no_own_gpu(local_rank, gpus, "CUDA_VISIBLE_DEVICES (or JAX_LOCAL_DEVICE_IDS)")
 
 
 def reduce_on_host(values: list, op: str = "mean") -> list:
