@@ -5,7 +5,8 @@ variables (``UNIDL_RANK`` ...), a free port on 127.0.0.1, gloo's loopback interf
 a free port per rank (for ``tf.distribute``, whose workers each listen on one), and one thread per
 framework pool (``unidl.set_num_threads(1)``: N processes share the machine's cores). A rank that raises
 or dies ends the job: the parent stops every other rank (they would wait in a collective for ever) and
-raises ``DistributedError`` naming the rank, with its traceback. No rank outlives ``launch``.
+raises ``DistributedError`` naming the rank, with its traceback (a rank its engine ends, ``environment.end_process``:
+with the engine's message). No rank outlives ``launch``.
 """
 
 from __future__ import annotations
