@@ -664,7 +664,7 @@ def keras_on_torch_job(directory):
 def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
-    two-layer net in float64, with its collectives counted, and float32, bf16-mixed, and ``accumulate=2``) and
+    two-layer net in float64 and with ``accumulate=2``, their collectives counted, and float32 and bf16-mixed) and
     ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast)."""
     import jax
 
@@ -673,7 +673,8 @@ def keras_on_jax_job():
         return {"framework": _framework(), "all_reduces": counts, "local_cpus": len(jax.local_devices(backend="cpu")),
                 "two_layer64": engine_all_reduces(counts, "two_layer64", lambda: train_two_layer("float64")),
                 "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
-                "two_layer_accumulate": train_two_layer("float64", accumulate=2),
+                "two_layer_accumulate": engine_all_reduces(counts, "two_layer_accumulate",
+                                                           lambda: train_two_layer("float64", accumulate=2)),
                 "batch_norm": batch_norm_from_rank_0()}
 
 

@@ -155,6 +155,9 @@ class Engine:
         reduced = iter(_reduced_in_step(present, op) if present else [])
         return [None if v is None else next(reduced) for v in values]
 
+    window_in_step = staticmethod(lambda sums, has_gradient, finite, closes: window_in_step(
+        sums, has_gradient, finite, closes))  # (Keras-on-JAX's window: keras/distributed.py)
+
     @staticmethod
     def from_rank_0(values) -> list:
         """``values`` (NumPy arrays: a model's weights) as rank 0 has them, on every rank (``broadcast_from_rank_0``'s
