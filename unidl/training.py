@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 from unidl import arguments, config, devices
+from unidl.distributed import process_group
 from unidl.errors import BackendMismatchError, NonFiniteLossError, ShapeMismatchError
 from unidl.precision import precision_policy
 from unidl.tracing import python_randomness_preserved
@@ -417,7 +418,6 @@ def job_window_state(optimizer) -> dict | None:
     rule). The micro-step count is the same on every rank, so every rank calls the collective or none does."""
     import numpy as np
 
-    from unidl.distributed import process_group
     from unidl.tensors import to_numpy
 
     state = window_state(optimizer)
@@ -636,11 +636,13 @@ class TrainStep:
         else:
             self._run = self._backend.train_step(model, loss_fn, optimizer, with_outputs, self.eager)
         self._checked = set()
+        self._job = process_group.job_of_step()
         from unidl.nn.module import require_trainable
 
         self._require_trainable = require_trainable
 
     def __call__(self, x, y, *inputs):
+        process_group.check_job_of_step(self._job, f"train_step of {type(self.model).__name__}")
         x_shape, y_shape = _shape(x), _shape(y)
         if not x_shape or not y_shape or x_shape[0] != y_shape[0]:
             raise ShapeMismatchError(

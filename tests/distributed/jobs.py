@@ -573,11 +573,12 @@ def accumulation_and_guard_job():
     return {"guard": guard_job(), "accumulation": accumulation_job()}
 
 
-def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_backend, extra=None):
+def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_backend, extra=None,
+                                   stuck_timeout=None):
     """``data_parallel_job`` on each backend of ``job_args_by_backend`` (its arguments there) in turn, then
     ``extra()`` if given (another file's worth of checks on the same engine: ``results["extra"]``), the results
-    written to ``results_directory`` (the job does not return them: it then fails), then ``failing_job``: one
-    launch checks them all, for ranks that are slow to start."""
+    written to ``results_directory`` (the job does not return them: it then fails), then ``failing_job`` (with
+    ``stuck_timeout``): one launch checks them all, for ranks that are slow to start."""
     import pickle
 
     results = {}
@@ -592,7 +593,7 @@ def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_
         results["extra"] = extra()
     with open(os.path.join(results_directory, f"rank{ud.distributed.rank()}.pickle"), "wb") as file:
         pickle.dump(results, file)
-    return failing_job(failing_rank)
+    return failing_job(failing_rank, stuck_timeout)
 
 
 def float16_overflow_on_one_rank():
@@ -649,7 +650,9 @@ def keras_on_torch_job(directory):
               "guarded": poisoned_run("float64", 3, 1), "guarded_window": poisoned_run("float64", 4, 0, accumulate=2),
               "guarded_fp16_window": poisoned_run("float32", 4, 0, ud.Precision("16-mixed", init_scale=256.0), 2),
               "window_checkpointed": window_checkpointed_in_the_job(os.path.join(directory, "window"))}
+    built_in_the_job = step_in_the_job()
     ud.distributed.shutdown()
+    result["after_shutdown"] = built_in_the_job()
     if rank == 0:
         first = os.path.join(float16, "two", result["float16"]["files_seen"][0])
         result["one_process"] = dict(training("one_process"), float16=train_float16(os.path.join(float16, "one")),
@@ -661,14 +664,40 @@ def keras_on_torch_job(directory):
 def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
-    two-layer net in float64, with its collectives counted, and float32, bf16-mixed, and ``accumulate=2``) and
+    two-layer net in float64 and with ``accumulate=2``, their collectives counted, and float32 and bf16-mixed) and
     ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast)."""
+    import jax
+
     counts = {}
     with ud.use_backend("keras"):
-        return {"framework": _framework(), "all_reduces": counts,
+        return {"framework": _framework(), "all_reduces": counts, "local_cpus": len(jax.local_devices(backend="cpu")),
                 "two_layer64": engine_all_reduces(counts, "two_layer64", lambda: train_two_layer("float64")),
                 "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
-                "two_layer_accumulate": train_two_layer("float64", accumulate=2), "batch_norm": batch_norm_from_rank_0()}
+                "two_layer_accumulate": engine_all_reduces(counts, "two_layer_accumulate",
+                                                           lambda: train_two_layer("float64", accumulate=2)),
+                "batch_norm": batch_norm_from_rank_0()}
+
+
+def step_in_the_job():
+    """A train step of the two-layer net built in the job; returns a function that calls it once (after the process
+    left the job) and gives its error, whether the weights and the optimizer's state are unchanged, or None if it
+    trained."""
+    from unidl.errors import DistributedError
+
+    model = ud.models.TwoLayerNet(5, 7, 3)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+
+    def call():
+        start = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+        try:
+            step(np.ones((2, 5), np.float32), np.ones((2, 3), np.float32))
+        except DistributedError as error:
+            return {"error": str(error), "steps": optimizer.state_dict()["step"], "unchanged": all(
+                np.array_equal(ud.to_numpy(v), start[k]) for k, v in model.state_dict().items())}
+        return None
+
+    return call
 
 
 def eager_fit_refusal():
@@ -712,9 +741,23 @@ def _framework():
     return getattr(backend, "host", backend).name
 
 
-def failing_job(failing_rank):
-    """``failing_rank`` raises while the others wait for it in a barrier."""
+STUCK_SECONDS = 60  # how long the stuck rank of ``failing_job`` sleeps before it raises
+
+
+def failing_job(failing_rank, stuck_timeout=None):
+    """``failing_rank`` raises while the others wait for it in a barrier. ``stuck_timeout`` (the jax engine, whose
+    collectives inside XLA take no deadline of their own): ``failing_rank`` first stays alive without calling
+    collectives for ``STUCK_SECONDS``, while the others wait in the barrier under a collective timeout of
+    ``stuck_timeout`` seconds, past which the engine's watchdog ends them with an error naming the wait."""
     if ud.distributed.rank() == failing_rank:
+        if stuck_timeout is not None:
+            import time
+
+            time.sleep(STUCK_SECONDS)
         raise ValueError(f"planted failure on rank {failing_rank}")
+    if stuck_timeout is not None:
+        from unidl.backends.jax import distributed
+
+        distributed._job.watchdog.timeout = stuck_timeout  # (the job's own, 300 s, would take the suite's time)
     ud.distributed.barrier()
     return "unreachable"

@@ -50,7 +50,12 @@ LAUNCHES = {"torch": ("torch",), "tensorflow": ("tensorflow", "keras"), "keras":
 # and the torch launch also runs the accumulation and guard checks of DDP (below): a launch of their own would start
 # 2 more interpreters that import torch; the jax launch trains Keras-on-JAX too, its ranks' Keras on JAX
 EXTRA_JOBS = {"torch": jobs.accumulation_and_guard_job, "jax": jobs.keras_on_jax_job}
-RANK_ENVIRONMENT = {"jax": {"KERAS_BACKEND": "jax"}}
+# the jax launch's failing rank is stuck (alive, calling no collective) rather than raising: the jax engine's watchdog
+# must end the rank waiting for it after this collective timeout (seconds), where gloo inside XLA would wait for ever
+STUCK_TIMEOUT = {"jax": 3.0}
+# and with 2 CPU devices each: a rank trains on its own first one (where several GPUs are the rank's own: see
+# test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several)
+RANK_ENVIRONMENT = {"jax": {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}}
 
 
 def _keras_on_tensorflow() -> bool:
@@ -88,7 +93,8 @@ def _launch(backends, directory):
         # then only end before the launcher's own timeout if the launcher stops it
         ud.distributed.launch(jobs.data_parallel_job_then_failure, nprocs=2, backend=backends[0], timeout=FAILURE_BOUND,
                               collective_timeout=FAILURE_BOUND,
-                              args=(str(results), 1, job_args, EXTRA_JOBS.get(backends[0])))
+                              args=(str(results), 1, job_args, EXTRA_JOBS.get(backends[0]),
+                                    STUCK_TIMEOUT.get(backends[0])))
     except DistributedError as error:
         failure = str(error)
     finally:
@@ -149,12 +155,14 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     job = _job("jax", launches, tmp_path_factory)
     rank0, rank1 = job["extra"]
     assert rank0["framework"] == rank1["framework"] == "jax"
+    assert rank0["local_cpus"] == rank1["local_cpus"] == 2  # (RANK_ENVIRONMENT: each rank's own first one trains)
     for name, reference, bound in (("two_layer64", "float64", 1e-12), ("two_layer32", "float32", 1e-6),
                                    ("two_layer_accumulate", "accumulate", 1e-12), ("two_layer_bf16", "bf16-mixed", 2e-2)):
         assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
         _agree(rank0[name], job["two_layer"][reference], bound)
-    # one collective per step (10), rank 0's weights broadcast at the compile and the loader's seed
-    assert rank0["all_reduces"] == rank1["all_reduces"] == {"two_layer64": 12}
+    # one collective per step (10), rank 0's weights broadcast at the compile and the loader's seed; with
+    # accumulate=2 one per window (5: each rank's window reduced where it closes, 10 when every micro-step was)
+    assert rank0["all_reduces"] == rank1["all_reduces"] == {"two_layer64": 12, "two_layer_accumulate": 7}
     (start0, end0), (start1, end1) = rank0["batch_norm"], rank1["batch_norm"]  # from rank 0's weights, alike
     assert not np.array_equal(start0["0.weight"], start1["0.weight"])
     for name, value in end0.items():
@@ -342,14 +350,25 @@ def test_all_reduce_sums_over_the_ranks(job):
         np.testing.assert_array_equal(rank["all_reduce"], [2.0, 1.0])
 
 
-def test_a_rank_that_raises_ends_every_rank_with_an_error_naming_it(job):
-    assert job["failure"] is not None, "launch returned although rank 1 raised"
-    assert job["failure"].startswith("rank 1 of 2 raised ValueError: planted failure on rank 1"), job["failure"]
-    assert "Traceback of rank 1" in job["failure"]
-    # rank 0, waiting in a barrier whose collective timeout is the launcher's timeout, was stopped by the
-    # launcher: it reported no error of its own (a collective timeout), and the job did not run into the timeout
-    assert "the other ranks were stopped" in job["failure"], job["failure"]
-    assert "Traceback of rank 0" not in job["failure"] and "still running after timeout" not in job["failure"]
+def test_a_rank_that_raises_or_is_stuck_ends_every_rank_with_an_error_naming_it(job):
+    failure = job["failure"]
+    assert failure is not None, "launch returned although rank 1 failed"
+    assert "the other ranks were stopped" in failure and "still running after timeout" not in failure, failure
+    timeout = STUCK_TIMEOUT.get(job["engine"])
+    if timeout is None:  # rank 1 raised
+        assert failure.startswith("rank 1 of 2 raised ValueError: planted failure on rank 1"), failure
+        assert "Traceback of rank 1" in failure
+        # rank 0, waiting in a barrier whose collective timeout is the launcher's timeout, was stopped by the
+        # launcher: it reported no error of its own (a collective timeout), and the job did not run into the timeout
+        assert "Traceback of rank 0" not in failure
+    else:  # rank 1 stuck (alive, calling no collective): the jax engine's watchdog ended rank 0 in its barrier
+        assert failure.startswith(f"rank 0 of 2 raised DistributedError: rank 0 of 2 waited "), failure
+        assert (f"past the job's collective timeout of {timeout:g} s, for the other ranks in the jax engine's "
+                f"all-reduce #") in failure and "(sum of 1 int32 values)" in failure
+        assert "in barrier" in failure  # where rank 0's main thread waited
+        # within the timeout and the watchdog's look (1 s at most), long before rank 1 would have raised
+        waited = float(failure.split(" waited ")[1].split(" s,")[0])
+        assert timeout <= waited <= timeout + 10 < jobs.STUCK_SECONDS, failure
     assert job["children"] == []  # no rank process left behind
     # launch stops a rank with SIGTERM: its default action, on every engine (TensorFlow's coordination service had
     # taken SIGTERM and only recorded it, so the rank in the barrier ran on until SIGKILL, 5 s later)
@@ -425,6 +444,12 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
     assert one["float16_two_to_one"][1] == FLOAT16_SCALES[3:]
     _agree(first["trained"][0], one["float16"][0], FLOAT16_BOUND)
     _agree(one["float16_two_to_one"][0], one["float16"][0], FLOAT16_BOUND)
+    # a step built in the job and called after shutdown(): a clear error before it runs (it would average its
+    # gradients over ranks that left), the same front-end check on every engine
+    for rank in (rank0, rank1):
+        refused = rank["after_shutdown"]
+        assert refused is not None and refused["unchanged"] and refused["steps"] == 0
+        assert "built in a data-parallel job (rank" in refused["error"] and "build a new step" in refused["error"]
 
 
 # ---- gradient accumulation and the non-finite guard under torch's DDP (the torch launch's EXTRA_JOBS) ----------
@@ -760,3 +785,27 @@ def test_the_jax_engine_must_start_before_xla(monkeypatch):
                                                r"unidl.distributed.init\(\) at the top of the script"):
         ud.distributed.init(backend="jax")
     assert not ud.distributed.is_initialized()
+
+
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several(tmp_path):
+    """``jax.distributed.initialize``'s ``local_device_ids``, chosen before XLA starts from the GPUs CUDA would show
+    the process: with several, the rank's own (every rank saw them all, and trained on the first); none to choose
+    with one or none, or where the user chose (``JAX_LOCAL_DEVICE_IDS``); more local ranks than GPUs refused on a GPU
+    (as torch's engine does), spread over them on the CPU. (No GPU here: the choice, not the devices.)"""
+    from unidl.backends.jax.distributed import gpus_listed, local_device_ids
+    from unidl.errors import DeviceUnavailableError
+
+    assert [local_device_ids(rank, 4, "auto", {}) for rank in range(4)] == [[0], [1], [2], [3]]
+    assert local_device_ids(1, 2, "cuda", {}) == [1]
+    assert local_device_ids(1, 1, "auto", {}) is None and local_device_ids(1, 0, "cuda", {}) is None
+    assert local_device_ids(1, 4, "auto", {"JAX_LOCAL_DEVICE_IDS": "3"}) is None
+    assert local_device_ids(3, 2, "cpu", {}) == [1]
+    with pytest.raises(DeviceUnavailableError, match=r"local rank 2 of a data-parallel job has no GPU of its own: "
+                                                     r"this machine shows it 2 GPUs.* start at most 2 processes"):
+        local_device_ids(2, 2, "cuda:0", {})
+    for listed, count in (("2,3", 2), ("0, 1,-1,2", 2), ("", 0), ("-1", 0), ("GPU-8f3a,MIG-77aa", 2)):
+        assert gpus_listed({"CUDA_VISIBLE_DEVICES": listed}, str(tmp_path)) == count, listed
+    for index in range(3):
+        (tmp_path / f"0000:0{index}:00.0").mkdir()
+    assert gpus_listed({}, str(tmp_path)) == 3 and gpus_listed({}, str(tmp_path / "none")) == 0

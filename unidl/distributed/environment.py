@@ -43,6 +43,17 @@ def local_rank_of(rank: int) -> int:
         return rank
 
 
+def no_own_gpu(local_rank: int, gpus: int, how: str = "CUDA_VISIBLE_DEVICES"):
+    """The ``DeviceUnavailableError`` of a rank of local rank ``local_rank`` on a machine that shows each process
+    ``gpus`` GPUs, one per process, where it has none of its own (two ranks would share one GPU); ``how``: the
+    setting that gives each process its own."""
+    from unidl.errors import DeviceUnavailableError
+
+    return DeviceUnavailableError(f"local rank {local_rank} of a data-parallel job has no GPU of its own: this "
+                                  f"machine shows it {gpus} GPUs, one per process; start at most {gpus} processes "
+                                  f"per machine, or give each its own with {how}, or train on 'cpu'")
+
+
 MAX_PORT = 65535
 
 
@@ -192,3 +203,27 @@ def sigterm_back_to_python() -> None:
     handler = signal.getsignal(signal.SIGTERM)  # (None: one installed outside Python, by an embedding program)
     if handler is not None and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+
+
+#: Called with the message of ``end_process`` before the process ends: ``launch``'s rank reports it to the parent
+#: as that rank's error (None: nobody to tell)
+on_end_process = None
+
+
+def end_process(message: str) -> None:
+    """End this process at once with exit status 1, after writing ``message`` to stderr (and handing it to
+    ``on_end_process``): for an engine whose wait inside the framework (a collective that runs in XLA) no Python
+    exception can interrupt, as JAX's coordination service ends a process whose peer died. Callable from any
+    thread; ``os._exit``: no cleanup runs, since the main thread is still inside that wait."""
+    import sys
+    import threading
+    import traceback
+
+    main = sys._current_frames().get(threading.main_thread().ident)  # where the rank was left waiting
+    where = "".join(traceback.format_stack(main)) if main is not None else ""
+    try:
+        print(f"unidl: {message}\nWhere the main thread waited:\n{where}", file=sys.stderr, flush=True)
+        if on_end_process is not None:
+            on_end_process(message, where)
+    finally:
+        os._exit(1)

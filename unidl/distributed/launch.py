@@ -5,7 +5,8 @@ variables (``UNIDL_RANK`` ...), a free port on 127.0.0.1, gloo's loopback interf
 a free port per rank (for ``tf.distribute``, whose workers each listen on one), and one thread per
 framework pool (``unidl.set_num_threads(1)``: N processes share the machine's cores). A rank that raises
 or dies ends the job: the parent stops every other rank (they would wait in a collective for ever) and
-raises ``DistributedError`` naming the rank, with its traceback. No rank outlives ``launch``.
+raises ``DistributedError`` naming the rank, with its traceback (a rank its engine ends, ``environment.end_process``:
+with the engine's message). No rank outlives ``launch``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def _run_rank(payload: bytes, rank: int, env: dict, results) -> None:
         from unidl import distributed, threads
 
         threads.set_num_threads(int(env["UNIDL_NUM_THREADS"]))
+        environment.on_end_process = lambda message, where: _report_ended(results, rank, message, where)
         fn, args = pickle.loads(payload)
         distributed.init(backend=env.get("UNIDL_BACKEND") or None, timeout=float(env["UNIDL_DISTRIBUTED_TIMEOUT"]))
         try:
@@ -53,6 +55,15 @@ def _report(results, rank, error) -> None:
     """Send the parent one rank's failure with the time it happened: a failing rank's exit makes its peers'
     collectives fail too (connection reset), and the parent names the rank that failed first."""
     results.put(("error", rank, f"{type(error).__name__}: {error}", traceback.format_exc(), time.time()))
+
+
+def _report_ended(results, rank, message, where) -> None:
+    """Send the parent the message of an engine that ends this rank (``environment.end_process``: no Python
+    exception can leave its wait), with where the rank waited, before the process exits."""
+    results.put(("error", rank, f"DistributedError: {message}", f"(ended by the engine; the rank waited in:)\n{where}",
+                 time.time()))
+    results.close()
+    results.join_thread()  # (the message is sent before os._exit, which skips the queue's own flush)
 
 
 def _check(fn, nprocs, args, timeout, port):

@@ -1,6 +1,6 @@
 """The process group of a data-parallel job: ``init`` joins it through the backend's own engine (torch's
-``torch.distributed``, TensorFlow's ``MultiWorkerMirroredStrategy``, JAX's ``jax.distributed``), and ``rank``, ``world_size``,
-``barrier`` and ``all_reduce`` ask that engine.
+``torch.distributed``, TensorFlow's ``MultiWorkerMirroredStrategy``, JAX's ``jax.distributed``), and ``rank``,
+``world_size``, ``barrier`` and ``all_reduce`` ask that engine.
 
 The front end never talks to a framework here: ``Backend.distributed_engine()`` returns the engine, which
 lives in ``unidl/backends/<name>/distributed.py``. One process (no launcher's variables) is a group of
@@ -150,6 +150,23 @@ def shutdown() -> None:
         group.engine.stop()
     if group is not None and group.device_engine is not None:
         group.device_engine.stop()
+
+
+def job_of_step() -> ProcessGroup | None:
+    """The job a step built now trains in: the group of several processes this process joined, else None (a step
+    built outside one, or in a group of one, depends on no engine)."""
+    return _group if _group is not None and _group.engine is not None else None
+
+
+def check_job_of_step(job: ProcessGroup | None, what: str) -> None:
+    """A ``DistributedError`` where ``what`` (a step) was built in ``job`` (``job_of_step()`` then) and this process
+    has left that job since (``shutdown()``): the step carries the job's collectives (DDP's, the strategy's, the jax
+    engine's callback) and would fail in them or wait for ranks that left, so it is refused before it runs."""
+    if job is not None and _group is not job:
+        raise DistributedError(f"{what} was built in a data-parallel job (rank {job.rank} of {job.world_size} on "
+                               f"{job.backend.name}) that this process has left (unidl.distributed.shutdown()): its "
+                               f"gradients would be averaged over ranks that are gone; build a new step (and model "
+                               f"and optimizer, ud.train_step or fit) outside the job, or call it before shutdown()")
 
 
 def is_initialized() -> bool:

@@ -8,7 +8,9 @@ training step stays one compiled program (state in, state out): ``average_in_ste
 it that runs that reduction between the backward and the update, one all-reduce per step. With ``accumulate``
 N > 1 each rank keeps its own window and reduces it, with its finite flag, in one all-reduce at the window's last
 micro-step (``window_in_step``: the callback inside a ``lax.cond`` on that place), as torch's ``no_sync()``
-accumulation and TensorFlow's engine do. ``jax.distributed.initialize`` must run before XLA starts
+accumulation and TensorFlow's engine do. A watchdog bounds each collective's wait by the job's collective timeout
+(``_Watchdog``: past it the process ends with a message naming the rank and the collective).
+``jax.distributed.initialize`` must run before XLA starts
 (the first array or device query of the process): ``unidl.distributed.init`` at the top of a script, as
 ``unidl.distributed.launch`` calls it.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +35,45 @@ _job = None  # the running ``_Job``, None outside a job of several processes
 _COLLECTIVES = {"sum": jax.lax.psum, "mean": jax.lax.psum, "max": jax.lax.pmax, "min": jax.lax.pmin}
 
 
-class _Job:
-    """This process's place in the job: the mesh of one CPU device per rank, and its own device there."""
+class _Watchdog:
+    """Bounds the wait of this rank's collectives by the job's collective ``timeout`` (seconds): gloo's collectives
+    inside XLA take no deadline, so a live peer that stops calling them (stuck, or held up by a long evaluation)
+    would leave this rank waiting for ever. A thread looks every ``timeout / 4`` seconds (1 s at most) at the
+    collective in progress; one that has waited longer than ``timeout`` ends the process with exit status 1 and a
+    message naming the rank, the collective and the timeout (``environment.end_process``: no Python exception can
+    leave XLA's wait), as JAX's coordination service ends a process whose peer died."""
 
-    def __init__(self, world_size: int):
+    def __init__(self, rank: int, world_size: int, timeout: float):
+        import threading
+
+        self.rank, self.world_size, self.timeout = rank, world_size, timeout
+        self.waiting = None  # (what, since when): the collective in progress
+        self.stopped = threading.Event()
+        threading.Thread(target=self._watch, name="unidl-jax-collective-watchdog", daemon=True).start()
+
+    def _watch(self):
+        from unidl.distributed.environment import end_process
+
+        while not self.stopped.wait(min(1.0, self.timeout / 4)):
+            waiting = self.waiting
+            if waiting is not None and time.monotonic() - waiting[1] > self.timeout:
+                end_process(f"rank {self.rank} of {self.world_size} waited {time.monotonic() - waiting[1]:.0f} s, "
+                            f"past the job's collective timeout of {self.timeout:g} s, for the other ranks in the "
+                            f"jax engine's {waiting[0]}: a rank is stuck or held up (a long evaluation or I/O "
+                            f"between steps) and stopped calling collectives; this process ends (exit status 1), "
+                            f"since XLA's gloo collective cannot be interrupted. Raise the timeout "
+                            f"(unidl.distributed.init(timeout=...), launch(collective_timeout=...)) if the ranks "
+                            f"legitimately take longer between collectives")
+
+
+class _Job:
+    """This process's place in the job: the mesh of one CPU device per rank, its own device there, and the watchdog
+    of its collectives."""
+
+    def __init__(self, rank: int, world_size: int, timeout: float):
         self.world_size = world_size
         self.all_reduces = 0  # the collectives run so far (``all_reduces_run``)
+        self.watchdog = _Watchdog(rank, world_size, timeout)
         # (CPU devices on a GPU machine too: the reduction's values are NumPy arrays on the host, and gloo is
         # JAX's CPU collectives)
         self.devices = [jax.local_devices(process_index=index, backend="cpu")[0] for index in range(world_size)]
@@ -54,7 +90,12 @@ class _Job:
         self.all_reduces += 1
         row = jax.device_put(flat[None], self.own)
         rows = jax.make_array_from_single_device_arrays((self.world_size, flat.size), self.rows, [row])
-        result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(flat.shape)
+        self.watchdog.waiting = (f"all-reduce #{self.all_reduces} ({op} of {flat.size} {flat.dtype} values)",
+                                 time.monotonic())
+        try:
+            result = np.asarray(self.reducers[op](rows).addressable_data(0)).reshape(flat.shape)
+        finally:
+            self.watchdog.waiting = None
         if op != "mean":
             return result
         return result / self.world_size if jnp.issubdtype(result.dtype, jnp.inexact) else result // self.world_size
@@ -76,7 +117,8 @@ class Engine:
         global _job
         from jax._src import xla_bridge  # whether XLA started (no public query)
 
-        from unidl.distributed.environment import sigterm_back_to_python
+        from unidl import config
+        from unidl.distributed.environment import local_rank_of, sigterm_back_to_python
 
         if xla_bridge.backends_are_initialized():
             raise DistributedError(
@@ -85,16 +127,18 @@ class Engine:
                 "top of the script, before building a model or a tensor")
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         seconds = max(1, math.ceil(timeout))
+        own_gpu = local_device_ids(local_rank_of(rank), visible_gpus(), config._requested_device())
         # the coordination service ends a process whose peer stopped answering for ``timeout`` seconds (its own
         # fatal error, not a hang), and a rank that leaves waits as long for the others at the shutdown barrier
         try:
-            jax.distributed.initialize(f"{address}:{port}", world_size, rank, initialization_timeout=seconds,
-                                       heartbeat_timeout_seconds=seconds, shutdown_timeout_seconds=seconds)
+            jax.distributed.initialize(f"{address}:{port}", world_size, rank, local_device_ids=own_gpu,
+                                       initialization_timeout=seconds, heartbeat_timeout_seconds=seconds,
+                                       shutdown_timeout_seconds=seconds)
         except RuntimeError as error:  # (JaxRuntimeError too)
             raise DistributedError(f"rank {rank} of {world_size} could not join the job through jax.distributed "
                                    f"at {address}:{port} within {seconds} s: {error}") from error
         sigterm_back_to_python()
-        _job = _Job(world_size)
+        _job = _Job(rank, world_size, timeout)
 
     def barrier(self):
         _job.reduce(np.zeros(1, np.int32), "sum")  # a collective returns once every rank joined it
@@ -111,6 +155,9 @@ class Engine:
         reduced = iter(_reduced_in_step(present, op) if present else [])
         return [None if v is None else next(reduced) for v in values]
 
+    window_in_step = staticmethod(lambda sums, has_gradient, finite, closes: window_in_step(
+        sums, has_gradient, finite, closes))  # (Keras-on-JAX's window: keras/distributed.py)
+
     @staticmethod
     def from_rank_0(values) -> list:
         """``values`` (NumPy arrays: a model's weights) as rank 0 has them, on every rank (``broadcast_from_rank_0``'s
@@ -120,13 +167,71 @@ class Engine:
 
     def stop(self):
         global _job
+        if _job is not None:
+            _job.watchdog.stopped.set()
         _job = None
         jax.distributed.shutdown()
+
+
+def visible_gpus() -> int:
+    """How many GPUs JAX would show this process, counted without starting XLA (``local_device_ids`` must be chosen
+    before it starts): none without a jax CUDA plugin package, else ``gpus_listed()``. ROCm's are not counted."""
+    from unidl.backends.jax.backend import _installed
+
+    return gpus_listed() if _installed("jax-cuda13-plugin") or _installed("jax-cuda12-plugin") else 0
+
+
+def gpus_listed(environ=None, driver_gpus: str = "/proc/driver/nvidia/gpus") -> int:
+    """The GPUs CUDA would show this process: the entries of ``CUDA_VISIBLE_DEVICES`` where it is set, up to the
+    first that names no GPU (CUDA ignores the rest: '-1' hides them all), else those the NVIDIA driver lists
+    (``driver_gpus``, one folder each on Linux; 0 where there is none)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        try:
+            return len(os.listdir(driver_gpus))
+        except OSError:
+            return 0
+    count = 0
+    for entry in listed.split(","):
+        entry = entry.strip()
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        count += 1
+    return count
+
+
+def local_device_ids(local_rank: int, gpus: int, device: str, environ=None) -> list[int] | None:
+    """The ``local_device_ids`` of ``jax.distributed.initialize`` for the rank of local rank ``local_rank`` on a
+    host whose every process would see ``gpus`` GPUs (``visible_gpus``), training on unidl's requested ``device``
+    ('auto', 'cuda', 'cuda:N', 'cpu', ...): with several GPUs, its own, the GPU of its local rank (as torchrun's
+    LOCAL_RANK means; JAX then shows the process that one only, as its 'cuda:0', and allocates on no other); None
+    with one GPU or none (a process's one GPU is its own: ``CUDA_VISIBLE_DEVICES`` per rank), or where the user
+    chose them (``JAX_LOCAL_DEVICE_IDS``, which JAX reads). More local ranks than GPUs: a
+    ``DeviceUnavailableError`` on a GPU (two ranks would share one), and on the CPU the GPU of ``local_rank % gpus``
+    (so that the rank does not allocate memory on every GPU)."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    if gpus <= 1 or environ.get("JAX_LOCAL_DEVICE_IDS"):
+        return None
+    if local_rank < gpus:
+        return [local_rank]
+    if device.strip().lower().startswith("cpu"):
+        return [local_rank % gpus]
+    from unidl.distributed.environment import no_own_gpu
+
+    raise no_own_gpu(local_rank, gpus, "CUDA_VISIBLE_DEVICES (or JAX_LOCAL_DEVICE_IDS)")
 
 
 def reduce_on_host(values: list, op: str = "mean") -> list:
     """``values`` (NumPy arrays) reduced over the ranks with ``op``, one collective per dtype among them, in
     their order and shapes."""
+    if _job is None:  # (a compiled step of a job that this process left: ``check_job_of_step`` refuses it first)
+        raise DistributedError("the jax engine's reduction ran outside a data-parallel job (after "
+                               "unidl.distributed.shutdown()); build the step again outside the job")
     reduced = list(values)
     for dtype in dict.fromkeys(np.asarray(value).dtype for value in values):
         where = [index for index, value in enumerate(values) if np.asarray(value).dtype == dtype]

@@ -16,9 +16,10 @@ backward, the step's loss riding in that all-reduce for the guard (``mark_loss``
 On Keras-on-JAX, Keras's train step is one compiled program, as the jax backend's: the jax engine averages its
 loss and gradients over the ranks inside it (``averages_in_step``: an ``io_callback``, ``sum_in_step``) before
 unidl's guard, clipping and update, Keras's own update then running as in one process, and rank 0's weights are
-broadcast when a model is compiled for a step (``from_rank_0``). There a window of ``accumulate`` N > 1 is
-averaged at every micro-step (Keras's functional trainer keeps the optimizer's window in its state, not on this
-rank: one all-reduce per micro-step).
+broadcast when a model is compiled for a step (``from_rank_0``). There a window of ``accumulate`` N > 1, which
+Keras's functional trainer keeps in its state, stays each rank's own and is averaged once, at its last micro-step
+(``reduces_window_in_step``: the jax engine's callback inside a ``lax.cond``); float16's window (Keras's loss
+scaler's) is averaged at every micro-step.
 
 With ``accumulate`` N > 1 in a job, on either host, the optimizer keeps this rank's window and reduces it over the
 ranks with its finite flag in one all-reduce when the window closes (``accumulates_locally``, ``reduce_window``):
@@ -167,10 +168,26 @@ def accumulates_locally() -> bool:
     window cannot wait in ``.grad`` for the last backward's all-reduce as in torch's own idiom, and is the
     optimizer's. On TensorFlow's strategy the step has a graph without a collective for the micro-steps that do
     not close the window, and one with it for those that do (``graph_per_window_place``). Not on JAX's engine
-    (``averages_in_step``): Keras's functional trainer runs the optimizer's window as it does in one process, every
-    micro-step averaged (``sum_in_step``)."""
+    (``averages_in_step``): Keras's functional trainer keeps the optimizer's window in its state, reduced inside
+    the step where it closes (``reduces_window_in_step``)."""
     running = _running()
     return running is not None and not getattr(running, "averages_in_step", False)
+
+
+def reduces_window_in_step() -> bool:
+    """Whether a window of ``accumulate`` N > 1 that Keras's trainer keeps in its own state (Keras-on-JAX's
+    functional trainer, on JAX's engine: ``averages_in_step``) stays on this rank and is reduced over the ranks
+    once, inside the step at the window's last micro-step (``window_in_step``), as the jax backend's window."""
+    running = _running()
+    return running is not None and getattr(running, "averages_in_step", False)
+
+
+def window_in_step(sums, has_gradient, finite, closes):
+    """``(sums, has_gradient, finite)`` of a window kept on this rank as the job's where ``closes`` (a boolean
+    scalar: the window's last micro-step), in one all-reduce inside the step (the jax engine's ``window_in_step``:
+    its ``io_callback`` inside a ``lax.cond``, no collective at the other micro-steps); ``has_gradient`` None where
+    this rank had a gradient now (``reduces_window_in_step``)."""
+    return _running().window_in_step(sums, has_gradient, finite, closes)
 
 
 def reduce_window(values):

@@ -254,7 +254,9 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         grads = [None if g is None else dense_gradient(g) for g in grads]
         accumulate = getattr(self, "_accumulate", 1)
         local = accumulate > 1 and keras_distributed.accumulates_locally()  # this rank's window, averaged at its end
-        if not local:  # in a data-parallel job the job's gradients and loss (keras/distributed.py), before the guard
+        # (Keras-on-JAX's window, in the trainer's state: this rank's too, reduced inside the step where it closes)
+        if not local and not (accumulate > 1 and keras_distributed.reduces_window_in_step()):
+            # in a data-parallel job the job's gradients and loss (keras/distributed.py), before the guard
             loss, *grads = keras_distributed.sum_in_step([loss, *grads])
         finite = all_finite([loss, *grads])
         self.finite.assign(finite)
@@ -367,6 +369,10 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             count = self._micro_steps.value + 1
             window_finite = K.logical_and(self._window_finite.value, finite)
             closes = count >= accumulate
+            if keras_distributed.reduces_window_in_step():  # in a job: the job's window where it closes
+                present = [None if g is not None else flag.value for g, flag in zip(grads, had)]
+                sums, present, window_finite = keras_distributed.window_in_step(sums, present, window_finite, closes)
+                flags = {i: flag for i, flag, g in zip(indices, present, grads) if g is None}
             update = K.logical_and(closes, window_finite)
             self.finite.assign(K.logical_or(K.logical_not(closes), window_finite))  # True inside the window
             micro_step_grads, grads = grads, sums  # (a parameter without a gradient now keeps its window flag)

@@ -121,11 +121,9 @@ def _check_own_gpu(device: str, local_rank: int, gpus: int) -> None:
     machine (more local ranks than its ``gpus`` GPUs, NCCL's "duplicate GPU" at the first collective); one GPU
     seen is each process's own (``CUDA_VISIBLE_DEVICES`` per rank), taken by every local rank."""
     if device.startswith("cuda") and gpus > 1 and local_rank >= gpus:
-        from unidl.errors import DeviceUnavailableError
+        from unidl.distributed.environment import no_own_gpu
 
-        raise DeviceUnavailableError(f"local rank {local_rank} of a data-parallel job has no GPU of its own: this "
-                                     f"machine shows it {gpus} GPUs, one per process; start at most {gpus} processes "
-                                     f"per machine, or give each its own with CUDA_VISIBLE_DEVICES, or train on 'cpu'")
+        raise no_own_gpu(local_rank, gpus)
 
 
 def engine_for(device: str) -> str:
