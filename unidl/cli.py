@@ -82,18 +82,19 @@ def backend_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-#: the frameworks Keras runs on, for parity's ``keras:<framework>`` (run in a subprocess of that KERAS_BACKEND)
-KERAS_HOSTS = ("tensorflow", "jax", "torch")
-
-
 def parity_backend(text: str) -> str:
-    """A backend for ``unidl parity``: a backend name, or ``keras:<framework>`` (Keras on that framework)."""
+    """A backend for ``unidl parity``: a backend name, or ``keras:<framework>`` (Keras on that framework, run in a
+    subprocess of that KERAS_BACKEND); which backends take a host, and which hosts, the registry tells."""
+    from unidl import backends
+
     name, colon, host = text.partition(":")
     name = backend_name(name)
-    if colon and (name != "keras" or host not in KERAS_HOSTS):
+    hosted = backends.hosted_backends()
+    if colon and host not in hosted.get(name, ()):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: only keras takes a framework to run on, one of {', '.join(KERAS_HOSTS)} "
-            f"(keras:tensorflow, keras:jax, keras:torch)")
+            f"{text!r}: only {' and '.join(hosted)} takes a framework to run on, one of "
+            f"{'; '.join(', '.join(hosts) for hosts in hosted.values())} "
+            f"({', '.join(f'{hosted_name}:{h}' for hosted_name, hosts in hosted.items() for h in hosts)})")
     return f"{name}:{host}" if colon else name
 
 
