@@ -152,6 +152,8 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unidl import backends
+
     parser = CommandLineParser(prog="unidl",
                                description="unidl: one training loop for PyTorch, TensorFlow, Keras and JAX")
     parser.add_argument("--version", action="version", version=f"unidl {version()}")
@@ -160,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=["two_layer", "cnn"], default="cnn")
     train.add_argument("--dataset", type=dataset_spec, default="digits", help=f"{DATASETS} (default: digits)")
     train.add_argument("--backend", type=backend_name, default=None,
-                       help="torch, tensorflow, keras or jax (default: UNIDL_BACKEND or first installed)")
+                       help=f"{', '.join(backends.specs())} (default: UNIDL_BACKEND or first installed)")
     train.add_argument("--device", type=device_name, default=None,
                        help="auto, cpu, cuda, cuda:N (default: UNIDL_DEVICE or auto)")
     train.add_argument("--epochs", type=positive_int, default=15)
@@ -516,8 +518,9 @@ def run_command(args) -> int:
 
         compared = args.backends or backends.available_backends()
         if len(compared) < 2:
+            extras = [spec.extra for name, spec in backends.specs().items() if name not in compared]
             given = (f"got {compared}; name them, e.g. --backends torch tensorflow keras:jax" if args.backends else
-                     f"only {compared} is installed; install another (pip install 'unidl[tensorflow]', ...)")
+                     f"only {compared} is installed; install another (pip install 'unidl[{extras[0]}]', ...)")
             build_parser().exit(2, f"unidl parity: error: argument --backends: parity compares two backends or "
                                    f"more, {given}\n")
     if args.command == "plot":  # reads a file; no framework needed
