@@ -201,49 +201,55 @@ def _framework_names() -> dict[str, str]:
 
 
 def _code_literals(path):
-    """``(line, kind, text)`` of the code of ``path``: each identifier, and each string literal (implicitly
-    concatenated ones joined), docstrings and comments left out."""
+    """``(line, kind, text, statement)`` of the code of ``path``: each identifier, and each string literal
+    (implicitly concatenated ones joined), docstrings and comments left out; ``statement`` counts logical lines."""
     import io
     import tokenize
 
     tokens = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
               if t.type not in (tokenize.COMMENT, tokenize.NL)]
-    found, index = [], 0
+    found, index, statement = [], 0, 0
     while index < len(tokens):
         token = tokens[index]
+        statement += token.type == tokenize.NEWLINE
         if token.type == tokenize.NAME:
-            found.append((token.start[0], "name", token.string))
+            found.append((token.start[0], "name", token.string, statement))
         if token.type != tokenize.STRING:
             index += 1
             continue
         end = index
         while end + 1 < len(tokens) and tokens[end + 1].type == tokenize.STRING:
             end += 1
-        statement = index == 0 or tokens[index - 1].type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
-        if not (statement and end + 1 < len(tokens) and tokens[end + 1].type == tokenize.NEWLINE):  # a docstring
-            found.append((token.start[0], "string", " ".join(t.string for t in tokens[index:end + 1])))
+        alone = index == 0 or tokens[index - 1].type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+        if not (alone and end + 1 < len(tokens) and tokens[end + 1].type == tokenize.NEWLINE):  # a docstring
+            found.append((token.start[0], "string", " ".join(t.string for t in tokens[index:end + 1]), statement))
         index = end + 1
     return found
 
 
 def _framework_mentions(path, names) -> list[tuple[int, str, str]]:
     """``(line, framework, code)`` where ``path`` imports or uses a framework (an identifier), uses a framework's
-    name as data (a string that is a module path: ``"torch.utils.data"``), lists two backends or more in one string,
-    or names an install extra (``unidl[jax]``). Citing one framework's API in a message ("as torch.nn does") is
-    not a mention: unidl follows PyTorch's API on every backend."""
+    name as data (a string that is a module path: ``"torch.utils.data"``), names two backends or more in the strings
+    of one statement (a list of backends, a table of formats), or names an install extra (``unidl[jax]``). Citing
+    one framework's API in a message ("as torch.nn does") is not a mention: unidl follows PyTorch's API on every
+    backend."""
     import re
 
     spelled = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
     word, module_path = re.compile(rf"\b({spelled})\b"), re.compile(rf"^['\"]({spelled})(\.\w+)*\.?['\"]$")
     extra = re.compile(rf"unidl\[[^\]]*\b({spelled})\b")
+    literals, listed = _code_literals(path), {}
+    for _, kind, text, statement in literals:
+        if kind == "string":
+            listed.setdefault(statement, set()).update(names[m] for m in word.findall(text))
     mentions = []
-    for line, kind, text in _code_literals(path):
+    for line, kind, text, statement in literals:
         if kind == "name":
             hits = [text] if text in names else []
         else:
-            listed = {names[m] for m in word.findall(text)}
-            hits = ([m.group(1) for m in (module_path.match(text.lstrip("rbfRBF")), extra.search(text)) if m]
-                    + (sorted(listed) if len(listed) > 1 else []))
+            several = listed[statement] if len(listed[statement]) > 1 else set()
+            hits = sorted({m.group(1) for m in (module_path.match(text.lstrip("rbfRBF")), extra.search(text)) if m}
+                          | {names[m] for m in word.findall(text)} & several)
         mentions += [(line, names[hit], text) for hit in hits]
     return mentions
 
@@ -283,6 +289,9 @@ def test_the_front_end_check_finds_each_kind_of_mention(tmp_path):
                     'root = kind.__module__.startswith("torch.utils.data")\n'
                     'hint = f"pip install \'unidl[{x}]\' or \'unidl[keras]\'"\n'
                     'message = "as torch.nn does"; torch_options = 1\n'
+                    'FORMATS = {"a": "tf.saved_model.load(path)",\n'
+                    '           "b": "jax.export.deserialize(data)"}\n'
                     'def f():\n    """tf.data and keras."""\n')
     mentions = [(line, framework) for line, framework, _ in _framework_mentions(path, _framework_names())]
-    assert mentions == [(2, "jax"), (2, "jax"), (3, "tensorflow"), (3, "jax"), (4, "torch"), (5, "keras")]
+    assert mentions == [(2, "jax"), (2, "jax"), (3, "tensorflow"), (3, "jax"), (4, "torch"), (5, "keras"),
+                        (7, "tensorflow"), (8, "jax")]
