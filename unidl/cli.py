@@ -185,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parity = commands.add_parser("parity", help="compare a model across backends; exit 1 if any difference exceeds its tolerance")
     parity.add_argument("--model", choices=["two_layer", "cnn"], default="two_layer")
     parity.add_argument("--backends", nargs="+", default=None, type=parity_backend,
-                        help="backends to compare (default: all installed); keras:torch runs Keras on torch in a subprocess")
+                        help="backends to compare (default: all installed); " + "; ".join(
+                            f"{name}:<framework> runs {name} on that framework in a subprocess ({', '.join(hosts)})"
+                            for name, hosts in backends.hosted_backends().items()))
     parity.add_argument("--steps", type=positive_int, default=20)
     parity.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     compare = commands.add_parser("compare", help="train the two-layer net on every installed backend, losses side by side")
@@ -519,7 +521,9 @@ def run_command(args) -> int:
         compared = args.backends or backends.available_backends()
         if len(compared) < 2:
             extras = [spec.extra for name, spec in backends.specs().items() if name not in compared]
-            given = (f"got {compared}; name them, e.g. --backends torch tensorflow keras:jax" if args.backends else
+            example = " ".join([*backends.specs()][:2] + [f"{n}:{hosts[-1]}" for n, hosts in
+                                                          backends.hosted_backends().items()][:1])
+            given = (f"got {compared}; name them, e.g. --backends {example}" if args.backends else
                      f"only {compared} is installed; install another (pip install 'unidl[{extras[0]}]', ...)")
             build_parser().exit(2, f"unidl parity: error: argument --backends: parity compares two backends or "
                                    f"more, {given}\n")

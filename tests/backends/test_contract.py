@@ -182,8 +182,6 @@ FRONT_END_ALLOWED = {
                                           "does (PyTorch's API, on any backend), recognised by its name"),
     "unidl/callbacks/callback.py": (("keras",), "fit takes Keras's own callbacks on any backend: a Keras Callback "
                                                 "base class's no-op hooks are recognised by its module"),
-    "unidl/cli.py": (("keras", "torch", "tensorflow", "jax"), "examples of parity's --backends syntax in its help "
-                                                              "and error (keras:torch)"),
     "unidl/distributed/process_group.py": (("torch", "tensorflow", "jax"),
                                            "the data-parallel engines in an error (unidl/distributed/ was being "
                                            "edited apart; to be derived from Backend.distributed_engine)"),
