@@ -136,7 +136,7 @@ BAD_VALUES = [
     (["parity", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
     (["parity", "--backends", "torch"], "argument --backends: parity compares two backends or more, got ['torch']"),
     (["parity", "--backends", "torch", "keras:bogus"], "argument --backends: 'keras:bogus': only keras takes a "
-                                                        "framework to run on, one of tensorflow, jax, torch"),
+                                                        "framework to run on, one of torch, tensorflow, jax"),
     (["parity", "--backends", "torch:jax", "tensorflow"], "argument --backends: 'torch:jax': only keras takes"),
     (["bench", "--steps", "0"], "argument --steps: must be a positive integer, got 0"),
     (["train", "--dataset", "cifar10:/nonexistent"], "argument --dataset: cifar10's directory '/nonexistent' does "

@@ -38,15 +38,19 @@ def test_unknown_backend_lists_valid_and_installed():
         assert name in message
 
 
-def test_missing_framework_names_the_extra(monkeypatch):
-    spec = backends.specs()["torch"]
-    monkeypatch.setitem(backends._specs, "torch", backends.BackendSpec(
-        name="torch", aliases=spec.aliases, extra=spec.extra, priority=spec.priority,
-        required_modules=lambda: ("a_framework_that_is_not_installed",)))
+@pytest.mark.parametrize("name", ["torch", "tensorflow", "keras", "jax"])
+def test_missing_framework_names_the_extra(monkeypatch, name):
+    """The backend's SPEC made to need a module that is not installed (its own install hint kept): loading it names
+    the extra that installs it (keras's with its host's, ``unidl[keras,tensorflow]``)."""
+    import dataclasses
+
+    spec = backends.specs()[name]
+    monkeypatch.setitem(backends._specs, name, dataclasses.replace(
+        spec, required_modules=lambda: ("a_framework_that_is_not_installed",)))
     monkeypatch.setattr(backends, "_loaded", {})
-    with pytest.raises(ud.BackendNotInstalledError, match=r"pip install 'unidl\[torch\]'"):
-        ud.set_backend("torch")
-    assert "torch" not in ud.available_backends()
+    with pytest.raises(ud.BackendNotInstalledError, match=rf"pip install 'unidl\[{name}[],]"):
+        ud.set_backend(name)
+    assert name not in ud.available_backends()
 
 
 def test_env_backend_read_at_first_use(monkeypatch, fresh_defaults):

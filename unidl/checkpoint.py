@@ -17,7 +17,7 @@ import numpy as np
 
 from unidl.arguments import INT64_END
 from unidl.distributed import process_group
-from unidl import random as unidl_random
+from unidl import backends, random as unidl_random
 from unidl.errors import CheckpointStateError, CorruptFileError, StateDictError
 from unidl.io.safetensors import SafetensorsFile, check_readable_file, save_file
 from unidl.training import job_window_state
@@ -121,7 +121,7 @@ def _check_arguments(function: str, model, optimizer, loader, scheduler, method:
                                      ("loader", loader, (method,), "a unidl.data.DataLoader"),
                                      ("scheduler", scheduler, (method,), "a unidl.optim.lr_scheduler scheduler")):
         if value is not None and not all(hasattr(value, attribute) for attribute in needs):
-            native = type(value).__module__.split(".")[0] in ("torch", "tensorflow", "keras", "jax", "optax")
+            native = backends.framework_of(type(value)) is not None
             raise TypeError(f"{function}: {name} must be {what}, got {type(value).__name__}"
                             + (" (a framework's own object, whose state unidl does not keep)" if native else ""))
 

@@ -82,18 +82,19 @@ def backend_name(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-#: the frameworks Keras runs on, for parity's ``keras:<framework>`` (run in a subprocess of that KERAS_BACKEND)
-KERAS_HOSTS = ("tensorflow", "jax", "torch")
-
-
 def parity_backend(text: str) -> str:
-    """A backend for ``unidl parity``: a backend name, or ``keras:<framework>`` (Keras on that framework)."""
+    """A backend for ``unidl parity``: a backend name, or ``keras:<framework>`` (Keras on that framework, run in a
+    subprocess of that KERAS_BACKEND); which backends take a host, and which hosts, the registry tells."""
+    from unidl import backends
+
     name, colon, host = text.partition(":")
     name = backend_name(name)
-    if colon and (name != "keras" or host not in KERAS_HOSTS):
+    hosted = backends.hosted_backends()
+    if colon and host not in hosted.get(name, ()):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: only keras takes a framework to run on, one of {', '.join(KERAS_HOSTS)} "
-            f"(keras:tensorflow, keras:jax, keras:torch)")
+            f"{text!r}: only {' and '.join(hosted)} takes a framework to run on, one of "
+            f"{'; '.join(', '.join(hosts) for hosts in hosted.values())} "
+            f"({', '.join(f'{hosted_name}:{h}' for hosted_name, hosts in hosted.items() for h in hosts)})")
     return f"{name}:{host}" if colon else name
 
 
@@ -151,6 +152,8 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from unidl import backends
+
     parser = CommandLineParser(prog="unidl",
                                description="unidl: one training loop for PyTorch, TensorFlow, Keras and JAX")
     parser.add_argument("--version", action="version", version=f"unidl {version()}")
@@ -159,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=["two_layer", "cnn"], default="cnn")
     train.add_argument("--dataset", type=dataset_spec, default="digits", help=f"{DATASETS} (default: digits)")
     train.add_argument("--backend", type=backend_name, default=None,
-                       help="torch, tensorflow, keras or jax (default: UNIDL_BACKEND or first installed)")
+                       help=f"{', '.join(backends.specs())} (default: UNIDL_BACKEND or first installed)")
     train.add_argument("--device", type=device_name, default=None,
                        help="auto, cpu, cuda, cuda:N (default: UNIDL_DEVICE or auto)")
     train.add_argument("--epochs", type=positive_int, default=15)
@@ -182,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parity = commands.add_parser("parity", help="compare a model across backends; exit 1 if any difference exceeds its tolerance")
     parity.add_argument("--model", choices=["two_layer", "cnn"], default="two_layer")
     parity.add_argument("--backends", nargs="+", default=None, type=parity_backend,
-                        help="backends to compare (default: all installed); keras:torch runs Keras on torch in a subprocess")
+                        help="backends to compare (default: all installed); " + "; ".join(
+                            f"{name}:<framework> runs {name} on that framework in a subprocess ({', '.join(hosts)})"
+                            for name, hosts in backends.hosted_backends().items()))
     parity.add_argument("--steps", type=positive_int, default=20)
     parity.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     compare = commands.add_parser("compare", help="train the two-layer net on every installed backend, losses side by side")
@@ -515,8 +520,11 @@ def run_command(args) -> int:
 
         compared = args.backends or backends.available_backends()
         if len(compared) < 2:
-            given = (f"got {compared}; name them, e.g. --backends torch tensorflow keras:jax" if args.backends else
-                     f"only {compared} is installed; install another (pip install 'unidl[tensorflow]', ...)")
+            extras = [spec.extra for name, spec in backends.specs().items() if name not in compared]
+            example = " ".join([*backends.specs()][:2] + [f"{n}:{hosts[-1]}" for n, hosts in
+                                                          backends.hosted_backends().items()][:1])
+            given = (f"got {compared}; name them, e.g. --backends {example}" if args.backends else
+                     f"only {compared} is installed; install another (pip install 'unidl[{extras[0]}]', ...)")
             build_parser().exit(2, f"unidl parity: error: argument --backends: parity compares two backends or "
                                    f"more, {given}\n")
     if args.command == "plot":  # reads a file; no framework needed

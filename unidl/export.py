@@ -13,21 +13,15 @@ import os
 import secrets
 import shutil
 
-from unidl import arguments
+from unidl import arguments, backends
 from unidl.dtype_kinds import dtype_name
 from unidl.errors import ExportFormatError, ExportInputError
 from unidl.io.atomic import fsync_directory, fsync_tree, remove_stale_temporaries, temporary_path
 from unidl.nn.module import exporting, restore_modes
 
-#: every export format unidl knows -> what it writes and how to load it without unidl
-FORMATS = {
-    # (not tf.saved_model.load(path).serve(x): the loaded object owns the variables, and serve fails once it is gone)
-    "saved_model": "a SavedModel directory: loaded = tf.saved_model.load(path); loaded.serve(x)",
-    "torch_export": "a .pt2 file: torch.export.load(path).module()(x)",
-    "onnx": "an .onnx file: onnxruntime.InferenceSession(path).run(None, {'x': x})",
-    "stablehlo": "a serialized jax.export.Exported: jax.export.deserialize(bytearray(open(path, 'rb').read())).call(x) "
-                 "(int64 or float64 inputs: after jax.config.update('jax_enable_x64', True))",
-}
+#: every export format unidl knows -> what it writes and how to load it without unidl: each described by the backend
+#: whose framework defines it (its ``SPEC.export_formats``)
+FORMATS = backends.export_formats()
 #: formats that write a directory rather than a single file
 DIRECTORY_FORMATS = ("saved_model",)
 #: the dtypes an exported program's input may have (``input_dtype``)

@@ -147,12 +147,12 @@ def test_keras_delegates_to_the_backend_of_its_framework():
 
 
 def test_keras_never_branches_on_its_framework():
-    """Only host.py asks Keras which framework it runs on (and export.py, for Keras's own exporter's list)."""
+    """Only host.py asks Keras which framework it runs on (export.py reads its host's capabilities instead)."""
     from pathlib import Path
 
     folder = Path(interface.__file__).parent / "keras"
     asking = sorted(p.name for p in folder.glob("*.py") if "keras.backend.backend()" in p.read_text())
-    assert asking == ["export.py", "host.py"]
+    assert asking == ["host.py"]
 
 
 def test_keras_backend_value_names_the_valid_frameworks(monkeypatch):
@@ -163,3 +163,133 @@ def test_keras_backend_value_names_the_valid_frameworks(monkeypatch):
     monkeypatch.setenv("KERAS_BACKEND", "torch")
     assert spec.install_hint(["torch"]) == "install it with: pip install 'unidl[keras,torch]'"
     assert spec.required_modules() == ("keras", "torch")
+
+
+# ---- adding a backend means adding a folder --------------------------------------------------------------------
+#: a front-end file -> (the framework names it may use, why): each an interop with a framework's own objects or files,
+#: which every backend accepts alike, or a text that is an example of a syntax; never a branch on the backend in use
+FRONT_END_ALLOWED = {
+    "unidl/serialization.py": (("torch",), "reads PyTorch's torch.save files with torch.load where torch is installed, "
+                                           "on any backend (PyTorch's file format, not the torch backend)"),
+    "unidl/data/worker.py": (("torch",), "seeds torch's global generator in loader workers where the process has "
+                                         "imported torch, as torch's DataLoader does, on any backend"),
+    "unidl/data/dataset.py": (("torch",), "recognises torch.utils.data.Dataset's placeholder __getitem__ by name, "
+                                          "so a torch Dataset is accepted on any backend (torch never imported)"),
+    "unidl/fit.py": (("torch", "tensorflow"), "fit takes a torch DataLoader or a tf.data.Dataset as data on any "
+                                              "backend: recognised by its module, named in the error"),
+    "unidl/metrics/probe.py": (("torch", "tensorflow"), "reads the first sample of those same native pipelines"),
+    "unidl/nn/placement.py": (("torch",), "Module.to takes memory_format=torch.preserve_format, as torch.nn.Module.to "
+                                          "does (PyTorch's API, on any backend), recognised by its name"),
+    "unidl/callbacks/callback.py": (("keras",), "fit takes Keras's own callbacks on any backend: a Keras Callback "
+                                                "base class's no-op hooks are recognised by its module"),
+    "unidl/distributed/process_group.py": (("torch", "tensorflow", "jax"),
+                                           "the data-parallel engines in an error (unidl/distributed/ was being "
+                                           "edited apart; to be derived from Backend.distributed_engine)"),
+}
+
+
+def _framework_names() -> dict[str, str]:
+    """Each spelling of a framework in code -> its backend-facing name: the backends' names, aliases, modules
+    (their SPECs), and the import aliases of their frameworks (``tf``, ``jnp``)."""
+    names = {"jnp": "jax", "tf": "tensorflow"}
+    for spec in specs().values():
+        for spelling in (spec.name, *spec.aliases, *spec.required_modules(), *spec.companion_modules):
+            names.setdefault(spelling, spelling)
+    return names
+
+
+def _code_literals(path):
+    """``(line, kind, text, statement)`` of the code of ``path``: each identifier, and each string literal
+    (implicitly concatenated ones joined), docstrings and comments left out; ``statement`` counts logical lines."""
+    import io
+    import tokenize
+
+    tokens = [t for t in tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+              if t.type not in (tokenize.COMMENT, tokenize.NL)]
+    found, index, statement = [], 0, 0
+    while index < len(tokens):
+        token = tokens[index]
+        statement += token.type == tokenize.NEWLINE
+        if token.type == tokenize.NAME:
+            found.append((token.start[0], "name", token.string, statement))
+        if token.type != tokenize.STRING:
+            index += 1
+            continue
+        end = index
+        while end + 1 < len(tokens) and tokens[end + 1].type == tokenize.STRING:
+            end += 1
+        alone = index == 0 or tokens[index - 1].type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+        if not (alone and end + 1 < len(tokens) and tokens[end + 1].type == tokenize.NEWLINE):  # a docstring
+            found.append((token.start[0], "string", " ".join(t.string for t in tokens[index:end + 1]), statement))
+        index = end + 1
+    return found
+
+
+def _framework_mentions(path, names) -> list[tuple[int, str, str]]:
+    """``(line, framework, code)`` where ``path`` imports or uses a framework (an identifier), uses a framework's
+    name as data (a string that is a module path: ``"torch.utils.data"``), names two backends or more in the strings
+    of one statement (a list of backends, a table of formats), or names an install extra (``unidl[jax]``). Citing
+    one framework's API in a message ("as torch.nn does") is not a mention: unidl follows PyTorch's API on every
+    backend."""
+    import re
+
+    spelled = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
+    word, module_path = re.compile(rf"\b({spelled})\b"), re.compile(rf"^['\"]({spelled})(\.\w+)*\.?['\"]$")
+    extra = re.compile(rf"unidl\[[^\]]*\b({spelled})\b")
+    literals, listed = _code_literals(path), {}
+    for _, kind, text, statement in literals:
+        if kind == "string":
+            listed.setdefault(statement, set()).update(names[m] for m in word.findall(text))
+    mentions = []
+    for line, kind, text, statement in literals:
+        if kind == "name":
+            hits = [text] if text in names else []
+        else:
+            several = listed[statement] if len(listed[statement]) > 1 else set()
+            hits = sorted({m.group(1) for m in (module_path.match(text.lstrip("rbfRBF")), extra.search(text)) if m}
+                          | {names[m] for m in word.findall(text)} & several)
+        mentions += [(line, names[hit], text) for hit in hits]
+    return mentions
+
+
+def test_the_front_end_never_names_a_backend():
+    """Adding a backend means adding a folder: outside ``unidl/backends/``, no code imports a framework, branches
+    on one by name, or keeps a list of backends, hosts, export formats or install extras by hand (those come from
+    the backends' SPECs and capabilities). FRONT_END_ALLOWED holds the justified exceptions, each still needed."""
+    from pathlib import Path
+
+    import unidl
+
+    root = Path(unidl.__file__).parent
+    names, found, used = _framework_names(), [], set()
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root.parent).as_posix()
+        if relative.startswith("unidl/backends/"):
+            continue
+        allowed = FRONT_END_ALLOWED.get(relative, ((), ""))[0]
+        for line, framework, code in _framework_mentions(path, names):
+            if framework in allowed:
+                used.add((relative, framework))
+            else:
+                found.append(f"{relative}:{line}: {framework} in {code[:100]}")
+    assert not found, "the front end names a backend (move it into unidl/backends/):\n" + "\n".join(found)
+    stale = [(p, f) for p, (allowed, _) in FRONT_END_ALLOWED.items() for f in allowed if (p, f) not in used]
+    assert not stale, f"FRONT_END_ALLOWED allows what no longer occurs: {stale}"
+
+
+def test_the_front_end_check_finds_each_kind_of_mention(tmp_path):
+    """The check itself: each kind of mention is found; a docstring, a comment, one framework's API cited in a
+    message and a compound identifier are not."""
+    path = tmp_path / "front.py"
+    path.write_text('"""Runs on torch, tensorflow and jax."""\n'
+                    'import jax.numpy as jnp  # torch too\n'
+                    'HOSTS = ("tensorflow", "jax")\n'
+                    'root = kind.__module__.startswith("torch.utils.data")\n'
+                    'hint = f"pip install \'unidl[{x}]\' or \'unidl[keras]\'"\n'
+                    'message = "as torch.nn does"; torch_options = 1\n'
+                    'FORMATS = {"a": "tf.saved_model.load(path)",\n'
+                    '           "b": "jax.export.deserialize(data)"}\n'
+                    'def f():\n    """tf.data and keras."""\n')
+    mentions = [(line, framework) for line, framework, _ in _framework_mentions(path, _framework_names())]
+    assert mentions == [(2, "jax"), (2, "jax"), (3, "tensorflow"), (3, "jax"), (4, "torch"), (5, "keras"),
+                        (7, "tensorflow"), (8, "jax")]

@@ -153,8 +153,23 @@ def _sign_momentum_numpy(n, lr=0.1, beta=0.5, l1=0.0):
     return p, v
 
 
+class Scaled(Holder):
+    """``x * w``: under the loss ``sum(output * y)`` of an input of ones, ``w``'s gradient is ``y``."""
+
+    def forward(self, x):
+        return x * self.w
+
+
+class GradientAsTarget(ud.nn.Module):
+    """The loss ``sum(output * y)``."""
+
+    def forward(self, output, y):
+        return ud.ops.sum(output * y)
+
+
 def test_user_optimizer_subclass_runs_its_own_rule_on_every_backend(backend):
-    """A user's ``update()`` is the rule on every backend (torch included: no torch.optim stands in)."""
+    """A user's ``update()`` is the rule on every backend (torch included: no torch.optim stands in), through
+    ``apply()``, a compiled ``train_step`` and ``fit``."""
     holder = Holder()
     optimizer = SignMomentum(holder.parameters())
     assert SignMomentum.builtin_rule() is None
@@ -174,6 +189,17 @@ def test_user_optimizer_subclass_runs_its_own_rule_on_every_backend(backend):
         optimizer.apply([ud.tensor(g)])
         resumed.apply([ud.tensor(g)])
     assert max_relative_difference(again.state_dict()["w"], holder.state_dict()["w"]) < 1e-7
+    # the same rule compiled: two steps of train_step, then two of fit (batches of one, in order), GRADS[:4] in all
+    model, ones = Scaled(), np.ones((1, *START.shape), np.float32)
+    optimizer = SignMomentum(model.parameters())
+    step = ud.train_step(model, GradientAsTarget(), optimizer)
+    for g in GRADS[:2]:
+        step(ud.tensor(ones), ud.tensor(g[None]))
+    ud.fit(model, np.repeat(ones, 2, axis=0), np.stack(GRADS[2:4]), batch_size=1, epochs=1, shuffle=False,
+           loss=GradientAsTarget(), optimizer=optimizer, verbose=0)
+    assert max_relative_difference(model.state_dict()["w"], expected) < 1e-6
+    assert optimizer.state_dict()["step"] == 4
+    assert max_relative_difference(optimizer.state_dict()["slots"][0]["velocity"], velocity) < 1e-6
 
 
 def test_builtin_rule_names_the_fast_path_only_when_the_rule_is_unchanged():

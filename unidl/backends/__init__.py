@@ -11,10 +11,10 @@ import importlib
 import importlib.util
 import pkgutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from unidl.errors import BackendNotInstalledError, UnknownBackendError
+from unidl.errors import BackendInterfaceError, BackendNotInstalledError, UnknownBackendError
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,15 @@ class BackendSpec:
     #: ``missing modules -> message`` when the default "install it with pip install 'unidl[extra]'" would
     #: not be the fix (Keras's needs depend on ``KERAS_BACKEND``, which may name no framework at all)
     install_hint: Callable[[list[str]], str] | None = None
+    #: the inference formats this backend's framework defines -> what ``ud.export`` writes in it and how to run that
+    #: without unidl (``unidl.export.FORMATS`` gathers them); a backend that writes another's format (jax's
+    #: SavedModel) does not repeat it
+    export_formats: dict[str, str] = field(default_factory=dict, hash=False)
+    #: for a backend that runs on another backend's framework (keras): the names of the backends it can run on
+    hosts: Callable[[], tuple[str, ...]] | None = None
+    #: libraries of the framework's own ecosystem, besides ``required_modules``, whose objects a user may pass
+    #: where unidl's are expected (jax's optax optimizers), so that an error can say it is a framework's object
+    companion_modules: tuple[str, ...] = ()
 
 
 _specs: dict[str, BackendSpec] | None = None
@@ -62,6 +71,33 @@ def missing_modules(name: str) -> list[str]:
 def available_backends() -> list[str]:
     """Canonical names of the backends whose frameworks are installed, in default order."""
     return [name for name in specs() if not missing_modules(name)]
+
+
+def export_formats() -> dict[str, str]:
+    """Every export format some backend writes -> its description, gathered from the backends' ``SPEC``s (no
+    framework import); two backends describing one format differently is a ``BackendInterfaceError``."""
+    formats: dict[str, str] = {}
+    for spec in specs().values():
+        for format, description in spec.export_formats.items():
+            if formats.setdefault(format, description) != description:
+                raise BackendInterfaceError(f"backend {spec.name!r} describes export format {format!r} otherwise "
+                                            f"than an earlier backend does; describe a format in one backend's SPEC")
+    return formats
+
+
+def hosted_backends() -> dict[str, tuple[str, ...]]:
+    """The backends that run on another backend's framework -> the backends each can run on (keras -> torch,
+    tensorflow, jax), from the ``SPEC``s' ``hosts``."""
+    return {name: tuple(spec.hosts()) for name, spec in specs().items() if spec.hosts is not None}
+
+
+def framework_of(kind: type) -> str | None:
+    """The framework (top-level module: 'torch', 'tensorflow', 'keras', 'jax', or a companion such as 'optax') that
+    defines class ``kind``, where some backend computes with it; None otherwise. Imports no framework."""
+    module = kind.__module__ if isinstance(getattr(kind, "__module__", None), str) else ""
+    root = module.split(".")[0]
+    known = {m for spec in specs().values() for m in (*spec.required_modules(), *spec.companion_modules)}
+    return root if root in known else None
 
 
 def canonical_name(name: str) -> str:

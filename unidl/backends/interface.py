@@ -47,6 +47,13 @@ class Backend(abc.ABC):
     #: names of this backend's ops that take Keras's tensors and variables as they are, so that the keras
     #: backend uses them as its own ops when Keras runs on this framework (faster than ``keras.ops``)
     keras_native_ops: tuple[str, ...] = ()
+    #: True where Keras's own ``keras.export.ExportArchive`` writes a SavedModel of a Keras model on this framework
+    #: (TensorFlow, JAX), so that the keras backend exports ``'saved_model'`` there
+    keras_writes_saved_model: bool = False
+    #: True where this backend's ``export`` takes a Keras model's ``NativeModule`` as one of the framework's own
+    #: modules (on torch a Keras layer is a ``torch.nn.Module``), so that the keras backend offers this backend's
+    #: ``export_formats`` too, written by it
+    exports_keras_models: bool = False
 
     def __new__(cls, *args, **kwargs):
         missing = sorted(getattr(cls, "__abstractmethods__", ()))
@@ -464,7 +471,8 @@ class Backend(abc.ABC):
     # ---- export ------------------------------------------------------------
     @abc.abstractmethod
     def export_formats(self) -> tuple[str, ...]:
-        """The formats ``export`` writes on this backend (names from ``unidl.export.FORMATS``)."""
+        """The formats ``export`` writes on this backend (names from ``unidl.export.FORMATS``, gathered from the
+        backends' ``SPEC.export_formats``)."""
 
     @abc.abstractmethod
     def export(self, module, path: str, format: str, input_shape: tuple[int, ...], input_dtype: str | None) -> None:

@@ -200,8 +200,8 @@ class TensorBoard(Callback):
             model.train(was_training)
         if graph is None:
             raise ValueError(f"TensorBoard(write_graph=True): the {model._backend.name} backend gives no model "
-                             f"graph here (TensorBoard's Graphs tab reads a TensorFlow GraphDef, which the torch, "
-                             f"tensorflow, jax and keras backends trace); pass write_graph=False")
+                             f"graph here (TensorBoard's Graphs tab reads a TensorFlow GraphDef, which this backend "
+                             f"does not trace for {type(model).__name__}); pass write_graph=False")
         if process_group.is_writer():
             self._writer("train").add_event(event_pb2.Event(wall_time=time.time(), graph_def=graph))
 

@@ -146,6 +146,7 @@ class Backend(BackendInterface):
     name = "jax"
     ops = jax_ops
     keras_state_in_place = False  # Keras on JAX swaps variable values through its StatelessScope
+    keras_writes_saved_model = True
     shares_numpy_memory = True  # an aligned NumPy array becomes a CPU array without a copy (see _owned)
     keras_native_ops = ("max_pool2d",)  # PyTorch's NaN rule (keras.ops' max pooling gives a NaN's gradient at random)
 

@@ -34,4 +34,4 @@ def _install_hint(missing):
 
 
 SPEC = BackendSpec(name="keras", aliases=(), extra="keras", priority=2, required_modules=_required_modules,
-                   install_hint=_install_hint)
+                   install_hint=_install_hint, hosts=lambda: tuple(_hosts()))

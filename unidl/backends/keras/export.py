@@ -9,17 +9,12 @@ import keras
 
 from unidl.backends.keras.host import HOST
 
-#: Keras writes SavedModels from these of its own backends only
-_SAVED_MODEL_FRAMEWORKS = ("tensorflow", "jax")
-#: the hosts whose exporter traces a Keras model as one of their own modules (see the module doc)
-_HOST_EXPORT_FRAMEWORKS = ("torch",)
-
 
 def export_formats() -> tuple[str, ...]:
-    """The formats ``Backend.export`` writes on keras, which depend on the framework under Keras."""
-    framework = keras.backend.backend()
-    own = ("saved_model",) if framework in _SAVED_MODEL_FRAMEWORKS else ()
-    return own + (tuple(HOST.export_formats()) if framework in _HOST_EXPORT_FRAMEWORKS else ())
+    """The formats ``Backend.export`` writes on keras, which depend on the framework under Keras: told by its
+    host's capabilities (``keras_writes_saved_model``, ``exports_keras_models``)."""
+    own = ("saved_model",) if HOST.keras_writes_saved_model else ()
+    return own + (tuple(HOST.export_formats()) if HOST.exports_keras_models else ())
 
 
 def export_module(module, path: str, format: str, input_shape, input_dtype=None) -> None:

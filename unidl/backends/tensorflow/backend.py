@@ -46,6 +46,7 @@ class Backend(BackendInterface):
     ops = tf_ops
     native_layout = "NHWC"
     compiles_keras_train_step = True
+    keras_writes_saved_model = True
     # Keras on TensorFlow: keras.ops' portable spellings cost time on TensorFlow's kernels (a transposed copy of
     # every Linear weight each step, for ``matmul(x, transpose(w))``; transposes around every conv and pool).
     # These ops take Keras's tensors and variables as they are, multiply by the transposed weight inside the

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from unidl.backends.tensorflow import SPEC
 from unidl.backends.tensorflow.layout import tracing_for_export
 
-#: the formats ``Backend.export`` writes on tensorflow
-EXPORT_FORMATS = ("saved_model",)
+#: the formats ``Backend.export`` writes on tensorflow: those its SPEC describes
+EXPORT_FORMATS = tuple(SPEC.export_formats)
 
 
 class ExportModule(tf.Module):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from unidl.backends.torch import SPEC
 from unidl.errors import UnidlError
 
-#: the formats ``Backend.export`` writes on torch
-EXPORT_FORMATS = ("torch_export", "onnx")
+#: the formats ``Backend.export`` writes on torch: those its SPEC describes
+EXPORT_FORMATS = tuple(SPEC.export_formats)
 
 
 class ExportModule(torch.nn.Module):
