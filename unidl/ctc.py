@@ -167,8 +167,8 @@ def _without_blank(owner, labels, read, target_lengths, blank, classes, padded):
     places = ops.unsqueeze(_positions(batch), 1) * width + ops.unsqueeze(_positions(width), 0)  # row-major
     none = batch * width  # (past every place: what ``first`` is when no label read is the blank)
     negated = ops.reshape(ops.where(read & (labels == blank), -places, ops.zeros_like(places) - none), (-1,))
-    first = -ops.amax(ops.concat([negated, ops.zeros((1,), "int64") - none], 0), 0)
-    sample = first // ops.maximum(ops.zeros((), "int64") + width, 1)
+    first = -ops.amax(ops.concat([negated, ops.reshape(ops.sum(negated) * 0 - none, (1,))], 0), 0)
+    sample = first // ops.maximum(first * 0 + width, 1)
     label = first - sample * width
     if padded:
         where, places = "targets[{}, {}]", (sample, label)

@@ -179,7 +179,8 @@ BAD_INPUTS = [  # (inputs, error, message): torch refuses each (labels out of ra
     (_bad(targets=np.where(TARGETS == 3, 0, TARGETS)), ValueOutOfRangeError,
      r"^CTCLoss targets hold the blank \(class 0\) at targets\[1, 2\] \(sample 1's label 2\); a target's labels "
      r"must be classes in \[0, 5\) other than the blank \(the entries of a row past its target length are not read"),
-    (_bad(targets=np.where(np.arange(11) == 9, 0, _concatenated(TARGET_LENGTHS))), ValueOutOfRangeError,
+    (_bad(targets=np.where(np.arange(10) == 9, 0, _concatenated([3, 4, 1, 2])), target_lengths=np.array([3, 4, 1, 2])),
+     ValueOutOfRangeError,
      r"^CTCLoss targets hold the blank \(class 0\) at targets\[9\] \(sample 3's label 1\); a target's labels "
      r"must be classes in \[0, 5\) other than the blank$"),
     (_bad(blank=3), ValueOutOfRangeError, r"^CTCLoss targets hold the blank \(class 3\) at targets\[1, 2\]"),
