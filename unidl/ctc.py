@@ -1,8 +1,9 @@
 """The connectionist temporal classification (CTC) loss, ``torch.nn.functional.ctc_loss``, written once over the
 registry's ops: the alpha (forward) recursion of Graves et al. (2006) in log space, a ``ud.ops.scan`` over time
-that each framework's autodiff differentiates. ``ud.ops.ctc_loss`` and ``ud.nn.CTCLoss`` are this function. A
-backend with the framework's own kernel (the optional op ``fused_ctc_loss``: torch's) runs that instead, behind
-the same checks.
+that each framework's autodiff differentiates, compiled as one program when called eagerly where a framework would
+run the scan step by step (``Backend.looping_composite``: TensorFlow's ``tf.function``). ``ud.ops.ctc_loss`` and
+``ud.nn.CTCLoss`` are this function. A backend with the framework's own kernel (the optional op ``fused_ctc_loss``:
+torch's) runs that instead, behind the same checks.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def connectionist_loss(log_probs, targets, input_lengths, target_lengths, blank,
                     reduction, unbatched)
 
 
-@composite("log_probs", "labels", "input_lengths", "target_lengths", "blank")
+@composite("log_probs", "labels", "input_lengths", "target_lengths", "blank", loops=True)
 def _checked_loss(log_probs, labels, input_lengths, target_lengths, blank, reduction, zero_infinity, unbatched):
     """The loss of inputs ``_checked`` gives (one compiled program where a backend compiles composites: the value
     checks stay outside it, where a backend stages them)."""
