@@ -1,8 +1,9 @@
 """The connectionist temporal classification (CTC) loss, ``torch.nn.functional.ctc_loss``, written once over the
 registry's ops: the alpha (forward) recursion of Graves et al. (2006) in log space, a ``ud.ops.scan`` over time
-that each framework's autodiff differentiates. ``ud.ops.ctc_loss`` and ``ud.nn.CTCLoss`` are this function. A
-backend with the framework's own kernel (the optional op ``fused_ctc_loss``: torch's) runs that instead, behind
-the same checks.
+that each framework's autodiff differentiates, compiled as one program when called eagerly where a framework would
+run the scan step by step (``Backend.looping_composite``: TensorFlow's ``tf.function``). ``ud.ops.ctc_loss`` and
+``ud.nn.CTCLoss`` are this function. A backend with the framework's own kernel (the optional op ``fused_ctc_loss``:
+torch's) runs that instead, behind the same checks.
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
     each loss by its target length (at least 1), then averages over the batch; 'sum' adds them; 'none' keeps one a
     sample. ``zero_infinity`` makes an infinite loss 0, with gradient 0. The gradient of ``log_probs`` is
     PyTorch's: its kernel's exp(log_probs) - (the alignments' posterior) over the first ``input_lengths[n]`` frames
-    (the gradient of the logits of a ``log_softmax`` gives the same either way), NaN there for an infinite loss. On
-    the torch backend it is torch's kernel itself; on the others, two differences: at a -inf entry of ``log_probs``
-    within the frames read of a sample whose loss is finite, the gradient is 0 (PyTorch's CPU kernel gives NaN
-    there, exp(-inf - -inf)); and for targets holding the blank (which PyTorch documents as not allowed but does not
-    check) it is the gradient of the loss computed, where PyTorch's kernel's disagrees with its own loss.
+    (the gradient of the logits of a ``log_softmax`` gives the same either way), NaN there for an infinite loss (0
+    with ``zero_infinity``), and NaN at each -inf entry of ``log_probs`` within the frames read of a finite loss
+    (PyTorch's kernel's exp(-inf - -inf)), on every backend: torch's kernel itself on the torch backend.
 
     Args:
         log_probs: (T, N, C) log-probabilities (``log_softmax`` over C), or one sample's (T, C).
-        targets: integer labels in [0, C), (N, S) padded (the entries past a target's length are not read), or
-            the N targets concatenated, (sum(target_lengths),); one sample's (S,) or (1, S).
+        targets: integer labels in [0, C) other than ``blank``, (N, S) padded (the entries past a target's length
+            are not read, and may hold anything), or the N targets concatenated, (sum(target_lengths),); one
+            sample's (S,) or (1, S).
         input_lengths: (N,) integers in [0, T], the frames of each sample (one sample: () or (1,), or an int,
             which PyTorch refuses); a tensor, an array or a list.
         target_lengths: (N,) integers, the labels of each target (at most S when padded).
@@ -47,8 +47,10 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, reducti
         zero_infinity: make infinite losses (and their gradients) 0.
 
     Shapes that do not fit (N = 0 too: PyTorch refuses empty log_probs) are a ``ShapeMismatchError`` naming them,
-    lengths out of range and labels outside [0, C) an ``IndexOutOfRangeError``, float labels or lengths a
-    ``DtypeMismatchError``, eagerly and in graphs.
+    lengths out of range and labels outside [0, C) an ``IndexOutOfRangeError``, a label that is the blank a
+    ``ValueOutOfRangeError`` naming where it lies (PyTorch documents it as not allowed but does not check, and its
+    kernel's gradient then disagrees with its own loss), float labels or lengths a ``DtypeMismatchError``, eagerly
+    and in graphs.
     """
     reduction = input_checks.check_reduction("ctc_loss", reduction)
     blank = checked_blank("ctc_loss", blank)
@@ -75,7 +77,7 @@ def connectionist_loss(log_probs, targets, input_lengths, target_lengths, blank,
                     reduction, unbatched)
 
 
-@composite("log_probs", "labels", "input_lengths", "target_lengths", "blank")
+@composite("log_probs", "labels", "input_lengths", "target_lengths", "blank", loops=True)
 def _checked_loss(log_probs, labels, input_lengths, target_lengths, blank, reduction, zero_infinity, unbatched):
     """The loss of inputs ``_checked`` gives (one compiled program where a backend compiles composites: the value
     checks stay outside it, where a backend stages them)."""
@@ -86,8 +88,11 @@ def _checked_loss(log_probs, labels, input_lengths, target_lengths, blank, reduc
     losses = -likelihood + ops.sum(ops.sum((probabilities - ops.stop_gradient(probabilities)) * frames, 2), 0)
     if zero_infinity:
         losses = ops.where(infinite, ops.zeros_like(losses), losses)
-    else:  # PyTorch's gradient of an infinite loss: NaN over the frames read
-        losses = losses + _nan_gradient(log_probs, frames, infinite)
+    # PyTorch's NaN gradients: over the frames read of an infinite loss (unless made 0), and at each -inf entry of
+    # the frames read of a finite one (its kernel's exp(-inf - -inf))
+    nan_samples = ops.zeros_like(infinite) if zero_infinity else infinite
+    masked = (log_probs == _NEG_INF) & ~ops.unsqueeze(ops.unsqueeze(infinite, 0), 2)
+    losses = losses + _nan_gradient(log_probs, frames, masked | ops.unsqueeze(ops.unsqueeze(nan_samples, 0), 2))
     return _reduced(losses, target_lengths, reduction, unbatched)
 
 
@@ -103,7 +108,9 @@ def _reduced(losses, target_lengths, reduction, unbatched):
 def _checked(owner, log_probs, targets, input_lengths, target_lengths, blank):
     """``(log_probs (T, N, C), labels (N, S), input_lengths, target_lengths, blank (1,), unbatched)`` after PyTorch's
     checks (in unidl's errors, before any kernel's): ranks and sizes, lengths in range, the blank and the labels read
-    in [0, C). Each check runs inside graphs too: what it returns is what the loss reads."""
+    in [0, C); and one PyTorch documents but does not make: no label read is the blank. Each check runs inside
+    graphs too: what it returns is what the loss reads."""
+    blank_class = blank
     log_probs = input_checks.as_floating(owner, "log_probs", input_checks.as_tensor(owner, "log_probs", log_probs))
     targets = input_checks.check_integer(owner, "targets", targets)
     input_lengths = input_checks.check_integer(owner, "input_lengths", input_lengths)
@@ -149,7 +156,30 @@ def _checked(owner, log_probs, targets, input_lengths, target_lengths, blank):
     read = _positions(ops.shape(labels)[1]) < ops.unsqueeze(target_lengths, 1)
     labels = ops.where(read, labels, ops.zeros_like(labels))
     labels = ops.check_index(labels, classes, f"{owner} targets (class indices of log_probs)")
+    labels = _without_blank(owner, labels, read, target_lengths, int(blank_class), classes, padded)
     return log_probs, labels, input_lengths, target_lengths, blank, unbatched
+
+
+def _without_blank(owner, labels, read, target_lengths, blank, classes, padded):
+    """``labels`` (N, S), after checking that none ``read`` is ``blank``: a ``ValueOutOfRangeError`` naming the first
+    found (its place in the targets given, its sample and label), eagerly and when a graph runs. PyTorch documents
+    such targets as not allowed without checking them, and its kernel's gradient for them disagrees with its loss."""
+    batch, width = (_int64(size) for size in input_checks.sizes_of(labels))
+    places = ops.unsqueeze(_positions(batch), 1) * width + ops.unsqueeze(_positions(width), 0)  # row-major
+    none = batch * width  # (past every place: what ``first`` is when no label read is the blank)
+    negated = ops.reshape(ops.where(read & (labels == blank), -places, ops.zeros_like(places) - none), (-1,))
+    first = -ops.amax(ops.concat([negated, ops.reshape(ops.sum(negated) * 0 - none, (1,))], 0), 0)
+    sample = first // ops.maximum(first * 0 + width, 1)
+    label = first - sample * width
+    if padded:
+        where, places = "targets[{}, {}]", (sample, label)
+        unread = " (the entries of a row past its target length are not read and may hold anything)"
+    else:
+        before = ops.where(_positions(batch) < sample, target_lengths, ops.zeros_like(target_lengths))
+        where, places, unread = "targets[{}]", (ops.sum(before) + label,), ""
+    message = (f"{input_checks.literal(owner)} targets hold the blank (class {blank}) at {where} (sample {{}}'s label "
+               f"{{}}); a target's labels must be classes in [0, {{}}) other than the blank{unread}")
+    return ops.check_values(labels, first == none, message, places + (sample, label, classes))
 
 
 def _int64(size):
@@ -242,11 +272,10 @@ def _frames_read(log_probs, input_lengths):
     return ops.cast_like(ops.unsqueeze(read, 2), log_probs)
 
 
-def _nan_gradient(log_probs, frames, infinite):
-    """(N,) zeros whose gradient is NaN at the frames read of each sample with an infinite loss (PyTorch's kernel
-    computes exp(-inf + inf) there), and 0 elsewhere: ``ops._steep_zero``'s infinite slopes, one minus the other."""
-    chosen = (frames * ops.cast_like(ops.unsqueeze(ops.unsqueeze(infinite, 0), 2), frames)
-              + ops.zeros_like(log_probs)) > 0
+def _nan_gradient(log_probs, frames, chosen):
+    """(N,) zeros whose gradient is NaN at the entries of ``log_probs`` ``chosen`` (a (T, N, C) or (T, N, 1) mask)
+    within the frames read, and 0 elsewhere: ``ops._steep_zero``'s infinite slopes, one minus the other."""
+    chosen = (frames * ops.cast_like(chosen, frames) + ops.zeros_like(log_probs)) > 0
     probabilities = ops.exp(log_probs)  # (finite where log_probs are -inf: log_probs - log_probs would be NaN there)
     held = ops.where(chosen, probabilities - ops.stop_gradient(probabilities), ops.zeros_like(log_probs) + 1)
     return ops.sum(ops.sum(ops._steep_zero(held) - ops._steep_zero(held), 2), 0)

@@ -19,7 +19,7 @@ import numpy as np
 from unidl import arguments, nested, ops
 from unidl.backends.op_registry import CONVERTED
 from unidl.dtype_kinds import dtype_name, holds_floats, is_floating, is_integer
-from unidl.errors import AxisOutOfRangeError, DtypeMismatchError, ShapeMismatchError
+from unidl.errors import AxisOutOfRangeError, DtypeMismatchError, ShapeMismatchError, ValueOutOfRangeError
 from unidl.precision import active_ops
 
 
@@ -106,6 +106,14 @@ def check_known_shape(x, condition, message: str, sizes=()):
     ``ShapeMismatchError(message.format(*sizes))`` now if ``condition`` fails, else ``x`` as it is."""
     if not bool(condition):
         raise ShapeMismatchError(message.format(*(int(s) for s in sizes)))
+    return x
+
+
+def check_known_values(x, condition, message: str, values=()):
+    """The ``check_values`` op where every value is known when it runs (eagerly; torch):
+    ``ValueOutOfRangeError(message.format(*values))`` now if ``condition`` fails, else ``x`` as it is."""
+    if not bool(condition):
+        raise ValueOutOfRangeError(message.format(*(int(v) for v in values)))
     return x
 
 

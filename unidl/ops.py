@@ -1080,6 +1080,14 @@ def check_in_range(x, low, high, what="values"):
 
 
 @op(public=False)
+def check_values(x, condition, message, values=()):
+    """``x`` unchanged, after checking that ``condition`` (a boolean scalar tensor computed from tensors' values)
+    holds: ``ValueOutOfRangeError(message.format(*values))`` if not, ``values`` ints or integer scalar tensors
+    (where a bad value lies), eagerly, and inside a compiled graph from a check that runs with it (the same
+    message): ``check_in_range`` for a rule a range cannot say."""
+
+
+@op(public=False)
 def segment_sum(data, segment_ids, num_segments):
     """A (num_segments,) tensor whose entry k is the sum of the entries of the 1-D ``data`` whose entry of the
     1-D integer ``segment_ids`` is k (``tf.math.unsorted_segment_sum``, ``jax.ops.segment_sum``): a weighted

@@ -24,11 +24,11 @@ from unidl.precision import active_ops
 from unidl.tensors import tensor
 
 
-def composite(*arrays: str):
+def composite(*arrays: str, loops: bool = False):
     """Decorates a composite op whose parameters named in ``arrays`` take tensors: each call runs the version that
-    the backend in force gives (``Backend.composite``). The op must read no state but its arguments (a compiled
-    version caches its trace); inside a mixed-precision scope, whose cast-inserting ops it would read, it runs as
-    it is."""
+    the backend in force gives (``Backend.composite``; ``Backend.looping_composite`` for one that ``loops``, a
+    ``scan`` over a long axis). The op must read no state but its arguments (a compiled version caches its trace);
+    inside a mixed-precision scope, whose cast-inserting ops it would read, it runs as it is."""
 
     def decorate(function):
         positions = {i: p for i, p in enumerate(inspect.signature(function).parameters) if p in arrays}
@@ -40,7 +40,9 @@ def composite(*arrays: str):
                 args, kwargs = _converted(function.__name__, positions, arrays, args, kwargs)
             if active_ops() is not None:
                 return function(*args, **kwargs)
-            return config.backend().composite(function, arrays)(*args, **kwargs)
+            backend = config.backend()
+            compiled = backend.looping_composite if loops else backend.composite
+            return compiled(function, arrays)(*args, **kwargs)
 
         return call
 

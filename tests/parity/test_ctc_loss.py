@@ -1,6 +1,7 @@
 """``ud.nn.CTCLoss`` and ``ud.ops.ctc_loss`` against plain ``torch.nn.CTCLoss``: losses and the gradients of the
-log-probabilities (float32 inside ``ud.function``, float64 eagerly: ``torch_oracle``), infinite losses with torch's
-NaN gradient, a compiled ``train_step``, and torch's refusals as unidl's errors, on every backend."""
+log-probabilities (float32 inside ``ud.function``, float64 eagerly: ``torch_oracle``), infinite losses and -inf
+log-probabilities with torch's NaN gradient, a compiled ``train_step``, and torch's refusals (and targets holding the
+blank, which torch documents as not allowed) as unidl's errors, on every backend."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn as tnn
 
 import unidl as ud
-from unidl.errors import DtypeMismatchError, IndexOutOfRangeError, ShapeMismatchError, ValueOutOfRangeError
+from unidl.errors import (DtypeMismatchError, IndexOutOfRangeError, NonFiniteLossError, ShapeMismatchError,
+                          ValueOutOfRangeError)
 from tests.parity.torch_oracle import RUNS, Case, compare_table
 
 R = np.random.default_rng(5)
@@ -64,11 +66,23 @@ def _torch_losses_and_gradient(log_probs, targets, input_lengths, target_lengths
     return losses.detach().numpy(), log_probs.grad.numpy()
 
 
+def _masked(log_probs):
+    """``log_probs`` with -inf entries (masked logits) in samples 1 and 2 that leave their losses finite (with
+    ``INPUT_LENGTHS``): where torch's kernel gives a NaN gradient (exp(-inf - -inf)) within the frames read, 0 after."""
+    log_probs = log_probs.copy()
+    log_probs[:, 1, 0] = -np.inf  # sample 1's blank: its target (1, 2, 3, 4) fits its 5 frames without any
+    log_probs[:, 2, 4] = -np.inf  # a class sample 2's target (2) never reads
+    log_probs[0, 2, 2] = -np.inf  # its label, in one of its 4 frames only
+    log_probs[5, 2, 1] = -np.inf  # past its frames: gradient 0
+    return log_probs
+
+
 def test_an_impossible_alignment_is_infinite_with_torchs_nan_gradient(backend):
     """A target longer than its frames allow (with its repeats' blanks), or one of whose labels has log-probability
-    -inf (a masked logit), has loss inf, and PyTorch's gradient: NaN at that sample's frames read, 0 after them, the
-    others' finite and equal to torch's, eagerly and inside ``ud.function``; lengths given as Python lists."""
-    log_probs = LOG_PROBS.astype(np.float32)
+    -inf (a masked logit), has loss inf, and PyTorch's gradient: NaN at that sample's frames read, 0 after them; a
+    finite loss has PyTorch's gradient too, NaN at its -inf log-probabilities within its frames read (on every
+    backend, not only torch's kernel); eagerly and inside ``ud.function``; lengths given as Python lists."""
+    log_probs = _masked(LOG_PROBS.astype(np.float32))
     log_probs[:, 0, 2] = -np.inf  # sample 0's last label (1, 1, 2) masked everywhere
     lengths = IMPOSSIBLE.tolist(), TARGET_LENGTHS.tolist()
     expected, expected_gradient = _torch_losses_and_gradient(log_probs, TARGETS, *lengths, "none")
@@ -93,25 +107,48 @@ class PackedCTCLoss(ud.nn.CTCLoss):
         return super().forward(ud.ops.permute(log_probs, (1, 0, 2)), y[:, :4], y[:, 4], y[:, 5])
 
 
+class MaskedFrames(ud.nn.Module):
+    """Linear + LogSoftmax over frames (N, T, F) of x's first 3 features, plus its last C (a mask of 0 and -inf, as
+    masked logits give)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = ud.nn.Sequential(ud.nn.Linear(3, C), ud.nn.LogSoftmax(dim=2))
+
+    def forward(self, x):
+        return self.net(x[:, :, :3]) + x[:, :, 3:]
+
+
 def test_a_train_step_on_ctc_loss_follows_torch(backend):
     """A compiled ``train_step`` (SGD) of Linear + LogSoftmax over frames (N, T, F) on CTCLoss gives torch's losses
-    over three steps; the targets and both lengths come in one integer array."""
-    x = R.standard_normal((N, T, 3)).astype(np.float32)
+    over three steps, the second with -inf log-probabilities past the frames read (gradient 0 there); the targets and
+    both lengths come in one integer array. A fourth, with -inf log-probabilities within finite losses' frames, meets
+    torch's NaN gradient there on every backend: the step is refused (``NonFiniteLossError``)."""
+    features = R.standard_normal((N, T, 3)).astype(np.float32)
+    past = np.zeros((T, N, C), np.float32)
+    past[5, 2, 1] = -np.inf
+    masks = [np.zeros_like(past), past, np.zeros_like(past), _masked(np.zeros_like(past))]
+    xs = [np.concatenate([features, np.transpose(mask, (1, 0, 2))], 2) for mask in masks]
     y = np.concatenate([TARGETS, INPUT_LENGTHS[:, None], TARGET_LENGTHS[:, None]], 1)
     ud.manual_seed(0)
-    model = ud.nn.Sequential(ud.nn.Linear(3, C), ud.nn.LogSoftmax(dim=2))
+    model = MaskedFrames()
     reference = tnn.Sequential(tnn.Linear(3, C), tnn.LogSoftmax(dim=2))
-    reference.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    reference.load_state_dict({k: torch.tensor(v) for k, v in model.net.state_dict().items()})
     reference_ctc = tnn.CTCLoss()
     step = ud.train_step(model, PackedCTCLoss(), ud.optim.SGD(model.parameters(), lr=0.5))
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.5)
-    for _ in range(3):
+    for x in xs:
         optimizer.zero_grad()
-        expected = reference_ctc(reference(torch.tensor(x)).permute(1, 0, 2), torch.tensor(TARGETS),
-                                 torch.tensor(INPUT_LENGTHS), torch.tensor(TARGET_LENGTHS))
+        log_probs = reference(torch.tensor(x[:, :, :3])) + torch.tensor(x[:, :, 3:])
+        expected = reference_ctc(log_probs.permute(1, 0, 2), torch.tensor(TARGETS), torch.tensor(INPUT_LENGTHS),
+                                 torch.tensor(TARGET_LENGTHS))
         expected.backward()
-        optimizer.step()
-        assert abs(float(step(x, y)) - expected.item()) < 1e-5
+        if x is not xs[-1]:
+            optimizer.step()
+            assert abs(float(step(x, y)) - expected.item()) < 1e-5
+    assert np.isfinite(expected.item()) and np.isnan(reference[0].weight.grad.numpy()).all()
+    with pytest.raises(NonFiniteLossError):
+        step(xs[-1], y)
 
 
 def _bad(log_probs=LOG_PROBS, targets=TARGETS, input_lengths=INPUT_LENGTHS, target_lengths=TARGET_LENGTHS, blank=0):
@@ -138,6 +175,15 @@ BAD_INPUTS = [  # (inputs, error, message): torch refuses each (labels out of ra
     (_bad(log_probs=LOG_PROBS[:, :0], targets=TARGETS[:0], input_lengths=INPUT_LENGTHS[:0],
           target_lengths=TARGET_LENGTHS[:0]), ShapeMismatchError, r"T, N and C at least 1; got log_probs \((6|\?), "
                                                                   r"(0|\?), (5|\?)\)"),
+    # the blank read as a label (padding past a target's length may hold it: TARGETS[0, 3]), in either format
+    (_bad(targets=np.where(TARGETS == 3, 0, TARGETS)), ValueOutOfRangeError,
+     r"^CTCLoss targets hold the blank \(class 0\) at targets\[1, 2\] \(sample 1's label 2\); a target's labels "
+     r"must be classes in \[0, 5\) other than the blank \(the entries of a row past its target length are not read"),
+    (_bad(targets=np.where(np.arange(10) == 9, 0, _concatenated([3, 4, 1, 2])), target_lengths=np.array([3, 4, 1, 2])),
+     ValueOutOfRangeError,
+     r"^CTCLoss targets hold the blank \(class 0\) at targets\[9\] \(sample 3's label 1\); a target's labels "
+     r"must be classes in \[0, 5\) other than the blank$"),
+    (_bad(blank=3), ValueOutOfRangeError, r"^CTCLoss targets hold the blank \(class 3\) at targets\[1, 2\]"),
     (_bad(targets=TARGETS.astype(np.float32)), DtypeMismatchError, r"^CTCLoss: targets must be integers"),
     (_bad(input_lengths=INPUT_LENGTHS.astype(np.float32)), DtypeMismatchError,
      r"^CTCLoss: input_lengths must be integers"),
@@ -168,7 +214,7 @@ def test_ctc_loss_refuses_what_torch_refuses(backend):
 def test_a_backend_with_a_ctc_kernel_gives_torchs_exact_values_and_gradient():
     """Where a backend has the framework's CTC kernel (torch's ``F.ctc_loss``: ~20x its scan's speed) it runs it
     behind the same checks: torch's losses and gradient bit for bit, its NaN gradient at -inf log-probabilities of
-    a finite loss included (the scan gives 0 there, as the other backends do), for each reduction."""
+    a finite loss included (the scan gives it too), for each reduction."""
     from unidl import backends
     from unidl.backends.op_registry import optional_op
 

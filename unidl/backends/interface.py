@@ -445,6 +445,12 @@ class Backend(abc.ABC):
         composite, eagerly or while traced: a backend keeps what it builds (a dict lookup a call)."""
         return function
 
+    def looping_composite(self, function: Callable, arrays: tuple[str, ...]) -> Callable:
+        """``composite`` for a composite that loops (a ``scan`` over time: the CTC recursion): the backend's
+        ``composite`` by default. A backend whose eager ``scan`` runs its steps op by op in Python compiles the whole
+        composite when it is called eagerly (TensorFlow: one ``tf.function``)."""
+        return self.composite(function, arrays)
+
     @abc.abstractmethod
     def custom_gradient(self, forward_fn: Callable) -> Callable:
         """``f(*xs) -> y`` whose gradient is the user's: ``forward_fn(*xs)`` returns ``(y, backward)``

@@ -495,8 +495,9 @@ class CTCLoss(_Loss):
     (T, C)), integer targets (N, S) padded or concatenated (sum(target_lengths),), and the lengths (N,). 'mean'
     divides each sample's loss by its target length, then averages over the batch. A target that no alignment fits
     (longer than its frames allow, or a label of log-probability -inf) has an infinite loss (gradient NaN, as
-    PyTorch's), 0 with ``zero_infinity``. Where PyTorch's gradient differs (a -inf log-probability, a target holding
-    the blank) see ``ud.ops.ctc_loss``.
+    PyTorch's), 0 with ``zero_infinity``; a -inf log-probability read by a finite loss has PyTorch's gradient NaN, on
+    every backend. A target's label that is the blank is a ``ValueOutOfRangeError`` naming where it lies (PyTorch
+    documents it as not allowed but does not check); see ``ud.ops.ctc_loss``.
 
     Args:
         blank: the blank's class, an int in [0, C) (checked against the input's C; a float or bool a ``TypeError``).

@@ -24,7 +24,7 @@ from unidl.backends.jax.eager import compiled_when_eager
 from unidl.backends.jax.variable import unwrap as _v
 from unidl.errors import IndexOutOfRangeError, ValueOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
-from unidl.input_checks import float_bound
+from unidl.input_checks import check_known_values, float_bound
 
 
 def _unwrapped(function):
@@ -484,6 +484,16 @@ def check_index(indices, size, what="index"):
     elif int(low) < 0 or int(high) >= size:
         raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {int(low)} to {int(high)}")
     return indices
+
+
+def check_values(x, condition, message, values=()):
+    condition = _v(condition)
+    if not isinstance(condition, jax.core.Tracer):
+        return check_known_values(x, condition, message, values)
+    if getattr(_trace, "checkified", False):  # (checkify raises it after a compiled step, as check_index's)
+        names = {f"value{i}": jnp.asarray(_v(value)) for i, value in enumerate(values)}
+        _staged_check(condition, ValueOutOfRangeError.marker + message.format(*(f"{{{n}}}" for n in names)), **names)
+    return x
 
 
 def segment_sum(data, segment_ids, num_segments):

@@ -542,6 +542,9 @@ class Backend(BackendInterface):
             return keras_stateless.StatelessFunction(HOST, fn, name)
         return HOST.function(fn, jit_compile, name)
 
+    def looping_composite(self, function, arrays):
+        return HOST.looping_composite(function, arrays)  # (Keras's ops run in its host's graphs and loops)
+
     def custom_gradient(self, forward_fn):
         return HOST.custom_gradient(forward_fn)
 

@@ -391,6 +391,12 @@ def check_index(indices, size, what="index"):
     return HOST.ops.check_index(indices, size, what)
 
 
+def check_values(x, condition, message, values=()):
+    if isinstance(x, keras.KerasTensor):  # (the host checks its own tensors, as check_index)
+        return x
+    return HOST.ops.check_values(x, condition, message, values)
+
+
 def segment_sum(data, segment_ids, num_segments):
     return K.segment_sum(data, K.cast(segment_ids, "int32"), num_segments=num_segments)
 

@@ -17,6 +17,7 @@ from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
 from unidl.nn.module import trainable_mask
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow import distributed as tf_distributed
+from unidl.backends.tensorflow import eager as tf_eager
 from unidl.backends.tensorflow import fusion
 from unidl.backends.tensorflow import function as tf_function
 from unidl.backends.tensorflow import graph as tf_graph
@@ -339,6 +340,9 @@ class Backend(BackendInterface):
     def keras_train_step_function(self, step, name):
         # numbers as graph inputs, as this backend's own train steps take them (PerModeGraphs)
         return GraphFunction(step, device=self.current_device_name(), name=name)
+
+    def looping_composite(self, function, arrays):
+        return tf_eager.compiled_when_eager(function, self.current_device_name(), config.get_dtype())
 
     def custom_gradient(self, forward_fn):
         return tf_function.custom_gradient(forward_fn)

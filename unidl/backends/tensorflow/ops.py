@@ -19,7 +19,7 @@ from tensorflow.python.eager import record as tape  # custom_gradient's tape, wi
 
 from unidl import config
 from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError, ValueOutOfRangeError
-from unidl.input_checks import check_known_shape, float_bound
+from unidl.input_checks import check_known_shape, check_known_values, float_bound
 from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten_view, flattened_nhwc_source, nchw_view,
                                               nhwc_source, to_nhwc, tracing_export_graph, tracing_shape_graph,
                                               tracing_xla_graph)
@@ -758,6 +758,18 @@ def check_index(indices, size, what="index"):
                           f"{what} must lie in [0, {{}}); found values from {{}} to {{}}", (size, low, high), tf.int64)
     with tf.control_dependencies([check]):
         return tf.identity(indices)
+
+
+def check_values(x, condition, message, values=()):
+    if tf.executing_eagerly():
+        return check_known_values(x, condition, message, values)
+    if tracing_xla_graph():  # XLA keeps no string formatting: the message without the values
+        text = ValueOutOfRangeError.marker + message.replace("{}", "?")
+        checks = [tf.debugging.assert_equal(tf.cast(condition, tf.bool), True, message=text)]
+    else:
+        checks = [_marked_check(condition, ValueOutOfRangeError, message, values, tf.int64)]
+    with tf.control_dependencies(checks):
+        return tf.identity(x)
 
 
 def segment_sum(data, segment_ids, num_segments):

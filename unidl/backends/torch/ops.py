@@ -9,7 +9,7 @@ from unidl import config
 
 from unidl.errors import IndexOutOfRangeError, ValueOutOfRangeError
 from unidl.input_checks import check_known_shape as check_shape  # sizes are always known here
-from unidl.input_checks import float_bound
+from unidl.input_checks import check_known_values, float_bound
 from unidl.nested import tree_leaves, tree_map
 
 linear = F.linear
@@ -255,6 +255,14 @@ def check_index(indices, size, what="index"):
         if low < 0 or high >= size:
             raise IndexOutOfRangeError(f"{what} must lie in [0, {size}); found values from {low} to {high}")
     return indices
+
+
+def check_values(x, condition, message, values=()):
+    """``check_known_values`` by one read of ``condition`` (and of ``values`` on failure), as ``check_index``;
+    meta tensors and a program torch.export traces hold no values to check."""
+    if isinstance(condition, torch.Tensor) and (condition.is_meta or _exporting()):
+        return x
+    return check_known_values(x, condition, message, values)
 
 
 def segment_sum(data, segment_ids, num_segments):
