@@ -809,3 +809,31 @@ def test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several(tmp_path):
     for index in range(3):
         (tmp_path / f"0000:0{index}:00.0").mkdir()
     assert gpus_listed({}, str(tmp_path)) == 3 and gpus_listed({}, str(tmp_path / "none")) == 0
+
+
+def test_a_step_built_before_this_process_joined_its_job_is_refused_before_it_runs(monkeypatch):
+    """A step built outside any job holds none of the job's collectives: called once this process is a rank of a
+    job, it would train that rank alone, unaveraged (torch's plain step would, silently). ``TrainStep`` refuses it,
+    naming the rank and what to do, before the weights or the optimizer change. (The group's place only, no engine:
+    the launched jobs check a step built in the job and called after ``shutdown()``.)"""
+    from unidl.config import backend
+    from unidl.distributed import process_group
+
+    ud.manual_seed(0)
+    model = ud.nn.Linear(3, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    step(x, y)  # outside any job: it trains
+    before = {name: ud.to_numpy(value) for name, value in model.state_dict().items()}
+    monkeypatch.setattr(process_group, "_group", process_group.ProcessGroup(
+        rank=1, world_size=2, local_rank=1, backend=backend(), engine=object()))
+    with pytest.raises(DistributedError) as refused:
+        step(x, y)
+    assert str(refused.value) == (
+        f"train_step of Linear was built before this process joined its data-parallel job (rank 1 of 2 on "
+        f"{ud.get_backend()}): it holds none of the job's collectives, so this rank would train alone on its own "
+        f"gradients, unaveraged; build the step (and model and optimizer: ud.train_step or fit) after "
+        f"unidl.distributed.init()")
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(ud.to_numpy(value), before[name], err_msg=name)

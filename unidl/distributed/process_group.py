@@ -159,14 +159,24 @@ def job_of_step() -> ProcessGroup | None:
 
 
 def check_job_of_step(job: ProcessGroup | None, what: str) -> None:
-    """A ``DistributedError`` where ``what`` (a step) was built in ``job`` (``job_of_step()`` then) and this process
-    has left that job since (``shutdown()``): the step carries the job's collectives (DDP's, the strategy's, the jax
-    engine's callback) and would fail in them or wait for ranks that left, so it is refused before it runs."""
-    if job is not None and _group is not job:
-        raise DistributedError(f"{what} was built in a data-parallel job (rank {job.rank} of {job.world_size} on "
-                               f"{job.backend.name}) that this process has left (unidl.distributed.shutdown()): its "
-                               f"gradients would be averaged over ranks that are gone; build a new step (and model "
-                               f"and optimizer, ud.train_step or fit) outside the job, or call it before shutdown()")
+    """A ``DistributedError`` where ``what`` (a step) was built in another place than the job this process is in now
+    (``job`` is ``job_of_step()`` when it was built): built in a job that this process has left since
+    (``shutdown()``), the step carries the job's collectives (DDP's, the strategy's, the jax engine's callback) and
+    would fail in them or wait for ranks that left; built before this process joined its job, it carries none and
+    would train this rank alone with its own gradients, unaveraged (on torch silently). Either is refused before
+    it runs."""
+    now = job_of_step()
+    if job is now:
+        return
+    if job is None:
+        raise DistributedError(f"{what} was built before this process joined its data-parallel job (rank {now.rank} "
+                               f"of {now.world_size} on {now.backend.name}): it holds none of the job's collectives, "
+                               f"so this rank would train alone on its own gradients, unaveraged; build the step (and "
+                               f"model and optimizer: ud.train_step or fit) after unidl.distributed.init()")
+    raise DistributedError(f"{what} was built in a data-parallel job (rank {job.rank} of {job.world_size} on "
+                           f"{job.backend.name}) that this process has left (unidl.distributed.shutdown()): its "
+                           f"gradients would be averaged over ranks that are gone; build a new step (and model "
+                           f"and optimizer, ud.train_step or fit) outside the job, or call it before shutdown()")
 
 
 def is_initialized() -> bool:
