@@ -75,18 +75,21 @@ def mish(x):
 @_rounded_once
 def hardswish(x):
     """x * relu6(x + 3) / 6, with PyTorch's gradient: 0 up to -3, x / 3 + 1/2 strictly between -3 and 3, 1 from 3
-    on (at +-inf too: the middle piece takes 0 outside (-3, 3), so its infinite derivative there is no NaN)."""
+    on (at +-inf too: the middle piece takes 0 outside (-3, 3), so its infinite derivative there is no NaN). Up to -3
+    the value is x * 0, as PyTorch's: -0, and NaN at -inf."""
     x = _floats("hardswish", x)
     middle = ops.where(ops.abs(x) < 3.0, x, ops.zeros_like(x))
-    return ops.where(x <= -3.0, ops.zeros_like(x), ops.where(x < 3.0, middle * (middle + 3.0) / 6.0, x))
+    return ops.where(x <= -3.0, x * 0.0, ops.where(x < 3.0, middle * (middle + 3.0) / 6.0, x))
 
 
 @composite("x")
 @_rounded_once
 def hardsigmoid(x):
-    """relu6(x + 3) / 6; the gradient is 1/6 strictly inside (-3, 3), 0 elsewhere (PyTorch's: its 1/6 rounded to
-    float32 in every dtype, which the value's exact division keeps apart from)."""
-    clipped = ops.hardtanh(_floats("hardsigmoid", x) + 3.0, 0.0, 6.0)
+    """relu6(x + 3) / 6; the gradient is 1/6 strictly inside (-3, 3), 0 elsewhere, at NaN too (PyTorch's: its 1/6
+    rounded to float32 in every dtype, which the value's exact division keeps apart from; hardtanh passes NaN's)."""
+    x = _floats("hardsigmoid", x)
+    clipped = ops.hardtanh(x + 3.0, 0.0, 6.0)
+    clipped = ops.where(ops.abs(x) < 3.0, clipped, ops.stop_gradient(clipped))
     return clipped * _SIXTH + ops.stop_gradient(clipped / 6.0 - clipped * _SIXTH)
 
 

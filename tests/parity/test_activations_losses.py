@@ -407,15 +407,67 @@ def test_half_precision_activations_and_distances_match_torch(backend):
                 np.testing.assert_allclose(got, want, **tolerance, err_msg=f"{dtype} {i} {run}")
 
 
-def test_hardswish_gradient_at_infinities_and_nan_is_torchs(backend):
-    """Hardswish's gradient at +-inf and NaN is PyTorch's 1, 0, 1, eagerly and inside ``ud.function`` (the middle
-    piece's infinite derivative there, times its zero cotangent, was NaN)."""
-    values = np.array([np.inf, -np.inf, np.nan, 1.0], np.float32)
-    t = torch.tensor(values, requires_grad=True)
-    F.hardswish(t).sum().backward()
-    gradient = ud.grad(lambda x: ud.ops.sum(ud.ops.hardswish(x)))
-    for run in (gradient, ud.function(gradient)):
-        np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(values))), t.grad.numpy())
+# NaN, +-inf and every activation's kinks: 0, +-0.5 (the shrinks, Threshold(0.5, ...)), +-1 (Hardtanh), +-3
+# (Hardswish, Hardsigmoid), 6 (ReLU6), 2 (Softplus(2, 4)'s threshold); a second row of finite values, for the
+# activations along an axis
+SPECIAL = np.array([[np.nan, np.inf, -np.inf, 0.0, -3.0, 3.0, -1.0, 1.0, 6.0, 0.5, -0.5, 2.0, -2.0, 10.0],
+                    [-0.5, 0.5, 3.0, -3.0, 0.0, 1.0, -1.0, 6.0, 2.0, 0.25, -6.0, 4.0, -10.0, 0.0]])
+# PyTorch's own CPU kernels give two answers where these activations meet NaN (+inf for GELU): their scalar code's
+# for the elements short of a vector's width, their vectorised code's for the others (the gradient at NaN of
+# Hardtanh, ReLU6, the shrinks 1 or 0, of ELU, SELU, CELU, Hardswish 1 or NaN; GELU at +inf inf or NaN), so there
+# is no one torch result to give; ReLU's gradient at NaN is torch's 1 on its backend alone (the other frameworks'
+# ReLU kernels, kept for their fusion, give 0; see issue 13)
+UNSETTLED_AT_NAN = ("Hardtanh", "ReLU6", "Softshrink", "Hardshrink", "ELU", "SELU", "CELU", "Hardswish", "ReLU")
+NO_NAN = np.where(np.isnan(SPECIAL), 0.25, SPECIAL)
+
+
+def activations(layers):
+    """One function of the activations ``layers`` (their outputs side by side along the last axis): one case, one
+    gradient, for the whole table (a case each was 20 s of JAX's eager gradients)."""
+    def stacked(x):
+        if isinstance(x, torch.Tensor):
+            return torch.cat([layer.to(x.dtype)(x) for layer in layers], -1)
+        return ud.ops.cat([layer(x) for layer in layers], -1)
+
+    return stacked
+
+
+def edge_activations(namespace, extra):
+    """The activations of ``namespace`` (``ud.nn`` or ``torch.nn``) taken at NaN, +-inf and the kinks: those whose
+    value at NaN torch settles (``extra``: built otherwise) and those whose it does not, each pair of a name."""
+    names = ("Sigmoid", "Tanh", "GELU", "SiLU", "Softplus", "PReLU", "LeakyReLU", "Mish", "Hardsigmoid",
+             "Softsign", "LogSigmoid", "Tanhshrink") + UNSETTLED_AT_NAN
+    built = {name: getattr(namespace, name)() for name in names}
+    built.update(extra(namespace))
+    settled = [layer for name, layer in built.items() if name.split("-")[0] not in UNSETTLED_AT_NAN + ("GELU",)]
+    unsettled = [layer for name, layer in built.items() if name.split("-")[0] in UNSETTLED_AT_NAN]
+    return settled, unsettled, built["GELU"]
+
+
+def _with_arguments(nn):
+    return {"GELU-tanh": nn.GELU(approximate="tanh"), "RReLU-eval": nn.RReLU().eval(),
+            "Softplus-threshold": nn.Softplus(2.0, 4.0), "Threshold": nn.Threshold(0.5, -2.0),
+            "CELU-alpha": nn.CELU(0.75), "CELU-negative-alpha": nn.CELU(-0.5), "Softmax": nn.Softmax(1),
+            "LogSoftmax": nn.LogSoftmax(1), "Softmin": nn.Softmin(1), "GLU": nn.GLU(1)}
+
+
+EDGE_LAYERS = {
+    name: case(lambda position=position: activations(edge_activations(ud.nn, _with_arguments)[position]),
+               lambda position=position: activations(edge_activations(tnn, _with_arguments)[position]), inputs)
+    for position, (name, inputs) in enumerate((("settled-at-nan", SPECIAL), ("unsettled-at-nan", NO_NAN)))
+}
+EDGE_LAYERS["GELU"] = case(lambda: edge_activations(ud.nn, _with_arguments)[2],
+                           lambda: edge_activations(tnn, _with_arguments)[2], np.where(SPECIAL == np.inf, 0.25, SPECIAL))
+
+
+@pytest.mark.parametrize("dtype, modes", RUNS)
+def test_activations_at_nan_infinities_and_kinks_match_torch(backend, dtype, modes):
+    """Every activation's value and gradient at NaN, +-inf and its kinks is PyTorch's, NaN for NaN and each
+    infinity for it (the oracle compares the non-finite elements exactly), except where torch's own kernels give
+    two answers (``UNSETTLED_AT_NAN``). They were not: Hardsigmoid's gradient at NaN (1/6, PyTorch's 0), Hardswish
+    at -inf (0, PyTorch's NaN), TensorFlow's Softplus gradient at NaN (0, PyTorch's NaN)."""
+    failures = compare_table(EDGE_LAYERS, backend, dtype, modes)
+    assert not failures, "\n".join(failures)
 
 
 def test_pairwise_distance_of_p_0_counts_the_non_zero_differences(backend):
