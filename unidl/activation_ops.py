@@ -327,10 +327,10 @@ def _p_norm(difference, p, keepdim):
     magnitude = ops.abs(difference)
     if p == 0:
         return ops.sum(ops.cast_like(ops.stop_gradient(magnitude) != 0, magnitude), -1, keepdim)
-    if p == math.inf:
-        return ops.amax(magnitude, -1, keepdim)
-    if p == -math.inf:
-        return -ops.amax(-magnitude, -1, keepdim)
+    if abs(p) == math.inf:  # (an empty axis has no largest or smallest |d|: PyTorch's RuntimeError)
+        largest = "largest" if p > 0 else "smallest"
+        magnitude = ops._check_not_empty(f"pairwise_distance with p={p} (the {largest} |x1 - x2 + eps|)", magnitude, -1)
+        return ops._amax(magnitude, -1, keepdim) if p > 0 else -ops._amax(-magnitude, -1, keepdim)
     if p == 2:
         return _power_of_positive(ops.sum(difference * difference, -1, keepdim), 0.5)
     if p > 0:

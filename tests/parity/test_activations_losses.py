@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn as tnn
 
 import unidl as ud
-from unidl.errors import ShapeMismatchError
+from unidl.errors import DtypeMismatchError, ShapeMismatchError
 from tests.parity.torch_oracle import RUNS, Case, compare_table
 from unidl.testing import max_relative_difference
 
@@ -478,6 +478,28 @@ def test_pairwise_distance_of_p_0_counts_the_non_zero_differences(backend):
     layer = ud.nn.PairwiseDistance(0, eps=0.0)
     for run in (layer, ud.function(lambda a, b: layer(a, b))):
         np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(x1), ud.tensor(x2))), expected)
+
+
+def test_an_infinite_p_over_an_empty_axis_and_bce_of_two_float_dtypes_are_refused_as_torch(backend):
+    """What PyTorch refuses, unidl refuses on every backend, in its own words: ``pairwise_distance`` with p = +-inf
+    over an empty last axis (no largest or smallest difference; the error named ``amax``), eagerly and inside
+    ``ud.function``, and ``binary_cross_entropy`` of probabilities and a target of two float dtypes (float32 and
+    float64 either way round; a backend promoted or cast them)."""
+    empty = np.ones((2, 0), np.float32)
+    for p in (np.inf, -np.inf):
+        with pytest.raises(RuntimeError, match="empty"):
+            F.pairwise_distance(torch.tensor(empty), torch.tensor(empty), p)
+        layer = ud.nn.PairwiseDistance(p)
+        for run in (layer, ud.function(lambda a, b: layer(a, b))):
+            with pytest.raises(ShapeMismatchError, match=rf"pairwise_distance with p={p} .* axis -1, which is empty"):
+                ud.to_numpy(run(empty, empty))
+    probabilities, target = np.array([0.25, 0.75]), np.array([0.0, 1.0])
+    for first, second in (("float32", "float64"), ("float64", "float32")):
+        with pytest.raises(RuntimeError, match="Found dtype"):
+            F.binary_cross_entropy(torch.tensor(probabilities, dtype=getattr(torch, first)),
+                                   torch.tensor(target, dtype=getattr(torch, second)))
+        with pytest.raises(DtypeMismatchError, match=f"dtype {first}, got a {second} target"):
+            ud.nn.BCELoss()(ud.ops.cast(ud.tensor(probabilities), first), ud.ops.cast(ud.tensor(target), second))
 
 
 def test_a_train_step_through_the_new_layers_matches_torch(backend):
