@@ -949,9 +949,19 @@ def gelu(x, approximate="none"):
     return _ops().gelu(x, approximate)
 
 
-@op(floating=("x",))
+def _rounded_once(x, compute):
+    """``compute(x)``, for float16 or bfloat16 ``x`` computed in float32 and rounded once to ``x``'s dtype, as
+    PyTorch's CPU kernels compute reduced floats (each step rounded to float16 was a last place off)."""
+    dtype = dtype_kinds.dtype_name(x.dtype)
+    if dtype not in ("float16", "bfloat16"):
+        return compute(x)
+    return cast(compute(cast(x, "float32")), dtype)
+
+
+@op(floating=("x",), dispatch=False)
 def silu(x):
-    """x * sigmoid(x) (also called swish)."""
+    """x * sigmoid(x) (also called swish); float16 and bfloat16 computed in float32 and rounded once, as PyTorch's."""
+    return _rounded_once(x, _ops().silu)
 
 
 @op(floating=("x",), numbers=("alpha",))
@@ -959,9 +969,11 @@ def elu(x, alpha=1.0):
     """x if x > 0 else alpha * (exp(x) - 1)."""
 
 
-@op(floating=("x",), numbers=("beta", "threshold"))
+@op(floating=("x",), numbers=("beta", "threshold"), dispatch=False)
 def softplus(x, beta=1.0, threshold=20.0):
-    """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's)."""
+    """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's); float16 and bfloat16
+    computed in float32 and rounded once, as PyTorch's."""
+    return _rounded_once(x, lambda x: _ops().softplus(x, beta, threshold))
 
 
 @op(dispatch=False)
