@@ -55,9 +55,10 @@ def _rounded_once(function):
 
 def number(owner, name, value):
     """A number argument (``alpha``, ``lambd``, ``threshold``, ``value``, ``eps``, ``p``): a Python or NumPy int or
-    float, as given (an int stays an int: the repr shows it as PyTorch's does); anything else, a bool, None, a string
-    or a tensor, is a ``TypeError`` naming the argument, the same on every backend."""
-    value = arguments.plain_number(owner, name, value)
+    float, as given (an int stays an int: the repr shows it as PyTorch's does), or a 0-d tensor of the backend in
+    force taken as the number it holds (``arguments.known_number``: PyTorch takes one); anything else, a bool, None,
+    a string or a tensor of more axes, is a ``TypeError`` naming the argument, the same on every backend."""
+    value = arguments.known_number(owner, name, value)
     if isinstance(value, bool) or arguments.real(value) is None:
         raise TypeError(f"{owner} {name} must be a number (an int or a float), got {value!r}")
     return value

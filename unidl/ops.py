@@ -48,7 +48,8 @@ def op(declaration=None, **options):
     and other integers become int64, as ``torch.sum`` sums them. ``reduced``: a reduction's axes (an empty
     sequence is a ``ValueError``: PyTorch reduces every axis over it, NumPy none). ``axes``: the parameters that
     take an axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``).
-    ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array becomes a Python float).
+    ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array, and a 0-d tensor whose value can be
+    read, become a Python number: ``arguments.known_number``).
     ``arrays``: the parameters whose NumPy arrays and scalars, lists, tuples and Python numbers become tensors as
     ``ud.tensor`` makes them (floats of the dtype in force), as a module's call converts its arguments; by default
     a public op's parameters named in ``_TENSOR_PARAMETERS`` (torch's backend refused them all, the others took
@@ -68,7 +69,7 @@ def op(declaration=None, **options):
               **{p: input_checks.as_summable for p in options.pop("summable", ())},
               **{p: arguments.reduced_axes for p in options.pop("reduced", ())},
               **{p: arguments.axis for p in options.pop("axes", ())},
-              **{p: arguments.plain_number for p in options.pop("numbers", ())},
+              **{p: arguments.known_number for p in options.pop("numbers", ())},
               **{p: input_checks.as_numbers for p in options.pop("numeric", ())},
               **{p: input_checks.booleans_as_int64 for p in options.pop("booleans_as_int64", ())}}
     if checks:
@@ -141,11 +142,12 @@ def relu(x):
     """max(x, 0). Booleans are a ``DtypeMismatchError``, as in PyTorch."""
 
 
-@op(numbers=("negative_slope",), floating=("x",), dispatch=False)
+@op(floating=("x",), dispatch=False)
 def leaky_relu(x, negative_slope=0.01):
     """x if x > 0 else negative_slope * x. ``negative_slope``: a number, or a 0-d tensor taken as the number it
     holds (no gradient reaches it), eagerly and inside graphs, as ``torch.nn.functional.leaky_relu`` takes them
     (TensorFlow's kernel refused a tensor); a tensor of more axes is a ``TypeError``, as PyTorch's."""
+    negative_slope = arguments.plain_number("leaky_relu", "negative_slope", negative_slope)
     if config.backend().is_tensor(negative_slope):
         if len(tuple(negative_slope.shape)) != 0:
             raise TypeError(f"leaky_relu negative_slope must be a number or a 0-d tensor, got a tensor of rank "

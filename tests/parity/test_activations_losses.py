@@ -355,6 +355,45 @@ def test_more_activations_refuse_torchs_bad_arguments(backend):
             ud.to_numpy(run(ud.tensor(np.ones((2, 5), np.float32))))
 
 
+# each activation with a number argument, as a layer and as ``ud.ops``' function, beside torch's: (unidl's of the
+# argument, torch's of it); torch takes a 0-d tensor there
+TENSOR_ARGUMENTS = [
+    (lambda a: ud.nn.ELU(a), lambda a: tnn.ELU(a)), (lambda a: ud.nn.LeakyReLU(a), lambda a: tnn.LeakyReLU(a)),
+    (lambda a: ud.nn.CELU(a), lambda a: tnn.CELU(a)), (lambda a: ud.nn.Softplus(a, a), lambda a: tnn.Softplus(a, a)),
+    (lambda a: ud.nn.Softshrink(a), lambda a: tnn.Softshrink(a)), (lambda a: ud.nn.Hardshrink(a), lambda a: tnn.Hardshrink(a)),
+    (lambda a: ud.nn.Threshold(a, a), lambda a: tnn.Threshold(a, a)),
+    (lambda a: lambda x: ud.nn.CosineSimilarity(0, a)(x, x), lambda a: lambda x: tnn.CosineSimilarity(0, a)(x, x)),
+    (lambda a: lambda x: ud.nn.PairwiseDistance(2, a)(x, -x), lambda a: lambda x: tnn.PairwiseDistance(2, a)(x, -x)),
+    *[(lambda a, name=name: lambda x: getattr(ud.ops, name)(x, a), lambda a, name=name: lambda x: getattr(F, name)(x, a))
+      for name in ("elu", "leaky_relu", "celu", "softshrink", "hardshrink")],
+    (lambda a: lambda x: ud.ops.softplus(x, a, a), lambda a: lambda x: F.softplus(x, a, a)),
+    (lambda a: lambda x: ud.ops.threshold(x, a, a), lambda a: lambda x: F.threshold(x, a, a)),
+    (lambda a: lambda x: ud.ops.cosine_similarity(x, x, 0, a), lambda a: lambda x: F.cosine_similarity(x, x, 0, a)),
+    (lambda a: lambda x: ud.ops.pairwise_distance(x, -x, 2, a), lambda a: lambda x: F.pairwise_distance(x, -x, 2, a)),
+]
+
+
+def test_a_0d_tensor_or_numpy_scalar_is_an_activations_number_as_torch(backend):
+    """A 0-d tensor of the backend in force, or a NumPy scalar, as ``alpha``, ``negative_slope``, ``beta``,
+    ``threshold``, ``lambd`` or ``eps`` of a layer or its ``ud.ops`` function is the number it holds, as PyTorch
+    takes a 0-d tensor (unidl refused it); eagerly, and inside ``ud.function`` from outside the graph, torch's
+    values. A tensor of more axes is a ``TypeError`` naming the argument (as PyTorch's), and so is a 0-d tensor of
+    the graph being traced, whose value is not known when the op is built, where the backend cannot read it."""
+    x, half = np.array([-1.0, 0.25, 0.5, 2.0], np.float32), ud.tensor(0.5)
+    for build, oracle in TENSOR_ARGUMENTS:
+        expected = oracle(torch.tensor(0.5))(torch.tensor(x)).detach().numpy()
+        for given in (half, np.float32(0.5), np.array(0.5)):
+            np.testing.assert_allclose(ud.to_numpy(build(given)(ud.tensor(x))), expected, rtol=1e-6)
+        np.testing.assert_allclose(ud.to_numpy(ud.function(lambda v: build(half)(v))(x)), expected, rtol=1e-6)
+        with pytest.raises(TypeError, match="must be a number or a 0-d tensor, got a tensor of rank 1"):
+            build(ud.tensor([0.5]))(ud.tensor(x))
+    try:  # (torch's backend runs ud.function's Python each call, and reads it)
+        got = ud.to_numpy(ud.function(lambda v, a: ud.ops.celu(v, a))(x, ud.tensor(0.5)))
+        np.testing.assert_allclose(got, F.celu(torch.tensor(x), 0.5).numpy(), rtol=1e-6)
+    except TypeError as error:
+        assert "celu alpha is a 0-d tensor of a graph being traced" in str(error)
+
+
 # (values around the kinks, 0.3 and the float16 and bfloat16 numbers next to it: softshrink's and threshold's
 # decisions against a float32 0.3; an even count, for glu)
 HALF_INPUTS = np.concatenate([np.random.default_rng(5).normal(0, 3, 116),
