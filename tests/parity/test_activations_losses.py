@@ -380,11 +380,11 @@ def test_a_0d_tensor_or_numpy_scalar_is_an_activations_number_as_torch(backend):
     values. A tensor of more axes is a ``TypeError`` naming the argument (as PyTorch's), and so is a 0-d tensor of
     the graph being traced, whose value is not known when the op is built, where the backend cannot read it."""
     x, half = np.array([-1.0, 0.25, 0.5, 2.0], np.float32), ud.tensor(0.5)
-    for build, oracle in TENSOR_ARGUMENTS:
+    in_graph = ud.function(lambda v: [build(half)(v) for build, _ in TENSOR_ARGUMENTS])(x)  # (one trace for all)
+    for (build, oracle), traced in zip(TENSOR_ARGUMENTS, in_graph):
         expected = oracle(torch.tensor(0.5))(torch.tensor(x)).detach().numpy()
-        for given in (half, np.float32(0.5), np.array(0.5)):
-            np.testing.assert_allclose(ud.to_numpy(build(given)(ud.tensor(x))), expected, rtol=1e-6)
-        np.testing.assert_allclose(ud.to_numpy(ud.function(lambda v: build(half)(v))(x)), expected, rtol=1e-6)
+        for got in [build(given)(ud.tensor(x)) for given in (half, np.float32(0.5), np.array(0.5))] + [traced]:
+            np.testing.assert_allclose(ud.to_numpy(got), expected, rtol=1e-6)
         with pytest.raises(TypeError, match="must be a number or a 0-d tensor, got a tensor of rank 1"):
             build(ud.tensor([0.5]))(ud.tensor(x))
     try:  # (torch's backend runs ud.function's Python each call, and reads it)
@@ -461,43 +461,33 @@ UNSETTLED_AT_NAN = ("Hardtanh", "ReLU6", "Softshrink", "Hardshrink", "ELU", "SEL
 NO_NAN = np.where(np.isnan(SPECIAL), 0.25, SPECIAL)
 
 
-def activations(layers):
-    """One function of the activations ``layers`` (their outputs side by side along the last axis): one case, one
-    gradient, for the whole table (a case each was 20 s of JAX's eager gradients)."""
-    def stacked(x):
-        if isinstance(x, torch.Tensor):
-            return torch.cat([layer.to(x.dtype)(x) for layer in layers], -1)
-        return ud.ops.cat([layer(x) for layer in layers], -1)
-
-    return stacked
-
-
-def edge_activations(namespace, extra):
-    """The activations of ``namespace`` (``ud.nn`` or ``torch.nn``) taken at NaN, +-inf and the kinks: those whose
-    value at NaN torch settles (``extra``: built otherwise) and those whose it does not, each pair of a name."""
-    names = ("Sigmoid", "Tanh", "GELU", "SiLU", "Softplus", "PReLU", "LeakyReLU", "Mish", "Hardsigmoid",
-             "Softsign", "LogSigmoid", "Tanhshrink") + UNSETTLED_AT_NAN
-    built = {name: getattr(namespace, name)() for name in names}
-    built.update(extra(namespace))
-    settled = [layer for name, layer in built.items() if name.split("-")[0] not in UNSETTLED_AT_NAN + ("GELU",)]
+def activations(namespace):
+    """One function of three inputs, of the activations of ``namespace`` (``ud.nn`` or ``torch.nn``) at NaN, +-inf
+    and their kinks, their outputs side by side along the last axis (one case, one gradient: a case each was 20 s of
+    JAX's eager gradients): of the first input those whose value at NaN torch settles, of the second (no NaN) those
+    whose it does not, of the third (no +inf) GELU."""
+    nn = namespace
+    built = {name: getattr(nn, name)() for name in ("Sigmoid", "Tanh", "GELU", "SiLU", "Softplus", "PReLU",
+                                                      "LeakyReLU", "Mish", "Hardsigmoid", "Softsign", "LogSigmoid",
+                                                      "Tanhshrink") + UNSETTLED_AT_NAN}
+    built.update({"GELU-tanh": nn.GELU(approximate="tanh"), "RReLU-eval": nn.RReLU().eval(),
+                  "Softplus-threshold": nn.Softplus(2.0, 4.0), "Threshold": nn.Threshold(0.5, -2.0),
+                  "CELU-alpha": nn.CELU(0.75), "CELU-negative-alpha": nn.CELU(-0.5), "Softmax": nn.Softmax(1),
+                  "LogSoftmax": nn.LogSoftmax(1), "Softmin": nn.Softmin(1), "GLU": nn.GLU(1)})
     unsettled = [layer for name, layer in built.items() if name.split("-")[0] in UNSETTLED_AT_NAN]
-    return settled, unsettled, built["GELU"]
+    settled = [layer for name, layer in built.items() if name.split("-")[0] not in UNSETTLED_AT_NAN + ("GELU",)]
+
+    def side_by_side(*inputs):
+        pairs = [(layer, x) for layers, x in zip((settled, unsettled, [built["GELU"]]), inputs) for layer in layers]
+        if namespace is tnn:
+            return torch.cat([layer.to(x.dtype)(x) for layer, x in pairs], -1)
+        return ud.ops.cat([layer(x) for layer, x in pairs], -1)
+
+    return side_by_side
 
 
-def _with_arguments(nn):
-    return {"GELU-tanh": nn.GELU(approximate="tanh"), "RReLU-eval": nn.RReLU().eval(),
-            "Softplus-threshold": nn.Softplus(2.0, 4.0), "Threshold": nn.Threshold(0.5, -2.0),
-            "CELU-alpha": nn.CELU(0.75), "CELU-negative-alpha": nn.CELU(-0.5), "Softmax": nn.Softmax(1),
-            "LogSoftmax": nn.LogSoftmax(1), "Softmin": nn.Softmin(1), "GLU": nn.GLU(1)}
-
-
-EDGE_LAYERS = {
-    name: case(lambda position=position: activations(edge_activations(ud.nn, _with_arguments)[position]),
-               lambda position=position: activations(edge_activations(tnn, _with_arguments)[position]), inputs)
-    for position, (name, inputs) in enumerate((("settled-at-nan", SPECIAL), ("unsettled-at-nan", NO_NAN)))
-}
-EDGE_LAYERS["GELU"] = case(lambda: edge_activations(ud.nn, _with_arguments)[2],
-                           lambda: edge_activations(tnn, _with_arguments)[2], np.where(SPECIAL == np.inf, 0.25, SPECIAL))
+EDGE_LAYERS = {"activations": case(lambda: activations(ud.nn), lambda: activations(tnn), SPECIAL, NO_NAN,
+                                   np.where(SPECIAL == np.inf, 0.25, SPECIAL))}
 
 
 @pytest.mark.parametrize("dtype, modes", RUNS)
