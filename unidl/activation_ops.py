@@ -55,9 +55,10 @@ def _rounded_once(function):
 
 def number(owner, name, value):
     """A number argument (``alpha``, ``lambd``, ``threshold``, ``value``, ``eps``, ``p``): a Python or NumPy int or
-    float, as given (an int stays an int: the repr shows it as PyTorch's does); anything else, a bool, None, a string
-    or a tensor, is a ``TypeError`` naming the argument, the same on every backend."""
-    value = arguments.plain_number(owner, name, value)
+    float, as given (an int stays an int: the repr shows it as PyTorch's does), or a 0-d tensor of the backend in
+    force taken as the number it holds (``arguments.known_number``: PyTorch takes one); anything else, a bool, None,
+    a string or a tensor of more axes, is a ``TypeError`` naming the argument, the same on every backend."""
+    value = arguments.known_number(owner, name, value)
     if isinstance(value, bool) or arguments.real(value) is None:
         raise TypeError(f"{owner} {name} must be a number (an int or a float), got {value!r}")
     return value
@@ -75,18 +76,21 @@ def mish(x):
 @_rounded_once
 def hardswish(x):
     """x * relu6(x + 3) / 6, with PyTorch's gradient: 0 up to -3, x / 3 + 1/2 strictly between -3 and 3, 1 from 3
-    on (at +-inf too: the middle piece takes 0 outside (-3, 3), so its infinite derivative there is no NaN)."""
+    on (at +-inf too: the middle piece takes 0 outside (-3, 3), so its infinite derivative there is no NaN). Up to -3
+    the value is x * 0, as PyTorch's: -0, and NaN at -inf."""
     x = _floats("hardswish", x)
     middle = ops.where(ops.abs(x) < 3.0, x, ops.zeros_like(x))
-    return ops.where(x <= -3.0, ops.zeros_like(x), ops.where(x < 3.0, middle * (middle + 3.0) / 6.0, x))
+    return ops.where(x <= -3.0, x * 0.0, ops.where(x < 3.0, middle * (middle + 3.0) / 6.0, x))
 
 
 @composite("x")
 @_rounded_once
 def hardsigmoid(x):
-    """relu6(x + 3) / 6; the gradient is 1/6 strictly inside (-3, 3), 0 elsewhere (PyTorch's: its 1/6 rounded to
-    float32 in every dtype, which the value's exact division keeps apart from)."""
-    clipped = ops.hardtanh(_floats("hardsigmoid", x) + 3.0, 0.0, 6.0)
+    """relu6(x + 3) / 6; the gradient is 1/6 strictly inside (-3, 3), 0 elsewhere, at NaN too (PyTorch's: its 1/6
+    rounded to float32 in every dtype, which the value's exact division keeps apart from; hardtanh passes NaN's)."""
+    x = _floats("hardsigmoid", x)
+    clipped = ops.hardtanh(x + 3.0, 0.0, 6.0)
+    clipped = ops.where(ops.abs(x) < 3.0, clipped, ops.stop_gradient(clipped))
     return clipped * _SIXTH + ops.stop_gradient(clipped / 6.0 - clipped * _SIXTH)
 
 
@@ -324,10 +328,10 @@ def _p_norm(difference, p, keepdim):
     magnitude = ops.abs(difference)
     if p == 0:
         return ops.sum(ops.cast_like(ops.stop_gradient(magnitude) != 0, magnitude), -1, keepdim)
-    if p == math.inf:
-        return ops.amax(magnitude, -1, keepdim)
-    if p == -math.inf:
-        return -ops.amax(-magnitude, -1, keepdim)
+    if abs(p) == math.inf:  # (an empty axis has no largest or smallest |d|: PyTorch's RuntimeError)
+        largest = "largest" if p > 0 else "smallest"
+        magnitude = ops._check_not_empty(f"pairwise_distance with p={p} (the {largest} |x1 - x2 + eps|)", magnitude, -1)
+        return ops._amax(magnitude, -1, keepdim) if p > 0 else -ops._amax(-magnitude, -1, keepdim)
     if p == 2:
         return _power_of_positive(ops.sum(difference * difference, -1, keepdim), 0.5)
     if p > 0:

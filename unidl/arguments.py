@@ -222,6 +222,30 @@ def plain_number(owner: str, name: str, value):
     return value
 
 
+def known_number(owner: str, name: str, value):
+    """``plain_number``'s number, with a 0-d tensor of the backend in force also taken as the Python int or float
+    it holds, as PyTorch takes a 0-d tensor where it takes a number (an activation's ``alpha``, ``lambd``,
+    ``eps``, ``beta``, ``threshold``), its value needed when the layer or op is built. A tensor of more axes, or a
+    0-d tensor whose value a graph being traced cannot read (one of its own), is a ``TypeError`` naming the
+    argument; another framework's tensor is left to the caller's check (a ``TypeError`` too)."""
+    from unidl import config  # (here, not at the top: config imports the backends' registry, which imports this)
+
+    if not hasattr(value, "shape") or isinstance(value, (np.ndarray, np.generic)):
+        return plain_number(owner, name, value)
+    backend = config.backend()
+    if not backend.is_tensor(value):
+        return value
+    if len(tuple(value.shape)) != 0:
+        raise TypeError(f"{owner} {name} must be a number or a 0-d tensor, got a tensor of rank {len(value.shape)}")
+    try:
+        array = backend.to_numpy(value)
+    except Exception:  # (each framework's own error for a traced value read in Python: a tracer's, a graph's)
+        raise TypeError(f"{owner} {name} is a 0-d tensor of a graph being traced, whose value is not known yet, "
+                        f"and it must be known to build the op; give a number, or a tensor made outside the graph") \
+            from None
+    return plain_number(owner, name, array)
+
+
 def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=False, high_open=True) -> float:
     """``value`` as a Python float (a NumPy scalar or 0-d array too, as ``torch.optim`` takes them); ``ValueError``
     naming the hyperparameter unless it is a number (not a bool, not NaN) with low <= value < high (bounds as

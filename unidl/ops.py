@@ -48,7 +48,8 @@ def op(declaration=None, **options):
     and other integers become int64, as ``torch.sum`` sums them. ``reduced``: a reduction's axes (an empty
     sequence is a ``ValueError``: PyTorch reduces every axis over it, NumPy none). ``axes``: the parameters that
     take an axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``).
-    ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array becomes a Python float).
+    ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array, and a 0-d tensor whose value can be
+    read, become a Python number: ``arguments.known_number``).
     ``arrays``: the parameters whose NumPy arrays and scalars, lists, tuples and Python numbers become tensors as
     ``ud.tensor`` makes them (floats of the dtype in force), as a module's call converts its arguments; by default
     a public op's parameters named in ``_TENSOR_PARAMETERS`` (torch's backend refused them all, the others took
@@ -68,7 +69,7 @@ def op(declaration=None, **options):
               **{p: input_checks.as_summable for p in options.pop("summable", ())},
               **{p: arguments.reduced_axes for p in options.pop("reduced", ())},
               **{p: arguments.axis for p in options.pop("axes", ())},
-              **{p: arguments.plain_number for p in options.pop("numbers", ())},
+              **{p: arguments.known_number for p in options.pop("numbers", ())},
               **{p: input_checks.as_numbers for p in options.pop("numeric", ())},
               **{p: input_checks.booleans_as_int64 for p in options.pop("booleans_as_int64", ())}}
     if checks:
@@ -141,11 +142,12 @@ def relu(x):
     """max(x, 0). Booleans are a ``DtypeMismatchError``, as in PyTorch."""
 
 
-@op(numbers=("negative_slope",), floating=("x",), dispatch=False)
+@op(floating=("x",), dispatch=False)
 def leaky_relu(x, negative_slope=0.01):
     """x if x > 0 else negative_slope * x. ``negative_slope``: a number, or a 0-d tensor taken as the number it
     holds (no gradient reaches it), eagerly and inside graphs, as ``torch.nn.functional.leaky_relu`` takes them
     (TensorFlow's kernel refused a tensor); a tensor of more axes is a ``TypeError``, as PyTorch's."""
+    negative_slope = arguments.plain_number("leaky_relu", "negative_slope", negative_slope)
     if config.backend().is_tensor(negative_slope):
         if len(tuple(negative_slope.shape)) != 0:
             raise TypeError(f"leaky_relu negative_slope must be a number or a 0-d tensor, got a tensor of rank "
@@ -949,9 +951,19 @@ def gelu(x, approximate="none"):
     return _ops().gelu(x, approximate)
 
 
-@op(floating=("x",))
+def _rounded_once(x, compute):
+    """``compute(x)``, for float16 or bfloat16 ``x`` computed in float32 and rounded once to ``x``'s dtype, as
+    PyTorch's CPU kernels compute reduced floats (each step rounded to float16 was a last place off)."""
+    dtype = dtype_kinds.dtype_name(x.dtype)
+    if dtype not in ("float16", "bfloat16"):
+        return compute(x)
+    return cast(compute(cast(x, "float32")), dtype)
+
+
+@op(floating=("x",), dispatch=False)
 def silu(x):
-    """x * sigmoid(x) (also called swish)."""
+    """x * sigmoid(x) (also called swish); float16 and bfloat16 computed in float32 and rounded once, as PyTorch's."""
+    return _rounded_once(x, _ops().silu)
 
 
 @op(floating=("x",), numbers=("alpha",))
@@ -959,9 +971,11 @@ def elu(x, alpha=1.0):
     """x if x > 0 else alpha * (exp(x) - 1)."""
 
 
-@op(floating=("x",), numbers=("beta", "threshold"))
+@op(floating=("x",), numbers=("beta", "threshold"), dispatch=False)
 def softplus(x, beta=1.0, threshold=20.0):
-    """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's)."""
+    """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's); float16 and bfloat16
+    computed in float32 and rounded once, as PyTorch's."""
+    return _rounded_once(x, lambda x: _ops().softplus(x, beta, threshold))
 
 
 @op(dispatch=False)
@@ -1426,15 +1440,28 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
 
+def _check_same_float_dtype(owner, probabilities, target):
+    """``DtypeMismatchError`` for a float tensor ``target`` of another float dtype than ``probabilities``, as
+    PyTorch's kernel refuses it ("Found dtype Double but expected Float"): a backend promoted or cast it silently."""
+    if not (config.backend().is_tensor(target) and dtype_kinds.is_floating(target.dtype)):
+        return
+    given, wanted = dtype_kinds.dtype_name(target.dtype), dtype_kinds.dtype_name(probabilities.dtype)
+    if given != wanted:
+        raise DtypeMismatchError(f"{owner} needs a target of the probabilities' dtype {wanted}, got a {given} target "
+                                 f"(PyTorch refuses two float dtypes); cast it with ud.ops.cast(target, {wanted!r})")
+
+
 @_composed
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
     broadcasts); the probabilities' gradient is PyTorch's, (p - t) / max(p (1 - p), 1e-12) (finite at 0 and 1;
     below the floor a first derivative only). ``target`` of another shape than
-    ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), as PyTorch refuses it."""
+    ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), and a float tensor ``target`` of another float
+    dtype a ``DtypeMismatchError``, as PyTorch refuses them (a NumPy array or a list takes the probabilities')."""
     reduction = input_checks.check_reduction("binary_cross_entropy", reduction)
     probabilities = input_checks.float32_under_autocast(
         input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities))
+    _check_same_float_dtype("binary_cross_entropy", probabilities, target)
     target = cast_like(target, probabilities)
     probabilities = input_checks.check_same_shape("binary_cross_entropy", probabilities, target,
                                                   names=("probabilities", "target"))

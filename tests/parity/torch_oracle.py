@@ -76,6 +76,28 @@ def oracle_results(case: Case, state: dict, dtype: str):
     return output.detach().numpy(), grads, r
 
 
+def difference(got, expected) -> float:
+    """``max_relative_difference`` of the finite elements, inf where the non-finite ones (NaN, +-inf) are not the
+    same values in the same places: a case at NaN or an infinity compares them exactly."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    finite = np.isfinite(expected)
+    if not (np.array_equal(np.isfinite(got), finite) and np.array_equal(got[~finite], expected[~finite], equal_nan=True)):
+        return np.inf
+    return max_relative_difference(got[finite], expected[finite])
+
+
+def _where_not_finite(got, expected) -> str:
+    """Where ``got`` and ``expected`` differ most: the elements not finite in one only, or not the same non-finite
+    value, or else the finite one farthest apart."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    finite = np.isfinite(expected)
+    wrong = (np.isfinite(got) != finite) | (~finite & ~np.isclose(got, expected, equal_nan=True))
+    if not wrong.any() and got.size:
+        gaps = np.where(finite, np.abs(np.nan_to_num(got) - np.nan_to_num(expected)), 0.0)
+        wrong = gaps == gaps.max()
+    return f" (at {np.argwhere(wrong).tolist()}: {got[wrong].tolist()}, torch's {expected[wrong].tolist()})" if wrong.any() else ""
+
+
 def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eager", "ud.function")) -> list[str]:
     """Every case on ``backend`` in ``dtype``, eagerly and/or inside ``ud.function`` (``modes``), against the
     torch oracle; returns the failures (empty when all agree to ``TOLERANCES``)."""
@@ -131,14 +153,14 @@ def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eage
                 elif output.dtype.kind != "f":
                     if not np.array_equal(got, output):
                         failures.append(f"{where}: output {got} differs from torch's {output}")
-                elif not max_relative_difference(got, output) <= out_tolerance:
-                    failures.append(f"{where}: output differs by {max_relative_difference(got, output):.2e}")
+                elif not difference(got, output) <= out_tolerance:
+                    failures.append(f"{where}: output differs by {difference(got, output):.2e}{_where_not_finite(got, output)}")
                 keys = [f"input{i}" for i in float_args] + names
                 for key in keys:
                     got = ud.to_numpy(next(results))
-                    difference = max_relative_difference(got, grads[key]) if got.shape == grads[key].shape else None
-                    if difference is None or not difference <= grad_tolerance:
-                        failures.append(f"{where}: gradient of {key} differs by {difference}")
+                    gap = difference(got, grads[key]) if got.shape == grads[key].shape else None
+                    if gap is None or not gap <= grad_tolerance:
+                        failures.append(f"{where}: gradient of {key} differs by {gap}{_where_not_finite(got, grads[key])}")
     return failures
 
 

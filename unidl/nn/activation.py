@@ -67,7 +67,7 @@ class LeakyReLU(_InplaceShown):
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
         super().__init__(inplace)
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = float(activation_ops.number("LeakyReLU", "negative_slope", negative_slope))
 
     def forward(self, x):
         return self._ops.leaky_relu(_floats(self, x), self.negative_slope)
@@ -195,7 +195,7 @@ class ELU(_InplaceShown):
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False):
         super().__init__(inplace)
-        self.alpha = float(alpha)
+        self.alpha = float(activation_ops.number("ELU", "alpha", alpha))
 
     def forward(self, x):
         return self._ops.elu(_floats(self, x), self.alpha)
@@ -209,6 +209,8 @@ class Softplus(Module):
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0):
         super().__init__()
+        beta, threshold = (activation_ops.number("Softplus", name, value) for name, value in
+                           (("beta", beta), ("threshold", threshold)))
         if beta == 0:  # (a negative beta is PyTorch's formula too; 0 divides by it)
             raise ValueError(f"Softplus beta must not be 0 (log(1 + exp(beta * x)) / beta), got {beta!r}")
         self.beta, self.threshold = float(beta), float(threshold)

@@ -904,7 +904,9 @@ def elu(x, alpha=1.0):
 @elementwise
 def softplus(x, beta=1.0, threshold=20.0):
     scaled = x * beta
-    return tf.where(scaled > threshold, x, tf.math.log1p(tf.exp(tf.minimum(scaled, threshold))) / beta)
+    # (a select, not minimum: at NaN PyTorch's NaN gradient, which tf.minimum's 20 cut off)
+    linear = scaled > threshold
+    return tf.where(linear, x, tf.math.log1p(tf.exp(tf.where(linear, tf.zeros_like(scaled), scaled))) / beta)
 
 
 @elementwise
