@@ -760,3 +760,27 @@ def test_the_jax_engine_must_start_before_xla(monkeypatch):
                                                r"unidl.distributed.init\(\) at the top of the script"):
         ud.distributed.init(backend="jax")
     assert not ud.distributed.is_initialized()
+
+
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_a_job_torchrun_started_is_refused_by_the_jax_engine_naming_unidls_launcher(monkeypatch):
+    """torchrun's agent serves its store on MASTER_PORT, where ``jax.distributed``'s coordination service would
+    listen: rank 0 failed to start its server ('Failed to start RPC server', or SIGSEGV) with no word of unidl's.
+    A process torchrun started (its ``TORCHELASTIC_RUN_ID``) is refused before anything starts, on the jax backend
+    and on Keras-on-JAX (whose engine is the jax one), saying to launch with ``unidl train --nproc N``."""
+    from unidl.backends.keras.distributed import _OneDevicePerProcess
+    from unidl.distributed.environment import free_port
+
+    port = free_port()
+    monkeypatch.delenv("UNIDL_RANK", raising=False)
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(port)), ("TORCHELASTIC_RUN_ID", "none")):
+        monkeypatch.setenv(name, value)
+    expected = (r"^rank 0 of 2 was started by torchrun, whose jobs the jax engine cannot join .* start the job with "
+                r"`unidl train --nproc 2` or unidl.distributed.launch\(fn, nprocs=2\)")
+    with pytest.raises(DistributedError, match=expected):
+        ud.distributed.init(backend="jax")
+    assert not ud.distributed.is_initialized()
+    keras_on_jax = _OneDevicePerProcess(ud.backends.load("jax").distributed_engine())  # (Keras-on-JAX's engine)
+    with pytest.raises(DistributedError, match=expected):
+        keras_on_jax.start(0, 2, "127.0.0.1", port, 1.0)

@@ -78,6 +78,7 @@ class Engine:
 
         from unidl.distributed.environment import sigterm_back_to_python
 
+        _refuse_torchrun(rank, world_size)
         if xla_bridge.backends_are_initialized():
             raise DistributedError(
                 "the jax engine must start before JAX's first array or device query in this process "
@@ -122,6 +123,20 @@ class Engine:
         global _job
         _job = None
         jax.distributed.shutdown()
+
+
+def _refuse_torchrun(rank, world_size):
+    """A ``DistributedError`` in a process torchrun started: ``jax.distributed``'s coordination service would
+    listen on ``MASTER_PORT``, which torchrun's own store holds (rank 0 failed to start its server, or crashed)."""
+    from unidl.distributed.environment import started_by_torchrun
+
+    if started_by_torchrun():
+        raise DistributedError(
+            f"rank {rank} of {world_size} was started by torchrun, whose jobs the jax engine cannot join "
+            f"(jax.distributed's coordination service would listen on MASTER_PORT, where torchrun's store already "
+            f"listens): start the job with `unidl train --nproc {world_size}` or unidl.distributed.launch(fn, "
+            f"nprocs={world_size}), which give the jax engine a port of its own; torchrun runs the torch backend "
+            f"and Keras-on-torch")
 
 
 def reduce_on_host(values: list, op: str = "mean") -> list:
