@@ -283,10 +283,11 @@ def test_a_batch_norm_model_trains_from_rank_0s_weights_and_buffers(job):
 def test_a_last_batch_smaller_than_the_ranks_is_refused_on_every_rank(job):
     for rank in job["ranks"]:
         assert "fewer samples than ranks" in rank["too_small"] and "drop_last=True" in rank["too_small"]
-    for rank in job["ranks"]:  # one split unevenly is warned of (test_a_loader_whose_batches_split_unevenly_...)
-        assert rank["uneven"] is not None and rank["uneven"].startswith("with 2 ranks, a batch of 3 samples of the "
-                                                                        "loader (11 samples, batch_size=4) splits "
-                                                                        "unevenly"), rank["uneven"]
+    # one split unevenly is warned of (test_a_loader_whose_batches_split_unevenly_...), by rank 0 alone
+    rank0, rank1 = (rank["uneven"] for rank in job["ranks"])
+    assert rank0 is not None and rank0.startswith("with 2 ranks, a batch of 3 samples of the loader (11 samples, "
+                                                  "batch_size=4) splits unevenly"), rank0
+    assert rank1 is None
 
 
 def test_only_rank_0_writes_checkpoints_and_every_rank_sees_them_afterwards(job):
@@ -596,6 +597,12 @@ def test_a_loader_whose_batches_split_unevenly_is_warned_of_once_per_loader(monk
             f"batch_size={uneven.batch_size}) splits unevenly, and each share's mean gradient counts equally in the "
             f"average (as in PyTorch DDP), so that step trains other weights than one process with the same batch; "
             f"{fix}, for the weights of one process")
+    monkeypatch.setattr(process_group, "_warned_uneven", set())
+    monkeypatch.setattr(process_group, "_group", process_group.ProcessGroup(
+        rank=1, world_size=2, local_rank=1, backend=None, engine=None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rank 0 alone warns (every rank printed the same warning)
+        process_group.check_training_loader(loader(11, 4))
 
 
 def test_one_process_without_a_launcher_is_a_group_of_one(backend, monkeypatch):
