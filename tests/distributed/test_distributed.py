@@ -149,6 +149,8 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     job = _job("jax", launches, tmp_path_factory)
     rank0, rank1 = job["extra"]
     assert rank0["framework"] == rank1["framework"] == "jax"
+    assert rank0["threads"] == rank1["threads"] == 1  # XLA's thread flags, set before the ranks imported jax
+    _check_all_reduced((rank0, rank1))
     for name, reference, bound in (("two_layer64", "float64", 1e-12), ("two_layer32", "float32", 1e-6),
                                    ("two_layer_accumulate", "accumulate", 1e-12), ("two_layer_bf16", "bf16-mixed", 2e-2)):
         assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
@@ -285,9 +287,9 @@ def test_a_last_batch_smaller_than_the_ranks_is_refused_on_every_rank(job):
         assert "fewer samples than ranks" in rank["too_small"] and "drop_last=True" in rank["too_small"]
     # one split unevenly is warned of (test_a_loader_whose_batches_split_unevenly_...), by rank 0 alone
     rank0, rank1 = (rank["uneven"] for rank in job["ranks"])
-    assert rank0 is not None and rank0.startswith("with 2 ranks, a batch of 3 samples of the loader (11 samples, "
-                                                  "batch_size=4) splits unevenly"), rank0
-    assert rank1 is None
+    assert len(rank0) == 1 and rank0[0].startswith("with 2 ranks, a batch of 3 samples of the loader (11 samples, "
+                                                   "batch_size=4) splits unevenly"), rank0
+    assert rank1 == []
 
 
 def test_only_rank_0_writes_checkpoints_and_every_rank_sees_them_afterwards(job):
@@ -338,9 +340,19 @@ def test_a_float16_checkpoint_of_two_ranks_keeps_its_loss_scale_resumed_in_one_p
     _agree(weights, one_weights, FLOAT16_BOUND)
 
 
-def test_all_reduce_sums_over_the_ranks(job):
-    for rank in job["ranks"]:
-        np.testing.assert_array_equal(rank["all_reduce"], [2.0, 1.0])
+# jobs.all_reduced: rank 0's [1, 0, 3] and rank 1's [1, 1, -1] reduced with each op
+ALL_REDUCED = {"sum": [2.0, 1.0, 2.0], "mean": [1.0, 0.5, 1.0], "max": [1.0, 1.0, 3.0], "min": [1.0, 0.0, -1.0]}
+
+
+def _check_all_reduced(ranks):
+    for rank in ranks:
+        assert rank["all_reduce"].keys() == ALL_REDUCED.keys()
+        for op, expected in ALL_REDUCED.items():
+            np.testing.assert_array_equal(rank["all_reduce"][op], expected, err_msg=op)
+
+
+def test_all_reduce_sums_averages_and_takes_the_extremes_over_the_ranks(job):
+    _check_all_reduced(job["ranks"])
 
 
 def test_a_rank_that_raises_ends_every_rank_with_an_error_naming_it(job):
@@ -365,6 +377,8 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
     rank0, rank1 = ud.distributed.launch(jobs.keras_on_torch_job, nprocs=2, backend="keras", timeout=FAILURE_BOUND,
                                          args=(str(tmp_path),))
     assert [(r["framework"], r["world_size"]) for r in (rank0, rank1)] == [("torch", 2), ("torch", 2)]
+    assert rank0["threads"] == rank1["threads"] == 1  # launch gives each rank one thread
+    _check_all_reduced((rank0, rank1))
     one = rank0["one_process"]
     for key in ("two_layer64", "two_layer32"):
         for name in one[key]:  # DDP gives both ranks the same averaged gradients
