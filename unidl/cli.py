@@ -175,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--nproc", type=positive_int, default=1,
                        help="processes training data-parallel on this machine, --batch-size being the global "
                             "batch (default: 1)")
+    train.add_argument("--drop-last", action="store_true",
+                       help="drop each epoch's last batch where it is smaller than --batch-size (with --nproc N, one "
+                            "that splits unevenly over the ranks trains other weights than one process does, which "
+                            "fit warns of)")
     train.add_argument("--logdir", type=directory_path, default=None, metavar="DIR",
                        help="write the run's CSV log (history.csv), TensorBoard events and plot (history.png) to DIR, "
                             "validating on the test set every epoch")
@@ -326,6 +330,8 @@ def train(args) -> float:
 
 def _train(args, ud) -> float:
     """``train`` in one process, or as this rank of a group already joined."""
+    from unidl import threads
+
     main = not ud.distributed.is_initialized() or ud.distributed.is_main()
     say = print if main else (lambda *_, **__: None)
     if args.device:
@@ -341,12 +347,16 @@ def _train(args, ud) -> float:
     optimizer = getattr(ud.optim, OPTIMIZERS[args.optimizer])(model.parameters(), lr=lr)
     ranks = f" processes={ud.distributed.world_size()}" if ud.distributed.is_initialized() else ""
     say(f"unidl train: model={args.model} dataset={args.dataset} backend={ud.get_backend()} "
-        f"device={ud.get_device()} train={len(x)} test={len(xt)} optimizer={args.optimizer} lr={lr}{ranks}")
+        f"device={ud.get_device()} train={len(x)} test={len(xt)} optimizer={args.optimizer} lr={lr}{ranks} "
+        f"threads={threads.requested() or 'default'}")
     start = time.perf_counter()
     # every rank validates (evaluate's sums are collectives); rank 0 alone writes the logs
     logging_options = run_logging(args.logdir, (xt, yt), main) if getattr(args, "logdir", None) else {}
-    ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=args.epochs,
-           batch_size=args.batch_size, seed=args.seed, verbose=args.verbose, **logging_options)
+    # the loader fit makes of (x, y) arrays, with --drop-last
+    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=args.batch_size, shuffle=True, seed=args.seed,
+                                drop_last=args.drop_last)
+    ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=args.epochs,
+           batch_size=args.batch_size, verbose=args.verbose, **logging_options)
     accuracy = ud.evaluate(model, (xt, yt))["accuracy"]
     say(f"test accuracy: {accuracy:.4f}  ({time.perf_counter() - start:.1f}s)")
     if logging_options and main:

@@ -320,8 +320,9 @@ def batch_norm_from_rank_0():
 
 
 def uneven_batches_warning():
-    """The warning of ``fit`` over 11 samples in batches of 4 (the last batch of 3 splits 1 and 2 over 2 ranks),
-    raised as an error so that nothing trains; None if none came."""
+    """The warnings of ``fit`` on this rank over 11 samples in batches of 4 (the last batch of 3 splits 1 and 2 over
+    2 ranks), for 0 epochs: the loader is checked as ``fit`` starts, and nothing trains (a rank that stopped at its
+    warning while the other trained would leave that one's collectives waiting)."""
     import warnings
 
     from unidl.distributed import process_group
@@ -329,14 +330,11 @@ def uneven_batches_warning():
     process_group._warned_uneven.clear()  # (once per loader's settings in a process: this job's other backends)
     x = np.zeros((11, 5), np.float32)
     model = ud.models.TwoLayerNet(5, 7, 3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
-        try:
-            ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, x[:, :3]), batch_size=4), loss=ud.nn.MSELoss(),
-                   optimizer=ud.optim.SGD(model.parameters(), lr=0.1), verbose=0)
-        except UserWarning as warning:
-            return str(warning)
-    return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        ud.fit(model, ud.data.DataLoader(ud.data.TensorDataset(x, x[:, :3]), batch_size=4), loss=ud.nn.MSELoss(),
+               optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=0, verbose=0)
+    return [str(warning.message) for warning in caught if "splits unevenly" in str(warning.message)]
 
 
 def too_small_last_batch():
@@ -375,7 +373,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
         checkpoint.save_file = save_file
     return {"rank": ud.distributed.rank(), "world_size": ud.distributed.world_size(),
             "is_main": ud.distributed.is_main(), "threads": _threads(), "sigterm_ends_rank": _sigterm_ends_rank(),
-            "all_reduce": ud.to_numpy(ud.distributed.all_reduce(np.array([1.0, ud.distributed.rank()]), "sum")),
+            "all_reduce": all_reduced(),
             "cnn": weights, "history": history, "files_seen": files_seen, "written": written,
             "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"),
             "two_layer64": engine_all_reduces(all_reduces, "two_layer64", lambda: train_two_layer("float64")),
@@ -475,14 +473,31 @@ def _sigterm_ends_rank() -> bool:
 
 
 def _threads():
-    """The intra-op thread count of this rank's framework (Keras's: its host's)."""
-    if _framework() == "tensorflow":
+    """The intra-op thread count of this rank's framework (Keras's: its host's); on JAX, which has no query, the
+    count of the thread flags in ``XLA_FLAGS`` that XLA read when it started (None without them)."""
+    framework = _framework()
+    if framework == "tensorflow":
         import tensorflow as tf
 
         return tf.config.threading.get_intra_op_parallelism_threads()
+    if framework == "jax":
+        import re
+
+        from unidl.backends.jax.backend import xla_thread_flags
+
+        flags = os.environ.get("XLA_FLAGS", "")
+        found = re.search(r"intra_op_parallelism_threads=(\d+)", flags)
+        return int(found.group(1)) if found and xla_thread_flags(int(found.group(1))) in flags else None
     import torch
 
     return torch.get_num_threads()
+
+
+def all_reduced():
+    """This rank's ``[1, rank, 3 - 4 * rank]`` reduced over the ranks with each of ``all_reduce``'s ops."""
+    rank = ud.distributed.rank()
+    values = np.array([1.0, rank, 3.0 - 4.0 * rank])
+    return {op: ud.to_numpy(ud.distributed.all_reduce(values, op)) for op in ud.distributed.REDUCE_OPS}
 
 
 # ---- gradient accumulation and the non-finite guard under torch's DistributedDataParallel ----------------------
@@ -643,8 +658,8 @@ def keras_on_torch_job(directory):
     rank = ud.distributed.rank()
     float16 = os.path.join(directory, "float16")
     all_reduces = {"two_layer64": [], "two_layer_accumulate": [], "two_layer_fp16_accumulate": []}  # per call
-    result = {"framework": _framework(), "world_size": ud.distributed.world_size(),
-              **training(f"rank{rank}", all_reduces), "all_reduces": all_reduces,
+    result = {"framework": _framework(), "world_size": ud.distributed.world_size(), "threads": _threads(),
+              "all_reduce": all_reduced(), **training(f"rank{rank}", all_reduces), "all_reduces": all_reduces,
               "float16": float16_checkpoint_job(float16),
               # rank 1's loss infinite (its gradients finite) at a step, and at a window's first micro-step
               "guarded": poisoned_run("float64", 3, 1), "guarded_window": poisoned_run("float64", 4, 0, accumulate=2),
@@ -670,7 +685,8 @@ def keras_on_jax_job():
 
     counts = {}
     with ud.use_backend("keras"):
-        return {"framework": _framework(), "all_reduces": counts, "local_cpus": len(jax.local_devices(backend="cpu")),
+        return {"framework": _framework(), "threads": _threads(), "all_reduce": all_reduced(), "all_reduces": counts,
+                "local_cpus": len(jax.local_devices(backend="cpu")),
                 "two_layer64": engine_all_reduces(counts, "two_layer64", lambda: train_two_layer("float64")),
                 "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
                 "two_layer_accumulate": engine_all_reduces(counts, "two_layer_accumulate",

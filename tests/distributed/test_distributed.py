@@ -156,6 +156,8 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     rank0, rank1 = job["extra"]
     assert rank0["framework"] == rank1["framework"] == "jax"
     assert rank0["local_cpus"] == rank1["local_cpus"] == 2  # (RANK_ENVIRONMENT: each rank's own first one trains)
+    assert rank0["threads"] == rank1["threads"] == 1  # XLA's thread flags, set before the ranks imported jax
+    _check_all_reduced((rank0, rank1))
     for name, reference, bound in (("two_layer64", "float64", 1e-12), ("two_layer32", "float32", 1e-6),
                                    ("two_layer_accumulate", "accumulate", 1e-12), ("two_layer_bf16", "bf16-mixed", 2e-2)):
         assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
@@ -291,10 +293,11 @@ def test_a_batch_norm_model_trains_from_rank_0s_weights_and_buffers(job):
 def test_a_last_batch_smaller_than_the_ranks_is_refused_on_every_rank(job):
     for rank in job["ranks"]:
         assert "fewer samples than ranks" in rank["too_small"] and "drop_last=True" in rank["too_small"]
-    for rank in job["ranks"]:  # one split unevenly is warned of (test_a_loader_whose_batches_split_unevenly_...)
-        assert rank["uneven"] is not None and rank["uneven"].startswith("with 2 ranks, a batch of 3 samples of the "
-                                                                        "loader (11 samples, batch_size=4) splits "
-                                                                        "unevenly"), rank["uneven"]
+    # one split unevenly is warned of (test_a_loader_whose_batches_split_unevenly_...), by rank 0 alone
+    rank0, rank1 = (rank["uneven"] for rank in job["ranks"])
+    assert len(rank0) == 1 and rank0[0].startswith("with 2 ranks, a batch of 3 samples of the loader (11 samples, "
+                                                   "batch_size=4) splits unevenly"), rank0
+    assert rank1 == []
 
 
 def test_only_rank_0_writes_checkpoints_and_every_rank_sees_them_afterwards(job):
@@ -345,9 +348,19 @@ def test_a_float16_checkpoint_of_two_ranks_keeps_its_loss_scale_resumed_in_one_p
     _agree(weights, one_weights, FLOAT16_BOUND)
 
 
-def test_all_reduce_sums_over_the_ranks(job):
-    for rank in job["ranks"]:
-        np.testing.assert_array_equal(rank["all_reduce"], [2.0, 1.0])
+# jobs.all_reduced: rank 0's [1, 0, 3] and rank 1's [1, 1, -1] reduced with each op
+ALL_REDUCED = {"sum": [2.0, 1.0, 2.0], "mean": [1.0, 0.5, 1.0], "max": [1.0, 1.0, 3.0], "min": [1.0, 0.0, -1.0]}
+
+
+def _check_all_reduced(ranks):
+    for rank in ranks:
+        assert rank["all_reduce"].keys() == ALL_REDUCED.keys()
+        for op, expected in ALL_REDUCED.items():
+            np.testing.assert_array_equal(rank["all_reduce"][op], expected, err_msg=op)
+
+
+def test_all_reduce_sums_averages_and_takes_the_extremes_over_the_ranks(job):
+    _check_all_reduced(job["ranks"])
 
 
 def test_a_rank_that_raises_or_is_stuck_ends_every_rank_with_an_error_naming_it(job):
@@ -383,6 +396,8 @@ def test_keras_on_torch_trains_data_parallel_through_distributed_data_parallel(t
     rank0, rank1 = ud.distributed.launch(jobs.keras_on_torch_job, nprocs=2, backend="keras", timeout=FAILURE_BOUND,
                                          args=(str(tmp_path),))
     assert [(r["framework"], r["world_size"]) for r in (rank0, rank1)] == [("torch", 2), ("torch", 2)]
+    assert rank0["threads"] == rank1["threads"] == 1  # launch gives each rank one thread
+    _check_all_reduced((rank0, rank1))
     one = rank0["one_process"]
     for key in ("two_layer64", "two_layer32"):
         for name in one[key]:  # DDP gives both ranks the same averaged gradients
@@ -621,6 +636,12 @@ def test_a_loader_whose_batches_split_unevenly_is_warned_of_once_per_loader(monk
             f"batch_size={uneven.batch_size}) splits unevenly, and each share's mean gradient counts equally in the "
             f"average (as in PyTorch DDP), so that step trains other weights than one process with the same batch; "
             f"{fix}, for the weights of one process")
+    monkeypatch.setattr(process_group, "_warned_uneven", set())
+    monkeypatch.setattr(process_group, "_group", process_group.ProcessGroup(
+        rank=1, world_size=2, local_rank=1, backend=None, engine=None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rank 0 alone warns (every rank printed the same warning)
+        process_group.check_training_loader(loader(11, 4))
 
 
 def test_one_process_without_a_launcher_is_a_group_of_one(backend, monkeypatch):
@@ -837,3 +858,26 @@ def test_a_step_built_before_this_process_joined_its_job_is_refused_before_it_ru
         f"unidl.distributed.init()")
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(ud.to_numpy(value), before[name], err_msg=name)
+
+
+def test_a_job_torchrun_started_is_refused_by_the_jax_engine_naming_unidls_launcher(monkeypatch):
+    """torchrun's agent serves its store on MASTER_PORT, where ``jax.distributed``'s coordination service would
+    listen: rank 0 failed to start its server ('Failed to start RPC server', or SIGSEGV) with no word of unidl's.
+    A process torchrun started (its ``TORCHELASTIC_RUN_ID``) is refused before anything starts, on the jax backend
+    and on Keras-on-JAX (whose engine is the jax one), saying to launch with ``unidl train --nproc N``."""
+    from unidl.backends.keras.distributed import _OneDevicePerProcess
+    from unidl.distributed.environment import free_port
+
+    port = free_port()
+    monkeypatch.delenv("UNIDL_RANK", raising=False)
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"),
+                        ("MASTER_PORT", str(port)), ("TORCHELASTIC_RUN_ID", "none")):
+        monkeypatch.setenv(name, value)
+    expected = (r"^rank 0 of 2 was started by torchrun, whose jobs the jax engine cannot join .* start the job with "
+                r"`unidl train --nproc 2` or unidl.distributed.launch\(fn, nprocs=2\)")
+    with pytest.raises(DistributedError, match=expected):
+        ud.distributed.init(backend="jax")
+    assert not ud.distributed.is_initialized()
+    keras_on_jax = _OneDevicePerProcess(ud.backends.load("jax").distributed_engine())  # (Keras-on-JAX's engine)
+    with pytest.raises(DistributedError, match=expected):
+        keras_on_jax.start(0, 2, "127.0.0.1", port, 1.0)

@@ -1,6 +1,6 @@
 """Data-parallel training on the frameworks' own engines: every rank runs the same ``fit``/``train_step``.
 
-In a job of N processes (``unidl.distributed.launch``, ``unidl train --nproc N``, ``torchrun``), after
+In a job of N processes (``unidl.distributed.launch``, ``unidl train --nproc N``, ``torchrun`` on torch), after
 ``init()``: a ``DataLoader``'s batch size is the *global* batch, and each rank gets its share of every batch
 (every sample once per epoch, the same number of steps on every rank, reshuffled per epoch from the
 loader's seed, which rank 0's value fixes); the backend's engine averages the gradients (torch:

@@ -148,6 +148,14 @@ def rendezvous(environ=None) -> Rendezvous:
     return Rendezvous(0, 1, 0, LOOPBACK, None, "no launcher (one process)")
 
 
+def started_by_torchrun(environ=None) -> bool:
+    """Whether torchrun's agent started this process (it sets ``TORCHELASTIC_RUN_ID`` in every worker it starts):
+    its rendezvous store then already listens on ``MASTER_PORT``, where an engine that serves rank 0's port itself
+    (JAX's coordination service) cannot listen."""
+    environ = os.environ if environ is None else environ
+    return "TORCHELASTIC_RUN_ID" in environ
+
+
 def free_port(address: str = LOOPBACK) -> int:
     """A TCP port nobody listens on at ``address`` now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

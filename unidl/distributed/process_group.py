@@ -311,10 +311,11 @@ def warn_uneven_batches(loader, replicas: int) -> None:
     over ``replicas``: the engines average each replica's mean gradient with equal weight (PyTorch DDP's rule), so
     a step over shares of unequal sizes weighs the samples of the smaller share more than one process does. Not
     corrected: each share's weight would be its size over the batch's only for a loss that is a plain mean over the
-    samples, which a step cannot know (a sum, a class-weighted or ``ignore_index`` mean, ``sample_weight``)."""
+    samples, which a step cannot know (a sum, a class-weighted or ``ignore_index`` mean, ``sample_weight``).
+    Rank 0 alone warns, as it alone prints ``fit``'s progress: every rank's loader is the same."""
     size = loader.uneven_batch(replicas)
     key = (loader.samples_per_epoch, loader.batch_size, loader.drop_last, replicas)
-    if size is None or key in _warned_uneven:
+    if size is None or key in _warned_uneven or not is_writer():
         return
     _warned_uneven.add(key)
     sharers = f"{len(_group.devices)} devices in this process" if _group.devices else f"{replicas} ranks"

@@ -120,6 +120,7 @@ class Engine:
         from unidl import config
         from unidl.distributed.environment import local_rank_of, sigterm_back_to_python
 
+        _refuse_torchrun(rank, world_size)
         if xla_bridge.backends_are_initialized():
             raise DistributedError(
                 "the jax engine must start before JAX's first array or device query in this process "
@@ -224,6 +225,20 @@ def local_device_ids(local_rank: int, gpus: int, device: str, environ=None) -> l
     from unidl.distributed.environment import no_own_gpu
 
     raise no_own_gpu(local_rank, gpus, "CUDA_VISIBLE_DEVICES (or JAX_LOCAL_DEVICE_IDS)")
+
+
+def _refuse_torchrun(rank, world_size):
+    """A ``DistributedError`` in a process torchrun started: ``jax.distributed``'s coordination service would
+    listen on ``MASTER_PORT``, which torchrun's own store holds (rank 0 failed to start its server, or crashed)."""
+    from unidl.distributed.environment import started_by_torchrun
+
+    if started_by_torchrun():
+        raise DistributedError(
+            f"rank {rank} of {world_size} was started by torchrun, whose jobs the jax engine cannot join "
+            f"(jax.distributed's coordination service would listen on MASTER_PORT, where torchrun's store already "
+            f"listens): start the job with `unidl train --nproc {world_size}` or unidl.distributed.launch(fn, "
+            f"nprocs={world_size}), which give the jax engine a port of its own; torchrun runs the torch backend "
+            f"and Keras-on-torch")
 
 
 def reduce_on_host(values: list, op: str = "mean") -> list:
