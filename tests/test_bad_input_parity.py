@@ -792,14 +792,17 @@ ROWS = RNG.standard_normal((4, 3)).astype(np.float32)
 FLOAT_INDICES = np.array([0.0, 2.0], np.float32)
 
 
-@pytest.mark.parametrize("name, fn, what", [
+FLOAT_INDEX_CASES = [
     ("take", lambda x, i: ud.ops.take(x, i), "indices"),
     ("embedding", lambda x, i: ud.ops.embedding(i, x), "indices"),
     ("gather", lambda x, i: ud.ops.gather(x, 0, ud.ops.reshape(i, (2, 1))), "index"),
     ("one_hot", lambda x, i: ud.ops.one_hot(i, 3), "labels"),
     ("cross_entropy", lambda x, i: ud.ops.cross_entropy(x[:2], i), "labels"),
     ("NLLLoss", lambda x, i: ud.ops.nll_loss(x[:2], i), "labels"),
-], ids=lambda v: v if isinstance(v, str) else "")
+]
+
+
+@pytest.mark.parametrize("name, fn, what", FLOAT_INDEX_CASES, ids=lambda v: v if isinstance(v, str) else "")
 def test_float_indices_are_one_error(mode, name, fn, what):
     """Float indices or labels: one ``DtypeMismatchError`` (PyTorch and TensorFlow raised their own errors,
     TensorFlow's cross-entropy truncated float labels to classes, JAX's one_hot compared them as floats)."""
@@ -1536,14 +1539,17 @@ def test_sizes_as_any_sequence_give_torchs_values(backend):
         np.testing.assert_allclose(ud.to_numpy(ours), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("build, message", [
+BOOL_OR_FLOAT_CASES = [
     (lambda x: ud.ops.conv2d(x, ud.tensor(np.ones((1, 2, 1, 1), np.float32)), None, True),
      "conv2d stride must be a positive int or 2 of them, got True"),
     (lambda x: ud.ops.max_pool2d(x, 2.0), "max_pool2d kernel_size must be a positive int or 2 of them, got 2.0"),
     (lambda x: ud.ops.flatten(x, 1.0), "flatten start_dim must be an int (an axis), got 1.0"),
     (lambda x: ud.nn.Conv2d(2, 1, np.float32(2.0))(x),  # (NumPy's own repr of the float: 2.0 before NumPy 2)
      f"Conv2d kernel_size must be a positive int or 2 of them, got {np.float32(2.0)!r}"),
-])
+]
+
+
+@pytest.mark.parametrize("build, message", BOOL_OR_FLOAT_CASES)
 def test_a_bool_or_a_float_where_an_int_belongs_is_one_error(mode, build, message):
     """A bool or a float (even a whole one) as a size or an axis: one ``ValueError`` naming the argument, on every
     backend, eagerly and in ``ud.function`` (torch refuses a float kernel, and the frameworks took ``True`` as 1)."""
@@ -2700,7 +2706,7 @@ def sizes_unknown_in_graphs(mode) -> bool:
     return ud.get_backend() == "tensorflow" or (ud.get_backend() == "keras" and keras.backend.backend() == "tensorflow")
 
 
-@pytest.mark.parametrize("case", [
+MISFITTING_JOINS = [
     ("matmul", lambda a, b: ud.ops.matmul(a, b), ((2, 3), (4, 2)), torch.matmul,
      "matmul of shapes (2, 3) and (4, 2): a's last axis (3) must equal b's second to last axis (4)"),
     ("matmul", lambda a, b: ud.ops.matmul(a, b), ((2, 3, 4), (3, 4, 2)), torch.matmul,
@@ -2719,7 +2725,10 @@ def sizes_unknown_in_graphs(mode) -> bool:
      "concat needs tensors of one rank, got tensors of 2, 1 axes"),
     ("stack", lambda a, b: ud.ops.stack([a, b]), ((2, 3), (2, 4)), lambda a, b: torch.stack([a, b]),
      "stack needs tensors of one shape, got shapes (2, 3), (2, 4)"),
-], ids=lambda case: case[0] if isinstance(case, tuple) else None)
+]
+
+
+@pytest.mark.parametrize("case", MISFITTING_JOINS, ids=lambda case: case[0] if isinstance(case, tuple) else None)
 def test_joins_and_products_of_shapes_that_do_not_fit(mode, case):
     """``matmul``, ``where``, ``cat`` and ``stack`` of shapes torch refuses are one ``ShapeMismatchError`` naming
     every shape (each framework raised its own error), wherever the sizes are known."""
