@@ -4,6 +4,7 @@
 
 import collections
 
+import gast
 import numpy as np
 import pytest
 
@@ -38,6 +39,21 @@ def test_a_lambda_reads_as_autograph_reads_it(index):
     assert parser.unparse(node, include_encoding_marker=False) == parser.unparse(expected_node,
                                                                                  include_encoding_marker=False)
     assert (node.lineno, node.col_offset) == (expected_node.lineno, expected_node.col_offset)
+
+
+@pytest.mark.parametrize("decorated", [lambda x: x * 2.0 if ud.ops.sum(x) > 0 else x * 3.0])
+def test_a_lambda_in_a_decorator_is_found_and_converted(decorated):
+    """A lambda in a decorator (a parametrize table): AutoGraph's own search ends at the decorated ``def``'s line,
+    before it, so AutoGraph parsed the file again, logged every lambda in it and ran this one unconverted (its
+    conditional on a tensor then an error in a graph); unidl's reading finds it from the one parse."""
+    node, source = autograph_lambdas.parse_lambda(decorated)
+    assert source.strip().startswith("lambda x: x * 2.0 if") and isinstance(node, gast.Lambda)
+    with ud.use_backend("tensorflow"):
+        step = ud.function(decorated)
+        for values in ([1.0, 2.0], [-1.0, -2.0]):
+            factor = 2.0 if sum(values) > 0 else 3.0
+            np.testing.assert_array_equal(ud.to_numpy(step(np.array(values, np.float32))),
+                                          np.array(values, np.float32) * factor)
 
 
 def test_lambdas_of_one_signature_on_one_line_are_autographs_error():

@@ -7,7 +7,9 @@ of ops as lambdas, traced once: 17 s of its 18). ``parse_lambda`` gives the same
 of the file kept while its text is unchanged; the chosen node is a copy, as AutoGraph edits the node it gets.
 Where several lambdas span those lines, the one of the lambda's signature is taken, as AutoGraph takes it, and
 AutoGraph's error is raised where that leaves none or several; where no lambda or no source is found, AutoGraph's
-own function gives its own answer or error.
+own function gives its own answer or error. One difference, on purpose: a lambda in a decorator (a parametrize
+table) is found, where AutoGraph's search ends before it (the decorated statement's line is its ``def``'s) and
+AutoGraph then runs it unconverted after parsing the file again and logging every lambda in it.
 """
 
 from __future__ import annotations
@@ -77,7 +79,12 @@ def _lambdas_of(path, source):
         return known[1]
     tops, lambdas = [], []
     for index, statement in enumerate(parser.parse(source, preamble_len=0, single_node=False)):
-        tops.append(getattr(statement, "lineno", None))
+        # a decorated function or class starts at its first decorator (its node's line is the ``def``'s): a
+        # lambda in a decorator (a test's parametrize table) is found (AutoGraph's search missed it, parsed
+        # the file again, logged every lambda of it and ran the lambda unconverted)
+        line = getattr(statement, "lineno", None)
+        tops.append(None if line is None else min(
+            [line, *(decorator.lineno for decorator in getattr(statement, "decorator_list", ()))]))
         for node in gast.walk(statement):
             if isinstance(node, gast.Lambda):
                 lambdas.append((index, node, *_span(node)))
