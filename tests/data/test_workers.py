@@ -842,14 +842,15 @@ def test_fit_reads_the_first_sample_in_a_worker_process_with_its_timeout_and_err
     error (not ten minutes in the main process), one that calls ``os._exit`` is the loader's error naming the
     worker and its exit code (not the end of the training process), before any training, no worker left. A
     later sample that hangs or ends its worker, mid-epoch, is the same error after the batches before it
-    trained, within the timeout, no worker left."""
+    trained, within the timeout, no worker left (persistent workers there: the one that made the first sample
+    serves the epoch, one process start instead of two)."""
     failures = [(SleepingRows(4, seconds=600), {"timeout": 0.5},
                  r"did not deliver batch 0 of epoch 0 \(samples \[0\]\) within timeout=0.5 s", None, 0),
                 (ExitingRows(4, index=0, code=3), {},
                  r"exited unexpectedly with exit code 3 while preparing batch 0 of epoch 0", 3, 0),
-                (SleepingRows(8, seconds=600, index=5), {"timeout": 1},
+                (SleepingRows(8, seconds=600, index=5), {"timeout": 1, "persistent_workers": True},
                  r"did not deliver batch 2 of epoch 0 \(samples \[4, 5\]\) within timeout=1 s", None, 2),
-                (ExitingRows(8, index=5, code=3), {},
+                (ExitingRows(8, index=5, code=3), {"persistent_workers": True},
                  r"exited unexpectedly with exit code 3 while preparing batch 2 of epoch 0", 3, 2)]
     for dataset, settings, expected, exitcode, trained in failures:
         model = ud.nn.Linear(3, 4)
