@@ -6,16 +6,19 @@ size during ``ud.load`` divided by the file size. The peak is Linux's ``VmHWM``,
 (``/proc/self/clear_refs``), after the previous model is freed and free heap memory returned
 (``malloc_trim``), so that one process measures every backend as a fresh one would.
 
-Then, on the same backend, it loads a file of a few KiB whose config asks for 1.6 GB of weights and prints
-``CRAFTED <backend> <peak growth in MiB> <seconds> <outcome>``: ``refused`` for the StateDictError that says
-nothing was built, else the error's class (or ``loaded``). Resident memory counts what the framework allocates
-natively (torch, TensorFlow, XLA buffers), which ``tracemalloc`` in the test process cannot see.
+Then, on the same backend, for every row of ``CRAFTED_CONFIGS`` (every built-in model, each dimension that scales
+its weights), it loads a file of a few KiB holding a small model's tensors under a config that asks for gigabytes
+and prints ``CRAFTED <backend> <class> <case> <peak growth in MiB> <seconds> <outcome>``: ``refused`` for the
+StateDictError that says nothing was built, else the error's class (or ``loaded``). Resident memory counts what
+the framework allocates natively (torch, TensorFlow, XLA buffers), which ``tracemalloc`` in the test process
+cannot see.
 """
 
 import argparse
 import ctypes
 import gc
 import os
+import shutil
 import tempfile
 import time
 
@@ -50,6 +53,11 @@ def _settle() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: freed heap memory may stay resident (a lower growth)
         pass
+    _reset_peak()
+
+
+def _reset_peak() -> None:
+    """Start a new peak at the current resident size (without ``_settle``'s collection: 0.8 s on TensorFlow)."""
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # reset VmHWM to VmRSS
 
@@ -66,15 +74,47 @@ def peak_growth_of_load(path: str) -> float:
     return growth * 2**20 / os.path.getsize(path)
 
 
+# (case, class in unidl.models, the small model's config, what the crafted file's config changes): each config
+# asks for gigabytes of weights where the file stores a few KiB
+CRAFTED_CONFIGS = [
+    ("TwoLayerNet", "TwoLayerNet", {"D_in": 3, "H": 4, "D_out": 2}, {"D_in": 20000, "H": 20000, "D_out": 10}),
+    ("CNN-image", "CNN", {"in_channels": 1, "image_size": 8}, {"image_size": 60000}),
+    ("CNN-channels", "CNN", {"in_channels": 1, "image_size": 8}, {"in_channels": 20_000_000}),
+    ("LSTM-vocab", "LSTMClassifier", {"vocab_size": 20, "num_classes": 3}, {"vocab_size": 30_000_000}),
+    ("LSTM-vocab-nopad", "LSTMClassifier", {"vocab_size": 20, "num_classes": 3},
+     {"vocab_size": 30_000_000, "padding_idx": None}),
+    ("LSTM-hidden", "LSTMClassifier", {"vocab_size": 20, "num_classes": 3}, {"hidden_size": 50000}),
+    ("Transformer-vocab", "TransformerClassifier", {"vocab_size": 20, "num_classes": 3}, {"vocab_size": 30_000_000}),
+    ("Transformer-max_len", "TransformerClassifier", {"vocab_size": 20, "num_classes": 3}, {"max_len": 20_000_000}),
+    ("Transformer-d_model", "TransformerClassifier", {"vocab_size": 20, "num_classes": 3}, {"d_model": 2 ** 18}),
+    ("Transformer-feedforward", "TransformerClassifier", {"vocab_size": 20, "num_classes": 3},
+     {"dim_feedforward": 20_000_000}),
+    ("ResNet-channels", "ResNet", {"layers": [1, 1, 1, 1], "num_classes": 10, "cifar_stem": True},
+     {"in_channels": 300000}),
+    ("ResNet-classes", "ResNet", {"layers": [1, 1, 1, 1], "num_classes": 10, "cifar_stem": True},
+     {"num_classes": 5_000_000}),
+    ("ResNet-layers", "ResNet", {"layers": [1, 1, 1, 1], "num_classes": 10, "cifar_stem": True},
+     {"layers": [1500, 0, 0, 0]}),
+]
+
+
+def write_crafted_files(directory: str) -> list[tuple[str, str, str]]:
+    """(case, class, path) of a file in ``directory`` for each row of ``CRAFTED_CONFIGS``: the tensors of the small
+    model under its config updated with the row's (written once: files load on every backend)."""
+    files, small = [], {}  # (one small model of each config: ResNet's takes 0.8 s on TensorFlow)
+    for case, name, small_config, crafted in CRAFTED_CONFIGS:
+        key = (name, repr(small_config))
+        small[key] = small.get(key) or getattr(ud.models, name)(**small_config)
+        metadata = model_metadata(small[key])
+        metadata["config"] = {**metadata["config"], **crafted}
+        files.append((case, name, os.path.join(directory, case + ".safetensors")))
+        save_file(small[key].state_dict(), files[-1][2], encode_metadata(metadata))
+    return files
+
+
 def peak_growth_of_crafted_load(path: str) -> tuple[float, float, str]:
-    """(peak resident growth in MiB, seconds, outcome) of ``ud.load`` of a small file whose TwoLayerNet config
-    claims 20000 x 20000 weights (1.6 GB of float32), written to ``path``."""
-    small = ud.models.TwoLayerNet(3, 4, 2)
-    metadata = model_metadata(small)
-    metadata["config"] = {"D_in": 20000, "H": 20000, "D_out": 10}
-    save_file(small.state_dict(), path, encode_metadata(metadata))
-    del small
-    _settle()
+    """(peak resident growth in MiB, seconds, outcome) of ``ud.load`` of the crafted file at ``path``."""
+    _reset_peak()
     before = _status_mib("VmRSS")
     started = time.perf_counter()
     try:
@@ -95,13 +135,17 @@ def main():
     parser.add_argument("--width", type=int, default=1024)
     args = parser.parse_args()
     ud.manual_seed(0)
+    crafted_files = tempfile.mkdtemp()
     with ud.use_backend(args.backends[0]):
         ud.save(Stack(args.width, 16), args.path)
+        crafted = write_crafted_files(crafted_files)
     for backend in args.backends:
         ud.set_backend(backend)
         print(f"RATIO {backend} {peak_growth_of_load(args.path):.3f}", flush=True)
-        growth, elapsed, outcome = peak_growth_of_crafted_load(args.path + ".crafted")
-        print(f"CRAFTED {backend} {growth:.1f} {elapsed:.3f} {outcome}", flush=True)
+        for case, name, path in crafted:
+            growth, elapsed, outcome = peak_growth_of_crafted_load(path)
+            print(f"CRAFTED {backend} {name} {case} {growth:.1f} {elapsed:.3f} {outcome}", flush=True)
+    shutil.rmtree(crafted_files)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,8 @@ BAD_STATES = {
     "renamed loader key": (_rename_loader_key, "positon"),
     "string loader seed": (lambda m: m["loader"].update(seed="7"), "seed"),
     "huge loader seed": (lambda m: m["loader"].update(seed=2**70), "seed"),
+    "bool loader seed": (lambda m: m["loader"].update(seed=True), "seed True"),
+    "no seed for a shuffled loader": (lambda m: m["loader"].update(seed=None), "shuffled loader needs one"),
     "other loader batch size": (lambda m: m["loader"].update(batch_size=5), "batch_size"),
     "short RNG state": (lambda m: m["rng"]["bit_generator"].pop("state"), "bit_generator"),
     "RNG seed too large": (lambda m: m["rng"].update(seed=2**64), "seed"),
@@ -113,6 +115,21 @@ def test_state_that_does_not_fit_changes_nothing(tmp_path, backend):
     # the intact file loads all of it: each state above differed from the source's
     ud.load_checkpoint(source, model, optimizer, loader, scheduler=scheduler, callbacks=callbacks)
     assert scheduler.state_dict()["last_epoch"] == 2 and callbacks[0].state_dict()["best"] == 0.5
+
+
+def test_fit_resume_from_a_loader_seed_that_does_not_fit_changes_nothing(tmp_path, backend):
+    """``fit(resume_from=...)`` restores through ``load_checkpoint``'s checks (``BAD_STATES``): a seed of None for
+    a shuffled loader is refused before the model, optimizer and RNG change (they were restored, then the loader
+    refused).
+    (The loader's own position is fit's to set when a run starts, before it resumes.)"""
+    model, optimizer, loader = _setup(0)
+    path = ud.save_checkpoint(tmp_path, model, optimizer, loader=loader, epoch=1, step=3)
+    _rewrite_metadata(path, lambda metadata: metadata["loader"].update(seed=None))
+    model, optimizer, loader = _setup(1)
+    before = {**_snapshot(model, optimizer, loader), "loader": None}
+    with pytest.raises(StateDictError, match="data-loader state seed"):
+        ud.fit(model, loader, loss="mse", optimizer=optimizer, epochs=3, resume_from=path, verbose=0)
+    _assert_same({**_snapshot(model, optimizer, loader), "loader": None}, before)
 
 
 def test_a_tensor_of_the_wrong_dtype_changes_nothing(tmp_path, backend):

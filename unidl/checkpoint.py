@@ -327,7 +327,7 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
 def check_loader_state(loader, state) -> None:
     """Raise ``CheckpointStateError`` unless ``loader.load_state_dict(state)`` would succeed; changes nothing."""
     from unidl.data import DataLoader
-    from unidl.data.dataloader import sampler_mismatch
+    from unidl.data.dataloader import sampler_mismatch, seed_problem
 
     _check_state(loader, state, "data-loader state")
     if not isinstance(loader, DataLoader):
@@ -343,7 +343,10 @@ def check_loader_state(loader, state) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise CheckpointStateError(f"data-loader state {key} must be of type "
                                        f"{getattr(kind, '__name__', 'int or None')}, got {value!r}")
-    if state["seed"] is not None and not 0 <= state["seed"] <= MAX_LOADER_SEED:
+    problem = seed_problem(state["seed"], loader.shuffle)
+    if problem is not None:
+        raise CheckpointStateError(f"data-loader state {problem}")
+    if state["seed"] is not None and not state["seed"] <= MAX_LOADER_SEED:
         raise CheckpointStateError(f"data-loader state seed must lie in [0, 2**64), got {state['seed']!r}")
     if not 0 <= state["epoch"] < INT64_END:
         raise CheckpointStateError(f"data-loader state epoch must be an integer in 0..2**63 - 1, got "

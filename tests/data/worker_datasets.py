@@ -102,12 +102,15 @@ class FailingRows(Rows):
 
 
 class SleepingRows(Rows):
-    def __init__(self, n, seconds):
+    """Sleeps ``seconds`` in each sample, or only in sample ``index`` where given (a worker stuck mid-epoch)."""
+
+    def __init__(self, n, seconds, index=None):
         super().__init__(n)
-        self.seconds = seconds
+        self.seconds, self.index = seconds, index
 
     def __getitem__(self, index):
-        time.sleep(self.seconds)
+        if self.index in (None, index):
+            time.sleep(self.seconds)
         return super().__getitem__(index)
 
 

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from unidl.errors import BackendInterfaceError, BackendNotInstalledError, UnknownBackendError
+from unidl.errors import BackendInterfaceError, BackendNotInstalledError, ConfigurationError, UnknownBackendError
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class BackendSpec:
     #: ``missing modules -> message`` when the default "install it with pip install 'unidl[extra]'" would
     #: not be the fix (Keras's needs depend on ``KERAS_BACKEND``, which may name no framework at all)
     install_hint: Callable[[list[str]], str] | None = None
+    #: ``() -> message or None``: what is wrong with a setting the backend reads (Keras's ``KERAS_BACKEND`` naming
+    #: no framework it runs on), checked before its modules: a ``ConfigurationError``, as no install is the fix
+    setting_problem: Callable[[], str | None] | None = None
     #: the inference formats this backend's framework defines -> what ``ud.export`` writes in it and how to run that
     #: without unidl (``unidl.export.FORMATS`` gathers them); a backend that writes another's format (jax's
     #: SavedModel) does not repeat it
@@ -121,9 +124,12 @@ def load(name: str):
     canonical = canonical_name(name)
     with _load_lock:
         if canonical not in _loaded:
+            spec = specs()[canonical]
+            problem = spec.setting_problem() if spec.setting_problem is not None else None
+            if problem is not None:
+                raise ConfigurationError(f"backend {canonical!r} cannot be used: {problem}")
             missing = missing_modules(canonical)
             if missing:
-                spec = specs()[canonical]
                 hint = (spec.install_hint(missing) if spec.install_hint is not None
                         else f"install it with: pip install 'unidl[{spec.extra}]'")
                 raise BackendNotInstalledError(

@@ -60,6 +60,16 @@ def _is_count(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def seed_problem(seed, shuffle: bool) -> str | None:
+    """What is wrong with ``seed`` as the seed of a loader state, for a loader that shuffles or not; None where
+    nothing is: a non-negative integer (not a bool), or None where the loader does not shuffle. The one rule of
+    ``load_state_dict`` and of the check ``load_checkpoint`` makes before anything changes (which accepted a bool
+    and a shuffled loader's None: the model, optimizer and RNG were restored, then the loader refused)."""
+    if (seed is None and not shuffle) or (_is_count(seed) and seed >= 0):
+        return None
+    return f"seed {seed!r} is not a non-negative integer" + (" (a shuffled loader needs one)" if seed is None else "")
+
+
 def _check_count(name: str, value, minimum: int) -> int:
     if not _is_count(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -505,9 +515,9 @@ class DataLoader:
                                  f"0..{len(self)} (batches per epoch)")
         if not _is_count(epoch) or epoch < 0:
             raise StateDictError(f"DataLoader.load_state_dict: epoch {epoch!r} is not an integer >= 0")
-        if not (seed is None and not self.shuffle) and not (_is_count(seed) and seed >= 0):
-            raise StateDictError(f"DataLoader.load_state_dict: seed {seed!r} is not a non-negative integer"
-                                 + (" (a shuffled loader needs one)" if seed is None else ""))
+        problem = seed_problem(seed, self.shuffle)
+        if problem is not None:
+            raise StateDictError(f"DataLoader.load_state_dict: {problem}")
         self._seed = None if seed is None else int(seed)
         self._epoch, self._position = int(epoch), int(position)
         self._started = False

@@ -398,8 +398,12 @@ class WorkerPool:
             return  # no timeout, or a worker process still starting (interpreter, imports, unpickling)
         waited = time.monotonic() - max(waiting_since, ready_at)
         if waited > timeout:
+            # (Python cannot stop a thread: a stuck one outlives its loader, which a user should not learn from top)
+            stuck = "" if self.kind == "process" else (
+                "; the thread cannot be stopped and keeps running in this process until its sample returns: "
+                "worker_type='process' runs samples in worker processes, which a timeout ends")
             error = DataLoaderError(f"{self.describe(owner)} did not deliver batch {batch} of epoch {epoch} "
-                                    f"(samples {indices.tolist()}) within timeout={timeout:g} s")
+                                    f"(samples {indices.tolist()}) within timeout={timeout:g} s{stuck}")
             error.worker_id, error.batch = owner, batch
             raise error
 

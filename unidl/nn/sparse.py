@@ -50,9 +50,7 @@ class Embedding(Module):
             padding_idx = index % num_embeddings
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         weight = init.normal((num_embeddings, embedding_dim))
-        if padding_idx is not None:  # (a new array: the draws are read-only while unidl.load learns shapes)
-            weight = np.where(np.arange(num_embeddings)[:, None] == padding_idx, 0.0, weight)
-        self.weight = self.parameter(np.asarray(weight))
+        self.weight = self.parameter(weight if padding_idx is None else init.zero_row(weight, padding_idx))
 
     @classmethod
     def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None,

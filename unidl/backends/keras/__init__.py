@@ -25,13 +25,19 @@ def _required_modules():
     return ("keras",) + (host.required_modules() if host is not None else (_keras_backend(),))
 
 
-def _install_hint(missing):
+def _setting_problem():
+    """What is wrong with ``KERAS_BACKEND`` here (a value that is no framework unidl's keras backend runs on: the
+    valid ones, from the registry), else None."""
     framework, hosts = _keras_backend(), _hosts()
-    if framework not in hosts:
-        return (f"KERAS_BACKEND={framework!r} is not a framework unidl's keras backend runs on; "
-                f"valid values: {', '.join(hosts)}")
-    return f"install it with: pip install 'unidl[keras,{hosts[framework].extra}]'"
+    if framework in hosts:
+        return None
+    return (f"KERAS_BACKEND={framework!r} is not a framework unidl's keras backend runs on; valid values: "
+            f"{', '.join(map(repr, hosts))}")
+
+
+def _install_hint(missing):
+    return f"install it with: pip install 'unidl[keras,{_hosts()[_keras_backend()].extra}]'"
 
 
 SPEC = BackendSpec(name="keras", aliases=(), extra="keras", priority=2, required_modules=_required_modules,
-                   install_hint=_install_hint, hosts=lambda: tuple(_hosts()))
+                   install_hint=_install_hint, setting_problem=_setting_problem, hosts=lambda: tuple(_hosts()))
