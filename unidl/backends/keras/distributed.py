@@ -113,6 +113,17 @@ def _running():
     return group.engine if group is not None and group.engine is not None else None
 
 
+def job_key():
+    """Which job a step compiled now trains in, for the compile's key: ``job_of_step()``, the group itself (None
+    outside a job; a group equals itself only). Keras's compiled step of a job holds the engine's collectives
+    (Keras-on-JAX's ``io_callback``, the strategy's all-reduce), and one compiled outside a job holds none: neither
+    is restored in the other (after ``shutdown()``, or for a model compiled before ``init()``), nor in another
+    job."""
+    from unidl.distributed import process_group
+
+    return process_group.job_of_step()
+
+
 def in_group() -> bool:
     """True while this process trains with others on an engine that carries Keras's step in its replica
     context (TensorFlow's strategy: the gradients are summed by ``sum_in_step``, and Keras's own update must
