@@ -73,7 +73,6 @@ class _Job:
     def __init__(self, rank: int, world_size: int, timeout: float):
         self.world_size = world_size
         self.all_reduces = 0  # the collectives run so far (``all_reduces_run``)
-        self.watchdog = _Watchdog(rank, world_size, timeout)
         # (CPU devices on a GPU machine too: the reduction's values are NumPy arrays on the host, and gloo is
         # JAX's CPU collectives)
         self.devices = [jax.local_devices(process_index=index, backend="cpu")[0] for index in range(world_size)]
@@ -84,6 +83,7 @@ class _Job:
                                                    in_specs=PartitionSpec(_AXIS), out_specs=PartitionSpec(),
                                                    check_vma=False))
                          for op, collective in _COLLECTIVES.items()}
+        self.watchdog = _Watchdog(rank, world_size, timeout)  # last: nothing after it can fail and leave it running
 
     def reduce(self, flat: np.ndarray, op: str) -> np.ndarray:
         """``flat`` (a 1-D NumPy array) reduced over the ranks with ``op``: every rank gets the same values."""
@@ -138,7 +138,11 @@ class Engine:
             raise DistributedError(f"rank {rank} of {world_size} could not join the job through jax.distributed "
                                    f"at {address}:{port} within {seconds} s: {error}") from error
         sigterm_back_to_python()
-        _job = _Job(rank, world_size, timeout)
+        try:
+            _job = _Job(rank, world_size, timeout)
+        except BaseException:  # (no group: init raises, and this process is in no job, jax.distributed's included)
+            jax.distributed.shutdown()
+            raise
 
     def barrier(self):
         _job.reduce(np.zeros(1, np.int32), "sum")  # a collective returns once every rank joined it
@@ -173,11 +177,16 @@ class Engine:
         jax.distributed.shutdown()
 
 
-def visible_gpus() -> int:
+def visible_gpus(platforms: str | None = None) -> int:
     """How many GPUs JAX would show this process, counted without starting XLA (``local_device_ids`` must be chosen
-    before it starts): none without a jax CUDA plugin package, else ``gpus_listed()``. ROCm's are not counted."""
+    before it starts): none where JAX's ``platforms`` (default: its ``jax_platforms`` setting, which
+    ``JAX_PLATFORMS`` sets) name neither 'cuda' nor 'gpu' (a CPU-only job on a GPU machine), none without a jax
+    CUDA plugin package, else ``gpus_listed()``. ROCm's are not counted."""
     from unidl.backends.jax.backend import _installed
 
+    platforms = jax.config.jax_platforms if platforms is None else platforms
+    if platforms and not {name.strip().lower() for name in platforms.split(",")} & {"cuda", "gpu"}:
+        return 0
     return gpus_listed() if _installed("jax-cuda13-plugin") or _installed("jax-cuda12-plugin") else 0
 
 
