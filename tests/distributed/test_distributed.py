@@ -811,6 +811,19 @@ def test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several(tmp_path):
     assert gpus_listed({}, str(tmp_path)) == 3 and gpus_listed({}, str(tmp_path / "none")) == 0
 
 
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_a_jax_job_kept_off_its_gpus_by_jax_platforms_counts_none(monkeypatch):
+    """JAX_PLATFORMS (or ``jax_platforms``) naming neither 'cuda' nor 'gpu' keeps JAX off the GPUs: a CPU-only job
+    on a machine of several GPUs counts none, so that its local ranks are not refused for want of a GPU each."""
+    from unidl.backends.jax import backend, distributed
+
+    monkeypatch.setattr(backend, "_installed", lambda name: True)  # (a jax CUDA plugin, as on a GPU machine)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert [distributed.visible_gpus(platforms) for platforms in ("cpu", "cuda", "cpu,cuda", "GPU", "")] == [
+        0, 2, 2, 2, 2]
+    assert distributed.local_device_ids(2, distributed.visible_gpus("cpu"), "auto", {}) is None  # (not refused)
+
+
 def test_a_step_built_before_this_process_joined_its_job_is_refused_before_it_runs(monkeypatch):
     """A step built outside any job holds none of the job's collectives: called once this process is a rank of a
     job, it would train that rank alone, unaveraged (torch's plain step would, silently). ``TrainStep`` refuses it,
@@ -837,3 +850,32 @@ def test_a_step_built_before_this_process_joined_its_job_is_refused_before_it_ru
         f"unidl.distributed.init()")
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(ud.to_numpy(value), before[name], err_msg=name)
+    # a group of one process on several devices (init(devices=...)) runs its steps in the engine's replicas too
+    monkeypatch.setattr(process_group, "_group", process_group.ProcessGroup(
+        rank=0, world_size=1, local_rank=0, backend=backend(), engine=None, devices=("cpu:0", "cpu:1"),
+        device_engine=object()))
+    with pytest.raises(DistributedError, match=r"built before this process joined its data-parallel job \(rank 0 of "
+                                               r"1 on \w+, devices \['cpu:0', 'cpu:1'\]\)"):
+        step(x, y)
+
+
+@pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
+def test_a_keras_compile_is_never_restored_outside_the_job_it_was_made_in(monkeypatch):
+    """Keras's compiled step of a job holds the engine's collectives (Keras-on-JAX's callback), one compiled outside
+    holds none: the compile's key names the job (``job_of_step()``), so that a new step on the same model, loss and
+    optimizer compiles anew in a job, and after it, rather than restoring the other's. (A stand-in group: its
+    engine runs nothing; the jax launch checks a new step after ``shutdown()``.)"""
+    from unidl.config import backend
+    from unidl.distributed import process_group
+
+    with ud.use_backend("keras"):
+        model, loss = ud.nn.Linear(3, 2), ud.nn.MSELoss()
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        keras_backend = backend()
+        outside = keras_backend.compile(model, loss, optimizer)._unidl_compiled
+        job = process_group.ProcessGroup(rank=1, world_size=2, local_rank=1, backend=keras_backend, engine=object())
+        monkeypatch.setattr(process_group, "_group", job)
+        inside = keras_backend.compile(model, loss, optimizer)._unidl_compiled
+        assert inside != outside and job in inside
+        monkeypatch.setattr(process_group, "_group", None)
+        assert keras_backend.compile(model, loss, optimizer)._unidl_compiled == outside
