@@ -812,6 +812,26 @@ def test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several(tmp_path):
 
 
 @pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_a_jax_job_whose_setup_fails_leaves_no_watchdog_running(monkeypatch):
+    """The jax engine's job builds its mesh before it starts its collectives' watchdog: where the devices or the
+    mesh cannot be had, no thread is left watching a job that never started (``Engine.start`` then leaves
+    ``jax.distributed`` too)."""
+    import threading
+
+    import jax
+
+    from unidl.backends.jax import distributed
+
+    def no_devices(*args, **kwargs):
+        raise RuntimeError("no CPU device of process 1")
+
+    monkeypatch.setattr(jax, "local_devices", no_devices)
+    with pytest.raises(RuntimeError, match="no CPU device"):
+        distributed._Job(0, 2, 30.0)
+    assert not [t for t in threading.enumerate() if t.name == "unidl-jax-collective-watchdog" and t.is_alive()]
+
+
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
 def test_a_jax_job_kept_off_its_gpus_by_jax_platforms_counts_none(monkeypatch):
     """JAX_PLATFORMS (or ``jax_platforms``) naming neither 'cuda' nor 'gpu' keeps JAX off the GPUs: a CPU-only job
     on a machine of several GPUs counts none, so that its local ranks are not refused for want of a GPU each."""
