@@ -161,6 +161,8 @@ class Engine:
 
     window_in_step = staticmethod(lambda sums, has_gradient, finite, closes: window_in_step(
         sums, has_gradient, finite, closes))  # (Keras-on-JAX's window: keras/distributed.py)
+    average_in_step = staticmethod(lambda loss, grads, params: average_in_step(
+        loss, grads, params))  # (Keras-on-JAX's step: a parameter this rank's loss did not reach counts zeros)
 
     @staticmethod
     def from_rank_0(values) -> list:
@@ -257,7 +259,7 @@ def all_reduces_run() -> int:
 
 
 def average_in_step(loss, grads, params, accumulate: int = 1):
-    """``(loss, grads, present)``: in a job, this step's loss and gradients averaged over the ranks (inside a
+    """``(loss, grads, present)``: in a job, this step's loss (None kept) and gradients averaged over the ranks (inside a
     trace: an ``io_callback``, one all-reduce); outside one, and for a micro-step of a window of ``accumulate``
     N > 1 (kept on this rank and reduced when it closes, ``window_in_step``), the values themselves and
     ``present`` None.
@@ -273,10 +275,11 @@ def average_in_step(loss, grads, params, accumulate: int = 1):
 
     missing = [g is None and is_trainable(p) for g, p in zip(grads, params)]
     filled = [jnp.zeros(p.shape, p.dtype) if miss else g for g, p, miss in zip(grads, params, missing)]
-    sent = [loss, jnp.asarray([0.0 if miss else 1.0 for miss in missing], loss.dtype),
-            *[g for g in filled if g is not None]]
-    loss, had, *found = _reduced_in_step(sent)
+    values = [v for v in (loss, *filled) if v is not None]  # (Keras-on-JAX's loss: None, carried in a gradient)
+    had, *found = _reduced_in_step([jnp.asarray([0.0 if miss else 1.0 for miss in missing], values[0].dtype),
+                                    *values])
     found = iter(found)
+    loss = None if loss is None else next(found)
     grads = [None if g is None else next(found) for g in filled]
     present = [had[index] > 0 if miss else None for index, miss in enumerate(missing)]
     return loss, grads, present

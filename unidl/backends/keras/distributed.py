@@ -171,6 +171,21 @@ def sum_in_step(values):
     return running.reduce_in_step(values, "mean" if _averages(running) else "sum")
 
 
+def average_in_step(loss, grads, variables):
+    """``(loss, grads, present)``: the step's loss and gradients as the job's (``sum_in_step``), and ``present`` None;
+    on JAX's engine, where one compiled step's collective must carry the same values on every rank, a trainable
+    variable this rank's loss did not reach (its gradient None: a layer a rank's forward skipped) counts zeros, and
+    ``present`` gives it a boolean scalar, whether any rank had a gradient for it (PyTorch's rule with DDP: a
+    parameter no rank's loss reached is not updated), None for the others (the jax engine's ``average_in_step``).
+    As they are outside a group."""
+    running = _running()
+    averages = getattr(running, "average_in_step", None)
+    if averages is None:
+        loss, *grads = sum_in_step([loss, *grads])
+        return loss, grads, None
+    return averages(loss, grads, variables)
+
+
 def accumulates_locally() -> bool:
     """Whether a step with ``accumulate`` N > 1 keeps its window on this rank and reduces it over the ranks once,
     at the window's last micro-step (``reduce_window``), as DDP's ``no_sync()`` accumulation: in any group (the
