@@ -53,8 +53,8 @@ EXTRA_JOBS = {"torch": jobs.accumulation_and_guard_job, "jax": jobs.keras_on_jax
 # the jax launch's failing rank is stuck (alive, calling no collective) rather than raising: the jax engine's watchdog
 # must end the rank waiting for it after this collective timeout (seconds), where gloo inside XLA would wait for ever
 STUCK_TIMEOUT = {"jax": 3.0}
-# and with 2 CPU devices each: a rank trains on its own first one (where several GPUs are the rank's own: see
-# test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several)
+# and with 2 CPU devices each: a rank trains on its own first one (this runs none of the GPU choice, which is
+# unit-tested only: test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several)
 RANK_ENVIRONMENT = {"jax": {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}}
 
 
@@ -87,7 +87,9 @@ def _launch(backends, directory):
     results.mkdir()
     failure = None
     environment = {name: os.environ.get(name) for name in RANK_ENVIRONMENT.get(backends[0], {})}
-    os.environ.update(RANK_ENVIRONMENT.get(backends[0], {}))  # (the ranks' own: this process's Keras is imported)
+    # (the ranks' own: this process's Keras is imported); XLA_FLAGS appended to those the ranks would inherit
+    os.environ.update({name: " ".join(filter(None, (environment[name], value))) if name == "XLA_FLAGS" else value
+                       for name, value in RANK_ENVIRONMENT.get(backends[0], {}).items()})
     try:
         # a collective waits as long as the whole job may take: rank 0, left in a barrier by the failing rank, can
         # then only end before the launcher's own timeout if the launcher stops it
@@ -156,6 +158,8 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     rank0, rank1 = job["extra"]
     assert rank0["framework"] == rank1["framework"] == "jax"
     assert rank0["local_cpus"] == rank1["local_cpus"] == 2  # (RANK_ENVIRONMENT: each rank's own first one trains)
+    # launch(collective_timeout=) reached init(timeout=) and the job's watchdog (the failing job then lowers it)
+    assert rank0["watchdog_timeout"] == rank1["watchdog_timeout"] == FAILURE_BOUND
     for name, reference, bound in (("two_layer64", "float64", 1e-12), ("two_layer32", "float32", 1e-6),
                                    ("two_layer_accumulate", "accumulate", 1e-12), ("two_layer_bf16", "bf16-mixed", 2e-2)):
         assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
@@ -167,6 +171,23 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     assert not np.array_equal(start0["0.weight"], start1["0.weight"])
     for name, value in end0.items():
         np.testing.assert_array_equal(value, end1[name], err_msg=name)
+    # a layer only rank 1's forward runs: zeros for it on rank 0 (one collective of the same values on every rank,
+    # where its gradient missing from rank 0's was a gloo "collective mismatch" abort), as the jax backend's step
+    ((start, keras0), (_, jax0)), ((_, keras1), _) = rank0["one_rank_layer"], rank1["one_rank_layer"]
+    for name, value in keras0.items():
+        np.testing.assert_array_equal(value, keras1[name], err_msg=name)
+    _agree(keras0, jax0, 1e-12)
+    assert not np.array_equal(keras0["middle.weight"], start["middle.weight"])
+    # the guard over a window, as torch's engine: rank 1's loss infinite (its gradients finite) at the first
+    # window's first micro-step skips that window only, and at the second window's last micro-step that window
+    guarded0, guarded1 = rank0["guarded_windows"], rank1["guarded_windows"]
+    assert guarded0["finite"] == guarded1["finite"] == [True, False, True, False, True, True]
+    assert guarded0["updates"] == guarded1["updates"] == 1
+    for index, weights in enumerate(guarded0["weights"]):
+        for key, value in weights.items():
+            np.testing.assert_array_equal(value, guarded1["weights"][index][key], err_msg=f"call {index}: {key}")
+            if index < 4:  # (the skipped windows changed nothing)
+                np.testing.assert_array_equal(value, guarded0["start"][key], err_msg=f"call {index}: {key}")
 
 
 @pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
