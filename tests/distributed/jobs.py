@@ -702,7 +702,9 @@ def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
     two-layer net in float64 and with ``accumulate=2``, their collectives counted, and float32 and bf16-mixed) and
-    ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast)."""
+    ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast); the guard over windows (``guarded_windows``);
+    a layer one rank's forward skips, beside the jax backend's step (``train_a_layer_of_one_rank``); the watchdog's
+    timeout (launch's ``collective_timeout``)."""
     import jax
 
     from unidl.backends.jax import distributed
@@ -711,7 +713,8 @@ def keras_on_jax_job():
     with ud.use_backend("jax"):
         one_rank_layer = train_a_layer_of_one_rank()
     with ud.use_backend("keras"):
-        return {"one_rank_layer": [train_a_layer_of_one_rank(), one_rank_layer], "framework": _framework(), "all_reduces": counts, "local_cpus": len(jax.local_devices(backend="cpu")),
+        return {"one_rank_layer": [train_a_layer_of_one_rank(), one_rank_layer], "framework": _framework(),
+                "all_reduces": counts, "local_cpus": len(jax.local_devices(backend="cpu")),
                 "watchdog_timeout": distributed._job.watchdog.timeout,  # (launch's collective_timeout)
                 "two_layer64": engine_all_reduces(counts, "two_layer64", lambda: train_two_layer("float64")),
                 "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),

@@ -259,10 +259,10 @@ def all_reduces_run() -> int:
 
 
 def average_in_step(loss, grads, params, accumulate: int = 1):
-    """``(loss, grads, present)``: in a job, this step's loss (None kept) and gradients averaged over the ranks (inside a
-    trace: an ``io_callback``, one all-reduce); outside one, and for a micro-step of a window of ``accumulate``
-    N > 1 (kept on this rank and reduced when it closes, ``window_in_step``), the values themselves and
-    ``present`` None.
+    """``(loss, grads, present)``: in a job, this step's loss (None kept) and gradients averaged over the ranks
+    (inside a trace: an ``io_callback``, one all-reduce); outside one, and for a micro-step of a window of
+    ``accumulate`` N > 1 (kept on this rank and reduced when it closes, ``window_in_step``), the values themselves
+    and ``present`` None.
 
     A trainable parameter this rank's loss did not reach (a dynamic net's skipped layer: None here, where another
     rank's may have one) counts zeros, as with DDP, and ``present`` gives it a boolean scalar: whether any rank had
