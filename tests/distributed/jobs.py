@@ -151,21 +151,21 @@ def keras_step_graphs():
 
 
 class PoisonedLoss(ud.nn.Module):
-    """The mean squared error, plus infinity while ``poisoned``: a non-finite loss whose gradients are finite."""
+    """The mean squared error against the targets' columns but the last, plus the mean of that last column: 0, or
+    infinity on a poisoned call (a non-finite loss whose gradients are finite). The poison comes in the data, so
+    that a compiled step (one trace for every call and rank) sees it where it is, as an eager one does."""
 
     def __init__(self):
         super().__init__()
         self.mse = ud.nn.MSELoss()
-        self.poisoned = False
 
     def forward(self, outputs, targets):
-        loss = self.mse(outputs, targets)
-        return loss + ud.tensor(float("inf")) if self.poisoned else loss
+        return self.mse(outputs, targets[:, :-1]) + ud.ops.mean(targets[:, -1])
 
 
-def poisoned_run(dtype, calls, poisoned_call, precision=None, accumulate=1):
+def poisoned_run(dtype, calls, poisoned_calls, precision=None, accumulate=1):
     """``calls`` steps (micro-steps with ``accumulate``) of the two-layer net on this rank's own batch, rank 1's
-    loss made infinite at call ``poisoned_call`` (a constant added to it: the gradients stay finite). The starting
+    loss made infinite at the calls ``poisoned_calls`` (``PoisonedLoss``: the gradients stay finite). The starting
     weights, the weights after each call, each call's flag, the optimizer's update count and its loss scale (None
     without float16)."""
     rank = ud.distributed.rank()
@@ -176,13 +176,12 @@ def poisoned_run(dtype, calls, poisoned_call, precision=None, accumulate=1):
         model = ud.models.TwoLayerNet(5, 7, 3)
         start = {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
         optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-        loss_fn = PoisonedLoss()
-        step = ud.train_step(model, loss_fn, optimizer, precision=precision, check_finite=False,
+        step = ud.train_step(model, PoisonedLoss(), optimizer, precision=precision, check_finite=False,
                              accumulate=accumulate)
         weights, finite = [], []
         for index in range(calls):
-            loss_fn.poisoned = index == poisoned_call and rank == 1
-            step(x, y)
+            poison = np.inf if index in poisoned_calls and rank == 1 else 0.0
+            step(x, np.concatenate([y, np.full((4, 1), poison)], axis=1))
             finite.append(optimizer.last_step_finite)
             weights.append({k: ud.to_numpy(v) for k, v in model.state_dict().items()})
         state = optimizer.state_dict()
@@ -565,15 +564,52 @@ def accumulation_job():
 GUARD_PRECISIONS = {"32": "float64", "bf16-mixed": "float32"}
 
 
+class OneRankLayerNet(ud.nn.Module):
+    """A net whose middle layer only rank 1's forward runs (a Python branch on the rank: each rank's step is traced
+    with its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.entry, self.middle, self.exit = ud.nn.Linear(4, 8), ud.nn.Linear(8, 8), ud.nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = ud.ops.relu(self.entry(x))
+        if ud.distributed.rank() == 1:
+            h = ud.ops.relu(self.middle(h))
+        return self.exit(h)
+
+
+def train_a_layer_of_one_rank():
+    """OneRankLayerNet in float64, SGD with momentum, 4 steps on this rank's own batches: the middle layer's
+    gradient is rank 1's over 2 (zeros on rank 0, as DDP counts them). The starting and trained weights."""
+    with ud.use_dtype("float64"):
+        ud.manual_seed(2)
+        rng = np.random.default_rng(2 + ud.distributed.rank())
+        x, y = rng.standard_normal((4, 4, 4)), rng.standard_normal((4, 4, 1))
+        model = OneRankLayerNet()
+        start = {k: np.array(ud.to_numpy(v)) for k, v in model.state_dict().items()}
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9))
+        for xb, yb in zip(x, y):
+            step(xb, yb)
+        return start, {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+
+
 def guarded_steps(precision, dtype):
     """Three steps; at the second, rank 1's loss is infinite."""
-    return poisoned_run(dtype, 3, 1, precision=precision)
+    return poisoned_run(dtype, 3, (1,), precision=precision)
 
 
 def guarded_window():
     """Two windows of ``accumulate=2`` (4 micro-steps, the first of each under DDP's ``no_sync``); rank 1's loss is
     infinite at the first micro-step only, with finite gradients: a micro-step that does not all-reduce."""
-    return poisoned_run("float64", 4, 0, accumulate=2)
+    return poisoned_run("float64", 4, (0,), accumulate=2)
+
+
+def guarded_windows():
+    """Three windows of ``accumulate=2`` (float64); rank 1's loss is infinite, with finite gradients, at the first
+    window's first micro-step and at the second window's last: both windows are skipped on every rank, the third
+    updates."""
+    return poisoned_run("float64", 6, (0, 3), accumulate=2)
 
 
 def guard_job():
@@ -662,8 +698,9 @@ def keras_on_torch_job(directory):
               "all_reduce": all_reduced(), **training(f"rank{rank}", all_reduces), "all_reduces": all_reduces,
               "float16": float16_checkpoint_job(float16),
               # rank 1's loss infinite (its gradients finite) at a step, and at a window's first micro-step
-              "guarded": poisoned_run("float64", 3, 1), "guarded_window": poisoned_run("float64", 4, 0, accumulate=2),
-              "guarded_fp16_window": poisoned_run("float32", 4, 0, ud.Precision("16-mixed", init_scale=256.0), 2),
+              "guarded": poisoned_run("float64", 3, (1,)),
+              "guarded_window": poisoned_run("float64", 4, (0,), accumulate=2),
+              "guarded_fp16_window": poisoned_run("float32", 4, (0,), ud.Precision("16-mixed", init_scale=256.0), 2),
               "window_checkpointed": window_checkpointed_in_the_job(os.path.join(directory, "window"))}
     built_in_the_job = step_in_the_job()
     ud.distributed.shutdown()
@@ -680,18 +717,26 @@ def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
     two-layer net in float64 and with ``accumulate=2``, their collectives counted, and float32 and bf16-mixed) and
-    ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast)."""
+    ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast); the guard over windows (``guarded_windows``);
+    a layer one rank's forward skips, beside the jax backend's step (``train_a_layer_of_one_rank``); the watchdog's
+    timeout (launch's ``collective_timeout``)."""
     import jax
 
+    from unidl.backends.jax import distributed
+
     counts = {}
+    with ud.use_backend("jax"):
+        one_rank_layer = train_a_layer_of_one_rank()
     with ud.use_backend("keras"):
-        return {"framework": _framework(), "threads": _threads(), "all_reduce": all_reduced(), "all_reduces": counts,
+        return {"one_rank_layer": [train_a_layer_of_one_rank(), one_rank_layer], "framework": _framework(),
+                "threads": _threads(), "all_reduce": all_reduced(), "all_reduces": counts,
                 "local_cpus": len(jax.local_devices(backend="cpu")),
+                "watchdog_timeout": distributed._job.watchdog.timeout,  # (launch's collective_timeout)
                 "two_layer64": engine_all_reduces(counts, "two_layer64", lambda: train_two_layer("float64")),
                 "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
                 "two_layer_accumulate": engine_all_reduces(counts, "two_layer_accumulate",
                                                            lambda: train_two_layer("float64", accumulate=2)),
-                "batch_norm": batch_norm_from_rank_0()}
+                "batch_norm": batch_norm_from_rank_0(), "guarded_windows": guarded_windows()}
 
 
 def step_in_the_job():

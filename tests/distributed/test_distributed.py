@@ -53,8 +53,8 @@ EXTRA_JOBS = {"torch": jobs.accumulation_and_guard_job, "jax": jobs.keras_on_jax
 # the jax launch's failing rank is stuck (alive, calling no collective) rather than raising: the jax engine's watchdog
 # must end the rank waiting for it after this collective timeout (seconds), where gloo inside XLA would wait for ever
 STUCK_TIMEOUT = {"jax": 3.0}
-# and with 2 CPU devices each: a rank trains on its own first one (where several GPUs are the rank's own: see
-# test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several)
+# and with 2 CPU devices each: a rank trains on its own first one (this runs none of the GPU choice, which is
+# unit-tested only: test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several)
 RANK_ENVIRONMENT = {"jax": {"KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}}
 
 
@@ -87,7 +87,9 @@ def _launch(backends, directory):
     results.mkdir()
     failure = None
     environment = {name: os.environ.get(name) for name in RANK_ENVIRONMENT.get(backends[0], {})}
-    os.environ.update(RANK_ENVIRONMENT.get(backends[0], {}))  # (the ranks' own: this process's Keras is imported)
+    # (the ranks' own: this process's Keras is imported); XLA_FLAGS appended to those the ranks would inherit
+    os.environ.update({name: " ".join(filter(None, (environment[name], value))) if name == "XLA_FLAGS" else value
+                       for name, value in RANK_ENVIRONMENT.get(backends[0], {}).items()})
     try:
         # a collective waits as long as the whole job may take: rank 0, left in a barrier by the failing rank, can
         # then only end before the launcher's own timeout if the launcher stops it
@@ -158,6 +160,8 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     assert rank0["local_cpus"] == rank1["local_cpus"] == 2  # (RANK_ENVIRONMENT: each rank's own first one trains)
     assert rank0["threads"] == rank1["threads"] == 1  # XLA's thread flags, set before the ranks imported jax
     _check_all_reduced((rank0, rank1))
+    # launch(collective_timeout=) reached init(timeout=) and the job's watchdog (the failing job then lowers it)
+    assert rank0["watchdog_timeout"] == rank1["watchdog_timeout"] == FAILURE_BOUND
     for name, reference, bound in (("two_layer64", "float64", 1e-12), ("two_layer32", "float32", 1e-6),
                                    ("two_layer_accumulate", "accumulate", 1e-12), ("two_layer_bf16", "bf16-mixed", 2e-2)):
         assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
@@ -169,6 +173,23 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     assert not np.array_equal(start0["0.weight"], start1["0.weight"])
     for name, value in end0.items():
         np.testing.assert_array_equal(value, end1[name], err_msg=name)
+    # a layer only rank 1's forward runs: zeros for it on rank 0 (one collective of the same values on every rank,
+    # where its gradient missing from rank 0's was a gloo "collective mismatch" abort), as the jax backend's step
+    ((start, keras0), (_, jax0)), ((_, keras1), _) = rank0["one_rank_layer"], rank1["one_rank_layer"]
+    for name, value in keras0.items():
+        np.testing.assert_array_equal(value, keras1[name], err_msg=name)
+    _agree(keras0, jax0, 1e-12)
+    assert not np.array_equal(keras0["middle.weight"], start["middle.weight"])
+    # the guard over a window, as torch's engine: rank 1's loss infinite (its gradients finite) at the first
+    # window's first micro-step skips that window only, and at the second window's last micro-step that window
+    guarded0, guarded1 = rank0["guarded_windows"], rank1["guarded_windows"]
+    assert guarded0["finite"] == guarded1["finite"] == [True, False, True, False, True, True]
+    assert guarded0["updates"] == guarded1["updates"] == 1
+    for index, weights in enumerate(guarded0["weights"]):
+        for key, value in weights.items():
+            np.testing.assert_array_equal(value, guarded1["weights"][index][key], err_msg=f"call {index}: {key}")
+            if index < 4:  # (the skipped windows changed nothing)
+                np.testing.assert_array_equal(value, guarded0["start"][key], err_msg=f"call {index}: {key}")
 
 
 @pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
@@ -832,6 +853,39 @@ def test_the_jax_engine_gives_each_local_rank_its_own_gpu_of_several(tmp_path):
     assert gpus_listed({}, str(tmp_path)) == 3 and gpus_listed({}, str(tmp_path / "none")) == 0
 
 
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_a_jax_job_whose_setup_fails_leaves_no_watchdog_running(monkeypatch):
+    """The jax engine's job builds its mesh before it starts its collectives' watchdog: where the devices or the
+    mesh cannot be had, no thread is left watching a job that never started (``Engine.start`` then leaves
+    ``jax.distributed`` too)."""
+    import threading
+
+    import jax
+
+    from unidl.backends.jax import distributed
+
+    def no_devices(*args, **kwargs):
+        raise RuntimeError("no CPU device of process 1")
+
+    monkeypatch.setattr(jax, "local_devices", no_devices)
+    with pytest.raises(RuntimeError, match="no CPU device"):
+        distributed._Job(0, 2, 30.0)
+    assert not [t for t in threading.enumerate() if t.name == "unidl-jax-collective-watchdog" and t.is_alive()]
+
+
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_a_jax_job_kept_off_its_gpus_by_jax_platforms_counts_none(monkeypatch):
+    """JAX_PLATFORMS (or ``jax_platforms``) naming neither 'cuda' nor 'gpu' keeps JAX off the GPUs: a CPU-only job
+    on a machine of several GPUs counts none, so that its local ranks are not refused for want of a GPU each."""
+    from unidl.backends.jax import backend, distributed
+
+    monkeypatch.setattr(backend, "_installed", lambda name: True)  # (a jax CUDA plugin, as on a GPU machine)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert [distributed.visible_gpus(platforms) for platforms in ("cpu", "cuda", "cpu,cuda", "GPU", "")] == [
+        0, 2, 2, 2, 2]
+    assert distributed.local_device_ids(2, distributed.visible_gpus("cpu"), "auto", {}) is None  # (not refused)
+
+
 def test_a_step_built_before_this_process_joined_its_job_is_refused_before_it_runs(monkeypatch):
     """A step built outside any job holds none of the job's collectives: called once this process is a rank of a
     job, it would train that rank alone, unaveraged (torch's plain step would, silently). ``TrainStep`` refuses it,
@@ -858,6 +912,13 @@ def test_a_step_built_before_this_process_joined_its_job_is_refused_before_it_ru
         f"unidl.distributed.init()")
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(ud.to_numpy(value), before[name], err_msg=name)
+    # a group of one process on several devices (init(devices=...)) runs its steps in the engine's replicas too
+    monkeypatch.setattr(process_group, "_group", process_group.ProcessGroup(
+        rank=0, world_size=1, local_rank=0, backend=backend(), engine=None, devices=("cpu:0", "cpu:1"),
+        device_engine=object()))
+    with pytest.raises(DistributedError, match=r"built before this process joined its data-parallel job \(rank 0 of "
+                                               r"1 on \w+, devices \['cpu:0', 'cpu:1'\]\)"):
+        step(x, y)
 
 
 def test_a_job_torchrun_started_is_refused_by_the_jax_engine_naming_unidls_launcher(monkeypatch):
@@ -881,3 +942,25 @@ def test_a_job_torchrun_started_is_refused_by_the_jax_engine_naming_unidls_launc
     keras_on_jax = _OneDevicePerProcess(ud.backends.load("jax").distributed_engine())  # (Keras-on-JAX's engine)
     with pytest.raises(DistributedError, match=expected):
         keras_on_jax.start(0, 2, "127.0.0.1", port, 1.0)
+
+
+@pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
+def test_a_keras_compile_is_never_restored_outside_the_job_it_was_made_in(monkeypatch):
+    """Keras's compiled step of a job holds the engine's collectives (Keras-on-JAX's callback), one compiled outside
+    holds none: the compile's key names the job (``job_of_step()``), so that a new step on the same model, loss and
+    optimizer compiles anew in a job, and after it, rather than restoring the other's. (A stand-in group: its
+    engine runs nothing; the jax launch checks a new step after ``shutdown()``.)"""
+    from unidl.config import backend
+    from unidl.distributed import process_group
+
+    with ud.use_backend("keras"):
+        model, loss = ud.nn.Linear(3, 2), ud.nn.MSELoss()
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+        keras_backend = backend()
+        outside = keras_backend.compile(model, loss, optimizer)._unidl_compiled
+        job = process_group.ProcessGroup(rank=1, world_size=2, local_rank=1, backend=keras_backend, engine=object())
+        monkeypatch.setattr(process_group, "_group", job)
+        inside = keras_backend.compile(model, loss, optimizer)._unidl_compiled
+        assert inside != outside and job in inside
+        monkeypatch.setattr(process_group, "_group", None)
+        assert keras_backend.compile(model, loss, optimizer)._unidl_compiled == outside

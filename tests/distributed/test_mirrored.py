@@ -25,7 +25,15 @@ from tests.distributed import jobs
 ud.set_backend("tensorflow")
 directory = tempfile.mkdtemp()
 one = {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/one")}
+early = ud.nn.Linear(5, 3)
+early_step = ud.train_step(early, ud.nn.MSELoss(), ud.optim.SGD(early.parameters(), lr=0.1))
 ud.distributed.init(devices=["cpu:0", "cpu:1"])
+def refusal(step):
+    try:
+        step(np.ones((2, 5), np.float32), np.ones((2, 3), np.float32))
+    except ud.errors.DistributedError as error:
+        return str(error)
+refused = {"built_before": refusal(early_step)}
 place = [ud.distributed.rank(), ud.distributed.world_size(), ud.distributed.num_replicas()]
 two = {"two_layer64": jobs.train_two_layer("float64"), "cnn": jobs.train_cnn(directory + "/two")}
 rng = np.random.default_rng(2)
@@ -62,11 +70,12 @@ outside.eval()
 modes = {"loss": [float(ud.to_numpy(moded_step(x, y))), float(np.mean((ud.to_numpy(moded(x)) - y) ** 2))],
          "traces": traces + [moded_step.trace_count]}
 ud.distributed.shutdown()
+refused["after_shutdown"] = refusal(step)
 def listed(weights):
     return {k: np.asarray(v).tolist() for k, v in weights.items()}
 print(json.dumps({"place": place, "outputs": [ud.to_numpy(outputs).tolist(), before.tolist()],
                   "loss": [float(ud.to_numpy(loss)), float(np.mean((before - y) ** 2))], "too_small": too_small,
-                  "batch_norm": batch_norm, "modes": modes,
+                  "batch_norm": batch_norm, "modes": modes, "refused": refused,
                   "replica_1_ops": sum(n.startswith("replica_1/") for n in names),
                   "one": {k: listed(v) for k, v in one.items() if k != "cnn"}, "one_cnn": listed(one["cnn"][0]),
                   "two": {k: listed(v) for k, v in two.items() if k != "cnn"}, "two_cnn": listed(two["cnn"][0]),
@@ -114,6 +123,11 @@ def test_two_devices_of_one_process_train_the_weights_of_one_device_with_the_sam
     # a mode read in the replica threads keys the step as in one thread: built again after eval(), no dropout
     assert found["modes"]["traces"] == [1, 2]
     assert found["modes"]["loss"][0] == pytest.approx(found["modes"]["loss"][1], rel=1e-6)
+    # a step of this group is refused after shutdown(), and one built before init(devices=...), as a job's
+    refused = found["refused"]
+    assert "built before this process joined its data-parallel job (rank 0 of 1 on tensorflow, devices ['cpu:0', " \
+           "'cpu:1'])" in refused["built_before"], refused
+    assert "that this process has left" in refused["after_shutdown"], refused
 
 
 def test_several_devices_in_one_process_elsewhere_is_a_clear_error(backend):

@@ -29,7 +29,7 @@ REDUCE_OPS = ("sum", "mean", "max", "min")
 DEFAULT_TIMEOUT = 300.0
 
 
-@dataclass
+@dataclass(eq=False)  # (one group equals itself only: a step's or compile's job is that group, not a like one)
 class ProcessGroup:
     rank: int
     world_size: int
@@ -153,9 +153,18 @@ def shutdown() -> None:
 
 
 def job_of_step() -> ProcessGroup | None:
-    """The job a step built now trains in: the group of several processes this process joined, else None (a step
-    built outside one, or in a group of one, depends on no engine)."""
-    return _group if _group is not None and _group.engine is not None else None
+    """The job a step built now trains in: the group this process joined where it has an engine (several processes,
+    or several devices of this one: ``init(devices=...)``, whose step runs in the engine's replicas), else None (a
+    step built outside one, or in a group of one process on one device, depends on no engine)."""
+    if _group is None or (_group.engine is None and _group.device_engine is None):
+        return None
+    return _group
+
+
+def _place(group: ProcessGroup) -> str:
+    """Where ``group`` trains, for an error: its rank and backend, and its devices where it has several."""
+    devices = f", devices {list(group.devices)}" if group.devices else ""
+    return f"rank {group.rank} of {group.world_size} on {group.backend.name}{devices}"
 
 
 def check_job_of_step(job: ProcessGroup | None, what: str) -> None:
@@ -169,14 +178,14 @@ def check_job_of_step(job: ProcessGroup | None, what: str) -> None:
     if job is now:
         return
     if job is None:
-        raise DistributedError(f"{what} was built before this process joined its data-parallel job (rank {now.rank} "
-                               f"of {now.world_size} on {now.backend.name}): it holds none of the job's collectives, "
-                               f"so this rank would train alone on its own gradients, unaveraged; build the step (and "
-                               f"model and optimizer: ud.train_step or fit) after unidl.distributed.init()")
-    raise DistributedError(f"{what} was built in a data-parallel job (rank {job.rank} of {job.world_size} on "
-                           f"{job.backend.name}) that this process has left (unidl.distributed.shutdown()): its "
-                           f"gradients would be averaged over ranks that are gone; build a new step (and model "
-                           f"and optimizer, ud.train_step or fit) outside the job, or call it before shutdown()")
+        raise DistributedError(f"{what} was built before this process joined its data-parallel job ({_place(now)}): "
+                               f"it holds none of the job's collectives, so this rank would train alone on its own "
+                               f"gradients, unaveraged; build the step (and model and optimizer: ud.train_step or "
+                               f"fit) after unidl.distributed.init()")
+    raise DistributedError(f"{what} was built in a data-parallel job ({_place(job)}) that this process has left "
+                           f"(unidl.distributed.shutdown()): its gradients would be averaged over ranks (or devices) "
+                           f"that are gone; build a new step (and model and optimizer, ud.train_step or fit) outside "
+                           f"the job, or call it before shutdown()")
 
 
 def is_initialized() -> bool:

@@ -73,7 +73,6 @@ class _Job:
     def __init__(self, rank: int, world_size: int, timeout: float):
         self.world_size = world_size
         self.all_reduces = 0  # the collectives run so far (``all_reduces_run``)
-        self.watchdog = _Watchdog(rank, world_size, timeout)
         # (CPU devices on a GPU machine too: the reduction's values are NumPy arrays on the host, and gloo is
         # JAX's CPU collectives)
         self.devices = [jax.local_devices(process_index=index, backend="cpu")[0] for index in range(world_size)]
@@ -84,6 +83,7 @@ class _Job:
                                                    in_specs=PartitionSpec(_AXIS), out_specs=PartitionSpec(),
                                                    check_vma=False))
                          for op, collective in _COLLECTIVES.items()}
+        self.watchdog = _Watchdog(rank, world_size, timeout)  # last: nothing after it can fail and leave it running
 
     def reduce(self, flat: np.ndarray, op: str) -> np.ndarray:
         """``flat`` (a 1-D NumPy array) reduced over the ranks with ``op``: every rank gets the same values."""
@@ -139,7 +139,11 @@ class Engine:
             raise DistributedError(f"rank {rank} of {world_size} could not join the job through jax.distributed "
                                    f"at {address}:{port} within {seconds} s: {error}") from error
         sigterm_back_to_python()
-        _job = _Job(rank, world_size, timeout)
+        try:
+            _job = _Job(rank, world_size, timeout)
+        except BaseException:  # (no group: init raises, and this process is in no job, jax.distributed's included)
+            jax.distributed.shutdown()
+            raise
 
     def barrier(self):
         _job.reduce(np.zeros(1, np.int32), "sum")  # a collective returns once every rank joined it
@@ -158,6 +162,8 @@ class Engine:
 
     window_in_step = staticmethod(lambda sums, has_gradient, finite, closes: window_in_step(
         sums, has_gradient, finite, closes))  # (Keras-on-JAX's window: keras/distributed.py)
+    average_in_step = staticmethod(lambda loss, grads, params: average_in_step(
+        loss, grads, params))  # (Keras-on-JAX's step: a parameter this rank's loss did not reach counts zeros)
 
     @staticmethod
     def from_rank_0(values) -> list:
@@ -174,11 +180,16 @@ class Engine:
         jax.distributed.shutdown()
 
 
-def visible_gpus() -> int:
+def visible_gpus(platforms: str | None = None) -> int:
     """How many GPUs JAX would show this process, counted without starting XLA (``local_device_ids`` must be chosen
-    before it starts): none without a jax CUDA plugin package, else ``gpus_listed()``. ROCm's are not counted."""
+    before it starts): none where JAX's ``platforms`` (default: its ``jax_platforms`` setting, which
+    ``JAX_PLATFORMS`` sets) name neither 'cuda' nor 'gpu' (a CPU-only job on a GPU machine), none without a jax
+    CUDA plugin package, else ``gpus_listed()``. ROCm's are not counted."""
     from unidl.backends.jax.backend import _installed
 
+    platforms = jax.config.jax_platforms if platforms is None else platforms
+    if platforms and not {name.strip().lower() for name in platforms.split(",")} & {"cuda", "gpu"}:
+        return 0
     return gpus_listed() if _installed("jax-cuda13-plugin") or _installed("jax-cuda12-plugin") else 0
 
 
@@ -263,10 +274,10 @@ def all_reduces_run() -> int:
 
 
 def average_in_step(loss, grads, params, accumulate: int = 1):
-    """``(loss, grads, present)``: in a job, this step's loss and gradients averaged over the ranks (inside a
-    trace: an ``io_callback``, one all-reduce); outside one, and for a micro-step of a window of ``accumulate``
-    N > 1 (kept on this rank and reduced when it closes, ``window_in_step``), the values themselves and
-    ``present`` None.
+    """``(loss, grads, present)``: in a job, this step's loss (None kept) and gradients averaged over the ranks
+    (inside a trace: an ``io_callback``, one all-reduce); outside one, and for a micro-step of a window of
+    ``accumulate`` N > 1 (kept on this rank and reduced when it closes, ``window_in_step``), the values themselves
+    and ``present`` None.
 
     A trainable parameter this rank's loss did not reach (a dynamic net's skipped layer: None here, where another
     rank's may have one) counts zeros, as with DDP, and ``present`` gives it a boolean scalar: whether any rank had
@@ -279,10 +290,11 @@ def average_in_step(loss, grads, params, accumulate: int = 1):
 
     missing = [g is None and is_trainable(p) for g, p in zip(grads, params)]
     filled = [jnp.zeros(p.shape, p.dtype) if miss else g for g, p, miss in zip(grads, params, missing)]
-    sent = [loss, jnp.asarray([0.0 if miss else 1.0 for miss in missing], loss.dtype),
-            *[g for g in filled if g is not None]]
-    loss, had, *found = _reduced_in_step(sent)
+    values = [v for v in (loss, *filled) if v is not None]  # (Keras-on-JAX's loss: None, carried in a gradient)
+    had, *found = _reduced_in_step([jnp.asarray([0.0 if miss else 1.0 for miss in missing], values[0].dtype),
+                                    *values])
     found = iter(found)
+    loss = None if loss is None else next(found)
     grads = [None if g is None else next(found) for g in filled]
     present = [had[index] > 0 if miss else None for index, miss in enumerate(missing)]
     return loss, grads, present

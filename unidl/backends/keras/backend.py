@@ -291,8 +291,10 @@ class Backend(BackendInterface):
         native = model.native
         # Keras's compiled steps bake in which variables they train and each module's train/eval mode: freezing
         # one, or ``model.bn.eval()``, is another compile
+        # and the job it was compiled in (``job_key``): a job's step holds its collectives, one made outside has none
         key = (id(loss_fn), id(optimizer), jit_compile, None if metrics is None else metrics.key, eager, precision,
-               accumulate, *step_key(model, loss_fn, optimizer))  # (its last entry re-filed: module.py)
+               accumulate, keras_distributed.job_key(),
+               *step_key(model, loss_fn, optimizer))  # (its last entry re-filed: module.py)
         if getattr(native, "_unidl_compiled", None) != key:
             optimizer.native.prepare_accumulation(accumulate)  # micro-steps per update, for the steps traced next
             with floatx(native.dtype_policy.variable_dtype):  # Keras's loss and metric trackers too

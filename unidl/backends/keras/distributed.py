@@ -113,6 +113,17 @@ def _running():
     return group.engine if group is not None and group.engine is not None else None
 
 
+def job_key():
+    """Which job a step compiled now trains in, for the compile's key: ``job_of_step()``, the group itself (None
+    outside a job; a group equals itself only). Keras's compiled step of a job holds the engine's collectives
+    (Keras-on-JAX's ``io_callback``, the strategy's all-reduce), and one compiled outside a job holds none: neither
+    is restored in the other (after ``shutdown()``, or for a model compiled before ``init()``), nor in another
+    job."""
+    from unidl.distributed import process_group
+
+    return process_group.job_of_step()
+
+
 def in_group() -> bool:
     """True while this process trains with others on an engine that carries Keras's step in its replica
     context (TensorFlow's strategy: the gradients are summed by ``sum_in_step``, and Keras's own update must
@@ -158,6 +169,21 @@ def sum_in_step(values):
     if running is None or getattr(running, "gradients_averaged_in_backward", False):
         return list(values)
     return running.reduce_in_step(values, "mean" if _averages(running) else "sum")
+
+
+def average_in_step(loss, grads, variables):
+    """``(loss, grads, present)``: the step's loss and gradients as the job's (``sum_in_step``), and ``present`` None;
+    on JAX's engine, where one compiled step's collective must carry the same values on every rank, a trainable
+    variable this rank's loss did not reach (its gradient None: a layer a rank's forward skipped) counts zeros, and
+    ``present`` gives it a boolean scalar, whether any rank had a gradient for it (PyTorch's rule with DDP: a
+    parameter no rank's loss reached is not updated), None for the others (the jax engine's ``average_in_step``).
+    As they are outside a group."""
+    running = _running()
+    averages = getattr(running, "average_in_step", None)
+    if averages is None:
+        loss, *grads = sum_in_step([loss, *grads])
+        return loss, grads, None
+    return averages(loss, grads, variables)
 
 
 def accumulates_locally() -> bool:

@@ -255,16 +255,17 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         accumulate = getattr(self, "_accumulate", 1)
         local = accumulate > 1 and keras_distributed.accumulates_locally()  # this rank's window, averaged at its end
         # (Keras-on-JAX's window, in the trainer's state: this rank's too, reduced inside the step where it closes)
+        variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
+        present = None
         if not local and not (accumulate > 1 and keras_distributed.reduces_window_in_step()):
             # in a data-parallel job the job's gradients and loss (keras/distributed.py), before the guard
-            loss, *grads = keras_distributed.sum_in_step([loss, *grads])
+            loss, grads, present = keras_distributed.average_in_step(loss, grads, variables)
         finite = all_finite([loss, *grads])
         self.finite.assign(finite)
-        variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
         if accumulate > 1 and not local:  # the count moves on the device (in a graph, or a functional trainer's)
             self.set_window_position(None)
         if not HOST.keras_state_in_place:  # no side effects inside a functional framework's cond
-            self._apply_selected(grads, variables, finite, accumulate)
+            self._apply_selected(grads, variables, finite, accumulate, present)
             return
         indices = [self._get_variable_index(v) for v in variables]
         # per variable: None, or whether the loop or branch that alone reads it in the host's graph ran (a False
@@ -355,9 +356,10 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             return list(grads_and_vars)
         return super()._all_reduce_sum_gradients(grads_and_vars)
 
-    def _apply_selected(self, grads, variables, finite, accumulate):
+    def _apply_selected(self, grads, variables, finite, accumulate, present=None):
         """The guarded (and accumulating) update without a conditional: computed always, then each variable
-        set to its new or its old value (``where``), as a functional framework (JAX) requires."""
+        set to its new or its old value (``where``), as a functional framework (JAX) requires. ``present``: None,
+        or per variable None or whether any rank had a gradient for it (``keras_distributed.average_in_step``)."""
         update = finite
         if accumulate > 1:
             indices = [self._get_variable_index(v) for v in variables]
@@ -382,7 +384,9 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             bookkeeping.update((id(self._micro_steps), id(self._window_finite)))
         state = variables + [v for v in self.variables if id(v) not in bookkeeping]
         before = [K.convert_to_tensor(v.value) for v in state]
-        if accumulate > 1:
+        if accumulate == 1 and present is not None:  # (PyTorch's rule over the ranks: the window's, for one step)
+            flags = {self._get_variable_index(v): had for v, had in zip(variables, present) if had is not None}
+        if accumulate > 1 or present is not None:
             self._with_window_rule(flags, lambda: self._clip_and_apply(grads, variables))
         else:
             self._clip_and_apply(grads, variables)
