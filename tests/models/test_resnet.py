@@ -3,6 +3,7 @@ The reference is ``benchmarks.native_models.torch_resnet``, written in plain PyT
 (torchvision itself is not installed beside this torch); the ResNet-18 benchmark trains the same one."""
 
 import numpy as np
+import pytest
 import torch
 from torch import nn as tnn
 
@@ -20,9 +21,12 @@ def test_resnet18_has_torchvisions_keys_and_shapes(backend):
     assert cifar.state_dict()["conv1.weight"].shape == (64, 3, 3, 3) and isinstance(cifar.maxpool, ud.nn.Identity)
 
 
-def test_pytorch_resnet_state_dict_loads_and_gives_its_outputs(backend):
+@pytest.mark.parametrize("cifar_stem", [False, True])
+def test_pytorch_resnet18_checkpoint_file_loads_and_gives_its_outputs(backend, cifar_stem, tmp_path):
+    """The Must-show: a ResNet-18 of plain PyTorch (both stems), its state_dict saved by ``torch.save`` to a file,
+    read by ``ud.load_weights`` into ``ud.models.resnet18``, gives PyTorch's outputs to 2e-6 in float32."""
     torch.manual_seed(0)
-    reference = torch_resnet((1, 1, 1, 1), 5)
+    reference = torch_resnet((2, 2, 2, 2), 5, cifar_stem=cifar_stem)
     with torch.no_grad():  # statistics as after training, so evaluation uses them
         for module in reference.modules():
             if isinstance(module, tnn.BatchNorm2d):
@@ -31,8 +35,10 @@ def test_pytorch_resnet_state_dict_loads_and_gives_its_outputs(backend):
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.5, 0.5)
     reference.eval()
-    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
     expected = reference(torch.tensor(x)).detach().numpy()
-    model = ud.models.ResNet((1, 1, 1, 1), num_classes=5).eval()
-    model.load_state_dict({k: v.numpy() for k, v in reference.state_dict().items()}, strict=True)
-    assert max_relative_difference(ud.to_numpy(model(ud.tensor(x))), expected) < 2e-5
+    model = ud.models.resnet18(num_classes=5, cifar_stem=cifar_stem).eval()
+    ud.load_weights(model, str(path))
+    assert max_relative_difference(ud.to_numpy(model(ud.tensor(x))), expected) < 2e-6

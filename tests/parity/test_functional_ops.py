@@ -1,7 +1,7 @@
 """The functional ops for users' own forwards (``ud.ops``) against ``torch`` / ``torch.nn.functional``: output and
 input gradients, float32 (2e-6 / 1e-5) inside ``ud.function`` and float64 (1e-12) eagerly, on every backend.
-The activations, ``layer_norm``, ``embedding`` and ``prelu`` are compared through their layers
-(``test_activations_losses.py``), which call exactly these ops."""
+The other activations and ``prelu`` are compared through their layers (``test_activations_losses.py``), which call
+exactly these ops."""
 
 import itertools
 
@@ -24,6 +24,8 @@ GATHER_ROWS = np.array([[0, 5], [2, 2], [4, 1]])          # smaller than ROWS on
 GATHER_COLUMNS = R.integers(0, 4, (2, 6))
 LABELS = np.array([0, -100, 5, 2])
 POSITIVE = R.random((4, 6))
+NORM_WEIGHT, NORM_BIAS = R.standard_normal((2, 6)) + np.array([[1.0], [0.0]])   # (6,) each, for layer_norm
+TOKENS = np.array([[1, 3, 0], [3, 2, 3]])                   # rows of ROWS, one repeated (its gradient summed)
 # maximum/minimum at ties: TIED equals OTHER in half its entries, and the bounds ((1, 6) and a scalar) equal
 # some of TIED's entries, so that each kind of tie gets a gradient (torch splits it in halves)
 TIED = np.where(R.random((4, 6)) < 0.5, OTHER, ROWS)
@@ -82,6 +84,15 @@ OPS = {
         lambda x, y: ud.ops.cross_entropy_loss(x, y, None, -100, "sum", 0.25),
         lambda x, y: F.cross_entropy(x, y, reduction="sum", label_smoothing=0.25), ROWS, LABELS),
     "nll_loss": case(lambda x, y: ud.ops.nll_loss(x, y), lambda x, y: F.nll_loss(x, y), ROWS, LABELS),
+    "gelu": case(ud.ops.gelu, F.gelu, ROWS),
+    "gelu-tanh": case(lambda x: ud.ops.gelu(x, "tanh"), lambda x: F.gelu(x, approximate="tanh"), ROWS),
+    "layer_norm": case(lambda x, w, b: ud.ops.layer_norm(x, 6, w, b), lambda x, w, b: F.layer_norm(x, (6,), w, b),
+                       ROWS, NORM_WEIGHT, NORM_BIAS),
+    "layer_norm-two-axes-eps": case(lambda x: ud.ops.layer_norm(x, (4, 5), eps=1e-3),
+                                    lambda x: F.layer_norm(x, (4, 5), eps=1e-3), IMAGES),
+    "embedding": case(lambda i, w: ud.ops.embedding(i, w), lambda i, w: F.embedding(i, w), TOKENS, ROWS),
+    "embedding-padding_idx": case(lambda i, w: ud.ops.embedding(i, w, padding_idx=3),
+                                  lambda i, w: F.embedding(i, w, padding_idx=3), TOKENS, ROWS),
 }
 
 
