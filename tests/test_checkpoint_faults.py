@@ -83,6 +83,10 @@ BAD_STATES = {
     "huge loader seed": (lambda m: m["loader"].update(seed=2**70), "seed"),
     "bool loader seed": (lambda m: m["loader"].update(seed=True), "seed True"),
     "no seed for a shuffled loader": (lambda m: m["loader"].update(seed=None), "shuffled loader needs one"),
+    # an unshuffled loader's checkpoint (its seed None) given to a shuffled loader: told of shuffle, as
+    # DataLoader.load_state_dict tells it, not of the seed
+    "unshuffled loader's state": (lambda m: m["loader"].update(shuffle=False, seed=None),
+                                  "has shuffle=False but this loader has shuffle=True"),
     "other loader batch size": (lambda m: m["loader"].update(batch_size=5), "batch_size"),
     "short RNG state": (lambda m: m["rng"]["bit_generator"].pop("state"), "bit_generator"),
     "RNG seed too large": (lambda m: m["rng"].update(seed=2**64), "seed"),

@@ -343,11 +343,6 @@ def check_loader_state(loader, state) -> None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise CheckpointStateError(f"data-loader state {key} must be of type "
                                        f"{getattr(kind, '__name__', 'int or None')}, got {value!r}")
-    problem = seed_problem(state["seed"], loader.shuffle)
-    if problem is not None:
-        raise CheckpointStateError(f"data-loader state {problem}")
-    if state["seed"] is not None and not state["seed"] <= MAX_LOADER_SEED:
-        raise CheckpointStateError(f"data-loader state seed must lie in [0, 2**64), got {state['seed']!r}")
     if not 0 <= state["epoch"] < INT64_END:
         raise CheckpointStateError(f"data-loader state epoch must be an integer in 0..2**63 - 1, got "
                                    f"{state['epoch']!r}")
@@ -356,6 +351,13 @@ def check_loader_state(loader, state) -> None:
             raise CheckpointStateError(f"the checkpoint's data loader has {key}={state[key]!r} but this loader has "
                                        f"{key}={mine[key]!r}; resuming needs the same dataset length, batch_size, "
                                        f"shuffle and drop_last")
+    # (after the settings: a shuffled loader given an unshuffled one's checkpoint is told of shuffle, as
+    # DataLoader.load_state_dict tells it)
+    problem = seed_problem(state["seed"], loader.shuffle)
+    if problem is not None:
+        raise CheckpointStateError(f"data-loader state {problem}")
+    if state["seed"] is not None and not state["seed"] <= MAX_LOADER_SEED:
+        raise CheckpointStateError(f"data-loader state seed must lie in [0, 2**64), got {state['seed']!r}")
     mismatch = sampler_mismatch(state, mine)
     if mismatch is not None:
         raise CheckpointStateError(f"the checkpoint's data loader: {mismatch}")

@@ -166,6 +166,9 @@ def test_keras_backend_value_names_the_valid_frameworks(monkeypatch):
         backends.load("keras")
     assert str(caught.value) == (f"backend 'keras' cannot be used: KERAS_BACKEND='foo' is not a framework unidl's "
                                  f"keras backend runs on; valid values: {valid}")
+    assert "keras" not in backends.available_backends()  # (what is listed as available loads)
+    monkeypatch.setenv("KERAS_BACKEND", "")  # empty is unset, as Keras reads it: tensorflow
+    assert spec.setting_problem() is None and spec.required_modules()[1:] == specs()["tensorflow"].required_modules()
     monkeypatch.setenv("KERAS_BACKEND", "torch")
     assert spec.install_hint(["torch"]) == "install it with: pip install 'unidl[keras,torch]'"
     assert spec.required_modules() == ("keras", "torch")

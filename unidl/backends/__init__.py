@@ -72,8 +72,10 @@ def missing_modules(name: str) -> list[str]:
 
 
 def available_backends() -> list[str]:
-    """Canonical names of the backends whose frameworks are installed, in default order."""
-    return [name for name in specs() if not missing_modules(name)]
+    """Canonical names of the backends whose frameworks are installed and whose settings let them load (keras
+    under ``KERAS_BACKEND=numpy`` is not one: ``load`` refuses it), in default order."""
+    return [name for name, spec in specs().items()
+            if not (spec.setting_problem is not None and spec.setting_problem()) and not missing_modules(name)]
 
 
 def export_formats() -> dict[str, str]:

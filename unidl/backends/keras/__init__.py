@@ -12,7 +12,7 @@ from unidl.backends import BackendSpec
 
 
 def _keras_backend() -> str:
-    return os.environ.get("KERAS_BACKEND", "tensorflow")
+    return os.environ.get("KERAS_BACKEND") or "tensorflow"  # (empty is unset, as Keras reads it)
 
 
 def _hosts() -> dict:
