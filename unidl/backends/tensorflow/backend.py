@@ -306,7 +306,8 @@ class Backend(BackendInterface):
 
             return _FlaggedStep(eager_step, native, advance if local_window else None)
         return _FlaggedStep(PerModeGraphs(model, train_step, self.current_device_name(),
-                                          extra_key=lambda: (trainable_mask(params), closes_window())), native,
+                                          extra_key=lambda: (trainable_mask(params), closes_window()),
+                                          name=f"train_step of {type(model).__name__}"), native,
                             advance if local_window else None)
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
