@@ -65,13 +65,47 @@ def test_dynamic_net_trains_the_same_on_every_backend(mode):
         assert runs["tensorflow"][2] == 1  # the depth is a graph input: one graph for every depth
 
 
-@pytest.mark.parametrize("name", ["tensorflow", "jax"])
+@pytest.mark.parametrize("name", ["tensorflow", "keras", "jax"])
 def test_python_randomness_in_a_traced_forward_warns(name):
+    """One message on every backend that traces, naming the step and its model (Keras on TensorFlow here)."""
     with ud.use_backend(name):
         model = DynamicNet()
         step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05))
-        with pytest.warns(RetraceWarning, match=r"drew from Python's random while being traced.*eager=True"):
+        with pytest.warns(RetraceWarning, match=r"^train_step of DynamicNet drew from Python's random while being "
+                                                r"traced.*eager=True"):
             step(X, Y)
+
+
+DEPTH_GENERATOR = np.random.default_rng(3)
+
+
+class GeneratorDepthNet(DynamicNet):
+    """Draws its depth from a NumPy ``Generator``: its own attribute, or one of its forward's module globals."""
+
+    def __init__(self, own):
+        super().__init__()
+        self.generator = np.random.default_rng(3) if own else None
+
+    def forward(self, x):
+        return super().forward(x, int((self.generator or DEPTH_GENERATOR).integers(0, 4)))
+
+
+@pytest.mark.parametrize("name, own", [("tensorflow", True), ("keras", False), ("jax", True), ("jax", False)])
+def test_a_numpy_generator_drawn_in_a_traced_forward_warns(name, own):
+    """A NumPy ``Generator`` a called module holds, or its forward's globals hold, is frozen into the graph as the
+    global ``np.random`` is: the same warning, from ``train_step`` and ``ud.function`` alike."""
+    with ud.use_backend(name):
+        model = GeneratorDepthNet(own)
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05))
+        drew = r"drew from a NumPy Generator \(np.random.default_rng\(\)\) while being traced"
+        with pytest.warns(RetraceWarning, match=r"^train_step of GeneratorDepthNet " + drew):
+            step(X, Y)
+
+        def forward_of_model(x):
+            return model(x)
+
+        with pytest.warns(RetraceWarning, match=r"^forward_of_model " + drew):
+            ud.function(forward_of_model)(ud.tensor(X))
 
 
 def test_no_warning_where_python_runs_every_step():

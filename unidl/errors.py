@@ -149,8 +149,14 @@ class NonFiniteLossError(UnidlError, FloatingPointError):
 
 class NothingToTrainError(UnidlError, RuntimeError):
     """A training step with nothing trainable: every parameter of the model (and loss) is frozen (``requires_grad``
-    or ``trainable`` False). PyTorch's ``backward()`` raises there; the other frameworks would run a step that
+    False). PyTorch's ``backward()`` raises there; the other frameworks would run a step that
     changes nothing. A ``RuntimeError`` as PyTorch's."""
+
+
+class UnsupportedFlagError(UnidlError, TypeError, AttributeError):
+    """A framework's own flag that unidl does not read, set on a parameter or module (Keras's and TensorFlow's
+    ``trainable``): refused on every backend, never ignored; the message names PyTorch's ``requires_grad_``, which
+    unidl honours everywhere. An ``AttributeError`` too, as TensorFlow's variables refuse that assignment."""
 
 
 class ExportFormatError(UnidlError, ValueError):

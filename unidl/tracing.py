@@ -2,7 +2,8 @@
 
 A trace runs a forward once; Python's and NumPy's global random generators drawn from during it
 give one value that the compiled graph then reuses at every step (the tutorial's "dynamic net"
-that redraws its depth would train one fixed depth). Backends that trace wrap the trace in
+that redraws its depth would train one fixed depth), and so do NumPy ``Generator``s a called module
+holds or its ``forward``'s module globals hold. Backends that trace wrap the trace in
 ``python_randomness_guard`` so that this warns, naming the function and the fixes.
 """
 
@@ -26,10 +27,14 @@ current_recording = _called_modules.get
 
 
 def module_called(module) -> None:
-    """``Module.__call__``'s note to the ``recording_module_calls`` block it runs in, if any."""
+    """``Module.__call__``'s note to the ``recording_module_calls`` block it runs in, if any, and to the
+    ``python_randomness_guard`` it is traced in (the generators it can draw from, before its forward runs)."""
     called = _called_modules.get()
     if called is not None:
         called.setdefault(id(module), module)
+    watched = _watched_generators.get()
+    if watched is not None:
+        _watch_generators(watched, module)
 
 
 class recording_module_calls:  # noqa: N801  (used as a context manager, like contextlib's)
@@ -100,6 +105,25 @@ class ModesReached:
         return run
 
 
+#: id -> (generator, state before) of the NumPy generators seen by the innermost ``python_randomness_guard``
+_watched_generators: contextvars.ContextVar = contextvars.ContextVar("unidl_watched_generators", default=None)
+
+
+def _generator_state(generator):
+    state = generator.bit_generator.state if isinstance(generator, np.random.Generator) else generator.get_state()
+    return repr(state)  # (nested dicts and arrays: compared as text)
+
+
+def _watch_generators(watched: dict, module) -> None:
+    """Note the state of each NumPy ``Generator`` (or ``RandomState``) among ``module``'s attributes and its
+    ``forward``'s module globals, the first time the trace meets it. Reachable further (in a list, through another
+    object) it is not seen: docs/dynamic-forward.md names that limit."""
+    forward_globals = getattr(type(module).forward, "__globals__", {})
+    for value in (*vars(module).values(), *forward_globals.values()):
+        if isinstance(value, (np.random.Generator, np.random.RandomState)) and id(value) not in watched:
+            watched[id(value)] = (value, _generator_state(value))
+
+
 def _states():
     numpy_state = np.random.get_state(legacy=False)
     return random.getstate(), (numpy_state["state"]["pos"], numpy_state["state"]["key"].tobytes(),
@@ -108,13 +132,22 @@ def _states():
 
 @contextlib.contextmanager
 def python_randomness_guard(name: str):
-    """Warn (``RetraceWarning``) if the block draws from Python's ``random`` or NumPy's global generator."""
+    """Warn (``RetraceWarning``) if the block draws from Python's ``random``, NumPy's global generator or a NumPy
+    generator held by a module it calls (or by its ``forward``'s module globals)."""
     before = _states()
-    yield
+    watched = {}
+    token = _watched_generators.set(watched)
+    try:
+        yield
+    finally:
+        _watched_generators.reset(token)
     python_before, numpy_before = before
     python_after, numpy_after = _states()
+    generator_drawn = any(_generator_state(generator) != state for generator, state in watched.values())
     drawn = [label for label, changed in (("Python's random", python_before != python_after),
-                                          ("NumPy's global np.random", numpy_before != numpy_after)) if changed]
+                                          ("NumPy's global np.random", numpy_before != numpy_after),
+                                          ("a NumPy Generator (np.random.default_rng())", generator_drawn))
+             if changed]
     if drawn:
         warnings.warn(
             f"{name} drew from {' and '.join(drawn)} while being traced into a graph: the value drawn is frozen "

@@ -1030,7 +1030,7 @@ def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(res
     # and a ud.function's trace draws once, as on the jax backend (the probe finding its variables drew first)
     assert result["function_draws"] is True
     # a draw frozen into a trace warns, a step that runs its Python every call does not
-    assert result["draws_warned"] == [["train_step of dynamicnet drew from Python's random"], [],
+    assert result["draws_warned"] == [["train_step of DynamicNet drew from Python's random"], [],
                                       ["<lambda> drew from Python's random"]], result["draws_warned"]
 
 

@@ -28,6 +28,7 @@ from unidl import arguments, config, devices, native_tensors
 from unidl.dtype_kinds import dtype_name, is_floating, is_integer
 from unidl.errors import BackendMismatchError, DtypeMismatchError, NothingToTrainError, StateDictError
 from unidl.nn import hooks, loading, placement
+from unidl.nn.freezing import is_trainable, trainable_refused
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.nn.rollback import restored_on_failure
 from unidl.tensors import to_numpy
@@ -43,12 +44,6 @@ def _forward_caller(backend, module_class):
     if key not in _forward_callers:
         _forward_callers[key] = backend.forward_caller(module_class)
     return _forward_callers[key]
-
-
-def is_trainable(parameter) -> bool:
-    """False for a frozen parameter: ``requires_grad`` (PyTorch's name, on every backend) or the framework's
-    own ``trainable`` flag set to False. Every training loop reads it at each step (see ``requires_grad_``)."""
-    return bool(getattr(parameter, "requires_grad", True)) and bool(getattr(parameter, "trainable", True))
 
 
 def require_trainable(parameters, where, *modules) -> None:
@@ -68,7 +63,7 @@ def require_trainable(parameters, where, *modules) -> None:
             return
     where = where() if callable(where) else where
     raise NothingToTrainError(
-        f"{where}: every parameter of the model is frozen (requires_grad=False or trainable=False), so a step has "
+        f"{where}: every parameter of the model is frozen (requires_grad=False), so a step has "
         f"nothing to train (PyTorch's backward() raises here); unfreeze those to train (p.requires_grad = True, "
         f"module.requires_grad_(True)); to run the model without training, call it (model(x)) or use ud.evaluate")
 
@@ -397,6 +392,8 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}.__init__ must call super().__init__() before assigning {name!r}")
+        if name == "trainable":  # (Keras's idiom: ignored on every backend, the weights moved)
+            raise trainable_refused(f"{type(self).__name__}.trainable = {value!r}", "module.requires_grad_(False)")
         is_module, is_parameter = isinstance(value, Module), self._backend.is_parameter(value)
         # (a module over a parameter too, as torch.nn: it silently took the parameter out of the state dict)
         if value is not None and not is_parameter and (not is_module or name in self._parameters):

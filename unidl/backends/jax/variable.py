@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unidl.nn.freezing import requires_grad_method, trainable_refused
+
 _serials = itertools.count()
 _live: "weakref.WeakValueDictionary[int, JaxVariable]" = weakref.WeakValueDictionary()
 
@@ -137,12 +139,12 @@ class JaxVariable:
     Arithmetic operators, indexing, ``shape`` and ``dtype`` act on the value, so a layer's forward
     reads ``x @ self.weight`` as on any backend; JAX functions take ``variable.value``."""
 
-    __slots__ = ("_value", "trainable", "requires_grad", "serial", "__weakref__")
+    __slots__ = ("_value", "_trainable", "requires_grad", "serial", "__weakref__")
 
     def __init__(self, value, trainable: bool = True):
         self.serial = next(_serials)
         self.value = value
-        self.trainable = bool(trainable)  # a parameter (True) or a buffer
+        self._trainable = bool(trainable)
         self.requires_grad = bool(trainable)  # False: a buffer, or frozen (Module.requires_grad_), as torch's
         _live[self.serial] = self
 
@@ -159,6 +161,17 @@ class JaxVariable:
         if _forgotten and self.serial in _forgotten and not isinstance(value, jax.core.Tracer):
             _forgotten.discard(self.serial)
             _live[self.serial] = self
+
+    @property
+    def trainable(self) -> bool:
+        """A parameter (True) or a buffer, fixed when it is made; freezing is ``requires_grad_``."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        raise trainable_refused(f"{self!r}.trainable = {value!r}")
+
+    requires_grad_ = requires_grad_method()  # PyTorch's name for freezing (the flag ``requires_grad``)
 
     @property
     def shape(self):

@@ -40,11 +40,15 @@ from unidl.backends.keras.optimizer import NativeOptimizer, keep_train_function_
 from unidl.optim.param_groups import ConstantOptions
 from unidl.data.epoch import xy
 from unidl.errors import marked_error_from
+from unidl.nn.freezing import requires_grad_method
 from unidl.nn.module import step_modes, training_modes
 from unidl.tracing import warn_running_eagerly
 from unidl.backends.keras.export import export_formats, export_module
 
 keras_dtypes.keep_float64_in_type_promotion()  # float64 stays float64 in Keras's ops on torch and JAX too
+# PyTorch's ``param.requires_grad_(False)`` on a Keras variable as on torch's Parameter; Keras's own ``trainable``
+# on a parameter is refused where the loops read it (``unidl.nn.freezing.is_trainable``): Keras's layers set it
+keras.Variable.requires_grad_ = requires_grad_method()
 
 
 def _jit_compile(requested: bool, eager: bool) -> bool:
@@ -212,10 +216,6 @@ class Backend(BackendInterface):
 
     def donated_tensor(self, array):
         return HOST.donated_tensor(array)
-
-    def set_requires_grad(self, parameter, requires_grad):
-        parameter.requires_grad = requires_grad
-        parameter.trainable = requires_grad  # what Keras's own trainer reads
 
     def write_state(self, variable, value):
         if value is not variable:

@@ -7,6 +7,7 @@ that keeps Keras's state functional (JAX), through Keras's variables' values (``
 from __future__ import annotations
 
 from unidl.backends.keras import distributed as keras_distributed
+from unidl.backends.keras.module import train_step_name
 from unidl.backends.keras.host import HOST
 
 
@@ -28,7 +29,7 @@ def train_step_graph(native, per_batch: bool):
     step = _train_step(native, per_batch)
     # in a job with a window kept on each rank: a graph for the micro-steps that close it, one for the others
     return keras_distributed.graph_per_window_place(
-        native, lambda: HOST.keras_train_step_function(step, f"train_step of {native.name}"))
+        native, lambda: HOST.keras_train_step_function(step, train_step_name(native)))
 
 
 def eager_train_step(native):

@@ -218,7 +218,12 @@ def _draws_frozen_warned(native):
     give it; nothing where the step runs every call (Keras-on-torch, ``eager=True``)."""
     if HOST.keras_state_in_place or not native.jit_compile or native.run_eagerly:
         return contextlib.nullcontext()
-    return python_randomness_guard(f"train_step of {native.name}")  # (named as Keras-on-TensorFlow names it)
+    return python_randomness_guard(train_step_name(native))
+
+
+def train_step_name(native) -> str:
+    """``train_step of <Model>``, the model's own class name, as every backend names its compiled step."""
+    return f"train_step of {type(native._unidl_module).__name__}"
 
 
 #: True in Keras's abstract pass before a first step (``_symbolic_build``) where that pass builds a compiled loss

@@ -14,7 +14,9 @@ from unidl import config
 from unidl.autograd import check_float, check_scalar
 from unidl.backends.interface import Backend as BackendInterface
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros
+from unidl.nn.freezing import requires_grad_method, trainable_refused
 from unidl.nn.module import trainable_mask
+from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable  # noqa: E402  (not re-exported)
 from unidl.backends.tensorflow import ops as tf_ops
 from unidl.backends.tensorflow import distributed as tf_distributed
 from unidl.backends.tensorflow import eager as tf_eager
@@ -29,6 +31,17 @@ from unidl.backends.tensorflow.export import EXPORT_FORMATS, export_module
 from unidl.backends.tensorflow.layout import tracing_for_shapes
 
 _DTYPES = {"float32": tf.float32, "float64": tf.float64}
+
+
+def _refuse_trainable(variable, value):
+    raise trainable_refused(f"tf.Variable {variable.name!r}: .trainable = {value!r}")
+
+
+# PyTorch's ``param.requires_grad_(False)`` on a TensorFlow variable as on torch's Parameter; TensorFlow's own
+# ``trainable``, read-only, is refused with unidl's error (an AttributeError as TensorFlow's was) naming that call
+tf.Variable.requires_grad_ = requires_grad_method()
+BaseResourceVariable.trainable = property(BaseResourceVariable.trainable.fget, _refuse_trainable,
+                                          doc=BaseResourceVariable.trainable.__doc__)
 
 
 def tf_device_name(device: str) -> str:
@@ -293,7 +306,8 @@ class Backend(BackendInterface):
 
             return _FlaggedStep(eager_step, native, advance if local_window else None)
         return _FlaggedStep(PerModeGraphs(model, train_step, self.current_device_name(),
-                                          extra_key=lambda: (trainable_mask(params), closes_window())), native,
+                                          extra_key=lambda: (trainable_mask(params), closes_window()),
+                                          name=f"train_step of {type(model).__name__}"), native,
                             advance if local_window else None)
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,

@@ -107,9 +107,9 @@ class PerModeGraphs:
     the Python-level mode flags (dropout on or off, batch or running statistics, the parameters it updates), so
     switching any module's mode must not reuse it."""
 
-    def __init__(self, model, fn, device, extra_key=None):
+    def __init__(self, model, fn, device, extra_key=None, name=None):
         self._model, self._device, self._extra_key = model, device, extra_key
-        self._name = getattr(fn, "__name__", None)
+        self._name = name or getattr(fn, "__name__", None)
         self._reached = ModesReached(model.modules)
         self._fn = self._reached.traced(fn)
         self.graphs: dict = {}

@@ -215,7 +215,8 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, eage
                 return step(*[to_graph_input(a) for a in args])
     else:
         run = PerModeGraphs(model, step, device, extra_key=lambda: (trainable_mask(params),
-                                                                     local_window and window.closes()))
+                                                                     local_window and window.closes()),
+                            name=f"train_step of {type(model).__name__}")
     return _WithScale(run, scaler, native, window.advance if local_window else None)
 
 
