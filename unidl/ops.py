@@ -1440,17 +1440,6 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
 
-def _check_same_float_dtype(owner, probabilities, target):
-    """``DtypeMismatchError`` for a float tensor ``target`` of another float dtype than ``probabilities``, as
-    PyTorch's kernel refuses it ("Found dtype Double but expected Float"): a backend promoted or cast it silently."""
-    if not (config.backend().is_tensor(target) and dtype_kinds.is_floating(target.dtype)):
-        return
-    given, wanted = dtype_kinds.dtype_name(target.dtype), dtype_kinds.dtype_name(probabilities.dtype)
-    if given != wanted:
-        raise DtypeMismatchError(f"{owner} needs a target of the probabilities' dtype {wanted}, got a {given} target "
-                                 f"(PyTorch refuses two float dtypes); cast it with ud.ops.cast(target, {wanted!r})")
-
-
 @_composed
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
@@ -1459,9 +1448,10 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), and a float tensor ``target`` of another float
     dtype a ``DtypeMismatchError``, as PyTorch refuses them (a NumPy array or a list takes the probabilities')."""
     reduction = input_checks.check_reduction("binary_cross_entropy", reduction)
-    probabilities = input_checks.float32_under_autocast(
-        input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities))
-    _check_same_float_dtype("binary_cross_entropy", probabilities, target)
+    probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
+    # (the dtypes as given: under autocast the probabilities are float32 here, beside a half target of their own)
+    input_checks.check_same_float_dtype("binary_cross_entropy", probabilities, target)
+    probabilities = input_checks.float32_under_autocast(probabilities)
     target = cast_like(target, probabilities)
     probabilities = input_checks.check_same_shape("binary_cross_entropy", probabilities, target,
                                                   names=("probabilities", "target"))
