@@ -408,6 +408,8 @@ HALF_ACTIVATIONS = [  # (the op of x, torch's; one lambda a line)
     (lambda x: ud.ops.softshrink(x, 0.3), lambda t: F.softshrink(t, 0.3)),
     (lambda x: ud.ops.hardshrink(x, 0.3), lambda t: F.hardshrink(t, 0.3)),
     (lambda x: ud.ops.threshold(x, 0.3, -1.0), lambda t: F.threshold(t, 0.3, -1.0)),
+    (lambda x: ud.nn.SiLU()(x), F.silu),  # (the layers, built in the backend in force)
+    (lambda x: ud.nn.Softplus(2.0, 4.0)(x), lambda t: F.softplus(t, 2.0, 4.0)),
 ]
 FAR = np.array([[300.0, 400.0], [3.0, 4.0]])  # (past float16's range squared: 300 ** 2 is inf in float16)
 NEAR = np.array([[1.0, 1.0], [2.0, -1.0]])
