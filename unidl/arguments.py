@@ -239,16 +239,16 @@ def known_number(owner: str, name: str, value):
         return value
     if len(tuple(value.shape)) != 0:
         raise TypeError(f"{owner} {name} must be a number or a 0-d tensor, got a tensor of rank {len(value.shape)}")
-    unknown = TypeError(f"{owner} {name} is a 0-d tensor of a graph being traced, whose value is not known yet, "
-                        f"and it must be known to build the op; give a number, or a tensor made outside the graph")
-    if not backend.is_concrete(value):
-        raise unknown
     if "bfloat16" in str(value.dtype):  # (exact in float32; Keras's to_numpy refused a bfloat16 tensor)
         value = backend.ops.cast(value, "float32")
     try:
         array = backend.to_numpy(value)
-    except (NotImplementedError, TypeError):  # (a graph's tensor is_concrete could not tell: TensorFlow's symbolic
-        raise unknown from None               # tensor under Keras, NotImplementedError; a JAX tracer's TypeError)
+    # (each framework's error for a traced value read in Python, and no other: a TensorFlow symbolic tensor's
+    # AttributeError, its NotImplementedError under Keras, a JAX tracer's TypeError)
+    except (AttributeError, NotImplementedError, TypeError):
+        raise TypeError(f"{owner} {name} is a 0-d tensor of a graph being traced, whose value is not known yet, "
+                        f"and it must be known to build the op; give a number, or a tensor made outside the graph") \
+            from None
     return plain_number(owner, name, array)
 
 
