@@ -10,9 +10,11 @@ PyTorch's gradient 0 rather than sqrt's NaN. float16 and bfloat16 input is compu
 as PyTorch's CPU kernels compute it (its comparisons with ``lambd`` and ``threshold`` too).
 
 Their number arguments are checked where torch takes them, when a layer is built and on every call: a bool, None,
-a string or a tensor is a ``TypeError`` naming the argument on every backend (they failed in each framework's own
-words when the layer ran). Where PyTorch refuses a value when it runs (a RuntimeError), unidl refuses it when the
-layer is built, with a ``ValueError``.
+a string or a tensor of more than 0 axes is a ``TypeError`` naming the argument on every backend (they failed in
+each framework's own words when the layer ran). A 0-d tensor is the number it holds (``number``); these ops need
+its value when they are built, so one of a graph being traced is a ``TypeError`` saying so (``ud.ops.elu``,
+``leaky_relu`` and ``softplus``, whose kernels take a tensor, take that one too). Where PyTorch refuses a value
+when it runs (a RuntimeError), unidl refuses it when the layer is built, with a ``ValueError``.
 """
 
 from __future__ import annotations

@@ -214,6 +214,8 @@ def plain_number(owner: str, name: str, value):
     if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
         if np.asarray(value).dtype == np.bool_:
             return bool(value)
+        if np.asarray(value).dtype.kind == "V" and "float" in np.asarray(value).dtype.name:
+            value = np.asarray(value).astype(np.float64)  # (ml_dtypes' bfloat16, no NumPy number: a 0-d tensor's)
         number = integer(value)
         number = real(value) if number is None else number
         if number is None:
@@ -237,9 +239,13 @@ def known_number(owner: str, name: str, value):
         return value
     if len(tuple(value.shape)) != 0:
         raise TypeError(f"{owner} {name} must be a number or a 0-d tensor, got a tensor of rank {len(value.shape)}")
+    if "bfloat16" in str(value.dtype):  # (exact in float32; Keras's to_numpy refused a bfloat16 tensor)
+        value = backend.ops.cast(value, "float32")
     try:
         array = backend.to_numpy(value)
-    except Exception:  # (each framework's own error for a traced value read in Python: a tracer's, a graph's)
+    # (each framework's error for a traced value read in Python, and no other: a TensorFlow symbolic tensor's
+    # AttributeError, its NotImplementedError under Keras, a JAX tracer's TypeError)
+    except (AttributeError, NotImplementedError, TypeError):
         raise TypeError(f"{owner} {name} is a 0-d tensor of a graph being traced, whose value is not known yet, "
                         f"and it must be known to build the op; give a number, or a tensor made outside the graph") \
             from None

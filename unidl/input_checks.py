@@ -872,6 +872,21 @@ def float32_under_autocast(x):
     return ops.cast(x, "float32")
 
 
+def check_same_float_dtype(owner, probabilities, target) -> None:
+    """``DtypeMismatchError`` for a float tensor ``target`` of another float dtype than ``probabilities``, as
+    PyTorch's kernel refuses it ("Found dtype Double but expected Float"): a backend promoted or cast it silently.
+    Under autocast float32 beside float16 or bfloat16 passes, as torch.autocast casts a loss's inputs to float32."""
+    from unidl import config
+
+    if not (config.backend().is_tensor(target) and is_floating(target.dtype)):
+        return
+    given, wanted = dtype_name(target.dtype), dtype_name(probabilities.dtype)
+    if given == wanted or ({given, wanted} <= {"float32", "float16", "bfloat16"} and _autocast_in_force()):
+        return
+    raise DtypeMismatchError(f"{owner} needs a target of the probabilities' dtype {wanted}, got a {given} target "
+                             f"(PyTorch refuses two float dtypes); cast it with ud.ops.cast(target, {wanted!r})")
+
+
 def class_weight(owner, weight, like, what: str = "log-probabilities"):
     """A loss's class ``weight`` beside class labels (``nll_loss``, ``cross_entropy_loss``; or None): a NumPy array
     or list in ``like``'s dtype (``as_tensor``); a tensor of another dtype than ``like``'s is a

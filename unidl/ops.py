@@ -48,8 +48,6 @@ def op(declaration=None, **options):
     and other integers become int64, as ``torch.sum`` sums them. ``reduced``: a reduction's axes (an empty
     sequence is a ``ValueError``: PyTorch reduces every axis over it, NumPy none). ``axes``: the parameters that
     take an axis number (a NumPy integer becomes a Python int; a float or a bool is a ``ValueError``).
-    ``numbers``: the parameters that take a number (a NumPy scalar or 0-d array, and a 0-d tensor whose value can be
-    read, become a Python number: ``arguments.known_number``).
     ``arrays``: the parameters whose NumPy arrays and scalars, lists, tuples and Python numbers become tensors as
     ``ud.tensor`` makes them (floats of the dtype in force), as a module's call converts its arguments; by default
     a public op's parameters named in ``_TENSOR_PARAMETERS`` (torch's backend refused them all, the others took
@@ -69,7 +67,6 @@ def op(declaration=None, **options):
               **{p: input_checks.as_summable for p in options.pop("summable", ())},
               **{p: arguments.reduced_axes for p in options.pop("reduced", ())},
               **{p: arguments.axis for p in options.pop("axes", ())},
-              **{p: arguments.known_number for p in options.pop("numbers", ())},
               **{p: input_checks.as_numbers for p in options.pop("numeric", ())},
               **{p: input_checks.booleans_as_int64 for p in options.pop("booleans_as_int64", ())}}
     if checks:
@@ -147,13 +144,24 @@ def leaky_relu(x, negative_slope=0.01):
     """x if x > 0 else negative_slope * x. ``negative_slope``: a number, or a 0-d tensor taken as the number it
     holds (no gradient reaches it), eagerly and inside graphs, as ``torch.nn.functional.leaky_relu`` takes them
     (TensorFlow's kernel refused a tensor); a tensor of more axes is a ``TypeError``, as PyTorch's."""
-    negative_slope = arguments.plain_number("leaky_relu", "negative_slope", negative_slope)
-    if config.backend().is_tensor(negative_slope):
-        if len(tuple(negative_slope.shape)) != 0:
-            raise TypeError(f"leaky_relu negative_slope must be a number or a 0-d tensor, got a tensor of rank "
-                            f"{len(tuple(negative_slope.shape))}; use prelu for a slope per channel")
-        negative_slope = stop_gradient(negative_slope)
+    negative_slope = _number_or_tensor("leaky_relu", "negative_slope", negative_slope, x,
+                                       "; use prelu for a slope per channel")
     return _ops().leaky_relu(x, negative_slope)
+
+
+def _number_or_tensor(owner, name, value, like, hint=""):
+    """An activation's number that its kernel takes as a tensor too (``leaky_relu``'s ``negative_slope``,
+    ``elu``'s ``alpha``, ``softplus``'s ``beta`` and ``threshold``): a NumPy scalar or 0-d array as the Python
+    number it holds (``arguments.plain_number``), a 0-d tensor of the backend in force as a tensor in ``like``'s
+    dtype with no gradient, eagerly and inside graphs (where its value is known only when the graph runs: a
+    variable read there is its value then), as PyTorch takes one; a tensor of more axes is a ``TypeError``."""
+    value = arguments.plain_number(owner, name, value)
+    if not config.backend().is_tensor(value):
+        return value
+    if len(tuple(value.shape)) != 0:
+        raise TypeError(f"{owner} {name} must be a number or a 0-d tensor, got a tensor of rank "
+                        f"{len(tuple(value.shape))}{hint}")
+    return cast_like(stop_gradient(value), like)
 
 
 @op(floating=("x",))
@@ -953,9 +961,10 @@ def gelu(x, approximate="none"):
 
 def _rounded_once(x, compute):
     """``compute(x)``, for float16 or bfloat16 ``x`` computed in float32 and rounded once to ``x``'s dtype, as
-    PyTorch's CPU kernels compute reduced floats (each step rounded to float16 was a last place off)."""
+    PyTorch's CPU kernels compute reduced floats (each step rounded to float16 was a last place off); as it is on a
+    backend whose kernels round once already (``rounds_half_activations_once``: no float32 copy kept for autodiff)."""
     dtype = dtype_kinds.dtype_name(x.dtype)
-    if dtype not in ("float16", "bfloat16"):
+    if dtype not in ("float16", "bfloat16") or config.backend().rounds_half_activations_once:
         return compute(x)
     return cast(compute(cast(x, "float32")), dtype)
 
@@ -966,16 +975,23 @@ def silu(x):
     return _rounded_once(x, _ops().silu)
 
 
-@op(floating=("x",), numbers=("alpha",))
+@op(floating=("x",), dispatch=False)
 def elu(x, alpha=1.0):
-    """x if x > 0 else alpha * (exp(x) - 1)."""
+    """x if x > 0 else alpha * (exp(x) - 1). ``alpha``: a number, or a 0-d tensor (no gradient reaches it), eagerly
+    and inside graphs, as ``torch.nn.functional.elu`` takes one."""
+    return _ops().elu(x, _number_or_tensor("elu", "alpha", alpha, x))
 
 
-@op(floating=("x",), numbers=("beta", "threshold"), dispatch=False)
+@op(floating=("x",), dispatch=False)
 def softplus(x, beta=1.0, threshold=20.0):
     """log(1 + exp(beta * x)) / beta, and x itself where beta * x > threshold (PyTorch's); float16 and bfloat16
-    computed in float32 and rounded once, as PyTorch's."""
-    return _rounded_once(x, lambda x: _ops().softplus(x, beta, threshold))
+    computed in float32 and rounded once, as PyTorch's. ``beta`` and ``threshold``: numbers, or 0-d tensors (no
+    gradient reaches them), eagerly and inside graphs, as PyTorch takes them."""
+    def compute(x):
+        return _ops().softplus(x, *(_number_or_tensor("softplus", name, value, x)
+                                    for name, value in (("beta", beta), ("threshold", threshold))))
+
+    return _rounded_once(x, compute)
 
 
 @op(dispatch=False)
@@ -1440,17 +1456,6 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
 
-def _check_same_float_dtype(owner, probabilities, target):
-    """``DtypeMismatchError`` for a float tensor ``target`` of another float dtype than ``probabilities``, as
-    PyTorch's kernel refuses it ("Found dtype Double but expected Float"): a backend promoted or cast it silently."""
-    if not (config.backend().is_tensor(target) and dtype_kinds.is_floating(target.dtype)):
-        return
-    given, wanted = dtype_kinds.dtype_name(target.dtype), dtype_kinds.dtype_name(probabilities.dtype)
-    if given != wanted:
-        raise DtypeMismatchError(f"{owner} needs a target of the probabilities' dtype {wanted}, got a {given} target "
-                                 f"(PyTorch refuses two float dtypes); cast it with ud.ops.cast(target, {wanted!r})")
-
-
 @_composed
 def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     """-(t * log(p) + (1 - t) * log(1 - p)) with each log clamped at -100 (PyTorch's), times ``weight`` (which
@@ -1459,9 +1464,10 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     ``probabilities`` is a ``ShapeMismatchError`` (a ``ValueError``), and a float tensor ``target`` of another float
     dtype a ``DtypeMismatchError``, as PyTorch refuses them (a NumPy array or a list takes the probabilities')."""
     reduction = input_checks.check_reduction("binary_cross_entropy", reduction)
-    probabilities = input_checks.float32_under_autocast(
-        input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities))
-    _check_same_float_dtype("binary_cross_entropy", probabilities, target)
+    probabilities = input_checks.as_tensor("binary_cross_entropy", "probabilities", probabilities)
+    # (the dtypes as given: under autocast the probabilities are float32 here, beside a half target of their own)
+    input_checks.check_same_float_dtype("binary_cross_entropy", probabilities, target)
+    probabilities = input_checks.float32_under_autocast(probabilities)
     target = cast_like(target, probabilities)
     probabilities = input_checks.check_same_shape("binary_cross_entropy", probabilities, target,
                                                   names=("probabilities", "target"))

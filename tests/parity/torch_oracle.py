@@ -88,8 +88,10 @@ def difference(got, expected) -> float:
 
 def _where_not_finite(got, expected) -> str:
     """Where ``got`` and ``expected`` differ most: the elements not finite in one only, or not the same non-finite
-    value, or else the finite one farthest apart."""
+    value, or else the finite one farthest apart; nothing for two shapes (the failure's own message says so)."""
     got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if got.shape != expected.shape:
+        return ""
     finite = np.isfinite(expected)
     wrong = (np.isfinite(got) != finite) | (~finite & ~np.isclose(got, expected, equal_nan=True))
     if not wrong.any() and got.size:

@@ -54,6 +54,10 @@ class Backend(abc.ABC):
     #: modules (on torch a Keras layer is a ``torch.nn.Module``), so that the keras backend offers this backend's
     #: ``export_formats`` too, written by it
     exports_keras_models: bool = False
+    #: True where this backend's ``silu`` and ``softplus`` of float16 and bfloat16 input compute in float32 and
+    #: round once (torch's kernels), so that ``ud.ops`` hands them half input as it is; elsewhere (each step rounded
+    #: to the half dtype) ``ud.ops`` computes them in float32 and rounds the result once
+    rounds_half_activations_once: bool = False
 
     def __new__(cls, *args, **kwargs):
         missing = sorted(getattr(cls, "__abstractmethods__", ()))

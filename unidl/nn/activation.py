@@ -187,7 +187,7 @@ class SiLU(_InplaceShown):
     """x * sigmoid(x). ``inplace`` is accepted for PyTorch's signature; unidl's ops never modify their input."""
 
     def forward(self, x):
-        return self._ops.silu(_floats(self, x))
+        return functional.silu(_floats(self, x))  # (half input rounded once, as the op's)
 
 
 class ELU(_InplaceShown):
@@ -217,7 +217,7 @@ class Softplus(Module):
         self._given = (beta, threshold)  # (the repr shows them as given, as PyTorch's: beta=2, not 2.0)
 
     def forward(self, x):
-        return self._ops.softplus(_floats(self, x), self.beta, self.threshold)
+        return functional.softplus(_floats(self, x), self.beta, self.threshold)  # (rounded once)
 
     def extra_repr(self):
         return "beta={}, threshold={}".format(*self._given)

@@ -34,6 +34,7 @@ _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 class Backend(BackendInterface):
     name = "torch"
     exports_keras_models = True  # a Keras layer on torch is a torch.nn.Module: torch.export and ONNX trace it
+    rounds_half_activations_once = True  # (silu and softplus: ATen's half kernels compute in float32)
     ops = torch_ops
     # Keras's torch variables unwrap themselves in torch's functions (``__torch_function__``): F.linear's addmm,
     # F.layer_norm's and F.scaled_dot_product_attention's kernels, where keras.ops composes them; F.max_pool2d's
