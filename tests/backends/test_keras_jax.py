@@ -807,8 +807,32 @@ def copied_in():
                 "tensor": bool((ud.to_numpy(tensor) == 1.0).all())}
 
 
+def ctc_of_a_parameter():
+    # ud.ops.ctc_loss runs as one jax.jit of its recursion when called eagerly: a parameter (a Keras variable) given
+    # to it, eagerly or as a model's variable inside ud.value_and_grad, reached jit as it was (JAX's ValueError)
+    import torch
+
+    scores = rng.standard_normal((6, 2, 4))
+    log_probs = (scores - np.log(np.exp(scores).sum(2, keepdims=True))).astype(np.float32)
+    targets, input_lengths, target_lengths = np.array([[1, 1], [2, 3]]), np.array([6, 5]), np.array([2, 1])
+    expected = torch.tensor(log_probs, requires_grad=True)
+    loss = torch.nn.functional.ctc_loss(expected, *map(torch.tensor, (targets, input_lengths, target_lengths)))
+    loss.backward()
+    with ud.use_backend("keras"):
+        p = ud.nn.Parameter(ud.tensor(log_probs))
+        f = lambda: ud.ops.ctc_loss(p, targets, input_lengths, target_lengths)
+        try:
+            eager = float(f())
+            value, (grad,) = ud.value_and_grad(f, argnums=[p])()
+        except Exception as error:
+            return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        return max(abs(eager - loss.item()), abs(float(value) - loss.item()),
+                   float(np.abs(np.asarray(ud.to_numpy(grad)) - expected.grad.numpy()).max()))
+
+
 print(json.dumps({
     "copied_in": copied_in(),
+    "ctc_of_a_parameter": ctc_of_a_parameter(),
     "framework": keras.backend.backend(),
     "value": abs(ours["value"] - torch["value"]) / abs(torch["value"]),
     "grads": max(max_relative_difference(a, b) for a, b in zip(ours["grads"], torch["grads"])),
@@ -852,6 +876,12 @@ def test_arrays_given_to_a_model_are_copied_in_on_jax(result):
     """JAX on the CPU takes an aligned NumPy array without a copy: a torch state dict's .numpy() arrays loaded into
     a Keras-on-JAX model stayed shared, and one SGD step of the torch model changed the unidl one."""
     assert result["copied_in"] == {"weight": True, "buffer": True, "tensor": True}
+
+
+def test_ctc_loss_of_a_parameter_on_jax_matches_torch(result):
+    """CTC's compiled recursion (one ``jax.jit``) takes a parameter, eagerly and under ``ud.value_and_grad``, as
+    torch's ``F.ctc_loss`` takes one: its value and gradient."""
+    assert result["ctc_of_a_parameter"] < 1e-5
 
 
 def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):
