@@ -830,8 +830,27 @@ def ctc_of_a_parameter():
                    float(np.abs(np.asarray(ud.to_numpy(grad)) - expected.grad.numpy()).max()))
 
 
+def composite_per_backend():
+    # one jit per composite, device and dtype was shared by JAX and Keras on JAX (whose looping composite is its
+    # host's composite): the backend called second ran the first one's trace, built with the other backend's ops
+    # (a body's Python runs once per trace)
+    from unidl import config
+
+    calls = []
+
+    def doubled(x):
+        calls.append(config.get_backend())
+        return x * 2
+
+    for name in ("jax", "keras", "jax", "keras"):
+        with ud.use_backend(name):
+            config.backend().looping_composite(doubled, ("x",))(ud.tensor(np.ones(3, np.float32)))
+    return calls
+
+
 print(json.dumps({
     "copied_in": copied_in(),
+    "composite_per_backend": composite_per_backend(),
     "ctc_of_a_parameter": ctc_of_a_parameter(),
     "framework": keras.backend.backend(),
     "value": abs(ours["value"] - torch["value"]) / abs(torch["value"]),
@@ -882,6 +901,10 @@ def test_ctc_loss_of_a_parameter_on_jax_matches_torch(result):
     """CTC's compiled recursion (one ``jax.jit``) takes a parameter, eagerly and under ``ud.value_and_grad``, as
     torch's ``F.ctc_loss`` takes one: its value and gradient."""
     assert result["ctc_of_a_parameter"] < 1e-5
+
+
+def test_jax_and_keras_on_jax_compile_a_composite_apart(result):
+    assert result["composite_per_backend"] == ["jax", "keras"]
 
 
 def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):
