@@ -1,9 +1,10 @@
 """The connectionist temporal classification (CTC) loss, ``torch.nn.functional.ctc_loss``, written once over the
 registry's ops: the alpha (forward) recursion of Graves et al. (2006) in log space, a ``ud.ops.scan`` over time
 that each framework's autodiff differentiates, compiled as one program when called eagerly where a framework would
-run the scan step by step (``Backend.looping_composite``: TensorFlow's ``tf.function``). ``ud.ops.ctc_loss`` and
-``ud.nn.CTCLoss`` are this function. A backend with the framework's own kernel (the optional op ``fused_ctc_loss``:
-torch's) runs that instead, behind the same checks.
+run the scan step by step (``Backend.looping_composite``: TensorFlow's ``tf.function``, traced for the first
+call's shapes and once more for every size). ``ud.ops.ctc_loss`` and ``ud.nn.CTCLoss`` are this function. A backend
+with the framework's own kernel (the optional op ``fused_ctc_loss``: torch's) runs that instead, behind the same
+checks.
 """
 
 from __future__ import annotations

@@ -807,8 +807,51 @@ def copied_in():
                 "tensor": bool((ud.to_numpy(tensor) == 1.0).all())}
 
 
+def ctc_of_a_parameter():
+    # ud.ops.ctc_loss runs as one jax.jit of its recursion when called eagerly: a parameter (a Keras variable) given
+    # to it, eagerly or as a model's variable inside ud.value_and_grad, reached jit as it was (JAX's ValueError)
+    import torch
+
+    scores = rng.standard_normal((6, 2, 4))
+    log_probs = (scores - np.log(np.exp(scores).sum(2, keepdims=True))).astype(np.float32)
+    targets, input_lengths, target_lengths = np.array([[1, 1], [2, 3]]), np.array([6, 5]), np.array([2, 1])
+    expected = torch.tensor(log_probs, requires_grad=True)
+    loss = torch.nn.functional.ctc_loss(expected, *map(torch.tensor, (targets, input_lengths, target_lengths)))
+    loss.backward()
+    with ud.use_backend("keras"):
+        p = ud.nn.Parameter(ud.tensor(log_probs))
+        f = lambda: ud.ops.ctc_loss(p, targets, input_lengths, target_lengths)
+        try:
+            eager = float(f())
+            value, (grad,) = ud.value_and_grad(f, argnums=[p])()
+        except Exception as error:
+            return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        return max(abs(eager - loss.item()), abs(float(value) - loss.item()),
+                   float(np.abs(np.asarray(ud.to_numpy(grad)) - expected.grad.numpy()).max()))
+
+
+def composite_per_backend():
+    # one jit per composite, device and dtype was shared by JAX and Keras on JAX (whose looping composite is its
+    # host's composite): the backend called second ran the first one's trace, built with the other backend's ops
+    # (a body's Python runs once per trace)
+    from unidl import config
+
+    calls = []
+
+    def doubled(x):
+        calls.append(config.get_backend())
+        return x * 2
+
+    for name in ("jax", "keras", "jax", "keras"):
+        with ud.use_backend(name):
+            config.backend().looping_composite(doubled, ("x",))(ud.tensor(np.ones(3, np.float32)))
+    return calls
+
+
 print(json.dumps({
     "copied_in": copied_in(),
+    "composite_per_backend": composite_per_backend(),
+    "ctc_of_a_parameter": ctc_of_a_parameter(),
     "framework": keras.backend.backend(),
     "value": abs(ours["value"] - torch["value"]) / abs(torch["value"]),
     "grads": max(max_relative_difference(a, b) for a, b in zip(ours["grads"], torch["grads"])),
@@ -852,6 +895,16 @@ def test_arrays_given_to_a_model_are_copied_in_on_jax(result):
     """JAX on the CPU takes an aligned NumPy array without a copy: a torch state dict's .numpy() arrays loaded into
     a Keras-on-JAX model stayed shared, and one SGD step of the torch model changed the unidl one."""
     assert result["copied_in"] == {"weight": True, "buffer": True, "tensor": True}
+
+
+def test_ctc_loss_of_a_parameter_on_jax_matches_torch(result):
+    """CTC's compiled recursion (one ``jax.jit``) takes a parameter, eagerly and under ``ud.value_and_grad``, as
+    torch's ``F.ctc_loss`` takes one: its value and gradient."""
+    assert result["ctc_of_a_parameter"] < 1e-5
+
+
+def test_jax_and_keras_on_jax_compile_a_composite_apart(result):
+    assert result["composite_per_backend"] == ["jax", "keras"]
 
 
 def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):

@@ -123,12 +123,13 @@ def _extra_step_input(value, to_input):
     return to_input(value)
 
 
-@functools.cache  # one jit per composite, device and dtype, its compilations shared by every backend object
-def _compiled_composite(function, arrays, device, dtype):
+@functools.cache  # one jit per composite, backend, device and dtype, its compilations shared by every backend object
+def _compiled_composite(function, arrays, backend, device, dtype):
     """``Backend.composite``: ``function`` run as one ``jax.jit`` of its body when called eagerly, its
-    ``arrays`` the jit's arrays and its options static (``compiled_when_eager``). Keyed on the device and dtype
-    in force, which a composite's constants (``ud.tensor``) and integer means read: a trace bakes them in."""
-    del device, dtype  # (keys only)
+    ``arrays`` the jit's arrays and its options static (``compiled_when_eager``). Keyed on the backend in force
+    (JAX or Keras on JAX), whose ops the trace runs, and on the device and dtype in force, which a composite's
+    constants (``ud.tensor``) and integer means read: a trace bakes them in."""
+    del backend, device, dtype  # (keys only)
     compiled = compiled_when_eager(*arrays)(function)
 
     @functools.wraps(function)
@@ -559,7 +560,8 @@ class Backend(BackendInterface):
         return JaxFunction(fn, name)
 
     def composite(self, function, arrays):
-        return _compiled_composite(function, tuple(arrays), self.current_device(), config.get_dtype())
+        return _compiled_composite(function, tuple(arrays), config.get_backend(), self.current_device(),
+                                   config.get_dtype())
 
     def custom_gradient(self, forward_fn):
         return custom_gradient(forward_fn)

@@ -545,7 +545,12 @@ class Backend(BackendInterface):
         return HOST.function(fn, jit_compile, name)
 
     def looping_composite(self, function, arrays):
-        return HOST.looping_composite(function, arrays)  # (Keras's ops run in its host's graphs and loops)
+        compiled = HOST.looping_composite(function, arrays)  # (Keras's ops run in its host's graphs and loops)
+
+        def call(*args, **kwargs):  # the host's compiled program takes tensors, never a Keras variable (a parameter)
+            return compiled(*map(_read_variables, args), **{k: _read_variables(v) for k, v in kwargs.items()})
+
+        return call
 
     def custom_gradient(self, forward_fn):
         return HOST.custom_gradient(forward_fn)
@@ -559,6 +564,17 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape, input_dtype):
         export_module(module, path, format, input_shape, input_dtype)
+
+
+def _read_variables(value):
+    """``value`` with each Keras variable in it (at the top or in a tuple or list) read as a tensor: JAX's ``jit``
+    refuses a Keras variable as an argument ("Triggering __jax_array__() during abstractification"), and
+    TensorFlow's ``tf.function`` traces a variable apart from a tensor of the same shape."""
+    if isinstance(value, keras.Variable):
+        return keras.ops.convert_to_tensor(value)
+    if type(value) is tuple or type(value) is list:
+        return type(value)(_read_variables(v) for v in value)
+    return value
 
 
 def _traced_value_error(error):

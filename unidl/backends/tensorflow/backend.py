@@ -356,7 +356,9 @@ class Backend(BackendInterface):
         return GraphFunction(step, device=self.current_device_name(), name=name)
 
     def looping_composite(self, function, arrays):
-        return tf_eager.compiled_when_eager(function, self.current_device_name(), config.get_dtype())
+        # (keyed on the backend in force, this one or Keras on TensorFlow, whose ops the trace runs)
+        return tf_eager.compiled_when_eager(function, config.get_backend(), self.current_device_name(),
+                                            config.get_dtype())
 
     def custom_gradient(self, forward_fn):
         return tf_function.custom_gradient(forward_fn)
