@@ -198,8 +198,8 @@ def test_the_functional_forms_name_themselves_in_their_errors():
                                                                  "(C, L), received input of 4 axes"),
         (lambda: ud.ops.avg_pool1d(x[0], 5), ud.ShapeMismatchError, "avg_pool1d: kernel length 5 is larger than the "
                                                                     "padded input length 3"),
-        (lambda: ud.ops.max_pool1d(x[0], 2, dilation=3), ud.ShapeMismatchError, "max_pool1d: kernel length 4 is "
-                                                                                "larger than the padded input length 3"),
+        (lambda: ud.ops.max_pool1d(x[0], 2, dilation=3), ud.ShapeMismatchError,
+         "max_pool1d: kernel length 4 is larger than the padded input length 3"),
         (lambda: ud.ops.adaptive_max_pool1d(x[0], 2, True), ValueError, "adaptive_max_pool1d return_indices=True is "
                                                                         "not supported"),
         (lambda: ud.ops.conv_transpose1d(x[0], x[0], output_padding=1), ValueError, "conv_transpose1d output_padding "
