@@ -272,29 +272,33 @@ def _pool_arguments(name, kernel_size, stride, padding):
     return kernel_size, stride, arguments.int_or_ints(name, "padding", padding, 2, minimum=0)
 
 
-def _checked_pool(name, x, kernel_size, padding):
+def _checked_pool(name, x, kernel_size, padding, dilation=1):
     """``x`` after the checks PyTorch makes of a pooling window and its input: padding at most half the kernel, a
-    window no larger than the padded input, numbers (an average of floats; see ``input_checks.check_poolable``)."""
+    window (its ``dilation``'s span) no larger than the padded input, numbers (an average of floats; see
+    ``input_checks.check_poolable``)."""
     input_checks.check_poolable(name, x, average=name == "avg_pool2d")
     kernel, pads = _pair(kernel_size), _pair(padding)
     if len(pads) != 2 or any(not isinstance(p, int) or p < 0 or 2 * p > k for p, k in zip(pads, kernel)):
         raise ValueError(f"{name} padding {padding!r} must be non-negative and at most half the kernel size {kernel}")
-    return input_checks.check_window_fits(name, x, kernel, pads, "use a smaller kernel, more padding or a larger input")
+    spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, _pair(dilation)))
+    return input_checks.check_window_fits(name, x, spans, pads, "use a smaller kernel, more padding or a larger input")
 
 
 @op(dispatch=False)
-def max_pool2d(x, kernel_size, stride=None, padding=0, *, ceil_mode=False, return_indices=False):
+def max_pool2d(x, kernel_size, stride=None, padding=0, *, dilation=1, ceil_mode=False, return_indices=False):
     """Maximum over windows of NCHW ``x``, or of one sample (C, H, W) as PyTorch takes it (stride defaults to the
     kernel size; padding counts as -inf).
     ``ceil_mode``: a last, partial window where PyTorch has one (it starts inside the input or its left padding).
     ``return_indices``: ``(output, indices)``, each index (int64) the position of the window's maximum in the
     flattened H * W plane of its sample and channel, as PyTorch gives it (the input of ``max_unpool2d``).
+    ``dilation``: the window's taps that far apart (an int or a pair), as PyTorch's.
     A window that holds NaN pools to NaN, its gradient and index going to its last NaN in row-major order, as
     PyTorch's kernels do, on every backend (TensorFlow's own skip NaN)."""
     kernel_size, stride, padding = _pool_arguments("max_pool2d", kernel_size, stride, padding)
+    dilation = arguments.int_or_ints("max_pool2d", "dilation", dilation, 2)
     x = _check_pool_rank("max_pool2d", x)
     return _one_sample_as_batch(x, 2, lambda batch: _max_pool2d(batch, kernel_size, stride, padding, ceil_mode,
-                                                               return_indices))
+                                                               return_indices, dilation))
 
 
 _LAYOUTS = {1: ("(N, C, L)", "(C, L)", "k"), 2: ("(N, C, H, W)", "(C, H, W)", "kh, kw")}
@@ -334,13 +338,15 @@ def _one_sample_as_batch(x, spatial: int, compute):
     return tuple(squeeze(o, 0) for o in out) if isinstance(out, tuple) else squeeze(out, 0)
 
 
-def _max_pool2d(x, kernel_size, stride, padding, ceil_mode=False, return_indices=False):
-    """``max_pool2d`` over a window already checked (the layers' and ``spatial_ops``' own calls)."""
-    x = _checked_pool("max_pool2d", x, kernel_size, padding)
-    if return_indices:
+def _max_pool2d(x, kernel_size, stride, padding, ceil_mode=False, return_indices=False, dilation=1):
+    """``max_pool2d`` over a window already checked (the layers' and ``spatial_ops``' own calls). A dilated window
+    is pooled from its taps' strided views on every backend (the frameworks' own poolings have no dilation)."""
+    x = _checked_pool("max_pool2d", x, kernel_size, padding, dilation)
+    if return_indices or _pair(dilation) != (1, 1):
         from unidl import spatial_ops
 
-        return spatial_ops.max_pool2d_with_indices(x, kernel_size, stride, padding, ceil_mode)
+        pooled = spatial_ops.max_pool2d_with_indices(x, kernel_size, stride, padding, ceil_mode, dilation)
+        return pooled if return_indices else pooled[0]
     if ceil_mode:
         from unidl import spatial_ops
 

@@ -28,18 +28,20 @@ def _as_planes(x, pool):
     return tuple(ops.squeeze(o, 2) for o in out) if isinstance(out, tuple) else ops.squeeze(out, 2)
 
 
-def pool1d(owner, x, kernel, stride, padding, ceil_mode=False, return_indices=False, count_include_pad=None):
-    """The maximum (``count_include_pad`` None) or the mean over each window of (N, C, L) ``x``, its window checked
-    (``_window``), after PyTorch's checks of the input: numbers (floats for a mean), a window no larger than the
-    padded input (a ``ShapeMismatchError`` naming ``owner``, when a graph runs where it leaves sizes unknown)."""
+def pool1d(owner, x, kernel, stride, padding, ceil_mode=False, return_indices=False, count_include_pad=None,
+           dilation=(1,)):
+    """The maximum (``count_include_pad`` None; its taps ``dilation`` apart) or the mean over each window of
+    (N, C, L) ``x``, its window checked (``_window``), after PyTorch's checks of the input: numbers (floats for a
+    mean), a window no larger than the padded input (a ``ShapeMismatchError`` naming ``owner``, when a graph runs
+    where it leaves sizes unknown)."""
     average = count_include_pad is not None
     input_checks.check_poolable(owner, x, average=average)
-    x = input_checks.check_window_fits(owner, x, kernel, padding,
+    x = input_checks.check_window_fits(owner, x, (dilation[0] * (kernel[0] - 1) + 1,), padding,
                                        "use a smaller kernel, more padding or a larger input")
     planes = (1,) + kernel, (1,) + stride, (0,) + padding
     if average:
         return _as_planes(x, lambda y: ops._avg_pool2d(y, *planes, ceil_mode, count_include_pad))
-    return _as_planes(x, lambda y: ops._max_pool2d(y, *planes, ceil_mode, return_indices))
+    return _as_planes(x, lambda y: ops._max_pool2d(y, *planes, ceil_mode, return_indices, (1,) + dilation))
 
 
 @ops._composed(arrays=("x",))
@@ -47,13 +49,13 @@ def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """Maximum over windows of (N, C, L) ``x`` (or one sample (C, L)), as ``torch.nn.functional.max_pool1d``
     (padding counts as -inf; stride defaults to the kernel size; ``ceil_mode`` adds PyTorch's last, partial window).
     ``return_indices``: ``(output, indices)``, each index (int64) the window's maximum's position along L.
-    ``dilation`` other than 1 is not supported (a ``ValueError`` on every backend)."""
+    ``dilation``: the window's taps that far apart, as PyTorch's."""
     kernel, stride, padding = _window("max_pool1d", kernel_size, stride, padding)
-    if arguments.integers(dilation, 1) != (1,):
-        raise ValueError(f"max_pool1d dilation={dilation!r} is not supported; only dilation=1")
+    dilation = arguments.ints("max_pool1d", "dilation", dilation, 1)
     x = ops._check_pool_rank("max_pool1d", x, 1)
     return ops._one_sample_as_batch(x, 1, lambda batch: pool1d("max_pool1d", batch, kernel, stride, padding,
-                                                               bool(ceil_mode), bool(return_indices)))
+                                                               bool(ceil_mode), bool(return_indices),
+                                                               dilation=dilation))
 
 
 @ops._composed(arrays=("x",))

@@ -276,26 +276,29 @@ def _as_int64(size):
 
 
 @composite("x")
-def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=False, dilation=1):
     """``max_pool2d`` and, for each window, the position of its maximum as ``torch.nn.functional.max_pool2d(...,
     return_indices=True)`` gives it: an int64 index into the flattened (H * W) plane of the sample's channel, the
     first maximum in the window's row-major order where several are equal (a window of nothing but -inf: its
     first element inside the input, never a pad), its last NaN where it holds NaN. The kh * kw strided views of
     the padded input are stacked and the first view equal to their maximum picks both the value and the offset
     (not ``argmax``, which on TensorFlow starts at the lowest finite value and so can pick a -inf beside it), so
-    the gradient flows to the chosen input alone (summed over windows that share it), as PyTorch's does."""
+    the gradient flows to the chosen input alone (summed over windows that share it), as PyTorch's does.
+    ``dilation``: a window's taps ``dilation`` apart (PyTorch's dilated pooling; what it spans sets the output size)."""
     kernel = _pair(kernel_size)
     strides = _pair(stride if stride is not None else kernel_size)
-    pads = _pair(padding)
+    pads, dilations = _pair(padding), _pair(dilation)
+    spans = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilations))
     height, width = ops.shape(x)[2:]
-    out = [_pooled_size(n, k, s, p, ceil_mode) for n, k, s, p in zip((height, width), kernel, strides, pads)]
+    out = [_pooled_size(n, k, s, p, ceil_mode) for n, k, s, p in zip((height, width), spans, strides, pads)]
     extras = tuple(s - 1 if ceil_mode else 0 for s in strides)
     amounts = (pads[1], pads[1] + extras[1], pads[0], pads[0] + extras[0])
 
     def stacked_views(tensor, value):  # (N, C, kh * kw, oh, ow), in the window's row-major order
         padded = ops.pad(tensor, amounts, value=value)
+        taps = [range(0, k * d, d) for k, d in zip(kernel, dilations)]  # offsets of the window's rows, columns
         return ops.stack([padded[:, :, i::strides[0], j::strides[1]][:, :, :out[0], :out[1]]
-                          for i in range(kernel[0]) for j in range(kernel[1])], 2)
+                          for i in taps[0] for j in taps[1]], 2)
 
     stacked = stacked_views(x, _lowest(x))
     inside = stacked_views(ops.zeros_like(x[:1, :1]) + 1, 0) != 0  # (1, 1, kh * kw, oh, ow): not a pad
@@ -308,7 +311,8 @@ def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, ceil_mode=Fa
     choice = ops.squeeze(choice, 2)
     rows = ops.unsqueeze(ops.arange(0, _as_int64(out[0]), 1, "int64") * strides[0] - pads[0], 1)
     columns = ops.arange(0, _as_int64(out[1]), 1, "int64") * strides[1] - pads[1]
-    indices = (rows + choice // kernel[1]) * _as_int64(width) + columns + choice % kernel[1]
+    indices = ((rows + choice // kernel[1] * dilations[0]) * _as_int64(width) + columns
+               + choice % kernel[1] * dilations[1])
     return values, indices
 
 

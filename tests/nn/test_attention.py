@@ -67,6 +67,10 @@ LAYERS = {
         lambda nn: nn.MultiheadAttention(6, 2, batch_first=True),
         self_attention(masks=("key_padding_mask", "attn_mask"), average_attn_weights=False),
         BATCH_FIRST, PADDING, BLOCKED),
+    "MultiheadAttention-bias-kv-zero-attn-padding-causal": layer_case(  # both masks extended by two columns
+        lambda nn: nn.MultiheadAttention(6, 2, batch_first=True, add_bias_kv=True, add_zero_attn=True),
+        self_attention(masks=("key_padding_mask", "attn_mask"), average_attn_weights=False),
+        BATCH_FIRST, PADDING, BLOCKED),
     "MultiheadAttention-float-masks-no-weights": layer_case(
         lambda nn: nn.MultiheadAttention(6, 3, bias=False),
         self_attention(masks=("attn_mask",), need_weights=False), SEQUENCE, HEAD_MASK),
@@ -158,6 +162,9 @@ def test_state_dict_keys_are_pytorchs(backend):
     assert not state["layers.0.self_attn.in_proj_bias"].any()
     bound = np.sqrt(6 / (6 + 18))  # xavier_uniform over (3E, E)
     assert 0.5 * bound < np.abs(state["layers.0.self_attn.in_proj_weight"]).max() <= bound
+    ours, theirs = (nn.MultiheadAttention(6, 2, add_bias_kv=True, kdim=5) for nn in (ud.nn, tnn))
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == [
+        (k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
 
 
 def test_bad_configurations_and_masks_are_clear_errors(backend):
@@ -171,8 +178,8 @@ def test_bad_configurations_and_masks_are_clear_errors(backend):
         attention(x, x, x, attn_mask=BLOCKED[:3])
     with pytest.raises(ud.ShapeMismatchError, match=r"query of shape \(N, L, E\).*E = 6, received \(2, 4, 5\)"):
         attention(ud.tensor(np.zeros((2, 4, 5), np.float32)), x, x)
-    with pytest.raises(ValueError, match="not supported"):
-        ud.nn.MultiheadAttention(6, 2, add_bias_kv=True)
+    with pytest.raises(ValueError, match="add_zero_attn must be True or False"):
+        ud.nn.MultiheadAttention(6, 2, add_zero_attn="yes")
 
 
 @pytest.mark.filterwarnings("ignore::unidl.errors.RetraceWarning")  # (each shape a program of its own on jax)

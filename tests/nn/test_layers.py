@@ -326,13 +326,14 @@ def test_every_layer_named_as_torchs_takes_torchs_constructor_arguments():
                   lambda nn: nn.SELU(True), lambda nn: nn.CELU(2, True), lambda nn: nn.Softmin(), lambda nn: nn.GLU(1),
                   lambda nn: nn.Softshrink(1), lambda nn: nn.Hardshrink(), lambda nn: nn.Threshold(0.1, 20, True),
                   lambda nn: nn.Softsign(), lambda nn: nn.LogSigmoid(), lambda nn: nn.Tanhshrink(),
-                  lambda nn: nn.CosineSimilarity(0, 1e-3), lambda nn: nn.PairwiseDistance(1, keepdim=True)):
+                  lambda nn: nn.CosineSimilarity(0, 1e-3), lambda nn: nn.PairwiseDistance(1, keepdim=True),
+                  lambda nn: nn.Embedding(4, 2, 1, scale_grad_by_freq=True), lambda nn: nn.MaxPool2d(3, 1, 1, (2, 1))):
         assert repr(build(ud.nn)) == repr(build(torch.nn))
     shrinks = [nn.Softshrink(1) for nn in (ud.nn, torch.nn)]
     for shrink in shrinks:
         shrink.lambd = 2  # (the repr shows the attribute, as torch's, not the value first given)
     assert repr(shrinks[0]) == repr(shrinks[1])
-    for option in ({"max_norm": 1.0}, {"sparse": True}, {"scale_grad_by_freq": True}):
+    for option in ({"max_norm": 1.0}, {"sparse": True}):
         with pytest.raises(ValueError, match=f"Embedding {next(iter(option))}=.* is not supported"):
             ud.nn.Embedding(4, 2, **option)
 

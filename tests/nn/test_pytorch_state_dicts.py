@@ -1,5 +1,6 @@
 """A ``state_dict`` saved by plain PyTorch for the same architecture loads into the unidl model on every backend and
-gives PyTorch's outputs: a 2-layer bidirectional ``torch.nn.LSTM`` and a ``torch.nn.TransformerEncoder``."""
+gives PyTorch's outputs: a 2-layer bidirectional ``torch.nn.LSTM`` (with and without ``proj_size``) and a
+``torch.nn.TransformerEncoder``."""
 
 import numpy as np
 import pytest
@@ -19,11 +20,12 @@ def _numpy_state(module):
     return {key: value.detach().numpy().copy() for key, value in module.state_dict().items()}
 
 
-def test_torch_lstm_state_dict_loads_and_runs_the_same(backend):
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_torch_lstm_state_dict_loads_and_runs_the_same(backend, proj_size):
     torch.manual_seed(0)
-    reference = tnn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+    reference = tnn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True, proj_size=proj_size)
     expected, (h_n, c_n) = reference(torch.tensor(X))
-    lstm = ud.nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+    lstm = ud.nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True, proj_size=proj_size)
     lstm.load_state_dict(_numpy_state(reference))
     output, (ours_h, ours_c) = lstm(ud.tensor(X))
     for got, want in ((output, expected), (ours_h, h_n), (ours_c, c_n)):

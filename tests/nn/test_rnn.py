@@ -192,6 +192,8 @@ def recurrent(name, options, *inputs, lengths=False, initial=False):
 RECURRENT = {
     "LSTM-2-layers-lengths-initial-state": recurrent(
         "LSTM", dict(num_layers=2), SEQUENCE, INITIAL[:2], LENGTHS, lengths=True, initial=True),
+    "LSTM-proj-size-bidirectional-batch-first-lengths": recurrent(
+        "LSTM", dict(bidirectional=True, batch_first=True, proj_size=2), BATCH_FIRST, LENGTHS, lengths=True),
     "GRU-bidirectional-batch-first-lengths-no-bias": recurrent(
         "GRU", dict(bidirectional=True, batch_first=True, bias=False), BATCH_FIRST, LENGTHS, lengths=True),
 }
@@ -201,15 +203,18 @@ RECURRENT = {
 def test_recurrent_layers_match_torch(backend, dtype, modes):
     """Outputs, final states, and gradients w.r.t. inputs, initial states and every weight, as torch.nn's
     (``lengths`` as ``pack_padded_sequence`` + ``pad_packed_sequence``): float32 in a graph, float64 eagerly
-    for one case (unbatched input)."""
-    cases = RECURRENT if dtype == "float32" else {"GRU": recurrent("GRU", dict(bidirectional=True), SEQUENCE[:, 0])}
+    for two cases (unbatched input; two layers of projected LSTM, whose float32 gradients drift past 1e-5)."""
+    cases = RECURRENT if dtype == "float32" else {
+        "GRU": recurrent("GRU", dict(bidirectional=True), SEQUENCE[:, 0]),
+        "LSTM-proj-size-2-layers": recurrent("LSTM", dict(num_layers=2, proj_size=2), SEQUENCE)}
     assert compare_table(cases, backend, dtype, modes) == []
 
 
-@pytest.mark.parametrize("name", ["LSTM", "GRU"])
-def test_state_dict_keys_and_layout_are_pytorchs(backend, name):
-    ours = getattr(ud.nn, name)(4, 3, num_layers=2, bidirectional=True)
-    theirs = getattr(tnn, name)(4, 3, num_layers=2, bidirectional=True)
+@pytest.mark.parametrize("name, options", [("LSTM", {}), ("GRU", {}), ("LSTM", {"proj_size": 2})])
+def test_state_dict_keys_and_layout_are_pytorchs(backend, name, options):
+    ours = getattr(ud.nn, name)(4, 3, num_layers=2, bidirectional=True, **options)
+    theirs = getattr(tnn, name)(4, 3, num_layers=2, bidirectional=True, **options)
+    assert repr(ours) == repr(theirs)
     assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, tuple(v.shape)) for k, v in theirs.state_dict().items()]
     bound = 1 / math.sqrt(3)
     assert all(0 < np.abs(v).max() <= bound for v in ours.state_dict().values())
@@ -255,8 +260,10 @@ def test_bad_lengths_and_states_are_clear_errors(backend):
         gru(x, ud.tensor(np.zeros((1, 3, 3), np.float32)))
     with pytest.raises(TypeError, match=r"pair \(h_0, c_0\)"):
         ud.nn.LSTM(2, 3)(x, ud.tensor(np.zeros((1, 3, 3), np.float32)))
-    with pytest.raises(ValueError, match="proj_size"):
-        ud.nn.LSTM(2, 3, proj_size=2)
+    with pytest.raises(ValueError, match=r"LSTM proj_size \(3\) must be smaller than hidden_size \(3\)"):
+        ud.nn.LSTM(2, 3, proj_size=3)
+    with pytest.raises(ud.ShapeMismatchError, match=r"initial state of shape \(1, 3, 2\).*received \(1, 3, 3\)"):
+        ud.nn.LSTM(2, 3, proj_size=2)(x, (ud.tensor(np.zeros((1, 3, 3), np.float32)),) * 2)
 
 
 def test_one_layers_dropout_warns_and_flags_are_checked_as_torch(backend):

@@ -111,6 +111,8 @@ LAYERS = {
                               TOKENS),
     "Embedding-padding-negative": case(lambda: ud.nn.Embedding(10, 3, padding_idx=-1),
                                        lambda: tnn.Embedding(10, 3, padding_idx=-1), TOKENS),
+    "Embedding-scale-grad-by-freq": case(lambda: ud.nn.Embedding(10, 3, padding_idx=2, scale_grad_by_freq=True),
+                                         lambda: tnn.Embedding(10, 3, padding_idx=2, scale_grad_by_freq=True), TOKENS),
 }
 
 # the kinks of the activations added after PyTorch's first dozen: hardswish's and hardsigmoid's -3 and 3, the

@@ -31,6 +31,7 @@ SPELLINGS = [
     ("CircularPad2d((1, 2, 5, 0))", IMAGES), ("PixelShuffle(2)", IMAGES.reshape(2, 1, 4, 5, 6)[:, :, :, :2]),
     ("PixelUnshuffle(2)", IMAGES[:, :, :4]),
     ("MaxPool1d(3, 2, 1, ceil_mode=True)", SEQUENCE), ("MaxPool1d(2)", SEQUENCE[0]),
+    ("MaxPool1d(2, 1, 1, dilation=3, ceil_mode=True)", SEQUENCE),
     ("AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False)", SEQUENCE),
     ("AdaptiveAvgPool1d(3)", SEQUENCE), ("AdaptiveMaxPool1d(3)", SEQUENCE),
     ("ConvTranspose1d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=2)", SEQUENCE),
@@ -51,6 +52,7 @@ FUNCTIONAL = [  # (the layers call them: these, the cases of the layers above, w
     ("pixel_shuffle(t[0], 2)", IMAGES.reshape(2, 1, 4, 5, 6)[:, :, :, :2]),
     ("pixel_unshuffle(t[0], downscale_factor=2)", IMAGES[:, :, :4]),
     ("max_pool1d(t[0], 3, 2, 1, 1, True)", SEQUENCE), ("max_pool1d(t[0], 2)", SEQUENCE[0]),
+    ("max_pool1d(t[0], 3, 2, 1, 2, True, True)[0]", SEQUENCE),
     ("avg_pool1d(t[0], 3, 2, 1, True, False)", SEQUENCE), ("adaptive_avg_pool1d(t[0], (3,))", SEQUENCE),
     ("adaptive_max_pool1d(t[0], 3)", SEQUENCE),
     ("conv_transpose1d(t[0], t[1], t[2], 2, 1, 1, 2, 2)", SEQUENCE, R.standard_normal((4, 3, 3)), R.standard_normal(6)),
@@ -133,7 +135,7 @@ def test_max_pool1d_indices_transposed_output_size_and_reprs_match_torch(backend
     ("CircularPad1d(-1)", "CircularPad1d: pad mode 'circular' takes no negative amounts, got (-1, -1)"),
     ("PixelShuffle(0)", "PixelShuffle upscale_factor must be a positive integer, got 0"),
     ("AdaptiveAvgPool1d(None)", "AdaptiveAvgPool1d output_size must be a positive int or 1 of them, got None"),
-    ("MaxPool1d(2, dilation=2)", "MaxPool1d dilation=2 is not supported; only dilation=1"),
+    ("MaxPool1d(2, dilation=0)", "MaxPool1d dilation must be a positive int or 1 of them, got 0"),
     ("MaxPool1d(3, padding=2)", "MaxPool1d padding 2 must be non-negative and at most half the kernel size (3,)"),
 ])
 def test_bad_arguments_are_one_error(spelling, message):
@@ -196,7 +198,8 @@ def test_the_functional_forms_name_themselves_in_their_errors():
                                                                  "(C, L), received input of 4 axes"),
         (lambda: ud.ops.avg_pool1d(x[0], 5), ud.ShapeMismatchError, "avg_pool1d: kernel length 5 is larger than the "
                                                                     "padded input length 3"),
-        (lambda: ud.ops.max_pool1d(x[0], 2, dilation=2), ValueError, "max_pool1d dilation=2 is not supported"),
+        (lambda: ud.ops.max_pool1d(x[0], 2, dilation=3), ud.ShapeMismatchError,
+         "max_pool1d: kernel length 4 is larger than the padded input length 3"),
         (lambda: ud.ops.adaptive_max_pool1d(x[0], 2, True), ValueError, "adaptive_max_pool1d return_indices=True is "
                                                                         "not supported"),
         (lambda: ud.ops.conv_transpose1d(x[0], x[0], output_padding=1), ValueError, "conv_transpose1d output_padding "

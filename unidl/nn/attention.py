@@ -37,8 +37,10 @@ class MultiheadAttention(Module):
             projections are ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` instead of ``in_proj_weight``).
         vdim: features of the values (``embed_dim`` by default).
         batch_first: (N, L, E) inputs and outputs; (L, N, E) by default, as PyTorch.
-        add_bias_kv: must be False (not supported).
-        add_zero_attn: must be False (not supported).
+        add_bias_kv: learn ``bias_k`` and ``bias_v`` (1, 1, E), appended to the projected keys and values as one
+            more source position (masks extended to attend to it), as PyTorch's.
+        add_zero_attn: append a position of zeros to every head's keys and values (after ``add_bias_kv``'s), masks
+            extended to attend to it, as PyTorch's; the weights returned have one column per added position.
 
     ``mha(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
     average_attn_weights=True, is_causal=False)`` returns ``(output, weights)``: output (L, N, E) (or
@@ -67,9 +69,8 @@ class MultiheadAttention(Module):
             raise ValueError(f"MultiheadAttention embed_dim ({embed_dim}) must be divisible by num_heads "
                              f"({num_heads}); e.g. num_heads in {[h for h in range(1, embed_dim + 1) if not embed_dim % h][:8]}")
         dropout = arguments.probability("MultiheadAttention", "dropout", dropout)
-        if add_bias_kv or add_zero_attn:
-            raise ValueError("MultiheadAttention add_bias_kv and add_zero_attn are not supported by unidl: "
-                             "leave them False")
+        add_bias_kv = arguments.flag("MultiheadAttention", "add_bias_kv", add_bias_kv)
+        self.add_zero_attn = arguments.flag("MultiheadAttention", "add_zero_attn", add_zero_attn)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.kdim, self.vdim = kdim or embed_dim, vdim or embed_dim
         self.dropout, self.batch_first = dropout, arguments.flag("MultiheadAttention", "batch_first", batch_first)
@@ -81,6 +82,10 @@ class MultiheadAttention(Module):
             self.k_proj_weight = self.parameter(_xavier_uniform((embed_dim, self.kdim)))
             self.v_proj_weight = self.parameter(_xavier_uniform((embed_dim, self.vdim)))
         self.in_proj_bias = self.parameter(init.zeros((3 * embed_dim,))) if bias else None
+        # xavier_normal_ of a (1, 1, E) tensor, as PyTorch's: std sqrt(2 / (fan_in + fan_out)) = sqrt(1 / E)
+        for name in ("bias_k", "bias_v"):
+            setattr(self, name, self.parameter(init.normal((1, 1, embed_dim), std=math.sqrt(1.0 / embed_dim)))
+                    if add_bias_kv else None)
         self.out_proj = Linear(embed_dim, embed_dim, bias=bias)
         if bias:
             self._backend.assign(self.out_proj.bias, init.zeros((embed_dim,)))
@@ -138,8 +143,16 @@ class MultiheadAttention(Module):
             masks.append(self._padding_mask(key_padding_mask, batched, query, key))
         if attn_mask is not None:
             masks.append(self._attention_mask(attn_mask, query, key, batch, target, source))
+        added = [bias for bias in (self.bias_k, self.bias_v) if bias is not None][:1] + [None] * self.add_zero_attn
+        if added:
+            if is_causal and attn_mask is None:  # the causal mask over the given keys, the added ones attended
+                keys, queries = (ops.arange(0, n if isinstance(n, int) else ops.cast(n, "int64"), 1, "int64")
+                                 for n in (source, target))
+                masks.append(ops.unsqueeze(keys, 0) <= ops.unsqueeze(queries, 1))
+            k, v = self._added_positions(k, v, batch)
+            masks = [self._attending_added(mask, len(added)) for mask in masks]
         output, weights = functional.attention(q, k, v, None, self.dropout if self.training else 0.0,
-                                               is_causal and attn_mask is None, None, masks, safe_softmax,
+                                               is_causal and attn_mask is None and not added, None, masks, safe_softmax,
                                                need_weights)
         output = ops.reshape(ops.permute(output, (0, 2, 1, 3)), (batch, target, self.embed_dim))
         output = self.out_proj(output)
@@ -152,6 +165,26 @@ class MultiheadAttention(Module):
         if average_attn_weights:
             weights = ops.mean(weights, 1)
         return output, (weights if batched else ops.squeeze(weights, 0))
+
+    def _added_positions(self, k, v, batch):
+        """(N, H, S, d) keys and values with ``add_bias_kv``'s ``bias_k``/``bias_v`` and ``add_zero_attn``'s zeros
+        appended along S, in PyTorch's order."""
+        ops = self._ops
+
+        def heads(row):  # (1, 1, E) -> (N, H, 1, d)
+            return ops.reshape(row, (1, self.num_heads, 1, self.head_dim)) + ops.zeros_like(k[:, :, :1])
+
+        if self.bias_k is not None:
+            k, v = ops.concat([k, heads(self.bias_k)], 2), ops.concat([v, heads(self.bias_v)], 2)
+        if self.add_zero_attn:
+            k, v = ops.concat([k, ops.zeros_like(k[:, :, :1])], 2), ops.concat([v, ops.zeros_like(v[:, :, :1])], 2)
+        return k, v
+
+    def _attending_added(self, mask, count):
+        """An ``ops.attention`` mask (True = attend, or additive) with ``count`` more source columns that attend."""
+        column = mask[..., :1]
+        column = column == column if "bool" in str(mask.dtype) else self._ops.zeros_like(column)
+        return self._ops.concat([mask] + [column] * count, -1)
 
     def _paired(self, query, key, value, batched):
         """``key`` and ``value``, after checking that they pair up (the same batch and source length) and that the
@@ -187,6 +220,7 @@ class MultiheadAttention(Module):
         mask (PyTorch: "floating-point masks are not supported for fast path")."""
         return (not self.training and batched and self.batch_first and query is key and key is value
                 and self._qkv_same_embed_dim and self.in_proj_bias is not None and self.num_heads % 2 == 0
+                and self.bias_k is None and not self.add_zero_attn
                 and not any(mask is not None and is_floating(getattr(mask, "dtype", None) or np.asarray(mask).dtype)
                             for mask in masks))
 

@@ -54,9 +54,14 @@ class _Pool2d(Module):
             return spatial1d_ops.pool1d(self.describe, x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                                         **self._options())
         input_checks.check_poolable(self.describe, x, average=self._averages)
-        x = input_checks.check_window_fits(self.describe, x, self.kernel_size, self.padding,
+        spans = tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self._dilation()))
+        x = input_checks.check_window_fits(self.describe, x, spans, self.padding,
                                            "use a smaller kernel, more padding or a larger input")
         return self._pool(x, self.kernel_size, self.stride, self.padding)
+
+    def _dilation(self):
+        """The distance between a window's taps per axis (a maximum's ``dilation``; an average's are adjacent)."""
+        return (1,) * self.rank
 
     def extra_repr(self):
         return ", ".join(f"{key}={value}" for key, value in self._given.items())
@@ -67,19 +72,20 @@ class _MaxPool(_Pool2d):
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, ceil_mode)
-        if arguments.integers(dilation, self.rank) != (1,) * self.rank:
-            raise ValueError(f"{type(self).__name__} dilation={dilation!r} is not supported; only dilation=1")
+        self.dilation = arguments.ints(type(self).__name__, "dilation", dilation, self.rank)
         self.return_indices = bool(return_indices)
         self._given.update(dilation=dilation, ceil_mode=ceil_mode)
 
     def _options(self):
-        return {"return_indices": self.return_indices}
+        return {"return_indices": self.return_indices, "dilation": self.dilation}
+
+    def _dilation(self):
+        return self.dilation
 
     def _pool(self, x, kernel, stride, padding):
-        if self.return_indices:
-            return functional._max_pool2d(x, kernel, stride, padding, self.ceil_mode, return_indices=True)
-        if self.ceil_mode:
-            return functional._max_pool2d(x, kernel, stride, padding, ceil_mode=True)
+        if self.return_indices or self.ceil_mode or self.dilation != (1, 1):
+            return functional._max_pool2d(x, kernel, stride, padding, self.ceil_mode, self.return_indices,
+                                          self.dilation)
         return self._ops.max_pool2d(x, kernel, stride, padding)
 
 
@@ -87,13 +93,13 @@ class MaxPool2d(_MaxPool):
     """Maximum over each window (padding counts as -inf), as ``torch.nn.MaxPool2d``. ``return_indices=True``:
     the layer returns ``(output, indices)``, each index (int64) the position of the window's maximum in the
     flattened H * W plane of its sample and channel (PyTorch's layout, what ``MaxUnpool2d`` takes).
-    ``dilation`` other than 1 is not supported (a ``ValueError`` on every backend)."""
+    ``dilation``: the window's taps that far apart (an int or a pair), as PyTorch's."""
 
 
 class MaxPool1d(_MaxPool):
     """Maximum over each window of (N, C, L) or (C, L) input (padding counts as -inf), as ``torch.nn.MaxPool1d``:
     ``MaxPool2d``'s arguments, each one int. ``return_indices=True``: ``(output, indices)``, each index (int64) the
-    window's maximum's position along L. ``dilation`` other than 1 is not supported (a ``ValueError``)."""
+    window's maximum's position along L. ``dilation``: the window's taps that far apart, as PyTorch's."""
 
     rank = 1
 

@@ -27,12 +27,13 @@ class RNNBase(Module):
     (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``..._reverse`` for the
     backward direction, gates stacked along the first axis in PyTorch's order), the layer and direction
     loop, inter-layer dropout, initial states and ``lengths``. A subclass names its gate count and its
-    ``cell(carry, projected_input, layer_key)``."""
+    ``cell(carry, projected_input, layer_key)``. ``proj_size`` (an LSTM's): the size of the hidden state that each
+    step outputs, projected from hidden_size by ``weight_hr_l{k}`` (0: no projection)."""
 
     gates = 1
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False):
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0):
         super().__init__()
         name = type(self).__name__
         input_size = positive_int(name, "input_size", input_size)
@@ -49,24 +50,34 @@ class RNNBase(Module):
         self.dropout = dropout
         self.bidirectional = arguments.flag(name, "bidirectional", bidirectional)
         self.num_directions = 2 if bidirectional else 1
+        self.proj_size = arguments.non_negative_int(name, "proj_size", proj_size)
+        if self.proj_size >= hidden_size:
+            raise ValueError(f"{name} proj_size ({self.proj_size}) must be smaller than hidden_size ({hidden_size})")
+        outputs = self.proj_size or hidden_size  # the size of h, each step's output
         bound = 1.0 / math.sqrt(hidden_size)
         rows = self.gates * hidden_size
         for layer in range(num_layers):
-            features = input_size if layer == 0 else hidden_size * self.num_directions
+            features = input_size if layer == 0 else outputs * self.num_directions
             for suffix in ("", "_reverse")[:self.num_directions]:
                 key = f"l{layer}{suffix}"
                 setattr(self, f"weight_ih_{key}", self.parameter(init.uniform((rows, features), bound)))
-                setattr(self, f"weight_hh_{key}", self.parameter(init.uniform((rows, hidden_size), bound)))
+                setattr(self, f"weight_hh_{key}", self.parameter(init.uniform((rows, outputs), bound)))
                 setattr(self, f"bias_ih_{key}", self.parameter(init.uniform((rows,), bound)) if bias else None)
                 setattr(self, f"bias_hh_{key}", self.parameter(init.uniform((rows,), bound)) if bias else None)
+                if self.proj_size:
+                    setattr(self, f"weight_hr_{key}", self.parameter(init.uniform((outputs, hidden_size), bound)))
 
     # ---- what a subclass defines ------------------------------------------------------------------------------
     def cell(self, carry, projected, key):
         """One time step: the new carry from the old one and the step's projected input (N, gates * H)."""
         raise NotImplementedError
 
+    def _state_sizes(self):
+        """The last axis of each state tensor: h's (the projection's size where there is one), then c's."""
+        return [self.proj_size or self.hidden_size, self.hidden_size][:self._count_states()]
+
     def _state_parts(self, hx):
-        """The initial state tensors (each (L*D, N, H)) from ``hx``, or None."""
+        """The initial state tensors (each (L*D, N, size), ``_state_sizes``) from ``hx``, or None."""
         return None if hx is None else [hx]
 
     def _carry(self, parts):
@@ -110,7 +121,7 @@ class RNNBase(Module):
             x = ops.unsqueeze(x, 1)
         states = self._state_parts(hx)
         if states is not None:
-            states = [self._checked_state(s, input, batched) for s in states]
+            states = [self._checked_state(s, input, batched, size) for s, size in zip(states, self._state_sizes())]
         mask = None if lengths is None else self._mask(lengths, x, batched)
         finals = []
         for layer in range(self.num_layers):
@@ -120,8 +131,7 @@ class RNNBase(Module):
                 key = f"l{layer}{'_reverse' if direction else ''}"
                 projected = ops.linear(x, getattr(self, f"weight_ih_{key}"), getattr(self, f"bias_ih_{key}"))
                 if states is None:
-                    zeros = ops.zeros_like(projected[0][:, :self.hidden_size])
-                    carry = self._carry([zeros] * self._count_states())
+                    carry = self._carry([ops.zeros_like(projected[0][:, :size]) for size in self._state_sizes()])
                 else:
                     carry = self._carry([s[index] for s in states])
                 carry, output = self._scan(carry, projected, key, mask, reverse=bool(direction))
@@ -191,7 +201,7 @@ class RNNBase(Module):
         positions = ops.arange(0, steps, 1, "int64")
         return ops.unsqueeze(ops.unsqueeze(positions, 1) < ops.unsqueeze(lengths, 0), 2)
 
-    def _checked_state(self, state, input, batched):
+    def _checked_state(self, state, input, batched, size):
         if isinstance(state, CONVERTED):  # (an LSTM's pair holds what a module's call converts: as ud.tensor does)
             state = input_checks.value_as_tensor(self.describe, "initial state", state)
         expected_rank = 3 if batched else 2
@@ -199,7 +209,7 @@ class RNNBase(Module):
         batch = input.shape[batch_axis] if batched else None
         layers = self.num_layers * self.num_directions
         shape = tuple(state.shape)
-        expected = (layers, batch, self.hidden_size) if batched else (layers, self.hidden_size)
+        expected = (layers, batch, size) if batched else (layers, size)
         if len(shape) != expected_rank or any(a is not None and b is not None and a != b
                                               for a, b in zip(shape, expected)):
             names = ("num_layers * num_directions",) + (("batch",) if batched else ()) + ("hidden_size",)
@@ -207,7 +217,7 @@ class RNNBase(Module):
                                      f"{input_checks.shape_text(expected, names)} ({', '.join(names)}), "
                                      f"received {shape}")
         if batched:  # (sizes a graph leaves unknown: checked when it runs, in the same words)
-            expected = (layers, input_checks.sizes_of(input)[batch_axis], self.hidden_size)
+            expected = (layers, input_checks.sizes_of(input)[batch_axis], size)
         state = input_checks.require_shape(state, expected, lambda: (
             f"{input_checks.literal(self.describe)} expected an initial state of shape "
             f"{input_checks.shape_template(expected_rank)} (num_layers * num_directions, batch, hidden_size), "
@@ -217,6 +227,8 @@ class RNNBase(Module):
 
     def extra_repr(self):
         parts = [f"{self.input_size}, {self.hidden_size}"]
+        if self.proj_size:  # (second, as torch's repr shows it)
+            parts.append(f"proj_size={self.proj_size}")
         if self.num_layers != 1:
             parts.append(f"num_layers={self.num_layers}")
         if not self.bias:
@@ -282,12 +294,15 @@ class LSTM(RNNBase):
         x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh} \\text{ split in four};\\quad
         c_t = f c_{t-1} + i g, \\quad h_t = o \\tanh(c_t)
 
-    Args: as ``RNN`` (no ``nonlinearity``); ``proj_size`` must be 0 (projections are not supported).
+    Args: as ``RNN`` (no ``nonlinearity``), and ``proj_size`` (P, 0 < P < H; default 0, none): each step's
+    h = (o tanh(c_t)) W_{hr}^T, of size P, is the output and the next step's and layer's input.
 
-    Parameters ``weight_ih_l{k}`` (4H, in), ``weight_hh_l{k}`` (4H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,),
-    gates in PyTorch's order (input, forget, cell, output), all U(-1/sqrt(H), 1/sqrt(H)).
+    Parameters ``weight_ih_l{k}`` (4H, in), ``weight_hh_l{k}`` (4H, H, or P), ``bias_ih_l{k}``, ``bias_hh_l{k}``
+    (4H,), with ``proj_size`` ``weight_hr_l{k}`` (P, H), gates in PyTorch's order (input, forget, cell, output), all
+    U(-1/sqrt(H), 1/sqrt(H)): ``state_dict()`` is ``torch.nn.LSTM``'s.
 
-    ``lstm(x, (h0, c0)=None, lengths=None)`` returns ``(output, (h_n, c_n))``, shapes as ``RNN``'s.
+    ``lstm(x, (h0, c0)=None, lengths=None)`` returns ``(output, (h_n, c_n))``, shapes as ``RNN``'s (h's and the
+    output's last axis P where ``proj_size``; c's H).
 
     Example::
 
@@ -299,14 +314,11 @@ class LSTM(RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0):
-        if proj_size != 0:
-            raise ValueError(f"LSTM proj_size={proj_size!r} is not supported by unidl: use proj_size=0 (and a "
-                             f"Linear on the outputs)")
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size)
 
     def cell(self, carry, projected, key):
         return lstm_step(self._ops, carry, projected, getattr(self, f"weight_hh_{key}"),
-                         getattr(self, f"bias_hh_{key}"))
+                         getattr(self, f"bias_hh_{key}"), getattr(self, f"weight_hr_{key}", None))
 
     def _state_parts(self, hx):
         if hx is None:
@@ -376,15 +388,17 @@ def rnn_step(ops, h, projected, weight_hh, bias_hh, nonlinearity):
     return activation(projected + ops.linear(h, weight_hh, bias_hh))
 
 
-def lstm_step(ops, carry, projected, weight_hh, bias_hh):
-    """The LSTM's step from ``(h, c)`` to the new ``(h, c)``, gates in PyTorch's order (input, forget, cell, output)."""
+def lstm_step(ops, carry, projected, weight_hh, bias_hh, weight_hr=None):
+    """The LSTM's step from ``(h, c)`` to the new ``(h, c)``, gates in PyTorch's order (input, forget, cell, output);
+    the new h projected by ``weight_hr`` (P, H) where given (``proj_size``)."""
     h, c = carry
-    size = weight_hh.shape[1]
+    size = weight_hh.shape[0] // 4
     gates = projected + ops.linear(h, weight_hh, bias_hh)
     i, f = ops.sigmoid(gates[:, :size]), ops.sigmoid(gates[:, size:2 * size])
     g, o = ops.tanh(gates[:, 2 * size:3 * size]), ops.sigmoid(gates[:, 3 * size:])
     c = f * c + i * g
-    return o * ops.tanh(c), c
+    h = o * ops.tanh(c)
+    return (h if weight_hr is None else ops.linear(h, weight_hr)), c
 
 
 def gru_step(ops, h, projected, weight_hh, bias_hh):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import arguments, input_checks
+from unidl import arguments, input_checks, ops as functional
+from unidl.autograd import custom_gradient
 from unidl.nn import init
 from unidl.arguments import positive_int
 from unidl.tensors import to_numpy
@@ -18,6 +19,11 @@ class Embedding(Module):
         num_embeddings: the number of rows (ids 0 .. num_embeddings - 1).
         embedding_dim: the size of each vector.
         padding_idx: a row that starts at zero and gets no gradient (negative counts from the end).
+        max_norm: must be None (renormalising rows in place in the forward is not supported; a ``ValueError``).
+        norm_type: the p of ``max_norm``'s norm (taken, unused while ``max_norm`` is None).
+        scale_grad_by_freq: each looked-up row's gradient divided by the number of times its id occurs in the
+            mini-batch, as PyTorch's (the counts compare every pair of ids: memory grows as the ids squared).
+        sparse: must be False (sparse gradients are not supported; a ``ValueError``).
 
     Parameter ``weight`` (num_embeddings, embedding_dim), drawn from N(0, 1) as in PyTorch. An id outside
     [0, num_embeddings) is an ``IndexOutOfRangeError`` on every backend, inside compiled graphs too.
@@ -33,10 +39,9 @@ class Embedding(Module):
                  sparse: bool = False):
         super().__init__()
         # PyTorch's other options, taken at their defaults: what they do (rows renormalised in place by the
-        # forward, gradients scaled by the ids' counts, sparse gradients) no backend but torch does, so a value
-        # that asks for it is an error everywhere, never a silent difference
-        for name, value, default in (("max_norm", max_norm, None), ("scale_grad_by_freq", scale_grad_by_freq, False),
-                                     ("sparse", sparse, False)):
+        # forward, sparse gradients) no backend but torch does, so a value that asks for it is an error
+        # everywhere, never a silent difference
+        for name, value, default in (("max_norm", max_norm, None), ("sparse", sparse, False)):
             if value is not default and value != default:
                 raise ValueError(f"Embedding {name}={value!r} is not supported: unidl's Embedding keeps PyTorch's "
                                  f"default ({name}={default!r}) on every backend")
@@ -49,6 +54,7 @@ class Embedding(Module):
                                  f"got {padding_idx!r}")
             padding_idx = index % num_embeddings
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.scale_grad_by_freq = arguments.flag("Embedding", "scale_grad_by_freq", scale_grad_by_freq)
         weight = init.normal((num_embeddings, embedding_dim))
         self.weight = self.parameter(weight if padding_idx is None else init.zero_row(weight, padding_idx))
 
@@ -70,8 +76,21 @@ class Embedding(Module):
 
     def forward(self, indices):
         indices = input_checks.check_integer(self.describe, "indices", indices)  # uint8, int8, int16 as int64
-        return self._ops.embedding(indices, self.weight, self.padding_idx)
+        rows = self._ops.embedding(indices, self.weight, self.padding_idx)
+        if not self.scale_grad_by_freq:
+            return rows
+        same = functional.unsqueeze(indices, -1) == functional.reshape(indices, (-1,))  # (*indices.shape, ids)
+        counts = functional.sum(functional.cast_like(same, rows), -1, keepdims=True)
+        return _gradient_scaled(rows, 1 / counts)
 
     def extra_repr(self):
         padding = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
-        return f"{self.num_embeddings}, {self.embedding_dim}{padding}"
+        frequency = ", scale_grad_by_freq=True" if self.scale_grad_by_freq else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{padding}{frequency}"
+
+
+@custom_gradient
+def _gradient_scaled(rows, scale):
+    """``rows`` as they are, their gradient multiplied by ``scale`` (``scale_grad_by_freq``'s 1 / count of each
+    id: the weight's gradient, summed over the ids, is PyTorch's); ``scale`` gets none."""
+    return rows, lambda gradient: (gradient * scale, None)
