@@ -87,8 +87,9 @@ def _launch(backends, directory):
     results.mkdir()
     failure = None
     environment = {name: os.environ.get(name) for name in RANK_ENVIRONMENT.get(backends[0], {})}
-    # (the ranks' own: this process's Keras is imported); XLA_FLAGS appended to those the ranks would inherit
-    os.environ.update({name: " ".join(filter(None, (environment[name], value))) if name == "XLA_FLAGS" else value
+    # (the ranks' own: this process's Keras is imported); XLA_FLAGS put before those the ranks would inherit (XLA
+    # stops reading its flags at the bare "intra_op_parallelism_threads=1" of unidl's thread flags)
+    os.environ.update({name: " ".join(filter(None, (value, environment[name]))) if name == "XLA_FLAGS" else value
                        for name, value in RANK_ENVIRONMENT.get(backends[0], {}).items()})
     try:
         # a collective waits as long as the whole job may take: rank 0, left in a barrier by the failing rank, can
