@@ -3,6 +3,7 @@
 import pytest
 
 import unidl as ud
+from tests.helpers import run_python
 from unidl import backends, threads
 from unidl.errors import ConfigurationError
 
@@ -49,3 +50,15 @@ def test_a_bad_environment_variable_is_named(monkeypatch):
         threads.requested()
     monkeypatch.setenv("UNIDL_NUM_THREADS", "3")
     assert threads.requested() == 3
+
+
+@pytest.mark.skipif("jax" not in ud.available_backends(), reason="the jax backend is not installed")
+def test_jaxs_one_thread_flag_leaves_flags_set_after_it_read():
+    """``UNIDL_NUM_THREADS=1`` on JAX writes XLA's one-thread flag into ``XLA_FLAGS`` before JAX starts; a flag set
+    after it still counts (unidl's flags held the bare ``intra_op_parallelism_threads=1``, at which XLA stopped
+    reading: a 2-device flag after it gave one device). A fresh interpreter: XLA reads its flags once."""
+    code = ("import os, unidl as ud\nud.set_backend('jax')\nflags = os.environ['XLA_FLAGS']\n"
+            "os.environ['XLA_FLAGS'] = flags + ' --xla_force_host_platform_device_count=2'\n"
+            "import jax\nprint(repr(flags), len(jax.devices('cpu')))")
+    out = run_python(code, env={"UNIDL_NUM_THREADS": "1", "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}).stdout.split()
+    assert out == ["'--xla_cpu_multi_thread_eigen=false'", "2"]

@@ -472,21 +472,17 @@ def _sigterm_ends_rank() -> bool:
 
 
 def _threads():
-    """The intra-op thread count of this rank's framework (Keras's: its host's); on JAX, which has no query, the
-    count of the thread flags in ``XLA_FLAGS`` that XLA read when it started (None without them)."""
+    """The intra-op thread count of this rank's framework (Keras's: its host's); on JAX, which has no query, 1
+    where ``XLA_FLAGS`` holds unidl's one-thread flag, which XLA read when it started (None without it)."""
     framework = _framework()
     if framework == "tensorflow":
         import tensorflow as tf
 
         return tf.config.threading.get_intra_op_parallelism_threads()
     if framework == "jax":
-        import re
-
         from unidl.backends.jax.backend import xla_thread_flags
 
-        flags = os.environ.get("XLA_FLAGS", "")
-        found = re.search(r"intra_op_parallelism_threads=(\d+)", flags)
-        return int(found.group(1)) if found and xla_thread_flags(int(found.group(1))) in flags else None
+        return 1 if xla_thread_flags(1) in os.environ.get("XLA_FLAGS", "").split() else None
     import torch
 
     return torch.get_num_threads()

@@ -87,8 +87,7 @@ def _launch(backends, directory):
     results.mkdir()
     failure = None
     environment = {name: os.environ.get(name) for name in RANK_ENVIRONMENT.get(backends[0], {})}
-    # (the ranks' own: this process's Keras is imported); XLA_FLAGS put before those the ranks would inherit (XLA
-    # stops reading its flags at the bare "intra_op_parallelism_threads=1" of unidl's thread flags)
+    # (the ranks' own: this process's Keras is imported); XLA_FLAGS beside those the ranks would inherit
     os.environ.update({name: " ".join(filter(None, (value, environment[name]))) if name == "XLA_FLAGS" else value
                        for name, value in RANK_ENVIRONMENT.get(backends[0], {}).items()})
     try:

@@ -17,8 +17,10 @@ from unidl import threads as unidl_threads
 
 
 def xla_thread_flags(count: int) -> str:
-    """The XLA_FLAGS that size XLA's CPU thread pool: read once, when JAX creates its CPU client."""
-    return f"--xla_cpu_multi_thread_eigen={'false' if count == 1 else 'true'} intra_op_parallelism_threads={count}"
+    """The XLA_FLAGS that size XLA's CPU thread pool, read once, when JAX creates its CPU client: one thread, or
+    XLA's own pool (XLA takes no count: the folklore's bare ``intra_op_parallelism_threads=N`` is no flag, and XLA
+    stopped reading XLA_FLAGS at it, ignoring every flag after it)."""
+    return f"--xla_cpu_multi_thread_eigen={'false' if count == 1 else 'true'}"
 
 
 if unidl_threads.requested() is not None and xla_thread_flags(unidl_threads.requested()) not in os.environ.get(
