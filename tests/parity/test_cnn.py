@@ -55,23 +55,44 @@ def test_cnn_lenet_32x32_trajectories_agree(optimizer):
     _assert_trajectories_agree(GENTLE[optimizer], images, y)
 
 
-def test_adam_trajectory_follows_torch_operation_for_operation():
-    """The issue's work: LeNet from the same weights, one 16x3x32x32 batch, Adam lr 1e-3, 20 steps. Adam's
-    update is torch.optim.Adam's sequence of operations on every backend (lerp for the first moment, bias
-    corrections and step size in double precision), so the loss trajectories agree to 1e-6 (they agreed to
-    2e-5 with the textbook formula); what remains is the convolution kernels' own rounding, about 2e-7
-    for SGD on the same work."""
+def _glorot_uniform(state, seed=1):
+    """Keras's default initialisation drawn in NumPy: Glorot-uniform kernels, zero biases."""
+    rng, weights = np.random.default_rng(seed), {}
+    for name, value in state.items():
+        value = ud.to_numpy(value)
+        if name.endswith("bias"):
+            weights[name] = np.zeros_like(value)
+            continue
+        receptive = int(np.prod(value.shape[2:]))
+        limit = np.sqrt(6.0 / ((value.shape[0] + value.shape[1]) * receptive))
+        weights[name] = rng.uniform(-limit, limit, value.shape).astype(np.float32)
+    return weights
+
+
+@pytest.mark.parametrize("init, ulps", [("unidl", 1), ("glorot", 2)])
+def test_adam_trajectory_follows_torch_operation_for_operation(init, ulps):
+    """The issue's work: LeNet from the same weights (unidl's, or Keras's default drawn in NumPy), one
+    16x3x32x32 batch, Adam lr 1e-3, 20 steps. Adam's update is torch.optim.Adam's sequence of operations on every
+    backend (lerp for the first moment, bias corrections and step size in double precision), so every loss of
+    the trajectory is within one or two float32 roundings of the largest loss of torch's (max|a-b|/max|b| about
+    1.0e-7 and 1.5e-7; they agreed to 2.4e-6 and 5.4e-4 with the textbook formula, Keras 3's own backends to
+    9.2e-8 and 9.6e-8, one rounding of their larger losses); what remains is the convolution kernels' own
+    rounding, the same for SGD on this work. (One rounding of a loss near 2.3 is 1.04e-7 of it: the issue's
+    1e-7 is below float32's resolution here.)"""
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((16, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 16)
     ud.manual_seed(0)
     with ud.use_backend("torch"):
         state = ud.models.CNN(3, 10, 32).state_dict()
+        state = _glorot_uniform(state) if init == "glorot" else state
     runs = {}
     for name in ud.available_backends():
         with ud.use_backend(name):
             model = ud.models.CNN(3, 10, 32)
             model.load_state_dict(state)
             step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.Adam(model.parameters(), lr=1e-3))
-            runs[name] = np.array([float(ud.to_numpy(step(x, y))) for _ in range(20)])
+            runs[name] = np.array([float(ud.to_numpy(step(x, y))) for _ in range(20)], np.float32)
+    largest = np.abs(runs["torch"]).max()
+    assert runs["torch"][-1] < runs["torch"][0] - 0.5
     for name, losses in runs.items():
-        assert max_relative_difference(losses, runs["torch"]) < 1e-6, name
+        assert np.abs(losses - runs["torch"]).max() <= ulps * np.spacing(largest), (name, losses - runs["torch"])
