@@ -9,9 +9,12 @@ size during ``ud.load`` divided by the file size. The peak is Linux's ``VmHWM``,
 Then, on the same backend, for every row of ``CRAFTED_CONFIGS`` (every built-in model, each dimension that scales
 its weights), it loads a file of a few KiB holding a small model's tensors under a config that asks for gigabytes
 and prints ``CRAFTED <backend> <class> <case> <peak growth in MiB> <seconds> <outcome>``: ``refused`` for the
-StateDictError that says nothing was built, else the error's class (or ``loaded``). Resident memory counts what
-the framework allocates natively (torch, TensorFlow, XLA buffers), which ``tracemalloc`` in the test process
-cannot see.
+StateDictError that says nothing was built, else the error's class (or ``loaded``).
+
+Last, on each backend in turn, it loads a checkpoint of ``Stack(width, CHECKPOINT_DEPTH)`` and its Adam (three times
+the model's size) into a new model and Adam and prints ``CHECKPOINT <backend> <x>``: the growth of the peak during
+``ud.load_checkpoint`` divided by the file size. Resident memory counts what the framework allocates natively (torch,
+TensorFlow, XLA buffers), which ``tracemalloc`` in the test process cannot see.
 """
 
 import argparse
@@ -21,6 +24,8 @@ import os
 import shutil
 import tempfile
 import time
+
+import numpy as np
 
 import unidl as ud
 from unidl.io.safetensors import save_file
@@ -71,6 +76,38 @@ def peak_growth_of_load(path: str) -> float:
     model = ud.load(path)
     growth = _status_mib("VmHWM") - before
     del model
+    return growth * 2**20 / os.path.getsize(path)
+
+
+#: layers of the model whose checkpoint is loaded (4 MiB each: a file of 96 MiB, the model's 32 and Adam's 64)
+CHECKPOINT_DEPTH = 8
+
+
+def write_checkpoint(directory: str, width: int, depth: int = CHECKPOINT_DEPTH) -> str:
+    """A checkpoint of ``Stack(width, depth)`` and its Adam in the state of one step (slots of the weights' size: a
+    file of three times the model's weights; set rather than trained, which took a second)."""
+    model = Stack(width, depth)
+    optimizer = ud.optim.Adam(model.parameters(), lr=1e-3)
+    slots = [{name: np.full(optimizer.slot_shape(name, param.shape), 0.5, np.float32) for name in optimizer.slots}
+             for param in optimizer.params]
+    optimizer.load_state_dict({"class": "Adam", "lr": 1e-3, "step": 1, "param_steps": [1] * depth, "slots": slots})
+    return ud.save_checkpoint(directory, model, optimizer)
+
+
+def peak_growth_of_load_checkpoint(path: str, warm: str, width: int) -> float:
+    """The growth of the peak resident size during ``ud.load_checkpoint`` of ``write_checkpoint``'s file into a new
+    ``Stack`` and its Adam, over the file's size: the slots a load creates (torch.optim's state is made by the first
+    step or a load; the other backends' exist once the optimizer is built) and what the load holds beyond them.
+    ``warm``: a checkpoint of ``Stack(8, 1)``, loaded first (the framework's first load of an optimizer's state)."""
+    small = Stack(8, 1)
+    ud.load_checkpoint(warm, small, ud.optim.Adam(small.parameters()))
+    model = Stack(width, CHECKPOINT_DEPTH)
+    optimizer = ud.optim.Adam(model.parameters(), lr=1e-3)
+    _settle()
+    before = _status_mib("VmRSS")
+    ud.load_checkpoint(path, model, optimizer)
+    growth = _status_mib("VmHWM") - before
+    del model, optimizer
     return growth * 2**20 / os.path.getsize(path)
 
 
@@ -146,6 +183,21 @@ def main():
             growth, elapsed, outcome = peak_growth_of_crafted_load(path)
             print(f"CRAFTED {backend} {name} {case} {growth:.1f} {elapsed:.3f} {outcome}", flush=True)
     shutil.rmtree(crafted_files)
+    # (after every ud.load, whose growths the memory of this step would lower; on tmpfs where there is one: the
+    # save's fsync of the file took 1-2 s on disk)
+    checkpoints = tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    gc.collect()
+    gc.freeze()  # (the frameworks' objects: each _settle's collection from here on sees only the new ones, 0.3 s less)
+    try:
+        with ud.use_backend(args.backends[0]):
+            checkpoint = write_checkpoint(checkpoints, args.width)
+            warm = write_checkpoint(os.path.join(checkpoints, "warm"), 8, depth=1)
+        for backend in args.backends:
+            ud.set_backend(backend)
+            growth = peak_growth_of_load_checkpoint(checkpoint, warm, args.width)
+            print(f"CHECKPOINT {backend} {growth:.3f}", flush=True)
+    finally:
+        shutil.rmtree(checkpoints)
 
 
 if __name__ == "__main__":

@@ -373,6 +373,24 @@ def test_explicit_checkpoint_with_mismatched_model_raises_state_dict_error_befor
         ud.load_checkpoint(path, ud.models.TwoLayerNet(3, 4, 2))
 
 
+@pytest.mark.parametrize("slot, message", [
+    (np.ones((2,), np.bool_), "slot 'momentum_buffer' of parameter 3: expected numbers, found dtype bool"),
+    (np.ones((3,), np.float32), r"slot 'momentum_buffer' of parameter 3: expected shape \(2,\), found \(3,\)")])
+def test_an_optimizer_slot_of_another_dtype_or_shape_in_a_checkpoint_changes_nothing(tmp_path, slot, message):
+    """The slots are read only as the load writes them: their dtypes and shapes are checked from the header first,
+    and a checkpoint whose last slot does not fit is refused with the model, optimizer and loader untouched."""
+    model, optimizer, loader = _setup(0)
+    path = ud.save_checkpoint(tmp_path, model, optimizer, loader=loader)
+    tensors, metadata = load_file(path)
+    tensors["optimizer/3/momentum_buffer"] = slot
+    save_file(tensors, path, {k: v for k, v in metadata.items() if "crc32" not in k})  # (checksums made anew)
+    target = _setup(9)
+    before = _snapshot(*target)
+    with pytest.raises(CheckpointStateError, match=message):
+        ud.load_checkpoint(path, *target)
+    _assert_same(_snapshot(*target), before)
+
+
 @pytest.mark.parametrize("alias", ["03", "\u0663", "+3"])
 def test_an_optimizer_slot_named_twice_is_corrupt_not_a_silent_choice(tmp_path, alias):
     """An optimizer tensor whose parameter index is not written as ``save_checkpoint`` writes it ('03', Arabic-Indic

@@ -39,21 +39,25 @@ class CrashAtEpochEnd(ud.callbacks.Callback):
             raise Crash
 
 
+def _loader():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    y = (x.sum(axis=1, keepdims=True) * 0.1).astype(np.float32)
+    return ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8, shuffle=True, seed=1)
+
+
 def _run(directory, epochs, *, lr=0.8, crash_at=None, resume_from=None, loss=None, every_steps=None,
          optimizer="SGD", betas=(0.9, 0.999), eager=False, metrics=None, built=None, crash_at_end=None, model=None,
-         step_size=1):
+         step_size=1, loader=None):
     """``model``: a function building the model (default: ``TwoLayerNet(3, 8, 1)``). ``built`` gets the model
-    and the optimizer before ``fit`` runs."""
+    and the optimizer before ``fit`` runs. ``loader``: the run's ``_loader()`` (default: a new one)."""
     ud.manual_seed(0)
     model = model() if model is not None else ud.models.TwoLayerNet(3, 8, 1)
     optimizer = (ud.optim.SGD(model.parameters(), lr=lr, momentum=0.5) if optimizer == "SGD"
                  else ud.optim.Adam(model.parameters(), lr=lr, betas=betas))
     if built is not None:
         built.extend((model, optimizer))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((40, 3)).astype(np.float32)
-    y = (x.sum(axis=1, keepdims=True) * 0.1).astype(np.float32)
-    loader = ud.data.DataLoader(ud.data.TensorDataset(x, y), batch_size=8, shuffle=True, seed=1)
+    loader = loader or _loader()
     schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, step_size=step_size,
                                                                                  gamma=0.5))
     stopping = ud.callbacks.EarlyStopping(monitor="loss", patience=10)
@@ -270,6 +274,21 @@ def test_a_changed_loss_model_or_optimizer_class_is_refused_before_anything_chan
         assert state["step"] == 0 and state["lr"] == 0.8
         assert all(not value.any() for entry in state["slots"] for value in entry.values())
     assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()} == files
+
+
+def test_a_refused_resume_leaves_the_data_loader_where_it_was(tmp_path, backend):
+    """fit positioned its loader at its first epoch before the resume was checked: a refused resume (a changed
+    loss, another optimizer class) left a loader that was mid-way through epoch 4 at epoch 1's first batch."""
+    _run(tmp_path / "run", 1)
+    loader = _loader()
+    loader.load_state_dict(dict(loader.state_dict(), epoch=3, position=2))
+    before = (loader.state_dict(), loader.next_iteration())
+    with pytest.raises(ResumeMismatchError, match="a changed loss cannot resume"):
+        _run(tmp_path / "run", 2, loss=ud.nn.L1Loss(), resume_from="auto", loader=loader)
+    assert (loader.state_dict(), loader.next_iteration()) == before
+    with pytest.raises(CheckpointStateError, match="SGD state, which cannot load into Adam"):
+        _run(tmp_path / "run", 2, optimizer="Adam", resume_from="auto", loader=loader)
+    assert (loader.state_dict(), loader.next_iteration()) == before
 
 
 def test_resuming_mid_epoch_with_other_metrics_is_refused_before_anything_changes(tmp_path, backend):

@@ -512,8 +512,10 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         validation_data = held_out
     weights = fit_options.sample_weights(train_data, sample_weight, class_weight)
     loader = as_loader(train_data, batch_size, shuffle if weights is None else False, seed)
-    if isinstance(loader, DataLoader) and start_epoch < epochs:
+    if isinstance(loader, DataLoader) and start_epoch < epochs and resume_from is None:
         _position_loader(loader, start_epoch)  # as the epoch loop will: the probes read the first batch trained
+    # (a resume moves the loader only once the checkpoint was found to fit: a refused one leaves it where it was,
+    # as the model, optimizer and generators; its probes read the batch the loader would start with now)
     if validation_batch_size is not None and validation_data is None:
         raise ValueError(f"fit: validation_batch_size={validation_batch_size!r} without validation_data or "
                          f"validation_split: there is nothing to validate")

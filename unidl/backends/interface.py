@@ -278,7 +278,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def load_optimizer_state(self, optimizer, step: int, slots: list, param_steps) -> None:
         """Overwrite the step count, slots and per-parameter step counts (``param_steps``: a list where
-        ``optimizer.uses_step``, else None), all already checked by the caller."""
+        ``optimizer.uses_step``, else None), all already checked by the caller. A slot is an array, or a checkpoint's
+        ``unidl.io.safetensors.StoredTensor``, read from the file by ``np.asarray``: convert each slot in turn, so
+        that one at a time is held outside its variable (its array is new: a variable may keep it,
+        ``donated_tensor``)."""
 
     @abc.abstractmethod
     def apply_gradients(self, optimizer, grads) -> None:

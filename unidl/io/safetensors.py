@@ -429,6 +429,27 @@ class SafetensorsFile:
             yield name, self.read(name)
 
 
+class StoredTensor:
+    """Tensor ``name`` of an open ``SafetensorsFile``, read only when converted (``np.asarray``), each time anew.
+
+    Its ``shape`` and ``dtype`` (those of ``SafetensorsFile.read``) come from the header: a load checks a whole
+    state from the header, then reads each tensor as it writes it into its destination, holding one at a time
+    (``load_checkpoint``'s optimizer slots) rather than all of them.
+    """
+
+    def __init__(self, reader: SafetensorsFile, name: str):
+        self.reader, self.name = reader, name
+        dtype_name, self.shape = reader.entries[name]
+        self.dtype = np.dtype(np.float32) if dtype_name == "BF16" else DTYPES[dtype_name].newbyteorder("=")
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.reader.read(self.name)  # (a new array: any copy asked for is made)
+        return array if dtype is None else array.astype(dtype, copy=False)
+
+    def __repr__(self):
+        return f"StoredTensor({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
 def load_file(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read a safetensors file: ``(tensors, metadata)``, tensors in file order as writable NumPy arrays.
 

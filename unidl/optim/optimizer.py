@@ -702,9 +702,10 @@ class Optimizer:
                 if tuple(np.shape(value)) != self.slot_shape(name, param.shape):
                     raise CheckpointStateError(f"{owner} slot {name!r} of parameter {index}: expected shape "
                                                f"{self.slot_shape(name, param.shape)}, found {tuple(np.shape(value))}")
-                if np.asarray(value).dtype.kind not in "fiu":
+                dtype = value.dtype if isinstance(getattr(value, "dtype", None), np.dtype) else np.asarray(value).dtype
+                if dtype.kind not in "fiu":  # (a NumPy dtype is read as it is: a file's tensor is not read here)
                     raise CheckpointStateError(f"{owner} slot {name!r} of parameter {index}: expected numbers, "
-                                               f"found dtype {np.asarray(value).dtype}")
+                                               f"found dtype {dtype}")
         from unidl.training import check_scaler_state, check_window_state
 
         check_window_state(self, state.get("accumulation"))  # a part-full window: the same accumulate
