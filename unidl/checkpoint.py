@@ -277,6 +277,13 @@ def _open_newest(directory: str) -> SafetensorsFile:
 _OPTIONAL_OPTIMIZER_ENTRIES = ("param_steps", "param_groups", "initial_lrs")
 
 
+def _takes_stored_tensors(optimizer) -> bool:
+    """Whether ``optimizer``'s ``load_state_dict`` and ``check_state_dict`` are unidl's ``Optimizer``'s, which take
+    a slot as a ``StoredTensor`` (read by ``np.asarray`` as it is written), not one a subclass overrides."""
+    return isinstance(optimizer, Optimizer) and all(
+        getattr(type(optimizer), name) is getattr(Optimizer, name) for name in ("load_state_dict", "check_state_dict"))
+
+
 def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
     """The optimizer's canonical state from the file, checked against ``optimizer`` (nothing changes)."""
     path = reader.path
@@ -307,8 +314,9 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
     # a unidl optimizer's slots are read one at a time, as its load writes each into its variable (Adam's two slots
     # of every weight, read up front and then converted, were held twice over: a checkpoint's load peaked at 1.35x
     # its size on torch); their shapes and dtypes are checked here from the header, their bytes against their
-    # checksums by ``reader.verify()``, before anything changes
-    read = StoredTensor if isinstance(optimizer, Optimizer) else SafetensorsFile.read
+    # checksums by ``reader.verify()``, before anything changes. Only unidl's own load and check take them: a
+    # subclass's (``SignMomentum`` of tests/optim) may use any NumPy method on a slot, and gets arrays
+    read = StoredTensor if _takes_stored_tensors(optimizer) else SafetensorsFile.read
     slots = [{slot: read(reader, key) for slot, key in entry.items()} for entry in names]
     state = {"class": saved["class"], "step": saved["step"], "lr": saved["lr"], "slots": slots, **optional}
     if callable(getattr(optimizer, "check_state_dict", None)):  # (before the window's gradients are read)
