@@ -408,6 +408,10 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     ``set_extra_state`` (the user's code, which may refuse the state it is given) raises, the model's variables and
     extra state are put back as they were, bit for bit (a model with extra state is copied to the host first), and
     the generators too, before anything else changed, so that exception, too, leaves everything as it was.
+    Limit: the tensors are read again as each is written (one at a time, to bound memory), so an I/O failure, a
+    ``MemoryError`` or another program changing the file in place during the load (a ``CorruptFileError`` naming
+    the tensor, whose checksum is checked again) can leave the generators, model, loader and optimizer partly
+    loaded; unidl's own saves never modify a file in place.
     """
     _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
     target = os.fspath(path_or_directory)
