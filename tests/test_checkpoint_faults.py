@@ -391,7 +391,7 @@ def test_an_optimizer_slot_of_another_dtype_or_shape_in_a_checkpoint_changes_not
     _assert_same(_snapshot(*target), before)
 
 
-def test_a_file_changed_while_it_is_read_after_the_checks_is_corrupt_naming_the_tensor(tmp_path, backend):
+def test_a_file_changed_while_it_is_read_after_the_checks_is_corrupt_naming_the_tensor(tmp_path):
     """The limit of the all-or-nothing load (docs/guarantees.md): every tensor's bytes are checked before anything
     changes and again as each is read, so a file changed in place after the checks (here by ``check``, the last of
     them) is a ``CorruptFileError`` naming the tensor, never silently other values; the model and the optimizer
