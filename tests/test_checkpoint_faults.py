@@ -391,6 +391,27 @@ def test_an_optimizer_slot_of_another_dtype_or_shape_in_a_checkpoint_changes_not
     _assert_same(_snapshot(*target), before)
 
 
+def test_a_file_changed_while_it_is_read_after_the_checks_is_corrupt_naming_the_tensor(tmp_path):
+    """The limit of the all-or-nothing load (docs/guarantees.md): every tensor's bytes are checked before anything
+    changes and again as each is read, so a file changed in place after the checks (here by ``check``, the last of
+    them) is a ``CorruptFileError`` naming the tensor, never silently other values; the model and the optimizer
+    may have taken part of the file by then."""
+    model, optimizer, loader = _setup(0)
+    path = ud.save_checkpoint(tmp_path, model, optimizer, loader=loader)
+    reader = SafetensorsFile(path)
+    begin = reader._start + reader._offsets["optimizer/3/momentum_buffer"][0]
+    reader.close()
+
+    def change_the_file(metadata, checked_path):
+        with open(checked_path, "r+b") as file:
+            file.seek(begin)
+            file.write(b"\x7f\x7f\x7f\x7f")
+
+    target = _setup(9)
+    with pytest.raises(CorruptFileError, match="the bytes of tensor 'optimizer/3/momentum_buffer'"):
+        ud.load_checkpoint(path, *target, check=change_the_file)
+
+
 @pytest.mark.parametrize("alias", ["03", "\u0663", "+3"])
 def test_an_optimizer_slot_named_twice_is_corrupt_not_a_silent_choice(tmp_path, alias):
     """An optimizer tensor whose parameter index is not written as ``save_checkpoint`` writes it ('03', Arabic-Indic

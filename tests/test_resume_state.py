@@ -291,6 +291,33 @@ def test_a_refused_resume_leaves_the_data_loader_where_it_was(tmp_path, backend)
     assert (loader.state_dict(), loader.next_iteration()) == before
 
 
+class LoaderAtTrainBegin(ud.callbacks.Callback):
+    """Records where the loader stands when training begins (the batch its next iteration starts with), then ends
+    the run there."""
+
+    def on_train_begin(self, logs=None):
+        self.next_iteration = self.trainer.loader.next_iteration()
+        self.trainer.stopped = True
+
+
+def test_auto_finding_no_checkpoint_positions_the_loader_as_a_fresh_fit(tmp_path, backend):
+    """``resume_from='auto'`` with no checkpoint yet starts afresh: a loader broken out of mid-epoch is at epoch 0's
+    first batch when training begins, as without ``resume_from`` (it was left at epoch 1, its next epoch)."""
+    seen = {}
+    for resume_from in (None, "auto"):
+        loader, spy = _loader(), LoaderAtTrainBegin()
+        for index, _ in enumerate(loader):
+            if index == 1:
+                break
+        ud.manual_seed(0)
+        model = ud.models.TwoLayerNet(3, 8, 1)
+        ud.fit(model, loader, loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1,
+               callbacks=[ud.callbacks.Checkpoint(tmp_path / str(resume_from)), spy], verbose=0,
+               resume_from=resume_from)
+        seen[resume_from] = spy.next_iteration
+    assert seen == {None: (0, 0), "auto": (0, 0)}
+
+
 def test_resuming_mid_epoch_with_other_metrics_is_refused_before_anything_changes(tmp_path, backend):
     """The interrupted epoch's running sums (unidl's loop, or Keras's trackers) hold the metrics of the run that
     saved them: other metrics cannot continue them, and the check comes before any weight is loaded."""

@@ -277,6 +277,13 @@ def _open_newest(directory: str) -> SafetensorsFile:
 _OPTIONAL_OPTIMIZER_ENTRIES = ("param_steps", "param_groups", "initial_lrs")
 
 
+def _takes_stored_tensors(optimizer) -> bool:
+    """Whether ``optimizer``'s ``load_state_dict`` and ``check_state_dict`` are unidl's ``Optimizer``'s, which take
+    a slot as a ``StoredTensor`` (read by ``np.asarray`` as it is written), not one a subclass overrides."""
+    return isinstance(optimizer, Optimizer) and all(
+        getattr(type(optimizer), name) is getattr(Optimizer, name) for name in ("load_state_dict", "check_state_dict"))
+
+
 def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
     """The optimizer's canonical state from the file, checked against ``optimizer`` (nothing changes)."""
     path = reader.path
@@ -307,8 +314,9 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
     # a unidl optimizer's slots are read one at a time, as its load writes each into its variable (Adam's two slots
     # of every weight, read up front and then converted, were held twice over: a checkpoint's load peaked at 1.35x
     # its size on torch); their shapes and dtypes are checked here from the header, their bytes against their
-    # checksums by ``reader.verify()``, before anything changes
-    read = StoredTensor if isinstance(optimizer, Optimizer) else SafetensorsFile.read
+    # checksums by ``reader.verify()``, before anything changes. Only unidl's own load and check take them: a
+    # subclass's (``SignMomentum`` of tests/optim) may use any NumPy method on a slot, and gets arrays
+    read = StoredTensor if _takes_stored_tensors(optimizer) else SafetensorsFile.read
     slots = [{slot: read(reader, key) for slot, key in entry.items()} for entry in names]
     state = {"class": saved["class"], "step": saved["step"], "lr": saved["lr"], "slots": slots, **optional}
     if callable(getattr(optimizer, "check_state_dict", None)):  # (before the window's gradients are read)
@@ -400,6 +408,10 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     ``set_extra_state`` (the user's code, which may refuse the state it is given) raises, the model's variables and
     extra state are put back as they were, bit for bit (a model with extra state is copied to the host first), and
     the generators too, before anything else changed, so that exception, too, leaves everything as it was.
+    Limit: the tensors are read again as each is written (one at a time, to bound memory), so an I/O failure, a
+    ``MemoryError`` or another program changing the file in place during the load (a ``CorruptFileError`` naming
+    the tensor, whose checksum is checked again) can leave the generators, model, loader and optimizer partly
+    loaded; unidl's own saves never modify a file in place.
     """
     _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
     target = os.fspath(path_or_directory)

@@ -512,10 +512,13 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         validation_data = held_out
     weights = fit_options.sample_weights(train_data, sample_weight, class_weight)
     loader = as_loader(train_data, batch_size, shuffle if weights is None else False, seed)
-    if isinstance(loader, DataLoader) and start_epoch < epochs and resume_from is None:
+    callbacks = _checkpoints_last(as_callbacks(callbacks))
+    resume_target = _resume_target(resume_from, callbacks) if resume_from is not None else None
+    if isinstance(loader, DataLoader) and start_epoch < epochs and resume_target is None:
         _position_loader(loader, start_epoch)  # as the epoch loop will: the probes read the first batch trained
     # (a resume moves the loader only once the checkpoint was found to fit: a refused one leaves it where it was,
-    # as the model, optimizer and generators; its probes read the batch the loader would start with now)
+    # as the model, optimizer and generators; its probes read the batch the loader would start with now; "auto"
+    # finding no checkpoint starts afresh, positioned as without it)
     if validation_batch_size is not None and validation_data is None:
         raise ValueError(f"fit: validation_batch_size={validation_batch_size!r} without validation_data or "
                          f"validation_split: there is nothing to validate")
@@ -539,7 +542,6 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
     history = History()
     history.params, history.model = {"verbose": verbose, "epochs": epochs, "steps": _length(loader)}, model
     trainer = Trainer(model, optimizer, loader, history)
-    callbacks = _checkpoints_last(as_callbacks(callbacks))
     # a TerminateOnNaN that stops quietly (raise_error=True: fit's own NonFiniteLossError, before the step's update)
     terminate_on_nan = any(isinstance(c, TerminateOnNaN) and not c.raise_error for c in callbacks)
     trainer.callbacks, trainer.carried_epoch = callbacks, None
@@ -553,11 +555,11 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
                                                                        if validation_metrics else ())}
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
-    if resume_from is not None:
+    if resume_target is not None:
         expect_accumulate(optimizer, accumulate)  # a checkpoint's part-full window must fit it, before any change
         expect_precision(optimizer, precision)  # and its float16 loss scale this growth_interval
         with resuming_with(optimizer, accumulate):
-            start_epoch = _resume(resume_from, trainer, callbacks, backend, train_metrics)
+            start_epoch = _resume(resume_target, trainer, callbacks, backend, train_metrics)
     trainer.accumulate, trainer.micro_steps = accumulate, window_micro_steps(optimizer)  # (a part-full window: a
     # resumed one, another fit's: updates come sooner)
     if step_inputs is not None and start_epoch < epochs:  # the first step's inputs, checked before training
@@ -837,8 +839,9 @@ def _well_formed_totals(totals) -> bool:
                               and numeric(totals["values"]))
 
 
-def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
-    """Restore the run from ``resume_from`` into ``trainer``'s objects; returns the epoch to continue with.
+def _resume(target: str, trainer, callbacks, backend=None, metrics=None) -> int:
+    """Restore the run from checkpoint file or directory ``target`` (``_resume_target``) into ``trainer``'s objects;
+    returns the epoch to continue with.
 
     Rule for hyperparameters given anew: a learning rate or optimizer hyperparameter (betas, momentum,
     weight decay) that differs from the one the checkpointed run was started with wins, with a warning
@@ -856,9 +859,6 @@ def _resume(resume_from, trainer, callbacks, backend=None, metrics=None) -> int:
     from unidl.optim.lr_scheduler import given_settings_win
     from unidl.serialization import to_json
 
-    target = _resume_target(resume_from, callbacks)
-    if target is None:
-        return 0
     model, optimizer, loader, history = trainer.model, trainer.optimizer, trainer.loader, trainer.history
     given = trainer.fit_settings
 

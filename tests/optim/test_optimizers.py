@@ -202,6 +202,42 @@ def test_user_optimizer_subclass_runs_its_own_rule_on_every_backend(backend):
     assert max_relative_difference(optimizer.state_dict()["slots"][0]["velocity"], velocity) < 1e-6
 
 
+class Float64SignMomentum(SignMomentum):
+    """A user's load that casts every slot by NumPy's ``astype`` before unidl's load takes it."""
+
+    def load_state_dict(self, state):
+        self.cast = [{name: value.astype(np.float64) for name, value in entry.items()} for entry in state["slots"]]
+        super().load_state_dict(dict(state, slots=self.cast))
+
+
+class CheckedSignMomentum(SignMomentum):
+    """A user's check that reads each slot's values (``.min()``) before unidl's."""
+
+    def check_state_dict(self, state):
+        if any(value.min() < -1e6 for entry in state["slots"] for value in entry.values()):
+            raise ud.errors.CheckpointStateError("velocity out of range")
+        super().check_state_dict(state)
+
+
+@pytest.mark.parametrize("cls", [Float64SignMomentum, CheckedSignMomentum])
+def test_a_subclass_overriding_its_load_gets_the_checkpoints_slots_as_arrays(backend, tmp_path, cls):
+    """``load_checkpoint`` hands unidl's own load each slot unread (read as it is written), and a subclass that
+    overrides ``load_state_dict`` or ``check_state_dict`` arrays, as ``load_state_dict`` is given them."""
+    holder = Holder()
+    optimizer = cls(holder.parameters())
+    for g in GRADS[:3]:
+        optimizer.apply([ud.tensor(g)])
+    path = ud.save_checkpoint(tmp_path, holder, optimizer)
+    again = Holder()
+    resumed = cls(again.parameters())
+    ud.load_checkpoint(path, again, resumed)
+    saved, loaded = optimizer.state_dict(), resumed.state_dict()
+    assert loaded["step"] == saved["step"] == 3
+    np.testing.assert_array_equal(loaded["slots"][0]["velocity"], saved["slots"][0]["velocity"])
+    if cls is Float64SignMomentum:
+        np.testing.assert_array_equal(resumed.cast[0]["velocity"], saved["slots"][0]["velocity"])
+
+
 def test_builtin_rule_names_the_fast_path_only_when_the_rule_is_unchanged():
     class Defaults(ud.optim.Adam):  # new defaults, same rule: still Adam's fast path
         def __init__(self, params):
