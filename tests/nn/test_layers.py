@@ -73,6 +73,35 @@ def test_dropout_in_train_step_changes_between_steps(backend, rng):
     assert len(losses) > 1  # a fresh mask each step, also inside the compiled graph
 
 
+def test_a_compiled_step_or_function_that_draws_dropout_masks_compiles_once_on_jax(rng):
+    """The jax backend's generator key starts as a NumPy array (made without starting XLA) and comes back from a
+    compiled call committed to the device: jax.jit keys its programs by that, so each compiled step and function
+    with dropout lowered and compiled its program a second time at its second call (1.4 s each on a CPU)."""
+    import jax
+
+    lowered = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(event)
+
+    with ud.use_backend("jax"):
+        ud.manual_seed(0)  # (the key as NumPy again, as after the backend's load)
+        model = ud.nn.Sequential(ud.nn.Linear(10, 10), ud.nn.Dropout(0.5), ud.nn.Linear(10, 1))
+        x = rng.standard_normal((32, 10)).astype(np.float32)
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        drop = ud.function(lambda a: ud.ops.dropout(a, 0.25))
+        for call in (lambda: step(x, x[:, :1]), lambda: drop(x)):
+            call()
+            jax.monitoring.register_event_duration_secs_listener(listen)
+            try:
+                for _ in range(2):
+                    call()
+            finally:
+                jax.monitoring.unregister_event_duration_listener(listen)
+        assert lowered == []
+
+
 def test_channel_mismatch_names_layer_and_shapes(backend):
     conv = ud.nn.Conv2d(3, 4, 3)
     with pytest.raises(ud.ShapeMismatchError, match=r"Conv2d\(3, 4.*expected input of shape \(N, 3, H, W\) or "

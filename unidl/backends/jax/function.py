@@ -277,6 +277,7 @@ class StatefulJit:
                           RetraceWarning, stacklevel=4)
         if treedef is None:
             treedef = jax.tree_util.tree_structure(list(args))
+        _commit_beside_the_parameters(variables)
         fixed = [None if i in dynamic else leaf for i, leaf in enumerate(leaves)]
         donated = {i for i, v in enumerate(variables)  # (not a variable found outside only read: nothing to save)
                    if self._donate and v._value.size >= _DONATE_MIN_SIZE and v.serial not in self._only_read}
@@ -393,6 +394,18 @@ class StatefulJit:
         if error_leaves:
             raise_failed_check(error_structure, error_leaves)
         return result
+
+
+def _commit_beside_the_parameters(variables) -> None:
+    """Place the state among ``variables`` that holds a NumPy value (the generator's key, made without starting
+    XLA) on the device of the trainable variables (else JAX's default), committed as a variable's arrays are
+    (``variable.committed``), before a program's first call: jax.jit keys its programs by whether an argument is
+    committed, and the call writes such state back as a committed array, so every compiled step or function that
+    drew dropout masks lowered and compiled its program again at its second call (1.4 s on a CPU)."""
+    device = _parameters_device(variables)
+    for v in variables:
+        if isinstance(v._value, np.ndarray):
+            v.value = jax.device_put(v._value.copy(), device)  # (a copy: the CPU's device_put may share NumPy's)
 
 
 #: the start of jax.jit's error for arguments committed to different devices
