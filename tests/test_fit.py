@@ -62,6 +62,7 @@ def test_loader_and_arrays_give_the_same_run(backend, digits):
 
 def test_fit_trajectories_agree_across_backends(digits):
     (x, y), _ = digits
+    x, y = x[:1400], y[:1400]  # whole batches: one compiled step shape per backend
     losses = {}
     for name in ud.available_backends():
         with ud.use_backend(name):
@@ -77,6 +78,7 @@ def test_fit_trajectories_agree_across_backends(digits):
 
 def test_native_pipelines_are_accepted(digits):
     (x, y), _ = digits
+    x, y = x[:128], y[:128]  # two batches: the pipelines are taken, no training to speak of is checked
     import torch
 
     with ud.use_backend("torch"):
@@ -211,28 +213,35 @@ def test_predict_and_evaluate_take_the_backends_own_tensors(backend, rng):
         ud.evaluate(model, (x, y), loss="mse", batch_size=2)
 
 
-def test_early_stopping_stops_and_restores(backend, digits):
+def _flat_digits(digits, n):
+    """The first ``n`` training digits and the first 128 test digits as rows of 64 pixels: the three tests below
+    train the same net on whole batches of 128, one compiled step shape for all of them."""
     (x, y), (xt, yt) = digits
+    return x[:n].reshape(n, -1), y[:n], xt[:128].reshape(128, -1), yt[:128]
+
+
+def test_early_stopping_stops_and_restores(backend, digits):
+    x, y, xt, yt = _flat_digits(digits, 256)
     model = ud.models.TwoLayerNet(64, 16, 10)
     stopper = ud.callbacks.EarlyStopping(monitor="val_loss", patience=0, restore_best_weights=True)
     # lr 0 -> validation loss never improves after the first epoch
-    history = ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(),
+    history = ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(),
                      optimizer=ud.optim.SGD(model.parameters(), lr=0.0), epochs=10, batch_size=128,
-                     validation_data=(xt.reshape(len(xt), -1), yt), callbacks=[stopper], verbose=0)
+                     validation_data=(xt, yt), callbacks=[stopper], verbose=0)
     assert len(history["loss"]) == 2 and stopper.stopped_epoch == 1
 
 
 def test_learning_rate_schedule_callback(backend, digits):
-    (x, y), _ = digits
+    x, y, _, _ = _flat_digits(digits, 256)
     model = ud.models.TwoLayerNet(64, 16, 10)
     optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
     schedule = ud.callbacks.LearningRateScheduler(ud.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5))
-    history = ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer,
-                     epochs=3, batch_size=256, callbacks=[schedule], verbose=0)
+    history = ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer,
+                     epochs=3, batch_size=128, callbacks=[schedule], verbose=0)
     assert history["lr"] == [0.1, 0.05, 0.025]  # the rate each epoch trained with
     function_schedule = ud.callbacks.LearningRateScheduler(lambda epoch, lr: 0.01 * (epoch + 1))
-    ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=2,
-           batch_size=256, callbacks=[function_schedule], verbose=0)
+    ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=2,
+           batch_size=128, callbacks=[function_schedule], verbose=0)
     assert optimizer.lr == pytest.approx(0.02)
 
 
@@ -247,14 +256,14 @@ def test_nan_loss_stops_with_epoch_and_step(backend, rng):
 
 
 def test_plain_log_lines_when_not_a_terminal(backend, digits, capsys):
-    (x, y), _ = digits
-    model = ud.models.TwoLayerNet(64, 8, 10)
-    ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(),
-           optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=512, verbose=1)
+    x, y, _, _ = _flat_digits(digits, 384)
+    model = ud.models.TwoLayerNet(64, 16, 10)
+    ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(),
+           optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=2, batch_size=128, verbose=1)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
     assert len(lines) == 2 and "Epoch 2/2" in lines[1] and "3 steps" in lines[1] and "loss" in lines[1]
-    ud.fit(model, (x.reshape(len(x), -1), y), loss=ud.nn.CrossEntropyLoss(),
-           optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=512, verbose=0)
+    ud.fit(model, (x, y), loss=ud.nn.CrossEntropyLoss(),
+           optimizer=ud.optim.SGD(model.parameters(), lr=0.1), epochs=1, batch_size=128, verbose=0)
     assert capsys.readouterr().out == ""
 
 

@@ -9,6 +9,24 @@ from unidl.metrics import MetricAccumulator, get_all
 from unidl.metrics.metric import layout_of
 
 
+_KERAS_RESULTS = {}
+
+
+def _keras_result(name, y_true, y_pred, sample_weight=None, **options):
+    """Keras's metric ``keras.metrics.<name>(**options)`` of these arrays: the oracle of every backend's run, computed
+    once per module for each input (the backend-parametrized tests draw the same arrays)."""
+    arrays = [None if a is None else np.asarray(a) for a in (y_true, y_pred, sample_weight)]
+    key = (name, tuple(sorted(options.items())),
+           *((None,) if a is None else (a.dtype.str, a.shape, a.tobytes()) for a in arrays))
+    if key not in _KERAS_RESULTS:
+        import keras
+
+        metric = getattr(keras.metrics, name)(**options)
+        metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+        _KERAS_RESULTS[key] = float(metric.result())
+    return _KERAS_RESULTS[key]
+
+
 def _accumulated(names, outputs, target, batch=7):
     """Metrics over batches of ``batch`` (the last one short): totals, not means of batch values."""
     accumulator = MetricAccumulator(get_all(names), layout_of(outputs, target))
@@ -164,8 +182,6 @@ def test_standalone_weighted_update_is_sklearns_sample_weight(backend, rng):
 
 
 def test_weighted_metrics_match_keras_and_sklearn_sample_weight(backend, rng):
-    import keras
-
     scores = rng.standard_normal((45, 4)).astype(np.float32)
     labels = rng.integers(0, 4, 45)
     weight = rng.random(45) * 3
@@ -190,14 +206,13 @@ def test_weighted_metrics_match_keras_and_sklearn_sample_weight(backend, rng):
     positive = (rng.random((40, 1)) > 0.5).astype(np.float32)
     two_class = _weighted(["accuracy", "precision", "recall"], binary, positive, weight[:40])
     for value, metric, (y_true, y_pred, w) in (
-            (regression["mae"], keras.metrics.MeanAbsoluteError(), (target, outputs, weight[:25])),
-            (regression["mse"], keras.metrics.MeanSquaredError(), (target, outputs, weight[:25])),
-            (got["accuracy"], keras.metrics.SparseCategoricalAccuracy(), (labels, scores, weight)),
-            (two_class["accuracy"], keras.metrics.BinaryAccuracy(), (positive, binary, weight[:40])),
-            (two_class["precision"], keras.metrics.Precision(), (positive, binary, weight[:40])),
-            (two_class["recall"], keras.metrics.Recall(), (positive, binary, weight[:40]))):
-        metric.update_state(y_true, y_pred, sample_weight=w)
-        assert value == pytest.approx(float(metric.result()), rel=1e-5)
+            (regression["mae"], "MeanAbsoluteError", (target, outputs, weight[:25])),
+            (regression["mse"], "MeanSquaredError", (target, outputs, weight[:25])),
+            (got["accuracy"], "SparseCategoricalAccuracy", (labels, scores, weight)),
+            (two_class["accuracy"], "BinaryAccuracy", (positive, binary, weight[:40])),
+            (two_class["precision"], "Precision", (positive, binary, weight[:40])),
+            (two_class["recall"], "Recall", (positive, binary, weight[:40]))):
+        assert value == pytest.approx(_keras_result(metric, y_true, y_pred, w), rel=1e-5)
 
 
 @pytest.mark.parametrize("extremes", [[0.0, 1.0, 0.5, -2.0, 3.0], [np.inf, -np.inf, np.nan, 1e20, -1e20, 3e38]],
@@ -231,15 +246,14 @@ def test_auc_is_keras_on_its_threshold_grid(backend, rng, thresholds):
     """Scores on Keras's thresholds i / (T - 1) and random ones give Keras's ``AUC`` (and scikit-learn's where the
     scores are the grid): unidl's thresholds j (1 + 2 eps) / (T - 1) - eps moved every interior one below the grid,
     so 0.25, 0.25, 0.5, 0.75 against 0, 1, 0, 1 gave 0.75 for Keras's and scikit-learn's 0.625 at T = 5."""
-    keras = pytest.importorskip("keras")
     grid = np.arange(thresholds, dtype=np.float32) / np.float32(thresholds - 1)
     for scores in (np.float32([0.25, 0.25, 0.5, 0.75]), np.concatenate([grid, grid[::-1]]),
                    rng.random(300).astype(np.float32)):
         target = (rng.random(len(scores)) > 0.5).astype(np.float32) if len(scores) > 4 else np.float32([0, 1, 0, 1])
-        metric, reference = ud.metrics.AUC(num_thresholds=thresholds), keras.metrics.AUC(num_thresholds=thresholds)
+        metric = ud.metrics.AUC(num_thresholds=thresholds)
         metric.update(scores.reshape(-1, 1), target.reshape(-1, 1))
-        reference.update_state(target, scores)
-        assert metric.compute() == pytest.approx(float(reference.result()), abs=1e-6)
+        assert metric.compute() == pytest.approx(_keras_result("AUC", target, scores, num_thresholds=thresholds),
+                                                 abs=1e-6)
         if len(scores) == 4 and thresholds in (5, 11):  # (scores on the grid: no two thresholds between ties)
             assert metric.compute() == pytest.approx(sk.roc_auc_score(target, scores))
 
@@ -277,8 +291,6 @@ def test_metrics_named_beside_a_logit_loss_read_logits(backend, rng):
     named beside it cut at 0 and 'auc' applies the sigmoid, as scikit-learn on the probabilities (they cut logits at
     0.5 and clipped them into [0, 1]: an AUC of 0.06 for 0.97); 'auc' beside a cross-entropy loss applies the
     softmax. A metric object keeps its options: ``AUC()`` clips scores into [0, 1] as Keras's ``AUC`` does."""
-    import keras
-
     x = rng.standard_normal((60, 4)).astype(np.float32)
     y = (x[:, 0] + 0.3 * rng.standard_normal(60) > 0.4).astype(np.float32).reshape(-1, 1)
     model = ud.nn.Linear(4, 1)
@@ -295,9 +307,7 @@ def test_metrics_named_beside_a_logit_loss_read_logits(backend, rng):
     assert got["f1"] == pytest.approx(sk.f1_score(y[:, 0], predicted))
     assert got["auc"] == pytest.approx(sk.roc_auc_score(y[:, 0], probabilities), abs=2e-3)
     explicit = ud.evaluate(model, (x, y), loss="binary_crossentropy", metrics=[ud.metrics.AUC()])
-    reference = keras.metrics.AUC()
-    reference.update_state(y, logits[:, None])
-    assert explicit["auc"] == pytest.approx(float(reference.result()), abs=1e-6)
+    assert explicit["auc"] == pytest.approx(_keras_result("AUC", y, logits[:, None]), abs=1e-6)
     labels = np.digitize(x[:, 0], [-0.5, 0.5])
     three = ud.nn.Linear(4, 3)
     scores = ud.predict(three, x).astype(np.float64)
@@ -369,7 +379,6 @@ def test_labels_outside_the_classes_are_an_error_or_a_miss(backend, rng):
     """A label outside [0, C) is the losses' ``IndexOutOfRangeError`` where the values are known (top-k counted it as
     a hit, the confusion matrix dropped it, precision, recall and AUC gave 0.0); in a graph a miss for every
     metric, as Keras's ``SparseTopKCategoricalAccuracy``."""
-    keras = pytest.importorskip("keras")
     scores = np.array([[-1, -2, -3, -4, -5], [1, 2, 3, 4, 5], [0.1, 0.2, -3, -4, -5], [5, 4, 3, 2, 1]], np.float32)
     labels = np.array([7, 7, -1, 0])
     for name in ("accuracy", "top2", "confusion_matrix", "precision", "recall", "auc"):
@@ -379,9 +388,7 @@ def test_labels_outside_the_classes_are_an_error_or_a_miss(backend, rng):
     with pytest.raises(ud.errors.IndexOutOfRangeError, match=r"Accuracy labels must lie in \[0, 5\)"):
         ud.evaluate(model, np.zeros((4, 3), np.float32), labels, metrics=["accuracy", "top2"])
     graph = _in_graph(["accuracy", "top2", "recall"], scores, labels)
-    top2 = keras.metrics.SparseTopKCategoricalAccuracy(k=2)
-    top2.update_state(labels, scores)
-    assert graph["top2"] == pytest.approx(float(top2.result())) == 0.25
+    assert graph["top2"] == pytest.approx(_keras_result("SparseTopKCategoricalAccuracy", labels, scores, k=2)) == 0.25
     assert graph["accuracy"] == 0.25 and graph["recall"] == pytest.approx(0.2)  # (class 0's 1 of 1, the others 0)
 
 
@@ -391,7 +398,6 @@ def test_binary_targets_other_than_0_or_1_are_an_error_or_a_miss(backend, target
     """Binary metrics read each target as positive or not: another value is a ``ValueError`` naming it where the
     values are known (binary accuracy was -0.25 and AUC 1.2 for targets of 2; 0.7 was cast to class 0); in a graph
     binary accuracy is Keras's ``equal(y_true, score > threshold)``, a miss, and AUC's targets stay in [0, 1]."""
-    keras = pytest.importorskip("keras")
     scores = np.array([[0.1], [0.2], [0.9], [0.8]], np.float32)
     target = np.array(targets, np.float32).reshape(-1, 1)
     for name in ("binary_accuracy", "accuracy", "precision", "recall", "f1", "auc"):
@@ -400,7 +406,6 @@ def test_binary_targets_other_than_0_or_1_are_an_error_or_a_miss(backend, target
     with pytest.raises(ValueError, match=r"AUC needs targets of 0 or 1"):
         ud.metrics.AUC().update(scores, target)
     graph = _in_graph(["binary_accuracy", "accuracy", "auc"], scores, target)
-    reference = keras.metrics.BinaryAccuracy()
-    reference.update_state(target, scores)
-    assert graph["binary_accuracy"] == pytest.approx(float(reference.result())) == graph["accuracy"] == 0.25
+    assert graph["binary_accuracy"] == pytest.approx(_keras_result("BinaryAccuracy", target, scores)) == \
+        graph["accuracy"] == 0.25
     assert 0.0 <= graph["auc"] <= 1.0
