@@ -36,6 +36,16 @@ def run(mode, fn, *arrays):
     return ud.to_numpy(result)
 
 
+def run_each(mode, fns, *arrays):
+    """Each of ``fns`` over ``arrays`` as ``run`` gives it, in one ``ud.function`` in a graph: one compiled program
+    (one JAX compile, one TensorFlow trace) for a table of cases instead of one each."""
+    def every(*inputs):
+        return [fn(*inputs) for fn in fns]
+
+    tensors = [ud.tensor(a) for a in arrays]
+    return [ud.to_numpy(r) for r in (ud.function(every)(*tensors) if mode == "graph" else every(*tensors))]
+
+
 def run_tensors(mode, fn, *tensors):
     """``fn`` over ``tensors`` (their dtypes kept), eagerly or compiled by ``ud.function``; the result as NumPy."""
     return ud.to_numpy(ud.function(lambda *inputs: fn(*inputs))(*tensors) if mode == "graph" else fn(*tensors))
@@ -1663,17 +1673,20 @@ def test_interpolation_of_booleans_or_a_weighted_mean_of_integers_is_one_error(m
     raises_exactly(ud.DtypeMismatchError, message, run, mode, lambda x: resize(x, "bool"), images)
     upsample = ud.nn.Upsample(size, scale_factor, how)
     raises_exactly(ud.DtypeMismatchError, message, run, mode, lambda x: upsample(ud.ops.cast(x, "bool")), images)
-    for dtype, (low, high) in WIDEST.items():
-        values = RNG.integers(low, high, shape, dtype=np.int64 if dtype != "uint8" else np.uint8).astype(dtype)
-        if how.startswith("nearest"):
+    widest = {dtype: RNG.integers(low, high, shape, dtype=np.int64 if dtype != "uint8" else np.uint8).astype(dtype)
+              for dtype, (low, high) in WIDEST.items()}
+    if how.startswith("nearest"):  # (one graph for the three dtypes)
+        results = run_each(mode, [lambda *x, at=at, dtype=dtype: resize(x[at], dtype) for at, dtype in
+                                  enumerate(widest)], *(values.astype(np.int64) for values in widest.values()))
+        for (dtype, values), got in zip(widest.items(), results):
             expected = _nearest_of_integers(values, size, scale_factor, how)
-            got = run(mode, lambda x: resize(x, dtype), values.astype(np.int64))
             assert (got.dtype, got.shape) == (np.dtype(dtype), expected.shape)
             np.testing.assert_array_equal(got, expected)
-        else:
-            raises_exactly(ud.DtypeMismatchError, f"interpolate mode {how!r} needs floating-point input, got {dtype} "
-                           f"input; convert it with x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode,
-                           lambda x: resize(x, dtype), values.astype(np.int64))
+        return
+    for dtype, values in widest.items():
+        raises_exactly(ud.DtypeMismatchError, f"interpolate mode {how!r} needs floating-point input, got {dtype} "
+                       f"input; convert it with x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode,
+                       lambda x: resize(x, dtype), values.astype(np.int64))
 
 
 REDUCTIONS_OVER_NO_AXES = [("sum", "axis", (), lambda x: ud.ops.sum(x, ())),
@@ -1877,14 +1890,16 @@ def test_indices_of_any_integer_dtype_index_as_int64(mode, index):
     as to the other indexing ops (TensorFlow and Keras truncated them)."""
     name, indexing = NARROW_INDEXING[index]
     table, indices = RNG.standard_normal((4, 6)).astype(np.float32), np.array([[3, 0], [1, 3], [2, 2], [0, 1]])
-    expected = run(mode, lambda x, i: indexing(x, i, "int64"), table, indices)
-    for dtype in ("uint8", "int8", "int16", "int32"):
-        got = run(mode, lambda x, i: indexing(x, i, dtype), table, indices)
-        assert got.dtype == expected.dtype and got.shape == expected.shape, (name, dtype)
-        np.testing.assert_array_equal(got, expected)
+    dtypes = ("int64", "uint8", "int8", "int16", "int32")
+    expected, *got = run_each(mode, [lambda x, i, dtype=dtype: indexing(x, i, dtype) for dtype in dtypes], table,
+                              indices)
+    for dtype, value in zip(dtypes[1:], got):
+        assert value.dtype == expected.dtype and value.shape == expected.shape, (name, dtype)
+        np.testing.assert_array_equal(value, expected)
     layer = ud.nn.Embedding(4, 3)
-    expected = run(mode, lambda i: layer(i), indices)
-    np.testing.assert_array_equal(run(mode, lambda i: layer(ud.ops.cast(i, "uint8")), indices), expected)
+    expected, got = run_each(mode, [lambda i: layer(i),
+                                    lambda i: layer(ud.ops.cast(i, "uint8"))], indices)
+    np.testing.assert_array_equal(got, expected)
     raises_exactly(ud.DtypeMismatchError, "max_unpool2d: indices must be integers, got float32 indices; convert them "
                    "with ud.ops.cast(indices, 'int64')", run, mode,
                    lambda x: ud.ops.max_unpool2d(x, ud.ops.zeros_like(x), 2), X[:, :, :2, :2])
