@@ -19,7 +19,7 @@ def _slice(rng, n=64):
 def test_loss_decreases_and_is_a_float(backend, rng):
     model, step, x, y = _slice(rng)
     first = float(step(x, y))
-    for _ in range(80):  # (about 0.2 of the first loss by then on each backend; 0.5 after some 40 steps)
+    for _ in range(150):
         loss = step(x, y)
     assert float(loss) < 0.5 * first
 
@@ -30,7 +30,7 @@ def test_native_tensors_are_accepted(backend, rng):
     assert np.isfinite(a)
 
 
-#: a step's traces over 8 calls alternating two batch sizes, by framework (README): TensorFlow's graph is traced once
+#: a step's traces over 50 calls alternating two batch sizes, by framework (README): TensorFlow's graph is traced once
 #: for any batch size, XLA compiles one program per input shape (two), torch runs eagerly (no trace to count)
 TRACES_OVER_TWO_BATCH_SIZES = {"tensorflow": 1, "jax": 2, "torch": None}
 
@@ -40,7 +40,7 @@ def test_a_step_traces_once_per_batch_size_at_most(backend, rng):
     backend's), one jitted program per batch size on Keras-on-JAX (as the jax backend's), none on Keras-on-torch."""
     framework = ud.backends.load("keras").host.name if backend == "keras" else backend
     model, step, x, y = _slice(rng)
-    for t in range(8):
+    for t in range(50):
         n = 64 if t % 2 else 17
         step(x[:n], y[:n])
     assert step.trace_count == TRACES_OVER_TWO_BATCH_SIZES[framework]
