@@ -36,6 +36,16 @@ def run(mode, fn, *arrays):
     return ud.to_numpy(result)
 
 
+def run_each(mode, fns, *arrays):
+    """Each of ``fns`` over ``arrays`` as ``run`` gives it, in one ``ud.function`` in a graph: one compiled program
+    (one JAX compile, one TensorFlow trace) for a table of cases instead of one each."""
+    def every(*inputs):
+        return [fn(*inputs) for fn in fns]
+
+    tensors = [ud.tensor(a) for a in arrays]
+    return [ud.to_numpy(r) for r in (ud.function(every)(*tensors) if mode == "graph" else every(*tensors))]
+
+
 def run_tensors(mode, fn, *tensors):
     """``fn`` over ``tensors`` (their dtypes kept), eagerly or compiled by ``ud.function``; the result as NumPy."""
     return ud.to_numpy(ud.function(lambda *inputs: fn(*inputs))(*tensors) if mode == "graph" else fn(*tensors))
@@ -823,8 +833,8 @@ def test_integers_into_float_math_give_floats_of_the_dtype_in_force(mode, dtype)
     softmax and gelu refused them)."""
     values = np.array([[1, 2, 4], [0, 3, 9]], np.int64)
     with ud.use_dtype(dtype):
-        for name, oracle in FLOAT_MATH:
-            got = run(mode, lambda x, name=name: getattr(ud.ops, name)(x), values)
+        results = run_each(mode, [lambda x, name=name: getattr(ud.ops, name)(x) for name, _ in FLOAT_MATH], values)
+        for (name, oracle), got in zip(FLOAT_MATH, results):
             expected = oracle(torch.tensor(values, dtype=getattr(torch, dtype))).numpy()
             assert got.dtype == np.dtype(dtype), name
             np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=name)
@@ -846,10 +856,10 @@ def test_activation_layers_take_integers_and_booleans_as_their_functional_op(mod
     JAX gave float64, and torch's backend gave float32 under float64 or refused them)."""
     values = np.array([[1, -2, 4], [0, 3, -9]], np.int64)
     with ud.use_dtype(dtype):
-        for build, oracle in FLOAT_MATH_LAYERS:
-            layer = build()
-            for inputs in (values, values > 0):
-                got = run(mode, lambda x: layer(x), inputs)
+        layers = [build() for build, _ in FLOAT_MATH_LAYERS]
+        for inputs in (values, values > 0):  # (one graph for the layers)
+            results = run_each(mode, [lambda x, layer=layer: layer(x) for layer in layers], inputs)
+            for layer, (_, oracle), got in zip(layers, FLOAT_MATH_LAYERS, results):
                 expected = oracle(torch.tensor(inputs, dtype=getattr(torch, dtype))).numpy()
                 assert got.dtype == np.dtype(dtype), (layer, inputs.dtype)
                 np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7, err_msg=repr(layer))
@@ -1011,19 +1021,18 @@ NUMPY_LOSSES = [  # (the loss op of a tensor t and NumPy arrays a (floats) and i
 ]
 
 
-@pytest.mark.parametrize("index", range(len(NUMPY_LOSSES)))
-def test_loss_ops_take_numpy_arrays_as_the_loss_modules_do(mode, index):
+def test_loss_ops_take_numpy_arrays_as_the_loss_modules_do(mode):
     """A loss op's NumPy operand (a float64 target or prediction, int64 labels) is converted as ``ud.tensor``
     converts it, as the loss modules' calls convert theirs: float32 values on every backend, as torch's of float32
     tensors (TensorFlow, Keras and JAX gave float64, torch's backend raised ``TypeError`` or ``AttributeError``)."""
-    fn, oracle = NUMPY_LOSSES[index]
     values = np.array([0.25, 0.5, 0.75, 0.5, 0.125, 1.0])
     labels = np.array([2, 0])
     floats = torch.tensor(values, dtype=torch.float32)
-    expected = oracle(torch.tensor(values[::-1].copy(), dtype=torch.float32), floats, torch.tensor(labels)).numpy()
-    got = run(mode, lambda t: fn(t, values, labels), values[::-1].copy())
-    assert got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    results = run_each(mode, [lambda t, fn=fn: fn(t, values, labels) for fn, _ in NUMPY_LOSSES], values[::-1].copy())
+    for index, ((_, oracle), got) in enumerate(zip(NUMPY_LOSSES, results)):
+        expected = oracle(torch.tensor(values[::-1].copy(), dtype=torch.float32), floats, torch.tensor(labels))
+        assert got.dtype == np.float32, f"NUMPY_LOSSES[{index}]"
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, err_msg=f"NUMPY_LOSSES[{index}]")
 
 
 NUMPY_OPS = [  # (the op of NumPy arrays a (2, 2) floats, q (1, 1, 2, 2) floats, i int64 indices; torch's of tensors)
@@ -1663,17 +1672,20 @@ def test_interpolation_of_booleans_or_a_weighted_mean_of_integers_is_one_error(m
     raises_exactly(ud.DtypeMismatchError, message, run, mode, lambda x: resize(x, "bool"), images)
     upsample = ud.nn.Upsample(size, scale_factor, how)
     raises_exactly(ud.DtypeMismatchError, message, run, mode, lambda x: upsample(ud.ops.cast(x, "bool")), images)
-    for dtype, (low, high) in WIDEST.items():
-        values = RNG.integers(low, high, shape, dtype=np.int64 if dtype != "uint8" else np.uint8).astype(dtype)
-        if how.startswith("nearest"):
+    widest = {dtype: RNG.integers(low, high, shape, dtype=np.int64 if dtype != "uint8" else np.uint8).astype(dtype)
+              for dtype, (low, high) in WIDEST.items()}
+    if how.startswith("nearest"):  # (one graph for the three dtypes)
+        results = run_each(mode, [lambda *x, at=at, dtype=dtype: resize(x[at], dtype) for at, dtype in
+                                  enumerate(widest)], *(values.astype(np.int64) for values in widest.values()))
+        for (dtype, values), got in zip(widest.items(), results):
             expected = _nearest_of_integers(values, size, scale_factor, how)
-            got = run(mode, lambda x: resize(x, dtype), values.astype(np.int64))
             assert (got.dtype, got.shape) == (np.dtype(dtype), expected.shape)
             np.testing.assert_array_equal(got, expected)
-        else:
-            raises_exactly(ud.DtypeMismatchError, f"interpolate mode {how!r} needs floating-point input, got {dtype} "
-                           f"input; convert it with x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode,
-                           lambda x: resize(x, dtype), values.astype(np.int64))
+        return
+    for dtype, values in widest.items():
+        raises_exactly(ud.DtypeMismatchError, f"interpolate mode {how!r} needs floating-point input, got {dtype} "
+                       f"input; convert it with x.astype('float32') or ud.ops.cast(x, 'float32')", run, mode,
+                       lambda x: resize(x, dtype), values.astype(np.int64))
 
 
 REDUCTIONS_OVER_NO_AXES = [("sum", "axis", (), lambda x: ud.ops.sum(x, ())),
@@ -1804,8 +1816,7 @@ def test_losses_normalizations_and_dropout_of_integers_are_floats_of_the_dtype_i
              (lambda x, t: ud.nn.Dropout(0.5)(x) * 0, torch.zeros(2, 3)),
              (lambda x, t: ud.ops.dropout2d(ud.ops.reshape(x, (1, 2, 3)), 0.5) * 0, torch.zeros(1, 2, 3)),
              (lambda x, t: ud.nn.Dropout2d(0.5)(ud.ops.reshape(x, (1, 2, 3))) * 0, torch.zeros(1, 2, 3))]
-    for function, expected in cases:
-        got = run(mode, function, values, labels)
+    for (_, expected), got in zip(cases, run_each(mode, [function for function, _ in cases], values, labels)):
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
     _, mean, variance = ud.ops.batch_norm(ud.tensor(values), None, None, training=True)
@@ -1877,14 +1888,16 @@ def test_indices_of_any_integer_dtype_index_as_int64(mode, index):
     as to the other indexing ops (TensorFlow and Keras truncated them)."""
     name, indexing = NARROW_INDEXING[index]
     table, indices = RNG.standard_normal((4, 6)).astype(np.float32), np.array([[3, 0], [1, 3], [2, 2], [0, 1]])
-    expected = run(mode, lambda x, i: indexing(x, i, "int64"), table, indices)
-    for dtype in ("uint8", "int8", "int16", "int32"):
-        got = run(mode, lambda x, i: indexing(x, i, dtype), table, indices)
-        assert got.dtype == expected.dtype and got.shape == expected.shape, (name, dtype)
-        np.testing.assert_array_equal(got, expected)
+    dtypes = ("int64", "uint8", "int8", "int16", "int32")
+    expected, *got = run_each(mode, [lambda x, i, dtype=dtype: indexing(x, i, dtype) for dtype in dtypes], table,
+                              indices)
+    for dtype, value in zip(dtypes[1:], got):
+        assert value.dtype == expected.dtype and value.shape == expected.shape, (name, dtype)
+        np.testing.assert_array_equal(value, expected)
     layer = ud.nn.Embedding(4, 3)
-    expected = run(mode, lambda i: layer(i), indices)
-    np.testing.assert_array_equal(run(mode, lambda i: layer(ud.ops.cast(i, "uint8")), indices), expected)
+    expected, got = run_each(mode, [lambda i: layer(i),
+                                    lambda i: layer(ud.ops.cast(i, "uint8"))], indices)
+    np.testing.assert_array_equal(got, expected)
     raises_exactly(ud.DtypeMismatchError, "max_unpool2d: indices must be integers, got float32 indices; convert them "
                    "with ud.ops.cast(indices, 'int64')", run, mode,
                    lambda x: ud.ops.max_unpool2d(x, ud.ops.zeros_like(x), 2), X[:, :, :2, :2])
