@@ -568,7 +568,7 @@ def arm(value):
 
 
 class Stalled(ud.nn.Module):
-    # a linear layer whose forward keeps XLA busy for tens of ms after arm's callback (two 1200x1200 products: two
+    # a linear layer whose forward keeps XLA busy for tens of ms after arm's callback fired (two 1200x1200 products: two
     # of 600x600 took under 5 ms on an idle machine, so every SIGINT came after the step), or sends SIGINT from the
     # trace of Keras's train step after its kill_in_trace-th (a Ctrl-C while the step compiles)
     kill_in_trace = None
