@@ -1,6 +1,9 @@
 """The jax backend's own rules: state written back after compiled steps, a bounded set of traces, unidl's
 errors for Python control flow on traced values, and the install hint."""
 
+import functools
+import json
+
 import numpy as np
 import pytest
 
@@ -346,6 +349,22 @@ def test_an_eager_spatial_composite_is_one_compiled_program_with_the_values_of_i
             ud.ops.adaptive_max_pool2d(x, [1, 2, 3])
 
 
+_FIRST_DRAW = r"""
+import json, numpy as np, unidl as ud
+ud.set_backend("jax")
+ud.manual_seed(5)
+from jax._src import xla_bridge
+started = xla_bridge.backends_are_initialized()
+import jax
+from unidl.backends.jax.backend import KeyStream
+same = all(np.array_equal(KeyStream._key(s), np.asarray(jax.random.PRNGKey(s))) for s in (0, 5, 2**40 + 7, -3))
+m = ud.nn.Dropout(0.5)
+f = ud.function(lambda x: m(x) * 2)
+x = ud.tensor(np.ones((4, 8), np.float32))
+masks = [ud.to_numpy(f(x)).tolist() for _ in range(2)] + [ud.to_numpy(m(x)).tolist()]
+print(json.dumps({"started": started, "same": same, "masks": masks}))
+"""
+
 _STATE_ON_ANOTHER_DEVICE = r"""
 import json, os
 import jax
@@ -413,6 +432,18 @@ print(json.dumps([run(1), run(0)]))
 """
 
 
+@functools.cache
+def _fresh_interpreter():
+    """The JSON lines of ``_FIRST_DRAW`` and then ``_STATE_ON_ANOTHER_DEVICE``, run one after the other in one fresh
+    interpreter (one JAX import for both) with two CPU devices: the first draw's check comes first, before anything
+    has started XLA or drawn."""
+    from tests.helpers import run_python
+
+    out = run_python(_FIRST_DRAW + _STATE_ON_ANOTHER_DEVICE, env={
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "UNIDL_BACKEND": "jax", "UNIDL_DEVICE": "cpu"})
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith(("{", "["))][-2:]
+
+
 def test_state_made_on_jaxs_default_device_follows_the_parameters():
     """A fresh interpreter with two CPU devices, JAX's default device the second and unidl's the first (as on a GPU
     machine with ``UNIDL_DEVICE=cpu``): the generator's key, optimizer slots loaded anew, the float16 loss scale and
@@ -423,11 +454,7 @@ def test_state_made_on_jaxs_default_device_follows_the_parameters():
     (and an eager forward's dropout) make their state on the parameters' device; a batch the caller put on the
     other device moves to the parameters' (compiled and eager steps, ``ud.predict``), and so do an LSTM's
     ``lengths`` there."""
-    from tests.helpers import last_json_line, run_python
-
-    out = run_python(_STATE_ON_ANOTHER_DEVICE, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-                                                     "UNIDL_BACKEND": "jax", "UNIDL_DEVICE": "cpu"})
-    (split_losses, split_devices), (losses, devices) = last_json_line(out.stdout)
+    (split_losses, split_devices), (losses, devices) = _fresh_interpreter()[1]
     assert split_devices == devices == ["cpu:0"], (split_devices, devices)
     assert split_losses == losses and all(np.isfinite(losses)), (split_losses, losses)
 
@@ -435,26 +462,9 @@ def test_state_made_on_jaxs_default_device_follows_the_parameters():
 def test_a_first_draw_inside_ud_function_gets_new_masks_and_seeding_starts_no_xla():
     """The dropout key exists from the backend's load (as a NumPy key: XLA not started, so ``ud.manual_seed``
     before ``ud.distributed.init`` still lets the jax engine join): a first draw inside ``ud.function`` threads it
-    (a key made in the trace gave one mask for ever and the next eager draw raised). A fresh interpreter: in this
-    one an earlier test drew already."""
-    from tests.helpers import run_python
-
-    code = """
-import json, numpy as np, unidl as ud
-ud.set_backend("jax")
-ud.manual_seed(5)
-from jax._src import xla_bridge
-started = xla_bridge.backends_are_initialized()
-import jax
-from unidl.backends.jax.backend import KeyStream
-same = all(np.array_equal(KeyStream._key(s), np.asarray(jax.random.PRNGKey(s))) for s in (0, 5, 2**40 + 7, -3))
-m = ud.nn.Dropout(0.5)
-f = ud.function(lambda x: m(x) * 2)
-x = ud.tensor(np.ones((4, 8), np.float32))
-masks = [ud.to_numpy(f(x)).tolist() for _ in range(2)] + [ud.to_numpy(m(x)).tolist()]
-print(json.dumps({"started": started, "same": same, "masks": masks}))
-"""
-    found = __import__("json").loads(run_python(code).stdout.strip().splitlines()[-1])
+    (a key made in the trace gave one mask for ever and the next eager draw raised). A fresh interpreter (in this
+    one an earlier test drew already): the two-device one, before its own runs."""
+    found = _fresh_interpreter()[0]
     assert found["started"] is False and found["same"] is True
     first, second, eager = (np.array(mask) for mask in found["masks"])
     assert not np.array_equal(first, second) and set(np.unique(eager)) <= {0.0, 2.0}

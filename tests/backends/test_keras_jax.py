@@ -556,17 +556,19 @@ class Sigint:
 
 
 def arm(value):
+    # 1 where this call fires the armed SIGINT (then the step stalls), else 0
     sigint = Sigint.armed
-    if sigint is not None and sigint.skip == 0:
+    fired = sigint is not None and sigint.skip == 0
+    if fired:
         Sigint.armed = None
         sigint.ran.set()
     elif sigint is not None:
         sigint.skip -= 1
-    return value
+    return np.asarray(fired, value.dtype)
 
 
 class Stalled(ud.nn.Module):
-    # a linear layer whose forward keeps XLA busy for tens of ms after arm's callback (two 1200x1200 products: two
+    # a linear layer whose forward keeps XLA busy for tens of ms after arm's callback fired (two 1200x1200 products: two
     # of 600x600 took under 5 ms on an idle machine, so every SIGINT came after the step), or sends SIGINT from the
     # trace of Keras's train step after its kill_in_trace-th (a Ctrl-C while the step compiles)
     kill_in_trace = None
@@ -581,9 +583,15 @@ class Stalled(ud.nn.Module):
         if Stalled.kill_in_trace is not None and self.native.train_step_runs > Stalled.kill_in_trace:
             Stalled.kill_in_trace = None
             os.kill(os.getpid(), signal.SIGINT)
-        start = jax.pure_callback(arm, jax.ShapeDtypeStruct((), a.dtype), jax.lax.stop_gradient(a[0, 0]))
-        square = jnp.full((1200, 1200), start)
-        return self.linear(a) + 0.0 * jnp.sum(square @ square @ square)
+        fired = jax.pure_callback(arm, jax.ShapeDtypeStruct((), a.dtype), jax.lax.stop_gradient(a[0, 0]))
+
+        def stall(start):
+            square = jnp.full((1200, 1200), start)
+            return jnp.sum(square @ square @ square)
+
+        # (only the call that fires: the runs' other forwards, dozens of them, skip the products)
+        busy = jax.lax.cond(fired > 0, stall, lambda start: jnp.zeros((), start.dtype), fired)
+        return self.linear(a) + 0.0 * busy
 
 
 def landed_in_the_callback(error):
