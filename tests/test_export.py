@@ -235,17 +235,47 @@ def test_jax_onnx_replication_padding_runs(tmp_path):
 
 
 def test_an_exporters_missing_conversion_is_an_export_format_error_naming_the_layer(tmp_path):
-    """jax2onnx has no ONNX for a reverse scan: a bidirectional GRU on jax is an ``ExportFormatError`` naming the
-    layer, the format and the formats that write it (it was jax2onnx's ``NotImplementedError``); nothing written."""
+    """jax2onnx cannot convert max pooling with indices over a symbolic batch size: on jax an ``ExportFormatError``
+    naming the layer, the format, the converter's reason and the formats that write it (it was jax's own
+    ``InconclusiveDimensionOperation``); nothing written. (``stablehlo`` writes it.)"""
     if "jax" not in backends_under_test():
         pytest.skip("jax is not under test")
     pytest.importorskip("jax2onnx")
     with ud.use_backend("jax"):
-        model = ud.nn.GRU(4, 5, batch_first=True, bidirectional=True)
-        with pytest.raises(ud.ExportFormatError, match=r"the jax backend's 'onnx' exporter cannot convert GRU's "
-                                                       r"forward: NotImplementedError: .*'stablehlo'"):
-            ud.export(model, tmp_path / "gru.onnx", format="onnx", input_shape=(6, 4))
-    assert os.listdir(tmp_path) == []
+        model = ud.nn.MaxPool2d(2, return_indices=True)
+        with pytest.raises(ud.ExportFormatError, match=r"the jax backend's 'onnx' exporter cannot convert MaxPool2d's "
+                                                       r"forward: NotImplementedError: jax2onnx: "
+                                                       r"InconclusiveDimensionOperation: .*'stablehlo'"):
+            ud.export(model, tmp_path / "pool.onnx", format="onnx", input_shape=(2, 6, 6))
+        assert os.listdir(tmp_path) == []
+        ud.export(model, tmp_path / "pool.stablehlo", format="stablehlo", input_shape=(2, 6, 6))
+
+
+def test_jax_onnx_bidirectional_recurrent_layers_match_torch(tmp_path):
+    """A bidirectional, two-layer LSTM and GRU on jax export to ONNX (jax2onnx has no reverse scan: the backend's
+    reverse direction is a forward scan over the flipped sequence, the same arithmetic; it was an
+    ``ExportFormatError``), and onnxruntime's outputs are plain torch's for the same weights."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import torch
+
+    x = np.random.default_rng(0).standard_normal((3, 6, 4)).astype(np.float32)
+    for layer, reference in ((ud.nn.LSTM, torch.nn.LSTM), (ud.nn.GRU, torch.nn.GRU)):
+        with ud.use_backend("jax"):
+            ud.manual_seed(0)
+            model = layer(4, 5, num_layers=2, batch_first=True, bidirectional=True)
+            ud.export(model, tmp_path / f"{layer.__name__}.onnx", format="onnx", input_shape=(6, 4))
+            state = {name: torch.tensor(np.asarray(value)) for name, value in model.state_dict().items()}
+        oracle = reference(4, 5, num_layers=2, batch_first=True, bidirectional=True)
+        oracle.load_state_dict(state)
+        with torch.no_grad():
+            expected = oracle(torch.tensor(x))
+        session = onnxruntime.InferenceSession(str(tmp_path / f"{layer.__name__}.onnx"),
+                                               providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {"x": x})
+        assert outputs[0].shape == (3, 6, 10), layer
+        assert max_relative_difference(outputs[0], expected[0].numpy()) <= TOLERANCE, layer
+        final = expected[1] if layer is ud.nn.GRU else expected[1][0]  # (h_n; an LSTM's (h_n, c_n))
+        assert max_relative_difference(outputs[1], final.numpy()) <= TOLERANCE, layer
 
 
 def test_every_backend_exports_something():

@@ -1,6 +1,6 @@
 """A run killed with SIGKILL mid-epoch, in the middle of writing a checkpoint, and resumed from its last
 intact checkpoint ends exactly where an uninterrupted run ends: bit-identical weights (CPU, float32) on torch,
-tensorflow and keras, dropout and a StepLR schedule included, and a bit-identical History (the interrupted
+tensorflow, keras and jax, dropout and a StepLR schedule included, and a bit-identical History (the interrupted
 epoch's loss and accuracy summed over all its batches in the same order as without the interruption)."""
 
 import os
@@ -19,7 +19,7 @@ from unidl.testing import max_relative_difference
 JOB = str(ROOT / "tests" / "resume_job.py")
 # (in any order: a seed set before a backend loaded once made TensorFlow's runtime start before its threads were
 # set, so its float32 results depended on what the process had run before; unidl/backends/__init__.py ``load``)
-BACKENDS = ["torch", "tensorflow", "keras"]
+BACKENDS = ["torch", "tensorflow", "keras", "jax"]
 
 
 def _job(*args):

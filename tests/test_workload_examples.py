@@ -1,5 +1,5 @@
-"""The workload examples (ResNet on CIFAR-10, transfer learning, text classification) on every backend, run in
-this process with tiny sizes so that one framework import serves them all. (A file of their own so that the
+"""The workload examples (ResNet on CIFAR-10, transfer learning, text classification) on every backend, jax too,
+run in this process with tiny sizes so that one framework import serves them all. (A file of their own so that the
 test runner's workers can take them apart from the subprocess-run examples in test_examples.py.)"""
 
 import pytest
@@ -8,7 +8,7 @@ from tests.helpers import ROOT
 
 pytestmark = pytest.mark.heavy  # tens of seconds: run first (tests/conftest.py)
 
-BACKENDS = ["torch", "tensorflow", "keras"]
+BACKENDS = ["torch", "tensorflow", "keras", "jax"]
 
 
 # ---- examples run in this process (one framework import shared by all), with tiny sizes ----

@@ -250,8 +250,8 @@ def export(model, path, format: str, input_shape=None, overwrite: bool = False, 
 
 
 def _run_exporter(backend, model, temporary, format, shape, dtype) -> None:
-    """``backend.export``, an exporter's own "not implemented" (jax2onnx has no ONNX for a reverse scan: a
-    bidirectional RNN on jax) made an ``ExportFormatError`` naming the model, the format and the formats left."""
+    """``backend.export``, an exporter's own "not implemented" (jax2onnx's conversion of max pooling with indices on
+    jax) made an ``ExportFormatError`` naming the model, the format and the formats left."""
     from unidl.errors import UnidlError
 
     try:

@@ -117,7 +117,7 @@ class LateDivergence(ud.nn.Module):
         return self.fc(x)
 
 
-def test_report_says_where_runs_first_diverged():
+def test_report_says_where_runs_first_diverged(monkeypatch):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((8, 4)), rng.standard_normal((8, 1))
     report = ud.testing.compare_backends(Planted, rng.standard_normal((8, 6)), backends=["torch", "tensorflow"])
@@ -128,12 +128,29 @@ def test_report_says_where_runs_first_diverged():
         lr = 0.05 if ud.get_backend() == "tensorflow" else 0.1  # the same first loss, then apart
         return ud.optim.SGD(params, lr=lr)
 
+    def bias_optimizer(params):  # fc.bias's momentum differs on tensorflow: its first step (-lr * g) agrees
+        momentum = 0.5 if ud.get_backend() == "tensorflow" else 0.9
+        return ud.optim.SGD([{"params": params[:1]}, {"params": params[1:], "momentum": momentum}], lr=0.1,
+                            momentum=0.9)
+
     report = ud.testing.compare_backends(LateDivergence, x, y, loss=ud.nn.MSELoss, optimizer=optimizer, steps=5,
                                          backends=["torch", "tensorflow"])
-    assert "tensorflow first diverged from torch at training step 2" in str(report), str(report)
-    with pytest.raises(AssertionError, match="first diverged from torch at training step 2"):
+    # the weights parted at the first step's update (both of them: the largest named), the loss one step later
+    assert len(report.first_divergences()) == 1, report.first_divergences()
+    assert "tensorflow first diverged from torch at training step 1, in its update of fc." in str(report)
+    assert ", and 1 more tensor)" in str(report) and "the loss first differed at training step 2" in str(report)
+    with pytest.raises(AssertionError, match="first diverged from torch at training step 1, in its update of fc"):
         ud.testing.assert_parity(LateDivergence, x, y, loss=ud.nn.MSELoss, optimizer=optimizer, steps=5,
                                  backends=["torch", "tensorflow"])
+    report = ud.testing.compare_backends(LateDivergence, x, y, loss=ud.nn.MSELoss, optimizer=bias_optimizer,
+                                         steps=5, backends=["torch", "tensorflow"])
+    assert "at training step 2, in its update of fc.bias (max rel" in str(report), str(report)
+    assert "more tensor" not in str(report) and "the loss first differed at training step 3" in str(report)
+    # a run too large to keep each step's weights: the first step whose loss differs
+    monkeypatch.setattr(ud.testing.parity, "STEP_RECORD_BYTES", 0)
+    report = ud.testing.compare_backends(LateDivergence, x, y, loss=ud.nn.MSELoss, optimizer=optimizer, steps=5,
+                                         backends=["torch", "tensorflow"])
+    assert "tensorflow first diverged from torch at training step 2 (max rel" in str(report), str(report)
 
 
 class TwoHeads(ud.nn.Module):

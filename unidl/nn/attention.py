@@ -47,7 +47,10 @@ class MultiheadAttention(Module):
     (N, L, E)), weights (N, L, S) averaged over heads (or (N, num_heads, L, S)), or None unless
     ``need_weights``. ``key_padding_mask`` (N, S): True (or -inf) marks padding keys to ignore. ``attn_mask``
     (L, S) or (N * num_heads, L, S): True marks pairs that may NOT attend; a float mask is added to the
-    scores. ``is_causal`` without ``attn_mask`` applies the causal mask (PyTorch needs the mask itself).
+    scores. ``is_causal`` without ``attn_mask`` applies the causal mask (PyTorch needs the mask itself); beside an
+    ``attn_mask`` it is PyTorch's hint that the mask is causal, and the mask is applied (PyTorch, given a hint that
+    is wrong, applies the causal mask without ``key_padding_mask`` and with ``need_weights=False``, else the mask:
+    its documentation calls the result undefined; unidl's is the mask's on every backend).
     Unbatched (L, E) inputs work too. A query whose every key is masked gets what PyTorch's module gives it:
     with ``need_weights=False`` it attends to nothing (output ``out_proj.bias``, as
     ``F.scaled_dot_product_attention``), except in evaluation where PyTorch takes its fused inference path

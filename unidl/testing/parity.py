@@ -56,6 +56,10 @@ class ParityReport:
     dtype: str
     backends: list
     rows: list = field(default_factory=list)
+    #: per pair ``(reference, other)`` whose training parted: the first step whose update of a tensor is over the
+    #: "trained" tolerance, as ``(step, tensor, max_rel, tolerance, tensors over)``, the tensor the one that differs
+    #: most at that step (from each step's weights, which a run keeps up to ``STEP_RECORD_BYTES``)
+    updates: dict = field(default_factory=dict)
 
     @property
     def failures(self) -> list:
@@ -73,13 +77,29 @@ class ParityReport:
         for row in self.rows:  # rows are in run order within each pair
             if row.passed or (row.reference, row.other) in found:
                 continue
+            pair = (row.reference, row.other)
+            if row.kind in ("loss", "trained") and pair in self.updates:
+                found[pair] = self._first_update(row)
+                continue
             where = {"weights": f"the initial weights ({row.name})", "output": "the forward output",
                      "gradient": f"the gradient of {row.name}, before any training step",
                      "loss": f"training step {row.first_step}" if row.first_step else "the loss trajectory",
                      "trained": f"the trained weights ({row.name}), with every loss within tolerance"}[row.kind]
-            found[(row.reference, row.other)] = (f"{row.other} first diverged from {row.reference} at {where} "
-                                                 f"(max rel {row.max_rel:.2e} > {row.tolerance:.0e})")
+            found[pair] = (f"{row.other} first diverged from {row.reference} at {where} "
+                           f"(max rel {row.max_rel:.2e} > {row.tolerance:.0e})")
         return list(found.values())
+
+    def _first_update(self, row) -> str:
+        """The first divergence of a training run: the step whose update first parted and the tensor that
+        differs most after it; then where the loss first differed (a step's loss is taken before its update)."""
+        step, name, max_rel, tolerance, count = self.updates[(row.reference, row.other)]
+        others = f", and {count - 1} more tensor{'s' if count > 2 else ''}" if count > 1 else ""
+        loss = next((r for r in self.rows if (r.reference, r.other, r.kind) == (row.reference, row.other, "loss")
+                     and not r.passed), None)
+        after = (f"; the loss first differed at training step {loss.first_step}" if loss is not None
+                 and loss.first_step else "; every loss within tolerance")
+        return (f"{row.other} first diverged from {row.reference} at training step {step}, in its update of {name} "
+                f"(max rel {max_rel:.2e} > {tolerance:.0e}{others}){after}")
 
     def __str__(self):
         header = f"{'pair':<26} {'what':<9} {'tensor':<28} {'max abs':>11} {'max rel':>11} {'tol':>9}  ok"
@@ -142,10 +162,28 @@ def _in_process_run(backend, build, state, inputs, targets, loss, optimizer, ste
         results["gradient"] = {n: ud.to_numpy(g) for n, g in zip(names, grads) if g is not None}
         if steps:
             step = ud.train_step(model, loss(), optimizer(model.parameters()))
-            results["loss"] = {"trajectory": np.array([float(step(inputs[0], targets, *xs[1:]))
-                                                       for _ in range(steps)])}
+            recorded = _records_steps(results["weights"], steps)
+            trajectory, updates = [], {}
+            for number in range(1, steps + 1):
+                trajectory.append(float(step(inputs[0], targets, *xs[1:])))
+                if recorded and number < steps:  # (the last step's are the trained weights)
+                    updates.update({f"{number}/{name}": value for name, value in model.state_dict().items()})
+            results["loss"] = {"trajectory": np.array(trajectory)}
             results["trained"] = model.state_dict()
+            if recorded:
+                results["steps"] = updates
         return results
+
+
+STEP_RECORD_BYTES = 256 * 2**20
+"""The most bytes of weights a run keeps for naming the step and tensor where training first diverged: each
+step's weights are kept while ``steps`` copies of them fit in this, else only the trained weights (the report then
+names the first step whose loss differs, and the trained tensors that differ)."""
+
+
+def _records_steps(weights, steps) -> bool:
+    """Whether a run keeps each training step's weights (``STEP_RECORD_BYTES``)."""
+    return steps * sum(np.asarray(value).nbytes for value in weights.values()) <= STEP_RECORD_BYTES
 
 
 def _run_in_subprocess(backend, model_class, model_kwargs, state, inputs, targets, loss, optimizer, steps, seed, dtype):
@@ -350,7 +388,40 @@ def compare_backends(model, inputs, targets=None, *, model_kwargs=None, loss=Non
                                        _relative_difference(found, expected, max_abs, kind_scale, limits[kind]),
                                        limits[kind],
                                        _first_step(found, expected, limits[kind]) if kind == "loss" else None))
+        first = _first_update(runs[reference].get("steps", {}), runs[other].get("steps", {}),
+                              runs[reference].get("trained", {}), runs[other].get("trained", {}), steps,
+                              limits["trained"])
+        if first is not None:
+            report.updates[(reference, other)] = first
     return report
+
+
+def _first_update(expected_steps, found_steps, expected_trained, found_trained, steps, tolerance):
+    """``(step, tensor, max_rel, tolerance, tensors over)`` of the first training step after which a weight of the
+    two runs differs by more than ``tolerance`` (the tensor that differs most then), from each step's weights and the
+    trained ones (the last step's); None if both runs did not keep each step's weights, or none differs."""
+    if not steps or (steps > 1 and not (expected_steps and found_steps)):
+        return None
+    for step in range(1, steps + 1):
+        if step < steps:
+            prefix = f"{step}/"
+            expected = {k[len(prefix):]: v for k, v in expected_steps.items() if k.startswith(prefix)}
+            found = {k[len(prefix):]: v for k, v in found_steps.items() if k.startswith(prefix)}
+        else:
+            expected, found = expected_trained, found_trained
+        over = []
+        for name, value in expected.items():
+            other = found.get(name)
+            if other is None or np.shape(other) != np.shape(value):
+                over.append((float("inf"), name))
+                continue
+            difference = max_relative_difference(other, value)
+            if not difference <= tolerance:  # (NaN too)
+                over.append((difference, name))
+        if over:
+            max_rel, name = max(over, key=lambda item: np.nan_to_num(item[0], nan=np.inf))  # (the first of equals)
+            return step, name, max_rel, tolerance, len(over)
+    return None
 
 
 def _magnitude(values) -> float:

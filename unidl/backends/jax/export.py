@@ -90,6 +90,7 @@ def _export_onnx(module, path: str, input_shape, dtype: str) -> None:
     import jax
     import numpy as np
 
+    from unidl.errors import UnidlError
     from unidl.export import flat_outputs
 
     native = module.native
@@ -99,9 +100,18 @@ def _export_onnx(module, path: str, input_shape, dtype: str) -> None:
     # the forward traced with the input as asked first: jax2onnx narrows a float64 input to float32 outside double
     # precision, so that a float32 model took one (and a Cast) where every other format raises the forward's error
     jax.eval_shape(lambda x: native.apply(params, x), jax.ShapeDtypeStruct((1, *input_shape), np.dtype(dtype)))
-    with _jax_plugins_only():
-        model = to_onnx(lambda x: flat_outputs(native.apply(params, x)), [spec], model_name=type(module).__name__,
-                        input_names=["x"], enable_double_precision=_dtype(module) == "float64")
+    try:
+        with _jax_plugins_only():
+            model = to_onnx(lambda x: flat_outputs(native.apply(params, x)), [spec], model_name=type(module).__name__,
+                            input_names=["x"], enable_double_precision=_dtype(module) == "float64")
+    except Exception as error:
+        # the forward traced above: what fails now is jax2onnx's conversion (a primitive it has no ONNX for, a
+        # symbolic batch size where its rule needs a number: max pooling with indices), which unidl.export reports
+        # as an ExportFormatError naming the model and the formats that write it
+        if isinstance(error, (NotImplementedError, UnidlError)):
+            raise
+        reason = (str(error).strip().splitlines() or [""])[0]  # (the first line: jax's go on with a manual's page)
+        raise NotImplementedError(f"jax2onnx: {type(error).__name__}: {reason}") from error
     _pool_batch_and_channel_axes(model.graph)
     _give_input_dtype(model.graph, dtype)
     onnx.checker.check_model(model)

@@ -533,9 +533,16 @@ def bce_with_logits(logits, targets, reduction="mean"):
 
 
 def scan(fn, init, xs, axis=0, reverse=False):
-    xs = jax.tree_util.tree_map(lambda x: jnp.moveaxis(_v(x), axis, 0), xs)
-    carry, ys = jax.lax.scan(fn, jax.tree_util.tree_map(_v, init), xs, reverse=reverse)  # (a parameter as init too)
-    return carry, jax.tree_util.tree_map(lambda y: jnp.moveaxis(y, 0, axis), ys)
+    # reverse as a forward scan over the slices taken from the end (lax.scan's own definition of it): the same
+    # arithmetic, and a program that exporters without a reverse scan convert (jax2onnx: a bidirectional RNN to ONNX)
+    xs = jax.tree_util.tree_map(lambda x: _from_the_end(jnp.moveaxis(_v(x), axis, 0), reverse), xs)
+    carry, ys = jax.lax.scan(fn, jax.tree_util.tree_map(_v, init), xs)  # (a parameter as init too)
+    return carry, jax.tree_util.tree_map(lambda y: jnp.moveaxis(_from_the_end(y, reverse), 0, axis), ys)
+
+
+def _from_the_end(x, reverse):
+    """``x`` with its first axis reversed when ``reverse``, else as it is."""
+    return jnp.flip(x, 0) if reverse else x
 
 
 @compiled_when_eager("x")
