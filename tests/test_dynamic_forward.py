@@ -108,6 +108,46 @@ def test_a_numpy_generator_drawn_in_a_traced_forward_warns(name, own):
             ud.function(forward_of_model)(ud.tensor(X))
 
 
+class ListedGeneratorNet(DynamicNet):
+    """Draws its depth from a NumPy ``Generator`` held in a list attribute."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generators = [generator]
+
+    def forward(self, x):
+        return super().forward(x, int(self.generators[0].integers(0, 4)))
+
+
+def closure_net(generator):
+    """A ``DynamicNet`` whose forward reads ``generator`` from its closure."""
+    class ClosureNet(DynamicNet):
+        def forward(self, x):
+            return super().forward(x, int(generator.integers(0, 4)))
+
+    return ClosureNet()
+
+
+@pytest.mark.parametrize("name", ["tensorflow", "jax"])
+def test_a_generator_in_a_list_or_a_closure_drawn_in_a_traced_forward_warns(name):
+    """A NumPy ``Generator`` in a module's list attribute or in its forward's closure, or in the closure of the
+    function ``ud.function`` traces, is seen as one the module holds: the same warning (it was not seen: the draw
+    was frozen into the graph silently)."""
+    drew = r"drew from a NumPy Generator \(np.random.default_rng\(\)\) while being traced"
+    with ud.use_backend(name):
+        for model in (ListedGeneratorNet(np.random.default_rng(3)), closure_net(np.random.default_rng(3))):
+            step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.05))
+            with pytest.warns(RetraceWarning, match=rf"^train_step of {type(model).__name__} " + drew):
+                step(X, Y)
+        generator, model = np.random.default_rng(3), DynamicNet()
+
+        def random_depth(x):
+            return model(x, int(generator.integers(0, 4)))
+
+        with pytest.warns(RetraceWarning, match=r"^random_depth " + drew):
+            ud.function(random_depth)(ud.tensor(X))
+
+
 def test_no_warning_where_python_runs_every_step():
     for name, eager in (("torch", False), ("tensorflow", True)):
         with ud.use_backend(name), warnings.catch_warnings():

@@ -114,14 +114,44 @@ def _generator_state(generator):
     return repr(state)  # (nested dicts and arrays: compared as text)
 
 
+_GENERATORS = (np.random.Generator, np.random.RandomState)
+#: a list, tuple or dict of at most this many items (a module's attribute, a closure's cell) is looked into for
+#: generators; a larger one (a data set held by a module) is not walked at every trace
+_LOOKED_INTO = 64
+
+
 def _watch_generators(watched: dict, module) -> None:
-    """Note the state of each NumPy ``Generator`` (or ``RandomState``) among ``module``'s attributes and its
-    ``forward``'s module globals, the first time the trace meets it. Reachable further (in a list, through another
-    object) it is not seen: docs/dynamic-forward.md names that limit."""
-    forward_globals = getattr(type(module).forward, "__globals__", {})
-    for value in (*vars(module).values(), *forward_globals.values()):
-        if isinstance(value, (np.random.Generator, np.random.RandomState)) and id(value) not in watched:
-            watched[id(value)] = (value, _generator_state(value))
+    """Note the state of each NumPy ``Generator`` (or ``RandomState``) among ``module``'s attributes (in a list,
+    tuple or dict attribute too) and what its ``forward`` reads beside them (its module globals, its closure's cells),
+    the first time the trace meets it. Reachable further (through another object) it is not seen:
+    docs/dynamic-forward.md names that limit."""
+    _note_generators(watched, (*vars(module).values(), *_read_by(type(module).forward)))
+
+
+def _read_by(function) -> list:
+    """What ``function`` (a plain or bound one) can read beside its arguments: its module globals and the contents
+    of its closure's cells (a generator made in an enclosing function)."""
+    function = getattr(function, "__func__", function)
+    values = list(getattr(function, "__globals__", {}).values())
+    for cell in getattr(function, "__closure__", None) or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # (a cell not filled yet)
+            continue
+    return values
+
+
+def _note_generators(watched: dict, values) -> None:
+    """``watched[id(g)] = (g, its state)`` for each generator among ``values`` or in a small list, tuple or dict
+    among them (``_LOOKED_INTO``), the first time it is met."""
+    for value in values:
+        if isinstance(value, (list, tuple, dict)) and len(value) <= _LOOKED_INTO:
+            items = value.values() if isinstance(value, dict) else value
+        else:
+            items = (value,)
+        for item in items:
+            if isinstance(item, _GENERATORS) and id(item) not in watched:
+                watched[id(item)] = (item, _generator_state(item))
 
 
 def _states():
@@ -131,11 +161,14 @@ def _states():
 
 
 @contextlib.contextmanager
-def python_randomness_guard(name: str):
+def python_randomness_guard(name: str, function=None):
     """Warn (``RetraceWarning``) if the block draws from Python's ``random``, NumPy's global generator or a NumPy
-    generator held by a module it calls (or by its ``forward``'s module globals)."""
+    generator held by a module it calls (or read by its ``forward``: module globals, closure), or read by
+    ``function`` (the function being traced: a ``ud.function``'s)."""
     before = _states()
     watched = {}
+    if function is not None:
+        _note_generators(watched, _read_by(function))
     token = _watched_generators.set(watched)
     try:
         yield

@@ -239,8 +239,8 @@ class StatefulJit:
             try:
                 for v, value in zip(variables, values):
                     v.value = value
-                with python_randomness_guard(self.__name__), jax_ops.checkified_trace(), self._options.recording(), \
-                        jax_variable.reads_recorded() as reads:
+                with python_randomness_guard(self.__name__, self._fn), jax_ops.checkified_trace(), \
+                        self._options.recording(), jax_variable.reads_recorded() as reads:
                     result = self._fn(*jax.tree_util.tree_unflatten(treedef, leaves))
                     # a variable returned as it is (a parameter, batch norm's running statistics in eval mode)
                     # comes out as its value, as torch's function returns the parameter, a tensor

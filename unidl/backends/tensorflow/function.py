@@ -363,7 +363,8 @@ class GraphFunction:
         args = _packed(args, packing)  # and the structures' leaves back in their structures
         if not tracing_export_graph():  # an export's own graphs (see __call__) are no retrace of the function
             self.trace_count += 1
-        with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__), self._options.recording():
+        with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__, self._fn), \
+                self._options.recording():
             if self._device is None:
                 return self._fn(*args)
             with tf.device(self._device):
