@@ -11,6 +11,9 @@ import numpy as np
 import unidl as ud
 
 CNN_SAMPLES, CNN_BATCH = 20, 8  # batches of 8, 8, 4: an uneven last batch, each split evenly over 2 ranks
+# a loss scale that overflows neither a rank's half batch nor the whole batch of ``train_two_layer`` (a rank's mean
+# over its share has gradients per sample twice one process's: at 65536 the job skips a first step one process takes)
+HALF_BATCH_FLOAT16 = ud.Precision("16-mixed", init_scale=256.0)
 
 
 def cnn_data():
@@ -675,15 +678,12 @@ def keras_on_torch_job(directory):
         return {"two_layer64": train_two_layer("float64", all_reduces=counts["two_layer64"]),
                 "two_layer32": train_two_layer("float32"),
                 "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
-                # a scale that overflows neither a rank's half batch nor the whole batch (a rank's mean over its share
-                # has gradients per sample twice one process's: at 65536 the job skips a first step one process takes)
-                "two_layer_fp16": train_two_layer("float32", ud.Precision("16-mixed", init_scale=256.0)),
+                "two_layer_fp16": train_two_layer("float32", HALF_BATCH_FLOAT16),
                 "two_layer_accumulate": train_two_layer("float64", accumulate=2,
                                                         all_reduces=counts["two_layer_accumulate"]),
                 "two_layer_bf16_accumulate": train_two_layer("float32", "bf16-mixed", accumulate=2),
                 # float16's window is Keras's loss scaler's: one all-reduce per update too
-                "two_layer_fp16_accumulate": train_two_layer("float32", ud.Precision("16-mixed", init_scale=256.0),
-                                                             accumulate=2,
+                "two_layer_fp16_accumulate": train_two_layer("float32", HALF_BATCH_FLOAT16, accumulate=2,
                                                              all_reduces=counts["two_layer_fp16_accumulate"]),
                 "cnn": train_cnn(os.path.join(directory, name))}
 
@@ -696,7 +696,7 @@ def keras_on_torch_job(directory):
               # rank 1's loss infinite (its gradients finite) at a step, and at a window's first micro-step
               "guarded": poisoned_run("float64", 3, (1,)),
               "guarded_window": poisoned_run("float64", 4, (0,), accumulate=2),
-              "guarded_fp16_window": poisoned_run("float32", 4, (0,), ud.Precision("16-mixed", init_scale=256.0), 2),
+              "guarded_fp16_window": poisoned_run("float32", 4, (0,), HALF_BATCH_FLOAT16, 2),
               "window_checkpointed": window_checkpointed_in_the_job(os.path.join(directory, "window"))}
     built_in_the_job = step_in_the_job()
     ud.distributed.shutdown()
@@ -712,10 +712,11 @@ def keras_on_torch_job(directory):
 def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
-    two-layer net in float64 and with ``accumulate=2``, their collectives counted, and float32 and bf16-mixed) and
-    ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast); the guard over windows (``guarded_windows``);
-    a layer one rank's forward skips, beside the jax backend's step (``train_a_layer_of_one_rank``); the watchdog's
-    timeout (launch's ``collective_timeout``)."""
+    two-layer net in float64 and with ``accumulate=2``, and float16's with it, their collectives counted, and
+    float32 and bf16-mixed) and ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast); the guard over
+    windows (``guarded_windows``, and a float16 window's) and float16's overflow of one rank's share, their
+    collectives counted too; a layer one rank's forward skips, beside the jax backend's step
+    (``train_a_layer_of_one_rank``); the watchdog's timeout (launch's ``collective_timeout``)."""
     import jax
 
     from unidl.backends.jax import distributed
@@ -732,7 +733,12 @@ def keras_on_jax_job():
                 "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
                 "two_layer_accumulate": engine_all_reduces(counts, "two_layer_accumulate",
                                                            lambda: train_two_layer("float64", accumulate=2)),
-                "batch_norm": batch_norm_from_rank_0(), "guarded_windows": guarded_windows()}
+                "two_layer_fp16_accumulate": engine_all_reduces(counts, "two_layer_fp16_accumulate", lambda: (
+                    train_two_layer("float32", HALF_BATCH_FLOAT16, accumulate=2))),
+                "batch_norm": batch_norm_from_rank_0(), "guarded_windows": guarded_windows(),
+                "guarded_fp16_window": engine_all_reduces(counts, "guarded_fp16_window", lambda: poisoned_run(
+                    "float32", 4, (0,), HALF_BATCH_FLOAT16, 2)),
+                "fp16_overflow": engine_all_reduces(counts, "fp16_overflow", float16_overflow_on_one_rank)}
 
 
 def step_in_the_job():
