@@ -35,6 +35,20 @@ def train_cnn(directory, resume_from=None, epochs=2):
     return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, history.as_dict()
 
 
+def train_cnn_float64():
+    """The CNN (of 8x8 images: the digits' net) in float64 after 2 ``train_step`` calls of global batch 8, SGD with
+    momentum, whose step grows with the gradient (a sum over the ranks where their mean belongs shows)."""
+    with ud.use_dtype("float64"):
+        ud.manual_seed(0)
+        x, y = cnn_data()
+        model = ud.models.CNN(in_channels=1, num_classes=3, image_size=8)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer)
+        for xb, yb in ud.data.DataLoader(ud.data.TensorDataset(x[:16].astype(np.float64), y[:16]), batch_size=8):
+            step(xb, yb)
+        return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
+
+
 def evaluate_cnn(weights):
     """``evaluate`` (batches of 6: the last of 2 samples) and ``predict`` of the CNN holding ``weights``."""
     x, y = cnn_data()
@@ -619,8 +633,8 @@ def guard_job():
 def accumulation_and_guard_job():
     """What test_distributed.py's accumulation and guard tests read of torch's engine (DDP), run by the torch launch
     before its planted failure: the guard's runs, then ``accumulation_job``, whose all-reduce counts are taken per
-    configuration."""
-    return {"guard": guard_job(), "accumulation": accumulation_job()}
+    configuration, and the CNN in float64 (``train_cnn_float64``)."""
+    return {"guard": guard_job(), "accumulation": accumulation_job(), "cnn64": train_cnn_float64()}
 
 
 def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_backend, extra=None,

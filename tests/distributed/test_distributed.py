@@ -563,6 +563,18 @@ def test_micro_steps_run_without_all_reduce(accumulation):
             assert rank[name]["all_reduces"] == every_step // 2, name
 
 
+def test_two_ranks_train_the_cnn_in_float64_as_one_process(launches, tmp_path_factory):
+    """The CNN in float64 under torch's DDP (``jobs.train_cnn_float64``): the weights of one process with the global
+    batch to 1e-12 (float32's CNN is checked to 1e-6 in the test above; a sum over the ranks where their mean
+    belongs would be a step twice as long)."""
+    rank0, rank1 = (extra["cnn64"] for extra in _job("torch", launches, tmp_path_factory)["extra"])
+    with ud.use_backend("torch"):
+        reference = jobs.train_cnn_float64()
+    for key, value in rank0.items():
+        np.testing.assert_array_equal(value, rank1[key], err_msg=key)
+    _agree(rank0, reference, 1e-12)
+
+
 @pytest.mark.parametrize("precision", list(jobs.GUARD_PRECISIONS))
 def test_a_loss_non_finite_on_one_rank_skips_the_update_on_every_rank(guarded, precision):
     rank0, rank1 = (result[precision] for result in guarded)
