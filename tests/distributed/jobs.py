@@ -11,6 +11,9 @@ import numpy as np
 import unidl as ud
 
 CNN_SAMPLES, CNN_BATCH = 20, 8  # batches of 8, 8, 4: an uneven last batch, each split evenly over 2 ranks
+# a loss scale that overflows neither a rank's half batch nor the whole batch of ``train_two_layer`` (a rank's mean
+# over its share has gradients per sample twice one process's: at 65536 the job skips a first step one process takes)
+HALF_BATCH_FLOAT16 = ud.Precision("16-mixed", init_scale=256.0)
 
 
 def cnn_data():
@@ -30,6 +33,20 @@ def train_cnn(directory, resume_from=None, epochs=2):
                      callbacks=[ud.callbacks.Checkpoint(directory, keep=None)], verbose=0, resume_from=resume_from,
                      metrics=["accuracy", "f1", "precision_micro", ud.metrics.AUC(from_logits=True)])
     return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}, history.as_dict()
+
+
+def train_cnn_float64():
+    """The CNN (of 8x8 images: the digits' net) in float64 after 2 ``train_step`` calls of global batch 8, SGD with
+    momentum, whose step grows with the gradient (a sum over the ranks where their mean belongs shows)."""
+    with ud.use_dtype("float64"):
+        ud.manual_seed(0)
+        x, y = cnn_data()
+        model = ud.models.CNN(in_channels=1, num_classes=3, image_size=8)
+        optimizer = ud.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer)
+        for xb, yb in ud.data.DataLoader(ud.data.TensorDataset(x[:16].astype(np.float64), y[:16]), batch_size=8):
+            step(xb, yb)
+        return {k: ud.to_numpy(v) for k, v in model.state_dict().items()}
 
 
 def evaluate_cnn(weights):
@@ -616,8 +633,8 @@ def guard_job():
 def accumulation_and_guard_job():
     """What test_distributed.py's accumulation and guard tests read of torch's engine (DDP), run by the torch launch
     before its planted failure: the guard's runs, then ``accumulation_job``, whose all-reduce counts are taken per
-    configuration."""
-    return {"guard": guard_job(), "accumulation": accumulation_job()}
+    configuration, and the CNN in float64 (``train_cnn_float64``)."""
+    return {"guard": guard_job(), "accumulation": accumulation_job(), "cnn64": train_cnn_float64()}
 
 
 def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_backend, extra=None,
@@ -675,15 +692,12 @@ def keras_on_torch_job(directory):
         return {"two_layer64": train_two_layer("float64", all_reduces=counts["two_layer64"]),
                 "two_layer32": train_two_layer("float32"),
                 "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
-                # a scale that overflows neither a rank's half batch nor the whole batch (a rank's mean over its share
-                # has gradients per sample twice one process's: at 65536 the job skips a first step one process takes)
-                "two_layer_fp16": train_two_layer("float32", ud.Precision("16-mixed", init_scale=256.0)),
+                "two_layer_fp16": train_two_layer("float32", HALF_BATCH_FLOAT16),
                 "two_layer_accumulate": train_two_layer("float64", accumulate=2,
                                                         all_reduces=counts["two_layer_accumulate"]),
                 "two_layer_bf16_accumulate": train_two_layer("float32", "bf16-mixed", accumulate=2),
                 # float16's window is Keras's loss scaler's: one all-reduce per update too
-                "two_layer_fp16_accumulate": train_two_layer("float32", ud.Precision("16-mixed", init_scale=256.0),
-                                                             accumulate=2,
+                "two_layer_fp16_accumulate": train_two_layer("float32", HALF_BATCH_FLOAT16, accumulate=2,
                                                              all_reduces=counts["two_layer_fp16_accumulate"]),
                 "cnn": train_cnn(os.path.join(directory, name))}
 
@@ -696,7 +710,7 @@ def keras_on_torch_job(directory):
               # rank 1's loss infinite (its gradients finite) at a step, and at a window's first micro-step
               "guarded": poisoned_run("float64", 3, (1,)),
               "guarded_window": poisoned_run("float64", 4, (0,), accumulate=2),
-              "guarded_fp16_window": poisoned_run("float32", 4, (0,), ud.Precision("16-mixed", init_scale=256.0), 2),
+              "guarded_fp16_window": poisoned_run("float32", 4, (0,), HALF_BATCH_FLOAT16, 2),
               "window_checkpointed": window_checkpointed_in_the_job(os.path.join(directory, "window"))}
     built_in_the_job = step_in_the_job()
     ud.distributed.shutdown()
@@ -712,10 +726,11 @@ def keras_on_torch_job(directory):
 def keras_on_jax_job():
     """On ranks whose Keras runs on JAX (the jax launch starts its ranks with ``KERAS_BACKEND=jax``): Keras's own
     jitted train step, whose loss and gradients the jax engine averages inside it, through ``train_step`` (the
-    two-layer net in float64 and with ``accumulate=2``, their collectives counted, and float32 and bf16-mixed) and
-    ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast); the guard over windows (``guarded_windows``);
-    a layer one rank's forward skips, beside the jax backend's step (``train_a_layer_of_one_rank``); the watchdog's
-    timeout (launch's ``collective_timeout``)."""
+    two-layer net in float64 and with ``accumulate=2``, and float16's with it, their collectives counted, and
+    float32 and bf16-mixed) and ``fit`` (``batch_norm_from_rank_0``: rank 0's weights broadcast); the guard over
+    windows (``guarded_windows``, and a float16 window's) and float16's overflow of one rank's share, their
+    collectives counted too; a layer one rank's forward skips, beside the jax backend's step
+    (``train_a_layer_of_one_rank``); the watchdog's timeout (launch's ``collective_timeout``)."""
     import jax
 
     from unidl.backends.jax import distributed
@@ -732,7 +747,12 @@ def keras_on_jax_job():
                 "two_layer32": train_two_layer("float32"), "two_layer_bf16": train_two_layer("float32", "bf16-mixed"),
                 "two_layer_accumulate": engine_all_reduces(counts, "two_layer_accumulate",
                                                            lambda: train_two_layer("float64", accumulate=2)),
-                "batch_norm": batch_norm_from_rank_0(), "guarded_windows": guarded_windows()}
+                "two_layer_fp16_accumulate": engine_all_reduces(counts, "two_layer_fp16_accumulate", lambda: (
+                    train_two_layer("float32", HALF_BATCH_FLOAT16, accumulate=2))),
+                "batch_norm": batch_norm_from_rank_0(), "guarded_windows": guarded_windows(),
+                "guarded_fp16_window": engine_all_reduces(counts, "guarded_fp16_window", lambda: poisoned_run(
+                    "float32", 4, (0,), HALF_BATCH_FLOAT16, 2)),
+                "fp16_overflow": engine_all_reduces(counts, "fp16_overflow", float16_overflow_on_one_rank)}
 
 
 def step_in_the_job():

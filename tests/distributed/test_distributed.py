@@ -162,13 +162,27 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     _check_all_reduced((rank0, rank1))
     # launch(collective_timeout=) reached init(timeout=) and the job's watchdog (the failing job then lowers it)
     assert rank0["watchdog_timeout"] == rank1["watchdog_timeout"] == FAILURE_BOUND
+    # float16 with accumulate=2 against the same training in bf16-mixed in one process (no second run of its own:
+    # 8e-3 apart measured, 6e-4 of it the job's; a sum over the ranks where their mean belongs is 0.45 away)
     for name, reference, bound in (("two_layer64", "float64", 1e-12), ("two_layer32", "float32", 1e-6),
-                                   ("two_layer_accumulate", "accumulate", 1e-12), ("two_layer_bf16", "bf16-mixed", 2e-2)):
+                                   ("two_layer_accumulate", "accumulate", 1e-12), ("two_layer_bf16", "bf16-mixed", 2e-2),
+                                   ("two_layer_fp16_accumulate", "bf16_accumulate", 2e-2)):
         assert all(np.array_equal(v, rank1[name][k]) for k, v in rank0[name].items()), name
         _agree(rank0[name], job["two_layer"][reference], bound)
     # one collective per step (10), rank 0's weights broadcast at the compile and the loader's seed; with
-    # accumulate=2 one per window (5: each rank's window reduced where it closes, 10 when every micro-step was)
-    assert rank0["all_reduces"] == rank1["all_reduces"] == {"two_layer64": 12, "two_layer_accumulate": 7}
+    # accumulate=2 one per window (5: each rank's window reduced where it closes, 10 when every micro-step was);
+    # float16 alike, Keras's loss scaler checking the job's window, or step, for overflow (its check of each rank's
+    # own, agreed, and then their average were two per update): 2 windows and the broadcast of a guarded run, 3
+    # steps and the broadcast of one whose first step overflows on rank 1 only
+    assert rank0["all_reduces"] == rank1["all_reduces"] == {"two_layer64": 12, "two_layer_accumulate": 7,
+                                                            "two_layer_fp16_accumulate": 7, "guarded_fp16_window": 3,
+                                                            "fp16_overflow": 4}
+    # that overflow of rank 1's share skips the step on every rank and halves every rank's scale, as in one process
+    # (test_keras_float16_overflow_on_one_rank_skips_the_step_on_every_rank)
+    (weights0, scale0, flags0), (weights1, scale1, flags1) = rank0["fp16_overflow"], rank1["fp16_overflow"]
+    assert (scale0, flags0) == (scale1, flags1) == (128.0, [False, True, True])
+    for name in weights0:
+        np.testing.assert_array_equal(weights0[name], weights1[name])
     (start0, end0), (start1, end1) = rank0["batch_norm"], rank1["batch_norm"]  # from rank 0's weights, alike
     assert not np.array_equal(start0["0.weight"], start1["0.weight"])
     for name, value in end0.items():
@@ -182,14 +196,20 @@ def test_keras_on_jax_trains_data_parallel_on_the_jax_engine(launches, tmp_path_
     assert not np.array_equal(keras0["middle.weight"], start["middle.weight"])
     # the guard over a window, as torch's engine: rank 1's loss infinite (its gradients finite) at the first
     # window's first micro-step skips that window only, and at the second window's last micro-step that window
-    guarded0, guarded1 = rank0["guarded_windows"], rank1["guarded_windows"]
-    assert guarded0["finite"] == guarded1["finite"] == [True, False, True, False, True, True]
-    assert guarded0["updates"] == guarded1["updates"] == 1
-    for index, weights in enumerate(guarded0["weights"]):
-        for key, value in weights.items():
-            np.testing.assert_array_equal(value, guarded1["weights"][index][key], err_msg=f"call {index}: {key}")
-            if index < 4:  # (the skipped windows changed nothing)
-                np.testing.assert_array_equal(value, guarded0["start"][key], err_msg=f"call {index}: {key}")
+    # and a float16 window so skipped (rank 1's loss infinite at its first micro-step) halves every rank's scale
+    # once (256 to 128), the next window's update counting one finite step
+    for name, finite, skipped in (("guarded_windows", [True, False, True, False, True, True], 4),
+                                  ("guarded_fp16_window", [True, False, True, True], 2)):
+        guarded0, guarded1 = rank0[name], rank1[name]
+        assert guarded0["finite"] == guarded1["finite"] == finite, name
+        assert guarded0["updates"] == guarded1["updates"] == 1, name
+        for index, weights in enumerate(guarded0["weights"]):
+            for key, value in weights.items():
+                np.testing.assert_array_equal(value, guarded1["weights"][index][key], err_msg=f"{name} {index}: {key}")
+                if index < skipped:  # (the skipped windows changed nothing)
+                    np.testing.assert_array_equal(value, guarded0["start"][key], err_msg=f"{name} {index}: {key}")
+    assert rank0["guarded_fp16_window"]["loss_scaler"] == rank1["guarded_fp16_window"]["loss_scaler"] == {
+        "scale": 128.0, "growth_tracker": 1}
 
 
 @pytest.mark.skipif("keras" not in ud.available_backends(), reason="the keras backend is not installed")
@@ -541,6 +561,18 @@ def test_micro_steps_run_without_all_reduce(accumulation):
     for rank in (rank0, rank1):
         for name in ("float64", "float32", "bf16-mixed"):  # once per update: half as often with accumulate=2
             assert rank[name]["all_reduces"] == every_step // 2, name
+
+
+def test_two_ranks_train_the_cnn_in_float64_as_one_process(launches, tmp_path_factory):
+    """The CNN in float64 under torch's DDP (``jobs.train_cnn_float64``): the weights of one process with the global
+    batch to 1e-12 (float32's CNN is checked to 1e-6 in the test above; a sum over the ranks where their mean
+    belongs would be a step twice as long)."""
+    rank0, rank1 = (extra["cnn64"] for extra in _job("torch", launches, tmp_path_factory)["extra"])
+    with ud.use_backend("torch"):
+        reference = jobs.train_cnn_float64()
+    for key, value in rank0.items():
+        np.testing.assert_array_equal(value, rank1[key], err_msg=key)
+    _agree(rank0, reference, 1e-12)
 
 
 @pytest.mark.parametrize("precision", list(jobs.GUARD_PRECISIONS))

@@ -18,8 +18,8 @@ loss and gradients over the ranks inside it (``averages_in_step``: an ``io_callb
 unidl's guard, clipping and update, Keras's own update then running as in one process, and rank 0's weights are
 broadcast when a model is compiled for a step (``from_rank_0``). There a window of ``accumulate`` N > 1, which
 Keras's functional trainer keeps in its state, stays each rank's own and is averaged once, at its last micro-step
-(``reduces_window_in_step``: the jax engine's callback inside a ``lax.cond``); float16's window (Keras's loss
-scaler's) is averaged at every micro-step.
+(``reduces_window_in_step``: the jax engine's callback inside a ``lax.cond``), float16's window (Keras's loss
+scaler's) too, its finite flag in the same all-reduce, before the scaler's overflow check reads the job's sums.
 
 With ``accumulate`` N > 1 in a job, on either host, the optimizer keeps this rank's window and reduces it over the
 ranks with its finite flag in one all-reduce when the window closes (``accumulates_locally``, ``reduce_window``):
@@ -200,12 +200,18 @@ def accumulates_locally() -> bool:
     return running is not None and not getattr(running, "averages_in_step", False)
 
 
+def averages_in_step() -> bool:
+    """Whether this process trains in a job whose engine averages inside Keras's compiled step (JAX's:
+    ``average_in_step``, ``window_in_step``), where Keras's functional trainer keeps the optimizer's state."""
+    running = _running()
+    return running is not None and getattr(running, "averages_in_step", False)
+
+
 def reduces_window_in_step() -> bool:
     """Whether a window of ``accumulate`` N > 1 that Keras's trainer keeps in its own state (Keras-on-JAX's
     functional trainer, on JAX's engine: ``averages_in_step``) stays on this rank and is reduced over the ranks
     once, inside the step at the window's last micro-step (``window_in_step``), as the jax backend's window."""
-    running = _running()
-    return running is not None and getattr(running, "averages_in_step", False)
+    return averages_in_step()
 
 
 def window_in_step(sums, has_gradient, finite, closes):

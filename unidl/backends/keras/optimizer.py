@@ -128,6 +128,9 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         # the trainable variables of the model in the order its trainer hands their values to ``stateless_apply``
         # (Keras-on-JAX), set while a train step is traced (keras/module.py ``_trainer_variables_told``); None elsewhere
         object.__setattr__(self, "trainer_variables", None)
+        # ``(present,)`` while the float16 loss scaler around it applies gradients it made the job's already
+        # (``applying_the_jobs``); None elsewhere
+        object.__setattr__(self, "_the_jobs", None)
         with keras.name_scope(self.name):
             self.finite = keras.Variable(True, dtype="bool", trainable=False, name="last_step_finite")
             # the learning rates of param groups after the first (whose rate is Keras's ``learning_rate``)
@@ -249,15 +252,16 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         used = self.used_gradients
         if trainable_variables is not None:  # (a trainer's: every trainable variable of the model)
             grads, trainable_variables, used = own_gradients(self, grads, list(trainable_variables), used)
-        if used is not None and len(used) == len(grads):  # PyTorch's rule: no gradient for what the loss skips
-            grads = [g if u else None for g, u in zip(grads, used)]
-        grads = [None if g is None else dense_gradient(g) for g in grads]
+        if self._the_jobs is None:
+            grads = gradients_used(grads, used)
         accumulate = getattr(self, "_accumulate", 1)
         local = accumulate > 1 and keras_distributed.accumulates_locally()  # this rank's window, averaged at its end
         # (Keras-on-JAX's window, in the trainer's state: this rank's too, reduced inside the step where it closes)
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
         present = None
-        if not local and not (accumulate > 1 and keras_distributed.reduces_window_in_step()):
+        if self._the_jobs is not None:  # (the loss scaler's, averaged with the step's loss: ``applying_the_jobs``)
+            (present,) = self._the_jobs
+        elif not local and not (accumulate > 1 and keras_distributed.reduces_window_in_step()):
             # in a data-parallel job the job's gradients and loss (keras/distributed.py), before the guard
             loss, grads, present = keras_distributed.average_in_step(loss, grads, variables)
         finite = all_finite([loss, *grads])
@@ -310,6 +314,28 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
             return K.convert_to_tensor(window_finite)
 
         self.finite.assign(K.cond(count >= accumulate, close_window, lambda: K.convert_to_tensor(True)))
+
+    def job_gradients(self, loss, grads, variables):
+        """``(loss, grads, present)``: the step's ``loss`` (None: carried in a gradient) and ``grads`` of
+        ``variables`` (this optimizer's own, in its order) as ``apply`` takes them, PyTorch's rule first (no gradient
+        for a variable the step's loss did not use: ``gradients_used``), then in a data-parallel job as the job's
+        (``keras_distributed.average_in_step``, one all-reduce; ``present`` its flags)."""
+        return keras_distributed.average_in_step(loss, gradients_used(grads, self.used_gradients), variables)
+
+    @contextlib.contextmanager
+    def applying_the_jobs(self, loss, present):
+        """For the block, where the float16 loss scaler around this optimizer made the step's gradients and
+        ``loss`` the job's already (``job_gradients``, or a window's ``keras_distributed.window_in_step``), before
+        its overflow check: ``apply`` takes them as they are (no second all-reduce, and no ``gradients_used`` of
+        averaged values), with ``present`` (None, or per variable None or whether any rank had a gradient)."""
+        own_loss = self._step_loss
+        object.__setattr__(self, "_step_loss", loss)
+        object.__setattr__(self, "_the_jobs", (present,))
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_the_jobs", None)
+            object.__setattr__(self, "_step_loss", own_loss)
 
     def _local_micro_step(self, grads, variables, indices, reads, finite, accumulate):
         """``apply``'s micro-step of a window kept on this rank (``keras_distributed.accumulates_locally``: its
@@ -577,6 +603,15 @@ def holds(optimizer, variables) -> list[bool]:
     """Per variable, whether the (built) Keras ``optimizer`` updates it, matched by identity (Keras's own key)."""
     known = optimizer._trainable_variables_indices
     return [optimizer._var_key(v) in known for v in variables]
+
+
+def gradients_used(grads, used):
+    """``grads`` (per variable) by PyTorch's rule, dense: None for a variable the step's loss did not use
+    (``used``: None, or a flag per variable, where Keras's trainer gives such a variable zeros:
+    ``NativeOptimizer.used_gradients``), an Embedding's rows summed into a dense gradient."""
+    if used is not None and len(used) == len(grads):
+        grads = [g if u else None for g, u in zip(grads, used)]
+    return [None if g is None else dense_gradient(g) for g in grads]
 
 
 def own_gradients(optimizer, grads, variables, marks=None):

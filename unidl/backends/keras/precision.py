@@ -5,6 +5,8 @@ step, halving the scale; doubling it after ``growth_interval`` finite steps), on
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 from unidl.backends.keras import distributed as keras_distributed
@@ -12,8 +14,8 @@ from unidl.backends.keras import ops as keras_ops
 from unidl.backends.keras.dtypes import floatx
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import step_key
-from unidl.backends.keras.optimizer import (LocalWindow, assign_numpy, dense_gradient, own_gradients, read_numpy,
-                                           trainer_values_in_optimizer_order)
+from unidl.backends.keras.optimizer import (LocalWindow, assign_numpy, dense_gradient, gradients_used, own_gradients,
+                                           read_numpy, trainer_values_in_optimizer_order)
 from unidl.precision import autocast_modules, modules_of
 
 
@@ -25,11 +27,14 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
     micro-step adds its scaled gradients of ``loss / N`` to a window, and the N-th hands their sum to Keras's
     own scaler logic: one overflow check, one scale move and one (unscaled, guarded, clipped) update per window,
     the same rule whether Keras's trainer updates variables in place (``apply``) or threads them as values
-    (``stateless_apply``, Keras-on-JAX). In a data-parallel job (Keras-on-torch's DDP) each rank keeps its own
-    window, reduced over the ranks once, when it closes (``_local_micro_step``)."""
+    (``stateless_apply``, Keras-on-JAX). In a data-parallel job each rank keeps its own window, reduced over the
+    ranks once, when it closes, before the overflow check (Keras-on-torch's DDP: ``_local_micro_step``; JAX's
+    engine: inside the step, ``keras_distributed.window_in_step``); a step without a window (``accumulate`` 1) on
+    JAX's engine is averaged before that check too, in one all-reduce (``_stateless_apply``)."""
 
     _window_size = 1
     _closing_finite = None  # (the closing window's finite flag while Keras's apply of its sums runs: check_finite)
+    _jobs_gradients = False  # (the gradients in hand are the job's already: ``_applying_the_jobs``)
 
     def scale_loss(self, loss):
         self.inner_optimizer.scale_loss(loss)
@@ -85,10 +90,17 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
 
     def _stateless_apply(self, optimizer_variables, grads, trainable_variables):
         accumulate = getattr(self, "_window_size", 1)
-        if accumulate == 1:
-            return super().stateless_apply(optimizer_variables, grads, trainable_variables)
-        variables = self.variables
         inner = self.inner_optimizer
+        in_job = keras_distributed.averages_in_step()
+        if accumulate == 1:
+            if not in_job:
+                return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+            # in a job on JAX's engine: the job's gradients and loss, in one all-reduce, before Keras's overflow
+            # check reads them (as torch's GradScaler checks the gradients DDP averaged)
+            loss, grads, present = inner.job_gradients(inner._step_loss, grads, inner._trainable_variables)
+            with self._applying_the_jobs(loss, present):
+                return super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        variables = self.variables
         with keras.StatelessScope(state_mapping=list(zip(variables, optimizer_variables))) as scope:
             totals = [self._window[inner._get_variable_index(v)] for v in inner._trainable_variables]
             sums = [None if g is None else t + keras.ops.cast(g, t.dtype) / accumulate
@@ -106,12 +118,34 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             self._window_finite.assign(keras.ops.logical_or(closes, finite))
             inner.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
         state = [scope.get_current_value(v) for v in variables]
+        present = None
+        if in_job:  # on JAX's engine: where the window closes, its sums and finite flag as the job's, in one
+            # all-reduce (none at the other micro-steps), before Keras's overflow check; a variable the closing
+            # micro-step's loss did not use updates if any rank's did (PyTorch's rule with DDP)
+            has_gradient = [None if total is None or used is not None else keras.ops.convert_to_tensor(False)
+                            for total, used in zip(sums, gradients_used(sums, inner.used_gradients))]
+            sums, present, finite = keras_distributed.window_in_step(sums, has_gradient, finite, closes)
 
         def update():
-            return self._apply_closing(finite, lambda: super(LossScaleOptimizer, self).stateless_apply(
-                state, sums, trainable_variables))
+            # (in a job the window's losses are in its finite flag, agreed with its sums)
+            with self._applying_the_jobs(None, present) if in_job else contextlib.nullcontext():
+                return self._apply_closing(finite, lambda: super(LossScaleOptimizer, self).stateless_apply(
+                    state, sums, trainable_variables))
 
         return keras.ops.cond(closes, update, lambda: (list(trainable_variables), state))
+
+    @contextlib.contextmanager
+    def _applying_the_jobs(self, loss, present):
+        """For the block (Keras's scaler logic and the wrapped optimizer's update): the gradients in hand and
+        ``loss`` are the job's already, reduced over the ranks by this scaler before its overflow check, so that
+        neither ``check_finite`` nor the wrapped optimizer (``NativeOptimizer.applying_the_jobs``, with
+        ``present``) reduces them again: one all-reduce per update."""
+        object.__setattr__(self, "_jobs_gradients", True)
+        try:
+            with self.inner_optimizer.applying_the_jobs(loss, present):
+                yield
+        finally:
+            object.__setattr__(self, "_jobs_gradients", False)
 
     def _stateful_handle_finite_grads(self, grads, trainable_variables):
         before = keras.ops.multiply(self.dynamic_scale, 1.0)  # (a copy: the scale before Keras may double it)
@@ -237,6 +271,8 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             finite = self._loss_finite(finite)
         elif self._closing_finite is not None:
             finite = keras.ops.logical_and(finite, self._closing_finite)
+        if self._jobs_gradients:  # (the job's gradients and losses: every rank decides alike)
+            return finite
         # in a data-parallel job the grads here are this rank's own: the overflow decision is the job's (any rank)
         return keras_distributed.finite_on_every_rank(finite)
 
