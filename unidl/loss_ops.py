@@ -334,10 +334,11 @@ def _multilabel_margin_loss(owner, x, target, reduction: str):
     return _multilabel_margin_core(scores, labels, ends, reduction, one)
 
 
-@composite("scores", "labels", "ends")
+@composite("scores", "labels", "ends", loops=True)
 def _multilabel_margin_core(scores, labels, ends, reduction: str, one: bool):
     """The multi-label hinge loss of checked scores (N, C) and labels (N, C) (``ends``: where they held -1), one
-    compiled program (``composite``)."""
+    compiled program (``composite``; ``loops``: its scan over the target slots, op by op in eager TensorFlow, runs
+    as one ``tf.function`` there too)."""
     classes = ops.shape(scores)[1]
     positions = ops.unsqueeze(_positions(classes), 0)
     width = classes if isinstance(classes, int) else ops.cast(classes, "int64")
