@@ -95,7 +95,7 @@ def _margin_ranking_loss(owner, input1, input2, target, margin: float, reduction
     return _margin_ranking_core(input1, input2, target, margin, reduction)
 
 
-@composite("input1", "input2", "target")
+@composite("input1", "input2", "target", numbers=("margin",))
 def _margin_ranking_core(input1, input2, target, margin: float, reduction: str):
     """The margin ranking loss of checked operands, one compiled program (``composite``)."""
     return ops._reduced(_hinge(margin - target * (input1 - input2)), reduction)
@@ -114,7 +114,7 @@ def _hinge_embedding_loss(owner, x, target, margin: float, reduction: str):
     return _hinge_embedding_core(x, target, margin, reduction)
 
 
-@composite("x", "target")
+@composite("x", "target", numbers=("margin",))
 def _hinge_embedding_core(x, target, margin: float, reduction: str):
     """The hinge embedding loss of checked operands, one compiled program (``composite``)."""
     zeros = ops.zeros_like(x)
@@ -165,7 +165,7 @@ def _cosine_embedding_loss(owner, input1, input2, target, margin: float, reducti
     return _cosine_embedding_core(input1, input2, target, margin, reduction)
 
 
-@composite("input1", "input2", "target")
+@composite("input1", "input2", "target", numbers=("margin",))
 def _cosine_embedding_core(input1, input2, target, margin: float, reduction: str):
     """The cosine embedding loss of checked operands, one compiled program (``composite``)."""
     products = ops.sum(input1 * input2, -1)
@@ -199,10 +199,12 @@ def _triplet_margin_loss(owner, anchor, positive, negative, margin: float, p: fl
     return _triplet_margin_core(anchor, positive, negative, margin, p, eps, swap, reduction)
 
 
-@composite("anchor", "positive", "negative")
+@composite("anchor", "positive", "negative", numbers=("margin",))
 def _triplet_margin_core(anchor, positive, negative, margin: float, p: float, eps: float, swap: bool,
                          reduction: str):
-    """The triplet margin loss of checked operands, one compiled program (``composite``)."""
+    """The triplet margin loss of checked operands, one compiled program (``composite``) for every ``margin``;
+    ``p`` and ``eps`` stay static options, as ``pairwise_distance`` checks that they are numbers and branches on
+    ``p``."""
     closest = ops.pairwise_distance(anchor, negative, p, eps)  # (torch's, with its gradients at 0)
     if swap:
         closest = ops.minimum(closest, ops.pairwise_distance(positive, negative, p, eps))
@@ -299,9 +301,10 @@ def _multi_margin_loss(owner, x, target, p: int, margin: float, weight, reductio
     return _multi_margin_core(scores, labels, weight, p, margin, reduction, one)
 
 
-@composite("scores", "labels", "weight")
+@composite("scores", "labels", "weight", numbers=("margin",))
 def _multi_margin_core(scores, labels, weight, p: int, margin: float, reduction: str, one: bool):
-    """The multi-class hinge loss of checked scores (N, C) and labels (N,), one compiled program (``composite``)."""
+    """The multi-class hinge loss of checked scores (N, C) and labels (N,), one compiled program (``composite``)
+    for every ``margin`` (``p``, which picks the power, is static)."""
     classes = ops.shape(scores)[1]
     labels = ops.unsqueeze(labels, 1)
     picked = ops.gather(scores, 1, labels)
@@ -397,7 +400,7 @@ def _poisson_nll_loss(owner, x, target, log_input: bool, full: bool, eps: float,
     return _poisson_nll_core(x, target, log_input, full, eps, reduction)
 
 
-@composite("x", "target")
+@composite("x", "target", numbers=("eps",))
 def _poisson_nll_core(x, target, log_input: bool, full: bool, eps: float, reduction: str):
     """The Poisson negative log-likelihood of checked operands, one compiled program (``composite``)."""
     losses = ops.exp(x) - target * x if log_input else x - target * ops.log(x + eps)
@@ -462,7 +465,7 @@ def _gaussian_nll_loss(owner, x, target, var, full: bool, eps: float, reduction:
     return _gaussian_nll_core(x, target, var, full, eps, reduction)
 
 
-@composite("x", "target", "var")
+@composite("x", "target", "var", numbers=("eps",))
 def _gaussian_nll_core(x, target, var, full: bool, eps: float, reduction: str):
     """The Gaussian negative log-likelihood of checked operands, one compiled program (``composite``)."""
     var = ops.stop_gradient(ops.maximum(var, eps)) + (var - ops.stop_gradient(var))
