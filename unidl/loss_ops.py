@@ -5,10 +5,12 @@
 
 Each public function checks its options and calls the loss's one body (``_<name>(owner, ...)``), which the module of
 ``unidl/nn/loss.py`` calls too, naming itself in the errors: shapes that do not fit are a ``ShapeMismatchError``
-naming them, class indices out of range an ``IndexOutOfRangeError``, eagerly and in graphs. PyTorch's deprecated
-``size_average`` and ``reduce`` keep their positional slots where ``torch.nn.functional``'s have them, and anything but
-None there is a ``ValueError`` naming the ``reduction=`` to give (read as PyTorch reads them, a ported call would
-silently reduce another way), as in the modules.
+naming them, class indices out of range an ``IndexOutOfRangeError``, eagerly and in graphs. Its checks done, the
+body hands the checked operands to the loss's math, ``_<name>_core``, a ``composite``: on JAX, called eagerly, one
+compiled program for every margin or eps, rather than one per primitive. PyTorch's deprecated ``size_average`` and
+``reduce`` keep their positional slots where ``torch.nn.functional``'s have them, and anything but None there is a
+``ValueError`` naming the ``reduction=`` to give (read as PyTorch reads them, a ported call would silently reduce
+another way), as in the modules.
 """
 
 from __future__ import annotations
