@@ -31,9 +31,9 @@ def composite(*arrays: str, loops: bool = False, numbers: tuple[str, ...] = ()):
     inside a mixed-precision scope, whose cast-inserting ops it would read, it runs as it is.
 
     ``numbers`` names Python float options that the op only computes with (a margin, an eps; never in an ``if``
-    or passed to an op that checks its type): a compiled version takes them as it takes tensors, a traced 0-d
-    value, so one program serves every value (a sweep over a margin compiles once). Each stays the Python number
-    the uncompiled op computes with, rounded to the tensors' dtype there as a scalar is (JAX's weak type)."""
+    or passed to an op that checks its type): a compiled version takes them as it takes tensors, as traced 0-d
+    values, so that one program serves every value (a sweep over a margin compiles once). Traced, such a number
+    meets the tensors as the Python number does (JAX's weak type: rounded to their dtype), the same result."""
 
     def decorate(function):
         positions = {i: p for i, p in enumerate(inspect.signature(function).parameters) if p in arrays}
