@@ -5,10 +5,12 @@
 
 Each public function checks its options and calls the loss's one body (``_<name>(owner, ...)``), which the module of
 ``unidl/nn/loss.py`` calls too, naming itself in the errors: shapes that do not fit are a ``ShapeMismatchError``
-naming them, class indices out of range an ``IndexOutOfRangeError``, eagerly and in graphs. PyTorch's deprecated
-``size_average`` and ``reduce`` keep their positional slots where ``torch.nn.functional``'s have them, and anything but
-None there is a ``ValueError`` naming the ``reduction=`` to give (read as PyTorch reads them, a ported call would
-silently reduce another way), as in the modules.
+naming them, class indices out of range an ``IndexOutOfRangeError``, eagerly and in graphs. Its checks done, the
+body hands the checked operands to the loss's math, ``_<name>_core``, a ``composite``: on JAX, called eagerly, one
+compiled program for every margin or eps, rather than one per primitive. PyTorch's deprecated ``size_average`` and
+``reduce`` keep their positional slots where ``torch.nn.functional``'s have them, and anything but None there is a
+``ValueError`` naming the ``reduction=`` to give (read as PyTorch reads them, a ported call would silently reduce
+another way), as in the modules.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 
 from unidl import input_checks, ops
 from unidl.backends import op_registry
+from unidl.spatial_ops import composite
 
 
 def _loss(*tensors: str):
@@ -91,6 +94,12 @@ def _positions(size):
 
 def _margin_ranking_loss(owner, input1, input2, target, margin: float, reduction: str):
     input1, input2, target = _same_shape_operands(owner, ("input1", "input2", "target"), input1, input2, target)
+    return _margin_ranking_core(input1, input2, target, margin, reduction)
+
+
+@composite("input1", "input2", "target", numbers=("margin",))
+def _margin_ranking_core(input1, input2, target, margin: float, reduction: str):
+    """The margin ranking loss of checked operands, one compiled program (``composite``)."""
     return ops._reduced(_hinge(margin - target * (input1 - input2)), reduction)
 
 
@@ -104,6 +113,12 @@ def margin_ranking_loss(input1, input2, target, margin=0.0, size_average=None, r
 
 def _hinge_embedding_loss(owner, x, target, margin: float, reduction: str):
     x, target = _operands_in_input_dtype(owner, x, target)
+    return _hinge_embedding_core(x, target, margin, reduction)
+
+
+@composite("x", "target", numbers=("margin",))
+def _hinge_embedding_core(x, target, margin: float, reduction: str):
+    """The hinge embedding loss of checked operands, one compiled program (``composite``)."""
     zeros = ops.zeros_like(x)
     losses = ops.where(target != 1, _hinge(margin - x), zeros) + ops.where(target != -1, x, zeros)
     return ops._reduced(losses, reduction)
@@ -120,6 +135,12 @@ def hinge_embedding_loss(input, target, margin=1.0, size_average=None, reduce=No
 
 def _soft_margin_loss(owner, x, target, reduction: str):
     x, target = _operands_in_input_dtype(owner, x, target)
+    return _soft_margin_core(x, target, reduction)
+
+
+@composite("x", "target")
+def _soft_margin_core(x, target, reduction: str):
+    """The soft margin loss of checked operands, one compiled program (``composite``)."""
     z = -target * x
     positive = z > 0
     below = ops.where(positive, -z, z)  # -|z|, whose gradient at z = 0 is +1: sigmoid(0) in all
@@ -143,6 +164,12 @@ def _cosine_embedding_loss(owner, input1, input2, target, margin: float, reducti
         [_equal_sizes(a, b)] + ([input_checks.holds(a[0] == t[0])] if t else []))
     input1 = _require_shapes(owner, "input1 and input2 of shape (N, D) and a target of shape (N,), or (D,), (D,) "
                              "and ()", {"input1": input1, "input2": input2, "target": target}, fits, input1)
+    return _cosine_embedding_core(input1, input2, target, margin, reduction)
+
+
+@composite("input1", "input2", "target", numbers=("margin",))
+def _cosine_embedding_core(input1, input2, target, margin: float, reduction: str):
+    """The cosine embedding loss of checked operands, one compiled program (``composite``)."""
     products = ops.sum(input1 * input2, -1)
     squares = [ops.sum(x * x, -1) + 1e-12 for x in (input1, input2)]
     cosine = products / ops.sqrt(squares[0] * squares[1])
@@ -171,6 +198,15 @@ def _triplet_margin_loss(owner, anchor, positive, negative, margin: float, p: fl
                          reduction: str):
     anchor, positive, negative = _same_shape_operands(owner, ("anchor", "positive", "negative"), anchor, positive,
                                                       negative)
+    return _triplet_margin_core(anchor, positive, negative, margin, p, eps, swap, reduction)
+
+
+@composite("anchor", "positive", "negative", numbers=("margin",))
+def _triplet_margin_core(anchor, positive, negative, margin: float, p: float, eps: float, swap: bool,
+                         reduction: str):
+    """The triplet margin loss of checked operands, one compiled program (``composite``) for every ``margin``;
+    ``p`` and ``eps`` stay static options, as ``pairwise_distance`` checks that they are numbers and branches on
+    ``p``."""
     closest = ops.pairwise_distance(anchor, negative, p, eps)  # (torch's, with its gradients at 0)
     if swap:
         closest = ops.minimum(closest, ops.pairwise_distance(positive, negative, p, eps))
@@ -194,10 +230,18 @@ def triplet_margin_loss(anchor, positive, negative, margin=1.0, p=2, eps=1e-6, s
 
 def _multilabel_soft_margin_loss(owner, x, target, weight, reduction: str):
     x, target = _same_shape_operands(owner, ("input", "target"), x, target)
+    if weight is not None:
+        weight = input_checks.weight_like(owner, "weight", weight, x)
+        x = input_checks.check_broadcasts_to(owner, "weight", weight, x)
+    return _multilabel_soft_margin_core(x, target, weight, reduction)
+
+
+@composite("x", "target", "weight")
+def _multilabel_soft_margin_core(x, target, weight, reduction: str):
+    """The multi-label soft margin loss of checked operands, one compiled program (``composite``)."""
     losses = target * ops.softplus(-x) + (1 - target) * ops.softplus(x)
     if weight is not None:
-        weight = input_checks.weight_like(owner, "weight", weight, losses)
-        losses = input_checks.check_broadcasts_to(owner, "weight", weight, losses) * weight
+        losses = losses * weight
     losses = ops.sum(losses, -1) / ops._count(ops.shape(x)[-1:], losses)
     return ops._reduced(losses, reduction)
 
@@ -255,7 +299,16 @@ def _multi_margin_loss(owner, x, target, p: int, margin: float, weight, reductio
     weight = input_checks.class_weight(owner, weight, scores, "input")
     scores = input_checks.class_weight_count(owner, weight, scores)
     classes = ops.shape(scores)[1]
-    labels = ops.unsqueeze(ops.check_index(labels, classes, f"{owner} target"), 1)
+    labels = ops.check_index(labels, classes, f"{owner} target")
+    return _multi_margin_core(scores, labels, weight, p, margin, reduction, one)
+
+
+@composite("scores", "labels", "weight", numbers=("margin",))
+def _multi_margin_core(scores, labels, weight, p: int, margin: float, reduction: str, one: bool):
+    """The multi-class hinge loss of checked scores (N, C) and labels (N,), one compiled program (``composite``)
+    for every ``margin`` (``p``, which picks the power, is static)."""
+    classes = ops.shape(scores)[1]
+    labels = ops.unsqueeze(labels, 1)
     picked = ops.gather(scores, 1, labels)
     others = ops.unsqueeze(_positions(classes), 0) != labels
     terms = _hinge(margin - picked + scores, strict=True)
@@ -283,6 +336,15 @@ def _multilabel_margin_loss(owner, x, target, reduction: str):
     ends = labels == -1
     labels = ops.check_index(ops.where(ends, ops.zeros_like(labels), labels), classes,
                              f"{owner} target (class indices, -1 after the last)")
+    return _multilabel_margin_core(scores, labels, ends, reduction, one)
+
+
+@composite("scores", "labels", "ends", loops=True)
+def _multilabel_margin_core(scores, labels, ends, reduction: str, one: bool):
+    """The multi-label hinge loss of checked scores (N, C) and labels (N, C) (``ends``: where they held -1), one
+    compiled program (``composite``; ``loops``: its scan over the target slots, op by op in eager TensorFlow, runs
+    as one ``tf.function`` there too)."""
+    classes = ops.shape(scores)[1]
     positions = ops.unsqueeze(_positions(classes), 0)
     width = classes if isinstance(classes, int) else ops.cast(classes, "int64")
     first_end = -ops.amax(ops.where(ends, -positions, ops.zeros_like(labels) - width), 1)
@@ -337,6 +399,12 @@ def multilabel_margin_loss(input, target, size_average=None, reduce=None, reduct
 
 def _poisson_nll_loss(owner, x, target, log_input: bool, full: bool, eps: float, reduction: str):
     x, target = _same_shape_operands(owner, ("input", "target"), x, target)
+    return _poisson_nll_core(x, target, log_input, full, eps, reduction)
+
+
+@composite("x", "target", numbers=("eps",))
+def _poisson_nll_core(x, target, log_input: bool, full: bool, eps: float, reduction: str):
+    """The Poisson negative log-likelihood of checked operands, one compiled program (``composite``)."""
     losses = ops.exp(x) - target * x if log_input else x - target * ops.log(x + eps)
     if full:
         counted = target > 1
@@ -396,6 +464,12 @@ def _gaussian_nll_loss(owner, x, target, var, full: bool, eps: float, reduction:
     else:
         x = _require_shapes(owner, _VAR_SHAPES, {"input": x, "var": var}, False, x)
     var = ops.check_in_range(var, 0, float("inf"), f"{owner} var")
+    return _gaussian_nll_core(x, target, var, full, eps, reduction)
+
+
+@composite("x", "target", "var", numbers=("eps",))
+def _gaussian_nll_core(x, target, var, full: bool, eps: float, reduction: str):
+    """The Gaussian negative log-likelihood of checked operands, one compiled program (``composite``)."""
     var = ops.stop_gradient(ops.maximum(var, eps)) + (var - ops.stop_gradient(var))
     # (the clamp passes var's gradient whole, as PyTorch's; exact: var - var is 0, where var + (max(var, eps) - var)
     # rounds)

@@ -24,11 +24,16 @@ from unidl.precision import active_ops
 from unidl.tensors import tensor
 
 
-def composite(*arrays: str, loops: bool = False):
+def composite(*arrays: str, loops: bool = False, numbers: tuple[str, ...] = ()):
     """Decorates a composite op whose parameters named in ``arrays`` take tensors: each call runs the version that
     the backend in force gives (``Backend.composite``; ``Backend.looping_composite`` for one that ``loops``, a
     ``scan`` over a long axis). The op must read no state but its arguments (a compiled version caches its trace);
-    inside a mixed-precision scope, whose cast-inserting ops it would read, it runs as it is."""
+    inside a mixed-precision scope, whose cast-inserting ops it would read, it runs as it is.
+
+    ``numbers`` names Python float options that the op only computes with (a margin, an eps; never in an ``if``
+    or passed to an op that checks its type): a compiled version takes them as it takes tensors, as traced 0-d
+    values, so that one program serves every value (a sweep over a margin compiles once). Traced, such a number
+    meets the tensors as the Python number does (JAX's weak type: rounded to their dtype), the same result."""
 
     def decorate(function):
         positions = {i: p for i, p in enumerate(inspect.signature(function).parameters) if p in arrays}
@@ -42,7 +47,7 @@ def composite(*arrays: str, loops: bool = False):
                 return function(*args, **kwargs)
             backend = config.backend()
             compiled = backend.looping_composite if loops else backend.composite
-            return compiled(function, arrays)(*args, **kwargs)
+            return compiled(function, arrays + numbers)(*args, **kwargs)
 
         return call
 

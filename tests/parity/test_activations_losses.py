@@ -912,3 +912,99 @@ def test_multilabel_margin_loss_holds_no_tensor_larger_than_its_scores():
     with ud.use_backend("torch"), Largest():
         ud.to_numpy(ud.grad(lambda x: ud.nn.MultiLabelMarginLoss()(x, ud.tensor(labels)))(ud.tensor(scores)))
     assert Largest.size <= scores.size
+
+
+def _operands(columns: int, *others) -> tuple:
+    """A loss's operands: float64 scores (3, ``columns``) and each of ``others`` (a function of the scores) of
+    them, as NumPy arrays."""
+    x = np.random.default_rng(columns).standard_normal((3, columns))
+    return (x, *(other(x) for other in others))
+
+
+# each composite loss: its operands at a width C of its own (a shape no other test compiles for), the loss, its
+# float option (none: {}) and the programs its eager checks lower before its core runs (a label range's min and
+# max; multilabel_margin_loss's -1 mask; gaussian_nll_loss's variance range)
+COMPOSITE_LOSSES = {
+    "margin_ranking_loss": (_operands(17, lambda x: x * 0.5, np.sign), ud.ops.margin_ranking_loss,
+                            {"margin": 0.5}, 0),
+    "hinge_embedding_loss": (_operands(18, np.sign), ud.ops.hinge_embedding_loss, {"margin": 0.7}, 0),
+    "soft_margin_loss": (_operands(19, np.sign), ud.ops.soft_margin_loss, {}, 0),
+    "cosine_embedding_loss": (_operands(20, np.square, lambda x: np.array([1.0, -1.0, -1.0])),
+                              ud.ops.cosine_embedding_loss, {"margin": 0.1}, 0),
+    "triplet_margin_loss": (_operands(21, lambda x: x * 0.5, np.negative), ud.ops.triplet_margin_loss,
+                            {"margin": 0.8}, 0),
+    "multilabel_soft_margin_loss": (_operands(22, lambda x: (x > 0) * 1.0), ud.ops.multilabel_soft_margin_loss,
+                                    {}, 0),
+    "multi_margin_loss": (_operands(23, lambda x: np.array([0, 2, 1])), ud.ops.multi_margin_loss, {"margin": 0.9},
+                          2),
+    "multilabel_margin_loss": (_operands(24, lambda x: np.where(np.arange(24) < 2, [[0], [1], [2]], -1)),
+                               ud.ops.multilabel_margin_loss, {}, 6),
+    "poisson_nll_loss": (_operands(25, np.square), ud.ops.poisson_nll_loss, {"eps": 1e-3}, 0),
+    "gaussian_nll_loss": (_operands(26, lambda x: x * 0.5, np.square), ud.ops.gaussian_nll_loss, {"eps": 1e-2}, 4),
+}
+
+
+def test_each_composite_loss_is_one_program_for_every_option_value_on_eager_jax():
+    """Called eagerly on JAX at a new shape, each margin, embedding, multi-label and likelihood loss lowers one XLA
+    program for its math beside the few of its eager checks, and its gradient two (its forward and its backward;
+    it lowered one per primitive: 9 to 47 for both), and a call with another margin or eps lowers nothing: the float
+    option is a traced value of that one program (as a static one, a sweep over a margin compiled one per value)."""
+    import jax
+
+    lowered = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(kwargs.get("fun_name"))
+
+    def run(loss, operands, option):
+        """The loss of ``operands`` (a mean: a scalar) and its gradient with respect to the scores."""
+        ud.to_numpy(loss(*operands, **option))
+        ud.to_numpy(ud.grad(lambda x: loss(x, *operands[1:], **option))(operands[0]))
+
+    with ud.use_backend("jax"), ud.use_dtype("float64"):
+        ud.grad(lambda x: ud.ops.sum(x * x))(ud.tensor(np.ones(2)))  # (the programs of any gradient's scalar seed)
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            for name, (arrays, loss, option, checks) in COMPOSITE_LOSSES.items():
+                operands = [ud.tensor(a) for a in arrays]
+                lowered.clear()
+                run(loss, operands, option)
+                assert len(lowered) <= 1 + checks + 2, (name, lowered)
+                lowered.clear()
+                run(loss, operands, {key: value * 2 for key, value in option.items()})
+                assert lowered == [], (name, lowered)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_multilabel_margin_losss_scan_is_one_tf_function_on_eager_tensorflow():
+    """Eagerly on TensorFlow ``multilabel_margin_loss`` runs its scan over the target slots as one ``tf.function``,
+    value and gradient: once traced, a call runs none of the scan step's Python, where op by op it ran once a slot
+    a call, each op dispatched on its own (19x slower on (64, 10) scores), as torch's Python loop still does."""
+    import sys
+
+    steps = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == "one_slot":  # (loss_ops' scan step)
+            steps.append(frame.f_code.co_filename)
+
+    def stepping():
+        """How many times the scan step's Python runs for a value and gradient on the backend in force."""
+        labels = ud.tensor(MULTI_LABELS)
+        gradient = ud.value_and_grad(lambda x: ud.nn.MultiLabelMarginLoss()(x, labels))
+        scores = ud.tensor(ROWS.astype(np.float32))
+        ud.to_numpy(gradient(scores)[1])  # (a trace, the first time)
+        steps.clear()
+        sys.setprofile(profile)
+        try:
+            ud.to_numpy(gradient(scores)[1])
+        finally:
+            sys.setprofile(None)
+        return len(steps)
+
+    with ud.use_backend("torch"):
+        assert stepping() == MULTI_LABELS.shape[1]
+    with ud.use_backend("tensorflow"):  # (Keras on TensorFlow runs its host's looping composite: the same)
+        assert stepping() == 0

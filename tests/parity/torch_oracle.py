@@ -3,7 +3,8 @@
 A case is a unidl layer (or function) and the same thing in plain PyTorch, with shared NumPy inputs. Each
 backend runs every case of a table at once (eagerly, and again inside one ``ud.function``, so a graph
 backend traces one graph for the whole table): the output, and the gradients of sum(output * r) with
-respect to the float inputs and to every parameter, r a fixed random array of the output's shape. The
+respect to the float inputs and to every parameter, r a fixed random array of the output's shape (one
+forward and backward gives the output too, as the gradient with respect to r; the parameters' take one more). The
 unidl layer's parameters are set to random values first and loaded into the torch module through
 ``load_state_dict``, which checks that the two ``state_dict``s have the same keys and shapes.
 """
@@ -124,34 +125,46 @@ def compare_table(cases: dict[str, Case], backend: str, dtype: str, modes=("eage
                             names if floating else [], ud.tensor(r) if floating else None))
             arrays += inputs
 
+        shapes = {}  # name: its output's shape in the mode run (ints; scalar tensors where a graph's are unknown)
+
         def run_all(*tensors):
+            """Each case's output and gradients from one forward and backward of sum(output * r) with respect to
+            the float inputs and r, whose gradient is the output (exact: 1 * output), and the parameters' from a
+            second; before them the output's sizes that only a graph's run knows (r's gradient has r's shape)."""
             results, position = [], 0
             for name, layer, count, float_args, params, _, r in entries:
                 args = tensors[position:position + count]
                 position += count
-                results.append(layer(*args))
-                if r is None:
+                if r is None:  # (an integer output: nothing to differentiate)
+                    results.append(layer(*args))
                     continue
 
-                def objective(*a, layer=layer, r=r):
-                    return ud.ops.sum(layer(*a) * r)
+                def objective(*a, name=name, layer=layer):
+                    output = layer(*a[:-1])
+                    shapes[name] = ud.ops.shape(output)
+                    return ud.ops.sum(output * a[-1])
 
-                if float_args:
-                    results += list(ud.value_and_grad(objective, float_args)(*args)[1])
+                grads = ud.value_and_grad(objective, (*float_args, count))(*args, r)[1]
+                results += [size for size in shapes[name] if not isinstance(size, int)] + [grads[-1], *grads[:-1]]
                 if params:
-                    results += list(ud.value_and_grad(lambda args=args, objective=objective: objective(*args), params)()[1])
+                    results += list(ud.value_and_grad(lambda args=args, layer=layer, r=r: ud.ops.sum(layer(*args) * r),
+                                                      params)()[1])
             return tuple(results)
 
         for mode in modes:
+            shapes.clear()
             function = run_all if mode == "eager" else ud.function(run_all)
             results = iter(function(*[ud.tensor(a) for a in arrays]))
             for name, layer, count, float_args, params, names, r in entries:
                 output, grads = expected[name]
                 where = f"{backend} {dtype} {mode} {name}"
+                sizes = [size if isinstance(size, int) else int(ud.to_numpy(next(results)))
+                         for size in shapes.get(name, ())]
                 got = ud.to_numpy(next(results))
+                shape = got.shape if r is None else tuple(sizes)
                 out_tolerance, grad_tolerance = TOLERANCES[dtype]
-                if got.shape != output.shape:
-                    failures.append(f"{where}: output shape {got.shape}, torch {output.shape}")
+                if shape != output.shape:
+                    failures.append(f"{where}: output shape {shape}, torch {output.shape}")
                 elif output.dtype.kind != "f":
                     if not np.array_equal(got, output):
                         failures.append(f"{where}: output {got} differs from torch's {output}")

@@ -446,10 +446,12 @@ class Backend(abc.ABC):
         the function itself by default. A backend whose eager ops each dispatch (and compile) on their own can
         run the whole composite as one compiled program when it is called eagerly (JAX: one ``jax.jit``,
         where its dozens of ops cost as many small compilations and dispatches per call). ``arrays`` names the
-        parameters that take tensors (or sequences of them, or None); the others are Python options, which a
-        compiled version may take as static. ``function`` reads no state but its arguments, and raises its own
-        errors for bad options, which a compiled version must raise the same. Called at each call of the
-        composite, eagerly or while traced: a backend keeps what it builds (a dict lookup a call)."""
+        parameters that take tensors (or sequences of them, or None), or Python numbers the composite only computes
+        with (``unidl.spatial_ops.composite``'s ``numbers``), which a compiled version takes as traced values; the
+        others are Python options, which a compiled version may take as static. ``function`` reads no state but
+        its arguments, and raises its own errors for bad options, which a compiled version must raise the same.
+        Called at each call of the composite, eagerly or while traced: a backend keeps what it builds (a dict
+        lookup a call)."""
         return function
 
     def looping_composite(self, function: Callable, arrays: tuple[str, ...]) -> Callable:

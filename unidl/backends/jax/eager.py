@@ -96,7 +96,8 @@ def _unwrapped(value):
 
 def compiled_when_eager(*arrays: str):
     """Decorates an op whose parameters named in ``arrays`` take arrays (``JaxVariable``s, sequences of arrays
-    or None) and whose other parameters are Python options: called eagerly, the op runs as one ``jax.jit`` of its
+    or None; or Python numbers, which the jit traces as weakly typed scalars: one compilation for every value) and
+    whose other parameters are Python options: called eagerly, the op runs as one ``jax.jit`` of its
     body with those options static (one compilation per shape, dtype and options); with an option that cannot
     be static (an array, a list of arrays, NaN) or an array of a staging trace, the body runs as it is."""
 
