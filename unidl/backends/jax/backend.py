@@ -43,7 +43,6 @@ from unidl import random as unidl_random  # noqa: E402
 from unidl.autograd import check_float, check_scalar  # noqa: E402
 from unidl.backends.interface import Backend as BackendInterface  # noqa: E402
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros  # noqa: E402
-from unidl.io.safetensors import StoredTensor  # noqa: E402
 from unidl.backends.jax import distributed as jax_distributed  # noqa: E402
 from unidl.backends.jax import ops as jax_ops  # noqa: E402
 from unidl.backends.jax import precision as jax_precision  # noqa: E402
@@ -329,9 +328,8 @@ class Backend(BackendInterface):
             jax_variable.written_in_place(variable, count)
         for variables, entry in zip(native.slot_variables, slots):
             for name, value in entry.items():
-                if isinstance(value, StoredTensor):  # read anew from a file: the variable may keep its memory
-                    value = self.donated_tensor(np.asarray(value, dtype=variables[name].dtype))
-                self.assign(variables[name], value)
+                given = self.given_slot(value, variables[name].dtype)  # (the variable may keep its memory)
+                self.assign(variables[name], self.donated_tensor(given) if given is not None else value)
 
     def _optimizer_apply(self, optimizer):
         """``optimizer.apply`` compiled once per gradient signature (state in, state out)."""
