@@ -87,7 +87,17 @@ class KeyStream:
         return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
 
     def reset(self, seed) -> None:
-        self.state.value = self._key(seed)
+        """Start the stream again from ``seed`` (``ud.manual_seed``)."""
+        self.restore(self._key(seed))
+
+    def restore(self, key: np.ndarray) -> None:
+        """Make ``key`` (NumPy's) the stream's key (``set_rng_state``): once XLA has started, on the device unidl
+        trains on, as a compiled step hands it back, so that a step or ``ud.function`` compiled before takes it as
+        the same kind of argument (a NumPy key made each compile again: jax.jit keys its programs by placement);
+        before, as NumPy's, which does not start XLA (see ``__init__``)."""
+        from jax._src import xla_bridge  # whether XLA started (no public query)
+
+        self.state.value = jax.device_put(key, self._device()) if xla_bridge.backends_are_initialized() else key
 
     def next_key(self):
         """A fresh key. Outside a trace the stream first moves to the device unidl trains on: the key is made where
@@ -226,7 +236,7 @@ class Backend(BackendInterface):
         return {"dropout": np.asarray(self._generator.state.value).tolist()}
 
     def set_rng_state(self, state):
-        self._generator.state.value = jnp.asarray(np.asarray(state["dropout"], dtype=np.uint32))
+        self._generator.restore(np.asarray(state["dropout"], dtype=np.uint32))
 
     def generator(self):
         return self._generator
