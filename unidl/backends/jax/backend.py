@@ -42,6 +42,7 @@ from unidl import config  # noqa: E402
 from unidl import random as unidl_random  # noqa: E402
 from unidl.autograd import check_float, check_scalar  # noqa: E402
 from unidl.backends.interface import Backend as BackendInterface  # noqa: E402
+from unidl.errors import DeviceUnavailableError  # noqa: E402
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros  # noqa: E402
 from unidl.backends.jax import distributed as jax_distributed  # noqa: E402
 from unidl.backends.jax import ops as jax_ops  # noqa: E402
@@ -97,7 +98,11 @@ class KeyStream:
         before, as NumPy's, which does not start XLA (see ``__init__``)."""
         from jax._src import xla_bridge  # whether XLA started (no public query)
 
-        self.state.value = jax.device_put(key, self._device()) if xla_bridge.backends_are_initialized() else key
+        if xla_bridge.backends_are_initialized():
+            # (a device JAX does not see, torch's GPU that ``ud.manual_seed`` seeds too: the first draw says so)
+            with contextlib.suppress(DeviceUnavailableError):
+                key = jax.device_put(key, self._device())
+        self.state.value = key
 
     def next_key(self):
         """A fresh key. Outside a trace the stream first moves to the device unidl trains on: the key is made where
