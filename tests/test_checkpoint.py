@@ -223,6 +223,58 @@ def test_checkpoint_resumes_on_another_backend(tmp_path, rng):
         assert max_relative_difference(resumed, uninterrupted) < 1e-5, target
 
 
+def _stepped_adam(features):
+    """A Linear(features, features) and its Adam after one update (slots of torch.optim's, of every parameter)."""
+    model = ud.nn.Linear(features, features)
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.01)
+    optimizer.apply([ud.tensor(np.full(tuple(p.shape), 0.5, np.float32)) for p in model.parameters()])
+    return model, optimizer
+
+
+def test_on_torch_a_checkpoints_optimizer_slots_are_the_arrays_read(tmp_path):
+    """A slot ``load_checkpoint`` reads is the load's to give away (``Backend.given_slot``): torch.optim's slots
+    that the load creates are the arrays read, not clones of them (a second copy of each slot). NumPy's arrays are
+    traced by tracemalloc: the slots count in the memory still allocated after the load. (A first load allocates
+    the framework's own objects, untraced.)"""
+    import tracemalloc
+
+    with ud.use_backend("torch"), ud.use_device("cpu"):  # (on a GPU the slots are copied there)
+        model, optimizer = _stepped_adam(256)
+        ud.save_checkpoint(tmp_path, model, optimizer, step=1)
+        ud.load_checkpoint(tmp_path, model, optimizer)
+        tracemalloc.start()
+        try:
+            ud.load_checkpoint(tmp_path, model, optimizer)
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        slot_bytes = sum(slot.nbytes for entry in optimizer.state_dict()["slots"] for slot in entry.values())
+    assert held >= slot_bytes, (held, slot_bytes)
+
+
+def test_arrays_a_user_gives_optimizer_load_state_dict_are_copied(backend):
+    """The user may keep using the arrays of a state they load (and change them): the optimizer copies them, also
+    where the framework could share their memory (64-byte aligned arrays: JAX and TensorFlow on the CPU)."""
+    from unidl.io.buffers import aligned_zeros
+
+    _, source = _stepped_adam(4)
+    state = source.state_dict()
+    expected = [{name: np.array(slot) for name, slot in entry.items()} for entry in state["slots"]]
+    state["slots"] = [{name: aligned_zeros(slot.shape, slot.dtype) for name, slot in entry.items()}
+                      for entry in expected]
+    for given, slots in zip(state["slots"], expected):
+        for name, slot in slots.items():
+            given[name][...] = slot
+    _, optimizer = _stepped_adam(4)
+    optimizer.load_state_dict(state)
+    for entry in state["slots"]:
+        for slot in entry.values():
+            slot[...] = 123.0
+    for loaded, slots in zip(optimizer.state_dict()["slots"], expected):
+        for name, slot in slots.items():
+            np.testing.assert_array_equal(loaded[name], slot)
+
+
 @pytest.mark.parametrize("name, value", [("keep", 0), ("keep", -1), ("keep", 1.5), ("keep", "3"), ("keep", True),
                                          ("every_steps", True), ("every_steps", 0), ("every_steps", 2.0)])
 def test_checkpoint_arguments_are_checked_when_it_is_made(tmp_path, name, value):

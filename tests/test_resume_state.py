@@ -111,6 +111,33 @@ def test_history_of_an_epoch_interrupted_mid_way_averages_all_its_batches(tmp_pa
     _interrupted_mid_way_and_resumed(tmp_path)
 
 
+def _weighted_run(directory, resume_from=None):
+    """Two epochs of 3 batches of arrays with ``sample_weight`` and ``class_weight``, checkpointed every 2 steps."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    ud.manual_seed(0)
+    model = ud.models.TwoLayerNet(3, 8, 2)
+    history = ud.fit(model, x, y, batch_size=8, epochs=2, sample_weight=np.linspace(0.5, 2.0, 24),
+                     class_weight={0: 1.0, 1: 3.0}, loss=ud.nn.CrossEntropyLoss(),
+                     optimizer=ud.optim.SGD(model.parameters(), lr=0.5, momentum=0.5),
+                     callbacks=[ud.callbacks.Checkpoint(directory, every_steps=2, keep=None)], verbose=0, seed=1,
+                     resume_from=resume_from)
+    return model, history
+
+
+def test_a_weighted_fit_resumed_mid_epoch_ends_as_uninterrupted(tmp_path, backend):
+    """``sample_weight`` and ``class_weight`` rebuild fit's loader (the weights travel with the targets) before the
+    resume positions it: resumed from the checkpoint after the first batch of epoch 2 (step 4), the run goes on at
+    the next batch of the shuffled order, bit for bit as the run that wrote it."""
+    straight_model, straight = _weighted_run(tmp_path / "straight")
+    model, resumed = _weighted_run(tmp_path / "resumed",
+                                   resume_from=tmp_path / "straight" / "checkpoint-0001-0000004.safetensors")
+    assert resumed.history["loss"] == straight.history["loss"]
+    for key, value in straight_model.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value)
+
+
 def test_history_of_an_interrupted_epoch_through_keras_model_fit(tmp_path):
     """Eager on keras: Keras's own ``Model.fit`` runs the epoch, and its trackers resume from the checkpoint's."""
     pytest.importorskip("keras")

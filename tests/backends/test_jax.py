@@ -160,6 +160,17 @@ def test_arrays_given_to_the_backend_are_copied_not_shared():
     assert float(np.asarray(variable.value)[0, 0]) == 0.5
 
 
+def test_manual_seed_seeds_jax_under_a_device_jax_does_not_see(monkeypatch):
+    """``ud.manual_seed`` seeds every loaded backend: once XLA started it places JAX's key on unidl's device, and one
+    JAX does not see (UNIDL_DEVICE=cuda for torch, JAX's CPU-only) leaves the key NumPy's, for the first draw there
+    to name the device, rather than refusing the seed."""
+    with ud.use_backend("jax"):
+        ud.tensor(np.ones(2))  # (XLA started)
+        monkeypatch.setenv("UNIDL_DEVICE", "cuda:63")
+        ud.manual_seed(3)
+        assert isinstance(backends.load("jax").generator().state.value, np.ndarray)
+
+
 def test_the_guards_finite_check_finds_one_non_finite_element_anywhere():
     """The step's finite flag reads large gradients through a matrix-vector product with zeros (faster on XLA's CPU
     than one reduction): one inf, -inf or NaN at any place of a matrix or a conv kernel must still turn it False,

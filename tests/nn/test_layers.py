@@ -76,7 +76,9 @@ def test_dropout_in_train_step_changes_between_steps(backend, rng):
 def test_a_compiled_step_or_function_that_draws_dropout_masks_compiles_once_on_jax(rng):
     """The jax backend's generator key starts as a NumPy array (made without starting XLA) and comes back from a
     compiled call committed to the device: jax.jit keys its programs by that, so each compiled step and function
-    with dropout lowered and compiled its program a second time at its second call (1.4 s each on a CPU)."""
+    with dropout lowered and compiled its program a second time at its second call (1.4 s each on a CPU), and once
+    more after each ``ud.manual_seed``, which set the key back to NumPy's (``KeyStream.restore`` now places it on the
+    device once XLA has started); ``set_rng_state`` (a checkpoint's resume) sets the key the same way."""
     import jax
 
     lowered = []
@@ -86,16 +88,19 @@ def test_a_compiled_step_or_function_that_draws_dropout_masks_compiles_once_on_j
             lowered.append(event)
 
     with ud.use_backend("jax"):
-        ud.manual_seed(0)  # (the key as NumPy again, as after the backend's load)
+        generator = ud.backends.load("jax").generator()
+        generator.state.value = np.asarray(generator.state.value)  # (NumPy's, as at the backend's load)
         model = ud.nn.Sequential(ud.nn.Linear(10, 10), ud.nn.Dropout(0.5), ud.nn.Linear(10, 1))
         x = rng.standard_normal((32, 10)).astype(np.float32)
         step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
         drop = ud.function(lambda a: ud.ops.dropout(a, 0.25))
+        state = ud.random.get_rng_state()
         for call in (lambda: step(x, x[:, :1]), lambda: drop(x)):
             call()
             jax.monitoring.register_event_duration_secs_listener(listen)
             try:
-                for _ in range(2):
+                for reset in (lambda: None, lambda: ud.manual_seed(0), lambda: ud.random.set_rng_state(state)):
+                    reset()
                     call()
             finally:
                 jax.monitoring.unregister_event_duration_listener(listen)

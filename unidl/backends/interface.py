@@ -18,6 +18,7 @@ import numpy as np
 
 from unidl.backends import op_registry
 from unidl.errors import BackendInterfaceError
+from unidl.io.safetensors import StoredTensor
 
 #: Functional ops every backend's ``ops`` namespace provides: derived from the declarations in
 #: ``unidl/ops.py`` (see ``unidl.backends.op_registry``), where each op's signature and docs live.
@@ -279,9 +280,17 @@ class Backend(abc.ABC):
     def load_optimizer_state(self, optimizer, step: int, slots: list, param_steps) -> None:
         """Overwrite the step count, slots and per-parameter step counts (``param_steps``: a list where
         ``optimizer.uses_step``, else None), all already checked by the caller. A slot is an array, or a checkpoint's
-        ``unidl.io.safetensors.StoredTensor``, read from the file by ``np.asarray``: convert each slot in turn, so
-        that one at a time is held outside its variable (its array is new: a variable may keep it,
-        ``donated_tensor``)."""
+        ``unidl.io.safetensors.StoredTensor``, read from the file by ``np.asarray``: convert each slot in turn
+        (``given_slot``), so that one at a time is held outside its variable."""
+
+    def given_slot(self, value, dtype=None) -> np.ndarray | None:
+        """The array of a slot given to ``load_optimizer_state`` where the slot is the caller's to give away, else
+        None: who owns its memory decides whether the backend copies it. A checkpoint's ``StoredTensor`` is read anew
+        from the file by each ``np.asarray``, into a new array nobody else holds: its array (in ``dtype`` where
+        given) may become the slot's memory, or be written into the slot's variable, without a defensive copy. Any
+        other value (None) is the user's (``optimizer.load_state_dict(state)``), who may keep using and changing it:
+        the backend copies it."""
+        return np.asarray(value, dtype=dtype) if isinstance(value, StoredTensor) else None
 
     @abc.abstractmethod
     def apply_gradients(self, optimizer, grads) -> None:

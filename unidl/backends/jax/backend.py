@@ -42,8 +42,8 @@ from unidl import config  # noqa: E402
 from unidl import random as unidl_random  # noqa: E402
 from unidl.autograd import check_float, check_scalar  # noqa: E402
 from unidl.backends.interface import Backend as BackendInterface  # noqa: E402
+from unidl.errors import DeviceUnavailableError  # noqa: E402
 from unidl.io.buffers import aligned_zeros, is_undrawn_zeros  # noqa: E402
-from unidl.io.safetensors import StoredTensor  # noqa: E402
 from unidl.backends.jax import distributed as jax_distributed  # noqa: E402
 from unidl.backends.jax import ops as jax_ops  # noqa: E402
 from unidl.backends.jax import precision as jax_precision  # noqa: E402
@@ -88,7 +88,21 @@ class KeyStream:
         return np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
 
     def reset(self, seed) -> None:
-        self.state.value = self._key(seed)
+        """Start the stream again from ``seed`` (``ud.manual_seed``)."""
+        self.restore(self._key(seed))
+
+    def restore(self, key: np.ndarray) -> None:
+        """Make ``key`` (NumPy's) the stream's key (``set_rng_state``): once XLA has started, on the device unidl
+        trains on, as a compiled step hands it back, so that a step or ``ud.function`` compiled before takes it as
+        the same kind of argument (a NumPy key made each compile again: jax.jit keys its programs by placement);
+        before, as NumPy's, which does not start XLA (see ``__init__``)."""
+        from jax._src import xla_bridge  # whether XLA started (no public query)
+
+        if xla_bridge.backends_are_initialized():
+            # (a device JAX does not see, torch's GPU that ``ud.manual_seed`` seeds too: the first draw says so)
+            with contextlib.suppress(DeviceUnavailableError):
+                key = jax.device_put(key, self._device())
+        self.state.value = key
 
     def next_key(self):
         """A fresh key. Outside a trace the stream first moves to the device unidl trains on: the key is made where
@@ -227,7 +241,7 @@ class Backend(BackendInterface):
         return {"dropout": np.asarray(self._generator.state.value).tolist()}
 
     def set_rng_state(self, state):
-        self._generator.state.value = jnp.asarray(np.asarray(state["dropout"], dtype=np.uint32))
+        self._generator.restore(np.asarray(state["dropout"], dtype=np.uint32))
 
     def generator(self):
         return self._generator
@@ -329,9 +343,8 @@ class Backend(BackendInterface):
             jax_variable.written_in_place(variable, count)
         for variables, entry in zip(native.slot_variables, slots):
             for name, value in entry.items():
-                if isinstance(value, StoredTensor):  # read anew from a file: the variable may keep its memory
-                    value = self.donated_tensor(np.asarray(value, dtype=variables[name].dtype))
-                self.assign(variables[name], value)
+                given = self.given_slot(value, variables[name].dtype)  # (the variable may keep its memory)
+                self.assign(variables[name], self.donated_tensor(given) if given is not None else value)
 
     def _optimizer_apply(self, optimizer):
         """``optimizer.apply`` compiled once per gradient signature (state in, state out)."""

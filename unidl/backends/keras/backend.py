@@ -268,7 +268,11 @@ class Backend(BackendInterface):
         for p, entry in zip(optimizer.params, slots):
             variables = native.slots_of(p)
             for name, value in entry.items():
-                variables[name].assign(np.asarray(value).astype(variables[name].dtype))
+                given = self.given_slot(value, variables[name].dtype)
+                if given is not None:  # (no ``_owned`` copy: that is for the user's arrays)
+                    variables[name].assign(given)
+                else:
+                    self.assign(variables[name], value)
 
     def apply_gradients(self, optimizer, grads):
         # no gradient, no update; none at all: no update, but the step counts (torch.optim's ``step()``)

@@ -232,7 +232,9 @@ class Backend(BackendInterface):
             state = native.state[p]
             for name, value in entry.items():  # (a slot of one number, ``scalar_slots``: float32, as torch.optim's)
                 dtype = torch.float32 if name in optimizer.scalar_slots else p.dtype
-                state[name] = torch.as_tensor(np.asarray(value), dtype=dtype, device=p.device).clone()
+                given = self.given_slot(value)  # (its memory kept where dtype and device match)
+                state[name] = (torch.as_tensor(given, dtype=dtype, device=p.device) if given is not None
+                               else torch.tensor(np.asarray(value), dtype=dtype, device=p.device))
             if not isinstance(native, torch.optim.SGD):  # the others count steps per parameter
                 state["step"] = torch.tensor(float(count), dtype=torch.float32)
 
