@@ -117,12 +117,14 @@ class KeyStream:
 def _owned(array: np.ndarray, device):
     """``array`` on ``device`` in a buffer of its own. On the CPU ``jax.device_put`` shares a suitably
     aligned NumPy array instead of copying it, so a caller's later edit of that array (a state dict it
-    keeps, a batch buffer it refills) would silently change the model; copy exactly when that happens."""
+    keeps, a batch buffer it refills) would silently change the model; copy exactly when that happens, in NumPy
+    (a copy that JAX alone holds may share its buffer): ``placed.copy()`` was an XLA program of its own, compiled
+    for each new shape the first time an input happened to be aligned (a compile at a random call)."""
     placed = jax.device_put(array, device)
     if isinstance(placed, jax.core.Tracer):  # inside a trace: a constant of the compiled program, not a buffer
         return placed
     if array.size and placed.unsafe_buffer_pointer() == array.ctypes.data:
-        return placed.copy()
+        return jax.device_put(np.array(array, copy=True), device)
     return placed
 
 
@@ -255,12 +257,14 @@ class Backend(BackendInterface):
             return jax.device_put(value.astype(target), self.current_device())
         array = np.asarray(value)
         if array.dtype.kind == "f" or dtype is not None:
-            array = array.astype(dtype or config.get_dtype())
+            converted = array.astype(dtype or config.get_dtype())
         elif array.dtype.kind in "iu":
-            array = array.astype(np.int64)
+            converted = array.astype(np.int64)
         elif array.dtype.kind != "b":
             raise TypeError(f"cannot make a tensor from an array of dtype {array.dtype}")
-        return _owned(array, self.current_device())  # later changes to the array never show
+        else:
+            return _owned(array, self.current_device())  # later changes to the array never show
+        return jax.device_put(converted, self.current_device())  # (astype's new array: JAX alone holds it)
 
     def to_numpy(self, tensor):
         if isinstance(tensor, np.ndarray):
