@@ -228,6 +228,18 @@ def fp16_accumulation():
         return dict(inside=inside, overflow=overflow, steps=optimizer.state_dict()["step"], change=change)
 
 
+def partial_use_windows():
+    # windows of accumulate=2 in which a layer is used at the first micro-step only, the last only, none (its depth
+    # read from the batch's size: a step input's value is traced here), against torch's autocast and GradScaler
+    # loop (tests/optim/test_accumulation_partial_use.py): per case the largest relative difference over its bound;
+    # bf16's window is the optimizer's own, as float32's, and float16's the loss scaler's (with Adam too)
+    from tests.optim.test_accumulation_partial_use import BOUNDS, partial_use_differences
+    with ud.use_backend("keras"):
+        return {f"{precision} {kind}": max(partial_use_differences(precision, kind, depth_input=False).values())
+                / BOUNDS[precision] for precision, kind in (("bf16-mixed", "sgd"), ("16-mixed", "sgd"),
+                                                            ("16-mixed", "adam"))}
+
+
 def loss_only_non_finite_windows():
     # a loss infinite at a window's first micro-step while its gradients are finite (a term of the data alone):
     # Keras's JAX trainer hands its optimizer only the gradients. float16 (tests/test_precision.py's run, checked
@@ -876,6 +888,7 @@ print(json.dumps({
     "resume": mid_epoch_resume(),
     "non_finite": infinite_gradient_in_fit(),
     "fp16": fp16_accumulation(),
+    "partial_use": partial_use_windows(),
     "loss_windows": loss_only_non_finite_windows(),
     "float64_fit": float64_fit(),
     "graph": keras_model_graph(),
@@ -992,6 +1005,16 @@ def test_fp16_accumulation_on_jax_checks_and_scales_once_per_update(result):
     assert fp16["overflow"] == {"scale": 2.0 ** 15, "finite": False, "steps": 0, "unchanged": True,
                                 "losses": [True, True]}
     assert fp16["steps"] == 2 and fp16["change"] < 1e-2  # two finite windows through fit: the torch loop's change
+
+
+def test_a_layer_used_at_some_micro_steps_of_a_window_updates_as_torch_on_jax(result):
+    """A layer used at a window's first micro-step only, at its last only, and at none (tests/optim/
+    test_accumulation_partial_use.py): updated with its momentum, Adam's moments and step count in the first two
+    windows and left alone in the third, as torch's loop, in bf16 (the optimizer's window, float32's too) and
+    float16 (each value: the largest difference over its bound). float16's window, Keras's loss scaler's, dropped
+    the sum of a layer the window's last micro-step did not use (the first window's update lost: 0.7 off with SGD,
+    Adam's step not counted), and its checkpointed flags said no parameter had a gradient."""
+    assert all(ratio < 1 for ratio in result["partial_use"].values()), result["partial_use"]
 
 
 def test_a_window_with_a_non_finite_loss_of_finite_gradients_is_skipped_on_jax(result):

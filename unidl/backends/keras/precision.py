@@ -102,14 +102,23 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
                 return super().stateless_apply(optimizer_variables, grads, trainable_variables)
         variables = self.variables
         with keras.StatelessScope(state_mapping=list(zip(variables, optimizer_variables))) as scope:
-            totals = [self._window[inner._get_variable_index(v)] for v in inner._trainable_variables]
-            sums = [None if g is None else t + keras.ops.cast(g, t.dtype) / accumulate
-                    for t, g in zip(totals, grads)]
+            indices = [inner._get_variable_index(v) for v in inner._trainable_variables]
+            totals, flags = [self._window[i] for i in indices], [self._window_has_gradient[i] for i in indices]
+            # PyTorch's rule over the window: a variable the micro-step's loss did not use (no gradient now, where
+            # Keras's trainer gives zeros: ``gradients_used``) keeps its sum, and updates where the window closes
+            # if it had a gradient at an earlier micro-step (``had``: None where it has one now)
+            now = gradients_used(grads, inner.used_gradients)
+            sums = [None if g is None else t.value if n is None else t + keras.ops.cast(n, t.dtype) / accumulate
+                    for t, g, n in zip(totals, grads, now)]
+            had = [None if total is None or n is not None else flag.value
+                   for total, n, flag in zip(sums, now, flags)]
             count = self._window_count + 1
             closes = count >= accumulate
-            for total, new in zip(totals, sums):
+            for total, new, flag, earlier in zip(totals, sums, flags, had):
                 if new is not None:  # the window starts again when it closes
                     total.assign(keras.ops.where(closes, keras.ops.zeros_like(new), new))
+                    still_open = keras.ops.logical_not(closes)
+                    flag.assign(still_open if earlier is None else keras.ops.logical_and(still_open, earlier))
             self._window_count.assign(keras.ops.where(closes, keras.ops.zeros_like(count), count))
             # a loss's NaN is in its gradients, so in the sums (keras/module.py ``_loss_marked_in_a_gradient``),
             # which the checkpoint reads too; where the optimizer's parameters are all frozen (no sums) in the
@@ -118,17 +127,15 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             self._window_finite.assign(keras.ops.logical_or(closes, finite))
             inner.finite.assign(True)  # a micro-step inside the window: nothing skipped yet
         state = [scope.get_current_value(v) for v in variables]
-        present = None
-        if in_job:  # on JAX's engine: where the window closes, its sums and finite flag as the job's, in one
-            # all-reduce (none at the other micro-steps), before Keras's overflow check; a variable the closing
-            # micro-step's loss did not use updates if any rank's did (PyTorch's rule with DDP)
-            has_gradient = [None if total is None or used is not None else keras.ops.convert_to_tensor(False)
-                            for total, used in zip(sums, gradients_used(sums, inner.used_gradients))]
-            sums, present, finite = keras_distributed.window_in_step(sums, has_gradient, finite, closes)
+        if in_job:  # on JAX's engine: where the window closes, its sums, flags and finite flag as the job's, in one
+            # all-reduce (none at the other micro-steps), before Keras's overflow check (PyTorch's rule with DDP: a
+            # variable updates if any rank's window had a gradient for it)
+            sums, had, finite = keras_distributed.window_in_step(sums, had, finite, closes)
 
         def update():
-            # (in a job the window's losses are in its finite flag, agreed with its sums)
-            with self._applying_the_jobs(None, present) if in_job else contextlib.nullcontext():
+            # the window's sums and flags as they are (its losses are in its finite flag, agreed with its sums in a
+            # job): no second ``gradients_used`` of the closing micro-step alone
+            with self._applying_the_jobs(None, had):
                 return self._apply_closing(finite, lambda: super(LossScaleOptimizer, self).stateless_apply(
                     state, sums, trainable_variables))
 
@@ -139,7 +146,8 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
         """For the block (Keras's scaler logic and the wrapped optimizer's update): the gradients in hand and
         ``loss`` are the job's already, reduced over the ranks by this scaler before its overflow check, so that
         neither ``check_finite`` nor the wrapped optimizer (``NativeOptimizer.applying_the_jobs``, with
-        ``present``) reduces them again: one all-reduce per update."""
+        ``present``) reduces them again: one all-reduce per update. Outside a job (the job is this process) the
+        closing window's sums and flags, taken by the wrapped optimizer as they are."""
         object.__setattr__(self, "_jobs_gradients", True)
         try:
             with self.inner_optimizer.applying_the_jobs(loss, present):
