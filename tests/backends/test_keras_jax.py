@@ -868,8 +868,41 @@ def composite_per_backend():
     return calls
 
 
+def composite_programs():
+    # the XLA programs lowered by the first eager call of a composite activation (mish), a composite loss (soft
+    # margin's core) and that loss's value and gradient, on operands of a shape used nowhere else here: the
+    # composite's one jit (its gradient's: the jit's linearized forward and its transpose), where Keras-on-JAX ran
+    # the ops one by one, each a program of its own (mish: 9, the loss's gradient: 17)
+    import jax
+
+    lowered = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(kwargs.get("fun_name"))
+
+    with ud.use_backend("keras"):
+        draws = np.random.default_rng(3)  # (the script's rng draws the other entries' data)
+        scores = ud.tensor(draws.standard_normal((3, 7)).astype(np.float32))
+        signs = ud.tensor(np.sign(draws.standard_normal((3, 7))).astype(np.float32))
+        ud.value_and_grad(lambda a: ud.ops.sum(a * a))(ud.tensor(np.ones(2, np.float32)))  # (any gradient's seed)
+        calls = {"activation": lambda: ud.ops.mish(scores), "loss": lambda: ud.nn.SoftMarginLoss()(scores, signs),
+                 "gradient": lambda: ud.value_and_grad(lambda a: ud.nn.SoftMarginLoss()(a, signs))(scores)}
+        programs = {}
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        try:
+            for name, call in calls.items():
+                lowered.clear()
+                ud.to_numpy(jax.tree_util.tree_leaves(call())[0])
+                programs[name] = list(lowered)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listen)
+    return programs
+
+
 print(json.dumps({
     "copied_in": copied_in(),
+    "composite_programs": composite_programs(),
     "composite_per_backend": composite_per_backend(),
     "ctc_of_a_parameter": ctc_of_a_parameter(),
     "framework": keras.backend.backend(),
@@ -926,6 +959,15 @@ def test_ctc_loss_of_a_parameter_on_jax_matches_torch(result):
 
 def test_jax_and_keras_on_jax_compile_a_composite_apart(result):
     assert result["composite_per_backend"] == ["jax", "keras"]
+
+
+def test_a_composite_called_eagerly_on_jax_is_one_program(result):
+    """A composite op (``unidl.spatial_ops.composite``: an activation, a loss's math) called eagerly on Keras-on-JAX
+    runs as one ``jax.jit`` of its body, as on the jax backend (the keras backend's ``composite`` is its host's): its
+    first call lowers that one program, its value and gradient that program's JVP and transpose, where op by op every
+    primitive in it lowered and dispatched a program of its own."""
+    assert result["composite_programs"] == {"activation": ["jit(mish)"], "loss": ["jit(_soft_margin_core)"],
+                                            "gradient": ["jit(_soft_margin_core)"] * 2}, result["composite_programs"]
 
 
 def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):

@@ -548,13 +548,15 @@ class Backend(BackendInterface):
             return keras_stateless.StatelessFunction(HOST, fn, name)
         return HOST.function(fn, jit_compile, name)
 
+    def composite(self, function, arrays):
+        compiled = HOST.composite(function, arrays)  # (Keras's ops run in its host's compiled program: JAX's jit)
+        # a host that runs the composite as it is (TensorFlow, torch) gives the function itself, which takes Keras's
+        # variables as they are
+        return function if compiled is function else _taking_tensors(compiled)
+
     def looping_composite(self, function, arrays):
-        compiled = HOST.looping_composite(function, arrays)  # (Keras's ops run in its host's graphs and loops)
-
-        def call(*args, **kwargs):  # the host's compiled program takes tensors, never a Keras variable (a parameter)
-            return compiled(*map(_read_variables, args), **{k: _read_variables(v) for k, v in kwargs.items()})
-
-        return call
+        # (Keras's ops run in its host's graphs and loops)
+        return _taking_tensors(HOST.looping_composite(function, arrays))
 
     def custom_gradient(self, forward_fn):
         return HOST.custom_gradient(forward_fn)
@@ -568,6 +570,16 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape, input_dtype):
         export_module(module, path, format, input_shape, input_dtype)
+
+
+def _taking_tensors(compiled):
+    """``compiled``, the host's version of a composite, called with each Keras variable in its arguments read as a
+    tensor: the host's compiled program takes tensors, never a Keras variable (a parameter)."""
+
+    def call(*args, **kwargs):
+        return compiled(*map(_read_variables, args), **{k: _read_variables(v) for k, v in kwargs.items()})
+
+    return call
 
 
 def _read_variables(value):
