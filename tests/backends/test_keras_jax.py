@@ -528,6 +528,15 @@ def draws_warned():
             warnings.simplefilter("always")
             scaled(np.ones((2, 4), np.float32))
         warned.append([str(w.message).split(" while ")[0] for w in caught if "drew from" in str(w.message)])
+        generators = [np.random.default_rng(3)]  # (in the closure of the function ud.function traces)
+
+        def shifted(x):
+            return linear(x) + float(generators[0].random())
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ud.function(shifted)(np.ones((2, 4), np.float32))
+        warned.append([str(w.message).split(" while ")[0] for w in caught if "drew from" in str(w.message)])
     return warned
 
 
@@ -1156,8 +1165,11 @@ def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(res
     # and a ud.function's trace draws once, as on the jax backend (the probe finding its variables drew first)
     assert result["function_draws"] is True
     # a draw frozen into a trace warns, a step that runs its Python every call does not
+    # (and a NumPy Generator the traced function reads from its closure: it was not seen on Keras-on-JAX)
     assert result["draws_warned"] == [["train_step of DynamicNet drew from Python's random"], [],
-                                      ["<lambda> drew from Python's random"]], result["draws_warned"]
+                                      ["<lambda> drew from Python's random"],
+                                      ["shifted drew from a NumPy Generator (np.random.default_rng())"]], \
+        result["draws_warned"]
 
 
 def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):
