@@ -531,7 +531,7 @@ class Backend(BackendInterface):
         live = jax_variable.live()
         before = [v._value for v in live]  # (bookkeeping: ``_value``, which a trace does not record as a read)
         randomness = python_randomness_state()  # the usage analysis below replays the same draws
-        target_serials = {p.serial for p in params} if argnums is None else set()
+        target_serials = [p.serial for p in params] if argnums is None else []
 
         def value_of(target_values):
             call_args = list(args)
@@ -541,12 +541,15 @@ class Backend(BackendInterface):
             else:
                 for p, t in zip(params, target_values):
                     p.value = t
+            given = dict(zip(target_serials, target_values))
             try:
                 value = f(*call_args)
                 value, aux = value if with_aux else (value, None)
                 check_scalar(value, self.name)
+                # a differentiated parameter the forward wrote (Embedding's max_norm renormalization) keeps what it
+                # wrote, as torch's in-place write, not the value it was given
                 written = {i: v._value for i, v in enumerate(live)
-                           if v._value is not before[i] and v.serial not in target_serials}
+                           if v._value is not (given[v.serial] if v.serial in given else before[i])}
             finally:
                 for v, b in zip(live, before):
                     v.value = b
