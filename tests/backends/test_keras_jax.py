@@ -859,6 +859,31 @@ def ctc_of_a_parameter():
                    float(np.abs(np.asarray(ud.to_numpy(grad)) - expected.grad.numpy()).max()))
 
 
+def max_norm_writes():
+    # Embedding(max_norm=...) writes its weight in the forward: kept by ud.function as torch keeps it; Keras's own
+    # train step (train_step and fit, eager or not), which threads the non-trainable variables alone and would drop
+    # it, refuses the forward
+    out = {"errors": []}
+    with ud.use_backend("keras"):
+        embed = ud.nn.Embedding(3, 2, max_norm=1.0)
+        embed.load_state_dict({"weight": np.array([[3.0, 4.0], [0.3, 0.4], [6.0, 8.0]])})
+        ud.function(lambda tokens: embed(tokens))(ud.tensor(np.array([0, 1])))
+        out["function"] = np.round(ud.to_numpy(embed.weight).astype(np.float64), 6).tolist()
+        model = ud.nn.Sequential(embed, ud.nn.Flatten(), ud.nn.Linear(4, 2))
+        tokens, labels = np.array([[0, 1], [2, 2]]), np.array([0, 1])
+        for eager in (False, True):
+            for call in (lambda: ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(
+                             model.parameters(), lr=0.5), eager=eager)(tokens, labels),
+                         lambda: ud.fit(model, tokens, labels, loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(
+                             model.parameters(), lr=0.5), verbose=0, eager=eager)):
+                try:
+                    call()
+                    out["errors"].append(None)
+                except Exception as error:
+                    out["errors"].append([type(error).__name__, str(error).split(" (of shape")[0]])
+    return out
+
+
 def composite_per_backend():
     # one jit per composite, device and dtype was shared by JAX and Keras on JAX (whose looping composite is its
     # host's composite): the backend called second ran the first one's trace, built with the other backend's ops
@@ -945,6 +970,7 @@ print(json.dumps({
     "alternated": alternated(),
     "parity_rules": parity_rules(),
     "ctrl_c": ctrl_c_in_steps(),
+    "max_norm": max_norm_writes(),
 }))
 """
 
@@ -1155,6 +1181,15 @@ def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
     branch = ["GraphConstructError", "the forward of BranchOnValue uses the value of a tensor in Python control flow "
               "(if/while/range/int on a traced value) or as a boolean mask (x[mask])"]
     assert result["traced_step_inputs"] == [expected, expected] + [branch] * 4, result["traced_step_inputs"]
+
+
+def test_a_forward_writing_a_parameter_is_one_error_in_keras_own_step_on_jax(result):
+    """``Embedding(max_norm=...)`` renormalizes its weight in the forward: ``ud.function`` keeps the write, as torch's
+    in-place renormalization; Keras's JAX trainer threads the non-trainable variables alone and dropped it (a
+    silent difference from torch), so ``train_step`` and ``fit``, eager or not, raise one ``GraphConstructError``."""
+    assert result["max_norm"]["function"] == [[0.6, 0.8], [0.3, 0.4], [6.0, 8.0]]
+    expected = ["GraphConstructError", "the forward writes a trainable parameter"]
+    assert result["max_norm"]["errors"] == [expected] * 4, result["max_norm"]["errors"]
 
 
 def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(result):
