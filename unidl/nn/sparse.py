@@ -46,8 +46,8 @@ class Embedding(Module):
         if sparse is not False and sparse != False:  # noqa: E712  (a NumPy bool too)
             raise ValueError(f"Embedding sparse={sparse!r} is not supported: unidl's Embedding keeps PyTorch's "
                              f"default (sparse=False) on every backend")
-        if max_norm is not None:
-            max_norm, norm_type = embedding_ops.renorm_options("Embedding", max_norm, norm_type)
+        if max_norm is not None:  # (checked; kept as given, as torch's repr shows them)
+            embedding_ops.renorm_options("Embedding", max_norm, norm_type)
         self.max_norm, self.norm_type = max_norm, norm_type
         num_embeddings = positive_int("Embedding", "num_embeddings", num_embeddings)
         embedding_dim = positive_int("Embedding", "embedding_dim", embedding_dim)
@@ -81,8 +81,8 @@ class Embedding(Module):
     def forward(self, indices):
         indices = input_checks.check_integer(self.describe, "indices", indices)  # uint8, int8, int16 as int64
         if self.max_norm is not None:  # the state transition of PyTorch's in-place renormalization
-            self.write_parameter("weight", embedding_ops.renormalized(indices, self.weight, self.max_norm,
-                                                                      self.norm_type))
+            self.write_parameter("weight", embedding_ops.renormalized(
+                indices, self.weight, *embedding_ops.renorm_options("Embedding", self.max_norm, self.norm_type)))
         rows = self._ops.embedding_rows(indices, self.weight, self.padding_idx)
         if not self.scale_grad_by_freq:
             return rows
