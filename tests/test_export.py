@@ -249,6 +249,19 @@ def test_an_exporters_missing_conversion_is_an_export_format_error_naming_the_la
             ud.export(model, tmp_path / "pool.onnx", format="onnx", input_shape=(2, 6, 6))
         assert os.listdir(tmp_path) == []
         ud.export(model, tmp_path / "pool.stablehlo", format="stablehlo", input_shape=(2, 6, 6))
+        # an error of the forward's own over the symbolic batch size is its own, as the other formats give it
+        with pytest.raises(ValueError, match="a batch size read as an int") as raised:
+            ud.export(_BatchSizeAsInt(), tmp_path / "own.onnx", format="onnx", input_shape=(3,))
+        assert type(raised.value) is ValueError  # (not the ExportFormatError, a ValueError too, of a conversion)
+
+
+class _BatchSizeAsInt(ud.nn.Module):
+    """A forward that needs its batch size as a Python int (an export's is symbolic)."""
+
+    def forward(self, x):
+        if not isinstance(x.shape[0], int):
+            raise ValueError("a batch size read as an int")
+        return x
 
 
 def test_jax_onnx_bidirectional_recurrent_layers_match_torch(tmp_path):

@@ -1044,37 +1044,12 @@ def _layer_norm_as_torch(backend_ops, x, normalized_shape, weight, bias, eps, mi
     return backend_ops.cast_like(y, x)
 
 
-@op(indices=("indices",), dispatch=False)
-def embedding(indices, weight, padding_idx=None):
-    """Rows of ``weight`` (num_embeddings, dim) picked by integer ``indices`` of any shape: (*indices.shape, dim).
-
-    The row ``padding_idx`` gets no gradient; it lies in [-num_embeddings, num_embeddings), a negative one
-    counting from the end, as PyTorch's (the other backends compared the indices with -1 itself: the last row
-    trained); one out of range is a ``ShapeMismatchError``, eagerly and when a graph that leaves the weight's rows
-    unknown runs (it was ignored there). An index outside [0, num_embeddings) raises
-    ``IndexOutOfRangeError`` on every backend, inside compiled graphs too (where TensorFlow's CPU gather
-    would return zeros). A ``weight`` of another rank than 2 is a ``ShapeMismatchError``, as PyTorch's (TensorFlow
-    and JAX gathered rows of any rank)."""
-    rank = _rank(weight)
-    if rank not in (2, None):
-        raise ShapeMismatchError(f"embedding weight must be 2-D (num_embeddings, dim), got a weight of rank {rank}")
-    if padding_idx is not None:
-        index = arguments.integer(padding_idx)
-        rows = _rows(weight)  # an int, a graph's scalar tensor, or None (a graph of unknown rank)
-        if index is None:
-            bounds = f"in [-{rows}, {rows}) (the weight's rows)" if isinstance(rows, int) else "(a row of the weight)"
-            raise ValueError(f"embedding padding_idx must be an int {bounds}, got {padding_idx!r}")
-        if rows is not None:  # out of range: now, or when a graph that leaves the rows unknown runs (it was ignored)
-            inside = input_checks.all_of([input_checks.holds(-rows <= index), input_checks.holds(index < rows)])
-            weight = input_checks.require(weight, inside, lambda: (
-                f"embedding padding_idx must be an int in [-{{}}, {{}}) (the weight's rows), got {index}"),
-                (rows, rows))
-        if index < 0 and rows is None:
-            raise ValueError(f"embedding padding_idx {index} counts from the end of a weight whose rank this graph "
-                             f"leaves unknown; give the row's index from the start")
-        # a graph's unknown count of rows: the row from the end, a scalar the backends compare the indices with
-        padding_idx = index % rows if isinstance(rows, int) else index + rows if index < 0 else index
-    return _ops().embedding(indices, weight, padding_idx)
+@op(indices=("indices",), public=False)
+def embedding_rows(indices, weight, padding_idx=None):
+    """``embedding``'s lookup (``unidl/embedding_ops.py``): the rows of the 2-D ``weight`` picked by ``indices``,
+    ``padding_idx`` (None, an int counted from the start, or a graph's scalar tensor) already checked, its row
+    given no gradient. An index outside [0, num_embeddings) raises ``IndexOutOfRangeError``, inside compiled
+    graphs too."""
 
 
 def _rows(weight):
@@ -1830,6 +1805,7 @@ def _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe
 
 # spatial ops composed over the registry's ops (their own module: unidl/spatial_ops.py)
 from unidl import input_checks  # noqa: E402  (front-end checks of bad input, over the ops above)
+from unidl.embedding_ops import embedding  # noqa: E402
 from unidl.spatial_ops import (adaptive_avg_pool2d, adaptive_max_pool2d, conv1d, conv_transpose2d,  # noqa: E402
                                dropout2d, group_norm, interpolate)
 from unidl.spatial1d_ops import (adaptive_avg_pool1d, adaptive_max_pool1d, avg_pool1d, conv_transpose1d,  # noqa: E402

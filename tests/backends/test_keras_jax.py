@@ -528,6 +528,15 @@ def draws_warned():
             warnings.simplefilter("always")
             scaled(np.ones((2, 4), np.float32))
         warned.append([str(w.message).split(" while ")[0] for w in caught if "drew from" in str(w.message)])
+        generators = [np.random.default_rng(3)]  # (in the closure of the function ud.function traces)
+
+        def shifted(x):
+            return linear(x) + float(generators[0].random())
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ud.function(shifted)(np.ones((2, 4), np.float32))
+        warned.append([str(w.message).split(" while ")[0] for w in caught if "drew from" in str(w.message)])
     return warned
 
 
@@ -850,6 +859,31 @@ def ctc_of_a_parameter():
                    float(np.abs(np.asarray(ud.to_numpy(grad)) - expected.grad.numpy()).max()))
 
 
+def max_norm_writes():
+    # Embedding(max_norm=...) writes its weight in the forward: kept by ud.function as torch keeps it; Keras's own
+    # train step (train_step and fit, eager or not), which threads the non-trainable variables alone and would drop
+    # it, refuses the forward
+    out = {"errors": []}
+    with ud.use_backend("keras"):
+        embed = ud.nn.Embedding(3, 2, max_norm=1.0)
+        embed.load_state_dict({"weight": np.array([[3.0, 4.0], [0.3, 0.4], [6.0, 8.0]])})
+        ud.function(lambda tokens: embed(tokens))(ud.tensor(np.array([0, 1])))
+        out["function"] = np.round(ud.to_numpy(embed.weight).astype(np.float64), 6).tolist()
+        model = ud.nn.Sequential(embed, ud.nn.Flatten(), ud.nn.Linear(4, 2))
+        tokens, labels = np.array([[0, 1], [2, 2]]), np.array([0, 1])
+        for eager in (False, True):
+            for call in (lambda: ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(
+                             model.parameters(), lr=0.5), eager=eager)(tokens, labels),
+                         lambda: ud.fit(model, tokens, labels, loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(
+                             model.parameters(), lr=0.5), verbose=0, eager=eager)):
+                try:
+                    call()
+                    out["errors"].append(None)
+                except Exception as error:
+                    out["errors"].append([type(error).__name__, str(error).split(" (of shape")[0]])
+    return out
+
+
 def composite_per_backend():
     # one jit per composite, device and dtype was shared by JAX and Keras on JAX (whose looping composite is its
     # host's composite): the backend called second ran the first one's trace, built with the other backend's ops
@@ -936,6 +970,7 @@ print(json.dumps({
     "alternated": alternated(),
     "parity_rules": parity_rules(),
     "ctrl_c": ctrl_c_in_steps(),
+    "max_norm": max_norm_writes(),
 }))
 """
 
@@ -1148,6 +1183,15 @@ def test_a_forward_looping_over_a_step_input_is_one_error_on_jax(result):
     assert result["traced_step_inputs"] == [expected, expected] + [branch] * 4, result["traced_step_inputs"]
 
 
+def test_a_forward_writing_a_parameter_is_one_error_in_keras_own_step_on_jax(result):
+    """``Embedding(max_norm=...)`` renormalizes its weight in the forward: ``ud.function`` keeps the write, as torch's
+    in-place renormalization; Keras's JAX trainer threads the non-trainable variables alone and dropped it (a
+    silent difference from torch), so ``train_step`` and ``fit``, eager or not, raise one ``GraphConstructError``."""
+    assert result["max_norm"]["function"] == [[0.6, 0.8], [0.3, 0.4], [6.0, 8.0]]
+    expected = ["GraphConstructError", "the forward writes a trainable parameter"]
+    assert result["max_norm"]["errors"] == [expected] * 4, result["max_norm"]["errors"]
+
+
 def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(result):
     """``train_step(eager=True)`` runs the forward's Python every step, its draws from Python's ``random``
     included, as torch does (tests/test_dynamic_forward.py on the others): Keras's abstract pass before the first
@@ -1156,8 +1200,11 @@ def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(res
     # and a ud.function's trace draws once, as on the jax backend (the probe finding its variables drew first)
     assert result["function_draws"] is True
     # a draw frozen into a trace warns, a step that runs its Python every call does not
+    # (and a NumPy Generator the traced function reads from its closure: it was not seen on Keras-on-JAX)
     assert result["draws_warned"] == [["train_step of DynamicNet drew from Python's random"], [],
-                                      ["<lambda> drew from Python's random"]], result["draws_warned"]
+                                      ["<lambda> drew from Python's random"],
+                                      ["shifted drew from a NumPy Generator (np.random.default_rng())"]], \
+        result["draws_warned"]
 
 
 def test_the_ops_whose_rules_differ_by_framework_follow_torch_on_jax(result):

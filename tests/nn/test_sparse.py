@@ -212,5 +212,77 @@ def test_from_pretrained_holds_the_table_and_is_frozen(backend):
         ud.nn.Embedding.from_pretrained(table.reshape(-1))
     # PyTorch's signature: its defaults taken, the options the constructor refuses refused alike (a TypeError)
     ud.nn.Embedding.from_pretrained(table, max_norm=None, norm_type=2.0, scale_grad_by_freq=False, sparse=False)
-    with pytest.raises(ValueError, match="Embedding max_norm=1.0 is not supported"):
-        ud.nn.Embedding.from_pretrained(table, max_norm=1.0)
+    with pytest.raises(ValueError, match="Embedding sparse=True is not supported"):
+        ud.nn.Embedding.from_pretrained(table, sparse=True)
+    assert ud.nn.Embedding.from_pretrained(table, max_norm=1.0, norm_type=1).max_norm == 1.0
+
+
+# rows of norm 5, 0.5, 10 and 1 (2-norm; 1-norm 7, 0.7, 14, 1.4; inf-norm 4, 0.4, 8, 0.8), and a label per sample
+MAX_NORM_TABLE = np.array([[3.0, -4.0, 0.0], [0.3, 0.4, 0.0], [-6.0, 0.0, 8.0], [0.6, 0.0, -0.8]])
+MAX_NORM_TOKENS, MAX_NORM_LABELS = np.array([[0, 1], [2, 0]]), np.array([1, 0])
+
+
+def _torch_max_norm_reference(max_norm, norm_type):
+    """torch.nn.Embedding(max_norm=...)'s rows, weight after the forward and weight gradient of sum(rows * r), and
+    its weight after two SGD steps of Linear(cross-entropy) on the rows."""
+    import torch
+
+    embed = torch.nn.Embedding(4, 3, max_norm=max_norm, norm_type=norm_type).double()
+    head = torch.nn.Linear(6, 2).double()
+    with torch.no_grad():
+        embed.weight.copy_(torch.tensor(MAX_NORM_TABLE))
+        head.weight.copy_(torch.tensor(np.linspace(-1.0, 1.0, 12).reshape(2, 6)))
+        head.bias.zero_()
+    rows = embed(torch.tensor(MAX_NORM_TOKENS))
+    (rows * torch.tensor(np.arange(12.0).reshape(2, 2, 3))).sum().backward()
+    reference = [rows.detach().numpy(), embed.weight.detach().numpy().copy(), embed.weight.grad.numpy().copy()]
+    with torch.no_grad():
+        embed.weight.copy_(torch.tensor(MAX_NORM_TABLE))
+    optimizer = torch.optim.SGD([*embed.parameters(), *head.parameters()], lr=0.5)
+    for _ in range(2):
+        optimizer.zero_grad()
+        logits = head(embed(torch.tensor(MAX_NORM_TOKENS)).flatten(1))
+        torch.nn.functional.cross_entropy(logits, torch.tensor(MAX_NORM_LABELS)).backward()
+        optimizer.step()
+    return reference + [embed.weight.detach().numpy()]
+
+
+def test_embedding_max_norm_renormalizes_the_rows_it_reads_as_torch(backend):
+    """``Embedding(max_norm=...)`` scales each row a forward looks up whose ``norm_type``-norm exceeds ``max_norm``
+    by max_norm / (norm + 1e-7), in its weight (PyTorch's in-place ``embedding_renorm_``, outside autograd), then
+    looks the rows up: the rows, the weight after the forward and the weight's gradient are torch's for the 2-, 1-
+    and inf-norm, eagerly and inside ``ud.function`` (one unread row over max_norm left as it is); and two SGD
+    steps of ``train_step`` leave torch's weight (the gradient taken with the renormalized rows, the update applied
+    to them; the jax backend's gradient dropped what a differentiated forward wrote, and the refusal before)."""
+    with ud.use_dtype("float64"):
+        upstream = ud.tensor(np.arange(12.0).reshape(2, 2, 3))
+        # the gradient (the lookup's, whatever the norm) with the 2-norm; the 1- and inf-norms' rows and weight
+        for norm_type, max_norm, modes in ((2.0, 1.0, ("eager", "ud.function")), (1.0, 1.0, ("forward",)),
+                                           (float("inf"), 0.5, ("forward",))):
+            expected = _torch_max_norm_reference(max_norm, norm_type)[:3]
+            for mode in modes:
+                embed = ud.nn.Embedding(4, 3, max_norm=max_norm, norm_type=norm_type)
+                embed.load_state_dict({"weight": MAX_NORM_TABLE})
+
+                def rows_and_gradient(tokens, embed=embed):
+                    rows, (gradient,) = ud.value_and_grad(
+                        lambda: ud.ops.sum(embed(tokens) * upstream), embed.parameters())()
+                    return embed(tokens), gradient  # (the weight renormalized already: the same rows again)
+
+                run = {"eager": rows_and_gradient, "ud.function": ud.function(rows_and_gradient),
+                       "forward": lambda tokens, embed=embed: (embed(tokens),)}[mode]
+                results = run(ud.tensor(MAX_NORM_TOKENS))
+                results = (results[0], embed.weight, *results[1:])
+                for what, got, want in zip(("rows", "weight", "gradient"), results, expected):
+                    np.testing.assert_allclose(ud.to_numpy(got), want, rtol=1e-12, atol=1e-15,
+                                               err_msg=f"{backend} {mode} {norm_type} {what}")
+        embed = ud.nn.Embedding(4, 3, max_norm=1.0)
+        embed.load_state_dict({"weight": MAX_NORM_TABLE})
+        head = ud.nn.Linear(6, 2)
+        head.load_state_dict({"weight": np.linspace(-1.0, 1.0, 12).reshape(2, 6), "bias": np.zeros(2)})
+        model = ud.nn.Sequential(embed, ud.nn.Flatten(), head)
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.5))
+        for _ in range(2):
+            step(MAX_NORM_TOKENS, MAX_NORM_LABELS)
+        np.testing.assert_allclose(ud.to_numpy(embed.weight), _torch_max_norm_reference(1.0, 2.0)[-1], rtol=1e-12,
+                                   atol=1e-15, err_msg=backend)

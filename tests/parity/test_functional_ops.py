@@ -91,6 +91,10 @@ OPS = {
     "layer_norm-two-axes-eps": case(lambda x: ud.ops.layer_norm(x, (4, 5), eps=1e-3),
                                     lambda x: F.layer_norm(x, (4, 5), eps=1e-3), IMAGES),
     "embedding": case(lambda i, w: ud.ops.embedding(i, w), lambda i, w: F.embedding(i, w), TOKENS, ROWS),
+    # the rows read over max_norm renormalized first (torch writes them into w, unidl's pure op does not): the rows
+    # and w's gradient
+    "embedding-max-norm": case(lambda i, w: ud.ops.embedding(i, w, max_norm=2.2, norm_type=2),
+                               lambda i, w: F.embedding(i, w, max_norm=2.2, norm_type=2), TOKENS, ROWS),
     "embedding-padding_idx": case(lambda i, w: ud.ops.embedding(i, w, padding_idx=3),
                                   lambda i, w: F.embedding(i, w, padding_idx=3), TOKENS, ROWS),
 }

@@ -338,7 +338,8 @@ def _refuse_in_export(module, name: str) -> None:
     if _exporting.get():
         from unidl.errors import ExportInputError
 
-        raise ExportInputError(f"ud.export: the forward of {module.describe()} writes its buffer {name!r} in eval "
+        kind = "parameter" if name in module._parameters else "buffer"
+        raise ExportInputError(f"ud.export: the forward of {module.describe()} writes its {kind} {name!r} in eval "
                                f"mode, which an exported program cannot do alike in every format (some would update "
                                f"it at every call, others keep its value at export); export a forward that leaves "
                                f"its state as it is (keep such a counter outside forward)")
@@ -667,10 +668,21 @@ class Module:
         """Store ``value`` (a native tensor computed by the forward, e.g. new running statistics) as the
         buffer ``name``: in place where the framework allows, as the new state object where it does not
         (``Backend.write_state``)."""
+        self._write_state(self._buffers, name, value)
+
+    def write_parameter(self, name: str, value) -> None:
+        """Store ``value`` (a native tensor computed by the forward from the parameter: ``Embedding``'s rows
+        renormalized to ``max_norm``) as the parameter ``name``, as ``write_buffer`` stores a buffer: PyTorch's
+        in-place write of a parameter outside autograd. A gradient taken through the forward reaches the parameter
+        through ``value``, which must carry it (``embedding_ops.renormalized``); an optimizer step then updates the
+        written value, as torch's."""
+        self._write_state(self._parameters, name, value)
+
+    def _write_state(self, store: dict, name: str, value) -> None:
         _refuse_in_export(self, name)
-        holder = self._backend.write_state(self._buffers[name], value)
-        if holder is not self._buffers[name]:
-            self._buffers[name] = holder
+        holder = self._backend.write_state(store[name], value)
+        if holder is not store[name]:
+            store[name] = holder
             object.__setattr__(self, name, holder)
 
     def _check_backend(self, other, what: str) -> None:

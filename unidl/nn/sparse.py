@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import arguments, input_checks, ops as functional
+from unidl import arguments, embedding_ops, input_checks, ops as functional
 from unidl.autograd import custom_gradient
 from unidl.nn import init
 from unidl.arguments import positive_int
@@ -19,8 +19,11 @@ class Embedding(Module):
         num_embeddings: the number of rows (ids 0 .. num_embeddings - 1).
         embedding_dim: the size of each vector.
         padding_idx: a row that starts at zero and gets no gradient (negative counts from the end).
-        max_norm: must be None (renormalising rows in place in the forward is not supported; a ``ValueError``).
-        norm_type: the p of ``max_norm``'s norm (taken, unused while ``max_norm`` is None).
+        max_norm: None, or a number: each forward first scales the rows it looks up whose ``norm_type``-norm
+            exceeds it by max_norm / (norm + 1e-7), writing them into ``weight`` (outside autograd, in eval mode
+            too), then looks them up, as PyTorch's in-place ``embedding_renorm_``: the weight after the forward, the
+            rows and the gradients are torch's, eagerly, inside ``ud.function``, ``train_step`` and ``fit``.
+        norm_type: the p of ``max_norm``'s norm (2: Euclidean; any p, 0 and +-inf too, as ``torch.norm``).
         scale_grad_by_freq: each looked-up row's gradient divided by the number of times its id occurs in the
             mini-batch, as PyTorch's (the counts compare every pair of ids: memory grows as the ids squared).
         sparse: must be False (sparse gradients are not supported; a ``ValueError``).
@@ -38,13 +41,14 @@ class Embedding(Module):
                  max_norm: float | None = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
                  sparse: bool = False):
         super().__init__()
-        # PyTorch's other options, taken at their defaults: what they do (rows renormalised in place by the
-        # forward, sparse gradients) no backend but torch does, so a value that asks for it is an error
-        # everywhere, never a silent difference
-        for name, value, default in (("max_norm", max_norm, None), ("sparse", sparse, False)):
-            if value is not default and value != default:
-                raise ValueError(f"Embedding {name}={value!r} is not supported: unidl's Embedding keeps PyTorch's "
-                                 f"default ({name}={default!r}) on every backend")
+        # sparse gradients no backend but torch has: asking for them is an error everywhere, never a silent
+        # difference
+        if sparse is not False and sparse != False:  # noqa: E712  (a NumPy bool too)
+            raise ValueError(f"Embedding sparse={sparse!r} is not supported: unidl's Embedding keeps PyTorch's "
+                             f"default (sparse=False) on every backend")
+        if max_norm is not None:  # (checked; kept as given, as torch's repr shows them)
+            embedding_ops.renorm_options("Embedding", max_norm, norm_type)
+        self.max_norm, self.norm_type = max_norm, norm_type
         num_embeddings = positive_int("Embedding", "num_embeddings", num_embeddings)
         embedding_dim = positive_int("Embedding", "embedding_dim", embedding_dim)
         if padding_idx is not None:
@@ -76,7 +80,10 @@ class Embedding(Module):
 
     def forward(self, indices):
         indices = input_checks.check_integer(self.describe, "indices", indices)  # uint8, int8, int16 as int64
-        rows = self._ops.embedding(indices, self.weight, self.padding_idx)
+        if self.max_norm is not None:  # the state transition of PyTorch's in-place renormalization
+            self.write_parameter("weight", embedding_ops.renormalized(
+                indices, self.weight, *embedding_ops.renorm_options("Embedding", self.max_norm, self.norm_type)))
+        rows = self._ops.embedding_rows(indices, self.weight, self.padding_idx)
         if not self.scale_grad_by_freq:
             return rows
         same = functional.unsqueeze(indices, -1) == functional.reshape(indices, (-1,))  # (*indices.shape, ids)
@@ -86,7 +93,9 @@ class Embedding(Module):
     def extra_repr(self):
         padding = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
         frequency = ", scale_grad_by_freq=True" if self.scale_grad_by_freq else ""
-        return f"{self.num_embeddings}, {self.embedding_dim}{padding}{frequency}"
+        norm = f", max_norm={self.max_norm}" if self.max_norm is not None else ""
+        norm += f", norm_type={self.norm_type}" if self.max_norm is not None and self.norm_type != 2 else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{padding}{norm}{frequency}"
 
 
 @custom_gradient

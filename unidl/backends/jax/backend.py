@@ -503,10 +503,12 @@ class Backend(BackendInterface):
         checkified: they computed with a label out of range)."""
         return value_checked(f)
 
-    def jit_of_values(self, f, name: str):
+    def jit_of_values(self, f, name: str, reads=None):
         """``f(values, *args)`` (a pure function of arrays) compiled by ``jax.jit``, traced once per input
-        signature: what ``ud.function`` compiles on Keras-on-JAX, with Keras's variables' values as ``values``."""
-        return _NamedJit(f, name)
+        signature: what ``ud.function`` compiles on Keras-on-JAX, with Keras's variables' values as ``values``.
+        ``reads``: the user's function ``f`` runs, whose globals and closure the trace's randomness guard watches
+        (``python_randomness_guard``)."""
+        return _NamedJit(f, name, reads)
 
     def _value_and_grad(self, f, args, argnums, params, with_aux=False, none_for_unused=False, name=None):
         """``value_and_grad``; with ``with_aux``, ``f`` returns ``(value, aux)`` and the result is
@@ -529,7 +531,7 @@ class Backend(BackendInterface):
         live = jax_variable.live()
         before = [v._value for v in live]  # (bookkeeping: ``_value``, which a trace does not record as a read)
         randomness = python_randomness_state()  # the usage analysis below replays the same draws
-        target_serials = {p.serial for p in params} if argnums is None else set()
+        target_serials = [p.serial for p in params] if argnums is None else []
 
         def value_of(target_values):
             call_args = list(args)
@@ -539,12 +541,15 @@ class Backend(BackendInterface):
             else:
                 for p, t in zip(params, target_values):
                     p.value = t
+            given = dict(zip(target_serials, target_values))
             try:
                 value = f(*call_args)
                 value, aux = value if with_aux else (value, None)
                 check_scalar(value, self.name)
+                # a differentiated parameter the forward wrote (Embedding's max_norm renormalization) keeps what it
+                # wrote, as torch's in-place write, not the value it was given
                 written = {i: v._value for i, v in enumerate(live)
-                           if v._value is not before[i] and v.serial not in target_serials}
+                           if v._value is not (given[v.serial] if v.serial in given else before[i])}
             finally:
                 for v, b in zip(live, before):
                     v.value = b
@@ -671,9 +676,9 @@ class _NamedJit:
     as the jax backend's compiled functions are: a label or index out of range inside it is unidl's
     ``IndexOutOfRangeError`` after the call (Keras-on-JAX computed with it: a NaN row, a wrong loss)."""
 
-    def __init__(self, f, name: str):
+    def __init__(self, f, name: str, reads=None):
         self.trace_count, self.__name__ = 0, name
-        self._f, self._jitted = f, {}
+        self._f, self._jitted, self._reads = f, {}, reads
 
     def __call__(self, values, *args):
         result, check = self.call_unchecked(values, *args)
@@ -694,7 +699,7 @@ class _NamedJit:
         if entry is None:
             def counted(values, dynamic):
                 self.trace_count += 1
-                with python_randomness_guard(self.__name__):  # (a draw frozen into the trace: the warning)
+                with python_randomness_guard(self.__name__, self._reads):  # (a draw frozen into the trace: warned)
                     return self._f(values, *rebuild(dynamic))
 
             checked, raise_failed = value_checked(counted)

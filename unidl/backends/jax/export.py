@@ -100,6 +100,9 @@ def _export_onnx(module, path: str, input_shape, dtype: str) -> None:
     # the forward traced with the input as asked first: jax2onnx narrows a float64 input to float32 outside double
     # precision, so that a float32 model took one (and a Cast) where every other format raises the forward's error
     jax.eval_shape(lambda x: native.apply(params, x), jax.ShapeDtypeStruct((1, *input_shape), np.dtype(dtype)))
+    # and over the symbolic batch size the program takes: a forward that cannot take one (a batch size read as an
+    # int) raises its own error here, as the stablehlo export does, rather than jax2onnx's reported below
+    jax.eval_shape(lambda x: native.apply(params, x), spec)
     try:
         with _jax_plugins_only():
             model = to_onnx(lambda x: flat_outputs(native.apply(params, x)), [spec], model_name=type(module).__name__,
@@ -108,7 +111,7 @@ def _export_onnx(module, path: str, input_shape, dtype: str) -> None:
         # the forward traced above: what fails now is jax2onnx's conversion (a primitive it has no ONNX for, a
         # symbolic batch size where its rule needs a number: max pooling with indices), which unidl.export reports
         # as an ExportFormatError naming the model and the formats that write it
-        if isinstance(error, (NotImplementedError, UnidlError)):
+        if isinstance(error, (NotImplementedError, UnidlError, MemoryError, RecursionError)):
             raise
         reason = (str(error).strip().splitlines() or [""])[0]  # (the first line: jax's go on with a manual's page)
         raise NotImplementedError(f"jax2onnx: {type(error).__name__}: {reason}") from error

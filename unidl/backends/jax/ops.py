@@ -606,7 +606,7 @@ def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
     return jnp.where(attends, jnp.matmul(weights, value), jnp.zeros((), value.dtype))
 
 
-def embedding(indices, weight, padding_idx=None):
+def embedding_rows(indices, weight, padding_idx=None):
     return _embedding(check_index(indices, _v(weight).shape[0], "Embedding indices"), weight, padding_idx)
 
 

@@ -264,9 +264,17 @@ _STATE_WRITTEN: contextvars.ContextVar[dict | None] = contextvars.ContextVar("un
 
 def note_state_written(variable) -> None:
     """``Backend.write_state``'s note of ``variable`` to the train step traced here, if any
-    (``_writes_outside_the_state_found``)."""
+    (``_writes_outside_the_state_found``). A trainable variable written there (``ud.nn.Embedding``'s ``max_norm``
+    renormalization of its weight) is a ``GraphConstructError``: Keras-on-JAX's trainer threads the non-trainable
+    variables alone, and would drop the write where torch keeps it."""
     written = _STATE_WRITTEN.get()
     if written is not None:
+        if variable.trainable:
+            raise GraphConstructError(
+                f"the forward writes a trainable parameter (of shape {tuple(variable.shape)}: ud.nn.Embedding's "
+                f"max_norm renormalization), which Keras-on-JAX's own train step (ud.train_step, ud.fit) drops, where torch "
+                f"keeps it; train this model on the 'jax' backend, on Keras over TensorFlow or torch, or without "
+                f"max_norm")
         written.setdefault(id(variable), variable)
 
 

@@ -476,7 +476,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     return y + bias if bias is not None else y
 
 
-def embedding(indices, weight, padding_idx=None):
+def embedding_rows(indices, weight, padding_idx=None):
     indices = check_index(indices, _axis_size(weight, 0), "Embedding indices")
     rows = K.take(weight, indices, axis=0)
     if padding_idx is None:

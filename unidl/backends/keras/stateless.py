@@ -178,7 +178,7 @@ class StatelessFunction:
         for attempt in range(2):
             if self._compiled is None:
                 self._variables = self._variables or self._find_variables(args)
-                self._compiled = self._host.jit_of_values(self._pure, self.__name__)
+                self._compiled = self._host.jit_of_values(self._pure, self.__name__, self._fn)
             compiled, traces = self._compiled, self._compiled.trace_count
             try:
                 return compiled.call_unchecked([v.value for v in self._variables], *args)

@@ -332,7 +332,7 @@ def fused_attention(query, key, value, masks=(), is_causal=False, scale=None):
     return torch.where(attends, output, torch.zeros((), dtype=output.dtype, device=output.device))
 
 
-def embedding(indices, weight, padding_idx=None):
+def embedding_rows(indices, weight, padding_idx=None):
     return F.embedding(check_index(indices, weight.shape[0], "Embedding indices"), weight, padding_idx)
 
 
