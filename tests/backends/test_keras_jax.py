@@ -881,6 +881,20 @@ def max_norm_writes():
                     out["errors"].append(None)
                 except Exception as error:
                     out["errors"].append([type(error).__name__, str(error).split(" (of shape")[0]])
+        # Keras's evaluation and predict steps thread the non-trainable variables alone too: the same error (they
+        # dropped the write silently); a frozen Embedding's weight is threaded, so its step keeps the write
+        for call in (lambda: ud.evaluate(model, tokens, labels, loss=ud.nn.CrossEntropyLoss()),
+                     lambda: ud.predict(model, tokens)):
+            try:
+                call()
+                out["errors"].append(None)
+            except Exception as error:
+                out["errors"].append([type(error).__name__, str(error).split(" (of shape")[0]])
+        frozen = ud.nn.Embedding.from_pretrained(ud.tensor(np.array([[3.0, 4.0], [0.3, 0.4], [6.0, 8.0]])),
+                                                 max_norm=1.0)
+        model = ud.nn.Sequential(frozen, ud.nn.Flatten(), ud.nn.Linear(4, 2))
+        ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.5))(tokens, labels)
+        out["frozen"] = np.round(ud.to_numpy(frozen.weight).astype(np.float64), 6).tolist()
     return out
 
 
@@ -1189,7 +1203,10 @@ def test_a_forward_writing_a_parameter_is_one_error_in_keras_own_step_on_jax(res
     silent difference from torch), so ``train_step`` and ``fit``, eager or not, raise one ``GraphConstructError``."""
     assert result["max_norm"]["function"] == [[0.6, 0.8], [0.3, 0.4], [6.0, 8.0]]
     expected = ["GraphConstructError", "the forward writes a trainable parameter"]
-    assert result["max_norm"]["errors"] == [expected] * 4, result["max_norm"]["errors"]
+    # (train_step and fit, eager or not; evaluate and predict, which dropped the write)
+    assert result["max_norm"]["errors"] == [expected] * 6, result["max_norm"]["errors"]
+    # a frozen Embedding's weight (Keras's trainable flag still True) is threaded as state: written as torch's
+    assert result["max_norm"]["frozen"] == [[0.6, 0.8], [0.3, 0.4], [0.6, 0.8]], result["max_norm"]["frozen"]
 
 
 def test_an_eager_step_of_a_forward_drawing_its_depth_trains_as_torch_on_jax(result):

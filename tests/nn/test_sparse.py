@@ -286,3 +286,10 @@ def test_embedding_max_norm_renormalizes_the_rows_it_reads_as_torch(backend):
             step(MAX_NORM_TOKENS, MAX_NORM_LABELS)
         np.testing.assert_allclose(ud.to_numpy(embed.weight), _torch_max_norm_reference(1.0, 2.0)[-1], rtol=1e-12,
                                    atol=1e-15, err_msg=backend)
+        # fit's look at one sample's output before its first batch is no forward of torch's: it writes nothing
+        # (it renormalized the rows of that sample: a weight that no training step had read yet)
+        fresh = ud.nn.Sequential(ud.nn.Embedding(4, 3, max_norm=1.0), ud.nn.Flatten(), ud.nn.Linear(6, 2))
+        fresh[0].load_state_dict({"weight": MAX_NORM_TABLE})
+        ud.fit(fresh, MAX_NORM_TOKENS, MAX_NORM_LABELS, loss=ud.nn.CrossEntropyLoss(),
+               optimizer=ud.optim.SGD(fresh.parameters(), lr=0.5), epochs=0, verbose=0)
+        np.testing.assert_array_equal(ud.to_numpy(fresh[0].weight), MAX_NORM_TABLE, err_msg=backend)

@@ -37,10 +37,12 @@ def output_shape(model, x: np.ndarray) -> tuple | None:
                         f"classification loss's label check and for the metrics), as validation and ud.evaluate "
                         f"call model(x): give the forward's extra inputs defaults, their values for evaluation"
                         ) from None
+    from unidl.nn.module import state_writes_skipped
+
     was_training = model.training
     model.eval()
     try:
-        with python_randomness_preserved():
+        with python_randomness_preserved(), state_writes_skipped():  # (a probe, not a forward torch would run)
             outputs = model(model._backend.tensor(x[:1]))
     finally:
         model.train(was_training)

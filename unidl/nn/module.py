@@ -355,6 +355,23 @@ def graph_flags(module):
     return (flags, version) if version else flags
 
 
+
+#: set while a forward runs only for the shape of its output (``fit``'s and ``evaluate``'s probe of one sample):
+#: the state it would write (``Embedding``'s ``max_norm`` renormalization, which torch makes in eval mode too) is
+#: not written, as no forward of torch's ran there
+_STATE_WRITES_SKIPPED: contextvars.ContextVar[bool] = contextvars.ContextVar("unidl_state_writes_skipped",
+                                                                            default=False)
+
+
+@contextlib.contextmanager
+def state_writes_skipped():
+    """The block's forwards write no parameter or buffer (``Module.write_parameter``, ``write_buffer``)."""
+    token = _STATE_WRITES_SKIPPED.set(True)
+    try:
+        yield
+    finally:
+        _STATE_WRITES_SKIPPED.reset(token)
+
 class Module:
     """Base class for layers and models: subclass it, create sub-modules and parameters in ``__init__``,
     write ``forward``. Calling the module calls ``forward``.
@@ -679,6 +696,8 @@ class Module:
         self._write_state(self._parameters, name, value)
 
     def _write_state(self, store: dict, name: str, value) -> None:
+        if _STATE_WRITES_SKIPPED.get():  # (a forward run for its output's shape alone: ``state_writes_skipped``)
+            return
         _refuse_in_export(self, name)
         holder = self._backend.write_state(store[name], value)
         if holder is not store[name]:

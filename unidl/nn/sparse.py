@@ -22,7 +22,10 @@ class Embedding(Module):
         max_norm: None, or a number: each forward first scales the rows it looks up whose ``norm_type``-norm
             exceeds it by max_norm / (norm + 1e-7), writing them into ``weight`` (outside autograd, in eval mode
             too), then looks them up, as PyTorch's in-place ``embedding_renorm_``: the weight after the forward, the
-            rows and the gradients are torch's, eagerly, inside ``ud.function``, ``train_step`` and ``fit``.
+            rows and the gradients are torch's, eagerly, inside ``ud.function``, ``train_step`` and ``fit`` (whose
+            look at one sample's output shape writes nothing); on Keras-on-JAX, whose own steps drop a trainable
+            parameter's writes, ``train_step``, ``fit``, ``evaluate`` and ``predict`` raise a
+            ``GraphConstructError`` (a frozen weight, which its steps thread, is written).
         norm_type: the p of ``max_norm``'s norm (2: Euclidean; any p, 0 and +-inf too, as ``torch.norm``).
         scale_grad_by_freq: each looked-up row's gradient divided by the number of times its id occurs in the
             mini-batch, as PyTorch's (the counts compare every pair of ids: memory grows as the ids squared).

@@ -132,7 +132,12 @@ class NativeModel(keras.Model):
 
     def predict_step(self, *args, **kwargs):
         traced = _PREDICT_STEP_TRACED.get()  # (this predict function's checked step, while its call traces it)
-        return super().predict_step(*args, **kwargs) if traced is None else traced(*args, **kwargs)
+        with _trainable_writes_refused():
+            return super().predict_step(*args, **kwargs) if traced is None else traced(*args, **kwargs)
+
+    def test_step(self, *args, **kwargs):
+        with _trainable_writes_refused():
+            return super().test_step(*args, **kwargs)
 
     def _make_function(self, step_function, *args, **kwargs):
         """Keras's per-call step over ``step_function`` (its jitted ``train_step``, ``test_step`` or predict step);
@@ -269,13 +274,29 @@ def note_state_written(variable) -> None:
     variables alone, and would drop the write where torch keeps it."""
     written = _STATE_WRITTEN.get()
     if written is not None:
-        if variable.trainable:
+        # (Keras's ``trainable`` stays True for a frozen parameter, which the step threads: ``is_trainable``)
+        if variable.trainable and is_trainable(variable):
             raise GraphConstructError(
                 f"the forward writes a trainable parameter (of shape {tuple(variable.shape)}: ud.nn.Embedding's "
-                f"max_norm renormalization), which Keras-on-JAX's own train step (ud.train_step, ud.fit) drops, where torch "
-                f"keeps it; train this model on the 'jax' backend, on Keras over TensorFlow or torch, or without "
-                f"max_norm")
+                f"max_norm renormalization), which Keras-on-JAX's own steps (ud.train_step, ud.fit, ud.evaluate, "
+                f"ud.predict) drop, where torch keeps it; run this model on the 'jax' backend, on Keras over "
+                f"TensorFlow or torch, or without max_norm")
         written.setdefault(id(variable), variable)
+
+
+@contextlib.contextmanager
+def _trainable_writes_refused():
+    """Where Keras's trainer threads the state through its evaluation and predict steps as values (Keras-on-JAX:
+    the non-trainable variables alone), a trainable variable the forward writes is a ``GraphConstructError``
+    (``note_state_written``), as in its train step: the write would be dropped where torch keeps it."""
+    if HOST.keras_state_in_place:
+        yield
+        return
+    token = _STATE_WRITTEN.set({})
+    try:
+        yield
+    finally:
+        _STATE_WRITTEN.reset(token)
 
 
 def outside_state(native) -> tuple:
