@@ -372,6 +372,7 @@ def state_writes_skipped():
     finally:
         _STATE_WRITES_SKIPPED.reset(token)
 
+
 class Module:
     """Base class for layers and models: subclass it, create sub-modules and parameters in ``__init__``,
     write ``forward``. Calling the module calls ``forward``.
