@@ -322,6 +322,12 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
         (``keras_distributed.average_in_step``, one all-reduce; ``present`` its flags)."""
         return keras_distributed.average_in_step(loss, gradients_used(grads, self.used_gradients), variables)
 
+    @property
+    def applies_the_jobs(self) -> bool:
+        """Whether the gradients in hand are the job's already (``applying_the_jobs``): the float16 loss scaler
+        around this optimizer reduced them before its overflow check, which then reduces nothing again."""
+        return self._the_jobs is not None
+
     @contextlib.contextmanager
     def applying_the_jobs(self, loss, present):
         """For the block, where the float16 loss scaler around this optimizer made the step's gradients and

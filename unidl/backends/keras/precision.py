@@ -5,8 +5,6 @@ step, halving the scale; doubling it after ``growth_interval`` finite steps), on
 
 from __future__ import annotations
 
-import contextlib
-
 import keras
 
 from unidl.backends.keras import distributed as keras_distributed
@@ -34,7 +32,6 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
 
     _window_size = 1
     _closing_finite = None  # (the closing window's finite flag while Keras's apply of its sums runs: check_finite)
-    _jobs_gradients = False  # (the gradients in hand are the job's already: ``_applying_the_jobs``)
 
     def scale_loss(self, loss):
         self.inner_optimizer.scale_loss(loss)
@@ -98,7 +95,7 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             # in a job on JAX's engine: the job's gradients and loss, in one all-reduce, before Keras's overflow
             # check reads them (as torch's GradScaler checks the gradients DDP averaged)
             loss, grads, present = inner.job_gradients(inner._step_loss, grads, inner._trainable_variables)
-            with self._applying_the_jobs(loss, present):
+            with inner.applying_the_jobs(loss, present):
                 return super().stateless_apply(optimizer_variables, grads, trainable_variables)
         variables = self.variables
         with keras.StatelessScope(state_mapping=list(zip(variables, optimizer_variables))) as scope:
@@ -135,25 +132,11 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
         def update():
             # the window's sums and flags as they are (its losses are in its finite flag, agreed with its sums in a
             # job): no second ``gradients_used`` of the closing micro-step alone
-            with self._applying_the_jobs(None, had):
+            with inner.applying_the_jobs(None, had):
                 return self._apply_closing(finite, lambda: super(LossScaleOptimizer, self).stateless_apply(
                     state, sums, trainable_variables))
 
         return keras.ops.cond(closes, update, lambda: (list(trainable_variables), state))
-
-    @contextlib.contextmanager
-    def _applying_the_jobs(self, loss, present):
-        """For the block (Keras's scaler logic and the wrapped optimizer's update): the gradients in hand and
-        ``loss`` are the job's already, reduced over the ranks by this scaler before its overflow check, so that
-        neither ``check_finite`` nor the wrapped optimizer (``NativeOptimizer.applying_the_jobs``, with
-        ``present``) reduces them again: one all-reduce per update. Outside a job (the job is this process) the
-        closing window's sums and flags, taken by the wrapped optimizer as they are."""
-        object.__setattr__(self, "_jobs_gradients", True)
-        try:
-            with self.inner_optimizer.applying_the_jobs(loss, present):
-                yield
-        finally:
-            object.__setattr__(self, "_jobs_gradients", False)
 
     def _stateful_handle_finite_grads(self, grads, trainable_variables):
         before = keras.ops.multiply(self.dynamic_scale, 1.0)  # (a copy: the scale before Keras may double it)
@@ -279,7 +262,8 @@ class LossScaleOptimizer(LocalWindow, keras.optimizers.LossScaleOptimizer):
             finite = self._loss_finite(finite)
         elif self._closing_finite is not None:
             finite = keras.ops.logical_and(finite, self._closing_finite)
-        if self._jobs_gradients:  # (the job's gradients and losses: every rank decides alike)
+        if self.inner_optimizer.applies_the_jobs:  # (the job's gradients and losses, reduced by this scaler
+            # before its check: every rank decides alike, with no second all-reduce)
             return finite
         # in a data-parallel job the grads here are this rank's own: the overflow decision is the job's (any rank)
         return keras_distributed.finite_on_every_rank(finite)
