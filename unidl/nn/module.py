@@ -321,18 +321,35 @@ def _run_forward(module, args: tuple, kwargs: dict):
 _exporting: contextvars.ContextVar = contextvars.ContextVar("unidl_exporting", default=False)
 
 
-@contextlib.contextmanager
+#: set while a forward runs only for the shape of its output (``fit``'s and ``evaluate``'s probe of one sample):
+#: the state it would write (``Embedding``'s ``max_norm`` renormalization, which torch makes in eval mode too) is
+#: not written, as no forward of torch's ran there
+_STATE_WRITES_SKIPPED: contextvars.ContextVar[bool] = contextvars.ContextVar("unidl_state_writes_skipped",
+                                                                            default=False)
+
+
 def exporting():
-    """Within it, a forward that writes a buffer raises ``ExportInputError`` (see ``_refuse_in_export``)."""
-    token = _exporting.set(True)
+    """Within it, a forward that writes a parameter or buffer raises ``ExportInputError`` (``_refuse_in_export``)."""
+    return _raised(_exporting)
+
+
+def state_writes_skipped():
+    """The block's forwards write no parameter or buffer (``Module.write_parameter``, ``write_buffer``)."""
+    return _raised(_STATE_WRITES_SKIPPED)
+
+
+@contextlib.contextmanager
+def _raised(flag: contextvars.ContextVar):
+    """``flag`` True for the block (in this context), then as it was."""
+    token = flag.set(True)
     try:
         yield
     finally:
-        _exporting.reset(token)
+        flag.reset(token)
 
 
 def _refuse_in_export(module, name: str) -> None:
-    """``ExportInputError`` where ``ud.export`` traces a forward that writes ``module``'s buffer ``name``: an exported
+    """``ExportInputError`` where ``ud.export`` traces a forward that writes ``module``'s state ``name``: an exported
     program is a function of its input, whose state torch's and TensorFlow's programs went on updating at every call
     while jax's froze it at export (and torch's ONNX exporter failed on it)."""
     if _exporting.get():
@@ -353,24 +370,6 @@ def graph_flags(module):
     flags = (module.training, hooks.key(module)) if module._hooked else module.training
     version = module.__dict__.get("_structure_version")
     return (flags, version) if version else flags
-
-
-
-#: set while a forward runs only for the shape of its output (``fit``'s and ``evaluate``'s probe of one sample):
-#: the state it would write (``Embedding``'s ``max_norm`` renormalization, which torch makes in eval mode too) is
-#: not written, as no forward of torch's ran there
-_STATE_WRITES_SKIPPED: contextvars.ContextVar[bool] = contextvars.ContextVar("unidl_state_writes_skipped",
-                                                                            default=False)
-
-
-@contextlib.contextmanager
-def state_writes_skipped():
-    """The block's forwards write no parameter or buffer (``Module.write_parameter``, ``write_buffer``)."""
-    token = _STATE_WRITES_SKIPPED.set(True)
-    try:
-        yield
-    finally:
-        _STATE_WRITES_SKIPPED.reset(token)
 
 
 class Module:
