@@ -1,7 +1,8 @@
-"""Every example runs unchanged under every backend, in a fresh interpreter, as a user runs it: one interpreter a
-backend runs the three examples one after another as ``__main__`` (an interpreter that imports a framework takes
-seconds to start; each example seeds and builds everything it uses). torch's interpreter then goes on to the
-Keras-on-torch checks below (``KERAS_RUN``), so that torch is imported once for both."""
+"""Every example runs unchanged under every backend, in a fresh interpreter, as a user runs it: one interpreter runs
+the three examples one after another as ``__main__`` (an interpreter that imports a framework takes seconds to start;
+each example seeds and builds everything it uses). torch's interpreter then goes on to the Keras-on-torch checks below
+(``KERAS_RUN``), so that torch is imported once for both; tensorflow's goes on to the examples under the keras backend
+(Keras on its default framework, TensorFlow), so that TensorFlow is imported once for both."""
 
 import functools
 
@@ -14,17 +15,23 @@ pytestmark = pytest.mark.heavy  # tens of seconds: run first (tests/conftest.py)
 
 BACKENDS = ["torch", "tensorflow", "keras"]
 EXAMPLES = ("two_layer_net.py", "cnn_digits.py", "custom_module.py")
-# each example's output after a line "=== <name>"; an example that raises prints its traceback there and the
-# next one still runs, so that each test fails for its own example
-RUN_EXAMPLES = f"""
+#: the interpreter whose output holds each backend's examples: keras's go on in tensorflow's (see below)
+INTERPRETER = {"torch": "torch", "tensorflow": "tensorflow", "keras": "tensorflow"}
+# each example's output after a line "=== <backend>/<name>"; an example that raises prints its traceback there and
+# the next one still runs, so that each test fails for its own example
+RUN_EXAMPLES = """
 import runpy, sys, traceback
-for name in {EXAMPLES!r}:
-    print("=== " + name, flush=True)
+for name in {examples!r}:
+    print("=== {backend}/" + name, flush=True)
     try:
         runpy.run_path("examples/" + name, run_name="__main__")
     except BaseException:
         traceback.print_exc(file=sys.stdout)
 """
+#: where tensorflow's interpreter goes on to the keras backend's examples: UNIDL_BACKEND names keras and unidl's
+#: default backend is unset, so that the examples' first use of unidl reads it as in a fresh interpreter
+THEN_KERAS = ("import os\nfrom unidl import config\nos.environ['UNIDL_BACKEND'] = 'keras'\n"
+              "config._default_backend = None\n" + RUN_EXAMPLES.format(examples=EXAMPLES, backend="keras"))
 
 
 #: what follows the examples where that interpreter goes on to the Keras checks (a section of its own)
@@ -33,19 +40,23 @@ EXAMPLES_ENV = {"STEPS": "60"}
 
 
 @functools.cache
-def _interpreter_output(backend: str) -> dict:
-    """``{example: its output}`` of ``RUN_EXAMPLES`` in a fresh interpreter with ``UNIDL_BACKEND=backend``; for
-    torch, that interpreter then runs ``KERAS_RUN`` with Keras on torch (its output under ``KERAS_SECTION``, with
-    the exit status): its first import of Keras, after the examples, with KERAS_BACKEND=torch set and
-    UNIDL_BACKEND and STEPS unset there (the examples see the environment a user's run has)."""
-    code, env = RUN_EXAMPLES, {"UNIDL_BACKEND": backend, **EXAMPLES_ENV}
-    if backend == "torch":
+def _interpreter_output(interpreter: str) -> dict:
+    """``{"<backend>/<example>": its output}`` of ``RUN_EXAMPLES`` in a fresh interpreter with
+    ``UNIDL_BACKEND=interpreter``; tensorflow's then runs the keras backend's examples (``THEN_KERAS``); for torch,
+    that interpreter then runs ``KERAS_RUN`` with Keras on torch (its output under ``KERAS_SECTION``, with the exit
+    status): its first import of Keras, after the examples, with KERAS_BACKEND=torch set and UNIDL_BACKEND and STEPS
+    unset there (the examples see the environment a user's run has)."""
+    code = RUN_EXAMPLES.format(examples=EXAMPLES, backend=interpreter)
+    env = {"UNIDL_BACKEND": interpreter, **EXAMPLES_ENV}
+    if interpreter == "tensorflow":
+        code += THEN_KERAS
+    if interpreter == "torch":
         code += (f"print('=== {KERAS_SECTION}', flush=True)\nimport os\nos.environ['KERAS_BACKEND'] = 'torch'\n"
                  f"for name in {['UNIDL_BACKEND', *EXAMPLES_ENV]!r}:\n    del os.environ[name]\n" + KERAS_RUN)
     result = run_python(code, env=env, check=False)
     parts = result.stdout.split("=== ")[1:]
     output = {part.split("\n", 1)[0]: part.split("\n", 1)[1] for part in parts}
-    if backend == "torch":
+    if interpreter == "torch":
         output[KERAS_SECTION] = (result.returncode, output.get(KERAS_SECTION, ""), result.stderr)
     elif result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -53,9 +64,9 @@ def _interpreter_output(backend: str) -> dict:
 
 
 def _run_example(name, backend):
-    output = _interpreter_output(backend)
-    assert name in output, f"examples/{name} never ran on {backend}:\n{output}"
-    out = output[name]
+    output = _interpreter_output(INTERPRETER[backend])
+    assert f"{backend}/{name}" in output, f"examples/{name} never ran on {backend}:\n{output}"
+    out = output[f"{backend}/{name}"]
     assert "Traceback" not in out, f"examples/{name} failed on {backend}:\n{out}"
     return out
 
