@@ -294,9 +294,10 @@ def test_integer_max_pooling_matches_torch(backend):
 
 def test_float16_max_pooling_past_its_range_keeps_the_fast_gradient():
     """Whether a max pooling needs PyTorch's gradient rule (a NaN or -inf window) is decided by a sum, taken in
-    float32 at least: a float16 pool of values summing past 65504 (JAX's sum over the output was inf, TensorFlow's
-    over the input NaN where large values of both signs met) keeps the backend's own gradient, and a NaN or an
-    all -inf window still takes PyTorch's rule. Checks the deciding predicate of the JAX and TensorFlow kernels."""
+    float32 at least: a float16 pool of values summing past 65504 (TensorFlow's sum over the input was NaN where
+    large values of both signs met) keeps the backend's own gradient, and a NaN or an all -inf window still takes
+    PyTorch's rule. Checks the deciding predicate of the TensorFlow kernel; JAX's kernel has one rule, PyTorch's,
+    whose float16 gradients of these pools are torch's (its sum over the output was inf, deciding as TensorFlow's)."""
     x = np.tile(np.array([[60000.0, -60000.0], [-60000.0, 60000.0]], np.float16), (8, 8))[None, None]
     flagged = x.copy()
     flagged[0, 0, 0, 0] = np.nan
@@ -305,12 +306,14 @@ def test_float16_max_pooling_past_its_range_keeps_the_fast_gradient():
     cases = [(x, False), (flagged, True), (minus_inf, True)]
     checked = 0
     if importlib.util.find_spec("jax") is not None:
-        import jax
-
-        from unidl.backends.jax import ops as jax_ops
-        for array, needs in cases:
-            y = jax_ops._pool(array, 2, None, 0, -np.inf, jax.lax.max)
-            assert bool(jax_ops._needs_torch_rule(y)) is needs, f"jax needs={needs}"
+        r = (np.random.default_rng(0).integers(-8, 9, (1, 1, 8, 8)) / 8).astype(np.float32)
+        with ud.use_backend("jax"):
+            gradient = ud.grad(lambda x: ud.ops.sum(ud.ops.cast(ud.ops.max_pool2d(x, 2), "float32") * r))
+            for array, needs in cases:
+                tensor = torch.tensor(array, requires_grad=True)
+                (F.max_pool2d(tensor, 2).float() * torch.tensor(r, dtype=torch.float32)).sum().backward()
+                got = ud.to_numpy(gradient(ud.tensor(array)))
+                np.testing.assert_array_equal(got, tensor.grad.numpy(), err_msg=f"jax needs={needs}")
         checked += 1
     if importlib.util.find_spec("tensorflow") is not None:
         import tensorflow as tf
