@@ -814,6 +814,9 @@ unseeded_dropout = unseeded_dropout_in_function()  # first: no ud.manual_seed be
 with ud.use_backend("torch"):
     reference = {k: np.asarray(v) for k, v in net().state_dict().items()}
 ours, torch = run("keras"), run("torch")
+import sys
+# (ud.manual_seed has run on Keras-on-JAX: Keras's set_random_seed imports TensorFlow to seed it where it is installed)
+seeded_without_tensorflow = "tensorflow" not in sys.modules
 import keras
 def copied_in():
     # load_state_dict, register_buffer and ud.tensor of NumPy arrays that JAX would share (64-byte aligned, as
@@ -954,6 +957,7 @@ print(json.dumps({
     "composite_per_backend": composite_per_backend(),
     "ctc_of_a_parameter": ctc_of_a_parameter(),
     "framework": keras.backend.backend(),
+    "seeded_without_tensorflow": seeded_without_tensorflow,
     "value": abs(ours["value"] - torch["value"]) / abs(torch["value"]),
     "grads": max(max_relative_difference(a, b) for a, b in zip(ours["grads"], torch["grads"])),
     "after_grad": max(max_relative_difference(ours["after_grad"][k], v) for k, v in torch["after_grad"].items()),
@@ -1029,6 +1033,13 @@ def test_grad_and_function_over_keras_variables_on_jax_match_torch(result):
     assert result["falling"] and result["losses"] < 1e-5 and result["state"] < 1e-5
     # a retrace reaching variables the first trace did not takes them as values, never as stale constants
     assert result["stale"] < 1e-6
+
+
+def test_seeding_keras_on_jax_leaves_tensorflow_unimported(result):
+    """``ud.manual_seed`` on Keras-on-JAX seeds Keras (``keras.utils.set_random_seed``) without importing TensorFlow,
+    which Keras seeds wherever it is installed: seconds and a second framework's memory in every Keras-on-JAX
+    process (a data-parallel job's ranks each), for a seed that nothing of unidl's draws from there."""
+    assert result["seeded_without_tensorflow"]
 
 
 def test_dropout_in_a_function_before_any_seed_draws_a_fresh_mask_per_call_on_jax(result):

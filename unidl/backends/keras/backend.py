@@ -9,7 +9,9 @@ backend's own kernels where they take Keras's tensors), and gradients, ``ud.func
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,6 +20,7 @@ from keras.src.backend.common.stateless_scope import in_stateless_scope  # noqa:
 import numpy as np  # noqa: E402
 from keras.src.backend import compute_output_spec  # noqa: E402  (Keras's abstract evaluation, not re-exported)
 from keras.src.utils import tracking  # noqa: E402  (Keras's DotNotTrackScope, as its compile sets attributes)
+from keras.src.utils import module_utils  # noqa: E402  (Keras's lazy import of TensorFlow, not re-exported)
 
 from unidl import config  # noqa: E402
 from unidl.autograd import check_float
@@ -69,6 +72,23 @@ def _owned(value, dtype) -> np.ndarray:
     return array
 
 
+@contextlib.contextmanager
+def _tensorflow_left_unimported():
+    """Keras's ``set_random_seed`` seeds TensorFlow wherever it is installed, importing it (5 s and 700 MB) on
+    Keras-on-JAX and Keras-on-torch, where nothing of unidl's draws from TensorFlow's seed: in the block, Keras sees
+    TensorFlow as unavailable unless it is imported already (as where it hosts Keras; unidl's tensorflow backend,
+    loaded later, seeds itself with ``ud.initial_seed()``)."""
+    tensorflow = module_utils.tensorflow
+    if "tensorflow" in sys.modules or tensorflow._available is not None:
+        yield
+        return
+    tensorflow._available = False
+    try:
+        yield
+    finally:
+        tensorflow._available = None
+
+
 class Backend(BackendInterface):
     name = "keras"
     ops = keras_ops
@@ -118,7 +138,8 @@ class Backend(BackendInterface):
         variable.assign(keras.ops.cast(keras.ops.convert_to_tensor(state["dropout"]), variable.dtype))
 
     def seed(self, seed):
-        keras.utils.set_random_seed(seed)
+        with _tensorflow_left_unimported():
+            keras.utils.set_random_seed(seed)
         if self._generator is None:
             self._generator = keras.random.SeedGenerator(0)
         # the state Keras's SeedGenerator(seed) starts from, [seed, 0], set in place (compiled graphs captured its
