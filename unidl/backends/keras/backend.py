@@ -78,8 +78,9 @@ def _tensorflow_left_unimported():
     Keras-on-JAX and Keras-on-torch, where nothing of unidl's draws from TensorFlow's seed: in the block, Keras sees
     TensorFlow as unavailable unless it is imported already (as where it hosts Keras; unidl's tensorflow backend,
     loaded later, seeds itself with ``ud.initial_seed()``)."""
-    tensorflow = module_utils.tensorflow
-    if "tensorflow" in sys.modules or tensorflow._available is not None:
+    tensorflow = getattr(module_utils, "tensorflow", None)
+    # (a Keras whose lazy module is shaped otherwise seeds as Keras does, importing TensorFlow)
+    if "tensorflow" in sys.modules or getattr(tensorflow, "_available", True) is not None:
         yield
         return
     tensorflow._available = False
