@@ -1330,7 +1330,8 @@ def fused_interpolate(x, size, scale_factor, mode, align_corners):
     'bicubic' of floating ``x`` that ``ud.ops.interpolate`` has checked: ``size`` a tuple of ints or None,
     ``scale_factor`` a tuple of floats (the scales the source positions use) or None, ``align_corners`` a bool.
     Each output reads its taps alone (a NaN or an infinity reaches the outputs that read it). Used by
-    ``interpolate`` as a fast path where a backend has it; the others run its products."""
+    ``interpolate`` as a fast path for the forward where a backend has it (the gradient is its own: the products'
+    transposed); the others run its products."""
 
 
 # ---- composed ops: written once over the registry's ops above, so every backend runs them -----------------

@@ -717,10 +717,6 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
     # sizes and positions are computed in a floating dtype: x's own (the checked x's), or float32 for integers
     # (nearest modes), as PyTorch's uint8 kernel computes them
     like = x if dtype_kinds.is_floating(x.dtype) else ops.cast(x[:1, :1], "float32")
-    kernel = optional_op(ops._ops(), "fused_interpolate") if linear and dtype_kinds.is_floating(x.dtype) else None
-    if kernel is not None:  # (the sizes where torch's kernel would recompute them: floor(in * scale_factor))
-        resized = size is not None or recompute_scale_factor
-        return kernel(x, tuple(outs) if resized else None, None if resized else factors, mode, bool(align_corners))
     if mode == "area":
         if spatial == 1:
             return ops.squeeze(_adaptive_avg_pool2d(ops.unsqueeze(x, 2), (1, outs[0])), 2)
@@ -732,10 +728,12 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
     """``interpolate``'s products of ``x`` with one (out, in) matrix per spatial axis, in ``like``'s floating
     dtype; the nearest modes take the input each one-hot row picks, exact in any width and for any value (a product
     went through float32 on Keras, torch has no integer product on CUDA, and 0 * inf is NaN). The linear modes
-    multiply where ``x`` is finite and gather each output's taps where it holds NaN or inf (``_tapped``), one
-    ``cond`` on a sum of ``x``: a NaN or an infinity reaches the outputs whose taps read it and no other, as in
-    PyTorch, where a product spread it to every output of its plane (0 * NaN); gathering for every input made
-    bilinear 2x upsampling 3.5-4 times slower on CPU."""
+    run the backend's kernel where it has one (``fused_interpolate``), else multiply where ``x`` is finite and
+    gather each output's taps where it holds NaN or inf (``tapped``), one ``cond`` on a sum of ``x``: a NaN or an
+    infinity reaches the outputs whose taps read it and no other, as in PyTorch, where a product spread it to every
+    output of its plane (0 * NaN); gathering for every input made bilinear 2x upsampling 3.5-4 times slower on CPU.
+    Their gradient, the same linear map for any input, is the matrices' transposed product (torch's own kernel's
+    took 1.5 times as long on CPU)."""
     # where a graph leaves sizes unknown, positions and weights are computed in float32 for float16 and bfloat16
     # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those): the matrices are rounded to
     # the input's dtype after, as the known sizes' constants (computed in float64)
@@ -788,12 +786,25 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
         return x
 
     def forward(x, *matrices):  # (the matrices as inputs: JAX's custom gradient takes no traced value from outside)
-        total = ops.sum(x)
-        # (inf - inf, NaN - NaN: NaN); the gradient, x's in both branches, is the products' alone (one in a cond
-        # made JAX's backward 25% slower)
-        y = ops.cond(total - total == 0, lambda x: products(x, *matrices), tapped, (x,))
-        return y, lambda dy: (products(dy, *matrices, transposed=True),) + (None,) * len(matrices)
+        def backward(dy):
+            return (products(dy, *matrices, transposed=True),) + (None,) * len(matrices)
 
+        def finished(rows, x):  # the products, of ``rows`` = x times the last axis' matrix where there are two axes
+            return ops.matmul(matrices[0], rows) if len(sizes) == 2 else products(x, *matrices)
+
+        if kernel is not None:  # (the sizes where torch's kernel would recompute them: floor(in * scale_factor))
+            resized = factors[0] is None or recompute_scale_factor
+            return kernel(x, tuple(outs) if resized else None, None if resized else factors, mode,
+                          bool(align_corners)), backward
+        total = ops.sum(x)
+        # the last axis' product outside the cond (XLA's CPU runs a product inside one without its intra-op threads:
+        # both inside, JAX's forward took 20% longer on 2 cores); the gradient, x's in both branches, is the
+        # products' alone (through the cond JAX's backward took 25% longer)
+        rows = ops.matmul(x, ops.transpose(matrices[-1], 0, 1)) if len(sizes) == 2 else x
+        y = ops.cond(total - total == 0, finished, lambda rows, x: tapped(x), (rows, x))  # (inf - inf, NaN - NaN: NaN)
+        return y, backward
+
+    kernel = optional_op(ops._ops(), "fused_interpolate")
     return config.backend().custom_gradient(forward)(x, *matrices)
 
 
