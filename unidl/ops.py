@@ -1068,6 +1068,22 @@ def take(x, indices, axis=0):
     outside [0, x.shape[axis]) raise ``IndexOutOfRangeError``."""
 
 
+@op(public=False)
+def take_in_range(x, indices, axis):
+    """``take`` of 1-D int64 ``indices`` that unidl built itself, each known to lie in [0, x.shape[axis]): no check
+    (``take``'s is a read back to the host on torch, an assert in TensorFlow's graph, a staged check in JAX's),
+    for the composites' own gathers (``interpolate``'s taps)."""
+
+
+@op(public=False)
+def cond(condition, true_fn, false_fn, operands):
+    """``true_fn(*operands)`` where the 0-d boolean ``condition`` holds, else ``false_fn(*operands)``; both return
+    tensors of the same shapes and dtypes. Inside a graph both branches are traced and one runs (``tf.cond``,
+    ``jax.lax.cond``, ``keras.ops.cond``); eagerly one is called (torch: a Python branch, one read of
+    ``condition``). Gradients flow through the branch that ran. For composites whose fast path holds only under a
+    condition on the input (``interpolate``'s products, for finite inputs)."""
+
+
 @op(indices=("index",), dims={"dim": "x"}, dispatch=False)
 def gather(x, dim, index):
     """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for dim 0 (and alike for any ``dim``); ``index``
@@ -1306,6 +1322,16 @@ def fused_ctc_loss(log_probs, labels, input_lengths, target_lengths, blank=0, ze
     log_probs (T, N, C), padded int64 labels (N, S) (0 past each length), int64 lengths (N,) and ``blank`` an int,
     with that kernel's values and gradients (``zero_infinity`` too). Used by ``ctc_loss`` as a fast path where a
     backend has it; the others run its scan."""
+
+
+@op(optional=True, public=False)
+def fused_interpolate(x, size, scale_factor, mode, align_corners):
+    """A framework's resampling kernel (torch's ``interpolate``) for the modes 'linear', 'bilinear' and
+    'bicubic' of floating ``x`` that ``ud.ops.interpolate`` has checked: ``size`` a tuple of ints or None,
+    ``scale_factor`` a tuple of floats (the scales the source positions use) or None, ``align_corners`` a bool.
+    Each output reads its taps alone (a NaN or an infinity reaches the outputs that read it). Used by
+    ``interpolate`` as a fast path for the forward where a backend has it (the gradient is its own: the products'
+    transposed); the others run its products."""
 
 
 # ---- composed ops: written once over the registry's ops above, so every backend runs them -----------------

@@ -5,7 +5,8 @@
 Sizes may be unknown while a graph is traced (TensorFlow's ``ud.function`` leaves every dimension open):
 what depends on a spatial size is computed with ops from ``ud.ops.shape``, never from a Python int alone.
 Resampling (adaptive pooling, interpolation) is a product with a small (out, in) weight matrix per axis,
-built from the sizes: exact for nearest (a one-hot row picks the input), PyTorch's weights for bilinear.
+built from the sizes: exact for nearest (a one-hot row picks the input), PyTorch's weights for bilinear; an input
+holding NaN or inf is interpolated by gathering each output's taps instead (0 * inf in a product is NaN).
 Each op (but ``dropout2d``, which draws from the backend's generator) runs as the backend runs a composite
 (``Backend.composite``: on JAX, called eagerly, one compiled program rather than one per op inside it).
 """
@@ -19,7 +20,7 @@ import math
 import numpy as np
 
 from unidl import arguments, config, dtype_kinds, input_checks, ops
-from unidl.backends.op_registry import CONVERTED
+from unidl.backends.op_registry import CONVERTED, optional_op
 from unidl.precision import active_ops
 from unidl.tensors import tensor
 
@@ -726,13 +727,19 @@ def interpolate(x, size=None, scale_factor=None, mode="nearest", align_corners=N
 def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_factor, like):
     """``interpolate``'s products of ``x`` with one (out, in) matrix per spatial axis, in ``like``'s floating
     dtype; the nearest modes take the input each one-hot row picks, exact in any width and for any value (a product
-    went through float32 on Keras, torch has no integer product on CUDA, and 0 * inf is NaN)."""
-    matrices = []
+    went through float32 on Keras, torch has no integer product on CUDA, and 0 * inf is NaN). The linear modes
+    run the backend's kernel where it has one (``fused_interpolate``), else multiply where ``x`` is finite and
+    gather each output's taps where it holds NaN or inf (``tapped``), one ``cond`` on a sum of ``x``: a NaN or an
+    infinity reaches the outputs whose taps read it and no other, as in PyTorch, where a product spread it to every
+    output of its plane (0 * NaN); gathering for every input made bilinear 2x upsampling 3.5-4 times slower on CPU.
+    Their gradient, the same linear map for any input, is the matrices' transposed product (torch's own kernel's
+    took 1.5 times as long on CPU)."""
     # where a graph leaves sizes unknown, positions and weights are computed in float32 for float16 and bfloat16
     # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those): the matrices are rounded to
     # the input's dtype after, as the known sizes' constants (computed in float64)
     target, like = like, (ops.cast(like[:1, :1], "float32") if dtype_kinds.dtype_name(like.dtype) in
                           ("float16", "bfloat16") else like)
+    axes = []  # (size, output size, scale factor, scale) per spatial axis
     for n, out, factor in zip(sizes, outs, factors):
         if mode in ALIGNABLE_MODES and align_corners:
             if isinstance(out, int):
@@ -747,15 +754,120 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             scale = ops.cast(_as_int64(n), "float64") / ops.cast(_as_int64(out), "float64")
         else:
             scale = _as_float(n, like) / _as_float(out, like)
+        axes.append((n, out, factor, scale))
+
+    def rounded(weights):  # (the matrices and tap weights computed in float32 for half-precision input)
+        return weights if like is target else ops.cast_like(weights, target)
+
+    matrices = []
+    for n, out, factor, scale in axes:
         matrix = _interpolation_matrix(n, out, mode, align_corners, scale, like)
         if factor is not None and _copies_equal_sizes(mode, len(sizes)):
             matrix = _identity_where_equal(matrix, n, out, like)
-        matrices.append(matrix if like is target else ops.cast_like(matrix, target))
+        matrices.append(rounded(matrix))
     if not dtype_kinds.is_floating(x.dtype) or mode in ("nearest", "nearest-exact"):  # each output an input's
         # copy: picked, not a product (0 * inf of the other inputs made NaN rows around an infinite value, and
         # integers went through floats). (Not ``like is not x``: inside a graph a checked x is another tensor.)
         for axis, matrix in enumerate(matrices, 2):
             x = ops.take(x, ops.argmax(matrix, 1), axis)
         return x
-    y = ops.matmul(x, ops.transpose(matrices[-1], 0, 1))
-    return ops.matmul(matrices[0], y) if len(sizes) == 2 else y
+
+    def products(x, *matrices, transposed=False):  # (transposed: the gradient's, dx = M0^T dy M1)
+        first, last = (ops.transpose(matrices[0], 0, 1) if transposed else matrices[0]), matrices[-1]
+        y = ops.matmul(x, last if transposed else ops.transpose(last, 0, 1))
+        return ops.matmul(first, y) if len(sizes) == 2 else y
+
+    def tapped(x):  # the last axis first, as PyTorch's kernel sums each row's taps, then the rows'
+        for axis, (n, out, _, scale) in reversed(list(enumerate(axes, 2))):
+            taps = _taps(n, out, mode, align_corners, scale, like)
+            if _copies_equal_sizes(mode, len(sizes)):
+                taps = _copied_where_equal(taps, n, out, like)
+            x = _resampled(x, axis, [(index, rounded(weight)) for index, weight in taps])
+        return x
+
+    def forward(x, *matrices):  # (the matrices as inputs: JAX's custom gradient takes no traced value from outside)
+        def backward(dy):
+            return (products(dy, *matrices, transposed=True),) + (None,) * len(matrices)
+
+        def finished(rows, x):  # the products, of ``rows`` = x times the last axis' matrix where there are two axes
+            return ops.matmul(matrices[0], rows) if len(sizes) == 2 else products(x, *matrices)
+
+        if kernel is not None:  # (the sizes where torch's kernel would recompute them: floor(in * scale_factor))
+            resized = factors[0] is None or recompute_scale_factor
+            return kernel(x, tuple(outs) if resized else None, None if resized else factors, mode,
+                          bool(align_corners)), backward
+        total = ops.sum(x)
+        # the last axis' product outside the cond (XLA's CPU runs a product inside one without its intra-op threads:
+        # both inside, JAX's forward took 20% longer on 2 cores); the gradient, x's in both branches, is the
+        # products' alone (through the cond JAX's backward took 25% longer)
+        rows = ops.matmul(x, ops.transpose(matrices[-1], 0, 1)) if len(sizes) == 2 else x
+        y = ops.cond(total - total == 0, finished, lambda rows, x: tapped(x), (rows, x))  # (inf - inf, NaN - NaN: NaN)
+        return y, backward
+
+    kernel = optional_op(ops._ops(), "fused_interpolate")
+    return config.backend().custom_gradient(forward)(x, *matrices)
+
+
+def _taps(size, out, mode, align_corners, scale, like):
+    """The input positions that each of ``out`` output positions reads along one axis of ``size`` in the linear
+    modes, and their weights: a list of (index, weight), index (out,) int64 in [0, size), weight (out,) in
+    ``like``'s dtype. Every position PyTorch's kernel reads is a tap, of weight 0 too (0 * NaN)."""
+    if isinstance(size, int) and isinstance(out, int) and not hasattr(scale, "dtype"):
+        return [(tensor(index, "int64"), _constant(weight, like))
+                for index, weight in _tap_arrays(size, out, mode, align_corners, scale)]
+    destination = _positions(out, like)
+    last = _as_float(size, like) - 1
+    if mode == "bicubic":  # four taps, clamped to the edge; the source is not clamped at 0 (PyTorch's)
+        source = destination * scale if align_corners else (destination + 0.5) * scale - 0.5
+        low = _true_floor(source)
+        zero = ops.zeros_like(low)
+        return [(ops.cast(ops.minimum(ops.maximum(low + offset, zero), zero + last), "int64"), weight)
+                for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(source - low))]
+    if align_corners:
+        source = destination * scale
+    else:
+        source = ops.maximum((destination + 0.5) * scale - 0.5, ops.zeros_like(destination))
+    low = ops.minimum(_floor(source), ops.zeros_like(source) + last)
+    high = ops.minimum(low + 1, ops.zeros_like(low) + last)
+    fraction = source - low
+    return [(ops.cast(low, "int64"), 1 - fraction), (ops.cast(high, "int64"), fraction)]
+
+
+def _tap_arrays(size, out, mode, align_corners, scale) -> list:
+    """``_taps`` in NumPy (weights in float64), for known sizes."""
+    destination = np.arange(out, dtype=np.float64)
+    if mode == "bicubic":
+        source = destination * scale if align_corners else (destination + 0.5) * scale - 0.5
+        low = np.floor(source)
+        return [(np.clip(low.astype(np.int64) + offset, 0, size - 1), weight)
+                for offset, weight in zip((-1, 0, 1, 2), _cubic_weights(source - low))]
+    source = destination * scale if align_corners else np.maximum((destination + 0.5) * scale - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), size - 1)
+    fraction = source - low
+    return [(low, 1 - fraction), (np.minimum(low + 1, size - 1), fraction)]
+
+
+def _copied_where_equal(taps, size, out, like):
+    """``taps``, or where ``out == size`` (in a graph of unknown sizes: chosen when it runs) PyTorch's copy: each
+    output position reads its own input twice, with weights 1 and 0 (an infinity gives NaN there, as in PyTorch,
+    whose kernel copies equal sizes whatever the scale or ``align_corners``)."""
+    if isinstance(size, int) and isinstance(out, int):
+        if size != out:
+            return taps
+        own = tensor(np.arange(out), "int64")
+        return [(own, _constant(np.full(out, float(k == 0)), like)) for k in range(len(taps))]
+    equal, steps = _as_int64(size) == _as_int64(out), _indices(out)
+    own = ops.minimum(steps, ops.zeros_like(steps) + (_as_int64(size) - 1))  # (in range where the sizes differ too)
+    return [(ops.where(equal, own, index), ops.where(equal, ops.zeros_like(weight) + float(k == 0), weight))
+            for k, (index, weight) in enumerate(taps)]
+
+
+def _resampled(x, axis, taps):
+    """``x`` resampled along ``axis`` by ``_taps``: the sum of the slices each tap picks times its weights (one per
+    output position), from the first tap to the last as PyTorch's kernel sums them."""
+    broadcast = (-1,) + (1,) * (len(x.shape) - 1 - axis)
+    y = None
+    for index, weight in taps:
+        term = ops.take_in_range(x, index, axis) * ops.reshape(weight, broadcast)
+        y = term if y is None else y + term
+    return y

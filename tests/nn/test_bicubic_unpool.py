@@ -17,6 +17,8 @@ R = np.random.default_rng(16)
 IMAGES = R.standard_normal((2, 3, 5, 6))
 TIES = np.round(R.standard_normal((1, 2, 6, 5)))  # ties in a window: the first one's index, as torch
 TIES[0, 0, :2, :3] = [[-0.0, 0.0, -1.0], [-2.0, 0.0, -1.0]]  # -0.0 and +0.0 are equal maxima (torch: the first)
+NONFINITE = IMAGES.copy()
+NONFINITE[0, 1, 2, 3], NONFINITE[1, 0, 4, 0] = np.nan, np.inf
 POOLED = R.standard_normal((2, 3, 2, 3))
 POOLED_AT = F.max_pool2d(torch.tensor(IMAGES), 2, return_indices=True)[1].numpy()  # (2, 3, 2, 3) int64
 
@@ -40,6 +42,9 @@ CASES = {
     "interpolate-bicubic-align-corners-scale": case(
         lambda x: ud.ops.interpolate(x, scale_factor=(0.6, 1.7), mode="bicubic", align_corners=True),
         lambda x: F.interpolate(x, scale_factor=(0.6, 1.7), mode="bicubic", align_corners=True)),
+    # a NaN and an infinity reach the outputs whose 4x4 taps read them, as in PyTorch (and not the others)
+    "Upsample-bicubic-nan-inf": Case(lambda: ud.nn.Upsample(scale_factor=1.5, mode="bicubic"),
+                                     lambda: tnn.Upsample(scale_factor=1.5, mode="bicubic"), [NONFINITE]),
     "max_pool2d-indices": case(lambda x: ud.ops.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)[1],
                                lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)[1]),
     "MaxPool2d-indices-ties": case(lambda x: ud.nn.MaxPool2d((2, 3), 1, return_indices=True)(x)[1],

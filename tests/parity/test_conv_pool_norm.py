@@ -19,6 +19,10 @@ R = np.random.default_rng(15)
 IMAGES = R.standard_normal((2, 4, 5, 6))
 SEQUENCE = R.standard_normal((2, 4, 7))
 KERNELS = R.standard_normal((6, 2, 3, 3))          # (out, in / groups, kh, kw) for groups=2
+# a NaN, an infinity of each sign (one on an edge): interpolation reaches the outputs whose taps read them alone
+NONFINITE_IMAGES, NONFINITE_SEQUENCE = IMAGES.copy(), SEQUENCE.copy()
+NONFINITE_IMAGES[0, 1, 1, 2], NONFINITE_IMAGES[1, 2, 3, 4], NONFINITE_IMAGES[1, 0, 4, 0] = np.nan, np.inf, -np.inf
+NONFINITE_SEQUENCE[0, 1, 2], NONFINITE_SEQUENCE[1, 3, 6], NONFINITE_SEQUENCE[1, 3, 4] = np.nan, np.inf, -np.inf
 
 
 def layer(build, oracle, *inputs):
@@ -66,6 +70,11 @@ LAYERS = {
                                              lambda: tnn.Upsample((8, 3), mode="bilinear", align_corners=True)),
     "Upsample-linear": layer(lambda: ud.nn.Upsample(scale_factor=1.5, mode="linear"),
                              lambda: tnn.Upsample(scale_factor=1.5, mode="linear"), SEQUENCE),
+    "Upsample-bilinear-nan-inf": layer(lambda: ud.nn.Upsample(scale_factor=2, mode="bilinear"),
+                                       lambda: tnn.Upsample(scale_factor=2, mode="bilinear"), NONFINITE_IMAGES),
+    "Upsample-linear-align-corners-nan-inf": layer(lambda: ud.nn.Upsample(11, mode="linear", align_corners=True),
+                                                   lambda: tnn.Upsample(11, mode="linear", align_corners=True),
+                                                   NONFINITE_SEQUENCE),
 }
 
 
@@ -92,6 +101,10 @@ OPS = {
     "interpolate-bilinear-recompute": op(
         lambda x: ud.ops.interpolate(x, scale_factor=0.7, mode="bilinear", recompute_scale_factor=True),
         lambda x: F.interpolate(x, scale_factor=0.7, mode="bilinear", recompute_scale_factor=True)),
+    # the height copied (a graph's sizes, equal when it runs), the width resampled down: NaN and inf copied alone
+    "interpolate-bilinear-copied-axis-nan-inf": op(
+        lambda x: ud.ops.interpolate(x, scale_factor=(1.0, 0.6), mode="bilinear"),
+        lambda x: F.interpolate(x, scale_factor=(1.0, 0.6), mode="bilinear"), NONFINITE_IMAGES),
 }
 
 
@@ -99,7 +112,7 @@ OPS = {
 # the transposed and grouped kernels): eager JAX dispatches every op on its own, and the suite's time is tight
 FLOAT64_CASES = ("Conv2d-depthwise-same-dilation", "ConvTranspose2d-groups-dilation",
                  "AvgPool2d-ceil-exclude-pad", "AdaptiveAvgPool2d", "GroupNorm", "Upsample-bilinear-align-corners",
-                 "Upsample-linear")
+                 "Upsample-linear", "Upsample-bilinear-nan-inf")
 
 
 @pytest.mark.parametrize("dtype, modes", RUNS)

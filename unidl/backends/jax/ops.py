@@ -623,6 +623,14 @@ def take(x, indices, axis=0):
     return jnp.take(x, check_index(indices, x.shape[axis], "take indices"), axis=axis)
 
 
+def take_in_range(x, indices, axis):
+    return jnp.take(_v(x), _v(indices), axis=axis)
+
+
+def cond(condition, true_fn, false_fn, operands):
+    return jax.lax.cond(_v(condition), true_fn, false_fn, *(_v(operand) for operand in operands))
+
+
 def gather(x, dim, index):
     x = _v(x)
     dim %= x.ndim

@@ -492,6 +492,14 @@ def take(x, indices, axis=0):
     return K.take(x, check_index(indices, _axis_size(x, axis), "take indices"), axis=axis)
 
 
+def take_in_range(x, indices, axis):
+    return K.take(x, indices, axis=axis)
+
+
+def cond(condition, true_fn, false_fn, operands):
+    return K.cond(condition, lambda: true_fn(*operands), lambda: false_fn(*operands))
+
+
 def gather(x, dim, index):
     dim %= len(x.shape)
     index = check_index(index, _axis_size(x, dim), "gather index")
@@ -583,7 +591,7 @@ def _input_read(op):
 
 #: the host kernels below whose first argument is an input that may be a Keras variable the host's kernel refuses
 #: (the others take it as it is, or write it: the momentum update's first argument is the parameter it updates)
-_INPUT_READ = ("gather", "max_pool2d", "take")
+_INPUT_READ = ("gather", "max_pool2d", "take", "take_in_range")
 
 # the host's own kernels where they take Keras's tensors as they are (faster than keras.ops' spellings)
 globals().update({name: _input_read(getattr(HOST.ops, name)) if name in _INPUT_READ else getattr(HOST.ops, name)

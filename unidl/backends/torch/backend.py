@@ -41,8 +41,9 @@ class Backend(BackendInterface):
     # padding, which no window's gradient or value is taken from (Keras pads with -inf, which a window of -inf
     # alone gave its gradient to, and cannot pad integers with it)
     # (gather: keras.ops.take_along_axis is torch.take_along_dim, whose torch.export trace fixes the batch size;
-    # take: keras.ops.take squeezes an axis of any size, which torch's ONNX export writes as an invalid Squeeze)
-    keras_native_ops = ("fused_attention", "gather", "layer_norm", "linear", "max_pool2d", "take")
+    # take: keras.ops.take squeezes an axis of any size, which torch's ONNX export writes as an invalid Squeeze;
+    # fused_interpolate: F.interpolate's kernels, where unidl composes products for finite inputs and taps for others)
+    keras_native_ops = ("fused_attention", "fused_interpolate", "gather", "layer_norm", "linear", "max_pool2d", "take")
 
     def __init__(self):
         self.check_ops()

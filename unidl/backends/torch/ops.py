@@ -286,6 +286,14 @@ def fused_ctc_loss(log_probs, labels, input_lengths, target_lengths, blank=0, ze
     return F.ctc_loss(log_probs, labels, input_lengths, target_lengths, blank, "none", zero_infinity)
 
 
+def fused_interpolate(x, size, scale_factor, mode, align_corners):
+    return F.interpolate(x, size, scale_factor, mode, align_corners)
+
+
+def cond(condition, true_fn, false_fn, operands):
+    return true_fn(*operands) if bool(condition) else false_fn(*operands)
+
+
 def scan(fn, init, xs, axis=0, reverse=False):
     length = tree_leaves(xs)[0].shape[axis]
     carry, ys = init, [None] * length
@@ -341,6 +349,12 @@ def take(x, indices, axis=0):
     check_index(indices, x.shape[axis], "take indices")
     picked = torch.index_select(x, axis, indices.reshape(-1))
     return picked.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+def take_in_range(x, indices, axis):
+    if axis == x.dim() - 1:  # (index_select copies the last axis one element at a time: 5 times slower there)
+        return x[..., indices]
+    return torch.index_select(x, axis, indices)
 
 
 def gather(x, dim, index):
