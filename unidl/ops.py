@@ -1532,12 +1532,18 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
     pos_weight = input_checks.weight_like(owner, "pos_weight", pos_weight, logits)
     logits = input_checks.check_broadcasts_to(owner, "weight", weight, logits)
     target = input_checks.check_broadcasts_to(owner, "pos_weight", pos_weight, target)  # (before its term runs)
+    return _in_dtype(_bce_with_logits_core(logits, target, weight, pos_weight, reduction), returned)
+
+
+@composite("logits", "target", "weight", "pos_weight")
+def _bce_with_logits_core(logits, target, weight, pos_weight, reduction):
+    """``binary_cross_entropy_with_logits`` of checked operands, one compiled program (``composite``)."""
     losses = _ops().bce_with_logits(logits, target, "none")
     if pos_weight is not None:  # softplus(-x) as max(-x, 0) + log1p(exp(-|x|)): PyTorch's gradient at 0 (ties split)
         losses = losses + (pos_weight - 1) * target * (maximum(-logits, 0.0) + log1p(exp(-abs(logits))))
     if weight is not None:
         losses = losses * weight
-    return _in_dtype(_reduced(losses, reduction), returned)
+    return _reduced(losses, reduction)
 
 
 def _bce_with_logits_operands(owner, logits, target):
@@ -1576,6 +1582,12 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     log_probabilities, target = _promoted_as_torch(log_probabilities, target, broadcast=True)
     log_probabilities = input_checks.check_same_shape("kl_div", log_probabilities, target,
                                                       names=("log_probabilities", "target"))
+    return _kl_div_core(log_probabilities, target, reduction, bool(log_target))
+
+
+@composite("log_probabilities", "target")
+def _kl_div_core(log_probabilities, target, reduction, log_target):
+    """``kl_div`` of checked operands, one compiled program (``composite``)."""
     if log_target:
         losses = exp(target) * (target - log_probabilities)
     else:  # PyTorch's xlogy(t, t) - t * input: 0 * log(0) is 0, a negative target's term NaN, and so is

@@ -958,12 +958,15 @@ COMPOSITE_LOSSES = {
     "binary_cross_entropy": (_probabilities(29, lambda x: (x > 0) * 1.0, lambda x: np.linspace(0.5, 1.5, 29)),
                              ud.ops.binary_cross_entropy, {}, 6),
     "prelu": (_operands(30, lambda x: np.linspace(0.1, 0.4, 30)), _mean_prelu, {}, 4),
+    "binary_cross_entropy_with_logits": (_operands(31, lambda x: (x > 0) * 1.0, lambda x: np.linspace(0.5, 1.5, 31)),
+                                         ud.ops.binary_cross_entropy_with_logits, {}, 0),
+    "kl_div": (_operands(32, lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)), ud.ops.kl_div, {}, 0),
 }
 
 
 def test_each_composite_loss_is_one_program_for_every_option_value_on_eager_jax():
     """Called eagerly on JAX at a new shape, each margin, embedding, multi-label and likelihood loss (and the smooth
-    L1, Huber and binary cross-entropy losses, and ``prelu``) lowers one XLA program for its math beside the few of
+    L1, Huber, binary cross-entropy and KL divergence losses, and ``prelu``) lowers one XLA program for its math beside the few of
     its eager checks, and its gradient two (its forward and its backward; it lowered one per primitive: 9 to 50 for
     both), and a call with another margin, eps, beta or delta lowers nothing: the float option is a traced value of
     that one program (as a static one, a sweep over a margin compiled one per value)."""
