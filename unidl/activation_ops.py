@@ -26,7 +26,7 @@ import numpy as np
 
 from unidl import arguments, dtype_kinds, input_checks, ops
 from unidl.errors import ShapeMismatchError
-from unidl.spatial_ops import composite
+from unidl.composites import composite
 
 SELU_ALPHA = 1.6732632423543772848170429916717  # (torch's constants, ATen's Activation.cpp)
 SELU_SCALE = 1.0507009873554804934193349852946

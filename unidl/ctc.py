@@ -14,7 +14,7 @@ import numpy as np
 from unidl import input_checks, ops
 from unidl.backends.op_registry import optional_op
 from unidl.errors import ShapeMismatchError
-from unidl.spatial_ops import composite
+from unidl.composites import composite
 
 _NEG_INF = float("-inf")
 

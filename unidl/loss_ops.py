@@ -19,7 +19,7 @@ import math
 
 from unidl import input_checks, ops
 from unidl.backends import op_registry
-from unidl.spatial_ops import composite
+from unidl.composites import composite
 
 
 def _loss(*tensors: str):

@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from unidl import arguments, config, dtype_kinds, input_checks
+from unidl.composites import composite
 from unidl.errors import DtypeMismatchError, ShapeMismatchError
 from unidl.backends import op_registry
 from unidl.backends.op_registry import CONVERTED, declare, optional_op
@@ -1411,13 +1412,20 @@ def prelu(x, weight):
         count == channels)), lambda: (f"prelu has {{}} weights but the input has {{}} channels (shape "
                                       f"{input_checks.shape_template(len(sizes))}); give one weight, or one per "
                                       f"channel (axis 1)"), (count, channels) + tuple(sizes))
-    if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
-        weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
     if not dtype_kinds.is_floating(x.dtype):  # integers: floats of the dtype in force, as the other float math
         x = cast(x, config.get_dtype())
     if dtype_kinds.dtype_name(weight.dtype) != dtype_kinds.dtype_name(x.dtype):
         input_checks.check_parameters_dtype("prelu", x, weight)  # (outside autocast, torch's error)
         weight = cast_like(weight, x)  # a mixed-precision forward's float16 x: torch.autocast casts the weight too
+    return _prelu_core(x, weight)
+
+
+@composite("x", "weight")
+def _prelu_core(x, weight):
+    """``prelu`` of checked operands, one compiled program (``composite``)."""
+    rank = len(x.shape)
+    if rank >= 2:  # (C,) or (1,) -> (1, C, 1, ...): broadcasts along axis 1 either way
+        weight = reshape(weight, (1, -1) + (1,) * (rank - 2))
     return where(x > 0, x, x * weight)  # (at 0 the gradient ``weight``, as torch's)
 
 
@@ -1437,8 +1445,15 @@ def smooth_l1_loss(prediction, target, reduction="mean", beta=1.0):
     beta = arguments.smooth_l1_beta("smooth_l1_loss", beta)
     prediction, target = _same_shape_operands("smooth_l1_loss", prediction, target)
     prediction, target = input_checks.float32_under_autocast(prediction), input_checks.float32_under_autocast(target)
+    return _smooth_l1_core(prediction, target, reduction, beta)
+
+
+@composite("prediction", "target", numbers=("beta",))
+def _smooth_l1_core(prediction, target, reduction, beta):
+    """``smooth_l1_loss`` of checked operands, one compiled program (``composite``) for every ``beta``."""
     difference = abs(prediction - target)
-    if arguments.tensor_argument(beta):  # (a graph's input: no Python branch on its value; 0 is L1 here too)
+    if arguments.tensor_argument(beta):  # (a graph's input or the compiled program's traced number: no Python
+        # branch on its value; 0 is L1 here too)
         beta = cast_like(beta, difference)
         divisor = where(beta > 0, beta, zeros_like(beta) + 1)  # (no 0 / 0 in the branch not taken, nor its gradient)
         return _reduced(where(difference < beta, 0.5 * square(difference) / divisor, difference - 0.5 * beta),
@@ -1459,6 +1474,12 @@ def huber_loss(prediction, target, reduction="mean", delta=1.0):
         "huber_loss", "prediction", input_checks.as_tensor("huber_loss", "prediction", prediction)))
     target = cast_like(target, prediction)
     prediction = input_checks.check_same_shape("huber_loss", prediction, target)
+    return _huber_core(prediction, target, reduction, delta)
+
+
+@composite("prediction", "target", numbers=("delta",))
+def _huber_core(prediction, target, reduction, delta):
+    """``huber_loss`` of checked operands, one compiled program (``composite``) for every ``delta``."""
     difference = abs(prediction - target)
     return _reduced(where(difference < delta, 0.5 * square(difference), delta * (difference - 0.5 * delta)), reduction)
 
@@ -1487,6 +1508,12 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
     # PyTorch refuses probabilities outside [0, 1] (they gave NaN); NaN passes, to the non-finite guard (a float16
     # step that overflowed is skipped, not an error)
     probabilities = check_in_range(probabilities, 0, 1, "binary_cross_entropy probabilities")
+    return _binary_cross_entropy_core(probabilities, target, weight, reduction)
+
+
+@composite("probabilities", "target", "weight")
+def _binary_cross_entropy_core(probabilities, target, weight, reduction):
+    """``binary_cross_entropy`` of checked operands, one compiled program (``composite``)."""
     narrow = dtype_kinds.dtype_name(probabilities.dtype) in ("float16", "bfloat16")
     p = cast(probabilities, "float32") if narrow else probabilities
     t = cast_like(target, p)
@@ -1531,12 +1558,18 @@ def binary_cross_entropy_with_logits(logits, target, weight=None, reduction="mea
     pos_weight = input_checks.weight_like(owner, "pos_weight", pos_weight, logits)
     logits = input_checks.check_broadcasts_to(owner, "weight", weight, logits)
     target = input_checks.check_broadcasts_to(owner, "pos_weight", pos_weight, target)  # (before its term runs)
+    return _in_dtype(_bce_with_logits_core(logits, target, weight, pos_weight, reduction), returned)
+
+
+@composite("logits", "target", "weight", "pos_weight")
+def _bce_with_logits_core(logits, target, weight, pos_weight, reduction):
+    """``binary_cross_entropy_with_logits`` of checked operands, one compiled program (``composite``)."""
     losses = _ops().bce_with_logits(logits, target, "none")
     if pos_weight is not None:  # softplus(-x) as max(-x, 0) + log1p(exp(-|x|)): PyTorch's gradient at 0 (ties split)
         losses = losses + (pos_weight - 1) * target * (maximum(-logits, 0.0) + log1p(exp(-abs(logits))))
     if weight is not None:
         losses = losses * weight
-    return _in_dtype(_reduced(losses, reduction), returned)
+    return _reduced(losses, reduction)
 
 
 def _bce_with_logits_operands(owner, logits, target):
@@ -1575,6 +1608,12 @@ def kl_div(log_probabilities, target, reduction="mean", log_target=False):
     log_probabilities, target = _promoted_as_torch(log_probabilities, target, broadcast=True)
     log_probabilities = input_checks.check_same_shape("kl_div", log_probabilities, target,
                                                       names=("log_probabilities", "target"))
+    return _kl_div_core(log_probabilities, target, reduction, bool(log_target))
+
+
+@composite("log_probabilities", "target")
+def _kl_div_core(log_probabilities, target, reduction, log_target):
+    """``kl_div`` of checked operands, one compiled program (``composite``)."""
     if log_target:
         losses = exp(target) * (target - log_probabilities)
     else:  # PyTorch's xlogy(t, t) - t * input: 0 * log(0) is 0, a negative target's term NaN, and so is

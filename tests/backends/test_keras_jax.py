@@ -1015,7 +1015,7 @@ def test_jax_and_keras_on_jax_compile_a_composite_apart(result):
 
 
 def test_a_composite_called_eagerly_on_jax_is_one_program(result):
-    """A composite op (``unidl.spatial_ops.composite``: an activation, a loss's math) called eagerly on Keras-on-JAX
+    """A composite op (``unidl.composites.composite``: an activation, a loss's math) called eagerly on Keras-on-JAX
     runs as one ``jax.jit`` of its body, as on the jax backend (the keras backend's ``composite`` is its host's): its
     first call lowers that one program, its value and gradient that program's JVP and transpose, where op by op every
     primitive in it lowered and dispatched a program of its own."""

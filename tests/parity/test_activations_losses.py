@@ -921,9 +921,21 @@ def _operands(columns: int, *others) -> tuple:
     return (x, *(other(x) for other in others))
 
 
+def _probabilities(columns: int, *others) -> tuple:
+    """``_operands`` with the scores' sigmoid, probabilities in (0, 1), in their place."""
+    x, *rest = _operands(columns, *others)
+    return (1 / (1 + np.exp(-x)), *rest)
+
+
+def _mean_prelu(x, weight):
+    """``prelu``'s mean: a scalar to differentiate."""
+    return ud.ops.mean(ud.ops.prelu(x, weight))
+
+
 # each composite loss: its operands at a width C of its own (a shape no other test compiles for), the loss, its
-# float option (none: {}) and the programs its eager checks lower before its core runs (a label range's min and
-# max; multilabel_margin_loss's -1 mask; gaussian_nll_loss's variance range)
+# float option (none: {}) and the other programs its eager call lowers beside its core's (its checks before the
+# core: a label range's min and max; multilabel_margin_loss's -1 mask; the variance's or probabilities' range, with
+# the gradient too; prelu's mean, value and gradient)
 COMPOSITE_LOSSES = {
     "margin_ranking_loss": (_operands(17, lambda x: x * 0.5, np.sign), ud.ops.margin_ranking_loss,
                             {"margin": 0.5}, 0),
@@ -941,14 +953,23 @@ COMPOSITE_LOSSES = {
                                ud.ops.multilabel_margin_loss, {}, 6),
     "poisson_nll_loss": (_operands(25, np.square), ud.ops.poisson_nll_loss, {"eps": 1e-3}, 0),
     "gaussian_nll_loss": (_operands(26, lambda x: x * 0.5, np.square), ud.ops.gaussian_nll_loss, {"eps": 1e-2}, 4),
+    "smooth_l1_loss": (_operands(27, lambda x: x * 0.5), ud.ops.smooth_l1_loss, {"beta": 0.5}, 0),
+    "huber_loss": (_operands(28, lambda x: x * 0.5), ud.ops.huber_loss, {"delta": 0.7}, 0),
+    "binary_cross_entropy": (_probabilities(29, lambda x: (x > 0) * 1.0, lambda x: np.linspace(0.5, 1.5, 29)),
+                             ud.ops.binary_cross_entropy, {}, 6),
+    "prelu": (_operands(30, lambda x: np.linspace(0.1, 0.4, 30)), _mean_prelu, {}, 4),
+    "binary_cross_entropy_with_logits": (_operands(31, lambda x: (x > 0) * 1.0, lambda x: np.linspace(0.5, 1.5, 31)),
+                                         ud.ops.binary_cross_entropy_with_logits, {}, 0),
+    "kl_div": (_operands(32, lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)), ud.ops.kl_div, {}, 0),
 }
 
 
 def test_each_composite_loss_is_one_program_for_every_option_value_on_eager_jax():
-    """Called eagerly on JAX at a new shape, each margin, embedding, multi-label and likelihood loss lowers one XLA
-    program for its math beside the few of its eager checks, and its gradient two (its forward and its backward;
-    it lowered one per primitive: 9 to 47 for both), and a call with another margin or eps lowers nothing: the float
-    option is a traced value of that one program (as a static one, a sweep over a margin compiled one per value)."""
+    """Called eagerly on JAX at a new shape, each margin, embedding, multi-label and likelihood loss (and the smooth
+    L1, Huber, binary cross-entropy and KL divergence losses, and ``prelu``) lowers one XLA program for its math beside the few of
+    its eager checks, and its gradient two (its forward and its backward; it lowered one per primitive: 9 to 50 for
+    both), and a call with another margin, eps, beta or delta lowers nothing: the float option is a traced value of
+    that one program (as a static one, a sweep over a margin compiled one per value)."""
     import jax
 
     lowered = []

@@ -456,7 +456,7 @@ class Backend(abc.ABC):
         run the whole composite as one compiled program when it is called eagerly (JAX: one ``jax.jit``,
         where its dozens of ops cost as many small compilations and dispatches per call). ``arrays`` names the
         parameters that take tensors (or sequences of them, or None), or Python numbers the composite only computes
-        with (``unidl.spatial_ops.composite``'s ``numbers``), which a compiled version takes as traced values; the
+        with (``unidl.composites.composite``'s ``numbers``), which a compiled version takes as traced values; the
         others are Python options, which a compiled version may take as static. ``function`` reads no state but
         its arguments, and raises its own errors for bad options, which a compiled version must raise the same.
         Called at each call of the composite, eagerly or while traced: a backend keeps what it builds (a dict
