@@ -46,6 +46,18 @@ def run_each(mode, fns, *arrays):
     return [ud.to_numpy(r) for r in (ud.function(every)(*tensors) if mode == "graph" else every(*tensors))]
 
 
+def check_rows(rows, check):
+    """``check(row)`` for each row of a table folded into one test (its cases sharing one compiled program): one
+    ``AssertionError`` that names every row that failed, each with its own message, not only the first."""
+    failures = []
+    for row in rows:
+        try:
+            check(row)
+        except AssertionError as error:
+            failures.append(f"{row!r}: {error}")
+    assert not failures, "\n".join(failures)
+
+
 def run_tensors(mode, fn, *tensors):
     """``fn`` over ``tensors`` (their dtypes kept), eagerly or compiled by ``ud.function``; the result as NumPy."""
     return ud.to_numpy(ud.function(lambda *inputs: fn(*inputs))(*tensors) if mode == "graph" else fn(*tensors))
@@ -2593,24 +2605,32 @@ def test_integer_convolutions_as_torch(mode, dtype):
         np.testing.assert_array_equal(got, expected.numpy())
 
 
-@pytest.mark.parametrize("stride, padding, output_padding, groups, dilation", [
-    (2, 0, 0, 1, 1), (2, 1, 1, 1, 1), (1, 2, 0, 1, 1), (3, 1, 2, 2, 1), (2, 3, 1, 1, 2)])
-def test_conv_transpose2d_of_a_weight_given_to_the_graph_matches_torch(mode, stride, padding, output_padding, groups,
-                                                                       dilation):
+CONV_TRANSPOSE2D_OPTIONS = [  # (stride, padding, output_padding, groups, dilation)
+    (2, 0, 0, 1, 1), (2, 1, 1, 1, 1), (1, 2, 0, 1, 1), (3, 1, 2, 2, 1), (2, 3, 1, 1, 2)]
+
+
+def test_conv_transpose2d_of_a_weight_given_to_the_graph_matches_torch(mode):
     """``conv_transpose2d`` of a weight given to ``ud.function`` (whose sizes a TensorFlow graph leaves unknown: it
-    refused them) gives torch's values and weight gradients, as eagerly."""
+    refused them) gives torch's values and weight gradients, as eagerly, for each of ``CONV_TRANSPOSE2D_OPTIONS``
+    (the values of every case in one ``ud.function``, their gradients in another: two programs, not ten)."""
     data = RNG.standard_normal((2, 4, 5, 4)).astype(np.float32)
     weight = RNG.standard_normal((4, 3, 3, 2)).astype(np.float32)
-    bias = RNG.standard_normal(3 * groups).astype(np.float32)
-    arguments = (stride, padding, output_padding, groups, dilation)
-    tensor = torch.tensor(weight, requires_grad=True)
-    expected = F.conv_transpose2d(torch.tensor(data), tensor, torch.tensor(bias), *arguments)
-    expected.sum().backward()
-    got = run(mode, lambda x, w, b: ud.ops.conv_transpose2d(x, w, b, *arguments), data, weight, bias)
-    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-5, atol=1e-5)
-    x, b = ud.tensor(data), ud.tensor(bias)
-    gradient = run(mode, ud.grad(lambda w: ud.ops.sum(ud.ops.conv_transpose2d(x, w, b, *arguments))), weight)
-    np.testing.assert_allclose(gradient, tensor.grad.numpy(), rtol=1e-5, atol=1e-4)
+    biases = [RNG.standard_normal(3 * options[3]).astype(np.float32) for options in CONV_TRANSPOSE2D_OPTIONS]
+    got = run_each(mode, [lambda x, w, *given, at=at, options=options: ud.ops.conv_transpose2d(
+        x, w, given[at], *options) for at, options in enumerate(CONV_TRANSPOSE2D_OPTIONS)], data, weight, *biases)
+    x, b = ud.tensor(data), [ud.tensor(bias) for bias in biases]
+    gradients = run_each(mode, [ud.grad(lambda w, at=at, options=options: ud.ops.sum(ud.ops.conv_transpose2d(
+        x, w, b[at], *options))) for at, options in enumerate(CONV_TRANSPOSE2D_OPTIONS)], weight)
+
+    def check(row):
+        at, options = row
+        tensor = torch.tensor(weight, requires_grad=True)
+        expected = F.conv_transpose2d(torch.tensor(data), tensor, torch.tensor(biases[at]), *options)
+        expected.sum().backward()
+        np.testing.assert_allclose(got[at], expected.detach().numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(gradients[at], tensor.grad.numpy(), rtol=1e-5, atol=1e-4)
+
+    check_rows(enumerate(CONV_TRANSPOSE2D_OPTIONS), check)
 
 
 def test_convolutions_of_one_sample_without_its_batch_axis_as_torch(mode):

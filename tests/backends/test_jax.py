@@ -324,6 +324,37 @@ def test_an_eager_composite_op_is_one_compiled_program_and_inline_under_jit(capl
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12, atol=1e-12)
 
 
+def test_an_eager_value_check_is_one_program(caplog):
+    """Called eagerly, ``check_in_range`` (BCE's probabilities, a Gaussian NLL's variances) and ``check_index``
+    (labels, embedding and gather indices) compile one program each for a new shape, where their primitives compiled
+    one each (four and two, for every eager loss call of a new shape), and raise the errors they raised."""
+    import logging
+
+    import jax
+
+    from unidl.backends.jax import backend  # noqa: F401  (JAX with float64, as the backend runs it)
+    from unidl.backends.jax import ops
+    from unidl.errors import IndexOutOfRangeError, ValueOutOfRangeError
+
+    values = jax.device_put(np.linspace(-0.5, 1.5, 3 * 7 * 11).reshape(3, 7, 11))  # shapes no other test uses
+    indices = jax.device_put(np.arange(3 * 7 * 11).reshape(3, 7, 11))
+    outside = int(np.sum((np.asarray(values) < 0) | (np.asarray(values) > 1)))
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            with pytest.raises(ValueOutOfRangeError, match=rf"^p must lie in \[0, 1\]; found {outside} value\(s\) "
+                                                           r"outside$"):
+                ops.check_in_range(values, 0, 1, "p")
+            with pytest.raises(IndexOutOfRangeError, match=r"^labels must lie in \[0, 200\); found values from 0 to "
+                                                           r"230$"):
+                ops.check_index(indices, 200, "labels")
+            assert ops.check_in_range(values, -0.5, 1.5) is values and ops.check_index(indices, 231) is indices
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+    assert compiled == ["jit(_count_outside_compiled)", "jit(_extremes)", "jit(_count_outside_compiled)"], compiled
+
+
 def test_an_eager_composite_ops_options_keep_their_meaning():
     """Options of an op compiled when eager (``unidl/backends/jax/eager.py``) that a cached trace could confuse:
     -0.0 after 0.0 (equal, so one cached trace would serve both: ``clip``'s bound is the value it gives), and a

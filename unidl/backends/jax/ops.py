@@ -455,11 +455,45 @@ def unless_a_check_failed(variables):
                 variable.value = jnp.where(passed, variable._value, old)
 
 
+def _count_outside(x, low, high):
+    return jnp.sum(jnp.logical_or(x < low, x > high))
+
+
+@functools.partial(jax.jit, static_argnames=("bounds",))
+def _count_outside_compiled(x, bounds):
+    """``_count_outside`` of a concrete array (``_concrete``) as one program, ``bounds`` its ``(type, value)``
+    pairs (static: ``0 == 0.0`` must not share a trace): an eager check is one compilation per shape, dtype and
+    bounds and one dispatch a call, where its four primitives were four of each (a compilation per new shape of
+    every eager loss call that checks its values)."""
+    (_, low), (_, high) = bounds
+    return _count_outside(x, low, high)
+
+
+@jax.jit
+def _extremes(indices):
+    """The least and the greatest of concrete ``indices`` (``_concrete``): one program for an eager check, where
+    ``jnp.min`` and ``jnp.max`` were a compilation and a dispatch each."""
+    return jnp.min(indices), jnp.max(indices)
+
+
+def _concrete(x) -> bool:
+    """Whether ``x`` is a JAX array with values (not a tracer, nor another framework's array such as a Keras
+    variable on JAX), which the compiled checks take."""
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+
+
+def _plain_number(value) -> bool:
+    return isinstance(value, (int, float)) and value == value  # (NaN is not equal to itself: no cached trace)
+
+
 def check_in_range(x, low, high, what="values"):
     x = _v(x)
     if not x.size:
         return x
-    outside = jnp.sum(jnp.logical_or(x < low, x > high))
+    if _concrete(x) and _plain_number(low) and _plain_number(high):
+        outside = _count_outside_compiled(x, bounds=((type(low), low), (type(high), high)))
+    else:
+        outside = _count_outside(x, low, high)
     if isinstance(outside, jax.core.Tracer):  # (checkify raises it after a compiled step, as check_index's)
         if getattr(_trace, "checkified", False):
             message = f"{ValueOutOfRangeError.marker}{what} must lie in [{low}, {high}]; found {{n}} value(s) outside"
@@ -473,7 +507,7 @@ def check_index(indices, size, what="index"):
     indices = _v(indices)
     if not indices.size:
         return indices
-    low, high = jnp.min(indices), jnp.max(indices)
+    low, high = _extremes(indices) if _concrete(indices) else (jnp.min(indices), jnp.max(indices))
     if isinstance(low, jax.core.Tracer):
         # inside a compiled step checkify raises it after the step; a jax.jit that is not checkified (Keras's
         # own trainer on JAX) cannot stage a check at all, so there is none there
