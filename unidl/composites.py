@@ -13,7 +13,7 @@ from unidl.backends.op_registry import CONVERTED
 from unidl.precision import active_ops
 
 
-def composite(*arrays: str, loops: bool = False, numbers: tuple[str, ...] = ()):
+def composite(*arrays: str, loops: bool = False, numbers: tuple[str, ...] = (), sequences: tuple[str, ...] = ()):
     """Decorates a composite op whose parameters named in ``arrays`` take tensors: each call runs the version that
     the backend in force gives (``Backend.composite``; ``Backend.looping_composite`` for one that ``loops``, a
     ``scan`` over a long axis). The op must read no state but its arguments (a compiled version caches its trace);
@@ -22,7 +22,10 @@ def composite(*arrays: str, loops: bool = False, numbers: tuple[str, ...] = ()):
     ``numbers`` names Python float options that the op only computes with (a margin, an eps; never in an ``if``
     or passed to an op that checks its type): a compiled version takes them as it takes tensors, as traced 0-d
     values, so that one program serves every value (a sweep over a margin compiles once). Traced, such a number
-    meets the tensors as the Python number does (JAX's weak type: rounded to their dtype), the same result."""
+    meets the tensors as the Python number does (JAX's weak type: rounded to their dtype), the same result.
+
+    ``sequences`` names parameters that take a tuple of tensors (attention's masks): a compiled version takes them as
+    it takes tensors; they are taken as given (a tuple is not one array to convert)."""
 
     def decorate(function):
         positions = {i: p for i, p in enumerate(inspect.signature(function).parameters) if p in arrays}
@@ -36,7 +39,7 @@ def composite(*arrays: str, loops: bool = False, numbers: tuple[str, ...] = ()):
                 return function(*args, **kwargs)
             backend = config.backend()
             compiled = backend.looping_composite if loops else backend.composite
-            return compiled(function, arrays + numbers)(*args, **kwargs)
+            return compiled(function, arrays + sequences + numbers)(*args, **kwargs)
 
         return call
 

@@ -1811,7 +1811,9 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     dropout. ``masks``: more masks in ``attn_mask``'s convention, each applied too (``nn.MultiheadAttention``'s).
     ``safe_softmax=False``: a query whose every key is masked gets NaN, as PyTorch's paths with a plain softmax.
     ``need_weights=False``: weights None; then, without dropout, the backend's fused kernel computes the output
-    where it has one (the optional op ``fused_attention``) and the masks are boolean."""
+    where it has one (the optional op ``fused_attention``) and the masks are boolean. The math after the checks is
+    a composite (one compiled program on eager JAX for every ``scale``); dropout's mask, drawn from the backend's
+    generator, is applied between the weights' composite and their product with ``value``."""
     for mask in (attn_mask,) + tuple(masks):
         input_checks.check_mask("attention", "attn_mask", mask)
     if not need_weights and not dropout_p:
@@ -1823,12 +1825,29 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
 
         features = shape(query)[-1]  # a scalar tensor where a graph leaves it unknown
         scale = math.sqrt(1.0 / features) if isinstance(features, int) else 1.0 / sqrt(cast_like(features, query))
+    masks = ((attn_mask,) if attn_mask is not None else ()) + tuple(masks)
+    if not dropout_p:
+        return _attention_core(query, key, value, masks, is_causal, scale, safe_softmax)
+    # the dropout mask is drawn from the backend's generator, state that a composite may not read
+    weights = dropout(_attention_weights(query, key, masks, is_causal, scale, safe_softmax), dropout_p, True)
+    return matmul(weights, value), weights
+
+
+@composite("query", "key", "value", sequences=("masks",), numbers=("scale",))
+def _attention_core(query, key, value, masks, is_causal, scale, safe_softmax):
+    """``attention`` without dropout of checked operands, ``(output, weights)`` as one compiled program
+    (``composite``) for every ``scale``: ``masks`` (``attn_mask`` first) in ``attention``'s convention."""
+    weights = _attention_weights(query, key, masks, is_causal, scale, safe_softmax)
+    return matmul(weights, value), weights
+
+
+@composite("query", "key", sequences=("masks",), numbers=("scale",))
+def _attention_weights(query, key, masks, is_causal, scale, safe_softmax):
+    """``attention``'s weights (..., L, S) before dropout, one compiled program (``composite``) for every ``scale``."""
     scores = matmul(query * scale, transpose(key, -2, -1))
     if is_causal:
         sizes = shape(scores)
         masks = tuple(masks) + (causal_mask(sizes[-2], sizes[-1]),)
-    if attn_mask is not None:
-        masks = (attn_mask,) + tuple(masks)
     blocked = zeros_like(scores) - float("inf")
     for mask in masks:
         if "bool" in str(getattr(mask, "dtype", "")):
@@ -1836,8 +1855,8 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         else:
             scores = scores + cast_like(mask, scores)
     if tuple(scores.shape)[-1] == 0:  # no key at all (known while tracing): PyTorch's output is 0
-        weights = zeros_like(scores)
-    elif masks and safe_softmax:
+        return zeros_like(scores)
+    if masks and safe_softmax:
         # a query whose every key is masked attends to nothing: weights and output 0, as PyTorch's safe softmax
         # in scaled_dot_product_attention (a plain softmax gives NaN, and NaN gradients to every weight). Its
         # scores are raised to 0 before the softmax (a -inf floor leaves the others as they are), so that
@@ -1847,12 +1866,8 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         floor = where(attends, zeros_like(top) - float("inf"), zeros_like(top))
         ops = _ops()  # the framework's own maximum: a tie (a masked score at the -inf floor) has no gradient
         weights = softmax((optional_op(ops, "framework_maximum") or ops.maximum)(scores, floor), -1)
-        weights = weights * cast_like(attends, scores)
-    else:
-        weights = softmax(scores, -1)
-    if dropout_p:
-        weights = dropout(weights, dropout_p, True)
-    return matmul(weights, value), weights
+        return weights * cast_like(attends, scores)
+    return softmax(scores, -1)
 
 
 def _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe_softmax):

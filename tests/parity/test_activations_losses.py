@@ -932,10 +932,21 @@ def _mean_prelu(x, weight):
     return ud.ops.mean(ud.ops.prelu(x, weight))
 
 
+def _mean_attention(query, key, value, mask, scale):
+    """``scaled_dot_product_attention``'s mean under a float mask: a scalar to differentiate."""
+    return ud.ops.mean(ud.ops.scaled_dot_product_attention(query, key, value, mask, scale=scale))
+
+
+def _mean_attention_with_weights(query, key, value, mask, scale):
+    """The mean of ``attention``'s output on ``nn.MultiheadAttention``'s default path (a float mask, the weights
+    returned too, a plain softmax)."""
+    return ud.ops.mean(ud.ops.attention(query, key, value, scale=scale, masks=(mask,), safe_softmax=False)[0])
+
+
 # each composite loss: its operands at a width C of its own (a shape no other test compiles for), the loss, its
 # float option (none: {}) and the other programs its eager call lowers beside its core's (its checks before the
 # core: a label range's min and max; multilabel_margin_loss's -1 mask; the variance's or probabilities' range, with
-# the gradient too; prelu's mean, value and gradient)
+# the gradient too; prelu's and attention's mean, value and gradient)
 COMPOSITE_LOSSES = {
     "margin_ranking_loss": (_operands(17, lambda x: x * 0.5, np.sign), ud.ops.margin_ranking_loss,
                             {"margin": 0.5}, 0),
@@ -961,15 +972,20 @@ COMPOSITE_LOSSES = {
     "binary_cross_entropy_with_logits": (_operands(31, lambda x: (x > 0) * 1.0, lambda x: np.linspace(0.5, 1.5, 31)),
                                          ud.ops.binary_cross_entropy_with_logits, {}, 0),
     "kl_div": (_operands(32, lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True)), ud.ops.kl_div, {}, 0),
+    "scaled_dot_product_attention": (_operands(33, lambda x: x * 0.5, np.square, lambda x: np.tril(x[:, :3])),
+                                     _mean_attention, {"scale": 0.3}, 3),
+    "attention": (_operands(34, lambda x: x * 0.5, np.square, lambda x: np.tril(x[:, :3])),
+                  _mean_attention_with_weights, {"scale": 0.3}, 3),
 }
 
 
 def test_each_composite_loss_is_one_program_for_every_option_value_on_eager_jax():
     """Called eagerly on JAX at a new shape, each margin, embedding, multi-label and likelihood loss (and the smooth
-    L1, Huber, binary cross-entropy and KL divergence losses, and ``prelu``) lowers one XLA program for its math beside the few of
+    L1, Huber, binary cross-entropy and KL divergence losses, ``prelu``, and attention's math under a float mask, with
+    its weights too as ``nn.MultiheadAttention`` takes them) lowers one XLA program for its math beside the few of
     its eager checks, and its gradient two (its forward and its backward; it lowered one per primitive: 9 to 50 for
-    both), and a call with another margin, eps, beta or delta lowers nothing: the float option is a traced value of
-    that one program (as a static one, a sweep over a margin compiled one per value)."""
+    both), and a call with another margin, eps, beta, delta or scale lowers nothing: the float option is a traced
+    value of that one program (as a static one, a sweep over a margin compiled one per value)."""
     import jax
 
     lowered = []
