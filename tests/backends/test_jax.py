@@ -530,3 +530,27 @@ def test_a_first_draw_inside_ud_function_gets_new_masks_and_seeding_starts_no_xl
     assert found["started"] is False and found["same"] is True
     first, second, eager = (np.array(mask) for mask in found["masks"])
     assert not np.array_equal(first, second) and set(np.unique(eager)) <= {0.0, 2.0}
+
+
+def test_max_poolings_two_gradient_rules_route_each_window_as_torch():
+    """The max pooling's gradient rule of a JAX on the CPU (one variadic ``reduce_window`` choosing each window's
+    element) and the one kept for other platforms, whose XLA compiler has no variadic ``reduce_window`` (XLA's own
+    rule with a fix-up for NaN and all -inf windows): both give plain torch's gradient, on windows that hold NaN,
+    -inf alone, ties and ordinary values, padded and strided (the other platforms' rule is run here on the CPU)."""
+    import jax
+    import torch
+
+    from unidl.backends.jax import ops as jax_ops
+
+    x = np.random.default_rng(4).standard_normal((2, 3, 7, 6)).astype(np.float32)
+    x[0, 0, :3, :3], x[0, 1, 2, 2], x[1, 2, 4:, 3:], x[1, 0, :2, :2] = -np.inf, np.nan, 1.5, 0.25
+    r = np.random.default_rng(5).integers(-8, 9, (2, 3, 4, 3)).astype(np.float32) / 8  # (eighths sum exactly)
+    wanted = torch.tensor(x, requires_grad=True)
+    (torch.nn.functional.max_pool2d(wanted, 3, 2, 1) * torch.tensor(r)).sum().backward()
+    rules = (jax_ops._max_pool_jvp, lambda k, s, p, primals, tangents: jax_ops._fixed_up_jvp(k, s, p, *primals,
+                                                                                              *tangents))
+    for rule in rules:
+        pool = jax.custom_jvp(lambda a: jax_ops._pool(a, (3, 3), (2, 2), (1, 1), -np.inf, jax.lax.max))
+        pool.defjvp(functools.partial(rule, (3, 3), (2, 2), (1, 1)))
+        got = jax.grad(lambda a: (pool(a) * r).sum())(jax.numpy.asarray(x))
+        np.testing.assert_array_equal(np.asarray(got), wanted.grad.numpy())

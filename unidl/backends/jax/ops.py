@@ -210,10 +210,14 @@ def _max_pool(x, kernel_size, stride, padding):
 def _max_pool_jvp(kernel_size, stride, padding, primals, tangents):
     """XLA's pooling, and as its tangent each window's chosen element's: PyTorch's choice (``_chosen_positions``).
     Its gradient is a gather's transpose, a scatter-add onto those elements. XLA's own JVP (select_and_gather_add,
-    whose transpose is select_and_scatter_add) chose otherwise for NaN and all -inf windows, and its fix-up (a
-    ``lax.cond`` on whether the pool held either, two more poolings of positions and a gather) made the gradient's
-    two XLA programs take seconds to compile where these take a fraction of that."""
+    whose transpose is select_and_scatter_add) chose otherwise for NaN and all -inf windows, and its fix-up
+    (``_fixed_up_jvp``: a ``lax.cond`` on whether the pool held either, two more poolings of positions and a
+    gather) made the gradient's two XLA programs take seconds to compile on the CPU where these take a fraction of
+    that. XLA's GPU compiler has no variadic ``reduce_window`` (JAX's own max pooling avoids it there), so a JAX
+    whose default platform is not the CPU keeps the fix-up."""
     (x,), (tangent,) = primals, tangents
+    if jax.default_backend() != "cpu":
+        return _fixed_up_jvp(kernel_size, stride, padding, x, tangent)
     y = _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)
     n, c, height, width = x.shape
     # sizes spelled out, not -1: an empty batch cannot infer them
@@ -221,6 +225,43 @@ def _max_pool_jvp(kernel_size, stride, padding, primals, tangents):
         n, c, y.shape[2] * y.shape[3])
     y_tangent = jnp.take_along_axis(tangent.reshape(n, c, height * width), source, axis=2, mode="clip")
     return y, y_tangent.reshape(y.shape)
+
+
+def _fixed_up_jvp(kernel_size, stride, padding, x, tangent):
+    """XLA's pooling and its JVP, with each window that holds NaN taking the tangent of its last NaN and each
+    window of -inf alone the tangent of its first element inside the input. Whether some window is either is
+    one sum over the output (``_needs_torch_rule``: NaN or -inf there; also +inf, and the exact path leaves such
+    windows as they are) deciding a ``lax.cond`` on the tangent: a gradient whose pools hold neither pays the sum
+    and the cond, with XLA's own rule."""
+
+    def pool(x):
+        return _pool(x, kernel_size, stride, padding, -jnp.inf, jax.lax.max)
+
+    y, y_tangent = jax.jvp(pool, (x,), (tangent,))
+
+    def as_torch(x, tangent, y_tangent):
+        # positions pooled in float32, 1-based (exact up to 2 ** 24 positions a plane): the last NaN's, and the
+        # first element's inside the input (counted from the end, so that the largest is the first; padding -inf)
+        n, c, height, width = x.shape
+        positions = jnp.arange(1, height * width + 1, dtype=jnp.float32).reshape(height, width)
+        last_nan = pool(jnp.where(jnp.isnan(x), positions, 0.0))
+        first = height * width + 1 - pool(jnp.broadcast_to(height * width + 1 - positions, (1, 1, height, width)))
+        source = jnp.where(last_nan > 0, last_nan, first).astype(jnp.int32) - 1
+        # sizes spelled out, not -1: an empty batch cannot infer them
+        source = jnp.broadcast_to(source, y.shape).reshape(n, c, y.shape[2] * y.shape[3])
+        routed = jnp.take_along_axis(tangent.reshape(n, c, height * width), source, axis=2).reshape(y.shape)
+        return jnp.where((last_nan > 0) | (y == -jnp.inf), routed, y_tangent)
+
+    y_tangent = jax.lax.cond(_needs_torch_rule(y), as_torch, lambda x, tangent, y_tangent: y_tangent,
+                             x, tangent, y_tangent)
+    return y, y_tangent
+
+
+def _needs_torch_rule(y):
+    """Whether the max pooling ``y`` may hold a window that PyTorch's kernel routes otherwise than XLA's: its sum
+    is not finite (NaN or -inf there; also +inf). The sum is taken in float32 at least: float16's overflowed to
+    inf past 65504, and every float16 gradient took the exact path."""
+    return jnp.logical_not(jnp.isfinite(jnp.sum(y, dtype=jnp.promote_types(y.dtype, jnp.float32))))
 
 
 def _chosen_positions(x, kernel_size, stride, padding):
