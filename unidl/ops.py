@@ -1676,17 +1676,35 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
         return squeeze(loss, 0) if reduction == "none" else loss
     weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
     _, log_probabilities, labels = input_checks.class_loss_shapes(owner, log_probabilities, labels, False, weight)
-    return _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, "NLLLoss")
+    weight = input_checks.class_weight("NLLLoss", weight, log_probabilities)
+    safe = _checked_labels("NLLLoss", log_probabilities, labels, ignore_index)
+    return _nll_core(log_probabilities, labels, safe, weight, ignore_index, reduction)
 
 
-def _nll_loss(log_probabilities, labels, weight, ignore_index, reduction, owner):
-    log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
-        owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
-    weight = input_checks.class_weight(owner, weight, log_probabilities)  # (cross_entropy_loss's checked already)
-    labels = input_checks.check_integer(owner, "labels", labels)
-    classes = shape(log_probabilities)[1]
+def _checked_labels(owner, scores, labels, ignore_index):
+    """``labels`` with 0 in place of each equal to ``ignore_index``, checked to lie in [0, C), C the classes of
+    ``scores`` (axis 1): ``IndexOutOfRangeError`` naming ``owner``'s labels otherwise, eagerly before any of the
+    loss's math runs, and inside a compiled graph from a check that runs with it."""
+    return check_index(_kept_labels(labels, ignore_index), shape(scores)[1], f"{owner} labels")
+
+
+@composite("labels", numbers=("ignore_index",))
+def _kept_labels(labels, ignore_index):
+    """``labels`` with 0 in place of each equal to ``ignore_index``, one compiled program (``composite``)."""
+    return where(labels != ignore_index, labels, zeros_like(labels))
+
+
+@composite("log_probabilities", "labels", "safe", "weight", numbers=("ignore_index",))
+def _nll_core(log_probabilities, labels, safe, weight, ignore_index, reduction):
+    """``nll_loss`` of checked operands (``safe``: ``_checked_labels``'), one compiled program (``composite``) for
+    every ``ignore_index``."""
+    return _nll(log_probabilities, labels, safe, weight, ignore_index, reduction)
+
+
+def _nll(log_probabilities, labels, safe, weight, ignore_index, reduction):
+    """The NLL loss's math (``nll_loss``, ``cross_entropy_loss``) of checked operands: ``safe`` the labels with 0 in
+    place of ``ignore_index`` (``_checked_labels``)."""
     kept = labels != ignore_index
-    safe = check_index(where(kept, labels, zeros_like(labels)), classes, f"{owner} labels")
     picked = squeeze(_ops().gather(log_probabilities, 1, unsqueeze(safe, 1)), 1)  # (its shape fits: no check)
     mask = cast_like(kept, picked)
     weights = mask if weight is None else take(weight, safe) * mask
@@ -1715,7 +1733,9 @@ def _smoothing(label_smoothing) -> bool:
 
 
 def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_smoothing, owner):
-    """``cross_entropy_loss``, its errors naming ``owner`` (the op called)."""
+    """``cross_entropy_loss``, its errors naming ``owner`` (the op called): its checks, then its math, one compiled
+    program (``_cross_entropy_core``, ``_soft_cross_entropy_core``) for every ``ignore_index`` and non-zero
+    ``label_smoothing`` (None for none: no mixture computed)."""
     logits, target = (input_checks.as_tensor(owner, what, x) for what, x in (("logits", logits), ("target", target)))
     if len(logits.shape) == 1 and (len(target.shape) == 0 or dtype_kinds.holds_floats(target)):
         # one sample, (C,) against a label () or probabilities (C,): PyTorch's unbatched input
@@ -1725,48 +1745,77 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
     log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(owner, "logits", logits))
     weight = input_checks.as_tensor(owner, "weight", weight, like=log_probabilities)
     _, logits, target = input_checks.class_loss_shapes(owner, logits, target, True, weight)
-    log_probabilities = log_softmax(input_checks.float32_under_autocast(logits), 1)
-    if arguments.tensor_argument(label_smoothing):  # (a graph's input: taken whatever its value, no Python branch)
-        label_smoothing = cast_like(label_smoothing, log_probabilities)
-    per_class = (1, -1) + (1,) * (len(logits.shape) - 2)  # a class weight's shape beside the log-probabilities
+    # as log_softmax takes them (autocast's float32, then its own as_floating): the log-probabilities' dtype
+    logits = input_checks.as_floating(owner, "logits", input_checks.float32_under_autocast(logits))
+    label_smoothing = label_smoothing if _smoothing(label_smoothing) else None
     if len(target.shape) == len(logits.shape):  # class probabilities: PyTorch promotes the three dtypes
         if ignore_index >= 0:
             raise ValueError(f"cross_entropy_loss: ignore_index={ignore_index} applies to integer labels, not to "
                              f"class probabilities (PyTorch refuses it); leave it at its default, -100")
-        log_probabilities, target = _promoted_as_torch(log_probabilities, input_checks.as_floating(
-            "cross_entropy_loss", "target", target), broadcast=True)
-        broadcast = None if weight is None else reshape(weight, per_class)
-        if broadcast is not None:
-            log_probabilities, broadcast = _promoted_as_torch(log_probabilities, broadcast, broadcast=True)
-            target = cast_like(target, log_probabilities)
-        if _smoothing(label_smoothing):  # (a tensor's in the promoted dtype: float64 probabilities keep theirs)
-            smoothing = cast_like(label_smoothing, target) if arguments.tensor_argument(label_smoothing) else \
-                label_smoothing
-            target = target * (1 - smoothing) + smoothing / _count(shape(logits)[1:2], target)
-        weighted = log_probabilities * target if broadcast is None else log_probabilities * target * broadcast
-        losses = -sum(weighted, 1)
-        if reduction == "mean":
-            return sum(losses) / _count(shape(losses), losses)
-        return _reduced(losses, reduction)
-    weight = input_checks.class_weight("CrossEntropyLoss", weight, log_probabilities, "logits")
-    loss = _nll_loss(log_probabilities, target, weight, ignore_index, reduction, "CrossEntropyLoss")
-    if not _smoothing(label_smoothing):
+        target = input_checks.as_floating("cross_entropy_loss", "target", target)
+        return _soft_cross_entropy_core(logits, target, weight, reduction, label_smoothing)
+    weight = input_checks.class_weight("CrossEntropyLoss", weight, logits, "logits")
+    target = input_checks.check_integer("CrossEntropyLoss", "labels", target)
+    safe = _checked_labels("CrossEntropyLoss", logits, target, ignore_index)
+    return _cross_entropy_core(logits, target, safe, weight, ignore_index, reduction, label_smoothing)
+
+
+def _smoothing_like(label_smoothing, x):
+    """A cross-entropy's ``label_smoothing`` beside ``x``: a tensor (a graph's input, the compiled program's traced
+    number) in ``x``'s dtype (taken whatever its value, no Python branch), a Python number as it is."""
+    return cast_like(label_smoothing, x) if arguments.tensor_argument(label_smoothing) else label_smoothing
+
+
+@composite("logits", "labels", "safe", "weight", numbers=("ignore_index", "label_smoothing"))
+def _cross_entropy_core(logits, labels, safe, weight, ignore_index, reduction, label_smoothing):
+    """``cross_entropy_loss`` against checked class labels (``safe``: ``_checked_labels``'), one compiled program
+    (``composite``) for every ``ignore_index`` and ``label_smoothing`` (None: none)."""
+    log_probabilities = log_softmax(logits, 1)
+    loss = _nll(log_probabilities, labels, safe, weight, ignore_index, reduction)
+    if label_smoothing is None:
         return loss
-    broadcast = None if weight is None else reshape(weight, per_class)
+    label_smoothing = _smoothing_like(label_smoothing, log_probabilities)
+    broadcast = None if weight is None else reshape(weight, _per_class(logits))
     classes = _count(shape(logits)[1:2], log_probabilities)
-    counted = target != ignore_index
+    counted = labels != ignore_index
     smooth = -sum(log_probabilities if broadcast is None else log_probabilities * broadcast, 1)
-    smooth = where(counted, smooth, zeros_like(smooth))  # a select, as in _nll_loss
+    smooth = where(counted, smooth, zeros_like(smooth))  # a select, as in _nll
     if reduction == "mean":
         kept = cast_like(counted, log_probabilities)
         if weight is None:
             smooth = sum(smooth) / sum(kept)
         else:
-            smooth = sum(smooth) / sum(take(weight, where(counted, target, zeros_like(target))) * kept)
+            smooth = sum(smooth) / sum(take(weight, safe) * kept)
     else:
         smooth = _reduced(smooth, reduction)
     return (1 - label_smoothing) * loss + smooth * (label_smoothing / classes)
 
+
+@composite("logits", "target", "weight", numbers=("label_smoothing",))
+def _soft_cross_entropy_core(logits, target, weight, reduction, label_smoothing):
+    """``cross_entropy_loss`` against checked class probabilities, one compiled program (``composite``) for every
+    ``label_smoothing`` (None: none)."""
+    log_probabilities = log_softmax(logits, 1)
+    if label_smoothing is not None:
+        label_smoothing = _smoothing_like(label_smoothing, log_probabilities)
+    log_probabilities, target = _promoted_as_torch(log_probabilities, target, broadcast=True)
+    broadcast = None if weight is None else reshape(weight, _per_class(logits))
+    if broadcast is not None:
+        log_probabilities, broadcast = _promoted_as_torch(log_probabilities, broadcast, broadcast=True)
+        target = cast_like(target, log_probabilities)
+    if label_smoothing is not None:  # (a tensor's in the promoted dtype: float64 probabilities keep theirs)
+        smoothing = _smoothing_like(label_smoothing, target)
+        target = target * (1 - smoothing) + smoothing / _count(shape(logits)[1:2], target)
+    weighted = log_probabilities * target if broadcast is None else log_probabilities * target * broadcast
+    losses = -sum(weighted, 1)
+    if reduction == "mean":
+        return sum(losses) / _count(shape(losses), losses)
+    return _reduced(losses, reduction)
+
+
+def _per_class(logits) -> tuple:
+    """A class weight's shape beside ``logits`` (N, C, d1, ...): (1, C, 1, ...)."""
+    return (1, -1) + (1,) * (len(logits.shape) - 2)
 
 
 @_composed

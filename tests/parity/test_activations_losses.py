@@ -944,9 +944,10 @@ def _mean_attention_with_weights(query, key, value, mask, scale):
 
 
 # each composite loss: its operands at a width C of its own (a shape no other test compiles for), the loss, its
-# float option (none: {}) and the other programs its eager call lowers beside its core's (its checks before the
+# number options (none: {}) and the other programs its eager call lowers beside its core's (its checks before the
 # core: a label range's min and max; multilabel_margin_loss's -1 mask; the variance's or probabilities' range, with
-# the gradient too; prelu's and attention's mean, value and gradient)
+# the gradient too; prelu's and attention's mean, value and gradient; the NLL and cross-entropy labels' ignore_index
+# mask and range)
 COMPOSITE_LOSSES = {
     "margin_ranking_loss": (_operands(17, lambda x: x * 0.5, np.sign), ud.ops.margin_ranking_loss,
                             {"margin": 0.5}, 0),
@@ -976,16 +977,24 @@ COMPOSITE_LOSSES = {
                                      _mean_attention, {"scale": 0.3}, 3),
     "attention": (_operands(34, lambda x: x * 0.5, np.square, lambda x: np.tril(x[:, :3])),
                   _mean_attention_with_weights, {"scale": 0.3}, 3),
+    "nll_loss": (_operands(36, lambda x: np.array([0, 2, 1]), lambda x: np.linspace(0.5, 1.5, 36)), ud.ops.nll_loss,
+                 {"ignore_index": 1}, 2),
+    "cross_entropy_loss": (_operands(37, lambda x: np.array([0, 2, 1]), lambda x: np.linspace(0.5, 1.5, 37)),
+                           ud.ops.cross_entropy_loss, {"ignore_index": 1, "label_smoothing": 0.1}, 2),
+    "cross_entropy_loss of probabilities": (
+        _operands(38, lambda x: np.exp(x) / np.exp(x).sum(1, keepdims=True), lambda x: np.linspace(0.5, 1.5, 38)),
+        ud.ops.cross_entropy_loss, {"label_smoothing": 0.1}, 0),
 }
 
 
 def test_each_composite_loss_is_one_program_for_every_option_value_on_eager_jax():
     """Called eagerly on JAX at a new shape, each margin, embedding, multi-label and likelihood loss (and the smooth
-    L1, Huber, binary cross-entropy and KL divergence losses, ``prelu``, and attention's math under a float mask, with
-    its weights too as ``nn.MultiheadAttention`` takes them) lowers one XLA program for its math beside the few of
-    its eager checks, and its gradient two (its forward and its backward; it lowered one per primitive: 9 to 50 for
-    both), and a call with another margin, eps, beta, delta or scale lowers nothing: the float option is a traced
-    value of that one program (as a static one, a sweep over a margin compiled one per value)."""
+    L1, Huber, binary cross-entropy, KL divergence, NLL and cross-entropy losses, ``prelu``, and attention's math
+    under a float mask, with its weights too as ``nn.MultiheadAttention`` takes them) lowers one XLA program for its
+    math beside the few of its eager checks, and its gradient two (its forward and its backward; it lowered one per
+    primitive: 9 to 50 for both), and a call with another margin, eps, beta, delta, scale, ignore_index or
+    label_smoothing lowers nothing: the option is a traced value of that one program (as a static one, a sweep over
+    a margin compiled one per value)."""
     import jax
 
     lowered = []
