@@ -809,3 +809,33 @@ def test_padding_keeps_its_inputs_dtype_under_autocast(backend, mode):
     step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), precision="bf16-mixed")
     step(np.ones((2, 1, 6, 6), np.float32), np.zeros((2, 36), np.float32))
     assert "bfloat16" in seen[-1], seen  # (the step's trace; a shape check's may run outside autocast first)
+
+
+@pytest.mark.parametrize("after_conv", [False, True])
+def test_interpolation_keeps_its_inputs_dtype_under_autocast(backend, after_conv):
+    """Bilinear upsampling in a "bf16-mixed" step computes in its input's dtype on every backend, as torch's autocast
+    leaves ``F.interpolate``: float32 for the float32 batch, bfloat16 after a convolution (TensorFlow's and JAX's
+    products went through the autocast product, in bfloat16, while the branch for non-finite inputs stayed float32:
+    their cond refused the two dtypes with a TypeError)."""
+    import torch
+
+    seen = []
+
+    class Upsampled(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = ud.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, x):
+            up = ud.ops.interpolate(self.conv(x) if after_conv else x, scale_factor=2, mode="bilinear")
+            seen.append(str(up.dtype))
+            return ud.ops.reshape(up if after_conv else self.conv(up), (-1, 64))
+
+    model = Upsampled()
+    step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1), precision="bf16-mixed")
+    loss = float(step(np.ones((2, 1, 4, 4), np.float32), np.zeros((2, 64), np.float32)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.ones(2, 1, 4, 4)
+        x = torch.nn.functional.conv2d(x, torch.ones(1, 1, 3, 3), padding=1) if after_conv else x
+        wanted = str(torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear").dtype)
+    assert ("bfloat16" in seen[-1]) == ("bfloat16" in wanted) and np.isfinite(loss), (seen, wanted)

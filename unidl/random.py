@@ -34,7 +34,12 @@ def check_seed(seed, what: str = "seed") -> int:
 
 
 def manual_seed(seed: int) -> None:
-    """Seed unidl's NumPy generator and every loaded backend's own generator (0 <= seed < 2**32)."""
+    """Seed unidl's NumPy generator and every loaded backend's own generator (0 <= seed < 2**32).
+
+    The keras backend seeds through ``keras.utils.set_random_seed`` (Python's ``random``, NumPy's global generator,
+    Keras's), which also seeds TensorFlow's global generator where TensorFlow is imported; on Keras over JAX or
+    torch, where TensorFlow is not imported yet, it is left unimported (importing it costs seconds and hundreds of
+    MB, for a generator no unidl op draws from): seed a ``tf.data`` pipeline there with its own ``seed=``."""
     global _seed, _seed_count
     seed = check_seed(seed)  # before any generator changes
     _seed, _seed_count = seed, _seed_count + 1

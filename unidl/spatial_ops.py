@@ -729,10 +729,15 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             x = ops.take(x, ops.argmax(matrix, 1), axis)
         return x
 
+    # the backend's own product, not a mixed-precision scope's (which computes it in float16 or bfloat16): an
+    # interpolation is computed in its input's dtype, as torch's autocast leaves F.interpolate (and the taps' branch,
+    # which has no product, came out in another dtype than the products' branch of the cond)
+    matmul = config.backend().ops.matmul
+
     def products(x, *matrices, transposed=False):  # (transposed: the gradient's, dx = M0^T dy M1)
         first, last = (ops.transpose(matrices[0], 0, 1) if transposed else matrices[0]), matrices[-1]
-        y = ops.matmul(x, last if transposed else ops.transpose(last, 0, 1))
-        return ops.matmul(first, y) if len(sizes) == 2 else y
+        y = matmul(x, last if transposed else ops.transpose(last, 0, 1))
+        return matmul(first, y) if len(sizes) == 2 else y
 
     def tapped(x):  # the last axis first, as PyTorch's kernel sums each row's taps, then the rows'
         for axis, (n, out, _, scale) in reversed(list(enumerate(axes, 2))):
@@ -747,17 +752,21 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             return (products(dy, *matrices, transposed=True),) + (None,) * len(matrices)
 
         def finished(rows, x):  # the products, of ``rows`` = x times the last axis' matrix where there are two axes
-            return ops.matmul(matrices[0], rows) if len(sizes) == 2 else products(x, *matrices)
+            return matmul(matrices[0], rows) if len(sizes) == 2 else products(x, *matrices)
 
-        if kernel is not None:  # (the sizes where torch's kernel would recompute them: floor(in * scale_factor))
+        # (the sizes where torch's kernel would recompute them: floor(in * scale_factor); an empty x is left to the
+        # products, which give its empty output where torch's kernel refuses zero channels)
+        if kernel is not None and 0 not in tuple(x.shape):
             resized = factors[0] is None or recompute_scale_factor
             return kernel(x, tuple(outs) if resized else None, None if resized else factors, mode,
                           bool(align_corners)), backward
-        total = ops.sum(x)
+        # summed in float32 at least: a float16 sum overflowed to inf past 65504, and nearly every float16 image
+        # batch took the taps' slower branch
+        total = ops.sum(ops.cast(x, "float32") if dtype_kinds.dtype_name(x.dtype) == "float16" else x)
         # the last axis' product outside the cond (XLA's CPU runs a product inside one without its intra-op threads:
         # both inside, JAX's forward took 20% longer on 2 cores); the gradient, x's in both branches, is the
         # products' alone (through the cond JAX's backward took 25% longer)
-        rows = ops.matmul(x, ops.transpose(matrices[-1], 0, 1)) if len(sizes) == 2 else x
+        rows = matmul(x, ops.transpose(matrices[-1], 0, 1)) if len(sizes) == 2 else x
         y = ops.cond(total - total == 0, finished, lambda rows, x: tapped(x), (rows, x))  # (inf - inf, NaN - NaN: NaN)
         return y, backward
 

@@ -85,6 +85,17 @@ def test_bad_input_is_a_clear_error_before_the_framework_sees_it(backend):
         ud.ops.interpolate(ud.tensor(np.zeros((1, 1, 2, 2))), scale_factor=2, mode="linear")
 
 
+def test_interpolating_an_empty_tensor_gives_its_empty_output(backend):
+    """A batch or channel axis of 0 in the linear modes gives the empty output of the sizes asked for, on every
+    backend, eagerly and in ``ud.function`` (torch's kernel, unidl's fast path there, refuses zero channels with a
+    RuntimeError of its own, so the torch backend computes those as the others do)."""
+    cases = [((2, 0, 4, 5), "bilinear", (2, 0, 8, 10)), ((0, 3, 4, 5), "bicubic", (0, 3, 8, 10)),
+             ((2, 0, 7), "linear", (2, 0, 14))]
+    for shape, mode, expected in cases:
+        for run in (ud.ops.interpolate, ud.function(ud.ops.interpolate)):
+            out = run(ud.tensor(np.zeros(shape, np.float32)), scale_factor=2, mode=mode)
+            assert tuple(out.shape) == expected, (shape, mode, tuple(out.shape))
+
 def test_torch_reference_weights_load_and_give_torch_outputs(backend):
     """A state dict saved by plain PyTorch loads into the same unidl layers by name and gives torch's outputs."""
     torch.manual_seed(0)

@@ -517,6 +517,30 @@ def test_half_precision_linear_rounds_once_as_torch(backend):
             np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode} {name}")
 
 
+# (a, b) shapes whose batch axes broadcast, an axis of 1 among them; a matrix or a vector beside a batch
+BROADCAST_MATMULS = [((2, 1, 4, 4), (4, 8)), ((2, 1, 4, 4), (1, 1, 4, 8)), ((2, 1, 8, 4), (4, 8)),
+                     ((8, 4), (2, 1, 4, 8)), ((1, 3, 4), (2, 1, 4, 5)), ((4,), (2, 1, 4, 3)), ((2, 1, 3, 4), (4,))]
+
+
+def test_bfloat16_products_of_broadcast_batches_are_torchs(backend):
+    """``matmul`` in bfloat16 of batches that broadcast (an axis of 1 among them, as interpolating one channel's
+    planes, or attention with one head, multiply): torch's products, eagerly and inside ``ud.function``, with
+    inputs of a few bits whose sums are exact (TensorFlow's CPU kernel gave values of 1e30 and NaN there)."""
+    grid = np.random.default_rng(6)
+    pairs = [(grid.integers(-8, 9, a) / 8, grid.integers(-8, 9, b) / 8) for a, b in BROADCAST_MATMULS]
+    expected = [torch.matmul(torch.tensor(a, dtype=torch.bfloat16), torch.tensor(b, dtype=torch.bfloat16)).float()
+                for a, b in pairs]
+
+    def products(*arrays):
+        return [ud.ops.cast(ud.ops.matmul(ud.ops.cast(a, "bfloat16"), ud.ops.cast(b, "bfloat16")), "float32")
+                for a, b in zip(arrays[::2], arrays[1::2])]
+
+    inputs = [ud.tensor(array.astype(np.float32)) for pair in pairs for array in pair]
+    for mode, function in [("eager", products), ("ud.function", ud.function(products))]:
+        for shapes, got, want in zip(BROADCAST_MATMULS, function(*inputs), expected):
+            np.testing.assert_array_equal(ud.to_numpy(got), want.numpy(), err_msg=f"{backend} {mode} {shapes}")
+
+
 # ---- a parameter passed to an op as it is, as torch's ops take a Parameter ------------------------------------------
 WEIGHT = np.where(R.random((4, 4)) < 0.25, 0.0, 2 * R.standard_normal((4, 4)))  # zeros: abs's gradient at 0
 BIAS = R.standard_normal(4)

@@ -37,8 +37,11 @@ _HALF = ("float16", "bfloat16")
 
 
 def matmul(a, b):
-    if is_integer(a.dtype):  # the host's own product: Keras-on-TensorFlow multiplied integers in float32 (inexact
-        return HOST.ops.matmul(_tensor(a), _tensor(b))  # past 2 ** 24); the front end refuses integers by floats
+    # the host's own product for integers (Keras-on-TensorFlow multiplied them in float32, inexact past 2 ** 24; the
+    # front end refuses integers by floats) and for bfloat16 (TensorFlow's kernel, which keras.ops.matmul calls,
+    # gave garbage for batches broadcast over an axis of 1: the tensorflow backend's product spells the batch out)
+    if is_integer(a.dtype) or "bfloat16" in str(a.dtype):
+        return HOST.ops.matmul(_tensor(a), _tensor(b))
     return K.matmul(a, b)
 
 

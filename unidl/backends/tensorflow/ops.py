@@ -36,12 +36,31 @@ def matmul(a, b):
         return _matmul_of_unknown_rank(a, b)
     a_vector, b_vector = a.shape.rank == 1, b.shape.rank == 1
     if not (a_vector or b_vector):
-        return tf.linalg.matmul(a, b)
+        return _matrix_product(a, b)
     if a_vector and b_vector:
         return tf.tensordot(a, b, 1)
     if a_vector:
-        return tf.squeeze(tf.linalg.matmul(a[None], b), -2)
-    return tf.squeeze(tf.linalg.matmul(a, b[:, None]), -1)
+        return tf.squeeze(_matrix_product(a[None], b), -2)
+    return tf.squeeze(_matrix_product(a, b[:, None]), -1)
+
+
+def _matrix_product(a, b):
+    """``tf.linalg.matmul`` of operands of rank 2 or more. In bfloat16 with batch axes that differ, TensorFlow's CPU
+    kernel (oneDNN's, TensorFlow 2.21) gave garbage where a batch axis of 1 was broadcast (values of 1e30 and NaN
+    for (2, 1, 4, 4) @ (4, 8) and (2, 1, 4, 4) @ (1, 1, 4, 8); computing it in float32 between two casts did not
+    help inside a graph, whose rewrite fused the casts back into the bfloat16 kernel): such a product broadcasts
+    both batches to their common shape and multiplies them as one batch axis, which that kernel gets right. (Inside
+    ``ud.function``'s graphs sizes are often unknown: there any bfloat16 batch takes that way.)"""
+    batches = a.shape[:-2], b.shape[:-2]
+    if a.dtype != tf.bfloat16 or batches[0].rank == batches[1].rank == 0 or (
+            batches[0].is_fully_defined() and batches[1].is_fully_defined()
+            and batches[0].as_list() == batches[1].as_list()):
+        return tf.linalg.matmul(a, b)
+    batch = tf.broadcast_dynamic_shape(tf.shape(a)[:-2], tf.shape(b)[:-2])
+    a, b = (tf.reshape(tf.broadcast_to(t, tf.concat([batch, tf.shape(t)[-2:]], 0)),
+                       tf.concat([[-1], tf.shape(t)[-2:]], 0)) for t in (a, b))
+    product = tf.linalg.matmul(a, b)
+    return tf.reshape(product, tf.concat([batch, tf.shape(product)[-2:]], 0))
 
 
 def _matmul_of_unknown_rank(a, b):
