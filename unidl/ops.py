@@ -1796,8 +1796,6 @@ def _soft_cross_entropy_core(logits, target, weight, reduction, label_smoothing)
     """``cross_entropy_loss`` against checked class probabilities, one compiled program (``composite``) for every
     ``label_smoothing`` (None: none)."""
     log_probabilities = log_softmax(logits, 1)
-    if label_smoothing is not None:
-        label_smoothing = _smoothing_like(label_smoothing, log_probabilities)
     log_probabilities, target = _promoted_as_torch(log_probabilities, target, broadcast=True)
     broadcast = None if weight is None else reshape(weight, _per_class(logits))
     if broadcast is not None:

@@ -737,7 +737,10 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
     def products(x, *matrices, transposed=False):  # (transposed: the gradient's, dx = M0^T dy M1)
         first, last = (ops.transpose(matrices[0], 0, 1) if transposed else matrices[0]), matrices[-1]
         y = matmul(x, last if transposed else ops.transpose(last, 0, 1))
-        return matmul(first, y) if len(sizes) == 2 else y
+        return in_dtype_of(matmul(first, y) if len(sizes) == 2 else y, x)
+
+    def in_dtype_of(y, x):  # (x's dtype: torch's own autocast, which the raw product still runs under, makes bfloat16)
+        return y if y.dtype == x.dtype else ops.cast(y, dtype_kinds.dtype_name(x.dtype))
 
     def tapped(x):  # the last axis first, as PyTorch's kernel sums each row's taps, then the rows'
         for axis, (n, out, _, scale) in reversed(list(enumerate(axes, 2))):
@@ -752,11 +755,11 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             return (products(dy, *matrices, transposed=True),) + (None,) * len(matrices)
 
         def finished(rows, x):  # the products, of ``rows`` = x times the last axis' matrix where there are two axes
-            return matmul(matrices[0], rows) if len(sizes) == 2 else products(x, *matrices)
+            return in_dtype_of(matmul(matrices[0], rows), x) if len(sizes) == 2 else products(x, *matrices)
 
-        # (the sizes where torch's kernel would recompute them: floor(in * scale_factor); an empty x is left to the
-        # products, which give its empty output where torch's kernel refuses zero channels)
-        if kernel is not None and 0 not in tuple(x.shape):
+        # (the sizes where torch's kernel would recompute them: floor(in * scale_factor); zero channels are left to
+        # the products, which give their empty output where torch's kernel refuses them)
+        if kernel is not None and x.shape[1] != 0:
             resized = factors[0] is None or recompute_scale_factor
             return kernel(x, tuple(outs) if resized else None, None if resized else factors, mode,
                           bool(align_corners)), backward

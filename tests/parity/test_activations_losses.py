@@ -758,6 +758,24 @@ def test_cross_entropy_of_float32_logits_is_float32_as_torch(backend):
         assert max_relative_difference(ud.to_numpy(loss), expected) < 2e-6
 
 
+
+def test_smoothed_cross_entropy_of_float32_logits_and_float64_probabilities_is_torchs_float64(backend):
+    """Class probabilities in float64 beside float32 logits, with ``label_smoothing``: torch's float64 losses (the
+    smoothing applied in float64), eagerly and inside ``ud.function`` (eager JAX rounded the smoothing to float32
+    first: 4e-10 off)."""
+    draws = np.random.default_rng(8)
+    logits, target = draws.standard_normal((4, 5)).astype(np.float32), draws.random((4, 5))
+    target /= target.sum(1, keepdims=True)
+    expected = tnn.functional.cross_entropy(torch.tensor(logits), torch.tensor(target), label_smoothing=0.1,
+                                            reduction="none").numpy()
+
+    def losses(x, y):
+        return ud.ops.cross_entropy_loss(x, y, label_smoothing=0.1, reduction="none")
+
+    for run in (losses, ud.function(losses)):
+        got = ud.to_numpy(run(ud.tensor(logits), ud.tensor(target, dtype="float64")))
+        assert got.dtype == np.float64 and max_relative_difference(got, expected) < 1e-14, (run, got - expected)
+
 def test_a_softplus_beta_of_0_is_refused():
     """beta 0 divides by it (PyTorch gives inf); any other beta, negative too, is PyTorch's formula (above)."""
     with pytest.raises(ValueError, match=r"Softplus beta must not be 0"):

@@ -57,10 +57,14 @@ def _matrix_product(a, b):
             and batches[0].as_list() == batches[1].as_list()):
         return tf.linalg.matmul(a, b)
     batch = tf.broadcast_dynamic_shape(tf.shape(a)[:-2], tf.shape(b)[:-2])
+    known = tf.broadcast_static_shape(*batches)
+    rows, columns = a.shape[-2:-1], b.shape[-1:]
     a, b = (tf.reshape(tf.broadcast_to(t, tf.concat([batch, tf.shape(t)[-2:]], 0)),
                        tf.concat([[-1], tf.shape(t)[-2:]], 0)) for t in (a, b))
     product = tf.linalg.matmul(a, b)
-    return tf.reshape(product, tf.concat([batch, tf.shape(product)[-2:]], 0))
+    product = tf.reshape(product, tf.concat([batch, tf.shape(product)[-2:]], 0))
+    product.set_shape(known.concatenate(rows).concatenate(columns))  # (the sizes a graph knows, as matmul's)
+    return product
 
 
 def _matmul_of_unknown_rank(a, b):
