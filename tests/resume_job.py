@@ -69,7 +69,10 @@ def main(backend, directory, out, kill_at=None):
         callbacks.append(KillAt(kill_at))
     history = ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=optimizer, epochs=3,
                      callbacks=callbacks, verbose=0, resume_from="auto")
-    np.savez(out, **model.state_dict(), **{f"history/{k}": np.asarray(v) for k, v in history.history.items()})
+    # the framework that trained: Keras's own under the keras backend (KERAS_BACKEND), else the backend
+    framework = __import__("keras").backend.backend() if backend == "keras" else backend
+    np.savez(out, **model.state_dict(), **{f"history/{k}": np.asarray(v) for k, v in history.history.items()},
+             framework=framework)
 
 
 if __name__ == "__main__":

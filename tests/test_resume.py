@@ -1,7 +1,9 @@
 """A run killed with SIGKILL mid-epoch, in the middle of writing a checkpoint, and resumed from its last
 intact checkpoint ends exactly where an uninterrupted run ends: bit-identical weights (CPU, float32) on torch,
-tensorflow, keras and jax, dropout and a StepLR schedule included, and a bit-identical History (the interrupted
-epoch's loss and accuracy summed over all its batches in the same order as without the interruption)."""
+tensorflow, keras, jax and Keras on JAX (``KERAS_BACKEND=jax``: the keras backend's fit through Keras's JAX trainer,
+which holds the state outside the variables during an epoch), dropout and a StepLR schedule included, and a
+bit-identical History (the interrupted epoch's loss and accuracy summed over all its batches in the same order as
+without the interruption)."""
 
 import os
 import signal
@@ -20,10 +22,15 @@ JOB = str(ROOT / "tests" / "resume_job.py")
 # (in any order: a seed set before a backend loaded once made TensorFlow's runtime start before its threads were
 # set, so its float32 results depended on what the process had run before; unidl/backends/__init__.py ``load``)
 BACKENDS = ["torch", "tensorflow", "keras", "jax"]
+# Keras on JAX: the keras backend in interpreters of its own (Keras reads KERAS_BACKEND when it is imported)
+KERAS_JAX = "keras-on-jax"
 
 
-def _job(*args):
+def _job(*args, keras_backend=None):
+    """Runs the job; ``keras_backend`` sets KERAS_BACKEND (else the suite's own)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    if keras_backend is not None:
+        env["KERAS_BACKEND"] = keras_backend
     return subprocess.run([sys.executable, JOB, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -38,23 +45,29 @@ def runs(tmp_path_factory):
     # 600 samples / 50 per batch = 12 steps per epoch, checkpoints every 4 steps (keep=2): killed while writing
     # the checkpoint of step 20, mid-epoch 2, after its header and first tensor reached the disk
     killed = {}
-    for backend in BACKENDS:
+    for backend in [*BACKENDS, KERAS_JAX]:
         run = root / backend / "run"
-        job = _job(backend, run, root / backend / "unused.npz", 20)
+        job = _job(backend.split("-")[0], run, root / backend / "unused.npz", 20,
+                   keras_backend="jax" if backend == KERAS_JAX else None)
         sizes = {name: os.path.getsize(run / name) for name in sorted(os.listdir(run))} if run.exists() else {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)  # no corrupt checkpoint to skip: the newest is intact
             latest = ud.latest_checkpoint(run) if sizes else None
         killed[backend] = job, sizes, [w for w in caught if issubclass(w.category, RuntimeWarning)], latest
-    resumed = _job("--resume", *[str(part) for backend in BACKENDS
-                                 for part in (backend, root / backend / "run", root / backend / "resumed.npz",
-                                              root / backend / "straight", root / backend / "straight.npz")])
+
+    def resume(*backends, keras_backend=None):
+        return _job("--resume", *[str(part) for backend in backends
+                                  for part in (backend.split("-")[0], root / backend / "run",
+                                               root / backend / "resumed.npz", root / backend / "straight",
+                                               root / backend / "straight.npz")], keras_backend=keras_backend)
+
+    resumed = dict.fromkeys(BACKENDS, resume(*BACKENDS)) | {KERAS_JAX: resume(KERAS_JAX, keras_backend="jax")}
     return killed, resumed, root
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", [*BACKENDS, KERAS_JAX])
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs, backend):
-    (killed, sizes, warned, latest), resumed, root = runs[0][backend], runs[1], runs[2] / backend
+    (killed, sizes, warned, latest), resumed, root = runs[0][backend], runs[1][backend], runs[2] / backend
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     names = list(sizes)
     assert names[1:] == ["checkpoint-0000-0000012.safetensors", "checkpoint-0001-0000016.safetensors"], names
@@ -70,3 +83,5 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(runs, backend):
     for key in a.files:  # History too: the interrupted epoch's running sums go on from the checkpoint's
         assert np.array_equal(a[key], b[key]), (key, a[key], b[key], max_relative_difference(a[key], b[key]))
     np.testing.assert_array_equal(a["history/lr"], [2e-3, 1e-3, 5e-4])
+    keras_framework = os.environ.get("KERAS_BACKEND", "tensorflow")
+    assert str(a["framework"]) == {"keras": keras_framework, KERAS_JAX: "jax"}.get(backend, backend)
