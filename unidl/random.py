@@ -8,13 +8,12 @@ thread, as ``ud.use_backend`` is: a thread's first draw after ``manual_seed(s)``
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import threading
 
 import numpy as np
 
 from unidl.errors import StateDictError
+from unidl.scoped_flags import ScopedFlag
 
 #: seeds every framework accepts (Keras and ``np.random.seed`` stop at 2**32 - 1)
 MAX_SEED = 2**32 - 1
@@ -22,7 +21,7 @@ MAX_SEED = 2**32 - 1
 _seed: int | None = None
 _seed_count = 0  # manual_seed calls so far: a thread whose generator is older starts again from _seed
 _threads = threading.local()
-_shape_only = contextvars.ContextVar("unidl_shape_only_generator", default=False)
+_shape_only = ScopedFlag("unidl_shape_only_generator")
 
 
 def check_seed(seed, what: str = "seed") -> int:
@@ -75,15 +74,10 @@ class _ShapeOnlyGenerator:
         return np.broadcast_to(np.int64(0), () if size is None else size)
 
 
-@contextlib.contextmanager
 def shape_only():
     """Inside the block (this context only), ``generator()`` draws zero-stride arrays and leaves the real
     generator untouched: how ``unidl.load`` learns a model's shapes without allocating its weights."""
-    token = _shape_only.set(True)
-    try:
-        yield
-    finally:
-        _shape_only.reset(token)
+    return _shape_only.raised()
 
 
 def _thread_generator() -> np.random.Generator:
@@ -96,7 +90,7 @@ def _thread_generator() -> np.random.Generator:
 
 def generator() -> np.random.Generator:
     """The generator that draws initial weights (this thread's)."""
-    if _shape_only.get():
+    if _shape_only:
         return _ShapeOnlyGenerator()
     return _thread_generator()
 

@@ -7,7 +7,6 @@ them ahead of time (``pool.py`` runs them, ``worker.py`` is what runs inside the
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import multiprocessing
 import numbers
@@ -23,6 +22,7 @@ from unidl.data.pool import GRACE, GRACE_ON_FAILURE, WorkerPool, in_finalizer
 from unidl.data.sampler import OWN_SAMPLERS, BatchSampler, Sampler, described, draw_seed, rank_share
 from unidl.distributed import process_group
 from unidl.errors import DataLoaderError, DtypeMismatchError, StateDictError
+from unidl.scoped_flags import ScopedFlag
 from unidl.tensors import NUMBERS, as_numpy_values, number_array, to_numpy
 
 _STATE_KEYS = ("epoch", "position", "seed", "shuffle", "length", "batch_size", "drop_last")
@@ -202,19 +202,14 @@ def _refuse_generator(generator) -> None:
                         f"sampler's seed=...")
 
 
-_EMPTY_SHARES = contextvars.ContextVar("unidl_empty_shares", default=False)
+_EMPTY_SHARES = ScopedFlag("unidl_empty_shares")
 
 
-@contextlib.contextmanager
 def empty_shares_allowed():
     """Let the iterations of sharded loaders begun in the block hand a rank an empty share of a short batch:
     ``evaluate`` skips such a share and sums every rank's counts. Elsewhere a rank's empty batch is refused
     (``process_group.check_shares``): the mean loss of a loop of the user's own would be NaN on every rank."""
-    token = _EMPTY_SHARES.set(True)
-    try:
-        yield
-    finally:
-        _EMPTY_SHARES.reset(token)
+    return _EMPTY_SHARES.raised()
 
 
 class DataLoader:
@@ -547,7 +542,7 @@ class DataLoader:
             self._seed = process_group.broadcast_value(self.seed)
             self._seed_shared = True
         self._refresh_length()
-        if sharding is not None and not _EMPTY_SHARES.get():  # (an empty share: a NaN loss all-reduced everywhere)
+        if sharding is not None and not _EMPTY_SHARES:  # (an empty share: a NaN loss all-reduced everywhere)
             process_group.check_shares(self, sharding[1])
         epoch, start, seed = self._epoch, self._position, self.seed
         owned = self.sliced_arrays() is not None  # fresh arrays (fancy indexing): adopted, not copied

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-import contextlib
-import contextvars
 import functools
 import inspect
 import itertools
@@ -31,6 +29,7 @@ from unidl.nn import hooks, loading, placement
 from unidl.nn.freezing import is_trainable, trainable_refused
 from unidl.nn.incompatible_keys import IncompatibleKeys
 from unidl.nn.rollback import restored_on_failure
+from unidl.scoped_flags import ScopedFlag
 from unidl.tensors import to_numpy
 from unidl.tracing import current_recording, module_called
 
@@ -318,41 +317,30 @@ def _run_forward(module, args: tuple, kwargs: dict):
 
 
 #: set while ``ud.export`` traces a forward (``exporting``): a buffer written then is refused (``_refuse_in_export``)
-_exporting: contextvars.ContextVar = contextvars.ContextVar("unidl_exporting", default=False)
+_exporting = ScopedFlag("unidl_exporting")
 
 
 #: set while a forward runs only for the shape of its output (``fit``'s and ``evaluate``'s probe of one sample):
 #: the state it would write (``Embedding``'s ``max_norm`` renormalization, which torch makes in eval mode too) is
 #: not written, as no forward of torch's ran there
-_STATE_WRITES_SKIPPED: contextvars.ContextVar[bool] = contextvars.ContextVar("unidl_state_writes_skipped",
-                                                                            default=False)
+_STATE_WRITES_SKIPPED = ScopedFlag("unidl_state_writes_skipped")
 
 
 def exporting():
     """Within it, a forward that writes a parameter or buffer raises ``ExportInputError`` (``_refuse_in_export``)."""
-    return _raised(_exporting)
+    return _exporting.raised()
 
 
 def state_writes_skipped():
     """The block's forwards write no parameter or buffer (``Module.write_parameter``, ``write_buffer``)."""
-    return _raised(_STATE_WRITES_SKIPPED)
-
-
-@contextlib.contextmanager
-def _raised(flag: contextvars.ContextVar):
-    """``flag`` True for the block (in this context), then as it was."""
-    token = flag.set(True)
-    try:
-        yield
-    finally:
-        flag.reset(token)
+    return _STATE_WRITES_SKIPPED.raised()
 
 
 def _refuse_in_export(module, name: str) -> None:
     """``ExportInputError`` where ``ud.export`` traces a forward that writes ``module``'s state ``name``: an exported
     program is a function of its input, whose state torch's and TensorFlow's programs went on updating at every call
     while jax's froze it at export (and torch's ONNX exporter failed on it)."""
-    if _exporting.get():
+    if _exporting:
         from unidl.errors import ExportInputError
 
         kind = "parameter" if name in module._parameters else "buffer"
@@ -696,7 +684,7 @@ class Module:
         self._write_state(self._parameters, name, value)
 
     def _write_state(self, store: dict, name: str, value) -> None:
-        if _STATE_WRITES_SKIPPED.get():  # (a forward run for its output's shape alone: ``state_writes_skipped``)
+        if _STATE_WRITES_SKIPPED:  # (a forward run for its output's shape alone: ``state_writes_skipped``)
             return
         _refuse_in_export(self, name)
         holder = self._backend.write_state(store[name], value)

@@ -8,8 +8,6 @@ param groups on torch), so a new rate never retraces a compiled step.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import contextvars
 import functools
 import inspect
 import math
@@ -19,23 +17,19 @@ import numpy as np
 
 from unidl import arguments
 from unidl.optim.optimizer import check_range
+from unidl.scoped_flags import ScopedFlag
 
 # not a schedule's settings: what it is built on, and its position (its state's own entries)
 _NOT_SETTINGS = ("self", "optimizer", "schedulers", "last_epoch")
 _UNSAVED = object()
 # set while fit resumes a run: settings given anew win over the checkpoint's, with a warning (fit's rule)
-_given_settings_win = contextvars.ContextVar("unidl_given_settings_win", default=False)
+_given_settings_win = ScopedFlag("unidl_given_settings_win")
 
 
-@contextlib.contextmanager
 def given_settings_win():
     """Within it, loading a schedule's state whose settings differ from the schedule's own keeps the schedule's,
     with a warning naming them (``fit``'s resume rule: what is given anew wins), where it is an error elsewhere."""
-    token = _given_settings_win.set(True)
-    try:
-        yield
-    finally:
-        _given_settings_win.reset(token)
+    return _given_settings_win.raised()
 
 
 def _setting(value):
@@ -232,7 +226,7 @@ class LRScheduler:
         from unidl.errors import CheckpointStateError
 
         changed = self._changed_settings(state)
-        if changed and not _given_settings_win.get():
+        if changed and not _given_settings_win:
             raise CheckpointStateError(
                 f"{type(self).__name__} state was saved by a schedule built with other settings: "
                 + ", ".join(f"{name}={old!r} there, {new!r} here" for name, (old, new) in changed.items())
