@@ -227,3 +227,62 @@ def test_an_optimizer_of_another_model_is_an_error(backend, rng):
     with pytest.raises(ValueError, match="fit: none of the optimizer's 4 parameters belongs to the model"):
         ud.fit(model, x, y, batch_size=4, loss="mse", optimizer=optimizer, verbose=0)
     ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD([*model.parameters()[:1], *other.parameters()], lr=0.1))
+
+
+
+class _CountedOps:
+    """The torch functions called in the block, by name, a tensor's attributes aside (a ``TorchFunctionMode``:
+    deterministic, unlike a timing)."""
+
+    def __init__(self):
+        from torch.overrides import TorchFunctionMode
+
+        counts = self.counts = collections.Counter()
+
+        class Counting(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                name = getattr(func, "__name__", str(func))
+                if name not in ("__get__", "__set__"):  # (a tensor's attributes: read, not run)
+                    counts[name] += 1
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Counting()
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self.counts
+
+    def __exit__(self, *exc_info):
+        self._mode.__exit__(*exc_info)
+
+
+def test_a_torch_step_calls_no_more_than_the_hand_written_step_and_its_guard(rng):
+    """The torch functions a torch train step calls beyond ``zero_grad``, forward, ``backward`` and
+    ``torch.optim.SGD``'s ``step()`` written by hand are the non-finite guard's (reset its flag, view the loss, the
+    fused check, one host read) and the inputs' dtype checks, nothing per step besides (two more detaches of the
+    loss were there; the benchmark's two-layer step is under a millisecond, so each call counts)."""
+    import torch
+
+    x, y = rng.standard_normal((8, 30)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
+    with ud.use_backend("torch"), ud.use_device("cpu"):
+        model = ud.models.TwoLayerNet(30, 16, 4)
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+        native = torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        optimizer = torch.optim.SGD(native.parameters(), lr=1e-2, momentum=0.9)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def native_step():
+            optimizer.zero_grad()
+            loss = torch.nn.functional.mse_loss(native(tx), ty)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        for _ in range(2):  # (the first steps create the momentum buffers)
+            step(tx, ty), native_step()
+        with _CountedOps() as unidl_calls:
+            step(tx, ty)
+        with _CountedOps() as native_calls:
+            native_step()
+    guard = {"zero_": 1, "reshape": 1, "_amp_foreach_non_finite_check_and_unscale_": 1, "item": 1}
+    assert dict(unidl_calls - native_calls) == {"is_floating_point": 2, **guard}  # (and x's and y's dtypes checked)

@@ -237,7 +237,10 @@ def _converts_lists(module) -> bool:
 
 def _converted_here(module, args) -> bool:
     """Whether ``module`` converts one of ``args`` that passed as they are (see ``_converts_lists``)."""
-    return any(type(a) in _CONVERTED for a in args[:module._tensor_arguments]) and _converts_lists(module)
+    for value in args[:module._tensor_arguments]:  # (a loop, not any() of a generator: a loss runs it every call)
+        if type(value) in _CONVERTED:
+            return _converts_lists(module)
+    return False
 
 
 @functools.cache

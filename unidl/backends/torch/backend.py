@@ -312,15 +312,17 @@ class Backend(BackendInterface):
             with torch_distributed.gradient_sync(forward, updates), nesting.differentiated():
                 outputs = forward(x, *inputs)
                 loss = loss_fn(outputs, y)
+                detached_loss = loss.detach()  # (what the step returns, the window keeps and the guard checks)
                 # the window's losses, which the guard checks (under DDP: with the job's marker, from the gradients'
                 # all-reduce); loss / N, PyTorch's accumulation idiom
-                losses = torch_distributed.backward(forward, loss / accumulate if accumulate > 1 else loss,
-                                                    torch_distributed.update_losses(window, loss) if updates else None)
-            result = loss.detach()
+                losses = torch_distributed.backward(
+                    forward, loss / accumulate if accumulate > 1 else loss,
+                    torch_distributed.update_losses(window, detached_loss) if updates else None)
+            result = detached_loss
             if with_outputs:  # (a tensor, or tuples, lists and dicts of them)
                 result = (result, torch_precision.detached(outputs))
             if not updates:  # inside the window nothing is skipped yet: its check comes with its update
-                window.append(loss.detach())
+                window.append(detached_loss)
                 optimizer._finite = True
                 return result
             window.clear()

@@ -326,8 +326,8 @@ def mark_losses(forward, losses) -> None:
 
 def update_losses(window, loss):
     """The losses an update's non-finite guard checks: ``window`` (the earlier micro-steps' detached losses) and this
-    micro-step's ``loss``."""
-    return torch.stack([*window, loss.detach()]) if window else loss.detach()
+    micro-step's ``loss``, detached already (the step returns the same tensor: one detach a step)."""
+    return torch.stack([*window, loss]) if window else loss
 
 
 def backward(forward, root, losses=None):
@@ -346,4 +346,8 @@ def gradient_sync(forward, sync: bool):
     all-reduces the sum, torch's accumulation idiom, one all-reduce per update), else nothing."""
     if isinstance(forward, DataParallel):
         return forward.sync(sync)
-    return contextlib.nullcontext()
+    return _NO_SYNC
+
+
+#: ``gradient_sync``'s context outside DDP (reusable: one object for every step)
+_NO_SYNC = contextlib.nullcontext()

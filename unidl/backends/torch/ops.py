@@ -216,12 +216,25 @@ def one_hot(labels, num_classes):
     return (labels.long().unsqueeze(-1) == torch.arange(num_classes, device=labels.device)).long()
 
 
+#: ``torch.nn.functional``'s number of each reduction (``torch.nn._reduction.get_enum``)
+_REDUCTION_ENUMS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def _elementwise_loss(kernel, functional, prediction, target, reduction):
+    """``functional(prediction, target, reduction=reduction)`` (``F.mse_loss``, ``F.l1_loss``) as the ``kernel`` it
+    calls, where the two have one shape (always, from unidl's callers, which check it): its Python then only
+    broadcasts them into themselves, and costs as much as the kernel on a small batch."""
+    if prediction.shape == target.shape:
+        return kernel(prediction, target, _REDUCTION_ENUMS[reduction])
+    return functional(prediction, target, reduction=reduction)
+
+
 def mse_loss(prediction, target, reduction="mean"):
-    return F.mse_loss(prediction, target, reduction=reduction)
+    return _elementwise_loss(torch._C._nn.mse_loss, F.mse_loss, prediction, target, reduction)
 
 
 def l1_loss(prediction, target, reduction="mean"):
-    return F.l1_loss(prediction, target, reduction=reduction)
+    return _elementwise_loss(torch._C._nn.l1_loss, F.l1_loss, prediction, target, reduction)
 
 
 def _exporting() -> bool:

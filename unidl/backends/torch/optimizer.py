@@ -133,7 +133,9 @@ def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
     step: the averaged gradients carry it, ``distributed.mark_losses``), so the decision is the same on every rank
     and the weights stay identical."""
     grads = [p.grad for p in optimizer.params if p.grad is not None]
-    checked = grads + ([loss.detach().reshape(-1)] if loss is not None else [])  # (or a window's losses)
+    checked = grads
+    if loss is not None:  # (or a window's losses; a train step's come detached: not detached again)
+        checked = grads + [(loss.detach() if loss.requires_grad else loss).reshape(-1)]
     finite = True
     if checked:
         device = checked[0].device
@@ -154,6 +156,8 @@ def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
 def _clip(optimizer) -> None:
     clipping = optimizer.clipping
     max_norm, max_value = clipping["clip_grad_norm"], clipping["clip_grad_value"]
+    if max_norm is None and max_value is None:  # (every step without clipping: no list of gradients built)
+        return
     params = [p for p in optimizer.params if p.grad is not None]
     if max_value is not None:
         torch.nn.utils.clip_grad_value_(params, max_value)

@@ -94,14 +94,15 @@ def train_step(backend, model, loss_fn, optimizer, precision, with_outputs, accu
                 outputs = forward(x, *inputs)
             outputs = tree_map(_float32, outputs)  # (a tensor, or tuples, lists and dicts of them)
             loss = loss_fn(outputs, y)  # the loss in float32, as autocast computes losses
+            detached_loss = loss.detach()  # (what the step returns, the window keeps and the guard checks)
             scaled = loss / accumulate if accumulate > 1 else loss
             # the window's losses, which the guard checks (under DDP: with the job's marker, from the gradients'
             # all-reduce)
             losses = backward(forward, scaled if scaler is None else scaled * scaler.scale,
-                              update_losses(window, loss) if updates else None)
-        result = (loss.detach(), detached(outputs)) if with_outputs else loss.detach()
+                              update_losses(window, detached_loss) if updates else None)
+        result = (detached_loss, detached(outputs)) if with_outputs else detached_loss
         if not updates:
-            window.append(loss.detach())
+            window.append(detached_loss)
             optimizer._finite = True  # nothing skipped yet: the window's check comes with its update
             return result
         window.clear()
