@@ -1863,6 +1863,7 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     generator, is applied between the weights' composite and their product with ``value``."""
     for mask in (attn_mask,) + tuple(masks):
         input_checks.check_mask("attention", "attn_mask", mask)
+    scale = _attention_scale(scale)
     if not need_weights and not dropout_p:
         output = _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe_softmax)
         if output is not None:
@@ -1878,6 +1879,19 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     # the dropout mask is drawn from the backend's generator, state that a composite may not read
     weights = dropout(_attention_weights(query, key, masks, is_causal, scale, safe_softmax), dropout_p, True)
     return matmul(weights, value), weights
+
+
+def _attention_scale(scale):
+    """``attention``'s ``scale`` as a Python float where it is a number (a NumPy scalar too, and a bool, as
+    ``F.scaled_dot_product_attention`` takes them: a NumPy float64 would otherwise reach JAX as a float64 array and
+    promote the product); None and a framework's tensor as they are; anything else a ``TypeError``."""
+    if scale is None or (hasattr(scale, "shape") and not isinstance(scale, (np.ndarray, np.generic))):
+        return scale
+    number = float(scale) if isinstance(scale, (bool, np.bool_)) else arguments.real(scale)
+    if number is None:
+        raise TypeError(f"attention: scale must be a real number (a Python or NumPy int or float), a 0-d tensor or "
+                        f"None, as torch.nn.functional.scaled_dot_product_attention takes; got {scale!r}")
+    return number
 
 
 @composite("query", "key", "value", sequences=("masks",), numbers=("scale",))
