@@ -913,6 +913,7 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     if not _fused_cross_entropy_ranks(logits, labels):
         return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
     _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
+    labels = input_checks.labels_beside("cross_entropy", labels, ignore_index)
     return _ops().cross_entropy(logits, labels, reduction, ignore_index)
 
 
@@ -1670,7 +1671,7 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
     owner = "nll_loss"
     log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
         owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
-    labels = input_checks.check_integer("NLLLoss", "labels", labels)
+    labels = input_checks.labels_beside(owner, input_checks.check_integer("NLLLoss", "labels", labels), ignore_index)
     if len(log_probabilities.shape) == 1 and len(labels.shape) == 0:  # one sample: PyTorch's unbatched input
         loss = nll_loss(unsqueeze(log_probabilities, 0), unsqueeze(labels, 0), weight, ignore_index, reduction)
         return squeeze(loss, 0) if reduction == "none" else loss
@@ -1755,7 +1756,8 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
         target = input_checks.as_floating("cross_entropy_loss", "target", target)
         return _soft_cross_entropy_core(logits, target, weight, reduction, label_smoothing)
     weight = input_checks.class_weight("CrossEntropyLoss", weight, logits, "logits")
-    target = input_checks.check_integer("CrossEntropyLoss", "labels", target)
+    target = input_checks.labels_beside(owner, input_checks.check_integer("CrossEntropyLoss", "labels", target),
+                                        ignore_index)
     safe = _checked_labels("CrossEntropyLoss", logits, target, ignore_index)
     return _cross_entropy_core(logits, target, safe, weight, ignore_index, reduction, label_smoothing)
 
