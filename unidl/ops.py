@@ -658,6 +658,14 @@ def _framework_maximum(a, b):
     own (torch) lacks it; callers fall back to ``maximum``."""
 
 
+@op(name="exact_divide", optional=True, public=False)
+def _exact_divide(a, b):
+    """``a / b`` rounded once, as IEEE division, for internal callers that divide a graph's size by a known one
+    (``interpolate``'s scales): a backend whose graph optimizer rewrites a division by a constant into a product
+    with its reciprocal, one unit off (TensorFlow's Grappler: (4 - 1) / 5 gave 0.6000000000000001), has it; the
+    others lack it and callers divide."""
+
+
 def _typed_as_torch(name, a, b):
     """``a`` and ``b`` typed as PyTorch types a binary op's inputs: a number beside a tensor by
     ``_numbers_as_torch`` (left a number, which every backend gives the tensor's dtype), two tensors by

@@ -95,6 +95,15 @@ log1p = tf.math.log1p
 framework_maximum = tf.maximum  # for ud.ops' internal callers whose ties carry no gradient (unidl/ops.py)
 
 
+def exact_divide(a, b):
+    """``a / b`` rounded once (unidl/ops.py's ``exact_divide``): Grappler's constant folding turns a division by a
+    constant into a product with its reciprocal, but leaves ``DivNoNan`` alone, whose quotient is the division's
+    wherever ``b`` is not 0 (there the plain quotient's inf or NaN, which the reciprocal's product gives alike)."""
+    a = tf.convert_to_tensor(a)
+    b = tf.cast(b, a.dtype)
+    return tf.where(tf.equal(b, 0), a / b, tf.math.divide_no_nan(a, b))
+
+
 def abs(x):
     """``tf.abs``; unsigned integers are their own absolute value (TensorFlow has no kernel for them, PyTorch
     gives them back)."""
