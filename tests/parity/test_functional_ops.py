@@ -541,18 +541,21 @@ def test_bfloat16_products_of_broadcast_batches_are_torchs(backend):
             np.testing.assert_array_equal(ud.to_numpy(got), want.numpy(), err_msg=f"{backend} {mode} {shapes}")
 
 
-#: a batch beside one matrix, which PyTorch's matmul folds into one product
-FOLDED_MATMULS = [((2, 3, 4, 5), (5, 6)), ((8, 4), (2, 1, 4, 8))]
+#: a batch beside one matrix, which PyTorch's matmul folds into one product, and batches that broadcast, which it
+#: expands
+GRADIENT_MATMULS = [((2, 3, 4, 5), (5, 6)), ((8, 4), (2, 1, 4, 8)), ((2, 1, 4, 5), (3, 5, 6))]
 
 
-def test_bfloat16_gradients_of_a_matrix_beside_a_batch_are_torchs(backend):
-    """The bfloat16 gradients of ``matmul`` of a batch and one matrix: torch's, bit for bit, eagerly and inside
-    ``ud.function``: the matrix's gradient is one product over the folded batch, rounded once, as PyTorch folds the
-    batch (TensorFlow's and Keras-on-TensorFlow's batched product rounded each batch's to bfloat16 before the sum:
-    one bfloat16 step off). Normal inputs, whose sums bfloat16 rounds."""
+def test_bfloat16_gradients_of_broadcast_products_are_torchs(backend):
+    """The bfloat16 gradients of ``matmul`` of a batch and one matrix, and of batches that broadcast: torch's, bit
+    for bit, eagerly and inside ``ud.function``. A matrix's gradient is one product over the folded batch, rounded
+    once (TensorFlow's and Keras-on-TensorFlow's batched product rounded each batch's to bfloat16 before the sum);
+    a broadcast operand's the sum in float32 of each batch's rounded product (JAX and Keras-on-JAX contracted an
+    axis of 1 in one product, or summed in bfloat16): each was one bfloat16 step off. Normal inputs, whose sums
+    bfloat16 rounds."""
     rng = np.random.default_rng(7)
     cases = [(rng.standard_normal(a), rng.standard_normal(b),
-              rng.standard_normal(np.broadcast_shapes(a[:-2], b[:-2]) + (a[-2], b[-1]))) for a, b in FOLDED_MATMULS]
+              rng.standard_normal(np.broadcast_shapes(a[:-2], b[:-2]) + (a[-2], b[-1]))) for a, b in GRADIENT_MATMULS]
     expected = []
     for a, b, r in cases:
         a, b = (torch.tensor(t, dtype=torch.bfloat16, requires_grad=True) for t in (a, b))
