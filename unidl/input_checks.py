@@ -800,6 +800,20 @@ def check_integer(owner, what, x):
 _INDEX_DTYPES = ("int64", "int32")  # the integers every framework's gathers take
 
 
+def labels_beside(owner, labels, ignore_index):
+    """Integer ``labels`` (``check_integer``'s) in a dtype that holds ``ignore_index``: int32 labels become int64
+    where it lies outside int32's range, as PyTorch compares them in int64 (an ignore_index no label can equal
+    ignores nothing; compared in int32, 2**32 + 1 wrapped to 1 and label 1 was ignored). An ``ignore_index``
+    outside int64's range is a ``ValueError`` naming ``owner``, as PyTorch's overflow."""
+    if not -arguments.INT64_END <= ignore_index < arguments.INT64_END:
+        raise ValueError(f"{literal(owner)}: ignore_index={ignore_index} lies outside int64's range, in which labels "
+                         f"are compared with it (PyTorch raises an overflow); give an int64, -100 by default")
+    dtype = getattr(labels, "dtype", None)
+    if dtype is not None and dtype_name(dtype) == "int32" and not -2 ** 31 <= ignore_index < 2 ** 31:
+        return ops.cast(labels, "int64")
+    return labels
+
+
 def check_same_kind(owner, a, b) -> None:
     """``DtypeMismatchError`` when one of ``a`` and ``b`` holds floats and the other integers or booleans: the
     frameworks differ there (PyTorch and TensorFlow refuse, JAX and Keras promote). Floats of two widths pass, for a

@@ -658,6 +658,14 @@ def _framework_maximum(a, b):
     own (torch) lacks it; callers fall back to ``maximum``."""
 
 
+@op(name="exact_divide", optional=True, public=False)
+def _exact_divide(a, b):
+    """``a / b`` rounded once, as IEEE division, for internal callers that divide a graph's size by a known one
+    (``interpolate``'s scales): a backend whose graph optimizer rewrites a division by a constant into a product
+    with its reciprocal, one unit off (TensorFlow's Grappler: (4 - 1) / 5 gave 0.6000000000000001), has it; the
+    others lack it and callers divide."""
+
+
 def _typed_as_torch(name, a, b):
     """``a`` and ``b`` typed as PyTorch types a binary op's inputs: a number beside a tensor by
     ``_numbers_as_torch`` (left a number, which every backend gives the tensor's dtype), two tensors by
@@ -913,6 +921,7 @@ def cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     if not _fused_cross_entropy_ranks(logits, labels):
         return _cross_entropy_loss(logits, labels, None, ignore_index, reduction, 0.0, "cross_entropy")
     _, logits, labels = input_checks.class_loss_shapes("cross_entropy", logits, labels, False, what="logits")
+    labels = input_checks.labels_beside("cross_entropy", labels, ignore_index)
     return _ops().cross_entropy(logits, labels, reduction, ignore_index)
 
 
@@ -1670,7 +1679,7 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
     owner = "nll_loss"
     log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
         owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
-    labels = input_checks.check_integer("NLLLoss", "labels", labels)
+    labels = input_checks.labels_beside(owner, input_checks.check_integer("NLLLoss", "labels", labels), ignore_index)
     if len(log_probabilities.shape) == 1 and len(labels.shape) == 0:  # one sample: PyTorch's unbatched input
         loss = nll_loss(unsqueeze(log_probabilities, 0), unsqueeze(labels, 0), weight, ignore_index, reduction)
         return squeeze(loss, 0) if reduction == "none" else loss
@@ -1755,7 +1764,8 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
         target = input_checks.as_floating("cross_entropy_loss", "target", target)
         return _soft_cross_entropy_core(logits, target, weight, reduction, label_smoothing)
     weight = input_checks.class_weight("CrossEntropyLoss", weight, logits, "logits")
-    target = input_checks.check_integer("CrossEntropyLoss", "labels", target)
+    target = input_checks.labels_beside(owner, input_checks.check_integer("CrossEntropyLoss", "labels", target),
+                                        ignore_index)
     safe = _checked_labels("CrossEntropyLoss", logits, target, ignore_index)
     return _cross_entropy_core(logits, target, safe, weight, ignore_index, reduction, label_smoothing)
 
@@ -1863,6 +1873,7 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     generator, is applied between the weights' composite and their product with ``value``."""
     for mask in (attn_mask,) + tuple(masks):
         input_checks.check_mask("attention", "attn_mask", mask)
+    scale = _attention_scale(scale)
     if not need_weights and not dropout_p:
         output = _fused_attention(query, key, value, attn_mask, is_causal, scale, masks, safe_softmax)
         if output is not None:
@@ -1878,6 +1889,19 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     # the dropout mask is drawn from the backend's generator, state that a composite may not read
     weights = dropout(_attention_weights(query, key, masks, is_causal, scale, safe_softmax), dropout_p, True)
     return matmul(weights, value), weights
+
+
+def _attention_scale(scale):
+    """``attention``'s ``scale`` as a Python float where it is a number (a NumPy scalar too, and a bool, as
+    ``F.scaled_dot_product_attention`` takes them: a NumPy float64 would otherwise reach JAX as a float64 array and
+    promote the product); None and a framework's tensor as they are; anything else a ``TypeError``."""
+    if scale is None or (hasattr(scale, "shape") and not isinstance(scale, (np.ndarray, np.generic))):
+        return scale
+    number = float(scale) if isinstance(scale, (bool, np.bool_)) else arguments.real(scale)
+    if number is None:
+        raise TypeError(f"attention: scale must be a real number (a Python or NumPy int or float), a 0-d tensor or "
+                        f"None, as torch.nn.functional.scaled_dot_product_attention takes; got {scale!r}")
+    return number
 
 
 @composite("query", "key", "value", sequences=("masks",), numbers=("scale",))

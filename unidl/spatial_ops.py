@@ -14,6 +14,7 @@ Each op (but ``dropout2d``, which draws from the backend's generator) runs as th
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -39,6 +40,16 @@ def _floor(value):
 def _as_float(size, like):
     """A size (an int, or a scalar tensor inside a graph) as a number or tensor of ``like``'s dtype."""
     return size if isinstance(size, int) else ops.cast_like(size, like)
+
+
+def _quotient(size, other):
+    """``size / other`` (sizes: numbers, or a graph's scalar tensors) rounded once, as PyTorch's kernels divide
+    them in double: a graph's division by a known size through the backend's ``exact_divide`` where it has one
+    (TensorFlow's graph multiplied by the reciprocal, one unit off, and an infinity behind a tap of weight 0 gave
+    inf for PyTorch's NaN)."""
+    if isinstance(size, (int, float)) and isinstance(other, (int, float)):
+        return size / other
+    return (optional_op(ops._ops(), "exact_divide") or operator.truediv)(size, other)
 
 
 def _positions(size, like):
@@ -700,9 +711,9 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
     for n, out, factor in zip(sizes, outs, factors):
         if mode in ALIGNABLE_MODES and align_corners:
             if isinstance(out, int):
-                scale = (_as_float(n, like) - 1) / (out - 1) if out > 1 else 0.0
+                scale = _quotient(_as_float(n, like) - 1, out - 1) if out > 1 else 0.0
             else:  # (a graph's size: an output of 1 takes position 0 whatever the scale, never 0 / 0's NaN)
-                scale = (_as_float(n, like) - 1) / ops.maximum(_as_float(out, like) - 1, 1.0)
+                scale = _quotient(_as_float(n, like) - 1, ops.maximum(_as_float(out, like) - 1, 1.0))
         elif factor is not None and not recompute_scale_factor:
             scale = 1.0 / factor
         elif mode in ("nearest", "nearest-exact") and not (isinstance(n, int) and isinstance(out, int)):
@@ -710,7 +721,7 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             # one unit low (5 / 25), and a nearest pick floors it
             scale = ops.cast(_as_int64(n), "float64") / ops.cast(_as_int64(out), "float64")
         else:
-            scale = _as_float(n, like) / _as_float(out, like)
+            scale = _quotient(_as_float(n, like), _as_float(out, like))
         axes.append((n, out, factor, scale))
 
     def rounded(weights):  # (the matrices and tap weights computed in float32 for half-precision input)

@@ -316,3 +316,23 @@ def test_a_mask_or_state_of_the_wrong_rank_names_the_shape_it_needs(backend, tra
     with pytest.raises(ud.ShapeMismatchError, match=r"state of shape \(2, 6\) \(batch, hidden_size\) as its input's, "
                                                     r"received \(2, 5\)"):
         call(ud.nn.GRUCell(3, 6), np.zeros((2, 3), np.float32), np.zeros((2, 5), np.float32))
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_a_numpy_scale_is_the_number_it_holds(backend, traced):
+    """``scale`` given as a NumPy scalar (float64, float32, an integer, a bool) is the number it holds, as
+    ``F.scaled_dot_product_attention`` takes it (on JAX a NumPy float64 became a float64 array whose product with
+    float32 queries was a ``DtypeMismatchError``); a scale that is no number is one ``TypeError`` everywhere."""
+    q, k, v = (QUERIES[:, :, :4].astype(np.float32), KEYS[:, :, :4].astype(np.float32),
+               VALUES[:, :, :4].astype(np.float32))
+    for scale in (np.float64(0.5), np.int64(2)):
+        def attend(q, k, v, scale=scale):
+            return ud.ops.attention(q, k, v, scale=scale)[0], ud.ops.scaled_dot_product_attention(q, k, v, scale=scale)
+
+        call = ud.function(attend) if traced else attend
+        expected = F.scaled_dot_product_attention(*(torch.tensor(t) for t in (q, k, v)), scale=scale).numpy()
+        for found in call(*(ud.tensor(t) for t in (q, k, v))):
+            assert max_relative_difference(ud.to_numpy(found), expected) < 1e-5, repr(scale)
+    for scale in ("0.5", 1j):
+        with pytest.raises(TypeError, match="scale must be a real number"):
+            ud.ops.scaled_dot_product_attention(*(ud.tensor(t) for t in (q, k, v)), scale=scale)

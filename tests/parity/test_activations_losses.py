@@ -746,6 +746,29 @@ def test_every_label_ignored_gives_torchs_nan_loss_and_zero_gradient(backend):
                 np.testing.assert_array_equal(ud.to_numpy(grad), t.grad.numpy(), err_msg=repr(loss))
 
 
+@pytest.mark.parametrize("traced", [False, True])
+def test_an_ignore_index_outside_the_labels_dtype_ignores_nothing(backend, traced):
+    """An ``ignore_index`` that no int32 label can equal (2**32 + 5, -2**63) ignores nothing, as PyTorch, which
+    compares the labels in int64: compared in int32 it wrapped (to 5, to 0) and those labels were dropped, on every
+    backend. One outside int64's range is a ``ValueError`` everywhere (PyTorch's overflow)."""
+    logits = ROWS.astype(np.float32)
+    losses = {"cross_entropy": (ud.ops.cross_entropy, F.cross_entropy),
+              "cross_entropy_loss": (lambda x, y, **o: ud.ops.cross_entropy_loss(x, y, **o), F.cross_entropy),
+              "CrossEntropyLoss": (lambda x, y, **o: ud.nn.CrossEntropyLoss(**o)(x, y), F.cross_entropy),
+              "NLLLoss": (lambda x, y, **o: ud.nn.NLLLoss(**o)(ud.ops.log_softmax(x, 1), y),
+                          lambda x, y, **o: F.nll_loss(x.log_softmax(1), y, **o))}
+    for ignore_index in (2 ** 32 + 5, -2 ** 63):
+        def every_loss(x, y, ignore_index=ignore_index):
+            return [loss(x, y, ignore_index=ignore_index) for loss, _ in losses.values()]
+
+        found = (ud.function(every_loss) if traced else every_loss)(ud.tensor(logits), ud.tensor(LABELS, dtype="int32"))
+        for name, (_, torch_loss), loss in zip(losses, losses.values(), found):
+            expected = torch_loss(torch.tensor(logits), torch.tensor(LABELS), ignore_index=ignore_index).numpy()
+            assert max_relative_difference(ud.to_numpy(loss), expected) < 1e-6, (name, ignore_index)
+    with pytest.raises(ValueError, match=r"ignore_index=9223372036854775808 lies outside int64's range"):
+        ud.ops.nll_loss(ud.tensor(logits), ud.tensor(LABELS), ignore_index=2 ** 63)
+
+
 def test_cross_entropy_of_float32_logits_is_float32_as_torch(backend):
     """``ud.ops.cross_entropy`` and ``nn.CrossEntropyLoss`` of float32 logits: torch's float32 loss, in value and
     dtype (Keras-on-JAX gave float64: Keras's one-hot labels are float64 where JAX has 64-bit types on)."""

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn as tnn
 
 import unidl as ud
-from tests.parity.torch_oracle import RUNS, Case, compare_table
+from tests.parity.torch_oracle import RUNS, Case, compare_table, difference
 
 R = np.random.default_rng(15)
 IMAGES = R.standard_normal((2, 4, 5, 6))
@@ -125,6 +125,33 @@ def test_conv_pool_norm_layers_match_torch(backend, dtype, modes):
 def test_conv_pool_norm_ops_match_torch(backend):
     failures = compare_table(OPS, backend, "float32", ("ud.function",))
     assert not failures, "\n".join(failures)
+
+
+# infinities behind taps of weight 0 (whole source positions: 3 * (4 - 1) / (6 - 1) is 1.8, 5 * 3 / 5 is 3): NaN
+# there, as PyTorch's 0 * inf, from scales divided once (a TensorFlow graph of unknown sizes multiplied by the
+# reciprocal of the known output size, one unit high in float64, and gave inf)
+INF_ROWS = R.standard_normal((1, 2, 4, 7))
+INF_ROWS[0, 0, 3, 1], INF_ROWS[0, 1, 2, 6] = np.inf, -np.inf
+INF_SEQUENCE = R.standard_normal((1, 2, 3))
+INF_SEQUENCE[0, 1, 2] = np.inf
+INF_BEHIND_ZERO_WEIGHTS = [  # (options, input)
+    (dict(size=(6, 11), mode="bilinear", align_corners=True), INF_ROWS),
+    (dict(size=5, mode="linear"), INF_SEQUENCE),
+]
+
+
+def test_an_infinity_behind_a_tap_of_weight_0_gives_torchs_nan_in_float64_graphs(backend):
+    """Float64 interpolation whose sizes a graph knows only when it runs divides the input size by the known
+    output size once, as PyTorch's kernel in double: an infinity read with weight 0 gives NaN, eagerly and inside
+    ``ud.function`` (TensorFlow's and Keras-on-TensorFlow's graphs gave inf: Grappler's reciprocal product)."""
+    for options, x in INF_BEHIND_ZERO_WEIGHTS:
+        expected = F.interpolate(torch.tensor(x), **options).numpy()
+        def resized(x, options=options):
+            return ud.ops.interpolate(x, **options)
+
+        for traced, run in enumerate((resized, ud.function(resized))):
+            found = ud.to_numpy(run(ud.tensor(x, dtype="float64")))
+            assert difference(found, expected) <= 1e-12, (options, traced)
 
 
 # ---- max pooling of windows of -inf ---------------------------------------------------------------------------

@@ -541,6 +541,41 @@ def test_bfloat16_products_of_broadcast_batches_are_torchs(backend):
             np.testing.assert_array_equal(ud.to_numpy(got), want.numpy(), err_msg=f"{backend} {mode} {shapes}")
 
 
+#: a batch beside one matrix, which PyTorch's matmul folds into one product, and batches that broadcast, which it
+#: expands
+GRADIENT_MATMULS = [((2, 3, 4, 5), (5, 6)), ((8, 4), (2, 1, 4, 8)), ((2, 1, 4, 5), (3, 5, 6))]
+
+
+def test_bfloat16_gradients_of_broadcast_products_are_torchs(backend):
+    """The bfloat16 gradients of ``matmul`` of a batch and one matrix, and of batches that broadcast: torch's, bit
+    for bit, eagerly and inside ``ud.function``. A matrix's gradient is one product over the folded batch, rounded
+    once (TensorFlow's and Keras-on-TensorFlow's batched product rounded each batch's to bfloat16 before the sum);
+    a broadcast operand's the sum in float32 of each batch's rounded product (JAX and Keras-on-JAX contracted an
+    axis of 1 in one product, or summed in bfloat16): each was one bfloat16 step off. Normal inputs, whose sums
+    bfloat16 rounds."""
+    rng = np.random.default_rng(7)
+    cases = [(rng.standard_normal(a), rng.standard_normal(b),
+              rng.standard_normal(np.broadcast_shapes(a[:-2], b[:-2]) + (a[-2], b[-1]))) for a, b in GRADIENT_MATMULS]
+    expected = []
+    for a, b, r in cases:
+        a, b = (torch.tensor(t, dtype=torch.bfloat16, requires_grad=True) for t in (a, b))
+        (torch.matmul(a, b).float() * torch.tensor(r, dtype=torch.float32)).sum().backward()
+        expected += [a.grad.float().numpy(), b.grad.float().numpy()]
+
+    def gradients(*arrays):
+        def objective(*operands):
+            pairs = zip(operands[::2], operands[1::2], arrays[2::3])
+            return sum(ud.ops.sum(ud.ops.cast(ud.ops.matmul(a, b), "float32") * r) for a, b, r in pairs)
+
+        operands = [ud.ops.cast(t, "bfloat16") for i, t in enumerate(arrays) if i % 3 != 2]
+        return [ud.ops.cast(g, "float32") for g in ud.grad(objective, tuple(range(len(operands))))(*operands)]
+
+    inputs = [ud.tensor(array.astype(np.float32)) for case in cases for array in case]
+    for mode, function in [("eager", gradients), ("ud.function", ud.function(gradients))]:
+        for got, want in zip(function(*inputs), expected):
+            np.testing.assert_array_equal(ud.to_numpy(got), want, err_msg=f"{backend} {mode}")
+
+
 # ---- a parameter passed to an op as it is, as torch's ops take a Parameter ------------------------------------------
 WEIGHT = np.where(R.random((4, 4)) < 0.25, 0.0, 2 * R.standard_normal((4, 4)))  # zeros: abs's gradient at 0
 BIAS = R.standard_normal(4)

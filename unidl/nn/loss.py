@@ -188,6 +188,7 @@ class _WeightedClassLoss(_Loss):
         losses for class probabilities. ``fit``'s sample weights keep it (``fit_options.weighted_loss``)."""
         if holds_floats(target):
             return functional.sum(functional.zeros_like(losses) + 1.0)
+        target = input_checks.labels_beside(type(self).__name__, target, self.ignore_index)
         counted = target != self.ignore_index
         kept = functional.cast_like(counted, losses)
         if self.weight is None:
@@ -236,6 +237,7 @@ class CrossEntropyLoss(_WeightedClassLoss):
                              f"class probabilities (PyTorch refuses it); leave it at its default, -100")
         if (not probabilities and self.weight is None and not self.label_smoothing
                 and functional._fused_cross_entropy_ranks(logits, target)):  # the fused kernel, as ud.ops.cross_entropy
+            target = input_checks.labels_beside(self.describe, target, self.ignore_index)
             return self._ops.cross_entropy(logits, target, self.reduction, self.ignore_index)
         return functional.cross_entropy_loss(logits, target, self.weight, self.ignore_index, self.reduction,
                                              self.label_smoothing)

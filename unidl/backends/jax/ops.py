@@ -35,7 +35,37 @@ def _unwrapped(function):
     return call
 
 
-matmul = _unwrapped(jnp.matmul)
+def matmul(a, b):
+    """``jnp.matmul``; in half precision, batches that broadcast (an axis of 1 beside another size) are broadcast
+    first, as PyTorch's matmul expands them, and their gradients summed over the broadcast axes in float32 and
+    rounded once (``_broadcast``): JAX's product contracted a batch axis of 1 with the other operand's in one
+    product, and its broadcast's gradient summed in bfloat16, each one bfloat16 step off PyTorch's gradient."""
+    a, b = _v(a), _v(b)
+    if a.dtype in (jnp.bfloat16, jnp.float16) and a.ndim > 2 and b.ndim > 2 and a.shape[:-2] != b.shape[:-2]:
+        batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        a, b = _broadcast(a, batch + a.shape[-2:]), _broadcast(b, batch + b.shape[-2:])
+    return jnp.matmul(a, b)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _broadcast(x, shape):
+    """``jnp.broadcast_to``, whose gradient sums over the broadcast axes in float32, rounded once to ``x``'s dtype
+    (PyTorch's sum of an expanded half-precision tensor's gradient)."""
+    return jnp.broadcast_to(x, shape)
+
+
+@_broadcast.defjvp
+def _broadcast_tangent(shape, primals, tangents):
+    """The tangent broadcast in float32, whose transpose (the gradient) sums in float32; rounded to the tangent's
+    precision there (``reduce_precision``), as XLA folded the conversion into the product before it, whose sums
+    were then never rounded to bfloat16. A JVP rule, not a VJP: ``jax.linearize`` takes it too."""
+    (x,), (tangent,) = primals, tangents
+    info = jnp.finfo(tangent.dtype)
+    widened = jnp.broadcast_to(tangent.astype(jnp.float32), shape)
+    rounded = jax.lax.reduce_precision(widened, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+    return jnp.broadcast_to(x, shape), rounded.astype(tangent.dtype)
+
+
 relu = _unwrapped(jax.nn.relu)
 sigmoid = _unwrapped(jax.nn.sigmoid)
 tanh = _unwrapped(jnp.tanh)

@@ -50,7 +50,10 @@ def _matrix_product(a, b):
     for (2, 1, 4, 4) @ (4, 8) and (2, 1, 4, 4) @ (1, 1, 4, 8); computing it in float32 between two casts did not
     help inside a graph, whose rewrite fused the casts back into the bfloat16 kernel): such a product broadcasts
     both batches to their common shape and multiplies them as one batch axis, which that kernel gets right. (Inside
-    ``ud.function``'s graphs sizes are often unknown: there any bfloat16 batch takes that way.)"""
+    ``ud.function``'s graphs sizes are often unknown: there any bfloat16 batch takes that way.) In half precision
+    a batch of matrices beside one matrix is folded into one product, as PyTorch's matmul folds it (``_folded``)."""
+    if a.dtype in (tf.bfloat16, tf.float16) and (a.shape.rank == 2) != (b.shape.rank == 2):
+        return _folded(a, b)
     batches = a.shape[:-2], b.shape[:-2]
     if a.dtype != tf.bfloat16 or batches[0].rank == batches[1].rank == 0 or (
             batches[0].is_fully_defined() and batches[1].is_fully_defined()
@@ -65,6 +68,20 @@ def _matrix_product(a, b):
     product = tf.reshape(product, tf.concat([batch, tf.shape(product)[-2:]], 0))
     product.set_shape(known.concatenate(rows).concatenate(columns))  # (the sizes a graph knows, as matmul's)
     return product
+
+
+def _folded(a, b):
+    """``a @ b`` where one operand is a matrix and the other a batch of them, as one product of the batch folded
+    into rows (``a``'s) or columns (``b``'s, through the transposed product), as PyTorch's matmul computes it: the
+    matrix's gradient is then one product over the whole batch, rounded once, where TensorFlow's batched product
+    rounded each batch's to bfloat16 before their sum (one bfloat16 step off PyTorch's)."""
+    if b.shape.rank == 2:
+        sizes = tf.shape(a)
+        product = tf.linalg.matmul(tf.reshape(a, tf.stack([-1, sizes[-1]])), b)
+        product = tf.reshape(product, tf.concat([sizes[:-1], tf.shape(b)[-1:]], 0))
+        product.set_shape(a.shape[:-1].concatenate(b.shape[-1:]))
+        return product
+    return tf.linalg.matrix_transpose(_folded(tf.linalg.matrix_transpose(b), tf.transpose(a)))
 
 
 def _matmul_of_unknown_rank(a, b):
@@ -93,6 +110,15 @@ zeros_like = tf.zeros_like
 silu = elementwise(tf.nn.silu)
 log1p = tf.math.log1p
 framework_maximum = tf.maximum  # for ud.ops' internal callers whose ties carry no gradient (unidl/ops.py)
+
+
+def exact_divide(a, b):
+    """``a / b`` rounded once (unidl/ops.py's ``exact_divide``): Grappler's constant folding turns a division by a
+    constant into a product with its reciprocal, but leaves ``DivNoNan`` alone, whose quotient is the division's
+    wherever ``b`` is not 0 (there the plain quotient's inf or NaN, which the reciprocal's product gives alike)."""
+    a = tf.convert_to_tensor(a)
+    b = tf.cast(b, a.dtype)
+    return tf.where(tf.equal(b, 0), a / b, tf.math.divide_no_nan(a, b))
 
 
 def abs(x):
