@@ -6,7 +6,7 @@ Sizes may be unknown while a graph is traced (TensorFlow's ``ud.function`` leave
 what depends on a spatial size is computed with ops from ``ud.ops.shape``, never from a Python int alone.
 Resampling (adaptive pooling, interpolation) is a product with a small (out, in) weight matrix per axis,
 built from the sizes: exact for nearest (a one-hot row picks the input), PyTorch's weights for bilinear; an input
-holding NaN or inf is interpolated by gathering each output's taps instead (0 * inf in a product is NaN).
+holding NaN or inf is resampled from each output's taps or bin alone instead (0 * inf in a product is NaN).
 Each op (but ``dropout2d``, which draws from the backend's generator) runs as the backend runs a composite
 (``Backend.composite``: on JAX, called eagerly, one compiled program rather than one per op inside it).
 """
@@ -456,7 +456,8 @@ def adaptive_max_pool2d(x, output_size):
 @composite("x")
 def adaptive_avg_pool2d(x, output_size):
     """Mean over PyTorch's adaptive bins of NCHW ``x`` to ``output_size`` (int or (oh, ow); None keeps that
-    axis' size): bin i of an axis of size n spans [floor(i * n / out), ceil((i + 1) * n / out))."""
+    axis' size): bin i of an axis of size n spans [floor(i * n / out), ceil((i + 1) * n / out)). A NaN or an
+    infinity reaches the bins that hold it alone (+inf and -inf in one bin: NaN), as in PyTorch."""
     output_size = arguments.sizes_or_none("adaptive_avg_pool2d", "output_size", output_size, 2)
     return _adaptive_avg_pool2d(x, output_size)
 
@@ -773,11 +774,11 @@ def _products_or_taps(x, matrices, tapped, fused):
     """``x`` times one (out, in) matrix per trailing spatial axis (``matrices``, one or two: (H, W) or W), in
     ``x``'s dtype, with PyTorch's values for any input: the backend's kernel where it has one (``fused(kernel, x)``
     calls the optional op ``fused_interpolate``), else the products where ``x`` is finite and ``tapped(x)`` (each
-    output summed from the inputs it reads alone) where it holds NaN or inf, one ``cond`` on a sum of ``x``: a NaN
-    or an infinity reaches the outputs that read it and no other, where a product spread it to every output of its
-    plane (0 * NaN); taps for every input made bilinear 2x upsampling 3.5-4 times slower on CPU. The gradient, the
-    same linear map for any input, is the matrices' transposed product (torch's own kernel's took 1.5 times as long
-    on CPU)."""
+    output summed from the inputs it reads alone) where it holds NaN or inf, one ``cond`` on a sum: a NaN or an
+    infinity reaches the outputs that read it and no other, where a product spread it to every output of its plane
+    (0 * NaN); taps for every input made bilinear 2x upsampling 3.5-4 times slower on CPU. The gradient, the same
+    linear map for any input, is the matrices' transposed product (torch's own kernel's took 1.5 times as long on
+    CPU)."""
     # the backend's own product, not a mixed-precision scope's (which computes it in float16 or bfloat16): an
     # interpolation is computed in its input's dtype, as torch's autocast leaves F.interpolate (and the taps' branch,
     # which has no product, came out in another dtype than the products' branch of the cond)
@@ -786,6 +787,11 @@ def _products_or_taps(x, matrices, tapped, fused):
 
     def products(x, *matrices, transposed=False):  # (transposed: the gradient's, dx = M0^T dy M1)
         first, last = (ops.transpose(matrices[0], 0, 1) if transposed else matrices[0]), matrices[-1]
+        out, size = tuple(last.shape)
+        if transposed and len(matrices) == 2 and isinstance(out, int) and isinstance(size, int) and out < size:
+            # the first axis' product on the smaller dy, where the last axis narrows (a product with a matrix on
+            # the left is transposed into place on JAX: the gradient of a downsampling took 15% longer the other way)
+            return in_dtype_of(matmul(matmul(first, x), last), x)
         y = matmul(x, last if transposed else ops.transpose(last, 0, 1))
         return in_dtype_of(matmul(first, y) if len(matrices) == 2 else y, x)
 
@@ -799,20 +805,39 @@ def _products_or_taps(x, matrices, tapped, fused):
         def finished(rows, x):  # the products, of ``rows`` = x times the last axis' matrix where there are two axes
             return in_dtype_of(matmul(matrices[0], rows), x) if len(matrices) == 2 else products(x, *matrices)
 
+        def finite(t):  # summed in float32 at least: a float16 sum overflowed to inf past 65504, and nearly every
+            # float16 image batch took the taps' slower branch
+            total = ops.sum(ops.cast(t, "float32") if dtype_kinds.dtype_name(t.dtype) == "float16" else t)
+            return total - total == 0  # (inf - inf, NaN - NaN: NaN)
+
         # (zero channels are left to the products, which give their empty output where torch's kernel refuses them)
         if kernel is not None and x.shape[1] != 0:
             return fused(kernel, x), backward
-        # summed in float32 at least: a float16 sum overflowed to inf past 65504, and nearly every float16 image
-        # batch took the taps' slower branch
-        total = ops.sum(ops.cast(x, "float32") if dtype_kinds.dtype_name(x.dtype) == "float16" else x)
         # the last axis' product outside the cond (XLA's CPU runs a product inside one without its intra-op threads:
         # both inside, JAX's forward took 20% longer on 2 cores); the gradient, x's in both branches, is the
         # products' alone (through the cond JAX's backward took 25% longer)
         rows = matmul(x, ops.transpose(matrices[-1], 0, 1)) if len(matrices) == 2 else x
-        y = ops.cond(total - total == 0, finished, lambda rows, x: tapped(x), (rows, x))  # (inf - inf, NaN - NaN: NaN)
-        return y, backward
+        if _shrinks(matrices):
+            # fewer outputs than inputs: both products first, and the sum of y decides (summing x made a (30, 30) to
+            # (7, 7) adaptive average pooling 30-40% slower on JAX's CPU). A NaN or an infinity in x reaches every
+            # output of its plane through the products (0 * NaN), so y is finite only where x is (and where a finite
+            # x overflows, the taps give the same). The cond gives zeros or the taps, which a select takes: a branch
+            # returning y itself became an ONNX If (jax2onnx) whose Identity read y before the node that made it
+            y = finished(rows, x)
+            kept = finite(y)
+            return ops.where(kept, y, ops.cond(kept, lambda x: ops.zeros_like(y), tapped, (x,))), backward
+        return ops.cond(finite(x), finished, lambda rows, x: tapped(x), (rows, x)), backward
 
     return config.backend().custom_gradient(forward)(x, *matrices)
+
+
+def _shrinks(matrices) -> bool:
+    """Whether (out, in) ``matrices`` give fewer outputs than they read inputs, their sizes known (False where a
+    graph leaves one unknown)."""
+    shapes = [tuple(matrix.shape) for matrix in matrices]
+    if not all(isinstance(n, int) for shape in shapes for n in shape):
+        return False
+    return math.prod(out for out, _ in shapes) < math.prod(size for _, size in shapes)
 
 
 def _taps(size, out, mode, align_corners, scale, like):
