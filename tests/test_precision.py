@@ -813,13 +813,14 @@ def test_padding_keeps_its_inputs_dtype_under_autocast(backend, mode):
 
 @pytest.mark.parametrize("after_conv", [False, True])
 def test_interpolation_keeps_its_inputs_dtype_under_autocast(backend, after_conv):
-    """Bilinear upsampling in a "bf16-mixed" step computes in its input's dtype on every backend, as torch's autocast
-    leaves ``F.interpolate``: float32 for the float32 batch, bfloat16 after a convolution (TensorFlow's and JAX's
-    products went through the autocast product, in bfloat16, while the branch for non-finite inputs stayed float32:
-    their cond refused the two dtypes with a TypeError)."""
+    """Bilinear upsampling and adaptive average pooling of unequal bins in a "bf16-mixed" step compute in their
+    input's dtype on every backend, as torch's autocast leaves ``F.interpolate`` and ``F.adaptive_avg_pool2d``:
+    float32 for the float32 batch, bfloat16 after a convolution (TensorFlow's and JAX's products went through the
+    autocast product, in bfloat16, while the branch for non-finite inputs stayed float32: their cond refused the two
+    dtypes with a TypeError; the pooling gave bfloat16 there, and on torch a ``DtypeMismatchError``)."""
     import torch
 
-    seen = []
+    seen, pooled = [], []
 
     class Upsampled(ud.nn.Module):
         def __init__(self):
@@ -827,8 +828,10 @@ def test_interpolation_keeps_its_inputs_dtype_under_autocast(backend, after_conv
             self.conv = ud.nn.Conv2d(1, 1, 3, padding=1)
 
         def forward(self, x):
-            up = ud.ops.interpolate(self.conv(x) if after_conv else x, scale_factor=2, mode="bilinear")
+            source = self.conv(x) if after_conv else x
+            up = ud.ops.interpolate(source, scale_factor=2, mode="bilinear")
             seen.append(str(up.dtype))
+            pooled.append(str(ud.ops.adaptive_avg_pool2d(source, 3).dtype))  # (bins of 4: 2 and 3 long)
             return ud.ops.reshape(up if after_conv else self.conv(up), (-1, 64))
 
     model = Upsampled()
@@ -838,4 +841,6 @@ def test_interpolation_keeps_its_inputs_dtype_under_autocast(backend, after_conv
         x = torch.ones(2, 1, 4, 4)
         x = torch.nn.functional.conv2d(x, torch.ones(1, 1, 3, 3), padding=1) if after_conv else x
         wanted = str(torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear").dtype)
+        assert str(torch.nn.functional.adaptive_avg_pool2d(x, 3).dtype) == wanted
     assert ("bfloat16" in seen[-1]) == ("bfloat16" in wanted) and np.isfinite(loss), (seen, wanted)
+    assert ("bfloat16" in pooled[-1]) == ("bfloat16" in wanted), (pooled, wanted)

@@ -1338,10 +1338,11 @@ def fused_ctc_loss(log_probs, labels, input_lengths, target_lengths, blank=0, ze
 def fused_interpolate(x, size, scale_factor, mode, align_corners):
     """A framework's resampling kernel (torch's ``interpolate``) for the modes 'linear', 'bilinear' and
     'bicubic' of floating ``x`` that ``ud.ops.interpolate`` has checked: ``size`` a tuple of ints or None,
-    ``scale_factor`` a tuple of floats (the scales the source positions use) or None, ``align_corners`` a bool.
-    Each output reads its taps alone (a NaN or an infinity reaches the outputs that read it). Used by
-    ``interpolate`` as a fast path for the forward where a backend has it (the gradient is its own: the products'
-    transposed); the others run its products."""
+    ``scale_factor`` a tuple of floats (the scales the source positions use) or None, ``align_corners`` a bool;
+    and 'area' (``size`` given, ``align_corners`` None): ``adaptive_avg_pool2d`` of unequal bins. Each output reads
+    its taps or its bin alone (a NaN or an infinity reaches the outputs that read it). Used by ``interpolate`` and
+    the adaptive average poolings as a fast path for the forward where a backend has it (the gradient is its own:
+    the products' transposed); the others run its products."""
 
 
 # ---- composed ops: written once over the registry's ops above, so every backend runs them -----------------

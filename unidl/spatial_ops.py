@@ -6,7 +6,7 @@ Sizes may be unknown while a graph is traced (TensorFlow's ``ud.function`` leave
 what depends on a spatial size is computed with ops from ``ud.ops.shape``, never from a Python int alone.
 Resampling (adaptive pooling, interpolation) is a product with a small (out, in) weight matrix per axis,
 built from the sizes: exact for nearest (a one-hot row picks the input), PyTorch's weights for bilinear; an input
-holding NaN or inf is interpolated by gathering each output's taps instead (0 * inf in a product is NaN).
+holding NaN or inf is resampled from each output's taps or bin alone instead (0 * inf in a product is NaN).
 Each op (but ``dropout2d``, which draws from the backend's generator) runs as the backend runs a composite
 (``Backend.composite``: on JAX, called eagerly, one compiled program rather than one per op inside it).
 """
@@ -396,14 +396,26 @@ def _bin_matrix(size, bins, like):
     return ops.cast_like(inside, like) / lengths
 
 
+def _binned(x, size, bins, fill):
+    """``x`` (..., size) spread over the adaptive-pooling bins of its last axis: (..., bins, size), each row the
+    inputs of its bin and ``fill`` elsewhere; and ``_bins``' (bins, size) booleans and (bins, 1) lengths."""
+    inside, lengths = _bins(size, bins, x)
+    spread = ops.unsqueeze(x, -2)  # (..., 1, size) against the (bins, size) mask
+    return ops.where(inside, spread, ops.zeros_like(spread) + fill), inside, lengths
+
+
+def _bin_mean(x, size, bins):
+    """The mean of each adaptive-pooling bin along the last axis of ``x``: (..., size) -> (..., bins), the sum of
+    its own inputs alone over its length, as PyTorch's kernel (a NaN or an infinity reaches the bins holding it)."""
+    masked, _, lengths = _binned(x, size, bins, 0.0)
+    return ops.squeeze(ops.sum(masked, -1, keepdims=True) / lengths, -1)
+
+
 def _bin_maximum(x, size, bins):
     """The maximum of each adaptive-pooling bin along the last axis of ``x``: (..., size) -> (..., bins), with
     PyTorch's gradient: all of it to the bin's first maximum (a bin of -inf: its first position), where the
     reduction's own would split it over equal maxima (zeros after a ReLU, say)."""
-    inside, _ = _bins(size, bins, x)
-    spread = ops.unsqueeze(x, -2)  # (..., 1, size) against the (bins, size) mask
-    lowest = ops.zeros_like(spread) - float("inf")
-    masked = ops.where(inside, spread, lowest)  # every bin holds at least one position
+    masked, inside, _ = _binned(x, size, bins, float("-inf"))  # every bin holds at least one position
     choice = _first_maximum(masked, inside, ops.arange(1, _as_int64(size) + 1, 1, "int64"), -1)
     # (``choice`` is a position of its bin, always in range: a compiled composite checks no values)
     return ops.squeeze(ops.gather(masked, -1, choice), -1)
@@ -455,7 +467,8 @@ def adaptive_max_pool2d(x, output_size):
 @composite("x")
 def adaptive_avg_pool2d(x, output_size):
     """Mean over PyTorch's adaptive bins of NCHW ``x`` to ``output_size`` (int or (oh, ow); None keeps that
-    axis' size): bin i of an axis of size n spans [floor(i * n / out), ceil((i + 1) * n / out))."""
+    axis' size): bin i of an axis of size n spans [floor(i * n / out), ceil((i + 1) * n / out)). A NaN or an
+    infinity reaches the bins that hold it alone (+inf and -inf in one bin: NaN), as in PyTorch."""
     output_size = arguments.sizes_or_none("adaptive_avg_pool2d", "output_size", output_size, 2)
     return _adaptive_avg_pool2d(x, output_size)
 
@@ -470,8 +483,27 @@ def _adaptive_avg_pool2d(x, output_size):
     if all(isinstance(n, int) and isinstance(o, int) and n % o == 0 for n, o in zip(sizes, out)):
         window = tuple(n // o for n, o in zip(sizes, out))  # equal bins: the plain pooling kernel
         return ops._avg_pool2d(x, window, window, 0)
-    y = x if output_size_kept(output_size, 1) else ops.matmul(x, ops.transpose(_bin_matrix(sizes[1], out[1], x), 0, 1))
-    return y if output_size_kept(output_size, 0) else ops.matmul(_bin_matrix(sizes[0], out[0], x), y)
+    same = [output_size_kept(output_size, axis) or (isinstance(n, int) and isinstance(o, int) and n == o)
+            for axis, (n, o) in enumerate(zip(sizes, out))]
+    if same[0]:
+        return x if same[1] else _bin_means(x, sizes[1:], out[1:])
+    if same[1]:  # the height alone, as the last axis
+        return ops.transpose(_bin_means(ops.transpose(x, 2, 3), sizes[:1], out[:1]), 2, 3)
+    return _bin_means(x, sizes, out)
+
+
+def _bin_means(x, sizes, outs):
+    """The means over PyTorch's adaptive bins of the last one or two axes of (N, C, H, W) ``x`` (``sizes``, to
+    ``outs``): products with (out, in) matrices of 1 / length in each bin where ``x`` is finite (torch's kernel on
+    torch), each bin's own sum where it holds NaN or inf (``_products_or_taps``)."""
+    matrices = [_bin_matrix(n, o, x) for n, o in zip(sizes, outs)]
+    kept = tuple(ops.shape(x)[2:4 - len(sizes)])  # (torch's kernel takes every spatial size)
+
+    def tapped(x):  # the last axis first
+        x = _bin_mean(x, sizes[-1], outs[-1])
+        return x if len(sizes) == 1 else ops.transpose(_bin_mean(ops.transpose(x, 2, 3), sizes[0], outs[0]), 2, 3)
+
+    return _products_or_taps(x, matrices, tapped, lambda kernel, x: kernel(x, kept + tuple(outs), None, "area", None))
 
 
 def output_size_kept(output_size, axis) -> bool:
@@ -696,12 +728,7 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
     """``interpolate``'s products of ``x`` with one (out, in) matrix per spatial axis, in ``like``'s floating
     dtype; the nearest modes take the input each one-hot row picks, exact in any width and for any value (a product
     went through float32 on Keras, torch has no integer product on CUDA, and 0 * inf is NaN). The linear modes
-    run the backend's kernel where it has one (``fused_interpolate``), else multiply where ``x`` is finite and
-    gather each output's taps where it holds NaN or inf (``tapped``), one ``cond`` on a sum of ``x``: a NaN or an
-    infinity reaches the outputs whose taps read it and no other, as in PyTorch, where a product spread it to every
-    output of its plane (0 * NaN); gathering for every input made bilinear 2x upsampling 3.5-4 times slower on CPU.
-    Their gradient, the same linear map for any input, is the matrices' transposed product (torch's own kernel's
-    took 1.5 times as long on CPU)."""
+    multiply through ``_products_or_taps``, whose taps' branch (``tapped``) gathers each output's taps."""
     # where a graph leaves sizes unknown, positions and weights are computed in float32 for float16 and bfloat16
     # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those): the matrices are rounded to
     # the input's dtype after, as the known sizes' constants (computed in float64)
@@ -740,19 +767,6 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             x = ops.take(x, ops.argmax(matrix, 1), axis)
         return x
 
-    # the backend's own product, not a mixed-precision scope's (which computes it in float16 or bfloat16): an
-    # interpolation is computed in its input's dtype, as torch's autocast leaves F.interpolate (and the taps' branch,
-    # which has no product, came out in another dtype than the products' branch of the cond)
-    matmul = config.backend().ops.matmul
-
-    def products(x, *matrices, transposed=False):  # (transposed: the gradient's, dx = M0^T dy M1)
-        first, last = (ops.transpose(matrices[0], 0, 1) if transposed else matrices[0]), matrices[-1]
-        y = matmul(x, last if transposed else ops.transpose(last, 0, 1))
-        return in_dtype_of(matmul(first, y) if len(sizes) == 2 else y, x)
-
-    def in_dtype_of(y, x):  # (x's dtype: torch's own autocast, which the raw product still runs under, makes bfloat16)
-        return y if y.dtype == x.dtype else ops.cast(y, dtype_kinds.dtype_name(x.dtype))
-
     def tapped(x):  # the last axis first, as PyTorch's kernel sums each row's taps, then the rows'
         for axis, (n, out, _, scale) in reversed(list(enumerate(axes, 2))):
             taps = _taps(n, out, mode, align_corners, scale, like)
@@ -761,31 +775,80 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             x = _resampled(x, axis, [(index, rounded(weight)) for index, weight in taps])
         return x
 
+    # (the sizes where torch's kernel would recompute them: floor(in * scale_factor))
+    resized = factors[0] is None or recompute_scale_factor
+    return _products_or_taps(x, matrices, tapped, lambda kernel, x: kernel(
+        x, tuple(outs) if resized else None, None if resized else factors, mode, bool(align_corners)))
+
+
+def _products_or_taps(x, matrices, tapped, fused):
+    """``x`` times one (out, in) matrix per trailing spatial axis (``matrices``, one or two: (H, W) or W), in
+    ``x``'s dtype, with PyTorch's values for any input: the backend's kernel where it has one (``fused(kernel, x)``
+    calls the optional op ``fused_interpolate``), else the products where ``x`` is finite and ``tapped(x)`` (each
+    output summed from the inputs it reads alone) where it holds NaN or inf, one ``cond`` on a sum: a NaN or an
+    infinity reaches the outputs that read it and no other, where a product spread it to every output of its plane
+    (0 * NaN); taps for every input made bilinear 2x upsampling 3.5-4 times slower on CPU. The gradient, the same
+    linear map for any input, is the matrices' transposed product (torch's own kernel's took 1.5 times as long on
+    CPU)."""
+    # the backend's own product, not a mixed-precision scope's (which computes it in float16 or bfloat16): an
+    # interpolation is computed in its input's dtype, as torch's autocast leaves F.interpolate (and the taps' branch,
+    # which has no product, came out in another dtype than the products' branch of the cond)
+    matmul = config.backend().ops.matmul
+    kernel = optional_op(ops._ops(), "fused_interpolate")
+
+    def products(x, *matrices, transposed=False):  # (transposed: the gradient's, dx = M0^T dy M1)
+        first, last = (ops.transpose(matrices[0], 0, 1) if transposed else matrices[0]), matrices[-1]
+        out, size = tuple(last.shape)
+        if transposed and len(matrices) == 2 and isinstance(out, int) and isinstance(size, int) and out < size:
+            # the first axis' product on the smaller dy, where the last axis narrows (a product with a matrix on
+            # the left is transposed into place on JAX: the gradient of a downsampling took 15% longer the other way)
+            return in_dtype_of(matmul(matmul(first, x), last), x)
+        y = matmul(x, last if transposed else ops.transpose(last, 0, 1))
+        return in_dtype_of(matmul(first, y) if len(matrices) == 2 else y, x)
+
+    def in_dtype_of(y, x):  # (x's dtype: torch's own autocast, which the raw product still runs under, makes bfloat16)
+        return y if y.dtype == x.dtype else ops.cast(y, dtype_kinds.dtype_name(x.dtype))
+
     def forward(x, *matrices):  # (the matrices as inputs: JAX's custom gradient takes no traced value from outside)
         def backward(dy):
             return (products(dy, *matrices, transposed=True),) + (None,) * len(matrices)
 
         def finished(rows, x):  # the products, of ``rows`` = x times the last axis' matrix where there are two axes
-            return in_dtype_of(matmul(matrices[0], rows), x) if len(sizes) == 2 else products(x, *matrices)
+            return in_dtype_of(matmul(matrices[0], rows), x) if len(matrices) == 2 else products(x, *matrices)
 
-        # (the sizes where torch's kernel would recompute them: floor(in * scale_factor); zero channels are left to
-        # the products, which give their empty output where torch's kernel refuses them)
+        def finite(t):  # summed in float32 at least: a float16 sum overflowed to inf past 65504, and nearly every
+            # float16 image batch took the taps' slower branch
+            total = ops.sum(ops.cast(t, "float32") if dtype_kinds.dtype_name(t.dtype) == "float16" else t)
+            return total - total == 0  # (inf - inf, NaN - NaN: NaN)
+
+        # (zero channels are left to the products, which give their empty output where torch's kernel refuses them)
         if kernel is not None and x.shape[1] != 0:
-            resized = factors[0] is None or recompute_scale_factor
-            return kernel(x, tuple(outs) if resized else None, None if resized else factors, mode,
-                          bool(align_corners)), backward
-        # summed in float32 at least: a float16 sum overflowed to inf past 65504, and nearly every float16 image
-        # batch took the taps' slower branch
-        total = ops.sum(ops.cast(x, "float32") if dtype_kinds.dtype_name(x.dtype) == "float16" else x)
+            return fused(kernel, x), backward
         # the last axis' product outside the cond (XLA's CPU runs a product inside one without its intra-op threads:
         # both inside, JAX's forward took 20% longer on 2 cores); the gradient, x's in both branches, is the
         # products' alone (through the cond JAX's backward took 25% longer)
-        rows = matmul(x, ops.transpose(matrices[-1], 0, 1)) if len(sizes) == 2 else x
-        y = ops.cond(total - total == 0, finished, lambda rows, x: tapped(x), (rows, x))  # (inf - inf, NaN - NaN: NaN)
-        return y, backward
+        rows = matmul(x, ops.transpose(matrices[-1], 0, 1)) if len(matrices) == 2 else x
+        if _shrinks(matrices):
+            # fewer outputs than inputs: both products first, and the sum of y decides (summing x made a (30, 30) to
+            # (7, 7) adaptive average pooling 30-40% slower on JAX's CPU). A NaN or an infinity in x reaches every
+            # output of its plane through the products (0 * NaN), so y is finite only where x is (and where a finite
+            # x overflows, the taps give the same). The cond gives zeros or the taps, which a select takes: a branch
+            # returning y itself became an ONNX If (jax2onnx) whose Identity read y before the node that made it
+            y = finished(rows, x)
+            kept = finite(y)
+            return ops.where(kept, y, ops.cond(kept, lambda x: ops.zeros_like(y), tapped, (x,))), backward
+        return ops.cond(finite(x), finished, lambda rows, x: tapped(x), (rows, x)), backward
 
-    kernel = optional_op(ops._ops(), "fused_interpolate")
     return config.backend().custom_gradient(forward)(x, *matrices)
+
+
+def _shrinks(matrices) -> bool:
+    """Whether (out, in) ``matrices`` give fewer outputs than they read inputs, their sizes known (False where a
+    graph leaves one unknown)."""
+    shapes = [tuple(matrix.shape) for matrix in matrices]
+    if not all(isinstance(n, int) for shape in shapes for n in shape):
+        return False
+    return math.prod(out for out, _ in shapes) < math.prod(size for _, size in shapes)
 
 
 def _taps(size, out, mode, align_corners, scale, like):

@@ -19,9 +19,11 @@ R = np.random.default_rng(15)
 IMAGES = R.standard_normal((2, 4, 5, 6))
 SEQUENCE = R.standard_normal((2, 4, 7))
 KERNELS = R.standard_normal((6, 2, 3, 3))          # (out, in / groups, kh, kw) for groups=2
-# a NaN, an infinity of each sign (one on an edge): interpolation reaches the outputs whose taps read them alone
+# a NaN, an infinity of each sign (one on an edge), and -inf beside +inf (in one of (3, 4) adaptive bins):
+# interpolation and adaptive average pooling reach the outputs whose taps or bins read them alone
 NONFINITE_IMAGES, NONFINITE_SEQUENCE = IMAGES.copy(), SEQUENCE.copy()
 NONFINITE_IMAGES[0, 1, 1, 2], NONFINITE_IMAGES[1, 2, 3, 4], NONFINITE_IMAGES[1, 0, 4, 0] = np.nan, np.inf, -np.inf
+NONFINITE_IMAGES[1, 2, 4, 5] = -np.inf
 NONFINITE_SEQUENCE[0, 1, 2], NONFINITE_SEQUENCE[1, 3, 6], NONFINITE_SEQUENCE[1, 3, 4] = np.nan, np.inf, -np.inf
 
 
@@ -57,6 +59,8 @@ LAYERS = {
     "AvgPool2d-ceil-exclude-pad": layer(lambda: ud.nn.AvgPool2d(2, 2, 1, ceil_mode=True, count_include_pad=False),
                                         lambda: tnn.AvgPool2d(2, 2, 1, ceil_mode=True, count_include_pad=False)),
     "AdaptiveAvgPool2d": layer(lambda: ud.nn.AdaptiveAvgPool2d((3, 4)), lambda: tnn.AdaptiveAvgPool2d((3, 4))),
+    "AdaptiveAvgPool2d-nan-inf": layer(lambda: ud.nn.AdaptiveAvgPool2d((3, 4)), lambda: tnn.AdaptiveAvgPool2d((3, 4)),
+                                       NONFINITE_IMAGES),
     "AdaptiveMaxPool2d": layer(lambda: ud.nn.AdaptiveMaxPool2d((3, 4)), lambda: tnn.AdaptiveMaxPool2d((3, 4))),
     "AdaptiveMaxPool2d-keep-width": layer(lambda: ud.nn.AdaptiveMaxPool2d((2, None)),
                                           lambda: tnn.AdaptiveMaxPool2d((2, None))),
@@ -98,6 +102,13 @@ OPS = {
     # a scale factor: a graph's output sizes are int64 tensors, which TensorFlow divided float32 positions by
     "interpolate-area-scale": op(lambda x: ud.ops.interpolate(x, scale_factor=0.5, mode="area"),
                                  lambda x: F.interpolate(x, scale_factor=0.5, mode="area")),
+    "interpolate-area-scale-nan-inf": op(lambda x: ud.ops.interpolate(x, scale_factor=0.5, mode="area"),
+                                         lambda x: F.interpolate(x, scale_factor=0.5, mode="area"), NONFINITE_IMAGES),
+    # the width kept (the height pooled as the last axis); 1-d bins, one of them holding -inf and +inf
+    "adaptive_avg_pool2d-keep-width-nan-inf": op(lambda x: ud.ops.adaptive_avg_pool2d(x, (2, None)),
+                                                 lambda x: F.adaptive_avg_pool2d(x, (2, None)), NONFINITE_IMAGES),
+    "adaptive_avg_pool1d-nan-inf": op(lambda x: ud.ops.adaptive_avg_pool1d(x, 3), lambda x: F.adaptive_avg_pool1d(x, 3),
+                                      NONFINITE_SEQUENCE),
     "interpolate-bilinear-recompute": op(
         lambda x: ud.ops.interpolate(x, scale_factor=0.7, mode="bilinear", recompute_scale_factor=True),
         lambda x: F.interpolate(x, scale_factor=0.7, mode="bilinear", recompute_scale_factor=True)),
@@ -112,7 +123,7 @@ OPS = {
 # the transposed and grouped kernels): eager JAX dispatches every op on its own, and the suite's time is tight
 FLOAT64_CASES = ("Conv2d-depthwise-same-dilation", "ConvTranspose2d-groups-dilation",
                  "AvgPool2d-ceil-exclude-pad", "AdaptiveAvgPool2d", "GroupNorm", "Upsample-bilinear-align-corners",
-                 "Upsample-linear", "Upsample-bilinear-nan-inf")
+                 "Upsample-linear", "Upsample-bilinear-nan-inf", "AdaptiveAvgPool2d-nan-inf")
 
 
 @pytest.mark.parametrize("dtype, modes", RUNS)
