@@ -757,7 +757,17 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(tf.abs(prediction - tf.cast(target, prediction.dtype)), reduction)
 
 
+def _in_shape_check() -> bool:
+    """Whether the graph being traced is a shape check's (``tracing_for_shapes``: traced for its shapes and errors,
+    never run), where a check of values is left out: its ``Assert`` fails only when a graph runs, and the step's own
+    graph holds it (a shape check traced a third of the CNN's forward again for the labels' check). XLA's checks,
+    TensorFlow's static assertions that can fail while tracing, are kept."""
+    return tracing_shape_graph() and not tracing_xla_graph()
+
+
 def check_in_range(x, low, high, what="values"):
+    if _in_shape_check():
+        return x
     outside = tf.reduce_sum(tf.cast(tf.logical_or(x < low, x > high), tf.int64))
     if tf.executing_eagerly():
         if int(outside):
@@ -784,6 +794,8 @@ def check_index(indices, size, what="index"):
         return indices
     # in a graph: GPU kernels return NaN or zeros for such indices (and TensorFlow's CPU gather zeros), so
     # check with the graph; GraphFunction turns the marked error into IndexOutOfRangeError when the graph runs
+    if _in_shape_check():
+        return indices
     if tracing_xla_graph():  # XLA keeps no string formatting: the range without the values found
         bound = size if isinstance(size, int) else "its size"
         message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {bound})"
@@ -803,6 +815,8 @@ def check_index(indices, size, what="index"):
 def check_values(x, condition, message, values=()):
     if tf.executing_eagerly():
         return check_known_values(x, condition, message, values)
+    if _in_shape_check():
+        return x
     if tracing_xla_graph():  # XLA keeps no string formatting: the message without the values
         text = ValueOutOfRangeError.marker + message.replace("{}", "?")
         checks = [tf.debugging.assert_equal(tf.cast(condition, tf.bool), True, message=text)]
