@@ -155,7 +155,8 @@ def check_window_fits(owner, x, spans, paddings, advice: str):
     for axis, (span, padding, label) in enumerate(zip(spans, paddings, labels)):
         if padding == "same":
             continue  # the padding grows with the kernel
-        padded = sizes[axis + 2] + (0 if padding == "valid" else 2 * padding)
+        added = 0 if padding == "valid" else 2 * padding
+        padded = sizes[axis + 2] + added if added else sizes[axis + 2]  # (a graph's unknown size: no op adding 0)
 
         def template(label=label):
             return (f"{literal(owner)}: kernel {label} {{}} is larger than the padded input {label} {{}} (input "

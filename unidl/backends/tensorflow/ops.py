@@ -483,33 +483,50 @@ def _torch_routes(xh, y, pads, arguments):
     shapes are known while tracing: XLA compiles no ``tf.where`` of one argument). PyTorch's choice: a window's
     last NaN; else in a window whose maximum is at most the lowest finite value, its first element above -inf, or
     where it holds none its first inside the input. Positions are pooled in float32, 1-based (exact up to 2 ** 24
-    a plane; GPUs pool no int32), counted from the end where the first is wanted."""
-    height, width = xh.shape[1], xh.shape[2]
-    if height is None or width is None:
-        size = tf.shape(xh)
-        height, width = size[1], size[2]
+    a plane; GPUs pool no int32), counted from the end where the first is wanted. (A graph traces this for every
+    pool, in a branch that runs only on such windows: each size is read once, ``_sizes``.)"""
+    _, height, width, _ = _sizes(xh)
     plane = tf.stack([1, height, width, 1])
     positions = tf.reshape(tf.range(1, height * width + 1, dtype=tf.float32), plane)
     from_end = tf.cast(height * width + 1, tf.float32) - positions
-    inside = tf.pad(tf.ones(tf.stack([1, height - 2 * pads[0], width - 2 * pads[1], 1])),
-                    ((0, 0), (pads[0], pads[0]), (pads[1], pads[1]), (0, 0)))
+    if pads == (0, 0):  # every position is inside the input
+        first_inside = tf.nn.max_pool2d(from_end, **arguments)
+    else:
+        inside = tf.pad(tf.ones(tf.stack([1, height - 2 * pads[0], width - 2 * pads[1], 1])),
+                        ((0, 0), (pads[0], pads[0]), (pads[1], pads[1]), (0, 0)))
+        first_inside = tf.nn.max_pool2d(from_end * inside, **arguments)
     last_nan = tf.nn.max_pool2d(tf.where(tf.math.is_nan(xh), positions, 0.0), **arguments)
     first_above = tf.nn.max_pool2d(tf.where(xh > float("-inf"), from_end, 0.0), **arguments)
-    first_inside = tf.nn.max_pool2d(from_end * inside, **arguments)
     nan_window = last_nan > 0
     low_window = tf.logical_and(tf.logical_not(nan_window), y <= y.dtype.min)
     first = tf.cast(height * width + 1, tf.float32) - tf.where(first_above > 0, first_above, first_inside)
     source = tf.cast(tf.where(nan_window, last_nan, first), tf.int64) - 1
     size = tf.shape(source, out_type=tf.int64)
-    samples = tf.broadcast_to(tf.reshape(tf.range(size[0]), (-1, 1, 1, 1)), size)
-    channels = tf.broadcast_to(tf.reshape(tf.range(size[3]), (1, 1, 1, -1)), size)
+    samples, _, _, channels = tf.unstack(size, 4)
+    samples = tf.broadcast_to(tf.reshape(tf.range(samples, dtype=tf.int64), (-1, 1, 1, 1)), size)
+    channels = tf.broadcast_to(tf.reshape(tf.range(channels, dtype=tf.int64), (1, 1, 1, -1)), size)
     return tf.logical_or(nan_window, low_window), tf.stack([samples, source, channels], -1)
+
+
+def _sizes(xh):
+    """(N, H, W, C) of NHWC ``xh``: Python ints where the graph knows them, else scalar tensors, read at once."""
+    known = xh.shape.as_list()
+    if None not in known:
+        return known
+    read = tf.unstack(tf.shape(xh), 4)
+    return [size if size is not None else value for size, value in zip(known, read)]
 
 
 def _planes(xh):
     """``xh`` (N, H, W, C) viewed as (N, H * W, C)."""
     size = tf.shape(xh)
     return tf.reshape(xh, tf.stack([size[0], -1, size[3]]))
+
+
+def _planes_shape(xh):
+    """The shape of ``_planes(xh)``, (N, H * W, C), as a vector."""
+    samples, height, width, channels = _sizes(xh)
+    return tf.stack([samples, height * width, channels])
 
 
 def _max_pool_gradient(xh, y, upstream, pads, arguments, needs):
@@ -525,7 +542,7 @@ def _max_pool_gradient(xh, y, upstream, pads, arguments, needs):
     def as_torch():
         routed, sources = _torch_routes(xh, y, pads, arguments)
         zero = tf.zeros((), upstream.dtype)
-        scattered = tf.scatter_nd(sources, tf.where(routed, upstream, zero), tf.shape(_planes(xh), out_type=tf.int64))
+        scattered = tf.scatter_nd(sources, tf.where(routed, upstream, zero), tf.cast(_planes_shape(xh), tf.int64))
         return max_pool_grad(tf.where(routed, zero, upstream)) + tf.reshape(scattered, tf.shape(xh))
 
     own = max_pool_grad(upstream)
@@ -766,7 +783,17 @@ def l1_loss(prediction, target, reduction="mean"):
     return _reduce(tf.abs(prediction - tf.cast(target, prediction.dtype)), reduction)
 
 
+def _in_shape_check() -> bool:
+    """Whether the graph being traced is a shape check's (``tracing_for_shapes``: traced for its shapes and errors,
+    never run), where a check of values is left out: its ``Assert`` fails only when a graph runs, and the step's own
+    graph holds it (a shape check traced a third of the CNN's forward again for the labels' check). XLA's checks,
+    TensorFlow's static assertions that can fail while tracing, are kept."""
+    return tracing_shape_graph() and not tracing_xla_graph()
+
+
 def check_in_range(x, low, high, what="values"):
+    if _in_shape_check():
+        return x
     outside = tf.reduce_sum(tf.cast(tf.logical_or(x < low, x > high), tf.int64))
     if tf.executing_eagerly():
         if int(outside):
@@ -793,6 +820,8 @@ def check_index(indices, size, what="index"):
         return indices
     # in a graph: GPU kernels return NaN or zeros for such indices (and TensorFlow's CPU gather zeros), so
     # check with the graph; GraphFunction turns the marked error into IndexOutOfRangeError when the graph runs
+    if _in_shape_check():
+        return indices
     if tracing_xla_graph():  # XLA keeps no string formatting: the range without the values found
         bound = size if isinstance(size, int) else "its size"
         message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {bound})"
@@ -812,6 +841,8 @@ def check_index(indices, size, what="index"):
 def check_values(x, condition, message, values=()):
     if tf.executing_eagerly():
         return check_known_values(x, condition, message, values)
+    if _in_shape_check():
+        return x
     if tracing_xla_graph():  # XLA keeps no string formatting: the message without the values
         text = ValueOutOfRangeError.marker + message.replace("{}", "?")
         checks = [tf.debugging.assert_equal(tf.cast(condition, tf.bool), True, message=text)]

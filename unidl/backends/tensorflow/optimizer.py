@@ -247,8 +247,14 @@ def all_finite(values):
     Spelled as ``sum(v * 0)`` per tensor, 0 when every element is finite and NaN otherwise (inf * 0 and NaN * 0
     are NaN), not ``reduce_all(is_finite(v))``: Grappler moves an ``IsFinite`` above the transpose that a
     convolution kernel's gradient comes out of (TensorFlow's HWIO into the variable's OIHW) and then transposes
-    booleans, with a kernel several times slower than the float one (about 5% of a ResNet-18 step)."""
-    sums = [tf.cast(tf.reduce_sum(v * tf.zeros((), v.dtype)), tf.float32) for v in values if v is not None]
+    booleans, with a kernel several times slower than the float one (about 5% of a ResNet-18 step). One zero a
+    dtype, not one a tensor: a graph's first trace makes every constant anew."""
+    zeros, sums = {}, []
+    for v in values:
+        if v is not None:
+            if v.dtype not in zeros:
+                zeros[v.dtype] = tf.zeros((), v.dtype)
+            sums.append(tf.cast(tf.reduce_sum(v * zeros[v.dtype]), tf.float32))
     return tf.math.is_finite(tf.add_n(sums)) if sums else tf.constant(True)
 
 
