@@ -499,9 +499,14 @@ def _bin_means(x, sizes, outs):
     matrices = [_bin_matrix(n, o, x) for n, o in zip(sizes, outs)]
     kept = tuple(ops.shape(x)[2:4 - len(sizes)])  # (torch's kernel takes every spatial size)
 
-    def tapped(x):  # the last axis first
-        x = _bin_mean(x, sizes[-1], outs[-1])
-        return x if len(sizes) == 1 else ops.transpose(_bin_mean(ops.transpose(x, 2, 3), sizes[0], outs[0]), 2, 3)
+    def tapped(x):  # the last axis first; half precision summed in float32 and rounded once, as PyTorch's kernel
+        # (each bin summed in float16 overflowed: three 30000s gave inf, and bfloat16 rounded every partial sum)
+        name = dtype_kinds.dtype_name(x.dtype)
+        y = ops.cast(x, "float32") if name in ("float16", "bfloat16") else x
+        y = _bin_mean(y, sizes[-1], outs[-1])
+        if len(sizes) == 2:
+            y = ops.transpose(_bin_mean(ops.transpose(y, 2, 3), sizes[0], outs[0]), 2, 3)
+        return y if y.dtype == x.dtype else ops.cast(y, name)
 
     return _products_or_taps(x, matrices, tapped, lambda kernel, x: kernel(x, kept + tuple(outs), None, "area", None))
 

@@ -165,6 +165,25 @@ def test_an_infinity_behind_a_tap_of_weight_0_gives_torchs_nan_in_float64_graphs
             assert difference(found, expected) <= 1e-12, (options, traced)
 
 
+# bins of 30000s beside a NaN elsewhere in the plane: the bins' own sums, which float16 overflowed (three 30000s
+# summed to inf) and bfloat16 rounded at every partial sum, where PyTorch sums in float32 and rounds once
+LARGE_BINS = np.full((1, 2, 5, 8), 30000.0, np.float32)
+LARGE_BINS[0, 0, 4, 7] = LARGE_BINS[0, 1, 0, 0] = np.nan
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_bins_beside_a_nan_are_summed_as_torchs(backend, dtype):
+    """Adaptive average pooling of unequal bins (and 'area' interpolation) in float16 and bfloat16 of an input
+    holding NaN: the bins without it are PyTorch's, bit for bit, eagerly and inside ``ud.function``."""
+    expected = F.adaptive_avg_pool2d(torch.tensor(LARGE_BINS).to(getattr(torch, dtype)), (3, 3)).float().numpy()
+
+    def pooled(x):
+        return ud.ops.cast(ud.ops.adaptive_avg_pool2d(ud.ops.cast(x, dtype), (3, 3)), "float32")
+
+    for mode, run in [("eager", pooled), ("ud.function", ud.function(pooled))]:
+        np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(LARGE_BINS))), expected, err_msg=mode)
+
+
 # ---- max pooling of windows of -inf ---------------------------------------------------------------------------
 LOWEST = 7.0  # stands for the dtype's lowest finite value (its float32 -3.4e38 is float16's -inf)
 MINUS_INF_WINDOWS = np.array([  # 2x2 windows: all -inf, -inf and the lowest, the lowest alone, one finite value
