@@ -21,8 +21,8 @@ import numpy as np
 from unidl.nn.freezing import requires_grad_method, trainable_refused
 
 _serials = itertools.count()
-#: bumped by every change of a variable's ``requires_grad`` (freezing, unfreezing), so that ``trainable_mask_cached`` recomputes
-#: a step's trainable mask only after one (itertools.count: atomic under threads)
+#: bumped by every change of a variable's ``requires_grad`` (freezing, unfreezing), so that
+#: ``trainable_mask_cached`` recomputes a step's trainable mask only after one (itertools.count: atomic under threads)
 _freezing_versions = itertools.count()
 freezing_version = next(_freezing_versions)
 _live: "weakref.WeakValueDictionary[int, JaxVariable]" = weakref.WeakValueDictionary()
