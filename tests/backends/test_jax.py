@@ -554,3 +554,28 @@ def test_max_poolings_two_gradient_rules_route_each_window_as_torch():
         pool.defjvp(functools.partial(rule, (3, 3), (2, 2), (1, 1)))
         got = jax.grad(lambda a: (pool(a) * r).sum())(jax.numpy.asarray(x))
         np.testing.assert_array_equal(np.asarray(got), wanted.grad.numpy())
+
+
+def test_a_steps_frozen_set_is_read_again_after_every_requires_grad_change(rng):
+    """The step's trainable mask (part of its trace key) is cached between ``requires_grad`` changes: each way of
+    freezing invalidates it, a mask changed back reuses its program, and a parameter frozen by any of them stays
+    bit-identical while the others train."""
+    with ud.use_backend("jax"):
+        model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.Linear(4, 1))
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        x, y = rng.standard_normal((8, 3)).astype(np.float32), rng.standard_normal((8, 1)).astype(np.float32)
+        step(x, y)
+        first = model[0].weight
+        for freeze, traces in ((lambda: setattr(first, "requires_grad", False), 2),
+                               (lambda: first.requires_grad_(True), 2),  # back to the first mask: its program
+                               (lambda: model[0].requires_grad_(False), 3),
+                               (lambda: model[0].bias.requires_grad_(True), 3)):  # the first mask again
+            freeze()
+            frozen = {k: v for k, v in model.state_dict().items()
+                      if not dict(model.named_parameters())[k].requires_grad}
+            before = model.state_dict()
+            step(x, y)
+            after = model.state_dict()
+            assert step.trace_count == traces
+            assert all(np.array_equal(value, after[k]) for k, value in frozen.items()), list(frozen)
+            assert all(not np.array_equal(before[k], after[k]) for k in before if k not in frozen)

@@ -61,6 +61,8 @@ from unidl.tracing import (python_randomness_guard, python_randomness_preserved,
                            warn_running_eagerly)
 
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+#: the same as NumPy's dtypes: an array's dtype compares with them in C (with ``jnp.float32``, a Python ``__eq__``)
+_NUMPY_DTYPES = {name: np.dtype(dtype) for name, dtype in _DTYPES.items()}
 _JAX_DEVICES: dict = {}  # unidl's device name ('cpu', 'cuda:N') -> the jax device
 
 # donated buffers that XLA cannot reuse on some platforms are only a missed optimisation
@@ -283,7 +285,7 @@ class Backend(BackendInterface):
         """Step inputs: JAX arrays of unidl's float dtype pass through; everything else is converted. (One on
         another device than the parameters' moves to theirs when ``jax.jit`` refuses it, ``StatefulJit``: no test
         on every step; an eager step moves its inputs to unidl's device, ``compile_step``.)"""
-        if isinstance(value, jax.Array) and (value.dtype == _DTYPES[config.get_dtype()]
+        if isinstance(value, jax.Array) and (value.dtype == _NUMPY_DTYPES[config.get_dtype()]
                                              or not jnp.issubdtype(value.dtype, jnp.floating)):
             return value
         return self.tensor(value)
@@ -430,8 +432,9 @@ class Backend(BackendInterface):
         # a smaller last batch is one more trace (XLA compiles per shape): bounded, so no RetraceWarning; keyed on
         # the modes of the model's tree as it is at each call (``training_modes``: cached on the mode version), as
         # tensorflow's ``PerModeGraphs``
+        mask = jax_variable.trainable_mask_cached(params)  # (recomputed only after a requires_grad change)
         compiled = StatefulJit(step, lambda: variables, name, donate=True, warn_retrace=False,
-                               static_key=lambda: (training_modes(model), trainable_mask(params)),
+                               static_key=lambda: (training_modes(model), mask()),
                                keyed_modules=model.modules)
         to_input = self.to_input
         if eager:

@@ -21,6 +21,10 @@ import numpy as np
 from unidl.nn.freezing import requires_grad_method, trainable_refused
 
 _serials = itertools.count()
+#: bumped by every change of a variable's ``requires_grad`` (freezing, unfreezing), so that
+#: ``trainable_mask_cached`` recomputes a step's trainable mask only after one (itertools.count: atomic under threads)
+_freezing_versions = itertools.count()
+freezing_version = next(_freezing_versions)
 _live: "weakref.WeakValueDictionary[int, JaxVariable]" = weakref.WeakValueDictionary()
 
 
@@ -139,13 +143,14 @@ class JaxVariable:
     Arithmetic operators, indexing, ``shape`` and ``dtype`` act on the value, so a layer's forward
     reads ``x @ self.weight`` as on any backend; JAX functions take ``variable.value``."""
 
-    __slots__ = ("_value", "_trainable", "requires_grad", "serial", "__weakref__")
+    __slots__ = ("_value", "_trainable", "_requires_grad", "serial", "__weakref__")
 
     def __init__(self, value, trainable: bool = True):
         self.serial = next(_serials)
         self.value = value
         self._trainable = bool(trainable)
-        self.requires_grad = bool(trainable)  # False: a buffer, or frozen (Module.requires_grad_), as torch's
+        # False: a buffer, or frozen (Module.requires_grad_), as torch's (a new variable: in no mask yet, no bump)
+        self._requires_grad = bool(trainable)
         _live[self.serial] = self
 
     @property
@@ -170,6 +175,17 @@ class JaxVariable:
     @trainable.setter
     def trainable(self, value):
         raise trainable_refused(f"{self!r}.trainable = {value!r}")
+
+    @property
+    def requires_grad(self):
+        """False: a buffer, or a frozen parameter (PyTorch's flag, set by ``requires_grad_`` or assigned)."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        global freezing_version
+        self._requires_grad = value
+        freezing_version = next(_freezing_versions)  # (after the write: a mask computed before it is stale)
 
     requires_grad_ = requires_grad_method()  # PyTorch's name for freezing (the flag ``requires_grad``)
 
@@ -226,3 +242,25 @@ class JaxVariable:
     def __repr__(self):
         kind = "parameter" if self.trainable else "buffer"
         return f"JaxVariable({kind}, shape={self.shape}, dtype={self.dtype})"
+
+
+def trainable_mask_cached(params):
+    """``mask()``: ``trainable_mask(params)`` (the frozen set a compiled step keys its trace on), computed again only
+    after a ``requires_grad`` change of some variable (``freezing_version``) instead of at every step; every call
+    where ``params`` are not all this backend's variables (whose changes it cannot see)."""
+    from unidl.nn.module import trainable_mask
+
+    if not all(isinstance(p, JaxVariable) for p in params):
+        return lambda: trainable_mask(params)
+    cached = [(None, ())]  # [(version, mask)], replaced whole (threads)
+
+    def mask():
+        version, mask = cached[0]
+        if version == freezing_version:
+            return mask
+        version = freezing_version  # (read before the flags: a change amid them leaves a stale version, not mask)
+        mask = trainable_mask(params)
+        cached[0] = (version, mask)
+        return mask
+
+    return mask
