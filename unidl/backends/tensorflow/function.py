@@ -17,7 +17,6 @@ import numpy as np
 import tensorflow as tf
 
 from tensorflow.python.autograph.core import config as autograph_config
-from tensorflow.python.autograph.impl import api as autograph_api
 
 from unidl import config, devices
 from unidl.nn.module import training_modes
@@ -42,25 +41,6 @@ def is_library_code(function) -> bool:
     """True for unidl's own functions and methods (never converted by AutoGraph)."""
     module = getattr(function, "__module__", None) or getattr(type(function), "__module__", "")
     return module == "unidl" or module.startswith("unidl.")
-
-
-def unconverted(function):
-    """``function`` as ``tf.function`` runs it without converting it: unidl's own code that calls the user's code
-    (converted where it is called: ``user_code``, ``forward_caller``). AutoGraph converted the function it was given
-    even where it only calls unidl's code, once per process and function, 30 ms and more of a first step; an error
-    raised inside still carries AutoGraph's account of where in the user's code it was raised, as a converted
-    function's does."""
-
-    def run(*args):
-        try:
-            return function(*args)
-        except Exception as error:
-            autograph_api._attach_error_metadata(error, run)  # (what AutoGraph's converted_call adds)
-            raise
-
-    run.__name__ = function.__name__  # the graphs' names ("__inference_<lambda>_12") as they were
-    run.ag_source_map = {}  # no lines of its own to map back to the user's code
-    return autograph_api.autograph_artifact(run)  # called as it is by tf.function's AutoGraph
 
 
 def _converted(function):
@@ -401,8 +381,8 @@ class GraphFunction:
                 RetraceWarning, stacklevel=3)
         signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key[0]]
         fusion.check_fused_relu()  # (once: ReLU fused with a matmul keeps NaN, or the fusion is off)
-        compiled = tf.function(unconverted(lambda *tensors: self._traced(statics, packing, *tensors)),
-                               input_signature=signature, jit_compile=self._jit_compile, reduce_retracing=True)
+        compiled = tf.function(lambda *tensors: self._traced(statics, packing, *tensors), input_signature=signature,
+                               jit_compile=self._jit_compile, reduce_retracing=True)
         devices.compiled_placed(self.__name__, f"traced for ({'shape' if exact else 'rank'}, dtype) "
                                                f"{[(r, d.name) for r, d in key[0]]}",
                                 self._device or "the default device", "tensorflow graph")
