@@ -229,7 +229,6 @@ def test_an_optimizer_of_another_model_is_an_error(backend, rng):
     ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD([*model.parameters()[:1], *other.parameters()], lr=0.1))
 
 
-
 class _CountedOps:
     """The torch functions called in the block, by name, a tensor's attributes aside (a ``TorchFunctionMode``:
     deterministic, unlike a timing)."""
