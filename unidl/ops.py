@@ -980,7 +980,7 @@ def _rounded_once(x, compute):
     PyTorch's CPU kernels compute reduced floats (each step rounded to float16 was a last place off); as it is on a
     backend whose kernels round once already (``rounds_half_activations_once``: no float32 copy kept for autodiff)."""
     dtype = dtype_kinds.dtype_name(x.dtype)
-    if dtype not in ("float16", "bfloat16") or config.backend().rounds_half_activations_once:
+    if not dtype_kinds.is_half(dtype) or config.backend().rounds_half_activations_once:
         return compute(x)
     return cast(compute(cast(x, "float32")), dtype)
 
@@ -1047,7 +1047,7 @@ def _layer_norm_as_torch(backend_ops, x, normalized_shape, weight, bias, eps, mi
     ``mixed``, ``x`` beside float32 parameters) computed in float32, its parameters too, and given back in its
     dtype, as PyTorch's kernels compute it (in float16 the variance of [1, 2, 1000] overflowed: zeros). Shared by
     ``layer_norm`` and ``nn.LayerNorm``, which check their input each in its own words."""
-    if not mixed and input_checks.dtype_name(x.dtype) not in ("float16", "bfloat16"):
+    if not mixed and not dtype_kinds.is_half(x.dtype):
         return backend_ops.layer_norm(x, normalized_shape, weight, bias, eps)
     weight, bias = (None if p is None else backend_ops.cast(p, "float32") for p in (weight, bias))
     y = backend_ops.layer_norm(backend_ops.cast(x, "float32"), normalized_shape, weight, bias, eps)
@@ -1524,7 +1524,7 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
 @composite("probabilities", "target", "weight")
 def _binary_cross_entropy_core(probabilities, target, weight, reduction):
     """``binary_cross_entropy`` of checked operands, one compiled program (``composite``)."""
-    narrow = dtype_kinds.dtype_name(probabilities.dtype) in ("float16", "bfloat16")
+    narrow = dtype_kinds.is_half(probabilities.dtype)
     p = cast(probabilities, "float32") if narrow else probabilities
     t = cast_like(target, p)
 

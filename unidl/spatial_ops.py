@@ -502,7 +502,7 @@ def _bin_means(x, sizes, outs):
     def tapped(x):  # the last axis first; half precision summed in float32 and rounded once, as PyTorch's kernel
         # (each bin summed in float16 overflowed: three 30000s gave inf, and bfloat16 rounded every partial sum)
         name = dtype_kinds.dtype_name(x.dtype)
-        y = ops.cast(x, "float32") if name in ("float16", "bfloat16") else x
+        y = ops.cast(x, "float32") if dtype_kinds.is_half(x.dtype) else x
         y = _bin_mean(y, sizes[-1], outs[-1])
         if len(sizes) == 2:
             y = ops.transpose(_bin_mean(ops.transpose(y, 2, 3), sizes[0], outs[0]), 2, 3)
@@ -737,8 +737,7 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
     # where a graph leaves sizes unknown, positions and weights are computed in float32 for float16 and bfloat16
     # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those): the matrices are rounded to
     # the input's dtype after, as the known sizes' constants (computed in float64)
-    target, like = like, (ops.cast(like[:1, :1], "float32") if dtype_kinds.dtype_name(like.dtype) in
-                          ("float16", "bfloat16") else like)
+    target, like = like, (ops.cast(like[:1, :1], "float32") if dtype_kinds.is_half(like.dtype) else like)
     axes = []  # (size, output size, scale factor, scale) per spatial axis
     for n, out, factor in zip(sizes, outs, factors):
         if mode in ALIGNABLE_MODES and align_corners:
