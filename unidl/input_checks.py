@@ -815,6 +815,13 @@ def labels_beside(owner, labels, ignore_index):
     return labels
 
 
+def check_labels(owner, loss, labels, ignore_index):
+    """Class ``labels`` as the losses take them: integers (``check_integer``, its error naming ``loss``, the
+    loss's class, 'NLLLoss') in a dtype that holds ``ignore_index`` (``labels_beside``, its error naming ``owner``,
+    the op called)."""
+    return labels_beside(owner, check_integer(loss, "labels", labels), ignore_index)
+
+
 def check_same_kind(owner, a, b) -> None:
     """``DtypeMismatchError`` when one of ``a`` and ``b`` holds floats and the other integers or booleans: the
     frameworks differ there (PyTorch and TensorFlow refuse, JAX and Keras promote). Floats of two widths pass, for a

@@ -1680,7 +1680,7 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
     owner = "nll_loss"
     log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
         owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
-    labels = input_checks.labels_beside(owner, input_checks.check_integer("NLLLoss", "labels", labels), ignore_index)
+    labels = input_checks.check_labels(owner, "NLLLoss", labels, ignore_index)
     if len(log_probabilities.shape) == 1 and len(labels.shape) == 0:  # one sample: PyTorch's unbatched input
         loss = nll_loss(unsqueeze(log_probabilities, 0), unsqueeze(labels, 0), weight, ignore_index, reduction)
         return squeeze(loss, 0) if reduction == "none" else loss
@@ -1765,8 +1765,7 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
         target = input_checks.as_floating("cross_entropy_loss", "target", target)
         return _soft_cross_entropy_core(logits, target, weight, reduction, label_smoothing)
     weight = input_checks.class_weight("CrossEntropyLoss", weight, logits, "logits")
-    target = input_checks.labels_beside(owner, input_checks.check_integer("CrossEntropyLoss", "labels", target),
-                                        ignore_index)
+    target = input_checks.check_labels(owner, "CrossEntropyLoss", target, ignore_index)
     safe = _checked_labels("CrossEntropyLoss", logits, target, ignore_index)
     return _cross_entropy_core(logits, target, safe, weight, ignore_index, reduction, label_smoothing)
 
