@@ -37,9 +37,6 @@ def _floats(owner, x):
     return input_checks.as_floating(owner, "x", x)
 
 
-_HALVES = ("float16", "bfloat16")
-
-
 def _rounded_once(function):
     """``function`` of a float16 or bfloat16 ``x`` computed in float32 and rounded once to ``x``'s dtype, as
     PyTorch's CPU kernels compute reduced floats (each step rounded to float16 was a last place off for one
@@ -48,7 +45,7 @@ def _rounded_once(function):
     @functools.wraps(function)
     def call(x, *args, **kwargs):
         dtype = getattr(x, "dtype", None)
-        if dtype is None or dtype_kinds.dtype_name(dtype) not in _HALVES:
+        if dtype is None or not dtype_kinds.is_half(dtype):
             return function(x, *args, **kwargs)
         return ops.cast(function(ops.cast(x, "float32"), *args, **kwargs), dtype_kinds.dtype_name(dtype))
 
@@ -264,14 +261,14 @@ def _operands(owner, x1, x2):
     x1, x2 = ops._promoted_as_torch(x1, x2, broadcast=True)
     x1, x2 = input_checks.as_floating(owner, "x1", x1), input_checks.as_floating(owner, "x2", x2)
     dtype = dtype_kinds.dtype_name(x1.dtype)
-    if dtype in _HALVES:
+    if dtype_kinds.is_half(dtype):
         x1, x2 = ops.cast(x1, "float32"), ops.cast(x2, "float32")
     return x1, x2, dtype
 
 
 def _in_dtype(result, dtype):
     """``result`` (computed in float32 for float16 or bfloat16 operands) rounded once to the operands' ``dtype``."""
-    return ops.cast(result, dtype) if dtype in _HALVES else result
+    return ops.cast(result, dtype) if dtype_kinds.is_half(dtype) else result
 
 
 def _power_of_positive(values, exponent):

@@ -14,7 +14,7 @@ import contextvars
 import os
 import re
 
-from unidl import backends
+from unidl import backends, dtype_kinds
 from unidl.errors import DeviceUnavailableError, UnknownBackendError
 
 _backend_override: contextvars.ContextVar = contextvars.ContextVar("unidl_backend", default=None)
@@ -198,9 +198,6 @@ def use_device(device: str):
 
 # ---- dtype ---------------------------------------------------------------
 
-_HALF_DTYPES = ("float16", "bfloat16")
-
-
 def _dtype_name(dtype) -> str:
     """``dtype`` (a name, or a NumPy, torch, TensorFlow or JAX float dtype) as 'float32' or 'float64', else a
     ``ValueError`` naming the valid dtypes (and, for float16/bfloat16, the mixed precision that trains in them)."""
@@ -212,7 +209,7 @@ def _dtype_name(dtype) -> str:
         return name
     half = (f"; {name} parameters would lose their updates to rounding: keep float32 weights and train in "
             f"{name} with precision='{'bf16' if name == 'bfloat16' else '16'}-mixed' (ud.fit, ud.train_step)"
-            if name in _HALF_DTYPES else "")
+            if dtype_kinds.is_half(name) else "")
     raise ValueError(f"unsupported dtype {dtype!r}; valid dtypes are {', '.join(DTYPES)}{half}")
 
 

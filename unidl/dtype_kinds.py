@@ -9,6 +9,7 @@ from __future__ import annotations
 _FLOATING: dict = {}
 _INTEGER: dict = {}
 _NAMES: dict = {}
+_HALF_NAMES = ("float16", "bfloat16")
 
 
 def dtype_name(dtype) -> str:
@@ -27,6 +28,12 @@ def is_floating(dtype) -> bool:
     if floating is None:
         floating = _FLOATING[dtype] = "float" in dtype_name(dtype)
     return floating
+
+
+def is_half(dtype) -> bool:
+    """True for float16 and bfloat16 (a dtype, or its name), the widths PyTorch computes in float32 and rounds
+    once ("opmath"), and mixed precision runs its ops in."""
+    return dtype_name(dtype) in _HALF_NAMES
 
 
 def is_integer(dtype) -> bool:

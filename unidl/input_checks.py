@@ -18,7 +18,7 @@ import numpy as np
 
 from unidl import arguments, nested, ops
 from unidl.backends.op_registry import CONVERTED
-from unidl.dtype_kinds import dtype_name, holds_floats, is_floating, is_integer
+from unidl.dtype_kinds import dtype_name, holds_floats, is_floating, is_half, is_integer
 from unidl.errors import AxisOutOfRangeError, DtypeMismatchError, ShapeMismatchError, ValueOutOfRangeError
 from unidl.precision import active_ops
 
@@ -538,11 +538,11 @@ def check_parameters_dtype(owner, x, parameter, halves: bool = False, what: str 
                                  f"it with x.astype('{held}') or ud.ops.cast(x, '{held}')")
     if given == held or not is_floating(given) or not is_floating(held):
         return False
-    if halves and given in ("float16", "bfloat16") and held == "float32":
+    if halves and is_half(given) and held == "float32":
         return True  # (under autocast too: PyTorch's mixed-type kernel gives autocast's half output back)
     if autocast and _autocast_in_force():
         return False
-    remedy = ("train in mixed precision with ud.Precision" if given in ("float16", "bfloat16") else
+    remedy = ("train in mixed precision with ud.Precision" if is_half(given) else
               f"create the model under ud.use_dtype('{given}')" if held == "float32" else
               f"call it under ud.use_dtype('{held}'), which converts arrays to it")
     raise DtypeMismatchError(f"{literal(owner)} has {held} parameters and got {given} {what}; cast the {what} with "
@@ -815,6 +815,13 @@ def labels_beside(owner, labels, ignore_index):
     return labels
 
 
+def check_labels(owner, loss, labels, ignore_index):
+    """Class ``labels`` as the losses take them: integers (``check_integer``, its error naming ``loss``, the
+    loss's class, 'NLLLoss') in a dtype that holds ``ignore_index`` (``labels_beside``, its error naming ``owner``,
+    the op called)."""
+    return labels_beside(owner, check_integer(loss, "labels", labels), ignore_index)
+
+
 def check_same_kind(owner, a, b) -> None:
     """``DtypeMismatchError`` when one of ``a`` and ``b`` holds floats and the other integers or booleans: the
     frameworks differ there (PyTorch and TensorFlow refuse, JAX and Keras promote). Floats of two widths pass, for a
@@ -882,7 +889,7 @@ def float32_under_autocast(x):
     half-precision inputs); else as it is. (A loss computed inside the forward, on bfloat16 logits beside a
     float32 class weight.)"""
     dtype = getattr(x, "dtype", None)
-    if dtype is None or dtype_name(dtype) not in ("float16", "bfloat16") or not _autocast_in_force():
+    if dtype is None or not is_half(dtype) or not _autocast_in_force():
         return x
     return ops.cast(x, "float32")
 
@@ -915,7 +922,7 @@ def class_weight(owner, weight, like, what: str = "log-probabilities"):
     given, expected = dtype_name(held), dtype_name(wanted)
     if given == expected:  # (a Keras variable's dtype is the name: no DType to compare above)
         return weight
-    if given in ("float16", "bfloat16") and expected == "float32" and _autocast_in_force():
+    if is_half(given) and expected == "float32" and _autocast_in_force():
         return ops.cast(weight, expected)
     raise DtypeMismatchError(f"{literal(owner)}: a class weight must have the {what}' dtype {expected}, got "
                              f"{given}; cast it with ud.ops.cast(weight, '{expected}'), or build the loss under "

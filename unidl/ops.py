@@ -980,7 +980,7 @@ def _rounded_once(x, compute):
     PyTorch's CPU kernels compute reduced floats (each step rounded to float16 was a last place off); as it is on a
     backend whose kernels round once already (``rounds_half_activations_once``: no float32 copy kept for autodiff)."""
     dtype = dtype_kinds.dtype_name(x.dtype)
-    if dtype not in ("float16", "bfloat16") or config.backend().rounds_half_activations_once:
+    if not dtype_kinds.is_half(dtype) or config.backend().rounds_half_activations_once:
         return compute(x)
     return cast(compute(cast(x, "float32")), dtype)
 
@@ -1047,7 +1047,7 @@ def _layer_norm_as_torch(backend_ops, x, normalized_shape, weight, bias, eps, mi
     ``mixed``, ``x`` beside float32 parameters) computed in float32, its parameters too, and given back in its
     dtype, as PyTorch's kernels compute it (in float16 the variance of [1, 2, 1000] overflowed: zeros). Shared by
     ``layer_norm`` and ``nn.LayerNorm``, which check their input each in its own words."""
-    if not mixed and input_checks.dtype_name(x.dtype) not in ("float16", "bfloat16"):
+    if not mixed and not dtype_kinds.is_half(x.dtype):
         return backend_ops.layer_norm(x, normalized_shape, weight, bias, eps)
     weight, bias = (None if p is None else backend_ops.cast(p, "float32") for p in (weight, bias))
     y = backend_ops.layer_norm(backend_ops.cast(x, "float32"), normalized_shape, weight, bias, eps)
@@ -1524,7 +1524,7 @@ def binary_cross_entropy(probabilities, target, weight=None, reduction="mean"):
 @composite("probabilities", "target", "weight")
 def _binary_cross_entropy_core(probabilities, target, weight, reduction):
     """``binary_cross_entropy`` of checked operands, one compiled program (``composite``)."""
-    narrow = dtype_kinds.dtype_name(probabilities.dtype) in ("float16", "bfloat16")
+    narrow = dtype_kinds.is_half(probabilities.dtype)
     p = cast(probabilities, "float32") if narrow else probabilities
     t = cast_like(target, p)
 
@@ -1680,7 +1680,7 @@ def nll_loss(log_probabilities, labels, weight=None, ignore_index=-100, reductio
     owner = "nll_loss"
     log_probabilities = input_checks.float32_under_autocast(input_checks.as_floating(
         owner, "log_probabilities", input_checks.as_tensor(owner, "log_probabilities", log_probabilities)))
-    labels = input_checks.labels_beside(owner, input_checks.check_integer("NLLLoss", "labels", labels), ignore_index)
+    labels = input_checks.check_labels(owner, "NLLLoss", labels, ignore_index)
     if len(log_probabilities.shape) == 1 and len(labels.shape) == 0:  # one sample: PyTorch's unbatched input
         loss = nll_loss(unsqueeze(log_probabilities, 0), unsqueeze(labels, 0), weight, ignore_index, reduction)
         return squeeze(loss, 0) if reduction == "none" else loss
@@ -1765,8 +1765,7 @@ def _cross_entropy_loss(logits, target, weight, ignore_index, reduction, label_s
         target = input_checks.as_floating("cross_entropy_loss", "target", target)
         return _soft_cross_entropy_core(logits, target, weight, reduction, label_smoothing)
     weight = input_checks.class_weight("CrossEntropyLoss", weight, logits, "logits")
-    target = input_checks.labels_beside(owner, input_checks.check_integer("CrossEntropyLoss", "labels", target),
-                                        ignore_index)
+    target = input_checks.check_labels(owner, "CrossEntropyLoss", target, ignore_index)
     safe = _checked_labels("CrossEntropyLoss", logits, target, ignore_index)
     return _cross_entropy_core(logits, target, safe, weight, ignore_index, reduction, label_smoothing)
 

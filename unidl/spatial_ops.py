@@ -73,6 +73,17 @@ def _constant(array, like):
     return ops.cast_like(tensor(np.asarray(array, np.float64), "float64"), like)
 
 
+def _computed_like(x):
+    """``x``, or for float16 and bfloat16 a float32 slice of it: the dtype in which PyTorch's kernels compute
+    half precision (its opmath), whose results they round once to the input's dtype."""
+    return ops.cast(x[:1, :1], "float32") if dtype_kinds.is_half(x.dtype) else x
+
+
+def _widened(x):
+    """``x``, float16 and bfloat16 cast to float32 (``_computed_like``'s dtype)."""
+    return ops.cast(x, "float32") if dtype_kinds.is_half(x.dtype) else x
+
+
 def _crop(x, axis, start, stop):
     """``x[..., start:stop, ...]`` along ``axis`` (stop an int, a scalar tensor or None)."""
     index = [slice(None)] * len(x.shape)
@@ -495,18 +506,14 @@ def _adaptive_avg_pool2d(x, output_size):
 def _bin_means(x, sizes, outs):
     """The means over PyTorch's adaptive bins of the last one or two axes of (N, C, H, W) ``x`` (``sizes``, to
     ``outs``): products with (out, in) matrices of 1 / length in each bin where ``x`` is finite (torch's kernel on
-    torch), each bin's own sum where it holds NaN or inf (``_products_or_taps``)."""
-    matrices = [_bin_matrix(n, o, x) for n, o in zip(sizes, outs)]
+    torch), each bin's own sum where it holds NaN or inf (``_products_or_taps``, which computes half precision in
+    float32)."""
+    matrices = [_bin_matrix(n, o, _computed_like(x)) for n, o in zip(sizes, outs)]
     kept = tuple(ops.shape(x)[2:4 - len(sizes)])  # (torch's kernel takes every spatial size)
 
-    def tapped(x):  # the last axis first; half precision summed in float32 and rounded once, as PyTorch's kernel
-        # (each bin summed in float16 overflowed: three 30000s gave inf, and bfloat16 rounded every partial sum)
-        name = dtype_kinds.dtype_name(x.dtype)
-        y = ops.cast(x, "float32") if name in ("float16", "bfloat16") else x
-        y = _bin_mean(y, sizes[-1], outs[-1])
-        if len(sizes) == 2:
-            y = ops.transpose(_bin_mean(ops.transpose(y, 2, 3), sizes[0], outs[0]), 2, 3)
-        return y if y.dtype == x.dtype else ops.cast(y, name)
+    def tapped(x):  # the last axis first
+        y = _bin_mean(x, sizes[-1], outs[-1])
+        return ops.transpose(_bin_mean(ops.transpose(y, 2, 3), sizes[0], outs[0]), 2, 3) if len(sizes) == 2 else y
 
     return _products_or_taps(x, matrices, tapped, lambda kernel, x: kernel(x, kept + tuple(outs), None, "area", None))
 
@@ -734,11 +741,9 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
     dtype; the nearest modes take the input each one-hot row picks, exact in any width and for any value (a product
     went through float32 on Keras, torch has no integer product on CUDA, and 0 * inf is NaN). The linear modes
     multiply through ``_products_or_taps``, whose taps' branch (``tapped``) gathers each output's taps."""
-    # where a graph leaves sizes unknown, positions and weights are computed in float32 for float16 and bfloat16
-    # input (PyTorch's opmath; whole numbers above 256 and 2048 do not exist in those): the matrices are rounded to
-    # the input's dtype after, as the known sizes' constants (computed in float64)
-    target, like = like, (ops.cast(like[:1, :1], "float32") if dtype_kinds.dtype_name(like.dtype) in
-                          ("float16", "bfloat16") else like)
+    # positions and weights are computed in float32 for float16 and bfloat16 input (PyTorch's opmath; whole numbers
+    # above 256 and 2048 do not exist in those), as the products and taps are (``_products_or_taps``)
+    target, like = like, _computed_like(like)
     axes = []  # (size, output size, scale factor, scale) per spatial axis
     for n, out, factor in zip(sizes, outs, factors):
         if mode in ALIGNABLE_MODES and align_corners:
@@ -756,11 +761,30 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
             scale = _quotient(_as_float(n, like), _as_float(out, like))
         axes.append((n, out, factor, scale))
 
-    def rounded(weights):  # (the matrices and tap weights computed in float32 for half-precision input)
-        return weights if like is target else ops.cast_like(weights, target)
+    def rounded(weights):  # 'linear' and 'bicubic' weights rounded to a half-precision input's dtype, as PyTorch's
+        # CPU kernels keep them, then widened for the float32 arithmetic; 'bilinear' keeps its float32 weights
+        if like is target or mode == "bilinear":
+            return weights
+        return ops.cast_like(ops.cast_like(weights, target), like)
+
+    def taps_of(n, out, scale):  # each output's (input index, weight) along one axis, the weights ``rounded``
+        taps = _taps(n, out, mode, align_corners, scale, like)
+        if _copies_equal_sizes(mode, len(sizes)):
+            taps = _copied_where_equal(taps, n, out, like)
+        if mode == "linear" and like is not target:  # PyTorch's: 1 minus the far tap's rounded weight, rounded
+            (near, _), (far, fraction) = taps
+            taps = [(near, 1 - rounded(fraction)), (far, fraction)]
+        return [(index, rounded(weight)) for index, weight in taps]
 
     matrices = []
     for n, out, factor, scale in axes:
+        if like is not target and mode in ("linear", "bicubic"):  # the sum of the taps' rounded weights, as PyTorch
+            # multiplies by each (taps clamped to an edge merged before rounding were a unit off there in bicubic)
+            matrix = 0.0
+            for index, weight in taps_of(n, out, scale):
+                matrix = matrix + _picks(index, n, like) * ops.unsqueeze(weight, 1)
+            matrices.append(matrix)
+            continue
         matrix = _interpolation_matrix(n, out, mode, align_corners, scale, like)
         if factor is not None and _copies_equal_sizes(mode, len(sizes)):
             matrix = _identity_where_equal(matrix, n, out, like)
@@ -774,10 +798,7 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
 
     def tapped(x):  # the last axis first, as PyTorch's kernel sums each row's taps, then the rows'
         for axis, (n, out, _, scale) in reversed(list(enumerate(axes, 2))):
-            taps = _taps(n, out, mode, align_corners, scale, like)
-            if _copies_equal_sizes(mode, len(sizes)):
-                taps = _copied_where_equal(taps, n, out, like)
-            x = _resampled(x, axis, [(index, rounded(weight)) for index, weight in taps])
+            x = _resampled(x, axis, taps_of(n, out, scale))
         return x
 
     # (the sizes where torch's kernel would recompute them: floor(in * scale_factor))
@@ -787,12 +808,13 @@ def _resample(x, sizes, outs, factors, mode, align_corners, recompute_scale_fact
 
 
 def _products_or_taps(x, matrices, tapped, fused):
-    """``x`` times one (out, in) matrix per trailing spatial axis (``matrices``, one or two: (H, W) or W), in
-    ``x``'s dtype, with PyTorch's values for any input: the backend's kernel where it has one (``fused(kernel, x)``
-    calls the optional op ``fused_interpolate``), else the products where ``x`` is finite and ``tapped(x)`` (each
-    output summed from the inputs it reads alone) where it holds NaN or inf, one ``cond`` on a sum: a NaN or an
-    infinity reaches the outputs that read it and no other, where a product spread it to every output of its plane
-    (0 * NaN); taps for every input made bilinear 2x upsampling 3.5-4 times slower on CPU. The gradient, the same
+    """``x`` times one (out, in) matrix per trailing spatial axis (``matrices``, one or two: (H, W) or W), in ``x``'s
+    dtype (float16 and bfloat16 computed in float32, with float32 ``matrices``, and rounded once, products and taps
+    alike, as PyTorch's kernels), with PyTorch's values for any input: the backend's kernel where it has one
+    (``fused(kernel, x)`` calls the optional op ``fused_interpolate``), else the products where ``x`` is finite and
+    ``tapped(x)`` (each output summed from the inputs it reads alone) where it holds NaN or inf, one ``cond`` on a sum:
+    a NaN or an infinity reaches the outputs that read it and no other, where a product spread it to every output of its
+    plane (0 * NaN); taps for every input made bilinear 2x upsampling 3.5-4 times slower on CPU. The gradient, the same
     linear map for any input, is the matrices' transposed product (torch's own kernel's took 1.5 times as long on
     CPU)."""
     # the backend's own product, not a mixed-precision scope's (which computes it in float16 or bfloat16): an
@@ -802,28 +824,30 @@ def _products_or_taps(x, matrices, tapped, fused):
     kernel = optional_op(ops._ops(), "fused_interpolate")
 
     def products(x, *matrices, transposed=False):  # (transposed: the gradient's, dx = M0^T dy M1)
+        wide = _widened(x)
         first, last = (ops.transpose(matrices[0], 0, 1) if transposed else matrices[0]), matrices[-1]
         out, size = tuple(last.shape)
         if transposed and len(matrices) == 2 and isinstance(out, int) and isinstance(size, int) and out < size:
             # the first axis' product on the smaller dy, where the last axis narrows (a product with a matrix on
             # the left is transposed into place on JAX: the gradient of a downsampling took 15% longer the other way)
-            return in_dtype_of(matmul(matmul(first, x), last), x)
-        y = matmul(x, last if transposed else ops.transpose(last, 0, 1))
+            return in_dtype_of(matmul(matmul(first, wide), last), x)
+        y = matmul(wide, last if transposed else ops.transpose(last, 0, 1))
         return in_dtype_of(matmul(first, y) if len(matrices) == 2 else y, x)
 
-    def in_dtype_of(y, x):  # (x's dtype: torch's own autocast, which the raw product still runs under, makes bfloat16)
+    def in_dtype_of(y, x):  # x's dtype: rounded once from float32 (and torch's own autocast, which the raw product
+        # still runs under, made bfloat16)
         return y if y.dtype == x.dtype else ops.cast(y, dtype_kinds.dtype_name(x.dtype))
 
     def forward(x, *matrices):  # (the matrices as inputs: JAX's custom gradient takes no traced value from outside)
         def backward(dy):
             return (products(dy, *matrices, transposed=True),) + (None,) * len(matrices)
 
-        def finished(rows, x):  # the products, of ``rows`` = x times the last axis' matrix where there are two axes
-            return in_dtype_of(matmul(matrices[0], rows), x) if len(matrices) == 2 else products(x, *matrices)
+        def finished(rows, wide):  # the products, of ``rows`` = x times the last axis' matrix where there are two axes
+            return matmul(matrices[0], rows) if len(matrices) == 2 else products(wide, *matrices)
 
-        def finite(t):  # summed in float32 at least: a float16 sum overflowed to inf past 65504, and nearly every
-            # float16 image batch took the taps' slower branch
-            total = ops.sum(ops.cast(t, "float32") if dtype_kinds.dtype_name(t.dtype) == "float16" else t)
+        def finite(t):  # (t is float32 for half precision: a float16 sum overflowed to inf past 65504, and nearly
+            # every float16 image batch took the taps' slower branch)
+            total = ops.sum(t)
             return total - total == 0  # (inf - inf, NaN - NaN: NaN)
 
         # (zero channels are left to the products, which give their empty output where torch's kernel refuses them)
@@ -832,17 +856,19 @@ def _products_or_taps(x, matrices, tapped, fused):
         # the last axis' product outside the cond (XLA's CPU runs a product inside one without its intra-op threads:
         # both inside, JAX's forward took 20% longer on 2 cores); the gradient, x's in both branches, is the
         # products' alone (through the cond JAX's backward took 25% longer)
-        rows = matmul(x, ops.transpose(matrices[-1], 0, 1)) if len(matrices) == 2 else x
+        wide = _widened(x)  # (one cast, outside the cond: both branches compute in float32 and are rounded once)
+        rows = matmul(wide, ops.transpose(matrices[-1], 0, 1)) if len(matrices) == 2 else wide
         if _shrinks(matrices):
             # fewer outputs than inputs: both products first, and the sum of y decides (summing x made a (30, 30) to
             # (7, 7) adaptive average pooling 30-40% slower on JAX's CPU). A NaN or an infinity in x reaches every
             # output of its plane through the products (0 * NaN), so y is finite only where x is (and where a finite
             # x overflows, the taps give the same). The cond gives zeros or the taps, which a select takes: a branch
             # returning y itself became an ONNX If (jax2onnx) whose Identity read y before the node that made it
-            y = finished(rows, x)
+            y = finished(rows, wide)
             kept = finite(y)
-            return ops.where(kept, y, ops.cond(kept, lambda x: ops.zeros_like(y), tapped, (x,))), backward
-        return ops.cond(finite(x), finished, lambda rows, x: tapped(x), (rows, x)), backward
+            return in_dtype_of(ops.where(kept, y, ops.cond(kept, lambda x: ops.zeros_like(y), tapped, (wide,))),
+                               x), backward
+        return in_dtype_of(ops.cond(finite(wide), finished, lambda rows, x: tapped(x), (rows, wide)), x), backward
 
     return config.backend().custom_gradient(forward)(x, *matrices)
 

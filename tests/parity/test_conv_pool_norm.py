@@ -165,23 +165,41 @@ def test_an_infinity_behind_a_tap_of_weight_0_gives_torchs_nan_in_float64_graphs
             assert difference(found, expected) <= 1e-12, (options, traced)
 
 
-# bins of 30000s beside a NaN elsewhere in the plane: the bins' own sums, which float16 overflowed (three 30000s
-# summed to inf) and bfloat16 rounded at every partial sum, where PyTorch sums in float32 and rounds once
+# PyTorch's CPU kernels compute half-precision resampling in float32 and round once ('linear' and 'bicubic' with
+# each tap's weight rounded to the input's dtype), where unidl rounded after each axis: the taps' branch beside a NaN
+# (which summed each axis in the input's dtype: bins of 30000s overflowed float16, three summed to inf) and the
+# products of finite input alike
 LARGE_BINS = np.full((1, 2, 5, 8), 30000.0, np.float32)
 LARGE_BINS[0, 0, 4, 7] = LARGE_BINS[0, 1, 0, 0] = np.nan
+HALF_IMAGES = np.random.default_rng(3).standard_normal((1, 2, 5, 6)).astype(np.float32) * 3
+HALF_SEQUENCE = np.random.default_rng(4).standard_normal((1, 2, 7)).astype(np.float32) * 3
+NAN_HALF_IMAGES, NAN_HALF_SEQUENCE = HALF_IMAGES.copy(), HALF_SEQUENCE.copy()
+NAN_HALF_IMAGES[0, 0, 1, 2] = NAN_HALF_SEQUENCE[0, 0, 2] = np.nan
+HALF_RESAMPLINGS = [  # (dtype, input, function of ud.ops and of torch.nn.functional, its options)
+    ("float16", LARGE_BINS, "adaptive_avg_pool2d", dict(output_size=(3, 3))),
+    ("bfloat16", LARGE_BINS, "adaptive_avg_pool2d", dict(output_size=(3, 3))),
+    ("bfloat16", NAN_HALF_IMAGES, "interpolate", dict(scale_factor=2, mode="bilinear")),
+    ("float16", NAN_HALF_SEQUENCE, "interpolate", dict(size=11, mode="linear")),
+    ("float16", HALF_IMAGES, "interpolate", dict(size=(7, 9), mode="bicubic", align_corners=True)),
+]
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_half_precision_bins_beside_a_nan_are_summed_as_torchs(backend, dtype):
-    """Adaptive average pooling of unequal bins (and 'area' interpolation) in float16 and bfloat16 of an input
-    holding NaN: the bins without it are PyTorch's, bit for bit, eagerly and inside ``ud.function``."""
-    expected = F.adaptive_avg_pool2d(torch.tensor(LARGE_BINS).to(getattr(torch, dtype)), (3, 3)).float().numpy()
+def test_half_precision_resampling_is_rounded_once_as_torchs(backend):
+    """Adaptive average pooling of unequal bins and 'bilinear', 'linear' and 'bicubic' interpolation in float16 and
+    bfloat16, of input holding a NaN (the outputs without it) and of finite input, are PyTorch's bit for bit,
+    eagerly and inside ``ud.function``."""
+    cases = HALF_RESAMPLINGS
+    expected = [getattr(F, name)(torch.tensor(x).to(getattr(torch, dtype)), **options).float().numpy()
+                for dtype, x, name, options in cases]
 
-    def pooled(x):
-        return ud.ops.cast(ud.ops.adaptive_avg_pool2d(ud.ops.cast(x, dtype), (3, 3)), "float32")
+    def resampled(*inputs):
+        return tuple(ud.ops.cast(getattr(ud.ops, name)(ud.ops.cast(x, dtype), **options), "float32")
+                     for x, (dtype, _, name, options) in zip(inputs, cases))
 
-    for mode, run in [("eager", pooled), ("ud.function", ud.function(pooled))]:
-        np.testing.assert_array_equal(ud.to_numpy(run(ud.tensor(LARGE_BINS))), expected, err_msg=mode)
+    inputs = [ud.tensor(x) for _, x, _, _ in cases]
+    for mode, run in [("eager", resampled), ("ud.function", ud.function(resampled))]:
+        for found, wanted, (dtype, _, name, options) in zip(run(*inputs), expected, cases):
+            np.testing.assert_array_equal(ud.to_numpy(found), wanted, err_msg=f"{mode} {dtype} {name} {options}")
 
 
 # ---- max pooling of windows of -inf ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from unidl import arguments, input_checks, ops as functional
+from unidl import arguments, dtype_kinds, input_checks, ops as functional
 from unidl.arguments import positive_int
 from unidl.errors import ShapeMismatchError
 from unidl.nn import init
@@ -81,7 +81,7 @@ class RMSNorm(Module):
             input_checks.check_floating(self.describe, x)
         mixed = input_checks.check_parameters_dtype(self.describe, x, self.weight, halves=True, autocast=False)
         given, weight = x, self.weight
-        if mixed or input_checks.dtype_name(x.dtype) in ("float16", "bfloat16"):  # (PyTorch's opmath: float32)
+        if mixed or dtype_kinds.is_half(x.dtype):  # (PyTorch's opmath: float32)
             x = ops.cast(x, "float32")
             weight = None if weight is None else ops.cast(weight, "float32")
         eps = self.eps if self.eps is not None else float(np.finfo(input_checks.dtype_name(x.dtype)).eps)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from unidl import config
-from unidl.dtype_kinds import dtype_name, is_floating
+from unidl.dtype_kinds import dtype_name, is_floating, is_half
 from unidl.errors import ModelPlacementError
 
 #: floating dtypes a ``to()`` may name, each as NumPy names it
@@ -97,7 +97,7 @@ def moved(module, device: str | None, dtype: str | None, method: str):
     if (target is None or set(devices) <= {target}) and (dtype is None or set(dtypes) <= {dtype}):
         return module
     wanted = " and ".join(part for part in (target and f"device {target!r}", dtype and f"dtype {dtype}") if part)
-    half = dtype in ("float16", "bfloat16")  # (parameters are float32 or float64: half precision is compute's)
+    half = is_half(dtype)  # (parameters are float32 or float64: half precision is compute's)
     build = " and ".join(part for part in (target and f"with ud.use_device({target!r})",
                                            dtype and not half and f"with ud.use_dtype({dtype!r})") if part)
     raise ModelPlacementError(

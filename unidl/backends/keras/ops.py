@@ -17,7 +17,7 @@ from keras import ops as K
 from unidl import config
 from unidl.backends.keras.host import HOST
 from unidl.backends.keras.module import note_state_written
-from unidl.dtype_kinds import is_integer
+from unidl.dtype_kinds import is_half, is_integer
 from unidl.input_checks import float_bound
 
 _CHANNELS_FIRST_NATIVE = HOST.native_layout == "NCHW"
@@ -30,10 +30,6 @@ tanh = K.tanh
 exp = K.exp
 log = K.log
 sqrt = K.sqrt
-
-
-#: the half-precision dtypes, which PyTorch's kernels compute in float32 (its opmath)
-_HALF = ("float16", "bfloat16")
 
 
 def matmul(a, b):
@@ -113,7 +109,7 @@ def _kind(dtype) -> int:
 
 
 def linear(x, weight, bias=None):
-    if K.dtype(x) in _HALF and K.dtype(weight) == K.dtype(x):
+    if is_half(K.dtype(x)) and K.dtype(weight) == K.dtype(x):
         # PyTorch's half-precision linear: products summed in float32, the bias added, rounded once (a half matmul
         # rounds the product, then the bias rounds again); keras.ops' matmul takes no float32 accumulator type.
         # Only Keras-on-JAX runs this: the other hosts' own linear replaces it (keras_native_ops)
@@ -127,7 +123,7 @@ def _add_bias(y, bias):
     """``y + bias``; in half precision added in float32 and rounded once, so that the backward sums a loss-scaled
     bias gradient over the batch in float32 as PyTorch's does (summed in float16 its partial sums can overflow
     where torch's do not: Keras-on-JAX; jax/ops.py ``linear``)."""
-    if K.dtype(y) in _HALF:
+    if is_half(K.dtype(y)):
         return K.cast(K.cast(y, "float32") + K.cast(bias, "float32"), K.dtype(y))
     return y + bias
 
@@ -138,7 +134,7 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 def softmax(x, dim=-1):
-    if K.dtype(x) in _HALF:  # in float32, rounded once, as PyTorch's kernel (a unit off else)
+    if is_half(K.dtype(x)):  # in float32, rounded once, as PyTorch's kernel (a unit off else)
         return K.cast(K.softmax(K.cast(x, "float32"), axis=dim), K.dtype(x))
     return K.softmax(x, axis=dim)
 
@@ -322,7 +318,7 @@ def sum(x, axis=None, keepdims=False):
     if axis is None and keepdims:  # (keras.ops.sum on torch dropped every axis: a 0-d sum)
         rank = x.shape.rank if hasattr(x.shape, "rank") else len(x.shape)  # (None: a TensorFlow graph's unknown)
         axis = None if rank is None else tuple(range(rank))
-    if K.dtype(x) in _HALF:  # summed in float32 as PyTorch sums it, then rounded (inf else)
+    if is_half(K.dtype(x)):  # summed in float32 as PyTorch sums it, then rounded (inf else)
         return K.cast(K.sum(K.cast(x, "float32"), axis, keepdims), K.dtype(x))
     return K.sum(x, axis, keepdims)
 
