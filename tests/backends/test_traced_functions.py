@@ -194,28 +194,31 @@ def test_value_checks_of_a_jit_compiled_function_raise_the_eager_error(backend_n
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "keras"])
 def test_a_jit_compiled_functions_checks_reach_the_graph_that_calls_it_and_its_gradient(backend_name):
     """A jit-compiled function called while another graph is traced (a plain ``ud.function``, a jit-compiled one)
-    hands its checks to that graph, whose call raises the eager error; so does a check inside a gradient taken in a
-    jit-compiled function; passing calls give torch's values and gradients. (Keras-on-TensorFlow's functions are
-    the same ``GraphFunction``.)"""
+    hands its checks to that graph, whose call raises the eager error, as does a plain one called in a jit-compiled
+    one (its Asserts were dropped by XLA) and a check inside a gradient taken in a jit-compiled function; passing
+    calls give torch's values and gradients. (Keras-on-TensorFlow's functions are the same ``GraphFunction``.)"""
     import torch
 
     logits, labels, (_, bad, _, message) = _GOOD[0], _GOOD[1], _BAD["labels"]
     with ud.use_backend(backend_name):
         inner = ud.function(lambda x, y: ud.ops.cross_entropy(x, y), jit_compile=True)
+        plain_inner = ud.function(lambda x, y: ud.ops.cross_entropy(x, y))
         plain = ud.function(lambda x, y: inner(x, y) * 2)
         compiled = ud.function(lambda x, y: (inner(x, y) * 2, ud.grad(lambda z: ud.ops.cross_entropy(z, y))(x)),
                                jit_compile=True)
-        for outer in (plain, compiled):
+        around_plain = ud.function(lambda x, y: plain_inner(x, y) * 2, jit_compile=True)
+        for outer in (plain, compiled, around_plain):
             with pytest.raises(ud.IndexOutOfRangeError) as caught:
                 outer(logits, bad)
             assert str(caught.value) == message
         value, found = compiled(logits, labels)
-        values = [float(ud.to_numpy(plain(logits, labels))), float(ud.to_numpy(value))]
+        values = [float(ud.to_numpy(outer(logits, labels))) for outer in (plain, around_plain)]
+        values.append(float(ud.to_numpy(value)))
         found = ud.to_numpy(found)
     x = torch.tensor(logits, requires_grad=True)
     loss = torch.nn.functional.cross_entropy(x, torch.tensor(labels))
     loss.backward()
-    np.testing.assert_allclose(values, [2 * loss.item()] * 2, rtol=1e-6)
+    np.testing.assert_allclose(values, [2 * loss.item()] * 3, rtol=1e-6)
     np.testing.assert_allclose(found, x.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 

@@ -24,7 +24,7 @@ from unidl.tracing import ModesReached, python_randomness_guard
 from unidl.backends.tensorflow import autograph_lambdas, fusion, xla_checks
 from unidl.backends.tensorflow.ops import marked_check
 from unidl.backends.tensorflow.layout import (export_graphs, tracing_export_graph, tracing_for_xla,
-                                              tracing_kept_graph)
+                                              tracing_kept_graph, tracing_xla_graph)
 from unidl.errors import (GraphConstructError, RetraceWarning,  # noqa: F401  (RetraceWarning re-exported)
                           ShapeMismatchError, marked_error_from)
 from unidl.optim.param_groups import ConstantOptions
@@ -447,6 +447,11 @@ class GraphFunction:
     def __call__(self, *args):
         # ud.function's tensors go in with their own dtype, float64 and float16 too, as torch's and JAX's compiled
         # functions take them (they were cast to the dtype in force); NumPy arrays as ud.tensor converts them
+        if not self._jit_compile and xla_checks.recording() and tracing_xla_graph():
+            # called while an XLA graph is traced: a graph of its own would hold its checks as Asserts, which XLA
+            # drops; its body traced into that graph makes them that graph's outputs
+            with tracing_for_xla(True), python_randomness_guard(self.__name__, self._fn), self._options.recording():
+                return self._fn(*args)
         statics, given = (), args
         args, packing = _flattened(args)
         if self._static_python_values:
