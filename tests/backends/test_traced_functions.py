@@ -195,8 +195,9 @@ def test_value_checks_of_a_jit_compiled_function_raise_the_eager_error(backend_n
 def test_a_jit_compiled_functions_checks_reach_the_graph_that_calls_it_and_its_gradient(backend_name):
     """A jit-compiled function called while another graph is traced (a plain ``ud.function``, a jit-compiled one)
     hands its checks to that graph, whose call raises the eager error, as does a plain one called in a jit-compiled
-    one (its Asserts were dropped by XLA) and a check inside a gradient taken in a jit-compiled function; passing
-    calls give torch's values and gradients. (Keras-on-TensorFlow's functions are the same ``GraphFunction``.)"""
+    one (its Asserts failed XLA's compile), a check inside a gradient taken in a jit-compiled function and a train
+    step whose loss calls a jit-compiled function (its weights unchanged); passing calls give torch's values and
+    gradients. (Keras-on-TensorFlow's functions are the same ``GraphFunction``.)"""
     import torch
 
     logits, labels, (_, bad, _, message) = _GOOD[0], _GOOD[1], _BAD["labels"]
@@ -215,6 +216,18 @@ def test_a_jit_compiled_functions_checks_reach_the_graph_that_calls_it_and_its_g
         values = [float(ud.to_numpy(outer(logits, labels))) for outer in (plain, around_plain)]
         values.append(float(ud.to_numpy(value)))
         found = ud.to_numpy(found)
+
+        class Loss(ud.nn.Module):
+            def forward(self, prediction, target):
+                return inner(prediction, target)
+
+        model = ud.nn.Linear(5, 5)
+        weight = ud.to_numpy(model.weight).copy()
+        step = ud.train_step(model, Loss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        with pytest.raises(ud.IndexOutOfRangeError) as caught:
+            step(logits, bad)
+        assert str(caught.value) == message
+        np.testing.assert_array_equal(ud.to_numpy(model.weight), weight)
     x = torch.tensor(logits, requires_grad=True)
     loss = torch.nn.functional.cross_entropy(x, torch.tensor(labels))
     loss.backward()
