@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import unidl as ud
+from unidl.testing.pytest_plugin import backends_under_test
 
 
 def _step_ops(step):
@@ -115,6 +116,123 @@ def test_tensorflow_losses_check_what_a_graph_knows_under_xla_and_take_operands_
         unknown = tf.function(lambda x, y: ud.ops.bce_with_logits(x, y),
                               input_signature=[tf.TensorSpec(None, tf.float32)] * 2)
         np.testing.assert_allclose(unknown(tf.zeros((3, 2)), tf.ones((3, 2))).numpy(), np.log(2.0), rtol=1e-6)
+
+
+#: the backends whose ``jit_compile=True`` compiles in about a second (torch.compile takes several a function)
+_JIT_BACKENDS = [name for name in backends_under_test() if name != "torch"]
+
+#: ``_checked_ops``'s arguments that pass every check, and per case the argument that fails one and the error
+_GOOD = (np.array([[0, 1, 2, 3, 4], [1, 0, 0, 0, 0], [0, 0, 3, 0, 0]], np.float32), np.array([0, 1, 2]),
+         np.array([0, 2]), np.array([[4], [0], [1]]), np.array([0, 3]), np.full(3, 0.5, np.float32),
+         np.ones((3, 2), np.float32), np.ones((3, 1), np.float32))
+_BAD = {
+    "labels": (1, np.array([0, 7, 2]), ud.IndexOutOfRangeError,
+               "CrossEntropyLoss labels must lie in [0, 5); found values from 0 to 7"),
+    "take": (2, np.array([-1, 2]), ud.IndexOutOfRangeError,
+             "take indices must lie in [0, 3); found values from -1 to 2"),
+    "gather": (3, np.array([[5], [0], [1]]), ud.IndexOutOfRangeError,
+               "gather index must lie in [0, 5); found values from 0 to 5"),
+    "embedding": (4, np.array([4, 0]), ud.IndexOutOfRangeError,
+                  "Embedding indices must lie in [0, 4); found values from 0 to 4"),
+    "probabilities": (5, np.array([0.5, 1.5, 2], np.float32), ud.ValueOutOfRangeError,
+                      "binary_cross_entropy probabilities must lie in [0, 1]; found 2 value(s) outside"),
+    "check_values": (1, np.array([2, 1, 2]), ud.ValueOutOfRangeError, "labels must not sum to 5"),
+    "broadcast": (7, np.ones((3, 2), np.float32), ud.ShapeMismatchError,
+                  "mse_loss needs prediction and target of the same shape; prediction has shape (3, 1), target has "
+                  "shape (3, 2)"),
+    "sizes": (6, np.ones((4, 2), np.float32), ud.ShapeMismatchError,
+              "mse_loss needs prediction and target of the same shape; prediction has shape (4, 1), target has "
+              "shape (3, 1)"),
+}
+
+
+#: the cases whose inputs have other sizes (a compile each) on tensorflow, where XLA compiles for them or refuses
+#: them (a plain graph of the function then finds the check); keras and jax run the others, with one compile
+_RESIZED = ("broadcast", "sizes")
+
+
+@pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
+def test_value_checks_of_a_jit_compiled_function_raise_the_eager_error(backend_name):
+    """XLA runs no assertions: under ``ud.function(jit_compile=True)`` TensorFlow and Keras-on-TensorFlow clamped
+    an index out of range and gave a NaN loss for a label out of range. Each value check is now an output of the
+    compiled function, and a call whose check fails raises the error an eager call gives, the values found in its
+    message, as JAX's checkified functions do: one compiled function, each case a call of it."""
+    import unidl.ops as unidl_ops
+
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        embedding = ud.nn.Embedding(4, 2)
+
+        def checked_ops(logits, labels, take_indices, gather_index, embedding_indices, probabilities, a, b):
+            return {"cross_entropy": ud.ops.cross_entropy(logits, labels),
+                    "nll": ud.ops.nll_loss(ud.ops.log_softmax(logits, 1), labels),
+                    "take": ud.ops.take(a, take_indices), "gather": ud.ops.gather(logits, 1, gather_index),
+                    "embedding": embedding(embedding_indices),
+                    "bce": ud.ops.binary_cross_entropy(probabilities, probabilities * 0),
+                    "mse": ud.ops.mse_loss(a[:, :1], b),
+                    "labels": unidl_ops.check_values(labels, ud.ops.sum(labels) != 5, "labels must not sum to {}",
+                                                     (5,))}
+
+        compiled = ud.function(checked_ops, jit_compile=True)
+        expected = checked_ops(*_GOOD)
+        result = compiled(*_GOOD)
+        assert sorted(result) == sorted(expected)
+        for name in expected:
+            np.testing.assert_allclose(ud.to_numpy(result[name]), ud.to_numpy(expected[name]), rtol=1e-6)
+        for case, (position, bad, error_class, message) in _BAD.items():
+            if case in _RESIZED and backend_name != "tensorflow":
+                continue
+            args = list(_GOOD)
+            args[position] = bad
+            with pytest.raises(error_class) as eagerly:
+                checked_ops(*args)
+            with pytest.raises(error_class) as caught:
+                compiled(*args)
+            assert str(eagerly.value) == str(caught.value) == message, case
+
+
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "keras"])
+def test_a_jit_compiled_functions_checks_reach_the_graph_that_calls_it_and_its_gradient(backend_name):
+    """A jit-compiled function called while another graph is traced (a plain ``ud.function``, a jit-compiled one)
+    hands its checks to that graph, whose call raises the eager error, as does a plain one called in a jit-compiled
+    one (its Asserts failed XLA's compile), a check inside a gradient taken in a jit-compiled function and a train
+    step whose loss calls a jit-compiled function (its weights unchanged); passing calls give torch's values and
+    gradients. (Keras-on-TensorFlow's functions are the same ``GraphFunction``.)"""
+    import torch
+
+    logits, labels, (_, bad, _, message) = _GOOD[0], _GOOD[1], _BAD["labels"]
+    with ud.use_backend(backend_name):
+        inner = ud.function(lambda x, y: ud.ops.cross_entropy(x, y), jit_compile=True)
+        plain_inner = ud.function(lambda x, y: ud.ops.cross_entropy(x, y))
+        plain = ud.function(lambda x, y: inner(x, y) * 2)
+        compiled = ud.function(lambda x, y: (inner(x, y) * 2, ud.grad(lambda z: ud.ops.cross_entropy(z, y))(x)),
+                               jit_compile=True)
+        around_plain = ud.function(lambda x, y: plain_inner(x, y) * 2, jit_compile=True)
+        for outer in (plain, compiled, around_plain):
+            with pytest.raises(ud.IndexOutOfRangeError) as caught:
+                outer(logits, bad)
+            assert str(caught.value) == message
+        value, found = compiled(logits, labels)
+        values = [float(ud.to_numpy(outer(logits, labels))) for outer in (plain, around_plain)]
+        values.append(float(ud.to_numpy(value)))
+        found = ud.to_numpy(found)
+
+        class Loss(ud.nn.Module):
+            def forward(self, prediction, target):
+                return inner(prediction, target)
+
+        model = ud.nn.Linear(5, 5)
+        weight = ud.to_numpy(model.weight).copy()
+        step = ud.train_step(model, Loss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        with pytest.raises(ud.IndexOutOfRangeError) as caught:
+            step(logits, bad)
+        assert str(caught.value) == message
+        np.testing.assert_array_equal(ud.to_numpy(model.weight), weight)
+    x = torch.tensor(logits, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(x, torch.tensor(labels))
+    loss.backward()
+    np.testing.assert_allclose(values, [2 * loss.item()] * 3, rtol=1e-6)
+    np.testing.assert_allclose(found, x.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
 def test_tensorflow_residual_step_keeps_activations_nhwc(rng):

@@ -21,9 +21,10 @@ from tensorflow.python.autograph.core import config as autograph_config
 from unidl import config, devices
 from unidl.nn.module import training_modes
 from unidl.tracing import ModesReached, python_randomness_guard
-from unidl.backends.tensorflow import autograph_lambdas, fusion
+from unidl.backends.tensorflow import autograph_lambdas, fusion, xla_checks
+from unidl.backends.tensorflow.ops import marked_check
 from unidl.backends.tensorflow.layout import (export_graphs, tracing_export_graph, tracing_for_xla,
-                                              tracing_kept_graph)
+                                              tracing_kept_graph, tracing_xla_graph)
 from unidl.errors import (GraphConstructError, RetraceWarning,  # noqa: F401  (RetraceWarning re-exported)
                           ShapeMismatchError, marked_error_from)
 from unidl.optim.param_groups import ConstantOptions
@@ -339,7 +340,7 @@ class GraphFunction:
 
     def __init__(self, fn, jit_compile: bool = False, device: str | None = None, name: str | None = None,
                  cast_floats: bool = False, static_python_values: bool = False):
-        self._fn = user_code(fn)
+        self._fn, self._given_fn = user_code(fn), fn
         # a Python number, bool, None or string argument baked in (ud.function), or a number as a graph input (a
         # train step's step inputs: one graph for every value, docs/dynamic-forward.md)
         self._static_python_values = static_python_values
@@ -347,6 +348,8 @@ class GraphFunction:
         self._jit_compile = bool(jit_compile)
         self._device = device
         self._graphs: dict = {}
+        self._checks: dict = {}  # a key's XLA graph's value checks (xla_checks.Check), whose flags it returns
+        self._plain = None  # the function as a plain graph, where XLA refused sizes a check would refuse
         self._options = ConstantOptions()  # the optimizers whose options the graphs hold as constants
         self.trace_count = 0
         self.__name__ = name or getattr(fn, "__name__", "graph_function")
@@ -356,13 +359,26 @@ class GraphFunction:
         """Every graph traced so far, one a (rank, dtype) signature (for inspection: ``.graph``)."""
         return list(self._graphs.values())
 
-    def _traced(self, statics, packing, *tensors):
+    def _traced(self, key, statics, packing, *tensors):
+        """``fn`` of a graph's inputs; under XLA with its value checks' flags and values as one more output
+        (``xla_checks``), their descriptions kept by ``key`` for ``_checked``."""
         args = list(tensors)
         for index, value in statics:  # the static arguments back in their places
             args.insert(index, value)
         args = _packed(args, packing)  # and the structures' leaves back in their structures
         if not tracing_export_graph():  # an export's own graphs (see __call__) are no retrace of the function
             self.trace_count += 1
+        self._checks.pop(key, None)
+        if not self._jit_compile or tracing_export_graph():  # (an exported signature gains no outputs)
+            return self._run(args)
+        with xla_checks.collecting() as checks:
+            result = self._run(args)
+        if not checks:
+            return result
+        report, self._checks[key] = xla_checks.packed(checks)
+        return result, report
+
+    def _run(self, args):
         with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__, self._fn), \
                 self._options.recording():
             if self._device is None:
@@ -381,8 +397,8 @@ class GraphFunction:
                 RetraceWarning, stacklevel=3)
         signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key[0]]
         fusion.check_fused_relu()  # (once: ReLU fused with a matmul keeps NaN, or the fusion is off)
-        compiled = tf.function(lambda *tensors: self._traced(statics, packing, *tensors), input_signature=signature,
-                               jit_compile=self._jit_compile, reduce_retracing=True)
+        compiled = tf.function(lambda *tensors: self._traced(key, statics, packing, *tensors),
+                               input_signature=signature, jit_compile=self._jit_compile, reduce_retracing=True)
         devices.compiled_placed(self.__name__, f"traced for ({'shape' if exact else 'rank'}, dtype) "
                                                f"{[(r, d.name) for r, d in key[0]]}",
                                 self._device or "the default device", "tensorflow graph")
@@ -431,7 +447,12 @@ class GraphFunction:
     def __call__(self, *args):
         # ud.function's tensors go in with their own dtype, float64 and float16 too, as torch's and JAX's compiled
         # functions take them (they were cast to the dtype in force); NumPy arrays as ud.tensor converts them
-        statics = ()
+        if not self._jit_compile and xla_checks.recording() and tracing_xla_graph():
+            # called while an XLA graph is traced: a graph of its own would hold its checks as Asserts, which XLA
+            # drops; its body traced into that graph makes them that graph's outputs
+            with tracing_for_xla(True), python_randomness_guard(self.__name__, self._fn), self._options.recording():
+                return self._fn(*args)
+        statics, given = (), args
         args, packing = _flattened(args)
         if self._static_python_values:
             static = [_is_static(a) for a in args]
@@ -450,7 +471,8 @@ class GraphFunction:
             key = (tuple((tuple(shape), t.dtype) for shape, t in zip(shapes, tensors)), static_key, structures)
         if self._options.stale():  # an optimizer bound an option the graphs hold as a constant
             self._graphs.clear()
-        if tracing_export_graph():
+        exporting = tracing_export_graph()
+        if exporting:
             # called while an export traces its graph (tracing_for_export): a graph of its own, kept by the
             # export alone (one a signature however often the export calls it), since a graph traced in training
             # names unidl's gradient rules (which the SavedModel cannot hold) and one traced for export lacks them
@@ -464,10 +486,51 @@ class GraphFunction:
             if graph is None:
                 with tracing_kept_graph():  # (called inside a shape check: the graph it keeps has the value rules)
                     graph = self._graph_for(key, statics, packing)
+        checks = self._checks.get(key) if self._checks and not exporting else None
         try:
-            return graph(*tensors)
+            result = graph(*tensors)
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed
             marked = marked_error_from(error, escaped=True)
             if marked is None:
+                if checks and tf.executing_eagerly():
+                    self._raise_shape_check(checks, given)
                 raise
             raise marked from None
+        return result if checks is None else _checked(result, checks)
+
+    def _raise_shape_check(self, checks, args) -> None:
+        """Raise the ``ShapeMismatchError`` of a size check of an XLA graph that XLA failed to compile for sizes
+        that do not fit (its shape inference refuses them before anything runs, before the check's flag is
+        computed): the same call made again through a plain graph of the function, whose checks run in order, as
+        eagerly; nothing if that call raises no unidl error (another error of XLA's). Only on XLA's failure."""
+        if not any(check.error_class is ShapeMismatchError for check in checks):
+            return
+        if self._plain is None:
+            self._plain = GraphFunction(self._given_fn, device=self._device, name=self.__name__,
+                                        cast_floats=self._cast_floats,
+                                        static_python_values=self._static_python_values)
+        try:
+            self._plain(*args)
+        except ShapeMismatchError as error:
+            raise error from None
+        except Exception:  # (not the size check's: XLA's own error stands)
+            return
+
+
+def _checked(outputs, checks):
+    """The user's result of an XLA graph's ``outputs`` (result, checks' report), after its value checks: called
+    eagerly, the first failed one raised as the eager error; called while another graph is traced, handed to that
+    graph (recorded where it is collected for XLA too, else an ``Assert`` each, as ``ops.check_values`` makes)."""
+    result, report = outputs
+    if tf.executing_eagerly():
+        xla_checks.raise_failed(report, checks)
+        return result
+    handed = xla_checks.handed_on(report, checks)
+    if xla_checks.recording():
+        xla_checks.record_all(handed)
+        return result
+    asserts = [marked_check(condition, check.error_class, check.message, check_values, tf.int64)
+               for condition, check, check_values in handed]
+    with tf.control_dependencies(asserts):  # (the result depends on its checks, as a check_index's indices)
+        return tf.nest.map_structure(lambda value: tf.identity(value) if isinstance(value, tf.Tensor) else value,
+                                     result)

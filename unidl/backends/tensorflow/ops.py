@@ -20,6 +20,7 @@ from tensorflow.python.eager import record as tape  # custom_gradient's tape, wi
 from unidl import config
 from unidl.errors import MARKER_END, IndexOutOfRangeError, ShapeMismatchError, ValueOutOfRangeError
 from unidl.input_checks import check_known_shape, check_known_values, float_bound
+from unidl.backends.tensorflow import xla_checks
 from unidl.backends.tensorflow.layout import (NHWC_TO_NCHW, elementwise, flatten_view, flattened_nhwc_source, nchw_view,
                                               nhwc_source, to_nhwc, tracing_export_graph, tracing_shape_graph,
                                               tracing_xla_graph)
@@ -825,13 +826,15 @@ def check_in_range(x, low, high, what="values"):
         if int(outside):
             raise ValueOutOfRangeError(f"{what} must lie in [{low}, {high}]; found {int(outside)} value(s) outside")
         return x
+    template = f"{what} must lie in [{low}, {high}]; found {{}} value(s) outside"
+    if xla_checks.recording():  # under XLA: the check is an output of the compiled function (xla_checks.py)
+        xla_checks.record(tf.equal(outside, 0), ValueOutOfRangeError, template, (outside,))
+        return x
     if tracing_xla_graph():  # XLA keeps no string formatting: the range without the count
         message = f"{ValueOutOfRangeError.marker}{what} must lie in [{low}, {high}]"
         checks = [tf.debugging.assert_equal(outside, tf.constant(0, tf.int64), message=message)]
     else:
-        checks = [_marked_check(tf.equal(outside, 0), ValueOutOfRangeError,
-                                f"{what} must lie in [{low}, {high}]; found {{}} value(s) outside", (outside,),
-                                tf.int64)]
+        checks = [marked_check(tf.equal(outside, 0), ValueOutOfRangeError, template, (outside,), tf.int64)]
     with tf.control_dependencies(checks):
         source = nhwc_source(x)  # keep an NCHW view recognisable (layout.py): check the NHWC tensor behind it
         return nchw_view(tf.identity(source)) if source is not None else tf.identity(x)
@@ -848,7 +851,8 @@ def check_index(indices, size, what="index"):
     # check with the graph; GraphFunction turns the marked error into IndexOutOfRangeError when the graph runs
     if _in_shape_check():
         return indices
-    if tracing_xla_graph():  # XLA keeps no string formatting: the range without the values found
+    template = f"{what} must lie in [0, {{}}); found values from {{}} to {{}}"
+    if tracing_xla_graph() and not xla_checks.recording():  # XLA keeps no string formatting: no values found
         bound = size if isinstance(size, int) else "its size"
         message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {bound})"
         checks = [tf.debugging.assert_non_negative(indices, message=message),
@@ -858,8 +862,10 @@ def check_index(indices, size, what="index"):
     low, high = tf.reduce_min(indices), tf.reduce_max(indices)
     valid = tf.logical_or(tf.equal(tf.size(indices), 0),
                           tf.logical_and(low >= 0, high < tf.cast(size, indices.dtype)))
-    check = _marked_check(valid, IndexOutOfRangeError,
-                          f"{what} must lie in [0, {{}}); found values from {{}} to {{}}", (size, low, high), tf.int64)
+    if xla_checks.recording():  # under XLA: the check is an output of the compiled function (xla_checks.py)
+        xla_checks.record(valid, IndexOutOfRangeError, template, (size, low, high))
+        return indices
+    check = marked_check(valid, IndexOutOfRangeError, template, (size, low, high), tf.int64)
     with tf.control_dependencies([check]):
         return tf.identity(indices)
 
@@ -869,11 +875,14 @@ def check_values(x, condition, message, values=()):
         return check_known_values(x, condition, message, values)
     if _in_shape_check():
         return x
+    if xla_checks.recording():  # under XLA: the check is an output of the compiled function (xla_checks.py)
+        xla_checks.record(condition, ValueOutOfRangeError, message, values)
+        return x
     if tracing_xla_graph():  # XLA keeps no string formatting: the message without the values
         text = ValueOutOfRangeError.marker + message.replace("{}", "?")
         checks = [tf.debugging.assert_equal(tf.cast(condition, tf.bool), True, message=text)]
     else:
-        checks = [_marked_check(condition, ValueOutOfRangeError, message, values, tf.int64)]
+        checks = [marked_check(condition, ValueOutOfRangeError, message, values, tf.int64)]
     with tf.control_dependencies(checks):
         return tf.identity(x)
 
@@ -882,7 +891,7 @@ def segment_sum(data, segment_ids, num_segments):
     return tf.math.unsorted_segment_sum(data, tf.cast(segment_ids, tf.int32), num_segments)
 
 
-def _marked_check(condition, error_class, message, values, dtype=tf.int32):
+def marked_check(condition, error_class, message, values, dtype=tf.int32):
     """An op that, when the graph runs, fails unless ``condition`` holds, printing ``error_class``'s marked
     template ``message`` and then ``values`` (the ints put in the template now, the scalar tensors printed as
     ``dtype``: int32 for a graph's sizes, int64 for indices, as text); ``marked_error_from`` fills the template's
@@ -908,7 +917,7 @@ def _marked_check(condition, error_class, message, values, dtype=tf.int32):
 
 
 def _formatted_check(condition, error_class, message, values):
-    """``_marked_check`` with the message formatted inside the graph, in the branch a failure takes."""
+    """``marked_check`` with the message formatted inside the graph, in the branch a failure takes."""
 
     def fail():
         text = tf.strings.format(error_class.marker + message + MARKER_END, [tf.cast(v, tf.int64) for v in values])
@@ -936,8 +945,10 @@ def check_shape(x, condition, message, sizes=()):
     if tracing_xla_graph():  # XLA runs no assertions: what tracing knows (a rank that differs) is checked now
         if condition is False:
             raise ShapeMismatchError(message.format(*(_known_size(size) for size in sizes)))
+        if condition is not True and xla_checks.recording():  # sizes known when it runs: an output (xla_checks.py)
+            xla_checks.record(condition, ShapeMismatchError, message, sizes)
         return x
-    with tf.control_dependencies([_marked_check(condition, ShapeMismatchError, message, sizes)]):
+    with tf.control_dependencies([marked_check(condition, ShapeMismatchError, message, sizes)]):
         source = nhwc_source(x)  # keep the NCHW view recognisable (layout.py): check the NHWC tensor behind it
         return nchw_view(tf.identity(source)) if source is not None else tf.identity(x)
 
