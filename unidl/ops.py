@@ -1899,13 +1899,19 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
 def _attention_scale(scale):
     """``attention``'s ``scale`` as a Python float where it is a number (a NumPy scalar too, and a bool, as
     ``F.scaled_dot_product_attention`` takes them: a NumPy float64 would otherwise reach JAX as a float64 array and
-    promote the product); None and a framework's tensor as they are; anything else a ``TypeError``."""
+    promote the product); None and a framework's tensor as they are; anything else, a NumPy array (0-d too, which
+    torch refuses as it refuses a list), a ``TypeError``. NaN is a ``ValueError``: torch's own paths disagree on it
+    (its math path gives NaN, its fused ones 0)."""
     if scale is None or (hasattr(scale, "shape") and not isinstance(scale, (np.ndarray, np.generic))):
         return scale
-    number = float(scale) if isinstance(scale, (bool, np.bool_)) else arguments.real(scale)
+    number = None if isinstance(scale, np.ndarray) else float(scale) if isinstance(scale, (bool, np.bool_)) else \
+        arguments.real(scale)
     if number is None:
         raise TypeError(f"attention: scale must be a real number (a Python or NumPy int or float), a 0-d tensor or "
                         f"None, as torch.nn.functional.scaled_dot_product_attention takes; got {scale!r}")
+    if math.isnan(number):
+        raise ValueError("attention: scale is NaN, which torch.nn.functional.scaled_dot_product_attention takes to NaN "
+                         "on its math path and to 0 on its fused ones; give a real number, or None for 1/sqrt(E)")
     return number
 
 
