@@ -459,8 +459,8 @@ def broadcast_message(owner, shapes: dict) -> str:
     """The ``ShapeMismatchError`` of ``shapes`` (``{name: shape}``: tuples, or their templates) that do not
     broadcast: '``<owner> needs shapes that broadcast (...); a has shape (2, 3), b has shape (2, 4)``'."""
     shown = ", ".join(f"{what} has shape {shape}" for what, shape in shapes.items())
-    return (f"{literal(owner)} needs shapes that broadcast (aligned from the last axis, each pair of sizes equal or one "
-            f"of them 1); {shown}")
+    return (f"{literal(owner)} needs shapes that broadcast (aligned from the last axis, each pair of sizes equal or "
+            f"one of them 1); {shown}")
 
 
 def check_broadcast(owner, tensors: dict) -> list:

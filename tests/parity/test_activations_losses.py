@@ -417,8 +417,10 @@ def test_a_0d_tensor_of_the_graph_is_elus_leaky_relus_and_softpluss_number_as_to
         np.testing.assert_allclose(ud.to_numpy(got), oracle(torch.tensor(x), 0.5).numpy(), rtol=1e-6)
 
 
-# the ops and layers that need their number when they are built: (its owner and name in the message, unidl's of (x, a))
-BUILT_WITH_THEIR_NUMBER = [("celu alpha", lambda x, a: ud.ops.celu(x, a)), ("CELU alpha", lambda x, a: ud.nn.CELU(a)(x)),
+# the ops and layers that need their number when they are built: (its owner and name in the message, unidl's of
+# (x, a); one lambda a line)
+BUILT_WITH_THEIR_NUMBER = [("celu alpha", lambda x, a: ud.ops.celu(x, a)),
+                           ("CELU alpha", lambda x, a: ud.nn.CELU(a)(x)),
                            ("softshrink lambd", lambda x, a: ud.ops.softshrink(x, a)),
                            ("Softshrink lambd", lambda x, a: ud.nn.Softshrink(a)(x)),
                            ("threshold threshold", lambda x, a: ud.ops.threshold(x, a, 0.0)),
