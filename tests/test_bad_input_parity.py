@@ -5,6 +5,7 @@ inputs that are valid off the usual path (conv with 'same' or int padding in a g
 sample) give PyTorch's values. See docs/guarantees.md, "Behaviour that is the same everywhere"."""
 
 import itertools
+import os
 import re
 
 import numpy as np
@@ -2730,8 +2731,7 @@ def test_attention_of_query_key_and_value_of_two_dtypes(mode, options):
 
 def sizes_unknown_in_graphs(mode) -> bool:
     """Whether ``ud.function`` here leaves every size unknown while it traces (a TensorFlow graph: tensorflow, and
-    keras on it), where a shape error of known sizes only (``matmul``, ``where``, ``concat``, ``stack``, as
-    ``maximum``'s) is the framework's own (docs/guarantees.md, "Known differences left")."""
+    keras on it), where a 1-D tensor cannot be told empty while tracing."""
     if mode != "graph":
         return False
     import keras
@@ -2740,6 +2740,12 @@ def sizes_unknown_in_graphs(mode) -> bool:
 
 
 MISFITTING_JOINS = [
+    ("maximum", lambda a, b: ud.ops.maximum(a, b), ((2, 3), (2, 4)), torch.maximum, "maximum needs shapes that "
+     "broadcast (aligned from the last axis, each pair of sizes equal or one of them 1); a has shape (2, 3), b has "
+     "shape (2, 4)"),
+    ("minimum", lambda a, b: ud.ops.minimum(a, b), ((4, 1, 3), (2, 2)), torch.minimum, "minimum needs shapes that "
+     "broadcast (aligned from the last axis, each pair of sizes equal or one of them 1); a has shape (4, 1, 3), b has "
+     "shape (2, 2)"),
     ("matmul", lambda a, b: ud.ops.matmul(a, b), ((2, 3), (4, 2)), torch.matmul,
      "matmul of shapes (2, 3) and (4, 2): a's last axis (3) must equal b's second to last axis (4)"),
     ("matmul", lambda a, b: ud.ops.matmul(a, b), ((2, 3, 4), (3, 4, 2)), torch.matmul,
@@ -2763,19 +2769,14 @@ MISFITTING_JOINS = [
 
 @pytest.mark.parametrize("case", MISFITTING_JOINS, ids=lambda case: case[0] if isinstance(case, tuple) else None)
 def test_joins_and_products_of_shapes_that_do_not_fit(mode, case):
-    """``matmul``, ``where``, ``cat`` and ``stack`` of shapes torch refuses are one ``ShapeMismatchError`` naming
-    every shape (each framework raised its own error), wherever the sizes are known."""
+    """``maximum``, ``minimum``, ``matmul``, ``where``, ``cat`` and ``stack`` of shapes torch refuses are one
+    ``ShapeMismatchError`` naming every shape (each framework raised its own error), eagerly and in every graph: in
+    a TensorFlow graph, which leaves the sizes unknown while it traces, from a check that runs with the graph, with
+    the same message (it was TensorFlow's own ``InvalidArgumentError``)."""
     _, fn, shapes, oracle, message = case
     arrays = [np.ones(shape, np.float32) for shape in shapes]
     with pytest.raises(RuntimeError):
         oracle(*(torch.tensor(a) for a in arrays))
-    if sizes_unknown_in_graphs(mode) and shapes[0] and len({len(shape) for shape in shapes}) == 1:
-        # (sizes, not ranks, that do not fit: TensorFlow's own error, as documented)
-        import tensorflow as tf
-
-        with pytest.raises(tf.errors.InvalidArgumentError):
-            run(mode, fn, *arrays)
-        return
     raises_exactly(ud.ShapeMismatchError, message, run, mode, fn, *arrays)
 
 
@@ -2794,6 +2795,34 @@ def test_joins_and_products_of_shapes_that_fit_as_torch(mode):
     if not sizes_unknown_in_graphs(mode):  # (a graph of unknown sizes cannot tell it is empty: TensorFlow's error)
         np.testing.assert_array_equal(run(mode, lambda e, a, f: ud.ops.cat([e, a, f], 0), empty, a[0, 0], empty),
                                       torch.cat([torch.tensor(empty), torch.tensor(a[0, 0]), torch.tensor(empty)]))
+
+
+#: the backends whose ``ud.function`` is a TensorFlow graph (Keras's on TensorFlow)
+TENSORFLOW_GRAPHS = [name for name in backends_under_test() if name == "tensorflow"
+                     or (name == "keras" and os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow")]
+
+
+@pytest.mark.parametrize("name", TENSORFLOW_GRAPHS)
+def test_a_graph_of_unknown_sizes_checks_only_sizes_that_may_not_fit(name):
+    """The checks above add ops to a TensorFlow graph of unknown sizes only where the sizes may not fit: none for
+    ``where(x > 0, x, 0)``, ``maximum(x, 0)``, ``stack([x, -x])`` or a product whose contraction size the graph
+    knows (the ops layers and activations are written with), one ``Assert`` for two inputs of unknown sizes."""
+    import tensorflow as tf
+
+    def asserts(fn, *ranks):
+        specs = [tf.TensorSpec([None] * rank) for rank in ranks]
+        with ud.use_backend(name):
+            graph = tf.function(fn).get_concrete_function(*specs).graph
+        return sum(operation.type == "Assert" for operation in graph.get_operations())
+
+    weight = np.ones((3, 5), np.float32)
+    assert asserts(lambda x: ud.ops.where(x > 0, x, 0.0), 2) == 0
+    assert asserts(lambda x: ud.ops.where(x > 0, 2 * x, x), 2) == 0
+    assert asserts(lambda x: ud.ops.maximum(x, 0.0), 2) == 0
+    assert asserts(lambda x: ud.ops.stack([x, -x]), 2) == 0
+    assert asserts(lambda x: ud.ops.matmul(ud.ops.reshape(x, (-1, 3)), weight), 2) == 0
+    assert asserts(lambda x, y: ud.ops.maximum(x, y), 2, 2) == 1
+    assert asserts(lambda x, y: ud.ops.matmul(x, y), 2, 2) == 1
 
 
 def test_gather_of_an_index_that_does_not_fit(mode):

@@ -257,7 +257,7 @@ def _operands(owner, x1, x2):
     dtype's name. float16 and bfloat16 come back in float32, to compute in, as PyTorch's norms accumulate them (the
     sum of squares of float16 overflowed from |x| = 256 on)."""
     x1, x2 = input_checks.as_tensor(owner, "x1", x1), input_checks.as_tensor(owner, "x2", x2)
-    ops._check_broadcastable(owner, x1, x2, names=("x1", "x2"))
+    x1, x2 = ops._check_broadcastable(owner, x1, x2, names=("x1", "x2"))
     x1, x2 = ops._promoted_as_torch(x1, x2, broadcast=True)
     x1, x2 = input_checks.as_floating(owner, "x1", x1), input_checks.as_floating(owner, "x2", x2)
     dtype = dtype_kinds.dtype_name(x1.dtype)

@@ -241,15 +241,20 @@ def known_number(owner: str, name: str, value):
         raise TypeError(f"{owner} {name} must be a number or a 0-d tensor, got a tensor of rank {len(value.shape)}")
     if "bfloat16" in str(value.dtype):  # (exact in float32; Keras's to_numpy refused a bfloat16 tensor)
         value = backend.ops.cast(value, "float32")
+    traced = TypeError(f"{owner} {name} is a 0-d tensor of a graph being traced, whose value is not known yet, and "
+                       f"it must be known to build the op; give a number, or a tensor made outside the graph")
     try:
         array = backend.to_numpy(value)
     # (each framework's error for a traced value read in Python, and no other: a TensorFlow symbolic tensor's
     # AttributeError, its NotImplementedError under Keras, a JAX tracer's TypeError)
     except (AttributeError, NotImplementedError, TypeError):
-        raise TypeError(f"{owner} {name} is a 0-d tensor of a graph being traced, whose value is not known yet, "
-                        f"and it must be known to build the op; give a number, or a tensor made outside the graph") \
-            from None
-    return plain_number(owner, name, array)
+        raise traced from None
+    try:
+        return plain_number(owner, name, array)
+    except ValueError:  # (a 0-d tensor of real numbers always reads as one, but where torch.compile traces the
+        if "complex" in str(value.dtype):  # conversion: an array of its own, whose value is known only when the
+            raise  # graph runs, stands for it)
+        raise traced from None
 
 
 def check_range(owner: str, name: str, value, low=0.0, high=math.inf, low_open=False, high_open=True) -> float:

@@ -391,18 +391,18 @@ def broadcast_conflict(sizes) -> bool:
     return False
 
 
-def check_matmul_shapes(a, b) -> None:
-    """``ShapeMismatchError`` for ``matmul`` operands PyTorch refuses: a 0-d one, a contraction of two sizes (a's
-    last axis against b's second to last, or its only one), or batch axes that do not broadcast, naming both shapes
-    (the frameworks raised errors of their own). Sizes a TensorFlow graph leaves unknown are left to TensorFlow, as
-    ``maximum``'s: ``matmul`` is a layer's op."""
+def check_matmul_shapes(a, b):
+    """``a``, after checking ``matmul``'s operands as PyTorch does: a 0-d one, a contraction of two sizes (a's last
+    axis against b's second to last, or its only one), or batch axes that do not broadcast are a
+    ``ShapeMismatchError`` naming both shapes (the frameworks raised errors of their own), at once where the sizes
+    are known, else (a TensorFlow graph's) when the graph runs, with the same message. Use the returned ``a``."""
     try:
         shape_a, shape_b = known_shape(a.shape), known_shape(b.shape)
     except (AttributeError, ValueError):  # no shape, or a TensorFlow graph's tensor of unknown rank
-        return
+        return a
     if len(shape_b) >= 2 and len(shape_a) >= 1 and shape_a[-1] == shape_b[-2] is not None and \
             (len(shape_b) == 2 or shape_a[:-2] == shape_b[:-2] and None not in shape_a[:-2]):
-        return  # the common cases (an input times a weight, batches of one shape), decided at once
+        return a  # the common cases (an input times a weight, batches of one shape), decided at once
     if not shape_a or not shape_b:
         raise ShapeMismatchError(f"matmul needs operands of at least 1 axis, got operands of {len(shape_a)} and "
                                  f"{len(shape_b)} axes")
@@ -414,6 +414,89 @@ def check_matmul_shapes(a, b) -> None:
         problem = "their batch axes (all but the last two) must broadcast"
     if problem:
         raise ShapeMismatchError(f"matmul of shapes {shape_a} and {shape_b}: {problem}")
+    batch_unknown = _unknown_beside_another(aligned(shape_a[:-2], shape_b[:-2]))
+    if symbolic(a, b) or not (shape_a[-1] is None or inner is None or batch_unknown):
+        return a
+    sizes_a, sizes_b = sizes_of(a), sizes_of(b)
+    inner = sizes_b[0] if len(sizes_b) == 1 else sizes_b[-2]
+    shapes = f"matmul of shapes {shape_template(len(sizes_a))} and {shape_template(len(sizes_b))}: "
+    fits = holds(sizes_a[-1] == inner)
+    a = require(a, fits, lambda: shapes + f"a's last axis ({{}}) must equal b's {where} axis ({{}})",
+                sizes_a + sizes_b + (sizes_a[-1], inner))
+    if batch_unknown:  # (its message only where the contraction fits, as above)
+        batch = broadcasts([sizes_a[:-2], sizes_b[:-2]])
+        a = require(a, _either(batch, (not fits) if isinstance(fits, bool) else ~fits), lambda: (
+            shapes + "their batch axes (all but the last two) must broadcast"), sizes_a + sizes_b)
+    return a
+
+
+def symbolic(*tensors) -> bool:
+    """Whether a shape of ``tensors`` holds a symbolic size (``torch.export``'s ``SymInt``): never compared here,
+    which would specialise it; left to the exported program."""
+    return any(size is not None and not isinstance(size, Integral)
+               for t in tensors for size in tuple(getattr(t, "shape", ())))
+
+
+def _unknown_beside_another(axes) -> bool:
+    """Whether sizes aligned axis by axis (``aligned``) hold, on some axis, a size a traced graph leaves unknown
+    (None) beside another that is not 1: whether they broadcast is known only when the graph runs."""
+    return any(None in sizes and sum(size != 1 for size in sizes) > 1 for sizes in axes)
+
+
+def broadcasts(shapes):
+    """Whether ``shapes`` (tuples of sizes: ints, or scalar tensors where a graph leaves them unknown) broadcast
+    together, aligned from the last axis: each pair of sizes equal or one of them 1. A bool where that is decided
+    now, else a boolean scalar tensor."""
+    conditions = []
+    for sizes in aligned(*shapes):
+        for first, a in enumerate(sizes):
+            for b in sizes[first + 1:]:
+                conditions.append(_either(holds(a == b), _either(holds(a == 1), holds(b == 1))))
+    return all_of(conditions)
+
+
+def broadcast_message(owner, shapes: dict) -> str:
+    """The ``ShapeMismatchError`` of ``shapes`` (``{name: shape}``: tuples, or their templates) that do not
+    broadcast: '``<owner> needs shapes that broadcast (...); a has shape (2, 3), b has shape (2, 4)``'."""
+    shown = ", ".join(f"{what} has shape {shape}" for what, shape in shapes.items())
+    return (f"{literal(owner)} needs shapes that broadcast (aligned from the last axis, each pair of sizes equal or "
+            f"one of them 1); {shown}")
+
+
+def check_broadcast(owner, tensors: dict) -> list:
+    """The values of ``tensors`` (``{name: tensor or number}``), after checking that they broadcast together where a
+    traced graph leaves a size unknown beside another that is not 1: ``broadcast_message``'s ``ShapeMismatchError``
+    when the graph runs, as eagerly (the check rides on the first tensor of unknown sizes: use the returned values).
+    Tensors the graph knows to share a shape (``x > 0`` and ``x``: the backend's ``shares_shape``) are compared once,
+    so that ``where(x > 0, x, 0)`` gains no op. Sizes known while tracing are the caller's to compare; where every
+    size is known this adds nothing."""
+    values = list(tensors.values())
+    shapes = [known_shape(getattr(t, "shape", ())) for t in values]
+    if not any(None in shape for shape in shapes) or symbolic(*values):
+        return values
+    compared = _distinct_shapes(values, shapes)
+    if not _unknown_beside_another(aligned(*(shapes[i] for i in compared))):
+        return values
+    sizes = [sizes_of(t) if hasattr(t, "shape") else () for t in values]
+    template = broadcast_message(owner, {name: shape_template(len(s)) for name, s in zip(tensors, sizes)})
+    carrier = next(position for position, shape in enumerate(shapes) if None in shape)
+    values[carrier] = require(values[carrier], broadcasts([sizes[i] for i in compared]), lambda: template,
+                              tuple(size for s in sizes for size in s))
+    return values
+
+
+def _distinct_shapes(values, shapes) -> list:
+    """The positions in ``values`` of the tensors whose shapes a traced graph does not know to be an earlier one's
+    (the backend's ``shares_shape``, where it has one; ``shapes``: the sizes known while tracing)."""
+    from unidl.backends.op_registry import optional_op
+
+    shares_shape = optional_op(ops._ops(), "shares_shape")
+    distinct = []
+    for position, (value, shape) in enumerate(zip(values, shapes)):
+        if shares_shape is None or None not in shape or not any(
+                shapes[earlier] == shape and shares_shape(values[earlier], value) for earlier in distinct):
+            distinct.append(position)
+    return distinct
 
 
 def aligned(*shapes) -> zip:
@@ -425,16 +508,16 @@ def aligned(*shapes) -> zip:
 
 def joined(owner, tensors, axis) -> list:
     """``tensors``, after checking that ``concat`` (along ``axis``) or ``stack`` (``axis`` None) can join them, as
-    PyTorch refuses them: two ranks, or two known sizes off ``axis`` (every axis for ``stack``), a
-    ``ShapeMismatchError`` naming every shape (the frameworks raised errors of their own). ``concat`` leaves out a
-    1-D empty tensor beside others, as ``torch.cat`` takes it (TensorFlow and JAX refused its rank). Sizes a
-    TensorFlow graph leaves unknown are left to TensorFlow, as ``maximum``'s."""
+    PyTorch refuses them: two ranks, or two sizes off ``axis`` (every axis for ``stack``), a ``ShapeMismatchError``
+    naming every shape (the frameworks raised errors of their own), at once where the sizes are known, else (a
+    TensorFlow graph's) when the graph runs, with the same message. ``concat`` leaves out a 1-D empty tensor
+    beside others, as ``torch.cat`` takes it (TensorFlow and JAX refused its rank)."""
     try:
         shapes = [known_shape(t.shape) for t in tensors]
     except (AttributeError, ValueError):  # no shape, or a TensorFlow graph's tensor of unknown rank
         return tensors
-    if len(shapes) < 2 or all(shape == shapes[0] for shape in shapes):  # the common case, decided at once
-        return tensors
+    if len(shapes) < 2 or all(shape == shapes[0] for shape in shapes) and None not in shapes[0]:
+        return tensors  # the common case, decided at once
     if axis is not None and any(shape == (0,) for shape in shapes) and any(shape != (0,) for shape in shapes):
         kept = [(t, shape) for t, shape in zip(tensors, shapes) if shape != (0,)]
         tensors, shapes = [t for t, _ in kept], [shape for _, shape in kept]
@@ -445,10 +528,28 @@ def joined(owner, tensors, axis) -> list:
                                  f"{', '.join(str(len(shape)) for shape in shapes)} axes")
     rank = ranks.pop()
     skipped = None if axis is None or not rank else arguments.integer(axis) % rank
+    wanted = "one shape" if axis is None else f"equal sizes on every axis but {axis}"
     for position, sizes in enumerate(zip(*shapes)):
         if position != skipped and len({size for size in sizes if size is not None}) > 1:
-            wanted = "one shape" if axis is None else f"equal sizes on every axis but {axis}"
             raise ShapeMismatchError(f"{literal(owner)} needs tensors of {wanted}, got shapes {shown}")
+    return _joined_when_run(owner, wanted, list(tensors), shapes, skipped)
+
+
+def _joined_when_run(owner, wanted: str, tensors: list, shapes: list, skipped):
+    """``tensors``, the first carrying the check that they have one size on each axis but ``skipped`` where a
+    traced graph leaves sizes unknown (tensors it knows to share a shape compared once): ``joined``'s
+    ``ShapeMismatchError`` when the graph runs."""
+    compared = _distinct_shapes(tensors, shapes) if len(tensors) > 1 and not symbolic(*tensors) else [0]
+    axes = [position for position in range(len(shapes[0])) if position != skipped
+            and any(shapes[i][position] is None for i in compared)]
+    if len(compared) < 2 or not axes:
+        return tensors
+    sizes = [sizes_of(t) for t in tensors]
+    first = sizes[compared[0]]
+    same = all_of(holds(sizes[i][position] == first[position]) for i in compared[1:] for position in axes)
+    template = (f"{literal(owner)} needs tensors of {wanted}, got shapes "
+                f"{', '.join(shape_template(len(s)) for s in sizes)}")
+    tensors[0] = require(tensors[0], same, lambda: template, tuple(size for s in sizes for size in s))
     return tensors
 
 

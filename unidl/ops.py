@@ -129,7 +129,7 @@ def matmul(a, b):
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("matmul", a, b, numbers=False)
     input_checks.check_same_kind("matmul", a, b)
-    input_checks.check_matmul_shapes(a, b)
+    a = input_checks.check_matmul_shapes(a, b)
     if active_ops() is None:  # (a mixed-precision scope casts floats of two widths first)
         input_checks.check_matmul_dtypes(a, b)
     return _ops().matmul(a, b)
@@ -642,12 +642,11 @@ def maximum(a, b):
     outside its range is a ``ValueError``); tensors of two dtypes promote as
     ``torch.maximum`` promotes them (an integer and a float tensor: the float's dtype; a 0-dim tensor takes a
     dimensioned one's dtype of the same kind), decided here for every backend (see ``_torch_result_dtype``).
-    Sizes that do not broadcast are a ``ShapeMismatchError`` naming both shapes wherever they are known:
-    eagerly, and while a graph traces (a TensorFlow graph's sizes unknown until it runs give TensorFlow's own
-    error)."""
+    Sizes that do not broadcast are a ``ShapeMismatchError`` naming both shapes, eagerly and in every graph (a
+    TensorFlow graph's sizes unknown until it runs: when it runs, with the same message)."""
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("maximum", a, b)
-    return _ops().maximum(*_typed_as_torch("maximum", _check_broadcastable("maximum", a, b), b))
+    return _ops().maximum(*_typed_as_torch("maximum", *_check_broadcastable("maximum", a, b)))
 
 
 @op(name="framework_maximum", optional=True, public=False)
@@ -656,6 +655,13 @@ def _framework_maximum(a, b):
     whose ties carry no gradient (attention's floor under its masked scores, gradient clipping's norms), where
     ``maximum``'s PyTorch rule would add graph ops for nothing. A backend whose ``maximum`` is the framework's
     own (torch) lacks it; callers fall back to ``maximum``."""
+
+
+@op(name="shares_shape", optional=True, public=False)
+def _shares_shape(a, b):
+    """Whether a traced graph that leaves the sizes of the tensors ``a`` and ``b`` unknown knows them to be one shape
+    (``x > 0`` beside ``x``: the result of element-wise ops of one tensor and of scalars), so that a check of their
+    sizes (``where``'s) adds nothing to it. A backend whose sizes are always known while it traces lacks it."""
 
 
 @op(name="exact_divide", optional=True, public=False)
@@ -737,25 +743,23 @@ def _dtype_bits(name) -> int:
     return int(name[len(name.rstrip("0123456789")):] or 8)
 
 
-def _check_broadcastable(name, a, b, *, names=("a", "b"), **more):
-    """``a``, after checking that the shapes of ``a``, ``b`` (called ``names`` in the message) and the tensors of
-    ``more`` (``{name: tensor}``, placed before them in the message; tensors, arrays or numbers) broadcast: aligned
-    from the last axis, each pair of known sizes equal or one of them 1 (PyTorch's rule), else a
-    ``ShapeMismatchError`` naming every shape (the frameworks raised four errors of their own). Sizes a TensorFlow
-    graph leaves unknown until it runs are left to TensorFlow's own error: a check in the graph would cost a branch
-    per call, and ``maximum`` is an activation's op."""
+def _check_broadcastable(name, a, b, *, names=("a", "b"), **more) -> list:
+    """The tensors of ``more`` (``{name: tensor}``, placed before ``a`` and ``b`` in the message), ``a`` and ``b``
+    (called ``names``; tensors, arrays or numbers), after checking that their shapes broadcast: aligned from the last
+    axis, each pair of sizes equal or one of them 1 (PyTorch's rule), else a ``ShapeMismatchError`` naming every
+    shape (the frameworks raised four errors of their own), at once where the sizes are known, else (a TensorFlow
+    graph's) when the graph runs, with the same message (``input_checks.check_broadcast``: no op where the graph
+    knows the shapes to agree, as in ``where(x > 0, x, 0)``). Use the returned values."""
+    named = {**more, names[0]: a, names[1]: b}
     try:  # (known sizes only: an exporter's symbolic size compared with an int would be specialised)
-        shapes = [input_checks.known_shape(getattr(x, "shape", ())) for x in (*more.values(), a, b)]
+        shapes = [input_checks.known_shape(getattr(x, "shape", ())) for x in named.values()]
     except ValueError:
-        return a  # a TensorFlow graph's tensor of unknown rank: nothing known to check
-    if shapes.count(shapes[0]) == len(shapes):
-        return a  # the common case, decided at once
+        return list(named.values())  # a TensorFlow graph's tensor of unknown rank: nothing known to check
+    if shapes.count(shapes[0]) == len(shapes) and None not in shapes[0]:
+        return list(named.values())  # the common case, decided at once
     if any(input_checks.broadcast_conflict(sizes) for sizes in input_checks.aligned(*shapes)):
-        named = {**more, names[0]: a, names[1]: b}
-        shown = ", ".join(f"{what} has shape {shape}" for what, shape in zip(named, shapes))
-        raise ShapeMismatchError(f"{name} needs shapes that broadcast (aligned from the last axis, each pair of "
-                                 f"sizes equal or one of them 1); {shown}")
-    return a
+        raise ShapeMismatchError(input_checks.broadcast_message(name, dict(zip(named, shapes))))
+    return input_checks.check_broadcast(name, named)
 
 
 @op(dispatch=False, arrays=())
@@ -771,7 +775,7 @@ def where(condition, a, b):
     input_checks.check_condition("where", condition)
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("where", a, b)
-    a = _check_broadcastable("where", a, b, condition=condition)
+    condition, a, b = _check_broadcastable("where", a, b, condition=condition)
     if _is_number(a) or _is_number(b):
         return _ops().where(condition, *_numbers_as_torch("where", a, b, as_tensor=True))
     return _ops().where(condition, *_promoted_as_torch(a, b))
@@ -1277,7 +1281,7 @@ def minimum(a, b):
     the smaller input, half to each of equal ones, all to both where either is NaN; booleans give their and)."""
     if isinstance(a, CONVERTED) or isinstance(b, CONVERTED):
         a, b = input_checks.operands("minimum", a, b)
-    return _ops().minimum(*_typed_as_torch("minimum", _check_broadcastable("minimum", a, b), b))
+    return _ops().minimum(*_typed_as_torch("minimum", *_check_broadcastable("minimum", a, b)))
 
 
 @op(dims={"dim": "x"}, dispatch=False)
@@ -1894,13 +1898,19 @@ def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
 def _attention_scale(scale):
     """``attention``'s ``scale`` as a Python float where it is a number (a NumPy scalar too, and a bool, as
     ``F.scaled_dot_product_attention`` takes them: a NumPy float64 would otherwise reach JAX as a float64 array and
-    promote the product); None and a framework's tensor as they are; anything else a ``TypeError``."""
+    promote the product); None and a framework's tensor as they are; anything else, a NumPy array (0-d too, which
+    torch refuses as it refuses a list), a ``TypeError``. NaN is a ``ValueError``: torch's own paths disagree on it
+    (its math path gives NaN, its fused ones 0)."""
     if scale is None or (hasattr(scale, "shape") and not isinstance(scale, (np.ndarray, np.generic))):
         return scale
-    number = float(scale) if isinstance(scale, (bool, np.bool_)) else arguments.real(scale)
+    number = None if isinstance(scale, np.ndarray) else float(scale) if isinstance(scale, (bool, np.bool_)) else \
+        arguments.real(scale)
     if number is None:
         raise TypeError(f"attention: scale must be a real number (a Python or NumPy int or float), a 0-d tensor or "
                         f"None, as torch.nn.functional.scaled_dot_product_attention takes; got {scale!r}")
+    if math.isnan(number):
+        raise ValueError("attention: scale is NaN, which torch.nn.functional.scaled_dot_product_attention takes to NaN "
+                         "on its math path and to 0 on its fused ones; give a real number, or None for 1/sqrt(E)")
     return number
 
 

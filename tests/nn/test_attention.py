@@ -2,11 +2,14 @@
 against plain ``torch.nn`` (the oracle): outputs, attention weights and input/weight gradients, every mask, on every
 backend, float32 inside ``ud.function`` and float64 eagerly; PyTorch's ``state_dict`` keys; clear errors."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn as tnn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import unidl as ud
 from unidl.testing import max_relative_difference
@@ -333,6 +336,25 @@ def test_a_numpy_scale_is_the_number_it_holds(backend, traced):
         expected = F.scaled_dot_product_attention(*(torch.tensor(t) for t in (q, k, v)), scale=scale).numpy()
         for found in call(*(ud.tensor(t) for t in (q, k, v))):
             assert max_relative_difference(ud.to_numpy(found), expected) < 1e-5, repr(scale)
-    for scale in ("0.5", 1j):
+    for scale in ("0.5", 1j, np.array(0.5)):  # (a 0-d array, as torch: "argument 'scale' must be float")
         with pytest.raises(TypeError, match="scale must be a real number"):
             ud.ops.scaled_dot_product_attention(*(ud.tensor(t) for t in (q, k, v)), scale=scale)
+    with pytest.raises(TypeError, match="'scale' must be float, not numpy.ndarray"):
+        F.scaled_dot_product_attention(*(torch.tensor(t) for t in (q, k, v)), scale=np.array(0.5))
+
+
+def test_a_nan_scale_is_one_value_error(backend):
+    """``scale=float('nan')``, which torch's own paths take apart (its math path gives NaN, its fused ones 0; unidl's
+    torch backend gave 0, the others NaN), is one ``ValueError`` naming it on every backend."""
+    q, k = ud.tensor(QUERIES.astype(np.float32)), ud.tensor(KEYS.astype(np.float32))
+    v = k  # (CPU's fused kernel takes values of the keys' size)
+    paths = []
+    for path in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION):
+        with sdpa_kernel(path):
+            paths.append(F.scaled_dot_product_attention(*(torch.tensor(ud.to_numpy(t)) for t in (q, k, v)),
+                                                        scale=math.nan))
+    assert torch.isnan(paths[0]).all() and not torch.isnan(paths[1]).any()
+    for call in (lambda: ud.ops.scaled_dot_product_attention(q, k, v, scale=math.nan),
+                 lambda: ud.ops.attention(q, k, v, scale=math.nan)):
+        with pytest.raises(ValueError, match="attention: scale is NaN"):
+            call()

@@ -331,7 +331,7 @@ def test_maximum_and_minimum_of_python_numbers_type_them_as_torch(backend):
 def test_maximum_of_shapes_that_do_not_broadcast_is_one_error(backend):
     """(4, 3) against (4, 2) (and (2, 3) against (4, 3)): ``ShapeMismatchError`` naming both shapes (the frameworks
     raised four different errors of their own), eagerly and inside ``ud.function`` where the sizes are known while
-    it traces (a TensorFlow graph's unknown sizes are left to TensorFlow's error: docs/guarantees.md)."""
+    it traces (a TensorFlow graph's unknown sizes: ``tests/test_bad_input_parity.py``, ``MISFITTING_JOINS``)."""
     for name in ("maximum", "minimum"):
         ours = getattr(ud.ops, name)
         for first, second in [((4, 3), (4, 2)), ((2, 3), (4, 3))]:

@@ -786,6 +786,42 @@ def shape(x):
     return tuple(d if d is not None else size for d, size in zip(static, tf.unstack(dynamic, num=len(static))))
 
 
+# ops whose output has the shape of their first input (element-wise of one tensor), and element-wise ops of two or
+# three tensors whose output has the shape of any input the others broadcast to (scalars, sizes of 1)
+_SHAPE_OF_INPUT = frozenset({"Identity", "Cast", "Neg", "Abs", "Sign", "Relu", "Relu6", "Elu", "Selu", "Sigmoid",
+                             "Tanh", "Exp", "Log", "Log1p", "Sqrt", "Rsqrt", "Square", "Floor", "Ceil", "Round",
+                             "LogicalNot", "StopGradient", "IsNan", "IsFinite", "IsInf", "Softplus", "Erf"})
+_SHAPE_OF_BROADCAST = frozenset({"Greater", "GreaterEqual", "Less", "LessEqual", "Equal", "NotEqual", "AddV2", "Add",
+                                 "Sub", "Mul", "RealDiv", "Maximum", "Minimum", "LogicalAnd", "LogicalOr", "SelectV2",
+                                 "Pow", "FloorDiv", "FloorMod"})
+
+
+def shares_shape(a, b):
+    """Whether the graph knows ``a`` and ``b`` (tensors of sizes it leaves unknown) to have one shape: both are the
+    same tensor after element-wise ops that keep its shape (``x > 0`` beside ``x``, ``2 * x`` beside ``x``). Read
+    from the ops that made them while tracing; adds nothing to the graph."""
+    return a is b or _shape_source(a) is _shape_source(b)
+
+
+def _shape_source(x):
+    """The tensor whose shape ``x`` has through the element-wise ops that made it (``_SHAPE_OF_INPUT``, or one of
+    ``_SHAPE_OF_BROADCAST``'s whose other inputs have only sizes of 1 and no more axes); ``x`` itself else."""
+    while isinstance(x, tf.Tensor) and hasattr(x, "op"):  # (an eager tensor has no op)
+        operation = x.op
+        if operation.type in _SHAPE_OF_INPUT:
+            x = operation.inputs[0]
+            continue
+        rank = x.shape.rank
+        if operation.type not in _SHAPE_OF_BROADCAST or rank is None:
+            return x
+        shaped = [t for t in operation.inputs if t.shape.rank is None or t.shape.rank > rank
+                  or any(size != 1 for size in t.shape)]  # (an unknown size may be any: not 1)
+        if len(shaped) != 1 or shaped[0].shape.rank != rank:
+            return x
+        x = shaped[0]
+    return x
+
+
 def cast_like(x, like):
     return as_dtype(x, like.dtype)
 
