@@ -111,9 +111,11 @@ KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_loss
              "from tests.test_dynamic_forward import keras_host_accumulation\n"
              "from tests.test_bad_input_parity import off_path_results\n"
              "from tests.test_export import keras_host_exports\n"
+             "from tests.data.test_epoch import keras_fit_positions\n"
              "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph(),"
              " alternated_loss_steps(), keras_host_attention(), keras_host_accumulation(), off_path_results(),"
-             " ctrl_c_as_keras_switches_gradients_off(), keras_host_exports()]))")
+             " ctrl_c_as_keras_switches_gradients_off(), keras_host_exports(),"
+             " keras_fit_positions() if keras.backend.backend() == 'torch' else None]))")
 
 
 def ctrl_c_as_keras_switches_gradients_off():
@@ -183,7 +185,8 @@ def _keras_on(framework: str):
     (tests/test_dynamic_forward.py's keras_host_accumulation; None on JAX), the off-path op results
     (tests/test_bad_input_parity.py's off_path_results), on torch the outcomes of a Ctrl-C as Keras switches
     gradients off (``ctrl_c_as_keras_switches_gradients_off``; None on JAX), the keras backend's exports there
-    (tests/test_export.py's keras_host_exports)]``
+    (tests/test_export.py's keras_host_exports), on torch the loader's positions through ``fit``
+    (tests/data/test_epoch.py's keras_fit_positions; None on JAX)]``
     from an interpreter whose Keras runs on ``framework`` (on torch: the one that ran the examples first)."""
     if framework == "torch":
         returncode, stdout, stderr = _interpreter_output("torch")[KERAS_SECTION]
@@ -263,7 +266,7 @@ def test_keras_on_torch_trains_on_after_a_ctrl_c_as_keras_switches_gradients_off
     off, before its ``with`` is in force (in a train step, ``evaluate`` and ``fit``), ends the call with
     ``KeyboardInterrupt`` and leaves torch's grad mode as the call found it (``KeptStepState`` puts back the host's
     thread modes): a train step and ``fit`` train on with finite losses, where the next one had failed."""
-    *_, outcomes, _ = _keras_on("torch")
+    *_, outcomes, _, _ = _keras_on("torch")
     assert outcomes is not None and len(outcomes) == 3, outcomes
     for landed, interrupted, grad_on, finite in outcomes:
         assert landed and interrupted and grad_on and finite is True, outcomes
@@ -275,7 +278,7 @@ def test_keras_on_another_framework_follows_the_off_path_rules(framework):
     the rules of tests/test_bad_input_parity.py hold on Keras-on-torch and Keras-on-JAX too."""
     from tests.test_bad_input_parity import OFF_PATH_EXPECTED
 
-    *_, results, _, _ = _keras_on(framework)
+    *_, results, _, _, _ = _keras_on(framework)
     assert results == OFF_PATH_EXPECTED
 
 
@@ -287,7 +290,17 @@ def test_keras_on_another_framework_exports_programs_that_run_without_unidl(fram
     model's at batch sizes other than the traced one (tests/test_export.py's check)."""
     from tests.test_export import check_exports_run_without_unidl
 
-    *_, exports = _keras_on(framework)
+    *_, exports, _ = _keras_on(framework)
     assert sorted(exports) == {"torch": ["onnx", "torch_export"], "jax": ["saved_model"]}[framework]
     for format in exports:
         check_exports_run_without_unidl(exports, format, tmp_path)
+
+
+def test_keras_on_torch_keeps_exact_loader_positions():
+    """tests/data/test_epoch.py's check of the loader's position after each batch that Keras's own ``Model.fit``
+    consumed (given each epoch's arrays), run in the interpreter whose Keras runs on torch (None on JAX, where it
+    would add an XLA compile of the same path of Keras's trainer: 1.7 s)."""
+    from tests.data.test_epoch import check_keras_fit_positions
+
+    *_, positions = _keras_on("torch")
+    check_keras_fit_positions(positions, "torch")
