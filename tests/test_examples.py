@@ -94,26 +94,40 @@ def test_custom_module_example(backend):
     assert float(out.split("test accuracy")[-1]) >= 0.9
 
 
-# ---- Keras on torch and on JAX: one interpreter each (KERAS_BACKEND is fixed at import) ----
+# ---- Keras on torch and on JAX: one interpreter each (KERAS_BACKEND is fixed at import): on torch the one that ran
+# the examples (``KERAS_RUN``), on JAX tests/backends/test_keras_jax.py's, which runs the tests below too ----
 
 TWO_LAYER = dict(steps=30, sizes=(32, 50, 20, 5))
-KERAS_RUN = ("import json, unidl as ud\nfrom unidl.compare import two_layer_losses\n"
-             f"losses = two_layer_losses('keras', **{TWO_LAYER!r})\n"
-             "ud.set_backend('keras')\nud.manual_seed(0)\n"
-             "(x, y), t = ud.datasets.digits('train'), ud.datasets.digits('test')\n"
-             "m = ud.models.CNN(1, 10, 8)\n"
-             "ud.fit(m, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(m.parameters(), lr=3e-3),"
-             " epochs=12, batch_size=64, verbose=0)\n"
-             "import keras\nfrom tests.callbacks.test_tensorboard import cnn_graph\n"
-             "from tests.test_examples import ctrl_c_as_keras_switches_gradients_off\n"
-             "from tests.test_precision import alternated_loss_steps\n"
-             "from tests.nn.test_attention import keras_host_attention\n"
-             "from tests.test_dynamic_forward import keras_host_accumulation\n"
-             "from tests.test_bad_input_parity import off_path_results\n"
-             "from tests.test_export import keras_host_exports\n"
-             "print(json.dumps([losses, keras.backend.backend(), ud.evaluate(m, t)['accuracy'], cnn_graph(),"
-             " alternated_loss_steps(), keras_host_attention(), keras_host_accumulation(), off_path_results(),"
-             " ctrl_c_as_keras_switches_gradients_off(), keras_host_exports()]))")
+
+
+def keras_checks() -> list:
+    """In an interpreter whose Keras runs on another framework than TensorFlow: what ``_keras_on_torch`` describes."""
+    import keras
+
+    import unidl as ud
+    from tests.callbacks.test_tensorboard import cnn_graph
+    from tests.data.test_epoch import keras_fit_positions
+    from tests.nn.test_attention import keras_host_attention
+    from tests.test_bad_input_parity import off_path_results
+    from tests.test_dynamic_forward import keras_host_accumulation
+    from tests.test_export import keras_host_exports
+    from tests.test_precision import alternated_loss_steps
+    from unidl.compare import two_layer_losses
+
+    losses = two_layer_losses("keras", **TWO_LAYER)
+    ud.set_backend("keras")
+    ud.manual_seed(0)
+    (x, y), t = ud.datasets.digits("train"), ud.datasets.digits("test")
+    m = ud.models.CNN(1, 10, 8)
+    ud.fit(m, (x, y), loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.Adam(m.parameters(), lr=3e-3), epochs=12,
+           batch_size=64, verbose=0)
+    return [losses, keras.backend.backend(), ud.evaluate(m, t)["accuracy"], cnn_graph(), alternated_loss_steps(),
+            keras_host_attention(), keras_host_accumulation(), off_path_results(),
+            ctrl_c_as_keras_switches_gradients_off(), keras_host_exports(),
+            keras_fit_positions() if keras.backend.backend() == "torch" else None]
+
+
+KERAS_RUN = "import json\nfrom tests.test_examples import keras_checks\nprint(json.dumps(keras_checks()))"
 
 
 def ctrl_c_as_keras_switches_gradients_off():
@@ -174,7 +188,7 @@ def ctrl_c_as_keras_switches_gradients_off():
 
 
 @functools.cache
-def _keras_on(framework: str):
+def _keras_on_torch():
     """``[two-layer losses, the framework Keras ran on, the digits CNN's test accuracy after ud.fit, a small CNN's
     model graph (tests/callbacks/test_tensorboard.py's cnn_graph), two float16 steps with other losses called in
     turn (tests/test_precision.py's alternated_loss_steps), on torch the attention cases' failures against torch
@@ -183,53 +197,62 @@ def _keras_on(framework: str):
     (tests/test_dynamic_forward.py's keras_host_accumulation; None on JAX), the off-path op results
     (tests/test_bad_input_parity.py's off_path_results), on torch the outcomes of a Ctrl-C as Keras switches
     gradients off (``ctrl_c_as_keras_switches_gradients_off``; None on JAX), the keras backend's exports there
-    (tests/test_export.py's keras_host_exports)]``
-    from an interpreter whose Keras runs on ``framework`` (on torch: the one that ran the examples first)."""
-    if framework == "torch":
-        returncode, stdout, stderr = _interpreter_output("torch")[KERAS_SECTION]
-        if returncode != 0:
-            raise AssertionError(f"subprocess failed ({returncode}):\n{stdout}\n{stderr}")
-        return last_json_line(stdout)
-    return last_json_line(run_python(KERAS_RUN, env={"KERAS_BACKEND": framework}).stdout)
+    (tests/test_export.py's keras_host_exports), on torch the loader's positions through ``fit``
+    (tests/data/test_epoch.py's keras_fit_positions; None on JAX)]`` (``keras_checks``) from the interpreter whose
+    Keras runs on torch, the one that ran the examples first."""
+    returncode, stdout, stderr = _interpreter_output("torch")[KERAS_SECTION]
+    if returncode != 0:
+        raise AssertionError(f"subprocess failed ({returncode}):\n{stdout}\n{stderr}")
+    return last_json_line(stdout)
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
-def test_keras_on_another_framework_agrees_with_that_backend(framework):
+@pytest.fixture
+def framework():
+    """The framework under Keras for the tests that take it: torch here; tests/backends/test_keras_jax.py runs the
+    same tests on JAX, from its Keras-on-JAX interpreter (one interpreter start fewer)."""
+    return "torch"
+
+
+@pytest.fixture
+def checks():
+    """``keras_checks()`` of the interpreter whose Keras runs on ``framework``."""
+    return _keras_on_torch()
+
+
+def test_keras_on_another_framework_agrees_with_that_backend(framework, checks):
     from unidl.compare import two_layer_losses
 
-    keras_run, used, *_ = _keras_on(framework)
+    keras_run, used, *_ = checks
     assert used == framework
     host_run = two_layer_losses(framework, **TWO_LAYER)  # here: another process than Keras's
     assert max_relative_difference(keras_run, host_run) < 1e-5
     assert keras_run[-1] < keras_run[0]
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
-def test_keras_on_another_framework_fit_reaches_accuracy(framework):
-    _, used, accuracy, *_ = _keras_on(framework)
+def test_keras_on_another_framework_fit_reaches_accuracy(framework, checks):
+    _, used, accuracy, *_ = checks
     assert used == framework and accuracy >= 0.95
 
 
-@pytest.mark.parametrize("framework, convolution, dot", [("torch", "aten::_convolution", "aten::linear"),
-                                                         ("jax", "conv_general_dilated", "dot_general")])
-def test_keras_on_another_framework_gives_the_model_graph(framework, convolution, dot):
+def test_keras_on_another_framework_gives_the_model_graph(framework, checks):
     """TensorBoard's model graph on Keras-on-torch (the torch writer traces the forward over the Keras variables'
     values) and Keras-on-JAX (their jaxpr), with the state under its ``state_dict()`` names."""
     from tests.callbacks.test_tensorboard import assert_cnn_graph
 
-    _, used, _, graph, *_ = _keras_on(framework)
+    _, used, _, graph, *_ = checks
     assert used == framework
+    convolution, dot = {"torch": ("aten::_convolution", "aten::linear"),
+                        "jax": ("conv_general_dilated", "dot_general")}[framework]
     assert_cnn_graph(graph, convolution, dot)
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
-def test_keras_on_another_framework_trains_each_step_with_its_own_loss(framework):
+def test_keras_on_another_framework_trains_each_step_with_its_own_loss(framework, checks):
     """Two float16 train steps of one model with other losses, called in turn: Keras's torch and JAX trainers
     run the model as last compiled (``train_on_batch``), so each step compiles it back to its own loss and casts
     first; both train as the torch loop alternating the two losses, with no step skipped."""
     from tests.test_precision import check_alternated_loss_steps
 
-    _, used, _, _, alternated, *_ = _keras_on(framework)
+    _, used, _, _, alternated, *_ = checks
     assert used == framework
     check_alternated_loss_steps(alternated)
 
@@ -239,7 +262,7 @@ def test_keras_on_torch_computes_attention_as_torch_with_its_fused_kernels():
     torch against torch (outputs and gradients, float32 compiled and float64 eager, every kind of mask), each
     through one fused kernel as plain Keras's layers reach them: attention through F.scaled_dot_product_attention
     (no softmax of unidl's own), LayerNorm through native_layer_norm, Linear through addmm (with its bias)."""
-    _, used, _, _, _, (failures, aten), *_ = _keras_on("torch")
+    _, used, _, _, _, (failures, aten), *_ = _keras_on_torch()
     assert used == "torch" and failures == []
     assert {"aten::scaled_dot_product_attention", "aten::native_layer_norm", "aten::addmm"} <= set(aten), aten
     assert not {"aten::softmax", "aten::_softmax", "aten::bmm"} & set(aten), aten
@@ -250,7 +273,7 @@ def test_keras_on_torch_accumulates_as_torch_with_a_layer_unused_in_some_micro_s
     both micro-steps of its windows: PyTorch's ``.grad`` rule (tests/test_dynamic_forward.py's test of it), 1e-6;
     Adam's per-parameter step counts with that layer skipped in some steps; float16 loss scaling with torch's
     decisions (weights to 1e-3)."""
-    _, used, _, _, _, _, checks, *_ = _keras_on("torch")
+    _, used, _, _, _, _, checks, *_ = _keras_on_torch()
     assert used == "torch" and checks, checks
     for name in ("sgd", "adam"):
         assert all(value < 1e-6 for value in checks[name].values()), (name, checks[name])
@@ -263,31 +286,39 @@ def test_keras_on_torch_trains_on_after_a_ctrl_c_as_keras_switches_gradients_off
     off, before its ``with`` is in force (in a train step, ``evaluate`` and ``fit``), ends the call with
     ``KeyboardInterrupt`` and leaves torch's grad mode as the call found it (``KeptStepState`` puts back the host's
     thread modes): a train step and ``fit`` train on with finite losses, where the next one had failed."""
-    *_, outcomes, _ = _keras_on("torch")
+    *_, outcomes, _, _ = _keras_on_torch()
     assert outcomes is not None and len(outcomes) == 3, outcomes
     for landed, interrupted, grad_on, finite in outcomes:
         assert landed and interrupted and grad_on and finite is True, outcomes
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
-def test_keras_on_another_framework_follows_the_off_path_rules(framework):
+def test_keras_on_another_framework_follows_the_off_path_rules(framework, checks):
     """Keras's own ops differ by framework off the usual path (its torch one_hot raised for a label out of range):
     the rules of tests/test_bad_input_parity.py hold on Keras-on-torch and Keras-on-JAX too."""
     from tests.test_bad_input_parity import OFF_PATH_EXPECTED
 
-    *_, results, _, _ = _keras_on(framework)
+    *_, results, _, _, _ = checks
     assert results == OFF_PATH_EXPECTED
 
 
-@pytest.mark.parametrize("framework", ["torch", "jax"])
-def test_keras_on_another_framework_exports_programs_that_run_without_unidl(framework, tmp_path):
+def test_keras_on_another_framework_exports_programs_that_run_without_unidl(framework, checks, tmp_path):
     """The keras backend's export formats on Keras's other frameworks: on torch the host's (a Keras layer is a
     ``torch.nn.Module``: ``torch.export`` programs and ONNX files through torch's exporter, where it wrote none),
     on JAX Keras's own SavedModel; each program loaded and run in a fresh process without unidl, its outputs the
     model's at batch sizes other than the traced one (tests/test_export.py's check)."""
     from tests.test_export import check_exports_run_without_unidl
 
-    *_, exports = _keras_on(framework)
+    *_, exports, _ = checks
     assert sorted(exports) == {"torch": ["onnx", "torch_export"], "jax": ["saved_model"]}[framework]
     for format in exports:
         check_exports_run_without_unidl(exports, format, tmp_path)
+
+
+def test_keras_on_torch_keeps_exact_loader_positions():
+    """tests/data/test_epoch.py's check of the loader's position after each batch that Keras's own ``Model.fit``
+    consumed (given each epoch's arrays), run in the interpreter whose Keras runs on torch (None on JAX, where it
+    would add an XLA compile of the same path of Keras's trainer: 1.7 s)."""
+    from tests.data.test_epoch import check_keras_fit_positions
+
+    *_, positions = _keras_on_torch()
+    check_keras_fit_positions(positions, "torch")

@@ -8,6 +8,16 @@ train steps and fit called in turn keep their jitted steps."""
 import pytest
 
 from tests.helpers import last_json_line, run_python
+# tests/test_examples.py's checks of Keras on another framework than TensorFlow, run here on JAX (``framework``,
+# ``checks``): this interpreter's Keras runs there already (one interpreter start fewer)
+from tests.test_examples import (  # noqa: F401
+    test_keras_on_another_framework_agrees_with_that_backend,
+    test_keras_on_another_framework_exports_programs_that_run_without_unidl,
+    test_keras_on_another_framework_fit_reaches_accuracy,
+    test_keras_on_another_framework_follows_the_off_path_rules,
+    test_keras_on_another_framework_gives_the_model_graph,
+    test_keras_on_another_framework_trains_each_step_with_its_own_loss,
+)
 
 _SCRIPT = r"""
 import inspect
@@ -818,6 +828,7 @@ import sys
 # (ud.manual_seed has run on Keras-on-JAX: Keras's set_random_seed imports TensorFlow to seed it where it is installed)
 seeded_without_tensorflow = "tensorflow" not in sys.modules
 import keras
+from tests.test_examples import keras_checks
 def copied_in():
     # load_state_dict, register_buffer and ud.tensor of NumPy arrays that JAX would share (64-byte aligned, as
     # every torch tensor's .numpy() is): the caller editing them after leaves the model as it is
@@ -989,6 +1000,7 @@ print(json.dumps({
     "parity_rules": parity_rules(),
     "ctrl_c": ctrl_c_in_steps(),
     "max_norm": max_norm_writes(),
+    "keras_checks": keras_checks(),  # (last: it seeds, imports TensorFlow for a SavedModel and sets the backend)
 }))
 """
 
@@ -996,6 +1008,18 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def result():
     return last_json_line(run_python(_SCRIPT, env={"KERAS_BACKEND": "jax"}).stdout)
+
+
+@pytest.fixture
+def framework():
+    """The framework under Keras for tests/test_examples.py's tests imported above."""
+    return "jax"
+
+
+@pytest.fixture
+def checks(result):
+    """tests/test_examples.py's ``keras_checks()`` on Keras-on-JAX, from this file's interpreter."""
+    return result["keras_checks"]
 
 
 def test_arrays_given_to_a_model_are_copied_in_on_jax(result):

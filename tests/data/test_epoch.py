@@ -111,19 +111,25 @@ print(json.dumps(keras_fit_positions()))
 _EXPECTED_POSITIONS = [[0, 1], [0, 2], [0, 3], [0, 4], [1, 0], [1, 1], [1, 2], [1, 3], [1, 4], [2, 0]]
 
 
-@pytest.mark.parametrize("framework", ["tensorflow", "torch"])
-def test_keras_fit_keeps_exact_positions(framework):
-    """Keras-TensorFlow: unidl's loop over Keras's train-step graph iterates the epoch; Keras's other
-    frameworks: ``Model.fit`` is given each epoch's arrays and reports every batch it consumed."""
-    import keras
-
-    if keras.backend.backend() == framework:  # this process's Keras (a fresh interpreter costs seconds)
-        result = keras_fit_positions()
-    else:  # Keras fixes its framework when first imported
-        result = last_json_line(run_python(_KERAS_FIT_POSITIONS, env={"KERAS_BACKEND": framework}).stdout)
+def check_keras_fit_positions(result, framework) -> None:
+    """``keras_fit_positions()``'s result on Keras over ``framework``: Keras-TensorFlow's epoch iterated by unidl's
+    loop over Keras's train-step graph; Keras's other frameworks' ``Model.fit`` given each epoch's arrays."""
     assert result["framework"] == framework
     assert result["taken"] == ([] if framework == "tensorflow" else [True, True])
     assert result["positions"] == _EXPECTED_POSITIONS
+
+
+def test_keras_fit_keeps_exact_positions():
+    """Keras-TensorFlow: unidl's loop over Keras's train-step graph iterates the epoch, reporting every batch. On
+    Keras's other frameworks the check runs in tests/test_examples.py's interpreters whose Keras runs there (a
+    fresh interpreter of its own cost seconds): test_keras_on_torch_keeps_exact_loader_positions."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":  # this process's Keras
+        result = keras_fit_positions()
+    else:  # Keras fixes its framework when first imported
+        result = last_json_line(run_python(_KERAS_FIT_POSITIONS, env={"KERAS_BACKEND": "tensorflow"}).stdout)
+    check_keras_fit_positions(result, "tensorflow")
 
 
 def _indexed_loader(dataset=None) -> DataLoader:
