@@ -235,6 +235,41 @@ def test_a_jit_compiled_functions_checks_reach_the_graph_that_calls_it_and_its_g
     np.testing.assert_allclose(found, x.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def _flat_state(optimizer) -> list:
+    """The step count and every slot of ``optimizer``'s state dict, as arrays in one list."""
+    state = optimizer.state_dict()
+    return [np.asarray(state["step"])] + [np.asarray(slots[name]) for slots in state["slots"] for name in sorted(slots)]
+
+
+@pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
+def test_a_jit_compiled_step_whose_check_fails_updates_no_weight(backend_name):
+    """A step written in ``ud.function(jit_compile=True)`` (gradients, ``opt.apply``) whose index is out of range
+    raises its error and leaves every weight and the optimizer's state bit for bit as they were, as an eager step
+    and JAX's checkified one (TensorFlow's XLA ran the graph whole before its checks were read: Adam updated with
+    the clamped index); a BatchNorm's statistics written before the check stay written, as on JAX."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        embedding, norm, linear = ud.nn.Embedding(4, 3), ud.nn.BatchNorm1d(3), ud.nn.Linear(3, 5)
+        params = [*embedding.parameters(), *norm.parameters(), *linear.parameters()]
+        optimizer = ud.optim.Adam(params, lr=0.1)
+
+        def step(tokens, labels):
+            loss, grads = ud.value_and_grad(lambda: ud.ops.cross_entropy(linear(norm(embedding(tokens))), labels),
+                                            params)()
+            optimizer.apply(grads)
+            return loss
+
+        compiled = ud.function(step, jit_compile=True)
+        compiled(np.array([0, 1, 2]), np.array([0, 1, 2]))
+        weights, state = [ud.to_numpy(p).copy() for p in params], _flat_state(optimizer)
+        statistics = ud.to_numpy(norm.running_mean).copy()
+        with pytest.raises(ud.IndexOutOfRangeError, match="Embedding indices must lie in"):
+            compiled(np.array([0, 9, 2]), np.array([0, 1, 2]))
+        for before, after in zip(weights + state, [ud.to_numpy(p) for p in params] + _flat_state(optimizer)):
+            np.testing.assert_array_equal(after, before)
+        assert not np.array_equal(ud.to_numpy(norm.running_mean), statistics)
+
+
 def test_tensorflow_residual_step_keeps_activations_nhwc(rng):
     """ResNet-18's step on tensorflow was 1.12x the hand-written one's (benchmarks/RESULTS.md, 2026-12-01, P):
     the residual ``out + identity`` of two NCHW views and ``tf.shape`` of the views (batch norm's input check)

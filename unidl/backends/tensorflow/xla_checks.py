@@ -4,7 +4,9 @@ XLA runs no assertions, so inside such a graph each value check of ``ops.py`` (a
 known only when the graph runs) records its condition and the values its eager message needs here
 (``record``) instead of an ``Assert``; ``GraphFunction`` returns them packed (``packed``: one int64 vector) beside
 the user's outputs and, after the call, raises the first failed check as the eager call's error (``raise_failed``),
-as the JAX backend's ``checkified`` functions do with checkify's error.
+as the JAX backend's ``checkified`` functions do with checkify's error. Since the graph runs whole before its
+checks are read, an optimizer's writes in it are selected by the checks recorded before them
+(``unless_a_check_failed``), as the JAX backend's are.
 """
 
 from __future__ import annotations
@@ -53,6 +55,29 @@ def record(condition, error_class, message: str, values=()) -> None:
     ``message.format(*values)`` (Python ints and scalar tensors, read when the graph has run), as eagerly."""
     values = [tf.cast(value, tf.int64) for value in values]
     _collecting.state[1].append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)), values))
+
+
+def passed():
+    """A boolean scalar: every check recorded so far in the graph being collected holds; None where none is (or no
+    graph is collected: a plain graph's checks are ``Assert``s that its writes wait for)."""
+    if not recording() or not _collecting.state[1]:
+        return None
+    return tf.reduce_all(tf.stack([condition for condition, _, _ in _collecting.state[1]]))
+
+
+@contextlib.contextmanager
+def unless_a_check_failed(variables):
+    """The block's writes to ``variables`` (``tf.Variable``s) stand only where every check recorded before it
+    holds (``passed``): a call that raises a check's error leaves them as they were, as an eager call stops before
+    its update; a block with no check recorded before it (every graph without checks) runs as it is."""
+    holds = passed()
+    if holds is None:
+        yield
+        return
+    before = [variable.read_value() for variable in variables]  # (ordered before the block's writes: one resource)
+    yield
+    for variable, old in zip(variables, before):
+        variable.assign(tf.where(holds, variable.read_value(), old))
 
 
 def packed(checks) -> tuple:
