@@ -239,7 +239,7 @@ class Backend(BackendInterface):
 
     def unless_a_check_failed(self, variables):
         # (Keras's variables hold TensorFlow's)
-        return xla_checks.unless_a_check_failed([v if isinstance(v, tf.Variable) else v.value for v in variables])
+        return xla_checks.unless_a_check_failed([getattr(v, "_value", v) for v in variables])
 
     def gradient_conditions(self, params, grads, agree=True):
         from unidl.backends.tensorflow.control_flow import gradient_conditions
