@@ -246,7 +246,8 @@ def test_a_jit_compiled_step_whose_check_fails_updates_no_weight(backend_name):
     """A step written in ``ud.function(jit_compile=True)`` (gradients, ``opt.apply``) whose index is out of range
     raises its error and leaves every weight and the optimizer's state bit for bit as they were, as an eager step
     and JAX's checkified one (TensorFlow's XLA ran the graph whole before its checks were read: SGD updated with
-    the clamped index); a BatchNorm's statistics written before the check stay written, as on JAX."""
+    the clamped index). The BatchNorm's running statistics, which its forward writes after the failed check, stay
+    written, as on JAX, whose checkified step holds back the optimizer's update alone."""
     with ud.use_backend(backend_name):
         ud.manual_seed(0)
         embedding, norm = ud.nn.Embedding(4, 5), ud.nn.BatchNorm1d(5)
