@@ -235,6 +235,97 @@ def test_a_jit_compiled_functions_checks_reach_the_graph_that_calls_it_and_its_g
     np.testing.assert_allclose(found, x.grad.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def _flat_state(optimizer) -> list:
+    """The step count and every slot of ``optimizer``'s state dict, as arrays in one list."""
+    state = optimizer.state_dict()
+    return [np.asarray(state["step"])] + [np.asarray(slots[name]) for slots in state["slots"] for name in sorted(slots)]
+
+
+@pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
+def test_a_jit_compiled_step_whose_check_fails_updates_no_weight(backend_name):
+    """A step written in ``ud.function(jit_compile=True)`` (gradients, ``opt.apply``) whose index is out of range
+    raises its error and leaves every weight and the optimizer's state bit for bit as they were, as an eager step
+    and JAX's checkified one (TensorFlow's XLA ran the graph whole before its checks were read: SGD updated with
+    the clamped index). The BatchNorm's running statistics, which its forward writes after the failed check, stay
+    written, as on JAX, whose checkified step holds back the optimizer's update alone."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        embedding, norm = ud.nn.Embedding(4, 5), ud.nn.BatchNorm1d(5)
+        params = [*embedding.parameters(), *norm.parameters()]
+        optimizer = ud.optim.SGD(params, lr=0.1, momentum=0.9)
+
+        def step(tokens, labels):
+            loss, grads = ud.value_and_grad(lambda: ud.ops.cross_entropy(norm(embedding(tokens)), labels), params)()
+            optimizer.apply(grads)
+            return loss
+
+        compiled = ud.function(step, jit_compile=True)
+        compiled(np.array([0, 1, 2]), np.array([0, 1, 2]))
+        weights, state = [ud.to_numpy(p).copy() for p in params], _flat_state(optimizer)
+        statistics = ud.to_numpy(norm.running_mean).copy()
+        with pytest.raises(ud.IndexOutOfRangeError, match="Embedding indices must lie in"):
+            compiled(np.array([0, 9, 2]), np.array([0, 1, 2]))
+        for before, after in zip(weights + state, [ud.to_numpy(p) for p in params] + _flat_state(optimizer)):
+            np.testing.assert_array_equal(after, before)
+        assert not np.array_equal(ud.to_numpy(norm.running_mean), statistics)
+
+
+class _ChecksInControlFlow(ud.nn.Module):
+    """Cross-entropies inside an ``if`` on a tensor and inside a ``while`` over one (AutoGraph's ``tf.cond`` and
+    ``tf.while_loop`` on tensorflow), the loop's inside a branch of its own; without the loop where ``loop`` is
+    False (XLA differentiates no loop of unknown length: TensorFlow's "requires a fixed tensor list size")."""
+
+    def __init__(self, loop: bool = True):
+        super().__init__()
+        self.loop = loop
+
+    def forward(self, logits, labels, count):
+        total = ud.ops.sum(logits) * 0
+        if ud.ops.sum(logits) > 0:
+            total = total + ud.ops.cross_entropy(logits, labels)
+        else:
+            total = total - 1.0
+        step = count * 0
+        while self.loop and step < count:
+            if step > 0:
+                total = total + ud.ops.cross_entropy(logits * 2, labels)
+            step = step + 1
+        return total
+
+
+@pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
+def test_value_checks_inside_control_flow_of_a_jit_compiled_function_raise_the_eager_error(backend_name):
+    """A check inside a ``tf.cond`` branch or a loop's body of an XLA graph fell back to an ``Assert``, which XLA
+    dropped: a label out of range gave a NaN loss. Each branch and body now hands its checks out through the op
+    (a branch as one more output, a body as one more loop variable keeping the first failure), and the call
+    raises the eager error where the branch or iteration that holds the check ran, and only there; the gradient
+    through them is torch's."""
+    import torch
+
+    logits, labels, (_, bad, _, message) = _GOOD[0], _GOOD[1], _BAD["labels"]
+    with ud.use_backend(backend_name):
+        checked = _ChecksInControlFlow()
+        compiled = ud.function(checked, jit_compile=True)
+        branch_only = _ChecksInControlFlow(loop=False)
+        gradient = ud.function(lambda x, y, n: ud.grad(lambda z: branch_only(z, y, n))(x), jit_compile=True)
+        value, found = compiled(logits, labels, np.array(2)), gradient(logits, labels, np.array(2))
+        for args in ((logits, bad, np.array(0)), (-logits, bad, np.array(2))):
+            with pytest.raises(ud.IndexOutOfRangeError) as eagerly:
+                checked(*args)
+            with pytest.raises(ud.IndexOutOfRangeError) as caught:
+                compiled(*args)
+            assert str(eagerly.value) == str(caught.value) == message
+        for args in ((-logits, bad, np.array(1)), (-logits, bad, np.array(0))):  # the checks' code never ran
+            assert float(ud.to_numpy(compiled(*args))) == float(ud.to_numpy(checked(*args)))
+        found, value = ud.to_numpy(found), float(ud.to_numpy(value))
+    x = torch.tensor(logits, requires_grad=True)
+    expected = torch.nn.functional.cross_entropy(x, torch.tensor(labels))
+    expected.backward()
+    looped = expected.item() + torch.nn.functional.cross_entropy(x * 2, torch.tensor(labels)).item()
+    assert value == pytest.approx(looped, rel=1e-6)
+    np.testing.assert_allclose(found, x.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_tensorflow_residual_step_keeps_activations_nhwc(rng):
     """ResNet-18's step on tensorflow was 1.12x the hand-written one's (benchmarks/RESULTS.md, 2026-12-01, P):
     the residual ``out + identity`` of two NCHW views and ``tf.shape`` of the views (batch norm's input check)

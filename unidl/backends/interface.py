@@ -403,6 +403,15 @@ class Backend(abc.ABC):
         frameworks, JAX's functional steps, which select their writes by the checks: ``jax/ops.py``)."""
         return contextlib.nullcontext()
 
+    def unless_a_check_failed(self, variables):
+        """A context manager: the writes to ``variables`` (an optimizer's parameters and state) inside it stand only
+        where every value check staged before it in the graph being traced passed, for a graph that runs whole
+        before its checks are read (XLA's: ``jit_compile=True`` on TensorFlow), so that the call that raises a
+        check's error leaves them as they were, as an eager framework's error stops its step before them. Nothing
+        to do (the default) where the checks stop the writes already (eager frameworks, a graph's assertions, which
+        ``after`` orders first) or where the backend's optimizer selects its own writes (JAX: ``jax/ops.py``)."""
+        return contextlib.nullcontext()
+
     def gradient_conditions(self, params, grads, agree: bool = True) -> list:
         """Per parameter, inside a graph being traced: None where it has no gradient (``grads``) or the graph reads
         it unconditionally, else a boolean scalar, whether the control flow that alone reads it (a loop over a

@@ -23,6 +23,7 @@ from unidl.backends.tensorflow import eager as tf_eager
 from unidl.backends.tensorflow import fusion
 from unidl.backends.tensorflow import function as tf_function
 from unidl.backends.tensorflow import graph as tf_graph
+from unidl.backends.tensorflow import xla_checks
 from unidl.backends.tensorflow import precision as tf_precision
 from unidl.backends.tensorflow.function import GraphFunction, PerModeGraphs, to_graph_input
 from unidl.backends.tensorflow.module import NativeModule
@@ -236,6 +237,10 @@ class Backend(BackendInterface):
         if tf.executing_eagerly():
             return contextlib.nullcontext()
         return tf.control_dependencies([value for value in values if value is not None])
+
+    def unless_a_check_failed(self, variables):
+        # (Keras's variables hold TensorFlow's)
+        return xla_checks.unless_a_check_failed([getattr(v, "_value", v) for v in variables])
 
     def gradient_conditions(self, params, grads, agree=True):
         from unidl.backends.tensorflow.control_flow import gradient_conditions

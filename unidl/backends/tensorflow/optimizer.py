@@ -6,7 +6,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from unidl.backends.tensorflow.control_flow import gradient_conditions
-from unidl.backends.tensorflow import ops as tf_ops
+from unidl.backends.tensorflow import ops as tf_ops, xla_checks
 from unidl.optim.optimizer import bound_rule, changeable_options, stepped
 from unidl.optim.param_groups import read_group_option, write_group_options
 
@@ -72,6 +72,15 @@ class GraphOptimizer(tf.Module):
         self.window_position = micro_steps
 
     def apply(self, grads, loss=None, accumulate: int = 1, reduce=None, closes: bool = False, has_gradient=None):
+        """``guarded_apply`` whose writes stand only where every value check recorded before it in a graph that XLA
+        compiles passed (``xla_checks.unless_a_check_failed``: an index out of range, whose error is raised after
+        the call, leaves the weights and this state as they were, as an eager step that raises before its update;
+        a plain graph's assertions stop its writes already, ``all_finite`` depending on them)."""
+        with xla_checks.unless_a_check_failed([*self._spec.params, *self.variables]):
+            return self.guarded_apply(grads, loss, accumulate, reduce, closes, has_gradient)
+
+    def guarded_apply(self, grads, loss=None, accumulate: int = 1, reduce=None, closes: bool = False,
+                      has_gradient=None):
         """One guarded update: skipped entirely (``finite`` False) when ``loss`` or a gradient is not finite,
         decided inside the graph (one reduction per tensor, ``all_finite``, and a ``tf.cond``). With ``accumulate``
         N > 1 this is one micro-step: ``grads / N`` is added to the accumulated gradients, and every N-th

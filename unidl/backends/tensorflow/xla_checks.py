@@ -4,7 +4,10 @@ XLA runs no assertions, so inside such a graph each value check of ``ops.py`` (a
 known only when the graph runs) records its condition and the values its eager message needs here
 (``record``) instead of an ``Assert``; ``GraphFunction`` returns them packed (``packed``: one int64 vector) beside
 the user's outputs and, after the call, raises the first failed check as the eager call's error (``raise_failed``),
-as the JAX backend's ``checkified`` functions do with checkify's error.
+as the JAX backend's ``checkified`` functions do with checkify's error. A ``tf.cond`` branch or a
+``tf.while_loop`` body (AutoGraph's ``if``/``while`` on tensors) hands its checks out through the op
+(``_cond``, ``_while_loop``). Since the graph runs whole before its checks are read, an optimizer's writes in it
+are selected by the checks recorded before them (``unless_a_check_failed``), as the JAX backend's are.
 """
 
 from __future__ import annotations
@@ -31,28 +34,64 @@ class Check:
 @contextlib.contextmanager
 def collecting():
     """The checks of the graph traced in this block (a ``GraphFunction``'s under XLA): yields the list that
-    ``record`` fills with ``(condition, Check, values)``. A check made in another graph (a ``tf.cond`` branch, a
-    loop's body: their tensors cannot be outputs of this one) is not recorded (``recording``)."""
+    ``record`` fills with ``(condition, Check, values)``. A check made in a ``tf.cond`` branch or a
+    ``tf.while_loop`` body traced in it reaches this list through the op's outputs (``_cond``, ``_while_loop``);
+    one made in another graph (a loop's condition, a graph of its own) is not recorded (``recording``)."""
     previous = getattr(_collecting, "state", None)
     checks: list = []
-    _collecting.state = (tf.compat.v1.get_default_graph(), checks)
+    _collecting.state = [(tf.compat.v1.get_default_graph(), checks)]
     try:
         yield checks
     finally:
         _collecting.state = previous
 
 
+@contextlib.contextmanager
+def _nested():
+    """The checks of a branch or loop body traced in this block, in a graph being collected: yields their list."""
+    checks: list = []
+    _collecting.state.append((tf.compat.v1.get_default_graph(), checks))
+    try:
+        yield checks
+    finally:
+        _collecting.state.pop()
+
+
 def recording() -> bool:
-    """Whether a value check made now is recorded (``collecting``, in the collecting graph itself)."""
+    """Whether a value check made now is recorded (``collecting``, in the collecting graph itself or a branch or
+    loop body traced in it)."""
     state = getattr(_collecting, "state", None)
-    return state is not None and not tf.executing_eagerly() and tf.compat.v1.get_default_graph() is state[0]
+    return bool(state) and not tf.executing_eagerly() and tf.compat.v1.get_default_graph() is state[-1][0]
 
 
 def record(condition, error_class, message: str, values=()) -> None:
     """Record a check that passes where ``condition`` holds, whose error is ``error_class`` of
     ``message.format(*values)`` (Python ints and scalar tensors, read when the graph has run), as eagerly."""
     values = [tf.cast(value, tf.int64) for value in values]
-    _collecting.state[1].append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)), values))
+    _collecting.state[-1][1].append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)), values))
+
+
+def passed():
+    """A boolean scalar: every check recorded so far in the graph being collected (and in the branch or body being
+    traced in it) holds; None where none is (or no graph is collected: a plain graph's checks are ``Assert``s that
+    its writes wait for)."""
+    conditions = [condition for _, checks in _collecting.state for condition, _, _ in checks] if recording() else []
+    return tf.reduce_all(tf.stack(conditions)) if conditions else None
+
+
+@contextlib.contextmanager
+def unless_a_check_failed(variables):
+    """The block's writes to ``variables`` (``tf.Variable``s) stand only where every check recorded before it
+    holds (``passed``): a call that raises a check's error leaves them as they were, as an eager call stops before
+    its update; a block with no check recorded before it (every graph without checks) runs as it is."""
+    holds = passed()
+    if holds is None:
+        yield
+        return
+    before = [variable.read_value() for variable in variables]  # (ordered before the block's writes: one resource)
+    yield
+    for variable, old in zip(variables, before):
+        variable.assign(tf.where(holds, variable.read_value(), old))
 
 
 def packed(checks) -> tuple:
@@ -90,4 +129,110 @@ def handed_on(report, descriptions) -> list:
 
 def record_all(checks) -> None:
     """Record ``checks`` (``handed_on``'s) in the graph being collected."""
-    _collecting.state[1].extend(checks)
+    _collecting.state[-1][1].extend(checks)
+
+
+#: the values a check in a branch or loop body hands out at most (an index check's three, a size check's)
+_MOST_VALUES = 16
+
+
+def _branch_report(checks, leaves):
+    """One int64 vector of a branch's or body's ``checks`` (``record``'s), of the same shape in every branch:
+    1 where all hold (else 0), the place in ``leaves`` of the first that failed (-1: none) and its values, padded;
+    each check's ``Check`` appended to ``leaves``, the checks of every branch of one op, in order."""
+    base = len(leaves)
+    leaves.extend(check for _, check, _ in checks)
+    if not checks:
+        return tf.constant([1, -1] + [0] * _MOST_VALUES, tf.int64)
+    if max(check.count for _, check, _ in checks) > _MOST_VALUES:
+        raise ValueError(f"a value check inside a tf.cond branch or loop body under XLA hands out more than "
+                         f"{_MOST_VALUES} values to its message; move it out of the control flow")
+    conditions = tf.stack([condition for condition, _, _ in checks])
+    first = tf.argmin(tf.cast(conditions, tf.int64), output_type=tf.int64)  # (the first False)
+    rows = tf.stack([tf.stack(values + [tf.constant(0, tf.int64)] * (_MOST_VALUES - len(values)))
+                     for _, _, values in checks])
+    held = tf.cast(tf.reduce_all(conditions), tf.int64)
+    return tf.concat([tf.stack([held, base + first]), tf.gather(rows, first)], 0)
+
+
+def _record_report(report, leaves) -> None:
+    """Record, in the graph around a ``tf.cond`` or ``tf.while_loop``, the checks of its branches or body as its
+    ``report`` (``_branch_report``'s output of the op) says: each holds unless the report names it as failed."""
+    for place, check in enumerate(leaves):
+        holds = tf.logical_or(tf.equal(report[0], 1), tf.not_equal(report[1], place))
+        _collecting.state[-1][1].append((holds, check, [report[2 + offset] for offset in range(check.count)]))
+
+
+def _cond(original):
+    """``cond_v2.cond_v2`` whose branches, traced in a graph being collected, hand their checks out as one more
+    output (``_branch_report``), recorded around it: XLA drops the ``Assert`` a branch's check would be."""
+
+    def cond_v2(pred, true_fn, false_fn, name="cond"):
+        if not recording():
+            return original(pred, true_fn, false_fn, name)
+        leaves: list = []
+
+        def reporting(branch):
+            def run():
+                with _nested() as checks:
+                    outputs = branch()
+                return outputs, _branch_report(checks, leaves)
+            return run
+
+        outputs, report = original(pred, reporting(true_fn), reporting(false_fn), name)
+        _record_report(report, leaves)
+        return outputs
+
+    return cond_v2
+
+
+def _while_loop(original):
+    """``while_v2.while_loop`` whose body, traced in a graph being collected, carries the first check that failed
+    in any iteration as one more loop variable (``_branch_report``), recorded around the loop."""
+
+    def while_loop(cond, body, loop_vars, shape_invariants=None, *args, return_same_structure=True, **kwargs):
+        if not recording() or not isinstance(loop_vars, (list, tuple)):
+            return original(cond, body, loop_vars, shape_invariants, *args,
+                            return_same_structure=return_same_structure, **kwargs)
+        leaves: list = []
+        initial = tf.constant([1, -1] + [0] * _MOST_VALUES, tf.int64)
+
+        def reporting_body(*state):
+            with _nested() as checks:
+                outputs = body(*state[:-1])
+            outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+            del leaves[:]  # (each trace of the body names its own checks)
+            if not checks:  # (carried as it is: XLA drops a loop variable that the body passes through)
+                return outputs + [state[-1]]
+            report = _branch_report(checks, leaves)
+            return outputs + [tf.where(tf.equal(state[-1][0], 1), report, state[-1])]  # (the first failure kept)
+
+        if shape_invariants is not None:
+            shape_invariants = list(shape_invariants) + [initial.shape]
+        results = original(lambda *state: cond(*state[:-1]), reporting_body, list(loop_vars) + [initial],
+                           shape_invariants, *args, return_same_structure=True, **kwargs)
+        _record_report(results[-1], leaves)
+        results = results[:-1]
+        if hasattr(loop_vars, "_fields"):
+            return type(loop_vars)(*results)
+        if len(results) == 1 and not return_same_structure:
+            return results[0]
+        return tuple(results) if isinstance(loop_vars, tuple) else results
+
+    return while_loop
+
+
+def _install() -> None:
+    """Make TensorFlow's ``tf.cond`` and ``tf.while_loop`` graphs (AutoGraph's ``if`` and ``while`` on tensors too)
+    hand their checks out while a graph is collected (``_cond``, ``_while_loop``); as they are otherwise."""
+    from tensorflow.python.ops import cond_v2, while_v2
+
+    if not getattr(cond_v2.cond_v2, "_unidl_checks", False):
+        cond_v2.cond_v2 = _cond(cond_v2.cond_v2)
+        cond_v2.cond_v2._unidl_checks = True
+    if not getattr(while_v2.while_loop, "_unidl_checks", False):
+        while_v2.while_loop = _while_loop(while_v2.while_loop)
+        while_v2.while_loop._unidl_checks = True
+
+
+_install()
