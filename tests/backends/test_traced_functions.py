@@ -191,6 +191,46 @@ def test_value_checks_of_a_jit_compiled_function_raise_the_eager_error(backend_n
             assert str(eagerly.value) == str(caught.value) == message, case
 
 
+def test_a_jit_compiled_function_keeps_its_checks_after_an_export_traced_it():
+    """An export (``ud.export``: ``tracing_for_export``) traces the functions a forward calls into graphs of its
+    own, with no extra outputs; the jit-compiled function's kept graph, which returns its checks' report beside the
+    result, keeps them: a later call gives the result alone and still raises (the export's trace dropped them, so
+    the call gave a tuple and checked nothing)."""
+    import tensorflow as tf
+
+    from unidl.backends.tensorflow.layout import tracing_for_export
+
+    with ud.use_backend("tensorflow"):
+        ud.manual_seed(0)
+        embedding = ud.nn.Embedding(4, 2)
+        look = ud.function(lambda indices: embedding(indices) * 2, jit_compile=True)
+        expected = ud.to_numpy(look(np.array([1, 2])))
+        with tracing_for_export():  # (as ud.export traces a forward that calls it)
+            tf.function(lambda indices: look(indices)).get_concrete_function(tf.TensorSpec([None], tf.int64))
+        np.testing.assert_array_equal(ud.to_numpy(look(np.array([1, 2]))), expected)
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"found values from 1 to 9"):
+            look(np.array([1, 9]))
+
+
+def test_an_xla_failure_other_than_sizes_does_not_run_the_function_again():
+    """Where XLA refuses sizes that do not fit, the call is made again through a plain graph to raise the size
+    check's error; another failure of XLA's (an op it cannot compile) is raised as it is, without running the
+    function through that plain graph (which wrote its state a second time: here, a Python call counted)."""
+    import tensorflow as tf
+
+    runs = []
+
+    def counted(a, b):
+        ran = tf.numpy_function(lambda: np.float32(len(runs.append(1) or runs)), [], tf.float32)
+        return ud.ops.maximum(a, b) + ran
+
+    with ud.use_backend("tensorflow"):
+        compiled = ud.function(counted, jit_compile=True)
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            compiled(np.ones(3, np.float32), np.ones(3, np.float32))
+    assert runs == []
+
+
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "keras"])
 def test_a_jit_compiled_functions_checks_reach_the_graph_that_calls_it_and_its_gradient(backend_name):
     """A jit-compiled function called while another graph is traced (a plain ``ud.function``, a jit-compiled one)

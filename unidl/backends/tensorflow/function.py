@@ -368,9 +368,9 @@ class GraphFunction:
         args = _packed(args, packing)  # and the structures' leaves back in their structures
         if not tracing_export_graph():  # an export's own graphs (see __call__) are no retrace of the function
             self.trace_count += 1
-        self._checks.pop(key, None)
         if not self._jit_compile or tracing_export_graph():  # (an exported signature gains no outputs)
-            return self._run(args)
+            return self._run(args)  # (and the kept XLA graph of ``key`` keeps its checks: an export is no retrace)
+        self._checks.pop(key, None)
         with xla_checks.collecting() as checks:
             result = self._run(args)
         if not checks:
@@ -492,7 +492,7 @@ class GraphFunction:
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed
             marked = marked_error_from(error, escaped=True)
             if marked is None:
-                if checks and tf.executing_eagerly():
+                if checks and tf.executing_eagerly() and _refused_sizes(error):
                     self._raise_shape_check(checks, given)
                 raise
             raise marked from None
@@ -515,6 +515,19 @@ class GraphFunction:
             raise error from None
         except Exception:  # (not the size check's: XLA's own error stands)
             return
+
+
+#: the words of XLA's refusals of operand sizes that do not fit (broadcasts, products, joins), made while it
+#: compiles, before anything runs
+_SIZE_REFUSALS = ("Incompatible shapes", "size-incompatible", "must be equal", "differ in dimensions",
+                  "Dimensions must", "shapes must", "incompatible shapes")
+
+
+def _refused_sizes(error) -> bool:
+    """Whether XLA's ``error`` refuses sizes that do not fit: only then is a call made again through a plain graph
+    (``_raise_shape_check``), which would otherwise run the function, and write its state, a second time for
+    another failure of XLA's (an op it cannot compile)."""
+    return any(words in str(error) for words in _SIZE_REFUSALS)
 
 
 def _checked(outputs, checks):
