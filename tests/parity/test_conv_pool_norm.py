@@ -168,19 +168,26 @@ def test_an_infinity_behind_a_tap_of_weight_0_gives_torchs_nan_in_float64_graphs
 # PyTorch's CPU kernels compute half-precision resampling in float32 and round once ('linear' and 'bicubic' with
 # each tap's weight rounded to the input's dtype), where unidl rounded after each axis: the taps' branch beside a NaN
 # (which summed each axis in the input's dtype: bins of 30000s overflowed float16, three summed to inf) and the
-# products of finite input alike
+# products of finite input alike; and the positions of the taps in float32 (in float64 a long float16 'linear'
+# resampling gave other weights), 'bilinear' weights rounded where its kernel rounds them (outputs of height + width
+# above 128)
 LARGE_BINS = np.full((1, 2, 5, 8), 30000.0, np.float32)
 LARGE_BINS[0, 0, 4, 7] = LARGE_BINS[0, 1, 0, 0] = np.nan
 HALF_IMAGES = np.random.default_rng(3).standard_normal((1, 2, 5, 6)).astype(np.float32) * 3
 HALF_SEQUENCE = np.random.default_rng(4).standard_normal((1, 2, 7)).astype(np.float32) * 3
 NAN_HALF_IMAGES, NAN_HALF_SEQUENCE = HALF_IMAGES.copy(), HALF_SEQUENCE.copy()
 NAN_HALF_IMAGES[0, 0, 1, 2] = NAN_HALF_SEQUENCE[0, 0, 2] = np.nan
+LONG_HALF_SEQUENCE = np.random.default_rng(5).standard_normal((1, 1, 3000)).astype(np.float32) * 3
+WIDE_HALF_IMAGES = np.random.default_rng(6).standard_normal((1, 1, 30, 210)).astype(np.float32) * 3
 HALF_RESAMPLINGS = [  # (dtype, input, function of ud.ops and of torch.nn.functional, its options)
     ("float16", LARGE_BINS, "adaptive_avg_pool2d", dict(output_size=(3, 3))),
     ("bfloat16", LARGE_BINS, "adaptive_avg_pool2d", dict(output_size=(3, 3))),
     ("bfloat16", NAN_HALF_IMAGES, "interpolate", dict(scale_factor=2, mode="bilinear")),
     ("float16", NAN_HALF_SEQUENCE, "interpolate", dict(size=11, mode="linear")),
     ("float16", HALF_IMAGES, "interpolate", dict(size=(7, 9), mode="bicubic", align_corners=True)),
+    ("float16", LONG_HALF_SEQUENCE, "interpolate", dict(size=5001, mode="linear")),
+    ("bfloat16", LONG_HALF_SEQUENCE, "interpolate", dict(size=4999, mode="linear", align_corners=True)),
+    ("float16", WIDE_HALF_IMAGES, "interpolate", dict(size=(31, 250), mode="bilinear")),
 ]
 
 
