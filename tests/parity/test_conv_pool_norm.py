@@ -168,19 +168,25 @@ def test_an_infinity_behind_a_tap_of_weight_0_gives_torchs_nan_in_float64_graphs
 # PyTorch's CPU kernels compute half-precision resampling in float32 and round once ('linear' and 'bicubic' with
 # each tap's weight rounded to the input's dtype), where unidl rounded after each axis: the taps' branch beside a NaN
 # (which summed each axis in the input's dtype: bins of 30000s overflowed float16, three summed to inf) and the
-# products of finite input alike
+# products of finite input alike; and the positions of the taps in float32 (in float64 a long float16 'linear'
+# resampling gave other weights), 'bilinear' weights rounded where its kernel rounds them (outputs of height + width
+# above 128)
 LARGE_BINS = np.full((1, 2, 5, 8), 30000.0, np.float32)
 LARGE_BINS[0, 0, 4, 7] = LARGE_BINS[0, 1, 0, 0] = np.nan
 HALF_IMAGES = np.random.default_rng(3).standard_normal((1, 2, 5, 6)).astype(np.float32) * 3
 HALF_SEQUENCE = np.random.default_rng(4).standard_normal((1, 2, 7)).astype(np.float32) * 3
 NAN_HALF_IMAGES, NAN_HALF_SEQUENCE = HALF_IMAGES.copy(), HALF_SEQUENCE.copy()
 NAN_HALF_IMAGES[0, 0, 1, 2] = NAN_HALF_SEQUENCE[0, 0, 2] = np.nan
+LONG_SEQUENCE = np.random.default_rng(5).standard_normal((1, 1, 300)).astype(np.float32) * 3
+WIDE_IMAGES = np.random.default_rng(6).standard_normal((1, 1, 30, 210)).astype(np.float32) * 3
 HALF_RESAMPLINGS = [  # (dtype, input, function of ud.ops and of torch.nn.functional, its options)
     ("float16", LARGE_BINS, "adaptive_avg_pool2d", dict(output_size=(3, 3))),
     ("bfloat16", LARGE_BINS, "adaptive_avg_pool2d", dict(output_size=(3, 3))),
     ("bfloat16", NAN_HALF_IMAGES, "interpolate", dict(scale_factor=2, mode="bilinear")),
     ("float16", NAN_HALF_SEQUENCE, "interpolate", dict(size=11, mode="linear")),
     ("float16", HALF_IMAGES, "interpolate", dict(size=(7, 9), mode="bicubic", align_corners=True)),
+    ("float16", LONG_SEQUENCE, "interpolate", dict(size=501, mode="linear")),
+    ("float16", WIDE_IMAGES, "interpolate", dict(size=(31, 250), mode="bilinear")),
 ]
 
 
@@ -200,6 +206,20 @@ def test_half_precision_resampling_is_rounded_once_as_torchs(backend):
     for mode, run in [("eager", resampled), ("ud.function", ud.function(resampled))]:
         for found, wanted, (dtype, _, name, options) in zip(run(*inputs), expected, cases):
             np.testing.assert_array_equal(ud.to_numpy(found), wanted, err_msg=f"{mode} {dtype} {name} {options}")
+
+
+def test_float32_resampling_positions_are_torchs(backend):
+    """A long 'linear' resampling of float32 input is PyTorch's to a unit or two of the last place, eagerly and
+    inside ``ud.function``: its taps' positions are computed in float32, as PyTorch's (in float64 the weights, and
+    outputs, were up to 1e-4 off)."""
+    expected = F.interpolate(torch.tensor(LONG_SEQUENCE), size=501, mode="linear").numpy()
+
+    def resampled(x):
+        return ud.ops.interpolate(x, size=501, mode="linear")
+
+    for mode, run in [("eager", resampled), ("ud.function", ud.function(resampled))]:
+        np.testing.assert_allclose(ud.to_numpy(run(ud.tensor(LONG_SEQUENCE))), expected, rtol=0, atol=4e-6,
+                                   err_msg=mode)
 
 
 # ---- max pooling of windows of -inf ---------------------------------------------------------------------------
