@@ -310,6 +310,81 @@ def test_a_jit_compiled_step_whose_check_fails_updates_no_weight(backend_name):
         assert not np.array_equal(ud.to_numpy(norm.running_mean), statistics)
 
 
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_a_loop_of_steps_under_xla_updates_nothing_after_a_check_failed_in_an_earlier_iteration(backend_name):
+    """A ``while`` over optimizer steps in a jit-compiled function whose first iteration has a label out of range:
+    the call raises, and the later iterations' updates wait for the earlier iterations' checks too, so the weights
+    stay as they were, as eagerly (the second iteration's update was applied). (JAX runs such a function
+    eagerly.)"""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        linear = ud.nn.Linear(3, 4)
+        params = list(linear.parameters())
+        optimizer = ud.optim.SGD(params, lr=0.1, momentum=0.9)
+        x = np.ones((2, 3), np.float32)
+
+        def steps(x, labels):
+            i = ud.ops.sum(labels) * 0
+            while i < 2:
+                y = labels[i]
+                _, grads = ud.value_and_grad(lambda: ud.ops.cross_entropy(linear(x), y), params)()
+                optimizer.apply(grads)
+                i = i + 1
+            return i
+
+        compiled = ud.function(steps, jit_compile=True)
+        compiled(x, np.array([[0, 1], [1, 2]]))
+        weights = [ud.to_numpy(p).copy() for p in params]
+        with pytest.raises(ud.IndexOutOfRangeError, match=r"found values from 0 to 9"):
+            compiled(x, np.array([[0, 9], [1, 2]]))
+        for before, param in zip(weights, params):
+            np.testing.assert_array_equal(ud.to_numpy(param), before)
+
+
+def test_sizes_xla_refuses_in_its_own_words_and_long_size_checks_in_branches_raise_the_eager_error():
+    """XLA refuses sizes that do not fit while it compiles, in words of its own per op (a convolution's channels,
+    a cross-entropy's rows, a stack): the call raises the eager ``ShapeMismatchError`` (the function traced again
+    for the call's sizes, in a graph that never runs). A size check inside an ``if`` on a tensor under XLA hands
+    its sizes out of the branch, twenty for a join of five 4-D tensors (a program refused before; past 32 a
+    branch hands out 32 and shows the rest as "?")."""
+    with ud.use_backend("tensorflow"):
+        ud.manual_seed(0)
+        conv = ud.nn.Conv2d(3, 4, 3)
+        cases = {"conv": (lambda x: conv(x), (np.ones((1, 2, 5, 5), np.float32),)),
+                 "cross_entropy": (lambda logits, labels: ud.ops.cross_entropy(logits, labels),
+                                   (np.ones((2, 3), np.float32), np.array([0, 1, 2]))),
+                 "stack": (lambda a, b: ud.ops.stack([a, b]), (np.ones((2, 3), np.float32),
+                                                             np.ones((2, 4), np.float32)))}
+        for name, (fn, args) in cases.items():
+            with pytest.raises(ud.ShapeMismatchError) as eagerly:
+                fn(*args)
+            with pytest.raises(ud.ShapeMismatchError) as caught:
+                ud.function(fn, jit_compile=True)(*args)
+            assert str(caught.value) == str(eagerly.value), name
+
+        def joined(count, *parts):
+            out = parts[0]
+            if ud.ops.sum(count) > 0:
+                out = ud.ops.concat(parts, 1)
+            return out
+
+        compiled = ud.function(joined, jit_compile=True)
+        parts = [np.ones((1, 2, 3, 4), np.float32) * k for k in range(5)]
+        np.testing.assert_array_equal(ud.to_numpy(compiled(np.ones(1), *parts)), np.concatenate(parts, 1))
+        bad = parts[:4] + [np.ones((1, 2, 3, 5), np.float32)]
+        with pytest.raises(ud.ShapeMismatchError) as eagerly:
+            joined(np.ones(1), *bad)
+        with pytest.raises(ud.ShapeMismatchError) as caught:
+            compiled(np.ones(1), *bad)
+        assert str(caught.value) == str(eagerly.value)
+        many = [np.ones((1, 2, 3, 4), np.float32)] * 8 + [np.ones((1, 2, 3, 5), np.float32)]
+        with pytest.raises(ud.ShapeMismatchError) as eagerly:
+            joined(np.ones(1), *many)
+        with pytest.raises(ud.ShapeMismatchError) as caught:  # (36 sizes: XLA's refusal, then the trace's check)
+            ud.function(joined, jit_compile=True)(np.ones(1), *many)
+        assert str(caught.value) == str(eagerly.value)
+
+
 class _ChecksInControlFlow(ud.nn.Module):
     """Cross-entropies inside an ``if`` on a tensor and inside a ``while`` over one (AutoGraph's ``tf.cond`` and
     ``tf.while_loop`` on tensorflow), the loop's inside a branch of its own; without the loop where ``loop`` is

@@ -23,8 +23,8 @@ from unidl.nn.module import training_modes
 from unidl.tracing import ModesReached, python_randomness_guard
 from unidl.backends.tensorflow import autograph_lambdas, fusion, xla_checks
 from unidl.backends.tensorflow.ops import marked_check
-from unidl.backends.tensorflow.layout import (export_graphs, tracing_export_graph, tracing_for_xla,
-                                              tracing_kept_graph, tracing_xla_graph)
+from unidl.backends.tensorflow.layout import (export_graphs, tracing_export_graph, tracing_for_shapes,
+                                              tracing_for_xla, tracing_kept_graph, tracing_xla_graph)
 from unidl.errors import (GraphConstructError, RetraceWarning,  # noqa: F401  (RetraceWarning re-exported)
                           ShapeMismatchError, marked_error_from)
 from unidl.optim.param_groups import ConstantOptions
@@ -452,7 +452,7 @@ class GraphFunction:
             # drops; its body traced into that graph makes them that graph's outputs
             with tracing_for_xla(True), python_randomness_guard(self.__name__, self._fn), self._options.recording():
                 return self._fn(*args)
-        statics, given = (), args
+        statics = ()
         args, packing = _flattened(args)
         if self._static_python_values:
             static = [_is_static(a) for a in args]
@@ -492,17 +492,20 @@ class GraphFunction:
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed
             marked = marked_error_from(error, escaped=True)
             if marked is None:
-                if checks and tf.executing_eagerly() and _refused_sizes(error):
-                    self._raise_shape_check(checks, given)
+                if checks and tf.executing_eagerly():
+                    exact = tuple((tuple(t.shape), t.dtype) for t in tensors)
+                    self._raise_shape_check(checks, (exact, static_key, structures), statics, packing)
                 raise
             raise marked from None
         return result if checks is None else _checked(result, checks)
 
-    def _raise_shape_check(self, checks, args) -> None:
+    def _raise_shape_check(self, checks, exact_key, statics, packing) -> None:
         """Raise the ``ShapeMismatchError`` of a size check of an XLA graph that XLA failed to compile for sizes
         that do not fit (its shape inference refuses them before anything runs, before the check's flag is
-        computed): the same call made again through a plain graph of the function, whose checks run in order, as
-        eagerly; nothing if that call raises no unidl error (another error of XLA's). Only on XLA's failure."""
+        computed): the function traced again for the call's exact shapes in a graph that never runs (a shape
+        check's, ``tracing_for_shapes``), where every size is known and its checks raise while tracing, in order,
+        as eagerly; nothing if that trace raises no size error (another failure of XLA's stands). Nothing runs a
+        second time, so no state is written twice. Only on XLA's failure."""
         if not any(check.error_class is ShapeMismatchError for check in checks):
             return
         if self._plain is None:
@@ -510,24 +513,12 @@ class GraphFunction:
                                         cast_floats=self._cast_floats,
                                         static_python_values=self._static_python_values)
         try:
-            self._plain(*args)
+            with tracing_for_shapes():
+                self._plain._graph_for(exact_key, statics, packing, keep=False)
         except ShapeMismatchError as error:
             raise error from None
-        except Exception:  # (not the size check's: XLA's own error stands)
+        except Exception:  # (not a size check's: XLA's own error stands)
             return
-
-
-#: the words of XLA's refusals of operand sizes that do not fit (broadcasts, products, joins), made while it
-#: compiles, before anything runs
-_SIZE_REFUSALS = ("Incompatible shapes", "size-incompatible", "must be equal", "differ in dimensions",
-                  "Dimensions must", "shapes must", "incompatible shapes")
-
-
-def _refused_sizes(error) -> bool:
-    """Whether XLA's ``error`` refuses sizes that do not fit: only then is a call made again through a plain graph
-    (``_raise_shape_check``), which would otherwise run the function, and write its state, a second time for
-    another failure of XLA's (an op it cannot compile)."""
-    return any(words in str(error) for words in _SIZE_REFUSALS)
 
 
 def _checked(outputs, checks):

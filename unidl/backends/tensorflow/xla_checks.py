@@ -23,12 +23,17 @@ _collecting = threading.local()
 class Check:
     """One recorded check: its error class and its message, a template whose ``{}`` take ``count`` values."""
 
-    def __init__(self, error_class, message: str, count: int):
-        self.error_class, self.message, self.count = error_class, message, count
+    def __init__(self, error_class, message: str, count: int, unknown: int = 0):
+        self.error_class, self.message, self.count, self.unknown = error_class, message, count, unknown
 
     def error(self, values):
-        """The error an eager check gives for ``values`` (``input_checks.check_known_values``'s message)."""
-        return self.error_class(self.message.format(*(int(value) for value in values)))
+        """The error an eager check gives for ``values`` (``input_checks.check_known_values``'s message; the last
+        ``unknown`` values, which a branch or loop body could not hand out, shown as "?")."""
+        return self.error_class(self.message.format(*(int(value) for value in values), *("?",) * self.unknown))
+
+    def shown(self, most: int) -> "Check":
+        """This check with at most ``most`` of its values handed out (the others shown as "?")."""
+        return self if self.count <= most else Check(self.error_class, self.message, most, self.count - most)
 
 
 @contextlib.contextmanager
@@ -39,7 +44,7 @@ def collecting():
     one made in another graph (a loop's condition, a graph of its own) is not recorded (``recording``)."""
     previous = getattr(_collecting, "state", None)
     checks: list = []
-    _collecting.state = [(tf.compat.v1.get_default_graph(), checks)]
+    _collecting.state = [(tf.compat.v1.get_default_graph(), checks, [])]
     try:
         yield checks
     finally:
@@ -47,10 +52,12 @@ def collecting():
 
 
 @contextlib.contextmanager
-def _nested():
-    """The checks of a branch or loop body traced in this block, in a graph being collected: yields their list."""
+def _nested(held=None):
+    """The checks of a branch or loop body traced in this block, in a graph being collected: yields their list.
+    ``held``: a boolean scalar of this graph that ``passed`` takes in too, unreported (a loop body's: every check of
+    the iterations before this one held), so that a write in a later iteration waits for an earlier failure."""
     checks: list = []
-    _collecting.state.append((tf.compat.v1.get_default_graph(), checks))
+    _collecting.state.append((tf.compat.v1.get_default_graph(), checks, [] if held is None else [held]))
     try:
         yield checks
     finally:
@@ -75,7 +82,8 @@ def passed():
     """A boolean scalar: every check recorded so far in the graph being collected (and in the branch or body being
     traced in it) holds; None where none is (or no graph is collected: a plain graph's checks are ``Assert``s that
     its writes wait for)."""
-    conditions = [condition for _, checks in _collecting.state for condition, _, _ in checks] if recording() else []
+    conditions = [condition for _, checks, held in _collecting.state for condition in held + [c for c, _, _ in checks]
+                  ] if recording() else []
     return tf.reduce_all(tf.stack(conditions)) if conditions else None
 
 
@@ -132,8 +140,9 @@ def record_all(checks) -> None:
     _collecting.state[-1][1].extend(checks)
 
 
-#: the values a check in a branch or loop body hands out at most (an index check's three, a size check's)
-_MOST_VALUES = 16
+#: the values a check in a branch or loop body hands out at most (an index check's three, a size check's every
+#: size of its tensors: a join of five 4-D tensors twenty); the rest are shown as "?" in its message
+_MOST_VALUES = 32
 
 
 def _branch_report(checks, leaves):
@@ -141,15 +150,12 @@ def _branch_report(checks, leaves):
     1 where all hold (else 0), the place in ``leaves`` of the first that failed (-1: none) and its values, padded;
     each check's ``Check`` appended to ``leaves``, the checks of every branch of one op, in order."""
     base = len(leaves)
-    leaves.extend(check for _, check, _ in checks)
+    leaves.extend(check.shown(_MOST_VALUES) for _, check, _ in checks)
     if not checks:
         return tf.constant([1, -1] + [0] * _MOST_VALUES, tf.int64)
-    if max(check.count for _, check, _ in checks) > _MOST_VALUES:
-        raise ValueError(f"a value check inside a tf.cond branch or loop body under XLA hands out more than "
-                         f"{_MOST_VALUES} values to its message; move it out of the control flow")
     conditions = tf.stack([condition for condition, _, _ in checks])
     first = tf.argmin(tf.cast(conditions, tf.int64), output_type=tf.int64)  # (the first False)
-    rows = tf.stack([tf.stack(values + [tf.constant(0, tf.int64)] * (_MOST_VALUES - len(values)))
+    rows = tf.stack([tf.stack(values[:_MOST_VALUES] + [tf.constant(0, tf.int64)] * (_MOST_VALUES - len(values)))
                      for _, _, values in checks])
     held = tf.cast(tf.reduce_all(conditions), tf.int64)
     return tf.concat([tf.stack([held, base + first]), tf.gather(rows, first)], 0)
@@ -198,7 +204,7 @@ def _while_loop(original):
         initial = tf.constant([1, -1] + [0] * _MOST_VALUES, tf.int64)
 
         def reporting_body(*state):
-            with _nested() as checks:
+            with _nested(held=tf.equal(state[-1][0], 1)) as checks:  # (writes wait for earlier iterations too)
                 outputs = body(*state[:-1])
             outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
             del leaves[:]  # (each trace of the body names its own checks)
