@@ -242,7 +242,8 @@ def known_number(owner: str, name: str, value):
     if "bfloat16" in str(value.dtype):  # (exact in float32; Keras's to_numpy refused a bfloat16 tensor)
         value = backend.ops.cast(value, "float32")
     traced = TypeError(f"{owner} {name} is a 0-d tensor of a graph being traced, whose value is not known yet, and "
-                       f"it must be known to build the op; give a number, or a tensor made outside the graph")
+                       f"it must be known to build the op; give a Python number (float(t) read before the compiled "
+                       f"function is called: torch.compile traces even a tensor made outside it)")
     try:
         array = backend.to_numpy(value)
     # (each framework's error for a traced value read in Python, and no other: a TensorFlow symbolic tensor's

@@ -436,7 +436,8 @@ def test_a_0d_tensor_of_the_graph_where_the_number_is_needed_to_build_is_one_typ
     # (torch.compile takes seconds a case to fail: on torch one, through the check all six share)
     for owner, fn in BUILT_WITH_THEIR_NUMBER[:1] if backend == "torch" else BUILT_WITH_THEIR_NUMBER:
         with pytest.raises(TypeError, match=f"^{owner} is a 0-d tensor of a graph being traced, whose value is not "
-                                            f"known yet, and it must be known to build the op"):
+                                            f"known yet, and it must be known to build the op; give a Python "
+                                            f"number"):  # (not "a tensor made outside": torch.compile traces it)
             ud.function(fn, jit_compile=backend == "torch")(x, alpha)
 
 
