@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import numpy as np
 import tensorflow as tf
 
 _collecting = threading.local()
@@ -103,36 +102,29 @@ def unless_a_check_failed(variables):
 
 
 def packed(checks) -> tuple:
-    """``(report, descriptions)``: one int64 vector, 1 where every check holds (else 0), each check's condition
-    (1 where it holds) and then every value, and the checks (``Check``) in their order, for ``raise_failed``: one
-    output and one host read a call, whose first element alone says that all passed."""
-    conditions = [condition for condition, _, _ in checks]
-    report = [tf.cast(tf.reduce_all(tf.stack(conditions)), tf.int64)] + [tf.cast(c, tf.int64) for c in conditions]
-    report += [value for _, _, check_values in checks for value in check_values]
-    return tf.stack(report), [check for _, check, _ in checks]
-
-
-def _values_of(report, descriptions, index) -> list:
-    """The values of check ``index`` in ``report`` (``packed``'s)."""
-    start = 1 + len(descriptions) + sum(check.count for check in descriptions[:index])
-    return [report[start + offset] for offset in range(descriptions[index].count)]
+    """``(report, descriptions)``: ``checks`` (``record``'s) as one int64 vector (``_report``, every value of the
+    first that failed held) and their ``Check``s in order, for ``raise_failed``: one output and one host read a
+    call, whose first element alone says that all passed."""
+    descriptions: list = []
+    return _report(checks, descriptions, max(check.count for _, check, _ in checks)), descriptions
 
 
 def raise_failed(report, descriptions) -> None:
-    """Raise the error of the first check that failed in an eager ``report`` (``packed``'s); nothing if all
+    """Raise the error of the first check that failed in an eager ``report`` (``_report``'s); nothing if all
     passed."""
     report = report.numpy()
     if report[0]:
         return
-    first = int(np.argmin(report[1:1 + len(descriptions)]))
-    raise descriptions[first].error(_values_of(report, descriptions, first)) from None
+    check = descriptions[int(report[1])]
+    raise check.error(report[2:2 + check.count]) from None
 
 
 def handed_on(report, descriptions) -> list:
-    """The checks of a compiled function called while another graph is traced (``report`` is that graph's
-    tensor), as ``(condition, Check, values)`` for that graph to check."""
-    return [(tf.cast(report[1 + index], tf.bool), check, _values_of(report, descriptions, index))
-            for index, check in enumerate(descriptions)]
+    """The checks that ``report`` (``_report``'s tensor, in the graph being traced: of a compiled function called
+    in it, a ``tf.cond`` or a ``tf.while_loop``) stands for, as ``(condition, Check, values)`` for that graph to
+    check: each holds unless the report names it as the first that failed."""
+    return [(tf.logical_or(tf.equal(report[0], 1), tf.not_equal(report[1], place)), check,
+             [report[2 + offset] for offset in range(check.count)]) for place, check in enumerate(descriptions)]
 
 
 def record_all(checks) -> None:
@@ -145,33 +137,26 @@ def record_all(checks) -> None:
 _MOST_VALUES = 32
 
 
-def _branch_report(checks, leaves):
-    """One int64 vector of a branch's or body's ``checks`` (``record``'s), of the same shape in every branch:
-    1 where all hold (else 0), the place in ``leaves`` of the first that failed (-1: none) and its values, padded;
-    each check's ``Check`` appended to ``leaves``, the checks of every branch of one op, in order."""
-    base = len(leaves)
-    leaves.extend(check.shown(_MOST_VALUES) for _, check, _ in checks)
+def _report(checks, descriptions, most: int = _MOST_VALUES):
+    """One int64 vector of ``checks`` (``record``'s), of one shape for any ``checks`` (the branches of one op, the
+    iterations of a loop): 1 where all hold (else 0), the place in ``descriptions`` of the first that failed (-1:
+    none) and its values, ``most`` of them, padded; each check's ``Check`` (``most`` of its values shown) appended to
+    ``descriptions``, the checks of every branch of one op, in order."""
+    base = len(descriptions)
+    descriptions.extend(check.shown(most) for _, check, _ in checks)
     if not checks:
-        return tf.constant([1, -1] + [0] * _MOST_VALUES, tf.int64)
+        return tf.constant([1, -1] + [0] * most, tf.int64)
     conditions = tf.stack([condition for condition, _, _ in checks])
     first = tf.argmin(tf.cast(conditions, tf.int64), output_type=tf.int64)  # (the first False)
-    rows = tf.stack([tf.stack(values[:_MOST_VALUES] + [tf.constant(0, tf.int64)] * (_MOST_VALUES - len(values)))
-                     for _, _, values in checks])
+    rows = tf.stack([tf.stack(values[:most] + [tf.constant(0, tf.int64)] * (most - len(values[:most])))
+                     for _, _, values in checks]) if most else tf.zeros((len(checks), 0), tf.int64)
     held = tf.cast(tf.reduce_all(conditions), tf.int64)
     return tf.concat([tf.stack([held, base + first]), tf.gather(rows, first)], 0)
 
 
-def _record_report(report, leaves) -> None:
-    """Record, in the graph around a ``tf.cond`` or ``tf.while_loop``, the checks of its branches or body as its
-    ``report`` (``_branch_report``'s output of the op) says: each holds unless the report names it as failed."""
-    for place, check in enumerate(leaves):
-        holds = tf.logical_or(tf.equal(report[0], 1), tf.not_equal(report[1], place))
-        _collecting.state[-1][1].append((holds, check, [report[2 + offset] for offset in range(check.count)]))
-
-
 def _cond(original):
     """``cond_v2.cond_v2`` whose branches, traced in a graph being collected, hand their checks out as one more
-    output (``_branch_report``), recorded around it: XLA drops the ``Assert`` a branch's check would be."""
+    output (``_report``), recorded around it: XLA drops the ``Assert`` a branch's check would be."""
 
     def cond_v2(pred, true_fn, false_fn, name="cond"):
         if not recording():
@@ -182,11 +167,11 @@ def _cond(original):
             def run():
                 with _nested() as checks:
                     outputs = branch()
-                return outputs, _branch_report(checks, leaves)
+                return outputs, _report(checks, leaves)
             return run
 
         outputs, report = original(pred, reporting(true_fn), reporting(false_fn), name)
-        _record_report(report, leaves)
+        record_all(handed_on(report, leaves))
         return outputs
 
     return cond_v2
@@ -194,7 +179,7 @@ def _cond(original):
 
 def _while_loop(original):
     """``while_v2.while_loop`` whose body, traced in a graph being collected, carries the first check that failed
-    in any iteration as one more loop variable (``_branch_report``), recorded around the loop."""
+    in any iteration as one more loop variable (``_report``), recorded around the loop."""
 
     def while_loop(cond, body, loop_vars, shape_invariants=None, *args, return_same_structure=True, **kwargs):
         if not recording() or not isinstance(loop_vars, (list, tuple)):
@@ -210,14 +195,14 @@ def _while_loop(original):
             del leaves[:]  # (each trace of the body names its own checks)
             if not checks:  # (carried as it is: XLA drops a loop variable that the body passes through)
                 return outputs + [state[-1]]
-            report = _branch_report(checks, leaves)
+            report = _report(checks, leaves)
             return outputs + [tf.where(tf.equal(state[-1][0], 1), report, state[-1])]  # (the first failure kept)
 
         if shape_invariants is not None:
             shape_invariants = list(shape_invariants) + [initial.shape]
         results = original(lambda *state: cond(*state[:-1]), reporting_body, list(loop_vars) + [initial],
                            shape_invariants, *args, return_same_structure=True, **kwargs)
-        _record_report(results[-1], leaves)
+        record_all(handed_on(results[-1], leaves))
         results = results[:-1]
         if hasattr(loop_vars, "_fields"):
             return type(loop_vars)(*results)
