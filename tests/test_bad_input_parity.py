@@ -18,6 +18,8 @@ from unidl import backends
 from unidl.precision import autocast_modules
 from unidl.testing.pytest_plugin import backends_under_test
 
+pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
+
 MODES = ("eager", "graph")
 
 

@@ -19,6 +19,9 @@ from tests.test_examples import (  # noqa: F401
     test_keras_on_another_framework_trains_each_step_with_its_own_loss,
 )
 
+# (one subprocess of a minute and more: run first, tests/conftest.py)
+pytestmark = pytest.mark.heavy
+
 _SCRIPT = r"""
 import inspect
 import json

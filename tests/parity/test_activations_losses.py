@@ -14,6 +14,8 @@ from tests.parity import torch_oracle
 from tests.parity.torch_oracle import RUNS, Case, compare_table
 from unidl.testing import max_relative_difference
 
+pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
+
 R = np.random.default_rng(11)
 ROWS = R.standard_normal((4, 6)) * 3              # reaches Softplus(beta=2)'s threshold and ReLU6's 6
 IMAGES = R.standard_normal((2, 3, 4, 4))

@@ -15,6 +15,8 @@ from torch import nn as tnn
 import unidl as ud
 from tests.parity.torch_oracle import RUNS, Case, compare_table, difference
 
+pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
+
 R = np.random.default_rng(15)
 IMAGES = R.standard_normal((2, 4, 5, 6))
 SEQUENCE = R.standard_normal((2, 4, 7))
