@@ -7,6 +7,8 @@ import pytest
 import unidl as ud
 from unidl.testing import max_relative_difference
 
+pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
+
 
 class ScaledMSE(ud.nn.Module):
     """MSE times ``factor``: a huge factor forces the scaled gradients of a float16 forward to overflow."""

@@ -18,6 +18,8 @@ import unidl as ud
 from tests.helpers import ROOT
 from unidl.testing import max_relative_difference
 
+pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
+
 JOB = str(ROOT / "tests" / "resume_job.py")
 # (in any order: a seed set before a backend loaded once made TensorFlow's runtime start before its threads were
 # set, so its float32 results depended on what the process had run before; unidl/backends/__init__.py ``load``)

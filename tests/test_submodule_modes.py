@@ -4,9 +4,12 @@ statistics and leave them unchanged, on every backend, even where the step is a 
 replaced or a bias removed after the step was compiled."""
 
 import numpy as np
+import pytest
 import torch
 
 import unidl as ud
+
+pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
 
 R = np.random.default_rng(13)
 X = R.standard_normal((16, 4)).astype(np.float32) * 2 + 1

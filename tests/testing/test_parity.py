@@ -8,6 +8,8 @@ import unidl as ud
 from unidl.cli import main
 from unidl.testing import cases, parity
 
+pytestmark = pytest.mark.heavy  # minutes of tests: run first (tests/conftest.py)
+
 
 def test_two_layer_float32_passes_with_every_kind_of_row():
     model, kwargs, x, y, loss = cases.case("two_layer")
