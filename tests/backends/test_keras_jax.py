@@ -1010,7 +1010,9 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def result():
-    return last_json_line(run_python(_SCRIPT, env={"KERAS_BACKEND": "jax"}).stdout)
+    # (one interpreter runs every check: ~100 s on an idle 2-core machine, over 300 s, the helper's default
+    # timeout, at a load of 10; the timeout is there for a hang)
+    return last_json_line(run_python(_SCRIPT, env={"KERAS_BACKEND": "jax"}, timeout=1200).stdout)
 
 
 @pytest.fixture
