@@ -15,15 +15,17 @@ if [ "$workers" != "0" ]; then
 fi
 
 # The keras backend's tests again on Keras-on-JAX and Keras-on-torch: Keras reads KERAS_BACKEND once, when it is
-# imported, so the main run covers Keras-on-TensorFlow only, and each other framework is a pytest process of its
-# own, running the files below with UNIDL_TEST_KERAS_ONLY=1 (only the tests run on the keras backend,
-# tests/conftest.py): the parity suite and the files whose claims docs/guarantees.md names for every Keras framework.
+# imported, so the main run covers Keras-on-TensorFlow only, and each other framework runs in pytest processes of
+# its own, with UNIDL_TEST_KERAS_ONLY=1 (only the tests run on the keras backend, tests/conftest.py): the parity
+# suite in one, the other files whose claims docs/guarantees.md names for every Keras framework in another (on JAX
+# the two take 270 and 110 s of CPU: one process would be the run's last for minutes on one core).
 # Made for the whole suite only: an argument naming a file or folder (`tests/nn`, `tests/x.py::test_y`) runs that
 # selection alone, as before. The caller's other arguments (`-q`, `-x`, `-k lstm`) apply to these runs too.
 # UNIDL_TEST_KERAS_HOSTS picks the frameworks ("jax torch"; empty: none).
 keras_hosts="${UNIDL_TEST_KERAS_HOSTS-jax torch}"
-keras_files=(tests/parity tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py
-             tests/test_export_inputs_outputs.py)
+keras_groups=("tests/parity"
+              "tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py
+               tests/test_export_inputs_outputs.py")
 for arg in "$@"; do
   case "$arg" in
     -*) ;;
@@ -37,44 +39,49 @@ fi
 logs="$(mktemp -d)"
 pids=()
 trap 'for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$logs"' EXIT
-keras_run() {  # $1: the framework, $2: its niceness; the rest: pytest's arguments. Its output goes to $logs.
-  local host="$1" niceness="$2"
-  shift 2
+runs=()  # "host group": the group's index in keras_groups
+for host in $keras_hosts; do
+  for group in "${!keras_groups[@]}"; do runs+=("$host $group"); done
+done
+keras_run() {  # $1: the framework, $2: the group, $3: its niceness; the rest: pytest's arguments. Output in $logs.
+  local host="$1" group="$2" niceness="$3"
+  shift 3
+  # shellcheck disable=SC2086  # (the group's files, split)
   KERAS_BACKEND="$host" UNIDL_TEST_KERAS_ONLY=1 exec nice -n "$niceness" .venv/bin/python -m pytest "$@" \
-    "${keras_files[@]}" >"$logs/$host.out" 2>&1
+    ${keras_groups[$group]} >"$logs/$host-$group.out" 2>&1
 }
 status=0
-declare -A keras_status
+declare -A run_status
 if [ "$workers" = "0" ]; then  # one process at a time, as asked
   "${main_run[@]}" "$@" || status=$?
-  for host in $keras_hosts; do
-    keras_status[$host]=0
-    (keras_run "$host" 0 "$@") || keras_status[$host]=$?
+  for run in "${runs[@]}"; do
+    run_status[$run]=0
+    (keras_run $run 0 "$@") || run_status[$run]=$?
   done
 else
   # Started at once, at a low priority: they take the cores the main run leaves idle (while a test waits on a
   # subprocess, and the main run's last files, which keep one worker busy) and barely slow the main run.
-  for host in $keras_hosts; do
-    keras_run "$host" 10 "$@" &
+  for run in "${runs[@]}"; do
+    keras_run $run 10 "$@" &
     pids+=("$!")
   done
   "${main_run[@]}" "$@" || status=$?
-  index=0
-  for host in $keras_hosts; do
-    keras_status[$host]=0
-    wait "${pids[$index]}" || keras_status[$host]=$?
-    index=$((index + 1))
+  for index in "${!runs[@]}"; do
+    run_status[${runs[$index]}]=0
+    wait "${pids[$index]}" || run_status[${runs[$index]}]=$?
   done
   pids=()
 fi
-for host in $keras_hosts; do
+for run in "${runs[@]}"; do
+  read -r host group <<<"$run"
+  read -r -d '' -a files <<<"${keras_groups[$group]}" || true
   echo
-  echo "=== the keras backend on $host: KERAS_BACKEND=$host UNIDL_TEST_KERAS_ONLY=1 pytest ${keras_files[*]}" \
-       "(exit ${keras_status[$host]})"
-  cat "$logs/$host.out"
+  echo "=== the keras backend on $host: KERAS_BACKEND=$host UNIDL_TEST_KERAS_ONLY=1 pytest ${files[*]}" \
+       "(exit ${run_status[$run]})"
+  cat "$logs/$host-$group.out"
   # 5: no test selected (the caller's -k kept none of these)
-  if [ "$status" = "0" ] && [ "${keras_status[$host]}" != "0" ] && [ "${keras_status[$host]}" != "5" ]; then
-    status="${keras_status[$host]}"
+  if [ "$status" = "0" ] && [ "${run_status[$run]}" != "0" ] && [ "${run_status[$run]}" != "5" ]; then
+    status="${run_status[$run]}"
   fi
 done
 exit "$status"

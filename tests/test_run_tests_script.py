@@ -42,20 +42,23 @@ def _run_tests_script(tmp_path, *args, **env):
     return result, sorted(tuple(line.split("|")) for line in lines)
 
 
-KERAS_FILES = ("tests/parity tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py "
-               "tests/test_export_inputs_outputs.py")
+PARITY = "tests/parity"
+OTHERS = ("tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py "
+          "tests/test_export_inputs_outputs.py")
 MAIN = "-m pytest -n 2 --dist loadfile --no-loadscope-reorder"
 
 
 @pytest.mark.parametrize("workers", ["2", "0"])
 def test_the_whole_suite_runs_the_keras_tests_again_on_jax_and_torch(tmp_path, workers):
-    """With no file named, the main run and one run per other Keras framework, which takes the caller's arguments
-    and keeps only the keras tests (UNIDL_TEST_KERAS_ONLY); each run's output is printed."""
+    """With no file named, the main run and two runs per other Keras framework (the parity suite, the other files),
+    which take the caller's arguments and keep only the keras tests (UNIDL_TEST_KERAS_ONLY); each run's output is
+    printed."""
     result, calls = _run_tests_script(tmp_path, "-q", "-k", "lstm", UNIDL_TEST_WORKERS=workers)
     assert result.returncode == 0, result.stderr
     main = MAIN if workers == "2" else "-m pytest"
-    assert calls == [("jax", "1", f"-m pytest -q -k lstm {KERAS_FILES}"),
-                     ("torch", "1", f"-m pytest -q -k lstm {KERAS_FILES}"),
+    assert calls == [("jax", "1", f"-m pytest -q -k lstm {OTHERS}"), ("jax", "1", f"-m pytest -q -k lstm {PARITY}"),
+                     ("torch", "1", f"-m pytest -q -k lstm {OTHERS}"),
+                     ("torch", "1", f"-m pytest -q -k lstm {PARITY}"),
                      ("unset", "unset", f"{main} -q -k lstm")]
     for name in ("the main run", "jax", "torch"):
         assert f"output of {name}" in result.stdout
@@ -69,7 +72,7 @@ def test_a_selection_of_files_runs_alone(tmp_path, selection):
     assert calls == [("unset", "unset", f"{MAIN} -q {selection}")]
 
 
-@pytest.mark.parametrize("hosts, frameworks", [("torch", ["torch", "unset"]), ("", ["unset"])])
+@pytest.mark.parametrize("hosts, frameworks", [("torch", ["torch", "torch", "unset"]), ("", ["unset"])])
 def test_the_frameworks_can_be_chosen_or_left_out(tmp_path, hosts, frameworks):
     result, calls = _run_tests_script(tmp_path, "-q", UNIDL_TEST_KERAS_HOSTS=hosts)
     assert result.returncode == 0, result.stderr
@@ -79,7 +82,7 @@ def test_the_frameworks_can_be_chosen_or_left_out(tmp_path, hosts, frameworks):
 @pytest.mark.parametrize("workers", ["2", "0"])
 def test_a_failure_on_another_keras_framework_fails_the_suite(tmp_path, workers):
     result, calls = _run_tests_script(tmp_path, "-q", FAIL_ON="torch", UNIDL_TEST_WORKERS=workers)
-    assert len(calls) == 3
+    assert len(calls) == 5
     assert result.returncode == 1
     assert "=== the keras backend on torch: KERAS_BACKEND=torch UNIDL_TEST_KERAS_ONLY=1" in result.stdout
     assert "(exit 1)" in result.stdout
