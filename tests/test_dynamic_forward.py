@@ -78,6 +78,7 @@ def _warns_where_traced(name, match):
 
 @contextlib.contextmanager
 def _no_retrace_warning():
+    """A RetraceWarning in the block is an error: Python ran the forward, so nothing was frozen to warn of."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RetraceWarning)
         yield
