@@ -18,7 +18,7 @@ fi
 # imported, so the main run covers Keras-on-TensorFlow only, and each other framework runs in pytest processes of
 # its own, with UNIDL_TEST_KERAS_ONLY=1 (only the tests run on the keras backend, tests/conftest.py): the parity
 # suite in one, the other files whose claims docs/guarantees.md names for every Keras framework in another (on JAX
-# the two take 270 and 110 s of CPU: one process would be the run's last for minutes on one core).
+# the two take 310 and 120 s of CPU, on torch 20-40 and 40 s: one process would run last, alone on one core).
 # Made for the whole suite only: an argument naming a file or folder (`tests/nn`, `tests/x.py::test_y`) runs that
 # selection alone, as before. The caller's other arguments (`-q`, `-x`, `-k lstm`) apply to these runs too.
 # UNIDL_TEST_KERAS_HOSTS picks the frameworks ("jax torch"; empty: none).
