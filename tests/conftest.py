@@ -32,9 +32,26 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def _runs_on_the_keras_backend(item) -> bool:
+    """Whether one of the test's parameters is the keras backend (the ``backend`` fixture's, a ``backend_name``'s or
+    a pair's first), read from its id: ``test_x[keras-float32]``, ``test_y[keras-eager]``."""
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "keras" in callspec.id.split("-")
+
+
 def pytest_collection_modifyitems(config, items):
     """Test files marked ``heavy`` (``pytestmark = pytest.mark.heavy``) go first, the others keep their order.
     scripts/run-tests.sh hands files to its workers in this order (``--dist loadfile --no-loadscope-reorder``),
     so that the files left at the end, which one worker may run while the other has nothing left, are short;
-    xdist's own order (most tests first) would leave the heavy files, which hold few tests each, for the end."""
+    xdist's own order (most tests first) would leave the heavy files, which hold few tests each, for the end.
+
+    ``UNIDL_TEST_KERAS_ONLY=1`` keeps only the tests run on the keras backend: scripts/run-tests.sh runs them again
+    under ``KERAS_BACKEND=jax`` and ``torch`` (Keras reads it once, at import, so a framework is a process of its
+    own), where the other tests would repeat the main run's. An environment variable rather than ``-m``, so that
+    the caller's own ``-k``/``-m`` still apply."""
+    if os.environ.get("UNIDL_TEST_KERAS_ONLY", "") not in ("", "0"):
+        deselected = [item for item in items if not _runs_on_the_keras_backend(item)]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if _runs_on_the_keras_backend(item)]
     items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

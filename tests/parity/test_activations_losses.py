@@ -2,6 +2,8 @@
 output and input/weight gradients, float32 (2e-6 / 1e-5) inside ``ud.function`` and float64 (1e-12) eagerly,
 on every backend (see ``torch_oracle``)."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -435,12 +437,14 @@ def test_a_0d_tensor_of_the_graph_where_the_number_is_needed_to_build_is_one_typ
     saying so on every backend, torch's ``jit_compile=True`` (torch.compile) included, which raised a ``ValueError``
     ('must be a number, got array(0.5, ...)'); torch's ud.function without it runs Python, which reads it."""
     x, alpha = ud.tensor(np.array([-1.0, 0.25, 2.0], np.float32)), ud.tensor(0.5)
+    # torch's, and Keras-on-torch's (KERAS_BACKEND=torch, run by scripts/run-tests.sh), through torch.compile
+    on_torch = backend == "torch" or (backend == "keras" and os.environ.get("KERAS_BACKEND") == "torch")
     # (torch.compile takes seconds a case to fail: on torch one, through the check all six share)
-    for owner, fn in BUILT_WITH_THEIR_NUMBER[:1] if backend == "torch" else BUILT_WITH_THEIR_NUMBER:
+    for owner, fn in BUILT_WITH_THEIR_NUMBER[:1] if on_torch else BUILT_WITH_THEIR_NUMBER:
         with pytest.raises(TypeError, match=f"^{owner} is a 0-d tensor of a graph being traced, whose value is not "
                                             f"known yet, and it must be known to build the op; give a Python "
                                             f"number"):  # (not "a tensor made outside": torch.compile traces it)
-            ud.function(fn, jit_compile=backend == "torch")(x, alpha)
+            ud.function(fn, jit_compile=on_torch)(x, alpha)
 
 
 # (values around the kinks, 0.3 and the float16 and bfloat16 numbers next to it: softshrink's and threshold's
