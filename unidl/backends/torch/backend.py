@@ -300,6 +300,8 @@ class Backend(BackendInterface):
         # shared with every other step of it
         window = (accumulation_window(optimizer, accumulate, None, lambda: torch_window(optimizer, accumulate, []))
                   .storage if accumulate > 1 else [])
+        if accumulate == 1 and forward is model:  # (no window, no DDP: decided once, for every call)
+            return self._plain_train_step(model, loss_fn, optimizer, with_outputs)
 
         def step(x, y, *inputs):
             x, y = to_input(x), to_input(y)
@@ -331,6 +333,36 @@ class Backend(BackendInterface):
             # clipping
             if not guard_and_clip(optimizer, losses):
                 native.zero_grad(set_to_none=True)  # the discarded window leaves nothing for optimizer.step()
+            else:
+                if l1:
+                    add_l1(optimizer)
+                native.step()
+                optimizer._steps += 1
+            return result
+
+        return step
+
+    def _plain_train_step(self, model, loss_fn, optimizer, with_outputs):
+        """``train_step``'s step where every call updates (``accumulate`` 1) outside DDP: the same forward, guard
+        and update with none of the window's and DDP's per-call branches, which cannot apply to it (its Python is
+        a tenth of the two-layer net's step)."""
+        native, to_input, extra_inputs = optimizer.native, self.to_input, self.extra_step_inputs
+        l1 = l1_outside_rule(optimizer)
+        differentiated = nesting.differentiated
+
+        def step(x, y, *inputs):
+            x, y = to_input(x), to_input(y)
+            if inputs:
+                inputs = extra_inputs(inputs)
+            native.zero_grad(set_to_none=True)
+            with differentiated():
+                outputs = model(x, *inputs)
+                loss = loss_fn(outputs, y)
+                detached_loss = loss.detach()  # (what the step returns and the guard checks)
+                loss.backward()
+            result = (detached_loss, torch_precision.detached(outputs)) if with_outputs else detached_loss
+            if not guard_and_clip(optimizer, detached_loss):
+                native.zero_grad(set_to_none=True)  # the skipped step leaves nothing for optimizer.step()
             else:
                 if l1:
                     add_l1(optimizer)
