@@ -224,6 +224,7 @@ class StepStorage:
     def __init__(self, name: str, setting: str, check):
         self.setting, self.check = setting, check
         self._holder, self._pending, self._expected = f"_{name}", f"_pending_{name}", f"_train_step_{setting}"
+        self.holder_attribute = self._holder  # (the optimizer's attribute a step reads at every call)
 
     def expect(self, optimizer, setting) -> None:
         optimizer.__dict__[self._expected] = setting
@@ -660,7 +661,10 @@ class TrainStep:
 
     def __call__(self, x, y, *inputs):
         process_group.check_job_of_step(self._job, self._what)
-        x_shape, y_shape = _shape(x), _shape(y)
+        x_shape, y_shape = getattr(x, "shape", None), getattr(y, "shape", None)
+        if x_shape is None or y_shape is None:
+            _shape(x), _shape(y)  # (its TypeError, naming what was given; ``_shape`` inline otherwise)
+        x_shape, y_shape = tuple(x_shape), tuple(y_shape)
         if not x_shape or not y_shape or x_shape[0] != y_shape[0]:
             raise ShapeMismatchError(
                 f"x and y must hold the same number of samples along axis 0; x has shape {x_shape}, "
@@ -681,7 +685,8 @@ class TrainStep:
             self._checked.add(key)
         if self.check_trainable:
             self._require_trainable(self.optimizer.params, self._call_number, self.model, self.loss_fn)
-        window = _WINDOW.holder(self.optimizer)  # another step may have used the optimizer's window since
+        # another step may have used the optimizer's window since (``_WINDOW.holder``, inline)
+        window = self.optimizer.__dict__.get(_WINDOW.holder_attribute)
         if (window.key if window is not None else None) != self._window_key:
             claim_window(self.optimizer, self.accumulate, self.precision)
         result = self._run(x, y, *inputs)

@@ -290,6 +290,16 @@ class Backend(BackendInterface):
             return value
         return self.tensor(value)
 
+    def step_inputs(self, x, y) -> tuple:
+        """``(to_input(x), to_input(y))``, the dtype in force looked up once for both (every step converts both: on
+        a small net a step's Python is its cost)."""
+        dtype = _NUMPY_DTYPES[config.get_dtype()]
+        if not (isinstance(x, jax.Array) and (x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating))):
+            x = self.tensor(x)
+        if not (isinstance(y, jax.Array) and (y.dtype == dtype or not jnp.issubdtype(y.dtype, jnp.floating))):
+            y = self.tensor(y)
+        return x, y
+
     # ---- parameters ------------------------------------------------------
     def parameter(self, value, trainable=True, dtype=None):
         if is_undrawn_zeros(value):  # ud.load's build: fresh zero pages, which jax shares on the CPU
@@ -441,7 +451,7 @@ class Backend(BackendInterface):
         if eager:
             # (on unidl's device: an eager step's ops would refuse arrays on two)
             return (lambda *args: step(*_moved_to(tuple(to_input(a) for a in args), self.current_device()))), compiled
-        return _CompiledStep(compiled, to_input, model), compiled
+        return _CompiledStep(compiled, to_input, self.step_inputs, model), compiled
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
                                    accumulate=1):
@@ -763,17 +773,17 @@ class _CompiledStep:
     ``trace_count`` of that ``StatefulJit``. One object, called directly by ``TrainStep`` (a wrapper around a
     closure was one more Python frame a step)."""
 
-    def __init__(self, compiled, to_input, model):
-        self._compiled, self._to_input, self._model = compiled, to_input, model
+    def __init__(self, compiled, to_input, step_inputs, model):
+        self._compiled, self._to_input, self._step_inputs, self._model = compiled, to_input, step_inputs, model
 
     def __call__(self, *args):
         # Python and NumPy numbers among the extra step inputs stay Python values (one trace per value: a dynamic
         # net's depth, np.int64 from a NumPy generator too, as torch and TensorFlow loop over either), since jax.jit
         # cannot loop a traced number of times; arrays are graph inputs
-        to_input = self._to_input
         if len(args) == 2:  # (x, y), the common case, without the per-argument test (a step's Python is its cost)
-            args = (to_input(args[0]), to_input(args[1]))
+            args = self._step_inputs(*args)
         else:
+            to_input = self._to_input
             args = [to_input(a) if i < 2 else _extra_step_input(a, to_input) for i, a in enumerate(args)]
         try:
             return self._compiled(*args)

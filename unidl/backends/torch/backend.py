@@ -346,12 +346,12 @@ class Backend(BackendInterface):
         """``train_step``'s step where every call updates (``accumulate`` 1) outside DDP: the same forward, guard
         and update with none of the window's and DDP's per-call branches, which cannot apply to it (its Python is
         a tenth of the two-layer net's step)."""
-        native, to_input, extra_inputs = optimizer.native, self.to_input, self.extra_step_inputs
+        native, step_inputs, extra_inputs = optimizer.native, self.step_inputs, self.extra_step_inputs
         l1 = l1_outside_rule(optimizer)
         differentiated = nesting.differentiated
 
         def step(x, y, *inputs):
-            x, y = to_input(x), to_input(y)
+            x, y = step_inputs(x, y)
             if inputs:
                 inputs = extra_inputs(inputs)
             native.zero_grad(set_to_none=True)
@@ -395,6 +395,16 @@ class Backend(BackendInterface):
                 return self.tensor(value)
             return value
         return self.tensor(value)
+
+    def step_inputs(self, x, y) -> tuple:
+        """``(to_input(x), to_input(y))``, the device and dtype in force looked up once for both (every step converts
+        both: on a small net a step's Python is its cost)."""
+        device, dtype = self.current_device(), _DTYPES[config.get_dtype()]
+        if not (isinstance(x, torch.Tensor) and x.device == device and (x.dtype == dtype or not x.is_floating_point())):
+            x = self.tensor(x)
+        if not (isinstance(y, torch.Tensor) and y.device == device and (y.dtype == dtype or not y.is_floating_point())):
+            y = self.tensor(y)
+        return x, y
 
     def extra_step_inputs(self, inputs) -> tuple:
         """A step's extra inputs (``step(x, y, *inputs)``) as its forward gets them: NumPy arrays and tensors as

@@ -157,7 +157,9 @@ def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
             found_inf.zero_()
     optimizer._finite = finite
     if finite and grads and clip:
-        _clip(optimizer)
+        clipping = optimizer.clipping
+        if clipping["clip_grad_norm"] is not None or clipping["clip_grad_value"] is not None:
+            _clip(optimizer)  # (asked here: a step without clipping calls nothing)
     return finite
 
 
