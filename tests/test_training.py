@@ -257,9 +257,10 @@ class _CountedOps:
 
 def test_a_torch_step_calls_no_more_than_the_hand_written_step_and_its_guard(rng):
     """The torch functions a torch train step calls beyond ``zero_grad``, forward, ``backward`` and
-    ``torch.optim.SGD``'s ``step()`` written by hand are the non-finite guard's (reset its flag, view the loss, the
-    fused check, one host read) and the inputs' dtype checks, nothing per step besides (two more detaches of the
-    loss were there; the benchmark's two-layer step is under a millisecond, so each call counts)."""
+    ``torch.optim.SGD``'s ``step()`` written by hand are the non-finite guard's (the fused check, one host read),
+    nothing per step besides (two more detaches of the loss were there, the guard reset its flag and viewed the loss
+    as 1-d at every step, and x's and y's dtypes were checked as floats even where they are unidl's dtype; the
+    benchmark's two-layer step is under a millisecond, so each call counts)."""
     import torch
 
     x, y = rng.standard_normal((8, 30)).astype(np.float32), rng.standard_normal((8, 4)).astype(np.float32)
@@ -283,5 +284,5 @@ def test_a_torch_step_calls_no_more_than_the_hand_written_step_and_its_guard(rng
             step(tx, ty)
         with _CountedOps() as native_calls:
             native_step()
-    guard = {"zero_": 1, "reshape": 1, "_amp_foreach_non_finite_check_and_unscale_": 1, "item": 1}
-    assert dict(unidl_calls - native_calls) == {"is_floating_point": 2, **guard}  # (and x's and y's dtypes checked)
+    guard = {"_amp_foreach_non_finite_check_and_unscale_": 1, "item": 1}
+    assert dict(unidl_calls - native_calls) == guard

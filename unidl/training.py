@@ -224,6 +224,7 @@ class StepStorage:
     def __init__(self, name: str, setting: str, check):
         self.setting, self.check = setting, check
         self._holder, self._pending, self._expected = f"_{name}", f"_pending_{name}", f"_train_step_{setting}"
+        self.holder_attribute = self._holder  # (the optimizer's attribute a step reads at every call)
 
     def expect(self, optimizer, setting) -> None:
         optimizer.__dict__[self._expected] = setting
@@ -611,8 +612,8 @@ class TrainStep:
                                 f"of its own), got {type(value).__name__}")
         check_reduced_loss(loss_fn, "train_step")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
-        self.eager, self.check_finite, self.check_trainable, self.calls = bool(eager), check_finite, check_trainable, 0
         self.precision = precision_policy(precision)
+        self.eager, self.check_finite, self.check_trainable, self.calls = bool(eager), check_finite, check_trainable, 0
         self._backend = check_same_backend(model, loss_fn, optimizer)
         check_optimizer_trains(model, loss_fn, optimizer, "train_step")
         # a window loaded into the optimizer before this step must fit its accumulate (checked before anything is
@@ -640,10 +641,30 @@ class TrainStep:
         from unidl.nn.module import require_trainable
 
         self._require_trainable = require_trainable
+        self._what = f"train_step of {type(model).__name__}"
+
+    @property
+    def check_finite(self) -> bool:
+        """Whether a step whose update the non-finite guard skipped raises ``NonFiniteLossError``."""
+        return self._check_finite
+
+    @check_finite.setter
+    def check_finite(self, value: bool) -> None:
+        # what each call checks after the step, decided here rather than at every call (a step's Python is its cost
+        # on a small net); a loss scaler's skipped overflow step is its own business, not an error
+        self._check_finite = value
+        self._guarded = bool(value) and not self.precision.scales_loss
+
+    def _call_number(self) -> str:
+        """Where a check of the call running fails, for its message (built only for an error)."""
+        return f"train_step call {self.calls + 1}"
 
     def __call__(self, x, y, *inputs):
-        process_group.check_job_of_step(self._job, f"train_step of {type(self.model).__name__}")
-        x_shape, y_shape = _shape(x), _shape(y)
+        process_group.check_job_of_step(self._job, self._what)
+        x_shape, y_shape = getattr(x, "shape", None), getattr(y, "shape", None)
+        if x_shape is None or y_shape is None:
+            _shape(x), _shape(y)  # (its TypeError, naming what was given; ``_shape`` inline otherwise)
+        x_shape, y_shape = tuple(x_shape), tuple(y_shape)
         if not x_shape or not y_shape or x_shape[0] != y_shape[0]:
             raise ShapeMismatchError(
                 f"x and y must hold the same number of samples along axis 0; x has shape {x_shape}, "
@@ -656,22 +677,21 @@ class TrainStep:
         key = (x_shape[1:], y_shape[1:], min(x_shape[0], 2), getattr(x, "dtype", None), getattr(y, "dtype", None))
         if not inputs and key not in self._checked:  # (a forward with extra inputs is checked by running it)
             if not self._checked:
-                devices.compiled_placed(f"train_step of {type(self.model).__name__}", "first call",
+                devices.compiled_placed(self._what, "first call",
                                         config.resolve_device(config._requested_device(), self._backend),
                                         self._backend.name)
             with python_randomness_preserved():  # a shape check is not a step: it draws nothing
                 self._backend.check_shapes(self.model, self.loss_fn, x, y)
             self._checked.add(key)
         if self.check_trainable:
-            self._require_trainable(self.optimizer.params, lambda: f"train_step call {self.calls + 1}", self.model,
-                                    self.loss_fn)
-        window = _WINDOW.holder(self.optimizer)  # another step may have used the optimizer's window since
+            self._require_trainable(self.optimizer.params, self._call_number, self.model, self.loss_fn)
+        # another step may have used the optimizer's window since (``_WINDOW.holder``, inline)
+        window = self.optimizer.__dict__.get(_WINDOW.holder_attribute)
         if (window.key if window is not None else None) != self._window_key:
             claim_window(self.optimizer, self.accumulate, self.precision)
         result = self._run(x, y, *inputs)
         self.calls += 1
-        # (a loss scaler's skipped overflow step is its own business, not an error)
-        if self.check_finite and not self.precision.scales_loss and not self.optimizer.last_step_finite:
+        if self._guarded and not self._backend.last_step_finite(self.optimizer):
             raise NonFiniteLossError(
                 f"train_step call {self.calls}: the loss or a gradient was NaN or infinite, so this step's update "
                 f"was skipped (weights and optimizer state are those before it); lower the learning rate or "

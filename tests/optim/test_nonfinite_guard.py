@@ -83,6 +83,41 @@ def test_check_finite_false_skips_the_step_silently_and_training_goes_on(backend
     assert ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite=np.False_).check_finite is False
 
 
+def test_the_guard_decides_every_step_afresh_after_a_skipped_one(backend):
+    """The guard keeps no verdict from one step to the next: after a skipped non-finite step a finite one updates,
+    and a non-finite one after it is skipped again, three times over (torch's fused check keeps its flag between
+    steps and sets it back to zero only where a step set it: a flag left set would skip every later step)."""
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer, check_finite=False)
+    x, bad, y = np.ones((4, 3), np.float32), np.full((4, 3), np.nan, np.float32), np.zeros((4, 2), np.float32)
+    for updates in range(1, 4):
+        before = _weights(model)
+        step(bad, y)
+        assert not optimizer.last_step_finite and _same(_weights(model), before)
+        step(x, y)
+        assert optimizer.last_step_finite and optimizer.state_dict()["step"] == updates
+        assert not _same(_weights(model), before)
+
+
+def test_check_finite_set_on_a_built_step_decides_its_next_call(backend):
+    """``step.check_finite`` set after the step is built decides its next call, as the argument does (the step
+    decides once what its calls check after the update: a decision kept from before would raise after ``False``,
+    or skip silently after ``True``)."""
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    optimizer = ud.optim.SGD(model.parameters(), lr=0.1)
+    step = ud.train_step(model, ud.nn.MSELoss(), optimizer)
+    bad, y = np.full((4, 3), np.inf, np.float32), np.zeros((4, 2), np.float32)
+    before = _weights(model)
+    step.check_finite = False
+    step(bad, y)  # skipped, silently
+    assert not optimizer.last_step_finite and _same(_weights(model), before)
+    step.check_finite = True
+    with pytest.raises(ud.NonFiniteLossError, match="train_step call 2"):
+        step(bad, y)
+    assert _same(_weights(model), before) and optimizer.state_dict()["step"] == 0
+
+
 def test_apply_skips_non_finite_gradients_in_the_manual_loop(backend):
     model = ud.models.TwoLayerNet(3, 4, 2)
     optimizer = ud.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -290,6 +290,16 @@ class Backend(BackendInterface):
             return value
         return self.tensor(value)
 
+    def step_inputs(self, x, y) -> tuple:
+        """``(to_input(x), to_input(y))``, the dtype in force looked up once for both (every step converts both: on
+        a small net a step's Python is its cost)."""
+        dtype = _NUMPY_DTYPES[config.get_dtype()]
+        if not (isinstance(x, jax.Array) and (x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating))):
+            x = self.tensor(x)
+        if not (isinstance(y, jax.Array) and (y.dtype == dtype or not jnp.issubdtype(y.dtype, jnp.floating))):
+            y = self.tensor(y)
+        return x, y
+
     # ---- parameters ------------------------------------------------------
     def parameter(self, value, trainable=True, dtype=None):
         if is_undrawn_zeros(value):  # ud.load's build: fresh zero pages, which jax shares on the CPU
@@ -371,8 +381,9 @@ class Backend(BackendInterface):
 
     def last_step_finite(self, optimizer):
         # np.asarray waits for the step and reads the flag in one go; bool() on the JAX array takes a slower path
-        # (about 10-30 us a step on the CPU, a tenth of the two-layer net's step)
-        return bool(np.asarray(optimizer.native.finite.value))
+        # (about 10-30 us a step on the CPU, a tenth of the two-layer net's step); ``_value``: read as bookkeeping,
+        # as the compiled step reads its variables (``value`` would record it inside a trace)
+        return bool(np.asarray(optimizer._native.finite._value))
 
     def _model_state(self, model, optimizer=None, loss_fn=None) -> list:
         """The variables a compiled step of ``model`` threads: the model's, the optimizer's and the loss module's
@@ -415,8 +426,8 @@ class Backend(BackendInterface):
 
         variables = self._model_state(model, optimizer, loss_fn)
         jax_distributed.broadcast_from_rank_0(self.module_state(model))  # (in a job: rank 0's start on every rank)
-        run, compiled = self.compile_step(step, variables, model, params, name, eager)
-        return run if eager else _Counted(run, compiled)
+        run, _ = self.compile_step(step, variables, model, params, name, eager)
+        return run  # (compiled: a ``_CompiledStep``, which counts its traces)
 
     @staticmethod
     def module_state(model) -> list:
@@ -440,21 +451,7 @@ class Backend(BackendInterface):
         if eager:
             # (on unidl's device: an eager step's ops would refuse arrays on two)
             return (lambda *args: step(*_moved_to(tuple(to_input(a) for a in args), self.current_device()))), compiled
-
-        def run(*args):
-            # Python and NumPy numbers among the extra step inputs stay Python values (one trace per value: a
-            # dynamic net's depth, np.int64 from a NumPy generator too, as torch and TensorFlow loop over either),
-            # since jax.jit cannot loop a traced number of times; arrays are graph inputs
-            if len(args) == 2:  # (x, y), the common case, without the per-argument test (a step's Python is its cost)
-                args = (to_input(args[0]), to_input(args[1]))
-            else:
-                args = [to_input(a) if i < 2 else _extra_step_input(a, to_input) for i, a in enumerate(args)]
-            try:
-                return compiled(*args)
-            except _CONCRETIZATION as error:
-                raise traced_forward_error(error, f"the forward of {type(model).__name__} in ud.train_step") from None
-
-        return run, compiled
+        return _CompiledStep(compiled, to_input, self.step_inputs, model), compiled
 
     def mixed_precision_train_step(self, model, loss_fn, optimizer, precision, with_outputs=False, eager=False,
                                    accumulate=1):
@@ -771,14 +768,27 @@ class _EagerFallback:
         return self._model(x)
 
 
-class _Counted:
-    """A step function with the ``trace_count`` of the ``StatefulJit`` behind it."""
+class _CompiledStep:
+    """A compiled train step (``compile_step``): its inputs made arrays, then the ``StatefulJit`` call; with the
+    ``trace_count`` of that ``StatefulJit``. One object, called directly by ``TrainStep`` (a wrapper around a
+    closure was one more Python frame a step)."""
 
-    def __init__(self, run, compiled):
-        self._run, self._compiled = run, compiled
+    def __init__(self, compiled, to_input, step_inputs, model):
+        self._compiled, self._to_input, self._step_inputs, self._model = compiled, to_input, step_inputs, model
 
     def __call__(self, *args):
-        return self._run(*args)
+        # Python and NumPy numbers among the extra step inputs stay Python values (one trace per value: a dynamic
+        # net's depth, np.int64 from a NumPy generator too, as torch and TensorFlow loop over either), since jax.jit
+        # cannot loop a traced number of times; arrays are graph inputs
+        if len(args) == 2:  # (x, y), the common case, without the per-argument test (a step's Python is its cost)
+            args = self._step_inputs(*args)
+        else:
+            to_input = self._to_input
+            args = [to_input(a) if i < 2 else _extra_step_input(a, to_input) for i, a in enumerate(args)]
+        try:
+            return self._compiled(*args)
+        except _CONCRETIZATION as error:
+            raise traced_forward_error(error, f"the forward of {type(self._model).__name__} in ud.train_step") from None
 
     @property
     def trace_count(self):

@@ -340,7 +340,8 @@ class StatefulJit:
         placed = outside = False  # each cause of a retry happens once: a second time is an error
         while True:
             try:
-                return self._call(self._state(), args)
+                # (``_state()`` inline where nothing was found outside: one Python frame less a step)
+                return self._call(self._state() if self._outside else self._variables(), args)
             except ValueError as error:  # (jax.jit checks its arguments' devices before the call: nothing donated)
                 if placed or _INCOMPATIBLE_DEVICES not in str(error):
                     raise

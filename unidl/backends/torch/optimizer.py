@@ -134,8 +134,9 @@ def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
     and the weights stay identical."""
     grads = [p.grad for p in optimizer.params if p.grad is not None]
     checked = grads
-    if loss is not None:  # (or a window's losses; a train step's come detached: not detached again)
-        checked = grads + [(loss.detach() if loss.requires_grad else loss).reshape(-1)]
+    if loss is not None:  # (or a window's losses; a train step's come detached: not detached again; a 0-d loss
+        # is checked as it is, as the kernel checks a scalar parameter's gradient)
+        checked = grads + [loss.detach() if loss.requires_grad else loss]
     finite = True
     if checked:
         device = checked[0].device
@@ -143,13 +144,22 @@ def guard_and_clip(optimizer, loss=None, clip: bool = True) -> bool:
         if found_inf is None or found_inf.device != device:
             found_inf, one = torch.zeros(1, device=device), torch.ones(1, device=device)
             optimizer._finite_check = (found_inf, one)
-        found_inf.zero_()
-        # sets found_inf where a value is not finite (and multiplies every value by one: unchanged)
-        torch._amp_foreach_non_finite_check_and_unscale_(checked, found_inf, one)
-        finite = not found_inf.item()
+        # found_inf is zero between checks: set back to zero only where a check set it (or failed), not before
+        # every check (one op less a step)
+        try:
+            # sets found_inf where a value is not finite (and multiplies every value by one: unchanged)
+            torch._amp_foreach_non_finite_check_and_unscale_(checked, found_inf, one)
+            finite = not found_inf.item()
+        except BaseException:
+            found_inf.zero_()
+            raise
+        if not finite:
+            found_inf.zero_()
     optimizer._finite = finite
     if finite and grads and clip:
-        _clip(optimizer)
+        clipping = optimizer.clipping
+        if clipping["clip_grad_norm"] is not None or clipping["clip_grad_value"] is not None:
+            _clip(optimizer)  # (asked here: a step without clipping calls nothing)
     return finite
 
 
