@@ -4,10 +4,12 @@ XLA runs no assertions, so inside such a graph each value check of ``ops.py`` (a
 known only when the graph runs) records its condition and the values its eager message needs here
 (``record``) instead of an ``Assert``; ``GraphFunction`` returns them packed (``packed``: one int64 vector) beside
 the user's outputs and, after the call, raises the first failed check as the eager call's error (``raise_failed``),
-as the JAX backend's ``checkified`` functions do with checkify's error. A ``tf.cond`` branch or a
-``tf.while_loop`` body (AutoGraph's ``if``/``while`` on tensors) hands its checks out through the op
-(``_cond``, ``_while_loop``). Since the graph runs whole before its checks are read, an optimizer's writes in it
-are selected by the checks recorded before them (``unless_a_check_failed``), as the JAX backend's are.
+as the JAX backend's ``checkified`` functions do with checkify's error. A ``tf.cond``, ``tf.case`` or
+``tf.switch_case`` branch, a ``tf.while_loop``'s body and its condition (AutoGraph's ``if``/``while`` on tensors)
+hand their checks out through the op (``_cond``, ``_case``, ``_while_loop``). Since the graph runs whole before
+its checks are read, every variable a call writes through unidl (an optimizer's update, batch norm's statistics,
+``Backend.assign``) is written back at its end unless all its checks held (``unless_a_check_failed``): a call
+that raises leaves every variable as it was.
 """
 
 from __future__ import annotations
@@ -38,25 +40,31 @@ class Check:
 @contextlib.contextmanager
 def collecting():
     """The checks of the graph traced in this block (a ``GraphFunction``'s under XLA): yields the list that
-    ``record`` fills with ``(condition, Check, values)``. A check made in a ``tf.cond`` branch or a
-    ``tf.while_loop`` body traced in it reaches this list through the op's outputs (``_cond``, ``_while_loop``);
-    one made in another graph (a loop's condition, a graph of its own) is not recorded (``recording``)."""
-    previous = getattr(_collecting, "state", None)
+    ``record`` fills with ``(condition, Check, values)``. A check made in a ``tf.cond``, ``tf.switch_case`` branch
+    or a ``tf.while_loop`` body or condition traced in it reaches this list through the op's outputs (``_cond``,
+    ``_case``, ``_while_loop``); one made in a graph of its own is not recorded (``recording``). Where the block
+    ends with a check recorded, every variable written in it (``unless_a_check_failed``) is written back to its
+    value before the block unless all of them hold."""
+    previous = getattr(_collecting, "state", None), getattr(_collecting, "written", None)
     checks: list = []
-    _collecting.state = [(tf.compat.v1.get_default_graph(), checks, [])]
+    written: dict = {}
+    _collecting.state, _collecting.written = [(tf.compat.v1.get_default_graph(), checks)], written
     try:
         yield checks
+        if checks and written:
+            holds = tf.reduce_all(tf.stack([condition for condition, _, _ in checks]))
+            for variable, old in written.values():
+                variable.assign(tf.where(holds, variable.read_value(), old))
     finally:
-        _collecting.state = previous
+        _collecting.state, _collecting.written = previous
 
 
 @contextlib.contextmanager
-def _nested(held=None):
-    """The checks of a branch or loop body traced in this block, in a graph being collected: yields their list.
-    ``held``: a boolean scalar of this graph that ``passed`` takes in too, unreported (a loop body's: every check of
-    the iterations before this one held), so that a write in a later iteration waits for an earlier failure."""
+def _nested():
+    """The checks of a branch, loop body or loop condition traced in this block, in a graph being collected:
+    yields their list."""
     checks: list = []
-    _collecting.state.append((tf.compat.v1.get_default_graph(), checks, [] if held is None else [held]))
+    _collecting.state.append((tf.compat.v1.get_default_graph(), checks))
     try:
         yield checks
     finally:
@@ -77,28 +85,25 @@ def record(condition, error_class, message: str, values=()) -> None:
     _collecting.state[-1][1].append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)), values))
 
 
-def passed():
-    """A boolean scalar: every check recorded so far in the graph being collected (and in the branch or body being
-    traced in it) holds; None where none is (or no graph is collected: a plain graph's checks are ``Assert``s that
-    its writes wait for)."""
-    conditions = [condition for _, checks, held in _collecting.state for condition in held + [c for c, _, _ in checks]
-                  ] if recording() else []
-    return tf.reduce_all(tf.stack(conditions)) if conditions else None
-
-
 @contextlib.contextmanager
 def unless_a_check_failed(variables):
-    """The block's writes to ``variables`` (``tf.Variable``s) stand only where every check recorded before it
-    holds (``passed``): a call that raises a check's error leaves them as they were, as an eager call stops before
-    its update; a block with no check recorded before it (every graph without checks) runs as it is."""
-    holds = passed()
-    if holds is None:
-        yield
-        return
-    before = [variable.read_value() for variable in variables]  # (ordered before the block's writes: one resource)
+    """The block's writes to ``variables`` (``tf.Variable``s) stand only where every check of the call holds: a
+    call that raises a check's error leaves them as they were, as an eager call that raises before its writes
+    (``collecting`` writes them back at the end of the call, whatever the order of the writes and the checks, in a
+    branch or a loop's iteration too). Each variable's value is read before the call's first write to it, in the
+    function's own graph; outside a graph being collected (eagerly, a plain graph, whose checks are ``Assert``s
+    that its writes wait for) the block runs as it is."""
+    if recording():
+        written, root = _collecting.written, _collecting.state[0][0]
+        new = [variable for variable in variables if id(variable) not in written]
+        if new:
+            with contextlib.ExitStack() as stack:
+                if tf.compat.v1.get_default_graph() is not root:  # (a branch or loop body: before the op)
+                    stack.enter_context(root.as_default())
+                    stack.enter_context(tf.control_dependencies(None))
+                for variable in new:
+                    written[id(variable)] = (variable, variable.read_value())
     yield
-    for variable, old in zip(variables, before):
-        variable.assign(tf.where(holds, variable.read_value(), old))
 
 
 def packed(checks) -> tuple:
@@ -177,19 +182,56 @@ def _cond(original):
     return cond_v2
 
 
+def _case(original):
+    """``cond_v2.indexed_case`` (``tf.switch_case``) whose branches, traced in a graph being collected, hand their
+    checks out as one more output (``_report``), recorded around it, as ``_cond``'s."""
+
+    def indexed_case(branch_index, branch_fns, name="indexed_case", lower_using_switch_merge=None):
+        if not recording():
+            return original(branch_index, branch_fns, name, lower_using_switch_merge)
+        leaves: list = []
+
+        def reporting(branch):
+            def run():
+                with _nested() as checks:
+                    outputs = branch()
+                return outputs, _report(checks, leaves)
+            return run
+
+        outputs, report = original(branch_index, [reporting(branch) for branch in branch_fns], name,
+                                   lower_using_switch_merge)
+        record_all(handed_on(report, leaves))
+        return outputs
+
+    return indexed_case
+
+
 def _while_loop(original):
     """``while_v2.while_loop`` whose body, traced in a graph being collected, carries the first check that failed
-    in any iteration as one more loop variable (``_report``), recorded around the loop."""
+    in any iteration as one more loop variable (``_report``), recorded around the loop. A check in the loop's
+    condition, whose graph has one output, stops the loop where it fails (an eager loop raises there), and the
+    condition is run once more after the loop, on its last state, for its checks to be recorded: the one that
+    stopped it, if any (a loop of unknown length under XLA ran on with an index clamped, for ever where the value
+    read kept the condition true)."""
 
     def while_loop(cond, body, loop_vars, shape_invariants=None, *args, return_same_structure=True, **kwargs):
         if not recording() or not isinstance(loop_vars, (list, tuple)):
             return original(cond, body, loop_vars, shape_invariants, *args,
                             return_same_structure=return_same_structure, **kwargs)
         leaves: list = []
+        condition_checked: list = []
         initial = tf.constant([1, -1] + [0] * _MOST_VALUES, tf.int64)
 
+        def checked_cond(*state):
+            with _nested() as checks:
+                holds = cond(*state[:-1])
+            condition_checked[:] = [bool(checks)]
+            if not checks:
+                return holds
+            return tf.logical_and(tf.reduce_all(tf.stack([condition for condition, _, _ in checks])), holds)
+
         def reporting_body(*state):
-            with _nested(held=tf.equal(state[-1][0], 1)) as checks:  # (writes wait for earlier iterations too)
+            with _nested() as checks:
                 outputs = body(*state[:-1])
             outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
             del leaves[:]  # (each trace of the body names its own checks)
@@ -200,10 +242,12 @@ def _while_loop(original):
 
         if shape_invariants is not None:
             shape_invariants = list(shape_invariants) + [initial.shape]
-        results = original(lambda *state: cond(*state[:-1]), reporting_body, list(loop_vars) + [initial],
+        results = original(checked_cond, reporting_body, list(loop_vars) + [initial],
                            shape_invariants, *args, return_same_structure=True, **kwargs)
         record_all(handed_on(results[-1], leaves))
         results = results[:-1]
+        if any(condition_checked):
+            cond(*results)  # (its checks recorded here, after the body's: an eager loop's order)
         if hasattr(loop_vars, "_fields"):
             return type(loop_vars)(*results)
         if len(results) == 1 and not return_same_structure:
@@ -214,13 +258,17 @@ def _while_loop(original):
 
 
 def _install() -> None:
-    """Make TensorFlow's ``tf.cond`` and ``tf.while_loop`` graphs (AutoGraph's ``if`` and ``while`` on tensors too)
-    hand their checks out while a graph is collected (``_cond``, ``_while_loop``); as they are otherwise."""
+    """Make TensorFlow's ``tf.cond``, ``tf.case``, ``tf.switch_case`` and ``tf.while_loop`` graphs (AutoGraph's
+    ``if`` and ``while`` on tensors too) hand their checks out while a graph is collected (``_cond``, ``_case``,
+    ``_while_loop``); as they are otherwise."""
     from tensorflow.python.ops import cond_v2, while_v2
 
     if not getattr(cond_v2.cond_v2, "_unidl_checks", False):
         cond_v2.cond_v2 = _cond(cond_v2.cond_v2)
         cond_v2.cond_v2._unidl_checks = True
+    if not getattr(cond_v2.indexed_case, "_unidl_checks", False):
+        cond_v2.indexed_case = _case(cond_v2.indexed_case)
+        cond_v2.indexed_case._unidl_checks = True
     if not getattr(while_v2.while_loop, "_unidl_checks", False):
         while_v2.while_loop = _while_loop(while_v2.while_loop)
         while_v2.while_loop._unidl_checks = True
