@@ -54,7 +54,7 @@ def collecting():
         if checks and written:
             holds = tf.reduce_all(tf.stack([condition for condition, _, _ in checks]))
             for variable, old in written.values():
-                variable.assign(tf.where(holds, variable.read_value(), old))
+                variable.assign(tf.where(holds, variable.value(), old))
     finally:
         _collecting.state, _collecting.written = previous
 
@@ -102,7 +102,7 @@ def unless_a_check_failed(variables):
                     stack.enter_context(root.as_default())
                     stack.enter_context(tf.control_dependencies(None))
                 for variable in new:
-                    written[id(variable)] = (variable, variable.read_value())
+                    written[id(variable)] = (variable, variable.value())
     yield
 
 
