@@ -198,11 +198,11 @@ class Backend(BackendInterface):
         return isinstance(value, tf.Variable) and value.trainable
 
     def assign(self, variable, value):
-        with xla_checks.unless_a_check_failed([variable]):  # (under XLA: written back where the call's check fails)
-            if isinstance(value, tf.Tensor):  # from donated_tensor: the variable may adopt its buffer
-                variable.assign(tf.cast(value, variable.dtype))
-            else:  # no copy when the dtype matches
-                variable.assign(np.asarray(value, dtype=variable.dtype.as_numpy_dtype))
+        xla_checks.note_written([variable])  # (under XLA: written back where a check of the call fails)
+        if isinstance(value, tf.Tensor):  # from donated_tensor: the variable may adopt its buffer
+            variable.assign(tf.cast(value, variable.dtype))
+        else:
+            variable.assign(np.asarray(value, dtype=variable.dtype.as_numpy_dtype))  # no copy when the dtype matches
 
     def donated_tensor(self, array):
         # converting NumPy input copies it twice; DLPack shares it, but only 64-byte aligned memory
@@ -214,8 +214,8 @@ class Backend(BackendInterface):
 
     def write_state(self, variable, value):
         if value is not variable and tf_distributed.writes_state_here():
-            with xla_checks.unless_a_check_failed([variable]):  # (under XLA: written back where a check fails)
-                variable.assign(value)
+            xla_checks.note_written([variable])  # (under XLA: written back where a check of the call fails)
+            variable.assign(value)
         return variable
 
     # ---- modules and training ---------------------------------------------

@@ -43,7 +43,7 @@ def collecting():
     ``record`` fills with ``(condition, Check, values)``. A check made in a ``tf.cond``, ``tf.switch_case`` branch
     or a ``tf.while_loop`` body or condition traced in it reaches this list through the op's outputs (``_cond``,
     ``_case``, ``_while_loop``); one made in a graph of its own is not recorded (``recording``). Where the block
-    ends with a check recorded, every variable written in it (``unless_a_check_failed``) is written back to its
+    ends with a check recorded, every variable written in it (``note_written``) is written back to its
     value before the block unless all of them hold."""
     previous = getattr(_collecting, "state", None), getattr(_collecting, "written", None)
     checks: list = []
@@ -85,24 +85,30 @@ def record(condition, error_class, message: str, values=()) -> None:
     _collecting.state[-1][1].append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)), values))
 
 
+def note_written(variables) -> None:
+    """Before a write to ``variables`` (``tf.Variable``s) in a graph being collected: each is written back at the end
+    of the call to its value before the call unless every check of the call holds (``collecting``), whatever the
+    order of the writes and the checks, in a branch or a loop's iteration too, so that a call that raises a check's
+    error leaves it as it was. Its value is read before the call's first write to it, in the function's own graph
+    (before the op whose branch or body writes it). Nothing outside a graph being collected (eagerly, a plain
+    graph, whose checks are ``Assert``s that its writes wait for)."""
+    if not recording():
+        return
+    written, root = _collecting.written, _collecting.state[0][0]
+    new = [variable for variable in variables if id(variable) not in written]
+    if new:
+        with contextlib.ExitStack() as stack:
+            if tf.compat.v1.get_default_graph() is not root:  # (a branch or loop body: read before the op)
+                stack.enter_context(root.as_default())
+                stack.enter_context(tf.control_dependencies(None))
+            for variable in new:
+                written[id(variable)] = (variable, variable.value())
+
+
 @contextlib.contextmanager
 def unless_a_check_failed(variables):
-    """The block's writes to ``variables`` (``tf.Variable``s) stand only where every check of the call holds: a
-    call that raises a check's error leaves them as they were, as an eager call that raises before its writes
-    (``collecting`` writes them back at the end of the call, whatever the order of the writes and the checks, in a
-    branch or a loop's iteration too). Each variable's value is read before the call's first write to it, in the
-    function's own graph; outside a graph being collected (eagerly, a plain graph, whose checks are ``Assert``s
-    that its writes wait for) the block runs as it is."""
-    if recording():
-        written, root = _collecting.written, _collecting.state[0][0]
-        new = [variable for variable in variables if id(variable) not in written]
-        if new:
-            with contextlib.ExitStack() as stack:
-                if tf.compat.v1.get_default_graph() is not root:  # (a branch or loop body: before the op)
-                    stack.enter_context(root.as_default())
-                    stack.enter_context(tf.control_dependencies(None))
-                for variable in new:
-                    written[id(variable)] = (variable, variable.value())
+    """The block's writes to ``variables`` stand only where every check of the call holds (``note_written``)."""
+    note_written(variables)
     yield
 
 
