@@ -522,12 +522,13 @@ def test_value_checks_in_switch_case_and_case_branches_under_xla_raise_the_eager
 
 
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
-def test_a_jit_compiled_call_whose_check_fails_writes_no_state(backend_name):
+def test_a_jit_compiled_call_whose_check_fails_keeps_the_writes_an_eager_call_made_before_it(backend_name):
     """Under XLA the graph runs whole before its checks are read: a call whose index was out of range kept the
     running statistics (and ``num_batches_tracked``) its BatchNorm wrote, before the failed check or after it, and
-    the rows an Embedding's ``max_norm`` wrote into its weight. Every variable the call writes through unidl is
-    now written back where a check of the call failed: the call raises and leaves them all as they were; a
-    passing call writes what an eager call does."""
+    the rows an Embedding's ``max_norm`` wrote into its weight; then every write was undone, those before the
+    check too, which an eager call (and a plain graph) keeps. A write now stands where every check before it, in
+    program order, held: the call raises and leaves each variable as the same function run eagerly leaves it, the
+    writes before the failed check made and those after it not; a passing call writes what an eager call does."""
     with ud.use_backend(backend_name):
         ud.manual_seed(0)
         norm, embedding = ud.nn.BatchNorm1d(3), ud.nn.Embedding(4, 3, max_norm=0.5)
@@ -547,6 +548,12 @@ def test_a_jit_compiled_call_whose_check_fails_writes_no_state(backend_name):
             for module, values in zip((norm, embedding), saved):
                 module.load_state_dict(values)
 
+        def failed(function, before):
+            load(before)
+            with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 9"):
+                function(x, np.array([0, 1, 2, 3]), np.array([0, 1, 9]))
+            return state()
+
         for fn in (before_the_check, after_the_check):
             compiled = ud.function(fn, jit_compile=True)
             start = state()
@@ -562,11 +569,61 @@ def test_a_jit_compiled_call_whose_check_fails_writes_no_state(backend_name):
             grown[1]["weight"] = grown[1]["weight"] * 4  # (rows that max_norm renormalizes again)
             load(grown)
             before = state()
-            with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 9"):
-                compiled(x, np.array([0, 1, 2, 3]), np.array([0, 1, 9]))
-            for found, expected in zip(state(), before):
+            eager, jit = failed(fn, before), failed(compiled, before)
+            for found, expected, was in zip(jit, eager, before):
                 for key in expected:
-                    np.testing.assert_array_equal(found[key], expected[key], err_msg=f"{fn.__name__}: {key}")
+                    if np.array_equal(expected[key], was):  # (eager wrote it after the check, or never)
+                        np.testing.assert_array_equal(found[key], was, err_msg=f"{fn.__name__}: {key}")
+                    else:  # (written before the check: XLA's own arithmetic, to rounding)
+                        assert not np.array_equal(found[key], was), f"{fn.__name__}: {key} undone"
+                        np.testing.assert_allclose(found[key], expected[key], rtol=1e-6,
+                                                   err_msg=f"{fn.__name__}: {key}")
+            changed = [key for key in eager[0] if not np.array_equal(eager[0][key], before[0][key])]
+            assert changed == (["running_mean", "running_var", "num_batches_tracked"]
+                               if fn is before_the_check else []), changed
+            if fn is before_the_check:  # (a plain graph's Asserts order it so: the same writes)
+                for found, expected in zip(failed(ud.function(fn), before), eager):
+                    for key in expected:
+                        np.testing.assert_allclose(found[key], expected[key], rtol=1e-6, err_msg=key)
+                assert not np.array_equal(eager[1]["weight"], before[1]["weight"])  # (max_norm's rows, kept)
+
+
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_a_jit_compiled_loop_whose_check_fails_keeps_the_earlier_iterations_writes(backend_name):
+    """A ``while`` whose iterations run a BatchNorm in training and then an index, out of range in the third
+    iteration: eagerly the first two iterations' statistics and the third's (made before its index) are written,
+    then the call raises. Under XLA, which runs the loop to its end, the writes of the iteration after the failed
+    one are undone, those before it kept: the statistics equal the eager call's, to XLA's rounding, and
+    ``num_batches_tracked`` counts the eager call's three. (JAX runs such a function eagerly.)"""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        norm = ud.nn.BatchNorm1d(3)
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+
+        def loop(x, indices):
+            i = ud.ops.sum(indices) * 0
+            total = ud.ops.sum(x) * 0
+            while i < 4:
+                total = total + ud.ops.sum(ud.ops.take(norm(x * ud.ops.cast(i + 1, "float32")), indices[i]))
+                i = i + 1
+            return total
+
+        def state():
+            return {key: ud.to_numpy(value).copy() for key, value in norm.state_dict().items()}
+
+        compiled = ud.function(loop, jit_compile=True)
+        start = state()
+        compiled(x, np.array([0, 1, 2, 3]))
+        results = {}
+        for name, function in (("eager", loop), ("jit", compiled)):
+            norm.load_state_dict(start)
+            with pytest.raises(ud.IndexOutOfRangeError, match="found values from 9 to 9"):
+                function(x, np.array([0, 1, 9, 3]))
+            results[name] = state()
+        assert int(results["eager"]["num_batches_tracked"]) == int(start["num_batches_tracked"]) + 3
+        np.testing.assert_array_equal(results["jit"]["num_batches_tracked"], results["eager"]["num_batches_tracked"])
+        for key in ("running_mean", "running_var"):
+            np.testing.assert_allclose(results["jit"][key], results["eager"][key], rtol=1e-6, err_msg=key)
 
 
 def test_tensorflow_residual_step_keeps_activations_nhwc(rng):

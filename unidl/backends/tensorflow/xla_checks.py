@@ -37,36 +37,72 @@ class Check:
         return self if self.count <= most else Check(self.error_class, self.message, most, self.count - most)
 
 
+class _Level:
+    """The graph being collected or a branch, loop body or loop condition traced in it: its ``checks`` (``record``'s,
+    in program order) and its ``writes``, ``(variable, ordinal, value before)`` in program order, a write's ordinal
+    the number of its level's checks recorded before it (a write in a nested op: the op's, the value before it read
+    in this level's graph); ``earlier_held``: in a loop body, whether every earlier iteration's checks held."""
+
+    def __init__(self, graph, earlier_held=None):
+        self.graph, self.checks, self.writes, self.earlier_held = graph, [], [], earlier_held
+        self.last: dict = {}  # a variable's id: the ordinal of its last write noted here
+
+
+def _undo_after_a_failed_check(level) -> None:
+    """At the end of ``level``: each write noted in it stands only where every check of the level before it held
+    (and every check of a loop's earlier iterations): a failed check undoes the writes after it, in program order,
+    as an eager call, which raised there, never made them; the writes before it stand, as eagerly."""
+    if not level.checks:  # (nothing of it can fail: a loop body's earlier iterations neither)
+        return
+    held_before: dict = {}
+
+    def held(ordinal):
+        if ordinal not in held_before:
+            found = tf.reduce_all(tf.stack([c for c, _, _ in level.checks[:ordinal]])) if ordinal else None
+            if level.earlier_held is not None:
+                found = level.earlier_held if found is None else tf.logical_and(level.earlier_held, found)
+            held_before[ordinal] = found
+        return held_before[ordinal]
+
+    by_variable: dict = {}
+    for variable, ordinal, old in level.writes:
+        if held(ordinal) is not None:
+            by_variable.setdefault(id(variable), (variable, []))[1].append((ordinal, old))
+    for variable, writes in by_variable.values():
+        value = variable.value()
+        for ordinal, old in reversed(writes):  # (the first undone write's value before it is the one that stands)
+            value = tf.where(held(ordinal), value, old)
+        variable.assign(value)
+
+
 @contextlib.contextmanager
 def collecting():
     """The checks of the graph traced in this block (a ``GraphFunction``'s under XLA): yields the list that
     ``record`` fills with ``(condition, Check, values)``. A check made in a ``tf.cond``, ``tf.switch_case`` branch
     or a ``tf.while_loop`` body or condition traced in it reaches this list through the op's outputs (``_cond``,
-    ``_case``, ``_while_loop``); one made in a graph of its own is not recorded (``recording``). Where the block
-    ends with a check recorded, every variable written in it (``note_written``) is written back to its
-    value before the block unless all of them hold."""
-    previous = getattr(_collecting, "state", None), getattr(_collecting, "written", None)
-    checks: list = []
-    written: dict = {}
-    _collecting.state, _collecting.written = [(tf.compat.v1.get_default_graph(), checks)], written
+    ``_case``, ``_while_loop``); one made in a graph of its own is not recorded (``recording``). A variable
+    written in it (``note_written``) after a check that fails is written back to its value before that write
+    (``_undo_after_a_failed_check``): the call keeps the writes an eager call made before raising."""
+    previous = getattr(_collecting, "state", None)
+    level = _Level(tf.compat.v1.get_default_graph())
+    _collecting.state = [level]
     try:
-        yield checks
-        if checks and written:
-            holds = tf.reduce_all(tf.stack([condition for condition, _, _ in checks]))
-            for variable, old in written.values():
-                variable.assign(tf.where(holds, variable.value(), old))
+        yield level.checks
+        _undo_after_a_failed_check(level)
     finally:
-        _collecting.state, _collecting.written = previous
+        _collecting.state = previous
 
 
 @contextlib.contextmanager
-def _nested():
+def _nested(earlier_held=None):
     """The checks of a branch, loop body or loop condition traced in this block, in a graph being collected:
-    yields their list."""
-    checks: list = []
-    _collecting.state.append((tf.compat.v1.get_default_graph(), checks))
+    yields their list; the writes noted in it after a check of it that fails (or, in a loop body, after one of an
+    earlier iteration: ``earlier_held`` false) are undone at its end (``_undo_after_a_failed_check``)."""
+    level = _Level(tf.compat.v1.get_default_graph(), earlier_held)
+    _collecting.state.append(level)
     try:
-        yield checks
+        yield level.checks
+        _undo_after_a_failed_check(level)
     finally:
         _collecting.state.pop()
 
@@ -75,39 +111,45 @@ def recording() -> bool:
     """Whether a value check made now is recorded (``collecting``, in the collecting graph itself or a branch or
     loop body traced in it)."""
     state = getattr(_collecting, "state", None)
-    return bool(state) and not tf.executing_eagerly() and tf.compat.v1.get_default_graph() is state[-1][0]
+    return bool(state) and not tf.executing_eagerly() and tf.compat.v1.get_default_graph() is state[-1].graph
 
 
 def record(condition, error_class, message: str, values=()) -> None:
     """Record a check that passes where ``condition`` holds, whose error is ``error_class`` of
     ``message.format(*values)`` (Python ints and scalar tensors, read when the graph has run), as eagerly."""
     values = [tf.cast(value, tf.int64) for value in values]
-    _collecting.state[-1][1].append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)), values))
+    _collecting.state[-1].checks.append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)),
+                                         values))
 
 
 def note_written(variables) -> None:
-    """Before a write to ``variables`` (``tf.Variable``s) in a graph being collected: each is written back at the end
-    of the call to its value before the call unless every check of the call holds (``collecting``), whatever the
-    order of the writes and the checks, in a branch or a loop's iteration too, so that a call that raises a check's
-    error leaves it as it was. Its value is read before the call's first write to it, in the function's own graph
-    (before the op whose branch or body writes it). Nothing outside a graph being collected (eagerly, a plain
-    graph, whose checks are ``Assert``s that its writes wait for)."""
+    """Before a write to ``variables`` (``tf.Variable``s) in a graph being collected: the write stands only where
+    every check recorded before it holds (``_undo_after_a_failed_check``), as an eager call raises at the first
+    that fails and writes nothing after it. The write is noted in its own graph (its value read there, before it)
+    and, where it is in a branch or a loop body, in each graph around it as a write of the op that holds it (the
+    value read before that op): a check that fails before the op undoes it there. Nothing outside a graph being
+    collected (eagerly, a plain graph, whose checks are ``Assert``s that its writes wait for)."""
     if not recording():
         return
-    written, root = _collecting.written, _collecting.state[0][0]
-    new = [variable for variable in variables if id(variable) not in written]
-    if new:
+    state = _collecting.state
+    for depth, level in enumerate(state):
+        ordinal = len(level.checks)
+        new = [variable for variable in variables if level.last.get(id(variable)) != ordinal]
+        if not new:  # (written here already since its last check: the earlier value before stands for both)
+            continue
         with contextlib.ExitStack() as stack:
-            if tf.compat.v1.get_default_graph() is not root:  # (a branch or loop body: read before the op)
-                stack.enter_context(root.as_default())
+            if depth < len(state) - 1:  # (a graph around a branch or loop body: read before the op)
+                stack.enter_context(level.graph.as_default())
                 stack.enter_context(tf.control_dependencies(None))
             for variable in new:
-                written[id(variable)] = (variable, variable.value())
+                level.last[id(variable)] = ordinal
+                level.writes.append((variable, ordinal, variable.value()))
 
 
 @contextlib.contextmanager
 def unless_a_check_failed(variables):
-    """The block's writes to ``variables`` stand only where every check of the call holds (``note_written``)."""
+    """The block's writes to ``variables`` stand only where every check of the call before them holds
+    (``note_written``)."""
     note_written(variables)
     yield
 
@@ -140,7 +182,7 @@ def handed_on(report, descriptions) -> list:
 
 def record_all(checks) -> None:
     """Record ``checks`` (``handed_on``'s) in the graph being collected."""
-    _collecting.state[-1][1].extend(checks)
+    _collecting.state[-1].checks.extend(checks)
 
 
 #: the values a check in a branch or loop body hands out at most (an index check's three, a size check's every
@@ -237,7 +279,8 @@ def _while_loop(original):
             return tf.logical_and(tf.reduce_all(tf.stack([condition for condition, _, _ in checks])), holds)
 
         def reporting_body(*state):
-            with _nested() as checks:
+            with _nested(earlier_held=tf.equal(state[-1][0], 1)) as checks:  # (an iteration after a failed one:
+                # its writes undone, as an eager loop never ran it)
                 outputs = body(*state[:-1])
             outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
             del leaves[:]  # (each trace of the body names its own checks)
