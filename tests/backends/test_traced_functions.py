@@ -625,6 +625,39 @@ def test_a_jit_compiled_loop_whose_check_fails_keeps_the_earlier_iterations_writ
             np.testing.assert_allclose(results["jit"][key], results["eager"][key], rtol=1e-6, err_msg=key)
 
 
+@pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
+def test_a_jit_compiled_function_called_after_a_failed_check_of_its_caller_writes_nothing(backend_name):
+    """A jit-compiled function (a BatchNorm in training) called inside another, after that one's index out of
+    range: eagerly the caller raises at its index and the inner call never runs. Under XLA on TensorFlow the inner
+    graph, traced and compiled once, ran whole, its own checks held, and its statistics stood; its call is now a
+    write of the caller's graph, undone where a check before it failed: the state equals the eager call's."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        norm = ud.nn.BatchNorm1d(3)
+        x = np.random.default_rng(2).standard_normal((4, 3)).astype(np.float32)
+        inner = ud.function(lambda x: norm(x), jit_compile=True)
+
+        def outer(x, index):
+            return inner(ud.ops.take(x, index, 0))
+
+        def state():
+            return {key: ud.to_numpy(value).copy() for key, value in norm.state_dict().items()}
+
+        start = state()
+        results = {}
+        for name, function in (("eager", outer), ("jit", ud.function(outer, jit_compile=True))):
+            norm.load_state_dict(start)
+            function(x, np.array([0, 1, 2]))
+            assert int(state()["num_batches_tracked"]) == int(start["num_batches_tracked"]) + 1
+            norm.load_state_dict(start)
+            with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 9"):
+                function(x, np.array([0, 1, 9]))
+            results[name] = state()
+        for key in start:
+            np.testing.assert_array_equal(results["eager"][key], start[key], err_msg=key)
+            np.testing.assert_array_equal(results["jit"][key], start[key], err_msg=key)
+
+
 def test_tensorflow_residual_step_keeps_activations_nhwc(rng):
     """ResNet-18's step on tensorflow was 1.12x the hand-written one's (benchmarks/RESULTS.md, 2026-12-01, P):
     the residual ``out + identity`` of two NCHW views and ``tf.shape`` of the views (batch norm's input check)

@@ -76,19 +76,23 @@ def _undo_after_a_failed_check(level) -> None:
 
 
 @contextlib.contextmanager
-def collecting():
+def collecting(written=None):
     """The checks of the graph traced in this block (a ``GraphFunction``'s under XLA): yields the list that
     ``record`` fills with ``(condition, Check, values)``. A check made in a ``tf.cond``, ``tf.switch_case`` branch
     or a ``tf.while_loop`` body or condition traced in it reaches this list through the op's outputs (``_cond``,
     ``_case``, ``_while_loop``); one made in a graph of its own is not recorded (``recording``). A variable
     written in it (``note_written``) after a check that fails is written back to its value before that write
-    (``_undo_after_a_failed_check``): the call keeps the writes an eager call made before raising."""
+    (``_undo_after_a_failed_check``): the call keeps the writes an eager call made before raising. ``written``, a
+    list, receives the variables written, for a graph that calls the traced one to note its call as a write
+    (``note_written``) that a check failed before it undoes."""
     previous = getattr(_collecting, "state", None)
     level = _Level(tf.compat.v1.get_default_graph())
     _collecting.state = [level]
     try:
         yield level.checks
         _undo_after_a_failed_check(level)
+        if written is not None:
+            written[:] = list({id(variable): variable for variable, _, _ in level.writes}.values())
     finally:
         _collecting.state = previous
 
