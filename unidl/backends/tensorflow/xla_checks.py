@@ -7,9 +7,9 @@ the user's outputs and, after the call, raises the first failed check as the eag
 as the JAX backend's ``checkified`` functions do with checkify's error. A ``tf.cond``, ``tf.case`` or
 ``tf.switch_case`` branch, a ``tf.while_loop``'s body and its condition (AutoGraph's ``if``/``while`` on tensors)
 hand their checks out through the op (``_cond``, ``_case``, ``_while_loop``). Since the graph runs whole before
-its checks are read, every variable a call writes through unidl (an optimizer's update, batch norm's statistics,
-``Backend.assign``) is written back at its end unless all its checks held (``unless_a_check_failed``): a call
-that raises leaves every variable as it was.
+its checks are read, a write through unidl (an optimizer's update, batch norm's statistics, ``Backend.assign``)
+made after a check that failed is set back at the end of its graph (``note_written``): a call that raises leaves
+each variable as an eager call, which raised at that check, left it (the writes before it made).
 """
 
 from __future__ import annotations
