@@ -286,8 +286,9 @@ def test_a_jit_compiled_step_whose_check_fails_updates_no_weight(backend_name):
     """A step written in ``ud.function(jit_compile=True)`` (gradients, ``opt.apply``) whose index is out of range
     raises its error and leaves every weight and the optimizer's state bit for bit as they were, as an eager step
     and JAX's checkified one (TensorFlow's XLA ran the graph whole before its checks were read: SGD updated with
-    the clamped index). The BatchNorm's running statistics, which its forward writes after the failed check, stay
-    written, as on JAX, whose checkified step holds back the optimizer's update alone."""
+    the clamped index). The BatchNorm's running statistics, which its forward writes after the failed check, were
+    kept on JAX, whose checkified step held back the optimizer's update alone; now they stay as they were on every
+    backend, as eagerly (a write after a failed check stands not)."""
     with ud.use_backend(backend_name):
         ud.manual_seed(0)
         embedding, norm = ud.nn.Embedding(4, 5), ud.nn.BatchNorm1d(5)
@@ -307,7 +308,8 @@ def test_a_jit_compiled_step_whose_check_fails_updates_no_weight(backend_name):
             compiled(np.array([0, 9, 2]), np.array([0, 1, 2]))
         for before, after in zip(weights + state, [ud.to_numpy(p) for p in params] + _flat_state(optimizer)):
             np.testing.assert_array_equal(after, before)
-        assert not np.array_equal(ud.to_numpy(norm.running_mean), statistics)
+        # (written after the failed check: undone on every backend, as eagerly; test_..._made_before_it)
+        np.testing.assert_array_equal(ud.to_numpy(norm.running_mean), statistics)
 
 
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
@@ -439,6 +441,221 @@ def test_value_checks_inside_control_flow_of_a_jit_compiled_function_raise_the_e
     looped = expected.item() + torch.nn.functional.cross_entropy(x * 2, torch.tensor(labels)).item()
     assert value == pytest.approx(looped, rel=1e-6)
     np.testing.assert_allclose(found, x.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def _walk(x, count):
+    """Steps along ``x`` while its value plus the step is below ``count``: the loop's condition reads ``x`` at an
+    index that leaves its range after a few iterations where ``x`` holds ones."""
+    i = count * 0
+    while ud.ops.take(x, i) + ud.ops.cast(i, "float32") < ud.ops.cast(count, "float32"):
+        i = i + 1
+    return i
+
+
+def _shifted_labels(logits, labels, count):
+    """Counts while a cross-entropy of ``labels + i`` (its label check in the loop's condition) is finite."""
+    i = count * 0
+    while ud.ops.cross_entropy(logits, labels + i) * 0 + ud.ops.cast(i, "float32") < ud.ops.cast(count, "float32"):
+        i = i + 1
+    return i
+
+
+def _bounded_walk(x, count):
+    """``_walk`` with the index check behind ``and`` (AutoGraph's ``tf.cond`` inside the loop's condition)."""
+    i = count * 0
+    while i < count and ud.ops.take(x, i) > 0:
+        i = i + 1
+    return i
+
+
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_value_checks_in_a_while_loops_condition_under_xla_raise_the_eager_error(backend_name):
+    """A check in a ``while`` loop's condition (an index that leaves its range after some iterations, labels
+    shifted out of range, a check behind ``and``) under XLA was dropped: the loop ran on with the index clamped
+    (or the loss NaN) and the call returned. The condition now stops the loop where its check fails and is run
+    once more after the loop for the call to raise the eager error; passing calls return the eager count. (JAX
+    runs such a function eagerly.)"""
+    logits, labels = _GOOD[0], _GOOD[1]
+    with ud.use_backend(backend_name):
+        cases = [(_walk, (np.array([1, 3, 0], np.float32), np.array(3)), (np.ones(3, np.float32), np.array(5))),
+                 (_shifted_labels, (logits, labels, np.array(2)), (logits, labels, np.array(4))),
+                 (_bounded_walk, (np.array([1, 1, 0], np.float32), np.array(5)),
+                  (np.ones(3, np.float32), np.array(5)))]
+        for fn, good, bad in cases:
+            compiled = ud.function(fn, jit_compile=True)
+            assert int(ud.to_numpy(compiled(*good))) == int(ud.to_numpy(fn(*good))), fn.__name__
+            with pytest.raises(ud.IndexOutOfRangeError) as eagerly:
+                fn(*bad)
+            with pytest.raises(ud.IndexOutOfRangeError) as caught:
+                compiled(*bad)
+            assert str(caught.value) == str(eagerly.value), fn.__name__
+
+
+def test_value_checks_in_switch_case_and_case_branches_under_xla_raise_the_eager_error():
+    """A check inside a ``tf.switch_case`` branch (TensorFlow's ``Case`` op) under XLA was dropped: a label out of
+    range gave a NaN loss. Its branches now hand their checks out, as a ``tf.cond``'s do (``tf.case``, nested
+    ``tf.cond``s, did already): the call raises the eager error where the branch that holds the check ran, and
+    only there."""
+    import tensorflow as tf
+
+    logits, labels, (_, bad, _, message) = _GOOD[0], _GOOD[1], _BAD["labels"]
+
+    def switched(logits, labels, k):
+        return tf.switch_case(tf.cast(ud.ops.sum(k), tf.int32),
+                              [lambda: ud.ops.sum(logits), lambda: ud.ops.cross_entropy(logits, labels)])
+
+    def cased(logits, labels, k):
+        return tf.case([(ud.ops.sum(k) > 0, lambda: ud.ops.cross_entropy(logits, labels))],
+                       default=lambda: ud.ops.sum(logits))
+
+    with ud.use_backend("tensorflow"):
+        for fn in (switched, cased):
+            compiled = ud.function(fn, jit_compile=True)
+            expected = float(ud.to_numpy(ud.ops.cross_entropy(logits, labels)))
+            assert float(ud.to_numpy(compiled(logits, labels, np.array(1)))) == pytest.approx(expected, rel=1e-6)
+            assert float(ud.to_numpy(compiled(logits, bad, np.array(0)))) == float(logits.sum())  # (not run)
+            with pytest.raises(ud.IndexOutOfRangeError) as caught:
+                compiled(logits, bad, np.array(1))
+            assert str(caught.value) == message, fn.__name__
+
+
+@pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
+def test_a_jit_compiled_call_whose_check_fails_keeps_the_writes_an_eager_call_made_before_it(backend_name):
+    """Under XLA the graph runs whole before its checks are read: a call whose index was out of range kept the
+    running statistics (and ``num_batches_tracked``) its BatchNorm wrote, before the failed check or after it, and
+    the rows an Embedding's ``max_norm`` wrote into its weight; then every write was undone, those before the
+    check too, which an eager call (and a plain graph) keeps; JAX's checkified call (and Keras-on-JAX's) kept
+    the statistics written after it. A write now stands where every check before it, in
+    program order, held: the call raises and leaves each variable as the same function run eagerly leaves it, the
+    writes before the failed check made and those after it not; a passing call writes what an eager call does."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        norm, embedding = ud.nn.BatchNorm1d(3), ud.nn.Embedding(4, 3, max_norm=0.5)
+        x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+
+        def before_the_check(x, rows, index):
+            return ud.ops.take(norm(x) + embedding(rows), index)
+
+        def after_the_check(x, rows, index):
+            return norm(ud.ops.take(x, index, 0)) + ud.ops.sum(embedding(rows), 0)
+
+        def state():
+            return [{key: ud.to_numpy(value).copy() for key, value in module.state_dict().items()}
+                    for module in (norm, embedding)]
+
+        def load(saved):
+            for module, values in zip((norm, embedding), saved):
+                module.load_state_dict(values)
+
+        def failed(function, before):
+            load(before)
+            with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 9"):
+                function(x, np.array([0, 1, 2, 3]), np.array([0, 1, 9]))
+            return state()
+
+        for fn in (before_the_check, after_the_check):
+            compiled = ud.function(fn, jit_compile=True)
+            start = state()
+            fn(x, np.array([0, 1, 2, 3]), np.array([0, 1, 2]))
+            eager = state()
+            load(start)
+            compiled(x, np.array([0, 1, 2, 3]), np.array([0, 1, 2]))
+            for found, expected in zip(state(), eager):
+                for key in expected:
+                    np.testing.assert_allclose(found[key], expected[key], rtol=1e-6, err_msg=key)
+            assert int(eager[0]["num_batches_tracked"]) == int(start[0]["num_batches_tracked"]) + 1
+            grown = state()
+            grown[1]["weight"] = grown[1]["weight"] * 4  # (rows that max_norm renormalizes again)
+            load(grown)
+            before = state()
+            eager, jit = failed(fn, before), failed(compiled, before)
+            for found, expected, was in zip(jit, eager, before):
+                for key in expected:
+                    if np.array_equal(expected[key], was):  # (eager wrote it after the check, or never)
+                        np.testing.assert_array_equal(found[key], was, err_msg=f"{fn.__name__}: {key}")
+                    else:  # (written before the check: XLA's own arithmetic, to rounding)
+                        assert not np.array_equal(found[key], was), f"{fn.__name__}: {key} undone"
+                        np.testing.assert_allclose(found[key], expected[key], rtol=1e-6,
+                                                   err_msg=f"{fn.__name__}: {key}")
+            changed = [key for key in eager[0] if not np.array_equal(eager[0][key], before[0][key])]
+            assert changed == (["running_mean", "running_var", "num_batches_tracked"]
+                               if fn is before_the_check else []), changed
+            if fn is before_the_check:  # (a plain graph's Asserts order it so: the same writes)
+                for found, expected in zip(failed(ud.function(fn), before), eager):
+                    for key in expected:
+                        np.testing.assert_allclose(found[key], expected[key], rtol=1e-6, err_msg=key)
+                assert not np.array_equal(eager[1]["weight"], before[1]["weight"])  # (max_norm's rows, kept)
+
+
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_a_jit_compiled_loop_whose_check_fails_keeps_the_earlier_iterations_writes(backend_name):
+    """A ``while`` whose iterations run a BatchNorm in training and then an index, out of range in the third
+    iteration: eagerly the first two iterations' statistics and the third's (made before its index) are written,
+    then the call raises. Under XLA, which runs the loop to its end, the writes of the iteration after the failed
+    one are undone, those before it kept: the statistics equal the eager call's, to XLA's rounding, and
+    ``num_batches_tracked`` counts the eager call's three. (JAX runs such a function eagerly.)"""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        norm = ud.nn.BatchNorm1d(3)
+        x = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+
+        def loop(x, indices):
+            i = ud.ops.sum(indices) * 0
+            total = ud.ops.sum(x) * 0
+            while i < 4:
+                total = total + ud.ops.sum(ud.ops.take(norm(x * ud.ops.cast(i + 1, "float32")), indices[i]))
+                i = i + 1
+            return total
+
+        def state():
+            return {key: ud.to_numpy(value).copy() for key, value in norm.state_dict().items()}
+
+        compiled = ud.function(loop, jit_compile=True)
+        start = state()
+        compiled(x, np.array([0, 1, 2, 3]))
+        results = {}
+        for name, function in (("eager", loop), ("jit", compiled)):
+            norm.load_state_dict(start)
+            with pytest.raises(ud.IndexOutOfRangeError, match="found values from 9 to 9"):
+                function(x, np.array([0, 1, 9, 3]))
+            results[name] = state()
+        assert int(results["eager"]["num_batches_tracked"]) == int(start["num_batches_tracked"]) + 3
+        np.testing.assert_array_equal(results["jit"]["num_batches_tracked"], results["eager"]["num_batches_tracked"])
+        for key in ("running_mean", "running_var"):
+            np.testing.assert_allclose(results["jit"][key], results["eager"][key], rtol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
+def test_a_jit_compiled_function_called_after_a_failed_check_of_its_caller_writes_nothing(backend_name):
+    """A jit-compiled function (a BatchNorm in training) called inside another, after that one's index out of
+    range: eagerly the caller raises at its index and the inner call never runs. Under XLA on TensorFlow the inner
+    graph, traced and compiled once, ran whole, its own checks held, and its statistics stood; its call is now a
+    write of the caller's graph, undone where a check before it failed: the state equals the eager call's."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        norm = ud.nn.BatchNorm1d(3)
+        x = np.random.default_rng(2).standard_normal((4, 3)).astype(np.float32)
+        inner = ud.function(lambda x: norm(x), jit_compile=True)
+
+        def outer(x, index):
+            return inner(ud.ops.take(x, index, 0))
+
+        def state():
+            return {key: ud.to_numpy(value).copy() for key, value in norm.state_dict().items()}
+
+        start = state()
+        results = {}
+        for name, function in (("eager", outer), ("jit", ud.function(outer, jit_compile=True))):
+            norm.load_state_dict(start)
+            function(x, np.array([0, 1, 2]))
+            assert int(state()["num_batches_tracked"]) == int(start["num_batches_tracked"]) + 1
+            norm.load_state_dict(start)
+            with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 9"):
+                function(x, np.array([0, 1, 9]))
+            results[name] = state()
+        for key in start:
+            np.testing.assert_array_equal(results["eager"][key], start[key], err_msg=key)
+            np.testing.assert_array_equal(results["jit"][key], start[key], err_msg=key)
 
 
 def test_tensorflow_residual_step_keeps_activations_nhwc(rng):

@@ -404,12 +404,13 @@ class Backend(abc.ABC):
         return contextlib.nullcontext()
 
     def unless_a_check_failed(self, variables):
-        """A context manager: the writes to ``variables`` (an optimizer's parameters and state) inside it stand only
-        where every value check staged before it in the graph being traced passed, for a graph that runs whole
-        before its checks are read (XLA's: ``jit_compile=True`` on TensorFlow), so that the call that raises a
-        check's error leaves them as they were, as an eager framework's error stops its step before them. Nothing
-        to do (the default) where the checks stop the writes already (eager frameworks, a graph's assertions, which
-        ``after`` orders first) or where the backend's optimizer selects its own writes (JAX: ``jax/ops.py``)."""
+        """A context manager: the writes to ``variables`` (an optimizer's parameters and state, a module's buffers,
+        ``assign``'s variable) inside it stand only where every value check of the graph being traced made before
+        them passed, for a graph that runs whole before its checks are read (XLA's: ``jit_compile=True`` on
+        TensorFlow, JAX's checkified calls, whose host serves Keras-on-JAX), so that the call that raises a check's
+        error leaves them as an eager framework's error, which stops its step there, leaves them (those written
+        before the check made). Nothing to do (the default) where the checks stop the writes already (eager
+        frameworks, a graph's assertions, which ``after`` orders first)."""
         return contextlib.nullcontext()
 
     def gradient_conditions(self, params, grads, agree: bool = True) -> list:

@@ -315,10 +315,11 @@ class Backend(BackendInterface):
         # (a variable of an ended trace holds its tracer, which has no device: the device in force)
         current = variable.value
         device = self.current_device() if isinstance(current, jax.core.Tracer) else next(iter(current.devices()))
-        if isinstance(value, jax.Array) and value.dtype == variable.dtype:  # immutable: sharing it is safe
-            variable.value = jax.device_put(value, device)
-        else:
-            variable.value = _owned(np.asarray(value, dtype=variable.dtype), device)
+        with jax_ops.unless_a_check_failed([variable]):  # (in a checkified trace: as eagerly, not after a failure)
+            if isinstance(value, jax.Array) and value.dtype == variable.dtype:  # immutable: sharing it is safe
+                variable.value = jax.device_put(value, device)
+            else:
+                variable.value = _owned(np.asarray(value, dtype=variable.dtype), device)
 
     def donated_tensor(self, array):
         # the file reader never touches ``array`` again, so the variable may keep its (aligned) memory
@@ -326,8 +327,28 @@ class Backend(BackendInterface):
             return jax.device_put(array, self.current_device())
         return array
 
+    @contextlib.contextmanager
+    def unless_a_check_failed(self, variables):
+        """Keras-on-JAX's writes (``variables``: Keras's, read and written through their own API, which a traced
+        step's ``StatelessScope`` holds) inside the block stand only where every check staged before it in this
+        checkified trace passed, as ``jax_ops.unless_a_check_failed`` selects unidl's own: a compiled call runs whole
+        before its checks are read, and an eager call that raised made no write after the check."""
+        passed = jax_ops.checks_passed()
+        if passed is None:
+            yield
+            return
+        before = [variable.value for variable in variables]
+        yield
+        for variable, old in zip(variables, before):
+            new = variable.value
+            if new is not old:
+                variable.assign(jnp.where(passed, new, old))
+
     def write_state(self, variable, value):
-        variable.assign(value)
+        # a compiled call runs whole before its checks are read: a write after a check that failed (batch norm's
+        # statistics after an index out of range) stands not, as an eager call raised before it; one before, as eagerly
+        with jax_ops.unless_a_check_failed([variable]):
+            variable.assign(value)
         return variable
 
     # ---- modules and training ---------------------------------------------

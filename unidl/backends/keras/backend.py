@@ -231,17 +231,19 @@ class Backend(BackendInterface):
         return isinstance(value, keras.Variable) and not getattr(value, "unidl_buffer", not value.trainable)
 
     def assign(self, variable, value):
-        if keras.ops.is_tensor(value):  # from donated_tensor: the variable may adopt its buffer
-            variable.assign(value)
-        else:
-            variable.assign(_owned(value, variable.dtype))
+        with HOST.unless_a_check_failed([variable]):  # (XLA on TensorFlow: written back where a check fails)
+            if keras.ops.is_tensor(value):  # from donated_tensor: the variable may adopt its buffer
+                variable.assign(value)
+            else:
+                variable.assign(_owned(value, variable.dtype))
 
     def donated_tensor(self, array):
         return HOST.donated_tensor(array)
 
     def write_state(self, variable, value):
         if value is not variable:
-            variable.assign(value)
+            with HOST.unless_a_check_failed([variable]):  # (XLA on TensorFlow: written back where a check fails)
+                variable.assign(value)
             if not HOST.keras_state_in_place:
                 note_state_written(variable)  # (a train step traced on Keras-on-JAX threads it: module.py)
         return variable

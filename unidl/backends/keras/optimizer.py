@@ -242,9 +242,9 @@ class NativeOptimizer(LocalWindow, keras.optimizers.Optimizer):
                                                  trainable_variables)
 
     def apply(self, grads, trainable_variables=None):
-        """``guarded_apply`` whose writes stand only where every value check staged before it in the host's graph
-        passed (``Backend.unless_a_check_failed``: under XLA on TensorFlow, where the call raises the check's
-        error after the graph ran whole), as an eager step that raises before its update."""
+        """``guarded_apply`` whose writes stand only where every value check of the host's graph made before them
+        passed (``Backend.unless_a_check_failed``: under XLA on TensorFlow and JAX, where the call raises the
+        check's error after the graph ran whole), as an eager step that raises before its update."""
         variables = list(trainable_variables) if trainable_variables is not None else list(self._trainable_variables)
         state = {id(v): v for v in [*variables, *self.variables, self.finite]}
         with HOST.unless_a_check_failed(list(state.values())):

@@ -198,6 +198,7 @@ class Backend(BackendInterface):
         return isinstance(value, tf.Variable) and value.trainable
 
     def assign(self, variable, value):
+        xla_checks.note_written([variable])  # (under XLA: written back where a check of the call fails)
         if isinstance(value, tf.Tensor):  # from donated_tensor: the variable may adopt its buffer
             variable.assign(tf.cast(value, variable.dtype))
         else:
@@ -213,6 +214,7 @@ class Backend(BackendInterface):
 
     def write_state(self, variable, value):
         if value is not variable and tf_distributed.writes_state_here():
+            xla_checks.note_written([variable])  # (under XLA: written back where a check of the call fails)
             variable.assign(value)
         return variable
 

@@ -349,6 +349,7 @@ class GraphFunction:
         self._device = device
         self._graphs: dict = {}
         self._checks: dict = {}  # a key's XLA graph's value checks (xla_checks.Check), whose flags it returns
+        self._written: dict = {}  # a key's XLA graph's variables written through unidl (xla_checks.note_written)
         self._plain = None  # the function as a plain graph, where XLA refused sizes a check would refuse
         self._options = ConstantOptions()  # the optimizers whose options the graphs hold as constants
         self.trace_count = 0
@@ -371,7 +372,8 @@ class GraphFunction:
         if not self._jit_compile or tracing_export_graph():  # (an exported signature gains no outputs)
             return self._run(args)  # (and the kept XLA graph of ``key`` keeps its checks: an export is no retrace)
         self._checks.pop(key, None)
-        with xla_checks.collecting() as checks:
+        self._written[key] = []
+        with xla_checks.collecting(self._written[key]) as checks:
             result = self._run(args)
         if not checks:
             return result
@@ -487,6 +489,8 @@ class GraphFunction:
                 with tracing_kept_graph():  # (called inside a shape check: the graph it keeps has the value rules)
                     graph = self._graph_for(key, statics, packing)
         checks = self._checks.get(key) if self._checks and not exporting else None
+        if self._written.get(key) and not exporting:  # (called in an XLA graph: its writes stand only where that
+            xla_checks.note_written(self._written[key])  # graph's checks before the call held, as eagerly)
         try:
             result = graph(*tensors)
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed

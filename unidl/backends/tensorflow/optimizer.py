@@ -72,10 +72,10 @@ class GraphOptimizer(tf.Module):
         self.window_position = micro_steps
 
     def apply(self, grads, loss=None, accumulate: int = 1, reduce=None, closes: bool = False, has_gradient=None):
-        """``guarded_apply`` whose writes stand only where every value check recorded before it in a graph that XLA
-        compiles passed (``xla_checks.unless_a_check_failed``: an index out of range, whose error is raised after
-        the call, leaves the weights and this state as they were, as an eager step that raises before its update;
-        a plain graph's assertions stop its writes already, ``all_finite`` depending on them)."""
+        """``guarded_apply`` whose writes stand only where every value check made before them in a call that XLA
+        compiles passed (``xla_checks.unless_a_check_failed``: an index out of range before the update, whose error
+        is raised after the call, leaves the weights and this state as they were, as an eager step that raises
+        before its update; a plain graph's assertions stop its writes already, ``all_finite`` depending on them)."""
         with xla_checks.unless_a_check_failed([*self._spec.params, *self.variables]):
             return self.guarded_apply(grads, loss, accumulate, reduce, closes, has_gradient)
 

@@ -4,10 +4,12 @@ XLA runs no assertions, so inside such a graph each value check of ``ops.py`` (a
 known only when the graph runs) records its condition and the values its eager message needs here
 (``record``) instead of an ``Assert``; ``GraphFunction`` returns them packed (``packed``: one int64 vector) beside
 the user's outputs and, after the call, raises the first failed check as the eager call's error (``raise_failed``),
-as the JAX backend's ``checkified`` functions do with checkify's error. A ``tf.cond`` branch or a
-``tf.while_loop`` body (AutoGraph's ``if``/``while`` on tensors) hands its checks out through the op
-(``_cond``, ``_while_loop``). Since the graph runs whole before its checks are read, an optimizer's writes in it
-are selected by the checks recorded before them (``unless_a_check_failed``), as the JAX backend's are.
+as the JAX backend's ``checkified`` functions do with checkify's error. A ``tf.cond``, ``tf.case`` or
+``tf.switch_case`` branch, a ``tf.while_loop``'s body and its condition (AutoGraph's ``if``/``while`` on tensors)
+hand their checks out through the op (``_cond``, ``_case``, ``_while_loop``). Since the graph runs whole before
+its checks are read, a write through unidl (an optimizer's update, batch norm's statistics, ``Backend.assign``)
+made after a check that failed is set back at the end of its graph (``note_written``): a call that raises leaves
+each variable as an eager call, which raised at that check, left it (the writes before it made).
 """
 
 from __future__ import annotations
@@ -35,30 +37,76 @@ class Check:
         return self if self.count <= most else Check(self.error_class, self.message, most, self.count - most)
 
 
+class _Level:
+    """The graph being collected or a branch, loop body or loop condition traced in it: its ``checks`` (``record``'s,
+    in program order) and its ``writes``, ``(variable, ordinal, value before)`` in program order, a write's ordinal
+    the number of its level's checks recorded before it (a write in a nested op: the op's, the value before it read
+    in this level's graph); ``earlier_held``: in a loop body, whether every earlier iteration's checks held."""
+
+    def __init__(self, graph, earlier_held=None):
+        self.graph, self.checks, self.writes, self.earlier_held = graph, [], [], earlier_held
+        self.last: dict = {}  # a variable's id: the ordinal of its last write noted here
+
+
+def _undo_after_a_failed_check(level) -> None:
+    """At the end of ``level``: each write noted in it stands only where every check of the level before it held
+    (and every check of a loop's earlier iterations): a failed check undoes the writes after it, in program order,
+    as an eager call, which raised there, never made them; the writes before it stand, as eagerly."""
+    if not level.checks:  # (nothing of it can fail: a loop body's earlier iterations neither)
+        return
+    held_before: dict = {}
+
+    def held(ordinal):
+        if ordinal not in held_before:
+            found = tf.reduce_all(tf.stack([c for c, _, _ in level.checks[:ordinal]])) if ordinal else None
+            if level.earlier_held is not None:
+                found = level.earlier_held if found is None else tf.logical_and(level.earlier_held, found)
+            held_before[ordinal] = found
+        return held_before[ordinal]
+
+    by_variable: dict = {}
+    for variable, ordinal, old in level.writes:
+        if held(ordinal) is not None:
+            by_variable.setdefault(id(variable), (variable, []))[1].append((ordinal, old))
+    for variable, writes in by_variable.values():
+        value = variable.value()
+        for ordinal, old in reversed(writes):  # (the first undone write's value before it is the one that stands)
+            value = tf.where(held(ordinal), value, old)
+        variable.assign(value)
+
+
 @contextlib.contextmanager
-def collecting():
+def collecting(written=None):
     """The checks of the graph traced in this block (a ``GraphFunction``'s under XLA): yields the list that
-    ``record`` fills with ``(condition, Check, values)``. A check made in a ``tf.cond`` branch or a
-    ``tf.while_loop`` body traced in it reaches this list through the op's outputs (``_cond``, ``_while_loop``);
-    one made in another graph (a loop's condition, a graph of its own) is not recorded (``recording``)."""
+    ``record`` fills with ``(condition, Check, values)``. A check made in a ``tf.cond``, ``tf.switch_case`` branch
+    or a ``tf.while_loop`` body or condition traced in it reaches this list through the op's outputs (``_cond``,
+    ``_case``, ``_while_loop``); one made in a graph of its own is not recorded (``recording``). A variable
+    written in it (``note_written``) after a check that fails is written back to its value before that write
+    (``_undo_after_a_failed_check``): the call keeps the writes an eager call made before raising. ``written``, a
+    list, receives the variables written, for a graph that calls the traced one to note its call as a write
+    (``note_written``) that a check failed before it undoes."""
     previous = getattr(_collecting, "state", None)
-    checks: list = []
-    _collecting.state = [(tf.compat.v1.get_default_graph(), checks, [])]
+    level = _Level(tf.compat.v1.get_default_graph())
+    _collecting.state = [level]
     try:
-        yield checks
+        yield level.checks
+        _undo_after_a_failed_check(level)
+        if written is not None:
+            written[:] = list({id(variable): variable for variable, _, _ in level.writes}.values())
     finally:
         _collecting.state = previous
 
 
 @contextlib.contextmanager
-def _nested(held=None):
-    """The checks of a branch or loop body traced in this block, in a graph being collected: yields their list.
-    ``held``: a boolean scalar of this graph that ``passed`` takes in too, unreported (a loop body's: every check of
-    the iterations before this one held), so that a write in a later iteration waits for an earlier failure."""
-    checks: list = []
-    _collecting.state.append((tf.compat.v1.get_default_graph(), checks, [] if held is None else [held]))
+def _nested(earlier_held=None):
+    """The checks of a branch, loop body or loop condition traced in this block, in a graph being collected:
+    yields their list; the writes noted in it after a check of it that fails (or, in a loop body, after one of an
+    earlier iteration: ``earlier_held`` false) are undone at its end (``_undo_after_a_failed_check``)."""
+    level = _Level(tf.compat.v1.get_default_graph(), earlier_held)
+    _collecting.state.append(level)
     try:
-        yield checks
+        yield level.checks
+        _undo_after_a_failed_check(level)
     finally:
         _collecting.state.pop()
 
@@ -67,38 +115,47 @@ def recording() -> bool:
     """Whether a value check made now is recorded (``collecting``, in the collecting graph itself or a branch or
     loop body traced in it)."""
     state = getattr(_collecting, "state", None)
-    return bool(state) and not tf.executing_eagerly() and tf.compat.v1.get_default_graph() is state[-1][0]
+    return bool(state) and not tf.executing_eagerly() and tf.compat.v1.get_default_graph() is state[-1].graph
 
 
 def record(condition, error_class, message: str, values=()) -> None:
     """Record a check that passes where ``condition`` holds, whose error is ``error_class`` of
     ``message.format(*values)`` (Python ints and scalar tensors, read when the graph has run), as eagerly."""
     values = [tf.cast(value, tf.int64) for value in values]
-    _collecting.state[-1][1].append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)), values))
+    _collecting.state[-1].checks.append((tf.cast(condition, tf.bool), Check(error_class, message, len(values)),
+                                         values))
 
 
-def passed():
-    """A boolean scalar: every check recorded so far in the graph being collected (and in the branch or body being
-    traced in it) holds; None where none is (or no graph is collected: a plain graph's checks are ``Assert``s that
-    its writes wait for)."""
-    conditions = [condition for _, checks, held in _collecting.state for condition in held + [c for c, _, _ in checks]
-                  ] if recording() else []
-    return tf.reduce_all(tf.stack(conditions)) if conditions else None
+def note_written(variables) -> None:
+    """Before a write to ``variables`` (``tf.Variable``s) in a graph being collected: the write stands only where
+    every check recorded before it holds (``_undo_after_a_failed_check``), as an eager call raises at the first
+    that fails and writes nothing after it. The write is noted in its own graph (its value read there, before it)
+    and, where it is in a branch or a loop body, in each graph around it as a write of the op that holds it (the
+    value read before that op): a check that fails before the op undoes it there. Nothing outside a graph being
+    collected (eagerly, a plain graph, whose checks are ``Assert``s that its writes wait for)."""
+    if not recording():
+        return
+    state = _collecting.state
+    for depth, level in enumerate(state):
+        ordinal = len(level.checks)
+        new = [variable for variable in variables if level.last.get(id(variable)) != ordinal]
+        if not new:  # (written here already since its last check: the earlier value before stands for both)
+            continue
+        with contextlib.ExitStack() as stack:
+            if depth < len(state) - 1:  # (a graph around a branch or loop body: read before the op)
+                stack.enter_context(level.graph.as_default())
+                stack.enter_context(tf.control_dependencies(None))
+            for variable in new:
+                level.last[id(variable)] = ordinal
+                level.writes.append((variable, ordinal, variable.value()))
 
 
 @contextlib.contextmanager
 def unless_a_check_failed(variables):
-    """The block's writes to ``variables`` (``tf.Variable``s) stand only where every check recorded before it
-    holds (``passed``): a call that raises a check's error leaves them as they were, as an eager call stops before
-    its update; a block with no check recorded before it (every graph without checks) runs as it is."""
-    holds = passed()
-    if holds is None:
-        yield
-        return
-    before = [variable.read_value() for variable in variables]  # (ordered before the block's writes: one resource)
+    """The block's writes to ``variables`` stand only where every check of the call before them holds
+    (``note_written``)."""
+    note_written(variables)
     yield
-    for variable, old in zip(variables, before):
-        variable.assign(tf.where(holds, variable.read_value(), old))
 
 
 def packed(checks) -> tuple:
@@ -129,7 +186,7 @@ def handed_on(report, descriptions) -> list:
 
 def record_all(checks) -> None:
     """Record ``checks`` (``handed_on``'s) in the graph being collected."""
-    _collecting.state[-1][1].extend(checks)
+    _collecting.state[-1].checks.extend(checks)
 
 
 #: the values a check in a branch or loop body hands out at most (an index check's three, a size check's every
@@ -177,19 +234,57 @@ def _cond(original):
     return cond_v2
 
 
+def _case(original):
+    """``cond_v2.indexed_case`` (``tf.switch_case``) whose branches, traced in a graph being collected, hand their
+    checks out as one more output (``_report``), recorded around it, as ``_cond``'s."""
+
+    def indexed_case(branch_index, branch_fns, name="indexed_case", lower_using_switch_merge=None):
+        if not recording():
+            return original(branch_index, branch_fns, name, lower_using_switch_merge)
+        leaves: list = []
+
+        def reporting(branch):
+            def run():
+                with _nested() as checks:
+                    outputs = branch()
+                return outputs, _report(checks, leaves)
+            return run
+
+        outputs, report = original(branch_index, [reporting(branch) for branch in branch_fns], name,
+                                   lower_using_switch_merge)
+        record_all(handed_on(report, leaves))
+        return outputs
+
+    return indexed_case
+
+
 def _while_loop(original):
     """``while_v2.while_loop`` whose body, traced in a graph being collected, carries the first check that failed
-    in any iteration as one more loop variable (``_report``), recorded around the loop."""
+    in any iteration as one more loop variable (``_report``), recorded around the loop. A check in the loop's
+    condition, whose graph has one output, stops the loop where it fails (an eager loop raises there), and the
+    condition is run once more after the loop, on its last state, for its checks to be recorded: the one that
+    stopped it, if any (a loop of unknown length under XLA ran on with an index clamped, for ever where the value
+    read kept the condition true)."""
 
     def while_loop(cond, body, loop_vars, shape_invariants=None, *args, return_same_structure=True, **kwargs):
         if not recording() or not isinstance(loop_vars, (list, tuple)):
             return original(cond, body, loop_vars, shape_invariants, *args,
                             return_same_structure=return_same_structure, **kwargs)
         leaves: list = []
+        condition_checked: list = []
         initial = tf.constant([1, -1] + [0] * _MOST_VALUES, tf.int64)
 
+        def checked_cond(*state):
+            with _nested() as checks:
+                holds = cond(*state[:-1])
+            condition_checked[:] = [bool(checks)]
+            if not checks:
+                return holds
+            return tf.logical_and(tf.reduce_all(tf.stack([condition for condition, _, _ in checks])), holds)
+
         def reporting_body(*state):
-            with _nested(held=tf.equal(state[-1][0], 1)) as checks:  # (writes wait for earlier iterations too)
+            with _nested(earlier_held=tf.equal(state[-1][0], 1)) as checks:  # (an iteration after a failed one:
+                # its writes undone, as an eager loop never ran it)
                 outputs = body(*state[:-1])
             outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
             del leaves[:]  # (each trace of the body names its own checks)
@@ -200,10 +295,12 @@ def _while_loop(original):
 
         if shape_invariants is not None:
             shape_invariants = list(shape_invariants) + [initial.shape]
-        results = original(lambda *state: cond(*state[:-1]), reporting_body, list(loop_vars) + [initial],
+        results = original(checked_cond, reporting_body, list(loop_vars) + [initial],
                            shape_invariants, *args, return_same_structure=True, **kwargs)
         record_all(handed_on(results[-1], leaves))
         results = results[:-1]
+        if any(condition_checked):
+            cond(*results)  # (its checks recorded here, after the body's: an eager loop's order)
         if hasattr(loop_vars, "_fields"):
             return type(loop_vars)(*results)
         if len(results) == 1 and not return_same_structure:
@@ -214,13 +311,17 @@ def _while_loop(original):
 
 
 def _install() -> None:
-    """Make TensorFlow's ``tf.cond`` and ``tf.while_loop`` graphs (AutoGraph's ``if`` and ``while`` on tensors too)
-    hand their checks out while a graph is collected (``_cond``, ``_while_loop``); as they are otherwise."""
+    """Make TensorFlow's ``tf.cond``, ``tf.case``, ``tf.switch_case`` and ``tf.while_loop`` graphs (AutoGraph's
+    ``if`` and ``while`` on tensors too) hand their checks out while a graph is collected (``_cond``, ``_case``,
+    ``_while_loop``); as they are otherwise."""
     from tensorflow.python.ops import cond_v2, while_v2
 
     if not getattr(cond_v2.cond_v2, "_unidl_checks", False):
         cond_v2.cond_v2 = _cond(cond_v2.cond_v2)
         cond_v2.cond_v2._unidl_checks = True
+    if not getattr(cond_v2.indexed_case, "_unidl_checks", False):
+        cond_v2.indexed_case = _case(cond_v2.indexed_case)
+        cond_v2.indexed_case._unidl_checks = True
     if not getattr(while_v2.while_loop, "_unidl_checks", False):
         while_v2.while_loop = _while_loop(while_v2.while_loop)
         while_v2.while_loop._unidl_checks = True
