@@ -424,6 +424,8 @@ class GraphFunction:
                 RetraceWarning, stacklevel=3)
         signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key[0]]
         fusion.check_fused_relu()  # (once: ReLU fused with a matmul keeps NaN, or the fusion is off)
+        # the body held weakly: a traced graph keeps the function it was traced from (AutoGraph's converted copy
+        # before), and held strongly it kept this function, its graphs and their custom gradients alive for good
         owner = weakref.ref(self)
         compiled = tf.function(_as_autograph_runs(lambda *tensors: owner()._traced(key, statics, packing, *tensors)),
                                input_signature=signature, jit_compile=self._jit_compile, reduce_retracing=True,
