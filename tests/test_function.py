@@ -436,6 +436,31 @@ def test_autograph_converts_user_code_only():
         assert user_code(_control_flow) is not _control_flow
 
 
+def test_a_trace_converts_the_users_code_alone(monkeypatch):
+    """A train step of unidl's own layers and loss is traced with no AutoGraph conversion (tensorflow converted the
+    function it gives ``tf.function`` at every trace, though it only calls unidl's code: 25 ms of a first step); a
+    user's function is converted, and an error raised in it still carries AutoGraph's account of where."""
+    from tensorflow.python.autograph.impl import api
+
+    converted, convert = [], api._convert_actual
+    monkeypatch.setattr(api, "_convert_actual", lambda entity, context: (converted.append(entity),
+                                                                         convert(entity, context))[1])
+    with ud.use_backend("tensorflow"):
+        model = ud.nn.Sequential(ud.nn.Linear(3, 2))
+        step = ud.train_step(model, ud.nn.MSELoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        step(np.ones((2, 3), np.float32), np.ones((2, 2), np.float32))
+        assert converted == []
+        x = np.ones((2, 3), np.float32)
+        np.testing.assert_allclose(_numpy(ud.function(_control_flow)(x)), _control_flow_reference(x), rtol=1e-6)
+        assert [getattr(entity, "__name__", None) for entity in converted] == ["_control_flow"]
+
+        def compares_an_unknown_size(x):
+            return x if x.shape[0] > 1 else -x
+
+        with pytest.raises(TypeError, match=r"(?s)in user code:.*compares_an_unknown_size.*'>' not supported"):
+            ud.function(compares_an_unknown_size)(x)
+
+
 class Pair(collections.namedtuple("Pair", "first second")):
     """Two tensors as a NamedTuple argument."""
 

@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework import func_graph  # noqa: E402
 
 from unidl import config
 from unidl.autograd import check_float, check_scalar
@@ -141,11 +142,15 @@ class Backend(BackendInterface):
 
     def seed(self, seed):
         tf.random.set_seed(seed)
+        # the state ``tf.random.Generator.from_seed(seed)`` makes for a seed below 2**63 (the seed, then zeros: Philox's
+        # three words, ThreeFry's two), built in NumPy: from_seed builds it with seven eager ops, 20 ms of a fresh
+        # process's first step (each op's kernel made at its first run)
         if self._generator is None:
             with tf.init_scope():  # (see generator)
-                self._generator = tf.random.Generator.from_seed(seed)
-        else:
-            self._generator.reset_from_seed(seed)  # in place: compiled graphs captured its variable
+                self._generator = tf.random.Generator(state=_seed_state(seed, tf.random.Algorithm.PHILOX),
+                                                      alg=tf.random.Algorithm.PHILOX)
+        else:  # in place: compiled graphs captured its variable
+            self._generator.reset(_seed_state(seed, self._generator.algorithm))
 
     def generator(self):
         if self._generator is None:
@@ -357,8 +362,12 @@ class Backend(BackendInterface):
     def check_shapes(self, model, loss_fn, x, y):
         x, y = to_graph_input(x), to_graph_input(y)
         specs = (tf.TensorSpec(x.shape, x.dtype), tf.TensorSpec(y.shape, y.dtype))
+        # the forward and loss traced into a graph that is never run nor made a function: a tf.function's concrete
+        # function (its graph converted to a function definition, and control dependencies added for a run) cost a
+        # third of this check
         with tracing_for_shapes():
-            tf.function(lambda a, b: loss_fn(model(a), b), autograph=False).get_concrete_function(*specs)
+            func_graph.func_graph_from_py_func("shape_check", lambda a, b: loss_fn(model(a), b), specs, {},
+                                               add_control_dependencies=False)
 
     # ---- compiled functions and custom gradients ---------------------------
     def function(self, fn, jit_compile, name):
@@ -386,6 +395,13 @@ class Backend(BackendInterface):
 
     def export(self, module, path, format, input_shape, input_dtype):
         export_module(module, path, format, input_shape, input_dtype)
+
+
+def _seed_state(seed: int, algorithm) -> np.ndarray:
+    """The state ``tf.random.create_rng_state(seed, algorithm)`` gives for ``0 <= seed < 2**63``: the seed in the
+    first word of the algorithm's state, zeros after it."""
+    size = 2 if int(getattr(algorithm, "value", algorithm)) == tf.random.Algorithm.THREEFRY.value else 3
+    return np.array([seed] + [0] * (size - 1), np.int64)
 
 
 class _FlaggedStep:

@@ -16,7 +16,9 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from tensorflow.python.autograph.core import ag_ctx, converter
 from tensorflow.python.autograph.core import config as autograph_config
+from tensorflow.python.autograph.impl import api as autograph_api
 
 from unidl import config, devices
 from unidl.nn.module import training_modes
@@ -42,6 +44,31 @@ def is_library_code(function) -> bool:
     """True for unidl's own functions and methods (never converted by AutoGraph)."""
     module = getattr(function, "__module__", None) or getattr(type(function), "__module__", "")
     return module == "unidl" or module.startswith("unidl.")
+
+
+_CONVERSION_OPTIONS = converter.ConversionOptions(recursive=True, user_requested=True)
+
+
+def _as_autograph_runs(function):
+    """``function``, unidl's code that calls the user's converted code (``user_code``, ``forward_caller``), for
+    ``tf.function(autograph=False)``, run as ``tf.function``'s AutoGraph runs the function it is given: with
+    AutoGraph's status enabled, and an error raised inside given AutoGraph's account of where in the user's code it
+    was raised (the error ``_raised_by_unidl`` looks behind). AutoGraph converted the function itself although it
+    holds no control flow, its first conversion in a process 25 ms of a first training step."""
+
+    def run(*args):
+        try:
+            with ag_ctx.ControlStatusCtx(status=ag_ctx.Status.ENABLED, options=_CONVERSION_OPTIONS):
+                return function(*args)
+        except Exception as error:
+            autograph_api._attach_error_metadata(error, run)  # (what AutoGraph's converted_call adds)
+            if hasattr(error, "ag_error_metadata"):  # (not for an error AutoGraph passes through)
+                raise error.ag_error_metadata.to_exception(error)  # (what tf.function's AutoGraph handler raises)
+            raise
+
+    run.__name__ = function.__name__  # the graphs' names ("__inference_<lambda>_12") as they were
+    run.ag_source_map = {}  # no lines of its own to map back to the user's code
+    return run
 
 
 def _converted(function):
@@ -399,8 +426,12 @@ class GraphFunction:
                 RetraceWarning, stacklevel=3)
         signature = [tf.TensorSpec(rank if exact else [None] * rank, dtype) for rank, dtype in key[0]]
         fusion.check_fused_relu()  # (once: ReLU fused with a matmul keeps NaN, or the fusion is off)
-        compiled = tf.function(lambda *tensors: self._traced(key, statics, packing, *tensors),
-                               input_signature=signature, jit_compile=self._jit_compile, reduce_retracing=True)
+        # the body held weakly: a traced graph keeps the function it was traced from (AutoGraph's converted copy
+        # before), and held strongly it kept this function, its graphs and their custom gradients alive for good
+        owner = weakref.ref(self)
+        compiled = tf.function(_as_autograph_runs(lambda *tensors: owner()._traced(key, statics, packing, *tensors)),
+                               input_signature=signature, jit_compile=self._jit_compile, reduce_retracing=True,
+                               autograph=False)
         devices.compiled_placed(self.__name__, f"traced for ({'shape' if exact else 'rank'}, dtype) "
                                                f"{[(r, d.name) for r, d in key[0]]}",
                                 self._device or "the default device", "tensorflow graph")
