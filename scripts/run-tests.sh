@@ -20,14 +20,36 @@ fi
 # suite in one, the other files whose claims docs/guarantees.md names for every Keras framework in another (on JAX
 # the two take 310 and 120 s of CPU, on torch 20-40 and 40 s: one process would run last, alone on one core).
 # Made for the whole suite only: an argument naming a file or folder (`tests/nn`, `tests/x.py::test_y`) runs that
-# selection alone, as before. The caller's other arguments (`-q`, `-x`, `-k lstm`) apply to these runs too.
+# selection alone, as before. Of the caller's other arguments the Keras runs take those that choose and report
+# tests (`-q`, `-v`, `-x`, `-k EXPR`, `-m EXPR`, `-r...`, `--tb=...`, `--maxfail=N`, `--durations=N`); the ones that
+# write a run-wide file or read the last run's (`--junitxml`, `--lf`, `--basetemp`, ...) are the main run's alone,
+# and the Keras runs keep no cache (their results would overwrite the main run's), except that `--junitxml=FILE`
+# gives each Keras run its own report beside FILE (FILE.keras-<framework>-<parity|others>.xml).
 # UNIDL_TEST_KERAS_HOSTS picks the frameworks ("jax torch"; empty: none).
 keras_hosts="${UNIDL_TEST_KERAS_HOSTS-jax torch}"
 keras_groups=("tests/parity"
               "tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py
                tests/test_export_inputs_outputs.py")
+keras_group_names=(parity others)  # (in their JUnit reports' names)
+keras_args=(-p no:cacheprovider)
+junit=""
+takes_value=""  # the option whose value the next argument is
 for arg in "$@"; do
+  if [ -n "$takes_value" ]; then
+    case "$takes_value" in
+      -k|-m|--maxfail|--tb|-r|--durations) keras_args+=("$arg") ;;
+      --junitxml|--junit-xml) junit="$arg" ;;
+    esac
+    takes_value=""
+    continue
+  fi
   case "$arg" in
+    -k|-m|--maxfail|--tb|-r|--durations) keras_args+=("$arg"); takes_value="$arg" ;;
+    -p|-c|-o|-W|--junitxml|--junit-xml|--basetemp|--rootdir|--deselect|--ignore|--ignore-glob|--confcutdir|\
+    --log-file|--cov|--cov-report|--override-ini|--pythonwarnings|--dist|-n|--numprocesses) takes_value="$arg" ;;
+    --junitxml=*|--junit-xml=*) junit="${arg#*=}" ;;
+    -q|-qq|-v|-vv|-x|--exitfirst|-s|-l|--showlocals|-r*|--tb=*|--maxfail=*|--durations=*|-k?*|-m?*)
+      keras_args+=("$arg") ;;
     -*) ;;
     *) if [ -e "${arg%%::*}" ]; then keras_hosts=""; fi ;;
   esac
@@ -43,12 +65,13 @@ runs=()  # "host group": the group's index in keras_groups
 for host in $keras_hosts; do
   for group in "${!keras_groups[@]}"; do runs+=("$host $group"); done
 done
-keras_run() {  # $1: the framework, $2: the group, $3: its niceness; the rest: pytest's arguments. Output in $logs.
+keras_run() {  # $1: the framework, $2: the group, $3: its niceness. Output in $logs.
   local host="$1" group="$2" niceness="$3"
-  shift 3
+  local report=()
+  if [ -n "$junit" ]; then report=("--junitxml=$junit.keras-$host-${keras_group_names[$group]}.xml"); fi
   # shellcheck disable=SC2086  # (the group's files, split)
-  KERAS_BACKEND="$host" UNIDL_TEST_KERAS_ONLY=1 exec nice -n "$niceness" .venv/bin/python -m pytest "$@" \
-    ${keras_groups[$group]} >"$logs/$host-$group.out" 2>&1
+  KERAS_BACKEND="$host" UNIDL_TEST_KERAS_ONLY=1 exec nice -n "$niceness" .venv/bin/python -m pytest \
+    "${keras_args[@]}" "${report[@]}" ${keras_groups[$group]} >"$logs/$host-$group.out" 2>&1
 }
 status=0
 declare -A run_status
@@ -56,13 +79,13 @@ if [ "$workers" = "0" ]; then  # one process at a time, as asked
   "${main_run[@]}" "$@" || status=$?
   for run in "${runs[@]}"; do
     run_status[$run]=0
-    (keras_run $run 0 "$@") || run_status[$run]=$?
+    (keras_run $run 0) || run_status[$run]=$?
   done
 else
   # Started at once, at a low priority: they take the cores the main run leaves idle (while a test waits on a
   # subprocess, and the main run's last files, which keep one worker busy) and barely slow the main run.
   for run in "${runs[@]}"; do
-    keras_run $run 10 "$@" &
+    keras_run $run 10 &
     pids+=("$!")
   done
   "${main_run[@]}" "$@" || status=$?

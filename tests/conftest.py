@@ -24,6 +24,8 @@ def rng():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "heavy: a test file of tens of seconds; such files run first (see below)")
+    config.addinivalue_line("markers", "every_keras_framework: a test that runs the keras backend with no parameter "
+                            "naming it (a loop over the backends): UNIDL_TEST_KERAS_ONLY keeps it (see below)")
     # Ctrl-C raises KeyboardInterrupt in every test process, as at a terminal, also where the suite was started in
     # the background of a shell without job control: its children inherit SIGINT ignored (Python then installs no
     # handler), and the tests that send a real SIGINT to this process or to a script it starts (a handler is reset
@@ -34,7 +36,10 @@ def pytest_configure(config):
 
 def _runs_on_the_keras_backend(item) -> bool:
     """Whether one of the test's parameters is the keras backend (the ``backend`` fixture's, a ``backend_name``'s or
-    a pair's first), read from its id: ``test_x[keras-float32]``, ``test_y[keras-eager]``."""
+    a pair's first), read from its id: ``test_x[keras-float32]``, ``test_y[keras-eager]``; or the test is marked
+    ``every_keras_framework`` (it runs the keras backend among others without such a parameter)."""
+    if item.get_closest_marker("every_keras_framework") is not None:
+        return True
     callspec = getattr(item, "callspec", None)
     return callspec is not None and "keras" in callspec.id.split("-")
 

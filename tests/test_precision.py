@@ -681,6 +681,7 @@ def check_alternated_loss_steps(result) -> None:
         assert max_relative_difference(change, expected[name] - start[name]) < 1e-2, name
 
 
+@pytest.mark.every_keras_framework  # (run again on Keras-on-JAX and -torch: scripts/run-tests.sh)
 def test_float16_steps_with_other_losses_called_in_turn_train_as_one_loop():
     """Two float16 steps of one model with other losses, called in turn, train as the torch loop alternating the
     two losses (``check_alternated_loss_steps``). On Keras-TensorFlow in eager mode: ``train_on_batch``, which runs

@@ -46,6 +46,7 @@ PARITY = "tests/parity"
 OTHERS = ("tests/nn/test_freeze.py tests/test_dynamic_forward.py tests/test_precision.py "
           "tests/test_export_inputs_outputs.py")
 MAIN = "-m pytest -n 2 --dist loadfile --no-loadscope-reorder"
+NO_CACHE = "-p no:cacheprovider"  # (the Keras runs' results must not overwrite the main run's last-failed list)
 
 
 @pytest.mark.parametrize("workers", ["2", "0"])
@@ -56,13 +57,30 @@ def test_the_whole_suite_runs_the_keras_tests_again_on_jax_and_torch(tmp_path, w
     result, calls = _run_tests_script(tmp_path, "-q", "-k", "lstm", UNIDL_TEST_WORKERS=workers)
     assert result.returncode == 0, result.stderr
     main = MAIN if workers == "2" else "-m pytest"
-    assert calls == [("jax", "1", f"-m pytest -q -k lstm {OTHERS}"), ("jax", "1", f"-m pytest -q -k lstm {PARITY}"),
-                     ("torch", "1", f"-m pytest -q -k lstm {OTHERS}"),
-                     ("torch", "1", f"-m pytest -q -k lstm {PARITY}"),
+    keras = f"-m pytest {NO_CACHE} -q -k lstm"
+    assert calls == [("jax", "1", f"{keras} {OTHERS}"), ("jax", "1", f"{keras} {PARITY}"),
+                     ("torch", "1", f"{keras} {OTHERS}"), ("torch", "1", f"{keras} {PARITY}"),
                      ("unset", "unset", f"{main} -q -k lstm")]
     for name in ("the main run", "jax", "torch"):
         assert f"output of {name}" in result.stdout
     assert "=== the keras backend on jax" in result.stdout and "=== the keras backend on torch" in result.stdout
+
+
+def test_the_keras_runs_leave_the_main_runs_files_to_it(tmp_path):
+    """Arguments that write or read a run-wide file (a JUnit report, the last run's failures, a temporary folder that
+    each session empties) are the main run's alone: the Keras runs, finishing after it, overwrote its JUnit report
+    and last-failed list with their own. A JUnit report is written for each Keras run beside the main one. An
+    option's value that names an existing path is not a selection of files."""
+    result, calls = _run_tests_script(tmp_path, "-q", "--junitxml=report.xml", "--lf", "--basetemp", "tests",
+                                      "-k", "lstm or gru", "--maxfail", "3", "-ra")
+    assert result.returncode == 0, result.stderr
+    keras = f"-m pytest {NO_CACHE} -q -k lstm or gru --maxfail 3 -ra"
+    assert calls == [
+        ("jax", "1", f"{keras} --junitxml=report.xml.keras-jax-others.xml {OTHERS}"),
+        ("jax", "1", f"{keras} --junitxml=report.xml.keras-jax-parity.xml {PARITY}"),
+        ("torch", "1", f"{keras} --junitxml=report.xml.keras-torch-others.xml {OTHERS}"),
+        ("torch", "1", f"{keras} --junitxml=report.xml.keras-torch-parity.xml {PARITY}"),
+        ("unset", "unset", f"{MAIN} -q --junitxml=report.xml --lf --basetemp tests -k lstm or gru --maxfail 3 -ra")]
 
 
 @pytest.mark.parametrize("selection", ["tests/nn", "tests/test_x.py::test_y"])
@@ -91,14 +109,17 @@ def test_a_failure_on_another_keras_framework_fails_the_suite(tmp_path, workers)
 def test_keras_only_keeps_exactly_the_tests_run_on_the_keras_backend():
     """``UNIDL_TEST_KERAS_ONLY=1`` (tests/conftest.py) collects the tests whose backend parameter is keras, and no
     other: the tests the runs on Keras-on-JAX and Keras-on-torch repeat."""
-    def collect(**env):
+    def collect(files=("tests/test_export_inputs_outputs.py",), **env):
         environment = {k: v for k, v in os.environ.items() if k != "UNIDL_TEST_KERAS_ONLY"}
         result = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                                 "tests/test_export_inputs_outputs.py"], cwd=ROOT, capture_output=True, text=True,
-                                env={**environment, **env}, timeout=300)
+                                 *files], cwd=ROOT, capture_output=True, text=True, env={**environment, **env},
+                                timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         return [line for line in result.stdout.splitlines() if "::" in line]
 
     every, keras = collect(), collect(UNIDL_TEST_KERAS_ONLY="1")
     assert keras == [test for test in every if "[keras" in test or "-keras-" in test or "-keras]" in test]
     assert keras and len(keras) < len(every)
+    # a test that loops over the backends, keras among them, with no parameter naming it: kept where marked
+    marked = "tests/parity/test_two_layer.py::test_two_layer_net_agrees_across_backends"
+    assert collect(["tests/parity/test_two_layer.py"], UNIDL_TEST_KERAS_ONLY="1") == [marked]

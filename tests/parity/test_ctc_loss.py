@@ -211,6 +211,7 @@ def test_ctc_loss_refuses_what_torch_refuses(backend):
             ud.ops.ctc_loss(LOG_PROBS, TARGETS, INPUT_LENGTHS, TARGET_LENGTHS, blank=blank)
 
 
+@pytest.mark.every_keras_framework  # (run again on Keras-on-JAX and -torch: scripts/run-tests.sh)
 def test_a_backend_with_a_ctc_kernel_gives_torchs_exact_values_and_gradient():
     """Where a backend has the framework's CTC kernel (torch's ``F.ctc_loss``: ~20x its scan's speed) it runs it
     behind the same checks: torch's losses and gradient bit for bit, its NaN gradient at -inf log-probabilities of

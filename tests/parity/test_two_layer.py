@@ -1,6 +1,7 @@
 """The foundation's parity bar: 50 SGD-with-momentum steps of the two-layer net agree to 1e-5 across backends."""
 
 import numpy as np
+import pytest
 
 import unidl as ud
 from unidl.testing import max_relative_difference
@@ -15,6 +16,7 @@ def _run(backend, x, y, steps=50):
         return np.array(losses), model.state_dict()
 
 
+@pytest.mark.every_keras_framework  # (run again on Keras-on-JAX and -torch: scripts/run-tests.sh)
 def test_two_layer_net_agrees_across_backends():
     data = np.random.default_rng(0)
     x = data.standard_normal((64, 1000)).astype(np.float32)
