@@ -106,10 +106,7 @@ class JaxOptimizer:
             self.finite.value = jnp.where(closes, window_finite, True)
             grads = sums
         grads = self._spec.clip_gradients(grads, self._ops)
-        if has_gradient is None or all(flag is None for flag in has_gradient):
-            self._update_if(grads, update)
-        else:  # (a flag per parameter: the selects of ``_update``)
-            self._update(grads, update, has_gradient)
+        self._update(grads, update, has_gradient)
         if accumulate > 1:
             keep = ~closes  # a window still filling; else (updated or discarded) it starts again
             keep_window(self.accumulated, self.window_has_gradient, sums, has_gradient, keep)
@@ -125,41 +122,13 @@ class JaxOptimizer:
         """Option ``key`` of param group ``group`` as the trace reads it from its variables (``bound_rule``)."""
         return read_group_option(self._spec, group, key, lambda variable: variable.value)
 
-    def _update_if(self, grads, update) -> None:
-        """``_update`` of every parameter where ``update`` (a boolean scalar) holds, as one ``lax.cond``: XLA runs
-        the updates only when the step is finite, where selecting each new value against the old one made every
-        update wait on the check and read its inputs again (on the two-layer net's CPU step, ~50 us of ~550:
-        ``benchmarks/jax_step_ab.py``), as tensorflow's ``tf.cond`` on the same flag. The branch writes the
-        parameters, slots and step counts, given to it as operands and restored after its trace (its tracers must
-        not outlive it); everything else it reads (learning rates, options) it closes over."""
-        state = [*self._spec.params, self.iterations, *(self.param_steps or []),
-                 *(v for slots in self.slot_variables for v in slots.values())]
-
-        def updated(values, grads):
-            saved = [v._value for v in state]  # (bookkeeping: not recorded as reads)
-            try:
-                for variable, value in zip(state, values):
-                    variable.value = value
-                self._update(grads, None)
-                return [variable._value for variable in state]
-            finally:
-                for variable, value in zip(state, saved):
-                    variable._value = value
-
-        kept = lambda values, grads: values  # noqa: E731 (a skipped step: everything as it was)
-        new = jax.lax.cond(update, updated, kept, [variable.value for variable in state], grads)
-        for variable, value in zip(state, new):
-            if value is not variable._value:
-                variable.value = value
-
     def _update(self, grads, update, has_gradient=None) -> None:
-        """Every parameter and slot: its new value where ``update`` (a boolean scalar) holds, else its old one
-        (``update`` None: the new value, inside ``_update_if``'s branch); ``has_gradient`` (an accumulation
-        window's, ``window_micro_step``): per parameter, None or a boolean scalar that must hold too (the parameter
-        had a gradient in the window)."""
+        """Every parameter and slot: its new value where ``update`` (a boolean scalar) holds, else its old one;
+        ``has_gradient`` (an accumulation window's, ``window_micro_step``): per parameter, None or a boolean
+        scalar that must hold too (the parameter had a gradient in the window)."""
         spec, ops = self._spec, self._ops
         step_count = self.iterations.value + 1
-        self.iterations.value = _selected(update, step_count, self.iterations.value)
+        self.iterations.value = jnp.where(update, step_count, self.iterations.value)
         step_dtype = self.learning_rate.value.dtype
         for index, (param, grad, slots) in enumerate(zip(spec.params, grads, self.slot_variables)):
             if grad is None:  # PyTorch's rule: no gradient, no update (nor a step counted for it)
@@ -168,7 +137,7 @@ class JaxOptimizer:
             step = None
             if self.param_steps is not None:
                 count = self.param_steps[index].value + 1
-                self.param_steps[index].value = _selected(applies, count, self.param_steps[index].value)
+                self.param_steps[index].value = jnp.where(applies, count, self.param_steps[index].value)
                 step = count.astype(step_dtype)
             rule, lr = bound_rule(spec, index, self._read_option), self.learning_rates[spec.group_of(index)].value
             grad = rule.regularized_gradient(param, grad, ops)
@@ -247,14 +216,8 @@ def set_group_options(optimizer, group: int, keys) -> None:
 
 
 def _guarded_assign(variable, value, update) -> None:
-    """``variable`` takes ``value`` (cast to its dtype) where the boolean scalar ``update`` holds (or ``update`` is
-    None), else keeps its own."""
-    variable.value = _selected(update, jnp.asarray(value, variable.dtype), variable.value)
-
-
-def _selected(update, new, old):
-    """``new`` where the boolean scalar ``update`` holds, else ``old``; ``new`` itself where ``update`` is None."""
-    return new if update is None else jnp.where(update, new, old)
+    """``variable`` takes ``value`` (cast to its dtype) where the boolean scalar ``update`` holds, else keeps its own."""
+    variable.value = jnp.where(update, jnp.asarray(value, variable.dtype), variable.value)
 
 
 def all_finite(values):
