@@ -2,8 +2,9 @@
 (``python -m benchmarks.jax_step_ab``): blocks of steps alternated in one process between ``ud.train_step``, the
 native step, and the native step with unidl's non-finite guard added by hand (the check of ``all_finite``, every
 update selected by its flag, the flag read on the host as ``TrainStep`` reads it), so that the guard's cost and the
-rest (Python, dispatch) are told apart; and the arguments each compiled program is called with and keeps after
-``jax.jit``'s pruning (``lower``). Information for benchmarks/RESULTS.md; no target."""
+rest (Python, dispatch) are told apart, and the same guard with the update under one ``lax.cond`` on the flag; and
+the arguments each compiled program is called with and keeps after ``jax.jit``'s pruning (``lower``).
+Information for benchmarks/RESULTS.md; no target."""
 
 from __future__ import annotations
 
