@@ -9,7 +9,8 @@ as the JAX backend's ``checkified`` functions do with checkify's error. A ``tf.c
 hand their checks out through the op (``_cond``, ``_case``, ``_while_loop``). Since the graph runs whole before
 its checks are read, a write through unidl (an optimizer's update, batch norm's statistics, ``Backend.assign``)
 made after a check that failed is set back at the end of its graph (``note_written``): a call that raises leaves
-each variable as an eager call, which raised at that check, left it (the writes before it made).
+each variable as an eager call, which raised at that check, left it (the writes before it made). A plain graph,
+whose checks are ``Assert`` ops, gets the same from control edges (``in_program_order``).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def note_written(variables) -> None:
     that fails and writes nothing after it. The write is noted in its own graph (its value read there, before it)
     and, where it is in a branch or a loop body, in each graph around it as a write of the op that holds it (the
     value read before that op): a check that fails before the op undoes it there. Nothing outside a graph being
-    collected (eagerly, a plain graph, whose checks are ``Assert``s that its writes wait for)."""
+    collected (eagerly, a plain graph, whose checks are ``Assert``s that its writes wait for: ``in_program_order``)."""
     if not recording():
         return
     state = _collecting.state
@@ -190,6 +191,7 @@ _orders: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _is_write(op) -> bool:
+    """Whether ``op`` writes a variable (an assignment, an optimizer's fused apply, a scatter) or may hold one."""
     return op.type in _WRITES or op.type.startswith(("ResourceApply", "ResourceScatter", "ResourceSparseApply"))
 
 
