@@ -614,6 +614,123 @@ def test_a_jit_compiled_call_whose_check_fails_keeps_the_writes_an_eager_call_ma
 
 
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_a_plain_graph_whose_check_fails_keeps_exactly_the_writes_an_eager_call_made_before_it(backend_name):
+    """A plain ``ud.function`` (no XLA) on TensorFlow and Keras-on-TensorFlow: its checks are ``Assert`` ops, and
+    TensorFlow orders stateful ops only per resource, so an index out of range before a BatchNorm in training
+    still counted ``num_batches_tracked`` (its increment waited for no assertion), which the eager call, raising
+    at the index, leaves. Each write now waits for the assertions made before it and each assertion for the
+    writes before it: a failed call leaves every variable bit for bit as the same function run eagerly leaves
+    it, with the check after the BatchNorm (its statistics and count written) or before it (nothing written);
+    each order over several calls, as the graph's scheduling could differ from one run to the next."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        norm, embedding = ud.nn.BatchNorm1d(3), ud.nn.Embedding(4, 3, max_norm=0.5)
+        x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+        rows = np.array([0, 1, 2, 3])
+
+        def write_before_the_check(x, rows, index):
+            return ud.ops.take(norm(x) + embedding(rows), index)
+
+        def check_before_the_write(x, rows, index):
+            return norm(ud.ops.take(x, index, 0)) + ud.ops.sum(embedding(rows), 0)
+
+        def state():
+            return [{key: ud.to_numpy(value).copy() for key, value in module.state_dict().items()}
+                    for module in (norm, embedding)]
+
+        def load(saved):
+            for module, values in zip((norm, embedding), saved):
+                module.load_state_dict(values)
+
+        for fn in (write_before_the_check, check_before_the_write):
+            graph = ud.function(fn)
+            graph(x, rows, np.array([0, 1, 2]))  # (traced)
+            grown = state()
+            grown[1]["weight"] = grown[1]["weight"] * 4  # (rows that max_norm renormalizes again)
+            for _ in range(5):
+                load(grown)
+                with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 9"):
+                    fn(x, rows, np.array([0, 1, 9]))
+                eager = state()
+                load(grown)
+                with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 9"):
+                    graph(x, rows, np.array([0, 1, 9]))
+                for found, expected in zip(state(), eager):
+                    for key in expected:
+                        np.testing.assert_array_equal(found[key], expected[key], err_msg=f"{fn.__name__}: {key}")
+            counted = int(eager[0]["num_batches_tracked"]) - int(grown[0]["num_batches_tracked"])
+            assert counted == (1 if fn is write_before_the_check else 0), fn.__name__
+
+
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_a_train_step_whose_label_is_out_of_range_keeps_the_forwards_writes_as_eagerly(backend_name):
+    """``ud.train_step`` on TensorFlow and Keras-on-TensorFlow, whose graph's label check (in the loss) fails:
+    eagerly, as in torch, the forward's BatchNorm wrote its statistics and ``num_batches_tracked`` before the
+    loss read the labels and raised, and no weight changed. The step's graph now leaves the same state bit for
+    bit (the label's ``Assert`` waits for the forward's writes, the update for the ``Assert``)."""
+    with ud.use_backend(backend_name):
+        ud.manual_seed(0)
+        model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.BatchNorm1d(4), ud.nn.ReLU(), ud.nn.Linear(4, 3))
+        x = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
+        good, bad = np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1, 7, 0, 1, 2])
+
+        def state():
+            return {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
+
+        steps = [ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1),
+                               eager=eager) for eager in (True, False)]
+        for step in steps:
+            step(x, good)  # (the graph traced)
+        before = state()
+        found = []
+        for step in steps:
+            model.load_state_dict(before)
+            for _ in range(3):  # (each call from the same state: the graph's scheduling may differ between runs)
+                model.load_state_dict(before)
+                with pytest.raises(ud.IndexOutOfRangeError):
+                    step(x, bad)
+                found.append(state())
+        eager = found[0]
+        for graph in found[1:]:
+            for key in eager:
+                np.testing.assert_array_equal(graph[key], eager[key], err_msg=key)
+        changed = changed_by(before, eager)
+        assert sorted(changed) == ["1.num_batches_tracked", "1.running_mean", "1.running_var"], changed
+        assert int(eager["1.num_batches_tracked"]) == int(before["1.num_batches_tracked"]) + 1
+        # (that order held by chance before: now by the graph, each assertion after the writes made before it)
+        graphs = steps[1]._run
+        while not hasattr(graphs, "concrete_functions"):  # (Keras's: the compiled step in its wrappers)
+            graphs = graphs._run
+        for concrete in graphs.concrete_functions:
+            _assert_writes_and_checks_in_program_order(concrete.graph)
+
+
+def _assert_writes_and_checks_in_program_order(graph):
+    """Each ``Assert`` of ``graph`` runs after every variable write made before it, each write (a guarded
+    update's ``If`` too) after every ``Assert`` made before it (data or control edges, directly or not)."""
+    writes = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp", "If", "While")
+    ordered = sorted((op for op in graph.get_operations() if op.type in writes or op.type == "Assert"),
+                     key=lambda op: op._id)
+    assert any(op.type == "Assert" for op in ordered) and any(op.type != "Assert" for op in ordered)
+    for place, op in enumerate(ordered):
+        ancestors, pending = set(), list(op.inputs) + list(op.control_inputs)
+        while pending:
+            found = pending.pop()
+            found = getattr(found, "op", found)
+            if found.name not in ancestors:
+                ancestors.add(found.name)
+                pending += [t.op for t in found.inputs] + list(found.control_inputs)
+        for earlier in ordered[:place]:
+            if (earlier.type == "Assert") != (op.type == "Assert") or op.type in ("If", "While"):
+                assert earlier.name in ancestors, f"{op.name} ({op.type}) runs apart from {earlier.name}"
+
+
+def changed_by(before, after) -> list:
+    """The keys of a state dict whose values differ between ``before`` and ``after``."""
+    return [key for key in after if not np.array_equal(after[key], before[key])]
+
+
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_jit_compiled_loop_whose_check_fails_keeps_the_earlier_iterations_writes(backend_name):
     """A ``while`` whose iterations run a BatchNorm in training and then an index, out of range in the third
     iteration: eagerly the first two iterations' statistics and the third's (made before its index) are written,

@@ -208,6 +208,7 @@ class Backend(BackendInterface):
             variable.assign(tf.cast(value, variable.dtype))
         else:
             variable.assign(np.asarray(value, dtype=variable.dtype.as_numpy_dtype))  # no copy when the dtype matches
+        xla_checks.in_program_order()  # (a plain graph: after its assertions made before it)
 
     def donated_tensor(self, array):
         # converting NumPy input copies it twice; DLPack shares it, but only 64-byte aligned memory
@@ -221,6 +222,7 @@ class Backend(BackendInterface):
         if value is not variable and tf_distributed.writes_state_here():
             xla_checks.note_written([variable])  # (under XLA: written back where a check of the call fails)
             variable.assign(value)
+            xla_checks.in_program_order()  # (a plain graph: after its assertions made before it)
         return variable
 
     # ---- modules and training ---------------------------------------------

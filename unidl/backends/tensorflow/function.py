@@ -411,9 +411,12 @@ class GraphFunction:
         with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__, self._fn), \
                 self._options.recording():
             if self._device is None:
-                return self._fn(*args)
-            with tf.device(self._device):
-                return self._fn(*args)
+                result = self._fn(*args)
+            else:
+                with tf.device(self._device):
+                    result = self._fn(*args)
+            xla_checks.in_program_order()  # (the graph's writes after its last check wait for its assertions)
+            return result
 
     def _graph_for(self, key, statics, packing=None, keep: bool = True):
         exact = _exact_shapes(key)  # the graph of an empty input's exact shapes (no warning: a one-off)

@@ -869,6 +869,7 @@ def check_in_range(x, low, high, what="values"):
     if tracing_xla_graph():  # XLA keeps no string formatting: the range without the count
         message = f"{ValueOutOfRangeError.marker}{what} must lie in [{low}, {high}]"
         checks = [tf.debugging.assert_equal(outside, tf.constant(0, tf.int64), message=message)]
+        xla_checks.in_program_order()
     else:
         checks = [marked_check(tf.equal(outside, 0), ValueOutOfRangeError, template, (outside,), tf.int64)]
     with tf.control_dependencies(checks):
@@ -893,6 +894,7 @@ def check_index(indices, size, what="index"):
         message = f"{IndexOutOfRangeError.marker}{what} must lie in [0, {bound})"
         checks = [tf.debugging.assert_non_negative(indices, message=message),
                   tf.debugging.assert_less(indices, tf.cast(size, indices.dtype), message=message)]
+        xla_checks.in_program_order()
         with tf.control_dependencies(checks):
             return tf.identity(indices)
     low, high = tf.reduce_min(indices), tf.reduce_max(indices)
@@ -917,6 +919,7 @@ def check_values(x, condition, message, values=()):
     if tracing_xla_graph():  # XLA keeps no string formatting: the message without the values
         text = ValueOutOfRangeError.marker + message.replace("{}", "?")
         checks = [tf.debugging.assert_equal(tf.cast(condition, tf.bool), True, message=text)]
+        xla_checks.in_program_order()
     else:
         checks = [marked_check(condition, ValueOutOfRangeError, message, values, tf.int64)]
     with tf.control_dependencies(checks):
@@ -949,7 +952,9 @@ def marked_check(condition, error_class, message, values, dtype=tf.int32):
     else:
         printed = [_printable(value, dtype) for value in values]
     data = [error_class.marker + message + MARKER_END] + printed
-    return tf.debugging.Assert(tf.cast(condition, tf.bool), data, summarize=1)
+    check = tf.debugging.Assert(tf.cast(condition, tf.bool), data, summarize=1)
+    xla_checks.in_program_order()  # (after the graph's writes made before it, before those after it)
+    return check
 
 
 def _formatted_check(condition, error_class, message, values):
@@ -959,7 +964,9 @@ def _formatted_check(condition, error_class, message, values):
         text = tf.strings.format(error_class.marker + message + MARKER_END, [tf.cast(v, tf.int64) for v in values])
         return tf.debugging.Assert(False, [text])
 
-    return tf.cond(tf.cast(condition, tf.bool), tf.no_op, fail)
+    check = tf.cond(tf.cast(condition, tf.bool), tf.no_op, fail)
+    xla_checks.in_program_order()
+    return check
 
 
 def _printable(value, dtype):

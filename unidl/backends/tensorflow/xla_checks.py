@@ -9,13 +9,16 @@ as the JAX backend's ``checkified`` functions do with checkify's error. A ``tf.c
 hand their checks out through the op (``_cond``, ``_case``, ``_while_loop``). Since the graph runs whole before
 its checks are read, a write through unidl (an optimizer's update, batch norm's statistics, ``Backend.assign``)
 made after a check that failed is set back at the end of its graph (``note_written``): a call that raises leaves
-each variable as an eager call, which raised at that check, left it (the writes before it made).
+each variable as an eager call, which raised at that check, left it (the writes before it made). A plain graph,
+whose checks are ``Assert`` ops, gets the same from control edges (``in_program_order``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
+
 import tensorflow as tf
 
 _collecting = threading.local()
@@ -132,7 +135,7 @@ def note_written(variables) -> None:
     that fails and writes nothing after it. The write is noted in its own graph (its value read there, before it)
     and, where it is in a branch or a loop body, in each graph around it as a write of the op that holds it (the
     value read before that op): a check that fails before the op undoes it there. Nothing outside a graph being
-    collected (eagerly, a plain graph, whose checks are ``Assert``s that its writes wait for)."""
+    collected (eagerly, a plain graph, whose checks are ``Assert``s that its writes wait for: ``in_program_order``)."""
     if not recording():
         return
     state = _collecting.state
@@ -153,9 +156,82 @@ def note_written(variables) -> None:
 @contextlib.contextmanager
 def unless_a_check_failed(variables):
     """The block's writes to ``variables`` stand only where every check of the call before them holds
-    (``note_written``)."""
+    (``note_written``; in a plain graph, ``in_program_order``: they wait for its assertions made before them)."""
     note_written(variables)
     yield
+    in_program_order()
+
+
+# ---- a plain graph: its assertions and its writes in program order ------------------------------------------
+# A plain graph's checks are ``Assert`` ops, and TensorFlow orders stateful ops only per resource: an assignment
+# to a variable that no check's value reaches (``num_batches_tracked``'s increment, a guard's flag) ran before an
+# ``Assert`` made before it had failed, and a label's check could fail before the forward's statistics, made
+# before it, were written. ``in_program_order`` adds control edges (no ops): each write waits for the
+# assertions made before it in its graph, each assertion for the writes made before it, so that a call that
+# fails leaves the writes an eager call, which raised at that check, made.
+
+#: a write to a variable; a stateful ``If``, ``Case``, ``While`` or call holds writes or checks in its own graph
+_WRITES = frozenset({"AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
+                     "ResourceStridedSliceAssign", "If", "Case", "While", "StatefulPartitionedCall"})
+_HOLDS_CHECKS = frozenset({"If", "Case", "While", "StatefulPartitionedCall"})
+
+
+class _Order:
+    """A plain graph's last run of assertions and of writes (``in_program_order``), the id of the last op looked at
+    and the count of its ops then."""
+
+    def __init__(self):
+        self.checks: list = []
+        self.writes: list = []
+        self.seen = self.count = 0
+        self.last_was_check = False
+
+
+_orders: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _is_write(op) -> bool:
+    """Whether ``op`` writes a variable (an assignment, an optimizer's fused apply, a scatter) or may hold one."""
+    return op.type in _WRITES or op.type.startswith(("ResourceApply", "ResourceScatter", "ResourceSparseApply"))
+
+
+def in_program_order() -> None:
+    """In a plain graph being traced (not eagerly, not one whose checks are ``record``ed): the ops made since
+    the last call, in the order they were made, each write (``_is_write``) after every ``Assert`` made before
+    it, each ``Assert`` after every write made before it; a control-flow op or call, which holds both in its
+    own graph (ordered there), as both. Called after each check (``ops.py``), each write through unidl and at
+    the end of a graph and of a branch or loop body (``_cond``, ``_case``, ``_while_loop``, ``GraphFunction``)."""
+    if tf.executing_eagerly() or recording():
+        return
+    graph = tf.compat.v1.get_default_graph()
+    order = _orders.get(graph)
+    if order is None:
+        order = _orders[graph] = _Order()
+    nodes = graph._nodes_by_id  # (ops by the id TensorFlow numbers them with as they are made, rising)
+    new, ident = len(nodes) - order.count, order.seen
+    order.count = len(nodes)
+    while new:
+        ident += 1
+        if ident not in nodes:  # (a number no op of this graph took)
+            continue
+        new -= 1
+        op = nodes[ident]
+        write, check = _is_write(op), op.type == "Assert" or op.type in _HOLDS_CHECKS
+        waits = (order.checks if write else []) + (order.writes if check else [])
+        if waits:
+            op._add_control_inputs(waits)
+        # (the last run of checks, each after the writes before it, and the last run of writes, each after the
+        # checks before it: waiting for a run waits for everything made before it, one edge an op per run)
+        if write and (order.last_was_check or check):
+            order.writes = []
+        if check and (not order.last_was_check or write):
+            order.checks = []
+        if write:
+            order.writes.append(op)
+        if check:
+            order.checks.append(op)
+        order.last_was_check = check and not write
+    order.seen = ident
 
 
 def packed(checks) -> tuple:
@@ -211,13 +287,25 @@ def _report(checks, descriptions, most: int = _MOST_VALUES):
     return tf.concat([tf.stack([held, base + first]), tf.gather(rows, first)], 0)
 
 
+def _ordered(branch):
+    """``branch`` (a ``tf.cond`` branch, a loop's body or condition), its graph's writes and assertions put in
+    program order at its end (``in_program_order``); the op that holds it is ordered in the graph around it."""
+
+    def run(*args, **kwargs):
+        outputs = branch(*args, **kwargs)
+        in_program_order()
+        return outputs
+
+    return run
+
+
 def _cond(original):
     """``cond_v2.cond_v2`` whose branches, traced in a graph being collected, hand their checks out as one more
     output (``_report``), recorded around it: XLA drops the ``Assert`` a branch's check would be."""
 
     def cond_v2(pred, true_fn, false_fn, name="cond"):
         if not recording():
-            return original(pred, true_fn, false_fn, name)
+            return original(pred, _ordered(true_fn), _ordered(false_fn), name)
         leaves: list = []
 
         def reporting(branch):
@@ -240,7 +328,7 @@ def _case(original):
 
     def indexed_case(branch_index, branch_fns, name="indexed_case", lower_using_switch_merge=None):
         if not recording():
-            return original(branch_index, branch_fns, name, lower_using_switch_merge)
+            return original(branch_index, [_ordered(branch) for branch in branch_fns], name, lower_using_switch_merge)
         leaves: list = []
 
         def reporting(branch):
@@ -268,7 +356,7 @@ def _while_loop(original):
 
     def while_loop(cond, body, loop_vars, shape_invariants=None, *args, return_same_structure=True, **kwargs):
         if not recording() or not isinstance(loop_vars, (list, tuple)):
-            return original(cond, body, loop_vars, shape_invariants, *args,
+            return original(_ordered(cond), _ordered(body), loop_vars, shape_invariants, *args,
                             return_same_structure=return_same_structure, **kwargs)
         leaves: list = []
         condition_checked: list = []
