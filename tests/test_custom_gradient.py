@@ -166,7 +166,8 @@ def test_a_train_step_through_an_inline_function_with_a_custom_gradient_trains_a
     tie-splitting ``ud.ops.maximum``'s), trained by a ``train_step``: on TensorFlow the step's first trace failed
     (``LookupError: No gradient defined for operation 'IdentityN'``), the inline function's gradient registrations
     freed with it before the step's graph differentiated through it. Its losses are those of the same forward
-    written without the function."""
+    written without the function; and so are ``fit``'s (which on Keras-on-TensorFlow failed in Keras's own train
+    step's graph)."""
     x = np.random.RandomState(0).randn(4, 3).astype(np.float32)
     y = np.ones((4, 3), np.float32)
 
@@ -182,14 +183,21 @@ def test_a_train_step_through_an_inline_function_with_a_custom_gradient_trains_a
             h = self.linear(t)
             return ud.function(lambda u: leaky(u))(h) if self.inline else leaky(h)
 
-    losses = {}
+    losses, fitted = {}, {}
     for inline in (True, False):
         ud.manual_seed(0)
         net = Net(inline)
         step = ud.train_step(net, ud.nn.MSELoss(), ud.optim.SGD(net.parameters(), lr=0.1))
         losses[inline] = [float(ud.to_numpy(step(x, y))) for _ in range(3)]
+        # fit's step loop too (Keras's own train step's graph on keras)
+        ud.manual_seed(0)
+        net = Net(inline)
+        fitted[inline] = ud.fit(net, (x, y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(net.parameters(), lr=0.1),
+                                epochs=2, batch_size=2, shuffle=False, verbose=0).history["loss"]
     np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
     assert losses[True][2] < losses[True][0]
+    np.testing.assert_allclose(fitted[True], fitted[False], rtol=1e-5)
+    assert fitted[True][1] < fitted[True][0]
 
 
 def test_a_gradient_of_a_gradient_is_torchs_on_every_backend(backend):
