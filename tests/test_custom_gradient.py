@@ -142,6 +142,64 @@ def test_dropped_functions_with_custom_gradients_leave_no_graph_behind(backend):
         gc.unfreeze()
 
 
+def test_an_inner_function_freed_while_an_outer_graph_calls_it_keeps_its_custom_gradient(backend):
+    """A ``ud.function`` called by another one's graph and freed afterwards (the outer function's Python now calls
+    the same computation without it), then the outer function differentiated: on TensorFlow freeing the inner
+    function removed the gradient its graph registered for the tie-splitting ``ud.ops.maximum``
+    (``gradients_registered_for_life``), which the outer graph still calls, and the gradient failed with
+    TensorFlow's ``LookupError: No gradient defined for operation 'IdentityN'``. The inner graph now lives as long
+    as the graph calling it; every backend gives torch's gradient."""
+    import gc
+
+    x = np.random.RandomState(0).randn(4, 3).astype(np.float32)
+    inner = [ud.function(lambda u: ud.ops.maximum(u, u * 0.5))]
+    outer = ud.function(lambda t: inner[0](t) * 2.0)
+    outer(ud.tensor(x))
+    inner[0] = lambda u: ud.ops.maximum(u, u * 0.5)  # (where the function's Python runs again: the same result)
+    gc.collect()
+    gradient = ud.to_numpy(ud.grad(lambda t: ud.ops.sum(outer(t)))(ud.tensor(x)))
+    np.testing.assert_allclose(gradient, np.where(x > 0, 2.0, 1.0))
+
+
+def test_a_train_step_through_an_inline_function_with_a_custom_gradient_trains_as_without_it(backend):
+    """A forward that makes a ``ud.function`` inline and drops it after its call (its custom gradient: the
+    tie-splitting ``ud.ops.maximum``'s), trained by a ``train_step``: on TensorFlow the step's first trace failed
+    (``LookupError: No gradient defined for operation 'IdentityN'``), the inline function's gradient registrations
+    freed with it before the step's graph differentiated through it. Its losses are those of the same forward
+    written without the function; and so are ``fit``'s (which on Keras-on-TensorFlow failed in Keras's own train
+    step's graph)."""
+    x = np.random.RandomState(0).randn(4, 3).astype(np.float32)
+    y = np.ones((4, 3), np.float32)
+
+    def leaky(u):
+        return ud.ops.maximum(u, u * 0.5) * 2.0
+
+    class Net(ud.nn.Module):
+        def __init__(self, inline):
+            super().__init__()
+            self.linear, self.inline = ud.nn.Linear(3, 3), inline
+
+        def forward(self, t):
+            h = self.linear(t)
+            return ud.function(lambda u: leaky(u))(h) if self.inline else leaky(h)
+
+    losses, fitted = {}, {}
+    for inline in (True, False):
+        ud.manual_seed(0)
+        net = Net(inline)
+        step = ud.train_step(net, ud.nn.MSELoss(), ud.optim.SGD(net.parameters(), lr=0.1))
+        losses[inline] = [float(ud.to_numpy(step(x, y))) for _ in range(3)]
+        # fit's step loop too (Keras's own train step's graph on keras)
+        ud.manual_seed(0)
+        net = Net(inline)
+        fitted[inline] = ud.fit(net, (x, y), loss=ud.nn.MSELoss(), optimizer=ud.optim.SGD(net.parameters(), lr=0.1),
+                                epochs=2, batch_size=2, shuffle=False, verbose=0).history["loss"]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-5)
+    assert losses[True][2] < losses[True][0]
+    np.testing.assert_allclose(fitted[True], fitted[False], rtol=1e-5)
+    assert fitted[True][1] < fitted[True][0]
+
+
 def test_a_gradient_of_a_gradient_is_torchs_on_every_backend(backend):
     """``ud.grad`` inside a differentiated function gives a differentiable gradient on every backend, as
     ``torch.autograd.grad(create_graph=True)``: a Hessian-vector product (eagerly and inside ``ud.function``) and a

@@ -506,6 +506,36 @@ def test_a_function_traced_in_training_is_traced_apart_for_export(backend_name, 
             np.testing.assert_array_equal(gradient(), tensor.grad.numpy(), err_msg=f"{traced_first_in_training}")
 
 
+def test_inline_functions_of_a_forward_are_each_exported_as_their_own_graph(backend, tmp_path):
+    """A forward that makes a ``ud.function`` inline and drops it after its call, six of them in a row: each
+    function freed let the next one be made at its address, and the SavedModel export filed the graphs it traced
+    for the functions by ``id``, so the next one got the first one's graph and the exported program silently
+    computed something else than the forward (50.86 for 111110.87). The export's program gives the forward's
+    output, on every backend in the first format it writes."""
+
+    class Inline(ud.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = ud.nn.Linear(3, 3)
+
+        def forward(self, x):
+            h = self.linear(x)
+            for k in range(6):
+                h = ud.function(lambda t, c=10.0 ** k: t + c)(h)  # a new function each time, dropped after its call
+            return h
+
+    model = Inline().eval()
+    x = np.random.RandomState(0).rand(2, 3).astype(np.float32)
+    expected = ud.to_numpy(model(ud.tensor(x)))
+    format = model._backend.export_formats()[0]
+    path = tmp_path / f"inline{SUFFIXES[format]}"
+    ud.export(model, path, format=format, input_shape=(3,))
+    namespace = {"np": np}
+    exec(LOADERS[format], namespace)
+    for output in namespace["load"](str(path))(x):
+        np.testing.assert_allclose(output, expected, rtol=1e-6, err_msg=format)
+
+
 @pytest.mark.skipif("torch" not in backends_under_test(), reason="the torch backend is not under test")
 def test_a_torch_model_with_an_embedding_exports_and_keeps_its_index_check_eagerly(tmp_path):
     """``torch.export`` of a model whose forward looks up an Embedding: unidl's index check reads the indices'

@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow.python.autograph.core import ag_ctx, converter
 from tensorflow.python.autograph.core import config as autograph_config
 from tensorflow.python.autograph.impl import api as autograph_api
+from tensorflow.python.framework.func_graph import FuncGraph
 
 from unidl import config, devices
 from unidl.nn.module import training_modes
@@ -360,6 +361,23 @@ def _unregister(registry, names) -> None:
         _CLAIMED_GRADIENTS.discard(name)
 
 
+def _kept_by_the_graphs_tracing(concrete) -> None:
+    """Keep ``concrete``, a graph called while another graph is traced, alive as long as the graph that calls it
+    and each graph around that one (a cond's branch inside a train step's): the calling graph holds the called
+    graph's definition by name alone, not the Python object whose life the called graph's gradient registrations
+    last (``gradients_registered_for_life``), so an inner ``ud.function`` freed while an outer graph still called
+    it (made inline in a forward and dropped after its call, or ``del``-ed) took them along, and the outer graph's
+    gradient failed with TensorFlow's ``LookupError: No gradient defined for operation 'IdentityN'``. Kept by the
+    graphs that call it, a function dropped with them still frees its graphs."""
+    graph = tf.compat.v1.get_default_graph()
+    while isinstance(graph, FuncGraph):
+        called = getattr(graph, "_unidl_called_graphs", None)
+        if called is None:
+            called = graph._unidl_called_graphs = {}  # (a FuncGraph takes attributes, though it has no __dict__)
+        called[id(concrete)] = concrete
+        graph = graph.outer_graph
+
+
 class GraphFunction:
     """``fn`` as a static graph: traced once per (rank, dtype) signature, then run without Python; traced again,
     once, after an optimizer whose rule they ran first changes an option (``ConstantOptions``: they hold it as a
@@ -513,10 +531,14 @@ class GraphFunction:
             # export alone (one a signature however often the export calls it), since a graph traced in training
             # names unidl's gradient rules (which the SavedModel cannot hold) and one traced for export lacks them
             # (a later training step would lose them)
+            # keyed by this function's id and kept with it for as long as the export: an inline ud.function dropped
+            # after its call freed its id for the next one, which was given the first one's graph (a SavedModel
+            # silently computing something else than the forward)
             graphs = export_graphs()
-            graph = graphs.get((id(self), key))
-            if graph is None:
-                graph = graphs[(id(self), key)] = self._graph_for(key, statics, packing, keep=False)
+            kept = graphs.get((id(self), key))
+            if kept is None:
+                kept = graphs[(id(self), key)] = (self, self._graph_for(key, statics, packing, keep=False))
+            graph = kept[1]
         else:
             graph = self._graphs.get(key)
             if graph is None:
@@ -525,6 +547,8 @@ class GraphFunction:
         checks = self._checks.get(key) if self._checks and not exporting else None
         if self._written.get(key) and not exporting:  # (called in an XLA graph: its writes stand only where that
             xla_checks.note_written(self._written[key])  # graph's checks before the call held, as eagerly)
+        if not tf.executing_eagerly():
+            _kept_by_the_graphs_tracing(graph)
         try:
             result = graph(*tensors)
         except tf.errors.InvalidArgumentError as error:  # an in-graph check (ops.check_index, ops.check_shape) failed
