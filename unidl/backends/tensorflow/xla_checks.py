@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 
 import tensorflow as tf
 
@@ -187,9 +186,6 @@ class _Order:
         self.last_was_check = False
 
 
-_orders: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
 def _is_write(op) -> bool:
     """Whether ``op`` writes a variable (an assignment, an optimizer's fused apply, a scatter) or may hold one."""
     return op.type in _WRITES or op.type.startswith(("ResourceApply", "ResourceScatter", "ResourceSparseApply"))
@@ -204,9 +200,10 @@ def in_program_order() -> None:
     if tf.executing_eagerly() or recording():
         return
     graph = tf.compat.v1.get_default_graph()
-    order = _orders.get(graph)
+    # (kept on the graph, which it dies with: a table keyed weakly on the graph would hold it through the ops)
+    order = getattr(graph, "_unidl_program_order", None)
     if order is None:
-        order = _orders[graph] = _Order()
+        order = graph._unidl_program_order = _Order()
     nodes = graph._nodes_by_id  # (ops by the id TensorFlow numbers them with as they are made, rising)
     new, ident = len(nodes) - order.count, order.seen
     order.count = len(nodes)
