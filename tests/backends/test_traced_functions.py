@@ -517,6 +517,48 @@ def test_value_checks_in_a_while_loops_condition_under_xla_raise_the_eager_error
             assert str(caught.value) == str(eagerly.value), fn.__name__
 
 
+def _summed_until(x, limit):
+    """Sums ``x`` along its index while the sum is below ``limit``: where ``x`` ends in zeros the index leaves its
+    range in the loop's body (its condition reads only the sum)."""
+    i, total = ud.ops.sum(x) * 0, ud.ops.sum(x) * 0
+    while total < limit:
+        total = total + ud.ops.take(x, ud.ops.cast(i, "int32"))
+        i = i + 1
+    return total
+
+
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_a_check_failed_in_a_while_loops_body_under_xla_ends_the_loop(backend_name):
+    """A check that fails in a ``while`` loop's body (an index out of range) ends the loop under XLA, as the eager
+    loop raised there: XLA ran the body on with the index clamped, the read zero kept the sum below its limit, and
+    the call never returned. It now raises the eager error (run in a thread, so that a loop that never ends fails
+    the test instead of hanging it); a passing call returns the eager sum. (JAX runs such a function eagerly.)"""
+    import contextvars
+    import threading
+
+    x, passing, failing = np.array([1, 0], np.float32), np.array(1, np.float32), np.array(3, np.float32)
+    with ud.use_backend(backend_name):
+        compiled = ud.function(_summed_until, jit_compile=True)
+        assert float(ud.to_numpy(compiled(x, passing))) == float(ud.to_numpy(_summed_until(x, passing)))
+        with pytest.raises(ud.IndexOutOfRangeError) as eagerly:
+            _summed_until(x, failing)
+        outcome: list = []
+
+        def call():
+            try:
+                outcome.append(compiled(x, failing))
+            except Exception as error:  # (the error the call raised, read below)
+                outcome.append(error)
+
+        context = contextvars.copy_context()  # (the thread runs with this one's backend)
+        worker = threading.Thread(target=context.run, args=(call,), daemon=True)
+        worker.start()
+        worker.join(120)
+        assert not worker.is_alive(), "the jit-compiled loop did not end"
+        assert isinstance(outcome[0], ud.IndexOutOfRangeError), outcome
+        assert str(outcome[0]) == str(eagerly.value)
+
+
 def test_value_checks_in_switch_case_and_case_branches_under_xla_raise_the_eager_error():
     """A check inside a ``tf.switch_case`` branch (TensorFlow's ``Case`` op) under XLA was dropped: a label out of
     range gave a NaN loss. Its branches now hand their checks out, as a ``tf.cond``'s do (``tf.case``, nested
