@@ -854,6 +854,7 @@ def _keras_on_jax() -> bool:
     return keras.backend.backend() == "jax"
 
 
+@pytest.mark.every_keras_framework  # (kept by scripts/run-tests.sh's KERAS_BACKEND=jax run, where it runs)
 @pytest.mark.skipif(not _keras_on_jax(), reason="Keras runs on another framework here")
 def test_a_keras_on_jax_train_step_selects_no_write_that_its_failed_check_puts_back(monkeypatch):
     """Keras-on-JAX's train step gives back the whole state it was given where a check failed
