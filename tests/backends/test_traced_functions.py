@@ -517,6 +517,48 @@ def test_value_checks_in_a_while_loops_condition_under_xla_raise_the_eager_error
             assert str(caught.value) == str(eagerly.value), fn.__name__
 
 
+def _summed_until(x, limit):
+    """Sums ``x`` along its index while the sum is below ``limit``: where ``x`` ends in zeros the index leaves its
+    range in the loop's body (its condition reads only the sum)."""
+    i, total = ud.ops.sum(x) * 0, ud.ops.sum(x) * 0
+    while total < limit:
+        total = total + ud.ops.take(x, ud.ops.cast(i, "int32"))
+        i = i + 1
+    return total
+
+
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_a_check_failed_in_a_while_loops_body_under_xla_ends_the_loop(backend_name):
+    """A check that fails in a ``while`` loop's body (an index out of range) ends the loop under XLA, as the eager
+    loop raised there: XLA ran the body on with the index clamped, the read zero kept the sum below its limit, and
+    the call never returned. It now raises the eager error (run in a thread, so that a loop that never ends fails
+    the test instead of hanging it); a passing call returns the eager sum. (JAX runs such a function eagerly.)"""
+    import contextvars
+    import threading
+
+    x, passing, failing = np.array([1, 0], np.float32), np.array(1, np.float32), np.array(3, np.float32)
+    with ud.use_backend(backend_name):
+        compiled = ud.function(_summed_until, jit_compile=True)
+        assert float(ud.to_numpy(compiled(x, passing))) == float(ud.to_numpy(_summed_until(x, passing)))
+        with pytest.raises(ud.IndexOutOfRangeError) as eagerly:
+            _summed_until(x, failing)
+        outcome: list = []
+
+        def call():
+            try:
+                outcome.append(compiled(x, failing))
+            except Exception as error:  # (the error the call raised, read below)
+                outcome.append(error)
+
+        context = contextvars.copy_context()  # (the thread runs with this one's backend)
+        worker = threading.Thread(target=context.run, args=(call,), daemon=True)
+        worker.start()
+        worker.join(120)
+        assert not worker.is_alive(), "the jit-compiled loop did not end"
+        assert isinstance(outcome[0], ud.IndexOutOfRangeError), outcome
+        assert str(outcome[0]) == str(eagerly.value)
+
+
 def test_value_checks_in_switch_case_and_case_branches_under_xla_raise_the_eager_error():
     """A check inside a ``tf.switch_case`` branch (TensorFlow's ``Case`` op) under XLA was dropped: a label out of
     range gave a NaN loss. Its branches now hand their checks out, as a ``tf.cond``'s do (``tf.case``, nested
@@ -918,3 +960,93 @@ def test_an_op_after_a_squeeze_without_dim_in_a_graph_is_eagers_or_a_clear_error
         return
     assert traced.shape == eager.shape
     np.testing.assert_allclose(traced, eager, rtol=1e-6)
+
+
+def _keras_on_jax() -> bool:
+    """Whether the keras backend runs on JAX in this interpreter (``KERAS_BACKEND=jax``: Keras's own jitted steps)."""
+    if "keras" not in backends_under_test():
+        return False
+    import keras
+
+    return keras.backend.backend() == "jax"
+
+
+@pytest.mark.every_keras_framework  # (kept by scripts/run-tests.sh's KERAS_BACKEND=jax run, where it runs)
+@pytest.mark.skipif(not _keras_on_jax(), reason="Keras runs on another framework here")
+def test_a_keras_on_jax_train_step_selects_no_write_that_its_failed_check_puts_back(monkeypatch):
+    """Keras-on-JAX's train step gives back the whole state it was given where a check failed
+    (keras/module.py ``_value_checked``), so the optimizer's writes in it are not selected one by one by the checks
+    before them (``Backend.unless_a_check_failed``, which kept a ``jnp.where`` per optimizer variable: a two-layer
+    Adam step's jaxpr 329 equations and 57 selections before, 377 and 81 with them): the step's jaxpr has fewer
+    selections than with that per-write selection made (as a ``ud.function`` makes it, whose state is not put back
+    whole), and a step whose label is out of range still raises and changes no weight nor optimizer state."""
+    import jax
+    from keras.src.backend.jax import trainer as keras_trainer
+
+    from unidl.backends.jax import ops as jax_ops
+
+    real_jit = keras_trainer.jit
+    found: list = []
+
+    class Recorded:
+        """A ``jax.jit`` of ``f`` whose first call also counts the primitives of ``f``'s jaxpr (the step's)."""
+
+        def __init__(self, f, options):
+            self.f, self.compiled = f, real_jit(f, **options)
+
+        def __call__(self, *args, **kwargs):
+            if not found:
+                try:
+                    found.append(_primitive_counts(jax.make_jaxpr(self.f)(*args, **kwargs).jaxpr))
+                except Exception:  # (a function jitted with static arguments: not the step)
+                    pass
+            return self.compiled(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.compiled, name)
+
+    def recording_jit(f=None, **options):
+        if f is None:
+            return lambda g: recording_jit(g, **options)
+        return Recorded(f, options)
+
+    def traced_step(selecting: bool):
+        found.clear()
+        with monkeypatch.context() as patches:
+            patches.setattr(keras_trainer, "jit", recording_jit)  # (Keras's trainer's ``jax.jit``, bound at import)
+            if selecting:
+                patches.setattr(jax_ops, "state_restored_where_a_check_fails", lambda: False, raising=False)
+            with ud.use_backend("keras"):
+                ud.manual_seed(0)
+                model = ud.nn.Sequential(ud.nn.Linear(6, 8), ud.nn.ReLU(), ud.nn.Linear(8, 3))
+                optimizer = ud.optim.Adam(model.parameters(), lr=1e-2)
+                step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer)
+                x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+                step(x, np.array([0, 1, 2, 0]))
+                weights, state = [ud.to_numpy(p).copy() for p in model.parameters()], _flat_state(optimizer)
+                with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 7"):
+                    step(x, np.array([0, 7, 2, 0]))
+                after = [ud.to_numpy(p) for p in model.parameters()] + _flat_state(optimizer)
+                for before, now in zip(weights + state, after):
+                    np.testing.assert_array_equal(now, before)
+        assert found, "no jitted step was traced"
+        return found[0]
+
+    plain, selecting = traced_step(False), traced_step(True)
+    assert plain["select_n"] < selecting["select_n"], (plain, selecting)
+    assert sum(plain.values()) < sum(selecting.values()), (plain, selecting)
+
+
+def _primitive_counts(jaxpr) -> dict:
+    """How many equations of each primitive ``jaxpr`` holds, those of its inner jaxprs (a ``cond``'s branches, a
+    ``pjit``'s body) included."""
+    counts: dict = {}
+    for equation in jaxpr.eqns:
+        counts[equation.primitive.name] = counts.get(equation.primitive.name, 0) + 1
+        for parameter in equation.params.values():
+            for inner in parameter if isinstance(parameter, (list, tuple)) else [parameter]:
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    for name, count in _primitive_counts(inner).items():
+                        counts[name] = counts.get(name, 0) + count
+    return counts

@@ -332,8 +332,11 @@ class Backend(BackendInterface):
         """Keras-on-JAX's writes (``variables``: Keras's, read and written through their own API, which a traced
         step's ``StatelessScope`` holds) inside the block stand only where every check staged before it in this
         checkified trace passed, as ``jax_ops.unless_a_check_failed`` selects unidl's own: a compiled call runs whole
-        before its checks are read, and an eager call that raised made no write after the check."""
-        passed = jax_ops.checks_passed()
+        before its checks are read, and an eager call that raised made no write after the check. None in a
+        Keras-on-JAX train step, which gives back the whole state it was given where a check failed
+        (``state_restored_where_a_check_fails``): a ``jnp.where`` per optimizer variable, 24 of a two-layer Adam
+        step's 81 selections, would select what that step discards."""
+        passed = None if jax_ops.state_restored_where_a_check_fails() else jax_ops.checks_passed()
         if passed is None:
             yield
             return
@@ -515,14 +518,16 @@ class Backend(BackendInterface):
         _, dynamic, rebuild = _with_static_arguments(args)
         return jax.eval_shape(lambda values: f(*rebuild(values)), dynamic)
 
-    def value_checked(self, f):
+    def value_checked(self, f, restores_state: bool = False):
         """``(checked, raise_failed)``: ``checked(*args)`` is ``(failed checks, f(*args))``, with the value checks
         of unidl's ops inside ``f`` (an index or a label out of range, a size known only at run time) staged into
         its trace by checkify, as in this backend's compiled steps, for a ``jax.jit`` of ``checked``;
         ``raise_failed(failed checks)`` raises unidl's error for one that failed (nothing otherwise). The keras
         backend checks Keras-on-JAX's own jitted train and evaluation steps so (its ``jax.jit`` was not
-        checkified: they computed with a label out of range)."""
-        return value_checked(f)
+        checkified: they computed with a label out of range). ``restores_state``: the caller gives back the state
+        ``f`` was given where a check failed, so Keras's writes inside ``f`` are not selected one by one
+        (``unless_a_check_failed``)."""
+        return value_checked(f, restores_state)
 
     def jit_of_values(self, f, name: str, reads=None):
         """``f(values, *args)`` (a pure function of arrays) compiled by ``jax.jit``, traced once per input
@@ -734,10 +739,10 @@ def _NO_CHECK():
     """The check of a call traced into another (``_NamedJit.call_unchecked``): that trace's own checks hold it."""
 
 
-def value_checked(f):
+def value_checked(f, restores_state: bool = False):
     """``Backend.value_checked``."""
     def traced(*args, **kwargs):
-        with jax_ops.checkified_trace():
+        with jax_ops.checkified_trace(restores_state):
             return f(*args, **kwargs)
 
     flat, error_structure = checkified(traced)

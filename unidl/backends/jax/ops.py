@@ -471,16 +471,25 @@ _trace = threading.local()
 
 
 @contextlib.contextmanager
-def checkified_trace():
+def checkified_trace(restores_state: bool = False):
     """Marks the trace running in this thread as one that ``checkify`` transforms (``StatefulJit``: every
     compiled step of this backend), where value checks may be ``checkify.check``s; each records its predicate
-    for ``checks_passed``."""
-    previous = getattr(_trace, "checkified", False), getattr(_trace, "predicates", None)
-    _trace.checkified, _trace.predicates = True, []
+    for ``checks_passed``. ``restores_state``: the caller gives back the whole state it was given where a check
+    failed (Keras-on-JAX's train step: keras/module.py ``_value_checked``), so a write in it needs no selection
+    of its own (``state_restored_where_a_check_fails``)."""
+    previous = (getattr(_trace, "checkified", False), getattr(_trace, "predicates", None),
+                getattr(_trace, "restores_state", False))
+    _trace.checkified, _trace.predicates, _trace.restores_state = True, [], restores_state
     try:
         yield
     finally:
-        _trace.checkified, _trace.predicates = previous
+        _trace.checkified, _trace.predicates, _trace.restores_state = previous
+
+
+def state_restored_where_a_check_fails() -> bool:
+    """Whether the checkified trace running in this thread is one whose caller puts its whole state back where a
+    check failed (``checkified_trace``'s ``restores_state``): a trace nested in it, which has its own, is not."""
+    return getattr(_trace, "restores_state", False)
 
 
 def in_checkified_trace() -> bool:

@@ -462,8 +462,9 @@ def _value_checked(step, keeps_state: bool):
     output beside Keras's: ``((outputs, failed), state)``, so that the state stays the second element where
     ``KeptStepState`` reads it. Without them the step computed with a label out of range (a finite, wrong loss, a
     NaN row) where every other backend raises ``IndexOutOfRangeError``. ``keeps_state``: a step whose checks
-    failed gives back the state it was given (a train step's update is not applied, as on every backend)."""
-    checked, raise_failed = HOST.value_checked(step)
+    failed gives back the state it was given (a train step's update is not applied, as on every backend), so its
+    writes are not selected one by one by the checks before them (the host's ``restores_state``)."""
+    checked, raise_failed = HOST.value_checked(step, restores_state=keeps_state)
 
     def checked_step(state, *args, **kwargs):
         failed, (outputs, new_state) = checked(state, *args, **kwargs)

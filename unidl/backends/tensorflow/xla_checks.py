@@ -363,6 +363,10 @@ def _while_loop(original):
             with _nested() as checks:
                 holds = cond(*state[:-1])
             condition_checked[:] = [bool(checks)]
+            # (no iteration after one whose check failed, as an eager loop raised there: under XLA the body ran on
+            # with an index clamped, for ever where the value read kept the condition true; the body is traced
+            # after the condition, so the report is read whether or not it has checks: a constant where it has none)
+            holds = tf.logical_and(tf.equal(state[-1][0], 1), holds)
             if not checks:
                 return holds
             return tf.logical_and(tf.reduce_all(tf.stack([condition for condition, _, _ in checks])), holds)
