@@ -24,6 +24,8 @@ def rng():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "heavy: a test file of tens of seconds; such files run first (see below)")
+    config.addinivalue_line("markers", "keras_framework(name): a test of Keras on that framework alone (its own "
+                            "jitted steps), collected where KERAS_BACKEND is that framework (see below)")
     config.addinivalue_line("markers", "every_keras_framework: a test that runs the keras backend with no parameter "
                             "naming it (a loop over the backends): UNIDL_TEST_KERAS_ONLY keeps it (see below)")
     # Ctrl-C raises KeyboardInterrupt in every test process, as at a terminal, also where the suite was started in
@@ -44,6 +46,16 @@ def _runs_on_the_keras_backend(item) -> bool:
     return callspec is not None and "keras" in callspec.id.split("-")
 
 
+def _keras_framework() -> str | None:
+    """The framework Keras runs on in this interpreter (``KERAS_BACKEND``, read once when Keras is imported); None
+    without Keras."""
+    try:
+        import keras
+    except ImportError:
+        return None
+    return keras.backend.backend()
+
+
 def pytest_collection_modifyitems(config, items):
     """Test files marked ``heavy`` (``pytestmark = pytest.mark.heavy``) go first, the others keep their order.
     scripts/run-tests.sh hands files to its workers in this order (``--dist loadfile --no-loadscope-reorder``),
@@ -53,7 +65,13 @@ def pytest_collection_modifyitems(config, items):
     ``UNIDL_TEST_KERAS_ONLY=1`` keeps only the tests run on the keras backend: scripts/run-tests.sh runs them again
     under ``KERAS_BACKEND=jax`` and ``torch`` (Keras reads it once, at import, so a framework is a process of its
     own), where the other tests would repeat the main run's. An environment variable rather than ``-m``, so that
-    the caller's own ``-k``/``-m`` still apply."""
+    the caller's own ``-k``/``-m`` still apply. A test marked ``keras_framework(name)`` is collected only where Keras
+    runs on ``name``."""
+    elsewhere = [item for item in items if (marker := item.get_closest_marker("keras_framework")) is not None
+                 and marker.args[0] != _keras_framework()]
+    if elsewhere:  # (run by scripts/run-tests.sh's run on that framework)
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [item for item in items if item not in elsewhere]
     if os.environ.get("UNIDL_TEST_KERAS_ONLY", "") not in ("", "0"):
         deselected = [item for item in items if not _runs_on_the_keras_backend(item)]
         if deselected:

@@ -655,6 +655,33 @@ def test_a_jit_compiled_call_whose_check_fails_keeps_the_writes_an_eager_call_ma
                 assert not np.array_equal(eager[1]["weight"], before[1]["weight"])  # (max_norm's rows, kept)
 
 
+def test_a_users_own_tensorflow_graph_gets_no_ordering_of_unidls():
+    """unidl puts the writes and assertions of its own graphs' ``tf.cond`` branches in program order (control
+    edges, ``xla_checks.in_program_order``), through its wrapper of TensorFlow's ``cond_v2``; a user's own
+    ``tf.function`` in the same process, traced after a graph of unidl's, is left as TensorFlow makes it: its
+    branch's assignment waits for no assertion of unidl's making."""
+    import tensorflow as tf
+
+    with ud.use_backend("tensorflow"):
+        ud.function(lambda a: ud.ops.take(a, ud.tensor(np.array([0]))))(np.ones(3, np.float32))
+    variable, graphs = tf.Variable(0.0), []
+
+    @tf.function
+    def users(x):
+        def branch():
+            graphs.append(tf.compat.v1.get_default_graph())
+            tf.debugging.assert_positive(x)
+            variable.assign_add(1.0)
+            return x
+
+        return tf.cond(x > -5.0, branch, lambda: x)
+
+    users.get_concrete_function(tf.TensorSpec([], tf.float32))
+    assignments = [op for graph in graphs for op in graph.get_operations() if op.type == "AssignAddVariableOp"]
+    assert len(assignments) == 1 and not assignments[0].control_inputs, \
+        [op.type for op in assignments[0].control_inputs]
+
+
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_plain_graph_whose_check_fails_keeps_exactly_the_writes_an_eager_call_made_before_it(backend_name):
     """A plain ``ud.function`` (no XLA) on TensorFlow and Keras-on-TensorFlow: its checks are ``Assert`` ops, and
@@ -960,93 +987,3 @@ def test_an_op_after_a_squeeze_without_dim_in_a_graph_is_eagers_or_a_clear_error
         return
     assert traced.shape == eager.shape
     np.testing.assert_allclose(traced, eager, rtol=1e-6)
-
-
-def _keras_on_jax() -> bool:
-    """Whether the keras backend runs on JAX in this interpreter (``KERAS_BACKEND=jax``: Keras's own jitted steps)."""
-    if "keras" not in backends_under_test():
-        return False
-    import keras
-
-    return keras.backend.backend() == "jax"
-
-
-@pytest.mark.every_keras_framework  # (kept by scripts/run-tests.sh's KERAS_BACKEND=jax run, where it runs)
-@pytest.mark.skipif(not _keras_on_jax(), reason="Keras runs on another framework here")
-def test_a_keras_on_jax_train_step_selects_no_write_that_its_failed_check_puts_back(monkeypatch):
-    """Keras-on-JAX's train step gives back the whole state it was given where a check failed
-    (keras/module.py ``_value_checked``), so the optimizer's writes in it are not selected one by one by the checks
-    before them (``Backend.unless_a_check_failed``, which kept a ``jnp.where`` per optimizer variable: a two-layer
-    Adam step's jaxpr 329 equations and 57 selections before, 377 and 81 with them): the step's jaxpr has fewer
-    selections than with that per-write selection made (as a ``ud.function`` makes it, whose state is not put back
-    whole), and a step whose label is out of range still raises and changes no weight nor optimizer state."""
-    import jax
-    from keras.src.backend.jax import trainer as keras_trainer
-
-    from unidl.backends.jax import ops as jax_ops
-
-    real_jit = keras_trainer.jit
-    found: list = []
-
-    class Recorded:
-        """A ``jax.jit`` of ``f`` whose first call also counts the primitives of ``f``'s jaxpr (the step's)."""
-
-        def __init__(self, f, options):
-            self.f, self.compiled = f, real_jit(f, **options)
-
-        def __call__(self, *args, **kwargs):
-            if not found:
-                try:
-                    found.append(_primitive_counts(jax.make_jaxpr(self.f)(*args, **kwargs).jaxpr))
-                except Exception:  # (a function jitted with static arguments: not the step)
-                    pass
-            return self.compiled(*args, **kwargs)
-
-        def __getattr__(self, name):
-            return getattr(self.compiled, name)
-
-    def recording_jit(f=None, **options):
-        if f is None:
-            return lambda g: recording_jit(g, **options)
-        return Recorded(f, options)
-
-    def traced_step(selecting: bool):
-        found.clear()
-        with monkeypatch.context() as patches:
-            patches.setattr(keras_trainer, "jit", recording_jit)  # (Keras's trainer's ``jax.jit``, bound at import)
-            if selecting:
-                patches.setattr(jax_ops, "state_restored_where_a_check_fails", lambda: False, raising=False)
-            with ud.use_backend("keras"):
-                ud.manual_seed(0)
-                model = ud.nn.Sequential(ud.nn.Linear(6, 8), ud.nn.ReLU(), ud.nn.Linear(8, 3))
-                optimizer = ud.optim.Adam(model.parameters(), lr=1e-2)
-                step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer)
-                x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
-                step(x, np.array([0, 1, 2, 0]))
-                weights, state = [ud.to_numpy(p).copy() for p in model.parameters()], _flat_state(optimizer)
-                with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 7"):
-                    step(x, np.array([0, 7, 2, 0]))
-                after = [ud.to_numpy(p) for p in model.parameters()] + _flat_state(optimizer)
-                for before, now in zip(weights + state, after):
-                    np.testing.assert_array_equal(now, before)
-        assert found, "no jitted step was traced"
-        return found[0]
-
-    plain, selecting = traced_step(False), traced_step(True)
-    assert plain["select_n"] < selecting["select_n"], (plain, selecting)
-    assert sum(plain.values()) < sum(selecting.values()), (plain, selecting)
-
-
-def _primitive_counts(jaxpr) -> dict:
-    """How many equations of each primitive ``jaxpr`` holds, those of its inner jaxprs (a ``cond``'s branches, a
-    ``pjit``'s body) included."""
-    counts: dict = {}
-    for equation in jaxpr.eqns:
-        counts[equation.primitive.name] = counts.get(equation.primitive.name, 0) + 1
-        for parameter in equation.params.values():
-            for inner in parameter if isinstance(parameter, (list, tuple)) else [parameter]:
-                inner = getattr(inner, "jaxpr", inner)
-                if hasattr(inner, "eqns"):
-                    for name, count in _primitive_counts(inner).items():
-                        counts[name] = counts.get(name, 0) + count
-    return counts

@@ -427,7 +427,7 @@ class GraphFunction:
 
     def _run(self, args):
         with tracing_for_xla(self._jit_compile), python_randomness_guard(self.__name__, self._fn), \
-                self._options.recording():
+                self._options.recording(), xla_checks.tracing_unidl_graph():
             if self._device is None:
                 result = self._fn(*args)
             else:

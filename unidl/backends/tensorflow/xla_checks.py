@@ -284,9 +284,28 @@ def _report(checks, descriptions, most: int = _MOST_VALUES):
     return tf.concat([tf.stack([held, base + first]), tf.gather(rows, first)], 0)
 
 
+_tracing = threading.local()
+
+
+@contextlib.contextmanager
+def tracing_unidl_graph():
+    """While unidl traces a graph of its own (``GraphFunction``): the ``tf.cond``/``tf.switch_case``/``while``
+    branches made in it are put in program order (``_ordered``); a user's own TensorFlow graph is left as
+    TensorFlow makes it."""
+    _tracing.depth = getattr(_tracing, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _tracing.depth -= 1
+
+
 def _ordered(branch):
     """``branch`` (a ``tf.cond`` branch, a loop's body or condition), its graph's writes and assertions put in
-    program order at its end (``in_program_order``); the op that holds it is ordered in the graph around it."""
+    program order at its end (``in_program_order``); the op that holds it is ordered in the graph around it. Only
+    in a graph unidl traces or has ordered (``tracing_unidl_graph``): a user's own ``tf.function`` is TensorFlow's."""
+    if not getattr(_tracing, "depth", 0) and \
+            getattr(tf.compat.v1.get_default_graph(), "_unidl_program_order", None) is None:
+        return branch
 
     def run(*args, **kwargs):
         outputs = branch(*args, **kwargs)

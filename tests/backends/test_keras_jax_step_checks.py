@@ -1,0 +1,90 @@
+"""Keras-on-JAX's own jitted train step and unidl's value checks: run where Keras runs on JAX (the
+``keras_framework("jax")`` marker; scripts/run-tests.sh's ``KERAS_BACKEND=jax`` run of the keras tests, which holds
+this file), collected nowhere else."""
+
+import numpy as np
+import pytest
+
+import unidl as ud
+from tests.backends.test_traced_functions import _flat_state
+
+
+@pytest.mark.every_keras_framework
+@pytest.mark.keras_framework("jax")
+def test_a_keras_on_jax_train_step_selects_no_write_that_its_failed_check_puts_back(monkeypatch):
+    """Keras-on-JAX's train step gives back the whole state it was given where a check failed
+    (keras/module.py ``_value_checked``), so the optimizer's writes in it are not selected one by one by the checks
+    before them (``Backend.unless_a_check_failed``, which kept a ``jnp.where`` per optimizer variable: a two-layer
+    Adam step's jaxpr 329 equations and 57 selections before, 377 and 81 with them): the step's jaxpr has fewer
+    selections than with that per-write selection made (as a ``ud.function`` makes it, whose state is not put back
+    whole), and a step whose label is out of range still raises and changes no weight nor optimizer state."""
+    import jax
+    from keras.src.backend.jax import trainer as keras_trainer
+
+    from unidl.backends.jax import ops as jax_ops
+
+    real_jit = keras_trainer.jit
+    found: list = []
+
+    class Recorded:
+        """A ``jax.jit`` of ``f`` whose first call also counts the primitives of ``f``'s jaxpr (the step's)."""
+
+        def __init__(self, f, options):
+            self.f, self.compiled = f, real_jit(f, **options)
+
+        def __call__(self, *args, **kwargs):
+            if not found:
+                try:
+                    found.append(_primitive_counts(jax.make_jaxpr(self.f)(*args, **kwargs).jaxpr))
+                except Exception:  # (a function jitted with static arguments: not the step)
+                    pass
+            return self.compiled(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.compiled, name)
+
+    def recording_jit(f=None, **options):
+        if f is None:
+            return lambda g: recording_jit(g, **options)
+        return Recorded(f, options)
+
+    def traced_step(selecting: bool):
+        found.clear()
+        with monkeypatch.context() as patches:
+            patches.setattr(keras_trainer, "jit", recording_jit)  # (Keras's trainer's ``jax.jit``, bound at import)
+            if selecting:
+                patches.setattr(jax_ops, "state_restored_where_a_check_fails", lambda: False, raising=False)
+            with ud.use_backend("keras"):
+                ud.manual_seed(0)
+                model = ud.nn.Sequential(ud.nn.Linear(6, 8), ud.nn.ReLU(), ud.nn.Linear(8, 3))
+                optimizer = ud.optim.Adam(model.parameters(), lr=1e-2)
+                step = ud.train_step(model, ud.nn.CrossEntropyLoss(), optimizer)
+                x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+                step(x, np.array([0, 1, 2, 0]))
+                weights, state = [ud.to_numpy(p).copy() for p in model.parameters()], _flat_state(optimizer)
+                with pytest.raises(ud.IndexOutOfRangeError, match="found values from 0 to 7"):
+                    step(x, np.array([0, 7, 2, 0]))
+                after = [ud.to_numpy(p) for p in model.parameters()] + _flat_state(optimizer)
+                for before, now in zip(weights + state, after):
+                    np.testing.assert_array_equal(now, before)
+        assert found, "no jitted step was traced"
+        return found[0]
+
+    plain, selecting = traced_step(False), traced_step(True)
+    assert plain["select_n"] < selecting["select_n"], (plain, selecting)
+    assert sum(plain.values()) < sum(selecting.values()), (plain, selecting)
+
+
+def _primitive_counts(jaxpr) -> dict:
+    """How many equations of each primitive ``jaxpr`` holds, those of its inner jaxprs (a ``cond``'s branches, a
+    ``pjit``'s body) included."""
+    counts: dict = {}
+    for equation in jaxpr.eqns:
+        counts[equation.primitive.name] = counts.get(equation.primitive.name, 0) + 1
+        for parameter in equation.params.values():
+            for inner in parameter if isinstance(parameter, (list, tuple)) else [parameter]:
+                inner = getattr(inner, "jaxpr", inner)
+                if hasattr(inner, "eqns"):
+                    for name, count in _primitive_counts(inner).items():
+                        counts[name] = counts.get(name, 0) + count
+    return counts
