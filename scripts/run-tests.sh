@@ -70,7 +70,8 @@ keras_run() {  # $1: the framework, $2: the group, $3: its niceness. Output in $
   local report=()
   if [ -n "$junit" ]; then report=("--junitxml=$junit.keras-$host-${keras_group_names[$group]}.xml"); fi
   # shellcheck disable=SC2086  # (the group's files, split)
-  KERAS_BACKEND="$host" UNIDL_TEST_KERAS_ONLY=1 exec nice -n "$niceness" .venv/bin/python -m pytest \
+  # (PYTEST_ADDOPTS, which pytest reads in every run, is the main run's alone: a --junitxml there was overwritten)
+  PYTEST_ADDOPTS="" KERAS_BACKEND="$host" UNIDL_TEST_KERAS_ONLY=1 exec nice -n "$niceness" .venv/bin/python -m pytest \
     "${keras_args[@]}" "${report[@]}" ${keras_groups[$group]} >"$logs/$host-$group.out" 2>&1
 }
 status=0

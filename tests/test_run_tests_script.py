@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # records each call (KERAS_BACKEND, UNIDL_TEST_KERAS_ONLY, the arguments) and fails where FAIL_ON names its framework
 FAKE_PYTHON = """#!/usr/bin/env bash
-echo "${KERAS_BACKEND:-unset}|${UNIDL_TEST_KERAS_ONLY:-unset}|$*" >> "$CALLS"
+echo "${KERAS_BACKEND:-unset}|${UNIDL_TEST_KERAS_ONLY:-unset}|$*${PYTEST_ADDOPTS:+ ADDOPTS=$PYTEST_ADDOPTS}" >> "$CALLS"
 echo "output of ${KERAS_BACKEND:-the main run}"
 if [ "${KERAS_BACKEND:-main}" = "${FAIL_ON:-}" ]; then exit 1; fi
 """
@@ -68,11 +68,11 @@ def test_the_whole_suite_runs_the_keras_tests_again_on_jax_and_torch(tmp_path, w
 
 def test_the_keras_runs_leave_the_main_runs_files_to_it(tmp_path):
     """Arguments that write or read a run-wide file (a JUnit report, the last run's failures, a temporary folder that
-    each session empties) are the main run's alone: the Keras runs, finishing after it, overwrote its JUnit report
-    and last-failed list with their own. A JUnit report is written for each Keras run beside the main one. An
-    option's value that names an existing path is not a selection of files."""
+    each session empties), and PYTEST_ADDOPTS, are the main run's alone: the Keras runs, finishing after it,
+    overwrote its JUnit report and last-failed list with their own. A JUnit report is written for each Keras run
+    beside the main one. An option's value that names an existing path is not a selection of files."""
     result, calls = _run_tests_script(tmp_path, "-q", "--junitxml=report.xml", "--lf", "--basetemp", "tests",
-                                      "-k", "lstm or gru", "--maxfail", "3", "-ra")
+                                      "-k", "lstm or gru", "--maxfail", "3", "-ra", PYTEST_ADDOPTS="--junitxml=ci.xml")
     assert result.returncode == 0, result.stderr
     keras = f"-m pytest {NO_CACHE} -q -k lstm or gru --maxfail 3 -ra"
     assert calls == [
@@ -80,7 +80,8 @@ def test_the_keras_runs_leave_the_main_runs_files_to_it(tmp_path):
         ("jax", "1", f"{keras} --junitxml=report.xml.keras-jax-parity.xml {PARITY}"),
         ("torch", "1", f"{keras} --junitxml=report.xml.keras-torch-others.xml {OTHERS}"),
         ("torch", "1", f"{keras} --junitxml=report.xml.keras-torch-parity.xml {PARITY}"),
-        ("unset", "unset", f"{MAIN} -q --junitxml=report.xml --lf --basetemp tests -k lstm or gru --maxfail 3 -ra")]
+        ("unset", "unset", f"{MAIN} -q --junitxml=report.xml --lf --basetemp tests -k lstm or gru --maxfail 3 -ra"
+                           " ADDOPTS=--junitxml=ci.xml")]  # (PYTEST_ADDOPTS: pytest reads it in every run)
 
 
 @pytest.mark.parametrize("selection", ["tests/nn", "tests/test_x.py::test_y"])
