@@ -16,6 +16,7 @@ whose checks are ``Assert`` ops, gets the same from control edges (``in_program_
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 
 import tensorflow as tf
@@ -315,6 +316,18 @@ def _ordered(branch):
     return run
 
 
+def _reporting(branch, leaves):
+    """``branch`` (of a ``tf.cond`` or ``tf.switch_case`` in a graph being collected) returning its outputs and its
+    checks' ``_report``, the values it names added to ``leaves``."""
+
+    def run():
+        with _nested() as checks:
+            outputs = branch()
+        return outputs, _report(checks, leaves)
+
+    return run
+
+
 def _cond(original):
     """``cond_v2.cond_v2`` whose branches, traced in a graph being collected, hand their checks out as one more
     output (``_report``), recorded around it: XLA drops the ``Assert`` a branch's check would be."""
@@ -323,13 +336,7 @@ def _cond(original):
         if not recording():
             return original(pred, _ordered(true_fn), _ordered(false_fn), name)
         leaves: list = []
-
-        def reporting(branch):
-            def run():
-                with _nested() as checks:
-                    outputs = branch()
-                return outputs, _report(checks, leaves)
-            return run
+        reporting = functools.partial(_reporting, leaves=leaves)
 
         outputs, report = original(pred, reporting(true_fn), reporting(false_fn), name)
         record_all(handed_on(report, leaves))
@@ -346,13 +353,7 @@ def _case(original):
         if not recording():
             return original(branch_index, [_ordered(branch) for branch in branch_fns], name, lower_using_switch_merge)
         leaves: list = []
-
-        def reporting(branch):
-            def run():
-                with _nested() as checks:
-                    outputs = branch()
-                return outputs, _report(checks, leaves)
-            return run
+        reporting = functools.partial(_reporting, leaves=leaves)
 
         outputs, report = original(branch_index, [reporting(branch) for branch in branch_fns], name,
                                    lower_using_switch_merge)

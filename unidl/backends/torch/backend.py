@@ -18,8 +18,8 @@ from unidl.backends.torch import distributed as torch_distributed
 from unidl.backends.torch import graph as torch_graph
 from unidl.backends.torch import nesting
 from unidl.backends.torch.module import NativeModule
-from unidl.backends.torch.optimizer import (RuleOptimizer, add_l1, guard_and_clip, l1_outside_rule, native_optimizer,
-                                           torch_window)
+from unidl.backends.torch.optimizer import (RuleOptimizer, add_l1, guard_and_clip, guarded_update, l1_outside_rule,
+                                           native_optimizer, torch_window)
 from unidl.backends.torch.export import EXPORT_FORMATS, export_module
 from unidl.training import accumulation_window
 
@@ -331,13 +331,7 @@ class Backend(BackendInterface):
             # the guard over every micro-step's loss and the summed gradients (a non-finite micro-step makes the
             # whole window skip, here, at its update; under DDP the averaged gradients carry every rank's), then
             # clipping
-            if not guard_and_clip(optimizer, losses):
-                native.zero_grad(set_to_none=True)  # the discarded window leaves nothing for optimizer.step()
-            else:
-                if l1:
-                    add_l1(optimizer)
-                native.step()
-                optimizer._steps += 1
+            guarded_update(optimizer, native, losses, l1)
             return result
 
         return step
@@ -361,13 +355,7 @@ class Backend(BackendInterface):
                 detached_loss = loss.detach()  # (what the step returns and the guard checks)
                 loss.backward()
             result = (detached_loss, torch_precision.detached(outputs)) if with_outputs else detached_loss
-            if not guard_and_clip(optimizer, detached_loss):
-                native.zero_grad(set_to_none=True)  # the skipped step leaves nothing for optimizer.step()
-            else:
-                if l1:
-                    add_l1(optimizer)
-                native.step()
-                optimizer._steps += 1
+            guarded_update(optimizer, native, detached_loss, l1)
             return result
 
         return step

@@ -182,6 +182,19 @@ def _clip(optimizer) -> None:
             p.grad.mul_(max_norm / torch.clamp(norm, min=max_norm))
 
 
+def guarded_update(optimizer, native, loss, l1: bool) -> None:
+    """A train step's update after its backward: the guard and clipping (``guard_and_clip`` over ``loss``), then
+    ``native``'s (torch.optim's) step with the L1 penalty where ``l1`` says it lies outside the rule; a skipped
+    step's gradients emptied, so that a later ``optimizer.step()`` finds nothing to apply."""
+    if not guard_and_clip(optimizer, loss):
+        native.zero_grad(set_to_none=True)
+        return
+    if l1:
+        add_l1(optimizer)
+    native.step()
+    optimizer._steps += 1
+
+
 def l1_outside_rule(optimizer) -> float:
     """The L1 coefficient the backend must add to the gradients itself: torch.optim knows no L1 penalty,
     while a ``RuleOptimizer`` adds it in ``regularized_gradient``. torch.optim runs the rule only where every param
