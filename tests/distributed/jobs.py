@@ -388,7 +388,8 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
     finally:
         checkpoint.save_file = save_file
     return {"rank": ud.distributed.rank(), "world_size": ud.distributed.world_size(),
-            "is_main": ud.distributed.is_main(), "threads": _threads(), "sigterm_ends_rank": _sigterm_ends_rank(),
+            "is_main": ud.distributed.is_main(), "threads": _threads(), "inter_op_threads": _inter_op_threads(),
+            "sigterm_ends_rank": _sigterm_ends_rank(),
             "all_reduce": all_reduced(),
             "cnn": weights, "history": history, "files_seen": files_seen, "written": written,
             "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"),
@@ -503,6 +504,21 @@ def _threads():
     import torch
 
     return torch.get_num_threads()
+
+
+def _inter_op_threads():
+    """The inter-op thread count of this rank's framework (Keras's: its host's), which ``UNIDL_NUM_THREADS``
+    sizes with the intra-op pool; None on JAX, whose XLA has no inter-op pool to query."""
+    framework = _framework()
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.threading.get_inter_op_parallelism_threads()
+    if framework == "jax":
+        return None
+    import torch
+
+    return torch.get_num_interop_threads()
 
 
 def all_reduced():

@@ -347,6 +347,9 @@ def test_only_rank_0_writes_checkpoints_and_every_rank_sees_them_afterwards(job)
     assert rank0["written"][:2] == job["files"] == rank0["files_seen"] == rank1["files_seen"]
     assert sorted(os.listdir(job["directory"] / "two")) == job["files"]
     assert rank0["threads"] == rank1["threads"] == 1  # launch gives each rank one thread
+    # and one inter-op thread (torch's and TensorFlow's pool; XLA has none to query)
+    inter_op = None if job["engine"] == "jax" else 1
+    assert rank0["inter_op_threads"] == rank1["inter_op_threads"] == inter_op
 
 
 def test_checkpoints_resume_from_two_processes_in_one_and_from_one_in_two(job):
