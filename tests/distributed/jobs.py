@@ -393,6 +393,7 @@ def data_parallel_job(directory, resumed_directory, resume_file, float16_directo
             "all_reduce": all_reduced(),
             "cnn": weights, "history": history, "files_seen": files_seen, "written": written,
             "resumed": resumed, "evaluated": evaluate_cnn(weights), "two_layer32": train_two_layer("float32"),
+            "cnn64": train_cnn_float64(),
             "two_layer64": engine_all_reduces(all_reduces, "two_layer64", lambda: train_two_layer("float64")),
             "two_layer_bf16": engine_all_reduces(all_reduces, "two_layer_bf16",
                                                  lambda: train_two_layer("float32", "bf16-mixed")),
@@ -649,8 +650,8 @@ def guard_job():
 def accumulation_and_guard_job():
     """What test_distributed.py's accumulation and guard tests read of torch's engine (DDP), run by the torch launch
     before its planted failure: the guard's runs, then ``accumulation_job``, whose all-reduce counts are taken per
-    configuration, and the CNN in float64 (``train_cnn_float64``)."""
-    return {"guard": guard_job(), "accumulation": accumulation_job(), "cnn64": train_cnn_float64()}
+    configuration."""
+    return {"guard": guard_job(), "accumulation": accumulation_job()}
 
 
 def data_parallel_job_then_failure(results_directory, failing_rank, job_args_by_backend, extra=None,

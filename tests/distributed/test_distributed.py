@@ -77,9 +77,10 @@ def _launch(backends, directory):
             two_layer["bf16_accumulate"] = jobs.train_two_layer("float32", "bf16-mixed", accumulate=2)
             two_layer["dynamic"] = jobs.train_dynamic_accumulating()
             float16 = jobs.train_float16(place / "float16" / "one")
+            cnn64 = jobs.train_cnn_float64()
         files = sorted(os.listdir(place / "one"))
         references[backend] = {"engine": backend, "reference": reference, "history": history, "directory": place,
-                               "two_layer": two_layer, "files": files, "float16": float16,
+                               "two_layer": two_layer, "cnn64": cnn64, "files": files, "float16": float16,
                                "float16_files": sorted(os.listdir(place / "float16" / "one"))}
         job_args[backend] = (str(place / "two"), str(place / "one_to_two"), str(place / "one" / files[0]),
                              str(place / "float16"))
@@ -566,16 +567,15 @@ def test_micro_steps_run_without_all_reduce(accumulation):
             assert rank[name]["all_reduces"] == every_step // 2, name
 
 
-def test_two_ranks_train_the_cnn_in_float64_as_one_process(launches, tmp_path_factory):
-    """The CNN in float64 under torch's DDP (``jobs.train_cnn_float64``): the weights of one process with the global
-    batch to 1e-12 (float32's CNN is checked to 1e-6 in the test above; a sum over the ranks where their mean
-    belongs would be a step twice as long)."""
-    rank0, rank1 = (extra["cnn64"] for extra in _job("torch", launches, tmp_path_factory)["extra"])
-    with ud.use_backend("torch"):
-        reference = jobs.train_cnn_float64()
+def test_two_ranks_train_the_cnn_in_float64_as_one_process(job):
+    """The CNN in float64 on every engine (torch's DDP, TensorFlow's strategy for tensorflow and Keras-on-TensorFlow,
+    the jax engine; ``jobs.train_cnn_float64``): the weights of one process with the global batch to 1e-12
+    (float32's CNN is checked to 1e-6 in the test above; a sum over the ranks where their mean belongs would be a
+    step twice as long)."""
+    rank0, rank1 = (rank["cnn64"] for rank in job["ranks"])
     for key, value in rank0.items():
         np.testing.assert_array_equal(value, rank1[key], err_msg=key)
-    _agree(rank0, reference, 1e-12)
+    _agree(rank0, job["cnn64"], 1e-12)
 
 
 @pytest.mark.parametrize("precision", list(jobs.GUARD_PRECISIONS))
