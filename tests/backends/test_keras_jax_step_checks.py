@@ -12,12 +12,15 @@ from tests.backends.test_traced_functions import _flat_state
 @pytest.mark.every_keras_framework
 @pytest.mark.keras_framework("jax")
 def test_a_keras_on_jax_train_step_selects_no_write_that_its_failed_check_puts_back(monkeypatch):
-    """Keras-on-JAX's train step gives back the whole state it was given where a check failed
-    (keras/module.py ``_value_checked``), so the optimizer's writes in it are not selected one by one by the checks
-    before them (``Backend.unless_a_check_failed``, which kept a ``jnp.where`` per optimizer variable: a two-layer
-    Adam step's jaxpr 329 equations and 57 selections before, 377 and 81 with them): the step's jaxpr has fewer
-    selections than with that per-write selection made (as a ``ud.function`` makes it, whose state is not put back
-    whole), and a step whose label is out of range still raises and changes no weight nor optimizer state."""
+    """Keras-on-JAX's train step gives back the weights, the optimizer's and the metrics' variables it was given
+    where a check failed (keras/module.py ``_value_checked``; the forward's non-trainable writes stand where the
+    checks before them held: test_traced_functions.py
+    ``test_a_train_step_whose_label_is_out_of_range_keeps_the_forwards_writes_as_eagerly``), so the optimizer's
+    writes in it are not selected one by one by the checks before them (``Backend.unless_a_check_failed``, which
+    kept a ``jnp.where`` per optimizer variable: a two-layer Adam step's jaxpr 329 equations and 57 selections
+    before, 377 and 81 with them): the step's jaxpr has fewer selections than with that per-write selection made
+    (no variable given back, as in a ``ud.function``, whose state is not put back), and a step whose label is out
+    of range still raises and changes no weight nor optimizer state."""
     import jax
     from keras.src.backend.jax import trainer as keras_trainer
 
@@ -53,7 +56,7 @@ def test_a_keras_on_jax_train_step_selects_no_write_that_its_failed_check_puts_b
         with monkeypatch.context() as patches:
             patches.setattr(keras_trainer, "jit", recording_jit)  # (Keras's trainer's ``jax.jit``, bound at import)
             if selecting:
-                patches.setattr(jax_ops, "state_restored_where_a_check_fails", lambda: False, raising=False)
+                patches.setattr(jax_ops, "variables_given_back", frozenset)  # (no variable put back: all selected)
             with ud.use_backend("keras"):
                 ud.manual_seed(0)
                 model = ud.nn.Sequential(ud.nn.Linear(6, 8), ud.nn.ReLU(), ud.nn.Linear(8, 3))

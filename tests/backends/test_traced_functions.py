@@ -338,6 +338,7 @@ def test_a_jit_compiled_step_whose_check_fails_updates_no_weight(backend_name):
         np.testing.assert_array_equal(ud.to_numpy(norm.running_mean), statistics)
 
 
+@pytest.mark.keras_framework("tensorflow")  # (XLA's while loops on TensorFlow; a JAX host runs them eagerly)
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_loop_of_steps_under_xla_updates_nothing_after_a_check_failed_in_an_earlier_iteration(backend_name):
     """A ``while`` over optimizer steps in a jit-compiled function whose first iteration has a label out of range:
@@ -494,6 +495,7 @@ def _bounded_walk(x, count):
     return i
 
 
+@pytest.mark.keras_framework("tensorflow")  # (XLA's while loops on TensorFlow; a JAX host runs them eagerly)
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_value_checks_in_a_while_loops_condition_under_xla_raise_the_eager_error(backend_name):
     """A check in a ``while`` loop's condition (an index that leaves its range after some iterations, labels
@@ -527,6 +529,7 @@ def _summed_until(x, limit):
     return total
 
 
+@pytest.mark.keras_framework("tensorflow")  # (XLA's while loops on TensorFlow; a JAX host runs them eagerly)
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_check_failed_in_a_while_loops_body_under_xla_ends_the_loop(backend_name):
     """A check that fails in a ``while`` loop's body (an index out of range) ends the loop under XLA, as the eager
@@ -587,6 +590,36 @@ def test_value_checks_in_switch_case_and_case_branches_under_xla_raise_the_eager
             assert str(caught.value) == message, fn.__name__
 
 
+class _WritesAroundACheck:
+    """The fixture of the tests of a failed check's writes, made on the backend in force: a BatchNorm1d(3) in
+    training and an Embedding(4, 3, max_norm=0.5), an input ``x``, and two functions of ``(x, rows, index)`` whose
+    ``index`` is checked after the BatchNorm and the Embedding wrote (``write_before_the_check``) or before the
+    BatchNorm (``check_before_the_write``); ``state()`` the two modules' state dicts as NumPy copies, ``load`` one
+    back. Plain functions, not methods: a test tells the two apart by identity and names them by ``__name__``."""
+
+    def __init__(self):
+        ud.manual_seed(0)
+        norm, embedding = ud.nn.BatchNorm1d(3), ud.nn.Embedding(4, 3, max_norm=0.5)
+        self.x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+
+        def write_before_the_check(x, rows, index):
+            return ud.ops.take(norm(x) + embedding(rows), index)
+
+        def check_before_the_write(x, rows, index):
+            return norm(ud.ops.take(x, index, 0)) + ud.ops.sum(embedding(rows), 0)
+
+        def state():
+            return [{key: ud.to_numpy(value).copy() for key, value in module.state_dict().items()}
+                    for module in (norm, embedding)]
+
+        def load(saved):
+            for module, values in zip((norm, embedding), saved):
+                module.load_state_dict(values)
+
+        self.write_before_the_check, self.check_before_the_write = write_before_the_check, check_before_the_write
+        self.state, self.load = state, load
+
+
 @pytest.mark.parametrize("backend_name", _JIT_BACKENDS)
 def test_a_jit_compiled_call_whose_check_fails_keeps_the_writes_an_eager_call_made_before_it(backend_name):
     """Under XLA the graph runs whole before its checks are read: a call whose index was out of range kept the
@@ -597,23 +630,9 @@ def test_a_jit_compiled_call_whose_check_fails_keeps_the_writes_an_eager_call_ma
     program order, held: the call raises and leaves each variable as the same function run eagerly leaves it, the
     writes before the failed check made and those after it not; a passing call writes what an eager call does."""
     with ud.use_backend(backend_name):
-        ud.manual_seed(0)
-        norm, embedding = ud.nn.BatchNorm1d(3), ud.nn.Embedding(4, 3, max_norm=0.5)
-        x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
-
-        def before_the_check(x, rows, index):
-            return ud.ops.take(norm(x) + embedding(rows), index)
-
-        def after_the_check(x, rows, index):
-            return norm(ud.ops.take(x, index, 0)) + ud.ops.sum(embedding(rows), 0)
-
-        def state():
-            return [{key: ud.to_numpy(value).copy() for key, value in module.state_dict().items()}
-                    for module in (norm, embedding)]
-
-        def load(saved):
-            for module, values in zip((norm, embedding), saved):
-                module.load_state_dict(values)
+        writes = _WritesAroundACheck()
+        x, state, load = writes.x, writes.state, writes.load
+        before_the_check, after_the_check = writes.write_before_the_check, writes.check_before_the_write
 
         def failed(function, before):
             load(before)
@@ -682,6 +701,7 @@ def test_a_users_own_tensorflow_graph_gets_no_ordering_of_unidls():
         [op.type for op in assignments[0].control_inputs]
 
 
+@pytest.mark.keras_framework("tensorflow")  # (a plain TensorFlow graph's Assert ops; a JAX host jits)
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_plain_graph_whose_check_fails_keeps_exactly_the_writes_an_eager_call_made_before_it(backend_name):
     """A plain ``ud.function`` (no XLA) on TensorFlow and Keras-on-TensorFlow: its checks are ``Assert`` ops, and
@@ -692,24 +712,9 @@ def test_a_plain_graph_whose_check_fails_keeps_exactly_the_writes_an_eager_call_
     it, with the check after the BatchNorm (its statistics and count written) or before it (nothing written);
     each order over several calls, as the graph's scheduling could differ from one run to the next."""
     with ud.use_backend(backend_name):
-        ud.manual_seed(0)
-        norm, embedding = ud.nn.BatchNorm1d(3), ud.nn.Embedding(4, 3, max_norm=0.5)
-        x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
-        rows = np.array([0, 1, 2, 3])
-
-        def write_before_the_check(x, rows, index):
-            return ud.ops.take(norm(x) + embedding(rows), index)
-
-        def check_before_the_write(x, rows, index):
-            return norm(ud.ops.take(x, index, 0)) + ud.ops.sum(embedding(rows), 0)
-
-        def state():
-            return [{key: ud.to_numpy(value).copy() for key, value in module.state_dict().items()}
-                    for module in (norm, embedding)]
-
-        def load(saved):
-            for module, values in zip((norm, embedding), saved):
-                module.load_state_dict(values)
+        writes = _WritesAroundACheck()
+        x, state, load, rows = writes.x, writes.state, writes.load, np.array([0, 1, 2, 3])
+        write_before_the_check, check_before_the_write = writes.write_before_the_check, writes.check_before_the_write
 
         for fn in (write_before_the_check, check_before_the_write):
             graph = ud.function(fn)
@@ -731,43 +736,104 @@ def test_a_plain_graph_whose_check_fails_keeps_exactly_the_writes_an_eager_call_
             assert counted == (1 if fn is write_before_the_check else 0), fn.__name__
 
 
+def _label_step_model():
+    """``(model, x, good labels, bad labels)`` of the tests of a train step whose label is out of range: a
+    BatchNorm1d between two Linears (its statistics and ``num_batches_tracked`` written by the forward, before the
+    loss reads the labels), made on the backend in force; ``bad`` holds a 7 of 3 classes."""
+    ud.manual_seed(0)
+    model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.BatchNorm1d(4), ud.nn.ReLU(), ud.nn.Linear(4, 3))
+    x = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
+    return model, x, np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1, 7, 0, 1, 2])
+
+
+def _eager_step_drops_the_forwards_writes(backend_name) -> bool:
+    """Whether ``ud.train_step(eager=True)`` on ``backend_name`` in this process drops the writes its forward made
+    before the loss's check raised: on a JAX host (Keras-on-JAX's ``run_eagerly`` step, as the jax backend's own
+    eager step) the check raises inside ``jax.value_and_grad``, which discards the forward's state with it. A known
+    difference (docs/guarantees.md, "Known differences"), left out of the eager step's claims here; the compiled
+    step keeps them."""
+    if backend_name != "keras":
+        return backend_name == "jax"
+    import keras
+
+    return keras.backend.backend() == "jax"
+
+
+def _torchs_writes_before_a_failed_label_check(state, x, labels) -> dict:
+    """The state dict of ``_label_step_model``'s model in torch, loaded from ``state`` (a state dict as NumPy
+    arrays), after its forward in training and a cross-entropy whose label is out of range, which raises."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    model.load_state_dict({key: torch.tensor(value) for key, value in state.items()})
+    with pytest.raises(IndexError):
+        torch.nn.functional.cross_entropy(model(torch.tensor(x)), torch.tensor(labels))
+    return {key: value.detach().numpy().copy() for key, value in model.state_dict().items()}
+
+
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_train_step_whose_label_is_out_of_range_keeps_the_forwards_writes_as_eagerly(backend_name):
-    """``ud.train_step`` on TensorFlow and Keras-on-TensorFlow, whose graph's label check (in the loss) fails:
-    eagerly, as in torch, the forward's BatchNorm wrote its statistics and ``num_batches_tracked`` before the
-    loss read the labels and raised, and no weight changed. The step's graph now leaves the same state bit for
-    bit (the label's ``Assert`` waits for the forward's writes, the update for the ``Assert``)."""
+    """``ud.train_step`` whose label check, in the loss, fails: eagerly, as in torch, the forward's BatchNorm wrote
+    its statistics and ``num_batches_tracked`` before the loss read the labels and raised, and no weight changed.
+    The compiled step now leaves the same state: TensorFlow's and Keras-on-TensorFlow's graphs bit for bit as their
+    eager step (the label's ``Assert`` waits for the forward's writes, the update for the ``Assert``:
+    ``test_a_train_steps_graph_orders_its_writes_and_checks``), and Keras-on-JAX's jitted step, which gave back the
+    whole state it was given, the statistics too, keeps them. On every framework each step's failed call writes
+    exactly the statistics its passing call writes (bit for bit: the forward reads no label) and nothing else, and
+    they are torch's (1e-6 relative: another framework's arithmetic; ``num_batches_tracked`` exactly). Run under
+    every Keras framework by scripts/run-tests.sh. (The jax backend's and Keras-on-JAX's eager steps drop them:
+    ``_eager_step_drops_the_forwards_writes``.)"""
     with ud.use_backend(backend_name):
-        ud.manual_seed(0)
-        model = ud.nn.Sequential(ud.nn.Linear(3, 4), ud.nn.BatchNorm1d(4), ud.nn.ReLU(), ud.nn.Linear(4, 3))
-        x = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
-        good, bad = np.array([0, 1, 2, 0, 1, 2]), np.array([0, 1, 7, 0, 1, 2])
+        model, x, good, bad = _label_step_model()
 
         def state():
             return {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
 
         steps = [ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1),
                                eager=eager) for eager in (True, False)]
+        if _eager_step_drops_the_forwards_writes(backend_name):
+            steps = steps[1:]
         for step in steps:
             step(x, good)  # (the graph traced)
         before = state()
-        found = []
+        found, passed = [], []
         for step in steps:
-            model.load_state_dict(before)
             for _ in range(3):  # (each call from the same state: the graph's scheduling may differ between runs)
                 model.load_state_dict(before)
                 with pytest.raises(ud.IndexOutOfRangeError):
                     step(x, bad)
                 found.append(state())
-        eager = found[0]
-        for graph in found[1:]:
-            for key in eager:
-                np.testing.assert_array_equal(graph[key], eager[key], err_msg=key)
-        changed = changed_by(before, eager)
+            model.load_state_dict(before)
+            step(x, good)
+            passed.append(state())
+        first = found[0]  # (the eager step's first call, the compiled step's where the eager one is left out)
+        for other in found[1:]:
+            for key in first:
+                np.testing.assert_array_equal(other[key], first[key], err_msg=key)
+        changed = changed_by(before, first)
         assert sorted(changed) == ["1.num_batches_tracked", "1.running_mean", "1.running_var"], changed
-        assert int(eager["1.num_batches_tracked"]) == int(before["1.num_batches_tracked"]) + 1
-        # (that order held by chance before: now by the graph, each assertion after the writes made before it)
-        graphs = steps[1]._run
+        assert int(first["1.num_batches_tracked"]) == int(before["1.num_batches_tracked"]) + 1
+        for index, failed in enumerate(found):  # (the forward's writes, exactly; nothing else)
+            for key in failed:
+                expected = passed[index // 3][key] if key in changed else before[key]
+                np.testing.assert_array_equal(failed[key], expected, err_msg=f"step {index // 3}: {key}")
+        torchs = _torchs_writes_before_a_failed_label_check(before, x, bad)
+        for key in changed:
+            np.testing.assert_allclose(first[key], torchs[key], rtol=1e-6, atol=0, err_msg=key)
+
+
+@pytest.mark.keras_framework("tensorflow")
+@pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
+def test_a_train_steps_graph_orders_its_writes_and_checks(backend_name):
+    """The state ``test_a_train_step_whose_label_is_out_of_range_keeps_the_forwards_writes_as_eagerly`` finds
+    after TensorFlow's and Keras-on-TensorFlow's step graph held by chance before: now by the graph, each
+    assertion after the writes made before it, each write after the assertions made before it. (A TensorFlow
+    graph's: collected where Keras runs on TensorFlow.)"""
+    with ud.use_backend(backend_name):
+        model, x, good, _ = _label_step_model()
+        step = ud.train_step(model, ud.nn.CrossEntropyLoss(), ud.optim.SGD(model.parameters(), lr=0.1))
+        step(x, good)  # (the graph traced)
+        graphs = step._run
         while not hasattr(graphs, "concrete_functions"):  # (Keras's: the compiled step in its wrappers)
             graphs = graphs._run
         for concrete in graphs.concrete_functions:
@@ -799,6 +865,7 @@ def changed_by(before, after) -> list:
     return [key for key in after if not np.array_equal(after[key], before[key])]
 
 
+@pytest.mark.keras_framework("tensorflow")  # (XLA's while loops on TensorFlow; a JAX host runs them eagerly)
 @pytest.mark.parametrize("backend_name", [name for name in _JIT_BACKENDS if name != "jax"])
 def test_a_jit_compiled_loop_whose_check_fails_keeps_the_earlier_iterations_writes(backend_name):
     """A ``while`` whose iterations run a BatchNorm in training and then an index, out of range in the third

@@ -332,17 +332,21 @@ class Backend(BackendInterface):
         """Keras-on-JAX's writes (``variables``: Keras's, read and written through their own API, which a traced
         step's ``StatelessScope`` holds) inside the block stand only where every check staged before it in this
         checkified trace passed, as ``jax_ops.unless_a_check_failed`` selects unidl's own: a compiled call runs whole
-        before its checks are read, and an eager call that raised made no write after the check. None in a
-        Keras-on-JAX train step, which gives back the whole state it was given where a check failed
-        (``state_restored_where_a_check_fails``): a ``jnp.where`` per optimizer variable, 24 of a two-layer Adam
-        step's 81 selections, would select what that step discards."""
-        passed = None if jax_ops.state_restored_where_a_check_fails() else jax_ops.checks_passed()
+        before its checks are read, and an eager call that raised made no write after the check. None for a
+        variable whose value the trace's caller gives back where a check failed (``variables_given_back``: in
+        Keras-on-JAX's train step the weights and the optimizer's variables, whose update follows every check of
+        the step): a ``jnp.where`` per optimizer variable, 24 of a two-layer Adam step's 81 selections, would select
+        what that step discards. The forward's writes (a BatchNorm's statistics) are selected there too, as they
+        stand where the checks before them held, as torch's eager step keeps them."""
+        given_back = jax_ops.variables_given_back()
+        selected = [variable for variable in variables if id(variable) not in given_back]
+        passed = jax_ops.checks_passed() if selected else None
         if passed is None:
             yield
             return
-        before = [variable.value for variable in variables]
+        before = [variable.value for variable in selected]
         yield
-        for variable, old in zip(variables, before):
+        for variable, old in zip(selected, before):
             new = variable.value
             if new is not old:
                 variable.assign(jnp.where(passed, new, old))
@@ -518,16 +522,16 @@ class Backend(BackendInterface):
         _, dynamic, rebuild = _with_static_arguments(args)
         return jax.eval_shape(lambda values: f(*rebuild(values)), dynamic)
 
-    def value_checked(self, f, restores_state: bool = False):
+    def value_checked(self, f, given_back=None):
         """``(checked, raise_failed)``: ``checked(*args)`` is ``(failed checks, f(*args))``, with the value checks
         of unidl's ops inside ``f`` (an index or a label out of range, a size known only at run time) staged into
         its trace by checkify, as in this backend's compiled steps, for a ``jax.jit`` of ``checked``;
         ``raise_failed(failed checks)`` raises unidl's error for one that failed (nothing otherwise). The keras
         backend checks Keras-on-JAX's own jitted train and evaluation steps so (its ``jax.jit`` was not
-        checkified: they computed with a label out of range). ``restores_state``: the caller gives back the state
-        ``f`` was given where a check failed, so Keras's writes inside ``f`` are not selected one by one
-        (``unless_a_check_failed``)."""
-        return value_checked(f, restores_state)
+        checkified: they computed with a label out of range). ``given_back``: a function of no arguments giving the
+        variables whose values the caller gives back as ``f`` was given them where a check failed, read as ``f`` is
+        traced; Keras's writes to them inside ``f`` are not selected one by one (``unless_a_check_failed``)."""
+        return value_checked(f, given_back)
 
     def jit_of_values(self, f, name: str, reads=None):
         """``f(values, *args)`` (a pure function of arrays) compiled by ``jax.jit``, traced once per input
@@ -739,10 +743,10 @@ def _NO_CHECK():
     """The check of a call traced into another (``_NamedJit.call_unchecked``): that trace's own checks hold it."""
 
 
-def value_checked(f, restores_state: bool = False):
+def value_checked(f, given_back=None):
     """``Backend.value_checked``."""
     def traced(*args, **kwargs):
-        with jax_ops.checkified_trace(restores_state):
+        with jax_ops.checkified_trace(given_back):
             return f(*args, **kwargs)
 
     flat, error_structure = checkified(traced)

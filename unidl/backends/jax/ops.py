@@ -471,25 +471,29 @@ _trace = threading.local()
 
 
 @contextlib.contextmanager
-def checkified_trace(restores_state: bool = False):
+def checkified_trace(given_back=None):
     """Marks the trace running in this thread as one that ``checkify`` transforms (``StatefulJit``: every
     compiled step of this backend), where value checks may be ``checkify.check``s; each records its predicate
-    for ``checks_passed``. ``restores_state``: the caller gives back the whole state it was given where a check
-    failed (Keras-on-JAX's train step: keras/module.py ``_value_checked``), so a write in it needs no selection
-    of its own (``state_restored_where_a_check_fails``)."""
+    for ``checks_passed``. ``given_back``: a function of no arguments, called once the trace starts, giving the
+    variables whose values the caller gives back as it was given them where a check failed (Keras-on-JAX's train
+    step: the weights, the optimizer's and the metrics' variables, keras/module.py ``_value_checked``), so that a
+    write to one of them needs no selection of its own (``variables_given_back``)."""
     previous = (getattr(_trace, "checkified", False), getattr(_trace, "predicates", None),
-                getattr(_trace, "restores_state", False))
-    _trace.checkified, _trace.predicates, _trace.restores_state = True, [], restores_state
+                getattr(_trace, "given_back", frozenset()))
+    _trace.checkified, _trace.predicates, _trace.given_back = True, [], frozenset()
     try:
+        if given_back is not None:
+            _trace.given_back = frozenset(id(variable) for variable in given_back())
         yield
     finally:
-        _trace.checkified, _trace.predicates, _trace.restores_state = previous
+        _trace.checkified, _trace.predicates, _trace.given_back = previous
 
 
-def state_restored_where_a_check_fails() -> bool:
-    """Whether the checkified trace running in this thread is one whose caller puts its whole state back where a
-    check failed (``checkified_trace``'s ``restores_state``): a trace nested in it, which has its own, is not."""
-    return getattr(_trace, "restores_state", False)
+def variables_given_back() -> frozenset:
+    """The ids of the variables whose values the caller of the checkified trace running in this thread gives back
+    where a check failed (``checkified_trace``'s ``given_back``); empty for a trace nested in it, which has its
+    own state and checks."""
+    return getattr(_trace, "given_back", frozenset())
 
 
 def in_checkified_trace() -> bool:

@@ -122,8 +122,7 @@ class NativeModel(keras.Model):
         # has its own)
         checking = None
         if _checks_values(self):
-            checking = _value_checked(lambda *args, **kwargs: super(NativeModel, self).predict_step(*args, **kwargs),
-                                      keeps_state=False)
+            checking = _value_checked(lambda *args, **kwargs: super(NativeModel, self).predict_step(*args, **kwargs))
         token = _CHECKING_MADE.set(checking)
         try:
             return super().make_predict_function(force)
@@ -428,7 +427,7 @@ def _step_function_of_its_own(native, name):
     method = getattr(type(native), name)
     step, checking = lambda *args, **kwargs: method(native, *args, **kwargs), None
     if _checks_values(native):
-        checking = _value_checked(step, keeps_state=True)
+        checking = _value_checked(step, given_back=lambda: _variables_given_back(native))
         step = checking[0]
     object.__setattr__(native, name, step)
     token = _CHECKING_MADE.set(checking)
@@ -454,26 +453,42 @@ _CHECKING_MADE: contextvars.ContextVar = contextvars.ContextVar("unidl_checking_
 _PREDICT_STEP_TRACED: contextvars.ContextVar = contextvars.ContextVar("unidl_predict_step_traced", default=None)
 
 
-def _value_checked(step, keeps_state: bool):
+def _value_checked(step, given_back=None):
     """``(checked step, raise_failed, traced)``: Keras-on-JAX's ``train_step``/``test_step`` (``(outputs, state)``
     of ``(state, data)``) or ``predict_step`` (``traced``: the one ``NativeModel.predict_step`` gives its trace),
     which Keras's trainer compiles by a ``jax.jit`` of its own, with the value checks of unidl's ops inside it (an
     index or a label out of range) staged by the host (``value_checked``: checkify), the failed ones as a second
     output beside Keras's: ``((outputs, failed), state)``, so that the state stays the second element where
     ``KeptStepState`` reads it. Without them the step computed with a label out of range (a finite, wrong loss, a
-    NaN row) where every other backend raises ``IndexOutOfRangeError``. ``keeps_state``: a step whose checks
-    failed gives back the state it was given (a train step's update is not applied, as on every backend), so its
-    writes are not selected one by one by the checks before them (the host's ``restores_state``)."""
-    checked, raise_failed = HOST.value_checked(step, restores_state=keeps_state)
+    NaN row) where every other backend raises ``IndexOutOfRangeError``. ``given_back`` (a train or evaluation
+    step's: ``_variables_given_back``): a step whose checks failed gives back the values it was given of every
+    state group but the non-trainable variables (the weights, the optimizer's and the metrics' variables: a train
+    step's update, made after every check of its forward and loss, is not applied, as on every backend), so the
+    writes to those are not selected one by one by the checks before them (the host's ``value_checked``); the
+    forward's writes to the non-trainable variables (a BatchNorm's statistics and ``num_batches_tracked``, a frozen
+    Embedding's ``max_norm`` rows) are, and stand where every check before them held, as torch's eager step, which
+    wrote them before its loss's label check raised, keeps them."""
+    checked, raise_failed = HOST.value_checked(step, given_back=given_back)
 
     def checked_step(state, *args, **kwargs):
         failed, (outputs, new_state) = checked(state, *args, **kwargs)
-        if failed and keeps_state:
-            new_state = keras.tree.map_structure(lambda old, new: keras.ops.where(failed[0], old, new), state,
-                                                 new_state)
+        if failed and given_back is not None:
+            new_state = tuple(
+                group if name == "non_trainable_variables" else
+                keras.tree.map_structure(lambda old, new: keras.ops.where(failed[0], old, new), given, group)
+                for name, given, group in zip(_STATE_GROUPS[len(state)], state, new_state))
         return (outputs, failed), new_state
 
-    return checked_step, raise_failed, None if keeps_state else checked_step
+    return checked_step, raise_failed, None if given_back is not None else checked_step
+
+
+def _variables_given_back(native) -> list:
+    """The variables of ``native`` whose values its train or evaluation step gives back as it was given them where
+    a check failed (``_value_checked``): every group of the state Keras-on-JAX's trainer threads
+    (``_STATE_GROUPS``) but the non-trainable variables."""
+    optimizer = getattr(native, "optimizer", None)
+    return [*native.trainable_variables, *(optimizer.variables if optimizer is not None else ()),
+            *native.metrics_variables]
 
 
 @contextlib.contextmanager
