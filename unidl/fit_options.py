@@ -51,6 +51,55 @@ def resolve_loss(loss):
     return loss
 
 
+def loss_settings(loss) -> dict:
+    """What makes ``loss`` compute what it computes, as plain JSON values that are the same in every process and on
+    every backend: ``{'class': 'module.QualName', 'settings': {...}}``. The settings are the module's public
+    attributes (its constructor's arguments as PyTorch's losses keep them: ``reduction``, ``label_smoothing``, a
+    function it holds, ...), its buffers (a class ``weight``) and its child modules, so that a resume can tell a
+    loss built with other settings from the same loss built again (``fit``'s ``ResumeMismatchError``)."""
+    settings = {name: _setting(value) for name, value in sorted(vars(loss).items())
+                if not name.startswith("_") and not isinstance(value, Module)}
+    settings.update({name: _setting(value) for name, value in getattr(loss, "_buffers", {}).items()})
+    settings.update({name: loss_settings(child) if child is not None else None
+                     for name, child in getattr(loss, "_modules", {}).items()})
+    return {"class": _qualified_name(type(loss)), "settings": settings}
+
+
+def _qualified_name(thing) -> str:
+    """``module.qualname`` of a class or function: its identity in every process (no address, unlike its repr)."""
+    return f"{getattr(thing, '__module__', None)}.{getattr(thing, '__qualname__', type(thing).__qualname__)}"
+
+
+def _setting(value):
+    """``value`` as JSON that compares equal across processes and backends: numbers, strings, None and lists as
+    they are (a float that is not finite as its name: JSON has none), a function or class by its qualified name, an
+    array or tensor as its shape and the SHA-256 of its values in float32 (a class weight may be stored in float64 on
+    one backend and float32 on another), anything else by its class's qualified name (its repr may hold an
+    address)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_setting(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _setting(item) for key, item in sorted(value.items(), key=lambda item: str(item[0]))}
+    if callable(value) and hasattr(value, "__qualname__"):  # a function, a class, a bound method
+        return f"function {_qualified_name(value)}"
+    if isinstance(value, (np.integer, np.floating, np.bool_)):  # (before arrays: a NumPy scalar has a shape too)
+        return _setting(value.item())
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        import hashlib
+
+        from unidl.tensors import to_numpy
+
+        array = np.asarray(to_numpy(value))
+        if array.dtype.kind in "fc":
+            array = array.astype(np.float32)
+        return {"shape": list(array.shape), "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()}
+    return f"object {_qualified_name(type(value))}"
+
+
 def check_reduced_loss(loss_fn, where: str) -> None:
     """``ValueError`` for a loss module that returns one loss per sample (``reduction="none"``): training
     differentiates one number, and each framework would refuse it in its own words (Keras's trainer silently
