@@ -29,8 +29,8 @@ from unidl.data import DataLoader, TensorDataset, shared_batches
 from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
-from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, InitDraws, ExitingOnArrival, ExitingRows, FailingRows,
-                                        KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches, NoisyBatches,
+from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
+                                        InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches, NoisyBatches,
                                         NoisyRows, Rows,
                                         SingleArrays, SleepingRows, UnrestorableRows, WideExitingRows, WideRows,
                                         WorkerProbe, failing_worker_init_fn, named_sample, record_init_draws,
