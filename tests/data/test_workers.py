@@ -30,11 +30,10 @@ from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
-                                        InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches, NoisyBatches,
-                                        NoisyRows, Rows,
-                                        SingleArrays, SleepingRows, UnrestorableRows, WideExitingRows, WideRows,
-                                        WorkerProbe, failing_worker_init_fn, named_sample, record_init_draws,
-                                        record_worker_id)
+                                        InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches,
+                                        NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows,
+                                        WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
+                                        record_init_draws, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
