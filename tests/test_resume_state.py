@@ -1,6 +1,7 @@
 """Complete resume: schedules, callbacks and History continue as if the run had never stopped; changed
 settings are applied with a warning or refused before anything changes."""
 
+import functools
 import json
 import os
 import warnings
@@ -323,6 +324,10 @@ def absolute_error(prediction, target):
     return ud.ops.mean(ud.ops.abs(prediction - target))
 
 
+def scaled_error(prediction, target, scale):
+    return scale * ud.ops.mean((prediction - target) ** 2)
+
+
 def _unchanged_by_a_refused_resume(model, optimizer):
     """The weights ``_run`` builds and a fresh optimizer: a refused resume loaded nothing."""
     ud.manual_seed(0)
@@ -334,15 +339,18 @@ def _unchanged_by_a_refused_resume(model, optimizer):
 
 def test_a_loss_of_other_settings_or_another_function_is_refused_before_anything_changes(tmp_path, backend):
     """Only the loss's class name was compared: MSELoss(reduction='sum') resumed a 'mean' run, and a loss module
-    holding another function resumed silently; the message names both settings."""
-    for saved, given, message in (
+    holding another function (or a partial of other arguments) resumed silently; the message names both settings."""
+    for case, (saved, given, message) in enumerate((
             (ud.nn.MSELoss, lambda: ud.nn.MSELoss(reduction="sum"),
              r"loss unidl.nn.loss.MSELoss\(reduction='mean'\); this run passes "
              r"unidl.nn.loss.MSELoss\(reduction='sum'\)"),
             (lambda: FunctionLoss(squared_error), lambda: FunctionLoss(absolute_error),
              r"FunctionLoss\(function='function [\w.]*squared_error'\); this run passes "
-             r"[\w.]*FunctionLoss\(function='function [\w.]*absolute_error'\): a changed loss")):
-        directory = tmp_path / type(saved()).__name__
+             r"[\w.]*FunctionLoss\(function='function [\w.]*absolute_error'\): a changed loss"),
+            (lambda: FunctionLoss(functools.partial(scaled_error, scale=1.0)),
+             lambda: FunctionLoss(functools.partial(scaled_error, scale=2.0)),
+             r"'keywords': \{'scale': 1.0\}\}\); this run passes .*'keywords': \{'scale': 2.0\}\}\)"))):
+        directory = tmp_path / f"case{case}"
         _run(directory, 1, loss=saved())
         files = {path.name: path.read_bytes() for path in directory.iterdir()}
         built = []

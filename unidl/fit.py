@@ -835,10 +835,12 @@ def _check_same_loss_settings(saved, mine: dict, path: str) -> None:
     if saved["class"] != mine["class"]:
         old, new = saved["class"], mine["class"]
     else:
+        missing = object()  # (a setting one side lacks: another class of the same name's, or another version's)
         names = sorted(set(saved["settings"]) | set(mine["settings"]))
-        differ = [name for name in names if saved["settings"].get(name, "?") != mine["settings"].get(name, "?")]
-        old, new = (", ".join(f"{name}={side['settings'].get(name, '(none)')!r}" for name in differ)
-                    for side in (saved, mine))
+        differ = [name for name in names
+                  if saved["settings"].get(name, missing) != mine["settings"].get(name, missing)]
+        old, new = (", ".join(f"{name}={side['settings'][name]!r}" if name in side["settings"] else f"no {name}"
+                              for name in differ) for side in (saved, mine))
         old, new = f"{saved['class']}({old})", f"{mine['class']}({new})"
     raise ResumeMismatchError(f"the run in {path} trained with loss {old}; this run passes {new}: a changed loss "
                               f"cannot resume (start a new run instead)")

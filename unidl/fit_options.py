@@ -11,6 +11,7 @@ unchanged ``step(x, y)``; ``SampleWeightedLoss`` unpacks them inside the step. V
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -75,7 +76,7 @@ def _setting(value):
     they are (a float that is not finite as its name: JSON has none), a function or class by its qualified name, an
     array or tensor as its shape and the SHA-256 of its values in float32 (a class weight may be stored in float64 on
     one backend and float32 on another), anything else by its class's qualified name (its repr may hold an
-    address)."""
+    address: two instances of a callable class of the user's compare equal)."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -84,7 +85,10 @@ def _setting(value):
         return [_setting(item) for item in value]
     if isinstance(value, dict):
         return {str(key): _setting(item) for key, item in sorted(value.items(), key=lambda item: str(item[0]))}
-    if callable(value) and hasattr(value, "__qualname__"):  # a function, a class, a bound method
+    if isinstance(value, functools.partial):  # (a function with settings of its own: they count too)
+        return {"partial": _setting(value.func), "args": _setting(value.args), "keywords": _setting(value.keywords)}
+    # a function, a class, a bound method (a lambda's name is '<lambda>': two lambdas of one module compare equal)
+    if callable(value) and hasattr(value, "__qualname__"):
         return f"function {_qualified_name(value)}"
     if isinstance(value, (np.integer, np.floating, np.bool_)):  # (before arrays: a NumPy scalar has a shape too)
         return _setting(value.item())
