@@ -1,6 +1,7 @@
 """Complete resume: schedules, callbacks and History continue as if the run had never stopped; changed
 settings are applied with a warning or refused before anything changes."""
 
+import functools
 import json
 import os
 import warnings
@@ -169,9 +170,9 @@ def _killed_at_an_epoch_end_and_resumed(tmp_path):
     assert resumed[2].history == straight[2].history
 
 
-def _classify(directory, epochs, *, crash_at=None, resume_from=None):
+def _classify(directory, epochs, *, crash_at=None, resume_from=None, loss=None):
     """Three classes at lr 0 (every backend's predictions agree) with ratio metrics, checkpointed every 2 steps
-    of 5-batch epochs."""
+    of 5-batch epochs. ``loss``: default ``CrossEntropyLoss()``."""
     ud.manual_seed(0)
     model = ud.models.TwoLayerNet(3, 8, 3)
     rng = np.random.default_rng(0)
@@ -181,7 +182,8 @@ def _classify(directory, epochs, *, crash_at=None, resume_from=None):
     if crash_at is not None:
         callbacks.append(CrashAt(crash_at))
     try:
-        return ud.fit(model, loader, loss=ud.nn.CrossEntropyLoss(), optimizer=ud.optim.SGD(model.parameters(), lr=0.0),
+        return ud.fit(model, loader, loss=loss or ud.nn.CrossEntropyLoss(),
+                      optimizer=ud.optim.SGD(model.parameters(), lr=0.0),
                       epochs=epochs, callbacks=callbacks, verbose=0, resume_from=resume_from,
                       metrics=["accuracy", "f1", "precision_micro", ud.metrics.AUC(from_logits=True)]).history
     except Crash:
@@ -301,6 +303,115 @@ def test_a_changed_loss_model_or_optimizer_class_is_refused_before_anything_chan
         assert state["step"] == 0 and state["lr"] == 0.8
         assert all(not value.any() for entry in state["slots"] for value in entry.values())
     assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()} == files
+
+
+class FunctionLoss(ud.nn.Module):
+    """A loss of the user's that computes the function it holds (``fit`` takes loss modules, not functions)."""
+
+    def __init__(self, function):
+        super().__init__()
+        self.function = function
+
+    def forward(self, prediction, target):
+        return self.function(prediction, target)
+
+
+def squared_error(prediction, target):
+    return ud.ops.mean((prediction - target) ** 2)
+
+
+def absolute_error(prediction, target):
+    return ud.ops.mean(ud.ops.abs(prediction - target))
+
+
+def scaled_error(prediction, target, scale):
+    return scale * ud.ops.mean((prediction - target) ** 2)
+
+
+def _unchanged_by_a_refused_resume(model, optimizer):
+    """The weights ``_run`` builds and a fresh optimizer: a refused resume loaded nothing."""
+    ud.manual_seed(0)
+    initial = ud.models.TwoLayerNet(3, 8, 1).state_dict()
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, initial[key]), f"{key} changed although the resume was refused"
+    assert optimizer.state_dict()["step"] == 0
+
+
+def test_a_loss_of_other_settings_or_another_function_is_refused_before_anything_changes(tmp_path, backend):
+    """Only the loss's class name was compared: MSELoss(reduction='sum') resumed a 'mean' run, and a loss module
+    holding another function (or a partial of other arguments) resumed silently; the message names both settings."""
+    for case, (saved, given, message) in enumerate((
+            (ud.nn.MSELoss, lambda: ud.nn.MSELoss(reduction="sum"),
+             r"loss unidl.nn.loss.MSELoss\(reduction='mean'\); this run passes "
+             r"unidl.nn.loss.MSELoss\(reduction='sum'\)"),
+            (lambda: FunctionLoss(squared_error), lambda: FunctionLoss(absolute_error),
+             r"FunctionLoss\(function='function [\w.]*squared_error'\); this run passes "
+             r"[\w.]*FunctionLoss\(function='function [\w.]*absolute_error'\): a changed loss"),
+            (lambda: FunctionLoss(functools.partial(scaled_error, scale=1.0)),
+             lambda: FunctionLoss(functools.partial(scaled_error, scale=2.0)),
+             r"'keywords': \{'scale': 1.0\}\}\); this run passes .*'keywords': \{'scale': 2.0\}\}\)"))):
+        directory = tmp_path / f"case{case}"
+        _run(directory, 1, loss=saved())
+        files = {path.name: path.read_bytes() for path in directory.iterdir()}
+        built = []
+        with pytest.raises(ResumeMismatchError, match=message):
+            _run(directory, 2, loss=given(), resume_from="auto", built=built)
+        _unchanged_by_a_refused_resume(*built)
+        assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
+        _, _, history, _ = _run(directory, 2, loss=saved(), resume_from="auto")
+        assert history.epochs == 2  # the same loss built again resumes
+
+
+def test_a_label_smoothing_change_is_refused_and_the_same_weighted_loss_rebuilt_resumes(tmp_path, backend):
+    _classify(tmp_path / "run", 1)
+    with pytest.raises(ResumeMismatchError, match=r"CrossEntropyLoss\(label_smoothing=0.0\); this run passes "
+                                                  r"unidl.nn.loss.CrossEntropyLoss\(label_smoothing=0.1\)"):
+        _classify(tmp_path / "run", 2, resume_from="auto", loss=ud.nn.CrossEntropyLoss(label_smoothing=0.1))
+    assert len(_classify(tmp_path / "run", 2, resume_from="auto", loss=ud.nn.CrossEntropyLoss())["loss"]) == 2
+
+    def weighted(weight):
+        return ud.nn.CrossEntropyLoss(weight=np.array(weight), label_smoothing=0.1)
+
+    _classify(tmp_path / "weighted", 1, loss=weighted([1.0, 2.0, 0.5]))
+    with pytest.raises(ResumeMismatchError,
+                       match=r"CrossEntropyLoss\(weight=\{'shape': \[3\], 'sha256': '\w+'\}\)"):
+        _classify(tmp_path / "weighted", 2, resume_from="auto", loss=weighted([1.0, 2.0, 0.25]))
+    assert len(_classify(tmp_path / "weighted", 2, resume_from="auto", loss=weighted([1.0, 2.0, 0.5]))["loss"]) == 2
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_weighted_loss_checkpointed_on_another_backend_resumes_with_the_same_loss(tmp_path, loop):
+    """A loss's settings compare equal across backends (a class weight stored in float64 by one, float32 by
+    another): a run of torch's loop resumes Keras's checkpoint and the other way round."""
+    pytest.importorskip("keras")
+    loss = dict(weight=np.array([1.0, 2.0, 0.1]), label_smoothing=0.2, ignore_index=-1)
+    with ud.use_backend("keras" if loop == "torch" else "torch"):
+        _classify(tmp_path / "run", 1, loss=ud.nn.CrossEntropyLoss(**loss))
+    with ud.use_backend(loop):
+        assert len(_classify(tmp_path / "run", 2, resume_from="auto", loss=ud.nn.CrossEntropyLoss(**loss))["loss"]) == 2
+        with pytest.raises(ResumeMismatchError, match=r"ignore_index=-1\); this run passes .*ignore_index=-100\)"):
+            _classify(tmp_path / "run", 3, resume_from="auto",
+                      loss=ud.nn.CrossEntropyLoss(**dict(loss, ignore_index=-100)))
+
+
+def test_a_checkpoint_holding_only_the_loss_class_name_resumes_as_before(tmp_path, backend, monkeypatch):
+    """Checkpoints written before the loss's settings were saved hold its class's name only: that is compared (a
+    changed class is still refused), the settings are unknown and not held against the run."""
+    import unidl.checkpoint
+
+    save = unidl.checkpoint.save_checkpoint
+
+    def save_as_before(*args, extra, **options):
+        fit = {key: value for key, value in extra["fit"].items() if key != "loss_settings"}
+        return save(*args, extra=dict(extra, fit=fit), **options)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(unidl.checkpoint, "save_checkpoint", save_as_before)
+        _run(tmp_path / "run", 1)
+    with pytest.raises(ResumeMismatchError, match="loss MSELoss; this run passes L1Loss"):
+        _run(tmp_path / "run", 2, loss=ud.nn.L1Loss(), resume_from="auto")
+    _, _, history, _ = _run(tmp_path / "run", 2, loss=ud.nn.MSELoss(reduction="sum"), resume_from="auto")
+    assert history.epochs == 2
 
 
 def test_a_refused_resume_leaves_the_data_loader_where_it_was(tmp_path, backend):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import unidl as ud
@@ -90,7 +91,33 @@ def test_file_size_limit_names_the_file_and_keeps_the_previous_checkpoint(tmp_pa
     assert open(previous, "rb").read() == previous_bytes
 
 
-def test_full_disk_error_names_the_file(tmp_path, monkeypatch):
+class FullDisk:
+    """A file whose disk fills up after ``room`` bytes: the write that crosses it puts what fits and fails with
+    ENOSPC, as a write(2) on a full file system does."""
+
+    def __init__(self, handle, room: int):
+        self.handle, self.room, self.written = handle, room, 0
+
+    def write(self, data):
+        data = memoryview(data).cast("B")
+        if self.written + len(data) > self.room:
+            self.handle.write(data[:self.room - self.written])
+            self.written = self.room
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception):
+        self.handle.close()
+
+
+def test_full_disk_error_names_the_file(tmp_path, monkeypatch, backend):
     target = tmp_path / "weights.safetensors"
     target.write_bytes(b"old")
 
@@ -103,8 +130,35 @@ def test_full_disk_error_names_the_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["weights.safetensors"]
 
+    # a checkpoint whose disk fills up part-way through its tensors (save_checkpoint, on every backend)
+    directory = tmp_path / "run"
+    model = ud.models.TwoLayerNet(3, 4, 2)
+    optimizer = ud.optim.Adam(model.parameters(), lr=0.01)
+    previous = ud.save_checkpoint(directory, model, optimizer, epoch=1)
+    previous_bytes = open(previous, "rb").read()
+    saved = {key: ud.to_numpy(value).copy() for key, value in model.state_dict().items()}
+    real_fdopen = os.fdopen
+    room = 8 + int.from_bytes(previous_bytes[:8], "little") + 1000  # about the header, and 1000 bytes of its 5 KB
+    with monkeypatch.context() as patch:
+        patch.setattr(atomic.os, "fdopen", lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs), room))
+        with pytest.raises(OSError) as error:
+            ud.save_checkpoint(directory, ud.models.TwoLayerNet(30, 40, 2), epoch=2)
+    message = str(error.value)
+    assert error.value.errno == errno.ENOSPC
+    assert "checkpoint-0002-0000000.safetensors" in message and "No space left on device" in message
+    assert f"the previous checkpoint {previous!r} is intact" in message
+    assert os.listdir(directory) == [os.path.basename(previous)]  # no temporary, no part of the new file
+    assert open(previous, "rb").read() == previous_bytes
+    restored = ud.models.TwoLayerNet(3, 4, 2)
+    restored_optimizer = ud.optim.Adam(restored.parameters(), lr=0.5)
+    info = ud.load_checkpoint(directory, restored, restored_optimizer)
+    assert info["path"] == previous and info["epoch"] == 1
+    for key, value in restored.state_dict().items():
+        assert np.array_equal(ud.to_numpy(value), saved[key]), key
+    assert restored_optimizer.lr == 0.01
 
-def test_rotation_failure_warns_and_keeps_the_new_checkpoint(tmp_path, monkeypatch):
+
+def test_rotation_failure_warns_and_keeps_the_new_checkpoint(tmp_path, monkeypatch, backend):
     model = ud.models.TwoLayerNet(3, 4, 2)
     first = ud.save_checkpoint(tmp_path, model, epoch=1, keep=1)
     real_unlink = os.unlink
@@ -118,6 +172,9 @@ def test_rotation_failure_warns_and_keeps_the_new_checkpoint(tmp_path, monkeypat
     with pytest.warns(RuntimeWarning, match=r"could not delete old checkpoint .*checkpoint-0001-0000000"):
         newest = ud.save_checkpoint(tmp_path, model, epoch=2, keep=1)
     assert os.path.exists(newest) and ud.latest_checkpoint(tmp_path) == newest
+    monkeypatch.undo()
+    assert os.path.exists(first)  # (the file it could not delete: still there, older than the new one)
+    assert ud.load_checkpoint(tmp_path, ud.models.TwoLayerNet(3, 4, 2))["path"] == newest  # the new one stands
 
 
 @pytest.mark.parametrize("seed", [2**32, 2**64, -1, "1", 1.0, True, None])

@@ -180,7 +180,8 @@ class RetraceWarning(UserWarning):
 
 
 class ResumeMismatchError(UnidlError, ValueError):
-    """A run resumed from a checkpoint with a different loss, model or optimizer class than it was saved with."""
+    """A run resumed from a checkpoint with a different loss (class or settings), model or optimizer class than it
+    was saved with."""
 
 
 class LossScaleMismatchError(UnidlError, ValueError):

@@ -453,7 +453,8 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
             other callback state, History). It must exist; ``"auto"`` resumes from the ``Checkpoint``
             callback's directory if it holds a checkpoint and starts afresh otherwise. A corrupt newest
             checkpoint is skipped with a warning. A new lr, optimizer hyperparameter or schedule setting wins
-            over the checkpoint's, with a warning; a different model, loss or optimizer class is an error.
+            over the checkpoint's, with a warning; a different model, loss or optimizer class, or a loss of
+            other settings (``reduction``, ``label_smoothing``, ...), is an error.
 
     ``eager=True``: no compiled step on any backend; Python runs the forward at every step (Keras's
     ``run_eagerly``), for models whose forward needs Python per step (docs/dynamic-forward.md).
@@ -554,6 +555,7 @@ def fit(model, train_data=None, y=None, batch_size: int | None = None, epochs: i
         trainer.log_names |= {"val_loss"} | {f"val_{m.name}" for m in (validation_metrics.metrics
                                                                        if validation_metrics else ())}
     trainer.fit_settings = {"loss": type(plain_loss).__name__, "optimizer": type(optimizer).__name__,
+                            "loss_settings": fit_options.loss_settings(plain_loss),  # (a resume compares them)
                             "lr": float(optimizer.lr), "hyper": dict(optimizer.hyper)}
     if resume_target is not None:
         expect_accumulate(optimizer, accumulate)  # a checkpoint's part-full window must fit it, before any change
@@ -793,6 +795,7 @@ def _check_resumable(metadata: dict, path: str, trainer, backend=None, metrics=N
         if settings.get(key) not in (None, mine[key]):
             raise ResumeMismatchError(f"the run in {path} trained with {key} {settings[key]}; this run passes "
                                       f"{mine[key]}: a changed {key} cannot resume (start a new run instead)")
+    _check_same_loss_settings(settings.get("loss_settings"), mine["loss_settings"], path)
     progress = extra.get("epoch_progress")
     if progress is not None and not (
             isinstance(progress, dict) and isinstance(progress.get("epoch"), int)
@@ -809,6 +812,38 @@ def _check_resumable(metadata: dict, path: str, trainer, backend=None, metrics=N
             and isinstance(trainer.loader, DataLoader)
             and progress["epoch"] in (metadata["loader"]["epoch"], metadata["loader"]["epoch"] - 1)):
         _check_epoch_totals(progress["totals"], progress["epoch"], backend, metrics)
+
+
+def _check_same_loss_settings(saved, mine: dict, path: str) -> None:
+    """``ResumeMismatchError`` naming both when the checkpointed run's loss (``fit_options.loss_settings``: its
+    class's qualified name, its settings such as ``reduction`` and ``label_smoothing``, a function it holds) differs
+    from this run's: the same class with other settings computes another loss. A checkpoint written before the
+    settings were saved holds only the class's name, which ``_check_resumable`` compares: its settings are unknown,
+    and refusing it would strand every run checkpointed by the earlier code, so it resumes as it did then."""
+    import json
+
+    from unidl.errors import CorruptFileError, ResumeMismatchError
+
+    if saved is None:
+        return
+    if not (isinstance(saved, dict) and isinstance(saved.get("class"), str)
+            and isinstance(saved.get("settings"), dict)):
+        raise CorruptFileError(f"{path}: malformed loss settings {saved!r}")
+    mine = json.loads(json.dumps(mine))  # (as the file holds it: tuples as lists)
+    if saved == mine:
+        return
+    if saved["class"] != mine["class"]:
+        old, new = saved["class"], mine["class"]
+    else:
+        missing = object()  # (a setting one side lacks: another class of the same name's, or another version's)
+        names = sorted(set(saved["settings"]) | set(mine["settings"]))
+        differ = [name for name in names
+                  if saved["settings"].get(name, missing) != mine["settings"].get(name, missing)]
+        old, new = (", ".join(f"{name}={side['settings'][name]!r}" if name in side["settings"] else f"no {name}"
+                              for name in differ) for side in (saved, mine))
+        old, new = f"{saved['class']}({old})", f"{mine['class']}({new})"
+    raise ResumeMismatchError(f"the run in {path} trained with loss {old}; this run passes {new}: a changed loss "
+                              f"cannot resume (start a new run instead)")
 
 
 def _check_epoch_totals(totals: dict, epoch: int, backend, metrics) -> None:
@@ -850,7 +885,9 @@ def _resume(target: str, trainer, callbacks, backend=None, metrics=None) -> int:
     with the new rate would have there, for the schedules proportional to their base rate (all but
     ``OneCycleLR``, whose rates are its ``max_lr``'s), chained ones and groups of their own rates too. A schedule
     built with other settings than the saved run's (``step_size``, ``T_max``, ...) keeps them from here on, with a
-    warning naming them. A different model, loss or optimizer class is an error, raised before anything changes.
+    warning naming them. A different model, loss or optimizer class, or a loss of other settings (``reduction``,
+    ``label_smoothing``, a function it holds: ``fit_options.loss_settings``), is an error, raised before anything
+    changes.
     """
     import json
     import warnings

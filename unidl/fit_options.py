@@ -11,6 +11,7 @@ unchanged ``step(x, y)``; ``SampleWeightedLoss`` unpacks them inside the step. V
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -49,6 +50,58 @@ def resolve_loss(loss):
         raise TypeError(f"loss must be a ud.nn loss module or a name ({', '.join(sorted(LOSS_NAMES))}); "
                         f"got {type(loss).__name__}")
     return loss
+
+
+def loss_settings(loss) -> dict:
+    """What makes ``loss`` compute what it computes, as plain JSON values that are the same in every process and on
+    every backend: ``{'class': 'module.QualName', 'settings': {...}}``. The settings are the module's public
+    attributes (its constructor's arguments as PyTorch's losses keep them: ``reduction``, ``label_smoothing``, a
+    function it holds, ...), its buffers (a class ``weight``) and its child modules, so that a resume can tell a
+    loss built with other settings from the same loss built again (``fit``'s ``ResumeMismatchError``)."""
+    settings = {name: _setting(value) for name, value in sorted(vars(loss).items())
+                if not name.startswith("_") and not isinstance(value, Module)}
+    settings.update({name: _setting(value) for name, value in getattr(loss, "_buffers", {}).items()})
+    settings.update({name: loss_settings(child) if child is not None else None
+                     for name, child in getattr(loss, "_modules", {}).items()})
+    return {"class": _qualified_name(type(loss)), "settings": settings}
+
+
+def _qualified_name(thing) -> str:
+    """``module.qualname`` of a class or function: its identity in every process (no address, unlike its repr)."""
+    return f"{getattr(thing, '__module__', None)}.{getattr(thing, '__qualname__', type(thing).__qualname__)}"
+
+
+def _setting(value):
+    """``value`` as JSON that compares equal across processes and backends: numbers, strings, None and lists as
+    they are (a float that is not finite as its name: JSON has none), a function or class by its qualified name, an
+    array or tensor as its shape and the SHA-256 of its values in float32 (a class weight may be stored in float64 on
+    one backend and float32 on another), anything else by its class's qualified name (its repr may hold an
+    address: two instances of a callable class of the user's compare equal)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_setting(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _setting(item) for key, item in sorted(value.items(), key=lambda item: str(item[0]))}
+    if isinstance(value, functools.partial):  # (a function with settings of its own: they count too)
+        return {"partial": _setting(value.func), "args": _setting(value.args), "keywords": _setting(value.keywords)}
+    # a function, a class, a bound method (a lambda's name is '<lambda>': two lambdas of one module compare equal)
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"function {_qualified_name(value)}"
+    if isinstance(value, (np.integer, np.floating, np.bool_)):  # (before arrays: a NumPy scalar has a shape too)
+        return _setting(value.item())
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        import hashlib
+
+        from unidl.tensors import to_numpy
+
+        array = np.asarray(to_numpy(value))
+        if array.dtype.kind in "fc":
+            array = array.astype(np.float32)
+        return {"shape": list(array.shape), "sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()}
+    return f"object {_qualified_name(type(value))}"
 
 
 def check_reduced_loss(loss_fn, where: str) -> None:

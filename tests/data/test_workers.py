@@ -30,10 +30,10 @@ from unidl.data.dataloader import _check_pin_memory
 from unidl.data.pool import WorkerPool, in_finalizer
 from unidl.errors import DataLoaderError, ShapeMismatchError
 from tests.data.worker_datasets import (INIT_IDS, ComputedRows, Draws, ExitingOnArrival, ExitingRows, FailingRows,
-                                        KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches, NoisyBatches,
-                                        NoisyRows, Rows,
-                                        SingleArrays, SleepingRows, UnrestorableRows, WideExitingRows, WideRows,
-                                        WorkerProbe, failing_worker_init_fn, named_sample, record_worker_id)
+                                        InitDraws, KeyedArrays, LabelledRows, LocalNamedRows, NamedBatches,
+                                        NoisyBatches, NoisyRows, Rows, SingleArrays, SleepingRows, UnrestorableRows,
+                                        WideExitingRows, WideRows, WorkerProbe, failing_worker_init_fn, named_sample,
+                                        record_init_draws, record_worker_id)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WORKER_TYPES = ["thread", "process"]
@@ -639,6 +639,27 @@ def test_persistent_process_workers_keep_their_pids_and_ran_worker_init_fn_with_
     del loader
     gc.collect()
     assert_no_workers_left(children_before)             # ...until the loader goes
+
+
+def test_worker_init_fn_in_worker_processes_draws_from_generators_seeded_by_the_loader_seed(children_before):
+    """NumPy's global RNG and Python's ``random`` are seeded from (loader seed, epoch, worker id) before
+    ``worker_init_fn`` runs in a worker process: its draws repeat from run to run under the same loader seed,
+    differ between the workers (and between the two generators), and change with the loader seed."""
+    def init_draws(seed):
+        loader = DataLoader(InitDraws(4), batch_size=1, num_workers=2, worker_type="process", seed=seed,
+                            worker_init_fn=record_init_draws)
+        rows = np.concatenate([ud.to_numpy(batch) for batch in loader])
+        assert rows[:, 0].tolist() == [0, 1, 2, 3]
+        by_worker = {int(row[1]): tuple(row[2:].tolist()) for row in rows}
+        assert sorted(by_worker) == [0, 1] and len({tuple(row[1:].tolist()) for row in rows}) == 2  # one init each
+        return by_worker
+
+    first = init_draws(seed=5)
+    assert init_draws(seed=5) == first  # new worker processes, the same draws
+    assert first[0] != first[1] and len(set(first[0] + first[1])) == 4
+    other = init_draws(seed=6)
+    assert all(set(other[worker]).isdisjoint(first[worker]) for worker in (0, 1))
+    assert_no_workers_left(children_before)
 
 
 def test_worker_threads_run_worker_init_fn_with_their_ids():

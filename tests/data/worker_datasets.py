@@ -23,6 +23,14 @@ def record_worker_id(worker_id):
     INIT_IDS.append(worker_id)
 
 
+#: what worker_init_fn drew in this process, [worker id, NumPy's global RNG, Python's random] (see InitDraws)
+INIT_DRAWS = []
+
+
+def record_init_draws(worker_id):
+    INIT_DRAWS[:] = [worker_id, np.random.randint(2**31), random.getrandbits(31)]
+
+
 class Rows(Dataset):
     """Sample i: (features [3i, 3i+1, 3i+2], label i)."""
 
@@ -149,6 +157,14 @@ class WorkerProbe(Rows):
         init_id = INIT_IDS[-1] if INIT_IDS else -1
         return np.array([index, init_id, os.getpid(), "torch" in sys.modules, "tensorflow" in sys.modules],
                         dtype=np.int64)
+
+
+class InitDraws(Rows):
+    """Sample i: [i, *INIT_DRAWS]: the worker that made it and what its ``worker_init_fn`` drew
+    (``record_init_draws``)."""
+
+    def __getitem__(self, index):
+        return np.array([index, *INIT_DRAWS], dtype=np.int64)
 
 
 class UnrestorableRows(Rows):
