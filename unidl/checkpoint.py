@@ -311,10 +311,11 @@ def _optimizer_state(reader: SafetensorsFile, saved, optimizer) -> dict:
     optional = {key: saved[key] for key in _OPTIONAL_OPTIMIZER_ENTRIES if key in saved}
     if saved.get("hyper") is not None:  # (the options a load restores, checked with the rest)
         optional["hyper"] = saved["hyper"]
-    # a unidl optimizer's slots are read one at a time, as its load writes each into its variable (Adam's two slots
-    # of every weight, read up front and then converted, were held twice over: a checkpoint's load peaked at 1.35x
-    # its size on torch); their shapes and dtypes are checked here from the header, their bytes against their
-    # checksums by ``reader.verify()``, before anything changes. Only unidl's own load and check take them: a
+    # a unidl optimizer's slots are ``StoredTensor``s: their shapes and dtypes are checked here from the header, their
+    # bytes against their checksums by ``reader.verify()``; load_checkpoint stages them (reads each into an array its
+    # optimizer's load may adopt, Backend.given_slot) once everything is checked, so that each is held once, not read
+    # and then converted (Adam's two slots of every weight, held twice over, peaked at 1.35x the file on torch).
+    # Only unidl's own load and check take them: a
     # subclass's (``SignMomentum`` of tests/optim) may use any NumPy method on a slot, and gets arrays
     read = StoredTensor if _takes_stored_tensors(optimizer) else SafetensorsFile.read
     slots = [{slot: read(reader, key) for slot, key in entry.items()} for entry in names]
@@ -408,10 +409,12 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     ``set_extra_state`` (the user's code, which may refuse the state it is given) raises, the model's variables and
     extra state are put back as they were, bit for bit (a model with extra state is copied to the host first), and
     the generators too, before anything else changed, so that exception, too, leaves everything as it was.
-    Limit: the tensors are read again as each is written (one at a time, to bound memory), so an I/O failure, a
+    Once everything is checked, every tensor (the model's, the optimizer's slots, the callbacks' weights) is read
+    into fresh memory and its checksum verified again, before the first object changes: an I/O error, a
     ``MemoryError`` or another program changing the file in place during the load (a ``CorruptFileError`` naming
-    the tensor, whose checksum is checked again) can leave the generators, model, loader and optimizer partly
-    loaded; unidl's own saves never modify a file in place.
+    the tensor) leaves the generators, model, loader, optimizer, scheduler and callbacks as they were. The staged
+    tensors cost about the file's size beyond the model at the peak; each is freed (or adopted as its variable's
+    memory) as it is written.
     """
     _check_arguments("load_checkpoint", model, optimizer, loader, scheduler, "load_state_dict")
     target = os.fspath(path_or_directory)
@@ -464,6 +467,17 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
     if check is not None:
         check(metadata, path)
 
+    # ---- then read every tensor into fresh memory, its checksum verified again (an I/O error, a MemoryError or a
+    # file changed in place since the checks raises here, before anything changed): the model's, the optimizer's
+    # slots (given away to the optimizer's load, each freed as it is written) and the callbacks' weights ----
+    load_model.stage()
+    for entry in (optimizer_state or {}).get("slots", ()):
+        for value in entry.values():
+            if isinstance(value, StoredTensor):
+                value.stage()
+    callback_weights = [{k: reader.read(name) for k, name in weight_names.items()} or None
+                        for _, _, weight_names in callback_states]
+
     # ---- then change: the generators first (a framework's RNG can still refuse its state, and then rolls itself
     # back, before anything else changed), then the model, module by module as torch orders them (the user's
     # set_extra_state, or a load post-hook's keys, can still refuse it: the model's rollback and the generators'
@@ -479,11 +493,12 @@ def load_checkpoint(path_or_directory, model, optimizer=None, loader=None, *, sc
         loader.load_state_dict(metadata["loader"])
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
+        del optimizer_state  # (its staged slots that the optimizer did not adopt)
     if scheduler is not None:
         scheduler.load_state_dict(scheduler_state)
-    for callback, state, weight_names in callback_states:
+    for (callback, state, _), weights in zip(callback_states, callback_weights):
         callback.load_state_dict(state)
         if callable(getattr(callback, "load_state_weights", None)):
-            callback.load_state_weights({k: reader.read(name) for k, name in weight_names.items()} or None)
+            callback.load_state_weights(weights)
     return {"epoch": metadata["epoch"], "step": metadata["step"], "extra": metadata.get("extra"), "path": path,
             "optimizer": metadata.get("optimizer"), "loader": metadata.get("loader"), "metadata": metadata}

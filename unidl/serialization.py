@@ -422,50 +422,87 @@ def check_values(model, reader: SafetensorsFile, names: dict[str, str], what: st
                              f"mismatches: " + "; ".join(beyond))
 
 
-def stream_into(model, reader: SafetensorsFile, names: dict[str, str]) -> None:
-    """Read the file's tensors straight into ``model``, module by module in torch's order (a module's parameters,
-    buffers and extra state, then its children's: a ``set_extra_state`` that reads its own weight sees the loaded
-    one, a parent's reading a child's the one before, as ``load_state_dict``'s), one at a time: each is read once
-    into a buffer that is handed to its variable (``Backend.donated_tensor``: TensorFlow and Keras keep it as the
-    variable's memory) and released before the next is read, so at most one tensor's bytes are held outside the
-    model. Call only after ``check_entries``, ``reader.verify()`` and ``check_values``; ``set_extra_state`` is the
-    user's code and may refuse what it is given (a version check): a loader into an existing model calls this
-    inside ``restored_on_failure``."""
+def stage_tensors(model, reader: SafetensorsFile, names: dict[str, str]) -> dict[str, np.ndarray]:
+    """``{state-dict key: array}`` of the file's tensors that ``model`` loads, each read into a new (64-byte aligned)
+    buffer and its checksum verified, in the order ``stream_into`` writes them: every read (an I/O error, a
+    ``MemoryError``, a file changed since the checks) happens here, before the model changes."""
+    return {key: reader.read(names[key]) for key, _ in model._state_variables(extra_state="set_extra_state")
+            if key in names}
+
+
+def stream_into(model, keys, take) -> None:
+    """Write the tensors of ``keys`` into ``model``, module by module in torch's order (a module's parameters, buffers
+    and extra state, then its children's: a ``set_extra_state`` that reads its own weight sees the loaded one, a
+    parent's reading a child's the one before, as ``load_state_dict``'s), one at a time: ``take(key)`` gives each
+    (read from the file then, or popped from the staged tensors, ``stage_tensors``), its buffer handed to its variable
+    (``Backend.donated_tensor``: TensorFlow and Keras keep it as the variable's memory, torch copies it in place) and
+    released before the next, so at most one tensor's bytes beyond those ``take`` still holds are outside the model.
+    Call only after ``check_entries``, ``reader.verify()`` and ``check_values``; ``set_extra_state`` is the user's code
+    and may refuse what it is given (a version check): a loader into an existing model calls this inside
+    ``restored_on_failure``."""
     from unidl.nn.module import ExtraState
 
     backend = model._backend
     for key, own in model._state_variables(extra_state="set_extra_state"):
-        if key not in names:
+        if key not in keys:
             continue
         if isinstance(own, ExtraState):
-            own.module.set_extra_state(reader.read(names[key]))
-        else:  # (through the reader's own handle: the file it checked)
-            backend.assign(own, backend.donated_tensor(reader.read(names[key])))
+            own.module.set_extra_state(take(key))
+        else:  # (a file's tensor read through the reader's own handle: the file it checked)
+            backend.assign(own, backend.donated_tensor(take(key)))
+
+
+class ModelLoad:
+    """The load of a checked file into a model. Called, it reads each tensor as it writes it (``stream_into``: one
+    tensor at a time beyond the model; an I/O error, a ``MemoryError`` or a file changed in place during the reads
+    leaves the model partly loaded, which ``ud.load``'s new model, then dropped, never shows). ``stage()`` first
+    reads every tensor into fresh memory (checksums verified), about the file's size, and the call then only writes
+    them, freeing each as it is written: ``load_checkpoint`` stages the model and the optimizer before it changes
+    anything, so such a failure leaves every object as it was. Returns the missing and unexpected keys."""
+
+    def __init__(self, model, reader: SafetensorsFile, names: dict[str, str], strict: bool, keys, restore: bool):
+        self.model, self.reader, self.names, self.strict, self.keys, self.restore = \
+            model, reader, names, strict, keys, restore
+        self.staged = None
+
+    def stage(self) -> None:
+        if self.keys is None:  # (load hooks: the whole state dict, for the model's load_state_dict)
+            self.staged = {key: self.reader.read(name) for key, name in self.names.items()}
+        else:
+            self.staged = stage_tensors(self.model, self.reader, self.names)
+
+    def __call__(self):
+        staged, self.staged = self.staged, None  # (the staged buffers freed as they are written, not held to the end)
+        if self.keys is None:
+            if staged is None:
+                staged = {key: self.reader.read(name) for key, name in self.names.items()}
+            return self.model.load_state_dict(staged, strict=self.strict)
+        if staged is None:
+            keys, take = self.names, lambda key: self.reader.read(self.names[key])
+        else:
+            keys, take = staged, staged.pop
+        with restored_on_failure(self.model) if self.restore else contextlib.nullcontext():
+            stream_into(self.model, keys, take)
+        return self.keys
 
 
 def checked_load(model, reader: SafetensorsFile, names: dict[str, str], strict: bool = True,
-                 what: str | None = None, restore: bool = True):
+                 what: str | None = None, restore: bool = True) -> ModelLoad:
     """Check the file's tensors (``{state-dict key: name in the file}``) against ``model`` and return the load to run
-    once everything else is checked too (``load()`` gives the missing and unexpected keys). A model with load hooks
-    (``has_load_hooks``) has the file read whole and given to its ``load_state_dict``, whose hooks take the state
-    dict, as torch's (and which checks it after them); the others have every name, shape, dtype, checksum and uint64
-    count checked here (``check_entries``, ``reader.verify()``, ``check_values``), then the tensors streamed in
-    (``stream_into``), the model put back as it was where a ``set_extra_state`` refuses its state (``restore``;
-    ``ud.load``'s new model is dropped instead: no copy of it is made). The one way ``ud.load``,
-    ``ud.load_weights`` and ``load_checkpoint`` load a file into a model."""
+    once everything else is checked too (a ``ModelLoad``: ``stage()`` reads every tensor, then calling it writes
+    them). A model with load hooks (``has_load_hooks``) has the file read whole and given to its ``load_state_dict``,
+    whose hooks take the state dict, as torch's (and which checks it after them); the others have every name, shape,
+    dtype, checksum and uint64 count checked here (``check_entries``, ``reader.verify()``, ``check_values``), then
+    the tensors written in (``stream_into``; staged first with ``stage()``), the model put back as it was where a
+    ``set_extra_state`` refuses its state (``restore``; ``ud.load``'s new model is dropped instead: no copy of it is
+    made). The one way ``ud.load``, ``ud.load_weights`` and ``load_checkpoint`` load a file into a model."""
     if has_load_hooks(model):
         reader.verify()
-        return lambda: model.load_state_dict({key: reader.read(name) for key, name in names.items()}, strict=strict)
+        return ModelLoad(model, reader, names, strict, None, restore)
     keys = check_entries(model, {key: reader.entries[name] for key, name in names.items()}, strict, what)
     reader.verify()
     check_values(model, reader, names, what)
-
-    def load():
-        with restored_on_failure(model) if restore else contextlib.nullcontext():
-            stream_into(model, reader, names)
-        return keys
-
-    return load
+    return ModelLoad(model, reader, names, strict, keys, restore)
 
 
 def has_load_hooks(model) -> bool:

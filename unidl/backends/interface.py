@@ -280,13 +280,14 @@ class Backend(abc.ABC):
     def load_optimizer_state(self, optimizer, step: int, slots: list, param_steps) -> None:
         """Overwrite the step count, slots and per-parameter step counts (``param_steps``: a list where
         ``optimizer.uses_step``, else None), all already checked by the caller. A slot is an array, or a checkpoint's
-        ``unidl.io.safetensors.StoredTensor``, read from the file by ``np.asarray``: convert each slot in turn
-        (``given_slot``), so that one at a time is held outside its variable."""
+        ``unidl.io.safetensors.StoredTensor``, whose first ``np.asarray`` gives away the array ``load_checkpoint``
+        staged: convert each slot once, in turn (``given_slot``), so that each staged array is adopted or freed as it
+        is written."""
 
     def given_slot(self, value, dtype=None) -> np.ndarray | None:
         """The array of a slot given to ``load_optimizer_state`` where the slot is the caller's to give away, else
-        None: who owns its memory decides whether the backend copies it. A checkpoint's ``StoredTensor`` is read anew
-        from the file by each ``np.asarray``, into a new array nobody else holds: its array (in ``dtype`` where
+        None: who owns its memory decides whether the backend copies it. A checkpoint's ``StoredTensor`` gives its
+        staged array (or one read anew) by ``np.asarray``, a new array nobody else holds: it (in ``dtype`` where
         given) may become the slot's memory, or be written into the slot's variable, without a defensive copy. Any
         other value (None) is the user's (``optimizer.load_state_dict(state)``), who may keep using and changing it:
         the backend copies it."""

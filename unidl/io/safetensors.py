@@ -430,20 +430,28 @@ class SafetensorsFile:
 
 
 class StoredTensor:
-    """Tensor ``name`` of an open ``SafetensorsFile``, read only when converted (``np.asarray``), each time anew.
+    """Tensor ``name`` of an open ``SafetensorsFile``: its ``shape`` and ``dtype`` (those of
+    ``SafetensorsFile.read``) from the header, its values read by ``stage()`` into a new array, checksum verified.
 
-    Its ``shape`` and ``dtype`` (those of ``SafetensorsFile.read``) come from the header: a load checks a whole
-    state from the header, then reads each tensor as it writes it into its destination, holding one at a time
-    (``load_checkpoint``'s optimizer slots) rather than all of them.
+    A load checks a whole state from the header, stages every tensor (``load_checkpoint``'s optimizer slots), and
+    only then changes anything: the first conversion (``np.asarray``) gives the staged array away, a new array
+    nobody else holds, which the optimizer's load may adopt as the slot's memory (``Backend.given_slot``) and which
+    is freed once written. A tensor not staged (or converted again) is read anew from the file.
     """
 
     def __init__(self, reader: SafetensorsFile, name: str):
-        self.reader, self.name = reader, name
+        self.reader, self.name, self._staged = reader, name, None
         dtype_name, self.shape = reader.entries[name]
         self.dtype = np.dtype(np.float32) if dtype_name == "BF16" else DTYPES[dtype_name].newbyteorder("=")
 
+    def stage(self) -> None:
+        """Read the tensor now (I/O errors and a changed file surface here, before the load changes anything)."""
+        self._staged = self.reader.read(self.name)
+
     def __array__(self, dtype=None, copy=None):
-        array = self.reader.read(self.name)  # (a new array: any copy asked for is made)
+        array, self._staged = self._staged, None  # (given away: held here no longer than until it is written)
+        if array is None:
+            array = self.reader.read(self.name)  # (a new array: any copy asked for is made)
         return array if dtype is None else array.astype(dtype, copy=False)
 
     def __repr__(self):
