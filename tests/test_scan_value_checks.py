@@ -164,3 +164,67 @@ def test_an_index_out_of_range_in_a_scan_body_raises_and_leaves_torchs_state(bac
     call(GOOD)  # (still usable: the state was not left half written)
     expected = _oracle(initial, [GOOD, BAD, GOOD], train, keeps_writes)
     _assert_state_is(_state(model), expected, f"{case}, then a good batch")
+
+
+TABLE = np.arange(12, dtype=np.float32).reshape(4, 3)
+#: (outer step, inner step, 2): in range at outer step 0; at outer step 1 its inner step 1 holds 1 to 5, step 2 -2 to 0
+INDICES = np.array([[[0, 1], [2, 3], [3, 0]], [[0, 2], [5, 1], [-2, 0]]])
+#: (step, batch) labels of 3 classes: out of range at step 1 (0 to 5) and step 2 (-3 to 1)
+STEP_LABELS = np.array([[0, 2], [0, 5], [-3, 1]])
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "function"])
+def test_take_and_label_checks_in_nested_reversed_and_differentiated_scans_name_the_first_failure(backend, graph,
+                                                                                                   reverse):
+    """A ``take`` index out of range in the body of a scan inside another scan's body, and a cross-entropy label out
+    of range in the body of a differentiated scan, raise the eager error naming the values of the first step where
+    a check failed, in the order the steps run (``reverse``: from the last), eagerly and in ``ud.function``, as the
+    plain loop raises there (torch's own ``IndexError`` in ``index_select`` and ``cross_entropy``)."""
+    import torch
+
+    def nested(table, indices):
+        def outer(total, rows):
+            def inner(subtotal, row):
+                return subtotal + ud.ops.sum(ud.ops.take(table, row)), subtotal
+
+            subtotal, _ = ud.ops.scan(inner, total, rows, reverse=reverse)
+            return subtotal, subtotal
+
+        return ud.ops.scan(outer, ud.ops.sum(table) * 0, indices)[0]
+
+    def losses(logits, labels):
+        def step(total, inputs):
+            z, y = inputs
+            return total + ud.ops.cross_entropy(z, y), total
+
+        return ud.ops.scan(step, ud.ops.sum(logits) * 0, (logits, labels), reverse=reverse)[0]
+
+    def gradient(logits, labels):
+        return ud.value_and_grad(losses)(logits, labels)
+
+    logits = np.random.default_rng(0).standard_normal((3, 2, 3)).astype(np.float32)
+    run_nested, run_gradient = (ud.function(nested), ud.function(gradient)) if graph else (nested, gradient)
+    good = INDICES.clip(0, 3)  # (the same shape: no second trace)
+    total = float(ud.to_numpy(run_nested(TABLE, good)))
+    assert total == sum(float(torch.index_select(torch.tensor(TABLE), 0, torch.tensor(row)).sum())
+                        for rows in good for row in rows)
+    with pytest.raises(IndexError):  # (the oracle: torch's loop raises in the order the steps run)
+        for rows in INDICES:
+            for row in (reversed(rows) if reverse else rows):
+                torch.index_select(torch.tensor(TABLE), 0, torch.tensor(row))
+    expected = r"-2 to 0" if reverse else r"1 to 5"
+    with pytest.raises(ud.IndexOutOfRangeError, match=rf"indices must lie in \[0, 4\); found values from {expected}"):
+        run_nested(TABLE, INDICES)
+    value, grad = run_gradient(logits, STEP_LABELS[:1].repeat(3, 0))
+    reference = torch.tensor(logits, requires_grad=True)
+    torch_value = sum(torch.nn.functional.cross_entropy(reference[t], torch.tensor(STEP_LABELS[0])) for t in range(3))
+    torch_value.backward()
+    np.testing.assert_allclose(ud.to_numpy(value), torch_value.item(), rtol=2e-6)
+    np.testing.assert_allclose(ud.to_numpy(grad), reference.grad.numpy(), rtol=1e-5, atol=1e-7)
+    with pytest.raises(IndexError):
+        for t in (reversed(range(3)) if reverse else range(3)):
+            torch.nn.functional.cross_entropy(torch.tensor(logits[t]), torch.tensor(STEP_LABELS[t]))
+    expected = r"-3 to 1" if reverse else r"0 to 5"
+    with pytest.raises(ud.IndexOutOfRangeError, match=rf"labels must lie in \[0, 3\).*found values from {expected}"):
+        run_gradient(logits, STEP_LABELS)

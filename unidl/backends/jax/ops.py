@@ -716,8 +716,8 @@ def _scan_reporting_checks(fn, init, xs, at_once: bool):
     scan (checkify's, recorded for ``checks_passed``: a write after the scan stands only where it held; the body's
     check where the scan is in another scan's body), or raised at once where the values are (``at_once``: eagerly,
     in an eager gradient too). Checkify reports a check inside the body itself only where the scan is not
-    differentiated (a ``ud.train_step`` computed with the wrapped index and updated), and ``checks_passed`` could
-    not read it after the scan, so a write after the scan stood. The steps after the failing one still run (their
+    differentiated (a ``ud.train_step`` computed with the index out of range: a NaN row, a wrapped negative index),
+    and ``checks_passed`` could not read it after the scan, so a write after the scan stood. The steps after the failing one still run (their
     values are never read: the error is raised); a body with no check is the plain scan, with no more outputs."""
     traced = []  # (lax.scan may trace the body again where a carry's weak type changed: the last trace is the scan)
 
@@ -753,12 +753,15 @@ def _report_the_first_failure(messages, passed, values, at_once: bool) -> None:
     step = jnp.argmax(failed_steps)  # (the first step where a check failed; 0 where none did)
     first = jnp.argmax(jnp.logical_not(passed[step]))  # (its first check that failed, in program order)
     failed = failed_steps[step]
+    from jax._src import core  # (an eager gradient's tracer read as its primal value)
+
     for index, message in enumerate(messages):
         held = jnp.logical_not(failed & (first == index))
         named = {name: value[step] for name, value in values[index].items()}
-        if not at_once:
+        known = core.to_concrete_value(held) if at_once else None
+        if known is None:  # (a trace's: staged; an eager vmap's has no one value either)
             _staged_check(held, message, **named)
-        elif not bool(held):  # (an eager gradient's tracer: its primal value)
+        elif not known:
             _raise_now(message, named)
 
 
